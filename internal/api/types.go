@@ -1,0 +1,198 @@
+// Package api defines fogmesh's resource types (Node, Service, Endpoint), their
+// validation, and the document format users write for `fogmesh apply`.
+//
+// The shape follows Kubernetes habits: apiVersion, kind, metadata, spec, status.
+// JSON is the canonical encoding; YAML is accepted as an adapter (see Decode).
+package api
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// APIVersion is the apiVersion of every fogmesh document.
+const APIVersion = "fogmesh.io/v1alpha1"
+
+// Resource kinds.
+const (
+	KindNode     = "Node"
+	KindService  = "Service"
+	KindEndpoint = "Endpoint"
+)
+
+// DefaultNamespace is used when a document names none, and is the namespace
+// served under the short DNS form `<service>.mesh`.
+const DefaultNamespace = "default"
+
+// Protocols a service port may declare. Only tcp is proxied at L4 today; the
+// others are accepted so that documents written for later releases load.
+var Protocols = map[string]bool{"tcp": true, "http": true, "http2": true, "grpc": true, "mqtt": true}
+
+// Meta is the metadata every resource carries.
+type Meta struct {
+	Name      string            `json:"name"`
+	Namespace string            `json:"namespace,omitempty"` // services and endpoints; "" means "default"
+	Labels    map[string]string `json:"labels,omitempty"`
+	// Version is the store revision at which the object last changed. Set by
+	// the control plane; ignored on apply.
+	Version uint64 `json:"version,omitempty"`
+}
+
+// Node is one machine running an agent.
+type Node struct {
+	APIVersion string     `json:"apiVersion,omitempty"`
+	Kind       string     `json:"kind,omitempty"`
+	Meta       Meta       `json:"metadata"`
+	Spec       NodeSpec   `json:"spec"`
+	Status     NodeStatus `json:"status,omitempty"`
+}
+
+// NodeSpec is what an agent registers about its node.
+type NodeSpec struct {
+	Site   string `json:"site"`
+	Region string `json:"region"`
+	Zone   string `json:"zone,omitempty"`
+	// MeshAddress is host:port of the agent's mesh port, where peers open
+	// streams to this node's workloads. IPv4 or IPv6.
+	MeshAddress string `json:"meshAddress"`
+	// Addresses are the node's own IP addresses (informational today).
+	Addresses []string `json:"addresses,omitempty"`
+	// Capacity is a relative capacity weight (default 1).
+	Capacity    float64      `json:"capacity,omitempty"`
+	Coordinates *Coordinates `json:"coordinates,omitempty"`
+}
+
+// Coordinates place a node on the map (degrees).
+type Coordinates struct {
+	Lat float64 `json:"lat"`
+	Lon float64 `json:"lon"`
+}
+
+// NodeStatus is kept by the control plane.
+type NodeStatus struct {
+	Ready         bool      `json:"ready"`
+	LastHeartbeat time.Time `json:"lastHeartbeat,omitzero"`
+	// Load is the agent's last reported load (open proxied connections).
+	Load float64 `json:"load,omitempty"`
+	// AckedVersion is the last configuration version the agent acknowledged.
+	AckedVersion uint64 `json:"ackedVersion,omitempty"`
+	Connected    bool   `json:"connected"`
+}
+
+// Service is a named set of endpoints reachable through a virtual IP.
+type Service struct {
+	APIVersion string        `json:"apiVersion,omitempty"`
+	Kind       string        `json:"kind,omitempty"`
+	Meta       Meta          `json:"metadata"`
+	Spec       ServiceSpec   `json:"spec"`
+	Status     ServiceStatus `json:"status,omitempty"`
+}
+
+// ServiceSpec declares the service's ports.
+type ServiceSpec struct {
+	Ports []ServicePort `json:"ports"`
+	// Balancer within a locality tier: "round-robin" (default) or "least-conn".
+	Balancer string `json:"balancer,omitempty"`
+}
+
+// ServicePort is one port of a service.
+type ServicePort struct {
+	Name     string `json:"name"`
+	Port     int    `json:"port"`               // port on the virtual IP, 1-65535
+	Protocol string `json:"protocol,omitempty"` // tcp (default), http, http2, grpc, mqtt
+}
+
+// ServiceStatus holds what the control plane allocated.
+type ServiceStatus struct {
+	// VIPIndex is the service's offset in every agent's virtual IP range
+	// (1-based). An agent maps it into its own range, so agents that share a
+	// machine (the dev demo) do not collide, while separate machines with the
+	// default range all see the same address.
+	VIPIndex uint32 `json:"vipIndex,omitempty"`
+	// VIP is VIPIndex mapped into the control plane's default range.
+	VIP string `json:"vip,omitempty"`
+}
+
+// Endpoint is one instance of a service.
+type Endpoint struct {
+	APIVersion string         `json:"apiVersion,omitempty"`
+	Kind       string         `json:"kind,omitempty"`
+	Meta       Meta           `json:"metadata"`
+	Spec       EndpointSpec   `json:"spec"`
+	Status     EndpointStatus `json:"status,omitempty"`
+}
+
+// EndpointSpec says where an instance listens.
+type EndpointSpec struct {
+	Service string `json:"service"`
+	// Node is the node whose agent reaches the instance. Empty for a static
+	// endpoint that every agent dials directly.
+	Node string `json:"node,omitempty"`
+	// Address is the instance's IP (v4 or v6) as seen from its node.
+	Address string `json:"address"`
+	// Ports maps service port names to the instance's ports.
+	Ports []EndpointPort `json:"ports"`
+	// Site and Region place a static endpoint (Node empty) in a locality tier.
+	Site   string `json:"site,omitempty"`
+	Region string `json:"region,omitempty"`
+	// Weight is a relative weight (default 1).
+	Weight float64 `json:"weight,omitempty"`
+}
+
+// EndpointPort maps a service port name to an instance port.
+type EndpointPort struct {
+	Name string `json:"name"`
+	Port int    `json:"port"`
+}
+
+// EndpointStatus is the health as last reported by the endpoint's agent.
+type EndpointStatus struct {
+	// Healthy is false once the owning agent's checks fail. Static endpoints
+	// are healthy unless agents see failures themselves.
+	Healthy bool `json:"healthy"`
+}
+
+// Key returns "namespace/name".
+func (m Meta) Key() string { return NamespaceOr(m.Namespace) + "/" + m.Name }
+
+// NamespaceOr returns ns, or DefaultNamespace if ns is empty.
+func NamespaceOr(ns string) string {
+	if ns == "" {
+		return DefaultNamespace
+	}
+	return ns
+}
+
+// PortByName returns the service port called name.
+func (s *Service) PortByName(name string) (ServicePort, bool) {
+	for _, p := range s.Spec.Ports {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return ServicePort{}, false
+}
+
+// Port returns the endpoint's port for the service port called name.
+func (e *Endpoint) Port(name string) (int, bool) {
+	for _, p := range e.Spec.Ports {
+		if p.Name == name {
+			return p.Port, true
+		}
+	}
+	return 0, false
+}
+
+// AddrPort returns the endpoint's address and port for service port name.
+func (e *Endpoint) AddrPort(name string) (netip.AddrPort, error) {
+	p, ok := e.Port(name)
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %s: no port %q", e.Meta.Key(), name)
+	}
+	a, err := netip.ParseAddr(e.Spec.Address)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %s: address: %w", e.Meta.Key(), err)
+	}
+	return netip.AddrPortFrom(a.Unmap(), uint16(p)), nil
+}

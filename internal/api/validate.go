@@ -1,0 +1,203 @@
+package api
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strconv"
+)
+
+// nameRE is a DNS label: what Kubernetes calls a DNS-1123 label.
+var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// FieldError names the field that is wrong.
+type FieldError struct {
+	Field  string // e.g. "spec.ports[0].port"
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+func validName(field, s string) error {
+	if s == "" {
+		return fieldErr(field, "required")
+	}
+	if !nameRE.MatchString(s) {
+		return fieldErr(field, "%q is not a DNS label (lower case letters, digits and '-', at most 63)", s)
+	}
+	return nil
+}
+
+func validPort(field string, p int) error {
+	if p < 1 || p > 65535 {
+		return fieldErr(field, "%d is out of range 1-65535", p)
+	}
+	return nil
+}
+
+// Validate checks a node and fills defaults.
+func (n *Node) Validate() error {
+	n.APIVersion, n.Kind = APIVersion, KindNode
+	n.Meta.Namespace = ""
+	if err := validName("metadata.name", n.Meta.Name); err != nil {
+		return err
+	}
+	if err := validName("spec.site", n.Spec.Site); err != nil {
+		return err
+	}
+	if err := validName("spec.region", n.Spec.Region); err != nil {
+		return err
+	}
+	if n.Spec.Zone != "" {
+		if err := validName("spec.zone", n.Spec.Zone); err != nil {
+			return err
+		}
+	}
+	if n.Spec.MeshAddress != "" {
+		if err := validHostPort("spec.meshAddress", n.Spec.MeshAddress); err != nil {
+			return err
+		}
+	}
+	for i, a := range n.Spec.Addresses {
+		if _, err := netip.ParseAddr(a); err != nil {
+			return fieldErr(fmt.Sprintf("spec.addresses[%d]", i), "%q is not an IP address", a)
+		}
+	}
+	if n.Spec.Capacity < 0 {
+		return fieldErr("spec.capacity", "must not be negative")
+	}
+	if n.Spec.Capacity == 0 {
+		n.Spec.Capacity = 1
+	}
+	if c := n.Spec.Coordinates; c != nil && (c.Lat < -90 || c.Lat > 90 || c.Lon < -180 || c.Lon > 180) {
+		return fieldErr("spec.coordinates", "lat must be within ±90 and lon within ±180")
+	}
+	return nil
+}
+
+func validHostPort(field, s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fieldErr(field, "%q is not host:port: %v", s, err)
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return fieldErr(field, "%q: host must be an IP address", s)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return fieldErr(field, "%q: bad port", s)
+	}
+	return validPort(field, p)
+}
+
+// Validate checks a service and fills defaults.
+func (s *Service) Validate() error {
+	s.APIVersion, s.Kind = APIVersion, KindService
+	s.Meta.Namespace = NamespaceOr(s.Meta.Namespace)
+	if err := validName("metadata.name", s.Meta.Name); err != nil {
+		return err
+	}
+	if err := validName("metadata.namespace", s.Meta.Namespace); err != nil {
+		return err
+	}
+	if len(s.Spec.Ports) == 0 {
+		return fieldErr("spec.ports", "at least one port is required")
+	}
+	seenName, seenPort := map[string]bool{}, map[int]bool{}
+	for i := range s.Spec.Ports {
+		p := &s.Spec.Ports[i]
+		f := fmt.Sprintf("spec.ports[%d]", i)
+		if p.Name == "" && len(s.Spec.Ports) == 1 {
+			p.Name = "default"
+		}
+		if err := validName(f+".name", p.Name); err != nil {
+			return err
+		}
+		if err := validPort(f+".port", p.Port); err != nil {
+			return err
+		}
+		if p.Protocol == "" {
+			p.Protocol = "tcp"
+		}
+		if !Protocols[p.Protocol] {
+			return fieldErr(f+".protocol", "%q is not one of tcp, http, http2, grpc, mqtt", p.Protocol)
+		}
+		if seenName[p.Name] {
+			return fieldErr(f+".name", "duplicate port name %q", p.Name)
+		}
+		if seenPort[p.Port] {
+			return fieldErr(f+".port", "duplicate port %d", p.Port)
+		}
+		seenName[p.Name], seenPort[p.Port] = true, true
+	}
+	switch s.Spec.Balancer {
+	case "":
+		s.Spec.Balancer = "round-robin"
+	case "round-robin", "least-conn":
+	default:
+		return fieldErr("spec.balancer", "%q is not one of round-robin, least-conn", s.Spec.Balancer)
+	}
+	return nil
+}
+
+// Validate checks an endpoint and fills defaults.
+func (e *Endpoint) Validate() error {
+	e.APIVersion, e.Kind = APIVersion, KindEndpoint
+	e.Meta.Namespace = NamespaceOr(e.Meta.Namespace)
+	if err := validName("metadata.name", e.Meta.Name); err != nil {
+		return err
+	}
+	if err := validName("metadata.namespace", e.Meta.Namespace); err != nil {
+		return err
+	}
+	if err := validName("spec.service", e.Spec.Service); err != nil {
+		return err
+	}
+	if e.Spec.Node != "" {
+		if err := validName("spec.node", e.Spec.Node); err != nil {
+			return err
+		}
+	}
+	a, err := netip.ParseAddr(e.Spec.Address)
+	if err != nil {
+		return fieldErr("spec.address", "%q is not an IP address", e.Spec.Address)
+	}
+	if a.Zone() != "" {
+		return fieldErr("spec.address", "%q: zoned addresses are not supported", e.Spec.Address)
+	}
+	if len(e.Spec.Ports) == 0 {
+		return fieldErr("spec.ports", "at least one port is required")
+	}
+	for i := range e.Spec.Ports {
+		p := &e.Spec.Ports[i]
+		f := fmt.Sprintf("spec.ports[%d]", i)
+		if p.Name == "" && len(e.Spec.Ports) == 1 {
+			p.Name = "default"
+		}
+		if err := validName(f+".name", p.Name); err != nil {
+			return err
+		}
+		if err := validPort(f+".port", p.Port); err != nil {
+			return err
+		}
+	}
+	for _, f := range []struct{ name, v string }{{"spec.site", e.Spec.Site}, {"spec.region", e.Spec.Region}} {
+		if f.v != "" {
+			if err := validName(f.name, f.v); err != nil {
+				return err
+			}
+		}
+	}
+	if e.Spec.Weight < 0 {
+		return fieldErr("spec.weight", "must not be negative")
+	}
+	if e.Spec.Weight == 0 {
+		e.Spec.Weight = 1
+	}
+	return nil
+}

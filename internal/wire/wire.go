@@ -1,0 +1,214 @@
+// Package wire is the fogmesh sync protocol between an agent (or, later, a
+// regional control plane) and a control plane: frames and messages only. The
+// server lives in internal/control, the client in internal/agent.
+//
+// It carries the semantics of delta xDS with fogmesh's own resource types:
+// named, versioned resources; a subscription per type with a scope; a first
+// response that is either a full snapshot or, when the subscriber names the
+// version it already holds, only what changed since; versioned deltas after
+// that; ACK/NACK of every response by nonce. docs/protocol.md says why it is
+// not xDS itself.
+//
+// Frame layout, on any byte stream (TCP today, TLS later with no change):
+//
+//	+----------------+---------------------------+
+//	| length uint32  | JSON-encoded Message      |
+//	| big endian     | (length bytes, ≤ MaxFrame)|
+//	+----------------+---------------------------+
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+)
+
+// ProtocolVersion is sent in Hello; a server refuses versions it does not know.
+const ProtocolVersion = 1
+
+// MaxFrame bounds a frame's length. A snapshot of 10,000 services with their
+// endpoints fits with room to spare.
+const MaxFrame = 32 << 20
+
+// Message types.
+const (
+	// agent -> control
+	TypeHello     = "hello"     // first message: who I am
+	TypeSubscribe = "subscribe" // which resource types, from which version
+	TypeAck       = "ack"       // response applied
+	TypeNack      = "nack"      // response rejected, with Error
+	TypeHeartbeat = "heartbeat" // liveness and load
+	TypeLocal     = "local"     // full set of endpoints this node owns, with health
+	// control -> agent
+	TypeWelcome = "welcome" // hello accepted
+	TypeUpdate  = "update"  // snapshot or delta
+	TypeError   = "error"   // fatal; the server closes the stream after it
+)
+
+// Resource types a subscriber may ask for.
+const (
+	ResourceNode     = api.KindNode
+	ResourceService  = api.KindService
+	ResourceEndpoint = api.KindEndpoint
+)
+
+// Message is the one frame body. Type says which fields are set.
+type Message struct {
+	Type string `json:"type"`
+
+	// Hello
+	Protocol int       `json:"protocol,omitempty"`
+	Node     *api.Node `json:"node,omitempty"`
+
+	// Subscribe
+	Types []string `json:"types,omitempty"`
+	Scope *Scope   `json:"scope,omitempty"`
+	// StoreID and KnownVersion name the configuration the subscriber already
+	// holds. A server whose store has another ID, or that has compacted past
+	// KnownVersion, answers with a full snapshot.
+	StoreID      string `json:"storeId,omitempty"`
+	KnownVersion uint64 `json:"knownVersion,omitempty"`
+
+	// Ack / Nack: the Nonce and Version of the update; Error for a Nack.
+	Nonce string `json:"nonce,omitempty"`
+	Error string `json:"error,omitempty"`
+
+	// Heartbeat
+	Load float64 `json:"load,omitempty"`
+
+	// Local
+	Endpoints []api.Endpoint `json:"endpoints,omitempty"`
+
+	// Welcome, Update
+	Version uint64 `json:"version,omitempty"`
+	// Full marks a snapshot: the subscriber replaces everything it holds of
+	// the subscribed types with Resources.
+	Full      bool          `json:"full,omitempty"`
+	Resources []Resource    `json:"resources,omitempty"`
+	Removed   []ResourceRef `json:"removed,omitempty"`
+	// HeartbeatMillis tells the agent how often to send heartbeats.
+	HeartbeatMillis int64 `json:"heartbeatMillis,omitempty"`
+}
+
+// Scope limits a subscription. Empty means everything.
+type Scope struct {
+	// Region limits nodes and endpoints to one region (a regional control
+	// plane subscribing to the global one). Services are always sent.
+	Region string `json:"region,omitempty"`
+}
+
+// ResourceRef names a resource: Type and Name ("namespace/name", or the node
+// name for nodes).
+type ResourceRef struct {
+	Type string `json:"type"`
+	Name string `json:"name"`
+}
+
+// Resource is a named, versioned resource. Body is the JSON of the api type.
+type Resource struct {
+	ResourceRef
+	Version uint64          `json:"version"`
+	Body    json.RawMessage `json:"body"`
+}
+
+// ErrFrameTooLarge is returned for a length prefix above MaxFrame.
+var ErrFrameTooLarge = errors.New("wire: frame too large")
+
+// Write writes one frame.
+func Write(w io.Writer, m *Message) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("wire: encode %s: %w", m.Type, err)
+	}
+	if len(b) > MaxFrame {
+		return ErrFrameTooLarge
+	}
+	buf := make([]byte, 4+len(b))
+	binary.BigEndian.PutUint32(buf, uint32(len(b)))
+	copy(buf[4:], b)
+	_, err = w.Write(buf)
+	return err
+}
+
+// Reader reads frames.
+type Reader struct {
+	r   *bufio.Reader
+	max int
+}
+
+// NewReader returns a frame reader over r.
+func NewReader(r io.Reader) *Reader { return &Reader{r: bufio.NewReader(r), max: MaxFrame} }
+
+// Read reads and decodes one frame. A clean EOF before a frame returns
+// io.EOF; a truncated frame returns io.ErrUnexpectedEOF.
+func (fr *Reader) Read() (*Message, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(fr.r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > uint32(fr.max) {
+		return nil, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
+	}
+	if n == 0 {
+		return nil, errors.New("wire: empty frame")
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(fr.r, body); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return Decode(body)
+}
+
+// Decode decodes a frame body and checks that it is a known message type.
+func Decode(body []byte) (*Message, error) {
+	m := new(Message)
+	if err := json.Unmarshal(body, m); err != nil {
+		return nil, fmt.Errorf("wire: decode: %w", err)
+	}
+	switch m.Type {
+	case TypeHello, TypeSubscribe, TypeAck, TypeNack, TypeHeartbeat, TypeLocal,
+		TypeWelcome, TypeUpdate, TypeError:
+	default:
+		return nil, fmt.Errorf("wire: unknown message type %q", m.Type)
+	}
+	return m, nil
+}
+
+// NewResource encodes an api object as a Resource.
+func NewResource(o api.Object) (Resource, error) {
+	b, err := json.Marshal(o)
+	if err != nil {
+		return Resource{}, err
+	}
+	return Resource{ResourceRef: RefOf(o), Version: o.GetMeta().Version, Body: b}, nil
+}
+
+// RefOf returns the ResourceRef of an object.
+func RefOf(o api.Object) ResourceRef {
+	m := o.GetMeta()
+	if o.GetKind() == api.KindNode {
+		return ResourceRef{Type: api.KindNode, Name: m.Name}
+	}
+	return ResourceRef{Type: o.GetKind(), Name: m.Key()}
+}
+
+// DecodeResource decodes and validates a Resource's body.
+func DecodeResource(r Resource) (api.Object, error) {
+	o, err := api.DecodeObject(r.Body)
+	if err != nil {
+		return nil, fmt.Errorf("resource %s %s: %w", r.Type, r.Name, err)
+	}
+	if got := RefOf(o); got != r.ResourceRef {
+		return nil, fmt.Errorf("resource %s %s: body is %s %s", r.Type, r.Name, got.Type, got.Name)
+	}
+	return o, nil
+}
