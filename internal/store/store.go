@@ -1,0 +1,323 @@
+// Package store is the control plane's embedded store: one bbolt file holding
+// objects under string keys, a revision counter, and a bounded log of which
+// keys changed at which revision. The log is what lets the control plane send
+// an agent that reconnects only what changed since the version it holds.
+//
+// Every Update commits atomically (bbolt fsyncs before returning), so a
+// control plane killed at any moment loses nothing it acknowledged.
+package store
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ErrCompacted is returned by ChangesSince when the log no longer reaches back
+// to the asked revision; the caller must fall back to a full List.
+var ErrCompacted = errors.New("store: revision compacted")
+
+var (
+	bucketMeta    = []byte("meta")
+	bucketObjects = []byte("objects")
+	bucketLog     = []byte("log")
+	keyID         = []byte("id")
+	keyRev        = []byte("rev")
+	keyCompacted  = []byte("compacted")
+)
+
+// Options tune a Store. The zero value works.
+type Options struct {
+	// LogRetention is how many change-log entries are kept (default 10000).
+	LogRetention int
+}
+
+// Store is safe for concurrent use.
+type Store struct {
+	db        *bolt.DB
+	retention int
+	id        string
+
+	mu    sync.Mutex // guards the following
+	watch chan struct{}
+}
+
+// KV is a stored object.
+type KV struct {
+	Key   string
+	Rev   uint64 // revision at which the key last changed
+	Value []byte
+}
+
+// Change is the latest state of a key that changed after some revision.
+type Change struct {
+	Key     string
+	Rev     uint64
+	Value   []byte // nil if Deleted
+	Deleted bool
+}
+
+// Open opens or creates the store file at path.
+func Open(path string, opts Options) (*Store, error) {
+	if opts.LogRetention <= 0 {
+		opts.LogRetention = 10000
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	s := &Store{db: db, retention: opts.LogRetention, watch: make(chan struct{})}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketObjects, bucketLog} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		m := tx.Bucket(bucketMeta)
+		if id := m.Get(keyID); id != nil {
+			s.id = string(id)
+			return nil
+		}
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		s.id = hex.EncodeToString(b[:])
+		return m.Put(keyID, []byte(s.id))
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: init %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// ID is a random identifier made when the store file was created. A
+// subscriber that holds versions from another store must resync in full.
+func (s *Store) ID() string { return s.id }
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+func u64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+func be(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+// object value layout: 8-byte revision, then the value bytes.
+
+// Rev returns the current revision (0 for an empty store).
+func (s *Store) Rev() (uint64, error) {
+	var rev uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rev = u64(tx.Bucket(bucketMeta).Get(keyRev))
+		return nil
+	})
+	return rev, err
+}
+
+// Watch returns a channel that is closed at the next commit.
+func (s *Store) Watch() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.watch
+}
+
+// Tx is a write transaction. Every key written in it gets revision Rev().
+type Tx struct {
+	tx      *bolt.Tx
+	rev     uint64
+	changed int
+}
+
+// Rev is the revision this transaction commits at.
+func (t *Tx) Rev() uint64 { return t.rev }
+
+// Get reads a key inside the transaction.
+func (t *Tx) Get(key string) (KV, bool) {
+	v := t.tx.Bucket(bucketObjects).Get([]byte(key))
+	if v == nil || len(v) < 8 {
+		return KV{}, false
+	}
+	return KV{Key: key, Rev: u64(v[:8]), Value: bytes.Clone(v[8:])}, true
+}
+
+// List reads every key with prefix inside the transaction.
+func (t *Tx) List(prefix string) []KV {
+	return list(t.tx, prefix)
+}
+
+// Put writes a key.
+func (t *Tx) Put(key string, value []byte) error {
+	if key == "" {
+		return errors.New("store: empty key")
+	}
+	v := make([]byte, 8+len(value))
+	copy(v, be(t.rev))
+	copy(v[8:], value)
+	if err := t.tx.Bucket(bucketObjects).Put([]byte(key), v); err != nil {
+		return err
+	}
+	return t.logLocked(key)
+}
+
+// Delete removes a key; deleting a missing key is a no-op.
+func (t *Tx) Delete(key string) error {
+	b := t.tx.Bucket(bucketObjects)
+	if b.Get([]byte(key)) == nil {
+		return nil
+	}
+	if err := b.Delete([]byte(key)); err != nil {
+		return err
+	}
+	return t.logLocked(key)
+}
+
+// log entry key: 8-byte rev + key bytes (a revision may change many keys).
+func (t *Tx) logLocked(key string) error {
+	t.changed++
+	k := append(be(t.rev), key...)
+	return t.tx.Bucket(bucketLog).Put(k, nil)
+}
+
+// Update runs fn in a write transaction. If fn writes nothing, the revision
+// does not move. If fn returns an error, nothing is stored.
+func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
+	var changed bool
+	err = s.db.Update(func(btx *bolt.Tx) error {
+		m := btx.Bucket(bucketMeta)
+		t := &Tx{tx: btx, rev: u64(m.Get(keyRev)) + 1}
+		if err := fn(t); err != nil {
+			return err
+		}
+		if t.changed == 0 {
+			rev = t.rev - 1
+			return nil
+		}
+		changed = true
+		rev = t.rev
+		if err := m.Put(keyRev, be(t.rev)); err != nil {
+			return err
+		}
+		return s.compactLocked(btx)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if changed {
+		s.mu.Lock()
+		close(s.watch)
+		s.watch = make(chan struct{})
+		s.mu.Unlock()
+	}
+	return rev, nil
+}
+
+// compactLocked trims the log to the retention and records the highest
+// revision dropped.
+func (s *Store) compactLocked(tx *bolt.Tx) error {
+	lb := tx.Bucket(bucketLog)
+	n := lb.Stats().KeyN
+	if n <= s.retention {
+		return nil
+	}
+	drop := n - s.retention
+	c := lb.Cursor()
+	var last uint64
+	var keys [][]byte
+	for k, _ := c.First(); k != nil && drop > 0; k, _ = c.Next() {
+		keys = append(keys, bytes.Clone(k))
+		last = u64(k[:8])
+		drop--
+	}
+	for _, k := range keys {
+		if err := lb.Delete(k); err != nil {
+			return err
+		}
+	}
+	// A revision is only fully in the log if none of its entries was
+	// dropped, so everything up to and including `last` counts as compacted.
+	return tx.Bucket(bucketMeta).Put(keyCompacted, be(last))
+}
+
+// Get reads one key.
+func (s *Store) Get(key string) (kv KV, ok bool, err error) {
+	err = s.db.View(func(btx *bolt.Tx) error {
+		kv, ok = (&Tx{tx: btx}).Get(key)
+		return nil
+	})
+	return kv, ok, err
+}
+
+// List returns every key with the prefix, in key order, and the revision the
+// listing is consistent with.
+func (s *Store) List(prefix string) (kvs []KV, rev uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		kvs = list(tx, prefix)
+		rev = u64(tx.Bucket(bucketMeta).Get(keyRev))
+		return nil
+	})
+	return kvs, rev, err
+}
+
+func list(tx *bolt.Tx, prefix string) []KV {
+	var out []KV
+	c := tx.Bucket(bucketObjects).Cursor()
+	p := []byte(prefix)
+	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+		if len(v) < 8 {
+			continue
+		}
+		out = append(out, KV{Key: string(k), Rev: u64(v[:8]), Value: bytes.Clone(v[8:])})
+	}
+	return out
+}
+
+// ChangesSince returns the latest state of every key that changed after rev,
+// and the current revision. It returns ErrCompacted if the log does not reach
+// back to rev, and also if rev is ahead of the store (a subscriber from the
+// future holds another history).
+func (s *Store) ChangesSince(rev uint64) (changes []Change, current uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		current = u64(m.Get(keyRev))
+		if rev < u64(m.Get(keyCompacted)) || rev > current {
+			return ErrCompacted
+		}
+		last := map[string]uint64{} // key -> last revision it changed at
+		var order []string
+		c := tx.Bucket(bucketLog).Cursor()
+		for k, _ := c.Seek(be(rev + 1)); k != nil; k, _ = c.Next() {
+			key := string(k[8:])
+			if _, ok := last[key]; !ok {
+				order = append(order, key)
+			}
+			last[key] = u64(k[:8])
+		}
+		for _, key := range order {
+			kv, ok := (&Tx{tx: tx}).Get(key)
+			if !ok {
+				changes = append(changes, Change{Key: key, Rev: last[key], Deleted: true})
+				continue
+			}
+			changes = append(changes, Change{Key: key, Rev: kv.Rev, Value: kv.Value})
+		}
+		return nil
+	})
+	return changes, current, err
+}
