@@ -1,0 +1,229 @@
+package control
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/store"
+)
+
+// ErrNotFound is returned when a named object does not exist.
+var ErrNotFound = errors.New("not found")
+
+// registry is the typed view of the store.
+type registry struct {
+	st      *store.Store
+	vipBase netip.Prefix
+}
+
+func decodeKV(kv store.KV) (api.Object, error) {
+	o, err := api.DecodeObject(kv.Value)
+	if err != nil {
+		return nil, fmt.Errorf("stored object %s: %w", kv.Key, err)
+	}
+	o.GetMeta().Version = kv.Rev
+	return o, nil
+}
+
+// list returns every object of a kind ("" = all kinds).
+func (r *registry) list(kind string) ([]api.Object, uint64, error) {
+	prefix := ""
+	if kind != "" {
+		prefix = kind + "/"
+	}
+	kvs, rev, err := r.st.List(prefix)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]api.Object, 0, len(kvs))
+	for _, kv := range kvs {
+		o, err := decodeKV(kv)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, o)
+	}
+	return out, rev, nil
+}
+
+// putLocked writes o at the transaction's revision if its content changed.
+func putLocked(tx *store.Tx, o api.Object) error {
+	key := api.ObjectKey(o)
+	o.GetMeta().Version = 0
+	b, err := json.Marshal(o)
+	if err != nil {
+		return err
+	}
+	if old, ok := tx.Get(key); ok && bytes.Equal(old.Value, b) {
+		o.GetMeta().Version = old.Rev
+		return nil
+	}
+	o.GetMeta().Version = tx.Rev()
+	return tx.Put(key, b)
+}
+
+func getLocked[T api.Object](tx *store.Tx, key string, into T) (T, bool) {
+	kv, ok := tx.Get(key)
+	if !ok {
+		return into, false
+	}
+	if json.Unmarshal(kv.Value, into) != nil {
+		return into, false
+	}
+	into.GetMeta().Version = kv.Rev
+	return into, true
+}
+
+// apply stores objects atomically. Services keep their virtual IP or get the
+// lowest free one. Statuses of existing nodes are preserved.
+func (r *registry) apply(objs []api.Object) (uint64, error) {
+	return r.st.Update(func(tx *store.Tx) error {
+		for _, o := range objs {
+			switch v := o.(type) {
+			case *api.Service:
+				if err := r.allocateVIPLocked(tx, v); err != nil {
+					return err
+				}
+			case *api.Node:
+				if old, ok := getLocked(tx, api.ObjectKey(v), new(api.Node)); ok {
+					v.Status = old.Status
+				}
+			case *api.Endpoint:
+				if v.Spec.Node == "" {
+					v.Status.Healthy = true // static endpoints start healthy
+				}
+			}
+			if err := putLocked(tx, o); err != nil {
+				return fmt.Errorf("%s: %w", api.ObjectKey(o), err)
+			}
+		}
+		return nil
+	})
+}
+
+func (r *registry) allocateVIPLocked(tx *store.Tx, s *api.Service) error {
+	if old, ok := getLocked(tx, api.ObjectKey(s), new(api.Service)); ok && old.Status.VIPIndex != 0 {
+		s.Status = old.Status
+		return nil
+	}
+	used := map[uint32]bool{}
+	for _, kv := range tx.List(api.KindService + "/") {
+		var o api.Service
+		if json.Unmarshal(kv.Value, &o) == nil {
+			used[o.Status.VIPIndex] = true
+		}
+	}
+	limit := uint32(1)<<(32-r.vipBase.Bits()) - 2
+	for i := uint32(1); i <= limit; i++ {
+		if !used[i] {
+			s.Status.VIPIndex = i
+			s.Status.VIP = VIPFor(r.vipBase, i).String()
+			return nil
+		}
+	}
+	return fmt.Errorf("service %s: virtual IP range %s is full", s.Meta.Key(), r.vipBase)
+}
+
+// VIPFor maps a service's VIP index into prefix (IPv4 or IPv6).
+func VIPFor(prefix netip.Prefix, index uint32) netip.Addr {
+	b := prefix.Masked().Addr().AsSlice()
+	for i := len(b) - 1; i >= 0 && index > 0; i-- {
+		sum := uint32(b[i]) + index&0xff
+		b[i] = byte(sum)
+		index = index>>8 + sum>>8
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// deleteObj removes Kind/ns/name.
+func (r *registry) deleteObj(kind, ns, name string) (uint64, error) {
+	key := kind + "/" + api.NamespaceOr(ns) + "/" + name
+	if kind == api.KindNode {
+		key = kind + "/" + name
+	}
+	var found bool
+	rev, err := r.st.Update(func(tx *store.Tx) error {
+		if _, ok := tx.Get(key); !ok {
+			return nil
+		}
+		found = true
+		if kind == api.KindNode { // a node's endpoints go with it
+			for _, kv := range tx.List(api.KindEndpoint + "/") {
+				var e api.Endpoint
+				if json.Unmarshal(kv.Value, &e) == nil && e.Spec.Node == name {
+					if err := tx.Delete(kv.Key); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return tx.Delete(key)
+	})
+	if err == nil && !found {
+		return 0, fmt.Errorf("%s %s: %w", strings.ToLower(kind), strings.TrimPrefix(key, kind+"/"), ErrNotFound)
+	}
+	return rev, err
+}
+
+// registerNode upserts an agent's node, keeping status, and marks it ready.
+func (r *registry) registerNode(n *api.Node) error {
+	_, err := r.st.Update(func(tx *store.Tx) error {
+		// Only Ready is stored; heartbeat time, load and acked version
+		// change every few seconds and live in memory (see Server.live).
+		n.Status = api.NodeStatus{Ready: true}
+		return putLocked(tx, n)
+	})
+	return err
+}
+
+// setNodeReady flips a node's Ready flag.
+func (r *registry) setNodeReady(name string, ready bool) error {
+	_, err := r.st.Update(func(tx *store.Tx) error {
+		n, ok := getLocked(tx, api.KindNode+"/"+name, new(api.Node))
+		if !ok || n.Status.Ready == ready {
+			return nil
+		}
+		n.Status.Ready = ready
+		return putLocked(tx, n)
+	})
+	return err
+}
+
+// syncLocalEndpoints makes the stored endpoints owned by node equal eps.
+func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
+	for i := range eps {
+		eps[i].Spec.Node = node
+		if err := eps[i].Validate(); err != nil {
+			return fmt.Errorf("endpoint %s: %w", eps[i].Meta.Key(), err)
+		}
+	}
+	_, err := r.st.Update(func(tx *store.Tx) error {
+		want := map[string]bool{}
+		for i := range eps {
+			key := api.ObjectKey(&eps[i])
+			if old, ok := getLocked(tx, key, new(api.Endpoint)); ok && old.Spec.Node != node {
+				return fmt.Errorf("endpoint %s belongs to node %q", eps[i].Meta.Key(), old.Spec.Node)
+			}
+			want[key] = true
+			if err := putLocked(tx, &eps[i]); err != nil {
+				return err
+			}
+		}
+		for _, kv := range tx.List(api.KindEndpoint + "/") {
+			var e api.Endpoint
+			if json.Unmarshal(kv.Value, &e) == nil && e.Spec.Node == node && !want[kv.Key] {
+				if err := tx.Delete(kv.Key); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	return err
+}

@@ -1,0 +1,328 @@
+// Package control is the fogmesh control plane: it keeps nodes, services and
+// endpoints in the embedded store, allocates service virtual IPs, serves the
+// admin API used by the CLI, and streams configuration to agents with the
+// sync protocol of internal/wire.
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/store"
+)
+
+// Config configures a control plane. The zero value works except StateDir.
+type Config struct {
+	// StateDir holds the store file (fogmesh.db). Required.
+	StateDir string
+	// AdminAddr is the admin API, /healthz and /metrics listen address
+	// (default 127.0.0.1:7070).
+	AdminAddr string
+	// SyncAddr is where agents connect (default 127.0.0.1:7071).
+	SyncAddr string
+	// HeartbeatInterval is how often agents send heartbeats (default 5s).
+	HeartbeatInterval time.Duration
+	// NodeTimeout is how long a node may miss heartbeats before it is marked
+	// not ready (default 3 × HeartbeatInterval).
+	NodeTimeout time.Duration
+	// VIPRange is the default virtual IP range, mapped by VIP index
+	// (default 127.77.0.0/16: all of 127/8 routes to lo, so agents listen
+	// there without root).
+	VIPRange string
+	// LogRetention is how many store changes are kept for delta resync
+	// (default 10000).
+	LogRetention int
+	Logger       *slog.Logger // nil = discard
+	Metrics      *metrics.Set // nil = a private set
+}
+
+func (c *Config) validate() error {
+	if c.StateDir == "" {
+		return errors.New("control: stateDir is required")
+	}
+	if c.AdminAddr == "" {
+		c.AdminAddr = "127.0.0.1:7070"
+	}
+	if c.SyncAddr == "" {
+		c.SyncAddr = "127.0.0.1:7071"
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 5 * time.Second
+	}
+	if c.NodeTimeout <= 0 {
+		c.NodeTimeout = 3 * c.HeartbeatInterval
+	}
+	if c.VIPRange == "" {
+		c.VIPRange = "127.77.0.0/16"
+	}
+	p, err := netip.ParsePrefix(c.VIPRange)
+	if err != nil {
+		return fmt.Errorf("control: vipRange: %w", err)
+	}
+	if p.Addr().Is4() && p.Bits() > 30 || p.Addr().Is6() && p.Bits() > 126 {
+		return fmt.Errorf("control: vipRange %s is too small", p)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.NewSet()
+	}
+	return nil
+}
+
+// liveNode is what the control plane knows of a node between store writes.
+type liveNode struct {
+	lastHeartbeat time.Time
+	load          float64
+	acked         uint64
+	conns         int // open sync streams
+}
+
+// Server is a control plane.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	st    *store.Store
+	reg   *registry
+	admin *http.Server
+	adminLn,
+	syncLn net.Listener
+	started time.Time
+
+	mu   sync.Mutex // guards the following
+	live map[string]*liveNode
+	// streams are open sync connections, closed on shutdown.
+	streams map[net.Conn]struct{}
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	cancel    context.CancelFunc
+
+	mStreams   *metrics.Counter
+	mBadFrames *metrics.Counter
+	mApplies   *metrics.Counter
+	mUpdates   *metrics.Counter
+}
+
+// New opens the store and binds both listeners; Serve starts serving.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("control: state dir: %w", err)
+	}
+	st, err := store.Open(filepath.Join(cfg.StateDir, "fogmesh.db"), store.Options{LogRetention: cfg.LogRetention})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger, st: st,
+		reg:     &registry{st: st, vipBase: netip.MustParsePrefix(cfg.VIPRange)},
+		live:    map[string]*liveNode{},
+		streams: map[net.Conn]struct{}{},
+		started: time.Now(),
+	}
+	s.initMetrics()
+	if s.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("control: admin listen: %w", err)
+	}
+	if s.syncLn, err = net.Listen("tcp", cfg.SyncAddr); err != nil {
+		s.adminLn.Close()
+		st.Close()
+		return nil, fmt.Errorf("control: sync listen: %w", err)
+	}
+	s.admin = &http.Server{
+		Handler:           s.adminHandler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+func (s *Server) initMetrics() {
+	m := s.cfg.Metrics
+	s.mStreams = m.NewCounter(`fogmesh_control_sync_streams_total`)
+	s.mBadFrames = m.NewCounter(`fogmesh_control_sync_bad_frames_total`)
+	s.mApplies = m.NewCounter(`fogmesh_control_applies_total`)
+	s.mUpdates = m.NewCounter(`fogmesh_control_updates_sent_total`)
+	m.NewGauge(`fogmesh_control_nodes_connected`, func() float64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		n := 0
+		for _, l := range s.live {
+			if l.conns > 0 {
+				n++
+			}
+		}
+		return float64(n)
+	})
+	m.NewGauge(`fogmesh_control_store_revision`, func() float64 {
+		r, _ := s.st.Rev()
+		return float64(r)
+	})
+}
+
+// AdminAddr returns the bound admin address.
+func (s *Server) AdminAddr() string { return s.adminLn.Addr().String() }
+
+// SyncAddr returns the bound sync address.
+func (s *Server) SyncAddr() string { return s.syncLn.Addr().String() }
+
+// StoreID returns the store's identity.
+func (s *Server) StoreID() string { return s.st.ID() }
+
+// Serve runs until ctx is done or Close is called. It returns nil on a clean
+// shutdown.
+func (s *Server) Serve(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	s.mu.Lock()
+	s.cancel = cancel
+	s.mu.Unlock()
+	defer cancel()
+	s.log.Info("control: serving", "admin", s.AdminAddr(), "sync", s.SyncAddr(), "store", s.st.ID())
+	errc := make(chan error, 2)
+	s.wg.Add(3)
+	go func() {
+		defer s.wg.Done()
+		if err := s.admin.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("control: admin: %w", err)
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		if err := s.acceptSync(ctx); err != nil {
+			errc <- err
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.watchHeartbeats(ctx)
+	}()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.shutdown()
+	return err
+}
+
+// Close stops serving and closes the store; it is idempotent and waits.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	cancel := s.cancel
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	s.shutdown()
+	return nil
+}
+
+func (s *Server) shutdown() {
+	s.closeOnce.Do(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.admin.Shutdown(sctx)
+		s.syncLn.Close()
+		s.mu.Lock()
+		for c := range s.streams {
+			c.Close()
+		}
+		s.mu.Unlock()
+		s.wg.Wait()
+		s.st.Close()
+		s.log.Info("control: stopped")
+	})
+}
+
+// watchHeartbeats marks nodes not ready when they miss heartbeats. A node
+// known from the store but not yet heard from since start gets NodeTimeout
+// from the start, so a control plane restart does not flap every node.
+func (s *Server) watchHeartbeats(ctx context.Context) {
+	t := time.NewTicker(s.cfg.HeartbeatInterval / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		nodes, _, err := s.reg.list(api.KindNode)
+		if err != nil {
+			s.log.Error("control: list nodes", "err", err)
+			continue
+		}
+		now := time.Now()
+		for _, o := range nodes {
+			n := o.(*api.Node)
+			if !n.Status.Ready {
+				continue
+			}
+			s.mu.Lock()
+			last := s.started
+			if l := s.live[n.Meta.Name]; l != nil && l.lastHeartbeat.After(last) {
+				last = l.lastHeartbeat
+			}
+			s.mu.Unlock()
+			if now.Sub(last) > s.cfg.NodeTimeout {
+				s.log.Warn("control: node missed heartbeats, marking not ready", "node", n.Meta.Name, "last", last)
+				if err := s.reg.setNodeReady(n.Meta.Name, false); err != nil {
+					s.log.Error("control: mark not ready", "node", n.Meta.Name, "err", err)
+				}
+			}
+		}
+	}
+}
+
+// heartbeat records liveness and load; a node that was not ready becomes
+// ready again.
+func (s *Server) heartbeat(node string, load float64) {
+	s.mu.Lock()
+	l := s.liveLocked(node)
+	l.lastHeartbeat = time.Now()
+	l.load = load
+	s.mu.Unlock()
+	if err := s.reg.setNodeReady(node, true); err != nil {
+		s.log.Error("control: mark ready", "node", node, "err", err)
+	}
+}
+
+func (s *Server) liveLocked(node string) *liveNode {
+	l := s.live[node]
+	if l == nil {
+		l = &liveNode{}
+		s.live[node] = l
+	}
+	return l
+}
+
+// fillLive copies the in-memory status into a node for display.
+func (s *Server) fillLive(n *api.Node) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.live[n.Meta.Name]; l != nil {
+		n.Status.LastHeartbeat = l.lastHeartbeat.UTC()
+		n.Status.Load = l.load
+		n.Status.AckedVersion = l.acked
+		n.Status.Connected = l.conns > 0
+	}
+}

@@ -1,0 +1,317 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+func (s *Server) acceptSync(ctx context.Context) error {
+	for {
+		c, err := s.syncLn.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("control: sync accept: %w", err)
+		}
+		s.mu.Lock()
+		s.streams[c] = struct{}{}
+		s.mu.Unlock()
+		s.mStreams.Inc()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() {
+				s.mu.Lock()
+				delete(s.streams, c)
+				s.mu.Unlock()
+				c.Close()
+			}()
+			if err := s.serveStream(ctx, c); err != nil {
+				s.log.Info("control: sync stream ended", "remote", c.RemoteAddr(), "err", err)
+			}
+		}()
+	}
+}
+
+// stream is one agent's sync connection.
+type stream struct {
+	s    *Server
+	c    net.Conn
+	node string
+
+	wmu sync.Mutex // serialises writes
+
+	subOnce sync.Once
+	sub     chan *wire.Message // the first subscribe, handed to the sender
+	nonce   uint64             // sender only
+}
+
+func (st *stream) write(m *wire.Message) error {
+	st.wmu.Lock()
+	defer st.wmu.Unlock()
+	st.c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	return wire.Write(st.c, m)
+}
+
+// serveStream runs one agent connection: hello, then a reader loop for
+// acks/heartbeats/local endpoints and a sender for updates.
+func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
+	st := &stream{s: s, c: c, sub: make(chan *wire.Message, 1)}
+	r := wire.NewReader(c)
+	// Every message, heartbeats included, must arrive within readTimeout, so a
+	// silent or slow sender is dropped.
+	readTimeout := 3 * s.cfg.HeartbeatInterval
+	c.SetReadDeadline(time.Now().Add(readTimeout))
+	hello, err := r.Read()
+	if err != nil {
+		s.mBadFrames.Inc()
+		return fmt.Errorf("read hello: %w", err)
+	}
+	if hello.Type != wire.TypeHello || hello.Node == nil {
+		s.mBadFrames.Inc()
+		st.write(&wire.Message{Type: wire.TypeError, Error: "first message must be hello with a node"})
+		return errors.New("no hello")
+	}
+	if hello.Protocol != wire.ProtocolVersion {
+		st.write(&wire.Message{Type: wire.TypeError, Error: fmt.Sprintf("protocol %d not supported (want %d)", hello.Protocol, wire.ProtocolVersion)})
+		return fmt.Errorf("protocol %d", hello.Protocol)
+	}
+	if err := hello.Node.Validate(); err != nil {
+		st.write(&wire.Message{Type: wire.TypeError, Error: "node: " + err.Error()})
+		return fmt.Errorf("hello node: %w", err)
+	}
+	st.node = hello.Node.Meta.Name
+	if err := s.reg.registerNode(hello.Node); err != nil {
+		return fmt.Errorf("register node %s: %w", st.node, err)
+	}
+	s.mu.Lock()
+	l := s.liveLocked(st.node)
+	l.conns++
+	l.lastHeartbeat = time.Now()
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.live[st.node].conns--
+		s.mu.Unlock()
+	}()
+	s.log.Info("control: agent connected", "node", st.node, "remote", c.RemoteAddr())
+	rev, _ := s.st.Rev()
+	if err := st.write(&wire.Message{Type: wire.TypeWelcome, Version: rev, StoreID: s.st.ID(),
+		HeartbeatMillis: s.cfg.HeartbeatInterval.Milliseconds()}); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	senderDone := make(chan error, 1)
+	go func() { senderDone <- st.sendLoop(ctx) }()
+	defer func() { cancel(); c.Close(); <-senderDone }()
+
+	for {
+		c.SetReadDeadline(time.Now().Add(readTimeout))
+		m, err := r.Read()
+		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			if !errors.Is(err, net.ErrClosed) {
+				s.mBadFrames.Inc()
+			}
+			return fmt.Errorf("node %s: read: %w", st.node, err)
+		}
+		switch m.Type {
+		case wire.TypeSubscribe:
+			first := false
+			st.subOnce.Do(func() { first = true; st.sub <- m })
+			if !first {
+				return fmt.Errorf("node %s: second subscribe on one stream", st.node)
+			}
+		case wire.TypeAck:
+			s.mu.Lock()
+			s.liveLocked(st.node).acked = m.Version
+			s.mu.Unlock()
+		case wire.TypeNack:
+			s.log.Warn("control: agent rejected update", "node", st.node, "version", m.Version, "nonce", m.Nonce, "err", m.Error)
+		case wire.TypeHeartbeat:
+			s.heartbeat(st.node, m.Load)
+		case wire.TypeLocal:
+			if err := s.reg.syncLocalEndpoints(st.node, m.Endpoints); err != nil {
+				s.log.Warn("control: agent endpoints refused", "node", st.node, "err", err)
+				st.write(&wire.Message{Type: wire.TypeError, Error: "local endpoints: " + err.Error()})
+			}
+		default:
+			s.mBadFrames.Inc()
+			return fmt.Errorf("node %s: unexpected %s", st.node, m.Type)
+		}
+	}
+}
+
+// sendLoop waits for the subscription, sends the first update (snapshot or
+// delta since the subscriber's version), then a delta after every commit.
+func (st *stream) sendLoop(ctx context.Context) error {
+	var sub *wire.Message
+	select {
+	case <-ctx.Done():
+		return nil
+	case sub = <-st.sub:
+	}
+	f := newFilter(sub)
+	s := st.s
+	known := sub.KnownVersion
+	full := sub.StoreID != s.st.ID() || known == 0
+	for {
+		watch := s.st.Watch()
+		var m *wire.Message
+		var err error
+		if !full {
+			m, err = st.delta(f, known)
+			if errors.Is(err, store.ErrCompacted) {
+				full = true
+			} else if err != nil {
+				return err
+			}
+		}
+		if full {
+			if m, err = st.snapshot(f); err != nil {
+				return err
+			}
+			full = false
+		}
+		if m != nil {
+			if err := st.write(m); err != nil {
+				return err
+			}
+			s.mUpdates.Inc()
+			known = m.Version
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-watch:
+		}
+	}
+}
+
+func (st *stream) nextNonce() string {
+	st.nonce++
+	return strconv.FormatUint(st.nonce, 10)
+}
+
+func (st *stream) snapshot(f filter) (*wire.Message, error) {
+	objs, rev, err := st.s.reg.list("")
+	if err != nil {
+		return nil, err
+	}
+	m := &wire.Message{Type: wire.TypeUpdate, Full: true, Version: rev, Nonce: st.nextNonce(), StoreID: st.s.st.ID()}
+	for _, o := range objs {
+		if !f.match(o) {
+			continue
+		}
+		r, err := wire.NewResource(o)
+		if err != nil {
+			return nil, err
+		}
+		m.Resources = append(m.Resources, r)
+	}
+	return m, nil
+}
+
+// delta returns nil if nothing the subscriber wants changed after known.
+func (st *stream) delta(f filter, known uint64) (*wire.Message, error) {
+	changes, rev, err := st.s.st.ChangesSince(known)
+	if err != nil {
+		return nil, err
+	}
+	if len(changes) == 0 {
+		return nil, nil
+	}
+	m := &wire.Message{Type: wire.TypeUpdate, Version: rev, StoreID: st.s.st.ID()}
+	for _, ch := range changes {
+		kind, name, _ := strings.Cut(ch.Key, "/")
+		if !f.types[kind] {
+			continue
+		}
+		if ch.Deleted {
+			m.Removed = append(m.Removed, wire.ResourceRef{Type: kind, Name: name})
+			continue
+		}
+		o, err := decodeKV(store.KV{Key: ch.Key, Rev: ch.Rev, Value: ch.Value})
+		if err != nil {
+			return nil, err
+		}
+		if !f.match(o) {
+			// Out of scope now; it may have been in scope before.
+			m.Removed = append(m.Removed, wire.RefOf(o))
+			continue
+		}
+		r, err := wire.NewResource(o)
+		if err != nil {
+			return nil, err
+		}
+		m.Resources = append(m.Resources, r)
+	}
+	// Even an update with nothing in it moves the subscriber's version, so
+	// that its next resync starts from here.
+	m.Nonce = st.nextNonce()
+	return m, nil
+}
+
+// filter is a subscription's types and scope.
+type filter struct {
+	types  map[string]bool
+	region string
+}
+
+func newFilter(sub *wire.Message) filter {
+	f := filter{types: map[string]bool{}}
+	types := sub.Types
+	if len(types) == 0 {
+		types = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint}
+	}
+	for _, t := range types {
+		if slices.Contains([]string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint}, t) {
+			f.types[t] = true
+		}
+	}
+	if sub.Scope != nil {
+		f.region = sub.Scope.Region
+	}
+	return f
+}
+
+func (f filter) match(o api.Object) bool {
+	if !f.types[o.GetKind()] {
+		return false
+	}
+	if f.region == "" {
+		return true
+	}
+	switch v := o.(type) {
+	case *api.Node:
+		return v.Spec.Region == f.region
+	case *api.Endpoint:
+		// Agent-owned endpoints carry no region; a regional subscriber gets
+		// them together with their node. TODO: resolve the node's region
+		// here once regional control planes exist (issue 3 only defines the
+		// scope field so the protocol does not change then).
+		return v.Spec.Region == "" || v.Spec.Region == f.region
+	}
+	return true
+}
