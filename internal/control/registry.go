@@ -122,23 +122,11 @@ func (r *registry) allocateVIPLocked(tx *store.Tx, s *api.Service) error {
 	for i := uint32(1); i <= limit; i++ {
 		if !used[i] {
 			s.Status.VIPIndex = i
-			s.Status.VIP = VIPFor(r.vipBase, i).String()
+			s.Status.VIP = api.VIPFor(r.vipBase, i).String()
 			return nil
 		}
 	}
 	return fmt.Errorf("service %s: virtual IP range %s is full", s.Meta.Key(), r.vipBase)
-}
-
-// VIPFor maps a service's VIP index into prefix (IPv4 or IPv6).
-func VIPFor(prefix netip.Prefix, index uint32) netip.Addr {
-	b := prefix.Masked().Addr().AsSlice()
-	for i := len(b) - 1; i >= 0 && index > 0; i-- {
-		sum := uint32(b[i]) + index&0xff
-		b[i] = byte(sum)
-		index = index>>8 + sum>>8
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
 
 // deleteObj removes Kind/ns/name.

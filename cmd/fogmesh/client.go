@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/cli"
+)
+
+var httpClient = &http.Client{Timeout: 30 * time.Second}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func serverFlag(fs *flag.FlagSet) *string {
+	return fs.String("server", envOr("FOGMESH_SERVER", "http://127.0.0.1:7070"), "control plane admin API URL ($FOGMESH_SERVER)")
+}
+
+func agentFlag(fs *flag.FlagSet) *string {
+	return fs.String("agent", envOr("FOGMESH_AGENT", "http://127.0.0.1:7073"), "local agent API URL ($FOGMESH_AGENT)")
+}
+
+// call sends a request and decodes a JSON answer into out. A non-2xx answer
+// becomes an error carrying the server's message; a 400 is a usage error.
+func call(method, url string, body []byte, out any) error {
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		return cli.Usagef("%v", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/yaml")
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read: %w", method, url, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		msg := strings.TrimSpace(string(b))
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			msg = e.Error
+		}
+		if resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusNotFound {
+			return cli.Usagef("%s", msg)
+		}
+		return fmt.Errorf("%s: %s", resp.Status, msg)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(b, out)
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	// Accept flags after positional arguments too (fogmesh get nodes -o json).
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return &cli.UsageError{Err: err}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	return fs.Parse(append([]string{"--"}, pos...))
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/cli"
+	"github.com/fogmesh/fogmesh/internal/control"
+)
+
+// controlFile is the control plane's config file.
+type controlFile struct {
+	StateDir          string        `json:"stateDir,omitempty"`
+	AdminAddr         string        `json:"adminAddr,omitempty"`
+	SyncAddr          string        `json:"syncAddr,omitempty"`
+	HeartbeatInterval durationValue `json:"heartbeatInterval,omitempty"`
+	NodeTimeout       durationValue `json:"nodeTimeout,omitempty"`
+	VIPRange          string        `json:"vipRange,omitempty"`
+}
+
+type durationValue time.Duration
+
+func (d *durationValue) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	*d = durationValue(v)
+	return err
+}
+
+func runControl(args []string) error {
+	fs := flag.NewFlagSet("fogmesh control", flag.ContinueOnError)
+	var (
+		configPath = fs.String("config", "", "config file (YAML or JSON)")
+		stateDir   = fs.String("state-dir", "", "directory of the store file (default /var/lib/fogmesh/control)")
+		adminAddr  = fs.String("admin-addr", "", "admin API, /healthz and /metrics address (default 127.0.0.1:7070)")
+		syncAddr   = fs.String("sync-addr", "", "address agents connect to (default 127.0.0.1:7071)")
+		hb         = fs.Duration("heartbeat-interval", 0, "agent heartbeat interval (default 5s)")
+		timeout    = fs.Duration("node-timeout", 0, "mark a node not ready after this long without heartbeat (default 3 × interval)")
+		vipRange   = fs.String("vip-range", "", "default service virtual IP range (default 127.77.0.0/16)")
+		logf       cli.LogFlags
+	)
+	logf.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		return &cli.UsageError{Err: err}
+	}
+	if fs.NArg() > 0 {
+		return cli.Usagef("unexpected argument %q", fs.Arg(0))
+	}
+	var fc controlFile
+	if *configPath != "" {
+		if err := cli.LoadConfigFile(*configPath, &fc); err != nil {
+			return err
+		}
+	}
+	set := cli.FlagsSet(fs)
+	if set["state-dir"] {
+		fc.StateDir = *stateDir
+	}
+	if set["admin-addr"] {
+		fc.AdminAddr = *adminAddr
+	}
+	if set["sync-addr"] {
+		fc.SyncAddr = *syncAddr
+	}
+	if set["heartbeat-interval"] {
+		fc.HeartbeatInterval = durationValue(*hb)
+	}
+	if set["node-timeout"] {
+		fc.NodeTimeout = durationValue(*timeout)
+	}
+	if set["vip-range"] {
+		fc.VIPRange = *vipRange
+	}
+	if fc.StateDir == "" {
+		fc.StateDir = "/var/lib/fogmesh/control"
+	}
+	log, err := logf.Logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	s, err := control.New(control.Config{
+		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
+		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout),
+		VIPRange: fc.VIPRange, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	fmt.Fprintf(os.Stderr, "fogmesh control: admin http://%s, sync %s, state %s\n", s.AdminAddr(), s.SyncAddr(), fc.StateDir)
+	return s.Serve(ctx)
+}

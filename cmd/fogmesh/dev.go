@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/cli"
+	"github.com/fogmesh/fogmesh/internal/dev"
+)
+
+func runDev(args []string) error {
+	fs := flag.NewFlagSet("fogmesh dev", flag.ContinueOnError)
+	var opts dev.Options
+	fs.StringVar(&opts.StateDir, "state-dir", "", "state directory (default $TMPDIR/fogmesh-dev)")
+	fs.IntVar(&opts.BasePort, "base-port", 15300, "first of the demo's fixed ports")
+	fresh := fs.Bool("fresh", false, "remove the state directory first")
+	var logf cli.LogFlags
+	logf.Register(fs)
+	fs.Lookup("log-level").DefValue = "warn"
+	logf.Level = "warn"
+	if err := fs.Parse(args); err != nil {
+		return &cli.UsageError{Err: err}
+	}
+	log, err := logf.Logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	opts.Logger = log
+	if *fresh && opts.StateDir != "" {
+		os.RemoveAll(opts.StateDir)
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	d, err := dev.Start(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = d.WaitReady(wctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	me := d.Agents[0]
+	dnsHost, dnsPort := splitHostPort(me.DNSAddr())
+	fmt.Printf(`fogmesh dev is running: a control plane and 4 nodes on this machine.
+
+  control plane   http://%s   (export FOGMESH_SERVER=http://%s)
+  nodes           shop-1-a, shop-1-b (site shop-1), shop-2-a (site shop-2), region east;
+                  cloud-a (site cloud-1, region cloud). Each runs an agent and a "hello" instance.
+
+This machine is node shop-1-a.  Its agent: DNS %s, API http://%s
+
+Try:
+  dig @%s -p %s hello.demo.mesh +short
+  curl http://$(dig @%s -p %s hello.demo.mesh +short):%d/       # or: curl http://%s/
+  fogmesh get nodes            fogmesh get services            fogmesh get endpoints
+  FOGMESH_AGENT=http://%s fogmesh routes
+
+Locality: the answer comes from shop-1-a (same node). Stop that instance and the next
+request goes to shop-1-b (same site), then shop-2-a (same region), then cloud-a:
+  fogmesh demo stop shop-1-a      (and: fogmesh demo start shop-1-a)
+
+State is in %s; Ctrl-C stops everything.
+`, d.Control.AdminAddr(), d.Control.AdminAddr(), me.DNSAddr(), me.AdminAddr(),
+		dnsHost, dnsPort, dnsHost, dnsPort, 8080, d.VIP(), me.AdminAddr(), stateDirOf(opts))
+	<-ctx.Done()
+	fmt.Println("\nfogmesh dev: stopping")
+	return nil
+}
+
+func stateDirOf(o dev.Options) string {
+	if o.StateDir != "" {
+		return o.StateDir
+	}
+	return os.TempDir() + "/fogmesh-dev"
+}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/cli"
+	"github.com/fogmesh/fogmesh/internal/control"
+)
+
+var kindAliases = map[string]string{
+	"node": "nodes", "nodes": "nodes", "no": "nodes",
+	"service": "services", "services": "services", "svc": "services",
+	"endpoint": "endpoints", "endpoints": "endpoints", "ep": "endpoints",
+}
+
+func runGet(args []string) error {
+	fs := flag.NewFlagSet("fogmesh get", flag.ContinueOnError)
+	server := serverFlag(fs)
+	ns := fs.String("n", "", "namespace (default: all)")
+	out := fs.String("o", "table", "output: table, json or yaml")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return cli.Usagef("get: want one of nodes, services, endpoints")
+	}
+	kind, ok := kindAliases[fs.Arg(0)]
+	if !ok {
+		return cli.Usagef("get: unknown resource %q (want nodes, services or endpoints)", fs.Arg(0))
+	}
+	url := strings.TrimRight(*server, "/") + "/v1/" + kind
+	if *ns != "" {
+		url += "?namespace=" + *ns
+	}
+	var resp control.ListResponse
+	if err := call("GET", url, nil, &resp); err != nil {
+		return err
+	}
+	switch *out {
+	case "json":
+		b, _ := json.MarshalIndent(resp.Items, "", "  ")
+		fmt.Println(string(b))
+		return nil
+	case "yaml":
+		b, _ := json.Marshal(resp.Items)
+		y, err := yaml.JSONToYAML(b)
+		if err != nil {
+			return err
+		}
+		fmt.Print(string(y))
+		return nil
+	case "table":
+	default:
+		return cli.Usagef("get: -o %q is not table, json or yaml", *out)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	switch kind {
+	case "nodes":
+		fmt.Fprintln(tw, "NAME\tSITE\tREGION\tREADY\tCONNECTED\tLOAD\tMESH ADDRESS\tCONFIG VERSION\tLAST HEARTBEAT")
+		for _, raw := range resp.Items {
+			var n api.Node
+			if err := json.Unmarshal(raw, &n); err != nil {
+				return err
+			}
+			hb := "-"
+			if !n.Status.LastHeartbeat.IsZero() {
+				hb = time.Since(n.Status.LastHeartbeat).Round(time.Second).String() + " ago"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%g\t%s\t%d\t%s\n", n.Meta.Name, n.Spec.Site, n.Spec.Region,
+				n.Status.Ready, n.Status.Connected, n.Status.Load, n.Spec.MeshAddress, n.Status.AckedVersion, hb)
+		}
+	case "services":
+		fmt.Fprintln(tw, "NAMESPACE\tNAME\tVIP\tPORTS\tBALANCER")
+		for _, raw := range resp.Items {
+			var s api.Service
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return err
+			}
+			var ports []string
+			for _, p := range s.Spec.Ports {
+				ports = append(ports, fmt.Sprintf("%s:%d/%s", p.Name, p.Port, p.Protocol))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Meta.Namespace, s.Meta.Name, s.Status.VIP, strings.Join(ports, ","), s.Spec.Balancer)
+		}
+	case "endpoints":
+		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tNODE\tADDRESS\tPORTS\tHEALTHY")
+		var eps []api.Endpoint
+		for _, raw := range resp.Items {
+			var e api.Endpoint
+			if err := json.Unmarshal(raw, &e); err != nil {
+				return err
+			}
+			eps = append(eps, e)
+		}
+		sort.Slice(eps, func(i, j int) bool { return eps[i].Meta.Key() < eps[j].Meta.Key() })
+		for _, e := range eps {
+			var ports []string
+			for _, p := range e.Spec.Ports {
+				ports = append(ports, fmt.Sprintf("%s:%d", p.Name, p.Port))
+			}
+			node := e.Spec.Node
+			if node == "" {
+				node = "(static)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", e.Meta.Namespace, e.Meta.Name, e.Spec.Service, node, e.Spec.Address, strings.Join(ports, ","), e.Status.Healthy)
+		}
+	}
+	return nil
+}

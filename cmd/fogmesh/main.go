@@ -1,0 +1,77 @@
+// Command fogmesh is the one binary of fogmesh: the control plane, the node
+// agent, the embedded demo, and the CLI verbs against the admin API.
+//
+// Exit codes: 0 success, 1 runtime failure, 2 bad usage, config or input.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/fogmesh/fogmesh/internal/cli"
+)
+
+const usage = `fogmesh — a service mesh for edge sites
+
+Programs:
+  fogmesh dev                      run the embedded demo (control plane + 4 agents)
+  fogmesh control [flags]          run the control plane
+  fogmesh agent [flags]            run a node agent
+
+Admin verbs (talk to the control plane, -server or $FOGMESH_SERVER, default http://127.0.0.1:7070):
+  fogmesh get nodes|services|endpoints [-n NS] [-o table|json|yaml]
+  fogmesh apply -f FILE            create or update services, endpoints (YAML or JSON; - for stdin)
+  fogmesh delete service|endpoint NAME [-n NS] | node NAME | -f FILE
+
+Agent verbs (talk to the local agent, -agent or $FOGMESH_AGENT, default http://127.0.0.1:7073):
+  fogmesh register -service S [-n NS] -port name=port[,..] [-address IP] [-name N] [-check tcp|http|none]
+  fogmesh deregister NAME
+  fogmesh routes                   the agent's routing view (tiers, health)
+
+Demo verbs (talk to a running 'fogmesh dev'):
+  fogmesh demo stop|start NODE     stop or start the hello instance on NODE
+
+  fogmesh version
+
+Run 'fogmesh COMMAND -h' for a command's flags.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(cli.ExitUsage)
+	}
+	cmd, args := os.Args[1], os.Args[2:]
+	var err error
+	switch cmd {
+	case "control":
+		err = runControl(args)
+	case "agent":
+		err = cli.RunAgent("fogmesh", args)
+	case "dev":
+		err = runDev(args)
+	case "get":
+		err = runGet(args)
+	case "apply":
+		err = runApply(args)
+	case "delete":
+		err = runDelete(args)
+	case "register":
+		err = runRegister(args)
+	case "deregister":
+		err = runDeregister(args)
+	case "routes":
+		err = runRoutes(args)
+	case "demo":
+		err = runDemo(args)
+	case "version", "-version", "--version":
+		err = runVersion(args)
+	case "help", "-h", "-help", "--help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "fogmesh: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(cli.ExitUsage)
+	}
+	os.Exit(cli.ExitCode("fogmesh "+cmd, err))
+}

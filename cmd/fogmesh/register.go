@@ -1,0 +1,99 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/fogmesh/fogmesh/internal/agent"
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/cli"
+)
+
+func runRegister(args []string) error {
+	fs := flag.NewFlagSet("fogmesh register", flag.ContinueOnError)
+	agentURL := agentFlag(fs)
+	var w agent.Workload
+	fs.StringVar(&w.Service, "service", "", "service name (required)")
+	fs.StringVar(&w.Namespace, "n", "", "namespace (default \"default\")")
+	fs.StringVar(&w.Name, "name", "", "endpoint name (default SERVICE-NODE)")
+	fs.StringVar(&w.Address, "address", "", "address the instance listens on (default 127.0.0.1)")
+	ports := fs.String("port", "", "ports as name=port[,name=port] (or just a port number)")
+	fs.StringVar(&w.Check.Type, "check", "", "health check: tcp (default), http or none")
+	fs.StringVar(&w.Check.Path, "check-path", "", "path for -check http")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if w.Service == "" || *ports == "" {
+		return cli.Usagef("register: -service and -port are required")
+	}
+	for _, p := range strings.Split(*ports, ",") {
+		name, num, ok := strings.Cut(p, "=")
+		if !ok {
+			name, num = "", p
+		}
+		n, err := strconv.Atoi(num)
+		if err != nil {
+			return cli.Usagef("register: -port %q: %v", p, err)
+		}
+		w.Ports = append(w.Ports, api.EndpointPort{Name: name, Port: n})
+	}
+	b, _ := json.Marshal(w)
+	var resp map[string]string
+	if err := call("POST", strings.TrimRight(*agentURL, "/")+"/v1/workloads", b, &resp); err != nil {
+		return err
+	}
+	fmt.Printf("workload %s registered\n", resp["registered"])
+	return nil
+}
+
+func runDeregister(args []string) error {
+	fs := flag.NewFlagSet("fogmesh deregister", flag.ContinueOnError)
+	agentURL := agentFlag(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return cli.Usagef("deregister: want NAME")
+	}
+	if err := call("DELETE", strings.TrimRight(*agentURL, "/")+"/v1/workloads/"+fs.Arg(0), nil, nil); err != nil {
+		return err
+	}
+	fmt.Printf("workload %s deregistered\n", fs.Arg(0))
+	return nil
+}
+
+func runRoutes(args []string) error {
+	fs := flag.NewFlagSet("fogmesh routes", flag.ContinueOnError)
+	agentURL := agentFlag(fs)
+	out := fs.String("o", "table", "output: table or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var routes []agent.RouteStatus
+	if err := call("GET", strings.TrimRight(*agentURL, "/")+"/v1/routes", nil, &routes); err != nil {
+		return err
+	}
+	if *out == "json" {
+		b, _ := json.MarshalIndent(routes, "", "  ")
+		fmt.Println(string(b))
+		return nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	fmt.Fprintln(tw, "SERVICE\tVIP\tPORTS\tENDPOINT\tNODE\tTIER\tHEALTHY\tEJECTED\tACTIVE")
+	for _, r := range routes {
+		if len(r.Endpoints) == 0 {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\t-\t-\n", r.Service, r.VIP, strings.Join(r.Ports, ","))
+		}
+		for _, e := range r.Endpoints {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\t%v\t%d\n", r.Service, r.VIP, strings.Join(r.Ports, ","),
+				e.Name, e.Node, e.Tier, e.Healthy, e.Ejected, e.Active)
+		}
+	}
+	return nil
+}

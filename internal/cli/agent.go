@@ -1,0 +1,99 @@
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/fogmesh/fogmesh/internal/agent"
+)
+
+// RunAgent runs `fogmesh agent`: flags override the config file.
+func RunAgent(prog string, args []string) error {
+	fs := flag.NewFlagSet(prog+" agent", flag.ContinueOnError)
+	var (
+		configPath = fs.String("config", "", "config file (YAML or JSON)")
+		name       = fs.String("name", "", "node name (default: hostname)")
+		site       = fs.String("site", "", "site of this node")
+		region     = fs.String("region", "", "region of this node")
+		zone       = fs.String("zone", "", "zone of this node")
+		control    = fs.String("control", "", "control plane sync addresses, comma separated (host:port)")
+		meshAddr   = fs.String("mesh-addr", "", "mesh port listen address (default 127.0.0.1:7072)")
+		meshAdv    = fs.String("mesh-advertise", "", "mesh address peers dial (default -mesh-addr)")
+		dnsAddr    = fs.String("dns-addr", "", "DNS listen address, UDP and TCP (default 127.0.0.1:5353)")
+		adminAddr  = fs.String("admin-addr", "", "health, metrics and local API address (default 127.0.0.1:7073)")
+		vipRange   = fs.String("vip-range", "", "virtual IPv4 range for services (default 127.77.0.0/16)")
+		vip6Range  = fs.String("vip6-range", "", "virtual IPv6 range for services (off by default; must be routed to lo)")
+		stateDir   = fs.String("state-dir", "", "directory for the configuration cache (default /var/lib/fogmesh/agent)")
+		logf       LogFlags
+	)
+	logf.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		return &UsageError{Err: err}
+	}
+	if fs.NArg() > 0 {
+		return Usagef("agent: unexpected argument %q", fs.Arg(0))
+	}
+	var cfg agent.Config
+	if *configPath != "" {
+		if err := LoadConfigFile(*configPath, &cfg); err != nil {
+			return err
+		}
+	}
+	set := FlagsSet(fs)
+	override := func(flagName string, dst *string, v string) {
+		if set[flagName] {
+			*dst = v
+		}
+	}
+	override("name", &cfg.Node.Name, *name)
+	override("site", &cfg.Node.Site, *site)
+	override("region", &cfg.Node.Region, *region)
+	override("zone", &cfg.Node.Zone, *zone)
+	override("mesh-addr", &cfg.MeshAddr, *meshAddr)
+	override("mesh-advertise", &cfg.MeshAdvertise, *meshAdv)
+	override("dns-addr", &cfg.DNSAddr, *dnsAddr)
+	override("admin-addr", &cfg.AdminAddr, *adminAddr)
+	override("vip-range", &cfg.VIPRange, *vipRange)
+	override("vip6-range", &cfg.VIP6Range, *vip6Range)
+	override("state-dir", &cfg.StateDir, *stateDir)
+	if set["control"] {
+		cfg.Control = splitList(*control)
+	}
+	if cfg.Node.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return Usagef("agent: -name not given and no hostname: %v", err)
+		}
+		cfg.Node.Name = strings.ToLower(h)
+	}
+	log, err := logf.Logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	a, err := agent.New(cfg)
+	if err != nil {
+		var ce *agent.ConfigError
+		if errors.As(err, &ce) {
+			return &UsageError{Err: err}
+		}
+		return err
+	}
+	ctx, stop := SignalContext()
+	defer stop()
+	fmt.Fprintf(os.Stderr, "fogmesh agent %s: dns %s, mesh %s, admin %s\n", cfg.Node.Name, a.DNSAddr(), a.MeshAddr(), a.AdminAddr())
+	return a.Run(ctx)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,324 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+func startServer(t *testing.T, dir string) *Server {
+	t.Helper()
+	s, err := New(Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	return s
+}
+
+func applyDoc(t *testing.T, s *Server, doc string) (int, string) {
+	t.Helper()
+	resp, err := http.Post("http://"+s.AdminAddr()+"/v1/apply", "application/yaml", strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+const helloSvc = `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: hello, namespace: demo}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}]
+`
+
+// agentConn is a raw sync client for tests.
+type agentConn struct {
+	t *testing.T
+	c net.Conn
+	r *wire.Reader
+}
+
+func dialAgent(t *testing.T, s *Server, node string) *agentConn {
+	t.Helper()
+	c, err := net.Dial("tcp", s.SyncAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	a := &agentConn{t: t, c: c, r: wire.NewReader(c)}
+	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: &api.Node{
+		Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: "shop-1", Region: "east", MeshAddress: "127.0.0.1:7072"}}})
+	if m := a.recv(); m.Type != wire.TypeWelcome {
+		t.Fatalf("want welcome, got %+v", m)
+	}
+	return a
+}
+
+func (a *agentConn) send(m *wire.Message) {
+	a.t.Helper()
+	if err := wire.Write(a.c, m); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+func (a *agentConn) recv() *wire.Message {
+	a.t.Helper()
+	a.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	m, err := a.r.Read()
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return m
+}
+
+func names(m *wire.Message) []string {
+	var out []string
+	for _, r := range m.Resources {
+		out = append(out, r.Type+" "+r.Name)
+	}
+	return out
+}
+
+func TestSyncSnapshotThenDeltaThenResume(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	if code, body := applyDoc(t, s, helloSvc); code != 200 {
+		t.Fatal(code, body)
+	}
+	a := dialAgent(t, s, "n1")
+	a.send(&wire.Message{Type: wire.TypeSubscribe})
+	snap := a.recv()
+	if snap.Type != wire.TypeUpdate || !snap.Full {
+		t.Fatalf("want full snapshot, got %+v", snap)
+	}
+	if got := strings.Join(names(snap), ","); got != "Node n1,Service demo/hello" {
+		t.Fatalf("snapshot has %s", got)
+	}
+	a.send(&wire.Message{Type: wire.TypeAck, Nonce: snap.Nonce, Version: snap.Version})
+
+	// An endpoint applied now arrives as a delta with only that resource.
+	code, body := applyDoc(t, s, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"db","namespace":"demo"},
+		"spec":{"service":"hello","address":"::1","ports":[{"name":"http","port":9000}]}}`)
+	if code != 200 {
+		t.Fatal(code, body)
+	}
+	d := a.recv()
+	if d.Full || strings.Join(names(d), ",") != "Endpoint demo/db" || d.Version <= snap.Version {
+		t.Fatalf("delta: %+v", d)
+	}
+	known := d.Version
+	a.c.Close()
+
+	// While the agent is away: one change and one delete.
+	applyDoc(t, s, strings.Replace(helloSvc, "8080", "8081", 1))
+	req, _ := http.NewRequest("DELETE", "http://"+s.AdminAddr()+"/v1/endpoints/demo/db", nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatal("delete", err, resp)
+	}
+
+	// Resume from the known version: only what changed, and the removal.
+	b := dialAgent(t, s, "n1")
+	b.send(&wire.Message{Type: wire.TypeSubscribe, StoreID: s.StoreID(), KnownVersion: known})
+	m := b.recv()
+	if m.Full {
+		t.Fatalf("resume sent a full snapshot")
+	}
+	if got := strings.Join(names(m), ","); got != "Service demo/hello" {
+		t.Fatalf("resume resources: %s", got)
+	}
+	if len(m.Removed) != 1 || m.Removed[0].Name != "demo/db" {
+		t.Fatalf("resume removed: %+v", m.Removed)
+	}
+
+	// A subscriber holding another store's versions gets a full snapshot.
+	c := dialAgent(t, s, "n2")
+	c.send(&wire.Message{Type: wire.TypeSubscribe, StoreID: "other", KnownVersion: known})
+	if m := c.recv(); !m.Full {
+		t.Fatalf("foreign store id: want full snapshot")
+	}
+}
+
+func TestNodeMissingHeartbeatsBecomesNotReady(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	a := dialAgent(t, s, "n1")
+	a.send(&wire.Message{Type: wire.TypeSubscribe, Types: []string{wire.ResourceNode}})
+	a.recv() // snapshot: n1 ready
+	// No heartbeats: after NodeTimeout (600ms) the node turns not ready and
+	// the change reaches subscribers; the server also drops the silent stream.
+	b := dialAgent(t, s, "n2")
+	b.send(&wire.Message{Type: wire.TypeSubscribe, Types: []string{wire.ResourceNode}})
+	b.recv()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // n2 keeps heartbeating
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+				wire.Write(b.c, &wire.Message{Type: wire.TypeHeartbeat, Load: 3})
+			}
+		}
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		m := b.recv()
+		for _, r := range m.Resources {
+			var n api.Node
+			json.Unmarshal(r.Body, &n)
+			if n.Meta.Name == "n1" && !n.Status.Ready {
+				return
+			}
+		}
+	}
+	t.Fatal("n1 never marked not ready")
+}
+
+func TestBadSyncInputIsDropped(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	cases := map[string][]byte{
+		"garbage":      []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+		"huge length":  {0xff, 0xff, 0xff, 0xff, '{'},
+		"truncated":    {0, 0, 0, 100, '{', '"'},
+		"bad json":     append([]byte{0, 0, 0, 5}, "{{{{{"...),
+		"unknown type": append([]byte{0, 0, 0, 14}, `{"type":"zzz"}`...),
+		"no node":      append([]byte{0, 0, 0, 16}, `{"type":"hello"}`...),
+	}
+	rnd := make([]byte, 300)
+	for i := range rnd {
+		rnd[i] = byte(rand.IntN(256))
+	}
+	cases["random"] = rnd
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			c, err := net.Dial("tcp", s.SyncAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write(b)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			// The server closes the connection (maybe after an error frame).
+			if _, err := io.ReadAll(c); err != nil {
+				t.Fatalf("server did not close: %v", err)
+			}
+		})
+	}
+	// A slow sender that never completes its hello is dropped too.
+	c, _ := net.Dial("tcp", s.SyncAddr())
+	defer c.Close()
+	c.Write([]byte{0, 0})
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("slow sender not dropped: %v", err)
+	}
+	// And the server still serves.
+	a := dialAgent(t, s, "n1")
+	a.send(&wire.Message{Type: wire.TypeSubscribe})
+	if m := a.recv(); !m.Full {
+		t.Fatal("no snapshot after bad input")
+	}
+}
+
+func TestApplyRejectsBadDocumentsAndStoresNothing(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	cases := []struct{ name, doc, want string }{
+		{"bad port", strings.Replace(helloSvc, "8080", "70000", 1), "spec.ports[0].port"},
+		{"unknown field", strings.Replace(helloSvc, "ports:", "portz:", 1), "portz"},
+		{"wrong type", strings.Replace(helloSvc, "8080", `"http"`, 1), "spec.ports.port"},
+		{"bad protocol", strings.Replace(helloSvc, "protocol: http", "protocol: smtp", 1), "spec.ports[0].protocol"},
+		{"bad name", strings.Replace(helloSvc, "name: hello", "name: Hello_World", 1), "metadata.name"},
+		{"no kind", "apiVersion: fogmesh.io/v1alpha1\nmetadata: {name: x}\n", "kind"},
+		{"bad version", strings.Replace(helloSvc, "v1alpha1", "v9", 1), "apiVersion"},
+		// The second document is bad: the first must not be stored either.
+		{"second doc bad", helloSvc + "---\n" + strings.Replace(helloSvc, "hello", "other", 1) + "  balancer: fastest\n", "spec.balancer"},
+		{"bad endpoint address", `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"e"},"spec":{"service":"s","address":"1.2.3","ports":[{"port":1}]}}`, "spec.address"},
+		{"yaml syntax", "kind: [", "yaml"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, body := applyDoc(t, s, c.doc)
+			if code != 400 || !strings.Contains(body, c.want) {
+				t.Fatalf("got %d %s, want 400 naming %q", code, body, c.want)
+			}
+		})
+	}
+	resp, err := http.Get("http://" + s.AdminAddr() + "/v1/services")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var l ListResponse
+	json.NewDecoder(resp.Body).Decode(&l)
+	resp.Body.Close()
+	if len(l.Items) != 0 || l.Version != 0 {
+		t.Fatalf("bad documents stored something: %+v", l)
+	}
+}
+
+func TestRestartKeepsObjectsAndVIPs(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	applyDoc(t, s, helloSvc+"---\n"+strings.Replace(helloSvc, "hello", "orders", 1))
+	s.Close()
+	s2 := startServer(t, dir)
+	resp, err := http.Get("http://" + s2.AdminAddr() + "/v1/services")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var l ListResponse
+	json.NewDecoder(resp.Body).Decode(&l)
+	vips := map[string]string{}
+	for _, raw := range l.Items {
+		var svc api.Service
+		json.Unmarshal(raw, &svc)
+		vips[svc.Meta.Name] = svc.Status.VIP
+	}
+	if vips["hello"] != "127.77.0.1" || vips["orders"] != "127.77.0.2" {
+		t.Fatalf("after restart: %v", vips)
+	}
+	// Re-applying keeps the VIP.
+	applyDoc(t, s2, strings.Replace(helloSvc, "8080", "9090", 1))
+	resp2, _ := http.Get("http://" + s2.AdminAddr() + "/v1/services?namespace=demo")
+	defer resp2.Body.Close()
+	var l2 ListResponse
+	json.NewDecoder(resp2.Body).Decode(&l2)
+	if !strings.Contains(string(l2.Items[0]), `"vip": "127.77.0.1"`) && !strings.Contains(string(l2.Items[0]), `"vip":"127.77.0.1"`) {
+		t.Fatalf("vip changed on re-apply: %s", l2.Items[0])
+	}
+}
+
+func TestVIPFor(t *testing.T) {
+	for _, c := range []struct {
+		prefix string
+		i      uint32
+		want   string
+	}{
+		{"127.77.0.0/16", 1, "127.77.0.1"},
+		{"127.77.0.0/16", 256, "127.77.1.0"},
+		{"127.77.0.0/16", 65534, "127.77.255.254"},
+		{"fd00::/64", 300, "fd00::12c"},
+	} {
+		if got := api.VIPFor(mustPrefix(c.prefix), c.i).String(); got != c.want {
+			t.Errorf("VIPFor(%s,%d)=%s want %s", c.prefix, c.i, got, c.want)
+		}
+	}
+}
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

@@ -1,0 +1,319 @@
+// Package dev is fogmesh's embedded demo: a control plane and four node
+// agents in one process, each agent with its own ports and its own loopback
+// range for virtual IPs, as separate machines would have, plus a demo
+// service `hello` (namespace demo) with an instance on every node.
+package dev
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/agent"
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/control"
+)
+
+// Options configure the demo. The zero value works.
+type Options struct {
+	// StateDir holds the control plane store and each agent's cache
+	// (default $TMPDIR/fogmesh-dev).
+	StateDir string
+	// BasePort is the first of the fixed ports (default 15300); -1 picks
+	// free ports (tests).
+	BasePort int
+	// VIPOctet is the second octet of the first agent's VIP range
+	// 127.<VIPOctet>.0.0/16; agent i uses VIPOctet+i (default 101).
+	VIPOctet int
+	// HelloPort is the hello service's port on its VIP (default 8080: ports
+	// below 1024 need root).
+	HelloPort int
+	Logger    *slog.Logger // nil = discard
+}
+
+// NodeSpec is one demo node.
+type NodeSpec struct{ Name, Site, Region string }
+
+// Nodes are the demo's nodes; the first is "this machine".
+var Nodes = []NodeSpec{
+	{"shop-1-a", "shop-1", "east"},
+	{"shop-1-b", "shop-1", "east"},
+	{"shop-2-a", "shop-2", "east"},
+	{"cloud-a", "cloud-1", "cloud"},
+}
+
+// Demo is a running demo.
+type Demo struct {
+	opts    Options
+	Control *control.Server
+	Agents  []*agent.Agent
+	demoLn  net.Listener
+	demoSrv *http.Server
+
+	mu    sync.Mutex // guards hello
+	hello map[string]*Hello
+}
+
+// Hello is one instance of the demo service.
+type Hello struct {
+	Node NodeSpec
+	Addr string // host:port it listens on when running
+	srv  *http.Server
+}
+
+func (o *Options) port(i int) string {
+	if o.BasePort < 0 {
+		return "127.0.0.1:0"
+	}
+	return "127.0.0.1:" + strconv.Itoa(o.BasePort+i)
+}
+
+// Start starts everything; Run waits for ctx and stops.
+func Start(ctx context.Context, opts Options) (*Demo, error) {
+	if opts.StateDir == "" {
+		opts.StateDir = filepath.Join(os.TempDir(), "fogmesh-dev")
+	}
+	if opts.BasePort == 0 {
+		opts.BasePort = 15300
+	}
+	if opts.VIPOctet == 0 {
+		opts.VIPOctet = 101
+	}
+	if opts.VIPOctet < 1 || opts.VIPOctet+len(Nodes) > 255 {
+		return nil, fmt.Errorf("dev: vip octet %d out of range", opts.VIPOctet)
+	}
+	if opts.HelloPort == 0 {
+		opts.HelloPort = 8080
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	d := &Demo{opts: opts, hello: map[string]*Hello{}}
+	ok := false
+	defer func() {
+		if !ok {
+			d.Close()
+		}
+	}()
+	var err error
+	d.Control, err = control.New(control.Config{
+		StateDir: filepath.Join(opts.StateDir, "control"), AdminAddr: opts.port(0), SyncAddr: opts.port(1),
+		HeartbeatInterval: time.Second, NodeTimeout: 3 * time.Second,
+		VIPRange: fmt.Sprintf("127.%d.0.0/16", opts.VIPOctet), Logger: opts.Logger.With("node", "control"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	go d.Control.Serve(ctx)
+	svc := &api.Service{Meta: api.Meta{Name: "hello", Namespace: "demo"},
+		Spec: api.ServiceSpec{Ports: []api.ServicePort{{Name: "http", Port: opts.HelloPort, Protocol: "http"}}}}
+	if err := svc.Validate(); err != nil {
+		return nil, err
+	}
+	if err := d.apply(svc); err != nil {
+		return nil, err
+	}
+	for i, n := range Nodes {
+		h := &Hello{Node: n}
+		if err := h.start(opts.port(10 + 10*i + 3)); err != nil {
+			return nil, fmt.Errorf("dev: hello on %s: %w", n.Name, err)
+		}
+		d.hello[n.Name] = h
+		ap := netip.MustParseAddrPort(h.Addr)
+		a, err := agent.New(agent.Config{
+			Node:      agent.NodeConfig{Name: n.Name, Site: n.Site, Region: n.Region},
+			Control:   []string{d.Control.SyncAddr()},
+			DNSAddr:   opts.port(10 + 10*i),
+			MeshAddr:  opts.port(10 + 10*i + 1),
+			AdminAddr: opts.port(10 + 10*i + 2),
+			VIPRange:  fmt.Sprintf("127.%d.0.0/16", opts.VIPOctet+i),
+			StateDir:  filepath.Join(opts.StateDir, n.Name),
+			Workloads: []agent.Workload{{Name: "hello-" + n.Name, Service: "hello", Namespace: "demo",
+				Address: "127.0.0.1", Ports: []api.EndpointPort{{Name: "http", Port: int(ap.Port())}},
+				Check: agent.Check{Type: "http", Path: "/healthz"}}},
+			HealthInterval: agent.Duration(time.Second),
+			EjectFor:       agent.Duration(5 * time.Second),
+			Logger:         opts.Logger.With("node", n.Name),
+		})
+		if err != nil {
+			return nil, err
+		}
+		d.Agents = append(d.Agents, a)
+		go a.Run(ctx)
+	}
+	if d.demoLn, err = net.Listen("tcp", opts.port(2)); err != nil {
+		return nil, fmt.Errorf("dev: demo API: %w", err)
+	}
+	d.demoSrv = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
+	go d.demoSrv.Serve(d.demoLn)
+	ok = true
+	return d, nil
+}
+
+func (d *Demo) apply(objs ...api.Object) error {
+	body := "["
+	for i, o := range objs {
+		if i > 0 {
+			body += ","
+		}
+		b, err := json.Marshal(o)
+		if err != nil {
+			return err
+		}
+		body += string(b)
+	}
+	body += "]"
+	resp, err := http.Post("http://"+d.Control.AdminAddr()+"/v1/apply", "application/json", strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("dev: apply: %s: %s", resp.Status, b)
+	}
+	return nil
+}
+
+// WaitReady waits until the first agent routes hello to all four instances
+// (every node registered and synced).
+func (d *Demo) WaitReady(ctx context.Context) error {
+	for {
+		for _, r := range d.Agents[0].Routes() {
+			if r.Service == "demo/hello" && len(r.Endpoints) == len(Nodes) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return errors.New("dev: agents did not sync in time")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// DemoAddr is the demo API address.
+func (d *Demo) DemoAddr() string { return d.demoLn.Addr().String() }
+
+// VIP returns the hello service's address on the first agent ("this machine").
+func (d *Demo) VIP() string {
+	for _, r := range d.Agents[0].Routes() {
+		if r.Service == "demo/hello" {
+			return net.JoinHostPort(r.VIP, strconv.Itoa(d.opts.HelloPort))
+		}
+	}
+	return ""
+}
+
+// StopHello stops the hello instance on node (its process "dies").
+func (d *Demo) StopHello(node string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	h := d.hello[node]
+	if h == nil {
+		return fmt.Errorf("no node %q (have %v)", node, d.nodeNames())
+	}
+	return h.stop()
+}
+
+// StartHello starts it again on the same port.
+func (d *Demo) StartHello(node string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	h := d.hello[node]
+	if h == nil {
+		return fmt.Errorf("no node %q (have %v)", node, d.nodeNames())
+	}
+	return h.start(h.Addr)
+}
+
+func (d *Demo) nodeNames() []string {
+	var out []string
+	for n := range d.hello {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Close stops everything and waits.
+func (d *Demo) Close() {
+	if d.demoSrv != nil {
+		d.demoSrv.Close()
+	}
+	for _, a := range d.Agents {
+		a.Close()
+	}
+	if d.Control != nil {
+		d.Control.Close()
+	}
+	d.mu.Lock()
+	for _, h := range d.hello {
+		h.stop()
+	}
+	d.mu.Unlock()
+}
+
+func (h *Hello) start(addr string) error {
+	if h.srv != nil {
+		return fmt.Errorf("hello on %s is already running", h.Node.Name)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	h.Addr = ln.Addr().String()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from node=%s site=%s region=%s\n", h.Node.Name, h.Node.Site, h.Node.Region)
+	})
+	h.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go h.srv.Serve(ln)
+	return nil
+}
+
+func (h *Hello) stop() error {
+	if h.srv == nil {
+		return fmt.Errorf("hello on %s is not running", h.Node.Name)
+	}
+	err := h.srv.Close()
+	h.srv = nil
+	return err
+}
+
+func (d *Demo) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /demo/{action}/{node}", func(w http.ResponseWriter, r *http.Request) {
+		var err error
+		switch r.PathValue("action") {
+		case "stop":
+			err = d.StopHello(r.PathValue("node"))
+		case "start":
+			err = d.StartHello(r.PathValue("node"))
+		default:
+			http.Error(w, `{"error":"action must be stop or start"}`, http.StatusNotFound)
+			return
+		}
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, "{\"error\":%q}\n", err.Error())
+			return
+		}
+		fmt.Fprintf(w, "{\"%s\":%q}\n", r.PathValue("action"), r.PathValue("node"))
+	})
+	return mux
+}
