@@ -196,3 +196,15 @@ func (e *Endpoint) AddrPort(name string) (netip.AddrPort, error) {
 	}
 	return netip.AddrPortFrom(a.Unmap(), uint16(p)), nil
 }
+
+// VIPFor maps a service's VIP index into prefix (IPv4 or IPv6).
+func VIPFor(prefix netip.Prefix, index uint32) netip.Addr {
+	b := prefix.Masked().Addr().AsSlice()
+	for i := len(b) - 1; i >= 0 && index > 0; i-- {
+		sum := uint32(b[i]) + index&0xff
+		b[i] = byte(sum)
+		index = index>>8 + sum>>8
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}

@@ -1,0 +1,76 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestDecodeForms(t *testing.T) {
+	svc := `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80}]}}`
+	ep := `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"e","namespace":"ns"},"spec":{"service":"a","address":"2001:db8::1","ports":[{"port":8080}]}}`
+	for name, doc := range map[string]string{
+		"json object": svc,
+		"json array":  "[" + svc + "," + ep + "]",
+		"list":        `{"kind":"List","items":[` + svc + "," + ep + `]}`,
+		"yaml multi": "# comment\n---\napiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n---\n" +
+			"apiVersion: fogmesh.io/v1alpha1\nkind: Endpoint\nmetadata: {name: e, namespace: ns}\nspec: {service: a, address: '2001:db8::1', ports: [{port: 8080}]}\n",
+	} {
+		objs, err := Decode([]byte(doc))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		s := objs[0].(*Service)
+		if s.Meta.Namespace != "default" || s.Spec.Ports[0].Name != "default" || s.Spec.Ports[0].Protocol != "tcp" || s.Spec.Balancer != "round-robin" {
+			t.Fatalf("%s: defaults not filled: %+v", name, s)
+		}
+	}
+}
+
+func TestDecodeErrorsNameTheField(t *testing.T) {
+	for _, c := range []struct{ doc, field string }{
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":0}]}}`, "spec.ports[0].port"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1},{"port":1,"name":"x"}]}}`, "spec.ports[0].name"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Node","metadata":{"name":"n"},"spec":{"site":"s","region":"r","meshAddress":"nohost"}}`, "spec.meshAddress"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Node","metadata":{"name":"n"},"spec":{"site":"s"}}`, "spec.region"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"e"},"spec":{"service":"a","address":"fe80::1%eth0","ports":[{"port":1}]}}`, "spec.address"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"e"},"spec":{"service":"a","address":"10.0.0.1","ports":[{"port":1}],"weight":-1}}`, "spec.weight"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a","nmespace":"x"},"spec":{"ports":[{"port":1}]}}`, "nmespace"},
+	} {
+		_, err := Decode([]byte(c.doc))
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != c.field {
+			t.Errorf("%s: got %v, want an error naming %s", c.doc, err, c.field)
+		}
+	}
+}
+
+// FuzzDecode: no input crashes Decode, and whatever it accepts is valid and
+// survives a JSON round trip.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80}]}}`))
+	f.Add([]byte("apiVersion: fogmesh.io/v1alpha1\nkind: Node\nmetadata: {name: n}\nspec: {site: s, region: r, meshAddress: '[::1]:7072'}\n"))
+	f.Add([]byte(`[{"kind":"List","items":[]}]`))
+	f.Add([]byte("---\n---\n"))
+	f.Add([]byte("kind: [\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		objs, err := Decode(b)
+		if err != nil {
+			return
+		}
+		for _, o := range objs {
+			j, err := json.Marshal(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o2, err := DecodeObject(j)
+			if err != nil {
+				t.Fatalf("accepted object does not re-decode: %v\n%s", err, j)
+			}
+			if ObjectKey(o) != ObjectKey(o2) || !strings.Contains(ObjectKey(o), o.GetKind()) {
+				t.Fatalf("key changed: %s vs %s", ObjectKey(o), ObjectKey(o2))
+			}
+		}
+	})
+}
