@@ -1,0 +1,42 @@
+# fogmesh — see README.md.
+GO       ?= go
+GOFLAGS  ?=
+BIN      := bin
+LDFLAGS  := -s -w
+
+.PHONY: all build dev test test-deps bench fuzz lint clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh ./cmd/fogmesh
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh-agent ./cmd/fogmesh-agent
+
+# The embedded demo: a control plane and four node agents on this machine.
+dev:
+	$(GO) run ./cmd/fogmesh dev
+
+# Installs what the tests use (dig, curl) if missing, then runs every test
+# with the race detector. Fuzz seed corpora run as ordinary tests.
+test: test-deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-deps:
+	@scripts/install-deps.sh test
+
+# Side-by-side benchmarks (direct, agent, two agents, HAProxy, splice relay).
+bench:
+	@scripts/install-deps.sh bench
+	bench/bench.sh
+
+# Runs each fuzz target for a while (FUZZTIME, default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	@for t in $$($(GO) test -list 'Fuzz.*' ./... | grep ^Fuzz); do \
+	  pkg=$$(grep -rl "func $$t(" --include=*_test.go internal | head -1 | xargs dirname); \
+	  echo "== $$t ($$pkg)"; $(GO) test -run XXX -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./$$pkg || exit 1; \
+	done
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,92 @@
+package meshdns
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// SetTimeoutsForTest shortens the TCP client timeouts and the per-upstream
+// timeout. Call it before Serve.
+func (s *Server) SetTimeoutsForTest(read, write, idle, upstream time.Duration) {
+	s.readTimeout, s.writeTimeout, s.idleTimeout = read, write, idle
+	s.h.upstreamTimeout = upstream
+}
+
+// HandlerForTest answers raw packets like a Server does, without sockets.
+type HandlerForTest struct{ h *handler }
+
+// NewHandlerForTest returns a HandlerForTest for cfg. Unlike New, a nil
+// cfg.Upstreams means no upstreams: it never reads resolv.conf.
+func NewHandlerForTest(cfg Config, r Resolver) (*HandlerForTest, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &HandlerForTest{h: newHandler(context.Background(), &cfg, r, cfg.Upstreams)}, nil
+}
+
+// ServePacketForTest runs packet through the steps dns.Server takes for a
+// UDP datagram — header check, MsgAcceptFunc, unpack, Handler — and
+// returns the reply, or nil if the server would send none.
+func (t *HandlerForTest) ServePacketForTest(packet []byte) (*dns.Msg, error) {
+	if len(packet) < 12 {
+		t.h.invalidMsg(packet, dns.ErrShortRead)
+		return nil, nil
+	}
+	dh := dns.Header{
+		Id:      binary.BigEndian.Uint16(packet[0:]),
+		Bits:    binary.BigEndian.Uint16(packet[2:]),
+		Qdcount: binary.BigEndian.Uint16(packet[4:]),
+		Ancount: binary.BigEndian.Uint16(packet[6:]),
+		Nscount: binary.BigEndian.Uint16(packet[8:]),
+		Arcount: binary.BigEndian.Uint16(packet[10:]),
+	}
+	req := new(dns.Msg)
+	switch t.h.acceptMsg(dh) {
+	case dns.MsgAccept:
+		if err := req.Unpack(packet); err != nil {
+			t.h.invalidMsg(packet, err)
+			return formErrForTest(dh.Id), nil
+		}
+	case dns.MsgIgnore:
+		return nil, nil
+	default:
+		return formErrForTest(dh.Id), nil
+	}
+	w := &recorder{}
+	t.h.ServeDNS(w, req)
+	return w.msg, w.err
+}
+
+func formErrForTest(id uint16) *dns.Msg {
+	m := new(dns.Msg)
+	m.Id = id
+	m.Response = true
+	m.Rcode = dns.RcodeFormatError
+	return m
+}
+
+// recorder is a dns.ResponseWriter for a UDP client that keeps the reply
+// after checking that it packs.
+type recorder struct {
+	msg *dns.Msg
+	err error
+}
+
+func (w *recorder) LocalAddr() net.Addr { return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53} }
+func (w *recorder) RemoteAddr() net.Addr {
+	return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
+}
+func (w *recorder) WriteMsg(m *dns.Msg) error {
+	w.msg = m
+	_, w.err = m.Pack()
+	return w.err
+}
+func (w *recorder) Write([]byte) (int, error) { panic("meshdns: handler must use WriteMsg") }
+func (w *recorder) Close() error              { return nil }
+func (w *recorder) TsigStatus() error         { return nil }
+func (w *recorder) TsigTimersOnly(bool)       {}
+func (w *recorder) Hijack()                   {}

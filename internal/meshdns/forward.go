@@ -1,0 +1,83 @@
+package meshdns
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/miekg/dns"
+)
+
+// forward sends req unchanged to the upstreams in order and returns the
+// first usable answer, with req's ID. An upstream answering SERVFAIL or
+// REFUSED is passed over for the next one; if all do, the last such answer
+// is relayed. If no upstream answers at all, forward returns SERVFAIL.
+func (h *handler) forward(ctx context.Context, req *dns.Msg) (*dns.Msg, result) {
+	if len(h.upstreams) == 0 {
+		return serverFailure(req), resultServFail
+	}
+	select {
+	case h.forwardSem <- struct{}{}:
+		defer func() { <-h.forwardSem }()
+	default:
+		h.log.Debug("meshdns: too many forwards in flight", "name", req.Question[0].Name)
+		return serverFailure(req), resultServFail
+	}
+
+	var fallback *dns.Msg
+	for _, up := range h.upstreams {
+		resp, err := h.exchange(ctx, req, up)
+		if err != nil {
+			h.log.Debug("meshdns: forward failed", "name", req.Question[0].Name, "err", err)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		resp.Id = req.Id
+		if resp.Rcode == dns.RcodeServerFailure || resp.Rcode == dns.RcodeRefused {
+			fallback = resp
+			continue
+		}
+		return resp, resultForward
+	}
+	if fallback != nil {
+		return fallback, resultForward
+	}
+	return serverFailure(req), resultServFail
+}
+
+// exchange sends req to upstream over UDP, and again over TCP if the UDP
+// answer was truncated. Each exchange takes at most h.upstreamTimeout;
+// canceling ctx aborts it.
+func (h *handler) exchange(ctx context.Context, req *dns.Msg, upstream string) (*dns.Msg, error) {
+	resp, err := h.exchangeNet(ctx, "udp", req, upstream)
+	if err != nil || !resp.Truncated {
+		return resp, err
+	}
+	return h.exchangeNet(ctx, "tcp", req, upstream)
+}
+
+func (h *handler) exchangeNet(ctx context.Context, network string, req *dns.Msg, upstream string) (*dns.Msg, error) {
+	c := &dns.Client{Net: network, Timeout: h.upstreamTimeout}
+	co, err := c.DialContext(ctx, upstream)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s/%s: dial: %w", upstream, network, err)
+	}
+	defer co.Close()
+	// dns.Client obeys only the deadline of ctx, not its cancellation;
+	// closing the conn unblocks the exchange.
+	stop := context.AfterFunc(ctx, func() { co.Close() })
+	defer stop()
+	resp, _, err := c.ExchangeWithConnContext(ctx, req, co)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s/%s: %w", upstream, network, err)
+	}
+	return resp, nil
+}
+
+// serverFailure returns a SERVFAIL reply to req.
+func serverFailure(req *dns.Msg) *dns.Msg {
+	resp := new(dns.Msg)
+	resp.SetRcode(req, dns.RcodeServerFailure)
+	return resp
+}

@@ -1,0 +1,306 @@
+package meshdns
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+const (
+	// ednsUDPSize is the EDNS(0) payload size the server advertises: the
+	// 2020 DNS flag day value, which avoids IP fragmentation.
+	ednsUDPSize = 1232
+
+	// udpReadSize is the read buffer for one query datagram. Queries are
+	// small; larger datagrams are cut and then fail to unpack.
+	udpReadSize = 4096
+
+	// soaSerial is the serial of the synthetic SOA. Nothing transfers the
+	// zone, so it never needs to change.
+	soaSerial = 1
+
+	// defaultUpstreamTimeout bounds one exchange with one upstream.
+	defaultUpstreamTimeout = 2 * time.Second
+
+	// maxForwards bounds the forwards in flight; queries beyond it get
+	// SERVFAIL at once instead of piling up sockets and goroutines.
+	maxForwards = 256
+)
+
+// handler answers DNS queries. It owns no sockets: Server feeds it through
+// dns.Server, tests and FuzzHandle call it directly.
+type handler struct {
+	zone      string // lowercase FQDN, e.g. "mesh."
+	ttl       uint32
+	defaultNS string
+	resolver  Resolver
+	log       *slog.Logger
+	metrics   *serverMetrics
+
+	upstreams       []string // host:port, tried in order
+	upstreamTimeout time.Duration
+	forwardSem      chan struct{} // one token per forward in flight
+
+	// ctx is canceled when the server shuts down; it aborts forwards so
+	// that shutdown does not wait for silent upstreams.
+	ctx context.Context
+}
+
+// newHandler returns a handler for a validated cfg forwarding to upstreams.
+func newHandler(ctx context.Context, cfg *Config, r Resolver, upstreams []string) *handler {
+	return &handler{
+		zone:            cfg.Zone,
+		ttl:             cfg.TTL,
+		defaultNS:       cfg.DefaultNamespace,
+		resolver:        r,
+		log:             cfg.Logger,
+		metrics:         newServerMetrics(cfg.Metrics),
+		upstreams:       upstreams,
+		upstreamTimeout: defaultUpstreamTimeout,
+		forwardSem:      make(chan struct{}, maxForwards),
+		ctx:             ctx,
+	}
+}
+
+var _ dns.Handler = (*handler)(nil)
+
+// ServeDNS implements dns.Handler: it answers req from the zone or forwards
+// it, counts the result and writes the reply, truncated to what a UDP
+// client can take.
+func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	resp, res := h.answer(req)
+	if res == resultForward {
+		resp, res = h.forward(h.ctx, req)
+	}
+	h.metrics.count(res)
+	if _, isUDP := w.RemoteAddr().(*net.UDPAddr); isUDP {
+		resp.Truncate(clientUDPSize(req))
+	}
+	if err := w.WriteMsg(resp); err != nil {
+		h.log.Debug("meshdns: write reply", "client", w.RemoteAddr(), "err", err)
+	}
+}
+
+// acceptMsg is the dns.Server's MsgAcceptFunc. It is dns.DefaultMsgAcceptFunc
+// except that it lets a query with a question count other than 1 through,
+// so that answer rejects it and the rejection is counted.
+func (h *handler) acceptMsg(dh dns.Header) dns.MsgAcceptAction {
+	dh.Qdcount = 1
+	action := dns.DefaultMsgAcceptFunc(dh)
+	switch action {
+	case dns.MsgReject:
+		h.metrics.count(resultFormErr)
+	case dns.MsgRejectNotImplemented:
+		h.metrics.count(resultNotImp)
+	}
+	return action
+}
+
+// invalidMsg is the dns.Server's MsgInvalidFunc, called for every packet that
+// does not unpack.
+func (h *handler) invalidMsg(_ []byte, _ error) {
+	h.metrics.invalid.Inc()
+}
+
+// answer builds the reply to req from the zone. For a name outside the zone
+// it returns (nil, resultForward) and the caller forwards req. It does no I/O
+// beyond calling the Resolver.
+func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
+	resp := new(dns.Msg)
+	if req.Opcode != dns.OpcodeQuery {
+		resp.SetRcode(req, dns.RcodeNotImplemented)
+		return resp, resultNotImp
+	}
+	if len(req.Question) != 1 {
+		resp.SetRcodeFormatError(req)
+		return resp, resultFormErr
+	}
+	q := req.Question[0]
+	q.Name = dns.Fqdn(q.Name)
+	name := strings.ToLower(q.Name)
+	if !dns.IsSubDomain(h.zone, name) {
+		return nil, resultForward
+	}
+
+	resp.SetReply(req)
+	resp.RecursionAvailable = len(h.upstreams) > 0
+	if opt := req.IsEdns0(); opt != nil {
+		resp.SetEdns0(ednsUDPSize, opt.Do())
+	}
+	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
+		resp.Rcode = dns.RcodeRefused
+		return resp, resultRefused
+	}
+	resp.Authoritative = true
+
+	if name == h.zone {
+		if q.Qtype == dns.TypeSOA {
+			resp.Answer = []dns.RR{h.soa()}
+			return resp, resultAnswer
+		}
+		return h.noData(resp)
+	}
+
+	n, ok := h.parseName(strings.TrimSuffix(name, "."+h.zone))
+	if !ok {
+		return h.nxDomain(resp)
+	}
+	rec, ok := h.resolver.LookupService(n.ns, n.svc)
+	if !ok {
+		return h.nxDomain(resp)
+	}
+	ports := rec.Ports
+	if n.port != "" {
+		ports = nil
+		for _, p := range rec.Ports {
+			if strings.EqualFold(p.Name, n.port) {
+				ports = []Port{p}
+				break
+			}
+		}
+		if ports == nil {
+			return h.nxDomain(resp)
+		}
+	}
+
+	target := n.svc + "." + n.ns + "." + h.zone
+	switch {
+	case q.Qtype == dns.TypeSRV:
+		resp.Answer = h.srvs(q.Name, target, ports)
+		if len(resp.Answer) > 0 {
+			resp.Extra = append(resp.Extra, h.addrs(target, rec, dns.TypeA)...)
+			resp.Extra = append(resp.Extra, h.addrs(target, rec, dns.TypeAAAA)...)
+		}
+	case n.port == "" && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA):
+		resp.Answer = h.addrs(q.Name, rec, q.Qtype)
+	}
+	if len(resp.Answer) == 0 {
+		return h.noData(resp)
+	}
+	return resp, resultAnswer
+}
+
+// meshName is a parsed name inside the zone.
+type meshName struct {
+	svc, ns string
+	port    string // from _<port>._tcp; empty if none
+}
+
+// parseName parses rel, a lowercase name relative to the zone without a
+// trailing dot: svc, svc.ns, _port._tcp.svc or _port._tcp.svc.ns.
+func (h *handler) parseName(rel string) (meshName, bool) {
+	labels := strings.Split(rel, ".")
+	var n meshName
+	if len(labels) >= 3 && strings.HasPrefix(labels[0], "_") && labels[1] == "_tcp" {
+		n.port = labels[0][1:]
+		if !isLabel(n.port) {
+			return meshName{}, false
+		}
+		labels = labels[2:]
+	}
+	switch len(labels) {
+	case 1:
+		n.svc, n.ns = labels[0], h.defaultNS
+	case 2:
+		n.svc, n.ns = labels[0], labels[1]
+	default:
+		return meshName{}, false
+	}
+	if !isLabel(n.svc) || !isLabel(n.ns) {
+		return meshName{}, false
+	}
+	return n, true
+}
+
+// isLabel reports whether s is a DNS label fit for a service, namespace or
+// port name: 1 to 63 of [a-z0-9-]. Escaped or odd bytes never reach the
+// Resolver.
+func isLabel(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// addrs returns rec's address of type qtype (A or AAAA) as a record named
+// name, or nil if rec has none.
+func (h *handler) addrs(name string, rec Record, qtype uint16) []dns.RR {
+	hdr := dns.RR_Header{Name: name, Rrtype: qtype, Class: dns.ClassINET, Ttl: h.ttl}
+	switch qtype {
+	case dns.TypeA:
+		if v4 := rec.V4.Unmap(); v4.Is4() {
+			b := v4.As4()
+			return []dns.RR{&dns.A{Hdr: hdr, A: net.IP(b[:])}}
+		}
+	case dns.TypeAAAA:
+		if rec.V6.Is6() {
+			b := rec.V6.As16()
+			return []dns.RR{&dns.AAAA{Hdr: hdr, AAAA: net.IP(b[:])}}
+		}
+	}
+	return nil
+}
+
+// srvs returns one SRV record named name per valid port, all pointing at
+// target.
+func (h *handler) srvs(name, target string, ports []Port) []dns.RR {
+	rrs := make([]dns.RR, 0, len(ports))
+	for _, p := range ports {
+		if p.Port <= 0 || p.Port > 0xffff {
+			continue
+		}
+		rrs = append(rrs, &dns.SRV{
+			Hdr:      dns.RR_Header{Name: name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: h.ttl},
+			Priority: 0,
+			Weight:   1,
+			Port:     uint16(p.Port),
+			Target:   target,
+		})
+	}
+	return rrs
+}
+
+// soa returns the zone's synthetic SOA. Its minimum, the negative-caching
+// TTL, is the record TTL, so a new service is found as soon as a cached
+// positive answer would have expired.
+func (h *handler) soa() *dns.SOA {
+	return &dns.SOA{
+		Hdr:     dns.RR_Header{Name: h.zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: h.ttl},
+		Ns:      "ns.dns." + h.zone,
+		Mbox:    "hostmaster." + h.zone,
+		Serial:  soaSerial,
+		Refresh: 7200,
+		Retry:   1800,
+		Expire:  86400,
+		Minttl:  h.ttl,
+	}
+}
+
+func (h *handler) noData(resp *dns.Msg) (*dns.Msg, result) {
+	resp.Ns = []dns.RR{h.soa()}
+	return resp, resultNoData
+}
+
+func (h *handler) nxDomain(resp *dns.Msg) (*dns.Msg, result) {
+	resp.Rcode = dns.RcodeNameError
+	resp.Ns = []dns.RR{h.soa()}
+	return resp, resultNXDomain
+}
+
+// clientUDPSize is the largest UDP reply the sender of req accepts.
+func clientUDPSize(req *dns.Msg) int {
+	if opt := req.IsEdns0(); opt != nil && int(opt.UDPSize()) > dns.MinMsgSize {
+		return int(opt.UDPSize())
+	}
+	return dns.MinMsgSize
+}

@@ -1,0 +1,175 @@
+// Package meshdns is the node agent's DNS server. It exists so that
+// unmodified workloads can find mesh services by name: the agent gives every
+// service a virtual IP on the node, and this server maps service names in the
+// mesh zone to those addresses (A, AAAA) and ports (SRV), while passing every
+// other name on to the node's ordinary resolvers.
+//
+// # Names
+//
+// Names are case-insensitive. With the default zone "mesh":
+//
+//	<svc>.<ns>.mesh                 A, AAAA, SRV (one SRV per port)
+//	<svc>.mesh                      same, in Config.DefaultNamespace
+//	_<port>._tcp.<svc>.<ns>.mesh    SRV for the port named <port>
+//	_<port>._tcp.<svc>.mesh         same, in Config.DefaultNamespace
+//
+// Every port is TCP on the wire (tcp, http, http2, grpc and mqtt all are), so
+// only "_tcp" names exist. SRV targets are always the long form
+// <svc>.<ns>.<zone>, and the SRV answer carries the target's A and AAAA
+// records in the additional section.
+//
+// A name the Resolver knows but which has no record of the asked type (an
+// AAAA query for a service without an IPv6 address, an MX query, an A query
+// for an SRV name) gets NODATA: NOERROR, no answer, the zone's SOA in the
+// authority section. A name the Resolver does not know gets NXDOMAIN. The
+// zone apex answers SOA queries with a synthetic SOA and every other type
+// with NODATA; the server does not publish NS records, as it is never
+// delegated to. All answers from the zone are authoritative (AA set).
+//
+// Because the Resolver can only say whether one service exists, a name that
+// is merely a namespace ("demo.mesh") gets NXDOMAIN even when services exist
+// below it, which RFC 8020 forbids. Stub resolvers querying the agent
+// directly don't care; a caching resolver with aggressive NXDOMAIN cuts in
+// front of it would.
+//
+// # Forwarding
+//
+// Names outside the zone are forwarded unchanged to the upstream resolvers
+// in order (UDP, then TCP if the answer was truncated), and the first usable
+// answer is relayed. If no upstream answers, or none is configured, the
+// client gets SERVFAIL.
+package meshdns
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/miekg/dns"
+)
+
+// Port is one service port.
+type Port struct {
+	Name     string // port name, matched by _<Name>._tcp SRV queries; case-insensitive
+	Protocol string // tcp, http, http2, grpc or mqtt; all are TCP on the wire
+	Port     int    // 1..65535
+}
+
+// Record is what the agent knows of one service.
+type Record struct {
+	V4    netip.Addr // virtual IPv4 address on this node; zero means no A record
+	V6    netip.Addr // virtual IPv6 address on this node; zero means no AAAA record
+	Ports []Port
+}
+
+// Resolver is the agent's view of the mesh's services.
+//
+// Implementations must be safe for concurrent use and must not block: the
+// server calls LookupService once per query, on the query's goroutine.
+type Resolver interface {
+	// LookupService returns the record for service name in namespace, with
+	// ok=false if the service is unknown. Both arguments are lowercase DNS
+	// labels ([a-z0-9-]). The server does not modify the returned Record.
+	LookupService(namespace, name string) (rec Record, ok bool)
+}
+
+// Config configures a Server. The zero value serves zone "mesh" on
+// 127.0.0.1:53 and forwards other names to the resolvers in /etc/resolv.conf.
+type Config struct {
+	// Addr is the host:port both the UDP and the TCP socket listen on.
+	// Port 0 picks a free port, the same for UDP and TCP.
+	// Default "127.0.0.1:53".
+	Addr string
+
+	// Zone is the domain the server is authoritative for. Default "mesh".
+	Zone string
+
+	// TTL is the time to live, in seconds, of every record the server
+	// synthesises, and the negative-caching TTL of its SOA. Default 5.
+	TTL uint32
+
+	// Upstreams are the host:port addresses of the resolvers that names
+	// outside Zone are forwarded to, tried in order. Nil means the
+	// nameservers in /etc/resolv.conf; an empty non-nil slice means no
+	// forwarding: such names get SERVFAIL.
+	Upstreams []string
+
+	// DefaultNamespace is the namespace of short names (<svc>.<zone>).
+	// Default "default".
+	DefaultNamespace string
+
+	// Logger receives the server's few log lines. Nil discards them.
+	Logger *slog.Logger
+
+	// Metrics is where the server registers its counters (see metrics.go).
+	// Nil means a private set.
+	Metrics *metrics.Set
+}
+
+// Defaults for Config fields and the server's fixed limits.
+const (
+	defaultAddr      = "127.0.0.1:53"
+	defaultZone      = "mesh"
+	defaultTTL       = 5
+	defaultNamespace = "default"
+	resolvConfPath   = "/etc/resolv.conf"
+)
+
+// validate checks c and fills in defaults. It does not read resolv.conf.
+func (c *Config) validate() error {
+	if c.Addr == "" {
+		c.Addr = defaultAddr
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return fmt.Errorf("addr %q: %w", c.Addr, err)
+	}
+	if c.Zone == "" {
+		c.Zone = defaultZone
+	}
+	c.Zone = strings.ToLower(dns.Fqdn(c.Zone))
+	if c.Zone == "." {
+		return fmt.Errorf("zone %q: the root cannot be the mesh zone", c.Zone)
+	}
+	if _, ok := dns.IsDomainName(c.Zone); !ok || strings.Contains(c.Zone, `\`) {
+		return fmt.Errorf("zone %q: not a plain domain name", c.Zone)
+	}
+	if c.TTL == 0 {
+		c.TTL = defaultTTL
+	}
+	if c.DefaultNamespace == "" {
+		c.DefaultNamespace = defaultNamespace
+	}
+	c.DefaultNamespace = strings.ToLower(c.DefaultNamespace)
+	if !isLabel(c.DefaultNamespace) {
+		return fmt.Errorf("default namespace %q: not a DNS label of [a-z0-9-]", c.DefaultNamespace)
+	}
+	for _, u := range c.Upstreams {
+		if _, _, err := net.SplitHostPort(u); err != nil {
+			return fmt.Errorf("upstream %q: %w", u, err)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.NewSet()
+	}
+	return nil
+}
+
+// systemUpstreams returns the nameservers of the resolv.conf at path as
+// host:port addresses.
+func systemUpstreams(path string) ([]string, error) {
+	cc, err := dns.ClientConfigFromFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	ups := make([]string, 0, len(cc.Servers))
+	for _, s := range cc.Servers {
+		ups = append(ups, net.JoinHostPort(s, cc.Port))
+	}
+	return ups, nil
+}

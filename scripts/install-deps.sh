@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests (or the benchmarks) use, if missing.
+# Usage: scripts/install-deps.sh test|bench
+set -euo pipefail
+want=()
+need() { command -v "$1" >/dev/null 2>&1 || want+=("$2"); }
+case "${1:-test}" in
+  test)
+    need dig dnsutils
+    need curl curl
+    need ip iproute2
+    ;;
+  bench)
+    need dig dnsutils
+    need curl curl
+    need iperf3 iperf3
+    need haproxy haproxy
+    need wrk wrk
+    ;;
+  *) echo "usage: $0 test|bench" >&2; exit 2 ;;
+esac
+[ ${#want[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps: missing ${want[*]}; not root or no apt-get, so tests that need them will skip" >&2
+  exit 0
+fi
+echo "install-deps: installing ${want[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null 2>&1 || apt-get update
+apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
