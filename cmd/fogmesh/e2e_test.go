@@ -1,0 +1,299 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// These tests run the real binary as a user would: separate processes,
+// signals, exit codes, files on disk.
+
+var fogmeshBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "fogmesh-e2e")
+	if err != nil {
+		panic(err)
+	}
+	fogmeshBin = filepath.Join(dir, "fogmesh")
+	out, err := exec.Command("go", "build", "-race", "-o", fogmeshBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  *lockedBuffer
+}
+
+// start runs the binary; the test's cleanup kills it if still running.
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(fogmeshBin, args...)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{}), out: out}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// lockedBuffer collects a process's stdout and stderr, written by two
+// goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (p *proc) kill9(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func run(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(fogmeshBin, args...)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), code
+}
+
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s never became healthy", url)
+}
+
+const servicesYAML = `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: hello, namespace: demo}
+spec:
+  ports: [{name: http, port: 19080, protocol: http}]
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Endpoint
+metadata: {name: static-1, namespace: demo}
+spec: {service: hello, address: "%s", ports: [{name: http, port: %d}]}
+`
+
+// TestControlSIGKILLLosesNothing, and the agent serving from its cache after
+// a SIGKILL while the control plane is down.
+func TestKillNineControlAndAgent(t *testing.T) {
+	state := t.TempDir()
+	admin, syncAddr := freePort(t), freePort(t)
+	server := "http://" + admin
+	cp := start(t, "control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr, "-heartbeat-interval", "500ms")
+	waitHTTP(t, server+"/healthz")
+
+	// A static endpoint: a real HTTP server the agent dials directly.
+	backend := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "static backend\n") })}
+	bl, _ := net.Listen("tcp", "127.0.0.1:0")
+	go backend.Serve(bl)
+	defer backend.Close()
+	doc := filepath.Join(t.TempDir(), "svc.yaml")
+	os.WriteFile(doc, []byte(fmt.Sprintf(servicesYAML, "127.0.0.1", bl.Addr().(*net.TCPAddr).Port)), 0o644)
+	if out, code := run(t, "apply", "-server", server, "-f", doc); code != 0 || !strings.Contains(out, "service/demo/hello applied") {
+		t.Fatalf("apply: %d %s", code, out)
+	}
+
+	cp.kill9(t)
+	cp = start(t, "control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr, "-heartbeat-interval", "500ms")
+	waitHTTP(t, server+"/healthz")
+	out, code := run(t, "get", "services", "-server", server, "-o", "json")
+	if code != 0 || !strings.Contains(out, `"vip": "127.77.0.1"`) {
+		t.Fatalf("service lost after SIGKILL: %d %s", code, out)
+	}
+	out, _ = run(t, "get", "endpoints", "-server", server)
+	if !strings.Contains(out, "static-1") {
+		t.Fatalf("endpoint lost after SIGKILL: %s", out)
+	}
+
+	agentState := t.TempDir()
+	agentAdmin := freePort(t)
+	agentArgs := []string{"agent", "-name", "edge-1", "-site", "shop-1", "-region", "east", "-control", syncAddr,
+		"-state-dir", agentState, "-admin-addr", agentAdmin, "-dns-addr", freePort(t), "-mesh-addr", freePort(t),
+		"-vip-range", "127.171.0.0/16"}
+	ag := start(t, agentArgs...)
+	waitHTTP(t, "http://"+agentAdmin+"/healthz")
+	vipURL := "http://127.171.0.1:19080/"
+	waitHTTP(t, vipURL)
+	out, _ = run(t, "get", "nodes", "-server", server)
+	if !strings.Contains(out, "edge-1") || !strings.Contains(out, "true") {
+		t.Fatalf("node not registered/ready: %s", out)
+	}
+
+	// Control plane down, agent SIGKILLed and restarted: it serves from cache.
+	cp.kill9(t)
+	ag.kill9(t)
+	start(t, agentArgs...)
+	waitHTTP(t, vipURL)
+	resp, err := http.Get(vipURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "static backend\n" {
+		t.Fatalf("offline agent answered %q", b)
+	}
+}
+
+func TestSIGTERMIsGraceful(t *testing.T) {
+	admin := freePort(t)
+	cp := start(t, "control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", freePort(t))
+	waitHTTP(t, "http://"+admin+"/healthz")
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(m), "fogmesh_control_store_revision") {
+		t.Fatalf("metrics: %s", m)
+	}
+	cp.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-cp.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("control did not stop on SIGTERM")
+	}
+	if code := cp.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM; output:\n%s", code, cp.out)
+	}
+}
+
+func TestBadConfigAndInputExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(s), 0o644)
+		return p
+	}
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown agent field", []string{"agent", "-config", write("a1.yaml", "node: {name: n1, site: s, region: r}\nmeshAdress: 1.2.3.4:1\n")}, "meshAdress"},
+		{"bad agent vip range", []string{"agent", "-config", write("a2.yaml", "node: {name: n1, site: s, region: r}\nvipRange: 10.0.0.0/99\n"), "-state-dir", dir}, "vipRange"},
+		{"bad node name", []string{"agent", "-name", "Bad_Name", "-site", "s", "-region", "r", "-state-dir", dir}, "metadata.name"},
+		{"bad workload port", []string{"agent", "-config", write("a3.yaml", "node: {name: n1, site: s, region: r}\nworkloads: [{service: x, ports: [{port: 99999}]}]\n"), "-state-dir", dir}, "workloads[0]"},
+		{"wrong type", []string{"control", "-config", write("c1.yaml", "adminAddr: [1]\n")}, "adminAddr"},
+		{"bad apply doc", []string{"apply", "-f", write("d1.yaml", "apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 0}]}\n")}, "spec.ports[0].port"},
+		{"unknown get kind", []string{"get", "pods"}, "unknown resource"},
+		{"unknown command", []string{"frobnicate"}, "unknown command"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, code := run(t, c.args...)
+			if code != 2 || !strings.Contains(out, c.want) {
+				t.Fatalf("exit %d, output %q; want exit 2 naming %q", code, out, c.want)
+			}
+		})
+	}
+	if out, code := run(t, "version"); code != 0 || !strings.HasPrefix(out, "fogmesh v") {
+		t.Fatalf("version: %d %s", code, out)
+	}
+	// A control plane that is not there: a runtime failure, exit 1.
+	if _, code := run(t, "get", "nodes", "-server", "http://"+freePort(t)); code != 1 {
+		t.Fatalf("unreachable server: exit %d", code)
+	}
+}
+
+// TestCLIRoundTrip: apply, get in each format, delete.
+func TestCLIRoundTrip(t *testing.T) {
+	admin := freePort(t)
+	server := "http://" + admin
+	start(t, "control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", freePort(t))
+	waitHTTP(t, server+"/healthz")
+	doc := filepath.Join(t.TempDir(), "svc.json")
+	os.WriteFile(doc, []byte(`[{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"orders","namespace":"shop"},"spec":{"ports":[{"name":"grpc","port":9090,"protocol":"grpc"}]}}]`), 0o644)
+	if out, code := run(t, "apply", "-server", server, "-f", doc); code != 0 {
+		t.Fatal(out)
+	}
+	out, _ := run(t, "get", "svc", "-server", server)
+	if !strings.Contains(out, "orders") || !strings.Contains(out, "grpc:9090/grpc") {
+		t.Fatalf("table: %s", out)
+	}
+	out, _ = run(t, "get", "services", "-server", server, "-o", "yaml")
+	if !strings.Contains(out, "name: orders") {
+		t.Fatalf("yaml: %s", out)
+	}
+	out, _ = run(t, "get", "services", "-server", server, "-o", "json", "-n", "shop")
+	var items []map[string]any
+	if err := json.Unmarshal([]byte(out), &items); err != nil || len(items) != 1 {
+		t.Fatalf("json: %v %s", err, out)
+	}
+	if out, code := run(t, "delete", "service", "orders", "-n", "shop", "-server", server); code != 0 {
+		t.Fatal(out)
+	}
+	if out, code := run(t, "delete", "service", "orders", "-n", "shop", "-server", server); code != 2 || !strings.Contains(out, "not found") {
+		t.Fatalf("second delete: %d %s", code, out)
+	}
+}

@@ -1,0 +1,442 @@
+// Package agent is the per-node fogmesh agent: it registers its node with the
+// control plane and keeps the configuration it streams (cached on disk for
+// offline starts), serves mesh DNS, listens on every service virtual IP,
+// picks the nearest healthy endpoint for each connection, reaches remote
+// endpoints through their node's agent over the mesh port, and health-checks
+// its own workloads.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/meshdns"
+	"github.com/fogmesh/fogmesh/internal/transport"
+)
+
+// Agent is one node's agent.
+type Agent struct {
+	cfg        Config
+	log        *slog.Logger
+	self       *api.Node
+	vip4, vip6 netip.Prefix
+	cachePath  string
+	wlPath     string
+
+	view atomic.Pointer[view]
+
+	mu sync.Mutex // guards the following
+	// res and cfgVersion/storeID are the control plane's configuration.
+	res        *resources
+	storeID    string
+	cfgVersion uint64
+	// workloads are local instances: from the config file (fromConfig) or
+	// registered through the local API (saved to wlPath).
+	workloads map[string]*workloadState
+	listeners map[netip.AddrPort]*vipListener
+
+	ejected sync.Map // endpoint key -> time.Time until which it is skipped
+	rr      sync.Map // service key -> *atomic.Uint64
+	// activeByEP counts open connections per endpoint key (least-conn).
+	activeByEP sync.Map // endpoint key -> *atomic.Int64
+	active     atomic.Int64
+	// localChanged wakes the sync loop to send local endpoints.
+	localChanged chan struct{}
+	connected    atomic.Bool
+
+	dns   *meshdns.Server
+	mesh  *transport.Server
+	peers *transport.Client
+	admin *http.Server
+	adminLn,
+	meshLn net.Listener
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	cancel    context.CancelFunc // guarded by mu
+	runCtx    context.Context    // guarded by mu; set by Run
+
+	m agentMetrics
+}
+
+type workloadState struct {
+	w          Workload
+	fromConfig bool
+	healthy    bool
+	stop       context.CancelFunc
+	// wake asks the checker to check now (after a passive failure).
+	wake chan struct{}
+}
+
+// New validates the config, loads the cache and binds every listener (DNS,
+// mesh, admin) so the addresses are known; Run serves.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, &ConfigError{Err: fmt.Errorf("agent: config: %w", err)}
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: state dir: %w", err)
+	}
+	a := &Agent{
+		cfg:          cfg,
+		log:          cfg.Logger,
+		cachePath:    filepath.Join(cfg.StateDir, "config-cache.json"),
+		wlPath:       filepath.Join(cfg.StateDir, "workloads.json"),
+		workloads:    map[string]*workloadState{},
+		listeners:    map[netip.AddrPort]*vipListener{},
+		localChanged: make(chan struct{}, 1),
+	}
+	a.vip4 = netip.MustParsePrefix(cfg.VIPRange)
+	if cfg.VIP6Range != "" {
+		a.vip6 = netip.MustParsePrefix(cfg.VIP6Range)
+	}
+	var err error
+	if a.meshLn, err = net.Listen("tcp", cfg.MeshAddr); err != nil {
+		return nil, fmt.Errorf("agent: mesh listen: %w", err)
+	}
+	if ap := netip.MustParseAddrPort(cfg.MeshAdvertise); ap.Port() == 0 {
+		// Advertised from a port-0 listen address: advertise the bound port.
+		bound := a.meshLn.Addr().(*net.TCPAddr).AddrPort()
+		cfg.MeshAdvertise = netip.AddrPortFrom(ap.Addr(), bound.Port()).String()
+		a.cfg.MeshAdvertise = cfg.MeshAdvertise
+	}
+	a.self = &api.Node{Meta: api.Meta{Name: cfg.Node.Name, Labels: cfg.Node.Labels}, Spec: api.NodeSpec{
+		Site: cfg.Node.Site, Region: cfg.Node.Region, Zone: cfg.Node.Zone, MeshAddress: cfg.MeshAdvertise,
+		Addresses: cfg.Node.Addresses, Capacity: cfg.Node.Capacity, Coordinates: cfg.Node.Coordinates}}
+	if err := a.self.Validate(); err != nil {
+		a.meshLn.Close()
+		return nil, &ConfigError{Err: fmt.Errorf("agent: node: %w", err)}
+	}
+	a.initMetrics()
+
+	c, res, err := loadCache(a.cachePath)
+	if err != nil {
+		// A damaged cache must not keep the node from starting: start empty
+		// and let the control plane fill it.
+		a.log.Error("agent: cache unreadable, starting empty", "err", err)
+		c, res = &config{}, newResources()
+	}
+	a.res, a.storeID, a.cfgVersion = res, c.StoreID, c.Version
+	if c.Version > 0 {
+		a.log.Info("agent: loaded cached configuration", "version", c.Version, "resources", len(c.Resources))
+	}
+	for _, w := range cfg.Workloads {
+		a.workloads[w.Name] = &workloadState{w: w, fromConfig: true, healthy: true}
+	}
+	if err := a.loadRegistered(); err != nil {
+		a.log.Error("agent: registered workloads unreadable", "err", err)
+	}
+	a.rebuild()
+
+	ok := false
+	defer func() {
+		if !ok {
+			a.closeListeners()
+		}
+	}()
+	a.dns, err = meshdns.New(meshdns.Config{Addr: cfg.DNSAddr, Upstreams: cfg.Upstreams,
+		Logger: a.log.With("sub", "dns"), Metrics: cfg.Metrics}, a)
+	if err != nil {
+		return nil, fmt.Errorf("agent: dns: %w", err)
+	}
+	a.mesh, err = transport.NewServer(transport.ServerConfig{Listener: a.meshLn, Dialer: a,
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics})
+	if err != nil {
+		return nil, fmt.Errorf("agent: mesh: %w", err)
+	}
+	a.peers = transport.NewClient(transport.ClientConfig{SourceNode: cfg.Node.Name,
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics})
+	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+		return nil, fmt.Errorf("agent: admin listen: %w", err)
+	}
+	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
+	ok = true
+	return a, nil
+}
+
+func (a *Agent) closeListeners() {
+	if a.dns != nil {
+		a.dns.Close()
+	}
+	if a.mesh != nil {
+		a.mesh.Close()
+	} else if a.meshLn != nil {
+		a.meshLn.Close()
+	}
+	if a.adminLn != nil {
+		a.adminLn.Close()
+	}
+}
+
+// DNSAddr, MeshAddr and AdminAddr return the bound addresses.
+func (a *Agent) DNSAddr() string   { return a.dns.Addr() }
+func (a *Agent) MeshAddr() string  { return a.meshLn.Addr().String() }
+func (a *Agent) AdminAddr() string { return a.adminLn.Addr().String() }
+
+// Name returns the node name.
+func (a *Agent) Name() string { return a.cfg.Node.Name }
+
+// Run serves until ctx is done; it returns nil on a clean shutdown.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	a.mu.Lock()
+	a.cancel, a.runCtx = cancel, ctx
+	for _, ws := range a.workloads {
+		a.startCheckLocked(ctx, ws)
+	}
+	a.mu.Unlock()
+	defer cancel()
+	a.reconcileListeners()
+	a.log.Info("agent: running", "node", a.cfg.Node.Name, "site", a.cfg.Node.Site, "region", a.cfg.Node.Region,
+		"dns", a.DNSAddr(), "mesh", a.MeshAddr(), "admin", a.AdminAddr())
+	errc := make(chan error, 3)
+	run := func(name string, f func() error) {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			if err := f(); err != nil {
+				errc <- fmt.Errorf("agent: %s: %w", name, err)
+			}
+		}()
+	}
+	run("dns", func() error { return a.dns.Serve(ctx) })
+	run("mesh", func() error { return a.mesh.Serve(ctx) })
+	run("admin", func() error {
+		if err := a.admin.Serve(a.adminLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	run("sync", func() error { a.syncLoop(ctx); return nil })
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	a.shutdown()
+	return err
+}
+
+// Close stops the agent; idempotent, waits for its goroutines.
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	cancel := a.cancel
+	a.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	a.shutdown()
+	return nil
+}
+
+func (a *Agent) shutdown() {
+	a.closeOnce.Do(func() {
+		a.mu.Lock()
+		if a.cancel != nil {
+			a.cancel()
+		}
+		for k, l := range a.listeners {
+			l.close()
+			delete(a.listeners, k)
+		}
+		a.mu.Unlock()
+		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		a.admin.Shutdown(sctx)
+		a.dns.Close()
+		a.mesh.Close()
+		a.peers.Close()
+		a.wg.Wait()
+		a.log.Info("agent: stopped", "node", a.cfg.Node.Name)
+	})
+}
+
+// rebuild recomputes the routing view from resources and local workloads.
+func (a *Agent) rebuild() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.rebuildLocked()
+}
+
+func (a *Agent) rebuildLocked() {
+	a.view.Store(buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6))
+}
+
+func (a *Agent) localEndpointsLocked() []api.Endpoint {
+	names := make([]string, 0, len(a.workloads))
+	for n := range a.workloads {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]api.Endpoint, 0, len(names))
+	for _, n := range names {
+		ws := a.workloads[n]
+		out = append(out, ws.w.endpoint(a.cfg.Node.Name, ws.healthy))
+	}
+	return out
+}
+
+// notifyLocal wakes the sync loop to send this node's endpoints.
+func (a *Agent) notifyLocal() {
+	select {
+	case a.localChanged <- struct{}{}:
+	default:
+	}
+}
+
+// LookupService implements meshdns.Resolver.
+func (a *Agent) LookupService(namespace, name string) (meshdns.Record, bool) {
+	sv := a.view.Load().services[namespace+"/"+name]
+	if sv == nil {
+		return meshdns.Record{}, false
+	}
+	r := meshdns.Record{V4: sv.vip4, V6: sv.vip6}
+	for _, p := range sv.svc.Spec.Ports {
+		r.Ports = append(r.Ports, meshdns.Port{Name: p.Name, Protocol: p.Protocol, Port: p.Port})
+	}
+	return r, true
+}
+
+// Register adds or replaces a workload registered through the local API; it
+// is saved so it survives a restart.
+func (a *Agent) Register(w Workload) error {
+	if err := w.normalize(a.cfg.Node.Name); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	if old := a.workloads[w.Name]; old != nil {
+		if old.fromConfig {
+			a.mu.Unlock()
+			return fmt.Errorf("workload %q comes from the config file", w.Name)
+		}
+		old.stop()
+	}
+	ws := &workloadState{w: w, healthy: true}
+	a.workloads[w.Name] = ws
+	if err := a.saveRegisteredLocked(); err != nil {
+		delete(a.workloads, w.Name)
+		a.mu.Unlock()
+		return err
+	}
+	if a.runCtx != nil {
+		a.startCheckLocked(a.runCtx, ws)
+	}
+	a.rebuildLocked()
+	a.mu.Unlock()
+	a.notifyLocal()
+	a.log.Info("agent: workload registered", "name", w.Name, "service", w.Namespace+"/"+w.Service)
+	return nil
+}
+
+// Deregister removes a registered workload.
+func (a *Agent) Deregister(name string) error {
+	a.mu.Lock()
+	ws := a.workloads[name]
+	switch {
+	case ws == nil:
+		a.mu.Unlock()
+		return fmt.Errorf("workload %q: %w", name, errNotFound)
+	case ws.fromConfig:
+		a.mu.Unlock()
+		return fmt.Errorf("workload %q comes from the config file", name)
+	}
+	if ws.stop != nil {
+		ws.stop()
+	}
+	delete(a.workloads, name)
+	err := a.saveRegisteredLocked()
+	a.rebuildLocked()
+	a.mu.Unlock()
+	a.notifyLocal()
+	return err
+}
+
+var errNotFound = errors.New("not found")
+
+// ConfigError is returned by New for an invalid Config.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+func (a *Agent) saveRegisteredLocked() error {
+	var ws []Workload
+	for _, s := range a.workloads {
+		if !s.fromConfig {
+			ws = append(ws, s.w)
+		}
+	}
+	sort.Slice(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
+	return saveJSON(a.wlPath, ws)
+}
+
+func (a *Agent) loadRegistered() error {
+	b, err := os.ReadFile(a.wlPath)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var ws []Workload
+	if err := json.Unmarshal(b, &ws); err != nil {
+		return fmt.Errorf("%s: %w", a.wlPath, err)
+	}
+	for _, w := range ws {
+		if err := w.normalize(a.cfg.Node.Name); err != nil {
+			a.log.Error("agent: skipping saved workload", "name", w.Name, "err", err)
+			continue
+		}
+		if a.workloads[w.Name] == nil {
+			a.workloads[w.Name] = &workloadState{w: w, healthy: true}
+		}
+	}
+	return nil
+}
+
+func (a *Agent) initMetrics() {
+	m := a.cfg.Metrics
+	a.m = agentMetrics{
+		connOK:       m.NewCounter(`fogmesh_agent_connections_total{result="ok"}`),
+		connNoEP:     m.NewCounter(`fogmesh_agent_connections_total{result="no_endpoint"}`),
+		connFailed:   m.NewCounter(`fogmesh_agent_connections_total{result="dial_failed"}`),
+		dialFailures: m.NewCounter(`fogmesh_agent_dial_failures_total`),
+		failovers:    m.NewCounter(`fogmesh_agent_failovers_total`),
+		updates:      m.NewCounter(`fogmesh_agent_config_updates_total`),
+		nacks:        m.NewCounter(`fogmesh_agent_config_rejected_total`),
+		listenErrors: m.NewCounter(`fogmesh_agent_listen_errors_total`),
+	}
+	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
+	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
+		if a.connected.Load() {
+			return 1
+		}
+		return 0
+	})
+	m.NewGauge(`fogmesh_agent_config_version`, func() float64 {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return float64(a.cfgVersion)
+	})
+}
+
+type agentMetrics struct {
+	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors *metrics.Counter
+}

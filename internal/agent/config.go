@@ -1,0 +1,212 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+)
+
+// Config configures an agent. Zero values take the defaults in comments.
+type Config struct {
+	// Node describes this node. Name, Site and Region are required.
+	Node NodeConfig `json:"node"`
+	// Control lists control plane sync addresses (host:port), tried in order.
+	// Empty: the agent runs from its cache and local workloads only.
+	Control []string `json:"control,omitempty"`
+	// MeshAddr is the mesh port listen address (default 127.0.0.1:7072).
+	MeshAddr string `json:"meshAddr,omitempty"`
+	// MeshAdvertise is the address peers dial (default MeshAddr; required
+	// when MeshAddr's host is unspecified, e.g. 0.0.0.0 or [::]).
+	MeshAdvertise string `json:"meshAdvertise,omitempty"`
+	// DNSAddr is where mesh DNS listens, UDP and TCP (default 127.0.0.1:5353).
+	DNSAddr string `json:"dnsAddr,omitempty"`
+	// AdminAddr serves /healthz, /metrics and the local API (default
+	// 127.0.0.1:7073).
+	AdminAddr string `json:"adminAddr,omitempty"`
+	// VIPRange is where service virtual IPv4 addresses live on this node
+	// (default 127.77.0.0/16). A service's VIP is its VIP index in this range.
+	VIPRange string `json:"vipRange,omitempty"`
+	// VIP6Range, if set, gives services virtual IPv6 addresses too (AAAA
+	// answers and listeners). The range must be routed to this host, e.g.
+	// `ip -6 route add local fd6d:6573:6800::/64 dev lo` (needs root once).
+	VIP6Range string `json:"vip6Range,omitempty"`
+	// StateDir holds the configuration cache and registered workloads
+	// (default /var/lib/fogmesh/agent).
+	StateDir string `json:"stateDir,omitempty"`
+	// Upstreams resolve non-mesh names (default: /etc/resolv.conf).
+	Upstreams []string `json:"upstreams,omitempty"`
+	// Workloads are local service instances registered from the config file.
+	Workloads []Workload `json:"workloads,omitempty"`
+	// HealthInterval is the active health check period (default 2s).
+	HealthInterval Duration `json:"healthInterval,omitempty"`
+	// EjectFor is how long an endpoint that refused a connection is skipped
+	// (default 10s); a local one returns as soon as its check passes.
+	EjectFor Duration `json:"ejectFor,omitempty"`
+
+	Logger  *slog.Logger `json:"-"` // nil = discard
+	Metrics *metrics.Set `json:"-"` // nil = a private set
+}
+
+// NodeConfig is what the agent registers about its node.
+type NodeConfig struct {
+	Name        string            `json:"name"`
+	Site        string            `json:"site"`
+	Region      string            `json:"region"`
+	Zone        string            `json:"zone,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Capacity    float64           `json:"capacity,omitempty"`
+	Coordinates *api.Coordinates  `json:"coordinates,omitempty"`
+	Addresses   []string          `json:"addresses,omitempty"`
+}
+
+// Workload is a local instance of a service.
+type Workload struct {
+	// Name becomes the endpoint name (default <service>-<node>).
+	Name      string `json:"name,omitempty"`
+	Service   string `json:"service"`
+	Namespace string `json:"namespace,omitempty"`
+	// Address the instance listens on (default 127.0.0.1).
+	Address string             `json:"address,omitempty"`
+	Ports   []api.EndpointPort `json:"ports"`
+	Check   Check              `json:"check,omitempty"`
+}
+
+// Check is an active health check.
+type Check struct {
+	// Type is tcp (default: connect to the first port), http (GET Path,
+	// 2xx/3xx is healthy) or none.
+	Type string `json:"type,omitempty"`
+	Path string `json:"path,omitempty"`
+	// Port names the workload port to check (default the first).
+	Port    string   `json:"port,omitempty"`
+	Timeout Duration `json:"timeout,omitempty"` // default 1s
+}
+
+// Duration is a time.Duration written as "2s" in config files.
+type Duration time.Duration
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return errors.New("negative duration")
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (c *Config) validate() error {
+	n := api.Node{Meta: api.Meta{Name: c.Node.Name}, Spec: api.NodeSpec{
+		Site: c.Node.Site, Region: c.Node.Region, Zone: c.Node.Zone, Capacity: c.Node.Capacity,
+		Coordinates: c.Node.Coordinates, Addresses: c.Node.Addresses}}
+	if err := n.Validate(); err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	def := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	def(&c.MeshAddr, "127.0.0.1:7072")
+	def(&c.DNSAddr, "127.0.0.1:5353")
+	def(&c.AdminAddr, "127.0.0.1:7073")
+	def(&c.VIPRange, "127.77.0.0/16")
+	def(&c.StateDir, "/var/lib/fogmesh/agent")
+	for i, a := range c.Control {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("control[%d]: %q: %w", i, a, err)
+		}
+	}
+	if p, err := netip.ParsePrefix(c.VIPRange); err != nil || !p.Addr().Is4() {
+		return fmt.Errorf("vipRange: %q is not an IPv4 prefix", c.VIPRange)
+	}
+	if c.VIP6Range != "" {
+		if p, err := netip.ParsePrefix(c.VIP6Range); err != nil || !p.Addr().Is6() {
+			return fmt.Errorf("vip6Range: %q is not an IPv6 prefix", c.VIP6Range)
+		}
+	}
+	if c.MeshAdvertise == "" {
+		ap, err := netip.ParseAddrPort(c.MeshAddr)
+		if err != nil {
+			return fmt.Errorf("meshAddr: %q: %w", c.MeshAddr, err)
+		}
+		if ap.Addr().IsUnspecified() {
+			return fmt.Errorf("meshAdvertise: required when meshAddr %s listens on all addresses", c.MeshAddr)
+		}
+		c.MeshAdvertise = c.MeshAddr
+	}
+	if _, err := netip.ParseAddrPort(c.MeshAdvertise); err != nil {
+		return fmt.Errorf("meshAdvertise: %q: %w", c.MeshAdvertise, err)
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = Duration(2 * time.Second)
+	}
+	if c.EjectFor <= 0 {
+		c.EjectFor = Duration(10 * time.Second)
+	}
+	for i := range c.Workloads {
+		if err := c.Workloads[i].normalize(c.Node.Name); err != nil {
+			return fmt.Errorf("workloads[%d]: %w", i, err)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.NewSet()
+	}
+	return nil
+}
+
+// normalize fills defaults and validates a workload through the endpoint it
+// becomes.
+func (w *Workload) normalize(node string) error {
+	w.Namespace = api.NamespaceOr(w.Namespace)
+	if w.Name == "" {
+		w.Name = w.Service + "-" + node
+	}
+	if w.Address == "" {
+		w.Address = "127.0.0.1"
+	}
+	switch w.Check.Type {
+	case "":
+		w.Check.Type = "tcp"
+	case "tcp", "http", "none":
+	default:
+		return fmt.Errorf("check.type: %q is not one of tcp, http, none", w.Check.Type)
+	}
+	if w.Check.Timeout <= 0 {
+		w.Check.Timeout = Duration(time.Second)
+	}
+	e := w.endpoint(node, true)
+	if err := e.Validate(); err != nil {
+		return err
+	}
+	w.Ports = e.Spec.Ports // defaults filled
+	if w.Check.Port == "" {
+		w.Check.Port = w.Ports[0].Name
+	} else if _, ok := e.Port(w.Check.Port); !ok {
+		return fmt.Errorf("check.port: no port named %q", w.Check.Port)
+	}
+	return nil
+}
+
+func (w *Workload) endpoint(node string, healthy bool) api.Endpoint {
+	return api.Endpoint{
+		APIVersion: api.APIVersion, Kind: api.KindEndpoint,
+		Meta:   api.Meta{Name: w.Name, Namespace: w.Namespace},
+		Spec:   api.EndpointSpec{Service: w.Service, Node: node, Address: w.Address, Ports: append([]api.EndpointPort(nil), w.Ports...)},
+		Status: api.EndpointStatus{Healthy: healthy},
+	}
+}

@@ -1,0 +1,296 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/fogmesh/fogmesh/internal/proxy"
+	"github.com/fogmesh/fogmesh/internal/transport"
+)
+
+// maxAttempts bounds how many endpoints one connection tries. Trying another
+// endpoint is safe only before any byte was sent, which is the case here: a
+// connect failure means the client's bytes are still in our socket.
+const maxAttempts = 3
+
+// vipListener accepts connections on one virtual IP and port.
+type vipListener struct {
+	ln   net.Listener
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *vipListener) close() {
+	l.once.Do(func() { l.ln.Close() })
+	<-l.done
+}
+
+// reconcileListeners opens a listener for every VIP:port in the view and
+// closes those no longer there. Established connections are not touched.
+func (a *Agent) reconcileListeners() {
+	v := a.view.Load()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.runCtx == nil || a.runCtx.Err() != nil {
+		return
+	}
+	for ap, l := range a.listeners {
+		if _, ok := v.byVIP[ap]; !ok {
+			go l.close()
+			delete(a.listeners, ap)
+		}
+	}
+	for ap := range v.byVIP {
+		if a.listeners[ap] != nil {
+			continue
+		}
+		ln, err := listenVIP(a.runCtx, ap)
+		if err != nil {
+			a.m.listenErrors.Inc()
+			a.log.Error("agent: cannot listen on service address", "addr", ap, "err", err)
+			continue
+		}
+		l := &vipListener{ln: ln, done: make(chan struct{})}
+		a.listeners[ap] = l
+		a.wg.Add(1)
+		go a.acceptLoop(a.runCtx, ap, l)
+	}
+}
+
+// listenVIP listens on a virtual IP. IPv6 VIPs are not assigned to any
+// interface (the operator routes the range to lo with a local route); Linux
+// binds IPv6 only to assigned addresses unless the socket is IPV6_FREEBIND.
+func listenVIP(ctx context.Context, ap netip.AddrPort) (net.Listener, error) {
+	var lc net.ListenConfig
+	if ap.Addr().Is6() {
+		lc.Control = func(network, address string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	return lc.Listen(ctx, "tcp", ap.String())
+}
+
+func (a *Agent) acceptLoop(ctx context.Context, ap netip.AddrPort, l *vipListener) {
+	defer a.wg.Done()
+	defer close(l.done)
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.handleConn(ctx, ap, c)
+		}()
+	}
+}
+
+// handleConn proxies one client connection to the nearest healthy endpoint,
+// failing over to the next candidate when a connect fails.
+func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Conn) {
+	defer client.Close()
+	a.active.Add(1)
+	defer a.active.Add(-1)
+	v := a.view.Load()
+	t, ok := v.byVIP[ap]
+	if !ok {
+		a.m.connNoEP.Inc()
+		return
+	}
+	sv := v.services[t.svc]
+	cands := a.pick(sv, t.port)
+	if len(cands) == 0 {
+		a.m.connNoEP.Inc()
+		a.log.Debug("agent: no healthy endpoint", "service", t.svc)
+		return
+	}
+	for i, ev := range cands {
+		if i == maxAttempts {
+			break
+		}
+		if i > 0 {
+			a.m.failovers.Inc()
+		}
+		up, err := a.dialEndpoint(ctx, sv, ev, t.port)
+		if err != nil {
+			a.m.dialFailures.Inc()
+			a.eject(ev)
+			a.log.Info("agent: endpoint failed, trying next", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
+			continue
+		}
+		a.m.connOK.Inc()
+		counter := a.endpointActive(ev.key)
+		counter.Add(1)
+		proxy.Relay(ctx, client, up)
+		counter.Add(-1)
+		return
+	}
+	a.m.connFailed.Inc()
+}
+
+func (a *Agent) dialEndpoint(ctx context.Context, sv *serviceView, ev *endpointView, port string) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if ev.mesh != "" {
+		return a.peers.Dial(dctx, ev.mesh, transport.Header{
+			Namespace: sv.svc.Meta.Namespace, Service: sv.svc.Meta.Name,
+			Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name})
+	}
+	addr, err := ev.ep.AddrPort(port)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	return d.DialContext(dctx, "tcp", addr.String())
+}
+
+// eject skips an endpoint for EjectFor; a local workload is also marked
+// unhealthy until its next check passes, and its checker is woken.
+func (a *Agent) eject(ev *endpointView) {
+	a.ejected.Store(ev.key, time.Now().Add(time.Duration(a.cfg.EjectFor)))
+	if !ev.local {
+		return
+	}
+	a.mu.Lock()
+	ws := a.workloads[ev.ep.Meta.Name]
+	changed := ws != nil && ws.healthy
+	if changed {
+		ws.healthy = false
+		a.rebuildLocked()
+	}
+	a.mu.Unlock()
+	if changed {
+		a.notifyLocal()
+		select {
+		case ws.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (a *Agent) isEjected(key string) bool {
+	v, ok := a.ejected.Load(key)
+	if !ok {
+		return false
+	}
+	if time.Now().After(v.(time.Time)) {
+		a.ejected.Delete(key)
+		return false
+	}
+	return true
+}
+
+func (a *Agent) endpointActive(key string) *atomic.Int64 {
+	c, _ := a.activeByEP.LoadOrStore(key, new(atomic.Int64))
+	return c.(*atomic.Int64)
+}
+
+// pick returns the healthy endpoints of a service that serve port, nearest
+// tier first; within a tier the order is the service's balancer
+// (round-robin rotation, or fewest active connections).
+func (a *Agent) pick(sv *serviceView, port string) []*endpointView {
+	var out []*endpointView
+	for _, ev := range sv.endpoints {
+		if !ev.healthy || a.isEjected(ev.key) {
+			continue
+		}
+		if _, ok := ev.ep.Port(port); !ok {
+			continue
+		}
+		out = append(out, ev)
+	}
+	if len(out) < 2 {
+		return out
+	}
+	cnt, _ := a.rr.LoadOrStore(sv.svc.Meta.Key(), new(atomic.Uint64))
+	n := cnt.(*atomic.Uint64).Add(1)
+	for start := 0; start < len(out); {
+		end := start
+		for end < len(out) && out[end].tier == out[start].tier {
+			end++
+		}
+		tier := out[start:end]
+		if sv.svc.Spec.Balancer == "least-conn" {
+			sort.SliceStable(tier, func(i, j int) bool {
+				return a.endpointActive(tier[i].key).Load() < a.endpointActive(tier[j].key).Load()
+			})
+		} else if len(tier) > 1 {
+			k := int(n % uint64(len(tier)))
+			rot := append(append([]*endpointView(nil), tier[k:]...), tier[:k]...)
+			copy(tier, rot)
+		}
+		start = end
+	}
+	return out
+}
+
+// DialLocal implements transport.Dialer: a peer agent asks for one of this
+// node's workloads. Anything that is not a registered local endpoint of the
+// named service is refused, so the mesh port is no open proxy.
+func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, error) {
+	a.mu.Lock()
+	ws := a.workloads[h.Endpoint]
+	a.mu.Unlock()
+	if ws == nil || ws.w.Service != h.Service || ws.w.Namespace != h.Namespace {
+		return nil, fmt.Errorf("%w: %s/%s endpoint %s", transport.ErrUnknownDestination, h.Namespace, h.Service, h.Endpoint)
+	}
+	e := ws.w.endpoint(a.cfg.Node.Name, true)
+	addr, err := e.AddrPort(h.Port)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", transport.ErrUnknownDestination, err)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		// Seen by a peer first: this is a passive failure for us too.
+		a.eject(&endpointView{key: e.Meta.Key(), ep: &e, local: true})
+		return nil, err
+	}
+	a.active.Add(1)
+	return &countedConn{Conn: c, done: func() { a.active.Add(-1) }}, nil
+}
+
+// countedConn decrements the active count when closed. It is only used on
+// the mesh-side of a relay, whose other end is a yamux stream, so hiding the
+// *net.TCPConn costs no splice there.
+type countedConn struct {
+	net.Conn
+	once sync.Once
+	done func()
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(c.done)
+	return c.Conn.Close()
+}
+
+// CloseWrite forwards half-closes.
+func (c *countedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

@@ -1,0 +1,290 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// Tier is a locality tier, nearest first.
+type Tier int
+
+const (
+	TierNode Tier = iota
+	TierSite
+	TierRegion
+	TierAny
+)
+
+func (t Tier) String() string {
+	return [...]string{"node", "site", "region", "any"}[t]
+}
+
+// config is what the agent holds from the control plane: the last good
+// snapshot plus deltas. It is what the cache file stores.
+type config struct {
+	StoreID   string          `json:"storeId"`
+	Version   uint64          `json:"version"`
+	Resources []wire.Resource `json:"resources"`
+}
+
+// resources is the decoded form of config.
+type resources struct {
+	nodes     map[string]*api.Node
+	services  map[string]*api.Service  // ns/name
+	endpoints map[string]*api.Endpoint // ns/name
+}
+
+func newResources() *resources {
+	return &resources{nodes: map[string]*api.Node{}, services: map[string]*api.Service{}, endpoints: map[string]*api.Endpoint{}}
+}
+
+func (r *resources) put(o api.Object) {
+	switch v := o.(type) {
+	case *api.Node:
+		r.nodes[v.Meta.Name] = v
+	case *api.Service:
+		r.services[v.Meta.Key()] = v
+	case *api.Endpoint:
+		r.endpoints[v.Meta.Key()] = v
+	}
+}
+
+func (r *resources) remove(ref wire.ResourceRef) {
+	switch ref.Type {
+	case api.KindNode:
+		delete(r.nodes, ref.Name)
+	case api.KindService:
+		delete(r.services, ref.Name)
+	case api.KindEndpoint:
+		delete(r.endpoints, ref.Name)
+	}
+}
+
+func (r *resources) clone() *resources {
+	c := newResources()
+	for k, v := range r.nodes {
+		c.nodes[k] = v
+	}
+	for k, v := range r.services {
+		c.services[k] = v
+	}
+	for k, v := range r.endpoints {
+		c.endpoints[k] = v
+	}
+	return c
+}
+
+// applyUpdate returns the resources after update m, or an error naming the
+// first resource it cannot decode; the receiver is not changed.
+func (r *resources) applyUpdate(m *wire.Message) (*resources, error) {
+	next := newResources()
+	if !m.Full {
+		next = r.clone()
+	}
+	for _, ref := range m.Removed {
+		next.remove(ref)
+	}
+	for _, res := range m.Resources {
+		o, err := wire.DecodeResource(res)
+		if err != nil {
+			return nil, err
+		}
+		o.GetMeta().Version = res.Version
+		next.put(o)
+	}
+	return next, nil
+}
+
+// toConfig flattens resources for the cache file.
+func (r *resources) toConfig(storeID string, version uint64) (*config, error) {
+	c := &config{StoreID: storeID, Version: version}
+	var objs []api.Object
+	for _, v := range r.nodes {
+		objs = append(objs, v)
+	}
+	for _, v := range r.services {
+		objs = append(objs, v)
+	}
+	for _, v := range r.endpoints {
+		objs = append(objs, v)
+	}
+	for _, o := range objs {
+		res, err := wire.NewResource(o)
+		if err != nil {
+			return nil, err
+		}
+		c.Resources = append(c.Resources, res)
+	}
+	sort.Slice(c.Resources, func(i, j int) bool {
+		a, b := c.Resources[i], c.Resources[j]
+		return a.Type < b.Type || a.Type == b.Type && a.Name < b.Name
+	})
+	return c, nil
+}
+
+// writeFileAtomic writes data to path so that a crash leaves either the old
+// or the new file, never a torn one: temp file, fsync, rename, fsync dir.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+func saveJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", " ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, b)
+}
+
+// loadCache reads the cache file. A missing file is not an error.
+func loadCache(path string) (*config, *resources, error) {
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return &config{}, newResources(), nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var c config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, nil, fmt.Errorf("cache %s: %w", path, err)
+	}
+	r, err := newResources().applyUpdate(&wire.Message{Full: true, Resources: c.Resources})
+	if err != nil {
+		return nil, nil, fmt.Errorf("cache %s: %w", path, err)
+	}
+	return &c, r, nil
+}
+
+// view is the routing table derived from resources and local workloads. It
+// is immutable once built; the proxy and DNS read it without locks.
+type view struct {
+	services map[string]*serviceView // ns/name
+	byVIP    map[netip.AddrPort]listenTarget
+}
+
+type listenTarget struct {
+	svc  string // ns/name
+	port string // service port name
+}
+
+type serviceView struct {
+	svc       *api.Service
+	vip4      netip.Addr
+	vip6      netip.Addr
+	endpoints []*endpointView // sorted by tier
+}
+
+type endpointView struct {
+	key   string // ns/name
+	ep    *api.Endpoint
+	tier  Tier
+	local bool   // on this node: dial directly
+	mesh  string // peer agent's mesh address, for remote endpoints
+	// healthy is the health known when the view was built: the local check,
+	// or the owning agent's report and its node's readiness. Passive
+	// ejections are applied at pick time.
+	healthy bool
+}
+
+// buildView derives the routing table. self is this node; local holds this
+// node's workloads with their current health, and replaces whatever the
+// control plane has for endpoints of this node (the agent is the authority
+// on its own workloads, also while offline).
+func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 netip.Prefix) *view {
+	v := &view{services: map[string]*serviceView{}, byVIP: map[netip.AddrPort]listenTarget{}}
+	for key, s := range res.services {
+		sv := &serviceView{svc: s}
+		if s.Status.VIPIndex != 0 {
+			sv.vip4 = api.VIPFor(vip4, s.Status.VIPIndex)
+			if vip6.IsValid() {
+				sv.vip6 = api.VIPFor(vip6, s.Status.VIPIndex)
+			}
+			for _, p := range s.Spec.Ports {
+				v.byVIP[netip.AddrPortFrom(sv.vip4, uint16(p.Port))] = listenTarget{svc: key, port: p.Name}
+				if sv.vip6.IsValid() {
+					v.byVIP[netip.AddrPortFrom(sv.vip6, uint16(p.Port))] = listenTarget{svc: key, port: p.Name}
+				}
+			}
+		}
+		v.services[key] = sv
+	}
+	add := func(e *api.Endpoint, isLocal bool) {
+		sv := v.services[api.NamespaceOr(e.Meta.Namespace)+"/"+e.Spec.Service]
+		if sv == nil {
+			return
+		}
+		ev := &endpointView{key: e.Meta.Key(), ep: e, local: isLocal, healthy: e.Status.Healthy}
+		site, region := e.Spec.Site, e.Spec.Region
+		switch {
+		case isLocal:
+			ev.tier = TierNode
+		case e.Spec.Node != "":
+			n := res.nodes[e.Spec.Node]
+			if n == nil || n.Spec.MeshAddress == "" {
+				return // cannot reach it
+			}
+			ev.mesh = n.Spec.MeshAddress
+			ev.healthy = ev.healthy && n.Status.Ready
+			site, region = n.Spec.Site, n.Spec.Region
+		}
+		if !isLocal {
+			switch {
+			case site != "" && site == self.Spec.Site && region == self.Spec.Region:
+				ev.tier = TierSite
+			case region != "" && region == self.Spec.Region:
+				ev.tier = TierRegion
+			default:
+				ev.tier = TierAny
+			}
+		}
+		sv.endpoints = append(sv.endpoints, ev)
+	}
+	for _, e := range res.endpoints {
+		if e.Spec.Node == self.Meta.Name {
+			continue // replaced by local
+		}
+		add(e, false)
+	}
+	for i := range local {
+		add(&local[i], true)
+	}
+	for _, sv := range v.services {
+		sort.Slice(sv.endpoints, func(i, j int) bool {
+			a, b := sv.endpoints[i], sv.endpoints[j]
+			return a.tier < b.tier || a.tier == b.tier && a.key < b.key
+		})
+	}
+	return v
+}

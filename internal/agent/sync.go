@@ -1,0 +1,186 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// syncLoop keeps a sync stream to a control plane open, retrying with
+// jittered exponential backoff. While no control plane answers, the agent
+// serves from what it has.
+func (a *Agent) syncLoop(ctx context.Context) {
+	if len(a.cfg.Control) == 0 {
+		a.log.Info("agent: no control plane configured; serving local workloads and cache only")
+		return
+	}
+	backoff := 250 * time.Millisecond
+	for i := 0; ctx.Err() == nil; i++ {
+		addr := a.cfg.Control[i%len(a.cfg.Control)]
+		start := time.Now()
+		err := a.syncOnce(ctx, addr)
+		a.connected.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > 30*time.Second {
+			backoff = 250 * time.Millisecond // it was a good session
+		}
+		a.log.Warn("agent: control plane stream ended, retrying", "control", addr, "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		}
+		backoff = min(backoff*2, 15*time.Second)
+	}
+}
+
+// syncOnce runs one stream: hello, subscribe from the cached version, send
+// local endpoints, then apply updates and heartbeat until the stream fails.
+func (a *Agent) syncOnce(ctx context.Context, addr string) error {
+	d := net.Dialer{Timeout: 3 * time.Second, KeepAlive: 15 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); c.Close(); wg.Wait() }()
+	go func() { <-ctx.Done(); c.Close() }()
+
+	var wmu sync.Mutex
+	write := func(m *wire.Message) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		return wire.Write(c, m)
+	}
+	r := wire.NewReader(c)
+	if err := write(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: a.self}); err != nil {
+		return fmt.Errorf("hello: %w", err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	welcome, err := r.Read()
+	if err != nil {
+		return fmt.Errorf("welcome: %w", err)
+	}
+	if welcome.Type == wire.TypeError {
+		return fmt.Errorf("control plane refused: %s", welcome.Error)
+	}
+	if welcome.Type != wire.TypeWelcome {
+		return fmt.Errorf("expected welcome, got %s", welcome.Type)
+	}
+	hb := time.Duration(welcome.HeartbeatMillis) * time.Millisecond
+	if hb <= 0 || hb > time.Minute {
+		hb = 5 * time.Second
+	}
+	a.mu.Lock()
+	sub := &wire.Message{Type: wire.TypeSubscribe, StoreID: a.storeID, KnownVersion: a.cfgVersion}
+	local := a.localEndpointsLocked()
+	a.mu.Unlock()
+	if err := write(sub); err != nil {
+		return err
+	}
+	if err := write(&wire.Message{Type: wire.TypeLocal, Endpoints: local}); err != nil {
+		return err
+	}
+	a.connected.Store(true)
+	a.log.Info("agent: connected to control plane", "control", addr, "knownVersion", sub.KnownVersion)
+
+	// Sender: heartbeats and local endpoint changes.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer cancel()
+		t := time.NewTicker(hb)
+		defer t.Stop()
+		for {
+			var m *wire.Message
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				m = &wire.Message{Type: wire.TypeHeartbeat, Load: float64(a.active.Load())}
+			case <-a.localChanged:
+				a.mu.Lock()
+				m = &wire.Message{Type: wire.TypeLocal, Endpoints: a.localEndpointsLocked()}
+				a.mu.Unlock()
+			}
+			if err := write(m); err != nil {
+				return
+			}
+		}
+	}()
+
+	for {
+		// The control plane sends nothing while nothing changes; a dead
+		// link shows as failed heartbeat writes, which cancel ctx.
+		c.SetReadDeadline(time.Time{})
+		m, err := r.Read()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+				return fmt.Errorf("stream closed: %w", err)
+			}
+			return fmt.Errorf("read: %w", err)
+		}
+		switch m.Type {
+		case wire.TypeUpdate:
+			if err := a.applyUpdate(m); err != nil {
+				a.m.nacks.Inc()
+				a.log.Error("agent: rejected update", "version", m.Version, "err", err)
+				if err := write(&wire.Message{Type: wire.TypeNack, Nonce: m.Nonce, Version: m.Version, Error: err.Error()}); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := write(&wire.Message{Type: wire.TypeAck, Nonce: m.Nonce, Version: m.Version}); err != nil {
+				return err
+			}
+		case wire.TypeError:
+			return fmt.Errorf("control plane: %s", m.Error)
+		default:
+			return fmt.Errorf("unexpected %s", m.Type)
+		}
+	}
+}
+
+// applyUpdate applies a snapshot or delta, saves the cache, rebuilds the
+// view and reconciles listeners. Nothing changes if the update is invalid.
+func (a *Agent) applyUpdate(m *wire.Message) error {
+	a.mu.Lock()
+	next, err := a.res.applyUpdate(m)
+	if err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	storeID := m.StoreID
+	if storeID == "" {
+		storeID = a.storeID
+	}
+	cfg, err := next.toConfig(storeID, m.Version)
+	if err == nil {
+		err = saveJSON(a.cachePath, cfg)
+	}
+	if err != nil {
+		// Serving the new configuration without a cache would make an
+		// offline restart go back in time; refuse it instead.
+		a.mu.Unlock()
+		return fmt.Errorf("save cache: %w", err)
+	}
+	a.res, a.storeID, a.cfgVersion = next, storeID, m.Version
+	a.rebuildLocked()
+	a.mu.Unlock()
+	a.m.updates.Inc()
+	a.reconcileListeners()
+	a.log.Debug("agent: applied update", "version", m.Version, "full", m.Full,
+		"resources", len(m.Resources), "removed", len(m.Removed))
+	return nil
+}
