@@ -15,7 +15,7 @@ func runDev(args []string) error {
 	fs := flag.NewFlagSet("fogmesh dev", flag.ContinueOnError)
 	var opts dev.Options
 	fs.StringVar(&opts.StateDir, "state-dir", "", "state directory (default $TMPDIR/fogmesh-dev)")
-	fs.IntVar(&opts.BasePort, "base-port", 15300, "first of the demo's fixed ports")
+	fs.IntVar(&opts.BasePort, "base-port", 0, "put all the demo's ports from this one (default: control plane on 7070/7071, this node's agent API on 7073, the rest from 15300)")
 	fresh := fs.Bool("fresh", false, "remove the state directory first")
 	var logf cli.LogFlags
 	logf.Register(fs)
@@ -49,7 +49,7 @@ func runDev(args []string) error {
 	dnsHost, dnsPort := splitHostPort(me.DNSAddr())
 	fmt.Printf(`fogmesh dev is running: a control plane and 4 nodes on this machine.
 
-  control plane   http://%s   (export FOGMESH_SERVER=http://%s)
+  control plane   http://%s   (the CLI's default; else export FOGMESH_SERVER=http://%s)
   nodes           shop-1-a, shop-1-b (site shop-1), shop-2-a (site shop-2), region east;
                   cloud-a (site cloud-1, region cloud). Each runs an agent and a "hello" instance.
 
@@ -59,11 +59,12 @@ Try:
   dig @%s -p %s hello.demo.mesh +short
   curl http://$(dig @%s -p %s hello.demo.mesh +short):%d/       # or: curl http://%s/
   fogmesh get nodes            fogmesh get services            fogmesh get endpoints
-  FOGMESH_AGENT=http://%s fogmesh routes
+  fogmesh routes               (this node's routing view; its API is http://%s)
 
 Locality: the answer comes from shop-1-a (same node). Stop that instance and the next
 request goes to shop-1-b (same site), then shop-2-a (same region), then cloud-a:
   fogmesh demo stop shop-1-a      (and: fogmesh demo start shop-1-a)
+(With 'go run', write 'go run ./cmd/fogmesh' for 'fogmesh', or 'make build' and use bin/fogmesh.)
 
 State is in %s; Ctrl-C stops everything.
 `, d.Control.AdminAddr(), d.Control.AdminAddr(), me.DNSAddr(), me.AdminAddr(),

@@ -32,8 +32,10 @@ type Options struct {
 	// StateDir holds the control plane store and each agent's cache
 	// (default $TMPDIR/fogmesh-dev).
 	StateDir string
-	// BasePort is the first of the fixed ports (default 15300); -1 picks
-	// free ports (tests).
+	// BasePort is the first of the demo's own ports. 0 (default) uses the
+	// standard ports where the CLI looks without flags (control plane
+	// 7070/7071, this machine's agent API 7073) and 15300 onwards for the
+	// rest; > 0 puts every port from BasePort; -1 picks free ports (tests).
 	BasePort int
 	// VIPOctet is the second octet of the first agent's VIP range
 	// 127.<VIPOctet>.0.0/16; agent i uses VIPOctet+i (default 101).
@@ -74,9 +76,18 @@ type Hello struct {
 	srv  *http.Server
 }
 
+// Demo port numbers, as offsets from BasePort: control admin 0, control
+// sync 1, demo API 2; node i: DNS 10+10i, mesh 11+10i, agent API 12+10i,
+// hello instance 13+10i.
 func (o *Options) port(i int) string {
-	if o.BasePort < 0 {
+	switch {
+	case o.BasePort < 0:
 		return "127.0.0.1:0"
+	case o.BasePort == 0:
+		if std, ok := map[int]int{0: 7070, 1: 7071, 12: 7073}[i]; ok {
+			return "127.0.0.1:" + strconv.Itoa(std)
+		}
+		return "127.0.0.1:" + strconv.Itoa(15300+i)
 	}
 	return "127.0.0.1:" + strconv.Itoa(o.BasePort+i)
 }
@@ -85,9 +96,6 @@ func (o *Options) port(i int) string {
 func Start(ctx context.Context, opts Options) (*Demo, error) {
 	if opts.StateDir == "" {
 		opts.StateDir = filepath.Join(os.TempDir(), "fogmesh-dev")
-	}
-	if opts.BasePort == 0 {
-		opts.BasePort = 15300
 	}
 	if opts.VIPOctet == 0 {
 		opts.VIPOctet = 101
