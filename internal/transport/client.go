@@ -1,0 +1,320 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/yamux"
+)
+
+// Errors a Dial returns, wrapped, when the peer agent answered but did not
+// connect the stream.
+var (
+	// ErrRefused means the peer refused the destination: it is not an
+	// endpoint on that node (StatusRefused) or the header was rejected
+	// (StatusBadHeader). Retrying the same peer will not help.
+	ErrRefused = errors.New("refused by peer agent")
+	// ErrDialFailed means the peer agent could not connect to the workload
+	// (StatusDialFailed). The endpoint may be down.
+	ErrDialFailed = errors.New("peer agent could not reach the workload")
+)
+
+// ClientConfig configures a Client. Every zero value means the default
+// written next to it.
+type ClientConfig struct {
+	// DialTimeout bounds a whole Dial: connecting to the peer agent if
+	// needed, opening the stream and waiting for the peer's status (which
+	// includes the peer's dial to its workload). Default 3s.
+	DialTimeout time.Duration
+	// Logger receives debug lines about sessions. Default: discard.
+	Logger *slog.Logger
+	// Metrics is where the fogmesh_mesh_* series with dir="out" are
+	// registered. Default: a private set.
+	Metrics *metrics.Set
+	// SourceNode fills Header.Source when a Dial leaves it empty.
+	SourceNode string
+}
+
+const defaultClientDialTimeout = 3 * time.Second
+
+func (c *ClientConfig) validate() {
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = defaultClientDialTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Client opens streams to peer agents. It keeps one yamux session per peer
+// address, created on first use and replaced when it breaks.
+type Client struct {
+	cfg ClientConfig
+	log *slog.Logger
+	m   *meshMetrics
+	wg  sync.WaitGroup // watchSession goroutines
+
+	mu     sync.Mutex // guards the following, and every peer's sess
+	closed bool
+	peers  map[string]*peer // by mesh address
+}
+
+// peer is the session to one peer agent.
+type peer struct {
+	// dialing holds one token: whoever takes it may create the session,
+	// so concurrent Dials to a new peer share one TCP connection.
+	dialing chan struct{}
+	sess    *yamux.Session // guarded by Client.mu; nil before the first dial
+}
+
+// NewClient returns a client with no sessions.
+func NewClient(cfg ClientConfig) *Client {
+	cfg.validate()
+	return &Client{
+		cfg:   cfg,
+		log:   cfg.Logger,
+		m:     newMeshMetrics(cfg.Metrics, "out"),
+		peers: make(map[string]*peer),
+	}
+}
+
+// Dial opens a stream to the peer agent at meshAddr (host:port, IPv4 or
+// IPv6), sends h and waits for the peer's status. On StatusOK it returns the
+// stream as a net.Conn whose CloseWrite half-closes it. Otherwise the error
+// wraps ErrRefused or ErrDialFailed when the peer answered, or the
+// transport error when it could not.
+//
+// A stream that cannot be opened on a cached session (the peer restarted,
+// the connection broke) is retried once on a fresh session.
+func (c *Client) Dial(ctx context.Context, meshAddr string, h Header) (net.Conn, error) {
+	if h.Source == "" {
+		h.Source = c.cfg.SourceNode
+	}
+	if err := h.validate(); err != nil {
+		return nil, fmt.Errorf("transport: dial %s: %w", meshAddr, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+
+	conn, err := c.dial(ctx, meshAddr, h)
+	result := resultOK
+	switch {
+	case errors.Is(err, ErrRefused):
+		result = resultRefused
+	case errors.Is(err, ErrDialFailed):
+		result = resultDialFailed
+	case err != nil:
+		result = resultError
+	}
+	c.m.streams[result].Inc()
+	if err != nil {
+		return nil, fmt.Errorf("transport: dial %s for %s: %w", meshAddr, h, err)
+	}
+	return conn, nil
+}
+
+func (c *Client) dial(ctx context.Context, meshAddr string, h Header) (net.Conn, error) {
+	sess, fresh, err := c.session(ctx, meshAddr, nil)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := c.openStream(ctx, sess, h)
+	if err != nil && !fresh && ctx.Err() == nil && brokenSession(err, sess) {
+		c.log.Debug("mesh: session broken, redialing", "peer", meshAddr, "err", err)
+		if sess, _, err = c.session(ctx, meshAddr, sess); err != nil {
+			return nil, err
+		}
+		conn, err = c.openStream(ctx, sess, h)
+	}
+	return conn, err
+}
+
+// brokenSessionGrace is how long a session whose stream failed may take to
+// report itself closed: yamux returns a failed write to the stream before
+// it shuts the session down.
+const brokenSessionGrace = 100 * time.Millisecond
+
+// brokenSession reports whether a stream handshake failed with err because
+// sess is dead, so that the Dial may be retried on a new session. A peer
+// that answered with a status is not retried.
+func brokenSession(err error, sess *yamux.Session) bool {
+	if errors.Is(err, ErrRefused) || errors.Is(err, ErrDialFailed) {
+		return false
+	}
+	t := time.NewTimer(brokenSessionGrace)
+	defer t.Stop()
+	select {
+	case <-sess.CloseChan():
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// session returns a live session to meshAddr, creating it if needed. broken,
+// if not nil, is a session the caller saw fail; it is closed and replaced.
+// fresh reports whether this call created the session.
+func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Session) (sess *yamux.Session, fresh bool, err error) {
+	p, sess, err := c.lookup(meshAddr, broken)
+	if err != nil || sess != nil {
+		return sess, false, err
+	}
+
+	select {
+	case p.dialing <- struct{}{}:
+	case <-ctx.Done():
+		return nil, false, fmt.Errorf("wait for session: %w", ctx.Err())
+	}
+	defer func() { <-p.dialing }()
+
+	// Another Dial may have created the session while we waited.
+	if _, sess, err = c.lookup(meshAddr, nil); err != nil || sess != nil {
+		return sess, false, err
+	}
+
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", meshAddr)
+	if err != nil {
+		return nil, false, err
+	}
+	// TODO(mTLS): wrap conn here; nothing below depends on its type.
+	sess, err = yamux.Client(conn, yamuxConfig())
+	if err != nil { // only for a bad config
+		conn.Close()
+		return nil, false, err
+	}
+
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		sess.Close()
+		return nil, false, fmt.Errorf("client: %w", net.ErrClosed)
+	}
+	p.sess = sess
+	c.m.sessions.Inc()
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go c.watchSession(p, sess)
+	c.log.Debug("mesh: session opened", "peer", meshAddr)
+	return sess, true, nil
+}
+
+// lookup returns the peer for meshAddr and its live session, nil if there
+// is none. A session that is closed or is broken is closed and forgotten.
+func (c *Client) lookup(meshAddr string, broken *yamux.Session) (*peer, *yamux.Session, error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, nil, fmt.Errorf("client: %w", net.ErrClosed)
+	}
+	p := c.peers[meshAddr]
+	if p == nil {
+		p = &peer{dialing: make(chan struct{}, 1)}
+		c.peers[meshAddr] = p
+	}
+	var stale *yamux.Session
+	if p.sess != nil && (p.sess == broken || p.sess.IsClosed()) {
+		stale, p.sess = p.sess, nil
+	}
+	sess := p.sess
+	c.mu.Unlock()
+
+	if stale != nil {
+		stale.Close()
+	}
+	return p, sess, nil
+}
+
+// watchSession forgets sess once it is closed, by us or by a failure.
+func (c *Client) watchSession(p *peer, sess *yamux.Session) {
+	defer c.wg.Done()
+	<-sess.CloseChan()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.sess == sess {
+		p.sess = nil
+	}
+	c.m.sessions.Dec()
+}
+
+// openStream runs the client side of the stream handshake on sess.
+func (c *Client) openStream(ctx context.Context, sess *yamux.Session, h Header) (net.Conn, error) {
+	st, err := sess.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open stream: %w", err)
+	}
+	conn := newStreamConn(st)
+
+	// ctx (which always has the DialTimeout deadline) ends the handshake.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(pastDeadline) })
+	code, msg, err := handshake(conn, h)
+	if !stop() {
+		err = fmt.Errorf("stream handshake: %w", ctx.Err())
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	switch code {
+	case StatusOK:
+		conn.SetDeadline(time.Time{})
+		return conn, nil
+	case StatusDialFailed:
+		err = ErrDialFailed
+	default:
+		err = ErrRefused
+	}
+	conn.Close()
+	return nil, fmt.Errorf("%w: %v: %s", err, code, msg)
+}
+
+// handshake writes h and reads the peer's status.
+func handshake(conn net.Conn, h Header) (Status, string, error) {
+	if err := WriteHeader(conn, h); err != nil {
+		return 0, "", err
+	}
+	return ReadStatus(conn)
+}
+
+// Close closes every session, and with them every stream, and waits for the
+// client's goroutines. It is idempotent. Dials after Close fail.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	var sessions []*yamux.Session
+	for _, p := range c.peers {
+		if p.sess != nil {
+			sessions = append(sessions, p.sess)
+		}
+	}
+	c.mu.Unlock()
+
+	for _, sess := range sessions {
+		sess.Close()
+	}
+	c.wg.Wait()
+	return nil
+}
+
+// Sessions returns the number of open sessions.
+func (c *Client) Sessions() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, p := range c.peers {
+		if p.sess != nil && !p.sess.IsClosed() {
+			n++
+		}
+	}
+	return n
+}

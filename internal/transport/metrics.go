@@ -1,0 +1,50 @@
+package transport
+
+import (
+	"fmt"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// Stream results, the result label of fogmesh_mesh_streams_total.
+const (
+	resultOK         = "ok"
+	resultRefused    = "refused"     // unknown destination or bad header (status 1, 3)
+	resultDialFailed = "dial_failed" // the workload could not be reached (status 2)
+	resultError      = "error"       // transport failure, no status exchanged
+)
+
+// meshMetrics are the counters of one side (dir "in" for the server, "out"
+// for the client). Server and client may share a metrics.Set: their series
+// differ by the dir label.
+type meshMetrics struct {
+	streams  map[string]*metrics.Counter // by result
+	sessions *metrics.Gauge              // open yamux sessions
+	bad      *metrics.Counter            // streams rejected for a bad header (in only)
+}
+
+func newMeshMetrics(set *metrics.Set, dir string) *meshMetrics {
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	m := &meshMetrics{
+		streams:  make(map[string]*metrics.Counter),
+		sessions: set.GetOrCreateGauge(fmt.Sprintf(`fogmesh_mesh_sessions{dir=%q}`, dir), nil),
+		bad:      set.GetOrCreateCounter(`fogmesh_mesh_bad_streams_total`),
+	}
+	for _, r := range []string{resultOK, resultRefused, resultDialFailed, resultError} {
+		m.streams[r] = set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mesh_streams_total{dir=%q,result=%q}`, dir, r))
+	}
+	return m
+}
+
+// resultOf maps a status to its result label.
+func resultOf(s Status) string {
+	switch s {
+	case StatusOK:
+		return resultOK
+	case StatusDialFailed:
+		return resultDialFailed
+	}
+	return resultRefused
+}

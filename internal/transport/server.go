@@ -1,0 +1,329 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/yamux"
+
+	"github.com/fogmesh/fogmesh/internal/proxy"
+)
+
+// ErrUnknownDestination is what a Dialer returns (wrapped) for a header that
+// does not name an endpoint registered on this node. The server answers it
+// with StatusRefused; any other Dialer error is StatusDialFailed.
+var ErrUnknownDestination = errors.New("unknown destination")
+
+// Dialer resolves a header to a local workload and connects to it. The
+// agent implements it.
+//
+// DialLocal must refuse destinations that are not endpoints registered on
+// this node, by returning an error that wraps ErrUnknownDestination: the
+// mesh port is not an open proxy. Any other error means the dial failed.
+// It is called concurrently from many streams and must honour ctx, which
+// carries the server's dial timeout.
+type Dialer interface {
+	DialLocal(ctx context.Context, h Header) (net.Conn, error)
+}
+
+// ServerConfig configures a Server. Listener and Dialer are required; every
+// other zero value means the default written next to it.
+type ServerConfig struct {
+	// Listener is the bound mesh port (TCP). Serve owns it and Close
+	// closes it.
+	Listener net.Listener
+	// Dialer connects accepted streams to local workloads.
+	Dialer Dialer
+	// HeaderTimeout bounds how long a stream may take to send its full
+	// header, and how long a new connection may take to open its first
+	// stream (the yamux handshake). Offenders are dropped. Default 5s.
+	HeaderTimeout time.Duration
+	// DialTimeout bounds each Dialer.DialLocal call. Default 5s.
+	DialTimeout time.Duration
+	// Logger receives debug lines about dropped connections and streams.
+	// Default: discard.
+	Logger *slog.Logger
+	// Metrics is where the fogmesh_mesh_* series with dir="in" are
+	// registered. Default: a private set.
+	Metrics *metrics.Set
+}
+
+const (
+	defaultHeaderTimeout = 5 * time.Second
+	defaultDialTimeout   = 5 * time.Second
+)
+
+func (c *ServerConfig) validate() error {
+	if c.Listener == nil {
+		return errors.New("no Listener")
+	}
+	if c.Dialer == nil {
+		return errors.New("no Dialer")
+	}
+	if c.HeaderTimeout < 0 || c.DialTimeout < 0 {
+		return errors.New("negative timeout")
+	}
+	if c.HeaderTimeout == 0 {
+		c.HeaderTimeout = defaultHeaderTimeout
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = defaultDialTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Server accepts yamux sessions from peer agents on the mesh port and relays
+// each stream to the local workload its header names.
+type Server struct {
+	cfg    ServerConfig
+	log    *slog.Logger
+	m      *meshMetrics
+	ctx    context.Context // canceled by Close; parent of every stream's
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // serveConn and serveStream goroutines
+	active atomic.Int64   // streams being served
+	done   chan struct{}  // closed when Close has finished
+
+	mu       sync.Mutex // guards the following
+	serving  bool
+	closing  bool
+	sessions map[*yamux.Session]struct{}
+}
+
+// NewServer checks cfg and returns a server that does nothing until Serve.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("transport: server config: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		m:        newMeshMetrics(cfg.Metrics, "in"),
+		ctx:      ctx,
+		cancel:   cancel,
+		done:     make(chan struct{}),
+		sessions: make(map[*yamux.Session]struct{}),
+	}, nil
+}
+
+// Serve accepts connections until ctx is done or Close is called, then
+// closes the server and returns nil. A failing listener returns its error;
+// the caller should then Close.
+func (s *Server) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	if s.serving {
+		s.mu.Unlock()
+		return errors.New("transport: Serve called twice")
+	}
+	s.serving = true
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		return nil
+	}
+
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+
+	var backoff time.Duration
+	for {
+		conn, err := s.cfg.Listener.Accept()
+		if err != nil {
+			if s.isClosing() {
+				s.Close() // wait for it
+				return nil
+			}
+			// Like net/http: back off on EMFILE and friends.
+			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("mesh: accept", "err", err, "retry_in", backoff)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-s.ctx.Done():
+					continue // Accept fails now; handled above
+				}
+			}
+			return fmt.Errorf("transport: accept: %w", err)
+		}
+		backoff = 0
+
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			conn.Close()
+			continue
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(conn)
+	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Close closes the listener and every session, ends every relay and waits
+// for all of the server's goroutines. It is idempotent; later calls wait for
+// the first to finish.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		<-s.done
+		return nil
+	}
+	s.closing = true
+	sessions := make([]*yamux.Session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+
+	err := s.cfg.Listener.Close()
+	// Sessions first: a relay ended by cancel would half-close its stream
+	// (FIN), and the peer would take the abort for a clean end.
+	for _, sess := range sessions {
+		sess.Close()
+	}
+	s.cancel()
+	s.wg.Wait()
+	close(s.done)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("transport: close listener: %w", err)
+	}
+	return nil
+}
+
+// ActiveStreams returns the number of streams being served: reading a
+// header, dialing or relaying.
+func (s *Server) ActiveStreams() int64 {
+	return s.active.Load()
+}
+
+// serveConn runs one peer's yamux session until it ends. The first stream
+// must arrive within HeaderTimeout; a peer that sends anything but yamux
+// frames ends its own session.
+func (s *Server) serveConn(conn net.Conn) {
+	defer s.wg.Done()
+	log := s.log.With("peer", conn.RemoteAddr().String())
+
+	sess, err := yamux.Server(conn, yamuxConfig())
+	if err != nil { // only for a bad config
+		conn.Close()
+		log.Error("mesh: start session", "err", err)
+		return
+	}
+	if !s.trackSession(sess) {
+		sess.Close()
+		return
+	}
+	defer s.untrackSession(sess)
+
+	// Streams of this session end with it: once the peer is gone, their
+	// yamux reads return a plain EOF that must not look like a clean end.
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+
+	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HeaderTimeout)
+	st, err := sess.AcceptStreamWithContext(hctx)
+	hcancel()
+	for err == nil {
+		s.wg.Add(1) // the counter is > 0: serveConn holds one
+		go s.serveStream(ctx, newStreamConn(st))
+		st, err = sess.AcceptStreamWithContext(ctx)
+	}
+	if ctx.Err() == nil || errors.Is(err, context.DeadlineExceeded) {
+		log.Debug("mesh: session ended", "err", err)
+	}
+}
+
+func (s *Server) trackSession(sess *yamux.Session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.sessions[sess] = struct{}{}
+	s.m.sessions.Inc()
+	return true
+}
+
+func (s *Server) untrackSession(sess *yamux.Session) {
+	sess.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, sess)
+	s.m.sessions.Dec()
+}
+
+// serveStream reads one stream's header, connects it to the local workload
+// and relays until both sides are done.
+func (s *Server) serveStream(ctx context.Context, c *streamConn) {
+	defer s.wg.Done()
+	s.active.Add(1)
+	defer s.active.Add(-1)
+	defer c.Close()
+
+	local, h, err := s.open(ctx, c)
+	if err != nil {
+		s.log.Debug("mesh: stream refused", "peer", c.RemoteAddr().String(), "err", err)
+		return
+	}
+	if _, _, err := proxy.Relay(ctx, c, local); err != nil && ctx.Err() == nil {
+		s.log.Debug("mesh: relay", "peer", c.RemoteAddr().String(), "dest", h.String(), "err", err)
+	}
+}
+
+// open runs the server side of the stream handshake: header in, local dial,
+// status out. It returns the local conn after StatusOK was sent.
+func (s *Server) open(ctx context.Context, c *streamConn) (net.Conn, Header, error) {
+	deadline := time.Now().Add(s.cfg.HeaderTimeout)
+	c.SetReadDeadline(deadline)
+	c.SetWriteDeadline(deadline)
+	h, err := ReadHeader(c)
+	if err != nil {
+		s.m.bad.Inc()
+		s.m.streams[resultRefused].Inc()
+		WriteStatus(c, StatusBadHeader, err.Error())
+		return nil, h, err
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	local, err := s.cfg.Dialer.DialLocal(dctx, h)
+	cancel()
+	if err != nil {
+		code := StatusDialFailed
+		if errors.Is(err, ErrUnknownDestination) {
+			code = StatusRefused
+		}
+		s.m.streams[resultOf(code)].Inc()
+		c.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+		WriteStatus(c, code, err.Error())
+		return nil, h, fmt.Errorf("%s: %w", h, err)
+	}
+
+	c.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	if err := WriteStatus(c, StatusOK, ""); err != nil {
+		local.Close()
+		s.m.streams[resultError].Inc()
+		return nil, h, fmt.Errorf("%s: %w", h, err)
+	}
+	c.SetDeadline(time.Time{})
+	s.m.streams[resultOK].Inc()
+	return local, h, nil
+}
