@@ -297,3 +297,33 @@ func TestCLIRoundTrip(t *testing.T) {
 		t.Fatalf("second delete: %d %s", code, out)
 	}
 }
+
+// TestExamples runs the files in examples/ as the README tells users to.
+func TestExamples(t *testing.T) {
+	admin, syncAddr := freePort(t), freePort(t)
+	server := "http://" + admin
+	start(t, "control", "-config", "../../examples/control.yaml", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", syncAddr)
+	waitHTTP(t, server+"/healthz")
+	if out, code := run(t, "apply", "-server", server, "-f", "../../examples/services.yaml"); code != 0 {
+		t.Fatalf("apply examples/services.yaml: %s", out)
+	}
+	agentAdmin := freePort(t)
+	start(t, "agent", "-config", "../../examples/agent.yaml", "-control", syncAddr, "-state-dir", t.TempDir(),
+		"-admin-addr", agentAdmin, "-dns-addr", freePort(t), "-mesh-addr", freePort(t), "-vip-range", "127.172.0.0/16")
+	waitHTTP(t, "http://"+agentAdmin+"/healthz")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := run(t, "get", "endpoints", "-server", server, "-n", "shop")
+		if strings.Contains(out, "orders-edge-1") && strings.Contains(out, "orders-legacy") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent's workload never registered: %s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, _ := run(t, "routes", "-agent", "http://"+agentAdmin)
+	if !strings.Contains(out, "orders-legacy") || !strings.Contains(out, "site") {
+		t.Fatalf("routes: %s", out)
+	}
+}

@@ -210,3 +210,9 @@ func (w *Workload) endpoint(node string, healthy bool) api.Endpoint {
 		Status: api.EndpointStatus{Healthy: healthy},
 	}
 }
+
+// CheckConfig validates a config as New would, without binding anything.
+func CheckConfig(cfg Config) error {
+	cfg.Workloads = append([]Workload(nil), cfg.Workloads...)
+	return cfg.validate()
+}

@@ -295,7 +295,10 @@ func TestRestartKeepsObjectsAndVIPs(t *testing.T) {
 	}
 	// Re-applying keeps the VIP.
 	applyDoc(t, s2, strings.Replace(helloSvc, "8080", "9090", 1))
-	resp2, _ := http.Get("http://" + s2.AdminAddr() + "/v1/services?namespace=demo")
+	resp2, err := http.Get("http://" + s2.AdminAddr() + "/v1/services?namespace=demo")
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer resp2.Body.Close()
 	var l2 ListResponse
 	json.NewDecoder(resp2.Body).Decode(&l2)

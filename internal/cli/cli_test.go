@@ -1,0 +1,43 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/fogmesh/fogmesh/internal/agent"
+)
+
+func TestDecodeConfigNamesTheField(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"node: {name: a, site: s, region: r}\nmeshAddr: [1]\n", "meshAddr"},
+		{"node: {name: a, site: s, region: r}\nbogus: 1\n", "bogus"},
+		{"node: {name: a, site: s, region: r}\nhealthInterval: soon\n", "soon"},
+		{"node: [\n", "yaml"},
+	} {
+		var cfg agent.Config
+		err := DecodeConfig([]byte(c.in), &cfg)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: got %v, want an error naming %q", c.in, err, c.want)
+		}
+	}
+	var cfg agent.Config
+	if err := DecodeConfig([]byte(""), &cfg); err != nil {
+		t.Errorf("empty file: %v", err)
+	}
+}
+
+// FuzzAgentConfig: no config file crashes decoding or validation.
+func FuzzAgentConfig(f *testing.F) {
+	f.Add([]byte("node: {name: edge-1, site: shop-1, region: east}\ncontrol: [\"127.0.0.1:7071\"]\nworkloads: [{service: a, ports: [{port: 80}]}]\n"))
+	f.Add([]byte(`{"node":{"name":"n1","site":"s","region":"r"},"vipRange":"127.1.0.0/16","vip6Range":"fd00::/64","healthInterval":"1s"}`))
+	f.Add([]byte("node: {name: n1, site: s, region: r}\nmeshAddr: 0.0.0.0:1\n"))
+	f.Add([]byte("workloads: [{service: a, ports: [{port: 80}], check: {type: http, port: nope}}]\n"))
+	f.Add([]byte("{{{"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var cfg agent.Config
+		if DecodeConfig(b, &cfg) != nil {
+			return
+		}
+		agent.CheckConfig(cfg)
+	})
+}
