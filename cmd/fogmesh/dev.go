@@ -16,6 +16,8 @@ func runDev(args []string) error {
 	var opts dev.Options
 	fs.StringVar(&opts.StateDir, "state-dir", "", "state directory (default $TMPDIR/fogmesh-dev)")
 	fs.IntVar(&opts.BasePort, "base-port", 0, "put all the demo's ports from this one (default: control plane on 7070/7071, this node's agent API on 7073, the rest from 15300)")
+	fs.IntVar(&opts.VIPOctet, "vip-octet", 101, "node i gets virtual IPs in 127.<vip-octet+i>.0.0/16")
+	fs.IntVar(&opts.HelloPort, "hello-port", 8080, "the hello service's port")
 	fresh := fs.Bool("fresh", false, "remove the state directory first")
 	var logf cli.LogFlags
 	logf.Register(fs)
@@ -68,7 +70,7 @@ request goes to shop-1-b (same site), then shop-2-a (same region), then cloud-a:
 
 State is in %s; Ctrl-C stops everything.
 `, d.Control.AdminAddr(), d.Control.AdminAddr(), me.DNSAddr(), me.AdminAddr(),
-		dnsHost, dnsPort, dnsHost, dnsPort, 8080, d.VIP(), me.AdminAddr(), stateDirOf(opts))
+		dnsHost, dnsPort, dnsHost, dnsPort, opts.HelloPort, d.VIP(), me.AdminAddr(), stateDirOf(opts))
 	<-ctx.Done()
 	fmt.Println("\nfogmesh dev: stopping")
 	return nil

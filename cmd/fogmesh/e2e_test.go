@@ -327,3 +327,136 @@ func TestExamples(t *testing.T) {
 		t.Fatalf("routes: %s", out)
 	}
 }
+
+// TestDevCtrlC: the demo starts, serves, and stops cleanly on SIGINT.
+func TestDevCtrlC(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:26300")
+	if err != nil {
+		t.Skip("demo ports in use")
+	}
+	ln.Close()
+	p := start(t, "dev", "-base-port", "26300", "-vip-octet", "221", "-hello-port", "18090", "-state-dir", t.TempDir())
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.out.String(), "Ctrl-C stops everything") {
+		select {
+		case <-p.done:
+			t.Fatalf("dev exited:\n%s", p.out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dev did not start:\n%s", p.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get("http://127.221.0.1:18090/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "node=shop-1-a") {
+		t.Fatalf("demo answered %q", b)
+	}
+	if out, code := run(t, "demo", "-demo", "http://127.0.0.1:26302", "stop", "shop-1-a"); code != 0 {
+		t.Fatal(out)
+	}
+	resp, err = http.Get("http://127.221.0.1:18090/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "node=shop-1-b") {
+		t.Fatalf("after stop, demo answered %q", b)
+	}
+	p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("dev did not stop on Ctrl-C")
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("dev exit %d:\n%s", code, p.out)
+	}
+	if c, err := net.Dial("tcp", "127.221.0.1:18090"); err == nil {
+		c.Close()
+		t.Fatal("VIP still listening after Ctrl-C")
+	}
+}
+
+// TestAgentRegisterCLIAndSIGTERM: fogmesh register/deregister against a
+// running agent binary, then SIGTERM exits 0.
+func TestAgentRegisterCLIAndSIGTERM(t *testing.T) {
+	agentAdmin := freePort(t)
+	agentURL := "http://" + agentAdmin
+	p := start(t, "agent", "-name", "solo", "-site", "s", "-region", "r", "-state-dir", t.TempDir(),
+		"-admin-addr", agentAdmin, "-dns-addr", freePort(t), "-mesh-addr", freePort(t))
+	waitHTTP(t, agentURL+"/healthz")
+	if out, code := run(t, "register", "-agent", agentURL, "-service", "db", "-n", "shop", "-port", "sql=5432", "-check", "none"); code != 0 || !strings.Contains(out, "db-solo registered") {
+		t.Fatalf("register: %d %s", code, out)
+	}
+	if out, code := run(t, "register", "-agent", agentURL, "-service", "db", "-port", "sql=0"); code != 2 || !strings.Contains(out, "port") {
+		t.Fatalf("bad register: %d %s", code, out)
+	}
+	if out, code := run(t, "deregister", "-agent", agentURL, "db-solo"); code != 0 {
+		t.Fatal(out)
+	}
+	if out, code := run(t, "deregister", "-agent", agentURL, "db-solo"); code != 2 || !strings.Contains(out, "not found") {
+		t.Fatalf("second deregister: %d %s", code, out)
+	}
+	resp, err := http.Get(agentURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, name := range []string{"fogmesh_agent_active_connections", "fogmesh_dns_queries_total", "fogmesh_mesh_streams_total"} {
+		if !strings.Contains(string(m), name) {
+			t.Errorf("metrics lack %s", name)
+		}
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not stop on SIGTERM")
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("agent exit %d after SIGTERM:\n%s", code, p.out)
+	}
+}
+
+// TestControlAdminHostileInput: garbage and a slow sender on the admin port
+// do not stop the control plane from serving.
+func TestControlAdminHostileInput(t *testing.T) {
+	admin := freePort(t)
+	start(t, "control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", freePort(t))
+	waitHTTP(t, "http://"+admin+"/healthz")
+	slow, err := net.Dial("tcp", admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	slow.Write([]byte("POST /v1/apply HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n")) // and nothing more
+	for _, b := range []string{"\x16\x03\x01\x00garbage\r\n\r\n", "GET /v1/nodes HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", strings.Repeat("X", 1<<20)} {
+		c, err := net.Dial("tcp", admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(b))
+		c.Close()
+	}
+	resp, err := http.Post("http://"+admin+"/v1/apply", "application/json", strings.NewReader(strings.Repeat("[", 5<<20)))
+	if err == nil {
+		if resp.StatusCode != http.StatusRequestEntityTooLarge && resp.StatusCode != 400 {
+			t.Errorf("oversize body: %s", resp.Status)
+		}
+		resp.Body.Close()
+	}
+	waitHTTP(t, "http://"+admin+"/healthz")
+	// The slow sender is dropped after the header timeout (5 s).
+	slow.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(slow); err != nil {
+		t.Fatalf("slow sender not dropped: %v", err)
+	}
+}

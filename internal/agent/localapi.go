@@ -77,6 +77,9 @@ func (a *Agent) adminHandler() http.Handler {
 	mux.HandleFunc("POST /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
 		wl, err := DecodeWorkload(http.MaxBytesReader(w, r.Body, 64<<10))
 		if err == nil {
+			err = wl.normalize(a.cfg.Node.Name) // fills the name to report
+		}
+		if err == nil {
 			err = a.Register(wl)
 		}
 		if err != nil {
