@@ -465,3 +465,89 @@ func TestHostileBytesOnAdminAPI(t *testing.T) {
 		t.Fatalf("status %v", st)
 	}
 }
+
+// blackhole relays TCP to target until frozen; then it stops moving bytes
+// but keeps every connection open, as a cut uplink does (no FIN, no RST).
+type blackhole struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	frozen bool
+	conns  []net.Conn
+}
+
+func startBlackhole(t *testing.T, target string) *blackhole {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blackhole{ln: ln}
+	t.Cleanup(func() {
+		ln.Close()
+		b.mu.Lock()
+		for _, c := range b.conns {
+			c.Close()
+		}
+		b.mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			b.mu.Lock()
+			b.conns = append(b.conns, c, u)
+			b.mu.Unlock()
+			pipe := func(dst, src net.Conn) {
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(buf)
+					if err != nil {
+						return
+					}
+					b.mu.Lock()
+					frozen := b.frozen
+					b.mu.Unlock()
+					if !frozen {
+						dst.Write(buf[:n])
+					}
+				}
+			}
+			go pipe(u, c)
+			go pipe(c, u)
+		}
+	}()
+	return b
+}
+
+func (b *blackhole) freeze() {
+	b.mu.Lock()
+	b.frozen = true
+	b.mu.Unlock()
+}
+
+// TestSilentPartitionIsDetected: when the link to the control plane goes
+// silent without closing, the agent notices within a few heartbeat
+// intervals and keeps serving meanwhile.
+func TestSilentPartitionIsDetected(t *testing.T) {
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, svcDoc("echo", 19007))
+	e := startEcho(t, "p", "127.0.0.1:0")
+	bh := startBlackhole(t, cp.SyncAddr())
+	a := startAgent(t, agentOpts{name: "cut", site: "s1", region: "r1", vipOctet: 162, control: []string{bh.ln.Addr().String()},
+		stateDir: t.TempDir(), workloads: []Workload{wlFor("echo", e)}})
+	waitFor(t, "connected", func() bool { return a.connected.Load() && len(endpointsOf(a, "demo/echo")) == 1 })
+	waitFor(t, "listener", func() bool { _, err := roundTrip("127.162.0.1:19007"); return err == nil })
+	bh.freeze()
+	start := time.Now()
+	waitFor(t, "agent to notice the silent link", func() bool { return !a.connected.Load() })
+	if d := time.Since(start); d > 3*time.Second { // heartbeat 200ms here: 3 intervals + slack
+		t.Fatalf("took %v to notice", d)
+	}
+	mustRoundTrip(t, "127.162.0.1:19007", "p: ping")
+}

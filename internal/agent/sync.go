@@ -121,9 +121,10 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 	}()
 
 	for {
-		// The control plane sends nothing while nothing changes; a dead
-		// link shows as failed heartbeat writes, which cancel ctx.
-		c.SetReadDeadline(time.Time{})
+		// The control plane answers every heartbeat, so silence for three
+		// intervals means the link is gone even if no RST ever arrives (a
+		// cut uplink); the agent then reconnects with backoff.
+		c.SetReadDeadline(time.Now().Add(3 * hb))
 		m, err := r.Read()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, io.EOF) {
@@ -144,6 +145,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 			if err := write(&wire.Message{Type: wire.TypeAck, Nonce: m.Nonce, Version: m.Version}); err != nil {
 				return err
 			}
+		case wire.TypeHeartbeat: // the control plane's answer
 		case wire.TypeError:
 			return fmt.Errorf("control plane: %s", m.Error)
 		default:

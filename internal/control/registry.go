@@ -170,9 +170,18 @@ func (r *registry) registerNode(n *api.Node) error {
 	return err
 }
 
-// setNodeReady flips a node's Ready flag.
+// setNodeReady flips a node's Ready flag. It reads first, so the common
+// case (a heartbeat from a node already ready) costs no write transaction.
 func (r *registry) setNodeReady(name string, ready bool) error {
-	_, err := r.st.Update(func(tx *store.Tx) error {
+	kv, ok, err := r.st.Get(api.KindNode + "/" + name)
+	if err != nil || !ok {
+		return err
+	}
+	var cur api.Node
+	if json.Unmarshal(kv.Value, &cur) == nil && cur.Status.Ready == ready {
+		return nil
+	}
+	_, err = r.st.Update(func(tx *store.Tx) error {
 		n, ok := getLocked(tx, api.KindNode+"/"+name, new(api.Node))
 		if !ok || n.Status.Ready == ready {
 			return nil

@@ -151,6 +151,10 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
 			s.log.Warn("control: agent rejected update", "node", st.node, "version", m.Version, "nonce", m.Nonce, "err", m.Error)
 		case wire.TypeHeartbeat:
 			s.heartbeat(st.node, m.Load)
+			// Answer, so the agent can tell a silent link from a quiet one.
+			if err := st.write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
+				return err
+			}
 		case wire.TypeLocal:
 			if err := s.reg.syncLocalEndpoints(st.node, m.Endpoints); err != nil {
 				s.log.Warn("control: agent endpoints refused", "node", st.node, "err", err)

@@ -42,7 +42,7 @@ const (
 	TypeSubscribe = "subscribe" // which resource types, from which version
 	TypeAck       = "ack"       // response applied
 	TypeNack      = "nack"      // response rejected, with Error
-	TypeHeartbeat = "heartbeat" // liveness and load
+	TypeHeartbeat = "heartbeat" // liveness and load; the control plane answers each with an empty heartbeat
 	TypeLocal     = "local"     // full set of endpoints this node owns, with health
 	// control -> agent
 	TypeWelcome = "welcome" // hello accepted
