@@ -59,6 +59,7 @@ type Agent struct {
 	localChanged chan struct{}
 	connected    atomic.Bool
 
+	l7    *l7
 	dns   *meshdns.Server
 	mesh  *transport.Server
 	peers *transport.Client
@@ -164,6 +165,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
+	a.l7 = newL7(a)
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
@@ -225,6 +227,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return nil
 	})
 	run("sync", func() error { a.syncLoop(ctx); return nil })
+	run("l7", a.l7.serve)
 	var err error
 	select {
 	case <-ctx.Done():
@@ -260,6 +263,7 @@ func (a *Agent) shutdown() {
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		a.admin.Shutdown(sctx)
+		a.l7.close()
 		a.dns.Close()
 		a.mesh.Close()
 		a.peers.Close()

@@ -111,11 +111,20 @@ func (a *Agent) acceptLoop(ctx context.Context, ap netip.AddrPort, l *vipListene
 // handleConn proxies one client connection to the nearest healthy endpoint,
 // failing over to the next candidate when a connect fails.
 func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Conn) {
+	v := a.view.Load()
+	t, ok := v.byVIP[ap]
+	if ok && isL7(t.proto) {
+		// Per-request balancing: the HTTP server owns the connection now.
+		a.active.Add(1)
+		tc := &taggedConn{Conn: client, target: t, done: func() { a.active.Add(-1) }}
+		if !a.l7.ln.push(tc) {
+			tc.Close()
+		}
+		return
+	}
 	defer client.Close()
 	a.active.Add(1)
 	defer a.active.Add(-1)
-	v := a.view.Load()
-	t, ok := v.byVIP[ap]
 	if !ok {
 		a.m.connNoEP.Inc()
 		return

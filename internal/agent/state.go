@@ -195,8 +195,9 @@ type view struct {
 }
 
 type listenTarget struct {
-	svc  string // ns/name
-	port string // service port name
+	svc   string // ns/name
+	port  string // service port name
+	proto string // the port's protocol
 }
 
 type serviceView struct {
@@ -232,9 +233,10 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 				sv.vip6 = api.VIPFor(vip6, s.Status.VIPIndex)
 			}
 			for _, p := range s.Spec.Ports {
-				v.byVIP[netip.AddrPortFrom(sv.vip4, uint16(p.Port))] = listenTarget{svc: key, port: p.Name}
+				lt := listenTarget{svc: key, port: p.Name, proto: p.Protocol}
+				v.byVIP[netip.AddrPortFrom(sv.vip4, uint16(p.Port))] = lt
 				if sv.vip6.IsValid() {
-					v.byVIP[netip.AddrPortFrom(sv.vip6, uint16(p.Port))] = listenTarget{svc: key, port: p.Name}
+					v.byVIP[netip.AddrPortFrom(sv.vip6, uint16(p.Port))] = lt
 				}
 			}
 		}

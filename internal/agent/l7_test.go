@@ -1,0 +1,244 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+)
+
+// startHTTP serves "name proto" on a loopback port, over HTTP/1.1 and h2c.
+func startHTTP(t *testing.T, name string) (port int, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s", name, r.Proto)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port, func() { srv.Close() }
+}
+
+func httpSvcDoc(name string, port int, proto string) string {
+	return fmt.Sprintf(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":%q,"namespace":"demo"},
+	"spec":{"ports":[{"name":"web","port":%d,"protocol":%q}]}}`, name, port, proto)
+}
+
+func webWorkload(service, name string, port int) Workload {
+	return Workload{Name: name, Service: service, Namespace: "demo",
+		Ports: []api.EndpointPort{{Name: "web", Port: port}}}
+}
+
+// l7Setup: endpoints "near-1" and "near-2" on node a (same site as the
+// client node c, reached over the mesh), "far" on node b in another region.
+func l7Setup(t *testing.T, svc string, vipPort int, proto string, octet int) (client *Agent, stops map[string]func()) {
+	t.Helper()
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc(svc, vipPort, proto))
+	stops = map[string]func(){}
+	p1, s1 := startHTTP(t, "near-1")
+	p2, s2 := startHTTP(t, "near-2")
+	p3, s3 := startHTTP(t, "far")
+	stops["near-1"], stops["near-2"], stops["far"] = s1, s2, s3
+	ctl := []string{cp.SyncAddr()}
+	startAgent(t, agentOpts{name: "a", site: "s1", region: "r1", vipOctet: octet, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload(svc, svc+"-near-1", p1), webWorkload(svc, svc+"-near-2", p2)}})
+	startAgent(t, agentOpts{name: "b", site: "s9", region: "r9", vipOctet: octet + 1, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload(svc, svc+"-far", p3)}})
+	client = startAgent(t, agentOpts{name: "c", site: "s1", region: "r1", vipOctet: octet + 2, control: ctl, stateDir: t.TempDir()})
+	waitFor(t, "client to learn 3 endpoints", func() bool { return len(endpointsOf(client, "demo/"+svc)) == 3 })
+	return client, stops
+}
+
+// TestHTTPPerRequestBalancing: one keep-alive connection (HTTP/1.1, then
+// h2c) spreads its requests over both same-site endpoints; when both die the
+// next request goes to the far one with no failed request.
+func TestHTTPPerRequestBalancing(t *testing.T) {
+	_, stops := l7Setup(t, "web", 19010, "http", 163)
+	url := "http://127.165.0.1:19010/"
+	waitFor(t, "listener", func() bool { _, err := http.Get(url); return err == nil })
+	for _, h2 := range []bool{false, true} {
+		var protos http.Protocols
+		if h2 {
+			protos.SetUnencryptedHTTP2(true)
+		} else {
+			protos.SetHTTP1(true)
+		}
+		tr := &http.Transport{Protocols: &protos, MaxConnsPerHost: 1}
+		c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		seen := map[string]int{}
+		for i := 0; i < 10; i++ {
+			resp, err := c.Get(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			f := strings.Fields(string(b))
+			seen[f[0]]++
+			if want := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2]; resp.Proto != want {
+				t.Fatalf("client spoke %s, want %s", resp.Proto, want)
+			}
+		}
+		tr.CloseIdleConnections()
+		if seen["near-1"] == 0 || seen["near-2"] == 0 || seen["far"] != 0 {
+			t.Fatalf("h2=%v: one connection's requests went to %v; want both same-site endpoints, not the far one", h2, seen)
+		}
+	}
+	stops["near-1"]()
+	stops["near-2"]()
+	c := &http.Client{Timeout: 5 * time.Second}
+	for i := 0; i < 5; i++ {
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasPrefix(string(b), "far ") {
+			t.Fatalf("after the site tier died: %d %q", resp.StatusCode, b)
+		}
+	}
+}
+
+// TestHTTPWithCurl uses curl over HTTP/1.1 and HTTP/2 prior knowledge.
+func TestHTTPWithCurl(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl not installed (make test installs it)")
+	}
+	_, _ = l7Setup(t, "curlweb", 19011, "http2", 166)
+	url := "http://127.168.0.1:19011/"
+	waitFor(t, "listener", func() bool { _, err := http.Get(url); return err == nil })
+	for _, args := range [][]string{{"--http1.1"}, {"--http2-prior-knowledge"}} {
+		// One curl per request: Debian's curl 7.88 with prior knowledge
+		// fails to reuse a connection to Go's cleartext HTTP/2 server
+		// (seen with a bare net/http server too, without fogmesh).
+		var out []byte
+		for i := 0; i < 4; i++ {
+			o, err := exec.Command("curl", append(args, "-sS", "--max-time", "5", "-w", "\n", url)...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("curl %v: %v %s", args, err, o)
+			}
+			out = append(out, o...)
+		}
+		// The upstream port is http2: the agent speaks h2c to the endpoint
+		// whatever the client speaks.
+		if !strings.Contains(string(out), "near-1 HTTP/2.0") || !strings.Contains(string(out), "near-2 HTTP/2.0") {
+			t.Fatalf("curl %v: %s", args, out)
+		}
+	}
+}
+
+// TestHTTPNoEndpoint: a service with no endpoint answers 503, not a hang.
+func TestHTTPNoEndpoint(t *testing.T) {
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc("empty", 19012, "http"))
+	a := startAgent(t, agentOpts{name: "lonely", site: "s1", region: "r1", vipOctet: 169, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	waitFor(t, "service", func() bool { return hasService(a, "demo/empty") })
+	waitFor(t, "listener", func() bool { _, err := http.Get("http://127.169.0.1:19012/"); return err == nil })
+	resp, err := http.Get("http://127.169.0.1:19012/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("got %s", resp.Status)
+	}
+}
+
+// TestGRPCPerRequestBalancing: one grpc-go ClientConn to the VIP; its RPCs
+// reach both same-site servers (per-connection balancing would pin them all
+// to one). A server that dies is routed around; with none left the client
+// gets UNAVAILABLE.
+func TestGRPCPerRequestBalancing(t *testing.T) {
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc("grpcsvc", 19013, "grpc"))
+	var workloads []Workload
+	servers := map[string]*grpc.Server{}
+	for _, name := range []string{"g1", "g2"} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := name
+		s := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			grpc.SetHeader(ctx, metadata.Pairs("x-server", name))
+			return h(ctx, req)
+		}))
+		healthpb.RegisterHealthServer(s, health.NewServer())
+		go s.Serve(ln)
+		t.Cleanup(s.Stop)
+		servers[name] = s
+		workloads = append(workloads, webWorkload("grpcsvc", "grpcsvc-"+name, ln.Addr().(*net.TCPAddr).Port))
+	}
+	startAgent(t, agentOpts{name: "gs", site: "s1", region: "r1", vipOctet: 170, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(), workloads: workloads})
+	client := startAgent(t, agentOpts{name: "gc", site: "s1", region: "r1", vipOctet: 171, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	waitFor(t, "endpoints", func() bool { return len(endpointsOf(client, "demo/grpcsvc")) == 2 })
+	waitFor(t, "listener", func() bool {
+		_, err := roundTrip("127.171.0.1:19013")
+		return err == nil || !strings.Contains(err.Error(), "refused")
+	})
+
+	conn, err := grpc.NewClient("127.171.0.1:19013", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	call := func() (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var md metadata.MD
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Header(&md))
+		if err != nil {
+			return "", err
+		}
+		if resp.Status != healthpb.HealthCheckResponse_SERVING {
+			return "", fmt.Errorf("status %v", resp.Status)
+		}
+		return strings.Join(md.Get("x-server"), ""), nil
+	}
+	seen := map[string]int{}
+	for i := 0; i < 10; i++ {
+		s, err := call()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[s]++
+	}
+	if seen["g1"] == 0 || seen["g2"] == 0 {
+		t.Fatalf("one gRPC connection's calls went to %v; want both servers", seen)
+	}
+	servers["g1"].Stop()
+	for i := 0; i < 5; i++ {
+		if s, err := call(); err != nil || s != "g2" {
+			t.Fatalf("after g1 died: %q %v", s, err)
+		}
+	}
+	servers["g2"].Stop()
+	_, err = call()
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("no servers left: got %v, want UNAVAILABLE", err)
+	}
+}
