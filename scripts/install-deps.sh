@@ -9,6 +9,8 @@ case "${1:-test}" in
     need dig dnsutils
     need curl curl
     need ip iproute2
+    need mosquitto mosquitto
+    need mosquitto_pub mosquitto-clients
     ;;
   bench)
     need dig dnsutils

@@ -426,6 +426,7 @@ func (a *Agent) initMetrics() {
 		updates:      m.NewCounter(`fogmesh_agent_config_updates_total`),
 		nacks:        m.NewCounter(`fogmesh_agent_config_rejected_total`),
 		listenErrors: m.NewCounter(`fogmesh_agent_listen_errors_total`),
+		mqttBad:      m.NewCounter(`fogmesh_agent_mqtt_bad_connect_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
@@ -442,5 +443,5 @@ func (a *Agent) initMetrics() {
 }
 
 type agentMetrics struct {
-	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors *metrics.Counter
+	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad *metrics.Counter
 }

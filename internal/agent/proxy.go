@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"sort"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fogmesh/fogmesh/internal/mqtt"
 
 	"github.com/fogmesh/fogmesh/internal/proxy"
 	"github.com/fogmesh/fogmesh/internal/transport"
@@ -130,10 +133,35 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		return
 	}
 	sv := v.services[t.svc]
+	// MQTT: read the CONNECT first, so the client id can pin the session
+	// to one broker instance; the bytes read are replayed upstream.
+	var prefix []byte
+	var mqttVersion byte
+	var pinKey string
+	if t.proto == "mqtt" {
+		client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		cn, raw, err := mqtt.ReadConnect(client)
+		client.SetReadDeadline(time.Time{})
+		if err != nil {
+			a.m.mqttBad.Inc()
+			a.log.Debug("agent: bad MQTT CONNECT", "service", t.svc, "err", err)
+			if len(raw) > 0 {
+				client.Write(mqtt.Connack(4, mqtt.RefuseMalformed))
+			}
+			return
+		}
+		prefix, mqttVersion, pinKey = raw, cn.Version, cn.ClientID
+	}
 	cands := a.pick(sv, t.port)
+	if pinKey != "" {
+		pinOrder(cands, pinKey)
+	}
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
 		a.log.Debug("agent: no healthy endpoint", "service", t.svc)
+		if prefix != nil {
+			client.Write(mqtt.Connack(mqttVersion, mqtt.RefuseUnavailable))
+		}
 		return
 	}
 	for i, ev := range cands {
@@ -144,6 +172,11 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 			a.m.failovers.Inc()
 		}
 		up, err := a.dialEndpoint(ctx, sv, ev, t.port)
+		if err == nil && prefix != nil {
+			if _, err = up.Write(prefix); err != nil {
+				up.Close()
+			}
+		}
 		if err != nil {
 			a.m.dialFailures.Inc()
 			a.eject(ev)
@@ -158,6 +191,28 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		return
 	}
 	a.m.connFailed.Inc()
+	if prefix != nil {
+		client.Write(mqtt.Connack(mqttVersion, mqtt.RefuseUnavailable))
+	}
+}
+
+// pinOrder reorders each locality tier of cands by rendezvous (highest
+// random weight) hashing of key, so a key keeps its endpoint while that
+// endpoint is healthy, and only the keys of a vanished endpoint move.
+func pinOrder(cands []*endpointView, key string) {
+	score := func(ev *endpointView) uint64 {
+		h := fnv.New64a()
+		h.Write([]byte(key))
+		h.Write([]byte{0})
+		h.Write([]byte(ev.key))
+		return h.Sum64()
+	}
+	sort.SliceStable(cands, func(i, j int) bool {
+		if cands[i].tier != cands[j].tier {
+			return cands[i].tier < cands[j].tier
+		}
+		return score(cands[i]) > score(cands[j])
+	})
 }
 
 func (a *Agent) dialEndpoint(ctx context.Context, sv *serviceView, ev *endpointView, port string) (net.Conn, error) {
