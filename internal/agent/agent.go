@@ -52,9 +52,10 @@ type Agent struct {
 
 	ejected sync.Map // endpoint key -> time.Time until which it is skipped
 	rr      sync.Map // service key -> *atomic.Uint64
-	// activeByEP counts open connections per endpoint key (least-conn).
-	activeByEP sync.Map // endpoint key -> *atomic.Int64
-	active     atomic.Int64
+	// statsByEP holds what this agent measures per endpoint: in-flight
+	// count and peak-EWMA latency (balance.go).
+	statsByEP sync.Map // endpoint key -> *epStats
+	active    atomic.Int64
 	// localChanged wakes the sync loop to send local endpoints.
 	localChanged chan struct{}
 	connected    atomic.Bool

@@ -117,7 +117,7 @@ func apply(t *testing.T, s *control.Server, doc string) {
 
 func svcDoc(name string, port int) string {
 	return fmt.Sprintf(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":%q,"namespace":"demo"},
-	"spec":{"ports":[{"name":"tcp","port":%d}]}}`, name, port)
+	"spec":{"ports":[{"name":"tcp","port":%d}],"balancer":"round-robin"}}`, name, port)
 }
 
 type agentOpts struct {

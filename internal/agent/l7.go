@@ -235,6 +235,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp, err := lt.l7.transportFor(sv, ev, t.port, t.proto).RoundTrip(req)
 		active.Add(-1)
 		if err == nil {
+			a.stats(ev.key).observe(time.Since(start))
 			a.requestMetrics(t.svc, ev, resp.StatusCode, time.Since(start))
 			return resp, nil
 		}

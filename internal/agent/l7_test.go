@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,8 +42,12 @@ func startHTTP(t *testing.T, name string) (port int, stop func()) {
 }
 
 func httpSvcDoc(name string, port int, proto string) string {
+	return httpSvcDocLB(name, port, proto, "round-robin")
+}
+
+func httpSvcDocLB(name string, port int, proto, balancer string) string {
 	return fmt.Sprintf(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":%q,"namespace":"demo"},
-	"spec":{"ports":[{"name":"web","port":%d,"protocol":%q}]}}`, name, port, proto)
+	"spec":{"ports":[{"name":"web","port":%d,"protocol":%q}],"balancer":%q}}`, name, port, proto, balancer)
 }
 
 func webWorkload(service, name string, port int) Workload {
@@ -240,5 +245,69 @@ func TestGRPCPerRequestBalancing(t *testing.T) {
 	_, err = call()
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("no servers left: got %v, want UNAVAILABLE", err)
+	}
+}
+
+// TestEdgeAwareAvoidsSlowEndpoint: with one endpoint 20 ms slower than the
+// other, the edge-aware balancer sends it clearly less traffic than round
+// robin does, under the same concurrent load.
+func TestEdgeAwareAvoidsSlowEndpoint(t *testing.T) {
+	backend := func(name string, delay time.Duration) int {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(delay)
+			io.WriteString(w, name)
+		})}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	fast, slow := backend("fast", 0), backend("slow", 20*time.Millisecond)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, "["+httpSvcDocLB("rr", 19020, "http", "round-robin")+","+httpSvcDocLB("ea", 19021, "http", "edge-aware")+"]")
+	var wls []Workload
+	for _, svc := range []string{"rr", "ea"} {
+		wls = append(wls, webWorkload(svc, svc+"-fast", fast), webWorkload(svc, svc+"-slow", slow))
+	}
+	a := startAgent(t, agentOpts{name: "lb", site: "s1", region: "r1", vipOctet: 174, stateDir: t.TempDir(), control: []string{cp.SyncAddr()}, workloads: wls})
+	waitFor(t, "services", func() bool { return hasService(a, "demo/rr") && hasService(a, "demo/ea") })
+	share := func(url string) float64 {
+		waitFor(t, "listener", func() bool { _, err := http.Get(url); return err == nil })
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+		var mu sync.Mutex
+		counts := map[string]int{}
+		var wg sync.WaitGroup
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 40; i++ {
+					resp, err := c.Get(url)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					mu.Lock()
+					counts[string(b)]++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return float64(counts["slow"]) / float64(counts["slow"]+counts["fast"])
+	}
+	rr := share("http://127.174.0.1:19020/")
+	ea := share("http://127.174.0.2:19021/")
+	t.Logf("share of requests sent to the slow endpoint: round-robin %.0f%%, edge-aware %.0f%%", rr*100, ea*100)
+	if rr < 0.4 || rr > 0.6 {
+		t.Fatalf("round robin sent %.0f%% to slow; want about half", rr*100)
+	}
+	if ea > rr*0.6 {
+		t.Fatalf("edge-aware sent %.0f%% to the slow endpoint, round robin %.0f%%: not measurably less", ea*100, rr*100)
 	}
 }

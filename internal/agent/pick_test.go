@@ -65,3 +65,36 @@ func TestPickLeastConn(t *testing.T) {
 		}
 	}
 }
+
+func TestPickMinHealthyShare(t *testing.T) {
+	a, sv := testView(t, "round-robin")
+	svc := *sv.svc
+	svc.Spec.MinHealthyShare = 0.6
+	sv.svc = &svc
+	a.eject(sv.endpoints[0]) // one of the two site endpoints: half the site's capacity
+	if o := order(a.pick(sv, "p")); o[0] != 'c' || o[len(o)-1] != 'b' {
+		t.Fatalf("order %q: with half the site healthy (< 60%%), the region tier goes first and b is last resort", o)
+	}
+	svc.Spec.MinHealthyShare = 0.5
+	if o := order(a.pick(sv, "p")); o[0] != 'b' {
+		t.Fatalf("order %q: at exactly 50%% healthy the site tier stays first", o)
+	}
+}
+
+func TestPickEdgeAwarePrefersCapacityAndNearness(t *testing.T) {
+	a, sv := testView(t, "edge-aware")
+	// Same latency for both site endpoints; a has ten times the capacity.
+	sv.endpoints[0].capacity, sv.endpoints[1].capacity = 10, 1
+	n := map[byte]int{}
+	for i := 0; i < 2000; i++ {
+		n[order(a.pick(sv, "p"))[0]]++
+	}
+	// P2C over two endpoints draws both every time, so with equal costs the
+	// first draw (∝ capacity) decides on ties only: a must win clearly.
+	if n['a'] < n['b'] {
+		t.Fatalf("capacity ignored: %v", n)
+	}
+	if haversine100km(52.52, 13.40, 48.14, 11.58) < 4.9 || haversine100km(52.52, 13.40, 48.14, 11.58) > 5.1 {
+		t.Fatal("Berlin-Munich is about 504 km")
+	}
+}

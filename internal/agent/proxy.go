@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"net/netip"
-	"sort"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -171,7 +168,11 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		if i > 0 {
 			a.m.failovers.Inc()
 		}
+		dialStart := time.Now()
 		up, err := a.dialEndpoint(ctx, sv, ev, t.port)
+		if err == nil {
+			a.stats(ev.key).observe(time.Since(dialStart))
+		}
 		if err == nil && prefix != nil {
 			if _, err = up.Write(prefix); err != nil {
 				up.Close()
@@ -194,25 +195,6 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 	if prefix != nil {
 		client.Write(mqtt.Connack(mqttVersion, mqtt.RefuseUnavailable))
 	}
-}
-
-// pinOrder reorders each locality tier of cands by rendezvous (highest
-// random weight) hashing of key, so a key keeps its endpoint while that
-// endpoint is healthy, and only the keys of a vanished endpoint move.
-func pinOrder(cands []*endpointView, key string) {
-	score := func(ev *endpointView) uint64 {
-		h := fnv.New64a()
-		h.Write([]byte(key))
-		h.Write([]byte{0})
-		h.Write([]byte(ev.key))
-		return h.Sum64()
-	}
-	sort.SliceStable(cands, func(i, j int) bool {
-		if cands[i].tier != cands[j].tier {
-			return cands[i].tier < cands[j].tier
-		}
-		return score(cands[i]) > score(cands[j])
-	})
 }
 
 func (a *Agent) dialEndpoint(ctx context.Context, sv *serviceView, ev *endpointView, port string) (net.Conn, error) {
@@ -265,50 +247,6 @@ func (a *Agent) isEjected(key string) bool {
 		return false
 	}
 	return true
-}
-
-func (a *Agent) endpointActive(key string) *atomic.Int64 {
-	c, _ := a.activeByEP.LoadOrStore(key, new(atomic.Int64))
-	return c.(*atomic.Int64)
-}
-
-// pick returns the healthy endpoints of a service that serve port, nearest
-// tier first; within a tier the order is the service's balancer
-// (round-robin rotation, or fewest active connections).
-func (a *Agent) pick(sv *serviceView, port string) []*endpointView {
-	var out []*endpointView
-	for _, ev := range sv.endpoints {
-		if !ev.healthy || a.isEjected(ev.key) {
-			continue
-		}
-		if _, ok := ev.ep.Port(port); !ok {
-			continue
-		}
-		out = append(out, ev)
-	}
-	if len(out) < 2 {
-		return out
-	}
-	cnt, _ := a.rr.LoadOrStore(sv.svc.Meta.Key(), new(atomic.Uint64))
-	n := cnt.(*atomic.Uint64).Add(1)
-	for start := 0; start < len(out); {
-		end := start
-		for end < len(out) && out[end].tier == out[start].tier {
-			end++
-		}
-		tier := out[start:end]
-		if sv.svc.Spec.Balancer == "least-conn" {
-			sort.SliceStable(tier, func(i, j int) bool {
-				return a.endpointActive(tier[i].key).Load() < a.endpointActive(tier[j].key).Load()
-			})
-		} else if len(tier) > 1 {
-			k := int(n % uint64(len(tier)))
-			rot := append(append([]*endpointView(nil), tier[k:]...), tier[:k]...)
-			copy(tier, rot)
-		}
-		start = end
-	}
-	return out
 }
 
 // DialLocal implements transport.Dialer: a peer agent asks for one of this

@@ -213,6 +213,9 @@ type endpointView struct {
 	tier  Tier
 	local bool   // on this node: dial directly
 	mesh  string // peer agent's mesh address, for remote endpoints
+	// capacity is the node's capacity × the endpoint's weight; distance is
+	// to its node in 100 km (0 if either has no coordinates).
+	capacity, distance float64
 	// healthy is the health known when the view was built: the local check,
 	// or the owning agent's report and its node's readiness. Passive
 	// ejections are applied at pick time.
@@ -248,6 +251,11 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 			return
 		}
 		ev := &endpointView{key: e.Meta.Key(), ep: e, local: isLocal, healthy: e.Status.Healthy}
+		weight := e.Spec.Weight
+		if weight <= 0 {
+			weight = 1
+		}
+		ev.capacity = weight * max(self.Spec.Capacity, 0)
 		site, region := e.Spec.Site, e.Spec.Region
 		switch {
 		case isLocal:
@@ -260,6 +268,13 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 			ev.mesh = n.Spec.MeshAddress
 			ev.healthy = ev.healthy && n.Status.Ready
 			site, region = n.Spec.Site, n.Spec.Region
+			ev.capacity = weight * n.Spec.Capacity
+			if c, s := n.Spec.Coordinates, self.Spec.Coordinates; c != nil && s != nil {
+				ev.distance = haversine100km(s.Lat, s.Lon, c.Lat, c.Lon)
+			}
+		}
+		if ev.capacity <= 0 {
+			ev.capacity = weight // static endpoints, nodes without capacity
 		}
 		if !isLocal {
 			switch {

@@ -22,7 +22,7 @@ func TestDecodeForms(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		s := objs[0].(*Service)
-		if s.Meta.Namespace != "default" || s.Spec.Ports[0].Name != "default" || s.Spec.Ports[0].Protocol != "tcp" || s.Spec.Balancer != "round-robin" {
+		if s.Meta.Namespace != "default" || s.Spec.Ports[0].Name != "default" || s.Spec.Ports[0].Protocol != "tcp" || s.Spec.Balancer != "edge-aware" {
 			t.Fatalf("%s: defaults not filled: %+v", name, s)
 		}
 	}

@@ -92,8 +92,14 @@ type Service struct {
 // ServiceSpec declares the service's ports.
 type ServiceSpec struct {
 	Ports []ServicePort `json:"ports"`
-	// Balancer within a locality tier: "round-robin" (default) or "least-conn".
+	// Balancer within a locality tier: "edge-aware" (default: weight
+	// capacity/load·e^(−λ·distance), then power of two choices over peak-EWMA
+	// latency), "round-robin", "least-conn" or "random".
 	Balancer string `json:"balancer,omitempty"`
+	// MinHealthyShare moves traffic to the next locality tier when the
+	// healthy share of a tier's capacity falls below it (0-1; default 0:
+	// only when no endpoint of the tier is healthy).
+	MinHealthyShare float64 `json:"minHealthyShare,omitempty"`
 }
 
 // ServicePort is one port of a service.

@@ -137,10 +137,13 @@ func (s *Service) Validate() error {
 	}
 	switch s.Spec.Balancer {
 	case "":
-		s.Spec.Balancer = "round-robin"
-	case "round-robin", "least-conn":
+		s.Spec.Balancer = "edge-aware"
+	case "edge-aware", "round-robin", "least-conn", "random":
 	default:
-		return fieldErr("spec.balancer", "%q is not one of round-robin, least-conn", s.Spec.Balancer)
+		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random", s.Spec.Balancer)
+	}
+	if s.Spec.MinHealthyShare < 0 || s.Spec.MinHealthyShare > 1 {
+		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", s.Spec.MinHealthyShare)
 	}
 	return nil
 }

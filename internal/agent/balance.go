@@ -1,0 +1,214 @@
+package agent
+
+import (
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Balancing within the nearest locality tier.
+//
+// edge-aware (the default) weighs each endpoint with
+//
+//	w = C / (L + ε) · e^(−λ·d)
+//
+// where C is the endpoint's capacity (its node's capacity × its weight), L
+// its load (connections and requests this agent has in flight to it), ε = 1,
+// d the distance between this node and the endpoint's node in units of
+// 100 km when both have coordinates (0 otherwise) and λ = lambdaPer100km.
+// It then draws two endpoints with probability ∝ w and takes the one with
+// the lower peak-EWMA latency × (in flight + 1): power of two choices, as
+// Finagle and Linkerd do, so a slow or loaded endpoint gets less traffic.
+//
+// TODO: L does not yet include the load other agents send (nodes report it
+// in heartbeats, but the control plane keeps it in memory and does not push
+// it); d does not yet use measured RTT between agents. Both wait for the
+// gossip layer of issue 4.
+
+const (
+	lambdaPer100km = 0.5
+	ewmaDecay      = 5 * time.Second // peak-EWMA time constant
+)
+
+// epStats is what this agent measures of one endpoint.
+type epStats struct {
+	active atomic.Int64 // connections and requests in flight
+
+	mu   sync.Mutex // guards the following
+	ewma float64    // seconds; 0 until the first sample
+	last time.Time
+}
+
+// observe adds a latency sample (connect time for L4, time to response
+// headers for L7). A sample above the average replaces it (peak); below, it
+// decays in with a time constant of ewmaDecay.
+func (s *epStats) observe(d time.Duration) {
+	x := d.Seconds()
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ewma == 0 || x > s.ewma {
+		s.ewma = x
+	} else {
+		w := math.Exp(-now.Sub(s.last).Seconds() / ewmaDecay.Seconds())
+		s.ewma = s.ewma*w + x*(1-w)
+	}
+	s.last = now
+}
+
+// latency is the peak EWMA, decayed by the time since the last sample, so
+// an endpoint that lost the comparison once (a slow first sample) becomes
+// cheap again and is probed, instead of being skipped forever.
+func (s *epStats) latency() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ewma == 0 {
+		return 0
+	}
+	return s.ewma * math.Exp(-time.Since(s.last).Seconds()/ewmaDecay.Seconds())
+}
+
+func (a *Agent) stats(key string) *epStats {
+	v, ok := a.statsByEP.Load(key)
+	if !ok {
+		v, _ = a.statsByEP.LoadOrStore(key, new(epStats))
+	}
+	return v.(*epStats)
+}
+
+func (a *Agent) endpointActive(key string) *atomic.Int64 { return &a.stats(key).active }
+
+// weight is the edge-aware weight of an endpoint.
+func (a *Agent) weight(ev *endpointView) float64 {
+	load := float64(a.stats(ev.key).active.Load())
+	return ev.capacity / (load + 1) * math.Exp(-lambdaPer100km*ev.distance)
+}
+
+// pick returns the healthy endpoints of a service that serve port: the
+// nearest tier whose healthy capacity share is at least MinHealthyShare
+// first, ordered by the service's balancer, then the other tiers as
+// failover candidates.
+func (a *Agent) pick(sv *serviceView, port string) []*endpointView {
+	type tierSet struct {
+		eps            []*endpointView
+		total, healthy float64
+	}
+	var tiers [TierAny + 1]tierSet
+	for _, ev := range sv.endpoints {
+		if _, ok := ev.ep.Port(port); !ok {
+			continue
+		}
+		ts := &tiers[ev.tier]
+		ts.total += ev.capacity
+		if !ev.healthy || a.isEjected(ev.key) {
+			continue
+		}
+		ts.healthy += ev.capacity
+		ts.eps = append(ts.eps, ev)
+	}
+	share := sv.svc.Spec.MinHealthyShare
+	var out, weak []*endpointView
+	for i := range tiers {
+		ts := &tiers[i]
+		if len(ts.eps) == 0 {
+			continue
+		}
+		a.order(sv, ts.eps)
+		if share > 0 && ts.healthy < share*ts.total {
+			weak = append(weak, ts.eps...) // below its share: last resort only
+			continue
+		}
+		out = append(out, ts.eps...)
+	}
+	return append(out, weak...)
+}
+
+// order sorts one tier's endpoints in place: the first is the choice, the
+// rest are failover candidates.
+func (a *Agent) order(sv *serviceView, eps []*endpointView) {
+	if len(eps) < 2 {
+		return
+	}
+	switch sv.svc.Spec.Balancer {
+	case "round-robin":
+		cnt, _ := a.rr.LoadOrStore(sv.svc.Meta.Key(), new(atomic.Uint64))
+		k := int(cnt.(*atomic.Uint64).Add(1) % uint64(len(eps)))
+		rot := append(append([]*endpointView(nil), eps[k:]...), eps[:k]...)
+		copy(eps, rot)
+	case "least-conn":
+		sort.SliceStable(eps, func(i, j int) bool {
+			return a.endpointActive(eps[i].key).Load() < a.endpointActive(eps[j].key).Load()
+		})
+	case "random":
+		rand.Shuffle(len(eps), func(i, j int) { eps[i], eps[j] = eps[j], eps[i] })
+	default: // edge-aware
+		w := make([]float64, len(eps))
+		for i, ev := range eps {
+			w[i] = a.weight(ev)
+		}
+		i := weightedIndex(w, -1)
+		j := weightedIndex(w, i)
+		cost := func(k int) float64 {
+			s := a.stats(eps[k].key)
+			return s.latency() * float64(s.active.Load()+1)
+		}
+		if cost(j) < cost(i) {
+			i = j
+		}
+		eps[0], eps[i] = eps[i], eps[0]
+	}
+}
+
+// weightedIndex draws an index with probability ∝ w, never skip.
+func weightedIndex(w []float64, skip int) int {
+	total := 0.0
+	for k, x := range w {
+		if k != skip {
+			total += x
+		}
+	}
+	r := rand.Float64() * total
+	last := -1
+	for k, x := range w {
+		if k == skip {
+			continue
+		}
+		last = k
+		if r -= x; r < 0 {
+			return k
+		}
+	}
+	return last
+}
+
+// pinOrder reorders each locality tier of cands by rendezvous (highest
+// random weight) hashing of key, so a key keeps its endpoint while that
+// endpoint is healthy, and only the keys of a vanished endpoint move.
+func pinOrder(cands []*endpointView, key string) {
+	score := func(ev *endpointView) uint64 {
+		h := fnv.New64a()
+		h.Write([]byte(key))
+		h.Write([]byte{0})
+		h.Write([]byte(ev.key))
+		return h.Sum64()
+	}
+	sort.SliceStable(cands, func(i, j int) bool {
+		if cands[i].tier != cands[j].tier {
+			return cands[i].tier < cands[j].tier
+		}
+		return score(cands[i]) > score(cands[j])
+	})
+}
+
+// haversine100km is the great-circle distance in units of 100 km.
+func haversine100km(lat1, lon1, lat2, lon2 float64) float64 {
+	const r = 6371.0 / 100
+	rad := math.Pi / 180
+	dlat, dlon := (lat2-lat1)*rad, (lon2-lon1)*rad
+	h := math.Sin(dlat/2)*math.Sin(dlat/2) + math.Cos(lat1*rad)*math.Cos(lat2*rad)*math.Sin(dlon/2)*math.Sin(dlon/2)
+	return 2 * r * math.Asin(math.Sqrt(math.Min(1, h)))
+}
