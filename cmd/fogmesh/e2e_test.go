@@ -357,6 +357,10 @@ func TestDevCtrlC(t *testing.T) {
 	if !strings.Contains(string(b), "node=shop-1-a") {
 		t.Fatalf("demo answered %q", b)
 	}
+	if out, code := run(t, "describe", "service", "hello", "-n", "demo", "-agent", "http://127.0.0.1:26312"); code != 0 ||
+		!strings.Contains(out, "hello-shop-1-b  shop-1-b") || !strings.Contains(out, "Balancer:  edge-aware") {
+		t.Fatalf("describe: %d\n%s", code, out)
+	}
 	if out, code := run(t, "demo", "-demo", "http://127.0.0.1:26302", "stop", "shop-1-a"); code != 0 {
 		t.Fatal(out)
 	}

@@ -27,6 +27,8 @@ Agent verbs (talk to the local agent, -agent or $FOGMESH_AGENT, default http://1
   fogmesh register -service S [-n NS] -port name=port[,..] [-address IP] [-name N] [-check tcp|http|none]
   fogmesh deregister NAME
   fogmesh routes                   the agent's routing view (tiers, health)
+  fogmesh describe service NAME [-n NS]   a service as this agent routes it: endpoints
+                                   with tier, weight, health, in-flight and EWMA latency
 
 Demo verbs (talk to a running 'fogmesh dev'):
   fogmesh demo stop|start NODE     stop or start the hello instance on NODE
@@ -62,6 +64,8 @@ func main() {
 		err = runDeregister(args)
 	case "routes":
 		err = runRoutes(args)
+	case "describe":
+		err = runDescribe(args)
 	case "demo":
 		err = runDemo(args)
 	case "version", "-version", "--version":

@@ -97,3 +97,37 @@ func runRoutes(args []string) error {
 	}
 	return nil
 }
+
+func runDescribe(args []string) error {
+	fs := flag.NewFlagSet("fogmesh describe", flag.ContinueOnError)
+	agentURL := agentFlag(fs)
+	ns := fs.String("n", "", "namespace (default \"default\")")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 2 || kindAliases[fs.Arg(0)] != "services" {
+		return cli.Usagef("describe: want service NAME")
+	}
+	key := api.NamespaceOr(*ns) + "/" + fs.Arg(1)
+	var routes []agent.RouteStatus
+	if err := call("GET", strings.TrimRight(*agentURL, "/")+"/v1/routes", nil, &routes); err != nil {
+		return err
+	}
+	for _, r := range routes {
+		if r.Service != key {
+			continue
+		}
+		fmt.Printf("Service:   %s\nVIP:       %s %s\nPorts:     %s\nBalancer:  %s\nEndpoints:\n", r.Service, r.VIP, r.VIP6, strings.Join(r.Ports, ", "), r.Balancer)
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  NAME\tNODE\tADDRESS\tTIER\tHEALTHY\tEJECTED\tIN FLIGHT\tWEIGHT\tEWMA LATENCY")
+		for _, e := range r.Endpoints {
+			node := e.Node
+			if node == "" {
+				node = "(static)"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%v\t%v\t%d\t%.2f\t%.2fms\n", e.Name, node, e.Address, e.Tier, e.Healthy, e.Ejected, e.Active, e.Weight, e.LatencyMillis)
+		}
+		return tw.Flush()
+	}
+	return cli.Usagef("describe: service %s is not known to this agent", key)
+}

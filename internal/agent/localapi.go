@@ -33,6 +33,7 @@ type WorkloadStatus struct {
 // RouteStatus is one service in the routing view.
 type RouteStatus struct {
 	Service   string           `json:"service"`
+	Balancer  string           `json:"balancer"`
 	VIP       string           `json:"vip,omitempty"`
 	VIP6      string           `json:"vip6,omitempty"`
 	Ports     []string         `json:"ports"`
@@ -48,6 +49,9 @@ type EndpointStatus struct {
 	Healthy bool   `json:"healthy"`
 	Ejected bool   `json:"ejected"`
 	Active  int64  `json:"active"`
+	// Weight is the edge-aware weight now; LatencyMillis the peak EWMA.
+	Weight        float64 `json:"weight"`
+	LatencyMillis float64 `json:"latencyMillis"`
 }
 
 func (a *Agent) adminHandler() http.Handler {
@@ -110,7 +114,7 @@ func (a *Agent) Routes() []RouteStatus {
 	v := a.view.Load()
 	out := []RouteStatus{}
 	for key, sv := range v.services {
-		rs := RouteStatus{Service: key, Endpoints: []EndpointStatus{}}
+		rs := RouteStatus{Service: key, Balancer: sv.svc.Spec.Balancer, Endpoints: []EndpointStatus{}}
 		if sv.vip4.IsValid() {
 			rs.VIP = sv.vip4.String()
 		}
@@ -123,7 +127,8 @@ func (a *Agent) Routes() []RouteStatus {
 		for _, ev := range sv.endpoints {
 			rs.Endpoints = append(rs.Endpoints, EndpointStatus{Name: ev.ep.Meta.Name, Node: ev.ep.Spec.Node,
 				Address: ev.ep.Spec.Address, Tier: ev.tier.String(), Healthy: ev.healthy,
-				Ejected: a.isEjected(ev.key), Active: a.endpointActive(ev.key).Load()})
+				Ejected: a.isEjected(ev.key), Active: a.endpointActive(ev.key).Load(),
+				Weight: a.weight(ev), LatencyMillis: a.stats(ev.key).latency() * 1000})
 		}
 		out = append(out, rs)
 	}
