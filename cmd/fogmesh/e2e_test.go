@@ -464,3 +464,119 @@ func TestControlAdminHostileInput(t *testing.T) {
 		t.Fatalf("slow sender not dropped: %v", err)
 	}
 }
+
+// TestNodeKilledUnderLoad: steady GET load through one agent to two nodes
+// of the same site; one node's agent is killed with SIGKILL while requests
+// are in flight on it. In-flight idempotent requests are retried on the
+// other endpoint and new ones fail over at connect: zero failed requests.
+func TestNodeKilledUnderLoad(t *testing.T) {
+	backend := func(name string) int {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(20 * time.Millisecond) // keep requests in flight
+			io.WriteString(w, name)
+		})}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	admin, syncAddr := freePort(t), freePort(t)
+	server := "http://" + admin
+	start(t, "control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", syncAddr, "-heartbeat-interval", "500ms")
+	waitHTTP(t, server+"/healthz")
+	doc := filepath.Join(t.TempDir(), "svc.yaml")
+	os.WriteFile(doc, []byte(`apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: steady, namespace: demo}
+spec:
+  ports: [{name: http, port: 19040, protocol: http}]
+  balancer: round-robin
+`), 0o644)
+	if out, code := run(t, "apply", "-server", server, "-f", doc); code != 0 {
+		t.Fatal(out)
+	}
+	agentProc := func(name string, octet int, port int) (*proc, string) {
+		dir := t.TempDir()
+		admin := freePort(t)
+		cfg := fmt.Sprintf("node: {name: %s, site: s1, region: r1}\ncontrol: [%q]\nmeshAddr: %q\ndnsAddr: %q\nadminAddr: %q\nvipRange: \"127.%d.0.0/16\"\nstateDir: %q\n",
+			name, syncAddr, freePort(t), freePort(t), admin, octet, dir)
+		if port > 0 {
+			cfg += fmt.Sprintf("workloads: [{service: steady, namespace: demo, ports: [{name: http, port: %d}]}]\n", port)
+		}
+		path := filepath.Join(dir, "agent.yaml")
+		os.WriteFile(path, []byte(cfg), 0o644)
+		p := start(t, "agent", "-config", path)
+		waitHTTP(t, "http://"+admin+"/healthz")
+		return p, admin
+	}
+	victim, _ := agentProc("victim", 181, backend("victim"))
+	agentProc("survivor", 182, backend("survivor"))
+	_, clientAdmin := agentProc("loadgen", 183, 0)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, _ := run(t, "routes", "-agent", "http://"+clientAdmin)
+		if strings.Count(out, "steady-") == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client agent never learned both endpoints:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	url := "http://127.183.0.1:19040/"
+	waitHTTP(t, url)
+
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	var mu sync.Mutex
+	var failed []string
+	counts := map[string]int{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 5000; i++ { // bounded; the test stops it earlier
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := c.Get(url)
+				if err != nil {
+					mu.Lock()
+					failed = append(failed, err.Error())
+					mu.Unlock()
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				mu.Lock()
+				if resp.StatusCode != 200 {
+					failed = append(failed, fmt.Sprintf("%s: %s", resp.Status, b))
+				} else {
+					counts[string(b)]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	mu.Lock()
+	before := counts["victim"]
+	mu.Unlock()
+	victim.kill9(t)
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	t.Logf("requests: victim %d (before SIGKILL %d), survivor %d, failed %d", counts["victim"], before, counts["survivor"], len(failed))
+	if before == 0 {
+		t.Fatal("the victim served nothing before it died; the test proves nothing")
+	}
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d requests failed, first: %s", len(failed), len(failed)+counts["victim"]+counts["survivor"], failed[0])
+	}
+}

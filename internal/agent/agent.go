@@ -60,11 +60,12 @@ type Agent struct {
 	localChanged chan struct{}
 	connected    atomic.Bool
 
-	l7    *l7
-	dns   *meshdns.Server
-	mesh  *transport.Server
-	peers *transport.Client
-	admin *http.Server
+	l7      *l7
+	retries *retryBudget
+	dns     *meshdns.Server
+	mesh    *transport.Server
+	peers   *transport.Client
+	admin   *http.Server
 	adminLn,
 	meshLn net.Listener
 
@@ -167,6 +168,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
 	a.l7 = newL7(a)
+	a.retries = newRetryBudget()
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
@@ -419,15 +421,16 @@ func (a *Agent) loadRegistered() error {
 func (a *Agent) initMetrics() {
 	m := a.cfg.Metrics
 	a.m = agentMetrics{
-		connOK:       m.NewCounter(`fogmesh_agent_connections_total{result="ok"}`),
-		connNoEP:     m.NewCounter(`fogmesh_agent_connections_total{result="no_endpoint"}`),
-		connFailed:   m.NewCounter(`fogmesh_agent_connections_total{result="dial_failed"}`),
-		dialFailures: m.NewCounter(`fogmesh_agent_dial_failures_total`),
-		failovers:    m.NewCounter(`fogmesh_agent_failovers_total`),
-		updates:      m.NewCounter(`fogmesh_agent_config_updates_total`),
-		nacks:        m.NewCounter(`fogmesh_agent_config_rejected_total`),
-		listenErrors: m.NewCounter(`fogmesh_agent_listen_errors_total`),
-		mqttBad:      m.NewCounter(`fogmesh_agent_mqtt_bad_connect_total`),
+		connOK:        m.NewCounter(`fogmesh_agent_connections_total{result="ok"}`),
+		connNoEP:      m.NewCounter(`fogmesh_agent_connections_total{result="no_endpoint"}`),
+		connFailed:    m.NewCounter(`fogmesh_agent_connections_total{result="dial_failed"}`),
+		dialFailures:  m.NewCounter(`fogmesh_agent_dial_failures_total`),
+		failovers:     m.NewCounter(`fogmesh_agent_failovers_total`),
+		updates:       m.NewCounter(`fogmesh_agent_config_updates_total`),
+		nacks:         m.NewCounter(`fogmesh_agent_config_rejected_total`),
+		listenErrors:  m.NewCounter(`fogmesh_agent_listen_errors_total`),
+		mqttBad:       m.NewCounter(`fogmesh_agent_mqtt_bad_connect_total`),
+		retriesDenied: m.NewCounter(`fogmesh_agent_retries_denied_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
@@ -444,5 +447,5 @@ func (a *Agent) initMetrics() {
 }
 
 type agentMetrics struct {
-	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad *metrics.Counter
+	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -137,8 +138,11 @@ var errNoEndpoint = errors.New("no healthy endpoint")
 
 func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	code := http.StatusBadGateway
-	if errors.Is(err, errNoEndpoint) {
+	switch {
+	case errors.Is(err, errNoEndpoint):
 		code = http.StatusServiceUnavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		code = http.StatusGatewayTimeout
 	}
 	if errors.Is(err, context.Canceled) {
 		return // the client went away
@@ -213,20 +217,75 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint
 	}
+	// The request timeout bounds the time to response headers: a timer
+	// cancels the request unless headers came first. The context lives on
+	// with the response body and is released when the body is closed.
+	release := func() {}
+	var timer *time.Timer
+	if d := time.Duration(sv.svc.Spec.Timeouts.Request); d > 0 {
+		ctx, cancel := context.WithCancelCause(req.Context())
+		timer = time.AfterFunc(d, func() { cancel(context.DeadlineExceeded) })
+		req = req.WithContext(ctx)
+		release = func() { timer.Stop(); cancel(nil) }
+	}
+	resp, err := lt.roundTrip(req, sv, t, cands)
+	if err != nil {
+		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
+			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)
+		}
+		release()
+		return nil, err
+	}
+	if timer != nil {
+		timer.Stop()
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			resp.Body = &releaseOnClose{ReadCloser: resp.Body, release: release}
+		}
+	}
+	return resp, nil
+}
+
+// releaseOnClose runs release when the body is closed.
+type releaseOnClose struct {
+	io.ReadCloser
+	once    sync.Once
+	release func()
+}
+
+func (r *releaseOnClose) Close() error {
+	err := r.ReadCloser.Close()
+	r.once.Do(r.release)
+	return err
+}
+
+// roundTrip tries cands in order within the service's retry policy.
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView) (*http.Response, error) {
+	a := lt.l7.a
 	// http.Transport closes the request body even when it fails to
 	// connect; shield it so a retry on the next endpoint can still send
 	// it. The server closes the real body when the handler returns.
-	if req.Body != nil && req.Body != http.NoBody {
+	bodyless := req.Body == nil || req.Body == http.NoBody
+	if !bodyless {
 		out := *req
 		out.Body = noCloseBody{req.Body}
 		req = &out
 	}
+	retryable := bodyless && idempotent[req.Method]
+	attempts := 1 + sv.svc.Spec.Retries.Attempts
+	if sv.svc.Spec.Retries.Attempts == 0 {
+		attempts = 1 + 2
+	}
+	a.retries.deposit()
 	var lastErr error
 	for i, ev := range cands {
-		if i == maxAttempts {
+		if i >= attempts {
 			break
 		}
 		if i > 0 {
+			if !a.retries.withdraw() {
+				a.m.retriesDenied.Inc()
+				break
+			}
 			a.m.failovers.Inc()
 		}
 		start := time.Now()
@@ -237,19 +296,73 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err == nil {
 			a.stats(ev.key).observe(time.Since(start))
 			a.requestMetrics(t.svc, ev, resp.StatusCode, time.Since(start))
+			gateway := resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504
+			if gateway && retryable && sv.svc.Spec.Retries.On5xx && i+1 < min(attempts, len(cands)) {
+				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+				resp.Body.Close()
+				lastErr = fmt.Errorf("endpoint %s answered %s", ev.key, resp.Status)
+				backoff(req.Context(), i)
+				continue
+			}
 			return resp, nil
 		}
 		lastErr = err
-		var de *dialError
-		if !errors.As(err, &de) {
-			a.requestMetrics(t.svc, ev, 0, time.Since(start))
-			return nil, err
+		a.requestMetrics(t.svc, ev, 0, time.Since(start))
+		if req.Context().Err() != nil {
+			return nil, err // client gone or request timeout: no retry
 		}
-		a.m.dialFailures.Inc()
+		var de *dialError
+		if errors.As(err, &de) {
+			a.m.dialFailures.Inc()
+		} else if !retryable {
+			return nil, err
+		} else {
+			backoff(req.Context(), i) // the request may have reached it: jitter before the next try
+		}
 		a.eject(ev)
 		a.log.Info("agent: endpoint failed, trying next", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
 	}
 	return nil, fmt.Errorf("all endpoints failed: %w", lastErr)
+}
+
+// idempotent methods may be retried after they reached an endpoint (RFC 9110 §9.2.2).
+var idempotent = map[string]bool{"GET": true, "HEAD": true, "OPTIONS": true, "TRACE": true, "PUT": true, "DELETE": true}
+
+// backoff sleeps a jittered, growing pause before retry attempt+1.
+func backoff(ctx context.Context, attempt int) {
+	d := time.Duration(rand.Int64N(int64(2*time.Millisecond) << min(attempt, 6)))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// retryBudget lets retries add at most ~20% to the request rate (plus a
+// reserve of 10), so retries cannot turn a struggling service into a dead
+// one. Each request deposits 0.2 tokens; each retry takes one.
+type retryBudget struct {
+	mu     sync.Mutex
+	tokens float64
+}
+
+func newRetryBudget() *retryBudget { return &retryBudget{tokens: 10} }
+
+func (b *retryBudget) deposit() {
+	b.mu.Lock()
+	b.tokens = min(b.tokens+0.2, 100)
+	b.mu.Unlock()
+}
+
+func (b *retryBudget) withdraw() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 // requestMetrics records one request. code 0 means no response.

@@ -198,7 +198,11 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 }
 
 func (a *Agent) dialEndpoint(ctx context.Context, sv *serviceView, ev *endpointView, port string) (net.Conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	timeout := time.Duration(sv.svc.Spec.Timeouts.Connect)
+	if timeout <= 0 {
+		timeout = 3 * time.Second
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if ev.mesh != "" {
 		return a.peers.Dial(dctx, ev.mesh, transport.Header{

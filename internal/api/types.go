@@ -100,6 +100,43 @@ type ServiceSpec struct {
 	// healthy share of a tier's capacity falls below it (0-1; default 0:
 	// only when no endpoint of the tier is healthy).
 	MinHealthyShare float64 `json:"minHealthyShare,omitempty"`
+	// Timeouts bound connecting to an endpoint and, on http/http2/grpc
+	// ports, a whole request (time to response headers).
+	Timeouts Timeouts `json:"timeouts,omitzero"`
+	// Retries apply to http/http2/grpc ports. A failed connect is always
+	// tried on the next endpoint; other failures only for idempotent
+	// requests without a body.
+	Retries RetryPolicy `json:"retries,omitzero"`
+}
+
+// Timeouts of a service. Zero means the default.
+type Timeouts struct {
+	Connect Duration `json:"connect,omitempty"` // default 3s
+	Request Duration `json:"request,omitempty"` // default none
+}
+
+// RetryPolicy of a service.
+type RetryPolicy struct {
+	// Attempts is how many more endpoints a request may try (0: the
+	// default, 2; -1: none; at most 5). Retries also need tokens from the agent's retry budget (20%
+	// of requests), so a failing service cannot multiply its load.
+	Attempts int `json:"attempts,omitempty"`
+	// On5xx also retries idempotent requests answered 502, 503 or 504.
+	On5xx bool `json:"on5xx,omitempty"`
+}
+
+// Duration is a time.Duration written as "250ms" or "3s".
+type Duration time.Duration
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
 }
 
 // ServicePort is one port of a service.

@@ -142,6 +142,15 @@ func (s *Service) Validate() error {
 	default:
 		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random", s.Spec.Balancer)
 	}
+	if s.Spec.Timeouts.Connect < 0 {
+		return fieldErr("spec.timeouts.connect", "must not be negative")
+	}
+	if s.Spec.Timeouts.Request < 0 {
+		return fieldErr("spec.timeouts.request", "must not be negative")
+	}
+	if s.Spec.Retries.Attempts < -1 || s.Spec.Retries.Attempts > 5 {
+		return fieldErr("spec.retries.attempts", "%d is not within -1 and 5", s.Spec.Retries.Attempts)
+	}
 	if s.Spec.MinHealthyShare < 0 || s.Spec.MinHealthyShare > 1 {
 		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", s.Spec.MinHealthyShare)
 	}
