@@ -15,7 +15,7 @@
 # Knobs (environment): ROUNDS (2), IPERF_SECONDS (4), LAT_SECONDS (5),
 # QPS (2000), CONNS (16), HOLD_N (1000), BENCH_BASE_PORT (31000),
 # SKIP_GOBENCH=1, SKIP_ARM64=1.
-set -euo pipefail
+set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -58,6 +58,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -165,18 +166,19 @@ git diff --quiet HEAD 2>/dev/null || GIT_REV="$GIT_REV (+ uncommitted changes)"
 HAPROXY_VERSION=$(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}')
 IPERF_VERSION=$(iperf3 --version 2>/dev/null | awk 'NR==1 {print $2}')
 FORTIO_V=$("$FORTIO" version 2>/dev/null | head -n 1)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- backends and proxies
 log "starting backends, HAProxy, splice relay, control plane and two agents"
 start iperf "$(command -v iperf3)" -s -B 127.0.0.1 -p "$P_IPERF"
 start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port disabled \
-  -redirect-port disabled -tcp-port disabled -udp-port disabled -loglevel Warning
+  -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
 start sink "$BIN/holdconns" -serve "127.0.0.1:$P_SINK"
 
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 4000
 defaults
     mode tcp
     option splice-auto
@@ -206,6 +208,11 @@ spec: {ports: [{name: tcp, port: $S_BULK}]}
 apiVersion: fogmesh.io/v1alpha1
 kind: Service
 metadata: {name: web, namespace: bench}
+spec: {ports: [{name: http, port: $S_WEB}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: webl7, namespace: bench}
 spec: {ports: [{name: http, port: $S_WEB, protocol: http}]}
 ---
 apiVersion: fogmesh.io/v1alpha1
@@ -228,6 +235,7 @@ stateDir: $TMP/srv
 workloads:
   - {name: bulk-srv, service: bulk, namespace: bench, address: 127.0.0.1, ports: [{name: tcp, port: $P_IPERF}], check: {type: none}}
   - {name: web-srv, service: web, namespace: bench, address: 127.0.0.1, ports: [{name: http, port: $P_HTTP}], check: {type: none}}
+  - {name: webl7-srv, service: webl7, namespace: bench, address: 127.0.0.1, ports: [{name: http, port: $P_HTTP}], check: {type: none}}
   - {name: hold-srv, service: hold, namespace: bench, address: 127.0.0.1, ports: [{name: tcp, port: $P_SINK}], check: {type: none}}
 EOF
 cat >"$TMP/cli.yaml" <<EOF
@@ -256,43 +264,54 @@ vip() {
   "$BIN/fogmesh" routes -agent "http://127.0.0.1:$1" 2>/dev/null |
     awk -v s="bench/$2" -v t="$3" '$1 == s && $6 == t && $7 == "true" {print $2; exit}'
 }
-SRV_VIP_BULK= SRV_VIP_WEB= SRV_VIP_HOLD= CLI_VIP_BULK= CLI_VIP_WEB= CLI_VIP_HOLD=
+SRV_VIP_BULK= SRV_VIP_WEB= SRV_VIP_WEBL7= SRV_VIP_HOLD= CLI_VIP_BULK= CLI_VIP_WEB= CLI_VIP_WEBL7= CLI_VIP_HOLD=
+all_vips() {
+  [ -n "$SRV_VIP_BULK" ] && [ -n "$SRV_VIP_WEB" ] && [ -n "$SRV_VIP_WEBL7" ] && [ -n "$SRV_VIP_HOLD" ] &&
+    [ -n "$CLI_VIP_BULK" ] && [ -n "$CLI_VIP_WEB" ] && [ -n "$CLI_VIP_WEBL7" ] && [ -n "$CLI_VIP_HOLD" ]
+}
 for i in $(seq 1 150); do
   SRV_VIP_BULK=$(vip "$P_SRV_ADMIN" bulk node); SRV_VIP_WEB=$(vip "$P_SRV_ADMIN" web node)
-  SRV_VIP_HOLD=$(vip "$P_SRV_ADMIN" hold node)
+  SRV_VIP_WEBL7=$(vip "$P_SRV_ADMIN" webl7 node); SRV_VIP_HOLD=$(vip "$P_SRV_ADMIN" hold node)
   CLI_VIP_BULK=$(vip "$P_CLI_ADMIN" bulk site); CLI_VIP_WEB=$(vip "$P_CLI_ADMIN" web site)
-  CLI_VIP_HOLD=$(vip "$P_CLI_ADMIN" hold site)
-  if [ -n "$SRV_VIP_BULK" ] && [ -n "$SRV_VIP_WEB" ] && [ -n "$SRV_VIP_HOLD" ] &&
-     [ -n "$CLI_VIP_BULK" ] && [ -n "$CLI_VIP_WEB" ] && [ -n "$CLI_VIP_HOLD" ]; then
-    break
-  fi
+  CLI_VIP_WEBL7=$(vip "$P_CLI_ADMIN" webl7 site); CLI_VIP_HOLD=$(vip "$P_CLI_ADMIN" hold site)
+  all_vips && break
   sleep 0.1
 done
-[ -n "$SRV_VIP_BULK" ] && [ -n "$SRV_VIP_WEB" ] && [ -n "$SRV_VIP_HOLD" ] &&
-  [ -n "$CLI_VIP_BULK" ] && [ -n "$CLI_VIP_WEB" ] && [ -n "$CLI_VIP_HOLD" ] || {
+all_vips || {
   "$BIN/fogmesh" routes -agent "http://127.0.0.1:$P_SRV_ADMIN" >&2 || true
   "$BIN/fogmesh" routes -agent "http://127.0.0.1:$P_CLI_ADMIN" >&2 || true
   die "agents did not route all services within 15 s"
 }
-log "srv agent VIPs: bulk $SRV_VIP_BULK web $SRV_VIP_WEB hold $SRV_VIP_HOLD; cli agent: bulk $CLI_VIP_BULK web $CLI_VIP_WEB hold $CLI_VIP_HOLD"
+log "srv agent VIPs: bulk $SRV_VIP_BULK web $SRV_VIP_WEB webl7 $SRV_VIP_WEBL7 hold $SRV_VIP_HOLD; cli agent: bulk $CLI_VIP_BULK web $CLI_VIP_WEB webl7 $CLI_VIP_WEBL7 hold $CLI_VIP_HOLD"
 
-# Engines: name, label, bulk address, web URL.
+# Engines: name, label, bulk address, web URL. LATENGINES adds the agents'
+# L7 path (the same backend behind a service port declared protocol: http),
+# informational: HAProxy here is L4, so the targets use the L4 rows.
 ENGINES=(direct agent1 agent2 haproxy relay)
+LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent2l7)
 declare -A LABEL BULK WEB CPUPIDS
 LABEL[direct]="(a) direct";                 BULK[direct]="127.0.0.1 $P_IPERF";          WEB[direct]="http://127.0.0.1:$P_HTTP/"
 LABEL[agent1]="(b) one agent (node tier)";  BULK[agent1]="$SRV_VIP_BULK $S_BULK";       WEB[agent1]="http://$SRV_VIP_WEB:$S_WEB/"
 LABEL[agent2]="(c) two agents (mesh port)"; BULK[agent2]="$CLI_VIP_BULK $S_BULK";       WEB[agent2]="http://$CLI_VIP_WEB:$S_WEB/"
 LABEL[haproxy]="(d) HAProxy $HAPROXY_VERSION (tcp, splice-auto, 1 thread)"; BULK[haproxy]="127.0.0.1 $P_HAP_BULK"; WEB[haproxy]="http://127.0.0.1:$P_HAP_WEB/"
 LABEL[relay]="(e) minimal Go splice relay"; BULK[relay]="127.0.0.1 $P_REL_BULK";       WEB[relay]="http://127.0.0.1:$P_REL_WEB/"
+LABEL[agent1l7]="(b7) one agent, port declared http (L7)";  WEB[agent1l7]="http://$SRV_VIP_WEBL7:$S_WEB/"
+LABEL[agent2l7]="(c7) two agents, port declared http (L7)"; WEB[agent2l7]="http://$CLI_VIP_WEBL7:$S_WEB/"
 CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
 CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"
 
-# Every path answers before anything is measured.
-for e in "${ENGINES[@]}"; do
-  curl -fsS -o /dev/null --max-time 5 "${WEB[$e]}" || die "HTTP path $e (${WEB[$e]}) does not answer"
+# Every path answers before anything is measured (the L7 rows are optional).
+FAILED=() WARNED=()
+# failed ENGINE MESSAGE: a failure of an informational (L7) row is a warning.
+failed() { case $1 in *l7) WARNED+=("$2") ;; *) FAILED+=("$2") ;; esac; }
+for e in "${LATENGINES[@]}"; do
+  if ! curl -fsS -o /dev/null --max-time 5 "${WEB[$e]}"; then
+    case $e in
+      *l7) log "HTTP path $e (${WEB[$e]}) does not answer"; failed "$e" "HTTP path $e does not answer" ;;
+      *) die "HTTP path $e (${WEB[$e]}) does not answer" ;;
+    esac
+  fi
 done
-
-FAILED=()
 
 # ---------------------------------------------------------------- RSS idle (before load)
 log "idle 5 s"
@@ -300,15 +319,16 @@ sleep 5
 RSS_SRV_IDLE0=$(rss_kb "$PID_srv"); RSS_CLI_IDLE0=$(rss_kb "$PID_cli")
 
 # ---------------------------------------------------------------- 1. throughput
-declare -A TP TPCPU
+declare -A TP TPCPU TPRSS
 # rotate ROUND: the engine order for a round (rotated each round so no engine
 # always runs first or last).
 order() {
-  local r=$1 n=${#ENGINES[@]} i
-  for i in $(seq 0 $((n - 1))); do echo "${ENGINES[$(((i + r) % n))]}"; done
+  local r=$1; shift
+  local list=("$@"); local n=${#list[@]} i
+  for i in $(seq 0 $((n - 1))); do echo "${list[$(((i + r) % n))]}"; done
 }
 for r in $(seq 1 "$ROUNDS"); do
-  for e in $(order "$r"); do
+  for e in $(order "$r" "${ENGINES[@]}"); do
     read -r host port <<<"${BULK[$e]}"
     log "iperf3 round $r/$ROUNDS: $e ($host:$port, ${IPERF_SECONDS}s)"
     out="$TMP/iperf-$e-$r.json"; v=
@@ -319,35 +339,39 @@ for r in $(seq 1 "$ROUNDS"); do
       t1=$(date +%s.%N); c1=$(cpu_ticks ${CPUPIDS[$e]})
       TP[$e,$r]=${v%% *}
       TPCPU[$e,$r]=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * d / hz / (b - a)}')
+      TPRSS[$e,$r]="$(mb "$(rss_kb "$PID_srv")")/$(mb "$(rss_kb "$PID_cli")")"
     else
       log "iperf3 $e round $r FAILED: $(head -c 300 "$out") ${v:-}"
-      TP[$e,$r]=fail; TPCPU[$e,$r]=fail; FAILED+=("iperf3 $e round $r")
+      TP[$e,$r]=fail; TPCPU[$e,$r]=fail; TPRSS[$e,$r]=fail; FAILED+=("iperf3 $e round $r")
     fi
     sleep 0.5
   done
 done
 
+RSS_SRV_TP=$(rss_kb "$PID_srv"); RSS_CLI_TP=$(rss_kb "$PID_cli")
+
 # ---------------------------------------------------------------- 2. latency
 declare -A P50 P99 P999 AQPS BAD
 for r in $(seq 1 "$ROUNDS"); do
-  for e in $(order "$r"); do
+  for e in $(order "$r" "${LATENGINES[@]}"); do
     log "fortio round $r/$ROUNDS: $e (${QPS} req/s, $CONNS conns, ${LAT_SECONDS}s)"
     out="$TMP/fortio-$e-$r.json"; v=
     if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -qps "$QPS" -c "$CONNS" -t "${LAT_SECONDS}s" \
          -p "50,99,99.9" -loglevel Error -json "$out" "${WEB[$e]}" >"$TMP/fortio-$e-$r.log" 2>&1 &&
        v=$("$BIN/benchjson" fortio "$out" 2>&1); then
       read -r P50[$e,$r] P99[$e,$r] P999[$e,$r] AQPS[$e,$r] BAD[$e,$r] _ <<<"$v"
-      [ "${BAD[$e,$r]}" = 0 ] || FAILED+=("fortio $e round $r: ${BAD[$e,$r]} non-200 responses")
+      [ "${BAD[$e,$r]}" = 0 ] || failed "$e" "fortio $e round $r: ${BAD[$e,$r]} non-200 responses"
     else
       log "fortio $e round $r FAILED: $(tail -n 3 "$TMP/fortio-$e-$r.log") ${v:-}"
       P50[$e,$r]=fail; P99[$e,$r]=fail; P999[$e,$r]=fail; AQPS[$e,$r]=fail; BAD[$e,$r]=fail
-      FAILED+=("fortio $e round $r")
+      failed "$e" "fortio $e round $r"
     fi
     sleep 0.5
   done
 done
 
 # ---------------------------------------------------------------- 3. RSS
+RSS_SRV_LAT=$(rss_kb "$PID_srv"); RSS_CLI_LAT=$(rss_kb "$PID_cli")
 log "idle 5 s after load"
 sleep 5
 RSS_SRV_IDLE1=$(rss_kb "$PID_srv"); RSS_CLI_IDLE1=$(rss_kb "$PID_cli")
@@ -370,6 +394,8 @@ hold() {
     HOLD_SRV=$(rss_kb "$PID_srv"); HOLD_CLI=$(rss_kb "$PID_cli")
     HOLD_ACTIVE_SRV=$(metric "$P_SRV_ADMIN" fogmesh_agent_active_connections)
     HOLD_ACTIVE_CLI=$(metric "$P_CLI_ADMIN" fogmesh_agent_active_connections)
+    [ "$HOLD_ACTIVE_SRV" -ge "$HOLD_N" ] || [ "$HOLD_ACTIVE_CLI" -ge "$HOLD_N" ] ||
+      FAILED+=("holdconns via $addr: agents report only ${HOLD_ACTIVE_SRV}/${HOLD_ACTIVE_CLI} active connections")
   else
     log "holdconns via $addr FAILED: $(tail -n 3 "$TMP/$name.log")"
     FAILED+=("holdconns via $addr")
@@ -409,13 +435,13 @@ fi
 
 # ---------------------------------------------------------------- report
 med() { # values... -> median (ignores "fail"; "fail" if none)
-  printf '%s\n' "$@" | grep -v '^fail$' | sort -g |
+  printf '%s\n' "$@" | { grep -v '^fail$' || true; } | sort -g |
     awk '{v[NR] = $1} END {if (NR == 0) {print "fail"; exit} if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
 # calc EXPR with a, b: prints "n/a" if an operand failed.
 calc() { # fmt a b expr
   case "$2$3" in *fail*|*n/a*) echo "n/a"; return ;; esac
-  awk -v a="$2" -v b="$3" "BEGIN {printf \"$1\", $4}"
+  awk -v a="$2" -v b="$3" "BEGIN {printf \"$1\", ($4)}"
 }
 rounds_of() { # array-name engine -> "x / y"
   local -n arr=$1; local out="" r
@@ -425,15 +451,16 @@ rounds_of() { # array-name engine -> "x / y"
 met() { case "$1" in 1) echo "**met**" ;; 0) echo "**missed**" ;; *) echo "not measured" ;; esac; }
 
 declare -A TPM CPUM L50 L99 L999 Q
-for e in "${ENGINES[@]}"; do
+for e in "${LATENGINES[@]}"; do
   vals=(); cpus=(); a=(); b=(); c=(); q=()
   for r in $(seq 1 "$ROUNDS"); do
-    vals+=("${TP[$e,$r]}"); cpus+=("${TPCPU[$e,$r]}"); a+=("${P50[$e,$r]}"); b+=("${P99[$e,$r]}")
+    vals+=("${TP[$e,$r]:-fail}"); cpus+=("${TPCPU[$e,$r]:-fail}"); a+=("${P50[$e,$r]}"); b+=("${P99[$e,$r]}")
     c+=("${P999[$e,$r]}"); q+=("${AQPS[$e,$r]}")
   done
   TPM[$e]=$(med "${vals[@]}"); CPUM[$e]=$(med "${cpus[@]}")
   L50[$e]=$(med "${a[@]}"); L99[$e]=$(med "${b[@]}"); L999[$e]=$(med "${c[@]}"); Q[$e]=$(med "${q[@]}")
 done
+arm() { [ "$1" = 0 ] && echo "skipped" || mb $(($1 / 1024)); }
 add50() { calc "%+.3f" "${L50[$1]}" "${L50[direct]}" "a - b"; }
 add99() { calc "%+.3f" "${L99[$1]}" "${L99[direct]}" "a - b"; }
 
@@ -450,6 +477,7 @@ echo "| CPU | $CPU_MODEL |"
 echo "| kernel | $(uname -sr) |"
 echo "| Go | $(go version | awk '{print $3, $4}') |"
 echo "| fogmesh | $GIT_REV |"
+echo "| load average (1/5/15 min) before the run | $LOAD_START (other jobs on the machine perturb every figure) |"
 echo "| peers | HAProxy $HAPROXY_VERSION, iperf3 $IPERF_VERSION, fortio $FORTIO_V |"
 echo
 echo "Everything on loopback, no CPU pinning (load generator, backend and proxies share all cores); agents with default GOMAXPROCS/GOGC."
@@ -457,12 +485,12 @@ echo "$ROUNDS rounds, engines interleaved (order rotated each round); the figure
 echo
 echo "## 1. TCP bulk throughput (iperf3, 1 stream, ${IPERF_SECONDS} s)"
 echo
-echo "| path | Gbit/s (median) | per round | proxy CPU % (median) |"
-echo "|---|---|---|---|"
+echo "| path | Gbit/s (median) | per round | proxy CPU % (median) | srv/cli agent RSS MB after each round |"
+echo "|---|---|---|---|---|"
 for e in "${ENGINES[@]}"; do
   cpu="${CPUM[$e]}"; [ "$e" = direct ] && cpu="—"
   [ "$cpu" != "—" ] && [ "$cpu" != fail ] && cpu=$(printf '%.0f' "$cpu")
-  echo "| ${LABEL[$e]} | $(calc "%.2f" "${TPM[$e]}" 0 a) | $(rounds_of TP "$e") | $cpu |"
+  echo "| ${LABEL[$e]} | $(calc "%.2f" "${TPM[$e]}" 0 a) | $(rounds_of TP "$e") | $cpu | $(rounds_of TPRSS "$e") |"
 done
 echo
 echo "Proxy CPU % is the proxy processes' utime+stime over the test's wall time (100 = one core; two agents summed)."
@@ -483,7 +511,7 @@ echo "Backend: fortio server (empty 200 response). Times in ms."
 echo
 echo "| path | p50 | p99 | p99.9 | p50 per round | p99 per round | achieved req/s | added p50 vs direct | added p99 vs direct |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for e in "${ENGINES[@]}"; do
+for e in "${LATENGINES[@]}"; do
   ad50=$(add50 "$e"); ad99=$(add99 "$e"); [ "$e" = direct ] && { ad50="—"; ad99="—"; }
   echo "| ${LABEL[$e]} | ${L50[$e]} | ${L99[$e]} | ${L999[$e]} | $(rounds_of P50 "$e") | $(rounds_of P99 "$e") | ${Q[$e]%.*} | $ad50 | $ad99 |"
 done
@@ -495,6 +523,8 @@ echo "| splice relay (1 hop) | $(add50 relay) | $(add99 relay) |"
 echo "| one agent (1 hop) | $(add50 agent1) | $(add99 agent1) |"
 echo "| two agents, per hop (added / 2) | $(calc "%+.3f" "$(add50 agent2)" 0 "a / 2") | $(calc "%+.3f" "$(add99 agent2)" 0 "a / 2") |"
 echo "| one agent minus HAProxy | $(calc "%+.3f" "$(add50 agent1)" "$(add50 haproxy)" "a - b") | $(calc "%+.3f" "$(add99 agent1)" "$(add99 haproxy)" "a - b") |"
+echo "| one agent, L7 (informational) | $(add50 agent1l7) | $(add99 agent1l7) |"
+echo "| two agents, L7, per hop (informational) | $(calc "%+.3f" "$(add50 agent2l7)" 0 "a / 2") | $(calc "%+.3f" "$(add99 agent2l7)" 0 "a / 2") |"
 echo "| two agents per hop minus HAProxy | $(calc "%+.3f" "$(add50 agent2)" "$(add50 haproxy)" "a / 2 - b") | $(calc "%+.3f" "$(add99 agent2)" "$(add99 haproxy)" "a / 2 - b") |"
 echo
 echo "## 3. Agent memory (VmRSS)"
@@ -502,6 +532,8 @@ echo
 echo "| state | srv agent MB | cli agent MB |"
 echo "|---|---|---|"
 echo "| idle 5 s after start (before any load) | $(mb "$RSS_SRV_IDLE0") | $(mb "$RSS_CLI_IDLE0") |"
+echo "| right after the throughput runs | $(mb "$RSS_SRV_TP") | $(mb "$RSS_CLI_TP") |"
+echo "| right after the latency runs | $(mb "$RSS_SRV_LAT") | $(mb "$RSS_CLI_LAT") |"
 echo "| idle 5 s after the throughput and latency runs | $(mb "$RSS_SRV_IDLE1") | $(mb "$RSS_CLI_IDLE1") |"
 if [ "$RSS_SRV_HOLD1" != fail ]; then
 echo "| $HOLD_N open connections through the srv agent (2 sockets each in the agent; all up in ${HOLD1_UP}) | $(mb "$RSS_SRV_HOLD1") | — |"
@@ -528,8 +560,8 @@ echo "## 4. Binary size (CGO_ENABLED=0, -trimpath, -ldflags '-s -w')"
 echo
 echo "| binary | linux/amd64 MB | linux/arm64 MB |"
 echo "|---|---|---|"
-echo "| fogmesh-agent | $(mb $((SIZE_AMD64_AGENT / 1024))) | $(mb $((SIZE_ARM64_AGENT / 1024))) |"
-echo "| fogmesh (everything) | $(mb $((SIZE_AMD64_FULL / 1024))) | $(mb $((SIZE_ARM64_FULL / 1024))) |"
+echo "| fogmesh-agent | $(mb $((SIZE_AMD64_AGENT / 1024))) | $(arm $SIZE_ARM64_AGENT) |"
+echo "| fogmesh (everything) | $(mb $((SIZE_AMD64_FULL / 1024))) | $(arm $SIZE_ARM64_FULL) |"
 echo
 echo "(MB = MiB.)"
 echo
@@ -545,7 +577,7 @@ echo "| added p50 per agent hop <= HAProxy's (two agents / 2) | $(calc "%+.3f" "
 echo "| added p99 per agent hop <= HAProxy's (two agents / 2) | $(calc "%+.3f" "$(add99 agent2)" 0 "a / 2") vs $(add99 haproxy) ms | $(met "$(calc "%d" "$(add99 agent2)" "$(add99 haproxy)" "a / 2 <= b")") |"
 echo "| agent idle RSS < 20 MB | $(mb "$RSS_SRV_IDLE0") MB before load, $(mb "$RSS_SRV_IDLE1") MB after | $(met "$(calc "%d" "$RSS_SRV_IDLE0" "$RSS_SRV_IDLE1" "a < 20480 && b < 20480")") |"
 echo "| agent RSS < 50 MB with $HOLD_N connections | $(mb "$RSS_SRV_HOLD1") MB | $(met "$(calc "%d" "$RSS_SRV_HOLD1" 0 "a < 51200")") |"
-echo "| agent binary < 25 MB | $(mb $((SIZE_AMD64_AGENT / 1024))) MB amd64, $(mb $((SIZE_ARM64_AGENT / 1024))) MB arm64 | $(met $((SIZE_AMD64_AGENT < 26214400 && SIZE_ARM64_AGENT < 26214400))) |"
+echo "| agent binary < 25 MB | $(mb $((SIZE_AMD64_AGENT / 1024))) MB amd64, $(arm $SIZE_ARM64_AGENT) MB arm64 | $(met $((SIZE_AMD64_AGENT < 26214400 && SIZE_ARM64_AGENT < 26214400))) |"
 echo
 echo "## 5. Go benchmarks"
 echo
@@ -559,6 +591,12 @@ if [ ${#FAILED[@]} -gt 0 ]; then
   echo "## Failures"
   echo
   for f in "${FAILED[@]}"; do echo "* $f"; done
+fi
+if [ ${#WARNED[@]} -gt 0 ]; then
+  echo
+  echo "## Warnings (informational rows)"
+  echo
+  for f in "${WARNED[@]}"; do echo "* $f"; done
 fi
 } | tee "$REPORT"
 log "report written to $REPORT"

@@ -2,8 +2,9 @@
 // open, to measure what idle proxied connections cost a proxy. Each
 // connection sends one byte and waits for it to come back, so "up" means the
 // whole path (client -> proxy -> backend) is established, not just the
-// proxy's accept backlog. It prints "up N" once all are up, then holds them
-// until stdin closes, SIGINT/SIGTERM, or -hold elapses.
+// proxy's accept backlog. It prints "up N <ms>" once all are up, then holds
+// them until SIGINT/SIGTERM, -hold elapses or (with -stdin) stdin closes.
+// (Without -stdin, stdin is ignored: a background job's stdin is /dev/null.)
 //
 // With -serve ADDR it is the backend instead: it accepts connections, echoes
 // what it reads, and holds them until the peer closes.
@@ -25,6 +26,7 @@ func main() {
 	n := flag.Int("n", 1000, "connections to open")
 	hold := flag.Duration("hold", 60*time.Second, "hold at most this long")
 	timeout := flag.Duration("timeout", 20*time.Second, "time allowed to open all connections")
+	watchStdin := flag.Bool("stdin", false, "also stop when stdin closes")
 	flag.Parse()
 	if *serve != "" {
 		runServer(*serve)
@@ -59,7 +61,9 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	stdin := make(chan struct{})
-	go func() { io.Copy(io.Discard, os.Stdin); close(stdin) }()
+	if *watchStdin {
+		go func() { io.Copy(io.Discard, os.Stdin); close(stdin) }()
+	}
 	select {
 	case <-sig:
 	case <-stdin:
