@@ -381,3 +381,34 @@ func TestRetryIdempotentOnly(t *testing.T) {
 		t.Fatal("a POST that reached the dying endpoint was retried (or never went there)")
 	}
 }
+
+// TestL7ConnectionsAreReleased: the agent's in-flight gauge returns to zero
+// once HTTP clients close their keep-alive connections.
+func TestL7ConnectionsAreReleased(t *testing.T) {
+	cl, _ := l7Setup(t, "rel", 19032, "http", 184)
+	url := "http://127.186.0.1:19032/"
+	probe := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	waitFor(t, "listener", func() bool { _, err := probe.Get(url); return err == nil })
+	tr := &http.Transport{MaxIdleConnsPerHost: 16}
+	c := &http.Client{Transport: tr}
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 20; j++ {
+				resp, err := c.Get(url)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := cl.active.Load(); n == 0 {
+		t.Fatal("no connection counted while keep-alive connections are open")
+	}
+	tr.CloseIdleConnections()
+	waitFor(t, "active connections back to 0", func() bool { return cl.active.Load() == 0 })
+}
