@@ -48,6 +48,9 @@ func runApply(args []string) error {
 	if err := call("POST", strings.TrimRight(*server, "/")+"/v1/apply", b, &resp); err != nil {
 		return err
 	}
+	for _, w := range resp.Warnings {
+		fmt.Fprintf(os.Stderr, "warning: %s\n", w)
+	}
 	for _, k := range resp.Applied {
 		fmt.Printf("%s applied\n", strings.ToLower(k))
 	}
@@ -79,7 +82,7 @@ func runDelete(args []string) error {
 			case api.KindNode:
 				targets = append(targets, "nodes/"+m.Name)
 			default:
-				targets = append(targets, strings.ToLower(o.GetKind())+"s/"+api.NamespaceOr(m.Namespace)+"/"+m.Name)
+				targets = append(targets, kindAliases[strings.ToLower(o.GetKind())]+"/"+api.NamespaceOr(m.Namespace)+"/"+m.Name)
 			}
 		}
 	} else {

@@ -307,6 +307,18 @@ func TestExamples(t *testing.T) {
 	if out, code := run(t, "apply", "-server", server, "-f", "../../examples/services.yaml"); code != 0 {
 		t.Fatalf("apply examples/services.yaml: %s", out)
 	}
+	out, code := run(t, "apply", "-server", server, "-f", "../../examples/istio-canary.yaml")
+	if code != 0 || !strings.Contains(out, "route/shop/reviews applied") || !strings.Contains(out, "destinationpolicy/shop/reviews applied") ||
+		!strings.Contains(out, "warning: document 1 (VirtualService shop/reviews): spec.http[1].fault is not supported and is ignored") ||
+		!strings.Contains(out, "spec.trafficPolicy.outlierDetection is not supported") {
+		t.Fatalf("apply istio-canary.yaml: %d\n%s", code, out)
+	}
+	if out, _ := run(t, "get", "routes", "-server", server); !strings.Contains(out, "reviews") || !strings.Contains(out, "v1:90/v2:10") {
+		t.Fatalf("get routes:\n%s", out)
+	}
+	if out, _ := run(t, "get", "dp", "-server", server, "-o", "yaml"); !strings.Contains(out, "balancer: least-conn") {
+		t.Fatalf("get destinationpolicies:\n%s", out)
+	}
 	agentAdmin := freePort(t)
 	start(t, "agent", "-config", "../../examples/agent.yaml", "-control", syncAddr, "-state-dir", t.TempDir(),
 		"-admin-addr", agentAdmin, "-dns-addr", freePort(t), "-mesh-addr", freePort(t), "-vip-range", "127.172.0.0/16")
@@ -322,7 +334,7 @@ func TestExamples(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	out, _ := run(t, "routes", "-agent", "http://"+agentAdmin)
+	out, _ = run(t, "routes", "-agent", "http://"+agentAdmin)
 	if !strings.Contains(out, "orders-legacy") || !strings.Contains(out, "site") {
 		t.Fatalf("routes: %s", out)
 	}

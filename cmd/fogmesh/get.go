@@ -21,6 +21,8 @@ var kindAliases = map[string]string{
 	"node": "nodes", "nodes": "nodes", "no": "nodes",
 	"service": "services", "services": "services", "svc": "services",
 	"endpoint": "endpoints", "endpoints": "endpoints", "ep": "endpoints",
+	"route": "routes", "routes": "routes", "rt": "routes",
+	"destinationpolicy": "destinationpolicies", "destinationpolicies": "destinationpolicies", "dp": "destinationpolicies",
 }
 
 func runGet(args []string) error {
@@ -32,11 +34,11 @@ func runGet(args []string) error {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return cli.Usagef("get: want one of nodes, services, endpoints")
+		return cli.Usagef("get: want one of nodes, services, endpoints, routes, destinationpolicies")
 	}
 	kind, ok := kindAliases[fs.Arg(0)]
 	if !ok {
-		return cli.Usagef("get: unknown resource %q (want nodes, services or endpoints)", fs.Arg(0))
+		return cli.Usagef("get: unknown resource %q (want nodes, services, endpoints, routes or destinationpolicies)", fs.Arg(0))
 	}
 	url := strings.TrimRight(*server, "/") + "/v1/" + kind
 	if *ns != "" {
@@ -92,6 +94,44 @@ func runGet(args []string) error {
 				ports = append(ports, fmt.Sprintf("%s:%d/%s", p.Name, p.Port, p.Protocol))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Meta.Namespace, s.Meta.Name, s.Status.VIP, strings.Join(ports, ","), s.Spec.Balancer)
+		}
+	case "routes":
+		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tRULES")
+		for _, raw := range resp.Items {
+			var r api.Route
+			if err := json.Unmarshal(raw, &r); err != nil {
+				return err
+			}
+			var rules []string
+			for _, rule := range r.Spec.Rules {
+				var bs []string
+				for _, b := range rule.Backends {
+					sub := b.Subset
+					if sub == "" {
+						sub = "all"
+					}
+					bs = append(bs, fmt.Sprintf("%s:%d", sub, b.Weight))
+				}
+				m := "*"
+				if len(rule.Match) > 0 {
+					m = fmt.Sprintf("%d match", len(rule.Match))
+				}
+				rules = append(rules, m+" -> "+strings.Join(bs, "/"))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Meta.Namespace, r.Meta.Name, r.Spec.Service, strings.Join(rules, "; "))
+		}
+	case "destinationpolicies":
+		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tSUBSETS\tBALANCER")
+		for _, raw := range resp.Items {
+			var p api.DestinationPolicy
+			if err := json.Unmarshal(raw, &p); err != nil {
+				return err
+			}
+			var ss []string
+			for _, s := range p.Spec.Subsets {
+				ss = append(ss, s.Name)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Meta.Namespace, p.Meta.Name, p.Spec.Service, strings.Join(ss, ","), p.Spec.Balancer)
 		}
 	case "endpoints":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tNODE\tADDRESS\tPORTS\tHEALTHY")

@@ -25,6 +25,7 @@ func runRegister(args []string) error {
 	ports := fs.String("port", "", "ports as name=port[,name=port] (or just a port number)")
 	fs.StringVar(&w.Check.Type, "check", "", "health check: tcp (default), http or none")
 	fs.StringVar(&w.Check.Path, "check-path", "", "path for -check http")
+	labels := fs.String("label", "", "labels as key=value[,key=value] (subsets select on them)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -41,6 +42,19 @@ func runRegister(args []string) error {
 			return cli.Usagef("register: -port %q: %v", p, err)
 		}
 		w.Ports = append(w.Ports, api.EndpointPort{Name: name, Port: n})
+	}
+	for _, kv := range strings.Split(*labels, ",") {
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return cli.Usagef("register: -label %q: want key=value", kv)
+		}
+		if w.Labels == nil {
+			w.Labels = map[string]string{}
+		}
+		w.Labels[k] = v
 	}
 	b, _ := json.Marshal(w)
 	var resp map[string]string

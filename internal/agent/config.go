@@ -72,6 +72,8 @@ type Workload struct {
 	Name      string `json:"name,omitempty"`
 	Service   string `json:"service"`
 	Namespace string `json:"namespace,omitempty"`
+	// Labels select the workload into subsets (e.g. version: v2).
+	Labels map[string]string `json:"labels,omitempty"`
 	// Address the instance listens on (default 127.0.0.1).
 	Address string             `json:"address,omitempty"`
 	Ports   []api.EndpointPort `json:"ports"`
@@ -205,7 +207,7 @@ func (w *Workload) normalize(node string) error {
 func (w *Workload) endpoint(node string, healthy bool) api.Endpoint {
 	return api.Endpoint{
 		APIVersion: api.APIVersion, Kind: api.KindEndpoint,
-		Meta:   api.Meta{Name: w.Name, Namespace: w.Namespace},
+		Meta:   api.Meta{Name: w.Name, Namespace: w.Namespace, Labels: w.Labels},
 		Spec:   api.EndpointSpec{Service: w.Service, Node: node, Address: w.Address, Ports: append([]api.EndpointPort(nil), w.Ports...)},
 		Status: api.EndpointStatus{Healthy: healthy},
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
 )
 
 // The L7 path: connections to a service port declared http, http2 or grpc
@@ -213,6 +215,23 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, errNoEndpoint
 	}
 	cands := a.pick(sv, t.port)
+	retries, timeout := sv.svc.Spec.Retries, time.Duration(sv.svc.Spec.Timeouts.Request)
+	if rule := sv.matchRule(req); rule != nil {
+		b := rule.Backends[weightedBackend(rule.Backends)]
+		if b.Subset != "" {
+			labels, ok := sv.subsets[b.Subset]
+			if !ok {
+				return nil, fmt.Errorf("%w: subset %q of %s is not defined by a DestinationPolicy", errNoEndpoint, b.Subset, t.svc)
+			}
+			cands = withLabels(cands, labels)
+		}
+		if rule.Timeout > 0 {
+			timeout = time.Duration(rule.Timeout)
+		}
+		if rule.Retries != nil {
+			retries = *rule.Retries
+		}
+	}
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint
@@ -222,13 +241,13 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// with the response body and is released when the body is closed.
 	release := func() {}
 	var timer *time.Timer
-	if d := time.Duration(sv.svc.Spec.Timeouts.Request); d > 0 {
+	if d := timeout; d > 0 {
 		ctx, cancel := context.WithCancelCause(req.Context())
 		timer = time.AfterFunc(d, func() { cancel(context.DeadlineExceeded) })
 		req = req.WithContext(ctx)
 		release = func() { timer.Stop(); cancel(nil) }
 	}
-	resp, err := lt.roundTrip(req, sv, t, cands)
+	resp, err := lt.roundTrip(req, sv, t, cands, retries)
 	if err != nil {
 		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
 			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)
@@ -259,7 +278,7 @@ func (r *releaseOnClose) Close() error {
 }
 
 // roundTrip tries cands in order within the service's retry policy.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView) (*http.Response, error) {
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy) (*http.Response, error) {
 	a := lt.l7.a
 	// http.Transport closes the request body even when it fails to
 	// connect; shield it so a retry on the next endpoint can still send
@@ -271,8 +290,8 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		req = &out
 	}
 	retryable := bodyless && idempotent[req.Method]
-	attempts := 1 + sv.svc.Spec.Retries.Attempts
-	if sv.svc.Spec.Retries.Attempts == 0 {
+	attempts := 1 + policy.Attempts
+	if policy.Attempts == 0 {
 		attempts = 1 + 2
 	}
 	a.retries.deposit()
@@ -297,7 +316,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			a.stats(ev.key).observe(time.Since(start))
 			a.requestMetrics(t.svc, ev, resp.StatusCode, time.Since(start))
 			gateway := resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504
-			if gateway && retryable && sv.svc.Spec.Retries.On5xx && i+1 < min(attempts, len(cands)) {
+			if gateway && retryable && policy.On5xx && i+1 < min(attempts, len(cands)) {
 				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
 				lastErr = fmt.Errorf("endpoint %s answered %s", ev.key, resp.Status)
@@ -323,6 +342,84 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		a.log.Info("agent: endpoint failed, trying next", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
 	}
 	return nil, fmt.Errorf("all endpoints failed: %w", lastErr)
+}
+
+// matchRule returns the first rule of the service's route that matches req,
+// or nil when the service has no route or no rule matches (then every
+// endpoint serves).
+func (sv *serviceView) matchRule(req *http.Request) *api.RouteRule {
+	if sv.route == nil {
+		return nil
+	}
+	host := req.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	for i := range sv.route.Spec.Rules {
+		rule := &sv.route.Spec.Rules[i]
+		if len(rule.Match) == 0 {
+			return rule
+		}
+		for _, m := range rule.Match {
+			if matches(&m, req, host) {
+				return rule
+			}
+		}
+	}
+	return nil
+}
+
+func matches(m *api.RouteMatch, req *http.Request, host string) bool {
+	if m.Method != "" && m.Method != req.Method {
+		return false
+	}
+	if !m.Path.Matches(req.URL.Path) || !m.Host.Matches(host) {
+		return false
+	}
+	for name, sm := range m.Headers {
+		v, ok := req.Header[http.CanonicalHeaderKey(name)]
+		if !ok || !sm.Matches(strings.Join(v, ",")) {
+			return false
+		}
+	}
+	return true
+}
+
+// weightedBackend draws a backend index with probability ∝ weight (a
+// weight of 0 is never drawn unless all are 0).
+func weightedBackend(bs []api.RouteBackend) int {
+	total := 0
+	for _, b := range bs {
+		total += b.Weight
+	}
+	if total <= 0 {
+		return rand.IntN(len(bs))
+	}
+	r := rand.IntN(total)
+	for i, b := range bs {
+		if r -= b.Weight; r < 0 {
+			return i
+		}
+	}
+	return len(bs) - 1
+}
+
+// withLabels keeps the endpoints whose labels include labels.
+func withLabels(cands []*endpointView, labels map[string]string) []*endpointView {
+	var out []*endpointView
+	for _, ev := range cands {
+		ok := true
+		for k, v := range labels {
+			if ev.ep.Meta.Labels[k] != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
 
 // idempotent methods may be retried after they reached an endpoint (RFC 9110 §9.2.2).

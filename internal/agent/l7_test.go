@@ -412,3 +412,77 @@ func TestL7ConnectionsAreReleased(t *testing.T) {
 	tr.CloseIdleConnections()
 	waitFor(t, "active connections back to 0", func() bool { return cl.active.Load() == 0 })
 }
+
+// TestIstioCanaryEndToEnd: Istio VirtualService + DestinationRule applied
+// to the control plane; the client agent splits requests 80/20 between
+// subsets by endpoint labels, and a header sends a user to v2 only.
+func TestIstioCanaryEndToEnd(t *testing.T) {
+	p1, _ := startHTTP(t, "v1")
+	p2, _ := startHTTP(t, "v2")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: reviews, namespace: demo}
+spec: {ports: [{name: web, port: 19050, protocol: http}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: demo}
+spec:
+  hosts: [reviews.demo.svc.cluster.local]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 80}
+    - {destination: {host: reviews, subset: v2}, weight: 20}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: demo}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+`)
+	w1, w2 := webWorkload("reviews", "reviews-v1", p1), webWorkload("reviews", "reviews-v2", p2)
+	w1.Labels, w2.Labels = map[string]string{"version": "v1"}, map[string]string{"version": "v2"}
+	startAgent(t, agentOpts{name: "srv", site: "s1", region: "r1", vipOctet: 187, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{w1, w2}})
+	client := startAgent(t, agentOpts{name: "cli", site: "s1", region: "r1", vipOctet: 188, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	waitFor(t, "route and subsets", func() bool {
+		sv := client.view.Load().services["demo/reviews"]
+		return sv != nil && sv.route != nil && len(sv.subsets) == 2 && len(sv.endpoints) == 2
+	})
+	url := "http://127.188.0.1:19050/"
+	c := &http.Client{Timeout: 5 * time.Second}
+	waitFor(t, "listener", func() bool { _, err := c.Get(url); return err == nil })
+	get := func(user string) string {
+		req, _ := http.NewRequest("GET", url, nil)
+		if user != "" {
+			req.Header.Set("End-User", user)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Fields(string(b))[0]
+	}
+	n := map[string]int{}
+	for i := 0; i < 500; i++ {
+		n[get("")]++
+	}
+	share := float64(n["v2"]) / 500
+	t.Logf("canary: v1 %d, v2 %d (%.1f%% to v2, want 20%%)", n["v1"], n["v2"], share*100)
+	if share < 0.13 || share > 0.28 {
+		t.Fatalf("v2 got %.1f%% of requests, want about 20%%", share*100)
+	}
+	for i := 0; i < 20; i++ {
+		if got := get("jason"); got != "v2" {
+			t.Fatalf("jason's request %d went to %s", i, got)
+		}
+	}
+}

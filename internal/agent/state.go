@@ -39,10 +39,13 @@ type resources struct {
 	nodes     map[string]*api.Node
 	services  map[string]*api.Service  // ns/name
 	endpoints map[string]*api.Endpoint // ns/name
+	routes    map[string]*api.Route    // ns/name
+	policies  map[string]*api.DestinationPolicy
 }
 
 func newResources() *resources {
-	return &resources{nodes: map[string]*api.Node{}, services: map[string]*api.Service{}, endpoints: map[string]*api.Endpoint{}}
+	return &resources{nodes: map[string]*api.Node{}, services: map[string]*api.Service{}, endpoints: map[string]*api.Endpoint{},
+		routes: map[string]*api.Route{}, policies: map[string]*api.DestinationPolicy{}}
 }
 
 func (r *resources) put(o api.Object) {
@@ -53,6 +56,10 @@ func (r *resources) put(o api.Object) {
 		r.services[v.Meta.Key()] = v
 	case *api.Endpoint:
 		r.endpoints[v.Meta.Key()] = v
+	case *api.Route:
+		r.routes[v.Meta.Key()] = v
+	case *api.DestinationPolicy:
+		r.policies[v.Meta.Key()] = v
 	}
 }
 
@@ -64,6 +71,10 @@ func (r *resources) remove(ref wire.ResourceRef) {
 		delete(r.services, ref.Name)
 	case api.KindEndpoint:
 		delete(r.endpoints, ref.Name)
+	case api.KindRoute:
+		delete(r.routes, ref.Name)
+	case api.KindDestinationPolicy:
+		delete(r.policies, ref.Name)
 	}
 }
 
@@ -77,6 +88,12 @@ func (r *resources) clone() *resources {
 	}
 	for k, v := range r.endpoints {
 		c.endpoints[k] = v
+	}
+	for k, v := range r.routes {
+		c.routes[k] = v
+	}
+	for k, v := range r.policies {
+		c.policies[k] = v
 	}
 	return c
 }
@@ -113,6 +130,12 @@ func (r *resources) toConfig(storeID string, version uint64) (*config, error) {
 		objs = append(objs, v)
 	}
 	for _, v := range r.endpoints {
+		objs = append(objs, v)
+	}
+	for _, v := range r.routes {
+		objs = append(objs, v)
+	}
+	for _, v := range r.policies {
 		objs = append(objs, v)
 	}
 	for _, o := range objs {
@@ -201,7 +224,9 @@ type listenTarget struct {
 }
 
 type serviceView struct {
-	svc       *api.Service
+	svc       *api.Service // with the destination policy's overrides applied
+	route     *api.Route   // nil: all requests to all endpoints
+	subsets   map[string]map[string]string
 	vip4      netip.Addr
 	vip6      netip.Addr
 	endpoints []*endpointView // sorted by tier
@@ -296,6 +321,34 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 	}
 	for i := range local {
 		add(&local[i], true)
+	}
+	// Routes and destination policies: the newest (highest version) per
+	// service wins when several name the same one.
+	for _, r := range res.routes {
+		sv := v.services[r.Meta.Namespace+"/"+r.Spec.Service]
+		if sv != nil && (sv.route == nil || r.Meta.Version > sv.route.Meta.Version) {
+			sv.route = r
+		}
+	}
+	policyVersion := map[*serviceView]uint64{}
+	for _, p := range res.policies {
+		sv := v.services[p.Meta.Namespace+"/"+p.Spec.Service]
+		if sv == nil || (policyVersion[sv] != 0 && p.Meta.Version < policyVersion[sv]) {
+			continue
+		}
+		policyVersion[sv] = max(p.Meta.Version, 1)
+		svc := *sv.svc
+		if p.Spec.Balancer != "" {
+			svc.Spec.Balancer = p.Spec.Balancer
+		}
+		if p.Spec.MinHealthyShare > 0 {
+			svc.Spec.MinHealthyShare = p.Spec.MinHealthyShare
+		}
+		sv.svc = &svc
+		sv.subsets = map[string]map[string]string{}
+		for _, ss := range p.Spec.Subsets {
+			sv.subsets[ss.Name] = ss.Labels
+		}
 	}
 	for _, sv := range v.services {
 		sort.Slice(sv.endpoints, func(i, j int) bool {

@@ -48,17 +48,24 @@ var yamlSep = regexp.MustCompile(`(?m)^---[ \t]*(#.*)?$`)
 // documents separated by "---". Every object is validated; the first error
 // names the document and the field, and no object is returned with it.
 func Decode(data []byte) ([]Object, error) {
+	objs, _, err := DecodeWithWarnings(data)
+	return objs, err
+}
+
+// DecodeWithWarnings is Decode, also returning a warning for every field of
+// an Istio document that fogmesh does not support (and so ignores).
+func DecodeWithWarnings(data []byte) ([]Object, []string, error) {
 	if len(data) > MaxDocumentBytes {
-		return nil, fmt.Errorf("document is %d bytes, more than the limit of %d", len(data), MaxDocumentBytes)
+		return nil, nil, fmt.Errorf("document is %d bytes, more than the limit of %d", len(data), MaxDocumentBytes)
 	}
 	var raws []json.RawMessage
 	trimmed := bytes.TrimSpace(data)
 	switch {
 	case len(trimmed) == 0:
-		return nil, errors.New("empty document")
+		return nil, nil, errors.New("empty document")
 	case trimmed[0] == '[':
 		if err := json.Unmarshal(trimmed, &raws); err != nil {
-			return nil, fmt.Errorf("json: %w", err)
+			return nil, nil, fmt.Errorf("json: %w", err)
 		}
 	case trimmed[0] == '{':
 		raws = []json.RawMessage{trimmed}
@@ -69,7 +76,7 @@ func Decode(data []byte) ([]Object, error) {
 			}
 			j, err := yaml.YAMLToJSON([]byte(part))
 			if err != nil {
-				return nil, fmt.Errorf("document %d: yaml: %w", i+1, err)
+				return nil, nil, fmt.Errorf("document %d: yaml: %w", i+1, err)
 			}
 			raws = append(raws, j)
 		}
@@ -88,17 +95,29 @@ func Decode(data []byte) ([]Object, error) {
 		flat = append(flat, r)
 	}
 	if len(flat) == 0 {
-		return nil, errors.New("no objects in document")
+		return nil, nil, errors.New("no objects in document")
 	}
-	out := make([]Object, 0, len(flat))
+	var out []Object
+	var warnings []string
 	for i, r := range flat {
+		if isIstio(r) {
+			objs, warns, err := decodeIstio(r)
+			if err != nil {
+				return nil, nil, fmt.Errorf("document %d%s: %w", i+1, describe(r), err)
+			}
+			for _, w := range warns {
+				warnings = append(warnings, fmt.Sprintf("document %d%s: %s", i+1, describe(r), w))
+			}
+			out = append(out, objs...)
+			continue
+		}
 		o, err := DecodeObject(r)
 		if err != nil {
-			return nil, fmt.Errorf("document %d%s: %w", i+1, describe(r), err)
+			return nil, nil, fmt.Errorf("document %d%s: %w", i+1, describe(r), err)
 		}
 		out = append(out, o)
 	}
-	return out, nil
+	return out, warnings, nil
 }
 
 func stripComments(s string) string {
@@ -148,10 +167,14 @@ func DecodeObject(r []byte) (Object, error) {
 		o = new(Service)
 	case KindEndpoint:
 		o = new(Endpoint)
+	case KindRoute:
+		o = new(Route)
+	case KindDestinationPolicy:
+		o = new(DestinationPolicy)
 	case "":
 		return nil, fieldErr("kind", "required")
 	default:
-		return nil, fieldErr("kind", "%q is not one of Node, Service, Endpoint", h.Kind)
+		return nil, fieldErr("kind", "%q is not one of Node, Service, Endpoint, Route, DestinationPolicy", h.Kind)
 	}
 	dec := json.NewDecoder(bytes.NewReader(r))
 	dec.DisallowUnknownFields()

@@ -251,3 +251,5 @@ func VIPFor(prefix netip.Prefix, index uint32) netip.Addr {
 	a, _ := netip.AddrFromSlice(b)
 	return a
 }
+
+func (d Duration) String() string { return time.Duration(d).String() }

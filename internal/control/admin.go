@@ -16,10 +16,10 @@ import (
 //
 //	GET    /healthz
 //	GET    /metrics
-//	GET    /v1/nodes | /v1/services | /v1/endpoints   ?namespace=NS
+//	GET    /v1/nodes | /v1/services | /v1/endpoints | /v1/routes | /v1/destinationpolicies   ?namespace=NS
 //	POST   /v1/apply                                  body: YAML or JSON documents
 //	DELETE /v1/nodes/{name}
-//	DELETE /v1/services/{namespace}/{name} | /v1/endpoints/{namespace}/{name}
+//	DELETE /v1/{services|endpoints|routes|destinationpolicies}/{namespace}/{name}
 //
 // Errors are {"error": "..."} with 400 (bad input), 404 or 500.
 
@@ -33,9 +33,13 @@ type ListResponse struct {
 type ApplyResponse struct {
 	Version uint64   `json:"version"`
 	Applied []string `json:"applied"` // Kind/namespace/name
+	// Warnings name fields of the documents that were ignored (Istio
+	// fields fogmesh does not support).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
-var plural = map[string]string{"nodes": api.KindNode, "services": api.KindService, "endpoints": api.KindEndpoint}
+var plural = map[string]string{"nodes": api.KindNode, "services": api.KindService, "endpoints": api.KindEndpoint,
+	"routes": api.KindRoute, "destinationpolicies": api.KindDestinationPolicy}
 
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -81,7 +85,7 @@ func writeError(w http.ResponseWriter, code int, err error) {
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 	kind := plural[r.PathValue("kind")]
 	if kind == "" {
-		writeError(w, http.StatusNotFound, fmt.Errorf("unknown resource %q (want nodes, services or endpoints)", r.PathValue("kind")))
+		writeError(w, http.StatusNotFound, fmt.Errorf("unknown resource %q (want nodes, services, endpoints, routes or destinationpolicies)", r.PathValue("kind")))
 		return
 	}
 	objs, rev, err := s.reg.list(kind)
@@ -114,7 +118,7 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("read body: %w", err))
 		return
 	}
-	objs, err := api.Decode(body)
+	objs, warnings, err := api.DecodeWithWarnings(body)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -125,7 +129,7 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mApplies.Inc()
-	resp := ApplyResponse{Version: rev}
+	resp := ApplyResponse{Version: rev, Warnings: warnings}
 	for _, o := range objs {
 		resp.Applied = append(resp.Applied, api.ObjectKey(o))
 	}

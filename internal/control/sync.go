@@ -277,6 +277,8 @@ func (st *stream) delta(f filter, known uint64) (*wire.Message, error) {
 	return m, nil
 }
 
+var allTypes = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint, wire.ResourceRoute, wire.ResourcePolicy}
+
 // filter is a subscription's types and scope.
 type filter struct {
 	types  map[string]bool
@@ -287,10 +289,10 @@ func newFilter(sub *wire.Message) filter {
 	f := filter{types: map[string]bool{}}
 	types := sub.Types
 	if len(types) == 0 {
-		types = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint}
+		types = allTypes
 	}
 	for _, t := range types {
-		if slices.Contains([]string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint}, t) {
+		if slices.Contains(allTypes, t) {
 			f.types[t] = true
 		}
 	}

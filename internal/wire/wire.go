@@ -55,6 +55,8 @@ const (
 	ResourceNode     = api.KindNode
 	ResourceService  = api.KindService
 	ResourceEndpoint = api.KindEndpoint
+	ResourceRoute    = api.KindRoute
+	ResourcePolicy   = api.KindDestinationPolicy
 )
 
 // Message is the one frame body. Type says which fields are set.

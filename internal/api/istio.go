@@ -1,0 +1,360 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// The Istio adapter: networking.istio.io VirtualService and DestinationRule
+// documents become fogmesh Routes and DestinationPolicies. Fields that map
+// are translated; every other field is reported in a warning that names it
+// (and is ignored), never dropped silently. Istio's types are not imported:
+// the documents are walked as JSON, which keeps istio.io/api out of the
+// binaries.
+
+var istioAPIVersions = map[string]bool{
+	"networking.istio.io/v1": true, "networking.istio.io/v1beta1": true, "networking.istio.io/v1alpha3": true,
+}
+
+func isIstio(r json.RawMessage) bool {
+	var h struct {
+		APIVersion string `json:"apiVersion"`
+	}
+	return json.Unmarshal(r, &h) == nil && istioAPIVersions[h.APIVersion]
+}
+
+// walker takes known fields out of a JSON object and reports the rest.
+type walker struct {
+	warnings []string
+}
+
+func (w *walker) leftovers(path string, m map[string]any) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		w.warnings = append(w.warnings, fmt.Sprintf("%s.%s is not supported and is ignored", path, k))
+	}
+}
+
+func take[T any](m map[string]any, key string) (T, bool) {
+	var zero T
+	v, ok := m[key]
+	if !ok {
+		return zero, false
+	}
+	delete(m, key)
+	t, ok := v.(T)
+	return t, ok
+}
+
+func obj(v any) map[string]any {
+	m, _ := v.(map[string]any)
+	return m
+}
+
+func decodeIstio(r json.RawMessage) ([]Object, []string, error) {
+	var doc map[string]any
+	if err := json.Unmarshal(r, &doc); err != nil {
+		return nil, nil, fmt.Errorf("json: %w", err)
+	}
+	kind, _ := take[string](doc, "kind")
+	take[string](doc, "apiVersion")
+	meta := obj(doc["metadata"])
+	delete(doc, "metadata")
+	name, _ := take[string](meta, "name")
+	ns, _ := take[string](meta, "namespace")
+	ns = NamespaceOr(ns)
+	spec := obj(doc["spec"])
+	delete(doc, "spec")
+	if spec == nil {
+		return nil, nil, fieldErr("spec", "required")
+	}
+	w := &walker{}
+	delete(meta, "labels")
+	delete(meta, "annotations")
+	w.leftovers("metadata", meta)
+	w.leftovers("", doc)
+	var objs []Object
+	var err error
+	switch kind {
+	case "VirtualService":
+		objs, err = w.virtualService(name, ns, spec)
+	case "DestinationRule":
+		objs, err = w.destinationRule(name, ns, spec)
+	default:
+		return nil, nil, fieldErr("kind", "%q: only VirtualService and DestinationRule are supported from networking.istio.io", kind)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, o := range objs {
+		if err := o.Validate(); err != nil {
+			return nil, nil, fmt.Errorf("translated %s: %w", o.GetKind(), err)
+		}
+	}
+	return objs, w.warnings, nil
+}
+
+// istioHost turns "reviews", "reviews.shop", "reviews.shop.svc.cluster.local"
+// or "reviews.shop.mesh" into a service and namespace.
+func istioHost(field, host, ns string) (string, string, error) {
+	if strings.Contains(host, "*") {
+		return "", "", fieldErr(field, "wildcard host %q is not supported", host)
+	}
+	parts := strings.Split(strings.TrimSuffix(host, "."), ".")
+	switch {
+	case len(parts) == 1:
+		return parts[0], ns, nil
+	case len(parts) == 2, len(parts) == 3 && parts[2] == "mesh",
+		len(parts) >= 3 && parts[2] == "svc":
+		return parts[0], parts[1], nil
+	}
+	return "", "", fieldErr(field, "host %q is not a mesh service (want name, name.namespace or name.namespace.svc.cluster.local)", host)
+}
+
+func (w *walker) virtualService(name, ns string, spec map[string]any) ([]Object, error) {
+	hosts, _ := take[[]any](spec, "hosts")
+	if len(hosts) == 0 {
+		return nil, fieldErr("spec.hosts", "at least one host is required")
+	}
+	https, _ := take[[]any](spec, "http")
+	for _, k := range []string{"tcp", "tls"} {
+		if _, ok := spec[k]; ok {
+			w.warnings = append(w.warnings, fmt.Sprintf("spec.%s routes are not supported (only http) and are ignored", k))
+			delete(spec, k)
+		}
+	}
+	w.leftovers("spec", spec)
+	var objs []Object
+	for hi, h := range hosts {
+		hs, _ := h.(string)
+		svc, svcNS, err := istioHost(fmt.Sprintf("spec.hosts[%d]", hi), hs, ns)
+		if err != nil {
+			return nil, err
+		}
+		rname := name
+		if len(hosts) > 1 {
+			rname = name + "-" + svc
+		}
+		rt := &Route{Meta: Meta{Name: rname, Namespace: svcNS}, Spec: RouteSpec{Service: svc}}
+		for i, hr := range https {
+			rule, err := w.httpRoute(fmt.Sprintf("spec.http[%d]", i), obj(hr), svc, svcNS, ns, hi == 0)
+			if err != nil {
+				return nil, err
+			}
+			rt.Spec.Rules = append(rt.Spec.Rules, rule)
+		}
+		objs = append(objs, rt)
+	}
+	return objs, nil
+}
+
+// httpRoute translates one http route; warn only once (for the first host).
+func (w *walker) httpRoute(path string, hr map[string]any, svc, svcNS, docNS string, warn bool) (RouteRule, error) {
+	var rule RouteRule
+	if hr == nil {
+		return rule, fieldErr(path, "must be an object")
+	}
+	hr = cloneMap(hr)
+	delete(hr, "name")
+	matches, _ := take[[]any](hr, "match")
+	for j, m := range matches {
+		mp := fmt.Sprintf("%s.match[%d]", path, j)
+		mm := cloneMap(obj(m))
+		var rm RouteMatch
+		var err error
+		if rm.Path, err = stringMatch(mp+".uri", obj(mm["uri"])); err != nil {
+			return rule, err
+		}
+		delete(mm, "uri")
+		if rm.Host, err = stringMatch(mp+".authority", obj(mm["authority"])); err != nil {
+			return rule, err
+		}
+		delete(mm, "authority")
+		if mt, _ := stringMatch(mp+".method", obj(mm["method"])); mt != nil {
+			if mt.Exact == "" {
+				return rule, fieldErr(mp+".method", "only exact method matches are supported")
+			}
+			rm.Method = mt.Exact
+		}
+		delete(mm, "method")
+		if hs := obj(mm["headers"]); hs != nil {
+			rm.Headers = map[string]StringMatch{}
+			for hn, hv := range hs {
+				sm, err := stringMatch(mp+".headers."+hn, obj(hv))
+				if err != nil {
+					return rule, err
+				}
+				if sm != nil {
+					rm.Headers[hn] = *sm
+				}
+			}
+		}
+		delete(mm, "headers")
+		delete(mm, "name")
+		if warn {
+			w.leftovers(mp, mm)
+		}
+		rule.Match = append(rule.Match, rm)
+	}
+	routes, _ := take[[]any](hr, "route")
+	if len(routes) == 0 {
+		return rule, fieldErr(path+".route", "at least one destination is required (redirects and direct responses are not supported)")
+	}
+	for j, d := range routes {
+		dp := fmt.Sprintf("%s.route[%d]", path, j)
+		dm := cloneMap(obj(d))
+		dest := cloneMap(obj(dm["destination"]))
+		delete(dm, "destination")
+		host, _ := take[string](dest, "host")
+		dsvc, dns, err := istioHost(dp+".destination.host", host, docNS)
+		if err != nil {
+			return rule, err
+		}
+		if dsvc != svc || dns != svcNS {
+			return rule, fieldErr(dp+".destination.host", "%q: routing to another service than the route's host is not supported yet", host)
+		}
+		subset, _ := take[string](dest, "subset")
+		delete(dest, "port") // one service port per listener: the port is implied
+		weight := 1
+		if wv, ok := take[float64](dm, "weight"); ok {
+			weight = int(wv)
+		}
+		if warn {
+			w.leftovers(dp+".destination", dest)
+			w.leftovers(dp, dm)
+		}
+		rule.Backends = append(rule.Backends, RouteBackend{Subset: subset, Weight: weight})
+	}
+	if t, ok := take[string](hr, "timeout"); ok {
+		d, err := time.ParseDuration(t)
+		if err != nil {
+			return rule, fieldErr(path+".timeout", "%v", err)
+		}
+		rule.Timeout = Duration(d)
+	}
+	if rm := cloneMap(obj(hr["retries"])); rm != nil {
+		delete(hr, "retries")
+		rp := &RetryPolicy{}
+		if a, ok := take[float64](rm, "attempts"); ok {
+			rp.Attempts = int(a)
+			if rp.Attempts == 0 {
+				rp.Attempts = -1 // Istio: 0 attempts disables retries
+			}
+		}
+		if on, ok := take[string](rm, "retryOn"); ok {
+			for _, c := range strings.Split(on, ",") {
+				switch strings.TrimSpace(c) {
+				case "5xx", "gateway-error":
+					rp.On5xx = true
+				case "connect-failure", "reset", "refused-stream":
+					// always retried
+				default:
+					if warn {
+						w.warnings = append(w.warnings, fmt.Sprintf("%s.retries.retryOn %q is not supported and is ignored", path, c))
+					}
+				}
+			}
+		}
+		if warn {
+			w.leftovers(path+".retries", rm)
+		}
+		rule.Retries = rp
+	}
+	if warn {
+		w.leftovers(path, hr)
+	}
+	return rule, nil
+}
+
+func stringMatch(field string, m map[string]any) (*StringMatch, error) {
+	if m == nil {
+		return nil, nil
+	}
+	sm := &StringMatch{}
+	for k, v := range m {
+		s, ok := v.(string)
+		if !ok {
+			return nil, fieldErr(field+"."+k, "must be a string")
+		}
+		switch k {
+		case "exact":
+			sm.Exact = s
+		case "prefix":
+			sm.Prefix = s
+		case "regex":
+			sm.Regex = s
+		default:
+			return nil, fieldErr(field+"."+k, "is not one of exact, prefix, regex")
+		}
+	}
+	return sm, nil
+}
+
+func cloneMap(m map[string]any) map[string]any {
+	if m == nil {
+		return nil
+	}
+	c := make(map[string]any, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+var istioLB = map[string]string{
+	"UNSPECIFIED": "edge-aware", "ROUND_ROBIN": "round-robin", "LEAST_REQUEST": "least-conn",
+	"LEAST_CONN": "least-conn", "RANDOM": "random",
+}
+
+func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object, error) {
+	host, _ := take[string](spec, "host")
+	svc, svcNS, err := istioHost("spec.host", host, ns)
+	if err != nil {
+		return nil, err
+	}
+	p := &DestinationPolicy{Meta: Meta{Name: name, Namespace: svcNS}, Spec: DestinationPolicySpec{Service: svc}}
+	subsets, _ := take[[]any](spec, "subsets")
+	for i, s := range subsets {
+		sm := cloneMap(obj(s))
+		sp := fmt.Sprintf("spec.subsets[%d]", i)
+		sname, _ := take[string](sm, "name")
+		labels := map[string]string{}
+		for k, v := range obj(sm["labels"]) {
+			labels[k] = fmt.Sprint(v)
+		}
+		delete(sm, "labels")
+		w.leftovers(sp, sm)
+		p.Spec.Subsets = append(p.Spec.Subsets, Subset{Name: sname, Labels: labels})
+	}
+	if tp := cloneMap(obj(spec["trafficPolicy"])); tp != nil {
+		delete(spec, "trafficPolicy")
+		if lb := cloneMap(obj(tp["loadBalancer"])); lb != nil {
+			delete(tp, "loadBalancer")
+			if simple, ok := take[string](lb, "simple"); ok {
+				b, known := istioLB[simple]
+				if !known {
+					return nil, fieldErr("spec.trafficPolicy.loadBalancer.simple", "%q is not supported (ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM)", simple)
+				}
+				p.Spec.Balancer = b
+			}
+			if loc := cloneMap(obj(lb["localityLbSetting"])); loc != nil {
+				delete(lb, "localityLbSetting")
+				if en, ok := take[bool](loc, "enabled"); ok && !en {
+					w.warnings = append(w.warnings, "spec.trafficPolicy.loadBalancer.localityLbSetting.enabled=false is not supported: fogmesh always prefers the nearest tier")
+				}
+				w.leftovers("spec.trafficPolicy.loadBalancer.localityLbSetting", loc)
+			}
+			w.leftovers("spec.trafficPolicy.loadBalancer", lb)
+		}
+		w.leftovers("spec.trafficPolicy", tp)
+	}
+	w.leftovers("spec", spec)
+	return []Object{p}, nil
+}

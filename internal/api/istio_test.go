@@ -1,0 +1,87 @@
+package api
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestIstioCanaryTranslation(t *testing.T) {
+	b, err := os.ReadFile("../../examples/istio-canary.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, warnings, err := DecodeWithWarnings(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 2 {
+		t.Fatalf("got %d objects", len(objs))
+	}
+	r := objs[0].(*Route)
+	if r.Meta.Key() != "shop/reviews" || r.Spec.Service != "reviews" || len(r.Spec.Rules) != 2 {
+		t.Fatalf("route %+v", r)
+	}
+	if m := r.Spec.Rules[0].Match[0].Headers["end-user"]; m.Exact != "jason" || r.Spec.Rules[0].Backends[0].Subset != "v2" {
+		t.Fatalf("rule 0 %+v", r.Spec.Rules[0])
+	}
+	r1 := r.Spec.Rules[1]
+	if r1.Backends[0].Weight != 90 || r1.Backends[1].Weight != 10 || r1.Timeout.String() != "5s" ||
+		r1.Retries == nil || r1.Retries.Attempts != 2 || !r1.Retries.On5xx {
+		t.Fatalf("rule 1 %+v", r1)
+	}
+	p := objs[1].(*DestinationPolicy)
+	if p.Meta.Key() != "shop/reviews" || p.Spec.Balancer != "least-conn" || len(p.Spec.Subsets) != 2 || p.Spec.Subsets[1].Labels["version"] != "v2" {
+		t.Fatalf("policy %+v", p)
+	}
+	all := strings.Join(warnings, "\n")
+	for _, want := range []string{"spec.http[1].fault is not supported", "spec.trafficPolicy.outlierDetection is not supported"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no warning %q in:\n%s", want, all)
+		}
+	}
+	if len(warnings) != 2 {
+		t.Errorf("want exactly 2 warnings, got:\n%s", all)
+	}
+}
+
+func TestIstioErrors(t *testing.T) {
+	vs := func(spec string) string {
+		return "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: shop}\nspec:\n" + spec
+	}
+	for _, c := range []struct{ doc, want string }{
+		{vs("  hosts: ['*.shop']\n  http: [{route: [{destination: {host: r}}]}]\n"), "spec.hosts[0]"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: ratings}}]}]\n"), "spec.http[0].route[0].destination.host"},
+		{vs("  hosts: [reviews]\n  http: [{redirect: {uri: /x}}]\n"), "spec.http[0].route"},
+		{vs("  hosts: [reviews]\n  http: [{match: [{uri: {suffix: x}}], route: [{destination: {host: reviews}}]}]\n"), "spec.http[0].match[0].uri.suffix"},
+		{vs("  hosts: [reviews]\n  http: [{match: [{uri: {regex: '('}}], route: [{destination: {host: reviews}}]}]\n"), "regex"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], timeout: soon}]\n"), "spec.http[0].timeout"},
+		{"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {}\n", "only VirtualService and DestinationRule"},
+		{"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: r, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}\n", "PASSTHROUGH"},
+	} {
+		if _, _, err := DecodeWithWarnings([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s\ngot %v, want an error naming %q", c.doc, err, c.want)
+		}
+	}
+}
+
+func TestRouteValidation(t *testing.T) {
+	for _, c := range []struct{ doc, want string }{
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[]}}`, "spec.rules"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[]}]}}`, "spec.rules[0].backends"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"match":[{"path":{"exact":"/a","prefix":"/b"}}],"backends":[{}]}]}}`, "spec.rules[0].match[0].path"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"DestinationPolicy","metadata":{"name":"p"},"spec":{"service":"s","subsets":[{"name":"v1"}]}}`, "spec.subsets[0].labels"},
+	} {
+		if _, err := Decode([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("got %v, want an error naming %q", err, c.want)
+		}
+	}
+	objs, err := Decode([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"match":[{"path":{"regex":"/v[0-9]+/.*"},"method":"get"}],"backends":[{"subset":"v2"}]}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := objs[0].(*Route).Spec.Rules[0].Match[0]
+	if m.Method != "GET" || !m.Path.Matches("/v2/items") || m.Path.Matches("/x/v2/items") {
+		t.Fatalf("match %+v", m)
+	}
+}

@@ -1,0 +1,242 @@
+package api
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Kinds for L7 traffic rules.
+const (
+	// KindRoute routes a service's HTTP requests (what an Istio
+	// VirtualService says).
+	KindRoute = "Route"
+	// KindDestinationPolicy names subsets of a service's endpoints and sets
+	// its traffic policy (what an Istio DestinationRule says).
+	KindDestinationPolicy = "DestinationPolicy"
+)
+
+// Route sends a service's requests to subsets of its endpoints by rules.
+type Route struct {
+	APIVersion string    `json:"apiVersion,omitempty"`
+	Kind       string    `json:"kind,omitempty"`
+	Meta       Meta      `json:"metadata"`
+	Spec       RouteSpec `json:"spec"`
+}
+
+// RouteSpec: the first rule whose match matches a request decides.
+type RouteSpec struct {
+	// Service is the service (in the route's namespace) whose requests this
+	// route decides. One route per service: the newest applied wins.
+	Service string      `json:"service"`
+	Rules   []RouteRule `json:"rules"`
+}
+
+// RouteRule matches requests and splits them over backends.
+type RouteRule struct {
+	// Match: any of these (OR); empty matches every request.
+	Match []RouteMatch `json:"match,omitempty"`
+	// Backends share the matched requests by weight (default 1 each).
+	Backends []RouteBackend `json:"backends"`
+	Timeout  Duration       `json:"timeout,omitempty"` // overrides the service's request timeout
+	Retries  *RetryPolicy   `json:"retries,omitempty"` // overrides the service's retry policy
+}
+
+// RouteMatch: every field given must match (AND).
+type RouteMatch struct {
+	Path    *StringMatch           `json:"path,omitempty"`
+	Host    *StringMatch           `json:"host,omitempty"` // the Host header, without port
+	Method  string                 `json:"method,omitempty"`
+	Headers map[string]StringMatch `json:"headers,omitempty"` // lower-case names
+}
+
+// StringMatch is one of exact, prefix or regex (RE2, whole string).
+type StringMatch struct {
+	Exact  string `json:"exact,omitempty"`
+	Prefix string `json:"prefix,omitempty"`
+	Regex  string `json:"regex,omitempty"`
+
+	re *regexp.Regexp
+}
+
+// RouteBackend is a subset of the service's endpoints ("" = all of them).
+type RouteBackend struct {
+	Subset string `json:"subset,omitempty"`
+	Weight int    `json:"weight,omitempty"`
+}
+
+// DestinationPolicy names subsets of a service's endpoints by label and
+// sets the service's traffic policy.
+type DestinationPolicy struct {
+	APIVersion string                `json:"apiVersion,omitempty"`
+	Kind       string                `json:"kind,omitempty"`
+	Meta       Meta                  `json:"metadata"`
+	Spec       DestinationPolicySpec `json:"spec"`
+}
+
+// DestinationPolicySpec of one service.
+type DestinationPolicySpec struct {
+	Service string   `json:"service"`
+	Subsets []Subset `json:"subsets,omitempty"`
+	// Balancer overrides the service's balancer when set.
+	Balancer string `json:"balancer,omitempty"`
+	// MinHealthyShare overrides the service's when set.
+	MinHealthyShare float64 `json:"minHealthyShare,omitempty"`
+}
+
+// Subset is the endpoints whose labels include Labels.
+type Subset struct {
+	Name   string            `json:"name"`
+	Labels map[string]string `json:"labels"`
+}
+
+func (r *Route) GetMeta() *Meta             { return &r.Meta }
+func (*Route) GetKind() string              { return KindRoute }
+func (p *DestinationPolicy) GetMeta() *Meta { return &p.Meta }
+func (*DestinationPolicy) GetKind() string  { return KindDestinationPolicy }
+
+// Validate checks a route and fills defaults.
+func (r *Route) Validate() error {
+	r.APIVersion, r.Kind = APIVersion, KindRoute
+	r.Meta.Namespace = NamespaceOr(r.Meta.Namespace)
+	if err := validName("metadata.name", r.Meta.Name); err != nil {
+		return err
+	}
+	if err := validName("metadata.namespace", r.Meta.Namespace); err != nil {
+		return err
+	}
+	if err := validName("spec.service", r.Spec.Service); err != nil {
+		return err
+	}
+	if len(r.Spec.Rules) == 0 {
+		return fieldErr("spec.rules", "at least one rule is required")
+	}
+	for i := range r.Spec.Rules {
+		rule := &r.Spec.Rules[i]
+		f := fmt.Sprintf("spec.rules[%d]", i)
+		for j := range rule.Match {
+			m := &rule.Match[j]
+			mf := fmt.Sprintf("%s.match[%d]", f, j)
+			if err := m.Path.compile(mf + ".path"); err != nil {
+				return err
+			}
+			if m.Path != nil && m.Path.Exact == "" && m.Path.Prefix == "" && m.Path.Regex == "" {
+				return fieldErr(mf+".path", "one of exact, prefix or regex is required")
+			}
+			if err := m.Host.compile(mf + ".host"); err != nil {
+				return err
+			}
+			m.Method = strings.ToUpper(m.Method)
+			hs := map[string]StringMatch{}
+			for name, sm := range m.Headers {
+				if err := sm.compile(mf + ".headers." + name); err != nil {
+					return err
+				}
+				hs[strings.ToLower(name)] = sm
+			}
+			m.Headers = hs
+		}
+		if len(rule.Backends) == 0 {
+			return fieldErr(f+".backends", "at least one backend is required")
+		}
+		for j := range rule.Backends {
+			b := &rule.Backends[j]
+			if b.Weight < 0 {
+				return fieldErr(fmt.Sprintf("%s.backends[%d].weight", f, j), "must not be negative")
+			}
+			if b.Subset != "" {
+				if err := validName(fmt.Sprintf("%s.backends[%d].subset", f, j), b.Subset); err != nil {
+					return err
+				}
+			}
+		}
+		if rule.Timeout < 0 {
+			return fieldErr(f+".timeout", "must not be negative")
+		}
+		if rule.Retries != nil && (rule.Retries.Attempts < -1 || rule.Retries.Attempts > 5) {
+			return fieldErr(f+".retries.attempts", "%d is not within -1 and 5", rule.Retries.Attempts)
+		}
+	}
+	return nil
+}
+
+func (m *StringMatch) compile(field string) error {
+	if m == nil {
+		return nil
+	}
+	n := 0
+	for _, s := range []string{m.Exact, m.Prefix, m.Regex} {
+		if s != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return fieldErr(field, "give only one of exact, prefix, regex")
+	}
+	if m.Regex != "" {
+		re, err := regexp.Compile("^(?:" + m.Regex + ")$")
+		if err != nil {
+			return fieldErr(field+".regex", "%v", err)
+		}
+		m.re = re
+	}
+	return nil
+}
+
+// Matches reports whether s matches. An empty StringMatch matches anything.
+func (m *StringMatch) Matches(s string) bool {
+	switch {
+	case m == nil:
+		return true
+	case m.Exact != "":
+		return s == m.Exact
+	case m.Prefix != "":
+		return strings.HasPrefix(s, m.Prefix)
+	case m.Regex != "":
+		if m.re == nil {
+			if m.compile("") != nil {
+				return false
+			}
+		}
+		return m.re.MatchString(s)
+	}
+	return true
+}
+
+// Validate checks a destination policy and fills defaults.
+func (p *DestinationPolicy) Validate() error {
+	p.APIVersion, p.Kind = APIVersion, KindDestinationPolicy
+	p.Meta.Namespace = NamespaceOr(p.Meta.Namespace)
+	if err := validName("metadata.name", p.Meta.Name); err != nil {
+		return err
+	}
+	if err := validName("metadata.namespace", p.Meta.Namespace); err != nil {
+		return err
+	}
+	if err := validName("spec.service", p.Spec.Service); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for i, s := range p.Spec.Subsets {
+		f := fmt.Sprintf("spec.subsets[%d]", i)
+		if err := validName(f+".name", s.Name); err != nil {
+			return err
+		}
+		if seen[s.Name] {
+			return fieldErr(f+".name", "duplicate subset %q", s.Name)
+		}
+		seen[s.Name] = true
+		if len(s.Labels) == 0 {
+			return fieldErr(f+".labels", "at least one label is required")
+		}
+	}
+	switch p.Spec.Balancer {
+	case "", "edge-aware", "round-robin", "least-conn", "random":
+	default:
+		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random", p.Spec.Balancer)
+	}
+	if p.Spec.MinHealthyShare < 0 || p.Spec.MinHealthyShare > 1 {
+		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", p.Spec.MinHealthyShare)
+	}
+	return nil
+}
