@@ -55,7 +55,10 @@ type Agent struct {
 	// statsByEP holds what this agent measures per endpoint: in-flight
 	// count and peak-EWMA latency (balance.go).
 	statsByEP sync.Map // endpoint key -> *epStats
-	active    atomic.Int64
+	// svcCounters count in-flight connections/requests per service for
+	// circuit breaking.
+	svcCounters sync.Map // "ns/name|conn" or "|req" -> *atomic.Int64
+	active      atomic.Int64
 	// localChanged wakes the sync loop to send local endpoints.
 	localChanged chan struct{}
 	connected    atomic.Bool
@@ -421,16 +424,19 @@ func (a *Agent) loadRegistered() error {
 func (a *Agent) initMetrics() {
 	m := a.cfg.Metrics
 	a.m = agentMetrics{
-		connOK:        m.NewCounter(`fogmesh_agent_connections_total{result="ok"}`),
-		connNoEP:      m.NewCounter(`fogmesh_agent_connections_total{result="no_endpoint"}`),
-		connFailed:    m.NewCounter(`fogmesh_agent_connections_total{result="dial_failed"}`),
-		dialFailures:  m.NewCounter(`fogmesh_agent_dial_failures_total`),
-		failovers:     m.NewCounter(`fogmesh_agent_failovers_total`),
-		updates:       m.NewCounter(`fogmesh_agent_config_updates_total`),
-		nacks:         m.NewCounter(`fogmesh_agent_config_rejected_total`),
-		listenErrors:  m.NewCounter(`fogmesh_agent_listen_errors_total`),
-		mqttBad:       m.NewCounter(`fogmesh_agent_mqtt_bad_connect_total`),
-		retriesDenied: m.NewCounter(`fogmesh_agent_retries_denied_total`),
+		connOK:           m.NewCounter(`fogmesh_agent_connections_total{result="ok"}`),
+		connNoEP:         m.NewCounter(`fogmesh_agent_connections_total{result="no_endpoint"}`),
+		connFailed:       m.NewCounter(`fogmesh_agent_connections_total{result="dial_failed"}`),
+		dialFailures:     m.NewCounter(`fogmesh_agent_dial_failures_total`),
+		failovers:        m.NewCounter(`fogmesh_agent_failovers_total`),
+		updates:          m.NewCounter(`fogmesh_agent_config_updates_total`),
+		nacks:            m.NewCounter(`fogmesh_agent_config_rejected_total`),
+		listenErrors:     m.NewCounter(`fogmesh_agent_listen_errors_total`),
+		mqttBad:          m.NewCounter(`fogmesh_agent_mqtt_bad_connect_total`),
+		retriesDenied:    m.NewCounter(`fogmesh_agent_retries_denied_total`),
+		outlierEjections: m.NewCounter(`fogmesh_agent_outlier_ejections_total`),
+		ejectionsSkipped: m.NewCounter(`fogmesh_agent_outlier_ejections_skipped_total`),
+		overflows:        m.NewCounter(`fogmesh_agent_circuit_breaker_overflows_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
@@ -448,4 +454,5 @@ func (a *Agent) initMetrics() {
 
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
+	outlierEjections, ejectionsSkipped, overflows                                                               *metrics.Counter
 }

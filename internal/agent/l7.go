@@ -138,11 +138,17 @@ func (s *l7) close() {
 // errNoEndpoint is the L7 form of "no healthy endpoint".
 var errNoEndpoint = errors.New("no healthy endpoint")
 
+// errOverflow: the service's circuit breaker is open (too many requests).
+var errOverflow = errors.New("circuit breaker open: too many requests in flight")
+
 func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	code := http.StatusBadGateway
 	switch {
 	case errors.Is(err, errNoEndpoint):
 		code = http.StatusServiceUnavailable
+	case errors.Is(err, errOverflow):
+		code = http.StatusServiceUnavailable
+		w.Header().Set("X-Fogmesh-Overflow", "true")
 	case errors.Is(err, context.DeadlineExceeded):
 		code = http.StatusGatewayTimeout
 	}
@@ -213,6 +219,15 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	sv := a.view.Load().services[t.svc]
 	if sv == nil {
 		return nil, errNoEndpoint
+	}
+	if max := sv.svc.Spec.CircuitBreaker.MaxRequests; max > 0 {
+		n := a.serviceCounter(t.svc, "req")
+		if n.Add(1) > int64(max) {
+			n.Add(-1)
+			a.m.overflows.Inc()
+			return nil, errOverflow
+		}
+		defer n.Add(-1) // TODO: count until the response body is closed, not only to headers
 	}
 	cands := a.pick(sv, t.port)
 	retries, timeout := sv.svc.Spec.Retries, time.Duration(sv.svc.Spec.Timeouts.Request)
@@ -315,6 +330,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if err == nil {
 			a.stats(ev.key).observe(time.Since(start))
 			a.requestMetrics(t.svc, ev, resp.StatusCode, time.Since(start))
+			a.outcome(sv, ev, resp.StatusCode, false)
 			gateway := resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504
 			if gateway && retryable && policy.On5xx && i+1 < min(attempts, len(cands)) {
 				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -327,10 +343,13 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		lastErr = err
 		a.requestMetrics(t.svc, ev, 0, time.Since(start))
+		var de *dialError
+		if !errors.As(err, &de) && req.Context().Err() == nil {
+			a.outcome(sv, ev, 0, true)
+		}
 		if req.Context().Err() != nil {
 			return nil, err // client gone or request timeout: no retry
 		}
-		var de *dialError
 		if errors.As(err, &de) {
 			a.m.dialFailures.Inc()
 		} else if !retryable {

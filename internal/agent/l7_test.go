@@ -486,3 +486,104 @@ spec:
 		}
 	}
 }
+
+// TestOutlierEjectionAndCircuitBreaker: an endpoint answering 500 is
+// ejected after 3 in a row; a service limited to 2 requests in flight
+// answers 503 with X-Fogmesh-Overflow beyond that.
+func TestOutlierEjectionAndCircuitBreaker(t *testing.T) {
+	var mu sync.Mutex
+	badHits := 0
+	bad := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		badHits++
+		mu.Unlock()
+		http.Error(w, "broken", 500)
+	})}
+	bln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go bad.Serve(bln)
+	t.Cleanup(func() { bad.Close() })
+	good, _ := startHTTP(t, "good")
+	slow := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond)
+		io.WriteString(w, "slow")
+	})}
+	sln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go slow.Serve(sln)
+	t.Cleanup(func() { slow.Close() })
+
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: od, namespace: demo}
+spec:
+  ports: [{name: web, port: 19060, protocol: http}]
+  balancer: round-robin
+  outlierDetection: {consecutiveErrors: 3, baseEjectionTime: 30s}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: cb, namespace: demo}
+spec:
+  ports: [{name: web, port: 19061, protocol: http}]
+  circuitBreaker: {maxRequests: 2}
+`)
+	a := startAgent(t, agentOpts{name: "odcb", site: "s1", region: "r1", vipOctet: 189, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("od", "od-bad", bln.Addr().(*net.TCPAddr).Port), webWorkload("od", "od-good", good),
+			webWorkload("cb", "cb-slow", sln.Addr().(*net.TCPAddr).Port)}})
+	waitFor(t, "services", func() bool { return len(endpointsOf(a, "demo/od")) == 2 && len(endpointsOf(a, "demo/cb")) == 1 })
+	c := &http.Client{Timeout: 5 * time.Second}
+	odURL := "http://127.189.0.1:19060/"
+	waitFor(t, "listener", func() bool { _, err := c.Get(odURL); return err == nil })
+	mu.Lock()
+	badHits = 0
+	mu.Unlock()
+	errors500 := 0
+	for i := 0; i < 30; i++ {
+		resp, err := c.Get(odURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == 500 {
+			errors500++
+		}
+	}
+	mu.Lock()
+	hits := badHits
+	mu.Unlock()
+	if hits > 3 || errors500 > 3 {
+		t.Fatalf("the failing endpoint got %d requests (%d 500s reached clients); want it ejected after 3", hits, errors500)
+	}
+	if a.m.outlierEjections.Get() == 0 {
+		t.Fatal("no ejection counted")
+	}
+
+	cbURL := "http://127.189.0.2:19061/"
+	waitFor(t, "listener", func() bool { _, err := c.Get(cbURL); return err == nil })
+	var wg sync.WaitGroup
+	var ok, overflow int
+	for i := 0; i < 6; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Get(cbURL)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case resp.StatusCode == 200:
+				ok++
+			case resp.StatusCode == 503 && resp.Header.Get("X-Fogmesh-Overflow") == "true":
+				overflow++
+			}
+		}()
+	}
+	wg.Wait()
+	if ok < 2 || overflow < 3 || ok+overflow != 6 {
+		t.Fatalf("6 concurrent requests with maxRequests 2: %d ok, %d overflow", ok, overflow)
+	}
+}

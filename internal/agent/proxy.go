@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -130,6 +131,15 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		return
 	}
 	sv := v.services[t.svc]
+	if max := sv.svc.Spec.CircuitBreaker.MaxConnections; max > 0 {
+		n := a.serviceCounter(t.svc, "conn")
+		if n.Add(1) > int64(max) {
+			n.Add(-1)
+			a.m.overflows.Inc()
+			return
+		}
+		defer n.Add(-1)
+	}
 	// MQTT: read the CONNECT first, so the client id can pin the session
 	// to one broker instance; the bytes read are replayed upstream.
 	var prefix []byte
@@ -239,6 +249,12 @@ func (a *Agent) eject(ev *endpointView) {
 		default:
 		}
 	}
+}
+
+// serviceCounter is a per-service in-flight counter for circuit breaking.
+func (a *Agent) serviceCounter(svc, what string) *atomic.Int64 {
+	v, _ := a.svcCounters.LoadOrStore(svc+"|"+what, new(atomic.Int64))
+	return v.(*atomic.Int64)
 }
 
 func (a *Agent) isEjected(key string) bool {

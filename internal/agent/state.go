@@ -344,6 +344,12 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		if p.Spec.MinHealthyShare > 0 {
 			svc.Spec.MinHealthyShare = p.Spec.MinHealthyShare
 		}
+		if p.Spec.OutlierDetection != nil {
+			svc.Spec.OutlierDetection = *p.Spec.OutlierDetection
+		}
+		if p.Spec.CircuitBreaker != nil {
+			svc.Spec.CircuitBreaker = *p.Spec.CircuitBreaker
+		}
 		sv.svc = &svc
 		sv.subsets = map[string]map[string]string{}
 		for _, ss := range p.Spec.Subsets {

@@ -353,6 +353,51 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 			}
 			w.leftovers("spec.trafficPolicy.loadBalancer", lb)
 		}
+		if od := cloneMap(obj(tp["outlierDetection"])); od != nil {
+			delete(tp, "outlierDetection")
+			o := &OutlierDetection{}
+			if v, ok := take[float64](od, "consecutive5xxErrors"); ok {
+				o.ConsecutiveErrors = int(v)
+			}
+			if v, ok := take[float64](od, "consecutiveGatewayErrors"); ok {
+				o.ConsecutiveErrors, o.GatewayErrorsOnly = int(v), true
+			}
+			if o.ConsecutiveErrors == 0 {
+				o.ConsecutiveErrors = -1 // Istio: 0 disables
+			}
+			if v, ok := take[string](od, "baseEjectionTime"); ok {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					return nil, fieldErr("spec.trafficPolicy.outlierDetection.baseEjectionTime", "%v", err)
+				}
+				o.BaseEjectionTime = Duration(d)
+			}
+			if v, ok := take[float64](od, "maxEjectionPercent"); ok {
+				o.MaxEjectedPercent = int(v)
+			}
+			w.leftovers("spec.trafficPolicy.outlierDetection", od)
+			p.Spec.OutlierDetection = o
+		}
+		if cp := cloneMap(obj(tp["connectionPool"])); cp != nil {
+			delete(tp, "connectionPool")
+			cb := &CircuitBreaker{}
+			if tcp := cloneMap(obj(cp["tcp"])); tcp != nil {
+				delete(cp, "tcp")
+				if v, ok := take[float64](tcp, "maxConnections"); ok {
+					cb.MaxConnections = int(v)
+				}
+				w.leftovers("spec.trafficPolicy.connectionPool.tcp", tcp)
+			}
+			if h := cloneMap(obj(cp["http"])); h != nil {
+				delete(cp, "http")
+				if v, ok := take[float64](h, "http2MaxRequests"); ok {
+					cb.MaxRequests = int(v)
+				}
+				w.leftovers("spec.trafficPolicy.connectionPool.http", h)
+			}
+			w.leftovers("spec.trafficPolicy.connectionPool", cp)
+			p.Spec.CircuitBreaker = cb
+		}
 		w.leftovers("spec.trafficPolicy", tp)
 	}
 	w.leftovers("spec", spec)

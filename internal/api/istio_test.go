@@ -34,8 +34,14 @@ func TestIstioCanaryTranslation(t *testing.T) {
 	if p.Meta.Key() != "shop/reviews" || p.Spec.Balancer != "least-conn" || len(p.Spec.Subsets) != 2 || p.Spec.Subsets[1].Labels["version"] != "v2" {
 		t.Fatalf("policy %+v", p)
 	}
+	if od := p.Spec.OutlierDetection; od == nil || od.ConsecutiveErrors != 3 || od.BaseEjectionTime.String() != "15s" || od.MaxEjectedPercent != 50 {
+		t.Fatalf("outlier detection %+v", p.Spec.OutlierDetection)
+	}
+	if cb := p.Spec.CircuitBreaker; cb == nil || cb.MaxRequests != 1000 {
+		t.Fatalf("circuit breaker %+v", p.Spec.CircuitBreaker)
+	}
 	all := strings.Join(warnings, "\n")
-	for _, want := range []string{"spec.http[1].fault is not supported", "spec.trafficPolicy.outlierDetection is not supported"} {
+	for _, want := range []string{"spec.http[1].fault is not supported", "spec.trafficPolicy.tls is not supported"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no warning %q in:\n%s", want, all)
 		}

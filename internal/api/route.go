@@ -82,6 +82,9 @@ type DestinationPolicySpec struct {
 	Balancer string `json:"balancer,omitempty"`
 	// MinHealthyShare overrides the service's when set.
 	MinHealthyShare float64 `json:"minHealthyShare,omitempty"`
+	// OutlierDetection and CircuitBreaker override the service's when set.
+	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
+	CircuitBreaker   *CircuitBreaker   `json:"circuitBreaker,omitempty"`
 }
 
 // Subset is the endpoints whose labels include Labels.

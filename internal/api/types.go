@@ -107,6 +107,36 @@ type ServiceSpec struct {
 	// tried on the next endpoint; other failures only for idempotent
 	// requests without a body.
 	Retries RetryPolicy `json:"retries,omitzero"`
+	// Outlier ejection: see OutlierDetection.
+	OutlierDetection OutlierDetection `json:"outlierDetection,omitzero"`
+	// CircuitBreaker limits what this agent sends to the service.
+	CircuitBreaker CircuitBreaker `json:"circuitBreaker,omitzero"`
+}
+
+// OutlierDetection ejects an endpoint after consecutive errors (HTTP 5xx,
+// or a failed connection). A connect failure always ejects at once: the
+// endpoint is unreachable, and failing over quickly is the point.
+type OutlierDetection struct {
+	// ConsecutiveErrors before ejection (default 5; -1 turns it off).
+	ConsecutiveErrors int `json:"consecutiveErrors,omitempty"`
+	// GatewayErrorsOnly counts only 502, 503 and 504 (Istio's
+	// consecutiveGatewayErrors) instead of every 5xx.
+	GatewayErrorsOnly bool `json:"gatewayErrorsOnly,omitempty"`
+	// BaseEjectionTime is multiplied by the number of times the endpoint
+	// was ejected before (default 10s, at most 10×).
+	BaseEjectionTime Duration `json:"baseEjectionTime,omitempty"`
+	// MaxEjectedPercent caps the share of endpoints ejected for errors at
+	// once (default 50; at least one endpoint may always be ejected).
+	MaxEjectedPercent int `json:"maxEjectedPercent,omitempty"`
+}
+
+// CircuitBreaker limits, per agent. Zero means no limit.
+type CircuitBreaker struct {
+	// MaxConnections open to the service (L4 ports).
+	MaxConnections int `json:"maxConnections,omitempty"`
+	// MaxRequests in flight to the service (http/http2/grpc ports); more
+	// are answered 503 at once.
+	MaxRequests int `json:"maxRequests,omitempty"`
 }
 
 // Timeouts of a service. Zero means the default.

@@ -154,6 +154,22 @@ func (s *Service) Validate() error {
 	if s.Spec.MinHealthyShare < 0 || s.Spec.MinHealthyShare > 1 {
 		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", s.Spec.MinHealthyShare)
 	}
+	od := &s.Spec.OutlierDetection
+	if od.ConsecutiveErrors < -1 {
+		return fieldErr("spec.outlierDetection.consecutiveErrors", "must be -1 (off) or more")
+	}
+	if od.BaseEjectionTime < 0 {
+		return fieldErr("spec.outlierDetection.baseEjectionTime", "must not be negative")
+	}
+	if od.MaxEjectedPercent < 0 || od.MaxEjectedPercent > 100 {
+		return fieldErr("spec.outlierDetection.maxEjectedPercent", "%d is not within 0 and 100", od.MaxEjectedPercent)
+	}
+	if s.Spec.CircuitBreaker.MaxConnections < 0 {
+		return fieldErr("spec.circuitBreaker.maxConnections", "must not be negative")
+	}
+	if s.Spec.CircuitBreaker.MaxRequests < 0 {
+		return fieldErr("spec.circuitBreaker.maxRequests", "must not be negative")
+	}
 	return nil
 }
 
