@@ -130,6 +130,28 @@ func waitHTTP(t *testing.T, url string) {
 	t.Fatalf("%s never became healthy", url)
 }
 
+// waitProcHTTP is waitHTTP for a process we started: if the process exits
+// first, the test fails at once with its output.
+func waitProcHTTP(t *testing.T, p *proc, url string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			t.Fatalf("process exited before %s answered:\n%s", url, p.out)
+		default:
+		}
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s never became healthy; output:\n%s", url, p.out)
+}
+
 const servicesYAML = `apiVersion: fogmesh.io/v1alpha1
 kind: Service
 metadata: {name: hello, namespace: demo}
@@ -521,7 +543,7 @@ spec:
 		path := filepath.Join(dir, "agent.yaml")
 		os.WriteFile(path, []byte(cfg), 0o644)
 		p := start(t, "agent", "-config", path)
-		waitHTTP(t, "http://"+admin+"/healthz")
+		waitProcHTTP(t, p, "http://"+admin+"/healthz")
 		return p, admin
 	}
 	victim, _ := agentProc("victim", 181, backend("victim"))
