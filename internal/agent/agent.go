@@ -59,6 +59,7 @@ type Agent struct {
 	// circuit breaking.
 	svcCounters sync.Map // "ns/name|conn" or "|req" -> *atomic.Int64
 	active      atomic.Int64
+	l7Inflight  atomic.Int64 // L7 requests being proxied (traffic-class admission)
 	// localChanged wakes the sync loop to send local endpoints.
 	localChanged chan struct{}
 	connected    atomic.Bool

@@ -128,6 +128,7 @@ type agentOpts struct {
 	workloads          []Workload
 	meshAddr           string
 	vip6               string
+	maxRequests        int
 }
 
 func startAgent(t *testing.T, o agentOpts) *Agent {
@@ -141,6 +142,7 @@ func startAgent(t *testing.T, o agentOpts) *Agent {
 		VIPRange: fmt.Sprintf("127.%d.0.0/16", o.vipOctet), VIP6Range: o.vip6,
 		StateDir: o.stateDir, Workloads: o.workloads, Upstreams: []string{},
 		HealthInterval: Duration(200 * time.Millisecond), EjectFor: Duration(5 * time.Second),
+		MaxRequests: o.maxRequests,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -46,6 +46,9 @@ type Config struct {
 	Workloads []Workload `json:"workloads,omitempty"`
 	// HealthInterval is the active health check period (default 2s).
 	HealthInterval Duration `json:"healthInterval,omitempty"`
+	// MaxRequests is how many L7 requests the agent proxies at once before
+	// it sheds by traffic class (default 1024).
+	MaxRequests int `json:"maxRequests,omitempty"`
 	// EjectFor is how long an endpoint that refused a connection is skipped
 	// (default 10s); a local one returns as soon as its check passes.
 	EjectFor Duration `json:"ejectFor,omitempty"`
@@ -153,6 +156,9 @@ func (c *Config) validate() error {
 	}
 	if c.HealthInterval <= 0 {
 		c.HealthInterval = Duration(2 * time.Second)
+	}
+	if c.MaxRequests <= 0 {
+		c.MaxRequests = 1024
 	}
 	if c.EjectFor <= 0 {
 		c.EjectFor = Duration(10 * time.Second)

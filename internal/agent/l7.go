@@ -138,6 +138,9 @@ func (s *l7) close() {
 // errNoEndpoint is the L7 form of "no healthy endpoint".
 var errNoEndpoint = errors.New("no healthy endpoint")
 
+// errShed: the agent is overloaded and the request's class is shed.
+var errShed = errors.New("overloaded: request shed by traffic class")
+
 // errOverflow: the service's circuit breaker is open (too many requests).
 var errOverflow = errors.New("circuit breaker open: too many requests in flight")
 
@@ -146,6 +149,9 @@ func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, errNoEndpoint):
 		code = http.StatusServiceUnavailable
+	case errors.Is(err, errShed):
+		code = http.StatusServiceUnavailable
+		w.Header().Set("X-Fogmesh-Shed", "true")
 	case errors.Is(err, errOverflow):
 		code = http.StatusServiceUnavailable
 		w.Header().Set("X-Fogmesh-Overflow", "true")
@@ -220,6 +226,14 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if sv == nil {
 		return nil, errNoEndpoint
 	}
+	// Traffic class: from the route rule, else the header, else the default.
+	rule := sv.matchRule(req)
+	class := a.classOf(sv, rule, req)
+	if !a.admit(sv, class) {
+		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_shed_total{service=%q,class=%q}`, t.svc, className(class))).Inc()
+		return nil, errShed
+	}
+	defer a.l7Inflight.Add(-1)
 	if max := sv.svc.Spec.CircuitBreaker.MaxRequests; max > 0 {
 		n := a.serviceCounter(t.svc, "req")
 		if n.Add(1) > int64(max) {
@@ -231,7 +245,15 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	cands := a.pick(sv, t.port)
 	retries, timeout := sv.svc.Spec.Retries, time.Duration(sv.svc.Spec.Timeouts.Request)
-	if rule := sv.matchRule(req); rule != nil {
+	if class != nil {
+		if class.Timeout > 0 {
+			timeout = time.Duration(class.Timeout)
+		}
+		if class.Retries != nil {
+			retries = *class.Retries
+		}
+	}
+	if rule != nil {
 		b := rule.Backends[weightedBackend(rule.Backends)]
 		if b.Subset != "" {
 			labels, ok := sv.subsets[b.Subset]
@@ -305,9 +327,12 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		req = &out
 	}
 	retryable := bodyless && idempotent[req.Method]
-	attempts := 1 + policy.Attempts
-	if policy.Attempts == 0 {
-		attempts = 1 + 2
+	attempts := 1 + 2 // Attempts 0: the default, 2 retries
+	switch {
+	case policy.Attempts < 0:
+		attempts = 1 // no retries
+	case policy.Attempts > 0:
+		attempts = 1 + policy.Attempts
 	}
 	a.retries.deposit()
 	var lastErr error
@@ -361,6 +386,62 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		a.log.Info("agent: endpoint failed, trying next", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
 	}
 	return nil, fmt.Errorf("all endpoints failed: %w", lastErr)
+}
+
+// classOf returns the request's traffic class, or nil if the service has
+// none or the name is unknown.
+func (a *Agent) classOf(sv *serviceView, rule *api.RouteRule, req *http.Request) *api.TrafficClass {
+	if len(sv.svc.Spec.Classes) == 0 {
+		return nil
+	}
+	name := ""
+	if rule != nil {
+		name = rule.Class
+	}
+	if name == "" {
+		name = req.Header.Get("X-Fogmesh-Class")
+	}
+	if name == "" {
+		name = sv.svc.Spec.DefaultClass
+	}
+	for i := range sv.svc.Spec.Classes {
+		if sv.svc.Spec.Classes[i].Name == name {
+			return &sv.svc.Spec.Classes[i]
+		}
+	}
+	return nil
+}
+
+func className(c *api.TrafficClass) string {
+	if c == nil {
+		return ""
+	}
+	return c.Name
+}
+
+// admit takes an L7 request slot, or refuses it when the agent is
+// overloaded for the request's class: a class ranked k below the service's
+// top priority may fill only (1 − 0.2·k) of MaxRequests (at least 20%), so
+// the lowest classes are shed first and the top one keeps headroom.
+// Requests without a class count as the lowest rank.
+func (a *Agent) admit(sv *serviceView, class *api.TrafficClass) bool {
+	limit := float64(a.cfg.MaxRequests)
+	rank := 0
+	if cs := sv.svc.Spec.Classes; len(cs) > 0 {
+		higher := map[int]bool{}
+		for _, c := range cs {
+			if class == nil || c.Priority > class.Priority {
+				higher[c.Priority] = true
+			}
+		}
+		rank = len(higher)
+	}
+	share := max(1-0.2*float64(rank), 0.2)
+	if n := a.l7Inflight.Add(1); float64(n) > limit*share {
+		a.l7Inflight.Add(-1)
+		return false
+	}
+	return true
 }
 
 // matchRule returns the first rule of the service's route that matches req,

@@ -38,8 +38,11 @@ type RouteRule struct {
 	Match []RouteMatch `json:"match,omitempty"`
 	// Backends share the matched requests by weight (default 1 each).
 	Backends []RouteBackend `json:"backends"`
-	Timeout  Duration       `json:"timeout,omitempty"` // overrides the service's request timeout
-	Retries  *RetryPolicy   `json:"retries,omitempty"` // overrides the service's retry policy
+	// Class names the traffic class of matched requests (one of the
+	// service's classes).
+	Class   string       `json:"class,omitempty"`
+	Timeout Duration     `json:"timeout,omitempty"` // overrides the service's request timeout
+	Retries *RetryPolicy `json:"retries,omitempty"` // overrides the service's retry policy
 }
 
 // RouteMatch: every field given must match (AND).

@@ -111,6 +111,23 @@ type ServiceSpec struct {
 	OutlierDetection OutlierDetection `json:"outlierDetection,omitzero"`
 	// CircuitBreaker limits what this agent sends to the service.
 	CircuitBreaker CircuitBreaker `json:"circuitBreaker,omitzero"`
+	// Classes are traffic classes (e.g. 5G slices urllc, embb, mmtc). A
+	// request's class comes from its route rule, else its x-fogmesh-class
+	// header, else DefaultClass. It selects timeout, retries and priority:
+	// when the agent is overloaded it sheds the lowest priorities first.
+	Classes      []TrafficClass `json:"classes,omitempty"`
+	DefaultClass string         `json:"defaultClass,omitempty"`
+}
+
+// TrafficClass is one class of requests.
+type TrafficClass struct {
+	Name string `json:"name"`
+	// Priority: higher is more important. Under overload, a class ranked k
+	// below the top (by distinct priority) may use only (1 − 0.2·k) of the
+	// agent's request capacity, so the top class always has headroom.
+	Priority int          `json:"priority,omitempty"`
+	Timeout  Duration     `json:"timeout,omitempty"`
+	Retries  *RetryPolicy `json:"retries,omitempty"`
 }
 
 // OutlierDetection ejects an endpoint after consecutive errors (HTTP 5xx,

@@ -167,6 +167,26 @@ func (s *Service) Validate() error {
 	if s.Spec.CircuitBreaker.MaxConnections < 0 {
 		return fieldErr("spec.circuitBreaker.maxConnections", "must not be negative")
 	}
+	classes := map[string]bool{}
+	for i, c := range s.Spec.Classes {
+		f := fmt.Sprintf("spec.classes[%d]", i)
+		if err := validName(f+".name", c.Name); err != nil {
+			return err
+		}
+		if classes[c.Name] {
+			return fieldErr(f+".name", "duplicate class %q", c.Name)
+		}
+		classes[c.Name] = true
+		if c.Timeout < 0 {
+			return fieldErr(f+".timeout", "must not be negative")
+		}
+		if c.Retries != nil && (c.Retries.Attempts < -1 || c.Retries.Attempts > 5) {
+			return fieldErr(f+".retries.attempts", "%d is not within -1 and 5", c.Retries.Attempts)
+		}
+	}
+	if s.Spec.DefaultClass != "" && !classes[s.Spec.DefaultClass] {
+		return fieldErr("spec.defaultClass", "%q is not one of spec.classes", s.Spec.DefaultClass)
+	}
 	if s.Spec.CircuitBreaker.MaxRequests < 0 {
 		return fieldErr("spec.circuitBreaker.maxRequests", "must not be negative")
 	}
