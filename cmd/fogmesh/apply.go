@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -105,5 +106,32 @@ func runDelete(args []string) error {
 		}
 		fmt.Printf("%s deleted\n", t)
 	}
+	return nil
+}
+
+func runSession(args []string) error {
+	fs := flag.NewFlagSet("fogmesh session", flag.ContinueOnError)
+	server := serverFlag(fs)
+	ns := fs.String("n", "", "namespace (default \"default\")")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 4 || fs.Arg(0) != "move" {
+		return cli.Usagef("session: want move SERVICE KEY ENDPOINT")
+	}
+	s := &api.Session{Meta: api.Meta{Namespace: *ns},
+		Spec: api.SessionSpec{Service: fs.Arg(1), Key: fs.Arg(2), Endpoint: fs.Arg(3)}}
+	if err := s.Validate(); err != nil {
+		return cli.Usagef("session: %v", err)
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	var resp control.ApplyResponse
+	if err := call("POST", strings.TrimRight(*server, "/")+"/v1/apply", b, &resp); err != nil {
+		return err
+	}
+	fmt.Printf("session %q of %s/%s moved to %s\n", s.Spec.Key, s.Meta.Namespace, s.Spec.Service, s.Spec.Endpoint)
 	return nil
 }

@@ -23,6 +23,7 @@ var kindAliases = map[string]string{
 	"endpoint": "endpoints", "endpoints": "endpoints", "ep": "endpoints",
 	"route": "routes", "routes": "routes", "rt": "routes",
 	"destinationpolicy": "destinationpolicies", "destinationpolicies": "destinationpolicies", "dp": "destinationpolicies",
+	"session": "sessions", "sessions": "sessions",
 }
 
 func runGet(args []string) error {
@@ -34,7 +35,7 @@ func runGet(args []string) error {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return cli.Usagef("get: want one of nodes, services, endpoints, routes, destinationpolicies")
+		return cli.Usagef("get: want one of nodes, services, endpoints, routes, destinationpolicies, sessions")
 	}
 	kind, ok := kindAliases[fs.Arg(0)]
 	if !ok {
@@ -119,6 +120,15 @@ func runGet(args []string) error {
 				rules = append(rules, m+" -> "+strings.Join(bs, "/"))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Meta.Namespace, r.Meta.Name, r.Spec.Service, strings.Join(rules, "; "))
+		}
+	case "sessions":
+		fmt.Fprintln(tw, "NAMESPACE\tSERVICE\tKEY\tENDPOINT")
+		for _, raw := range resp.Items {
+			var ss api.Session
+			if err := json.Unmarshal(raw, &ss); err != nil {
+				return err
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ss.Meta.Namespace, ss.Spec.Service, ss.Spec.Key, ss.Spec.Endpoint)
 		}
 	case "destinationpolicies":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tSUBSETS\tBALANCER")

@@ -22,6 +22,7 @@ Admin verbs (talk to the control plane, -server or $FOGMESH_SERVER, default http
   fogmesh get nodes|services|endpoints [-n NS] [-o table|json|yaml]
   fogmesh apply -f FILE            create or update services, endpoints (YAML or JSON; - for stdin)
   fogmesh delete service|endpoint NAME [-n NS] | node NAME | -f FILE
+  fogmesh session move SERVICE KEY ENDPOINT [-n NS]   move a pinned session to another instance
 
 Agent verbs (talk to the local agent, -agent or $FOGMESH_AGENT, default http://127.0.0.1:7073):
   fogmesh register -service S [-n NS] -port name=port[,..] [-address IP] [-name N] [-check tcp|http|none]
@@ -64,6 +65,8 @@ func main() {
 		err = runDeregister(args)
 	case "routes":
 		err = runRoutes(args)
+	case "session":
+		err = runSession(args)
 	case "describe":
 		err = runDescribe(args)
 	case "demo":

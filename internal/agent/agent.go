@@ -49,6 +49,11 @@ type Agent struct {
 	// registered through the local API (saved to wlPath).
 	workloads map[string]*workloadState
 	listeners map[netip.AddrPort]*vipListener
+	// localSessions are session bindings this agent decided (service key +
+	// "\x00" + session key -> endpoint), used until the control plane has
+	// one; pendingSessions are those not yet sent upstream (by ns/name).
+	localSessions   map[string]string
+	pendingSessions map[string]api.Session
 
 	ejected sync.Map // endpoint key -> time.Time until which it is skipped
 	rr      sync.Map // service key -> *atomic.Uint64
@@ -62,7 +67,9 @@ type Agent struct {
 	l7Inflight  atomic.Int64 // L7 requests being proxied (traffic-class admission)
 	// localChanged wakes the sync loop to send local endpoints.
 	localChanged chan struct{}
-	connected    atomic.Bool
+	// sessionsChanged wakes the sync loop to send session bindings.
+	sessionsChanged chan struct{}
+	connected       atomic.Bool
 
 	l7      *l7
 	retries *retryBudget
@@ -100,13 +107,16 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: state dir: %w", err)
 	}
 	a := &Agent{
-		cfg:          cfg,
-		log:          cfg.Logger,
-		cachePath:    filepath.Join(cfg.StateDir, "config-cache.json"),
-		wlPath:       filepath.Join(cfg.StateDir, "workloads.json"),
-		workloads:    map[string]*workloadState{},
-		listeners:    map[netip.AddrPort]*vipListener{},
-		localChanged: make(chan struct{}, 1),
+		cfg:             cfg,
+		log:             cfg.Logger,
+		cachePath:       filepath.Join(cfg.StateDir, "config-cache.json"),
+		wlPath:          filepath.Join(cfg.StateDir, "workloads.json"),
+		workloads:       map[string]*workloadState{},
+		listeners:       map[netip.AddrPort]*vipListener{},
+		localChanged:    make(chan struct{}, 1),
+		sessionsChanged: make(chan struct{}, 1),
+		localSessions:   map[string]string{},
+		pendingSessions: map[string]api.Session{},
 	}
 	a.vip4 = netip.MustParsePrefix(cfg.VIPRange)
 	if cfg.VIP6Range != "" {
@@ -438,6 +448,7 @@ func (a *Agent) initMetrics() {
 		outlierEjections: m.NewCounter(`fogmesh_agent_outlier_ejections_total`),
 		ejectionsSkipped: m.NewCounter(`fogmesh_agent_outlier_ejections_skipped_total`),
 		overflows:        m.NewCounter(`fogmesh_agent_circuit_breaker_overflows_total`),
+		sessionBinds:     m.NewCounter(`fogmesh_agent_session_binds_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
@@ -455,5 +466,5 @@ func (a *Agent) initMetrics() {
 
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
-	outlierEjections, ejectionsSkipped, overflows                                                               *metrics.Counter
+	outlierEjections, ejectionsSkipped, overflows, sessionBinds                                                 *metrics.Counter
 }

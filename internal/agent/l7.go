@@ -273,6 +273,11 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint
 	}
+	if sa := sv.svc.Spec.Session; sa != nil {
+		if key := sessionKey(req, sa); key != "" {
+			cands = a.applySession(sv, key, cands)
+		}
+	}
 	// The request timeout bounds the time to response headers: a timer
 	// cancels the request unless headers came first. The context lives on
 	// with the response body and is released when the body is closed.

@@ -679,3 +679,80 @@ spec:
 		t.Fatal("the agent was never overloaded: the test proves nothing")
 	}
 }
+
+// TestSessionFollowsMovingClient: a session starts at site 1 and is pinned
+// to site 1's instance; the client moves (its requests now enter through
+// site 2's agent, as after a 5G handover) and still reaches the same
+// instance; moving the binding through the control plane moves the
+// session; the binding survives a restart of the agent.
+func TestSessionFollowsMovingClient(t *testing.T) {
+	p1, _ := startHTTP(t, "inst-1")
+	p2, _ := startHTTP(t, "inst-2")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: v2x, namespace: demo}
+spec:
+  ports: [{name: web, port: 19080, protocol: http}]
+  session: {header: x-session-id}
+`)
+	ctl := []string{cp.SyncAddr()}
+	// Site 1: node n1 runs inst-1 and is also the client's first entry.
+	a1 := startAgent(t, agentOpts{name: "n1", site: "s1", region: "r1", vipOctet: 191, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("v2x", "v2x-1", p1)}})
+	bDir := t.TempDir()
+	a2 := startAgent(t, agentOpts{name: "n2", site: "s2", region: "r1", vipOctet: 192, control: ctl, stateDir: bDir,
+		workloads: []Workload{webWorkload("v2x", "v2x-2", p2)}})
+	waitFor(t, "endpoints", func() bool { return len(endpointsOf(a1, "demo/v2x")) == 2 && len(endpointsOf(a2, "demo/v2x")) == 2 })
+	c := &http.Client{Timeout: 5 * time.Second}
+	get := func(vip, session string) string {
+		req, _ := http.NewRequest("GET", "http://"+vip+":19080/", nil)
+		req.Header.Set("X-Session-Id", session)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Fields(string(b))[0]
+	}
+	site1, site2 := "127.191.0.1", "127.192.0.1"
+	waitFor(t, "listeners", func() bool {
+		_, e1 := c.Get("http://" + site1 + ":19080/")
+		_, e2 := c.Get("http://" + site2 + ":19080/")
+		return e1 == nil && e2 == nil
+	})
+	if got := get(site1, "car-7"); got != "inst-1" {
+		t.Fatalf("first request at site 1 went to %s", got)
+	}
+	// Without a session, site 2's agent prefers its own node's instance.
+	if got := get(site2, ""); got != "inst-2" {
+		t.Fatalf("sessionless request at site 2 went to %s", got)
+	}
+	waitFor(t, "binding to reach site 2", func() bool {
+		sv := a2.view.Load().services["demo/v2x"]
+		return sv != nil && sv.sessions["car-7"] == "v2x-1"
+	})
+	for i := 0; i < 5; i++ { // handover: same session, new entry point
+		if got := get(site2, "car-7"); got != "inst-1" {
+			t.Fatalf("after handover request %d went to %s, want the session's inst-1", i, got)
+		}
+	}
+	// An operator moves the session (what `fogmesh session move` applies).
+	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Session","metadata":{"namespace":"demo"},"spec":{"service":"v2x","key":"car-7","endpoint":"v2x-2"}}`)
+	waitFor(t, "move to reach both agents", func() bool {
+		s1, s2 := a1.view.Load().services["demo/v2x"], a2.view.Load().services["demo/v2x"]
+		return s1.sessions["car-7"] == "v2x-2" && s2.sessions["car-7"] == "v2x-2"
+	})
+	if got1, got2 := get(site1, "car-7"), get(site2, "car-7"); got1 != "inst-2" || got2 != "inst-2" {
+		t.Fatalf("after move: site 1 -> %s, site 2 -> %s; want inst-2", got1, got2)
+	}
+	// The binding survives a restart of the agent, even with no control plane.
+	a2.Close()
+	cp.Close()
+	a2b := startAgent(t, agentOpts{name: "n2", site: "s2", region: "r1", vipOctet: 192, control: ctl, stateDir: bDir,
+		workloads: []Workload{webWorkload("v2x", "v2x-2", p2)}})
+	if sv := a2b.view.Load().services["demo/v2x"]; sv == nil || sv.sessions["car-7"] != "v2x-2" {
+		t.Fatal("session binding lost across the agent restart")
+	}
+}

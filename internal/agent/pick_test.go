@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 )
@@ -96,5 +99,24 @@ func TestPickEdgeAwarePrefersCapacityAndNearness(t *testing.T) {
 	}
 	if haversine100km(52.52, 13.40, 48.14, 11.58) < 4.9 || haversine100km(52.52, 13.40, 48.14, 11.58) > 5.1 {
 		t.Fatal("Berlin-Munich is about 504 km")
+	}
+}
+
+func TestSessionPolicies(t *testing.T) {
+	for _, c := range []struct{ policy, want string }{{"stay", "d"}, {"nearest", "ab"}} {
+		a, sv := testView(t, "round-robin")
+		a.localSessions, a.pendingSessions, a.sessionsChanged = map[string]string{}, map[string]api.Session{}, make(chan struct{}, 1)
+		a.m.sessionBinds = metrics.NewSet().NewCounter("x")
+		svc := *sv.svc
+		svc.Spec.Session = &api.SessionAffinity{Header: "x-s", Policy: c.policy}
+		sv.svc = &svc
+		sv.sessions = map[string]string{"k": "e-d"} // bound to the far endpoint
+		got := a.applySession(sv, "k", a.pick(sv, "p"))
+		if !strings.Contains(c.want, got[0].ep.Spec.Node) {
+			t.Errorf("policy %s: first %s, want %s", c.policy, got[0].ep.Spec.Node, c.want)
+		}
+		if c.policy == "nearest" && len(a.pendingSessions) != 1 {
+			t.Errorf("nearest did not report the rebinding")
+		}
 	}
 }

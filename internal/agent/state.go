@@ -41,11 +41,12 @@ type resources struct {
 	endpoints map[string]*api.Endpoint // ns/name
 	routes    map[string]*api.Route    // ns/name
 	policies  map[string]*api.DestinationPolicy
+	sessions  map[string]*api.Session // ns/name
 }
 
 func newResources() *resources {
 	return &resources{nodes: map[string]*api.Node{}, services: map[string]*api.Service{}, endpoints: map[string]*api.Endpoint{},
-		routes: map[string]*api.Route{}, policies: map[string]*api.DestinationPolicy{}}
+		routes: map[string]*api.Route{}, policies: map[string]*api.DestinationPolicy{}, sessions: map[string]*api.Session{}}
 }
 
 func (r *resources) put(o api.Object) {
@@ -60,6 +61,8 @@ func (r *resources) put(o api.Object) {
 		r.routes[v.Meta.Key()] = v
 	case *api.DestinationPolicy:
 		r.policies[v.Meta.Key()] = v
+	case *api.Session:
+		r.sessions[v.Meta.Key()] = v
 	}
 }
 
@@ -75,6 +78,8 @@ func (r *resources) remove(ref wire.ResourceRef) {
 		delete(r.routes, ref.Name)
 	case api.KindDestinationPolicy:
 		delete(r.policies, ref.Name)
+	case api.KindSession:
+		delete(r.sessions, ref.Name)
 	}
 }
 
@@ -94,6 +99,9 @@ func (r *resources) clone() *resources {
 	}
 	for k, v := range r.policies {
 		c.policies[k] = v
+	}
+	for k, v := range r.sessions {
+		c.sessions[k] = v
 	}
 	return c
 }
@@ -136,6 +144,9 @@ func (r *resources) toConfig(storeID string, version uint64) (*config, error) {
 		objs = append(objs, v)
 	}
 	for _, v := range r.policies {
+		objs = append(objs, v)
+	}
+	for _, v := range r.sessions {
 		objs = append(objs, v)
 	}
 	for _, o := range objs {
@@ -227,6 +238,7 @@ type serviceView struct {
 	svc       *api.Service // with the destination policy's overrides applied
 	route     *api.Route   // nil: all requests to all endpoints
 	subsets   map[string]map[string]string
+	sessions  map[string]string // session key -> endpoint name, from the control plane
 	vip4      netip.Addr
 	vip6      netip.Addr
 	endpoints []*endpointView // sorted by tier
@@ -329,6 +341,16 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		if sv != nil && (sv.route == nil || r.Meta.Version > sv.route.Meta.Version) {
 			sv.route = r
 		}
+	}
+	for _, ss := range res.sessions {
+		sv := v.services[ss.Meta.Namespace+"/"+ss.Spec.Service]
+		if sv == nil {
+			continue
+		}
+		if sv.sessions == nil {
+			sv.sessions = map[string]string{}
+		}
+		sv.sessions[ss.Spec.Key] = ss.Spec.Endpoint
 	}
 	policyVersion := map[*serviceView]uint64{}
 	for _, p := range res.policies {

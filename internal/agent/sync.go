@@ -92,6 +92,12 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 	if err := write(&wire.Message{Type: wire.TypeLocal, Endpoints: local}); err != nil {
 		return err
 	}
+	if ss := a.takePendingSessions(); len(ss) > 0 { // decided while offline
+		if err := write(&wire.Message{Type: wire.TypeSessions, Sessions: ss}); err != nil {
+			a.returnPendingSessions(ss)
+			return err
+		}
+	}
 	a.connected.Store(true)
 	a.log.Info("agent: connected to control plane", "control", addr, "knownVersion", sub.KnownVersion)
 
@@ -113,6 +119,16 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 				a.mu.Lock()
 				m = &wire.Message{Type: wire.TypeLocal, Endpoints: a.localEndpointsLocked()}
 				a.mu.Unlock()
+			case <-a.sessionsChanged:
+				ss := a.takePendingSessions()
+				if len(ss) == 0 {
+					continue
+				}
+				if err := write(&wire.Message{Type: wire.TypeSessions, Sessions: ss}); err != nil {
+					a.returnPendingSessions(ss)
+					return
+				}
+				continue
 			}
 			if err := write(m); err != nil {
 				return

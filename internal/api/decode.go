@@ -171,10 +171,12 @@ func DecodeObject(r []byte) (Object, error) {
 		o = new(Route)
 	case KindDestinationPolicy:
 		o = new(DestinationPolicy)
+	case KindSession:
+		o = new(Session)
 	case "":
 		return nil, fieldErr("kind", "required")
 	default:
-		return nil, fieldErr("kind", "%q is not one of Node, Service, Endpoint, Route, DestinationPolicy", h.Kind)
+		return nil, fieldErr("kind", "%q is not one of Node, Service, Endpoint, Route, DestinationPolicy, Session", h.Kind)
 	}
 	dec := json.NewDecoder(bytes.NewReader(r))
 	dec.DisallowUnknownFields()

@@ -117,6 +117,8 @@ type ServiceSpec struct {
 	// when the agent is overloaded it sheds the lowest priorities first.
 	Classes      []TrafficClass `json:"classes,omitempty"`
 	DefaultClass string         `json:"defaultClass,omitempty"`
+	// Session pins sessions to instances (http/http2/grpc ports).
+	Session *SessionAffinity `json:"session,omitempty"`
 }
 
 // TrafficClass is one class of requests.

@@ -187,6 +187,18 @@ func (s *Service) Validate() error {
 	if s.Spec.DefaultClass != "" && !classes[s.Spec.DefaultClass] {
 		return fieldErr("spec.defaultClass", "%q is not one of spec.classes", s.Spec.DefaultClass)
 	}
+	if sa := s.Spec.Session; sa != nil {
+		if sa.Header == "" && sa.Cookie == "" {
+			return fieldErr("spec.session", "one of header or cookie is required")
+		}
+		switch sa.Policy {
+		case "":
+			sa.Policy = "stay"
+		case "stay", "nearest":
+		default:
+			return fieldErr("spec.session.policy", "%q is not stay or nearest", sa.Policy)
+		}
+	}
 	if s.Spec.CircuitBreaker.MaxRequests < 0 {
 		return fieldErr("spec.circuitBreaker.maxRequests", "must not be negative")
 	}

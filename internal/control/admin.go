@@ -39,7 +39,7 @@ type ApplyResponse struct {
 }
 
 var plural = map[string]string{"nodes": api.KindNode, "services": api.KindService, "endpoints": api.KindEndpoint,
-	"routes": api.KindRoute, "destinationpolicies": api.KindDestinationPolicy}
+	"routes": api.KindRoute, "destinationpolicies": api.KindDestinationPolicy, "sessions": api.KindSession}
 
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()

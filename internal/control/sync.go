@@ -155,6 +155,18 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
 			if err := st.write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
 				return err
 			}
+		case wire.TypeSessions:
+			objs := make([]api.Object, 0, len(m.Sessions))
+			for i := range m.Sessions {
+				if err := m.Sessions[i].Validate(); err != nil {
+					s.log.Warn("control: agent session refused", "node", st.node, "err", err)
+					continue
+				}
+				objs = append(objs, &m.Sessions[i])
+			}
+			if _, err := s.reg.apply(objs); err != nil {
+				s.log.Warn("control: store sessions", "node", st.node, "err", err)
+			}
 		case wire.TypeLocal:
 			if err := s.reg.syncLocalEndpoints(st.node, m.Endpoints); err != nil {
 				s.log.Warn("control: agent endpoints refused", "node", st.node, "err", err)
@@ -277,7 +289,7 @@ func (st *stream) delta(f filter, known uint64) (*wire.Message, error) {
 	return m, nil
 }
 
-var allTypes = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint, wire.ResourceRoute, wire.ResourcePolicy}
+var allTypes = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint, wire.ResourceRoute, wire.ResourcePolicy, wire.ResourceSession}
 
 // filter is a subscription's types and scope.
 type filter struct {

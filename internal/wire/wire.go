@@ -44,6 +44,7 @@ const (
 	TypeNack      = "nack"      // response rejected, with Error
 	TypeHeartbeat = "heartbeat" // liveness and load; the control plane answers each with an empty heartbeat
 	TypeLocal     = "local"     // full set of endpoints this node owns, with health
+	TypeSessions  = "sessions"  // session bindings this agent created or changed
 	// control -> agent
 	TypeWelcome = "welcome" // hello accepted
 	TypeUpdate  = "update"  // snapshot or delta
@@ -57,6 +58,7 @@ const (
 	ResourceEndpoint = api.KindEndpoint
 	ResourceRoute    = api.KindRoute
 	ResourcePolicy   = api.KindDestinationPolicy
+	ResourceSession  = api.KindSession
 )
 
 // Message is the one frame body. Type says which fields are set.
@@ -85,6 +87,9 @@ type Message struct {
 
 	// Local
 	Endpoints []api.Endpoint `json:"endpoints,omitempty"`
+
+	// Sessions
+	Sessions []api.Session `json:"sessions,omitempty"`
 
 	// Welcome, Update
 	Version uint64 `json:"version,omitempty"`
@@ -177,7 +182,7 @@ func Decode(body []byte) (*Message, error) {
 		return nil, fmt.Errorf("wire: decode: %w", err)
 	}
 	switch m.Type {
-	case TypeHello, TypeSubscribe, TypeAck, TypeNack, TypeHeartbeat, TypeLocal,
+	case TypeHello, TypeSubscribe, TypeAck, TypeNack, TypeHeartbeat, TypeLocal, TypeSessions,
 		TypeWelcome, TypeUpdate, TypeError:
 	default:
 		return nil, fmt.Errorf("wire: unknown message type %q", m.Type)
