@@ -756,3 +756,45 @@ spec:
 		t.Fatal("session binding lost across the agent restart")
 	}
 }
+
+// TestMalformedHTTPGetsProtocolErrors: malformed HTTP/1 gets 400, a broken
+// HTTP/2 frame after the preface gets GOAWAY, and the agent keeps serving.
+func TestMalformedHTTPGetsProtocolErrors(t *testing.T) {
+	_, _ = l7Setup(t, "mal", 19090, "http", 193)
+	addr := "127.195.0.1:19090"
+	waitFor(t, "listener", func() bool { _, err := http.Get("http://" + addr + "/"); return err == nil })
+	send := func(b []byte) []byte {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(b)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		out, _ := io.ReadAll(c)
+		return out
+	}
+	for _, b := range []string{"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n", "\x00\x01garbage garbage garbage garbage\r\n\r\n", "GET / HTTP/9.9\r\n\r\n"} {
+		if out := send([]byte(b)); !strings.HasPrefix(string(out), "HTTP/1.1 400") && !strings.HasPrefix(string(out), "HTTP/1.1 505") {
+			t.Errorf("%q: got %q, want a 400", b, out)
+		}
+	}
+	// HTTP/2 preface, then a frame of an absurd length: the server must
+	// answer with a GOAWAY frame (type 0x7) and close.
+	frame := append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0xff, 0xff, 0xff, 0x04, 0x00, 0, 0, 0, 0)
+	out := send(frame)
+	goaway := false
+	for i := 0; i+9 <= len(out); {
+		n := int(out[i])<<16 | int(out[i+1])<<8 | int(out[i+2])
+		if out[i+3] == 0x7 {
+			goaway = true
+		}
+		i += 9 + n
+	}
+	if !goaway {
+		t.Errorf("broken HTTP/2 frame: no GOAWAY in % x", out)
+	}
+	if _, err := http.Get("http://" + addr + "/"); err != nil {
+		t.Fatalf("agent stopped serving: %v", err)
+	}
+}
