@@ -614,3 +614,140 @@ spec:
 		t.Fatalf("%d of %d requests failed, first: %s", len(failed), len(failed)+counts["victim"]+counts["survivor"], failed[0])
 	}
 }
+
+// TestSilentNodeDeathGossip: a serving node is frozen with SIGSTOP (no
+// FIN, no RST: what a power cut looks like from the network) under steady
+// load. Its site peers' gossip declares it dead in under a second, the
+// client's agent stops routing to it and fails its in-flight requests over:
+// no request fails, none waits for a timeout, and the control plane (5 s
+// heartbeats, 15 s timeout) plays no part.
+func TestSilentNodeDeathGossip(t *testing.T) {
+	backend := func(name string) int {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(10 * time.Millisecond)
+			io.WriteString(w, name)
+		})}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	admin, syncAddr := freePort(t), freePort(t)
+	server := "http://" + admin
+	start(t, "control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", syncAddr) // default 5 s heartbeats
+	waitHTTP(t, server+"/healthz")
+	doc := filepath.Join(t.TempDir(), "svc.yaml")
+	os.WriteFile(doc, []byte("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: quiet, namespace: demo}\nspec:\n  ports: [{name: http, port: 19041, protocol: http}]\n  balancer: round-robin\n"), 0o644)
+	if out, code := run(t, "apply", "-server", server, "-f", doc); code != 0 {
+		t.Fatal(out)
+	}
+	agentProc := func(name string, octet int, port int) (*proc, string) {
+		dir := t.TempDir()
+		adm := freePort(t)
+		cfg := fmt.Sprintf("node: {name: %s, site: s1, region: r1}\ncontrol: [%q]\nmeshAddr: %q\ndnsAddr: %q\nadminAddr: %q\ngossipAddr: %q\nvipRange: \"127.%d.0.0/16\"\nstateDir: %q\n",
+			name, syncAddr, freePort(t), freePort(t), adm, freePort(t), octet, dir)
+		if port > 0 {
+			cfg += fmt.Sprintf("workloads: [{service: quiet, namespace: demo, ports: [{name: http, port: %d}]}]\n", port)
+		}
+		path := filepath.Join(dir, "agent.yaml")
+		os.WriteFile(path, []byte(cfg), 0o644)
+		p := start(t, "agent", "-config", path)
+		waitProcHTTP(t, p, "http://"+adm+"/healthz")
+		return p, adm
+	}
+	victim, _ := agentProc("frozen", 184, backend("frozen"))
+	t.Cleanup(func() { victim.cmd.Process.Signal(syscall.SIGCONT) })
+	agentProc("awake", 185, backend("awake"))
+	watcher, clientAdmin := agentProc("watcher", 186, 0)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, _ := run(t, "routes", "-agent", "http://"+clientAdmin)
+		m, _ := http.Get("http://" + clientAdmin + "/metrics")
+		if strings.Count(out, "quiet-") == 2 && m != nil {
+			m.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client agent never learned both endpoints:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	url := "http://127.186.0.1:19041/"
+	waitHTTP(t, url)
+	time.Sleep(time.Second) // gossip joins settle
+
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	type result struct {
+		at, took time.Duration
+		body     string
+		err      error
+	}
+	var mu sync.Mutex
+	var results []result
+	t0 := time.Now()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 3000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				s := time.Now()
+				resp, err := c.Get(url)
+				r := result{at: s.Sub(t0), err: err}
+				if err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					r.body = string(b)
+					if resp.StatusCode != 200 {
+						r.err = fmt.Errorf("%s: %s", resp.Status, b)
+					}
+				}
+				r.took = time.Since(s)
+				mu.Lock()
+				results = append(results, r)
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	frozenAt := time.Since(t0)
+	victim.cmd.Process.Signal(syscall.SIGSTOP)
+	time.Sleep(2500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	var failed, toFrozenAfter, before int
+	var slowest time.Duration
+	for _, r := range results {
+		if r.err != nil {
+			failed++
+			continue
+		}
+		slowest = max(slowest, r.took)
+		if r.body == "frozen" && r.at < frozenAt {
+			before++
+		}
+		if r.body == "frozen" && r.at > frozenAt+time.Second {
+			toFrozenAfter++
+		}
+	}
+	t.Logf("%d requests; %d answered by the node before it froze; slowest %v; failed %d; sent to it >1 s after: %d",
+		len(results), before, slowest, failed, toFrozenAfter)
+	if before == 0 {
+		t.Fatal("the frozen node served nothing before: the test proves nothing")
+	}
+	if failed > 0 || toFrozenAfter > 0 {
+		t.Fatalf("failed %d, routed to the frozen node after 1 s: %d", failed, toFrozenAfter)
+	}
+	if slowest > 2*time.Second {
+		t.Fatalf("a request waited %v: the frozen node was not routed around in time (frozen at %v)\nwatcher log:\n%s", slowest, frozenAt, watcher.out)
+	}
+}

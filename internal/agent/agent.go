@@ -25,6 +25,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/gossip"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
@@ -71,12 +72,19 @@ type Agent struct {
 	sessionsChanged chan struct{}
 	connected       atomic.Bool
 
-	l7      *l7
-	retries *retryBudget
-	dns     *meshdns.Server
-	mesh    *transport.Server
-	peers   *transport.Client
-	admin   *http.Server
+	l7     *l7
+	gossip *gossip.Gossip // nil when off
+	// gossipDead holds nodes gossip says are dead (node name -> true).
+	gossipDead sync.Map
+	// nodeWatches: attempts in flight per remote node, cancelled when gossip
+	// declares the node dead (gossip.go).
+	watchMu     sync.Mutex
+	nodeWatches map[string]map[*int]context.CancelCauseFunc
+	retries     *retryBudget
+	dns         *meshdns.Server
+	mesh        *transport.Server
+	peers       *transport.Client
+	admin       *http.Server
 	adminLn,
 	meshLn net.Listener
 
@@ -116,6 +124,7 @@ func New(cfg Config) (*Agent, error) {
 		localChanged:    make(chan struct{}, 1),
 		sessionsChanged: make(chan struct{}, 1),
 		localSessions:   map[string]string{},
+		nodeWatches:     map[string]map[*int]context.CancelCauseFunc{},
 		pendingSessions: map[string]api.Session{},
 	}
 	a.vip4 = netip.MustParsePrefix(cfg.VIPRange)
@@ -181,6 +190,14 @@ func New(cfg Config) (*Agent, error) {
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
+	if cfg.GossipAddr != "" {
+		a.gossip, err = gossip.New(gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
+			OnChange: a.onGossip, Logger: a.log.With("sub", "gossip")})
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		a.self.Spec.GossipAddress = a.gossip.Addr()
+	}
 	a.l7 = newL7(a)
 	a.retries = newRetryBudget()
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
@@ -191,6 +208,9 @@ func New(cfg Config) (*Agent, error) {
 }
 
 func (a *Agent) closeListeners() {
+	if a.gossip != nil {
+		a.gossip.Close()
+	}
 	if a.dns != nil {
 		a.dns.Close()
 	}
@@ -223,6 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	defer cancel()
 	a.reconcileListeners()
+	a.joinSitePeers()
 	a.log.Info("agent: running", "node", a.cfg.Node.Name, "site", a.cfg.Node.Site, "region", a.cfg.Node.Region,
 		"dns", a.DNSAddr(), "mesh", a.MeshAddr(), "admin", a.AdminAddr())
 	errc := make(chan error, 3)
@@ -277,6 +298,9 @@ func (a *Agent) shutdown() {
 			delete(a.listeners, k)
 		}
 		a.mu.Unlock()
+		if a.gossip != nil {
+			a.gossip.Close() // peers learn at once that this node leaves
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		a.admin.Shutdown(sctx)
@@ -449,6 +473,7 @@ func (a *Agent) initMetrics() {
 		ejectionsSkipped: m.NewCounter(`fogmesh_agent_outlier_ejections_skipped_total`),
 		overflows:        m.NewCounter(`fogmesh_agent_circuit_breaker_overflows_total`),
 		sessionBinds:     m.NewCounter(`fogmesh_agent_session_binds_total`),
+		gossipDeaths:     m.NewCounter(`fogmesh_agent_gossip_peer_deaths_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
@@ -466,5 +491,5 @@ func (a *Agent) initMetrics() {
 
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
-	outlierEjections, ejectionsSkipped, overflows, sessionBinds                                                 *metrics.Counter
+	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths                                   *metrics.Counter
 }

@@ -164,7 +164,7 @@ func (a *Agent) pick(sv *serviceView, port string) []*endpointView {
 		}
 		ts := &tiers[ev.tier]
 		ts.total += ev.capacity
-		if !ev.healthy || a.isEjected(ev.key) {
+		if !ev.healthy || a.isEjected(ev.key) || (!ev.local && a.isGossipDead(ev.ep.Spec.Node)) {
 			continue
 		}
 		ts.healthy += ev.capacity

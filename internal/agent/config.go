@@ -25,6 +25,10 @@ type Config struct {
 	// MeshAdvertise is the address peers dial (default MeshAddr; required
 	// when MeshAddr's host is unspecified, e.g. 0.0.0.0 or [::]).
 	MeshAdvertise string `json:"meshAdvertise,omitempty"`
+	// GossipAddr, if set, runs liveness gossip with the agents of this
+	// node's site on this host:port (UDP and TCP), so a dead peer is routed
+	// around in under a second without the control plane. Off by default.
+	GossipAddr string `json:"gossipAddr,omitempty"`
 	// DNSAddr is where mesh DNS listens, UDP and TCP (default 127.0.0.1:5353).
 	DNSAddr string `json:"dnsAddr,omitempty"`
 	// AdminAddr serves /healthz, /metrics and the local API (default

@@ -355,8 +355,26 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		start := time.Now()
 		active := a.endpointActive(ev.key)
 		active.Add(1)
-		resp, err := lt.l7.transportFor(sv, ev, t.port, t.proto).RoundTrip(req)
+		attemptCtx, release := a.watchNode(req.Context(), remoteNode(ev))
+		resp, err := lt.l7.transportFor(sv, ev, t.port, t.proto).RoundTrip(req.WithContext(attemptCtx))
 		active.Add(-1)
+		if err != nil {
+			release()
+			if context.Cause(attemptCtx) == errNodeDead {
+				// The node died during the attempt. Before the request
+				// was sent (still dialing) or when it may be repeated,
+				// fail over like a refused connect; otherwise report it.
+				var de *dialError
+				if !errors.As(err, &de) && !retryable {
+					return nil, fmt.Errorf("endpoint's node died mid-request: %w", errNodeDead)
+				}
+				err = &dialError{errNodeDead}
+			}
+		} else if a.gossip == nil || resp.StatusCode == http.StatusSwitchingProtocols {
+			release() // no watch, or an upgraded connection that lives on its own
+		} else {
+			resp.Body = &releaseOnClose{ReadCloser: resp.Body, release: release}
+		}
 		if err == nil {
 			a.stats(ev.key).observe(time.Since(start))
 			a.requestMetrics(t.svc, ev, resp.StatusCode, time.Since(start))

@@ -212,6 +212,8 @@ func (a *Agent) dialEndpoint(ctx context.Context, sv *serviceView, ev *endpointV
 	if timeout <= 0 {
 		timeout = 3 * time.Second
 	}
+	ctx, release := a.watchNode(ctx, remoteNode(ev))
+	defer release()
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if ev.mesh != "" {
@@ -249,6 +251,14 @@ func (a *Agent) eject(ev *endpointView) {
 		default:
 		}
 	}
+}
+
+// remoteNode is the node of a remote endpoint, "" for local or static ones.
+func remoteNode(ev *endpointView) string {
+	if ev.local || ev.mesh == "" {
+		return ""
+	}
+	return ev.ep.Spec.Node
 }
 
 // serviceCounter is a per-service in-flight counter for circuit breaking.

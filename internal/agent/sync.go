@@ -198,6 +198,7 @@ func (a *Agent) applyUpdate(m *wire.Message) error {
 	a.mu.Unlock()
 	a.m.updates.Inc()
 	a.reconcileListeners()
+	a.joinSitePeers()
 	a.log.Debug("agent: applied update", "version", m.Version, "full", m.Full,
 		"resources", len(m.Resources), "removed", len(m.Removed))
 	return nil

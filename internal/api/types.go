@@ -56,6 +56,9 @@ type NodeSpec struct {
 	// MeshAddress is host:port of the agent's mesh port, where peers open
 	// streams to this node's workloads. IPv4 or IPv6.
 	MeshAddress string `json:"meshAddress"`
+	// GossipAddress is host:port of the agent's gossip member, which the
+	// agents of the same site join to learn of each other's death fast.
+	GossipAddress string `json:"gossipAddress,omitempty"`
 	// Addresses are the node's own IP addresses (informational today).
 	Addresses []string `json:"addresses,omitempty"`
 	// Capacity is a relative capacity weight (default 1).

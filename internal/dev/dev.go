@@ -78,7 +78,7 @@ type Hello struct {
 
 // Demo port numbers, as offsets from BasePort: control admin 0, control
 // sync 1, demo API 2; node i: DNS 10+10i, mesh 11+10i, agent API 12+10i,
-// hello instance 13+10i.
+// hello instance 13+10i, gossip 14+10i.
 func (o *Options) port(i int) string {
 	switch {
 	case o.BasePort < 0:
@@ -142,13 +142,14 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 		d.hello[n.Name] = h
 		ap := netip.MustParseAddrPort(h.Addr)
 		a, err := agent.New(agent.Config{
-			Node:      agent.NodeConfig{Name: n.Name, Site: n.Site, Region: n.Region},
-			Control:   []string{d.Control.SyncAddr()},
-			DNSAddr:   opts.port(10 + 10*i),
-			MeshAddr:  opts.port(10 + 10*i + 1),
-			AdminAddr: opts.port(10 + 10*i + 2),
-			VIPRange:  fmt.Sprintf("127.%d.0.0/16", opts.VIPOctet+i),
-			StateDir:  filepath.Join(opts.StateDir, n.Name),
+			Node:       agent.NodeConfig{Name: n.Name, Site: n.Site, Region: n.Region},
+			Control:    []string{d.Control.SyncAddr()},
+			DNSAddr:    opts.port(10 + 10*i),
+			MeshAddr:   opts.port(10 + 10*i + 1),
+			AdminAddr:  opts.port(10 + 10*i + 2),
+			GossipAddr: opts.port(10 + 10*i + 4),
+			VIPRange:   fmt.Sprintf("127.%d.0.0/16", opts.VIPOctet+i),
+			StateDir:   filepath.Join(opts.StateDir, n.Name),
 			Workloads: []agent.Workload{{Name: "hello-" + n.Name, Service: "hello", Namespace: "demo",
 				Address: "127.0.0.1", Ports: []api.EndpointPort{{Name: "http", Port: int(ap.Port())}},
 				Check: agent.Check{Type: "http", Path: "/healthz"}}},

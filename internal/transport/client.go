@@ -318,3 +318,20 @@ func (c *Client) Sessions() int {
 	}
 	return n
 }
+
+// DropSession closes the session to meshAddr, so its streams fail at once.
+// The agent calls it when gossip declares the peer dead: a peer that froze
+// or lost power sends no RST, and its streams would otherwise hang until
+// TCP gives up. The next Dial opens a fresh session.
+func (c *Client) DropSession(meshAddr string) bool {
+	c.mu.Lock()
+	var sess *yamux.Session
+	if p := c.peers[meshAddr]; p != nil {
+		sess, p.sess = p.sess, nil
+	}
+	c.mu.Unlock()
+	if sess != nil {
+		sess.Close()
+	}
+	return sess != nil
+}

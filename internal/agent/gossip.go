@@ -1,0 +1,110 @@
+package agent
+
+import (
+	"context"
+	"errors"
+)
+
+// onGossip learns a site peer's liveness. A dead peer's endpoints leave the
+// candidate lists at once, and its mesh session is dropped so requests in
+// flight on it fail now (idempotent ones are retried elsewhere) instead of
+// hanging on a peer that will never answer.
+func (a *Agent) onGossip(name string, alive bool) {
+	if name == a.cfg.Node.Name {
+		return
+	}
+	if alive {
+		a.gossipDead.Delete(name)
+		return
+	}
+	a.gossipDead.Store(name, true)
+	a.m.gossipDeaths.Inc()
+	a.mu.Lock()
+	var mesh string
+	if n := a.res.nodes[name]; n != nil {
+		mesh = n.Spec.MeshAddress
+	}
+	a.mu.Unlock()
+	cancelled := a.cancelNode(name)
+	if mesh != "" && a.peers != nil {
+		a.peers.DropSession(mesh)
+	}
+	a.log.Warn("agent: site peer is gone (gossip)", "node", name, "inFlightCancelled", cancelled)
+}
+
+func (a *Agent) isGossipDead(node string) bool {
+	if node == "" {
+		return false
+	}
+	_, dead := a.gossipDead.Load(node)
+	return dead
+}
+
+// joinSitePeers joins the gossip members of this node's site that it does
+// not know yet (from the control plane's view or the cache, so it works
+// offline too). Join runs in the background: it may wait on dead peers.
+func (a *Agent) joinSitePeers() {
+	if a.gossip == nil {
+		return
+	}
+	members := map[string]bool{}
+	for _, m := range a.gossip.Members() {
+		members[m] = true
+	}
+	var addrs []string
+	a.mu.Lock()
+	for _, n := range a.res.nodes {
+		if n.Meta.Name != a.cfg.Node.Name && !members[n.Meta.Name] && n.Spec.GossipAddress != "" &&
+			n.Spec.Site == a.self.Spec.Site && n.Spec.Region == a.self.Spec.Region {
+			addrs = append(addrs, n.Spec.GossipAddress)
+		}
+	}
+	a.mu.Unlock()
+	if len(addrs) == 0 {
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if _, err := a.gossip.Join(addrs); err != nil {
+			a.log.Debug("agent: gossip join", "peers", addrs, "err", err)
+		}
+	}()
+}
+
+// errNodeDead is the cancel cause of attempts to a node gossip declared dead.
+var errNodeDead = errors.New("node declared dead by gossip")
+
+// watchNode returns ctx, cancelled with errNodeDead if gossip declares node
+// dead before release is called.
+func (a *Agent) watchNode(ctx context.Context, node string) (context.Context, func()) {
+	if a.gossip == nil || node == "" {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	token := new(int)
+	a.watchMu.Lock()
+	if a.nodeWatches[node] == nil {
+		a.nodeWatches[node] = map[*int]context.CancelCauseFunc{}
+	}
+	a.nodeWatches[node][token] = cancel
+	a.watchMu.Unlock()
+	return ctx, func() {
+		a.watchMu.Lock()
+		delete(a.nodeWatches[node], token)
+		a.watchMu.Unlock()
+		cancel(nil)
+	}
+}
+
+// cancelNode fails every attempt in flight to node.
+func (a *Agent) cancelNode(node string) int {
+	a.watchMu.Lock()
+	ws := a.nodeWatches[node]
+	delete(a.nodeWatches, node)
+	a.watchMu.Unlock()
+	for _, cancel := range ws {
+		cancel(errNodeDead)
+	}
+	return len(ws)
+}

@@ -1,0 +1,105 @@
+// Package gossip runs SWIM-style liveness gossip (hashicorp/memberlist)
+// among the agents of one site, so that a node that dies — also silently,
+// frozen or powered off, with no RST — is known dead to its site in under a
+// second, without waiting for the control plane (which may be far away or
+// unreachable). It reports only liveness; configuration still comes from
+// the control plane.
+package gossip
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Config configures a member.
+type Config struct {
+	Name string // node name, unique in the site
+	// BindAddr is host:port for UDP and TCP (port 0 picks one).
+	BindAddr string
+	// OnChange is called when a member joins (alive) or leaves or dies. It
+	// is called from one goroutine at a time and must not block.
+	OnChange func(name string, alive bool)
+	Logger   *slog.Logger // nil = discard
+}
+
+// Gossip is one member.
+type Gossip struct {
+	ml *memberlist.Memberlist
+}
+
+type events struct{ f func(string, bool) }
+
+func (e events) NotifyJoin(n *memberlist.Node)   { e.f(n.Name, true) }
+func (e events) NotifyLeave(n *memberlist.Node)  { e.f(n.Name, false) }
+func (e events) NotifyUpdate(n *memberlist.Node) {}
+
+// New starts a member; it knows no peers until Join.
+func New(cfg Config) (*Gossip, error) {
+	host, port, err := net.SplitHostPort(cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: bind address %q: %w", cfg.BindAddr, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: bind port %q: %w", port, err)
+	}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindAddr, mc.BindPort = host, p
+	mc.AdvertiseAddr, mc.AdvertisePort = host, p
+	// Sub-second failure detection within a site (LAN): probe every 200 ms,
+	// suspect after a 100 ms probe timeout, declare dead after
+	// SuspicionMult × log10(n) × ProbeInterval (≥ 400 ms).
+	mc.ProbeInterval = 200 * time.Millisecond
+	mc.ProbeTimeout = 100 * time.Millisecond
+	mc.SuspicionMult = 2
+	mc.GossipInterval = 50 * time.Millisecond
+	mc.TCPTimeout = time.Second
+	mc.DeadNodeReclaimTime = time.Second // a restarted node may rejoin under its name at once
+	if cfg.OnChange == nil {
+		cfg.OnChange = func(string, bool) {}
+	}
+	mc.Events = events{cfg.OnChange}
+	if cfg.Logger != nil {
+		mc.Logger = slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)
+	} else {
+		mc.Logger = log.New(io.Discard, "", 0)
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	if p == 0 { // advertise the port actually bound
+		n := ml.LocalNode()
+		mc.AdvertisePort = int(n.Port)
+	}
+	return &Gossip{ml: ml}, nil
+}
+
+// Addr is the member's address (host:port).
+func (g *Gossip) Addr() string { return g.ml.LocalNode().FullAddress().Addr }
+
+// Join contacts peers; it returns how many answered.
+func (g *Gossip) Join(addrs []string) (int, error) { return g.ml.Join(addrs) }
+
+// Members returns the names of the members known alive.
+func (g *Gossip) Members() []string {
+	var out []string
+	for _, m := range g.ml.Members() {
+		out = append(out, m.Name)
+	}
+	return out
+}
+
+// Close leaves the group (so peers learn at once) and stops.
+func (g *Gossip) Close() error {
+	g.ml.Leave(500 * time.Millisecond)
+	return g.ml.Shutdown()
+}
