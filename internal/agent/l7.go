@@ -273,6 +273,11 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint
 	}
+	if hk := sv.svc.Spec.HashKey; hk != nil && sv.svc.Spec.Balancer == "consistent-hash" {
+		if key := hashKeyOf(req, hk); key != "" {
+			pinOrder(cands, key)
+		}
+	}
 	if sa := sv.svc.Spec.Session; sa != nil {
 		if key := sessionKey(req, sa); key != "" {
 			cands = a.applySession(sv, key, cands)
@@ -465,6 +470,26 @@ func (a *Agent) admit(sv *serviceView, class *api.TrafficClass) bool {
 		return false
 	}
 	return true
+}
+
+// hashKeyOf returns the request's consistent-hash key ("" if none).
+func hashKeyOf(req *http.Request, hk *api.HashKey) string {
+	if hk.Header != "" {
+		if v := req.Header.Get(hk.Header); v != "" {
+			return v
+		}
+	}
+	if hk.Cookie != "" {
+		if c, err := req.Cookie(hk.Cookie); err == nil {
+			return c.Value
+		}
+	}
+	if hk.SourceIP {
+		if host, _, err := net.SplitHostPort(req.RemoteAddr); err == nil {
+			return host
+		}
+	}
+	return ""
 }
 
 // matchRule returns the first rule of the service's route that matches req,

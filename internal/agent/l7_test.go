@@ -798,3 +798,50 @@ func TestMalformedHTTPGetsProtocolErrors(t *testing.T) {
 		t.Fatalf("agent stopped serving: %v", err)
 	}
 }
+
+// TestConsistentHashByHeader: each key always reaches the same endpoint and
+// the keys spread over the endpoints.
+func TestConsistentHashByHeader(t *testing.T) {
+	p1, _ := startHTTP(t, "h1")
+	p2, _ := startHTTP(t, "h2")
+	p3, _ := startHTTP(t, "h3")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: ch, namespace: demo}
+spec:
+  ports: [{name: web, port: 19095, protocol: http}]
+  balancer: consistent-hash
+  hashKey: {header: x-user}
+`)
+	a := startAgent(t, agentOpts{name: "chn", site: "s1", region: "r1", vipOctet: 196, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("ch", "ch-1", p1), webWorkload("ch", "ch-2", p2), webWorkload("ch", "ch-3", p3)}})
+	waitFor(t, "endpoints", func() bool { return len(endpointsOf(a, "demo/ch")) == 3 })
+	url := "http://127.196.0.1:19095/"
+	c := &http.Client{Timeout: 5 * time.Second}
+	waitFor(t, "listener", func() bool { _, err := c.Get(url); return err == nil })
+	used := map[string]bool{}
+	for k := 0; k < 30; k++ {
+		first := ""
+		for i := 0; i < 4; i++ {
+			req, _ := http.NewRequest("GET", url, nil)
+			req.Header.Set("X-User", fmt.Sprintf("user-%d", k))
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			got := strings.Fields(string(b))[0]
+			if first == "" {
+				first = got
+			} else if got != first {
+				t.Fatalf("user-%d went to %s then %s", k, first, got)
+			}
+		}
+		used[first] = true
+	}
+	if len(used) < 3 {
+		t.Fatalf("30 keys used only %v", used)
+	}
+}

@@ -160,6 +160,11 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		prefix, mqttVersion, pinKey = raw, cn.Version, cn.ClientID
 	}
 	cands := a.pick(sv, t.port)
+	if hk := sv.svc.Spec.HashKey; pinKey == "" && hk != nil && hk.SourceIP && sv.svc.Spec.Balancer == "consistent-hash" {
+		if host, _, err := net.SplitHostPort(client.RemoteAddr().String()); err == nil {
+			pinKey = host
+		}
+	}
 	if pinKey != "" {
 		pinOrder(cands, pinKey)
 	}

@@ -366,6 +366,9 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		if p.Spec.MinHealthyShare > 0 {
 			svc.Spec.MinHealthyShare = p.Spec.MinHealthyShare
 		}
+		if p.Spec.HashKey != nil {
+			svc.Spec.HashKey = p.Spec.HashKey
+		}
 		if p.Spec.OutlierDetection != nil {
 			svc.Spec.OutlierDetection = *p.Spec.OutlierDetection
 		}

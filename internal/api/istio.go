@@ -344,6 +344,23 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 				}
 				p.Spec.Balancer = b
 			}
+			if ch := cloneMap(obj(lb["consistentHash"])); ch != nil {
+				delete(lb, "consistentHash")
+				hk := &HashKey{}
+				if h, ok := take[string](ch, "httpHeaderName"); ok {
+					hk.Header = h
+				}
+				if c := cloneMap(obj(ch["httpCookie"])); c != nil {
+					delete(ch, "httpCookie")
+					hk.Cookie, _ = take[string](c, "name")
+					w.leftovers("spec.trafficPolicy.loadBalancer.consistentHash.httpCookie", c)
+				}
+				if v, ok := take[bool](ch, "useSourceIp"); ok {
+					hk.SourceIP = v
+				}
+				w.leftovers("spec.trafficPolicy.loadBalancer.consistentHash", ch)
+				p.Spec.Balancer, p.Spec.HashKey = "consistent-hash", hk
+			}
 			if loc := cloneMap(obj(lb["localityLbSetting"])); loc != nil {
 				delete(lb, "localityLbSetting")
 				if en, ok := take[bool](loc, "enabled"); ok && !en {

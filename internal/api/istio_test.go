@@ -91,3 +91,18 @@ func TestRouteValidation(t *testing.T) {
 		t.Fatalf("match %+v", m)
 	}
 }
+
+func TestIstioConsistentHash(t *testing.T) {
+	objs, warnings, err := DecodeWithWarnings([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: shop}\nspec:\n  host: cart\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpCookie: {name: user, ttl: 0s}, minimumRingSize: 1024}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := objs[0].(*DestinationPolicy)
+	if p.Spec.Balancer != "consistent-hash" || p.Spec.HashKey == nil || p.Spec.HashKey.Cookie != "user" {
+		t.Fatalf("%+v", p.Spec)
+	}
+	all := strings.Join(warnings, "\n")
+	if !strings.Contains(all, "consistentHash.httpCookie.ttl") || !strings.Contains(all, "consistentHash.minimumRingSize") {
+		t.Fatalf("warnings:\n%s", all)
+	}
+}

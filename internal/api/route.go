@@ -85,6 +85,8 @@ type DestinationPolicySpec struct {
 	Balancer string `json:"balancer,omitempty"`
 	// MinHealthyShare overrides the service's when set.
 	MinHealthyShare float64 `json:"minHealthyShare,omitempty"`
+	// HashKey overrides the service's when set (with consistent-hash).
+	HashKey *HashKey `json:"hashKey,omitempty"`
 	// OutlierDetection and CircuitBreaker override the service's when set.
 	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
 	CircuitBreaker   *CircuitBreaker   `json:"circuitBreaker,omitempty"`
@@ -237,9 +239,9 @@ func (p *DestinationPolicy) Validate() error {
 		}
 	}
 	switch p.Spec.Balancer {
-	case "", "edge-aware", "round-robin", "least-conn", "random":
+	case "", "edge-aware", "round-robin", "least-conn", "random", "consistent-hash":
 	default:
-		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random", p.Spec.Balancer)
+		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random, consistent-hash", p.Spec.Balancer)
 	}
 	if p.Spec.MinHealthyShare < 0 || p.Spec.MinHealthyShare > 1 {
 		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", p.Spec.MinHealthyShare)

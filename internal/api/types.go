@@ -120,8 +120,18 @@ type ServiceSpec struct {
 	// when the agent is overloaded it sheds the lowest priorities first.
 	Classes      []TrafficClass `json:"classes,omitempty"`
 	DefaultClass string         `json:"defaultClass,omitempty"`
+	// HashKey is what the consistent-hash balancer hashes.
+	HashKey *HashKey `json:"hashKey,omitempty"`
 	// Session pins sessions to instances (http/http2/grpc ports).
 	Session *SessionAffinity `json:"session,omitempty"`
+}
+
+// HashKey: the first of these the request has (an L4 connection only has
+// its source address). Without one the request is balanced edge-aware.
+type HashKey struct {
+	Header   string `json:"header,omitempty"`
+	Cookie   string `json:"cookie,omitempty"`
+	SourceIP bool   `json:"sourceIP,omitempty"`
 }
 
 // TrafficClass is one class of requests.

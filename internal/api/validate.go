@@ -143,9 +143,9 @@ func (s *Service) Validate() error {
 	switch s.Spec.Balancer {
 	case "":
 		s.Spec.Balancer = "edge-aware"
-	case "edge-aware", "round-robin", "least-conn", "random":
+	case "edge-aware", "round-robin", "least-conn", "random", "consistent-hash":
 	default:
-		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random", s.Spec.Balancer)
+		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random, consistent-hash", s.Spec.Balancer)
 	}
 	if s.Spec.Timeouts.Connect < 0 {
 		return fieldErr("spec.timeouts.connect", "must not be negative")
@@ -191,6 +191,9 @@ func (s *Service) Validate() error {
 	}
 	if s.Spec.DefaultClass != "" && !classes[s.Spec.DefaultClass] {
 		return fieldErr("spec.defaultClass", "%q is not one of spec.classes", s.Spec.DefaultClass)
+	}
+	if s.Spec.Balancer == "consistent-hash" && s.Spec.HashKey == nil {
+		s.Spec.HashKey = &HashKey{SourceIP: true}
 	}
 	if sa := s.Spec.Session; sa != nil {
 		if sa.Header == "" && sa.Cookie == "" {
