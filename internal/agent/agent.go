@@ -71,6 +71,7 @@ type Agent struct {
 	// sessionsChanged wakes the sync loop to send session bindings.
 	sessionsChanged chan struct{}
 	connected       atomic.Bool
+	resyncFull      atomic.Bool // next subscribe asks for a full snapshot (after a NACK)
 
 	l7     *l7
 	gossip *gossip.Gossip // nil when off

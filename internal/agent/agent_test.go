@@ -553,3 +553,26 @@ func TestSilentPartitionIsDetected(t *testing.T) {
 	}
 	mustRoundTrip(t, "127.162.0.1:19007", "p: ping")
 }
+
+// TestCheckNoneWorkloadRecovers: a workload without an active check that
+// refused one connection comes back when its timed ejection ends.
+func TestCheckNoneWorkloadRecovers(t *testing.T) {
+	e := startEcho(t, "n", "127.0.0.1:0")
+	wl := wlFor("echo", e)
+	wl.Check.Type = "none"
+	a := startAgent(t, agentOpts{name: "nochk", site: "s1", region: "r1", vipOctet: 197, stateDir: t.TempDir(), workloads: []Workload{wl}})
+	a.mu.Lock()
+	ws := a.workloads[wl.Name]
+	a.mu.Unlock()
+	ep := ws.w.endpoint("nochk", true)
+	a.eject(&endpointView{key: ep.Meta.Key(), ep: &ep, local: true})
+	a.mu.Lock()
+	healthy := ws.healthy
+	a.mu.Unlock()
+	if !healthy {
+		t.Fatal("a check-less workload was marked unhealthy: nothing would ever bring it back")
+	}
+	if !a.isEjected(ep.Meta.Key()) {
+		t.Fatal("not ejected for the timed period")
+	}
+}

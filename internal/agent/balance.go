@@ -256,12 +256,17 @@ func pinOrder(cands []*endpointView, key string) {
 		h.Write([]byte(ev.key))
 		return h.Sum64()
 	}
-	sort.SliceStable(cands, func(i, j int) bool {
-		if cands[i].tier != cands[j].tier {
-			return cands[i].tier < cands[j].tier
+	// Sort within each run of equal tier as pick ordered them, so tiers
+	// that pick moved to the end (below their healthy share) stay there.
+	for start := 0; start < len(cands); {
+		end := start + 1
+		for end < len(cands) && cands[end].tier == cands[start].tier {
+			end++
 		}
-		return score(cands[i]) > score(cands[j])
-	})
+		run := cands[start:end]
+		sort.SliceStable(run, func(i, j int) bool { return score(run[i]) > score(run[j]) })
+		start = end
+	}
 }
 
 // haversine100km is the great-circle distance in units of 100 km.

@@ -12,6 +12,7 @@ import (
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
@@ -92,6 +93,11 @@ func newL7(a *Agent) *l7 {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = pr.In.Host
 			pr.Out.Host = pr.In.Host
+			if pr.In.Host == "" { // HTTP/1.0 without Host: name the service instead
+				if t, ok := pr.In.Context().Value(targetKey{}).(listenTarget); ok {
+					pr.Out.URL.Host = t.svc[strings.IndexByte(t.svc, '/')+1:]
+				}
+			}
 			pr.SetXForwarded()
 		},
 		Transport:     &lbTransport{l7: s},
@@ -133,6 +139,29 @@ func (s *l7) close() {
 		t.CloseIdleConnections()
 	}
 	s.mu.Unlock()
+}
+
+// pruneTransports closes the pools of endpoints no longer in the view, or
+// whose address, port or connect timeout changed.
+func (s *l7) pruneTransports(v *view) {
+	live := map[string]bool{}
+	for _, sv := range v.services {
+		for _, ev := range sv.endpoints {
+			for _, p := range ev.ep.Spec.Ports {
+				for _, proto := range []string{"http", "http2", "grpc"} {
+					live[fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d", ev.key, p.Name, proto, ev.mesh, ev.ep.Spec.Address, p.Port, sv.svc.Spec.Timeouts.Connect)] = true
+				}
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, t := range s.transports {
+		if !live[k] {
+			t.CloseIdleConnections()
+			delete(s.transports, k)
+		}
+	}
 }
 
 // errNoEndpoint is the L7 form of "no healthy endpoint".
@@ -182,7 +211,10 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // transportFor returns the pooled upstream transport of one endpoint.
 func (s *l7) transportFor(sv *serviceView, ev *endpointView, port, proto string) *http.Transport {
-	key := ev.key + "|" + port + "|" + proto + "|" + ev.mesh
+	// Everything the dial closes over is in the key, so a moved endpoint
+	// or a changed timeout gets a fresh pool (pruneTransports drops the old).
+	epPort, _ := ev.ep.Port(port)
+	key := fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t := s.transports[key]; t != nil {
@@ -346,15 +378,21 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 	}
 	a.retries.deposit()
 	var lastErr error
+	tries := 0 // attempts that may have reached an endpoint (policy and budget apply to the rest)
+	prevDial := false
 	for i, ev := range cands {
-		if i >= attempts {
-			break
-		}
-		if i > 0 {
+		// A failed connect sent nothing: fail over to the next candidate
+		// (up to maxAttempts connects) whatever the retry policy says.
+		if i > 0 && !(prevDial && i < maxAttempts) {
+			if tries >= attempts {
+				break
+			}
 			if !a.retries.withdraw() {
 				a.m.retriesDenied.Inc()
 				break
 			}
+		}
+		if i > 0 {
 			a.m.failovers.Inc()
 		}
 		start := time.Now()
@@ -385,10 +423,12 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			a.requestMetrics(t.svc, ev, resp.StatusCode, time.Since(start))
 			a.outcome(sv, ev, resp.StatusCode, false)
 			gateway := resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504
-			if gateway && retryable && policy.On5xx && i+1 < min(attempts, len(cands)) {
+			if gateway && retryable && policy.On5xx && tries+1 < attempts && i+1 < len(cands) {
 				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
 				lastErr = fmt.Errorf("endpoint %s answered %s", ev.key, resp.Status)
+				tries++
+				prevDial = false
 				backoff(req.Context(), i)
 				continue
 			}
@@ -396,14 +436,19 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		lastErr = err
 		a.requestMetrics(t.svc, ev, 0, time.Since(start))
-		var de *dialError
-		if !errors.As(err, &de) && req.Context().Err() == nil {
-			a.outcome(sv, ev, 0, true)
-		}
 		if req.Context().Err() != nil {
 			return nil, err // client gone or request timeout: no retry
 		}
-		if errors.As(err, &de) {
+		var de *dialError
+		prevDial = errors.As(err, &de)
+		if !prevDial {
+			tries++
+			if !upstreamFailure(err) {
+				return nil, err // about the request, not the endpoint: no ejection, no retry
+			}
+			a.outcome(sv, ev, 0, true)
+		}
+		if prevDial {
 			a.m.dialFailures.Inc()
 		} else if !retryable {
 			return nil, err
@@ -568,6 +613,15 @@ func withLabels(cands []*endpointView, labels map[string]string) []*endpointView
 		}
 	}
 	return out
+}
+
+// upstreamFailure reports whether a round-trip error came from the
+// connection to the endpoint (reset, EOF, timeout) rather than from the
+// request itself (a malformed request, a body the client aborted).
+func upstreamFailure(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errNodeDead)
 }
 
 // idempotent methods may be retried after they reached an endpoint (RFC 9110 §9.2.2).

@@ -760,7 +760,7 @@ spec:
 // TestMalformedHTTPGetsProtocolErrors: malformed HTTP/1 gets 400, a broken
 // HTTP/2 frame after the preface gets GOAWAY, and the agent keeps serving.
 func TestMalformedHTTPGetsProtocolErrors(t *testing.T) {
-	_, _ = l7Setup(t, "mal", 19090, "http", 193)
+	cl, _ := l7Setup(t, "mal", 19090, "http", 193)
 	addr := "127.195.0.1:19090"
 	waitFor(t, "listener", func() bool { _, err := http.Get("http://" + addr + "/"); return err == nil })
 	send := func(b []byte) []byte {
@@ -796,6 +796,18 @@ func TestMalformedHTTPGetsProtocolErrors(t *testing.T) {
 	}
 	if _, err := http.Get("http://" + addr + "/"); err != nil {
 		t.Fatalf("agent stopped serving: %v", err)
+	}
+	// HTTP/1.0 without Host is the client's business: it is answered, and
+	// no endpoint is ejected for it (review finding: it used to eject all).
+	for i := 0; i < 3; i++ {
+		if out := send([]byte("GET / HTTP/1.0\r\n\r\n")); !strings.Contains(string(out), " 200 ") {
+			t.Fatalf("HTTP/1.0 without Host: %q", out)
+		}
+	}
+	for _, e := range endpointsOf(cl, "demo/mal") {
+		if e.Ejected || !e.Healthy {
+			t.Fatalf("endpoint %s ejected/unhealthy after Host-less requests", e.Name)
+		}
 	}
 }
 

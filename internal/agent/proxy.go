@@ -94,12 +94,13 @@ func (a *Agent) acceptLoop(ctx context.Context, ap netip.AddrPort, l *vipListene
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return
 			}
-			return
+			// EMFILE and friends: back off and keep the VIP alive.
+			a.m.listenErrors.Inc()
+			time.Sleep(50 * time.Millisecond)
+			continue
 		}
 		a.wg.Add(1)
 		go func() {
@@ -243,7 +244,9 @@ func (a *Agent) eject(ev *endpointView) {
 	}
 	a.mu.Lock()
 	ws := a.workloads[ev.ep.Meta.Name]
-	changed := ws != nil && ws.healthy
+	// Without an active check nothing would ever mark it healthy again:
+	// rely on the timed ejection alone.
+	changed := ws != nil && ws.healthy && ws.w.Check.Type != "none"
 	if changed {
 		ws.healthy = false
 		a.rebuildLocked()

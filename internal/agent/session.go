@@ -10,7 +10,11 @@ import (
 // endpoint. The control plane's binding (pushed to every agent) wins; until
 // it has one, this agent's own decision holds and is reported upstream, so
 // the binding follows a client that moves to another site and survives an
-// agent restart (it is part of the cached configuration).
+// agent restart (once the control plane has it, it is part of the cached
+// configuration).
+//
+// TODO: bindings made while the control plane is unreachable live only in
+// memory until the link returns; an agent restart in that window loses them.
 
 func sessionKey(req *http.Request, sa *api.SessionAffinity) string {
 	if sa.Header != "" {

@@ -352,13 +352,15 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		}
 		sv.sessions[ss.Spec.Key] = ss.Spec.Endpoint
 	}
-	policyVersion := map[*serviceView]uint64{}
+	newest := map[*serviceView]*api.DestinationPolicy{}
 	for _, p := range res.policies {
 		sv := v.services[p.Meta.Namespace+"/"+p.Spec.Service]
-		if sv == nil || (policyVersion[sv] != 0 && p.Meta.Version < policyVersion[sv]) {
-			continue
+		if sv != nil && (newest[sv] == nil || p.Meta.Version > newest[sv].Meta.Version ||
+			p.Meta.Version == newest[sv].Meta.Version && p.Meta.Name > newest[sv].Meta.Name) {
+			newest[sv] = p
 		}
-		policyVersion[sv] = max(p.Meta.Version, 1)
+	}
+	for sv, p := range newest {
 		svc := *sv.svc
 		if p.Spec.Balancer != "" {
 			svc.Spec.Balancer = p.Spec.Balancer

@@ -84,6 +84,9 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 	}
 	a.mu.Lock()
 	sub := &wire.Message{Type: wire.TypeSubscribe, StoreID: a.storeID, KnownVersion: a.cfgVersion}
+	if a.resyncFull.Swap(false) {
+		sub.KnownVersion = 0 // after a NACK: deltas built on top of it would miss its changes
+	}
 	local := a.localEndpointsLocked()
 	a.mu.Unlock()
 	if err := write(sub); err != nil {
@@ -153,17 +156,21 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 			if err := a.applyUpdate(m); err != nil {
 				a.m.nacks.Inc()
 				a.log.Error("agent: rejected update", "version", m.Version, "err", err)
-				if err := write(&wire.Message{Type: wire.TypeNack, Nonce: m.Nonce, Version: m.Version, Error: err.Error()}); err != nil {
-					return err
-				}
-				continue
+				// The server's next delta would start after the version we
+				// refused and lose its changes: NACK, then resubscribe for
+				// a full snapshot. The previous configuration keeps serving.
+				write(&wire.Message{Type: wire.TypeNack, Nonce: m.Nonce, Version: m.Version, Error: err.Error()})
+				a.resyncFull.Store(true)
+				return fmt.Errorf("rejected update %d: %w", m.Version, err)
 			}
 			if err := write(&wire.Message{Type: wire.TypeAck, Nonce: m.Nonce, Version: m.Version}); err != nil {
 				return err
 			}
 		case wire.TypeHeartbeat: // the control plane's answer
 		case wire.TypeError:
-			return fmt.Errorf("control plane: %s", m.Error)
+			// After hello, errors report a refused request (e.g. a local
+			// endpoint name owned by another node); the stream goes on.
+			a.log.Error("agent: control plane refused", "err", m.Error)
 		default:
 			return fmt.Errorf("unexpected %s", m.Type)
 		}
@@ -198,6 +205,7 @@ func (a *Agent) applyUpdate(m *wire.Message) error {
 	a.mu.Unlock()
 	a.m.updates.Inc()
 	a.reconcileListeners()
+	a.l7.pruneTransports(a.view.Load())
 	a.joinSitePeers()
 	a.log.Debug("agent: applied update", "version", m.Version, "full", m.Full,
 		"resources", len(m.Resources), "removed", len(m.Removed))

@@ -239,6 +239,11 @@ func (s *Server) Close() error {
 
 func (s *Server) shutdown() {
 	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		if s.cancel != nil {
+			s.cancel() // watchHeartbeats and streams end on it; wg.Wait below needs that
+		}
+		s.mu.Unlock()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		s.admin.Shutdown(sctx)

@@ -24,11 +24,14 @@ func (s *Server) acceptSync(ctx context.Context) error {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			// EMFILE and friends: back off, keep accepting.
+			s.log.Warn("control: sync accept", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(50 * time.Millisecond):
 			}
-			return fmt.Errorf("control: sync accept: %w", err)
+			continue
 		}
 		s.mu.Lock()
 		s.streams[c] = struct{}{}
@@ -121,7 +124,15 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	senderDone := make(chan error, 1)
-	go func() { senderDone <- st.sendLoop(ctx) }()
+	go func() {
+		err := st.sendLoop(ctx)
+		if err != nil {
+			// A stream that can no longer send updates must not look alive.
+			s.log.Error("control: cannot send updates, closing stream", "node", st.node, "err", err)
+			c.Close()
+		}
+		senderDone <- err
+	}()
 	defer func() { cancel(); c.Close(); <-senderDone }()
 
 	for {

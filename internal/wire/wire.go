@@ -19,6 +19,7 @@ package wire
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -48,7 +49,7 @@ const (
 	// control -> agent
 	TypeWelcome = "welcome" // hello accepted
 	TypeUpdate  = "update"  // snapshot or delta
-	TypeError   = "error"   // fatal; the server closes the stream after it
+	TypeError   = "error"   // a refusal; fatal (the server closes) only in answer to hello
 )
 
 // Resource types a subscriber may ask for.
@@ -165,14 +166,16 @@ func (fr *Reader) Read() (*Message, error) {
 	if n == 0 {
 		return nil, errors.New("wire: empty frame")
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(fr.r, body); err != nil {
-		if err == io.EOF {
+	// Grow the buffer as bytes arrive: a length prefix alone must not make
+	// an unauthenticated peer cost MaxFrame of memory.
+	var body bytes.Buffer
+	if got, err := io.CopyN(&body, fr.r, int64(n)); err != nil {
+		if err == io.EOF || got < int64(n) {
 			err = io.ErrUnexpectedEOF
 		}
 		return nil, err
 	}
-	return Decode(body)
+	return Decode(body.Bytes())
 }
 
 // Decode decodes a frame body and checks that it is a known message type.
