@@ -504,62 +504,11 @@ func TestControlAdminHostileInput(t *testing.T) {
 // are in flight on it. In-flight idempotent requests are retried on the
 // other endpoint and new ones fail over at connect: zero failed requests.
 func TestNodeKilledUnderLoad(t *testing.T) {
-	backend := func(name string) int {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			time.Sleep(20 * time.Millisecond) // keep requests in flight
-			io.WriteString(w, name)
-		})}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-		return ln.Addr().(*net.TCPAddr).Port
-	}
-	admin, syncAddr := freePort(t), freePort(t)
-	server := "http://" + admin
-	start(t, "control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", syncAddr, "-heartbeat-interval", "500ms")
-	waitHTTP(t, server+"/healthz")
-	doc := filepath.Join(t.TempDir(), "svc.yaml")
-	os.WriteFile(doc, []byte(`apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: steady, namespace: demo}
-spec:
-  ports: [{name: http, port: 19040, protocol: http}]
-  balancer: round-robin
-`), 0o644)
-	if out, code := run(t, "apply", "-server", server, "-f", doc); code != 0 {
-		t.Fatal(out)
-	}
-	agentProc := func(name string, octet int, port int) (*proc, string) {
-		dir := t.TempDir()
-		admin := freePort(t)
-		cfg := fmt.Sprintf("node: {name: %s, site: s1, region: r1}\ncontrol: [%q]\nmeshAddr: %q\ndnsAddr: %q\nadminAddr: %q\nvipRange: \"127.%d.0.0/16\"\nstateDir: %q\n",
-			name, syncAddr, freePort(t), freePort(t), admin, octet, dir)
-		if port > 0 {
-			cfg += fmt.Sprintf("workloads: [{service: steady, namespace: demo, ports: [{name: http, port: %d}]}]\n", port)
-		}
-		path := filepath.Join(dir, "agent.yaml")
-		os.WriteFile(path, []byte(cfg), 0o644)
-		p := start(t, "agent", "-config", path)
-		waitProcHTTP(t, p, "http://"+admin+"/healthz")
-		return p, admin
-	}
-	victim, _ := agentProc("victim", 181, backend("victim"))
-	agentProc("survivor", 182, backend("survivor"))
-	_, clientAdmin := agentProc("loadgen", 183, 0)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		out, _ := run(t, "routes", "-agent", "http://"+clientAdmin)
-		if strings.Count(out, "steady-") == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("client agent never learned both endpoints:\n%s", out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	cl := startCluster(t, "steady", 19040, "-heartbeat-interval", "500ms")
+	victim, _ := cl.agent("victim", 181, nameServer(t, "victim", 20*time.Millisecond), false)
+	cl.agent("survivor", 182, nameServer(t, "survivor", 20*time.Millisecond), false)
+	_, clientAdmin := cl.agent("loadgen", 183, 0, false)
+	cl.waitRoutes(clientAdmin, 2)
 	url := "http://127.183.0.1:19040/"
 	waitHTTP(t, url)
 
@@ -622,59 +571,12 @@ spec:
 // no request fails, none waits for a timeout, and the control plane (5 s
 // heartbeats, 15 s timeout) plays no part.
 func TestSilentNodeDeathGossip(t *testing.T) {
-	backend := func(name string) int {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			time.Sleep(10 * time.Millisecond)
-			io.WriteString(w, name)
-		})}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-		return ln.Addr().(*net.TCPAddr).Port
-	}
-	admin, syncAddr := freePort(t), freePort(t)
-	server := "http://" + admin
-	start(t, "control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", syncAddr) // default 5 s heartbeats
-	waitHTTP(t, server+"/healthz")
-	doc := filepath.Join(t.TempDir(), "svc.yaml")
-	os.WriteFile(doc, []byte("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: quiet, namespace: demo}\nspec:\n  ports: [{name: http, port: 19041, protocol: http}]\n  balancer: round-robin\n"), 0o644)
-	if out, code := run(t, "apply", "-server", server, "-f", doc); code != 0 {
-		t.Fatal(out)
-	}
-	agentProc := func(name string, octet int, port int) (*proc, string) {
-		dir := t.TempDir()
-		adm := freePort(t)
-		cfg := fmt.Sprintf("node: {name: %s, site: s1, region: r1}\ncontrol: [%q]\nmeshAddr: %q\ndnsAddr: %q\nadminAddr: %q\ngossipAddr: %q\nvipRange: \"127.%d.0.0/16\"\nstateDir: %q\n",
-			name, syncAddr, freePort(t), freePort(t), adm, freePort(t), octet, dir)
-		if port > 0 {
-			cfg += fmt.Sprintf("workloads: [{service: quiet, namespace: demo, ports: [{name: http, port: %d}]}]\n", port)
-		}
-		path := filepath.Join(dir, "agent.yaml")
-		os.WriteFile(path, []byte(cfg), 0o644)
-		p := start(t, "agent", "-config", path)
-		waitProcHTTP(t, p, "http://"+adm+"/healthz")
-		return p, adm
-	}
-	victim, _ := agentProc("frozen", 184, backend("frozen"))
+	cl := startCluster(t, "quiet", 19041) // default 5 s heartbeats: the control plane is too slow to matter
+	victim, _ := cl.agent("frozen", 184, nameServer(t, "frozen", 10*time.Millisecond), true)
 	t.Cleanup(func() { victim.cmd.Process.Signal(syscall.SIGCONT) })
-	agentProc("awake", 185, backend("awake"))
-	watcher, clientAdmin := agentProc("watcher", 186, 0)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		out, _ := run(t, "routes", "-agent", "http://"+clientAdmin)
-		m, _ := http.Get("http://" + clientAdmin + "/metrics")
-		if strings.Count(out, "quiet-") == 2 && m != nil {
-			m.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("client agent never learned both endpoints:\n%s", out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	cl.agent("awake", 185, nameServer(t, "awake", 10*time.Millisecond), true)
+	watcher, clientAdmin := cl.agent("watcher", 186, 0, true)
+	cl.waitRoutes(clientAdmin, 2)
 	url := "http://127.186.0.1:19041/"
 	waitHTTP(t, url)
 	time.Sleep(time.Second) // gossip joins settle
@@ -749,5 +651,82 @@ func TestSilentNodeDeathGossip(t *testing.T) {
 	}
 	if slowest > 2*time.Second {
 		t.Fatalf("a request waited %v: the frozen node was not routed around in time (frozen at %v)\nwatcher log:\n%s", slowest, frozenAt, watcher.out)
+	}
+}
+
+// nameServer serves its name after delay on a loopback port.
+func nameServer(t *testing.T, name string, delay time.Duration) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(delay) // keeps requests in flight
+		io.WriteString(w, name)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// cluster is a control plane process with one round-robin HTTP service,
+// and agent processes of one site.
+type cluster struct {
+	t                 *testing.T
+	service, syncAddr string
+}
+
+func startCluster(t *testing.T, service string, port int, controlFlags ...string) *cluster {
+	t.Helper()
+	admin, syncAddr := freePort(t), freePort(t)
+	server := "http://" + admin
+	start(t, append([]string{"control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", syncAddr}, controlFlags...)...)
+	waitHTTP(t, server+"/healthz")
+	doc := filepath.Join(t.TempDir(), "svc.yaml")
+	os.WriteFile(doc, []byte(fmt.Sprintf("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: %s, namespace: demo}\nspec:\n  ports: [{name: http, port: %d, protocol: http}]\n  balancer: round-robin\n", service, port)), 0o644)
+	if out, code := run(t, "apply", "-server", server, "-f", doc); code != 0 {
+		t.Fatal(out)
+	}
+	return &cluster{t: t, service: service, syncAddr: syncAddr}
+}
+
+// agent starts an agent process in site s1 with VIPs in 127.<octet>/16 and,
+// if workloadPort > 0, a workload of the service; it returns the process
+// and its admin address.
+func (c *cluster) agent(name string, octet, workloadPort int, gossip bool) (*proc, string) {
+	t := c.t
+	t.Helper()
+	dir := t.TempDir()
+	admin := freePort(t)
+	cfg := fmt.Sprintf("node: {name: %s, site: s1, region: r1}\ncontrol: [%q]\nmeshAddr: %q\ndnsAddr: %q\nadminAddr: %q\nvipRange: \"127.%d.0.0/16\"\nstateDir: %q\n",
+		name, c.syncAddr, freePort(t), freePort(t), admin, octet, dir)
+	if gossip {
+		cfg += fmt.Sprintf("gossipAddr: %q\n", freePort(t))
+	}
+	if workloadPort > 0 {
+		cfg += fmt.Sprintf("workloads: [{service: %s, namespace: demo, ports: [{name: http, port: %d}]}]\n", c.service, workloadPort)
+	}
+	path := filepath.Join(dir, "agent.yaml")
+	os.WriteFile(path, []byte(cfg), 0o644)
+	p := start(t, "agent", "-config", path)
+	waitProcHTTP(t, p, "http://"+admin+"/healthz")
+	return p, admin
+}
+
+// waitRoutes waits until the agent at admin routes the service to n endpoints.
+func (c *cluster) waitRoutes(admin string, n int) {
+	t := c.t
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, _ := run(t, "routes", "-agent", "http://"+admin)
+		if strings.Count(out, c.service+"-") == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent never learned %d endpoints:\n%s", n, out)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

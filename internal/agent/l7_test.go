@@ -41,6 +41,22 @@ func startHTTP(t *testing.T, name string) (port int, stop func()) {
 	return ln.Addr().(*net.TCPAddr).Port, func() { srv.Close() }
 }
 
+// startDelayed serves its name after delay on a loopback port (HTTP/1.1).
+func startDelayed(t *testing.T, name string, delay time.Duration) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(delay)
+		io.WriteString(w, name)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
 func httpSvcDoc(name string, port int, proto string) string {
 	return httpSvcDocLB(name, port, proto, "round-robin")
 }
@@ -252,20 +268,7 @@ func TestGRPCPerRequestBalancing(t *testing.T) {
 // other, the edge-aware balancer sends it clearly less traffic than round
 // robin does, under the same concurrent load.
 func TestEdgeAwareAvoidsSlowEndpoint(t *testing.T) {
-	backend := func(name string, delay time.Duration) int {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			time.Sleep(delay)
-			io.WriteString(w, name)
-		})}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-		return ln.Addr().(*net.TCPAddr).Port
-	}
-	fast, slow := backend("fast", 0), backend("slow", 50*time.Millisecond)
+	fast, slow := startDelayed(t, "fast", 0), startDelayed(t, "slow", 50*time.Millisecond)
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, "["+httpSvcDocLB("rr", 19020, "http", "round-robin")+","+httpSvcDocLB("ea", 19021, "http", "edge-aware")+"]")
 	var wls []Workload
@@ -503,13 +506,7 @@ func TestOutlierEjectionAndCircuitBreaker(t *testing.T) {
 	go bad.Serve(bln)
 	t.Cleanup(func() { bad.Close() })
 	good, _ := startHTTP(t, "good")
-	slow := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(300 * time.Millisecond)
-		io.WriteString(w, "slow")
-	})}
-	sln, _ := net.Listen("tcp", "127.0.0.1:0")
-	go slow.Serve(sln)
-	t.Cleanup(func() { slow.Close() })
+	slowPort := startDelayed(t, "slow", 300*time.Millisecond)
 
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
@@ -529,7 +526,7 @@ spec:
 `)
 	a := startAgent(t, agentOpts{name: "odcb", site: "s1", region: "r1", vipOctet: 189, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
 		workloads: []Workload{webWorkload("od", "od-bad", bln.Addr().(*net.TCPAddr).Port), webWorkload("od", "od-good", good),
-			webWorkload("cb", "cb-slow", sln.Addr().(*net.TCPAddr).Port)}})
+			webWorkload("cb", "cb-slow", slowPort)}})
 	waitFor(t, "services", func() bool { return len(endpointsOf(a, "demo/od")) == 2 && len(endpointsOf(a, "demo/cb")) == 1 })
 	c := &http.Client{Timeout: 5 * time.Second}
 	odURL := "http://127.189.0.1:19060/"
@@ -592,13 +589,7 @@ spec:
 // traffic, urllc requests are still admitted and meet their timeout, and
 // the overload is shed from mmtc.
 func TestTrafficClassesShedLowestFirst(t *testing.T) {
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(100 * time.Millisecond)
-		io.WriteString(w, "ok")
-	})}
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	slicePort := startDelayed(t, "ok", 100*time.Millisecond)
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
 kind: Service
@@ -612,7 +603,7 @@ spec:
   defaultClass: mmtc
 `)
 	a := startAgent(t, agentOpts{name: "ran", site: "s1", region: "r1", vipOctet: 190, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		maxRequests: 10, workloads: []Workload{webWorkload("slice", "slice-1", ln.Addr().(*net.TCPAddr).Port)}})
+		maxRequests: 10, workloads: []Workload{webWorkload("slice", "slice-1", slicePort)}})
 	waitFor(t, "service", func() bool { return len(endpointsOf(a, "demo/slice")) == 1 })
 	url := "http://127.190.0.1:19070/"
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
