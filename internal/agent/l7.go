@@ -421,6 +421,12 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if err == nil {
 			a.stats(ev.key).observe(time.Since(start))
 			a.requestMetrics(t.svc, ev, resp.StatusCode, time.Since(start))
+			if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc") && resp.StatusCode != http.StatusSwitchingProtocols {
+				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, record: func(code string) {
+					a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_grpc_responses_total{service=%q,endpoint=%q,grpc_status=%q}`,
+						t.svc, ev.ep.Meta.Name, code)).Inc()
+				}}
+			}
 			a.outcome(sv, ev, resp.StatusCode, false)
 			gateway := resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504
 			if gateway && retryable && policy.On5xx && tries+1 < attempts && i+1 < len(cands) {
@@ -673,6 +679,32 @@ func (a *Agent) requestMetrics(svc string, ev *endpointView, code int, d time.Du
 	labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,tier=%q`, svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier)
 	a.cfg.Metrics.GetOrCreateCounter(`fogmesh_http_requests_total{` + labels + `,code_class="` + class + `"}`).Inc()
 	a.cfg.Metrics.GetOrCreateHistogram(`fogmesh_http_request_duration_seconds{` + labels + `}`).Update(d.Seconds())
+}
+
+// grpcStatusBody records a gRPC response's status when its body ends: the
+// grpc-status trailer, or the header of a trailers-only response.
+type grpcStatusBody struct {
+	io.ReadCloser
+	resp   *http.Response
+	record func(code string)
+	once   sync.Once
+}
+
+func (b *grpcStatusBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.once.Do(func() {
+			code := b.resp.Trailer.Get("Grpc-Status")
+			if code == "" {
+				code = b.resp.Header.Get("Grpc-Status")
+			}
+			if code == "" {
+				code = "unknown"
+			}
+			b.record(code)
+		})
+	}
+	return n, err
 }
 
 // noCloseBody ignores Close; see lbTransport.RoundTrip.

@@ -251,6 +251,21 @@ func TestGRPCPerRequestBalancing(t *testing.T) {
 	if seen["g1"] == 0 || seen["g2"] == 0 {
 		t.Fatalf("one gRPC connection's calls went to %v; want both servers", seen)
 	}
+	// A status from the server (NOT_FOUND for an unknown health service)
+	// and the successes show up in the metrics by gRPC code.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, err = hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "no-such-service"})
+	cancel()
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("unknown health service: %v", err)
+	}
+	var mbuf strings.Builder
+	client.cfg.Metrics.WritePrometheus(&mbuf)
+	for _, want := range []string{`grpc_status="0"`, `grpc_status="5"`} {
+		if !strings.Contains(mbuf.String(), want) {
+			t.Errorf("metrics lack %s:\n%s", want, mbuf.String())
+		}
+	}
 	servers["g1"].Stop()
 	for i := 0; i < 5; i++ {
 		if s, err := call(); err != nil || s != "g2" {
