@@ -6,14 +6,24 @@
 #      the same paths to an HTTP backend;
 #   3. agent RSS idle and with 1,000 open proxied connections;
 #   4. binary sizes (linux/amd64 and linux/arm64, stripped, CGO_ENABLED=0);
-#   5. the Go micro-benchmarks of internal/proxy and internal/transport.
+#   5. the Go micro-benchmarks of internal/proxy and internal/transport;
+#   6. L7 request proxying (service ports declared http/http2/grpc): the
+#      maximum request rate (closed loop, 16 connections: wrk, or fortio
+#      -qps 0 without wrk) and p50/p99 at a fixed 2,000 req/s for HTTP/1.1
+#      direct, through one agent, through two agents and through nginx (HTTP
+#      reverse proxy, upstream keepalive pool, 1 worker); h2c (fortio -h2,
+#      prior knowledge) and gRPC (fortio -grpc -ping) direct and through one
+#      agent.
 # Engines are interleaved within each round. Prints a markdown report to
 # stdout and writes it to bench/out/results-<date>.md.
 #
-# Needs: go, iperf3, haproxy, curl (scripts/install-deps.sh bench), and fortio
-# (installed with `go install fortio.org/fortio@v1.63.0` if missing).
+# Needs: go, iperf3, haproxy, curl, wrk (scripts/install-deps.sh bench), nginx
+# (installed here with apt-get if missing and root) and fortio (installed with
+# `go install fortio.org/fortio@v1.63.0` if missing). Without wrk the maximum
+# HTTP/1.1 rate is measured with fortio -qps 0.
 # Knobs (environment): ROUNDS (2), IPERF_SECONDS (4), LAT_SECONDS (5),
 # QPS (2000), CONNS (16), HOLD_N (1000), BENCH_BASE_PORT (31000),
+# XROUNDS (1: rounds of the h2c and gRPC rows), WRK_THREADS (1),
 # SKIP_GOBENCH=1, SKIP_ARM64=1.
 set -Eeuo pipefail
 
@@ -26,6 +36,8 @@ LAT_SECONDS=${LAT_SECONDS:-5}
 QPS=${QPS:-2000}
 CONNS=${CONNS:-16}
 HOLD_N=${HOLD_N:-1000}
+XROUNDS=${XROUNDS:-1}
+WRK_THREADS=${WRK_THREADS:-1}
 BASE=${BENCH_BASE_PORT:-31000}
 FORTIO_VERSION=v1.63.0
 SRV_VIP_RANGE=127.231.0.0/16
@@ -35,11 +47,11 @@ CLI_VIP_RANGE=127.232.0.0/16
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
 P_SRV_MESH=$((BASE + 10)); P_SRV_DNS=$((BASE + 11)); P_SRV_ADMIN=$((BASE + 12))
 P_CLI_MESH=$((BASE + 20)); P_CLI_DNS=$((BASE + 21)); P_CLI_ADMIN=$((BASE + 22))
-P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_SINK=$((BASE + 32))
-P_HAP_BULK=$((BASE + 40)); P_HAP_WEB=$((BASE + 41))
+P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_SINK=$((BASE + 32)); P_GRPC=$((BASE + 33))
+P_HAP_BULK=$((BASE + 40)); P_HAP_WEB=$((BASE + 41)); P_NGINX=$((BASE + 42))
 P_REL_BULK=$((BASE + 50)); P_REL_WEB=$((BASE + 51))
 # Service ports (on the agents' VIPs).
-S_BULK=15201; S_WEB=18080; S_HOLD=19000
+S_BULK=15201; S_WEB=18080; S_HOLD=19000; S_GRPC=18079
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
@@ -122,9 +134,21 @@ if [ -z "$FORTIO" ]; then
   (cd "$TMP" && GOFLAGS= go install "fortio.org/fortio@$FORTIO_VERSION") || die "cannot install fortio"
   FORTIO="$(go env GOPATH)/bin/fortio"
 fi
+if ! command -v nginx >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing nginx (apt-get; only its binary is used, with a config in the temp dir)"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx; } >"$TMP/apt.log" 2>&1 ||
+      log "cannot install nginx: $(tail -n 2 "$TMP/apt.log")"
+  fi
+fi
+NGINX=$(command -v nginx 2>/dev/null || true)
+[ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
+[ -n "$NGINX" ] || log "nginx not found and not installable: its rows will read fail"
+WRK=$(command -v wrk 2>/dev/null || true)
 
 for p in $P_CTL_ADMIN $P_CTL_SYNC $P_SRV_MESH $P_SRV_DNS $P_SRV_ADMIN $P_CLI_MESH $P_CLI_DNS \
-         $P_CLI_ADMIN $P_IPERF $P_HTTP $P_SINK $P_HAP_BULK $P_HAP_WEB $P_REL_BULK $P_REL_WEB; do
+         $P_CLI_ADMIN $P_IPERF $P_HTTP $P_SINK $P_GRPC $P_HAP_BULK $P_HAP_WEB $P_NGINX $P_REL_BULK $P_REL_WEB; do
   port_open 127.0.0.1 "$p" && die "port 127.0.0.1:$p is in use; set BENCH_BASE_PORT"
 done
 
@@ -166,12 +190,14 @@ git diff --quiet HEAD 2>/dev/null || GIT_REV="$GIT_REV (+ uncommitted changes)"
 HAPROXY_VERSION=$(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}')
 IPERF_VERSION=$(iperf3 --version 2>/dev/null | awk 'NR==1 {print $2}')
 FORTIO_V=$("$FORTIO" version 2>/dev/null | head -n 1)
+NGINX_VERSION=$([ -n "$NGINX" ] && "$NGINX" -v 2>&1 | awk -F/ 'NR==1 {print $2}' || echo none)
+WRK_VERSION=$([ -n "$WRK" ] && { "$WRK" -v 2>&1 || true; } | awk 'NR==1 {print $2}' || echo none)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- backends and proxies
 log "starting backends, HAProxy, splice relay, control plane and two agents"
 start iperf "$(command -v iperf3)" -s -B 127.0.0.1 -p "$P_IPERF"
-start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port disabled \
+start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "127.0.0.1:$P_GRPC" \
   -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
 start sink "$BIN/holdconns" -serve "127.0.0.1:$P_SINK"
 
@@ -196,6 +222,46 @@ haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy rejects its config"
 start haproxy "$(command -v haproxy)" -db -f "$TMP/haproxy.cfg"
 start relay "$BIN/splicerelay" "127.0.0.1:$P_REL_BULK=127.0.0.1:$P_IPERF" "127.0.0.1:$P_REL_WEB=127.0.0.1:$P_HTTP"
 
+# nginx as an HTTP/1.1 reverse proxy with an upstream keepalive pool: one
+# worker, in the foreground (daemon off; its master is the PID we stop), pid,
+# logs and temp files in $TMP, no access log, keep-alive not capped at 1,000
+# requests per connection on either side.
+if [ -n "$NGINX" ]; then
+  mkdir -p "$TMP/nginx"
+  cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_requests 1000000;
+    upstream backend {
+        server 127.0.0.1:$P_HTTP;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+  "$NGINX" -t -q -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf" >"$TMP/nginx-t.log" 2>&1 ||
+    die "nginx rejects its config: $(cat "$TMP/nginx-t.log")"
+  start nginx "$NGINX" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
+fi
+
 start ctl "$BIN/fogmesh" control -state-dir "$TMP/ctl" -admin-addr "127.0.0.1:$P_CTL_ADMIN" \
   -sync-addr "127.0.0.1:$P_CTL_SYNC"
 wait_port 127.0.0.1 "$P_CTL_ADMIN" ctl
@@ -214,6 +280,16 @@ apiVersion: fogmesh.io/v1alpha1
 kind: Service
 metadata: {name: webl7, namespace: bench}
 spec: {ports: [{name: http, port: $S_WEB, protocol: http}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: webh2, namespace: bench}
+spec: {ports: [{name: http, port: $S_WEB, protocol: http2}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: webgrpc, namespace: bench}
+spec: {ports: [{name: grpc, port: $S_GRPC, protocol: grpc}]}
 ---
 apiVersion: fogmesh.io/v1alpha1
 kind: Service
@@ -236,6 +312,8 @@ workloads:
   - {name: bulk-srv, service: bulk, namespace: bench, address: 127.0.0.1, ports: [{name: tcp, port: $P_IPERF}], check: {type: none}}
   - {name: web-srv, service: web, namespace: bench, address: 127.0.0.1, ports: [{name: http, port: $P_HTTP}], check: {type: none}}
   - {name: webl7-srv, service: webl7, namespace: bench, address: 127.0.0.1, ports: [{name: http, port: $P_HTTP}], check: {type: none}}
+  - {name: webh2-srv, service: webh2, namespace: bench, address: 127.0.0.1, ports: [{name: http, port: $P_HTTP}], check: {type: none}}
+  - {name: webgrpc-srv, service: webgrpc, namespace: bench, address: 127.0.0.1, ports: [{name: grpc, port: $P_GRPC}], check: {type: none}}
   - {name: hold-srv, service: hold, namespace: bench, address: 127.0.0.1, ports: [{name: tcp, port: $P_SINK}], check: {type: none}}
 EOF
 cat >"$TMP/cli.yaml" <<EOF
@@ -252,6 +330,8 @@ start cli "$BIN/fogmesh-agent" -config "$TMP/cli.yaml"
 
 wait_port 127.0.0.1 "$P_IPERF" iperf
 wait_port 127.0.0.1 "$P_HTTP" httpd
+wait_port 127.0.0.1 "$P_GRPC" httpd
+[ -n "$NGINX" ] && wait_port 127.0.0.1 "$P_NGINX" nginx
 wait_port 127.0.0.1 "$P_SINK" sink
 wait_port 127.0.0.1 "$P_HAP_BULK" haproxy
 wait_port 127.0.0.1 "$P_REL_BULK" relay
@@ -265,13 +345,16 @@ vip() {
     awk -v s="bench/$2" -v t="$3" '$1 == s && $6 == t && $7 == "true" {print $2; exit}'
 }
 SRV_VIP_BULK= SRV_VIP_WEB= SRV_VIP_WEBL7= SRV_VIP_HOLD= CLI_VIP_BULK= CLI_VIP_WEB= CLI_VIP_WEBL7= CLI_VIP_HOLD=
+SRV_VIP_WEBH2= SRV_VIP_GRPC=
 all_vips() {
   [ -n "$SRV_VIP_BULK" ] && [ -n "$SRV_VIP_WEB" ] && [ -n "$SRV_VIP_WEBL7" ] && [ -n "$SRV_VIP_HOLD" ] &&
+    [ -n "$SRV_VIP_WEBH2" ] && [ -n "$SRV_VIP_GRPC" ] &&
     [ -n "$CLI_VIP_BULK" ] && [ -n "$CLI_VIP_WEB" ] && [ -n "$CLI_VIP_WEBL7" ] && [ -n "$CLI_VIP_HOLD" ]
 }
 for i in $(seq 1 150); do
   SRV_VIP_BULK=$(vip "$P_SRV_ADMIN" bulk node); SRV_VIP_WEB=$(vip "$P_SRV_ADMIN" web node)
   SRV_VIP_WEBL7=$(vip "$P_SRV_ADMIN" webl7 node); SRV_VIP_HOLD=$(vip "$P_SRV_ADMIN" hold node)
+  SRV_VIP_WEBH2=$(vip "$P_SRV_ADMIN" webh2 node); SRV_VIP_GRPC=$(vip "$P_SRV_ADMIN" webgrpc node)
   CLI_VIP_BULK=$(vip "$P_CLI_ADMIN" bulk site); CLI_VIP_WEB=$(vip "$P_CLI_ADMIN" web site)
   CLI_VIP_WEBL7=$(vip "$P_CLI_ADMIN" webl7 site); CLI_VIP_HOLD=$(vip "$P_CLI_ADMIN" hold site)
   all_vips && break
@@ -282,35 +365,60 @@ all_vips || {
   "$BIN/fogmesh" routes -agent "http://127.0.0.1:$P_CLI_ADMIN" >&2 || true
   die "agents did not route all services within 15 s"
 }
-log "srv agent VIPs: bulk $SRV_VIP_BULK web $SRV_VIP_WEB webl7 $SRV_VIP_WEBL7 hold $SRV_VIP_HOLD; cli agent: bulk $CLI_VIP_BULK web $CLI_VIP_WEB webl7 $CLI_VIP_WEBL7 hold $CLI_VIP_HOLD"
+log "srv agent VIPs: bulk $SRV_VIP_BULK web $SRV_VIP_WEB webl7 $SRV_VIP_WEBL7 webh2 $SRV_VIP_WEBH2 webgrpc $SRV_VIP_GRPC hold $SRV_VIP_HOLD; cli agent: bulk $CLI_VIP_BULK web $CLI_VIP_WEB webl7 $CLI_VIP_WEBL7 hold $CLI_VIP_HOLD"
 
 # Engines: name, label, bulk address, web URL. LATENGINES adds the agents'
-# L7 path (the same backend behind a service port declared protocol: http),
-# informational: HAProxy here is L4, so the targets use the L4 rows.
+# L7 path (the same backend behind a service port declared protocol: http)
+# and nginx (HTTP reverse proxy): the L4 targets use the L4 rows (b)-(e), the
+# L7 targets the rows (b7), (c7) and (n). L7ENGINES are measured for the
+# maximum request rate too; XENGINES (h2c, gRPC) for both, XROUNDS rounds.
 ENGINES=(direct agent1 agent2 haproxy relay)
-LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent2l7)
-declare -A LABEL BULK WEB CPUPIDS
+LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent2l7 nginx)
+L7ENGINES=(direct agent1l7 agent2l7 nginx)
+XENGINES=(h2direct h2agent1 grpcdirect grpcagent1)
+declare -A LABEL BULK WEB CPUPIDS KIND
 LABEL[direct]="(a) direct";                 BULK[direct]="127.0.0.1 $P_IPERF";          WEB[direct]="http://127.0.0.1:$P_HTTP/"
 LABEL[agent1]="(b) one agent (node tier)";  BULK[agent1]="$SRV_VIP_BULK $S_BULK";       WEB[agent1]="http://$SRV_VIP_WEB:$S_WEB/"
 LABEL[agent2]="(c) two agents (mesh port)"; BULK[agent2]="$CLI_VIP_BULK $S_BULK";       WEB[agent2]="http://$CLI_VIP_WEB:$S_WEB/"
 LABEL[haproxy]="(d) HAProxy $HAPROXY_VERSION (tcp, splice-auto, 1 thread)"; BULK[haproxy]="127.0.0.1 $P_HAP_BULK"; WEB[haproxy]="http://127.0.0.1:$P_HAP_WEB/"
 LABEL[relay]="(e) minimal Go splice relay"; BULK[relay]="127.0.0.1 $P_REL_BULK";       WEB[relay]="http://127.0.0.1:$P_REL_WEB/"
 LABEL[agent1l7]="(b7) one agent, port declared http (L7)";  WEB[agent1l7]="http://$SRV_VIP_WEBL7:$S_WEB/"
-LABEL[agent2l7]="(c7) two agents, port declared http (L7)"; WEB[agent2l7]="http://$CLI_VIP_WEBL7:$S_WEB/"
+LABEL[agent2l7]="(c7) two agents, port declared http (L7 on the cli agent, mesh to srv)"; WEB[agent2l7]="http://$CLI_VIP_WEBL7:$S_WEB/"
+LABEL[nginx]="(n) nginx $NGINX_VERSION (HTTP reverse proxy, upstream keepalive 64, 1 worker)"; WEB[nginx]="http://127.0.0.1:$P_NGINX/"
+LABEL[h2direct]="(a2) h2c direct";          WEB[h2direct]="http://127.0.0.1:$P_HTTP/"
+LABEL[h2agent1]="(b2) h2c, one agent, port declared http2"; WEB[h2agent1]="http://$SRV_VIP_WEBH2:$S_WEB/"
+LABEL[grpcdirect]="(ag) gRPC ping direct";  WEB[grpcdirect]="127.0.0.1:$P_GRPC"
+LABEL[grpcagent1]="(bg) gRPC ping, one agent, port declared grpc"; WEB[grpcagent1]="$SRV_VIP_GRPC:$S_GRPC"
+KIND[h2direct]=h2; KIND[h2agent1]=h2; KIND[grpcdirect]=grpc; KIND[grpcagent1]=grpc
 CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
 CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"
+CPUPIDS[agent1l7]="$PID_srv"; CPUPIDS[agent2l7]="$PID_cli $PID_srv"
+CPUPIDS[h2direct]=""; CPUPIDS[h2agent1]="$PID_srv"; CPUPIDS[grpcdirect]=""; CPUPIDS[grpcagent1]="$PID_srv"
+# nginx: the master and its worker(s) (the worker does the proxying).
+CPUPIDS[nginx]=""
+if [ -n "$NGINX" ]; then
+  CPUPIDS[nginx]="$PID_nginx $(ps -o pid= --ppid "$PID_nginx" 2>/dev/null | tr '\n' ' ')"
+fi
 
-# Every path answers before anything is measured (the L7 rows are optional).
+# Every path answers before anything is measured; an L4 path that does not
+# is fatal, an L7 one (or nginx) is recorded as a failure and measured anyway.
 FAILED=() WARNED=()
-# failed ENGINE MESSAGE: a failure of an informational (L7) row is a warning.
-failed() { case $1 in *l7) WARNED+=("$2") ;; *) FAILED+=("$2") ;; esac; }
+failed() { FAILED+=("$2"); }
 for e in "${LATENGINES[@]}"; do
   if ! curl -fsS -o /dev/null --max-time 5 "${WEB[$e]}"; then
     case $e in
-      *l7) log "HTTP path $e (${WEB[$e]}) does not answer"; failed "$e" "HTTP path $e does not answer" ;;
+      *l7|nginx) log "HTTP path $e (${WEB[$e]}) does not answer"; failed "$e" "HTTP path $e does not answer" ;;
       *) die "HTTP path $e (${WEB[$e]}) does not answer" ;;
     esac
   fi
+done
+for e in h2direct h2agent1; do
+  curl -fsS -o /dev/null --max-time 5 --http2-prior-knowledge "${WEB[$e]}" ||
+    { log "h2c path $e (${WEB[$e]}) does not answer"; failed "$e" "h2c path $e does not answer"; }
+done
+for e in grpcdirect grpcagent1; do
+  timeout 10 "$FORTIO" grpcping -n 1 -loglevel Error "${WEB[$e]}" >"$TMP/grpcping-$e.log" 2>&1 ||
+    { log "gRPC path $e (${WEB[$e]}) does not answer: $(tail -n 2 "$TMP/grpcping-$e.log")"; failed "$e" "gRPC path $e does not answer"; }
 done
 
 # ---------------------------------------------------------------- RSS idle (before load)
@@ -352,21 +460,76 @@ RSS_SRV_TP=$(rss_kb "$PID_srv"); RSS_CLI_TP=$(rss_kb "$PID_cli")
 
 # ---------------------------------------------------------------- 2. latency
 declare -A P50 P99 P999 AQPS BAD
+# fortio_load ENGINE QPS JSON LOG: one time-bound fortio run against ENGINE
+# (HTTP/1.1, h2c with -h2, or gRPC ping with -grpc -ping, by KIND).
+fortio_load() {
+  local e=$1 qps=$2 extra=()
+  case ${KIND[$e]:-h1} in h2) extra=(-h2) ;; grpc) extra=(-grpc -ping) ;; esac
+  timeout $((LAT_SECONDS + 30)) "$FORTIO" load "${extra[@]}" -qps "$qps" -c "$CONNS" -t "${LAT_SECONDS}s" \
+    -p "50,99,99.9" -loglevel Error -json "$3" "${WEB[$e]}" >"$4" 2>&1
+}
+# fixed_rate ENGINE ROUND: QPS req/s over CONNS connections; p50/p99/p99.9.
+fixed_rate() {
+  local e=$1 r=$2 v=
+  log "fortio round $r: $e (${QPS} req/s, $CONNS conns, ${LAT_SECONDS}s)"
+  if fortio_load "$e" "$QPS" "$TMP/fortio-$e-$r.json" "$TMP/fortio-$e-$r.log" &&
+     v=$("$BIN/benchjson" fortio "$TMP/fortio-$e-$r.json" 2>&1); then
+    read -r P50[$e,$r] P99[$e,$r] P999[$e,$r] AQPS[$e,$r] BAD[$e,$r] _ <<<"$v"
+    [ "${BAD[$e,$r]}" = 0 ] || failed "$e" "fortio $e round $r: ${BAD[$e,$r]} non-OK responses"
+  else
+    log "fortio $e round $r FAILED: $(tail -n 3 "$TMP/fortio-$e-$r.log") ${v:-}"
+    P50[$e,$r]=fail; P99[$e,$r]=fail; P999[$e,$r]=fail; AQPS[$e,$r]=fail; BAD[$e,$r]=fail
+    failed "$e" "fortio $e round $r"
+  fi
+}
 for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${LATENGINES[@]}"); do
-    log "fortio round $r/$ROUNDS: $e (${QPS} req/s, $CONNS conns, ${LAT_SECONDS}s)"
-    out="$TMP/fortio-$e-$r.json"; v=
-    if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -qps "$QPS" -c "$CONNS" -t "${LAT_SECONDS}s" \
-         -p "50,99,99.9" -loglevel Error -json "$out" "${WEB[$e]}" >"$TMP/fortio-$e-$r.log" 2>&1 &&
-       v=$("$BIN/benchjson" fortio "$out" 2>&1); then
-      read -r P50[$e,$r] P99[$e,$r] P999[$e,$r] AQPS[$e,$r] BAD[$e,$r] _ <<<"$v"
-      [ "${BAD[$e,$r]}" = 0 ] || failed "$e" "fortio $e round $r: ${BAD[$e,$r]} non-200 responses"
-    else
-      log "fortio $e round $r FAILED: $(tail -n 3 "$TMP/fortio-$e-$r.log") ${v:-}"
-      P50[$e,$r]=fail; P99[$e,$r]=fail; P999[$e,$r]=fail; AQPS[$e,$r]=fail; BAD[$e,$r]=fail
-      failed "$e" "fortio $e round $r"
-    fi
+    fixed_rate "$e" "$r"
     sleep 0.5
+  done
+done
+
+# ---------------------------------------------------------------- 6. L7 request rate
+# max_rate ENGINE ROUND: closed loop, CONNS connections, LAT_SECONDS: wrk for
+# HTTP/1.1 when installed, else (and for h2c and gRPC) fortio -qps 0. Also the
+# proxy's CPU over the run.
+declare -A MAXQ MAXERR MAXCPU
+if [ -n "$WRK" ]; then MAXTOOL="wrk $WRK_VERSION -t $WRK_THREADS -c $CONNS -d ${LAT_SECONDS}s"
+else MAXTOOL="fortio load -qps 0 -c $CONNS -t ${LAT_SECONDS}s"; fi
+max_rate() {
+  local e=$1 r=$2 out="$TMP/max-$e-$r" v= c0 c1 t0 t1
+  log "max rate round $r: $e (closed loop, $CONNS conns, ${LAT_SECONDS}s)"
+  c0=$(cpu_ticks ${CPUPIDS[$e]}); t0=$(date +%s.%N)
+  if [ -n "$WRK" ] && [ -z "${KIND[$e]:-}" ]; then
+    timeout $((LAT_SECONDS + 20)) "$WRK" -t "$WRK_THREADS" -c "$CONNS" -d "${LAT_SECONDS}s" "${WEB[$e]}" >"$out.log" 2>&1 &&
+      v=$(awk '/^Requests\/sec:/ {q = $2} /Non-2xx or 3xx responses:/ {b += $NF}
+               /Socket errors:/ {gsub(",", ""); b += $4 + $6 + $8 + $10}
+               END {if (q == "") exit 1; printf "%.0f %d\n", q, b}' "$out.log")
+  else
+    fortio_load "$e" 0 "$out.json" "$out.log" && v=$("$BIN/benchjson" fortio "$out.json" 2>&1) &&
+      v=$(awk '{print $4, $5}' <<<"$v")
+  fi
+  t1=$(date +%s.%N); c1=$(cpu_ticks ${CPUPIDS[$e]})
+  if [ -n "$v" ]; then
+    read -r MAXQ[$e,$r] MAXERR[$e,$r] <<<"$v"
+    MAXCPU[$e,$r]=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * d / hz / (b - a)}')
+    [ "${MAXERR[$e,$r]}" = 0 ] || failed "$e" "max rate $e round $r: ${MAXERR[$e,$r]} errors or non-OK responses"
+  else
+    log "max rate $e round $r FAILED: $(tail -n 3 "$out.log")"
+    MAXQ[$e,$r]=fail; MAXERR[$e,$r]=fail; MAXCPU[$e,$r]=fail
+    failed "$e" "max rate $e round $r"
+  fi
+}
+for r in $(seq 1 "$ROUNDS"); do
+  for e in $(order "$r" "${L7ENGINES[@]}"); do
+    max_rate "$e" "$r"
+    sleep 0.5
+  done
+done
+for r in $(seq 1 "$XROUNDS"); do
+  for e in $(order "$r" "${XENGINES[@]}"); do
+    max_rate "$e" "$r"; sleep 0.5
+    fixed_rate "$e" "$r"; sleep 0.5
   done
 done
 
@@ -443,26 +606,37 @@ calc() { # fmt a b expr
   case "$2$3" in *fail*|*n/a*) echo "n/a"; return ;; esac
   awk -v a="$2" -v b="$3" "BEGIN {printf \"$1\", ($4)}"
 }
-rounds_of() { # array-name engine -> "x / y"
+rounds_of() { # array-name engine [rounds] -> "x / y"
   local -n arr=$1; local out="" r
-  for r in $(seq 1 "$ROUNDS"); do out+="${out:+ / }${arr[$2,$r]}"; done
+  for r in $(seq 1 "${3:-$ROUNDS}"); do out+="${out:+ / }${arr[$2,$r]:-fail}"; done
   echo "$out"
 }
 met() { case "$1" in 1) echo "**met**" ;; 0) echo "**missed**" ;; *) echo "not measured" ;; esac; }
 
-declare -A TPM CPUM L50 L99 L999 Q
-for e in "${LATENGINES[@]}"; do
-  vals=(); cpus=(); a=(); b=(); c=(); q=()
-  for r in $(seq 1 "$ROUNDS"); do
-    vals+=("${TP[$e,$r]:-fail}"); cpus+=("${TPCPU[$e,$r]:-fail}"); a+=("${P50[$e,$r]}"); b+=("${P99[$e,$r]}")
-    c+=("${P999[$e,$r]}"); q+=("${AQPS[$e,$r]}")
+declare -A TPM CPUM L50 L99 L999 Q MQ MCPU NR
+for e in "${LATENGINES[@]}"; do NR[$e]=$ROUNDS; done
+for e in "${XENGINES[@]}"; do NR[$e]=$XROUNDS; done
+for e in "${LATENGINES[@]}" "${XENGINES[@]}"; do
+  vals=(); cpus=(); a=(); b=(); c=(); q=(); m=(); mc=()
+  for r in $(seq 1 "${NR[$e]}"); do
+    vals+=("${TP[$e,$r]:-fail}"); cpus+=("${TPCPU[$e,$r]:-fail}"); a+=("${P50[$e,$r]:-fail}"); b+=("${P99[$e,$r]:-fail}")
+    c+=("${P999[$e,$r]:-fail}"); q+=("${AQPS[$e,$r]:-fail}"); m+=("${MAXQ[$e,$r]:-fail}"); mc+=("${MAXCPU[$e,$r]:-fail}")
   done
   TPM[$e]=$(med "${vals[@]}"); CPUM[$e]=$(med "${cpus[@]}")
   L50[$e]=$(med "${a[@]}"); L99[$e]=$(med "${b[@]}"); L999[$e]=$(med "${c[@]}"); Q[$e]=$(med "${q[@]}")
+  MQ[$e]=$(med "${m[@]}"); MCPU[$e]=$(med "${mc[@]}")
 done
 arm() { [ "$1" = 0 ] && echo "skipped" || mb $(($1 / 1024)); }
-add50() { calc "%+.3f" "${L50[$1]}" "${L50[direct]}" "a - b"; }
-add99() { calc "%+.3f" "${L99[$1]}" "${L99[direct]}" "a - b"; }
+add50() { calc "%+.3f" "${L50[$1]}" "${L50[${2:-direct}]}" "a - b"; }
+add99() { calc "%+.3f" "${L99[$1]}" "${L99[${2:-direct}]}" "a - b"; }
+# The direct row each L7 row compares with, and its number of agent hops.
+declare -A REF HOPS
+REF[direct]=direct; REF[agent1l7]=direct; REF[agent2l7]=direct; REF[nginx]=direct
+REF[h2direct]=h2direct; REF[h2agent1]=h2direct; REF[grpcdirect]=grpcdirect; REF[grpcagent1]=grpcdirect
+HOPS[direct]=0; HOPS[agent1l7]=1; HOPS[agent2l7]=2; HOPS[nginx]=1
+HOPS[h2direct]=0; HOPS[h2agent1]=1; HOPS[grpcdirect]=0; HOPS[grpcagent1]=1
+hop99() { calc "%+.3f" "$(add99 "$1" "${REF[$1]}")" "${HOPS[$1]}" "a / b"; } # added p99 per hop, ms
+us() { case "$1" in *fail*|*n/a*) echo "n/a" ;; *) awk -v a="$1" 'BEGIN {printf "%+.0f µs", a * 1000}' ;; esac; }
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 mkdir -p "$ROOT/bench/out"
@@ -478,7 +652,7 @@ echo "| kernel | $(uname -sr) |"
 echo "| Go | $(go version | awk '{print $3, $4}') |"
 echo "| fogmesh | $GIT_REV |"
 echo "| load average (1/5/15 min) before the run | $LOAD_START (other jobs on the machine perturb every figure) |"
-echo "| peers | HAProxy $HAPROXY_VERSION, iperf3 $IPERF_VERSION, fortio $FORTIO_V |"
+echo "| peers | HAProxy $HAPROXY_VERSION, nginx $NGINX_VERSION, iperf3 $IPERF_VERSION, fortio $FORTIO_V, wrk $WRK_VERSION |"
 echo
 echo "Everything on loopback, no CPU pinning (load generator, backend and proxies share all cores); agents with default GOMAXPROCS/GOGC."
 echo "$ROUNDS rounds, engines interleaved (order rotated each round); the figure is the median of the rounds, per-round values follow."
@@ -523,8 +697,9 @@ echo "| splice relay (1 hop) | $(add50 relay) | $(add99 relay) |"
 echo "| one agent (1 hop) | $(add50 agent1) | $(add99 agent1) |"
 echo "| two agents, per hop (added / 2) | $(calc "%+.3f" "$(add50 agent2)" 0 "a / 2") | $(calc "%+.3f" "$(add99 agent2)" 0 "a / 2") |"
 echo "| one agent minus HAProxy | $(calc "%+.3f" "$(add50 agent1)" "$(add50 haproxy)" "a - b") | $(calc "%+.3f" "$(add99 agent1)" "$(add99 haproxy)" "a - b") |"
-echo "| one agent, L7 (informational) | $(add50 agent1l7) | $(add99 agent1l7) |"
-echo "| two agents, L7, per hop (informational) | $(calc "%+.3f" "$(add50 agent2l7)" 0 "a / 2") | $(calc "%+.3f" "$(add99 agent2l7)" 0 "a / 2") |"
+echo "| one agent, L7 (port declared http) | $(add50 agent1l7) | $(add99 agent1l7) |"
+echo "| two agents, L7, per hop (added / 2) | $(calc "%+.3f" "$(add50 agent2l7)" 0 "a / 2") | $(calc "%+.3f" "$(add99 agent2l7)" 0 "a / 2") |"
+echo "| nginx, HTTP reverse proxy (1 hop) | $(add50 nginx) | $(add99 nginx) |"
 echo "| two agents per hop minus HAProxy | $(calc "%+.3f" "$(add50 agent2)" "$(add50 haproxy)" "a / 2 - b") | $(calc "%+.3f" "$(add99 agent2)" "$(add99 haproxy)" "a / 2 - b") |"
 echo
 echo "## 3. Agent memory (VmRSS)"
@@ -565,6 +740,34 @@ echo "| fogmesh (everything) | $(mb $((SIZE_AMD64_FULL / 1024))) | $(arm $SIZE_A
 echo
 echo "(MB = MiB.)"
 echo
+echo "## 6. L7 proxying: request rate and latency (HTTP/1.1, h2c, gRPC)"
+echo
+echo "Backend: the same fortio server (empty 200; gRPC: its ping service). Max req/s: closed loop, $CONNS connections, ${LAT_SECONDS} s"
+echo "(HTTP/1.1: \`$MAXTOOL\`; h2c and gRPC: \`fortio load -qps 0 -c $CONNS\` with \`-h2\` / \`-grpc -ping\`); proxy CPU % over that run"
+echo "(100 = one core; two agents summed). p50/p99 at a fixed $QPS req/s, $CONNS connections, ${LAT_SECONDS} s (fortio; the HTTP/1.1"
+echo "rows are those of section 2). HTTP/1.1: $ROUNDS round(s); h2c and gRPC: $XROUNDS round(s). Added latency: vs the direct row of"
+echo "the same protocol, same run; per hop: added / number of proxies on the path. Times in ms."
+echo
+echo "| path | max req/s (median) | per round | proxy CPU % at max | p50 | p99 | added p50 | added p99 | added p99 per hop |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for e in "${L7ENGINES[@]}" "${XENGINES[@]}"; do
+  cpu="${MCPU[$e]}"; [ "${HOPS[$e]}" = 0 ] && cpu="—"
+  [ "$cpu" != "—" ] && [ "$cpu" != fail ] && cpu=$(printf '%.0f' "$cpu")
+  if [ "${HOPS[$e]}" = 0 ]; then ad50="—"; ad99="—"; hp="—"
+  else ad50=$(add50 "$e" "${REF[$e]}"); ad99=$(add99 "$e" "${REF[$e]}"); hp="$(hop99 "$e") ($(us "$(hop99 "$e")"))"; fi
+  echo "| ${LABEL[$e]} | $(calc "%.0f" "${MQ[$e]}" 0 a) | $(rounds_of MAXQ "$e" "${NR[$e]}") | $cpu | ${L50[$e]} | ${L99[$e]} | $ad50 | $ad99 | $hp |"
+done
+echo
+echo "| max req/s ratio | value |"
+echo "|---|---|"
+echo "| (b7) one agent / (n) nginx | $(calc "%.2f" "${MQ[agent1l7]}" "${MQ[nginx]}" "a / b") |"
+echo "| (c7) two agents / (n) nginx | $(calc "%.2f" "${MQ[agent2l7]}" "${MQ[nginx]}" "a / b") |"
+echo "| (b7) one agent / (a) direct | $(calc "%.2f" "${MQ[agent1l7]}" "${MQ[direct]}" "a / b") |"
+echo "| (n) nginx / (a) direct | $(calc "%.2f" "${MQ[nginx]}" "${MQ[direct]}" "a / b") |"
+echo "| (c7) two agents / (b7) one agent | $(calc "%.2f" "${MQ[agent2l7]}" "${MQ[agent1l7]}" "a / b") |"
+echo "| (b2) h2c one agent / (a2) h2c direct | $(calc "%.2f" "${MQ[h2agent1]}" "${MQ[h2direct]}" "a / b") |"
+echo "| (bg) gRPC one agent / (ag) gRPC direct | $(calc "%.2f" "${MQ[grpcagent1]}" "${MQ[grpcdirect]}" "a / b") |"
+echo
 echo "## Targets"
 echo
 echo "| target | figure | |"
@@ -578,6 +781,12 @@ echo "| added p99 per agent hop <= HAProxy's (two agents / 2) | $(calc "%+.3f" "
 echo "| agent idle RSS < 20 MB | $(mb "$RSS_SRV_IDLE0") MB before load, $(mb "$RSS_SRV_IDLE1") MB after | $(met "$(calc "%d" "$RSS_SRV_IDLE0" "$RSS_SRV_IDLE1" "a < 20480 && b < 20480")") |"
 echo "| agent RSS < 50 MB with $HOLD_N connections | $(mb "$RSS_SRV_HOLD1") MB | $(met "$(calc "%d" "$RSS_SRV_HOLD1" 0 "a < 51200")") |"
 echo "| agent binary < 25 MB | $(mb $((SIZE_AMD64_AGENT / 1024))) MB amd64, $(arm $SIZE_ARM64_AGENT) MB arm64 | $(met $((SIZE_AMD64_AGENT < 26214400 && SIZE_ARM64_AGENT < 26214400))) |"
+echo "| L7: max req/s through one agent (b7) >= nginx (n) | $(calc "%.0f" "${MQ[agent1l7]}" 0 a) vs $(calc "%.0f" "${MQ[nginx]}" 0 a) req/s, (b7)/(n) = $(calc "%.2f" "${MQ[agent1l7]}" "${MQ[nginx]}" "a / b") | $(met "$(calc "%d" "${MQ[agent1l7]}" "${MQ[nginx]}" "a >= b")") |"
+echo "| L7: added p99 per hop < 300 µs at $QPS req/s, one agent (b7) | $(us "$(hop99 agent1l7)") | $(met "$(calc "%d" "$(hop99 agent1l7)" 0 "a < 0.3")") |"
+echo "| L7: added p99 per hop < 300 µs at $QPS req/s, two agents (c7) / 2 | $(us "$(hop99 agent2l7)") | $(met "$(calc "%d" "$(hop99 agent2l7)" 0 "a < 0.3")") |"
+echo "| L7: the same for h2c, one agent (b2) | $(us "$(hop99 h2agent1)") | $(met "$(calc "%d" "$(hop99 h2agent1)" 0 "a < 0.3")") |"
+echo "| L7: the same for gRPC, one agent (bg) | $(us "$(hop99 grpcagent1)") | $(met "$(calc "%d" "$(hop99 grpcagent1)" 0 "a < 0.3")") |"
+echo "| (for comparison) nginx added p99 at $QPS req/s | $(us "$(hop99 nginx)") | $(met "$(calc "%d" "$(hop99 nginx)" 0 "a < 0.3")") |"
 echo
 echo "## 5. Go benchmarks"
 echo
@@ -594,7 +803,7 @@ if [ ${#FAILED[@]} -gt 0 ]; then
 fi
 if [ ${#WARNED[@]} -gt 0 ]; then
   echo
-  echo "## Warnings (informational rows)"
+  echo "## Warnings"
   echo
   for f in "${WARNED[@]}"; do echo "* $f"; done
 fi
