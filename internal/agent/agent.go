@@ -61,6 +61,8 @@ type Agent struct {
 	// statsByEP holds what this agent measures per endpoint: in-flight
 	// count and peak-EWMA latency (balance.go).
 	statsByEP sync.Map // endpoint key -> *epStats
+	// reqMetrics caches request series per endpoint (l7.go).
+	reqMetrics sync.Map // metricsKey -> *endpointMetrics
 	// svcCounters count in-flight connections/requests per service for
 	// circuit breaking.
 	svcCounters sync.Map // "ns/name|conn" or "|req" -> *atomic.Int64

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/fogmesh/fogmesh/internal/api"
 )
 
@@ -209,8 +211,25 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return "connect: " + e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
-// transportFor returns the pooled upstream transport of one endpoint.
+// transportFor returns the pooled upstream transport of one endpoint. The
+// view caches it per endpoint view, so the common case costs one map lookup
+// and no formatting.
 func (s *l7) transportFor(sv *serviceView, ev *endpointView, port, proto string) *http.Transport {
+	ck := transportCacheKey{ev, port, proto}
+	if t, ok := sv.transports.Load(ck); ok {
+		return t.(*http.Transport)
+	}
+	t := s.transportForSlow(sv, ev, port, proto)
+	sv.transports.Store(ck, t)
+	return t
+}
+
+type transportCacheKey struct {
+	ev          *endpointView
+	port, proto string
+}
+
+func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto string) *http.Transport {
 	// Everything the dial closes over is in the key, so a moved endpoint
 	// or a changed timeout gets a fresh pool (pruneTransports drops the old).
 	epPort, _ := ev.ep.Port(port)
@@ -670,15 +689,42 @@ func (b *retryBudget) withdraw() bool {
 	return true
 }
 
-// requestMetrics records one request. code 0 means no response.
+// requestMetrics records one request. code 0 means no response. The
+// series of an endpoint are looked up once and cached.
 func (a *Agent) requestMetrics(svc string, ev *endpointView, code int, d time.Duration) {
-	class := "error"
-	if code > 0 {
-		class = fmt.Sprintf("%dxx", code/100)
+	class := 0 // "error"
+	if code >= 100 && code < 600 {
+		class = code / 100
 	}
-	labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,tier=%q`, svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier)
-	a.cfg.Metrics.GetOrCreateCounter(`fogmesh_http_requests_total{` + labels + `,code_class="` + class + `"}`).Inc()
-	a.cfg.Metrics.GetOrCreateHistogram(`fogmesh_http_request_duration_seconds{` + labels + `}`).Update(d.Seconds())
+	k := metricsKey{svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier}
+	v, ok := a.reqMetrics.Load(k)
+	if !ok {
+		labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,tier=%q`, svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier)
+		m := &endpointMetrics{duration: a.cfg.Metrics.GetOrCreateHistogram(`fogmesh_http_request_duration_seconds{` + labels + `}`)}
+		for c := range m.byClass {
+			name := "error"
+			if c > 0 {
+				name = fmt.Sprintf("%dxx", c)
+			}
+			m.byClass[c] = a.cfg.Metrics.GetOrCreateCounter(`fogmesh_http_requests_total{` + labels + `,code_class="` + name + `"}`)
+		}
+		v, _ = a.reqMetrics.LoadOrStore(k, m)
+	}
+	m := v.(*endpointMetrics)
+	m.byClass[class].Inc()
+	m.duration.Update(d.Seconds())
+}
+
+type metricsKey struct {
+	svc, endpoint, node string
+	tier                Tier
+}
+
+// endpointMetrics are one endpoint's request series; byClass[0] counts
+// requests without a response, byClass[n] status class nxx.
+type endpointMetrics struct {
+	byClass  [6]*metrics.Counter
+	duration *metrics.Histogram
 }
 
 // grpcStatusBody records a gRPC response's status when its body ends: the

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -235,13 +236,16 @@ type listenTarget struct {
 }
 
 type serviceView struct {
-	svc       *api.Service // with the destination policy's overrides applied
-	route     *api.Route   // nil: all requests to all endpoints
-	subsets   map[string]map[string]string
-	sessions  map[string]string // session key -> endpoint name, from the control plane
-	vip4      netip.Addr
-	vip6      netip.Addr
-	endpoints []*endpointView // sorted by tier
+	svc      *api.Service // with the destination policy's overrides applied
+	route    *api.Route   // nil: all requests to all endpoints
+	subsets  map[string]map[string]string
+	sessions map[string]string // session key -> endpoint name, from the control plane
+	// transports caches the L7 upstream pool per endpoint of this view
+	// (l7.transportFor); a rebuilt view starts empty.
+	transports sync.Map
+	vip4       netip.Addr
+	vip6       netip.Addr
+	endpoints  []*endpointView // sorted by tier
 }
 
 type endpointView struct {
