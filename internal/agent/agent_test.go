@@ -440,6 +440,7 @@ func TestDualStack(t *testing.T) {
 	}
 	waitFor(t, "v6 listener", func() bool { _, err := roundTrip("[" + aaaa + "]:19006"); return err == nil })
 	mustRoundTrip(t, "["+aaaa+"]:19006", "v6: ping")
+	t.Logf("AAAA %s answered and proxied over IPv6 end to end", aaaa)
 }
 
 // TestHostileBytesOnAdminAPI: garbage on the agent's admin port is dropped

@@ -197,6 +197,7 @@ func TestGRPCPerRequestBalancing(t *testing.T) {
 	apply(t, cp, httpSvcDoc("grpcsvc", 19013, "grpc"))
 	var workloads []Workload
 	servers := map[string]*grpc.Server{}
+	var healths []*health.Server
 	for _, name := range []string{"g1", "g2"} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -207,7 +208,9 @@ func TestGRPCPerRequestBalancing(t *testing.T) {
 			grpc.SetHeader(ctx, metadata.Pairs("x-server", name))
 			return h(ctx, req)
 		}))
-		healthpb.RegisterHealthServer(s, health.NewServer())
+		hs := health.NewServer()
+		healths = append(healths, hs)
+		healthpb.RegisterHealthServer(s, hs)
 		go s.Serve(ln)
 		t.Cleanup(s.Stop)
 		servers[name] = s
@@ -251,6 +254,26 @@ func TestGRPCPerRequestBalancing(t *testing.T) {
 	if seen["g1"] == 0 || seen["g2"] == 0 {
 		t.Fatalf("one gRPC connection's calls went to %v; want both servers", seen)
 	}
+	// Server streaming passes through: Watch sends SERVING, then each change.
+	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer wcancel()
+	stream, err := hc.Watch(wctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("watch first message: %v %v", m, err)
+	}
+	for _, hs := range healths {
+		hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+	if m, err := stream.Recv(); err != nil || m.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("watch did not stream the change: %v %v", m, err)
+	}
+	for _, hs := range healths {
+		hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
+	wcancel()
 	// A status from the server (NOT_FOUND for an unknown health service)
 	// and the successes show up in the metrics by gRPC code.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
