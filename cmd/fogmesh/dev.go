@@ -31,8 +31,8 @@ func runDev(args []string) error {
 		return err
 	}
 	opts.Logger = log
-	if *fresh && opts.StateDir != "" {
-		os.RemoveAll(opts.StateDir)
+	if *fresh {
+		os.RemoveAll(stateDirOf(opts))
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()

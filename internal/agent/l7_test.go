@@ -290,6 +290,18 @@ func TestGRPCPerRequestBalancing(t *testing.T) {
 		}
 	}
 	servers["g1"].Stop()
+	// A call already on its way to g1's pooled connection as it closes is
+	// not retried: a gRPC call is a POST with a body, and the agent cannot
+	// know whether g1 processed it. Once the failure is seen (g1's agent's
+	// health check, reported through the control plane), g1 gets nothing.
+	waitFor(t, "g1 seen unhealthy", func() bool {
+		for _, e := range endpointsOf(client, "demo/grpcsvc") {
+			if e.Name == "grpcsvc-g1" {
+				return !e.Healthy || e.Ejected
+			}
+		}
+		return false
+	})
 	for i := 0; i < 5; i++ {
 		if s, err := call(); err != nil || s != "g2" {
 			t.Fatalf("after g1 died: %q %v", s, err)
