@@ -41,6 +41,8 @@ type Agent struct {
 
 	view atomic.Pointer[view]
 
+	applyMu sync.Mutex // serialises applyUpdate (see there)
+
 	mu sync.Mutex // guards the following
 	// res and cfgVersion/storeID are the control plane's configuration.
 	res        *resources

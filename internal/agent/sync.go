@@ -179,16 +179,23 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 
 // applyUpdate applies a snapshot or delta, saves the cache, rebuilds the
 // view and reconciles listeners. Nothing changes if the update is invalid.
+//
+// Only applyUpdate replaces a.res (serialised by applyMu), and resources are
+// never modified in place, so the new configuration is built and saved
+// without a.mu: a slow fsync (an SD card) must not stall mesh dials, health
+// updates and requests that take a.mu.
 func (a *Agent) applyUpdate(m *wire.Message) error {
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
 	a.mu.Lock()
-	next, err := a.res.applyUpdate(m)
+	cur, storeID := a.res, a.storeID
+	a.mu.Unlock()
+	next, err := cur.applyUpdate(m)
 	if err != nil {
-		a.mu.Unlock()
 		return err
 	}
-	storeID := m.StoreID
-	if storeID == "" {
-		storeID = a.storeID
+	if m.StoreID != "" {
+		storeID = m.StoreID
 	}
 	cfg, err := next.toConfig(storeID, m.Version)
 	if err == nil {
@@ -197,9 +204,9 @@ func (a *Agent) applyUpdate(m *wire.Message) error {
 	if err != nil {
 		// Serving the new configuration without a cache would make an
 		// offline restart go back in time; refuse it instead.
-		a.mu.Unlock()
 		return fmt.Errorf("save cache: %w", err)
 	}
+	a.mu.Lock()
 	a.res, a.storeID, a.cfgVersion = next, storeID, m.Version
 	a.rebuildLocked()
 	a.mu.Unlock()
