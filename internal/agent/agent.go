@@ -63,6 +63,9 @@ type Agent struct {
 	// statsByEP holds what this agent measures per endpoint: in-flight
 	// count and peak-EWMA latency (balance.go).
 	statsByEP sync.Map // endpoint key -> *epStats
+	// topicSeries/topicCount: MQTT per-topic counters (mqtt.go).
+	topicSeries sync.Map
+	topicCount  atomic.Int64
 	// reqMetrics caches request series per endpoint (l7.go).
 	reqMetrics sync.Map // metricsKey -> *endpointMetrics
 	// svcCounters count in-flight connections/requests per service for
@@ -479,6 +482,7 @@ func (a *Agent) initMetrics() {
 		overflows:        m.NewCounter(`fogmesh_agent_circuit_breaker_overflows_total`),
 		sessionBinds:     m.NewCounter(`fogmesh_agent_session_binds_total`),
 		gossipDeaths:     m.NewCounter(`fogmesh_agent_gossip_peer_deaths_total`),
+		panics:           m.NewCounter(`fogmesh_agent_panics_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
@@ -496,5 +500,5 @@ func (a *Agent) initMetrics() {
 
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
-	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths                                   *metrics.Counter
+	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics                           *metrics.Counter
 }

@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -136,5 +138,82 @@ func TestMQTTClientIDPinning(t *testing.T) {
 	n, _ := c.Read(buf)
 	if n < 4 || buf[0] != 0x20 || buf[3] == 0 {
 		t.Fatalf("want a refusing CONNACK, got % x", buf[:n])
+	}
+}
+
+// TestMQTTInspectCountsTopics: with mqttInspect, the agent parses client
+// packets after CONNECT and counts PUBLISH and SUBSCRIBE per topic, while
+// messages still flow both ways through it (subscriber and publisher both
+// connect through the mesh to a real mosquitto).
+func TestMQTTInspectCountsTopics(t *testing.T) {
+	for _, bin := range []string{"mosquitto", "mosquitto_pub", "mosquitto_sub"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s not installed (make test installs mosquitto and mosquitto-clients)", bin)
+		}
+	}
+	b := startMosquitto(t)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: telemetry, namespace: demo}
+spec:
+  ports: [{name: web, port: 18831, protocol: mqtt}]
+  mqttInspect: true
+`)
+	a := startAgent(t, agentOpts{name: "insp", site: "s1", region: "r1", vipOctet: 198, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("telemetry", "telemetry-b", b)}})
+	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/telemetry")) == 1 })
+	vip := "127.198.0.1"
+	waitFor(t, "listener", func() bool {
+		c, err := net.Dial("tcp", vip+":18831")
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	sub := exec.CommandContext(ctx, "mosquitto_sub", "-h", vip, "-p", "18831", "-V", "mqttv5", "-t", "sensors/#", "-C", "2", "-v")
+	var out strings.Builder
+	sub.Stdout = &out
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	for i, topic := range []string{"sensors/temp", "sensors/temp"} {
+		if o, err := exec.Command("mosquitto_pub", "-h", vip, "-p", "18831", "-t", topic, "-m", fmt.Sprint(i)).CombinedOutput(); err != nil {
+			t.Fatalf("pub: %v %s", err, o)
+		}
+	}
+	if err := sub.Wait(); err != nil {
+		t.Fatalf("subscriber through the inspecting agent: %v (got %q)", err, out.String())
+	}
+	if out.String() != "sensors/temp 0\nsensors/temp 1\n" {
+		t.Fatalf("subscriber got %q", out.String())
+	}
+	var m strings.Builder
+	a.cfg.Metrics.WritePrometheus(&m)
+	for _, want := range []string{
+		`fogmesh_mqtt_messages_total{service="demo/telemetry",kind="publish",topic="sensors/temp"} 2`,
+		`fogmesh_mqtt_messages_total{service="demo/telemetry",kind="subscribe",topic="sensors/#"} 1`,
+	} {
+		if !strings.Contains(m.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	// A malformed packet after a valid MQTT 5 CONNECT: DISCONNECT 0x81.
+	c, err := net.Dial("tcp", vip+":18831")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	connect5 := []byte{0x10, 0x10, 0, 4, 'M', 'Q', 'T', 'T', 5, 0x02, 0, 30, 0, 0, 3, 'b', 'a', 'd'}
+	connect5[1] = byte(len(connect5) - 2)
+	c.Write(connect5)
+	c.Write([]byte{0x30, 0x05, 0x00, 0xff, 'x', 'y', 'z'}) // PUBLISH whose topic length overruns the packet
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, _ := io.ReadAll(c)
+	if !bytes.Contains(got, []byte{0xe0, 0x01, 0x81}) {
+		t.Fatalf("want DISCONNECT 0x81 after a malformed PUBLISH, got % x", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -105,6 +106,7 @@ func (a *Agent) acceptLoop(ctx context.Context, ap netip.AddrPort, l *vipListene
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
+			defer a.recoverConn(c)
 			a.handleConn(ctx, ap, c)
 		}()
 	}
@@ -203,7 +205,11 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		a.m.connOK.Inc()
 		counter := a.endpointActive(ev.key)
 		counter.Add(1)
-		proxy.Relay(ctx, client, up)
+		if t.proto == "mqtt" && sv.svc.Spec.MQTTInspect {
+			a.relayMQTT(ctx, client, up, mqttVersion, t.svc)
+		} else {
+			proxy.Relay(ctx, client, up)
+		}
 		counter.Add(-1)
 		return
 	}
@@ -258,6 +264,17 @@ func (a *Agent) eject(ev *endpointView) {
 		case ws.wake <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// recoverConn keeps a bug triggered by one connection from taking the whole
+// node's agent down (net/http does the same for its handlers): the panic is
+// logged with its stack, counted, and the connection closed.
+func (a *Agent) recoverConn(c net.Conn) {
+	if r := recover(); r != nil {
+		a.m.panics.Inc()
+		a.log.Error("agent: panic serving a connection", "remote", c.RemoteAddr(), "panic", r, "stack", string(debug.Stack()))
+		c.Close()
 	}
 }
 

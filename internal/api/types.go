@@ -122,6 +122,9 @@ type ServiceSpec struct {
 	DefaultClass string         `json:"defaultClass,omitempty"`
 	// HashKey is what the consistent-hash balancer hashes.
 	HashKey *HashKey `json:"hashKey,omitempty"`
+	// MQTTInspect keeps parsing an mqtt port's client packets after CONNECT
+	// (instead of splicing) to count PUBLISH and SUBSCRIBE per topic.
+	MQTTInspect bool `json:"mqttInspect,omitempty"`
 	// Session pins sessions to instances (http/http2/grpc ports).
 	Session *SessionAffinity `json:"session,omitempty"`
 }

@@ -30,10 +30,13 @@ type Connect struct {
 // ErrNotConnect is returned when the first packet is not CONNECT.
 var ErrNotConnect = errors.New("mqtt: first packet is not CONNECT")
 
-// ReadConnect reads exactly one packet from r, which must be CONNECT, and
-// returns it parsed together with the raw bytes read (to replay upstream).
-// It never reads beyond the packet.
-func ReadConnect(r io.Reader) (Connect, []byte, error) {
+// MaxPacketSize bounds the packets the agent reads in inspecting mode.
+const MaxPacketSize = 16 << 20
+
+// ReadPacket reads exactly one packet (never beyond it) and returns its
+// fixed header, its raw bytes (to forward as they are) and its body.
+func ReadPacket(r io.Reader, max int) (packets.FixedHeader, []byte, []byte, error) {
+	var fh packets.FixedHeader
 	var raw bytes.Buffer
 	one := make([]byte, 1)
 	readByte := func() (byte, error) {
@@ -45,35 +48,93 @@ func ReadConnect(r io.Reader) (Connect, []byte, error) {
 	}
 	hb, err := readByte()
 	if err != nil {
-		return Connect{}, nil, fmt.Errorf("mqtt: read fixed header: %w", err)
+		return fh, nil, nil, err // io.EOF: the client closed cleanly
 	}
-	var fh packets.FixedHeader
-	if err := fh.Decode(hb); err != nil || fh.Type != packets.Connect {
-		return Connect{}, raw.Bytes(), ErrNotConnect
+	if err := fh.Decode(hb); err != nil {
+		return fh, raw.Bytes(), nil, fmt.Errorf("mqtt: fixed header: %w", err)
 	}
 	n, _, err := packets.DecodeLength(byteReaderFunc(readByte))
 	if err != nil {
-		return Connect{}, raw.Bytes(), fmt.Errorf("mqtt: remaining length: %w", err)
+		return fh, raw.Bytes(), nil, fmt.Errorf("mqtt: remaining length: %w", err)
 	}
-	if n <= 0 || n > MaxConnectSize {
-		return Connect{}, raw.Bytes(), fmt.Errorf("mqtt: CONNECT of %d bytes (limit %d)", n, MaxConnectSize)
+	if n < 0 || n > max {
+		return fh, raw.Bytes(), nil, fmt.Errorf("mqtt: packet of %d bytes (limit %d)", n, max)
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return Connect{}, raw.Bytes(), fmt.Errorf("mqtt: read CONNECT: %w", err)
+	fh.Remaining = n
+	hdr := raw.Len()
+	raw.Grow(n)
+	if _, err := io.CopyN(&raw, r, int64(n)); err != nil {
+		return fh, raw.Bytes(), nil, fmt.Errorf("mqtt: read packet: %w", io.ErrUnexpectedEOF)
 	}
-	raw.Write(body)
+	b := raw.Bytes()
+	return fh, b, b[hdr:], nil
+}
+
+// ReadConnect reads exactly one packet from r, which must be CONNECT, and
+// returns it parsed together with the raw bytes read (to replay upstream).
+// It never reads beyond the packet.
+func ReadConnect(r io.Reader) (Connect, []byte, error) {
+	fh, raw, body, err := ReadPacket(r, MaxConnectSize)
+	if err != nil {
+		if err == io.EOF {
+			err = fmt.Errorf("mqtt: read fixed header: %w", err)
+		}
+		return Connect{}, raw, err
+	}
+	if fh.Type != packets.Connect {
+		return Connect{}, raw, ErrNotConnect
+	}
+	if len(body) == 0 {
+		return Connect{}, raw, errors.New("mqtt: empty CONNECT")
+	}
 	pk := packets.Packet{FixedHeader: fh}
-	if err := pk.ConnectDecode(body); err != nil {
-		return Connect{}, raw.Bytes(), fmt.Errorf("mqtt: decode CONNECT: %w", err)
+	if err := safeDecode(func() error { return pk.ConnectDecode(body) }); err != nil {
+		return Connect{}, raw, fmt.Errorf("mqtt: decode CONNECT: %w", err)
 	}
 	switch pk.ProtocolVersion {
 	case 3, 4, 5:
 	default:
-		return Connect{}, raw.Bytes(), fmt.Errorf("mqtt: protocol version %d", pk.ProtocolVersion)
+		return Connect{}, raw, fmt.Errorf("mqtt: protocol version %d", pk.ProtocolVersion)
 	}
 	return Connect{ClientID: pk.Connect.ClientIdentifier, Keepalive: pk.Connect.Keepalive,
-		Version: pk.ProtocolVersion, Username: string(pk.Connect.Username)}, raw.Bytes(), nil
+		Version: pk.ProtocolVersion, Username: string(pk.Connect.Username)}, raw, nil
+}
+
+// Topics returns what a client packet says about topics: the topic of a
+// PUBLISH, or the filters of a SUBSCRIBE; kind is "publish", "subscribe" or
+// "" for other packets. version is the connection's protocol version.
+func Topics(fh packets.FixedHeader, body []byte, version byte) (kind string, topics []string, err error) {
+	pk := packets.Packet{FixedHeader: fh, ProtocolVersion: version}
+	switch fh.Type {
+	case packets.Publish:
+		if err := safeDecode(func() error { return pk.PublishDecode(body) }); err != nil {
+			return "", nil, fmt.Errorf("mqtt: decode PUBLISH: %w", err)
+		}
+		return "publish", []string{pk.TopicName}, nil
+	case packets.Subscribe:
+		if err := safeDecode(func() error { return pk.SubscribeDecode(body) }); err != nil {
+			return "", nil, fmt.Errorf("mqtt: decode SUBSCRIBE: %w", err)
+		}
+		for _, f := range pk.Filters {
+			topics = append(topics, f.Filter)
+		}
+		return "subscribe", topics, nil
+	}
+	return "", nil, nil
+}
+
+// safeDecode runs one of the packet library's decoders and turns a panic
+// into an error: mochi-mqtt v2.7.9's SubscribeDecode indexes past the end
+// of some hostile packets (found by FuzzInspect; the input is in
+// testdata/fuzz/FuzzInspect), and a client's bytes must never crash the
+// agent.
+func safeDecode(decode func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("malformed packet: %v", r)
+		}
+	}()
+	return decode()
 }
 
 type byteReaderFunc func() (byte, error)

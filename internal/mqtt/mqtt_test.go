@@ -72,3 +72,33 @@ func FuzzReadConnect(f *testing.F) {
 		_ = c
 	})
 }
+
+// FuzzInspect: client packets after CONNECT (the inspecting relay's input)
+// never crash the reader or the decoders, in MQTT 3.1.1 and 5.
+func FuzzInspect(f *testing.F) {
+	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "sensors/temp", Payload: []byte("21.5")}
+	var b bytes.Buffer
+	pub.PublishEncode(&b)
+	f.Add(b.Bytes(), byte(4))
+	f.Add(b.Bytes(), byte(5))
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 7,
+		Filters: packets.Subscriptions{{Filter: "sensors/#", Qos: 1}}}
+	b.Reset()
+	sub.SubscribeEncode(&b)
+	f.Add(b.Bytes(), byte(4))
+	f.Add([]byte{0x30, 0x05, 0x00, 0xff, 'x', 'y', 'z'}, byte(5))
+	f.Add([]byte{0xc0, 0x00}, byte(4))
+	f.Fuzz(func(t *testing.T, in []byte, version byte) {
+		r := bytes.NewReader(in)
+		for i := 0; i < 4; i++ {
+			fh, raw, body, err := ReadPacket(r, 1<<16)
+			if err != nil {
+				return
+			}
+			if len(raw) < len(body) {
+				t.Fatal("body longer than the packet")
+			}
+			Topics(fh, body, version)
+		}
+	})
+}
