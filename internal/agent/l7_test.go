@@ -898,3 +898,54 @@ spec:
 		t.Fatalf("30 keys used only %v", used)
 	}
 }
+
+// TestProtocolAutoDetection: one port declared auto serves HTTP/1.1, h2c
+// and a raw TCP line protocol, each to the right path: HTTP requests are
+// balanced per request (they show in the L7 metrics); the TCP bytes read to
+// decide are replayed to the endpoint.
+func TestProtocolAutoDetection(t *testing.T) {
+	webPort, _ := startHTTP(t, "web")
+	echo := startEcho(t, "tcp", "127.0.0.1:0")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: anyweb, namespace: demo}
+spec: {ports: [{name: web, port: 19100, protocol: auto}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: anytcp, namespace: demo}
+spec: {ports: [{name: web, port: 19101, protocol: auto}]}
+`)
+	a := startAgent(t, agentOpts{name: "auto", site: "s1", region: "r1", vipOctet: 199, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("anyweb", "anyweb-1", webPort), webWorkload("anytcp", "anytcp-1", echo.port())}})
+	waitFor(t, "services", func() bool {
+		return len(endpointsOf(a, "demo/anyweb")) == 1 && len(endpointsOf(a, "demo/anytcp")) == 1
+	})
+	webURL := "http://127.199.0.1:19100/"
+	waitFor(t, "listener", func() bool { _, err := http.Get(webURL); return err == nil })
+	for _, h2 := range []bool{false, true} {
+		var protos http.Protocols
+		if h2 {
+			protos.SetUnencryptedHTTP2(true)
+		} else {
+			protos.SetHTTP1(true)
+		}
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Protocols: &protos}}
+		resp, err := c.Get(webURL)
+		if err != nil {
+			t.Fatalf("h2=%v: %v", h2, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasPrefix(string(b), "web ") {
+			t.Fatalf("h2=%v: %s %q", h2, resp.Status, b)
+		}
+	}
+	var m strings.Builder
+	a.cfg.Metrics.WritePrometheus(&m)
+	if !strings.Contains(m.String(), `fogmesh_http_requests_total{service="demo/anyweb"`) {
+		t.Fatal("HTTP on an auto port did not take the L7 path")
+	}
+	mustRoundTrip(t, "127.199.0.2:19101", "tcp: ping") // raw TCP: detected, replayed, spliced
+}

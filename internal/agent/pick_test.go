@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -118,5 +119,34 @@ func TestSessionPolicies(t *testing.T) {
 		if c.policy == "nearest" && len(a.pendingSessions) != 1 {
 			t.Errorf("nearest did not report the rebinding")
 		}
+	}
+}
+
+func TestDetect(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"GET / HTTP/1.1\r\n", "http"},
+		{"OPTIONS * HTTP/1.1\r\n", "http"},
+		{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http2"},
+		{"\x10\x0e\x00\x04MQTT", "mqtt"},
+		{"ping\n", "tcp"},
+		{"GETX", "tcp"},
+		{"", "tcp"}, // nothing within 500 ms: a server-speaks-first protocol
+	} {
+		client, server := net.Pipe()
+		go func() {
+			if c.in != "" {
+				client.Write([]byte(c.in))
+			}
+		}()
+		start := time.Now()
+		got, peeked := detect(server)
+		if got != c.want || !strings.HasPrefix(c.in, string(peeked)) {
+			t.Errorf("%q: got %s (peeked %q), want %s", c.in, got, peeked, c.want)
+		}
+		if c.in != "" && time.Since(start) > 400*time.Millisecond {
+			t.Errorf("%q: took %v to decide", c.in, time.Since(start))
+		}
+		client.Close()
+		server.Close()
 	}
 }

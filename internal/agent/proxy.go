@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"runtime/debug"
@@ -117,6 +119,15 @@ func (a *Agent) acceptLoop(ctx context.Context, ap netip.AddrPort, l *vipListene
 func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Conn) {
 	v := a.view.Load()
 	t, ok := v.byVIP[ap]
+	var peeked []byte
+	if ok && t.proto == "auto" {
+		t.proto, peeked = detect(client)
+		if len(peeked) > 0 && t.proto != "tcp" {
+			// L7 and MQTT read from the connection: give them the bytes back.
+			client = &prefixConn{Conn: client, r: io.MultiReader(bytes.NewReader(peeked), client)}
+			peeked = nil
+		}
+	}
 	if ok && isL7(t.proto) {
 		// Per-request balancing: the HTTP server owns the connection now.
 		a.active.Add(1)
@@ -161,6 +172,8 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 			return
 		}
 		prefix, mqttVersion, pinKey = raw, cn.Version, cn.ClientID
+	} else if len(peeked) > 0 {
+		prefix = peeked // auto-detected tcp: replay the bytes read, then splice
 	}
 	cands := a.pick(sv, t.port)
 	if hk := sv.svc.Spec.HashKey; pinKey == "" && hk != nil && hk.SourceIP && sv.svc.Spec.Balancer == "consistent-hash" {
@@ -174,7 +187,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
 		a.log.Debug("agent: no healthy endpoint", "service", t.svc)
-		if prefix != nil {
+		if t.proto == "mqtt" && prefix != nil {
 			client.Write(mqtt.Connack(mqttVersion, mqtt.RefuseUnavailable))
 		}
 		return
@@ -214,7 +227,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		return
 	}
 	a.m.connFailed.Inc()
-	if prefix != nil {
+	if t.proto == "mqtt" && prefix != nil {
 		client.Write(mqtt.Connack(mqttVersion, mqtt.RefuseUnavailable))
 	}
 }
@@ -265,6 +278,67 @@ func (a *Agent) eject(ev *endpointView) {
 		default:
 		}
 	}
+}
+
+// detect reads the client's first bytes (at most 500 ms) and names the
+// protocol: http2 for the HTTP/2 preface, http for an HTTP/1.x method,
+// mqtt for a CONNECT packet, tcp for anything else (or nothing). It
+// returns the bytes it read.
+func detect(c net.Conn) (string, []byte) {
+	var buf []byte
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	defer c.SetReadDeadline(time.Time{})
+	tmp := make([]byte, 16)
+	for len(buf) < 8 {
+		n, err := c.Read(tmp[:16-len(buf)])
+		buf = append(buf, tmp[:n]...)
+		if err != nil || (len(buf) > 0 && buf[0] == 0x10) || !couldBeHTTP(buf) {
+			break // closed, timed out, MQTT CONNECT, or bytes no HTTP starts with: decided
+		}
+	}
+	switch {
+	case len(buf) == 0:
+		return "tcp", buf
+	case buf[0] == 0x10:
+		return "mqtt", buf
+	case bytes.HasPrefix(buf, []byte("PRI * HT")):
+		return "http2", buf
+	}
+	for _, m := range httpStarts[1:] {
+		if bytes.HasPrefix(buf, []byte(m)) {
+			return "http", buf
+		}
+	}
+	return "tcp", buf
+}
+
+// httpStarts are the first bytes of an HTTP/2 preface and HTTP/1.x methods.
+var httpStarts = []string{"PRI * HT", "GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "OPTIONS ", "PATCH ", "TRACE ", "CONNECT "}
+
+// couldBeHTTP reports whether more bytes could still make buf an HTTP start.
+func couldBeHTTP(buf []byte) bool {
+	for _, m := range httpStarts {
+		if len(buf) < len(m) && bytes.HasPrefix([]byte(m), buf) {
+			return true
+		}
+	}
+	return false
+}
+
+// prefixConn replays bytes already read from a connection.
+type prefixConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CloseWrite forwards half-closes to the TCP connection.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // recoverConn keeps a bug triggered by one connection from taking the whole

@@ -27,7 +27,7 @@ const DefaultNamespace = "default"
 
 // Protocols a service port may declare. Only tcp is proxied at L4 today; the
 // others are accepted so that documents written for later releases load.
-var Protocols = map[string]bool{"tcp": true, "http": true, "http2": true, "grpc": true, "mqtt": true}
+var Protocols = map[string]bool{"tcp": true, "http": true, "http2": true, "grpc": true, "mqtt": true, "auto": true}
 
 // Meta is the metadata every resource carries.
 type Meta struct {
@@ -206,9 +206,12 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // ServicePort is one port of a service.
 type ServicePort struct {
-	Name     string `json:"name"`
-	Port     int    `json:"port"`               // port on the virtual IP, 1-65535
-	Protocol string `json:"protocol,omitempty"` // tcp (default), http, http2, grpc, mqtt
+	Name string `json:"name"`
+	Port int    `json:"port"` // port on the virtual IP, 1-65535
+	// Protocol: tcp (default), http, http2, grpc, mqtt, or auto: the agent
+	// reads the client's first bytes (up to 500 ms) and picks http, http2,
+	// mqtt or tcp. Not for protocols where the server speaks first.
+	Protocol string `json:"protocol,omitempty"`
 }
 
 // ServiceStatus holds what the control plane allocated.

@@ -130,7 +130,7 @@ func (s *Service) Validate() error {
 			p.Protocol = "tcp"
 		}
 		if !Protocols[p.Protocol] {
-			return fieldErr(f+".protocol", "%q is not one of tcp, http, http2, grpc, mqtt", p.Protocol)
+			return fieldErr(f+".protocol", "%q is not one of tcp, http, http2, grpc, mqtt, auto", p.Protocol)
 		}
 		if seenName[p.Name] {
 			return fieldErr(f+".name", "duplicate port name %q", p.Name)
