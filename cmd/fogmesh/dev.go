@@ -80,5 +80,5 @@ func stateDirOf(o dev.Options) string {
 	if o.StateDir != "" {
 		return o.StateDir
 	}
-	return os.TempDir() + "/fogmesh-dev"
+	return dev.DefaultStateDir()
 }

@@ -285,13 +285,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // Close stops the agent; idempotent, waits for its goroutines.
 func (a *Agent) Close() error {
-	a.mu.Lock()
-	cancel := a.cancel
-	a.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-	a.shutdown()
+	a.shutdown() // cancels Run's context first
 	return nil
 }
 

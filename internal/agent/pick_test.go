@@ -150,3 +150,19 @@ func TestDetect(t *testing.T) {
 		server.Close()
 	}
 }
+
+// BenchmarkAdmit is the traffic-class admission on every L7 request.
+func BenchmarkAdmit(b *testing.B) {
+	a, sv := testView(&testing.T{}, "round-robin")
+	a.cfg.MaxRequests = 1 << 30
+	svc := *sv.svc
+	svc.Spec.Classes = []api.TrafficClass{{Name: "urllc", Priority: 3}, {Name: "embb", Priority: 2}, {Name: "mmtc", Priority: 1}}
+	sv.svc = &svc
+	class := &svc.Spec.Classes[2]
+	b.ReportAllocs()
+	for b.Loop() {
+		if a.admit(sv, class) {
+			a.l7Inflight.Add(-1)
+		}
+	}
+}

@@ -227,13 +227,7 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // Close stops serving and closes the store; it is idempotent and waits.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	cancel := s.cancel
-	s.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-	s.shutdown()
+	s.shutdown() // cancels Serve's context first
 	return nil
 }
 

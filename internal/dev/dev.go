@@ -46,6 +46,9 @@ type Options struct {
 	Logger    *slog.Logger // nil = discard
 }
 
+// DefaultStateDir is where the demo keeps its state unless told otherwise.
+func DefaultStateDir() string { return filepath.Join(os.TempDir(), "fogmesh-dev") }
+
 // NodeSpec is one demo node.
 type NodeSpec struct{ Name, Site, Region string }
 
@@ -95,7 +98,7 @@ func (o *Options) port(i int) string {
 // Start starts everything; Run waits for ctx and stops.
 func Start(ctx context.Context, opts Options) (*Demo, error) {
 	if opts.StateDir == "" {
-		opts.StateDir = filepath.Join(os.TempDir(), "fogmesh-dev")
+		opts.StateDir = DefaultStateDir()
 	}
 	if opts.VIPOctet == 0 {
 		opts.VIPOctet = 101
