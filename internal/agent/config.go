@@ -79,6 +79,9 @@ type Workload struct {
 	Name      string `json:"name,omitempty"`
 	Service   string `json:"service"`
 	Namespace string `json:"namespace,omitempty"`
+	// ServiceAccount is the workload's identity within its namespace
+	// (default: the service name); see api.WorkloadID.
+	ServiceAccount string `json:"serviceAccount,omitempty"`
 	// Labels select the workload into subsets (e.g. version: v2).
 	Labels map[string]string `json:"labels,omitempty"`
 	// Address the instance listens on (default 127.0.0.1).
@@ -217,8 +220,9 @@ func (w *Workload) normalize(node string) error {
 func (w *Workload) endpoint(node string, healthy bool) api.Endpoint {
 	return api.Endpoint{
 		APIVersion: api.APIVersion, Kind: api.KindEndpoint,
-		Meta:   api.Meta{Name: w.Name, Namespace: w.Namespace, Labels: w.Labels},
-		Spec:   api.EndpointSpec{Service: w.Service, Node: node, Address: w.Address, Ports: append([]api.EndpointPort(nil), w.Ports...)},
+		Meta: api.Meta{Name: w.Name, Namespace: w.Namespace, Labels: w.Labels},
+		Spec: api.EndpointSpec{Service: w.Service, Node: node, Address: w.Address,
+			Ports: append([]api.EndpointPort(nil), w.Ports...), ServiceAccount: w.ServiceAccount},
 		Status: api.EndpointStatus{Healthy: healthy},
 	}
 }

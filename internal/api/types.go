@@ -249,6 +249,10 @@ type EndpointSpec struct {
 	Region string `json:"region,omitempty"`
 	// Weight is a relative weight (default 1).
 	Weight float64 `json:"weight,omitempty"`
+	// ServiceAccount names the instance's workload identity:
+	// spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount> (default:
+	// the service name).
+	ServiceAccount string `json:"serviceAccount,omitempty"`
 }
 
 // EndpointPort maps a service port name to an instance port.

@@ -267,5 +267,8 @@ func (e *Endpoint) Validate() error {
 	if e.Spec.Weight == 0 {
 		e.Spec.Weight = 1
 	}
-	return nil
+	if e.Spec.ServiceAccount == "" {
+		e.Spec.ServiceAccount = e.Spec.Service
+	}
+	return validName("spec.serviceAccount", e.Spec.ServiceAccount)
 }

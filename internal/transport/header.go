@@ -85,6 +85,10 @@ type Header struct {
 	Endpoint  string `json:"endpoint"`
 	Port      string `json:"port"`   // service port name
 	Source    string `json:"source"` // name of the node that opened the stream
+	// SourceID is the SPIFFE ID of the workload that opened the proxied
+	// connection, as the source agent knows it (optional). The destination
+	// agent trusts it only as far as it trusts the source node.
+	SourceID string `json:"sourceId,omitempty"`
 }
 
 func (h Header) String() string {
@@ -104,8 +108,11 @@ func (h Header) validate() error {
 		{"endpoint", h.Endpoint},
 		{"port", h.Port},
 		{"source", h.Source},
+		{"sourceId", h.SourceID},
 	} {
 		switch {
+		case f.v == "" && f.name == "sourceId":
+			continue
 		case f.v == "":
 			return fmt.Errorf("%w: empty %s", errBadHeader, f.name)
 		case len(f.v) > MaxFieldLen:
