@@ -44,7 +44,7 @@ func TestReadHeader(t *testing.T) {
 		{name: "valid", in: frame("FMS1", len(validJSON), validJSON), want: testHeader},
 		{name: "valid with trailing stream bytes", in: append(frame("FMS1", len(validJSON), validJSON), "GET /"...), want: testHeader},
 		{name: "unknown field ignored", in: hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","future":1,"x":"yz"}`),
-			want: Header{"a", "b", "c", "d", "e"}},
+			want: Header{Namespace: "a", Service: "b", Endpoint: "c", Port: "d", Source: "e"}},
 		{name: "empty input", in: nil, wantErr: "EOF"},
 		{name: "bad magic", in: frame("HTTP", len(validJSON), validJSON), wantErr: `bad magic "HTTP"`, bad: true},
 		{name: "old version", in: frame("FMS0", len(validJSON), validJSON), wantErr: "bad magic", bad: true},
@@ -65,7 +65,7 @@ func TestReadHeader(t *testing.T) {
 		{name: "invalid UTF-8", in: hdr("{\"namespace\":\"\xff\",\"service\":\"b\",\"endpoint\":\"c\",\"port\":\"d\",\"source\":\"e\"}"),
 			wantErr: "not UTF-8", bad: true},
 		{name: "case-insensitive keys and escapes", in: hdr(`{"NAMESPACE":"a\u003c","Service":"b/\"","endpoint":"c","port":"d","source":"e"}`),
-			want: Header{"a<", "b/\"", "c", "d", "e"}},
+			want: Header{Namespace: "a<", Service: "b/\"", Endpoint: "c", Port: "d", Source: "e"}},
 		{name: "wrong type", in: hdr(`{"namespace":1}`), wantErr: "cannot unmarshal number", bad: true},
 	}
 	for _, tt := range tests {
@@ -108,9 +108,9 @@ func TestWriteHeaderRejects(t *testing.T) {
 		h       Header
 		wantErr string
 	}{
-		{"empty source", Header{"a", "b", "c", "d", ""}, "empty source"},
-		{"field too long", Header{"a", "b", strings.Repeat("n", MaxFieldLen+1), "d", "e"}, "endpoint of 254 bytes"},
-		{"control character", Header{"a", "b", "c", "d\x00", "e"}, "control character in port"},
+		{"empty source", Header{Namespace: "a", Service: "b", Endpoint: "c", Port: "d"}, "empty source"},
+		{"field too long", Header{Namespace: "a", Service: "b", Endpoint: strings.Repeat("n", MaxFieldLen+1), Port: "d", Source: "e"}, "endpoint of 254 bytes"},
+		{"control character", Header{Namespace: "a", Service: "b", Endpoint: "c", Port: "d\x00", Source: "e"}, "control character in port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
