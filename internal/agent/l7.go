@@ -39,6 +39,8 @@ type l7 struct {
 
 	mu         sync.Mutex // guards transports
 	transports map[string]*http.Transport
+
+	idleTimers sync.Map // *taggedConn -> *time.Timer, see connState
 }
 
 type targetKey struct{}
@@ -111,7 +113,8 @@ func newL7(a *Agent) *l7 {
 		Handler:           rp,
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       90 * time.Second,
+		IdleTimeout:       defaultL7Idle, // and a service's timeouts.idle, by connState
+		ConnState:         s.connState,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := c.(*taggedConn); ok {
 				return context.WithValue(ctx, targetKey{}, tc.target)
@@ -151,7 +154,7 @@ func (s *l7) pruneTransports(v *view) {
 		for _, ev := range sv.endpoints {
 			for _, p := range ev.ep.Spec.Ports {
 				for _, proto := range []string{"http", "http2", "grpc"} {
-					live[fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d", ev.key, p.Name, proto, ev.mesh, ev.ep.Spec.Address, p.Port, sv.svc.Spec.Timeouts.Connect)] = true
+					live[fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d", ev.key, p.Name, proto, ev.mesh, ev.ep.Spec.Address, p.Port, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)] = true
 				}
 			}
 		}
@@ -233,7 +236,7 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 	// Everything the dial closes over is in the key, so a moved endpoint
 	// or a changed timeout gets a fresh pool (pruneTransports drops the old).
 	epPort, _ := ev.ep.Port(port)
-	key := fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect)
+	key := fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t := s.transports[key]; t != nil {
@@ -250,7 +253,7 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 		Proxy:               nil,
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
+		IdleConnTimeout:     l7IdleTimeout(sv),
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := a.dialEndpoint(ctx, sv, ev, port)
 			if err != nil {

@@ -218,10 +218,14 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		a.m.connOK.Inc()
 		counter := a.endpointActive(ev.key)
 		counter.Add(1)
+		c, u := client, up
+		if idle := time.Duration(sv.svc.Spec.Timeouts.Idle); idle > 0 {
+			c, u = proxy.WithIdleTimeout(client, up, idle)
+		}
 		if t.proto == "mqtt" && sv.svc.Spec.MQTTInspect {
-			a.relayMQTT(ctx, client, up, mqttVersion, t.svc)
-		} else {
-			proxy.Relay(ctx, client, up)
+			a.relayMQTT(ctx, c, u, mqttVersion, t.svc)
+		} else if _, _, err := proxy.Relay(ctx, c, u); errors.Is(err, proxy.ErrIdle) {
+			a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_idle_timeouts_total{service=%q}`, t.svc)).Inc()
 		}
 		counter.Add(-1)
 		return
