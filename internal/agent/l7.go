@@ -327,9 +327,9 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint
 	}
-	if hk := sv.svc.Spec.HashKey; hk != nil && sv.svc.Spec.Balancer == "consistent-hash" {
-		if key := hashKeyOf(req, hk); key != "" {
-			pinOrder(cands, key)
+	if hashBalanced(sv) {
+		if key := hashKeyOf(req, sv.svc.Spec.HashKey); key != "" {
+			hashOrder(sv, cands, key)
 		}
 	}
 	if sa := sv.svc.Spec.Session; sa != nil {

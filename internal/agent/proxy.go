@@ -176,13 +176,14 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		prefix = peeked // auto-detected tcp: replay the bytes read, then splice
 	}
 	cands := a.pick(sv, t.port)
-	if hk := sv.svc.Spec.HashKey; pinKey == "" && hk != nil && hk.SourceIP && sv.svc.Spec.Balancer == "consistent-hash" {
+	if hk := sv.svc.Spec.HashKey; hk != nil && hk.SourceIP && !hk.MQTTClientID && hashBalanced(sv) {
+		// Source IP asked for without the client id: it wins on mqtt too.
 		if host, _, err := net.SplitHostPort(client.RemoteAddr().String()); err == nil {
 			pinKey = host
 		}
 	}
 	if pinKey != "" {
-		pinOrder(cands, pinKey)
+		hashOrder(sv, cands, pinKey)
 	}
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()

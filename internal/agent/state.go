@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -243,9 +244,12 @@ type serviceView struct {
 	// transports caches the L7 upstream pool per endpoint of this view
 	// (l7.transportFor); a rebuilt view starts empty.
 	transports sync.Map
-	vip4       netip.Addr
-	vip6       netip.Addr
-	endpoints  []*endpointView // sorted by tier
+	// maglev caches lookup tables by endpoint set (maglev.go).
+	maglev    sync.Map // string -> []int32
+	maglevN   atomic.Int64
+	vip4      netip.Addr
+	vip6      netip.Addr
+	endpoints []*endpointView // sorted by tier
 }
 
 type endpointView struct {

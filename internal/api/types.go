@@ -138,9 +138,11 @@ type HashKey struct {
 	Cookie   string `json:"cookie,omitempty"`
 	SourceIP bool   `json:"sourceIP,omitempty"`
 	// MQTTClientID hashes the client id of an mqtt port's CONNECT packet,
-	// so a client's session stays on one broker. An mqtt port always pins
-	// by client id when the service has no HashKey; with a HashKey set,
-	// only if this is true.
+	// so a client's session stays on one broker. An mqtt port pins by
+	// client id (rendezvous hashing, or maglev with that balancer) unless
+	// the hash key sets sourceIP without mqttClientID. Without a hashKey,
+	// consistent-hash and maglev default to {sourceIP: true}, plus
+	// mqttClientID: true when the service has an mqtt or auto port.
 	MQTTClientID bool `json:"mqttClientID,omitempty"`
 }
 

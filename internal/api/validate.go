@@ -197,6 +197,11 @@ func (s *Service) Validate() error {
 	}
 	if (s.Spec.Balancer == "consistent-hash" || s.Spec.Balancer == "maglev") && s.Spec.HashKey == nil {
 		s.Spec.HashKey = &HashKey{SourceIP: true}
+		for _, p := range s.Spec.Ports {
+			if p.Protocol == "mqtt" || p.Protocol == "auto" {
+				s.Spec.HashKey.MQTTClientID = true // an MQTT session by its client id, as without a hashKey
+			}
+		}
 	}
 	if sa := s.Spec.Session; sa != nil {
 		if sa.Header == "" && sa.Cookie == "" {
