@@ -288,6 +288,11 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, errShed
 	}
 	defer a.l7Inflight.Add(-1)
+	if rule != nil && rule.Fault != nil {
+		if resp, err := a.injectFault(req, t.svc, rule.Fault); resp != nil || err != nil {
+			return resp, err
+		}
+	}
 	if max := sv.svc.Spec.CircuitBreaker.MaxRequests; max > 0 {
 		n := a.serviceCounter(t.svc, "req")
 		if n.Add(1) > int64(max) {
