@@ -41,6 +41,7 @@ type l7 struct {
 	transports map[string]*http.Transport
 
 	idleTimers sync.Map // *taggedConn -> *time.Timer, see connState
+	limiters   sync.Map // service -> *reqLimiter (l7limit.go)
 }
 
 type targetKey struct{}
@@ -293,15 +294,6 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, err
 		}
 	}
-	if max := sv.svc.Spec.CircuitBreaker.MaxRequests; max > 0 {
-		n := a.serviceCounter(t.svc, "req")
-		if n.Add(1) > int64(max) {
-			n.Add(-1)
-			a.m.overflows.Inc()
-			return nil, errOverflow
-		}
-		defer n.Add(-1) // TODO: count until the response body is closed, not only to headers
-	}
 	cands := a.pick(sv, t.port)
 	retries, timeout := sv.svc.Spec.Retries, time.Duration(sv.svc.Spec.Timeouts.Request)
 	if class != nil {
@@ -332,6 +324,13 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint
 	}
+	// The circuit breaker: a slot, or a place in the queue for at most
+	// the request timeout, which the wait then counts against.
+	timeout, releaseSlot, err := lt.l7.limitRequest(req.Context(), t.svc, sv.svc.Spec.CircuitBreaker, timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer releaseSlot() // TODO: count until the response body is closed, not only to headers
 	if hashBalanced(sv) {
 		if key := hashKeyOf(req, sv.svc.Spec.HashKey); key != "" {
 			hashOrder(sv, cands, key)
