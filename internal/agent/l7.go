@@ -12,6 +12,7 @@ import (
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,8 +41,9 @@ type l7 struct {
 	mu         sync.Mutex // guards transports
 	transports map[string]*http.Transport
 
-	idleTimers sync.Map // *taggedConn -> *time.Timer, see connState
-	limiters   sync.Map // service -> *reqLimiter (l7limit.go)
+	idleTimers sync.Map     // *taggedConn -> *time.Timer, see connState
+	limiters   sync.Map     // service -> *reqLimiter (l7limit.go)
+	mirrors    atomic.Int64 // copies in flight (l7mirror.go)
 }
 
 type targetKey struct{}
@@ -331,6 +333,9 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	defer releaseSlot() // TODO: count until the response body is closed, not only to headers
+	if rule != nil && rule.Mirror != nil {
+		req = lt.mirror(req, sv, t, rule.Mirror, timeout)
+	}
 	if hashBalanced(sv) {
 		if key := hashKeyOf(req, sv.svc.Spec.HashKey); key != "" {
 			hashOrder(sv, cands, key)
