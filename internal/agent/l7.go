@@ -357,7 +357,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = req.WithContext(ctx)
 		release = func() { timer.Stop(); cancel(nil) }
 	}
-	resp, err := lt.roundTrip(req, sv, t, cands, retries)
+	resp, err := lt.roundTrip(req, sv, t, cands, retries, routeName(rule))
 	if err != nil {
 		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
 			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)
@@ -388,7 +388,7 @@ func (r *releaseOnClose) Close() error {
 }
 
 // roundTrip tries cands in order within the service's retry policy.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy) (*http.Response, error) {
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string) (*http.Response, error) {
 	a := lt.l7.a
 	// http.Transport closes the request body even when it fails to
 	// connect; shield it so a retry on the next endpoint can still send
@@ -451,7 +451,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		if err == nil {
 			a.stats(ev.key).observe(time.Since(start))
-			a.requestMetrics(t.svc, ev, resp.StatusCode, time.Since(start))
+			a.requestMetrics(t.svc, route, ev, resp.StatusCode, time.Since(start))
 			if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc") && resp.StatusCode != http.StatusSwitchingProtocols {
 				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, record: func(code string) {
 					a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_grpc_responses_total{service=%q,endpoint=%q,grpc_status=%q}`,
@@ -472,7 +472,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			return resp, nil
 		}
 		lastErr = err
-		a.requestMetrics(t.svc, ev, 0, time.Since(start))
+		a.requestMetrics(t.svc, route, ev, 0, time.Since(start))
 		if req.Context().Err() != nil {
 			return nil, err // client gone or request timeout: no retry
 		}
@@ -702,16 +702,18 @@ func (b *retryBudget) withdraw() bool {
 }
 
 // requestMetrics records one request. code 0 means no response. The
-// series of an endpoint are looked up once and cached.
-func (a *Agent) requestMetrics(svc string, ev *endpointView, code int, d time.Duration) {
+// series of an endpoint and route are looked up once and cached. Labels
+// are bounded by endpoints × rule names: no paths, no status codes.
+func (a *Agent) requestMetrics(svc, route string, ev *endpointView, code int, d time.Duration) {
 	class := 0 // "error"
 	if code >= 100 && code < 600 {
 		class = code / 100
 	}
-	k := metricsKey{svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier}
+	k := metricsKey{svc, route, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier}
 	v, ok := a.reqMetrics.Load(k)
 	if !ok {
-		labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,tier=%q`, svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier)
+		labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,site=%q,tier=%q,route=%q,source_node=%q,source_site=%q`,
+			svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.site, ev.tier, route, a.cfg.Node.Name, a.cfg.Node.Site)
 		m := &endpointMetrics{duration: a.cfg.Metrics.GetOrCreateHistogram(`fogmesh_http_request_duration_seconds{` + labels + `}`)}
 		for c := range m.byClass {
 			name := "error"
@@ -727,9 +729,18 @@ func (a *Agent) requestMetrics(svc string, ev *endpointView, code int, d time.Du
 	m.duration.Update(d.Seconds())
 }
 
+// routeName labels a rule's requests: its name ("" for an unnamed rule or
+// a service without a route).
+func routeName(rule *api.RouteRule) string {
+	if rule == nil {
+		return ""
+	}
+	return rule.Name
+}
+
 type metricsKey struct {
-	svc, endpoint, node string
-	tier                Tier
+	svc, route, endpoint, node string
+	tier                       Tier
 }
 
 // endpointMetrics are one endpoint's request series; byClass[0] counts

@@ -265,6 +265,7 @@ type endpointView struct {
 	// or the owning agent's report and its node's readiness. Passive
 	// ejections are applied at pick time.
 	healthy bool
+	site    string // the endpoint's node's site (metrics)
 }
 
 // buildView derives the routing table. self is this node; local holds this
@@ -318,6 +319,10 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 				ev.distance = haversine100km(s.Lat, s.Lon, c.Lat, c.Lon)
 			}
 		}
+		if isLocal {
+			site = self.Spec.Site
+		}
+		ev.site = site
 		if ev.capacity <= 0 {
 			ev.capacity = weight // static endpoints, nodes without capacity
 		}
