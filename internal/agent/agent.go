@@ -63,6 +63,9 @@ type Agent struct {
 	// statsByEP holds what this agent measures per endpoint: in-flight
 	// count and peak-EWMA latency (balance.go).
 	statsByEP sync.Map // endpoint key -> *epStats
+	// peerLoads is the other agents' in-flight counts per endpoint, from
+	// the control plane's last heartbeat answer.
+	peerLoads atomic.Pointer[peerLoads]
 	// topicSeries/topicCount: MQTT per-topic counters (mqtt.go).
 	topicSeries sync.Map
 	topicCount  atomic.Int64
