@@ -77,7 +77,7 @@ func TestWorkloadAPIThroughAgent(t *testing.T) {
 	uid := os.Getuid()
 	sock := filepath.Join(t.TempDir(), "wl.sock")
 	a, err := New(Config{
-		Node:    NodeConfig{Name: "n1", Site: "s1", Region: "r1"},
+		Node:     NodeConfig{Name: "n1", Site: "s1", Region: "r1"},
 		MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.184.0.0/16",
 		StateDir: t.TempDir(), Upstreams: []string{}, WorkloadAPISocket: sock, SVIDIssuer: iss,
 		Workloads: []Workload{
@@ -128,7 +128,9 @@ func TestWorkloadAPIThroughAgent(t *testing.T) {
 	}
 }
 
-type svidWatcher struct{ f func(*workloadapi.X509Context) }
+type svidWatcher struct {
+	f func(*workloadapi.X509Context)
+}
 
 func (w svidWatcher) OnX509ContextUpdate(x *workloadapi.X509Context) { w.f(x) }
 func (w svidWatcher) OnX509ContextWatchError(error)                  {}
