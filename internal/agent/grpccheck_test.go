@@ -94,7 +94,7 @@ func TestGRPCHealthCheck(t *testing.T) {
 		w.Check = Check{Type: "grpc", GRPCService: "app"}
 		wls = append(wls, w)
 	}
-	a := startAgent(t, agentOpts{name: "ghcn", site: "s1", region: "r1", vipOctet: 197, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(), workloads: wls})
+	a := startAgent(t, agentOpts{name: "ghcn", site: "s1", region: "r1", vipOctet: 210, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(), workloads: wls})
 	healthyOf := func(name string) bool {
 		for _, e := range endpointsOf(a, "demo/ghc") {
 			if e.Name == "ghc-"+name {
@@ -105,7 +105,7 @@ func TestGRPCHealthCheck(t *testing.T) {
 	}
 	waitFor(t, "both healthy", func() bool { return healthyOf("g1") && healthyOf("g2") })
 
-	conn, err := grpc.NewClient("127.197.0.1:19110", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("127.210.0.1:19110", grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

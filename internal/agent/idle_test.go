@@ -19,10 +19,10 @@ func TestIdleTimeoutL4(t *testing.T) {
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"idle","namespace":"demo"},
 	"spec":{"ports":[{"name":"tcp","port":19120}],"timeouts":{"idle":"400ms"}}}`)
-	a := startAgent(t, agentOpts{name: "idl", site: "s1", region: "r1", vipOctet: 198, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+	a := startAgent(t, agentOpts{name: "idl", site: "s1", region: "r1", vipOctet: 211, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
 		workloads: []Workload{wlFor("idle", e)}})
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/idle")) == 1 })
-	addr := "127.198.0.1:19120"
+	addr := "127.211.0.1:19120"
 	waitFor(t, "listener", func() bool { _, err := roundTrip(addr); return err == nil })
 
 	idle, err := net.DialTimeout("tcp", addr, 3*time.Second)
@@ -78,11 +78,11 @@ func TestIdleTimeoutL7Downstream(t *testing.T) {
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"idle7","namespace":"demo"},
 	"spec":{"ports":[{"name":"web","port":19121,"protocol":"http"}],"timeouts":{"idle":"300ms"}}}`)
-	a := startAgent(t, agentOpts{name: "idl7", site: "s1", region: "r1", vipOctet: 199, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+	a := startAgent(t, agentOpts{name: "idl7", site: "s1", region: "r1", vipOctet: 212, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
 		workloads: []Workload{webWorkload("idle7", "idle7-1", p)}})
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/idle7")) == 1 })
-	waitFor(t, "listener", func() bool { _, err := http.Get("http://127.199.0.1:19121/"); return err == nil })
-	c, err := net.DialTimeout("tcp", "127.199.0.1:19121", 3*time.Second)
+	waitFor(t, "listener", func() bool { _, err := http.Get("http://127.212.0.1:19121/"); return err == nil })
+	c, err := net.DialTimeout("tcp", "127.212.0.1:19121", 3*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
