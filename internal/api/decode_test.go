@@ -58,6 +58,9 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: r, subsets: [{name: v1, labels: {version: v1}}], trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x}}, outlierDetection: {consecutive5xxErrors: 2}}}\n"))
 	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Session","metadata":{"namespace":"d"},"spec":{"service":"s","key":"k","endpoint":"e"}}`))
 	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"match":[{"path":{"regex":"a+"}}],"backends":[{"subset":"v1","weight":3}]}]}}`))
+	f.Add([]byte("apiVersion: fogmesh.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  service: orders\n  action: DENY\n  rules:\n  - from: [{principals: ['spiffe://fogmesh.local/ns/shop/*'], notNamespaces: [ops]}]\n    to: [{ports: ['80', http], methods: [get], paths: ['/api/*', '*.json'], publish: ['a/+/b'], subscribe: ['#']}]\n    when: [{key: 'request.headers[x-env]', values: [prod], notValues: ['*']}]\n"))
+	f.Add([]byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  selector: {matchLabels: {app: reviews}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/pp], requestPrincipals: ['*']}}]\n    to: [{operation: {methods: [GET], paths: ['/r/*'], hosts: [x]}}]\n    when: [{key: request.headers[v], values: [v1]}, {key: source.ip, values: [10.0.0.1]}]\n"))
+	f.Add([]byte("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: d, namespace: shop}\nspec: {mtls: {mode: PERMISSIVE}, portLevelMtls: {'80': {mode: DISABLE}}}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		objs, err := Decode(b)
 		if err != nil {
