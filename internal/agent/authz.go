@@ -382,14 +382,17 @@ type meshStream struct {
 	sourceID, sourceNode string
 	proto                string
 	local                *meshConn
-	once                 sync.Once
-	t                    *http.Transport
+
+	mu sync.Mutex // guards t
+	t  *http.Transport
 }
 
 // transport returns the stream's upstream pool: its first connection is
 // the one DialLocal opened, further ones are dialed.
 func (ms *meshStream) transport() *http.Transport {
-	ms.once.Do(func() {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	if ms.t == nil {
 		var protos http.Protocols
 		if ms.proto == "http" {
 			protos.SetHTTP1(true)
@@ -406,11 +409,18 @@ func (ms *meshStream) transport() *http.Transport {
 				var d net.Dialer
 				return d.DialContext(ctx, "tcp", ms.local.addr)
 			}}
-	})
+	}
 	return ms.t
 }
 
-// streamConn marks the end of a stream handed to the HTTP server.
+// closeIdle closes the stream's idle upstream connections.
+func (ms *meshStream) closeIdle() {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	ms.closeIdle()
+}
+
+// servedConn marks the end of a stream handed to the HTTP server.
 type servedConn struct {
 	net.Conn
 	ms     *meshStream

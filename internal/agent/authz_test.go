@@ -398,3 +398,36 @@ spec: {}
 		t.Error("no HTTP denial logged")
 	}
 }
+
+// TestAuthzPoliciesInOfflineCache: policies are written to the cache file
+// with the rest of the configuration and enforced again from it.
+func TestAuthzPoliciesInOfflineCache(t *testing.T) {
+	objs, err := api.Decode([]byte(`apiVersion: fogmesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: locked}
+spec: {}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := newResources()
+	res.put(objs[0])
+	c, err := res.toConfig("store", 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := t.TempDir() + "/config-cache.json"
+	if err := saveJSON(path, c); err != nil {
+		t.Fatal(err)
+	}
+	_, loaded, err := loadCache(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loaded.authz["locked/deny-all"] == nil {
+		t.Fatalf("policy not in the cache: %+v", loaded.authz)
+	}
+	if e := compileAuthz(loaded.authz); !e.Selects("locked", "anything") {
+		t.Fatal("cached policy not enforced")
+	}
+}
