@@ -209,12 +209,20 @@ type AuditResponse struct {
 }
 
 // handleAudit serves GET /v1/audit (every chain) and GET
-// /v1/audit/{node} (one node's); ?verify=1 re-reads and checks them.
+// /v1/audit/{node} (one node's, or the control plane's own under its
+// Name); ?verify=1 re-reads and checks them.
 func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	verify, _ := strconv.ParseBool(r.URL.Query().Get("verify"))
 	node := r.PathValue("node")
 	var resp AuditResponse
-	if node == "" {
+	own := node == ""
+	if node == s.cfg.Name {
+		// The control plane's own chain, unless an agent has its name.
+		if _, err := os.Stat(filepath.Join(s.auditNodesDir(), node)); err != nil {
+			own, node = true, ""
+		}
+	}
+	if own {
 		seq, hash := s.audit.log.Last()
 		c := AuditChain{Node: s.cfg.Name, Source: "control", LastSeq: seq, LastHash: hash}
 		if verify {
@@ -229,7 +237,9 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		resp.Chains = append(resp.Chains, c)
 	}
 	var nodes []string
-	if node != "" {
+	if own && r.PathValue("node") != "" {
+		// Only the control plane's own chain was asked for.
+	} else if node != "" {
 		if !audit.ValidNodeName(node) {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("bad node name %q", node))
 			return
