@@ -130,7 +130,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				m = &wire.Message{Type: wire.TypeHeartbeat, Load: float64(a.active.Load())}
+				m = &wire.Message{Type: wire.TypeHeartbeat, Load: float64(a.active.Load()), EndpointLoad: a.ownLoads()}
 			case <-a.localChanged:
 				a.mu.Lock()
 				m = &wire.Message{Type: wire.TypeLocal, Endpoints: a.localEndpointsLocked()}
@@ -180,6 +180,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 				return err
 			}
 		case wire.TypeHeartbeat: // the control plane's answer
+			a.setPeerLoads(m.EndpointLoad)
 		case wire.TypeAuditAck:
 			select { // one batch in flight, so there is room
 			case auditAcks <- m:
