@@ -70,7 +70,8 @@ func mustVerify(t *testing.T, v Verifier, files ...string) *Report {
 
 func TestConcurrentAppendsFormOneGaplessChain(t *testing.T) {
 	dir := t.TempDir()
-	l := openLog(t, dir, func(c *Config) { c.Buffer = 16 })
+	// A small buffer makes appenders wait for the writer; none may give up.
+	l := openLog(t, dir, func(c *Config) { c.Buffer = 16; c.BlockFor = time.Minute })
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Add(1)
