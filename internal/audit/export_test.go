@@ -22,7 +22,7 @@ func openLogStalled(t *testing.T, dir string, stall chan struct{}, once *sync.On
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &Log{cfg: cfg, seg: seg, ch: make(chan item, cfg.Buffer), done: make(chan struct{}), hash: Genesis,
+	l := &Log{cfg: cfg, seg: seg, ch: make(chan item, cfg.Buffer), closing: make(chan struct{}), done: make(chan struct{}), hash: Genesis,
 		stalled: make(chan struct{})}
 	l.testHookWrite = func() {
 		once.Do(func() { close(l.stalled) })

@@ -127,6 +127,7 @@ type Log struct {
 	mu     sync.RWMutex // guards closed; held for reading by Append while it sends
 	closed bool
 
+	closing  chan struct{} // closed by Close, so a writer waiting on the disk stops
 	done     chan struct{} // closed when the writer has ended
 	closeErr error         // set by the writer before done
 
@@ -161,7 +162,7 @@ func Open(cfg Config) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Log{cfg: cfg, seg: seg, ch: make(chan item, cfg.Buffer), done: make(chan struct{}), hash: Genesis}
+	l := &Log{cfg: cfg, seg: seg, ch: make(chan item, cfg.Buffer), closing: make(chan struct{}), done: make(chan struct{}), hash: Genesis}
 	if t.torn != "" {
 		cfg.Logger.Error("audit: log ended with a partial record (crash mid-write?); moved it aside, the chain goes on from the last whole record",
 			"bytes", t.tornBytes, "saved", t.torn)
@@ -248,6 +249,7 @@ func (l *Log) Close() error {
 	l.mu.Lock()
 	if !l.closed {
 		l.closed = true
+		close(l.closing)
 		close(l.ch)
 	}
 	l.mu.Unlock()
@@ -324,6 +326,15 @@ func (l *Log) run() {
 				l.finish()
 				return
 			}
+		case <-l.closingWhile(in == nil):
+			// The disk has refused writes long enough to stop taking
+			// records; give up on what is still queued.
+			lost := len(l.ch)
+			l.finish()
+			if lost > 0 {
+				l.closeErr = errors.Join(fmt.Errorf("audit: %d queued records not written", lost), l.closeErr)
+			}
+			return
 		case <-tick.C:
 			if l.cfg.Signer != nil && l.uncovered > 0 && l.cfg.Now().Sub(l.firstUncov) >= l.cfg.CheckpointInterval {
 				l.writeBatch(nil)
@@ -332,6 +343,14 @@ func (l *Log) run() {
 			}
 		}
 	}
+}
+
+// closingWhile returns l.closing if cond, else nil (never ready).
+func (l *Log) closingWhile(cond bool) <-chan struct{} {
+	if cond {
+		return l.closing
+	}
+	return nil
 }
 
 func (l *Log) checkpointTick() time.Duration {
