@@ -31,6 +31,10 @@ Agent verbs (talk to the local agent, -agent or $FOGMESH_AGENT, default http://1
   fogmesh describe service NAME [-n NS]   a service as this agent routes it: endpoints
                                    with tier, weight, health, in-flight and EWMA latency
 
+Audit:
+  fogmesh audit verify [--cert F|--pubkey F] FILE...   check audit log files (exit 1 if tampered)
+  fogmesh audit verify --node NODE | --all             check the control plane's copies
+
 Demo verbs (talk to a running 'fogmesh dev'):
   fogmesh demo stop|start NODE     stop or start the hello instance on NODE
 
@@ -71,6 +75,8 @@ func main() {
 		err = runDescribe(args)
 	case "demo":
 		err = runDemo(args)
+	case "audit":
+		err = runAudit(args)
 	case "version", "-version", "--version":
 		err = runVersion(args)
 	case "help", "-h", "-help", "--help":

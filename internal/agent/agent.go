@@ -25,6 +25,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/gossip"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/transport"
@@ -83,6 +84,14 @@ type Agent struct {
 	sessionsChanged chan struct{}
 	connected       atomic.Bool
 	resyncFull      atomic.Bool // next subscribe asks for a full snapshot (after a NACK)
+
+	// audit is the node's audit log (audit.go); auditWritten wakes the
+	// shipper after each write; auditShipped is the last seq the control
+	// plane acknowledged.
+	audit        *audit.Log
+	auditWritten chan struct{}
+	auditShipped atomic.Uint64
+	auditRefused *metrics.Counter
 
 	l7    *l7
 	svids *svidStore
@@ -169,6 +178,10 @@ func New(cfg Config) (*Agent, error) {
 		return nil, &ConfigError{Err: fmt.Errorf("agent: node: %w", err)}
 	}
 	a.initMetrics()
+	if err := a.openAudit(); err != nil {
+		a.meshLn.Close()
+		return nil, err
+	}
 
 	c, res, err := loadCache(a.cachePath)
 	if err != nil {
@@ -193,6 +206,7 @@ func New(cfg Config) (*Agent, error) {
 	defer func() {
 		if !ok {
 			a.closeListeners()
+			a.audit.Close()
 		}
 	}()
 	a.dns, err = meshdns.New(meshdns.Config{Addr: cfg.DNSAddr, Upstreams: cfg.Upstreams,
@@ -345,6 +359,9 @@ func (a *Agent) shutdown() {
 		a.mesh.Close()
 		a.peers.Close()
 		a.wg.Wait()
+		if err := a.audit.Close(); err != nil {
+			a.log.Error("agent: audit log close", "err", err)
+		}
 		a.log.Info("agent: stopped", "node", a.cfg.Node.Name)
 	})
 }

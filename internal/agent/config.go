@@ -57,6 +57,10 @@ type Config struct {
 	// EjectFor is how long an endpoint that refused a connection is skipped
 	// (default 10s); a local one returns as soon as its check passes.
 	EjectFor Duration `json:"ejectFor,omitempty"`
+	// Audit configures the node's audit log, kept in StateDir/audit and
+	// shipped to the control plane (default: record denied authorization
+	// decisions only; see AuditConfig).
+	Audit AuditConfig `json:"audit,omitempty"`
 
 	// WorkloadAPISocket is the Unix socket of the SPIFFE Workload API,
 	// where attested local processes fetch their SVIDs (default
@@ -191,6 +195,9 @@ func (c *Config) validate() error {
 	}
 	if c.EjectFor <= 0 {
 		c.EjectFor = Duration(10 * time.Second)
+	}
+	if err := c.Audit.validate(); err != nil {
+		return err
 	}
 	for i := range c.Workloads {
 		if err := c.Workloads[i].normalize(c.Node.Name); err != nil {

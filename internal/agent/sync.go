@@ -78,6 +78,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 	if welcome.Type != wire.TypeWelcome {
 		return fmt.Errorf("expected welcome, got %s", welcome.Type)
 	}
+	shipAudit := welcomeHasAudit(welcome)
 	hb := time.Duration(welcome.HeartbeatMillis) * time.Millisecond
 	if hb <= 0 || hb > time.Minute {
 		hb = 5 * time.Second
@@ -103,6 +104,18 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 	}
 	a.connected.Store(true)
 	a.log.Info("agent: connected to control plane", "control", addr, "knownVersion", sub.KnownVersion)
+
+	auditAcks := make(chan *wire.Message, 1)
+	if shipAudit {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.shipAudit(ctx, welcome.AuditSeq, write, auditAcks); err != nil {
+				a.log.Warn("agent: audit shipping failed, reconnecting", "err", err)
+				cancel()
+			}
+		}()
+	}
 
 	// Sender: heartbeats and local endpoint changes.
 	wg.Add(1)
@@ -168,6 +181,12 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 			}
 		case wire.TypeHeartbeat: // the control plane's answer
 			a.setPeerLoads(m.EndpointLoad)
+		case wire.TypeAuditAck:
+			select { // one batch in flight, so there is room
+			case auditAcks <- m:
+			default:
+				return errors.New("unexpected auditAck")
+			}
 		case wire.TypeError:
 			// After hello, errors report a refused request (e.g. a local
 			// endpoint name owned by another node); the stream goes on.

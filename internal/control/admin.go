@@ -21,6 +21,10 @@ import (
 //	POST   /v1/apply                                  body: YAML or JSON documents
 //	DELETE /v1/nodes/{name}
 //	DELETE /v1/{services|endpoints|routes|destinationpolicies|authorizationpolicies}/{namespace}/{name}
+//	GET    /v1/audit[/{node}]                         ?verify=1 (audit.go)
+//
+// Every successful apply and delete is written to the control plane's
+// audit chain before the answer is sent.
 //
 // Errors are {"error": "..."} with 400 (bad input), 404 or 500.
 
@@ -57,9 +61,11 @@ func (s *Server) adminHandler() http.Handler {
 		metrics.WriteProcessMetrics(w)
 	})
 	mux.HandleFunc("GET /v1/{kind}", s.handleList)
+	mux.HandleFunc("GET /v1/audit", s.handleAudit)
+	mux.HandleFunc("GET /v1/audit/{node}", s.handleAudit)
 	mux.HandleFunc("POST /v1/apply", s.handleApply)
 	mux.HandleFunc("DELETE /v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
-		s.handleDelete(w, api.KindNode, "", r.PathValue("name"))
+		s.handleDelete(w, r, api.KindNode, "", r.PathValue("name"))
 	})
 	mux.HandleFunc("DELETE /v1/{kind}/{namespace}/{name}", func(w http.ResponseWriter, r *http.Request) {
 		kind := plural[r.PathValue("kind")]
@@ -67,7 +73,7 @@ func (s *Server) adminHandler() http.Handler {
 			writeError(w, http.StatusNotFound, fmt.Errorf("unknown resource %q", r.PathValue("kind")))
 			return
 		}
-		s.handleDelete(w, kind, r.PathValue("namespace"), r.PathValue("name"))
+		s.handleDelete(w, r, kind, r.PathValue("namespace"), r.PathValue("name"))
 	})
 	return mux
 }
@@ -136,10 +142,11 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		resp.Applied = append(resp.Applied, api.ObjectKey(o))
 	}
 	s.log.Info("control: applied", "objects", resp.Applied, "version", rev)
+	s.auditAdmin(r, "apply", resp.Applied, fmt.Sprintf("version %d", rev))
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func (s *Server) handleDelete(w http.ResponseWriter, kind, ns, name string) {
+func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, name string) {
 	rev, err := s.reg.deleteObj(kind, ns, name)
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -148,6 +155,11 @@ func (s *Server) handleDelete(w http.ResponseWriter, kind, ns, name string) {
 		writeError(w, http.StatusInternalServerError, err)
 	default:
 		s.log.Info("control: deleted", "kind", kind, "namespace", ns, "name", name, "version", rev)
+		obj := kind + "/" + name
+		if ns != "" {
+			obj = kind + "/" + ns + "/" + name
+		}
+		s.auditAdmin(r, "delete", []string{obj}, fmt.Sprintf("version %d", rev))
 		writeJSON(w, http.StatusOK, map[string]uint64{"version": rev})
 	}
 }

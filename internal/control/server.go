@@ -6,6 +6,7 @@ package control
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,8 +45,14 @@ type Config struct {
 	// LogRetention is how many store changes are kept for delta resync
 	// (default 10000).
 	LogRetention int
-	Logger       *slog.Logger // nil = discard
-	Metrics      *metrics.Set // nil = a private set
+	// Name is the control plane's node name in its own audit chain
+	// (default "control").
+	Name string
+	// AuditSigner, if set, signs the checkpoints of the control plane's own
+	// audit chain (the PKI provides the key). Nil: no checkpoints.
+	AuditSigner crypto.Signer
+	Logger      *slog.Logger // nil = discard
+	Metrics     *metrics.Set // nil = a private set
 }
 
 func (c *Config) validate() error {
@@ -73,6 +80,9 @@ func (c *Config) validate() error {
 	}
 	if p.Addr().Is4() && p.Bits() > 30 || p.Addr().Is6() && p.Bits() > 126 {
 		return fmt.Errorf("control: vipRange %s is too small", p)
+	}
+	if c.Name == "" {
+		c.Name = "control"
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -105,6 +115,8 @@ type Server struct {
 
 	mu   sync.Mutex // guards the following
 	live map[string]*liveNode
+	// audit's replicas and keys (audit.go).
+	audit auditState
 	// streams are open sync connections, closed on shutdown.
 	streams map[net.Conn]struct{}
 
@@ -138,12 +150,18 @@ func New(cfg Config) (*Server, error) {
 		started: time.Now(),
 	}
 	s.initMetrics()
+	if err := s.openAudit(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	if s.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+		s.closeAudit()
 		st.Close()
 		return nil, fmt.Errorf("control: admin listen: %w", err)
 	}
 	if s.syncLn, err = net.Listen("tcp", cfg.SyncAddr); err != nil {
 		s.adminLn.Close()
+		s.closeAudit()
 		st.Close()
 		return nil, fmt.Errorf("control: sync listen: %w", err)
 	}
@@ -249,6 +267,7 @@ func (s *Server) shutdown() {
 		}
 		s.mu.Unlock()
 		s.wg.Wait()
+		s.closeAudit()
 		s.st.Close()
 		s.log.Info("control: stopped")
 	})

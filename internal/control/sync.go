@@ -117,8 +117,14 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
 	}()
 	s.log.Info("control: agent connected", "node", st.node, "remote", c.RemoteAddr())
 	rev, _ := s.st.Rev()
-	if err := st.write(&wire.Message{Type: wire.TypeWelcome, Version: rev, StoreID: s.st.ID(),
-		HeartbeatMillis: s.cfg.HeartbeatInterval.Milliseconds()}); err != nil {
+	welcome := &wire.Message{Type: wire.TypeWelcome, Version: rev, StoreID: s.st.ID(),
+		HeartbeatMillis: s.cfg.HeartbeatInterval.Milliseconds()}
+	if seq, err := s.auditSeq(st.node); err == nil {
+		welcome.Features, welcome.AuditSeq = []string{wire.FeatureAudit}, seq
+	} else {
+		s.log.Error("control: audit replica unusable; not taking audit records", "node", st.node, "err", err)
+	}
+	if err := st.write(welcome); err != nil {
 		return err
 	}
 
@@ -179,6 +185,16 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
 			}
 			if _, err := s.reg.apply(objs); err != nil {
 				s.log.Warn("control: store sessions", "node", st.node, "err", err)
+			}
+		case wire.TypeAudit:
+			ack := &wire.Message{Type: wire.TypeAuditAck}
+			ack.AuditSeq, err = s.ingestAudit(st.node, m.Audit)
+			if err != nil {
+				s.log.Warn("control: audit batch refused", "node", st.node, "records", len(m.Audit), "err", err)
+				ack.Error = "audit: " + err.Error()
+			}
+			if err := st.write(ack); err != nil {
+				return err
 			}
 		case wire.TypeLocal:
 			if err := s.reg.syncLocalEndpoints(st.node, m.Endpoints); err != nil {

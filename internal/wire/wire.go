@@ -27,6 +27,7 @@ import (
 	"io"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/audit"
 )
 
 // ProtocolVersion is sent in Hello; a server refuses versions it does not know.
@@ -46,10 +47,23 @@ const (
 	TypeHeartbeat = "heartbeat" // liveness and load; the control plane answers each with an empty heartbeat
 	TypeLocal     = "local"     // full set of endpoints this node owns, with health
 	TypeSessions  = "sessions"  // session bindings this agent created or changed
+	TypeAudit     = "audit"     // a batch of this node's audit records, in seq order (only if welcome lists FeatureAudit)
 	// control -> agent
 	TypeWelcome = "welcome" // hello accepted
 	TypeUpdate  = "update"  // snapshot or delta
 	TypeError   = "error"   // a refusal; fatal (the server closes) only in answer to hello
+	// TypeAuditAck answers each audit batch with the last seq the control
+	// plane holds for the node (AuditSeq); Error says why a batch was
+	// refused (a gap or a fork), and the agent resumes from AuditSeq+1.
+	TypeAuditAck = "auditAck"
+)
+
+// Features a control plane lists in welcome. An agent uses a message type
+// that an older control plane would not know only when it is listed.
+const (
+	// FeatureAudit: the control plane stores audit records (TypeAudit);
+	// welcome's AuditSeq is the last seq it holds for the node.
+	FeatureAudit = "audit"
 )
 
 // Resource types a subscriber may ask for.
@@ -100,6 +114,15 @@ type Message struct {
 
 	// Sessions
 	Sessions []api.Session `json:"sessions,omitempty"`
+
+	// Audit: records of the node's audit chain, consecutive seqs.
+	Audit []audit.Record `json:"audit,omitempty"`
+	// AuditSeq (welcome, auditAck) is the last seq of the node's chain the
+	// control plane holds; the agent ships from AuditSeq+1.
+	AuditSeq uint64 `json:"auditSeq,omitempty"`
+	// Features (welcome) lists what the control plane supports beyond
+	// ProtocolVersion 1, e.g. FeatureAudit.
+	Features []string `json:"features,omitempty"`
 
 	// Welcome, Update
 	Version uint64 `json:"version,omitempty"`
@@ -194,8 +217,8 @@ func Decode(body []byte) (*Message, error) {
 		return nil, fmt.Errorf("wire: decode: %w", err)
 	}
 	switch m.Type {
-	case TypeHello, TypeSubscribe, TypeAck, TypeNack, TypeHeartbeat, TypeLocal, TypeSessions,
-		TypeWelcome, TypeUpdate, TypeError:
+	case TypeHello, TypeSubscribe, TypeAck, TypeNack, TypeHeartbeat, TypeLocal, TypeSessions, TypeAudit,
+		TypeWelcome, TypeUpdate, TypeError, TypeAuditAck:
 	default:
 		return nil, fmt.Errorf("wire: unknown message type %q", m.Type)
 	}

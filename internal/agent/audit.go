@@ -1,0 +1,201 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// The agent's audit log (issue 5): records are kept in StateDir/audit/
+// whether or not a control plane is reachable, and shipped upstream in
+// order, without gaps, whenever the sync stream is up (docs/protocol.md,
+// "Audit records").
+
+// AuditConfig configures what the agent audits.
+type AuditConfig struct {
+	// Decisions says which authorization decisions are recorded: "deny"
+	// (the default: every refusal, and no cost on the allowed fast path),
+	// "all", or "none".
+	Decisions string `json:"decisions,omitempty"`
+	// Signer signs the log's checkpoints: the node's private key (the
+	// PKI sets it). Nil: no checkpoints.
+	Signer crypto.Signer `json:"-"`
+}
+
+// Values of AuditConfig.Decisions.
+const (
+	AuditDeny = "deny"
+	AuditAll  = "all"
+	AuditNone = "none"
+)
+
+func (c *AuditConfig) validate() error {
+	switch c.Decisions {
+	case "":
+		c.Decisions = AuditDeny
+	case AuditDeny, AuditAll, AuditNone:
+	default:
+		return fmt.Errorf("audit.decisions: %q is not one of deny, all, none", c.Decisions)
+	}
+	return nil
+}
+
+// auditBatch is how many records one audit message carries.
+const auditBatch = 256
+
+// openAudit opens the agent's audit log.
+func (a *Agent) openAudit() error {
+	a.auditWritten = make(chan struct{}, 1)
+	l, err := audit.Open(audit.Config{
+		Dir:    filepath.Join(a.cfg.StateDir, "audit"),
+		Node:   a.cfg.Node.Name,
+		Signer: a.cfg.Audit.Signer,
+		Logger: a.log,
+		OnWrite: func(uint64) {
+			select {
+			case a.auditWritten <- struct{}{}:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.audit = l
+	m := a.cfg.Metrics
+	a.auditRefused = m.NewCounter(`fogmesh_agent_audit_refused_total`)
+	m.NewGauge(`fogmesh_agent_audit_lost_total`, func() float64 { return float64(l.Dropped()) })
+	m.NewGauge(`fogmesh_agent_audit_seq`, func() float64 { s, _ := l.Last(); return float64(s) })
+	m.NewGauge(`fogmesh_agent_audit_shipped_seq`, func() float64 { return float64(a.auditShipped.Load()) })
+	return nil
+}
+
+// AuthzDecision is one authorization decision, as the authorization code
+// reports it to AuditDecision.
+type AuthzDecision struct {
+	// Source is the caller's identity (a SPIFFE ID), or "" if the caller
+	// presented none.
+	Source string
+	// Action is what was asked: "connect" for a connection, "GET /path"
+	// for an HTTP request, the gRPC method, ...
+	Action string
+	// Target is what it was asked of: the destination service
+	// ("namespace/name"), with the port if it matters.
+	Target string
+	Allow  bool
+	// Policy names the policy (or rule) that decided, or why none did.
+	Policy string
+}
+
+// AuditDecision records an authorization decision in the node's audit
+// log, if AuditConfig.Decisions asks for it. It is safe for concurrent use
+// and made for the data path: a filtered-out decision costs a comparison,
+// a recorded one an enqueue; it blocks only while the log's buffer is full
+// (at most audit.Config.BlockFor) and returns audit.ErrFull if the record
+// was lost (counted, logged, and noted in the chain).
+func (a *Agent) AuditDecision(d AuthzDecision) error {
+	switch a.cfg.Audit.Decisions {
+	case AuditNone:
+		return nil
+	case AuditDeny:
+		if d.Allow {
+			return nil
+		}
+	}
+	dec := audit.Deny
+	if d.Allow {
+		dec = audit.Allow
+	}
+	return a.audit.Append(audit.Record{Kind: audit.KindAuthz, Actor: d.Source, Action: d.Action,
+		Object: d.Target, Decision: dec, Reason: d.Policy})
+}
+
+// Audit appends any record to the node's audit log (Node, Seq, Prev and
+// Hash are set by the log): for example the PKI's certificate renewals,
+// with Kind audit.KindCert.
+func (a *Agent) Audit(rec audit.Record) error { return a.audit.Append(rec) }
+
+// AuditLog returns the node's audit log (for tests and local tools).
+func (a *Agent) AuditLog() *audit.Log { return a.audit }
+
+// shipAudit sends the records the control plane does not hold yet, one
+// batch at a time, each answered by an auditAck; it then waits for new
+// records. It returns when ctx ends, or with an error when the stream
+// should be dropped (a write failed, no ack came).
+func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, write func(*wire.Message) error, acks <-chan *wire.Message) error {
+	if last, _ := a.audit.Last(); cpSeq > last {
+		// The control plane holds more of this node's chain than the node
+		// (its state dir was reset?): nothing can continue that chain.
+		a.log.Error("agent: the control plane holds audit records this node no longer has; not shipping",
+			"controlSeq", cpSeq, "localSeq", last)
+		return nil
+	}
+	a.auditShipped.Store(cpSeq)
+	next := cpSeq + 1
+	backoff := time.Second
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		}
+	}
+	for ctx.Err() == nil {
+		recs, err := a.audit.ReadFrom(next, auditBatch)
+		if err != nil {
+			a.log.Error("agent: read audit log for shipping", "from", next, "err", err)
+			if !wait(backoff) {
+				return nil
+			}
+			backoff = min(2*backoff, 5*time.Minute)
+			continue
+		}
+		if len(recs) == 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-a.auditWritten:
+			}
+			continue
+		}
+		if err := write(&wire.Message{Type: wire.TypeAudit, Audit: recs}); err != nil {
+			return fmt.Errorf("send audit: %w", err)
+		}
+		t := time.NewTimer(30 * time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+			return errors.New("no auditAck within 30s")
+		case m := <-acks:
+			t.Stop()
+			next = m.AuditSeq + 1
+			a.auditShipped.Store(m.AuditSeq)
+			if m.Error == "" {
+				backoff = time.Second
+				continue
+			}
+			a.auditRefused.Inc()
+			a.log.Error("agent: control plane refused audit records", "from", recs[0].Seq, "to", recs[len(recs)-1].Seq, "err", m.Error)
+			if !wait(backoff) {
+				return nil
+			}
+			backoff = min(2*backoff, 5*time.Minute)
+		}
+	}
+	return nil
+}
+
+// welcomeHasAudit tells whether the control plane takes audit records.
+func welcomeHasAudit(m *wire.Message) bool { return slices.Contains(m.Features, wire.FeatureAudit) }

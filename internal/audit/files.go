@@ -1,0 +1,393 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// segments is a log's set of files in one directory: the active file
+// (base, e.g. audit.log) and rotated files named base.<first seq, 20
+// digits>, so names sort by position in the chain and a rotation renames
+// one file only. The first record of a new active file chains to the last
+// record of the file rotated before it; nothing about a file boundary is
+// special to a verifier.
+type segments struct {
+	dir, base string
+	maxBytes  int64 // rotate the active file before it grows past this
+	maxFiles  int   // rotated files kept; 0 keeps all
+	noSync    bool
+
+	mu    sync.Mutex // guards the following; held while rotating and while readers open files
+	f     *os.File
+	size  int64
+	first uint64 // seq of the active file's first record; 0 when it is empty
+}
+
+// tail is what openSegments found at the end of the chain.
+type tail struct {
+	last *Record // nil for an empty log
+	// torn is where bytes that did not hold a whole record were moved,
+	// "" when the active file ended cleanly.
+	torn      string
+	tornBytes int
+}
+
+func openSegments(dir, base string, maxBytes int64, maxFiles int, noSync bool) (*segments, tail, error) {
+	s := &segments{dir: dir, base: base, maxBytes: maxBytes, maxFiles: maxFiles, noSync: noSync}
+	var t tail
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, t, fmt.Errorf("audit: %w", err)
+	}
+	active := filepath.Join(dir, base)
+	f, err := os.OpenFile(active, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, t, fmt.Errorf("audit: %w", err)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		f.Close()
+		return nil, t, fmt.Errorf("audit: read %s: %w", active, err)
+	}
+	good, last, first := lastGood(b)
+	if good < len(b) {
+		// A crash mid-write (or damage) left bytes that are not a whole
+		// record. Keep them aside for forensics, cut them off, and go on
+		// from the last whole record: nothing before it is lost.
+		t.torn = fmt.Sprintf("%s.torn-%d", active, time.Now().UnixNano())
+		t.tornBytes = len(b) - good
+		if err := writeSynced(t.torn, b[good:]); err != nil {
+			f.Close()
+			return nil, t, fmt.Errorf("audit: save torn tail of %s: %w", active, err)
+		}
+		if err := f.Truncate(int64(good)); err != nil {
+			f.Close()
+			return nil, t, fmt.Errorf("audit: truncate torn tail of %s: %w", active, err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, t, fmt.Errorf("audit: %w", err)
+		}
+	}
+	if _, err := f.Seek(int64(good), io.SeekStart); err != nil {
+		f.Close()
+		return nil, t, fmt.Errorf("audit: %w", err)
+	}
+	s.f, s.size, s.first = f, int64(good), first
+	t.last = last
+	if last == nil {
+		// Empty active file (new log, or a crash right after a rotation):
+		// the chain goes on from the newest rotated file.
+		rot, err := s.rotated()
+		if err != nil {
+			f.Close()
+			return nil, t, err
+		}
+		if len(rot) > 0 {
+			rb, err := os.ReadFile(rot[len(rot)-1])
+			if err != nil {
+				f.Close()
+				return nil, t, fmt.Errorf("audit: %w", err)
+			}
+			n, rl, _ := lastGood(rb)
+			if n < len(rb) || rl == nil {
+				f.Close()
+				return nil, t, fmt.Errorf("audit: %s does not end with a whole record; run fogmesh audit verify", rot[len(rot)-1])
+			}
+			t.last = rl
+		}
+	}
+	return s, t, nil
+}
+
+// lastGood returns the length of the prefix of b that ends with the last
+// line holding a valid record, that record, and the seq of the first line.
+// A valid record here is one that decodes with a correct hash; whether it
+// chains is Verify's business.
+func lastGood(b []byte) (n int, last *Record, first uint64) {
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		if r, err := DecodeLine(b[:i]); err == nil {
+			first = r.Seq
+		}
+	}
+	end := len(b)
+	for end > 0 {
+		// The line ending at end-1 (if b[end-1] is '\n') or the torn
+		// bytes after the last '\n'.
+		if b[end-1] != '\n' {
+			end = bytes.LastIndexByte(b[:end], '\n') + 1
+			continue
+		}
+		start := bytes.LastIndexByte(b[:end-1], '\n') + 1
+		if r, err := DecodeLine(b[start : end-1]); err == nil {
+			return end, r, first
+		}
+		end = start
+	}
+	return 0, nil, 0
+}
+
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// rotatedName is the name of a rotated file whose first record is seq.
+func (s *segments) rotatedName(seq uint64) string {
+	return filepath.Join(s.dir, fmt.Sprintf("%s.%020d", s.base, seq))
+}
+
+// rotated lists rotated files, oldest first.
+func (s *segments) rotated() ([]string, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if seq, ok := s.rotatedSeq(e.Name()); ok && seq > 0 {
+			out = append(out, filepath.Join(s.dir, e.Name()))
+		}
+	}
+	slices.Sort(out) // zero-padded: names sort by first seq
+	return out, nil
+}
+
+func (s *segments) rotatedSeq(name string) (uint64, bool) {
+	suf, ok := strings.CutPrefix(name, s.base+".")
+	if !ok || len(suf) != 20 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(suf, 10, 64)
+	return v, err == nil
+}
+
+// files lists every file of the log in chain order, the active one last.
+func (s *segments) files() ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rot, err := s.rotated()
+	if err != nil {
+		return nil, err
+	}
+	return append(rot, filepath.Join(s.dir, s.base)), nil
+}
+
+// write appends whole lines (records firstSeq.. in order), rotating
+// whenever the next line would take the active file past maxBytes, and
+// fsyncs unless noSync. It returns how many bytes of lines are durably
+// written; on error the active file is cut back to that point, so a retry
+// of lines[n:] cannot duplicate records.
+func (s *segments) write(lines []byte, firstSeq uint64) (n int, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f == nil {
+		return 0, ErrClosed
+	}
+	seq := firstSeq
+	for n < len(lines) {
+		rest := lines[n:]
+		// The whole lines of rest that fit; at least one in an empty file.
+		fit := len(rest)
+		if s.size+int64(fit) > s.maxBytes {
+			room := max(s.maxBytes-s.size, 0)
+			fit = bytes.LastIndexByte(rest[:min(int64(len(rest)), room)], '\n') + 1
+			if fit == 0 && s.size == 0 {
+				fit = bytes.IndexByte(rest, '\n') + 1
+			}
+		}
+		if fit == 0 {
+			if err := s.rotateLocked(); err != nil {
+				return n, err
+			}
+			continue
+		}
+		chunk := rest[:fit]
+		if _, err := s.f.Write(chunk); err != nil {
+			s.f.Truncate(s.size)
+			s.f.Seek(s.size, io.SeekStart)
+			return n, fmt.Errorf("audit: write: %w", err)
+		}
+		if !s.noSync {
+			if err := s.f.Sync(); err != nil {
+				// The bytes may or may not be on disk; cut them off so the
+				// retry writes them once.
+				s.f.Truncate(s.size)
+				s.f.Seek(s.size, io.SeekStart)
+				return n, fmt.Errorf("audit: fsync: %w", err)
+			}
+		}
+		if s.size == 0 {
+			s.first = seq
+		}
+		s.size += int64(fit)
+		n += fit
+		seq += uint64(bytes.Count(chunk, []byte{'\n'}))
+	}
+	return n, nil
+}
+
+func (s *segments) rotateLocked() error {
+	active := filepath.Join(s.dir, s.base)
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("audit: rotate: %w", err)
+	}
+	if err := s.f.Close(); err != nil {
+		return fmt.Errorf("audit: rotate: %w", err)
+	}
+	s.f = nil
+	if err := os.Rename(active, s.rotatedName(s.first)); err != nil {
+		// Keep writing to the old file rather than lose records.
+		f, oerr := os.OpenFile(active, os.O_RDWR|os.O_APPEND, 0o600)
+		if oerr != nil {
+			return fmt.Errorf("audit: rotate: %w (and reopen: %v)", err, oerr)
+		}
+		s.f = f
+		return fmt.Errorf("audit: rotate: %w", err)
+	}
+	f, err := os.OpenFile(active, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit: rotate: %w", err)
+	}
+	syncDir(s.dir)
+	s.f, s.size, s.first = f, 0, 0
+	if s.maxFiles > 0 {
+		rot, err := s.rotated()
+		if err == nil && len(rot) > s.maxFiles {
+			for _, p := range rot[:len(rot)-s.maxFiles] {
+				os.Remove(p)
+			}
+		}
+	}
+	return nil
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+// verify verifies the files with v while no write or rotation runs, so a
+// batch being written is not mistaken for a torn line.
+func (s *segments) verify(v Verifier) (*Report, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rot, err := s.rotated()
+	if err != nil {
+		return nil, err
+	}
+	return v.Verify(append(rot, filepath.Join(s.dir, s.base))...)
+}
+
+func (s *segments) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f == nil {
+		return nil
+	}
+	err := s.f.Sync()
+	if cerr := s.f.Close(); err == nil {
+		err = cerr
+	}
+	s.f = nil
+	return err
+}
+
+// ErrNotFound is returned by ReadFrom when the records asked for are no
+// longer (or not yet) in the log's files.
+var ErrNotFound = errors.New("audit: records not in the log")
+
+// readFrom returns up to max whole records from seq on, in order. Fewer
+// (or none) means the log has no more yet.
+func (s *segments) readFrom(seq uint64, max int) ([]Record, error) {
+	s.mu.Lock()
+	rot, err := s.rotated()
+	if err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	paths := append(rot, filepath.Join(s.dir, s.base))
+	// Start in the last file whose first seq is ≤ seq.
+	start := 0
+	for i, p := range rot {
+		if v, _ := s.rotatedSeq(filepath.Base(p)); v <= seq {
+			start = i
+		}
+	}
+	if s.first > 0 && s.first <= seq {
+		start = len(rot)
+	}
+	// Open while holding mu: a rotation cannot rename a file between
+	// listing and opening it.
+	var files []*os.File
+	for _, p := range paths[start:] {
+		f, err := os.Open(p)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			s.mu.Unlock()
+			closeAll(files)
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+		files = append(files, f)
+	}
+	s.mu.Unlock()
+	defer closeAll(files)
+	var out []Record
+	for _, f := range files {
+		br := bufio.NewReaderSize(f, 64<<10)
+		for len(out) < max {
+			line, err := br.ReadSlice('\n')
+			if err == bufio.ErrBufferFull {
+				return nil, fmt.Errorf("audit: %s: line too long", f.Name())
+			}
+			if err != nil {
+				break // EOF, or a line still being written
+			}
+			r, derr := DecodeLine(line)
+			if derr != nil {
+				return nil, fmt.Errorf("audit: %s: %w", f.Name(), derr)
+			}
+			if r.Seq < seq {
+				continue
+			}
+			if len(out) == 0 && r.Seq != seq {
+				return nil, fmt.Errorf("%w: want seq %d, the log goes on at %d", ErrNotFound, seq, r.Seq)
+			}
+			if len(out) > 0 && r.Seq != out[len(out)-1].Seq+1 {
+				return nil, fmt.Errorf("audit: %s: seq %d after %d", f.Name(), r.Seq, out[len(out)-1].Seq)
+			}
+			out = append(out, *r)
+		}
+	}
+	return out, nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}

@@ -1,0 +1,164 @@
+package audit
+
+import (
+	"bytes"
+	"crypto"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// Errors of Replica.Append, for callers that count refusals by cause.
+var (
+	// ErrGap: the batch starts after the next seq the replica expects
+	// (records in between were never shipped).
+	ErrGap = errors.New("gap")
+	// ErrFork: a record does not chain to the replica's last record (its
+	// prev differs), or a record the replica holds was sent with another
+	// hash: the sender's chain was rewritten.
+	ErrFork = errors.New("fork")
+	// ErrInvalid: a record is malformed, has a wrong hash or signature,
+	// or belongs to another node.
+	ErrInvalid = errors.New("invalid record")
+)
+
+// Replica is a verified copy of another node's chain, kept by the control
+// plane: Append accepts a batch only if it continues the chain it holds.
+// It is safe for concurrent use.
+type Replica struct {
+	node string
+	seg  *segments
+
+	mu   sync.Mutex // guards the following
+	seq  uint64
+	hash string
+	pub  crypto.PublicKey
+}
+
+// ValidNodeName reports whether name can name a replica directory: a
+// non-empty single path element.
+func ValidNodeName(name string) bool {
+	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, `/\`) && filepath.IsLocal(name) && len(name) <= 253
+}
+
+// OpenReplica opens (or creates) node's replica in dir. A torn tail is cut
+// off as Open does; the sender ships those records again.
+func OpenReplica(dir, node string) (*Replica, error) {
+	if !ValidNodeName(node) {
+		return nil, fmt.Errorf("audit: bad node name %q", node)
+	}
+	seg, t, err := openSegments(dir, "audit.log", 16<<20, 0, false)
+	if err != nil {
+		return nil, err
+	}
+	r := &Replica{node: node, seg: seg, hash: Genesis}
+	if t.last != nil {
+		if t.last.Node != node {
+			seg.close()
+			return nil, fmt.Errorf("audit: %s holds the chain of node %q, not %q", dir, t.last.Node, node)
+		}
+		r.seq, r.hash = t.last.Seq, t.last.Hash
+	}
+	return r, nil
+}
+
+// SetPublicKey makes Append check checkpoint signatures with the node's key.
+func (r *Replica) SetPublicKey(pub crypto.PublicKey) {
+	r.mu.Lock()
+	r.pub = pub
+	r.mu.Unlock()
+}
+
+// Last returns the seq and hash of the last record held.
+func (r *Replica) Last() (uint64, string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seq, r.hash
+}
+
+// Files lists the replica's files in chain order.
+func (r *Replica) Files() ([]string, error) { return r.seg.files() }
+
+// Append checks that recs (in seq order) continue the chain and writes
+// them, fsynced, all or none. Records the replica already holds are
+// skipped (a batch resent after a lost ack), but the one at its last seq
+// must carry the same hash. It returns the last seq held afterwards; an
+// error wraps ErrGap, ErrFork or ErrInvalid when the batch is refused.
+func (r *Replica) Append(recs []Record) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seq, hash := r.seq, r.hash
+	var buf []byte
+	var first uint64
+	for i := range recs {
+		rec := &recs[i]
+		if rec.Node != r.node {
+			return r.seq, fmt.Errorf("%w: seq %d is a record of node %q", ErrInvalid, rec.Seq, rec.Node)
+		}
+		if rec.Seq <= seq {
+			if rec.Seq == seq && rec.Hash != hash {
+				return r.seq, fmt.Errorf("%w: seq %d has hash %.12s…, the stored record has %.12s…", ErrFork, rec.Seq, rec.Hash, hash)
+			}
+			continue
+		}
+		if rec.Seq != seq+1 {
+			return r.seq, fmt.Errorf("%w: got seq %d, want %d", ErrGap, rec.Seq, seq+1)
+		}
+		if err := rec.checkFields(); err != nil {
+			return r.seq, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		if err := rec.checkHash(); err != nil {
+			return r.seq, fmt.Errorf("%w: seq %d: %v", ErrInvalid, rec.Seq, err)
+		}
+		if rec.Prev != hash {
+			return r.seq, fmt.Errorf("%w: seq %d does not chain to seq %d", ErrFork, rec.Seq, seq)
+		}
+		if rec.Kind == KindCheckpoint && r.pub != nil {
+			if err := VerifySignature(r.pub, rec); err != nil {
+				return r.seq, fmt.Errorf("%w: %v", ErrInvalid, err)
+			}
+		}
+		line, err := rec.MarshalLine()
+		if err != nil {
+			return r.seq, fmt.Errorf("%w: seq %d: %v", ErrInvalid, rec.Seq, err)
+		}
+		if _, err := DecodeLine(line); err != nil {
+			// Decoded from JSON into a form that does not re-encode the
+			// same (a non-UTC time, say): its hash cannot be checked
+			// from the stored line later.
+			return r.seq, fmt.Errorf("%w: seq %d: %v", ErrInvalid, rec.Seq, err)
+		}
+		if first == 0 {
+			first = rec.Seq
+		}
+		buf = append(buf, line...)
+		seq, hash = rec.Seq, rec.Hash
+	}
+	if len(buf) == 0 {
+		return r.seq, nil
+	}
+	if n, err := r.seg.write(buf, first); err != nil {
+		if n > 0 {
+			// Some records are on disk: hold them, so the chain state
+			// matches the files.
+			part := bytes.Count(buf[:n], []byte{'\n'})
+			r.seq = first + uint64(part) - 1
+			for i := range recs {
+				if recs[i].Seq == r.seq {
+					r.hash = recs[i].Hash
+				}
+			}
+		}
+		return r.seq, err
+	}
+	r.seq, r.hash = seq, hash
+	return r.seq, nil
+}
+
+// Verify verifies the replica's files with v.
+func (r *Replica) Verify(v Verifier) (*Report, error) { return r.seg.verify(v) }
+
+// Close closes the replica's files.
+func (r *Replica) Close() error { return r.seg.close() }
