@@ -207,7 +207,34 @@ func (a *Agent) decide(ctx context.Context, e *authz.Engine, r *authz.Request) a
 	rec := AuthzRecord{Time: time.Now(), Node: a.cfg.Node.Name, Request: *r, Decision: d}
 	rec.Request.Header = nil // headers may hold credentials; method and path say enough
 	logger.LogDecision(ctx, rec)
+	a.auditDecision(&rec)
 	return d
+}
+
+// auditDecision writes a decision to the node's audit chain (which ones:
+// Config.Audit.Decisions). A full buffer is counted and noted in the chain
+// by the audit log itself, so the error needs no handling here.
+func (a *Agent) auditDecision(rec *AuthzRecord) {
+	r := &rec.Request
+	action := "connect"
+	switch r.Proto {
+	case authz.HTTP:
+		action = r.Method + " " + r.Path
+	case authz.MQTT:
+		if r.Topic != "" {
+			action = "mqtt " + r.Topic
+		}
+	}
+	src := r.SourceID
+	if src == "" && r.SourceNode != "" {
+		src = "node:" + r.SourceNode
+	}
+	policy := rec.Decision.Policy
+	if policy == "" {
+		policy = rec.Decision.Reason
+	}
+	_ = a.AuditDecision(AuthzDecision{Source: src, Action: action,
+		Target: r.Namespace + "/" + r.Service + ":" + r.Port, Allow: rec.Decision.Allow, Policy: policy})
 }
 
 type authzMetricKey struct {

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/audit"
 )
 
 // Client workloads on the client node: their source addresses identify them.
@@ -396,6 +397,29 @@ spec: {}
 	}
 	if srvLog.denied("demo/web") == 0 {
 		t.Error("no HTTP denial logged")
+	}
+	// Denials (the default audit setting) are in the node's audit chain.
+	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer fcancel()
+	srv.AuditLog().Flush(fctx)
+	recs, err := srv.AuditLog().ReadFrom(1, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var httpDeny, allows int
+	for _, r := range recs {
+		if r.Kind != audit.KindAuthz {
+			continue
+		}
+		if r.Decision == audit.Allow {
+			allows++
+		}
+		if r.Decision == audit.Deny && strings.HasPrefix(r.Object, "demo/web:") && strings.HasPrefix(r.Action, "GET ") {
+			httpDeny++
+		}
+	}
+	if httpDeny == 0 || allows != 0 {
+		t.Errorf("audit chain: %d HTTP denials of demo/web, %d allows (want > 0 and 0 with decisions: deny)", httpDeny, allows)
 	}
 }
 
