@@ -119,7 +119,9 @@ type HandshakeError struct {
 	Err    error
 }
 
-func (e *HandshakeError) Error() string { return "tls handshake refused (" + e.Reason + "): " + e.Err.Error() }
+func (e *HandshakeError) Error() string {
+	return "tls handshake refused (" + e.Reason + "): " + e.Err.Error()
+}
 func (e *HandshakeError) Unwrap() error { return e.Err }
 
 // HandshakeReason classifies a handshake error.
