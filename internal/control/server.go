@@ -66,8 +66,8 @@ type Config struct {
 	// listen addresses, for admin clients that check host names.
 	ServerNames []string
 
-	Logger *slog.Logger // nil = discard
-	Metrics      *metrics.Set // nil = a private set
+	Logger  *slog.Logger // nil = discard
+	Metrics *metrics.Set // nil = a private set
 }
 
 func (c *Config) validate() error {
