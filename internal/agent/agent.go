@@ -26,6 +26,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/gossip"
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
@@ -80,6 +81,7 @@ type Agent struct {
 	connected       atomic.Bool
 	resyncFull      atomic.Bool // next subscribe asks for a full snapshot (after a NACK)
 
+	ident  *nodeIdentity // nil in insecure mode
 	l7     *l7
 	gossip *gossip.Gossip // nil when off
 	// gossipDead holds nodes gossip says are dead (node name -> true).
@@ -157,6 +159,12 @@ func New(cfg Config) (*Agent, error) {
 		return nil, &ConfigError{Err: fmt.Errorf("agent: node: %w", err)}
 	}
 	a.initMetrics()
+	if cfg.Insecure {
+		a.log.Warn("agent: INSECURE MODE: sync stream and mesh port in plaintext, peers unauthenticated; for tests and local development only")
+	} else if err := a.initIdentity(context.Background()); err != nil {
+		a.meshLn.Close()
+		return nil, err
+	}
 
 	c, res, err := loadCache(a.cachePath)
 	if err != nil {
@@ -188,13 +196,21 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: dns: %w", err)
 	}
-	a.mesh, err = transport.NewServer(transport.ServerConfig{Listener: a.meshLn, Dialer: a,
-		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics})
+	scfg := transport.ServerConfig{Listener: a.meshLn, Dialer: a,
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics}
+	ccfg := transport.ClientConfig{SourceNode: cfg.Node.Name,
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics}
+	if a.ident != nil {
+		scfg.TLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		scfg.TrustedSourceID = a.trustedSourceID
+		ccfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		ccfg.PeerID = a.meshPeerID
+	}
+	a.mesh, err = transport.NewServer(scfg)
 	if err != nil {
 		return nil, fmt.Errorf("agent: mesh: %w", err)
 	}
-	a.peers = transport.NewClient(transport.ClientConfig{SourceNode: cfg.Node.Name,
-		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics})
+	a.peers = transport.NewClient(ccfg)
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
@@ -477,6 +493,7 @@ func (a *Agent) initMetrics() {
 		sessionBinds:     m.NewCounter(`fogmesh_agent_session_binds_total`),
 		gossipDeaths:     m.NewCounter(`fogmesh_agent_gossip_peer_deaths_total`),
 		panics:           m.NewCounter(`fogmesh_agent_panics_total`),
+		renewals:         m.NewCounter(`fogmesh_agent_certificate_renewals_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
@@ -494,5 +511,5 @@ func (a *Agent) initMetrics() {
 
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
-	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics                           *metrics.Counter
+	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals                 *metrics.Counter
 }
