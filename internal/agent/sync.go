@@ -152,7 +152,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 					continue
 				}
 			case <-t.C:
-				m = &wire.Message{Type: wire.TypeHeartbeat, Load: float64(a.active.Load())}
+				m = &wire.Message{Type: wire.TypeHeartbeat, Load: float64(a.active.Load()), EndpointLoad: a.ownLoads()}
 			case <-a.localChanged:
 				a.mu.Lock()
 				m = &wire.Message{Type: wire.TypeLocal, Endpoints: a.localEndpointsLocked()}
@@ -202,6 +202,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 				return err
 			}
 		case wire.TypeHeartbeat: // the control plane's answer
+			a.setPeerLoads(m.EndpointLoad)
 		case wire.TypeTrust:
 			if a.ident == nil || m.Trust == nil {
 				continue

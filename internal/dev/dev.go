@@ -72,9 +72,9 @@ type Demo struct {
 	// Control.BundlePath().
 	AdminToken string
 	admin      *http.Client
-	Agents  []*agent.Agent
-	demoLn  net.Listener
-	demoSrv *http.Server
+	Agents     []*agent.Agent
+	demoLn     net.Listener
+	demoSrv    *http.Server
 
 	mu    sync.Mutex // guards hello
 	hello map[string]*Hello
