@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -14,7 +16,29 @@ import (
 	"github.com/fogmesh/fogmesh/internal/cli"
 )
 
-var httpClient = &http.Client{Timeout: 30 * time.Second}
+// adminAuth is how admin verbs authenticate: set by serverFlag's flags.
+var adminAuth struct {
+	token, ca *string
+}
+
+// adminClient returns the HTTP client for the admin API: it trusts the
+// bundle given with -ca ($FOGMESH_CA) for https URLs.
+func adminClient() (*http.Client, error) {
+	c := &http.Client{Timeout: 30 * time.Second}
+	if adminAuth.ca == nil || *adminAuth.ca == "" {
+		return c, nil
+	}
+	b, err := os.ReadFile(*adminAuth.ca)
+	if err != nil {
+		return nil, cli.Usagef("-ca: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, cli.Usagef("-ca: %s holds no PEM certificate", *adminAuth.ca)
+	}
+	c.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}
+	return c, nil
+}
 
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
@@ -24,7 +48,9 @@ func envOr(name, def string) string {
 }
 
 func serverFlag(fs *flag.FlagSet) *string {
-	return fs.String("server", envOr("FOGMESH_SERVER", "http://127.0.0.1:7070"), "control plane admin API URL ($FOGMESH_SERVER)")
+	adminAuth.token = fs.String("token", os.Getenv("FOGMESH_TOKEN"), "admin API token ($FOGMESH_TOKEN)")
+	adminAuth.ca = fs.String("ca", os.Getenv("FOGMESH_CA"), "trust bundle (PEM) that verifies the control plane, e.g. STATE/ca.pem ($FOGMESH_CA)")
+	return fs.String("server", envOr("FOGMESH_SERVER", "https://127.0.0.1:7070"), "control plane admin API URL ($FOGMESH_SERVER)")
 }
 
 func agentFlag(fs *flag.FlagSet) *string {
@@ -40,6 +66,15 @@ func call(method, url string, body []byte, out any) error {
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/yaml")
+	}
+	httpClient := &http.Client{Timeout: 30 * time.Second}
+	if adminAuth.token != nil && strings.HasPrefix(url, "https://") {
+		if *adminAuth.token != "" {
+			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(*adminAuth.token))
+		}
+		if httpClient, err = adminClient(); err != nil {
+			return err
+		}
 	}
 	resp, err := httpClient.Do(req)
 	if err != nil {

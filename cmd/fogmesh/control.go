@@ -4,6 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/cli"
@@ -18,6 +20,13 @@ type controlFile struct {
 	HeartbeatInterval durationValue `json:"heartbeatInterval,omitempty"`
 	NodeTimeout       durationValue `json:"nodeTimeout,omitempty"`
 	VIPRange          string        `json:"vipRange,omitempty"`
+	Insecure          bool          `json:"insecure,omitempty"`
+	TrustDomain       string        `json:"trustDomain,omitempty"`
+	CACertFile        string        `json:"caCertFile,omitempty"`
+	CAKeyFile         string        `json:"caKeyFile,omitempty"`
+	NodeTTL           durationValue `json:"nodeTTL,omitempty"`
+	RotationOverlap   durationValue `json:"rotationOverlap,omitempty"`
+	ServerNames       []string      `json:"serverNames,omitempty"`
 }
 
 type durationValue time.Duration
@@ -38,6 +47,13 @@ func runControl(args []string) error {
 		hb         = fs.Duration("heartbeat-interval", 0, "agent heartbeat interval (default 5s)")
 		timeout    = fs.Duration("node-timeout", 0, "mark a node not ready after this long without heartbeat (default 3 × interval)")
 		vipRange   = fs.String("vip-range", "", "default service virtual IP range (default 127.77.0.0/16)")
+		insecure   = fs.Bool("insecure", false, "plaintext sync and admin API, no authentication: tests and local experiments only")
+		td         = fs.String("trust-domain", "", "SPIFFE trust domain (default fogmesh.local)")
+		caCert     = fs.String("ca-cert", "", "operator-provided CA certificate (PEM; with -ca-key); default: a CA in the state dir")
+		caKey      = fs.String("ca-key", "", "its private key (PEM, mode 0600)")
+		nodeTTL    = fs.Duration("node-ttl", 0, "node certificate lifetime (default 24h)")
+		overlap    = fs.Duration("rotation-overlap", 0, "how long a rotated-out root stays trusted (default 48h)")
+		names      = fs.String("server-name", "", "extra DNS names or IPs for the control plane certificate, comma separated")
 		logf       cli.LogFlags
 	)
 	logf.Register(fs)
@@ -72,6 +88,27 @@ func runControl(args []string) error {
 	if set["vip-range"] {
 		fc.VIPRange = *vipRange
 	}
+	if set["insecure"] {
+		fc.Insecure = *insecure
+	}
+	if set["trust-domain"] {
+		fc.TrustDomain = *td
+	}
+	if set["ca-cert"] {
+		fc.CACertFile = *caCert
+	}
+	if set["ca-key"] {
+		fc.CAKeyFile = *caKey
+	}
+	if set["node-ttl"] {
+		fc.NodeTTL = durationValue(*nodeTTL)
+	}
+	if set["rotation-overlap"] {
+		fc.RotationOverlap = durationValue(*overlap)
+	}
+	if set["server-name"] {
+		fc.ServerNames = strings.Split(*names, ",")
+	}
 	if fc.StateDir == "" {
 		fc.StateDir = "/var/lib/fogmesh/control"
 	}
@@ -83,12 +120,19 @@ func runControl(args []string) error {
 		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
 		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout),
 		VIPRange: fc.VIPRange, Logger: log,
+		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
+		NodeTTL: time.Duration(fc.NodeTTL), RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
 	})
 	if err != nil {
 		return err
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
-	fmt.Fprintf(os.Stderr, "fogmesh control: admin http://%s, sync %s, state %s\n", s.AdminAddr(), s.SyncAddr(), fc.StateDir)
+	if fc.Insecure {
+		fmt.Fprintf(os.Stderr, "fogmesh control: INSECURE: admin http://%s, sync %s (plaintext), state %s\n", s.AdminAddr(), s.SyncAddr(), fc.StateDir)
+	} else {
+		fmt.Fprintf(os.Stderr, "fogmesh control: admin https://%s, sync %s (mTLS), state %s, CA bundle %s, admin token %s\n",
+			s.AdminAddr(), s.SyncAddr(), fc.StateDir, s.BundlePath(), filepath.Join(fc.StateDir, control.AdminTokenFile))
+	}
 	return s.Serve(ctx)
 }

@@ -51,7 +51,9 @@ func runDev(args []string) error {
 	dnsHost, dnsPort := splitHostPort(me.DNSAddr())
 	fmt.Printf(`fogmesh dev is running: a control plane and 4 nodes on this machine.
 
-  control plane   http://%s   (the CLI's default; else export FOGMESH_SERVER=http://%s)
+  control plane   https://%s   (the CLI's default; else export FOGMESH_SERVER=https://%s)
+                  mutual TLS between agents and to the control plane; the admin API needs:
+  export FOGMESH_CA=%s FOGMESH_TOKEN=%s
   nodes           shop-1-a, shop-1-b (site shop-1), shop-2-a (site shop-2), region east;
                   cloud-a (site cloud-1, region cloud). Each runs an agent and a "hello" instance.
 
@@ -69,7 +71,7 @@ request goes to shop-1-b (same site), then shop-2-a (same region), then cloud-a:
 (With 'go run', write 'go run ./cmd/fogmesh' for 'fogmesh', or 'make build' and use bin/fogmesh.)
 
 State is in %s; Ctrl-C stops everything.
-`, d.Control.AdminAddr(), d.Control.AdminAddr(), me.DNSAddr(), me.AdminAddr(),
+`, d.Control.AdminAddr(), d.Control.AdminAddr(), d.Control.BundlePath(), d.AdminToken, me.DNSAddr(), me.AdminAddr(),
 		dnsHost, dnsPort, dnsHost, dnsPort, opts.HelloPort, d.VIP(), me.AdminAddr(), stateDirOf(opts))
 	<-ctx.Done()
 	fmt.Println("\nfogmesh dev: stopping")

@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -178,7 +179,7 @@ func TestKillNineControlAndAgent(t *testing.T) {
 	state := t.TempDir()
 	admin, syncAddr := freePort(t), freePort(t)
 	server := "http://" + admin
-	cp := start(t, "control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr, "-heartbeat-interval", "500ms")
+	cp := start(t, "control", "-insecure", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr, "-heartbeat-interval", "500ms")
 	waitHTTP(t, server+"/healthz")
 
 	// A static endpoint: a real HTTP server the agent dials directly.
@@ -193,7 +194,7 @@ func TestKillNineControlAndAgent(t *testing.T) {
 	}
 
 	cp.kill9(t)
-	cp = start(t, "control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr, "-heartbeat-interval", "500ms")
+	cp = start(t, "control", "-insecure", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr, "-heartbeat-interval", "500ms")
 	waitHTTP(t, server+"/healthz")
 	out, code := run(t, "get", "services", "-server", server, "-o", "json")
 	if code != 0 || !strings.Contains(out, `"vip": "127.77.0.1"`) {
@@ -206,7 +207,7 @@ func TestKillNineControlAndAgent(t *testing.T) {
 
 	agentState := t.TempDir()
 	agentAdmin := freePort(t)
-	agentArgs := []string{"agent", "-name", "edge-1", "-site", "shop-1", "-region", "east", "-control", syncAddr,
+	agentArgs := []string{"agent", "-insecure", "-name", "edge-1", "-site", "shop-1", "-region", "east", "-control", syncAddr,
 		"-state-dir", agentState, "-admin-addr", agentAdmin, "-dns-addr", freePort(t), "-mesh-addr", freePort(t),
 		"-vip-range", "127.171.0.0/16"}
 	ag := start(t, agentArgs...)
@@ -236,7 +237,7 @@ func TestKillNineControlAndAgent(t *testing.T) {
 
 func TestSIGTERMIsGraceful(t *testing.T) {
 	admin := freePort(t)
-	cp := start(t, "control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", freePort(t))
+	cp := start(t, "control", "-insecure", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", freePort(t))
 	waitHTTP(t, "http://"+admin+"/healthz")
 	resp, err := http.Get("http://" + admin + "/metrics")
 	if err != nil {
@@ -300,7 +301,7 @@ func TestBadConfigAndInputExitCodes(t *testing.T) {
 func TestCLIRoundTrip(t *testing.T) {
 	admin := freePort(t)
 	server := "http://" + admin
-	start(t, "control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", freePort(t))
+	start(t, "control", "-insecure", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", freePort(t))
 	waitHTTP(t, server+"/healthz")
 	doc := filepath.Join(t.TempDir(), "svc.json")
 	os.WriteFile(doc, []byte(`[{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"orders","namespace":"shop"},"spec":{"ports":[{"name":"grpc","port":9090,"protocol":"grpc"}]}}]`), 0o644)
@@ -332,7 +333,7 @@ func TestCLIRoundTrip(t *testing.T) {
 func TestExamples(t *testing.T) {
 	admin, syncAddr := freePort(t), freePort(t)
 	server := "http://" + admin
-	start(t, "control", "-config", "../../examples/control.yaml", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", syncAddr)
+	start(t, "control", "-insecure", "-config", "../../examples/control.yaml", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", syncAddr)
 	waitHTTP(t, server+"/healthz")
 	if out, code := run(t, "apply", "-server", server, "-f", "../../examples/services.yaml"); code != 0 {
 		t.Fatalf("apply examples/services.yaml: %s", out)
@@ -372,7 +373,7 @@ func TestExamples(t *testing.T) {
 		t.Fatalf("apply of an invalid policy: %d\n%s", code, out)
 	}
 	agentAdmin := freePort(t)
-	start(t, "agent", "-config", "../../examples/agent.yaml", "-control", syncAddr, "-state-dir", t.TempDir(),
+	start(t, "agent", "-insecure", "-config", "../../examples/agent.yaml", "-control", syncAddr, "-state-dir", t.TempDir(),
 		"-admin-addr", agentAdmin, "-dns-addr", freePort(t), "-mesh-addr", freePort(t), "-vip-range", "127.172.0.0/16")
 	waitHTTP(t, "http://"+agentAdmin+"/healthz")
 	deadline := time.Now().Add(10 * time.Second)
@@ -457,7 +458,7 @@ func TestDevCtrlC(t *testing.T) {
 func TestAgentRegisterCLIAndSIGTERM(t *testing.T) {
 	agentAdmin := freePort(t)
 	agentURL := "http://" + agentAdmin
-	p := start(t, "agent", "-name", "solo", "-site", "s", "-region", "r", "-state-dir", t.TempDir(),
+	p := start(t, "agent", "-insecure", "-name", "solo", "-site", "s", "-region", "r", "-state-dir", t.TempDir(),
 		"-admin-addr", agentAdmin, "-dns-addr", freePort(t), "-mesh-addr", freePort(t))
 	waitHTTP(t, agentURL+"/healthz")
 	if out, code := run(t, "register", "-agent", agentURL, "-service", "db", "-n", "shop", "-port", "sql=5432", "-check", "none"); code != 0 || !strings.Contains(out, "db-solo registered") {
@@ -498,7 +499,7 @@ func TestAgentRegisterCLIAndSIGTERM(t *testing.T) {
 // do not stop the control plane from serving.
 func TestControlAdminHostileInput(t *testing.T) {
 	admin := freePort(t)
-	start(t, "control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", freePort(t))
+	start(t, "control", "-insecure", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", freePort(t))
 	waitHTTP(t, "http://"+admin+"/healthz")
 	slow, err := net.Dial("tcp", admin)
 	if err != nil {
@@ -705,20 +706,21 @@ func nameServer(t *testing.T, name string, delay time.Duration) int {
 type cluster struct {
 	t                 *testing.T
 	service, syncAddr string
+	admin             []string // -server, -ca, -token flags of admin verbs
 }
 
 func startCluster(t *testing.T, service string, port int, controlFlags ...string) *cluster {
 	t.Helper()
 	admin, syncAddr := freePort(t), freePort(t)
-	server := "http://" + admin
-	start(t, append([]string{"control", "-state-dir", t.TempDir(), "-admin-addr", admin, "-sync-addr", syncAddr}, controlFlags...)...)
-	waitHTTP(t, server+"/healthz")
+	state := t.TempDir()
+	p := start(t, append([]string{"control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr}, controlFlags...)...)
+	flags := secureAdmin(t, p, state, admin)
 	doc := filepath.Join(t.TempDir(), "svc.yaml")
 	os.WriteFile(doc, []byte(fmt.Sprintf("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: %s, namespace: demo}\nspec:\n  ports: [{name: http, port: %d, protocol: http}]\n  balancer: round-robin\n", service, port)), 0o644)
-	if out, code := run(t, "apply", "-server", server, "-f", doc); code != 0 {
+	if out, code := run(t, append([]string{"apply", "-f", doc}, flags...)...); code != 0 {
 		t.Fatal(out)
 	}
-	return &cluster{t: t, service: service, syncAddr: syncAddr}
+	return &cluster{t: t, service: service, syncAddr: syncAddr, admin: flags}
 }
 
 // agent starts an agent process in site s1 with VIPs in 127.<octet>/16 and,
@@ -729,8 +731,12 @@ func (c *cluster) agent(name string, octet, workloadPort int, gossip bool) (*pro
 	t.Helper()
 	dir := t.TempDir()
 	admin := freePort(t)
-	cfg := fmt.Sprintf("node: {name: %s, site: s1, region: r1}\ncontrol: [%q]\nmeshAddr: %q\ndnsAddr: %q\nadminAddr: %q\nvipRange: \"127.%d.0.0/16\"\nstateDir: %q\n",
-		name, c.syncAddr, freePort(t), freePort(t), admin, octet, dir)
+	tok, code := run(t, append([]string{"token", "create", "-site", "s1", "-ttl", "5m"}, c.admin...)...)
+	if code != 0 {
+		t.Fatalf("token create: %s", tok)
+	}
+	cfg := fmt.Sprintf("node: {name: %s, site: s1, region: r1}\ncontrol: [%q]\nmeshAddr: %q\ndnsAddr: %q\nadminAddr: %q\nvipRange: \"127.%d.0.0/16\"\nstateDir: %q\njoinToken: %q\n",
+		name, c.syncAddr, freePort(t), freePort(t), admin, octet, dir, strings.TrimSpace(tok))
 	if gossip {
 		cfg += fmt.Sprintf("gossipAddr: %q\n", freePort(t))
 	}
@@ -826,7 +832,7 @@ func TestAuditVerifyCLI(t *testing.T) {
 	// verifies after restart.
 	state := t.TempDir()
 	admin, syncAddr := freePort(t), freePort(t)
-	cp := start(t, "control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr)
+	cp := start(t, "control", "-insecure", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr)
 	waitProcHTTP(t, cp, "http://"+admin+"/healthz")
 	svc := filepath.Join(t.TempDir(), "svc.yaml")
 	os.WriteFile(svc, []byte(fmt.Sprintf(servicesYAML, "127.0.0.1", 19999)), 0o600)
@@ -834,7 +840,7 @@ func TestAuditVerifyCLI(t *testing.T) {
 		t.Fatalf("apply: %d %s", code, out)
 	}
 	cp.kill9(t)
-	cp = start(t, "control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr)
+	cp = start(t, "control", "-insecure", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr)
 	waitProcHTTP(t, cp, "http://"+admin+"/healthz")
 	if out, code := run(t, "delete", "-server", "http://"+admin, "service", "hello", "-n", "demo"); code != 0 {
 		t.Fatalf("delete: %d %s", code, out)
@@ -850,5 +856,120 @@ func TestAuditVerifyCLI(t *testing.T) {
 	ctlFiles, _ := filepath.Glob(filepath.Join(state, "audit", "control", "audit.log*"))
 	if out, code := run(t, append([]string{"audit", "verify"}, ctlFiles...)...); code != 0 {
 		t.Fatalf("control plane files: exit %d\n%s", code, out)
+	}
+}
+
+// secureAdmin waits for a secure control plane's admin API (HTTPS, verified
+// with the bundle it wrote) and returns the admin flags of the CLI: the
+// server URL, the bundle and the bootstrap admin token.
+func secureAdmin(t *testing.T, p *proc, state, admin string) []string {
+	t.Helper()
+	ca := filepath.Join(state, "ca.pem")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(state, "admin.token")); err == nil {
+			if b, err := os.ReadFile(ca); err == nil {
+				pool := x509.NewCertPool()
+				pool.AppendCertsFromPEM(b)
+				c := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+				if resp, err := c.Get("https://" + admin + "/healthz"); err == nil {
+					resp.Body.Close()
+					break
+				}
+			}
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("control exited:\n%s", p.out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("secure control plane never answered:\n%s", p.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tok, err := os.ReadFile(filepath.Join(state, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{"-server", "https://" + admin, "-ca", ca, "-token", strings.TrimSpace(string(tok))}
+}
+
+// TestSecureJoinAndTokens: real processes, secure by default. Admin verbs
+// need a token (read-only may only read); an agent joins with a join token;
+// a reused, unknown, malformed or wrong-site token makes the agent exit 2
+// and leaves no certificate behind.
+func TestSecureJoinAndTokens(t *testing.T) {
+	admin, syncAddr, state := freePort(t), freePort(t), t.TempDir()
+	cp := start(t, "control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr)
+	flags := secureAdmin(t, cp, state, admin)
+	if out, code := run(t, "get", "nodes", "-server", "https://"+admin, "-ca", flags[3]); code != 1 || !strings.Contains(out, "authentication required") {
+		t.Fatalf("no token: %d %s", code, out)
+	}
+	ro, code := run(t, append([]string{"token", "create", "-kind", "admin", "-role", "read-only"}, flags...)...)
+	if code != 0 {
+		t.Fatal(ro)
+	}
+	roFlags := []string{"-server", flags[1], "-ca", flags[3], "-token", strings.TrimSpace(ro)}
+	if out, code := run(t, append([]string{"get", "nodes"}, roFlags...)...); code != 0 {
+		t.Fatalf("read-only get: %d %s", code, out)
+	}
+	doc := filepath.Join(t.TempDir(), "svc.yaml")
+	os.WriteFile(doc, []byte("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: x, namespace: demo}\nspec: {ports: [{name: http, port: 80}]}\n"), 0o644)
+	if out, code := run(t, append([]string{"apply", "-f", doc}, roFlags...)...); code != 1 || !strings.Contains(out, "read-only") {
+		t.Fatalf("read-only apply: %d %s", code, out)
+	}
+
+	tok, code := run(t, append([]string{"token", "create", "-site", "shop-1", "-ttl", "10m"}, flags...)...)
+	if code != 0 {
+		t.Fatal(tok)
+	}
+	tok = strings.TrimSpace(tok)
+	agentArgs := func(name, site, token string) ([]string, string, string) {
+		dir, adm := t.TempDir(), freePort(t)
+		return []string{"agent", "-name", name, "-site", site, "-region", "east", "-control", syncAddr, "-join-token", token,
+			"-state-dir", dir, "-admin-addr", adm, "-dns-addr", freePort(t), "-mesh-addr", freePort(t), "-vip-range", "127.173.0.0/16"}, dir, adm
+	}
+	args, dir, adm := agentArgs("edge-1", "shop-1", tok)
+	p := start(t, args...)
+	waitProcHTTP(t, p, "http://"+adm+"/healthz")
+	for _, f := range []string{"node-key.pem", "node-cert.pem", "trust.json"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("agent state lacks %s", f)
+		}
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "node-key.pem")); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("node key mode %v", fi.Mode().Perm())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := run(t, append([]string{"get", "nodes"}, flags...)...)
+		if strings.Contains(out, "edge-1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("joined node never registered: %s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	wrongSite, code := run(t, append([]string{"token", "create", "-site", "shop-2"}, flags...)...)
+	if code != 0 {
+		t.Fatal(wrongSite)
+	}
+	for _, c := range []struct{ name, token, want string }{
+		{"reused", tok, "already used"},
+		{"malformed", "fmj1.nope", "bad token"},
+		{"unknown", "fmj1.0123456789ab.0123456789abcdef0123456789abcdef." + tok[len(tok)-64:], "unknown token"},
+		{"wrong site", strings.TrimSpace(wrongSite), "is for site shop-2"},
+	} {
+		args, dir, _ := agentArgs("edge-2", "shop-1", c.token)
+		out, code := run(t, args...)
+		if code != 2 || !strings.Contains(out, c.want) {
+			t.Errorf("%s token: exit %d, output %q; want exit 2 naming %q", c.name, code, out, c.want)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "node-cert.pem")); err == nil {
+			t.Errorf("%s token: a certificate was saved", c.name)
+		}
 	}
 }

@@ -18,11 +18,17 @@ Programs:
   fogmesh control [flags]          run the control plane
   fogmesh agent [flags]            run a node agent
 
-Admin verbs (talk to the control plane, -server or $FOGMESH_SERVER, default http://127.0.0.1:7070):
+Admin verbs (talk to the control plane, -server or $FOGMESH_SERVER, default https://127.0.0.1:7070;
+authenticate with -token or $FOGMESH_TOKEN, verify it with -ca or $FOGMESH_CA = STATE/ca.pem):
   fogmesh get nodes|services|endpoints [-n NS] [-o table|json|yaml]
   fogmesh apply -f FILE            create or update services, endpoints (YAML or JSON; - for stdin)
   fogmesh delete service|endpoint NAME [-n NS] | node NAME | -f FILE
   fogmesh session move SERVICE KEY ENDPOINT [-n NS]   move a pinned session to another instance
+  fogmesh token create -site SITE [-ttl 1h]            a one-time join token for a node of SITE
+  fogmesh token create -kind admin [-role read-only]  an admin API token
+  fogmesh node revoke NAME         deny-list a node: its mesh and sync connections are refused
+  fogmesh ca rotate                new root; the old one stays trusted for the overlap window
+  fogmesh trust add -domain D -bundle FILE            federate another trust domain
 
 Agent verbs (talk to the local agent, -agent or $FOGMESH_AGENT, default http://127.0.0.1:7073):
   fogmesh register -service S [-n NS] -port name=port[,..] [-address IP] [-name N] [-check tcp|http|none]
@@ -77,6 +83,14 @@ func main() {
 		err = runDemo(args)
 	case "audit":
 		err = runAudit(args)
+	case "token":
+		err = runToken(args)
+	case "node":
+		err = runNode(args)
+	case "ca":
+		err = runCA(args)
+	case "trust":
+		err = runTrust(args)
 	case "version", "-version", "--version":
 		err = runVersion(args)
 	case "help", "-h", "-help", "--help":

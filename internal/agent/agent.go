@@ -27,6 +27,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/gossip"
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/transport"
 	"github.com/fogmesh/fogmesh/internal/workloadapi"
@@ -93,6 +94,7 @@ type Agent struct {
 	auditShipped atomic.Uint64
 	auditRefused *metrics.Counter
 
+	ident *nodeIdentity // nil in insecure mode
 	l7    *l7
 	svids *svidStore
 	wlAPI *workloadapi.Server // nil when off
@@ -178,6 +180,12 @@ func New(cfg Config) (*Agent, error) {
 		return nil, &ConfigError{Err: fmt.Errorf("agent: node: %w", err)}
 	}
 	a.initMetrics()
+	if cfg.Insecure {
+		a.log.Warn("agent: INSECURE MODE: sync stream and mesh port in plaintext, peers unauthenticated; for tests and local development only")
+	} else if err := a.initIdentity(context.Background()); err != nil {
+		a.meshLn.Close()
+		return nil, err
+	}
 	if err := a.openAudit(); err != nil {
 		a.meshLn.Close()
 		return nil, err
@@ -214,13 +222,21 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: dns: %w", err)
 	}
-	a.mesh, err = transport.NewServer(transport.ServerConfig{Listener: a.meshLn, Dialer: a,
-		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics})
+	scfg := transport.ServerConfig{Listener: a.meshLn, Dialer: a,
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics}
+	ccfg := transport.ClientConfig{SourceNode: cfg.Node.Name,
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics}
+	if a.ident != nil {
+		scfg.TLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		scfg.TrustedSourceID = a.trustedSourceID
+		ccfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		ccfg.PeerID = a.meshPeerID
+	}
+	a.mesh, err = transport.NewServer(scfg)
 	if err != nil {
 		return nil, fmt.Errorf("agent: mesh: %w", err)
 	}
-	a.peers = transport.NewClient(transport.ClientConfig{SourceNode: cfg.Node.Name,
-		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics})
+	a.peers = transport.NewClient(ccfg)
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
@@ -533,6 +549,7 @@ func (a *Agent) initMetrics() {
 		sessionBinds:     m.NewCounter(`fogmesh_agent_session_binds_total`),
 		gossipDeaths:     m.NewCounter(`fogmesh_agent_gossip_peer_deaths_total`),
 		panics:           m.NewCounter(`fogmesh_agent_panics_total`),
+		renewals:         m.NewCounter(`fogmesh_agent_certificate_renewals_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
@@ -550,5 +567,5 @@ func (a *Agent) initMetrics() {
 
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
-	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics                           *metrics.Counter
+	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals                 *metrics.Counter
 }

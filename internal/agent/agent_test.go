@@ -87,7 +87,7 @@ func startControl(t *testing.T, dir, syncAddr string) *control.Server {
 	var err error
 	for i := 0; i < 50; i++ { // the old listener may linger a moment
 		s, err = control.New(control.Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: syncAddr,
-			HeartbeatInterval: 200 * time.Millisecond, NodeTimeout: 800 * time.Millisecond})
+			HeartbeatInterval: 200 * time.Millisecond, NodeTimeout: 800 * time.Millisecond, Insecure: true})
 		if err == nil {
 			break
 		}
@@ -142,7 +142,7 @@ func startAgent(t *testing.T, o agentOpts) *Agent {
 		VIPRange: fmt.Sprintf("127.%d.0.0/16", o.vipOctet), VIP6Range: o.vip6,
 		StateDir: o.stateDir, Workloads: o.workloads, Upstreams: []string{},
 		HealthInterval: Duration(200 * time.Millisecond), EjectFor: Duration(5 * time.Second),
-		MaxRequests: o.maxRequests,
+		MaxRequests: o.maxRequests, Insecure: true,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -62,6 +62,15 @@ type Config struct {
 	// decisions only; see AuditConfig).
 	Audit AuditConfig `json:"audit,omitempty"`
 
+	// Insecure runs the sync stream and the mesh port in plaintext, with
+	// no identities: for tests and local experiments only, logged loudly.
+	// By default (false) the agent holds a node certificate and uses
+	// mutual TLS 1.3 for both.
+	Insecure bool `json:"insecure,omitempty"`
+	// JoinToken (from 'fogmesh token create --site SITE') gets the node
+	// its certificate when the state directory holds no usable one. It is
+	// used once; later starts use the saved certificate and renew it.
+	JoinToken string `json:"joinToken,omitempty"`
 	// WorkloadAPISocket is the Unix socket of the SPIFFE Workload API,
 	// where attested local processes fetch their SVIDs (default
 	// <StateDir>/workload.sock; "off" disables it).
@@ -186,6 +195,9 @@ func (c *Config) validate() error {
 	}
 	if _, err := netip.ParseAddrPort(c.MeshAdvertise); err != nil {
 		return fmt.Errorf("meshAdvertise: %q: %w", c.MeshAdvertise, err)
+	}
+	if c.JoinToken != "" && len(c.Control) == 0 {
+		return errors.New("joinToken: needs a control plane address (control)")
 	}
 	if c.HealthInterval <= 0 {
 		c.HealthInterval = Duration(2 * time.Second)

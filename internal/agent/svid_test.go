@@ -79,7 +79,7 @@ func TestWorkloadAPIThroughAgent(t *testing.T) {
 	a, err := New(Config{
 		Node:     NodeConfig{Name: "n1", Site: "s1", Region: "r1"},
 		MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.184.0.0/16",
-		StateDir: t.TempDir(), Upstreams: []string{}, WorkloadAPISocket: sock, SVIDIssuer: iss,
+		StateDir: t.TempDir(), Upstreams: []string{}, WorkloadAPISocket: sock, SVIDIssuer: iss, Insecure: true,
 		Workloads: []Workload{
 			{Name: "orders-1", Service: "orders", Namespace: "shop", ServiceAccount: "orders-sa",
 				Ports: []api.EndpointPort{{Name: "web", Port: 1}}, Check: Check{Type: "none"}, Attest: &Attest{UID: &uid}},

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -51,6 +53,19 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 	if err != nil {
 		return err
 	}
+	var caps []string
+	if a.ident != nil {
+		cfg := a.ident.src.ClientConfig(identity.AuthorizeID(identity.ControlID(a.ident.td)), identity.ALPNSync)
+		tc := tls.Client(c, cfg)
+		hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
+		err := tc.HandshakeContext(hctx)
+		hcancel()
+		if err != nil {
+			c.Close()
+			return fmt.Errorf("TLS handshake (%s): %w", identity.HandshakeReason(err), err)
+		}
+		c, caps = tc, []string{wire.CapTrust}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { cancel(); c.Close(); wg.Wait() }()
@@ -64,7 +79,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 		return wire.Write(c, m)
 	}
 	r := wire.NewReader(c)
-	if err := write(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: a.self}); err != nil {
+	if err := write(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: a.self, Capabilities: caps}); err != nil {
 		return fmt.Errorf("hello: %w", err)
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -124,11 +139,31 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 		defer cancel()
 		t := time.NewTicker(hb)
 		defer t.Stop()
+		// renew fires when the node certificate is due for renewal (never
+		// in insecure mode); while no answer comes it fires every 5s.
+		renew := time.NewTimer(time.Hour)
+		defer renew.Stop()
+		if a.ident == nil {
+			renew.Stop()
+		} else {
+			renew.Reset(max(time.Until(a.renewAt()), 0))
+		}
 		for {
 			var m *wire.Message
 			select {
 			case <-ctx.Done():
 				return
+			case <-renew.C:
+				if d := time.Until(a.renewAt()); d > 0 {
+					renew.Reset(d)
+					continue
+				}
+				renew.Reset(5 * time.Second)
+				var err error
+				if m, err = a.renewMessage(); err != nil {
+					a.log.Error("agent: renewal request", "err", err)
+					continue
+				}
 			case <-t.C:
 				m = &wire.Message{Type: wire.TypeHeartbeat, Load: float64(a.active.Load()), EndpointLoad: a.ownLoads()}
 			case <-a.localChanged:
@@ -186,6 +221,20 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 			case auditAcks <- m:
 			default:
 				return errors.New("unexpected auditAck")
+			}
+		case wire.TypeTrust:
+			if a.ident == nil || m.Trust == nil {
+				continue
+			}
+			if err := a.applyTrust(m.Trust, true); err != nil {
+				a.log.Error("agent: trust update refused", "err", err)
+			}
+		case wire.TypeCert:
+			if a.ident == nil {
+				continue
+			}
+			if err := a.applyCert(m); err != nil {
+				a.log.Error("agent: renewed certificate refused", "err", err)
 			}
 		case wire.TypeError:
 			// After hello, errors report a refused request (e.g. a local

@@ -28,6 +28,8 @@ func RunAgent(prog string, args []string) error {
 		vipRange   = fs.String("vip-range", "", "virtual IPv4 range for services (default 127.77.0.0/16)")
 		vip6Range  = fs.String("vip6-range", "", "virtual IPv6 range for services (off by default; must be routed to lo)")
 		stateDir   = fs.String("state-dir", "", "directory for the configuration cache (default /var/lib/fogmesh/agent)")
+		insecure   = fs.Bool("insecure", false, "plaintext sync and mesh port, no identities: tests and local experiments only")
+		joinToken  = fs.String("join-token", os.Getenv("FOGMESH_JOIN_TOKEN"), "join token from 'fogmesh token create -site SITE' ($FOGMESH_JOIN_TOKEN); needed once, when the state dir holds no certificate")
 		logf       LogFlags
 	)
 	logf.Register(fs)
@@ -61,6 +63,12 @@ func RunAgent(prog string, args []string) error {
 	override("vip-range", &cfg.VIPRange, *vipRange)
 	override("vip6-range", &cfg.VIP6Range, *vip6Range)
 	override("state-dir", &cfg.StateDir, *stateDir)
+	if set["insecure"] {
+		cfg.Insecure = *insecure
+	}
+	if *joinToken != "" {
+		cfg.JoinToken = *joinToken
+	}
 	if set["control"] {
 		cfg.Control = splitList(*control)
 	}

@@ -75,7 +75,8 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		s.handleDelete(w, r, kind, r.PathValue("namespace"), r.PathValue("name"))
 	})
-	return mux
+	s.securityRoutes(mux)
+	return s.authenticate(mux)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -20,7 +20,7 @@ import (
 func startServer(t *testing.T, dir string) *Server {
 	t.Helper()
 	s, err := New(Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
-		HeartbeatInterval: 200 * time.Millisecond})
+		HeartbeatInterval: 200 * time.Millisecond, Insecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ package control
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,8 +52,29 @@ type Config struct {
 	// AuditSigner, if set, signs the checkpoints of the control plane's own
 	// audit chain (the PKI provides the key). Nil: no checkpoints.
 	AuditSigner crypto.Signer
-	Logger      *slog.Logger // nil = discard
-	Metrics     *metrics.Set // nil = a private set
+
+	// Insecure turns off TLS on the sync port and the admin API, and
+	// admin authentication: for tests and local experiments only; it is
+	// logged loudly. By default (false) the control plane runs its CA.
+	Insecure bool
+	// TrustDomain is the SPIFFE trust domain (default
+	// api.DefaultTrustDomain); fixed once the CA exists.
+	TrustDomain string
+	// CACertFile and CAKeyFile, if set, are an operator-provided CA
+	// (see identity.CAConfig); otherwise the CA lives in StateDir/ca.
+	CACertFile, CAKeyFile string
+	// NodeTTL is the lifetime of node certificates (default 24h).
+	NodeTTL time.Duration
+	// RotationOverlap is how long a rotated-out root stays trusted
+	// (default 48h).
+	RotationOverlap time.Duration
+	// ServerNames are extra DNS names or IP addresses for the control
+	// plane's certificate, besides localhost, 127.0.0.1, ::1 and the
+	// listen addresses, for admin clients that check host names.
+	ServerNames []string
+
+	Logger  *slog.Logger // nil = discard
+	Metrics *metrics.Set // nil = a private set
 }
 
 func (c *Config) validate() error {
@@ -113,12 +135,15 @@ type Server struct {
 	syncLn net.Listener
 	started time.Time
 
+	sec *security // nil in insecure mode
+
 	mu   sync.Mutex // guards the following
 	live map[string]*liveNode
 	// audit's replicas and keys (audit.go).
 	audit auditState
-	// streams are open sync connections, closed on shutdown.
-	streams map[net.Conn]struct{}
+	// streams are open sync connections (with their node once known),
+	// closed on shutdown or when their node is revoked.
+	streams map[net.Conn]string
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -146,10 +171,16 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, log: cfg.Logger, st: st,
 		reg:     &registry{st: st, vipBase: netip.MustParsePrefix(cfg.VIPRange)},
 		live:    map[string]*liveNode{},
-		streams: map[net.Conn]struct{}{},
+		streams: map[net.Conn]string{},
 		started: time.Now(),
 	}
 	s.initMetrics()
+	if cfg.Insecure {
+		cfg.Logger.Warn("control: INSECURE MODE: sync stream and admin API in plaintext, admin API unauthenticated; for tests and local development only")
+	} else if s.sec, err = newSecurity(s); err != nil {
+		st.Close()
+		return nil, err
+	}
 	if err := s.openAudit(); err != nil {
 		st.Close()
 		return nil, err
@@ -164,6 +195,15 @@ func New(cfg Config) (*Server, error) {
 		s.closeAudit()
 		st.Close()
 		return nil, fmt.Errorf("control: sync listen: %w", err)
+	}
+	if s.sec != nil {
+		if err := s.sec.issueServing(); err != nil {
+			s.adminLn.Close()
+			s.syncLn.Close()
+			st.Close()
+			return nil, err
+		}
+		s.adminLn = tls.NewListener(s.adminLn, s.sec.adminTLS())
 	}
 	s.admin = &http.Server{
 		Handler:           s.adminHandler(),
@@ -218,6 +258,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer cancel()
 	s.log.Info("control: serving", "admin", s.AdminAddr(), "sync", s.SyncAddr(), "store", s.st.ID())
 	errc := make(chan error, 2)
+	if s.sec != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.sec.maintain(ctx)
+		}()
+	}
 	s.wg.Add(3)
 	go func() {
 		defer s.wg.Done()

@@ -13,7 +13,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -35,7 +38,7 @@ func (s *Server) acceptSync(ctx context.Context) error {
 			continue
 		}
 		s.mu.Lock()
-		s.streams[c] = struct{}{}
+		s.streams[c] = ""
 		s.mu.Unlock()
 		s.mStreams.Inc()
 		s.wg.Add(1)
@@ -47,7 +50,27 @@ func (s *Server) acceptSync(ctx context.Context) error {
 				s.mu.Unlock()
 				c.Close()
 			}()
-			if err := s.serveStream(ctx, c); err != nil {
+			conn, peer := c, spiffeid.ID{}
+			if s.sec != nil {
+				tc, err := identity.ServerHandshake(ctx, c, s.sec.syncTLS, 10*time.Second)
+				if err != nil {
+					reason := identity.HandshakeReason(err)
+					s.sec.tlsFailure(reason)
+					s.log.Warn("control: sync TLS handshake refused", "remote", c.RemoteAddr(), "reason", reason, "err", err)
+					return
+				}
+				if tc.ConnectionState().NegotiatedProtocol == identity.ALPNJoin {
+					if err := s.sec.serveJoin(tc); err != nil {
+						s.log.Warn("control: join refused", "remote", c.RemoteAddr(), "err", err)
+					}
+					return
+				}
+				if peer, err = identity.PeerID(tc.ConnectionState()); err != nil {
+					return
+				}
+				conn = tc
+			}
+			if err := s.serveStream(ctx, conn, peer); err != nil {
 				s.log.Info("control: sync stream ended", "remote", c.RemoteAddr(), "err", err)
 			}
 		}()
@@ -76,7 +99,10 @@ func (st *stream) write(m *wire.Message) error {
 
 // serveStream runs one agent connection: hello, then a reader loop for
 // acks/heartbeats/local endpoints and a sender for updates.
-func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
+//
+// peer is the TLS client's node identity (zero in insecure mode): the hello
+// must name that node and site.
+func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) error {
 	st := &stream{s: s, c: c, sub: make(chan *wire.Message, 1)}
 	r := wire.NewReader(c)
 	// Every message, heartbeats included, must arrive within readTimeout, so a
@@ -102,10 +128,23 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
 		return fmt.Errorf("hello node: %w", err)
 	}
 	st.node = hello.Node.Meta.Name
+	if !peer.IsZero() {
+		site, node, _ := identity.ParseNodeID(peer)
+		if node != st.node || site != hello.Node.Spec.Site {
+			s.sec.tlsFailure(identity.ReasonUnauthorized)
+			st.write(&wire.Message{Type: wire.TypeError, Error: fmt.Sprintf("certificate is for node %s of site %s, hello names %s of site %s", node, site, st.node, hello.Node.Spec.Site)})
+			return fmt.Errorf("hello node %s does not match certificate %s", st.node, peer)
+		}
+		if s.sec.revoked(st.node) {
+			st.write(&wire.Message{Type: wire.TypeError, Error: "node " + st.node + " is revoked"})
+			return fmt.Errorf("node %s is revoked", st.node)
+		}
+	}
 	if err := s.reg.registerNode(hello.Node); err != nil {
 		return fmt.Errorf("register node %s: %w", st.node, err)
 	}
 	s.mu.Lock()
+	s.streams[c] = st.node // c may be the TLS conn over the accepted one: closing either ends both
 	l := s.liveLocked(st.node)
 	l.conns++
 	l.lastHeartbeat = time.Now()
@@ -113,6 +152,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
 	defer func() {
 		s.mu.Lock()
 		s.live[st.node].conns--
+		delete(s.streams, c)
 		s.mu.Unlock()
 	}()
 	s.log.Info("control: agent connected", "node", st.node, "remote", c.RemoteAddr())
@@ -141,6 +181,14 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
 		senderDone <- err
 	}()
 	defer func() { cancel(); c.Close(); <-senderDone }()
+	if s.sec != nil && slices.Contains(hello.Capabilities, wire.CapTrust) {
+		trustDone := make(chan struct{})
+		go func() {
+			defer close(trustDone)
+			s.sec.trustLoop(ctx, st)
+		}()
+		defer func() { cancel(); c.Close(); <-trustDone }()
+	}
 
 	for {
 		c.SetReadDeadline(time.Now().Add(readTimeout))
@@ -195,6 +243,14 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
 			}
 			if err := st.write(ack); err != nil {
 				return err
+			}
+		case wire.TypeRenew:
+			if err := s.renew(st, peer, m); err != nil {
+				s.log.Warn("control: renewal refused", "node", st.node, "err", err)
+				st.write(&wire.Message{Type: wire.TypeError, Error: "renew: " + err.Error()})
+				if errors.Is(err, errRevoked) {
+					return err
+				}
 			}
 		case wire.TypeLocal:
 			if err := s.reg.syncLocalEndpoints(st.node, m.Endpoints); err != nil {

@@ -6,6 +6,8 @@ package dev
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +27,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/agent"
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/control"
+	"github.com/fogmesh/fogmesh/internal/identity"
 )
 
 // Options configure the demo. The zero value works.
@@ -64,9 +67,14 @@ var Nodes = []NodeSpec{
 type Demo struct {
 	opts    Options
 	Control *control.Server
-	Agents  []*agent.Agent
-	demoLn  net.Listener
-	demoSrv *http.Server
+	// AdminToken authenticates the demo's own admin calls and the CLI's
+	// (printed as FOGMESH_TOKEN); the control plane's CA bundle is at
+	// Control.BundlePath().
+	AdminToken string
+	admin      *http.Client
+	Agents     []*agent.Agent
+	demoLn     net.Listener
+	demoSrv    *http.Server
 
 	mu    sync.Mutex // guards hello
 	hello map[string]*Hello
@@ -129,6 +137,19 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 		return nil, err
 	}
 	go d.Control.Serve(ctx)
+	// The demo runs secure, like a real deployment: the agents join with
+	// tokens and talk mutual TLS; the admin API needs a token.
+	if d.AdminToken, err = d.Control.CreateToken(identity.TokenAdmin, "", control.RoleAdmin, 24*time.Hour); err != nil {
+		return nil, err
+	}
+	pemRoots, err := os.ReadFile(d.Control.BundlePath())
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pemRoots)
+	d.admin = &http.Client{Timeout: 10 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
 	svc := &api.Service{Meta: api.Meta{Name: "hello", Namespace: "demo"},
 		Spec: api.ServiceSpec{Ports: []api.ServicePort{{Name: "http", Port: opts.HelloPort, Protocol: "http"}}}}
 	if err := svc.Validate(); err != nil {
@@ -144,7 +165,12 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 		}
 		d.hello[n.Name] = h
 		ap := netip.MustParseAddrPort(h.Addr)
+		tok, err := d.Control.CreateToken(identity.TokenJoin, n.Site, "", time.Hour)
+		if err != nil {
+			return nil, err
+		}
 		a, err := agent.New(agent.Config{
+			JoinToken:  tok, // used only if the state dir holds no certificate yet
 			Node:       agent.NodeConfig{Name: n.Name, Site: n.Site, Region: n.Region},
 			Control:    []string{d.Control.SyncAddr()},
 			DNSAddr:    opts.port(10 + 10*i),
@@ -188,7 +214,13 @@ func (d *Demo) apply(objs ...api.Object) error {
 		body += string(b)
 	}
 	body += "]"
-	resp, err := http.Post("http://"+d.Control.AdminAddr()+"/v1/apply", "application/json", strings.NewReader(body))
+	req, err := http.NewRequest("POST", "https://"+d.Control.AdminAddr()+"/v1/apply", strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+d.AdminToken)
+	resp, err := d.admin.Do(req)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,9 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/yamux"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
 )
 
 // Errors a Dial returns, wrapped, when the peer agent answered but did not
@@ -39,6 +43,14 @@ type ClientConfig struct {
 	Metrics *metrics.Set
 	// SourceNode fills Header.Source when a Dial leaves it empty.
 	SourceNode string
+	// TLS, if set, runs a TLS handshake on every new connection before
+	// yamux (identity.Source.ClientConfig); nil means plaintext
+	// (insecure mode).
+	TLS *tls.Config
+	// PeerID, if set, names the node identity expected at a mesh address;
+	// a peer that authenticates as another node is refused. A zero ID
+	// accepts any node the TLS configuration authorizes.
+	PeerID func(meshAddr string) spiffeid.ID
 }
 
 const defaultClientDialTimeout = 3 * time.Second
@@ -71,6 +83,7 @@ type peer struct {
 	// so concurrent Dials to a new peer share one TCP connection.
 	dialing chan struct{}
 	sess    *yamux.Session // guarded by Client.mu; nil before the first dial
+	id      spiffeid.ID    // guarded by Client.mu; the TLS peer of sess
 }
 
 // NewClient returns a client with no sessions.
@@ -185,7 +198,26 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 	if err != nil {
 		return nil, false, err
 	}
-	// TODO(mTLS): wrap conn here; nothing below depends on its type.
+	var peerID spiffeid.ID
+	if c.cfg.TLS != nil {
+		tc := tls.Client(conn, c.cfg.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			reason := identity.HandshakeReason(err)
+			c.m.tlsFailure(reason)
+			c.log.Warn("mesh: TLS handshake with peer failed", "peer", meshAddr, "reason", reason, "err", err)
+			return nil, false, err
+		}
+		peerID, _ = identity.PeerID(tc.ConnectionState())
+		if c.cfg.PeerID != nil {
+			if want := c.cfg.PeerID(meshAddr); !want.IsZero() && want != peerID {
+				tc.Close()
+				c.m.tlsFailure(identity.ReasonUnauthorized)
+				return nil, false, fmt.Errorf("peer at %s is %s, want %s", meshAddr, peerID, want)
+			}
+		}
+		conn = tc
+	}
 	sess, err = yamux.Client(conn, yamuxConfig())
 	if err != nil { // only for a bad config
 		conn.Close()
@@ -198,7 +230,7 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 		sess.Close()
 		return nil, false, fmt.Errorf("client: %w", net.ErrClosed)
 	}
-	p.sess = sess
+	p.sess, p.id = sess, peerID
 	c.m.sessions.Inc()
 	c.wg.Add(1)
 	c.mu.Unlock()
@@ -321,6 +353,23 @@ func (c *Client) Sessions() int {
 		}
 	}
 	return n
+}
+
+// DropPeer closes every session whose TLS peer is id (a revoked node).
+func (c *Client) DropPeer(id spiffeid.ID) int {
+	c.mu.Lock()
+	var drop []*yamux.Session
+	for _, p := range c.peers {
+		if p.sess != nil && !p.id.IsZero() && p.id == id {
+			drop = append(drop, p.sess)
+			p.sess = nil
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range drop {
+		s.Close()
+	}
+	return len(drop)
 }
 
 // DropSession closes the session to meshAddr, so its streams fail at once.

@@ -22,6 +22,20 @@ type meshMetrics struct {
 	streams  map[string]*metrics.Counter // by result
 	sessions *metrics.Gauge              // open yamux sessions
 	bad      *metrics.Counter            // streams rejected for a bad header (in only)
+	set      *metrics.Set
+	dir      string
+}
+
+// tlsFailure counts a refused TLS handshake:
+// fogmesh_tls_handshake_failures_total{port="mesh",dir,reason}.
+func (m *meshMetrics) tlsFailure(reason string) {
+	m.set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_tls_handshake_failures_total{port="mesh",dir=%q,reason=%q}`, m.dir, reason)).Inc()
+}
+
+// TLSFailures returns the count of refused mesh handshakes for reason and
+// dir ("in" or "out") in set, for tests and status pages.
+func TLSFailures(set *metrics.Set, dir, reason string) uint64 {
+	return set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_tls_handshake_failures_total{port="mesh",dir=%q,reason=%q}`, dir, reason)).Get()
 }
 
 func newMeshMetrics(set *metrics.Set, dir string) *meshMetrics {
@@ -32,6 +46,8 @@ func newMeshMetrics(set *metrics.Set, dir string) *meshMetrics {
 		streams:  make(map[string]*metrics.Counter),
 		sessions: set.GetOrCreateGauge(fmt.Sprintf(`fogmesh_mesh_sessions{dir=%q}`, dir), nil),
 		bad:      set.GetOrCreateCounter(`fogmesh_mesh_bad_streams_total`),
+		set:      set,
+		dir:      dir,
 	}
 	for _, r := range []string{resultOK, resultRefused, resultDialFailed, resultError, resultDenied} {
 		m.streams[r] = set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mesh_streams_total{dir=%q,result=%q}`, dir, r))

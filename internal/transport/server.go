@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,7 +13,9 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/yamux"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/proxy"
 )
 
@@ -70,6 +73,35 @@ type ServerConfig struct {
 	// Metrics is where the fogmesh_mesh_* series with dir="in" are
 	// registered. Default: a private set.
 	Metrics *metrics.Set
+	// TLS, if set, makes every connection start with a TLS handshake
+	// (identity.Source.ServerConfig: TLS 1.3, client certificate
+	// required) within HeaderTimeout; the yamux session runs inside it.
+	// Refused handshakes are logged and counted in
+	// fogmesh_tls_handshake_failures_total{port="mesh",reason}. The
+	// peer's node identity reaches DialLocal through PeerFromContext,
+	// and a stream whose Header.Source is not that node is refused.
+	// nil means plaintext (insecure mode: tests and local development).
+	TLS *tls.Config
+	// TrustedSourceID, if set, must accept a header's SourceID (a SPIFFE
+	// ID of a trust domain the agent trusts) or the stream is refused.
+	TrustedSourceID func(spiffeid.ID) bool
+}
+
+// Peer is the authenticated agent at the other end of a mesh connection.
+type Peer struct {
+	ID   spiffeid.ID // its node SPIFFE ID
+	Site string
+	Node string
+}
+
+type peerKey struct{}
+
+// PeerFromContext returns the TLS-authenticated peer of a stream; the
+// context given to Dialer.DialLocal carries it. ok is false in insecure
+// mode.
+func PeerFromContext(ctx context.Context) (Peer, bool) {
+	p, ok := ctx.Value(peerKey{}).(Peer)
+	return p, ok
 }
 
 const (
@@ -114,7 +146,7 @@ type Server struct {
 	mu       sync.Mutex // guards the following
 	serving  bool
 	closing  bool
-	sessions map[*yamux.Session]struct{}
+	sessions map[*yamux.Session]spiffeid.ID // the peer's ID; zero in insecure mode
 }
 
 // NewServer checks cfg and returns a server that does nothing until Serve.
@@ -130,7 +162,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		done:     make(chan struct{}),
-		sessions: make(map[*yamux.Session]struct{}),
+		sessions: make(map[*yamux.Session]spiffeid.ID),
 	}, nil
 }
 
@@ -226,6 +258,24 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// DropPeer closes every session of the peer with SPIFFE ID id, and with
+// them their streams, and returns how many it closed. The agent calls it
+// when the node is revoked.
+func (s *Server) DropPeer(id spiffeid.ID) int {
+	s.mu.Lock()
+	var drop []*yamux.Session
+	for sess, pid := range s.sessions {
+		if !pid.IsZero() && pid == id {
+			drop = append(drop, sess)
+		}
+	}
+	s.mu.Unlock()
+	for _, sess := range drop {
+		sess.Close()
+	}
+	return len(drop)
+}
+
 // ActiveStreams returns the number of streams being served: reading a
 // header, dialing or relaying.
 func (s *Server) ActiveStreams() int64 {
@@ -239,13 +289,36 @@ func (s *Server) serveConn(conn net.Conn) {
 	defer s.wg.Done()
 	log := s.log.With("peer", conn.RemoteAddr().String())
 
+	var peer Peer
+	if s.cfg.TLS != nil {
+		tc, err := identity.ServerHandshake(s.ctx, conn, s.cfg.TLS, s.cfg.HeaderTimeout)
+		if err != nil {
+			conn.Close()
+			reason := identity.HandshakeReason(err)
+			s.m.tlsFailure(reason)
+			log.Warn("mesh: TLS handshake refused", "reason", reason, "err", err)
+			return
+		}
+		id, err := identity.PeerID(tc.ConnectionState())
+		site, node, ok := identity.ParseNodeID(id)
+		if err != nil || !ok { // the authorizer allows node IDs only
+			tc.Close()
+			s.m.tlsFailure(identity.ReasonUnauthorized)
+			log.Warn("mesh: peer is not a node", "id", id.String(), "err", err)
+			return
+		}
+		peer = Peer{ID: id, Site: site, Node: node}
+		conn = tc
+		log = log.With("peerId", id.String())
+	}
+
 	sess, err := yamux.Server(conn, yamuxConfig())
 	if err != nil { // only for a bad config
 		conn.Close()
 		log.Error("mesh: start session", "err", err)
 		return
 	}
-	if !s.trackSession(sess) {
+	if !s.trackSession(sess, peer.ID) {
 		sess.Close()
 		return
 	}
@@ -255,6 +328,9 @@ func (s *Server) serveConn(conn net.Conn) {
 	// yamux reads return a plain EOF that must not look like a clean end.
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
+	if s.cfg.TLS != nil {
+		ctx = context.WithValue(ctx, peerKey{}, peer)
+	}
 
 	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HeaderTimeout)
 	st, err := sess.AcceptStreamWithContext(hctx)
@@ -269,13 +345,13 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 }
 
-func (s *Server) trackSession(sess *yamux.Session) bool {
+func (s *Server) trackSession(sess *yamux.Session, id spiffeid.ID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
 		return false
 	}
-	s.sessions[sess] = struct{}{}
+	s.sessions[sess] = id
 	s.m.sessions.Inc()
 	return true
 }
@@ -310,6 +386,28 @@ func (s *Server) serveStream(ctx context.Context, c *streamConn) {
 	}
 }
 
+// checkSource refuses a header that claims another source node than the
+// TLS peer, or a SourceID of a trust domain this agent does not trust.
+func (s *Server) checkSource(ctx context.Context, h Header) error {
+	p, ok := PeerFromContext(ctx)
+	if !ok {
+		return nil
+	}
+	if h.Source != p.Node {
+		return fmt.Errorf("header source %q is not the authenticated peer %s", h.Source, p.ID)
+	}
+	if h.SourceID != "" {
+		id, err := spiffeid.FromString(h.SourceID)
+		if err != nil {
+			return fmt.Errorf("sourceId: %w", err)
+		}
+		if s.cfg.TrustedSourceID != nil && !s.cfg.TrustedSourceID(id) {
+			return fmt.Errorf("sourceId %s: trust domain not trusted", id)
+		}
+	}
+	return nil
+}
+
 // open runs the server side of the stream handshake: header in, local dial,
 // status out. It returns the local conn after StatusOK was sent.
 func (s *Server) open(ctx context.Context, c *streamConn) (net.Conn, Header, error) {
@@ -321,6 +419,11 @@ func (s *Server) open(ctx context.Context, c *streamConn) (net.Conn, Header, err
 		s.m.bad.Inc()
 		s.m.streams[resultRefused].Inc()
 		WriteStatus(c, StatusBadHeader, err.Error())
+		return nil, h, err
+	}
+	if err := s.checkSource(ctx, h); err != nil {
+		s.m.streams[resultRefused].Inc()
+		WriteStatus(c, StatusRefused, err.Error())
 		return nil, h, err
 	}
 

@@ -9,7 +9,8 @@
 // that; ACK/NACK of every response by nonce. docs/protocol.md says why it is
 // not xDS itself.
 //
-// Frame layout, on any byte stream (TCP today, TLS later with no change):
+// Frame layout, on any byte stream (TLS 1.3 with mutual authentication;
+// plain TCP only in insecure mode):
 //
 //	+----------------+---------------------------+
 //	| length uint32  | JSON-encoded Message      |
@@ -48,14 +49,25 @@ const (
 	TypeLocal     = "local"     // full set of endpoints this node owns, with health
 	TypeSessions  = "sessions"  // session bindings this agent created or changed
 	TypeAudit     = "audit"     // a batch of this node's audit records, in seq order (only if welcome lists FeatureAudit)
+	TypeRenew     = "renew"     // CSR for a new node certificate (mTLS stream only)
+	TypeJoin      = "join"      // first and only message on a join connection (ALPN fogmesh-join/1)
 	// control -> agent
 	TypeWelcome = "welcome" // hello accepted
 	TypeUpdate  = "update"  // snapshot or delta
-	TypeError   = "error"   // a refusal; fatal (the server closes) only in answer to hello
+	TypeError   = "error"   // a refusal; fatal (the server closes) only in answer to hello or join
+	TypeCert    = "cert"    // a node certificate: the answer to renew
+	TypeJoined  = "joined"  // the answer to join: certificate and trust
+	TypeTrust   = "trust"   // trust bundles and the node deny list; sent to agents that hello with CapTrust
 	// TypeAuditAck answers each audit batch with the last seq the control
 	// plane holds for the node (AuditSeq); Error says why a batch was
 	// refused (a gap or a fork), and the agent resumes from AuditSeq+1.
 	TypeAuditAck = "auditAck"
+)
+
+// Capabilities an agent names in Hello. The control plane only sends the
+// messages of a capability the agent named, so older agents never see them.
+const (
+	CapTrust = "trust" // TypeTrust messages
 )
 
 // Features a control plane lists in welcome. An agent uses a message type
@@ -84,8 +96,18 @@ type Message struct {
 	Type string `json:"type"`
 
 	// Hello
-	Protocol int       `json:"protocol,omitempty"`
-	Node     *api.Node `json:"node,omitempty"`
+	Protocol     int       `json:"protocol,omitempty"`
+	Node         *api.Node `json:"node,omitempty"`
+	Capabilities []string  `json:"capabilities,omitempty"`
+
+	// Join: Token, Node and CSR. Renew: CSR. Joined, Cert: Certificates
+	// (DER, leaf first). Joined also carries Trust.
+	Token        string   `json:"token,omitempty"`
+	CSR          []byte   `json:"csr,omitempty"`
+	Certificates [][]byte `json:"certificates,omitempty"`
+
+	// Trust, Joined
+	Trust *Trust `json:"trust,omitempty"`
 
 	// Subscribe
 	Types []string `json:"types,omitempty"`
@@ -133,6 +155,18 @@ type Message struct {
 	Removed   []ResourceRef `json:"removed,omitempty"`
 	// HeartbeatMillis tells the agent how often to send heartbeats.
 	HeartbeatMillis int64 `json:"heartbeatMillis,omitempty"`
+}
+
+// Trust is what an agent trusts: the roots of its own and of federated
+// trust domains, and the node identities it must refuse.
+type Trust struct {
+	// TrustDomain is the control plane's own trust domain.
+	TrustDomain string `json:"trustDomain"`
+	// Bundles maps a trust domain to its roots (DER), the own one included.
+	// During a CA rotation the own bundle holds the old and the new root.
+	Bundles map[string][][]byte `json:"bundles"`
+	// Revoked lists revoked node SPIFFE IDs.
+	Revoked []string `json:"revoked,omitempty"`
 }
 
 // Scope limits a subscription. Empty means everything.
@@ -218,7 +252,7 @@ func Decode(body []byte) (*Message, error) {
 	}
 	switch m.Type {
 	case TypeHello, TypeSubscribe, TypeAck, TypeNack, TypeHeartbeat, TypeLocal, TypeSessions, TypeAudit,
-		TypeWelcome, TypeUpdate, TypeError, TypeAuditAck:
+		TypeWelcome, TypeUpdate, TypeError, TypeAuditAck, TypeRenew, TypeJoin, TypeCert, TypeJoined, TypeTrust:
 	default:
 		return nil, fmt.Errorf("wire: unknown message type %q", m.Type)
 	}

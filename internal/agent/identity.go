@@ -1,0 +1,367 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// Identity files in the state directory.
+const (
+	nodeKeyFile  = "node-key.pem"  // the node's private key, made here, mode 0600
+	nodeCertFile = "node-cert.pem" // its certificate chain, leaf first
+	trustFile    = "trust.json"    // wire.Trust: roots, federated bundles, deny list
+)
+
+// JoinError is a join the control plane refused (bad, used, expired or
+// unknown token, wrong site): the command exits with the usage code.
+type JoinError struct{ Msg string }
+
+func (e *JoinError) Error() string { return e.Msg }
+
+// nodeIdentity is the agent's node certificate and trust.
+type nodeIdentity struct {
+	src  *identity.Source
+	key  crypto.Signer
+	td   spiffeid.TrustDomain
+	id   spiffeid.ID
+	dir  string
+	cert *x509.Certificate // guarded by Agent.mu after New
+}
+
+func (a *Agent) statePath(name string) string { return filepath.Join(a.cfg.StateDir, name) }
+
+// initIdentity loads the node key, certificate and trust from the state
+// directory, joining with cfg.JoinToken when there is no usable
+// certificate.
+func (a *Agent) initIdentity(ctx context.Context) error {
+	ni := &nodeIdentity{src: identity.NewSource(), dir: a.cfg.StateDir}
+	keyPath := a.statePath(nodeKeyFile)
+	if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
+		k, err := identity.NewKey()
+		if err != nil {
+			return err
+		}
+		pemKey, err := identity.EncodeKeyPEM(k)
+		if err != nil {
+			return err
+		}
+		if err := identity.WriteFileAtomic(keyPath, pemKey, 0o600); err != nil {
+			return fmt.Errorf("agent: save node key: %w", err)
+		}
+	}
+	key, err := identity.ReadKeyFile(keyPath)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	ni.key = key
+	a.ident = ni
+
+	if b, err := os.ReadFile(a.statePath(trustFile)); err == nil {
+		var t wire.Trust
+		if err := json.Unmarshal(b, &t); err != nil || a.applyTrust(&t, false) != nil {
+			a.log.Error("agent: trust file unreadable; join again if the certificate cannot be verified", "file", a.statePath(trustFile))
+		}
+	}
+	if err := a.loadNodeCert(); err != nil {
+		if a.cfg.JoinToken == "" {
+			return &ConfigError{Err: fmt.Errorf("agent: no usable node certificate in %s (%v): join with a token (-join-token or $FOGMESH_JOIN_TOKEN from 'fogmesh token create --site %s')",
+				a.cfg.StateDir, err, a.cfg.Node.Site)}
+		}
+		if err := a.join(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadNodeCert loads a certificate that matches the key, this node's
+// identity and has not expired.
+func (a *Agent) loadNodeCert() error {
+	ni := a.ident
+	if ni.td.IsZero() {
+		return errors.New("no trust bundle")
+	}
+	b, err := os.ReadFile(a.statePath(nodeCertFile))
+	if err != nil {
+		return err
+	}
+	certs, err := identity.ParseCertificatesPEM(b)
+	if err != nil {
+		return err
+	}
+	return a.useNodeCert(certs)
+}
+
+// useNodeCert checks certs (leaf first) and makes them the node's SVID.
+func (a *Agent) useNodeCert(certs []*x509.Certificate) error {
+	ni := a.ident
+	want, err := identity.NodeID(ni.td, a.cfg.Node.Site, a.cfg.Node.Name)
+	if err != nil {
+		return err
+	}
+	svid, err := identity.NewSVID(certs, ni.key)
+	if err != nil {
+		return err
+	}
+	if svid.ID != want {
+		return fmt.Errorf("certificate is for %s, this node is %s", svid.ID, want)
+	}
+	if time.Now().After(certs[0].NotAfter) {
+		return fmt.Errorf("certificate expired at %s", certs[0].NotAfter.Format(time.RFC3339))
+	}
+	a.mu.Lock()
+	ni.id, ni.cert = want, certs[0]
+	a.mu.Unlock()
+	ni.src.SetSVID(svid)
+	return nil
+}
+
+func (a *Agent) saveNodeCert(certs []*x509.Certificate) error {
+	return identity.WriteFileAtomic(a.statePath(nodeCertFile), identity.EncodeCertificatesPEM(certs...), 0o644)
+}
+
+// applyTrust installs bundles and the deny list, drops mesh sessions of
+// newly revoked nodes and, if save, writes the trust file.
+func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
+	ni := a.ident
+	td, err := identity.ParseTrustDomain(t.TrustDomain)
+	if err != nil || t.TrustDomain == "" {
+		return fmt.Errorf("trust: trust domain %q: %v", t.TrustDomain, err)
+	}
+	if !ni.td.IsZero() && td != ni.td {
+		return fmt.Errorf("trust: control plane is in trust domain %s, this node in %s", td, ni.td)
+	}
+	var bundles []*x509bundle.Bundle
+	for name, ders := range t.Bundles {
+		btd, err := identity.ParseTrustDomain(name)
+		if err != nil {
+			return fmt.Errorf("trust: %w", err)
+		}
+		certs, err := identity.ParseDERs(ders)
+		if err != nil {
+			return fmt.Errorf("trust: bundle %s: %w", name, err)
+		}
+		bundles = append(bundles, x509bundle.FromX509Authorities(btd, certs))
+	}
+	if len(t.Bundles[td.Name()]) == 0 {
+		return errors.New("trust: no roots for the own trust domain")
+	}
+	ni.td = td
+	old := map[string]bool{}
+	for _, id := range t.Revoked {
+		if !ni.src.Denied(id) {
+			old[id] = true // newly revoked
+		}
+	}
+	ni.src.SetBundles(bundles...)
+	ni.src.SetDenied(t.Revoked)
+	if a.mesh != nil {
+		for id := range old {
+			sid, err := spiffeid.FromString(id)
+			if err != nil {
+				continue
+			}
+			n := a.mesh.DropPeer(sid) + a.peers.DropPeer(sid)
+			a.log.Warn("agent: node revoked; closed its mesh sessions", "id", id, "sessions", n)
+		}
+	}
+	if save {
+		if err := saveJSON(a.statePath(trustFile), t); err != nil {
+			return fmt.Errorf("trust: save: %w", err)
+		}
+	}
+	return nil
+}
+
+// join gets the node certificate with the join token: TLS to the control
+// plane's sync port (ALPN fogmesh-join/1), the control plane authenticated
+// by the root pin in the token; a CSR out, a certificate and the trust
+// bundle back. A refusal is a *JoinError inside a *ConfigError.
+func (a *Agent) join(ctx context.Context) error {
+	tok, err := identity.ParseToken(a.cfg.JoinToken)
+	if err != nil || tok.Kind != identity.TokenJoin {
+		if err == nil {
+			err = errors.New("not a join token")
+		}
+		return &ConfigError{Err: &JoinError{Msg: "agent: join token: " + err.Error()}}
+	}
+	csr, err := identity.NewCSR(a.ident.key)
+	if err != nil {
+		return err
+	}
+	backoff := 250 * time.Millisecond
+	var last error
+	for attempt := 0; attempt < 8; attempt++ {
+		for _, addr := range a.cfg.Control {
+			resp, err := a.joinOnce(ctx, addr, tok, csr)
+			if err == nil {
+				return a.finishJoin(resp)
+			}
+			var je *JoinError
+			if errors.As(err, &je) {
+				return &ConfigError{Err: err}
+			}
+			last = err
+			a.log.Warn("agent: join attempt failed", "control", addr, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		}
+		backoff = min(2*backoff, 4*time.Second)
+	}
+	return fmt.Errorf("agent: join: no control plane answered: %w", last)
+}
+
+func (a *Agent) joinOnce(ctx context.Context, addr string, tok identity.Token, csr []byte) (*wire.Message, error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 3 * time.Second}, Config: identity.JoinClientConfig(tok.Pin, nil)}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		if errors.Is(err, context.Canceled) || !isPinError(err) {
+			return nil, err
+		}
+		return nil, &JoinError{Msg: "agent: join: " + err.Error()}
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	node := *a.self
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeJoin, Token: tok.String(), Node: &node, CSR: csr}); err != nil {
+		return nil, err
+	}
+	m, err := wire.NewReader(c).Read()
+	if err != nil {
+		return nil, err
+	}
+	switch m.Type {
+	case wire.TypeJoined:
+		return m, nil
+	case wire.TypeError:
+		return nil, &JoinError{Msg: "agent: " + m.Error}
+	}
+	return nil, fmt.Errorf("join: unexpected %s", m.Type)
+}
+
+func isPinError(err error) bool {
+	var ce *tls.CertificateVerificationError
+	return errors.As(err, &ce)
+}
+
+func (a *Agent) finishJoin(m *wire.Message) error {
+	if m.Trust == nil {
+		return errors.New("agent: join: no trust bundle in the answer")
+	}
+	certs, err := identity.ParseDERs(m.Certificates)
+	if err != nil {
+		return fmt.Errorf("agent: join: %w", err)
+	}
+	a.ident.td = spiffeid.TrustDomain{}
+	if err := a.applyTrust(m.Trust, true); err != nil {
+		return fmt.Errorf("agent: join: %w", err)
+	}
+	if err := a.useNodeCert(certs); err != nil {
+		return fmt.Errorf("agent: join: %w", err)
+	}
+	if err := a.saveNodeCert(certs); err != nil {
+		return fmt.Errorf("agent: join: save certificate: %w", err)
+	}
+	a.log.Info("agent: joined", "id", a.ident.id.String(), "notAfter", certs[0].NotAfter)
+	return nil
+}
+
+// renewAt is when the node certificate should be renewed: half its
+// lifetime (counted from issue, not from the backdated NotBefore), with a
+// little jitter.
+func (a *Agent) renewAt() time.Time {
+	a.mu.Lock()
+	c := a.ident.cert
+	a.mu.Unlock()
+	issued := c.NotBefore.Add(identity.ClockSkew)
+	life := c.NotAfter.Sub(issued)
+	return issued.Add(life/2 + rand.N(life/20+1))
+}
+
+// renewCSR makes the renewal request (the same key: it never leaves the
+// host).
+func (a *Agent) renewMessage() (*wire.Message, error) {
+	csr, err := identity.NewCSR(a.ident.key)
+	if err != nil {
+		return nil, err
+	}
+	return &wire.Message{Type: wire.TypeRenew, CSR: csr}, nil
+}
+
+// applyCert installs a renewed certificate: the next handshake uses it,
+// open connections are untouched.
+func (a *Agent) applyCert(m *wire.Message) error {
+	certs, err := identity.ParseDERs(m.Certificates)
+	if err != nil {
+		return err
+	}
+	if _, _, err := x509svidVerify(certs, a.ident.src); err != nil {
+		return err
+	}
+	if err := a.useNodeCert(certs); err != nil {
+		return err
+	}
+	if err := a.saveNodeCert(certs); err != nil {
+		return err
+	}
+	a.m.renewals.Inc()
+	a.log.Info("agent: node certificate renewed", "serial", certs[0].SerialNumber.Text(16), "notAfter", certs[0].NotAfter)
+	return nil
+}
+
+// NodeCertificate returns the current node certificate (nil in insecure
+// mode).
+func (a *Agent) NodeCertificate() *x509.Certificate {
+	if a.ident == nil {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ident.cert
+}
+
+// meshPeerID is the node identity expected at a mesh address.
+func (a *Agent) meshPeerID(addr string) spiffeid.ID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name, n := range a.res.nodes {
+		if n.Spec.MeshAddress == addr {
+			id, err := identity.NodeID(a.ident.td, n.Spec.Site, name)
+			if err == nil {
+				return id
+			}
+		}
+	}
+	return spiffeid.ID{}
+}
+
+func (a *Agent) trustedSourceID(id spiffeid.ID) bool {
+	_, err := a.ident.src.GetX509BundleForTrustDomain(id.TrustDomain())
+	return err == nil
+}
+
+func x509svidVerify(certs []*x509.Certificate, src *identity.Source) (spiffeid.ID, [][]*x509.Certificate, error) {
+	return x509svid.Verify(certs, src)
+}

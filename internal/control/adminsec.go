@@ -1,0 +1,227 @@
+package control
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/store"
+)
+
+// Admin API, security part (JSON; every call but /healthz needs a client
+// certificate of an admin identity or "Authorization: Bearer <admin token>";
+// a read-only token may only GET):
+//
+//	POST   /v1/tokens                {kind: join|admin, site, role, ttl}  -> TokenResponse
+//	POST   /v1/nodes/{name}/revoke                                        -> {id}
+//	POST   /v1/ca/rotate                                                  -> {pin}
+//	GET    /v1/bundle                the trust bundle (PEM)
+//	GET    /v1/trust                 federated trust domains
+//	POST   /v1/trust                 {trustDomain, bundle (PEM)}
+//	DELETE /v1/trust/{trustDomain}
+
+// TokenRequest is the body of POST /v1/tokens.
+type TokenRequest struct {
+	Kind string `json:"kind"`           // join (default) or admin
+	Site string `json:"site,omitempty"` // join tokens: the site the node must claim
+	Role string `json:"role,omitempty"` // admin tokens: admin (default) or read-only
+	TTL  string `json:"ttl,omitempty"`  // Go duration; join default 1h, admin default none
+}
+
+// TokenResponse answers POST /v1/tokens. Token is shown once; the control
+// plane keeps only its hash.
+type TokenResponse struct {
+	Token   string    `json:"token"`
+	ID      string    `json:"id"`
+	Kind    string    `json:"kind"`
+	Site    string    `json:"site,omitempty"`
+	Role    string    `json:"role,omitempty"`
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// TrustRequest is the body of POST /v1/trust.
+type TrustRequest struct {
+	TrustDomain string `json:"trustDomain"`
+	Bundle      string `json:"bundle"` // PEM CA certificates
+}
+
+// authenticate enforces admin authentication and roles.
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	if s.sec == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		role := ""
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			// Verified in the handshake (adminTLS): an admin identity.
+			if id, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]); err == nil && identity.IsAdminID(s.sec.ca.TrustDomain(), id) {
+				role = RoleAdmin
+			}
+		} else if h := r.Header.Get("Authorization"); h != "" {
+			tok, ok := strings.CutPrefix(h, "Bearer ")
+			if !ok {
+				writeError(w, http.StatusUnauthorized, errors.New("authorization: want Bearer <token>"))
+				return
+			}
+			var err error
+			if role, err = s.sec.adminRole(tok); err != nil {
+				s.log.Warn("control: admin token refused", "remote", r.RemoteAddr, "err", err)
+				writeError(w, http.StatusUnauthorized, fmt.Errorf("token refused: %w", err))
+				return
+			}
+		}
+		switch {
+		case role == "":
+			w.Header().Set("WWW-Authenticate", `Bearer realm="fogmesh"`)
+			writeError(w, http.StatusUnauthorized, errors.New("authentication required: an admin token (-token, $FOGMESH_TOKEN) or an admin client certificate"))
+			return
+		case role == RoleReadOnly && r.Method != http.MethodGet && r.Method != http.MethodHead:
+			writeError(w, http.StatusForbidden, errors.New("read-only token: only GET is allowed"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) securityRoutes(mux *http.ServeMux) {
+	need := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if s.sec == nil {
+				writeError(w, http.StatusBadRequest, errors.New("the control plane runs in insecure mode: no CA"))
+				return
+			}
+			h(w, r)
+		}
+	}
+	mux.HandleFunc("POST /v1/tokens", need(s.handleCreateToken))
+	mux.HandleFunc("POST /v1/nodes/{name}/revoke", need(func(w http.ResponseWriter, r *http.Request) {
+		id, err := s.revokeNode(r.PathValue("name"))
+		switch {
+		case errors.Is(err, ErrNotFound):
+			writeError(w, http.StatusNotFound, err)
+		case err != nil:
+			writeError(w, http.StatusInternalServerError, err)
+		default:
+			writeJSON(w, http.StatusOK, map[string]string{"revoked": id})
+		}
+	}))
+	mux.HandleFunc("POST /v1/ca/rotate", need(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.sec.ca.Rotate(); err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, identity.ErrExternalCA) {
+				code = http.StatusBadRequest
+			}
+			writeError(w, code, err)
+			return
+		}
+		if err := s.sec.issueServing(); err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		if err := s.sec.refreshTrust(); err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		s.log.Warn("control: CA rotated", "pin", s.sec.ca.Pin(), "roots", len(s.sec.ca.Roots()))
+		writeJSON(w, http.StatusOK, map[string]any{"pin": s.sec.ca.Pin(), "roots": len(s.sec.ca.Roots())})
+	}))
+	mux.HandleFunc("GET /v1/bundle", need(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Write(identity.EncodeCertificatesPEM(s.sec.ca.Roots()...))
+	}))
+	mux.HandleFunc("GET /v1/trust", need(func(w http.ResponseWriter, r *http.Request) {
+		t, _ := s.sec.currentTrust()
+		out := map[string]int{}
+		for td, roots := range t.Bundles {
+			out[td] = len(roots)
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"trustDomain": t.TrustDomain, "bundles": out, "revoked": t.Revoked})
+	}))
+	mux.HandleFunc("POST /v1/trust", need(s.handleTrustAdd))
+	mux.HandleFunc("DELETE /v1/trust/{td}", need(func(w http.ResponseWriter, r *http.Request) {
+		td := r.PathValue("td")
+		if err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
+			if tx.Get(keyTrust+td) == nil {
+				return ErrNotFound
+			}
+			return tx.Delete(keyTrust + td)
+		}); err != nil {
+			writeError(w, http.StatusNotFound, fmt.Errorf("trust domain %q: %w", td, err))
+			return
+		}
+		s.sec.refreshTrust()
+		writeJSON(w, http.StatusOK, map[string]string{"removed": td})
+	}))
+}
+
+func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+	var req TokenRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+		return
+	}
+	if req.Kind == "" {
+		req.Kind = identity.TokenJoin
+	}
+	var ttl time.Duration
+	if req.TTL != "" {
+		var err error
+		if ttl, err = time.ParseDuration(req.TTL); err != nil || ttl < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("ttl %q: want a positive duration like 1h", req.TTL))
+			return
+		}
+	}
+	tok, rec, err := s.sec.createToken(req.Kind, req.Site, req.Role, ttl)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	p, _ := identity.ParseToken(tok)
+	s.log.Info("control: token created", "id", p.ID, "kind", rec.Kind, "site", rec.Site, "role", rec.Role, "expires", rec.Expires)
+	writeJSON(w, http.StatusOK, TokenResponse{Token: tok, ID: p.ID, Kind: rec.Kind, Site: rec.Site, Role: rec.Role, Expires: rec.Expires})
+}
+
+func (s *Server) handleTrustAdd(w http.ResponseWriter, r *http.Request) {
+	var req TrustRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 2<<20)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+		return
+	}
+	td, err := identity.ParseTrustDomain(req.TrustDomain)
+	if err != nil || req.TrustDomain == "" {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("trustDomain %q: %v", req.TrustDomain, err))
+		return
+	}
+	if td == s.sec.ca.TrustDomain() {
+		writeError(w, http.StatusBadRequest, errors.New("that is this control plane's own trust domain (rotate its CA instead)"))
+		return
+	}
+	certs, err := identity.ParseBundlePEM([]byte(req.Bundle))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		return tx.Put(keyTrust+td.Name(), identity.EncodeCertificatesPEM(certs...))
+	}); err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	if err := s.sec.refreshTrust(); err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	s.log.Warn("control: federated trust domain added", "trustDomain", td.Name(), "roots", len(certs))
+	writeJSON(w, http.StatusOK, map[string]any{"trustDomain": td.Name(), "roots": len(certs)})
+}

@@ -1,0 +1,596 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// Admin roles.
+const (
+	RoleAdmin    = "admin"     // every admin API call
+	RoleReadOnly = "read-only" // GET only
+)
+
+// Files the control plane writes to its state directory.
+const (
+	// BundleFile is the trust bundle (PEM roots) admin clients and
+	// operators use to verify the control plane (the CLI's -ca).
+	BundleFile = "ca.pem"
+	// AdminTokenFile holds the bootstrap admin token (mode 0600), written
+	// on first start when no admin token exists.
+	AdminTokenFile = "admin.token"
+)
+
+var errRevoked = errors.New("node is revoked")
+
+// Security-bucket keys (internal/store SecureTx).
+const (
+	keyToken   = "token/"   // + id: tokenRecord
+	keyRevoked = "revoked/" // + node name: revokedRecord
+	keyTrust   = "trust/"   // + trust domain: PEM bundle
+)
+
+// tokenRecord is what the store keeps of a token: never the secret.
+type tokenRecord struct {
+	Kind    string    `json:"kind"`
+	Hash    string    `json:"hash"`
+	Site    string    `json:"site,omitempty"` // join tokens
+	Role    string    `json:"role,omitempty"` // admin tokens
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires,omitzero"` // zero: never (admin tokens only)
+	UsedBy  string    `json:"usedBy,omitempty"` // join tokens: the node that used it
+}
+
+type revokedRecord struct {
+	ID   string    `json:"id"`
+	Site string    `json:"site"`
+	At   time.Time `json:"at"`
+}
+
+// security is the control plane's CA, serving certificate, tokens, deny
+// list and federated bundles.
+type security struct {
+	s   *Server
+	ca  *identity.CA
+	src *identity.Source // serving SVID; own bundle; deny list
+
+	syncTLS *tls.Config
+
+	mu        sync.Mutex // guards the following
+	trust     *wire.Trust
+	trustJSON []byte
+	watch     chan struct{} // closed when trust changes
+	servedAt  time.Time     // when the serving certificate was issued
+	servedFor string        // the root pin it was issued under
+
+	mTLS    map[string]*metrics.Counter
+	mJoins  map[string]*metrics.Counter
+	mIssued *metrics.Counter
+	// onIssue, if set, is called for every certificate issued (the audit
+	// log hooks in here).
+	onIssue func(kind, id string, cert *x509.Certificate)
+}
+
+func newSecurity(s *Server) (*security, error) {
+	ca, err := identity.OpenCA(identity.CAConfig{
+		Dir: filepath.Join(s.cfg.StateDir, "ca"), TrustDomain: s.cfg.TrustDomain,
+		CertFile: s.cfg.CACertFile, KeyFile: s.cfg.CAKeyFile,
+		NodeTTL: s.cfg.NodeTTL, Overlap: s.cfg.RotationOverlap,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	sec := &security{s: s, ca: ca, src: identity.NewSource(), watch: make(chan struct{}),
+		mTLS: map[string]*metrics.Counter{}, mJoins: map[string]*metrics.Counter{}}
+	m := s.cfg.Metrics
+	for _, r := range identity.Reasons {
+		sec.mTLS[r] = m.NewCounter(fmt.Sprintf(`fogmesh_tls_handshake_failures_total{port="sync",reason=%q}`, r))
+	}
+	for _, r := range []string{"ok", "refused"} {
+		sec.mJoins[r] = m.NewCounter(fmt.Sprintf(`fogmesh_control_joins_total{result=%q}`, r))
+	}
+	sec.mIssued = m.NewCounter(`fogmesh_control_certificates_issued_total`)
+	sec.syncTLS = sec.newSyncTLS()
+	if err := sec.refreshTrust(); err != nil {
+		return nil, err
+	}
+	if err := sec.bootstrapAdminToken(); err != nil {
+		return nil, err
+	}
+	s.log.Info("control: CA ready", "trustDomain", ca.TrustDomain().Name(), "pin", ca.Pin(),
+		"bundle", filepath.Join(s.cfg.StateDir, BundleFile))
+	return sec, nil
+}
+
+func (sec *security) tlsFailure(reason string) {
+	if c := sec.mTLS[reason]; c != nil {
+		c.Inc()
+	}
+}
+
+// TLSFailures returns the sync port's refused handshakes for reason.
+func (s *Server) TLSFailures(reason string) uint64 {
+	if s.sec == nil || s.sec.mTLS[reason] == nil {
+		return 0
+	}
+	return s.sec.mTLS[reason].Get()
+}
+
+// newSyncTLS: the sync port serves joins (ALPN fogmesh-join/1, server
+// authentication only: the joining agent checks the root pin) and sync
+// streams (mutual TLS with a node certificate).
+func (sec *security) newSyncTLS() *tls.Config {
+	mtls := sec.src.ServerConfig(sec.authorizeNode, identity.ALPNSync)
+	join := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{identity.ALPNJoin},
+		GetCertificate: tlsconfig.GetCertificate(sec.src)}
+	return &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		if slices.Contains(h.SupportedProtos, identity.ALPNJoin) {
+			return join, nil
+		}
+		return mtls, nil
+	}}
+}
+
+func (sec *security) authorizeNode(id spiffeid.ID, _ [][]*x509.Certificate) error {
+	if !id.MemberOf(sec.ca.TrustDomain()) {
+		return fmt.Errorf("%s is not in trust domain %s", id, sec.ca.TrustDomain())
+	}
+	if _, _, ok := identity.ParseNodeID(id); !ok {
+		return fmt.Errorf("%s is not a node identity", id)
+	}
+	return nil
+}
+
+// adminTLS: the admin API takes an optional client certificate; one of an
+// admin identity (spiffe://<td>/admin/<name>) is the admin role.
+func (sec *security) adminTLS() *tls.Config {
+	verify := tlsconfig.VerifyPeerCertificate(sec.src, func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+		if !identity.IsAdminID(sec.ca.TrustDomain(), id) {
+			return fmt.Errorf("%s is not an admin identity", id)
+		}
+		return nil
+	})
+	return &tls.Config{MinVersion: tls.VersionTLS13, ClientAuth: tls.RequestClientCert,
+		GetCertificate: tlsconfig.GetCertificate(sec.src),
+		VerifyPeerCertificate: func(raw [][]byte, chains [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return nil // a bearer token, then
+			}
+			return verify(raw, chains)
+		}}
+}
+
+// issueServing issues the control plane's serving certificate (its key is
+// made here, on the control plane host) and appends the roots to its chain
+// so that joining agents can check the pin.
+func (sec *security) issueServing() error {
+	key, err := identity.NewKey()
+	if err != nil {
+		return err
+	}
+	opts := identity.IssueOptions{DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}}
+	names := append([]string{}, sec.s.cfg.ServerNames...)
+	for _, a := range []string{sec.s.cfg.AdminAddr, sec.s.cfg.SyncAddr} {
+		if h, _, err := net.SplitHostPort(a); err == nil {
+			names = append(names, h)
+		}
+	}
+	for _, n := range names {
+		if ip, err := netip.ParseAddr(n); err == nil {
+			if !ip.IsUnspecified() && !ip.IsLoopback() {
+				opts.IPAddresses = append(opts.IPAddresses, ip.AsSlice())
+			}
+		} else if n != "" && n != "localhost" && !slices.Contains(opts.DNSNames, n) {
+			opts.DNSNames = append(opts.DNSNames, n)
+		}
+	}
+	certs, err := sec.ca.Sign(key.Public(), identity.ControlID(sec.ca.TrustDomain()), opts)
+	if err != nil {
+		return fmt.Errorf("control: serving certificate: %w", err)
+	}
+	svid, err := identity.NewSVID(append(certs, sec.ca.Roots()...), key)
+	if err != nil {
+		return err
+	}
+	sec.src.SetSVID(svid)
+	sec.mu.Lock()
+	sec.servedAt, sec.servedFor = time.Now(), sec.ca.Pin()
+	sec.mu.Unlock()
+	return nil
+}
+
+// maintain renews the serving certificate at half-life and pushes the
+// trust bundle again when a rotated-out root leaves it.
+func (sec *security) maintain(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		sec.mu.Lock()
+		stale := time.Since(sec.servedAt) > sec.ca.NodeTTL()/2 || sec.servedFor != sec.ca.Pin()
+		sec.mu.Unlock()
+		if stale {
+			if err := sec.issueServing(); err != nil {
+				sec.s.log.Error("control: renew serving certificate", "err", err)
+			}
+		}
+		if err := sec.refreshTrust(); err != nil {
+			sec.s.log.Error("control: refresh trust", "err", err)
+		}
+	}
+}
+
+// refreshTrust rebuilds the trust message from the CA and the store, and
+// wakes every stream's trustLoop if it changed.
+func (sec *security) refreshTrust() error {
+	td := sec.ca.TrustDomain()
+	roots := sec.ca.Roots()
+	t := &wire.Trust{TrustDomain: td.Name(), Bundles: map[string][][]byte{td.Name(): identity.DERs(roots)}}
+	bundles := []*x509bundle.Bundle{x509bundle.FromX509Authorities(td, roots)}
+	kvs, err := sec.s.st.ListSecure(keyTrust)
+	if err != nil {
+		return err
+	}
+	for _, kv := range kvs {
+		name := strings.TrimPrefix(kv.Key, keyTrust)
+		certs, err := identity.ParseBundlePEM(kv.Value)
+		if err != nil {
+			sec.s.log.Error("control: stored federated bundle unreadable", "trustDomain", name, "err", err)
+			continue
+		}
+		t.Bundles[name] = identity.DERs(certs)
+	}
+	kvs, err = sec.s.st.ListSecure(keyRevoked)
+	if err != nil {
+		return err
+	}
+	for _, kv := range kvs {
+		var r revokedRecord
+		if json.Unmarshal(kv.Value, &r) == nil {
+			t.Revoked = append(t.Revoked, r.ID)
+		}
+	}
+	sort.Strings(t.Revoked)
+	b, _ := json.Marshal(t)
+	sec.mu.Lock()
+	defer sec.mu.Unlock()
+	if bytes.Equal(b, sec.trustJSON) {
+		return nil
+	}
+	// The control plane verifies agents of its own trust domain only.
+	sec.src.SetBundles(bundles...)
+	sec.src.SetDenied(t.Revoked)
+	sec.trust, sec.trustJSON = t, b
+	close(sec.watch)
+	sec.watch = make(chan struct{})
+	if err := identity.WriteFileAtomic(filepath.Join(sec.s.cfg.StateDir, BundleFile), identity.EncodeCertificatesPEM(roots...), 0o644); err != nil {
+		sec.s.log.Error("control: write bundle file", "err", err)
+	}
+	return nil
+}
+
+func (sec *security) currentTrust() (*wire.Trust, <-chan struct{}) {
+	sec.mu.Lock()
+	defer sec.mu.Unlock()
+	return sec.trust, sec.watch
+}
+
+// trustLoop sends the trust message now and after every change.
+func (sec *security) trustLoop(ctx context.Context, st *stream) {
+	for {
+		t, watch := sec.currentTrust()
+		if err := st.write(&wire.Message{Type: wire.TypeTrust, Trust: t}); err != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-watch:
+		}
+	}
+}
+
+func (sec *security) revoked(node string) bool {
+	var found bool
+	sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		found = tx.Get(keyRevoked+node) != nil
+		return nil
+	})
+	return found
+}
+
+// bootstrapAdminToken writes an admin token to StateDir/admin.token on
+// first start, so that the operator on this host can use the admin API.
+func (sec *security) bootstrapAdminToken() error {
+	kvs, err := sec.s.st.ListSecure(keyToken)
+	if err != nil {
+		return err
+	}
+	for _, kv := range kvs {
+		var r tokenRecord
+		if json.Unmarshal(kv.Value, &r) == nil && r.Kind == identity.TokenAdmin {
+			return nil
+		}
+	}
+	tok, _, err := sec.createToken(identity.TokenAdmin, "", RoleAdmin, 0)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(sec.s.cfg.StateDir, AdminTokenFile)
+	if err := identity.WriteFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
+		return fmt.Errorf("control: write admin token: %w", err)
+	}
+	sec.s.log.Warn("control: wrote the bootstrap admin token (role admin)", "file", path)
+	return nil
+}
+
+// createToken stores a new token and returns its wire form.
+func (sec *security) createToken(kind, site, role string, ttl time.Duration) (string, tokenRecord, error) {
+	now := time.Now().UTC()
+	rec := tokenRecord{Kind: kind, Created: now}
+	switch kind {
+	case identity.TokenJoin:
+		if !siteRE.MatchString(site) {
+			return "", rec, fmt.Errorf("site %q is not a DNS label", site)
+		}
+		if ttl <= 0 {
+			ttl = time.Hour
+		}
+		rec.Site = site
+	case identity.TokenAdmin:
+		if role == "" {
+			role = RoleAdmin
+		}
+		if role != RoleAdmin && role != RoleReadOnly {
+			return "", rec, fmt.Errorf("role %q is not %s or %s", role, RoleAdmin, RoleReadOnly)
+		}
+		rec.Role = role
+	default:
+		return "", rec, fmt.Errorf("kind %q is not %s or %s", kind, identity.TokenJoin, identity.TokenAdmin)
+	}
+	if ttl > 0 {
+		rec.Expires = now.Add(ttl)
+	}
+	tok, err := identity.NewToken(kind, sec.ca.Pin())
+	if err != nil {
+		return "", rec, err
+	}
+	rec.Hash = tok.Hash()
+	b, _ := json.Marshal(rec)
+	err = sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		// Forget expired tokens while here.
+		for _, kv := range tx.List(keyToken) {
+			var r tokenRecord
+			if json.Unmarshal(kv.Value, &r) == nil && !r.Expires.IsZero() && now.After(r.Expires.Add(24*time.Hour)) {
+				tx.Delete(kv.Key)
+			}
+		}
+		return tx.Put(keyToken+tok.ID, b)
+	})
+	if err != nil {
+		return "", rec, err
+	}
+	return tok.String(), rec, nil
+}
+
+// adminRole returns the role of an admin bearer token, or an error.
+func (sec *security) adminRole(s string) (string, error) {
+	tok, err := identity.ParseToken(s)
+	if err != nil {
+		return "", err
+	}
+	if tok.Kind != identity.TokenAdmin {
+		return "", errors.New("not an admin token")
+	}
+	kvs, err := sec.s.st.ListSecure(keyToken + tok.ID)
+	if err != nil {
+		return "", err
+	}
+	for _, kv := range kvs {
+		var r tokenRecord
+		if kv.Key != keyToken+tok.ID || json.Unmarshal(kv.Value, &r) != nil || r.Kind != identity.TokenAdmin || !tok.MatchesHash(r.Hash) {
+			continue
+		}
+		if !r.Expires.IsZero() && time.Now().After(r.Expires) {
+			return "", errors.New("token expired")
+		}
+		return r.Role, nil
+	}
+	return "", errors.New("unknown token")
+}
+
+// serveJoin answers one join: a token, a node and a CSR in; a node
+// certificate and the trust bundle out. Nothing is stored unless every
+// check passes; the token is then marked used in the same transaction.
+func (sec *security) serveJoin(c net.Conn) error {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	m, err := wire.NewReader(c).Read()
+	refuse := func(err error) error {
+		sec.mJoins["refused"].Inc()
+		wire.Write(c, &wire.Message{Type: wire.TypeError, Error: "join refused: " + err.Error()})
+		return err
+	}
+	if err != nil {
+		return refuse(fmt.Errorf("read: %w", err))
+	}
+	if m.Type != wire.TypeJoin || m.Node == nil {
+		return refuse(errors.New("expected a join message with a node"))
+	}
+	tok, err := identity.ParseToken(m.Token)
+	if err != nil {
+		return refuse(err)
+	}
+	if tok.Kind != identity.TokenJoin {
+		return refuse(errors.New("not a join token"))
+	}
+	if err := m.Node.Validate(); err != nil {
+		return refuse(fmt.Errorf("node: %w", err))
+	}
+	node, site := m.Node.Meta.Name, m.Node.Spec.Site
+	csr, err := identity.ParseCSR(m.CSR)
+	if err != nil {
+		return refuse(err)
+	}
+	if sec.revoked(node) {
+		return refuse(fmt.Errorf("node %s is revoked", node))
+	}
+	certs, err := sec.ca.SignNodeCSR(csr, site, node)
+	if err != nil {
+		return refuse(err)
+	}
+	now := time.Now()
+	err = sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		b := tx.Get(keyToken + tok.ID)
+		var r tokenRecord
+		switch {
+		case b == nil, json.Unmarshal(b, &r) != nil, r.Kind != identity.TokenJoin, !tok.MatchesHash(r.Hash):
+			return errors.New("unknown token")
+		case r.UsedBy != "":
+			return errors.New("token already used")
+		case !r.Expires.IsZero() && now.After(r.Expires):
+			return errors.New("token expired")
+		case r.Site != site:
+			return fmt.Errorf("token is for site %s, node %s claims site %s", r.Site, node, site)
+		}
+		r.UsedBy = node
+		nb, _ := json.Marshal(r)
+		return tx.Put(keyToken+tok.ID, nb)
+	})
+	if err != nil {
+		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
+	}
+	sec.issued("node", certs[0])
+	t, _ := sec.currentTrust()
+	sec.mJoins["ok"].Inc()
+	sec.s.log.Info("control: node joined", "node", node, "site", site, "token", tok.ID, "serial", certs[0].SerialNumber.Text(16))
+	return wire.Write(c, &wire.Message{Type: wire.TypeJoined, Certificates: identity.DERs(certs), Trust: t})
+}
+
+func (sec *security) issued(kind string, cert *x509.Certificate) {
+	sec.mIssued.Inc()
+	if sec.onIssue != nil {
+		sec.onIssue(kind, cert.URIs[0].String(), cert)
+	}
+}
+
+// renew answers a node's renewal on its mutually authenticated stream.
+func (s *Server) renew(st *stream, peer spiffeid.ID, m *wire.Message) error {
+	if s.sec == nil || peer.IsZero() {
+		return errors.New("renewal needs a mutually authenticated stream")
+	}
+	if s.sec.revoked(st.node) {
+		return errRevoked
+	}
+	csr, err := identity.ParseCSR(m.CSR)
+	if err != nil {
+		return err
+	}
+	site, node, _ := identity.ParseNodeID(peer)
+	certs, err := s.sec.ca.SignNodeCSR(csr, site, node)
+	if err != nil {
+		return err
+	}
+	s.sec.issued("node", certs[0])
+	s.log.Info("control: node certificate renewed", "node", node, "serial", certs[0].SerialNumber.Text(16), "notAfter", certs[0].NotAfter)
+	return st.write(&wire.Message{Type: wire.TypeCert, Certificates: identity.DERs(certs)})
+}
+
+// revokeNode puts a node on the deny list, pushes it to every agent and
+// closes the node's sync streams.
+func (s *Server) revokeNode(name string) (string, error) {
+	var n api.Node
+	kv, ok, err := s.st.Get(api.KindNode + "/" + name)
+	if err != nil {
+		return "", err
+	}
+	if !ok || json.Unmarshal(kv.Value, &n) != nil {
+		return "", fmt.Errorf("node %q: %w", name, ErrNotFound)
+	}
+	id, err := identity.NodeID(s.sec.ca.TrustDomain(), n.Spec.Site, name)
+	if err != nil {
+		return "", err
+	}
+	b, _ := json.Marshal(revokedRecord{ID: id.String(), Site: n.Spec.Site, At: time.Now().UTC()})
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put(keyRevoked+name, b) }); err != nil {
+		return "", err
+	}
+	if err := s.sec.refreshTrust(); err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	for c, node := range s.streams {
+		if node == name {
+			c.Close()
+		}
+	}
+	s.mu.Unlock()
+	s.log.Warn("control: node revoked", "node", name, "id", id.String())
+	return id.String(), nil
+}
+
+// CreateToken makes a join token for site (kind identity.TokenJoin) or an
+// admin token with role (identity.TokenAdmin), valid for ttl (0: 1h for
+// join tokens, no expiry for admin tokens). The dev demo calls it directly.
+func (s *Server) CreateToken(kind, site, role string, ttl time.Duration) (string, error) {
+	if s.sec == nil {
+		return "", errors.New("control: tokens need the CA (insecure mode)")
+	}
+	tok, _, err := s.sec.createToken(kind, site, role, ttl)
+	return tok, err
+}
+
+// BundlePath returns the trust bundle file, "" in insecure mode.
+func (s *Server) BundlePath() string {
+	if s.sec == nil {
+		return ""
+	}
+	return filepath.Join(s.cfg.StateDir, BundleFile)
+}
+
+// CA returns the control plane's CA (nil in insecure mode), for workload
+// SVID issuance built on it.
+func (s *Server) CA() *identity.CA {
+	if s.sec == nil {
+		return nil
+	}
+	return s.sec.ca
+}
+
+// OnIssue registers f to be called for every certificate the control plane
+// issues (kind "node" today); set it before Serve.
+func (s *Server) OnIssue(f func(kind, id string, cert *x509.Certificate)) {
+	if s.sec != nil {
+		s.sec.onIssue = f
+	}
+}
+
+var siteRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)

@@ -1,0 +1,92 @@
+// Package identity is fogmesh's built-in certificate authority and the
+// SPIFFE identities it issues: the CA the control plane keeps in its state
+// directory (or an operator-provided one), node certificates issued from a
+// CSR at join and renewal, workload X.509-SVIDs, CA rotation with an overlap
+// window, join and admin tokens, and the TLS configurations every fogmesh
+// connection uses (sync stream, mesh port, admin API).
+//
+// It exists so that issuance, verification and the atomic-pointer sources
+// that let certificates rotate under open listeners live in one place that
+// both the control plane and the lean agent can import: it depends on the
+// standard library and go-spiffe's spiffeid, x509svid, x509bundle and
+// tlsconfig packages only (never workloadapi, never bbolt).
+//
+// Identities (api/identity.go):
+//
+//	node      spiffe://<td>/site/<site>/node/<node>   EKU client+server, TTL 24h
+//	workload  spiffe://<td>/ns/<ns>/sa/<account>      EKU client+server, TTL 1h
+//	control   spiffe://<td>/control                    the control plane's serving certificate
+//	admin     spiffe://<td>/admin/<name>               an admin client certificate
+//
+// Private keys are generated where they are used and never leave that host:
+// agents send a CSR, the control plane answers with a certificate.
+package identity
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+)
+
+// Errors callers branch on.
+var (
+	// ErrBadCSR is wrapped by every CSR parsing or policy failure.
+	ErrBadCSR = errors.New("bad certificate request")
+	// ErrBadToken is wrapped by every token parsing failure.
+	ErrBadToken = errors.New("bad token")
+	// ErrBadBundle is wrapped by every trust bundle parsing failure.
+	ErrBadBundle = errors.New("bad trust bundle")
+	// ErrExternalCA is returned by Rotate when the CA was provided by the
+	// operator: rotate it by replacing its files.
+	ErrExternalCA = errors.New("the CA is operator-provided; replace its files to rotate it")
+)
+
+// ParseTrustDomain parses a trust domain name (not a URI), falling back to
+// api.DefaultTrustDomain for "".
+func ParseTrustDomain(name string) (spiffeid.TrustDomain, error) {
+	if name == "" {
+		name = api.DefaultTrustDomain
+	}
+	td, err := spiffeid.TrustDomainFromString(name)
+	if err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: %w", name, err)
+	}
+	if strings.Contains(name, "://") {
+		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: give the name, not a URI", name)
+	}
+	return td, nil
+}
+
+// NodeID returns the SPIFFE ID of a node's agent.
+func NodeID(td spiffeid.TrustDomain, site, node string) (spiffeid.ID, error) {
+	return spiffeid.FromString(api.NodeID(td.Name(), site, node))
+}
+
+// ControlID is the SPIFFE ID of the control plane's serving certificate.
+func ControlID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "control")
+}
+
+// AdminID is the SPIFFE ID of an admin client certificate named name.
+func AdminID(td spiffeid.TrustDomain, name string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "admin", name)
+}
+
+// ParseNodeID returns the site and node name of a node SPIFFE ID
+// (spiffe://<td>/site/<site>/node/<node>); ok is false for any other ID.
+func ParseNodeID(id spiffeid.ID) (site, node string, ok bool) {
+	parts := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if len(parts) != 4 || parts[0] != "site" || parts[2] != "node" || parts[1] == "" || parts[3] == "" {
+		return "", "", false
+	}
+	return parts[1], parts[3], true
+}
+
+// IsAdminID reports whether id is an admin client identity of td.
+func IsAdminID(td spiffeid.TrustDomain, id spiffeid.ID) bool {
+	return id.MemberOf(td) && strings.HasPrefix(id.Path(), "/admin/")
+}

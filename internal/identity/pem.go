@@ -1,0 +1,248 @@
+package identity
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// maxPEM bounds what the parsers here accept: a bundle of a few dozen roots
+// fits many times over.
+const maxPEM = 1 << 20
+
+// ParseCertificatesPEM parses one or more PEM CERTIFICATE blocks. Anything
+// else (other block types, trailing garbage, no certificate) is an error.
+func ParseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
+	if len(b) > maxPEM {
+		return nil, fmt.Errorf("%w: %d bytes, max %d", ErrBadBundle, len(b), maxPEM)
+	}
+	var out []*x509.Certificate
+	rest := b
+	for {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("%w: unexpected PEM block %q", ErrBadBundle, blk.Type)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadBundle, err)
+		}
+		out = append(out, c)
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return nil, fmt.Errorf("%w: trailing data after the last PEM block", ErrBadBundle)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: no PEM certificate", ErrBadBundle)
+	}
+	return out, nil
+}
+
+// ParseBundlePEM parses a trust bundle file: PEM CA certificates. Every
+// certificate must be a CA (basic constraints, keyCertSign).
+func ParseBundlePEM(b []byte) ([]*x509.Certificate, error) {
+	certs, err := ParseCertificatesPEM(b)
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range certs {
+		if !c.BasicConstraintsValid || !c.IsCA || c.KeyUsage&x509.KeyUsageCertSign == 0 {
+			return nil, fmt.Errorf("%w: certificate %d (%s) is not a CA", ErrBadBundle, i, c.Subject)
+		}
+	}
+	return certs, nil
+}
+
+func parseOneCert(b []byte) (*x509.Certificate, error) {
+	certs, err := ParseCertificatesPEM(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(certs) != 1 {
+		return nil, fmt.Errorf("want one certificate, have %d", len(certs))
+	}
+	return certs[0], nil
+}
+
+// EncodeCertificatesPEM encodes certificates as PEM.
+func EncodeCertificatesPEM(certs ...*x509.Certificate) []byte {
+	var b bytes.Buffer
+	for _, c := range certs {
+		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return b.Bytes()
+}
+
+// DERs returns the certificates' DER bytes.
+func DERs(certs []*x509.Certificate) [][]byte {
+	out := make([][]byte, len(certs))
+	for i, c := range certs {
+		out[i] = c.Raw
+	}
+	return out
+}
+
+// ParseDERs parses DER certificates.
+func ParseDERs(ders [][]byte) ([]*x509.Certificate, error) {
+	if len(ders) == 0 {
+		return nil, errors.New("no certificate")
+	}
+	out := make([]*x509.Certificate, len(ders))
+	for i, d := range ders {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", i, err)
+		}
+		out[i] = c
+	}
+	return out, nil
+}
+
+// Pin is the hex SHA-256 of a certificate's SubjectPublicKeyInfo, the form
+// kubeadm's discovery hash uses. Join tokens carry the pin of the root.
+func Pin(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
+}
+
+// NewKey generates an ECDSA P-256 private key.
+func NewKey() (*ecdsa.PrivateKey, error) {
+	return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+}
+
+// EncodeKeyPEM encodes a private key as PKCS #8 PEM.
+func EncodeKeyPEM(key crypto.Signer) ([]byte, error) {
+	b, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: b}), nil
+}
+
+// ParseKeyPEM parses a PKCS #8, EC or PKCS #1 private key.
+func ParseKeyPEM(b []byte) (crypto.Signer, error) {
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, errors.New("no PEM private key")
+	}
+	var k any
+	var err error
+	switch blk.Type {
+	case "PRIVATE KEY":
+		k, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
+	case "EC PRIVATE KEY":
+		k, err = x509.ParseECPrivateKey(blk.Bytes)
+	case "RSA PRIVATE KEY":
+		k, err = x509.ParsePKCS1PrivateKey(blk.Bytes)
+	default:
+		return nil, fmt.Errorf("unexpected PEM block %q", blk.Type)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("unsupported key type %T", k)
+	}
+	return s, nil
+}
+
+// readKey reads a private key file, refusing one that others can read.
+func readKey(path string) (crypto.Signer, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("identity: key: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("identity: key %s has mode %v; want 0600", path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("identity: key: %w", err)
+	}
+	k, err := ParseKeyPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("identity: key %s: %w", path, err)
+	}
+	return k, nil
+}
+
+// ReadKeyFile reads a PEM private key that must have mode 0600 or stricter.
+func ReadKeyFile(path string) (crypto.Signer, error) { return readKey(path) }
+
+func publicKeyEqual(a, b crypto.PublicKey) bool {
+	type eq interface{ Equal(crypto.PublicKey) bool }
+	e, ok := a.(eq)
+	return ok && e.Equal(b)
+}
+
+// checkPublicKey accepts the key types fogmesh issues for: ECDSA P-256 and
+// P-384, Ed25519, RSA of 2048 bits or more.
+func checkPublicKey(pub crypto.PublicKey) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return fmt.Errorf("%w: ECDSA curve %s not accepted (P-256 or P-384)", ErrBadCSR, k.Curve.Params().Name)
+		}
+	case ed25519.PublicKey:
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return fmt.Errorf("%w: RSA key of %d bits, want 2048 or more", ErrBadCSR, k.N.BitLen())
+		}
+	default:
+		return fmt.Errorf("%w: key type %T not accepted", ErrBadCSR, pub)
+	}
+	return nil
+}
+
+// WriteFileAtomic writes b to path through a temporary file in the same
+// directory, fsynced and renamed, so a crash leaves the old file or the new
+// one, never a torn one.
+func WriteFileAtomic(path string, b []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // after a successful rename this fails harmlessly
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}

@@ -1,0 +1,68 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// bucketSecure holds security records: token hashes, the node deny list,
+// federated bundles. They are not objects: they have no revision, are not
+// in the change log and are never streamed to agents as resources.
+var bucketSecure = []byte("secure")
+
+// SecureTx is a write transaction on the security bucket.
+type SecureTx struct{ b *bolt.Bucket }
+
+// Get returns a copy of the value of key, or nil.
+func (t *SecureTx) Get(key string) []byte {
+	return bytes.Clone(t.b.Get([]byte(key)))
+}
+
+// Put writes key.
+func (t *SecureTx) Put(key string, value []byte) error {
+	if key == "" {
+		return errors.New("store: empty key")
+	}
+	return t.b.Put([]byte(key), value)
+}
+
+// Delete removes key; a missing key is a no-op.
+func (t *SecureTx) Delete(key string) error { return t.b.Delete([]byte(key)) }
+
+// List returns every key with prefix and its value.
+func (t *SecureTx) List(prefix string) []KV {
+	var out []KV
+	c := t.b.Cursor()
+	p := []byte(prefix)
+	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+		out = append(out, KV{Key: string(k), Value: bytes.Clone(v)})
+	}
+	return out
+}
+
+// UpdateSecure runs fn in a write transaction on the security bucket. If fn
+// returns an error nothing is stored.
+func (s *Store) UpdateSecure(fn func(*SecureTx) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketSecure)
+		if err != nil {
+			return err
+		}
+		return fn(&SecureTx{b: b})
+	})
+}
+
+// ListSecure returns every security record with prefix.
+func (s *Store) ListSecure(prefix string) (kvs []KV, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSecure)
+		if b == nil {
+			return nil
+		}
+		kvs = (&SecureTx{b: b}).List(prefix)
+		return nil
+	})
+	return kvs, err
+}
