@@ -102,7 +102,7 @@ func TestAuditDecisionsKnob(t *testing.T) {
 	} {
 		cfg := Config{Node: NodeConfig{Name: "k", Site: "s", Region: "r"}, MeshAddr: "127.0.0.1:0",
 			DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", StateDir: t.TempDir(), Upstreams: []string{},
-			Audit: AuditConfig{Decisions: tt.decisions}}
+			Audit: AuditConfig{Decisions: tt.decisions}, Insecure: true}
 		a, err := New(cfg)
 		if tt.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.err) {

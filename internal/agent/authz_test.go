@@ -211,7 +211,7 @@ spec: {}
 	srv, err := New(Config{Node: NodeConfig{Name: "srv", Site: "s1", Region: "r1"}, Control: []string{cp.SyncAddr()},
 		MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.231.0.0/16",
 		StateDir: t.TempDir(), Workloads: serverWorkloads, Upstreams: []string{}, HealthInterval: Duration(200 * time.Millisecond),
-		DecisionLogger: srvLog})
+		DecisionLogger: srvLog, Insecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}

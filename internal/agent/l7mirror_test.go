@@ -27,6 +27,11 @@ func TestRequestMirroring(t *testing.T) {
 		hosts = append(hosts, r.Host)
 		bodies[string(b)]++
 		mu.Unlock()
+		if string(b) == "half" {
+			// The share phase counts selections: a healthy, fast shadow, so
+			// neither the in-flight cap nor outlier ejection drops copies.
+			return
+		}
 		time.Sleep(300 * time.Millisecond)
 		http.Error(w, "shadow broke", 500)
 	})}
