@@ -45,7 +45,7 @@ const (
 
 type frame struct {
 	obj     bool
-	key     string // decoded, kept only as deep as the longest path
+	key     []byte // decoded, kept only as deep as the longest path
 	index   int    // -1 before the first element
 	emitted bool   // a member or element has been written
 	mask    bool   // inside a value a mask path names
@@ -346,7 +346,11 @@ func (s *jsonScanner) beginValue(c byte) error {
 			return fmt.Errorf("nested deeper than %d", maxDepth)
 		}
 		s.emitByte(c)
-		s.stack = append(s.stack, frame{obj: c == '{', index: -1, mask: s.curMask})
+		f := frame{obj: c == '{', index: -1, mask: s.curMask}
+		if n := len(s.stack); n < cap(s.stack) {
+			f.key = s.stack[:n+1][n].key[:0] // reuse the key buffer
+		}
+		s.stack = append(s.stack, f)
 		if c == '{' {
 			s.st = stObjFirst
 		} else {
@@ -471,7 +475,7 @@ func (s *jsonScanner) endString() error {
 	if s.isKey {
 		f := &s.stack[len(s.stack)-1]
 		if len(s.stack) <= s.m.maxPathLen {
-			f.key = string(s.text())
+			f.key = append(f.key[:0], s.text()...)
 		}
 		drop, pm := s.m.pathAction(s.stack)
 		s.st = stColon

@@ -108,7 +108,7 @@ func (cp *compiledPath) matches(stack []frame) bool {
 		f := &stack[i]
 		switch sg.kind {
 		case segName:
-			if !f.obj || f.key != sg.name {
+			if !f.obj || string(f.key) != sg.name {
 				return false
 			}
 		case segAnyName:
