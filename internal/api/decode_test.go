@@ -56,6 +56,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte("kind: [\n"))
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{headers: {u: {exact: j}}, uri: {prefix: /a}}]\n    route: [{destination: {host: reviews, subset: v2}, weight: 10}]\n    retries: {attempts: 0, retryOn: 5xx}\n    timeout: 1s\n"))
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: r, subsets: [{name: v1, labels: {version: v1}}], trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x}}, outlierDetection: {consecutive5xxErrors: 2}}}\n"))
+	f.Add([]byte("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80, protocol: http}]\n  egress: [{name: e, when: {leavingSite: true, toRegions: [cloud]}, mask: {detectors: [cn-id, cn-mobile], jsonPaths: [{path: '$.items[*].card', action: drop}], regexes: [{name: r, pattern: 'a+'}], headers: [{name: x-a}], keepFirst: 3}}]\n"))
 	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Session","metadata":{"namespace":"d"},"spec":{"service":"s","key":"k","endpoint":"e"}}`))
 	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"match":[{"path":{"regex":"a+"}}],"backends":[{"subset":"v1","weight":3}]}]}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
