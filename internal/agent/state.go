@@ -243,6 +243,10 @@ type serviceView struct {
 	// transports caches the L7 upstream pool per endpoint of this view
 	// (l7.transportFor); a rebuilt view starts empty.
 	transports sync.Map
+	// egress holds the service's egress rules, compiled on first use
+	// (egress.go).
+	egressOnce sync.Once
+	egress     []egressRule
 	vip4       netip.Addr
 	vip6       netip.Addr
 	endpoints  []*endpointView // sorted by tier
@@ -257,6 +261,9 @@ type endpointView struct {
 	// capacity is the node's capacity × the endpoint's weight; distance is
 	// to its node in 100 km (0 if either has no coordinates).
 	capacity, distance float64
+	// site and region are where the endpoint runs ("" when unknown), for
+	// egress rules (egress.go).
+	site, region string
 	// healthy is the health known when the view was built: the local check,
 	// or the owning agent's report and its node's readiness. Passive
 	// ejections are applied at pick time.
@@ -327,6 +334,7 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 				ev.tier = TierAny
 			}
 		}
+		ev.site, ev.region = site, region
 		sv.endpoints = append(sv.endpoints, ev)
 	}
 	for _, e := range res.endpoints {

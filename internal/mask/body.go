@@ -23,7 +23,8 @@ const (
 )
 
 // Classify decides from the request headers how to scan its body. Bodies
-// are only scanned when the Config has detectors, regexes or paths.
+// are only scanned when the Config has detectors, regexes or paths, and
+// gRPC bodies (application/grpc*, binary frames) never are.
 func (m *Masker) Classify(h http.Header) (Kind, error) {
 	if !m.anyRule {
 		return KindPass, nil
@@ -32,6 +33,9 @@ func (m *Masker) Classify(h http.Header) (Kind, error) {
 	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil {
 		mt = strings.ToLower(strings.TrimSpace(ct))
+	}
+	if strings.HasPrefix(mt, "application/grpc") {
+		return KindPass, nil // length-prefixed binary frames: never rewritten
 	}
 	listed, star := false, false
 	for _, t := range m.types {
