@@ -176,13 +176,14 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		prefix = peeked // auto-detected tcp: replay the bytes read, then splice
 	}
 	cands := a.pick(sv, t.port)
-	if hk := sv.svc.Spec.HashKey; pinKey == "" && hk != nil && hk.SourceIP && sv.svc.Spec.Balancer == "consistent-hash" {
+	if hk := sv.svc.Spec.HashKey; hk != nil && hk.SourceIP && !hk.MQTTClientID && hashBalanced(sv) {
+		// Source IP asked for without the client id: it wins on mqtt too.
 		if host, _, err := net.SplitHostPort(client.RemoteAddr().String()); err == nil {
 			pinKey = host
 		}
 	}
 	if pinKey != "" {
-		pinOrder(cands, pinKey)
+		hashOrder(sv, cands, pinKey)
 	}
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
@@ -218,10 +219,14 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		a.m.connOK.Inc()
 		counter := a.endpointActive(ev.key)
 		counter.Add(1)
+		c, u := client, up
+		if idle := time.Duration(sv.svc.Spec.Timeouts.Idle); idle > 0 {
+			c, u = proxy.WithIdleTimeout(client, up, idle)
+		}
 		if t.proto == "mqtt" && sv.svc.Spec.MQTTInspect {
-			a.relayMQTT(ctx, client, up, mqttVersion, t.svc)
-		} else {
-			proxy.Relay(ctx, client, up)
+			a.relayMQTT(ctx, c, u, mqttVersion, t.svc)
+		} else if _, _, err := proxy.Relay(ctx, c, u); errors.Is(err, proxy.ErrIdle) {
+			a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_idle_timeouts_total{service=%q}`, t.svc)).Inc()
 		}
 		counter.Add(-1)
 		return

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -247,9 +248,12 @@ type serviceView struct {
 	// (egress.go).
 	egressOnce sync.Once
 	egress     []egressRule
-	vip4       netip.Addr
-	vip6       netip.Addr
-	endpoints  []*endpointView // sorted by tier
+	// maglev caches lookup tables by endpoint set (maglev.go).
+	maglev    sync.Map // string -> []int32
+	maglevN   atomic.Int64
+	vip4      netip.Addr
+	vip6      netip.Addr
+	endpoints []*endpointView // sorted by tier
 }
 
 type endpointView struct {
@@ -261,13 +265,14 @@ type endpointView struct {
 	// capacity is the node's capacity × the endpoint's weight; distance is
 	// to its node in 100 km (0 if either has no coordinates).
 	capacity, distance float64
-	// site and region are where the endpoint runs ("" when unknown), for
-	// egress rules (egress.go).
-	site, region string
+	// region is where the endpoint runs ("" when unknown), for egress
+	// rules (egress.go) as is site.
+	region string
 	// healthy is the health known when the view was built: the local check,
 	// or the owning agent's report and its node's readiness. Passive
 	// ejections are applied at pick time.
 	healthy bool
+	site    string // the endpoint's node's site (metrics, egress rules)
 }
 
 // buildView derives the routing table. self is this node; local holds this
@@ -321,6 +326,10 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 				ev.distance = haversine100km(s.Lat, s.Lon, c.Lat, c.Lon)
 			}
 		}
+		if isLocal {
+			site = self.Spec.Site
+		}
+		ev.site = site
 		if ev.capacity <= 0 {
 			ev.capacity = weight // static endpoints, nodes without capacity
 		}
@@ -334,7 +343,7 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 				ev.tier = TierAny
 			}
 		}
-		ev.site, ev.region = site, region
+		ev.region = region
 		sv.endpoints = append(sv.endpoints, ev)
 	}
 	for _, e := range res.endpoints {

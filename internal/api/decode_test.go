@@ -59,6 +59,10 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80, protocol: http}]\n  egress: [{name: e, when: {leavingSite: true, toRegions: [cloud]}, mask: {detectors: [cn-id, cn-mobile], jsonPaths: [{path: '$.items[*].card', action: drop}], regexes: [{name: r, pattern: 'a+'}], headers: [{name: x-a}], keepFirst: 3}}]\n"))
 	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Session","metadata":{"namespace":"d"},"spec":{"service":"s","key":"k","endpoint":"e"}}`))
 	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"match":[{"path":{"regex":"a+"}}],"backends":[{"subset":"v1","weight":3}]}]}}`))
+	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"name":"n","backends":[{}],"mirror":{"subset":"v2","percent":50},"fault":{"delay":{"fixedDelay":"1ms","percent":50},"abort":{"httpStatus":503,"grpcStatus":14,"percent":10}}}]}}`))
+	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80,"protocol":"mqtt"}],"balancer":"maglev","hashKey":{"mqttClientID":true},"timeouts":{"idle":"30s"},"circuitBreaker":{"maxRequests":2,"maxPendingRequests":5}}}`))
+	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    mirrors: [{destination: {host: b, subset: s}, percentage: {value: 1}}]\n    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 50}}, delay: {fixedDelay: 1s, percent: 2}}\n"))
+	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: r, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 7}}}, connectionPool: {http: {http1MaxPendingRequests: 3}}}}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		objs, err := Decode(b)
 		if err != nil {
