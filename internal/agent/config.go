@@ -68,6 +68,10 @@ type Config struct {
 
 	Logger  *slog.Logger `json:"-"` // nil = discard
 	Metrics *metrics.Set `json:"-"` // nil = a private set
+	// DecisionLogger receives every authorization decision on a
+	// destination a policy selects. nil = the Logger: debug for allowed,
+	// info for denied.
+	DecisionLogger DecisionLogger `json:"-"`
 }
 
 // NodeConfig is what the agent registers about its node.

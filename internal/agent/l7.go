@@ -106,6 +106,7 @@ func newL7(a *Agent) *l7 {
 				}
 			}
 			pr.SetXForwarded()
+			a.setSourceIdentity(pr.In, pr.Out)
 		},
 		Transport:     &lbTransport{l7: s},
 		FlushInterval: -1, // stream: gRPC and server-sent events must not wait for a buffer
@@ -425,6 +426,11 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		if i > 0 {
 			a.m.failovers.Inc()
+		}
+		if ev.local { // a remote endpoint's agent authorizes there
+			if resp := a.authorizeLocalRequest(req, t); resp != nil {
+				return resp, nil
+			}
 		}
 		start := time.Now()
 		active := a.endpointActive(ev.key)

@@ -9,7 +9,8 @@ import (
 )
 
 // The Istio adapter: networking.istio.io VirtualService and DestinationRule
-// documents become fogmesh Routes and DestinationPolicies. Fields that map
+// documents become fogmesh Routes and DestinationPolicies (security.istio.io
+// AuthorizationPolicy and PeerAuthentication: istio_security.go). Fields that map
 // are translated; every other field is reported in a warning that names it
 // (and is ignored), never dropped silently. Istio's types are not imported:
 // the documents are walked as JSON, which keeps istio.io/api out of the
@@ -17,6 +18,7 @@ import (
 
 var istioAPIVersions = map[string]bool{
 	"networking.istio.io/v1": true, "networking.istio.io/v1beta1": true, "networking.istio.io/v1alpha3": true,
+	"security.istio.io/v1": true, "security.istio.io/v1beta1": true,
 }
 
 func isIstio(r json.RawMessage) bool {
@@ -64,7 +66,8 @@ func decodeIstio(r json.RawMessage) ([]Object, []string, error) {
 		return nil, nil, fmt.Errorf("json: %w", err)
 	}
 	kind, _ := take[string](doc, "kind")
-	take[string](doc, "apiVersion")
+	apiVersion, _ := take[string](doc, "apiVersion")
+	security := strings.HasPrefix(apiVersion, "security.istio.io/")
 	meta := obj(doc["metadata"])
 	delete(doc, "metadata")
 	name, _ := take[string](meta, "name")
@@ -82,10 +85,16 @@ func decodeIstio(r json.RawMessage) ([]Object, []string, error) {
 	w.leftovers("", doc)
 	var objs []Object
 	var err error
-	switch kind {
-	case "VirtualService":
+	switch {
+	case security && kind == "AuthorizationPolicy":
+		objs, err = w.authorizationPolicy(name, ns, spec)
+	case security && kind == "PeerAuthentication":
+		err = w.peerAuthentication(spec)
+	case security:
+		return nil, nil, fieldErr("kind", "%q: only AuthorizationPolicy and PeerAuthentication are supported from security.istio.io", kind)
+	case kind == "VirtualService":
 		objs, err = w.virtualService(name, ns, spec)
-	case "DestinationRule":
+	case kind == "DestinationRule":
 		objs, err = w.destinationRule(name, ns, spec)
 	default:
 		return nil, nil, fieldErr("kind", "%q: only VirtualService and DestinationRule are supported from networking.istio.io", kind)
