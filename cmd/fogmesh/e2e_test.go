@@ -338,6 +338,9 @@ func TestExamples(t *testing.T) {
 	if out, code := run(t, "apply", "-server", server, "-f", "../../examples/services.yaml"); code != 0 {
 		t.Fatalf("apply examples/services.yaml: %s", out)
 	}
+	if out, code := run(t, "apply", "-server", server, "-f", "../../examples/egress-masking.yaml"); code != 0 || !strings.Contains(out, "service/shop/billing applied") {
+		t.Fatalf("apply examples/egress-masking.yaml: %s", out)
+	}
 	out, code := run(t, "apply", "-server", server, "-f", "../../examples/istio-canary.yaml")
 	if code != 0 || !strings.Contains(out, "route/shop/reviews applied") || !strings.Contains(out, "destinationpolicy/shop/reviews applied") ||
 		strings.Contains(out, "fault is not supported") || strings.Contains(out, "mirror") ||

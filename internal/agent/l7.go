@@ -436,7 +436,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		active := a.endpointActive(ev.key)
 		active.Add(1)
 		attemptCtx, release := a.watchNode(req.Context(), remoteNode(ev))
-		resp, err := lt.l7.transportFor(sv, ev, t.port, t.proto).RoundTrip(req.WithContext(attemptCtx))
+		resp, err := a.egressRoundTrip(lt.l7.transportFor(sv, ev, t.port, t.proto), sv, ev, req.WithContext(attemptCtx))
 		active.Add(-1)
 		if err != nil {
 			release()

@@ -261,6 +261,10 @@ type serviceView struct {
 	// transports caches the L7 upstream pool per endpoint of this view
 	// (l7.transportFor); a rebuilt view starts empty.
 	transports sync.Map
+	// egress holds the service's egress rules, compiled on first use
+	// (egress.go).
+	egressOnce sync.Once
+	egress     []egressRule
 	// maglev caches lookup tables by endpoint set (maglev.go).
 	maglev    sync.Map // string -> []int32
 	maglevN   atomic.Int64
@@ -278,11 +282,14 @@ type endpointView struct {
 	// capacity is the node's capacity × the endpoint's weight; distance is
 	// to its node in 100 km (0 if either has no coordinates).
 	capacity, distance float64
+	// region is where the endpoint runs ("" when unknown), for egress
+	// rules (egress.go) as is site.
+	region string
 	// healthy is the health known when the view was built: the local check,
 	// or the owning agent's report and its node's readiness. Passive
 	// ejections are applied at pick time.
 	healthy bool
-	site    string // the endpoint's node's site (metrics)
+	site    string // the endpoint's node's site (metrics, egress rules)
 }
 
 // buildView derives the routing table. self is this node; local holds this
@@ -353,6 +360,7 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 				ev.tier = TierAny
 			}
 		}
+		ev.region = region
 		sv.endpoints = append(sv.endpoints, ev)
 	}
 	for _, e := range res.endpoints {

@@ -129,6 +129,9 @@ type ServiceSpec struct {
 	MQTTInspect bool `json:"mqttInspect,omitempty"`
 	// Session pins sessions to instances (http/http2/grpc ports).
 	Session *SessionAffinity `json:"session,omitempty"`
+	// Egress masks personal data in requests to endpoints at other sites
+	// or regions (http/http2/grpc ports): see EgressRule.
+	Egress []EgressRule `json:"egress,omitempty"`
 }
 
 // HashKey: the first of these the request has (an L4 connection only has

@@ -218,7 +218,7 @@ func (s *Service) Validate() error {
 	if s.Spec.CircuitBreaker.MaxRequests < 0 {
 		return fieldErr("spec.circuitBreaker.maxRequests", "must not be negative")
 	}
-	return nil
+	return validateEgress(s.Spec.Egress)
 }
 
 // Validate checks an endpoint and fills defaults.

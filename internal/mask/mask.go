@@ -1,0 +1,359 @@
+// Package mask masks personal data in HTTP requests before they leave an
+// edge site: regulations (and common sense) keep identity numbers, phone
+// numbers and card numbers of people served at the edge out of the cloud,
+// while the services there still get the rest of the request.
+//
+// It is pure: no sockets, no clocks. A Masker is compiled once from a
+// Config and is safe for concurrent use; it rewrites headers in place and
+// wraps bodies in an io.Reader that streams (memory stays bounded whatever
+// the body's size):
+//
+//   - JSON bodies (application/json and any +json type) go through a
+//     streaming scanner that copies bytes through and keeps only the
+//     current string or number token and the current path. String values
+//     and object keys are decoded (\u0031 is a digit) before the detectors
+//     run; a string with a match is re-encoded, any other passes byte for
+//     byte. Numbers that are card or phone numbers become masked strings
+//     (13812345678 → "138****5678"): a masked number is no number.
+//   - Other content types listed in Config.ContentTypes are scanned as
+//     text; everything else passes unchanged.
+//
+// See Config for the detectors, paths, and what happens to malformed,
+// compressed and very long input.
+package mask
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Detector names.
+const (
+	DetectorCNID     = "cn-id"     // Chinese resident identity number
+	DetectorCNMobile = "cn-mobile" // mainland mobile number
+	DetectorBankCard = "bank-card" // payment card number
+)
+
+// Labels reported for matches that no detector found.
+const (
+	LabelJSONPath = "json-path" // a value masked by a JSONPath rule
+	LabelHeader   = "header"    // a header masked or dropped by name
+)
+
+// Actions of path and header rules.
+const (
+	ActionMask   = "mask"   // replace the value, keeping KeepFirst/KeepLast characters
+	ActionDrop   = "drop"   // remove the object member, array element or header
+	ActionDetect = "detect" // headers only: run the detectors and regexes on the value
+)
+
+// Policies for input the Masker cannot inspect.
+const (
+	PolicyReject = "reject" // fail: the request is not sent on (the default)
+	PolicyPass   = "pass"   // send it on unmasked
+)
+
+// Config says what to mask. Its zero value masks nothing. It is also the
+// document format (spec.egress[].mask of a Service), hence the JSON tags.
+type Config struct {
+	// Detectors: any of cn-id, cn-mobile, bank-card.
+	//
+	//   - cn-id: 17 digits and a check digit (0-9 or X), ISO 7064 MOD 11-2
+	//     checksum, a known province code and a real birth date between
+	//     1900 and 2099. Numbers with a wrong checksum are not masked.
+	//   - cn-mobile: 11 digits 1[3-9]xxxxxxxxx, also after 86, +86 or 0086;
+	//     the prefix is kept.
+	//   - bank-card: 13-19 digits passing the Luhn check whose first digit
+	//     is 2-6 (Mastercard 2-series, American Express, JCB, Visa,
+	//     Mastercard, UnionPay, Discover): a 13-digit millisecond timestamp
+	//     starts with 1 and is left alone.
+	//
+	// Digits may be grouped by single spaces or dashes ("6222 0212 3456
+	// 7890 123", "138-1234-5678") when every group has at least 3 digits.
+	// A match needs non-digits (or the ends of the value) on both sides:
+	// digits of a longer number are not matched.
+	Detectors []string `json:"detectors,omitempty"`
+	// JSONPaths mask or drop values by position in JSON bodies.
+	JSONPaths []PathRule `json:"jsonPaths,omitempty"`
+	// Regexes are RE2 patterns (Go regexp) whose matches in JSON strings,
+	// numbers and scanned text are masked like detector matches.
+	Regexes []RegexRule `json:"regexes,omitempty"`
+	// Headers mask, drop or scan request headers by name.
+	Headers []HeaderRule `json:"headers,omitempty"`
+	// KeepFirst and KeepLast are how many characters of a masked value
+	// stay in clear at each end (default 0: all masked; at most 16). When
+	// they would keep all of a short value, at least half of it is masked
+	// instead, the kept characters taken from the start first.
+	KeepFirst int `json:"keepFirst,omitempty"`
+	KeepLast  int `json:"keepLast,omitempty"`
+	// MaskChar replaces masked characters (default "*"): one character,
+	// not a digit, a letter, a quote or a backslash, so that a masked value
+	// never matches a detector again.
+	MaskChar string `json:"maskChar,omitempty"`
+	// ContentTypes are the bodies scanned (default application/json and
+	// +json). An entry is a media type ("application/json"), a suffix
+	// ("+json"), a type wildcard ("text/*") or "*" (every body, including
+	// one without Content-Type). JSON types get the JSON scanner, others
+	// are scanned as text (detectors and regexes; paths do not apply).
+	ContentTypes []string `json:"contentTypes,omitempty"`
+	// OnMalformed: what to do with a body declared JSON that is not:
+	// "reject" (default) fails the body read, so the request is aborted and
+	// nothing after the error is sent (the client gets an error), or "pass"
+	// sends the rest of the body unchanged.
+	OnMalformed string `json:"onMalformed,omitempty"`
+	// OnCompressed: what to do with a scanned content type whose
+	// Content-Encoding is not identity: "reject" (default) or "pass"
+	// unchanged. Compressed bodies are not decompressed.
+	OnCompressed string `json:"onCompressed,omitempty"`
+	// MaxTokenBytes bounds the buffered part of one JSON string or of a
+	// window of text (default 1 MiB, at least 4096). A longer string value
+	// is scanned in windows of this size that overlap by 256 bytes: every
+	// detector match is still found; a regex match spanning a window edge
+	// that starts more than 256 bytes before it is masked whole up to the
+	// edge (not partly kept). Object keys longer than this are malformed.
+	MaxTokenBytes int `json:"maxTokenBytes,omitempty"`
+}
+
+// PathRule names JSON values: "$" then .name, ['name'], .* (every member),
+// [n] or [*] (every element), e.g. $.customer.idNumber, $.items[*].card.
+type PathRule struct {
+	Path   string `json:"path"`
+	Action string `json:"action,omitempty"` // mask (default) or drop
+}
+
+// RegexRule is a user pattern; Name labels its metrics.
+type RegexRule struct {
+	Name    string `json:"name"`
+	Pattern string `json:"pattern"`
+}
+
+// HeaderRule applies to the request header called Name (any case).
+type HeaderRule struct {
+	Name   string `json:"name"`
+	Action string `json:"action,omitempty"` // mask (default), drop or detect
+}
+
+// ConfigError names the Config field that is wrong, relative to Config
+// (e.g. "jsonPaths[1].path").
+type ConfigError struct {
+	Field  string
+	Reason string
+}
+
+func (e *ConfigError) Error() string { return e.Field + ": " + e.Reason }
+
+func cfgErr(field, format string, args ...any) error {
+	return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+const (
+	defaultMaxToken = 1 << 20
+	minMaxToken     = 4096
+	maxKeep         = 16
+	// overlap is what consecutive windows of a long string share: more
+	// than the longest detector match (a grouped 19-digit card with its
+	// separators is 25 bytes).
+	overlap = 256
+)
+
+// Masker is a compiled Config. It is safe for concurrent use.
+type Masker struct {
+	cfg                  Config
+	id, mobile, card     bool
+	regexes              []*regexp.Regexp
+	regexNames           []string
+	paths                []compiledPath
+	maxPathLen           int
+	headers              map[string]string // canonical name -> action
+	keepFirst, keepLast  int
+	maskChar             []byte
+	types                []string
+	rejectMalformed      bool
+	rejectCompressed     bool
+	maxToken             int
+	scanStrings, anyRule bool
+}
+
+// Compile checks cfg and returns its Masker. The error is a *ConfigError.
+func Compile(cfg Config) (*Masker, error) {
+	m := &Masker{cfg: cfg, headers: map[string]string{}, maskChar: []byte("*"), maxToken: defaultMaxToken,
+		keepFirst: cfg.KeepFirst, keepLast: cfg.KeepLast, rejectMalformed: true, rejectCompressed: true}
+	seen := map[string]bool{}
+	for i, d := range cfg.Detectors {
+		f := fmt.Sprintf("detectors[%d]", i)
+		switch d {
+		case DetectorCNID:
+			m.id = true
+		case DetectorCNMobile:
+			m.mobile = true
+		case DetectorBankCard:
+			m.card = true
+		default:
+			return nil, cfgErr(f, "%q is not one of cn-id, cn-mobile, bank-card", d)
+		}
+		if seen[d] {
+			return nil, cfgErr(f, "duplicate detector %q", d)
+		}
+		seen[d] = true
+	}
+	for i, r := range cfg.Regexes {
+		f := fmt.Sprintf("regexes[%d]", i)
+		if r.Name == "" {
+			return nil, cfgErr(f+".name", "required")
+		}
+		if strings.ContainsAny(r.Name, "\"\\\n") || len(r.Name) > 63 {
+			return nil, cfgErr(f+".name", "%q: at most 63 characters, no quotes, backslashes or newlines", r.Name)
+		}
+		if r.Pattern == "" {
+			return nil, cfgErr(f+".pattern", "required")
+		}
+		re, err := regexp.Compile(r.Pattern)
+		if err != nil {
+			return nil, cfgErr(f+".pattern", "%v", err)
+		}
+		if re.MatchString("") {
+			return nil, cfgErr(f+".pattern", "%q matches the empty string", r.Pattern)
+		}
+		m.regexes = append(m.regexes, re)
+		m.regexNames = append(m.regexNames, r.Name)
+	}
+	for i, p := range cfg.JSONPaths {
+		f := fmt.Sprintf("jsonPaths[%d]", i)
+		cp, err := parsePath(p.Path)
+		if err != nil {
+			return nil, cfgErr(f+".path", "%q: %v", p.Path, err)
+		}
+		switch p.Action {
+		case "", ActionMask:
+			cp.drop = false
+		case ActionDrop:
+			cp.drop = true
+		default:
+			return nil, cfgErr(f+".action", "%q is not mask or drop", p.Action)
+		}
+		m.paths = append(m.paths, cp)
+		m.maxPathLen = max(m.maxPathLen, len(cp.segs))
+	}
+	for i, h := range cfg.Headers {
+		f := fmt.Sprintf("headers[%d]", i)
+		if !validHeaderName(h.Name) {
+			return nil, cfgErr(f+".name", "%q is not a header name", h.Name)
+		}
+		a := h.Action
+		switch a {
+		case "":
+			a = ActionMask
+		case ActionMask, ActionDrop, ActionDetect:
+		default:
+			return nil, cfgErr(f+".action", "%q is not mask, drop or detect", h.Action)
+		}
+		m.headers[canonicalHeader(h.Name)] = a
+	}
+	if cfg.KeepFirst < 0 || cfg.KeepFirst > maxKeep {
+		return nil, cfgErr("keepFirst", "%d is not within 0 and %d", cfg.KeepFirst, maxKeep)
+	}
+	if cfg.KeepLast < 0 || cfg.KeepLast > maxKeep {
+		return nil, cfgErr("keepLast", "%d is not within 0 and %d", cfg.KeepLast, maxKeep)
+	}
+	if cfg.MaskChar != "" {
+		r, n := utf8.DecodeRuneInString(cfg.MaskChar)
+		if n != len(cfg.MaskChar) || r == utf8.RuneError || !unicode.IsGraphic(r) || unicode.IsSpace(r) ||
+			unicode.IsDigit(r) || unicode.IsLetter(r) || r == '"' || r == '\\' || r == '-' || r == '+' {
+			return nil, cfgErr("maskChar", "%q must be one printable character, not a digit, letter, space, quote, backslash, '-' or '+'", cfg.MaskChar)
+		}
+		m.maskChar = []byte(cfg.MaskChar)
+	}
+	m.types = cfg.ContentTypes
+	if len(m.types) == 0 {
+		m.types = []string{"application/json", "+json"}
+	}
+	for i, t := range m.types {
+		if !validTypePattern(t) {
+			return nil, cfgErr(fmt.Sprintf("contentTypes[%d]", i), "%q is not a media type, +suffix, type/* or *", t)
+		}
+	}
+	switch cfg.OnMalformed {
+	case "", PolicyReject:
+	case PolicyPass:
+		m.rejectMalformed = false
+	default:
+		return nil, cfgErr("onMalformed", "%q is not reject or pass", cfg.OnMalformed)
+	}
+	switch cfg.OnCompressed {
+	case "", PolicyReject:
+	case PolicyPass:
+		m.rejectCompressed = false
+	default:
+		return nil, cfgErr("onCompressed", "%q is not reject or pass", cfg.OnCompressed)
+	}
+	if cfg.MaxTokenBytes != 0 {
+		if cfg.MaxTokenBytes < minMaxToken || cfg.MaxTokenBytes > 64<<20 {
+			return nil, cfgErr("maxTokenBytes", "%d is not within %d and %d", cfg.MaxTokenBytes, minMaxToken, 64<<20)
+		}
+		m.maxToken = cfg.MaxTokenBytes
+	}
+	m.scanStrings = m.id || m.mobile || m.card || len(m.regexes) > 0
+	m.anyRule = m.scanStrings || len(m.paths) > 0
+	return m, nil
+}
+
+// Config returns the configuration m was compiled from.
+func (m *Masker) Config() Config { return m.cfg }
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+func validTypePattern(t string) bool {
+	switch {
+	case t == "*":
+		return true
+	case strings.HasPrefix(t, "+"):
+		return len(t) > 1 && !strings.ContainsAny(t, "/; ")
+	}
+	typ, sub, ok := strings.Cut(t, "/")
+	return ok && typ != "" && sub != "" && typ != "*" && !strings.ContainsAny(t, "; ") && strings.Count(t, "/") == 1
+}
+
+// keeps returns how many runes of an n-rune value stay in clear at each
+// end: KeepFirst and KeepLast, unless that leaves less than half masked.
+func (m *Masker) keeps(n int) (first, last int) {
+	first, last = m.keepFirst, m.keepLast
+	if first+last < n {
+		return first, last
+	}
+	avail := n - (n+1)/2 // at least half masked, and at least one rune
+	first = min(first, avail)
+	last = min(last, avail-first)
+	return first, last
+}
+
+// appendMasked appends s with all but the kept runes replaced by the mask
+// character.
+func (m *Masker) appendMasked(dst, s []byte) []byte {
+	n := utf8.RuneCount(s)
+	first, last := m.keeps(n)
+	i := 0
+	for k := 0; k < n; k++ {
+		_, size := utf8.DecodeRune(s[i:])
+		if k < first || k >= n-last {
+			dst = append(dst, s[i:i+size]...)
+		} else {
+			dst = append(dst, m.maskChar...)
+		}
+		i += size
+	}
+	return dst
+}
