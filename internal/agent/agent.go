@@ -28,6 +28,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/gossip"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/transport"
+	"github.com/fogmesh/fogmesh/internal/workloadapi"
 )
 
 // Agent is one node's agent.
@@ -84,6 +85,9 @@ type Agent struct {
 	resyncFull      atomic.Bool // next subscribe asks for a full snapshot (after a NACK)
 
 	l7     *l7
+	svids  *svidStore
+	wlAPI  *workloadapi.Server // nil when off
+	wlLn   net.Listener
 	gossip *gossip.Gossip // nil when off
 	// gossipDead holds nodes gossip says are dead (node name -> true).
 	gossipDead sync.Map
@@ -137,6 +141,7 @@ func New(cfg Config) (*Agent, error) {
 		localSessions:   map[string]string{},
 		nodeWatches:     map[string]map[*int]context.CancelCauseFunc{},
 		pendingSessions: map[string]api.Session{},
+		svids:           newSVIDStore(cfg.Logger),
 	}
 	a.vip4 = netip.MustParsePrefix(cfg.VIPRange)
 	if cfg.VIP6Range != "" {
@@ -209,6 +214,12 @@ func New(cfg Config) (*Agent, error) {
 		}
 		a.self.Spec.GossipAddress = a.gossip.Addr()
 	}
+	if cfg.WorkloadAPISocket != "off" {
+		if a.wlLn, err = workloadapi.Listen(cfg.WorkloadAPISocket); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		a.wlAPI = workloadapi.New(a.svids, a.log.With("sub", "workloadapi"))
+	}
 	a.l7 = newL7(a)
 	a.retries = newRetryBudget()
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
@@ -232,6 +243,9 @@ func (a *Agent) closeListeners() {
 	}
 	if a.adminLn != nil {
 		a.adminLn.Close()
+	}
+	if a.wlLn != nil {
+		a.wlLn.Close()
 	}
 }
 
@@ -277,6 +291,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	run("sync", func() error { a.syncLoop(ctx); return nil })
 	run("l7", a.l7.serve)
+	if a.wlAPI != nil {
+		run("workload API", func() error { return a.wlAPI.Serve(a.wlLn) })
+	}
+	if a.cfg.SVIDIssuer != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.svids.run(ctx, a.cfg.SVIDIssuer) }()
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -310,6 +331,9 @@ func (a *Agent) shutdown() {
 		defer cancel()
 		a.admin.Shutdown(sctx)
 		a.l7.close()
+		if a.wlAPI != nil {
+			a.wlAPI.Close()
+		}
 		a.dns.Close()
 		a.mesh.Close()
 		a.peers.Close()
@@ -327,6 +351,11 @@ func (a *Agent) rebuild() {
 
 func (a *Agent) rebuildLocked() {
 	a.view.Store(buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6))
+	ws := make([]Workload, 0, len(a.workloads))
+	for _, st := range a.workloads {
+		ws = append(ws, st.w)
+	}
+	a.svids.setWorkloads(ws)
 }
 
 func (a *Agent) localEndpointsLocked() []api.Endpoint {

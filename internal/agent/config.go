@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -57,6 +58,14 @@ type Config struct {
 	// (default 10s); a local one returns as soon as its check passes.
 	EjectFor Duration `json:"ejectFor,omitempty"`
 
+	// WorkloadAPISocket is the Unix socket of the SPIFFE Workload API,
+	// where attested local processes fetch their SVIDs (default
+	// <StateDir>/workload.sock; "off" disables it).
+	WorkloadAPISocket string `json:"workloadAPISocket,omitempty"`
+	// SVIDIssuer signs workload SVIDs (set by the control plane client;
+	// nil: workloads get no SVIDs).
+	SVIDIssuer SVIDIssuer `json:"-"`
+
 	Logger  *slog.Logger `json:"-"` // nil = discard
 	Metrics *metrics.Set `json:"-"` // nil = a private set
 }
@@ -88,6 +97,10 @@ type Workload struct {
 	Address string             `json:"address,omitempty"`
 	Ports   []api.EndpointPort `json:"ports"`
 	Check   Check              `json:"check,omitempty"`
+	// Attest selects the local processes (by uid, gid, executable path)
+	// that may fetch this workload's SVID from the Workload API socket.
+	// Without it, no process gets the SVID.
+	Attest *Attest `json:"attest,omitempty"`
 }
 
 // Check is an active health check.
@@ -135,6 +148,7 @@ func (c *Config) validate() error {
 	def(&c.AdminAddr, "127.0.0.1:7073")
 	def(&c.VIPRange, "127.77.0.0/16")
 	def(&c.StateDir, "/var/lib/fogmesh/agent")
+	def(&c.WorkloadAPISocket, filepath.Join(c.StateDir, "workload.sock"))
 	for i, a := range c.Control {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return fmt.Errorf("control[%d]: %q: %w", i, a, err)

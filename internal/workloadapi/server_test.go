@@ -184,7 +184,9 @@ func TestGoSPIFFEClientFetchesAndRotates(t *testing.T) {
 	}
 }
 
-type watcher struct{ f func(*workloadapi.X509Context) }
+type watcher struct {
+	f func(*workloadapi.X509Context)
+}
 
 func (w watcher) OnX509ContextUpdate(x *workloadapi.X509Context) { w.f(x) }
 func (w watcher) OnX509ContextWatchError(error)                  {}
