@@ -269,9 +269,9 @@ vip() {
 # aims) is ready. Until mtls_agent_setup is filled in the row reads pending.
 #
 # mtls_supported: true if this build's agent looks like it has mTLS on the
-# mesh port (its flags mention join, TLS or certificates).
+# mesh port (its flags mention join or TLS).
 mtls_supported() {
-  "$BIN/fogmesh" agent --help 2>&1 | grep -qiE 'join|tls|cert'
+  "$BIN/fogmesh" agent --help 2>&1 | grep -qiE 'join|tls'
 }
 # mtls_control_flags: prints extra `fogmesh control` flags for the mTLS mesh
 # (a CA, a trust domain...), if any.
@@ -290,7 +290,7 @@ mtls_agent_setup() {
 MTLS_NOTE=
 fogmesh_mtls_up() {
   if ! mtls_supported; then
-    MTLS_NOTE="mTLS row: not available in this build (the agent has no join/TLS/certificate option)"
+    MTLS_NOTE="mTLS row: not available in this build (`fogmesh agent --help` mentions neither join nor TLS)"
     return 1
   fi
   if ! mesh_up m "$P_MESH_MTLS" 127.243.0.0/16 127.244.0.0/16 mtls_agent_setup; then
