@@ -290,7 +290,7 @@ mtls_agent_setup() {
 MTLS_NOTE=
 fogmesh_mtls_up() {
   if ! mtls_supported; then
-    MTLS_NOTE="mTLS row: not available in this build (`fogmesh agent --help` mentions neither join nor TLS)"
+    MTLS_NOTE="mTLS row: not available in this build (fogmesh agent --help mentions neither join nor TLS)"
     return 1
   fi
   if ! mesh_up m "$P_MESH_MTLS" 127.243.0.0/16 127.244.0.0/16 mtls_agent_setup; then
