@@ -84,11 +84,15 @@ type Agent struct {
 	connected       atomic.Bool
 	resyncFull      atomic.Bool // next subscribe asks for a full snapshot (after a NACK)
 
-	l7     *l7
-	svids  *svidStore
-	wlAPI  *workloadapi.Server // nil when off
-	wlLn   net.Listener
-	gossip *gossip.Gossip // nil when off
+	l7    *l7
+	svids *svidStore
+	wlAPI *workloadapi.Server // nil when off
+	wlLn  net.Listener
+	// authzHTTP serves mesh streams whose HTTP requests are authorized one
+	// by one; authzSeries caches fogmesh_authz_decisions_total (authz.go).
+	authzHTTP   *authzServer
+	authzSeries sync.Map
+	gossip      *gossip.Gossip // nil when off
 	// gossipDead holds nodes gossip says are dead (node name -> true).
 	gossipDead sync.Map
 	// nodeWatches: attempts in flight per remote node, cancelled when gossip
@@ -221,6 +225,7 @@ func New(cfg Config) (*Agent, error) {
 		a.wlAPI = workloadapi.New(a.svids, a.log.With("sub", "workloadapi"))
 	}
 	a.l7 = newL7(a)
+	a.authzHTTP = newAuthzServer(a)
 	a.retries = newRetryBudget()
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
@@ -291,6 +296,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	run("sync", func() error { a.syncLoop(ctx); return nil })
 	run("l7", a.l7.serve)
+	run("authz", a.authzHTTP.run)
 	if a.wlAPI != nil {
 		run("workload API", func() error { return a.wlAPI.Serve(a.wlLn) })
 	}
@@ -331,6 +337,7 @@ func (a *Agent) shutdown() {
 		defer cancel()
 		a.admin.Shutdown(sctx)
 		a.l7.close()
+		a.authzHTTP.close()
 		if a.wlAPI != nil {
 			a.wlAPI.Close()
 		}

@@ -297,7 +297,7 @@ func pinOrder(cands []*endpointView, key string) {
 		h.Write([]byte(key))
 		h.Write([]byte{0})
 		h.Write([]byte(ev.key))
-		return h.Sum64()
+		return fmix64(h.Sum64())
 	}
 	// Sort within each run of equal tier as pick ordered them, so tiers
 	// that pick moved to the end (below their healthy share) stay there.

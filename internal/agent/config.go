@@ -68,6 +68,10 @@ type Config struct {
 
 	Logger  *slog.Logger `json:"-"` // nil = discard
 	Metrics *metrics.Set `json:"-"` // nil = a private set
+	// DecisionLogger receives every authorization decision on a
+	// destination a policy selects. nil = the Logger: debug for allowed,
+	// info for denied.
+	DecisionLogger DecisionLogger `json:"-"`
 }
 
 // NodeConfig is what the agent registers about its node.
@@ -106,9 +110,13 @@ type Workload struct {
 // Check is an active health check.
 type Check struct {
 	// Type is tcp (default: connect to the first port), http (GET Path,
-	// 2xx/3xx is healthy) or none.
+	// 2xx/3xx is healthy), grpc (grpc.health.v1.Health/Check over
+	// cleartext HTTP/2; SERVING is healthy) or none.
 	Type string `json:"type,omitempty"`
 	Path string `json:"path,omitempty"`
+	// GRPCService is the service name a grpc check asks about (default
+	// "": the server as a whole).
+	GRPCService string `json:"grpcService,omitempty"`
 	// Port names the workload port to check (default the first).
 	Port    string   `json:"port,omitempty"`
 	Timeout Duration `json:"timeout,omitempty"` // default 1s
@@ -211,9 +219,12 @@ func (w *Workload) normalize(node string) error {
 	switch w.Check.Type {
 	case "":
 		w.Check.Type = "tcp"
-	case "tcp", "http", "none":
+	case "tcp", "http", "grpc", "none":
 	default:
-		return fmt.Errorf("check.type: %q is not one of tcp, http, none", w.Check.Type)
+		return fmt.Errorf("check.type: %q is not one of tcp, http, grpc, none", w.Check.Type)
+	}
+	if w.Check.GRPCService != "" && w.Check.Type != "grpc" {
+		return fmt.Errorf("check.grpcService: only for check.type grpc")
 	}
 	if w.Check.Timeout <= 0 {
 		w.Check.Timeout = Duration(time.Second)

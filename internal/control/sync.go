@@ -302,7 +302,7 @@ func (st *stream) delta(f filter, known uint64) (*wire.Message, error) {
 	return m, nil
 }
 
-var allTypes = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint, wire.ResourceRoute, wire.ResourcePolicy, wire.ResourceSession}
+var allTypes = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint, wire.ResourceRoute, wire.ResourcePolicy, wire.ResourceSession, wire.ResourceAuthorizationPolicy}
 
 // filter is a subscription's types and scope.
 type filter struct {

@@ -60,6 +60,9 @@ const (
 	ResourceRoute    = api.KindRoute
 	ResourcePolicy   = api.KindDestinationPolicy
 	ResourceSession  = api.KindSession
+	// ResourceAuthorizationPolicy: added in the same protocol version; an
+	// agent that does not know it ignores it (and then enforces nothing).
+	ResourceAuthorizationPolicy = api.KindAuthorizationPolicy
 )
 
 // Message is the one frame body. Type says which fields are set.
