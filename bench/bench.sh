@@ -810,3 +810,4 @@ fi
 } | tee "$REPORT"
 log "report written to $REPORT"
 [ ${#FAILED[@]} -eq 0 ] || exit 1
+[ "${SECURITY:-0}" != 1 ] || bash "$ROOT/bench/security.sh" # SECURITY=1: also the issue 5 security benchmarks

@@ -1,0 +1,532 @@
+#!/usr/bin/env bash
+# fogmesh security benchmarks (issue 5), all on loopback, all in one run:
+#   S1. TCP bulk throughput (iperf3, 1 stream) and S2. small-HTTP latency at a
+#       fixed rate (fortio, QPS req/s, CONNS connections) through:
+#         (a)  direct;
+#         (p1)-(p4) bench/tlspair, a bare Go relay pair client → A → B →
+#              backend, A→B: tcp (a TCP connection per proxied connection),
+#              yamux (one session, internal/transport's config), tls (mutual
+#              TLS 1.3 per proxied connection, resumption on), tls-yamux (one
+#              mutual TLS 1.3 connection carrying the yamux session);
+#         (f)  fogmesh, two agents, plaintext mesh port (yamux over TCP);
+#         (fm) fogmesh, two agents, mTLS mesh port: only when this build has
+#              it and fogmesh_mtls_up below is filled in; otherwise the row
+#              reads pending and no figure is printed.
+#   S3. TLS 1.3 mutual handshake rate, full and resumed (go test -bench
+#       ./bench/handshake), after everything else has stopped.
+# Engines are interleaved within each round (order rotated each round). The
+# report goes to stdout and to bench/out/security-<date>.md.
+#
+# Run standalone (`bash bench/security.sh`) or from bench/bench.sh with
+# SECURITY=1. Needs go, iperf3, curl and fortio (installed with `go install
+# fortio.org/fortio@v1.63.0` if missing); scripts/install-deps.sh bench
+# installs the rest.
+# Knobs (environment): ROUNDS (2), IPERF_SECONDS (4), LAT_SECONDS (5),
+# QPS (2000), CONNS (16), SEC_BASE_PORT (32000: ports SEC_BASE_PORT..+99 on
+# 127.0.0.1), SKIP_GOBENCH=1.
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+ROUNDS=${ROUNDS:-2}
+IPERF_SECONDS=${IPERF_SECONDS:-4}
+LAT_SECONDS=${LAT_SECONDS:-5}
+QPS=${QPS:-2000}
+CONNS=${CONNS:-16}
+BASE=${SEC_BASE_PORT:-32000}
+FORTIO_VERSION=v1.63.0
+MODES=(tcp yamux tls tls-yamux)
+
+# Ports on 127.0.0.1, all within BASE..BASE+99. A fogmesh mesh (control
+# plane, srv and cli agents) takes 23 ports from its base (see mesh_up).
+P_IPERF=$((BASE + 0)); P_HTTP=$((BASE + 1))
+P_PAIR=$((BASE + 10))     # mode i: B at P_PAIR+3i, A's bulk and web listeners at +1, +2
+P_MESH_PLAIN=$((BASE + 25)) P_MESH_MTLS=$((BASE + 50)) # +0..+22 each, see mesh_up
+S_BULK=15201; S_WEB=18080
+
+log() { printf '[security %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/fogmesh-security.XXXXXX")
+PIDS=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_pids "${PIDS[@]}"
+  if [ "$rc" != 0 ] && [ -d "$TMP" ]; then
+    log "failed (exit $rc); last lines of the logs:"
+    for f in "$TMP"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 5 "$f" >&2; }; done
+  fi
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CMD...: runs CMD in the background, logs to $TMP/NAME.log,
+# remembers its PID in PIDS and in the variable PID_NAME.
+start() {
+  local name=$1; shift
+  "$@" >"$TMP/$name.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  printf -v "PID_${name//-/_}" '%s' "$pid"
+}
+pid_of() { local v="PID_${1//-/_}"; echo "${!v}"; }
+
+# stop_pids PID...: SIGTERM, up to 3 s, then SIGKILL; reaps them and drops
+# them from PIDS.
+stop_pids() {
+  local pid i alive keep=()
+  [ $# -eq 0 ] && return 0
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for i in $(seq 1 30); do
+    alive=0
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    case " $* " in *" $pid "*) ;; *) keep+=("$pid") ;; esac
+  done
+  PIDS=("${keep[@]}")
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+await_port() { # host port name: false if nothing listens there within 10 s
+  local i
+  for i in $(seq 1 100); do port_open "$1" "$2" && return 0; sleep 0.1; done
+  log "$3 is not listening on $1:$2 after 10 s (log: $(tail -n 3 "$TMP/$3.log" 2>/dev/null))"
+  return 1
+}
+wait_port() { await_port "$@" || die "$3 did not start"; }
+cpu_ticks() { # sum of utime+stime over the given PIDs
+  local t=0 pid v
+  for pid in "$@"; do
+    v=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    t=$((t + v))
+  done
+  echo "$t"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------- tools
+for t in go iperf3 curl; do
+  command -v "$t" >/dev/null 2>&1 || die "$t not found (run scripts/install-deps.sh bench)"
+done
+FORTIO=$(command -v fortio 2>/dev/null || true)
+[ -z "$FORTIO" ] && [ -x "$(go env GOPATH)/bin/fortio" ] && FORTIO="$(go env GOPATH)/bin/fortio"
+if [ -z "$FORTIO" ]; then
+  log "installing fortio $FORTIO_VERSION (go install, outside go.mod)"
+  (cd "$TMP" && GOFLAGS= go install "fortio.org/fortio@$FORTIO_VERSION") || die "cannot install fortio"
+  FORTIO="$(go env GOPATH)/bin/fortio"
+fi
+for p in $(seq "$BASE" $((BASE + 99))); do
+  port_open 127.0.0.1 "$p" && die "port 127.0.0.1:$p is in use; set SEC_BASE_PORT"
+done
+
+# ---------------------------------------------------------------- build
+log "building into $TMP/bin"
+BIN=$TMP/bin
+mkdir -p "$BIN"
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/fogmesh" ./cmd/fogmesh
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/tlspair" ./bench/tlspair
+go build -o "$BIN/benchjson" ./bench/benchjson
+"$BIN/tlspair" gen "$TMP/certs"
+
+CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+[ -z "$CPU_MODEL" ] && CPU_MODEL=$(lscpu 2>/dev/null | awk -F': +' '/Model name/ {print $2; exit}')
+GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || GIT_REV="$GIT_REV (+ uncommitted changes)"
+IPERF_VERSION=$(iperf3 --version 2>/dev/null | awk 'NR==1 {print $2}')
+FORTIO_V=$("$FORTIO" version 2>/dev/null | head -n 1)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+T_START=$(date -u '+%Y-%m-%d %H:%M')
+
+# ---------------------------------------------------------------- backends and relay pairs
+log "starting backends and the relay pairs"
+start iperf "$(command -v iperf3)" -s -B 127.0.0.1 -p "$P_IPERF"
+start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port disabled \
+  -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
+wait_port 127.0.0.1 "$P_IPERF" iperf
+wait_port 127.0.0.1 "$P_HTTP" httpd
+
+declare -A LABEL BULK WEB CPUPIDS
+for i in "${!MODES[@]}"; do
+  m=${MODES[$i]}; pb=$((P_PAIR + 3 * i))
+  start "pair-b-$m" "$BIN/tlspair" b -mode "$m" -listen "127.0.0.1:$pb" -certs "$TMP/certs" \
+    "127.0.0.1:$P_IPERF" "127.0.0.1:$P_HTTP"
+  start "pair-a-$m" "$BIN/tlspair" a -mode "$m" -peer "127.0.0.1:$pb" -certs "$TMP/certs" \
+    "127.0.0.1:$((pb + 1))" "127.0.0.1:$((pb + 2))"
+  e=p$((i + 1))
+  BULK[$e]="127.0.0.1 $((pb + 1))"; WEB[$e]="http://127.0.0.1:$((pb + 2))/"
+  CPUPIDS[$e]="$(pid_of "pair-a-$m") $(pid_of "pair-b-$m")"
+  wait_port 127.0.0.1 "$pb" "pair-b-$m"
+  wait_port 127.0.0.1 "$((pb + 2))" "pair-a-$m"
+done
+LABEL[direct]="(a) direct"; BULK[direct]="127.0.0.1 $P_IPERF"; WEB[direct]="http://127.0.0.1:$P_HTTP/"; CPUPIDS[direct]=""
+LABEL[p1]="(p1) Go pair, TCP per proxied connection"
+LABEL[p2]="(p2) Go pair, one yamux session"
+LABEL[p3]="(p3) Go pair, mutual TLS 1.3 per proxied connection"
+LABEL[p4]="(p4) Go pair, one mutual TLS 1.3 connection carrying yamux"
+LABEL[f]="(f) fogmesh, two agents, plaintext mesh"
+LABEL[fm]="(fm) fogmesh, two agents, mTLS mesh"
+
+# ---------------------------------------------------------------- fogmesh meshes
+# mesh_up TAG BASE SRV_VIPS CLI_VIPS [HOOK]: a control plane ctlTAG and two
+# agents, srvTAG (with the bulk and web workloads) and cliTAG (none), on
+# 127.0.0.1:BASE..BASE+22; the cli agent reaches the workloads through the
+# srv agent's mesh port. HOOK, if given, is called as `HOOK ROLE CTL_ADMIN_PORT
+# CONFIG_FILE` for ROLE srv and cli after the control plane is up and the
+# agent's config is written; it may append to the config and set the array
+# AGENT_FLAGS (extra agent flags), and returns non-zero if it cannot. Each
+# mesh has its own control plane, so the two meshes never share endpoints.
+# Sets MESH_BULK[TAG], MESH_WEB[TAG] (the cli agent's VIP addresses),
+# MESH_PIDS[TAG] (the two agents) and MESH_SRV_MESH[TAG] (srv's mesh port).
+declare -A MESH_BULK MESH_WEB MESH_PIDS MESH_SRV_MESH
+mesh_up() {
+  local tag=$1 base=$2 srv_vips=$3 cli_vips=$4 hook=${5:-}
+  local p_adm=$base p_sync=$((base + 1))
+  local srv_mesh=$((base + 10)) srv_dns=$((base + 11)) srv_adm=$((base + 12))
+  local cli_mesh=$((base + 20)) cli_dns=$((base + 21)) cli_adm=$((base + 22))
+  local ctl_flags=()
+  [ -n "$hook" ] && read -r -a ctl_flags <<<"$(mtls_control_flags)"
+  start "ctl$tag" "$BIN/fogmesh" control -state-dir "$TMP/ctl$tag" -admin-addr "127.0.0.1:$p_adm" \
+    -sync-addr "127.0.0.1:$p_sync" "${ctl_flags[@]}"
+  await_port 127.0.0.1 "$p_adm" "ctl$tag" || return 1
+  cat >"$TMP/services$tag.yaml" <<EOF
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: bulk, namespace: sec}
+spec: {ports: [{name: tcp, port: $S_BULK}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: web, namespace: sec}
+spec: {ports: [{name: http, port: $S_WEB}]}
+EOF
+  "$BIN/fogmesh" apply -server "http://127.0.0.1:$p_adm" -f "$TMP/services$tag.yaml" >&2 || return 1
+  # Health checks off (iperf3 treats every connection as a test), as in bench.sh.
+  cat >"$TMP/srv$tag.yaml" <<EOF
+node: {name: srv$tag, site: s1, region: r1}
+control: ["127.0.0.1:$p_sync"]
+meshAddr: "127.0.0.1:$srv_mesh"
+dnsAddr: "127.0.0.1:$srv_dns"
+adminAddr: "127.0.0.1:$srv_adm"
+vipRange: "$srv_vips"
+stateDir: $TMP/srv$tag
+workloads:
+  - {name: bulk-srv, service: bulk, namespace: sec, address: 127.0.0.1, ports: [{name: tcp, port: $P_IPERF}], check: {type: none}}
+  - {name: web-srv, service: web, namespace: sec, address: 127.0.0.1, ports: [{name: http, port: $P_HTTP}], check: {type: none}}
+EOF
+  cat >"$TMP/cli$tag.yaml" <<EOF
+node: {name: cli$tag, site: s1, region: r1}
+control: ["127.0.0.1:$p_sync"]
+meshAddr: "127.0.0.1:$cli_mesh"
+dnsAddr: "127.0.0.1:$cli_dns"
+adminAddr: "127.0.0.1:$cli_adm"
+vipRange: "$cli_vips"
+stateDir: $TMP/cli$tag
+EOF
+  local role
+  for role in srv cli; do
+    AGENT_FLAGS=()
+    if [ -n "$hook" ]; then "$hook" "$role" "$p_adm" "$TMP/$role$tag.yaml" || return 1; fi
+    start "$role$tag" "$BIN/fogmesh-agent" -config "$TMP/$role$tag.yaml" "${AGENT_FLAGS[@]}"
+  done
+  await_port 127.0.0.1 "$srv_adm" "srv$tag" || return 1
+  await_port 127.0.0.1 "$cli_adm" "cli$tag" || return 1
+  local i vb= vw=
+  for i in $(seq 1 150); do
+    vb=$(vip "$cli_adm" bulk); vw=$(vip "$cli_adm" web)
+    [ -n "$vb" ] && [ -n "$vw" ] && break
+    sleep 0.1
+  done
+  [ -n "$vb" ] && [ -n "$vw" ] || {
+    "$BIN/fogmesh" routes -agent "http://127.0.0.1:$cli_adm" >&2 || true
+    log "mesh $tag: the cli agent did not route bulk and web within 15 s"
+    return 1
+  }
+  MESH_BULK[$tag]="$vb $S_BULK"; MESH_WEB[$tag]="http://$vw:$S_WEB/"
+  MESH_PIDS[$tag]="$(pid_of "cli$tag") $(pid_of "srv$tag")"; MESH_SRV_MESH[$tag]=$srv_mesh
+}
+# vip AGENT_ADMIN_PORT SERVICE: the service's VIP once the agent routes it to
+# a healthy endpoint of the site tier (another agent: the mesh), else empty.
+vip() {
+  "$BIN/fogmesh" routes -agent "http://127.0.0.1:$1" 2>/dev/null |
+    awk -v s="sec/$2" '$1 == s && $6 == "site" && $7 == "true" {print $2; exit}'
+}
+
+# ================================================================ fill in when pki lands
+# The (fm) row needs only mtls_control_flags and mtls_agent_setup below;
+# the rest (a second control plane and agent pair, a check that the srv
+# agent's mesh port really answers a TLS 1.3 handshake, the rows, ratios and
+# aims) is ready. Until mtls_agent_setup is filled in the row reads pending.
+#
+# mtls_supported: true if this build's agent looks like it has mTLS on the
+# mesh port (its flags mention join or TLS).
+mtls_supported() {
+  "$BIN/fogmesh" agent --help 2>&1 | grep -qiE 'join|tls'
+}
+# mtls_control_flags: prints extra `fogmesh control` flags for the mTLS mesh
+# (a CA, a trust domain...), if any.
+mtls_control_flags() { :; }
+# mtls_agent_setup ROLE CTL_ADMIN_PORT CONFIG_FILE: makes the agent ROLE (srv
+# or cli) run its mesh port with mTLS: append YAML to CONFIG_FILE and/or set
+# AGENT_FLAGS=(...); may call the control plane at 127.0.0.1:CTL_ADMIN_PORT
+# (e.g. `"$BIN/fogmesh" ... -server http://127.0.0.1:$2` for a join token).
+# Returns 1 while it is not filled in.
+mtls_agent_setup() {
+  return 1
+}
+# fogmesh_mtls_up: brings up the mTLS mesh and sets BULK[fm], WEB[fm],
+# CPUPIDS[fm]; returns 1 with MTLS_NOTE set when it cannot, and then no
+# (fm) figure is printed.
+MTLS_NOTE=
+fogmesh_mtls_up() {
+  if ! mtls_supported; then
+    MTLS_NOTE="mTLS row: not available in this build (fogmesh agent --help mentions neither join nor TLS)"
+    return 1
+  fi
+  if ! mesh_up m "$P_MESH_MTLS" 127.243.0.0/16 127.244.0.0/16 mtls_agent_setup; then
+    MTLS_NOTE="mTLS row: not available: this build's agent mentions join/TLS, but mtls_agent_setup in bench/security.sh is not filled in yet or the mesh did not come up"
+    return 1
+  fi
+  local probe
+  if ! probe=$("$BIN/tlspair" probe "127.0.0.1:${MESH_SRV_MESH[m]}" 2>&1); then
+    MTLS_NOTE="mTLS row: not measured: the srv agent's mesh port does not answer a TLS 1.3 handshake ($probe)"
+    return 1
+  fi
+  MTLS_NOTE="mTLS mesh port: $probe"
+  BULK[fm]=${MESH_BULK[m]}; WEB[fm]=${MESH_WEB[m]}; CPUPIDS[fm]=${MESH_PIDS[m]}
+}
+# ================================================================
+
+log "starting fogmesh (plaintext mesh)"
+mesh_up p "$P_MESH_PLAIN" 127.241.0.0/16 127.242.0.0/16 || die "plaintext mesh did not come up"
+BULK[f]=${MESH_BULK[p]}; WEB[f]=${MESH_WEB[p]}; CPUPIDS[f]=${MESH_PIDS[p]}
+ENGINES=(direct p1 p2 p3 p4 f)
+log "starting fogmesh (mTLS mesh), if this build has it"
+if fogmesh_mtls_up; then
+  ENGINES+=(fm)
+else
+  # Stop whatever a half-started mTLS mesh left running.
+  half=()
+  for n in ctlm srvm clim; do v="PID_$n"; [ -n "${!v:-}" ] && half+=("${!v}"); done
+  stop_pids "${half[@]}"
+fi
+log "$MTLS_NOTE"
+
+FAILED=()
+for e in "${ENGINES[@]}"; do
+  curl -fsS -o /dev/null --max-time 5 "${WEB[$e]}" || die "HTTP path $e (${WEB[$e]}) does not answer"
+done
+
+# ---------------------------------------------------------------- S1. throughput
+declare -A TP TPCPU
+order() { # ROUND ENGINE...: the engines rotated by ROUND
+  local r=$1; shift
+  local list=("$@"); local n=${#list[@]} i
+  for i in $(seq 0 $((n - 1))); do echo "${list[$(((i + r) % n))]}"; done
+}
+for r in $(seq 1 "$ROUNDS"); do
+  for e in $(order "$r" "${ENGINES[@]}"); do
+    read -r host port <<<"${BULK[$e]}"
+    log "iperf3 round $r/$ROUNDS: $e ($host:$port, ${IPERF_SECONDS}s)"
+    out="$TMP/iperf-$e-$r.json"; v=
+    c0=$(cpu_ticks ${CPUPIDS[$e]}); t0=$(date +%s.%N)
+    if timeout $((IPERF_SECONDS + 20)) iperf3 -c "$host" -p "$port" -t "$IPERF_SECONDS" -J >"$out" 2>&1 &&
+       v=$("$BIN/benchjson" iperf3 "$out" 2>&1); then
+      t1=$(date +%s.%N); c1=$(cpu_ticks ${CPUPIDS[$e]})
+      TP[$e,$r]=${v%% *}
+      TPCPU[$e,$r]=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * d / hz / (b - a)}')
+    else
+      log "iperf3 $e round $r FAILED: $(head -c 300 "$out") ${v:-}"
+      TP[$e,$r]=fail; TPCPU[$e,$r]=fail; FAILED+=("iperf3 $e round $r")
+    fi
+    sleep 0.5
+  done
+done
+
+# ---------------------------------------------------------------- S2. latency
+declare -A P50 P99 P999 AQPS
+for r in $(seq 1 "$ROUNDS"); do
+  for e in $(order "$r" "${ENGINES[@]}"); do
+    log "fortio round $r/$ROUNDS: $e (${QPS} req/s, $CONNS conns, ${LAT_SECONDS}s)"
+    v=
+    if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -qps "$QPS" -c "$CONNS" -t "${LAT_SECONDS}s" -p "50,99,99.9" \
+         -loglevel Error -json "$TMP/fortio-$e-$r.json" "${WEB[$e]}" >"$TMP/fortio-$e-$r.log" 2>&1 &&
+       v=$("$BIN/benchjson" fortio "$TMP/fortio-$e-$r.json" 2>&1); then
+      read -r P50[$e,$r] P99[$e,$r] P999[$e,$r] AQPS[$e,$r] bad _ <<<"$v"
+      [ "$bad" = 0 ] || FAILED+=("fortio $e round $r: $bad non-OK responses")
+    else
+      log "fortio $e round $r FAILED: $(tail -n 3 "$TMP/fortio-$e-$r.log") ${v:-}"
+      P50[$e,$r]=fail; P99[$e,$r]=fail; P999[$e,$r]=fail; AQPS[$e,$r]=fail; FAILED+=("fortio $e round $r")
+    fi
+    sleep 0.5
+  done
+done
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# The pairs print their connection and handshake counts on SIGTERM.
+log "stopping everything"
+stop_pids "${PIDS[@]}"
+PAIR_COUNTS=$(for m in "${MODES[@]}"; do tail -n 1 "$TMP/pair-a-$m.log" 2>/dev/null; done)
+
+# ---------------------------------------------------------------- S3. handshakes
+GOBENCH="(skipped: SKIP_GOBENCH=1)"
+declare -A HS HSCPU
+if [ "${SKIP_GOBENCH:-0}" != 1 ]; then
+  log "go test -bench BenchmarkTLSHandshake ./bench/handshake"
+  if GOBENCH=$(timeout 300 go test -run '^$' -bench BenchmarkTLSHandshake -benchtime 2s ./bench/handshake 2>&1); then
+    while read -r name rate cpu; do HS[$name]=$rate; HSCPU[$name]=$cpu; done < <(
+      awk '/^BenchmarkTLSHandshake\// {
+             n = $1; sub(/^BenchmarkTLSHandshake\//, "", n); sub(/-[0-9]+$/, "", n); r = ""; c = ""
+             for (i = 2; i < NF; i++) { if ($(i + 1) == "handshakes/s") r = $i; if ($(i + 1) == "cpu-µs/op") c = $i }
+             if (r != "" && c != "") print n, r, c
+           }' <<<"$GOBENCH")
+  else
+    FAILED+=("go test -bench ./bench/handshake")
+  fi
+fi
+
+# ---------------------------------------------------------------- report
+med() { # values... -> median (ignores "fail"; "fail" if none)
+  printf '%s\n' "$@" | { grep -v '^fail$' || true; } | sort -g |
+    awk '{v[NR] = $1} END {if (NR == 0) {print "fail"; exit} if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+calc() { # fmt a b expr: "n/a" if an operand is missing or failed
+  case "$2$3" in *fail*|*n/a*|*pending*) echo "n/a"; return ;; esac
+  [ -n "$2" ] && [ -n "$3" ] || { echo "n/a"; return; }
+  awk -v a="$2" -v b="$3" "BEGIN {printf \"$1\", ($4)}"
+}
+rounds_of() { # array-name engine -> "x / y"
+  local -n arr=$1; local out="" r
+  for r in $(seq 1 "$ROUNDS"); do out+="${out:+ / }${arr[$2,$r]:-fail}"; done
+  echo "$out"
+}
+met() { case "$1" in 1) echo "**met**" ;; 0) echo "**missed**" ;; *) echo "not measured" ;; esac; }
+
+declare -A TPM CPUM L50 L99 L999 Q
+ALL=(direct p1 p2 p3 p4 f fm)
+for e in "${ENGINES[@]}"; do
+  vals=(); cpus=(); a=(); b=(); c=(); q=()
+  for r in $(seq 1 "$ROUNDS"); do
+    vals+=("${TP[$e,$r]:-fail}"); cpus+=("${TPCPU[$e,$r]:-fail}"); a+=("${P50[$e,$r]:-fail}")
+    b+=("${P99[$e,$r]:-fail}"); c+=("${P999[$e,$r]:-fail}"); q+=("${AQPS[$e,$r]:-fail}")
+  done
+  TPM[$e]=$(med "${vals[@]}"); CPUM[$e]=$(med "${cpus[@]}")
+  L50[$e]=$(med "${a[@]}"); L99[$e]=$(med "${b[@]}"); L999[$e]=$(med "${c[@]}"); Q[$e]=$(med "${q[@]}")
+done
+for e in "${ALL[@]}"; do
+  [ -n "${TPM[$e]:-}" ] || { TPM[$e]=pending; CPUM[$e]=pending; L50[$e]=pending; L99[$e]=pending; L999[$e]=pending; Q[$e]=pending; }
+done
+add() { # ARRAY ENGINE: added vs direct
+  local -n arr=$1
+  [ "$2" = direct ] && { echo "—"; return; }
+  calc "%+.3f" "${arr[$2]}" "${arr[direct]}" "a - b"
+}
+gbps() { [ "$1" = pending ] && echo "pending" || calc "%.2f" "$1" 0 a; }
+hsrate() { [ -n "${HS[$1]:-}" ] && printf '%.0f' "${HS[$1]}" || echo "n/a"; }
+hscpu() { [ -n "${HSCPU[$1]:-}" ] && printf '%.0f' "${HSCPU[$1]}" || echo "n/a"; }
+hspercore() { [ -n "${HSCPU[$1]:-}" ] && awk -v c="${HSCPU[$1]}" 'BEGIN {printf "%.0f", 1e6 / c}' || echo "n/a"; }
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+mkdir -p "$ROOT/bench/out"
+REPORT="$ROOT/bench/out/security-$STAMP.md"
+{
+echo "# fogmesh security benchmarks, issue 5 ($T_START UTC)"
+echo
+echo "| machine | |"
+echo "|---|---|"
+echo "| cores (nproc) | $(nproc) |"
+echo "| CPU | $CPU_MODEL |"
+echo "| kernel | $(uname -sr) |"
+echo "| Go | $(go version | awk '{print $3, $4}') |"
+echo "| fogmesh | $GIT_REV |"
+echo "| load average (1/5/15 min) before / after the S1–S2 runs | $LOAD_START / $LOAD_END (other jobs on the machine perturb every figure) |"
+echo "| tools | iperf3 $IPERF_VERSION, fortio $FORTIO_V |"
+echo
+echo "Everything on loopback, no CPU pinning. Rounds: $ROUNDS, engines interleaved (order rotated each round); the figure is the median of the rounds."
+echo "Relay pair: \`bench/tlspair\` (client → A → B → backend, io.Copy both ways, internal/transport's yamux config, ECDSA P-256 certificates made at run time, TLS 1.3 with mutual auth; (p3) resumes sessions from tickets)."
+echo
+echo "### S1. TCP bulk throughput (iperf3, 1 stream, ${IPERF_SECONDS} s)"
+echo
+echo "| path | Gbit/s (median) | per round | proxy CPU % (median; A+B or both agents, 100 = one core) |"
+echo "|---|---|---|---|"
+for e in "${ALL[@]}"; do
+  if [ "${TPM[$e]}" = pending ]; then echo "| ${LABEL[$e]} | pending | — | — |"; continue; fi
+  cpu="${CPUM[$e]}"; [ "$e" = direct ] && cpu="—"
+  [ "$cpu" != "—" ] && [ "$cpu" != fail ] && cpu=$(printf '%.0f' "$cpu")
+  echo "| ${LABEL[$e]} | $(gbps "${TPM[$e]}") | $(rounds_of TP "$e") | $cpu |"
+done
+echo
+echo "| ratio | value |"
+echo "|---|---|"
+echo "| (f) fogmesh plaintext / (p2) yamux pair | $(calc "%.2f" "${TPM[f]}" "${TPM[p2]}" "a / b") |"
+echo "| (fm) fogmesh mTLS / (p4) TLS+yamux pair | $(calc "%.2f" "${TPM[fm]}" "${TPM[p4]}" "a / b") |"
+echo "| (fm) fogmesh mTLS / (f) fogmesh plaintext | $(calc "%.2f" "${TPM[fm]}" "${TPM[f]}" "a / b") |"
+echo "| (p3) TLS per connection / (p1) TCP per connection | $(calc "%.2f" "${TPM[p3]}" "${TPM[p1]}" "a / b") |"
+echo "| (p4) TLS+yamux / (p2) yamux | $(calc "%.2f" "${TPM[p4]}" "${TPM[p2]}" "a / b") |"
+echo "| (p2) yamux / (p1) TCP per connection | $(calc "%.2f" "${TPM[p2]}" "${TPM[p1]}" "a / b") |"
+echo
+echo "### S2. Small-HTTP latency at a fixed rate (fortio, $QPS req/s, $CONNS connections, ${LAT_SECONDS} s, keep-alive)"
+echo
+echo "Backend: fortio server (empty 200). Times in ms; added = path − direct, same run."
+echo
+echo "| path | p50 | p99 | p99.9 | p50 per round | p99 per round | achieved req/s | added p50 | added p99 |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for e in "${ALL[@]}"; do
+  if [ "${L50[$e]}" = pending ]; then echo "| ${LABEL[$e]} | pending | pending | pending | — | — | — | — | — |"; continue; fi
+  echo "| ${LABEL[$e]} | ${L50[$e]} | ${L99[$e]} | ${L999[$e]} | $(rounds_of P50 "$e") | $(rounds_of P99 "$e") | ${Q[$e]%.*} | $(add L50 "$e") | $(add L99 "$e") |"
+done
+echo
+echo "### S3. TLS 1.3 mutual handshakes (ECDSA P-256), loopback TCP, one at a time, client and server in one process"
+echo
+echo '`go test -run '"'"'^$'"'"' -bench BenchmarkTLSHandshake -benchtime 2s ./bench/handshake` (after the S1–S2 processes stopped)'
+echo
+echo "Wall-clock rate (one handshake at a time, so it also waits for CPUs other jobs hold) and the process's CPU time per handshake,"
+echo "client and server together (less sensitive to the machine's load); per core-second = 10⁶ / CPU µs."
+echo
+echo "| key exchange | handshake | handshakes/s | CPU µs per handshake (both ends) | handshakes per core-second |"
+echo "|---|---|---|---|---|"
+for k in X25519MLKEM768 X25519; do
+  for h in full resumed; do
+    echo "| $k$([ $k = X25519MLKEM768 ] && echo " (Go default)") | $h$([ $h = resumed ] && echo " (session ticket)") | $(hsrate "$k/$h") | $(hscpu "$k/$h") | $(hspercore "$k/$h") |"
+  done
+  echo "| $k | resumed / full | $(calc "%.2f" "${HS[$k/resumed]:-}" "${HS[$k/full]:-}" "a / b") | $(calc "%.2f" "${HSCPU[$k/resumed]:-}" "${HSCPU[$k/full]:-}" "a / b") | |"
+done
+echo
+echo "### Aims (issue 5)"
+echo
+echo "| aim | this run | |"
+echo "|---|---|---|"
+echo "| two-agent mTLS path within 10% of the bare TLS 1.3 pair with the same multiplexing: (fm)/(p4) ≥ 0.90 | $(calc "%.2f" "${TPM[fm]}" "${TPM[p4]}" "a / b") | $(met "$(calc "%d" "${TPM[fm]}" "${TPM[p4]}" "a >= 0.9 * b")") |"
+echo "| (for comparison) plaintext two-agent path vs the yamux pair: (f)/(p2) ≥ 0.90 | $(calc "%.2f" "${TPM[f]}" "${TPM[p2]}" "a / b") | $(met "$(calc "%d" "${TPM[f]}" "${TPM[p2]}" "a >= 0.9 * b")") |"
+echo "| handshakes off the per-request path (cost of one, S3, default key exchange) | CPU per handshake, both ends: full $(hscpu X25519MLKEM768/full) µs, resumed $(hscpu X25519MLKEM768/resumed) µs; (p4) and the agents hold one TLS connection per peer, (p3) resumes (counters below) | — |"
+echo
+echo "$MTLS_NOTE."
+echo
+echo "Relay pair counters (A side, at exit):"
+echo
+echo '```'
+echo "$PAIR_COUNTS"
+echo '```'
+echo
+echo '```'
+echo "$GOBENCH"
+echo '```'
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo
+  echo "### Failures"
+  echo
+  for f in "${FAILED[@]}"; do echo "* $f"; done
+fi
+} | tee "$REPORT"
+log "report written to $REPORT"
+[ ${#FAILED[@]} -eq 0 ] || exit 1
