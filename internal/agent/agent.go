@@ -97,8 +97,11 @@ type Agent struct {
 	ident *nodeIdentity // nil in insecure mode
 	l7    *l7
 	svids *svidStore
-	wlAPI *workloadapi.Server // nil when off
-	wlLn  net.Listener
+	// svidIssuer asks the control plane for workload SVIDs (secure mode,
+	// when Config.SVIDIssuer is not set).
+	svidIssuer *syncIssuer
+	wlAPI      *workloadapi.Server // nil when off
+	wlLn       net.Listener
 	// authzHTTP serves mesh streams whose HTTP requests are authorized one
 	// by one; authzSeries caches fogmesh_authz_decisions_total (authz.go).
 	authzHTTP   *authzServer
@@ -185,6 +188,8 @@ func New(cfg Config) (*Agent, error) {
 	} else if err := a.initIdentity(context.Background()); err != nil {
 		a.meshLn.Close()
 		return nil, err
+	} else if cfg.SVIDIssuer == nil {
+		a.svidIssuer = newSyncIssuer()
 	}
 	if err := a.openAudit(); err != nil {
 		a.meshLn.Close()
@@ -330,9 +335,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.wlAPI != nil {
 		run("workload API", func() error { return a.wlAPI.Serve(a.wlLn) })
 	}
-	if a.cfg.SVIDIssuer != nil {
+	if iss := a.cfg.SVIDIssuer; iss != nil || a.svidIssuer != nil {
+		if iss == nil {
+			iss = a.svidIssuer
+		}
 		a.wg.Add(1)
-		go func() { defer a.wg.Done(); a.svids.run(ctx, a.cfg.SVIDIssuer) }()
+		go func() { defer a.wg.Done(); a.svids.run(ctx, iss) }()
 	}
 	var err error
 	select {
@@ -390,7 +398,7 @@ func (a *Agent) rebuild() {
 }
 
 func (a *Agent) rebuildLocked() {
-	a.view.Store(buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6))
+	a.view.Store(buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain()))
 	ws := make([]Workload, 0, len(a.workloads))
 	for _, st := range a.workloads {
 		ws = append(ws, st.w)
@@ -550,6 +558,7 @@ func (a *Agent) initMetrics() {
 		gossipDeaths:     m.NewCounter(`fogmesh_agent_gossip_peer_deaths_total`),
 		panics:           m.NewCounter(`fogmesh_agent_panics_total`),
 		renewals:         m.NewCounter(`fogmesh_agent_certificate_renewals_total`),
+		unvouched:        m.NewCounter(`fogmesh_agent_authz_unvouched_source_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
@@ -567,5 +576,5 @@ func (a *Agent) initMetrics() {
 
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
-	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals                 *metrics.Counter
+	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals, unvouched      *metrics.Counter
 }

@@ -53,10 +53,14 @@ const auditBatch = 256
 // openAudit opens the agent's audit log.
 func (a *Agent) openAudit() error {
 	a.auditWritten = make(chan struct{}, 1)
+	signer := a.cfg.Audit.Signer
+	if signer == nil && a.ident != nil {
+		signer = a.ident.key // the control plane knows it from the node certificate
+	}
 	l, err := audit.Open(audit.Config{
 		Dir:    filepath.Join(a.cfg.StateDir, "audit"),
 		Node:   a.cfg.Node.Name,
-		Signer: a.cfg.Audit.Signer,
+		Signer: signer,
 		Logger: a.log,
 		OnWrite: func(uint64) {
 			select {

@@ -109,10 +109,6 @@ func compileAuthz(ps map[string]*api.AuthorizationPolicy) *authz.Engine {
 	return e
 }
 
-// trustDomain is the SPIFFE trust domain of this mesh.
-// TODO(pki): take it from the node certificate once the pki branch lands.
-const trustDomain = api.DefaultTrustDomain
-
 // localIdentities maps the addresses of this node's workloads to their
 // SPIFFE IDs. An address shared by workloads of different identities maps
 // to "" (unknown): the agent cannot tell them apart.
@@ -164,15 +160,23 @@ func relayBytes(ctx context.Context, stream, local net.Conn) {
 	proxy.Relay(ctx, stream, local)
 }
 
-// peerIdentity is who the destination agent believes opened a mesh stream:
-// the source workload's SPIFFE ID and the source node. Today both are taken
-// as the source agent claims them in the header.
-//
-// TODO(pki): this is the one place to tighten: bind sourceNode to the
-// mesh connection's TLS peer certificate (stream's session), and accept
-// h.SourceID only from a node allowed to speak for that workload.
-func peerIdentity(h transport.Header, stream net.Conn) (sourceID, sourceNode string) {
-	return h.SourceID, h.Source
+// vouch is the source identity the destination agent accepts for a mesh
+// stream or request: the source node is h.Source, which the mesh server has
+// already checked against the TLS peer certificate (secure mode); the
+// claimed workload identity is accepted only if an endpoint of that node
+// has it (a node may speak for its own workloads, no others). Anything else
+// becomes "" (unknown), which no principal rule matches, and is counted.
+// In insecure mode both are taken as claimed.
+func (a *Agent) vouch(h transport.Header, claimed string) (sourceID, sourceNode string) {
+	if claimed == "" || a.ident == nil {
+		return claimed, h.Source
+	}
+	if a.view.Load().nodeIDs[h.Source][claimed] {
+		return claimed, h.Source
+	}
+	a.m.unvouched.Inc()
+	a.log.Warn("agent: source identity not vouched for by its node; treated as unknown", "node", h.Source, "claimed", claimed)
+	return "", h.Source
 }
 
 type sourceIDKey struct{}
@@ -336,7 +340,7 @@ func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzM
 	if sv == nil || v.authz == nil {
 		return modeNone, nil
 	}
-	src, node := peerIdentity(h, nil)
+	src, node := a.vouch(h, h.SourceID)
 	d, mode := a.authorizeConn(ctx, v, sv, h.Port, src, node)
 	if !d.Allow {
 		return modeNone, fmt.Errorf("%w: %s:%s from %q (node %s): %s %s", transport.ErrDenied, h.Service, h.Port, src, node, d.Reason, d.Policy)
@@ -367,7 +371,7 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 	if sv == nil {
 		return
 	}
-	src, node := peerIdentity(h, stream)
+	src, node := a.vouch(h, h.SourceID)
 	switch mc.mode {
 	case modeMQTT:
 		stream.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -542,9 +546,9 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "fogmesh: unknown service", http.StatusServiceUnavailable)
 		return
 	}
-	src := r.Header.Get(SourceIDHeader)
-	if src == "" {
-		src = ms.sourceID
+	src := ms.sourceID
+	if claimed := r.Header.Get(SourceIDHeader); claimed != "" {
+		src, _ = s.a.vouch(ms.h, claimed)
 	}
 	num, _ := portOf(sv, ms.h.Port)
 	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,

@@ -52,6 +52,6 @@ func FuzzLoadCache(f *testing.F) {
 		}
 		// Whatever loads must build a view without panicking.
 		self := &testNode
-		buildView(self, res, nil, testPrefix4, testPrefix6)
+		buildView(self, res, nil, testPrefix4, testPrefix6, "fogmesh.local")
 	})
 }

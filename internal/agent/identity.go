@@ -172,6 +172,12 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 	}
 	ni.src.SetBundles(bundles...)
 	ni.src.SetDenied(t.Revoked)
+	// The Workload API hands out the same bundles, by trust domain name.
+	wb := make(map[string][]*x509.Certificate, len(bundles))
+	for _, b := range bundles {
+		wb[b.TrustDomain().Name()] = b.X509Authorities()
+	}
+	a.svids.SetTrust(td.Name(), wb)
 	if a.mesh != nil {
 		for id := range old {
 			sid, err := spiffeid.FromString(id)

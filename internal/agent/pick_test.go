@@ -24,7 +24,7 @@ func testView(t *testing.T, balancer string) (*Agent, *serviceView) {
 		res.put(&api.Endpoint{Meta: api.Meta{Name: "e-" + n.name, Namespace: "ns"}, Spec: api.EndpointSpec{Service: "svc", Node: n.name,
 			Address: "127.0.0.1", Ports: []api.EndpointPort{{Name: "p", Port: 1}}}, Status: api.EndpointStatus{Healthy: true}})
 	}
-	v := buildView(self, res, nil, testPrefix4, testPrefix6)
+	v := buildView(self, res, nil, testPrefix4, testPrefix6, api.DefaultTrustDomain)
 	a := &Agent{cfg: Config{EjectFor: Duration(time.Minute)}}
 	return a, v.services["ns/svc"]
 }

@@ -245,6 +245,9 @@ type view struct {
 	authz *authz.Engine
 	// ids maps local workload addresses to their SPIFFE IDs (authz.go).
 	ids map[netip.Addr]string
+	// nodeIDs: node name -> the workload identities of its endpoints, which
+	// that node's agent may claim as a stream's or request's source.
+	nodeIDs map[string]map[string]bool
 }
 
 type listenTarget struct {
@@ -296,7 +299,7 @@ type endpointView struct {
 // node's workloads with their current health, and replaces whatever the
 // control plane has for endpoints of this node (the agent is the authority
 // on its own workloads, also while offline).
-func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 netip.Prefix) *view {
+func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 netip.Prefix, td string) *view {
 	v := &view{services: map[string]*serviceView{}, byVIP: map[netip.AddrPort]listenTarget{}}
 	for key, s := range res.services {
 		sv := &serviceView{svc: s}
@@ -422,7 +425,17 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		}
 	}
 	v.authz = compileAuthz(res.authz)
-	v.ids = localIdentities(trustDomain, local)
+	v.ids = localIdentities(td, local)
+	v.nodeIDs = map[string]map[string]bool{}
+	for _, e := range res.endpoints {
+		if e.Spec.Node == "" {
+			continue
+		}
+		if v.nodeIDs[e.Spec.Node] == nil {
+			v.nodeIDs[e.Spec.Node] = map[string]bool{}
+		}
+		v.nodeIDs[e.Spec.Node][api.EndpointID(td, e)] = true
+	}
 	for _, sv := range v.services {
 		sort.Slice(sv.endpoints, func(i, j int) bool {
 			a, b := sv.endpoints[i], sv.endpoints[j]

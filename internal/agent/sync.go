@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -94,6 +95,10 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 		return fmt.Errorf("expected welcome, got %s", welcome.Type)
 	}
 	shipAudit := welcomeHasAudit(welcome)
+	if a.svidIssuer != nil && slices.Contains(welcome.Features, wire.FeatureSVID) {
+		a.svidIssuer.connected(write)
+		defer a.svidIssuer.connected(nil)
+	}
 	hb := time.Duration(welcome.HeartbeatMillis) * time.Millisecond
 	if hb <= 0 || hb > time.Minute {
 		hb = 5 * time.Second
@@ -228,6 +233,10 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 			}
 			if err := a.applyTrust(m.Trust, true); err != nil {
 				a.log.Error("agent: trust update refused", "err", err)
+			}
+		case wire.TypeSVIDIssued:
+			if a.svidIssuer != nil {
+				a.svidIssuer.answer(m)
 			}
 		case wire.TypeCert:
 			if a.ident == nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -497,6 +498,16 @@ func (sec *security) serveJoin(c net.Conn) error {
 
 func (sec *security) issued(kind string, cert *x509.Certificate) {
 	sec.mIssued.Inc()
+	// Every certificate issued goes to the control plane's audit chain.
+	if err := sec.s.Audit(audit.Record{Kind: audit.KindCert, Action: "issue " + kind, Actor: "control",
+		Object: cert.URIs[0].String(), Reason: "serial " + cert.SerialNumber.Text(16) + ", until " + cert.NotAfter.UTC().Format(time.RFC3339)}); err != nil {
+		sec.s.log.Error("control: audit certificate issue", "err", err)
+	}
+	if kind == "node" {
+		if _, node, ok := identity.ParseNodeID(spiffeid.RequireFromURI(cert.URIs[0])); ok {
+			sec.s.SetAuditKey(node, cert.PublicKey) // the node signs its checkpoints with this key
+		}
+	}
 	if sec.onIssue != nil {
 		sec.onIssue(kind, cert.URIs[0].String(), cert)
 	}
@@ -594,3 +605,54 @@ func (s *Server) OnIssue(f func(kind, id string, cert *x509.Certificate)) {
 }
 
 var siteRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// issueSVID signs a workload SVID for a node, on its mutually authenticated
+// stream, only for an identity that one of the node's own endpoints has: a
+// node cannot obtain another node's workload identities.
+func (s *Server) issueSVID(node string, peer spiffeid.ID, m *wire.Message) ([]*x509.Certificate, error) {
+	if s.sec == nil || peer.IsZero() {
+		return nil, errors.New("workload SVIDs need a mutually authenticated stream")
+	}
+	if s.sec.revoked(node) {
+		return nil, errRevoked
+	}
+	if m.SVID == nil {
+		return nil, errors.New("svid: no identity named")
+	}
+	ns, sa := m.SVID.Namespace, m.SVID.ServiceAccount
+	if !s.nodeHasIdentity(node, ns, sa) {
+		return nil, fmt.Errorf("svid: node %s has no endpoint with identity ns/%s/sa/%s", node, ns, sa)
+	}
+	csr, err := identity.ParseCSR(m.CSR)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := s.sec.ca.SignWorkloadCSR(csr, ns, sa, 0)
+	if err != nil {
+		return nil, err
+	}
+	s.sec.issued("workload", certs[0])
+	s.log.Info("control: workload SVID issued", "node", node, "id", certs[0].URIs[0].String(),
+		"serial", certs[0].SerialNumber.Text(16), "notAfter", certs[0].NotAfter)
+	return certs, nil
+}
+
+// nodeHasIdentity reports whether an endpoint on node has the workload
+// identity ns/sa.
+func (s *Server) nodeHasIdentity(node, ns, sa string) bool {
+	objs, _, err := s.reg.list(api.KindEndpoint)
+	if err != nil {
+		return false
+	}
+	for _, o := range objs {
+		e := o.(*api.Endpoint)
+		acct := e.Spec.ServiceAccount
+		if acct == "" {
+			acct = e.Spec.Service
+		}
+		if e.Spec.Node == node && api.NamespaceOr(e.Meta.Namespace) == ns && acct == sa {
+			return true
+		}
+	}
+	return false
+}

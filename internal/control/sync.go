@@ -159,8 +159,11 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	rev, _ := s.st.Rev()
 	welcome := &wire.Message{Type: wire.TypeWelcome, Version: rev, StoreID: s.st.ID(),
 		HeartbeatMillis: s.cfg.HeartbeatInterval.Milliseconds()}
+	if s.sec != nil && !peer.IsZero() {
+		welcome.Features = append(welcome.Features, wire.FeatureSVID)
+	}
 	if seq, err := s.auditSeq(st.node); err == nil {
-		welcome.Features, welcome.AuditSeq = []string{wire.FeatureAudit}, seq
+		welcome.Features, welcome.AuditSeq = append(welcome.Features, wire.FeatureAudit), seq
 	} else {
 		s.log.Error("control: audit replica unusable; not taking audit records", "node", st.node, "err", err)
 	}
@@ -251,6 +254,18 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 				if errors.Is(err, errRevoked) {
 					return err
 				}
+			}
+		case wire.TypeSVID:
+			ans := &wire.Message{Type: wire.TypeSVIDIssued, Nonce: m.Nonce}
+			certs, err := s.issueSVID(st.node, peer, m)
+			if err != nil {
+				s.log.Warn("control: workload SVID refused", "node", st.node, "err", err)
+				ans.Error = err.Error()
+			} else {
+				ans.Certificates = identity.DERs(certs)
+			}
+			if err := st.write(ans); err != nil {
+				return err
 			}
 		case wire.TypeLocal:
 			if err := s.reg.syncLocalEndpoints(st.node, m.Endpoints); err != nil {

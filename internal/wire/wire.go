@@ -50,6 +50,7 @@ const (
 	TypeSessions  = "sessions"  // session bindings this agent created or changed
 	TypeAudit     = "audit"     // a batch of this node's audit records, in seq order (only if welcome lists FeatureAudit)
 	TypeRenew     = "renew"     // CSR for a new node certificate (mTLS stream only)
+	TypeSVID      = "svid"      // CSR for a workload SVID of this node (Nonce, SVID, CSR; only if welcome lists FeatureSVID)
 	TypeJoin      = "join"      // first and only message on a join connection (ALPN fogmesh-join/1)
 	// control -> agent
 	TypeWelcome = "welcome" // hello accepted
@@ -58,6 +59,9 @@ const (
 	TypeCert    = "cert"    // a node certificate: the answer to renew
 	TypeJoined  = "joined"  // the answer to join: certificate and trust
 	TypeTrust   = "trust"   // trust bundles and the node deny list; sent to agents that hello with CapTrust
+	// TypeSVIDIssued answers TypeSVID with the same Nonce: Certificates
+	// (leaf first), or Error when refused.
+	TypeSVIDIssued = "svidIssued"
 	// TypeAuditAck answers each audit batch with the last seq the control
 	// plane holds for the node (AuditSeq); Error says why a batch was
 	// refused (a gap or a fork), and the agent resumes from AuditSeq+1.
@@ -76,6 +80,9 @@ const (
 	// FeatureAudit: the control plane stores audit records (TypeAudit);
 	// welcome's AuditSeq is the last seq it holds for the node.
 	FeatureAudit = "audit"
+	// FeatureSVID: the control plane signs workload SVIDs (TypeSVID) for
+	// identities of endpoints on the asking node.
+	FeatureSVID = "svid"
 )
 
 // Resource types a subscriber may ask for.
@@ -145,6 +152,9 @@ type Message struct {
 	// Features (welcome) lists what the control plane supports beyond
 	// ProtocolVersion 1, e.g. FeatureAudit.
 	Features []string `json:"features,omitempty"`
+
+	// SVID (svid): the workload identity a CSR asks for.
+	SVID *SVIDRequest `json:"svid,omitempty"`
 
 	// Welcome, Update
 	Version uint64 `json:"version,omitempty"`
@@ -252,7 +262,7 @@ func Decode(body []byte) (*Message, error) {
 	}
 	switch m.Type {
 	case TypeHello, TypeSubscribe, TypeAck, TypeNack, TypeHeartbeat, TypeLocal, TypeSessions, TypeAudit,
-		TypeWelcome, TypeUpdate, TypeError, TypeAuditAck, TypeRenew, TypeJoin, TypeCert, TypeJoined, TypeTrust:
+		TypeWelcome, TypeUpdate, TypeError, TypeAuditAck, TypeRenew, TypeJoin, TypeCert, TypeJoined, TypeTrust, TypeSVID, TypeSVIDIssued:
 	default:
 		return nil, fmt.Errorf("wire: unknown message type %q", m.Type)
 	}
@@ -287,4 +297,11 @@ func DecodeResource(r Resource) (api.Object, error) {
 		return nil, fmt.Errorf("resource %s %s: body is %s %s", r.Type, r.Name, got.Type, got.Name)
 	}
 	return o, nil
+}
+
+// SVIDRequest names a workload identity:
+// spiffe://<trust domain>/ns/<Namespace>/sa/<ServiceAccount>.
+type SVIDRequest struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"serviceAccount"`
 }
