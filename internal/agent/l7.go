@@ -102,10 +102,13 @@ func newL7(a *Agent) *l7 {
 			}
 			pr.SetXForwarded()
 		},
-		Transport:     &lbTransport{l7: s},
-		FlushInterval: -1, // stream: gRPC and server-sent events must not wait for a buffer
-		ErrorHandler:  s.errorHandler,
-		ErrorLog:      slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		Transport: &lbTransport{l7: s},
+		// FlushInterval 0: a response of known length goes out in one
+		// write; ReverseProxy still flushes every write of a streaming
+		// one (no Content-Length: chunked, gRPC; text/event-stream).
+		BufferPool:   copyBuffers,
+		ErrorHandler: s.errorHandler,
+		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
 	s.srv = &http.Server{
 		Handler:           rp,
@@ -251,6 +254,7 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true, // pass Content-Encoding through, as nginx does
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := a.dialEndpoint(ctx, sv, ev, port)
 			if err != nil {
