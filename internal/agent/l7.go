@@ -37,6 +37,8 @@ type l7 struct {
 	ln  *connListener
 	srv *http.Server
 
+	h1 *h1Path // the HTTP/1.1 fast path (h1fast.go)
+
 	mu         sync.Mutex // guards transports
 	transports map[string]*http.Transport
 }
@@ -87,6 +89,7 @@ func (l *connListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0
 
 func newL7(a *Agent) *l7 {
 	s := &l7{a: a, ln: &connListener{ch: make(chan net.Conn), closed: make(chan struct{})}, transports: map[string]*http.Transport{}}
+	s.h1 = newH1Path(s)
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
@@ -139,6 +142,7 @@ func (s *l7) close() {
 	s.srv.Shutdown(ctx)
 	s.srv.Close()
 	s.ln.Close()
+	s.h1.closeAll()
 	s.mu.Lock()
 	for _, t := range s.transports {
 		t.CloseIdleConnections()
@@ -149,6 +153,7 @@ func (s *l7) close() {
 // pruneTransports closes the pools of endpoints no longer in the view, or
 // whose address, port or connect timeout changed.
 func (s *l7) pruneTransports(v *view) {
+	s.h1.prune(v)
 	live := map[string]bool{}
 	for _, sv := range v.services {
 		for _, ev := range sv.endpoints {
@@ -269,7 +274,10 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 
 // lbTransport picks an endpoint for every request, nearest tier first, and
 // moves to the next one when connecting fails.
-type lbTransport struct{ l7 *l7 }
+type lbTransport struct {
+	l7 *l7
+	h1 bool // requests of the HTTP/1.1 fast path: HTTP/1.1 endpoints over its pools
+}
 
 func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	a := lt.l7.a
@@ -422,7 +430,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		active := a.endpointActive(ev.key)
 		active.Add(1)
 		attemptCtx, release := a.watchNode(req.Context(), remoteNode(ev))
-		resp, err := lt.l7.transportFor(sv, ev, t.port, t.proto).RoundTrip(req.WithContext(attemptCtx))
+		resp, err := lt.upstream(sv, ev, t).RoundTrip(req.WithContext(attemptCtx))
 		active.Add(-1)
 		if err != nil {
 			release()
