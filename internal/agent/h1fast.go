@@ -34,13 +34,14 @@ import (
 // than h1BufSize.
 
 const (
-	h1BufSize         = 4 << 10          // client and upstream bufio buffers
-	h1IdleTimeout     = 90 * time.Second // as l7.srv.IdleTimeout
-	h1HeaderTimeout   = 10 * time.Second // as l7.srv.ReadHeaderTimeout
-	h1MaxDrain        = 256 << 10        // unread request body drained before the next request, as net/http
-	h1MaxIdlePerPool  = 64               // idle upstream connections per endpoint, as MaxIdleConnsPerHost
-	h1CheckIdleAfter  = time.Second      // a pooled connection idle this long is checked before use
-	h1PoolIdleTimeout = 90 * time.Second // as the transports' IdleConnTimeout
+	h1BufSize            = 4 << 10              // client and upstream bufio buffers
+	h1IdleTimeout        = 90 * time.Second     // as l7.srv.IdleTimeout
+	h1HeaderTimeout      = 10 * time.Second     // as l7.srv.ReadHeaderTimeout
+	h1MaxDrain           = 256 << 10            // unread request body drained before the next request, as net/http
+	h1MaxIdlePerPool     = 64                   // idle upstream connections per endpoint, as MaxIdleConnsPerHost
+	h1CheckIdleAfter     = time.Second          // a pooled connection idle this long is checked before use
+	h1CheckIdleAfterBody = 5 * time.Millisecond // the same for requests that cannot be sent twice
+	h1PoolIdleTimeout    = 90 * time.Second     // as the transports' IdleConnTimeout
 )
 
 // h1Path holds the fast path's upstream pools and its lbTransport.

@@ -147,7 +147,9 @@ func (p *h1Pool) close(busy bool) {
 	}
 }
 
-func (p *h1Pool) get(ctx context.Context, fresh bool) (*h1Conn, error) {
+// get returns an idle connection, checked first if it has been idle longer
+// than checkAfter, or a new one.
+func (p *h1Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*h1Conn, error) {
 	if !fresh {
 		now := time.Now()
 		p.mu.Lock()
@@ -155,7 +157,7 @@ func (p *h1Pool) get(ctx context.Context, fresh bool) (*h1Conn, error) {
 			pc := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
-			if idle := now.Sub(pc.idleAt); idle < h1CheckIdleAfter || (idle < h1PoolIdleTimeout && pc.alive()) {
+			if idle := now.Sub(pc.idleAt); idle < checkAfter || (idle < h1PoolIdleTimeout && pc.alive()) {
 				pc.reused = true
 				return pc, nil
 			}
@@ -238,7 +240,14 @@ var errStale = errors.New("reused connection closed by the endpoint")
 func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	replayable := (req.Body == nil || req.Body == http.NoBody) && idempotent[req.Method]
 	for attempt := 0; ; attempt++ {
-		pc, err := p.get(req.Context(), attempt > 0)
+		// A replayable request is sent again if its connection was stale,
+		// so only long-idle connections are checked first; others are
+		// checked after a few idle milliseconds (one MSG_PEEK).
+		checkAfter := h1CheckIdleAfter
+		if !replayable {
+			checkAfter = h1CheckIdleAfterBody
+		}
+		pc, err := p.get(req.Context(), attempt > 0, checkAfter)
 		if err != nil {
 			return nil, err
 		}
