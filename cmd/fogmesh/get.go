@@ -24,6 +24,7 @@ var kindAliases = map[string]string{
 	"route": "routes", "routes": "routes", "rt": "routes",
 	"destinationpolicy": "destinationpolicies", "destinationpolicies": "destinationpolicies", "dp": "destinationpolicies",
 	"session": "sessions", "sessions": "sessions",
+	"authorizationpolicy": "authorizationpolicies", "authorizationpolicies": "authorizationpolicies", "ap": "authorizationpolicies",
 }
 
 func runGet(args []string) error {
@@ -35,11 +36,11 @@ func runGet(args []string) error {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return cli.Usagef("get: want one of nodes, services, endpoints, routes, destinationpolicies, sessions")
+		return cli.Usagef("get: want one of nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies, sessions")
 	}
 	kind, ok := kindAliases[fs.Arg(0)]
 	if !ok {
-		return cli.Usagef("get: unknown resource %q (want nodes, services, endpoints, routes or destinationpolicies)", fs.Arg(0))
+		return cli.Usagef("get: unknown resource %q (want nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies or sessions)", fs.Arg(0))
 	}
 	url := strings.TrimRight(*server, "/") + "/v1/" + kind
 	if *ns != "" {
@@ -142,6 +143,19 @@ func runGet(args []string) error {
 				ss = append(ss, s.Name)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Meta.Namespace, p.Meta.Name, p.Spec.Service, strings.Join(ss, ","), p.Spec.Balancer)
+		}
+	case "authorizationpolicies":
+		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tACTION\tRULES")
+		for _, raw := range resp.Items {
+			var p api.AuthorizationPolicy
+			if err := json.Unmarshal(raw, &p); err != nil {
+				return err
+			}
+			svc := p.Spec.Service
+			if svc == "" {
+				svc = "*"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", p.Meta.Namespace, p.Meta.Name, svc, p.Spec.Action, len(p.Spec.Rules))
 		}
 	case "endpoints":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tNODE\tADDRESS\tPORTS\tHEALTHY")

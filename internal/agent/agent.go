@@ -28,6 +28,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/gossip"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/transport"
+	"github.com/fogmesh/fogmesh/internal/workloadapi"
 )
 
 // Agent is one node's agent.
@@ -63,6 +64,9 @@ type Agent struct {
 	// statsByEP holds what this agent measures per endpoint: in-flight
 	// count and peak-EWMA latency (balance.go).
 	statsByEP sync.Map // endpoint key -> *epStats
+	// peerLoads is the other agents' in-flight counts per endpoint, from
+	// the control plane's last heartbeat answer.
+	peerLoads atomic.Pointer[peerLoads]
 	// topicSeries/topicCount: MQTT per-topic counters (mqtt.go).
 	topicSeries sync.Map
 	topicCount  atomic.Int64
@@ -80,8 +84,15 @@ type Agent struct {
 	connected       atomic.Bool
 	resyncFull      atomic.Bool // next subscribe asks for a full snapshot (after a NACK)
 
-	l7     *l7
-	gossip *gossip.Gossip // nil when off
+	l7    *l7
+	svids *svidStore
+	wlAPI *workloadapi.Server // nil when off
+	wlLn  net.Listener
+	// authzHTTP serves mesh streams whose HTTP requests are authorized one
+	// by one; authzSeries caches fogmesh_authz_decisions_total (authz.go).
+	authzHTTP   *authzServer
+	authzSeries sync.Map
+	gossip      *gossip.Gossip // nil when off
 	// gossipDead holds nodes gossip says are dead (node name -> true).
 	gossipDead sync.Map
 	// nodeWatches: attempts in flight per remote node, cancelled when gossip
@@ -134,6 +145,7 @@ func New(cfg Config) (*Agent, error) {
 		localSessions:   map[string]string{},
 		nodeWatches:     map[string]map[*int]context.CancelCauseFunc{},
 		pendingSessions: map[string]api.Session{},
+		svids:           newSVIDStore(cfg.Logger),
 	}
 	a.vip4 = netip.MustParsePrefix(cfg.VIPRange)
 	if cfg.VIP6Range != "" {
@@ -206,7 +218,14 @@ func New(cfg Config) (*Agent, error) {
 		}
 		a.self.Spec.GossipAddress = a.gossip.Addr()
 	}
+	if cfg.WorkloadAPISocket != "off" {
+		if a.wlLn, err = workloadapi.Listen(cfg.WorkloadAPISocket); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		a.wlAPI = workloadapi.New(a.svids, a.log.With("sub", "workloadapi"))
+	}
 	a.l7 = newL7(a)
+	a.authzHTTP = newAuthzServer(a)
 	a.retries = newRetryBudget()
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
@@ -229,6 +248,9 @@ func (a *Agent) closeListeners() {
 	}
 	if a.adminLn != nil {
 		a.adminLn.Close()
+	}
+	if a.wlLn != nil {
+		a.wlLn.Close()
 	}
 }
 
@@ -274,6 +296,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	run("sync", func() error { a.syncLoop(ctx); return nil })
 	run("l7", a.l7.serve)
+	run("authz", a.authzHTTP.run)
+	if a.wlAPI != nil {
+		run("workload API", func() error { return a.wlAPI.Serve(a.wlLn) })
+	}
+	if a.cfg.SVIDIssuer != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.svids.run(ctx, a.cfg.SVIDIssuer) }()
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -307,6 +337,10 @@ func (a *Agent) shutdown() {
 		defer cancel()
 		a.admin.Shutdown(sctx)
 		a.l7.close()
+		a.authzHTTP.close()
+		if a.wlAPI != nil {
+			a.wlAPI.Close()
+		}
 		a.dns.Close()
 		a.mesh.Close()
 		a.peers.Close()
@@ -324,6 +358,11 @@ func (a *Agent) rebuild() {
 
 func (a *Agent) rebuildLocked() {
 	a.view.Store(buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6))
+	ws := make([]Workload, 0, len(a.workloads))
+	for _, st := range a.workloads {
+		ws = append(ws, st.w)
+	}
+	a.svids.setWorkloads(ws)
 }
 
 func (a *Agent) localEndpointsLocked() []api.Endpoint {

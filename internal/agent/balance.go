@@ -142,10 +142,56 @@ func (a *Agent) outcome(sv *serviceView, ev *endpointView, code int, broken bool
 
 func (a *Agent) endpointActive(key string) *atomic.Int64 { return &a.stats(key).active }
 
-// weight is the edge-aware weight of an endpoint.
+// weight is the edge-aware weight of an endpoint: its capacity over its
+// load (this agent's in-flight requests to it plus what the other agents
+// reported through the control plane), discounted by distance.
 func (a *Agent) weight(ev *endpointView) float64 {
-	load := float64(a.stats(ev.key).active.Load())
-	return ev.capacity / (load + 1) * math.Exp(-lambdaPer100km*ev.distance)
+	return ev.capacity / (a.inFlight(ev) + 1) * math.Exp(-lambdaPer100km*ev.distance)
+}
+
+// inFlight is the requests (L4: connections) an endpoint is serving as far
+// as this agent knows: its own plus the other agents' last reports.
+func (a *Agent) inFlight(ev *endpointView) float64 {
+	return float64(a.stats(ev.key).active.Load()) + a.peerLoad(ev.key)
+}
+
+// ownLoads is this agent's in-flight count per endpoint, non-zero only,
+// for the heartbeat.
+func (a *Agent) ownLoads() map[string]float64 {
+	var out map[string]float64
+	a.statsByEP.Range(func(k, v any) bool {
+		if n := v.(*epStats).active.Load(); n > 0 {
+			if out == nil {
+				out = make(map[string]float64)
+			}
+			out[k.(string)] = float64(n)
+		}
+		return true
+	})
+	return out
+}
+
+// peerLoadTTL is how long the other agents' loads are trusted: a few
+// heartbeats, so a control plane that goes quiet does not leave a stale
+// picture behind.
+const peerLoadTTL = 15 * time.Second
+
+type peerLoads struct {
+	at    time.Time
+	loads map[string]float64
+}
+
+func (a *Agent) setPeerLoads(m map[string]float64) {
+	a.peerLoads.Store(&peerLoads{at: time.Now(), loads: m})
+}
+
+// peerLoad is the other agents' in-flight count on an endpoint.
+func (a *Agent) peerLoad(key string) float64 {
+	p := a.peerLoads.Load()
+	if p == nil || len(p.loads) == 0 || time.Since(p.at) > peerLoadTTL {
+		return 0
+	}
+	return p.loads[key]
 }
 
 // pick returns the healthy endpoints of a service that serve port: the
@@ -200,9 +246,7 @@ func (a *Agent) order(sv *serviceView, eps []*endpointView) {
 		rot := append(append([]*endpointView(nil), eps[k:]...), eps[:k]...)
 		copy(eps, rot)
 	case "least-conn":
-		sort.SliceStable(eps, func(i, j int) bool {
-			return a.endpointActive(eps[i].key).Load() < a.endpointActive(eps[j].key).Load()
-		})
+		sort.SliceStable(eps, func(i, j int) bool { return a.inFlight(eps[i]) < a.inFlight(eps[j]) })
 	case "random":
 		rand.Shuffle(len(eps), func(i, j int) { eps[i], eps[j] = eps[j], eps[i] })
 	default: // edge-aware
@@ -213,8 +257,7 @@ func (a *Agent) order(sv *serviceView, eps []*endpointView) {
 		i := weightedIndex(w, -1)
 		j := weightedIndex(w, i)
 		cost := func(k int) float64 {
-			s := a.stats(eps[k].key)
-			return s.latency() * float64(s.active.Load()+1)
+			return a.stats(eps[k].key).latency() * (a.inFlight(eps[k]) + 1)
 		}
 		if cost(j) < cost(i) {
 			i = j
@@ -254,7 +297,7 @@ func pinOrder(cands []*endpointView, key string) {
 		h.Write([]byte(key))
 		h.Write([]byte{0})
 		h.Write([]byte(ev.key))
-		return h.Sum64()
+		return fmix64(h.Sum64())
 	}
 	// Sort within each run of equal tier as pick ordered them, so tiers
 	// that pick moved to the end (below their healthy share) stay there.

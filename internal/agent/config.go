@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -57,8 +58,20 @@ type Config struct {
 	// (default 10s); a local one returns as soon as its check passes.
 	EjectFor Duration `json:"ejectFor,omitempty"`
 
+	// WorkloadAPISocket is the Unix socket of the SPIFFE Workload API,
+	// where attested local processes fetch their SVIDs (default
+	// <StateDir>/workload.sock; "off" disables it).
+	WorkloadAPISocket string `json:"workloadAPISocket,omitempty"`
+	// SVIDIssuer signs workload SVIDs (set by the control plane client;
+	// nil: workloads get no SVIDs).
+	SVIDIssuer SVIDIssuer `json:"-"`
+
 	Logger  *slog.Logger `json:"-"` // nil = discard
 	Metrics *metrics.Set `json:"-"` // nil = a private set
+	// DecisionLogger receives every authorization decision on a
+	// destination a policy selects. nil = the Logger: debug for allowed,
+	// info for denied.
+	DecisionLogger DecisionLogger `json:"-"`
 }
 
 // NodeConfig is what the agent registers about its node.
@@ -88,14 +101,22 @@ type Workload struct {
 	Address string             `json:"address,omitempty"`
 	Ports   []api.EndpointPort `json:"ports"`
 	Check   Check              `json:"check,omitempty"`
+	// Attest selects the local processes (by uid, gid, executable path)
+	// that may fetch this workload's SVID from the Workload API socket.
+	// Without it, no process gets the SVID.
+	Attest *Attest `json:"attest,omitempty"`
 }
 
 // Check is an active health check.
 type Check struct {
 	// Type is tcp (default: connect to the first port), http (GET Path,
-	// 2xx/3xx is healthy) or none.
+	// 2xx/3xx is healthy), grpc (grpc.health.v1.Health/Check over
+	// cleartext HTTP/2; SERVING is healthy) or none.
 	Type string `json:"type,omitempty"`
 	Path string `json:"path,omitempty"`
+	// GRPCService is the service name a grpc check asks about (default
+	// "": the server as a whole).
+	GRPCService string `json:"grpcService,omitempty"`
 	// Port names the workload port to check (default the first).
 	Port    string   `json:"port,omitempty"`
 	Timeout Duration `json:"timeout,omitempty"` // default 1s
@@ -135,6 +156,7 @@ func (c *Config) validate() error {
 	def(&c.AdminAddr, "127.0.0.1:7073")
 	def(&c.VIPRange, "127.77.0.0/16")
 	def(&c.StateDir, "/var/lib/fogmesh/agent")
+	def(&c.WorkloadAPISocket, filepath.Join(c.StateDir, "workload.sock"))
 	for i, a := range c.Control {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return fmt.Errorf("control[%d]: %q: %w", i, a, err)
@@ -197,9 +219,12 @@ func (w *Workload) normalize(node string) error {
 	switch w.Check.Type {
 	case "":
 		w.Check.Type = "tcp"
-	case "tcp", "http", "none":
+	case "tcp", "http", "grpc", "none":
 	default:
-		return fmt.Errorf("check.type: %q is not one of tcp, http, none", w.Check.Type)
+		return fmt.Errorf("check.type: %q is not one of tcp, http, grpc, none", w.Check.Type)
+	}
+	if w.Check.GRPCService != "" && w.Check.Type != "grpc" {
+		return fmt.Errorf("check.grpcService: only for check.type grpc")
 	}
 	if w.Check.Timeout <= 0 {
 		w.Check.Timeout = Duration(time.Second)

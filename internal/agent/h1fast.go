@@ -35,13 +35,11 @@ import (
 
 const (
 	h1BufSize            = 4 << 10              // client and upstream bufio buffers
-	h1IdleTimeout        = 90 * time.Second     // as l7.srv.IdleTimeout
 	h1HeaderTimeout      = 10 * time.Second     // as l7.srv.ReadHeaderTimeout
 	h1MaxDrain           = 256 << 10            // unread request body drained before the next request, as net/http
 	h1MaxIdlePerPool     = 64                   // idle upstream connections per endpoint, as MaxIdleConnsPerHost
 	h1CheckIdleAfter     = time.Second          // a pooled connection idle this long is checked before use
 	h1CheckIdleAfterBody = 5 * time.Millisecond // the same for requests that cannot be sent twice
-	h1PoolIdleTimeout    = 90 * time.Second     // as the transports' IdleConnTimeout
 )
 
 // h1Path holds the fast path's upstream pools and its lbTransport.
@@ -105,7 +103,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 		cs.xff = []string{host}
 	}
 	for {
-		c.SetReadDeadline(time.Now().Add(h1IdleTimeout))
+		c.SetReadDeadline(time.Now().Add(s.h1IdleTimeout(tc.target)))
 		if _, err := br.Peek(1); err != nil {
 			return // closed by the client, idle timeout or shutdown
 		}
@@ -140,6 +138,16 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			return
 		}
 	}
+}
+
+// h1IdleTimeout is how long a client connection may wait for its next
+// request: the service's timeouts.idle, capped by the server's
+// IdleTimeout, as connState does for the net/http server.
+func (s *l7) h1IdleTimeout(t listenTarget) time.Duration {
+	if sv := s.a.view.Load().services[t.svc]; sv != nil {
+		return min(l7IdleTimeout(sv), defaultL7Idle)
+	}
+	return defaultL7Idle
 }
 
 // h1ClientConn is what the fast path keeps per client connection.
@@ -322,10 +330,16 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	}
 	h["X-Forwarded-Host"] = []string{in.Host}
 	h["X-Forwarded-Proto"] = xfProto
+	p.s.a.setSourceIdentity(in, in)
 	in.Close = false
+	// A client request from here on, as ReverseProxy makes it (mirrors go
+	// through http.Transport, which insists on these).
+	in.RequestURI = ""
+	in.URL.Scheme = "http"
+	in.URL.Host = in.Host
 	if in.Host == "" { // "Host:" with no value: name the service, as the Rewrite does
 		t := cs.ctx.Value(targetKey{}).(listenTarget)
-		in.Host = t.svc[strings.IndexByte(t.svc, '/')+1:]
+		in.URL.Host = t.svc[strings.IndexByte(t.svc, '/')+1:]
 	}
 
 	resp, err := p.rt.RoundTrip(in.WithContext(cs.ctx))

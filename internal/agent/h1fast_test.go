@@ -89,9 +89,9 @@ func TestH1FastPath(t *testing.T) {
 	port := h1Backend(t, &bodyErrs)
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, httpSvcDoc("fast", 19300, "http"))
-	a := startAgent(t, agentOpts{name: "f", site: "s1", region: "r1", vipOctet: 212, control: []string{cp.SyncAddr()},
+	a := startAgent(t, agentOpts{name: "f", site: "s1", region: "r1", vipOctet: 241, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload("fast", "fast-1", port)}})
-	addr := "127.212.0.1:19300"
+	addr := "127.241.0.1:19300"
 	base := "http://" + addr
 	tr := &http.Transport{ExpectContinueTimeout: 5 * time.Second}
 	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}

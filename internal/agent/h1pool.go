@@ -87,7 +87,7 @@ func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *h1Poo
 // changed connect timeout gets a fresh pool.
 func h1PoolKey(sv *serviceView, ev *endpointView, port string) string {
 	epPort, _ := ev.ep.Port(port)
-	return fmt.Sprintf("%s|%s|%s|%s|%d|%d", ev.key, port, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect)
+	return fmt.Sprintf("%s|%s|%s|%s|%d|%d|%d", ev.key, port, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)
 }
 
 // prune closes the pools of endpoints no longer in the view.
@@ -157,7 +157,7 @@ func (p *h1Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) 
 			pc := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
-			if idle := now.Sub(pc.idleAt); idle < checkAfter || (idle < h1PoolIdleTimeout && pc.alive()) {
+			if idle := now.Sub(pc.idleAt); idle < checkAfter || (idle < l7IdleTimeout(p.sv) && pc.alive()) {
 				pc.reused = true
 				return pc, nil
 			}
@@ -332,15 +332,16 @@ func (pc *h1Conn) exchange(req *http.Request) (*http.Response, error) {
 // one write for a request without a body or with a small one.
 func (pc *h1Conn) writeRequest(req *http.Request) error {
 	bw := pc.bw
-	uri := req.RequestURI
-	if uri == "" || uri[0] != '/' {
-		uri = req.URL.RequestURI()
-	}
+	uri := req.URL.RequestURI() // no allocation for a path that needs no escaping and no query
 	bw.WriteString(req.Method)
 	bw.WriteByte(' ')
 	bw.WriteString(uri)
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(req.Host)
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	bw.WriteString(host)
 	bw.WriteString("\r\n")
 	h := req.Header
 	_, hadLength := h["Content-Length"]

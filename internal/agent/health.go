@@ -34,6 +34,9 @@ func (a *Agent) checkLoop(ctx context.Context, ws *workloadState) {
 	defer t.Stop()
 	client := &http.Client{Timeout: time.Duration(ws.w.Check.Timeout),
 		Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	if ws.w.Check.Type == "grpc" {
+		client = newGRPCCheckClient(time.Duration(ws.w.Check.Timeout))
+	}
 	defer client.CloseIdleConnections()
 	for {
 		select {
@@ -83,6 +86,8 @@ func check(ctx context.Context, client *http.Client, w Workload) error {
 	}
 	timeout := time.Duration(w.Check.Timeout)
 	switch w.Check.Type {
+	case "grpc":
+		return checkGRPC(ctx, client, addr.String(), w.Check.GRPCService)
 	case "http":
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr.String()+w.Check.Path, nil)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,6 +42,10 @@ type l7 struct {
 
 	mu         sync.Mutex // guards transports
 	transports map[string]*http.Transport
+
+	idleTimers sync.Map     // *taggedConn -> *time.Timer, see connState
+	limiters   sync.Map     // service -> *reqLimiter (l7limit.go)
+	mirrors    atomic.Int64 // copies in flight (l7mirror.go)
 }
 
 type targetKey struct{}
@@ -104,6 +109,7 @@ func newL7(a *Agent) *l7 {
 				}
 			}
 			pr.SetXForwarded()
+			a.setSourceIdentity(pr.In, pr.Out)
 		},
 		Transport: &lbTransport{l7: s},
 		// FlushInterval 0: a response of known length goes out in one
@@ -117,7 +123,8 @@ func newL7(a *Agent) *l7 {
 		Handler:           rp,
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       90 * time.Second,
+		IdleTimeout:       defaultL7Idle, // and a service's timeouts.idle, by connState
+		ConnState:         s.connState,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := c.(*taggedConn); ok {
 				return context.WithValue(ctx, targetKey{}, tc.target)
@@ -159,7 +166,7 @@ func (s *l7) pruneTransports(v *view) {
 		for _, ev := range sv.endpoints {
 			for _, p := range ev.ep.Spec.Ports {
 				for _, proto := range []string{"http", "http2", "grpc"} {
-					live[fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d", ev.key, p.Name, proto, ev.mesh, ev.ep.Spec.Address, p.Port, sv.svc.Spec.Timeouts.Connect)] = true
+					live[fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d", ev.key, p.Name, proto, ev.mesh, ev.ep.Spec.Address, p.Port, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)] = true
 				}
 			}
 		}
@@ -241,7 +248,7 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 	// Everything the dial closes over is in the key, so a moved endpoint
 	// or a changed timeout gets a fresh pool (pruneTransports drops the old).
 	epPort, _ := ev.ep.Port(port)
-	key := fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect)
+	key := fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t := s.transports[key]; t != nil {
@@ -258,7 +265,7 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 		Proxy:               nil,
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
+		IdleConnTimeout:     l7IdleTimeout(sv),
 		DisableCompression:  true, // pass Content-Encoding through, as nginx does
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := a.dialEndpoint(ctx, sv, ev, port)
@@ -297,14 +304,10 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, errShed
 	}
 	defer a.l7Inflight.Add(-1)
-	if max := sv.svc.Spec.CircuitBreaker.MaxRequests; max > 0 {
-		n := a.serviceCounter(t.svc, "req")
-		if n.Add(1) > int64(max) {
-			n.Add(-1)
-			a.m.overflows.Inc()
-			return nil, errOverflow
+	if rule != nil && rule.Fault != nil {
+		if resp, err := a.injectFault(req, t.svc, rule.Fault); resp != nil || err != nil {
+			return resp, err
 		}
-		defer n.Add(-1) // TODO: count until the response body is closed, not only to headers
 	}
 	cands := a.pick(sv, t.port)
 	retries, timeout := sv.svc.Spec.Retries, time.Duration(sv.svc.Spec.Timeouts.Request)
@@ -336,9 +339,19 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint
 	}
-	if hk := sv.svc.Spec.HashKey; hk != nil && sv.svc.Spec.Balancer == "consistent-hash" {
-		if key := hashKeyOf(req, hk); key != "" {
-			pinOrder(cands, key)
+	// The circuit breaker: a slot, or a place in the queue for at most
+	// the request timeout, which the wait then counts against.
+	timeout, releaseSlot, err := lt.l7.limitRequest(req.Context(), t.svc, sv.svc.Spec.CircuitBreaker, timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer releaseSlot() // TODO: count until the response body is closed, not only to headers
+	if rule != nil && rule.Mirror != nil {
+		req = lt.mirror(req, sv, t, rule.Mirror, timeout)
+	}
+	if hashBalanced(sv) {
+		if key := hashKeyOf(req, sv.svc.Spec.HashKey); key != "" {
+			hashOrder(sv, cands, key)
 		}
 	}
 	if sa := sv.svc.Spec.Session; sa != nil {
@@ -357,7 +370,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = req.WithContext(ctx)
 		release = func() { timer.Stop(); cancel(nil) }
 	}
-	resp, err := lt.roundTrip(req, sv, t, cands, retries)
+	resp, err := lt.roundTrip(req, sv, t, cands, retries, routeName(rule))
 	if err != nil {
 		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
 			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)
@@ -388,7 +401,7 @@ func (r *releaseOnClose) Close() error {
 }
 
 // roundTrip tries cands in order within the service's retry policy.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy) (*http.Response, error) {
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string) (*http.Response, error) {
 	a := lt.l7.a
 	// http.Transport closes the request body even when it fails to
 	// connect; shield it so a retry on the next endpoint can still send
@@ -426,6 +439,11 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if i > 0 {
 			a.m.failovers.Inc()
 		}
+		if ev.local { // a remote endpoint's agent authorizes there
+			if resp := a.authorizeLocalRequest(req, t); resp != nil {
+				return resp, nil
+			}
+		}
 		start := time.Now()
 		active := a.endpointActive(ev.key)
 		active.Add(1)
@@ -451,7 +469,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		if err == nil {
 			a.stats(ev.key).observe(time.Since(start))
-			a.requestMetrics(t.svc, ev, resp.StatusCode, time.Since(start))
+			a.requestMetrics(t.svc, route, ev, resp.StatusCode, time.Since(start))
 			if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc") && resp.StatusCode != http.StatusSwitchingProtocols {
 				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, record: func(code string) {
 					a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_grpc_responses_total{service=%q,endpoint=%q,grpc_status=%q}`,
@@ -472,7 +490,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			return resp, nil
 		}
 		lastErr = err
-		a.requestMetrics(t.svc, ev, 0, time.Since(start))
+		a.requestMetrics(t.svc, route, ev, 0, time.Since(start))
 		if req.Context().Err() != nil {
 			return nil, err // client gone or request timeout: no retry
 		}
@@ -702,16 +720,18 @@ func (b *retryBudget) withdraw() bool {
 }
 
 // requestMetrics records one request. code 0 means no response. The
-// series of an endpoint are looked up once and cached.
-func (a *Agent) requestMetrics(svc string, ev *endpointView, code int, d time.Duration) {
+// series of an endpoint and route are looked up once and cached. Labels
+// are bounded by endpoints × rule names: no paths, no status codes.
+func (a *Agent) requestMetrics(svc, route string, ev *endpointView, code int, d time.Duration) {
 	class := 0 // "error"
 	if code >= 100 && code < 600 {
 		class = code / 100
 	}
-	k := metricsKey{svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier}
+	k := metricsKey{svc, route, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier}
 	v, ok := a.reqMetrics.Load(k)
 	if !ok {
-		labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,tier=%q`, svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier)
+		labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,site=%q,tier=%q,route=%q,source_node=%q,source_site=%q`,
+			svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.site, ev.tier, route, a.cfg.Node.Name, a.cfg.Node.Site)
 		m := &endpointMetrics{duration: a.cfg.Metrics.GetOrCreateHistogram(`fogmesh_http_request_duration_seconds{` + labels + `}`)}
 		for c := range m.byClass {
 			name := "error"
@@ -727,9 +747,18 @@ func (a *Agent) requestMetrics(svc string, ev *endpointView, code int, d time.Du
 	m.duration.Update(d.Seconds())
 }
 
+// routeName labels a rule's requests: its name ("" for an unnamed rule or
+// a service without a route).
+func routeName(rule *api.RouteRule) string {
+	if rule == nil {
+		return ""
+	}
+	return rule.Name
+}
+
 type metricsKey struct {
-	svc, endpoint, node string
-	tier                Tier
+	svc, route, endpoint, node string
+	tier                       Tier
 }
 
 // endpointMetrics are one endpoint's request series; byClass[0] counts

@@ -949,3 +949,92 @@ spec: {ports: [{name: web, port: 19101, protocol: auto}]}
 	}
 	mustRoundTrip(t, "127.199.0.2:19101", "tcp: ping") // raw TCP: detected, replayed, spliced
 }
+
+// TestEdgeAwareAvoidsEndpointLoadedByOthers: agent a keeps 24 slow requests
+// in flight on its local endpoint ld-1; agent c (same site, no load of its
+// own) learns that load through the control plane's heartbeat answers and
+// sends ld-1 clearly less than round robin does, although ld-1 answers c's
+// requests as fast as ld-2.
+func TestEdgeAwareAvoidsEndpointLoadedByOthers(t *testing.T) {
+	mk := func(name string) int {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/hold" {
+				select {
+				case <-r.Context().Done():
+				case <-time.After(20 * time.Second):
+				}
+			}
+			io.WriteString(w, name)
+		})}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	p1, p2 := mk("ld-1"), mk("ld-2")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, "["+httpSvcDocLB("ldrr", 19024, "http", "round-robin")+","+httpSvcDocLB("ldea", 19025, "http", "edge-aware")+"]")
+	ctl := []string{cp.SyncAddr()}
+	var wa, wb []Workload
+	for _, svc := range []string{"ldrr", "ldea"} {
+		wa = append(wa, webWorkload(svc, svc+"-1", p1))
+		wb = append(wb, webWorkload(svc, svc+"-2", p2))
+	}
+	a := startAgent(t, agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 181, control: ctl, stateDir: t.TempDir(), workloads: wa})
+	startAgent(t, agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 182, control: ctl, stateDir: t.TempDir(), workloads: wb})
+	c := startAgent(t, agentOpts{name: "c", site: "s1", region: "r1", vipOctet: 183, control: ctl, stateDir: t.TempDir()})
+	for _, ag := range []*Agent{a, c} {
+		for _, svc := range []string{"demo/ldrr", "demo/ldea"} {
+			waitFor(t, "endpoints", func() bool { return len(endpointsOf(ag, svc)) == 2 })
+		}
+	}
+	// Load: a's clients go to ld-1, the endpoint on a's own node.
+	ctx, cancel := context.WithCancel(context.Background())
+	var hold sync.WaitGroup
+	t.Cleanup(func() { cancel(); hold.Wait() })
+	hc := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 64, MaxIdleConnsPerHost: 64}}
+	for _, vip := range []string{"127.181.0.1:19024", "127.181.0.2:19025"} {
+		waitFor(t, "a's listener", func() bool { c, err := net.Dial("tcp", vip); c.Close(); return err == nil })
+		for i := 0; i < 12; i++ {
+			hold.Add(1)
+			go func() {
+				defer hold.Done()
+				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+vip+"/hold", nil)
+				if resp, err := hc.Do(req); err == nil {
+					resp.Body.Close()
+				}
+			}()
+		}
+	}
+	waitFor(t, "c to learn ld-1's load", func() bool {
+		return c.peerLoad("demo/ldea-1") >= 10 && c.peerLoad("demo/ldrr-1") >= 10
+	})
+	share := func(url string) float64 {
+		waitFor(t, "c's listener", func() bool { _, err := http.Get(url); return err == nil })
+		n := 0
+		for i := 0; i < 60; i++ {
+			resp, err := http.Get(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) == "ld-1" {
+				n++
+			}
+		}
+		return float64(n) / 60
+	}
+	rr := share("http://127.183.0.1:19024/")
+	ea := share("http://127.183.0.2:19025/")
+	t.Logf("share of c's requests sent to ld-1 (24 requests in flight from agent a): round-robin %.0f%%, edge-aware %.0f%%", rr*100, ea*100)
+	if rr < 0.35 || rr > 0.65 {
+		t.Fatalf("round robin sent %.0f%% to ld-1; want about half", rr*100)
+	}
+	if ea > rr*0.5 {
+		t.Fatalf("edge-aware sent %.0f%% to the loaded endpoint, round robin %.0f%%: not measurably less", ea*100, rr*100)
+	}
+}

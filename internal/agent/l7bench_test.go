@@ -65,9 +65,9 @@ func BenchmarkL7HTTP1(b *testing.B) {
 	cp := startControl(b, b.TempDir(), "")
 	apply(b, cp, httpSvcDoc("bench", 19200, "http"))
 	port := startRawBackend(b)
-	startAgent(b, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: 211, control: []string{cp.SyncAddr()},
+	startAgent(b, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: 243, control: []string{cp.SyncAddr()},
 		stateDir: b.TempDir(), workloads: []Workload{webWorkload("bench", "bench-1", port)}})
-	addr := "127.211.0.1:19200"
+	addr := "127.243.0.1:19200"
 	waitFor(b, "listener", func() bool {
 		resp, err := http.Get("http://" + addr + "/")
 		if err != nil {

@@ -16,10 +16,15 @@ import (
 const maxTopicSeries = 200
 
 // relayMQTT is the inspecting relay: client packets are read one by one,
-// PUBLISH and SUBSCRIBE counted per topic, and forwarded unchanged; the
-// broker's bytes are copied back as they come. A malformed client packet
-// ends the connection (an MQTT 5 client first gets DISCONNECT 0x81).
-func (a *Agent) relayMQTT(ctx context.Context, client, up net.Conn, version byte, svc string) {
+// PUBLISH and SUBSCRIBE counted per topic (if count) and forwarded
+// unchanged; the broker's bytes are copied back as they come. A malformed
+// client packet ends the connection (an MQTT 5 client first gets
+// DISCONNECT 0x81). check, when not nil, authorizes each PUBLISH and
+// SUBSCRIBE: a denied one is not forwarded and ends the connection (an
+// MQTT 5 client first gets DISCONNECT 0x87 Not authorized; MQTT 3.1.1 has
+// no way to say why). Closing, rather than a failure SUBACK, also covers
+// PUBLISH at QoS 0, which has no answer to carry a refusal.
+func (a *Agent) relayMQTT(ctx context.Context, client, up net.Conn, version byte, svc string, count bool, check func(kind string, topics []string) bool) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { client.Close(); up.Close() })
@@ -52,8 +57,16 @@ func (a *Agent) relayMQTT(ctx context.Context, client, up net.Conn, version byte
 			}
 			return
 		}
-		for _, topic := range topics {
-			a.countTopic(svc, kind, topic)
+		if check != nil && kind != "" && !check(kind, topics) {
+			if version == 5 {
+				client.Write([]byte{0xe0, 0x01, 0x87}) // DISCONNECT, not authorized
+			}
+			return
+		}
+		if count {
+			for _, topic := range topics {
+				a.countTopic(svc, kind, topic)
+			}
 		}
 		if _, err := up.Write(raw); err != nil {
 			return

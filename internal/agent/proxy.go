@@ -179,14 +179,17 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 	} else if len(peeked) > 0 {
 		prefix = peeked // auto-detected tcp: replay the bytes read, then splice
 	}
+	clientID := a.clientIdentity(client.RemoteAddr())
+	ctx = withClientIdentity(ctx, clientID)
 	cands := a.pick(sv, t.port)
-	if hk := sv.svc.Spec.HashKey; pinKey == "" && hk != nil && hk.SourceIP && sv.svc.Spec.Balancer == "consistent-hash" {
+	if hk := sv.svc.Spec.HashKey; hk != nil && hk.SourceIP && !hk.MQTTClientID && hashBalanced(sv) {
+		// Source IP asked for without the client id: it wins on mqtt too.
 		if host, _, err := net.SplitHostPort(client.RemoteAddr().String()); err == nil {
 			pinKey = host
 		}
 	}
 	if pinKey != "" {
-		pinOrder(cands, pinKey)
+		hashOrder(sv, cands, pinKey)
 	}
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
@@ -203,6 +206,16 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		if i > 0 {
 			a.m.failovers.Inc()
 		}
+		var mqttCheck func(string, []string) bool
+		if ev.local && v.authz != nil { // a remote endpoint's agent decides
+			d, mode := a.authorizeConn(ctx, v, sv, t.port, clientID, a.cfg.Node.Name)
+			if !d.Allow {
+				return
+			}
+			if mode == modeMQTT {
+				mqttCheck = a.mqttChecker(ctx, v, sv, t.port, clientID, a.cfg.Node.Name)
+			}
+		}
 		dialStart := time.Now()
 		up, err := a.dialEndpoint(ctx, sv, ev, t.port)
 		if err == nil {
@@ -213,6 +226,10 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 				up.Close()
 			}
 		}
+		if errors.Is(err, transport.ErrDenied) {
+			a.log.Debug("agent: connection denied by the endpoint's agent", "service", t.svc, "endpoint", ev.key, "err", err)
+			return // every endpoint of the service would deny it: no failover
+		}
 		if err != nil {
 			a.m.dialFailures.Inc()
 			a.eject(ev)
@@ -222,10 +239,14 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		a.m.connOK.Inc()
 		counter := a.endpointActive(ev.key)
 		counter.Add(1)
-		if t.proto == "mqtt" && sv.svc.Spec.MQTTInspect {
-			a.relayMQTT(ctx, client, up, mqttVersion, t.svc)
-		} else {
-			proxy.Relay(ctx, client, up)
+		c, u := client, up
+		if idle := time.Duration(sv.svc.Spec.Timeouts.Idle); idle > 0 {
+			c, u = proxy.WithIdleTimeout(client, up, idle)
+		}
+		if t.proto == "mqtt" && (sv.svc.Spec.MQTTInspect || mqttCheck != nil) {
+			a.relayMQTT(ctx, c, u, mqttVersion, t.svc, sv.svc.Spec.MQTTInspect, mqttCheck)
+		} else if _, _, err := proxy.Relay(ctx, c, u); errors.Is(err, proxy.ErrIdle) {
+			a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_idle_timeouts_total{service=%q}`, t.svc)).Inc()
 		}
 		counter.Add(-1)
 		return
@@ -248,7 +269,7 @@ func (a *Agent) dialEndpoint(ctx context.Context, sv *serviceView, ev *endpointV
 	if ev.mesh != "" {
 		return a.peers.Dial(dctx, ev.mesh, transport.Header{
 			Namespace: sv.svc.Meta.Namespace, Service: sv.svc.Meta.Name,
-			Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name})
+			Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name, SourceID: clientIdentityFrom(ctx)})
 	}
 	addr, err := ev.ep.AddrPort(port)
 	if err != nil {
@@ -386,6 +407,10 @@ func (a *Agent) isEjected(key string) bool {
 // node's workloads. Anything that is not a registered local endpoint of the
 // named service is refused, so the mesh port is no open proxy.
 func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, error) {
+	mode, err := a.authorizeStream(ctx, h)
+	if err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	ws := a.workloads[h.Endpoint]
 	a.mu.Unlock()
@@ -405,7 +430,7 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 		return nil, err
 	}
 	a.active.Add(1)
-	return &countedConn{Conn: c, done: func() { a.active.Add(-1) }}, nil
+	return &meshConn{countedConn: &countedConn{Conn: c, done: func() { a.active.Add(-1) }}, mode: mode, addr: addr.String()}, nil
 }
 
 // countedConn decrements the active count when closed. It is only used on

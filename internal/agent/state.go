@@ -8,8 +8,10 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/authz"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -42,12 +44,14 @@ type resources struct {
 	endpoints map[string]*api.Endpoint // ns/name
 	routes    map[string]*api.Route    // ns/name
 	policies  map[string]*api.DestinationPolicy
-	sessions  map[string]*api.Session // ns/name
+	sessions  map[string]*api.Session             // ns/name
+	authz     map[string]*api.AuthorizationPolicy // ns/name
 }
 
 func newResources() *resources {
 	return &resources{nodes: map[string]*api.Node{}, services: map[string]*api.Service{}, endpoints: map[string]*api.Endpoint{},
-		routes: map[string]*api.Route{}, policies: map[string]*api.DestinationPolicy{}, sessions: map[string]*api.Session{}}
+		routes: map[string]*api.Route{}, policies: map[string]*api.DestinationPolicy{}, sessions: map[string]*api.Session{},
+		authz: map[string]*api.AuthorizationPolicy{}}
 }
 
 func (r *resources) put(o api.Object) {
@@ -64,6 +68,8 @@ func (r *resources) put(o api.Object) {
 		r.policies[v.Meta.Key()] = v
 	case *api.Session:
 		r.sessions[v.Meta.Key()] = v
+	case *api.AuthorizationPolicy:
+		r.authz[v.Meta.Key()] = v
 	}
 }
 
@@ -81,6 +87,8 @@ func (r *resources) remove(ref wire.ResourceRef) {
 		delete(r.policies, ref.Name)
 	case api.KindSession:
 		delete(r.sessions, ref.Name)
+	case api.KindAuthorizationPolicy:
+		delete(r.authz, ref.Name)
 	}
 }
 
@@ -103,6 +111,9 @@ func (r *resources) clone() *resources {
 	}
 	for k, v := range r.sessions {
 		c.sessions[k] = v
+	}
+	for k, v := range r.authz {
+		c.authz[k] = v
 	}
 	return c
 }
@@ -148,6 +159,9 @@ func (r *resources) toConfig(storeID string, version uint64) (*config, error) {
 		objs = append(objs, v)
 	}
 	for _, v := range r.sessions {
+		objs = append(objs, v)
+	}
+	for _, v := range r.authz {
 		objs = append(objs, v)
 	}
 	for _, o := range objs {
@@ -227,6 +241,10 @@ func loadCache(path string) (*config, *resources, error) {
 type view struct {
 	services map[string]*serviceView // ns/name
 	byVIP    map[netip.AddrPort]listenTarget
+	// authz is the compiled AuthorizationPolicies (nil: none, allow all).
+	authz *authz.Engine
+	// ids maps local workload addresses to their SPIFFE IDs (authz.go).
+	ids map[netip.Addr]string
 }
 
 type listenTarget struct {
@@ -243,9 +261,12 @@ type serviceView struct {
 	// transports caches the L7 upstream pool per endpoint of this view
 	// (l7.transportFor); a rebuilt view starts empty.
 	transports sync.Map
-	vip4       netip.Addr
-	vip6       netip.Addr
-	endpoints  []*endpointView // sorted by tier
+	// maglev caches lookup tables by endpoint set (maglev.go).
+	maglev    sync.Map // string -> []int32
+	maglevN   atomic.Int64
+	vip4      netip.Addr
+	vip6      netip.Addr
+	endpoints []*endpointView // sorted by tier
 }
 
 type endpointView struct {
@@ -261,6 +282,7 @@ type endpointView struct {
 	// or the owning agent's report and its node's readiness. Passive
 	// ejections are applied at pick time.
 	healthy bool
+	site    string // the endpoint's node's site (metrics)
 }
 
 // buildView derives the routing table. self is this node; local holds this
@@ -314,6 +336,10 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 				ev.distance = haversine100km(s.Lat, s.Lon, c.Lat, c.Lon)
 			}
 		}
+		if isLocal {
+			site = self.Spec.Site
+		}
+		ev.site = site
 		if ev.capacity <= 0 {
 			ev.capacity = weight // static endpoints, nodes without capacity
 		}
@@ -387,6 +413,8 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 			sv.subsets[ss.Name] = ss.Labels
 		}
 	}
+	v.authz = compileAuthz(res.authz)
+	v.ids = localIdentities(trustDomain, local)
 	for _, sv := range v.services {
 		sort.Slice(sv.endpoints, func(i, j int) bool {
 			a, b := sv.endpoints[i], sv.endpoints[j]

@@ -117,7 +117,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				m = &wire.Message{Type: wire.TypeHeartbeat, Load: float64(a.active.Load())}
+				m = &wire.Message{Type: wire.TypeHeartbeat, Load: float64(a.active.Load()), EndpointLoad: a.ownLoads()}
 			case <-a.localChanged:
 				a.mu.Lock()
 				m = &wire.Message{Type: wire.TypeLocal, Endpoints: a.localEndpointsLocked()}
@@ -167,6 +167,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 				return err
 			}
 		case wire.TypeHeartbeat: // the control plane's answer
+			a.setPeerLoads(m.EndpointLoad)
 		case wire.TypeError:
 			// After hello, errors report a refused request (e.g. a local
 			// endpoint name owned by another node); the stream goes on.

@@ -173,10 +173,12 @@ func DecodeObject(r []byte) (Object, error) {
 		o = new(DestinationPolicy)
 	case KindSession:
 		o = new(Session)
+	case KindAuthorizationPolicy:
+		o = new(AuthorizationPolicy)
 	case "":
 		return nil, fieldErr("kind", "required")
 	default:
-		return nil, fieldErr("kind", "%q is not one of Node, Service, Endpoint, Route, DestinationPolicy, Session", h.Kind)
+		return nil, fieldErr("kind", "%q is not one of Node, Service, Endpoint, Route, DestinationPolicy, Session, AuthorizationPolicy", h.Kind)
 	}
 	dec := json.NewDecoder(bytes.NewReader(r))
 	dec.DisallowUnknownFields()

@@ -9,7 +9,8 @@ import (
 )
 
 // The Istio adapter: networking.istio.io VirtualService and DestinationRule
-// documents become fogmesh Routes and DestinationPolicies. Fields that map
+// documents become fogmesh Routes and DestinationPolicies (security.istio.io
+// AuthorizationPolicy and PeerAuthentication: istio_security.go). Fields that map
 // are translated; every other field is reported in a warning that names it
 // (and is ignored), never dropped silently. Istio's types are not imported:
 // the documents are walked as JSON, which keeps istio.io/api out of the
@@ -17,6 +18,7 @@ import (
 
 var istioAPIVersions = map[string]bool{
 	"networking.istio.io/v1": true, "networking.istio.io/v1beta1": true, "networking.istio.io/v1alpha3": true,
+	"security.istio.io/v1": true, "security.istio.io/v1beta1": true,
 }
 
 func isIstio(r json.RawMessage) bool {
@@ -64,7 +66,8 @@ func decodeIstio(r json.RawMessage) ([]Object, []string, error) {
 		return nil, nil, fmt.Errorf("json: %w", err)
 	}
 	kind, _ := take[string](doc, "kind")
-	take[string](doc, "apiVersion")
+	apiVersion, _ := take[string](doc, "apiVersion")
+	security := strings.HasPrefix(apiVersion, "security.istio.io/")
 	meta := obj(doc["metadata"])
 	delete(doc, "metadata")
 	name, _ := take[string](meta, "name")
@@ -82,10 +85,16 @@ func decodeIstio(r json.RawMessage) ([]Object, []string, error) {
 	w.leftovers("", doc)
 	var objs []Object
 	var err error
-	switch kind {
-	case "VirtualService":
+	switch {
+	case security && kind == "AuthorizationPolicy":
+		objs, err = w.authorizationPolicy(name, ns, spec)
+	case security && kind == "PeerAuthentication":
+		err = w.peerAuthentication(spec)
+	case security:
+		return nil, nil, fieldErr("kind", "%q: only AuthorizationPolicy and PeerAuthentication are supported from security.istio.io", kind)
+	case kind == "VirtualService":
 		objs, err = w.virtualService(name, ns, spec)
-	case "DestinationRule":
+	case kind == "DestinationRule":
 		objs, err = w.destinationRule(name, ns, spec)
 	default:
 		return nil, nil, fieldErr("kind", "%q: only VirtualService and DestinationRule are supported from networking.istio.io", kind)
@@ -162,7 +171,7 @@ func (w *walker) httpRoute(path string, hr map[string]any, svc, svcNS, docNS str
 		return rule, fieldErr(path, "must be an object")
 	}
 	hr = cloneMap(hr)
-	delete(hr, "name")
+	rule.Name, _ = take[string](hr, "name")
 	matches, _ := take[[]any](hr, "match")
 	for j, m := range matches {
 		mp := fmt.Sprintf("%s.match[%d]", path, j)
@@ -267,10 +276,153 @@ func (w *walker) httpRoute(path string, hr map[string]any, svc, svcNS, docNS str
 		}
 		rule.Retries = rp
 	}
+	if err := w.istioMirror(path, hr, &rule, svc, svcNS, docNS, warn); err != nil {
+		return rule, err
+	}
+	if fm := cloneMap(obj(hr["fault"])); fm != nil {
+		delete(hr, "fault")
+		f, err := w.istioFault(path+".fault", fm, warn)
+		if err != nil {
+			return rule, err
+		}
+		rule.Fault = f
+	}
 	if warn {
 		w.leftovers(path, hr)
 	}
 	return rule, nil
+}
+
+// istioPercentage reads {value: 12.5}, Istio's Percent message.
+func istioPercentage(m map[string]any, key string) (*float64, bool) {
+	pm := cloneMap(obj(m[key]))
+	if pm == nil {
+		return nil, false
+	}
+	delete(m, key)
+	v, ok := take[float64](pm, "value")
+	if !ok {
+		v = 0 // an empty Percent is 0%
+	}
+	return &v, true
+}
+
+// istioMirror maps mirror, mirrorPercentage (or the legacy mirrorPercent)
+// and the first of mirrors.
+func (w *walker) istioMirror(path string, hr map[string]any, rule *RouteRule, svc, svcNS, docNS string, warn bool) error {
+	dest, dpath := cloneMap(obj(hr["mirror"])), path+".mirror"
+	delete(hr, "mirror")
+	pct, _ := istioPercentage(hr, "mirrorPercentage")
+	if v, ok := take[float64](hr, "mirrorPercent"); ok && pct == nil {
+		pct = &v
+	}
+	if ms, ok := take[[]any](hr, "mirrors"); ok && len(ms) > 0 {
+		if dest != nil {
+			return fieldErr(path+".mirrors", "give mirror or mirrors, not both")
+		}
+		if len(ms) > 1 && warn {
+			w.warnings = append(w.warnings, fmt.Sprintf("%s.mirrors[1:] are not supported (one mirror per rule) and are ignored", path))
+		}
+		m0 := cloneMap(obj(ms[0]))
+		dest, dpath = cloneMap(obj(m0["destination"])), path+".mirrors[0].destination"
+		delete(m0, "destination")
+		if p, ok := istioPercentage(m0, "percentage"); ok {
+			pct = p
+		}
+		if warn {
+			w.leftovers(path+".mirrors[0]", m0)
+		}
+	}
+	if dest == nil {
+		return nil
+	}
+	host, _ := take[string](dest, "host")
+	msvc, mns, err := istioHost(dpath+".host", host, docNS)
+	if err != nil {
+		return err
+	}
+	if mns != svcNS {
+		return fieldErr(dpath+".host", "%q: mirroring to another namespace is not supported", host)
+	}
+	m := &Mirror{Percent: pct}
+	if msvc != svc {
+		m.Service = msvc
+	}
+	m.Subset, _ = take[string](dest, "subset")
+	if m.Service == "" && m.Subset == "" {
+		// Mirroring a service to itself: its endpoints get every request twice.
+		m.Service = msvc
+	}
+	delete(dest, "port")
+	if warn {
+		w.leftovers(dpath, dest)
+	}
+	rule.Mirror = m
+	return nil
+}
+
+// grpcCodes are gRPC status names (Istio writes grpcStatus by name).
+var grpcCodes = map[string]int{"OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
+	"NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
+	"ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16}
+
+// istioFault maps http[].fault: delay.fixedDelay, abort.httpStatus,
+// abort.grpcStatus and their percentage (or the legacy integer percent).
+func (w *walker) istioFault(path string, fm map[string]any, warn bool) (*Fault, error) {
+	f := &Fault{}
+	pct := func(m map[string]any) float64 {
+		if p, ok := istioPercentage(m, "percentage"); ok {
+			delete(m, "percent")
+			return *p
+		}
+		if v, ok := take[float64](m, "percent"); ok {
+			return v
+		}
+		return 100 // Istio: no percentage means every request
+	}
+	if dm := cloneMap(obj(fm["delay"])); dm != nil {
+		delete(fm, "delay")
+		fd := &FaultDelay{Percent: pct(dm)}
+		if v, ok := take[string](dm, "fixedDelay"); ok {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return nil, fieldErr(path+".delay.fixedDelay", "%v", err)
+			}
+			fd.FixedDelay = Duration(d)
+		}
+		if warn {
+			w.leftovers(path+".delay", dm)
+		}
+		f.Delay = fd
+	}
+	if am := cloneMap(obj(fm["abort"])); am != nil {
+		delete(fm, "abort")
+		fa := &FaultAbort{Percent: pct(am)}
+		if v, ok := take[float64](am, "httpStatus"); ok {
+			fa.HTTPStatus = int(v)
+		}
+		if v, ok := am["grpcStatus"]; ok {
+			delete(am, "grpcStatus")
+			switch v := v.(type) {
+			case string:
+				code, known := grpcCodes[strings.ToUpper(v)]
+				if !known {
+					return nil, fieldErr(path+".abort.grpcStatus", "%q is not a gRPC status name", v)
+				}
+				fa.GRPCStatus = code
+			case float64:
+				fa.GRPCStatus = int(v)
+			}
+		}
+		if warn {
+			w.leftovers(path+".abort", am)
+		}
+		f.Abort = fa
+	}
+	if warn {
+		w.leftovers(path, fm)
+	}
+	return f, nil
 }
 
 func stringMatch(field string, m map[string]any) (*StringMatch, error) {
@@ -358,8 +510,21 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 				if v, ok := take[bool](ch, "useSourceIp"); ok {
 					hk.SourceIP = v
 				}
+				balancer := "consistent-hash"
+				if mg := cloneMap(obj(ch["maglev"])); mg != nil {
+					delete(ch, "maglev")
+					balancer = "maglev"
+					if ts, ok := take[float64](mg, "tableSize"); ok && ts != maglevTableSize {
+						w.warnings = append(w.warnings, fmt.Sprintf("spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize %g is ignored: fogmesh's table has %d entries", ts, maglevTableSize))
+					}
+					w.leftovers("spec.trafficPolicy.loadBalancer.consistentHash.maglev", mg)
+				}
+				if rh := cloneMap(obj(ch["ringHash"])); rh != nil {
+					delete(ch, "ringHash") // rendezvous hashing: the ring size is ignored (and warned)
+					w.leftovers("spec.trafficPolicy.loadBalancer.consistentHash.ringHash", rh)
+				}
 				w.leftovers("spec.trafficPolicy.loadBalancer.consistentHash", ch)
-				p.Spec.Balancer, p.Spec.HashKey = "consistent-hash", hk
+				p.Spec.Balancer, p.Spec.HashKey = balancer, hk
 			}
 			if loc := cloneMap(obj(lb["localityLbSetting"])); loc != nil {
 				delete(lb, "localityLbSetting")
@@ -409,6 +574,9 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 				delete(cp, "http")
 				if v, ok := take[float64](h, "http2MaxRequests"); ok {
 					cb.MaxRequests = int(v)
+				}
+				if v, ok := take[float64](h, "http1MaxPendingRequests"); ok {
+					cb.MaxPendingRequests = int(v)
 				}
 				w.leftovers("spec.trafficPolicy.connectionPool.http", h)
 			}

@@ -37,17 +37,21 @@ func TestIstioCanaryTranslation(t *testing.T) {
 	if od := p.Spec.OutlierDetection; od == nil || od.ConsecutiveErrors != 3 || od.BaseEjectionTime.String() != "15s" || od.MaxEjectedPercent != 50 {
 		t.Fatalf("outlier detection %+v", p.Spec.OutlierDetection)
 	}
-	if cb := p.Spec.CircuitBreaker; cb == nil || cb.MaxRequests != 1000 {
+	if r1.Name != "" || r.Spec.Rules[0].Name != "jason-to-v2" {
+		t.Fatalf("rule names %q %q", r.Spec.Rules[0].Name, r1.Name)
+	}
+	if m := r1.Mirror; m == nil || m.Subset != "v2" || m.Service != "" || m.MirrorPercent() != 5 {
+		t.Fatalf("mirror %+v", r1.Mirror)
+	}
+	if f := r1.Fault; f == nil || f.Delay == nil || f.Delay.FixedDelay.String() != "2s" || f.Delay.Percent != 10 || f.Abort != nil {
+		t.Fatalf("fault %+v", r1.Fault)
+	}
+	if cb := p.Spec.CircuitBreaker; cb == nil || cb.MaxRequests != 1000 || cb.MaxPendingRequests != 100 {
 		t.Fatalf("circuit breaker %+v", p.Spec.CircuitBreaker)
 	}
 	all := strings.Join(warnings, "\n")
-	for _, want := range []string{"spec.http[1].fault is not supported", "spec.trafficPolicy.tls is not supported"} {
-		if !strings.Contains(all, want) {
-			t.Errorf("no warning %q in:\n%s", want, all)
-		}
-	}
-	if len(warnings) != 2 {
-		t.Errorf("want exactly 2 warnings, got:\n%s", all)
+	if len(warnings) != 1 || !strings.Contains(all, "spec.trafficPolicy.tls is not supported") {
+		t.Errorf("want exactly the tls warning, got:\n%s", all)
 	}
 }
 
@@ -64,6 +68,10 @@ func TestIstioErrors(t *testing.T) {
 		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], timeout: soon}]\n"), "spec.http[0].timeout"},
 		{"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {}\n", "only VirtualService and DestinationRule"},
 		{"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: r, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}\n", "PASSTHROUGH"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], fault: {abort: {grpcStatus: SOMETIMES}}}]\n"), "spec.http[0].fault.abort.grpcStatus"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], fault: {delay: {fixedDelay: 1s, percentage: {value: 120}}}}]\n"), "spec.rules[0].fault.delay.percent"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], mirror: {host: reviews.other}}]\n"), "spec.http[0].mirror.host"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], mirror: {host: a}, mirrors: [{destination: {host: b}}]}]\n"), "spec.http[0].mirrors"},
 	} {
 		if _, _, err := DecodeWithWarnings([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s\ngot %v, want an error naming %q", c.doc, err, c.want)
@@ -77,6 +85,16 @@ func TestRouteValidation(t *testing.T) {
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[]}]}}`, "spec.rules[0].backends"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"match":[{"path":{"exact":"/a","prefix":"/b"}}],"backends":[{}]}]}}`, "spec.rules[0].match[0].path"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"DestinationPolicy","metadata":{"name":"p"},"spec":{"service":"s","subsets":[{"name":"v1"}]}}`, "spec.subsets[0].labels"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"DestinationPolicy","metadata":{"name":"p"},"spec":{"service":"s","circuitBreaker":{"maxPendingRequests":-1}}}`, "spec.circuitBreaker.maxPendingRequests"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[{}],"mirror":{"percent":5}}]}}`, "spec.rules[0].mirror"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[{}],"mirror":{"subset":"v2","percent":101}}]}}`, "spec.rules[0].mirror.percent"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[{}],"fault":{}}]}}`, "spec.rules[0].fault"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[{}],"fault":{"delay":{"percent":5}}}]}}`, "spec.rules[0].fault.delay.fixedDelay"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[{}],"fault":{"abort":{"httpStatus":99,"percent":5}}}]}}`, "spec.rules[0].fault.abort.httpStatus"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[{}],"fault":{"abort":{"grpcStatus":17,"percent":5}}}]}}`, "spec.rules[0].fault.abort.grpcStatus"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[{}],"fault":{"abort":{"percent":5}}}]}}`, "spec.rules[0].fault.abort"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"timeouts":{"idle":"-1s"}}}`, "spec.timeouts.idle"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"balancer":"ring"}}`, "spec.balancer"},
 	} {
 		if _, err := Decode([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("got %v, want an error naming %q", err, c.want)
@@ -104,5 +122,54 @@ func TestIstioConsistentHash(t *testing.T) {
 	all := strings.Join(warnings, "\n")
 	if !strings.Contains(all, "consistentHash.httpCookie.ttl") || !strings.Contains(all, "consistentHash.minimumRingSize") {
 		t.Fatalf("warnings:\n%s", all)
+	}
+}
+
+// TestIstioMirrorFaultMaglev: the other spellings of mirror (mirrors[0],
+// another service), fault abort by gRPC status name and the legacy
+// integer percent, and consistentHash.maglev.
+func TestIstioMirrorFaultMaglev(t *testing.T) {
+	doc := `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - name: main
+    route: [{destination: {host: reviews}}]
+    mirrors: [{destination: {host: reviews-next.shop.svc.cluster.local, port: {number: 80}}, percentage: {value: 12.5}}, {destination: {host: other}}]
+    fault:
+      abort: {grpcStatus: UNAVAILABLE, percentage: {value: 50}}
+      delay: {fixedDelay: 100ms, percent: 3}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 1021}}
+`
+	objs, warnings, err := DecodeWithWarnings([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule := objs[0].(*Route).Spec.Rules[0]
+	if m := rule.Mirror; rule.Name != "main" || m == nil || m.Service != "reviews-next" || m.Subset != "" || m.MirrorPercent() != 12.5 {
+		t.Fatalf("rule %+v mirror %+v", rule, rule.Mirror)
+	}
+	if f := rule.Fault; f == nil || f.Abort == nil || f.Abort.GRPCStatus != 14 || f.Abort.Percent != 50 || f.Delay == nil || f.Delay.Percent != 3 {
+		t.Fatalf("fault %+v", rule.Fault)
+	}
+	p := objs[1].(*DestinationPolicy)
+	if p.Spec.Balancer != "maglev" || p.Spec.HashKey.Header != "x-user" {
+		t.Fatalf("policy %+v", p.Spec)
+	}
+	all := strings.Join(warnings, "\n")
+	for _, want := range []string{"spec.http[0].mirrors[1:]", "maglev.tableSize 1021 is ignored"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no warning %q in:\n%s", want, all)
+		}
 	}
 }

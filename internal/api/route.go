@@ -34,6 +34,8 @@ type RouteSpec struct {
 
 // RouteRule matches requests and splits them over backends.
 type RouteRule struct {
+	// Name labels the rule's request metrics (route="name"); optional.
+	Name string `json:"name,omitempty"`
 	// Match: any of these (OR); empty matches every request.
 	Match []RouteMatch `json:"match,omitempty"`
 	// Backends share the matched requests by weight (default 1 each).
@@ -43,6 +45,51 @@ type RouteRule struct {
 	Class   string       `json:"class,omitempty"`
 	Timeout Duration     `json:"timeout,omitempty"` // overrides the service's request timeout
 	Retries *RetryPolicy `json:"retries,omitempty"` // overrides the service's retry policy
+	// Mirror sends a copy of matched requests elsewhere; see Mirror.
+	Mirror *Mirror `json:"mirror,omitempty"`
+	// Fault delays or aborts matched requests on purpose; see Fault.
+	Fault *Fault `json:"fault,omitempty"`
+}
+
+// Mirror sends a copy of a share of requests to a subset of the service or
+// to another service of the same namespace, fire and forget: the copy's
+// Host gets the suffix "-shadow" (as Istio does), its response is
+// discarded, and it never delays or fails the request. A request whose
+// body exceeds 64 KiB is not mirrored.
+type Mirror struct {
+	Subset  string `json:"subset,omitempty"`  // of Service, or of the route's service
+	Service string `json:"service,omitempty"` // default: the route's service
+	// Percent of matched requests mirrored, 0-100 (default 100).
+	Percent *float64 `json:"percent,omitempty"`
+}
+
+// Fault injection, to test how clients cope. Delay runs first; then abort.
+type Fault struct {
+	Delay *FaultDelay `json:"delay,omitempty"`
+	Abort *FaultAbort `json:"abort,omitempty"`
+}
+
+// FaultDelay holds Percent of requests for FixedDelay before forwarding.
+type FaultDelay struct {
+	FixedDelay Duration `json:"fixedDelay"`
+	Percent    float64  `json:"percent"` // 0-100
+}
+
+// FaultAbort answers Percent of requests itself: HTTPStatus, or for gRPC
+// requests (content-type application/grpc) GRPCStatus when given (a
+// trailers-only response with HTTP 200), else HTTPStatus.
+type FaultAbort struct {
+	HTTPStatus int     `json:"httpStatus,omitempty"` // 200-599
+	GRPCStatus int     `json:"grpcStatus,omitempty"` // 1-16
+	Percent    float64 `json:"percent"`              // 0-100
+}
+
+// MirrorPercent is the share of requests mirrored, 0-100.
+func (m *Mirror) MirrorPercent() float64 {
+	if m.Percent == nil {
+		return 100
+	}
+	return *m.Percent
 }
 
 // RouteMatch: every field given must match (AND).
@@ -164,6 +211,71 @@ func (r *Route) Validate() error {
 		if rule.Retries != nil && (rule.Retries.Attempts < -1 || rule.Retries.Attempts > 5) {
 			return fieldErr(f+".retries.attempts", "%d is not within -1 and 5", rule.Retries.Attempts)
 		}
+		if err := rule.Mirror.validate(f + ".mirror"); err != nil {
+			return err
+		}
+		if err := rule.Fault.validate(f + ".fault"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validPercent(field string, p float64) error {
+	if !(p >= 0 && p <= 100) { // also refuses NaN
+		return fieldErr(field, "%g is not within 0 and 100", p)
+	}
+	return nil
+}
+
+func (m *Mirror) validate(f string) error {
+	if m == nil {
+		return nil
+	}
+	if m.Subset == "" && m.Service == "" {
+		return fieldErr(f, "one of subset or service is required")
+	}
+	if m.Subset != "" {
+		if err := validName(f+".subset", m.Subset); err != nil {
+			return err
+		}
+	}
+	if m.Service != "" {
+		if err := validName(f+".service", m.Service); err != nil {
+			return err
+		}
+	}
+	return validPercent(f+".percent", m.MirrorPercent())
+}
+
+func (ft *Fault) validate(f string) error {
+	if ft == nil {
+		return nil
+	}
+	if ft.Delay == nil && ft.Abort == nil {
+		return fieldErr(f, "one of delay or abort is required")
+	}
+	if d := ft.Delay; d != nil {
+		if d.FixedDelay <= 0 {
+			return fieldErr(f+".delay.fixedDelay", "must be positive")
+		}
+		if err := validPercent(f+".delay.percent", d.Percent); err != nil {
+			return err
+		}
+	}
+	if ab := ft.Abort; ab != nil {
+		if ab.HTTPStatus == 0 && ab.GRPCStatus == 0 {
+			return fieldErr(f+".abort", "one of httpStatus or grpcStatus is required")
+		}
+		if ab.HTTPStatus != 0 && (ab.HTTPStatus < 200 || ab.HTTPStatus > 599) {
+			return fieldErr(f+".abort.httpStatus", "%d is not within 200 and 599", ab.HTTPStatus)
+		}
+		if ab.GRPCStatus < 0 || ab.GRPCStatus > 16 {
+			return fieldErr(f+".abort.grpcStatus", "%d is not within 1 and 16", ab.GRPCStatus)
+		}
+		if err := validPercent(f+".abort.percent", ab.Percent); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -239,12 +351,17 @@ func (p *DestinationPolicy) Validate() error {
 		}
 	}
 	switch p.Spec.Balancer {
-	case "", "edge-aware", "round-robin", "least-conn", "random", "consistent-hash":
+	case "", "edge-aware", "round-robin", "least-conn", "random", "consistent-hash", "maglev":
 	default:
-		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random, consistent-hash", p.Spec.Balancer)
+		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random, consistent-hash, maglev", p.Spec.Balancer)
 	}
 	if p.Spec.MinHealthyShare < 0 || p.Spec.MinHealthyShare > 1 {
 		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", p.Spec.MinHealthyShare)
+	}
+	if cb := p.Spec.CircuitBreaker; cb != nil {
+		if err := cb.validate("spec.circuitBreaker"); err != nil {
+			return err
+		}
 	}
 	return nil
 }

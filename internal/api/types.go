@@ -97,7 +97,9 @@ type ServiceSpec struct {
 	Ports []ServicePort `json:"ports"`
 	// Balancer within a locality tier: "edge-aware" (default: weight
 	// capacity/load·e^(−λ·distance), then power of two choices over peak-EWMA
-	// latency), "round-robin", "least-conn" or "random".
+	// latency), "round-robin", "least-conn", "random", or by HashKey:
+	// "consistent-hash" (rendezvous hashing) or "maglev" (a Maglev lookup
+	// table of 65537 entries).
 	Balancer string `json:"balancer,omitempty"`
 	// MinHealthyShare moves traffic to the next locality tier when the
 	// healthy share of a tier's capacity falls below it (0-1; default 0:
@@ -120,7 +122,7 @@ type ServiceSpec struct {
 	// when the agent is overloaded it sheds the lowest priorities first.
 	Classes      []TrafficClass `json:"classes,omitempty"`
 	DefaultClass string         `json:"defaultClass,omitempty"`
-	// HashKey is what the consistent-hash balancer hashes.
+	// HashKey is what the consistent-hash and maglev balancers hash.
 	HashKey *HashKey `json:"hashKey,omitempty"`
 	// MQTTInspect keeps parsing an mqtt port's client packets after CONNECT
 	// (instead of splicing) to count PUBLISH and SUBSCRIBE per topic.
@@ -135,7 +137,18 @@ type HashKey struct {
 	Header   string `json:"header,omitempty"`
 	Cookie   string `json:"cookie,omitempty"`
 	SourceIP bool   `json:"sourceIP,omitempty"`
+	// MQTTClientID hashes the client id of an mqtt port's CONNECT packet,
+	// so a client's session stays on one broker. An mqtt port pins by
+	// client id (rendezvous hashing, or maglev with that balancer) unless
+	// the hash key sets sourceIP without mqttClientID. Without a hashKey,
+	// consistent-hash and maglev default to {sourceIP: true}, plus
+	// mqttClientID: true when the service has an mqtt or auto port.
+	MQTTClientID bool `json:"mqttClientID,omitempty"`
 }
+
+// maglevTableSize is the size of the maglev balancer's lookup table (a
+// prime, Maglev's and Envoy's default).
+const maglevTableSize = 65537
 
 // TrafficClass is one class of requests.
 type TrafficClass struct {
@@ -170,14 +183,27 @@ type CircuitBreaker struct {
 	// MaxConnections open to the service (L4 ports).
 	MaxConnections int `json:"maxConnections,omitempty"`
 	// MaxRequests in flight to the service (http/http2/grpc ports); more
-	// are answered 503 at once.
+	// wait in the pending queue, or are answered 503 at once when it is
+	// full.
 	MaxRequests int `json:"maxRequests,omitempty"`
+	// MaxPendingRequests may wait for one of MaxRequests' slots (first
+	// come, first served), each at most its request timeout (Istio's
+	// http1MaxPendingRequests). Default 0: none wait. Without MaxRequests
+	// it has no effect.
+	MaxPendingRequests int `json:"maxPendingRequests,omitempty"`
 }
 
 // Timeouts of a service. Zero means the default.
 type Timeouts struct {
 	Connect Duration `json:"connect,omitempty"` // default 3s
 	Request Duration `json:"request,omitempty"` // default none
+	// Idle closes a connection that moved no byte for this long: on L4
+	// ports (tcp, mqtt, auto-detected tcp) the relayed connection, both
+	// sides; on http/http2/grpc ports the pooled upstream connections and
+	// the client's keep-alive connection between requests (an HTTP/2
+	// connection only when no stream is open). Default none on L4, 90s on
+	// L7.
+	Idle Duration `json:"idle,omitempty"`
 }
 
 // RetryPolicy of a service.

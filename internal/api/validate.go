@@ -143,15 +143,18 @@ func (s *Service) Validate() error {
 	switch s.Spec.Balancer {
 	case "":
 		s.Spec.Balancer = "edge-aware"
-	case "edge-aware", "round-robin", "least-conn", "random", "consistent-hash":
+	case "edge-aware", "round-robin", "least-conn", "random", "consistent-hash", "maglev":
 	default:
-		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random, consistent-hash", s.Spec.Balancer)
+		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random, consistent-hash, maglev", s.Spec.Balancer)
 	}
 	if s.Spec.Timeouts.Connect < 0 {
 		return fieldErr("spec.timeouts.connect", "must not be negative")
 	}
 	if s.Spec.Timeouts.Request < 0 {
 		return fieldErr("spec.timeouts.request", "must not be negative")
+	}
+	if s.Spec.Timeouts.Idle < 0 {
+		return fieldErr("spec.timeouts.idle", "must not be negative")
 	}
 	if s.Spec.Retries.Attempts < -1 || s.Spec.Retries.Attempts > 5 {
 		return fieldErr("spec.retries.attempts", "%d is not within -1 and 5", s.Spec.Retries.Attempts)
@@ -169,8 +172,8 @@ func (s *Service) Validate() error {
 	if od.MaxEjectedPercent < 0 || od.MaxEjectedPercent > 100 {
 		return fieldErr("spec.outlierDetection.maxEjectedPercent", "%d is not within 0 and 100", od.MaxEjectedPercent)
 	}
-	if s.Spec.CircuitBreaker.MaxConnections < 0 {
-		return fieldErr("spec.circuitBreaker.maxConnections", "must not be negative")
+	if err := s.Spec.CircuitBreaker.validate("spec.circuitBreaker"); err != nil {
+		return err
 	}
 	classes := map[string]bool{}
 	for i, c := range s.Spec.Classes {
@@ -192,8 +195,13 @@ func (s *Service) Validate() error {
 	if s.Spec.DefaultClass != "" && !classes[s.Spec.DefaultClass] {
 		return fieldErr("spec.defaultClass", "%q is not one of spec.classes", s.Spec.DefaultClass)
 	}
-	if s.Spec.Balancer == "consistent-hash" && s.Spec.HashKey == nil {
+	if (s.Spec.Balancer == "consistent-hash" || s.Spec.Balancer == "maglev") && s.Spec.HashKey == nil {
 		s.Spec.HashKey = &HashKey{SourceIP: true}
+		for _, p := range s.Spec.Ports {
+			if p.Protocol == "mqtt" || p.Protocol == "auto" {
+				s.Spec.HashKey.MQTTClientID = true // an MQTT session by its client id, as without a hashKey
+			}
+		}
 	}
 	if sa := s.Spec.Session; sa != nil {
 		if sa.Header == "" && sa.Cookie == "" {
@@ -271,4 +279,17 @@ func (e *Endpoint) Validate() error {
 		e.Spec.ServiceAccount = e.Spec.Service
 	}
 	return validName("spec.serviceAccount", e.Spec.ServiceAccount)
+}
+
+func (cb *CircuitBreaker) validate(f string) error {
+	if cb.MaxConnections < 0 {
+		return fieldErr(f+".maxConnections", "must not be negative")
+	}
+	if cb.MaxRequests < 0 {
+		return fieldErr(f+".maxRequests", "must not be negative")
+	}
+	if cb.MaxPendingRequests < 0 {
+		return fieldErr(f+".maxPendingRequests", "must not be negative")
+	}
+	return nil
 }

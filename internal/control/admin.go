@@ -16,10 +16,11 @@ import (
 //
 //	GET    /healthz
 //	GET    /metrics
-//	GET    /v1/nodes | /v1/services | /v1/endpoints | /v1/routes | /v1/destinationpolicies   ?namespace=NS
+//	GET    /v1/nodes | /v1/services | /v1/endpoints | /v1/routes | /v1/destinationpolicies
+//	       | /v1/authorizationpolicies | /v1/sessions                      ?namespace=NS
 //	POST   /v1/apply                                  body: YAML or JSON documents
 //	DELETE /v1/nodes/{name}
-//	DELETE /v1/{services|endpoints|routes|destinationpolicies}/{namespace}/{name}
+//	DELETE /v1/{services|endpoints|routes|destinationpolicies|authorizationpolicies}/{namespace}/{name}
 //
 // Errors are {"error": "..."} with 400 (bad input), 404 or 500.
 
@@ -39,7 +40,8 @@ type ApplyResponse struct {
 }
 
 var plural = map[string]string{"nodes": api.KindNode, "services": api.KindService, "endpoints": api.KindEndpoint,
-	"routes": api.KindRoute, "destinationpolicies": api.KindDestinationPolicy, "sessions": api.KindSession}
+	"routes": api.KindRoute, "destinationpolicies": api.KindDestinationPolicy, "sessions": api.KindSession,
+	"authorizationpolicies": api.KindAuthorizationPolicy}
 
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -85,7 +87,7 @@ func writeError(w http.ResponseWriter, code int, err error) {
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 	kind := plural[r.PathValue("kind")]
 	if kind == "" {
-		writeError(w, http.StatusNotFound, fmt.Errorf("unknown resource %q (want nodes, services, endpoints, routes or destinationpolicies)", r.PathValue("kind")))
+		writeError(w, http.StatusNotFound, fmt.Errorf("unknown resource %q (want nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies or sessions)", r.PathValue("kind")))
 		return
 	}
 	objs, rev, err := s.reg.list(kind)

@@ -87,6 +87,7 @@ func (c *Config) validate() error {
 type liveNode struct {
 	lastHeartbeat time.Time
 	load          float64
+	epLoad        map[string]float64 // endpoint key -> in-flight, from the last heartbeat
 	acked         uint64
 	conns         int // open sync streams
 }
@@ -294,15 +295,37 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 
 // heartbeat records liveness and load; a node that was not ready becomes
 // ready again.
-func (s *Server) heartbeat(node string, load float64) {
+func (s *Server) heartbeat(node string, load float64, epLoad map[string]float64) {
 	s.mu.Lock()
 	l := s.liveLocked(node)
 	l.lastHeartbeat = time.Now()
 	l.load = load
+	l.epLoad = epLoad
 	s.mu.Unlock()
 	if err := s.reg.setNodeReady(node, true); err != nil {
 		s.log.Error("control: mark ready", "node", node, "err", err)
 	}
+}
+
+// othersLoad sums the endpoint loads reported by every agent but node whose
+// heartbeat is fresh (within NodeTimeout).
+func (s *Server) othersLoad(node string) map[string]float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out map[string]float64
+	fresh := time.Now().Add(-s.cfg.NodeTimeout)
+	for name, l := range s.live {
+		if name == node || l.lastHeartbeat.Before(fresh) {
+			continue
+		}
+		for k, v := range l.epLoad {
+			if out == nil {
+				out = make(map[string]float64)
+			}
+			out[k] += v
+		}
+	}
+	return out
 }
 
 func (s *Server) liveLocked(node string) *liveNode {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"slices"
 	"strconv"
@@ -161,9 +162,10 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn) error {
 		case wire.TypeNack:
 			s.log.Warn("control: agent rejected update", "node", st.node, "version", m.Version, "nonce", m.Nonce, "err", m.Error)
 		case wire.TypeHeartbeat:
-			s.heartbeat(st.node, m.Load)
-			// Answer, so the agent can tell a silent link from a quiet one.
-			if err := st.write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
+			s.heartbeat(st.node, m.Load, validLoads(m.EndpointLoad))
+			// Answer, so the agent can tell a silent link from a quiet one,
+			// with the load the other agents put on each endpoint.
+			if err := st.write(&wire.Message{Type: wire.TypeHeartbeat, EndpointLoad: s.othersLoad(st.node)}); err != nil {
 				return err
 			}
 		case wire.TypeSessions:
@@ -300,7 +302,7 @@ func (st *stream) delta(f filter, known uint64) (*wire.Message, error) {
 	return m, nil
 }
 
-var allTypes = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint, wire.ResourceRoute, wire.ResourcePolicy, wire.ResourceSession}
+var allTypes = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint, wire.ResourceRoute, wire.ResourcePolicy, wire.ResourceSession, wire.ResourceAuthorizationPolicy}
 
 // filter is a subscription's types and scope.
 type filter struct {
@@ -343,4 +345,27 @@ func (f filter) match(o api.Object) bool {
 		return v.Spec.Region == "" || v.Spec.Region == f.region
 	}
 	return true
+}
+
+// maxLoadEntries bounds what one heartbeat may report.
+const maxLoadEntries = 10000
+
+// validLoads drops entries a buggy or hostile agent could use to skew the
+// balancers of others: non-finite or negative values, over-long keys, and
+// anything past maxLoadEntries.
+func validLoads(in map[string]float64) map[string]float64 {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make(map[string]float64, min(len(in), maxLoadEntries))
+	for k, v := range in {
+		if len(out) == maxLoadEntries {
+			break
+		}
+		if len(k) > 512 || v <= 0 || math.IsInf(v, 0) || math.IsNaN(v) || v > 1e9 {
+			continue
+		}
+		out[k] = v
+	}
+	return out
 }

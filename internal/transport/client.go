@@ -109,6 +109,8 @@ func (c *Client) Dial(ctx context.Context, meshAddr string, h Header) (net.Conn,
 		result = resultRefused
 	case errors.Is(err, ErrDialFailed):
 		result = resultDialFailed
+	case errors.Is(err, ErrDenied):
+		result = resultDenied
 	case err != nil:
 		result = resultError
 	}
@@ -267,6 +269,8 @@ func (c *Client) openStream(ctx context.Context, sess *yamux.Session, h Header) 
 		return conn, nil
 	case StatusDialFailed:
 		err = ErrDialFailed
+	case StatusDenied:
+		err = ErrDenied
 	default:
 		err = ErrRefused
 	}

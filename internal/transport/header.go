@@ -62,6 +62,7 @@ const (
 	StatusRefused    Status = 1 // the destination is not an endpoint on this node
 	StatusDialFailed Status = 2 // the local workload could not be reached
 	StatusBadHeader  Status = 3 // the header was malformed, too large or too slow
+	StatusDenied     Status = 4 // an authorization policy denies this source the destination
 )
 
 func (s Status) String() string {
@@ -74,6 +75,8 @@ func (s Status) String() string {
 		return "dial failed"
 	case StatusBadHeader:
 		return "bad header"
+	case StatusDenied:
+		return "denied"
 	}
 	return fmt.Sprintf("status(%d)", byte(s))
 }
@@ -218,7 +221,7 @@ func ReadStatus(r io.Reader) (code Status, msg string, err error) {
 		return 0, "", fmt.Errorf("read status: %w", err)
 	}
 	code = Status(pre[0])
-	if code > StatusBadHeader {
+	if code > StatusDenied {
 		return 0, "", fmt.Errorf("read status: unknown %v", code)
 	}
 	n := int(binary.BigEndian.Uint16(pre[1:]))

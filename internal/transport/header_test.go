@@ -137,6 +137,7 @@ func TestStatus(t *testing.T) {
 		{name: "ok", in: []byte{0, 0, 0}, code: StatusOK},
 		{name: "refused with message", in: []byte("\x01\x00\x04nope"), code: StatusRefused, msg: "nope"},
 		{name: "bad utf8 replaced", in: []byte("\x02\x00\x02\xff!"), code: StatusDialFailed, msg: "\uFFFD!"},
+		{name: "denied", in: []byte("\x04\x00\x06policy"), code: StatusDenied, msg: "policy"},
 		{name: "unknown code", in: []byte{9, 0, 0}, wantErr: "unknown status(9)"},
 		{name: "oversize message", in: []byte{3, 0xff, 0xff}, wantErr: "message length 65535"},
 		{name: "truncated message", in: []byte("\x03\x00\x09bad"), wantErr: "unexpected EOF"},

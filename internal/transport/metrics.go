@@ -12,6 +12,7 @@ const (
 	resultRefused    = "refused"     // unknown destination or bad header (status 1, 3)
 	resultDialFailed = "dial_failed" // the workload could not be reached (status 2)
 	resultError      = "error"       // transport failure, no status exchanged
+	resultDenied     = "denied"      // an authorization policy denied it (status 4)
 )
 
 // meshMetrics are the counters of one side (dir "in" for the server, "out"
@@ -32,7 +33,7 @@ func newMeshMetrics(set *metrics.Set, dir string) *meshMetrics {
 		sessions: set.GetOrCreateGauge(fmt.Sprintf(`fogmesh_mesh_sessions{dir=%q}`, dir), nil),
 		bad:      set.GetOrCreateCounter(`fogmesh_mesh_bad_streams_total`),
 	}
-	for _, r := range []string{resultOK, resultRefused, resultDialFailed, resultError} {
+	for _, r := range []string{resultOK, resultRefused, resultDialFailed, resultError, resultDenied} {
 		m.streams[r] = set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mesh_streams_total{dir=%q,result=%q}`, dir, r))
 	}
 	return m
@@ -45,6 +46,8 @@ func resultOf(s Status) string {
 		return resultOK
 	case StatusDialFailed:
 		return resultDialFailed
+	case StatusDenied:
+		return resultDenied
 	}
 	return resultRefused
 }

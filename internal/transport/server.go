@@ -21,6 +21,23 @@ import (
 // with StatusRefused; any other Dialer error is StatusDialFailed.
 var ErrUnknownDestination = errors.New("unknown destination")
 
+// ErrDenied is what a Dialer returns (wrapped) when an authorization policy
+// denies the stream's source the destination; the server answers it with
+// StatusDenied. Client.Dial returns it (wrapped) for StatusDenied, so the
+// source agent closes its client's connection instead of failing over:
+// another endpoint of the same service would deny it too.
+var ErrDenied = errors.New("denied by authorization policy")
+
+// StreamRelayer is optionally implemented by a Dialer that relays some
+// streams itself, to authorize what flows on them (HTTP requests, MQTT
+// packets), instead of the server's byte relay. RelayStream is called after
+// StatusOK was sent, with the conn DialLocal returned; it owns stream and
+// local, must close both, must return when ctx is done, and is called
+// concurrently from many streams.
+type StreamRelayer interface {
+	RelayStream(ctx context.Context, h Header, stream, local net.Conn)
+}
+
 // Dialer resolves a header to a local workload and connects to it. The
 // agent implements it.
 //
@@ -284,6 +301,10 @@ func (s *Server) serveStream(ctx context.Context, c *streamConn) {
 		s.log.Debug("mesh: stream refused", "peer", c.RemoteAddr().String(), "err", err)
 		return
 	}
+	if r, ok := s.cfg.Dialer.(StreamRelayer); ok {
+		r.RelayStream(ctx, h, c, local)
+		return
+	}
 	if _, _, err := proxy.Relay(ctx, c, local); err != nil && ctx.Err() == nil {
 		s.log.Debug("mesh: relay", "peer", c.RemoteAddr().String(), "dest", h.String(), "err", err)
 	}
@@ -308,8 +329,11 @@ func (s *Server) open(ctx context.Context, c *streamConn) (net.Conn, Header, err
 	cancel()
 	if err != nil {
 		code := StatusDialFailed
-		if errors.Is(err, ErrUnknownDestination) {
+		switch {
+		case errors.Is(err, ErrUnknownDestination):
 			code = StatusRefused
+		case errors.Is(err, ErrDenied):
+			code = StatusDenied
 		}
 		s.m.streams[resultOf(code)].Inc()
 		c.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))

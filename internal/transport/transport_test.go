@@ -27,6 +27,9 @@ func (d mapDialer) DialLocal(ctx context.Context, h Header) (net.Conn, error) {
 	if !ok {
 		return nil, fmt.Errorf("endpoint %q: %w", h.Endpoint, ErrUnknownDestination)
 	}
+	if addr == "deny" {
+		return nil, fmt.Errorf("source %s: %w", h.Source, ErrDenied)
+	}
 	var nd net.Dialer
 	return nd.DialContext(ctx, "tcp", addr)
 }
@@ -213,8 +216,9 @@ func TestEndToEnd(t *testing.T) {
 			}
 			t.Cleanup(func() { ln.Close() })
 			d := mapDialer{
-				"echo": serveWorkload(t, net.JoinHostPort(tc.host, "0"), echo),
-				"down": deadPort(t, tc.host),
+				"echo":   serveWorkload(t, net.JoinHostPort(tc.host, "0"), echo),
+				"down":   deadPort(t, tc.host),
+				"denied": "deny",
 			}
 			srv := startServer(t, ln, d, nil)
 			client, cset := newClient(t)
@@ -229,6 +233,9 @@ func TestEndToEnd(t *testing.T) {
 			_, err = client.Dial(t.Context(), srv.addr, header("nope"))
 			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "unknown destination") {
 				t.Errorf("Dial unknown endpoint: err = %v, want ErrRefused naming the reason", err)
+			}
+			if _, err = client.Dial(t.Context(), srv.addr, header("denied")); !errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), "source") {
+				t.Errorf("Dial denied endpoint: err = %v, want ErrDenied with the message", err)
 			}
 			_, err = client.Dial(t.Context(), srv.addr, header("down"))
 			if !errors.Is(err, ErrDialFailed) {

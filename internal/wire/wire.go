@@ -60,6 +60,9 @@ const (
 	ResourceRoute    = api.KindRoute
 	ResourcePolicy   = api.KindDestinationPolicy
 	ResourceSession  = api.KindSession
+	// ResourceAuthorizationPolicy: added in the same protocol version; an
+	// agent that does not know it ignores it (and then enforces nothing).
+	ResourceAuthorizationPolicy = api.KindAuthorizationPolicy
 )
 
 // Message is the one frame body. Type says which fields are set.
@@ -85,6 +88,12 @@ type Message struct {
 
 	// Heartbeat
 	Load float64 `json:"load,omitempty"`
+	// EndpointLoad, agent to control plane, is this agent's in-flight
+	// requests (L4: open connections) per endpoint key "ns/name", non-zero
+	// entries only. Control plane to agent, in the heartbeat answer, it is
+	// the sum over every other live agent: the load the receiver does not
+	// see itself, which the edge-aware balancer adds to its own.
+	EndpointLoad map[string]float64 `json:"endpointLoad,omitempty"`
 
 	// Local
 	Endpoints []api.Endpoint `json:"endpoints,omitempty"`
