@@ -13,17 +13,20 @@
 #      direct, through one agent, through two agents and through nginx (HTTP
 #      reverse proxy, upstream keepalive pool, 1 worker); h2c (fortio -h2,
 #      prior knowledge) and gRPC (fortio -grpc -ping) direct and through one
-#      agent.
+#      agent; h2c also with h2load (-n requests over -c connections, -m
+#      streams each) direct and through one agent.
 # Engines are interleaved within each round. Prints a markdown report to
 # stdout and writes it to bench/out/results-<date>.md.
 #
 # Needs: go, iperf3, haproxy, curl, wrk (scripts/install-deps.sh bench), nginx
-# (installed here with apt-get if missing and root) and fortio (installed with
+# and h2load (Debian nghttp2-client; both installed here with apt-get if
+# missing and root) and fortio (installed with
 # `go install fortio.org/fortio@v1.63.0` if missing). Without wrk the maximum
 # HTTP/1.1 rate is measured with fortio -qps 0.
 # Knobs (environment): ROUNDS (2), IPERF_SECONDS (4), LAT_SECONDS (5),
 # QPS (2000), CONNS (16), HOLD_N (1000), BENCH_BASE_PORT (31000),
 # XROUNDS (1: rounds of the h2c and gRPC rows), WRK_THREADS (1),
+# H2LOAD_N (50000 requests per h2load run), H2_STREAMS (10: h2load -m),
 # SKIP_GOBENCH=1, SKIP_ARM64=1.
 set -Eeuo pipefail
 
@@ -38,6 +41,8 @@ CONNS=${CONNS:-16}
 HOLD_N=${HOLD_N:-1000}
 XROUNDS=${XROUNDS:-1}
 WRK_THREADS=${WRK_THREADS:-1}
+H2LOAD_N=${H2LOAD_N:-50000}
+H2_STREAMS=${H2_STREAMS:-10}
 BASE=${BENCH_BASE_PORT:-31000}
 FORTIO_VERSION=v1.63.0
 SRV_VIP_RANGE=127.231.0.0/16
@@ -146,6 +151,17 @@ NGINX=$(command -v nginx 2>/dev/null || true)
 [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
 [ -n "$NGINX" ] || log "nginx not found and not installable: its rows will read fail"
 WRK=$(command -v wrk 2>/dev/null || true)
+if ! command -v h2load >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing h2load (apt-get nghttp2-client)"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq --no-install-recommends nghttp2-client ||
+      { apt-get update -qq && apt-get install -y -qq --no-install-recommends nghttp2-client; }; } >"$TMP/apt-h2load.log" 2>&1 ||
+      log "cannot install h2load: $(tail -n 2 "$TMP/apt-h2load.log")"
+  fi
+fi
+H2LOAD=$(command -v h2load 2>/dev/null || true)
+[ -n "$H2LOAD" ] || log "h2load not found and not installable: its rows will read fail"
 
 for p in $P_CTL_ADMIN $P_CTL_SYNC $P_SRV_MESH $P_SRV_DNS $P_SRV_ADMIN $P_CLI_MESH $P_CLI_DNS \
          $P_CLI_ADMIN $P_IPERF $P_HTTP $P_SINK $P_GRPC $P_HAP_BULK $P_HAP_WEB $P_NGINX $P_REL_BULK $P_REL_WEB; do
@@ -191,6 +207,7 @@ HAPROXY_VERSION=$(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}')
 IPERF_VERSION=$(iperf3 --version 2>/dev/null | awk 'NR==1 {print $2}')
 FORTIO_V=$("$FORTIO" version 2>/dev/null | head -n 1)
 NGINX_VERSION=$([ -n "$NGINX" ] && "$NGINX" -v 2>&1 | awk -F/ 'NR==1 {print $2}' || echo none)
+H2LOAD_VERSION=$([ -n "$H2LOAD" ] && "$H2LOAD" --version 2>/dev/null | awk 'NR==1 {print $2}' || echo none)
 WRK_VERSION=$([ -n "$WRK" ] && { "$WRK" -v 2>&1 || true; } | awk 'NR==1 {print $2}' || echo none)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -376,6 +393,7 @@ ENGINES=(direct agent1 agent2 haproxy relay)
 LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent2l7 nginx)
 L7ENGINES=(direct agent1l7 agent2l7 nginx)
 XENGINES=(h2direct h2agent1 grpcdirect grpcagent1)
+H2LENGINES=(h2ldirect h2lagent1) # h2load: maximum rate only
 declare -A LABEL BULK WEB CPUPIDS KIND
 LABEL[direct]="(a) direct";                 BULK[direct]="127.0.0.1 $P_IPERF";          WEB[direct]="http://127.0.0.1:$P_HTTP/"
 LABEL[agent1]="(b) one agent (node tier)";  BULK[agent1]="$SRV_VIP_BULK $S_BULK";       WEB[agent1]="http://$SRV_VIP_WEB:$S_WEB/"
@@ -389,10 +407,14 @@ LABEL[h2direct]="(a2) h2c direct";          WEB[h2direct]="http://127.0.0.1:$P_H
 LABEL[h2agent1]="(b2) h2c, one agent, port declared http2"; WEB[h2agent1]="http://$SRV_VIP_WEBH2:$S_WEB/"
 LABEL[grpcdirect]="(ag) gRPC ping direct";  WEB[grpcdirect]="127.0.0.1:$P_GRPC"
 LABEL[grpcagent1]="(bg) gRPC ping, one agent, port declared grpc"; WEB[grpcagent1]="$SRV_VIP_GRPC:$S_GRPC"
+LABEL[h2ldirect]="(a2l) h2c direct, h2load";  WEB[h2ldirect]="${WEB[h2direct]}"
+LABEL[h2lagent1]="(b2l) h2c, one agent, port declared http2, h2load"; WEB[h2lagent1]="${WEB[h2agent1]}"
 KIND[h2direct]=h2; KIND[h2agent1]=h2; KIND[grpcdirect]=grpc; KIND[grpcagent1]=grpc
+KIND[h2ldirect]=h2load; KIND[h2lagent1]=h2load
 CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
 CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"
 CPUPIDS[agent1l7]="$PID_srv"; CPUPIDS[agent2l7]="$PID_cli $PID_srv"
+CPUPIDS[h2ldirect]=""; CPUPIDS[h2lagent1]="$PID_srv"
 CPUPIDS[h2direct]=""; CPUPIDS[h2agent1]="$PID_srv"; CPUPIDS[grpcdirect]=""; CPUPIDS[grpcagent1]="$PID_srv"
 # nginx: the master and its worker(s) (the worker does the proxying).
 CPUPIDS[nginx]=""
@@ -500,7 +522,13 @@ max_rate() {
   local e=$1 r=$2 out="$TMP/max-$e-$r" v= c0 c1 t0 t1
   log "max rate round $r: $e (closed loop, $CONNS conns, ${LAT_SECONDS}s)"
   c0=$(cpu_ticks ${CPUPIDS[$e]}); t0=$(date +%s.%N)
-  if [ -n "$WRK" ] && [ -z "${KIND[$e]:-}" ]; then
+  if [ "${KIND[$e]:-}" = h2load ]; then
+    # "finished in 2.01s, 24875.12 req/s, ..."; errors: failed + errored +
+    # timeout requests and non-2xx statuses.
+    [ -n "$H2LOAD" ] && timeout $((LAT_SECONDS + 60)) "$H2LOAD" -n "$H2LOAD_N" -c "$CONNS" -m "$H2_STREAMS" -t 1 "${WEB[$e]}" >"$out.log" 2>&1 &&
+      v=$(awk '/^finished in/ {q = $4} /^requests:/ {b += $10 + $12 + $14} /^status codes:/ {b += $5 + $7 + $9}
+               END {if (q == "") exit 1; printf "%.0f %d\n", q, b}' "$out.log")
+  elif [ -n "$WRK" ] && [ -z "${KIND[$e]:-}" ]; then
     timeout $((LAT_SECONDS + 20)) "$WRK" -t "$WRK_THREADS" -c "$CONNS" -d "${LAT_SECONDS}s" "${WEB[$e]}" >"$out.log" 2>&1 &&
       v=$(awk '/^Requests\/sec:/ {q = $2} /Non-2xx or 3xx responses:/ {b += $NF}
                /Socket errors:/ {gsub(",", ""); b += $4 + $6 + $8 + $10}
@@ -530,6 +558,9 @@ for r in $(seq 1 "$XROUNDS"); do
   for e in $(order "$r" "${XENGINES[@]}"); do
     max_rate "$e" "$r"; sleep 0.5
     fixed_rate "$e" "$r"; sleep 0.5
+  done
+  for e in $(order "$r" "${H2LENGINES[@]}"); do
+    max_rate "$e" "$r"; sleep 0.5
   done
 done
 
@@ -615,8 +646,8 @@ met() { case "$1" in 1) echo "**met**" ;; 0) echo "**missed**" ;; *) echo "not m
 
 declare -A TPM CPUM L50 L99 L999 Q MQ MCPU NR
 for e in "${LATENGINES[@]}"; do NR[$e]=$ROUNDS; done
-for e in "${XENGINES[@]}"; do NR[$e]=$XROUNDS; done
-for e in "${LATENGINES[@]}" "${XENGINES[@]}"; do
+for e in "${XENGINES[@]}" "${H2LENGINES[@]}"; do NR[$e]=$XROUNDS; done
+for e in "${LATENGINES[@]}" "${XENGINES[@]}" "${H2LENGINES[@]}"; do
   vals=(); cpus=(); a=(); b=(); c=(); q=(); m=(); mc=()
   for r in $(seq 1 "${NR[$e]}"); do
     vals+=("${TP[$e,$r]:-fail}"); cpus+=("${TPCPU[$e,$r]:-fail}"); a+=("${P50[$e,$r]:-fail}"); b+=("${P99[$e,$r]:-fail}")
@@ -635,6 +666,7 @@ REF[direct]=direct; REF[agent1l7]=direct; REF[agent2l7]=direct; REF[nginx]=direc
 REF[h2direct]=h2direct; REF[h2agent1]=h2direct; REF[grpcdirect]=grpcdirect; REF[grpcagent1]=grpcdirect
 HOPS[direct]=0; HOPS[agent1l7]=1; HOPS[agent2l7]=2; HOPS[nginx]=1
 HOPS[h2direct]=0; HOPS[h2agent1]=1; HOPS[grpcdirect]=0; HOPS[grpcagent1]=1
+REF[h2ldirect]=h2ldirect; REF[h2lagent1]=h2ldirect; HOPS[h2ldirect]=0; HOPS[h2lagent1]=1
 hop99() { calc "%+.3f" "$(add99 "$1" "${REF[$1]}")" "${HOPS[$1]}" "a / b"; } # added p99 per hop, ms
 us() { case "$1" in *fail*|*n/a*) echo "n/a" ;; *) awk -v a="$1" 'BEGIN {printf "%+.0f µs", a * 1000}' ;; esac; }
 
@@ -652,7 +684,7 @@ echo "| kernel | $(uname -sr) |"
 echo "| Go | $(go version | awk '{print $3, $4}') |"
 echo "| fogmesh | $GIT_REV |"
 echo "| load average (1/5/15 min) before the run | $LOAD_START (other jobs on the machine perturb every figure) |"
-echo "| peers | HAProxy $HAPROXY_VERSION, nginx $NGINX_VERSION, iperf3 $IPERF_VERSION, fortio $FORTIO_V, wrk $WRK_VERSION |"
+echo "| peers | HAProxy $HAPROXY_VERSION, nginx $NGINX_VERSION, iperf3 $IPERF_VERSION, fortio $FORTIO_V, wrk $WRK_VERSION, h2load $H2LOAD_VERSION |"
 echo
 echo "Everything on loopback, no CPU pinning (load generator, backend and proxies share all cores); agents with default GOMAXPROCS/GOGC."
 echo "$ROUNDS rounds, engines interleaved (order rotated each round); the figure is the median of the rounds, per-round values follow."
@@ -743,19 +775,22 @@ echo
 echo "## 6. L7 proxying: request rate and latency (HTTP/1.1, h2c, gRPC)"
 echo
 echo "Backend: the same fortio server (empty 200; gRPC: its ping service). Max req/s: closed loop, $CONNS connections, ${LAT_SECONDS} s"
-echo "(HTTP/1.1: \`$MAXTOOL\`; h2c and gRPC: \`fortio load -qps 0 -c $CONNS\` with \`-h2\` / \`-grpc -ping\`); proxy CPU % over that run"
+echo "(HTTP/1.1: \`$MAXTOOL\`; h2c and gRPC: \`fortio load -qps 0 -c $CONNS\` with \`-h2\` / \`-grpc -ping\`; the h2load rows:"
+echo "\`h2load $H2LOAD_VERSION -n $H2LOAD_N -c $CONNS -m $H2_STREAMS -t 1\`, maximum rate only); proxy CPU % over that run"
 echo "(100 = one core; two agents summed). p50/p99 at a fixed $QPS req/s, $CONNS connections, ${LAT_SECONDS} s (fortio; the HTTP/1.1"
 echo "rows are those of section 2). HTTP/1.1: $ROUNDS round(s); h2c and gRPC: $XROUNDS round(s). Added latency: vs the direct row of"
 echo "the same protocol, same run; per hop: added / number of proxies on the path. Times in ms."
 echo
 echo "| path | max req/s (median) | per round | proxy CPU % at max | p50 | p99 | added p50 | added p99 | added p99 per hop |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for e in "${L7ENGINES[@]}" "${XENGINES[@]}"; do
+for e in "${L7ENGINES[@]}" "${XENGINES[@]}" "${H2LENGINES[@]}"; do
   cpu="${MCPU[$e]}"; [ "${HOPS[$e]}" = 0 ] && cpu="—"
   [ "$cpu" != "—" ] && [ "$cpu" != fail ] && cpu=$(printf '%.0f' "$cpu")
   if [ "${HOPS[$e]}" = 0 ]; then ad50="—"; ad99="—"; hp="—"
   else ad50=$(add50 "$e" "${REF[$e]}"); ad99=$(add99 "$e" "${REF[$e]}"); hp="$(hop99 "$e") ($(us "$(hop99 "$e")"))"; fi
-  echo "| ${LABEL[$e]} | $(calc "%.0f" "${MQ[$e]}" 0 a) | $(rounds_of MAXQ "$e" "${NR[$e]}") | $cpu | ${L50[$e]} | ${L99[$e]} | $ad50 | $ad99 | $hp |"
+  l50=${L50[$e]}; l99=${L99[$e]}
+  if [ "${KIND[$e]:-}" = h2load ]; then l50="—"; l99="—"; ad50="—"; ad99="—"; hp="—"; fi
+  echo "| ${LABEL[$e]} | $(calc "%.0f" "${MQ[$e]}" 0 a) | $(rounds_of MAXQ "$e" "${NR[$e]}") | $cpu | $l50 | $l99 | $ad50 | $ad99 | $hp |"
 done
 echo
 echo "| max req/s ratio | value |"
@@ -766,6 +801,7 @@ echo "| (b7) one agent / (a) direct | $(calc "%.2f" "${MQ[agent1l7]}" "${MQ[dire
 echo "| (n) nginx / (a) direct | $(calc "%.2f" "${MQ[nginx]}" "${MQ[direct]}" "a / b") |"
 echo "| (c7) two agents / (b7) one agent | $(calc "%.2f" "${MQ[agent2l7]}" "${MQ[agent1l7]}" "a / b") |"
 echo "| (b2) h2c one agent / (a2) h2c direct | $(calc "%.2f" "${MQ[h2agent1]}" "${MQ[h2direct]}" "a / b") |"
+echo "| (b2l) h2c one agent / (a2l) h2c direct, h2load -m $H2_STREAMS | $(calc "%.2f" "${MQ[h2lagent1]}" "${MQ[h2ldirect]}" "a / b") |"
 echo "| (bg) gRPC one agent / (ag) gRPC direct | $(calc "%.2f" "${MQ[grpcagent1]}" "${MQ[grpcdirect]}" "a / b") |"
 echo
 echo "## Targets"

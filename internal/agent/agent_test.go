@@ -78,7 +78,7 @@ func (e *echoServer) accepted() int {
 	return e.n
 }
 
-func startControl(t *testing.T, dir, syncAddr string) *control.Server {
+func startControl(t testing.TB, dir, syncAddr string) *control.Server {
 	t.Helper()
 	if syncAddr == "" {
 		syncAddr = "127.0.0.1:0"
@@ -102,7 +102,7 @@ func startControl(t *testing.T, dir, syncAddr string) *control.Server {
 	return s
 }
 
-func apply(t *testing.T, s *control.Server, doc string) {
+func apply(t testing.TB, s *control.Server, doc string) {
 	t.Helper()
 	resp, err := http.Post("http://"+s.AdminAddr()+"/v1/apply", "application/yaml", strings.NewReader(doc))
 	if err != nil {
@@ -131,7 +131,7 @@ type agentOpts struct {
 	maxRequests        int
 }
 
-func startAgent(t *testing.T, o agentOpts) *Agent {
+func startAgent(t testing.TB, o agentOpts) *Agent {
 	t.Helper()
 	if o.meshAddr == "" {
 		o.meshAddr = "127.0.0.1:0"
@@ -160,7 +160,7 @@ func wlFor(service string, e *echoServer) Workload {
 }
 
 // waitFor polls cond for up to 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {

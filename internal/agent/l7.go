@@ -38,6 +38,8 @@ type l7 struct {
 	ln  *connListener
 	srv *http.Server
 
+	h1 *h1Path // the HTTP/1.1 fast path (h1fast.go)
+
 	mu         sync.Mutex // guards transports
 	transports map[string]*http.Transport
 
@@ -92,6 +94,7 @@ func (l *connListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0
 
 func newL7(a *Agent) *l7 {
 	s := &l7{a: a, ln: &connListener{ch: make(chan net.Conn), closed: make(chan struct{})}, transports: map[string]*http.Transport{}}
+	s.h1 = newH1Path(s)
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
@@ -108,10 +111,13 @@ func newL7(a *Agent) *l7 {
 			pr.SetXForwarded()
 			a.setSourceIdentity(pr.In, pr.Out)
 		},
-		Transport:     &lbTransport{l7: s},
-		FlushInterval: -1, // stream: gRPC and server-sent events must not wait for a buffer
-		ErrorHandler:  s.errorHandler,
-		ErrorLog:      slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		Transport: &lbTransport{l7: s},
+		// FlushInterval 0: a response of known length goes out in one
+		// write; ReverseProxy still flushes every write of a streaming
+		// one (no Content-Length: chunked, gRPC; text/event-stream).
+		BufferPool:   copyBuffers,
+		ErrorHandler: s.errorHandler,
+		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
 	s.srv = &http.Server{
 		Handler:           rp,
@@ -143,6 +149,7 @@ func (s *l7) close() {
 	s.srv.Shutdown(ctx)
 	s.srv.Close()
 	s.ln.Close()
+	s.h1.closeAll()
 	s.mu.Lock()
 	for _, t := range s.transports {
 		t.CloseIdleConnections()
@@ -153,6 +160,7 @@ func (s *l7) close() {
 // pruneTransports closes the pools of endpoints no longer in the view, or
 // whose address, port or connect timeout changed.
 func (s *l7) pruneTransports(v *view) {
+	s.h1.prune(v)
 	live := map[string]bool{}
 	for _, sv := range v.services {
 		for _, ev := range sv.endpoints {
@@ -258,6 +266,7 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     l7IdleTimeout(sv),
+		DisableCompression:  true, // pass Content-Encoding through, as nginx does
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := a.dialEndpoint(ctx, sv, ev, port)
 			if err != nil {
@@ -272,7 +281,10 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 
 // lbTransport picks an endpoint for every request, nearest tier first, and
 // moves to the next one when connecting fails.
-type lbTransport struct{ l7 *l7 }
+type lbTransport struct {
+	l7 *l7
+	h1 bool // requests of the HTTP/1.1 fast path: HTTP/1.1 endpoints over its pools
+}
 
 func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	a := lt.l7.a
@@ -436,7 +448,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		active := a.endpointActive(ev.key)
 		active.Add(1)
 		attemptCtx, release := a.watchNode(req.Context(), remoteNode(ev))
-		resp, err := a.egressRoundTrip(lt.l7.transportFor(sv, ev, t.port, t.proto), sv, ev, req.WithContext(attemptCtx))
+		resp, err := a.egressRoundTrip(lt.upstream(sv, ev, t), sv, ev, req.WithContext(attemptCtx))
 		active.Add(-1)
 		if err != nil {
 			release()

@@ -130,6 +130,10 @@ spec:
 	const n = 300
 	for i := 0; i < n; i++ {
 		post("half", "1")
+		// Paced: the shadow holds each copy 300 ms, and unpaced requests
+		// (well under 1 ms each on the HTTP/1.1 fast path) would fill the
+		// 64 copies in flight (mirrorMaxInflight) and drop the rest.
+		time.Sleep(4 * time.Millisecond)
 	}
 	time.Sleep(500 * time.Millisecond)
 	mu.Lock()

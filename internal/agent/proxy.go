@@ -132,6 +132,10 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		// Per-request balancing: the HTTP server owns the connection now.
 		a.active.Add(1)
 		tc := &taggedConn{Conn: client, target: t, done: func() { a.active.Add(-1) }}
+		if t.proto == "http" {
+			a.l7.serveH1(ctx, tc) // HTTP/1.1 fast path; hands the rest to the server
+			return
+		}
 		if !a.l7.ln.push(tc) {
 			tc.Close()
 		}

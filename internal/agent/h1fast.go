@@ -1,0 +1,513 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The HTTP/1.1 fast path. A client connection to a service port declared
+// http is served on the goroutine that accepted it: read a request with
+// http.ReadRequest, balance and retry it with the same lbTransport as the
+// ReverseProxy path, forward it over a pooled persistent upstream
+// connection on the same goroutine (h1Pool), and write the response back
+// with one write. The net/http server and transport it replaces cost three
+// goroutine hand-offs, a background read and two header maps per request;
+// that was most of the ~130 µs of CPU a request cost (BENCHMARKS.md §6).
+//
+// Whatever the fast path does not handle goes to the net/http server with
+// the bytes read so far replayed, and stays there for the rest of the
+// connection: HTTP/2 (prior knowledge), upgrades (WebSocket, h2c),
+// Expect: 100-continue, CONNECT, any protocol version but HTTP/1.1 (which
+// also lets the server answer malformed request lines), and headers larger
+// than h1BufSize.
+
+const (
+	h1BufSize            = 4 << 10              // client and upstream bufio buffers
+	h1HeaderTimeout      = 10 * time.Second     // as l7.srv.ReadHeaderTimeout
+	h1MaxDrain           = 256 << 10            // unread request body drained before the next request, as net/http
+	h1MaxIdlePerPool     = 64                   // idle upstream connections per endpoint, as MaxIdleConnsPerHost
+	h1CheckIdleAfter     = time.Second          // a pooled connection idle this long is checked before use
+	h1CheckIdleAfterBody = 5 * time.Millisecond // the same for requests that cannot be sent twice
+)
+
+// h1Path holds the fast path's upstream pools and its lbTransport.
+type h1Path struct {
+	s  *l7
+	rt *lbTransport
+
+	mu     sync.Mutex // guards the following
+	pools  map[string]*h1Pool
+	closed bool
+}
+
+func newH1Path(s *l7) *h1Path {
+	return &h1Path{s: s, rt: &lbTransport{l7: s, h1: true}, pools: map[string]*h1Pool{}}
+}
+
+var (
+	h1Readers sync.Pool // *bufio.Reader of h1BufSize
+	h1Writers sync.Pool // *bufio.Writer of h1BufSize
+)
+
+func getH1Reader(r io.Reader) *bufio.Reader {
+	if br, ok := h1Readers.Get().(*bufio.Reader); ok {
+		br.Reset(r)
+		return br
+	}
+	return bufio.NewReaderSize(r, h1BufSize)
+}
+
+func getH1Writer(w io.Writer) *bufio.Writer {
+	if bw, ok := h1Writers.Get().(*bufio.Writer); ok {
+		bw.Reset(w)
+		return bw
+	}
+	return bufio.NewWriterSize(w, h1BufSize)
+}
+
+func putH1Reader(br *bufio.Reader) { br.Reset(nil); h1Readers.Put(br) }
+func putH1Writer(bw *bufio.Writer) { bw.Reset(nil); h1Writers.Put(bw) }
+
+// serveH1 serves one client connection of an http port until it closes,
+// or hands it to the net/http server. It owns tc.
+func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
+	c := tc.Conn
+	stop := context.AfterFunc(ctx, func() { c.Close() }) // agent shutdown
+	br, bw := getH1Reader(c), getH1Writer(c)
+	handedOff := false
+	defer func() {
+		stop()
+		putH1Reader(br)
+		putH1Writer(bw)
+		if !handedOff {
+			tc.Close()
+		}
+	}()
+	cs := &h1ClientConn{
+		ctx:    context.WithValue(context.Background(), targetKey{}, tc.target),
+		remote: c.RemoteAddr().String(),
+	}
+	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
+		cs.xff = []string{host}
+	}
+	for {
+		c.SetReadDeadline(time.Now().Add(s.h1IdleTimeout(tc.target)))
+		if _, err := br.Peek(1); err != nil {
+			return // closed by the client, idle timeout or shutdown
+		}
+		hdr, err := peekHeader(br, c)
+		if err == errH1TooLarge || (err == nil && !h1Eligible(hdr)) {
+			// The net/http server takes the connection from here on.
+			c.SetReadDeadline(time.Time{})
+			rest := make([]byte, br.Buffered())
+			br.Read(rest)
+			tc.Conn = &prefixConn{Conn: c, r: io.MultiReader(bytes.NewReader(rest), c)}
+			if !stop() {
+				return // shutting down: tc is closed below
+			}
+			handedOff = true
+			if !s.ln.push(tc) {
+				tc.Close()
+			}
+			return
+		}
+		if err != nil {
+			return // incomplete header: client gone or header timeout, as net/http
+		}
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			writeH1Status(bw, readRequestStatus(err), err.Error())
+			return
+		}
+		if req.ContentLength != 0 {
+			c.SetReadDeadline(time.Time{}) // no deadline on bodies (net/http: ReadTimeout 0)
+		}
+		if !s.h1.forward(cs, bw, req) {
+			return
+		}
+	}
+}
+
+// h1IdleTimeout is how long a client connection may wait for its next
+// request: the service's timeouts.idle, capped by the server's
+// IdleTimeout, as connState does for the net/http server.
+func (s *l7) h1IdleTimeout(t listenTarget) time.Duration {
+	if sv := s.a.view.Load().services[t.svc]; sv != nil {
+		return min(l7IdleTimeout(sv), defaultL7Idle)
+	}
+	return defaultL7Idle
+}
+
+// h1ClientConn is what the fast path keeps per client connection.
+type h1ClientConn struct {
+	ctx    context.Context // carries the listenTarget for lbTransport
+	remote string          // client address, for hashing and sessions
+	xff    []string        // X-Forwarded-For: the client's IP (read-only)
+}
+
+var errH1TooLarge = errors.New("request header larger than the buffer")
+
+// peekHeader returns the request header (request line to the last header
+// line) once it is in br's buffer, without consuming it.
+func peekHeader(br *bufio.Reader, c net.Conn) ([]byte, error) {
+	deadlineSet := false
+	for {
+		b, _ := br.Peek(br.Buffered())
+		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+			return b[:i+2], nil
+		}
+		if i := bytes.Index(b, []byte("\n\n")); i >= 0 {
+			return b[:i+1], nil
+		}
+		if len(b) >= br.Size() {
+			return nil, errH1TooLarge
+		}
+		if !deadlineSet {
+			c.SetReadDeadline(time.Now().Add(h1HeaderTimeout))
+			deadlineSet = true
+		}
+		if _, err := br.Peek(len(b) + 1); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// h1Eligible reports whether the fast path serves a request with this
+// header: an HTTP/1.1 request with one Host header that asks for no
+// upgrade and no 100-continue.
+func h1Eligible(hdr []byte) bool {
+	line, rest, _ := bytes.Cut(hdr, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	if !bytes.HasSuffix(line, []byte(" HTTP/1.1")) || bytes.HasPrefix(line, []byte("CONNECT ")) || bytes.HasPrefix(line, []byte("PRI ")) {
+		return false
+	}
+	hosts := 0
+	for len(rest) > 0 {
+		line, rest, _ = bytes.Cut(rest, []byte("\n"))
+		if hasPrefixFold(line, "upgrade:") || hasPrefixFold(line, "expect:") {
+			return false
+		}
+		if hasPrefixFold(line, "host:") {
+			hosts++
+		}
+	}
+	return hosts == 1 // else the server answers 400 (http.ReadRequest drops Host)
+}
+
+func hasPrefixFold(b []byte, prefix string) bool {
+	return len(b) >= len(prefix) && strings.EqualFold(string(b[:len(prefix)]), prefix)
+}
+
+// readRequestStatus is the status net/http's server answers a request it
+// cannot read with.
+func readRequestStatus(err error) int {
+	if strings.Contains(err.Error(), "unsupported transfer encoding") {
+		return http.StatusNotImplemented
+	}
+	return http.StatusBadRequest
+}
+
+// writeH1Status writes a plain-text error response that closes the
+// connection, like the net/http server's answer to a bad request.
+func writeH1Status(bw *bufio.Writer, code int, msg string) {
+	body := strconv.Itoa(code) + " " + http.StatusText(code)
+	if msg != "" {
+		body += ": " + msg
+	}
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		code, http.StatusText(code), len(body), body)
+	bw.Flush()
+}
+
+// hopHeaders are removed from requests and responses, as ReverseProxy does.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+var xfProto = []string{"http"}
+
+// removeHopByHop deletes hop-by-hop headers and those named in Connection.
+func removeHopByHop(h http.Header) {
+	for _, f := range h["Connection"] {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+// checkRequest applies the checks net/http's server makes after parsing.
+func checkRequest(req *http.Request) string {
+	if !validHost(req.Host) { // h1Eligible counted exactly one Host line
+		return "malformed Host header"
+	}
+	for _, vv := range req.Header {
+		for _, v := range vv {
+			if !validHeaderValue(v) {
+				return "invalid header value"
+			}
+		}
+	}
+	return ""
+}
+
+func validHost(h string) bool {
+	for i := 0; i < len(h); i++ {
+		if b := h[i]; b <= ' ' || b >= 0x7f || strings.IndexByte(`"<>\^`+"`{|}", b) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if b := v[i]; (b < ' ' && b != '\t') || b == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// clientBody marks errors reading the request body as the client's: they
+// must not count against the endpoint (upstreamFailure unwraps the rest).
+type clientBody struct{ r io.ReadCloser }
+
+type clientBodyError struct{ msg string }
+
+func (e *clientBodyError) Error() string { return "read request body: " + e.msg }
+
+func (b clientBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = &clientBodyError{err.Error()}
+	}
+	return n, err
+}
+
+func (b clientBody) Close() error { return b.r.Close() }
+
+// forward proxies one request and writes its response; it reports whether
+// the connection may carry another request.
+func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) bool {
+	if msg := checkRequest(in); msg != "" {
+		writeH1Status(bw, http.StatusBadRequest, msg)
+		return false
+	}
+	in.RemoteAddr = cs.remote
+	keep := !in.Close
+	hasBody := in.Body != nil && in.Body != http.NoBody
+	body := in.Body
+	if hasBody {
+		in.Body = clientBody{body}
+	}
+	// The request sent on, as ReverseProxy's Rewrite makes it.
+	h := in.Header
+	trailers := headerHasToken(h["Te"], "trailers")
+	removeHopByHop(h)
+	if trailers {
+		h["Te"] = []string{"trailers"}
+	}
+	delete(h, "Forwarded")
+	delete(h, "X-Forwarded-For")
+	if cs.xff != nil {
+		h["X-Forwarded-For"] = cs.xff
+	}
+	h["X-Forwarded-Host"] = []string{in.Host}
+	h["X-Forwarded-Proto"] = xfProto
+	p.s.a.setSourceIdentity(in, in)
+	in.Close = false
+	// A client request from here on, as ReverseProxy makes it (mirrors go
+	// through http.Transport, which insists on these).
+	in.RequestURI = ""
+	in.URL.Scheme = "http"
+	in.URL.Host = in.Host
+	if in.Host == "" { // "Host:" with no value: name the service, as the Rewrite does
+		t := cs.ctx.Value(targetKey{}).(listenTarget)
+		in.URL.Host = t.svc[strings.IndexByte(t.svc, '/')+1:]
+	}
+
+	resp, err := p.rt.RoundTrip(in.WithContext(cs.ctx))
+	if err != nil {
+		var cbe *clientBodyError
+		if errors.As(err, &cbe) {
+			return false // the client broke off its body: nothing to answer
+		}
+		w := &h1ErrorWriter{h: http.Header{}}
+		p.s.errorHandler(w, in, err)
+		if w.code == 0 {
+			return false
+		}
+		if hasBody {
+			keep = keep && drained(body)
+		}
+		w.write(bw, keep)
+		return bw.Flush() == nil && keep
+	}
+	werr := writeH1Response(bw, resp, in, keep)
+	resp.Body.Close()
+	if werr != nil {
+		return false
+	}
+	if hasBody {
+		keep = keep && drained(body)
+	}
+	return keep
+}
+
+// drained reads what is left of a request body (up to h1MaxDrain) so the
+// next request can be read; false if it cannot.
+func drained(body io.Reader) bool {
+	n, err := io.CopyN(io.Discard, body, h1MaxDrain+1)
+	return err == io.EOF && n <= h1MaxDrain
+}
+
+func headerHasToken(vv []string, token string) bool {
+	for _, v := range vv {
+		for sf := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(sf), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// h1ErrorWriter collects what errorHandler writes.
+type h1ErrorWriter struct {
+	h    http.Header
+	code int
+	body bytes.Buffer
+}
+
+func (w *h1ErrorWriter) Header() http.Header { return w.h }
+
+func (w *h1ErrorWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+}
+
+func (w *h1ErrorWriter) Write(b []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return w.body.Write(b)
+}
+
+func (w *h1ErrorWriter) write(bw *bufio.Writer, keep bool) {
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\n", w.code, http.StatusText(w.code))
+	w.h.Del("Content-Length")
+	writeHeader(bw, w.h)
+	if !keep {
+		bw.WriteString("Connection: close\r\n")
+	}
+	fmt.Fprintf(bw, "Content-Length: %d\r\n\r\n", w.body.Len())
+	bw.Write(w.body.Bytes())
+}
+
+func writeHeader(bw *bufio.Writer, h http.Header) {
+	for k, vv := range h {
+		for _, v := range vv {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+}
+
+// upstreamBuffered is implemented by response bodies that can tell whether
+// more of the body is already buffered (so a flush can wait for it).
+type upstreamBuffered interface{ bufferedUpstream() int }
+
+// writeH1Response writes resp to the client: the header and a body that is
+// already buffered go out in one write; a body that arrives in parts is
+// flushed as it arrives (streaming, server-sent events).
+func writeH1Response(bw *bufio.Writer, resp *http.Response, in *http.Request, keep bool) error {
+	bw.WriteString("HTTP/1.1 ")
+	if resp.Status != "" {
+		bw.WriteString(resp.Status)
+	} else {
+		bw.WriteString(strconv.Itoa(resp.StatusCode) + " " + http.StatusText(resp.StatusCode))
+	}
+	bw.WriteString("\r\n")
+	h := resp.Header
+	removeHopByHop(h)
+	bodyAllowed := in.Method != http.MethodHead && resp.StatusCode != http.StatusNoContent &&
+		resp.StatusCode != http.StatusNotModified && resp.StatusCode >= 200
+	chunked := bodyAllowed && resp.ContentLength < 0
+	writeHeader(bw, h)
+	if chunked {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		if len(resp.Trailer) > 0 {
+			keys := make([]string, 0, len(resp.Trailer))
+			for k := range resp.Trailer {
+				keys = append(keys, k)
+			}
+			bw.WriteString("Trailer: " + strings.Join(keys, ", ") + "\r\n")
+		}
+	} else if bodyAllowed && len(h["Content-Length"]) == 0 {
+		bw.WriteString("Content-Length: " + strconv.FormatInt(resp.ContentLength, 10) + "\r\n")
+	}
+	if !keep {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	if !bodyAllowed {
+		return bw.Flush()
+	}
+	ub, _ := resp.Body.(upstreamBuffered)
+	var w io.Writer = bw
+	var cw io.WriteCloser
+	if chunked {
+		cw = httputil.NewChunkedWriter(bw)
+		w = cw
+	}
+	buf := copyBuffers.Get()
+	defer copyBuffers.Put(buf)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if ub == nil || ub.bufferedUpstream() == 0 {
+				if err == nil { // more to come, not buffered: let the client have this part now
+					if ferr := bw.Flush(); ferr != nil {
+						return ferr
+					}
+				}
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err // the upstream broke off: the client sees a short body
+		}
+	}
+	if chunked {
+		cw.Close()
+		for k, vv := range resp.Trailer {
+			for _, v := range vv {
+				bw.WriteString(k + ": " + v + "\r\n")
+			}
+		}
+		bw.WriteString("\r\n")
+	}
+	return bw.Flush()
+}

@@ -1,0 +1,123 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// startRawBackend serves "ok" to every HTTP/1.1 request it reads (headers
+// only: the benchmark sends no bodies) with as little work as possible, so
+// a profile of the benchmark shows the agent, not the backend.
+func startRawBackend(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var conns sync.WaitGroup
+		defer conns.Wait()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() { // rawBackendConn
+				defer conns.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					line, err := br.ReadSlice('\n')
+					if err != nil {
+						return
+					}
+					if len(bytes.TrimRight(line, "\r\n")) == 0 { // end of the header
+						if _, err := c.Write(resp); err != nil {
+							return
+						}
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// BenchmarkL7HTTP1 proxies keep-alive HTTP/1.1 GETs through one agent to a
+// node-local endpoint over 16 client connections (like wrk -c16), end to
+// end on loopback; ns/op is wall time per request with the client, the
+// agent and the backend in one process. Profile the agent's share with
+// -cpuprofile and look below Agent.handleConn.
+func BenchmarkL7HTTP1(b *testing.B) {
+	cp := startControl(b, b.TempDir(), "")
+	apply(b, cp, httpSvcDoc("bench", 19200, "http"))
+	port := startRawBackend(b)
+	startAgent(b, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: 243, control: []string{cp.SyncAddr()},
+		stateDir: b.TempDir(), workloads: []Workload{webWorkload("bench", "bench-1", port)}})
+	addr := "127.243.0.1:19200"
+	waitFor(b, "listener", func() bool {
+		resp, err := http.Get("http://" + addr + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	const conns = 16
+	req := []byte("GET / HTTP/1.1\r\nHost: bench.demo\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+	var left atomic.Int64
+	left.Store(int64(b.N))
+	errs := make(chan error, conns)
+	b.ReportAllocs()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			br := bufio.NewReader(c)
+			for left.Add(-1) >= 0 {
+				if _, err := c.Write(req); err != nil {
+					errs <- err
+					return
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					errs <- fmt.Errorf("status %d", resp.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+}
