@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -22,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/fogmesh/fogmesh/internal/audit"
 )
@@ -974,5 +977,85 @@ func TestSecureJoinAndTokens(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, "node-cert.pem")); err == nil {
 			t.Errorf("%s token: a certificate was saved", c.name)
 		}
+	}
+}
+
+// TestWorkloadSVIDFromJoinedAgent: real processes, secure by default. An
+// agent joins with a token; its workload, attested to this test's uid, gets
+// an X.509-SVID through the SPIFFE Workload API socket (go-spiffe's own
+// client), signed by the control plane's CA for exactly the workload's
+// identity; the control plane's audit chain records the issue.
+func TestWorkloadSVIDFromJoinedAgent(t *testing.T) {
+	admin, syncAddr, state := freePort(t), freePort(t), t.TempDir()
+	cp := start(t, "control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr)
+	flags := secureAdmin(t, cp, state, admin)
+	tok, code := run(t, append([]string{"token", "create", "-site", "shop-1", "-ttl", "10m"}, flags...)...)
+	if code != 0 {
+		t.Fatal(tok)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "agent.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`node: {name: edge-1, site: shop-1, region: east}
+workloads:
+  - service: orders
+    namespace: shop
+    serviceAccount: orders-sa
+    ports: [{name: http, port: 1}]
+    check: {type: none}
+    attest: {uid: %d}
+  - service: billing
+    namespace: shop
+    ports: [{name: http, port: 2}]
+    check: {type: none}
+`, os.Getuid())), 0o600)
+	adm := freePort(t)
+	p := start(t, "agent", "-config", cfg, "-control", syncAddr, "-join-token", strings.TrimSpace(tok), "-state-dir", dir,
+		"-admin-addr", adm, "-dns-addr", freePort(t), "-mesh-addr", freePort(t), "-vip-range", "127.174.0.0/16")
+	waitProcHTTP(t, p, "http://"+adm+"/healthz")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+filepath.Join(dir, "workload.sock")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var x *workloadapi.X509Context
+	for {
+		if x, err = c.FetchX509Context(ctx); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no SVID: %v\nagent:\n%s", err, p.out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if len(x.SVIDs) != 1 || x.SVIDs[0].ID.String() != "spiffe://fogmesh.local/ns/shop/sa/orders-sa" {
+		t.Fatalf("SVIDs %v", x.SVIDs)
+	}
+	// The SVID chains to the control plane's CA bundle.
+	b, _ := os.ReadFile(filepath.Join(state, "ca.pem"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(b)
+	leaf := x.SVIDs[0].Certificates[0]
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("SVID does not chain to the CA: %v", err)
+	}
+	if life := leaf.NotAfter.Sub(time.Now()); life > 70*time.Minute || life < 50*time.Minute {
+		t.Fatalf("SVID lifetime %v, want about 1h", life)
+	}
+	out, code := run(t, append([]string{"audit", "verify", "--all"}, flags...)...)
+	if code != 0 || !strings.Contains(out, "intact") {
+		t.Fatalf("audit verify: %d\n%s", code, out)
+	}
+	logs, _ := filepath.Glob(filepath.Join(state, "audit", "control", "audit.log*"))
+	var chain strings.Builder
+	for _, f := range logs {
+		b, _ := os.ReadFile(f)
+		chain.Write(b)
+	}
+	if !strings.Contains(chain.String(), "spiffe://fogmesh.local/ns/shop/sa/orders-sa") || !strings.Contains(chain.String(), "issue workload") ||
+		!strings.Contains(chain.String(), "issue node") {
+		t.Fatalf("control plane audit chain lacks the node and SVID issues:\n%s", chain.String())
 	}
 }

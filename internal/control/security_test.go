@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -139,5 +140,82 @@ func TestSyncPortRefusals(t *testing.T) {
 	m, err := wire.NewReader(jc).Read()
 	if err != nil || m.Type != wire.TypeError || !strings.Contains(m.Error, "revoked") {
 		t.Fatalf("join of a revoked node: %v %+v", err, m)
+	}
+}
+
+// TestWorkloadSVIDOnlyForOwnEndpoints: on its mTLS stream a node gets an
+// SVID for the identity of an endpoint it hosts, and is refused one for
+// another node's workload, for an unknown identity and with a bad CSR.
+func TestWorkloadSVIDOnlyForOwnEndpoints(t *testing.T) {
+	s := startSecure(t)
+	objs, err := api.Decode([]byte(`[
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"orders","namespace":"shop"},"spec":{"ports":[{"name":"http","port":80}]}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"pay","namespace":"shop"},"spec":{"ports":[{"name":"http","port":80}]}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"orders-a","namespace":"shop"},"spec":{"service":"orders","node":"a","address":"10.0.0.1","ports":[{"name":"http","port":8080}],"serviceAccount":"orders-sa"}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"pay-b","namespace":"shop"},"spec":{"service":"pay","node":"b","address":"10.0.0.2","ports":[{"name":"http","port":8080}]}}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.reg.apply(objs); err != nil {
+		t.Fatal(err)
+	}
+	svid := signNode(t, s.CA(), "s1", "a", time.Hour)
+	src := identity.NewSource()
+	src.SetBundles(s.CA().Bundle())
+	src.SetSVID(svid)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(),
+		src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNSync))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	n := &api.Node{Meta: api.Meta{Name: "a"}, Spec: api.NodeSpec{Site: "s1", Region: "r", MeshAddress: "127.0.0.1:1"}}
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: n}); err != nil {
+		t.Fatal(err)
+	}
+	r := wire.NewReader(c)
+	welcome, err := r.Read()
+	if err != nil || !slices.Contains(welcome.Features, wire.FeatureSVID) {
+		t.Fatalf("welcome %+v %v: want feature svid", welcome, err)
+	}
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	ask := func(nonce, ns, sa string, csr []byte) *wire.Message {
+		t.Helper()
+		if err := wire.Write(c, &wire.Message{Type: wire.TypeSVID, Nonce: nonce, CSR: csr,
+			SVID: &wire.SVIDRequest{Namespace: ns, ServiceAccount: sa}}); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			m, err := r.Read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Type == wire.TypeSVIDIssued && m.Nonce == nonce {
+				return m
+			}
+		}
+	}
+	m := ask("1", "shop", "orders-sa", csr)
+	if m.Error != "" || len(m.Certificates) == 0 {
+		t.Fatalf("own identity refused: %+v", m)
+	}
+	certs, _ := identity.ParseDERs(m.Certificates)
+	if got := certs[0].URIs[0].String(); got != "spiffe://fogmesh.local/ns/shop/sa/orders-sa" {
+		t.Fatalf("issued %s", got)
+	}
+	for _, c := range []struct {
+		nonce, ns, sa string
+		csr           []byte
+		want          string
+	}{
+		{"2", "shop", "pay", csr, "no endpoint with identity"},
+		{"3", "shop", "nobody", csr, "no endpoint with identity"},
+		{"4", "shop", "orders-sa", []byte("not a csr"), "bad certificate request"},
+	} {
+		if m := ask(c.nonce, c.ns, c.sa, c.csr); !strings.Contains(m.Error, c.want) || len(m.Certificates) != 0 {
+			t.Errorf("%s/%s: answer %+v, want refusal naming %q", c.ns, c.sa, m, c.want)
+		}
 	}
 }
