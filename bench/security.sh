@@ -8,10 +8,13 @@
 #              yamux (one session, internal/transport's config), tls (mutual
 #              TLS 1.3 per proxied connection, resumption on), tls-yamux (one
 #              mutual TLS 1.3 connection carrying the yamux session);
-#         (f)  fogmesh, two agents, plaintext mesh port (yamux over TCP);
-#         (fm) fogmesh, two agents, mTLS mesh port: only when this build has
-#              it and fogmesh_mtls_up below is filled in; otherwise the row
-#              reads pending and no figure is printed.
+#         (f)  fogmesh, two agents, plaintext mesh port (yamux over TCP):
+#              control plane and agents with -insecure (they are secure by
+#              default);
+#         (fm) fogmesh, two agents, mTLS mesh port: secure control plane,
+#              agents joined with one-time tokens made through its admin API;
+#              if the mesh does not come up or its mesh port does not answer
+#              TLS 1.3, the row reads pending and no figure is printed.
 #   S3. TLS 1.3 mutual handshake rate, full and resumed (go test -bench
 #       ./bench/handshake), after everything else has stopped.
 # Engines are interleaved within each round (order rotated each round). The
@@ -184,7 +187,9 @@ LABEL[fm]="(fm) fogmesh, two agents, mTLS mesh"
 # srv agent's mesh port. HOOK, if given, is called as `HOOK ROLE CTL_ADMIN_PORT
 # CONFIG_FILE` for ROLE srv and cli after the control plane is up and the
 # agent's config is written; it may append to the config and set the array
-# AGENT_FLAGS (extra agent flags), and returns non-zero if it cannot. Each
+# AGENT_FLAGS (extra agent flags; without HOOK they are -insecure), and
+# returns non-zero if it cannot. CTL_STATE is the control plane's state dir
+# and ADMIN_FLAGS the admin CLI flags (-server...) while HOOK runs. Each
 # mesh has its own control plane, so the two meshes never share endpoints.
 # Sets MESH_BULK[TAG], MESH_WEB[TAG] (the cli agent's VIP addresses),
 # MESH_PIDS[TAG] (the two agents) and MESH_SRV_MESH[TAG] (srv's mesh port).
@@ -194,11 +199,17 @@ mesh_up() {
   local p_adm=$base p_sync=$((base + 1))
   local srv_mesh=$((base + 10)) srv_dns=$((base + 11)) srv_adm=$((base + 12))
   local cli_mesh=$((base + 20)) cli_dns=$((base + 21)) cli_adm=$((base + 22))
-  local ctl_flags=()
+  # Control plane and agents are secure by default: the plaintext mesh (no
+  # HOOK) runs them with -insecure; with HOOK, mtls_control_flags gives the
+  # control plane's flags and mtls_admin_flags the admin CLI's (ADMIN_FLAGS).
+  local ctl_flags=(-insecure)
   [ -n "$hook" ] && read -r -a ctl_flags <<<"$(mtls_control_flags)"
-  start "ctl$tag" "$BIN/fogmesh" control -state-dir "$TMP/ctl$tag" -admin-addr "127.0.0.1:$p_adm" \
+  CTL_STATE=$TMP/ctl$tag
+  start "ctl$tag" "$BIN/fogmesh" control -state-dir "$CTL_STATE" -admin-addr "127.0.0.1:$p_adm" \
     -sync-addr "127.0.0.1:$p_sync" "${ctl_flags[@]}"
   await_port 127.0.0.1 "$p_adm" "ctl$tag" || return 1
+  ADMIN_FLAGS=(-server "http://127.0.0.1:$p_adm")
+  if [ -n "$hook" ]; then mtls_admin_flags "$p_adm" || return 1; fi
   cat >"$TMP/services$tag.yaml" <<EOF
 apiVersion: fogmesh.io/v1alpha1
 kind: Service
@@ -210,7 +221,7 @@ kind: Service
 metadata: {name: web, namespace: sec}
 spec: {ports: [{name: http, port: $S_WEB}]}
 EOF
-  "$BIN/fogmesh" apply -server "http://127.0.0.1:$p_adm" -f "$TMP/services$tag.yaml" >&2 || return 1
+  "$BIN/fogmesh" apply "${ADMIN_FLAGS[@]}" -f "$TMP/services$tag.yaml" >&2 || return 1
   # Health checks off (iperf3 treats every connection as a test), as in bench.sh.
   cat >"$TMP/srv$tag.yaml" <<EOF
 node: {name: srv$tag, site: s1, region: r1}
@@ -235,7 +246,7 @@ stateDir: $TMP/cli$tag
 EOF
   local role
   for role in srv cli; do
-    AGENT_FLAGS=()
+    AGENT_FLAGS=(-insecure)
     if [ -n "$hook" ]; then "$hook" "$role" "$p_adm" "$TMP/$role$tag.yaml" || return 1; fi
     start "$role$tag" "$BIN/fogmesh-agent" -config "$TMP/$role$tag.yaml" "${AGENT_FLAGS[@]}"
   done
@@ -263,26 +274,53 @@ vip() {
 }
 
 # ================================================================ fill in when pki lands
-# The (fm) row needs only mtls_control_flags and mtls_agent_setup below;
-# the rest (a second control plane and agent pair, a check that the srv
-# agent's mesh port really answers a TLS 1.3 handshake, the rows, ratios and
-# aims) is ready. Until mtls_agent_setup is filled in the row reads pending.
+# The (fm) row: a second, secure control plane (no -insecure) and agent pair
+# (mesh_up with the hook mtls_agent_setup), a check that the srv agent's mesh
+# port really answers a TLS 1.3 handshake, then the rows, ratios and aims.
 #
 # mtls_supported: true if this build's agent looks like it has mTLS on the
-# mesh port (its flags mention join or TLS).
+# mesh port (its flags mention join or TLS). The help is captured first:
+# `--help` exits 2, which under pipefail would fail a pipe into grep.
 mtls_supported() {
-  "$BIN/fogmesh" agent --help 2>&1 | grep -qiE 'join|tls'
+  local help
+  help=$("$BIN/fogmesh" agent --help 2>&1 || true)
+  grep -qiE 'join|tls' <<<"$help"
 }
-# mtls_control_flags: prints extra `fogmesh control` flags for the mTLS mesh
-# (a CA, a trust domain...), if any.
+# mtls_control_flags: prints extra `fogmesh control` flags for the mTLS mesh:
+# none, the control plane is secure by default (a CA in its state dir, HTTPS
+# admin API, bootstrap admin token in STATE/admin.token, bundle in
+# STATE/ca.pem).
 mtls_control_flags() { :; }
-# mtls_agent_setup ROLE CTL_ADMIN_PORT CONFIG_FILE: makes the agent ROLE (srv
-# or cli) run its mesh port with mTLS: append YAML to CONFIG_FILE and/or set
-# AGENT_FLAGS=(...); may call the control plane at 127.0.0.1:CTL_ADMIN_PORT
-# (e.g. `"$BIN/fogmesh" ... -server http://127.0.0.1:$2` for a join token).
-# Returns 1 while it is not filled in.
-mtls_agent_setup() {
+# mtls_admin_flags CTL_ADMIN_PORT: waits (up to 20 s) until the secure control
+# plane has written STATE/admin.token and STATE/ca.pem and its HTTPS admin API
+# answers, then sets ADMIN_FLAGS to reach it (-server https://... -ca -token).
+mtls_admin_flags() {
+  local i
+  for i in $(seq 1 200); do
+    if [ -s "$CTL_STATE/admin.token" ] && [ -s "$CTL_STATE/ca.pem" ] &&
+       curl -fsS -o /dev/null --max-time 2 --cacert "$CTL_STATE/ca.pem" "https://127.0.0.1:$1/healthz" 2>/dev/null; then
+      ADMIN_FLAGS=(-server "https://127.0.0.1:$1" -ca "$CTL_STATE/ca.pem" -token "$(cat "$CTL_STATE/admin.token")")
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "secure control plane on 127.0.0.1:$1: no admin token, bundle or HTTPS /healthz after 20 s"
   return 1
+}
+# mtls_agent_setup ROLE CTL_ADMIN_PORT CONFIG_FILE: makes the agent ROLE (srv
+# or cli) run its mesh port with mTLS: a one-time join token for the agent's
+# site, made through the secure admin API, passed as -join-token (the agent
+# then makes its node key, gets its certificate over TLS to the sync port and
+# runs the sync stream and the mesh port with mutual TLS 1.3).
+mtls_agent_setup() {
+  local site tok
+  site=$(awk -F'site: *' '/^node:/ {split($2, a, /[,}]/); print a[1]; exit}' "$3")
+  [ -n "$site" ] || { log "$3: no node site"; return 1; }
+  tok=$("$BIN/fogmesh" token create -site "$site" -ttl 1h "${ADMIN_FLAGS[@]}" 2>"$TMP/token-$1.log") || {
+    log "token create for $1 (site $site) failed: $(tail -n 2 "$TMP/token-$1.log")"
+    return 1
+  }
+  AGENT_FLAGS=(-join-token "$tok")
 }
 # fogmesh_mtls_up: brings up the mTLS mesh and sets BULK[fm], WEB[fm],
 # CPUPIDS[fm]; returns 1 with MTLS_NOTE set when it cannot, and then no
@@ -294,7 +332,7 @@ fogmesh_mtls_up() {
     return 1
   fi
   if ! mesh_up m "$P_MESH_MTLS" 127.243.0.0/16 127.244.0.0/16 mtls_agent_setup; then
-    MTLS_NOTE="mTLS row: not available: this build's agent mentions join/TLS, but mtls_agent_setup in bench/security.sh is not filled in yet or the mesh did not come up"
+    MTLS_NOTE="mTLS row: not measured: the secure mesh (join tokens, mTLS) did not come up (see the log above)"
     return 1
   fi
   local probe
@@ -310,6 +348,9 @@ fogmesh_mtls_up() {
 log "starting fogmesh (plaintext mesh)"
 mesh_up p "$P_MESH_PLAIN" 127.241.0.0/16 127.242.0.0/16 || die "plaintext mesh did not come up"
 BULK[f]=${MESH_BULK[p]}; WEB[f]=${MESH_WEB[p]}; CPUPIDS[f]=${MESH_PIDS[p]}
+# (f) must stay plaintext (-insecure): its mesh port must not answer TLS.
+"$BIN/tlspair" probe "127.0.0.1:${MESH_SRV_MESH[p]}" >/dev/null 2>&1 &&
+  die "the plaintext mesh's srv agent answers TLS on its mesh port: -insecure did not take"
 ENGINES=(direct p1 p2 p3 p4 f)
 log "starting fogmesh (mTLS mesh), if this build has it"
 if fogmesh_mtls_up; then
