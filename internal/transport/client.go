@@ -200,7 +200,8 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 	}
 	var peerID spiffeid.ID
 	if c.cfg.TLS != nil {
-		tc := tls.Client(conn, c.cfg.TLS)
+		batch := &recordBatcher{Conn: conn}
+		tc := tls.Client(batch, c.cfg.TLS)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
 			reason := identity.HandshakeReason(err)
@@ -216,7 +217,7 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 				return nil, false, fmt.Errorf("peer at %s is %s, want %s", meshAddr, peerID, want)
 			}
 		}
-		conn = tc
+		conn = &tlsFrameConn{Conn: tc, batch: batch}
 	}
 	sess, err = yamux.Client(conn, yamuxConfig())
 	if err != nil { // only for a bad config

@@ -291,7 +291,8 @@ func (s *Server) serveConn(conn net.Conn) {
 
 	var peer Peer
 	if s.cfg.TLS != nil {
-		tc, err := identity.ServerHandshake(s.ctx, conn, s.cfg.TLS, s.cfg.HeaderTimeout)
+		batch := &recordBatcher{Conn: conn}
+		tc, err := identity.ServerHandshake(s.ctx, batch, s.cfg.TLS, s.cfg.HeaderTimeout)
 		if err != nil {
 			conn.Close()
 			reason := identity.HandshakeReason(err)
@@ -308,7 +309,7 @@ func (s *Server) serveConn(conn net.Conn) {
 			return
 		}
 		peer = Peer{ID: id, Site: site, Node: node}
-		conn = tc
+		conn = &tlsFrameConn{Conn: tc, batch: batch}
 		log = log.With("peerId", id.String())
 	}
 

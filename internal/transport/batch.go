@@ -1,0 +1,96 @@
+package transport
+
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"net"
+	"sync"
+)
+
+// Over the mTLS mesh port every Write on the tls.Conn becomes at least one
+// TLS record, and crypto/tls writes each record to the socket on its own: a
+// yamux data frame (a 12-byte header write, then the body, 32 KiB from a
+// relay's io.Copy) costs three write syscalls, one of them for a 34-byte
+// record. recordBatcher sits under the tls.Conn and tlsFrameConn over it: the
+// records of a data frame's header and body are gathered and written to the
+// socket in one Write.
+
+// recordBatcher is the net.Conn under a mesh tls.Conn. While holding, the
+// records crypto/tls writes are appended to a buffer that flush writes in
+// one call; otherwise they go straight to the socket.
+type recordBatcher struct {
+	net.Conn
+	mu      sync.Mutex
+	holding bool
+	buf     []byte
+}
+
+// batchSize: once this much is gathered it is written at once, also in the
+// middle of a frame, so a large body leaves in writes of about this size and
+// the buffer stays under batchSize plus one record.
+const batchSize = 32 << 10
+
+func (b *recordBatcher) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.holding {
+		return b.Conn.Write(p)
+	}
+	b.buf = append(b.buf, p...)
+	if len(b.buf) >= batchSize {
+		_, err := b.Conn.Write(b.buf)
+		b.buf = b.buf[:0]
+		if err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (b *recordBatcher) hold() {
+	b.mu.Lock()
+	b.holding = true
+	b.mu.Unlock()
+}
+
+// flush writes what was gathered and stops holding. A write error is
+// returned here, to the yamux write that ends the batch.
+func (b *recordBatcher) flush() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.holding = false
+	if len(b.buf) == 0 {
+		return nil
+	}
+	_, err := b.Conn.Write(b.buf)
+	b.buf = b.buf[:0]
+	return err
+}
+
+// tlsFrameConn is the conn a yamux session runs on over TLS. yamux writes
+// each frame from its one send goroutine as a header Write, then, for a data
+// frame with a body, a body Write. A data header with a body is held (its
+// record buffered) until the body's Write, whose records join it; every
+// other Write is flushed before it returns.
+type tlsFrameConn struct {
+	*tls.Conn
+	batch *recordBatcher
+}
+
+// yamux frame header: version, type, flags (2), stream ID (4), length (4).
+const (
+	yamuxHeaderLen = 12
+	yamuxTypeData  = 0
+)
+
+func (c *tlsFrameConn) Write(p []byte) (int, error) {
+	c.batch.hold()
+	n, err := c.Conn.Write(p)
+	if err == nil && len(p) == yamuxHeaderLen && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0 {
+		return n, nil // the body follows
+	}
+	if ferr := c.batch.flush(); err == nil && ferr != nil {
+		return 0, ferr
+	}
+	return n, err
+}
