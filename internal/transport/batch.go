@@ -71,10 +71,12 @@ func (b *recordBatcher) flush() error {
 // each frame from its one send goroutine as a header Write, then, for a data
 // frame with a body, a body Write. A data header with a body is held (its
 // record buffered) until the body's Write, whose records join it; every
-// other Write is flushed before it returns.
+// other Write is flushed before it returns. Only yamux's send goroutine
+// writes, so bodyNext needs no lock.
 type tlsFrameConn struct {
 	*tls.Conn
-	batch *recordBatcher
+	batch    *recordBatcher
+	bodyNext bool // the last Write was a held data header: this one is its body
 }
 
 // yamux frame header: version, type, flags (2), stream ID (4), length (4).
@@ -84,9 +86,12 @@ const (
 )
 
 func (c *tlsFrameConn) Write(p []byte) (int, error) {
+	header := !c.bodyNext && len(p) == yamuxHeaderLen && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0
+	c.bodyNext = false
 	c.batch.hold()
 	n, err := c.Conn.Write(p)
-	if err == nil && len(p) == yamuxHeaderLen && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0 {
+	if err == nil && header {
+		c.bodyNext = true
 		return n, nil // the body follows
 	}
 	if ferr := c.batch.flush(); err == nil && ferr != nil {

@@ -96,6 +96,15 @@ func TestTLSFrameConnBatchesDataFrames(t *testing.T) {
 		t.Fatalf("data frame with a 32 KiB body: %d socket writes, want 1", n)
 	}
 
+	// A 12-byte body that looks like a data header is still a body: the
+	// frame leaves at once.
+	w0 = wc.writes.Load()
+	write(yamuxHeader(yamuxTypeData, yamuxHeaderLen))
+	write(yamuxHeader(yamuxTypeData, 7))
+	if n := wc.writes.Load() - w0; n != 1 {
+		t.Fatalf("data frame with a header-like 12-byte body: %d socket writes, want 1", n)
+	}
+
 	// A window update has no body: it must leave now, the peer reads it
 	// without any later write.
 	w0 = wc.writes.Load()
