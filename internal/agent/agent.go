@@ -246,8 +246,14 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
 	if cfg.GossipAddr != "" {
-		a.gossip, err = gossip.New(gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
-			OnChange: a.onGossip, Logger: a.log.With("sub", "gossip")})
+		gc := gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
+			OnChange: a.onGossip, Logger: a.log.With("sub", "gossip")}
+		if a.ident != nil {
+			if gc.SecretKey = a.ident.gossipKey; gc.SecretKey == nil {
+				a.log.Warn("agent: the control plane sent no gossip key; liveness gossip runs unencrypted")
+			}
+		}
+		a.gossip, err = gossip.New(gc)
 		if err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
