@@ -488,6 +488,9 @@ func (sec *security) serveJoin(c net.Conn) error {
 	if sec.revoked(node) {
 		return refuse(fmt.Errorf("node %s is revoked", node))
 	}
+	if err := sec.s.checkNodeSite(node, site); err != nil {
+		return refuse(err)
+	}
 	certs, err := sec.ca.SignNodeCSR(csr, site, node)
 	if err != nil {
 		return refuse(err)
@@ -535,6 +538,23 @@ func (sec *security) issued(kind string, cert *x509.Certificate) {
 	if sec.onIssue != nil {
 		sec.onIssue(kind, cert.URIs[0].String(), cert)
 	}
+}
+
+// checkNodeSite refuses a node name registered at another site. Endpoints,
+// workload SVIDs (issueSVID) and the identities agents vouch for go by node
+// name, so a join token of one site must not get a certificate under the
+// name of another site's node, nor may such a certificate register over
+// it. A node moves site by being deleted first.
+func (s *Server) checkNodeSite(node, site string) error {
+	kv, ok, err := s.st.Get(api.KindNode + "/" + node)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", node, err)
+	}
+	var cur api.Node
+	if ok && json.Unmarshal(kv.Value, &cur) == nil && cur.Spec.Site != site {
+		return fmt.Errorf("node %s is registered at site %s, not %s (delete it first to move it)", node, cur.Spec.Site, site)
+	}
+	return nil
 }
 
 // renew answers a node's renewal on its mutually authenticated stream.
