@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -37,9 +38,20 @@ type Config struct {
 
 // Gossip is one member.
 type Gossip struct {
-	ml *memberlist.Memberlist
-	kr *memberlist.Keyring // nil without a key
+	ml       *memberlist.Memberlist
+	kr       *memberlist.Keyring // nil without a key
+	keyGrace time.Duration       // KeyGrace; tests shorten it
+
+	mu     sync.Mutex  // guards the following
+	retire *time.Timer // drops the previous key when its grace ends
+	closed bool
 }
+
+// KeyGrace is how long SetKey keeps accepting the previous key: long
+// enough for every peer to get the new one from the control plane, short
+// enough that a revoked node, which knows the previous key, is soon shut
+// out even if the key never changes again.
+const KeyGrace = time.Minute
 
 type events struct{ f func(string, bool) }
 
@@ -94,13 +106,12 @@ func New(cfg Config) (*Gossip, error) {
 		n := ml.LocalNode()
 		mc.AdvertisePort = int(n.Port)
 	}
-	return &Gossip{ml: ml, kr: kr}, nil
+	return &Gossip{ml: ml, kr: kr, keyGrace: KeyGrace}, nil
 }
 
 // SetKey makes key the one used to send, keeping the previous one for
-// receiving until the next change (peers switch at slightly different
-// times); older keys are dropped. It fails on a member created without a
-// key.
+// receiving for KeyGrace (peers switch at slightly different times);
+// older keys are dropped. It fails on a member created without a key.
 func (g *Gossip) SetKey(key []byte) error {
 	kr := g.kr
 	if kr == nil {
@@ -117,6 +128,19 @@ func (g *Gossip) SetKey(key []byte) error {
 		if !bytes.Equal(k, key) && !bytes.Equal(k, prev) {
 			kr.RemoveKey(k)
 		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.retire != nil {
+		g.retire.Stop()
+		g.retire = nil
+	}
+	if !g.closed && prev != nil && !bytes.Equal(prev, key) {
+		g.retire = time.AfterFunc(g.keyGrace, func() { // retirePreviousKey
+			if bytes.Equal(kr.GetPrimaryKey(), key) {
+				kr.RemoveKey(prev)
+			}
+		})
 	}
 	return nil
 }
@@ -138,6 +162,12 @@ func (g *Gossip) Members() []string {
 
 // Close leaves the group (so peers learn at once) and stops.
 func (g *Gossip) Close() error {
+	g.mu.Lock()
+	g.closed = true
+	if g.retire != nil {
+		g.retire.Stop()
+	}
+	g.mu.Unlock()
 	g.ml.Leave(500 * time.Millisecond)
 	return g.ml.Shutdown()
 }

@@ -125,3 +125,33 @@ func TestKeyedGossip(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestSetKeyRetiresPreviousKey: the key a revoked node knows is accepted
+// only for a grace period after the change, not until the next change
+// (which may never come): after it, a member that kept the old key is no
+// longer heard.
+func TestSetKeyRetiresPreviousKey(t *testing.T) {
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	a, err := New(Config{Name: "a", BindAddr: "127.0.0.1:0", SecretKey: k1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.keyGrace = 100 * time.Millisecond
+	if err := a.SetKey(k2); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(a.kr.GetKeys()); n != 2 {
+		t.Fatalf("right after the change: %d keys, want 2 (the old one in grace)", n)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for len(a.kr.GetKeys()) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the previous key is still accepted %v after the change", 3*time.Second)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !bytes.Equal(a.kr.GetKeys()[0], k2) {
+		t.Fatal("the new key was retired")
+	}
+}
