@@ -1062,7 +1062,18 @@ workloads:
 		t.Fatalf("register with the token: exit %d\n%s", code, out)
 	}
 
+	// SIGTERM: the control plane closes its chain with a checkpoint signed
+	// by its audit key, which `audit verify --pubkey` checks.
+	cp.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-cp.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("control plane did not stop on SIGTERM")
+	}
 	logs, _ := filepath.Glob(filepath.Join(state, "audit", "control", "audit.log*"))
+	if out, code := run(t, append([]string{"audit", "verify", "--pubkey", filepath.Join(state, "audit-key.pub.pem")}, logs...)...); code != 0 || !strings.Contains(out, "1 signed") {
+		t.Fatalf("control plane chain with its key: exit %d\n%s", code, out)
+	}
 	var chain strings.Builder
 	for _, f := range logs {
 		b, _ := os.ReadFile(f)
