@@ -1,0 +1,316 @@
+package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// End-to-end tests of the security features with real processes: node
+// revocation, CA rotation, federation, admin client certificates and
+// renewal. Agents use VIP ranges 127.190-199/16.
+
+// echoServer is a TCP echo workload on a loopback port; its cleanup
+// closes the listener and every connection.
+func echoServer(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// echoConn is an open connection through a VIP to an echo workload.
+type echoConn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialEcho(addr string) (*echoConn, error) {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	e := &echoConn{c: c, r: bufio.NewReader(c)}
+	if err := e.ping("hello"); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// ping sends a line and waits (3 s at most) for it to come back.
+func (e *echoConn) ping(msg string) error {
+	e.c.SetDeadline(time.Now().Add(3 * time.Second))
+	defer e.c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(e.c, msg+"\n"); err != nil {
+		return err
+	}
+	line, err := e.r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != msg+"\n" {
+		return fmt.Errorf("echo answered %q, want %q", line, msg)
+	}
+	return nil
+}
+
+// echoOnce opens a connection through addr, pings once and closes it.
+func echoOnce(addr string) error {
+	e, err := dialEcho(addr)
+	if err != nil {
+		return err
+	}
+	return e.c.Close()
+}
+
+// waitEcho waits until a new connection through addr echoes.
+func waitEcho(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := echoOnce(addr)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never echoed: %v", addr, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// metric returns the value of the series named exactly series in the
+// Prometheus text at url (0 if absent). client nil means plain HTTP.
+func metric(t *testing.T, client *http.Client, url, series string) float64 {
+	t.Helper()
+	if client == nil {
+		client = &http.Client{Timeout: 5 * time.Second}
+	}
+	req, _ := http.NewRequest("GET", url, nil)
+	if tok := adminTokenOf(client); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("metrics: %s: %s", resp.Status, b)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// adminTransport is an HTTPS transport that carries a bearer token.
+type adminTransport struct {
+	http.RoundTripper
+	token string
+}
+
+func adminTokenOf(c *http.Client) string {
+	if a, ok := c.Transport.(*adminTransport); ok {
+		return a.token
+	}
+	return ""
+}
+
+// adminHTTP is an HTTP client of the control plane's admin API built from
+// the CLI flags (-server, -ca, -token); it returns the client and the
+// base URL.
+func adminHTTP(t *testing.T, flags []string) (*http.Client, string) {
+	t.Helper()
+	b, err := os.ReadFile(flags[3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(b)
+	return &http.Client{Timeout: 5 * time.Second, Transport: &adminTransport{
+		RoundTripper: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, token: flags[5]}}, flags[1]
+}
+
+// readTrust reads an agent's saved trust file.
+func readTrust(t *testing.T, dir string) *wire.Trust {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "trust.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tr wire.Trust
+	if err := json.Unmarshal(b, &tr); err != nil {
+		t.Fatalf("trust.json: %v", err)
+	}
+	return &tr
+}
+
+// nodeCert reads an agent's node certificate (the leaf).
+func nodeCert(t *testing.T, dir string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "node-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := identity.ParseCertificatesPEM(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs[0]
+}
+
+// eventually polls cond every 100 ms until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestRevokeNodeAtAgents: three joined agents (a client, a server with an
+// echo workload, a bystander client). `fogmesh node revoke client` makes
+// the server agent cut the client's open proxied connection, refuse its
+// new handshakes (counted as reason "revoked" on the server's /metrics),
+// and the control plane refuse its sync stream; the bystander keeps
+// working.
+func TestRevokeNodeAtAgents(t *testing.T) {
+	cl := startClusterProto(t, "echo", "tcp", 19050, "-heartbeat-interval", "500ms")
+	server := cl.agentProc("server", 190, echoServer(t), false)
+	client := cl.agentProc("client", 191, 0, false)
+	bystander := cl.agentProc("bystander", 192, 0, false)
+	cl.waitRoutes(client.admin, 1)
+	cl.waitRoutes(bystander.admin, 1)
+	clientVIP, byVIP := "127.191.0.1:19050", "127.192.0.1:19050"
+	waitEcho(t, clientVIP)
+	waitEcho(t, byVIP)
+	open, err := dialEcho(clientVIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.c.Close()
+	byOpen, err := dialEcho(byVIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer byOpen.c.Close()
+
+	revokedSeries := `fogmesh_tls_handshake_failures_total{port="mesh",dir="in",reason="revoked"}`
+	serverMetrics := "http://" + server.admin + "/metrics"
+	if v := metric(t, nil, serverMetrics, revokedSeries); v != 0 {
+		t.Fatalf("revoked handshakes before the revocation: %v", v)
+	}
+	out, code := run(t, append([]string{"node", "revoke", "client"}, cl.admin...)...)
+	if code != 0 || !strings.Contains(out, "spiffe://fogmesh.local/site/s1/node/client") {
+		t.Fatalf("node revoke: %d %s", code, out)
+	}
+	revokedAt := time.Now()
+
+	// The open connection is cut within a few seconds.
+	open.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := open.r.ReadByte(); err == nil {
+		t.Fatalf("the revoked node's open connection still delivers data (%q)", n)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("the revoked node's open connection was not cut within 5 s\nserver log:\n%s", server.p.out)
+	}
+	t.Logf("open connection cut %v after the revocation", time.Since(revokedAt).Round(time.Millisecond))
+
+	// New connections through the client's agent fail; the server counts
+	// the refused handshakes.
+	eventually(t, 10*time.Second, "new connections through the revoked node are still served", func() bool {
+		return echoOnce(clientVIP) != nil
+	})
+	for i := range 3 {
+		if err := echoOnce(clientVIP); err == nil {
+			t.Fatalf("attempt %d through the revoked node was served", i)
+		}
+	}
+	eventually(t, 10*time.Second, "the server agent counted no revoked handshake", func() bool {
+		return metric(t, nil, serverMetrics, revokedSeries) > 0
+	})
+	if !strings.Contains(server.p.out.String(), "node revoked; closed its mesh sessions") {
+		t.Errorf("server agent did not log the closed sessions:\n%s", server.p.out)
+	}
+
+	// The control plane refuses the revoked node's sync stream.
+	adm, base := adminHTTP(t, cl.admin)
+	eventually(t, 15*time.Second, "the control plane refused no revoked sync handshake", func() bool {
+		return metric(t, adm, base+"/metrics", `fogmesh_tls_handshake_failures_total{port="sync",reason="revoked"}`) > 0
+	})
+	eventually(t, 10*time.Second, "the revoked agent never logged a refused sync stream", func() bool {
+		return strings.Contains(client.p.out.String(), "control plane stream ended")
+	})
+
+	// The bystander keeps working: its open connection and new ones.
+	if err := byOpen.ping("still here"); err != nil {
+		t.Fatalf("bystander's open connection broke: %v", err)
+	}
+	if err := echoOnce(byVIP); err != nil {
+		t.Fatalf("bystander's new connection: %v", err)
+	}
+	if v := metric(t, nil, "http://"+bystander.admin+"/metrics", `fogmesh_tls_handshake_failures_total{port="mesh",dir="out",reason="revoked"}`); v != 0 {
+		t.Errorf("bystander saw revoked handshakes: %v", v)
+	}
+	// The server agent saved the deny list.
+	tr := readTrust(t, server.dir)
+	if len(tr.Revoked) != 1 || tr.Revoked[0] != "spiffe://fogmesh.local/site/s1/node/client" {
+		t.Fatalf("server's trust.json deny list: %v", tr.Revoked)
+	}
+}
