@@ -314,3 +314,167 @@ func TestRevokeNodeAtAgents(t *testing.T) {
 		t.Fatalf("server's trust.json deny list: %v", tr.Revoked)
 	}
 }
+
+// chainsTo reports whether leaf verifies against exactly the roots given.
+func chainsTo(leaf *x509.Certificate, roots ...*x509.Certificate) bool {
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err == nil
+}
+
+// pingWhile pings e every 200 ms until stop is closed and returns the
+// first failure (nil if none).
+func pingWhile(e *echoConn, stop <-chan struct{}) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if err := e.ping(fmt.Sprintf("ping %d", i)); err != nil {
+				done <- fmt.Errorf("ping %d: %w", i, err)
+				return
+			}
+		}
+	}()
+	return done
+}
+
+// TestNodeRenewalKeepsConnections: with a 20 s node TTL both agents renew
+// over the sync stream (new serial in STATE/node-cert.pem, counted in
+// fogmesh_agent_certificate_renewals_total) while a proxied connection
+// through them stays open and keeps echoing.
+func TestNodeRenewalKeepsConnections(t *testing.T) {
+	cl := startClusterProto(t, "echo", "tcp", 19051, "-heartbeat-interval", "500ms", "-node-ttl", "20s")
+	server := cl.agentProc("server", 193, echoServer(t), false)
+	client := cl.agentProc("client", 194, 0, false)
+	cl.waitRoutes(client.admin, 1)
+	vip := "127.194.0.1:19051"
+	waitEcho(t, vip)
+	open, err := dialEcho(vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.c.Close()
+	before := map[string]string{server.dir: nodeCert(t, server.dir).SerialNumber.Text(16), client.dir: nodeCert(t, client.dir).SerialNumber.Text(16)}
+	stop := make(chan struct{})
+	pings := pingWhile(open, stop)
+	eventually(t, 20*time.Second, "the agents never renewed their node certificates", func() bool {
+		for dir, serial := range before {
+			if nodeCert(t, dir).SerialNumber.Text(16) == serial {
+				return false
+			}
+		}
+		return true
+	})
+	close(stop)
+	if err := <-pings; err != nil {
+		t.Fatalf("the open connection broke during renewal: %v", err)
+	}
+	for _, a := range []*agentProc{server, client} {
+		c := nodeCert(t, a.dir)
+		if life := time.Until(c.NotAfter); life < 10*time.Second || life > 21*time.Second {
+			t.Errorf("%s: renewed certificate valid for %v more", a.dir, life)
+		}
+		if v := metric(t, nil, "http://"+a.admin+"/metrics", "fogmesh_agent_certificate_renewals_total"); v < 1 {
+			t.Errorf("%s: renewals counted %v", a.admin, v)
+		}
+	}
+	if err := open.ping("after renewal"); err != nil {
+		t.Fatalf("open connection after renewal: %v", err)
+	}
+	if err := echoOnce(vip); err != nil {
+		t.Fatalf("new connection after renewal: %v", err)
+	}
+}
+
+// TestCARotationOverlap: `fogmesh ca rotate` while two agents talk. The
+// bundle holds both roots during the overlap (`fogmesh get trust`,
+// STATE/ca.pem, the agents' trust.json); traffic keeps flowing; an agent
+// that renews gets a certificate of the new root and, restarted so that it
+// must handshake again, still talks to a peer whose certificate is of the
+// old root.
+func TestCARotationOverlap(t *testing.T) {
+	// The server agent joins under a 1h node TTL (it will not renew during
+	// the test), the client under 20s (it renews at about 10s).
+	cl := startClusterProto(t, "echo", "tcp", 19052, "-heartbeat-interval", "500ms", "-node-ttl", "1h")
+	server := cl.agentProc("server", 195, echoServer(t), false)
+	cl.ctl.kill9(t)
+	cl.ctl = start(t, "control", "-state-dir", cl.state, "-admin-addr", cl.adminAddr, "-sync-addr", cl.syncAddr,
+		"-heartbeat-interval", "500ms", "-node-ttl", "20s")
+	secureAdmin(t, cl.ctl, cl.state, cl.adminAddr)
+	client := cl.agentProc("client", 196, 0, false)
+	cl.waitRoutes(client.admin, 1)
+	vip := "127.196.0.1:19052"
+	waitEcho(t, vip)
+	b, _ := os.ReadFile(filepath.Join(cl.state, "ca.pem"))
+	oldRoots, err := identity.ParseCertificatesPEM(b)
+	if err != nil || len(oldRoots) != 1 {
+		t.Fatalf("bundle before rotation: %d roots, %v", len(oldRoots), err)
+	}
+	oldRoot := oldRoots[0]
+	open, err := dialEcho(vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.c.Close()
+	stop := make(chan struct{})
+	pings := pingWhile(open, stop)
+
+	out, code := run(t, append([]string{"ca", "rotate"}, cl.admin...)...)
+	if code != 0 || !strings.Contains(out, "2 roots trusted") {
+		t.Fatalf("ca rotate: %d %s", code, out)
+	}
+	out, code = run(t, append([]string{"get", "trust"}, cl.admin...)...)
+	if code != 0 || !strings.Contains(out, "fogmesh.local  2      own") {
+		t.Fatalf("get trust during the overlap: %d\n%s", code, out)
+	}
+	b, _ = os.ReadFile(filepath.Join(cl.state, "ca.pem"))
+	roots, _ := identity.ParseCertificatesPEM(b)
+	if len(roots) != 2 {
+		t.Fatalf("ca.pem holds %d roots during the overlap", len(roots))
+	}
+	var newRoot *x509.Certificate
+	for _, r := range roots {
+		if !r.Equal(oldRoot) {
+			newRoot = r
+		}
+	}
+	if newRoot == nil {
+		t.Fatal("ca.pem lacks a new root")
+	}
+	for _, a := range []*agentProc{server, client} {
+		eventually(t, 10*time.Second, a.dir+": trust.json never got both roots", func() bool {
+			return len(readTrust(t, a.dir).Bundles["fogmesh.local"]) == 2
+		})
+	}
+	// The client renews under the new root; traffic flows meanwhile.
+	eventually(t, 20*time.Second, "the client agent never got a certificate of the new root", func() bool {
+		return chainsTo(nodeCert(t, client.dir), newRoot)
+	})
+	if err := echoOnce(vip); err != nil {
+		t.Fatalf("new connection after the client renewed: %v", err)
+	}
+	close(stop)
+	if err := <-pings; err != nil {
+		t.Fatalf("the open connection broke during the rotation: %v", err)
+	}
+	if c := nodeCert(t, server.dir); !chainsTo(c, oldRoot) || chainsTo(c, newRoot) {
+		t.Fatal("the server agent's certificate is not of the old root any more: the test proves nothing")
+	}
+	// A fresh mesh handshake: new-root client, old-root server.
+	client.restart(t)
+	waitEcho(t, vip)
+	if c := nodeCert(t, client.dir); !chainsTo(c, newRoot) {
+		t.Fatal("the restarted client lost its new-root certificate")
+	}
+	if v := metric(t, nil, "http://"+server.admin+"/metrics", `fogmesh_tls_handshake_failures_total{port="mesh",dir="in",reason="unknown_authority"}`); v != 0 {
+		t.Fatalf("the server refused %v handshakes for an unknown authority", v)
+	}
+}
