@@ -2,13 +2,20 @@ package main
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -135,11 +142,7 @@ func metric(t *testing.T, client *http.Client, url, series string) float64 {
 	if client == nil {
 		client = &http.Client{Timeout: 5 * time.Second}
 	}
-	req, _ := http.NewRequest("GET", url, nil)
-	if tok := adminTokenOf(client); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := client.Do(req)
+	resp, err := client.Get(url)
 	if err != nil {
 		t.Fatalf("metrics: %v", err)
 	}
@@ -163,11 +166,10 @@ type adminTransport struct {
 	token string
 }
 
-func adminTokenOf(c *http.Client) string {
-	if a, ok := c.Transport.(*adminTransport); ok {
-		return a.token
-	}
-	return ""
+func (a *adminTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+a.token)
+	return a.RoundTripper.RoundTrip(r)
 }
 
 // adminHTTP is an HTTP client of the control plane's admin API built from
@@ -477,4 +479,135 @@ func TestCARotationOverlap(t *testing.T) {
 	if v := metric(t, nil, "http://"+server.admin+"/metrics", `fogmesh_tls_handshake_failures_total{port="mesh",dir="in",reason="unknown_authority"}`); v != 0 {
 		t.Fatalf("the server refused %v handshakes for an unknown authority", v)
 	}
+}
+
+// otherCA writes a self-signed root of trust domain td as PEM to a file.
+func otherCA(t *testing.T, td string, isCA bool) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse("spiffe://" + td)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: td + " root"}, URIs: []*url.URL{u},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), BasicConstraintsValid: true, IsCA: isCA}
+	if isCA {
+		tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	} else {
+		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), td+".pem")
+	os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	return p
+}
+
+// TestTrustAddRemove: `fogmesh trust add` pushes a federated bundle to a
+// joined agent (its trust.json) and `trust remove` takes it away; a
+// malformed or non-CA bundle, a bad or the own trust domain are refused
+// with exit 2 and a clear message, through the CLI and the API alike, and
+// leave the stored trust and the agent's unchanged.
+func TestTrustAddRemove(t *testing.T) {
+	cl := startClusterProto(t, "echo", "tcp", 19053, "-heartbeat-interval", "500ms")
+	ag := cl.agentProc("edge", 197, 0, false)
+	bundle := otherCA(t, "other.example", true)
+	trust := func(args ...string) (string, int) {
+		return run(t, append(append([]string{"trust"}, args...), cl.admin...)...)
+	}
+	if out, code := trust("add", "-domain", "other.example", "-bundle", bundle); code != 0 || !strings.Contains(out, "other.example added") {
+		t.Fatalf("trust add: %d %s", code, out)
+	}
+	eventually(t, 10*time.Second, "the agent never received the federated bundle", func() bool {
+		return len(readTrust(t, ag.dir).Bundles["other.example"]) == 1
+	})
+	if out, _ := run(t, append([]string{"get", "trust"}, cl.admin...)...); !strings.Contains(out, "other.example  1      federated") {
+		t.Fatalf("get trust:\n%s", out)
+	}
+	stored := func() string {
+		out, code := run(t, append([]string{"get", "trust", "-o", "json"}, cl.admin...)...)
+		if code != 0 {
+			t.Fatalf("get trust: %d %s", code, out)
+		}
+		return out
+	}
+	before, agentBefore := stored(), readTrust(t, ag.dir)
+
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(s), 0o644)
+		return p
+	}
+	leaf := otherCA(t, "leaf.example", false)
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"garbage bundle", []string{"add", "-domain", "bad.example", "-bundle", write("garbage.pem", "not a certificate\n")}, "no PEM certificate"},
+		{"corrupt PEM", []string{"add", "-domain", "bad.example", "-bundle", write("corrupt.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")}, "malformed certificate"},
+		{"empty bundle", []string{"add", "-domain", "bad.example", "-bundle", write("empty.pem", "")}, "empty.pem"},
+		{"not a CA", []string{"add", "-domain", "leaf.example", "-bundle", leaf}, "not a CA"},
+		{"missing file", []string{"add", "-domain", "bad.example", "-bundle", filepath.Join(dir, "nope.pem")}, "nope.pem"},
+		{"bad domain", []string{"add", "-domain", "Bad_Domain!", "-bundle", bundle}, "Bad_Domain!"},
+		{"URI domain", []string{"add", "-domain", "spiffe://bad.example", "-bundle", bundle}, "not a URI"},
+		{"own domain", []string{"add", "-domain", "fogmesh.local", "-bundle", bundle}, "own trust domain"},
+		{"no domain", []string{"add", "-bundle", bundle}, "-domain"},
+		{"remove unknown", []string{"remove", "nosuch.example"}, "not found"},
+		{"remove bad name", []string{"remove", "../tokens"}, "trust domain"},
+		{"no verb", nil, "want add"},
+	} {
+		out, code := trust(c.args...)
+		if code != 2 || !strings.Contains(out, c.want) {
+			t.Errorf("%s: exit %d, output %q; want exit 2 naming %q", c.name, code, out, c.want)
+		}
+	}
+	// The API refuses the same without the CLI's own checks.
+	adm, base := adminHTTP(t, cl.admin)
+	for name, body := range map[string]string{
+		"garbage bundle": `{"trustDomain":"bad.example","bundle":"garbage"}`,
+		"leaf bundle":    fmt.Sprintf(`{"trustDomain":"leaf.example","bundle":%q}`, mustRead(t, leaf)),
+		"empty domain":   fmt.Sprintf(`{"trustDomain":"","bundle":%q}`, mustRead(t, bundle)),
+		"not JSON":       `{"trustDomain":`,
+	} {
+		resp, err := adm.Post(base+"/v1/trust", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("API %s: %s %s", name, resp.Status, b)
+		}
+	}
+	if after := stored(); after != before {
+		t.Fatalf("refused input changed the stored trust:\nbefore %s\nafter %s", before, after)
+	}
+	time.Sleep(time.Second) // a push would have reached the agent by now
+	if a := readTrust(t, ag.dir); len(a.Bundles) != len(agentBefore.Bundles) {
+		t.Fatalf("refused input reached the agent: %v", a.Bundles)
+	}
+
+	if out, code := trust("remove", "other.example"); code != 0 || !strings.Contains(out, "other.example removed") {
+		t.Fatalf("trust remove: %d %s", code, out)
+	}
+	eventually(t, 10*time.Second, "the agent kept the removed bundle", func() bool {
+		_, ok := readTrust(t, ag.dir).Bundles["other.example"]
+		return !ok
+	})
+	if out := stored(); strings.Contains(out, "other.example") {
+		t.Fatalf("removed domain still stored: %s", out)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
