@@ -611,3 +611,104 @@ func mustRead(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// foreignAdminCert writes a certificate for spiffe://fogmesh.local/admin/NAME
+// signed by a CA the control plane does not know, and its key.
+func foreignAdminCert(t *testing.T, name string) (certPath, keyPath string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "rogue"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	u, _ := url.Parse("spiffe://fogmesh.local/admin/" + name)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), URIs: []*url.URL{u}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certPath, append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})...), 0o644)
+	kb, _ := x509.MarshalECPrivateKey(key)
+	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return certPath, keyPath
+}
+
+// TestAdminClientCertificate: `fogmesh admin cert create` (admin token)
+// makes the key locally and gets spiffe://TD/admin/NAME signed from a CSR;
+// admin verbs then work with -cert/-key and no token, reads and writes;
+// a certificate of the same ID from another CA, and a read-only token
+// asking for a certificate, are refused; bad names are usage errors.
+func TestAdminClientCertificate(t *testing.T) {
+	admin, syncAddr, state := freePort(t), freePort(t), t.TempDir()
+	cp := start(t, "control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr)
+	flags := secureAdmin(t, cp, state, admin)
+	out := filepath.Join(t.TempDir(), "certs")
+	res, code := run(t, append([]string{"admin", "cert", "create", "ops", "-out", out, "-ttl", "1h"}, flags...)...)
+	if code != 0 || !strings.Contains(res, "spiffe://fogmesh.local/admin/ops") {
+		t.Fatalf("admin cert create: %d %s", code, res)
+	}
+	certPath, keyPath := filepath.Join(out, "ops-cert.pem"), filepath.Join(out, "ops-key.pem")
+	if fi, err := os.Stat(keyPath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", err, fi)
+	}
+	b, _ := os.ReadFile(certPath)
+	certs, err := identity.ParseCertificatesPEM(b)
+	if err != nil || certs[0].URIs[0].String() != "spiffe://fogmesh.local/admin/ops" {
+		t.Fatalf("admin certificate: %v %v", err, certs)
+	}
+	if life := time.Until(certs[0].NotAfter); life > time.Hour || life < 55*time.Minute {
+		t.Fatalf("admin certificate lifetime %v, want 1h", life)
+	}
+	withCert := []string{"-server", flags[1], "-ca", flags[3], "-cert", certPath, "-key", keyPath}
+	if out, code := run(t, append([]string{"get", "nodes"}, withCert...)...); code != 0 || !strings.Contains(out, "NAME") {
+		t.Fatalf("get nodes with the admin certificate: %d %s", code, out)
+	}
+	if out, code := run(t, append([]string{"token", "create", "-site", "s1"}, withCert...)...); code != 0 || !strings.HasPrefix(out, "fmj1.") {
+		t.Fatalf("token create with the admin certificate: %d %s", code, out)
+	}
+	// The same ID from a CA the control plane does not trust.
+	fc, fk := foreignAdminCert(t, "ops")
+	if out, code := run(t, "get", "nodes", "-server", flags[1], "-ca", flags[3], "-cert", fc, "-key", fk); code != 1 || !strings.Contains(out, "tls") {
+		t.Fatalf("a foreign admin certificate: %d %s", code, out)
+	}
+	// A read-only token may not mint an admin certificate.
+	ro, _ := run(t, append([]string{"token", "create", "-kind", "admin", "-role", "read-only"}, flags...)...)
+	roOut := t.TempDir()
+	if out, code := run(t, "admin", "cert", "create", "sneaky", "-out", roOut, "-server", flags[1], "-ca", flags[3], "-token", strings.TrimSpace(ro)); code != 1 || !strings.Contains(out, "read-only") {
+		t.Fatalf("read-only token: %d %s", code, out)
+	}
+	if entries, _ := os.ReadDir(roOut); len(entries) != 0 {
+		t.Fatalf("a refused request left files: %v", entries)
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"bad name", []string{"admin", "cert", "create", "Bad_Name", "-out", t.TempDir()}, "DNS label"},
+		{"path name", []string{"admin", "cert", "create", "../x", "-out", t.TempDir()}, "DNS label"},
+		{"bad ttl", []string{"admin", "cert", "create", "ok", "-ttl", "9999h", "-out", t.TempDir()}, "ttl"},
+		{"exists", []string{"admin", "cert", "create", "ops", "-out", out}, "exists"},
+		{"no verb", []string{"admin"}, "cert create"},
+		{"cert without key", []string{"get", "nodes", "-cert", certPath}, "-cert and -key"},
+	} {
+		out, code := run(t, append(c.args, flags...)...)
+		if code != 2 || !strings.Contains(out, c.want) {
+			t.Errorf("%s: exit %d, output %q; want exit 2 naming %q", c.name, code, out, c.want)
+		}
+	}
+	// The issue is in the control plane's audit chain.
+	logs, _ := filepath.Glob(filepath.Join(state, "audit", "control", "audit.log*"))
+	var chain strings.Builder
+	for _, f := range logs {
+		b, _ := os.ReadFile(f)
+		chain.Write(b)
+	}
+	if !strings.Contains(chain.String(), "issue admin") || !strings.Contains(chain.String(), "spiffe://fogmesh.local/admin/ops") {
+		t.Fatalf("audit chain lacks the admin certificate issue:\n%s", chain.String())
+	}
+}
