@@ -10,9 +10,11 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/agent"
 	"github.com/fogmesh/fogmesh/internal/cli"
 )
 
@@ -87,12 +89,38 @@ func agentFlag(fs *flag.FlagSet) *string {
 	return fs.String("agent", envOr("FOGMESH_AGENT", "http://127.0.0.1:7073"), "local agent API URL ($FOGMESH_AGENT)")
 }
 
+// agentTokenFlag is the token a secure agent's local API wants for
+// changes: the flag, $FOGMESH_AGENT_TOKEN, or the file in the agent's
+// default state directory when readable.
+func agentTokenFlag(fs *flag.FlagSet) func() string {
+	tok := fs.String("agent-token", os.Getenv("FOGMESH_AGENT_TOKEN"), "local agent API token for changes ($FOGMESH_AGENT_TOKEN; default: read /var/lib/fogmesh/agent/"+agent.LocalTokenFile+")")
+	return func() string {
+		if *tok != "" {
+			return strings.TrimSpace(*tok)
+		}
+		b, _ := os.ReadFile(filepath.Join("/var/lib/fogmesh/agent", agent.LocalTokenFile))
+		return strings.TrimSpace(string(b))
+	}
+}
+
+// callAgent is call with the local API token.
+func callAgent(method, url, token string, body []byte, out any) error {
+	return callWith(method, url, body, out, token)
+}
+
 // call sends a request and decodes a JSON answer into out. A non-2xx answer
 // becomes an error carrying the server's message; a 400 is a usage error.
 func call(method, url string, body []byte, out any) error {
+	return callWith(method, url, body, out, "")
+}
+
+func callWith(method, url string, body []byte, out any, agentToken string) error {
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
 		return cli.Usagef("%v", err)
+	}
+	if agentToken != "" {
+		req.Header.Set("Authorization", "Bearer "+agentToken)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/yaml")

@@ -1079,6 +1079,20 @@ workloads:
 	if code != 0 || !strings.Contains(out, "intact") {
 		t.Fatalf("audit verify: %d\n%s", code, out)
 	}
+	// Creating a workload (an identity) through the local API needs the
+	// token in the agent's state directory.
+	reg := []string{"register", "-agent", "http://" + adm, "-service", "payments", "-n", "shop", "-port", "9", "-check", "none"}
+	if out, code := run(t, reg...); code == 0 || !strings.Contains(out, "local-api.token") {
+		t.Fatalf("register without the token: exit %d\n%s", code, out)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "local-api.token")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("local API token file: %v %v", fi, err)
+	}
+	tokb, _ := os.ReadFile(filepath.Join(dir, "local-api.token"))
+	if out, code := run(t, append(reg, "-agent-token", strings.TrimSpace(string(tokb)))...); code != 0 {
+		t.Fatalf("register with the token: exit %d\n%s", code, out)
+	}
+
 	logs, _ := filepath.Glob(filepath.Join(state, "audit", "control", "audit.log*"))
 	var chain strings.Builder
 	for _, f := range logs {

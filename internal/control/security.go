@@ -3,6 +3,7 @@ package control
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -53,6 +54,7 @@ const (
 	keyToken   = "token/"   // + id: tokenRecord
 	keyRevoked = "revoked/" // + node name: revokedRecord
 	keyTrust   = "trust/"   // + trust domain: PEM bundle
+	keyGossip  = "gossip-key"
 )
 
 // tokenRecord is what the store keeps of a token: never the secret.
@@ -125,6 +127,25 @@ func newSecurity(s *Server) (*security, error) {
 	s.log.Info("control: CA ready", "trustDomain", ca.TrustDomain().Name(), "pin", ca.Pin(),
 		"bundle", filepath.Join(s.cfg.StateDir, BundleFile))
 	return sec, nil
+}
+
+// gossipKey returns the mesh's gossip key, made (32 random bytes) when
+// there is none or when renew is set (after a revocation: the revoked node
+// knows the old one).
+func (sec *security) gossipKey(renew bool) ([]byte, error) {
+	var key []byte
+	err := sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		if k := tx.Get(keyGossip); len(k) == 32 && !renew {
+			key = append([]byte(nil), k...)
+			return nil
+		}
+		key = make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return err
+		}
+		return tx.Put(keyGossip, key)
+	})
+	return key, err
 }
 
 func (sec *security) tlsFailure(reason string) {
@@ -271,6 +292,9 @@ func (sec *security) refreshTrust() error {
 	}
 	kvs, err = sec.s.st.ListSecure(keyRevoked)
 	if err != nil {
+		return err
+	}
+	if t.GossipKey, err = sec.gossipKey(false); err != nil {
 		return err
 	}
 	for _, kv := range kvs {
@@ -552,6 +576,9 @@ func (s *Server) revokeNode(name string) (string, error) {
 	}
 	b, _ := json.Marshal(revokedRecord{ID: id.String(), Site: n.Spec.Site, At: time.Now().UTC()})
 	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put(keyRevoked+name, b) }); err != nil {
+		return "", err
+	}
+	if _, err := s.sec.gossipKey(true); err != nil { // refreshTrust pushes the new one
 		return "", err
 	}
 	if err := s.sec.refreshTrust(); err != nil {

@@ -7,6 +7,8 @@
 package gossip
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -26,12 +28,17 @@ type Config struct {
 	// OnChange is called when a member joins (alive) or leaves or dies. It
 	// is called from one goroutine at a time and must not block.
 	OnChange func(name string, alive bool)
-	Logger   *slog.Logger // nil = discard
+	// SecretKey, if set (16, 24 or 32 bytes), encrypts and authenticates
+	// every gossip packet (AES-GCM): members without the key are not
+	// heard. Nil: plaintext (insecure mode).
+	SecretKey []byte
+	Logger    *slog.Logger // nil = discard
 }
 
 // Gossip is one member.
 type Gossip struct {
 	ml *memberlist.Memberlist
+	kr *memberlist.Keyring // nil without a key
 }
 
 type events struct{ f func(string, bool) }
@@ -72,6 +79,13 @@ func New(cfg Config) (*Gossip, error) {
 	} else {
 		mc.Logger = log.New(io.Discard, "", 0)
 	}
+	var kr *memberlist.Keyring
+	if len(cfg.SecretKey) > 0 {
+		if kr, err = memberlist.NewKeyring(nil, cfg.SecretKey); err != nil {
+			return nil, fmt.Errorf("gossip: key: %w", err)
+		}
+		mc.Keyring = kr
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
@@ -80,7 +94,31 @@ func New(cfg Config) (*Gossip, error) {
 		n := ml.LocalNode()
 		mc.AdvertisePort = int(n.Port)
 	}
-	return &Gossip{ml: ml}, nil
+	return &Gossip{ml: ml, kr: kr}, nil
+}
+
+// SetKey makes key the one used to send, keeping the previous one for
+// receiving until the next change (peers switch at slightly different
+// times); older keys are dropped. It fails on a member created without a
+// key.
+func (g *Gossip) SetKey(key []byte) error {
+	kr := g.kr
+	if kr == nil {
+		return errors.New("gossip: member has no keyring (started without a key)")
+	}
+	prev := kr.GetPrimaryKey()
+	if err := kr.AddKey(key); err != nil {
+		return fmt.Errorf("gossip: key: %w", err)
+	}
+	if err := kr.UseKey(key); err != nil {
+		return fmt.Errorf("gossip: key: %w", err)
+	}
+	for _, k := range kr.GetKeys() {
+		if !bytes.Equal(k, key) && !bytes.Equal(k, prev) {
+			kr.RemoveKey(k)
+		}
+	}
+	return nil
 }
 
 // Addr is the member's address (host:port).
