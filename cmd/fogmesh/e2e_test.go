@@ -1024,6 +1024,17 @@ func TestWorkloadSVIDFromJoinedAgent(t *testing.T) {
 	if code != 0 {
 		t.Fatal(tok)
 	}
+	svcDoc := filepath.Join(t.TempDir(), "svc.yaml")
+	os.WriteFile(svcDoc, []byte(`apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: orders, namespace: shop}
+spec:
+  ports: [{name: http, port: 80}]
+  identity: {serviceAccounts: [orders-sa], sites: [shop-1]}
+`), 0o600)
+	if out, code := run(t, append([]string{"apply", "-f", svcDoc}, flags...)...); code != 0 {
+		t.Fatalf("apply: %d %s", code, out)
+	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "agent.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`node: {name: edge-1, site: shop-1, region: east}

@@ -465,8 +465,10 @@ func TestVouchSourceIdentity(t *testing.T) {
 	a := startAgent(t, agentOpts{name: "v", site: "s1", region: "r1", vipOctet: 185, stateDir: t.TempDir()})
 	res := newResources()
 	objs, err := api.Decode([]byte(`[
-{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"web","namespace":"demo"},"spec":{"ports":[{"name":"http","port":80}]}},
-{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"web-a","namespace":"demo"},"spec":{"service":"web","node":"a","address":"10.0.0.1","ports":[{"name":"http","port":80}],"serviceAccount":"frontend"}}]`))
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"web","namespace":"demo"},"spec":{"ports":[{"name":"http","port":80}],"identity":{"serviceAccounts":["frontend"]}}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"db","namespace":"demo"},"spec":{"ports":[{"name":"tcp","port":5432}]}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"web-a","namespace":"demo"},"spec":{"service":"web","node":"a","address":"10.0.0.1","ports":[{"name":"http","port":80}],"serviceAccount":"frontend"}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"db-a","namespace":"demo"},"spec":{"service":"db","node":"a","address":"10.0.0.1","ports":[{"name":"tcp","port":5432}],"serviceAccount":"root"}}]`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,12 +488,14 @@ func TestVouchSourceIdentity(t *testing.T) {
 		t.Fatalf("node a claims its own workload: got %q", src)
 	}
 	before := a.m.unvouched.Get()
-	for _, c := range []struct{ node, id string }{{"b", own}, {"a", "spiffe://fogmesh.local/ns/demo/sa/admin"}, {"a", "spiffe://other.example/ns/demo/sa/frontend"}} {
+	for _, c := range []struct{ node, id string }{{"b", own}, {"a", "spiffe://fogmesh.local/ns/demo/sa/admin"},
+		{"a", "spiffe://other.example/ns/demo/sa/frontend"},
+		{"a", "spiffe://fogmesh.local/ns/demo/sa/root"}} { // db-a claims it, service db does not allow it
 		if src, node := a.vouch(h(c.node), c.id); src != "" || node != c.node {
 			t.Errorf("node %s claiming %s: got %q, want unknown", c.node, c.id, src)
 		}
 	}
-	if got := a.m.unvouched.Get() - before; got != 3 {
-		t.Errorf("unvouched counter rose by %d, want 3", got)
+	if got := a.m.unvouched.Get() - before; got != 4 {
+		t.Errorf("unvouched counter rose by %d, want 4", got)
 	}
 }

@@ -407,6 +407,12 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		if e.Spec.Node == "" {
 			continue
 		}
+		// Only identities the endpoint's service allows (the control
+		// plane also checks agents' endpoints against it).
+		sv := v.services[api.NamespaceOr(e.Meta.Namespace)+"/"+e.Spec.Service]
+		if sv == nil || !sv.svc.AllowsAccount(accountOf(e)) {
+			continue
+		}
 		if v.nodeIDs[e.Spec.Node] == nil {
 			v.nodeIDs[e.Spec.Node] = map[string]bool{}
 		}
@@ -419,4 +425,12 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		})
 	}
 	return v
+}
+
+// accountOf is an endpoint's service account (default: its service).
+func accountOf(e *api.Endpoint) string {
+	if e.Spec.ServiceAccount != "" {
+		return e.Spec.ServiceAccount
+	}
+	return e.Spec.Service
 }

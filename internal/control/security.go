@@ -685,20 +685,39 @@ func (s *Server) issueSVID(node string, peer spiffeid.ID, m *wire.Message) ([]*x
 }
 
 // nodeHasIdentity reports whether an endpoint on node has the workload
-// identity ns/sa.
+// identity ns/sa, and the service it belongs to allows that identity (and
+// the node's site): a node cannot obtain an identity by reporting a made-up
+// endpoint.
 func (s *Server) nodeHasIdentity(node, ns, sa string) bool {
-	objs, _, err := s.reg.list(api.KindEndpoint)
+	eps, _, err := s.reg.list(api.KindEndpoint)
 	if err != nil {
 		return false
 	}
-	for _, o := range objs {
+	svcs, _, err := s.reg.list(api.KindService)
+	if err != nil {
+		return false
+	}
+	var site string
+	if kv, ok, err := s.st.Get(api.KindNode + "/" + node); err == nil && ok {
+		var n api.Node
+		if json.Unmarshal(kv.Value, &n) == nil {
+			site = n.Spec.Site
+		}
+	}
+	for _, o := range eps {
 		e := o.(*api.Endpoint)
 		acct := e.Spec.ServiceAccount
 		if acct == "" {
 			acct = e.Spec.Service
 		}
-		if e.Spec.Node == node && api.NamespaceOr(e.Meta.Namespace) == ns && acct == sa {
-			return true
+		if e.Spec.Node != node || api.NamespaceOr(e.Meta.Namespace) != ns || acct != sa {
+			continue
+		}
+		for _, so := range svcs {
+			svc := so.(*api.Service)
+			if svc.Meta.Name == e.Spec.Service && api.NamespaceOr(svc.Meta.Namespace) == ns && svc.AllowsAccount(sa) && svc.AllowsSite(site) {
+				return true
+			}
 		}
 	}
 	return false
