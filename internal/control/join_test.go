@@ -66,7 +66,31 @@ func TestJoinCannotTakeOverNodeOfAnotherSite(t *testing.T) {
 	if !strings.Contains(string(kv.Value), `"site":"s2"`) {
 		t.Fatalf("victim's record changed: %s", kv.Value)
 	}
-	// Re-joining at its own site is allowed.
+	// Re-joining at its own site is allowed once the node is offline; not
+	// while it is connected.
+	online := signNode(t, s.CA(), "s2", "busy", 0)
+	src := identity.NewSource()
+	src.SetBundles(s.CA().Bundle())
+	src.SetSVID(online)
+	c, err := tls.Dial("tcp", s.SyncAddr(), src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNSync))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion,
+		Node: &api.Node{Meta: api.Meta{Name: "busy"}, Spec: api.NodeSpec{Site: "s2", Region: "r", MeshAddress: "127.0.0.1:1"}}})
+	if m, err := wire.NewReader(c).Read(); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("busy: %v %+v", err, m)
+	}
+	tokBusy, _ := s.CreateToken(identity.TokenJoin, "s2", "", time.Minute)
+	if m := joinAs(t, s, tokBusy, "busy", "s2"); m.Type != wire.TypeError || !strings.Contains(m.Error, "is connected") {
+		t.Fatalf("join over an online node: %+v", m)
+	}
+	waitCount(t, "victim offline", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.live["victim"] == nil || s.live["victim"].conns == 0
+	})
 	tok2, _ := s.CreateToken(identity.TokenJoin, "s2", "", time.Minute)
 	if m := joinAs(t, s, tok2, "victim", "s2"); m.Type != wire.TypeJoined {
 		t.Fatalf("re-join at its own site: %+v", m)

@@ -491,6 +491,14 @@ func (sec *security) serveJoin(c net.Conn) error {
 	if err := sec.s.checkNodeSite(node, site); err != nil {
 		return refuse(err)
 	}
+	// A token of the node's own site must not take over a node that is
+	// online: re-joining is for a node that lost its state.
+	sec.s.mu.Lock()
+	online := sec.s.live[node] != nil && sec.s.live[node].conns > 0
+	sec.s.mu.Unlock()
+	if online {
+		return refuse(fmt.Errorf("node %s is connected; a join cannot take over a node that is online", node))
+	}
 	certs, err := sec.ca.SignNodeCSR(csr, site, node)
 	if err != nil {
 		return refuse(err)
