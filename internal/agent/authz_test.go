@@ -210,7 +210,7 @@ spec: {}
 	}
 	srvLog := &recordingLogger{}
 	srv, err := New(Config{Node: NodeConfig{Name: "srv", Site: "s1", Region: "r1"}, Control: []string{cp.SyncAddr()},
-		MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.231.0.0/16",
+		MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.213.0.0/16",
 		StateDir: t.TempDir(), Workloads: serverWorkloads, Upstreams: []string{}, HealthInterval: Duration(200 * time.Millisecond),
 		DecisionLogger: srvLog, Insecure: true})
 	if err != nil {
