@@ -10,34 +10,58 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/agent"
 	"github.com/fogmesh/fogmesh/internal/cli"
 )
 
 // adminAuth is how admin verbs authenticate: set by serverFlag's flags.
 var adminAuth struct {
-	token, ca *string
+	token, ca, cert, key *string
 }
 
 // adminClient returns the HTTP client for the admin API: it trusts the
 // bundle given with -ca ($FOGMESH_CA) for https URLs.
+// With -cert and -key it presents that admin client certificate.
 func adminClient() (*http.Client, error) {
 	c := &http.Client{Timeout: 30 * time.Second}
-	if adminAuth.ca == nil || *adminAuth.ca == "" {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13}
+	if adminAuth.ca != nil && *adminAuth.ca != "" {
+		b, err := os.ReadFile(*adminAuth.ca)
+		if err != nil {
+			return nil, cli.Usagef("-ca: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, cli.Usagef("-ca: %s holds no PEM certificate", *adminAuth.ca)
+		}
+		cfg.RootCAs = pool
+	}
+	if certFile, keyFile := deref(adminAuth.cert), deref(adminAuth.key); certFile != "" || keyFile != "" {
+		if certFile == "" || keyFile == "" {
+			return nil, cli.Usagef("-cert and -key go together")
+		}
+		kp, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, cli.Usagef("-cert/-key: %v", err)
+		}
+		cfg.Certificates = []tls.Certificate{kp}
+	}
+	if cfg.RootCAs == nil && cfg.Certificates == nil {
 		return c, nil
 	}
-	b, err := os.ReadFile(*adminAuth.ca)
-	if err != nil {
-		return nil, cli.Usagef("-ca: %v", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, cli.Usagef("-ca: %s holds no PEM certificate", *adminAuth.ca)
-	}
-	c.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}
+	c.Transport = &http.Transport{TLSClientConfig: cfg}
 	return c, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 func envOr(name, def string) string {
@@ -50,6 +74,14 @@ func envOr(name, def string) string {
 func serverFlag(fs *flag.FlagSet) *string {
 	adminAuth.token = fs.String("token", os.Getenv("FOGMESH_TOKEN"), "admin API token ($FOGMESH_TOKEN)")
 	adminAuth.ca = fs.String("ca", os.Getenv("FOGMESH_CA"), "trust bundle (PEM) that verifies the control plane, e.g. STATE/ca.pem ($FOGMESH_CA)")
+	// audit verify has its own -cert (the checkpoint signer): there the
+	// admin client certificate is -admin-cert/-admin-key.
+	certFlag, keyFlag := "cert", "key"
+	if fs.Lookup("cert") != nil || fs.Lookup("key") != nil {
+		certFlag, keyFlag = "admin-cert", "admin-key"
+	}
+	adminAuth.cert = fs.String(certFlag, os.Getenv("FOGMESH_CERT"), "admin client certificate (PEM, from 'fogmesh admin cert create'; with -"+keyFlag+") instead of a token ($FOGMESH_CERT)")
+	adminAuth.key = fs.String(keyFlag, os.Getenv("FOGMESH_KEY"), "its private key (PEM) ($FOGMESH_KEY)")
 	return fs.String("server", envOr("FOGMESH_SERVER", "https://127.0.0.1:7070"), "control plane admin API URL ($FOGMESH_SERVER)")
 }
 
@@ -57,12 +89,38 @@ func agentFlag(fs *flag.FlagSet) *string {
 	return fs.String("agent", envOr("FOGMESH_AGENT", "http://127.0.0.1:7073"), "local agent API URL ($FOGMESH_AGENT)")
 }
 
+// agentTokenFlag is the token a secure agent's local API wants for
+// changes: the flag, $FOGMESH_AGENT_TOKEN, or the file in the agent's
+// default state directory when readable.
+func agentTokenFlag(fs *flag.FlagSet) func() string {
+	tok := fs.String("agent-token", os.Getenv("FOGMESH_AGENT_TOKEN"), "local agent API token for changes ($FOGMESH_AGENT_TOKEN; default: read /var/lib/fogmesh/agent/"+agent.LocalTokenFile+")")
+	return func() string {
+		if *tok != "" {
+			return strings.TrimSpace(*tok)
+		}
+		b, _ := os.ReadFile(filepath.Join("/var/lib/fogmesh/agent", agent.LocalTokenFile))
+		return strings.TrimSpace(string(b))
+	}
+}
+
+// callAgent is call with the local API token.
+func callAgent(method, url, token string, body []byte, out any) error {
+	return callWith(method, url, body, out, token)
+}
+
 // call sends a request and decodes a JSON answer into out. A non-2xx answer
 // becomes an error carrying the server's message; a 400 is a usage error.
 func call(method, url string, body []byte, out any) error {
+	return callWith(method, url, body, out, "")
+}
+
+func callWith(method, url string, body []byte, out any, agentToken string) error {
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
 		return cli.Usagef("%v", err)
+	}
+	if agentToken != "" {
+		req.Header.Set("Authorization", "Bearer "+agentToken)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/yaml")

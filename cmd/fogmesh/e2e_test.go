@@ -713,26 +713,57 @@ type cluster struct {
 	t                 *testing.T
 	service, syncAddr string
 	admin             []string // -server, -ca, -token flags of admin verbs
+	ctl               *proc    // the control plane process
+	state, adminAddr  string   // its state directory and admin address
 }
 
 func startCluster(t *testing.T, service string, port int, controlFlags ...string) *cluster {
+	t.Helper()
+	return startClusterProto(t, service, "http", port, controlFlags...)
+}
+
+// startClusterProto is startCluster with the service port's protocol.
+func startClusterProto(t *testing.T, service, protocol string, port int, controlFlags ...string) *cluster {
 	t.Helper()
 	admin, syncAddr := freePort(t), freePort(t)
 	state := t.TempDir()
 	p := start(t, append([]string{"control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr}, controlFlags...)...)
 	flags := secureAdmin(t, p, state, admin)
 	doc := filepath.Join(t.TempDir(), "svc.yaml")
-	os.WriteFile(doc, []byte(fmt.Sprintf("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: %s, namespace: demo}\nspec:\n  ports: [{name: http, port: %d, protocol: http}]\n  balancer: round-robin\n", service, port)), 0o644)
+	os.WriteFile(doc, []byte(fmt.Sprintf("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: %s, namespace: demo}\nspec:\n  ports: [{name: http, port: %d, protocol: %s}]\n  balancer: round-robin\n", service, port, protocol)), 0o644)
 	if out, code := run(t, append([]string{"apply", "-f", doc}, flags...)...); code != 0 {
 		t.Fatal(out)
 	}
-	return &cluster{t: t, service: service, syncAddr: syncAddr, admin: flags}
+	return &cluster{t: t, service: service, syncAddr: syncAddr, admin: flags, ctl: p, state: state, adminAddr: admin}
 }
 
 // agent starts an agent process in site s1 with VIPs in 127.<octet>/16 and,
 // if workloadPort > 0, a workload of the service; it returns the process
 // and its admin address.
 func (c *cluster) agent(name string, octet, workloadPort int, gossip bool) (*proc, string) {
+	c.t.Helper()
+	a := c.agentProc(name, octet, workloadPort, gossip)
+	return a.p, a.admin
+}
+
+// agentProc is a running agent of a cluster.
+type agentProc struct {
+	p                 *proc
+	admin, dir, confg string // admin address, state directory, config file
+}
+
+// restart kills the agent with SIGKILL and starts it again from its state
+// directory (no join token is needed any more: it has its certificate).
+func (a *agentProc) restart(t *testing.T) {
+	t.Helper()
+	a.p.kill9(t)
+	a.p = start(t, "agent", "-config", a.confg)
+	waitProcHTTP(t, a.p, "http://"+a.admin+"/healthz")
+}
+
+// agentProc starts an agent process like agent and returns it with its
+// state directory and config file.
+func (c *cluster) agentProc(name string, octet, workloadPort int, gossip bool) *agentProc {
 	t := c.t
 	t.Helper()
 	dir := t.TempDir()
@@ -753,7 +784,7 @@ func (c *cluster) agent(name string, octet, workloadPort int, gossip bool) (*pro
 	os.WriteFile(path, []byte(cfg), 0o644)
 	p := start(t, "agent", "-config", path)
 	waitProcHTTP(t, p, "http://"+admin+"/healthz")
-	return p, admin
+	return &agentProc{p: p, admin: admin, dir: dir, confg: path}
 }
 
 // waitRoutes waits until the agent at admin routes the service to n endpoints.
@@ -993,6 +1024,17 @@ func TestWorkloadSVIDFromJoinedAgent(t *testing.T) {
 	if code != 0 {
 		t.Fatal(tok)
 	}
+	svcDoc := filepath.Join(t.TempDir(), "svc.yaml")
+	os.WriteFile(svcDoc, []byte(`apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: orders, namespace: shop}
+spec:
+  ports: [{name: http, port: 80}]
+  identity: {serviceAccounts: [orders-sa], sites: [shop-1]}
+`), 0o600)
+	if out, code := run(t, append([]string{"apply", "-f", svcDoc}, flags...)...); code != 0 {
+		t.Fatalf("apply: %d %s", code, out)
+	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "agent.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`node: {name: edge-1, site: shop-1, region: east}
@@ -1048,7 +1090,32 @@ workloads:
 	if code != 0 || !strings.Contains(out, "intact") {
 		t.Fatalf("audit verify: %d\n%s", code, out)
 	}
+	// Creating a workload (an identity) through the local API needs the
+	// token in the agent's state directory.
+	reg := []string{"register", "-agent", "http://" + adm, "-service", "payments", "-n", "shop", "-port", "9", "-check", "none"}
+	if out, code := run(t, reg...); code == 0 || !strings.Contains(out, "local-api.token") {
+		t.Fatalf("register without the token: exit %d\n%s", code, out)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "local-api.token")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("local API token file: %v %v", fi, err)
+	}
+	tokb, _ := os.ReadFile(filepath.Join(dir, "local-api.token"))
+	if out, code := run(t, append(reg, "-agent-token", strings.TrimSpace(string(tokb)))...); code != 0 {
+		t.Fatalf("register with the token: exit %d\n%s", code, out)
+	}
+
+	// SIGTERM: the control plane closes its chain with a checkpoint signed
+	// by its audit key, which `audit verify --pubkey` checks.
+	cp.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-cp.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("control plane did not stop on SIGTERM")
+	}
 	logs, _ := filepath.Glob(filepath.Join(state, "audit", "control", "audit.log*"))
+	if out, code := run(t, append([]string{"audit", "verify", "--pubkey", filepath.Join(state, "audit-key.pub.pem")}, logs...)...); code != 0 || !strings.Contains(out, "1 signed") {
+		t.Fatalf("control plane chain with its key: exit %d\n%s", code, out)
+	}
 	var chain strings.Builder
 	for _, f := range logs {
 		b, _ := os.ReadFile(f)

@@ -36,7 +36,10 @@ func runGet(args []string) error {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return cli.Usagef("get: want one of nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies, sessions")
+		return cli.Usagef("get: want one of nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies, sessions, trust")
+	}
+	if fs.Arg(0) == "trust" {
+		return getTrust(*server, *out)
 	}
 	kind, ok := kindAliases[fs.Arg(0)]
 	if !ok {
@@ -179,6 +182,58 @@ func runGet(args []string) error {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", e.Meta.Namespace, e.Meta.Name, e.Spec.Service, node, e.Spec.Address, strings.Join(ports, ","), e.Status.Healthy)
 		}
+	}
+	return nil
+}
+
+// trustView is the answer of GET /v1/trust.
+type trustView struct {
+	TrustDomain string         `json:"trustDomain"`
+	Bundles     map[string]int `json:"bundles"` // trust domain -> number of roots
+	Revoked     []string       `json:"revoked"`
+}
+
+// getTrust runs `fogmesh get trust`: the trust domains the mesh trusts
+// (its own, with two roots during a CA rotation's overlap, and federated
+// ones) and the deny list.
+func getTrust(server, out string) error {
+	var v trustView
+	if err := call("GET", strings.TrimRight(server, "/")+"/v1/trust", nil, &v); err != nil {
+		return err
+	}
+	switch out {
+	case "json", "yaml":
+		b, _ := json.MarshalIndent(v, "", "  ")
+		if out == "yaml" {
+			y, err := yaml.JSONToYAML(b)
+			if err != nil {
+				return err
+			}
+			b = y
+		}
+		fmt.Println(strings.TrimSpace(string(b)))
+		return nil
+	case "table":
+	default:
+		return cli.Usagef("get: -o %q is not table, json or yaml", out)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TRUST DOMAIN\tROOTS\tKIND")
+	tds := make([]string, 0, len(v.Bundles))
+	for td := range v.Bundles {
+		tds = append(tds, td)
+	}
+	sort.Strings(tds)
+	for _, td := range tds {
+		kind := "federated"
+		if td == v.TrustDomain {
+			kind = "own"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", td, v.Bundles[td], kind)
+	}
+	tw.Flush()
+	for _, id := range v.Revoked {
+		fmt.Printf("revoked: %s\n", id)
 	}
 	return nil
 }

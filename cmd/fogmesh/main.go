@@ -19,8 +19,8 @@ Programs:
   fogmesh agent [flags]            run a node agent
 
 Admin verbs (talk to the control plane, -server or $FOGMESH_SERVER, default https://127.0.0.1:7070;
-authenticate with -token or $FOGMESH_TOKEN, verify it with -ca or $FOGMESH_CA = STATE/ca.pem):
-  fogmesh get nodes|services|endpoints [-n NS] [-o table|json|yaml]
+authenticate with -token or $FOGMESH_TOKEN or -cert/-key, verify it with -ca or $FOGMESH_CA = STATE/ca.pem):
+  fogmesh get nodes|services|endpoints|trust [-n NS] [-o table|json|yaml]
   fogmesh apply -f FILE            create or update services, endpoints (YAML or JSON; - for stdin)
   fogmesh delete service|endpoint NAME [-n NS] | node NAME | -f FILE
   fogmesh session move SERVICE KEY ENDPOINT [-n NS]   move a pinned session to another instance
@@ -29,6 +29,9 @@ authenticate with -token or $FOGMESH_TOKEN, verify it with -ca or $FOGMESH_CA = 
   fogmesh node revoke NAME         deny-list a node: its mesh and sync connections are refused
   fogmesh ca rotate                new root; the old one stays trusted for the overlap window
   fogmesh trust add -domain D -bundle FILE            federate another trust domain
+  fogmesh trust remove D                              stop trusting it
+  fogmesh admin cert create NAME [-out DIR] [-ttl 24h]  an admin client certificate (key made here);
+                                   admin verbs present it with -cert/-key ($FOGMESH_CERT/$FOGMESH_KEY)
 
 Agent verbs (talk to the local agent, -agent or $FOGMESH_AGENT, default http://127.0.0.1:7073):
   fogmesh register -service S [-n NS] -port name=port[,..] [-address IP] [-name N] [-check tcp|http|none]
@@ -91,6 +94,8 @@ func main() {
 		err = runCA(args)
 	case "trust":
 		err = runTrust(args)
+	case "admin":
+		err = runAdmin(args)
 	case "version", "-version", "--version":
 		err = runVersion(args)
 	case "help", "-h", "-help", "--help":

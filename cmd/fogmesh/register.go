@@ -17,6 +17,7 @@ import (
 func runRegister(args []string) error {
 	fs := flag.NewFlagSet("fogmesh register", flag.ContinueOnError)
 	agentURL := agentFlag(fs)
+	token := agentTokenFlag(fs)
 	var w agent.Workload
 	fs.StringVar(&w.Service, "service", "", "service name (required)")
 	fs.StringVar(&w.Namespace, "n", "", "namespace (default \"default\")")
@@ -58,7 +59,7 @@ func runRegister(args []string) error {
 	}
 	b, _ := json.Marshal(w)
 	var resp map[string]string
-	if err := call("POST", strings.TrimRight(*agentURL, "/")+"/v1/workloads", b, &resp); err != nil {
+	if err := callAgent("POST", strings.TrimRight(*agentURL, "/")+"/v1/workloads", token(), b, &resp); err != nil {
 		return err
 	}
 	fmt.Printf("workload %s registered\n", resp["registered"])
@@ -68,13 +69,14 @@ func runRegister(args []string) error {
 func runDeregister(args []string) error {
 	fs := flag.NewFlagSet("fogmesh deregister", flag.ContinueOnError)
 	agentURL := agentFlag(fs)
+	token := agentTokenFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return cli.Usagef("deregister: want NAME")
 	}
-	if err := call("DELETE", strings.TrimRight(*agentURL, "/")+"/v1/workloads/"+fs.Arg(0), nil, nil); err != nil {
+	if err := callAgent("DELETE", strings.TrimRight(*agentURL, "/")+"/v1/workloads/"+fs.Arg(0), token(), nil, nil); err != nil {
 		return err
 	}
 	fmt.Printf("workload %s deregistered\n", fs.Arg(0))

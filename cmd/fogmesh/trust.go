@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 
@@ -41,7 +42,11 @@ func runTrust(args []string) error {
 		}
 		fmt.Printf("trust domain %s added\n", *domain)
 	case fs.NArg() == 2 && fs.Arg(0) == "remove":
-		if err := call("DELETE", base+"/v1/trust/"+fs.Arg(1), nil, nil); err != nil {
+		// Checked here so that a name like "../x" never becomes another path.
+		if _, err := identity.ParseTrustDomain(fs.Arg(1)); err != nil || fs.Arg(1) == "" {
+			return cli.Usagef("trust remove: %v", err)
+		}
+		if err := call("DELETE", base+"/v1/trust/"+url.PathEscape(fs.Arg(1)), nil, nil); err != nil {
 			return err
 		}
 		fmt.Printf("trust domain %s removed\n", fs.Arg(1))

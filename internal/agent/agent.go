@@ -100,6 +100,8 @@ type Agent struct {
 	// svidIssuer asks the control plane for workload SVIDs (secure mode,
 	// when Config.SVIDIssuer is not set).
 	svidIssuer *syncIssuer
+	// localToken guards the local API's changes (secure mode; "" = none).
+	localToken string
 	wlAPI      *workloadapi.Server // nil when off
 	wlLn       net.Listener
 	// authzHTTP serves mesh streams whose HTTP requests are authorized one
@@ -188,8 +190,14 @@ func New(cfg Config) (*Agent, error) {
 	} else if err := a.initIdentity(context.Background()); err != nil {
 		a.meshLn.Close()
 		return nil, err
-	} else if cfg.SVIDIssuer == nil {
-		a.svidIssuer = newSyncIssuer()
+	} else {
+		if cfg.SVIDIssuer == nil {
+			a.svidIssuer = newSyncIssuer()
+		}
+		if err := a.initLocalToken(); err != nil {
+			a.meshLn.Close()
+			return nil, err
+		}
 	}
 	if err := a.openAudit(); err != nil {
 		a.meshLn.Close()
@@ -246,8 +254,14 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
 	if cfg.GossipAddr != "" {
-		a.gossip, err = gossip.New(gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
-			OnChange: a.onGossip, Logger: a.log.With("sub", "gossip")})
+		gc := gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
+			OnChange: a.onGossip, Logger: a.log.With("sub", "gossip")}
+		if a.ident != nil {
+			if gc.SecretKey = a.ident.gossipKey; gc.SecretKey == nil {
+				a.log.Warn("agent: the control plane sent no gossip key; liveness gossip runs unencrypted")
+			}
+		}
+		a.gossip, err = gossip.New(gc)
 		if err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}

@@ -447,8 +447,11 @@ func (ms *meshStream) transport() *http.Transport {
 // closeIdle closes the stream's idle upstream connections.
 func (ms *meshStream) closeIdle() {
 	ms.mu.Lock()
-	defer ms.mu.Unlock()
-	ms.closeIdle()
+	t := ms.t
+	ms.mu.Unlock()
+	if t != nil {
+		t.CloseIdleConnections()
+	}
 }
 
 // servedConn marks the end of a stream handed to the HTTP server.
@@ -529,9 +532,7 @@ func (s *authzServer) serve(ctx context.Context, stream net.Conn, ms *meshStream
 	case <-ctx.Done():
 		sc.Close()
 	}
-	if ms.t != nil {
-		ms.t.CloseIdleConnections()
-	}
+	ms.closeIdle()
 }
 
 func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
@@ -549,6 +550,12 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	src := ms.sourceID
 	if claimed := r.Header.Get(SourceIDHeader); claimed != "" {
 		src, _ = s.a.vouch(ms.h, claimed)
+	}
+	// The workload sees the identity this agent accepted, never a claim
+	// it refused.
+	r.Header.Del(SourceIDHeader)
+	if src != "" {
+		r.Header.Set(SourceIDHeader, src)
 	}
 	num, _ := portOf(sv, ms.h.Port)
 	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,

@@ -21,6 +21,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // Client workloads on the client node: their source addresses identify them.
@@ -209,7 +210,7 @@ spec: {}
 	}
 	srvLog := &recordingLogger{}
 	srv, err := New(Config{Node: NodeConfig{Name: "srv", Site: "s1", Region: "r1"}, Control: []string{cp.SyncAddr()},
-		MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.231.0.0/16",
+		MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.213.0.0/16",
 		StateDir: t.TempDir(), Workloads: serverWorkloads, Upstreams: []string{}, HealthInterval: Duration(200 * time.Millisecond),
 		DecisionLogger: srvLog, Insecure: true})
 	if err != nil {
@@ -453,5 +454,48 @@ spec: {}
 	}
 	if e := compileAuthz(loaded.authz); !e.Selects("locked", "anything") {
 		t.Fatal("cached policy not enforced")
+	}
+}
+
+// TestVouchSourceIdentity: in secure mode the destination agent accepts a
+// claimed source workload identity only from the node that hosts it;
+// anything else is treated as unknown and counted. Insecure mode takes the
+// claim as is.
+func TestVouchSourceIdentity(t *testing.T) {
+	a := startAgent(t, agentOpts{name: "v", site: "s1", region: "r1", vipOctet: 185, stateDir: t.TempDir()})
+	res := newResources()
+	objs, err := api.Decode([]byte(`[
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"web","namespace":"demo"},"spec":{"ports":[{"name":"http","port":80}],"identity":{"serviceAccounts":["frontend"]}}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"db","namespace":"demo"},"spec":{"ports":[{"name":"tcp","port":5432}]}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"web-a","namespace":"demo"},"spec":{"service":"web","node":"a","address":"10.0.0.1","ports":[{"name":"http","port":80}],"serviceAccount":"frontend"}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"db-a","namespace":"demo"},"spec":{"service":"db","node":"a","address":"10.0.0.1","ports":[{"name":"tcp","port":5432}],"serviceAccount":"root"}}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		res.put(o)
+	}
+	a.view.Store(buildView(a.self, res, nil, a.vip4, a.vip6, "fogmesh.local"))
+	own := "spiffe://fogmesh.local/ns/demo/sa/frontend"
+	h := func(node string) transport.Header { return transport.Header{Source: node} }
+
+	if src, node := a.vouch(h("b"), own); src != own || node != "b" {
+		t.Fatalf("insecure mode: vouch = %q %q, want the claim as is", src, node)
+	}
+	a.ident = &nodeIdentity{} // secure mode as far as vouch is concerned
+	defer func() { a.ident = nil }()
+	if src, _ := a.vouch(h("a"), own); src != own {
+		t.Fatalf("node a claims its own workload: got %q", src)
+	}
+	before := a.m.unvouched.Get()
+	for _, c := range []struct{ node, id string }{{"b", own}, {"a", "spiffe://fogmesh.local/ns/demo/sa/admin"},
+		{"a", "spiffe://other.example/ns/demo/sa/frontend"},
+		{"a", "spiffe://fogmesh.local/ns/demo/sa/root"}} { // db-a claims it, service db does not allow it
+		if src, node := a.vouch(h(c.node), c.id); src != "" || node != c.node {
+			t.Errorf("node %s claiming %s: got %q, want unknown", c.node, c.id, src)
+		}
+	}
+	if got := a.m.unvouched.Get() - before; got != 4 {
+		t.Errorf("unvouched counter rose by %d, want 4", got)
 	}
 }

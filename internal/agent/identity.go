@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/tls"
@@ -43,6 +44,8 @@ type nodeIdentity struct {
 	id   spiffeid.ID
 	dir  string
 	cert *x509.Certificate // guarded by Agent.mu after New
+	// gossipKey is the mesh's gossip key from the last trust message.
+	gossipKey []byte
 }
 
 func (a *Agent) statePath(name string) string { return filepath.Join(a.cfg.StateDir, name) }
@@ -178,6 +181,16 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 		wb[b.TrustDomain().Name()] = b.X509Authorities()
 	}
 	a.svids.SetTrust(td.Name(), wb)
+	if len(t.GossipKey) > 0 && !bytes.Equal(t.GossipKey, ni.gossipKey) {
+		ni.gossipKey = t.GossipKey
+		if a.gossip != nil {
+			if err := a.gossip.SetKey(t.GossipKey); err != nil {
+				a.log.Error("agent: new gossip key not installed", "err", err)
+			} else {
+				a.log.Info("agent: gossip key changed")
+			}
+		}
+	}
 	if a.mesh != nil {
 		for id := range old {
 			sid, err := spiffeid.FromString(id)

@@ -104,13 +104,26 @@ func (lt *lbTransport) mirror(req *http.Request, sv *serviceView, t listenTarget
 		out.Body, out.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 	}
 	out.GetBody = nil
-	tr := lt.l7.transportFor(msv, cands[0], port, proto)
+	ev := cands[0]
+	tr := lt.l7.transportFor(msv, ev, port, proto)
 	a.wg.Add(1)
 	go func() { // sendMirror
 		defer a.wg.Done()
 		defer lt.l7.mirrors.Add(-1)
 		defer cancel()
-		resp, err := tr.RoundTrip(out)
+		// The copy leaves like any request: the egress rules of the
+		// service it is sent to mask it, and so do those of the service
+		// the client asked for, whose data it is.
+		var rt http.RoundTripper = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			return a.egressRoundTrip(tr, msv, ev, r)
+		})
+		if msv != sv {
+			inner := rt
+			rt = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+				return a.egressRoundTrip(inner, sv, ev, r)
+			})
+		}
+		resp, err := rt.RoundTrip(out)
 		if err != nil {
 			count("error")
 			return

@@ -2,12 +2,18 @@ package agent
 
 import (
 	"bytes"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/VictoriaMetrics/metrics"
 )
@@ -54,6 +60,47 @@ type EndpointStatus struct {
 	LatencyMillis float64 `json:"latencyMillis"`
 }
 
+// LocalTokenFile, in a secure agent's state directory, holds the bearer
+// token (mode 0600) that registering or deregistering a workload through
+// the local API needs: a workload's identity (its service account) becomes
+// an SVID and a source identity for authorization, so only whoever may read
+// the agent's state may create one.
+const LocalTokenFile = "local-api.token"
+
+// initLocalToken loads or makes the local API token (secure mode only).
+func (a *Agent) initLocalToken() error {
+	path := filepath.Join(a.cfg.StateDir, LocalTokenFile)
+	if b, err := os.ReadFile(path); err == nil && len(bytes.TrimSpace(b)) >= 32 {
+		a.localToken = string(bytes.TrimSpace(b))
+		return nil
+	}
+	var raw [24]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return err
+	}
+	tok := "fml1." + hex.EncodeToString(raw[:])
+	if err := writeFileAtomic(path, []byte(tok+"\n")); err != nil {
+		return fmt.Errorf("agent: local API token: %w", err)
+	}
+	a.localToken = tok
+	return nil
+}
+
+// localAuthorized checks the bearer token of a changing local API call; it
+// answers 401 itself when the call may not proceed.
+func (a *Agent) localAuthorized(w http.ResponseWriter, r *http.Request) bool {
+	if a.localToken == "" {
+		return true // insecure mode
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(a.localToken)) == 1 {
+		return true
+	}
+	writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "local API: changes need the token in " +
+		filepath.Join(a.cfg.StateDir, LocalTokenFile) + " (fogmesh register -agent-token or $FOGMESH_AGENT_TOKEN)"})
+	return false
+}
+
 func (a *Agent) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
@@ -79,6 +126,9 @@ func (a *Agent) adminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, out)
 	})
 	mux.HandleFunc("POST /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
+		if !a.localAuthorized(w, r) {
+			return
+		}
 		wl, err := DecodeWorkload(http.MaxBytesReader(w, r.Body, 64<<10))
 		if err == nil {
 			err = wl.normalize(a.cfg.Node.Name) // fills the name to report
@@ -93,6 +143,9 @@ func (a *Agent) adminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"registered": wl.Name})
 	})
 	mux.HandleFunc("DELETE /v1/workloads/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if !a.localAuthorized(w, r) {
+			return
+		}
 		err := a.Deregister(r.PathValue("name"))
 		switch {
 		case errors.Is(err, errNotFound):

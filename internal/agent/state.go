@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/authz"
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -181,31 +181,7 @@ func (r *resources) toConfig(storeID string, version uint64) (*config, error) {
 // writeFileAtomic writes data to path so that a crash leaves either the old
 // or the new file, never a torn one: temp file, fsync, rename, fsync dir.
 func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return identity.WriteFileAtomic(path, data, 0o600)
 }
 
 func saveJSON(path string, v any) error {
@@ -431,6 +407,12 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		if e.Spec.Node == "" {
 			continue
 		}
+		// Only identities the endpoint's service allows (the control
+		// plane also checks agents' endpoints against it).
+		sv := v.services[api.NamespaceOr(e.Meta.Namespace)+"/"+e.Spec.Service]
+		if sv == nil || !sv.svc.AllowsAccount(accountOf(e)) {
+			continue
+		}
 		if v.nodeIDs[e.Spec.Node] == nil {
 			v.nodeIDs[e.Spec.Node] = map[string]bool{}
 		}
@@ -443,4 +425,12 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		})
 	}
 	return v
+}
+
+// accountOf is an endpoint's service account (default: its service).
+func accountOf(e *api.Endpoint) string {
+	if e.Spec.ServiceAccount != "" {
+		return e.Spec.ServiceAccount
+	}
+	return e.Spec.Service
 }

@@ -8,6 +8,7 @@ package api
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -129,9 +130,40 @@ type ServiceSpec struct {
 	MQTTInspect bool `json:"mqttInspect,omitempty"`
 	// Session pins sessions to instances (http/http2/grpc ports).
 	Session *SessionAffinity `json:"session,omitempty"`
+	// Identity limits the workload identities the service's endpoints may
+	// have, and where agents may register them.
+	Identity *ServiceIdentity `json:"identity,omitempty"`
 	// Egress masks personal data in requests to endpoints at other sites
 	// or regions (http/http2/grpc ports): see EgressRule.
 	Egress []EgressRule `json:"egress,omitempty"`
+}
+
+// ServiceIdentity says which workload identities (service accounts) a
+// service's endpoints may run as and on which sites agents may register
+// them. The control plane refuses an agent's endpoint outside it, signs
+// SVIDs only within it, and agents accept a source identity only within it:
+// a node cannot make up an identity by registering a workload.
+type ServiceIdentity struct {
+	// ServiceAccounts the endpoints may have (default: only the service's
+	// own name).
+	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
+	// Sites where agents may register endpoints of the service (default:
+	// any site).
+	Sites []string `json:"sites,omitempty"`
+}
+
+// AllowsAccount reports whether the service's endpoints may run as sa.
+func (s *Service) AllowsAccount(sa string) bool {
+	if s.Spec.Identity == nil || len(s.Spec.Identity.ServiceAccounts) == 0 {
+		return sa == s.Meta.Name
+	}
+	return slices.Contains(s.Spec.Identity.ServiceAccounts, sa)
+}
+
+// AllowsSite reports whether agents on site may register endpoints of the
+// service.
+func (s *Service) AllowsSite(site string) bool {
+	return s.Spec.Identity == nil || len(s.Spec.Identity.Sites) == 0 || slices.Contains(s.Spec.Identity.Sites, site)
 }
 
 // HashKey: the first of these the request has (an L4 connection only has

@@ -218,6 +218,18 @@ func (s *Service) Validate() error {
 	if s.Spec.CircuitBreaker.MaxRequests < 0 {
 		return fieldErr("spec.circuitBreaker.maxRequests", "must not be negative")
 	}
+	if id := s.Spec.Identity; id != nil {
+		for i, sa := range id.ServiceAccounts {
+			if err := validName(fmt.Sprintf("spec.identity.serviceAccounts[%d]", i), sa); err != nil {
+				return err
+			}
+		}
+		for i, site := range id.Sites {
+			if err := validName(fmt.Sprintf("spec.identity.sites[%d]", i), site); err != nil {
+				return err
+			}
+		}
+	}
 	return validateEgress(s.Spec.Egress)
 }
 

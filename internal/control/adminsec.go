@@ -26,6 +26,7 @@ import (
 //	GET    /v1/trust                 federated trust domains
 //	POST   /v1/trust                 {trustDomain, bundle (PEM)}
 //	DELETE /v1/trust/{trustDomain}
+//	POST   /v1/admin/certs           {name, csr, ttl}                     -> AdminCertResponse
 
 // TokenRequest is the body of POST /v1/tokens.
 type TokenRequest struct {
@@ -45,6 +46,28 @@ type TokenResponse struct {
 	Role    string    `json:"role,omitempty"`
 	Expires time.Time `json:"expires,omitzero"`
 }
+
+// AdminCertRequest is the body of POST /v1/admin/certs: a CSR (DER; JSON
+// carries it as base64) for an admin client certificate. The key stays
+// where the CSR was made.
+type AdminCertRequest struct {
+	Name string `json:"name"`          // the certificate is spiffe://TD/admin/NAME
+	CSR  []byte `json:"csr"`           // DER PKCS #10
+	TTL  string `json:"ttl,omitempty"` // Go duration, default 24h, at most 30 days
+}
+
+// AdminCertResponse answers POST /v1/admin/certs.
+type AdminCertResponse struct {
+	ID           string    `json:"id"`
+	Certificates string    `json:"certificates"` // PEM chain, leaf first
+	Expires      time.Time `json:"expires"`
+}
+
+// Admin client certificate lifetimes.
+const (
+	defaultAdminCertTTL = 24 * time.Hour
+	maxAdminCertTTL     = 30 * 24 * time.Hour
+)
 
 // TrustRequest is the body of POST /v1/trust.
 type TrustRequest struct {
@@ -149,6 +172,7 @@ func (s *Server) securityRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, map[string]any{"trustDomain": t.TrustDomain, "bundles": out, "revoked": t.Revoked})
 	}))
 	mux.HandleFunc("POST /v1/trust", need(s.handleTrustAdd))
+	mux.HandleFunc("POST /v1/admin/certs", need(s.handleAdminCert))
 	mux.HandleFunc("DELETE /v1/trust/{td}", need(func(w http.ResponseWriter, r *http.Request) {
 		td := r.PathValue("td")
 		if err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
@@ -224,4 +248,46 @@ func (s *Server) handleTrustAdd(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Warn("control: federated trust domain added", "trustDomain", td.Name(), "roots", len(certs))
 	writeJSON(w, http.StatusOK, map[string]any{"trustDomain": td.Name(), "roots": len(certs)})
+}
+
+// handleAdminCert signs an admin client certificate for a CSR made where
+// its key lives (only the admin role gets here: the call is a POST).
+func (s *Server) handleAdminCert(w http.ResponseWriter, r *http.Request) {
+	var req AdminCertRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+		return
+	}
+	if !siteRE.MatchString(req.Name) {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("name %q is not a DNS label (lowercase letters, digits, '-')", req.Name))
+		return
+	}
+	ttl := defaultAdminCertTTL
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > maxAdminCertTTL {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("ttl %q: want a positive duration up to %v", req.TTL, maxAdminCertTTL))
+			return
+		}
+		ttl = d
+	}
+	csr, err := identity.ParseCSR(req.CSR)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("csr: %w", err))
+		return
+	}
+	id, err := identity.AdminID(s.sec.ca.TrustDomain(), req.Name)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	certs, err := s.sec.ca.Sign(csr.PublicKey, id, identity.IssueOptions{TTL: ttl})
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	s.sec.issued("admin", certs[0])
+	s.log.Warn("control: admin client certificate issued", "id", id.String(), "serial", certs[0].SerialNumber.Text(16),
+		"notAfter", certs[0].NotAfter, "remote", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, AdminCertResponse{ID: id.String(), Certificates: string(identity.EncodeCertificatesPEM(certs...)), Expires: certs[0].NotAfter})
 }

@@ -3,6 +3,8 @@ package control
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +18,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/identity"
 )
 
 // The control plane's audit state (issue 5): its own chain (admin changes,
@@ -294,3 +297,41 @@ func signerKey(s crypto.Signer) crypto.PublicKey {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// AuditKeyFile and AuditPubFile, in the state directory: the key that signs
+// the control plane's own audit checkpoints (made on first secure start,
+// mode 0600) and its public half, for `fogmesh audit verify --pubkey`.
+const (
+	AuditKeyFile = "audit-key.pem"
+	AuditPubFile = "audit-key.pub.pem"
+)
+
+func auditKey(dir string) (crypto.Signer, error) {
+	path := filepath.Join(dir, AuditKeyFile)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		k, err := identity.NewKey()
+		if err != nil {
+			return nil, err
+		}
+		b, err := identity.EncodeKeyPEM(k)
+		if err != nil {
+			return nil, err
+		}
+		if err := identity.WriteFileAtomic(path, b, 0o600); err != nil {
+			return nil, fmt.Errorf("control: audit key: %w", err)
+		}
+	}
+	key, err := identity.ReadKeyFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("control: audit key: %w", err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return nil, err
+	}
+	pub := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	if err := identity.WriteFileAtomic(filepath.Join(dir, AuditPubFile), pub, 0o644); err != nil {
+		return nil, fmt.Errorf("control: audit public key: %w", err)
+	}
+	return key, nil
+}

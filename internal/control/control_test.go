@@ -338,3 +338,42 @@ func TestValidLoadsDropsHostileEntries(t *testing.T) {
 		t.Fatal("nil in, want nil out")
 	}
 }
+
+// TestAgentEndpointsWithinServiceIdentity: an agent may not report an
+// endpoint whose service account or site its service does not allow; nothing
+// of the refused batch is stored.
+func TestAgentEndpointsWithinServiceIdentity(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	if code, body := applyDoc(t, s, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"pay","namespace":"prod"},
+	"spec":{"ports":[{"name":"http","port":80}],"identity":{"serviceAccounts":["pay-sa"],"sites":["s1"]}}}`); code != 200 {
+		t.Fatalf("apply: %d %s", code, body)
+	}
+	for _, n := range []struct{ name, site string }{{"n1", "s1"}, {"n2", "s2"}} {
+		if err := s.reg.registerNode(&api.Node{Meta: api.Meta{Name: n.name}, Spec: api.NodeSpec{Site: n.site, Region: "r", MeshAddress: "127.0.0.1:1"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ep := func(name, sa string) api.Endpoint {
+		return api.Endpoint{Meta: api.Meta{Name: name, Namespace: "prod"}, Spec: api.EndpointSpec{Service: "pay", Address: "10.0.0.1",
+			Ports: []api.EndpointPort{{Name: "http", Port: 8080}}, ServiceAccount: sa}}
+	}
+	for _, c := range []struct {
+		node string
+		eps  []api.Endpoint
+		want string
+	}{
+		{"n1", []api.Endpoint{ep("pay-1", "pay-sa"), ep("pay-2", "root")}, `service account "root" is not allowed`},
+		{"n1", []api.Endpoint{ep("pay-3", "")}, `service account "pay" is not allowed`},
+		{"n2", []api.Endpoint{ep("pay-4", "pay-sa")}, `site "s2" is not allowed`},
+	} {
+		if err := s.reg.syncLocalEndpoints(c.node, c.eps); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s %v: err %v, want %q", c.node, c.eps[len(c.eps)-1].Meta.Name, err, c.want)
+		}
+	}
+	if objs, _, _ := s.reg.list(api.KindEndpoint); len(objs) != 0 {
+		t.Fatalf("refused batches stored %d endpoints", len(objs))
+	}
+	if err := s.reg.syncLocalEndpoints("n1", []api.Endpoint{ep("pay-1", "pay-sa")}); err != nil {
+		t.Fatalf("allowed endpoint refused: %v", err)
+	}
+}

@@ -202,10 +202,23 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 	}
 	_, err := r.st.Update(func(tx *store.Tx) error {
 		want := map[string]bool{}
+		n, nodeKnown := getLocked(tx, api.KindNode+"/"+node, new(api.Node))
 		for i := range eps {
 			key := api.ObjectKey(&eps[i])
 			if old, ok := getLocked(tx, key, new(api.Endpoint)); ok && old.Spec.Node != node {
 				return fmt.Errorf("endpoint %s belongs to node %q", eps[i].Meta.Key(), old.Spec.Node)
+			}
+			// An agent's endpoint claims a workload identity: only one the
+			// service allows, on a site it allows.
+			e := &eps[i]
+			if svc, ok := getLocked(tx, api.KindService+"/"+e.Meta.Namespace+"/"+e.Spec.Service, new(api.Service)); ok {
+				if !svc.AllowsAccount(e.Spec.ServiceAccount) {
+					return fmt.Errorf("endpoint %s: service account %q is not allowed by service %s (spec.identity.serviceAccounts)",
+						e.Meta.Key(), e.Spec.ServiceAccount, svc.Meta.Key())
+				}
+				if nodeKnown && !svc.AllowsSite(n.Spec.Site) {
+					return fmt.Errorf("endpoint %s: site %q is not allowed by service %s (spec.identity.sites)", e.Meta.Key(), n.Spec.Site, svc.Meta.Key())
+				}
 			}
 			want[key] = true
 			if err := putLocked(tx, &eps[i]); err != nil {

@@ -3,6 +3,7 @@ package control
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -53,6 +54,7 @@ const (
 	keyToken   = "token/"   // + id: tokenRecord
 	keyRevoked = "revoked/" // + node name: revokedRecord
 	keyTrust   = "trust/"   // + trust domain: PEM bundle
+	keyGossip  = "gossip-key"
 )
 
 // tokenRecord is what the store keeps of a token: never the secret.
@@ -125,6 +127,25 @@ func newSecurity(s *Server) (*security, error) {
 	s.log.Info("control: CA ready", "trustDomain", ca.TrustDomain().Name(), "pin", ca.Pin(),
 		"bundle", filepath.Join(s.cfg.StateDir, BundleFile))
 	return sec, nil
+}
+
+// gossipKey returns the mesh's gossip key, made (32 random bytes) when
+// there is none or when renew is set (after a revocation: the revoked node
+// knows the old one).
+func (sec *security) gossipKey(renew bool) ([]byte, error) {
+	var key []byte
+	err := sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		if k := tx.Get(keyGossip); len(k) == 32 && !renew {
+			key = append([]byte(nil), k...)
+			return nil
+		}
+		key = make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return err
+		}
+		return tx.Put(keyGossip, key)
+	})
+	return key, err
 }
 
 func (sec *security) tlsFailure(reason string) {
@@ -271,6 +292,9 @@ func (sec *security) refreshTrust() error {
 	}
 	kvs, err = sec.s.st.ListSecure(keyRevoked)
 	if err != nil {
+		return err
+	}
+	if t.GossipKey, err = sec.gossipKey(false); err != nil {
 		return err
 	}
 	for _, kv := range kvs {
@@ -464,6 +488,17 @@ func (sec *security) serveJoin(c net.Conn) error {
 	if sec.revoked(node) {
 		return refuse(fmt.Errorf("node %s is revoked", node))
 	}
+	if err := sec.s.checkNodeSite(node, site); err != nil {
+		return refuse(err)
+	}
+	// A token of the node's own site must not take over a node that is
+	// online: re-joining is for a node that lost its state.
+	sec.s.mu.Lock()
+	online := sec.s.live[node] != nil && sec.s.live[node].conns > 0
+	sec.s.mu.Unlock()
+	if online {
+		return refuse(fmt.Errorf("node %s is connected; a join cannot take over a node that is online", node))
+	}
 	certs, err := sec.ca.SignNodeCSR(csr, site, node)
 	if err != nil {
 		return refuse(err)
@@ -513,6 +548,23 @@ func (sec *security) issued(kind string, cert *x509.Certificate) {
 	}
 }
 
+// checkNodeSite refuses a node name registered at another site. Endpoints,
+// workload SVIDs (issueSVID) and the identities agents vouch for go by node
+// name, so a join token of one site must not get a certificate under the
+// name of another site's node, nor may such a certificate register over
+// it. A node moves site by being deleted first.
+func (s *Server) checkNodeSite(node, site string) error {
+	kv, ok, err := s.st.Get(api.KindNode + "/" + node)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", node, err)
+	}
+	var cur api.Node
+	if ok && json.Unmarshal(kv.Value, &cur) == nil && cur.Spec.Site != site {
+		return fmt.Errorf("node %s is registered at site %s, not %s (delete it first to move it)", node, cur.Spec.Site, site)
+	}
+	return nil
+}
+
 // renew answers a node's renewal on its mutually authenticated stream.
 func (s *Server) renew(st *stream, peer spiffeid.ID, m *wire.Message) error {
 	if s.sec == nil || peer.IsZero() {
@@ -552,6 +604,9 @@ func (s *Server) revokeNode(name string) (string, error) {
 	}
 	b, _ := json.Marshal(revokedRecord{ID: id.String(), Site: n.Spec.Site, At: time.Now().UTC()})
 	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put(keyRevoked+name, b) }); err != nil {
+		return "", err
+	}
+	if _, err := s.sec.gossipKey(true); err != nil { // refreshTrust pushes the new one
 		return "", err
 	}
 	if err := s.sec.refreshTrust(); err != nil {
@@ -638,20 +693,39 @@ func (s *Server) issueSVID(node string, peer spiffeid.ID, m *wire.Message) ([]*x
 }
 
 // nodeHasIdentity reports whether an endpoint on node has the workload
-// identity ns/sa.
+// identity ns/sa, and the service it belongs to allows that identity (and
+// the node's site): a node cannot obtain an identity by reporting a made-up
+// endpoint.
 func (s *Server) nodeHasIdentity(node, ns, sa string) bool {
-	objs, _, err := s.reg.list(api.KindEndpoint)
+	eps, _, err := s.reg.list(api.KindEndpoint)
 	if err != nil {
 		return false
 	}
-	for _, o := range objs {
+	svcs, _, err := s.reg.list(api.KindService)
+	if err != nil {
+		return false
+	}
+	var site string
+	if kv, ok, err := s.st.Get(api.KindNode + "/" + node); err == nil && ok {
+		var n api.Node
+		if json.Unmarshal(kv.Value, &n) == nil {
+			site = n.Spec.Site
+		}
+	}
+	for _, o := range eps {
 		e := o.(*api.Endpoint)
 		acct := e.Spec.ServiceAccount
 		if acct == "" {
 			acct = e.Spec.Service
 		}
-		if e.Spec.Node == node && api.NamespaceOr(e.Meta.Namespace) == ns && acct == sa {
-			return true
+		if e.Spec.Node != node || api.NamespaceOr(e.Meta.Namespace) != ns || acct != sa {
+			continue
+		}
+		for _, so := range svcs {
+			svc := so.(*api.Service)
+			if svc.Meta.Name == e.Spec.Service && api.NamespaceOr(svc.Meta.Namespace) == ns && svc.AllowsAccount(sa) && svc.AllowsSite(site) {
+				return true
+			}
 		}
 	}
 	return false

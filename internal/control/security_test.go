@@ -145,11 +145,14 @@ func TestSyncPortRefusals(t *testing.T) {
 
 // TestWorkloadSVIDOnlyForOwnEndpoints: on its mTLS stream a node gets an
 // SVID for the identity of an endpoint it hosts, and is refused one for
-// another node's workload, for an unknown identity and with a bad CSR.
+// another node's workload, for an unknown identity, for an identity its
+// endpoint's service does not allow, and with a bad CSR.
 func TestWorkloadSVIDOnlyForOwnEndpoints(t *testing.T) {
 	s := startSecure(t)
 	objs, err := api.Decode([]byte(`[
-{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"orders","namespace":"shop"},"spec":{"ports":[{"name":"http","port":80}]}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"orders","namespace":"shop"},"spec":{"ports":[{"name":"http","port":80}],"identity":{"serviceAccounts":["orders-sa"]}}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"cart","namespace":"shop"},"spec":{"ports":[{"name":"http","port":80}]}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"cart-a","namespace":"shop"},"spec":{"service":"cart","node":"a","address":"10.0.0.3","ports":[{"name":"http","port":8080}],"serviceAccount":"root"}},
 {"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"pay","namespace":"shop"},"spec":{"ports":[{"name":"http","port":80}]}},
 {"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"orders-a","namespace":"shop"},"spec":{"service":"orders","node":"a","address":"10.0.0.1","ports":[{"name":"http","port":8080}],"serviceAccount":"orders-sa"}},
 {"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"pay-b","namespace":"shop"},"spec":{"service":"pay","node":"b","address":"10.0.0.2","ports":[{"name":"http","port":8080}]}}]`))
@@ -212,6 +215,7 @@ func TestWorkloadSVIDOnlyForOwnEndpoints(t *testing.T) {
 	}{
 		{"2", "shop", "pay", csr, "no endpoint with identity"},
 		{"3", "shop", "nobody", csr, "no endpoint with identity"},
+		{"5", "shop", "root", csr, "no endpoint with identity"}, // on node a, but service cart does not allow it
 		{"4", "shop", "orders-sa", []byte("not a csr"), "bad certificate request"},
 	} {
 		if m := ask(c.nonce, c.ns, c.sa, c.csr); !strings.Contains(m.Error, c.want) || len(m.Certificates) != 0 {

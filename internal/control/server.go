@@ -180,6 +180,11 @@ func New(cfg Config) (*Server, error) {
 	} else if s.sec, err = newSecurity(s); err != nil {
 		st.Close()
 		return nil, err
+	} else if s.cfg.AuditSigner == nil {
+		if s.cfg.AuditSigner, err = auditKey(cfg.StateDir); err != nil {
+			st.Close()
+			return nil, err
+		}
 	}
 	if err := s.openAudit(); err != nil {
 		st.Close()

@@ -139,6 +139,11 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 			st.write(&wire.Message{Type: wire.TypeError, Error: "node " + st.node + " is revoked"})
 			return fmt.Errorf("node %s is revoked", st.node)
 		}
+		if err := s.checkNodeSite(st.node, site); err != nil {
+			s.sec.tlsFailure(identity.ReasonUnauthorized)
+			st.write(&wire.Message{Type: wire.TypeError, Error: err.Error()})
+			return err
+		}
 	}
 	if err := s.reg.registerNode(hello.Node); err != nil {
 		return fmt.Errorf("register node %s: %w", st.node, err)

@@ -7,12 +7,15 @@
 package gossip
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -26,13 +29,29 @@ type Config struct {
 	// OnChange is called when a member joins (alive) or leaves or dies. It
 	// is called from one goroutine at a time and must not block.
 	OnChange func(name string, alive bool)
-	Logger   *slog.Logger // nil = discard
+	// SecretKey, if set (16, 24 or 32 bytes), encrypts and authenticates
+	// every gossip packet (AES-GCM): members without the key are not
+	// heard. Nil: plaintext (insecure mode).
+	SecretKey []byte
+	Logger    *slog.Logger // nil = discard
 }
 
 // Gossip is one member.
 type Gossip struct {
-	ml *memberlist.Memberlist
+	ml       *memberlist.Memberlist
+	kr       *memberlist.Keyring // nil without a key
+	keyGrace time.Duration       // KeyGrace; tests shorten it
+
+	mu     sync.Mutex  // guards the following
+	retire *time.Timer // drops the previous key when its grace ends
+	closed bool
 }
+
+// KeyGrace is how long SetKey keeps accepting the previous key: long
+// enough for every peer to get the new one from the control plane, short
+// enough that a revoked node, which knows the previous key, is soon shut
+// out even if the key never changes again.
+const KeyGrace = time.Minute
 
 type events struct{ f func(string, bool) }
 
@@ -72,6 +91,13 @@ func New(cfg Config) (*Gossip, error) {
 	} else {
 		mc.Logger = log.New(io.Discard, "", 0)
 	}
+	var kr *memberlist.Keyring
+	if len(cfg.SecretKey) > 0 {
+		if kr, err = memberlist.NewKeyring(nil, cfg.SecretKey); err != nil {
+			return nil, fmt.Errorf("gossip: key: %w", err)
+		}
+		mc.Keyring = kr
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
@@ -80,7 +106,43 @@ func New(cfg Config) (*Gossip, error) {
 		n := ml.LocalNode()
 		mc.AdvertisePort = int(n.Port)
 	}
-	return &Gossip{ml: ml}, nil
+	return &Gossip{ml: ml, kr: kr, keyGrace: KeyGrace}, nil
+}
+
+// SetKey makes key the one used to send, keeping the previous one for
+// receiving for KeyGrace (peers switch at slightly different times);
+// older keys are dropped. It fails on a member created without a key.
+func (g *Gossip) SetKey(key []byte) error {
+	kr := g.kr
+	if kr == nil {
+		return errors.New("gossip: member has no keyring (started without a key)")
+	}
+	prev := kr.GetPrimaryKey()
+	if err := kr.AddKey(key); err != nil {
+		return fmt.Errorf("gossip: key: %w", err)
+	}
+	if err := kr.UseKey(key); err != nil {
+		return fmt.Errorf("gossip: key: %w", err)
+	}
+	for _, k := range kr.GetKeys() {
+		if !bytes.Equal(k, key) && !bytes.Equal(k, prev) {
+			kr.RemoveKey(k)
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.retire != nil {
+		g.retire.Stop()
+		g.retire = nil
+	}
+	if !g.closed && prev != nil && !bytes.Equal(prev, key) {
+		g.retire = time.AfterFunc(g.keyGrace, func() { // retirePreviousKey
+			if bytes.Equal(kr.GetPrimaryKey(), key) {
+				kr.RemoveKey(prev)
+			}
+		})
+	}
+	return nil
 }
 
 // Addr is the member's address (host:port).
@@ -100,6 +162,12 @@ func (g *Gossip) Members() []string {
 
 // Close leaves the group (so peers learn at once) and stops.
 func (g *Gossip) Close() error {
+	g.mu.Lock()
+	g.closed = true
+	if g.retire != nil {
+		g.retire.Stop()
+	}
+	g.mu.Unlock()
 	g.ml.Leave(500 * time.Millisecond)
 	return g.ml.Shutdown()
 }

@@ -1,6 +1,8 @@
 package gossip
 
 import (
+	"bytes"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -60,5 +62,96 @@ func TestDeathIsSeenWithinASecond(t *testing.T) {
 			t.Fatal("death of c never seen")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestKeyedGossip: members with the key gossip; one without it, or with
+// another key, cannot join; after a key change (SetKey on every member, one
+// after the other) they still hear each other, and a member left with the
+// old key only is shut out.
+func TestKeyedGossip(t *testing.T) {
+	k1, k2, k3 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32), bytes.Repeat([]byte{3}, 32)
+	mk := func(name string, key []byte) *Gossip {
+		g, err := New(Config{Name: name, BindAddr: "127.0.0.1:0", SecretKey: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Close() })
+		return g
+	}
+	a, b := mk("a", k1), mk("b", k1)
+	if _, err := b.Join([]string{a.Addr()}); err != nil {
+		t.Fatalf("same key: %v", err)
+	}
+	for _, bad := range []*Gossip{mk("plain", nil), mk("other", k3)} {
+		if n, err := bad.Join([]string{a.Addr()}); err == nil && n > 0 {
+			t.Fatalf("a member without the key joined (%d)", n)
+		}
+	}
+	if _, err := New(Config{Name: "x", BindAddr: "127.0.0.1:0", SecretKey: []byte("short")}); err == nil {
+		t.Fatal("a 5-byte key was accepted")
+	}
+	if err := mk("nokey", nil).SetKey(k2); err == nil {
+		t.Fatal("SetKey on a member without a keyring succeeded")
+	}
+	stale := mk("stale", k1)
+	if _, err := stale.Join([]string{a.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []*Gossip{a, b} {
+		if err := g.SetKey(k2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.SetKey(k3); err != nil { // k1 is dropped: only k3 and k2 remain
+		t.Fatal(err)
+	}
+	if err := b.SetKey(k3); err != nil {
+		t.Fatal(err)
+	}
+	c := mk("c", k3)
+	if _, err := c.Join([]string{a.Addr()}); err != nil {
+		t.Fatalf("new key: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ma, mb := a.Members(), b.Members()
+		if !slices.Contains(ma, "stale") && slices.Contains(ma, "c") && slices.Contains(mb, "c") && slices.Contains(ma, "b") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after rotation: a sees %v, b sees %v (want b and c, not stale)", ma, mb)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSetKeyRetiresPreviousKey: the key a revoked node knows is accepted
+// only for a grace period after the change, not until the next change
+// (which may never come): after it, a member that kept the old key is no
+// longer heard.
+func TestSetKeyRetiresPreviousKey(t *testing.T) {
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	a, err := New(Config{Name: "a", BindAddr: "127.0.0.1:0", SecretKey: k1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.keyGrace = 100 * time.Millisecond
+	if err := a.SetKey(k2); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(a.kr.GetKeys()); n != 2 {
+		t.Fatalf("right after the change: %d keys, want 2 (the old one in grace)", n)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for len(a.kr.GetKeys()) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the previous key is still accepted %v after the change", 3*time.Second)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !bytes.Equal(a.kr.GetKeys()[0], k2) {
+		t.Fatal("the new key was retired")
 	}
 }

@@ -46,6 +46,9 @@ func ParseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
 		out = append(out, c)
 	}
 	if len(bytes.TrimSpace(rest)) > 0 {
+		if len(out) == 0 {
+			return nil, fmt.Errorf("%w: no PEM certificate (not PEM)", ErrBadBundle)
+		}
 		return nil, fmt.Errorf("%w: trailing data after the last PEM block", ErrBadBundle)
 	}
 	if len(out) == 0 {

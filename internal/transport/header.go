@@ -1,11 +1,12 @@
 // Package transport is the agent-to-agent mesh port. An agent reaches a
 // remote endpoint through the agent on the endpoint's node: it keeps one
-// multiplexed connection (yamux over TCP) per peer agent, opens a stream per
+// multiplexed connection (yamux over mutual TLS 1.3, or plain TCP in insecure
+// mode) per peer agent, opens a stream per
 // proxied connection, names the destination in a small header, and the peer
 // agent connects to its local workload and relays bytes. It exists so that
 // nodes need exactly one reachable port between them, whatever services run
 // behind it, and so that the connection between agents is the single place
-// where identity (mTLS, later) is enforced.
+// where identity is enforced (ServerConfig.TLS, ClientConfig.TLS).
 //
 // This file holds the stream wire format only: constants and the functions
 // that read and write a header and a status, with no other I/O.

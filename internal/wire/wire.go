@@ -177,6 +177,10 @@ type Trust struct {
 	Bundles map[string][][]byte `json:"bundles"`
 	// Revoked lists revoked node SPIFFE IDs.
 	Revoked []string `json:"revoked,omitempty"`
+	// GossipKey (32 bytes) encrypts and authenticates the agents' liveness
+	// gossip (memberlist's AES-GCM keyring), so only joined nodes take
+	// part. The control plane replaces it when a node is revoked.
+	GossipKey []byte `json:"gossipKey,omitempty"`
 }
 
 // Scope limits a subscription. Empty means everything.

@@ -1,0 +1,98 @@
+package control
+
+import (
+	"crypto/tls"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// joinAs runs a join with tok for node name at site and returns the answer.
+func joinAs(t *testing.T, s *Server, tok, name, site string) *wire.Message {
+	t.Helper()
+	p, err := identity.ParseToken(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jc, err := tls.Dial("tcp", s.SyncAddr(), identity.JoinClientConfig(p.Pin, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer jc.Close()
+	jc.SetDeadline(time.Now().Add(3 * time.Second))
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	if err := wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: tok, CSR: csr,
+		Node: &api.Node{Meta: api.Meta{Name: name}, Spec: api.NodeSpec{Site: site, Region: "r"}}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := wire.NewReader(jc).Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestJoinCannotTakeOverNodeOfAnotherSite: a join token is bound to a
+// site; it must not get a certificate for the name of a node registered at
+// another site (whose endpoints, workload SVIDs and vouched identities go
+// by node name), nor may such a certificate register over that node. A
+// node of the token's own site may join again.
+func TestJoinCannotTakeOverNodeOfAnotherSite(t *testing.T) {
+	s := startSecure(t)
+	if m, err := syncDial(t, s, signNode(t, s.CA(), "s2", "victim", 0), "s2", "victim"); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("victim: %v %+v", err, m)
+	}
+	tok, err := s.CreateToken(identity.TokenJoin, "s1", "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := joinAs(t, s, tok, "victim", "s1"); m.Type != wire.TypeError || !strings.Contains(m.Error, "site s2") {
+		t.Fatalf("join of s2's node with an s1 token: %+v", m)
+	}
+	// The token was not used up by the refusal.
+	if m := joinAs(t, s, tok, "newcomer", "s1"); m.Type != wire.TypeJoined {
+		t.Fatalf("join of a new node: %+v", m)
+	}
+	// A certificate for the name at another site cannot register over it.
+	if m, err := syncDial(t, s, signNode(t, s.CA(), "s1", "victim", 0), "s1", "victim"); err == nil && m.Type == wire.TypeWelcome {
+		t.Fatal("hello moved victim from s2 to s1")
+	}
+	kv, _, _ := s.st.Get(api.KindNode + "/victim")
+	if !strings.Contains(string(kv.Value), `"site":"s2"`) {
+		t.Fatalf("victim's record changed: %s", kv.Value)
+	}
+	// Re-joining at its own site is allowed once the node is offline; not
+	// while it is connected.
+	online := signNode(t, s.CA(), "s2", "busy", 0)
+	src := identity.NewSource()
+	src.SetBundles(s.CA().Bundle())
+	src.SetSVID(online)
+	c, err := tls.Dial("tcp", s.SyncAddr(), src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNSync))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion,
+		Node: &api.Node{Meta: api.Meta{Name: "busy"}, Spec: api.NodeSpec{Site: "s2", Region: "r", MeshAddress: "127.0.0.1:1"}}})
+	if m, err := wire.NewReader(c).Read(); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("busy: %v %+v", err, m)
+	}
+	tokBusy, _ := s.CreateToken(identity.TokenJoin, "s2", "", time.Minute)
+	if m := joinAs(t, s, tokBusy, "busy", "s2"); m.Type != wire.TypeError || !strings.Contains(m.Error, "is connected") {
+		t.Fatalf("join over an online node: %+v", m)
+	}
+	waitCount(t, "victim offline", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.live["victim"] == nil || s.live["victim"].conns == 0
+	})
+	tok2, _ := s.CreateToken(identity.TokenJoin, "s2", "", time.Minute)
+	if m := joinAs(t, s, tok2, "victim", "s2"); m.Type != wire.TypeJoined {
+		t.Fatalf("re-join at its own site: %+v", m)
+	}
+}
