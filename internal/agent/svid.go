@@ -11,9 +11,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"net/url"
-	"os"
 	"reflect"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -51,11 +49,8 @@ func (at *Attest) matches(c workloadapi.Caller) bool {
 	if at.GID != nil && int32(*at.GID) != c.GID {
 		return false
 	}
-	if at.Path != "" {
-		exe, err := os.Readlink("/proc/" + strconv.Itoa(int(c.PID)) + "/exe")
-		if err != nil || exe != at.Path {
-			return false
-		}
+	if at.Path != "" && c.Exe != at.Path {
+		return false
 	}
 	return true
 }

@@ -499,23 +499,31 @@ func (sec *security) serveJoin(c net.Conn) error {
 	if online {
 		return refuse(fmt.Errorf("node %s is connected; a join cannot take over a node that is online", node))
 	}
+	// Check the token before signing anything (read-only), so that whoever
+	// reaches the port without a valid token costs no CA signature; the
+	// transaction below checks again and marks it used.
+	now := time.Now()
+	kvs, err := sec.s.st.ListSecure(keyToken + tok.ID)
+	if err != nil {
+		return refuse(err)
+	}
+	var rec []byte
+	for _, kv := range kvs {
+		if kv.Key == keyToken+tok.ID {
+			rec = kv.Value
+		}
+	}
+	if _, err := checkJoinToken(rec, tok, node, site, now); err != nil {
+		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
+	}
 	certs, err := sec.ca.SignNodeCSR(csr, site, node)
 	if err != nil {
 		return refuse(err)
 	}
-	now := time.Now()
 	err = sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
-		b := tx.Get(keyToken + tok.ID)
-		var r tokenRecord
-		switch {
-		case b == nil, json.Unmarshal(b, &r) != nil, r.Kind != identity.TokenJoin, !tok.MatchesHash(r.Hash):
-			return errors.New("unknown token")
-		case r.UsedBy != "":
-			return errors.New("token already used")
-		case !r.Expires.IsZero() && now.After(r.Expires):
-			return errors.New("token expired")
-		case r.Site != site:
-			return fmt.Errorf("token is for site %s, node %s claims site %s", r.Site, node, site)
+		r, err := checkJoinToken(tx.Get(keyToken+tok.ID), tok, node, site, now)
+		if err != nil {
+			return err
 		}
 		r.UsedBy = node
 		nb, _ := json.Marshal(r)
@@ -529,6 +537,23 @@ func (sec *security) serveJoin(c net.Conn) error {
 	sec.mJoins["ok"].Inc()
 	sec.s.log.Info("control: node joined", "node", node, "site", site, "token", tok.ID, "serial", certs[0].SerialNumber.Text(16))
 	return wire.Write(c, &wire.Message{Type: wire.TypeJoined, Certificates: identity.DERs(certs), Trust: t})
+}
+
+// checkJoinToken checks a stored token record b against the presented
+// token for a node joining at site.
+func checkJoinToken(b []byte, tok identity.Token, node, site string, now time.Time) (tokenRecord, error) {
+	var r tokenRecord
+	switch {
+	case b == nil, json.Unmarshal(b, &r) != nil, r.Kind != identity.TokenJoin, !tok.MatchesHash(r.Hash):
+		return r, errors.New("unknown token")
+	case r.UsedBy != "":
+		return r, errors.New("token already used")
+	case !r.Expires.IsZero() && now.After(r.Expires):
+		return r, errors.New("token expired")
+	case r.Site != site:
+		return r, fmt.Errorf("token is for site %s, node %s claims site %s", r.Site, node, site)
+	}
+	return r, nil
 }
 
 func (sec *security) issued(kind string, cert *x509.Certificate) {

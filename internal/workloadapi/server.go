@@ -37,6 +37,10 @@ import (
 // Caller is the process on the other end of the socket.
 type Caller struct {
 	PID, UID, GID int32
+	// Exe is the caller's executable (/proc/<pid>/exe) read when it
+	// connected, so a process cannot connect first and exec an allowed
+	// binary afterwards; "" if unreadable.
+	Exe string
 	// Known is false when the peer's credentials could not be read (not a
 	// Unix socket); a Source should then hand out nothing.
 	Known bool
@@ -161,7 +165,8 @@ func peerCred(c net.Conn) Caller {
 	}); err != nil || cerr != nil {
 		return Caller{}
 	}
-	return Caller{PID: cred.Pid, UID: int32(cred.Uid), GID: int32(cred.Gid), Known: true}
+	exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(cred.Pid)) + "/exe")
+	return Caller{PID: cred.Pid, UID: int32(cred.Uid), GID: int32(cred.Gid), Exe: exe, Known: true}
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
