@@ -18,9 +18,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	fmwl "github.com/fogmesh/fogmesh/internal/workloadapi"
-
 	"github.com/fogmesh/fogmesh/internal/api"
+	fmwl "github.com/fogmesh/fogmesh/internal/workloadapi"
 )
 
 // fakeIssuer is a test double for the control plane's CA (named so): a
