@@ -25,8 +25,20 @@ func runAdmin(args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if fs.NArg() == 3 && fs.Arg(0) == "cert" && fs.Arg(1) == "revoke" {
+		name := fs.Arg(2)
+		if strings.ContainsAny(name, `/\?#`) || name == "" || name[0] == '.' {
+			return cli.Usagef("admin cert revoke: name %q is not a DNS label", name)
+		}
+		var resp map[string]string
+		if err := call("POST", strings.TrimRight(*server, "/")+"/v1/admin/certs/"+name+"/revoke", []byte("{}"), &resp); err != nil {
+			return err
+		}
+		fmt.Printf("%s revoked\n", resp["revoked"])
+		return nil
+	}
 	if fs.NArg() != 3 || fs.Arg(0) != "cert" || fs.Arg(1) != "create" {
-		return cli.Usagef("admin: want cert create NAME [-out DIR] [-ttl D]")
+		return cli.Usagef("admin: want cert create NAME [-out DIR] [-ttl D], or cert revoke NAME")
 	}
 	name := fs.Arg(2)
 	certPath, keyPath := filepath.Join(*out, name+"-cert.pem"), filepath.Join(*out, name+"-key.pem")

@@ -701,6 +701,16 @@ func TestAdminClientCertificate(t *testing.T) {
 			t.Errorf("%s: exit %d, output %q; want exit 2 naming %q", c.name, code, out, c.want)
 		}
 	}
+	// Revoked before it expires: refused from the next call on.
+	if out, code := run(t, append([]string{"admin", "cert", "revoke", "ops"}, flags...)...); code != 0 || !strings.Contains(out, "admin/ops revoked") {
+		t.Fatalf("admin cert revoke: %d %s", code, out)
+	}
+	if out, code := run(t, append([]string{"get", "nodes"}, withCert...)...); code == 0 {
+		t.Fatalf("a revoked admin certificate still reads: %s", out)
+	}
+	if out, code := run(t, append([]string{"admin", "cert", "revoke", "Bad_Name"}, flags...)...); code != 2 {
+		t.Fatalf("revoke with a bad name: %d %s", code, out)
+	}
 	// The issue is in the control plane's audit chain.
 	logs, _ := filepath.Glob(filepath.Join(state, "audit", "control", "audit.log*"))
 	var chain strings.Builder
@@ -708,7 +718,8 @@ func TestAdminClientCertificate(t *testing.T) {
 		b, _ := os.ReadFile(f)
 		chain.Write(b)
 	}
-	if !strings.Contains(chain.String(), "issue admin") || !strings.Contains(chain.String(), "spiffe://fogmesh.local/admin/ops") {
+	if !strings.Contains(chain.String(), "issue admin") || !strings.Contains(chain.String(), "revoke admin") ||
+		!strings.Contains(chain.String(), "spiffe://fogmesh.local/admin/ops") {
 		t.Fatalf("audit chain lacks the admin certificate issue:\n%s", chain.String())
 	}
 }

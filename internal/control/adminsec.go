@@ -27,6 +27,7 @@ import (
 //	POST   /v1/trust                 {trustDomain, bundle (PEM)}
 //	DELETE /v1/trust/{trustDomain}
 //	POST   /v1/admin/certs           {name, csr, ttl}                     -> AdminCertResponse
+//	POST   /v1/admin/certs/{name}/revoke                                  -> {revoked: id}
 
 // TokenRequest is the body of POST /v1/tokens.
 type TokenRequest struct {
@@ -88,7 +89,10 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		role := ""
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 			// Verified in the handshake (adminTLS): an admin identity.
-			if id, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]); err == nil && identity.IsAdminID(s.sec.ca.TrustDomain(), id) {
+			// Checked again per request: a connection (or a resumed TLS
+			// session) outlives a revocation.
+			if id, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]); err == nil && identity.IsAdminID(s.sec.ca.TrustDomain(), id) &&
+				!s.sec.src.Denied(id.String()) {
 				role = RoleAdmin
 			}
 		} else if h := r.Header.Get("Authorization"); h != "" {
@@ -173,6 +177,14 @@ func (s *Server) securityRoutes(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("POST /v1/trust", need(s.handleTrustAdd))
 	mux.HandleFunc("POST /v1/admin/certs", need(s.handleAdminCert))
+	mux.HandleFunc("POST /v1/admin/certs/{name}/revoke", need(func(w http.ResponseWriter, r *http.Request) {
+		id, err := s.revokeAdmin(r.PathValue("name"))
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"revoked": id})
+	}))
 	mux.HandleFunc("DELETE /v1/trust/{td}", need(func(w http.ResponseWriter, r *http.Request) {
 		td := r.PathValue("td")
 		if err := s.st.UpdateSecure(func(tx *store.SecureTx) error {

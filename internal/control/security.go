@@ -194,6 +194,10 @@ func (sec *security) adminTLS() *tls.Config {
 		if !identity.IsAdminID(sec.ca.TrustDomain(), id) {
 			return fmt.Errorf("%s is not an admin identity", id)
 		}
+		if sec.src.Denied(id.String()) {
+			sec.tlsFailure("revoked")
+			return fmt.Errorf("%s is revoked", id)
+		}
 		return nil
 	})
 	return &tls.Config{MinVersion: tls.VersionTLS13, ClientAuth: tls.RequestClientCert,
@@ -610,6 +614,29 @@ func (s *Server) renew(st *stream, peer spiffeid.ID, m *wire.Message) error {
 	s.sec.issued("node", certs[0])
 	s.log.Info("control: node certificate renewed", "node", node, "serial", certs[0].SerialNumber.Text(16), "notAfter", certs[0].NotAfter)
 	return st.write(&wire.Message{Type: wire.TypeCert, Certificates: identity.DERs(certs)})
+}
+
+// revokeAdmin puts an admin client certificate's identity on the deny list:
+// the admin API refuses it from then on, before it expires. The record's
+// key ("admin:NAME") cannot be a node name.
+func (s *Server) revokeAdmin(name string) (string, error) {
+	if !siteRE.MatchString(name) {
+		return "", fmt.Errorf("name %q is not a DNS label", name)
+	}
+	id, err := identity.AdminID(s.sec.ca.TrustDomain(), name)
+	if err != nil {
+		return "", err
+	}
+	b, _ := json.Marshal(revokedRecord{ID: id.String(), At: time.Now().UTC()})
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put(keyRevoked+"admin:"+name, b) }); err != nil {
+		return "", err
+	}
+	if err := s.sec.refreshTrust(); err != nil {
+		return "", err
+	}
+	s.Audit(audit.Record{Kind: audit.KindAdmin, Action: "revoke admin", Actor: "admin", Object: id.String()})
+	s.log.Warn("control: admin client certificate revoked", "id", id.String())
+	return id.String(), nil
 }
 
 // revokeNode puts a node on the deny list, pushes it to every agent and
