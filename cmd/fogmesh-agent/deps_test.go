@@ -1,0 +1,34 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestLeanImportGraph keeps the agent binary small enough for an ARM
+// board: the heavy dependencies of the control plane and of tests never
+// enter its import graph.
+func TestLeanImportGraph(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	forbidden := []string{
+		"google.golang.org/grpc", // +6 MB; the Workload API speaks gRPC framing itself
+		"k8s.io/",                // Kubernetes client libraries
+		"go.etcd.io/",            // etcd and bbolt: the control plane's store
+		"github.com/envoyproxy/", // Envoy types
+		"github.com/spiffe/go-spiffe/v2/workloadapi", // pulls grpc
+		"github.com/spiffe/go-spiffe/v2/proto",
+		"github.com/fogmesh/fogmesh/internal/control",
+		"github.com/fogmesh/fogmesh/internal/store",
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		for _, f := range forbidden {
+			if strings.HasPrefix(pkg, f) {
+				t.Errorf("the agent imports %s (forbidden prefix %s)", pkg, f)
+			}
+		}
+	}
+}
