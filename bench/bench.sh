@@ -32,19 +32,17 @@ set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
-ROUNDS=${ROUNDS:-2}
-IPERF_SECONDS=${IPERF_SECONDS:-4}
-LAT_SECONDS=${LAT_SECONDS:-5}
-QPS=${QPS:-2000}
-CONNS=${CONNS:-16}
+# ROUNDS, IPERF_SECONDS, LAT_SECONDS, QPS, CONNS: defaults in lib.sh.
 HOLD_N=${HOLD_N:-1000}
 XROUNDS=${XROUNDS:-1}
 WRK_THREADS=${WRK_THREADS:-1}
 H2LOAD_N=${H2LOAD_N:-50000}
 H2_STREAMS=${H2_STREAMS:-10}
 BASE=${BENCH_BASE_PORT:-31000}
-FORTIO_VERSION=v1.63.0
+MESH_NS=bench
 SRV_VIP_RANGE=127.231.0.0/16
 CLI_VIP_RANGE=127.232.0.0/16
 
@@ -58,87 +56,16 @@ P_REL_BULK=$((BASE + 50)); P_REL_WEB=$((BASE + 51))
 # Service ports (on the agents' VIPs).
 S_BULK=15201; S_WEB=18080; S_HOLD=19000; S_GRPC=18079
 
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/fogmesh-bench.XXXXXX")
-PIDS=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_pids "${PIDS[@]}"
-  if [ "$rc" != 0 ] && [ -d "$TMP" ]; then
-    log "failed (exit $rc); last lines of the logs:"
-    for f in "$TMP"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 5 "$f" >&2; }; done
-  fi
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start NAME CMD...: runs CMD in the background, logs to $TMP/NAME.log,
-# remembers its PID in PIDS and in the variable PID_NAME.
-start() {
-  local name=$1; shift
-  "$@" >"$TMP/$name.log" 2>&1 &
-  local pid=$!
-  PIDS+=("$pid")
-  printf -v "PID_$name" '%s' "$pid"
-}
-
-# stop_pids PID...: SIGTERM, up to 3 s, then SIGKILL; reaps them and drops
-# them from PIDS.
-stop_pids() {
-  local pid i alive keep=()
-  [ $# -eq 0 ] && return 0
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for i in $(seq 1 30); do
-    alive=0
-    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    case " $* " in *" $pid "*) ;; *) keep+=("$pid") ;; esac
-  done
-  PIDS=("${keep[@]}")
-}
-
-port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-wait_port() { # host port name
-  local i
-  for i in $(seq 1 100); do port_open "$1" "$2" && return 0; sleep 0.1; done
-  die "$3 is not listening on $1:$2 after 10 s (log: $(tail -n 3 "$TMP/$3.log" 2>/dev/null))"
-}
 metric() { curl -fsS --max-time 3 "http://127.0.0.1:$1/metrics" 2>/dev/null | awk -v m="$2" 'index($0, m) == 1 {s += $NF} END {print s + 0}'; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 mb() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
-cpu_ticks() { # sum of utime+stime over the given PIDs
-  local t=0 pid v
-  for pid in "$@"; do
-    v=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    t=$((t + v))
-  done
-  echo "$t"
-}
-CLK_TCK=$(getconf CLK_TCK)
+
+bench_init bench
 
 # ---------------------------------------------------------------- tools
-for t in go iperf3 haproxy curl; do
-  command -v "$t" >/dev/null 2>&1 || die "$t not found (run scripts/install-deps.sh bench)"
-done
-FORTIO=$(command -v fortio 2>/dev/null || true)
-[ -z "$FORTIO" ] && [ -x "$(go env GOPATH)/bin/fortio" ] && FORTIO="$(go env GOPATH)/bin/fortio"
-if [ -z "$FORTIO" ]; then
-  log "installing fortio $FORTIO_VERSION (go install, outside go.mod)"
-  (cd "$TMP" && GOFLAGS= go install "fortio.org/fortio@$FORTIO_VERSION") || die "cannot install fortio"
-  FORTIO="$(go env GOPATH)/bin/fortio"
-fi
+need_tools go iperf3 haproxy curl
+find_fortio
 if ! command -v nginx >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing nginx (apt-get; only its binary is used, with a config in the temp dir)"
@@ -163,18 +90,13 @@ fi
 H2LOAD=$(command -v h2load 2>/dev/null || true)
 [ -n "$H2LOAD" ] || log "h2load not found and not installable: its rows will read fail"
 
-for p in $P_CTL_ADMIN $P_CTL_SYNC $P_SRV_MESH $P_SRV_DNS $P_SRV_ADMIN $P_CLI_MESH $P_CLI_DNS \
-         $P_CLI_ADMIN $P_IPERF $P_HTTP $P_SINK $P_GRPC $P_HAP_BULK $P_HAP_WEB $P_NGINX $P_REL_BULK $P_REL_WEB; do
-  port_open 127.0.0.1 "$p" && die "port 127.0.0.1:$p is in use; set BENCH_BASE_PORT"
-done
+ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_CLI_MESH" \
+  "$P_CLI_DNS" "$P_CLI_ADMIN" "$P_IPERF" "$P_HTTP" "$P_SINK" "$P_GRPC" "$P_HAP_BULK" "$P_HAP_WEB" "$P_NGINX" \
+  "$P_REL_BULK" "$P_REL_WEB"
 
 # ---------------------------------------------------------------- build
 log "building (CGO_ENABLED=0 -trimpath -ldflags '-s -w') into $TMP/bin"
-BIN=$TMP/bin
 mkdir -p "$BIN"
-build() { # GOARCH out pkg
-  CGO_ENABLED=0 GOOS=linux GOARCH=$1 go build -trimpath -ldflags "-s -w" -o "$2" "$3"
-}
 build amd64 "$BIN/fogmesh" ./cmd/fogmesh
 build amd64 "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
 SIZE_AMD64_AGENT=$(stat -c %s "$BIN/fogmesh-agent")
@@ -182,8 +104,8 @@ SIZE_AMD64_FULL=$(stat -c %s "$BIN/fogmesh")
 HOSTARCH=$(go env GOARCH)
 if [ "$HOSTARCH" != amd64 ]; then
   # Run the host build; size figures above are still linux/amd64.
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/fogmesh" ./cmd/fogmesh
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
+  build_host "$BIN/fogmesh" ./cmd/fogmesh
+  build_host "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
 fi
 if [ "${SKIP_ARM64:-0}" != 1 ]; then
   build arm64 "$TMP/fogmesh-arm64" ./cmd/fogmesh
@@ -194,28 +116,18 @@ if [ "${SKIP_ARM64:-0}" != 1 ]; then
 else
   SIZE_ARM64_AGENT=0; SIZE_ARM64_FULL=0
 fi
-go build -o "$BIN/splicerelay" ./bench/splicerelay
-go build -o "$BIN/holdconns" ./bench/holdconns
-go build -o "$BIN/benchjson" ./bench/benchjson
+build_helpers splicerelay holdconns benchjson
 
 # ---------------------------------------------------------------- machine
-CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
-[ -z "$CPU_MODEL" ] && CPU_MODEL=$(lscpu 2>/dev/null | awk -F': +' '/Model name/ {print $2; exit}')
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD 2>/dev/null || GIT_REV="$GIT_REV (+ uncommitted changes)"
+machine_info
 HAPROXY_VERSION=$(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}')
-IPERF_VERSION=$(iperf3 --version 2>/dev/null | awk 'NR==1 {print $2}')
-FORTIO_V=$("$FORTIO" version 2>/dev/null | head -n 1)
 NGINX_VERSION=$([ -n "$NGINX" ] && "$NGINX" -v 2>&1 | awk -F/ 'NR==1 {print $2}' || echo none)
 H2LOAD_VERSION=$([ -n "$H2LOAD" ] && "$H2LOAD" --version 2>/dev/null | awk 'NR==1 {print $2}' || echo none)
 WRK_VERSION=$([ -n "$WRK" ] && { "$WRK" -v 2>&1 || true; } | awk 'NR==1 {print $2}' || echo none)
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- backends and proxies
 log "starting backends, HAProxy, splice relay, control plane and two agents"
-start iperf "$(command -v iperf3)" -s -B 127.0.0.1 -p "$P_IPERF"
-start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "127.0.0.1:$P_GRPC" \
-  -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
+start_backends "127.0.0.1:$P_GRPC"
 start sink "$BIN/holdconns" -serve "127.0.0.1:$P_SINK"
 
 cat >"$TMP/haproxy.cfg" <<EOF
@@ -283,69 +195,18 @@ fi
 # rows compare the proxy paths with HAProxy, nginx and the splice relay, none
 # of which encrypts; control and agents are secure by default, and the mTLS
 # mesh is measured by bench/security.sh (row fm).
-start ctl "$BIN/fogmesh" control -insecure -state-dir "$TMP/ctl" -admin-addr "127.0.0.1:$P_CTL_ADMIN" \
-  -sync-addr "127.0.0.1:$P_CTL_SYNC"
+start_control ctl "$TMP/ctl" "$P_CTL_ADMIN" "$P_CTL_SYNC" -insecure
 wait_port 127.0.0.1 "$P_CTL_ADMIN" ctl
-cat >"$TMP/services.yaml" <<EOF
-apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: bulk, namespace: bench}
-spec: {ports: [{name: tcp, port: $S_BULK}]}
----
-apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: web, namespace: bench}
-spec: {ports: [{name: http, port: $S_WEB}]}
----
-apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: webl7, namespace: bench}
-spec: {ports: [{name: http, port: $S_WEB, protocol: http}]}
----
-apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: webh2, namespace: bench}
-spec: {ports: [{name: http, port: $S_WEB, protocol: http2}]}
----
-apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: webgrpc, namespace: bench}
-spec: {ports: [{name: grpc, port: $S_GRPC, protocol: grpc}]}
----
-apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: hold, namespace: bench}
-spec: {ports: [{name: tcp, port: $S_HOLD}]}
-EOF
+services_yaml "bulk:tcp:$S_BULK" "web:http:$S_WEB" "webl7:http:$S_WEB:http" "webh2:http:$S_WEB:http2" \
+  "webgrpc:grpc:$S_GRPC:grpc" "hold:tcp:$S_HOLD" >"$TMP/services.yaml"
 "$BIN/fogmesh" apply -server "http://127.0.0.1:$P_CTL_ADMIN" -f "$TMP/services.yaml" >&2
 
-# Health checks are off (check: none) so they do not touch iperf3 (which
-# treats every connection as a test) or add load; the script checks the paths.
-cat >"$TMP/srv.yaml" <<EOF
-node: {name: srv, site: s1, region: r1}
-control: ["127.0.0.1:$P_CTL_SYNC"]
-meshAddr: "127.0.0.1:$P_SRV_MESH"
-dnsAddr: "127.0.0.1:$P_SRV_DNS"
-adminAddr: "127.0.0.1:$P_SRV_ADMIN"
-vipRange: "$SRV_VIP_RANGE"
-stateDir: $TMP/srv
-workloads:
-  - {name: bulk-srv, service: bulk, namespace: bench, address: 127.0.0.1, ports: [{name: tcp, port: $P_IPERF}], check: {type: none}}
-  - {name: web-srv, service: web, namespace: bench, address: 127.0.0.1, ports: [{name: http, port: $P_HTTP}], check: {type: none}}
-  - {name: webl7-srv, service: webl7, namespace: bench, address: 127.0.0.1, ports: [{name: http, port: $P_HTTP}], check: {type: none}}
-  - {name: webh2-srv, service: webh2, namespace: bench, address: 127.0.0.1, ports: [{name: http, port: $P_HTTP}], check: {type: none}}
-  - {name: webgrpc-srv, service: webgrpc, namespace: bench, address: 127.0.0.1, ports: [{name: grpc, port: $P_GRPC}], check: {type: none}}
-  - {name: hold-srv, service: hold, namespace: bench, address: 127.0.0.1, ports: [{name: tcp, port: $P_SINK}], check: {type: none}}
-EOF
-cat >"$TMP/cli.yaml" <<EOF
-node: {name: cli, site: s1, region: r1}
-control: ["127.0.0.1:$P_CTL_SYNC"]
-meshAddr: "127.0.0.1:$P_CLI_MESH"
-dnsAddr: "127.0.0.1:$P_CLI_DNS"
-adminAddr: "127.0.0.1:$P_CLI_ADMIN"
-vipRange: "$CLI_VIP_RANGE"
-stateDir: $TMP/cli
-EOF
+# Health checks are off (check: none, see agent_config) so they do not touch
+# iperf3 (which treats every connection as a test) or add load; the script
+# checks the paths.
+agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$SRV_VIP_RANGE" "bulk:tcp:$P_IPERF" \
+  "web:http:$P_HTTP" "webl7:http:$P_HTTP" "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" "hold:tcp:$P_SINK" >"$TMP/srv.yaml"
+agent_config cli "$P_CTL_SYNC" "$P_CLI_MESH" "$P_CLI_DNS" "$P_CLI_ADMIN" "$CLI_VIP_RANGE" >"$TMP/cli.yaml"
 start srv "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
 start cli "$BIN/fogmesh-agent" -insecure -config "$TMP/cli.yaml"
 
@@ -359,12 +220,6 @@ wait_port 127.0.0.1 "$P_REL_BULK" relay
 wait_port 127.0.0.1 "$P_SRV_ADMIN" srv
 wait_port 127.0.0.1 "$P_CLI_ADMIN" cli
 
-# vip AGENT_ADMIN_PORT SERVICE TIER: the service's VIP once the agent routes
-# it to a healthy endpoint of that tier, else empty.
-vip() {
-  "$BIN/fogmesh" routes -agent "http://127.0.0.1:$1" 2>/dev/null |
-    awk -v s="bench/$2" -v t="$3" '$1 == s && $6 == t && $7 == "true" {print $2; exit}'
-}
 SRV_VIP_BULK= SRV_VIP_WEB= SRV_VIP_WEBL7= SRV_VIP_HOLD= CLI_VIP_BULK= CLI_VIP_WEB= CLI_VIP_WEBL7= CLI_VIP_HOLD=
 SRV_VIP_WEBH2= SRV_VIP_GRPC=
 all_vips() {
@@ -382,8 +237,7 @@ for i in $(seq 1 150); do
   sleep 0.1
 done
 all_vips || {
-  "$BIN/fogmesh" routes -agent "http://127.0.0.1:$P_SRV_ADMIN" >&2 || true
-  "$BIN/fogmesh" routes -agent "http://127.0.0.1:$P_CLI_ADMIN" >&2 || true
+  dump_routes "$P_SRV_ADMIN" "$P_CLI_ADMIN"
   die "agents did not route all services within 15 s"
 }
 log "srv agent VIPs: bulk $SRV_VIP_BULK web $SRV_VIP_WEB webl7 $SRV_VIP_WEBL7 webh2 $SRV_VIP_WEBH2 webgrpc $SRV_VIP_GRPC hold $SRV_VIP_HOLD; cli agent: bulk $CLI_VIP_BULK web $CLI_VIP_WEB webl7 $CLI_VIP_WEBL7 hold $CLI_VIP_HOLD"
@@ -398,7 +252,6 @@ LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent2l7 nginx)
 L7ENGINES=(direct agent1l7 agent2l7 nginx)
 XENGINES=(h2direct h2agent1 grpcdirect grpcagent1)
 H2LENGINES=(h2ldirect h2lagent1) # h2load: maximum rate only
-declare -A LABEL BULK WEB CPUPIDS KIND
 LABEL[direct]="(a) direct";                 BULK[direct]="127.0.0.1 $P_IPERF";          WEB[direct]="http://127.0.0.1:$P_HTTP/"
 LABEL[agent1]="(b) one agent (node tier)";  BULK[agent1]="$SRV_VIP_BULK $S_BULK";       WEB[agent1]="http://$SRV_VIP_WEB:$S_WEB/"
 LABEL[agent2]="(c) two agents (mesh port)"; BULK[agent2]="$CLI_VIP_BULK $S_BULK";       WEB[agent2]="http://$CLI_VIP_WEB:$S_WEB/"
@@ -429,7 +282,6 @@ fi
 # Every path answers before anything is measured; an L4 path that does not
 # is fatal, an L7 one (or nginx) is recorded as a failure and measured anyway.
 FAILED=() WARNED=()
-failed() { FAILED+=("$2"); }
 for e in "${LATENGINES[@]}"; do
   if ! curl -fsS -o /dev/null --max-time 5 "${WEB[$e]}"; then
     case $e in
@@ -453,31 +305,12 @@ sleep 5
 RSS_SRV_IDLE0=$(rss_kb "$PID_srv"); RSS_CLI_IDLE0=$(rss_kb "$PID_cli")
 
 # ---------------------------------------------------------------- 1. throughput
-declare -A TP TPCPU TPRSS
-# rotate ROUND: the engine order for a round (rotated each round so no engine
-# always runs first or last).
-order() {
-  local r=$1; shift
-  local list=("$@"); local n=${#list[@]} i
-  for i in $(seq 0 $((n - 1))); do echo "${list[$(((i + r) % n))]}"; done
-}
+declare -A TPRSS
 for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${ENGINES[@]}"); do
-    read -r host port <<<"${BULK[$e]}"
-    log "iperf3 round $r/$ROUNDS: $e ($host:$port, ${IPERF_SECONDS}s)"
-    out="$TMP/iperf-$e-$r.json"; v=
-    c0=$(cpu_ticks ${CPUPIDS[$e]})
-    t0=$(date +%s.%N)
-    if timeout $((IPERF_SECONDS + 20)) iperf3 -c "$host" -p "$port" -t "$IPERF_SECONDS" -J >"$out" 2>&1 &&
-       v=$("$BIN/benchjson" iperf3 "$out" 2>&1); then
-      t1=$(date +%s.%N); c1=$(cpu_ticks ${CPUPIDS[$e]})
-      TP[$e,$r]=${v%% *}
-      TPCPU[$e,$r]=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * d / hz / (b - a)}')
-      TPRSS[$e,$r]="$(mb "$(rss_kb "$PID_srv")")/$(mb "$(rss_kb "$PID_cli")")"
-    else
-      log "iperf3 $e round $r FAILED: $(head -c 300 "$out") ${v:-}"
-      TP[$e,$r]=fail; TPCPU[$e,$r]=fail; TPRSS[$e,$r]=fail; FAILED+=("iperf3 $e round $r")
-    fi
+    iperf_run "$e" "$r"
+    if [ "${TP[$e,$r]}" = fail ]; then TPRSS[$e,$r]=fail
+    else TPRSS[$e,$r]="$(mb "$(rss_kb "$PID_srv")")/$(mb "$(rss_kb "$PID_cli")")"; fi
     sleep 0.5
   done
 done
@@ -485,29 +318,6 @@ done
 RSS_SRV_TP=$(rss_kb "$PID_srv"); RSS_CLI_TP=$(rss_kb "$PID_cli")
 
 # ---------------------------------------------------------------- 2. latency
-declare -A P50 P99 P999 AQPS BAD
-# fortio_load ENGINE QPS JSON LOG: one time-bound fortio run against ENGINE
-# (HTTP/1.1, h2c with -h2, or gRPC ping with -grpc -ping, by KIND).
-fortio_load() {
-  local e=$1 qps=$2 extra=()
-  case ${KIND[$e]:-h1} in h2) extra=(-h2) ;; grpc) extra=(-grpc -ping) ;; esac
-  timeout $((LAT_SECONDS + 30)) "$FORTIO" load "${extra[@]}" -qps "$qps" -c "$CONNS" -t "${LAT_SECONDS}s" \
-    -p "50,99,99.9" -loglevel Error -json "$3" "${WEB[$e]}" >"$4" 2>&1
-}
-# fixed_rate ENGINE ROUND: QPS req/s over CONNS connections; p50/p99/p99.9.
-fixed_rate() {
-  local e=$1 r=$2 v=
-  log "fortio round $r: $e (${QPS} req/s, $CONNS conns, ${LAT_SECONDS}s)"
-  if fortio_load "$e" "$QPS" "$TMP/fortio-$e-$r.json" "$TMP/fortio-$e-$r.log" &&
-     v=$("$BIN/benchjson" fortio "$TMP/fortio-$e-$r.json" 2>&1); then
-    read -r P50[$e,$r] P99[$e,$r] P999[$e,$r] AQPS[$e,$r] BAD[$e,$r] _ <<<"$v"
-    [ "${BAD[$e,$r]}" = 0 ] || failed "$e" "fortio $e round $r: ${BAD[$e,$r]} non-OK responses"
-  else
-    log "fortio $e round $r FAILED: $(tail -n 3 "$TMP/fortio-$e-$r.log") ${v:-}"
-    P50[$e,$r]=fail; P99[$e,$r]=fail; P999[$e,$r]=fail; AQPS[$e,$r]=fail; BAD[$e,$r]=fail
-    failed "$e" "fortio $e round $r"
-  fi
-}
 for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${LATENGINES[@]}"); do
     fixed_rate "$e" "$r"
@@ -544,7 +354,7 @@ max_rate() {
   t1=$(date +%s.%N); c1=$(cpu_ticks ${CPUPIDS[$e]})
   if [ -n "$v" ]; then
     read -r MAXQ[$e,$r] MAXERR[$e,$r] <<<"$v"
-    MAXCPU[$e,$r]=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * d / hz / (b - a)}')
+    MAXCPU[$e,$r]=$(cpu_pct "$c0" "$c1" "$t0" "$t1")
     [ "${MAXERR[$e,$r]}" = 0 ] || failed "$e" "max rate $e round $r: ${MAXERR[$e,$r]} errors or non-OK responses"
   else
     log "max rate $e round $r FAILED: $(tail -n 3 "$out.log")"
@@ -580,7 +390,7 @@ hold() {
   local addr=$1 name=$2 i
   HOLD_SRV=fail HOLD_CLI=fail HOLD_UP= HOLD_ACTIVE_SRV= HOLD_ACTIVE_CLI=
   start "$name" "$BIN/holdconns" -n "$HOLD_N" -hold 60s -timeout 30s "$addr"
-  local pid_var="PID_$name"; local pid=${!pid_var}
+  local pid; pid=$(pid_of "$name")
   for i in $(seq 1 350); do
     grep -q '^up ' "$TMP/$name.log" 2>/dev/null && break
     kill -0 "$pid" 2>/dev/null || break
@@ -632,34 +442,15 @@ if [ "${SKIP_GOBENCH:-0}" != 1 ]; then
 fi
 
 # ---------------------------------------------------------------- report
-med() { # values... -> median (ignores "fail"; "fail" if none)
-  printf '%s\n' "$@" | { grep -v '^fail$' || true; } | sort -g |
-    awk '{v[NR] = $1} END {if (NR == 0) {print "fail"; exit} if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
-}
-# calc EXPR with a, b: prints "n/a" if an operand failed.
-calc() { # fmt a b expr
-  case "$2$3" in *fail*|*n/a*) echo "n/a"; return ;; esac
-  awk -v a="$2" -v b="$3" "BEGIN {printf \"$1\", ($4)}"
-}
-rounds_of() { # array-name engine [rounds] -> "x / y"
-  local -n arr=$1; local out="" r
-  for r in $(seq 1 "${3:-$ROUNDS}"); do out+="${out:+ / }${arr[$2,$r]:-fail}"; done
-  echo "$out"
-}
-met() { case "$1" in 1) echo "**met**" ;; 0) echo "**missed**" ;; *) echo "not measured" ;; esac; }
 
 declare -A TPM CPUM L50 L99 L999 Q MQ MCPU NR
 for e in "${LATENGINES[@]}"; do NR[$e]=$ROUNDS; done
 for e in "${XENGINES[@]}" "${H2LENGINES[@]}"; do NR[$e]=$XROUNDS; done
 for e in "${LATENGINES[@]}" "${XENGINES[@]}" "${H2LENGINES[@]}"; do
-  vals=(); cpus=(); a=(); b=(); c=(); q=(); m=(); mc=()
-  for r in $(seq 1 "${NR[$e]}"); do
-    vals+=("${TP[$e,$r]:-fail}"); cpus+=("${TPCPU[$e,$r]:-fail}"); a+=("${P50[$e,$r]:-fail}"); b+=("${P99[$e,$r]:-fail}")
-    c+=("${P999[$e,$r]:-fail}"); q+=("${AQPS[$e,$r]:-fail}"); m+=("${MAXQ[$e,$r]:-fail}"); mc+=("${MAXCPU[$e,$r]:-fail}")
-  done
-  TPM[$e]=$(med "${vals[@]}"); CPUM[$e]=$(med "${cpus[@]}")
-  L50[$e]=$(med "${a[@]}"); L99[$e]=$(med "${b[@]}"); L999[$e]=$(med "${c[@]}"); Q[$e]=$(med "${q[@]}")
-  MQ[$e]=$(med "${m[@]}"); MCPU[$e]=$(med "${mc[@]}")
+  n=${NR[$e]}
+  TPM[$e]=$(median_of TP "$e" "$n"); CPUM[$e]=$(median_of TPCPU "$e" "$n")
+  L50[$e]=$(median_of P50 "$e" "$n"); L99[$e]=$(median_of P99 "$e" "$n"); L999[$e]=$(median_of P999 "$e" "$n")
+  Q[$e]=$(median_of AQPS "$e" "$n"); MQ[$e]=$(median_of MAXQ "$e" "$n"); MCPU[$e]=$(median_of MAXCPU "$e" "$n")
 done
 arm() { [ "$1" = 0 ] && echo "skipped" || mb $(($1 / 1024)); }
 add50() { calc "%+.3f" "${L50[$1]}" "${L50[${2:-direct}]}" "a - b"; }
@@ -674,19 +465,11 @@ REF[h2ldirect]=h2ldirect; REF[h2lagent1]=h2ldirect; HOPS[h2ldirect]=0; HOPS[h2la
 hop99() { calc "%+.3f" "$(add99 "$1" "${REF[$1]}")" "${HOPS[$1]}" "a / b"; } # added p99 per hop, ms
 us() { case "$1" in *fail*|*n/a*) echo "n/a" ;; *) awk -v a="$1" 'BEGIN {printf "%+.0f µs", a * 1000}' ;; esac; }
 
-STAMP=$(date +%Y%m%d-%H%M%S)
-mkdir -p "$ROOT/bench/out"
-REPORT="$ROOT/bench/out/results-$STAMP.md"
+report_file results
 {
 echo "# fogmesh benchmark results ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 echo
-echo "| machine | |"
-echo "|---|---|"
-echo "| cores (nproc) | $(nproc) |"
-echo "| CPU | $CPU_MODEL |"
-echo "| kernel | $(uname -sr) |"
-echo "| Go | $(go version | awk '{print $3, $4}') |"
-echo "| fogmesh | $GIT_REV |"
+machine_rows
 echo "| load average (1/5/15 min) before the run | $LOAD_START (other jobs on the machine perturb every figure) |"
 echo "| peers | HAProxy $HAPROXY_VERSION, nginx $NGINX_VERSION, iperf3 $IPERF_VERSION, fortio $FORTIO_V, wrk $WRK_VERSION, h2load $H2LOAD_VERSION |"
 echo
@@ -835,18 +618,8 @@ echo
 echo '```'
 echo "$GOBENCH"
 echo '```'
-if [ ${#FAILED[@]} -gt 0 ]; then
-  echo
-  echo "## Failures"
-  echo
-  for f in "${FAILED[@]}"; do echo "* $f"; done
-fi
-if [ ${#WARNED[@]} -gt 0 ]; then
-  echo
-  echo "## Warnings"
-  echo
-  for f in "${WARNED[@]}"; do echo "* $f"; done
-fi
+list_section "## Failures" "${FAILED[@]}"
+list_section "## Warnings" "${WARNED[@]}"
 } | tee "$REPORT"
 log "report written to $REPORT"
 [ ${#FAILED[@]} -eq 0 ] || exit 1

@@ -31,14 +31,12 @@ set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
-ROUNDS=${ROUNDS:-2}
-IPERF_SECONDS=${IPERF_SECONDS:-4}
-LAT_SECONDS=${LAT_SECONDS:-5}
-QPS=${QPS:-2000}
-CONNS=${CONNS:-16}
+# ROUNDS, IPERF_SECONDS, LAT_SECONDS, QPS, CONNS: defaults in lib.sh.
 BASE=${SEC_BASE_PORT:-32000}
-FORTIO_VERSION=v1.63.0
+MESH_NS=sec
 MODES=(tcp yamux tls tls-yamux)
 
 # Ports on 127.0.0.1, all within BASE..BASE+99. A fogmesh mesh (control
@@ -48,118 +46,32 @@ P_PAIR=$((BASE + 10))     # mode i: B at P_PAIR+3i, A's bulk and web listeners a
 P_MESH_PLAIN=$((BASE + 25)) P_MESH_MTLS=$((BASE + 50)) # +0..+22 each, see mesh_up
 S_BULK=15201; S_WEB=18080
 
-log() { printf '[security %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/fogmesh-security.XXXXXX")
-PIDS=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_pids "${PIDS[@]}"
-  if [ "$rc" != 0 ] && [ -d "$TMP" ]; then
-    log "failed (exit $rc); last lines of the logs:"
-    for f in "$TMP"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 5 "$f" >&2; }; done
-  fi
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start NAME CMD...: runs CMD in the background, logs to $TMP/NAME.log,
-# remembers its PID in PIDS and in the variable PID_NAME.
-start() {
-  local name=$1; shift
-  "$@" >"$TMP/$name.log" 2>&1 &
-  local pid=$!
-  PIDS+=("$pid")
-  printf -v "PID_${name//-/_}" '%s' "$pid"
-}
-pid_of() { local v="PID_${1//-/_}"; echo "${!v}"; }
-
-# stop_pids PID...: SIGTERM, up to 3 s, then SIGKILL; reaps them and drops
-# them from PIDS.
-stop_pids() {
-  local pid i alive keep=()
-  [ $# -eq 0 ] && return 0
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for i in $(seq 1 30); do
-    alive=0
-    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    case " $* " in *" $pid "*) ;; *) keep+=("$pid") ;; esac
-  done
-  PIDS=("${keep[@]}")
-}
-
-port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-await_port() { # host port name: false if nothing listens there within 10 s
-  local i
-  for i in $(seq 1 100); do port_open "$1" "$2" && return 0; sleep 0.1; done
-  log "$3 is not listening on $1:$2 after 10 s (log: $(tail -n 3 "$TMP/$3.log" 2>/dev/null))"
-  return 1
-}
-wait_port() { await_port "$@" || die "$3 did not start"; }
-cpu_ticks() { # sum of utime+stime over the given PIDs
-  local t=0 pid v
-  for pid in "$@"; do
-    v=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    t=$((t + v))
-  done
-  echo "$t"
-}
-CLK_TCK=$(getconf CLK_TCK)
+bench_init security
 
 # ---------------------------------------------------------------- tools
-for t in go iperf3 curl; do
-  command -v "$t" >/dev/null 2>&1 || die "$t not found (run scripts/install-deps.sh bench)"
-done
-FORTIO=$(command -v fortio 2>/dev/null || true)
-[ -z "$FORTIO" ] && [ -x "$(go env GOPATH)/bin/fortio" ] && FORTIO="$(go env GOPATH)/bin/fortio"
-if [ -z "$FORTIO" ]; then
-  log "installing fortio $FORTIO_VERSION (go install, outside go.mod)"
-  (cd "$TMP" && GOFLAGS= go install "fortio.org/fortio@$FORTIO_VERSION") || die "cannot install fortio"
-  FORTIO="$(go env GOPATH)/bin/fortio"
-fi
-for p in $(seq "$BASE" $((BASE + 99))); do
-  port_open 127.0.0.1 "$p" && die "port 127.0.0.1:$p is in use; set SEC_BASE_PORT"
-done
+need_tools go iperf3 curl
+find_fortio
+# shellcheck disable=SC2046 # a list of ports
+ports_free SEC_BASE_PORT $(seq "$BASE" $((BASE + 99)))
 
 # ---------------------------------------------------------------- build
 log "building into $TMP/bin"
-BIN=$TMP/bin
 mkdir -p "$BIN"
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/fogmesh" ./cmd/fogmesh
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/tlspair" ./bench/tlspair
-go build -o "$BIN/benchjson" ./bench/benchjson
+build_host "$BIN/fogmesh" ./cmd/fogmesh
+build_host "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
+build_host "$BIN/tlspair" ./bench/tlspair
+build_helpers benchjson
 "$BIN/tlspair" gen "$TMP/certs"
 
-CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
-[ -z "$CPU_MODEL" ] && CPU_MODEL=$(lscpu 2>/dev/null | awk -F': +' '/Model name/ {print $2; exit}')
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD 2>/dev/null || GIT_REV="$GIT_REV (+ uncommitted changes)"
-IPERF_VERSION=$(iperf3 --version 2>/dev/null | awk 'NR==1 {print $2}')
-FORTIO_V=$("$FORTIO" version 2>/dev/null | head -n 1)
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+machine_info
 T_START=$(date -u '+%Y-%m-%d %H:%M')
 
 # ---------------------------------------------------------------- backends and relay pairs
 log "starting backends and the relay pairs"
-start iperf "$(command -v iperf3)" -s -B 127.0.0.1 -p "$P_IPERF"
-start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port disabled \
-  -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
+start_backends disabled
 wait_port 127.0.0.1 "$P_IPERF" iperf
 wait_port 127.0.0.1 "$P_HTTP" httpd
 
-declare -A LABEL BULK WEB CPUPIDS
 for i in "${!MODES[@]}"; do
   m=${MODES[$i]}; pb=$((P_PAIR + 3 * i))
   start "pair-b-$m" "$BIN/tlspair" b -mode "$m" -listen "127.0.0.1:$pb" -certs "$TMP/certs" \
@@ -205,45 +117,16 @@ mesh_up() {
   local ctl_flags=(-insecure)
   [ -n "$hook" ] && read -r -a ctl_flags <<<"$(mtls_control_flags)"
   CTL_STATE=$TMP/ctl$tag
-  start "ctl$tag" "$BIN/fogmesh" control -state-dir "$CTL_STATE" -admin-addr "127.0.0.1:$p_adm" \
-    -sync-addr "127.0.0.1:$p_sync" "${ctl_flags[@]}"
+  start_control "ctl$tag" "$CTL_STATE" "$p_adm" "$p_sync" "${ctl_flags[@]}"
   await_port 127.0.0.1 "$p_adm" "ctl$tag" || return 1
   ADMIN_FLAGS=(-server "http://127.0.0.1:$p_adm")
   if [ -n "$hook" ]; then mtls_admin_flags "$p_adm" || return 1; fi
-  cat >"$TMP/services$tag.yaml" <<EOF
-apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: bulk, namespace: sec}
-spec: {ports: [{name: tcp, port: $S_BULK}]}
----
-apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: web, namespace: sec}
-spec: {ports: [{name: http, port: $S_WEB}]}
-EOF
+  services_yaml "bulk:tcp:$S_BULK" "web:http:$S_WEB" >"$TMP/services$tag.yaml"
   "$BIN/fogmesh" apply "${ADMIN_FLAGS[@]}" -f "$TMP/services$tag.yaml" >&2 || return 1
   # Health checks off (iperf3 treats every connection as a test), as in bench.sh.
-  cat >"$TMP/srv$tag.yaml" <<EOF
-node: {name: srv$tag, site: s1, region: r1}
-control: ["127.0.0.1:$p_sync"]
-meshAddr: "127.0.0.1:$srv_mesh"
-dnsAddr: "127.0.0.1:$srv_dns"
-adminAddr: "127.0.0.1:$srv_adm"
-vipRange: "$srv_vips"
-stateDir: $TMP/srv$tag
-workloads:
-  - {name: bulk-srv, service: bulk, namespace: sec, address: 127.0.0.1, ports: [{name: tcp, port: $P_IPERF}], check: {type: none}}
-  - {name: web-srv, service: web, namespace: sec, address: 127.0.0.1, ports: [{name: http, port: $P_HTTP}], check: {type: none}}
-EOF
-  cat >"$TMP/cli$tag.yaml" <<EOF
-node: {name: cli$tag, site: s1, region: r1}
-control: ["127.0.0.1:$p_sync"]
-meshAddr: "127.0.0.1:$cli_mesh"
-dnsAddr: "127.0.0.1:$cli_dns"
-adminAddr: "127.0.0.1:$cli_adm"
-vipRange: "$cli_vips"
-stateDir: $TMP/cli$tag
-EOF
+  agent_config "srv$tag" "$p_sync" "$srv_mesh" "$srv_dns" "$srv_adm" "$srv_vips" \
+    "bulk:tcp:$P_IPERF" "web:http:$P_HTTP" >"$TMP/srv$tag.yaml"
+  agent_config "cli$tag" "$p_sync" "$cli_mesh" "$cli_dns" "$cli_adm" "$cli_vips" >"$TMP/cli$tag.yaml"
   local role
   for role in srv cli; do
     AGENT_FLAGS=(-insecure)
@@ -259,18 +142,12 @@ EOF
     sleep 0.1
   done
   [ -n "$vb" ] && [ -n "$vw" ] || {
-    "$BIN/fogmesh" routes -agent "http://127.0.0.1:$cli_adm" >&2 || true
+    dump_routes "$cli_adm"
     log "mesh $tag: the cli agent did not route bulk and web within 15 s"
     return 1
   }
   MESH_BULK[$tag]="$vb $S_BULK"; MESH_WEB[$tag]="http://$vw:$S_WEB/"
   MESH_PIDS[$tag]="$(pid_of "cli$tag") $(pid_of "srv$tag")"; MESH_SRV_MESH[$tag]=$srv_mesh
-}
-# vip AGENT_ADMIN_PORT SERVICE: the service's VIP once the agent routes it to
-# a healthy endpoint of the site tier (another agent: the mesh), else empty.
-vip() {
-  "$BIN/fogmesh" routes -agent "http://127.0.0.1:$1" 2>/dev/null |
-    awk -v s="sec/$2" '$1 == s && $6 == "site" && $7 == "true" {print $2; exit}'
 }
 
 # ================================================================ fill in when pki lands
@@ -369,46 +246,17 @@ for e in "${ENGINES[@]}"; do
 done
 
 # ---------------------------------------------------------------- S1. throughput
-declare -A TP TPCPU
-order() { # ROUND ENGINE...: the engines rotated by ROUND
-  local r=$1; shift
-  local list=("$@"); local n=${#list[@]} i
-  for i in $(seq 0 $((n - 1))); do echo "${list[$(((i + r) % n))]}"; done
-}
 for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${ENGINES[@]}"); do
-    read -r host port <<<"${BULK[$e]}"
-    log "iperf3 round $r/$ROUNDS: $e ($host:$port, ${IPERF_SECONDS}s)"
-    out="$TMP/iperf-$e-$r.json"; v=
-    c0=$(cpu_ticks ${CPUPIDS[$e]}); t0=$(date +%s.%N)
-    if timeout $((IPERF_SECONDS + 20)) iperf3 -c "$host" -p "$port" -t "$IPERF_SECONDS" -J >"$out" 2>&1 &&
-       v=$("$BIN/benchjson" iperf3 "$out" 2>&1); then
-      t1=$(date +%s.%N); c1=$(cpu_ticks ${CPUPIDS[$e]})
-      TP[$e,$r]=${v%% *}
-      TPCPU[$e,$r]=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * d / hz / (b - a)}')
-    else
-      log "iperf3 $e round $r FAILED: $(head -c 300 "$out") ${v:-}"
-      TP[$e,$r]=fail; TPCPU[$e,$r]=fail; FAILED+=("iperf3 $e round $r")
-    fi
+    iperf_run "$e" "$r"
     sleep 0.5
   done
 done
 
 # ---------------------------------------------------------------- S2. latency
-declare -A P50 P99 P999 AQPS
 for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${ENGINES[@]}"); do
-    log "fortio round $r/$ROUNDS: $e (${QPS} req/s, $CONNS conns, ${LAT_SECONDS}s)"
-    v=
-    if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -qps "$QPS" -c "$CONNS" -t "${LAT_SECONDS}s" -p "50,99,99.9" \
-         -loglevel Error -json "$TMP/fortio-$e-$r.json" "${WEB[$e]}" >"$TMP/fortio-$e-$r.log" 2>&1 &&
-       v=$("$BIN/benchjson" fortio "$TMP/fortio-$e-$r.json" 2>&1); then
-      read -r P50[$e,$r] P99[$e,$r] P999[$e,$r] AQPS[$e,$r] bad _ <<<"$v"
-      [ "$bad" = 0 ] || FAILED+=("fortio $e round $r: $bad non-OK responses")
-    else
-      log "fortio $e round $r FAILED: $(tail -n 3 "$TMP/fortio-$e-$r.log") ${v:-}"
-      P50[$e,$r]=fail; P99[$e,$r]=fail; P999[$e,$r]=fail; AQPS[$e,$r]=fail; FAILED+=("fortio $e round $r")
-    fi
+    fixed_rate "$e" "$r" "$ROUNDS"
     sleep 0.5
   done
 done
@@ -437,32 +285,13 @@ if [ "${SKIP_GOBENCH:-0}" != 1 ]; then
 fi
 
 # ---------------------------------------------------------------- report
-med() { # values... -> median (ignores "fail"; "fail" if none)
-  printf '%s\n' "$@" | { grep -v '^fail$' || true; } | sort -g |
-    awk '{v[NR] = $1} END {if (NR == 0) {print "fail"; exit} if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
-}
-calc() { # fmt a b expr: "n/a" if an operand is missing or failed
-  case "$2$3" in *fail*|*n/a*|*pending*) echo "n/a"; return ;; esac
-  [ -n "$2" ] && [ -n "$3" ] || { echo "n/a"; return; }
-  awk -v a="$2" -v b="$3" "BEGIN {printf \"$1\", ($4)}"
-}
-rounds_of() { # array-name engine -> "x / y"
-  local -n arr=$1; local out="" r
-  for r in $(seq 1 "$ROUNDS"); do out+="${out:+ / }${arr[$2,$r]:-fail}"; done
-  echo "$out"
-}
-met() { case "$1" in 1) echo "**met**" ;; 0) echo "**missed**" ;; *) echo "not measured" ;; esac; }
 
 declare -A TPM CPUM L50 L99 L999 Q
 ALL=(direct p1 p2 p3 p4 f fm)
 for e in "${ENGINES[@]}"; do
-  vals=(); cpus=(); a=(); b=(); c=(); q=()
-  for r in $(seq 1 "$ROUNDS"); do
-    vals+=("${TP[$e,$r]:-fail}"); cpus+=("${TPCPU[$e,$r]:-fail}"); a+=("${P50[$e,$r]:-fail}")
-    b+=("${P99[$e,$r]:-fail}"); c+=("${P999[$e,$r]:-fail}"); q+=("${AQPS[$e,$r]:-fail}")
-  done
-  TPM[$e]=$(med "${vals[@]}"); CPUM[$e]=$(med "${cpus[@]}")
-  L50[$e]=$(med "${a[@]}"); L99[$e]=$(med "${b[@]}"); L999[$e]=$(med "${c[@]}"); Q[$e]=$(med "${q[@]}")
+  TPM[$e]=$(median_of TP "$e" "$ROUNDS"); CPUM[$e]=$(median_of TPCPU "$e" "$ROUNDS")
+  L50[$e]=$(median_of P50 "$e" "$ROUNDS"); L99[$e]=$(median_of P99 "$e" "$ROUNDS")
+  L999[$e]=$(median_of P999 "$e" "$ROUNDS"); Q[$e]=$(median_of AQPS "$e" "$ROUNDS")
 done
 for e in "${ALL[@]}"; do
   [ -n "${TPM[$e]:-}" ] || { TPM[$e]=pending; CPUM[$e]=pending; L50[$e]=pending; L99[$e]=pending; L999[$e]=pending; Q[$e]=pending; }
@@ -477,19 +306,11 @@ hsrate() { [ -n "${HS[$1]:-}" ] && printf '%.0f' "${HS[$1]}" || echo "n/a"; }
 hscpu() { [ -n "${HSCPU[$1]:-}" ] && printf '%.0f' "${HSCPU[$1]}" || echo "n/a"; }
 hspercore() { [ -n "${HSCPU[$1]:-}" ] && awk -v c="${HSCPU[$1]}" 'BEGIN {printf "%.0f", 1e6 / c}' || echo "n/a"; }
 
-STAMP=$(date +%Y%m%d-%H%M%S)
-mkdir -p "$ROOT/bench/out"
-REPORT="$ROOT/bench/out/security-$STAMP.md"
+report_file security
 {
 echo "# fogmesh security benchmarks, issue 5 ($T_START UTC)"
 echo
-echo "| machine | |"
-echo "|---|---|"
-echo "| cores (nproc) | $(nproc) |"
-echo "| CPU | $CPU_MODEL |"
-echo "| kernel | $(uname -sr) |"
-echo "| Go | $(go version | awk '{print $3, $4}') |"
-echo "| fogmesh | $GIT_REV |"
+machine_rows
 echo "| load average (1/5/15 min) before / after the S1–S2 runs | $LOAD_START / $LOAD_END (other jobs on the machine perturb every figure) |"
 echo "| tools | iperf3 $IPERF_VERSION, fortio $FORTIO_V |"
 echo
@@ -562,12 +383,7 @@ echo
 echo '```'
 echo "$GOBENCH"
 echo '```'
-if [ ${#FAILED[@]} -gt 0 ]; then
-  echo
-  echo "### Failures"
-  echo
-  for f in "${FAILED[@]}"; do echo "* $f"; done
-fi
+list_section "### Failures" "${FAILED[@]}"
 } | tee "$REPORT"
 log "report written to $REPORT"
 [ ${#FAILED[@]} -eq 0 ] || exit 1
