@@ -502,3 +502,38 @@ func BenchmarkAppend(b *testing.B) {
 		})
 	}
 }
+
+// TestFlushGivesWayToClose: a Flush blocked on a full buffer (the disk has
+// stalled) returns ErrClosed as soon as Close starts, instead of keeping
+// Close from taking the lock.
+func TestFlushGivesWayToClose(t *testing.T) {
+	stall := make(chan struct{})
+	var once sync.Once
+	l := openLogStalled(t, t.TempDir(), stall, &once)
+	if err := l.Append(authz(0)); err != nil {
+		t.Fatal(err)
+	}
+	waitStalled(t, l)
+	if err := l.Append(authz(1)); err != nil { // the buffer (1) is full now
+		t.Fatal(err)
+	}
+	flushed := make(chan error, 1)
+	go func() { flushed <- l.Flush(context.Background()) }()
+	time.Sleep(50 * time.Millisecond) // Flush is blocked on the full buffer
+	closed := make(chan error, 1)
+	go func() { closed <- l.Close() }()
+	select {
+	case err := <-flushed:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Flush: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Flush still blocked after Close started")
+	}
+	close(stall)
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return after the disk came back")
+	}
+}

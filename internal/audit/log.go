@@ -128,6 +128,7 @@ type Log struct {
 	closed bool
 
 	closing  chan struct{} // closed by Close, so a writer waiting on the disk stops
+	closeMu  sync.Once     // closes closing, before Close takes mu
 	done     chan struct{} // closed when the writer has ended
 	closeErr error         // set by the writer before done
 
@@ -234,6 +235,9 @@ func (l *Log) Flush(ctx context.Context) error {
 	case <-ctx.Done():
 		l.mu.RUnlock()
 		return ctx.Err()
+	case <-l.closing: // Close waits for mu: let go of it
+		l.mu.RUnlock()
+		return ErrClosed
 	}
 	select {
 	case err := <-done:
@@ -246,10 +250,12 @@ func (l *Log) Flush(ctx context.Context) error {
 // Close writes what is queued, a final checkpoint (with a Signer), and
 // closes the files. It is idempotent and waits for the writer.
 func (l *Log) Close() error {
+	// closing first, without mu: a Flush blocked on a full buffer holds mu
+	// for reading and gives it up when closing is closed.
+	l.closeMu.Do(func() { close(l.closing) })
 	l.mu.Lock()
 	if !l.closed {
 		l.closed = true
-		close(l.closing)
 		close(l.ch)
 	}
 	l.mu.Unlock()
