@@ -17,17 +17,17 @@ import (
 //	w = C / (L + ε) · e^(−λ·d)
 //
 // where C is the endpoint's capacity (its node's capacity × its weight), L
-// its load (connections and requests this agent has in flight to it), ε = 1,
-// d the distance between this node and the endpoint's node in units of
-// 100 km when both have coordinates (0 otherwise) and λ = lambdaPer100km.
-// It then draws two endpoints with probability ∝ w and takes the one with
-// the lower peak-EWMA latency × (in flight + 1): power of two choices, as
-// Finagle and Linkerd do, so a slow or loaded endpoint gets less traffic.
+// its load (the requests and connections this agent has in flight to it,
+// plus those every other agent reported in its last heartbeat: the control
+// plane sums them and returns them in its heartbeat answer, trusted for
+// peerLoadTTL), ε = 1, d the distance between this node and the endpoint's
+// node in units of 100 km when both have coordinates (0 otherwise) and
+// λ = lambdaPer100km. It then draws two endpoints with probability ∝ w and
+// takes the one with the lower peak-EWMA latency × (L + 1): power of two
+// choices, as Finagle and Linkerd do, so a slow or loaded endpoint gets less
+// traffic.
 //
-// TODO: L does not yet include the load other agents send (nodes report it
-// in heartbeats, but the control plane keeps it in memory and does not push
-// it); d does not yet use measured RTT between agents. Both wait for the
-// gossip layer of issue 4.
+// TODO: d does not use measured RTT between agents yet (coordinates only).
 
 const (
 	lambdaPer100km = 0.5
