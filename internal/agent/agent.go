@@ -238,7 +238,7 @@ func New(cfg Config) (*Agent, error) {
 	scfg := transport.ServerConfig{Listener: a.meshLn, Dialer: a,
 		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics}
 	ccfg := transport.ClientConfig{SourceNode: cfg.Node.Name,
-		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics}
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval)}
 	if a.ident != nil {
 		scfg.TLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
 		scfg.TrustedSourceID = a.trustedSourceID

@@ -129,6 +129,7 @@ type agentOpts struct {
 	meshAddr           string
 	vip6               string
 	maxRequests        int
+	meshPing           time.Duration
 }
 
 func startAgent(t testing.TB, o agentOpts) *Agent {
@@ -142,7 +143,7 @@ func startAgent(t testing.TB, o agentOpts) *Agent {
 		VIPRange: fmt.Sprintf("127.%d.0.0/16", o.vipOctet), VIP6Range: o.vip6,
 		StateDir: o.stateDir, Workloads: o.workloads, Upstreams: []string{},
 		HealthInterval: Duration(200 * time.Millisecond), EjectFor: Duration(5 * time.Second),
-		MaxRequests: o.maxRequests, Insecure: true,
+		MaxRequests: o.maxRequests, Insecure: true, MeshPingInterval: Duration(o.meshPing),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -21,14 +21,11 @@ import (
 // plus those every other agent reported in its last heartbeat: the control
 // plane sums them and returns them in its heartbeat answer, trusted for
 // peerLoadTTL), ε = 1, d the distance between this node and the endpoint's
-// node in units of 100 km when both have coordinates (0 otherwise) and
-// λ = lambdaPer100km. It then draws two endpoints with probability ∝ w and
+// node in units of 100 km, from coordinates or the measured RTT to its
+// agent, whichever is larger (see distance), and λ = lambdaPer100km. It then draws two endpoints with probability ∝ w and
 // takes the one with the lower peak-EWMA latency × (L + 1): power of two
 // choices, as Finagle and Linkerd do, so a slow or loaded endpoint gets less
 // traffic.
-//
-// TODO: d does not use measured RTT between agents yet (coordinates only).
-
 const (
 	lambdaPer100km = 0.5
 	ewmaDecay      = 5 * time.Second // peak-EWMA time constant
@@ -146,7 +143,21 @@ func (a *Agent) endpointActive(key string) *atomic.Int64 { return &a.stats(key).
 // load (this agent's in-flight requests to it plus what the other agents
 // reported through the control plane), discounted by distance.
 func (a *Agent) weight(ev *endpointView) float64 {
-	return ev.capacity / (a.inFlight(ev) + 1) * math.Exp(-lambdaPer100km*ev.distance)
+	return ev.capacity / (a.inFlight(ev) + 1) * math.Exp(-lambdaPer100km*a.distance(ev))
+}
+
+// distance is d in 100 km: the larger of the coordinates' great-circle
+// distance and the measured RTT to the endpoint's agent, counting 1 ms of
+// round trip as 100 km (light in fiber covers about 200 km per ms, there
+// and back). A node without coordinates is placed by its RTT alone.
+func (a *Agent) distance(ev *endpointView) float64 {
+	d := ev.distance
+	if ev.mesh != "" && !ev.local && a.peers != nil {
+		if rtt, ok := a.peers.RTT(ev.mesh); ok {
+			d = max(d, float64(rtt)/float64(time.Millisecond))
+		}
+	}
+	return d
 }
 
 // inFlight is the requests (L4: connections) an endpoint is serving as far

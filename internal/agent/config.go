@@ -54,6 +54,10 @@ type Config struct {
 	// MaxRequests is how many L7 requests the agent proxies at once before
 	// it sheds by traffic class (default 1024).
 	MaxRequests int `json:"maxRequests,omitempty"`
+	// MeshPingInterval is how often the agent pings each peer agent it has
+	// a mesh session with, to measure the RTT the edge-aware balancer
+	// counts as distance (default 5s).
+	MeshPingInterval Duration `json:"meshPingInterval,omitempty"`
 	// EjectFor is how long an endpoint that refused a connection is skipped
 	// (default 10s); a local one returns as soon as its check passes.
 	EjectFor Duration `json:"ejectFor,omitempty"`

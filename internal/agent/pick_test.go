@@ -166,3 +166,28 @@ func BenchmarkAdmit(b *testing.B) {
 		}
 	}
 }
+
+// TestDistanceFromMeasuredRTT: with no coordinates, the edge-aware distance
+// to a remote endpoint is the RTT measured to its agent (1 ms = 100 km),
+// and a local endpoint's is 0.
+func TestDistanceFromMeasuredRTT(t *testing.T) {
+	e := startEcho(t, "far", "127.0.0.1:0")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, svcDoc("rtt", 19031))
+	startAgent(t, agentOpts{name: "srv", site: "s1", region: "r1", vipOctet: 214, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{wlFor("rtt", e)}})
+	c := startAgent(t, agentOpts{name: "cli", site: "s1", region: "r1", vipOctet: 215, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), meshPing: 50 * time.Millisecond})
+	waitFor(t, "endpoint", func() bool { return len(endpointsOf(c, "demo/rtt")) == 1 })
+	waitFor(t, "listener", func() bool { _, err := roundTrip("127.215.0.1:19031"); return err == nil })
+	ev := c.view.Load().services["demo/rtt"].endpoints[0]
+	waitFor(t, "an RTT to srv", func() bool { _, ok := c.peers.RTT(ev.mesh); return ok })
+	rtt, _ := c.peers.RTT(ev.mesh)
+	if d := c.distance(ev); d <= 0 || d != float64(rtt)/float64(time.Millisecond) {
+		t.Fatalf("distance %v, RTT %v: want the RTT in ms", d, rtt)
+	}
+	if d := c.distance(&endpointView{local: true, mesh: ev.mesh}); d != 0 {
+		t.Fatalf("local endpoint distance %v", d)
+	}
+	t.Logf("RTT to srv's agent %v: distance %.3f (×100 km)", rtt, c.distance(ev))
+}

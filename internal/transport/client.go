@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -51,6 +52,9 @@ type ClientConfig struct {
 	// a peer that authenticates as another node is refused. A zero ID
 	// accepts any node the TLS configuration authorizes.
 	PeerID func(meshAddr string) spiffeid.ID
+	// PingInterval is how often an open session is pinged to measure the
+	// round-trip time to the peer agent (RTT). Default 5s.
+	PingInterval time.Duration
 }
 
 const defaultClientDialTimeout = 3 * time.Second
@@ -61,6 +65,9 @@ func (c *ClientConfig) validate() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 5 * time.Second
 	}
 }
 
@@ -75,6 +82,8 @@ type Client struct {
 	mu     sync.Mutex // guards the following, and every peer's sess
 	closed bool
 	peers  map[string]*peer // by mesh address
+
+	rtts sync.Map // mesh address -> *peer, for RTT without mu (read per request)
 }
 
 // peer is the session to one peer agent.
@@ -84,6 +93,7 @@ type peer struct {
 	dialing chan struct{}
 	sess    *yamux.Session // guarded by Client.mu; nil before the first dial
 	id      spiffeid.ID    // guarded by Client.mu; the TLS peer of sess
+	rtt     atomic.Int64   // smoothed round-trip time in ns; 0 = not measured
 }
 
 // NewClient returns a client with no sessions.
@@ -252,6 +262,7 @@ func (c *Client) lookup(meshAddr string, broken *yamux.Session) (*peer, *yamux.S
 	if p == nil {
 		p = &peer{dialing: make(chan struct{}, 1)}
 		c.peers[meshAddr] = p
+		c.rtts.Store(meshAddr, p)
 	}
 	var stale *yamux.Session
 	if p.sess != nil && (p.sess == broken || p.sess.IsClosed()) {
@@ -266,16 +277,46 @@ func (c *Client) lookup(meshAddr string, broken *yamux.Session) (*peer, *yamux.S
 	return p, sess, nil
 }
 
-// watchSession forgets sess once it is closed, by us or by a failure.
+// watchSession pings sess every PingInterval to measure the RTT to the
+// peer, and forgets sess once it is closed, by us or by a failure.
 func (c *Client) watchSession(p *peer, sess *yamux.Session) {
 	defer c.wg.Done()
-	<-sess.CloseChan()
+	t := time.NewTicker(c.cfg.PingInterval)
+	defer t.Stop()
+	for done := false; !done; {
+		select {
+		case <-sess.CloseChan():
+			done = true
+		case <-t.C:
+			if d, err := sess.Ping(); err == nil && d > 0 {
+				// EWMA over pings (α = 1/4), so one slow ping moves it little.
+				old := p.rtt.Load()
+				if old == 0 {
+					p.rtt.Store(int64(d))
+				} else {
+					p.rtt.Store(old + (int64(d)-old)/4)
+				}
+			}
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p.sess == sess {
 		p.sess = nil
 	}
 	c.m.sessions.Dec()
+}
+
+// RTT is the smoothed round-trip time to the peer agent at meshAddr,
+// measured by pinging its session; false before a session exists and its
+// first ping answered.
+func (c *Client) RTT(meshAddr string) (time.Duration, bool) {
+	v, ok := c.rtts.Load(meshAddr)
+	if !ok {
+		return 0, false
+	}
+	d := v.(*peer).rtt.Load()
+	return time.Duration(d), d > 0
 }
 
 // openStream runs the client side of the stream handshake on sess.

@@ -800,3 +800,24 @@ func BenchmarkMeshStream(b *testing.B) {
 		b.Fatalf("sink got %d bytes, want %d", got, sent)
 	}
 }
+
+// TestRTTMeasuredOnOpenSessions: a client measures the round-trip time to
+// a peer it has a session with by pinging it; none before the first dial.
+func TestRTTMeasuredOnOpenSessions(t *testing.T) {
+	ln := listen(t, "127.0.0.1:0")
+	srv := startServer(t, ln, mapDialer{"echo": serveWorkload(t, "127.0.0.1:0", echo)}, nil)
+	c := NewClient(ClientConfig{SourceNode: "node-a", PingInterval: 50 * time.Millisecond})
+	t.Cleanup(func() { c.Close() })
+	if _, ok := c.RTT(srv.addr); ok {
+		t.Fatal("RTT known before any session")
+	}
+	conn, err := c.Dial(t.Context(), srv.addr, header("echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	eventually(t, "an RTT", func() bool { _, ok := c.RTT(srv.addr); return ok })
+	if d, _ := c.RTT(srv.addr); d <= 0 || d > time.Second {
+		t.Fatalf("RTT %v on loopback", d)
+	}
+}
