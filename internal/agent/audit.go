@@ -133,13 +133,26 @@ func (a *Agent) AuditLog() *audit.Log { return a.audit }
 // batch at a time, each answered by an auditAck; it then waits for new
 // records. It returns when ctx ends, or with an error when the stream
 // should be dropped (a write failed, no ack came).
-func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, write func(*wire.Message) error, acks <-chan *wire.Message) error {
-	if last, _ := a.audit.Last(); cpSeq > last {
-		// The control plane holds more of this node's chain than the node
-		// (its state dir was reset?): nothing can continue that chain.
-		a.log.Error("agent: the control plane holds audit records this node no longer has; not shipping",
-			"controlSeq", cpSeq, "localSeq", last)
-		return nil
+func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, cpHash string, write func(*wire.Message) error, acks <-chan *wire.Message) error {
+	// Does this node's chain continue the one the control plane holds? Not
+	// when the control plane holds more than the node has, or another
+	// record at its last seq: the node's state was reset and its chain
+	// started anew. Then ship from seq 1 as a restart; the control plane
+	// archives the old chain.
+	restart := false
+	if cpSeq > 0 {
+		last, _ := a.audit.Last()
+		if cpSeq > last {
+			restart = true
+		} else if cpHash != "" {
+			got, err := a.audit.ReadFrom(cpSeq, 1)
+			restart = err == nil && (len(got) != 1 || got[0].Hash != cpHash)
+		}
+	}
+	if restart {
+		a.log.Warn("agent: this node's audit chain does not continue the control plane's (state reset?); shipping it as a restart",
+			"controlSeq", cpSeq)
+		cpSeq = 0
 	}
 	a.auditShipped.Store(cpSeq)
 	next := cpSeq + 1
@@ -172,7 +185,7 @@ func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, write func(*wire.Me
 			}
 			continue
 		}
-		if err := write(&wire.Message{Type: wire.TypeAudit, Audit: recs}); err != nil {
+		if err := write(&wire.Message{Type: wire.TypeAudit, Audit: recs, AuditRestart: restart && recs[0].Seq == 1}); err != nil {
 			return fmt.Errorf("send audit: %w", err)
 		}
 		t := time.NewTimer(30 * time.Second)
@@ -187,6 +200,7 @@ func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, write func(*wire.Me
 			next = m.AuditSeq + 1
 			a.auditShipped.Store(m.AuditSeq)
 			if m.Error == "" {
+				restart = false
 				backoff = time.Second
 				continue
 			}

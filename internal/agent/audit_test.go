@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -128,5 +130,60 @@ func TestAuditDecisionsKnob(t *testing.T) {
 			}
 		}
 		a.Close()
+	}
+}
+
+// TestAuditChainRestartAfterStateReset: an agent whose state dir was wiped
+// starts its chain at seq 1 again; the control plane archives the chain it
+// held (nothing deleted), keeps the new one, and records the restart in
+// its own chain.
+func TestAuditChainRestartAfterStateReset(t *testing.T) {
+	cpDir := t.TempDir()
+	cp := startControl(t, cpDir, "")
+	opts := agentOpts{name: "rst", site: "s1", region: "r1", vipOctet: 161, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()}
+	a := startAgent(t, opts)
+	for i := range 7 {
+		a.AuditDecision(deny(i))
+	}
+	waitFor(t, "7 records shipped", func() bool { c, ok := cpChain(t, cp, "rst"); return ok && c.LastSeq == 7 })
+	a.Close()
+
+	opts.stateDir = t.TempDir() // the node lost its state
+	a2 := startAgent(t, opts)
+	for i := range 3 {
+		a2.AuditDecision(deny(100 + i))
+	}
+	var got control.AuditChain
+	waitFor(t, "the new chain shipped", func() bool {
+		c, ok := cpChain(t, cp, "rst")
+		got = c
+		return ok && c.LastSeq == 3
+	})
+	if got.Intact == nil || !*got.Intact || got.Report.FirstSeq != 1 {
+		t.Fatalf("new chain at the control plane: %+v", got.Report)
+	}
+	if _, h := a2.AuditLog().Last(); got.LastHash != h {
+		t.Fatalf("control plane ends at %s, agent at %s", got.LastHash, h)
+	}
+	archived, _ := filepath.Glob(filepath.Join(cpDir, "audit", "nodes", "rst.archived-*", "audit.log*"))
+	if len(archived) == 0 {
+		t.Fatal("the old chain was not archived")
+	}
+	var old strings.Builder
+	for _, f := range archived {
+		b, _ := os.ReadFile(f)
+		old.Write(b)
+	}
+	if n := strings.Count(old.String(), `"kind":"authz"`); n != 7 {
+		t.Fatalf("archive holds %d of the 7 old records", n)
+	}
+	ctl, _ := filepath.Glob(filepath.Join(cpDir, "audit", "control", "audit.log*"))
+	var chain strings.Builder
+	for _, f := range ctl {
+		b, _ := os.ReadFile(f)
+		chain.Write(b)
+	}
+	if !strings.Contains(chain.String(), "restart chain") {
+		t.Fatal("the restart is not in the control plane's own chain")
 	}
 }

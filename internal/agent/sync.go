@@ -130,7 +130,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := a.shipAudit(ctx, welcome.AuditSeq, write, auditAcks); err != nil {
+			if err := a.shipAudit(ctx, welcome.AuditSeq, welcome.AuditHash, write, auditAcks); err != nil {
 				a.log.Warn("agent: audit shipping failed, reconnecting", "err", err)
 				cancel()
 			}

@@ -78,6 +78,16 @@ func (r *Replica) Last() (uint64, string) {
 	return r.seq, r.hash
 }
 
+// ReadFrom returns up to max records from seq on.
+func (r *Replica) ReadFrom(seq uint64, max int) ([]Record, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if seq == 0 {
+		seq = 1
+	}
+	return r.seg.readFrom(seq, max)
+}
+
 // Files lists the replica's files in chain order.
 func (r *Replica) Files() ([]string, error) { return r.seg.files() }
 

@@ -122,14 +122,58 @@ func (s *Server) replica(node string) (*audit.Replica, error) {
 	return r, nil
 }
 
-// auditSeq returns the last seq held of node's chain (for welcome).
-func (s *Server) auditSeq(node string) (uint64, error) {
+// auditLast returns the last seq and hash held of node's chain (for
+// welcome).
+func (s *Server) auditLast(node string) (uint64, string, error) {
 	r, err := s.replica(node)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	seq, _ := r.Last()
-	return seq, nil
+	seq, hash := r.Last()
+	return seq, hash, nil
+}
+
+// restartAuditChain archives the chain held for node (renamed to
+// <node>.archived-<unix time>, nothing deleted) before a batch that starts
+// the node's chain anew: seq 1 after genesis, sent by an agent whose state
+// was reset. The restart is itself recorded in the control plane's chain.
+func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
+	if len(recs) == 0 || recs[0].Seq != 1 || recs[0].Prev != audit.Genesis {
+		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
+	}
+	r, err := s.replica(node)
+	if err != nil {
+		return err
+	}
+	oldSeq, oldHash := r.Last()
+	if oldSeq == 0 {
+		return nil // nothing held: the batch simply starts the chain
+	}
+	// The same first record already held: a resend, not a restart.
+	if got, err := r.ReadFrom(1, 1); err == nil && len(got) == 1 && got[0].Hash == recs[0].Hash {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.audit.replicas[node]; cur != r {
+		return errors.New("audit replica changed meanwhile; retry")
+	}
+	if err := r.Close(); err != nil {
+		return err
+	}
+	delete(s.audit.replicas, node)
+	dir := filepath.Join(s.auditNodesDir(), node)
+	archived := fmt.Sprintf("%s.archived-%d", dir, time.Now().Unix())
+	if err := os.Rename(dir, archived); err != nil {
+		return fmt.Errorf("archive audit chain of %s: %w", node, err)
+	}
+	s.log.Warn("control: node restarted its audit chain; the old one is archived", "node", node,
+		"oldLastSeq", oldSeq, "archive", archived)
+	if err := s.Audit(audit.Record{Kind: audit.KindAudit, Action: "restart chain", Actor: node, Object: node,
+		Reason: fmt.Sprintf("previous chain archived at %s, last seq %d, hash %s", filepath.Base(archived), oldSeq, oldHash)}); err != nil {
+		s.log.Error("control: audit the chain restart", "err", err)
+	}
+	return nil
 }
 
 // ingestAudit stores a batch of node's records if it continues the chain

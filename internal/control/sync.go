@@ -167,8 +167,8 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	if s.sec != nil && !peer.IsZero() {
 		welcome.Features = append(welcome.Features, wire.FeatureSVID)
 	}
-	if seq, err := s.auditSeq(st.node); err == nil {
-		welcome.Features, welcome.AuditSeq = append(welcome.Features, wire.FeatureAudit), seq
+	if seq, hash, err := s.auditLast(st.node); err == nil {
+		welcome.Features, welcome.AuditSeq, welcome.AuditHash = append(welcome.Features, wire.FeatureAudit), seq, hash
 	} else {
 		s.log.Error("control: audit replica unusable; not taking audit records", "node", st.node, "err", err)
 	}
@@ -244,7 +244,12 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 			}
 		case wire.TypeAudit:
 			ack := &wire.Message{Type: wire.TypeAuditAck}
-			ack.AuditSeq, err = s.ingestAudit(st.node, m.Audit)
+			if m.AuditRestart {
+				err = s.restartAuditChain(st.node, m.Audit)
+			}
+			if err == nil {
+				ack.AuditSeq, err = s.ingestAudit(st.node, m.Audit)
+			}
 			if err != nil {
 				s.log.Warn("control: audit batch refused", "node", st.node, "records", len(m.Audit), "err", err)
 				ack.Error = "audit: " + err.Error()

@@ -149,6 +149,13 @@ type Message struct {
 	// AuditSeq (welcome, auditAck) is the last seq of the node's chain the
 	// control plane holds; the agent ships from AuditSeq+1.
 	AuditSeq uint64 `json:"auditSeq,omitempty"`
+	// AuditHash (welcome) is the hash of the record at AuditSeq, so the
+	// agent can tell whether its own chain continues the one held.
+	AuditHash string `json:"auditHash,omitempty"`
+	// AuditRestart (audit) says the batch starts the node's chain anew
+	// from seq 1 (its state was reset): the control plane archives the
+	// chain it holds and keeps the new one.
+	AuditRestart bool `json:"auditRestart,omitempty"`
 	// Features (welcome) lists what the control plane supports beyond
 	// ProtocolVersion 1, e.g. FeatureAudit.
 	Features []string `json:"features,omitempty"`
