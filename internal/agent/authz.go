@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/authz"
 	"github.com/fogmesh/fogmesh/internal/mqtt"
@@ -162,17 +164,25 @@ func relayBytes(ctx context.Context, stream, local net.Conn) {
 
 // vouch is the source identity the destination agent accepts for a mesh
 // stream or request: the source node is h.Source, which the mesh server has
-// already checked against the TLS peer certificate (secure mode); the
-// claimed workload identity is accepted only if an endpoint of that node
-// has it (a node may speak for its own workloads, no others). Anything else
-// becomes "" (unknown), which no principal rule matches, and is counted.
-// In insecure mode both are taken as claimed.
-func (a *Agent) vouch(h transport.Header, claimed string) (sourceID, sourceNode string) {
+// already checked against the TLS peer certificate (secure mode). The
+// claimed workload identity is accepted from a node of this trust domain
+// only if an endpoint of that node has it (a node may speak for its own
+// workloads, no others), and from a node of a federated trust domain only
+// for that domain's identities (the foreign mesh vouches for its own).
+// Anything else becomes "" (unknown), which no principal rule matches, and
+// is counted. In insecure mode both are taken as claimed. ctx is the mesh
+// stream's (transport.PeerFromContext).
+func (a *Agent) vouch(ctx context.Context, h transport.Header, claimed string) (sourceID, sourceNode string) {
 	if claimed == "" || a.ident == nil {
 		return claimed, h.Source
 	}
 	if a.view.Load().nodeIDs[h.Source][claimed] {
 		return claimed, h.Source
+	}
+	if p, ok := transport.PeerFromContext(ctx); ok && p.ID.TrustDomain() != a.ident.td {
+		if id, err := spiffeid.FromString(claimed); err == nil && id.TrustDomain() == p.ID.TrustDomain() {
+			return claimed, h.Source
+		}
 	}
 	a.m.unvouched.Inc()
 	a.log.Warn("agent: source identity not vouched for by its node; treated as unknown", "node", h.Source, "claimed", claimed)
@@ -340,7 +350,7 @@ func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzM
 	if sv == nil || v.authz == nil {
 		return modeNone, nil
 	}
-	src, node := a.vouch(h, h.SourceID)
+	src, node := a.vouch(ctx, h, h.SourceID)
 	d, mode := a.authorizeConn(ctx, v, sv, h.Port, src, node)
 	if !d.Allow {
 		return modeNone, fmt.Errorf("%w: %s:%s from %q (node %s): %s %s", transport.ErrDenied, h.Service, h.Port, src, node, d.Reason, d.Policy)
@@ -371,7 +381,7 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 	if sv == nil {
 		return
 	}
-	src, node := a.vouch(h, h.SourceID)
+	src, node := a.vouch(ctx, h, h.SourceID)
 	switch mc.mode {
 	case modeMQTT:
 		stream.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -386,7 +396,7 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 		}
 		a.relayMQTT(ctx, stream, local, cn.Version, h.Namespace+"/"+h.Service, false, a.mqttChecker(ctx, v, sv, h.Port, src, node))
 	case modeHTTP:
-		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: protoOf(sv, h.Port)})
+		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: protoOf(sv, h.Port), streamCtx: ctx})
 	}
 }
 
@@ -413,6 +423,9 @@ type meshStream struct {
 	sourceID, sourceNode string
 	proto                string
 	local                *meshConn
+	// streamCtx is the mesh stream's context (its TLS peer), for vouching
+	// per request.
+	streamCtx context.Context
 
 	mu sync.Mutex // guards t
 	t  *http.Transport
@@ -549,7 +562,7 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	src := ms.sourceID
 	if claimed := r.Header.Get(SourceIDHeader); claimed != "" {
-		src, _ = s.a.vouch(ms.h, claimed)
+		src, _ = s.a.vouch(ms.streamCtx, ms.h, claimed)
 	}
 	// The workload sees the identity this agent accepted, never a claim
 	// it refused.

@@ -19,6 +19,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/transport"
@@ -478,24 +480,33 @@ func TestVouchSourceIdentity(t *testing.T) {
 	a.view.Store(buildView(a.self, res, nil, a.vip4, a.vip6, "fogmesh.local"))
 	own := "spiffe://fogmesh.local/ns/demo/sa/frontend"
 	h := func(node string) transport.Header { return transport.Header{Source: node} }
+	ctx := transport.ContextWithPeer(context.Background(), transport.Peer{ID: spiffeid.RequireFromString("spiffe://fogmesh.local/site/s1/node/a")})
 
-	if src, node := a.vouch(h("b"), own); src != own || node != "b" {
+	if src, node := a.vouch(ctx, h("b"), own); src != own || node != "b" {
 		t.Fatalf("insecure mode: vouch = %q %q, want the claim as is", src, node)
 	}
-	a.ident = &nodeIdentity{} // secure mode as far as vouch is concerned
+	a.ident = &nodeIdentity{td: spiffeid.RequireTrustDomainFromString("fogmesh.local")} // secure mode as far as vouch is concerned
 	defer func() { a.ident = nil }()
-	if src, _ := a.vouch(h("a"), own); src != own {
+	if src, _ := a.vouch(ctx, h("a"), own); src != own {
 		t.Fatalf("node a claims its own workload: got %q", src)
 	}
 	before := a.m.unvouched.Get()
 	for _, c := range []struct{ node, id string }{{"b", own}, {"a", "spiffe://fogmesh.local/ns/demo/sa/admin"},
 		{"a", "spiffe://other.example/ns/demo/sa/frontend"},
 		{"a", "spiffe://fogmesh.local/ns/demo/sa/root"}} { // db-a claims it, service db does not allow it
-		if src, node := a.vouch(h(c.node), c.id); src != "" || node != c.node {
+		if src, node := a.vouch(ctx, h(c.node), c.id); src != "" || node != c.node {
 			t.Errorf("node %s claiming %s: got %q, want unknown", c.node, c.id, src)
 		}
 	}
 	if got := a.m.unvouched.Get() - before; got != 4 {
 		t.Errorf("unvouched counter rose by %d, want 4", got)
+	}
+	// A node of a federated trust domain speaks for its own domain only.
+	fed := transport.ContextWithPeer(context.Background(), transport.Peer{ID: spiffeid.RequireFromString("spiffe://other.example/site/x/node/f"), Node: "f"})
+	if src, _ := a.vouch(fed, h("f"), "spiffe://other.example/ns/shop/sa/pos"); src != "spiffe://other.example/ns/shop/sa/pos" {
+		t.Errorf("federated node's own identity: got %q", src)
+	}
+	if src, _ := a.vouch(fed, h("f"), own); src != "" {
+		t.Errorf("federated node claiming this domain's %s: got %q, want unknown", own, src)
 	}
 }

@@ -96,6 +96,12 @@ type Peer struct {
 
 type peerKey struct{}
 
+// ContextWithPeer returns ctx carrying p as the stream's authenticated peer
+// (the mesh server does this for every stream; tests may too).
+func ContextWithPeer(ctx context.Context, p Peer) context.Context {
+	return context.WithValue(ctx, peerKey{}, p)
+}
+
 // PeerFromContext returns the TLS-authenticated peer of a stream; the
 // context given to Dialer.DialLocal carries it. ok is false in insecure
 // mode.
@@ -330,7 +336,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	if s.cfg.TLS != nil {
-		ctx = context.WithValue(ctx, peerKey{}, peer)
+		ctx = ContextWithPeer(ctx, peer)
 	}
 
 	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HeaderTimeout)
