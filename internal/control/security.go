@@ -133,6 +133,13 @@ func newSecurity(s *Server) (*security, error) {
 // there is none or when renew is set (after a revocation: the revoked node
 // knows the old one).
 func (sec *security) gossipKey(renew bool) ([]byte, error) {
+	// Read first: refreshTrust runs every few seconds, and a write
+	// transaction would fsync each time.
+	if !renew {
+		if k, err := sec.s.st.GetSecure(keyGossip); err == nil && len(k) == 32 {
+			return k, nil
+		}
+	}
 	var key []byte
 	err := sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
 		if k := tx.Get(keyGossip); len(k) == 32 && !renew {
@@ -348,12 +355,8 @@ func (sec *security) trustLoop(ctx context.Context, st *stream) {
 }
 
 func (sec *security) revoked(node string) bool {
-	var found bool
-	sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
-		found = tx.Get(keyRevoked+node) != nil
-		return nil
-	})
-	return found
+	v, err := sec.s.st.GetSecure(keyRevoked + node)
+	return err != nil || v != nil // fail closed: an unreadable store revokes
 }
 
 // bootstrapAdminToken writes an admin token to StateDir/admin.token on
@@ -507,15 +510,9 @@ func (sec *security) serveJoin(c net.Conn) error {
 	// reaches the port without a valid token costs no CA signature; the
 	// transaction below checks again and marks it used.
 	now := time.Now()
-	kvs, err := sec.s.st.ListSecure(keyToken + tok.ID)
+	rec, err := sec.s.st.GetSecure(keyToken + tok.ID)
 	if err != nil {
 		return refuse(err)
-	}
-	var rec []byte
-	for _, kv := range kvs {
-		if kv.Key == keyToken+tok.ID {
-			rec = kv.Value
-		}
 	}
 	if _, err := checkJoinToken(rec, tok, node, site, now); err != nil {
 		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))

@@ -1,9 +1,12 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -221,5 +224,36 @@ func TestWorkloadSVIDOnlyForOwnEndpoints(t *testing.T) {
 		if m := ask(c.nonce, c.ns, c.sa, c.csr); !strings.Contains(m.Error, c.want) || len(m.Certificates) != 0 {
 			t.Errorf("%s/%s: answer %+v, want refusal naming %q", c.ns, c.sa, m, c.want)
 		}
+	}
+}
+
+// TestGossipKeyStableUntilRevoke: refreshing trust (every 5 s in maintain)
+// neither changes the gossip key nor writes to the store; revoking a node
+// replaces the key, which the revoked node knew.
+func TestGossipKeyStableUntilRevoke(t *testing.T) {
+	s := startSecure(t)
+	k1, _ := s.sec.currentTrust()
+	if len(k1.GossipKey) != 32 {
+		t.Fatalf("gossip key of %d bytes", len(k1.GossipKey))
+	}
+	db := filepath.Join(s.cfg.StateDir, "fogmesh.db")
+	before, _ := os.Stat(db)
+	for range 3 {
+		if err := s.sec.refreshTrust(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after, _ := os.Stat(db); !after.ModTime().Equal(before.ModTime()) || after.Size() != before.Size() {
+		t.Fatalf("refreshing trust wrote to the store (%v -> %v)", before.ModTime(), after.ModTime())
+	}
+	if m, err := syncDial(t, s, signNode(t, s.CA(), "s1", "gone", 0), "s1", "gone"); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("register gone: %v %+v", err, m)
+	}
+	if _, err := s.revokeNode("gone"); err != nil {
+		t.Fatal(err)
+	}
+	k2, _ := s.sec.currentTrust()
+	if bytes.Equal(k1.GossipKey, k2.GossipKey) || len(k2.GossipKey) != 32 {
+		t.Fatal("revoking a node kept the gossip key")
 	}
 }

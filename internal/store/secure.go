@@ -54,6 +54,18 @@ func (s *Store) UpdateSecure(fn func(*SecureTx) error) error {
 	})
 }
 
+// GetSecure returns a copy of the security record key, or nil, in a read
+// transaction (no write, no fsync).
+func (s *Store) GetSecure(key string) (v []byte, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketSecure); b != nil {
+			v = bytes.Clone(b.Get([]byte(key)))
+		}
+		return nil
+	})
+	return v, err
+}
+
 // ListSecure returns every security record with prefix.
 func (s *Store) ListSecure(prefix string) (kvs []KV, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
