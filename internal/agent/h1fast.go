@@ -501,13 +501,19 @@ func writeH1Response(bw *bufio.Writer, resp *http.Response, in *http.Request, ke
 		}
 	}
 	if chunked {
-		cw.Close()
-		for k, vv := range resp.Trailer {
-			for _, v := range vv {
-				bw.WriteString(k + ": " + v + "\r\n")
-			}
-		}
-		bw.WriteString("\r\n")
+		endChunked(bw, cw, resp.Trailer)
 	}
 	return bw.Flush()
+}
+
+// endChunked ends a chunked body: the last chunk, the trailers, the blank
+// line (httputil's chunked writer leaves the trailers to its caller).
+func endChunked(bw *bufio.Writer, cw io.WriteCloser, trailer http.Header) {
+	cw.Close()
+	for k, vv := range trailer {
+		for _, v := range vv {
+			bw.WriteString(k + ": " + v + "\r\n")
+		}
+	}
+	bw.WriteString("\r\n")
 }

@@ -382,13 +382,7 @@ func (pc *h1Conn) writeRequest(req *http.Request) error {
 			return err
 		}
 		if chunked {
-			cw.Close()
-			for k, vv := range req.Trailer {
-				for _, v := range vv {
-					bw.WriteString(k + ": " + v + "\r\n")
-				}
-			}
-			bw.WriteString("\r\n")
+			endChunked(bw, cw, req.Trailer)
 		}
 	}
 	return bw.Flush()
