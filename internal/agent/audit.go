@@ -105,13 +105,8 @@ type AuthzDecision struct {
 // (at most audit.Config.BlockFor) and returns audit.ErrFull if the record
 // was lost (counted, logged, and noted in the chain).
 func (a *Agent) AuditDecision(d AuthzDecision) error {
-	switch a.cfg.Audit.Decisions {
-	case AuditNone:
+	if !a.auditWants(d.Allow) {
 		return nil
-	case AuditDeny:
-		if d.Allow {
-			return nil
-		}
 	}
 	dec := audit.Deny
 	if d.Allow {
@@ -119,6 +114,17 @@ func (a *Agent) AuditDecision(d AuthzDecision) error {
 	}
 	return a.audit.Append(audit.Record{Kind: audit.KindAuthz, Actor: d.Source, Action: d.Action,
 		Object: d.Target, Decision: dec, Reason: d.Policy})
+}
+
+// auditWants reports whether a decision is recorded (Config.Audit.Decisions).
+func (a *Agent) auditWants(allow bool) bool {
+	switch a.cfg.Audit.Decisions {
+	case AuditNone:
+		return false
+	case AuditDeny:
+		return !allow
+	}
+	return true
 }
 
 // Audit appends any record to the node's audit log (Node, Seq, Prev and

@@ -229,6 +229,9 @@ func (a *Agent) decide(ctx context.Context, e *authz.Engine, r *authz.Request) a
 // Config.Audit.Decisions). A full buffer is counted and noted in the chain
 // by the audit log itself, so the error needs no handling here.
 func (a *Agent) auditDecision(rec *AuthzRecord) {
+	if !a.auditWants(rec.Decision.Allow) {
+		return // before building the record's strings: allows are most requests
+	}
 	r := &rec.Request
 	action := "connect"
 	switch r.Proto {
