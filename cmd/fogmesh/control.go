@@ -54,6 +54,7 @@ func runControl(args []string) error {
 		nodeTTL    = fs.Duration("node-ttl", 0, "node certificate lifetime (default 24h)")
 		overlap    = fs.Duration("rotation-overlap", 0, "how long a rotated-out root stays trusted (default 48h)")
 		names      = fs.String("server-name", "", "extra DNS names or IPs for the control plane certificate, comma separated")
+		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		logf       cli.LogFlags
 	)
 	logf.Register(fs)
@@ -133,6 +134,10 @@ func runControl(args []string) error {
 	} else {
 		fmt.Fprintf(os.Stderr, "fogmesh control: admin https://%s, sync %s (mTLS), state %s, CA bundle %s, admin token %s\n",
 			s.AdminAddr(), s.SyncAddr(), fc.StateDir, s.BundlePath(), filepath.Join(fc.StateDir, control.AdminTokenFile))
+	}
+	if err := cli.WriteAddrFile(*addrFile, map[string]string{"admin": s.AdminAddr(), "sync": s.SyncAddr()}); err != nil {
+		s.Close()
+		return err
 	}
 	return s.Serve(ctx)
 }

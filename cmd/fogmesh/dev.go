@@ -19,6 +19,7 @@ func runDev(args []string) error {
 	fs.IntVar(&opts.VIPOctet, "vip-octet", 101, "node i gets virtual IPs in 127.<vip-octet+i>.0.0/16")
 	fs.IntVar(&opts.HelloPort, "hello-port", 8080, "the hello service's port")
 	fresh := fs.Bool("fresh", false, "remove the state directory first")
+	addrFile := fs.String("addr-file", "", "write the bound addresses (control admin and sync, demo API, each node's agent API and DNS) as JSON to this file once ready")
 	var logf cli.LogFlags
 	logf.Register(fs)
 	fs.Lookup("log-level").DefValue = "warn"
@@ -45,6 +46,14 @@ func runDev(args []string) error {
 	err = d.WaitReady(wctx)
 	cancel()
 	if err != nil {
+		return err
+	}
+	addrs := map[string]string{"admin": d.Control.AdminAddr(), "sync": d.Control.SyncAddr(), "demo": d.DemoAddr(), "vip": d.VIP()}
+	for i, a := range d.Agents {
+		addrs[dev.Nodes[i].Name+".admin"] = a.AdminAddr()
+		addrs[dev.Nodes[i].Name+".dns"] = a.DNSAddr()
+	}
+	if err := cli.WriteAddrFile(*addrFile, addrs); err != nil {
 		return err
 	}
 	me := d.Agents[0]

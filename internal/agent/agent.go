@@ -308,6 +308,14 @@ func (a *Agent) DNSAddr() string   { return a.dns.Addr() }
 func (a *Agent) MeshAddr() string  { return a.meshLn.Addr().String() }
 func (a *Agent) AdminAddr() string { return a.adminLn.Addr().String() }
 
+// GossipAddr is the bound gossip address, or "" when gossip is off.
+func (a *Agent) GossipAddr() string {
+	if a.gossip == nil {
+		return ""
+	}
+	return a.gossip.Addr()
+}
+
 // Name returns the node name.
 func (a *Agent) Name() string { return a.cfg.Node.Name }
 
@@ -580,6 +588,12 @@ func (a *Agent) initMetrics() {
 			return 1
 		}
 		return 0
+	})
+	m.NewGauge(`fogmesh_agent_gossip_members`, func() float64 { // alive site peers, this node included; 0 with gossip off
+		if a.gossip == nil {
+			return 0
+		}
+		return float64(len(a.gossip.Members()))
 	})
 	m.NewGauge(`fogmesh_agent_config_version`, func() float64 {
 		a.mu.Lock()

@@ -28,6 +28,7 @@ func RunAgent(prog string, args []string) error {
 		vipRange   = fs.String("vip-range", "", "virtual IPv4 range for services (default 127.77.0.0/16)")
 		vip6Range  = fs.String("vip6-range", "", "virtual IPv6 range for services (off by default; must be routed to lo)")
 		stateDir   = fs.String("state-dir", "", "directory for the configuration cache (default /var/lib/fogmesh/agent)")
+		addrFile   = fs.String("addr-file", "", "write the bound addresses (dns, mesh, admin, gossip) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		insecure   = fs.Bool("insecure", false, "plaintext sync and mesh port, no identities: tests and local experiments only")
 		joinToken  = fs.String("join-token", os.Getenv("FOGMESH_JOIN_TOKEN"), "join token from 'fogmesh token create -site SITE' ($FOGMESH_JOIN_TOKEN); needed once, when the state dir holds no certificate")
 		logf       LogFlags
@@ -95,6 +96,14 @@ func RunAgent(prog string, args []string) error {
 	ctx, stop := SignalContext()
 	defer stop()
 	fmt.Fprintf(os.Stderr, "fogmesh agent %s: dns %s, mesh %s, admin %s\n", cfg.Node.Name, a.DNSAddr(), a.MeshAddr(), a.AdminAddr())
+	addrs := map[string]string{"dns": a.DNSAddr(), "mesh": a.MeshAddr(), "admin": a.AdminAddr()}
+	if g := a.GossipAddr(); g != "" {
+		addrs["gossip"] = g
+	}
+	if err := WriteAddrFile(*addrFile, addrs); err != nil {
+		a.Close()
+		return err
+	}
 	return a.Run(ctx)
 }
 
