@@ -235,12 +235,12 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 // working.
 func TestRevokeNodeAtAgents(t *testing.T) {
 	cl := startClusterProto(t, "echo", "tcp", 19050, "-heartbeat-interval", "500ms")
-	server := cl.agentProc("server", 190, echoServer(t), false)
-	client := cl.agentProc("client", 191, 0, false)
-	bystander := cl.agentProc("bystander", 192, 0, false)
+	server := cl.agentProc("server", 130, echoServer(t), false)
+	client := cl.agentProc("client", 131, 0, false)
+	bystander := cl.agentProc("bystander", 132, 0, false)
 	cl.waitRoutes(client.admin, 1)
 	cl.waitRoutes(bystander.admin, 1)
-	clientVIP, byVIP := "127.191.0.1:19050", "127.192.0.1:19050"
+	clientVIP, byVIP := "127.131.0.1:19050", "127.132.0.1:19050"
 	waitEcho(t, clientVIP)
 	waitEcho(t, byVIP)
 	open, err := dialEcho(clientVIP)
@@ -354,10 +354,10 @@ func pingWhile(e *echoConn, stop <-chan struct{}) <-chan error {
 // through them stays open and keeps echoing.
 func TestNodeRenewalKeepsConnections(t *testing.T) {
 	cl := startClusterProto(t, "echo", "tcp", 19051, "-heartbeat-interval", "500ms", "-node-ttl", "20s")
-	server := cl.agentProc("server", 193, echoServer(t), false)
-	client := cl.agentProc("client", 194, 0, false)
+	server := cl.agentProc("server", 133, echoServer(t), false)
+	client := cl.agentProc("client", 134, 0, false)
 	cl.waitRoutes(client.admin, 1)
-	vip := "127.194.0.1:19051"
+	vip := "127.134.0.1:19051"
 	waitEcho(t, vip)
 	open, err := dialEcho(vip)
 	if err != nil {
@@ -406,14 +406,14 @@ func TestCARotationOverlap(t *testing.T) {
 	// The server agent joins under a 1h node TTL (it will not renew during
 	// the test), the client under 20s (it renews at about 10s).
 	cl := startClusterProto(t, "echo", "tcp", 19052, "-heartbeat-interval", "500ms", "-node-ttl", "1h")
-	server := cl.agentProc("server", 195, echoServer(t), false)
+	server := cl.agentProc("server", 135, echoServer(t), false)
 	cl.ctl.kill9(t)
 	cl.ctl = start(t, "control", "-state-dir", cl.state, "-admin-addr", cl.adminAddr, "-sync-addr", cl.syncAddr,
 		"-heartbeat-interval", "500ms", "-node-ttl", "20s")
 	secureAdmin(t, cl.ctl, cl.state, cl.adminAddr)
-	client := cl.agentProc("client", 196, 0, false)
+	client := cl.agentProc("client", 136, 0, false)
 	cl.waitRoutes(client.admin, 1)
-	vip := "127.196.0.1:19052"
+	vip := "127.136.0.1:19052"
 	waitEcho(t, vip)
 	b, _ := os.ReadFile(filepath.Join(cl.state, "ca.pem"))
 	oldRoots, err := identity.ParseCertificatesPEM(b)
@@ -512,7 +512,7 @@ func otherCA(t *testing.T, td string, isCA bool) string {
 // leave the stored trust and the agent's unchanged.
 func TestTrustAddRemove(t *testing.T) {
 	cl := startClusterProto(t, "echo", "tcp", 19053, "-heartbeat-interval", "500ms")
-	ag := cl.agentProc("edge", 197, 0, false)
+	ag := cl.agentProc("edge", 137, 0, false)
 	bundle := otherCA(t, "other.example", true)
 	trust := func(args ...string) (string, int) {
 		return run(t, append(append([]string{"trust"}, args...), cl.admin...)...)
@@ -643,9 +643,9 @@ func foreignAdminCert(t *testing.T, name string) (certPath, keyPath string) {
 // a certificate of the same ID from another CA, and a read-only token
 // asking for a certificate, are refused; bad names are usage errors.
 func TestAdminClientCertificate(t *testing.T) {
-	admin, syncAddr, state := freePort(t), freePort(t), t.TempDir()
-	cp := start(t, "control", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr)
-	flags := secureAdmin(t, cp, state, admin)
+	state := t.TempDir()
+	cp, ca := startAddrs(t, "control", "-state-dir", state, "-admin-addr", any0, "-sync-addr", any0)
+	flags := secureAdmin(t, cp, state, ca["admin"])
 	out := filepath.Join(t.TempDir(), "certs")
 	res, code := run(t, append([]string{"admin", "cert", "create", "ops", "-out", out, "-ttl", "1h"}, flags...)...)
 	if code != 0 || !strings.Contains(res, "spiffe://fogmesh.local/admin/ops") {
