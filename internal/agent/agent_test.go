@@ -130,6 +130,7 @@ type agentOpts struct {
 	vip6               string
 	maxRequests        int
 	meshPing           time.Duration
+	ejectFor           time.Duration // default 5 s
 }
 
 func startAgent(t testing.TB, o agentOpts) *Agent {
@@ -137,12 +138,15 @@ func startAgent(t testing.TB, o agentOpts) *Agent {
 	if o.meshAddr == "" {
 		o.meshAddr = "127.0.0.1:0"
 	}
+	if o.ejectFor == 0 {
+		o.ejectFor = 5 * time.Second
+	}
 	a, err := New(Config{
 		Node:    NodeConfig{Name: o.name, Site: o.site, Region: o.region},
 		Control: o.control, MeshAddr: o.meshAddr, DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		VIPRange: fmt.Sprintf("127.%d.0.0/16", o.vipOctet), VIP6Range: o.vip6,
 		StateDir: o.stateDir, Workloads: o.workloads, Upstreams: []string{},
-		HealthInterval: Duration(200 * time.Millisecond), EjectFor: Duration(5 * time.Second),
+		HealthInterval: Duration(200 * time.Millisecond), EjectFor: Duration(o.ejectFor),
 		MaxRequests: o.maxRequests, Insecure: true, MeshPingInterval: Duration(o.meshPing),
 	})
 	if err != nil {
@@ -562,7 +566,8 @@ func TestCheckNoneWorkloadRecovers(t *testing.T) {
 	e := startEcho(t, "n", "127.0.0.1:0")
 	wl := wlFor("echo", e)
 	wl.Check.Type = "none"
-	a := startAgent(t, agentOpts{name: "nochk", site: "s1", region: "r1", vipOctet: 197, stateDir: t.TempDir(), workloads: []Workload{wl}})
+	a := startAgent(t, agentOpts{name: "nochk", site: "s1", region: "r1", vipOctet: 197, stateDir: t.TempDir(), workloads: []Workload{wl},
+		ejectFor: 300 * time.Millisecond})
 	a.mu.Lock()
 	ws := a.workloads[wl.Name]
 	a.mu.Unlock()
@@ -576,5 +581,14 @@ func TestCheckNoneWorkloadRecovers(t *testing.T) {
 	}
 	if !a.isEjected(ep.Meta.Key()) {
 		t.Fatal("not ejected for the timed period")
+	}
+	// It recovers with no check to bring it back: once the ejection ends
+	// it is a healthy candidate again.
+	waitFor(t, "the ejection to end", func() bool { return !a.isEjected(ep.Meta.Key()) })
+	a.mu.Lock()
+	healthy = ws.healthy
+	a.mu.Unlock()
+	if !healthy {
+		t.Fatal("the workload did not recover after its ejection")
 	}
 }
