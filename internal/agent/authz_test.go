@@ -23,6 +23,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
@@ -115,6 +116,9 @@ func TestAuthorizationEndToEnd(t *testing.T) {
 		if _, err := exec.LookPath(bin); err != nil {
 			mqttOK = false
 		}
+	}
+	if !mqttOK && testenv.InCI() {
+		t.Fatal("mosquitto not installed; CI must have it (make test installs it)")
 	}
 
 	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // startHTTP serves "name proto" on a loopback port, over HTTP/1.1 and h2c.
@@ -145,9 +146,7 @@ func TestHTTPPerRequestBalancing(t *testing.T) {
 
 // TestHTTPWithCurl uses curl over HTTP/1.1 and HTTP/2 prior knowledge.
 func TestHTTPWithCurl(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl not installed (make test installs it)")
-	}
+	testenv.NeedTool(t, "curl")
 	_, _ = l7Setup(t, "curlweb", 19011, "http2", 166)
 	url := "http://127.168.0.1:19011/"
 	waitFor(t, "listener", func() bool { _, err := http.Get(url); return err == nil })

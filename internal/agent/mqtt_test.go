@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // startMosquitto runs a real mosquitto broker on a free loopback port.
@@ -71,9 +73,7 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 // and 5 both work, and a garbage CONNECT gets a CONNACK refusal.
 func TestMQTTClientIDPinning(t *testing.T) {
 	for _, bin := range []string{"mosquitto", "mosquitto_pub", "mosquitto_sub"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed (make test installs mosquitto and mosquitto-clients)", bin)
-		}
+		testenv.NeedTool(t, bin)
 	}
 	b1, b2 := startMosquitto(t), startMosquitto(t)
 	cp := startControl(t, t.TempDir(), "")
@@ -147,9 +147,7 @@ func TestMQTTClientIDPinning(t *testing.T) {
 // connect through the mesh to a real mosquitto).
 func TestMQTTInspectCountsTopics(t *testing.T) {
 	for _, bin := range []string{"mosquitto", "mosquitto_pub", "mosquitto_sub"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed (make test installs mosquitto and mosquitto-clients)", bin)
-		}
+		testenv.NeedTool(t, bin)
 	}
 	b := startMosquitto(t)
 	cp := startControl(t, t.TempDir(), "")

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 func startDemo(t *testing.T, octet int) *Demo {
@@ -85,9 +87,7 @@ func TestDemoLocalityFailover(t *testing.T) {
 // TestDemoWithRealClients uses dig and curl as a user would.
 func TestDemoWithRealClients(t *testing.T) {
 	for _, bin := range []string{"dig", "curl"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed (make test installs it)", bin)
-		}
+		testenv.NeedTool(t, bin)
 	}
 	d := startDemo(t, 110)
 	host, port, _ := net.SplitHostPort(d.Agents[0].DNSAddr())

@@ -17,6 +17,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/miekg/dns"
 )
 
@@ -373,10 +374,7 @@ func TestForward(t *testing.T) {
 }
 
 func TestDig(t *testing.T) {
-	dig, err := exec.LookPath("dig")
-	if err != nil {
-		t.Skip("dig not installed")
-	}
+	dig := testenv.NeedTool(t, "dig")
 	s := startServer(t, meshdns.Config{}, nil)
 	host, port, _ := net.SplitHostPort(s.Addr())
 	for _, transport := range []string{"+notcp", "+tcp"} {

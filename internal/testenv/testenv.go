@@ -1,0 +1,51 @@
+// Package testenv holds what tests share about the machine they run on:
+// which outside tools they need. It is imported only by _test.go files.
+//
+// A test that needs a tool that `make test` installs (curl, dig, mosquitto)
+// or root skips, with the reason, on a developer's machine that lacks it,
+// but fails in CI (CI=true): there the tool must be present, and a skipped
+// test would hide a broken install step.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// InCI reports whether the tests run in CI (the environment variable CI is
+// set to a true value, as CI runners and .ci/run set it).
+func InCI() bool {
+	switch os.Getenv("CI") {
+	case "", "0", "false", "no":
+		return false
+	}
+	return true
+}
+
+// NeedTool returns the path of the named program, or skips the test (fails
+// it in CI) when it is not installed.
+func NeedTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		missing(t, name+" not installed (make test installs it)")
+	}
+	return p
+}
+
+// NeedRoot skips the test (fails it in CI) unless it runs as root.
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		missing(t, "needs root (network namespaces, iptables); CI runs as root")
+	}
+}
+
+func missing(t testing.TB, why string) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("%s; CI must have it", why)
+	}
+	t.Skip(why)
+}
