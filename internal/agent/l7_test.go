@@ -695,7 +695,11 @@ spec:
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitFor(t, "the mmtc flood to overload the agent", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return mmtcShed > 0
+	})
 	var worst time.Duration
 	for i := 0; i < 10; i++ {
 		req, _ := http.NewRequest("GET", url, nil)
