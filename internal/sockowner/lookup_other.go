@@ -1,0 +1,11 @@
+//go:build !linux
+
+package sockowner
+
+import "net/netip"
+
+// Lookup returns ErrUnsupported: only Linux tells who owns a TCP socket
+// without privileged tracing.
+func Lookup(client, server netip.AddrPort) (Owner, error) {
+	return Owner{}, ErrUnsupported
+}
