@@ -77,7 +77,18 @@ func (a *Agent) attestedIdentity(v *view, id string, remote, local netip.AddrPor
 		return id
 	}
 	start := time.Now()
-	o, err := sockowner.Lookup(remote, local)
+	o, err := sockowner.Find(remote, local)
+	if err == nil && !uidPossible(ats, o.UID) {
+		// Refused on the socket's creator alone: no /proc scan, so a
+		// flood of impostor connections costs one netlink query each.
+		a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_local_identity_refused_total{reason="mismatch"}`).Inc()
+		a.log.Warn("agent: local client does not match the attest selectors of its address's workload; treated as unknown",
+			"client", remote, "identity", id, "socket_uid", o.UID)
+		return ""
+	}
+	if err == nil {
+		o.Procs, err = sockowner.Holders(o.Inode)
+	}
 	took := time.Since(start)
 	switch {
 	case err != nil || len(o.Procs) == 0:
@@ -96,6 +107,17 @@ func (a *Agent) attestedIdentity(v *view, id string, remote, local netip.AddrPor
 	a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_local_identity_attested_total`).Inc()
 	a.log.Debug("agent: local client attested", "client", remote, "identity", id, "pid", o.Procs[0].PID, "took", took)
 	return id
+}
+
+// uidPossible reports whether a socket created by uid can pass one of
+// the selectors (ownerMatches then checks its processes).
+func uidPossible(ats []*Attest, uid uint32) bool {
+	for _, at := range ats {
+		if at.UID == nil || uint32(*at.UID) == uid {
+			return true
+		}
+	}
+	return false
 }
 
 type connIdentityKey struct{}

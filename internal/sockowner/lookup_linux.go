@@ -21,19 +21,26 @@ var seq atomic.Uint32
 // Lookup returns the owner of the TCP socket on this host whose local end
 // is client and whose remote end is server: for a connection the agent
 // accepted, client is its remote address and server its local address.
-// It fails with ErrNotFound when there is no such socket, and with another
-// error when the kernel cannot be asked. Owner.Procs may be empty: the
-// processes holding the socket are gone or not inspectable.
+// It is Find and then Holders.
 func Lookup(client, server netip.AddrPort) (Owner, error) {
 	uid, inode, err := socketOf(client, server)
 	if err != nil {
 		return Owner{}, err
 	}
-	procs, err := holders(inode)
+	procs, err := Holders(inode)
 	if err != nil {
 		return Owner{}, err
 	}
 	return Owner{UID: uid, Inode: inode, Procs: procs}, nil
+}
+
+// Find asks the kernel for that socket alone (one netlink round trip, no
+// /proc scan): its creator's uid and its inode, without Procs. It fails
+// with ErrNotFound when there is no such socket, and with another error
+// when the kernel cannot be asked.
+func Find(client, server netip.AddrPort) (Owner, error) {
+	uid, inode, err := socketOf(client, server)
+	return Owner{UID: uid, Inode: inode}, err
 }
 
 func socketOf(client, server netip.AddrPort) (uid, inode uint32, err error) {
@@ -81,10 +88,12 @@ func diag(id sockID) (uid, inode uint32, err error) {
 	return 0, 0, errors.New("sockowner: no sock_diag reply from the kernel")
 }
 
-// holders scans /proc/*/fd for the processes holding socket inode. A
-// process the agent may not inspect (another user's, for an agent without
-// root or CAP_SYS_PTRACE) is skipped: it cannot be shown to hold it.
-func holders(inode uint32) ([]Process, error) {
+// Holders scans /proc/*/fd for the processes holding socket inode (the
+// costly part of Lookup: a readlink per descriptor on the host). A process
+// the caller may not inspect (another user's, for a caller without root or
+// CAP_SYS_PTRACE) is skipped: it cannot be shown to hold it. None found is
+// not an error.
+func Holders(inode uint32) ([]Process, error) {
 	d, err := os.Open("/proc")
 	if err != nil {
 		return nil, fmt.Errorf("sockowner: %w", err)

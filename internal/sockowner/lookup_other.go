@@ -9,3 +9,9 @@ import "net/netip"
 func Lookup(client, server netip.AddrPort) (Owner, error) {
 	return Owner{}, ErrUnsupported
 }
+
+// Find returns ErrUnsupported.
+func Find(client, server netip.AddrPort) (Owner, error) { return Owner{}, ErrUnsupported }
+
+// Holders returns ErrUnsupported.
+func Holders(inode uint32) ([]Process, error) { return nil, ErrUnsupported }
