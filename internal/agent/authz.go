@@ -142,11 +142,12 @@ func (a *Agent) clientIdentity(c net.Conn) string {
 	if !ok1 || !ok2 {
 		return ""
 	}
-	return a.attestedIdentity(a.view.Load(), a.identityOf(remote.Addr()), remote, local)
+	v := a.view.Load() // one view: the address's identity and its selectors agree
+	return a.attestedIdentity(v, identityOf(v, remote.Addr()), remote, local)
 }
 
-func (a *Agent) identityOf(addr netip.Addr) string {
-	id := a.view.Load().ids[addr.Unmap()]
+func identityOf(v *view, addr netip.Addr) string {
+	id := v.ids[addr.Unmap()]
 	if len(id) > transport.MaxFieldLen {
 		return ""
 	}
