@@ -131,24 +131,23 @@ func localIdentities(td string, local []api.Endpoint) map[netip.Addr]string {
 }
 
 // clientIdentity is the SPIFFE ID of the local workload a client connection
-// comes from (its source address is a registered workload's address), or ""
-// when unknown. It is what the source agent claims in Header.SourceID.
-func (a *Agent) clientIdentity(remote net.Addr) string {
-	var ap netip.AddrPort
-	switch ra := remote.(type) {
-	case *net.TCPAddr:
-		ap = ra.AddrPort()
-	default:
-		var err error
-		if ap, err = netip.ParseAddrPort(remote.String()); err != nil {
-			return ""
-		}
+// comes from, or "" when unknown: the workload registered at its source
+// address, and if that workload declares attest selectors, only when the
+// process holding the client socket matches them (localid.go). It is what
+// the source agent claims in Header.SourceID and SourceIDHeader; it is
+// computed once per connection, at accept.
+func (a *Agent) clientIdentity(c net.Conn) string {
+	remote, ok1 := tcpAddrPort(c.RemoteAddr())
+	local, ok2 := tcpAddrPort(c.LocalAddr())
+	if !ok1 || !ok2 {
+		return ""
 	}
-	return a.identityOf(ap.Addr())
+	v := a.view.Load() // one view: the address's identity and its selectors agree
+	return a.attestedIdentity(v, identityOf(v, remote.Addr()), remote, local)
 }
 
-func (a *Agent) identityOf(addr netip.Addr) string {
-	id := a.view.Load().ids[addr.Unmap()]
+func identityOf(v *view, addr netip.Addr) string {
+	id := v.ids[addr.Unmap()]
 	if len(id) > transport.MaxFieldLen {
 		return ""
 	}
@@ -619,14 +618,11 @@ func deniedResponse(req *http.Request) *http.Response {
 
 // setSourceIdentity is the L7 path's hook on every outgoing request: it
 // replaces whatever SourceIDHeader the client sent with the identity of the
-// client's workload (or removes it when unknown).
-func (a *Agent) setSourceIdentity(in, out *http.Request) {
+// client's connection, found at accept (clientIdentity; ctx is the
+// connection's), or removes it when unknown.
+func (a *Agent) setSourceIdentity(ctx context.Context, out *http.Request) {
 	out.Header.Del(SourceIDHeader)
-	ap, err := netip.ParseAddrPort(in.RemoteAddr)
-	if err != nil {
-		return
-	}
-	if id := a.identityOf(ap.Addr()); id != "" {
+	if id := connIdentityFrom(ctx); id != "" {
 		out.Header.Set(SourceIDHeader, id)
 	}
 }

@@ -119,8 +119,10 @@ type Workload struct {
 	Ports   []api.EndpointPort `json:"ports"`
 	Check   Check              `json:"check,omitempty"`
 	// Attest selects the local processes (by uid, gid, executable path)
-	// that may fetch this workload's SVID from the Workload API socket.
-	// Without it, no process gets the SVID.
+	// that may fetch this workload's SVID from the Workload API socket
+	// and that a client connection from Address must come from to carry
+	// this workload's identity (localid.go). Without it, no process gets
+	// the SVID and any client from Address has the identity.
 	Attest *Attest `json:"attest,omitempty"`
 }
 

@@ -96,7 +96,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 		}
 	}()
 	cs := &h1ClientConn{
-		ctx:    context.WithValue(context.Background(), targetKey{}, tc.target),
+		ctx:    withConnIdentity(context.WithValue(context.Background(), targetKey{}, tc.target), tc.clientID),
 		remote: c.RemoteAddr().String(),
 	}
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
@@ -152,7 +152,7 @@ func (s *l7) h1IdleTimeout(t listenTarget) time.Duration {
 
 // h1ClientConn is what the fast path keeps per client connection.
 type h1ClientConn struct {
-	ctx    context.Context // carries the listenTarget for lbTransport
+	ctx    context.Context // carries the listenTarget for lbTransport and the client's identity
 	remote string          // client address, for hashing and sessions
 	xff    []string        // X-Forwarded-For: the client's IP (read-only)
 }
@@ -330,7 +330,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	}
 	h["X-Forwarded-Host"] = []string{in.Host}
 	h["X-Forwarded-Proto"] = xfProto
-	p.s.a.setSourceIdentity(in, in)
+	p.s.a.setSourceIdentity(cs.ctx, in)
 	in.Close = false
 	// A client request from here on, as ReverseProxy makes it (mirrors go
 	// through http.Transport, which insists on these).

@@ -54,9 +54,10 @@ type targetKey struct{}
 // server, carrying which service port it was accepted on.
 type taggedConn struct {
 	net.Conn
-	target listenTarget
-	done   func()
-	once   sync.Once
+	target   listenTarget
+	clientID string // the client's identity, found at accept (clientIdentity)
+	done     func()
+	once     sync.Once
 }
 
 func (c *taggedConn) Close() error {
@@ -109,7 +110,7 @@ func newL7(a *Agent) *l7 {
 				}
 			}
 			pr.SetXForwarded()
-			a.setSourceIdentity(pr.In, pr.Out)
+			a.setSourceIdentity(pr.In.Context(), pr.Out)
 		},
 		Transport: &lbTransport{l7: s},
 		// FlushInterval 0: a response of known length goes out in one
@@ -127,7 +128,7 @@ func newL7(a *Agent) *l7 {
 		ConnState:         s.connState,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := c.(*taggedConn); ok {
-				return context.WithValue(ctx, targetKey{}, tc.target)
+				return withConnIdentity(context.WithValue(ctx, targetKey{}, tc.target), tc.clientID)
 			}
 			return ctx
 		},

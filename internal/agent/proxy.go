@@ -128,10 +128,14 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 			peeked = nil
 		}
 	}
+	var clientID string
+	if ok {
+		clientID = a.clientIdentity(client)
+	}
 	if ok && isL7(t.proto) {
 		// Per-request balancing: the HTTP server owns the connection now.
 		a.active.Add(1)
-		tc := &taggedConn{Conn: client, target: t, done: func() { a.active.Add(-1) }}
+		tc := &taggedConn{Conn: client, target: t, clientID: clientID, done: func() { a.active.Add(-1) }}
 		if t.proto == "http" {
 			a.l7.serveH1(ctx, tc) // HTTP/1.1 fast path; hands the rest to the server
 			return
@@ -179,7 +183,6 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 	} else if len(peeked) > 0 {
 		prefix = peeked // auto-detected tcp: replay the bytes read, then splice
 	}
-	clientID := a.clientIdentity(client.RemoteAddr())
 	ctx = withClientIdentity(ctx, clientID)
 	cands := a.pick(sv, t.port)
 	if hk := sv.svc.Spec.HashKey; hk != nil && hk.SourceIP && !hk.MQTTClientID && hashBalanced(sv) {

@@ -221,6 +221,9 @@ type view struct {
 	authz *authz.Engine
 	// ids maps local workload addresses to their SPIFFE IDs (authz.go).
 	ids map[netip.Addr]string
+	// attest: local workload addresses -> the attest selectors declared
+	// there; a client from such an address must match one (localid.go).
+	attest map[netip.Addr][]*Attest
 	// nodeIDs: node name -> the workload identities of its endpoints, which
 	// that node's agent may claim as a stream's or request's source.
 	nodeIDs map[string]map[string]bool

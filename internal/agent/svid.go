@@ -30,8 +30,9 @@ type SVIDIssuer interface {
 }
 
 // Attest selects which local processes receive a workload's SVID from the
-// Workload API socket. Every field that is set must match the caller; a
-// workload without Attest is never handed to a caller.
+// Workload API socket, and which may use its identity as local clients
+// (localid.go). Every field that is set must match the caller; a workload
+// without Attest is never handed to a caller.
 type Attest struct {
 	UID *int `json:"uid,omitempty"`
 	GID *int `json:"gid,omitempty"`
