@@ -28,6 +28,16 @@
 # XROUNDS (1: rounds of the h2c and gRPC rows), WRK_THREADS (1),
 # H2LOAD_N (50000 requests per h2load run), H2_STREAMS (10: h2load -m),
 # SKIP_GOBENCH=1, SKIP_ARM64=1.
+# BASELINE_BIN=/path/to/an/older/fogmesh (a full fogmesh binary with the
+# control and agent subcommands): also runs a second control plane and one
+# agent of that build (ports BASE+60..64, VIPs in 127.233.0.0/16, the webl7
+# service only, the same backend) as row (b7-base), interleaved with (b7) in
+# every round, and adds the new/baseline ratios and the issue 9 regression
+# check (within 5%); BASELINE_REV (optional) names that build's commit for
+# the label (default: the binary's `version` output). ONLY_L7=1: only
+# sections 2 and 6 (HTTP/1.1 rows), for a short before/after run; skips the
+# iperf3 runs, RSS and held connections, binary sizes and the arm64 build,
+# the Go benchmarks and the h2c, gRPC and h2load rows.
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -45,6 +55,10 @@ BASE=${BENCH_BASE_PORT:-31000}
 MESH_NS=bench
 SRV_VIP_RANGE=127.231.0.0/16
 CLI_VIP_RANGE=127.232.0.0/16
+BASE_VIP_RANGE=127.233.0.0/16
+BASELINE_BIN=${BASELINE_BIN:-}
+ONLY_L7=${ONLY_L7:-0}
+[ "$ONLY_L7" = 1 ] && { SKIP_ARM64=1; SKIP_GOBENCH=1; }
 
 # Ports on 127.0.0.1.
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
@@ -53,6 +67,9 @@ P_CLI_MESH=$((BASE + 20)); P_CLI_DNS=$((BASE + 21)); P_CLI_ADMIN=$((BASE + 22))
 P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_SINK=$((BASE + 32)); P_GRPC=$((BASE + 33))
 P_HAP_BULK=$((BASE + 40)); P_HAP_WEB=$((BASE + 41)); P_NGINX=$((BASE + 42))
 P_REL_BULK=$((BASE + 50)); P_REL_WEB=$((BASE + 51))
+# The baseline build's control plane and agent (BASELINE_BIN only).
+P_BCTL_ADMIN=$((BASE + 60)); P_BCTL_SYNC=$((BASE + 61))
+P_BSRV_MESH=$((BASE + 62)); P_BSRV_DNS=$((BASE + 63)); P_BSRV_ADMIN=$((BASE + 64))
 # Service ports (on the agents' VIPs).
 S_BULK=15201; S_WEB=18080; S_HOLD=19000; S_GRPC=18079
 
@@ -78,7 +95,7 @@ NGINX=$(command -v nginx 2>/dev/null || true)
 [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
 [ -n "$NGINX" ] || log "nginx not found and not installable: its rows will read fail"
 WRK=$(command -v wrk 2>/dev/null || true)
-if ! command -v h2load >/dev/null 2>&1; then
+if [ "$ONLY_L7" != 1 ] && ! command -v h2load >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing h2load (apt-get nghttp2-client)"
     export DEBIAN_FRONTEND=noninteractive
@@ -88,11 +105,32 @@ if ! command -v h2load >/dev/null 2>&1; then
   fi
 fi
 H2LOAD=$(command -v h2load 2>/dev/null || true)
-[ -n "$H2LOAD" ] || log "h2load not found and not installable: its rows will read fail"
+[ -n "$H2LOAD" ] || [ "$ONLY_L7" = 1 ] || log "h2load not found and not installable: its rows will read fail"
+# The baseline build: a full fogmesh binary (control and agent subcommands).
+# Its name in the report: BASELINE_REV through git describe, else what the
+# binary says of itself.
+BASELINE_NAME=
+if [ -n "$BASELINE_BIN" ]; then
+  [ -f "$BASELINE_BIN" ] && [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not an executable file"
+  BASELINE_BIN=$(cd "$(dirname "$BASELINE_BIN")" && pwd)/$(basename "$BASELINE_BIN")
+  for sub in control agent; do
+    help=$("$BASELINE_BIN" "$sub" -h 2>&1 || true)
+    grep -q -- '-insecure' <<<"$help" ||
+      die "BASELINE_BIN=$BASELINE_BIN has no '$sub' subcommand with -insecure (it must be a full fogmesh binary)"
+  done
+  if [ -n "${BASELINE_REV:-}" ]; then
+    BASELINE_NAME=$(git describe --always --tags "$BASELINE_REV" 2>/dev/null) ||
+      die "BASELINE_REV=$BASELINE_REV is not a commit of this repository"
+  else
+    BASELINE_NAME=$("$BASELINE_BIN" version 2>/dev/null | head -n 1)
+    [ -n "$BASELINE_NAME" ] || BASELINE_NAME=$BASELINE_BIN
+  fi
+fi
 
 ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_CLI_MESH" \
   "$P_CLI_DNS" "$P_CLI_ADMIN" "$P_IPERF" "$P_HTTP" "$P_SINK" "$P_GRPC" "$P_HAP_BULK" "$P_HAP_WEB" "$P_NGINX" \
   "$P_REL_BULK" "$P_REL_WEB"
+[ -z "$BASELINE_BIN" ] || ports_free BENCH_BASE_PORT "$P_BCTL_ADMIN" "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN"
 
 # ---------------------------------------------------------------- build
 log "building (CGO_ENABLED=0 -trimpath -ldflags '-s -w') into $TMP/bin"
@@ -210,6 +248,22 @@ agent_config cli "$P_CTL_SYNC" "$P_CLI_MESH" "$P_CLI_DNS" "$P_CLI_ADMIN" "$CLI_V
 start srv "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
 start cli "$BIN/fogmesh-agent" -insecure -config "$TMP/cli.yaml"
 
+# The baseline build (BASELINE_BIN): its own control plane and one agent,
+# plaintext like the rows above, with only the webl7 service and the srv
+# agent's webl7 workload (the same fortio backend), so (b7-base) is the (b7)
+# path of the older build.
+if [ -n "$BASELINE_BIN" ]; then
+  log "starting the baseline build's control plane and agent ($BASELINE_NAME)"
+  start ctlbase "$BASELINE_BIN" control -state-dir "$TMP/ctlbase" -admin-addr "127.0.0.1:$P_BCTL_ADMIN" \
+    -sync-addr "127.0.0.1:$P_BCTL_SYNC" -insecure
+  wait_port 127.0.0.1 "$P_BCTL_ADMIN" ctlbase
+  services_yaml "webl7:http:$S_WEB:http" >"$TMP/services-base.yaml"
+  "$BASELINE_BIN" apply -server "http://127.0.0.1:$P_BCTL_ADMIN" -f "$TMP/services-base.yaml" >&2
+  agent_config srvbase "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN" "$BASE_VIP_RANGE" \
+    "webl7:http:$P_HTTP" >"$TMP/srvbase.yaml"
+  start srvbase "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
+fi
+
 wait_port 127.0.0.1 "$P_IPERF" iperf
 wait_port 127.0.0.1 "$P_HTTP" httpd
 wait_port 127.0.0.1 "$P_GRPC" httpd
@@ -219,13 +273,15 @@ wait_port 127.0.0.1 "$P_HAP_BULK" haproxy
 wait_port 127.0.0.1 "$P_REL_BULK" relay
 wait_port 127.0.0.1 "$P_SRV_ADMIN" srv
 wait_port 127.0.0.1 "$P_CLI_ADMIN" cli
+[ -z "$BASELINE_BIN" ] || wait_port 127.0.0.1 "$P_BSRV_ADMIN" srvbase
 
 SRV_VIP_BULK= SRV_VIP_WEB= SRV_VIP_WEBL7= SRV_VIP_HOLD= CLI_VIP_BULK= CLI_VIP_WEB= CLI_VIP_WEBL7= CLI_VIP_HOLD=
-SRV_VIP_WEBH2= SRV_VIP_GRPC=
+SRV_VIP_WEBH2= SRV_VIP_GRPC= BASE_VIP_WEBL7=
 all_vips() {
   [ -n "$SRV_VIP_BULK" ] && [ -n "$SRV_VIP_WEB" ] && [ -n "$SRV_VIP_WEBL7" ] && [ -n "$SRV_VIP_HOLD" ] &&
     [ -n "$SRV_VIP_WEBH2" ] && [ -n "$SRV_VIP_GRPC" ] &&
-    [ -n "$CLI_VIP_BULK" ] && [ -n "$CLI_VIP_WEB" ] && [ -n "$CLI_VIP_WEBL7" ] && [ -n "$CLI_VIP_HOLD" ]
+    [ -n "$CLI_VIP_BULK" ] && [ -n "$CLI_VIP_WEB" ] && [ -n "$CLI_VIP_WEBL7" ] && [ -n "$CLI_VIP_HOLD" ] &&
+    { [ -z "$BASELINE_BIN" ] || [ -n "$BASE_VIP_WEBL7" ]; }
 }
 for i in $(seq 1 150); do
   SRV_VIP_BULK=$(vip "$P_SRV_ADMIN" bulk node); SRV_VIP_WEB=$(vip "$P_SRV_ADMIN" web node)
@@ -233,14 +289,17 @@ for i in $(seq 1 150); do
   SRV_VIP_WEBH2=$(vip "$P_SRV_ADMIN" webh2 node); SRV_VIP_GRPC=$(vip "$P_SRV_ADMIN" webgrpc node)
   CLI_VIP_BULK=$(vip "$P_CLI_ADMIN" bulk site); CLI_VIP_WEB=$(vip "$P_CLI_ADMIN" web site)
   CLI_VIP_WEBL7=$(vip "$P_CLI_ADMIN" webl7 site); CLI_VIP_HOLD=$(vip "$P_CLI_ADMIN" hold site)
+  # The baseline agent, asked with its own build's CLI.
+  [ -z "$BASELINE_BIN" ] || BASE_VIP_WEBL7=$(vip "$P_BSRV_ADMIN" webl7 node "$BASELINE_BIN")
   all_vips && break
   sleep 0.1
 done
 all_vips || {
   dump_routes "$P_SRV_ADMIN" "$P_CLI_ADMIN"
+  [ -z "$BASELINE_BIN" ] || "$BASELINE_BIN" routes -agent "http://127.0.0.1:$P_BSRV_ADMIN" >&2 || true
   die "agents did not route all services within 15 s"
 }
-log "srv agent VIPs: bulk $SRV_VIP_BULK web $SRV_VIP_WEB webl7 $SRV_VIP_WEBL7 webh2 $SRV_VIP_WEBH2 webgrpc $SRV_VIP_GRPC hold $SRV_VIP_HOLD; cli agent: bulk $CLI_VIP_BULK web $CLI_VIP_WEB webl7 $CLI_VIP_WEBL7 hold $CLI_VIP_HOLD"
+log "srv agent VIPs: bulk $SRV_VIP_BULK web $SRV_VIP_WEB webl7 $SRV_VIP_WEBL7 webh2 $SRV_VIP_WEBH2 webgrpc $SRV_VIP_GRPC hold $SRV_VIP_HOLD; cli agent: bulk $CLI_VIP_BULK web $CLI_VIP_WEB webl7 $CLI_VIP_WEBL7 hold $CLI_VIP_HOLD${BASELINE_BIN:+; baseline agent: webl7 $BASE_VIP_WEBL7}"
 
 # Engines: name, label, bulk address, web URL. LATENGINES adds the agents'
 # L7 path (the same backend behind a service port declared protocol: http)
@@ -252,12 +311,19 @@ LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent2l7 nginx)
 L7ENGINES=(direct agent1l7 agent2l7 nginx)
 XENGINES=(h2direct h2agent1 grpcdirect grpcagent1)
 H2LENGINES=(h2ldirect h2lagent1) # h2load: maximum rate only
+if [ "$ONLY_L7" = 1 ]; then XENGINES=(); H2LENGINES=(); fi
+# BASELINE_BIN: the baseline build's (b7) path, in both lists.
+if [ -n "$BASELINE_BIN" ]; then
+  LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent1l7base agent2l7 nginx)
+  L7ENGINES=(direct agent1l7 agent1l7base agent2l7 nginx)
+fi
 LABEL[direct]="(a) direct";                 BULK[direct]="127.0.0.1 $P_IPERF";          WEB[direct]="http://127.0.0.1:$P_HTTP/"
 LABEL[agent1]="(b) one agent (node tier)";  BULK[agent1]="$SRV_VIP_BULK $S_BULK";       WEB[agent1]="http://$SRV_VIP_WEB:$S_WEB/"
 LABEL[agent2]="(c) two agents (mesh port)"; BULK[agent2]="$CLI_VIP_BULK $S_BULK";       WEB[agent2]="http://$CLI_VIP_WEB:$S_WEB/"
 LABEL[haproxy]="(d) HAProxy $HAPROXY_VERSION (tcp, splice-auto, 1 thread)"; BULK[haproxy]="127.0.0.1 $P_HAP_BULK"; WEB[haproxy]="http://127.0.0.1:$P_HAP_WEB/"
 LABEL[relay]="(e) minimal Go splice relay"; BULK[relay]="127.0.0.1 $P_REL_BULK";       WEB[relay]="http://127.0.0.1:$P_REL_WEB/"
 LABEL[agent1l7]="(b7) one agent, port declared http (L7)";  WEB[agent1l7]="http://$SRV_VIP_WEBL7:$S_WEB/"
+LABEL[agent1l7base]="(b7-base) one agent, L7, baseline build $BASELINE_NAME"; WEB[agent1l7base]="http://$BASE_VIP_WEBL7:$S_WEB/"
 LABEL[agent2l7]="(c7) two agents, port declared http (L7 on the cli agent, mesh to srv)"; WEB[agent2l7]="http://$CLI_VIP_WEBL7:$S_WEB/"
 LABEL[nginx]="(n) nginx $NGINX_VERSION (HTTP reverse proxy, upstream keepalive 64, 1 worker)"; WEB[nginx]="http://127.0.0.1:$P_NGINX/"
 LABEL[h2direct]="(a2) h2c direct";          WEB[h2direct]="http://127.0.0.1:$P_HTTP/"
@@ -271,6 +337,7 @@ KIND[h2ldirect]=h2load; KIND[h2lagent1]=h2load
 CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
 CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"
 CPUPIDS[agent1l7]="$PID_srv"; CPUPIDS[agent2l7]="$PID_cli $PID_srv"
+CPUPIDS[agent1l7base]="${PID_srvbase:-}"
 CPUPIDS[h2ldirect]=""; CPUPIDS[h2lagent1]="$PID_srv"
 CPUPIDS[h2direct]=""; CPUPIDS[h2agent1]="$PID_srv"; CPUPIDS[grpcdirect]=""; CPUPIDS[grpcagent1]="$PID_srv"
 # nginx: the master and its worker(s) (the worker does the proxying).
@@ -285,16 +352,18 @@ FAILED=() WARNED=()
 for e in "${LATENGINES[@]}"; do
   if ! curl -fsS -o /dev/null --max-time 5 "${WEB[$e]}"; then
     case $e in
-      *l7|nginx) log "HTTP path $e (${WEB[$e]}) does not answer"; failed "$e" "HTTP path $e does not answer" ;;
+      *l7|*l7base|nginx) log "HTTP path $e (${WEB[$e]}) does not answer"; failed "$e" "HTTP path $e does not answer" ;;
       *) die "HTTP path $e (${WEB[$e]}) does not answer" ;;
     esac
   fi
 done
-for e in h2direct h2agent1; do
+for e in "${XENGINES[@]}"; do
+  [ "${KIND[$e]}" = h2 ] || continue
   curl -fsS -o /dev/null --max-time 5 --http2-prior-knowledge "${WEB[$e]}" ||
     { log "h2c path $e (${WEB[$e]}) does not answer"; failed "$e" "h2c path $e does not answer"; }
 done
-for e in grpcdirect grpcagent1; do
+for e in "${XENGINES[@]}"; do
+  [ "${KIND[$e]}" = grpc ] || continue
   timeout 10 "$FORTIO" grpcping -n 1 -loglevel Error "${WEB[$e]}" >"$TMP/grpcping-$e.log" 2>&1 ||
     { log "gRPC path $e (${WEB[$e]}) does not answer: $(tail -n 2 "$TMP/grpcping-$e.log")"; failed "$e" "gRPC path $e does not answer"; }
 done
@@ -306,7 +375,7 @@ RSS_SRV_IDLE0=$(rss_kb "$PID_srv"); RSS_CLI_IDLE0=$(rss_kb "$PID_cli")
 
 # ---------------------------------------------------------------- 1. throughput
 declare -A TPRSS
-for r in $(seq 1 "$ROUNDS"); do
+[ "$ONLY_L7" = 1 ] || for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${ENGINES[@]}"); do
     iperf_run "$e" "$r"
     if [ "${TP[$e,$r]}" = fail ]; then TPRSS[$e,$r]=fail
@@ -379,6 +448,8 @@ for r in $(seq 1 "$XROUNDS"); do
 done
 
 # ---------------------------------------------------------------- 3. RSS
+# (Not with ONLY_L7=1: up to the Go benchmarks.)
+if [ "$ONLY_L7" != 1 ]; then
 RSS_SRV_LAT=$(rss_kb "$PID_srv"); RSS_CLI_LAT=$(rss_kb "$PID_cli")
 log "idle 5 s after load"
 sleep 5
@@ -429,6 +500,7 @@ counters() {
     awk '{printf "%s%s %s", sep, $1, $2; sep = ", "} END {print ""}'
 }
 COUNTERS_SRV=$(counters "$P_SRV_ADMIN"); COUNTERS_CLI=$(counters "$P_CLI_ADMIN")
+fi
 
 # ---------------------------------------------------------------- 5. Go benchmarks
 # The mesh processes are idle now; stop them so they take no CPU.
@@ -460,10 +532,28 @@ declare -A REF HOPS
 REF[direct]=direct; REF[agent1l7]=direct; REF[agent2l7]=direct; REF[nginx]=direct
 REF[h2direct]=h2direct; REF[h2agent1]=h2direct; REF[grpcdirect]=grpcdirect; REF[grpcagent1]=grpcdirect
 HOPS[direct]=0; HOPS[agent1l7]=1; HOPS[agent2l7]=2; HOPS[nginx]=1
+REF[agent1l7base]=direct; HOPS[agent1l7base]=1
 HOPS[h2direct]=0; HOPS[h2agent1]=1; HOPS[grpcdirect]=0; HOPS[grpcagent1]=1
 REF[h2ldirect]=h2ldirect; REF[h2lagent1]=h2ldirect; HOPS[h2ldirect]=0; HOPS[h2lagent1]=1
 hop99() { calc "%+.3f" "$(add99 "$1" "${REF[$1]}")" "${HOPS[$1]}" "a / b"; } # added p99 per hop, ms
 us() { case "$1" in *fail*|*n/a*) echo "n/a" ;; *) awk -v a="$1" 'BEGIN {printf "%+.0f µs", a * 1000}' ;; esac; }
+# cpureq ENGINE: the proxy's CPU time per request at the maximum rate, µs.
+ratio() { # A B: A / B, "n/a" if B is 0 or either is missing
+  case $(calc "%d" "$1" "$2" "b == 0") in 0) calc "%.3f" "$1" "$2" "a / b" ;; *) echo "n/a" ;; esac
+}
+cpureq() { calc "%.1f" "${MCPU[$1]}" "${MQ[$1]}" "a * 10000 / b"; }
+# The issue 9 regression check (BASELINE_BIN): the new build's (b7) within 5%
+# of the baseline's (b7-base): max req/s at least 95% of it, added p50 and
+# p99 at most 5% (of its magnitude) above it.
+within5() { # NEW BASE: 1 if NEW <= BASE + 5% of |BASE|, 0 if not, n/a
+  calc "%d" "$1" "$2" "a <= b + 0.05 * (b < 0 ? -b : b)"
+}
+if [ -n "$BASELINE_BIN" ]; then
+  REG_Q=$(calc "%d" "${MQ[agent1l7]}" "${MQ[agent1l7base]}" "a >= 0.95 * b")
+  REG_50=$(within5 "$(add50 agent1l7)" "$(add50 agent1l7base)")
+  REG_99=$(within5 "$(add99 agent1l7)" "$(add99 agent1l7base)")
+  case "$REG_Q$REG_50$REG_99" in 111) REG=1 ;; *n/a*) REG=n/a ;; *) REG=0 ;; esac
+fi
 
 report_file results
 {
@@ -472,9 +562,12 @@ echo
 machine_rows
 echo "| load average (1/5/15 min) before the run | $LOAD_START (other jobs on the machine perturb every figure) |"
 echo "| peers | HAProxy $HAPROXY_VERSION, nginx $NGINX_VERSION, iperf3 $IPERF_VERSION, fortio $FORTIO_V, wrk $WRK_VERSION, h2load $H2LOAD_VERSION |"
+[ -z "$BASELINE_BIN" ] || echo "| baseline build (b7-base) | $BASELINE_NAME (\`$BASELINE_BIN agent\`, its own control plane) |"
 echo
 echo "Everything on loopback, no CPU pinning (load generator, backend and proxies share all cores); agents with default GOMAXPROCS/GOGC."
 echo "$ROUNDS rounds, engines interleaved (order rotated each round); the figure is the median of the rounds, per-round values follow."
+[ "$ONLY_L7" != 1 ] || echo "ONLY_L7=1: sections 1 (iperf3), 3 (RSS), 4 (binary sizes), 5 (Go benchmarks) and the h2c, gRPC and h2load rows are skipped."
+if [ "$ONLY_L7" != 1 ]; then
 echo
 echo "## 1. TCP bulk throughput (iperf3, 1 stream, ${IPERF_SECONDS} s)"
 echo
@@ -497,6 +590,7 @@ echo "| (c) two agents / (e) splice relay | $(calc "%.2f" "${TPM[agent2]}" "${TP
 echo "| (c) two agents / (d) HAProxy | $(calc "%.2f" "${TPM[agent2]}" "${TPM[haproxy]}" "a / b") |"
 echo "| (c) two agents / (b) one agent | $(calc "%.2f" "${TPM[agent2]}" "${TPM[agent1]}" "a / b") |"
 echo "| (d) HAProxy / (e) splice relay | $(calc "%.2f" "${TPM[haproxy]}" "${TPM[relay]}" "a / b") |"
+fi
 echo
 echo "## 2. Small-HTTP latency at a fixed rate (fortio, $QPS req/s, $CONNS connections, ${LAT_SECONDS} s, keep-alive)"
 echo
@@ -518,9 +612,15 @@ echo "| two agents, per hop (added / 2) | $(calc "%+.3f" "$(add50 agent2)" 0 "a 
 echo "| one agent minus HAProxy | $(calc "%+.3f" "$(add50 agent1)" "$(add50 haproxy)" "a - b") | $(calc "%+.3f" "$(add99 agent1)" "$(add99 haproxy)" "a - b") |"
 echo "| one agent, L7 (port declared http) | $(add50 agent1l7) | $(add99 agent1l7) |"
 echo "| two agents, L7, per hop (added / 2) | $(calc "%+.3f" "$(add50 agent2l7)" 0 "a / 2") | $(calc "%+.3f" "$(add99 agent2l7)" 0 "a / 2") |"
+if [ -n "$BASELINE_BIN" ]; then
+echo "| one agent, L7, baseline build (b7-base) | $(add50 agent1l7base) | $(add99 agent1l7base) |"
+echo "| one agent, L7: new (b7) minus baseline (b7-base) | $(calc "%+.3f" "$(add50 agent1l7)" "$(add50 agent1l7base)" "a - b") | $(calc "%+.3f" "$(add99 agent1l7)" "$(add99 agent1l7base)" "a - b") |"
+echo "| one agent, L7: new (b7) / baseline (b7-base) | $(ratio "$(add50 agent1l7)" "$(add50 agent1l7base)") | $(ratio "$(add99 agent1l7)" "$(add99 agent1l7base)") |"
+fi
 echo "| nginx, HTTP reverse proxy (1 hop) | $(add50 nginx) | $(add99 nginx) |"
 echo "| two agents per hop minus HAProxy | $(calc "%+.3f" "$(add50 agent2)" "$(add50 haproxy)" "a / 2 - b") | $(calc "%+.3f" "$(add99 agent2)" "$(add99 haproxy)" "a / 2 - b") |"
 echo
+if [ "$ONLY_L7" != 1 ]; then
 echo "## 3. Agent memory (VmRSS)"
 echo
 echo "| state | srv agent MB | cli agent MB |"
@@ -559,6 +659,7 @@ echo "| fogmesh (everything) | $(mb $((SIZE_AMD64_FULL / 1024))) | $(arm $SIZE_A
 echo
 echo "(MB = MiB.)"
 echo
+fi
 echo "## 6. L7 proxying: request rate and latency (HTTP/1.1, h2c, gRPC)"
 echo
 echo "Backend: the same fortio server (empty 200; gRPC: its ping service). Max req/s: closed loop, $CONNS connections, ${LAT_SECONDS} s"
@@ -567,6 +668,7 @@ echo "\`h2load $H2LOAD_VERSION -n $H2LOAD_N -c $CONNS -m $H2_STREAMS -t 1\`, max
 echo "(100 = one core; two agents summed). p50/p99 at a fixed $QPS req/s, $CONNS connections, ${LAT_SECONDS} s (fortio; the HTTP/1.1"
 echo "rows are those of section 2). HTTP/1.1: $ROUNDS round(s); h2c and gRPC: $XROUNDS round(s). Added latency: vs the direct row of"
 echo "the same protocol, same run; per hop: added / number of proxies on the path. Times in ms."
+[ "$ONLY_L7" != 1 ] || { echo; echo "ONLY_L7=1: HTTP/1.1 rows only (no h2c, gRPC or h2load)."; }
 echo
 echo "| path | max req/s (median) | per round | proxy CPU % at max | p50 | p99 | added p50 | added p99 | added p99 per hop |"
 echo "|---|---|---|---|---|---|---|---|---|"
@@ -587,29 +689,45 @@ echo "| (c7) two agents / (n) nginx | $(calc "%.2f" "${MQ[agent2l7]}" "${MQ[ngin
 echo "| (b7) one agent / (a) direct | $(calc "%.2f" "${MQ[agent1l7]}" "${MQ[direct]}" "a / b") |"
 echo "| (n) nginx / (a) direct | $(calc "%.2f" "${MQ[nginx]}" "${MQ[direct]}" "a / b") |"
 echo "| (c7) two agents / (b7) one agent | $(calc "%.2f" "${MQ[agent2l7]}" "${MQ[agent1l7]}" "a / b") |"
+if [ -n "$BASELINE_BIN" ]; then
+echo "| (b7) new / (b7-base) baseline: max req/s | $(ratio "${MQ[agent1l7]}" "${MQ[agent1l7base]}") ($(calc "%.0f" "${MQ[agent1l7]}" 0 a) vs $(calc "%.0f" "${MQ[agent1l7base]}" 0 a) req/s) |"
+echo "| (b7) new / (b7-base) baseline: agent CPU per request at max rate | $(ratio "$(cpureq agent1l7)" "$(cpureq agent1l7base)") ($(cpureq agent1l7) vs $(cpureq agent1l7base) µs) |"
+fi
+if [ "$ONLY_L7" != 1 ]; then
 echo "| (b2) h2c one agent / (a2) h2c direct | $(calc "%.2f" "${MQ[h2agent1]}" "${MQ[h2direct]}" "a / b") |"
 echo "| (b2l) h2c one agent / (a2l) h2c direct, h2load -m $H2_STREAMS | $(calc "%.2f" "${MQ[h2lagent1]}" "${MQ[h2ldirect]}" "a / b") |"
 echo "| (bg) gRPC one agent / (ag) gRPC direct | $(calc "%.2f" "${MQ[grpcagent1]}" "${MQ[grpcdirect]}" "a / b") |"
+fi
 echo
 echo "## Targets"
 echo
 echo "| target | figure | |"
 echo "|---|---|---|"
+if [ "$ONLY_L7" != 1 ]; then
 echo "| (b) one agent within 10% of the splice relay (e) | (b)/(e) = $(calc "%.2f" "${TPM[agent1]}" "${TPM[relay]}" "a / b") | $(met "$(calc "%d" "${TPM[agent1]}" "${TPM[relay]}" "a >= 0.9 * b")") |"
 echo "| (b) one agent above HAProxy (d) | (b)/(d) = $(calc "%.2f" "${TPM[agent1]}" "${TPM[haproxy]}" "a / b") | $(met "$(calc "%d" "${TPM[agent1]}" "${TPM[haproxy]}" "a > b")") |"
+fi
 echo "| added p50 per agent hop <= HAProxy's (one agent) | $(add50 agent1) vs $(add50 haproxy) ms | $(met "$(calc "%d" "$(add50 agent1)" "$(add50 haproxy)" "a <= b")") |"
 echo "| added p99 per agent hop <= HAProxy's (one agent) | $(add99 agent1) vs $(add99 haproxy) ms | $(met "$(calc "%d" "$(add99 agent1)" "$(add99 haproxy)" "a <= b")") |"
 echo "| added p50 per agent hop <= HAProxy's (two agents / 2) | $(calc "%+.3f" "$(add50 agent2)" 0 "a / 2") vs $(add50 haproxy) ms | $(met "$(calc "%d" "$(add50 agent2)" "$(add50 haproxy)" "a / 2 <= b")") |"
 echo "| added p99 per agent hop <= HAProxy's (two agents / 2) | $(calc "%+.3f" "$(add99 agent2)" 0 "a / 2") vs $(add99 haproxy) ms | $(met "$(calc "%d" "$(add99 agent2)" "$(add99 haproxy)" "a / 2 <= b")") |"
+if [ "$ONLY_L7" != 1 ]; then
 echo "| agent idle RSS < 20 MB | $(mb "$RSS_SRV_IDLE0") MB before load, $(mb "$RSS_SRV_IDLE1") MB after | $(met "$(calc "%d" "$RSS_SRV_IDLE0" "$RSS_SRV_IDLE1" "a < 20480 && b < 20480")") |"
 echo "| agent RSS < 50 MB with $HOLD_N connections | $(mb "$RSS_SRV_HOLD1") MB | $(met "$(calc "%d" "$RSS_SRV_HOLD1" 0 "a < 51200")") |"
 echo "| agent binary < 25 MB | $(mb $((SIZE_AMD64_AGENT / 1024))) MB amd64, $(arm $SIZE_ARM64_AGENT) MB arm64 | $(met $((SIZE_AMD64_AGENT < 26214400 && SIZE_ARM64_AGENT < 26214400))) |"
+fi
 echo "| L7: max req/s through one agent (b7) >= nginx (n) | $(calc "%.0f" "${MQ[agent1l7]}" 0 a) vs $(calc "%.0f" "${MQ[nginx]}" 0 a) req/s, (b7)/(n) = $(calc "%.2f" "${MQ[agent1l7]}" "${MQ[nginx]}" "a / b") | $(met "$(calc "%d" "${MQ[agent1l7]}" "${MQ[nginx]}" "a >= b")") |"
 echo "| L7: added p99 per hop < 300 µs at $QPS req/s, one agent (b7) | $(us "$(hop99 agent1l7)") | $(met "$(calc "%d" "$(hop99 agent1l7)" 0 "a < 0.3")") |"
 echo "| L7: added p99 per hop < 300 µs at $QPS req/s, two agents (c7) / 2 | $(us "$(hop99 agent2l7)") | $(met "$(calc "%d" "$(hop99 agent2l7)" 0 "a < 0.3")") |"
+if [ "$ONLY_L7" != 1 ]; then
 echo "| L7: the same for h2c, one agent (b2) | $(us "$(hop99 h2agent1)") | $(met "$(calc "%d" "$(hop99 h2agent1)" 0 "a < 0.3")") |"
 echo "| L7: the same for gRPC, one agent (bg) | $(us "$(hop99 grpcagent1)") | $(met "$(calc "%d" "$(hop99 grpcagent1)" 0 "a < 0.3")") |"
+fi
 echo "| (for comparison) nginx added p99 at $QPS req/s | $(us "$(hop99 nginx)") | $(met "$(calc "%d" "$(hop99 nginx)" 0 "a < 0.3")") |"
+if [ -n "$BASELINE_BIN" ]; then
+echo "| Regression check (issue 9): new within 5% of baseline ((b7) vs (b7-base): max req/s >= 95%, added p50 and p99 <= +5%) | max req/s new/baseline $(ratio "${MQ[agent1l7]}" "${MQ[agent1l7base]}") ($(met "$REG_Q")); added p50 $(add50 agent1l7) vs $(add50 agent1l7base) ms ($(met "$REG_50")); added p99 $(add99 agent1l7) vs $(add99 agent1l7base) ms ($(met "$REG_99")) | $(met "$REG") |"
+fi
+if [ "$ONLY_L7" != 1 ]; then
 echo
 echo "## 5. Go benchmarks"
 echo
@@ -618,6 +736,7 @@ echo
 echo '```'
 echo "$GOBENCH"
 echo '```'
+fi
 list_section "## Failures" "${FAILED[@]}"
 list_section "## Warnings" "${WARNED[@]}"
 } | tee "$REPORT"

@@ -193,11 +193,12 @@ EOF
     echo "  - {name: $svc-srv, service: $svc, namespace: $MESH_NS, address: 127.0.0.1, ports: [{name: $pname, port: $port}], check: {type: none}}"
   done
 }
-# vip AGENT_ADMIN_PORT SERVICE [TIER]: the VIP of MESH_NS/SERVICE once the
-# agent routes it to a healthy endpoint of TIER (default site: another agent,
-# over the mesh), else empty.
+# vip AGENT_ADMIN_PORT SERVICE [TIER [CLI]]: the VIP of MESH_NS/SERVICE once
+# the agent routes it to a healthy endpoint of TIER (default site: another
+# agent, over the mesh), else empty. CLI: the fogmesh binary that asks
+# (default $BIN/fogmesh; bench.sh's baseline agent is asked by its own build).
 vip() {
-  "$BIN/fogmesh" routes -agent "http://127.0.0.1:$1" 2>/dev/null |
+  "${4:-$BIN/fogmesh}" routes -agent "http://127.0.0.1:$1" 2>/dev/null |
     awk -v s="$MESH_NS/$2" -v t="${3:-site}" '$1 == s && $6 == t && $7 == "true" {print $2; exit}'
 }
 dump_routes() { # AGENT_ADMIN_PORT...: the agents' route tables, to stderr
