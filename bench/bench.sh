@@ -58,7 +58,7 @@ CLI_VIP_RANGE=127.232.0.0/16
 BASE_VIP_RANGE=127.233.0.0/16
 BASELINE_BIN=${BASELINE_BIN:-}
 ONLY_L7=${ONLY_L7:-0}
-[ "$ONLY_L7" = 1 ] && { SKIP_ARM64=1; SKIP_GOBENCH=1; }
+[ "$ONLY_L7" != 1 ] || { SKIP_ARM64=1; SKIP_GOBENCH=1; }
 
 # Ports on 127.0.0.1.
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
@@ -537,10 +537,10 @@ HOPS[h2direct]=0; HOPS[h2agent1]=1; HOPS[grpcdirect]=0; HOPS[grpcagent1]=1
 REF[h2ldirect]=h2ldirect; REF[h2lagent1]=h2ldirect; HOPS[h2ldirect]=0; HOPS[h2lagent1]=1
 hop99() { calc "%+.3f" "$(add99 "$1" "${REF[$1]}")" "${HOPS[$1]}" "a / b"; } # added p99 per hop, ms
 us() { case "$1" in *fail*|*n/a*) echo "n/a" ;; *) awk -v a="$1" 'BEGIN {printf "%+.0f µs", a * 1000}' ;; esac; }
-# cpureq ENGINE: the proxy's CPU time per request at the maximum rate, µs.
 ratio() { # A B: A / B, "n/a" if B is 0 or either is missing
   case $(calc "%d" "$1" "$2" "b == 0") in 0) calc "%.3f" "$1" "$2" "a / b" ;; *) echo "n/a" ;; esac
 }
+# cpureq ENGINE: the proxy's CPU time per request at the maximum rate, µs.
 cpureq() { calc "%.1f" "${MCPU[$1]}" "${MQ[$1]}" "a * 10000 / b"; }
 # The issue 9 regression check (BASELINE_BIN): the new build's (b7) within 5%
 # of the baseline's (b7-base): max req/s at least 95% of it, added p50 and
