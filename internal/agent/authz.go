@@ -505,7 +505,7 @@ func newAuthzServer(a *Agent) *authzServer {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	s.srv = &http.Server{
-		Handler:           http.HandlerFunc(s.handle),
+		Handler:           a.normalizingHandler(http.HandlerFunc(s.handle)),
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
@@ -575,7 +575,7 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	num, _ := portOf(sv, ms.h.Port)
 	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
-		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: r.URL.Path, Header: r.Header}
+		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: authzPath(r), Header: r.Header}
 	if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
 		writeDenied(w, r.Header)
 		return
@@ -641,7 +641,7 @@ func (a *Agent) authorizeLocalRequest(req *http.Request, t listenTarget) *http.R
 	}
 	num, _ := portOf(sv, t.port)
 	r := authz.Request{SourceID: req.Header.Get(SourceIDHeader), SourceNode: a.cfg.Node.Name, Namespace: sv.svc.Meta.Namespace,
-		Service: sv.svc.Meta.Name, Port: t.port, PortNumber: num, Proto: authz.HTTP, Method: req.Method, Path: req.URL.Path, Header: req.Header}
+		Service: sv.svc.Meta.Name, Port: t.port, PortNumber: num, Proto: authz.HTTP, Method: req.Method, Path: authzPath(req), Header: req.Header}
 	if a.decide(req.Context(), v.authz, &r).Allow {
 		return nil
 	}
