@@ -412,7 +412,8 @@ func (a *Agent) rebuild() {
 }
 
 func (a *Agent) rebuildLocked() {
-	a.view.Store(buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain()))
+	v := buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain())
+	a.noteInvalidPolicies(a.view.Swap(v), v)
 	ws := make([]Workload, 0, len(a.workloads))
 	for _, st := range a.workloads {
 		ws = append(ws, st.w)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -95,20 +96,65 @@ func (l slogDecisions) LogDecision(ctx context.Context, d AuthzRecord) {
 var _ DecisionLogger = slogDecisions{}
 
 // compileAuthz compiles the policies of the configuration. They were
-// validated when decoded; one that still does not compile is left out (and
-// the others kept) so that one bad resource cannot switch enforcement off.
-func compileAuthz(ps map[string]*api.AuthorizationPolicy) *authz.Engine {
+// validated when decoded; one that still does not compile (a newer control
+// plane's feature, a cache written by one) fails closed: it is replaced by
+// a DENY of everything it selects (its service, or without one its whole
+// namespace) under its own name, so that dropping it can never open what
+// it denied, nor what it was the only ALLOW of. The other policies are
+// kept. It returns what was replaced, one error per policy, sorted.
+func compileAuthz(ps map[string]*api.AuthorizationPolicy) (*authz.Engine, []error) {
 	if len(ps) == 0 {
-		return nil
+		return nil, nil
 	}
 	list := make([]*api.AuthorizationPolicy, 0, len(ps))
+	var invalid []error
 	for _, p := range ps {
-		if _, err := authz.Compile([]*api.AuthorizationPolicy{p}); err == nil {
-			list = append(list, p)
+		if _, err := authz.Compile([]*api.AuthorizationPolicy{p}); err != nil {
+			invalid = append(invalid, err)
+			p = denyAllSelectedBy(p)
+		}
+		list = append(list, p)
+	}
+	sort.Slice(invalid, func(i, j int) bool { return invalid[i].Error() < invalid[j].Error() })
+	e, err := authz.Compile(list)
+	if err != nil { // cannot be (each compiled alone), but never fail open
+		for i, p := range list {
+			list[i] = denyAllSelectedBy(p)
+		}
+		e, _ = authz.Compile(list)
+		invalid = append(invalid, err)
+	}
+	return e, invalid
+}
+
+// denyAllSelectedBy is the policy that stands in for p when p cannot be
+// enforced: DENY, with one rule that matches every request.
+func denyAllSelectedBy(p *api.AuthorizationPolicy) *api.AuthorizationPolicy {
+	return &api.AuthorizationPolicy{APIVersion: p.APIVersion, Kind: p.Kind, Meta: p.Meta,
+		Spec: api.AuthorizationPolicySpec{Service: p.Spec.Service, Action: api.ActionDeny, Rules: []api.AuthzRule{{}}}}
+}
+
+// noteInvalidPolicies logs the policies that fail closed in v and were not
+// already failing in old, and keeps fogmesh_authz_invalid_policies (how
+// many fail closed now) registered.
+func (a *Agent) noteInvalidPolicies(old, v *view) {
+	a.cfg.Metrics.GetOrCreateGauge(`fogmesh_authz_invalid_policies`, func() float64 {
+		if v := a.view.Load(); v != nil {
+			return float64(len(v.authzInvalid))
+		}
+		return 0
+	})
+	known := map[string]bool{}
+	if old != nil {
+		for _, err := range old.authzInvalid {
+			known[err.Error()] = true
 		}
 	}
-	e, _ := authz.Compile(list)
-	return e
+	for _, err := range v.authzInvalid {
+		if !known[err.Error()] {
+			a.log.Error("agent: authorization policy cannot be enforced; denying everything it selects", "err", err)
+		}
+	}
 }
 
 // localIdentities maps the addresses of this node's workloads to their
