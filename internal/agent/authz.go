@@ -24,7 +24,9 @@ import (
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
-// Authorization is enforced by the agent of the destination endpoint:
+// Authorization is enforced by the agent of the destination endpoint, or
+// by the client's agent where the endpoint has no agent of its own (a
+// static endpoint, applied with 'fogmesh apply'; see decidesHere):
 //
 //   - TCP ports: once per mesh stream (DialLocal), or per accepted VIP
 //     connection for a local endpoint (handleConn); a denied mesh stream is
@@ -43,6 +45,11 @@ import (
 //   - auto ports are authorized per connection (as TCP).
 //
 // Only destinations that a policy selects are metered and logged.
+
+// decidesHere reports whether this agent authorizes what it sends to ev:
+// a local endpoint, or a static one, which no agent stands in front of.
+// Requests to any other endpoint are decided by the endpoint's agent.
+func decidesHere(ev *endpointView) bool { return ev.local || ev.mesh == "" }
 
 // SourceIDHeader carries the SPIFFE ID of the client workload from the
 // source agent to the destination agent on L7 requests: pooled upstream
@@ -678,7 +685,8 @@ func (a *Agent) setSourceIdentity(in, out *http.Request) {
 }
 
 // authorizeLocalRequest is the L7 path's hook before a request goes to a
-// local endpoint: nil when allowed, else the response to give.
+// local or static endpoint (decidesHere): nil when allowed, else the
+// response to give.
 func (a *Agent) authorizeLocalRequest(req *http.Request, t listenTarget) *http.Response {
 	v := a.view.Load()
 	sv := v.services[t.svc]

@@ -439,7 +439,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if i > 0 {
 			a.m.failovers.Inc()
 		}
-		if ev.local { // a remote endpoint's agent authorizes there
+		if decidesHere(ev) { // a remote endpoint's agent authorizes there
 			if resp := a.authorizeLocalRequest(req, t); resp != nil {
 				return resp, nil
 			}
