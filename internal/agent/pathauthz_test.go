@@ -258,3 +258,46 @@ spec:
 		})
 	}
 }
+
+// TestRoutesMatchNormalisedPath: route rules match the normalised path,
+// the one authorization matches and the workload gets, so a rule for
+// /admin/ catches every spelling that reaches /admin/ (and "/public/..%2F"
+// stays a /public path under BASE, for routes as for policies).
+func TestRoutesMatchNormalisedPath(t *testing.T) {
+	sv := &serviceView{route: &api.Route{Spec: api.RouteSpec{Rules: []api.RouteRule{
+		{Name: "admin", Match: []api.RouteMatch{{Path: &api.StringMatch{Prefix: "/admin/"}}}},
+		{Name: "public", Match: []api.RouteMatch{{Path: &api.StringMatch{Prefix: "/public/"}}}},
+	}}}}
+	for _, c := range []struct {
+		target string
+		mode   pathnorm.Mode
+		rule   string
+	}{
+		{"/admin/x", pathnorm.Base, "admin"},
+		{"/public/../admin/x", pathnorm.Base, "admin"},
+		{"/public/%2e%2e/admin/x", pathnorm.Base, "admin"},
+		{"http://h/public/../admin/x", pathnorm.Base, "admin"},
+		{"/%61dmin/x", pathnorm.Base, "admin"},
+		{"/public/..%2fadmin/x", pathnorm.Base, "public"},
+		{"/public%2f..%2fadmin/x", pathnorm.Base, ""},
+		{"/public%2f..%2fadmin/x", pathnorm.DecodeAndMergeSlashes, "admin"},
+		{"//admin/x", pathnorm.Base, ""},
+		{"//admin/x", pathnorm.MergeSlashes, "admin"},
+	} {
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader("GET " + c.target + " HTTP/1.1\r\nHost: h\r\n\r\n")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := &Agent{cfg: Config{PathNormalization: c.mode}}
+		if err := a.normalizePath(req); err != nil {
+			t.Fatalf("%s: %v", c.target, err)
+		}
+		got := ""
+		if r := sv.matchRule(req); r != nil {
+			got = r.Name
+		}
+		if got != c.rule {
+			t.Errorf("%v %s (normalised %s): rule %q, want %q", c.mode, c.target, authzPath(req), got, c.rule)
+		}
+	}
+}
