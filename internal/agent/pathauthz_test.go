@@ -301,3 +301,20 @@ func TestRoutesMatchNormalisedPath(t *testing.T) {
 		}
 	}
 }
+
+// TestNormalizePathCleanNoAlloc: the common request, whose path is
+// already normal, costs the fast path no allocation to normalise.
+func TestNormalizePathCleanNoAlloc(t *testing.T) {
+	req, err := http.ReadRequest(bufio.NewReader(strings.NewReader("GET /api/v1/orders/42?x=1 HTTP/1.1\r\nHost: h\r\n\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{}
+	if n := testing.AllocsPerRun(100, func() {
+		if err := a.normalizePath(req); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("%v allocations", n)
+	}
+}

@@ -174,6 +174,12 @@ func FuzzNormalize(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, in string, mb uint8) {
+		if p, rest, err := SplitTarget(in); err == nil {
+			if p != "*" && !strings.HasPrefix(p, "/") || strings.Contains(p, "?") || rest != "" && rest[0] != '?' ||
+				!strings.HasSuffix(in, p+rest) {
+				t.Fatalf("SplitTarget(%q) = %q, %q", in, p, rest)
+			}
+		}
 		m := Mode(mb % 4)
 		out, err := Normalize(in, m)
 		if err != nil {
