@@ -131,8 +131,8 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			writeH1Status(bw, readRequestStatus(err), err.Error())
 			return
 		}
-		if err := s.a.normalizePath(req); err != nil {
-			writeH1Status(bw, http.StatusBadRequest, "bad request path: "+err.Error())
+		if err := s.a.normalizeRequest(req); err != nil {
+			writeH1Status(bw, http.StatusBadRequest, err.Error())
 			return
 		}
 		if req.ContentLength != 0 {

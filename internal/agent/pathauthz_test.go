@@ -67,8 +67,8 @@ type pathResult struct {
 	body string
 }
 
-// rawH1 sends target as it is in an HTTP/1.1 request line.
-func rawH1(t *testing.T, addr, target string) pathResult {
+// rawH1 sends method and target as they are in an HTTP/1.1 request line.
+func rawH1(t *testing.T, addr, method, target string) pathResult {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
 	if err != nil {
@@ -76,7 +76,7 @@ func rawH1(t *testing.T, addr, target string) pathResult {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: files\r\nConnection: close\r\n\r\n", target)
+	fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: files\r\nConnection: close\r\n\r\n", method, target)
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		t.Fatalf("GET %s over HTTP/1.1: %v", target, err)
@@ -87,7 +87,7 @@ func rawH1(t *testing.T, addr, target string) pathResult {
 }
 
 // h2c sends target as the :path of a cleartext HTTP/2 request.
-func h2c(t *testing.T, addr, target string) pathResult {
+func h2c(t *testing.T, addr, method, target string) pathResult {
 	t.Helper()
 	dec, err := url.PathUnescape(target)
 	if err != nil {
@@ -101,7 +101,7 @@ func h2c(t *testing.T, addr, target string) pathResult {
 	protos.SetUnencryptedHTTP2(true)
 	tr := &http.Transport{Protocols: &protos}
 	defer tr.CloseIdleConnections()
-	req := &http.Request{Method: "GET", URL: u, Host: "files", Header: http.Header{}}
+	req := &http.Request{Method: method, URL: u, Host: "files", Header: http.Header{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	resp, err := tr.RoundTrip(req.WithContext(ctx))
@@ -239,12 +239,12 @@ spec:
 					if where == "local" {
 						svc = "l" + svc
 					}
-					clients := map[string]func(*testing.T, string, string) pathResult{"HTTP/1.1": rawH1, "h2c": h2c}
+					clients := map[string]func(*testing.T, string, string, string) pathResult{"HTTP/1.1": rawH1, "h2c": h2c}
 					for proto, send := range clients {
 						if proto == "h2c" && at.h1only {
 							continue
 						}
-						r := send(t, addr[svc], at.target)
+						r := send(t, addr[svc], "GET", at.target)
 						if r.code != w.code || strings.Contains(r.body, "ADMIN SECRET") && w.code != 200 || w.code == 200 && r.got != w.got {
 							t.Errorf("%s %s endpoint, %s %s: %d, workload got %q (%q); want %d, %q",
 								proto, where, svc, at.target, r.code, r.got, r.body, w.code, w.got)
@@ -252,6 +252,15 @@ spec:
 						if w.code != 200 && r.got != "" {
 							t.Errorf("%s %s endpoint, %s %s: reached the workload as %q", proto, where, svc, at.target, r.got)
 						}
+					}
+				}
+			}
+			// A method must be upper case (Istio), or a DENY on GET could
+			// be walked around with "get".
+			for _, svc := range []string{"files", "lfiles"} {
+				for proto, send := range map[string]func(*testing.T, string, string, string) pathResult{"HTTP/1.1": rawH1, "h2c": h2c} {
+					if r := send(t, addr[svc], "get", "/public/a.txt"); r.code != 400 || r.got != "" {
+						t.Errorf("%s %s: method get: %d, workload got %q; want 400", proto, svc, r.code, r.got)
 					}
 				}
 			}
@@ -289,7 +298,7 @@ func TestRoutesMatchNormalisedPath(t *testing.T) {
 			t.Fatal(err)
 		}
 		a := &Agent{cfg: Config{PathNormalization: c.mode}}
-		if err := a.normalizePath(req); err != nil {
+		if err := a.normalizeRequest(req); err != nil {
 			t.Fatalf("%s: %v", c.target, err)
 		}
 		got := ""
@@ -311,7 +320,7 @@ func TestNormalizePathCleanNoAlloc(t *testing.T) {
 	}
 	a := &Agent{}
 	if n := testing.AllocsPerRun(100, func() {
-		if err := a.normalizePath(req); err != nil {
+		if err := a.normalizeRequest(req); err != nil {
 			t.Fatal(err)
 		}
 	}); n != 0 {
