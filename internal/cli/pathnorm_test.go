@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -36,5 +37,15 @@ func TestAgentConfigPathNormalization(t *testing.T) {
 	cfg = agent.Config{}
 	if err := DecodeConfig(b, &cfg); err != nil || agent.CheckConfig(cfg) != nil {
 		t.Errorf("examples/agent.yaml: %v %v", err, agent.CheckConfig(cfg))
+	}
+}
+
+// TestAgentPathNormalizationFlag: a bad -path-normalization is a usage
+// error naming the flag (before anything starts).
+func TestAgentPathNormalizationFlag(t *testing.T) {
+	err := RunAgent("fogmesh", []string{"-name", "a", "-site", "s", "-region", "r", "-path-normalization", "MERGE"})
+	var ue *UsageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "-path-normalization") {
+		t.Fatalf("got %v, want a usage error naming -path-normalization", err)
 	}
 }
