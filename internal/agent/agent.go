@@ -422,7 +422,7 @@ func (a *Agent) rebuild() {
 func (a *Agent) rebuildLocked() {
 	v := buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain())
 	v.attest = localAttestations(a.workloads)
-	a.view.Store(v)
+	a.noteInvalidPolicies(a.view.Swap(v), v)
 	ws := make([]Workload, 0, len(a.workloads))
 	for _, st := range a.workloads {
 		ws = append(ws, st.w)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,7 +24,9 @@ import (
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
-// Authorization is enforced by the agent of the destination endpoint:
+// Authorization is enforced by the agent of the destination endpoint, or
+// by the client's agent where the endpoint has no agent of its own (a
+// static endpoint, applied with 'fogmesh apply'; see decidesHere):
 //
 //   - TCP ports: once per mesh stream (DialLocal), or per accepted VIP
 //     connection for a local endpoint (handleConn); a denied mesh stream is
@@ -42,6 +45,11 @@ import (
 //   - auto ports are authorized per connection (as TCP).
 //
 // Only destinations that a policy selects are metered and logged.
+
+// decidesHere reports whether this agent authorizes what it sends to ev:
+// a local endpoint, or a static one, which no agent stands in front of.
+// Requests to any other endpoint are decided by the endpoint's agent.
+func decidesHere(ev *endpointView) bool { return ev.local || ev.mesh == "" }
 
 // SourceIDHeader carries the SPIFFE ID of the client workload from the
 // source agent to the destination agent on L7 requests: pooled upstream
@@ -95,20 +103,65 @@ func (l slogDecisions) LogDecision(ctx context.Context, d AuthzRecord) {
 var _ DecisionLogger = slogDecisions{}
 
 // compileAuthz compiles the policies of the configuration. They were
-// validated when decoded; one that still does not compile is left out (and
-// the others kept) so that one bad resource cannot switch enforcement off.
-func compileAuthz(ps map[string]*api.AuthorizationPolicy) *authz.Engine {
+// validated when decoded; one that still does not compile (a newer control
+// plane's feature, a cache written by one) fails closed: it is replaced by
+// a DENY of everything it selects (its service, or without one its whole
+// namespace) under its own name, so that dropping it can never open what
+// it denied, nor what it was the only ALLOW of. The other policies are
+// kept. It returns what was replaced, one error per policy, sorted.
+func compileAuthz(ps map[string]*api.AuthorizationPolicy) (*authz.Engine, []error) {
 	if len(ps) == 0 {
-		return nil
+		return nil, nil
 	}
 	list := make([]*api.AuthorizationPolicy, 0, len(ps))
+	var invalid []error
 	for _, p := range ps {
-		if _, err := authz.Compile([]*api.AuthorizationPolicy{p}); err == nil {
-			list = append(list, p)
+		if _, err := authz.Compile([]*api.AuthorizationPolicy{p}); err != nil {
+			invalid = append(invalid, err)
+			p = denyAllSelectedBy(p)
+		}
+		list = append(list, p)
+	}
+	sort.Slice(invalid, func(i, j int) bool { return invalid[i].Error() < invalid[j].Error() })
+	e, err := authz.Compile(list)
+	if err != nil { // cannot be (each compiled alone), but never fail open
+		for i, p := range list {
+			list[i] = denyAllSelectedBy(p)
+		}
+		e, _ = authz.Compile(list)
+		invalid = append(invalid, err)
+	}
+	return e, invalid
+}
+
+// denyAllSelectedBy is the policy that stands in for p when p cannot be
+// enforced: DENY, with one rule that matches every request.
+func denyAllSelectedBy(p *api.AuthorizationPolicy) *api.AuthorizationPolicy {
+	return &api.AuthorizationPolicy{APIVersion: p.APIVersion, Kind: p.Kind, Meta: p.Meta,
+		Spec: api.AuthorizationPolicySpec{Service: p.Spec.Service, Action: api.ActionDeny, Rules: []api.AuthzRule{{}}}}
+}
+
+// noteInvalidPolicies logs the policies that fail closed in v and were not
+// already failing in old, and keeps fogmesh_authz_invalid_policies (how
+// many fail closed now) registered.
+func (a *Agent) noteInvalidPolicies(old, v *view) {
+	a.cfg.Metrics.GetOrCreateGauge(`fogmesh_authz_invalid_policies`, func() float64 {
+		if v := a.view.Load(); v != nil {
+			return float64(len(v.authzInvalid))
+		}
+		return 0
+	})
+	known := map[string]bool{}
+	if old != nil {
+		for _, err := range old.authzInvalid {
+			known[err.Error()] = true
 		}
 	}
-	e, _ := authz.Compile(list)
-	return e
+	for _, err := range v.authzInvalid {
+		if !known[err.Error()] {
+			a.log.Error("agent: authorization policy cannot be enforced; denying everything it selects", "err", err)
+		}
+	}
 }
 
 // localIdentities maps the addresses of this node's workloads to their
@@ -504,7 +557,7 @@ func newAuthzServer(a *Agent) *authzServer {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	s.srv = &http.Server{
-		Handler:           http.HandlerFunc(s.handle),
+		Handler:           a.normalizingHandler(http.HandlerFunc(s.handle)),
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
@@ -574,7 +627,7 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	num, _ := portOf(sv, ms.h.Port)
 	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
-		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: r.URL.Path, Header: r.Header}
+		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: authzPath(r), Header: r.Header}
 	if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
 		writeDenied(w, r.Header)
 		return
@@ -628,7 +681,8 @@ func (a *Agent) setSourceIdentity(ctx context.Context, out *http.Request) {
 }
 
 // authorizeLocalRequest is the L7 path's hook before a request goes to a
-// local endpoint: nil when allowed, else the response to give.
+// local or static endpoint (decidesHere): nil when allowed, else the
+// response to give.
 func (a *Agent) authorizeLocalRequest(req *http.Request, t listenTarget) *http.Response {
 	v := a.view.Load()
 	sv := v.services[t.svc]
@@ -637,7 +691,7 @@ func (a *Agent) authorizeLocalRequest(req *http.Request, t listenTarget) *http.R
 	}
 	num, _ := portOf(sv, t.port)
 	r := authz.Request{SourceID: req.Header.Get(SourceIDHeader), SourceNode: a.cfg.Node.Name, Namespace: sv.svc.Meta.Namespace,
-		Service: sv.svc.Meta.Name, Port: t.port, PortNumber: num, Proto: authz.HTTP, Method: req.Method, Path: req.URL.Path, Header: req.Header}
+		Service: sv.svc.Meta.Name, Port: t.port, PortNumber: num, Proto: authz.HTTP, Method: req.Method, Path: authzPath(req), Header: req.Header}
 	if a.decide(req.Context(), v.authz, &r).Allow {
 		return nil
 	}

@@ -458,7 +458,7 @@ spec: {}
 	if loaded.authz["locked/deny-all"] == nil {
 		t.Fatalf("policy not in the cache: %+v", loaded.authz)
 	}
-	if e := compileAuthz(loaded.authz); !e.Selects("locked", "anything") {
+	if e, _ := compileAuthz(loaded.authz); !e.Selects("locked", "anything") {
 		t.Fatal("cached policy not enforced")
 	}
 }

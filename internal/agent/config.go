@@ -12,6 +12,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/pathnorm"
 )
 
 // Config configures an agent. Zero values take the defaults in comments.
@@ -61,6 +62,14 @@ type Config struct {
 	// EjectFor is how long an endpoint that refused a connection is skipped
 	// (default 10s); a local one returns as soon as its check passes.
 	EjectFor Duration `json:"ejectFor,omitempty"`
+	// PathNormalization is how the path of every HTTP request is
+	// normalised before it is routed, authorized and sent on (the same
+	// path for all three): Istio's MeshConfig pathNormalization options
+	// NONE, BASE (default: RFC 3986 dot segments, '\' to '/', escaped
+	// unreserved characters decoded), MERGE_SLASHES (also "//" to "/") and
+	// DECODE_AND_MERGE_SLASHES (also %2F and %5C decoded first). Also
+	// accepted in Istio's form {normalization: NAME}. See internal/pathnorm.
+	PathNormalization pathnorm.Mode `json:"pathNormalization,omitempty"`
 	// Audit configures the node's audit log, kept in StateDir/audit and
 	// shipped to the control plane (default: record denied authorization
 	// decisions only; see AuditConfig).
@@ -213,6 +222,9 @@ func (c *Config) validate() error {
 	}
 	if c.EjectFor <= 0 {
 		c.EjectFor = Duration(10 * time.Second)
+	}
+	if c.PathNormalization > pathnorm.DecodeAndMergeSlashes {
+		return fmt.Errorf("pathNormalization: %v is not an option", c.PathNormalization)
 	}
 	if err := c.Audit.validate(); err != nil {
 		return err

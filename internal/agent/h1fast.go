@@ -131,6 +131,10 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			writeH1Status(bw, readRequestStatus(err), err.Error())
 			return
 		}
+		if err := s.a.normalizeRequest(req); err != nil {
+			writeH1Status(bw, http.StatusBadRequest, err.Error())
+			return
+		}
 		if req.ContentLength != 0 {
 			c.SetReadDeadline(time.Time{}) // no deadline on bodies (net/http: ReadTimeout 0)
 		}

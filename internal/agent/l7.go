@@ -121,7 +121,7 @@ func newL7(a *Agent) *l7 {
 		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
 	s.srv = &http.Server{
-		Handler:           rp,
+		Handler:           a.normalizingHandler(rp),
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       defaultL7Idle, // and a service's timeouts.idle, by connState
@@ -440,7 +440,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if i > 0 {
 			a.m.failovers.Inc()
 		}
-		if ev.local { // a remote endpoint's agent authorizes there
+		if decidesHere(ev) { // a remote endpoint's agent authorizes there
 			if resp := a.authorizeLocalRequest(req, t); resp != nil {
 				return resp, nil
 			}
@@ -622,7 +622,7 @@ func matches(m *api.RouteMatch, req *http.Request, host string) bool {
 	if m.Method != "" && m.Method != req.Method {
 		return false
 	}
-	if !m.Path.Matches(req.URL.Path) || !m.Host.Matches(host) {
+	if !m.Path.Matches(req.URL.EscapedPath()) || !m.Host.Matches(host) { // normalised, as authorization sees it
 		return false
 	}
 	for name, sm := range m.Headers {

@@ -123,6 +123,14 @@ func (lt *lbTransport) mirror(req *http.Request, sv *serviceView, t listenTarget
 				return a.egressRoundTrip(inner, sv, ev, r)
 			})
 		}
+		// A copy to an endpoint without an agent of its own is
+		// authorized here, as the original would be.
+		if decidesHere(ev) {
+			if resp := a.authorizeLocalRequest(out, listenTarget{svc: target, port: port}); resp != nil {
+				count("denied")
+				return
+			}
+		}
 		resp, err := rt.RoundTrip(out)
 		if err != nil {
 			count("error")

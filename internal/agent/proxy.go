@@ -210,7 +210,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 			a.m.failovers.Inc()
 		}
 		var mqttCheck func(string, []string) bool
-		if ev.local && v.authz != nil { // a remote endpoint's agent decides
+		if decidesHere(ev) && v.authz != nil { // a remote endpoint's agent decides
 			d, mode := a.authorizeConn(ctx, v, sv, t.port, clientID, a.cfg.Node.Name)
 			if !d.Allow {
 				return

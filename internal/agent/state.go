@@ -219,6 +219,9 @@ type view struct {
 	byVIP    map[netip.AddrPort]listenTarget
 	// authz is the compiled AuthorizationPolicies (nil: none, allow all).
 	authz *authz.Engine
+	// authzInvalid: the policies that did not compile and fail closed
+	// (compileAuthz).
+	authzInvalid []error
 	// ids maps local workload addresses to their SPIFFE IDs (authz.go).
 	ids map[netip.Addr]string
 	// attest: local workload addresses -> the attest selectors declared
@@ -403,7 +406,7 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 			sv.subsets[ss.Name] = ss.Labels
 		}
 	}
-	v.authz = compileAuthz(res.authz)
+	v.authz, v.authzInvalid = compileAuthz(res.authz)
 	v.ids = localIdentities(td, local)
 	v.nodeIDs = map[string]map[string]bool{}
 	for _, e := range res.endpoints {

@@ -1,8 +1,10 @@
 // Package authz decides whether a request may reach a service: it compiles
 // AuthorizationPolicy resources into an engine indexed by destination and
 // evaluates one request at a time, without I/O, clocks or locks. The agent
-// of the destination endpoint asks it for every mesh connection, HTTP
-// request and MQTT PUBLISH/SUBSCRIBE (internal/agent/authz.go); it exists
+// of the destination endpoint (or the client's, for an endpoint without an
+// agent) asks it for every mesh connection, HTTP request (its normalised
+// path: internal/pathnorm) and MQTT PUBLISH/SUBSCRIBE
+// (internal/agent/authz.go); it exists
 // apart from the agent so the semantics can be tested (and benchmarked)
 // step by step.
 //

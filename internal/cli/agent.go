@@ -30,6 +30,7 @@ func RunAgent(prog string, args []string) error {
 		stateDir   = fs.String("state-dir", "", "directory for the configuration cache (default /var/lib/fogmesh/agent)")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (dns, mesh, admin, gossip) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		insecure   = fs.Bool("insecure", false, "plaintext sync and mesh port, no identities: tests and local experiments only")
+		pathNorm   = fs.String("path-normalization", "", "HTTP path normalisation, Istio's options: NONE, BASE (default), MERGE_SLASHES, DECODE_AND_MERGE_SLASHES")
 		joinToken  = fs.String("join-token", os.Getenv("FOGMESH_JOIN_TOKEN"), "join token from 'fogmesh token create -site SITE' ($FOGMESH_JOIN_TOKEN); needed once, when the state dir holds no certificate")
 		logf       LogFlags
 	)
@@ -64,6 +65,11 @@ func RunAgent(prog string, args []string) error {
 	override("vip-range", &cfg.VIPRange, *vipRange)
 	override("vip6-range", &cfg.VIP6Range, *vip6Range)
 	override("state-dir", &cfg.StateDir, *stateDir)
+	if set["path-normalization"] {
+		if err := cfg.PathNormalization.UnmarshalText([]byte(*pathNorm)); err != nil {
+			return &UsageError{Err: fmt.Errorf("agent: -path-normalization: %w", err)}
+		}
+	}
 	if set["insecure"] {
 		cfg.Insecure = *insecure
 	}
