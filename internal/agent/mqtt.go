@@ -98,7 +98,7 @@ func (a *Agent) relayMQTT(ctx context.Context, client, up net.Conn, cn mqtt.Conn
 		io.Copy(client, up)
 	}()
 	var reason byte // the DISCONNECT reason for an MQTT 5 client, 0 for none
-	defer func() { // closeRelay
+	defer func() {  // closeRelay
 		defer wg.Wait()
 		if !stop() {
 			return // ended by the broker or the agent: both sides are closed
