@@ -367,7 +367,11 @@ func ParseConnect(body []byte) (Connect, error) {
 		return fail(malformed("password without user name")) // [MQTT-3.1.2-22]
 	}
 	if c.Version == 5 {
-		d.properties("CONNECT", connectProps, nil)
+		d.properties("CONNECT", connectProps, func(id byte, v uint32) {
+			if v == 0 && (id == 0x21 || id == 0x27) { // receive maximum, maximum packet size
+				d.fail(protocolErr(0x82, "CONNECT property %#x is 0", id)) // MQTT 5 §3.1.2.11.3, §3.1.2.11.4
+			}
+		})
 	}
 	c.ClientID = d.str("client identifier")
 	if c.Will {

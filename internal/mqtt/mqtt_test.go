@@ -144,6 +144,7 @@ func TestReadConnect(t *testing.T) {
 		"v5 property twice":     connectBytes("MQTT", 5, 2, []byte{6, 0x21, 0, 1, 0x21, 0, 1}, s16("x")),
 		"v5 property overruns":  connectBytes("MQTT", 5, 2, []byte{9, 0x21, 0, 1}, s16("x")),
 		"v5 will property":      connectBytes("MQTT", 5, 6, []byte{0}, s16("x"), []byte{2, 0x23, 0}, s16("a"), s16("m")),
+		"v5 receive maximum 0":  connectBytes("MQTT", 5, 2, []byte{3, 0x21, 0, 0}, s16("x")),
 		"empty":                 {},
 	} {
 		if _, _, err := ReadConnect(bytes.NewReader(in)); err == nil {
@@ -251,6 +252,9 @@ func TestSession(t *testing.T) {
 		"bad filter":                {4, []step{{sub(4, "a/#/b"), "", 0x81}}},
 		"no filter":                 {4, []step{{sub(4), "", 0x82}}},
 		"reserved option bits":      {4, []step{{pkt(0x82, []byte{0, 1}, s16("a"), []byte{0x05}), "", 0x81}}},
+		"v5 reserved option bits":   {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x41}), "", 0x81}}},
+		"v5 retain handling 3":      {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x31}), "", 0x82}}},
+		"v5 options":                {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x2e}), "a", 0}}},
 		"PINGREQ and DISCONNECT":    {4, []step{{[]byte{0xc0, 0}, "", 0}, {[]byte{0xe0, 0}, "", 0}}},
 	} {
 		s := Session{Version: c.version}

@@ -190,8 +190,10 @@ func ParseSubscribe(body []byte, version byte) (Subscribe, error) {
 			return s, malformed("SUBSCRIBE: QoS 3")
 		case version < 5 && f.Options&^3 != 0:
 			return s, malformed("SUBSCRIBE: reserved bits set") // [MQTT-3-8.3-4]
-		case version == 5 && (f.Options&0xc0 != 0 || f.Options>>4&3 == 3):
-			return s, malformed("SUBSCRIBE: reserved bits or retain handling 3")
+		case version == 5 && f.Options&0xc0 != 0:
+			return s, malformed("SUBSCRIBE: reserved bits set") // [MQTT-3.8.3-5]
+		case version == 5 && f.Options>>4&3 == 3:
+			return s, protocolErr(0x82, "SUBSCRIBE: retain handling 3")
 		case version == 5 && f.Options&4 != 0 && f.Filter != SubscribedFilter(f.Filter):
 			return s, protocolErr(0x82, "SUBSCRIBE: no local on a shared subscription") // [MQTT-3.8.3-4]
 		}
