@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -127,8 +128,9 @@ func (a *Agent) relayMQTT(ctx context.Context, client, up net.Conn, cn mqtt.Conn
 		client.Close()
 	}()
 	sess := mqtt.Session{Version: cn.Version}
+	in := bufio.NewReader(client) // the relay reads the client to the end: buffering is safe
 	for {
-		h, raw, body, err := mqtt.ReadPacket(client, mqtt.MaxPacketSize)
+		h, raw, body, err := mqtt.ReadPacket(in, mqtt.MaxPacketSize)
 		if err != nil {
 			if err != io.EOF && ctx.Err() == nil {
 				a.m.mqttBad.Inc()
