@@ -462,6 +462,16 @@ metadata: {name: vault, namespace: demo}
 spec: {ports: [{name: mqtt, port: 18852, protocol: mqtt}]}
 ---
 apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: closed, namespace: demo}
+spec: {ports: [{name: mqtt, port: 18853, protocol: mqtt}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: closed-nobody, namespace: demo}
+spec: {service: closed, rules: [{from: [{principals: ["*/sa/nobody"]}]}]}
+---
+apiVersion: fogmesh.io/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: vault-secrets, namespace: demo}
 spec: {service: vault, action: DENY, rules: [{to: [{subscribe: ["secrets/#"]}]}]}
@@ -471,7 +481,7 @@ spec: {service: vault, action: DENY, rules: [{to: [{subscribe: ["secrets/#"]}]}]
 		return Workload{Name: svc + "-b", Service: svc, Namespace: "demo", Ports: []api.EndpointPort{{Name: "mqtt", Port: b}}}
 	}
 	srv := startAgent(t, agentOpts{name: "mqsrv", site: "s1", region: "r1", vipOctet: 246, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{broker("plant"), broker("vault")}})
+		workloads: []Workload{broker("plant"), broker("vault"), broker("closed")}})
 	cli := startAgent(t, agentOpts{name: "mqcli", site: "s1", region: "r1", vipOctet: 247, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
 	willDenied := func(a *Agent, topic string) bool {
 		return !a.view.Load().authz.Decide(&authz.Request{Namespace: "demo", Service: "plant", Port: "mqtt", PortNumber: 18851,
@@ -479,7 +489,8 @@ spec: {service: vault, action: DENY, rules: [{to: [{subscribe: ["secrets/#"]}]}]
 	}
 	for _, a := range []*Agent{srv, cli} {
 		waitFor(t, "endpoints and policies", func() bool {
-			return len(endpointsOf(a, "demo/plant")) == 1 && len(endpointsOf(a, "demo/vault")) == 1 && a.view.Load().authz.Len() == 2
+			return len(endpointsOf(a, "demo/plant")) == 1 && len(endpointsOf(a, "demo/vault")) == 1 && len(endpointsOf(a, "demo/closed")) == 1 &&
+				a.view.Load().authz.Len() == 3
 		})
 	}
 	vip := func(a *Agent, svc string, port int) string {
@@ -512,7 +523,7 @@ spec: {service: vault, action: DENY, rules: [{to: [{subscribe: ["secrets/#"]}]}]
 		name string
 		a    *Agent // whose VIP the client connects to
 	}{{"local endpoint", srv}, {"remote endpoint", cli}} {
-		plant, vault := vip(path.a, "plant", 18851), vip(path.a, "vault", 18852)
+		plant, vault, closed := vip(path.a, "plant", 18851), vip(path.a, "vault", 18852), vip(path.a, "closed", 18853)
 		host, port, _ := net.SplitHostPort(plant)
 		t.Run(path.name, func(t *testing.T) {
 			for _, v := range []string{"mqttv311", "mqttv5"} {
@@ -536,6 +547,14 @@ spec: {service: vault, action: DENY, rules: [{to: [{subscribe: ["secrets/#"]}]}]
 				if got := w.mark(t); !has(got, "sensors/w/temperature gone-"+v) || has(got, "actuators/") {
 					t.Errorf("%s: after a cut-off with an allowed will the broker delivered %q", v, got)
 				}
+			}
+
+			// A connection denied as a whole gets a CONNACK refusal too.
+			if got := exchange(t, closed, mqttPkt(0x10, mqttStr("MQTT"), []byte{4, 2, 0, 30}, mqttStr("x"))); !bytes.Equal(got, []byte{0x20, 2, 0, 5}) {
+				t.Errorf("3.1.1 connection denied by policy: got % x, want CONNACK 0x05", got)
+			}
+			if got := exchange(t, closed, mqttPkt(0x10, mqttStr("MQTT"), []byte{5, 2, 0, 30, 0}, mqttStr("x"))); !bytes.Equal(got, []byte{0x20, 3, 0, 0x87, 0}) {
+				t.Errorf("MQTT 5 connection denied by policy: got % x, want CONNACK 0x87", got)
 			}
 
 			// MQTT 5 topic aliases: the second and third messages name their

@@ -210,6 +210,9 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		if ev.local && v.authz != nil { // a remote endpoint's agent decides
 			d, mode := a.authorizeConn(ctx, v, sv, t.port, clientID, a.cfg.Node.Name)
 			if !d.Allow {
+				if t.proto == "mqtt" {
+					client.Write(mqtt.Connack(mqttConn.Version, mqtt.RefuseNotAuthorized))
+				}
 				return
 			}
 			if mode == modeMQTT {
@@ -232,6 +235,9 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		}
 		if errors.Is(err, transport.ErrDenied) {
 			a.log.Debug("agent: connection denied by the endpoint's agent", "service", t.svc, "endpoint", ev.key, "err", err)
+			if t.proto == "mqtt" {
+				client.Write(mqtt.Connack(mqttConn.Version, mqtt.RefuseNotAuthorized))
+			}
 			return // every endpoint of the service would deny it: no failover
 		}
 		if err != nil {
