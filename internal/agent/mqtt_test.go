@@ -569,7 +569,7 @@ spec: {service: vault, action: DENY, rules: [{to: [{subscribe: ["secrets/#"]}]}]
 			// An alias never set is a protocol error (DISCONNECT 0x82).
 			connect5 := mqttPkt(0x10, mqttStr("MQTT"), []byte{5, 2, 0, 30, 0}, mqttStr("alias-probe"))
 			unknownAlias := mqttPkt(0x30, mqttStr(""), []byte{3, 0x23, 0, 9}, []byte("x"))
-			if got := exchange(t, plant, append(connect5, unknownAlias...)); !bytes.HasSuffix(got, []byte{0xe0, 1, 0x82}) {
+			if got := exchange(t, plant, append(connect5, unknownAlias...)); len(got) < 6 || got[0] != 0x20 || !bytes.HasSuffix(got, []byte{0xe0, 1, 0x82}) {
 				t.Errorf("PUBLISH by an unknown alias: got % x, want DISCONNECT 0x82 after the CONNACK", got)
 			}
 
@@ -585,7 +585,7 @@ spec: {service: vault, action: DENY, rules: [{to: [{subscribe: ["secrets/#"]}]}]
 			if first := firstPackets(t, vault, append(connect5, subscribe("public/#")...), 2); first[1] != 0x90 {
 				t.Errorf("subscription no DENY rule names: answer type %#x, want SUBACK", first[1])
 			}
-			if got := exchange(t, vault, append(connect5, subscribe("$share/g/secrets/#")...)); !bytes.HasSuffix(got, []byte{0xe0, 1, 0x87}) {
+			if got := exchange(t, vault, append(connect5, subscribe("$share/g/secrets/#")...)); len(got) < 6 || got[0] != 0x20 || !bytes.HasSuffix(got, []byte{0xe0, 1, 0x87}) {
 				t.Errorf("shared subscription to a denied filter: got % x, want DISCONNECT 0x87 after the CONNACK", got)
 			}
 
