@@ -125,7 +125,8 @@ func checkFlags(t, flags byte) error {
 
 // ReadPacket reads exactly one packet (never beyond it) and returns its
 // fixed header, its raw bytes (to forward as they are) and its body. It
-// returns io.EOF when r ends before the packet's first byte.
+// returns io.EOF when r ends before the packet's first byte; with any
+// other error, raw holds the bytes read.
 func ReadPacket(r io.Reader, max int) (Header, []byte, []byte, error) {
 	var h Header
 	var hdr [5]byte
@@ -157,8 +158,8 @@ func ReadPacket(r io.Reader, max int) (Header, []byte, []byte, error) {
 	h.Remaining = n
 	raw := make([]byte, i+n)
 	copy(raw, hdr[:i])
-	if _, err := io.ReadFull(r, raw[i:]); err != nil {
-		return h, raw[:i], nil, fmt.Errorf("mqtt: read packet: %w", io.ErrUnexpectedEOF)
+	if m, err := io.ReadFull(r, raw[i:]); err != nil {
+		return h, raw[:i+m], nil, fmt.Errorf("mqtt: read packet: %w", io.ErrUnexpectedEOF)
 	}
 	return h, raw, raw[i:], nil
 }
