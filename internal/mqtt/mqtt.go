@@ -156,6 +156,17 @@ func ReadPacket(r io.Reader, max int) (Header, []byte, []byte, error) {
 		return h, hdr[:i], nil, protocolErr(0x95, "packet of %d bytes (limit %d)", n, max) // 0x95: packet too large
 	}
 	h.Remaining = n
+	if n > 64<<10 {
+		// A large packet's memory grows with the bytes that arrive, not
+		// with the length a client declares.
+		var buf bytes.Buffer
+		buf.Write(hdr[:i])
+		if _, err := io.CopyN(&buf, r, int64(n)); err != nil {
+			return h, buf.Bytes(), nil, fmt.Errorf("mqtt: read packet: %w", io.ErrUnexpectedEOF)
+		}
+		raw := buf.Bytes()
+		return h, raw, raw[i:], nil
+	}
 	raw := make([]byte, i+n)
 	copy(raw, hdr[:i])
 	if m, err := io.ReadFull(r, raw[i:]); err != nil {

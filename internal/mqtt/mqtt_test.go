@@ -351,3 +351,19 @@ func FuzzInspect(f *testing.F) {
 		}
 	})
 }
+
+// TestReadPacketLarge: a large packet is read whole; one cut short returns
+// what arrived, without the memory its declared length would take.
+func TestReadPacketLarge(t *testing.T) {
+	body := bytes.Repeat([]byte{'x'}, 200<<10)
+	p := pkt(0x30, s16("big"), body)
+	h, raw, got, err := ReadPacket(bytes.NewReader(p), MaxPacketSize)
+	if err != nil || h.Type != TypePublish || !bytes.Equal(raw, p) || len(got) != len(p)-4 {
+		t.Fatalf("%+v %d %d %v", h, len(raw), len(got), err)
+	}
+	cut := append([]byte{0x30, 0xff, 0xff, 0xff, 0x07}, "abc"...) // declares 16 MiB
+	_, raw, _, err = ReadPacket(bytes.NewReader(cut), MaxPacketSize)
+	if err == nil || !bytes.Equal(raw, cut) || cap(raw) > 1<<20 {
+		t.Fatalf("cut packet: %d bytes (cap %d), %v", len(raw), cap(raw), err)
+	}
+}
