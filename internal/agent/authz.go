@@ -19,7 +19,6 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/authz"
-	"github.com/fogmesh/fogmesh/internal/mqtt"
 	"github.com/fogmesh/fogmesh/internal/proxy"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
@@ -39,9 +38,11 @@ import (
 //     attempt (authorizeLocalRequest). Denied: 403, or for gRPC
 //     PERMISSION_DENIED (trailers-only).
 //   - MQTT ports whose policies have topic rules: the source is authorized
-//     when the connection opens, then each PUBLISH and SUBSCRIBE through the
-//     inspecting relay; a denied packet closes the connection (MQTT 5 first
-//     gets DISCONNECT 0x87 Not authorized).
+//     when the connection opens, the CONNECT's will topic as a PUBLISH (a
+//     denied will is refused with a CONNACK before the broker sees the
+//     CONNECT), then each PUBLISH (topic aliases resolved) and SUBSCRIBE
+//     through the inspecting relay; a denied packet closes the connection
+//     (MQTT 5 first gets DISCONNECT 0x87 Not authorized). See mqtt.go.
 //   - auto ports are authorized per connection (as TCP).
 //
 // Only destinations that a policy selects are metered and logged.
@@ -370,8 +371,9 @@ func (a *Agent) authorizeConn(ctx context.Context, v *view, sv *serviceView, por
 	return a.decide(ctx, e, &r), modeNone
 }
 
-// mqttChecker returns the function the inspecting relay asks for each
-// PUBLISH and SUBSCRIBE, or nil when no topic rule applies.
+// mqttChecker returns the function the inspecting relay asks for the will
+// topic and each PUBLISH and SUBSCRIBE, or nil when no topic rule applies.
+// It decides on the policies in force at each packet, not at connect.
 func (a *Agent) mqttChecker(ctx context.Context, v *view, sv *serviceView, port, sourceID, sourceNode string) func(kind string, topics []string) bool {
 	ns, name := sv.svc.Meta.Namespace, sv.svc.Meta.Name
 	if !v.authz.MQTTRules(ns, name) {
@@ -379,6 +381,7 @@ func (a *Agent) mqttChecker(ctx context.Context, v *view, sv *serviceView, port,
 	}
 	num, _ := portOf(sv, port)
 	return func(kind string, topics []string) bool {
+		v := a.view.Load()
 		r := authz.Request{SourceID: sourceID, SourceNode: sourceNode, Namespace: ns, Service: name, Port: port, PortNumber: num, Proto: authz.MQTT}
 		switch kind {
 		case "publish":
@@ -439,17 +442,7 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 	src, node := a.vouch(ctx, h, h.SourceID)
 	switch mc.mode {
 	case modeMQTT:
-		stream.SetReadDeadline(time.Now().Add(10 * time.Second))
-		cn, raw, err := mqtt.ReadConnect(stream)
-		stream.SetReadDeadline(time.Time{})
-		if err != nil {
-			a.m.mqttBad.Inc()
-			return
-		}
-		if _, err := local.Write(raw); err != nil {
-			return
-		}
-		a.relayMQTT(ctx, stream, local, cn.Version, h.Namespace+"/"+h.Service, false, a.mqttChecker(ctx, v, sv, h.Port, src, node))
+		a.serveMQTTStream(ctx, stream, local, h.Namespace+"/"+h.Service, a.mqttChecker(ctx, v, sv, h.Port, src, node))
 	case modeHTTP:
 		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: protoOf(sv, h.Port), streamCtx: ctx})
 	}
