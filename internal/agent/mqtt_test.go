@@ -50,20 +50,57 @@ func startMosquitto(t *testing.T) int {
 // that waits for it and returns what it printed.
 func subscribe(t *testing.T, port int, topic string) func() string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-	cmd := exec.CommandContext(ctx, "mosquitto_sub", "-h", "127.0.0.1", "-p", fmt.Sprint(port), "-t", topic, "-v", "-W", "4")
+	return subscribeAt(t, "127.0.0.1", port, 6, "-t", topic)
+}
+
+// subscribeAt runs mosquitto_sub against host:port for waitSec seconds
+// with the extra arguments, and returns once the broker has acknowledged
+// the subscription (no message can be missed after that). The returned
+// function waits for it to end and gives its messages ("topic payload"
+// lines; the debug lines used to see the SUBACK are left out).
+func subscribeAt(t *testing.T, host string, port, waitSec int, args ...string) func() string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(waitSec+10)*time.Second)
+	// stdbuf: mosquitto_sub's debug lines are block-buffered on a pipe.
+	cmd := exec.CommandContext(ctx, "stdbuf", append([]string{"-oL", "mosquitto_sub", "-h", host, "-p", fmt.Sprint(port), "-v", "-d", "-W", fmt.Sprint(waitSec)}, args...)...)
 	var out strings.Builder
 	var mu sync.Mutex
-	cmd.Stdout = writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(b) })
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	return func() string {
-		cmd.Wait()
-		cancel()
+	subscribed := make(chan struct{})
+	var once sync.Once
+	cmd.Stdout = writerFunc(func(b []byte) (int, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		return out.String()
+		out.Write(b)
+		if strings.Contains(out.String(), "received SUBACK") {
+			once.Do(func() { close(subscribed) })
+		}
+		return len(b), nil
+	})
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-subscribed:
+	case <-done:
+		t.Fatalf("mosquitto_sub ended before its SUBACK: %q", out.String())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no SUBACK for mosquitto_sub in 10 s: %q", out.String())
+	}
+	return func() string {
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		var msgs strings.Builder
+		for _, line := range strings.SplitAfter(out.String(), "\n") {
+			if line != "" && !strings.HasPrefix(line, "Client ") && !strings.HasPrefix(line, "Subscribed ") {
+				msgs.WriteString(line)
+			}
+		}
+		return msgs.String()
 	}
 }
 
@@ -96,7 +133,6 @@ func TestMQTTClientIDPinning(t *testing.T) {
 
 	ids := []string{"sensor-1", "sensor-2", "sensor-3", "sensor-4", "sensor-5", "sensor-6"}
 	w1, w2 := subscribe(t, b1, "t/#"), subscribe(t, b2, "t/#")
-	time.Sleep(500 * time.Millisecond) // let the subscriptions settle
 	for round := 0; round < 3; round++ {
 		for i, id := range ids {
 			v := []string{"mqttv311", "mqttv5"}[i%2]
@@ -163,25 +199,14 @@ spec:
 		}
 		return err == nil
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-	defer cancel()
-	sub := exec.CommandContext(ctx, "mosquitto_sub", "-h", vip, "-p", "18831", "-V", "mqttv5", "-t", "sensors/#", "-C", "2", "-v")
-	var out strings.Builder
-	sub.Stdout = &out
-	if err := sub.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(500 * time.Millisecond)
+	sub := subscribeAt(t, vip, 18831, 20, "-V", "mqttv5", "-t", "sensors/#", "-C", "2")
 	for i, topic := range []string{"sensors/temp", "sensors/temp"} {
 		if o, err := exec.Command("mosquitto_pub", "-h", vip, "-p", "18831", "-t", topic, "-m", fmt.Sprint(i)).CombinedOutput(); err != nil {
 			t.Fatalf("pub: %v %s", err, o)
 		}
 	}
-	if err := sub.Wait(); err != nil {
-		t.Fatalf("subscriber through the inspecting agent: %v (got %q)", err, out.String())
-	}
-	if out.String() != "sensors/temp 0\nsensors/temp 1\n" {
-		t.Fatalf("subscriber got %q", out.String())
+	if got := sub(); got != "sensors/temp 0\nsensors/temp 1\n" {
+		t.Fatalf("subscriber through the inspecting agent got %q", got)
 	}
 	var m strings.Builder
 	a.cfg.Metrics.WritePrometheus(&m)
