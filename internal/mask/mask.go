@@ -250,7 +250,7 @@ func Compile(cfg Config) (*Masker, error) {
 		default:
 			return nil, cfgErr(f+".action", "%q is not mask, drop or detect", h.Action)
 		}
-		m.headers[canonicalHeader(h.Name)] = a
+		m.headers[headerRuleKey(h.Name)] = a
 	}
 	if cfg.KeepFirst < 0 || cfg.KeepFirst > maxKeep {
 		return nil, cfgErr("keepFirst", "%d is not within 0 and %d", cfg.KeepFirst, maxKeep)

@@ -1,0 +1,218 @@
+package mask
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// Issue 9, finding 7: personal data left a site unmasked because of how
+// a request spelled it. Each case here was a bypass.
+
+// TestNumberSpellings: a mobile or card number written as a JSON number is
+// masked whatever the number's spelling (its exact value decides).
+func TestNumberSpellings(t *testing.T) {
+	m := mustCompile(t, Config{Detectors: allDetectors, KeepFirst: 3, KeepLast: 4})
+	const phone, card = "138****5678", "411*********1111"
+	for _, c := range []struct{ in, want string }{
+		// From the issue.
+		{`1.3812345678e10`, `"` + phone + `"`},
+		{`4.111111111111111E15`, `"` + card + `"`},
+		// The same values, spelled otherwise.
+		{`1.3812345678E10`, `"` + phone + `"`},
+		{`1.3812345678E+10`, `"` + phone + `"`},
+		{`1.3812345678e+010`, `"` + phone + `"`},
+		{`13812345678.0`, `"` + phone + `"`},
+		{`13812345678.000e0`, `"` + phone + `"`},
+		{`13812345678e0`, `"` + phone + `"`},
+		{`138123456780e-1`, `"` + phone + `"`},
+		{`1381234567800000000000E-11`, `"` + phone + `"`},
+		{`0.13812345678e11`, `"` + phone + `"`},
+		{`0.0000013812345678e16`, `"` + phone + `"`},
+		{`1381234567.8E1`, `"` + phone + `"`},
+		{`-1.3812345678e10`, `"-` + phone + `"`},
+		{`41111111111111110e-1`, `"` + card + `"`},
+		{`0.4111111111111111e16`, `"` + card + `"`},
+		// A value with a fraction: its integer part is still a number.
+		{`1.38123456785e10`, `"` + phone + `.5"`},
+		{`13812345678.5`, `"` + phone + `.5"`},
+		// Not personal data: unchanged.
+		{`1.3812345678e11`, `1.3812345678e11`},
+		{`1.5e3`, `1.5e3`},
+		{`1e400`, `1e400`},
+		{`1e-400`, `1e-400`},
+		{`0e99999999999999999999`, `0e99999999999999999999`},
+		{`-0.0`, `-0.0`},
+		{`1700000000000`, `1700000000000`},
+		// What looks like personal data as written is masked as written
+		// (as before), though its value is not.
+		{`13812345678e99999999999999999999`, `"138****5678e99999999999999999999"`},
+		{`13812345678e5`, `"138****5678e5"`},
+		// A string that is a number, spelled as one.
+		{`"1.3812345678e10"`, `"` + phone + `"`},
+		{`"4.111111111111111E15"`, `"` + card + `"`},
+		{`"1e5"`, `"1e5"`},
+	} {
+		in := `{"v":` + c.in + `,"a":[` + c.in + `]}`
+		want := `{"v":` + c.want + `,"a":[` + c.want + `]}`
+		out, _, err := maskRun(t, m, KindJSON, in)
+		if err != nil || out != want {
+			t.Errorf("%s: got %s, %v; want %s", c.in, out, err, want)
+		}
+		checkProperty(t, in, out)
+		// At the top level too (the number ends with the body).
+		if out, _, err := maskRun(t, m, KindJSON, c.in); err != nil || out != c.want {
+			t.Errorf("top-level %s: got %s, %v; want %s", c.in, out, err, c.want)
+		}
+	}
+}
+
+func TestPlainDecimal(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"0", "0"}, {"-0", "0"}, {"0.000", "0"}, {"0e5", "0"}, {"12", "12"}, {"-12", "-12"},
+		{"1.5", "1.5"}, {"1.50", "1.5"}, {"1.5e1", "15"}, {"1.5e-1", "0.15"}, {"15e-3", "0.015"},
+		{"1E+2", "100"}, {"100e-2", "1"}, {"123.456e1", "1234.56"}, {"-0.001e3", "-1"},
+		{"1e0000000000000000000003", "1000"}, {"1e-0000000000000000000003", "0.001"},
+	} {
+		got, ok := plainDecimal(nil, []byte(c.in))
+		if !ok || string(got) != c.want {
+			t.Errorf("%s: got %q, %v; want %q", c.in, got, ok, c.want)
+		}
+	}
+	// Values whose plain form is a run of more than 19 digits cannot hold
+	// a detector match: they are not expanded.
+	for _, in := range []string{"1e100", "1e-100", "1e99999999999999", "123e-99999999999"} {
+		if got, ok := plainDecimal(nil, []byte(in)); ok {
+			t.Errorf("%s: expanded to %.40q", in, got)
+		}
+	}
+}
+
+// TestByteOrderMark: a UTF-8 BOM (RFC 8259 §8.1 lets parsers ignore it) is
+// passed on and the JSON after it is masked. It made the scanner see
+// malformed JSON, which onMalformed: pass sent on unmasked.
+func TestByteOrderMark(t *testing.T) {
+	const bom = "\xef\xbb\xbf"
+	for _, policy := range []string{"reject", "pass"} {
+		m := mustCompile(t, Config{Detectors: allDetectors, KeepFirst: 3, KeepLast: 4, OnMalformed: policy})
+		for _, c := range []struct{ in, want string }{
+			{bom + `{"p":"13812345678","n":13812345678}`, bom + `{"p":"138****5678","n":"138****5678"}`},
+			{bom + " [1]", bom + " [1]"},
+			{bom, bom},
+		} {
+			out, _, err := maskRun(t, m, KindJSON, c.in)
+			if err != nil || out != c.want {
+				t.Errorf("%s: %q: got %q, %v; want %q", policy, c.in, out, err, c.want)
+			}
+		}
+		// A BOM anywhere else, or a broken one, is malformed.
+		for _, in := range []string{"\xef\xbb{}", "\xef{}", `[1]` + bom, bom + bom + `{}`, "\xef\xbb"} {
+			out, _, err := maskRun(t, m, KindJSON, in)
+			if policy == "reject" && !errors.Is(err, ErrMalformed) || policy == "pass" && (err != nil || out != in) {
+				t.Errorf("%s: %q: got %q, %v", policy, in, out, err)
+			}
+		}
+	}
+}
+
+// TestClassifyRobust: the media type decides, however the header spells
+// it; a request that says two things is refused.
+func TestClassifyRobust(t *testing.T) {
+	def := mustCompile(t, Config{Detectors: allDetectors})
+	star := mustCompile(t, Config{Detectors: allDetectors, ContentTypes: []string{"*"}})
+	text := mustCompile(t, Config{Detectors: allDetectors, ContentTypes: []string{"text/*"}})
+	for _, c := range []struct {
+		m       *Masker
+		h       http.Header
+		want    Kind
+		wantErr error
+	}{
+		// From the issue: an invalid parameter made the type the raw string.
+		{def, http.Header{"Content-Type": {"application/json; charset"}}, KindJSON, nil},
+		{def, http.Header{"Content-Type": {"application/json; charset=\"utf-8"}}, KindJSON, nil},
+		{def, http.Header{"Content-Type": {"application/json;;"}}, KindJSON, nil},
+		{def, http.Header{"Content-Type": {" Application/JSON ; x"}}, KindJSON, nil},
+		{def, http.Header{"Content-Type": {"application/problem+json; =x"}}, KindJSON, nil},
+		// From the issue: only the first of two Content-Type fields was read.
+		{def, http.Header{"Content-Type": {"text/plain", "application/json"}}, KindPass, ErrContentType},
+		{def, http.Header{"Content-Type": {"application/json", "application/json"}}, KindPass, ErrContentType},
+		{def, http.Header{"Content-Type": {"text/plain, application/json"}}, KindPass, ErrContentType},
+		{def, http.Header{"Content-Type": {"text/plain", "application/json"}, "content-type": {"x"}}, KindPass, ErrContentType},
+		{def, http.Header{"content-type": {"application/json"}}, KindJSON, nil},
+		// Not a media type: refused rather than guessed.
+		{def, http.Header{"Content-Type": {"application json"}}, KindPass, ErrContentType},
+		{def, http.Header{"Content-Type": {"json"}}, KindPass, ErrContentType},
+		{def, http.Header{"Content-Type": {"application/json x"}}, KindPass, ErrContentType},
+		// A charset the scanner cannot read digits in.
+		{def, http.Header{"Content-Type": {"application/json; charset=UTF-16"}}, KindPass, ErrContentType},
+		{def, http.Header{"Content-Type": {"application/json; charset=utf-8"}}, KindJSON, nil},
+		// JSON under its other names.
+		{def, http.Header{"Content-Type": {"text/json"}}, KindJSON, nil},
+		{def, http.Header{"Content-Type": {"application/x-json"}}, KindJSON, nil},
+		{def, http.Header{"Content-Type": {"application/x-ndjson"}}, KindJSON, nil},
+		{def, http.Header{"Content-Type": {"application/jsonl"}}, KindJSON, nil},
+		{def, http.Header{"Content-Type": {"application/vnd.x+json"}}, KindJSON, nil},
+		{text, http.Header{"Content-Type": {"text/json"}}, KindJSON, nil},
+		// No Content-Type: the body is sniffed.
+		{def, http.Header{}, KindSniff, nil},
+		{def, http.Header{"Content-Type": {""}}, KindSniff, nil},
+		{star, http.Header{}, KindSniffText, nil},
+		{def, http.Header{"Content-Type": {"text/plain"}}, KindPass, nil},
+		{def, http.Header{"Content-Type": {"multipart/form-data; boundary=x"}}, KindPass, nil},
+		{def, http.Header{"Content-Type": {"application/grpc+json"}}, KindPass, nil},
+		// Every Content-Encoding field and coding counts.
+		{def, http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"identity", "gzip"}}, KindPass, ErrCompressed},
+		{def, http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"identity, br"}}, KindPass, ErrCompressed},
+		{def, http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"Identity"}}, KindJSON, nil},
+		{def, http.Header{"Content-Encoding": {"gzip"}}, KindPass, ErrCompressed},
+		{def, http.Header{"Content-Type": {"text/plain"}, "Content-Encoding": {"gzip"}}, KindPass, nil},
+	} {
+		k, err := c.m.Classify(c.h)
+		if k != c.want || c.wantErr == nil && err != nil || c.wantErr != nil && !errors.Is(err, c.wantErr) {
+			t.Errorf("%v: got %v, %v; want %v, %v", c.h, k, err, c.want, c.wantErr)
+		}
+	}
+}
+
+// TestSniff: a body without Content-Type is scanned as JSON when it starts
+// like JSON.
+func TestSniff(t *testing.T) {
+	m := mustCompile(t, Config{Detectors: allDetectors, KeepFirst: 3, KeepLast: 4})
+	for _, c := range []struct {
+		kind    Kind
+		in, out string
+	}{
+		{KindSniff, `{"p":1.3812345678e10}`, `{"p":"138****5678"}`},
+		{KindSniff, " \r\n\t[\"13812345678\"]", " \r\n\t[\"138****5678\"]"},
+		{KindSniff, "\xef\xbb\xbf{\"p\":13812345678}", "\xef\xbb\xbf{\"p\":\"138****5678\"}"},
+		{KindSniff, `tel 13812345678`, `tel 13812345678`},
+		{KindSniff, ``, ``},
+		{KindSniff, `   `, `   `},
+		{KindSniffText, `tel 13812345678`, `tel 138****5678`},
+		{KindSniffText, `{"p":1.3812345678e10}`, `{"p":"138****5678"}`},
+	} {
+		out, _, err := maskRun(t, m, c.kind, c.in)
+		if err != nil || out != c.out {
+			t.Errorf("%v %q: got %q, %v; want %q", c.kind, c.in, out, err, c.out)
+		}
+	}
+	if _, _, err := maskRun(t, m, KindSniff, `{"p":13812345678`); !errors.Is(err, ErrMalformed) {
+		t.Errorf("sniffed JSON that ends early: %v", err)
+	}
+}
+
+// TestMaskHeaderSpellings: a header rule applies to every spelling a
+// backend may read as the same header (case, '_' for '-': CGI and WSGI
+// map both to HTTP_X_USER_PHONE).
+func TestMaskHeaderSpellings(t *testing.T) {
+	m := mustCompile(t, Config{Detectors: allDetectors, KeepFirst: 3, KeepLast: 4, Headers: []HeaderRule{
+		{Name: "x-user-phone"}, {Name: "X-Token", Action: "drop"}}})
+	h := http.Header{"X_user_phone": {"13812345678"}, "x-user-phone": {"13912345678"}, "X_Token": {"abc"}, "X-Tokens": {"keep"}}
+	counts := map[string]int{}
+	m.MaskHeader(h, counts)
+	if strings.Contains(strings.Join(append(h["X_user_phone"], h["x-user-phone"]...), ","), "12345678") ||
+		h["X_Token"] != nil || h.Get("X-Tokens") != "keep" || counts[LabelHeader] != 3 {
+		t.Fatalf("got %v, counts %v", h, counts)
+	}
+}
