@@ -26,10 +26,17 @@ import (
 //
 // Responses are not masked: they come back into the site.
 //
+// A body the masker cannot judge is refused before anything is sent (the
+// client gets 502 naming the reason, counted as result="rejected"): more
+// than one Content-Type (repeated fields or a comma list; a backend may
+// read either), a Content-Type that is no media type or has a UTF-16/32
+// charset, and, with onCompressed: reject, any Content-Encoding coding
+// other than identity. mask.Classify decides; see package mask.
+//
 // Metrics:
 //
 //	fogmesh_egress_masked_fields_total{service,detector}  values masked, by detector, regex name, "json-path" or "header"
-//	fogmesh_egress_bodies_total{service,rule,result}      result: masked, failed (malformed, request aborted), rejected (compressed, not sent)
+//	fogmesh_egress_bodies_total{service,rule,result}      result: masked, failed (malformed, request aborted), rejected (compressed, ambiguous type: not sent)
 
 // errEgress wraps egress failures. They are about the request, not the
 // endpoint: no ejection, no retry (see upstreamFailure).

@@ -8,15 +8,22 @@
 // wraps bodies in an io.Reader that streams (memory stays bounded whatever
 // the body's size):
 //
-//   - JSON bodies (application/json and any +json type) go through a
+//   - JSON bodies (application/json, its other names such as text/json
+//     and application/x-ndjson, and any +json type) go through a
 //     streaming scanner that copies bytes through and keeps only the
 //     current string or number token and the current path. String values
 //     and object keys are decoded (\u0031 is a digit) before the detectors
 //     run; a string with a match is re-encoded, any other passes byte for
-//     byte. Numbers that are card or phone numbers become masked strings
-//     (13812345678 → "138****5678"): a masked number is no number.
+//     byte. Numbers are judged by their exact value, whatever their
+//     spelling (1.3812345678e10 is 13812345678; number.go): card or phone
+//     numbers become masked strings (→ "138****5678"): a masked number is
+//     no number. A leading UTF-8 byte order mark is passed on.
+//   - A body without Content-Type is JSON if it starts like JSON ('{' or
+//     '[' after space or a BOM).
 //   - Other content types listed in Config.ContentTypes are scanned as
 //     text; everything else passes unchanged.
+//   - A request that declares more than one Content-Type, or one that is
+//     no media type, is refused: see Classify.
 //
 // See Config for the detectors, paths, and what happens to malformed,
 // compressed and very long input.
@@ -94,18 +101,22 @@ type Config struct {
 	// never matches a detector again.
 	MaskChar string `json:"maskChar,omitempty"`
 	// ContentTypes are the bodies scanned (default application/json and
-	// +json). An entry is a media type ("application/json"), a suffix
-	// ("+json"), a type wildcard ("text/*") or "*" (every body, including
-	// one without Content-Type). JSON types get the JSON scanner, others
-	// are scanned as text (detectors and regexes; paths do not apply).
+	// +json). An entry is a media type ("application/json", which also
+	// names JSON's other names: text/json, application/x-json and the
+	// NDJSON/JSON Lines types), a suffix ("+json"), a type wildcard
+	// ("text/*") or "*" (every body). JSON types get the JSON scanner,
+	// others are scanned as text (detectors and regexes; paths do not
+	// apply). A body without Content-Type is scanned as JSON when it starts
+	// like JSON, else passes (or, with "*", is scanned as text).
+	// Multipart bodies pass unless listed (then they are scanned as text).
 	ContentTypes []string `json:"contentTypes,omitempty"`
 	// OnMalformed: what to do with a body declared JSON that is not:
 	// "reject" (default) fails the body read, so the request is aborted and
 	// nothing after the error is sent (the client gets an error), or "pass"
 	// sends the rest of the body unchanged.
 	OnMalformed string `json:"onMalformed,omitempty"`
-	// OnCompressed: what to do with a scanned content type whose
-	// Content-Encoding is not identity: "reject" (default) or "pass"
+	// OnCompressed: what to do with a body to scan when any coding of any
+	// Content-Encoding field is not identity: "reject" (default) or "pass"
 	// unchanged. Compressed bodies are not decompressed.
 	OnCompressed string `json:"onCompressed,omitempty"`
 	// MaxTokenBytes bounds the buffered part of one JSON string or of a
