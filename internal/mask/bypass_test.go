@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"unicode"
 )
 
 // Issue 9, finding 7: personal data left a site unmasked because of how
@@ -214,5 +215,68 @@ func TestMaskHeaderSpellings(t *testing.T) {
 	if strings.Contains(strings.Join(append(h["X_user_phone"], h["x-user-phone"]...), ","), "12345678") ||
 		h["X_Token"] != nil || h.Get("X-Tokens") != "keep" || counts[LabelHeader] != 3 {
 		t.Fatalf("got %v, counts %v", h, counts)
+	}
+}
+
+// TestOtherScriptDigits: digits of other scripts (full-width digits from
+// a Chinese input method, Arabic-Indic digits) and wide spaces and dashes
+// between groups are read as the ASCII ones.
+func TestOtherScriptDigits(t *testing.T) {
+	m := mustCompile(t, Config{Detectors: allDetectors, KeepFirst: 3, KeepLast: 4})
+	id17 := "11010519491231002"
+	id := id17 + string(IDCheckChar([]byte(id17)))
+	wide := func(s string) string {
+		var b strings.Builder
+		for _, r := range s {
+			if r >= '0' && r <= '9' {
+				r += '０' - '0'
+			}
+			b.WriteRune(r)
+		}
+		return b.String()
+	}
+	for _, c := range []struct{ in, want string }{
+		{`{"p":"１３８１２３４５６７８"}`, `{"p":"１３８****５６７８"}`},
+		{`{"p":"tel：１３８－１２３４－５６７８。"}`, `{"p":"tel：１３８******５６７８。"}`},
+		{`{"p":"١٣٨١٢٣٤٥٦٧٨"}`, `{"p":"١٣٨****٥٦٧٨"}`},
+		{`{"p":"138` + "\u00a0" + `1234` + "\u3000" + `5678"}`, `{"p":"138******5678"}`},
+		{`{"p":"13８12345678"}`, `{"p":"13８****5678"}`},
+		{`{"id":"` + wide(id) + `"}`, `{"id":"` + wide(masked(id)) + `"}`},
+		{`{"c":"４１１１ １１１１ １１１１ １１１１"}`, `{"c":"４１１************１１１１"}`},
+		{`{"１３８１２３４５６７８":1}`, `{"１３８****５６７８":1}`},
+		// Not a match: more digits, or too few.
+		{`{"p":"１３８１２３４５６７８９"}`, `{"p":"１３８１２３４５６７８９"}`},
+		{`{"p":"名字１３８"}`, `{"p":"名字１３８"}`},
+	} {
+		out, _, err := maskRun(t, m, KindJSON, c.in)
+		if err != nil || out != c.want {
+			t.Errorf("%s: got %s, %v; want %s", c.in, out, err, c.want)
+		}
+	}
+	h := http.Header{"X-Note": {"call １３８１２３４５６７８"}}
+	m2 := mustCompile(t, Config{Detectors: allDetectors, Headers: []HeaderRule{{Name: "x-note", Action: "detect"}}})
+	m2.MaskHeader(h, map[string]int{})
+	if h.Get("X-Note") != "call ***********" {
+		t.Errorf("header: %q", h.Get("X-Note"))
+	}
+}
+
+// TestDigitRanges: asciiOf relies on every range of unicode.Nd being runs
+// of ten digits from 0 to 9.
+func TestDigitRanges(t *testing.T) {
+	for _, rg := range unicode.Nd.R16 {
+		if rg.Stride != 1 || (rg.Hi-rg.Lo+1)%10 != 0 {
+			t.Errorf("Nd range %#x-%#x stride %d", rg.Lo, rg.Hi, rg.Stride)
+		}
+	}
+	for _, rg := range unicode.Nd.R32 {
+		if rg.Stride != 1 || (rg.Hi-rg.Lo+1)%10 != 0 {
+			t.Errorf("Nd range %#x-%#x stride %d", rg.Lo, rg.Hi, rg.Stride)
+		}
+	}
+	for r, want := range map[rune]byte{'０': '0', '９': '9', '٣': '3', '۷': '7', '३': '3', 0x1d7ce: '0', 0x1d7d8: '0', 0x1d7e1: '9'} {
+		if c, ok := asciiOf(r); !ok || c != want {
+			t.Errorf("%U: %q %v, want %q", r, c, ok, want)
+		}
 	}
 }

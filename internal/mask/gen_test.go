@@ -75,6 +75,12 @@ var detectorsOnly, _ = Compile(Config{Detectors: []string{DetectorCNID, Detector
 // computed with math/big, apart from the masker's own arithmetic.
 func checkProperty(t testing.TB, in, out string) {
 	t.Helper()
+	if strings.HasPrefix(in, bom) { // passed on; encoding/json refuses it
+		if !strings.HasPrefix(out, bom) {
+			t.Fatalf("input %.300q lost its BOM: %.300q", in, out)
+		}
+		in, out = in[len(bom):], out[len(bom):]
+	}
 	if !json.Valid([]byte(in)) {
 		return
 	}

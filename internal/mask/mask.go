@@ -79,7 +79,9 @@ type Config struct {
 	//     starts with 1 and is left alone.
 	//
 	// Digits may be grouped by single spaces or dashes ("6222 0212 3456
-	// 7890 123", "138-1234-5678") when every group has at least 3 digits.
+	// 7890 123", "138-1234-5678") when every group has at least 3 digits,
+	// and may be decimal digits of any script, spaces and dashes of any
+	// width ("１３８－１２３４－５６７８"; digits.go).
 	// A match needs non-digits (or the ends of the value) on both sides:
 	// digits of a longer number are not matched.
 	Detectors []string `json:"detectors,omitempty"`

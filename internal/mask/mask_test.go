@@ -143,7 +143,14 @@ func TestLongStringsAreScannedInWindows(t *testing.T) {
 		Regexes: []RegexRule{{Name: "secret", Pattern: `SECRET[a-z]*`}}})
 	var b strings.Builder
 	for b.Len() < 60000 {
-		switch r.IntN(6) {
+		switch r.IntN(7) {
+		case 6: // full-width digits, grouped by ideographic spaces
+			for i, c := range genMobile(r) {
+				if i == 3 || i == 7 {
+					b.WriteRune('\u3000')
+				}
+				b.WriteRune(c - '0' + '０')
+			}
 		case 0:
 			b.WriteString(genMobile(r))
 		case 1:
