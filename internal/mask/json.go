@@ -81,9 +81,9 @@ type jsonScanner struct {
 
 	lead uint8 // bytes of a leading UTF-8 byte order mark read; 3 once past the start
 
-	scratch, masked, plain []byte
-	spans                  []span
-	counts                 map[string]int
+	scratch, masked, plain, scratchNum []byte
+	spans                              []span
+	counts                             map[string]int
 }
 
 func newJSONScanner(m *Masker) *jsonScanner {
@@ -477,7 +477,7 @@ func (s *jsonScanner) appendString(whole bool) {
 			s.masked = s.m.maskSpans(s.masked[:0], t, s.spans, s.counts)
 			break
 		}
-		if isNumber(t) && s.maskNumber(t) { // "1.3812345678e10": a number in a string
+		if n := numberIn(t); n != nil && s.maskNumber(n) { // "1.3812345678e10": a number in a string
 			break
 		}
 		fallthrough
@@ -560,20 +560,32 @@ func (s *jsonScanner) endNumber() {
 	s.valueEnd()
 }
 
-// maskNumber sets s.masked to the masked plain decimal form of the number
-// tok (number.go) and reports true when that form holds a match. When it
-// does not, the caller still scans tok as written: a number that only
-// looks like personal data ("13812345678e5") is masked too.
+// maskNumber sets s.masked to the masked value of the number tok and
+// reports true when its value holds a match: its exact value in plain
+// decimal notation (number.go), or the integer a float64 parser rounds it
+// to. When neither does, the caller still scans tok as written: a number
+// that only looks like personal data ("13812345678e5") is masked too.
 func (s *jsonScanner) maskNumber(tok []byte) bool {
 	p, ok := plainDecimal(s.plain[:0], tok)
 	s.plain = p
-	if !ok || string(p) == string(tok) { // plain already: the caller scans tok
+	if !ok {
 		return false
 	}
-	if s.spans = s.m.findSpans(s.spans[:0], p); len(s.spans) == 0 {
+	if string(p) != string(tok) { // else the caller scans tok
+		if s.spans = s.m.findSpans(s.spans[:0], p); len(s.spans) > 0 {
+			s.masked = s.m.maskSpans(s.masked[:0], p, s.spans, s.counts)
+			return true
+		}
+	}
+	r, ok := floatInteger(s.scratchNum[:0], p)
+	s.scratchNum = r
+	if !ok {
 		return false
 	}
-	s.masked = s.m.maskSpans(s.masked[:0], p, s.spans, s.counts)
+	if s.spans = s.m.findSpans(s.spans[:0], r); len(s.spans) == 0 {
+		return false
+	}
+	s.masked = s.m.maskSpans(s.masked[:0], r, s.spans, s.counts)
 	return true
 }
 

@@ -15,9 +15,11 @@
 //     and object keys are decoded (\u0031 is a digit) before the detectors
 //     run; a string with a match is re-encoded, any other passes byte for
 //     byte. Numbers are judged by their exact value, whatever their
-//     spelling (1.3812345678e10 is 13812345678; number.go): card or phone
-//     numbers become masked strings (→ "138****5678"): a masked number is
-//     no number. A leading UTF-8 byte order mark is passed on.
+//     spelling (1.3812345678e10 is 13812345678; number.go), and by the
+//     integer a float64 parser rounds them to; so are strings that hold a
+//     number. Card or phone numbers become masked strings (→
+//     "138****5678"): a masked number is no number. A leading UTF-8 byte
+//     order mark is passed on.
 //   - A body without Content-Type is JSON if it starts like JSON ('{' or
 //     '[' after space or a BOM).
 //   - Other content types listed in Config.ContentTypes are scanned as

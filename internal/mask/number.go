@@ -1,5 +1,10 @@
 package mask
 
+import (
+	"bytes"
+	"math/big"
+)
+
 // A JSON number is personal data by its value, not by its spelling:
 // 13812345678, 1.3812345678e10, 13812345678.0 and 138123456780E-1 are one
 // mobile number to any backend that parses them. The detectors therefore
@@ -126,6 +131,57 @@ func parseExp(b []byte) (int, bool) {
 		v = -v
 	}
 	return v, true
+}
+
+// numberIn returns the number a string value holds, as lenient parsers
+// read it (JavaScript's Number(), Python's float(), coercing JSON
+// libraries): a JSON number with optional surrounding white space and a
+// leading '+'; nil if it holds none.
+func numberIn(s []byte) []byte {
+	if len(s) == 0 || !isDigit(s[0]) && s[0] != '-' && s[0] != '+' && !isSpace(s[0]) {
+		return nil // the common case, cheaply
+	}
+	for len(s) > 0 && isSpace(s[0]) {
+		s = s[1:]
+	}
+	for len(s) > 0 && isSpace(s[len(s)-1]) {
+		s = s[:len(s)-1]
+	}
+	if len(s) > 1 && s[0] == '+' && s[1] != '-' {
+		s = s[1:]
+	}
+	if !isNumber(s) {
+		return nil
+	}
+	return s
+}
+
+// floatInteger appends the integer a float64 parser (JavaScript, Python's
+// float, Go's and Java's double) reads the plain decimal p as, when p is
+// not an integer but rounds to one below 2^53 (where float64 integers are
+// exact): 4111111111111110.9999999 reads as the card 4111111111111111.
+// The rounding is done with math/big at float64's precision, round to
+// nearest even, as strconv.ParseFloat does; only values with 10 to 16
+// integer digits are tried, the only ones that can round to a detector's
+// number.
+func floatInteger(dst, p []byte) ([]byte, bool) {
+	dot := bytes.IndexByte(p, '.')
+	digits := dot
+	if len(p) > 0 && p[0] == '-' {
+		digits--
+	}
+	if dot < 0 || digits < 10 || digits > 16 {
+		return dst, false
+	}
+	f, _, err := big.ParseFloat(string(p), 10, 53, big.ToNearestEven)
+	if err != nil || !f.IsInt() {
+		return dst, false
+	}
+	i, _ := f.Int(nil)
+	if i.BitLen() > 53 {
+		return dst, false
+	}
+	return i.Append(dst, 10), true
 }
 
 // isNumber reports whether b is a whole JSON number.
