@@ -30,8 +30,10 @@ import (
 // client gets 502 naming the reason, counted as result="rejected"): more
 // than one Content-Type (repeated fields or a comma list; a backend may
 // read either), a Content-Type that is no media type or has a UTF-16/32
-// charset, and, with onCompressed: reject, any Content-Encoding coding
-// other than identity. mask.Classify decides; see package mask.
+// charset, with onCompressed: reject any Content-Encoding coding other
+// than identity, and with onUpgrade: reject a request that asks to switch
+// protocols (WebSocket, CONNECT: the stream after the switch is no body).
+// mask.Classify and mask.CheckUpgrade decide; see package mask.
 //
 // Metrics:
 //
@@ -94,6 +96,10 @@ func (a *Agent) egressRoundTrip(rt http.RoundTripper, sv *serviceView, ev *endpo
 	if rule.err != nil {
 		a.egressBodies(svc, rule.name, "rejected").Inc()
 		return nil, fmt.Errorf("%w: rule %q: %v", errEgress, rule.name, rule.err)
+	}
+	if err := rule.m.CheckUpgrade(req.Method, req.Header); err != nil {
+		a.egressBodies(svc, rule.name, "rejected").Inc()
+		return nil, fmt.Errorf("%w: rule %q: %w", errEgress, rule.name, err)
 	}
 	report := func(label string, n int) {
 		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_egress_masked_fields_total{service=%q,detector=%q}`, svc, label)).Add(n)

@@ -330,6 +330,23 @@ func TestEgressMaskingBypasses(t *testing.T) {
 			}
 		})
 	}
+	// A protocol switch (WebSocket) is refused: the frames after it would
+	// pass the masker.
+	_, _, _, _, before := far.last()
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if _, _, _, _, n := far.last(); resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "protocol upgrade cannot be inspected") || n != before {
+		t.Fatalf("upgrade: %d %q, backend requests %d -> %d", resp.StatusCode, b, before, n)
+	}
 	// A header rule covers the '_' spelling WSGI and CGI backends read as
 	// the same header (the agent may also drop such headers: either way
 	// the number does not arrive).

@@ -21,6 +21,37 @@ var ErrCompressed = errors.New("compressed body cannot be inspected")
 // masker passed as something else.
 var ErrContentType = errors.New("ambiguous or unsupported Content-Type")
 
+// ErrUpgrade is returned by CheckUpgrade for a request that asks to
+// switch protocols when Config.OnUpgrade is reject.
+var ErrUpgrade = errors.New("protocol upgrade cannot be inspected")
+
+// CheckUpgrade refuses a request that asks to switch protocols (an Upgrade
+// header, a Connection: upgrade, or CONNECT) when the Masker has body
+// rules: the WebSocket or tunnel bytes that follow would leave unmasked.
+func (m *Masker) CheckUpgrade(method string, h http.Header) error {
+	if !m.anyRule || !m.rejectUpgrade {
+		return nil
+	}
+	if method == http.MethodConnect {
+		return fmt.Errorf("%w: CONNECT", ErrUpgrade)
+	}
+	for k, vs := range h {
+		switch {
+		case strings.EqualFold(k, "Upgrade"):
+			return fmt.Errorf("%w: Upgrade %q", ErrUpgrade, strings.Join(vs, ", "))
+		case strings.EqualFold(k, "Connection"):
+			for _, v := range vs {
+				for _, tok := range strings.Split(v, ",") {
+					if strings.EqualFold(strings.Trim(tok, " \t"), "upgrade") {
+						return fmt.Errorf("%w: Connection %q", ErrUpgrade, v)
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // Kind says how a body is scanned.
 type Kind uint8
 

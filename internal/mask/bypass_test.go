@@ -290,3 +290,30 @@ func TestDigitRanges(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckUpgrade: a request that switches protocols would send its
+// WebSocket or tunnel bytes past the masker.
+func TestCheckUpgrade(t *testing.T) {
+	body := mustCompile(t, Config{Detectors: allDetectors})
+	pass := mustCompile(t, Config{Detectors: allDetectors, OnUpgrade: "pass"})
+	headersOnly := mustCompile(t, Config{Headers: []HeaderRule{{Name: "x-a"}}})
+	for _, c := range []struct {
+		m      *Masker
+		method string
+		h      http.Header
+		want   bool
+	}{
+		{body, "GET", http.Header{"Upgrade": {"websocket"}, "Connection": {"Upgrade"}}, true},
+		{body, "GET", http.Header{"upgrade": {"websocket"}}, true},
+		{body, "GET", http.Header{"Connection": {"keep-alive, UPGRADE"}}, true},
+		{body, "CONNECT", http.Header{}, true},
+		{body, "POST", http.Header{"Connection": {"keep-alive"}}, false},
+		{pass, "GET", http.Header{"Upgrade": {"websocket"}}, false},
+		{headersOnly, "GET", http.Header{"Upgrade": {"websocket"}}, false},
+	} {
+		err := c.m.CheckUpgrade(c.method, c.h)
+		if (err != nil) != c.want || err != nil && !errors.Is(err, ErrUpgrade) {
+			t.Errorf("%s %v: %v", c.method, c.h, err)
+		}
+	}
+}

@@ -123,6 +123,11 @@ type Config struct {
 	// Content-Encoding field is not identity: "reject" (default) or "pass"
 	// unchanged. Compressed bodies are not decompressed.
 	OnCompressed string `json:"onCompressed,omitempty"`
+	// OnUpgrade: what to do, when there are body rules, with a request
+	// that asks to switch protocols (an Upgrade header such as WebSocket,
+	// or CONNECT): what flows after the switch is no HTTP body and cannot
+	// be inspected. "reject" (default) or "pass" unchanged.
+	OnUpgrade string `json:"onUpgrade,omitempty"`
 	// MaxTokenBytes bounds the buffered part of one JSON string or of a
 	// window of text (default 1 MiB, at least 4096). A longer string value
 	// is scanned in windows of this size that overlap by 256 bytes: every
@@ -188,6 +193,7 @@ type Masker struct {
 	types                []string
 	rejectMalformed      bool
 	rejectCompressed     bool
+	rejectUpgrade        bool
 	maxToken             int
 	scanStrings, anyRule bool
 }
@@ -195,7 +201,7 @@ type Masker struct {
 // Compile checks cfg and returns its Masker. The error is a *ConfigError.
 func Compile(cfg Config) (*Masker, error) {
 	m := &Masker{cfg: cfg, headers: map[string]string{}, maskChar: []byte("*"), maxToken: defaultMaxToken,
-		keepFirst: cfg.KeepFirst, keepLast: cfg.KeepLast, rejectMalformed: true, rejectCompressed: true}
+		keepFirst: cfg.KeepFirst, keepLast: cfg.KeepLast, rejectMalformed: true, rejectCompressed: true, rejectUpgrade: true}
 	seen := map[string]bool{}
 	for i, d := range cfg.Detectors {
 		f := fmt.Sprintf("detectors[%d]", i)
@@ -303,6 +309,13 @@ func Compile(cfg Config) (*Masker, error) {
 		m.rejectCompressed = false
 	default:
 		return nil, cfgErr("onCompressed", "%q is not reject or pass", cfg.OnCompressed)
+	}
+	switch cfg.OnUpgrade {
+	case "", PolicyReject:
+	case PolicyPass:
+		m.rejectUpgrade = false
+	default:
+		return nil, cfgErr("onUpgrade", "%q is not reject or pass", cfg.OnUpgrade)
 	}
 	if cfg.MaxTokenBytes != 0 {
 		if cfg.MaxTokenBytes < minMaxToken || cfg.MaxTokenBytes > 64<<20 {

@@ -297,6 +297,7 @@ func TestCompileErrors(t *testing.T) {
 		{Config{ContentTypes: []string{"json"}}, "contentTypes[0]"},
 		{Config{OnMalformed: "drop"}, "onMalformed"},
 		{Config{OnCompressed: "inflate"}, "onCompressed"},
+		{Config{OnUpgrade: "tunnel"}, "onUpgrade"},
 		{Config{MaxTokenBytes: 100}, "maxTokenBytes"},
 	} {
 		_, err := Compile(c.cfg)
