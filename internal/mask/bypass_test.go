@@ -284,6 +284,13 @@ func TestDigitRanges(t *testing.T) {
 			t.Errorf("Nd range %#x-%#x stride %d", rg.Lo, rg.Hi, rg.Stride)
 		}
 	}
+	for _, rg := range [][2]rune{{0x3400, 0x9fff}, {0xac00, 0xd7ff}} { // asciiOf's shortcut
+		for r := rg[0]; r <= rg[1]; r++ {
+			if unicode.Is(unicode.Nd, r) {
+				t.Fatalf("%U is a digit", r)
+			}
+		}
+	}
 	for r, want := range map[rune]byte{'０': '0', '９': '9', '٣': '3', '۷': '7', '३': '3', 0x1d7ce: '0', 0x1d7d8: '0', 0x1d7e1: '9'} {
 		if c, ok := asciiOf(r); !ok || c != want {
 			t.Errorf("%U: %q %v, want %q", r, c, ok, want)

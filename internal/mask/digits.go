@@ -22,7 +22,8 @@ func asciiOf(r rune) (byte, bool) {
 	case 0x2010, 0x2011, 0x2012, 0x2013, 0x2014, 0x2212, 0xfe63, 0xff0d: // hyphens, dashes, minus signs
 		return '-', true
 	}
-	if r < utf8.RuneSelf || !unicode.Is(unicode.Nd, r) {
+	if r < utf8.RuneSelf || r >= 0x3400 && r <= 0x9fff || r >= 0xac00 && r <= 0xd7ff || !unicode.Is(unicode.Nd, r) {
+		// (Han and Hangul, the common non-ASCII text here, hold no digits.)
 		return 0, false
 	}
 	// Unicode keeps decimal digits in runs of ten from 0 to 9 (stability
