@@ -1,6 +1,7 @@
 package mask
 
 import (
+	"encoding/binary"
 	"unicode"
 	"unicode/utf8"
 )
@@ -47,11 +48,7 @@ func asciiOf(r rune) (byte, bool) {
 // non-ASCII runes.
 func (m *Masker) findDigitsAnyScript(dst []span, text []byte) []span {
 	first := -1
-	for i := 0; i < len(text); {
-		if text[i] < utf8.RuneSelf {
-			i++
-			continue
-		}
+	for i := nonASCII(text, 0); i < len(text); i = nonASCII(text, i) {
 		r, size := utf8.DecodeRune(text[i:])
 		if _, ok := asciiOf(r); ok {
 			first = i
@@ -88,4 +85,17 @@ func (m *Masker) findDigitsAnyScript(dst []span, text []byte) []span {
 		dst[k].start, dst[k].end = at[dst[k].start], at[dst[k].end]
 	}
 	return dst
+}
+
+// nonASCII returns the offset of the first byte from i on that is not
+// ASCII, or len(b); it tests eight bytes at a time.
+func nonASCII(b []byte, i int) int {
+	for ; i+8 <= len(b); i += 8 {
+		if binary.LittleEndian.Uint64(b[i:])&0x8080808080808080 != 0 {
+			break
+		}
+	}
+	for ; i < len(b) && b[i] < utf8.RuneSelf; i++ {
+	}
+	return i
 }
