@@ -324,3 +324,37 @@ func TestCheckUpgrade(t *testing.T) {
 		}
 	}
 }
+
+// TestEscapedSpellings: JSON escapes are decoded before anything is
+// judged, in values and keys, whatever the digits' script or the number's
+// spelling.
+func TestEscapedSpellings(t *testing.T) {
+	m := mustCompile(t, Config{Detectors: allDetectors, KeepFirst: 3, KeepLast: 4})
+	for _, c := range []struct{ in, want string }{
+		{`{"\u0031\u0033\u0038\u0031\u0032\u0033\u0034\u0035\u0036\u0037\u0038":1}`, `{"138****5678":1}`},
+		{`["\uff11\uff13\uff18\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18"]`, `["１３８****５６７８"]`},
+		{`["\u0031.3812345678\u0065\u0031\u0030"]`, `["138****5678"]`},
+		{`{"p":"138\u002d1234\u002D5678"}`, `{"p":"138******5678"}`},
+	} {
+		out, _, err := maskRun(t, m, KindJSON, c.in)
+		if err != nil || out != c.want {
+			t.Errorf("%s: got %s, %v; want %s", c.in, out, err, c.want)
+		}
+	}
+}
+
+func TestNonASCII(t *testing.T) {
+	for n := range 20 {
+		for pos := 0; pos <= n; pos++ {
+			b := []byte(strings.Repeat("a", n))
+			if pos < n {
+				b[pos] = 0xc3
+			}
+			for from := 0; from <= pos; from++ {
+				if got := nonASCII(b, from); got != pos {
+					t.Fatalf("len %d, non-ASCII at %d, from %d: got %d", n, pos, from, got)
+				}
+			}
+		}
+	}
+}
