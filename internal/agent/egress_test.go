@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -246,26 +247,37 @@ func TestEgressRuleSelects(t *testing.T) {
 func TestEgressMaskingBypasses(t *testing.T) {
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, egressSvcDoc("pii-bypass", 19133))
+	// The same rule with onCompressed: decode.
+	apply(t, cp, strings.Replace(egressSvcDoc("pii-gzip", 19134), `"keepLast":4`, `"keepLast":4,"onCompressed":"decode"`, 1))
 	far, farPort := startRecorder(t)
+	farGz, farGzPort := startRecorder(t)
 	ctl := []string{cp.SyncAddr()}
 	startAgent(t, agentOpts{name: "b", site: "s9", region: "r1", vipOctet: 244, control: ctl, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("pii-bypass", "pii-bypass-1", farPort)}})
+		workloads: []Workload{webWorkload("pii-bypass", "pii-bypass-1", farPort), webWorkload("pii-gzip", "pii-gzip-1", farGzPort)}})
 	client := startAgent(t, agentOpts{name: "c", site: "s1", region: "r1", vipOctet: 245, control: ctl, stateDir: t.TempDir()})
-	waitFor(t, "client to learn the endpoint", func() bool { return len(endpointsOf(client, "demo/pii-bypass")) == 1 })
-	var url string
+	waitFor(t, "client to learn the endpoints", func() bool {
+		return len(endpointsOf(client, "demo/pii-bypass")) == 1 && len(endpointsOf(client, "demo/pii-gzip")) == 1
+	})
+	var url, gzURL string
 	for _, r := range client.Routes() {
-		if r.Service == "demo/pii-bypass" {
+		switch r.Service {
+		case "demo/pii-bypass":
 			url = "http://" + r.VIP + ":19133/orders"
+		case "demo/pii-gzip":
+			gzURL = "http://" + r.VIP + ":19134/orders"
 		}
 	}
-	waitFor(t, "listener", func() bool {
-		resp, err := http.Get(url)
-		if err == nil {
+	waitFor(t, "listeners", func() bool {
+		for _, u := range []string{url, gzURL} {
+			resp, err := http.Get(u)
+			if err != nil {
+				return false
+			}
 			resp.Body.Close()
 		}
-		return err == nil
+		return true
 	})
-	post := func(body string, h http.Header) (int, string) {
+	postTo := func(url, body string, h http.Header) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequest("POST", url, strings.NewReader(body))
 		for k, v := range h {
@@ -280,6 +292,7 @@ func TestEgressMaskingBypasses(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
+	post := func(body string, h http.Header) (int, string) { t.Helper(); return postTo(url, body, h) }
 	jsonType := http.Header{"Content-Type": {"application/json"}}
 	const bom = "\xef\xbb\xbf"
 	for _, c := range []struct {
@@ -346,6 +359,22 @@ func TestEgressMaskingBypasses(t *testing.T) {
 	resp.Body.Close()
 	if _, _, _, _, n := far.last(); resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "protocol upgrade cannot be inspected") || n != before {
 		t.Fatalf("upgrade: %d %q, backend requests %d -> %d", resp.StatusCode, b, before, n)
+	}
+	// onCompressed: decode: a gzip body arrives masked, gzip again.
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	io.WriteString(zw, `{"phone":1.3812345678e10}`)
+	zw.Close()
+	if code, resp := postTo(gzURL, zb.String(), http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"gzip"}}); code != 200 {
+		t.Fatalf("gzip: %d %s", code, resp)
+	}
+	gotGz, hGz, _, errGz, _ := farGz.last()
+	zr, err := gzip.NewReader(bytes.NewReader(gotGz))
+	if err != nil || errGz != nil || hGz.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("gzip: backend got %q (%v, %v), Content-Encoding %q", gotGz, err, errGz, hGz.Get("Content-Encoding"))
+	}
+	if plain, err := io.ReadAll(zr); err != nil || string(plain) != `{"phone":"138****5678"}` {
+		t.Fatalf("gzip: backend got %q, %v", plain, err)
 	}
 	// A header rule covers the '_' spelling WSGI and CGI backends read as
 	// the same header (the agent may also drop such headers: either way

@@ -61,6 +61,13 @@ const (
 	KindText                  // detectors and regexes over the bytes
 	KindSniff                 // no Content-Type: JSON if it starts like JSON, else not scanned
 	KindSniffText             // no Content-Type: JSON if it starts like JSON, else text
+
+	// A Kind from Classify may carry the body's content coding in its high
+	// bits (Config.OnCompressed decode): NewReader decompresses the body,
+	// masks it, and compresses it again.
+	kindGzip    Kind = 1 << 4
+	kindDeflate Kind = 2 << 4
+	kindBase    Kind = 0x0f
 )
 
 // jsonTypes are the names JSON goes by besides application/json and the
@@ -122,9 +129,14 @@ func (m *Masker) Classify(h http.Header) (Kind, error) {
 			kind = KindSniffText
 		}
 	}
-	if ce := compressed(ces); ce != "" {
-		if m.rejectCompressed {
-			return KindPass, fmt.Errorf("%w: Content-Encoding %q", ErrCompressed, ce)
+	if cs := codings(ces); len(cs) > 0 {
+		switch {
+		case m.decodeCompressed && len(cs) == 1 && (strings.EqualFold(cs[0], "gzip") || strings.EqualFold(cs[0], "x-gzip")):
+			return kind | kindGzip, nil
+		case m.decodeCompressed && len(cs) == 1 && strings.EqualFold(cs[0], "deflate"):
+			return kind | kindDeflate, nil
+		case m.rejectCompressed || m.decodeCompressed:
+			return KindPass, fmt.Errorf("%w: Content-Encoding %q", ErrCompressed, strings.Join(cs, ", "))
 		}
 		return KindPass, nil
 	}
@@ -203,17 +215,18 @@ func isToken(s string) bool {
 	return true
 }
 
-// compressed returns the first content coding other than identity in the
-// Content-Encoding field values, or "".
-func compressed(vs []string) string {
+// codings returns the content codings other than identity in the
+// Content-Encoding field values, in the order they were applied.
+func codings(vs []string) []string {
+	var cs []string
 	for _, v := range vs {
 		for _, c := range strings.Split(v, ",") {
 			if c = strings.Trim(c, " \t"); c != "" && !strings.EqualFold(c, "identity") {
-				return c
+				cs = append(cs, c)
 			}
 		}
 	}
-	return ""
+	return cs
 }
 
 // MaskHeader applies the header rules to h in place (callers pass a copy
@@ -278,9 +291,10 @@ type Reader struct {
 	src    io.Reader
 	json   *jsonScanner
 	text   *window
-	sniff  Kind // KindSniff or KindSniffText until the first byte that decides
-	lead   int  // bytes passed on while sniffing
-	bomAt  int  // of which a leading UTF-8 BOM
+	codec  *codec // a compressed body's decoder and encoder, or nil
+	sniff  Kind   // KindSniff or KindSniffText until the first byte that decides
+	lead   int    // bytes passed on while sniffing
+	bomAt  int    // of which a leading UTF-8 BOM
 	counts map[string]int
 	report func(label string, n int)
 	in     []byte
@@ -296,13 +310,18 @@ const readChunk = 32 << 10
 // unchanged). report may be nil.
 func (m *Masker) NewReader(src io.Reader, kind Kind, report func(label string, n int)) io.Reader {
 	r := &Reader{m: m, src: src, report: report, counts: map[string]int{}}
-	switch kind {
+	base := kind & kindBase
+	switch base {
 	case KindJSON, KindText:
-		r.start(kind)
+		r.start(base)
 	case KindSniff, KindSniffText:
-		r.sniff = kind
+		r.sniff = base
 	default:
 		return src
+	}
+	if coding := kind &^ kindBase; coding != 0 {
+		r.codec = newCodec(src, coding)
+		r.src = r.codec
 	}
 	return r
 }
@@ -388,10 +407,15 @@ func (r *Reader) Read(p []byte) (int, error) {
 				r.out = r.text.push(r.out, nil, true)
 			}
 		}
+		if r.codec != nil && serr == nil && (err == nil || err == io.EOF) {
+			r.out = r.codec.encode(r.out, r.out, err == io.EOF)
+		}
 		r.notePeak()
 		switch {
 		case serr != nil:
 			r.out, r.err = r.out[:0], serr // nothing more is sent
+		case errors.Is(err, ErrMalformed): // a compressed body that does not decompress
+			r.out, r.err = r.out[:0], err
 		case err != nil:
 			r.err = err
 		}

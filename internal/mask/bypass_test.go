@@ -1,7 +1,11 @@
 package mask
 
 import (
+	"bytes"
+	"compress/gzip"
+	"compress/zlib"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -356,5 +360,83 @@ func TestNonASCII(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestDecodeCompressed: with onCompressed: decode, a gzip or deflate body
+// is decompressed, masked and compressed again; what cannot be decoded is
+// refused or fails.
+func TestDecodeCompressed(t *testing.T) {
+	m := mustCompile(t, Config{Detectors: allDetectors, KeepFirst: 3, KeepLast: 4, OnCompressed: "decode"})
+	in := `{"phone":1.3812345678e10,"note":"call 13912345678","pad":"` + strings.Repeat("x", 100000) + `"}`
+	want := `{"phone":"138****5678","note":"call 139****5678","pad":"` + strings.Repeat("x", 100000) + `"}`
+	gz := func(s string) string {
+		var b bytes.Buffer
+		w := gzip.NewWriter(&b)
+		w.Write([]byte(s))
+		w.Close()
+		return b.String()
+	}
+	zl := func(s string) string {
+		var b bytes.Buffer
+		w := zlib.NewWriter(&b)
+		w.Write([]byte(s))
+		w.Close()
+		return b.String()
+	}
+	for _, c := range []struct {
+		ce     string
+		body   string
+		decode func(string) (string, error)
+	}{
+		{"gzip", gz(in), func(s string) (string, error) {
+			r, err := gzip.NewReader(strings.NewReader(s))
+			if err != nil {
+				return "", err
+			}
+			b, err := io.ReadAll(r)
+			return string(b), err
+		}},
+		{"deflate", zl(in), func(s string) (string, error) {
+			r, err := zlib.NewReader(strings.NewReader(s))
+			if err != nil {
+				return "", err
+			}
+			b, err := io.ReadAll(r)
+			return string(b), err
+		}},
+	} {
+		k, err := m.Classify(http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {c.ce}})
+		if err != nil {
+			t.Fatalf("%s: %v", c.ce, err)
+		}
+		out, counts, err := maskRun(t, m, k, c.body)
+		if err != nil {
+			t.Fatalf("%s: %v", c.ce, err)
+		}
+		plain, err := c.decode(out)
+		if err != nil || plain != want || counts[DetectorCNMobile] != 2 {
+			t.Fatalf("%s: got %.80q, %v, counts %v", c.ce, plain, err, counts)
+		}
+	}
+	// Refused: codings it cannot decode, or more than one.
+	for _, ce := range []string{"br", "zstd", "gzip, gzip", "deflate, gzip"} {
+		if _, err := m.Classify(http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {ce}}); !errors.Is(err, ErrCompressed) {
+			t.Errorf("%s: %v", ce, err)
+		}
+	}
+	k, _ := m.Classify(http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"gzip"}})
+	// Malformed: not gzip, cut short, or a decompression bomb.
+	bomb := gz("[" + strings.Repeat(" ", 8<<20) + "]")
+	for name, body := range map[string]string{"not gzip": "{}", "cut short": gz(in)[:len(gz(in))/2], "bomb": bomb} {
+		_, _, err := maskRun(t, m, k, body)
+		t.Logf("%s: %v", name, err)
+		if !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// An empty body stays empty.
+	if out, _, err := maskRun(t, m, k, ""); err != nil || out != "" {
+		t.Errorf("empty: %q, %v", out, err)
 	}
 }

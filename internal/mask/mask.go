@@ -63,6 +63,7 @@ const (
 const (
 	PolicyReject = "reject" // fail: the request is not sent on (the default)
 	PolicyPass   = "pass"   // send it on unmasked
+	PolicyDecode = "decode" // onCompressed only: decompress, mask, compress again
 )
 
 // Config says what to mask. Its zero value masks nothing. It is also the
@@ -120,8 +121,12 @@ type Config struct {
 	// sends the rest of the body unchanged.
 	OnMalformed string `json:"onMalformed,omitempty"`
 	// OnCompressed: what to do with a body to scan when any coding of any
-	// Content-Encoding field is not identity: "reject" (default) or "pass"
-	// unchanged. Compressed bodies are not decompressed.
+	// Content-Encoding field is not identity: "reject" (default), "pass"
+	// unchanged, or "decode": a body in one gzip or deflate coding is
+	// decompressed, masked and compressed again in the same coding (other
+	// codings, and more than one, are still rejected; a body that
+	// decompresses to more than 1 MiB plus 100 times its size is
+	// malformed: a decompression bomb).
 	OnCompressed string `json:"onCompressed,omitempty"`
 	// OnUpgrade: what to do, when there are body rules, with a request
 	// that asks to switch protocols (an Upgrade header such as WebSocket,
@@ -193,6 +198,7 @@ type Masker struct {
 	types                []string
 	rejectMalformed      bool
 	rejectCompressed     bool
+	decodeCompressed     bool
 	rejectUpgrade        bool
 	maxToken             int
 	scanStrings, anyRule bool
@@ -307,8 +313,10 @@ func Compile(cfg Config) (*Masker, error) {
 	case "", PolicyReject:
 	case PolicyPass:
 		m.rejectCompressed = false
+	case PolicyDecode:
+		m.decodeCompressed = true
 	default:
-		return nil, cfgErr("onCompressed", "%q is not reject or pass", cfg.OnCompressed)
+		return nil, cfgErr("onCompressed", "%q is not reject, pass or decode", cfg.OnCompressed)
 	}
 	switch cfg.OnUpgrade {
 	case "", PolicyReject:
