@@ -31,7 +31,9 @@ import (
 // than one Content-Type (repeated fields or a comma list; a backend may
 // read either), a Content-Type that is no media type or has a UTF-16/32
 // charset, with onCompressed: reject any Content-Encoding coding other
-// than identity, and with onUpgrade: reject a request that asks to switch
+// than identity (with decode: any but one gzip or deflate, which is
+// inflated, masked and compressed again), and with onUpgrade: reject a
+// request that asks to switch
 // protocols (WebSocket, CONNECT: the stream after the switch is no body).
 // mask.Classify and mask.CheckUpgrade decide; see package mask.
 //

@@ -2,6 +2,7 @@ package mask
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"io"
 	"math/big"
@@ -157,4 +158,55 @@ func mustFloat(s string) float64 {
 		panic(err)
 	}
 	return f
+}
+
+// FuzzCompressed: a compressed body (onCompressed: decode) never panics
+// the decoder; when it is gzip of valid JSON, what comes out is gzip of
+// valid JSON with nothing a detector flags.
+func FuzzCompressed(f *testing.F) {
+	gz := func(s string) []byte {
+		var b bytes.Buffer
+		w := gzip.NewWriter(&b)
+		w.Write([]byte(s))
+		w.Close()
+		return b.Bytes()
+	}
+	for _, s := range []string{`{"p":1.3812345678e10}`, `["１３８１２３４５６７８"]`, ``, `{`} {
+		f.Add(gz(s), false)
+		f.Add([]byte(s), true)
+	}
+	f.Add(gz(`[1]`)[:10], false)
+	m := mustCompile(f, Config{Detectors: allDetectors, OnCompressed: "decode"})
+	f.Fuzz(func(t *testing.T, in []byte, wrap bool) {
+		if wrap {
+			in = gz(string(in))
+		}
+		out, err := io.ReadAll(m.NewReader(iotest.HalfReader(bytes.NewReader(in)), KindJSON|kindGzip, nil))
+		if err != nil {
+			return
+		}
+		zr, err := gzip.NewReader(bytes.NewReader(in))
+		if err != nil {
+			return
+		}
+		plain, err := io.ReadAll(zr)
+		if err != nil {
+			return
+		}
+		if len(out) == 0 {
+			if len(in) != 0 {
+				t.Fatalf("gzip of %q gave no output", plain)
+			}
+			return
+		}
+		zr, err = gzip.NewReader(bytes.NewReader(out))
+		if err != nil {
+			t.Fatalf("output is no gzip: %v", err)
+		}
+		masked, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatalf("output is no gzip: %v", err)
+		}
+		checkProperty(t, string(plain), string(masked))
+	})
 }
