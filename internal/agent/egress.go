@@ -33,14 +33,14 @@ import (
 // charset, with onCompressed: reject any Content-Encoding coding other
 // than identity (with decode: any but one gzip or deflate, which is
 // inflated, masked and compressed again), and with onUpgrade: reject a
-// request that asks to switch
-// protocols (WebSocket, CONNECT: the stream after the switch is no body).
-// mask.Classify and mask.CheckUpgrade decide; see package mask.
+// request that asks to switch protocols (WebSocket, CONNECT: the stream
+// after the switch is no body). mask.Classify and mask.CheckUpgrade
+// decide; see package mask.
 //
 // Metrics:
 //
 //	fogmesh_egress_masked_fields_total{service,detector}  values masked, by detector, regex name, "json-path" or "header"
-//	fogmesh_egress_bodies_total{service,rule,result}      result: masked, failed (malformed, request aborted), rejected (compressed, ambiguous type: not sent)
+//	fogmesh_egress_bodies_total{service,rule,result}      result: masked, failed (malformed, request aborted), rejected (compressed, ambiguous type, upgrade: not sent)
 
 // errEgress wraps egress failures. They are about the request, not the
 // endpoint: no ejection, no retry (see upstreamFailure).
