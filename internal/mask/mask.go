@@ -8,15 +8,24 @@
 // wraps bodies in an io.Reader that streams (memory stays bounded whatever
 // the body's size):
 //
-//   - JSON bodies (application/json and any +json type) go through a
+//   - JSON bodies (application/json, its other names such as text/json
+//     and application/x-ndjson, and any +json type) go through a
 //     streaming scanner that copies bytes through and keeps only the
 //     current string or number token and the current path. String values
 //     and object keys are decoded (\u0031 is a digit) before the detectors
 //     run; a string with a match is re-encoded, any other passes byte for
-//     byte. Numbers that are card or phone numbers become masked strings
-//     (13812345678 → "138****5678"): a masked number is no number.
+//     byte. Numbers are judged by their exact value, whatever their
+//     spelling (1.3812345678e10 is 13812345678; number.go), and by the
+//     integer a float64 parser rounds them to; so are strings that hold a
+//     number. Card or phone numbers become masked strings (→
+//     "138****5678"): a masked number is no number. A leading UTF-8 byte
+//     order mark is passed on.
+//   - A body without Content-Type is JSON if it starts like JSON ('{' or
+//     '[' after space or a BOM).
 //   - Other content types listed in Config.ContentTypes are scanned as
 //     text; everything else passes unchanged.
+//   - A request that declares more than one Content-Type, or one that is
+//     no media type, is refused: see Classify.
 //
 // See Config for the detectors, paths, and what happens to malformed,
 // compressed and very long input.
@@ -54,6 +63,7 @@ const (
 const (
 	PolicyReject = "reject" // fail: the request is not sent on (the default)
 	PolicyPass   = "pass"   // send it on unmasked
+	PolicyDecode = "decode" // onCompressed only: decompress, mask, compress again
 )
 
 // Config says what to mask. Its zero value masks nothing. It is also the
@@ -72,7 +82,9 @@ type Config struct {
 	//     starts with 1 and is left alone.
 	//
 	// Digits may be grouped by single spaces or dashes ("6222 0212 3456
-	// 7890 123", "138-1234-5678") when every group has at least 3 digits.
+	// 7890 123", "138-1234-5678") when every group has at least 3 digits,
+	// and may be decimal digits of any script, spaces and dashes of any
+	// width ("１３８－１２３４－５６７８"; digits.go).
 	// A match needs non-digits (or the ends of the value) on both sides:
 	// digits of a longer number are not matched.
 	Detectors []string `json:"detectors,omitempty"`
@@ -94,20 +106,33 @@ type Config struct {
 	// never matches a detector again.
 	MaskChar string `json:"maskChar,omitempty"`
 	// ContentTypes are the bodies scanned (default application/json and
-	// +json). An entry is a media type ("application/json"), a suffix
-	// ("+json"), a type wildcard ("text/*") or "*" (every body, including
-	// one without Content-Type). JSON types get the JSON scanner, others
-	// are scanned as text (detectors and regexes; paths do not apply).
+	// +json). An entry is a media type ("application/json", which also
+	// names JSON's other names: text/json, application/x-json and the
+	// NDJSON/JSON Lines types), a suffix ("+json"), a type wildcard
+	// ("text/*") or "*" (every body). JSON types get the JSON scanner,
+	// others are scanned as text (detectors and regexes; paths do not
+	// apply). A body without Content-Type is scanned as JSON when it starts
+	// like JSON, else passes (or, with "*", is scanned as text).
+	// Multipart bodies pass unless listed (then they are scanned as text).
 	ContentTypes []string `json:"contentTypes,omitempty"`
 	// OnMalformed: what to do with a body declared JSON that is not:
 	// "reject" (default) fails the body read, so the request is aborted and
 	// nothing after the error is sent (the client gets an error), or "pass"
 	// sends the rest of the body unchanged.
 	OnMalformed string `json:"onMalformed,omitempty"`
-	// OnCompressed: what to do with a scanned content type whose
-	// Content-Encoding is not identity: "reject" (default) or "pass"
-	// unchanged. Compressed bodies are not decompressed.
+	// OnCompressed: what to do with a body to scan when any coding of any
+	// Content-Encoding field is not identity: "reject" (default), "pass"
+	// unchanged, or "decode": a body in one gzip or deflate coding is
+	// decompressed, masked and compressed again in the same coding (other
+	// codings, and more than one, are still rejected; a body that
+	// decompresses to more than 1 MiB plus 100 times its size is
+	// malformed: a decompression bomb).
 	OnCompressed string `json:"onCompressed,omitempty"`
+	// OnUpgrade: what to do, when there are body rules, with a request
+	// that asks to switch protocols (an Upgrade header such as WebSocket,
+	// or CONNECT): what flows after the switch is no HTTP body and cannot
+	// be inspected. "reject" (default) or "pass" unchanged.
+	OnUpgrade string `json:"onUpgrade,omitempty"`
 	// MaxTokenBytes bounds the buffered part of one JSON string or of a
 	// window of text (default 1 MiB, at least 4096). A longer string value
 	// is scanned in windows of this size that overlap by 256 bytes: every
@@ -173,6 +198,8 @@ type Masker struct {
 	types                []string
 	rejectMalformed      bool
 	rejectCompressed     bool
+	decodeCompressed     bool
+	rejectUpgrade        bool
 	maxToken             int
 	scanStrings, anyRule bool
 }
@@ -180,7 +207,7 @@ type Masker struct {
 // Compile checks cfg and returns its Masker. The error is a *ConfigError.
 func Compile(cfg Config) (*Masker, error) {
 	m := &Masker{cfg: cfg, headers: map[string]string{}, maskChar: []byte("*"), maxToken: defaultMaxToken,
-		keepFirst: cfg.KeepFirst, keepLast: cfg.KeepLast, rejectMalformed: true, rejectCompressed: true}
+		keepFirst: cfg.KeepFirst, keepLast: cfg.KeepLast, rejectMalformed: true, rejectCompressed: true, rejectUpgrade: true}
 	seen := map[string]bool{}
 	for i, d := range cfg.Detectors {
 		f := fmt.Sprintf("detectors[%d]", i)
@@ -250,7 +277,7 @@ func Compile(cfg Config) (*Masker, error) {
 		default:
 			return nil, cfgErr(f+".action", "%q is not mask, drop or detect", h.Action)
 		}
-		m.headers[canonicalHeader(h.Name)] = a
+		m.headers[headerRuleKey(h.Name)] = a
 	}
 	if cfg.KeepFirst < 0 || cfg.KeepFirst > maxKeep {
 		return nil, cfgErr("keepFirst", "%d is not within 0 and %d", cfg.KeepFirst, maxKeep)
@@ -286,8 +313,17 @@ func Compile(cfg Config) (*Masker, error) {
 	case "", PolicyReject:
 	case PolicyPass:
 		m.rejectCompressed = false
+	case PolicyDecode:
+		m.decodeCompressed = true
 	default:
-		return nil, cfgErr("onCompressed", "%q is not reject or pass", cfg.OnCompressed)
+		return nil, cfgErr("onCompressed", "%q is not reject, pass or decode", cfg.OnCompressed)
+	}
+	switch cfg.OnUpgrade {
+	case "", PolicyReject:
+	case PolicyPass:
+		m.rejectUpgrade = false
+	default:
+		return nil, cfgErr("onUpgrade", "%q is not reject or pass", cfg.OnUpgrade)
 	}
 	if cfg.MaxTokenBytes != 0 {
 		if cfg.MaxTokenBytes < minMaxToken || cfg.MaxTokenBytes > 64<<20 {
