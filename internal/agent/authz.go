@@ -347,16 +347,31 @@ func (a *Agent) mqttChecker(ctx context.Context, v *view, sv *serviceView, port,
 }
 
 // authorizeStream is DialLocal's check of a mesh stream before it dials.
+//
+// In secure mode every stream of an HTTP, HTTP/2 or gRPC port is served
+// per request (authzServer), also when no policy selects the destination:
+// each request's source identity arrives in SourceIDHeader, written by the
+// source node, and only a per-request server can take a claim the node may
+// not make (one it hosts no endpoint of) away before the workload sees it.
+// Relaying the bytes would hand a lying node's claim to the workload as
+// vouched.
 func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzMode, error) {
 	v := a.view.Load()
 	sv := v.services[h.Namespace+"/"+h.Service]
-	if sv == nil || v.authz == nil {
+	if sv == nil {
 		return modeNone, nil
 	}
-	src, node := a.vouch(ctx, h, h.SourceID)
-	d, mode := a.authorizeConn(ctx, v, sv, h.Port, src, node)
-	if !d.Allow {
-		return modeNone, fmt.Errorf("%w: %s:%s from %q (node %s): %s %s", transport.ErrDenied, h.Service, h.Port, src, node, d.Reason, d.Policy)
+	mode := modeNone
+	if v.authz != nil {
+		src, node := a.vouch(ctx, h, h.SourceID)
+		var d authz.Decision
+		d, mode = a.authorizeConn(ctx, v, sv, h.Port, src, node)
+		if !d.Allow {
+			return modeNone, fmt.Errorf("%w: %s:%s from %q (node %s): %s %s", transport.ErrDenied, h.Service, h.Port, src, node, d.Reason, d.Policy)
+		}
+	}
+	if mode == modeNone && a.ident != nil && isL7(protoOf(sv, h.Port)) {
+		mode = modeHTTP
 	}
 	return mode, nil
 }
