@@ -79,7 +79,7 @@ apiVersion: fogmesh.io/v1alpha1
 kind: Service
 metadata: {name: open, namespace: e2e}
 spec:
-  ports: [{name: http, port: 18083, protocol: http}]
+  ports: [{name: http, port: 18083, protocol: http}, {name: any, port: 18084, protocol: auto}]
 ---
 apiVersion: fogmesh.io/v1alpha1
 kind: Service
@@ -376,7 +376,7 @@ func startDPMesh(t *testing.T) *dpMesh {
 	}
 	srv, srvAdmin, srvMesh, srvDir := agentAt("server", "e2e-b", dpServerVIPs,
 		fmt.Sprintf("  - {service: web, namespace: e2e, ports: [{name: http, port: %d}]}\n", webLn.Addr().(*net.TCPAddr).Port)+
-			fmt.Sprintf("  - {service: open, namespace: e2e, ports: [{name: http, port: %d}]}\n", openLn.Addr().(*net.TCPAddr).Port)+
+			fmt.Sprintf("  - {service: open, namespace: e2e, ports: [{name: http, port: %[1]d}, {name: any, port: %[1]d}]}\n", openLn.Addr().(*net.TCPAddr).Port)+
 			fmt.Sprintf("  - {service: rpc, namespace: e2e, ports: [{name: grpc, port: %d}]}\n", rpcLn.Addr().(*net.TCPAddr).Port)+
 			fmt.Sprintf("  - {service: broker, namespace: e2e, address: %q, ports: [{name: mqtt, port: %d}]}\n", dpBroker, m.brokerPort)+
 			client("frontend", dpLocalFront, 18081))
@@ -695,13 +695,16 @@ func TestSecureDataPlane(t *testing.T) {
 	t.Run("vouching", func(t *testing.T) {
 		// No policy selects open: the workload still sees the vouched
 		// identity of its caller, and none for a process that is no
-		// workload, whatever they claim.
-		open := "http://" + m.open.String()
-		if r := curl(t, dpFrontend, open+"/open/frontend", "-H", "X-Fogmesh-Source-Id: "+dpGuestID); r.code != 200 || !slices.Equal(seenIDs(t, r), []string{dpFrontendID}) {
-			t.Errorf("frontend to open (forged guest): %d %s", r.code, r.body)
-		}
-		if r := curl(t, dpNobody, open+"/open/nobody", "-H", "X-Fogmesh-Source-Id: "+dpFrontendID); r.code != 200 || len(seenIDs(t, r)) != 0 {
-			t.Errorf("no workload to open (forged frontend): %d %s", r.code, r.body)
+		// workload, whatever they claim (port http, and auto taking the
+		// HTTP path).
+		for _, vip := range []netip.AddrPort{m.open, netip.AddrPortFrom(m.open.Addr(), 18084)} {
+			open := "http://" + vip.String()
+			if r := curl(t, dpFrontend, open+"/open/frontend", "-H", "X-Fogmesh-Source-Id: "+dpGuestID); r.code != 200 || !slices.Equal(seenIDs(t, r), []string{dpFrontendID}) {
+				t.Errorf("frontend to %s (forged guest): %d %s", open, r.code, r.body)
+			}
+			if r := curl(t, dpNobody, open+"/open/nobody", "-H", "X-Fogmesh-Source-Id: "+dpFrontendID); r.code != 200 || len(seenIDs(t, r)) != 0 {
+				t.Errorf("no workload to %s (forged frontend): %d %s", open, r.code, r.body)
+			}
 		}
 		// A node that lies: the client node's own certificate and key speak
 		// the mesh protocol to the server node and claim, in the stream
@@ -710,20 +713,20 @@ func TestSecureDataPlane(t *testing.T) {
 		unvouched := metric(t, nil, "http://"+m.serverAdmin+"/metrics", "fogmesh_agent_authz_unvouched_source_total")
 		liar := nodeMeshClient(t, m.clientDir, "client")
 		for _, c := range []struct {
-			svc  string
-			echo *identityEcho
-			code int
-		}{{"web", m.webEcho, 403}, {"open", m.openEcho, 200}} {
+			svc, port string
+			echo      *identityEcho
+			code      int
+		}{{"web", "http", m.webEcho, 403}, {"open", "http", m.openEcho, 200}, {"open", "any", m.openEcho, 200}} {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			conn, err := liar.Dial(ctx, m.serverMesh, transport.Header{Namespace: "e2e", Service: c.svc, Endpoint: c.svc + "-server", Port: "http",
+			conn, err := liar.Dial(ctx, m.serverMesh, transport.Header{Namespace: "e2e", Service: c.svc, Endpoint: c.svc + "-server", Port: c.port,
 				Source: "client", SourceID: dpRPCID})
 			if err != nil {
 				t.Fatalf("%s: mesh dial with the client node's credentials: %v", c.svc, err)
 			}
 			defer conn.Close()
 			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			path := "/lie/" + c.svc
+			path := "/lie/" + c.svc + "/" + c.port
 			fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nX-Fogmesh-Source-Id: %s\r\nConnection: close\r\n\r\n", path, c.svc, dpRPCID)
 			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 			if err != nil {
@@ -731,11 +734,11 @@ func TestSecureDataPlane(t *testing.T) {
 			}
 			resp.Body.Close()
 			if resp.StatusCode != c.code {
-				t.Errorf("%s: a request claiming %s from the client node: %s, want %d", c.svc, dpRPCID, resp.Status, c.code)
+				t.Errorf("%s:%s: a request claiming %s from the client node: %s, want %d", c.svc, c.port, dpRPCID, resp.Status, c.code)
 			}
 			for _, s := range c.echo.reached(path) {
 				if len(s.IDs) != 0 {
-					t.Errorf("%s: the workload saw the unvouched source %q", c.svc, s.IDs)
+					t.Errorf("%s:%s: the workload saw the unvouched source %q", c.svc, c.port, s.IDs)
 				}
 			}
 		}

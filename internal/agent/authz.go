@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -294,6 +295,10 @@ const (
 	modeNone authzMode = iota // decided once, bytes relayed
 	modeHTTP                  // per request
 	modeMQTT                  // per PUBLISH/SUBSCRIBE
+	// modeDetect: an auto port in secure mode; decided once, and HTTP
+	// (told by its first bytes) is served per request so that its source
+	// identity header is vouched for (authorizeStream).
+	modeDetect
 )
 
 // authorizeConn decides a new connection (a mesh stream, or a VIP
@@ -354,7 +359,8 @@ func (a *Agent) mqttChecker(ctx context.Context, v *view, sv *serviceView, port,
 // source node, and only a per-request server can take a claim the node may
 // not make (one it hosts no endpoint of) away before the workload sees it.
 // Relaying the bytes would hand a lying node's claim to the workload as
-// vouched.
+// vouched. On an auto port the stream's first bytes decide, as at the
+// source.
 func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzMode, error) {
 	v := a.view.Load()
 	sv := v.services[h.Namespace+"/"+h.Service]
@@ -370,8 +376,13 @@ func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzM
 			return modeNone, fmt.Errorf("%w: %s:%s from %q (node %s): %s %s", transport.ErrDenied, h.Service, h.Port, src, node, d.Reason, d.Policy)
 		}
 	}
-	if mode == modeNone && a.ident != nil && isL7(protoOf(sv, h.Port)) {
-		mode = modeHTTP
+	if mode == modeNone && a.ident != nil {
+		switch p := protoOf(sv, h.Port); {
+		case isL7(p):
+			mode = modeHTTP
+		case p == "auto":
+			mode = modeDetect
+		}
 	}
 	return mode, nil
 }
@@ -391,6 +402,22 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 	if !ok || mc.mode == modeNone {
 		relayBytes(ctx, stream, local)
 		return
+	}
+	proto, perConn := "", false
+	if mc.mode == modeDetect {
+		var peeked []byte
+		proto, peeked = detect(stream)
+		if proto != "http" && proto != "http2" {
+			if _, err := local.Write(peeked); err != nil {
+				stream.Close()
+				local.Close()
+				return
+			}
+			relayBytes(ctx, stream, local)
+			return
+		}
+		stream = &prefixConn{Conn: stream, r: io.MultiReader(bytes.NewReader(peeked), stream)}
+		mc.mode, perConn = modeHTTP, true
 	}
 	defer stream.Close()
 	defer local.Close()
@@ -414,7 +441,10 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 		}
 		a.relayMQTT(ctx, stream, local, cn.Version, h.Namespace+"/"+h.Service, false, a.mqttChecker(ctx, v, sv, h.Port, src, node))
 	case modeHTTP:
-		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: protoOf(sv, h.Port), streamCtx: ctx})
+		if proto == "" {
+			proto = protoOf(sv, h.Port)
+		}
+		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: proto, streamCtx: ctx, perConn: perConn})
 	}
 }
 
@@ -444,6 +474,9 @@ type meshStream struct {
 	// streamCtx is the mesh stream's context (its TLS peer), for vouching
 	// per request.
 	streamCtx context.Context
+	// perConn: the stream was authorized when it opened (an auto port, as
+	// a TCP connection); its requests are vouched for, not decided again.
+	perConn bool
 
 	mu sync.Mutex // guards t
 	t  *http.Transport
@@ -588,12 +621,14 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	if src != "" {
 		r.Header.Set(SourceIDHeader, src)
 	}
-	num, _ := portOf(sv, ms.h.Port)
-	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
-		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: r.URL.Path, Header: r.Header}
-	if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
-		writeDenied(w, r.Header)
-		return
+	if !ms.perConn {
+		num, _ := portOf(sv, ms.h.Port)
+		req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
+			Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: r.URL.Path, Header: r.Header}
+		if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
+			writeDenied(w, r.Header)
+			return
+		}
 	}
 	s.rp.ServeHTTP(w, r)
 }

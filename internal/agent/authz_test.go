@@ -515,8 +515,9 @@ func TestVouchSourceIdentity(t *testing.T) {
 // TestMeshStreamsOfL7PortsServedPerRequest: in secure mode a mesh stream
 // to an HTTP, HTTP/2 or gRPC port is served per request (where the request
 // header's source identity is vouched for) even when no policy selects the
-// destination, or none exists at all; TCP streams, and every stream in
-// insecure mode, are relayed as bytes. (TestSecureDataPlane shows a lying
+// destination, or none exists at all; on an auto port the first bytes
+// decide; TCP streams, and every stream in insecure mode, are relayed as
+// bytes. (TestSecureDataPlane shows a lying
 // node's claim reaching the workload otherwise.)
 func TestMeshStreamsOfL7PortsServedPerRequest(t *testing.T) {
 	svc := &api.Service{Meta: api.Meta{Name: "web", Namespace: "demo"}, Spec: api.ServiceSpec{Ports: []api.ServicePort{
@@ -534,7 +535,7 @@ func TestMeshStreamsOfL7PortsServedPerRequest(t *testing.T) {
 			if secure {
 				a.ident = &nodeIdentity{td: spiffeid.RequireTrustDomainFromString("fogmesh.local")}
 			}
-			for port, want := range map[string]authzMode{"h1": modeHTTP, "h2": modeHTTP, "rpc": modeHTTP, "raw": modeNone, "any": modeNone} {
+			for port, want := range map[string]authzMode{"h1": modeHTTP, "h2": modeHTTP, "rpc": modeHTTP, "raw": modeNone, "any": modeDetect} {
 				if !secure {
 					want = modeNone
 				}
