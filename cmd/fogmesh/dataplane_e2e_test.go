@@ -343,7 +343,7 @@ func startDPMesh(t *testing.T) *dpMesh {
 
 	// The control plane, secure by default, on ports it picks.
 	state := t.TempDir()
-	cp := start(t, "control", "-state-dir", state, "-admin-addr", "127.0.0.1:0", "-sync-addr", "127.0.0.1:0", "-heartbeat-interval", "500ms")
+	cp := start(t, "control", "-state-dir", state, "-admin-addr", "127.0.0.1:0", "-sync-addr", "127.0.0.1:0")
 	addrs := waitOutput(t, cp, regexp.MustCompile(`admin https://(\S+), sync (\S+) \(mTLS\)`), 20*time.Second)
 	adminAddr, syncAddr := addrs[1], addrs[2]
 	m.admin = secureAdmin(t, cp, state, adminAddr)
