@@ -299,7 +299,7 @@ type dpMesh struct {
 	serverAdmin          string
 	serverDir            string
 	web, rpc, broker     netip.AddrPort // the services' VIPs on the client node
-	localWeb             netip.AddrPort // web's VIP on the server node
+	localWeb, localRPC   netip.AddrPort // web's and rpc's VIPs on the server node
 	webEcho, openEcho    *identityEcho
 	open                 netip.AddrPort // open's VIP on the client node
 	serverMesh           string         // the server agent's mesh address
@@ -400,7 +400,7 @@ func startDPMesh(t *testing.T) *dpMesh {
 		case "open":
 			m.open = at(dpClientVIPs)
 		case "rpc":
-			m.rpc = at(dpClientVIPs)
+			m.rpc, m.localRPC = at(dpClientVIPs), at(dpServerVIPs)
 		case "broker":
 			m.broker = at(dpClientVIPs)
 		}
@@ -568,28 +568,31 @@ func TestSecureDataPlane(t *testing.T) {
 		// The same on the server node's own agent (a local endpoint: its
 		// agent vouches and decides alone).
 		local := "http://" + m.localWeb.String()
-		r := curl(t, dpLocalFront, local+"/api/local", "-H", "X-Fogmesh-Source-Id: "+dpGuestID)
-		if r.code != 200 {
-			t.Fatalf("local frontend: %d %s", r.code, r.body)
-		}
-		if ids := seenIDs(t, r); !slices.Equal(ids, []string{dpFrontendID}) {
-			t.Errorf("local frontend (forged guest): the workload saw %q", ids)
-		}
-		for _, c := range []struct{ src, path string }{{dpLocalFront, "/api/admin/local"}, {dpNobody, "/api/local-nobody"}} {
-			if r := curl(t, c.src, local+c.path, "-H", "X-Fogmesh-Source-Id: "+dpFrontendID); r.code != 403 {
-				t.Errorf("local %s from %s: %d %s, want 403", c.path, c.src, r.code, r.body)
+		for _, proto := range [][]string{nil, {"--http2-prior-knowledge"}} {
+			name := map[bool]string{false: "h1", true: "h2c"}[proto != nil]
+			r := curl(t, dpLocalFront, local+"/api/local/"+name, append(proto, "-H", "X-Fogmesh-Source-Id: "+dpGuestID)...)
+			if r.code != 200 {
+				t.Fatalf("local frontend %s: %d %s", name, r.code, r.body)
 			}
-			if got := m.webEcho.reached(c.path); len(got) != 0 {
-				t.Errorf("local %s reached the workload: %v", c.path, got)
+			if ids := seenIDs(t, r); !slices.Equal(ids, []string{dpFrontendID}) {
+				t.Errorf("local frontend %s (forged guest): the workload saw %q", name, ids)
+			}
+			for _, c := range []struct{ src, path string }{{dpLocalFront, "/api/admin/local/" + name}, {dpNobody, "/api/local-nobody/" + name}} {
+				if r := curl(t, c.src, local+c.path, append(proto, "-H", "X-Fogmesh-Source-Id: "+dpFrontendID)...); r.code != 403 {
+					t.Errorf("local %s from %s: %d %s, want 403", c.path, c.src, r.code, r.body)
+				}
+				if got := m.webEcho.reached(c.path); len(got) != 0 {
+					t.Errorf("local %s reached the workload: %v", c.path, got)
+				}
 			}
 		}
 	})
 
 	t.Run("grpc", func(t *testing.T) {
-		dial := func(src string) healthpb.HealthClient {
+		dial := func(src string, vip netip.AddrPort) healthpb.HealthClient {
 			t.Helper()
 			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-			cc, err := grpc.NewClient("passthrough:///"+m.rpc.String(),
+			cc, err := grpc.NewClient("passthrough:///"+vip.String(),
 				grpc.WithTransportCredentials(insecure.NewCredentials()),
 				grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 					return d.DialContext(ctx, "tcp", addr)
@@ -602,14 +605,17 @@ func TestSecureDataPlane(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		front, guest, nobody := dial(dpFrontend), dial(dpGuest), dial(dpNobody)
+		front, guest, nobody := dial(dpFrontend, m.rpc), dial(dpGuest, m.rpc), dial(dpNobody, m.rpc)
+		localFront, localNobody := dial(dpLocalFront, m.localRPC), dial(dpNobody, m.localRPC)
 		forged := metadata.AppendToOutgoingContext(ctx, "x-fogmesh-source-id", "spiffe://fogmesh.local/ns/e2e/sa/admin")
-		var hdr metadata.MD
-		if _, err := front.Check(forged, &healthpb.HealthCheckRequest{}, grpc.Header(&hdr)); err != nil {
-			t.Fatalf("frontend Check: %v", err)
-		}
-		if got := hdr.Get("seen-source-id"); !slices.Equal(got, []string{dpFrontendID}) {
-			t.Errorf("frontend Check (forged admin): the workload saw %q, want %q", got, dpFrontendID)
+		for name, c := range map[string]healthpb.HealthClient{"frontend": front, "local frontend": localFront} {
+			var hdr metadata.MD
+			if _, err := c.Check(forged, &healthpb.HealthCheckRequest{}, grpc.Header(&hdr)); err != nil {
+				t.Fatalf("%s Check: %v", name, err)
+			}
+			if got := hdr.Get("seen-source-id"); !slices.Equal(got, []string{dpFrontendID}) {
+				t.Errorf("%s Check (forged admin): the workload saw %q, want %q", name, got, dpFrontendID)
+			}
 		}
 		before := m.grpcEcho.count()
 		claimFront := metadata.AppendToOutgoingContext(ctx, "x-fogmesh-source-id", dpFrontendID)
@@ -623,7 +629,12 @@ func TestSecureDataPlane(t *testing.T) {
 				_, err := nobody.Check(claimFront, &healthpb.HealthCheckRequest{})
 				return err
 			},
-			"frontend List": func() error { _, err := front.List(ctx, &healthpb.HealthListRequest{}); return err },
+			"local no workload Check forging frontend": func() error {
+				_, err := localNobody.Check(claimFront, &healthpb.HealthCheckRequest{})
+				return err
+			},
+			"local frontend List": func() error { _, err := localFront.List(ctx, &healthpb.HealthListRequest{}); return err },
+			"frontend List":       func() error { _, err := front.List(ctx, &healthpb.HealthListRequest{}); return err },
 			"frontend Watch": func() error {
 				s, err := front.Watch(ctx, &healthpb.HealthCheckRequest{})
 				if err == nil {
@@ -750,7 +761,7 @@ func TestSecureDataPlane(t *testing.T) {
 	t.Run("accounted", func(t *testing.T) {
 		// The server node's agent decided every request above: its metrics
 		// count the denials and its audit log records them.
-		for svc, min := range map[string]float64{"e2e/web": 12 + 2, "e2e/rpc": 5, "e2e/broker": 3} {
+		for svc, min := range map[string]float64{"e2e/web": 12 + 4, "e2e/rpc": 7, "e2e/broker": 3} {
 			if n := denials(t, m.serverAdmin, svc); n < min {
 				t.Errorf("server agent counted %v denials for %s, want at least %v", n, svc, min)
 			}
