@@ -479,6 +479,25 @@ func denials(t *testing.T, admin, service string) float64 {
 	return sum
 }
 
+// auditRecords counts the records of the agent's audit log in dir.
+func auditRecords(t *testing.T, dir string) int {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "audit", "audit.log*"))
+	n := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.SplitAfter(string(b), "\n") {
+			if r, err := audit.DecodeLine([]byte(line)); err == nil && r != nil {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // auditDenied reports whether the agent's audit log in dir holds a deny
 // record by actor of action on object.
 func auditDenied(t *testing.T, dir, actor, action, object string) bool {
@@ -783,6 +802,19 @@ func TestSecureDataPlane(t *testing.T) {
 				return auditDenied(t, m.serverDir, want.actor, want.action, want.object)
 			})
 		}
+		// The whole chain reaches the control plane over the mTLS sync
+		// stream, where it verifies.
+		records := regexp.MustCompile(`server \(node\): (\d+) records`)
+		var out string
+		eventually(t, 15*time.Second, "the control plane's copy of the server's audit chain lacks the denials", func() bool {
+			var code int
+			out, code = run(t, append([]string{"audit", "verify", "--node", "server"}, m.admin...)...)
+			n := 0
+			if mm := records.FindStringSubmatch(out); mm != nil {
+				n, _ = strconv.Atoi(mm[1])
+			}
+			return code == 0 && strings.Contains(out, "intact") && n == auditRecords(t, m.serverDir)
+		})
 	})
 	if t.Failed() {
 		t.Logf("server agent log:\n%s\nclient agent log:\n%s", m.serverLog, m.clientLog)
