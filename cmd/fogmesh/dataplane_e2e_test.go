@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -247,7 +248,27 @@ func (e *identityEcho) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	e.seen = append(e.seen, s)
 	e.mu.Unlock()
-	json.NewEncoder(w).Encode(s)
+	switch r.URL.Path {
+	case "/body": // the request body back, streamed, with a trailer
+		w.Header().Set("Trailer", "X-Length")
+		n, _ := io.Copy(w, r.Body)
+		w.Header().Set("X-Length", strconv.FormatInt(n, 10))
+	case "/upgrade": // an upgraded connection that echoes
+		if r.Header.Get("Upgrade") != "echo" {
+			http.Error(w, "want Upgrade: echo", http.StatusBadRequest)
+			return
+		}
+		c, bw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		bw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		bw.Flush()
+		io.Copy(c, bw.Reader)
+	default:
+		json.NewEncoder(w).Encode(s)
+	}
 }
 
 // reached returns what the workload received on path.
@@ -774,6 +795,38 @@ func TestSecureDataPlane(t *testing.T) {
 		}
 		if n := metric(t, nil, "http://"+m.serverAdmin+"/metrics", "fogmesh_agent_authz_unvouched_source_total"); n <= unvouched {
 			t.Errorf("unvouched sources counted %v before and %v after", unvouched, n)
+		}
+	})
+
+	t.Run("open service semantics", func(t *testing.T) {
+		// Across the two agents, served per request by the server node's
+		// agent: a large body both ways with a trailer, and an upgrade.
+		open := "http://" + m.open.String()
+		body := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
+		resp, err := http.Post(open+"/body", "application/octet-stream", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(got) != body || resp.Trailer.Get("X-Length") != strconv.Itoa(len(body)) {
+			t.Errorf("1 MiB echo: %v, %d bytes back (equal %v), trailer %q", err, len(got), string(got) == body, resp.Trailer.Get("X-Length"))
+		}
+		conn, err := net.DialTimeout("tcp", m.open.String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, "GET /upgrade HTTP/1.1\r\nHost: open\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		br := bufio.NewReader(conn)
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		io.WriteString(conn, "ping")
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(br, b); err != nil || string(b) != "ping" {
+			t.Errorf("echo over the upgraded connection: %q %v", b, err)
 		}
 	})
 
