@@ -80,7 +80,7 @@ apiVersion: fogmesh.io/v1alpha1
 kind: Service
 metadata: {name: open, namespace: e2e}
 spec:
-  ports: [{name: http, port: 18083, protocol: http}, {name: any, port: 18084, protocol: auto}]
+  ports: [{name: http, port: 18083, protocol: http}, {name: any, port: 18084, protocol: auto}, {name: grpc, port: 18085, protocol: grpc}]
 ---
 apiVersion: fogmesh.io/v1alpha1
 kind: Service
@@ -286,8 +286,8 @@ func (e *identityEcho) reached(path string) []seenRequest {
 
 // healthEcho is the gRPC workload: grpc.health.v1 whose Check answers
 // SERVING with the source identities it received in the response header
-// "seen-source-id"; Watch and List are left unimplemented, so reaching
-// them would answer UNIMPLEMENTED, not PERMISSION_DENIED.
+// "seen-source-id"; List is left unimplemented, so reaching it would
+// answer UNIMPLEMENTED, not PERMISSION_DENIED.
 type healthEcho struct {
 	healthpb.UnimplementedHealthServer
 	mu    sync.Mutex
@@ -305,6 +305,22 @@ func (h *healthEcho) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) 
 	}
 	grpc.SetHeader(ctx, metadata.Pairs("seen-source-id", strings.Join(ids, ",")))
 	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
+}
+
+// Watch streams three answers, each after the client's call is open, and
+// ends: a server stream through the agents.
+func (h *healthEcho) Watch(_ *healthpb.HealthCheckRequest, stream grpc.ServerStreamingServer[healthpb.HealthCheckResponse]) error {
+	h.mu.Lock()
+	h.calls++
+	h.mu.Unlock()
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	stream.SetHeader(metadata.Pairs("seen-source-id", strings.Join(md.Get("x-fogmesh-source-id"), ",")))
+	for range 3 {
+		if err := stream.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (h *healthEcho) count() int {
@@ -397,7 +413,8 @@ func startDPMesh(t *testing.T) *dpMesh {
 	}
 	srv, srvAdmin, srvMesh, srvDir := agentAt("server", "e2e-b", dpServerVIPs,
 		fmt.Sprintf("  - {service: web, namespace: e2e, ports: [{name: http, port: %d}]}\n", webLn.Addr().(*net.TCPAddr).Port)+
-			fmt.Sprintf("  - {service: open, namespace: e2e, ports: [{name: http, port: %[1]d}, {name: any, port: %[1]d}]}\n", openLn.Addr().(*net.TCPAddr).Port)+
+			fmt.Sprintf("  - {service: open, namespace: e2e, ports: [{name: http, port: %[1]d}, {name: any, port: %[1]d}, {name: grpc, port: %[2]d}]}\n",
+				openLn.Addr().(*net.TCPAddr).Port, rpcLn.Addr().(*net.TCPAddr).Port)+
 			fmt.Sprintf("  - {service: rpc, namespace: e2e, ports: [{name: grpc, port: %d}]}\n", rpcLn.Addr().(*net.TCPAddr).Port)+
 			fmt.Sprintf("  - {service: broker, namespace: e2e, address: %q, ports: [{name: mqtt, port: %d}]}\n", dpBroker, m.brokerPort)+
 			client("frontend", dpLocalFront, 18081))
@@ -688,7 +705,25 @@ func TestSecureDataPlane(t *testing.T) {
 			}
 		}
 		if n := m.grpcEcho.count(); n != before {
-			t.Errorf("denied calls reached the workload: %d Check calls", n-before)
+			t.Errorf("denied calls reached the workload: %d calls", n-before)
+		}
+		// No policy selects open: a server stream gets through whole, with
+		// the caller's identity and not its claim.
+		var hdr metadata.MD
+		ws, err := dial(dpFrontend, netip.AddrPortFrom(m.open.Addr(), 18085)).Watch(forged, &healthpb.HealthCheckRequest{}, grpc.Header(&hdr))
+		if err != nil {
+			t.Fatalf("open Watch: %v", err)
+		}
+		n := 0
+		for ; n < 10; n++ {
+			if _, err := ws.Recv(); err == io.EOF {
+				break
+			} else if err != nil {
+				t.Fatalf("open Watch, message %d: %v", n, err)
+			}
+		}
+		if got := hdr.Get("seen-source-id"); n != 3 || !slices.Equal(got, []string{dpFrontendID}) {
+			t.Errorf("open Watch: %d messages, the workload saw %q; want 3 and %q", n, got, dpFrontendID)
 		}
 	})
 
