@@ -865,6 +865,47 @@ func TestSecureDataPlane(t *testing.T) {
 		}
 	})
 
+	t.Run("concurrent clients keep their identities", func(t *testing.T) {
+		// Pooled connections between the agents carry the requests of
+		// every client: each request keeps its own client's identity and
+		// decision, denied POST bodies included, on keep-alive connections.
+		var wg sync.WaitGroup
+		errs := make(chan string, 200)
+		for w := range 4 {
+			src, want := dpFrontend, http.StatusOK
+			if w%2 == 1 {
+				src, want = dpGuest, http.StatusForbidden
+			}
+			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+			c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 1}}
+			t.Cleanup(c.CloseIdleConnections)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 20 {
+					path := fmt.Sprintf("/api/c%d/%d", w, i)
+					resp, err := c.Post(web+path, "text/plain", strings.NewReader(strings.Repeat("x", 1000*i)))
+					if err != nil {
+						errs <- fmt.Sprintf("%s %s: %v", src, path, err)
+						return
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != want {
+						errs <- fmt.Sprintf("%s %s: %s %q, want %d", src, path, resp.Status, b, want)
+					} else if want == http.StatusOK && !strings.Contains(string(b), `"ids":["`+dpFrontendID+`"]`) {
+						errs <- fmt.Sprintf("%s %s: the workload saw %s", src, path, b)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for e := range errs {
+			t.Error(e)
+		}
+	})
+
 	t.Run("accounted", func(t *testing.T) {
 		// The server node's agent decided every request above: its metrics
 		// count the denials and its audit log records them.
