@@ -336,6 +336,7 @@ type dpMesh struct {
 	serverAdmin          string
 	serverDir            string
 	web, rpc, broker     netip.AddrPort // the services' VIPs on the client node
+	localBroker          netip.AddrPort // broker's VIP on the server node
 	localWeb, localRPC   netip.AddrPort // web's and rpc's VIPs on the server node
 	webEcho, openEcho    *identityEcho
 	open                 netip.AddrPort // open's VIP on the client node
@@ -440,7 +441,7 @@ func startDPMesh(t *testing.T) *dpMesh {
 		case "rpc":
 			m.rpc, m.localRPC = at(dpClientVIPs), at(dpServerVIPs)
 		case "broker":
-			m.broker = at(dpClientVIPs)
+			m.broker, m.localBroker = at(dpClientVIPs), at(dpServerVIPs)
 		}
 	}
 	// Ready when the client node routes each service to the server node.
@@ -728,9 +729,14 @@ func TestSecureDataPlane(t *testing.T) {
 	})
 
 	t.Run("mqtt", func(t *testing.T) {
-		host, port := m.broker.Addr().String(), strconv.Itoa(int(m.broker.Port()))
+		// Clients on the client node go through its VIP to the server node;
+		// the local frontend through the server node's own VIP.
 		mqttArgs := func(src, version, id string) []string {
-			return []string{"-h", host, "-p", port, "-A", src, "-V", version, "-i", id, "-q", "1"}
+			vip := m.broker
+			if src == dpLocalFront || src == dpNobody {
+				vip = m.localBroker
+			}
+			return []string{"-h", vip.Addr().String(), "-p", strconv.Itoa(int(vip.Port())), "-A", src, "-V", version, "-i", id, "-q", "1"}
 		}
 		sub := startCmd(t, "mosquitto_sub", append(mqttArgs(dpFrontend, "mqttv311", "e2e-sub"), "-t", "sensors/#", "-v", "-d")...)
 		waitOutput(t, m.brokerProc, regexp.MustCompile(`Sending SUBACK to e2e-sub\n`), 15*time.Second)
@@ -742,17 +748,22 @@ func TestSecureDataPlane(t *testing.T) {
 		}
 		delivered := func(line string) bool { return strings.Contains(sub.out.String(), line+"\n") }
 
-		if out, err := pub(dpFrontend, "mqttv311", "e2e-pub1", "sensors/a/temperature", "21.5"); err != nil {
-			t.Fatalf("frontend publish: %v\n%s", err, out)
+		for _, src := range []string{dpFrontend, dpLocalFront} {
+			if out, err := pub(src, "mqttv311", "e2e-pub1", "sensors/a/temperature", src); err != nil {
+				t.Fatalf("frontend publish from %s: %v\n%s", src, err, out)
+			}
+			eventually(t, 10*time.Second, "the subscriber never got the allowed message from "+src, func() bool { return delivered("sensors/a/temperature " + src) })
 		}
-		eventually(t, 10*time.Second, "the subscriber never got the allowed message", func() bool { return delivered("sensors/a/temperature 21.5") })
 
 		// Denied: a topic the frontend may not publish to (MQTT 5 first
-		// hears DISCONNECT 0x87), the guest at all.
+		// hears DISCONNECT 0x87), the guest and a process that is no
+		// workload at all.
 		for _, c := range []struct{ src, version, id, topic, msg, want string }{
 			{dpFrontend, "mqttv5", "e2e-pub2", "sensors/a/humidity", "denied-v5", "Received DISCONNECT (135)"},
 			{dpFrontend, "mqttv311", "e2e-pub3", "sensors/b/humidity", "denied-v311", ""},
 			{dpGuest, "mqttv311", "e2e-pub4", "sensors/g/temperature", "denied-guest", ""},
+			{dpLocalFront, "mqttv5", "e2e-pub6", "sensors/l/humidity", "denied-local", "Received DISCONNECT (135)"},
+			{dpNobody, "mqttv5", "e2e-pub7", "sensors/n/temperature", "denied-nobody", ""},
 		} {
 			out, err := pub(c.src, c.version, c.id, c.topic, c.msg)
 			t.Logf("%s publish %s (%s): %v\n%s", c.src, c.topic, c.version, err, out)
