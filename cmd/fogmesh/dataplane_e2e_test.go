@@ -858,13 +858,16 @@ func TestSecureDataPlane(t *testing.T) {
 		if err != nil || string(got) != body || resp.Trailer.Get("X-Length") != strconv.Itoa(len(body)) {
 			t.Errorf("1 MiB echo: %v, %d bytes back (equal %v), trailer %q", err, len(got), string(got) == body, resp.Trailer.Get("X-Length"))
 		}
-		conn, err := net.DialTimeout("tcp", m.open.String(), 5*time.Second)
+		// The frontend's upgrade request, with a forged identity: the
+		// agents hand upgrades to another HTTP stack than plain requests.
+		d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(dpFrontend)}}
+		conn, err := d.Dial("tcp", m.open.String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
 		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(conn, "GET /upgrade HTTP/1.1\r\nHost: open\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		io.WriteString(conn, "GET /upgrade HTTP/1.1\r\nHost: open\r\nConnection: Upgrade\r\nUpgrade: echo\r\nX-Fogmesh-Source-Id: "+dpGuestID+"\r\n\r\n")
 		br := bufio.NewReader(conn)
 		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 			t.Fatalf("upgrade: %v %v", resp, err)
@@ -873,6 +876,14 @@ func TestSecureDataPlane(t *testing.T) {
 		b := make([]byte, 4)
 		if _, err := io.ReadFull(br, b); err != nil || string(b) != "ping" {
 			t.Errorf("echo over the upgraded connection: %q %v", b, err)
+		}
+		if got := m.openEcho.reached("/upgrade"); len(got) != 1 || !slices.Equal(got[0].IDs, []string{dpFrontendID}) {
+			t.Errorf("upgrade request (forged guest): the workload saw %v", got)
+		}
+		// Expect: 100-continue, also handed over, with a forged identity.
+		r := curl(t, dpFrontend, "http://"+m.open.String()+"/continue", "-H", "Expect: 100-continue", "-H", "X-Fogmesh-Source-Id: "+dpGuestID, "--data-binary", "body")
+		if r.code != 200 || !slices.Equal(seenIDs(t, r), []string{dpFrontendID}) {
+			t.Errorf("100-continue (forged guest): %d %s", r.code, r.body)
 		}
 	})
 
