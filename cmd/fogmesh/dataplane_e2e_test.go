@@ -566,7 +566,9 @@ func auditDenied(t *testing.T, dir, actor, action, object string) bool {
 // calling workload; a forged X-Fogmesh-Source-Id never reaches it; denied
 // calls get 403, PERMISSION_DENIED, or for MQTT the closed connection (MQTT
 // 5: DISCONNECT 0x87), never reach the workload, and are counted in the
-// enforcing agent's metrics and written to its audit log.
+// enforcing agent's metrics and written to its audit log, which reaches the
+// control plane whole. A node cannot vouch for a workload it does not host,
+// and once revoked reaches no workload at all.
 func TestSecureDataPlane(t *testing.T) {
 	needTool(t, "curl", "mosquitto", "mosquitto_pub", "mosquitto_sub")
 	m := startDPMesh(t)
@@ -967,6 +969,49 @@ func TestSecureDataPlane(t *testing.T) {
 			return code == 0 && strings.Contains(out, "intact") && n == auditRecords(t, m.serverDir)
 		})
 	})
+	t.Run("revoked client node", func(t *testing.T) {
+		// Last: revoking the client node ends its pooled HTTP connections
+		// through the server node, open ones included.
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(dpFrontend)}}
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
+		t.Cleanup(c.CloseIdleConnections)
+		for _, u := range []string{web + "/api/before-revoke", "http://" + m.open.String() + "/before-revoke"} {
+			resp, err := c.Get(u)
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("before the revocation: %v %v", resp, err)
+			}
+			resp.Body.Close()
+		}
+		if out, code := run(t, append([]string{"node", "revoke", "client"}, m.admin...)...); code != 0 {
+			t.Fatalf("node revoke: %d %s", code, out)
+		}
+		eventually(t, 15*time.Second, "the revoked node still reaches the server node's workloads", func() bool {
+			for _, u := range []string{web + "/api/after-revoke", "http://" + m.open.String() + "/after-revoke"} {
+				if resp, err := c.Get(u); err == nil {
+					resp.Body.Close()
+					if resp.StatusCode == 200 {
+						return false
+					}
+				}
+			}
+			return true
+		})
+		for _, x := range []struct {
+			url, path string
+			echo      *identityEcho
+		}{{web, "/api/revoked", m.webEcho}, {"http://" + m.open.String(), "/revoked", m.openEcho}} {
+			if resp, err := c.Get(x.url + x.path); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					t.Errorf("%s after the revocation: %s", x.path, resp.Status)
+				}
+			}
+			if got := x.echo.reached(x.path); len(got) != 0 {
+				t.Errorf("%s reached the workload after the revocation: %v", x.path, got)
+			}
+		}
+	})
+
 	if t.Failed() {
 		t.Logf("server agent log:\n%s\nclient agent log:\n%s", m.serverLog, m.clientLog)
 	}
