@@ -882,6 +882,18 @@ func TestSecureDataPlane(t *testing.T) {
 		if got := m.openEcho.reached("/upgrade"); len(got) != 1 || !slices.Equal(got[0].IDs, []string{dpFrontendID}) {
 			t.Errorf("upgrade request (forged guest): the workload saw %v", got)
 		}
+		// Bytes that are no HTTP on the auto port pass both agents as they
+		// are: the HTTP workload answers them 400.
+		raw, err := net.DialTimeout("tcp", netip.AddrPortFrom(m.open.Addr(), 18084).String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		raw.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(raw, "\x00\x01 not http\r\n\r\n")
+		if line, err := bufio.NewReader(raw).ReadString('\n'); err != nil || !strings.HasPrefix(line, "HTTP/1.1 400") {
+			t.Errorf("raw bytes on the auto port: %q %v", line, err)
+		}
 		// Expect: 100-continue, also handed over, with a forged identity.
 		r := curl(t, dpFrontend, "http://"+m.open.String()+"/continue", "-H", "Expect: 100-continue", "-H", "X-Fogmesh-Source-Id: "+dpGuestID, "--data-binary", "body")
 		if r.code != 200 || !slices.Equal(seenIDs(t, r), []string{dpFrontendID}) {
