@@ -621,14 +621,17 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	if src != "" {
 		r.Header.Set(SourceIDHeader, src)
 	}
-	if !ms.perConn {
-		num, _ := portOf(sv, ms.h.Port)
-		req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
-			Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: r.URL.Path, Header: r.Header}
-		if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
-			writeDenied(w, r.Header)
-			return
-		}
+	if ms.perConn { // decided when the stream opened
+		s.rp.ServeHTTP(w, r)
+		return
+	}
+
+	num, _ := portOf(sv, ms.h.Port)
+	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
+		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: r.URL.Path, Header: r.Header}
+	if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
+		writeDenied(w, r.Header)
+		return
 	}
 	s.rp.ServeHTTP(w, r)
 }
