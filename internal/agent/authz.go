@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -347,6 +348,10 @@ const (
 	modeNone authzMode = iota // decided once, bytes relayed
 	modeHTTP                  // per request
 	modeMQTT                  // per PUBLISH/SUBSCRIBE
+	// modeDetect: an auto port in secure mode; decided once, and HTTP
+	// (told by its first bytes) is served per request so that its source
+	// identity header is vouched for (authorizeStream).
+	modeDetect
 )
 
 // authorizeConn decides a new connection (a mesh stream, or a VIP
@@ -402,16 +407,37 @@ func (a *Agent) mqttChecker(ctx context.Context, v *view, sv *serviceView, port,
 }
 
 // authorizeStream is DialLocal's check of a mesh stream before it dials.
+//
+// In secure mode every stream of an HTTP, HTTP/2 or gRPC port is served
+// per request (authzServer), also when no policy selects the destination:
+// each request's source identity arrives in SourceIDHeader, written by the
+// source node, and only a per-request server can take a claim the node may
+// not make (one it hosts no endpoint of) away before the workload sees it.
+// Relaying the bytes would hand a lying node's claim to the workload as
+// vouched. On an auto port the stream's first bytes decide, as at the
+// source.
 func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzMode, error) {
 	v := a.view.Load()
 	sv := v.services[h.Namespace+"/"+h.Service]
-	if sv == nil || v.authz == nil {
+	if sv == nil {
 		return modeNone, nil
 	}
-	src, node := a.vouch(ctx, h, h.SourceID)
-	d, mode := a.authorizeConn(ctx, v, sv, h.Port, src, node)
-	if !d.Allow {
-		return modeNone, fmt.Errorf("%w: %s:%s from %q (node %s): %s %s", transport.ErrDenied, h.Service, h.Port, src, node, d.Reason, d.Policy)
+	mode := modeNone
+	if v.authz != nil {
+		src, node := a.vouch(ctx, h, h.SourceID)
+		var d authz.Decision
+		d, mode = a.authorizeConn(ctx, v, sv, h.Port, src, node)
+		if !d.Allow {
+			return modeNone, fmt.Errorf("%w: %s:%s from %q (node %s): %s %s", transport.ErrDenied, h.Service, h.Port, src, node, d.Reason, d.Policy)
+		}
+	}
+	if mode == modeNone && a.ident != nil {
+		switch p := protoOf(sv, h.Port); {
+		case isL7(p):
+			mode = modeHTTP
+		case p == "auto":
+			mode = modeDetect
+		}
 	}
 	return mode, nil
 }
@@ -432,6 +458,22 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 		relayBytes(ctx, stream, local)
 		return
 	}
+	proto, perConn := "", false
+	if mc.mode == modeDetect {
+		var peeked []byte
+		proto, peeked = detect(stream)
+		if proto != "http" && proto != "http2" {
+			if _, err := local.Write(peeked); err != nil {
+				stream.Close()
+				local.Close()
+				return
+			}
+			relayBytes(ctx, stream, local)
+			return
+		}
+		stream = &prefixConn{Conn: stream, r: io.MultiReader(bytes.NewReader(peeked), stream)}
+		mc.mode, perConn = modeHTTP, true
+	}
 	defer stream.Close()
 	defer local.Close()
 	v := a.view.Load()
@@ -444,7 +486,10 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 	case modeMQTT:
 		a.serveMQTTStream(ctx, stream, local, h.Namespace+"/"+h.Service, a.mqttChecker(ctx, v, sv, h.Port, src, node))
 	case modeHTTP:
-		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: protoOf(sv, h.Port), streamCtx: ctx})
+		if proto == "" {
+			proto = protoOf(sv, h.Port)
+		}
+		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: proto, streamCtx: ctx, perConn: perConn})
 	}
 }
 
@@ -474,6 +519,9 @@ type meshStream struct {
 	// streamCtx is the mesh stream's context (its TLS peer), for vouching
 	// per request.
 	streamCtx context.Context
+	// perConn: the stream was authorized when it opened (an auto port, as
+	// a TCP connection); its requests are vouched for, not decided again.
+	perConn bool
 
 	mu sync.Mutex // guards t
 	t  *http.Transport
@@ -618,6 +666,11 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	if src != "" {
 		r.Header.Set(SourceIDHeader, src)
 	}
+	if ms.perConn { // decided when the stream opened
+		s.rp.ServeHTTP(w, r)
+		return
+	}
+
 	num, _ := portOf(sv, ms.h.Port)
 	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
 		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: authzPath(r), Header: r.Header}
