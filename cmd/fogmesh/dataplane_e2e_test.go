@@ -32,6 +32,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
@@ -145,12 +146,7 @@ spec:
 func needTool(t *testing.T, names ...string) {
 	t.Helper()
 	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is not installed (scripts/install-deps.sh test installs it)", n)
-			}
-			t.Skipf("%s is not installed; scripts/install-deps.sh test installs it", n)
-		}
+		testenv.NeedTool(t, n)
 	}
 }
 
