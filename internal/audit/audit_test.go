@@ -594,7 +594,7 @@ func TestChainEndsAreAnchored(t *testing.T) {
 		{"untouched with head, no key", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l, h },
 			Verifier{}, want{VerdictIntact, "", ""}},
 		{"untouched without head", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l, nil },
-			Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "end: no head given"}},
+			Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "end: no head:"}},
 		{"untouched, no head, no key", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l, nil },
 			Verifier{}, want{VerdictUnanchored, "", "end: no head and no key"}},
 		{"first records deleted", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l[4:], h },
@@ -602,14 +602,14 @@ func TestChainEndsAreAnchored(t *testing.T) {
 		{"first records deleted from a replica", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l[4:], h },
 			Verifier{PublicKey: pub, FromGenesis: true}, want{VerdictTampered, "removed 5 1", ""}},
 		{"tail with checkpoints cut, no head", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l[:15], nil },
-			Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "end: no head given"}},
+			Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "end: no head:"}},
 		{"tail with checkpoints cut", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l[:15], h },
 			Verifier{PublicKey: pub}, want{VerdictTampered, "head 15 15", ""}},
 		{"tail cut back to a checkpoint", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l[:22], h },
 			Verifier{PublicKey: pub}, want{VerdictTampered, "head 22 22", ""}},
 		{"appended after the last checkpoint, no head", func(t *testing.T, l []string, h *Head) ([]string, *Head) {
 			return append(l, forgeAfter(t, l, 3)...), nil
-		}, Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "end: no head given"}},
+		}, Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "end: no head:"}},
 		{"appended after the head", func(t *testing.T, l []string, h *Head) ([]string, *Head) {
 			return append(l, forgeAfter(t, l, 3)...), h
 		}, Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "tail: seq 29..31 follow the head (seq 28): unsigned"}},

@@ -182,6 +182,21 @@ func (s *segments) rotatedSeq(name string) (uint64, bool) {
 	return v, err == nil
 }
 
+// ChainFiles lists the files of a log in dir whose active file is base
+// ("audit.log" if empty), in chain order, the active one last: what Verify
+// takes for a log that is not open (an archived replica).
+func ChainFiles(dir, base string) ([]string, error) {
+	if base == "" {
+		base = "audit.log"
+	}
+	s := &segments{dir: dir, base: base}
+	rot, err := s.rotated()
+	if err != nil {
+		return nil, err
+	}
+	return append(rot, filepath.Join(dir, base)), nil
+}
+
 // files lists every file of the log in chain order, the active one last.
 func (s *segments) files() ([]string, error) {
 	s.mu.Lock()

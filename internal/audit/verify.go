@@ -147,7 +147,8 @@ type Verifier struct {
 	Head *Head
 	// FromGenesis says the chain is known to start at seq 1 (a control
 	// plane replica always does): a later start is ProblemRemoved, not
-	// merely unanchored.
+	// merely unanchored. An empty chain without a Head is then intact:
+	// nothing was ever written to it.
 	FromGenesis bool
 }
 
@@ -427,9 +428,10 @@ func (v Verifier) anchor(rep *Report, all []line, firstFile string) {
 	}
 	rep.Head = v.Head
 	if rep.Records == 0 {
-		if v.Head != nil {
+		switch {
+		case v.Head != nil:
 			add(ProblemHead, firstFile, 0, 0, "no records, but the head is seq %d: every record was removed", v.Head.Seq)
-		} else {
+		case !v.FromGenesis:
 			unanchored("no records: nothing to anchor")
 		}
 		return
@@ -495,7 +497,7 @@ func (v Verifier) anchor(rep *Report, all []line, firstFile string) {
 		unanchored("end: no head and no key: nothing ties these records to what was written; a chain cut short, extended, or rewritten and rehashed from any record on looks the same (give --head SEQ:HASH, and --pubkey or --cert)")
 		return
 	case v.Head == nil:
-		unanchored("end: no head given: records cut off the end would not show (give --head SEQ:HASH, e.g. the control plane's lastSeq:lastHash of this node)")
+		unanchored("end: no head: records cut off the end would not show (for files, give --head SEQ:HASH: the control plane's lastSeq:lastHash of this node)")
 	}
 	if anchored >= rep.LastSeq {
 		if v.Head != nil && rep.LastSeq > v.Head.Seq {
