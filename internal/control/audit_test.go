@@ -374,3 +374,115 @@ func TestAuditKeysSurviveRestart(t *testing.T) {
 		t.Fatalf("forged checkpoint in the files: %+v", c.Report)
 	}
 }
+
+// cutLines rewrites a file keeping lines [from:to) (to < 0: to the end)
+// and appending extra.
+func cutLines(t *testing.T, path string, from, to int, extra ...string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(strings.TrimSuffix(string(b), "\n"), "\n")
+	lines[len(lines)-1] += "\n"
+	if to < 0 {
+		to = len(lines)
+	}
+	out := append(lines[from:to:to], extra...)
+	if err := os.WriteFile(path, []byte(strings.Join(out, "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAuditChainsAnchoredToStoredHeads (issue 9): the control plane
+// stores the head of every chain it holds; its copies edited while it is
+// stopped (tail cut, records appended, start removed) are reported against
+// those heads after a restart, not passed as intact.
+func TestAuditChainsAnchoredToStoredHeads(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	if code, body := applyDoc(t, s, helloSvc); code != 200 {
+		t.Fatal(code, body)
+	}
+	recs := map[string][]audit.Record{}
+	for _, n := range []string{"cut", "appended", "headless", "untouched", "restarted"} {
+		recs[n] = nodeRecords(t, n, 10)
+		a := dialAgentWelcome(t, s, n, 0)
+		a.send(&wire.Message{Type: wire.TypeAudit, Audit: recs[n]})
+		if m := a.recv(); m.AuditSeq != 10 || m.Error != "" {
+			t.Fatalf("%s: ack %+v", n, m)
+		}
+		if n == "restarted" { // the agent lost its state: a new chain
+			fresh := nodeRecords(t, n, 2)
+			a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: fresh})
+			if m := a.recv(); m.AuditSeq != 2 || m.Error != "" {
+				t.Fatalf("restart: ack %+v", m)
+			}
+		}
+		a.c.Close()
+	}
+	code, ar := getAudit(t, s, "/v1/audit?verify=1")
+	if code != 200 || len(ar.Chains) != 7 {
+		t.Fatalf("%d %+v", code, ar)
+	}
+	for _, c := range ar.Chains {
+		if !*c.Intact || c.Report.Head == nil || c.Report.Head.Seq != c.LastSeq {
+			t.Fatalf("before the edits, %s (%s): %+v", c.Node, c.Source, c.Report)
+		}
+	}
+	s.Close()
+
+	nodes := filepath.Join(dir, "audit", "nodes")
+	cutLines(t, filepath.Join(nodes, "cut", "audit.log"), 0, 7)
+	forged := recs["appended"][9]
+	forged.Seq, forged.Prev, forged.Reason = 11, forged.Hash, "forged"
+	forged.Hash, _ = forged.ComputeHash()
+	fl, _ := forged.MarshalLine()
+	cutLines(t, filepath.Join(nodes, "appended", "audit.log"), 0, -1, string(fl))
+	cutLines(t, filepath.Join(nodes, "headless", "audit.log"), 3, -1)
+	cutLines(t, filepath.Join(dir, "audit", "control", "audit.log"), 0, 1) // the own chain: 2 records, 1 kept
+
+	s = startServer(t, dir)
+	code, ar = getAudit(t, s, "/v1/audit?verify=1")
+	if code != 200 || len(ar.Chains) != 7 {
+		t.Fatalf("%d %+v", code, ar)
+	}
+	got := map[string]string{}
+	for _, c := range ar.Chains {
+		r := c.Report
+		v := r.Verdict
+		if len(r.Problems) > 0 {
+			v += " " + r.Problems[0].Kind + " " + fmt.Sprint(r.Problems[0].Seq)
+		}
+		if len(r.Unanchored) > 0 {
+			v += " " + r.Unanchored[0][:strings.IndexByte(r.Unanchored[0], ':')]
+		}
+		got[c.Source+" "+c.Node] = v
+	}
+	want := map[string]string{
+		"control control":     "intact", // see below
+		"node appended":       "unanchored tail",
+		"node cut":            "tampered head 7",
+		"node headless":       "tampered removed 4",
+		"node restarted":      "intact",
+		"node untouched":      "intact",
+		"archived restarted.": "intact",
+	}
+	for k, v := range got {
+		if strings.HasPrefix(k, "archived restarted.archived-") {
+			k = "archived restarted."
+		}
+		if want[k] != v {
+			t.Errorf("%s: %s, want %q", k, v, want[k])
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("%+v", ar)
+	}
+	// The own chain, cut while the control plane was stopped, says so in
+	// itself: the head it stored was past the files' end.
+	own, err := s.audit.log.ReadFrom(2, 10)
+	if err != nil || len(own) == 0 || own[0].Action != "head mismatch" || !strings.Contains(own[0].Reason, "files end at seq 1, before the stored head") {
+		t.Fatalf("own chain after the cut: %+v %v", own, err)
+	}
+}
