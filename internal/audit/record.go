@@ -66,6 +66,13 @@ const (
 	KindAudit      = "audit"      // about the log itself (records lost to a full buffer)
 )
 
+// ActionHeadMismatch is the action of the KindAudit record an owner
+// writes into its own chain when, on opening it, the chain does not reach
+// the head it had stored (records were cut off or rewritten while it was
+// stopped, and cannot be shipped again). Verify reports every such record
+// as ProblemHead, so the loss stays visible in the chain for good.
+const ActionHeadMismatch = "head mismatch"
+
 // Decisions of authz records.
 const (
 	Allow = "allow"

@@ -334,6 +334,9 @@ func (v Verifier) check(rep *Report, all []line) {
 		} else if r.Node != rep.Node {
 			add(l, r.Seq, ProblemNode, "record of node %q in the chain of %q", r.Node, rep.Node)
 		}
+		if r.Kind == KindAudit && r.Action == ActionHeadMismatch {
+			add(l, r.Seq, ProblemHead, "recorded by the chain's owner: %s", r.Reason)
+		}
 		if r.Kind == KindCheckpoint {
 			rep.Checkpoints++
 			if v.PublicKey != nil && l.err == nil {

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -62,8 +61,6 @@ type auditState struct {
 	// replicas and keys are guarded by Server.mu.
 	replicas map[string]*audit.Replica
 	keys     map[string]crypto.PublicKey // node -> key that signs its checkpoints
-
-	headMu sync.Mutex // serialises stored head updates (read, compare, write)
 
 	ownWritten chan struct{} // signalled after each write of the own chain
 	ownStop    chan struct{} // closed by closeAudit to end ownHeadLoop
@@ -196,12 +193,13 @@ func (s *Server) storedHead(key string) (*auditHead, error) {
 // head first).
 func (s *Server) storeHead(key string, seq uint64, hash string) error {
 	b, _ := json.Marshal(auditHead{Seq: seq, Hash: hash, At: time.Now().UTC()})
-	s.audit.headMu.Lock()
-	defer s.audit.headMu.Unlock()
-	if h, err := s.storedHead(key); err != nil || (h != nil && h.Seq >= seq) {
-		return err
-	}
-	return s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put(key, b) })
+	return s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		var cur auditHead
+		if old := tx.Get(key); old != nil && json.Unmarshal(old, &cur) == nil && cur.Seq >= seq {
+			return nil
+		}
+		return tx.Put(key, b)
+	})
 }
 
 // storeOwnHead stores the own chain's last record as its head.
@@ -232,8 +230,10 @@ func (s *Server) ownHeadLoop() {
 // checkOwnHead compares the own chain, as opened, with its stored head.
 // The head is stored only after the records are on disk, so a chain that
 // does not reach it was cut or rewritten while the control plane was
-// stopped: that is logged and written into the chain itself (the next
-// checkpoint signs it), and the head moves on with the chain.
+// stopped: that is logged and written into the chain itself as an
+// audit.ActionHeadMismatch record (the next checkpoint signs it, and
+// verify reports it as tampering from then on), and the head moves on
+// with the chain.
 func (s *Server) checkOwnHead() {
 	h, err := s.storedHead(keyAuditOwnHead)
 	if err != nil || h == nil {
@@ -260,14 +260,14 @@ func (s *Server) checkOwnHead() {
 	msg := fmt.Sprintf("the control plane's audit chain was cut or rewritten while it was stopped: %s (seq %d, hash %s, stored %s)",
 		what, h.Seq, h.Hash, h.At.Format(time.RFC3339))
 	s.log.Error("control: "+msg, "lastSeq", seq)
-	if err := s.Audit(audit.Record{Kind: audit.KindAudit, Action: "head mismatch", Actor: "control", Object: s.cfg.Name, Reason: msg}); err != nil {
+	if err := s.Audit(audit.Record{Kind: audit.KindAudit, Action: audit.ActionHeadMismatch, Actor: "control", Object: s.cfg.Name, Reason: msg}); err != nil {
 		s.log.Error("control: audit the head mismatch", "err", err)
 	}
 	// Let the head follow the chain from here on; the record above keeps
 	// the finding.
-	s.audit.headMu.Lock()
-	s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Delete(keyAuditOwnHead) })
-	s.audit.headMu.Unlock()
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Delete(keyAuditOwnHead) }); err != nil {
+		s.log.Error("control: audit head", "err", err)
+	}
 }
 
 // nodeHead returns the stored head of node's chain as a Verifier head.
@@ -347,7 +347,6 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	}
 	// The old chain's head goes with it (to verify the archive by), and
 	// the new chain's is stored from its first batch on.
-	s.audit.headMu.Lock()
 	err = s.st.UpdateSecure(func(tx *store.SecureTx) error {
 		if b := tx.Get(keyAuditHead + node); b != nil {
 			if err := tx.Put(keyAuditHead+filepath.Base(archived), b); err != nil {
@@ -356,7 +355,6 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 		}
 		return tx.Delete(keyAuditHead + node)
 	})
-	s.audit.headMu.Unlock()
 	if err != nil {
 		s.log.Error("control: move the audit head of a restarted chain", "node", node, "err", err)
 	}

@@ -460,7 +460,7 @@ func TestAuditChainsAnchoredToStoredHeads(t *testing.T) {
 		got[c.Source+" "+c.Node] = v
 	}
 	want := map[string]string{
-		"control control":     "intact", // see below
+		"control control":     "tampered head 2", // the cut, recorded in the chain at start
 		"node appended":       "unanchored tail",
 		"node cut":            "tampered head 7",
 		"node headless":       "tampered removed 4",

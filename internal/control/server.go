@@ -206,6 +206,7 @@ func New(cfg Config) (*Server, error) {
 		if err := s.sec.issueServing(); err != nil {
 			s.adminLn.Close()
 			s.syncLn.Close()
+			s.closeAudit()
 			st.Close()
 			return nil, err
 		}
