@@ -692,3 +692,24 @@ func TestParseHead(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseHead: --head is outside input; it parses or errs, never
+// panics, and what parses prints back to itself.
+func FuzzParseHead(f *testing.F) {
+	for _, s := range []string{"1:" + Genesis, "25:" + strings.ToUpper(Genesis), " 7:" + Genesis + " ", "18446744073709551615:" + Genesis,
+		"18446744073709551616:" + Genesis, "0:" + Genesis, "", ":", "1:", "1:xyz", "1:" + Genesis + ":2", "+1:" + Genesis} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		h, err := ParseHead(s)
+		if err != nil {
+			return
+		}
+		if h.Seq == 0 || !isHex32(h.Hash) {
+			t.Fatalf("%q parsed to %+v", s, h)
+		}
+		if h2, err := ParseHead(h.String()); err != nil || h2 != h {
+			t.Fatalf("%q: %+v does not round-trip: %+v %v", s, h, h2, err)
+		}
+	})
+}
