@@ -150,6 +150,11 @@ func auditVerifyRemote(a auditVerifyArgs, out io.Writer) error {
 func printReports(out io.Writer, format string, chains []control.AuditChain, key crypto.PublicKey) error {
 	tampered, unanchored := 0, 0
 	for _, c := range chains {
+		if r := c.Report; r != nil && r.Verdict == "" {
+			// From a control plane older than anchoring: no head was
+			// checked, so "no problem" is not "intact".
+			r.Unanchored = append(r.Unanchored, "the control plane did not check this chain against a head (an older version)")
+		}
 		switch {
 		case c.Report == nil:
 			unanchored++ // not verified: nothing shown either way
@@ -183,7 +188,7 @@ func printReports(out io.Writer, format string, chains []control.AuditChain, key
 			case r.Head != nil && c.Source == "files":
 				fmt.Fprintf(out, "  head: %s (given)\n", r.Head)
 			case r.Head != nil:
-				fmt.Fprintf(out, "  head: %s (stored by the control plane; check the node's own files with --head %s)\n", r.Head, r.Head)
+				fmt.Fprintf(out, "  head: %s (stored by the control plane; to check the chain's own files: --head %s)\n", r.Head, r.Head)
 			}
 			for _, n := range r.Notes {
 				fmt.Fprintf(out, "  note: %s\n", n)
@@ -199,6 +204,8 @@ func printReports(out io.Writer, format string, chains []control.AuditChain, key
 				fmt.Fprintf(out, "  TAMPERED: %d problems\n", len(r.Problems))
 			case !r.Intact():
 				fmt.Fprintf(out, "  UNANCHORED: no problem in seq %d..%d, but its ends are not anchored: removals or appends there would not show\n", r.FirstSeq, r.LastSeq)
+			case r.Records == 0:
+				fmt.Fprintf(out, "  intact: no records, and none were ever taken\n")
 			default:
 				fmt.Fprintf(out, "  intact: seq 1..%d, anchored at the head\n", r.LastSeq)
 			}

@@ -511,7 +511,9 @@ func (v Verifier) anchor(rep *Report, all []line, firstFile string) {
 	from := max(anchored+1, rep.FirstSeq)
 	var after string
 	switch {
-	case v.Head != nil && anchored == v.Head.Seq && anchored > 0:
+	case v.Head != nil && signed > v.Head.Seq:
+		after = fmt.Sprintf("follow the head (seq %d) and the last signed checkpoint (seq %d)", v.Head.Seq, signed)
+	case v.Head != nil:
 		after = fmt.Sprintf("follow the head (seq %d)", v.Head.Seq)
 	case signed > 0:
 		after = fmt.Sprintf("follow the last signed checkpoint (seq %d)", signed)

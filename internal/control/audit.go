@@ -579,6 +579,9 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 		if err != nil {
 			return c, err
 		}
+		if head == nil && rep.Records > 0 {
+			rep.Notes = append(rep.Notes, "the control plane has stored no head of this chain yet (records taken by an older version); the next batch it takes stores one")
+		}
 		if key == nil && rep.Checkpoints > 0 {
 			rep.Notes = append(rep.Notes, "the control plane holds no key of this node (it has not been issued a certificate by this control plane)")
 		}
