@@ -517,10 +517,8 @@ func (v Verifier) anchor(rep *Report, all []line, firstFile string) {
 		after = fmt.Sprintf("follow the head (seq %d)", v.Head.Seq)
 	case signed > 0:
 		after = fmt.Sprintf("follow the last signed checkpoint (seq %d)", signed)
-	case v.PublicKey != nil:
+	default: // a key, but no checkpoint it verified
 		after = "are covered by no verified checkpoint signature"
-	default:
-		after = "are covered by no head, and signatures were not checked"
 	}
 	unanchored("tail: seq %d..%d %s: unsigned and unanchored, they could have been appended by anyone able to write the files, and records cut off after them would not show", from, rep.LastSeq, after)
 }
