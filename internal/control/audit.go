@@ -270,8 +270,8 @@ func (s *Server) checkOwnHead() {
 	}
 }
 
-// nodeHead returns the stored head of node's chain as a Verifier head.
-func (s *Server) nodeHead(key string) (*audit.Head, error) {
+// verifierHead returns the head stored under key as a Verifier head, nil if none.
+func (s *Server) verifierHead(key string) (*audit.Head, error) {
 	h, err := s.storedHead(key)
 	if err != nil || h == nil {
 		return nil, err
@@ -487,7 +487,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		seq, hash := s.audit.log.Last()
 		c := AuditChain{Node: s.cfg.Name, Source: "control", LastSeq: seq, LastHash: hash}
 		if verify {
-			head, err := s.nodeHead(keyAuditOwnHead)
+			head, err := s.verifierHead(keyAuditOwnHead)
 			if err != nil {
 				writeError(w, http.StatusInternalServerError, err)
 				return
@@ -541,7 +541,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 // nodeChain answers for one directory of the nodes' audit directory: a
 // node's replica or an archived chain.
 func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
-	head, err := s.nodeHead(keyAuditHead + n)
+	head, err := s.verifierHead(keyAuditHead + n)
 	if err != nil {
 		return AuditChain{}, err
 	}
