@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -61,6 +62,11 @@ type auditState struct {
 	// replicas and keys are guarded by Server.mu.
 	replicas map[string]*audit.Replica
 	keys     map[string]crypto.PublicKey // node -> key that signs its checkpoints
+
+	// chainLocks: node -> *sync.Mutex, held across an ingest's append and
+	// head update, and across a verification of the node's chain, so a
+	// verification never sees records on disk whose head is not stored yet.
+	chainLocks sync.Map
 
 	ownWritten chan struct{} // signalled after each write of the own chain
 	ownStop    chan struct{} // closed by closeAudit to end ownHeadLoop
@@ -319,6 +325,9 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if len(recs) == 0 || recs[0].Seq != 1 || recs[0].Prev != audit.Genesis {
 		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
 	}
+	mu := s.chainLock(node) // a verification sees the chain before or after, not between
+	mu.Lock()
+	defer mu.Unlock()
 	r, err := s.replica(node)
 	if err != nil {
 		return err
@@ -375,6 +384,9 @@ func (s *Server) ingestAudit(node string, recs []audit.Record) (uint64, error) {
 		s.audit.mStoreErrors.Inc()
 		return 0, err
 	}
+	mu := s.chainLock(node)
+	mu.Lock()
+	defer mu.Unlock()
 	before, _ := r.Last()
 	last, err := r.Append(recs)
 	s.audit.mRecords.Add(int(last - before))
@@ -480,19 +492,14 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	}
 	if own {
 		if verify {
-			// On disk, and anchored, before it is read.
-			s.audit.log.Flush(r.Context())
-			s.storeOwnHead()
+			s.audit.log.Flush(r.Context()) // what was appended before this request is covered
 		}
 		seq, hash := s.audit.log.Last()
 		c := AuditChain{Node: s.cfg.Name, Source: "control", LastSeq: seq, LastHash: hash}
 		if verify {
-			head, err := s.verifierHead(keyAuditOwnHead)
-			if err != nil {
-				writeError(w, http.StatusInternalServerError, err)
-				return
-			}
-			rep, err := s.audit.log.Verify(audit.Verifier{PublicKey: signerKey(s.cfg.AuditSigner), Head: head, FromGenesis: true})
+			// Anchored at what the log itself wrote last, which checkOwnHead
+			// compared with the stored head when it opened.
+			rep, err := s.audit.log.VerifyAnchored(audit.Verifier{PublicKey: signerKey(s.cfg.AuditSigner), FromGenesis: true})
 			if err != nil {
 				writeError(w, http.StatusInternalServerError, err)
 				return
@@ -538,9 +545,18 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
+// chainLock returns the lock of node's chain (see auditState.chainLocks).
+func (s *Server) chainLock(node string) *sync.Mutex {
+	mu, _ := s.audit.chainLocks.LoadOrStore(node, new(sync.Mutex))
+	return mu.(*sync.Mutex)
+}
+
 // nodeChain answers for one directory of the nodes' audit directory: a
 // node's replica or an archived chain.
 func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
+	mu := s.chainLock(n)
+	mu.Lock()
+	defer mu.Unlock()
 	head, err := s.verifierHead(keyAuditHead + n)
 	if err != nil {
 		return AuditChain{}, err
