@@ -759,9 +759,9 @@ func TestSecureDataPlane(t *testing.T) {
 		for _, c := range []struct{ src, version, id, topic, msg, want string }{
 			{dpFrontend, "mqttv5", "e2e-pub2", "sensors/a/humidity", "denied-v5", "Received DISCONNECT (135)"},
 			{dpFrontend, "mqttv311", "e2e-pub3", "sensors/b/humidity", "denied-v311", ""},
-			{dpGuest, "mqttv311", "e2e-pub4", "sensors/g/temperature", "denied-guest", ""},
+			{dpGuest, "mqttv311", "e2e-pub4", "sensors/g/temperature", "denied-guest", "received CONNACK (5)"},
 			{dpLocalFront, "mqttv5", "e2e-pub6", "sensors/l/humidity", "denied-local", "Received DISCONNECT (135)"},
-			{dpNobody, "mqttv5", "e2e-pub7", "sensors/n/temperature", "denied-nobody", ""},
+			{dpNobody, "mqttv5", "e2e-pub7", "sensors/n/temperature", "denied-nobody", "received CONNACK (135)"},
 		} {
 			out, err := pub(c.src, c.version, c.id, c.topic, c.msg)
 			t.Logf("%s publish %s (%s): %v\n%s", c.src, c.topic, c.version, err, out)
@@ -769,7 +769,23 @@ func TestSecureDataPlane(t *testing.T) {
 				t.Errorf("%s publish %s (%s) was accepted:\n%s", c.src, c.topic, c.version, out)
 			}
 			if c.want != "" && !strings.Contains(out, c.want) {
-				t.Errorf("%s publish %s (%s): no DISCONNECT %s:\n%s", c.src, c.topic, c.version, c.want, out)
+				t.Errorf("%s publish %s (%s): no %q:\n%s", c.src, c.topic, c.version, c.want, out)
+			}
+		}
+		// A Last Will on a topic the frontend may not publish to is refused
+		// at CONNECT, before the broker sees it, so the broker can never
+		// publish it (a subscriber on the broker itself, past the mesh,
+		// would see it).
+		direct := startCmd(t, "mosquitto_sub", "-h", dpBroker, "-p", strconv.Itoa(m.brokerPort), "-i", "e2e-direct", "-t", "alerts/#", "-v", "-d")
+		waitOutput(t, m.brokerProc, regexp.MustCompile(`Sending SUBACK to e2e-direct\n`), 15*time.Second)
+		for _, version := range []string{"mqttv311", "mqttv5"} {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			out, err := exec.CommandContext(ctx, "mosquitto_pub", append(mqttArgs(dpFrontend, version, "e2e-will-"+version),
+				"--will-topic", "alerts/fire", "--will-payload", "FIRE", "-t", "sensors/w/temperature", "-m", "will-"+version, "-d")...).CombinedOutput()
+			cancel()
+			want := map[string]string{"mqttv311": "received CONNACK (5)", "mqttv5": "received CONNACK (135)"}[version]
+			if err == nil || !strings.Contains(string(out), want) {
+				t.Errorf("a CONNECT with a denied will (%s) was not refused with %q: %v\n%s", version, want, err, out)
 			}
 		}
 		// A subscription the frontend may not make.
@@ -782,8 +798,11 @@ func TestSecureDataPlane(t *testing.T) {
 			t.Fatalf("frontend publish: %v\n%s", err, out)
 		}
 		eventually(t, 10*time.Second, "the subscriber never got the marker", func() bool { return delivered("sensors/z/temperature marker") })
-		if s := sub.out.String(); strings.Contains(s, "denied-") {
+		if s := sub.out.String(); strings.Contains(s, "denied-") || strings.Contains(s, "will-") {
 			t.Errorf("a denied message reached the subscriber:\n%s", s)
+		}
+		if s := direct.out.String(); strings.Contains(s, "FIRE") {
+			t.Errorf("the broker published a denied will:\n%s", s)
 		}
 	})
 
