@@ -109,7 +109,7 @@ func TestAuditAdminChangesAndNodeIngest(t *testing.T) {
 	// A node ships its records.
 	a := dialAgentWelcome(t, s, "n1", 0)
 	nrecs := nodeRecords(t, "n1", 10)
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: nrecs[:5]})
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, nrecs[:5])})
 	if m := a.recv(); m.Type != wire.TypeAuditAck || m.AuditSeq != 5 || m.Error != "" {
 		t.Fatalf("ack %+v", m)
 	}
@@ -126,13 +126,13 @@ func TestAuditAdminChangesAndNodeIngest(t *testing.T) {
 		{rehashed, "audit: fork"},
 		{nrecs[7:], "audit: gap: got seq 8, want 6"},
 	} {
-		a.send(&wire.Message{Type: wire.TypeAudit, Audit: c.batch})
+		a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, c.batch)})
 		m := a.recv()
 		if m.Type != wire.TypeAuditAck || m.AuditSeq != 5 || !strings.HasPrefix(m.Error, c.want) {
 			t.Fatalf("want refusal %q, got %+v", c.want, m)
 		}
 	}
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: nrecs[5:]})
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, nrecs[5:])})
 	if m := a.recv(); m.AuditSeq != 10 || m.Error != "" {
 		t.Fatalf("ack %+v", m)
 	}
@@ -327,7 +327,7 @@ func TestAuditKeysSurviveRestart(t *testing.T) {
 		t.Fatalf("%d records", len(recs))
 	}
 	a := dialSecureAgent(t, s, svid, "edge-1", "shop-1")
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: recs[:5]})
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, recs[:5])})
 	if m := a.recv(); m.Type != wire.TypeAuditAck || m.AuditSeq != 5 || m.Error != "" {
 		t.Fatalf("ack %+v", m)
 	}
@@ -337,11 +337,11 @@ func TestAuditKeysSurviveRestart(t *testing.T) {
 	s = startSecureIn(t, dir)
 	a = dialSecureAgent(t, s, svid, "edge-1", "shop-1")
 	forged := append(slices.Clone(recs[5:9]), forgedCheckpoint(t, recs[8]))
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: forged})
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, forged)})
 	if m := a.recv(); m.Type != wire.TypeAuditAck || m.AuditSeq != 5 || !strings.Contains(m.Error, "signature") {
 		t.Fatalf("forged checkpoint after a restart: %+v", m)
 	}
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: recs[5:]})
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, recs[5:])})
 	if m := a.recv(); m.AuditSeq != 15 || m.Error != "" {
 		t.Fatalf("ack %+v", m)
 	}
@@ -408,13 +408,13 @@ func TestAuditChainsAnchoredToStoredHeads(t *testing.T) {
 	for _, n := range []string{"cut", "appended", "headless", "untouched", "restarted"} {
 		recs[n] = nodeRecords(t, n, 10)
 		a := dialAgentWelcome(t, s, n, 0)
-		a.send(&wire.Message{Type: wire.TypeAudit, Audit: recs[n]})
+		a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, recs[n])})
 		if m := a.recv(); m.AuditSeq != 10 || m.Error != "" {
 			t.Fatalf("%s: ack %+v", n, m)
 		}
 		if n == "restarted" { // the agent lost its state: a new chain
 			fresh := nodeRecords(t, n, 2)
-			a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: fresh})
+			a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: encodeBatch(t, fresh)})
 			if m := a.recv(); m.AuditSeq != 2 || m.Error != "" {
 				t.Fatalf("restart: ack %+v", m)
 			}
@@ -485,4 +485,14 @@ func TestAuditChainsAnchoredToStoredHeads(t *testing.T) {
 	if err != nil || len(own) == 0 || own[0].Action != "head mismatch" || !strings.Contains(own[0].Reason, "files end at seq 1, before the stored head") {
 		t.Fatalf("own chain after the cut: %+v %v", own, err)
 	}
+}
+
+// encodeBatch is a batch of records as the sync protocol carries it.
+func encodeBatch(t *testing.T, recs []audit.Record) []json.RawMessage {
+	t.Helper()
+	b, err := audit.EncodeBatch(recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -244,11 +245,13 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 			}
 		case wire.TypeAudit:
 			ack := &wire.Message{Type: wire.TypeAuditAck}
-			if m.AuditRestart {
-				err = s.restartAuditChain(st.node, m.Audit)
+			var recs []audit.Record
+			recs, err = audit.DecodeBatch(m.Audit)
+			if err == nil && m.AuditRestart {
+				err = s.restartAuditChain(st.node, recs)
 			}
 			if err == nil {
-				ack.AuditSeq, err = s.ingestAudit(st.node, m.Audit)
+				ack.AuditSeq, err = s.ingestAudit(st.node, recs)
 			}
 			if err != nil {
 				s.log.Warn("control: audit batch refused", "node", st.node, "records", len(m.Audit), "err", err)
