@@ -132,7 +132,8 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			return
 		}
 		if req.ContentLength != 0 {
-			c.SetReadDeadline(time.Time{}) // no deadline on bodies (net/http: ReadTimeout 0)
+			c.SetReadDeadline(time.Time{})
+			req.Body = newTimedBody(req.Body, c.SetReadDeadline) // bounded per read (l7body.go)
 		}
 		if !s.h1.forward(cs, bw, req) {
 			return
@@ -345,7 +346,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	resp, err := p.rt.RoundTrip(in.WithContext(cs.ctx))
 	if err != nil {
 		var cbe *clientBodyError
-		if errors.As(err, &cbe) {
+		if errors.As(err, &cbe) && !bodyTimedOut(in) {
 			return false // the client broke off its body: nothing to answer
 		}
 		w := &h1ErrorWriter{h: http.Header{}}

@@ -1,0 +1,259 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// countingBackend is a loopback HTTP/1.1 backend that knows which of its
+// connections are busy: accepted or serving a request, not idle in a pool.
+type countingBackend struct {
+	port int
+
+	mu       sync.Mutex
+	state    map[net.Conn]http.ConnState
+	accepted int
+}
+
+func startCounting(t *testing.T, h http.Handler) *countingBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &countingBackend{port: ln.Addr().(*net.TCPAddr).Port, state: map[net.Conn]http.ConnState{}}
+	srv := &http.Server{Handler: h, ConnState: func(c net.Conn, s http.ConnState) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		switch s {
+		case http.StateNew:
+			b.accepted++
+			b.state[c] = s
+		case http.StateClosed, http.StateHijacked:
+			delete(b.state, c)
+		default:
+			b.state[c] = s
+		}
+	}}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return b
+}
+
+func (b *countingBackend) counts() (accepted, busy int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, s := range b.state {
+		if s == http.StateNew || s == http.StateActive {
+			busy++
+		}
+	}
+	return b.accepted, busy
+}
+
+// startAgentWith is startAgent with the config adjusted by tweak.
+func startAgentWith(t *testing.T, o agentOpts, tweak func(*Config)) *Agent {
+	t.Helper()
+	cfg := Config{
+		Node:    NodeConfig{Name: o.name, Site: o.site, Region: o.region},
+		Control: o.control, MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		VIPRange: fmt.Sprintf("127.%d.0.0/16", o.vipOctet), StateDir: o.stateDir, Workloads: o.workloads, Upstreams: []string{},
+		HealthInterval: Duration(200 * time.Millisecond), EjectFor: Duration(5 * time.Second),
+		MaxRequests: o.maxRequests, Insecure: true,
+	}
+	tweak(&cfg)
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return a
+}
+
+// waitListening waits until addr accepts TCP connections (no request is
+// sent, so no upstream connection is opened).
+func waitListening(t *testing.T, addr string) {
+	t.Helper()
+	waitFor(t, "listener "+addr, func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// slowClient sends a request head declaring a 100000-byte body and one
+// byte of it, then nothing; answer returns what it gets back (or an
+// error) once the agent gives up on it.
+type slowClient struct {
+	c      net.Conn
+	answer chan string
+}
+
+func startSlowClient(t *testing.T, addr, proto string) *slowClient {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	fmt.Fprintf(c, "POST /upload %s\r\nHost: slow\r\nContent-Length: 100000\r\n\r\nA", proto)
+	sc := &slowClient{c: c, answer: make(chan string, 1)}
+	go func() {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			line = "error: " + err.Error()
+		}
+		sc.answer <- strings.TrimSpace(line)
+	}()
+	return sc
+}
+
+// TestSlowRequestBodyReleasesUpstream: 20 clients each declare a 100000
+// byte body, send one byte and stall. Whether the request timeout (300 ms)
+// or the body timeout (300 ms between reads, no request timeout) bounds
+// them, on the HTTP/1.1 fast path, the net/http server path (HTTP/1.0)
+// and h2c, the upstream connections they made the agent open are closed
+// within the bound and the clients get 408. (Before: the fast path read
+// bodies with no deadline, and held the upstream connections for ever.)
+func TestSlowRequestBodyReleasesUpstream(t *testing.T) {
+	const n = 20
+	readAll := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	})
+	reqB, gapB := startCounting(t, readAll), startCounting(t, readAll)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: sbreq, namespace: demo}
+spec:
+  ports: [{name: web, port: 19431, protocol: http}]
+  timeouts: {request: 300ms}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: sbgap, namespace: demo}
+spec:
+  ports: [{name: web, port: 19432, protocol: http}]
+  timeouts: {requestBody: 300ms}
+`)
+	a := startAgent(t, agentOpts{name: "sb", site: "s1", region: "r1", vipOctet: 226, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("sbreq", "sbreq-1", reqB.port), webWorkload("sbgap", "sbgap-1", gapB.port)}})
+	waitFor(t, "endpoints", func() bool { return len(endpointsOf(a, "demo/sbreq")) == 1 && len(endpointsOf(a, "demo/sbgap")) == 1 })
+	services := []struct {
+		name, addr string
+		b          *countingBackend
+	}{{"request timeout", "127.226.0.1:19431", reqB}, {"body timeout", "127.226.0.2:19432", gapB}}
+	for _, svc := range services {
+		waitListening(t, svc.addr)
+	}
+
+	// released waits until n more upstream connections were opened and
+	// then until none is busy, and says how long the second took.
+	released := func(t *testing.T, b *countingBackend, before int) time.Duration {
+		t.Helper()
+		waitFor(t, "upstream connections opened", func() bool { acc, _ := b.counts(); return acc >= before+n })
+		start := time.Now()
+		deadline := start.Add(5 * time.Second) // the bound is 300 ms; slack for a busy machine
+		for {
+			_, busy := b.counts()
+			if busy == 0 {
+				return time.Since(start)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d upstream connections still held %v after the slow clients connected", busy, time.Since(start))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for _, svc := range services {
+		for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} { // fast path; net/http server
+			t.Run(svc.name+" "+proto, func(t *testing.T) {
+				before, _ := svc.b.counts()
+				var cs []*slowClient
+				for range n {
+					cs = append(cs, startSlowClient(t, svc.addr, proto))
+				}
+				took := released(t, svc.b, before)
+				for _, c := range cs {
+					if got := <-c.answer; !strings.Contains(got, " 408 ") {
+						t.Fatalf("slow client got %q; want 408", got)
+					}
+				}
+				t.Logf("%d upstream connections released %v after the last was opened", n, took)
+			})
+		}
+		t.Run(svc.name+" h2c", func(t *testing.T) {
+			var protos http.Protocols
+			protos.SetUnencryptedHTTP2(true)
+			hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Protocols: &protos}}
+			defer hc.CloseIdleConnections()
+			before, _ := svc.b.counts()
+			codes := make(chan int, n)
+			var writers []*io.PipeWriter
+			for range n {
+				pr, pw := io.Pipe()
+				writers = append(writers, pw)
+				req, _ := http.NewRequest("POST", "http://"+svc.addr+"/upload", pr)
+				req.ContentLength = 100000
+				go func() {
+					resp, err := hc.Do(req)
+					if err != nil {
+						codes <- -1
+						return
+					}
+					resp.Body.Close()
+					codes <- resp.StatusCode
+				}()
+				go pw.Write([]byte("A")) // then nothing
+			}
+			defer func() {
+				for _, pw := range writers {
+					pw.Close()
+				}
+			}()
+			took := released(t, svc.b, before)
+			for range n {
+				if code := <-codes; code != http.StatusRequestTimeout {
+					t.Fatalf("slow h2c stream got %d; want 408", code)
+				}
+			}
+			t.Logf("%d upstream connections released %v after the last was opened", n, took)
+		})
+	}
+	var buf strings.Builder
+	a.cfg.Metrics.WritePrometheus(&buf)
+	if !strings.Contains(buf.String(), "fogmesh_agent_request_body_timeouts_total ") {
+		t.Error("no fogmesh_agent_request_body_timeouts_total")
+	}
+	// A body that keeps coming is not cut off by the body timeout.
+	c, err := net.Dial("tcp", services[1].addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: slow\r\nContent-Length: 12\r\n\r\n")
+	for range 12 {
+		time.Sleep(50 * time.Millisecond) // the pace of the client under test, not synchronisation
+		c.Write([]byte("x"))
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("a body sent a byte per 50 ms under a 300 ms body timeout: %v %v %+v", resp, err, endpointsOf(a, "demo/sbgap"))
+	}
+}
