@@ -11,6 +11,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 )
 
 // countingBackend is a loopback HTTP/1.1 backend that knows which of its
@@ -255,5 +262,243 @@ spec:
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("a body sent a byte per 50 ms under a 300 ms body timeout: %v %v %+v", resp, err, endpointsOf(a, "demo/sbgap"))
+	}
+}
+
+// streamBackend answers /stream with a first line at once and the rest
+// when release is closed (or the request ends), and anything else with "ok".
+func streamBackend(t *testing.T) (port int, release func()) {
+	t.Helper()
+	done := make(chan struct{})
+	var once sync.Once
+	b := startCounting(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/stream" {
+			io.WriteString(w, "ok")
+			return
+		}
+		io.WriteString(w, "first\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-done:
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, "last\n")
+	}))
+	t.Cleanup(func() { once.Do(func() { close(done) }) })
+	return b.port, func() { once.Do(func() { close(done) }) }
+}
+
+// openStream starts GET /stream and returns its response once the first
+// line has arrived (the response header is long past).
+func openStream(t *testing.T, c *http.Client, url string) *http.Response {
+	t.Helper()
+	resp, err := c.Get(url + "/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(io.LimitReader(resp.Body, 6)).ReadString('\n')
+	if resp.StatusCode != 200 || line != "first\n" {
+		t.Fatalf("stream: %s %q %v", resp.Status, line, err)
+	}
+	return resp
+}
+
+// getStatus answers a GET's status and the given response header.
+func getStatus(t *testing.T, c *http.Client, url, header string) (int, string) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get(header)
+}
+
+// TestInflightCountsUntilResponseBodyEnds: with circuitBreaker.maxRequests
+// 1 (and, on another agent, maxRequests 1, traffic-class shedding), a
+// response still streaming holds the only slot: a second request is
+// refused 503 on the HTTP/1.1 fast path and on the ReverseProxy path
+// (h2c), and served once the stream has ended. (Before: the slot was
+// released when the response header arrived.)
+func TestInflightCountsUntilResponseBodyEnds(t *testing.T) {
+	cbPort, cbRelease := streamBackend(t)
+	shedPort, shedRelease := streamBackend(t)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: ifcb, namespace: demo}
+spec:
+  ports: [{name: web, port: 19433, protocol: http}]
+  circuitBreaker: {maxRequests: 1}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: ifshed, namespace: demo}
+spec:
+  ports: [{name: web, port: 19434, protocol: http}]
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: ifgrpc, namespace: demo}
+spec:
+  ports: [{name: web, port: 19435, protocol: grpc}]
+  circuitBreaker: {maxRequests: 1}
+`)
+	gln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go gs.Serve(gln)
+	t.Cleanup(gs.Stop)
+	ctl := []string{cp.SyncAddr()}
+	cbAgent := startAgent(t, agentOpts{name: "ifa", site: "s1", region: "r1", vipOctet: 227, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("ifcb", "ifcb-1", cbPort), webWorkload("ifgrpc", "ifgrpc-1", gln.Addr().(*net.TCPAddr).Port)}})
+	shedAgent := startAgent(t, agentOpts{name: "ifb", site: "s1", region: "r1", vipOctet: 228, control: ctl, stateDir: t.TempDir(),
+		maxRequests: 1, workloads: []Workload{webWorkload("ifshed", "ifshed-1", shedPort)}})
+	waitFor(t, "endpoints", func() bool {
+		return len(endpointsOf(cbAgent, "demo/ifcb")) == 1 && len(endpointsOf(cbAgent, "demo/ifgrpc")) == 1 &&
+			len(endpointsOf(shedAgent, "demo/ifshed")) == 1
+	})
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	clients := []struct {
+		name string
+		c    *http.Client
+	}{
+		{"h2c", &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Protocols: &h2}}},
+		{"HTTP/1.1", &http.Client{Timeout: 10 * time.Second}},
+	}
+	cases := []struct {
+		name, url, header string
+		release           func()
+	}{
+		{"circuit breaker", "http://127.227.0.1:19433", "X-Fogmesh-Overflow", cbRelease},
+		{"shedding", "http://127.228.0.2:19434", "X-Fogmesh-Shed", shedRelease},
+	}
+	for _, cs := range cases {
+		waitListening(t, strings.TrimPrefix(cs.url, "http://"))
+		for i, cl := range clients {
+			t.Run(cs.name+" "+cl.name, func(t *testing.T) {
+				resp := openStream(t, cl.c, cs.url)
+				defer resp.Body.Close()
+				if code, h := getStatus(t, cl.c, cs.url+"/ok", cs.header); code != 503 || h != "true" {
+					t.Fatalf("a second request while the only slot's response streams: %d (%s %q); want 503", code, cs.header, h)
+				}
+				// h2c: the client ends the stream (RST_STREAM). HTTP/1.1:
+				// the backend does (the fast path notices a client that
+				// closes its connection only when it next writes to it).
+				if i == len(clients)-1 {
+					cs.release()
+					rest, err := io.ReadAll(resp.Body)
+					if err != nil || string(rest) != "last\n" {
+						t.Fatalf("rest of the stream: %q %v", rest, err)
+					}
+				} else {
+					resp.Body.Close()
+				}
+				waitFor(t, "a request served after the stream ended", func() bool {
+					code, _ := getStatus(t, cl.c, cs.url+"/ok", cs.header)
+					return code == 200
+				})
+			})
+		}
+	}
+
+	// A gRPC server stream (health Watch) holds the slot too: a unary call
+	// meanwhile gets UNAVAILABLE, and succeeds once the stream is cancelled.
+	t.Run("circuit breaker grpc", func(t *testing.T) {
+		waitListening(t, "127.227.0.3:19435")
+		conn, err := grpc.NewClient("127.227.0.3:19435", grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		hc := healthpb.NewHealthClient(conn)
+		wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer wcancel()
+		stream, err := hc.Watch(wctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		check := func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+			return err
+		}
+		if err := check(); status.Code(err) != codes.Unavailable {
+			t.Fatalf("a unary call while the only slot's stream is open: %v; want UNAVAILABLE", err)
+		}
+		wcancel()
+		waitFor(t, "a call served after the stream was cancelled", func() bool { return check() == nil })
+	})
+}
+
+// TestPerClientRequestCap: with maxRequestsPerClient 3, a client (source
+// address 127.0.0.1) holding 3 streaming responses gets 429 for a 4th
+// request, while another client (127.0.0.2) is served; once the streams
+// end the first client is served again, and the upstream connections it
+// held never exceeded its cap.
+func TestPerClientRequestCap(t *testing.T) {
+	done := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(done) }) }
+	t.Cleanup(release)
+	b := startCounting(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stream" {
+			io.WriteString(w, "first\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-done:
+			case <-r.Context().Done():
+			}
+		}
+		io.WriteString(w, "last\n")
+	}))
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc("pcc", 19436, "http"))
+	a := startAgentWith(t, agentOpts{name: "pcc", site: "s1", region: "r1", vipOctet: 229, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("pcc", "pcc-1", b.port)}}, func(c *Config) { c.MaxRequestsPerClient = 3 })
+	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/pcc")) == 1 })
+	addr := "127.229.0.1:19436"
+	waitListening(t, addr)
+	from := func(src string) *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
+	}
+	one, other := from("127.0.0.1"), from("127.0.0.2")
+	var streams []*http.Response
+	for range 3 {
+		streams = append(streams, openStream(t, one, "http://"+addr))
+	}
+	defer func() {
+		for _, r := range streams {
+			r.Body.Close()
+		}
+	}()
+	if code, _ := getStatus(t, one, "http://"+addr+"/ok", ""); code != http.StatusTooManyRequests {
+		t.Fatalf("a 4th request from a client holding 3 (its cap): %d; want 429", code)
+	}
+	if code, _ := getStatus(t, other, "http://"+addr+"/ok", ""); code != 200 {
+		t.Fatalf("another client meanwhile: %d; want 200", code)
+	}
+	waitFor(t, "3 upstream connections busy (the streams)", func() bool { _, busy := b.counts(); return busy == 3 })
+	release()
+	for _, r := range streams {
+		if rest, err := io.ReadAll(r.Body); err != nil || string(rest) != "last\n" {
+			t.Fatalf("rest of a stream: %q %v", rest, err)
+		}
+	}
+	waitFor(t, "the client served again", func() bool { code, _ := getStatus(t, one, "http://"+addr+"/ok", ""); return code == 200 })
+	var buf strings.Builder
+	a.cfg.Metrics.WritePrometheus(&buf)
+	if want := `fogmesh_agent_client_limit_rejections_total{service="demo/pcc"} 1`; !strings.Contains(buf.String(), want) {
+		t.Errorf("metrics lack %s", want)
 	}
 }
