@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,7 +114,7 @@ func (b *timedBody) Read(p []byte) (int, error) {
 		// after the body (to notice the client leaving), and a timeout
 		// there would cancel the response.
 		b.stop()
-	case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
+	case err != nil && isTimeout(err):
 		b.mu.Lock()
 		expired := !b.off // else stop cleared the deadline as it passed
 		b.expired = b.expired || expired
@@ -131,6 +130,13 @@ func (b *timedBody) Read(p []byte) (int, error) {
 }
 
 func (b *timedBody) Close() error { return b.r.Close() }
+
+// isTimeout: a deadline passed (os.ErrDeadlineExceeded on TCP and HTTP/2
+// streams; yamux's own timeout error on mesh streams).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
 
 // bodyTimedOut reports whether the request's body ran out of time.
 func bodyTimedOut(r *http.Request) bool {

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // countingBackend is a loopback HTTP/1.1 backend that knows which of its
@@ -500,5 +502,64 @@ func TestPerClientRequestCap(t *testing.T) {
 	a.cfg.Metrics.WritePrometheus(&buf)
 	if want := `fogmesh_agent_client_limit_rejections_total{service="demo/pcc"} 1`; !strings.Contains(buf.String(), want) {
 		t.Errorf("metrics lack %s", want)
+	}
+}
+
+// TestSlowBodyFromPeerIsBounded: the destination agent bounds a request
+// body that a peer node sends over a mesh stream (requests authorized one
+// by one), as the source agent bounds its client's: with
+// timeouts.requestBody 300ms, a peer that sends one byte of a 100000-byte
+// body gets 408 and the workload connection is released.
+func TestSlowBodyFromPeerIsBounded(t *testing.T) {
+	b := startCounting(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	}))
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: sbpeer, namespace: demo}
+spec:
+  ports: [{name: web, port: 19437, protocol: http}]
+  timeouts: {requestBody: 300ms}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: sbpeer-post, namespace: demo}
+spec: {service: sbpeer, rules: [{to: [{methods: [POST]}]}]}
+`)
+	a := startAgent(t, agentOpts{name: "sbd", site: "s1", region: "r1", vipOctet: 230, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("sbpeer", "sbpeer-1", b.port)}})
+	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/sbpeer")) == 1 })
+	mc := transport.NewClient(transport.ClientConfig{SourceNode: "peer"})
+	defer mc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const n = 5
+	var answers []chan string
+	for range n {
+		s, err := mc.Dial(ctx, a.MeshAddr(), transport.Header{Namespace: "demo", Service: "sbpeer", Endpoint: "sbpeer-1", Port: "web"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		io.WriteString(s, "POST /upload HTTP/1.1\r\nHost: sbpeer\r\nContent-Length: 100000\r\n\r\nA")
+		ch := make(chan string, 1)
+		answers = append(answers, ch)
+		go func() {
+			s.SetReadDeadline(time.Now().Add(20 * time.Second))
+			line, err := bufio.NewReader(s).ReadString('\n')
+			if err != nil {
+				line = "error: " + err.Error()
+			}
+			ch <- strings.TrimSpace(line)
+		}()
+	}
+	waitFor(t, "workload connections opened", func() bool { acc, _ := b.counts(); return acc >= n })
+	waitFor(t, "workload connections released", func() bool { _, busy := b.counts(); return busy == 0 })
+	for _, ch := range answers {
+		if got := <-ch; !strings.Contains(got, " 408 ") {
+			t.Fatalf("peer's slow body got %q; want 408", got)
+		}
 	}
 }
