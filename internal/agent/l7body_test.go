@@ -244,6 +244,12 @@ spec:
 			t.Logf("%d upstream connections released %v after the last was opened", n, took)
 		})
 	}
+	// The slow clients' failures are theirs: no endpoint is ejected.
+	for _, svc := range []string{"demo/sbreq", "demo/sbgap"} {
+		if eps := endpointsOf(a, svc); len(eps) != 1 || eps[0].Ejected {
+			t.Errorf("%s after slow clients: %+v; want its endpoint not ejected", svc, eps)
+		}
+	}
 	var buf strings.Builder
 	a.cfg.Metrics.WritePrometheus(&buf)
 	if !strings.Contains(buf.String(), "fogmesh_agent_request_body_timeouts_total ") {
