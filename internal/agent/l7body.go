@@ -30,11 +30,11 @@ var errClientBody = errors.New("read request body")
 var errBodyTimeout = fmt.Errorf("%w: timeout", errClientBody)
 
 // timedBody bounds reading a request body: every read waits at most gap
-// for bytes, and none ends later than the request timeout, until the
-// response header arrives (see stop). The bound is the client connection's
-// read deadline (fast path) or the request's (http.ResponseController:
-// HTTP/1.1 and h2c), so a blocked read fails at once and the upstream
-// connection it held is closed.
+// (at least 15/16 of it) for bytes, and none ends later than the request
+// timeout, until the response header arrives (see stop). The bound is the
+// client connection's read deadline (fast path) or the request's
+// (http.ResponseController: HTTP/1.1 and h2c), so a blocked read fails at
+// once and the upstream connection it held is closed.
 type timedBody struct {
 	r           io.ReadCloser
 	setDeadline func(time.Time) error
@@ -42,6 +42,7 @@ type timedBody struct {
 	mu       sync.Mutex    // guards the following
 	gap      time.Duration // longest wait for the next bytes
 	deadline time.Time     // the request timeout's end; zero: none
+	set      time.Time     // the read deadline last set
 	off      bool          // no more deadlines: response header arrived or body ended
 	expired  bool          // a read ran out of time
 }
@@ -104,7 +105,13 @@ func (b *timedBody) Read(p []byte) (int, error) {
 		if !b.deadline.IsZero() && b.deadline.Before(d) {
 			d = b.deadline
 		}
-		b.setDeadline(d)
+		// Moved only when it would move by more than gap/16: setting an
+		// HTTP/2 stream's deadline is a message to its connection's
+		// goroutine, and a fast body is read in many small parts.
+		if ahead := d.Sub(b.set); b.set.IsZero() || ahead < 0 || ahead > b.gap/16 {
+			b.setDeadline(d)
+			b.set = d
+		}
 	}
 	b.mu.Unlock()
 	n, err := b.r.Read(p)
@@ -165,6 +172,9 @@ type timedBodyKey struct{}
 // armBody applies the service's body bounds to req's timedBody, if the
 // entry point gave it one.
 func armBody(req *http.Request, gap, timeout time.Duration) *timedBody {
+	if req.Body == nil || req.Body == http.NoBody {
+		return nil
+	}
 	tb := timedBodyOf(req)
 	if tb != nil {
 		tb.arm(gap, timeout)
