@@ -281,6 +281,17 @@ func streamBackend(t *testing.T) (port int, release func()) {
 	done := make(chan struct{})
 	var once sync.Once
 	b := startCounting(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "echo" {
+			c, bw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			bw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+			bw.Flush()
+			io.Copy(c, c)
+			return
+		}
 		if r.URL.Path != "/stream" {
 			io.WriteString(w, "ok")
 			return
@@ -416,6 +427,35 @@ spec:
 		}
 	}
 
+	// An upgraded connection holds the slot until it is closed.
+	t.Run("circuit breaker upgrade", func(t *testing.T) {
+		c, err := net.Dial("tcp", "127.227.0.1:19433")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: ifcb\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		io.WriteString(c, "ping")
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(br, b); err != nil || string(b) != "ping" {
+			t.Fatalf("echo over the upgraded connection: %q %v", b, err)
+		}
+		hc := &http.Client{Timeout: 10 * time.Second}
+		if code, h := getStatus(t, hc, "http://127.227.0.1:19433/ok", "X-Fogmesh-Overflow"); code != 503 || h != "true" {
+			t.Fatalf("a request while the only slot is an upgraded connection: %d (%q); want 503", code, h)
+		}
+		c.Close()
+		waitFor(t, "a request served after the upgraded connection closed", func() bool {
+			code, _ := getStatus(t, hc, "http://127.227.0.1:19433/ok", "")
+			return code == 200
+		})
+	})
 	// A gRPC server stream (health Watch) holds the slot too: a unary call
 	// meanwhile gets UNAVAILABLE, and succeeds once the stream is cancelled.
 	t.Run("circuit breaker grpc", func(t *testing.T) {
