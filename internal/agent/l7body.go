@@ -23,7 +23,7 @@ const defaultBodyTimeout = 60 * time.Second
 
 // errClientBody marks a failure reading the request body from the client:
 // the client's doing, never held against the endpoint.
-var errClientBody = errors.New("read request body")
+var errClientBody = errors.New("client's request body")
 
 // errBodyTimeout: the client sent nothing of its request body for the body
 // timeout, or not all of it within the request timeout. Answered 408.
