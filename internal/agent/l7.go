@@ -449,6 +449,13 @@ func (r *releaseOnClose) Close() error {
 	return err
 }
 
+func (r *releaseOnClose) bufferedUpstream() int {
+	if ub, ok := r.ReadCloser.(upstreamBuffered); ok {
+		return ub.bufferedUpstream()
+	}
+	return 0
+}
+
 // roundTrip tries cands in order within the service's retry policy.
 func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string) (*http.Response, error) {
 	a := lt.l7.a

@@ -400,30 +400,35 @@ spec:
 	}
 	for _, cs := range cases {
 		waitListening(t, strings.TrimPrefix(cs.url, "http://"))
-		for i, cl := range clients {
-			t.Run(cs.name+" "+cl.name, func(t *testing.T) {
-				resp := openStream(t, cl.c, cs.url)
-				defer resp.Body.Close()
-				if code, h := getStatus(t, cl.c, cs.url+"/ok", cs.header); code != 503 || h != "true" {
-					t.Fatalf("a second request while the only slot's response streams: %d (%s %q); want 503", code, cs.header, h)
+		// Each client ends a stream (h2c: RST_STREAM; HTTP/1.1: closes
+		// its connection, which the fast path must notice although the
+		// stream is silent); then the backend ends one.
+		for _, end := range []string{"client", "backend"} {
+			for _, cl := range clients {
+				if end == "backend" && cl.name != "HTTP/1.1" {
+					continue
 				}
-				// h2c: the client ends the stream (RST_STREAM). HTTP/1.1:
-				// the backend does (the fast path notices a client that
-				// closes its connection only when it next writes to it).
-				if i == len(clients)-1 {
-					cs.release()
-					rest, err := io.ReadAll(resp.Body)
-					if err != nil || string(rest) != "last\n" {
-						t.Fatalf("rest of the stream: %q %v", rest, err)
+				t.Run(cs.name+" "+cl.name+" "+end+" ends", func(t *testing.T) {
+					resp := openStream(t, cl.c, cs.url)
+					defer resp.Body.Close()
+					if code, h := getStatus(t, cl.c, cs.url+"/ok", cs.header); code != 503 || h != "true" {
+						t.Fatalf("a second request while the only slot's response streams: %d (%s %q); want 503", code, cs.header, h)
 					}
-				} else {
-					resp.Body.Close()
-				}
-				waitFor(t, "a request served after the stream ended", func() bool {
-					code, _ := getStatus(t, cl.c, cs.url+"/ok", cs.header)
-					return code == 200
+					if end == "backend" {
+						cs.release()
+						rest, err := io.ReadAll(resp.Body)
+						if err != nil || string(rest) != "last\n" {
+							t.Fatalf("rest of the stream: %q %v", rest, err)
+						}
+					} else {
+						resp.Body.Close()
+					}
+					waitFor(t, "a request served after the stream ended", func() bool {
+						code, _ := getStatus(t, cl.c, cs.url+"/ok", cs.header)
+						return code == 200
+					})
 				})
-			})
+			}
 		}
 	}
 
