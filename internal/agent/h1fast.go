@@ -85,7 +85,8 @@ func putH1Writer(bw *bufio.Writer) { bw.Reset(nil); h1Writers.Put(bw) }
 func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	c := tc.Conn
 	stop := context.AfterFunc(ctx, func() { c.Close() }) // agent shutdown
-	br, bw := getH1Reader(c), getH1Writer(c)
+	// Writes go through tc, which bounds each (taggedConn.Write).
+	br, bw := getH1Reader(c), getH1Writer(tc)
 	handedOff := false
 	defer func() {
 		stop()

@@ -58,6 +58,28 @@ type taggedConn struct {
 	target listenTarget
 	done   func()
 	once   sync.Once
+
+	send     time.Duration    // bound on each write to the client (sendTimeout); 0: none
+	sendSet  atomic.Int64     // the write deadline last set, Unix ns
+	timeouts *metrics.Counter // writes cut off by send
+}
+
+// Write bounds each write to the client by the service's send timeout: a
+// client that reads nothing (a slow reader) cannot keep the response's
+// upstream connection and request slots for ever. The deadline moves only
+// when it would move by more than send/16.
+func (c *taggedConn) Write(p []byte) (int, error) {
+	if c.send > 0 {
+		if d := time.Now().Add(c.send).UnixNano(); d-c.sendSet.Load() > int64(c.send/16) {
+			c.Conn.SetWriteDeadline(time.Unix(0, d))
+			c.sendSet.Store(d)
+		}
+	}
+	n, err := c.Conn.Write(p)
+	if err != nil && c.timeouts != nil && isTimeout(err) {
+		c.timeouts.Inc()
+	}
+	return n, err
 }
 
 func (c *taggedConn) Close() error {
@@ -133,6 +155,16 @@ func newL7(a *Agent) *l7 {
 				tb := newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
 				r = r.WithContext(context.WithValue(r.Context(), timedBodyKey{}, tb))
 				r.Body = tb
+			}
+			if r.ProtoMajor == 2 {
+				// A slow reader stalls its stream's flow control, not the
+				// connection's writes (taggedConn.Write): bound the
+				// stream's writes too.
+				if t, ok := r.Context().Value(targetKey{}).(listenTarget); ok {
+					if d := s.sendTimeout(t); d > 0 {
+						w = &sendTimedWriter{ResponseWriter: w, rc: http.NewResponseController(w), send: d}
+					}
+				}
 			}
 			rp.ServeHTTP(w, r)
 		}),

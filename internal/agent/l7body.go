@@ -182,6 +182,39 @@ func armBody(req *http.Request, gap, timeout time.Duration) *timedBody {
 	return tb
 }
 
+// defaultSendTimeout bounds each wait to write response bytes to a client
+// when the service sets no timeouts.send (nginx's send_timeout).
+const defaultSendTimeout = 60 * time.Second
+
+// sendTimeout is the service's bound on each write to a client.
+func (s *l7) sendTimeout(t listenTarget) time.Duration {
+	if sv := s.a.view.Load().services[t.svc]; sv != nil && sv.svc.Spec.Timeouts.Send > 0 {
+		return time.Duration(sv.svc.Spec.Timeouts.Send)
+	}
+	return defaultSendTimeout
+}
+
+// sendTimedWriter bounds each write of an HTTP/2 response by its stream's
+// write deadline (moved only when it would move by more than send/16).
+type sendTimedWriter struct {
+	http.ResponseWriter
+	rc   *http.ResponseController
+	send time.Duration
+	set  time.Time
+}
+
+func (w *sendTimedWriter) Write(p []byte) (int, error) {
+	if d := time.Now().Add(w.send); d.Sub(w.set) > w.send/16 {
+		w.rc.SetWriteDeadline(d)
+		w.set = d
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController (ReverseProxy's flushes) reach the
+// server's writer.
+func (w *sendTimedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 // defaultMaxPerClient is how many L7 requests one client (source address)
 // may have in flight through the agent when the config sets no
 // maxRequestsPerClient: a quarter of the default maxRequests.

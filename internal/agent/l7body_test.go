@@ -2,14 +2,17 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -697,4 +700,92 @@ func TestTimedBody(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestSlowReaderReleasesUpstream: clients that never read a large
+// response (a 4 KiB receive buffer, no reads) are cut off after the
+// service's send timeout (300 ms) on the HTTP/1.1 fast path, the net/http
+// server path (HTTP/1.0) and h2c (the stream's flow control), and the
+// upstream connections streaming to them are released; a client that
+// reads gets the whole response.
+func TestSlowReaderReleasesUpstream(t *testing.T) {
+	const n = 5
+	chunk := bytes.Repeat([]byte("x"), 32<<10)
+	b := startCounting(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+		if mb == 0 {
+			mb = 1 << 10 // until the agent gives up (or 1 GiB)
+		}
+		for range mb * 32 {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: slowread, namespace: demo}
+spec:
+  ports: [{name: web, port: 19438, protocol: http}]
+  timeouts: {send: 300ms}
+`)
+	a := startAgent(t, agentOpts{name: "sr", site: "s1", region: "r1", vipOctet: 231, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("slowread", "slowread-1", b.port)}})
+	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/slowread")) == 1 })
+	addr := "127.231.0.1:19438"
+	waitListening(t, addr)
+	small := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return errors.Join(err, serr)
+	}}
+	released := func(t *testing.T, before int) {
+		t.Helper()
+		waitFor(t, "upstream connections opened", func() bool { acc, _ := b.counts(); return acc >= before+n })
+		waitFor(t, "upstream connections released", func() bool { _, busy := b.counts(); return busy == 0 })
+	}
+	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
+		t.Run(proto, func(t *testing.T) {
+			before, _ := b.counts()
+			for range n {
+				c, err := small.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				fmt.Fprintf(c, "GET /big %s\r\nHost: slowread\r\n\r\n", proto)
+			}
+			released(t, before)
+		})
+	}
+	t.Run("h2c", func(t *testing.T) {
+		var protos http.Protocols
+		protos.SetUnencryptedHTTP2(true)
+		hc := &http.Client{Transport: &http.Transport{Protocols: &protos}}
+		defer hc.CloseIdleConnections()
+		before, _ := b.counts()
+		for range n {
+			resp, err := hc.Get("http://" + addr + "/big")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close() // read nothing
+		}
+		released(t, before)
+	})
+	var buf strings.Builder
+	a.cfg.Metrics.WritePrometheus(&buf)
+	if !strings.Contains(buf.String(), "fogmesh_agent_send_timeouts_total ") || strings.Contains(buf.String(), "fogmesh_agent_send_timeouts_total 0\n") {
+		t.Error("no send timeout counted")
+	}
+	// A client that reads gets all of a large response.
+	resp, err := http.Get("http://" + addr + "/big?mb=8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if got, err := io.Copy(io.Discard, resp.Body); err != nil || got != 8<<20 {
+		t.Fatalf("a reading client got %d bytes, %v; want 8 MiB", got, err)
+	}
 }

@@ -241,6 +241,10 @@ type Timeouts struct {
 	// this long gets 408 (default 60s, as nginx's client_body_timeout).
 	// Raise it for client-streaming gRPC calls that pause longer.
 	RequestBody Duration `json:"requestBody,omitempty"`
+	// Send bounds each wait to write response bytes to a client on
+	// http/http2/grpc ports: a client that reads nothing for this long is
+	// cut off (default 60s, as nginx's send_timeout).
+	Send Duration `json:"send,omitempty"`
 	// Idle closes a connection that moved no byte for this long: on L4
 	// ports (tcp, mqtt, auto-detected tcp) the relayed connection, both
 	// sides; on http/http2/grpc ports the pooled upstream connections and
