@@ -589,10 +589,22 @@ func newAuthzServer(a *Agent) *authzServer {
 		},
 		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
 			ms := r.Context().Value(meshStreamKey{}).(*meshStream)
-			return ms.transport().RoundTrip(r)
+			resp, err := ms.transport().RoundTrip(r)
+			if tb := timedBodyOf(r); tb != nil && err == nil {
+				tb.stop() // response header: the body bound ends (l7body.go)
+			}
+			return resp, err
 		}),
 		FlushInterval: -1,
-		ErrorLog:      slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			a.log.Debug("agent: authorized request failed", "host", r.Host, "err", err)
+			code := http.StatusBadGateway
+			if bodyTimedOut(r) {
+				code = http.StatusRequestTimeout
+			}
+			w.WriteHeader(code)
+		},
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -677,6 +689,15 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
 		writeDenied(w, r.Header)
 		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		// The source agent bounds its client's body; this bounds a peer's
+		// (timeouts.requestBody between reads, not the request timeout,
+		// which a route or class may raise where the request entered).
+		tb := newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+		tb.arm(time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
+		r = r.WithContext(context.WithValue(r.Context(), timedBodyKey{}, tb))
+		r.Body = tb
 	}
 	s.rp.ServeHTTP(w, r)
 }

@@ -135,7 +135,8 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 	if ok && isL7(t.proto) {
 		// Per-request balancing: the HTTP server owns the connection now.
 		a.active.Add(1)
-		tc := &taggedConn{Conn: client, target: t, clientID: clientID, done: func() { a.active.Add(-1) }}
+		tc := &taggedConn{Conn: client, target: t, clientID: clientID, done: func() { a.active.Add(-1) },
+			send: a.l7.sendTimeout(t), timeouts: a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_send_timeouts_total`)}
 		if t.proto == "http" {
 			a.l7.serveH1(ctx, tc) // HTTP/1.1 fast path; hands the rest to the server
 			return
