@@ -108,7 +108,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	r := wire.NewReader(c)
 	// Every message, heartbeats included, must arrive within readTimeout, so a
 	// silent or slow sender is dropped.
-	readTimeout := max(3*s.cfg.HeartbeatInterval, 3*time.Second) // as the agent's (agent/sync.go)
+	readTimeout := max(3*s.cfg.HeartbeatInterval, 2*time.Second) // as the agent's (agent/sync.go)
 	c.SetReadDeadline(time.Now().Add(readTimeout))
 	hello, err := r.Read()
 	if err != nil {
