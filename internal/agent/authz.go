@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -596,11 +597,18 @@ func newAuthzServer(a *Agent) *authzServer {
 			return resp, err
 		}),
 		FlushInterval: -1,
+		ModifyResponse: func(resp *http.Response) error {
+			resp.Header.Del(hdrWorkloadRefused) // only this agent says so, never the workload
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			a.log.Debug("agent: authorized request failed", "host", r.Host, "err", err)
 			code := http.StatusBadGateway
 			if bodyTimedOut(r) {
 				code = http.StatusRequestTimeout
+			} else if isDialFailure(err) {
+				peerRefusedResponse(w)
+				return
 			}
 			w.WriteHeader(code)
 		},
@@ -763,4 +771,25 @@ func (a *Agent) authorizeLocalRequest(req *http.Request, t listenTarget) *http.R
 		return nil
 	}
 	return deniedResponse(req)
+}
+
+// hdrWorkloadRefused marks the answer of a destination agent that could not
+// connect to its workload for a request of a stream it serves per request
+// (the stream's first connection was made when it opened; later ones per
+// request): the client's agent then fails over to another endpoint as after
+// a refused connect, for any method, since nothing of the request was sent.
+// The destination agent removes it from workload responses.
+const hdrWorkloadRefused = "X-Fogmesh-Workload-Refused"
+
+var errWorkloadRefused = errors.New("the endpoint's agent could not connect to its workload")
+
+func peerRefusedResponse(w http.ResponseWriter) {
+	w.Header().Set(hdrWorkloadRefused, "1")
+	w.WriteHeader(http.StatusServiceUnavailable)
+}
+
+// isDialFailure reports whether err is a failure to connect (nothing sent).
+func isDialFailure(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
 }

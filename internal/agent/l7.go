@@ -552,6 +552,13 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				}
 				err = &dialError{errNodeDead}
 			}
+		} else if ev.mesh != "" && resp.Header.Get(hdrWorkloadRefused) != "" {
+			// The endpoint's agent could not connect to its workload:
+			// nothing of the request reached it, so fail over as after a
+			// refused connect (peerRefusedResponse).
+			release()
+			resp.Body.Close()
+			err = &dialError{errWorkloadRefused}
 		} else if a.gossip == nil || resp.StatusCode == http.StatusSwitchingProtocols {
 			release() // no watch, or an upgraded connection that lives on its own
 		} else {

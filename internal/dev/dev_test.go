@@ -43,7 +43,7 @@ func get(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s", url, resp.Status)
+		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
 	}
 	return string(b)
 }
@@ -66,6 +66,7 @@ func TestDemoLocalityFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := 0; i < 5; i++ { // the very next request, and the ones after
+			t.Logf("step %s request %d", step.stop, i)
 			if got := get(t, url); !strings.Contains(got, step.want) {
 				t.Fatalf("after stopping %s: request %d answered %q, want %s", step.stop, i, got, step.want)
 			}
