@@ -20,12 +20,20 @@ import (
 // istioTrustDomain is Istio's default trust domain, mapped onto fogmesh's.
 const istioTrustDomain = "cluster.local"
 
+// IstioRootNamespace is Istio's default root namespace (meshConfig
+// rootNamespace): an AuthorizationPolicy there applies to the whole mesh,
+// and is translated to a MeshWide policy. fogmesh has no mesh config to
+// change it; a mesh with another root namespace must write meshWide: true
+// in a fogmesh policy instead.
+const IstioRootNamespace = "istio-system"
+
 func (w *walker) warnf(format string, args ...any) {
 	w.warnings = append(w.warnings, fmt.Sprintf(format, args...))
 }
 
 func (w *walker) authorizationPolicy(name, ns string, spec map[string]any) ([]Object, error) {
 	p := &AuthorizationPolicy{Meta: Meta{Name: name, Namespace: ns}}
+	p.Spec.MeshWide = ns == IstioRootNamespace
 	if sel := cloneMap(obj(spec["selector"])); sel != nil {
 		delete(spec, "selector")
 		labels := cloneMap(obj(sel["matchLabels"]))

@@ -30,7 +30,19 @@ type RouteSpec struct {
 	// route decides. One route per service: the newest applied wins.
 	Service string      `json:"service"`
 	Rules   []RouteRule `json:"rules"`
+	// Unmatched says what happens to a request no rule matches: "" or
+	// UnmatchedAny (fogmesh's default) sends it to any endpoint of the
+	// service; UnmatchedReject answers it 404, as Istio answers a request
+	// no route of a VirtualService matches (so a canary's match rule gets
+	// no unmatched users). Routes from Istio documents are UnmatchedReject.
+	Unmatched string `json:"unmatched,omitempty"`
 }
+
+// Values of RouteSpec.Unmatched.
+const (
+	UnmatchedAny    = "any"
+	UnmatchedReject = "reject"
+)
 
 // RouteRule matches requests and splits them over backends.
 type RouteRule struct {
@@ -94,10 +106,18 @@ func (m *Mirror) MirrorPercent() float64 {
 
 // RouteMatch: every field given must match (AND).
 type RouteMatch struct {
-	Path    *StringMatch           `json:"path,omitempty"`
-	Host    *StringMatch           `json:"host,omitempty"` // the Host header, without port
-	Method  string                 `json:"method,omitempty"`
-	Headers map[string]StringMatch `json:"headers,omitempty"` // lower-case names
+	Path   *StringMatch `json:"path,omitempty"`
+	Host   *StringMatch `json:"host,omitempty"` // the Host header, without port
+	Method string       `json:"method,omitempty"`
+	// Headers must be present and match; several lines of one header
+	// match as their values joined with ",". Names are lower case.
+	Headers map[string]StringMatch `json:"headers,omitempty"`
+	// WithoutHeaders: the request must have none of these headers with a
+	// matching value (an empty StringMatch: none of these headers at all).
+	WithoutHeaders map[string]StringMatch `json:"withoutHeaders,omitempty"`
+	// QueryParams must be present in the query and match (the first value
+	// of a repeated parameter, decoded; "?key" has the value "").
+	QueryParams map[string]StringMatch `json:"queryParams,omitempty"`
 }
 
 // StringMatch is one of exact, prefix or regex (RE2, whole string).
@@ -163,7 +183,15 @@ func (r *Route) Validate() error {
 	if err := validName("spec.service", r.Spec.Service); err != nil {
 		return err
 	}
-	if len(r.Spec.Rules) == 0 {
+	switch r.Spec.Unmatched {
+	case "", UnmatchedAny, UnmatchedReject:
+	default:
+		return fieldErr("spec.unmatched", "%q is not %s or %s", r.Spec.Unmatched, UnmatchedAny, UnmatchedReject)
+	}
+	if len(r.Spec.Rules) == 0 && r.Spec.Unmatched != UnmatchedReject {
+		// Without rules a route either means nothing or, with
+		// unmatched: reject, refuses everything (an Istio VirtualService
+		// whose every rule was skipped fails closed).
 		return fieldErr("spec.rules", "at least one rule is required")
 	}
 	for i := range r.Spec.Rules {
@@ -182,14 +210,16 @@ func (r *Route) Validate() error {
 				return err
 			}
 			m.Method = strings.ToUpper(m.Method)
-			hs := map[string]StringMatch{}
-			for name, sm := range m.Headers {
-				if err := sm.compile(mf + ".headers." + name); err != nil {
-					return err
-				}
-				hs[strings.ToLower(name)] = sm
+			var err error
+			if m.Headers, err = compileMatchMap(mf+".headers.", m.Headers, true); err != nil {
+				return err
 			}
-			m.Headers = hs
+			if m.WithoutHeaders, err = compileMatchMap(mf+".withoutHeaders.", m.WithoutHeaders, true); err != nil {
+				return err
+			}
+			if m.QueryParams, err = compileMatchMap(mf+".queryParams.", m.QueryParams, false); err != nil {
+				return err
+			}
 		}
 		if len(rule.Backends) == 0 {
 			return fieldErr(f+".backends", "at least one backend is required")
@@ -219,6 +249,28 @@ func (r *Route) Validate() error {
 		}
 	}
 	return nil
+}
+
+// compileMatchMap compiles each StringMatch of a map, lower-casing the
+// names of headers (nil stays nil).
+func compileMatchMap(field string, ms map[string]StringMatch, header bool) (map[string]StringMatch, error) {
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]StringMatch, len(ms))
+	for name, sm := range ms {
+		if name == "" {
+			return nil, fieldErr(field, "an empty name is not allowed")
+		}
+		if err := sm.compile(field + name); err != nil {
+			return nil, err
+		}
+		if header {
+			name = strings.ToLower(name)
+		}
+		out[name] = sm
+	}
+	return out, nil
 }
 
 func validPercent(field string, p float64) error {
