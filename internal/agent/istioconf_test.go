@@ -217,7 +217,7 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 					b, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
 					if resp.StatusCode == 200 && rq.want != "200" {
-						got[strings.Fields(string(b)+" ?")[0]]++
+						got[strings.Fields(string(b) + " ?")[0]]++
 					} else {
 						got[fmt.Sprint(resp.StatusCode)]++
 					}

@@ -195,7 +195,7 @@ func TestIstioTranslationNeverWidens(t *testing.T) {
 				}
 				return ""
 			}},
-		{"sourceLabels skips the rule", vs("  http:\n  - match: [{sourceLabels: {app: productpage}}]\n    route: ["+v2+"]\n  - route: ["+v1+"]\n"),
+		{"sourceLabels skips the rule", vs("  http:\n  - match: [{sourceLabels: {app: productpage}}]\n    route: [" + v2 + "]\n  - route: [" + v1 + "]\n"),
 			[]string{"spec.http[0].match[0] is skipped: spec.http[0].match[0].sourceLabels", "spec.http[0] is skipped"},
 			func(r *Route) string {
 				if len(r.Spec.Rules) != 1 || r.Spec.Rules[0].Backends[0].Subset != "v1" {
@@ -203,7 +203,7 @@ func TestIstioTranslationNeverWidens(t *testing.T) {
 				}
 				return ""
 			}},
-		{"one skipped match of two keeps the other", vs("  http:\n  - match: [{port: 8080}, {uri: {exact: /x}}]\n    route: ["+v2+"]\n"),
+		{"one skipped match of two keeps the other", vs("  http:\n  - match: [{port: 8080}, {uri: {exact: /x}}]\n    route: [" + v2 + "]\n"),
 			[]string{"spec.http[0].match[0] is skipped: spec.http[0].match[0].port"},
 			func(r *Route) string {
 				if len(r.Spec.Rules) != 1 || len(r.Spec.Rules[0].Match) != 1 || r.Spec.Rules[0].Match[0].Path.Exact != "/x" {
