@@ -23,7 +23,8 @@ type istioCase struct {
 
 // istioReq is sent n times (default 1). want is "v1", "v2" (every answer
 // from that version), "v1|v2" (at least one of each), or a status code
-// ("200": any version; "404", "403", "400") for every answer.
+// ("200": any version; "404", "403", "400"), or "grpc-N" (that
+// grpc-status), for every answer.
 type istioReq struct {
 	method, target string
 	header         http.Header
@@ -62,6 +63,7 @@ var istioConformanceCases = []istioCase{
     route: [{destination: {host: SVC, subset: v2}}]
 `), reqs: []istioReq{
 		{target: "/", n: 10, want: "404"},
+		{target: "/pkg.Svc/Call", header: http.Header{"Content-Type": {"application/grpc"}}, want: "grpc-12"}, // UNIMPLEMENTED
 		{target: "/", header: http.Header{"End-User": {"jason"}}, n: 5, want: "v2"},
 	}},
 	{name: "queryParams exact and regex", docs: vsDoc(`  http:
@@ -216,7 +218,9 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 					}
 					b, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
-					if resp.StatusCode == 200 && rq.want != "200" {
+					if strings.HasPrefix(rq.want, "grpc-") {
+						got["grpc-"+resp.Header.Get("Grpc-Status")]++
+					} else if resp.StatusCode == 200 && rq.want != "200" {
 						got[strings.Fields(string(b) + " ?")[0]]++
 					} else {
 						got[fmt.Sprint(resp.StatusCode)]++
