@@ -105,9 +105,18 @@ func TestIstioAuthorizationForms(t *testing.T) {
 		!strings.Contains(all, "operation.hosts") || !strings.Contains(all, `"source.ip"`) {
 		t.Fatalf("warnings:\n%s", all)
 	}
-	// CUSTOM is skipped with a warning; an empty spec is allow-nothing.
-	objs, warns, err = DecodeWithWarnings([]byte(ap("  action: CUSTOM\n  provider: {name: x}\n  rules: [{}]\n")))
-	if err != nil || len(objs) != 0 || len(warns) != 1 || !strings.Contains(warns[0], "CUSTOM") {
+	// CUSTOM fails closed: with no external authorizer, what its rules
+	// select is denied (skipping it would open it); AUDIT is skipped with a
+	// warning; an empty spec is allow-nothing.
+	objs, warns, err = DecodeWithWarnings([]byte(ap("  action: CUSTOM\n  provider: {name: x}\n  rules: [{to: [{operation: {paths: ['/admin/*']}}]}]\n")))
+	if err != nil || len(objs) != 1 || len(warns) != 1 || !strings.Contains(warns[0], "CUSTOM") {
+		t.Fatalf("%v %v %v", objs, warns, err)
+	}
+	if p := objs[0].(*AuthorizationPolicy); p.Spec.Action != ActionDeny || len(p.Spec.Rules) != 1 || p.Spec.Rules[0].To[0].Paths[0] != "/admin/*" {
+		t.Fatalf("CUSTOM: %+v", p.Spec)
+	}
+	objs, warns, err = DecodeWithWarnings([]byte(ap("  action: AUDIT\n  provider: {name: x}\n  rules: [{}]\n")))
+	if err != nil || len(objs) != 0 || len(warns) != 1 || !strings.Contains(warns[0], "AUDIT") {
 		t.Fatalf("%v %v %v", objs, warns, err)
 	}
 	objs, _, err = DecodeWithWarnings([]byte(ap("  {}\n")))

@@ -64,7 +64,13 @@ func (w *walker) authorizationPolicy(name, ns string, spec map[string]any) ([]Ob
 		p.Spec.Action = ActionAllow
 	case "DENY":
 		p.Spec.Action = ActionDeny
-	case "CUSTOM", "AUDIT":
+	case "CUSTOM":
+		// An external authorizer may deny what the rules select; fogmesh
+		// has none, so it denies all of it: skipping would fail open.
+		delete(spec, "provider")
+		p.Spec.Action = ActionDeny
+		w.warnf("spec.action CUSTOM is not supported (no external authorizer): the requests its rules select are denied")
+	case "AUDIT":
 		delete(spec, "provider")
 		delete(spec, "rules")
 		w.warnf("spec.action %s is not supported: the policy is skipped", action)
