@@ -27,7 +27,8 @@ type Route struct {
 // RouteSpec: the first rule whose match matches a request decides.
 type RouteSpec struct {
 	// Service is the service (in the route's namespace) whose requests this
-	// route decides. One route per service: the newest applied wins.
+	// route decides. One route per service: the newest applied wins
+	// (fogmesh apply warns when another route names the service).
 	Service string      `json:"service"`
 	Rules   []RouteRule `json:"rules"`
 	// Unmatched says what happens to a request no rule matches: "" or
