@@ -97,12 +97,27 @@ func TestIstioAuthorizationForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := objs[0].(*AuthorizationPolicy)
-	if p.Spec.Action != ActionDeny || len(p.Spec.Rules) != 1 || p.Spec.Rules[0].To[0].NotMethods[0] != "DELETE" ||
+	// notMethods [delete]: Istio matches methods case-sensitively, so
+	// "delete" excludes no request; upper-casing it would deny less.
+	if p.Spec.Action != ActionDeny || len(p.Spec.Rules) != 1 || len(p.Spec.Rules[0].To[0].NotMethods) != 0 ||
 		p.Spec.Rules[0].When[0].Values[0] != "spiffe://fogmesh.local/ns/a/sa/b" || p.Spec.Service != "" {
 		t.Fatalf("%+v", p)
 	}
-	if all := strings.Join(warns, "\n"); len(warns) != 3 || !strings.Contains(all, "ipBlocks is not supported and is ignored") ||
-		!strings.Contains(all, "operation.hosts") || !strings.Contains(all, `"source.ip"`) {
+	if all := strings.Join(warns, "\n"); len(warns) != 4 || !strings.Contains(all, "ipBlocks is not supported and is ignored") ||
+		!strings.Contains(all, "operation.hosts") || !strings.Contains(all, `"source.ip"`) ||
+		!strings.Contains(all, `spec.rules[0].to[0].operation.notMethods "delete" is not upper case`) {
+		t.Fatalf("warnings:\n%s", all)
+	}
+	// ALLOW methods [get]: matches no request, so neither does its rule.
+	objs, warns, err = DecodeWithWarnings([]byte(ap("  rules:\n  - to: [{operation: {methods: [get]}}]\n  - to: [{operation: {methods: [GET, post]}}, {operation: {methods: [put]}}]\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := objs[0].(*AuthorizationPolicy); len(p.Spec.Rules) != 1 || len(p.Spec.Rules[0].To) != 1 || strings.Join(p.Spec.Rules[0].To[0].Methods, ",") != "GET" {
+		t.Fatalf("lower-case methods: %+v\n%s", p.Spec, strings.Join(warns, "\n"))
+	}
+	if all := strings.Join(warns, "\n"); !strings.Contains(all, "spec.rules[0] is dropped: it matches no request") ||
+		!strings.Contains(all, "spec.rules[1].to[1] matches no request") {
 		t.Fatalf("warnings:\n%s", all)
 	}
 	// CUSTOM fails closed: with no external authorizer, what its rules

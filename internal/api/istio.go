@@ -263,6 +263,12 @@ func (w *walker) istioMatch(mp string, mm map[string]any, warn bool) (rm RouteMa
 			return rm, false, fieldErr(mp+".method", "only exact method matches are supported")
 		}
 		rm.Method = mt.Exact
+		if mt.Exact != strings.ToUpper(mt.Exact) {
+			// Istio is case-sensitive and refuses such requests: the match
+			// matches nothing, where fogmesh would upper-case it.
+			warnf("%s is skipped: method %q is not upper case and matches no request", mp, mt.Exact)
+			return rm, false, nil
+		}
 	}
 	delete(mm, "method")
 	for _, f := range []struct {

@@ -236,6 +236,14 @@ func TestIstioTranslationNeverWidens(t *testing.T) {
 				}
 				return ""
 			}},
+		{"lower-case method matches nothing", vs("  http: [{match: [{method: {exact: get}}], route: [" + v2 + "]}, {route: [" + v1 + "]}]\n"),
+			[]string{`spec.http[0].match[0] is skipped: method "get" is not upper case`},
+			func(r *Route) string {
+				if len(r.Spec.Rules) != 1 || r.Spec.Rules[0].Backends[0].Subset != "v1" {
+					return fmt.Sprintf("rules %+v", r.Spec.Rules)
+				}
+				return ""
+			}},
 		{"ignoreUriCase false is harmless", vs("  http: [{match: [{ignoreUriCase: false, uri: {prefix: /a}}], route: [" + v2 + "]}]\n"), nil, nil},
 		{"queryParams and withoutHeaders translate", vs("  http: [{match: [{queryParams: {a: {exact: x}, b: {exact: ''}, c: {regex: '[0-9]+'}, d: {prefix: p}}, withoutHeaders: {X-Test: {}}}], route: [" + v2 + "]}]\n"), nil,
 			func(r *Route) string {
