@@ -187,6 +187,14 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 		return srv.view.Load().authz.Len() == 2
 	})
 	c := &http.Client{Timeout: 5 * time.Second}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	h2 := &http.Transport{Protocols: &protos}
+	defer h2.CloseIdleConnections()
+	clients := []struct {
+		proto string
+		c     *http.Client
+	}{{"HTTP/1.1", c}, {"h2c", &http.Client{Timeout: 5 * time.Second, Transport: h2}}}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			vip := api.VIPFor(netip.MustParsePrefix("127.245.0.0/16"), client.view.Load().services[fmt.Sprintf("demo/conf%d", i)].svc.Status.VIPIndex)
@@ -198,40 +206,42 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 				}
 				return err == nil
 			})
-			for _, rq := range tc.reqs {
-				n, method := max(rq.n, 1), rq.method
-				if method == "" {
-					method = "GET"
-				}
-				got := map[string]int{}
-				for j := 0; j < n; j++ {
-					req, err := http.NewRequest(method, base+rq.target, nil)
-					if err != nil {
-						t.Fatal(err)
+			for _, cl := range clients {
+				for _, rq := range tc.reqs {
+					n, method := max(rq.n, 1), rq.method
+					if method == "" {
+						method = "GET"
 					}
-					for k, vs := range rq.header {
-						req.Header[k] = vs
+					got := map[string]int{}
+					for j := 0; j < n; j++ {
+						req, err := http.NewRequest(method, base+rq.target, nil)
+						if err != nil {
+							t.Fatal(err)
+						}
+						for k, vs := range rq.header {
+							req.Header[k] = vs
+						}
+						resp, err := cl.c.Do(req)
+						if err != nil {
+							t.Fatalf("%s: %s %s: %v", cl.proto, method, rq.target, err)
+						}
+						b, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						if strings.HasPrefix(rq.want, "grpc-") {
+							got["grpc-"+resp.Header.Get("Grpc-Status")]++
+						} else if resp.StatusCode == 200 && rq.want != "200" {
+							got[strings.Fields(string(b) + " ?")[0]]++
+						} else {
+							got[fmt.Sprint(resp.StatusCode)]++
+						}
 					}
-					resp, err := c.Do(req)
-					if err != nil {
-						t.Fatalf("%s %s: %v", method, rq.target, err)
+					ok := got[rq.want] == n
+					if rq.want == "v1|v2" {
+						ok = got["v1"] > 0 && got["v2"] > 0 && got["v1"]+got["v2"] == n
 					}
-					b, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if strings.HasPrefix(rq.want, "grpc-") {
-						got["grpc-"+resp.Header.Get("Grpc-Status")]++
-					} else if resp.StatusCode == 200 && rq.want != "200" {
-						got[strings.Fields(string(b) + " ?")[0]]++
-					} else {
-						got[fmt.Sprint(resp.StatusCode)]++
+					if !ok {
+						t.Errorf("%s: %s %s %v ×%d: got %v, want %s", cl.proto, method, rq.target, rq.header, n, got, rq.want)
 					}
-				}
-				ok := got[rq.want] == n
-				if rq.want == "v1|v2" {
-					ok = got["v1"] > 0 && got["v2"] > 0 && got["v1"]+got["v2"] == n
-				}
-				if !ok {
-					t.Errorf("%s %s %v ×%d: got %v, want %s", method, rq.target, rq.header, n, got, rq.want)
 				}
 			}
 		})
