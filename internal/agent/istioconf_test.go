@@ -26,6 +26,9 @@ type istioCase struct {
 // ("200": any version; "404", "403", "400"), or "grpc-N" (that
 // grpc-status), for every answer.
 type istioReq struct {
+	// from: the source address; callerIP is the workload "productpage"
+	// (labels app: productpage, version: v1) on the client's node.
+	from           string
 	method, target string
 	header         http.Header
 	n              int
@@ -96,12 +99,36 @@ var istioConformanceCases = []istioCase{
 		{target: "/", header: http.Header{"X-Canary": {"yes"}}, n: 5, want: "v2"},
 		{target: "/", header: http.Header{"X-Canary": {"no"}}, n: 5, want: "v1"},
 	}},
-	{name: "sourceLabels rule is skipped, never widened", docs: vsDoc(`  http:
-  - match: [{sourceLabels: {app: productpage}}]
+	{name: "unsupported match field skips the rule, never widened", docs: vsDoc(`  http:
+  - match: [{port: 80}]
     route: [{destination: {host: SVC, subset: v2}}]
   - route: [{destination: {host: SVC, subset: v1}}]
 `), reqs: []istioReq{
 		{target: "/", n: 20, want: "v1"},
+	}},
+	{name: "sourceLabels match the caller's labels", docs: vsDoc(`  http:
+  - match: [{sourceLabels: {app: productpage}}]
+    route: [{destination: {host: SVC, subset: v2}}]
+  - route: [{destination: {host: SVC, subset: v1}}]
+`), reqs: []istioReq{
+		{from: callerIP, target: "/", n: 10, want: "v2"},
+		{target: "/", n: 10, want: "v1"}, // an anonymous client: no labels
+	}},
+	{name: "sourceLabels all of them", docs: vsDoc(`  http:
+  - match: [{sourceLabels: {app: productpage, version: v2}}]
+    route: [{destination: {host: SVC, subset: v2}}]
+  - route: [{destination: {host: SVC, subset: v1}}]
+`), reqs: []istioReq{
+		{from: callerIP, target: "/", n: 10, want: "v1"},
+	}},
+	{name: "sourceNamespace", docs: vsDoc(`  http:
+  - match: [{sourceNamespace: other}]
+    route: [{destination: {host: SVC, subset: v1}}]
+  - match: [{sourceNamespace: demo}]
+    route: [{destination: {host: SVC, subset: v2}}]
+`), reqs: []istioReq{
+		{from: callerIP, target: "/", n: 10, want: "v2"},
+		{target: "/", n: 3, want: "404"},
 	}},
 	{name: "match bound to a gateway is skipped", docs: vsDoc(`  http:
   - match: [{gateways: [bookinfo-gateway], uri: {prefix: /}}]
@@ -154,6 +181,9 @@ spec:
 	}},
 }
 
+// callerIP is the address of the calling workload of the conformance cases.
+const callerIP = "127.0.0.61"
+
 // TestIstioConformance: each case's documents applied to a control plane,
 // its service served by v1 and v2 on one agent, requested through another
 // agent; the outcome is what Istio's documentation says.
@@ -176,7 +206,10 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 	}
 	srv := startAgent(t, agentOpts{name: "srv", site: "s1", region: "r1", vipOctet: 244, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
 		workloads: workloads})
-	client := startAgent(t, agentOpts{name: "cli", site: "s1", region: "r1", vipOctet: 245, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"productpage","namespace":"demo"},"spec":{"ports":[{"name":"x","port":19499}]}}`)
+	client := startAgent(t, agentOpts{name: "cli", site: "s1", region: "r1", vipOctet: 245, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{{Name: "productpage-1", Service: "productpage", Namespace: "demo", Address: callerIP,
+			Labels: map[string]string{"app": "productpage", "version": "v1"}, Ports: []api.EndpointPort{{Name: "x", Port: 1}}, Check: Check{Type: "none"}}}})
 	waitFor(t, "every service's endpoints and the policies", func() bool {
 		v := client.view.Load()
 		for i := range cases {
@@ -186,15 +219,29 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 		}
 		return srv.view.Load().authz.Len() == 2
 	})
-	c := &http.Client{Timeout: 5 * time.Second}
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	h2 := &http.Transport{Protocols: &protos}
-	defer h2.CloseIdleConnections()
-	clients := []struct {
-		proto string
-		c     *http.Client
-	}{{"HTTP/1.1", c}, {"h2c", &http.Client{Timeout: 5 * time.Second, Transport: h2}}}
+	waitFor(t, "the caller's identity", func() bool { return client.view.Load().ids[netip.MustParseAddr(callerIP)] != "" })
+	// One client per protocol and source address.
+	clients := map[string]*http.Client{}
+	clientFor := func(proto, from string) *http.Client {
+		if c := clients[proto+" "+from]; c != nil {
+			return c
+		}
+		ip := from
+		if ip == "" {
+			ip = "127.0.0.1"
+		}
+		tr := &http.Transport{DialContext: dialFrom(ip)}
+		if proto == "h2c" {
+			var protos http.Protocols
+			protos.SetUnencryptedHTTP2(true)
+			tr.Protocols = &protos
+		}
+		t.Cleanup(tr.CloseIdleConnections)
+		c := &http.Client{Timeout: 5 * time.Second, Transport: tr}
+		clients[proto+" "+from] = c
+		return c
+	}
+	c := clientFor("HTTP/1.1", "")
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			vip := api.VIPFor(netip.MustParsePrefix("127.245.0.0/16"), client.view.Load().services[fmt.Sprintf("demo/conf%d", i)].svc.Status.VIPIndex)
@@ -206,8 +253,9 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 				}
 				return err == nil
 			})
-			for _, cl := range clients {
+			for _, proto := range []string{"HTTP/1.1", "h2c"} {
 				for _, rq := range tc.reqs {
+					cl := clientFor(proto, rq.from)
 					n, method := max(rq.n, 1), rq.method
 					if method == "" {
 						method = "GET"
@@ -221,9 +269,9 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 						for k, vs := range rq.header {
 							req.Header[k] = vs
 						}
-						resp, err := cl.c.Do(req)
+						resp, err := cl.Do(req)
 						if err != nil {
-							t.Fatalf("%s: %s %s: %v", cl.proto, method, rq.target, err)
+							t.Fatalf("%s: %s %s: %v", proto, method, rq.target, err)
 						}
 						b, _ := io.ReadAll(resp.Body)
 						resp.Body.Close()
@@ -240,7 +288,7 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 						ok = got["v1"] > 0 && got["v2"] > 0 && got["v1"]+got["v2"] == n
 					}
 					if !ok {
-						t.Errorf("%s: %s %s %v ×%d: got %v, want %s", cl.proto, method, rq.target, rq.header, n, got, rq.want)
+						t.Errorf("%s from %q: %s %s %v ×%d: got %v, want %s", proto, rq.from, method, rq.target, rq.header, n, got, rq.want)
 					}
 				}
 			}

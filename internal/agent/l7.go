@@ -633,7 +633,7 @@ func (sv *serviceView) firstMatch(req *http.Request) *api.RouteRule {
 			return rule
 		}
 		for _, m := range rule.Match {
-			if matches(&m, req, host) {
+			if matches(&m, req, host) && sv.sourceMatches(&m, req) {
 				return rule
 			}
 		}

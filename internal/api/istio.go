@@ -232,11 +232,9 @@ func (w *walker) httpRoute(path string, hr map[string]any, svc, svcNS, docNS str
 // a match using one is left out (a request that only it would match
 // matches a later rule or none), since ignoring the field would widen it.
 var istioMatchSkipped = map[string]string{
-	"sourceLabels":    "source workload labels are not evaluated",
-	"sourceNamespace": "the source namespace is not evaluated in routes",
-	"port":            "port matches are not supported (a route applies to every port of its service)",
-	"ignoreUriCase":   "case-insensitive URI matches are not supported",
-	"scheme":          "scheme matches are not supported",
+	"port":          "port matches are not supported (a route applies to every port of its service)",
+	"ignoreUriCase": "case-insensitive URI matches are not supported",
+	"scheme":        "scheme matches are not supported",
 }
 
 // istioMatch translates one HTTPMatchRequest. ok is false when the match
@@ -297,6 +295,29 @@ func (w *walker) istioMatch(mp string, mm map[string]any, warn bool) (rm RouteMa
 			}
 			(*f.dst)[hn] = *sm
 		}
+	}
+	if sl, present := mm["sourceLabels"]; present {
+		slm, ok := sl.(map[string]any)
+		if !ok {
+			return rm, false, fieldErr(mp+".sourceLabels", "must be a map of labels")
+		}
+		delete(mm, "sourceLabels")
+		rm.SourceLabels = map[string]string{}
+		for k, v := range slm {
+			vs, ok := v.(string)
+			if !ok {
+				return rm, false, fieldErr(mp+".sourceLabels."+k, "must be a string")
+			}
+			rm.SourceLabels[k] = vs
+		}
+	}
+	if sn, present := mm["sourceNamespace"]; present {
+		sns, ok := sn.(string)
+		if !ok || sns == "" {
+			return rm, false, fieldErr(mp+".sourceNamespace", "must be a namespace name")
+		}
+		delete(mm, "sourceNamespace")
+		rm.SourceNamespace = sns
 	}
 	delete(mm, "name")
 	if gws, present := take[[]any](mm, "gateways"); present && !containsString(gws, "mesh") {

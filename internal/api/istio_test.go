@@ -195,8 +195,15 @@ func TestIstioTranslationNeverWidens(t *testing.T) {
 				}
 				return ""
 			}},
-		{"sourceLabels skips the rule", vs("  http:\n  - match: [{sourceLabels: {app: productpage}}]\n    route: [" + v2 + "]\n  - route: [" + v1 + "]\n"),
-			[]string{"spec.http[0].match[0] is skipped: spec.http[0].match[0].sourceLabels", "spec.http[0] is skipped"},
+		{"sourceLabels and sourceNamespace translate", vs("  http:\n  - match: [{sourceLabels: {app: productpage}, sourceNamespace: shop}]\n    route: [" + v2 + "]\n  - route: [" + v1 + "]\n"), nil,
+			func(r *Route) string {
+				if m := r.Spec.Rules[0].Match[0]; len(r.Spec.Rules) != 2 || m.SourceLabels["app"] != "productpage" || m.SourceNamespace != "shop" {
+					return fmt.Sprintf("rules %+v", r.Spec.Rules)
+				}
+				return ""
+			}},
+		{"scheme skips the rule", vs("  http:\n  - match: [{scheme: {exact: https}}]\n    route: [" + v2 + "]\n  - route: [" + v1 + "]\n"),
+			[]string{"spec.http[0].match[0] is skipped: spec.http[0].match[0].scheme", "spec.http[0] is skipped"},
 			func(r *Route) string {
 				if len(r.Spec.Rules) != 1 || r.Spec.Rules[0].Backends[0].Subset != "v1" {
 					return fmt.Sprintf("rules %+v", r.Spec.Rules)
@@ -211,7 +218,7 @@ func TestIstioTranslationNeverWidens(t *testing.T) {
 				}
 				return ""
 			}},
-		{"every rule skipped rejects everything", vs("  http: [{match: [{sourceNamespace: web}], route: [" + v2 + "]}]\n"),
+		{"every rule skipped rejects everything", vs("  http: [{match: [{port: 80}], route: [" + v2 + "]}]\n"),
 			[]string{"no http route is left"},
 			func(r *Route) string {
 				if len(r.Spec.Rules) != 0 || r.Spec.Unmatched != UnmatchedReject {

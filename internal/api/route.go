@@ -119,7 +119,18 @@ type RouteMatch struct {
 	// QueryParams must be present in the query and match (the first value
 	// of a repeated parameter, decoded; "?key" has the value "").
 	QueryParams map[string]StringMatch `json:"queryParams,omitempty"`
+	// SourceLabels and SourceNamespace match the calling workload. The
+	// routing agent is the caller's, which knows a caller only when it is
+	// one of its node's workloads, identified by its address (and attest
+	// selectors): its namespace is its identity's, and its labels are those
+	// every workload of its node with its identity carries. An unknown
+	// caller matches neither.
+	SourceLabels    map[string]string `json:"sourceLabels,omitempty"`
+	SourceNamespace string            `json:"sourceNamespace,omitempty"`
 }
+
+// HasSource reports whether m has conditions on the calling workload.
+func (m *RouteMatch) HasSource() bool { return len(m.SourceLabels) > 0 || m.SourceNamespace != "" }
 
 // StringMatch is one of exact, prefix or regex (RE2, whole string).
 type StringMatch struct {
@@ -220,6 +231,16 @@ func (r *Route) Validate() error {
 			}
 			if m.QueryParams, err = compileMatchMap(mf+".queryParams.", m.QueryParams, false); err != nil {
 				return err
+			}
+			for k := range m.SourceLabels {
+				if k == "" {
+					return fieldErr(mf+".sourceLabels", "an empty label name is not allowed")
+				}
+			}
+			if m.SourceNamespace != "" {
+				if err := validName(mf+".sourceNamespace", m.SourceNamespace); err != nil {
+					return err
+				}
 			}
 		}
 		if len(rule.Backends) == 0 {
