@@ -138,7 +138,7 @@ func (w *walker) virtualService(name, ns string, spec map[string]any) ([]Object,
 		// (sidecar) traffic only if the list names "mesh". fogmesh has no
 		// gateways, so one without "mesh" applies to nothing here.
 		if !containsString(gws, "mesh") {
-			w.warnf("spec.gateways %v does not include mesh: the VirtualService applies to gateways only and is skipped (fogmesh routes mesh traffic only)", gws)
+			w.warnf("spec.gateways %v does not include mesh: the VirtualService applies to gateways only and is skipped (fogmesh routes mesh traffic only; a route applied earlier under this name stays until deleted: fogmesh delete route %s -n %s)", gws, name, ns)
 			delete(spec, "tcp")
 			delete(spec, "tls")
 			delete(spec, "exportTo")
@@ -156,6 +156,12 @@ func (w *walker) virtualService(name, ns string, spec map[string]any) ([]Object,
 		}
 	}
 	w.leftovers("spec", spec)
+	if len(https) == 0 {
+		// Nothing for HTTP: Istio routes the hosts' HTTP requests by its
+		// defaults, as fogmesh does without a route.
+		w.warnf("spec.http is empty: the VirtualService has no HTTP routes and is skipped (a route applied earlier under this name stays until deleted: fogmesh delete route %s -n %s)", name, ns)
+		return nil, nil
+	}
 	var objs []Object
 	for hi, h := range hosts {
 		hs, _ := h.(string)

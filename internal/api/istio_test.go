@@ -322,6 +322,16 @@ func TestIstioGatewayOnlyVirtualServiceIsSkipped(t *testing.T) {
 	}
 }
 
+// TestIstioVirtualServiceWithoutHTTP: only tcp routes: no Route (HTTP
+// requests keep the default routing), not a Route answering 404.
+func TestIstioVirtualServiceWithoutHTTP(t *testing.T) {
+	doc := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: shop}\nspec:\n  hosts: [db]\n  tcp: [{route: [{destination: {host: db}}]}]\n"
+	objs, warnings, err := DecodeWithWarnings([]byte(doc))
+	if err != nil || len(objs) != 0 || len(warnings) != 2 || !strings.Contains(strings.Join(warnings, "\n"), "no HTTP routes and is skipped") {
+		t.Fatalf("objects %v, warnings %q, err %v", objs, warnings, err)
+	}
+}
+
 func TestIstioRootNamespacePolicyIsMeshWide(t *testing.T) {
 	for ns, want := range map[string]bool{"istio-system": true, "shop": false} {
 		doc := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: " + ns + "}\nspec: {action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n"
