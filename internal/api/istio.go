@@ -31,6 +31,7 @@ func isIstio(r json.RawMessage) bool {
 // walker takes known fields out of a JSON object and reports the rest.
 type walker struct {
 	warnings []string
+	opts     DecodeOptions
 }
 
 func (w *walker) leftovers(path string, m map[string]any) {
@@ -60,7 +61,7 @@ func obj(v any) map[string]any {
 	return m
 }
 
-func decodeIstio(r json.RawMessage) ([]Object, []string, error) {
+func decodeIstio(r json.RawMessage, opts DecodeOptions) ([]Object, []string, error) {
 	var doc map[string]any
 	if err := json.Unmarshal(r, &doc); err != nil {
 		return nil, nil, fmt.Errorf("json: %w", err)
@@ -78,7 +79,7 @@ func decodeIstio(r json.RawMessage) ([]Object, []string, error) {
 	if spec == nil {
 		return nil, nil, fieldErr("spec", "required")
 	}
-	w := &walker{}
+	w := &walker{opts: opts}
 	delete(meta, "labels")
 	delete(meta, "annotations")
 	w.leftovers("metadata", meta)

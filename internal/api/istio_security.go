@@ -22,9 +22,8 @@ const istioTrustDomain = "cluster.local"
 
 // IstioRootNamespace is Istio's default root namespace (meshConfig
 // rootNamespace): an AuthorizationPolicy there applies to the whole mesh,
-// and is translated to a MeshWide policy. fogmesh has no mesh config to
-// change it; a mesh with another root namespace must write meshWide: true
-// in a fogmesh policy instead.
+// and is translated to a MeshWide policy. The control plane's
+// istioRootNamespace setting changes it (DecodeOptions).
 const IstioRootNamespace = "istio-system"
 
 func (w *walker) warnf(format string, args ...any) {
@@ -33,7 +32,11 @@ func (w *walker) warnf(format string, args ...any) {
 
 func (w *walker) authorizationPolicy(name, ns string, spec map[string]any) ([]Object, error) {
 	p := &AuthorizationPolicy{Meta: Meta{Name: name, Namespace: ns}}
-	p.Spec.MeshWide = ns == IstioRootNamespace
+	root := w.opts.IstioRootNamespace
+	if root == "" {
+		root = IstioRootNamespace
+	}
+	p.Spec.MeshWide = ns == root
 	if sel := cloneMap(obj(spec["selector"])); sel != nil {
 		delete(spec, "selector")
 		labels := cloneMap(obj(sel["matchLabels"]))

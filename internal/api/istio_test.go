@@ -342,6 +342,14 @@ func TestIstioRootNamespacePolicyIsMeshWide(t *testing.T) {
 		if got := objs[0].(*AuthorizationPolicy).Spec.MeshWide; got != want {
 			t.Errorf("namespace %s: meshWide %v, want %v", ns, got, want)
 		}
+		// With another root namespace (the control plane's setting).
+		objs, _, err = DecodeWithOptions([]byte(doc), DecodeOptions{IstioRootNamespace: "shop"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := objs[0].(*AuthorizationPolicy).Spec.MeshWide; got != !want {
+			t.Errorf("root namespace shop, namespace %s: meshWide %v, want %v", ns, got, !want)
+		}
 	}
 }
 

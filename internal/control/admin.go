@@ -129,7 +129,7 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("read body: %w", err))
 		return
 	}
-	objs, warnings, err := api.DecodeWithWarnings(body)
+	objs, warnings, err := api.DecodeWithOptions(body, api.DecodeOptions{IstioRootNamespace: s.cfg.IstioRootNamespace})
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return

@@ -1,9 +1,12 @@
 package control
 
 import (
+	"context"
 	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestApplyWarnsAboutRoutesOfOneService: two VirtualServices (routes) for
@@ -36,5 +39,47 @@ func TestApplyWarnsAboutRoutesOfOneService(t *testing.T) {
 	w = warnings(vs("first", "v1"))
 	if len(w) != 1 || !strings.Contains(w[0], "route demo/first") || !strings.Contains(w[0], "only the newest, demo/second, applies") {
 		t.Fatalf("first again: warnings %q", w)
+	}
+}
+
+// TestIstioRootNamespaceSetting: the control plane's IstioRootNamespace
+// decides which Istio AuthorizationPolicies apply mesh-wide.
+func TestIstioRootNamespaceSetting(t *testing.T) {
+	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond, Insecure: true, IstioRootNamespace: "mesh-root"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	for _, ns := range []string{"mesh-root", "istio-system"} {
+		doc := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: " + ns + "}\nspec: {action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n"
+		if code, body := applyDoc(t, s, doc); code != 200 {
+			t.Fatalf("apply: %d %s", code, body)
+		}
+	}
+	resp, err := http.Get("http://" + s.AdminAddr() + "/v1/authorizationpolicies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list struct{ Items []json.RawMessage }
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, raw := range list.Items {
+		var p struct {
+			Metadata struct{ Namespace string }
+			Spec     struct{ MeshWide bool }
+		}
+		if err := json.Unmarshal(raw, &p); err != nil {
+			t.Fatal(err)
+		}
+		got[p.Metadata.Namespace] = p.Spec.MeshWide
+	}
+	if len(got) != 2 || !got["mesh-root"] || got["istio-system"] {
+		t.Fatalf("meshWide by namespace: %v, want only mesh-root", got)
 	}
 }
