@@ -277,10 +277,9 @@ func (w *walker) istioMatch(mp string, mm map[string]any, warn bool) (rm RouteMa
 	}
 	delete(mm, "method")
 	for _, f := range []struct {
-		key   string
-		dst   *map[string]StringMatch
-		query bool
-	}{{"headers", &rm.Headers, false}, {"withoutHeaders", &rm.WithoutHeaders, false}, {"queryParams", &rm.QueryParams, true}} {
+		key string
+		dst *map[string]StringMatch
+	}{{"headers", &rm.Headers}, {"withoutHeaders", &rm.WithoutHeaders}, {"queryParams", &rm.QueryParams}} {
 		hs := obj(mm[f.key])
 		delete(mm, f.key)
 		for _, hn := range sortedKeys(hs) {
@@ -292,9 +291,9 @@ func (w *walker) istioMatch(mp string, mm map[string]any, warn bool) (rm RouteMa
 			if sm == nil {
 				sm = &StringMatch{} // presence
 			}
-			if e, ok := hv["exact"]; ok && e == "" && f.query {
-				// Istio: {exact: ""} matches "?key" (an empty value);
-				// fogmesh's empty StringMatch would match any value.
+			if e, ok := hv["exact"]; ok && e == "" {
+				// Istio: {exact: ""} matches an empty value ("?key", or
+				// "X: "); fogmesh's empty StringMatch matches any value.
 				sm = &StringMatch{Regex: "^$"}
 			}
 			if *f.dst == nil {

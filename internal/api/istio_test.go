@@ -260,8 +260,17 @@ func TestIstioTranslationNeverWidens(t *testing.T) {
 				if q["a"].Exact != "x" || !b.Matches("") || b.Matches("1") || q["c"].Regex != "[0-9]+" || q["d"].Prefix != "p" {
 					return fmt.Sprintf("queryParams %+v", q)
 				}
-				if _, ok := m.WithoutHeaders["x-test"]; !ok || len(m.WithoutHeaders) != 1 {
+				if wh, ok := m.WithoutHeaders["x-test"]; !ok || len(m.WithoutHeaders) != 1 || !wh.Matches("anything") {
 					return fmt.Sprintf("withoutHeaders %+v", m.WithoutHeaders)
+				}
+				return ""
+			}},
+		{"header exact empty matches an empty value only", vs("  http: [{match: [{headers: {x-a: {exact: ''}, x-b: {}, x-c: {prefix: ''}}}], route: [" + v2 + "]}]\n"), nil,
+			func(r *Route) string {
+				h := r.Spec.Rules[0].Match[0].Headers
+				a, b, c := h["x-a"], h["x-b"], h["x-c"]
+				if !a.Matches("") || a.Matches("v") || !b.Matches("v") || !c.Matches("v") {
+					return fmt.Sprintf("headers %+v", h)
 				}
 				return ""
 			}},
