@@ -2,6 +2,7 @@ package main
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -21,6 +22,7 @@ func TestLeanImportGraph(t *testing.T) {
 		"github.com/envoyproxy/", // Envoy types
 		"github.com/spiffe/go-spiffe/v2/workloadapi", // pulls grpc
 		"github.com/spiffe/go-spiffe/v2/proto",
+		"github.com/mochi-mqtt/", // the MQTT reference decoder of internal/mqtt's differential fuzz test
 		"github.com/fogmesh/fogmesh/internal/control",
 		"github.com/fogmesh/fogmesh/internal/store",
 	}
@@ -28,6 +30,35 @@ func TestLeanImportGraph(t *testing.T) {
 		for _, f := range forbidden {
 			if strings.HasPrefix(pkg, f) {
 				t.Errorf("the agent imports %s (forbidden prefix %s)", pkg, f)
+			}
+		}
+	}
+}
+
+// TestLayering keeps the model packages at the bottom of the graph: the
+// API types (api), the sync protocol's frames (wire) and the PKI
+// (identity) import no package that implements a part of fogmesh, so a
+// change in the masker, the audit log or the agent never ripples into the
+// documents users write or the frames agents exchange.
+func TestLayering(t *testing.T) {
+	const mod = "github.com/fogmesh/fogmesh/internal/"
+	allowed := map[string][]string{ // package → the fogmesh packages it may import
+		"api":      nil,
+		"wire":     {"api"},
+		"identity": {"api"},
+	}
+	for pkg, ok := range allowed {
+		out, err := exec.Command("go", "list", "-deps", "../../internal/"+pkg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list %s: %v\n%s", pkg, err, out)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			name, internal := strings.CutPrefix(dep, mod)
+			if !internal || name == pkg {
+				continue
+			}
+			if !slices.Contains(ok, name) {
+				t.Errorf("internal/%s imports internal/%s; it may import only %v", pkg, name, ok)
 			}
 		}
 	}

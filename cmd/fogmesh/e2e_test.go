@@ -891,6 +891,8 @@ func TestAuditVerifyCLI(t *testing.T) {
 	if len(files) < 3 {
 		t.Fatalf("want rotated files, got %v", files)
 	}
+	lastSeq, lastHash := l.Last()
+	head := fmt.Sprintf("%d:%s", lastSeq, lastHash)
 	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
 	pubPath := filepath.Join(t.TempDir(), "node.pub")
 	os.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600)
@@ -901,7 +903,7 @@ func TestAuditVerifyCLI(t *testing.T) {
 
 	reversed := append([]string(nil), files...)
 	slices.Reverse(reversed)
-	out, code := run(t, append([]string{"audit", "verify", "--pubkey", pubPath}, reversed...)...)
+	out, code := run(t, append([]string{"audit", "verify", "--pubkey", pubPath, "--head", head}, reversed...)...)
 	if code != 0 || !strings.Contains(out, "intact") || !strings.Contains(out, "25 records") || !strings.Contains(out, "5 signed") {
 		t.Fatalf("intact set: exit %d\n%s", code, out)
 	}
@@ -954,10 +956,30 @@ func TestAuditVerifyCLI(t *testing.T) {
 	if out, code := run(t, "audit", "verify", "--node", "nosuch", "-server", "http://"+admin); code != 2 {
 		t.Fatalf("unknown node: exit %d\n%s", code, out)
 	}
-	// The files on disk verify too.
+	// The files on disk verify too: unanchored on their own (exit 3),
+	// intact against the head the control plane reports.
 	ctlFiles, _ := filepath.Glob(filepath.Join(state, "audit", "control", "audit.log*"))
-	if out, code := run(t, append([]string{"audit", "verify"}, ctlFiles...)...); code != 0 {
-		t.Fatalf("control plane files: exit %d\n%s", code, out)
+	if out, code := run(t, append([]string{"audit", "verify"}, ctlFiles...)...); code != 3 || !strings.Contains(out, "UNANCHORED") {
+		t.Fatalf("control plane files without a head: exit %d\n%s", code, out)
+	}
+	resp, err := http.Get("http://" + admin + "/v1/audit/control")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chains struct {
+		Chains []struct {
+			LastSeq  uint64
+			LastHash string
+		}
+	}
+	json.NewDecoder(resp.Body).Decode(&chains)
+	resp.Body.Close()
+	if len(chains.Chains) != 1 {
+		t.Fatalf("GET /v1/audit/control: %+v", chains)
+	}
+	ctlHead := fmt.Sprintf("%d:%s", chains.Chains[0].LastSeq, chains.Chains[0].LastHash)
+	if out, code := run(t, append([]string{"audit", "verify", "--head", ctlHead}, ctlFiles...)...); code != 0 || !strings.Contains(out, "intact") {
+		t.Fatalf("control plane files with its head: exit %d\n%s", code, out)
 	}
 }
 
@@ -1179,7 +1201,9 @@ workloads:
 		t.Fatal("control plane did not stop on SIGTERM")
 	}
 	logs, _ := filepath.Glob(filepath.Join(state, "audit", "control", "audit.log*"))
-	if out, code := run(t, append([]string{"audit", "verify", "--pubkey", filepath.Join(state, "audit-key.pub.pem")}, logs...)...); code != 0 || !strings.Contains(out, "1 signed") {
+	// Without a head (the control plane is down) the end is unanchored:
+	// exit 3, though every signature verifies.
+	if out, code := run(t, append([]string{"audit", "verify", "--pubkey", filepath.Join(state, "audit-key.pub.pem")}, logs...)...); code != 3 || !strings.Contains(out, "1 signed") {
 		t.Fatalf("control plane chain with its key: exit %d\n%s", code, out)
 	}
 	var chain strings.Builder

@@ -41,8 +41,9 @@ Agent verbs (talk to the local agent, -agent or $FOGMESH_AGENT, default http://1
                                    with tier, weight, health, in-flight and EWMA latency
 
 Audit:
-  fogmesh audit verify [--cert F|--pubkey F] FILE...   check audit log files (exit 1 if tampered)
+  fogmesh audit verify [--cert F|--pubkey F] [--head SEQ:HASH] FILE...   check audit log files
   fogmesh audit verify --node NODE | --all             check the control plane's copies
+                                   exit 0 intact, 1 tampered, 3 no tampering found but unanchored
 
 Demo verbs (talk to a running 'fogmesh dev'):
   fogmesh demo stop|start NODE     stop or start the hello instance on NODE

@@ -191,7 +191,11 @@ func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, cpHash string, writ
 			}
 			continue
 		}
-		if err := write(&wire.Message{Type: wire.TypeAudit, Audit: recs, AuditRestart: restart && recs[0].Seq == 1}); err != nil {
+		batch, err := audit.EncodeBatch(recs)
+		if err != nil {
+			return fmt.Errorf("send audit: %w", err)
+		}
+		if err := write(&wire.Message{Type: wire.TypeAudit, Audit: batch, AuditRestart: restart && recs[0].Seq == 1}); err != nil {
 			return fmt.Errorf("send audit: %w", err)
 		}
 		t := time.NewTimer(30 * time.Second)

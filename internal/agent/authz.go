@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -19,7 +20,6 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/authz"
-	"github.com/fogmesh/fogmesh/internal/mqtt"
 	"github.com/fogmesh/fogmesh/internal/proxy"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
@@ -39,9 +39,11 @@ import (
 //     attempt (authorizeLocalRequest). Denied: 403, or for gRPC
 //     PERMISSION_DENIED (trailers-only).
 //   - MQTT ports whose policies have topic rules: the source is authorized
-//     when the connection opens, then each PUBLISH and SUBSCRIBE through the
-//     inspecting relay; a denied packet closes the connection (MQTT 5 first
-//     gets DISCONNECT 0x87 Not authorized).
+//     when the connection opens, the CONNECT's will topic as a PUBLISH (a
+//     denied will is refused with a CONNACK before the broker sees the
+//     CONNECT), then each PUBLISH (topic aliases resolved) and SUBSCRIBE
+//     through the inspecting relay; a denied packet closes the connection
+//     (MQTT 5 first gets DISCONNECT 0x87 Not authorized). See mqtt.go.
 //   - auto ports are authorized per connection (as TCP).
 //
 // Only destinations that a policy selects are metered and logged.
@@ -346,6 +348,10 @@ const (
 	modeNone authzMode = iota // decided once, bytes relayed
 	modeHTTP                  // per request
 	modeMQTT                  // per PUBLISH/SUBSCRIBE
+	// modeDetect: an auto port in secure mode; decided once, and HTTP
+	// (told by its first bytes) is served per request so that its source
+	// identity header is vouched for (authorizeStream).
+	modeDetect
 )
 
 // authorizeConn decides a new connection (a mesh stream, or a VIP
@@ -370,8 +376,9 @@ func (a *Agent) authorizeConn(ctx context.Context, v *view, sv *serviceView, por
 	return a.decide(ctx, e, &r), modeNone
 }
 
-// mqttChecker returns the function the inspecting relay asks for each
-// PUBLISH and SUBSCRIBE, or nil when no topic rule applies.
+// mqttChecker returns the function the inspecting relay asks for the will
+// topic and each PUBLISH and SUBSCRIBE, or nil when no topic rule applies.
+// It decides on the policies in force at each packet, not at connect.
 func (a *Agent) mqttChecker(ctx context.Context, v *view, sv *serviceView, port, sourceID, sourceNode string) func(kind string, topics []string) bool {
 	ns, name := sv.svc.Meta.Namespace, sv.svc.Meta.Name
 	if !v.authz.MQTTRules(ns, name) {
@@ -379,6 +386,7 @@ func (a *Agent) mqttChecker(ctx context.Context, v *view, sv *serviceView, port,
 	}
 	num, _ := portOf(sv, port)
 	return func(kind string, topics []string) bool {
+		v := a.view.Load()
 		r := authz.Request{SourceID: sourceID, SourceNode: sourceNode, Namespace: ns, Service: name, Port: port, PortNumber: num, Proto: authz.MQTT}
 		switch kind {
 		case "publish":
@@ -399,16 +407,37 @@ func (a *Agent) mqttChecker(ctx context.Context, v *view, sv *serviceView, port,
 }
 
 // authorizeStream is DialLocal's check of a mesh stream before it dials.
+//
+// In secure mode every stream of an HTTP, HTTP/2 or gRPC port is served
+// per request (authzServer), also when no policy selects the destination:
+// each request's source identity arrives in SourceIDHeader, written by the
+// source node, and only a per-request server can take a claim the node may
+// not make (one it hosts no endpoint of) away before the workload sees it.
+// Relaying the bytes would hand a lying node's claim to the workload as
+// vouched. On an auto port the stream's first bytes decide, as at the
+// source.
 func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzMode, error) {
 	v := a.view.Load()
 	sv := v.services[h.Namespace+"/"+h.Service]
-	if sv == nil || v.authz == nil {
+	if sv == nil {
 		return modeNone, nil
 	}
-	src, node := a.vouch(ctx, h, h.SourceID)
-	d, mode := a.authorizeConn(ctx, v, sv, h.Port, src, node)
-	if !d.Allow {
-		return modeNone, fmt.Errorf("%w: %s:%s from %q (node %s): %s %s", transport.ErrDenied, h.Service, h.Port, src, node, d.Reason, d.Policy)
+	mode := modeNone
+	if v.authz != nil {
+		src, node := a.vouch(ctx, h, h.SourceID)
+		var d authz.Decision
+		d, mode = a.authorizeConn(ctx, v, sv, h.Port, src, node)
+		if !d.Allow {
+			return modeNone, fmt.Errorf("%w: %s:%s from %q (node %s): %s %s", transport.ErrDenied, h.Service, h.Port, src, node, d.Reason, d.Policy)
+		}
+	}
+	if mode == modeNone && a.ident != nil {
+		switch p := protoOf(sv, h.Port); {
+		case isL7(p):
+			mode = modeHTTP
+		case p == "auto":
+			mode = modeDetect
+		}
 	}
 	return mode, nil
 }
@@ -429,6 +458,22 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 		relayBytes(ctx, stream, local)
 		return
 	}
+	proto, perConn := "", false
+	if mc.mode == modeDetect {
+		var peeked []byte
+		proto, peeked = detect(stream)
+		if proto != "http" && proto != "http2" {
+			if _, err := local.Write(peeked); err != nil {
+				stream.Close()
+				local.Close()
+				return
+			}
+			relayBytes(ctx, stream, local)
+			return
+		}
+		stream = &prefixConn{Conn: stream, r: io.MultiReader(bytes.NewReader(peeked), stream)}
+		mc.mode, perConn = modeHTTP, true
+	}
 	defer stream.Close()
 	defer local.Close()
 	v := a.view.Load()
@@ -439,19 +484,12 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 	src, node := a.vouch(ctx, h, h.SourceID)
 	switch mc.mode {
 	case modeMQTT:
-		stream.SetReadDeadline(time.Now().Add(10 * time.Second))
-		cn, raw, err := mqtt.ReadConnect(stream)
-		stream.SetReadDeadline(time.Time{})
-		if err != nil {
-			a.m.mqttBad.Inc()
-			return
-		}
-		if _, err := local.Write(raw); err != nil {
-			return
-		}
-		a.relayMQTT(ctx, stream, local, cn.Version, h.Namespace+"/"+h.Service, false, a.mqttChecker(ctx, v, sv, h.Port, src, node))
+		a.serveMQTTStream(ctx, stream, local, h.Namespace+"/"+h.Service, a.mqttChecker(ctx, v, sv, h.Port, src, node))
 	case modeHTTP:
-		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: protoOf(sv, h.Port), streamCtx: ctx})
+		if proto == "" {
+			proto = protoOf(sv, h.Port)
+		}
+		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: proto, streamCtx: ctx, perConn: perConn})
 	}
 }
 
@@ -481,6 +519,9 @@ type meshStream struct {
 	// streamCtx is the mesh stream's context (its TLS peer), for vouching
 	// per request.
 	streamCtx context.Context
+	// perConn: the stream was authorized when it opened (an auto port, as
+	// a TCP connection); its requests are vouched for, not decided again.
+	perConn bool
 
 	mu sync.Mutex // guards t
 	t  *http.Transport
@@ -548,10 +589,22 @@ func newAuthzServer(a *Agent) *authzServer {
 		},
 		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
 			ms := r.Context().Value(meshStreamKey{}).(*meshStream)
-			return ms.transport().RoundTrip(r)
+			resp, err := ms.transport().RoundTrip(r)
+			if tb := timedBodyOf(r); tb != nil && err == nil {
+				tb.stop() // response header: the body bound ends (l7body.go)
+			}
+			return resp, err
 		}),
 		FlushInterval: -1,
-		ErrorLog:      slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			a.log.Debug("agent: authorized request failed", "host", r.Host, "err", err)
+			code := http.StatusBadGateway
+			if bodyTimedOut(r) {
+				code = http.StatusRequestTimeout
+			}
+			w.WriteHeader(code)
+		},
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -625,12 +678,26 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	if src != "" {
 		r.Header.Set(SourceIDHeader, src)
 	}
+	if ms.perConn { // decided when the stream opened
+		s.rp.ServeHTTP(w, r)
+		return
+	}
+
 	num, _ := portOf(sv, ms.h.Port)
 	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
 		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: authzPath(r), Header: r.Header}
 	if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
 		writeDenied(w, r.Header)
 		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		// The source agent bounds its client's body; this bounds a peer's
+		// (timeouts.requestBody between reads, not the request timeout,
+		// which a route or class may raise where the request entered).
+		tb := newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+		tb.arm(time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
+		r = r.WithContext(context.WithValue(r.Context(), timedBodyKey{}, tb))
+		r.Body = tb
 	}
 	s.rp.ServeHTTP(w, r)
 }

@@ -55,6 +55,11 @@ type Config struct {
 	// MaxRequests is how many L7 requests the agent proxies at once before
 	// it sheds by traffic class (default 1024).
 	MaxRequests int `json:"maxRequests,omitempty"`
+	// MaxRequestsPerClient is how many L7 requests one client (source
+	// address) may have in flight, each until its response body is done;
+	// more are answered 429 (default 256; negative: no limit). It keeps
+	// one client from holding the upstream connections everyone shares.
+	MaxRequestsPerClient int `json:"maxRequestsPerClient,omitempty"`
 	// MeshPingInterval is how often the agent pings each peer agent it has
 	// a mesh session with, to measure the RTT the edge-aware balancer
 	// counts as distance (default 5s).
@@ -219,6 +224,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxRequests <= 0 {
 		c.MaxRequests = 1024
+	}
+	if c.MaxRequestsPerClient == 0 {
+		c.MaxRequestsPerClient = defaultMaxPerClient
 	}
 	if c.EjectFor <= 0 {
 		c.EjectFor = Duration(10 * time.Second)

@@ -26,10 +26,21 @@ import (
 //
 // Responses are not masked: they come back into the site.
 //
+// A body the masker cannot judge is refused before anything is sent (the
+// client gets 502 naming the reason, counted as result="rejected"): more
+// than one Content-Type (repeated fields or a comma list; a backend may
+// read either), a Content-Type that is no media type or has a UTF-16/32
+// charset, with onCompressed: reject any Content-Encoding coding other
+// than identity (with decode: any but one gzip or deflate, which is
+// inflated, masked and compressed again), and with onUpgrade: reject a
+// request that asks to switch protocols (WebSocket, CONNECT: the stream
+// after the switch is no body). mask.Classify and mask.CheckUpgrade
+// decide; see package mask.
+//
 // Metrics:
 //
 //	fogmesh_egress_masked_fields_total{service,detector}  values masked, by detector, regex name, "json-path" or "header"
-//	fogmesh_egress_bodies_total{service,rule,result}      result: masked, failed (malformed, request aborted), rejected (compressed, not sent)
+//	fogmesh_egress_bodies_total{service,rule,result}      result: masked, failed (malformed, request aborted), rejected (compressed, ambiguous type, upgrade: not sent)
 
 // errEgress wraps egress failures. They are about the request, not the
 // endpoint: no ejection, no retry (see upstreamFailure).
@@ -87,6 +98,10 @@ func (a *Agent) egressRoundTrip(rt http.RoundTripper, sv *serviceView, ev *endpo
 	if rule.err != nil {
 		a.egressBodies(svc, rule.name, "rejected").Inc()
 		return nil, fmt.Errorf("%w: rule %q: %v", errEgress, rule.name, rule.err)
+	}
+	if err := rule.m.CheckUpgrade(req.Method, req.Header); err != nil {
+		a.egressBodies(svc, rule.name, "rejected").Inc()
+		return nil, fmt.Errorf("%w: rule %q: %w", errEgress, rule.name, err)
 	}
 	report := func(label string, n int) {
 		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_egress_masked_fields_total{service=%q,detector=%q}`, svc, label)).Add(n)

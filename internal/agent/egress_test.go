@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -235,6 +236,161 @@ func TestEgressRuleSelects(t *testing.T) {
 		}
 		if strings.Join(got, " ") != c.want {
 			t.Errorf("%+v selects %v, want %s", c.when, got, c.want)
+		}
+	}
+}
+
+// TestEgressMaskingBypasses (issue 9, finding 7): requests that left a
+// site with personal data unmasked because of how they spelled it, sent
+// through a real client agent to a backend at another site. Each now
+// arrives masked, or is refused and never reaches the backend.
+func TestEgressMaskingBypasses(t *testing.T) {
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, egressSvcDoc("pii-bypass", 19133))
+	// The same rule with onCompressed: decode.
+	apply(t, cp, strings.Replace(egressSvcDoc("pii-gzip", 19134), `"keepLast":4`, `"keepLast":4,"onCompressed":"decode"`, 1))
+	far, farPort := startRecorder(t)
+	farGz, farGzPort := startRecorder(t)
+	ctl := []string{cp.SyncAddr()}
+	startAgent(t, agentOpts{name: "b", site: "s9", region: "r1", vipOctet: 244, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("pii-bypass", "pii-bypass-1", farPort), webWorkload("pii-gzip", "pii-gzip-1", farGzPort)}})
+	client := startAgent(t, agentOpts{name: "c", site: "s1", region: "r1", vipOctet: 245, control: ctl, stateDir: t.TempDir()})
+	waitFor(t, "client to learn the endpoints", func() bool {
+		return len(endpointsOf(client, "demo/pii-bypass")) == 1 && len(endpointsOf(client, "demo/pii-gzip")) == 1
+	})
+	var url, gzURL string
+	for _, r := range client.Routes() {
+		switch r.Service {
+		case "demo/pii-bypass":
+			url = "http://" + r.VIP + ":19133/orders"
+		case "demo/pii-gzip":
+			gzURL = "http://" + r.VIP + ":19134/orders"
+		}
+	}
+	waitFor(t, "listeners", func() bool {
+		for _, u := range []string{url, gzURL} {
+			resp, err := http.Get(u)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+		}
+		return true
+	})
+	postTo := func(url, body string, h http.Header) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+		for k, v := range h {
+			req.Header[k] = v
+		}
+		c := &http.Client{Timeout: 5 * time.Second}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	post := func(body string, h http.Header) (int, string) { t.Helper(); return postTo(url, body, h) }
+	jsonType := http.Header{"Content-Type": {"application/json"}}
+	const bom = "\xef\xbb\xbf"
+	for _, c := range []struct {
+		name   string
+		h      http.Header
+		body   string
+		want   string // what the backend gets
+		refuse string // or: refused, the client's 502 says this
+	}{
+		{"exponent numbers (issue)", jsonType,
+			`{"phone":1.3812345678e10,"card":4.111111111111111E15}`, `{"phone":"138****5678","card":"411*********1111"}`, ""},
+		{"other number spellings", jsonType,
+			`[13812345678.0,1.3812345678E+10,-1.3812345678e10,138123456780e-1]`, `["138****5678","138****5678","-138****5678","138****5678"]`, ""},
+		{"invalid parameter (issue)", http.Header{"Content-Type": {"application/json; charset"}},
+			`{"phone":"13812345678"}`, `{"phone":"138****5678"}`, ""},
+		{"two Content-Type fields (issue)", http.Header{"Content-Type": {"text/plain", "application/json"}},
+			`{"phone":"13812345678"}`, "", "ambiguous or unsupported Content-Type"},
+		{"a comma list", http.Header{"Content-Type": {"text/plain, application/json"}},
+			`{"phone":"13812345678"}`, "", "ambiguous or unsupported Content-Type"},
+		{"no Content-Type", http.Header{},
+			` {"phone":1.3812345678e10}`, ` {"phone":"138****5678"}`, ""},
+		{"another name for JSON", http.Header{"Content-Type": {"text/json"}},
+			`{"phone":"13812345678"}`, `{"phone":"138****5678"}`, ""},
+		{"+json", http.Header{"Content-Type": {"application/problem+json"}},
+			`{"phone":"\u0031\u0033\u0038\u0031\u0032\u0033\u0034\u0035\u0036\u0037\u0038"}`, `{"phone":"138****5678"}`, ""},
+		{"byte order mark", jsonType,
+			bom + `{"phone":13812345678}`, bom + `{"phone":"138****5678"}`, ""},
+		{"compressed behind identity", http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"identity", "gzip"}},
+			"\x1f\x8b...", "", "compressed body cannot be inspected"},
+		{"UTF-16", http.Header{"Content-Type": {"application/json; charset=utf-16"}},
+			"{\x00}\x00", "", "ambiguous or unsupported Content-Type"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, _, _, before := far.last()
+			code, resp := post(c.body, c.h)
+			got, h, _, err, n := far.last()
+			if c.refuse != "" {
+				if code != http.StatusBadGateway || !strings.Contains(resp, c.refuse) || n != before {
+					t.Fatalf("got %d %q, backend requests %d -> %d; want a refusal naming %q", code, resp, before, n, c.refuse)
+				}
+				return
+			}
+			if code != 200 || n != before+1 || err != nil || string(got) != c.want {
+				t.Fatalf("got %d %q; backend got %q (%v), want %q", code, resp, got, err, c.want)
+			}
+			if p := h.Get("X-User-Phone"); p != "" && p != "138****5678" {
+				t.Fatalf("X-User-Phone %q", p)
+			}
+		})
+	}
+	// A protocol switch (WebSocket) is refused: the frames after it would
+	// pass the masker.
+	_, _, _, _, before := far.last()
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if _, _, _, _, n := far.last(); resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "protocol upgrade cannot be inspected") || n != before {
+		t.Fatalf("upgrade: %d %q, backend requests %d -> %d", resp.StatusCode, b, before, n)
+	}
+	// onCompressed: decode: a gzip body arrives masked, gzip again.
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	io.WriteString(zw, `{"phone":1.3812345678e10}`)
+	zw.Close()
+	if code, resp := postTo(gzURL, zb.String(), http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"gzip"}}); code != 200 {
+		t.Fatalf("gzip: %d %s", code, resp)
+	}
+	gotGz, hGz, _, errGz, _ := farGz.last()
+	zr, err := gzip.NewReader(bytes.NewReader(gotGz))
+	if err != nil || errGz != nil || hGz.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("gzip: backend got %q (%v, %v), Content-Encoding %q", gotGz, err, errGz, hGz.Get("Content-Encoding"))
+	}
+	if plain, err := io.ReadAll(zr); err != nil || string(plain) != `{"phone":"138****5678"}` {
+		t.Fatalf("gzip: backend got %q, %v", plain, err)
+	}
+	// A header rule covers the '_' spelling WSGI and CGI backends read as
+	// the same header (the agent may also drop such headers, or refuse the
+	// request: either way the number does not arrive).
+	_, _, _, _, before = far.last()
+	code, _ := post(`{}`, http.Header{"Content-Type": {"application/json"}, "X_User_Phone": {"13812345678"}})
+	got, h, _, _, n := far.last()
+	if code >= 400 && code < 500 && n == before {
+		return // refused by the agent's header rules
+	}
+	if code != 200 || string(got) != `{}` || n != before+1 {
+		t.Fatalf("got %d, backend got %q", code, got)
+	}
+	for k, vs := range h {
+		if strings.Contains(strings.Join(vs, ","), "12345678") {
+			t.Fatalf("header %s: %q arrived unmasked", k, vs)
 		}
 	}
 }

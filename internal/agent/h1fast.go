@@ -85,7 +85,8 @@ func putH1Writer(bw *bufio.Writer) { bw.Reset(nil); h1Writers.Put(bw) }
 func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	c := tc.Conn
 	stop := context.AfterFunc(ctx, func() { c.Close() }) // agent shutdown
-	br, bw := getH1Reader(c), getH1Writer(c)
+	// Writes go through tc, which bounds each (taggedConn.Write).
+	br, bw := getH1Reader(c), getH1Writer(tc)
 	handedOff := false
 	defer func() {
 		stop()
@@ -95,9 +96,14 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			tc.Close()
 		}
 	}()
+	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
+	defer gone()
 	cs := &h1ClientConn{
-		ctx:    withConnIdentity(context.WithValue(context.Background(), targetKey{}, tc.target), tc.clientID),
+		ctx:    withConnIdentity(connCtx, tc.clientID),
 		remote: c.RemoteAddr().String(),
+		conn:   c,
+		br:     br,
+		gone:   gone,
 	}
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
@@ -136,7 +142,8 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			return
 		}
 		if req.ContentLength != 0 {
-			c.SetReadDeadline(time.Time{}) // no deadline on bodies (net/http: ReadTimeout 0)
+			c.SetReadDeadline(time.Time{})
+			req.Body = newTimedBody(req.Body, c.SetReadDeadline) // bounded per read (l7body.go)
 		}
 		if !s.h1.forward(cs, bw, req) {
 			return
@@ -156,9 +163,36 @@ func (s *l7) h1IdleTimeout(t listenTarget) time.Duration {
 
 // h1ClientConn is what the fast path keeps per client connection.
 type h1ClientConn struct {
-	ctx    context.Context // carries the listenTarget for lbTransport and the client's identity
+	ctx    context.Context // carries the listenTarget for lbTransport and the client's identity; cancelled by gone
 	remote string          // client address, for hashing and sessions
 	xff    []string        // X-Forwarded-For: the client's IP (read-only)
+	conn   net.Conn
+	br     *bufio.Reader
+	gone   context.CancelFunc
+}
+
+// watch notices the client closing its connection while a response
+// streams (the fast path reads nothing from the client meanwhile) and then
+// cancels the request: a silent stream does not keep its upstream
+// connection and its request slots (l7body.go) for a client that is gone.
+// stop ends the watch; the connection's read deadline is reset by the
+// next request's.
+func (cs *h1ClientConn) watch() (stop func()) {
+	if cs.br.Buffered() > 0 {
+		return func() {} // the client has sent more (pipelining): it is there
+	}
+	cs.conn.SetReadDeadline(time.Time{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := cs.br.Peek(1); err != nil && !isTimeout(err) {
+			cs.gone() // EOF, reset or shutdown
+		}
+	}()
+	return func() {
+		cs.conn.SetReadDeadline(aLongTimeAgo)
+		<-done
+	}
 }
 
 var errH1TooLarge = errors.New("request header larger than the buffer")
@@ -349,7 +383,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	resp, err := p.rt.RoundTrip(in.WithContext(cs.ctx))
 	if err != nil {
 		var cbe *clientBodyError
-		if errors.As(err, &cbe) {
+		if errors.As(err, &cbe) && !bodyTimedOut(in) {
 			return false // the client broke off its body: nothing to answer
 		}
 		w := &h1ErrorWriter{h: http.Header{}}
@@ -363,7 +397,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 		w.write(bw, keep)
 		return bw.Flush() == nil && keep
 	}
-	werr := writeH1Response(bw, resp, in, keep)
+	werr := writeH1Response(bw, resp, in, keep, cs.watch)
 	resp.Body.Close()
 	if werr != nil {
 		return false
@@ -440,8 +474,9 @@ type upstreamBuffered interface{ bufferedUpstream() int }
 
 // writeH1Response writes resp to the client: the header and a body that is
 // already buffered go out in one write; a body that arrives in parts is
-// flushed as it arrives (streaming, server-sent events).
-func writeH1Response(bw *bufio.Writer, resp *http.Response, in *http.Request, keep bool) error {
+// flushed as it arrives (streaming, server-sent events), watched by watch
+// (if not nil) from its first part on.
+func writeH1Response(bw *bufio.Writer, resp *http.Response, in *http.Request, keep bool, watch func() (stop func())) error {
 	bw.WriteString("HTTP/1.1 ")
 	if resp.Status != "" {
 		bw.WriteString(resp.Status)
@@ -483,6 +518,12 @@ func writeH1Response(bw *bufio.Writer, resp *http.Response, in *http.Request, ke
 	}
 	buf := copyBuffers.Get()
 	defer copyBuffers.Put(buf)
+	var stopWatch func()
+	defer func() {
+		if stopWatch != nil {
+			stopWatch()
+		}
+	}()
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
@@ -493,6 +534,9 @@ func writeH1Response(bw *bufio.Writer, resp *http.Response, in *http.Request, ke
 				if err == nil { // more to come, not buffered: let the client have this part now
 					if ferr := bw.Flush(); ferr != nil {
 						return ferr
+					}
+					if stopWatch == nil && watch != nil {
+						stopWatch = watch()
 					}
 				}
 			}

@@ -44,9 +44,10 @@ type l7 struct {
 	mu         sync.Mutex // guards transports
 	transports map[string]*http.Transport
 
-	idleTimers sync.Map     // *taggedConn -> *time.Timer, see connState
-	limiters   sync.Map     // service -> *reqLimiter (l7limit.go)
-	mirrors    atomic.Int64 // copies in flight (l7mirror.go)
+	idleTimers sync.Map      // *taggedConn -> *time.Timer, see connState
+	limiters   sync.Map      // service -> *reqLimiter (l7limit.go)
+	clients    clientLimiter // requests in flight per client (l7body.go)
+	mirrors    atomic.Int64  // copies in flight (l7mirror.go)
 }
 
 type targetKey struct{}
@@ -59,6 +60,28 @@ type taggedConn struct {
 	clientID string // the client's identity, found at accept (clientIdentity)
 	done     func()
 	once     sync.Once
+
+	send     time.Duration    // bound on each write to the client (sendTimeout); 0: none
+	sendSet  atomic.Int64     // the write deadline last set, Unix ns
+	timeouts *metrics.Counter // writes cut off by send
+}
+
+// Write bounds each write to the client by the service's send timeout: a
+// client that reads nothing (a slow reader) cannot keep the response's
+// upstream connection and request slots for ever. The deadline moves only
+// when it would move by more than send/16.
+func (c *taggedConn) Write(p []byte) (int, error) {
+	if c.send > 0 {
+		if d := time.Now().Add(c.send).UnixNano(); d-c.sendSet.Load() > int64(c.send/16) {
+			c.Conn.SetWriteDeadline(time.Unix(0, d))
+			c.sendSet.Store(d)
+		}
+	}
+	n, err := c.Conn.Write(p)
+	if err != nil && c.timeouts != nil && isTimeout(err) {
+		c.timeouts.Inc()
+	}
+	return n, err
 }
 
 func (c *taggedConn) Close() error {
@@ -121,8 +144,33 @@ func newL7(a *Agent) *l7 {
 		ErrorHandler: s.errorHandler,
 		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
+	norm := a.normalizingHandler(rp) // one normalised path for routing, authorization and upstream
 	s.srv = &http.Server{
-		Handler:           a.normalizingHandler(rp),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Body != nil && r.Body != http.NoBody {
+				// The body is read under timedBody's bounds (l7body.go), set
+				// on the request's own read deadline (HTTP/1.1: the
+				// connection's; h2c: the stream's). A copy of the request
+				// carries it, so the server still sees its own body and
+				// closes a connection whose body was not read to the end.
+				// ReverseProxy wraps the body it forwards: the context
+				// carries it to lbTransport.
+				tb := newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+				r = r.WithContext(context.WithValue(r.Context(), timedBodyKey{}, tb))
+				r.Body = tb
+			}
+			if r.ProtoMajor == 2 {
+				// A slow reader stalls its stream's flow control, not the
+				// connection's writes (taggedConn.Write): bound the
+				// stream's writes too.
+				if t, ok := r.Context().Value(targetKey{}).(listenTarget); ok {
+					if d := s.sendTimeout(t); d > 0 {
+						w = &sendTimedWriter{ResponseWriter: w, rc: http.NewResponseController(w), send: d}
+					}
+				}
+			}
+			norm.ServeHTTP(w, r)
+		}),
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       defaultL7Idle, // and a service's timeouts.idle, by connState
@@ -211,8 +259,16 @@ func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("X-Fogmesh-Overflow", "true")
 	case errors.Is(err, context.DeadlineExceeded):
 		code = http.StatusGatewayTimeout
+	case errors.Is(err, errClientLimit):
+		code = http.StatusTooManyRequests
 	}
-	if errors.Is(err, context.Canceled) {
+	if errors.Is(err, errBodyTimeout) || bodyTimedOut(r) {
+		// The client was too slow with its body, whatever the upstream
+		// error that caused: 408. An HTTP/1.1 connection is closed (its
+		// body was not read to the end).
+		code = http.StatusRequestTimeout
+		s.a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_request_body_timeouts_total`).Inc()
+	} else if errors.Is(err, context.Canceled) {
 		return // the client went away
 	}
 	s.a.log.Debug("agent: l7 request failed", "host", r.Host, "path", r.URL.Path, "err", err)
@@ -294,7 +350,7 @@ type lbTransport struct {
 	h1 bool // requests of the HTTP/1.1 fast path: HTTP/1.1 endpoints over its pools
 }
 
-func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 	a := lt.l7.a
 	t, ok := req.Context().Value(targetKey{}).(listenTarget)
 	if !ok {
@@ -303,6 +359,22 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	sv := a.view.Load().services[t.svc]
 	if sv == nil {
 		return nil, errNoEndpoint
+	}
+	// What the request takes below (its client's place, its agent and
+	// circuit breaker slots, its timeout) it holds until its response body
+	// is done (a stream or a download counts as long as it lasts), or
+	// until now when there is no response.
+	var h reqHold
+	defer func() {
+		if err != nil || resp == nil {
+			h.release()
+		} else {
+			h.onDone(resp)
+		}
+	}()
+	if !lt.l7.clients.acquire(req.RemoteAddr, a.cfg.MaxRequestsPerClient, &h) {
+		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_client_limit_rejections_total{service=%q}`, t.svc)).Inc()
+		return nil, errClientLimit
 	}
 	// Traffic class: from the route rule, else the header, else the default.
 	rule, noRoute := sv.routeRule(req)
@@ -314,7 +386,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_shed_total{service=%q,class=%q}`, t.svc, className(class))).Inc()
 		return nil, errShed
 	}
-	defer a.l7Inflight.Add(-1)
+	h.inflight = &a.l7Inflight
 	if rule != nil && rule.Fault != nil {
 		if resp, err := a.injectFault(req, t.svc, rule.Fault); resp != nil || err != nil {
 			return resp, err
@@ -356,7 +428,11 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer releaseSlot() // TODO: count until the response body is closed, not only to headers
+	h.slot = releaseSlot
+	// The request timeout covers reading the request body, and no read
+	// of it waits longer than timeouts.requestBody, until the response
+	// header arrives.
+	tb := armBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), timeout)
 	if rule != nil && rule.Mirror != nil {
 		req = lt.mirror(req, sv, t, rule.Mirror, timeout)
 	}
@@ -381,18 +457,24 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = req.WithContext(ctx)
 		release = func() { timer.Stop(); cancel(nil) }
 	}
-	resp, err := lt.roundTrip(req, sv, t, cands, retries, routeName(rule))
+	resp, err = lt.roundTrip(req, sv, t, cands, retries, routeName(rule))
 	if err != nil {
 		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
 			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)
+			if tb != nil && tb.expire() {
+				err = fmt.Errorf("%w: body not received within the request timeout", errBodyTimeout)
+			}
 		}
 		release()
 		return nil, err
 	}
+	if tb != nil {
+		tb.stop()
+	}
 	if timer != nil {
 		timer.Stop()
 		if resp.StatusCode != http.StatusSwitchingProtocols {
-			resp.Body = &releaseOnClose{ReadCloser: resp.Body, release: release}
+			h.timeout = release
 		}
 	}
 	return resp, nil
@@ -409,6 +491,13 @@ func (r *releaseOnClose) Close() error {
 	err := r.ReadCloser.Close()
 	r.once.Do(r.release)
 	return err
+}
+
+func (r *releaseOnClose) bufferedUpstream() int {
+	if ub, ok := r.ReadCloser.(upstreamBuffered); ok {
+		return ub.bufferedUpstream()
+	}
+	return 0
 }
 
 // roundTrip tries cands in order within the service's retry policy.
@@ -713,6 +802,9 @@ func withLabels(cands []*endpointView, labels map[string]string) []*endpointView
 // connection to the endpoint (reset, EOF, timeout) rather than from the
 // request itself (a malformed request, a body the client aborted).
 func upstreamFailure(err error) bool {
+	if errors.Is(err, errClientBody) {
+		return false // http.Transport reports a body read error as its own write's
+	}
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errNodeDead)

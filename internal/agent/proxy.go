@@ -135,7 +135,8 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 	if ok && isL7(t.proto) {
 		// Per-request balancing: the HTTP server owns the connection now.
 		a.active.Add(1)
-		tc := &taggedConn{Conn: client, target: t, clientID: clientID, done: func() { a.active.Add(-1) }}
+		tc := &taggedConn{Conn: client, target: t, clientID: clientID, done: func() { a.active.Add(-1) },
+			send: a.l7.sendTimeout(t), timeouts: a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_send_timeouts_total`)}
 		if t.proto == "http" {
 			a.l7.serveH1(ctx, tc) // HTTP/1.1 fast path; hands the rest to the server
 			return
@@ -165,7 +166,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 	// MQTT: read the CONNECT first, so the client id can pin the session
 	// to one broker instance; the bytes read are replayed upstream.
 	var prefix []byte
-	var mqttVersion byte
+	var mqttConn mqtt.Connect
 	var pinKey string
 	if t.proto == "mqtt" {
 		client.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -174,12 +175,12 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		if err != nil {
 			a.m.mqttBad.Inc()
 			a.log.Debug("agent: bad MQTT CONNECT", "service", t.svc, "err", err)
-			if len(raw) > 0 {
-				client.Write(mqtt.Connack(4, mqtt.RefuseMalformed))
+			if b := mqtt.RefuseConnect(err); b != nil {
+				client.Write(b)
 			}
 			return
 		}
-		prefix, mqttVersion, pinKey = raw, cn.Version, cn.ClientID
+		prefix, mqttConn, pinKey = raw, cn, cn.ClientID
 	} else if len(peeked) > 0 {
 		prefix = peeked // auto-detected tcp: replay the bytes read, then splice
 	}
@@ -198,7 +199,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		a.m.connNoEP.Inc()
 		a.log.Debug("agent: no healthy endpoint", "service", t.svc)
 		if t.proto == "mqtt" && prefix != nil {
-			client.Write(mqtt.Connack(mqttVersion, mqtt.RefuseUnavailable))
+			client.Write(mqtt.Connack(mqttConn.Version, mqtt.RefuseUnavailable))
 		}
 		return
 	}
@@ -213,10 +214,17 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		if decidesHere(ev) && v.authz != nil { // a remote endpoint's agent decides
 			d, mode := a.authorizeConn(ctx, v, sv, t.port, clientID, a.cfg.Node.Name)
 			if !d.Allow {
+				if t.proto == "mqtt" {
+					client.Write(mqtt.Connack(mqttConn.Version, mqtt.RefuseNotAuthorized))
+				}
 				return
 			}
 			if mode == modeMQTT {
 				mqttCheck = a.mqttChecker(ctx, v, sv, t.port, clientID, a.cfg.Node.Name)
+				if !willAllowed(mqttConn, mqttCheck) {
+					client.Write(mqtt.Connack(mqttConn.Version, mqtt.RefuseNotAuthorized))
+					return
+				}
 			}
 		}
 		dialStart := time.Now()
@@ -231,6 +239,9 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		}
 		if errors.Is(err, transport.ErrDenied) {
 			a.log.Debug("agent: connection denied by the endpoint's agent", "service", t.svc, "endpoint", ev.key, "err", err)
+			if t.proto == "mqtt" {
+				client.Write(mqtt.Connack(mqttConn.Version, mqtt.RefuseNotAuthorized))
+			}
 			return // every endpoint of the service would deny it: no failover
 		}
 		if err != nil {
@@ -247,7 +258,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 			c, u = proxy.WithIdleTimeout(client, up, idle)
 		}
 		if t.proto == "mqtt" && (sv.svc.Spec.MQTTInspect || mqttCheck != nil) {
-			a.relayMQTT(ctx, c, u, mqttVersion, t.svc, sv.svc.Spec.MQTTInspect, mqttCheck)
+			a.relayMQTT(ctx, c, u, mqttConn, t.svc, sv.svc.Spec.MQTTInspect, mqttCheck)
 		} else if _, _, err := proxy.Relay(ctx, c, u); errors.Is(err, proxy.ErrIdle) {
 			a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_idle_timeouts_total{service=%q}`, t.svc)).Inc()
 		}
@@ -256,7 +267,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 	}
 	a.m.connFailed.Inc()
 	if t.proto == "mqtt" && prefix != nil {
-		client.Write(mqtt.Connack(mqttVersion, mqtt.RefuseUnavailable))
+		client.Write(mqtt.Connack(mqttConn.Version, mqtt.RefuseUnavailable))
 	}
 }
 

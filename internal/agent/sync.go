@@ -194,9 +194,11 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 
 	for {
 		// The control plane answers every heartbeat, so silence for three
-		// intervals means the link is gone even if no RST ever arrives (a
-		// cut uplink); the agent then reconnects with backoff.
-		c.SetReadDeadline(time.Now().Add(3 * hb))
+		// intervals (at least 2 s: a GC pause or a busy machine must not
+		// cut a short interval's stream) means the link is gone even if no
+		// RST ever arrives (a cut uplink); the agent then reconnects with
+		// backoff.
+		c.SetReadDeadline(time.Now().Add(max(3*hb, 2*time.Second)))
 		m, err := r.Read()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, io.EOF) {

@@ -3,8 +3,6 @@ package api
 import (
 	"errors"
 	"fmt"
-
-	"github.com/fogmesh/fogmesh/internal/mask"
 )
 
 // EgressRule masks personal data in the requests a service's clients send
@@ -15,8 +13,8 @@ import (
 type EgressRule struct {
 	Name string     `json:"name"`
 	When EgressWhen `json:"when"`
-	// Mask says what to mask: see mask.Config.
-	Mask mask.Config `json:"mask"`
+	// Mask says what to mask: see MaskConfig.
+	Mask MaskConfig `json:"mask"`
 }
 
 // EgressWhen selects endpoints by where they run, relative to the client's
@@ -56,10 +54,14 @@ func validateEgress(rules []EgressRule) error {
 				return err
 			}
 		}
-		if _, err := mask.Compile(r.Mask); err != nil {
-			var ce *mask.ConfigError
-			if errors.As(err, &ce) {
-				return fieldErr(f+".mask."+ce.Field, "%s", ce.Reason)
+		if ValidateMask == nil {
+			continue
+		}
+		if err := ValidateMask(r.Mask); err != nil {
+			var fe interface{ MaskField() (field, reason string) }
+			if errors.As(err, &fe) {
+				field, reason := fe.MaskField()
+				return fieldErr(f+".mask."+field, "%s", reason)
 			}
 			return fieldErr(f+".mask", "%v", err)
 		}

@@ -95,6 +95,8 @@ func TestRouteValidation(t *testing.T) {
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[{}],"fault":{"abort":{"grpcStatus":17,"percent":5}}}]}}`, "spec.rules[0].fault.abort.grpcStatus"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"backends":[{}],"fault":{"abort":{"percent":5}}}]}}`, "spec.rules[0].fault.abort"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"timeouts":{"idle":"-1s"}}}`, "spec.timeouts.idle"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"timeouts":{"requestBody":"-1s"}}}`, "spec.timeouts.requestBody"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"timeouts":{"send":"-1s"}}}`, "spec.timeouts.send"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"balancer":"ring"}}`, "spec.balancer"},
 	} {
 		if _, err := Decode([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.want) {

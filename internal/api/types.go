@@ -107,7 +107,8 @@ type ServiceSpec struct {
 	// only when no endpoint of the tier is healthy).
 	MinHealthyShare float64 `json:"minHealthyShare,omitempty"`
 	// Timeouts bound connecting to an endpoint and, on http/http2/grpc
-	// ports, a whole request (time to response headers).
+	// ports, a whole request (time to response headers) and the wait for
+	// its body.
 	Timeouts Timeouts `json:"timeouts,omitzero"`
 	// Retries apply to http/http2/grpc ports. A failed connect is always
 	// tried on the next endpoint; other failures only for idempotent
@@ -231,7 +232,19 @@ type CircuitBreaker struct {
 // Timeouts of a service. Zero means the default.
 type Timeouts struct {
 	Connect Duration `json:"connect,omitempty"` // default 3s
-	Request Duration `json:"request,omitempty"` // default none
+	// Request bounds a request on http/http2/grpc ports from its header
+	// to the response header, reading the request body included
+	// (default none).
+	Request Duration `json:"request,omitempty"`
+	// RequestBody bounds each wait for the next bytes of a request body
+	// until the response header arrives; a client that sends none for
+	// this long gets 408 (default 60s, as nginx's client_body_timeout).
+	// Raise it for client-streaming gRPC calls that pause longer.
+	RequestBody Duration `json:"requestBody,omitempty"`
+	// Send bounds each wait to write response bytes to a client on
+	// http/http2/grpc ports: a client that reads nothing for this long is
+	// cut off (default 60s, as nginx's send_timeout).
+	Send Duration `json:"send,omitempty"`
 	// Idle closes a connection that moved no byte for this long: on L4
 	// ports (tcp, mqtt, auto-detected tcp) the relayed connection, both
 	// sides; on http/http2/grpc ports the pooled upstream connections and

@@ -153,6 +153,12 @@ func (s *Service) Validate() error {
 	if s.Spec.Timeouts.Request < 0 {
 		return fieldErr("spec.timeouts.request", "must not be negative")
 	}
+	if s.Spec.Timeouts.RequestBody < 0 {
+		return fieldErr("spec.timeouts.requestBody", "must not be negative")
+	}
+	if s.Spec.Timeouts.Send < 0 {
+		return fieldErr("spec.timeouts.send", "must not be negative")
+	}
 	if s.Spec.Timeouts.Idle < 0 {
 		return fieldErr("spec.timeouts.idle", "must not be negative")
 	}

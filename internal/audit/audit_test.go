@@ -59,6 +59,12 @@ func writeN(t *testing.T, dir string, n int, mod func(*Config)) []string {
 	return files
 }
 
+// logHead is the head of l's chain, as the writer knows it.
+func logHead(l *Log) *Head {
+	seq, hash := l.Last()
+	return &Head{Seq: seq, Hash: hash}
+}
+
 func mustVerify(t *testing.T, v Verifier, files ...string) *Report {
 	t.Helper()
 	rep, err := v.Verify(files...)
@@ -94,7 +100,7 @@ func TestConcurrentAppendsFormOneGaplessChain(t *testing.T) {
 	}
 	l.Close()
 	files, _ := l.Files()
-	rep := mustVerify(t, Verifier{}, files...)
+	rep := mustVerify(t, Verifier{Head: logHead(l)}, files...)
 	if !rep.Intact() || rep.Records != 1600 || rep.FirstSeq != 1 || rep.LastSeq != 1600 || rep.Node != "edge-1" {
 		t.Fatalf("report %+v", rep)
 	}
@@ -202,7 +208,7 @@ func TestRotationKeepsTheChain(t *testing.T) {
 	shuffled := slices.Clone(files)
 	slices.Reverse(shuffled)
 	rep := mustVerify(t, Verifier{}, shuffled...)
-	if !rep.Intact() || rep.Records != 300 || rep.LastSeq != 300 || !slices.Equal(rep.Files, files) {
+	if rep.Tampered() || rep.Records != 300 || rep.LastSeq != 300 || !slices.Equal(rep.Files, files) {
 		t.Fatalf("report %+v\nfiles %v", rep, files)
 	}
 	// Reopening goes on across the boundary.
@@ -210,7 +216,7 @@ func TestRotationKeepsTheChain(t *testing.T) {
 	l.Append(authz(1))
 	l.Close()
 	files, _ = l.Files()
-	if rep := mustVerify(t, Verifier{}, files...); !rep.Intact() || rep.LastSeq != 301 {
+	if rep := mustVerify(t, Verifier{Head: logHead(l)}, files...); !rep.Intact() || rep.LastSeq != 301 {
 		t.Fatalf("after reopen: %+v", rep)
 	}
 	// A whole rotated file removed from the middle is a removal.
@@ -221,8 +227,8 @@ func TestRotationKeepsTheChain(t *testing.T) {
 		t.Fatalf("problems %v", rep.Problems)
 	}
 	// Giving only later files is not tampering, but it is said.
-	rep = mustVerify(t, Verifier{}, files[1:]...)
-	if !rep.Intact() || len(rep.Notes) == 0 || !strings.Contains(rep.Notes[0], "starts at seq") {
+	rep = mustVerify(t, Verifier{Head: logHead(l)}, files[1:]...)
+	if rep.Tampered() || rep.Verdict != VerdictUnanchored || len(rep.Unanchored) != 1 || !strings.Contains(rep.Unanchored[0], "starts at seq 22") {
 		t.Fatalf("report %+v", rep)
 	}
 	// ReadFrom crosses file boundaries.
@@ -243,7 +249,7 @@ func TestCheckpointsAreSignedAndChecked(t *testing.T) {
 	files := writeN(t, dir, 25, func(c *Config) { c.Signer = key; c.CheckpointEvery = 10 })
 	rep := mustVerify(t, Verifier{PublicKey: &key.PublicKey}, files...)
 	// 10 records, checkpoint, 10, checkpoint, 5, checkpoint on Close.
-	if !rep.Intact() || rep.Records != 28 || rep.Checkpoints != 3 || rep.Signed != 3 {
+	if rep.Tampered() || rep.LastSigned != 28 || rep.Records != 28 || rep.Checkpoints != 3 || rep.Signed != 3 {
 		t.Fatalf("report %+v", rep)
 	}
 	b, _ := os.ReadFile(files[len(files)-1])
@@ -323,7 +329,7 @@ func TestKilledMidWriteRecovers(t *testing.T) {
 	}
 	l.Append(authz(21))
 	l.Close()
-	rep = mustVerify(t, Verifier{}, files...)
+	rep = mustVerify(t, Verifier{Head: logHead(l)}, files...)
 	if !rep.Intact() || rep.LastSeq != 21 {
 		t.Fatalf("after recovery: %+v", rep)
 	}
@@ -426,7 +432,7 @@ func TestReplicaRefusesForgedBatches(t *testing.T) {
 	if seq, h := rp2.Last(); seq != 12 || h != recs[11].Hash {
 		t.Fatalf("reopened at %d", seq)
 	}
-	if rep, err := rp2.Verify(Verifier{}); err != nil || !rep.Intact() || rep.Records != 12 {
+	if rep, err := rp2.Verify(Verifier{Head: &Head{12, recs[11].Hash}, FromGenesis: true}); err != nil || !rep.Intact() || rep.Records != 12 {
 		t.Fatalf("%+v %v", rep, err)
 	}
 	if _, err := OpenReplica(rdir, "../x"); err == nil {
@@ -535,5 +541,220 @@ func TestFlushGivesWayToClose(t *testing.T) {
 	case <-closed:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not return after the disk came back")
+	}
+}
+
+// forgeAfter returns n records that chain after the last line of lines,
+// well formed and rehashed, as someone who can write the files but does
+// not hold the key would append them.
+func forgeAfter(t *testing.T, lines []string, n int) []string {
+	t.Helper()
+	last, err := DecodeLine([]byte(lines[len(lines)-1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for i := range n {
+		r := Record{Seq: last.Seq + 1, Time: last.Time.Add(time.Second), Node: last.Node, Kind: KindAuthz,
+			Actor: "spiffe://fogmesh.local/ns/shop/sa/web", Action: "connect", Object: fmt.Sprintf("shop/forged#%d", i),
+			Decision: Allow, Prev: last.Hash}
+		r.Hash, _ = r.ComputeHash()
+		b, _ := r.MarshalLine()
+		out = append(out, string(b))
+		last = &r
+	}
+	return out
+}
+
+// TestChainEndsAreAnchored (issue 9): records removed from the start or cut
+// off the end, and records appended after the last checkpoint, are never
+// "intact": with a head (and a key) they are tampering where that can be
+// proven, and unanchored where it cannot; without a head the end is always
+// unanchored.
+func TestChainEndsAreAnchored(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	signed := func(c *Config) { c.Signer = key; c.CheckpointEvery = 10; c.NoSync = true }
+	pub := &key.PublicKey
+	type want struct {
+		verdict string
+		problem string // "kind seq line" of the first problem, or ""
+		says    string // in the first unanchored sentence, or ""
+	}
+	tests := []struct {
+		name string
+		// edit edits the single file of a 25-record signed log (28 lines:
+		// checkpoints at seq 11, 22, 28) and returns the head to verify
+		// against (nil: none).
+		edit func(t *testing.T, l []string, head *Head) ([]string, *Head)
+		v    Verifier
+		want want
+	}{
+		{"untouched with head and key", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l, h },
+			Verifier{PublicKey: pub}, want{VerdictIntact, "", ""}},
+		{"untouched with head, no key", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l, h },
+			Verifier{}, want{VerdictIntact, "", ""}},
+		{"untouched without head", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l, nil },
+			Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "end: no head:"}},
+		{"untouched, no head, no key", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l, nil },
+			Verifier{}, want{VerdictUnanchored, "", "end: no head and no key"}},
+		{"first records deleted", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l[4:], h },
+			Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "start: the chain starts at seq 5"}},
+		{"first records deleted from a replica", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l[4:], h },
+			Verifier{PublicKey: pub, FromGenesis: true}, want{VerdictTampered, "removed 5 1", ""}},
+		{"tail with checkpoints cut, no head", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l[:15], nil },
+			Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "end: no head:"}},
+		{"tail with checkpoints cut", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l[:15], h },
+			Verifier{PublicKey: pub}, want{VerdictTampered, "head 15 15", ""}},
+		{"tail cut back to a checkpoint", func(t *testing.T, l []string, h *Head) ([]string, *Head) { return l[:22], h },
+			Verifier{PublicKey: pub}, want{VerdictTampered, "head 22 22", ""}},
+		{"appended after the last checkpoint, no head", func(t *testing.T, l []string, h *Head) ([]string, *Head) {
+			return append(l, forgeAfter(t, l, 3)...), nil
+		}, Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "end: no head:"}},
+		{"appended after the head", func(t *testing.T, l []string, h *Head) ([]string, *Head) {
+			return append(l, forgeAfter(t, l, 3)...), h
+		}, Verifier{PublicKey: pub}, want{VerdictUnanchored, "", "tail: seq 29..31 follow the head (seq 28): unsigned"}},
+		{"rewritten and rehashed, no key", func(t *testing.T, l []string, h *Head) ([]string, *Head) {
+			// Everything from seq 20 on rebuilt: consistent, but not the head.
+			return append(l[:19], forgeAfter(t, l[:19], 9)...), h
+		}, Verifier{}, want{VerdictTampered, "head 28 28", ""}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			l := openLog(t, dir, signed)
+			for i := range 25 {
+				l.Append(authz(i))
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			files, _ := l.Files()
+			if len(files) != 1 {
+				t.Fatalf("files %v", files)
+			}
+			var head *Head
+			tamper(t, files[0], func(lines []string) []string {
+				if len(lines) != 28 {
+					t.Fatalf("%d lines", len(lines))
+				}
+				var out []string
+				out, head = tt.edit(t, lines, logHead(l))
+				return out
+			})
+			v := tt.v
+			v.Head = head
+			rep := mustVerify(t, v, files...)
+			var problem, says string
+			if len(rep.Problems) > 0 {
+				p := rep.Problems[0]
+				problem = fmt.Sprintf("%s %d %d", p.Kind, p.Seq, p.Line)
+			}
+			if len(rep.Unanchored) > 0 {
+				says = rep.Unanchored[0]
+			}
+			if rep.Verdict != tt.want.verdict || problem != tt.want.problem || !strings.Contains(says, tt.want.says) ||
+				(tt.want.says == "" && says != "") || rep.Intact() != (tt.want.verdict == VerdictIntact) {
+				t.Fatalf("verdict %s, problem %q, unanchored %q; want %+v\n%+v", rep.Verdict, problem, rep.Unanchored, tt.want, rep)
+			}
+		})
+	}
+}
+
+// TestRotatedFileStartIsChecked: a rotated file's name says its first seq,
+// so records deleted from the start of the oldest file show as removed;
+// the oldest file deleted whole leaves an unanchored start.
+func TestRotatedFileStartIsChecked(t *testing.T) {
+	dir := t.TempDir()
+	files := writeN(t, dir, 60, func(c *Config) { c.MaxFileBytes = 4 << 10 })
+	if len(files) < 3 {
+		t.Fatalf("files %v", files)
+	}
+	tamper(t, files[0], func(l []string) []string { return l[3:] })
+	rep := mustVerify(t, Verifier{}, files...)
+	if rep.Verdict != VerdictTampered || len(rep.Problems) != 1 || rep.Problems[0].Kind != ProblemRemoved ||
+		rep.Problems[0].Seq != 4 || !strings.Contains(rep.Problems[0].Msg, "seq 1..3 were removed from its start") {
+		t.Fatalf("%+v", rep)
+	}
+	rep = mustVerify(t, Verifier{}, files[1:]...)
+	if rep.Verdict != VerdictUnanchored || rep.Tampered() || !strings.Contains(rep.Unanchored[0], "start: the chain starts at seq") {
+		t.Fatalf("%+v", rep)
+	}
+}
+
+func TestParseHead(t *testing.T) {
+	h, err := ParseHead("12:" + strings.ToUpper(Genesis[:63]) + "a")
+	if err != nil || h.Seq != 12 || h.Hash != Genesis[:63]+"a" || h.String() != "12:"+Genesis[:63]+"a" {
+		t.Fatal(h, err)
+	}
+	for _, bad := range []string{"", "12", ":" + Genesis, "0:" + Genesis, "x:" + Genesis, "12:abc", "12:" + Genesis + "0", "-1:" + Genesis} {
+		if _, err := ParseHead(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// FuzzParseHead: --head is outside input; it parses or errs, never
+// panics, and what parses prints back to itself.
+func FuzzParseHead(f *testing.F) {
+	for _, s := range []string{"1:" + Genesis, "25:" + strings.ToUpper(Genesis), " 7:" + Genesis + " ", "18446744073709551615:" + Genesis,
+		"18446744073709551616:" + Genesis, "0:" + Genesis, "", ":", "1:", "1:xyz", "1:" + Genesis + ":2", "+1:" + Genesis} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		h, err := ParseHead(s)
+		if err != nil {
+			return
+		}
+		if h.Seq == 0 || !isHex32(h.Hash) {
+			t.Fatalf("%q parsed to %+v", s, h)
+		}
+		if h2, err := ParseHead(h.String()); err != nil || h2 != h {
+			t.Fatalf("%q: %+v does not round-trip: %+v %v", s, h, h2, err)
+		}
+	})
+}
+
+// TestVerifyAnchoredWhileWriting: an open log verifies its files against
+// what it wrote itself, consistently while appends go on (never a false
+// "unanchored" or "tampered"), and shows records cut off or appended
+// behind its back.
+func TestVerifyAnchoredWhileWriting(t *testing.T) {
+	l := openLog(t, t.TempDir(), func(c *Config) { c.NoSync = true; c.MaxFileBytes = 32 << 10 })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 2000 {
+			l.Append(authz(i))
+		}
+	}()
+	for i := 0; ; i++ {
+		rep, err := l.VerifyAnchored(Verifier{FromGenesis: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Records > 0 && !rep.Intact() {
+			t.Fatalf("verification %d while writing: %+v", i, rep)
+		}
+		select {
+		case <-done:
+		default:
+			continue
+		}
+		break
+	}
+	if err := l.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := l.Files()
+	active := files[len(files)-1]
+	orig, _ := os.ReadFile(active)
+	tamper(t, active, func(lines []string) []string { return lines[:len(lines)-2] })
+	if rep, _ := l.VerifyAnchored(Verifier{}); rep.Verdict != VerdictTampered || rep.Problems[0].Kind != ProblemHead {
+		t.Fatalf("cut behind the log's back: %+v", rep)
+	}
+	os.WriteFile(active, orig, 0o600)
+	tamper(t, active, func(lines []string) []string { return append(lines, forgeAfter(t, lines, 1)...) })
+	if rep, _ := l.VerifyAnchored(Verifier{}); rep.Verdict != VerdictUnanchored || !strings.Contains(rep.Unanchored[0], "tail: seq 2001..2001 follow the head (seq 2000)") {
+		t.Fatalf("appended behind the log's back: %+v", rep)
 	}
 }

@@ -31,6 +31,9 @@ type segments struct {
 	f     *os.File
 	size  int64
 	first uint64 // seq of the active file's first record; 0 when it is empty
+	// last is the last record written whole by this process (or found at
+	// open): the head verifyAnchored checks the files against.
+	last Head
 }
 
 // tail is what openSegments found at the end of the chain.
@@ -84,6 +87,11 @@ func openSegments(dir, base string, maxBytes int64, maxFiles int, noSync bool) (
 	}
 	s.f, s.size, s.first = f, int64(good), first
 	t.last = last
+	defer func() {
+		if t.last != nil {
+			s.last = Head{Seq: t.last.Seq, Hash: t.last.Hash}
+		}
+	}()
 	if last == nil {
 		// Empty active file (new log, or a crash right after a rotation):
 		// the chain goes on from the newest rotated file.
@@ -182,6 +190,21 @@ func (s *segments) rotatedSeq(name string) (uint64, bool) {
 	return v, err == nil
 }
 
+// ChainFiles lists the files of a log in dir whose active file is base
+// ("audit.log" if empty), in chain order, the active one last: what Verify
+// takes for a log that is not open (an archived replica).
+func ChainFiles(dir, base string) ([]string, error) {
+	if base == "" {
+		base = "audit.log"
+	}
+	s := &segments{dir: dir, base: base}
+	rot, err := s.rotated()
+	if err != nil {
+		return nil, err
+	}
+	return append(rot, filepath.Join(dir, base)), nil
+}
+
 // files lists every file of the log in chain order, the active one last.
 func (s *segments) files() ([]string, error) {
 	s.mu.Lock()
@@ -193,12 +216,12 @@ func (s *segments) files() ([]string, error) {
 	return append(rot, filepath.Join(s.dir, s.base)), nil
 }
 
-// write appends whole lines (records firstSeq.. in order), rotating
-// whenever the next line would take the active file past maxBytes, and
-// fsyncs unless noSync. It returns how many bytes of lines are durably
-// written; on error the active file is cut back to that point, so a retry
-// of lines[n:] cannot duplicate records.
-func (s *segments) write(lines []byte, firstSeq uint64) (n int, err error) {
+// write appends whole lines (records firstSeq.. in order, the last of
+// them last), rotating whenever the next line would take the active file
+// past maxBytes, and fsyncs unless noSync. It returns how many bytes of
+// lines are durably written; on error the active file is cut back to that
+// point, so a retry of lines[n:] cannot duplicate records.
+func (s *segments) write(lines []byte, firstSeq uint64, last Head) (n int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.f == nil {
@@ -244,6 +267,7 @@ func (s *segments) write(lines []byte, firstSeq uint64) (n int, err error) {
 		n += fit
 		seq += uint64(bytes.Count(chunk, []byte{'\n'}))
 	}
+	s.last = last
 	return n, nil
 }
 
@@ -294,6 +318,24 @@ func syncDir(dir string) {
 func (s *segments) verify(v Verifier) (*Report, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	rot, err := s.rotated()
+	if err != nil {
+		return nil, err
+	}
+	return v.Verify(append(rot, filepath.Join(s.dir, s.base))...)
+}
+
+// verifyAnchored verifies the files with v, its Head the last record
+// this process wrote (or found at open), while no write runs: files and
+// head are consistent, so records on disk that this process did not write
+// (appended behind its back) or missing from it (cut) show.
+func (s *segments) verifyAnchored(v Verifier) (*Report, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last.Seq > 0 {
+		h := s.last
+		v.Head = &h
+	}
 	rot, err := s.rotated()
 	if err != nil {
 		return nil, err

@@ -284,6 +284,14 @@ func (l *Log) Files() ([]string, error) { return l.seg.files() }
 // covered (Flush first).
 func (l *Log) Verify(v Verifier) (*Report, error) { return l.seg.verify(v) }
 
+// VerifyAnchored verifies the log's files with v, anchored at the last
+// record the log wrote (v.Head is replaced): while the log is open its own
+// state is the head, and edits of the files behind its back (records cut
+// off or appended) show. What it found at Open is only as good as the
+// files were then: compare it with a head kept elsewhere (the control
+// plane keeps its own in its store).
+func (l *Log) VerifyAnchored(v Verifier) (*Report, error) { return l.seg.verifyAnchored(v) }
+
 // ReadFrom returns up to max records from seq on, as written to disk (a
 // record still in the buffer is not returned yet). It returns ErrNotFound
 // (wrapped) if seq is no longer in the files.
@@ -440,7 +448,7 @@ func (l *Log) writeBatch(batch []item) {
 			l.testHookWrite()
 		}
 		var n int
-		n, err = l.seg.write(buf, first)
+		n, err = l.seg.write(buf, first, Head{Seq: seq, Hash: hash})
 		if err != nil {
 			l.writeErrors.Add(1)
 			l.cfg.Logger.Error("audit: write failed, will retry", "records", seq-first+1, "err", err)

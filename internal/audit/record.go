@@ -34,11 +34,14 @@
 // files but does not hold the key can rewrite the chain after the last
 // checkpoint at most, and the control plane's copy shows that too.
 //
-// What a chain cannot show on its own: records removed from the very end
-// after the last checkpoint (the control plane's copy and the final
-// checkpoint written on Close show those), and records removed from the
-// start along with every file before them (Verify notes a chain that does
-// not start at seq 1).
+// What a chain cannot show on its own: records cut off its end (back to
+// any checkpoint), records appended after its last signed checkpoint by
+// someone without the key, and records removed from its start along with
+// every file before them. So Verify anchors the ends: the start at seq 1
+// (or at the seq a rotated file's name declares), the end at a Head known
+// from elsewhere (the control plane stores each node's on every batch it
+// takes); what no anchor covers is reported as unanchored
+// (VerdictUnanchored), never as intact.
 package audit
 
 import (
@@ -62,6 +65,13 @@ const (
 	KindCheckpoint = "checkpoint" // a signed checkpoint (written by Log)
 	KindAudit      = "audit"      // about the log itself (records lost to a full buffer)
 )
+
+// ActionHeadMismatch is the action of the KindAudit record an owner
+// writes into its own chain when, on opening it, the chain does not reach
+// the head it had stored (records were cut off or rewritten while it was
+// stopped, and cannot be shipped again). Verify reports every such record
+// as ProblemHead, so the loss stays visible in the chain for good.
+const ActionHeadMismatch = "head mismatch"
 
 // Decisions of authz records.
 const (

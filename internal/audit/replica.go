@@ -149,7 +149,7 @@ func (r *Replica) Append(recs []Record) (uint64, error) {
 	if len(buf) == 0 {
 		return r.seq, nil
 	}
-	if n, err := r.seg.write(buf, first); err != nil {
+	if n, err := r.seg.write(buf, first, Head{Seq: seq, Hash: hash}); err != nil {
 		if n > 0 {
 			// Some records are on disk: hold them, so the chain state
 			// matches the files.

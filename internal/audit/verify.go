@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 )
 
 // Problem kinds a verifier reports.
@@ -21,7 +24,51 @@ const (
 	ProblemReordered = "reordered" // a record out of seq order
 	ProblemNode      = "node"      // a record of another node's chain
 	ProblemSignature = "signature" // a checkpoint whose signature does not verify
+	ProblemHead      = "head"      // the chain does not reach the trusted head, or holds another record there
+	ProblemMisnamed  = "misnamed"  // a rotated file whose name says it starts at another seq than its first record
 )
+
+// Verdicts of a Report.
+const (
+	// VerdictIntact: no problem, and every record from seq 1 to the last
+	// is anchored (see Report.Unanchored): the chain reaches the trusted
+	// head and nothing follows it.
+	VerdictIntact = "intact"
+	// VerdictTampered: at least one problem.
+	VerdictTampered = "tampered"
+	// VerdictUnanchored: no problem in the records given, but the chain's
+	// ends are not anchored: records removed from the start or the end,
+	// or appended after the last anchored record, would not show.
+	VerdictUnanchored = "unanchored"
+)
+
+// Head is a trusted end of a chain, known from outside its files: the seq
+// and hash of the last record the control plane received of a node (it
+// stores it on every batch), or one an operator noted down. A hash chain
+// alone cannot show records cut off its end (nor, without a key, a chain
+// rebuilt from scratch); a head can: the files must hold a record with
+// this seq and exactly this hash, which pins every record before it.
+type Head struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+func (h Head) String() string { return fmt.Sprintf("%d:%s", h.Seq, h.Hash) }
+
+// ParseHead parses "SEQ:HASH" (a hex SHA-256), as Head.String writes it.
+func ParseHead(s string) (Head, error) {
+	seq, hash, ok := strings.Cut(strings.TrimSpace(s), ":")
+	n, err := strconv.ParseUint(seq, 10, 64)
+	switch {
+	case !ok:
+		return Head{}, fmt.Errorf("head %q: want SEQ:HASH", s)
+	case err != nil || n == 0:
+		return Head{}, fmt.Errorf("head %q: seq is not a number from 1", s)
+	case !isHex32(strings.ToLower(hash)):
+		return Head{}, fmt.Errorf("head %q: hash is not 64 hex digits", s)
+	}
+	return Head{Seq: n, Hash: strings.ToLower(hash)}, nil
+}
 
 // Problem is one finding of Verify.
 type Problem struct {
@@ -49,15 +96,41 @@ type Report struct {
 	LastHash    string   `json:"lastHash,omitempty"`
 	Checkpoints int      `json:"checkpoints"`
 	// Signed counts checkpoints whose signature verified (0 without a key).
-	Signed   int       `json:"signed"`
+	Signed int `json:"signed"`
+	// LastSigned is the seq of the last checkpoint whose signature
+	// verified: it vouches for every record up to it.
+	LastSigned uint64 `json:"lastSigned,omitempty"`
+	// Head is the trusted head the chain was checked against, if any.
+	Head     *Head     `json:"head,omitempty"`
 	Problems []Problem `json:"problems,omitempty"`
-	// Notes are facts that are not tampering by themselves (the chain
-	// starts after seq 1, no key to check signatures with).
+	// Unanchored says, one sentence each, what the chain cannot prove
+	// about its ends although no record is wrong: a start after seq 1, an
+	// end not pinned by a head, records after the head and after the last
+	// signed checkpoint. Any of them makes the verdict VerdictUnanchored.
+	Unanchored []string `json:"unanchored,omitempty"`
+	// Notes are facts that are neither (no key to check signatures with).
 	Notes []string `json:"notes,omitempty"`
+	// Verdict is VerdictIntact, VerdictTampered or VerdictUnanchored.
+	Verdict string `json:"verdict"`
 }
 
-// Intact reports whether no problem was found.
-func (r *Report) Intact() bool { return len(r.Problems) == 0 }
+// Tampered reports whether a problem was found.
+func (r *Report) Tampered() bool { return len(r.Problems) > 0 }
+
+// Intact reports whether no problem was found and the chain is anchored
+// from seq 1 to its trusted head (VerdictIntact).
+func (r *Report) Intact() bool { return !r.Tampered() && len(r.Unanchored) == 0 }
+
+func (r *Report) setVerdict() {
+	switch {
+	case r.Tampered():
+		r.Verdict = VerdictTampered
+	case len(r.Unanchored) > 0:
+		r.Verdict = VerdictUnanchored
+	default:
+		r.Verdict = VerdictIntact
+	}
+}
 
 // maxProblems bounds a report; a wholly garbled file does not need a
 // million lines to say so.
@@ -67,6 +140,16 @@ const maxProblems = 100
 type Verifier struct {
 	// PublicKey, if set, checks every checkpoint's signature.
 	PublicKey crypto.PublicKey
+	// Head, if set, anchors the chain's end: the chain must hold a record
+	// with Head.Seq and exactly Head.Hash (else ProblemHead: records were
+	// cut off the end, or the chain was rewritten); records after it are
+	// reported as unanchored. Without a head the end is always unanchored.
+	Head *Head
+	// FromGenesis says the chain is known to start at seq 1 (a control
+	// plane replica always does): a later start is ProblemRemoved, not
+	// merely unanchored. An empty chain without a Head is then intact:
+	// nothing was ever written to it.
+	FromGenesis bool
 }
 
 // Verify checks a chain given as files with Verifier{}: see
@@ -77,9 +160,10 @@ func Verify(files ...string) (*Report, error) { return Verifier{}.Verify(files..
 // are put in chain order by their first seq) and checks the chain: every
 // line a canonical record with a correct hash, seqs gapless and in order,
 // every prev the hash of the record before, one node, checkpoint
-// signatures with PublicKey. Each problem names the record (seq) and where
-// it is (file:line). An error means a file could not be read; tampering is
-// in the Report, not an error.
+// signatures with PublicKey, the end against Head. Each problem names the
+// record (seq) and where it is (file:line). What cannot be proven either
+// way (see Report.Unanchored) is said, never passed as intact. An error
+// means a file could not be read; tampering is in the Report, not an error.
 func (v Verifier) Verify(files ...string) (*Report, error) {
 	if len(files) == 0 {
 		return nil, errors.New("audit: no files to verify")
@@ -131,6 +215,8 @@ func (v Verifier) Verify(files ...string) (*Report, error) {
 		all = append(all, f.lines...)
 	}
 	v.check(rep, all)
+	v.anchor(rep, all, fs[0].name)
+	rep.setVerdict()
 	return rep, nil
 }
 
@@ -248,6 +334,9 @@ func (v Verifier) check(rep *Report, all []line) {
 		} else if r.Node != rep.Node {
 			add(l, r.Seq, ProblemNode, "record of node %q in the chain of %q", r.Node, rep.Node)
 		}
+		if r.Kind == KindAudit && r.Action == ActionHeadMismatch {
+			add(l, r.Seq, ProblemHead, "recorded by the chain's owner: %s", r.Reason)
+		}
 		if r.Kind == KindCheckpoint {
 			rep.Checkpoints++
 			if v.PublicKey != nil && l.err == nil {
@@ -255,6 +344,7 @@ func (v Verifier) check(rep *Report, all []line) {
 					add(l, r.Seq, ProblemSignature, "%v", err)
 				} else {
 					rep.Signed++
+					rep.LastSigned = max(rep.LastSigned, r.Seq)
 				}
 			}
 		}
@@ -280,9 +370,6 @@ func (v Verifier) check(rep *Report, all []line) {
 		switch {
 		case last == nil:
 			rep.FirstSeq = r.Seq
-			if r.Seq != 1 {
-				rep.Notes = append(rep.Notes, fmt.Sprintf("the chain starts at seq %d (%s:%d): records 1..%d were not given (rotated away?)", r.Seq, l.file, l.n, r.Seq-1))
-			}
 		case r.Seq < maxSeq:
 			add(l, r.Seq, ProblemReordered, "seq %d comes after seq %d", r.Seq, maxSeq)
 		case r.Seq > maxSeq+1:
@@ -319,4 +406,136 @@ func laterThan(idx []int, i int) int {
 		}
 	}
 	return -1
+}
+
+// anchor checks the chain's ends: its start (seq 1, or what a rotated
+// file's name says) and its end against v.Head, and says in
+// rep.Unanchored what neither the head nor a verified checkpoint pins.
+//
+// What can be proven: a chain from seq 1 whose record at the head's seq
+// has the head's hash is, up to the head, exactly what the head's source
+// saw (a different chain cannot reach the same hash); a checkpoint whose
+// signature verifies vouches for every record up to it, against anyone
+// without the key. What cannot: records after the last of those (they
+// could have been appended by anyone able to write the files), records
+// cut off after it, and, without a head or a key, anything at all (the
+// whole chain could be rebuilt and rehashed).
+func (v Verifier) anchor(rep *Report, all []line, firstFile string) {
+	add := func(kind, file string, n int, seq uint64, format string, args ...any) {
+		if len(rep.Problems) < maxProblems {
+			rep.Problems = append(rep.Problems, Problem{Kind: kind, File: file, Line: n, Seq: seq, Msg: fmt.Sprintf(format, args...)})
+		}
+	}
+	unanchored := func(format string, args ...any) {
+		rep.Unanchored = append(rep.Unanchored, fmt.Sprintf(format, args...))
+	}
+	rep.Head = v.Head
+	if rep.Records == 0 {
+		switch {
+		case v.Head != nil:
+			add(ProblemHead, firstFile, 0, 0, "no records, but the head is seq %d: every record was removed", v.Head.Seq)
+		case !v.FromGenesis:
+			unanchored("no records: nothing to anchor")
+		}
+		return
+	}
+	// find returns the first whole record with seq.
+	find := func(seq uint64) *line {
+		for i := range all {
+			if r := all[i].rec; r != nil && r.Seq == seq && all[i].err == nil {
+				return &all[i]
+			}
+		}
+		return nil
+	}
+
+	// The start.
+	first := find(rep.FirstSeq)
+	if first == nil { // the lowest seq is on a damaged line, already a problem
+		first = &line{file: firstFile, n: 1}
+	}
+	named, isRotated := rotatedSeqOf(first.file)
+	switch {
+	case isRotated && named < rep.FirstSeq:
+		add(ProblemRemoved, first.file, first.n, rep.FirstSeq, "the file's name says it starts at seq %d: seq %d..%d were removed from its start", named, named, rep.FirstSeq-1)
+	case isRotated && named > rep.FirstSeq:
+		add(ProblemMisnamed, first.file, first.n, rep.FirstSeq, "the file's name says it starts at seq %d, its first record is seq %d (renamed?)", named, rep.FirstSeq)
+	case rep.FirstSeq == 1:
+		// Anchored: seq 1 chains to the genesis hash (DecodeLine checks).
+	case v.FromGenesis:
+		add(ProblemRemoved, first.file, first.n, rep.FirstSeq, "the chain starts at seq %d: seq 1..%d were removed (this chain is known to start at seq 1)", rep.FirstSeq, rep.FirstSeq-1)
+	default:
+		unanchored("start: the chain starts at seq %d (%s:%d) and no file before it was given: whether seq 1..%d were rotated away or removed cannot be told (give every audit.log* file)",
+			rep.FirstSeq, first.file, first.n, rep.FirstSeq-1)
+	}
+
+	// The end. anchored is the last seq pinned by the head or a signature.
+	var anchored uint64
+	if h := v.Head; h != nil {
+		at := find(h.Seq)
+		switch {
+		case h.Seq > rep.LastSeq:
+			last := find(rep.LastSeq)
+			if last == nil {
+				last = &line{file: firstFile}
+			}
+			add(ProblemHead, last.file, last.n, rep.LastSeq, "the chain ends at seq %d but the head is seq %d: seq %d..%d were cut off the end", rep.LastSeq, h.Seq, rep.LastSeq+1, h.Seq)
+		case at == nil:
+			add(ProblemHead, firstFile, 0, h.Seq, "the head's record, seq %d, is not in the chain", h.Seq)
+		case at.rec.Hash != h.Hash:
+			add(ProblemHead, at.file, at.n, h.Seq, "hash %.16s… is not the head's %.16s…: the chain was rewritten up to here (or the head is another chain's)", at.rec.Hash, h.Hash)
+		default:
+			anchored = h.Seq
+		}
+		if anchored == 0 {
+			return // tampered at the end: what follows the head is beside the point
+		}
+	}
+	signed := rep.LastSigned
+	if anchored < signed {
+		anchored = signed
+	}
+	switch {
+	case v.Head == nil && v.PublicKey == nil:
+		unanchored("end: no head and no key: nothing ties these records to what was written; a chain cut short, extended, or rewritten and rehashed from any record on looks the same (give --head SEQ:HASH, and --pubkey or --cert)")
+		return
+	case v.Head == nil:
+		unanchored("end: no head: records cut off the end would not show (for files, give --head SEQ:HASH: the control plane's lastSeq:lastHash of this node)")
+	}
+	if anchored >= rep.LastSeq {
+		if v.Head != nil && rep.LastSeq > v.Head.Seq {
+			unanchored("end: seq %d..%d follow the head (seq %d); signed checkpoints vouch for them, but records cut off after seq %d would not show", v.Head.Seq+1, rep.LastSeq, v.Head.Seq, rep.LastSeq)
+		}
+		return
+	}
+	from := max(anchored+1, rep.FirstSeq)
+	var after string
+	switch {
+	case v.Head != nil && signed > v.Head.Seq:
+		after = fmt.Sprintf("follow the head (seq %d) and the last signed checkpoint (seq %d)", v.Head.Seq, signed)
+	case v.Head != nil:
+		after = fmt.Sprintf("follow the head (seq %d)", v.Head.Seq)
+	case signed > 0:
+		after = fmt.Sprintf("follow the last signed checkpoint (seq %d)", signed)
+	default: // a key, but no checkpoint it verified
+		after = "are covered by no verified checkpoint signature"
+	}
+	unanchored("tail: seq %d..%d %s: unsigned and unanchored, they could have been appended by anyone able to write the files, and records cut off after them would not show", from, rep.LastSeq, after)
+}
+
+// rotatedSeqOf returns the first seq a rotated file's name declares
+// (NAME.<20 digits>).
+func rotatedSeqOf(path string) (uint64, bool) {
+	base := filepath.Base(path)
+	i := strings.LastIndexByte(base, '.')
+	if i <= 0 || len(base)-i-1 != 20 {
+		return 0, false
+	}
+	for _, c := range base[i+1:] {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseUint(base[i+1:], 10, 64)
+	return n, err == nil && n > 0
 }

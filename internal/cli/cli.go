@@ -53,6 +53,11 @@ func ExitCode(prog string, err error) int {
 	if errors.As(err, &ue) {
 		return ExitUsage
 	}
+	// A command with exit codes of its own (fogmesh audit verify's 3).
+	var ec interface{ ExitCode() int }
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
 	return ExitFailure
 }
 

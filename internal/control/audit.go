@@ -1,9 +1,11 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -13,18 +15,45 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/store"
 )
 
 // The control plane's audit state (issue 5): its own chain (admin changes,
 // certificates issued) in StateDir/audit/control/, and a verified copy of
 // every agent's chain in StateDir/audit/nodes/<node>/, fed by the sync
 // stream's audit messages.
+
+// Security-bucket keys (internal/store SecureTx) of the audit state. They
+// anchor the chains (issue 9) and survive restarts (issue 13), and live in
+// the store rather than beside the chain files, so an edit of the files
+// alone shows.
+const (
+	// keyAuditHead + node: auditHead, the last record taken of the node's
+	// chain, written after every batch stored; + "<node>.archived-<time>"
+	// for a chain archived by a restart.
+	keyAuditHead = "audit-head/"
+	// keyAuditKey + node: PKIX DER of the key that signs the node's
+	// checkpoints (its node certificate's), kept from the last issue.
+	keyAuditKey = "audit-key/"
+	// keyAuditOwnHead: auditHead of the control plane's own chain.
+	keyAuditOwnHead = "audit-own-head"
+)
+
+// auditHead is a stored head of a chain: what verification anchors its
+// end to.
+type auditHead struct {
+	Seq  uint64    `json:"seq"`
+	Hash string    `json:"hash"`
+	At   time.Time `json:"at"`
+}
 
 // auditState is the Server's audit part.
 type auditState struct {
@@ -34,6 +63,15 @@ type auditState struct {
 	replicas map[string]*audit.Replica
 	keys     map[string]crypto.PublicKey // node -> key that signs its checkpoints
 
+	// chainLocks: node -> *sync.Mutex, held across an ingest's append and
+	// head update, and across a verification of the node's chain, so a
+	// verification never sees records on disk whose head is not stored yet.
+	chainLocks sync.Map
+
+	ownWritten chan struct{} // signalled after each write of the own chain
+	ownStop    chan struct{} // closed by closeAudit to end ownHeadLoop
+	ownDone    chan struct{} // closed when ownHeadLoop has ended
+
 	mRecords                  *metrics.Counter
 	mGap, mFork, mInvalid     *metrics.Counter
 	mStoreErrors, mOwnDropped *metrics.Counter
@@ -41,13 +79,21 @@ type auditState struct {
 
 func (s *Server) auditNodesDir() string { return filepath.Join(s.cfg.StateDir, "audit", "nodes") }
 
-// openAudit opens the control plane's own audit log.
+// openAudit opens the control plane's own audit log and loads the nodes'
+// checkpoint keys from the store.
 func (s *Server) openAudit() error {
+	written := make(chan struct{}, 1)
 	l, err := audit.Open(audit.Config{
 		Dir:    filepath.Join(s.cfg.StateDir, "audit", "control"),
 		Node:   s.cfg.Name,
 		Signer: s.cfg.AuditSigner,
 		Logger: s.log,
+		OnWrite: func(uint64) {
+			select {
+			case written <- struct{}{}:
+			default:
+			}
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("control: audit: %w", err)
@@ -55,6 +101,25 @@ func (s *Server) openAudit() error {
 	s.audit.log = l
 	s.audit.replicas = map[string]*audit.Replica{}
 	s.audit.keys = map[string]crypto.PublicKey{}
+	kvs, err := s.st.ListSecure(keyAuditKey)
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("control: audit keys: %w", err)
+	}
+	for _, kv := range kvs {
+		node := strings.TrimPrefix(kv.Key, keyAuditKey)
+		pub, err := x509.ParsePKIXPublicKey(kv.Value)
+		if err != nil {
+			// Not fatal: that node's checkpoints go unchecked until its
+			// next certificate, and verify says "signatures not checked".
+			s.log.Error("control: stored audit key unreadable", "node", node, "err", err)
+			continue
+		}
+		s.audit.keys[node] = pub
+	}
+	s.checkOwnHead()
+	s.audit.ownWritten, s.audit.ownStop, s.audit.ownDone = written, make(chan struct{}), make(chan struct{})
+	go s.ownHeadLoop()
 	m := s.cfg.Metrics
 	s.audit.mRecords = m.NewCounter(`fogmesh_control_audit_records_total`)
 	s.audit.mGap = m.NewCounter(`fogmesh_control_audit_refused_total{reason="gap"}`)
@@ -68,9 +133,12 @@ func (s *Server) openAudit() error {
 // closeAudit closes the own log (writing its final checkpoint) and the
 // replicas. Streams have ended.
 func (s *Server) closeAudit() {
+	close(s.audit.ownStop)
+	<-s.audit.ownDone
 	if err := s.audit.log.Close(); err != nil {
 		s.log.Error("control: audit log close", "err", err)
 	}
+	s.storeOwnHead() // with the final checkpoint
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for n, r := range s.audit.replicas {
@@ -91,14 +159,130 @@ func (s *Server) Audit(rec audit.Record) error {
 
 // SetAuditKey registers the public key that signs node's audit
 // checkpoints (its node certificate's key); from then on the node's
-// checkpoints are checked on ingest and by ?verify=1.
+// checkpoints are checked on ingest and by ?verify=1. The key is kept in
+// the store, so a restarted control plane goes on checking them.
 func (s *Server) SetAuditKey(node string, pub crypto.PublicKey) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		s.log.Error("control: audit key of node not kept", "node", node, "err", err)
+	} else if err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		if bytes.Equal(tx.Get(keyAuditKey+node), der) {
+			return nil // a renewal with the same key: nothing to write
+		}
+		return tx.Put(keyAuditKey+node, der)
+	}); err != nil {
+		s.log.Error("control: audit key of node not kept; after a restart its checkpoints go unchecked until it renews", "node", node, "err", err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.audit.keys[node] = pub
 	if r := s.audit.replicas[node]; r != nil {
 		r.SetPublicKey(pub)
 	}
+}
+
+// storedHead returns the head stored under key, nil if none.
+func (s *Server) storedHead(key string) (*auditHead, error) {
+	b, err := s.st.GetSecure(key)
+	if err != nil || b == nil {
+		return nil, err
+	}
+	var h auditHead
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, fmt.Errorf("stored audit head %s: %w", key, err)
+	}
+	return &h, nil
+}
+
+// storeHead stores seq and hash under key if seq is past what is stored
+// there (two streams of one node can race; a restarted chain deletes the
+// head first).
+func (s *Server) storeHead(key string, seq uint64, hash string) error {
+	b, _ := json.Marshal(auditHead{Seq: seq, Hash: hash, At: time.Now().UTC()})
+	return s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		var cur auditHead
+		if old := tx.Get(key); old != nil && json.Unmarshal(old, &cur) == nil && cur.Seq >= seq {
+			return nil
+		}
+		return tx.Put(key, b)
+	})
+}
+
+// storeOwnHead stores the own chain's last record as its head.
+func (s *Server) storeOwnHead() {
+	seq, hash := s.audit.log.Last()
+	if seq == 0 {
+		return
+	}
+	if err := s.storeHead(keyAuditOwnHead, seq, hash); err != nil {
+		s.log.Error("control: store the audit head", "err", err)
+	}
+}
+
+// ownHeadLoop stores the own chain's head after its writes, off the
+// writer goroutine (which must not wait for the store).
+func (s *Server) ownHeadLoop() {
+	defer close(s.audit.ownDone)
+	for {
+		select {
+		case <-s.audit.ownWritten:
+			s.storeOwnHead()
+		case <-s.audit.ownStop:
+			return
+		}
+	}
+}
+
+// checkOwnHead compares the own chain, as opened, with its stored head.
+// The head is stored only after the records are on disk, so a chain that
+// does not reach it was cut or rewritten while the control plane was
+// stopped: that is logged and written into the chain itself as an
+// audit.ActionHeadMismatch record (the next checkpoint signs it, and
+// verify reports it as tampering from then on), and the head moves on
+// with the chain.
+func (s *Server) checkOwnHead() {
+	h, err := s.storedHead(keyAuditOwnHead)
+	if err != nil || h == nil {
+		if err != nil {
+			s.log.Error("control: audit head", "err", err)
+		}
+		return
+	}
+	seq, hash := s.audit.log.Last()
+	what := ""
+	switch {
+	case seq < h.Seq:
+		what = fmt.Sprintf("its files end at seq %d, before the stored head", seq)
+	case seq == h.Seq && hash != h.Hash:
+		what = "its files hold another record at the stored head's seq"
+	case seq > h.Seq:
+		if recs, err := s.audit.log.ReadFrom(h.Seq, 1); err != nil || len(recs) != 1 || recs[0].Hash != h.Hash {
+			what = "its files hold another record at the stored head's seq"
+		}
+	}
+	if what == "" {
+		return
+	}
+	msg := fmt.Sprintf("the control plane's audit chain was cut or rewritten while it was stopped: %s (seq %d, hash %s, stored %s)",
+		what, h.Seq, h.Hash, h.At.Format(time.RFC3339))
+	s.log.Error("control: "+msg, "lastSeq", seq)
+	if err := s.Audit(audit.Record{Kind: audit.KindAudit, Action: audit.ActionHeadMismatch, Actor: "control", Object: s.cfg.Name, Reason: msg}); err != nil {
+		s.log.Error("control: audit the head mismatch", "err", err)
+	}
+	// Let the head follow the chain from here on; the record above keeps
+	// the finding.
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Delete(keyAuditOwnHead) }); err != nil {
+		s.log.Error("control: audit head", "err", err)
+	}
+}
+
+// verifierHead returns the head stored under key as a Verifier head, nil if none.
+func (s *Server) verifierHead(key string) (*audit.Head, error) {
+	h, err := s.storedHead(key)
+	if err != nil || h == nil {
+		return nil, err
+	}
+	return &audit.Head{Seq: h.Seq, Hash: h.Hash}, nil
 }
 
 // replica returns node's replica, opening it on first use.
@@ -141,6 +325,9 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if len(recs) == 0 || recs[0].Seq != 1 || recs[0].Prev != audit.Genesis {
 		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
 	}
+	mu := s.chainLock(node) // a verification sees the chain before or after, not between
+	mu.Lock()
+	defer mu.Unlock()
 	r, err := s.replica(node)
 	if err != nil {
 		return err
@@ -167,6 +354,19 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if err := os.Rename(dir, archived); err != nil {
 		return fmt.Errorf("archive audit chain of %s: %w", node, err)
 	}
+	// The old chain's head goes with it (to verify the archive by), and
+	// the new chain's is stored from its first batch on.
+	err = s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		if b := tx.Get(keyAuditHead + node); b != nil {
+			if err := tx.Put(keyAuditHead+filepath.Base(archived), b); err != nil {
+				return err
+			}
+		}
+		return tx.Delete(keyAuditHead + node)
+	})
+	if err != nil {
+		s.log.Error("control: move the audit head of a restarted chain", "node", node, "err", err)
+	}
 	s.log.Warn("control: node restarted its audit chain; the old one is archived", "node", node,
 		"oldLastSeq", oldSeq, "archive", archived)
 	if err := s.Audit(audit.Record{Kind: audit.KindAudit, Action: "restart chain", Actor: node, Object: node,
@@ -184,9 +384,21 @@ func (s *Server) ingestAudit(node string, recs []audit.Record) (uint64, error) {
 		s.audit.mStoreErrors.Inc()
 		return 0, err
 	}
+	mu := s.chainLock(node)
+	mu.Lock()
+	defer mu.Unlock()
 	before, _ := r.Last()
 	last, err := r.Append(recs)
 	s.audit.mRecords.Add(int(last - before))
+	if last > before {
+		// Anchor what is now on disk (issue 9): verify compares the
+		// replica's files with this head.
+		seq, hash := r.Last()
+		if herr := s.storeHead(keyAuditHead+node, seq, hash); herr != nil {
+			s.audit.mStoreErrors.Inc()
+			s.log.Error("control: store the audit head of node", "node", node, "err", herr)
+		}
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, audit.ErrGap):
@@ -241,13 +453,16 @@ func (s *Server) auditAdmin(r *http.Request, action string, objects []string, de
 type AuditChain struct {
 	Node string `json:"node"`
 	// Source is "control" for the control plane's own chain, "node" for
-	// an agent's chain as shipped.
+	// an agent's chain as shipped, "archived" for a node's chain archived
+	// when the node started a new one (Node is then the archive's name).
 	Source   string `json:"source"`
 	LastSeq  uint64 `json:"lastSeq"`
 	LastHash string `json:"lastHash,omitempty"`
-	// Report is set with ?verify=1: the whole chain re-read and checked.
+	// Report is set with ?verify=1: the whole chain re-read and checked,
+	// against the head the control plane stored when it took the records.
 	Report *audit.Report `json:"report,omitempty"`
-	Intact *bool         `json:"intact,omitempty"`
+	// Intact is Report.Intact(): no problem, and anchored at both ends.
+	Intact *bool `json:"intact,omitempty"`
 }
 
 // AuditResponse is the body of GET /v1/audit and GET /v1/audit/{node}.
@@ -255,9 +470,15 @@ type AuditResponse struct {
 	Chains []AuditChain `json:"chains"`
 }
 
+// isArchive reports whether a directory under the nodes' audit directory
+// is an archived chain (<node>.archived-<unix time>; node names have no
+// dots).
+func isArchive(name string) bool { return strings.Contains(name, ".archived-") }
+
 // handleAudit serves GET /v1/audit (every chain) and GET
-// /v1/audit/{node} (one node's, or the control plane's own under its
-// Name); ?verify=1 re-reads and checks them.
+// /v1/audit/{node} (one node's, an archive's, or the control plane's own
+// under its Name); ?verify=1 re-reads and checks them, each against its
+// stored head and with the node's stored key.
 func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	verify, _ := strconv.ParseBool(r.URL.Query().Get("verify"))
 	node := r.PathValue("node")
@@ -270,11 +491,15 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if own {
+		if verify {
+			s.audit.log.Flush(r.Context()) // what was appended before this request is covered
+		}
 		seq, hash := s.audit.log.Last()
 		c := AuditChain{Node: s.cfg.Name, Source: "control", LastSeq: seq, LastHash: hash}
 		if verify {
-			s.audit.log.Flush(r.Context())
-			rep, err := s.audit.log.Verify(audit.Verifier{PublicKey: signerKey(s.cfg.AuditSigner)})
+			// Anchored at what the log itself wrote last, which checkOwnHead
+			// compared with the stored head when it opened.
+			rep, err := s.audit.log.VerifyAnchored(audit.Verifier{PublicKey: signerKey(s.cfg.AuditSigner), FromGenesis: true})
 			if err != nil {
 				writeError(w, http.StatusInternalServerError, err)
 				return
@@ -310,27 +535,75 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		slices.Sort(nodes)
 	}
 	for _, n := range nodes {
-		rp, err := s.replica(n)
+		c, err := s.nodeChain(n, verify)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, fmt.Errorf("node %s: %w", n, err))
 			return
 		}
-		seq, hash := rp.Last()
-		c := AuditChain{Node: n, Source: "node", LastSeq: seq, LastHash: hash}
-		if verify {
-			s.mu.Lock()
-			key := s.audit.keys[n]
-			s.mu.Unlock()
-			rep, err := rp.Verify(audit.Verifier{PublicKey: key})
-			if err != nil {
-				writeError(w, http.StatusInternalServerError, fmt.Errorf("node %s: %w", n, err))
-				return
-			}
-			c.Report, c.Intact = rep, ptr(rep.Intact())
-		}
 		resp.Chains = append(resp.Chains, c)
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// chainLock returns the lock of node's chain (see auditState.chainLocks).
+func (s *Server) chainLock(node string) *sync.Mutex {
+	mu, _ := s.audit.chainLocks.LoadOrStore(node, new(sync.Mutex))
+	return mu.(*sync.Mutex)
+}
+
+// nodeChain answers for one directory of the nodes' audit directory: a
+// node's replica or an archived chain.
+func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
+	mu := s.chainLock(n)
+	mu.Lock()
+	defer mu.Unlock()
+	head, err := s.verifierHead(keyAuditHead + n)
+	if err != nil {
+		return AuditChain{}, err
+	}
+	if isArchive(n) {
+		// Not opened as a replica (nothing is appended to it): its files
+		// are read as they are.
+		c := AuditChain{Node: n, Source: "archived"}
+		if head != nil {
+			c.LastSeq, c.LastHash = head.Seq, head.Hash
+		}
+		if verify {
+			files, err := audit.ChainFiles(filepath.Join(s.auditNodesDir(), n), "")
+			if err != nil {
+				return c, err
+			}
+			rep, err := audit.Verifier{Head: head, FromGenesis: true}.Verify(files...)
+			if err != nil {
+				return c, err
+			}
+			c.Report, c.Intact = rep, ptr(rep.Intact())
+		}
+		return c, nil
+	}
+	rp, err := s.replica(n)
+	if err != nil {
+		return AuditChain{}, err
+	}
+	seq, hash := rp.Last()
+	c := AuditChain{Node: n, Source: "node", LastSeq: seq, LastHash: hash}
+	if verify {
+		s.mu.Lock()
+		key := s.audit.keys[n]
+		s.mu.Unlock()
+		rep, err := rp.Verify(audit.Verifier{PublicKey: key, Head: head, FromGenesis: true})
+		if err != nil {
+			return c, err
+		}
+		if head == nil && rep.Records > 0 {
+			rep.Notes = append(rep.Notes, "the control plane has stored no head of this chain yet (records taken by an older version); the next batch it takes stores one")
+		}
+		if key == nil && rep.Checkpoints > 0 {
+			rep.Notes = append(rep.Notes, "the control plane holds no key of this node (it has not been issued a certificate by this control plane)")
+		}
+		c.Report, c.Intact = rep, ptr(rep.Intact())
+	}
+	return c, nil
 }
 
 func signerKey(s crypto.Signer) crypto.PublicKey {

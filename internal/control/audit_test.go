@@ -2,16 +2,30 @@ package control
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -95,7 +109,7 @@ func TestAuditAdminChangesAndNodeIngest(t *testing.T) {
 	// A node ships its records.
 	a := dialAgentWelcome(t, s, "n1", 0)
 	nrecs := nodeRecords(t, "n1", 10)
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: nrecs[:5]})
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, nrecs[:5])})
 	if m := a.recv(); m.Type != wire.TypeAuditAck || m.AuditSeq != 5 || m.Error != "" {
 		t.Fatalf("ack %+v", m)
 	}
@@ -112,13 +126,13 @@ func TestAuditAdminChangesAndNodeIngest(t *testing.T) {
 		{rehashed, "audit: fork"},
 		{nrecs[7:], "audit: gap: got seq 8, want 6"},
 	} {
-		a.send(&wire.Message{Type: wire.TypeAudit, Audit: c.batch})
+		a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, c.batch)})
 		m := a.recv()
 		if m.Type != wire.TypeAuditAck || m.AuditSeq != 5 || !strings.HasPrefix(m.Error, c.want) {
 			t.Fatalf("want refusal %q, got %+v", c.want, m)
 		}
 	}
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: nrecs[5:]})
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, nrecs[5:])})
 	if m := a.recv(); m.AuditSeq != 10 || m.Error != "" {
 		t.Fatalf("ack %+v", m)
 	}
@@ -184,4 +198,301 @@ func getBody(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// startSecureIn starts a secure control plane on dir (an existing state
+// directory: a restart).
+func startSecureIn(t *testing.T, dir string) *Server {
+	t.Helper()
+	s, err := New(Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	return s
+}
+
+// joinWithKey joins node at site with a token and key, as an agent does,
+// and returns its node SVID.
+func joinWithKey(t *testing.T, s *Server, node, site string, key *ecdsa.PrivateKey) *x509svid.SVID {
+	t.Helper()
+	tok, err := s.CreateToken(identity.TokenJoin, site, "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := identity.ParseToken(tok)
+	jc, err := tls.Dial("tcp", s.SyncAddr(), identity.JoinClientConfig(p.Pin, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer jc.Close()
+	jc.SetDeadline(time.Now().Add(5 * time.Second))
+	csr, _ := identity.NewCSR(key)
+	if err := wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: tok, CSR: csr,
+		Node: &api.Node{Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: site, Region: "r"}}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := wire.NewReader(jc).Read()
+	if err != nil || m.Type != wire.TypeJoined {
+		t.Fatalf("join: %v %+v", err, m)
+	}
+	var certs []*x509.Certificate
+	for _, der := range m.Certificates {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs = append(certs, c)
+	}
+	svid, err := identity.NewSVID(certs, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid
+}
+
+// dialSecureAgent opens node's mutually authenticated sync stream.
+func dialSecureAgent(t *testing.T, s *Server, svid *x509svid.SVID, node, site string) *agentConn {
+	t.Helper()
+	src := identity.NewSource()
+	src.SetBundles(s.CA().Bundle())
+	src.SetSVID(svid)
+	c, err := tls.Dial("tcp", s.SyncAddr(), src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNSync))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	a := &agentConn{t: t, c: c, r: wire.NewReader(c)}
+	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: &api.Node{
+		Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: site, Region: "r", MeshAddress: "127.0.0.1:1"}}})
+	if m := a.recv(); m.Type != wire.TypeWelcome {
+		t.Fatalf("want welcome, got %+v", m)
+	}
+	return a
+}
+
+// signedNodeRecords writes n records of node's chain with a real log
+// signing checkpoints with key (one every 4 records) and returns them.
+func signedNodeRecords(t *testing.T, node string, n int, key *ecdsa.PrivateKey) []audit.Record {
+	t.Helper()
+	l, err := audit.Open(audit.Config{Dir: t.TempDir(), Node: node, NoSync: true, Signer: key, CheckpointEvery: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		l.Append(audit.Record{Kind: audit.KindAuthz, Actor: "spiffe://fogmesh.local/ns/a/sa/b", Action: "connect",
+			Object: fmt.Sprintf("demo/hello#%d", i), Decision: audit.Deny})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := l.ReadFrom(1, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// forgedCheckpoint is a checkpoint that chains after prev, rehashed, and
+// signed with a key that is not the node's.
+func forgedCheckpoint(t *testing.T, prev audit.Record) audit.Record {
+	t.Helper()
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	r := audit.Record{Seq: prev.Seq + 1, Time: prev.Time.Add(time.Second), Node: prev.Node, Kind: audit.KindCheckpoint,
+		Action: "checkpoint", Object: "key:" + audit.KeyID(&other.PublicKey), Prev: prev.Hash}
+	r.Hash, _ = r.ComputeHash()
+	digest, _ := hex.DecodeString(r.Hash)
+	sig, err := ecdsa.SignASN1(rand.Reader, other, digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Sig = base64.StdEncoding.EncodeToString(sig)
+	return r
+}
+
+// TestAuditKeysSurviveRestart (issue 13): a node's checkpoint key is
+// registered when its certificate is issued; after a restart of the
+// control plane on the same state directory, ingest still refuses a
+// checkpoint signed by another key, and verify checks the signatures.
+func TestAuditKeysSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := startSecureIn(t, dir)
+	key, _ := identity.NewKey()
+	svid := joinWithKey(t, s, "edge-1", "shop-1", key)
+	recs := signedNodeRecords(t, "edge-1", 12, key) // 15 records: checkpoints at 5, 10, 15
+	if len(recs) != 15 || recs[4].Kind != audit.KindCheckpoint {
+		t.Fatalf("%d records", len(recs))
+	}
+	a := dialSecureAgent(t, s, svid, "edge-1", "shop-1")
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, recs[:5])})
+	if m := a.recv(); m.Type != wire.TypeAuditAck || m.AuditSeq != 5 || m.Error != "" {
+		t.Fatalf("ack %+v", m)
+	}
+	a.c.Close()
+	s.Close()
+
+	s = startSecureIn(t, dir)
+	a = dialSecureAgent(t, s, svid, "edge-1", "shop-1")
+	forged := append(slices.Clone(recs[5:9]), forgedCheckpoint(t, recs[8]))
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, forged)})
+	if m := a.recv(); m.Type != wire.TypeAuditAck || m.AuditSeq != 5 || !strings.Contains(m.Error, "signature") {
+		t.Fatalf("forged checkpoint after a restart: %+v", m)
+	}
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, recs[5:])})
+	if m := a.recv(); m.AuditSeq != 15 || m.Error != "" {
+		t.Fatalf("ack %+v", m)
+	}
+	c, err := s.nodeChain("edge-1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Report; r == nil || !r.Intact() || r.Checkpoints != 3 || r.Signed != 3 || r.LastSigned != 15 || len(r.Notes) != 0 {
+		t.Fatalf("verify after restart: %+v", c.Report)
+	}
+	// The control plane's copy on disk, forged the same way while it is
+	// stopped, fails verification after the next restart.
+	a.c.Close()
+	s.Close()
+	files, _ := audit.ChainFiles(filepath.Join(dir, "audit", "nodes", "edge-1"), "")
+	f, err := os.OpenFile(files[len(files)-1], os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := forgedCheckpoint(t, recs[14])
+	line, _ := fc.MarshalLine()
+	f.Write(line)
+	f.Close()
+	s = startSecureIn(t, dir)
+	c, err = s.nodeChain("edge-1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Report; r == nil || r.Verdict != audit.VerdictTampered || r.Problems[0].Kind != audit.ProblemSignature || r.Problems[0].Seq != 16 {
+		t.Fatalf("forged checkpoint in the files: %+v", c.Report)
+	}
+}
+
+// cutLines rewrites a file keeping lines [from:to) (to < 0: to the end)
+// and appending extra.
+func cutLines(t *testing.T, path string, from, to int, extra ...string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(strings.TrimSuffix(string(b), "\n"), "\n")
+	lines[len(lines)-1] += "\n"
+	if to < 0 {
+		to = len(lines)
+	}
+	out := append(lines[from:to:to], extra...)
+	if err := os.WriteFile(path, []byte(strings.Join(out, "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAuditChainsAnchoredToStoredHeads (issue 9): the control plane
+// stores the head of every chain it holds; its copies edited while it is
+// stopped (tail cut, records appended, start removed) are reported against
+// those heads after a restart, not passed as intact.
+func TestAuditChainsAnchoredToStoredHeads(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	if code, body := applyDoc(t, s, helloSvc); code != 200 {
+		t.Fatal(code, body)
+	}
+	recs := map[string][]audit.Record{}
+	for _, n := range []string{"cut", "appended", "headless", "untouched", "restarted"} {
+		recs[n] = nodeRecords(t, n, 10)
+		a := dialAgentWelcome(t, s, n, 0)
+		a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, recs[n])})
+		if m := a.recv(); m.AuditSeq != 10 || m.Error != "" {
+			t.Fatalf("%s: ack %+v", n, m)
+		}
+		if n == "restarted" { // the agent lost its state: a new chain
+			fresh := nodeRecords(t, n, 2)
+			a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: encodeBatch(t, fresh)})
+			if m := a.recv(); m.AuditSeq != 2 || m.Error != "" {
+				t.Fatalf("restart: ack %+v", m)
+			}
+		}
+		a.c.Close()
+	}
+	code, ar := getAudit(t, s, "/v1/audit?verify=1")
+	if code != 200 || len(ar.Chains) != 7 {
+		t.Fatalf("%d %+v", code, ar)
+	}
+	for _, c := range ar.Chains {
+		if !*c.Intact || c.Report.Head == nil || c.Report.Head.Seq != c.LastSeq {
+			t.Fatalf("before the edits, %s (%s): %+v", c.Node, c.Source, c.Report)
+		}
+	}
+	s.Close()
+
+	nodes := filepath.Join(dir, "audit", "nodes")
+	cutLines(t, filepath.Join(nodes, "cut", "audit.log"), 0, 7)
+	forged := recs["appended"][9]
+	forged.Seq, forged.Prev, forged.Reason = 11, forged.Hash, "forged"
+	forged.Hash, _ = forged.ComputeHash()
+	fl, _ := forged.MarshalLine()
+	cutLines(t, filepath.Join(nodes, "appended", "audit.log"), 0, -1, string(fl))
+	cutLines(t, filepath.Join(nodes, "headless", "audit.log"), 3, -1)
+	cutLines(t, filepath.Join(dir, "audit", "control", "audit.log"), 0, 1) // the own chain: 2 records, 1 kept
+
+	s = startServer(t, dir)
+	code, ar = getAudit(t, s, "/v1/audit?verify=1")
+	if code != 200 || len(ar.Chains) != 7 {
+		t.Fatalf("%d %+v", code, ar)
+	}
+	got := map[string]string{}
+	for _, c := range ar.Chains {
+		r := c.Report
+		v := r.Verdict
+		if len(r.Problems) > 0 {
+			v += " " + r.Problems[0].Kind + " " + fmt.Sprint(r.Problems[0].Seq)
+		}
+		if len(r.Unanchored) > 0 {
+			v += " " + r.Unanchored[0][:strings.IndexByte(r.Unanchored[0], ':')]
+		}
+		got[c.Source+" "+c.Node] = v
+	}
+	want := map[string]string{
+		"control control":     "tampered head 2", // the cut, recorded in the chain at start
+		"node appended":       "unanchored tail",
+		"node cut":            "tampered head 7",
+		"node headless":       "tampered removed 4",
+		"node restarted":      "intact",
+		"node untouched":      "intact",
+		"archived restarted.": "intact",
+	}
+	for k, v := range got {
+		if strings.HasPrefix(k, "archived restarted.archived-") {
+			k = "archived restarted."
+		}
+		if want[k] != v {
+			t.Errorf("%s: %s, want %q", k, v, want[k])
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("%+v", ar)
+	}
+	// The own chain, cut while the control plane was stopped, says so in
+	// itself: the head it stored was past the files' end.
+	own, err := s.audit.log.ReadFrom(2, 10)
+	if err != nil || len(own) == 0 || own[0].Action != "head mismatch" || !strings.Contains(own[0].Reason, "files end at seq 1, before the stored head") {
+		t.Fatalf("own chain after the cut: %+v %v", own, err)
+	}
+}
+
+// encodeBatch is a batch of records as the sync protocol carries it.
+func encodeBatch(t *testing.T, recs []audit.Record) []json.RawMessage {
+	t.Helper()
+	b, err := audit.EncodeBatch(recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

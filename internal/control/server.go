@@ -151,7 +151,8 @@ type Server struct {
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
-	cancel    context.CancelFunc
+	cancel    context.CancelFunc // under mu
+	closed    bool               // under mu: set by shutdown, so a Serve that starts after it returns at once
 
 	mStreams   *metrics.Counter
 	mBadFrames *metrics.Counter
@@ -209,6 +210,7 @@ func New(cfg Config) (*Server, error) {
 		if err := s.sec.issueServing(); err != nil {
 			s.adminLn.Close()
 			s.syncLn.Close()
+			s.closeAudit()
 			st.Close()
 			return nil, err
 		}
@@ -262,6 +264,11 @@ func (s *Server) StoreID() string { return s.st.ID() }
 func (s *Server) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		cancel()
+		return nil // Close ran first: nothing to serve, nothing would end it
+	}
 	s.cancel = cancel
 	s.mu.Unlock()
 	defer cancel()
@@ -309,6 +316,7 @@ func (s *Server) Close() error {
 func (s *Server) shutdown() {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
+		s.closed = true
 		if s.cancel != nil {
 			s.cancel() // watchHeartbeats and streams end on it; wg.Wait below needs that
 		}

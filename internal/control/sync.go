@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -107,7 +108,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	r := wire.NewReader(c)
 	// Every message, heartbeats included, must arrive within readTimeout, so a
 	// silent or slow sender is dropped.
-	readTimeout := 3 * s.cfg.HeartbeatInterval
+	readTimeout := max(3*s.cfg.HeartbeatInterval, 2*time.Second) // as the agent's (agent/sync.go)
 	c.SetReadDeadline(time.Now().Add(readTimeout))
 	hello, err := r.Read()
 	if err != nil {
@@ -244,11 +245,13 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 			}
 		case wire.TypeAudit:
 			ack := &wire.Message{Type: wire.TypeAuditAck}
-			if m.AuditRestart {
-				err = s.restartAuditChain(st.node, m.Audit)
+			var recs []audit.Record
+			recs, err = audit.DecodeBatch(m.Audit)
+			if err == nil && m.AuditRestart {
+				err = s.restartAuditChain(st.node, recs)
 			}
 			if err == nil {
-				ack.AuditSeq, err = s.ingestAudit(st.node, m.Audit)
+				ack.AuditSeq, err = s.ingestAudit(st.node, recs)
 			}
 			if err != nil {
 				s.log.Warn("control: audit batch refused", "node", st.node, "records", len(m.Audit), "err", err)

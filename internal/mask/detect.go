@@ -22,7 +22,7 @@ const maxGroupRuns = 7
 // wins).
 func (m *Masker) findSpans(dst []span, text []byte) []span {
 	if m.id || m.mobile || m.card {
-		dst = m.findDigits(dst, text)
+		dst = m.findDigitsAnyScript(dst, text)
 	}
 	if len(m.regexes) == 0 {
 		return dst

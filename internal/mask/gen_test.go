@@ -4,7 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
+	"math/big"
 	"math/rand/v2"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -66,9 +70,18 @@ func maskRun(t testing.TB, m *Masker, kind Kind, in string) (string, map[string]
 var detectorsOnly, _ = Compile(Config{Detectors: []string{DetectorCNID, DetectorCNMobile, DetectorBankCard}})
 
 // checkProperty: valid JSON in, valid JSON out, and no detector match in
-// any string, key or number of the output.
+// any string, key or number of the output, nor in the exact value of a
+// number (or of a string that is a number), however it is spelled: the
+// output is read with encoding/json and json.Number, and values are
+// computed with math/big, apart from the masker's own arithmetic.
 func checkProperty(t testing.TB, in, out string) {
 	t.Helper()
+	if strings.HasPrefix(in, bom) { // passed on; encoding/json refuses it
+		if !strings.HasPrefix(out, bom) {
+			t.Fatalf("input %.300q lost its BOM: %.300q", in, out)
+		}
+		in, out = in[len(bom):], out[len(bom):]
+	}
 	if !json.Valid([]byte(in)) {
 		return
 	}
@@ -97,5 +110,57 @@ func checkProperty(t testing.TB, in, out string) {
 		if sp := detectorsOnly.findSpans(nil, []byte(s)); len(sp) > 0 {
 			t.Fatalf("a %s survived in %.300q (input %.300q)", sp[0].label, s, in)
 		}
+		if v, ok := exactValue(s); ok {
+			if sp := detectorsOnly.findSpans(nil, []byte(v)); len(sp) > 0 {
+				t.Fatalf("a %s survived as the value %s of %.300q (input %.300q)", sp[0].label, v, s, in)
+			}
+			// What a float64 parser reads (strconv: apart from the
+			// masker's math/big rounding).
+			if f, err := strconv.ParseFloat(s, 64); err == nil && f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+				v := strconv.FormatFloat(f, 'f', -1, 64)
+				if sp := detectorsOnly.findSpans(nil, []byte(v)); len(sp) > 0 {
+					t.Fatalf("a %s survived as the float64 value %s of %.300q (input %.300q)", sp[0].label, v, s, in)
+				}
+			}
+		}
 	}
+}
+
+var jsonNumber = regexp.MustCompile(`^-?(0|[1-9][0-9]*)(\.([0-9]+))?([eE]([+-]?[0-9]+))?$`)
+
+// exactValue returns the value of s, when it is a JSON number, in plain
+// decimal notation, computed with math/big. Exponents beyond ±10000 are
+// not expanded: with at most maxNumber digits written, their value has a
+// run of more than 19 digits, which holds no detector match.
+func exactValue(s string) (string, bool) {
+	if s == "" || s[0] != '-' && !isDigit(s[0]) {
+		return "", false
+	}
+	sm := jsonNumber.FindStringSubmatch(s)
+	if sm == nil {
+		return "", false
+	}
+	exp := 0
+	if sm[5] != "" {
+		digits := strings.TrimLeft(strings.TrimLeft(sm[5], "+-"), "0")
+		if len(digits) > 5 {
+			return "", false
+		}
+		exp, _ = strconv.Atoi("0" + digits)
+		if exp > 10000 {
+			return "", false
+		}
+		if strings.HasPrefix(sm[5], "-") {
+			exp = -exp
+		}
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok {
+		panic("big.Rat refused " + s)
+	}
+	if r.IsInt() {
+		return r.Num().String(), true
+	}
+	v := r.FloatString(len(sm[3]) + max(0, -exp)) // exact: the value has no more decimals
+	return strings.TrimRight(v, "0"), true
 }

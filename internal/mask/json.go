@@ -22,6 +22,9 @@ var ErrMalformed = errors.New("malformed JSON body")
 //
 // Nesting deeper than maxDepth is malformed (encoding/json's limit).
 
+// bom is the UTF-8 byte order mark.
+const bom = "\xef\xbb\xbf"
+
 const (
 	maxDepth  = 10000
 	maxNumber = 4096
@@ -76,9 +79,11 @@ type jsonScanner struct {
 	pendComma bool
 	pend      []byte
 
-	scratch, masked []byte
-	spans           []span
-	counts          map[string]int
+	lead uint8 // bytes of a leading UTF-8 byte order mark read; 3 once past the start
+
+	scratch, masked, plain, scratchNum []byte
+	spans                              []span
+	counts                             map[string]int
 }
 
 func newJSONScanner(m *Masker) *jsonScanner {
@@ -100,6 +105,20 @@ func (s *jsonScanner) write(dst, in []byte) ([]byte, error) {
 	var err error
 	for i < len(in) && err == nil {
 		c := in[i]
+		if s.lead < 3 { // RFC 8259 §8.1: a parser may ignore a leading BOM
+			if c == bom[s.lead] {
+				if s.lead++; s.lead == 3 {
+					s.out = append(s.out, bom...)
+				}
+				i++
+				continue
+			}
+			if s.lead > 0 {
+				err = errors.New("invalid byte order mark")
+				continue
+			}
+			s.lead = 3
+		}
 		switch s.st {
 		case stPass:
 			s.out = append(s.out, in[i:]...)
@@ -213,6 +232,9 @@ func (s *jsonScanner) close(dst []byte) ([]byte, error) {
 	if s.st == stNumber && len(s.stack) == 0 && numFinal(s.num) {
 		s.endNumber()
 	}
+	if s.lead == 1 || s.lead == 2 {
+		return s.out, s.fail(errors.New("unexpected end of body in a byte order mark"), s.off, nil)
+	}
 	if s.st == stPass || len(s.stack) == 0 && (s.st == stAfter || s.st == stValue) {
 		return s.out, nil
 	}
@@ -227,6 +249,10 @@ func (s *jsonScanner) fail(err error, off int64, rest []byte) error {
 	}
 	// Pass the rest through: first what was held back.
 	s.dropping = false
+	if s.lead < 3 {
+		s.out = append(s.out, bom[:s.lead]...)
+		s.lead = 3
+	}
 	if s.pendComma {
 		s.out = append(s.out, ',')
 		s.out = append(s.out, s.pend...)
@@ -451,6 +477,9 @@ func (s *jsonScanner) appendString(whole bool) {
 			s.masked = s.m.maskSpans(s.masked[:0], t, s.spans, s.counts)
 			break
 		}
+		if n := numberIn(t); n != nil && s.maskNumber(n) { // "1.3812345678e10": a number in a string
+			break
+		}
 		fallthrough
 	default:
 		s.out = append(s.out, '"')
@@ -511,6 +540,9 @@ func (s *jsonScanner) endNumber() {
 			s.masked = s.m.appendMasked(s.masked[:0], s.tok)
 			s.counts[LabelJSONPath]++
 		case s.m.scanStrings:
+			if s.maskNumber(s.tok) {
+				break
+			}
 			if s.spans = s.m.findSpans(s.spans[:0], s.tok); len(s.spans) > 0 {
 				s.masked = s.m.maskSpans(s.masked[:0], s.tok, s.spans, s.counts)
 				break
@@ -526,6 +558,35 @@ func (s *jsonScanner) endNumber() {
 		s.out = append(s.out, '"')
 	}
 	s.valueEnd()
+}
+
+// maskNumber sets s.masked to the masked value of the number tok and
+// reports true when its value holds a match: its exact value in plain
+// decimal notation (number.go), or the integer a float64 parser rounds it
+// to. When neither does, the caller still scans tok as written: a number
+// that only looks like personal data ("13812345678e5") is masked too.
+func (s *jsonScanner) maskNumber(tok []byte) bool {
+	p, ok := plainDecimal(s.plain[:0], tok)
+	s.plain = p
+	if !ok {
+		return false
+	}
+	if string(p) != string(tok) { // else the caller scans tok
+		if s.spans = s.m.findSpans(s.spans[:0], p); len(s.spans) > 0 {
+			s.masked = s.m.maskSpans(s.masked[:0], p, s.spans, s.counts)
+			return true
+		}
+	}
+	r, ok := floatInteger(s.scratchNum[:0], p)
+	s.scratchNum = r
+	if !ok {
+		return false
+	}
+	if s.spans = s.m.findSpans(s.spans[:0], r); len(s.spans) == 0 {
+		return false
+	}
+	s.masked = s.m.maskSpans(s.masked[:0], r, s.spans, s.counts)
+	return true
 }
 
 func (s *jsonScanner) endLiteral() {

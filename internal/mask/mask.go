@@ -8,15 +8,24 @@
 // wraps bodies in an io.Reader that streams (memory stays bounded whatever
 // the body's size):
 //
-//   - JSON bodies (application/json and any +json type) go through a
+//   - JSON bodies (application/json, its other names such as text/json
+//     and application/x-ndjson, and any +json type) go through a
 //     streaming scanner that copies bytes through and keeps only the
 //     current string or number token and the current path. String values
 //     and object keys are decoded (\u0031 is a digit) before the detectors
 //     run; a string with a match is re-encoded, any other passes byte for
-//     byte. Numbers that are card or phone numbers become masked strings
-//     (13812345678 → "138****5678"): a masked number is no number.
+//     byte. Numbers are judged by their exact value, whatever their
+//     spelling (1.3812345678e10 is 13812345678; number.go), and by the
+//     integer a float64 parser rounds them to; so are strings that hold a
+//     number. Card or phone numbers become masked strings (→
+//     "138****5678"): a masked number is no number. A leading UTF-8 byte
+//     order mark is passed on.
+//   - A body without Content-Type is JSON if it starts like JSON ('{' or
+//     '[' after space or a BOM).
 //   - Other content types listed in Config.ContentTypes are scanned as
 //     text; everything else passes unchanged.
+//   - A request that declares more than one Content-Type, or one that is
+//     no media type, is refused: see Classify.
 //
 // See Config for the detectors, paths, and what happens to malformed,
 // compressed and very long input.
@@ -24,6 +33,7 @@ package mask
 
 import (
 	"fmt"
+	"github.com/fogmesh/fogmesh/internal/api"
 	"regexp"
 	"strings"
 	"unicode"
@@ -54,87 +64,19 @@ const (
 const (
 	PolicyReject = "reject" // fail: the request is not sent on (the default)
 	PolicyPass   = "pass"   // send it on unmasked
+	PolicyDecode = "decode" // onCompressed only: decompress, mask, compress again
 )
 
-// Config says what to mask. Its zero value masks nothing. It is also the
-// document format (spec.egress[].mask of a Service), hence the JSON tags.
-type Config struct {
-	// Detectors: any of cn-id, cn-mobile, bank-card.
-	//
-	//   - cn-id: 17 digits and a check digit (0-9 or X), ISO 7064 MOD 11-2
-	//     checksum, a known province code and a real birth date between
-	//     1900 and 2099. Numbers with a wrong checksum are not masked.
-	//   - cn-mobile: 11 digits 1[3-9]xxxxxxxxx, also after 86, +86 or 0086;
-	//     the prefix is kept.
-	//   - bank-card: 13-19 digits passing the Luhn check whose first digit
-	//     is 2-6 (Mastercard 2-series, American Express, JCB, Visa,
-	//     Mastercard, UnionPay, Discover): a 13-digit millisecond timestamp
-	//     starts with 1 and is left alone.
-	//
-	// Digits may be grouped by single spaces or dashes ("6222 0212 3456
-	// 7890 123", "138-1234-5678") when every group has at least 3 digits.
-	// A match needs non-digits (or the ends of the value) on both sides:
-	// digits of a longer number are not matched.
-	Detectors []string `json:"detectors,omitempty"`
-	// JSONPaths mask or drop values by position in JSON bodies.
-	JSONPaths []PathRule `json:"jsonPaths,omitempty"`
-	// Regexes are RE2 patterns (Go regexp) whose matches in JSON strings,
-	// numbers and scanned text are masked like detector matches.
-	Regexes []RegexRule `json:"regexes,omitempty"`
-	// Headers mask, drop or scan request headers by name.
-	Headers []HeaderRule `json:"headers,omitempty"`
-	// KeepFirst and KeepLast are how many characters of a masked value
-	// stay in clear at each end (default 0: all masked; at most 16). When
-	// they would keep all of a short value, at least half of it is masked
-	// instead, the kept characters taken from the start first.
-	KeepFirst int `json:"keepFirst,omitempty"`
-	KeepLast  int `json:"keepLast,omitempty"`
-	// MaskChar replaces masked characters (default "*"): one character,
-	// not a digit, a letter, a quote or a backslash, so that a masked value
-	// never matches a detector again.
-	MaskChar string `json:"maskChar,omitempty"`
-	// ContentTypes are the bodies scanned (default application/json and
-	// +json). An entry is a media type ("application/json"), a suffix
-	// ("+json"), a type wildcard ("text/*") or "*" (every body, including
-	// one without Content-Type). JSON types get the JSON scanner, others
-	// are scanned as text (detectors and regexes; paths do not apply).
-	ContentTypes []string `json:"contentTypes,omitempty"`
-	// OnMalformed: what to do with a body declared JSON that is not:
-	// "reject" (default) fails the body read, so the request is aborted and
-	// nothing after the error is sent (the client gets an error), or "pass"
-	// sends the rest of the body unchanged.
-	OnMalformed string `json:"onMalformed,omitempty"`
-	// OnCompressed: what to do with a scanned content type whose
-	// Content-Encoding is not identity: "reject" (default) or "pass"
-	// unchanged. Compressed bodies are not decompressed.
-	OnCompressed string `json:"onCompressed,omitempty"`
-	// MaxTokenBytes bounds the buffered part of one JSON string or of a
-	// window of text (default 1 MiB, at least 4096). A longer string value
-	// is scanned in windows of this size that overlap by 256 bytes: every
-	// detector match is still found; a regex match spanning a window edge
-	// that starts more than 256 bytes before it is masked whole up to the
-	// edge (not partly kept). Object keys longer than this are malformed.
-	MaxTokenBytes int `json:"maxTokenBytes,omitempty"`
-}
+// Config says what to mask: the document format, spec.egress[].mask of a
+// Service, defined in internal/api with the other resource types.
+type Config = api.MaskConfig
 
-// PathRule names JSON values: "$" then .name, ['name'], .* (every member),
-// [n] or [*] (every element), e.g. $.customer.idNumber, $.items[*].card.
-type PathRule struct {
-	Path   string `json:"path"`
-	Action string `json:"action,omitempty"` // mask (default) or drop
-}
-
-// RegexRule is a user pattern; Name labels its metrics.
-type RegexRule struct {
-	Name    string `json:"name"`
-	Pattern string `json:"pattern"`
-}
-
-// HeaderRule applies to the request header called Name (any case).
-type HeaderRule struct {
-	Name   string `json:"name"`
-	Action string `json:"action,omitempty"` // mask (default), drop or detect
-}
+// PathRule, RegexRule and HeaderRule are the parts of a Config.
+type (
+	PathRule   = api.MaskPathRule
+	RegexRule  = api.MaskRegexRule
+	HeaderRule = api.MaskHeaderRule
+)
 
 // ConfigError names the Config field that is wrong, relative to Config
 // (e.g. "jsonPaths[1].path").
@@ -144,6 +86,16 @@ type ConfigError struct {
 }
 
 func (e *ConfigError) Error() string { return e.Field + ": " + e.Reason }
+
+// MaskField names the field at fault for api.ValidateMask's callers.
+func (e *ConfigError) MaskField() (field, reason string) { return e.Field, e.Reason }
+
+func init() {
+	api.ValidateMask = func(c api.MaskConfig) error {
+		_, err := Compile(c)
+		return err
+	}
+}
 
 func cfgErr(field, format string, args ...any) error {
 	return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
@@ -173,6 +125,8 @@ type Masker struct {
 	types                []string
 	rejectMalformed      bool
 	rejectCompressed     bool
+	decodeCompressed     bool
+	rejectUpgrade        bool
 	maxToken             int
 	scanStrings, anyRule bool
 }
@@ -180,7 +134,7 @@ type Masker struct {
 // Compile checks cfg and returns its Masker. The error is a *ConfigError.
 func Compile(cfg Config) (*Masker, error) {
 	m := &Masker{cfg: cfg, headers: map[string]string{}, maskChar: []byte("*"), maxToken: defaultMaxToken,
-		keepFirst: cfg.KeepFirst, keepLast: cfg.KeepLast, rejectMalformed: true, rejectCompressed: true}
+		keepFirst: cfg.KeepFirst, keepLast: cfg.KeepLast, rejectMalformed: true, rejectCompressed: true, rejectUpgrade: true}
 	seen := map[string]bool{}
 	for i, d := range cfg.Detectors {
 		f := fmt.Sprintf("detectors[%d]", i)
@@ -250,7 +204,7 @@ func Compile(cfg Config) (*Masker, error) {
 		default:
 			return nil, cfgErr(f+".action", "%q is not mask, drop or detect", h.Action)
 		}
-		m.headers[canonicalHeader(h.Name)] = a
+		m.headers[headerRuleKey(h.Name)] = a
 	}
 	if cfg.KeepFirst < 0 || cfg.KeepFirst > maxKeep {
 		return nil, cfgErr("keepFirst", "%d is not within 0 and %d", cfg.KeepFirst, maxKeep)
@@ -286,8 +240,17 @@ func Compile(cfg Config) (*Masker, error) {
 	case "", PolicyReject:
 	case PolicyPass:
 		m.rejectCompressed = false
+	case PolicyDecode:
+		m.decodeCompressed = true
 	default:
-		return nil, cfgErr("onCompressed", "%q is not reject or pass", cfg.OnCompressed)
+		return nil, cfgErr("onCompressed", "%q is not reject, pass or decode", cfg.OnCompressed)
+	}
+	switch cfg.OnUpgrade {
+	case "", PolicyReject:
+	case PolicyPass:
+		m.rejectUpgrade = false
+	default:
+		return nil, cfgErr("onUpgrade", "%q is not reject or pass", cfg.OnUpgrade)
 	}
 	if cfg.MaxTokenBytes != 0 {
 		if cfg.MaxTokenBytes < minMaxToken || cfg.MaxTokenBytes > 64<<20 {

@@ -143,7 +143,14 @@ func TestLongStringsAreScannedInWindows(t *testing.T) {
 		Regexes: []RegexRule{{Name: "secret", Pattern: `SECRET[a-z]*`}}})
 	var b strings.Builder
 	for b.Len() < 60000 {
-		switch r.IntN(6) {
+		switch r.IntN(7) {
+		case 6: // full-width digits, grouped by ideographic spaces
+			for i, c := range genMobile(r) {
+				if i == 3 || i == 7 {
+					b.WriteRune('\u3000')
+				}
+				b.WriteRune(c - '0' + '０')
+			}
 		case 0:
 			b.WriteString(genMobile(r))
 		case 1:
@@ -230,12 +237,12 @@ func TestClassify(t *testing.T) {
 		{def, "application/json; charset=utf-8", "", KindJSON, false, "json with params"},
 		{def, "application/problem+json", "", KindJSON, false, "+json"},
 		{def, "text/plain", "", KindPass, false, "text not listed"},
-		{def, "", "", KindPass, false, "no content type"},
+		{def, "", "", KindSniff, false, "no content type: sniffed"},
 		{def, "application/json", "gzip", KindPass, true, "compressed: reject"},
 		{def, "application/json", "identity", KindJSON, false, "identity"},
 		{text, "text/csv", "", KindText, false, "text/*"},
 		{text, "application/json", "br", KindPass, false, "compressed: pass"},
-		{star, "", "", KindText, false, "* scans bodies without a type"},
+		{star, "", "", KindSniffText, false, "* scans bodies without a type (JSON if it starts like JSON)"},
 		{star, "application/vnd.api+json", "", KindJSON, false, "* still parses JSON"},
 		{headersOnly, "application/json", "", KindPass, false, "no body rules"},
 	} {
@@ -290,6 +297,7 @@ func TestCompileErrors(t *testing.T) {
 		{Config{ContentTypes: []string{"json"}}, "contentTypes[0]"},
 		{Config{OnMalformed: "drop"}, "onMalformed"},
 		{Config{OnCompressed: "inflate"}, "onCompressed"},
+		{Config{OnUpgrade: "tunnel"}, "onUpgrade"},
 		{Config{MaxTokenBytes: 100}, "maxTokenBytes"},
 	} {
 		_, err := Compile(c.cfg)

@@ -28,7 +28,6 @@ import (
 	"io"
 
 	"github.com/fogmesh/fogmesh/internal/api"
-	"github.com/fogmesh/fogmesh/internal/audit"
 )
 
 // ProtocolVersion is sent in Hello; a server refuses versions it does not know.
@@ -144,8 +143,10 @@ type Message struct {
 	// Sessions
 	Sessions []api.Session `json:"sessions,omitempty"`
 
-	// Audit: records of the node's audit chain, consecutive seqs.
-	Audit []audit.Record `json:"audit,omitempty"`
+	// Audit: records of the node's audit chain, consecutive seqs, each one
+	// JSON object as internal/audit encodes it (audit.EncodeBatch and
+	// DecodeBatch); the sync protocol carries them without knowing them.
+	Audit []json.RawMessage `json:"audit,omitempty"`
 	// AuditSeq (welcome, auditAck) is the last seq of the node's chain the
 	// control plane holds; the agent ships from AuditSeq+1.
 	AuditSeq uint64 `json:"auditSeq,omitempty"`

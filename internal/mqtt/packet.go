@@ -1,0 +1,305 @@
+package mqtt
+
+import "fmt"
+
+// MQTT 5 properties (§2.2.2.2): identifier, the type of its value and the
+// packets it may appear in.
+const (
+	propByte = iota
+	propUint16
+	propUint32
+	propVarint
+	propString
+	propBinary
+	propPair
+)
+
+var propType = map[byte]uint8{
+	0x01: propByte,   // payload format indicator
+	0x02: propUint32, // message expiry interval
+	0x03: propString, // content type
+	0x08: propString, // response topic
+	0x09: propBinary, // correlation data
+	0x0b: propVarint, // subscription identifier
+	0x11: propUint32, // session expiry interval
+	0x15: propString, // authentication method
+	0x16: propBinary, // authentication data
+	0x17: propByte,   // request problem information
+	0x18: propUint32, // will delay interval
+	0x19: propByte,   // request response information
+	0x21: propUint16, // receive maximum
+	0x22: propUint16, // topic alias maximum
+	0x23: propUint16, // topic alias
+	0x26: propPair,   // user property
+	0x27: propUint32, // maximum packet size
+}
+
+// Properties a client may send, per packet.
+var (
+	connectProps   = []byte{0x11, 0x15, 0x16, 0x17, 0x19, 0x21, 0x22, 0x26, 0x27}
+	willProps      = []byte{0x01, 0x02, 0x03, 0x08, 0x09, 0x18, 0x26}
+	publishProps   = []byte{0x01, 0x02, 0x03, 0x08, 0x09, 0x23, 0x26} // 0x0b only server to client [MQTT-3.3.4-6]
+	subscribeProps = []byte{0x0b, 0x26}
+)
+
+// properties reads an MQTT 5 property list, which must hold only the
+// allowed properties, each at most once (user properties excepted), and
+// end exactly at its declared length. seen, when not nil, gets each
+// property's numeric value.
+func (d *decoder) properties(what string, allowed []byte, seen func(id byte, v uint32)) {
+	n := d.varint(what + " properties length")
+	if d.err != nil {
+		return
+	}
+	if n > len(d.b) {
+		d.fail(malformed("%s properties: length %d overruns the packet", what, n))
+		return
+	}
+	p := &decoder{b: d.b[:n]}
+	d.b = d.b[n:]
+	var once [256]bool
+	for len(p.b) > 0 && p.err == nil {
+		id := p.byte1(what + " property")
+		ok := false
+		for _, a := range allowed {
+			ok = ok || a == id
+		}
+		if !ok {
+			d.fail(protocolErr(0x82, "%s: property %#x not allowed", what, id))
+			return
+		}
+		if id != 0x26 {
+			if once[id] {
+				d.fail(protocolErr(0x82, "%s: property %#x twice", what, id))
+				return
+			}
+			once[id] = true
+		}
+		var v uint32
+		switch propType[id] {
+		case propByte:
+			v = uint32(p.byte1(what + " property"))
+			if v > 1 { // every byte property a client sends is 0 or 1
+				d.fail(protocolErr(0x82, "%s: property %#x = %d", what, id, v))
+				return
+			}
+		case propUint16:
+			v = uint32(p.uint16(what + " property"))
+		case propUint32:
+			v = p.uint32(what + " property")
+		case propVarint:
+			v = uint32(p.varint(what + " property"))
+		case propString:
+			p.str(what + " property")
+		case propBinary:
+			p.binary(what + " property")
+		case propPair:
+			p.str(what + " user property")
+			p.str(what + " user property")
+		}
+		if p.err == nil && seen != nil {
+			seen(id, v)
+		}
+	}
+	d.fail(p.err)
+}
+
+// Publish is what the agent uses of a PUBLISH packet.
+type Publish struct {
+	Topic    string // "" when an MQTT 5 topic alias stands for it
+	Alias    uint16 // MQTT 5 topic alias, 0 if none
+	QoS      byte
+	PacketID uint16
+}
+
+// ParsePublish decodes the body of a PUBLISH packet (MQTT 3.1.1 §3.3,
+// MQTT 5 §3.3) of a connection at protocol level version.
+func ParsePublish(h Header, body []byte, version byte) (Publish, error) {
+	p := Publish{QoS: h.QoS()}
+	d := &decoder{b: body}
+	p.Topic = d.str("topic name")
+	if p.QoS > 0 {
+		p.PacketID = d.uint16("packet identifier")
+		if d.err == nil && p.PacketID == 0 {
+			return p, malformed("PUBLISH with packet identifier 0") // [MQTT-2.2.1-3]
+		}
+	}
+	aliasSet := false
+	if version == 5 {
+		d.properties("PUBLISH", publishProps, func(id byte, v uint32) {
+			if id == 0x23 {
+				p.Alias, aliasSet = uint16(v), true
+			}
+		})
+	}
+	if d.err != nil {
+		return p, d.err
+	}
+	if aliasSet && p.Alias == 0 {
+		return p, protocolErr(0x94, "topic alias 0") // [MQTT-3.3.2-8]
+	}
+	if p.Topic == "" && p.Alias == 0 {
+		return p, protocolErr(0x82, "PUBLISH without a topic")
+	}
+	if p.Topic != "" {
+		if err := ValidTopicName(p.Topic); err != nil {
+			return p, protocolErr(0x82, "PUBLISH: %v", err) // [MQTT-3.3.2-2]
+		}
+	}
+	return p, nil
+}
+
+// Filter is one topic filter of a SUBSCRIBE with its options byte.
+type Filter struct {
+	Filter  string
+	Options byte // QoS in bits 0-1; MQTT 5 no local, retain as published, retain handling
+}
+
+// Subscribe is what the agent uses of a SUBSCRIBE packet.
+type Subscribe struct {
+	PacketID uint16
+	Filters  []Filter
+}
+
+// ParseSubscribe decodes the body of a SUBSCRIBE packet (MQTT 3.1.1 §3.8,
+// MQTT 5 §3.8) of a connection at protocol level version.
+func ParseSubscribe(body []byte, version byte) (Subscribe, error) {
+	var s Subscribe
+	d := &decoder{b: body}
+	s.PacketID = d.uint16("packet identifier")
+	if d.err == nil && s.PacketID == 0 {
+		return s, malformed("SUBSCRIBE with packet identifier 0")
+	}
+	if version == 5 {
+		d.properties("SUBSCRIBE", subscribeProps, func(id byte, v uint32) {
+			if id == 0x0b && v == 0 {
+				d.fail(protocolErr(0x82, "subscription identifier 0"))
+			}
+		})
+	}
+	for d.err == nil && len(d.b) > 0 {
+		f := Filter{Filter: d.str("topic filter"), Options: d.byte1("subscription options")}
+		if d.err != nil {
+			break
+		}
+		if err := ValidTopicFilter(f.Filter); err != nil {
+			return s, malformed("SUBSCRIBE: %v", err)
+		}
+		switch {
+		case f.Options&3 == 3:
+			return s, malformed("SUBSCRIBE: QoS 3")
+		case version < 5 && f.Options&^3 != 0:
+			return s, malformed("SUBSCRIBE: reserved bits set") // [MQTT-3-8.3-4]
+		case version == 5 && f.Options&0xc0 != 0:
+			return s, malformed("SUBSCRIBE: reserved bits set") // [MQTT-3.8.3-5]
+		case version == 5 && f.Options>>4&3 == 3:
+			return s, protocolErr(0x82, "SUBSCRIBE: retain handling 3")
+		case version == 5 && f.Options&4 != 0 && f.Filter != SubscribedFilter(f.Filter):
+			return s, protocolErr(0x82, "SUBSCRIBE: no local on a shared subscription") // [MQTT-3.8.3-4]
+		}
+		s.Filters = append(s.Filters, f)
+	}
+	if d.err != nil {
+		return s, d.err
+	}
+	if len(s.Filters) == 0 {
+		return s, protocolErr(0x82, "SUBSCRIBE without a filter") // [MQTT-3.8.3-3]
+	}
+	return s, nil
+}
+
+// Kinds of packets Session.Inspect reports.
+const (
+	KindOther      = iota // nothing to authorize
+	KindPublish           // Topics holds the PUBLISH's topic (an alias resolved)
+	KindSubscribe         // Topics holds the filters the broker will match (SubscribedFilter)
+	KindDisconnect        // the client ends the connection; WillAsked reports a v5 "disconnect with will"
+)
+
+// Action is what a client packet asks of the broker.
+type Action struct {
+	Kind   int
+	Topics []string
+	// Filters are the SUBSCRIBE filters as sent (for counting).
+	Filters []string
+	// WillAsked: an MQTT 5 DISCONNECT with reason 0x04, which makes the
+	// broker publish the will.
+	WillAsked bool
+}
+
+// maxAliasBytes bounds the topics a connection's topic aliases hold (the
+// broker's Topic Alias Maximum bounds their number, but this package does
+// not read the broker's CONNACK).
+const maxAliasBytes = 1 << 20
+
+// Session follows the client side of one connection after its CONNECT:
+// its MQTT 5 topic aliases, so a PUBLISH that names its topic by alias is
+// authorized against the topic the alias stands for. Not safe for
+// concurrent use.
+type Session struct {
+	Version    byte
+	aliases    map[uint16]string
+	aliasBytes int
+}
+
+// Inspect decodes one client packet of the session (after CONNECT) and
+// says what it asks. A packet that breaks the protocol gets an error whose
+// DisconnectReason is the MQTT 5 reason code to close with: 0x81
+// (malformed) or 0x82 (protocol error, which is also what an alias that
+// was never set is: MQTT 5 §3.3.4, and mosquitto's answer), 0x94 for topic
+// alias 0 (§3.3.2.3.4), 0x97 when the aliases outgrow maxAliasBytes.
+func (s *Session) Inspect(h Header, body []byte) (Action, error) {
+	switch h.Type {
+	case TypeConnect:
+		return Action{}, protocolErr(0x82, "second CONNECT") // [MQTT-3.1.0-2]
+	case TypeAuth:
+		if s.Version != 5 {
+			return Action{}, malformed("AUTH before MQTT 5")
+		}
+	case TypeConnack, TypeSuback, TypeUnsuback, TypePingresp:
+		return Action{}, protocolErr(0x82, "server packet type %d from a client", h.Type)
+	case TypeDisconnect:
+		a := Action{Kind: KindDisconnect}
+		if s.Version == 5 && len(body) > 0 {
+			a.WillAsked = body[0] == 0x04
+		}
+		return a, nil
+	case TypePublish:
+		p, err := ParsePublish(h, body, s.Version)
+		if err != nil {
+			return Action{}, fmt.Errorf("PUBLISH: %w", err)
+		}
+		topic := p.Topic
+		if p.Alias != 0 {
+			if topic == "" {
+				t, ok := s.aliases[p.Alias]
+				if !ok {
+					return Action{}, protocolErr(0x82, "PUBLISH: topic alias %d was never set", p.Alias)
+				}
+				topic = t
+			} else {
+				if s.aliases == nil {
+					s.aliases = map[uint16]string{}
+				}
+				s.aliasBytes += len(topic) - len(s.aliases[p.Alias])
+				if s.aliasBytes > maxAliasBytes {
+					return Action{}, protocolErr(0x97, "PUBLISH: topic aliases hold more than %d bytes", maxAliasBytes)
+				}
+				s.aliases[p.Alias] = topic
+			}
+		}
+		return Action{Kind: KindPublish, Topics: []string{topic}}, nil
+	case TypeSubscribe:
+		sub, err := ParseSubscribe(body, s.Version)
+		if err != nil {
+			return Action{}, fmt.Errorf("SUBSCRIBE: %w", err)
+		}
+		a := Action{Kind: KindSubscribe}
+		for _, f := range sub.Filters {
+			a.Topics = append(a.Topics, SubscribedFilter(f.Filter))
+			a.Filters = append(a.Filters, f.Filter)
+		}
+		return a, nil
+	}
+	return Action{}, nil
+}
