@@ -292,6 +292,17 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 					}
 				}
 			}
+			// Requests answered 404 for want of a route are counted.
+			want := 0
+			for _, rq := range tc.reqs {
+				if rq.want == "404" || rq.want == "grpc-12" {
+					want += 2 * max(rq.n, 1) // HTTP/1.1 and h2c
+				}
+			}
+			name := fmt.Sprintf(`fogmesh_agent_no_route_total{service="demo/conf%d"}`, i)
+			if got := client.cfg.Metrics.GetOrCreateCounter(name).Get(); want > 0 && got < uint64(want) {
+				t.Errorf("%s = %d, want at least %d", name, got, want)
+			}
 		})
 	}
 }

@@ -379,6 +379,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 	// Traffic class: from the route rule, else the header, else the default.
 	rule, noRoute := sv.routeRule(req)
 	if noRoute {
+		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_no_route_total{service=%q}`, t.svc)).Inc()
 		return nil, errNoRoute
 	}
 	class := a.classOf(sv, rule, req)
