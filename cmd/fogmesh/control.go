@@ -27,6 +27,9 @@ type controlFile struct {
 	NodeTTL           durationValue `json:"nodeTTL,omitempty"`
 	RotationOverlap   durationValue `json:"rotationOverlap,omitempty"`
 	ServerNames       []string      `json:"serverNames,omitempty"`
+
+	// IstioRootNamespace: see control.Config.
+	IstioRootNamespace string `json:"istioRootNamespace,omitempty"`
 }
 
 type durationValue time.Duration
@@ -120,7 +123,7 @@ func runControl(args []string) error {
 	s, err := control.New(control.Config{
 		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
 		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout),
-		VIPRange: fc.VIPRange, Logger: log,
+		VIPRange: fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
 		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
 		NodeTTL: time.Duration(fc.NodeTTL), RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
 	})

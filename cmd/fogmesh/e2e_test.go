@@ -389,7 +389,7 @@ func TestExamples(t *testing.T) {
 		!strings.Contains(out, "warning: document 2 (DestinationRule shop/reviews): spec.trafficPolicy.tls is not supported") {
 		t.Fatalf("apply istio-canary.yaml: %d\n%s", code, out)
 	}
-	if out, _ := run(t, "get", "routes", "-server", server); !strings.Contains(out, "reviews") || !strings.Contains(out, "v1:90/v2:10") {
+	if out, _ := run(t, "get", "routes", "-server", server); !strings.Contains(out, "reviews") || !strings.Contains(out, "v1:90/v2:10; else -> 404") {
 		t.Fatalf("get routes:\n%s", out)
 	}
 	if out, _ := run(t, "get", "dp", "-server", server, "-o", "yaml"); !strings.Contains(out, "balancer: least-conn") {

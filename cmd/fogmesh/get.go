@@ -123,6 +123,9 @@ func runGet(args []string) error {
 				}
 				rules = append(rules, m+" -> "+strings.Join(bs, "/"))
 			}
+			if r.Spec.Unmatched == api.UnmatchedReject {
+				rules = append(rules, "else -> 404")
+			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Meta.Namespace, r.Meta.Name, r.Spec.Service, strings.Join(rules, "; "))
 		}
 	case "sessions":
@@ -157,6 +160,9 @@ func runGet(args []string) error {
 			svc := p.Spec.Service
 			if svc == "" {
 				svc = "*"
+			}
+			if p.Spec.MeshWide {
+				svc = "*/" + svc // in every namespace
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", p.Meta.Namespace, p.Meta.Name, svc, p.Spec.Action, len(p.Spec.Rules))
 		}

@@ -141,7 +141,7 @@ func compileAuthz(ps map[string]*api.AuthorizationPolicy) (*authz.Engine, []erro
 // enforced: DENY, with one rule that matches every request.
 func denyAllSelectedBy(p *api.AuthorizationPolicy) *api.AuthorizationPolicy {
 	return &api.AuthorizationPolicy{APIVersion: p.APIVersion, Kind: p.Kind, Meta: p.Meta,
-		Spec: api.AuthorizationPolicySpec{Service: p.Spec.Service, Action: api.ActionDeny, Rules: []api.AuthzRule{{}}}}
+		Spec: api.AuthorizationPolicySpec{Service: p.Spec.Service, MeshWide: p.Spec.MeshWide, Action: api.ActionDeny, Rules: []api.AuthzRule{{}}}}
 }
 
 // noteInvalidPolicies logs the policies that fail closed in v and were not

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -233,6 +234,10 @@ func (s *l7) pruneTransports(v *view) {
 // errNoEndpoint is the L7 form of "no healthy endpoint".
 var errNoEndpoint = errors.New("no healthy endpoint")
 
+// errNoRoute: no rule of the service's route matches the request and the
+// route rejects unmatched requests (Istio's "no route", 404).
+var errNoRoute = errors.New("no route matches the request")
+
 // errShed: the agent is overloaded and the request's class is shed.
 var errShed = errors.New("overloaded: request shed by traffic class")
 
@@ -240,10 +245,12 @@ var errShed = errors.New("overloaded: request shed by traffic class")
 var errOverflow = errors.New("circuit breaker open: too many requests in flight")
 
 func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	code := http.StatusBadGateway
+	code, grpcCode := http.StatusBadGateway, "14"
 	switch {
 	case errors.Is(err, errNoEndpoint):
 		code = http.StatusServiceUnavailable
+	case errors.Is(err, errNoRoute):
+		code, grpcCode = http.StatusNotFound, "12" // UNIMPLEMENTED, as gRPC maps HTTP 404
 	case errors.Is(err, errShed):
 		code = http.StatusServiceUnavailable
 		w.Header().Set("X-Fogmesh-Shed", "true")
@@ -268,7 +275,7 @@ func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 		// Trailers-only gRPC error: UNAVAILABLE lets gRPC clients retry.
 		w.Header().Set("Content-Type", "application/grpc")
-		w.Header().Set("Grpc-Status", "14")
+		w.Header().Set("Grpc-Status", grpcCode)
 		w.Header().Set("Grpc-Message", "fogmesh: "+err.Error())
 		w.WriteHeader(http.StatusOK)
 		return
@@ -370,7 +377,11 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 		return nil, errClientLimit
 	}
 	// Traffic class: from the route rule, else the header, else the default.
-	rule := sv.matchRule(req)
+	rule, noRoute := sv.routeRule(req)
+	if noRoute {
+		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_no_route_total{service=%q}`, t.svc)).Inc()
+		return nil, errNoRoute
+	}
 	class := a.classOf(sv, rule, req)
 	if !a.admit(sv, class) {
 		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_shed_total{service=%q,class=%q}`, t.svc, className(class))).Inc()
@@ -691,11 +702,24 @@ func hashKeyOf(req *http.Request, hk *api.HashKey) string {
 
 // matchRule returns the first rule of the service's route that matches req,
 // or nil when the service has no route or no rule matches (then every
-// endpoint serves).
+// endpoint serves, unless the route rejects unmatched requests: routeRule).
 func (sv *serviceView) matchRule(req *http.Request) *api.RouteRule {
+	rule, _ := sv.routeRule(req)
+	return rule
+}
+
+// routeRule is matchRule, also reporting whether the request must be
+// refused because no rule matched and the route rejects unmatched
+// requests (Istio's "no route", 404).
+func (sv *serviceView) routeRule(req *http.Request) (rule *api.RouteRule, noRoute bool) {
 	if sv.route == nil {
-		return nil
+		return nil, false
 	}
+	rule = sv.firstMatch(req)
+	return rule, rule == nil && sv.route.Spec.Unmatched == api.UnmatchedReject
+}
+
+func (sv *serviceView) firstMatch(req *http.Request) *api.RouteRule {
 	host := req.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
@@ -706,7 +730,7 @@ func (sv *serviceView) matchRule(req *http.Request) *api.RouteRule {
 			return rule
 		}
 		for _, m := range rule.Match {
-			if matches(&m, req, host) {
+			if matches(&m, req, host) && sv.sourceMatches(&m, req) {
 				return rule
 			}
 		}
@@ -725,6 +749,21 @@ func matches(m *api.RouteMatch, req *http.Request, host string) bool {
 		v, ok := req.Header[http.CanonicalHeaderKey(name)]
 		if !ok || !sm.Matches(strings.Join(v, ",")) {
 			return false
+		}
+	}
+	for name, sm := range m.WithoutHeaders {
+		if v, ok := req.Header[http.CanonicalHeaderKey(name)]; ok && sm.Matches(strings.Join(v, ",")) {
+			return false
+		}
+	}
+	if len(m.QueryParams) > 0 {
+		// Decoded, the first value of a repeated parameter (as Envoy).
+		q, _ := url.ParseQuery(req.URL.RawQuery)
+		for name, sm := range m.QueryParams {
+			v, ok := q[name]
+			if !ok || !sm.Matches(v[0]) {
+				return false
+			}
 		}
 	}
 	return true

@@ -256,6 +256,10 @@ type serviceView struct {
 	vip4      netip.Addr
 	vip6      netip.Addr
 	endpoints []*endpointView // sorted by tier
+
+	// callerLabels: the labels of this node's workloads by identity, for
+	// sourceLabels matches (routesource.go); set only when route has one.
+	callerLabels map[string]map[string]string
 }
 
 type endpointView struct {
@@ -408,6 +412,7 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 	}
 	v.authz, v.authzInvalid = compileAuthz(res.authz)
 	v.ids = localIdentities(td, local)
+	setCallerLabels(v, td, local)
 	v.nodeIDs = map[string]map[string]bool{}
 	for _, e := range res.endpoints {
 		if e.Spec.Node == "" {

@@ -42,6 +42,10 @@ type AuthorizationPolicySpec struct {
 	// Service selects the destination service in the policy's namespace;
 	// empty selects every service of the namespace.
 	Service string `json:"service,omitempty"`
+	// MeshWide makes the policy select in every namespace (Service, or
+	// every service), as Istio does with a policy in its root namespace
+	// (IstioRootNamespace); the policy's own namespace then only names it.
+	MeshWide bool `json:"meshWide,omitempty"`
 	// Action is ALLOW (default) or DENY.
 	Action string `json:"action,omitempty"`
 	// Rules: a request matches the policy if it matches any rule (OR). No

@@ -97,17 +97,41 @@ func TestIstioAuthorizationForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := objs[0].(*AuthorizationPolicy)
-	if p.Spec.Action != ActionDeny || len(p.Spec.Rules) != 1 || p.Spec.Rules[0].To[0].NotMethods[0] != "DELETE" ||
+	// notMethods [delete]: Istio matches methods case-sensitively, so
+	// "delete" excludes no request; upper-casing it would deny less.
+	if p.Spec.Action != ActionDeny || len(p.Spec.Rules) != 1 || len(p.Spec.Rules[0].To[0].NotMethods) != 0 ||
 		p.Spec.Rules[0].When[0].Values[0] != "spiffe://fogmesh.local/ns/a/sa/b" || p.Spec.Service != "" {
 		t.Fatalf("%+v", p)
 	}
-	if all := strings.Join(warns, "\n"); len(warns) != 3 || !strings.Contains(all, "ipBlocks is not supported and is ignored") ||
-		!strings.Contains(all, "operation.hosts") || !strings.Contains(all, `"source.ip"`) {
+	if all := strings.Join(warns, "\n"); len(warns) != 4 || !strings.Contains(all, "ipBlocks is not supported and is ignored") ||
+		!strings.Contains(all, "operation.hosts") || !strings.Contains(all, `"source.ip"`) ||
+		!strings.Contains(all, `spec.rules[0].to[0].operation.notMethods "delete" is not upper case`) {
 		t.Fatalf("warnings:\n%s", all)
 	}
-	// CUSTOM is skipped with a warning; an empty spec is allow-nothing.
-	objs, warns, err = DecodeWithWarnings([]byte(ap("  action: CUSTOM\n  provider: {name: x}\n  rules: [{}]\n")))
-	if err != nil || len(objs) != 0 || len(warns) != 1 || !strings.Contains(warns[0], "CUSTOM") {
+	// ALLOW methods [get]: matches no request, so neither does its rule.
+	objs, warns, err = DecodeWithWarnings([]byte(ap("  rules:\n  - to: [{operation: {methods: [get]}}]\n  - to: [{operation: {methods: [GET, post]}}, {operation: {methods: [put]}}]\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := objs[0].(*AuthorizationPolicy); len(p.Spec.Rules) != 1 || len(p.Spec.Rules[0].To) != 1 || strings.Join(p.Spec.Rules[0].To[0].Methods, ",") != "GET" {
+		t.Fatalf("lower-case methods: %+v\n%s", p.Spec, strings.Join(warns, "\n"))
+	}
+	if all := strings.Join(warns, "\n"); !strings.Contains(all, "spec.rules[0] is dropped: it matches no request") ||
+		!strings.Contains(all, "spec.rules[1].to[1] matches no request") {
+		t.Fatalf("warnings:\n%s", all)
+	}
+	// CUSTOM fails closed: with no external authorizer, what its rules
+	// select is denied (skipping it would open it); AUDIT is skipped with a
+	// warning; an empty spec is allow-nothing.
+	objs, warns, err = DecodeWithWarnings([]byte(ap("  action: CUSTOM\n  provider: {name: x}\n  rules: [{to: [{operation: {paths: ['/admin/*']}}]}]\n")))
+	if err != nil || len(objs) != 1 || len(warns) != 1 || !strings.Contains(warns[0], "CUSTOM") {
+		t.Fatalf("%v %v %v", objs, warns, err)
+	}
+	if p := objs[0].(*AuthorizationPolicy); p.Spec.Action != ActionDeny || len(p.Spec.Rules) != 1 || p.Spec.Rules[0].To[0].Paths[0] != "/admin/*" {
+		t.Fatalf("CUSTOM: %+v", p.Spec)
+	}
+	objs, warns, err = DecodeWithWarnings([]byte(ap("  action: AUDIT\n  provider: {name: x}\n  rules: [{}]\n")))
+	if err != nil || len(objs) != 0 || len(warns) != 1 || !strings.Contains(warns[0], "AUDIT") {
 		t.Fatalf("%v %v %v", objs, warns, err)
 	}
 	objs, _, err = DecodeWithWarnings([]byte(ap("  {}\n")))

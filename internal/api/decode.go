@@ -55,6 +55,20 @@ func Decode(data []byte) ([]Object, error) {
 // DecodeWithWarnings is Decode, also returning a warning for every field of
 // an Istio document that fogmesh does not support (and so ignores).
 func DecodeWithWarnings(data []byte) ([]Object, []string, error) {
+	return DecodeWithOptions(data, DecodeOptions{})
+}
+
+// DecodeOptions are settings of the mesh that translating Istio documents
+// depends on.
+type DecodeOptions struct {
+	// IstioRootNamespace is Istio's meshConfig.rootNamespace: an
+	// AuthorizationPolicy there applies to the whole mesh (default
+	// IstioRootNamespace, "istio-system").
+	IstioRootNamespace string
+}
+
+// DecodeWithOptions is DecodeWithWarnings with the mesh's settings.
+func DecodeWithOptions(data []byte, opts DecodeOptions) ([]Object, []string, error) {
 	if len(data) > MaxDocumentBytes {
 		return nil, nil, fmt.Errorf("document is %d bytes, more than the limit of %d", len(data), MaxDocumentBytes)
 	}
@@ -101,7 +115,7 @@ func DecodeWithWarnings(data []byte) ([]Object, []string, error) {
 	var warnings []string
 	for i, r := range flat {
 		if isIstio(r) {
-			objs, warns, err := decodeIstio(r)
+			objs, warns, err := decodeIstio(r, opts)
 			if err != nil {
 				return nil, nil, fmt.Errorf("document %d%s: %w", i+1, describe(r), err)
 			}

@@ -31,6 +31,7 @@ func isIstio(r json.RawMessage) bool {
 // walker takes known fields out of a JSON object and reports the rest.
 type walker struct {
 	warnings []string
+	opts     DecodeOptions
 }
 
 func (w *walker) leftovers(path string, m map[string]any) {
@@ -60,7 +61,7 @@ func obj(v any) map[string]any {
 	return m
 }
 
-func decodeIstio(r json.RawMessage) ([]Object, []string, error) {
+func decodeIstio(r json.RawMessage, opts DecodeOptions) ([]Object, []string, error) {
 	var doc map[string]any
 	if err := json.Unmarshal(r, &doc); err != nil {
 		return nil, nil, fmt.Errorf("json: %w", err)
@@ -78,7 +79,7 @@ func decodeIstio(r json.RawMessage) ([]Object, []string, error) {
 	if spec == nil {
 		return nil, nil, fieldErr("spec", "required")
 	}
-	w := &walker{}
+	w := &walker{opts: opts}
 	delete(meta, "labels")
 	delete(meta, "annotations")
 	w.leftovers("metadata", meta)
@@ -133,6 +134,22 @@ func (w *walker) virtualService(name, ns string, spec map[string]any) ([]Object,
 		return nil, fieldErr("spec.hosts", "at least one host is required")
 	}
 	https, _ := take[[]any](spec, "http")
+	if gws, ok := take[[]any](spec, "gateways"); ok && len(gws) > 0 {
+		// Istio: a VirtualService bound to gateways applies to mesh
+		// (sidecar) traffic only if the list names "mesh". fogmesh has no
+		// gateways, so one without "mesh" applies to nothing here.
+		if !containsString(gws, "mesh") {
+			w.warnf("spec.gateways %v does not include mesh: the VirtualService applies to gateways only and is skipped (fogmesh routes mesh traffic only; a route applied earlier under this name stays until deleted: fogmesh delete route %s -n %s)", gws, name, ns)
+			delete(spec, "tcp")
+			delete(spec, "tls")
+			delete(spec, "exportTo")
+			w.leftovers("spec", spec)
+			return nil, nil
+		}
+		if len(gws) > 1 {
+			w.warnf("spec.gateways: only mesh applies in fogmesh; the gateways are ignored")
+		}
+	}
 	for _, k := range []string{"tcp", "tls"} {
 		if _, ok := spec[k]; ok {
 			w.warnings = append(w.warnings, fmt.Sprintf("spec.%s routes are not supported (only http) and are ignored", k))
@@ -140,6 +157,12 @@ func (w *walker) virtualService(name, ns string, spec map[string]any) ([]Object,
 		}
 	}
 	w.leftovers("spec", spec)
+	if len(https) == 0 {
+		// Nothing for HTTP: Istio routes the hosts' HTTP requests by its
+		// defaults, as fogmesh does without a route.
+		w.warnf("spec.http is empty: the VirtualService has no HTTP routes and is skipped (a route applied earlier under this name stays until deleted: fogmesh delete route %s -n %s)", name, ns)
+		return nil, nil
+	}
 	var objs []Object
 	for hi, h := range hosts {
 		hs, _ := h.(string)
@@ -151,70 +174,197 @@ func (w *walker) virtualService(name, ns string, spec map[string]any) ([]Object,
 		if len(hosts) > 1 {
 			rname = name + "-" + svc
 		}
-		rt := &Route{Meta: Meta{Name: rname, Namespace: svcNS}, Spec: RouteSpec{Service: svc}}
+		// Istio answers a request no http route matches 404 ("no route").
+		rt := &Route{Meta: Meta{Name: rname, Namespace: svcNS}, Spec: RouteSpec{Service: svc, Unmatched: UnmatchedReject}}
 		for i, hr := range https {
-			rule, err := w.httpRoute(fmt.Sprintf("spec.http[%d]", i), obj(hr), svc, svcNS, ns, hi == 0)
+			path := fmt.Sprintf("spec.http[%d]", i)
+			rule, skip, err := w.httpRoute(path, obj(hr), svc, svcNS, ns, hi == 0)
 			if err != nil {
 				return nil, err
 			}
+			if skip {
+				if hi == 0 {
+					w.warnf("%s is skipped: none of its matches can be evaluated by fogmesh, and dropping the condition would widen the rule", path)
+				}
+				continue
+			}
 			rt.Spec.Rules = append(rt.Spec.Rules, rule)
+		}
+		if len(rt.Spec.Rules) == 0 && hi == 0 {
+			w.warnf("no http route is left: every request to %s is answered 404 (no route)", hs)
 		}
 		objs = append(objs, rt)
 	}
 	return objs, nil
 }
 
+// containsString reports whether the JSON list l holds s.
+func containsString(l []any, s string) bool {
+	for _, v := range l {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
 // httpRoute translates one http route; warn only once (for the first host).
-func (w *walker) httpRoute(path string, hr map[string]any, svc, svcNS, docNS string, warn bool) (RouteRule, error) {
-	var rule RouteRule
+// skip is true when the route has matches and none of them can be
+// evaluated (the rule is then left out, never widened).
+func (w *walker) httpRoute(path string, hr map[string]any, svc, svcNS, docNS string, warn bool) (rule RouteRule, skip bool, err error) {
 	if hr == nil {
-		return rule, fieldErr(path, "must be an object")
+		return rule, false, fieldErr(path, "must be an object")
 	}
 	hr = cloneMap(hr)
 	rule.Name, _ = take[string](hr, "name")
 	matches, _ := take[[]any](hr, "match")
 	for j, m := range matches {
 		mp := fmt.Sprintf("%s.match[%d]", path, j)
-		mm := cloneMap(obj(m))
-		var rm RouteMatch
-		var err error
-		if rm.Path, err = stringMatch(mp+".uri", obj(mm["uri"])); err != nil {
-			return rule, err
+		rm, ok, err := w.istioMatch(mp, cloneMap(obj(m)), warn)
+		if err != nil {
+			return rule, false, err
 		}
-		delete(mm, "uri")
-		if rm.Host, err = stringMatch(mp+".authority", obj(mm["authority"])); err != nil {
-			return rule, err
+		if ok {
+			rule.Match = append(rule.Match, rm)
 		}
-		delete(mm, "authority")
-		if mt, _ := stringMatch(mp+".method", obj(mm["method"])); mt != nil {
-			if mt.Exact == "" {
-				return rule, fieldErr(mp+".method", "only exact method matches are supported")
-			}
-			rm.Method = mt.Exact
-		}
-		delete(mm, "method")
-		if hs := obj(mm["headers"]); hs != nil {
-			rm.Headers = map[string]StringMatch{}
-			for hn, hv := range hs {
-				sm, err := stringMatch(mp+".headers."+hn, obj(hv))
-				if err != nil {
-					return rule, err
-				}
-				if sm != nil {
-					rm.Headers[hn] = *sm
-				}
-			}
-		}
-		delete(mm, "headers")
-		delete(mm, "name")
-		if warn {
-			w.leftovers(mp, mm)
-		}
-		rule.Match = append(rule.Match, rm)
 	}
+	if len(matches) > 0 && len(rule.Match) == 0 {
+		return rule, true, nil
+	}
+	rule, err = w.httpRouteAction(path, hr, rule, svc, svcNS, docNS, warn)
+	return rule, false, err
+}
+
+// istioMatchSkipped are HTTPMatchRequest fields fogmesh cannot evaluate:
+// a match using one is left out (a request that only it would match
+// matches a later rule or none), since ignoring the field would widen it.
+var istioMatchSkipped = map[string]string{
+	"port":          "port matches are not supported (a route applies to every port of its service)",
+	"ignoreUriCase": "case-insensitive URI matches are not supported",
+	"scheme":        "scheme matches are not supported",
+}
+
+// istioMatch translates one HTTPMatchRequest. ok is false when the match
+// uses a field fogmesh cannot evaluate (warned; see istioMatchSkipped).
+func (w *walker) istioMatch(mp string, mm map[string]any, warn bool) (rm RouteMatch, ok bool, err error) {
+	warnf := func(format string, args ...any) {
+		if warn {
+			w.warnf(format, args...)
+		}
+	}
+	if mm == nil {
+		return rm, false, fieldErr(mp, "must be an object")
+	}
+	if rm.Path, err = stringMatch(mp+".uri", obj(mm["uri"])); err != nil {
+		return rm, false, err
+	}
+	delete(mm, "uri")
+	if rm.Host, err = stringMatch(mp+".authority", obj(mm["authority"])); err != nil {
+		return rm, false, err
+	}
+	delete(mm, "authority")
+	if mt, _ := stringMatch(mp+".method", obj(mm["method"])); mt != nil {
+		if mt.Exact == "" {
+			return rm, false, fieldErr(mp+".method", "only exact method matches are supported")
+		}
+		rm.Method = mt.Exact
+		if mt.Exact != strings.ToUpper(mt.Exact) {
+			// Istio is case-sensitive and refuses such requests: the match
+			// matches nothing, where fogmesh would upper-case it.
+			warnf("%s is skipped: method %q is not upper case and matches no request", mp, mt.Exact)
+			return rm, false, nil
+		}
+	}
+	delete(mm, "method")
+	for _, f := range []struct {
+		key string
+		dst *map[string]StringMatch
+	}{{"headers", &rm.Headers}, {"withoutHeaders", &rm.WithoutHeaders}, {"queryParams", &rm.QueryParams}} {
+		hs := obj(mm[f.key])
+		delete(mm, f.key)
+		for _, hn := range sortedKeys(hs) {
+			hv := obj(hs[hn])
+			sm, err := stringMatch(mp+"."+f.key+"."+hn, hv)
+			if err != nil {
+				return rm, false, err
+			}
+			if sm == nil {
+				sm = &StringMatch{} // presence
+			}
+			if e, ok := hv["exact"]; ok && e == "" {
+				// Istio: {exact: ""} matches an empty value ("?key", or
+				// "X: "); fogmesh's empty StringMatch matches any value.
+				sm = &StringMatch{Regex: "^$"}
+			}
+			if *f.dst == nil {
+				*f.dst = map[string]StringMatch{}
+			}
+			(*f.dst)[hn] = *sm
+		}
+	}
+	if sl, present := mm["sourceLabels"]; present {
+		slm, ok := sl.(map[string]any)
+		if !ok {
+			return rm, false, fieldErr(mp+".sourceLabels", "must be a map of labels")
+		}
+		delete(mm, "sourceLabels")
+		rm.SourceLabels = map[string]string{}
+		for k, v := range slm {
+			vs, ok := v.(string)
+			if !ok {
+				return rm, false, fieldErr(mp+".sourceLabels."+k, "must be a string")
+			}
+			rm.SourceLabels[k] = vs
+		}
+	}
+	if sn, present := mm["sourceNamespace"]; present {
+		sns, ok := sn.(string)
+		if !ok || sns == "" {
+			return rm, false, fieldErr(mp+".sourceNamespace", "must be a namespace name")
+		}
+		delete(mm, "sourceNamespace")
+		rm.SourceNamespace = sns
+	}
+	delete(mm, "name")
+	if gws, present := take[[]any](mm, "gateways"); present && !containsString(gws, "mesh") {
+		warnf("%s is skipped: its gateways %v do not include mesh", mp, gws)
+		return rm, false, nil
+	}
+	if _, present := take[string](mm, "statPrefix"); present {
+		warnf("%s.statPrefix is not supported and is ignored (it only names statistics)", mp)
+	}
+	skipped := false
+	if v, present := mm["ignoreUriCase"]; present && v == false {
+		delete(mm, "ignoreUriCase")
+	}
+	for _, k := range sortedKeys(mm) {
+		why, known := istioMatchSkipped[k]
+		if !known {
+			why = "the field is not supported"
+		}
+		warnf("%s is skipped: %s.%s: %s, and ignoring it would widen the rule", mp, mp, k, why)
+		skipped = true
+	}
+	return rm, !skipped, nil
+}
+
+// httpRouteAction translates what an http route does with the requests
+// it matches: destinations, timeout, retries, mirror and fault.
+func (w *walker) httpRouteAction(path string, hr map[string]any, rule RouteRule, svc, svcNS, docNS string, warn bool) (RouteRule, error) {
 	routes, _ := take[[]any](hr, "route")
 	if len(routes) == 0 {
 		return rule, fieldErr(path+".route", "at least one destination is required (redirects and direct responses are not supported)")
+	}
+	// Istio: when any destination has a weight, one without has weight 0
+	// (a single destination gets everything whatever its weight).
+	weighted := false
+	for _, d := range routes {
+		if _, ok := obj(d)["weight"]; ok {
+			weighted = true
+		}
+	}
+	if !weighted && len(routes) > 1 && warn {
+		w.warnf("%s.route: no destination has a weight: fogmesh splits requests equally between them", path)
 	}
 	for j, d := range routes {
 		dp := fmt.Sprintf("%s.route[%d]", path, j)
@@ -232,6 +382,9 @@ func (w *walker) httpRoute(path string, hr map[string]any, svc, svcNS, docNS str
 		subset, _ := take[string](dest, "subset")
 		delete(dest, "port") // one service port per listener: the port is implied
 		weight := 1
+		if weighted {
+			weight = 0
+		}
 		if wv, ok := take[float64](dm, "weight"); ok {
 			weight = int(wv)
 		}

@@ -20,12 +20,23 @@ import (
 // istioTrustDomain is Istio's default trust domain, mapped onto fogmesh's.
 const istioTrustDomain = "cluster.local"
 
+// IstioRootNamespace is Istio's default root namespace (meshConfig
+// rootNamespace): an AuthorizationPolicy there applies to the whole mesh,
+// and is translated to a MeshWide policy. The control plane's
+// istioRootNamespace setting changes it (DecodeOptions).
+const IstioRootNamespace = "istio-system"
+
 func (w *walker) warnf(format string, args ...any) {
 	w.warnings = append(w.warnings, fmt.Sprintf(format, args...))
 }
 
 func (w *walker) authorizationPolicy(name, ns string, spec map[string]any) ([]Object, error) {
 	p := &AuthorizationPolicy{Meta: Meta{Name: name, Namespace: ns}}
+	root := w.opts.IstioRootNamespace
+	if root == "" {
+		root = IstioRootNamespace
+	}
+	p.Spec.MeshWide = ns == root
 	if sel := cloneMap(obj(spec["selector"])); sel != nil {
 		delete(spec, "selector")
 		labels := cloneMap(obj(sel["matchLabels"]))
@@ -56,7 +67,13 @@ func (w *walker) authorizationPolicy(name, ns string, spec map[string]any) ([]Ob
 		p.Spec.Action = ActionAllow
 	case "DENY":
 		p.Spec.Action = ActionDeny
-	case "CUSTOM", "AUDIT":
+	case "CUSTOM":
+		// An external authorizer may deny what the rules select; fogmesh
+		// has none, so it denies all of it: skipping would fail open.
+		delete(spec, "provider")
+		p.Spec.Action = ActionDeny
+		w.warnf("spec.action CUSTOM is not supported (no external authorizer): the requests its rules select are denied")
+	case "AUDIT":
 		delete(spec, "provider")
 		delete(spec, "rules")
 		w.warnf("spec.action %s is not supported: the policy is skipped", action)
@@ -75,8 +92,6 @@ func (w *walker) authorizationPolicy(name, ns string, spec map[string]any) ([]Ob
 		}
 		if keep {
 			p.Spec.Rules = append(p.Spec.Rules, rule)
-		} else {
-			w.warnf("%s is dropped: it has a condition fogmesh cannot evaluate, so this ALLOW rule never matches", rp)
 		}
 	}
 	return []Object{p}, nil
@@ -146,7 +161,18 @@ func (w *walker) authzRule(path string, r map[string]any, ns string, deny bool) 
 		for _, k := range sortedKeys(op) {
 			unsupported(tp + ".operation." + k) // hosts, notHosts
 		}
+		methodsGiven := len(o.Methods) > 0
+		o.Methods = w.istioMethods(tp+".operation.methods", o.Methods)
+		o.NotMethods = w.istioMethods(tp+".operation.notMethods", o.NotMethods)
+		if methodsGiven && len(o.Methods) == 0 {
+			w.warnf("%s matches no request and is left out", tp)
+			continue
+		}
 		rule.To = append(rule.To, o)
+	}
+	if len(to) > 0 && len(rule.To) == 0 {
+		w.warnf("%s is dropped: it matches no request (as in Istio)", path)
+		return rule, false, nil
 	}
 	when, _ := take[[]any](r, "when")
 	for j, c := range when {
@@ -178,7 +204,26 @@ func (w *walker) authzRule(path string, r map[string]any, ns string, deny bool) 
 		}
 	}
 	w.leftovers(path, r)
+	if !keep {
+		w.warnf("%s is dropped: it has a condition fogmesh cannot evaluate, so this ALLOW rule never matches", path)
+	}
 	return rule, keep, nil
+}
+
+// istioMethods keeps the methods that are upper case. Istio matches
+// methods case-sensitively and refuses a request whose method is not upper
+// case, so "get" matches no request; fogmesh's own policies upper-case
+// their methods, which here would widen the rule.
+func (w *walker) istioMethods(field string, ms []string) []string {
+	var out []string
+	for _, m := range ms {
+		if m == strings.ToUpper(m) {
+			out = append(out, m)
+		} else {
+			w.warnf("%s %q is not upper case: it matches no request (as in Istio) and is left out", field, m)
+		}
+	}
+	return out
 }
 
 func sortedKeys(m map[string]any) []string {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -173,5 +174,211 @@ spec:
 		if !strings.Contains(all, want) {
 			t.Errorf("no warning %q in:\n%s", want, all)
 		}
+	}
+}
+
+// TestIstioTranslationNeverWidens: every field fogmesh cannot evaluate
+// skips what holds it, with a warning naming it, and never leaves a rule
+// that matches more than the document says (issue 11).
+func TestIstioTranslationNeverWidens(t *testing.T) {
+	vs := func(spec string) string {
+		return "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: shop}\nspec:\n  hosts: [reviews]\n" + spec
+	}
+	v1, v2 := "{destination: {host: reviews, subset: v1}}", "{destination: {host: reviews, subset: v2}}"
+	for _, c := range []struct {
+		name, doc string
+		warn      []string // substrings, each in some warning
+		check     func(r *Route) string
+	}{
+		{"no default route rejects unmatched", vs("  http: [{match: [{uri: {prefix: /a}}], route: [" + v2 + "]}]\n"), nil,
+			func(r *Route) string {
+				if r.Spec.Unmatched != UnmatchedReject {
+					return "unmatched is " + r.Spec.Unmatched
+				}
+				return ""
+			}},
+		{"sourceLabels and sourceNamespace translate", vs("  http:\n  - match: [{sourceLabels: {app: productpage}, sourceNamespace: shop}]\n    route: [" + v2 + "]\n  - route: [" + v1 + "]\n"), nil,
+			func(r *Route) string {
+				if m := r.Spec.Rules[0].Match[0]; len(r.Spec.Rules) != 2 || m.SourceLabels["app"] != "productpage" || m.SourceNamespace != "shop" {
+					return fmt.Sprintf("rules %+v", r.Spec.Rules)
+				}
+				return ""
+			}},
+		{"scheme skips the rule", vs("  http:\n  - match: [{scheme: {exact: https}}]\n    route: [" + v2 + "]\n  - route: [" + v1 + "]\n"),
+			[]string{"spec.http[0].match[0] is skipped: spec.http[0].match[0].scheme", "spec.http[0] is skipped"},
+			func(r *Route) string {
+				if len(r.Spec.Rules) != 1 || r.Spec.Rules[0].Backends[0].Subset != "v1" {
+					return fmt.Sprintf("rules %+v", r.Spec.Rules)
+				}
+				return ""
+			}},
+		{"one skipped match of two keeps the other", vs("  http:\n  - match: [{port: 8080}, {uri: {exact: /x}}]\n    route: [" + v2 + "]\n"),
+			[]string{"spec.http[0].match[0] is skipped: spec.http[0].match[0].port"},
+			func(r *Route) string {
+				if len(r.Spec.Rules) != 1 || len(r.Spec.Rules[0].Match) != 1 || r.Spec.Rules[0].Match[0].Path.Exact != "/x" {
+					return fmt.Sprintf("rules %+v", r.Spec.Rules)
+				}
+				return ""
+			}},
+		{"every rule skipped rejects everything", vs("  http: [{match: [{port: 80}], route: [" + v2 + "]}]\n"),
+			[]string{"no http route is left"},
+			func(r *Route) string {
+				if len(r.Spec.Rules) != 0 || r.Spec.Unmatched != UnmatchedReject {
+					return fmt.Sprintf("spec %+v", r.Spec)
+				}
+				return ""
+			}},
+		{"unknown match field skips", vs("  http: [{match: [{futureField: 1}], route: [" + v2 + "]}, {route: [" + v1 + "]}]\n"),
+			[]string{"spec.http[0].match[0].futureField: the field is not supported"}, nil},
+		{"match gateways without mesh skips", vs("  http: [{match: [{gateways: [gw]}], route: [" + v2 + "]}, {route: [" + v1 + "]}]\n"),
+			[]string{"spec.http[0].match[0] is skipped: its gateways [gw] do not include mesh"},
+			func(r *Route) string {
+				if len(r.Spec.Rules) != 1 {
+					return fmt.Sprintf("rules %+v", r.Spec.Rules)
+				}
+				return ""
+			}},
+		{"match gateways with mesh applies", vs("  http: [{match: [{gateways: [mesh], uri: {prefix: /a}}], route: [" + v2 + "]}]\n"), nil,
+			func(r *Route) string {
+				if len(r.Spec.Rules) != 1 || r.Spec.Rules[0].Match[0].Path.Prefix != "/a" {
+					return fmt.Sprintf("rules %+v", r.Spec.Rules)
+				}
+				return ""
+			}},
+		{"lower-case method matches nothing", vs("  http: [{match: [{method: {exact: get}}], route: [" + v2 + "]}, {route: [" + v1 + "]}]\n"),
+			[]string{`spec.http[0].match[0] is skipped: method "get" is not upper case`},
+			func(r *Route) string {
+				if len(r.Spec.Rules) != 1 || r.Spec.Rules[0].Backends[0].Subset != "v1" {
+					return fmt.Sprintf("rules %+v", r.Spec.Rules)
+				}
+				return ""
+			}},
+		{"ignoreUriCase false is harmless", vs("  http: [{match: [{ignoreUriCase: false, uri: {prefix: /a}}], route: [" + v2 + "]}]\n"), nil, nil},
+		{"queryParams and withoutHeaders translate", vs("  http: [{match: [{queryParams: {a: {exact: x}, b: {exact: ''}, c: {regex: '[0-9]+'}, d: {prefix: p}}, withoutHeaders: {X-Test: {}}}], route: [" + v2 + "]}]\n"), nil,
+			func(r *Route) string {
+				m := r.Spec.Rules[0].Match[0]
+				q := m.QueryParams
+				b := q["b"]
+				if q["a"].Exact != "x" || !b.Matches("") || b.Matches("1") || q["c"].Regex != "[0-9]+" || q["d"].Prefix != "p" {
+					return fmt.Sprintf("queryParams %+v", q)
+				}
+				if wh, ok := m.WithoutHeaders["x-test"]; !ok || len(m.WithoutHeaders) != 1 || !wh.Matches("anything") {
+					return fmt.Sprintf("withoutHeaders %+v", m.WithoutHeaders)
+				}
+				return ""
+			}},
+		{"header exact empty matches an empty value only", vs("  http: [{match: [{headers: {x-a: {exact: ''}, x-b: {}, x-c: {prefix: ''}}}], route: [" + v2 + "]}]\n"), nil,
+			func(r *Route) string {
+				h := r.Spec.Rules[0].Match[0].Headers
+				a, b, c := h["x-a"], h["x-b"], h["x-c"]
+				if !a.Matches("") || a.Matches("v") || !b.Matches("v") || !c.Matches("v") {
+					return fmt.Sprintf("headers %+v", h)
+				}
+				return ""
+			}},
+		{"unweighted destination beside a weighted one gets 0", vs("  http: [{route: [{destination: {host: reviews, subset: v1}, weight: 70}, " + v2 + "]}]\n"), nil,
+			func(r *Route) string {
+				if b := r.Spec.Rules[0].Backends; b[0].Weight != 70 || b[1].Weight != 0 {
+					return fmt.Sprintf("backends %+v", b)
+				}
+				return ""
+			}},
+		{"no weights split equally, warned", vs("  http: [{route: [" + v1 + ", " + v2 + "]}]\n"),
+			[]string{"spec.http[0].route: no destination has a weight"},
+			func(r *Route) string {
+				if b := r.Spec.Rules[0].Backends; b[0].Weight != 1 || b[1].Weight != 1 {
+					return fmt.Sprintf("backends %+v", b)
+				}
+				return ""
+			}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			objs, warnings, err := DecodeWithWarnings([]byte(c.doc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			all := strings.Join(warnings, "\n")
+			for _, w := range c.warn {
+				if !strings.Contains(all, w) {
+					t.Errorf("no warning contains %q; warnings:\n%s", w, all)
+				}
+			}
+			if len(c.warn) == 0 && len(warnings) > 0 {
+				t.Errorf("unexpected warnings:\n%s", all)
+			}
+			if len(objs) != 1 {
+				t.Fatalf("got %d objects", len(objs))
+			}
+			if c.check != nil {
+				if msg := c.check(objs[0].(*Route)); msg != "" {
+					t.Error(msg)
+				}
+			}
+		})
+	}
+}
+
+func TestIstioGatewayOnlyVirtualServiceIsSkipped(t *testing.T) {
+	doc := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: shop}\nspec:\n  hosts: [reviews]\n  gateways: [bookinfo-gateway]\n  http: [{route: [{destination: {host: reviews, subset: v2}}]}]\n"
+	objs, warnings, err := DecodeWithWarnings([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 0 || len(warnings) != 1 || !strings.Contains(warnings[0], "applies to gateways only and is skipped") {
+		t.Fatalf("objects %v, warnings %q", objs, warnings)
+	}
+	objs, warnings, err = DecodeWithWarnings([]byte(strings.Replace(doc, "[bookinfo-gateway]", "[bookinfo-gateway, mesh]", 1)))
+	if err != nil || len(objs) != 1 || len(warnings) != 1 || !strings.Contains(warnings[0], "only mesh applies") {
+		t.Fatalf("with mesh: objects %v, warnings %q, err %v", objs, warnings, err)
+	}
+}
+
+// TestIstioVirtualServiceWithoutHTTP: only tcp routes: no Route (HTTP
+// requests keep the default routing), not a Route answering 404.
+func TestIstioVirtualServiceWithoutHTTP(t *testing.T) {
+	doc := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: shop}\nspec:\n  hosts: [db]\n  tcp: [{route: [{destination: {host: db}}]}]\n"
+	objs, warnings, err := DecodeWithWarnings([]byte(doc))
+	if err != nil || len(objs) != 0 || len(warnings) != 2 || !strings.Contains(strings.Join(warnings, "\n"), "no HTTP routes and is skipped") {
+		t.Fatalf("objects %v, warnings %q, err %v", objs, warnings, err)
+	}
+}
+
+func TestIstioRootNamespacePolicyIsMeshWide(t *testing.T) {
+	for ns, want := range map[string]bool{"istio-system": true, "shop": false} {
+		doc := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: " + ns + "}\nspec: {action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n"
+		objs, _, err := DecodeWithWarnings([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := objs[0].(*AuthorizationPolicy).Spec.MeshWide; got != want {
+			t.Errorf("namespace %s: meshWide %v, want %v", ns, got, want)
+		}
+		// With another root namespace (the control plane's setting).
+		objs, _, err = DecodeWithOptions([]byte(doc), DecodeOptions{IstioRootNamespace: "shop"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := objs[0].(*AuthorizationPolicy).Spec.MeshWide; got != !want {
+			t.Errorf("root namespace shop, namespace %s: meshWide %v, want %v", ns, got, !want)
+		}
+	}
+}
+
+func TestRouteUnmatchedValidation(t *testing.T) {
+	r := &Route{Meta: Meta{Name: "r"}, Spec: RouteSpec{Service: "s", Unmatched: "drop"}}
+	if err := r.Validate(); err == nil || !strings.Contains(err.Error(), "spec.unmatched") {
+		t.Errorf("unmatched drop: %v", err)
+	}
+	r.Spec.Unmatched = ""
+	if err := r.Validate(); err == nil || !strings.Contains(err.Error(), "spec.rules") {
+		t.Errorf("no rules: %v", err)
+	}
+	r.Spec.Unmatched = UnmatchedReject
+	if err := r.Validate(); err != nil {
+		t.Errorf("no rules, unmatched reject: %v", err)
+	}
+	r.Spec.Rules = []RouteRule{{Match: []RouteMatch{{QueryParams: map[string]StringMatch{"": {}}}}, Backends: []RouteBackend{{}}}}
+	if err := r.Validate(); err == nil || !strings.Contains(err.Error(), "queryParams") {
+		t.Errorf("empty query parameter name: %v", err)
 	}
 }

@@ -27,10 +27,23 @@ type Route struct {
 // RouteSpec: the first rule whose match matches a request decides.
 type RouteSpec struct {
 	// Service is the service (in the route's namespace) whose requests this
-	// route decides. One route per service: the newest applied wins.
+	// route decides. One route per service: the newest applied wins
+	// (fogmesh apply warns when another route names the service).
 	Service string      `json:"service"`
 	Rules   []RouteRule `json:"rules"`
+	// Unmatched says what happens to a request no rule matches: "" or
+	// UnmatchedAny (fogmesh's default) sends it to any endpoint of the
+	// service; UnmatchedReject answers it 404, as Istio answers a request
+	// no route of a VirtualService matches (so a canary's match rule gets
+	// no unmatched users). Routes from Istio documents are UnmatchedReject.
+	Unmatched string `json:"unmatched,omitempty"`
 }
+
+// Values of RouteSpec.Unmatched.
+const (
+	UnmatchedAny    = "any"
+	UnmatchedReject = "reject"
+)
 
 // RouteRule matches requests and splits them over backends.
 type RouteRule struct {
@@ -94,11 +107,30 @@ func (m *Mirror) MirrorPercent() float64 {
 
 // RouteMatch: every field given must match (AND).
 type RouteMatch struct {
-	Path    *StringMatch           `json:"path,omitempty"`
-	Host    *StringMatch           `json:"host,omitempty"` // the Host header, without port
-	Method  string                 `json:"method,omitempty"`
-	Headers map[string]StringMatch `json:"headers,omitempty"` // lower-case names
+	Path   *StringMatch `json:"path,omitempty"`
+	Host   *StringMatch `json:"host,omitempty"` // the Host header, without port
+	Method string       `json:"method,omitempty"`
+	// Headers must be present and match; several lines of one header
+	// match as their values joined with ",". Names are lower case.
+	Headers map[string]StringMatch `json:"headers,omitempty"`
+	// WithoutHeaders: the request must have none of these headers with a
+	// matching value (an empty StringMatch: none of these headers at all).
+	WithoutHeaders map[string]StringMatch `json:"withoutHeaders,omitempty"`
+	// QueryParams must be present in the query and match (the first value
+	// of a repeated parameter, decoded; "?key" has the value "").
+	QueryParams map[string]StringMatch `json:"queryParams,omitempty"`
+	// SourceLabels and SourceNamespace match the calling workload. The
+	// routing agent is the caller's, which knows a caller only when it is
+	// one of its node's workloads, identified by its address (and attest
+	// selectors): its namespace is its identity's, and its labels are those
+	// every workload of its node with its identity carries. An unknown
+	// caller matches neither.
+	SourceLabels    map[string]string `json:"sourceLabels,omitempty"`
+	SourceNamespace string            `json:"sourceNamespace,omitempty"`
 }
+
+// HasSource reports whether m has conditions on the calling workload.
+func (m *RouteMatch) HasSource() bool { return len(m.SourceLabels) > 0 || m.SourceNamespace != "" }
 
 // StringMatch is one of exact, prefix or regex (RE2, whole string).
 type StringMatch struct {
@@ -163,7 +195,15 @@ func (r *Route) Validate() error {
 	if err := validName("spec.service", r.Spec.Service); err != nil {
 		return err
 	}
-	if len(r.Spec.Rules) == 0 {
+	switch r.Spec.Unmatched {
+	case "", UnmatchedAny, UnmatchedReject:
+	default:
+		return fieldErr("spec.unmatched", "%q is not %s or %s", r.Spec.Unmatched, UnmatchedAny, UnmatchedReject)
+	}
+	if len(r.Spec.Rules) == 0 && r.Spec.Unmatched != UnmatchedReject {
+		// Without rules a route either means nothing or, with
+		// unmatched: reject, refuses everything (an Istio VirtualService
+		// whose every rule was skipped fails closed).
 		return fieldErr("spec.rules", "at least one rule is required")
 	}
 	for i := range r.Spec.Rules {
@@ -182,14 +222,26 @@ func (r *Route) Validate() error {
 				return err
 			}
 			m.Method = strings.ToUpper(m.Method)
-			hs := map[string]StringMatch{}
-			for name, sm := range m.Headers {
-				if err := sm.compile(mf + ".headers." + name); err != nil {
+			var err error
+			if m.Headers, err = compileMatchMap(mf+".headers.", m.Headers, true); err != nil {
+				return err
+			}
+			if m.WithoutHeaders, err = compileMatchMap(mf+".withoutHeaders.", m.WithoutHeaders, true); err != nil {
+				return err
+			}
+			if m.QueryParams, err = compileMatchMap(mf+".queryParams.", m.QueryParams, false); err != nil {
+				return err
+			}
+			for k := range m.SourceLabels {
+				if k == "" {
+					return fieldErr(mf+".sourceLabels", "an empty label name is not allowed")
+				}
+			}
+			if m.SourceNamespace != "" {
+				if err := validName(mf+".sourceNamespace", m.SourceNamespace); err != nil {
 					return err
 				}
-				hs[strings.ToLower(name)] = sm
 			}
-			m.Headers = hs
 		}
 		if len(rule.Backends) == 0 {
 			return fieldErr(f+".backends", "at least one backend is required")
@@ -219,6 +271,28 @@ func (r *Route) Validate() error {
 		}
 	}
 	return nil
+}
+
+// compileMatchMap compiles each StringMatch of a map, lower-casing the
+// names of headers (nil stays nil).
+func compileMatchMap(field string, ms map[string]StringMatch, header bool) (map[string]StringMatch, error) {
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]StringMatch, len(ms))
+	for name, sm := range ms {
+		if name == "" {
+			return nil, fieldErr(field, "an empty name is not allowed")
+		}
+		if err := sm.compile(field + name); err != nil {
+			return nil, err
+		}
+		if header {
+			name = strings.ToLower(name)
+		}
+		out[name] = sm
+	}
+	return out, nil
 }
 
 func validPercent(field string, p float64) error {

@@ -92,8 +92,13 @@ type Decision struct {
 
 // Engine is a compiled, immutable policy set. It is safe for concurrent use.
 type Engine struct {
-	byService   map[destKey]*dest // policies of the service and of its namespace
-	byNamespace map[string]*dest  // namespace-wide policies only
+	byService   map[destKey]*dest // policies of the service, its namespace and the mesh
+	byNamespace map[string]*dest  // namespace-wide and mesh-wide policies only
+	// Mesh-wide policies (api.AuthorizationPolicySpec.MeshWide): those
+	// selecting a service by its name in any namespace (with meshAll's),
+	// and those selecting every service.
+	meshService map[string]*dest
+	meshAll     *dest
 	n           int
 }
 
@@ -113,7 +118,7 @@ func Compile(policies []*api.AuthorizationPolicy) (*Engine, error) {
 	// A stable order makes "the policy that decided" deterministic.
 	ps := append([]*api.AuthorizationPolicy(nil), policies...)
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Meta.Key() < ps[j].Meta.Key() })
-	e := &Engine{byService: map[destKey]*dest{}, byNamespace: map[string]*dest{}, n: len(ps)}
+	e := &Engine{byService: map[destKey]*dest{}, byNamespace: map[string]*dest{}, meshService: map[string]*dest{}, n: len(ps)}
 	var compiled []*policy
 	for _, ap := range ps {
 		p, err := compilePolicy(ap)
@@ -132,35 +137,86 @@ func Compile(policies []*api.AuthorizationPolicy) (*Engine, error) {
 		d.http = d.http || p.http
 		d.mqtt = d.mqtt || p.mqtt
 	}
+	addAll := func(d, from *dest) {
+		if from == nil {
+			return
+		}
+		for _, q := range from.deny {
+			add(d, q)
+		}
+		for _, q := range from.allow {
+			add(d, q)
+		}
+	}
+	// Mesh-wide policies first: every narrower destination includes them.
 	for _, p := range compiled {
-		if p.service == "" {
-			d := e.byNamespace[p.ns]
+		if p.meshWide && p.service == "" {
+			if e.meshAll == nil {
+				e.meshAll = &dest{namespaceWide: true}
+			}
+			add(e.meshAll, p)
+		}
+	}
+	for _, p := range compiled {
+		if p.meshWide && p.service != "" {
+			d := e.meshService[p.service]
 			if d == nil {
-				d = &dest{namespaceWide: true}
-				e.byNamespace[p.ns] = d
+				d = &dest{}
+				addAll(d, e.meshAll)
+				e.meshService[p.service] = d
 			}
 			add(d, p)
 		}
 	}
 	for _, p := range compiled {
-		if p.service == "" {
-			continue
+		if p.service == "" && !p.meshWide {
+			d := e.byNamespace[p.ns]
+			if d == nil {
+				d = &dest{namespaceWide: true}
+				addAll(d, e.meshAll)
+				e.byNamespace[p.ns] = d
+			}
+			add(d, p)
 		}
-		k := destKey{p.ns, p.service}
+	}
+	// A service's destination: the mesh's policies for every service and
+	// for its name, its namespace's, then its own.
+	service := func(k destKey) *dest {
 		d := e.byService[k]
 		if d == nil {
 			d = &dest{}
-			if nw := e.byNamespace[p.ns]; nw != nil {
+			if ms := e.meshService[k.svc]; ms != nil {
+				addAll(d, ms)
+			} else {
+				addAll(d, e.meshAll)
+			}
+			if nw := e.byNamespace[k.ns]; nw != nil {
 				for _, q := range nw.deny {
-					add(d, q)
+					if !q.meshWide {
+						add(d, q)
+					}
 				}
 				for _, q := range nw.allow {
-					add(d, q)
+					if !q.meshWide {
+						add(d, q)
+					}
 				}
 			}
 			e.byService[k] = d
 		}
-		add(d, p)
+		return d
+	}
+	for _, p := range compiled {
+		if p.service != "" && !p.meshWide {
+			add(service(destKey{p.ns, p.service}), p)
+		}
+	}
+	// A namespace with namespace-wide policies and a service named by a
+	// mesh-wide policy: both apply, so the pair needs its own destination.
+	for ns := range e.byNamespace {
+		for svc := range e.meshService {
+			service(destKey{ns, svc})
+		}
 	}
 	return e, nil
 }
@@ -180,7 +236,13 @@ func (e *Engine) lookup(ns, svc string) *dest {
 	if d := e.byService[destKey{ns, svc}]; d != nil {
 		return d
 	}
-	return e.byNamespace[ns]
+	if d := e.byNamespace[ns]; d != nil {
+		return d
+	}
+	if d := e.meshService[svc]; d != nil {
+		return d
+	}
+	return e.meshAll
 }
 
 // Selects reports whether any policy selects the service.
@@ -245,6 +307,7 @@ func namespaceOf(id string) string {
 // policy is a compiled AuthorizationPolicy.
 type policy struct {
 	name, ns, service string
+	meshWide          bool
 	deny              bool
 	rules             []rule
 	http, mqtt        bool
@@ -284,7 +347,7 @@ type condition struct {
 }
 
 func compilePolicy(ap *api.AuthorizationPolicy) (*policy, error) {
-	p := &policy{name: ap.Meta.Key(), ns: api.NamespaceOr(ap.Meta.Namespace), service: ap.Spec.Service}
+	p := &policy{name: ap.Meta.Key(), ns: api.NamespaceOr(ap.Meta.Namespace), service: ap.Spec.Service, meshWide: ap.Spec.MeshWide}
 	switch ap.Spec.Action {
 	case "", api.ActionAllow:
 	case api.ActionDeny:
@@ -449,6 +512,11 @@ func (o *operation) matches(r *Request, deny bool) bool {
 	return true
 }
 
+// headerMatches: v matches one of values (if given) and none of notValues.
+func (c *condition) headerMatches(v string) bool {
+	return c.values.allows(v) && c.notValues.refuses(v)
+}
+
 func (c *condition) matches(r *Request, srcNS string, deny bool) bool {
 	var v string
 	switch c.kind {
@@ -465,25 +533,25 @@ func (c *condition) matches(r *Request, srcNS string, deny bool) bool {
 		if r.Proto != HTTP {
 			return unknown(deny, true)
 		}
+		// Istio (Envoy) matches a header sent several times as its values
+		// joined with ",". A DENY rule also matches when one value alone
+		// would: it then denies at least what Istio denies.
 		vs := r.Header[c.header]
-		if len(c.values) > 0 {
-			ok := false
+		switch {
+		case len(vs) == 0:
+			return len(c.values) == 0
+		case len(vs) == 1:
+			return c.headerMatches(vs[0])
+		case c.headerMatches(strings.Join(vs, ",")):
+			return true
+		case deny:
 			for _, h := range vs {
-				if c.values.allows(h) {
-					ok = true
-					break
+				if c.headerMatches(h) {
+					return true
 				}
 			}
-			if !ok {
-				return false
-			}
 		}
-		for _, h := range vs {
-			if !c.notValues.refuses(h) {
-				return false
-			}
-		}
-		return true
+		return false
 	}
 	return c.values.allows(v) && c.notValues.refuses(v)
 }

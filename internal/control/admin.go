@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
+	"strings"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -127,7 +129,7 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("read body: %w", err))
 		return
 	}
-	objs, warnings, err := api.DecodeWithWarnings(body)
+	objs, warnings, err := api.DecodeWithOptions(body, api.DecodeOptions{IstioRootNamespace: s.cfg.IstioRootNamespace})
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -138,6 +140,7 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mApplies.Inc()
+	warnings = append(warnings, s.routeConflicts(objs)...)
 	resp := ApplyResponse{Version: rev, Warnings: warnings}
 	for _, o := range objs {
 		resp.Applied = append(resp.Applied, api.ObjectKey(o))
@@ -163,4 +166,48 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, 
 		s.auditAdmin(r, "delete", []string{obj}, fmt.Sprintf("version %d", rev))
 		writeJSON(w, http.StatusOK, map[string]uint64{"version": rev})
 	}
+}
+
+// routeConflicts warns about every applied route whose service another
+// route also routes: only one route decides a service's requests (the
+// newest; agents pick the highest version), where Istio would merge
+// VirtualServices of one host for a gateway and warn otherwise.
+func (s *Server) routeConflicts(applied []api.Object) []string {
+	var mine []*api.Route
+	for _, o := range applied {
+		if r, ok := o.(*api.Route); ok {
+			mine = append(mine, r)
+		}
+	}
+	if len(mine) == 0 {
+		return nil
+	}
+	all, _, err := s.reg.list(api.KindRoute)
+	if err != nil {
+		return []string{fmt.Sprintf("cannot check for other routes of the same service: %v", err)}
+	}
+	var warnings []string
+	for _, r := range mine {
+		var names []string
+		var newest *api.Route
+		for _, o := range all {
+			other := o.(*api.Route)
+			if other.Meta.Namespace != r.Meta.Namespace || other.Spec.Service != r.Spec.Service {
+				continue
+			}
+			if newest == nil || other.Meta.Version > newest.Meta.Version {
+				newest = other
+			}
+			if other.Meta.Name != r.Meta.Name {
+				names = append(names, other.Meta.Name)
+			}
+		}
+		if len(names) == 0 || newest == nil {
+			continue
+		}
+		sort.Strings(names)
+		warnings = append(warnings, fmt.Sprintf("route %s: service %s/%s is also routed by %s; routes are not merged: only the newest, %s, applies",
+			r.Meta.Key(), r.Meta.Namespace, r.Spec.Service, strings.Join(names, ", "), newest.Meta.Key()))
+	}
+	return warnings
 }

@@ -39,6 +39,10 @@ type Config struct {
 	// NodeTimeout is how long a node may miss heartbeats before it is marked
 	// not ready (default 3 × HeartbeatInterval).
 	NodeTimeout time.Duration
+	// IstioRootNamespace is Istio's root namespace for the Istio documents
+	// applied (default api.IstioRootNamespace): an AuthorizationPolicy
+	// there applies mesh-wide.
+	IstioRootNamespace string
 	// VIPRange is the default virtual IP range, mapped by VIP index
 	// (default 127.77.0.0/16: all of 127/8 routes to lo, so agents listen
 	// there without root).
