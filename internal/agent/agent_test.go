@@ -135,20 +135,31 @@ type agentOpts struct {
 
 func startAgent(t testing.TB, o agentOpts) *Agent {
 	t.Helper()
+	return startAgentWith(t, o, nil)
+}
+
+// startAgentWith is startAgent with a last word on the Config (tweak may be
+// nil).
+func startAgentWith(t testing.TB, o agentOpts, tweak func(*Config)) *Agent {
+	t.Helper()
 	if o.meshAddr == "" {
 		o.meshAddr = "127.0.0.1:0"
 	}
 	if o.ejectFor == 0 {
 		o.ejectFor = 5 * time.Second
 	}
-	a, err := New(Config{
+	cfg := Config{
 		Node:    NodeConfig{Name: o.name, Site: o.site, Region: o.region},
 		Control: o.control, MeshAddr: o.meshAddr, DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		VIPRange: fmt.Sprintf("127.%d.0.0/16", o.vipOctet), VIP6Range: o.vip6,
 		StateDir: o.stateDir, Workloads: o.workloads, Upstreams: []string{},
 		HealthInterval: Duration(200 * time.Millisecond), EjectFor: Duration(o.ejectFor),
 		MaxRequests: o.maxRequests, Insecure: true, MeshPingInterval: Duration(o.meshPing),
-	})
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

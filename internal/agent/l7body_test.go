@@ -72,28 +72,6 @@ func (b *countingBackend) counts() (accepted, busy int) {
 	return b.accepted, busy
 }
 
-// startAgentWith is startAgent with the config adjusted by tweak.
-func startAgentWith(t *testing.T, o agentOpts, tweak func(*Config)) *Agent {
-	t.Helper()
-	cfg := Config{
-		Node:    NodeConfig{Name: o.name, Site: o.site, Region: o.region},
-		Control: o.control, MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		VIPRange: fmt.Sprintf("127.%d.0.0/16", o.vipOctet), StateDir: o.stateDir, Workloads: o.workloads, Upstreams: []string{},
-		HealthInterval: Duration(200 * time.Millisecond), EjectFor: Duration(5 * time.Second),
-		MaxRequests: o.maxRequests, Insecure: true,
-	}
-	tweak(&cfg)
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { a.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return a
-}
-
 // waitListening waits until addr accepts TCP connections (no request is
 // sent, so no upstream connection is opened).
 func waitListening(t *testing.T, addr string) {
