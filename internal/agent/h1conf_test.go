@@ -110,6 +110,9 @@ func (b *captureBackend) serve(c net.Conn) {
 			return
 		}
 		resp := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+		if req.Method == http.MethodHead {
+			resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+		}
 		if b.respond != nil {
 			resp = b.respond(req)
 		}
