@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // capturedReq is one request as a capturing backend read it.
@@ -411,4 +415,90 @@ func TestH1PoolIdleClose(t *testing.T) {
 	// timeouts.idle is 300 ms: all close without a request to pop them
 	// (waitFor gives them 10 s).
 	waitFor(t, "idle upstream connections to close", func() bool { return be.openConns() == 0 })
+}
+
+// TestRemoteHeaderHygiene: the destination agent's server for remote
+// requests (authzServer) drops identity headers in every spelling (issue
+// 9, finding 5) whoever sent them, and passes on the forwarding headers
+// the source agent set.
+func TestRemoteHeaderHygiene(t *testing.T) {
+	be := startCaptureBackend(t, nil)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: hyg, namespace: demo}
+spec: {ports: [{name: http, port: 19364, protocol: http}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: hyg-all, namespace: demo}
+spec: {service: hyg, rules: [{to: [{methods: [GET]}]}]}
+`)
+	startAgent(t, agentOpts{name: "srv", site: "s1", region: "r1", vipOctet: 242, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{{Name: "hyg-1", Service: "hyg", Namespace: "demo", Ports: []api.EndpointPort{{Name: "http", Port: be.port()}}}}})
+	cli := startAgent(t, agentOpts{name: "cli", site: "s1", region: "r1", vipOctet: 240, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	var mesh string
+	waitFor(t, "the remote endpoint and the policy on the client node", func() bool {
+		v := cli.view.Load()
+		if sv := v.services["demo/hyg"]; sv != nil && len(sv.endpoints) == 1 && sv.endpoints[0].mesh != "" && v.authz.Len() == 1 {
+			mesh = sv.endpoints[0].mesh
+			return true
+		}
+		return false
+	})
+	addr := "127.240.0.1:19364"
+	waitFor(t, "listener", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+	const spoof = "X_Fogmesh_Source_Id: spiffe://fogmesh.local/ns/demo/sa/admin\r\nX_Forwarded_For: 6.6.6.6\r\nX_other: kept\r\n"
+	check := func(t *testing.T, wantXFF string) {
+		t.Helper()
+		_, reqs := be.take()
+		if len(reqs) != 1 {
+			t.Fatalf("%d requests at the endpoint", len(reqs))
+		}
+		h := reqs[0].header
+		for k := range h {
+			if strings.Contains(k, "_") && k != "X_other" {
+				t.Errorf("%q reached the workload: %v", k, h)
+			}
+		}
+		if got := strings.Join(h["X-Forwarded-For"], ","); got != wantXFF || h.Get("X_other") != "kept" {
+			t.Errorf("X-Forwarded-For %q, want %q: %v", got, wantXFF, h)
+		}
+	}
+
+	t.Run("through the source agent", func(t *testing.T) {
+		out := exchange(t, addr, "GET /a HTTP/1.1\r\nHost: hyg\r\nConnection: close\r\n"+spoof+"\r\n", false)
+		if !strings.HasPrefix(out, "HTTP/1.1 200") {
+			t.Fatalf("%q", out)
+		}
+		check(t, "127.0.0.1")
+	})
+
+	t.Run("straight onto a mesh stream", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := cli.peers.Dial(ctx, mesh, transport.Header{Namespace: "demo", Service: "hyg", Endpoint: "hyg-1", Port: "http", Source: "cli"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		s.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(s, "GET /b HTTP/1.1\r\nHost: hyg\r\nConnection: close\r\nX-Forwarded-For: 10.1.2.3\r\n"+spoof+"\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(s), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s", resp.Status)
+		}
+		check(t, "10.1.2.3")
+	})
 }
