@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"maps"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -38,8 +40,8 @@ func startH1DiffHarness(t testing.TB) *h1DiffHarness {
 	}
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cr := capturedReq{method: r.Method, target: r.RequestURI, host: r.Host, header: r.Header.Clone()}
-		cr.body, err = io.ReadAll(r.Body)
-		cr.complete, cr.trailer = err == nil, r.Trailer.Clone()
+		body, err := io.ReadAll(r.Body)
+		cr.body, cr.complete, cr.trailer = body, err == nil, r.Trailer.Clone()
 		cr.target = r.URL.RequestURI() // what a proxy sends on (origin form)
 		if r.Method == http.MethodConnect && r.URL.Path == "" {
 			cr.target = r.URL.Host // authority form, as http.Transport sends it
@@ -54,9 +56,29 @@ func startH1DiffHarness(t testing.TB) *h1DiffHarness {
 
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, httpSvcDoc("fuzz", 19363, "http"))
-	startAgent(t, agentOpts{name: "z", site: "s1", region: "r1", vipOctet: 239, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("fuzz", "fuzz-1", h.be.port())}})
-	h.vip = "127.239.0.1:19363"
+	// -fuzz runs this in the coordinator and in every worker process: a
+	// VIP range of their own (127.239.N.0/24) keeps their listeners apart.
+	a, err := New(Config{
+		Node:    NodeConfig{Name: "z", Site: "s1", Region: "r1"},
+		Control: []string{cp.SyncAddr()}, MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		VIPRange: fmt.Sprintf("127.239.%d.0/24", os.Getpid()%250+1), StateDir: t.TempDir(), Upstreams: []string{},
+		Workloads: []Workload{webWorkload("fuzz", "fuzz-1", h.be.port())}, HealthInterval: Duration(200 * time.Millisecond),
+		EjectFor: Duration(5 * time.Second), Insecure: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "the service's address", func() bool {
+		r, ok := a.LookupService("demo", "fuzz")
+		if ok && r.V4.IsValid() {
+			h.vip = fmt.Sprintf("%s:19363", r.V4)
+		}
+		return h.vip != ""
+	})
 	waitFor(t, "listener", func() bool {
 		resp, err := http.Get("http://" + h.vip + "/")
 		if err != nil {
