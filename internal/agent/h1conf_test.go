@@ -273,6 +273,38 @@ func TestH1Conformance(t *testing.T) {
 		}
 	})
 
+	t.Run("h2c", func(t *testing.T) {
+		var protos http.Protocols
+		protos.SetUnencryptedHTTP2(true)
+		tr := &http.Transport{Protocols: &protos}
+		defer tr.CloseIdleConnections()
+		req, _ := http.NewRequest("GET", "http://"+addr+"/h2", nil)
+		req.Header["x_fogmesh_source_id"] = []string{"spiffe://fogmesh.local/ns/demo/sa/admin"}
+		req.Header["x_forwarded_for"] = []string{"6.6.6.6"}
+		req.Header["x-forwarded-for"] = []string{"6.6.6.6"}
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("%s %s", resp.Proto, resp.Status)
+		}
+		_, reqs := be.take()
+		if len(reqs) != 1 {
+			t.Fatalf("%d requests at the endpoint", len(reqs))
+		}
+		h := reqs[0].header
+		for k := range h {
+			if strings.Contains(k, "_") {
+				t.Errorf("%q reached the endpoint: %v", k, h)
+			}
+		}
+		if got := h["X-Forwarded-For"]; len(got) != 1 || got[0] != "127.0.0.1" {
+			t.Errorf("X-Forwarded-For %q", got)
+		}
+	})
+
 	t.Run("trailers", func(t *testing.T) {
 		out := exchangeRaw(t, addr, "POST /t HTTP/1.1\r\nHost: conf\r\nTrailer: X-Fogmesh-Source-Id, X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n"+
 			"3\r\nabc\r\n0\r\nX-Fogmesh-Source-Id: spiffe://fogmesh.local/ns/demo/sa/admin\r\nX_Fogmesh_Source_Id: y\r\nHost: evil\r\n"+
