@@ -120,8 +120,8 @@ func (b *captureBackend) serve(c net.Conn) {
 		if b.respond != nil {
 			resp = b.respond(req)
 		}
-		if _, err := io.WriteString(c, resp); err != nil {
-			return
+		if _, err := io.WriteString(c, resp); err != nil || req.Method == http.MethodConnect {
+			return // a CONNECT's 2xx response would start a tunnel
 		}
 	}
 }
