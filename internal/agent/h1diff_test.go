@@ -96,7 +96,7 @@ func startH1DiffHarness(t testing.TB) *h1DiffHarness {
 // until the server closes, by deadline.
 func send(t testing.TB, from, to string, raw []byte, deadline time.Time) {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second}
+	d := net.Dialer{Deadline: deadline}
 	if from != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
 	}
@@ -130,7 +130,7 @@ func (h *h1DiffHarness) run(t testing.TB, raw []byte) (forwarded, accepted int) 
 	// fails with its bytes.
 	deadline := time.Now().Add(8 * time.Second)
 	send(t, from, h.vip, raw, deadline)
-	send(t, "", h.ref.Addr().String(), raw, deadline)
+	send(t, from, h.ref.Addr().String(), raw, deadline)
 	_, all := h.be.take()
 	h.mu.Lock()
 	refs := h.refs
