@@ -36,6 +36,7 @@ type captureBackend struct {
 	mu   sync.Mutex // guards the following
 	raw  bytes.Buffer
 	reqs []capturedReq
+	gen  int // take calls so far: a request read across one is dropped
 	open int // connections open
 }
 
@@ -103,12 +104,14 @@ func (b *captureBackend) serve(c net.Conn) {
 			return
 		}
 		b.mu.Lock()
-		i := len(b.reqs)
+		i, gen := len(b.reqs), b.gen
 		b.reqs = append(b.reqs, capturedReq{method: req.Method, target: req.RequestURI, host: req.Host, header: req.Header.Clone()})
 		b.mu.Unlock()
 		body, err := io.ReadAll(req.Body)
 		b.mu.Lock()
-		b.reqs[i].body, b.reqs[i].complete, b.reqs[i].trailer = body, err == nil, req.Trailer.Clone()
+		if b.gen == gen {
+			b.reqs[i].body, b.reqs[i].complete, b.reqs[i].trailer = body, err == nil, req.Trailer.Clone()
+		}
 		b.mu.Unlock()
 		if err != nil {
 			return
@@ -128,13 +131,14 @@ func (b *captureBackend) serve(c net.Conn) {
 
 func (b *captureBackend) port() int { return b.ln.Addr().(*net.TCPAddr).Port }
 
-// snapshot returns what the backend received so far and forgets it.
+// take returns what the backend received so far and forgets it.
 func (b *captureBackend) take() (raw string, reqs []capturedReq) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	raw, reqs = b.raw.String(), b.reqs
 	b.raw.Reset()
 	b.reqs = nil
+	b.gen++
 	return raw, reqs
 }
 
