@@ -152,13 +152,13 @@ func (b *captureBackend) openConns() int {
 // agent answered until it closed the connection.
 func exchangeRaw(t testing.TB, addr, raw string) string {
 	t.Helper()
-	return exchange(t, addr, raw, true)
+	return exchangeH1(t, addr, raw, true)
 }
 
-// exchange is exchangeRaw, without the half-close if halfClose is false
+// exchangeH1 is exchangeRaw, without the half-close if halfClose is false
 // (net/http's server takes one as the client gone and cancels its
 // request; raw must then end with a request that closes).
-func exchange(t testing.TB, addr, raw string, halfClose bool) string {
+func exchangeH1(t testing.TB, addr, raw string, halfClose bool) string {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -251,7 +251,7 @@ func TestH1Conformance(t *testing.T) {
 			"GET /fast HTTP/1.1\r\nHost: conf\r\nConnection: close\r\n" + spoof + "\r\n",            // the fast path
 			"GET http://conf/slow HTTP/1.1\r\nHost: conf\r\nConnection: close\r\n" + spoof + "\r\n", // absolute form: the ReverseProxy path
 		} {
-			out := exchange(t, addr, raw, false)
+			out := exchangeH1(t, addr, raw, false)
 			if !strings.HasPrefix(out, "HTTP/1.1 200") {
 				t.Fatalf("%q: %q", raw, out)
 			}
@@ -510,7 +510,7 @@ spec: {service: hyg, rules: [{to: [{methods: [GET]}]}]}
 	}
 
 	t.Run("through the source agent", func(t *testing.T) {
-		out := exchange(t, addr, "GET /a HTTP/1.1\r\nHost: hyg\r\nConnection: close\r\n"+spoof+"\r\n", false)
+		out := exchangeH1(t, addr, "GET /a HTTP/1.1\r\nHost: hyg\r\nConnection: close\r\n"+spoof+"\r\n", false)
 		if !strings.HasPrefix(out, "HTTP/1.1 200") {
 			t.Fatalf("%q", out)
 		}

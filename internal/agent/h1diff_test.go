@@ -19,13 +19,20 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
+// h1DiffPrepare is what the agent does to a request it has read before it
+// forwards it, on every path (none so far; path normalisation would go
+// here): the reference request gets the same, and a request it refuses
+// is refused.
+var h1DiffPrepare = func(a *Agent, r *http.Request) error { return nil }
+
 // h1DiffHarness feeds the same bytes to the agent's HTTP/1.1 fast path (a
 // real agent, its VIP in front of a capturing endpoint) and to net/http's
 // server (a capturing handler), for FuzzH1Differential.
 type h1DiffHarness struct {
-	vip string
-	be  *captureBackend
-	ref net.Listener
+	agent *Agent
+	vip   string
+	be    *captureBackend
+	ref   net.Listener
 
 	mu   sync.Mutex // guards refReqs
 	refs []capturedReq
@@ -40,6 +47,10 @@ func startH1DiffHarness(t testing.TB) *h1DiffHarness {
 		t.Fatal(err)
 	}
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h.agent == nil || h1DiffPrepare(h.agent, r) != nil {
+			http.Error(w, "refused", http.StatusBadRequest) // the agent refuses it too
+			return
+		}
 		cr := capturedReq{method: r.Method, target: r.RequestURI, host: r.Host, header: r.Header.Clone()}
 		body, err := io.ReadAll(r.Body)
 		cr.body, cr.complete, cr.trailer = body, err == nil, r.Trailer.Clone()
@@ -69,6 +80,7 @@ func startH1DiffHarness(t testing.TB) *h1DiffHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.agent = a
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { a.Run(ctx); close(done) }()
