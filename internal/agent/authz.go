@@ -581,6 +581,14 @@ func newAuthzServer(a *Agent) *authzServer {
 	s := &authzServer{a: a, ln: &connListener{ch: make(chan net.Conn), closed: make(chan struct{})}}
 	s.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
+			scrubProxyRequest(pr)
+			// The source agent set the forwarding headers, and handle the
+			// identity this agent vouched for: they pass on.
+			for _, k := range sourceAgentHeaders {
+				if v := pr.In.Header[k]; v != nil {
+					pr.Out.Header[k] = v
+				}
+			}
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = pr.In.Host
 			if pr.Out.URL.Host == "" {
@@ -633,6 +641,10 @@ func newAuthzServer(a *Agent) *authzServer {
 	return s
 }
 
+// sourceAgentHeaders are the headers of a remote request that the source
+// agent set (or, for SourceIDHeader, authzServer.handle after vouching).
+var sourceAgentHeaders = []string{SourceIDHeader, "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
@@ -681,8 +693,8 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 		src, _ = s.a.vouch(ms.streamCtx, ms.h, claimed)
 	}
 	// The workload sees the identity this agent accepted, never a claim
-	// it refused.
-	r.Header.Del(SourceIDHeader)
+	// it refused, in no spelling.
+	dropIdentityHeaders(r.Header)
 	if src != "" {
 		r.Header.Set(SourceIDHeader, src)
 	}

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // The HTTP/1.1 fast path. A client connection to a service port declared
@@ -30,8 +32,13 @@ import (
 // the bytes read so far replayed, and stays there for the rest of the
 // connection: HTTP/2 (prior knowledge), upgrades (WebSocket, h2c),
 // Expect: 100-continue, CONNECT, any protocol version but HTTP/1.1 (which
-// also lets the server answer malformed request lines), and headers larger
-// than h1BufSize.
+// also lets the server answer malformed request lines), targets that are
+// not origin-form, and headers larger than h1BufSize.
+//
+// What the fast path serves it parses with http.ReadRequest, the parser of
+// net/http's server, and then checks as that server does (checkRequest),
+// so it accepts no request the server would refuse and frames every body
+// as the server would (FuzzH1Differential holds it to that).
 
 const (
 	h1BufSize            = 4 << 10              // client and upstream bufio buffers
@@ -108,13 +115,27 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
 	}
+	lastPost := false
 	for {
 		c.SetReadDeadline(time.Now().Add(s.h1IdleTimeout(tc.target)))
 		if _, err := br.Peek(1); err != nil {
 			return // closed by the client, idle timeout or shutdown
 		}
+		if lastPost {
+			// RFC 9112 §2.2: the CRLF some clients send after a POST body,
+			// skipped as net/http's server does.
+			peek, _ := br.Peek(4)
+			br.Discard(numLeadingCRorLF(peek))
+			if _, err := br.Peek(1); err != nil {
+				return
+			}
+		}
 		hdr, err := peekHeader(br, c)
-		if err == errH1TooLarge || (err == nil && !h1Eligible(hdr)) {
+		eligible, clte := false, false
+		if err == nil {
+			eligible, clte = h1Eligible(hdr)
+		}
+		if err == errH1TooLarge || (err == nil && !eligible) {
 			// The net/http server takes the connection from here on.
 			c.SetReadDeadline(time.Time{})
 			rest := make([]byte, br.Buffered())
@@ -136,6 +157,10 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 		if err != nil {
 			writeH1Status(bw, readRequestStatus(err), err.Error())
 			return
+		}
+		lastPost = req.Method == http.MethodPost
+		if clte {
+			req.Close = true // RFC 9112 §6.1: close after responding
 		}
 		if err := s.a.normalizeRequest(req); err != nil {
 			writeH1Status(bw, http.StatusBadRequest, err.Error())
@@ -197,17 +222,14 @@ func (cs *h1ClientConn) watch() (stop func()) {
 
 var errH1TooLarge = errors.New("request header larger than the buffer")
 
-// peekHeader returns the request header (request line to the last header
-// line) once it is in br's buffer, without consuming it.
+// peekHeader returns the request head (request line to the blank line
+// that ends it) once it is in br's buffer, without consuming it.
 func peekHeader(br *bufio.Reader, c net.Conn) ([]byte, error) {
 	deadlineSet := false
 	for {
 		b, _ := br.Peek(br.Buffered())
-		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-			return b[:i+2], nil
-		}
-		if i := bytes.Index(b, []byte("\n\n")); i >= 0 {
-			return b[:i+1], nil
+		if n := headEnd(b); n >= 0 {
+			return b[:n], nil
 		}
 		if len(b) >= br.Size() {
 			return nil, errH1TooLarge
@@ -222,26 +244,65 @@ func peekHeader(br *bufio.Reader, c net.Conn) ([]byte, error) {
 	}
 }
 
+// headEnd returns the length of the head at the start of b, up to and
+// including the blank line that ends it, or -1 if b holds no blank line
+// yet. Lines end at LF, and a blank line is LF or CRLF, as net/textproto
+// (http.ReadRequest) reads them; the fast path must judge the same bytes
+// that ReadRequest then parses.
+func headEnd(b []byte) int {
+	for off := 0; ; {
+		i := bytes.IndexByte(b[off:], '\n')
+		if i < 0 {
+			return -1
+		}
+		off += i + 1
+		switch {
+		case off < len(b) && b[off] == '\n':
+			return off + 1
+		case off+1 < len(b) && b[off] == '\r' && b[off+1] == '\n':
+			return off + 2
+		}
+	}
+}
+
 // h1Eligible reports whether the fast path serves a request with this
-// header: an HTTP/1.1 request with one Host header that asks for no
-// upgrade and no 100-continue.
-func h1Eligible(hdr []byte) bool {
+// head: an HTTP/1.1 request with an origin-form target and one Host
+// header, that asks for no upgrade and no 100-continue. Others go to the
+// net/http server, which answers malformed ones. clte reports a head with
+// both Content-Length and Transfer-Encoding (the connection closes after
+// the response, RFC 9112 §6.1; net/http keeps it).
+//
+// Header names are matched as http.ReadRequest reads them: a line is a
+// field when it does not start with a space or tab (obs-fold continues the
+// previous one), and a name with anything but a token before the colon is
+// refused after parsing (checkRequest).
+func h1Eligible(hdr []byte) (ok, clte bool) {
 	line, rest, _ := bytes.Cut(hdr, []byte("\n"))
 	line = bytes.TrimSuffix(line, []byte("\r"))
 	if !bytes.HasSuffix(line, []byte(" HTTP/1.1")) || bytes.HasPrefix(line, []byte("CONNECT ")) || bytes.HasPrefix(line, []byte("PRI ")) {
-		return false
+		return false, false
 	}
-	hosts := 0
+	// Origin-form only: the Host header is then the request's host, and
+	// the absolute form (whose Host header net/http still checks) and
+	// "*" are the server's.
+	if sp := bytes.IndexByte(line, ' '); sp < 0 || sp+1 >= len(line) || line[sp+1] != '/' {
+		return false, false
+	}
+	hosts, cl, te := 0, false, false
 	for len(rest) > 0 {
 		line, rest, _ = bytes.Cut(rest, []byte("\n"))
-		if hasPrefixFold(line, "upgrade:") || hasPrefixFold(line, "expect:") {
-			return false
-		}
-		if hasPrefixFold(line, "host:") {
+		switch {
+		case hasPrefixFold(line, "upgrade:") || hasPrefixFold(line, "expect:"):
+			return false, false
+		case hasPrefixFold(line, "host:"):
 			hosts++
+		case hasPrefixFold(line, "content-length:"):
+			cl = true
+		case hasPrefixFold(line, "transfer-encoding:"):
+			te = true
 		}
 	}
-	return hosts == 1 // else the server answers 400 (http.ReadRequest drops Host)
+	return hosts == 1, cl && te // else the server answers 400 (http.ReadRequest drops Host)
 }
 
 func hasPrefixFold(b []byte, prefix string) bool {
@@ -269,34 +330,20 @@ func writeH1Status(bw *bufio.Writer, code int, msg string) {
 	bw.Flush()
 }
 
-// hopHeaders are removed from requests and responses, as ReverseProxy does.
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-var xfProto = []string{"http"}
-
-// removeHopByHop deletes hop-by-hop headers and those named in Connection.
-func removeHopByHop(h http.Header) {
-	for _, f := range h["Connection"] {
-		for sf := range strings.SplitSeq(f, ",") {
-			if sf = textproto.TrimString(sf); sf != "" {
-				h.Del(sf)
-			}
-		}
-	}
-	for _, k := range hopHeaders {
-		delete(h, k)
-	}
-}
-
-// checkRequest applies the checks net/http's server makes after parsing.
+// checkRequest applies the checks net/http's server makes after parsing
+// (conn.readRequest): a Host it accepts, valid header names and values.
+// h1Eligible admitted an origin-form target with exactly one Host line, so
+// req.Host is that line's value.
 func checkRequest(req *http.Request) string {
-	if !validHost(req.Host) { // h1Eligible counted exactly one Host line
+	if !httpguts.ValidHostHeader(req.Host) {
 		return "malformed Host header"
 	}
-	for _, vv := range req.Header {
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return "invalid header name"
+		}
 		for _, v := range vv {
-			if !validHeaderValue(v) {
+			if !httpguts.ValidHeaderFieldValue(v) {
 				return "invalid header value"
 			}
 		}
@@ -304,22 +351,16 @@ func checkRequest(req *http.Request) string {
 	return ""
 }
 
-func validHost(h string) bool {
-	for i := 0; i < len(h); i++ {
-		if b := h[i]; b <= ' ' || b >= 0x7f || strings.IndexByte(`"<>\^`+"`{|}", b) >= 0 {
-			return false
+// numLeadingCRorLF counts the CR and LF bytes b starts with.
+func numLeadingCRorLF(b []byte) int {
+	n := 0
+	for _, c := range b {
+		if c != '\r' && c != '\n' {
+			break
 		}
+		n++
 	}
-	return true
-}
-
-func validHeaderValue(v string) bool {
-	for i := 0; i < len(v); i++ {
-		if b := v[i]; (b < ' ' && b != '\t') || b == 0x7f {
-			return false
-		}
-	}
-	return true
+	return n
 }
 
 // clientBody marks errors reading the request body as the client's: they
@@ -356,18 +397,9 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	}
 	// The request sent on, as ReverseProxy's Rewrite makes it.
 	h := in.Header
-	trailers := headerHasToken(h["Te"], "trailers")
-	removeHopByHop(h)
-	if trailers {
-		h["Te"] = []string{"trailers"}
-	}
-	delete(h, "Forwarded")
-	delete(h, "X-Forwarded-For")
-	if cs.xff != nil {
-		h["X-Forwarded-For"] = cs.xff
-	}
-	h["X-Forwarded-Host"] = []string{in.Host}
-	h["X-Forwarded-Proto"] = xfProto
+	scrubRequestHeader(h, h["Connection"])
+	scrubTrailer(in.Trailer) // declared; writeRequest scrubs what arrives
+	setXForwarded(h, cs.xff, in.Host)
 	p.s.a.setSourceIdentity(cs.ctx, in)
 	in.Close = false
 	// A client request from here on, as ReverseProxy makes it (mirrors go

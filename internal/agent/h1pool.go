@@ -31,6 +31,12 @@ type h1Pool struct {
 	idle   []*h1Conn  // LIFO: the most recently used last
 	all    map[*h1Conn]struct{}
 	closed bool
+	reaper *time.Timer // closes idle connections after idleTimeout (reapIdle)
+	armed  bool        // reaper is scheduled
+
+	// idleTimeout closes a connection idle this long: l7IdleTimeout of
+	// the service (timeouts.idle, default 90 s).
+	idleTimeout time.Duration
 }
 
 // h1Conn is one upstream connection.
@@ -41,6 +47,10 @@ type h1Conn struct {
 	bw     *bufio.Writer
 	idleAt time.Time
 	reused bool
+	// peekNext: the last response had no body by rule (HEAD, 204, 304)
+	// although the endpoint may have sent one; the connection is checked
+	// for stray bytes before it is used again.
+	peekNext bool
 }
 
 var _ http.RoundTripper = (*h1Pool)(nil)
@@ -71,7 +81,7 @@ func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *h1Poo
 	hp.mu.Lock()
 	p := hp.pools[key]
 	if p == nil {
-		p = &h1Pool{a: hp.s.a, sv: sv, ev: ev, port: port, all: map[*h1Conn]struct{}{}}
+		p = &h1Pool{a: hp.s.a, sv: sv, ev: ev, port: port, all: map[*h1Conn]struct{}{}, idleTimeout: l7IdleTimeout(sv)}
 		if hp.closed {
 			p.closed = true
 		} else {
@@ -132,6 +142,9 @@ func (hp *h1Path) closeAll() {
 func (p *h1Pool) close(busy bool) {
 	p.mu.Lock()
 	p.closed = true
+	if p.reaper != nil {
+		p.reaper.Stop()
+	}
 	var cs []*h1Conn
 	if busy {
 		for pc := range p.all {
@@ -157,8 +170,8 @@ func (p *h1Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) 
 			pc := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
-			if idle := now.Sub(pc.idleAt); idle < checkAfter || (idle < l7IdleTimeout(p.sv) && pc.alive()) {
-				pc.reused = true
+			if idle := now.Sub(pc.idleAt); idle < p.idleTimeout && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
+				pc.reused, pc.peekNext = true, false
 				return pc, nil
 			}
 			pc.close()
@@ -193,7 +206,39 @@ func (p *h1Pool) put(pc *h1Conn) {
 		return
 	}
 	p.idle = append(p.idle, pc)
+	if !p.armed {
+		p.armed = true
+		if p.reaper == nil {
+			p.reaper = time.AfterFunc(p.idleTimeout, p.reapIdle)
+		} else {
+			p.reaper.Reset(p.idleTimeout)
+		}
+	}
 	p.mu.Unlock()
+}
+
+// reapIdle closes the connections idle for idleTimeout or longer, as
+// http.Transport's IdleConnTimeout does: the LIFO order reuses the newest,
+// so under steady load the oldest would otherwise stay open for good. It
+// runs again when the oldest one left is due.
+func (p *h1Pool) reapIdle() {
+	now := time.Now()
+	p.mu.Lock()
+	n := 0
+	for n < len(p.idle) && now.Sub(p.idle[n].idleAt) >= p.idleTimeout {
+		n++
+	}
+	old := make([]*h1Conn, n)
+	copy(old, p.idle[:n])
+	p.idle = append(p.idle[:0], p.idle[n:]...)
+	p.armed = len(p.idle) > 0 && !p.closed
+	if p.armed {
+		p.reaper.Reset(p.idleTimeout - now.Sub(p.idle[0].idleAt))
+	}
+	p.mu.Unlock()
+	for _, pc := range old {
+		pc.close()
+	}
 }
 
 func (pc *h1Conn) close() {
@@ -291,6 +336,15 @@ func (pc *h1Conn) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	b := &h1Body{pc: pc, body: resp.Body, stop: stop, close: resp.Close}
 	if resp.Body == http.NoBody {
+		// A response without a body by rule may still have been sent
+		// one: check before reuse (over a mesh stream, which cannot be
+		// peeked, do not reuse).
+		if req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
+			pc.peekNext = true
+			if _, ok := pc.c.(syscall.Conn); !ok {
+				b.close = true
+			}
+		}
 		b.finish(true)
 		return resp, nil
 	}
@@ -382,6 +436,7 @@ func (pc *h1Conn) writeRequest(req *http.Request) error {
 			return err
 		}
 		if chunked {
+			scrubTrailer(req.Trailer) // as received: undeclared fields too
 			endChunked(bw, cw, req.Trailer)
 		}
 	}
@@ -449,7 +504,10 @@ func (b *h1Body) finish(eof bool) {
 		return
 	}
 	b.done = true
-	reuse := eof && !b.close
+	// Reused only if the response was framed exactly: read to its end and
+	// nothing after it (a body on a HEAD response, bytes beyond its
+	// length) would be read as the next client's response.
+	reuse := eof && !b.close && b.pc.br.Buffered() == 0
 	if b.stop != nil && !b.stop() {
 		reuse = false // the context fired: the deadline poisoned the connection
 	}

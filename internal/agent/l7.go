@@ -125,6 +125,7 @@ func newL7(a *Agent) *l7 {
 	protos.SetUnencryptedHTTP2(true)
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
+			scrubProxyRequest(pr)
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = pr.In.Host
 			pr.Out.Host = pr.In.Host
@@ -133,7 +134,7 @@ func newL7(a *Agent) *l7 {
 					pr.Out.URL.Host = t.svc[strings.IndexByte(t.svc, '/')+1:]
 				}
 			}
-			pr.SetXForwarded()
+			setXForwarded(pr.Out.Header, remoteIP(pr.In.RemoteAddr), pr.In.Host)
 			a.setSourceIdentity(pr.In.Context(), pr.Out)
 		},
 		Transport: &lbTransport{l7: s},

@@ -1,0 +1,540 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/transport"
+)
+
+// capturedReq is one request as a capturing backend read it.
+type capturedReq struct {
+	method, target, host string
+	header, trailer      http.Header
+	body                 []byte
+	complete             bool // the body was read to its end
+}
+
+// captureBackend is an HTTP/1.1 endpoint that records every byte it
+// receives and every request it can parse (leniently, with
+// http.ReadRequest, as a tolerant workload would), and answers with
+// respond (default: 200 "ok").
+type captureBackend struct {
+	ln      net.Listener
+	respond func(r *http.Request) string
+
+	mu   sync.Mutex // guards the following
+	raw  bytes.Buffer
+	reqs []capturedReq
+	gen  int // take calls so far: a request read across one is dropped
+	open int // connections open
+}
+
+func startCaptureBackend(t testing.TB, respond func(r *http.Request) string) *captureBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &captureBackend{ln: ln, respond: respond}
+	var wg sync.WaitGroup
+	var conns sync.Map
+	t.Cleanup(func() {
+		ln.Close()
+		conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Store(c, nil)
+			b.mu.Lock()
+			b.open++
+			b.mu.Unlock()
+			wg.Add(1)
+			go func() { // captureConn
+				defer wg.Done()
+				defer func() {
+					c.Close()
+					conns.Delete(c)
+					b.mu.Lock()
+					b.open--
+					b.mu.Unlock()
+				}()
+				b.serve(c)
+			}()
+		}
+	}()
+	return b
+}
+
+type recordingReader struct {
+	r io.Reader
+	b *captureBackend
+}
+
+func (r recordingReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.b.mu.Lock()
+	r.b.raw.Write(p[:n])
+	r.b.mu.Unlock()
+	return n, err
+}
+
+func (b *captureBackend) serve(c net.Conn) {
+	br := bufio.NewReader(recordingReader{c, b})
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		b.mu.Lock()
+		i, gen := len(b.reqs), b.gen
+		b.reqs = append(b.reqs, capturedReq{method: req.Method, target: req.RequestURI, host: req.Host, header: req.Header.Clone()})
+		b.mu.Unlock()
+		body, err := io.ReadAll(req.Body)
+		b.mu.Lock()
+		if b.gen == gen {
+			b.reqs[i].body, b.reqs[i].complete, b.reqs[i].trailer = body, err == nil, req.Trailer.Clone()
+		}
+		b.mu.Unlock()
+		if err != nil {
+			return
+		}
+		resp := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+		if req.Method == http.MethodHead {
+			resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+		}
+		if b.respond != nil {
+			resp = b.respond(req)
+		}
+		if _, err := io.WriteString(c, resp); err != nil || req.Method == http.MethodConnect {
+			return // a CONNECT's 2xx response would start a tunnel
+		}
+	}
+}
+
+func (b *captureBackend) port() int { return b.ln.Addr().(*net.TCPAddr).Port }
+
+// take returns what the backend received so far and forgets it.
+func (b *captureBackend) take() (raw string, reqs []capturedReq) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	raw, reqs = b.raw.String(), b.reqs
+	b.raw.Reset()
+	b.reqs = nil
+	b.gen++
+	return raw, reqs
+}
+
+func (b *captureBackend) openConns() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.open
+}
+
+// exchangeRaw writes raw to addr, half-closes, and returns everything the
+// agent answered until it closed the connection.
+func exchangeRaw(t testing.TB, addr, raw string) string {
+	t.Helper()
+	return exchangeH1(t, addr, raw, true)
+}
+
+// exchangeH1 is exchangeRaw, without the half-close if halfClose is false
+// (net/http's server takes one as the client gone and cancels its
+// request; raw must then end with a request that closes).
+func exchangeH1(t testing.TB, addr, raw string, halfClose bool) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	if halfClose {
+		c.(*net.TCPConn).CloseWrite()
+	}
+	out, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v (got %q)", raw, err, out)
+	}
+	return string(out)
+}
+
+// TestH1Conformance: the HTTP/1.1 fast path refuses what net/http's server
+// refuses (issue 9, finding 1), closes after a request framed by both
+// Content-Length and Transfer-Encoding, and forwards no identity or
+// forwarding header of the client's in any spelling, nor in a trailer
+// (finding 5), on the fast path and on the ReverseProxy path it hands
+// other requests to.
+func TestH1Conformance(t *testing.T) {
+	be := startCaptureBackend(t, nil)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc("conf", 19360, "http"))
+	startAgent(t, agentOpts{name: "c", site: "s1", region: "r1", vipOctet: 236, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload("conf", "conf-1", be.port())}})
+	addr := "127.236.0.1:19360"
+	waitFor(t, "listener", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+	if out := exchangeRaw(t, addr, "GET /warm HTTP/1.1\r\nHost: conf\r\nConnection: close\r\n\r\n"); !strings.HasPrefix(out, "HTTP/1.1 200") {
+		t.Fatalf("warm-up: %q", out)
+	}
+	be.take()
+
+	t.Run("refused", func(t *testing.T) {
+		hidden := "0\r\n\r\nGET /hidden HTTP/1.1\r\nHost: conf\r\nX-Fogmesh-Source-Id: x\r\n\r\n"
+		for _, raw := range []string{
+			// RFC 9112 §5.1: no whitespace between name and colon. A
+			// tolerant backend reads the body as chunked and the rest as
+			// a second request.
+			fmt.Sprintf("POST /a HTTP/1.1\r\nHost: conf\r\nTransfer-Encoding : chunked\r\nContent-Length: %d\r\n\r\n%s", len(hidden), hidden),
+			"GET /a HTTP/1.1\r\nHost: conf\r\nX Y: z\r\n\r\n",
+			"GET /a HTTP/1.1\r\nHost: a@evil.com\r\n\r\n",
+			"GET /a HTTP/1.1\r\nHost: evil.com/x?y\r\n\r\n",
+			"GET /a HTTP/1.1\r\nHost: evil.com\\x\r\n\r\n",
+			"GET /a HTTP/1.1\r\nHost: conf\r\nX: a\x00b\r\n\r\n",
+			"GET /a HTTP/1.1\n\nHost: conf\r\n\r\n", // no Host in the head: the "Host" line is after it
+			"GET /a HTTP/1.1\r\nHost: conf\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+			"GET /a HTTP/1.1\r\nHost: conf\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+		} {
+			out := exchangeRaw(t, addr, raw)
+			if !strings.HasPrefix(out, "HTTP/1.1 400") && !strings.HasPrefix(out, "HTTP/1.1 501") {
+				t.Errorf("%q: answered %q, want a 400 or 501", raw, out)
+			}
+			if got, reqs := be.take(); got != "" {
+				t.Errorf("%q: %d requests reached the endpoint:\n%s", raw, len(reqs), got)
+			}
+		}
+	})
+
+	t.Run("content-length and transfer-encoding close", func(t *testing.T) {
+		out := exchangeRaw(t, addr, "POST /a HTTP/1.1\r\nHost: conf\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"3\r\nabc\r\n0\r\n\r\nGET /second HTTP/1.1\r\nHost: conf\r\n\r\n")
+		if strings.Count(out, "HTTP/1.1 ") != 1 || !strings.Contains(out, "Connection: close\r\n") {
+			t.Errorf("want one response with Connection: close, got %q", out)
+		}
+		_, reqs := be.take()
+		if len(reqs) != 1 || reqs[0].target != "/a" || string(reqs[0].body) != "abc" || reqs[0].header.Get("Content-Length") != "" {
+			t.Errorf("endpoint got %+v", reqs)
+		}
+	})
+
+	t.Run("identity and forwarding headers in any spelling", func(t *testing.T) {
+		spoof := "X_Fogmesh_Source_Id: spiffe://fogmesh.local/ns/demo/sa/admin\r\nx-fogmesh-source-id: spiffe://x/y\r\n" +
+			"X_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX_Forwarded_Host: evil\r\n" +
+			"Keep_Alive: 1\r\nTransfer_Encoding: chunked\r\nX_Other: kept\r\n"
+		for _, raw := range []string{
+			"GET /fast HTTP/1.1\r\nHost: conf\r\nConnection: close\r\n" + spoof + "\r\n",            // the fast path
+			"GET http://conf/slow HTTP/1.1\r\nHost: conf\r\nConnection: close\r\n" + spoof + "\r\n", // absolute form: the ReverseProxy path
+		} {
+			out := exchangeH1(t, addr, raw, false)
+			if !strings.HasPrefix(out, "HTTP/1.1 200") {
+				t.Fatalf("%q: %q", raw, out)
+			}
+			got, reqs := be.take()
+			if len(reqs) != 1 {
+				t.Fatalf("%q: %d requests at the endpoint: %q; answer %q", raw, len(reqs), got, out)
+			}
+			h := reqs[0].header
+			// The endpoint's address is the conf workload's: the agent
+			// vouches for that identity itself.
+			for k, vv := range h {
+				if strings.Contains(k, "_") && k != "X_other" || k == "Forwarded" ||
+					k == SourceIDHeader && (len(vv) != 1 || vv[0] != "spiffe://fogmesh.local/ns/demo/sa/conf") {
+					t.Errorf("%s: %q reached the endpoint: %v", reqs[0].target, k, h)
+				}
+			}
+			if got := h["X-Forwarded-For"]; len(got) != 1 || got[0] != "127.0.0.1" {
+				t.Errorf("%s: X-Forwarded-For %q", reqs[0].target, got)
+			}
+			if h.Get("X-Forwarded-Host") != "conf" || h.Get("X_other") != "kept" {
+				t.Errorf("%s: %v", reqs[0].target, h)
+			}
+		}
+	})
+
+	t.Run("h2c", func(t *testing.T) {
+		var protos http.Protocols
+		protos.SetUnencryptedHTTP2(true)
+		tr := &http.Transport{Protocols: &protos}
+		defer tr.CloseIdleConnections()
+		req, _ := http.NewRequest("GET", "http://"+addr+"/h2", nil)
+		req.Header["x_fogmesh_source_id"] = []string{"spiffe://fogmesh.local/ns/demo/sa/admin"}
+		req.Header["x_forwarded_for"] = []string{"6.6.6.6"}
+		req.Header["x-forwarded-for"] = []string{"6.6.6.6"}
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("%s %s", resp.Proto, resp.Status)
+		}
+		_, reqs := be.take()
+		if len(reqs) != 1 {
+			t.Fatalf("%d requests at the endpoint", len(reqs))
+		}
+		h := reqs[0].header
+		for k := range h {
+			if strings.Contains(k, "_") {
+				t.Errorf("%q reached the endpoint: %v", k, h)
+			}
+		}
+		if got := h["X-Forwarded-For"]; len(got) != 1 || got[0] != "127.0.0.1" {
+			t.Errorf("X-Forwarded-For %q", got)
+		}
+	})
+
+	t.Run("trailers", func(t *testing.T) {
+		out := exchangeRaw(t, addr, "POST /t HTTP/1.1\r\nHost: conf\r\nTrailer: X-Fogmesh-Source-Id, X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"3\r\nabc\r\n0\r\nX-Fogmesh-Source-Id: spiffe://fogmesh.local/ns/demo/sa/admin\r\nX_Fogmesh_Source_Id: y\r\nHost: evil\r\n"+
+			"Content-Length: 9\r\nX-Sum: 3\r\n\r\n")
+		if !strings.HasPrefix(out, "HTTP/1.1 200") {
+			t.Fatalf("%q", out)
+		}
+		raw, reqs := be.take()
+		if len(reqs) != 1 || string(reqs[0].body) != "abc" {
+			t.Fatalf("endpoint got %+v", reqs)
+		}
+		if strings.Contains(raw, "sa/admin") || strings.Contains(raw, "X_Fogmesh") || strings.Contains(raw, "evil") || strings.Contains(raw, "Content-Length: 9") {
+			t.Errorf("a forbidden trailer reached the endpoint:\n%s", raw)
+		}
+		if reqs[0].trailer.Get("X-Sum") != "3" {
+			t.Errorf("trailer X-Sum lost: %v\n%s", reqs[0].trailer, raw)
+		}
+	})
+}
+
+// TestH1PoolUnreadBytes: a pooled upstream connection goes back to the pool
+// only if its response was framed exactly (issue 9, finding 2): a body on a
+// HEAD or 204 response, or bytes beyond Content-Length, must not become the
+// next client's response.
+func TestH1PoolUnreadBytes(t *testing.T) {
+	const forged = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+	be := startCaptureBackend(t, func(r *http.Request) string {
+		switch r.URL.Path {
+		case "/head":
+			return "HTTP/1.1 200 OK\r\nContent-Length: 46\r\n\r\n" + forged
+		case "/nocontent":
+			return "HTTP/1.1 204 No Content\r\n\r\n" + forged
+		case "/extra":
+			return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + forged
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"
+	})
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc("pool", 19361, "http"))
+	startAgent(t, agentOpts{name: "p", site: "s1", region: "r1", vipOctet: 237, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload("pool", "pool-1", be.port())}})
+	base := "http://127.237.0.1:19361"
+	c := &http.Client{Timeout: 10 * time.Second}
+	waitFor(t, "listener", func() bool {
+		resp, err := c.Get(base + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	for _, first := range []string{"HEAD /head", "GET /nocontent", "GET /extra"} {
+		method, path, _ := strings.Cut(first, " ")
+		for i := range 3 {
+			req, _ := http.NewRequest(method, base+path, nil)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("%s: %v", first, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			resp, err = c.Get(base + "/next")
+			if err != nil {
+				t.Fatalf("after %s (%d): %v", first, i, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "real" {
+				t.Fatalf("after %s (%d): the next request got %s %q", first, i, resp.Status, b)
+			}
+		}
+	}
+}
+
+// TestH1PoolIdleClose: idle upstream connections of the fast path close
+// after the service's timeouts.idle (issue 9, finding 14), also those the
+// LIFO pool never reuses.
+func TestH1PoolIdleClose(t *testing.T) {
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	var inflight sync.WaitGroup
+	const burst = 6
+	inflight.Add(burst)
+	be := startCaptureBackend(t, func(r *http.Request) string {
+		if r.URL.Path == "/burst" {
+			inflight.Done()
+			<-gate // hold every burst request until all are in: one connection each
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"idle","namespace":"demo"},
+	"spec":{"ports":[{"name":"web","port":19362,"protocol":"http"}],"timeouts":{"idle":"300ms"}}}`)
+	startAgent(t, agentOpts{name: "i", site: "s1", region: "r1", vipOctet: 238, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload("idle", "idle-1", be.port())}})
+	base := "http://127.238.0.1:19362"
+	tr := &http.Transport{MaxIdleConnsPerHost: burst}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	waitFor(t, "listener", func() bool {
+		resp, err := c.Get(base + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	errs := make(chan error, burst)
+	for range burst {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Get(base + "/burst")
+			if err != nil {
+				errs <- err
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}()
+	}
+	done := make(chan struct{})
+	go func() { inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		close(gate)
+		t.Fatal("the burst did not reach the endpoint")
+	}
+	if n := be.openConns(); n < burst {
+		t.Fatalf("%d connections open during the burst, want %d", n, burst)
+	}
+	close(gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	tr.CloseIdleConnections()
+	// timeouts.idle is 300 ms: all close without a request to pop them
+	// (waitFor gives them 10 s).
+	waitFor(t, "idle upstream connections to close", func() bool { return be.openConns() == 0 })
+}
+
+// TestRemoteHeaderHygiene: the destination agent's server for remote
+// requests (authzServer) drops identity headers in every spelling (issue
+// 9, finding 5) whoever sent them, and passes on the forwarding headers
+// the source agent set.
+func TestRemoteHeaderHygiene(t *testing.T) {
+	be := startCaptureBackend(t, nil)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: hyg, namespace: demo}
+spec: {ports: [{name: http, port: 19364, protocol: http}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: hyg-all, namespace: demo}
+spec: {service: hyg, rules: [{to: [{methods: [GET]}]}]}
+`)
+	startAgent(t, agentOpts{name: "srv", site: "s1", region: "r1", vipOctet: 242, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{{Name: "hyg-1", Service: "hyg", Namespace: "demo", Ports: []api.EndpointPort{{Name: "http", Port: be.port()}}}}})
+	cli := startAgent(t, agentOpts{name: "cli", site: "s1", region: "r1", vipOctet: 240, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	var mesh string
+	waitFor(t, "the remote endpoint and the policy on the client node", func() bool {
+		v := cli.view.Load()
+		if sv := v.services["demo/hyg"]; sv != nil && len(sv.endpoints) == 1 && sv.endpoints[0].mesh != "" && v.authz.Len() == 1 {
+			mesh = sv.endpoints[0].mesh
+			return true
+		}
+		return false
+	})
+	addr := "127.240.0.1:19364"
+	waitFor(t, "listener", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+	const spoof = "X_Fogmesh_Source_Id: spiffe://fogmesh.local/ns/demo/sa/admin\r\nX_Forwarded_For: 6.6.6.6\r\nX_other: kept\r\n"
+	check := func(t *testing.T, wantXFF string) {
+		t.Helper()
+		_, reqs := be.take()
+		if len(reqs) != 1 {
+			t.Fatalf("%d requests at the endpoint", len(reqs))
+		}
+		h := reqs[0].header
+		for k := range h {
+			if strings.Contains(k, "_") && k != "X_other" {
+				t.Errorf("%q reached the workload: %v", k, h)
+			}
+		}
+		if got := strings.Join(h["X-Forwarded-For"], ","); got != wantXFF || h.Get("X_other") != "kept" {
+			t.Errorf("X-Forwarded-For %q, want %q: %v", got, wantXFF, h)
+		}
+	}
+
+	t.Run("through the source agent", func(t *testing.T) {
+		out := exchangeH1(t, addr, "GET /a HTTP/1.1\r\nHost: hyg\r\nConnection: close\r\n"+spoof+"\r\n", false)
+		if !strings.HasPrefix(out, "HTTP/1.1 200") {
+			t.Fatalf("%q", out)
+		}
+		check(t, "127.0.0.1")
+	})
+
+	t.Run("straight onto a mesh stream", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := cli.peers.Dial(ctx, mesh, transport.Header{Namespace: "demo", Service: "hyg", Endpoint: "hyg-1", Port: "http", Source: "cli"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		s.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(s, "GET /b HTTP/1.1\r\nHost: hyg\r\nConnection: close\r\nX-Forwarded-For: 10.1.2.3\r\n"+spoof+"\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(s), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s", resp.Status)
+		}
+		check(t, "10.1.2.3")
+	})
+}

@@ -1,0 +1,225 @@
+package agent
+
+import (
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// The agent's header rules, in one place for every HTTP path it has: the
+// HTTP/1.1 fast path (h1fast.go), the ReverseProxy path of the L7 server
+// (l7.go, HTTP/1.1 and h2c) and the destination side of remote requests
+// (authzServer). A request leaving the agent for an endpoint carries:
+//
+//   - no hop-by-hop header (RFC 9110 §7.6.1) nor any header its Connection
+//     header names, except "Te: trailers";
+//   - no identity or forwarding header of the client's: the agent sets
+//     SourceIDHeader and X-Forwarded-For/-Host/-Proto itself (Forwarded is
+//     dropped);
+//   - no header whose name, with '_' read as '-', is one of those above or
+//     Host, Content-Length: CGI and WSGI servers map '-' and '_' to the same
+//     variable (HTTP_X_FOGMESH_SOURCE_ID), so X_Fogmesh_Source_Id would
+//     otherwise pass as the identity the agent vouches for. They are
+//     dropped, as Envoy's headers_with_underscores_action: DROP_HEADER does
+//     for all names with '_' (the others are left alone: they cannot alias
+//     what the agent sets);
+//   - no trailer that could change how the request is framed, routed or
+//     authorized (scrubTrailer).
+
+// hopHeaders are removed from requests and responses, as ReverseProxy does.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// agentHeaders are the headers only the agent may set on a forwarded
+// request: a client's copy is dropped, whatever its spelling.
+var agentHeaders = []string{SourceIDHeader, "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// protectedHeaders are all names that a client may not send under another
+// spelling ('_' for '-'): the agent's own, the hop-by-hop ones and those
+// that frame or route the request.
+var protectedHeaders = append(append([]string{"Host", "Content-Length"}, hopHeaders...), agentHeaders...)
+
+var xfProto = []string{"http"}
+
+// equalFoldDash reports whether name equals canon ignoring ASCII case,
+// reading '_' in name as '-'.
+func equalFoldDash(name, canon string) bool {
+	if len(name) != len(canon) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		a, b := name[i], canon[i]
+		if a == '_' {
+			a = '-'
+		}
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
+}
+
+// isAgentHeader reports whether name is an agent header in any spelling.
+func isAgentHeader(name string) bool {
+	for _, h := range agentHeaders {
+		if equalFoldDash(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// isAliasOfProtected reports whether name is a protected header spelled
+// with '_'.
+func isAliasOfProtected(name string) bool {
+	if strings.IndexByte(name, '_') < 0 {
+		return false
+	}
+	for _, h := range protectedHeaders {
+		if equalFoldDash(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// scrubRequestHeader applies the rules above to h, the header of a request
+// about to be forwarded, which the caller owns. connection is the client's
+// Connection header (it names more hop-by-hop headers). The caller then
+// sets the forwarding and identity headers (setXForwarded,
+// Agent.setSourceIdentity). No allocation.
+func scrubRequestHeader(h http.Header, connection []string) {
+	for _, f := range connection {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	trailers := headerHasToken(h["Te"], "trailers")
+	for k := range h {
+		if isHop(k) || isAgentHeader(k) || isAliasOfProtected(k) {
+			delete(h, k)
+		}
+	}
+	if trailers {
+		h["Te"] = teTrailers
+	}
+}
+
+var teTrailers = []string{"trailers"}
+
+func isHop(name string) bool {
+	for _, h := range hopHeaders {
+		if strings.EqualFold(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// removeHopByHop deletes the hop-by-hop headers of a response and those
+// named in its Connection header.
+func removeHopByHop(h http.Header) {
+	for _, f := range h["Connection"] {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+// setXForwarded sets the forwarding headers of a request the agent
+// forwards for a client (as ReverseProxy's SetXForwarded): clientIP (nil
+// if unknown) and the Host the client asked for.
+func setXForwarded(h http.Header, clientIP []string, host string) {
+	if clientIP != nil {
+		h["X-Forwarded-For"] = clientIP
+	}
+	h["X-Forwarded-Host"] = []string{host}
+	h["X-Forwarded-Proto"] = xfProto
+}
+
+// scrubProxyRequest is scrubRequestHeader and scrubTrailer for the
+// outgoing request of a ReverseProxy (run from its Rewrite). ReverseProxy
+// has put back "Connection: Upgrade" and Upgrade for an upgrade it
+// handles itself: those stay.
+func scrubProxyRequest(pr *httputil.ProxyRequest) {
+	upgrade := pr.Out.Header["Upgrade"]
+	scrubRequestHeader(pr.Out.Header, pr.In.Header["Connection"])
+	if upgrade != nil {
+		pr.Out.Header["Connection"] = []string{"Upgrade"}
+		pr.Out.Header["Upgrade"] = upgrade
+	}
+	scrubTrailer(pr.Out.Trailer)
+}
+
+// remoteIP is the X-Forwarded-For value of a client address (nil if it
+// has no IP).
+func remoteIP(addr string) []string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil
+	}
+	return []string{host}
+}
+
+// trailerForbidden are fields a trailer must not carry (RFC 9110 §6.5.1:
+// framing, routing, authentication, request modifiers, content
+// processing), the list net/http refuses to send as trailers.
+var trailerForbidden = []string{"Authorization", "Cache-Control", "Content-Encoding", "Content-Length",
+	"Content-Range", "Content-Type", "Expect", "Host", "Max-Forwards", "Pragma", "Range", "Realm",
+	"Www-Authenticate", "Set-Cookie", "Cookie"}
+
+// scrubTrailer removes from a request's trailer (declared or received)
+// every field scrubRequestHeader would remove from its header, those a
+// trailer must not carry, and those with an invalid name or value: a
+// workload that merges trailers into the header must not get an identity,
+// a Host or a framing field from them.
+func scrubTrailer(t http.Header) {
+	for k, vv := range t {
+		if !httpguts.ValidHeaderFieldName(k) || isHop(k) || isAgentHeader(k) || isAliasOfProtected(k) || isTrailerForbidden(k) {
+			delete(t, k)
+			continue
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				delete(t, k)
+				break
+			}
+		}
+	}
+}
+
+func isTrailerForbidden(name string) bool {
+	for _, h := range trailerForbidden {
+		if equalFoldDash(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// dropIdentityHeaders removes every spelling of SourceIDHeader, before the
+// destination agent sets the identity it vouched for.
+func dropIdentityHeaders(h http.Header) {
+	for k := range h {
+		if equalFoldDash(k, SourceIDHeader) {
+			delete(h, k)
+		}
+	}
+}

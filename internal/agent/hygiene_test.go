@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"maps"
+	"net/http"
+	"slices"
+	"testing"
+)
+
+// TestScrubRequestHeader is the table of the agent's one header hygiene,
+// which every HTTP path runs (hygiene.go).
+func TestScrubRequestHeader(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		in, want http.Header
+	}{
+		{"ordinary headers stay",
+			http.Header{"Accept": {"*/*"}, "User-Agent": {"x"}, "Content-Length": {"3"}, "X-Fogmesh-Class": {"gold"}},
+			http.Header{"Accept": {"*/*"}, "User-Agent": {"x"}, "Content-Length": {"3"}, "X-Fogmesh-Class": {"gold"}}},
+		{"hop-by-hop",
+			http.Header{"Connection": {"keep-alive"}, "Proxy-Connection": {"x"}, "Keep-Alive": {"5"}, "Proxy-Authenticate": {"x"},
+				"Proxy-Authorization": {"x"}, "Te": {"gzip"}, "Trailer": {"X"}, "Transfer-Encoding": {"chunked"}, "Upgrade": {"h2c"}, "A": {"1"}},
+			http.Header{"A": {"1"}}},
+		{"named in Connection",
+			http.Header{"Connection": {"X-Foo, x-bar", " Baz "}, "X-Foo": {"1"}, "X-Bar": {"2"}, "Baz": {"3"}, "Qux": {"4"}},
+			http.Header{"Qux": {"4"}}},
+		{"te trailers kept",
+			http.Header{"Te": {"gzip, trailers"}},
+			http.Header{"Te": {"trailers"}}},
+		{"identity and forwarding headers",
+			http.Header{SourceIDHeader: {"spiffe://x/y"}, "Forwarded": {"for=x"}, "X-Forwarded-For": {"6.6.6.6"},
+				"X-Forwarded-Host": {"evil"}, "X-Forwarded-Proto": {"https"}, "X-Forwarded-Port": {"1"}},
+			http.Header{"X-Forwarded-Port": {"1"}}},
+		{"underscore spellings of protected names",
+			http.Header{"X_fogmesh_source_id": {"a"}, "X_Fogmesh-Source_Id": {"b"}, "x_FOGMESH_source_ID": {"c"},
+				"X_forwarded_for": {"d"}, "X_forwarded_host": {"e"}, "X_forwarded_proto": {"f"},
+				"Transfer_encoding": {"g"}, "Content_length": {"h"}, "Host_": {"i"}, "Keep_alive": {"j"},
+				"X_other": {"k"}, "X_fogmesh_class": {"l"}},
+			http.Header{"Host_": {"i"}, "X_other": {"k"}, "X_fogmesh_class": {"l"}}},
+		{"non-canonical keys (HTTP/2)",
+			http.Header{"x-fogmesh-source-id": {"a"}, "connection": {"x"}, "x-forwarded-for": {"b"}, "accept": {"c"}},
+			http.Header{"accept": {"c"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := tc.in.Clone()
+			scrubRequestHeader(h, h["Connection"])
+			if !maps.EqualFunc(h, tc.want, slices.Equal) {
+				t.Errorf("got %v, want %v", h, tc.want)
+			}
+		})
+	}
+}
+
+func TestScrubTrailer(t *testing.T) {
+	in := http.Header{"X-Sum": {"1"}, "Grpc-Status": {"0"}, SourceIDHeader: {"a"}, "X_fogmesh_source_id": {"b"},
+		"Host": {"evil"}, "Content-Length": {"9"}, "Transfer-Encoding": {"chunked"}, "Authorization": {"x"},
+		"Content-Type": {"x"}, "X-Forwarded-For": {"1.2.3.4"}, "Bad Name": {"x"}, "X-Bad-Value": {"a\r\nb"}, "Trailer": {"x"}}
+	scrubTrailer(in)
+	want := http.Header{"X-Sum": {"1"}, "Grpc-Status": {"0"}}
+	if !maps.EqualFunc(in, want, slices.Equal) {
+		t.Errorf("got %v, want %v", in, want)
+	}
+	scrubTrailer(nil) // no trailer: nothing to do
+}
+
+func TestSetXForwarded(t *testing.T) {
+	h := http.Header{}
+	setXForwarded(h, []string{"127.0.0.9"}, "svc:80")
+	want := http.Header{"X-Forwarded-For": {"127.0.0.9"}, "X-Forwarded-Host": {"svc:80"}, "X-Forwarded-Proto": {"http"}}
+	if !maps.EqualFunc(h, want, slices.Equal) {
+		t.Errorf("got %v, want %v", h, want)
+	}
+	if got := remoteIP("[::1]:5"); len(got) != 1 || got[0] != "::1" {
+		t.Errorf("remoteIP: %v", got)
+	}
+	if got := remoteIP("pipe"); got != nil {
+		t.Errorf("remoteIP of an address without a port: %v", got)
+	}
+}
+
+func TestEqualFoldDash(t *testing.T) {
+	for _, tc := range []struct {
+		name, canon string
+		want        bool
+	}{
+		{"X-Fogmesh-Source-Id", SourceIDHeader, true},
+		{"x_fogmesh_source_id", SourceIDHeader, true},
+		{"X-Fogmesh-Source-Ie", SourceIDHeader, false},
+		{"X-Fogmesh-Source-I", SourceIDHeader, false},
+		{"X\rFogmesh\rSource\rId", SourceIDHeader, false}, // '\r'|0x20 == '-'
+		{"X@Fogmesh-Source-Id", SourceIDHeader, false},
+		{"Host", "Host", true},
+	} {
+		if got := equalFoldDash(tc.name, tc.canon); got != tc.want {
+			t.Errorf("equalFoldDash(%q, %q) = %v", tc.name, tc.canon, got)
+		}
+	}
+}
+
+// TestScrubRequestHeaderAllocs: the fast path runs the hygiene on every
+// request; it must not allocate.
+func TestScrubRequestHeaderAllocs(t *testing.T) {
+	h := http.Header{"Accept": {"*/*"}, "User-Agent": {"x"}, "X_other": {"k"}, "Te": {"trailers"}}
+	if n := testing.AllocsPerRun(100, func() { scrubRequestHeader(h, h["Connection"]) }); n != 0 {
+		t.Errorf("%v allocations per request", n)
+	}
+}
