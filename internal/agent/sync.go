@@ -67,6 +67,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 		}
 		c, caps = tc, []string{wire.CapTrust}
 	}
+	caps = append(caps, wire.CapPolicy2)
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { cancel(); c.Close(); wg.Wait() }()

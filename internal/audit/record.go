@@ -73,6 +73,14 @@ const (
 // as ProblemHead, so the loss stays visible in the chain for good.
 const ActionHeadMismatch = "head mismatch"
 
+// ActionPastHead is the action of the KindAudit record an owner writes
+// into its own chain when, on opening it, the chain holds records past the
+// head it had stored: written after the head was last stored (a crash
+// before it was), or appended while it was stopped; nothing can tell which.
+// Verify names them in Report.Unanchored for good, so they are never
+// reported intact (nor signed as if they were: the record says so first).
+const ActionPastHead = "past head"
+
 // Decisions of authz records.
 const (
 	Allow = "allow"

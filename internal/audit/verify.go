@@ -337,6 +337,9 @@ func (v Verifier) check(rep *Report, all []line) {
 		if r.Kind == KindAudit && r.Action == ActionHeadMismatch {
 			add(l, r.Seq, ProblemHead, "recorded by the chain's owner: %s", r.Reason)
 		}
+		if r.Kind == KindAudit && r.Action == ActionPastHead {
+			rep.Unanchored = append(rep.Unanchored, fmt.Sprintf("recorded by the chain's owner at seq %d: %s", r.Seq, r.Reason))
+		}
 		if r.Kind == KindCheckpoint {
 			rep.Checkpoints++
 			if v.PublicKey != nil && l.err == nil {

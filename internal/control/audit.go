@@ -258,7 +258,19 @@ func (s *Server) checkOwnHead() {
 	case seq > h.Seq:
 		if recs, err := s.audit.log.ReadFrom(h.Seq, 1); err != nil || len(recs) != 1 || recs[0].Hash != h.Hash {
 			what = "its files hold another record at the stored head's seq"
+			break
 		}
+		// Records past the stored head: written before a crash kept the
+		// head from being stored, or appended while the control plane was
+		// stopped. Nothing tells which: say so in the chain, before the
+		// next checkpoint signs them, and verify names them unanchored.
+		msg := fmt.Sprintf("seq %d..%d were found past the stored head (seq %d, stored %s) when the log was opened: written before a crash, or appended while the control plane was stopped",
+			h.Seq+1, seq, h.Seq, h.At.Format(time.RFC3339))
+		s.log.Warn("control: audit: "+msg, "lastSeq", seq)
+		if err := s.Audit(audit.Record{Kind: audit.KindAudit, Action: audit.ActionPastHead, Actor: "control", Object: s.cfg.Name, Reason: msg}); err != nil {
+			s.log.Error("control: audit the records past the head", "err", err)
+		}
+		return
 	}
 	if what == "" {
 		return
@@ -517,8 +529,11 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if _, err := os.Stat(filepath.Join(s.auditNodesDir(), node)); err != nil {
-			writeError(w, http.StatusNotFound, fmt.Errorf("no audit records of node %q", node))
-			return
+			if h, herr := s.storedHead(keyAuditHead + node); herr != nil || h == nil {
+				writeError(w, http.StatusNotFound, fmt.Errorf("no audit records of node %q", node))
+				return
+			}
+			// else: its records were removed; nodeChain reports it.
 		}
 		nodes = []string{node}
 	} else {
@@ -530,6 +545,19 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		for _, e := range ents {
 			if e.IsDir() && audit.ValidNodeName(e.Name()) {
 				nodes = append(nodes, e.Name())
+			}
+		}
+		// And every chain the store holds a head of: a directory removed
+		// by hand must show as a chain whose records are all gone, not
+		// vanish from the list.
+		heads, err := s.st.ListSecure(keyAuditHead)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		for _, kv := range heads {
+			if n := strings.TrimPrefix(kv.Key, keyAuditHead); audit.ValidNodeName(n) && !slices.Contains(nodes, n) {
+				nodes = append(nodes, n)
 			}
 		}
 		slices.Sort(nodes)
@@ -560,6 +588,18 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 	head, err := s.verifierHead(keyAuditHead + n)
 	if err != nil {
 		return AuditChain{}, err
+	}
+	if _, err := os.Stat(filepath.Join(s.auditNodesDir(), n)); os.IsNotExist(err) && head != nil {
+		// The store knows the chain, its directory is gone: every record
+		// was removed. Not opened as a replica (that would create it).
+		c := AuditChain{Node: n, Source: "removed", LastSeq: head.Seq, LastHash: head.Hash}
+		if verify {
+			rep := &audit.Report{Node: n, Head: head, Verdict: audit.VerdictTampered, Problems: []audit.Problem{{
+				File: filepath.Join(s.auditNodesDir(), n), Kind: audit.ProblemHead,
+				Msg: fmt.Sprintf("every record was removed: the stored head is seq %d", head.Seq)}}}
+			c.Report, c.Intact = rep, ptr(false)
+		}
+		return c, nil
 	}
 	if isArchive(n) {
 		// Not opened as a replica (nothing is appended to it): its files

@@ -43,6 +43,9 @@ func getAudit(t *testing.T, s *Server, path string) (int, AuditResponse) {
 			t.Fatalf("%s: %v: %s", path, err, b)
 		}
 	}
+	if resp.StatusCode != 200 {
+		t.Logf("%s: %d %s", path, resp.StatusCode, b)
+	}
 	return resp.StatusCode, ar
 }
 
@@ -180,7 +183,7 @@ func dialAgentWelcome(t *testing.T, s *Server, node string, wantSeq uint64) *age
 	}
 	t.Cleanup(func() { c.Close() })
 	a := &agentConn{t: t, c: c, r: wire.NewReader(c)}
-	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: &api.Node{
+	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2}, Node: &api.Node{
 		Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: "shop-1", Region: "east", MeshAddress: "127.0.0.1:7072"}}})
 	m := a.recv()
 	if m.Type != wire.TypeWelcome || !slices.Contains(m.Features, wire.FeatureAudit) || m.AuditSeq != wantSeq {
@@ -266,7 +269,7 @@ func dialSecureAgent(t *testing.T, s *Server, svid *x509svid.SVID, node, site st
 	}
 	t.Cleanup(func() { c.Close() })
 	a := &agentConn{t: t, c: c, r: wire.NewReader(c)}
-	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: &api.Node{
+	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2}, Node: &api.Node{
 		Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: site, Region: "r", MeshAddress: "127.0.0.1:1"}}})
 	if m := a.recv(); m.Type != wire.TypeWelcome {
 		t.Fatalf("want welcome, got %+v", m)
@@ -405,7 +408,7 @@ func TestAuditChainsAnchoredToStoredHeads(t *testing.T) {
 		t.Fatal(code, body)
 	}
 	recs := map[string][]audit.Record{}
-	for _, n := range []string{"cut", "appended", "headless", "untouched", "restarted"} {
+	for _, n := range []string{"cut", "appended", "headless", "untouched", "restarted", "deleted"} {
 		recs[n] = nodeRecords(t, n, 10)
 		a := dialAgentWelcome(t, s, n, 0)
 		a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, recs[n])})
@@ -422,7 +425,7 @@ func TestAuditChainsAnchoredToStoredHeads(t *testing.T) {
 		a.c.Close()
 	}
 	code, ar := getAudit(t, s, "/v1/audit?verify=1")
-	if code != 200 || len(ar.Chains) != 7 {
+	if code != 200 || len(ar.Chains) != 8 {
 		t.Fatalf("%d %+v", code, ar)
 	}
 	for _, c := range ar.Chains {
@@ -441,10 +444,13 @@ func TestAuditChainsAnchoredToStoredHeads(t *testing.T) {
 	cutLines(t, filepath.Join(nodes, "appended", "audit.log"), 0, -1, string(fl))
 	cutLines(t, filepath.Join(nodes, "headless", "audit.log"), 3, -1)
 	cutLines(t, filepath.Join(dir, "audit", "control", "audit.log"), 0, 1) // the own chain: 2 records, 1 kept
+	if err := os.RemoveAll(filepath.Join(nodes, "deleted")); err != nil { // every record of a chain
+		t.Fatal(err)
+	}
 
 	s = startServer(t, dir)
 	code, ar = getAudit(t, s, "/v1/audit?verify=1")
-	if code != 200 || len(ar.Chains) != 7 {
+	if code != 200 || len(ar.Chains) != 8 {
 		t.Fatalf("%d %+v", code, ar)
 	}
 	got := map[string]string{}
@@ -466,6 +472,7 @@ func TestAuditChainsAnchoredToStoredHeads(t *testing.T) {
 		"node headless":       "tampered removed 4",
 		"node restarted":      "intact",
 		"node untouched":      "intact",
+		"removed deleted":     "tampered head 0", // listed from its stored head, not left out
 		"archived restarted.": "intact",
 	}
 	for k, v := range got {
@@ -495,4 +502,50 @@ func encodeBatch(t *testing.T, recs []audit.Record) []json.RawMessage {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestAuditOwnRecordsPastHead: records appended to the control plane's own
+// chain while it was stopped (linked and hashed right: no key is needed for
+// that) are not reported intact after a restart: the control plane writes
+// a "past head" record naming them before its next checkpoint signs them,
+// and verify reports the chain unanchored from then on.
+func TestAuditOwnRecordsPastHead(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	if code, body := applyDoc(t, s, helloSvc); code != 200 {
+		t.Fatal(code, body)
+	}
+	s.Close()
+	own := filepath.Join(dir, "audit", "control", "audit.log")
+	b, err := os.ReadFile(own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	last, err := audit.DecodeLine([]byte(lines[len(lines)-1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := audit.Record{Seq: last.Seq + 1, Time: last.Time, Node: last.Node, Kind: audit.KindAdmin, Action: "apply",
+		Actor: "admin", Object: "service/demo/backdoor", Prev: last.Hash}
+	forged.Hash, _ = forged.ComputeHash()
+	fl, _ := forged.MarshalLine()
+	cutLines(t, own, 0, -1, string(fl))
+
+	s = startServer(t, dir)
+	code, ar := getAudit(t, s, "/v1/audit?verify=1")
+	if code != 200 {
+		t.Fatalf("%d %+v", code, ar)
+	}
+	for _, c := range ar.Chains {
+		if c.Source != "control" {
+			continue
+		}
+		if *c.Intact || c.Report.Verdict != audit.VerdictUnanchored || len(c.Report.Unanchored) == 0 ||
+			!strings.Contains(strings.Join(c.Report.Unanchored, " "), fmt.Sprintf("seq %d..%d were found past the stored head", forged.Seq, forged.Seq)) {
+			t.Fatalf("own chain with an appended record: %+v", c.Report)
+		}
+		return
+	}
+	t.Fatalf("no own chain in %+v", ar)
 }

@@ -63,7 +63,7 @@ func dialAgent(t *testing.T, s *Server, node string) *agentConn {
 	}
 	t.Cleanup(func() { c.Close() })
 	a := &agentConn{t: t, c: c, r: wire.NewReader(c)}
-	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: &api.Node{
+	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2}, Node: &api.Node{
 		Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: "shop-1", Region: "east", MeshAddress: "127.0.0.1:7072"}}})
 	if m := a.recv(); m.Type != wire.TypeWelcome {
 		t.Fatalf("want welcome, got %+v", m)
@@ -375,5 +375,27 @@ func TestAgentEndpointsWithinServiceIdentity(t *testing.T) {
 	}
 	if err := s.reg.syncLocalEndpoints("n1", []api.Endpoint{ep("pay-1", "pay-sa")}); err != nil {
 		t.Fatalf("allowed endpoint refused: %v", err)
+	}
+}
+
+// TestOldAgentRefused: an agent that does not name wire.CapPolicy2 would
+// drop the fields that narrow routes and policies (mesh-wide DENY, no
+// default route) and so enforce wider rules; its stream is refused with an
+// error that says to upgrade it, and counted.
+func TestOldAgentRefused(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	c, err := net.Dial("tcp", s.SyncAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	a := &agentConn{t: t, c: c, r: wire.NewReader(c)}
+	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: &api.Node{
+		Meta: api.Meta{Name: "old"}, Spec: api.NodeSpec{Site: "shop-1", Region: "east", MeshAddress: "127.0.0.1:7072"}}})
+	if m := a.recv(); m.Type != wire.TypeError || !strings.Contains(m.Error, "upgrade") {
+		t.Fatalf("an agent without %s got %+v; want an error naming the upgrade", wire.CapPolicy2, m)
+	}
+	if s.mOldAgents.Get() != 1 {
+		t.Fatalf("old agents counted %d, want 1", s.mOldAgents.Get())
 	}
 }

@@ -77,7 +77,7 @@ func TestJoinCannotTakeOverNodeOfAnotherSite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion,
+	wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2},
 		Node: &api.Node{Meta: api.Meta{Name: "busy"}, Spec: api.NodeSpec{Site: "s2", Region: "r", MeshAddress: "127.0.0.1:1"}}})
 	if m, err := wire.NewReader(c).Read(); err != nil || m.Type != wire.TypeWelcome {
 		t.Fatalf("busy: %v %+v", err, m)

@@ -61,7 +61,7 @@ func syncDial(t *testing.T, s *Server, svid *x509svid.SVID, site, node string) (
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(3 * time.Second))
 	n := &api.Node{Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: site, Region: "r", MeshAddress: "127.0.0.1:1"}}
-	if err := wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: n}); err != nil {
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2}, Node: n}); err != nil {
 		return nil, err
 	}
 	return wire.NewReader(c).Read()
@@ -177,7 +177,7 @@ func TestWorkloadSVIDOnlyForOwnEndpoints(t *testing.T) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	n := &api.Node{Meta: api.Meta{Name: "a"}, Spec: api.NodeSpec{Site: "s1", Region: "r", MeshAddress: "127.0.0.1:1"}}
-	if err := wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: n}); err != nil {
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2}, Node: n}); err != nil {
 		t.Fatal(err)
 	}
 	r := wire.NewReader(c)

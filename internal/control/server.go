@@ -156,6 +156,7 @@ type Server struct {
 
 	mStreams   *metrics.Counter
 	mBadFrames *metrics.Counter
+	mOldAgents *metrics.Counter // agents refused for lacking wire.CapPolicy2
 	mApplies   *metrics.Counter
 	mUpdates   *metrics.Counter
 }
@@ -231,6 +232,7 @@ func (s *Server) initMetrics() {
 	m := s.cfg.Metrics
 	s.mStreams = m.NewCounter(`fogmesh_control_sync_streams_total`)
 	s.mBadFrames = m.NewCounter(`fogmesh_control_sync_bad_frames_total`)
+	s.mOldAgents = m.NewCounter(`fogmesh_control_sync_old_agents_total`)
 	s.mApplies = m.NewCounter(`fogmesh_control_applies_total`)
 	s.mUpdates = m.NewCounter(`fogmesh_control_updates_sent_total`)
 	m.NewGauge(`fogmesh_control_nodes_connected`, func() float64 {

@@ -124,6 +124,14 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		st.write(&wire.Message{Type: wire.TypeError, Error: fmt.Sprintf("protocol %d not supported (want %d)", hello.Protocol, wire.ProtocolVersion)})
 		return fmt.Errorf("protocol %d", hello.Protocol)
 	}
+	if !slices.Contains(hello.Capabilities, wire.CapPolicy2) {
+		// An older agent would drop the fields that narrow routes and
+		// policies (a mesh-wide DENY, a route without default) and enforce
+		// wider rules than the documents say: refuse it rather than widen.
+		s.mOldAgents.Inc()
+		st.write(&wire.Message{Type: wire.TypeError, Error: "agent too old for this control plane: upgrade it (it keeps serving from its cache meanwhile)"})
+		return errors.New("agent without capability " + wire.CapPolicy2)
+	}
 	if err := hello.Node.Validate(); err != nil {
 		st.write(&wire.Message{Type: wire.TypeError, Error: "node: " + err.Error()})
 		return fmt.Errorf("hello node: %w", err)

@@ -121,7 +121,7 @@ func (m *Masker) Classify(h http.Header) (Kind, error) {
 		if kind = m.kindOf(mt); kind == KindPass {
 			return KindPass, nil
 		}
-		if c := strings.ToLower(charset); strings.HasPrefix(c, "utf-16") || strings.HasPrefix(c, "utf-32") || strings.HasPrefix(c, "ucs-") {
+		if !asciiCompatible(charset) {
 			return KindPass, fmt.Errorf("%w: charset %q", ErrContentType, charset)
 		}
 	default: // no Content-Type
@@ -301,7 +301,10 @@ type Reader struct {
 	out    []byte
 	pos    int
 	err    error
-	peak   int // the largest buffered bytes seen (tests)
+	// sniffErr refuses a body without Content-Type that the masker
+	// cannot read (sniffed).
+	sniffErr error
+	peak     int // the largest buffered bytes seen (tests)
 }
 
 const readChunk = 32 << 10
@@ -337,6 +340,29 @@ func (r *Reader) start(kind Kind) {
 	}
 }
 
+// asciiCompatible reports whether a body in charset spells digits, quotes
+// and braces as ASCII does, so the masker reads what the backend reads. An
+// allow-list: any other charset (UTF-16 and UTF-32 in all their spellings,
+// "utf16", "UTF_16LE", "ucs2", "unicode", EBCDIC...) is refused on a masked
+// route rather than passed unread.
+func asciiCompatible(charset string) bool {
+	c := strings.Map(func(r rune) rune {
+		if r >= 'A' && r <= 'Z' {
+			return r + 'a' - 'A'
+		}
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return -1 // "UTF_8", "utf 8" and "utf-8" are one name
+	}, charset)
+	switch c {
+	case "", "utf8", "usascii", "ascii", "iso88591", "latin1", "iso885915", "windows1252", "cp1252",
+		"gbk", "gb2312", "gb18030", "big5", "shiftjis", "eucjp", "euckr":
+		return true
+	}
+	return false
+}
+
 // sniffed passes on the leading BOM and whitespace of a body without
 // Content-Type and, at its first other byte, picks the scanner: JSON for
 // '{' or '[', else none (KindSniff) or text (KindSniffText). It returns
@@ -345,6 +371,12 @@ func (r *Reader) sniffed(b []byte) []byte {
 	i := 0
 	for ; i < len(b); i++ {
 		c := b[i]
+		if c == 0 || c == 0xfe || c == 0xff {
+			// A UTF-16 or UTF-32 body (a BOM FE FF / FF FE, or NUL bytes
+			// around ASCII): JSON parsers read it, the masker cannot.
+			r.sniffErr = fmt.Errorf("%w: a body without Content-Type in UTF-16 or UTF-32", ErrContentType)
+			return nil
+		}
 		if r.lead < 3 && r.lead == r.bomAt && c == bom[r.bomAt] {
 			r.bomAt++
 			r.lead++
@@ -388,6 +420,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 		b := r.in[:n]
 		if r.sniff != 0 && n > 0 {
 			b = r.sniffed(b)
+			serr = r.sniffErr
 		}
 		if len(b) > 0 {
 			switch {

@@ -161,6 +161,13 @@ func TestClassifyRobust(t *testing.T) {
 		{def, http.Header{"Content-Type": {"application/json x"}}, KindPass, ErrContentType},
 		// A charset the scanner cannot read digits in.
 		{def, http.Header{"Content-Type": {"application/json; charset=UTF-16"}}, KindPass, ErrContentType},
+		// Other spellings of it (iconv-lite, Python and Java read them all).
+		{def, http.Header{"Content-Type": {"application/json; charset=UTF_16LE"}}, KindPass, ErrContentType},
+		{def, http.Header{"Content-Type": {"application/json; charset=utf16"}}, KindPass, ErrContentType},
+		{def, http.Header{"Content-Type": {"application/json; charset=ucs2"}}, KindPass, ErrContentType},
+		{def, http.Header{"Content-Type": {"application/json; charset=unicode"}}, KindPass, ErrContentType},
+		{def, http.Header{"Content-Type": {"application/json; charset=UTF_8"}}, KindJSON, nil},
+		{def, http.Header{"Content-Type": {"application/json; charset=GBK"}}, KindJSON, nil},
 		{def, http.Header{"Content-Type": {"application/json; charset=utf-8"}}, KindJSON, nil},
 		// JSON under its other names.
 		{def, http.Header{"Content-Type": {"text/json"}}, KindJSON, nil},
@@ -214,6 +221,13 @@ func TestSniff(t *testing.T) {
 	}
 	if _, _, err := maskRun(t, m, KindSniff, `{"p":13812345678`); !errors.Is(err, ErrMalformed) {
 		t.Errorf("sniffed JSON that ends early: %v", err)
+	}
+	// UTF-16/32 JSON without Content-Type: Python's json.loads(bytes)
+	// reads it; the masker cannot, so it is refused, not passed.
+	for _, in := range []string{"\xff\xfe{\x00\"\x00p\x00\"\x00", "\xfe\xff\x00{\x00\"", "\x00\x00\x00{\x00\x00\x00\"", " \x00{"} {
+		if out, _, err := maskRun(t, m, KindSniff, in); !errors.Is(err, ErrContentType) {
+			t.Errorf("UTF-16/32 body %q without Content-Type: got %q, %v; want refused", in, out, err)
+		}
 	}
 }
 

@@ -256,6 +256,15 @@ func TestSession(t *testing.T) {
 		"v5 retain handling 3":      {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x31}), "", 0x82}}},
 		"v5 options":                {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x2e}), "a", 0}}},
 		"PINGREQ and DISCONNECT":    {4, []step{{[]byte{0xc0, 0}, "", 0}, {[]byte{0xe0, 0}, "", 0}}},
+		// A DISCONNECT the broker would refuse would make it publish the
+		// will: refused here first.
+		"DISCONNECT with a body 3.1.1":     {4, []step{{[]byte{0xe0, 1, 0}, "", 0x81}}},
+		"v5 DISCONNECT props overrun":      {5, []step{{[]byte{0xe0, 2, 0, 5}, "", 0x81}}},
+		"v5 DISCONNECT unknown reason":     {5, []step{{[]byte{0xe0, 1, 0x05}, "", 0x82}}},
+		"v5 DISCONNECT server property":    {5, []step{{[]byte{0xe0, 5, 0, 3, 0x1c, 0, 0}, "", 0x82}}},
+		"v5 DISCONNECT trailing bytes":     {5, []step{{[]byte{0xe0, 3, 0, 0, 9}, "", 0x81}}},
+		"v5 DISCONNECT with will, reasons": {5, []step{{[]byte{0xe0, 1, 0x04}, "", 0}}},
+		"v5 DISCONNECT session expiry":     {5, []step{{[]byte{0xe0, 7, 0, 5, 0x11, 0, 0, 0, 0}, "", 0}}},
 	} {
 		s := Session{Version: c.version}
 		for i, st := range c.steps {

@@ -40,7 +40,20 @@ var (
 	willProps      = []byte{0x01, 0x02, 0x03, 0x08, 0x09, 0x18, 0x26}
 	publishProps   = []byte{0x01, 0x02, 0x03, 0x08, 0x09, 0x23, 0x26} // 0x0b only server to client [MQTT-3.3.4-6]
 	subscribeProps = []byte{0x0b, 0x26}
+	// A client's DISCONNECT: session expiry, reason string, user property
+	// (server reference 0x1c only from a server).
+	disconnectProps = []byte{0x11, 0x1f, 0x26}
 )
+
+// disconnectReasons are the reason codes MQTT 5 §3.14.2.1 defines for
+// DISCONNECT.
+var disconnectReasons = func() (m [256]bool) {
+	for _, c := range []byte{0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8b, 0x8d, 0x8e, 0x8f, 0x90,
+		0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a, 0x9b, 0x9c, 0x9d, 0x9e, 0x9f, 0xa0, 0xa1, 0xa2} {
+		m[c] = true
+	}
+	return m
+}()
 
 // properties reads an MQTT 5 property list, which must hold only the
 // allowed properties, each at most once (user properties excepted), and
@@ -259,9 +272,32 @@ func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 	case TypeConnack, TypeSuback, TypeUnsuback, TypePingresp:
 		return Action{}, protocolErr(0x82, "server packet type %d from a client", h.Type)
 	case TypeDisconnect:
+		// Strict: a DISCONNECT the broker would refuse as malformed makes
+		// it close the connection with an error, and so publish the will
+		// that a well-formed one discards (the relay relies on which).
 		a := Action{Kind: KindDisconnect}
-		if s.Version == 5 && len(body) > 0 {
-			a.WillAsked = body[0] == 0x04
+		if s.Version != 5 {
+			if len(body) != 0 {
+				return Action{}, malformed("DISCONNECT with a body") // MQTT 3.1.1 §3.14.1
+			}
+			return a, nil
+		}
+		if len(body) == 0 {
+			return a, nil // reason 0x00, no properties (MQTT 5 §3.14.2.1)
+		}
+		if !disconnectReasons[body[0]] {
+			return Action{}, protocolErr(0x82, "DISCONNECT reason %#x", body[0])
+		}
+		a.WillAsked = body[0] == 0x04
+		if len(body) > 1 {
+			d := &decoder{b: body[1:]}
+			d.properties("DISCONNECT", disconnectProps, nil)
+			if d.err == nil && len(d.b) != 0 {
+				d.fail(malformed("DISCONNECT: %d bytes after the properties", len(d.b)))
+			}
+			if d.err != nil {
+				return Action{}, d.err
+			}
 		}
 		return a, nil
 	case TypePublish:

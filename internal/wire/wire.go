@@ -71,6 +71,12 @@ const (
 // messages of a capability the agent named, so older agents never see them.
 const (
 	CapTrust = "trust" // TypeTrust messages
+	// CapPolicy2: the agent enforces the narrowing fields of routes and
+	// authorization policies (spec.meshWide, spec.unmatched, queryParams,
+	// withoutHeaders, sourceLabels, sourceNamespace). An agent without it
+	// would ignore them and so widen the rules; the control plane refuses
+	// its stream (it keeps serving from its cache until upgraded).
+	CapPolicy2 = "policy2"
 )
 
 // Features a control plane lists in welcome. An agent uses a message type
