@@ -444,7 +444,7 @@ func TestAuditChainsAnchoredToStoredHeads(t *testing.T) {
 	cutLines(t, filepath.Join(nodes, "appended", "audit.log"), 0, -1, string(fl))
 	cutLines(t, filepath.Join(nodes, "headless", "audit.log"), 3, -1)
 	cutLines(t, filepath.Join(dir, "audit", "control", "audit.log"), 0, 1) // the own chain: 2 records, 1 kept
-	if err := os.RemoveAll(filepath.Join(nodes, "deleted")); err != nil { // every record of a chain
+	if err := os.RemoveAll(filepath.Join(nodes, "deleted")); err != nil {  // every record of a chain
 		t.Fatal(err)
 	}
 
