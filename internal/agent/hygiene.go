@@ -158,13 +158,20 @@ func setXForwarded(h http.Header, clientIP []string, host string) {
 // outgoing request of a ReverseProxy (run from its Rewrite). ReverseProxy
 // has put back "Connection: Upgrade" and Upgrade for an upgrade it
 // handles itself: those stay.
+//
+// An upgrade to h2c is not passed on (Envoy's default too): after the
+// switch the client would speak HTTP/2 straight to the workload, each of
+// its requests with whatever path and identity header it likes, past the
+// agent's per-request routing, normalisation and authorization. The request
+// goes on as plain HTTP/1.1; a workload that switches anyway gets a 502.
 func scrubProxyRequest(pr *httputil.ProxyRequest) {
 	upgrade := pr.Out.Header["Upgrade"]
 	scrubRequestHeader(pr.Out.Header, pr.In.Header["Connection"])
-	if upgrade != nil {
+	if upgrade != nil && !upgradesToHTTP(upgrade) {
 		pr.Out.Header["Connection"] = []string{"Upgrade"}
 		pr.Out.Header["Upgrade"] = upgrade
 	}
+	delete(pr.Out.Header, "Http2-Settings")
 	scrubTrailer(pr.Out.Trailer)
 }
 
@@ -222,4 +229,18 @@ func dropIdentityHeaders(h http.Header) {
 			delete(h, k)
 		}
 	}
+}
+
+// upgradesToHTTP reports whether an Upgrade header asks for another HTTP
+// version (h2c, h2, HTTP/2.0): a tunnel of requests the agent would not see.
+func upgradesToHTTP(vv []string) bool {
+	for _, v := range vv {
+		for tok := range strings.SplitSeq(v, ",") {
+			tok = strings.ToLower(strings.TrimSpace(tok))
+			if strings.HasPrefix(tok, "h2") || strings.HasPrefix(tok, "http/") {
+				return true
+			}
+		}
+	}
+	return false
 }
