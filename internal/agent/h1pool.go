@@ -430,10 +430,16 @@ func (pc *h1Conn) writeRequest(req *http.Request) error {
 			w = cw
 		}
 		buf := copyBuffers.Get()
-		_, err := copyBody(w, req.Body, buf)
+		n, err := copyBody(w, req.Body, buf)
 		copyBuffers.Put(buf)
 		if err != nil {
 			return err
+		}
+		if !chunked && n != max(req.ContentLength, 0) {
+			// The head promised another length: the upstream would take
+			// the next request's bytes as this body (as http.Transport,
+			// refuse; the caller closes the connection).
+			return fmt.Errorf("request body: %d bytes sent for Content-Length %d", n, req.ContentLength)
 		}
 		if chunked {
 			scrubTrailer(req.Trailer) // as received: undeclared fields too

@@ -564,10 +564,13 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				}
 				err = &dialError{errNodeDead}
 			}
-		} else if ev.mesh != "" && resp.Header.Get(hdrWorkloadRefused) != "" {
-			// The endpoint's agent could not connect to its workload:
-			// nothing of the request reached it, so fail over as after a
-			// refused connect (peerRefusedResponse).
+		} else if ev.mesh != "" && resp.Header.Get(hdrWorkloadRefused) != "" && a.ident != nil &&
+			resp.StatusCode == http.StatusServiceUnavailable && bodyless {
+			// The endpoint's agent (mTLS: no workload can speak for it;
+			// it strips the field from workload answers) could not
+			// connect to its workload: nothing of the request reached it,
+			// and the request has no body that was spent sending it, so
+			// fail over as after a refused connect (peerRefusedResponse).
 			release()
 			resp.Body.Close()
 			err = &dialError{errWorkloadRefused}
@@ -577,6 +580,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			resp.Body = &releaseOnClose{ReadCloser: resp.Body, release: release}
 		}
 		if err == nil {
+			resp.Header.Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
 			a.stats(ev.key).observe(time.Since(start))
 			a.requestMetrics(t.svc, route, ev, resp.StatusCode, time.Since(start))
 			if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc") && resp.StatusCode != http.StatusSwitchingProtocols {
