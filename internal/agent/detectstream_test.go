@@ -1,11 +1,14 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // loopbackPair is a connected pair of loopback TCP connections.
@@ -138,3 +141,37 @@ func TestDetectStreamDecides(t *testing.T) {
 }
 
 func isPrefix(got, of string) bool { return len(got) <= len(of) && of[:len(got)] == got }
+
+// TestRelayStreamAutoServerFirst: a mesh stream to an auto port whose
+// workload speaks first (SMTP-like) is relayed as bytes both ways, though
+// the destination waits for the client's first bytes without a limit.
+func TestRelayStreamAutoServerFirst(t *testing.T) {
+	client, stream := loopbackPair(t)
+	local, workload := loopbackPair(t)
+	var a Agent
+	mc := &meshConn{countedConn: &countedConn{Conn: local, done: func() {}}, mode: modeDetect}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.RelayStream(context.Background(), transport.Header{Namespace: "demo", Service: "mail", Endpoint: "mail-a", Port: "any", Source: "b"}, stream, mc)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	client.SetDeadline(deadline)
+	workload.SetDeadline(deadline)
+	workload.Write([]byte("220 ready\r\n"))
+	br := bufio.NewReader(client)
+	if line, err := br.ReadString('\n'); err != nil || line != "220 ready\r\n" {
+		t.Fatalf("client got banner %q, %v", line, err)
+	}
+	client.Write([]byte("HELO x\r\n"))
+	if line, err := bufio.NewReader(workload).ReadString('\n'); err != nil || line != "HELO x\r\n" {
+		t.Fatalf("workload got %q, %v", line, err)
+	}
+	client.Close()
+	workload.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("RelayStream did not return after both ends closed")
+	}
+}
