@@ -571,9 +571,7 @@ func detectStream(ctx context.Context, stream, local net.Conn) (proto string, pe
 			// The workload ended the connection: relay what there is.
 			return "tcp", c.buf, nil, nil
 		}
-		if c.err != nil {
-			return "tcp", c.buf, nil, nil
-		}
+		// Also when the client ended the stream: what it sent decides.
 		p, _ := detectBytes(c.buf)
 		return p, c.buf, nil, nil
 	}
