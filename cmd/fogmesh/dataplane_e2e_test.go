@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -237,10 +238,11 @@ type identityEcho struct {
 type seenRequest struct {
 	Path string   `json:"path"`
 	IDs  []string `json:"ids"`
+	XFF  []string `json:"xff,omitempty"` // X-Forwarded-For
 }
 
 func (e *identityEcho) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s := seenRequest{Path: r.URL.Path, IDs: r.Header.Values("X-Fogmesh-Source-Id")}
+	s := seenRequest{Path: r.URL.Path, IDs: r.Header.Values("X-Fogmesh-Source-Id"), XFF: r.Header.Values("X-Forwarded-For")}
 	e.mu.Lock()
 	e.seen = append(e.seen, s)
 	e.mu.Unlock()
@@ -335,6 +337,7 @@ type dpMesh struct {
 	localBroker          netip.AddrPort // broker's VIP on the server node
 	localWeb, localRPC   netip.AddrPort // web's and rpc's VIPs on the server node
 	webEcho, openEcho    *identityEcho
+	openConns            atomic.Int64   // connections open's workload accepted
 	open                 netip.AddrPort // open's VIP on the client node
 	serverMesh           string         // the server agent's mesh address
 	clientDir            string         // the client agent's state directory
@@ -362,7 +365,11 @@ func startDPMesh(t *testing.T) *dpMesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	openSrv := &http.Server{Handler: m.openEcho}
+	openSrv := &http.Server{Handler: m.openEcho, ConnState: func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			m.openConns.Add(1)
+		}
+	}}
 	go openSrv.Serve(openLn)
 	t.Cleanup(func() { openSrv.Close() })
 	rpcLn, err := net.Listen("tcp", "127.0.0.1:0")
@@ -858,6 +865,69 @@ func TestSecureDataPlane(t *testing.T) {
 		}
 		if n := metric(t, nil, "http://"+m.serverAdmin+"/metrics", "fogmesh_agent_authz_unvouched_source_total"); n <= unvouched {
 			t.Errorf("unvouched sources counted %v before and %v after", unvouched, n)
+		}
+	})
+
+	t.Run("slow clients on the auto port", func(t *testing.T) {
+		// A client that waits before its first byte, or pauses inside the
+		// method, outlasts the source agent's detection window: the source
+		// relays the connection as TCP. Its bytes are still HTTP, and the
+		// workload must see the stream's vouched identity only, never the
+		// identity or X-Forwarded-For the client wrote. The pause ends
+		// after the destination agent has dialed the workload (so the
+		// source has decided) plus longer than a detection window.
+		auto := netip.AddrPortFrom(m.open.Addr(), 18084).String()
+		const forgedXFF = "203.0.113.9"
+		for _, c := range []struct {
+			name, src, claim string
+			first            string // sent before the pause
+			pause            time.Duration
+			want             []string
+		}{
+			{"frontend silent, claims admin", dpFrontend, "spiffe://fogmesh.local/ns/e2e/sa/admin", "", 700 * time.Millisecond, []string{dpFrontendID}},
+			{"frontend G pause, claims guest", dpFrontend, dpGuestID, "G", 700 * time.Millisecond, []string{dpFrontendID}},
+			{"nobody silent, claims frontend", dpNobody, dpFrontendID, "", 700 * time.Millisecond, nil},
+			{"nobody G pause, claims frontend", dpNobody, dpFrontendID, "G", 700 * time.Millisecond, nil},
+			// Scenario B: the source calls it TCP, the destination sees
+			// HTTP at once.
+			{"nobody silent then quick, claims frontend", dpNobody, dpFrontendID, "", 0, nil},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				path := "/slow/" + strings.ReplaceAll(c.name, " ", "-")
+				before := m.openConns.Load()
+				d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(c.src)}}
+				conn, err := d.Dial("tcp", auto)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(15 * time.Second))
+				req := "GET " + path + " HTTP/1.1\r\nHost: open\r\nX-Fogmesh-Source-Id: " + c.claim +
+					"\r\nX-Forwarded-For: " + forgedXFF + "\r\nConnection: close\r\n\r\n"
+				io.WriteString(conn, c.first)
+				// The destination agent dials the workload once the source
+				// agent has given up detecting and opened the stream.
+				eventually(t, 10*time.Second, "the source agent never relayed the connection", func() bool { return m.openConns.Load() > before })
+				if c.pause > 0 {
+					time.Sleep(c.pause) // the slow client under test, not synchronisation
+				}
+				io.WriteString(conn, req[len(c.first):])
+				resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				if err != nil {
+					t.Fatalf("response: %v", err)
+				}
+				resp.Body.Close()
+				got := m.openEcho.reached(path)
+				if resp.StatusCode != 200 || len(got) != 1 {
+					t.Fatalf("%s; the workload saw %v", resp.Status, got)
+				}
+				if !slices.Equal(got[0].IDs, c.want) {
+					t.Errorf("claiming %s: the workload saw identity %q, want %q", c.claim, got[0].IDs, c.want)
+				}
+				if slices.Contains(got[0].XFF, forgedXFF) {
+					t.Errorf("the workload saw the client's X-Forwarded-For %q", got[0].XFF)
+				}
+			})
 		}
 	})
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -461,10 +462,16 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 	}
 	proto, perConn := "", false
 	if mc.mode == modeDetect {
-		var peeked []byte
-		proto, peeked = detect(stream)
+		var peeked, fromLocal []byte
+		var err error
+		proto, peeked, fromLocal, err = detectStream(ctx, stream, local)
+		if err != nil {
+			stream.Close()
+			local.Close()
+			return
+		}
 		if proto != "http" && proto != "http2" {
-			if _, err := local.Write(peeked); err != nil {
+			if err := writeAll(local, peeked, stream, fromLocal); err != nil {
 				stream.Close()
 				local.Close()
 				return
@@ -490,8 +497,100 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 		if proto == "" {
 			proto = protoOf(sv, h.Port)
 		}
-		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: proto, streamCtx: ctx, perConn: perConn})
+		a.authzHTTP.serve(ctx, stream, &meshStream{h: h, sourceID: src, sourceNode: node, local: mc, proto: proto, streamCtx: ctx, perConn: perConn, agentWritten: h.L7})
 	}
+}
+
+// detectStream names the protocol of a mesh stream to an auto port from
+// its first bytes, as detect does at the source, but with no time limit:
+// a client that waits, or pauses inside an HTTP method, past the source's
+// window was relayed as TCP and still writes HTTP, which must be served
+// per request here, never relayed with the identity headers it wrote. The
+// decision is tcp once the bytes cannot start HTTP, the client ends the
+// stream, or the workload speaks first (a server-speaks-first protocol:
+// its bytes, fromLocal, go to the client first). A client-first protocol
+// whose first message is a strict prefix of an HTTP method ("G", "PO")
+// and then waits for an answer waits until ctx ends (README, auto ports).
+func detectStream(ctx context.Context, stream, local net.Conn) (proto string, peeked, fromLocal []byte, err error) {
+	type clientRes struct {
+		buf []byte
+		err error
+	}
+	cc := make(chan clientRes, 1)
+	go func() {
+		var buf []byte
+		tmp := make([]byte, 16)
+		for len(buf) < 8 {
+			n, err := stream.Read(tmp[:16-len(buf)])
+			buf = append(buf, tmp[:n]...)
+			if err != nil {
+				cc <- clientRes{buf, err}
+				return
+			}
+			if (len(buf) > 0 && buf[0] == 0x10) || !couldBeHTTP(buf) {
+				break
+			}
+		}
+		cc <- clientRes{buf, nil}
+	}()
+	type localRes struct {
+		buf []byte
+		err error
+	}
+	lc := make(chan localRes, 1)
+	go func() {
+		b := make([]byte, 4<<10)
+		n, err := local.Read(b)
+		lc <- localRes{b[:n], err}
+	}()
+	past := time.Unix(1, 0)
+	select {
+	case <-ctx.Done():
+		stream.SetReadDeadline(past)
+		local.SetReadDeadline(past)
+		<-cc
+		<-lc
+		return "", nil, nil, fmt.Errorf("detect: %w", ctx.Err())
+	case r := <-lc:
+		// The workload spoke (or ended) first: no HTTP server does.
+		stream.SetReadDeadline(past)
+		c := <-cc
+		stream.SetReadDeadline(time.Time{})
+		if r.err != nil && len(r.buf) == 0 && !errors.Is(r.err, io.EOF) {
+			return "", nil, nil, fmt.Errorf("detect: workload: %w", r.err)
+		}
+		return "tcp", c.buf, r.buf, nil
+	case c := <-cc:
+		local.SetReadDeadline(past)
+		r := <-lc
+		local.SetReadDeadline(time.Time{})
+		if len(r.buf) > 0 { // the workload spoke at the same time
+			return "tcp", c.buf, r.buf, nil
+		}
+		if r.err != nil && !errors.Is(r.err, os.ErrDeadlineExceeded) {
+			// The workload ended the connection: relay what there is.
+			return "tcp", c.buf, nil, nil
+		}
+		// Also when the client ended the stream: what it sent decides.
+		p, _ := detectBytes(c.buf)
+		return p, c.buf, nil, nil
+	}
+}
+
+// writeAll writes the bytes detectStream read back where they were going:
+// toLocal to the workload, toStream to the client.
+func writeAll(local net.Conn, toLocal []byte, stream net.Conn, toStream []byte) error {
+	if len(toLocal) > 0 {
+		if _, err := local.Write(toLocal); err != nil {
+			return fmt.Errorf("replay to the workload: %w", err)
+		}
+	}
+	if len(toStream) > 0 {
+		if _, err := stream.Write(toStream); err != nil {
+			return fmt.Errorf("replay to the client: %w", err)
+		}
+	}
+	return nil
 }
 
 func protoOf(sv *serviceView, port string) string {
@@ -523,6 +622,10 @@ type meshStream struct {
 	// perConn: the stream was authorized when it opened (an auto port, as
 	// a TCP connection); its requests are vouched for, not decided again.
 	perConn bool
+	// agentWritten: the stream is L7 (transport.Header.L7), its requests
+	// written by the source agent. Otherwise the bytes are a client's,
+	// and no identity or forwarding header in them is believed.
+	agentWritten bool
 
 	mu sync.Mutex // guards t
 	t  *http.Transport
@@ -645,6 +748,16 @@ func newAuthzServer(a *Agent) *authzServer {
 // agent set (or, for SourceIDHeader, authzServer.handle after vouching).
 var sourceAgentHeaders = []string{SourceIDHeader, "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
+// dropForwardedHeaders removes Forwarded and X-Forwarded-* in any
+// spelling (case, '_' for '-') from a request a client wrote.
+func dropForwardedHeaders(h http.Header) {
+	for k := range h {
+		if equalFoldDash(k, "Forwarded") || (len(k) > len("X-Forwarded-") && equalFoldDash(k[:len("X-Forwarded-")], "X-Forwarded-")) {
+			delete(h, k)
+		}
+	}
+}
+
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
@@ -689,7 +802,11 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	src := ms.sourceID
-	if claimed := r.Header.Get(SourceIDHeader); claimed != "" {
+	if !ms.agentWritten {
+		// A client's bytes relayed raw by its agent: the stream's vouched
+		// identity is the only one, and no X-Forwarded-* is the agent's.
+		dropForwardedHeaders(r.Header)
+	} else if claimed := r.Header.Get(SourceIDHeader); claimed != "" {
 		src, _ = s.a.vouch(ms.streamCtx, ms.h, claimed)
 	}
 	// The workload sees the identity this agent accepted, never a claim

@@ -228,7 +228,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 			}
 		}
 		dialStart := time.Now()
-		up, err := a.dialEndpoint(ctx, sv, ev, t.port)
+		up, err := a.dialStream(ctx, sv, ev, t.port, false)
 		if err == nil {
 			a.stats(ev.key).observe(time.Since(dialStart))
 		}
@@ -271,7 +271,17 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 	}
 }
 
+// dialEndpoint is the HTTP proxy's dial: on the mesh it marks the stream
+// L7 (its bytes are requests this agent writes, with the identity headers
+// it sets), which the destination agent takes headers from.
 func (a *Agent) dialEndpoint(ctx context.Context, sv *serviceView, ev *endpointView, port string) (net.Conn, error) {
+	return a.dialStream(ctx, sv, ev, port, true)
+}
+
+// dialStream connects to an endpoint; l7 is transport.Header.L7. A
+// relayed client connection (the TCP proxy) must dial with l7 false: its
+// bytes are the client's, whatever they look like.
+func (a *Agent) dialStream(ctx context.Context, sv *serviceView, ev *endpointView, port string, l7 bool) (net.Conn, error) {
 	timeout := time.Duration(sv.svc.Spec.Timeouts.Connect)
 	if timeout <= 0 {
 		timeout = 3 * time.Second
@@ -283,7 +293,7 @@ func (a *Agent) dialEndpoint(ctx context.Context, sv *serviceView, ev *endpointV
 	if ev.mesh != "" {
 		return a.peers.Dial(dctx, ev.mesh, transport.Header{
 			Namespace: sv.svc.Meta.Namespace, Service: sv.svc.Meta.Name,
-			Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name, SourceID: clientIdentityFrom(ctx)})
+			Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name, SourceID: clientIdentityFrom(ctx), L7: l7})
 	}
 	addr, err := ev.ep.AddrPort(port)
 	if err != nil {
@@ -335,6 +345,12 @@ func detect(c net.Conn) (string, []byte) {
 			break // closed, timed out, MQTT CONNECT, or bytes no HTTP starts with: decided
 		}
 	}
+	return detectBytes(buf)
+}
+
+// detectBytes names the protocol of a connection's first bytes, as detect
+// describes, and returns them.
+func detectBytes(buf []byte) (string, []byte) {
 	switch {
 	case len(buf) == 0:
 		return "tcp", buf

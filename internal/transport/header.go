@@ -31,8 +31,9 @@ import (
 //	                   length           uint16, big endian, 1..MaxHeaderLen
 //	                   JSON Header      length bytes:
 //	                     {"namespace":"..","service":"..","endpoint":"..",
-//	                      "port":"..","source":".."}
-//	                   every field non-empty, at most MaxFieldLen bytes of
+//	                      "port":"..","source":"..",
+//	                      "sourceId":"..","l7":true}
+//	                   every field but sourceId and l7 non-empty, at most MaxFieldLen bytes of
 //	                   UTF-8 without control characters; unknown fields
 //	                   are ignored.
 //
@@ -93,6 +94,14 @@ type Header struct {
 	// connection, as the source agent knows it (optional). The destination
 	// agent trusts it only as far as it trusts the source node.
 	SourceID string `json:"sourceId,omitempty"`
+	// L7 marks a stream the source agent's HTTP proxy opened: the bytes
+	// on it are HTTP requests the source agent wrote, with the identity
+	// and X-Forwarded-* headers it set. Without it (a relayed client
+	// connection, or an agent that predates the field) the destination
+	// takes no identity or forwarding header from the bytes. Omitted when
+	// false, so older agents, which ignore unknown fields, read the same
+	// header as before.
+	L7 bool `json:"l7,omitempty"`
 }
 
 func (h Header) String() string {

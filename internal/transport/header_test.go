@@ -33,6 +33,25 @@ func TestWriteHeaderBytes(t *testing.T) {
 	}
 }
 
+// TestWriteHeaderL7 pins the wire form: l7 is written only when set, so a
+// header without it is byte for byte what older agents wrote.
+func TestWriteHeaderL7(t *testing.T) {
+	var buf bytes.Buffer
+	h := testHeader
+	h.L7 = true
+	if err := WriteHeader(&buf, h); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.TrimSuffix(validJSON, "}") + `,"l7":true}`
+	if got := buf.Bytes(); !bytes.Equal(got, frame("FMS1", len(want), want)) {
+		t.Fatalf("WriteHeader wrote\n%q\nwant %q", got, want)
+	}
+	got, err := ReadHeader(&buf)
+	if err != nil || got != h {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+}
+
 func TestReadHeader(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -45,6 +64,12 @@ func TestReadHeader(t *testing.T) {
 		{name: "valid with trailing stream bytes", in: append(frame("FMS1", len(validJSON), validJSON), "GET /"...), want: testHeader},
 		{name: "unknown field ignored", in: hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","future":1,"x":"yz"}`),
 			want: Header{Namespace: "a", Service: "b", Endpoint: "c", Port: "d", Source: "e"}},
+		{name: "l7", in: hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","l7":true}`),
+			want: Header{Namespace: "a", Service: "b", Endpoint: "c", Port: "d", Source: "e", L7: true}},
+		{name: "l7 false", in: hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","l7":false}`),
+			want: Header{Namespace: "a", Service: "b", Endpoint: "c", Port: "d", Source: "e"}},
+		{name: "l7 not a bool", in: hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","l7":"yes"}`),
+			wantErr: "cannot unmarshal", bad: true},
 		{name: "empty input", in: nil, wantErr: "EOF"},
 		{name: "bad magic", in: frame("HTTP", len(validJSON), validJSON), wantErr: `bad magic "HTTP"`, bad: true},
 		{name: "old version", in: frame("FMS0", len(validJSON), validJSON), wantErr: "bad magic", bad: true},
@@ -186,6 +211,7 @@ func TestWriteStatusTruncates(t *testing.T) {
 // Seeds are in testdata/fuzz/FuzzReadHeader.
 func FuzzReadHeader(f *testing.F) {
 	f.Add(frame("FMS1", len(validJSON), validJSON))
+	f.Add(hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","sourceId":"spiffe://x/y","l7":true}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		h, err := ReadHeader(bytes.NewReader(in))
 		if err != nil {
