@@ -148,6 +148,7 @@ func newL7(a *Agent) *l7 {
 	norm := a.normalizingHandler(rp) // one normalised path for routing, authorization and upstream
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var tb *timedBody
 			if r.Body != nil && r.Body != http.NoBody {
 				// The body is read under timedBody's bounds (l7body.go), set
 				// on the request's own read deadline (HTTP/1.1: the
@@ -156,9 +157,10 @@ func newL7(a *Agent) *l7 {
 				// closes a connection whose body was not read to the end.
 				// ReverseProxy wraps the body it forwards: the context
 				// carries it to lbTransport.
-				tb := newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+				tb = newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
 				r = r.WithContext(context.WithValue(r.Context(), timedBodyKey{}, tb))
 				r.Body = tb
+				defer tb.unanswered() // the server drains the rest after the handler: bounded (l7body.go)
 			}
 			if r.ProtoMajor == 2 {
 				// A slow reader stalls its stream's flow control, not the
@@ -543,6 +545,9 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		if decidesHere(ev) { // a remote endpoint's agent authorizes there
 			if resp := a.authorizeLocalRequest(req, t); resp != nil {
+				if tb := timedBodyOf(req); tb != nil {
+					tb.finish() // the agent's answer: the rest of the body is only drained
+				}
 				return resp, nil
 			}
 		}
