@@ -148,7 +148,6 @@ func newL7(a *Agent) *l7 {
 	norm := a.normalizingHandler(rp) // one normalised path for routing, authorization and upstream
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			var tb *timedBody
 			if r.Body != nil && r.Body != http.NoBody {
 				// The body is read under timedBody's bounds (l7body.go), set
 				// on the request's own read deadline (HTTP/1.1: the
@@ -157,7 +156,7 @@ func newL7(a *Agent) *l7 {
 				// closes a connection whose body was not read to the end.
 				// ReverseProxy wraps the body it forwards: the context
 				// carries it to lbTransport.
-				tb = newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+				tb := newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
 				r = r.WithContext(context.WithValue(r.Context(), timedBodyKey{}, tb))
 				r.Body = tb
 				defer tb.unanswered() // the server drains the rest after the handler: bounded (l7body.go)
@@ -363,6 +362,9 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 	if sv == nil {
 		return nil, errNoEndpoint
 	}
+	// The gap between body reads holds from here: an answer of the agent's
+	// (a fault, an error) drains the body within it too (l7body.go).
+	armBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
 	// What the request takes below (its client's place, its agent and
 	// circuit breaker slots, its timeout) it holds until its response body
 	// is done (a stream or a download counts as long as it lasts), or

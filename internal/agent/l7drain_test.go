@@ -19,7 +19,7 @@ import (
 // within timeouts.requestBody (300 ms here): a client that declares 100000
 // bytes and sends none is closed within the bound, on the fast path and on
 // the net/http server path (absolute-form target), for a gRPC deny (no
-// body), a HEAD and a plain POST. (Before: the drain had no deadline; the
+// body), a HEAD, a plain POST and a fault's abort. (Before: the drain had no deadline; the
 // connection and its goroutine were held until the client left.)
 func TestDeniedBodyDrainBounded(t *testing.T) {
 	be := startCounting(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -33,6 +33,8 @@ func TestDeniedBodyDrainBounded(t *testing.T) {
 			{"grpc", "POST " + path.target + "pkg.Svc/Call HTTP/1.1\r\nHost: dd\r\nContent-Type: application/grpc\r\nTe: trailers\r\nContent-Length: 100000\r\n\r\n", "HTTP/1.1 200"},
 			{"head", "HEAD " + path.target + " HTTP/1.1\r\nHost: dd\r\nContent-Length: 100000\r\n\r\n", "HTTP/1.1 403"},
 			{"post", "POST " + path.target + " HTTP/1.1\r\nHost: dd\r\nContent-Length: 100000\r\n\r\nA", "HTTP/1.1 403"},
+			// A fault's abort: answered before the request's bounds are armed.
+			{"fault", "POST " + path.target + " HTTP/1.1\r\nHost: dd\r\nX-Case: abort\r\nContent-Length: 100000\r\n\r\nA", "HTTP/1.1 418"},
 		} {
 			t.Run(path.name+" "+v.name, func(t *testing.T) {
 				t.Parallel()
@@ -115,9 +117,9 @@ func TestDeniedBodyDrainBounded(t *testing.T) {
 	}
 }
 
-// startDenyingAgent starts an agent with services dd (requestBody 300 ms)
-// and ddk (requestBody 10 s), whose local endpoint (port) is open to no
-// one; it returns their addresses.
+// startDenyingAgent starts an agent with services dd (requestBody 300 ms,
+// an abort fault for "X-Case: abort") and ddk (requestBody 10 s), whose
+// local endpoint (port) is open to no one; it returns their addresses.
 func startDenyingAgent(t *testing.T, port int) (dd, ddk string) {
 	t.Helper()
 	cp := startControl(t, t.TempDir(), "")
@@ -127,6 +129,16 @@ metadata: {name: dd, namespace: demo}
 spec:
   ports: [{name: web, port: 19441, protocol: http}]
   timeouts: {requestBody: 300ms}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Route
+metadata: {name: dd, namespace: demo}
+spec:
+  service: dd
+  rules:
+  - match: [{headers: {x-case: {exact: abort}}}]
+    backends: [{}]
+    fault: {abort: {httpStatus: 418, percent: 100}}
 ---
 apiVersion: fogmesh.io/v1alpha1
 kind: Service
