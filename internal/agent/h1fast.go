@@ -398,7 +398,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	// The request sent on, as ReverseProxy's Rewrite makes it.
 	h := in.Header
 	scrubRequestHeader(h, h["Connection"])
-	scrubTrailer(in.Trailer) // declared; writeRequest scrubs what arrives
+	scrubTrailer(in.Trailer) // declared (a mirror clones them); writeRequest sends none
 	setXForwarded(h, cs.xff, in.Host)
 	p.s.a.setSourceIdentity(cs.ctx, in)
 	in.Close = false
