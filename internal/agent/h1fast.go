@@ -398,7 +398,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	// The request sent on, as ReverseProxy's Rewrite makes it.
 	h := in.Header
 	scrubRequestHeader(h, h["Connection"])
-	scrubTrailer(in.Trailer) // declared; writeRequest scrubs what arrives
+	scrubTrailer(in.Trailer) // declared (a mirror clones them); writeRequest sends none
 	setXForwarded(h, cs.xff, in.Host)
 	p.s.a.setSourceIdentity(cs.ctx, in)
 	in.Close = false
@@ -424,7 +424,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 			return false
 		}
 		if hasBody {
-			keep = keep && drained(body)
+			keep = keep && drainBody(body)
 		}
 		w.write(bw, keep)
 		return bw.Flush() == nil && keep
@@ -435,9 +435,20 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 		return false
 	}
 	if hasBody {
-		keep = keep && drained(body)
+		keep = keep && drainBody(body)
 	}
 	return keep
+}
+
+// drainBody is drained for a request body once no endpoint reads it, within
+// the service's timeouts.requestBody from now (timedBody.finish): the
+// bounds were lifted when the response header arrived (or the agent
+// answered), and the client watch leaves the read deadline in the past.
+func drainBody(body io.Reader) bool {
+	if tb, ok := body.(*timedBody); ok {
+		tb.finish()
+	}
+	return drained(body)
 }
 
 // drained reads what is left of a request body (up to h1MaxDrain) so the

@@ -159,6 +159,7 @@ func newL7(a *Agent) *l7 {
 				tb := newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
 				r = r.WithContext(context.WithValue(r.Context(), timedBodyKey{}, tb))
 				r.Body = tb
+				defer tb.unanswered() // the server drains the rest after the handler: bounded (l7body.go)
 			}
 			if r.ProtoMajor == 2 {
 				// A slow reader stalls its stream's flow control, not the
@@ -361,6 +362,9 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 	if sv == nil {
 		return nil, errNoEndpoint
 	}
+	// The gap between body reads holds from here: an answer of the agent's
+	// (a fault, an error) drains the body within it too (l7body.go).
+	armBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
 	// What the request takes below (its client's place, its agent and
 	// circuit breaker slots, its timeout) it holds until its response body
 	// is done (a stream or a download counts as long as it lasts), or
@@ -543,6 +547,9 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		if decidesHere(ev) { // a remote endpoint's agent authorizes there
 			if resp := a.authorizeLocalRequest(req, t); resp != nil {
+				if tb := timedBodyOf(req); tb != nil {
+					tb.finish() // the agent's answer: the rest of the body is only drained
+				}
 				return resp, nil
 			}
 		}

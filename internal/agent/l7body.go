@@ -75,6 +75,35 @@ func (b *timedBody) stop() {
 	b.mu.Unlock()
 }
 
+// finish bounds what is left of the body once no endpoint will read it:
+// the response is written (fast path), or the agent answered the request
+// itself (a deny, a fault, an error). The rest is read only to be thrown
+// away so that the connection can carry the next request (as net/http's
+// server does before it writes its answer), and must come within one gap
+// from now, whatever stop or the client watch set before.
+func (b *timedBody) finish() {
+	b.mu.Lock()
+	b.off = true
+	b.setDeadline(time.Now().Add(b.gap))
+	b.mu.Unlock()
+}
+
+// unanswered is finish for the net/http server path, run as its handler
+// returns: if no endpoint's answer lifted the bounds (the agent answered:
+// an error, a fault; a deny has finished the body already), the server
+// drains the rest of the body before it writes the answer, with the read
+// deadline this sets. A body read to its end, or answered by an endpoint,
+// is left alone: the server may be reading on in the background, where a
+// deadline would cancel the connection.
+func (b *timedBody) unanswered() {
+	b.mu.Lock()
+	off := b.off
+	b.mu.Unlock()
+	if !off {
+		b.finish()
+	}
+}
+
 // expire ends the body when the request timeout fires first: true if the
 // body was still being waited for (the client's delay, answered 408).
 func (b *timedBody) expire() bool {
