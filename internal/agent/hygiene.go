@@ -27,8 +27,10 @@ import (
 //     dropped, as Envoy's headers_with_underscores_action: DROP_HEADER does
 //     for all names with '_' (the others are left alone: they cannot alias
 //     what the agent sets);
-//   - no trailer that could change how the request is framed, routed or
-//     authorized (scrubTrailer).
+//   - no request trailer values at all (h1pool.go writeRequest ends a
+//     chunked body without them; ReverseProxy keeps only the declared
+//     names); scrubTrailer remains a safeguard for the names a request's
+//     copies (mirrors) keep.
 
 // hopHeaders are removed from requests and responses, as ReverseProxy does.
 var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
