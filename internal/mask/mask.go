@@ -266,18 +266,8 @@ func Compile(cfg Config) (*Masker, error) {
 // Config returns the configuration m was compiled from.
 func (m *Masker) Config() Config { return m.cfg }
 
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return false
-		}
-	}
-	return true
-}
+// validHeaderName: a field name is a token (RFC 9110 §5.1).
+func validHeaderName(s string) bool { return isToken(s) }
 
 func validTypePattern(t string) bool {
 	switch {
