@@ -271,7 +271,11 @@ func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		code = http.StatusRequestTimeout
 		s.a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_request_body_timeouts_total`).Inc()
 	} else if errors.Is(err, context.Canceled) {
-		return // the client went away
+		// The client went away, or half-closed its side (net/http's
+		// server cancels the request then): answer 502 all the same, for
+		// a handler that returns having written nothing is sent as 200 OK.
+		w.WriteHeader(http.StatusBadGateway)
+		return
 	}
 	s.a.log.Debug("agent: l7 request failed", "host", r.Host, "path", r.URL.Path, "err", err)
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
