@@ -58,6 +58,10 @@ spec:
 		resp.Body.Close()
 		return true
 	})
+	// The listener probes are mirrored too (GETs, no body): wait for their
+	// copies to land, or one arriving after the POST's copy would be the
+	// last the recorder saw.
+	waitFor(t, "the probes' copies to land", func() bool { return client.l7.mirrors.Load() == 0 })
 	_, _, _, _, base := far.last()
 	body := `{"customer":{"phone":"13812345678"},"note":"call 13912345678"}`
 	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
