@@ -482,8 +482,11 @@ kind: AuthorizationPolicy
 metadata: {name: hyg-all, namespace: demo}
 spec: {service: hyg, rules: [{to: [{methods: [GET]}]}]}
 `)
-	startAgent(t, agentOpts{name: "srv", site: "s1", region: "r1", vipOctet: 242, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+	srv := startAgent(t, agentOpts{name: "srv", site: "s1", region: "r1", vipOctet: 242, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
 		workloads: []Workload{{Name: "hyg-1", Service: "hyg", Namespace: "demo", Ports: []api.EndpointPort{{Name: "http", Port: be.port()}}}}})
+	// The endpoint's agent serves streams per request only once it has the
+	// policy (insecure mode: without one it relays bytes).
+	waitFor(t, "the policy on the endpoint's node", func() bool { return srv.view.Load().authz.Len() == 1 })
 	cli := startAgent(t, agentOpts{name: "cli", site: "s1", region: "r1", vipOctet: 240, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
 	var mesh string
 	waitFor(t, "the remote endpoint and the policy on the client node", func() bool {
