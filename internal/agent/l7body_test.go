@@ -563,7 +563,9 @@ spec: {service: sbpeer, rules: [{to: [{methods: [POST]}]}]}
 `)
 	a := startAgent(t, agentOpts{name: "sbd", site: "s1", region: "r1", vipOctet: 230, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
 		workloads: []Workload{webWorkload("sbpeer", "sbpeer-1", b.port)}})
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/sbpeer")) == 1 })
+	// With the policy, the agent serves the peer's streams per request (an
+	// insecure agent without one relays bytes).
+	waitFor(t, "endpoint and policy", func() bool { return len(endpointsOf(a, "demo/sbpeer")) == 1 && a.view.Load().authz.Len() == 1 })
 	mc := transport.NewClient(transport.ClientConfig{SourceNode: "peer"})
 	defer mc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
