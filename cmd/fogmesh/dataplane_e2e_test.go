@@ -151,28 +151,6 @@ func needTool(t *testing.T, names ...string) {
 	}
 }
 
-// startCmd runs any program; the test's cleanup kills it if still running.
-func startCmd(t *testing.T, name string, args ...string) *proc {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, done: make(chan struct{}), out: out}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
-}
-
 // waitOutput waits until p's output matches re and returns the submatches;
 // it fails at once if p exits first.
 func waitOutput(t *testing.T, p *proc, re *regexp.Regexp, d time.Duration) []string {

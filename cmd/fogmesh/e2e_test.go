@@ -110,7 +110,13 @@ type proc struct {
 // start runs the binary; the test's cleanup kills it if still running.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(fogmeshBin, args...)
+	return startCmd(t, fogmeshBin, args...)
+}
+
+// startCmd runs any program; the test's cleanup kills it if still running.
+func startCmd(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(name, args...)
 	out := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
