@@ -27,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // These tests run the real binary as a user would: separate processes,
@@ -135,24 +136,8 @@ func startCmd(t *testing.T, name string, args ...string) *proc {
 	return p
 }
 
-// lockedBuffer collects a process's stdout and stderr, written by two
-// goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer is safe for several writing goroutines.
+type lockedBuffer = testenv.Buffer
 
 func (p *proc) kill9(t *testing.T) {
 	t.Helper()

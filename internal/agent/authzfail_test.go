@@ -1,35 +1,19 @@
 package agent
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/authz"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
-// lockedBuffer is a log sink safe for the agent's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer is safe for several writing goroutines.
+type lockedBuffer = testenv.Buffer
 
 // TestInvalidPolicyFailsClosed (issue 9, finding 10): a policy the agent
 // cannot compile (here: an action and a condition key of a newer control

@@ -10,6 +10,8 @@ package testenv
 import (
 	"os"
 	"os/exec"
+	"strings"
+	"sync"
 	"testing"
 )
 
@@ -48,4 +50,23 @@ func missing(t testing.TB, why string) {
 		t.Fatalf("%s; CI must have it", why)
 	}
 	t.Skip(why)
+}
+
+// Buffer collects output written by several goroutines (a process's stdout
+// and stderr, a logger's handler) and reads it back safely.
+type Buffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *Buffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *Buffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
