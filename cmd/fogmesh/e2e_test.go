@@ -741,8 +741,11 @@ func TestSilentNodeDeathGossip(t *testing.T) {
 	if failed > 0 || toFrozenAfter > 0 {
 		t.Fatalf("failed %d, routed to the frozen node more than 1 s after it froze: %d\nwatcher log:\n%s", failed, toFrozenAfter, watcher.out)
 	}
-	if slowest > 2*time.Second {
-		t.Fatalf("a request waited %v: the frozen node was not routed around in time (frozen at %v)\nwatcher log:\n%s", slowest, frozenAt, watcher.out)
+	// README: death seen in under a second, in-flight attempts then fail
+	// over at once; the slowest request may add one request's time and
+	// scheduling on a busy machine to that second.
+	if slowest > 1500*time.Millisecond {
+		t.Fatalf("a request waited %v (README: in-flight requests fail over within 1.5 s): the frozen node was not routed around in time (frozen at %v)\nwatcher log:\n%s", slowest, frozenAt, watcher.out)
 	}
 }
 
