@@ -296,13 +296,37 @@ func startUpstream(t *testing.T) string {
 
 // silentUpstream returns the address of a UDP socket that never answers.
 func silentUpstream(t *testing.T) string {
+	addr, _, _ := silentUpstreamSeen(t)
+	return addr
+}
+
+// silentUpstreamSeen is silentUpstream whose channel gets a value for each
+// query that reaches it (dropped when nobody waits), so a test can wait
+// until a forward is in flight; stop closes it and waits for its reader.
+func silentUpstreamSeen(t *testing.T) (addr string, seen <-chan struct{}, stop func()) {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { pc.Close() })
-	return pc.LocalAddr().String()
+	ch := make(chan struct{}, 1)
+	exited := make(chan struct{})
+	stop = func() { pc.Close(); <-exited }
+	t.Cleanup(stop)
+	go func() {
+		defer close(exited)
+		buf := make([]byte, 512)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return pc.LocalAddr().String(), ch, stop
 }
 
 func TestForward(t *testing.T) {
@@ -629,7 +653,9 @@ func TestLifecycle(t *testing.T) {
 func TestNoGoroutineLeak(t *testing.T) {
 	before := runtime.NumGoroutine()
 	func() {
-		s, err := meshdns.New(meshdns.Config{Addr: "127.0.0.1:0", Upstreams: []string{silentUpstream(t)}}, testServices)
+		upstream, forwarded, stopUpstream := silentUpstreamSeen(t)
+		defer stopUpstream()
+		s, err := meshdns.New(meshdns.Config{Addr: "127.0.0.1:0", Upstreams: []string{upstream}}, testServices)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -650,8 +676,12 @@ func TestNoGoroutineLeak(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer uc.Close()
-		uc.Write(b)                        // forwarded to the silent upstream
-		time.Sleep(100 * time.Millisecond) // let the forward start
+		uc.Write(b) // forwarded to the silent upstream
+		select {
+		case <-forwarded: // the forward is in flight
+		case <-time.After(5 * time.Second):
+			t.Fatal("the query never reached the upstream")
+		}
 
 		start := time.Now()
 		if err := s.Close(); err != nil {
