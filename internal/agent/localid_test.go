@@ -16,6 +16,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/sockowner"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // attestIP is the address of the client workload in these tests.
@@ -179,14 +180,9 @@ spec: {service: wdb, rules: [{from: [{principals: ["`+attestID+`"]}]}]}
 	})
 	// A non-root workload, run as a real client (curl) under another uid.
 	t.Run("curl as another user", func(t *testing.T) {
-		if os.Geteuid() != 0 {
-			t.Skip("needs root to run curl as uid 65534 (CI runs as root)")
-		}
-		curl, err := exec.LookPath("curl")
+		testenv.NeedRoot(t) // to run curl as uid 65534
+		curl, err := filepath.EvalSymlinks(testenv.NeedTool(t, "curl"))
 		if err != nil {
-			t.Skip("curl not installed")
-		}
-		if curl, err = filepath.EvalSymlinks(curl); err != nil {
 			t.Fatal(err)
 		}
 		run := func(cred *syscall.Credential) string {

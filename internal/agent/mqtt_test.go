@@ -238,9 +238,7 @@ spec:
 func needMosquitto(t *testing.T) {
 	t.Helper()
 	for _, bin := range []string{"mosquitto", "mosquitto_pub", "mosquitto_sub"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed (make test installs mosquitto and mosquitto-clients)", bin)
-		}
+		testenv.NeedTool(t, bin)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // TestStaticEndpointsAuthorized (issue 9, finding 11): a static endpoint
@@ -22,6 +24,9 @@ func TestStaticEndpointsAuthorized(t *testing.T) {
 		if _, err := exec.LookPath(bin); err != nil {
 			mqttOK = false
 		}
+	}
+	if !mqttOK && testenv.InCI() {
+		t.Fatal("mosquitto not installed; CI must have it (make test installs mosquitto and mosquitto-clients)")
 	}
 	static := func(svc, port string, n int) string {
 		return fmt.Sprintf(`apiVersion: fogmesh.io/v1alpha1
