@@ -77,7 +77,7 @@ func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *h1Poo
 	if p, ok := sv.transports.Load(ck); ok {
 		return p.(*h1Pool)
 	}
-	key := h1PoolKey(sv, ev, port)
+	key := poolKey(sv, ev, port, "")
 	hp.mu.Lock()
 	p := hp.pools[key]
 	if p == nil {
@@ -93,11 +93,14 @@ func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *h1Poo
 	return p
 }
 
-// h1PoolKey names everything dialing depends on, so a moved endpoint or a
-// changed connect timeout gets a fresh pool.
-func h1PoolKey(sv *serviceView, ev *endpointView, port string) string {
+// poolKey names everything dialing an endpoint's port depends on, so a
+// moved endpoint or a changed connect or idle timeout gets a fresh pool. It
+// is the one key of every upstream pool: the HTTP/1.1 fast path's (proto
+// "") and the ReverseProxy transports' (proto http, http2 or grpc); pruning
+// rebuilds the same keys from the view.
+func poolKey(sv *serviceView, ev *endpointView, port, proto string) string {
 	epPort, _ := ev.ep.Port(port)
-	return fmt.Sprintf("%s|%s|%s|%s|%d|%d|%d", ev.key, port, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)
+	return fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)
 }
 
 // prune closes the pools of endpoints no longer in the view.
@@ -106,7 +109,7 @@ func (hp *h1Path) prune(v *view) {
 	for _, sv := range v.services {
 		for _, ev := range sv.endpoints {
 			for _, pt := range ev.ep.Spec.Ports {
-				live[h1PoolKey(sv, ev, pt.Name)] = true
+				live[poolKey(sv, ev, pt.Name, "")] = true
 			}
 		}
 	}

@@ -218,7 +218,7 @@ func (s *l7) pruneTransports(v *view) {
 		for _, ev := range sv.endpoints {
 			for _, p := range ev.ep.Spec.Ports {
 				for _, proto := range []string{"http", "http2", "grpc"} {
-					live[fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d", ev.key, p.Name, proto, ev.mesh, ev.ep.Spec.Address, p.Port, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)] = true
+					live[poolKey(sv, ev, p.Name, proto)] = true
 				}
 			}
 		}
@@ -317,8 +317,7 @@ type transportCacheKey struct {
 func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto string) *http.Transport {
 	// Everything the dial closes over is in the key, so a moved endpoint
 	// or a changed timeout gets a fresh pool (pruneTransports drops the old).
-	epPort, _ := ev.ep.Port(port)
-	key := fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)
+	key := poolKey(sv, ev, port, proto)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t := s.transports[key]; t != nil {
