@@ -210,7 +210,7 @@ func (a *Agent) pick(sv *serviceView, port string) []*endpointView {
 // labels), so the balancer orders, and round robin rotates, over the
 // subset alone.
 func (a *Agent) pickSubset(sv *serviceView, port, subset string, labels map[string]string) []*endpointView {
-	var evs []*endpointView
+	evs := make([]*endpointView, 0, len(sv.endpoints))
 	for _, ev := range sv.endpoints {
 		if _, ok := ev.ep.Port(port); ok && hasLabels(ev, labels) {
 			evs = append(evs, ev)

@@ -74,7 +74,7 @@ func Pick(p Policy, set string, eps []Endpoint, usable func(Endpoint) bool) []En
 		eps            []Endpoint
 		total, healthy float64
 	}
-	var tiers []tierSet
+	tiers := make([]tierSet, 0, 4)
 	for _, e := range eps {
 		t := max(e.Tier(), 0)
 		for len(tiers) <= t {
@@ -88,7 +88,8 @@ func Pick(p Policy, set string, eps []Endpoint, usable func(Endpoint) bool) []En
 		ts.healthy += e.Capacity()
 		ts.eps = append(ts.eps, e)
 	}
-	var out, weak []Endpoint
+	out := make([]Endpoint, 0, len(eps))
+	var weak []Endpoint
 	for i := range tiers {
 		ts := &tiers[i]
 		if len(ts.eps) == 0 {
