@@ -13,15 +13,27 @@ import (
 // keeps its endpoint while that endpoint is usable, and only the keys of a
 // vanished endpoint move.
 func Rendezvous(eps []Endpoint, key string) {
-	score := func(e Endpoint) uint64 {
-		h := fnv.New64a()
-		h.Write([]byte(key))
-		h.Write([]byte{0})
-		h.Write([]byte(e.Key()))
-		return fmix64(h.Sum64())
+	type scored struct {
+		e     Endpoint
+		score uint64
 	}
+	var s []scored
 	runs(eps, func(run []Endpoint) {
-		sort.SliceStable(run, func(i, j int) bool { return score(run[i]) > score(run[j]) })
+		if len(run) < 2 {
+			return
+		}
+		s = s[:0]
+		for _, e := range run {
+			h := fnv.New64a()
+			h.Write([]byte(key))
+			h.Write([]byte{0})
+			h.Write([]byte(e.Key()))
+			s = append(s, scored{e, fmix64(h.Sum64())})
+		}
+		sort.SliceStable(s, func(i, j int) bool { return s[i].score > s[j].score })
+		for i := range s {
+			run[i] = s[i].e
+		}
 	})
 }
 
