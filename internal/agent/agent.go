@@ -26,6 +26,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/balance"
 	"github.com/fogmesh/fogmesh/internal/gossip"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
@@ -62,7 +63,8 @@ type Agent struct {
 	pendingSessions map[string]api.Session
 
 	ejected sync.Map // endpoint key -> time.Time until which it is skipped
-	rr      sync.Map // service key -> *atomic.Uint64
+	// balancers by name, with round robin's counters (balance.go).
+	balancers balance.Set
 	// statsByEP holds what this agent measures per endpoint: in-flight
 	// count and peak-EWMA latency (balance.go).
 	statsByEP sync.Map // endpoint key -> *epStats
@@ -276,6 +278,7 @@ func New(cfg Config) (*Agent, error) {
 	a.l7 = newL7(a)
 	a.authzHTTP = newAuthzServer(a)
 	a.retries = newRetryBudget()
+	a.balancers = balance.NewSet(balance.SharedRand{})
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}

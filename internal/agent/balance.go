@@ -1,75 +1,33 @@
 package agent
 
 import (
-	"hash/fnv"
-	"math"
-	"math/rand/v2"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/balance"
 )
 
-// Balancing within the nearest locality tier.
-//
-// edge-aware (the default) weighs each endpoint with
-//
-//	w = C / (L + ε) · e^(−λ·d)
-//
-// where C is the endpoint's capacity (its node's capacity × its weight), L
-// its load (the requests and connections this agent has in flight to it,
-// plus those every other agent reported in its last heartbeat: the control
-// plane sums them and returns them in its heartbeat answer, trusted for
-// peerLoadTTL), ε = 1, d the distance between this node and the endpoint's
-// node in units of 100 km, from coordinates or the measured RTT to its
-// agent, whichever is larger (see distance), and λ = lambdaPer100km. It then draws two endpoints with probability ∝ w and
-// takes the one with the lower peak-EWMA latency × (L + 1): power of two
-// choices, as Finagle and Linkerd do, so a slow or loaded endpoint gets less
-// traffic.
-const (
-	lambdaPer100km = 0.5
-	ewmaDecay      = 5 * time.Second // peak-EWMA time constant
-)
+// Balancing is package balance's: this file adapts the agent's view of an
+// endpoint to balance.Endpoint, and keeps the agent's measurements per
+// endpoint (balance.Stats) and the other agents' reported loads.
 
 // epStats is what this agent measures of one endpoint.
 type epStats struct {
-	active atomic.Int64 // connections and requests in flight
+	balance.Stats // in flight, peak-EWMA latency
 
 	mu          sync.Mutex // guards the following
-	ewma        float64    // seconds; 0 until the first sample
-	last        time.Time
-	consecutive int // errors in a row (outlier detection)
-	ejections   int // times ejected for errors (ejection time backoff)
+	consecutive int        // errors in a row (outlier detection)
+	ejections   int        // times ejected for errors (ejection time backoff)
 }
 
 // observe adds a latency sample (connect time for L4, time to response
-// headers for L7). A sample above the average replaces it (peak); below, it
-// decays in with a time constant of ewmaDecay.
-func (s *epStats) observe(d time.Duration) {
-	x := d.Seconds()
-	now := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ewma == 0 || x > s.ewma {
-		s.ewma = x
-	} else {
-		w := math.Exp(-now.Sub(s.last).Seconds() / ewmaDecay.Seconds())
-		s.ewma = s.ewma*w + x*(1-w)
-	}
-	s.last = now
-}
+// headers for L7).
+func (s *epStats) observe(d time.Duration) { s.Observe(time.Now(), d) }
 
-// latency is the peak EWMA, decayed by the time since the last sample, so
-// an endpoint that lost the comparison once (a slow first sample) becomes
-// cheap again and is probed, instead of being skipped forever.
-func (s *epStats) latency() float64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ewma == 0 {
-		return 0
-	}
-	return s.ewma * math.Exp(-time.Since(s.last).Seconds()/ewmaDecay.Seconds())
-}
+// latency is the peak EWMA now, in seconds.
+func (s *epStats) latency() float64 { return s.Latency(time.Now()) }
 
 func (a *Agent) stats(key string) *epStats {
 	v, ok := a.statsByEP.Load(key)
@@ -137,13 +95,11 @@ func (a *Agent) outcome(sv *serviceView, ev *endpointView, code int, broken bool
 	a.log.Warn("agent: endpoint ejected for consecutive errors", "service", sv.svc.Meta.Key(), "endpoint", ev.key, "for", d)
 }
 
-func (a *Agent) endpointActive(key string) *atomic.Int64 { return &a.stats(key).active }
+func (a *Agent) endpointActive(key string) *atomic.Int64 { return &a.stats(key).Active }
 
-// weight is the edge-aware weight of an endpoint: its capacity over its
-// load (this agent's in-flight requests to it plus what the other agents
-// reported through the control plane), discounted by distance.
+// weight is the edge-aware weight of an endpoint (balance.Weight).
 func (a *Agent) weight(ev *endpointView) float64 {
-	return ev.capacity / (a.inFlight(ev) + 1) * math.Exp(-lambdaPer100km*a.distance(ev))
+	return balance.Weight(&epView{a: a, ev: ev})
 }
 
 // distance is d in 100 km: the larger of the coordinates' great-circle
@@ -163,7 +119,7 @@ func (a *Agent) distance(ev *endpointView) float64 {
 // inFlight is the requests (L4: connections) an endpoint is serving as far
 // as this agent knows: its own plus the other agents' last reports.
 func (a *Agent) inFlight(ev *endpointView) float64 {
-	return float64(a.stats(ev.key).active.Load()) + a.peerLoad(ev.key)
+	return float64(a.stats(ev.key).Active.Load()) + a.peerLoad(ev.key)
 }
 
 // ownLoads is this agent's in-flight count per endpoint, non-zero only,
@@ -171,7 +127,7 @@ func (a *Agent) inFlight(ev *endpointView) float64 {
 func (a *Agent) ownLoads() map[string]float64 {
 	var out map[string]float64
 	a.statsByEP.Range(func(k, v any) bool {
-		if n := v.(*epStats).active.Load(); n > 0 {
+		if n := v.(*epStats).Active.Load(); n > 0 {
 			if out == nil {
 				out = make(map[string]float64)
 			}
@@ -205,129 +161,93 @@ func (a *Agent) peerLoad(key string) float64 {
 	return p.loads[key]
 }
 
-// pick returns the healthy endpoints of a service that serve port: the
-// nearest tier whose healthy capacity share is at least MinHealthyShare
-// first, ordered by the service's balancer, then the other tiers as
-// failover candidates.
+// epView adapts an endpointView to balance.Endpoint for one pick.
+type epView struct {
+	a    *Agent
+	ev   *endpointView
+	tier int
+}
+
+func (e *epView) Key() string       { return e.ev.key }
+func (e *epView) Tier() int         { return e.tier }
+func (e *epView) Capacity() float64 { return e.ev.capacity }
+func (e *epView) Distance() float64 { return e.a.distance(e.ev) }
+func (e *epView) InFlight() float64 { return e.a.inFlight(e.ev) }
+func (e *epView) Latency() float64  { return e.a.stats(e.ev.key).latency() }
+
+// adapt wraps evs for package balance. A service with locality "none"
+// puts every endpoint in one tier.
+func (a *Agent) adapt(sv *serviceView, evs []*endpointView) []balance.Endpoint {
+	flat := sv.svc.Spec.Locality == api.LocalityNone
+	views := make([]epView, len(evs))
+	out := make([]balance.Endpoint, len(evs))
+	for i, ev := range evs {
+		views[i] = epView{a: a, ev: ev, tier: int(ev.tier)}
+		if flat {
+			views[i].tier = 0
+		}
+		out[i] = &views[i]
+	}
+	return out
+}
+
+// unadapt writes the order of eps (from adapt) back into evs[:len(eps)].
+func unadapt(eps []balance.Endpoint, evs []*endpointView) []*endpointView {
+	evs = evs[:len(eps)]
+	for i, e := range eps {
+		evs[i] = e.(*epView).ev
+	}
+	return evs
+}
+
+// pick returns the healthy endpoints of a service that serve port, in the
+// order to try them (balance.Pick).
 func (a *Agent) pick(sv *serviceView, port string) []*endpointView {
-	type tierSet struct {
-		eps            []*endpointView
-		total, healthy float64
-	}
-	var tiers [TierAny + 1]tierSet
+	return a.pickSubset(sv, port, "", nil)
+}
+
+// pickSubset is pick among the endpoints of one subset (those with all of
+// labels), so the balancer orders, and round robin rotates, over the
+// subset alone.
+func (a *Agent) pickSubset(sv *serviceView, port, subset string, labels map[string]string) []*endpointView {
+	evs := make([]*endpointView, 0, len(sv.endpoints))
 	for _, ev := range sv.endpoints {
-		if _, ok := ev.ep.Port(port); !ok {
-			continue
+		if _, ok := ev.ep.Port(port); ok && hasLabels(ev, labels) {
+			evs = append(evs, ev)
 		}
-		ts := &tiers[ev.tier]
-		ts.total += ev.capacity
-		if !ev.healthy || a.isEjected(ev.key) || (!ev.local && a.isGossipDead(ev.ep.Spec.Node)) {
-			continue
-		}
-		ts.healthy += ev.capacity
-		ts.eps = append(ts.eps, ev)
 	}
-	share := sv.svc.Spec.MinHealthyShare
-	var out, weak []*endpointView
-	for i := range tiers {
-		ts := &tiers[i]
-		if len(ts.eps) == 0 {
-			continue
-		}
-		a.order(sv, ts.eps)
-		if share > 0 && ts.healthy < share*ts.total {
-			weak = append(weak, ts.eps...) // below its share: last resort only
-			continue
-		}
-		out = append(out, ts.eps...)
+	usable := func(e balance.Endpoint) bool {
+		ev := e.(*epView).ev
+		return ev.healthy && !a.isEjected(ev.key) && (ev.local || !a.isGossipDead(ev.ep.Spec.Node))
 	}
-	return append(out, weak...)
+	p := balance.Policy{Balancer: a.balancers.Get(sv.svc.Spec.Balancer), MinHealthyShare: sv.svc.Spec.MinHealthyShare}
+	return unadapt(balance.Pick(p, sv.svc.Meta.Key()+"\x00"+subset, a.adapt(sv, evs), usable), evs)
 }
 
-// order sorts one tier's endpoints in place: the first is the choice, the
-// rest are failover candidates.
-func (a *Agent) order(sv *serviceView, eps []*endpointView) {
-	if len(eps) < 2 {
-		return
+func hasLabels(ev *endpointView, labels map[string]string) bool {
+	for k, v := range labels {
+		if ev.ep.Meta.Labels[k] != v {
+			return false
+		}
 	}
-	switch sv.svc.Spec.Balancer {
-	case "round-robin":
-		cnt, _ := a.rr.LoadOrStore(sv.svc.Meta.Key(), new(atomic.Uint64))
-		k := int(cnt.(*atomic.Uint64).Add(1) % uint64(len(eps)))
-		rot := append(append([]*endpointView(nil), eps[k:]...), eps[:k]...)
-		copy(eps, rot)
-	case "least-conn":
-		sort.SliceStable(eps, func(i, j int) bool { return a.inFlight(eps[i]) < a.inFlight(eps[j]) })
-	case "random":
-		rand.Shuffle(len(eps), func(i, j int) { eps[i], eps[j] = eps[j], eps[i] })
-	default: // edge-aware
-		w := make([]float64, len(eps))
-		for i, ev := range eps {
-			w[i] = a.weight(ev)
-		}
-		i := weightedIndex(w, -1)
-		j := weightedIndex(w, i)
-		cost := func(k int) float64 {
-			return a.stats(eps[k].key).latency() * (a.inFlight(eps[k]) + 1)
-		}
-		if cost(j) < cost(i) {
-			i = j
-		}
-		eps[0], eps[i] = eps[i], eps[0]
-	}
+	return true
 }
 
-// weightedIndex draws an index with probability ∝ w, never skip.
-func weightedIndex(w []float64, skip int) int {
-	total := 0.0
-	for k, x := range w {
-		if k != skip {
-			total += x
-		}
-	}
-	r := rand.Float64() * total
-	last := -1
-	for k, x := range w {
-		if k == skip {
-			continue
-		}
-		last = k
-		if r -= x; r < 0 {
-			return k
-		}
-	}
-	return last
+// hashBalanced reports whether the service's balancer hashes HashKey.
+func hashBalanced(sv *serviceView) bool {
+	b := sv.svc.Spec.Balancer
+	return sv.svc.Spec.HashKey != nil && (b == "consistent-hash" || b == "maglev")
 }
 
-// pinOrder reorders each locality tier of cands by rendezvous (highest
-// random weight) hashing of key, so a key keeps its endpoint while that
-// endpoint is healthy, and only the keys of a vanished endpoint move.
-func pinOrder(cands []*endpointView, key string) {
-	score := func(ev *endpointView) uint64 {
-		h := fnv.New64a()
-		h.Write([]byte(key))
-		h.Write([]byte{0})
-		h.Write([]byte(ev.key))
-		return fmix64(h.Sum64())
+// hashOrder orders cands (from pick) by key with the service's hashing
+// balancer: Maglev for maglev, else rendezvous hashing (consistent-hash,
+// and pinning without a hash balancer).
+func (a *Agent) hashOrder(sv *serviceView, cands []*endpointView, key string) {
+	eps := a.adapt(sv, cands)
+	if sv.svc.Spec.Balancer == "maglev" {
+		balance.Maglev(&sv.maglev, eps, key)
+	} else {
+		balance.Rendezvous(eps, key)
 	}
-	// Sort within each run of equal tier as pick ordered them, so tiers
-	// that pick moved to the end (below their healthy share) stay there.
-	for start := 0; start < len(cands); {
-		end := start + 1
-		for end < len(cands) && cands[end].tier == cands[start].tier {
-			end++
-		}
-		run := cands[start:end]
-		sort.SliceStable(run, func(i, j int) bool { return score(run[i]) > score(run[j]) })
-		start = end
-	}
-}
-
-// haversine100km is the great-circle distance in units of 100 km.
-func haversine100km(lat1, lon1, lat2, lon2 float64) float64 {
-	const r = 6371.0 / 100
-	rad := math.Pi / 180
-	dlat, dlon := (lat2-lat1)*rad, (lon2-lon1)*rad
-	h := math.Sin(dlat/2)*math.Sin(dlat/2) + math.Cos(lat1*rad)*math.Cos(lat2*rad)*math.Sin(dlon/2)*math.Sin(dlon/2)
-	return 2 * r * math.Asin(math.Sqrt(math.Min(1, h)))
+	unadapt(eps, cands)
 }

@@ -401,7 +401,8 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			return resp, err
 		}
 	}
-	cands := a.pick(sv, t.port)
+	var subset string
+	var subsetLabels map[string]string
 	retries, timeout := sv.svc.Spec.Retries, time.Duration(sv.svc.Spec.Timeouts.Request)
 	if class != nil {
 		if class.Timeout > 0 {
@@ -418,7 +419,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			if !ok {
 				return nil, fmt.Errorf("%w: subset %q of %s is not defined by a DestinationPolicy", errNoEndpoint, b.Subset, t.svc)
 			}
-			cands = withLabels(cands, labels)
+			subset, subsetLabels = b.Subset, labels
 		}
 		if rule.Timeout > 0 {
 			timeout = time.Duration(rule.Timeout)
@@ -427,6 +428,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			retries = *rule.Retries
 		}
 	}
+	cands := a.pickSubset(sv, t.port, subset, subsetLabels)
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint
@@ -447,7 +449,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 	}
 	if hashBalanced(sv) {
 		if key := hashKeyOf(req, sv.svc.Spec.HashKey); key != "" {
-			hashOrder(sv, cands, key)
+			a.hashOrder(sv, cands, key)
 		}
 	}
 	if sa := sv.svc.Spec.Session; sa != nil {
@@ -801,24 +803,6 @@ func weightedBackend(bs []api.RouteBackend) int {
 		}
 	}
 	return len(bs) - 1
-}
-
-// withLabels keeps the endpoints whose labels include labels.
-func withLabels(cands []*endpointView, labels map[string]string) []*endpointView {
-	var out []*endpointView
-	for _, ev := range cands {
-		ok := true
-		for k, v := range labels {
-			if ev.ep.Meta.Labels[k] != v {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			out = append(out, ev)
-		}
-	}
-	return out
 }
 
 // upstreamFailure reports whether a round-trip error came from the

@@ -70,12 +70,9 @@ func (lt *lbTransport) mirror(req *http.Request, sv *serviceView, t listenTarget
 		count("no_endpoint")
 		return req
 	}
-	cands := a.pick(msv, port)
-	if m.Subset != "" {
-		cands = withLabels(cands, msv.subsets[m.Subset])
-		if _, ok := msv.subsets[m.Subset]; !ok {
-			cands = nil
-		}
+	var cands []*endpointView
+	if labels, ok := msv.subsets[m.Subset]; ok || m.Subset == "" {
+		cands = a.pickSubset(msv, port, m.Subset, labels)
 	}
 	if len(cands) == 0 {
 		count("no_endpoint")

@@ -9,6 +9,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/balance"
 )
 
 func testView(t *testing.T, balancer string) (*Agent, *serviceView) {
@@ -25,82 +26,8 @@ func testView(t *testing.T, balancer string) (*Agent, *serviceView) {
 			Address: "127.0.0.1", Ports: []api.EndpointPort{{Name: "p", Port: 1}}}, Status: api.EndpointStatus{Healthy: true}})
 	}
 	v := buildView(self, res, nil, testPrefix4, testPrefix6, api.DefaultTrustDomain)
-	a := &Agent{cfg: Config{EjectFor: Duration(time.Minute)}}
+	a := &Agent{cfg: Config{EjectFor: Duration(time.Minute)}, balancers: balance.NewSet(balance.SharedRand{})}
 	return a, v.services["ns/svc"]
-}
-
-func order(evs []*endpointView) string {
-	s := ""
-	for _, e := range evs {
-		s += e.ep.Spec.Node
-	}
-	return s
-}
-
-func TestPickTiersAndRoundRobin(t *testing.T) {
-	a, sv := testView(t, "round-robin")
-	seen := map[string]bool{}
-	for i := 0; i < 4; i++ {
-		o := order(a.pick(sv, "p"))
-		if len(o) != 4 || o[2:] != "cd" {
-			t.Fatalf("order %q: site tier (a,b) first, then c (region), then d", o)
-		}
-		seen[o[:2]] = true
-	}
-	if !seen["ab"] || !seen["ba"] {
-		t.Fatalf("round robin did not rotate within the site tier: %v", seen)
-	}
-	a.eject(sv.endpoints[0]) // e-a
-	a.eject(sv.endpoints[1]) // e-b
-	if o := order(a.pick(sv, "p")); o != "cd" {
-		t.Fatalf("after ejecting the site tier: %q", o)
-	}
-	if o := a.pick(sv, "nope"); len(o) != 0 {
-		t.Fatalf("unknown port picked %v", o)
-	}
-}
-
-func TestPickLeastConn(t *testing.T) {
-	a, sv := testView(t, "least-conn")
-	a.endpointActive("ns/e-a").Add(5)
-	for i := 0; i < 3; i++ {
-		if o := order(a.pick(sv, "p")); o[:2] != "ba" {
-			t.Fatalf("least-conn picked %q, want b (0 active) before a (5)", o)
-		}
-	}
-}
-
-func TestPickMinHealthyShare(t *testing.T) {
-	a, sv := testView(t, "round-robin")
-	svc := *sv.svc
-	svc.Spec.MinHealthyShare = 0.6
-	sv.svc = &svc
-	a.eject(sv.endpoints[0]) // one of the two site endpoints: half the site's capacity
-	if o := order(a.pick(sv, "p")); o[0] != 'c' || o[len(o)-1] != 'b' {
-		t.Fatalf("order %q: with half the site healthy (< 60%%), the region tier goes first and b is last resort", o)
-	}
-	svc.Spec.MinHealthyShare = 0.5
-	if o := order(a.pick(sv, "p")); o[0] != 'b' {
-		t.Fatalf("order %q: at exactly 50%% healthy the site tier stays first", o)
-	}
-}
-
-func TestPickEdgeAwarePrefersCapacityAndNearness(t *testing.T) {
-	a, sv := testView(t, "edge-aware")
-	// Same latency for both site endpoints; a has ten times the capacity.
-	sv.endpoints[0].capacity, sv.endpoints[1].capacity = 10, 1
-	n := map[byte]int{}
-	for i := 0; i < 2000; i++ {
-		n[order(a.pick(sv, "p"))[0]]++
-	}
-	// P2C over two endpoints draws both every time, so with equal costs the
-	// first draw (∝ capacity) decides on ties only: a must win clearly.
-	if n['a'] < n['b'] {
-		t.Fatalf("capacity ignored: %v", n)
-	}
-	if haversine100km(52.52, 13.40, 48.14, 11.58) < 4.9 || haversine100km(52.52, 13.40, 48.14, 11.58) > 5.1 {
-		t.Fatal("Berlin-Munich is about 504 km")
-	}
 }
 
 func TestSessionPolicies(t *testing.T) {

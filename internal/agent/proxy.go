@@ -193,7 +193,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		}
 	}
 	if pinKey != "" {
-		hashOrder(sv, cands, pinKey)
+		a.hashOrder(sv, cands, pinKey)
 	}
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()

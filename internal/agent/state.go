@@ -7,10 +7,10 @@ import (
 	"os"
 	"sort"
 	"sync"
-	"sync/atomic"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/authz"
+	"github.com/fogmesh/fogmesh/internal/balance"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -250,9 +250,8 @@ type serviceView struct {
 	// (egress.go).
 	egressOnce sync.Once
 	egress     []egressRule
-	// maglev caches lookup tables by endpoint set (maglev.go).
-	maglev    sync.Map // string -> []int32
-	maglevN   atomic.Int64
+	// maglev caches lookup tables by endpoint set (balance.Maglev).
+	maglev    balance.MaglevCache
 	vip4      netip.Addr
 	vip6      netip.Addr
 	endpoints []*endpointView // sorted by tier
@@ -329,7 +328,7 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 			site, region = n.Spec.Site, n.Spec.Region
 			ev.capacity = weight * n.Spec.Capacity
 			if c, s := n.Spec.Coordinates, self.Spec.Coordinates; c != nil && s != nil {
-				ev.distance = haversine100km(s.Lat, s.Lon, c.Lat, c.Lon)
+				ev.distance = balance.Haversine100km(s.Lat, s.Lon, c.Lat, c.Lon)
 			}
 		}
 		if isLocal {
@@ -397,6 +396,9 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		}
 		if p.Spec.HashKey != nil {
 			svc.Spec.HashKey = p.Spec.HashKey
+		}
+		if p.Spec.Locality != "" {
+			svc.Spec.Locality = p.Spec.Locality
 		}
 		if p.Spec.OutlierDetection != nil {
 			svc.Spec.OutlierDetection = *p.Spec.OutlierDetection

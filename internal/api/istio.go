@@ -618,6 +618,30 @@ var istioLB = map[string]string{
 	"LEAST_CONN": "least-conn", "RANDOM": "random",
 }
 
+// localityLB applies loadBalancer.localityLbSetting: enabled false turns
+// locality off; distribute, failover and failoverPriority, which fogmesh
+// does not implement, are warned and ignored (its tiers are node > site >
+// region > any, failing over to the next tier).
+func (w *walker) localityLB(p *DestinationPolicy, loc map[string]any, outlier bool) {
+	const path = "spec.trafficPolicy.loadBalancer.localityLbSetting"
+	en, ok := take[bool](loc, "enabled")
+	switch {
+	case ok && !en:
+		p.Spec.Locality = LocalityNone
+	case outlier:
+		p.Spec.Locality = LocalityTiers
+	default:
+		w.warnings = append(w.warnings, path+" has no effect without outlierDetection (as in Istio): every healthy endpoint shares the load")
+	}
+	for _, f := range []string{"distribute", "failover", "failoverPriority"} {
+		if _, ok := loc[f]; ok {
+			delete(loc, f)
+			w.warnings = append(w.warnings, fmt.Sprintf("%s.%s is ignored: fogmesh prefers the nearest tier (node > site > region > any) and fails over to the next", path, f))
+		}
+	}
+	w.leftovers(path, loc)
+}
+
 func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object, error) {
 	host, _ := take[string](spec, "host")
 	svc, svcNS, err := istioHost("spec.host", host, ns)
@@ -638,8 +662,15 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 		w.leftovers(sp, sm)
 		p.Spec.Subsets = append(p.Spec.Subsets, Subset{Name: sname, Labels: labels})
 	}
+	// Istio prefers the nearest locality only when outlier detection is
+	// configured (and localityLbSetting does not disable it): without it,
+	// every healthy endpoint shares the load (issue 11, item 3).
+	p.Spec.Locality = LocalityNone
 	if tp := cloneMap(obj(spec["trafficPolicy"])); tp != nil {
 		delete(spec, "trafficPolicy")
+		if tp["outlierDetection"] != nil {
+			p.Spec.Locality = LocalityTiers
+		}
 		if lb := cloneMap(obj(tp["loadBalancer"])); lb != nil {
 			delete(tp, "loadBalancer")
 			if simple, ok := take[string](lb, "simple"); ok {
@@ -681,10 +712,7 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 			}
 			if loc := cloneMap(obj(lb["localityLbSetting"])); loc != nil {
 				delete(lb, "localityLbSetting")
-				if en, ok := take[bool](loc, "enabled"); ok && !en {
-					w.warnings = append(w.warnings, "spec.trafficPolicy.loadBalancer.localityLbSetting.enabled=false is not supported: fogmesh always prefers the nearest tier")
-				}
-				w.leftovers("spec.trafficPolicy.loadBalancer.localityLbSetting", loc)
+				w.localityLB(p, loc, tp["outlierDetection"] != nil)
 			}
 			w.leftovers("spec.trafficPolicy.loadBalancer", lb)
 		}

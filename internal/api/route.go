@@ -164,6 +164,10 @@ type DestinationPolicySpec struct {
 	Balancer string `json:"balancer,omitempty"`
 	// MinHealthyShare overrides the service's when set.
 	MinHealthyShare float64 `json:"minHealthyShare,omitempty"`
+	// Locality overrides the service's when set ("tiers" or "none").
+	// An Istio DestinationRule sets it: "tiers" only with outlierDetection
+	// and localityLbSetting not disabled, as Istio.
+	Locality string `json:"locality,omitempty"`
 	// HashKey overrides the service's when set (with consistent-hash).
 	HashKey *HashKey `json:"hashKey,omitempty"`
 	// OutlierDetection and CircuitBreaker override the service's when set.
@@ -431,6 +435,11 @@ func (p *DestinationPolicy) Validate() error {
 	}
 	if p.Spec.MinHealthyShare < 0 || p.Spec.MinHealthyShare > 1 {
 		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", p.Spec.MinHealthyShare)
+	}
+	switch p.Spec.Locality {
+	case "", LocalityTiers, LocalityNone:
+	default:
+		return fieldErr("spec.locality", "%q is not one of tiers, none", p.Spec.Locality)
 	}
 	if cb := p.Spec.CircuitBreaker; cb != nil {
 		if err := cb.validate("spec.circuitBreaker"); err != nil {

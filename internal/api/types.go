@@ -106,6 +106,10 @@ type ServiceSpec struct {
 	// healthy share of a tier's capacity falls below it (0-1; default 0:
 	// only when no endpoint of the tier is healthy).
 	MinHealthyShare float64 `json:"minHealthyShare,omitempty"`
+	// Locality: "tiers" (default) prefers the nearest locality tier (node >
+	// site > region > any); "none" balances over every healthy endpoint
+	// as one tier, as Istio does without outlier detection.
+	Locality string `json:"locality,omitempty"`
 	// Timeouts bound connecting to an endpoint and, on http/http2/grpc
 	// ports, a whole request (time to response headers) and the wait for
 	// its body.
@@ -181,6 +185,12 @@ type HashKey struct {
 	// mqttClientID: true when the service has an mqtt or auto port.
 	MQTTClientID bool `json:"mqttClientID,omitempty"`
 }
+
+// Locality values (ServiceSpec.Locality, DestinationPolicySpec.Locality).
+const (
+	LocalityTiers = "tiers"
+	LocalityNone  = "none"
+)
 
 // maglevTableSize is the size of the maglev balancer's lookup table (a
 // prime, Maglev's and Envoy's default).

@@ -168,6 +168,11 @@ func (s *Service) Validate() error {
 	if s.Spec.MinHealthyShare < 0 || s.Spec.MinHealthyShare > 1 {
 		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", s.Spec.MinHealthyShare)
 	}
+	switch s.Spec.Locality {
+	case "", LocalityTiers, LocalityNone:
+	default:
+		return fieldErr("spec.locality", "%q is not one of tiers, none", s.Spec.Locality)
+	}
 	od := &s.Spec.OutlierDetection
 	if od.ConsecutiveErrors < -1 {
 		return fieldErr("spec.outlierDetection.consecutiveErrors", "must be -1 (off) or more")
