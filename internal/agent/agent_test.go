@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -215,9 +217,17 @@ func talk(c net.Conn) (string, error) {
 	return strings.TrimSpace(line), err
 }
 
+// mustRoundTrip talks through addr. A refused connection is retried until a
+// deadline: the agent publishes a new view before it binds that view's VIP
+// listeners, so a test that waited for an endpoint in the view may dial a
+// moment before the listener exists. Any other error fails at once.
 func mustRoundTrip(t *testing.T, addr, wantPrefix string) {
 	t.Helper()
 	got, err := roundTrip(addr)
+	for deadline := time.Now().Add(10 * time.Second); errors.Is(err, syscall.ECONNREFUSED) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond) // poll interval of the wait for the listener
+		got, err = roundTrip(addr)
+	}
 	if err != nil || !strings.HasPrefix(got, wantPrefix) {
 		t.Fatalf("via %s: got %q, %v; want %s...", addr, got, err, wantPrefix)
 	}
