@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/svid"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -307,16 +308,13 @@ func (a *Agent) finishJoin(m *wire.Message) error {
 	return nil
 }
 
-// renewAt is when the node certificate should be renewed: half its
-// lifetime (counted from issue, not from the backdated NotBefore), with a
-// little jitter.
+// renewAt is when the node certificate should be renewed
+// (svid.NodeRenewAt).
 func (a *Agent) renewAt() time.Time {
 	a.mu.Lock()
 	c := a.ident.cert
 	a.mu.Unlock()
-	issued := c.NotBefore.Add(identity.ClockSkew)
-	life := c.NotAfter.Sub(issued)
-	return issued.Add(life/2 + rand.N(life/20+1))
+	return svid.NodeRenewAt(c)
 }
 
 // renewCSR makes the renewal request (the same key: it never leaves the

@@ -56,7 +56,7 @@ func ownerMatches(ats []*Attest, o sockowner.Owner) bool {
 		}
 		all := true
 		for _, p := range o.Procs {
-			if !at.matches(workloadapi.Caller{PID: p.PID, UID: p.UID, GID: p.GID, Exe: p.Exe, Known: true}) {
+			if !at.Matches(workloadapi.Caller{PID: p.PID, UID: p.UID, GID: p.GID, Exe: p.Exe, Known: true}) {
 				all = false
 				break
 			}
