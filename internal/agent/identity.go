@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/fogmesh/fogmesh/internal/atomicfile"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/svid"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -66,7 +67,7 @@ func (a *Agent) initIdentity(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := identity.WriteFileAtomic(keyPath, pemKey, 0o600); err != nil {
+		if err := atomicfile.Write(keyPath, pemKey, 0o600); err != nil {
 			return fmt.Errorf("agent: save node key: %w", err)
 		}
 	}
@@ -138,7 +139,7 @@ func (a *Agent) useNodeCert(certs []*x509.Certificate) error {
 }
 
 func (a *Agent) saveNodeCert(certs []*x509.Certificate) error {
-	return identity.WriteFileAtomic(a.statePath(nodeCertFile), identity.EncodeCertificatesPEM(certs...), 0o644)
+	return atomicfile.Write(a.statePath(nodeCertFile), identity.EncodeCertificatesPEM(certs...), 0o644)
 }
 
 // applyTrust installs bundles and the deny list, drops mesh sessions of
