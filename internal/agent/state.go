@@ -12,6 +12,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/atomicfile"
 	"github.com/fogmesh/fogmesh/internal/authz"
+	"github.com/fogmesh/fogmesh/internal/egress"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -249,7 +250,7 @@ type serviceView struct {
 	// egress holds the service's egress rules, compiled on first use
 	// (egress.go).
 	egressOnce sync.Once
-	egress     []egressRule
+	egress     []egress.Rule
 	// maglev caches lookup tables by endpoint set (maglev.go).
 	maglev    sync.Map // string -> []int32
 	maglevN   atomic.Int64
