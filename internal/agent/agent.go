@@ -30,6 +30,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/gossip"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
+	"github.com/fogmesh/fogmesh/internal/svid"
 	"github.com/fogmesh/fogmesh/internal/transport"
 	"github.com/fogmesh/fogmesh/internal/workloadapi"
 )
@@ -98,7 +99,7 @@ type Agent struct {
 
 	ident *nodeIdentity // nil in insecure mode
 	l7    *l7
-	svids *svidStore
+	svids *svid.Store
 	// svidIssuer asks the control plane for workload SVIDs (secure mode,
 	// when Config.SVIDIssuer is not set).
 	svidIssuer *syncIssuer
@@ -163,7 +164,7 @@ func New(cfg Config) (*Agent, error) {
 		localSessions:   map[string]string{},
 		nodeWatches:     map[string]map[*int]context.CancelCauseFunc{},
 		pendingSessions: map[string]api.Session{},
-		svids:           newSVIDStore(cfg.Logger),
+		svids:           svid.NewStore(cfg.Logger),
 	}
 	a.vip4 = netip.MustParsePrefix(cfg.VIPRange)
 	if cfg.VIP6Range != "" {
@@ -365,7 +366,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			iss = a.svidIssuer
 		}
 		a.wg.Add(1)
-		go func() { defer a.wg.Done(); a.svids.run(ctx, iss) }()
+		go func() { defer a.wg.Done(); a.svids.Run(ctx, iss) }()
 	}
 	var err error
 	select {
@@ -426,11 +427,7 @@ func (a *Agent) rebuildLocked() {
 	v := buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain())
 	v.attest = localAttestations(a.workloads)
 	a.noteInvalidPolicies(a.view.Swap(v), v)
-	ws := make([]Workload, 0, len(a.workloads))
-	for _, st := range a.workloads {
-		ws = append(ws, st.w)
-	}
-	a.svids.setWorkloads(ws)
+	a.svids.SetWorkloads(svidHolders(a.workloads))
 }
 
 func (a *Agent) localEndpointsLocked() []api.Endpoint {

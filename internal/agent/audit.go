@@ -3,20 +3,19 @@ package agent
 import (
 	"context"
 	"crypto"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
-	"time"
 
 	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/audit/ship"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // The agent's audit log (issue 5): records are kept in StateDir/audit/
 // whether or not a control plane is reachable, and shipped upstream in
-// order, without gaps, whenever the sync stream is up (docs/protocol.md,
-// "Audit records").
+// order, without gaps, whenever the sync stream is up (package
+// audit/ship; docs/protocol.md, "Audit records").
 
 // AuditConfig configures what the agent audits.
 type AuditConfig struct {
@@ -46,9 +45,6 @@ func (c *AuditConfig) validate() error {
 	}
 	return nil
 }
-
-// auditBatch is how many records one audit message carries.
-const auditBatch = 256
 
 // openAudit opens the agent's audit log.
 func (a *Agent) openAudit() error {
@@ -135,94 +131,12 @@ func (a *Agent) Audit(rec audit.Record) error { return a.audit.Append(rec) }
 // AuditLog returns the node's audit log (for tests and local tools).
 func (a *Agent) AuditLog() *audit.Log { return a.audit }
 
-// shipAudit sends the records the control plane does not hold yet, one
-// batch at a time, each answered by an auditAck; it then waits for new
-// records. It returns when ctx ends, or with an error when the stream
-// should be dropped (a write failed, no ack came).
+// shipAudit sends the records the control plane does not hold yet over
+// the sync stream (ship.Shipper.Run).
 func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, cpHash string, write func(*wire.Message) error, acks <-chan *wire.Message) error {
-	// Does this node's chain continue the one the control plane holds? Not
-	// when the control plane holds more than the node has, or another
-	// record at its last seq: the node's state was reset and its chain
-	// started anew. Then ship from seq 1 as a restart; the control plane
-	// archives the old chain.
-	restart := false
-	if cpSeq > 0 {
-		last, _ := a.audit.Last()
-		if cpSeq > last {
-			restart = true
-		} else if cpHash != "" {
-			got, err := a.audit.ReadFrom(cpSeq, 1)
-			restart = err == nil && (len(got) != 1 || got[0].Hash != cpHash)
-		}
-	}
-	if restart {
-		a.log.Warn("agent: this node's audit chain does not continue the control plane's (state reset?); shipping it as a restart",
-			"controlSeq", cpSeq)
-		cpSeq = 0
-	}
-	a.auditShipped.Store(cpSeq)
-	next := cpSeq + 1
-	backoff := time.Second
-	wait := func(d time.Duration) bool {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		}
-	}
-	for ctx.Err() == nil {
-		recs, err := a.audit.ReadFrom(next, auditBatch)
-		if err != nil {
-			a.log.Error("agent: read audit log for shipping", "from", next, "err", err)
-			if !wait(backoff) {
-				return nil
-			}
-			backoff = min(2*backoff, 5*time.Minute)
-			continue
-		}
-		if len(recs) == 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-a.auditWritten:
-			}
-			continue
-		}
-		batch, err := audit.EncodeBatch(recs)
-		if err != nil {
-			return fmt.Errorf("send audit: %w", err)
-		}
-		if err := write(&wire.Message{Type: wire.TypeAudit, Audit: batch, AuditRestart: restart && recs[0].Seq == 1}); err != nil {
-			return fmt.Errorf("send audit: %w", err)
-		}
-		t := time.NewTimer(30 * time.Second)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-			return errors.New("no auditAck within 30s")
-		case m := <-acks:
-			t.Stop()
-			next = m.AuditSeq + 1
-			a.auditShipped.Store(m.AuditSeq)
-			if m.Error == "" {
-				restart = false
-				backoff = time.Second
-				continue
-			}
-			a.auditRefused.Inc()
-			a.log.Error("agent: control plane refused audit records", "from", recs[0].Seq, "to", recs[len(recs)-1].Seq, "err", m.Error)
-			if !wait(backoff) {
-				return nil
-			}
-			backoff = min(2*backoff, 5*time.Minute)
-		}
-	}
-	return nil
+	s := &ship.Shipper{Log: a.audit, Written: a.auditWritten, Logger: a.log,
+		Shipped: a.auditShipped.Store, Refused: a.auditRefused.Inc}
+	return s.Run(ctx, cpSeq, cpHash, write, acks)
 }
 
 // welcomeHasAudit tells whether the control plane takes audit records.

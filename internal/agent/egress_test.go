@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/egress"
 	"github.com/fogmesh/fogmesh/internal/mask"
 )
 
@@ -209,6 +210,8 @@ func TestEgressMaskingLeavingSite(t *testing.T) {
 // masked is s masked with keepFirst 3, keepLast 4 (ASCII s).
 func masked(s string) string { return s[:3] + strings.Repeat("*", len(s)-7) + s[len(s)-4:] }
 
+// TestEgressRuleSelects: endpoint views placed by egressDest are selected
+// as the rules say.
 func TestEgressRuleSelects(t *testing.T) {
 	near := &endpointView{tier: TierSite, site: "s1", region: "r1"}
 	otherSite := &endpointView{tier: TierRegion, site: "s2", region: "r1"}
@@ -224,13 +227,13 @@ func TestEgressRuleSelects(t *testing.T) {
 		{api.EgressWhen{ToRegions: []string{"cloud"}}, "cloud"},
 		{api.EgressWhen{ToSites: []string{"s1", "s2"}}, "near otherSite"},
 	} {
-		r := egressRule{when: c.when}
+		r := egress.Rule{When: c.when}
 		var got []string
 		for _, e := range []struct {
 			name string
 			ev   *endpointView
 		}{{"near", near}, {"otherSite", otherSite}, {"cloud", cloud}, {"static", static}, {"local", local}} {
-			if r.selects(e.ev) {
+			if r.Selects(egressDest(e.ev)) {
 				got = append(got, e.name)
 			}
 		}

@@ -2,14 +2,14 @@ package agent
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"net/http"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/health"
 )
 
-// startCheckLocked starts the active health checker of a workload. The
-// checker ends when ctx ends or the workload is removed.
+// startCheckLocked starts the active health checker of a workload
+// (internal/health). The checker ends when ctx ends or the workload is
+// removed.
 func (a *Agent) startCheckLocked(ctx context.Context, ws *workloadState) {
 	if ws.w.Check.Type == "none" {
 		ws.stop = func() {}
@@ -21,94 +21,51 @@ func (a *Agent) startCheckLocked(ctx context.Context, ws *workloadState) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		a.checkLoop(cctx, ws)
+		p := proberFor(ws.w)
+		defer p.Close()
+		c := &health.Checker{Prober: p, Interval: time.Duration(a.cfg.HealthInterval), Wake: ws.wake,
+			Report: func(err error) { a.checked(ws, err) }}
+		c.Run(cctx)
 	}()
 }
 
-// checkLoop checks a workload every HealthInterval, and at once when woken
-// after a passive failure. Health changes rebuild the view and are reported
-// to the control plane.
-func (a *Agent) checkLoop(ctx context.Context, ws *workloadState) {
-	interval := time.Duration(a.cfg.HealthInterval)
-	t := time.NewTimer(0)
-	defer t.Stop()
-	client := &http.Client{Timeout: time.Duration(ws.w.Check.Timeout),
-		Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
-	if ws.w.Check.Type == "grpc" {
-		client = newGRPCCheckClient(time.Duration(ws.w.Check.Timeout))
-	}
-	defer client.CloseIdleConnections()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-ws.wake:
-			// A passive failure was just seen; give the process a moment
-			// so a transient refusal is not re-checked instantly.
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(interval / 4):
-			}
-		}
-		err := check(ctx, client, ws.w)
-		healthy := err == nil
-		a.mu.Lock()
-		changed := ws.healthy != healthy && a.workloads[ws.w.Name] == ws
-		if changed {
-			ws.healthy = healthy
-			if healthy {
-				a.ejected.Delete(ws.w.Namespace + "/" + ws.w.Name)
-			}
-			a.rebuildLocked()
-		}
-		a.mu.Unlock()
-		if changed {
-			a.notifyLocal()
-			a.log.Info("agent: workload health changed", "name", ws.w.Name, "healthy", healthy, "err", err)
-		}
-		if !t.Stop() {
-			select {
-			case <-t.C:
-			default:
-			}
-		}
-		t.Reset(interval)
-	}
-}
-
-func check(ctx context.Context, client *http.Client, w Workload) error {
+// proberFor builds the prober of a workload's check; a check that cannot
+// be built fails every probe with the reason.
+func proberFor(w Workload) health.Prober {
 	e := w.endpoint("", true)
 	addr, err := e.AddrPort(w.Check.Port)
 	if err != nil {
-		return err
+		return failingProber{err}
 	}
-	timeout := time.Duration(w.Check.Timeout)
-	switch w.Check.Type {
-	case "grpc":
-		return checkGRPC(ctx, client, addr.String(), w.Check.GRPCService)
-	case "http":
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr.String()+w.Check.Path, nil)
-		if err != nil {
-			return err
+	p, err := health.NewProber(health.Spec{Type: w.Check.Type, Addr: addr.String(), Path: w.Check.Path,
+		GRPCService: w.Check.GRPCService, Timeout: time.Duration(w.Check.Timeout)})
+	if err != nil {
+		return failingProber{err}
+	}
+	return p
+}
+
+type failingProber struct{ err error }
+
+func (p failingProber) Probe(context.Context) error { return p.err }
+func (failingProber) Close()                        {}
+
+// checked applies one probe result: a health change rebuilds the view and
+// is reported to the control plane.
+func (a *Agent) checked(ws *workloadState, err error) {
+	healthy := err == nil
+	a.mu.Lock()
+	changed := ws.healthy != healthy && a.workloads[ws.w.Name] == ws
+	if changed {
+		ws.healthy = healthy
+		if healthy {
+			a.ejected.Delete(ws.w.Namespace + "/" + ws.w.Name)
 		}
-		req.Header.Set("User-Agent", "fogmesh-health")
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode >= 400 {
-			return fmt.Errorf("http status %d", resp.StatusCode)
-		}
-		return nil
-	default:
-		d := net.Dialer{Timeout: timeout}
-		c, err := d.DialContext(ctx, "tcp", addr.String())
-		if err != nil {
-			return err
-		}
-		return c.Close()
+		a.rebuildLocked()
+	}
+	a.mu.Unlock()
+	if changed {
+		a.notifyLocal()
+		a.log.Info("agent: workload health changed", "name", ws.w.Name, "healthy", healthy, "err", err)
 	}
 }

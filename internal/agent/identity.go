@@ -19,7 +19,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/fogmesh/fogmesh/internal/atomicfile"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/svid"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -65,7 +67,7 @@ func (a *Agent) initIdentity(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := identity.WriteFileAtomic(keyPath, pemKey, 0o600); err != nil {
+		if err := atomicfile.Write(keyPath, pemKey, 0o600); err != nil {
 			return fmt.Errorf("agent: save node key: %w", err)
 		}
 	}
@@ -137,7 +139,7 @@ func (a *Agent) useNodeCert(certs []*x509.Certificate) error {
 }
 
 func (a *Agent) saveNodeCert(certs []*x509.Certificate) error {
-	return identity.WriteFileAtomic(a.statePath(nodeCertFile), identity.EncodeCertificatesPEM(certs...), 0o644)
+	return atomicfile.Write(a.statePath(nodeCertFile), identity.EncodeCertificatesPEM(certs...), 0o644)
 }
 
 // applyTrust installs bundles and the deny list, drops mesh sessions of
@@ -307,16 +309,13 @@ func (a *Agent) finishJoin(m *wire.Message) error {
 	return nil
 }
 
-// renewAt is when the node certificate should be renewed: half its
-// lifetime (counted from issue, not from the backdated NotBefore), with a
-// little jitter.
+// renewAt is when the node certificate should be renewed
+// (svid.NodeRenewAt).
 func (a *Agent) renewAt() time.Time {
 	a.mu.Lock()
 	c := a.ident.cert
 	a.mu.Unlock()
-	issued := c.NotBefore.Add(identity.ClockSkew)
-	life := c.NotAfter.Sub(issued)
-	return issued.Add(life/2 + rand.N(life/20+1))
+	return svid.NodeRenewAt(c)
 }
 
 // renewCSR makes the renewal request (the same key: it never leaves the

@@ -4,20 +4,16 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"time"
 
-	"github.com/fogmesh/fogmesh/internal/sockowner"
-	"github.com/fogmesh/fogmesh/internal/workloadapi"
+	"github.com/fogmesh/fogmesh/internal/localid"
 )
 
 // Local client identity. A client connection from this host gets the
 // identity of the workload registered at its source address (authz.go,
-// localIdentities). Any local process can bind that address, so where the
-// workload declares attest selectors (the ones that guard its SVID on the
-// Workload API socket) the address only names the candidate: the agent
-// asks the kernel which processes hold the client socket (package
-// sockowner) and grants the identity only if they match. The answer is
-// computed once per connection, at accept, and travels with it.
+// localIdentities), where the workload declares attest selectors only if
+// the processes holding the client socket match them (package localid).
+// The answer is computed once per connection, at accept, and travels with
+// it.
 //
 // Metrics:
 //
@@ -42,32 +38,6 @@ func localAttestations(ws map[string]*workloadState) map[netip.Addr][]*Attest {
 	return out
 }
 
-// ownerMatches reports whether the processes holding a client socket are
-// all described by one of the selectors: a process that execs an allowed
-// binary while keeping a copy of the socket does not pass. A uid selector
-// must also match the socket's creator.
-func ownerMatches(ats []*Attest, o sockowner.Owner) bool {
-	if len(o.Procs) == 0 {
-		return false
-	}
-	for _, at := range ats {
-		if at.UID != nil && uint32(*at.UID) != o.UID {
-			continue
-		}
-		all := true
-		for _, p := range o.Procs {
-			if !at.matches(workloadapi.Caller{PID: p.PID, UID: p.UID, GID: p.GID, Exe: p.Exe, Known: true}) {
-				all = false
-				break
-			}
-		}
-		if all {
-			return true
-		}
-	}
-	return false
-}
-
 // attestedIdentity is id (the identity of the workload at the client's
 // address) if the workload declares no attest selectors or the socket's
 // owner matches them, else "" (unknown), logged and counted.
@@ -76,27 +46,20 @@ func (a *Agent) attestedIdentity(v *view, id string, remote, local netip.AddrPor
 	if id == "" || len(ats) == 0 {
 		return id
 	}
-	start := time.Now()
-	o, err := sockowner.Find(remote, local)
-	if err == nil && !uidPossible(ats, o.UID) {
-		// Refused on the socket's creator alone: no /proc scan, so a
-		// flood of impostor connections costs one netlink query each.
+	r := localid.Check(ats, remote, local)
+	o := r.Owner
+	switch {
+	case r.Verdict == localid.Mismatch && len(o.Procs) == 0:
 		a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_local_identity_refused_total{reason="mismatch"}`).Inc()
 		a.log.Warn("agent: local client does not match the attest selectors of its address's workload; treated as unknown",
 			"client", remote, "identity", id, "socket_uid", o.UID)
 		return ""
-	}
-	if err == nil {
-		o.Procs, err = sockowner.Holders(o.Inode)
-	}
-	took := time.Since(start)
-	switch {
-	case err != nil || len(o.Procs) == 0:
+	case r.Verdict == localid.UnknownOwner:
 		a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_local_identity_refused_total{reason="unknown_owner"}`).Inc()
 		a.log.Warn("agent: local client's process unknown; its address's attested identity is not granted",
-			"client", remote, "identity", id, "err", err, "took", took)
+			"client", remote, "identity", id, "err", r.Err, "took", r.Took)
 		return ""
-	case !ownerMatches(ats, o):
+	case r.Verdict == localid.Mismatch:
 		a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_local_identity_refused_total{reason="mismatch"}`).Inc()
 		p := o.Procs[0]
 		a.log.Warn("agent: local client does not match the attest selectors of its address's workload; treated as unknown",
@@ -105,19 +68,8 @@ func (a *Agent) attestedIdentity(v *view, id string, remote, local netip.AddrPor
 		return ""
 	}
 	a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_local_identity_attested_total`).Inc()
-	a.log.Debug("agent: local client attested", "client", remote, "identity", id, "pid", o.Procs[0].PID, "took", took)
+	a.log.Debug("agent: local client attested", "client", remote, "identity", id, "pid", o.Procs[0].PID, "took", r.Took)
 	return id
-}
-
-// uidPossible reports whether a socket created by uid can pass one of
-// the selectors (ownerMatches then checks its processes).
-func uidPossible(ats []*Attest, uid uint32) bool {
-	for _, at := range ats {
-		if at.UID == nil || uint32(*at.UID) == uid {
-			return true
-		}
-	}
-	return false
 }
 
 type connIdentityKey struct{}

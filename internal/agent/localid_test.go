@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
-	"github.com/fogmesh/fogmesh/internal/sockowner"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
@@ -205,33 +204,4 @@ spec: {service: wdb, rules: [{from: [{principals: ["`+attestID+`"]}]}]}
 		}
 		expect(t, "") // and this process is neither curl nor uid 65534
 	})
-}
-
-// TestOwnerMatches: every process holding the socket must pass one
-// selector, a uid selector also holds for the socket's creator, and an
-// owner with no known process never passes.
-func TestOwnerMatches(t *testing.T) {
-	app := sockowner.Process{PID: 10, UID: 1000, GID: 1000, Exe: "/usr/bin/app"}
-	other := sockowner.Process{PID: 11, UID: 1000, GID: 1000, Exe: "/usr/bin/python3"}
-	byPath := []*Attest{{Path: "/usr/bin/app"}}
-	byUID := []*Attest{{UID: intp(1000)}}
-	cases := []struct {
-		name string
-		ats  []*Attest
-		o    sockowner.Owner
-		want bool
-	}{
-		{"one holder matches", byPath, sockowner.Owner{UID: 1000, Procs: []sockowner.Process{app}}, true},
-		{"a second holder does not", byPath, sockowner.Owner{UID: 1000, Procs: []sockowner.Process{app, other}}, false},
-		{"same uid holders", byUID, sockowner.Owner{UID: 1000, Procs: []sockowner.Process{app, other}}, true},
-		{"socket made by another uid", byUID, sockowner.Owner{UID: 0, Procs: []sockowner.Process{app}}, false},
-		{"no known holder", byUID, sockowner.Owner{UID: 1000}, false},
-		{"empty selector", []*Attest{{}}, sockowner.Owner{UID: 1000, Procs: []sockowner.Process{app}}, false},
-		{"second selector", []*Attest{{UID: intp(5)}, {Path: "/usr/bin/python3"}}, sockowner.Owner{UID: 1000, Procs: []sockowner.Process{other}}, true},
-	}
-	for _, c := range cases {
-		if got := ownerMatches(c.ats, c.o); got != c.want {
-			t.Errorf("%s: %v, want %v", c.name, got, c.want)
-		}
-	}
 }

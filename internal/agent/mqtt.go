@@ -1,15 +1,12 @@
 package agent
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
-	"sync"
-	"time"
 
 	"github.com/fogmesh/fogmesh/internal/mqtt"
+	"github.com/fogmesh/fogmesh/internal/mqtt/relay"
 )
 
 // maxTopicSeries bounds the per-topic metric series an agent creates, so a
@@ -17,183 +14,35 @@ import (
 // topics are counted under topic="other".
 const maxTopicSeries = 200
 
-// MQTT authorization (topic rules of the policies selecting the service;
-// mqttInspect only adds counting) covers every topic a client can make the
-// broker publish to or subscribe it to:
-//
-//   - the will topic of the CONNECT, authorized as a PUBLISH before the
-//     broker sees the CONNECT: a denied will is refused with a CONNACK
-//     (3.1.1 return code 0x05, MQTT 5 reason 0x87 Not authorized), since
-//     the broker publishes a will whenever the connection ends without a
-//     DISCONNECT, which the client (or the agent's own deny-and-close)
-//     can make happen at will;
-//   - each PUBLISH's topic, an MQTT 5 topic alias resolved to the topic it
-//     was set to on this connection (an alias never set ends the
-//     connection: DISCONNECT 0x82, as mosquitto does);
-//   - each SUBSCRIBE filter, a shared subscription $share/{group}/{filter}
-//     as the {filter} it receives.
-//
-// A denied PUBLISH or SUBSCRIBE is not forwarded and ends the connection
-// (closing also covers QoS 0, which has no answer to carry a refusal). The
-// broker then publishes the client's will, which was authorized at
-// CONNECT: that is plain MQTT (a client can always end its connection
-// without DISCONNECT). If the policies changed since and deny the will
-// topic now, the agent sends the broker a DISCONNECT (reason 0x00) before
-// closing, whoever ends the connection, so the broker discards the will
-// (3.1.1 §3.14.4, MQTT 5 §3.14.2.1); an MQTT 5 DISCONNECT 0x04 ("with
-// will") is then forwarded as 0x00.
-
 // willAllowed authorizes the will topic of a CONNECT as a PUBLISH.
 func willAllowed(cn mqtt.Connect, check func(kind string, topics []string) bool) bool {
-	return !cn.Will || check == nil || check("publish", []string{cn.WillTopic})
+	return relay.WillAllowed(cn, check)
+}
+
+// mqttRelay is the relay of one connection to service svc: check (the
+// topic rules of the policies selecting the service; nil: none), per-topic
+// counting when count (mqttInspect), and the agent's bad-packet counter.
+func (a *Agent) mqttRelay(svc string, count bool, check func(kind string, topics []string) bool) *relay.Relay {
+	r := &relay.Relay{Authorize: check, Bad: func(err error) {
+		a.m.mqttBad.Inc()
+		a.log.Debug("agent: bad MQTT packet", "service", svc, "err", err)
+	}}
+	if count {
+		r.Count = func(kind, topic string) { a.countTopic(svc, kind, topic) }
+	}
+	return r
 }
 
 // serveMQTTStream serves a mesh stream to a local broker whose topics are
-// authorized here (the destination agent): it reads the CONNECT, refuses
-// a bad one or a denied will with a CONNACK (which the source agent relays
-// to the client), and relays the rest through relayMQTT.
+// authorized here, the destination agent (relay.Relay.ServeConnect).
 func (a *Agent) serveMQTTStream(ctx context.Context, stream, local net.Conn, svc string, check func(kind string, topics []string) bool) {
-	stream.SetReadDeadline(time.Now().Add(10 * time.Second))
-	cn, raw, err := mqtt.ReadConnect(stream)
-	stream.SetReadDeadline(time.Time{})
-	if err != nil {
-		a.m.mqttBad.Inc()
-		if b := mqtt.RefuseConnect(err); b != nil {
-			stream.Write(b)
-		}
-		return
-	}
-	if !willAllowed(cn, check) {
-		stream.Write(mqtt.Connack(cn.Version, mqtt.RefuseNotAuthorized))
-		return
-	}
-	if _, err := local.Write(raw); err != nil {
-		return
-	}
-	a.relayMQTT(ctx, stream, local, cn, svc, false, check)
+	a.mqttRelay(svc, false, check).ServeConnect(ctx, stream, local)
 }
 
-// relayMQTT is the inspecting relay: client packets after the CONNECT cn
-// are read one by one, checked (mqtt.Session), authorized by check when not
-// nil, PUBLISH and SUBSCRIBE counted per topic (if count) and forwarded
-// unchanged; the broker's bytes are copied back as they come. A malformed
-// or protocol-breaking client packet ends the connection (an MQTT 5 client
-// first gets DISCONNECT with the reason: 0x81, 0x82, ...); so does a
-// denied one (MQTT 5: DISCONNECT 0x87 Not authorized; MQTT 3.1.1 has no
-// way to say why).
-//
-// When the agent ends a connection, the broker's side is closed first,
-// then the client hears of it: a client that has seen its connection end
-// knows the broker has too (and has published its will, if it does).
+// relayMQTT relays a client whose CONNECT cn was read and forwarded
+// (relay.Relay.Run).
 func (a *Agent) relayMQTT(ctx context.Context, client, up net.Conn, cn mqtt.Connect, svc string, count bool, check func(kind string, topics []string) bool) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() { client.Close(); up.Close() })
-	connacked := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // brokerToClient
-		defer wg.Done()
-		defer cancel()
-		relayUntilConnack(client, up, connacked)
-		io.Copy(client, up)
-	}()
-	var reason byte // the DISCONNECT reason for an MQTT 5 client, 0 for none
-	defer func() {  // closeRelay
-		defer wg.Wait()
-		if !stop() {
-			return // ended by the broker or the agent: both sides are closed
-		}
-		if reason != 0 {
-			// Not before the broker's CONNACK: the client must get it first.
-			t := time.NewTimer(2 * time.Second)
-			select {
-			case <-connacked:
-			case <-t.C:
-				reason = 0
-			}
-			t.Stop()
-		}
-		// The connection ends without the client's DISCONNECT reaching the
-		// broker: keep the broker from publishing a will denied by now.
-		if cn.Will && check != nil && !willAllowed(cn, check) {
-			up.Write([]byte{mqtt.TypeDisconnect << 4, 0})
-		}
-		up.Close()
-		if reason != 0 && cn.Version == 5 {
-			client.SetWriteDeadline(time.Now().Add(2 * time.Second))
-			wg.Wait() // the broker's last bytes are written: do not split a packet
-			client.Write(mqtt.Disconnect(reason))
-		}
-		client.Close()
-	}()
-	sess := mqtt.Session{Version: cn.Version}
-	in := bufio.NewReader(client) // the relay reads the client to the end: buffering is safe
-	for {
-		h, raw, body, err := mqtt.ReadPacket(in, mqtt.MaxPacketSize)
-		if err != nil {
-			if err != io.EOF && ctx.Err() == nil {
-				a.m.mqttBad.Inc()
-				if len(raw) > 0 {
-					reason = mqtt.DisconnectReason(err)
-				}
-			}
-			return
-		}
-		act, err := sess.Inspect(h, body)
-		if err != nil {
-			a.m.mqttBad.Inc()
-			a.log.Debug("agent: bad MQTT packet", "service", svc, "err", err)
-			reason = mqtt.DisconnectReason(err)
-			return
-		}
-		kind := ""
-		switch act.Kind {
-		case mqtt.KindPublish:
-			kind = "publish"
-		case mqtt.KindSubscribe:
-			kind = "subscribe"
-		case mqtt.KindDisconnect:
-			if act.WillAsked && cn.Will && check != nil && !willAllowed(cn, check) {
-				raw = []byte{mqtt.TypeDisconnect << 4, 0} // normal disconnection: the will is discarded
-			}
-			cn.Will = false // the broker has its answer; nothing to keep from it
-		}
-		if kind != "" && check != nil && !check(kind, act.Topics) {
-			reason = 0x87 // not authorized
-			return
-		}
-		if count && kind != "" {
-			counted := act.Topics
-			if act.Kind == mqtt.KindSubscribe {
-				counted = act.Filters
-			}
-			for _, topic := range counted {
-				a.countTopic(svc, kind, topic)
-			}
-		}
-		if _, err := up.Write(raw); err != nil {
-			return
-		}
-	}
-}
-
-// relayUntilConnack copies the broker's packets to the client up to and
-// including its CONNACK (MQTT 5 AUTH packets may come first), then closes
-// connacked. Bytes it cannot frame are copied as they are.
-func relayUntilConnack(client, up net.Conn, connacked chan struct{}) {
-	defer close(connacked)
-	for i := 0; i < 64; i++ { // an authentication exchange is a few packets
-		h, raw, _, err := mqtt.ReadPacket(up, mqtt.MaxPacketSize)
-		if len(raw) > 0 {
-			if _, werr := client.Write(raw); werr != nil {
-				return
-			}
-		}
-		if err != nil || h.Type == mqtt.TypeConnack {
-			return
-		}
-	}
+	a.mqttRelay(svc, count, check).Run(ctx, client, up, cn)
 }
 
 func (a *Agent) countTopic(svc, kind, topic string) {

@@ -9,9 +9,10 @@ import (
 	"sync"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/atomicfile"
 	"github.com/fogmesh/fogmesh/internal/authz"
 	"github.com/fogmesh/fogmesh/internal/balance"
-	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/egress"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -178,10 +179,10 @@ func (r *resources) toConfig(storeID string, version uint64) (*config, error) {
 	return c, nil
 }
 
-// writeFileAtomic writes data to path so that a crash leaves either the old
-// or the new file, never a torn one: temp file, fsync, rename, fsync dir.
+// writeFileAtomic writes data to path, mode 0600, so that a crash leaves
+// either the old or the new file, never a torn one.
 func writeFileAtomic(path string, data []byte) error {
-	return identity.WriteFileAtomic(path, data, 0o600)
+	return atomicfile.Write(path, data, 0o600)
 }
 
 func saveJSON(path string, v any) error {
@@ -249,7 +250,7 @@ type serviceView struct {
 	// egress holds the service's egress rules, compiled on first use
 	// (egress.go).
 	egressOnce sync.Once
-	egress     []egressRule
+	egress     []egress.Rule
 	// maglev caches lookup tables by endpoint set (balance.Maglev).
 	maglev    balance.MaglevCache
 	vip4      netip.Addr

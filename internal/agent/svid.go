@@ -1,278 +1,35 @@
 package agent
 
 import (
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"errors"
-	"fmt"
-	"log/slog"
-	mrand "math/rand/v2"
-	"net/url"
-	"reflect"
-	"strings"
-	"sync"
-	"time"
-
-	"github.com/fogmesh/fogmesh/internal/api"
-	"github.com/fogmesh/fogmesh/internal/workloadapi"
+	"github.com/fogmesh/fogmesh/internal/svid"
+	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
-// SVIDIssuer signs a workload's certificate request. The agent's control
-// plane client implements it; the control plane checks that the identity
-// belongs to a workload of the asking node.
-type SVIDIssuer interface {
-	// IssueWorkloadSVID returns the certificate chain (leaf first) for
-	// the SPIFFE ID api.WorkloadID(td, namespace, serviceAccount).
-	IssueWorkloadSVID(ctx context.Context, namespace, serviceAccount string, csrDER []byte) ([]*x509.Certificate, error)
-}
+// SVIDIssuer signs workload certificate requests (see svid.Issuer).
+type SVIDIssuer = svid.Issuer
 
-// Attest selects which local processes receive a workload's SVID from the
-// Workload API socket, and which may use its identity as local clients
-// (localid.go). Every field that is set must match the caller; a workload
-// without Attest is never handed to a caller.
-type Attest struct {
-	UID *int `json:"uid,omitempty"`
-	GID *int `json:"gid,omitempty"`
-	// Path is the caller's executable (/proc/<pid>/exe).
-	Path string `json:"path,omitempty"`
-}
+// Attest selects the local processes that may fetch a workload's SVID and
+// use its identity as local clients (see svid.Attest).
+type Attest = svid.Attest
 
-func (at *Attest) matches(c workloadapi.Caller) bool {
-	if at == nil || !c.Known || (at.UID == nil && at.GID == nil && at.Path == "") {
-		return false
-	}
-	if at.UID != nil && int32(*at.UID) != c.UID {
-		return false
-	}
-	if at.GID != nil && int32(*at.GID) != c.GID {
-		return false
-	}
-	if at.Path != "" && c.Exe != at.Path {
-		return false
-	}
-	return true
-}
+// syncIssuer is svid.SyncIssuer with the names the sync loop calls.
+type syncIssuer struct{ *svid.SyncIssuer }
 
-// heldSVID is an SVID in memory (its key never touches the disk).
-type heldSVID struct {
-	svid      workloadapi.SVID
-	notBefore time.Time
-	notAfter  time.Time
-	renewAt   time.Time
-}
+func newSyncIssuer() *syncIssuer { return &syncIssuer{svid.NewSyncIssuer()} }
 
-// svidStore holds the SVIDs of this node's workloads and the trust bundles,
-// and implements workloadapi.Source.
-type svidStore struct {
-	log *slog.Logger
+func (s *syncIssuer) connected(write func(*wire.Message) error) { s.Connected(write) }
+func (s *syncIssuer) answer(m *wire.Message)                    { s.Answer(m) }
 
-	mu sync.Mutex // guards the following
-	td string
-	// byID: SPIFFE ID -> SVID; attest: SPIFFE ID -> selectors of the
-	// workloads that have it.
-	byID    map[string]*heldSVID
-	attest  map[string][]*Attest
-	bundles map[string][]*x509.Certificate
-	changed chan struct{}
-}
-
-func newSVIDStore(log *slog.Logger) *svidStore {
-	return &svidStore{log: log, td: api.DefaultTrustDomain, byID: map[string]*heldSVID{},
-		attest: map[string][]*Attest{}, bundles: map[string][]*x509.Certificate{}, changed: make(chan struct{})}
-}
-
-var _ workloadapi.Source = (*svidStore)(nil)
-
-func (s *svidStore) notifyLocked() {
-	close(s.changed)
-	s.changed = make(chan struct{})
-}
-
-// SVIDs implements workloadapi.Source.
-func (s *svidStore) SVIDs(c workloadapi.Caller) []workloadapi.SVID {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []workloadapi.SVID
-	now := time.Now()
-	for id, ats := range s.attest {
-		h := s.byID[id]
-		if h == nil || now.After(h.notAfter) {
-			continue
+// svidHolders lists the local workloads for the SVID store (the service
+// name is the default service account).
+func svidHolders(ws map[string]*workloadState) []svid.Holder {
+	out := make([]svid.Holder, 0, len(ws))
+	for _, st := range ws {
+		sa := st.w.ServiceAccount
+		if sa == "" {
+			sa = st.w.Service
 		}
-		for _, at := range ats {
-			if at.matches(c) {
-				out = append(out, h.svid)
-				break
-			}
-		}
+		out = append(out, svid.Holder{Namespace: st.w.Namespace, ServiceAccount: sa, Attest: st.w.Attest})
 	}
 	return out
-}
-
-// Bundles implements workloadapi.Source.
-func (s *svidStore) Bundles() map[string][]*x509.Certificate {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.bundles
-}
-
-// TrustDomain implements workloadapi.Source.
-func (s *svidStore) TrustDomain() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.td
-}
-
-// Changed implements workloadapi.Source.
-func (s *svidStore) Changed() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.changed
-}
-
-// SetTrust replaces the trust domain name and the bundles (own and
-// federated, by trust domain name).
-func (s *svidStore) SetTrust(td string, bundles map[string][]*x509.Certificate) {
-	s.mu.Lock()
-	s.td, s.bundles = td, bundles
-	s.notifyLocked()
-	s.mu.Unlock()
-}
-
-// setWorkloads records which identities attested local workloads have and
-// who may fetch them; identities no workload has any more are forgotten.
-func (s *svidStore) setWorkloads(ws []Workload) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	att := map[string][]*Attest{}
-	for i := range ws {
-		w := &ws[i]
-		if w.Attest == nil {
-			continue // no process may fetch it: do not ask for it
-		}
-		att[s.idLocked(w)] = append(att[s.idLocked(w)], w.Attest)
-	}
-	if reflect.DeepEqual(att, s.attest) {
-		return
-	}
-	for id := range s.byID {
-		if _, ok := att[id]; !ok {
-			delete(s.byID, id)
-		}
-	}
-	s.attest = att
-	s.notifyLocked()
-}
-
-func (s *svidStore) idLocked(w *Workload) string {
-	sa := w.ServiceAccount
-	if sa == "" {
-		sa = w.Service
-	}
-	return api.WorkloadID(s.td, w.Namespace, sa)
-}
-
-// due lists the identities with no SVID or past their renewal time.
-func (s *svidStore) due(now time.Time) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for id := range s.attest {
-		if h := s.byID[id]; h == nil || now.After(h.renewAt) {
-			out = append(out, id)
-		}
-	}
-	return out
-}
-
-// renew gets a new SVID for id from iss: a fresh key, generated here, and a
-// CSR naming the SPIFFE ID. It is renewed again at half its lifetime (±10%),
-// as SPIRE does, so a control plane outage shorter than half a lifetime
-// goes unnoticed.
-func (s *svidStore) renew(ctx context.Context, iss SVIDIssuer, id string) error {
-	u, err := url.Parse(id)
-	if err != nil {
-		return err
-	}
-	ns, sa, ok := workloadPath(u.Path)
-	if !ok {
-		return fmt.Errorf("svid %s: not a workload ID", id)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-	if err != nil {
-		return err
-	}
-	chain, err := iss.IssueWorkloadSVID(ctx, ns, sa, csr)
-	if err != nil {
-		return fmt.Errorf("svid %s: %w", id, err)
-	}
-	if len(chain) == 0 || len(chain[0].URIs) != 1 || chain[0].URIs[0].String() != id {
-		return fmt.Errorf("svid %s: issued certificate names another identity", id)
-	}
-	if !key.PublicKey.Equal(chain[0].PublicKey) {
-		return fmt.Errorf("svid %s: issued certificate is for another key", id)
-	}
-	leaf := chain[0]
-	life := leaf.NotAfter.Sub(leaf.NotBefore)
-	renewAt := leaf.NotBefore.Add(time.Duration(float64(life) * (0.45 + 0.1*mrand.Float64())))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.attest[id]; !ok {
-		return nil // the workload went away meanwhile
-	}
-	s.byID[id] = &heldSVID{svid: workloadapi.SVID{ID: id, Chain: chain, Key: key},
-		notBefore: leaf.NotBefore, notAfter: leaf.NotAfter, renewAt: renewAt}
-	s.notifyLocked()
-	return nil
-}
-
-// workloadPath splits "/ns/<ns>/sa/<sa>".
-func workloadPath(p string) (ns, sa string, ok bool) {
-	parts := strings.Split(p, "/")
-	if len(parts) != 5 || parts[0] != "" || parts[1] != "ns" || parts[3] != "sa" || parts[2] == "" || parts[4] == "" {
-		return "", "", false
-	}
-	return parts[2], parts[4], true
-}
-
-// runSVIDs keeps every attested workload's SVID fresh until ctx ends:
-// checks each second what is due, retries failures with backoff.
-func (s *svidStore) run(ctx context.Context, iss SVIDIssuer) {
-	backoff := time.Second
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	next := time.Time{}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			if now.Before(next) {
-				continue
-			}
-			var failed error
-			for _, id := range s.due(now) {
-				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				err := s.renew(rctx, iss, id)
-				cancel()
-				if err != nil {
-					failed = errors.Join(failed, err)
-				}
-			}
-			if failed != nil {
-				s.log.Warn("agent: workload SVID renewal failed; retrying", "err", failed, "in", backoff)
-				next = now.Add(backoff)
-				backoff = min(2*backoff, time.Minute)
-				continue
-			}
-			backoff = time.Second
-		}
-	}
 }

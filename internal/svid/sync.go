@@ -1,4 +1,4 @@
-package agent
+package svid
 
 import (
 	"context"
@@ -13,21 +13,25 @@ import (
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
-// syncIssuer is the SVIDIssuer of a secure agent: it asks the control plane
+// SyncIssuer is the Issuer of a secure agent: it asks the control plane
 // over the mutually authenticated sync stream, which signs only identities
-// of endpoints on this node.
-type syncIssuer struct {
+// of endpoints on this node. The stream's owner calls Connected and Answer.
+type SyncIssuer struct {
 	mu      sync.Mutex // guards the following
 	write   func(*wire.Message) error
 	pending map[string]chan *wire.Message
 }
 
+var _ Issuer = (*SyncIssuer)(nil)
+
 var errNoControl = errors.New("no control plane stream that signs workload SVIDs")
 
-func newSyncIssuer() *syncIssuer { return &syncIssuer{pending: map[string]chan *wire.Message{}} }
+// NewSyncIssuer returns an issuer with no stream: calls fail until
+// Connected.
+func NewSyncIssuer() *SyncIssuer { return &SyncIssuer{pending: map[string]chan *wire.Message{}} }
 
-// connected sets the stream's writer (nil when it ends; pending calls fail).
-func (s *syncIssuer) connected(write func(*wire.Message) error) {
+// Connected sets the stream's writer (nil when it ends; pending calls fail).
+func (s *SyncIssuer) Connected(write func(*wire.Message) error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.write = write
@@ -39,8 +43,8 @@ func (s *syncIssuer) connected(write func(*wire.Message) error) {
 	}
 }
 
-// answer delivers a TypeSVIDIssued to its caller.
-func (s *syncIssuer) answer(m *wire.Message) {
+// Answer delivers a TypeSVIDIssued to its caller.
+func (s *SyncIssuer) Answer(m *wire.Message) {
 	s.mu.Lock()
 	ch := s.pending[m.Nonce]
 	delete(s.pending, m.Nonce)
@@ -50,8 +54,8 @@ func (s *syncIssuer) answer(m *wire.Message) {
 	}
 }
 
-// IssueWorkloadSVID implements SVIDIssuer.
-func (s *syncIssuer) IssueWorkloadSVID(ctx context.Context, ns, sa string, csr []byte) ([]*x509.Certificate, error) {
+// IssueWorkloadSVID implements Issuer.
+func (s *SyncIssuer) IssueWorkloadSVID(ctx context.Context, ns, sa string, csr []byte) ([]*x509.Certificate, error) {
 	var nb [8]byte
 	rand.Read(nb[:])
 	nonce := hex.EncodeToString(nb[:])

@@ -1,4 +1,4 @@
-package agent
+package health
 
 import (
 	"bytes"
@@ -104,8 +104,8 @@ func parseGRPCHealthResponse(b []byte) (uint64, error) {
 	return status, nil
 }
 
-// newGRPCCheckClient returns a client that speaks only cleartext HTTP/2.
-func newGRPCCheckClient(timeout time.Duration) *http.Client {
+// newGRPCClient returns a client that speaks only cleartext HTTP/2.
+func newGRPCClient(timeout time.Duration) *http.Client {
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	return &http.Client{Timeout: timeout, Transport: &http.Transport{Protocols: &protos, Proxy: nil}}
@@ -121,7 +121,7 @@ func checkGRPC(ctx context.Context, client *http.Client, addr, service string) e
 	}
 	req.Header.Set("Content-Type", "application/grpc")
 	req.Header.Set("Te", "trailers")
-	req.Header.Set("User-Agent", "fogmesh-health")
+	req.Header.Set("User-Agent", userAgent)
 	resp, err := client.Do(req)
 	if err != nil {
 		return err

@@ -1,0 +1,27 @@
+package svid
+
+import (
+	"crypto/x509"
+	"math/rand/v2"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+)
+
+// NodeRenewAt is when a node certificate should be renewed: half its
+// lifetime counted from issue (NotBefore is backdated by
+// identity.ClockSkew), plus up to a twentieth of it, so nodes that joined
+// together do not all renew at once.
+func NodeRenewAt(c *x509.Certificate) time.Time {
+	issued := c.NotBefore.Add(identity.ClockSkew)
+	life := c.NotAfter.Sub(issued)
+	return issued.Add(life/2 + rand.N(life/20+1))
+}
+
+// workloadRenewAt is when a workload SVID should be renewed: at 45–55 % of
+// its lifetime, as SPIRE does, so a control plane outage shorter than half
+// a lifetime goes unnoticed.
+func workloadRenewAt(leaf *x509.Certificate) time.Time {
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	return leaf.NotBefore.Add(time.Duration(float64(life) * (0.45 + 0.1*rand.Float64())))
+}
