@@ -432,6 +432,11 @@ func (p *DestinationPolicy) Validate() error {
 	if p.Spec.MinHealthyShare < 0 || p.Spec.MinHealthyShare > 1 {
 		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", p.Spec.MinHealthyShare)
 	}
+	if od := p.Spec.OutlierDetection; od != nil {
+		if err := od.validate("spec.outlierDetection"); err != nil {
+			return err
+		}
+	}
 	if cb := p.Spec.CircuitBreaker; cb != nil {
 		if err := cb.validate("spec.circuitBreaker"); err != nil {
 			return err
