@@ -29,6 +29,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/gossip"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
+	"github.com/fogmesh/fogmesh/internal/outlier"
 	"github.com/fogmesh/fogmesh/internal/transport"
 	"github.com/fogmesh/fogmesh/internal/workloadapi"
 )
@@ -61,8 +62,10 @@ type Agent struct {
 	localSessions   map[string]string
 	pendingSessions map[string]api.Session
 
-	ejected sync.Map // endpoint key -> time.Time until which it is skipped
-	rr      sync.Map // service key -> *atomic.Uint64
+	// outliers: outlier detection and the quarantine of unreachable
+	// endpoints (outlier.go).
+	outliers outlier.Set
+	rr       sync.Map // service key -> *atomic.Uint64
 	// statsByEP holds what this agent measures per endpoint: in-flight
 	// count and peak-EWMA latency (balance.go).
 	statsByEP sync.Map // endpoint key -> *epStats
@@ -423,6 +426,7 @@ func (a *Agent) rebuildLocked() {
 	v := buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain())
 	v.attest = localAttestations(a.workloads)
 	a.noteInvalidPolicies(a.view.Swap(v), v)
+	a.syncOutliers(v)
 	ws := make([]Workload, 0, len(a.workloads))
 	for _, st := range a.workloads {
 		ws = append(ws, st.w)

@@ -401,7 +401,7 @@ func TestRetryIdempotentOnly(t *testing.T) {
 	// it and marks it unhealthy until its next (passing) TCP check.
 	reset := func() {
 		waitFor(t, "both endpoints healthy", func() bool {
-			a.ejected.Range(func(k, _ any) bool { a.ejected.Delete(k); return true })
+			a.outliers.Reset()
 			eps := endpointsOf(a, "demo/flaky")
 			return len(eps) == 2 && eps[0].Healthy && eps[1].Healthy
 		})
