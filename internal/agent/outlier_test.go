@@ -8,7 +8,38 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/outlier"
 )
+
+// TestOutlierConfigDefaults: fogmesh's own documents keep their documented
+// defaults (5 consecutive errors, 10s × at most 10, 50 %), the older
+// gatewayErrorsOnly still means gateway errors only, and -1 turns a
+// counter off.
+func TestOutlierConfigDefaults(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		od   api.OutlierDetection
+		want outlier.Config
+	}{
+		{"zero", api.OutlierDetection{}, outlier.Config{Consecutive5xx: 5, ConsecutiveLocalOrigin: 5,
+			BaseEjectionTime: 10 * time.Second, MaxEjectionTime: 100 * time.Second, MaxEjectionPercent: 50}},
+		{"gatewayErrorsOnly", api.OutlierDetection{ConsecutiveErrors: 3, GatewayErrorsOnly: true}, outlier.Config{ConsecutiveGateway: 3,
+			ConsecutiveLocalOrigin: 5, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: 100 * time.Second, MaxEjectionPercent: 50}},
+		{"off", api.OutlierDetection{ConsecutiveErrors: -1, ConsecutiveLocalOriginFailures: -1, SplitExternalLocalOriginErrors: true},
+			outlier.Config{SplitLocalOrigin: true, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: 100 * time.Second, MaxEjectionPercent: 50}},
+		{"set", api.OutlierDetection{ConsecutiveErrors: 2, ConsecutiveGatewayErrors: 10, Interval: api.Duration(time.Second),
+			BaseEjectionTime: api.Duration(time.Minute), MaxEjectionTime: api.Duration(time.Hour), MaxEjectedPercent: 20, MinHealthPercent: 30},
+			outlier.Config{Consecutive5xx: 2, ConsecutiveGateway: 10, ConsecutiveLocalOrigin: 5, Interval: time.Second,
+				BaseEjectionTime: time.Minute, MaxEjectionTime: time.Hour, MaxEjectionPercent: 20, MinHealthPercent: 30}},
+	} {
+		if got := outlierConfig(&c.od); got != c.want {
+			t.Errorf("%s: got %+v\nwant %+v", c.name, got, c.want)
+		}
+	}
+	if (outlierConfig(&api.OutlierDetection{ConsecutiveErrors: -1})).Enabled() {
+		t.Error("consecutiveErrors -1 alone should turn detection off")
+	}
+}
 
 // TestConnectFailurePolicy: a refused connect quarantines the endpoint
 // for ejectFor under fogmesh's own policy (its documented default), but
