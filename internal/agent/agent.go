@@ -31,6 +31,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/svid"
+	"github.com/fogmesh/fogmesh/internal/outlier"
 	"github.com/fogmesh/fogmesh/internal/transport"
 	"github.com/fogmesh/fogmesh/internal/workloadapi"
 )
@@ -63,7 +64,9 @@ type Agent struct {
 	localSessions   map[string]string
 	pendingSessions map[string]api.Session
 
-	ejected sync.Map // endpoint key -> time.Time until which it is skipped
+	// outliers: outlier detection and the quarantine of unreachable
+	// endpoints (outlier.go).
+	outliers outlier.Set
 	// balancers by name, with round robin's counters (balance.go).
 	balancers balance.Set
 	// statsByEP holds what this agent measures per endpoint: in-flight
@@ -427,6 +430,7 @@ func (a *Agent) rebuildLocked() {
 	v := buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain())
 	v.attest = localAttestations(a.workloads)
 	a.noteInvalidPolicies(a.view.Swap(v), v)
+	a.syncOutliers(v)
 	a.svids.SetWorkloads(svidHolders(a.workloads))
 }
 

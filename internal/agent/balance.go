@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,10 +15,6 @@ import (
 // epStats is what this agent measures of one endpoint.
 type epStats struct {
 	balance.Stats // in flight, peak-EWMA latency
-
-	mu          sync.Mutex // guards the following
-	consecutive int        // errors in a row (outlier detection)
-	ejections   int        // times ejected for errors (ejection time backoff)
 }
 
 // observe adds a latency sample (connect time for L4, time to response
@@ -35,64 +30,6 @@ func (a *Agent) stats(key string) *epStats {
 		v, _ = a.statsByEP.LoadOrStore(key, new(epStats))
 	}
 	return v.(*epStats)
-}
-
-// outcome feeds outlier detection: an error response (5xx, or only
-// 502/503/504 with GatewayErrorsOnly) or a broken exchange counts, anything
-// else resets the count. After ConsecutiveErrors in a row the endpoint is
-// ejected for BaseEjectionTime × (times ejected before + 1), at most 10×,
-// unless MaxEjectedPercent of the service's endpoints are out already.
-func (a *Agent) outcome(sv *serviceView, ev *endpointView, code int, broken bool) {
-	od := sv.svc.Spec.OutlierDetection
-	limit := od.ConsecutiveErrors
-	if limit == 0 {
-		limit = 5
-	}
-	if limit < 0 {
-		return
-	}
-	bad := broken || code >= 500
-	if od.GatewayErrorsOnly && !broken {
-		bad = code == 502 || code == 503 || code == 504
-	}
-	st := a.stats(ev.key)
-	st.mu.Lock()
-	if !bad {
-		st.consecutive = 0
-		st.mu.Unlock()
-		return
-	}
-	st.consecutive++
-	if st.consecutive < limit {
-		st.mu.Unlock()
-		return
-	}
-	maxPct := od.MaxEjectedPercent
-	if maxPct == 0 {
-		maxPct = 50
-	}
-	out := 0
-	for _, e := range sv.endpoints {
-		if a.isEjected(e.key) {
-			out++
-		}
-	}
-	if out > 0 && (out+1)*100 > maxPct*len(sv.endpoints) {
-		st.mu.Unlock()
-		a.m.ejectionsSkipped.Inc()
-		return
-	}
-	base := time.Duration(od.BaseEjectionTime)
-	if base <= 0 {
-		base = 10 * time.Second
-	}
-	d := base * time.Duration(min(st.ejections+1, 10))
-	st.ejections++
-	st.consecutive = 0
-	st.mu.Unlock()
-	a.ejected.Store(ev.key, time.Now().Add(d))
-	a.m.outlierEjections.Inc()
-	a.log.Warn("agent: endpoint ejected for consecutive errors", "service", sv.svc.Meta.Key(), "endpoint", ev.key, "for", d)
 }
 
 func (a *Agent) endpointActive(key string) *atomic.Int64 { return &a.stats(key).Active }

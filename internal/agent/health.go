@@ -59,7 +59,7 @@ func (a *Agent) checked(ws *workloadState, err error) {
 	if changed {
 		ws.healthy = healthy
 		if healthy {
-			a.ejected.Delete(ws.w.Namespace + "/" + ws.w.Name)
+			a.unejectPassed(ws.w.Namespace + "/" + ws.w.Name)
 		}
 		a.rebuildLocked()
 	}

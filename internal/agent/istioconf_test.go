@@ -3,13 +3,16 @@ package agent
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/outlier"
 )
 
 // istioCase is one conformance case: Istio documents for one service (the
@@ -19,6 +22,12 @@ type istioCase struct {
 	name string
 	docs string
 	reqs []istioReq
+	// v2Status, when set, is the status of every answer of the case's own
+	// v2 endpoint (default: the shared v2 server, 200).
+	v2Status int
+	// h1Only sends the requests over HTTP/1.1 only, once: for cases whose
+	// outcome depends on what came before.
+	h1Only bool
 }
 
 // istioReq is sent n times (default 1). want is "v1", "v2" (every answer
@@ -33,7 +42,25 @@ type istioReq struct {
 	header         http.Header
 	n              int
 	want           string
+	// wait, when set, is waited for (10 s at most) before the requests.
+	wait func(o *confObs) bool
+	// check, when set, replaces want: it says what is wrong with the
+	// answers counted in got (or "").
+	check func(got map[string]int, o *confObs) string
 }
+
+// confObs is what a case observes besides the answers: its own v2
+// endpoint's hits (v2Status cases) and the client agent's outlier state.
+type confObs struct {
+	client *Agent
+	v2Key  string
+	v2Hits atomic.Int64
+	batch  int64 // v2 hits during the requests being checked
+}
+
+func (o *confObs) v2Ejected() bool { return o.client.isEjected(o.v2Key) }
+
+func (o *confObs) v2() outlier.HostState { return o.client.outliers.State(o.v2Key, time.Now()) }
 
 // subsetsDR is the DestinationRule every routing case uses.
 const subsetsDR = `
@@ -179,6 +206,72 @@ spec:
 		{target: "/", header: http.Header{"X-Token": {"c", "d"}}, n: 3, want: "403"},
 		{target: "/", header: http.Header{"X-Token": {"a"}}, n: 3, want: "403"},
 	}},
+	// Outlier detection (issue 11, item 5), v2 always answering 500.
+	{name: "no outlierDetection: an always-500 endpoint is never ejected", docs: subsetsDR, v2Status: 500, reqs: []istioReq{
+		{target: "/", n: 60, check: func(got map[string]int, o *confObs) string {
+			if o.batch < 24 || o.v2Ejected() {
+				return fmt.Sprintf("v2 got %d of 60 requests (ejected: %v); want about half, never ejected", o.batch, o.v2Ejected())
+			}
+			return ""
+		}},
+	}},
+	{name: "consecutive5xxErrors 2 beside consecutiveGatewayErrors 10 ejects after two 500s", v2Status: 500,
+		docs: outlierDR("{consecutive5xxErrors: 2, consecutiveGatewayErrors: 10}"), reqs: []istioReq{
+			{target: "/", n: 40, check: func(got map[string]int, o *confObs) string {
+				if o.batch > 2 || !o.v2Ejected() {
+					return fmt.Sprintf("v2 got %d of 40 requests (ejected: %v); want at most 2, then ejected", o.batch, o.v2Ejected())
+				}
+				return ""
+			}},
+		}},
+	{name: "ejection time backoff grows and decays", v2Status: 500, h1Only: true,
+		docs: outlierDR("{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 100ms}"), reqs: []istioReq{
+			// A clean start: back, multiplier decayed (the listener probe may have hit v2).
+			{wait: func(o *confObs) bool { return !o.v2Ejected() && o.v2().Multiplier == 0 },
+				target: "/", n: 4, check: ejectedOnce(1)},
+			// Back at the next sweep and failing again before the one
+			// after: ejected for twice the base.
+			{wait: func(o *confObs) bool { return !o.v2Ejected() },
+				target: "/", n: 4, check: ejectedOnce(2)},
+			// Back for two sweeps: the multiplier decayed to 0, so the next
+			// ejection is for the base time again.
+			{wait: func(o *confObs) bool { return !o.v2Ejected() && o.v2().Multiplier == 0 },
+				target: "/", n: 4, check: ejectedOnce(1)},
+		}},
+}
+
+// outlierDR is subsetsDR with a trafficPolicy.outlierDetection.
+func outlierDR(od string) string {
+	return subsetsDR + "  trafficPolicy:\n    outlierDetection: " + od + "\n"
+}
+
+// ejectedOnce checks that v2 answered one request and is ejected with the
+// given ejection time multiplier.
+func ejectedOnce(multiplier int) func(map[string]int, *confObs) string {
+	return func(got map[string]int, o *confObs) string {
+		if st := o.v2(); o.batch != 1 || !st.Ejected || st.Multiplier != multiplier {
+			return fmt.Sprintf("v2 got %d requests, state %+v; want 1, then ejected with multiplier %d", o.batch, st, multiplier)
+		}
+		return ""
+	}
+}
+
+// startStatusServer serves "v2" with status to every request, counting
+// them in hits.
+func startStatusServer(t *testing.T, status int, hits *atomic.Int64) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.WriteHeader(status)
+		io.WriteString(w, "v2")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // callerIP is the address of the calling workload of the conformance cases.
@@ -196,11 +289,17 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 	p2, _ := startHTTP(t, "v2")
 	cp := startControl(t, t.TempDir(), "")
 	var workloads []Workload
+	obs := make([]*confObs, len(cases))
 	for i, c := range cases {
 		svc := fmt.Sprintf("conf%d", i)
 		apply(t, cp, httpSvcDocLB(svc, 19400+i, "http", "round-robin"))
 		apply(t, cp, strings.ReplaceAll(c.docs, "SVC", svc))
-		w1, w2 := webWorkload(svc, svc+"-v1", p1), webWorkload(svc, svc+"-v2", p2)
+		obs[i] = &confObs{v2Key: "demo/" + svc + "-v2"}
+		v2 := p2
+		if c.v2Status != 0 {
+			v2 = startStatusServer(t, c.v2Status, &obs[i].v2Hits)
+		}
+		w1, w2 := webWorkload(svc, svc+"-v1", p1), webWorkload(svc, svc+"-v2", v2)
 		w1.Labels, w2.Labels = map[string]string{"version": "v1"}, map[string]string{"version": "v2"}
 		workloads = append(workloads, w1, w2)
 	}
@@ -253,8 +352,18 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 				}
 				return err == nil
 			})
-			for _, proto := range []string{"HTTP/1.1", "h2c"} {
+			protos := []string{"HTTP/1.1", "h2c"}
+			if tc.h1Only {
+				protos = protos[:1]
+			}
+			o := obs[i]
+			o.client = client
+			for _, proto := range protos {
 				for _, rq := range tc.reqs {
+					if rq.wait != nil {
+						waitFor(t, "the case's precondition", func() bool { return rq.wait(o) })
+					}
+					hits := o.v2Hits.Load()
 					cl := clientFor(proto, rq.from)
 					n, method := max(rq.n, 1), rq.method
 					if method == "" {
@@ -282,6 +391,13 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 						} else {
 							got[fmt.Sprint(resp.StatusCode)]++
 						}
+					}
+					o.batch = o.v2Hits.Load() - hits
+					if rq.check != nil {
+						if msg := rq.check(got, o); msg != "" {
+							t.Errorf("%s: %s (answers %v)", proto, msg, got)
+						}
+						continue
 					}
 					ok := got[rq.want] == n
 					if rq.want == "v1|v2" {

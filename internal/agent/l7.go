@@ -635,7 +635,9 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		} else {
 			backoff(req.Context(), i) // the request may have reached it: jitter before the next try
 		}
-		a.eject(ev)
+		if prevDial {
+			a.connectFailed(sv, ev)
+		}
 		a.log.Info("agent: endpoint failed, trying next", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
 	}
 	return nil, fmt.Errorf("all endpoints failed: %w", lastErr)

@@ -246,11 +246,12 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		}
 		if err != nil {
 			a.m.dialFailures.Inc()
-			a.eject(ev)
+			a.connectFailed(sv, ev)
 			a.log.Info("agent: endpoint failed, trying next", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
 			continue
 		}
 		a.m.connOK.Inc()
+		a.connectOK(sv, ev)
 		counter := a.endpointActive(ev.key)
 		counter.Add(1)
 		c, u := client, up
@@ -301,32 +302,6 @@ func (a *Agent) dialStream(ctx context.Context, sv *serviceView, ev *endpointVie
 	}
 	var d net.Dialer
 	return d.DialContext(dctx, "tcp", addr.String())
-}
-
-// eject skips an endpoint for EjectFor; a local workload is also marked
-// unhealthy until its next check passes, and its checker is woken.
-func (a *Agent) eject(ev *endpointView) {
-	a.ejected.Store(ev.key, time.Now().Add(time.Duration(a.cfg.EjectFor)))
-	if !ev.local {
-		return
-	}
-	a.mu.Lock()
-	ws := a.workloads[ev.ep.Meta.Name]
-	// Without an active check nothing would ever mark it healthy again:
-	// rely on the timed ejection alone.
-	changed := ws != nil && ws.healthy && ws.w.Check.Type != "none"
-	if changed {
-		ws.healthy = false
-		a.rebuildLocked()
-	}
-	a.mu.Unlock()
-	if changed {
-		a.notifyLocal()
-		select {
-		case ws.wake <- struct{}{}:
-		default:
-		}
-	}
 }
 
 // detect reads the client's first bytes (at most 500 ms) and names the
@@ -421,18 +396,6 @@ func (a *Agent) serviceCounter(svc, what string) *atomic.Int64 {
 	return v.(*atomic.Int64)
 }
 
-func (a *Agent) isEjected(key string) bool {
-	v, ok := a.ejected.Load(key)
-	if !ok {
-		return false
-	}
-	if time.Now().After(v.(time.Time)) {
-		a.ejected.Delete(key)
-		return false
-	}
-	return true
-}
-
 // DialLocal implements transport.Dialer: a peer agent asks for one of this
 // node's workloads. Anything that is not a registered local endpoint of the
 // named service is refused, so the mesh port is no open proxy.
@@ -456,7 +419,12 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 	c, err := d.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		// Seen by a peer first: this is a passive failure for us too.
-		a.eject(&endpointView{key: e.Meta.Key(), ep: &e, local: true})
+		ev := &endpointView{key: e.Meta.Key(), ep: &e, local: true}
+		if v := a.view.Load(); v != nil && v.services[h.Namespace+"/"+h.Service] != nil {
+			a.connectFailed(v.services[h.Namespace+"/"+h.Service], ev)
+		} else {
+			a.eject(ev)
+		}
 		return nil, err
 	}
 	a.active.Add(1)

@@ -649,6 +649,9 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 		return nil, err
 	}
 	p := &DestinationPolicy{Meta: Meta{Name: name, Namespace: svcNS}, Spec: DestinationPolicySpec{Service: svc}}
+	// Istio ejects nothing for errors unless the rule has outlierDetection
+	// (issue 11: an always-500 endpoint was ejected after 5 errors).
+	p.Spec.OutlierDetection = &OutlierDetection{ConsecutiveErrors: -1, ConnectFailure: ConnectFailureCount}
 	subsets, _ := take[[]any](spec, "subsets")
 	for i, s := range subsets {
 		sm := cloneMap(obj(s))
@@ -718,27 +721,10 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 		}
 		if od := cloneMap(obj(tp["outlierDetection"])); od != nil {
 			delete(tp, "outlierDetection")
-			o := &OutlierDetection{}
-			if v, ok := take[float64](od, "consecutive5xxErrors"); ok {
-				o.ConsecutiveErrors = int(v)
+			o, err := w.outlierDetection(od)
+			if err != nil {
+				return nil, err
 			}
-			if v, ok := take[float64](od, "consecutiveGatewayErrors"); ok {
-				o.ConsecutiveErrors, o.GatewayErrorsOnly = int(v), true
-			}
-			if o.ConsecutiveErrors == 0 {
-				o.ConsecutiveErrors = -1 // Istio: 0 disables
-			}
-			if v, ok := take[string](od, "baseEjectionTime"); ok {
-				d, err := time.ParseDuration(v)
-				if err != nil {
-					return nil, fieldErr("spec.trafficPolicy.outlierDetection.baseEjectionTime", "%v", err)
-				}
-				o.BaseEjectionTime = Duration(d)
-			}
-			if v, ok := take[float64](od, "maxEjectionPercent"); ok {
-				o.MaxEjectedPercent = int(v)
-			}
-			w.leftovers("spec.trafficPolicy.outlierDetection", od)
 			p.Spec.OutlierDetection = o
 		}
 		if cp := cloneMap(obj(tp["connectionPool"])); cp != nil {
@@ -768,4 +754,107 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 	}
 	w.leftovers("spec", spec)
 	return []Object{p}, nil
+}
+
+// outlierDetection translates a DestinationRule's
+// trafficPolicy.outlierDetection with Istio's defaults, as Istio hands it
+// to Envoy (pilot's applyOutlierDetection): consecutive5xxErrors defaults
+// to 5 and 0 turns it off; consecutiveGatewayErrors is off unless set; the
+// deprecated consecutiveErrors counts gateway errors only; interval 10s,
+// baseEjectionTime 30s, Envoy's max_ejection_time 300s; maxEjectionPercent
+// 10 (0 means the default); minHealthPercent 0 (off);
+// consecutiveLocalOriginFailures 5 (0 means the default), counted only with
+// splitExternalLocalOriginErrors. A failed connect only counts as an error
+// (no fogmesh quarantine).
+func (w *walker) outlierDetection(od map[string]any) (*OutlierDetection, error) {
+	const f = "spec.trafficPolicy.outlierDetection"
+	o := &OutlierDetection{ConsecutiveErrors: 5, Interval: Duration(10 * time.Second), BaseEjectionTime: Duration(30 * time.Second),
+		MaxEjectionTime: Duration(300 * time.Second), MaxEjectedPercent: 10, ConnectFailure: ConnectFailureCount}
+	count := func(key string) (int, bool, error) {
+		v, ok := od[key]
+		if !ok {
+			return 0, false, nil
+		}
+		delete(od, key)
+		n, isNum := v.(float64)
+		if !isNum || n < 0 || n != float64(int64(n)) || n > 1<<31 {
+			return 0, false, fieldErr(f+"."+key, "%v is not a whole number of at least 0", v)
+		}
+		return int(n), true, nil
+	}
+	off := func(n int) int { // Istio: 0 turns a counter off
+		if n == 0 {
+			return -1
+		}
+		return n
+	}
+	if n, ok, err := count("consecutiveErrors"); err != nil {
+		return nil, err
+	} else if ok && n > 0 {
+		// Deprecated: Istio maps it to gateway errors only (istio/api#617).
+		o.ConsecutiveErrors, o.ConsecutiveGatewayErrors = -1, n
+	}
+	if n, ok, err := count("consecutive5xxErrors"); err != nil {
+		return nil, err
+	} else if ok {
+		o.ConsecutiveErrors = off(n)
+	}
+	if n, ok, err := count("consecutiveGatewayErrors"); err != nil {
+		return nil, err
+	} else if ok {
+		o.ConsecutiveGatewayErrors = off(n)
+	}
+	if n, ok, err := count("consecutiveLocalOriginFailures"); err != nil {
+		return nil, err
+	} else if ok {
+		o.ConsecutiveLocalOriginFailures = n // 0: Envoy's default (5)
+	}
+	if v, ok := od["splitExternalLocalOriginErrors"]; ok {
+		delete(od, "splitExternalLocalOriginErrors")
+		b, isBool := v.(bool)
+		if !isBool {
+			return nil, fieldErr(f+".splitExternalLocalOriginErrors", "%v is not true or false", v)
+		}
+		o.SplitExternalLocalOriginErrors = b
+	}
+	for _, d := range []struct {
+		key string
+		to  *Duration
+	}{{"interval", &o.Interval}, {"baseEjectionTime", &o.BaseEjectionTime}} {
+		v, ok := od[d.key]
+		if !ok {
+			continue
+		}
+		delete(od, d.key)
+		s, isStr := v.(string)
+		if !isStr {
+			return nil, fieldErr(f+"."+d.key, "%v is not a duration", v)
+		}
+		x, err := time.ParseDuration(s)
+		if err != nil {
+			return nil, fieldErr(f+"."+d.key, "%v", err)
+		}
+		if x < time.Millisecond {
+			return nil, fieldErr(f+"."+d.key, "%s is below 1ms", s)
+		}
+		*d.to = Duration(x)
+	}
+	o.MaxEjectionTime = max(o.MaxEjectionTime, o.BaseEjectionTime) // Envoy: 300s or the base if larger
+	for _, p := range []struct {
+		key string
+		to  *int
+	}{{"maxEjectionPercent", &o.MaxEjectedPercent}, {"minHealthPercent", &o.MinHealthPercent}} {
+		n, ok, err := count(p.key)
+		if err != nil {
+			return nil, err
+		}
+		if n > 100 {
+			return nil, fieldErr(f+"."+p.key, "%d is not within 0 and 100", n)
+		}
+		if ok && (n > 0 || p.key == "minHealthPercent") {
+			*p.to = n
+		}
+	}
+	w.leftovers(f, od)
+	return o, o.validate(f)
 }

@@ -441,6 +441,11 @@ func (p *DestinationPolicy) Validate() error {
 	default:
 		return fieldErr("spec.locality", "%q is not one of tiers, none", p.Spec.Locality)
 	}
+	if od := p.Spec.OutlierDetection; od != nil {
+		if err := od.validate("spec.outlierDetection"); err != nil {
+			return err
+		}
+	}
 	if cb := p.Spec.CircuitBreaker; cb != nil {
 		if err := cb.validate("spec.circuitBreaker"); err != nil {
 			return err

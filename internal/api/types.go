@@ -207,22 +207,65 @@ type TrafficClass struct {
 	Retries  *RetryPolicy `json:"retries,omitempty"`
 }
 
-// OutlierDetection ejects an endpoint after consecutive errors (HTTP 5xx,
-// or a failed connection). A connect failure always ejects at once: the
-// endpoint is unreachable, and failing over quickly is the point.
+// OutlierDetection ejects an endpoint after consecutive errors, with
+// Envoy's semantics (see internal/outlier): independent counters, an
+// ejection time of BaseEjectionTime × a multiplier that grows by one per
+// ejection and decays by one per Interval the endpoint stays back, capped
+// at MaxEjectionTime. By default a failed connect also takes the endpoint
+// out at once for the agent's ejectFor (ConnectFailure), as failing over
+// quickly is the point at the edge. An Istio DestinationRule without
+// outlierDetection becomes {consecutiveErrors: -1, connectFailure: count}:
+// nothing is ever ejected for errors, as in Istio.
 type OutlierDetection struct {
-	// ConsecutiveErrors before ejection (default 5; -1 turns it off).
+	// ConsecutiveErrors: 5xx responses in a row before ejection, a failed
+	// connect, reset or timeout counting as one unless
+	// SplitExternalLocalOriginErrors (default 5; -1 turns it off; Istio's
+	// consecutive5xxErrors).
 	ConsecutiveErrors int `json:"consecutiveErrors,omitempty"`
-	// GatewayErrorsOnly counts only 502, 503 and 504 (Istio's
-	// consecutiveGatewayErrors) instead of every 5xx.
+	// ConsecutiveGatewayErrors: 502, 503, 504 (and failed connects,
+	// resets, timeouts unless split) in a row before ejection, counted
+	// apart from ConsecutiveErrors (default 0: off; Istio's
+	// consecutiveGatewayErrors).
+	ConsecutiveGatewayErrors int `json:"consecutiveGatewayErrors,omitempty"`
+	// GatewayErrorsOnly is the older form of ConsecutiveGatewayErrors:
+	// ConsecutiveErrors then counts only gateway errors.
 	GatewayErrorsOnly bool `json:"gatewayErrorsOnly,omitempty"`
-	// BaseEjectionTime is multiplied by the number of times the endpoint
-	// was ejected before (default 10s, at most 10×).
+	// SplitExternalLocalOriginErrors counts failed connects, resets and
+	// timeouts in ConsecutiveLocalOriginFailures instead of as 503/504.
+	SplitExternalLocalOriginErrors bool `json:"splitExternalLocalOriginErrors,omitempty"`
+	// ConsecutiveLocalOriginFailures before ejection, with
+	// SplitExternalLocalOriginErrors (default 5; -1 turns it off).
+	ConsecutiveLocalOriginFailures int `json:"consecutiveLocalOriginFailures,omitempty"`
+	// Interval between un-ejection checks; each one the endpoint is back
+	// at decrements its multiplier (default 10s).
+	Interval Duration `json:"interval,omitempty"`
+	// BaseEjectionTime is multiplied by the endpoint's multiplier (default
+	// 10s).
 	BaseEjectionTime Duration `json:"baseEjectionTime,omitempty"`
+	// MaxEjectionTime caps an ejection (default 10 × BaseEjectionTime;
+	// Envoy's max_ejection_time).
+	MaxEjectionTime Duration `json:"maxEjectionTime,omitempty"`
 	// MaxEjectedPercent caps the share of endpoints ejected for errors at
-	// once (default 50; at least one endpoint may always be ejected).
+	// once (default 50; at least one endpoint may always be ejected;
+	// Istio's maxEjectionPercent).
 	MaxEjectedPercent int `json:"maxEjectedPercent,omitempty"`
+	// MinHealthPercent: when fewer than this share of the endpoints are
+	// not ejected, ejections are ignored and every endpoint is used
+	// (default 0: off; Istio's minHealthPercent).
+	MinHealthPercent int `json:"minHealthPercent,omitempty"`
+	// ConnectFailure is what a failed connect does besides counting as an
+	// error: "eject" (default) skips the endpoint for the agent's ejectFor
+	// at once (a local one until its check passes), "count" only counts it
+	// (Envoy's and Istio's semantics; a local endpoint's check is run at
+	// once).
+	ConnectFailure string `json:"connectFailure,omitempty"`
 }
+
+// Values of OutlierDetection.ConnectFailure.
+const (
+	ConnectFailureEject = "eject"
+	ConnectFailureCount = "count"
+)
 
 // CircuitBreaker limits, per agent. Zero means no limit.
 type CircuitBreaker struct {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strconv"
+	"time"
 )
 
 // nameRE is a DNS label: what Kubernetes calls a DNS-1123 label.
@@ -173,15 +174,8 @@ func (s *Service) Validate() error {
 	default:
 		return fieldErr("spec.locality", "%q is not one of tiers, none", s.Spec.Locality)
 	}
-	od := &s.Spec.OutlierDetection
-	if od.ConsecutiveErrors < -1 {
-		return fieldErr("spec.outlierDetection.consecutiveErrors", "must be -1 (off) or more")
-	}
-	if od.BaseEjectionTime < 0 {
-		return fieldErr("spec.outlierDetection.baseEjectionTime", "must not be negative")
-	}
-	if od.MaxEjectedPercent < 0 || od.MaxEjectedPercent > 100 {
-		return fieldErr("spec.outlierDetection.maxEjectedPercent", "%d is not within 0 and 100", od.MaxEjectedPercent)
+	if err := s.Spec.OutlierDetection.validate("spec.outlierDetection"); err != nil {
+		return err
 	}
 	if err := s.Spec.CircuitBreaker.validate("spec.circuitBreaker"); err != nil {
 		return err
@@ -302,6 +296,44 @@ func (e *Endpoint) Validate() error {
 		e.Spec.ServiceAccount = e.Spec.Service
 	}
 	return validName("spec.serviceAccount", e.Spec.ServiceAccount)
+}
+
+func (od *OutlierDetection) validate(f string) error {
+	for _, c := range []struct {
+		name string
+		v    int
+	}{{"consecutiveErrors", od.ConsecutiveErrors}, {"consecutiveGatewayErrors", od.ConsecutiveGatewayErrors},
+		{"consecutiveLocalOriginFailures", od.ConsecutiveLocalOriginFailures}} {
+		if c.v < -1 {
+			return fieldErr(f+"."+c.name, "%d is not -1 (off), 0 (default) or a count", c.v)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{{"interval", od.Interval}, {"baseEjectionTime", od.BaseEjectionTime}, {"maxEjectionTime", od.MaxEjectionTime}} {
+		if d.v < 0 {
+			return fieldErr(f+"."+d.name, "must not be negative")
+		}
+		if d.v > 0 && time.Duration(d.v) < time.Millisecond {
+			return fieldErr(f+"."+d.name, "%v is below 1ms", time.Duration(d.v))
+		}
+	}
+	if od.MaxEjectionTime > 0 && od.BaseEjectionTime > od.MaxEjectionTime {
+		return fieldErr(f+".maxEjectionTime", "%v is below baseEjectionTime %v", time.Duration(od.MaxEjectionTime), time.Duration(od.BaseEjectionTime))
+	}
+	if od.MaxEjectedPercent < 0 || od.MaxEjectedPercent > 100 {
+		return fieldErr(f+".maxEjectedPercent", "%d is not within 0 and 100", od.MaxEjectedPercent)
+	}
+	if od.MinHealthPercent < 0 || od.MinHealthPercent > 100 {
+		return fieldErr(f+".minHealthPercent", "%d is not within 0 and 100", od.MinHealthPercent)
+	}
+	switch od.ConnectFailure {
+	case "", ConnectFailureEject, ConnectFailureCount:
+	default:
+		return fieldErr(f+".connectFailure", "%q is not %s or %s", od.ConnectFailure, ConnectFailureEject, ConnectFailureCount)
+	}
+	return nil
 }
 
 func (cb *CircuitBreaker) validate(f string) error {

@@ -1,0 +1,159 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/outlier"
+)
+
+// Outlier detection and the quarantine of unreachable endpoints. The state
+// and its semantics (Envoy's) live in internal/outlier; this file maps a
+// service's policy onto it and feeds it what the proxies see: responses
+// and broken exchanges (l7.go), failed and successful connects (proxy.go,
+// l7.go). pick skips what isEjected reports.
+
+// outlierConfig is a service's outlierDetection (its destination policy's
+// when that has one) with fogmesh's documented defaults: 5 consecutive
+// errors, ejection for 10s × a multiplier of at most 10, at most 50 % of
+// the endpoints out, a sweep (un-ejection check, multiplier decay) every
+// 10s.
+func outlierConfig(od *api.OutlierDetection) outlier.Config {
+	count := func(n, def int) int {
+		switch {
+		case n == 0:
+			return def
+		case n < 0:
+			return 0 // off
+		}
+		return n
+	}
+	c := outlier.Config{
+		Consecutive5xx:         count(od.ConsecutiveErrors, 5),
+		ConsecutiveGateway:     count(od.ConsecutiveGatewayErrors, 0),
+		SplitLocalOrigin:       od.SplitExternalLocalOriginErrors,
+		ConsecutiveLocalOrigin: count(od.ConsecutiveLocalOriginFailures, 5),
+		Interval:               time.Duration(od.Interval),
+		BaseEjectionTime:       time.Duration(od.BaseEjectionTime),
+		MaxEjectionTime:        time.Duration(od.MaxEjectionTime),
+		MaxEjectionPercent:     od.MaxEjectedPercent,
+		MinHealthPercent:       od.MinHealthPercent,
+	}
+	if od.GatewayErrorsOnly { // the older form of consecutiveGatewayErrors
+		if c.ConsecutiveGateway == 0 {
+			c.ConsecutiveGateway = c.Consecutive5xx
+		}
+		c.Consecutive5xx = 0
+	}
+	if c.BaseEjectionTime <= 0 {
+		c.BaseEjectionTime = 10 * time.Second
+	}
+	if c.MaxEjectionTime <= 0 {
+		c.MaxEjectionTime = 10 * c.BaseEjectionTime
+	}
+	if c.MaxEjectionPercent <= 0 {
+		c.MaxEjectionPercent = 50
+	}
+	return c
+}
+
+// isEjected reports whether pick must skip an endpoint: quarantined after
+// a failed connect, or ejected by its service's outlier detection.
+func (a *Agent) isEjected(key string) bool { return a.outliers.Ejected(key, time.Now()) }
+
+// outcome feeds outlier detection one attempt's result: the response's
+// status code, or a broken exchange (a reset: a local-origin failure).
+func (a *Agent) outcome(sv *serviceView, ev *endpointView, code int, broken bool) {
+	o := outlier.Outcome{Status: code}
+	if broken {
+		o = outlier.Outcome{Local: outlier.Reset}
+	}
+	a.reportOutcome(sv, ev, o)
+}
+
+func (a *Agent) reportOutcome(sv *serviceView, ev *endpointView, o outlier.Outcome) {
+	e := a.outliers.Report(sv.svc.Meta.Key(), outlierConfig(&sv.svc.Spec.OutlierDetection), ev.key, o, time.Now())
+	switch {
+	case e.Ejected:
+		a.m.outlierEjections.Inc()
+		a.log.Warn("agent: endpoint ejected for consecutive errors", "service", sv.svc.Meta.Key(), "endpoint", ev.key,
+			"reason", e.Reason, "for", e.For)
+	case e.Reason != "":
+		a.m.ejectionsSkipped.Inc() // max ejected percent reached
+	}
+}
+
+// connectOK feeds outlier detection a TCP connection established: for
+// L4 proxying that is the whole outcome, a success.
+func (a *Agent) connectOK(sv *serviceView, ev *endpointView) {
+	a.reportOutcome(sv, ev, outlier.Outcome{Local: outlier.ConnectedFinal})
+}
+
+// connectFailed feeds outlier detection a failed connect (a local-origin
+// error). With the service's connectFailure "eject" (fogmesh's default)
+// the endpoint is also skipped at once (eject); with "count" (Istio
+// documents) a local workload's check is only run early.
+func (a *Agent) connectFailed(sv *serviceView, ev *endpointView) {
+	a.reportOutcome(sv, ev, outlier.Outcome{Local: outlier.ConnectFailed})
+	if sv.svc.Spec.OutlierDetection.ConnectFailure != api.ConnectFailureCount {
+		a.eject(ev)
+		return
+	}
+	if ev.local {
+		a.mu.Lock()
+		ws := a.workloads[ev.ep.Meta.Name]
+		a.mu.Unlock()
+		if ws != nil {
+			select {
+			case ws.wake <- struct{}{}: // nil (no active check): never ready
+			default:
+			}
+		}
+	}
+}
+
+// eject quarantines an endpoint for EjectFor; a local workload is also
+// marked unhealthy until its next check passes, and its checker is woken.
+func (a *Agent) eject(ev *endpointView) {
+	a.outliers.Quarantine(ev.key, time.Now().Add(time.Duration(a.cfg.EjectFor)))
+	if !ev.local {
+		return
+	}
+	a.mu.Lock()
+	ws := a.workloads[ev.ep.Meta.Name]
+	// Without an active check nothing would ever mark it healthy again:
+	// rely on the timed ejection alone.
+	changed := ws != nil && ws.healthy && ws.w.Check.Type != "none"
+	if changed {
+		ws.healthy = false
+		a.rebuildLocked()
+	}
+	a.mu.Unlock()
+	if changed {
+		a.notifyLocal()
+		select {
+		case ws.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// unejectPassed returns an endpoint whose active check passed: Envoy's
+// successful_active_health_check_uneject_host.
+func (a *Agent) unejectPassed(key string) { a.outliers.Uneject(key, time.Now()) }
+
+// syncOutliers gives each service's detector its policy and its pool (the
+// service's endpoints) after a rebuild, and forgets removed services.
+func (a *Agent) syncOutliers(v *view) {
+	now := time.Now()
+	keep := make(map[string]bool, len(v.services))
+	for key, sv := range v.services {
+		keep[key] = true
+		keys := make([]string, len(sv.endpoints))
+		for i, ev := range sv.endpoints {
+			keys[i] = ev.key
+		}
+		a.outliers.Sync(key, outlierConfig(&sv.svc.Spec.OutlierDetection), keys, now)
+	}
+	a.outliers.Prune(keep)
+}
