@@ -22,10 +22,7 @@ import (
 // request and reads the response header itself, and the connection goes
 // back to the pool when the body has been read to its end.
 type h1Pool struct {
-	a    *Agent
-	sv   *serviceView
-	ev   *endpointView
-	port string
+	cfg h1PoolConfig
 
 	mu     sync.Mutex // guards the following
 	idle   []*h1Conn  // LIFO: the most recently used last
@@ -33,10 +30,37 @@ type h1Pool struct {
 	closed bool
 	reaper *time.Timer // closes idle connections after idleTimeout (reapIdle)
 	armed  bool        // reaper is scheduled
+}
 
-	// idleTimeout closes a connection idle this long: l7IdleTimeout of
-	// the service (timeouts.idle, default 90 s).
-	idleTimeout time.Duration
+// h1PoolConfig is what a pool needs from its owner. Zero fields take the
+// defaults written beside them.
+type h1PoolConfig struct {
+	// Dial opens a new connection to the endpoint (required).
+	Dial func(ctx context.Context) (net.Conn, error)
+	// DialError wraps the error of a failed Dial, or of a pool closed
+	// while it dialed: nothing of the request was sent, which the caller
+	// may want to tell apart. nil: returned as is.
+	DialError func(error) error
+	// IdleTimeout closes a connection idle this long (default 90 s, as
+	// http.Transport's IdleConnTimeout).
+	IdleTimeout time.Duration
+	// MaxIdle is how many idle connections the pool keeps (default 64, as
+	// MaxIdleConnsPerHost).
+	MaxIdle int
+}
+
+// newH1Pool returns an empty pool; connections are dialed on demand.
+func newH1Pool(cfg h1PoolConfig) *h1Pool {
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 90 * time.Second
+	}
+	if cfg.MaxIdle <= 0 {
+		cfg.MaxIdle = h1MaxIdlePerPool
+	}
+	if cfg.DialError == nil {
+		cfg.DialError = func(err error) error { return err }
+	}
+	return &h1Pool{cfg: cfg, all: map[*h1Conn]struct{}{}}
 }
 
 // h1Conn is one upstream connection.
@@ -81,7 +105,12 @@ func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *h1Poo
 	hp.mu.Lock()
 	p := hp.pools[key]
 	if p == nil {
-		p = &h1Pool{a: hp.s.a, sv: sv, ev: ev, port: port, all: map[*h1Conn]struct{}{}, idleTimeout: l7IdleTimeout(sv)}
+		a := hp.s.a
+		p = newH1Pool(h1PoolConfig{
+			Dial:        func(ctx context.Context) (net.Conn, error) { return a.dialEndpoint(ctx, sv, ev, port) },
+			DialError:   func(err error) error { return &dialError{err} },
+			IdleTimeout: l7IdleTimeout(sv),
+		})
 		if hp.closed {
 			p.closed = true
 		} else {
@@ -173,7 +202,7 @@ func (p *h1Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) 
 			pc := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
-			if idle := now.Sub(pc.idleAt); idle < p.idleTimeout && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
+			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
 				pc.reused, pc.peekNext = true, false
 				return pc, nil
 			}
@@ -182,9 +211,9 @@ func (p *h1Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) 
 		}
 		p.mu.Unlock()
 	}
-	c, err := p.a.dialEndpoint(ctx, p.sv, p.ev, p.port)
+	c, err := p.cfg.Dial(ctx)
 	if err != nil {
-		return nil, &dialError{err}
+		return nil, p.cfg.DialError(err)
 	}
 	pc := &h1Conn{p: p, c: c, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(c, h1BufSize)}
 	p.mu.Lock()
@@ -195,7 +224,7 @@ func (p *h1Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) 
 	p.mu.Unlock()
 	if closed {
 		c.Close()
-		return nil, &dialError{errors.New("upstream pool closed")}
+		return nil, p.cfg.DialError(errPoolClosed)
 	}
 	return pc, nil
 }
@@ -203,7 +232,7 @@ func (p *h1Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) 
 func (p *h1Pool) put(pc *h1Conn) {
 	pc.idleAt = time.Now()
 	p.mu.Lock()
-	if p.closed || len(p.idle) >= h1MaxIdlePerPool {
+	if p.closed || len(p.idle) >= p.cfg.MaxIdle {
 		p.mu.Unlock()
 		pc.close()
 		return
@@ -212,9 +241,9 @@ func (p *h1Pool) put(pc *h1Conn) {
 	if !p.armed {
 		p.armed = true
 		if p.reaper == nil {
-			p.reaper = time.AfterFunc(p.idleTimeout, p.reapIdle)
+			p.reaper = time.AfterFunc(p.cfg.IdleTimeout, p.reapIdle)
 		} else {
-			p.reaper.Reset(p.idleTimeout)
+			p.reaper.Reset(p.cfg.IdleTimeout)
 		}
 	}
 	p.mu.Unlock()
@@ -228,7 +257,7 @@ func (p *h1Pool) reapIdle() {
 	now := time.Now()
 	p.mu.Lock()
 	n := 0
-	for n < len(p.idle) && now.Sub(p.idle[n].idleAt) >= p.idleTimeout {
+	for n < len(p.idle) && now.Sub(p.idle[n].idleAt) >= p.cfg.IdleTimeout {
 		n++
 	}
 	old := make([]*h1Conn, n)
@@ -236,7 +265,7 @@ func (p *h1Pool) reapIdle() {
 	p.idle = append(p.idle[:0], p.idle[n:]...)
 	p.armed = len(p.idle) > 0 && !p.closed
 	if p.armed {
-		p.reaper.Reset(p.idleTimeout - now.Sub(p.idle[0].idleAt))
+		p.reaper.Reset(p.cfg.IdleTimeout - now.Sub(p.idle[0].idleAt))
 	}
 	p.mu.Unlock()
 	for _, pc := range old {
@@ -278,6 +307,9 @@ func (pc *h1Conn) alive() bool {
 	return alive
 }
 
+// errPoolClosed: the pool was closed while a connection was dialed.
+var errPoolClosed = errors.New("upstream pool closed")
+
 // errStale: a reused connection failed before any byte of a response; the
 // endpoint had closed it while idle.
 var errStale = errors.New("reused connection closed by the endpoint")
@@ -286,7 +318,7 @@ var errStale = errors.New("reused connection closed by the endpoint")
 // repeated (no body, idempotent method) is sent again on a new connection
 // when a reused one turns out closed, as http.Transport does.
 func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
-	replayable := (req.Body == nil || req.Body == http.NoBody) && idempotent[req.Method]
+	replayable := (req.Body == nil || req.Body == http.NoBody) && isIdempotent(req.Method)
 	for attempt := 0; ; attempt++ {
 		// A replayable request is sent again if its connection was stale,
 		// so only long-idle connections are checked first; others are
@@ -312,6 +344,15 @@ func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
+}
+
+// isIdempotent: a method that may be sent twice (RFC 9110 §9.2.2).
+func isIdempotent(method string) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
