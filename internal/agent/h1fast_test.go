@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
 // h1Backend is the endpoint behind the fast-path tests.
@@ -332,5 +334,5 @@ func FuzzH1Eligible(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n"))
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"))
 	f.Add([]byte("\n\n\r"))
-	f.Fuzz(func(t *testing.T, b []byte) { h1Eligible(b) })
+	f.Fuzz(func(t *testing.T, b []byte) { httpproxy.Eligible(b) })
 }

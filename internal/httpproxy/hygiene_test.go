@@ -1,4 +1,4 @@
-package agent
+package httpproxy
 
 import (
 	"maps"
@@ -28,7 +28,7 @@ func TestScrubRequestHeader(t *testing.T) {
 			http.Header{"Te": {"gzip, trailers"}},
 			http.Header{"Te": {"trailers"}}},
 		{"identity and forwarding headers",
-			http.Header{SourceIDHeader: {"spiffe://x/y"}, "Forwarded": {"for=x"}, "X-Forwarded-For": {"6.6.6.6"},
+			http.Header{IdentityHeader: {"spiffe://x/y"}, "Forwarded": {"for=x"}, "X-Forwarded-For": {"6.6.6.6"},
 				"X-Forwarded-Host": {"evil"}, "X-Forwarded-Proto": {"https"}, "X-Forwarded-Port": {"1"}},
 			http.Header{"X-Forwarded-Port": {"1"}}},
 		{"underscore spellings of protected names",
@@ -43,7 +43,7 @@ func TestScrubRequestHeader(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := tc.in.Clone()
-			scrubRequestHeader(h, h["Connection"])
+			ScrubRequestHeader(h, h["Connection"])
 			if !maps.EqualFunc(h, tc.want, slices.Equal) {
 				t.Errorf("got %v, want %v", h, tc.want)
 			}
@@ -52,29 +52,29 @@ func TestScrubRequestHeader(t *testing.T) {
 }
 
 func TestScrubTrailer(t *testing.T) {
-	in := http.Header{"X-Sum": {"1"}, "Grpc-Status": {"0"}, SourceIDHeader: {"a"}, "X_fogmesh_source_id": {"b"},
+	in := http.Header{"X-Sum": {"1"}, "Grpc-Status": {"0"}, IdentityHeader: {"a"}, "X_fogmesh_source_id": {"b"},
 		"Host": {"evil"}, "Content-Length": {"9"}, "Transfer-Encoding": {"chunked"}, "Authorization": {"x"},
 		"Content-Type": {"x"}, "X-Forwarded-For": {"1.2.3.4"}, "Bad Name": {"x"}, "X-Bad-Value": {"a\r\nb"}, "Trailer": {"x"}}
-	scrubTrailer(in)
+	ScrubTrailer(in)
 	want := http.Header{"X-Sum": {"1"}, "Grpc-Status": {"0"}}
 	if !maps.EqualFunc(in, want, slices.Equal) {
 		t.Errorf("got %v, want %v", in, want)
 	}
-	scrubTrailer(nil) // no trailer: nothing to do
+	ScrubTrailer(nil) // no trailer: nothing to do
 }
 
 func TestSetXForwarded(t *testing.T) {
 	h := http.Header{}
-	setXForwarded(h, []string{"127.0.0.9"}, "svc:80")
+	SetXForwarded(h, []string{"127.0.0.9"}, "svc:80")
 	want := http.Header{"X-Forwarded-For": {"127.0.0.9"}, "X-Forwarded-Host": {"svc:80"}, "X-Forwarded-Proto": {"http"}}
 	if !maps.EqualFunc(h, want, slices.Equal) {
 		t.Errorf("got %v, want %v", h, want)
 	}
-	if got := remoteIP("[::1]:5"); len(got) != 1 || got[0] != "::1" {
-		t.Errorf("remoteIP: %v", got)
+	if got := RemoteIP("[::1]:5"); len(got) != 1 || got[0] != "::1" {
+		t.Errorf("RemoteIP: %v", got)
 	}
-	if got := remoteIP("pipe"); got != nil {
-		t.Errorf("remoteIP of an address without a port: %v", got)
+	if got := RemoteIP("pipe"); got != nil {
+		t.Errorf("RemoteIP of an address without a port: %v", got)
 	}
 }
 
@@ -83,16 +83,16 @@ func TestEqualFoldDash(t *testing.T) {
 		name, canon string
 		want        bool
 	}{
-		{"X-Fogmesh-Source-Id", SourceIDHeader, true},
-		{"x_fogmesh_source_id", SourceIDHeader, true},
-		{"X-Fogmesh-Source-Ie", SourceIDHeader, false},
-		{"X-Fogmesh-Source-I", SourceIDHeader, false},
-		{"X\rFogmesh\rSource\rId", SourceIDHeader, false}, // '\r'|0x20 == '-'
-		{"X@Fogmesh-Source-Id", SourceIDHeader, false},
+		{"X-Fogmesh-Source-Id", IdentityHeader, true},
+		{"x_fogmesh_source_id", IdentityHeader, true},
+		{"X-Fogmesh-Source-Ie", IdentityHeader, false},
+		{"X-Fogmesh-Source-I", IdentityHeader, false},
+		{"X\rFogmesh\rSource\rId", IdentityHeader, false}, // '\r'|0x20 == '-'
+		{"X@Fogmesh-Source-Id", IdentityHeader, false},
 		{"Host", "Host", true},
 	} {
-		if got := equalFoldDash(tc.name, tc.canon); got != tc.want {
-			t.Errorf("equalFoldDash(%q, %q) = %v", tc.name, tc.canon, got)
+		if got := EqualFoldDash(tc.name, tc.canon); got != tc.want {
+			t.Errorf("EqualFoldDash(%q, %q) = %v", tc.name, tc.canon, got)
 		}
 	}
 }
@@ -101,7 +101,7 @@ func TestEqualFoldDash(t *testing.T) {
 // request; it must not allocate.
 func TestScrubRequestHeaderAllocs(t *testing.T) {
 	h := http.Header{"Accept": {"*/*"}, "User-Agent": {"x"}, "X_other": {"k"}, "Te": {"trailers"}}
-	if n := testing.AllocsPerRun(100, func() { scrubRequestHeader(h, h["Connection"]) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { ScrubRequestHeader(h, h["Connection"]) }); n != 0 {
 		t.Errorf("%v allocations per request", n)
 	}
 }
