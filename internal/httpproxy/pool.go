@@ -23,10 +23,13 @@ const (
 	checkIdleAfterBody = 5 * time.Millisecond // the same for requests that cannot be sent twice
 )
 
-// Pool is the fast path's pool of persistent HTTP/1.1 connections to one
-// endpoint port. RoundTrip runs on the caller's goroutine: it writes the
-// request and reads the response header itself, and the connection goes
-// back to the pool when the body has been read to its end.
+// Pool is a pool of persistent HTTP/1.1 connections to one upstream
+// (whatever PoolConfig.Dial reaches). RoundTrip runs on the caller's
+// goroutine: it writes the request and reads the response header itself,
+// and the connection goes back to the pool when the body has been read to
+// its end. Unlike http.Transport it sends the request as it is given (no
+// header added but Host and the body's framing), drops 1xx responses and
+// refuses a 101: upgrades are the caller's to handle elsewhere.
 type Pool struct {
 	cfg PoolConfig
 
@@ -38,8 +41,9 @@ type Pool struct {
 	armed  bool        // reaper is scheduled
 }
 
-// PoolConfig is what a pool needs from its owner. Zero fields take the
-// defaults written beside them.
+// PoolConfig is what a pool needs from its owner: how to reach the
+// upstream and how long to keep connections. Zero fields take the
+// defaults written beside them; a limit added later belongs here too.
 type PoolConfig struct {
 	// Dial opens a new connection to the endpoint (required).
 	Dial func(ctx context.Context) (net.Conn, error)
@@ -85,8 +89,9 @@ type poolConn struct {
 
 var _ http.RoundTripper = (*Pool)(nil)
 
-// Close closes the idle connections (and with busy, those in use); the
-// pool keeps no connection from then on.
+// Close closes the idle connections (and with busy, those in use: a
+// request waiting on one fails); the pool keeps no connection from then
+// on, and a request that needs a new one fails with ErrPoolClosed.
 func (p *Pool) Close(busy bool) {
 	p.mu.Lock()
 	p.closed = true
@@ -140,7 +145,7 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 	p.mu.Unlock()
 	if closed {
 		c.Close()
-		return nil, p.cfg.DialError(errPoolClosed)
+		return nil, p.cfg.DialError(ErrPoolClosed)
 	}
 	return pc, nil
 }
@@ -223,8 +228,9 @@ func (pc *poolConn) alive() bool {
 	return alive
 }
 
-// errPoolClosed: the pool was closed while a connection was dialed.
-var errPoolClosed = errors.New("upstream pool closed")
+// ErrPoolClosed: the pool was closed (Close) before a new connection
+// could join it; returned through PoolConfig.DialError.
+var ErrPoolClosed = errors.New("upstream pool closed")
 
 // errStale: a reused connection failed before any byte of a response; the
 // endpoint had closed it while idle.
@@ -280,7 +286,7 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
 		}
-		// A request timeout or a dead node ends the attempt: the deadline
+		// A cancelled request (its timeout, a dead upstream) ends the attempt: the deadline
 		// unblocks the read or write, and the connection is not reused.
 		stop = context.AfterFunc(ctx, func() { pc.c.SetDeadline(aLongTimeAgo) })
 	}
@@ -297,7 +303,7 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 	b := &respBody{pc: pc, body: resp.Body, stop: stop, close: resp.Close}
 	if resp.Body == http.NoBody {
 		// A response without a body by rule may still have been sent
-		// one: check before reuse (over a mesh stream, which cannot be
+		// one: check before reuse (over a connection that cannot be
 		// peeked, do not reuse).
 		if req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
 			pc.peekNext = true
