@@ -13,8 +13,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
 // h1Backend is the endpoint behind the fast-path tests.
@@ -327,12 +325,4 @@ func TestH1FastPath(t *testing.T) {
 	tr.CloseIdleConnections()
 	waitFor(t, "client connections released", func() bool { return a.active.Load() == 0 })
 	waitFor(t, "request goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
-}
-
-// FuzzH1Eligible: the header scan of the fast path never panics.
-func FuzzH1Eligible(f *testing.F) {
-	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n"))
-	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"))
-	f.Add([]byte("\n\n\r"))
-	f.Fuzz(func(t *testing.T, b []byte) { httpproxy.Eligible(b) })
 }

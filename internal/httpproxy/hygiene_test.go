@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"maps"
 	"net/http"
+	"net/http/httputil"
 	"slices"
 	"testing"
 )
@@ -103,5 +104,61 @@ func TestScrubRequestHeaderAllocs(t *testing.T) {
 	h := http.Header{"Accept": {"*/*"}, "User-Agent": {"x"}, "X_other": {"k"}, "Te": {"trailers"}}
 	if n := testing.AllocsPerRun(100, func() { ScrubRequestHeader(h, h["Connection"]) }); n != 0 {
 		t.Errorf("%v allocations per request", n)
+	}
+}
+
+// TestDropForwardedHeaders: the destination side of a raw relayed
+// request drops every forwarding header a client wrote, in any spelling.
+func TestDropForwardedHeaders(t *testing.T) {
+	h := http.Header{"Forwarded": {"for=x"}, "X-Forwarded-For": {"1"}, "x_forwarded_host": {"2"}, "X-FORWARDED-PORT": {"3"},
+		"X-Forwarded-": {"4"}, "X-Forwardedfor": {"5"}, IdentityHeader: {"6"}, "Accept": {"7"}}
+	DropForwardedHeaders(h)
+	want := http.Header{"X-Forwarded-": {"4"}, "X-Forwardedfor": {"5"}, IdentityHeader: {"6"}, "Accept": {"7"}}
+	if !maps.EqualFunc(h, want, slices.Equal) {
+		t.Errorf("got %v, want %v", h, want)
+	}
+}
+
+func TestDropIdentityHeaders(t *testing.T) {
+	h := http.Header{IdentityHeader: {"a"}, "x_fogmesh_source_id": {"b"}, "x-fogmesh-source-id": {"c"}, "X-Fogmesh-Source": {"d"}}
+	DropIdentityHeaders(h)
+	if want := (http.Header{"X-Fogmesh-Source": {"d"}}); !maps.EqualFunc(h, want, slices.Equal) {
+		t.Errorf("got %v, want %v", h, want)
+	}
+}
+
+func TestRemoveHopByHop(t *testing.T) {
+	h := http.Header{"Connection": {"X-A, x-b"}, "X-A": {"1"}, "X-B": {"2"}, "Keep-Alive": {"t"}, "Transfer-Encoding": {"chunked"},
+		"Trailer": {"X"}, "Upgrade": {"h2c"}, "Content-Length": {"3"}, "X-C": {"4"}}
+	RemoveHopByHop(h)
+	if want := (http.Header{"Content-Length": {"3"}, "X-C": {"4"}}); !maps.EqualFunc(h, want, slices.Equal) {
+		t.Errorf("got %v, want %v", h, want)
+	}
+}
+
+// TestScrubProxyRequest: the ReverseProxy paths keep an upgrade that
+// ReverseProxy handles (WebSocket) but never pass on one to another HTTP
+// version (h2c), which would tunnel requests past the proxy.
+func TestScrubProxyRequest(t *testing.T) {
+	for _, tc := range []struct {
+		upgrade string
+		keep    bool
+	}{{"websocket", true}, {"h2c", false}, {"HTTP/2.0", false}, {"foo, h2", false}} {
+		in, _ := http.NewRequest("GET", "http://svc/", nil)
+		in.Header = http.Header{"Connection": {"Upgrade, HTTP2-Settings"}, "Upgrade": {tc.upgrade}, "Http2-Settings": {"AAA"},
+			IdentityHeader: {"forged"}, "Accept": {"*/*"}}
+		out := in.Clone(in.Context())
+		out.Trailer = http.Header{"Host": {"evil"}, "X-Sum": {"1"}}
+		ScrubProxyRequest(&httputil.ProxyRequest{In: in, Out: out})
+		want := http.Header{"Accept": {"*/*"}}
+		if tc.keep {
+			want["Connection"], want["Upgrade"] = []string{"Upgrade"}, []string{tc.upgrade}
+		}
+		if !maps.EqualFunc(out.Header, want, slices.Equal) {
+			t.Errorf("Upgrade: %s: got %v, want %v", tc.upgrade, out.Header, want)
+		}
+		if !maps.EqualFunc(out.Trailer, http.Header{"X-Sum": {"1"}}, slices.Equal) {
+			t.Errorf("trailer %v", out.Trailer)
+		}
 	}
 }
