@@ -704,7 +704,7 @@ func newAuthzServer(a *Agent) *authzServer {
 			ms := r.Context().Value(meshStreamKey{}).(*meshStream)
 			resp, err := ms.transport().RoundTrip(r)
 			if tb := httpproxy.TimedBodyOf(r); tb != nil && err == nil {
-				tb.Stop() // response header: the body bound ends (l7body.go)
+				tb.Stop() // response header: the body bound ends (httpproxy.TimedBody)
 			}
 			return resp, err
 		}),

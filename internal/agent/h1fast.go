@@ -134,7 +134,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 		}
 		if req.ContentLength != 0 {
 			c.SetReadDeadline(time.Time{})
-			req.Body = httpproxy.NewTimedBody(req.Body, c.SetReadDeadline) // bounded per read (l7body.go)
+			req.Body = httpproxy.NewTimedBody(req.Body, c.SetReadDeadline) // bounded per read (httpproxy.TimedBody)
 		}
 		if !s.h1.forward(cs, bw, req) {
 			return
@@ -203,7 +203,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	// The request sent on, as ReverseProxy's Rewrite makes it.
 	h := in.Header
 	httpproxy.ScrubRequestHeader(h, h["Connection"])
-	httpproxy.ScrubTrailer(in.Trailer) // declared (a mirror clones them); writeRequest sends none
+	httpproxy.ScrubTrailer(in.Trailer) // declared (a mirror clones them); the pool sends none
 	httpproxy.SetXForwarded(h, cs.xff, in.Host)
 	p.s.a.setSourceIdentity(cs.ctx, in)
 	in.Close = false

@@ -150,7 +150,7 @@ func newL7(a *Agent) *l7 {
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Body != nil && r.Body != http.NoBody {
-				// The body is read under timedBody's bounds (l7body.go), set
+				// The body is read under httpproxy.TimedBody's bounds, set
 				// on the request's own read deadline (HTTP/1.1: the
 				// connection's; h2c: the stream's). A copy of the request
 				// carries it, so the server still sees its own body and
@@ -160,7 +160,7 @@ func newL7(a *Agent) *l7 {
 				tb := httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
 				r = r.WithContext(httpproxy.WithTimedBody(r.Context(), tb))
 				r.Body = tb
-				defer tb.Unanswered() // the server drains the rest after the handler: bounded (l7body.go)
+				defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 			}
 			if r.ProtoMajor == 2 {
 				// A slow reader stalls its stream's flow control, not the
