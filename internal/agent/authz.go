@@ -22,6 +22,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/authz"
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
 	"github.com/fogmesh/fogmesh/internal/proxy"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
@@ -60,7 +61,7 @@ func decidesHere(ev *endpointView) bool { return ev.local || ev.mesh == "" }
 // connections are shared by all clients, so the stream header cannot name
 // one. The source agent always overwrites it (a client cannot forge it);
 // the destination trusts it exactly as far as the stream header's sourceId.
-const SourceIDHeader = "X-Fogmesh-Source-Id"
+const SourceIDHeader = httpproxy.IdentityHeader
 
 // DecisionLogger records authorization decisions (the audit log plugs in
 // here). LogDecision is called once for every decision on a destination a
@@ -684,7 +685,7 @@ func newAuthzServer(a *Agent) *authzServer {
 	s := &authzServer{a: a, ln: &connListener{ch: make(chan net.Conn), closed: make(chan struct{})}}
 	s.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			scrubProxyRequest(pr)
+			httpproxy.ScrubProxyRequest(pr)
 			// The source agent set the forwarding headers, and handle the
 			// identity this agent vouched for: they pass on.
 			for _, k := range sourceAgentHeaders {
@@ -702,8 +703,8 @@ func newAuthzServer(a *Agent) *authzServer {
 		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
 			ms := r.Context().Value(meshStreamKey{}).(*meshStream)
 			resp, err := ms.transport().RoundTrip(r)
-			if tb := timedBodyOf(r); tb != nil && err == nil {
-				tb.stop() // response header: the body bound ends (l7body.go)
+			if tb := httpproxy.TimedBodyOf(r); tb != nil && err == nil {
+				tb.Stop() // response header: the body bound ends (httpproxy.TimedBody)
 			}
 			return resp, err
 		}),
@@ -715,7 +716,7 @@ func newAuthzServer(a *Agent) *authzServer {
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			a.log.Debug("agent: authorized request failed", "host", r.Host, "err", err)
 			code := http.StatusBadGateway
-			if bodyTimedOut(r) {
+			if httpproxy.BodyTimedOut(r) {
 				code = http.StatusRequestTimeout
 			} else if isDialFailure(err) {
 				peerRefusedResponse(w)
@@ -747,16 +748,6 @@ func newAuthzServer(a *Agent) *authzServer {
 // sourceAgentHeaders are the headers of a remote request that the source
 // agent set (or, for SourceIDHeader, authzServer.handle after vouching).
 var sourceAgentHeaders = []string{SourceIDHeader, "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
-
-// dropForwardedHeaders removes Forwarded and X-Forwarded-* in any
-// spelling (case, '_' for '-') from a request a client wrote.
-func dropForwardedHeaders(h http.Header) {
-	for k := range h {
-		if equalFoldDash(k, "Forwarded") || (len(k) > len("X-Forwarded-") && equalFoldDash(k[:len("X-Forwarded-")], "X-Forwarded-")) {
-			delete(h, k)
-		}
-	}
-}
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
@@ -805,13 +796,13 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	if !ms.agentWritten {
 		// A client's bytes relayed raw by its agent: the stream's vouched
 		// identity is the only one, and no X-Forwarded-* is the agent's.
-		dropForwardedHeaders(r.Header)
+		httpproxy.DropForwardedHeaders(r.Header)
 	} else if claimed := r.Header.Get(SourceIDHeader); claimed != "" {
 		src, _ = s.a.vouch(ms.streamCtx, ms.h, claimed)
 	}
 	// The workload sees the identity this agent accepted, never a claim
 	// it refused, in no spelling.
-	dropIdentityHeaders(r.Header)
+	httpproxy.DropIdentityHeaders(r.Header)
 	if src != "" {
 		r.Header.Set(SourceIDHeader, src)
 	}
@@ -831,9 +822,9 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 		// The source agent bounds its client's body; this bounds a peer's
 		// (timeouts.requestBody between reads, not the request timeout,
 		// which a route or class may raise where the request entered).
-		tb := newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
-		tb.arm(time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
-		r = r.WithContext(context.WithValue(r.Context(), timedBodyKey{}, tb))
+		tb := httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+		tb.Arm(time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
+		r = r.WithContext(httpproxy.WithTimedBody(r.Context(), tb))
 		r.Body = tb
 	}
 	s.rp.ServeHTTP(w, r)

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
 // h1DiffPrepare is what the agent does to a request it has read before it
@@ -187,7 +189,7 @@ func (h *h1DiffHarness) run(t testing.TB, raw []byte) (forwarded, accepted int) 
 			t.Fatalf("%q: request %d: body %q forwarded, net/http read %q", raw, i, g.body, want.body)
 		}
 		wt := want.trailer.Clone()
-		scrubTrailer(wt)
+		httpproxy.ScrubTrailer(wt)
 		for k, vv := range g.trailer {
 			if len(vv) > 0 && !slices.Equal(vv, wt[k]) {
 				t.Fatalf("%q: request %d: trailer %s: %q forwarded, want %q", raw, i, k, vv, wt[k])
@@ -206,8 +208,8 @@ func expectedHeader(r capturedReq, from string) http.Header {
 	if httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
 		upgrade = h.Get("Upgrade")
 	}
-	scrubRequestHeader(h, h["Connection"])
-	setXForwarded(h, []string{from}, r.host)
+	httpproxy.ScrubRequestHeader(h, h["Connection"])
+	httpproxy.SetXForwarded(h, []string{from}, r.host)
 	if upgrade != "" {
 		h["Connection"], h["Upgrade"] = []string{"Upgrade"}, []string{upgrade}
 	}

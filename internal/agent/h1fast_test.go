@@ -326,11 +326,3 @@ func TestH1FastPath(t *testing.T) {
 	waitFor(t, "client connections released", func() bool { return a.active.Load() == 0 })
 	waitFor(t, "request goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
 }
-
-// FuzzH1Eligible: the header scan of the fast path never panics.
-func FuzzH1Eligible(f *testing.F) {
-	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n"))
-	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"))
-	f.Add([]byte("\n\n\r"))
-	f.Fuzz(func(t *testing.T, b []byte) { h1Eligible(b) })
-}

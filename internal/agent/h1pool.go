@@ -1,59 +1,16 @@
 package agent
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
-	"strconv"
-	"sync"
-	"syscall"
-	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
-// h1Pool is the fast path's pool of persistent HTTP/1.1 connections to one
-// endpoint port. RoundTrip runs on the caller's goroutine: it writes the
-// request and reads the response header itself, and the connection goes
-// back to the pool when the body has been read to its end.
-type h1Pool struct {
-	a    *Agent
-	sv   *serviceView
-	ev   *endpointView
-	port string
-
-	mu     sync.Mutex // guards the following
-	idle   []*h1Conn  // LIFO: the most recently used last
-	all    map[*h1Conn]struct{}
-	closed bool
-	reaper *time.Timer // closes idle connections after idleTimeout (reapIdle)
-	armed  bool        // reaper is scheduled
-
-	// idleTimeout closes a connection idle this long: l7IdleTimeout of
-	// the service (timeouts.idle, default 90 s).
-	idleTimeout time.Duration
-}
-
-// h1Conn is one upstream connection.
-type h1Conn struct {
-	p      *h1Pool
-	c      net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	idleAt time.Time
-	reused bool
-	// peekNext: the last response had no body by rule (HEAD, 204, 304)
-	// although the endpoint may have sent one; the connection is checked
-	// for stray bytes before it is used again.
-	peekNext bool
-}
-
-var _ http.RoundTripper = (*h1Pool)(nil)
+// The fast path's upstream pools (httpproxy.Pool), one per endpoint port,
+// named by poolKey.
 
 // upstream returns the round tripper for one attempt: the fast path's pool
 // for HTTP/1.1 endpoints of requests the fast path read, else the
@@ -72,18 +29,23 @@ type h1PoolCacheKey struct {
 
 // poolFor returns the pool of one endpoint port, cached per view like
 // transportFor.
-func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *h1Pool {
+func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *httpproxy.Pool {
 	ck := h1PoolCacheKey{ev, port}
 	if p, ok := sv.transports.Load(ck); ok {
-		return p.(*h1Pool)
+		return p.(*httpproxy.Pool)
 	}
 	key := poolKey(sv, ev, port, "")
 	hp.mu.Lock()
 	p := hp.pools[key]
 	if p == nil {
-		p = &h1Pool{a: hp.s.a, sv: sv, ev: ev, port: port, all: map[*h1Conn]struct{}{}, idleTimeout: l7IdleTimeout(sv)}
+		a := hp.s.a
+		p = httpproxy.NewPool(httpproxy.PoolConfig{
+			Dial:        func(ctx context.Context) (net.Conn, error) { return a.dialEndpoint(ctx, sv, ev, port) },
+			DialError:   func(err error) error { return &dialError{err} },
+			IdleTimeout: l7IdleTimeout(sv),
+		})
 		if hp.closed {
-			p.closed = true
+			p.Close(false)
 		} else {
 			hp.pools[key] = p
 		}
@@ -114,7 +76,7 @@ func (hp *h1Path) prune(v *view) {
 		}
 	}
 	hp.mu.Lock()
-	var dead []*h1Pool
+	var dead []*httpproxy.Pool
 	for k, p := range hp.pools {
 		if !live[k] {
 			dead = append(dead, p)
@@ -123,7 +85,7 @@ func (hp *h1Path) prune(v *view) {
 	}
 	hp.mu.Unlock()
 	for _, p := range dead {
-		p.close(false)
+		p.Close(false)
 	}
 }
 
@@ -133,400 +95,9 @@ func (hp *h1Path) closeAll() {
 	hp.mu.Lock()
 	hp.closed = true
 	pools := hp.pools
-	hp.pools = map[string]*h1Pool{}
+	hp.pools = map[string]*httpproxy.Pool{}
 	hp.mu.Unlock()
 	for _, p := range pools {
-		p.close(true)
-	}
-}
-
-// close closes the idle connections (and with busy, those in use); the
-// pool keeps no connection from then on.
-func (p *h1Pool) close(busy bool) {
-	p.mu.Lock()
-	p.closed = true
-	if p.reaper != nil {
-		p.reaper.Stop()
-	}
-	var cs []*h1Conn
-	if busy {
-		for pc := range p.all {
-			cs = append(cs, pc)
-		}
-	} else {
-		cs = p.idle
-	}
-	p.idle = nil
-	p.mu.Unlock()
-	for _, pc := range cs {
-		pc.c.Close()
-	}
-}
-
-// get returns an idle connection, checked first if it has been idle longer
-// than checkAfter, or a new one.
-func (p *h1Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*h1Conn, error) {
-	if !fresh {
-		now := time.Now()
-		p.mu.Lock()
-		for len(p.idle) > 0 {
-			pc := p.idle[len(p.idle)-1]
-			p.idle = p.idle[:len(p.idle)-1]
-			p.mu.Unlock()
-			if idle := now.Sub(pc.idleAt); idle < p.idleTimeout && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
-				pc.reused, pc.peekNext = true, false
-				return pc, nil
-			}
-			pc.close()
-			p.mu.Lock()
-		}
-		p.mu.Unlock()
-	}
-	c, err := p.a.dialEndpoint(ctx, p.sv, p.ev, p.port)
-	if err != nil {
-		return nil, &dialError{err}
-	}
-	pc := &h1Conn{p: p, c: c, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(c, h1BufSize)}
-	p.mu.Lock()
-	closed := p.closed
-	if !closed {
-		p.all[pc] = struct{}{}
-	}
-	p.mu.Unlock()
-	if closed {
-		c.Close()
-		return nil, &dialError{errors.New("upstream pool closed")}
-	}
-	return pc, nil
-}
-
-func (p *h1Pool) put(pc *h1Conn) {
-	pc.idleAt = time.Now()
-	p.mu.Lock()
-	if p.closed || len(p.idle) >= h1MaxIdlePerPool {
-		p.mu.Unlock()
-		pc.close()
-		return
-	}
-	p.idle = append(p.idle, pc)
-	if !p.armed {
-		p.armed = true
-		if p.reaper == nil {
-			p.reaper = time.AfterFunc(p.idleTimeout, p.reapIdle)
-		} else {
-			p.reaper.Reset(p.idleTimeout)
-		}
-	}
-	p.mu.Unlock()
-}
-
-// reapIdle closes the connections idle for idleTimeout or longer, as
-// http.Transport's IdleConnTimeout does: the LIFO order reuses the newest,
-// so under steady load the oldest would otherwise stay open for good. It
-// runs again when the oldest one left is due.
-func (p *h1Pool) reapIdle() {
-	now := time.Now()
-	p.mu.Lock()
-	n := 0
-	for n < len(p.idle) && now.Sub(p.idle[n].idleAt) >= p.idleTimeout {
-		n++
-	}
-	old := make([]*h1Conn, n)
-	copy(old, p.idle[:n])
-	p.idle = append(p.idle[:0], p.idle[n:]...)
-	p.armed = len(p.idle) > 0 && !p.closed
-	if p.armed {
-		p.reaper.Reset(p.idleTimeout - now.Sub(p.idle[0].idleAt))
-	}
-	p.mu.Unlock()
-	for _, pc := range old {
-		pc.close()
-	}
-}
-
-func (pc *h1Conn) close() {
-	pc.c.Close()
-	p := pc.p
-	p.mu.Lock()
-	delete(p.all, pc)
-	p.mu.Unlock()
-}
-
-// alive checks a connection that has been idle a while: the endpoint may
-// have closed it (its idle timeout). One non-blocking MSG_PEEK on TCP;
-// connections without a file descriptor (mesh streams) are assumed alive
-// (a failure on reuse is retried, see RoundTrip).
-func (pc *h1Conn) alive() bool {
-	if pc.br.Buffered() > 0 {
-		return false // bytes nobody asked for
-	}
-	sc, ok := pc.c.(syscall.Conn)
-	if !ok {
-		return true
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	alive := false
-	var b [1]byte
-	rc.Read(func(fd uintptr) bool {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		alive = err == unix.EAGAIN
-		return true
-	})
-	return alive
-}
-
-// errStale: a reused connection failed before any byte of a response; the
-// endpoint had closed it while idle.
-var errStale = errors.New("reused connection closed by the endpoint")
-
-// RoundTrip sends req on a pooled connection. A request that may be
-// repeated (no body, idempotent method) is sent again on a new connection
-// when a reused one turns out closed, as http.Transport does.
-func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
-	replayable := (req.Body == nil || req.Body == http.NoBody) && idempotent[req.Method]
-	for attempt := 0; ; attempt++ {
-		// A replayable request is sent again if its connection was stale,
-		// so only long-idle connections are checked first; others are
-		// checked after a few idle milliseconds (one MSG_PEEK).
-		checkAfter := h1CheckIdleAfter
-		if !replayable {
-			checkAfter = h1CheckIdleAfterBody
-		}
-		pc, err := p.get(req.Context(), attempt > 0, checkAfter)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := pc.roundTrip(req)
-		if err == nil {
-			return resp, nil
-		}
-		pc.close()
-		if errors.Is(err, errStale) {
-			if replayable && attempt == 0 {
-				continue
-			}
-			err = io.ErrUnexpectedEOF // an upstream failure, as http.Transport reports it
-		}
-		return nil, err
-	}
-}
-
-var aLongTimeAgo = time.Unix(1, 0)
-
-func (pc *h1Conn) roundTrip(req *http.Request) (*http.Response, error) {
-	ctx := req.Context()
-	var stop func() bool
-	if ctx.Done() != nil {
-		if ctx.Err() != nil {
-			return nil, context.Cause(ctx)
-		}
-		// A request timeout or a dead node ends the attempt: the deadline
-		// unblocks the read or write, and the connection is not reused.
-		stop = context.AfterFunc(ctx, func() { pc.c.SetDeadline(aLongTimeAgo) })
-	}
-	resp, err := pc.exchange(req)
-	if err != nil {
-		if stop != nil {
-			stop()
-			if ctx.Err() != nil {
-				err = context.Cause(ctx)
-			}
-		}
-		return nil, err
-	}
-	b := &h1Body{pc: pc, body: resp.Body, stop: stop, close: resp.Close}
-	if resp.Body == http.NoBody {
-		// A response without a body by rule may still have been sent
-		// one: check before reuse (over a mesh stream, which cannot be
-		// peeked, do not reuse).
-		if req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
-			pc.peekNext = true
-			if _, ok := pc.c.(syscall.Conn); !ok {
-				b.close = true
-			}
-		}
-		b.finish(true)
-		return resp, nil
-	}
-	resp.Body = b
-	return resp, nil
-}
-
-// exchange writes req and reads the response header.
-func (pc *h1Conn) exchange(req *http.Request) (*http.Response, error) {
-	if err := pc.writeRequest(req); err != nil {
-		var cbe *clientBodyError
-		if pc.reused && !errors.As(err, &cbe) {
-			return nil, fmt.Errorf("%w: %w", errStale, err)
-		}
-		return nil, err
-	}
-	if _, err := pc.br.Peek(1); err != nil {
-		if pc.reused {
-			return nil, fmt.Errorf("%w: %w", errStale, err)
-		}
-		return nil, err
-	}
-	for {
-		resp, err := http.ReadResponse(pc.br, req)
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case resp.StatusCode == http.StatusSwitchingProtocols:
-			return nil, errors.New("endpoint switched protocols without an upgrade request")
-		case resp.StatusCode >= 100 && resp.StatusCode < 200:
-			continue // informational (103 Early Hints): dropped
-		}
-		return resp, nil
-	}
-}
-
-// writeRequest writes the request line, header and body, then flushes:
-// one write for a request without a body or with a small one.
-func (pc *h1Conn) writeRequest(req *http.Request) error {
-	bw := pc.bw
-	uri := req.URL.RequestURI() // no allocation for a path that needs no escaping and no query
-	bw.WriteString(req.Method)
-	bw.WriteByte(' ')
-	bw.WriteString(uri)
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	host := req.Host
-	if host == "" {
-		host = req.URL.Host
-	}
-	bw.WriteString(host)
-	bw.WriteString("\r\n")
-	h := req.Header
-	_, hadLength := h["Content-Length"]
-	for k, vv := range h {
-		if k == "Content-Length" {
-			continue
-		}
-		for _, v := range vv {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
-		}
-	}
-	hasBody := req.Body != nil && req.Body != http.NoBody
-	chunked := hasBody && req.ContentLength < 0
-	switch {
-	case chunked:
-		bw.WriteString("Transfer-Encoding: chunked\r\n")
-	case req.ContentLength > 0 || hadLength:
-		var num [20]byte
-		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(num[:0], max(req.ContentLength, 0), 10))
-		bw.WriteString("\r\n")
-	}
-	bw.WriteString("\r\n")
-	if hasBody {
-		var w io.Writer = bw
-		var cw io.WriteCloser
-		if chunked {
-			cw = httputil.NewChunkedWriter(bw)
-			w = cw
-		}
-		buf := copyBuffers.Get()
-		n, err := copyBody(w, req.Body, buf)
-		copyBuffers.Put(buf)
-		if err != nil {
-			return err
-		}
-		if !chunked && n != max(req.ContentLength, 0) {
-			// The head promised another length: the upstream would take
-			// the next request's bytes as this body (as http.Transport,
-			// refuse; the caller closes the connection).
-			return fmt.Errorf("request body: %d bytes sent for Content-Length %d", n, req.ContentLength)
-		}
-		if chunked {
-			// Request trailers stay behind, as on the ReverseProxy and h2c
-			// paths (which lose their values): authorization never sees
-			// them, and a workload that merges them into the header must
-			// not get a field past a header-based DENY. gRPC clients send
-			// none; response trailers pass.
-			endChunked(bw, cw, nil)
-		}
-	}
-	return bw.Flush()
-}
-
-// copyBody copies with buf (io.CopyBuffer would hand bufio.Writer's
-// ReadFrom the reader, and net.TCPConn's ReadFrom allocates its own buffer).
-func copyBody(w io.Writer, r io.Reader, buf []byte) (int64, error) {
-	var n int64
-	for {
-		m, err := r.Read(buf)
-		if m > 0 {
-			if _, werr := w.Write(buf[:m]); werr != nil {
-				return n, werr
-			}
-			n += int64(m)
-		}
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-	}
-}
-
-// h1Body returns its connection to the pool once read to the end; closed
-// early, the connection is closed.
-type h1Body struct {
-	pc    *h1Conn
-	body  io.ReadCloser
-	stop  func() bool
-	close bool // the response said Connection: close
-	done  bool
-}
-
-func (b *h1Body) Read(p []byte) (int, error) {
-	if b.done {
-		return 0, io.EOF
-	}
-	n, err := b.body.Read(p)
-	if err == io.EOF {
-		b.finish(true)
-	} else if err != nil {
-		b.finish(false)
-	}
-	return n, err
-}
-
-func (b *h1Body) Close() error {
-	b.finish(false)
-	return nil
-}
-
-func (b *h1Body) bufferedUpstream() int {
-	if b.done {
-		return 0
-	}
-	return b.pc.br.Buffered()
-}
-
-func (b *h1Body) finish(eof bool) {
-	if b.done {
-		return
-	}
-	b.done = true
-	// Reused only if the response was framed exactly: read to its end and
-	// nothing after it (a body on a HEAD response, bytes beyond its
-	// length) would be read as the next client's response.
-	reuse := eof && !b.close && b.pc.br.Buffered() == 0
-	if b.stop != nil && !b.stop() {
-		reuse = false // the context fired: the deadline poisoned the connection
-	}
-	if reuse {
-		b.pc.p.put(b.pc)
-	} else {
-		b.pc.close()
+		p.Close(true)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
 // The L7 path: connections to a service port declared http, http2 or grpc
@@ -78,7 +79,7 @@ func (c *taggedConn) Write(p []byte) (int, error) {
 		}
 	}
 	n, err := c.Conn.Write(p)
-	if err != nil && c.timeouts != nil && isTimeout(err) {
+	if err != nil && c.timeouts != nil && httpproxy.IsTimeout(err) {
 		c.timeouts.Inc()
 	}
 	return n, err
@@ -125,7 +126,7 @@ func newL7(a *Agent) *l7 {
 	protos.SetUnencryptedHTTP2(true)
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			scrubProxyRequest(pr)
+			httpproxy.ScrubProxyRequest(pr)
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = pr.In.Host
 			pr.Out.Host = pr.In.Host
@@ -134,14 +135,14 @@ func newL7(a *Agent) *l7 {
 					pr.Out.URL.Host = t.svc[strings.IndexByte(t.svc, '/')+1:]
 				}
 			}
-			setXForwarded(pr.Out.Header, remoteIP(pr.In.RemoteAddr), pr.In.Host)
+			httpproxy.SetXForwarded(pr.Out.Header, httpproxy.RemoteIP(pr.In.RemoteAddr), pr.In.Host)
 			a.setSourceIdentity(pr.In.Context(), pr.Out)
 		},
 		Transport: &lbTransport{l7: s},
 		// FlushInterval 0: a response of known length goes out in one
 		// write; ReverseProxy still flushes every write of a streaming
 		// one (no Content-Length: chunked, gRPC; text/event-stream).
-		BufferPool:   copyBuffers,
+		BufferPool:   httpproxy.CopyBuffers,
 		ErrorHandler: s.errorHandler,
 		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
@@ -149,17 +150,17 @@ func newL7(a *Agent) *l7 {
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Body != nil && r.Body != http.NoBody {
-				// The body is read under timedBody's bounds (l7body.go), set
+				// The body is read under httpproxy.TimedBody's bounds, set
 				// on the request's own read deadline (HTTP/1.1: the
 				// connection's; h2c: the stream's). A copy of the request
 				// carries it, so the server still sees its own body and
 				// closes a connection whose body was not read to the end.
 				// ReverseProxy wraps the body it forwards: the context
 				// carries it to lbTransport.
-				tb := newTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
-				r = r.WithContext(context.WithValue(r.Context(), timedBodyKey{}, tb))
+				tb := httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+				r = r.WithContext(httpproxy.WithTimedBody(r.Context(), tb))
 				r.Body = tb
-				defer tb.unanswered() // the server drains the rest after the handler: bounded (l7body.go)
+				defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 			}
 			if r.ProtoMajor == 2 {
 				// A slow reader stalls its stream's flow control, not the
@@ -167,7 +168,7 @@ func newL7(a *Agent) *l7 {
 				// stream's writes too.
 				if t, ok := r.Context().Value(targetKey{}).(listenTarget); ok {
 					if d := s.sendTimeout(t); d > 0 {
-						w = &sendTimedWriter{ResponseWriter: w, rc: http.NewResponseController(w), send: d}
+						w = httpproxy.NewSendTimedWriter(w, d)
 					}
 				}
 			}
@@ -264,7 +265,7 @@ func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, errClientLimit):
 		code = http.StatusTooManyRequests
 	}
-	if errors.Is(err, errBodyTimeout) || bodyTimedOut(r) {
+	if errors.Is(err, httpproxy.ErrBodyTimeout) || httpproxy.BodyTimedOut(r) {
 		// The client was too slow with its body, whatever the upstream
 		// error that caused: 408. An HTTP/1.1 connection is closed (its
 		// body was not read to the end).
@@ -367,7 +368,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 	}
 	// The gap between body reads holds from here: an answer of the agent's
 	// (a fault, an error) drains the body within it too (l7body.go).
-	armBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
+	httpproxy.ArmBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
 	// What the request takes below (its client's place, its agent and
 	// circuit breaker slots, its timeout) it holds until its response body
 	// is done (a stream or a download counts as long as it lasts), or
@@ -443,7 +444,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 	// The request timeout covers reading the request body, and no read
 	// of it waits longer than timeouts.requestBody, until the response
 	// header arrives.
-	tb := armBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), timeout)
+	tb := httpproxy.ArmBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), timeout)
 	if rule != nil && rule.Mirror != nil {
 		req = lt.mirror(req, sv, t, rule.Mirror, timeout)
 	}
@@ -472,15 +473,15 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 	if err != nil {
 		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
 			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)
-			if tb != nil && tb.expire() {
-				err = fmt.Errorf("%w: body not received within the request timeout", errBodyTimeout)
+			if tb != nil && tb.Expire() {
+				err = fmt.Errorf("%w: body not received within the request timeout", httpproxy.ErrBodyTimeout)
 			}
 		}
 		release()
 		return nil, err
 	}
 	if tb != nil {
-		tb.stop()
+		tb.Stop()
 	}
 	if timer != nil {
 		timer.Stop()
@@ -504,9 +505,9 @@ func (r *releaseOnClose) Close() error {
 	return err
 }
 
-func (r *releaseOnClose) bufferedUpstream() int {
-	if ub, ok := r.ReadCloser.(upstreamBuffered); ok {
-		return ub.bufferedUpstream()
+func (r *releaseOnClose) BufferedUpstream() int {
+	if ub, ok := r.ReadCloser.(httpproxy.UpstreamBuffered); ok {
+		return ub.BufferedUpstream()
 	}
 	return 0
 }
@@ -811,7 +812,7 @@ func weightedBackend(bs []api.RouteBackend) int {
 // connection to the endpoint (reset, EOF, timeout) rather than from the
 // request itself (a malformed request, a body the client aborted).
 func upstreamFailure(err error) bool {
-	if errors.Is(err, errClientBody) {
+	if errors.Is(err, httpproxy.ErrClientBody) {
 		return false // http.Transport reports a body read error as its own write's
 	}
 	var ne net.Error

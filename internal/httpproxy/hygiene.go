@@ -1,4 +1,4 @@
-package agent
+package httpproxy
 
 import (
 	"net"
@@ -10,15 +10,15 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// The agent's header rules, in one place for every HTTP path it has: the
-// HTTP/1.1 fast path (h1fast.go), the ReverseProxy path of the L7 server
-// (l7.go, HTTP/1.1 and h2c) and the destination side of remote requests
-// (authzServer). A request leaving the agent for an endpoint carries:
+// The proxy's header rules, in one place for every HTTP path the agent
+// has: the HTTP/1.1 fast path, the ReverseProxy path of the L7 server
+// (HTTP/1.1 and h2c) and the destination side of remote requests
+// (authzServer). A request leaving the proxy for an endpoint carries:
 //
 //   - no hop-by-hop header (RFC 9110 §7.6.1) nor any header its Connection
 //     header names, except "Te: trailers";
 //   - no identity or forwarding header of the client's: the agent sets
-//     SourceIDHeader and X-Forwarded-For/-Host/-Proto itself (Forwarded is
+//     IdentityHeader and X-Forwarded-For/-Host/-Proto itself (Forwarded is
 //     dropped);
 //   - no header whose name, with '_' read as '-', is one of those above or
 //     Host, Content-Length: CGI and WSGI servers map '-' and '_' to the same
@@ -27,18 +27,22 @@ import (
 //     dropped, as Envoy's headers_with_underscores_action: DROP_HEADER does
 //     for all names with '_' (the others are left alone: they cannot alias
 //     what the agent sets);
-//   - no request trailer values at all (h1pool.go writeRequest ends a
+//   - no request trailer values at all (Pool's writeRequest ends a
 //     chunked body without them; ReverseProxy keeps only the declared
-//     names); scrubTrailer remains a safeguard for the names a request's
+//     names); ScrubTrailer remains a safeguard for the names a request's
 //     copies (mirrors) keep.
 
 // hopHeaders are removed from requests and responses, as ReverseProxy does.
 var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
+// IdentityHeader carries the identity of the client, which the proxy
+// vouches for: a client's own copy never passes, in any spelling.
+const IdentityHeader = "X-Fogmesh-Source-Id"
+
 // agentHeaders are the headers only the agent may set on a forwarded
 // request: a client's copy is dropped, whatever its spelling.
-var agentHeaders = []string{SourceIDHeader, "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+var agentHeaders = []string{IdentityHeader, "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 // protectedHeaders are all names that a client may not send under another
 // spelling ('_' for '-'): the agent's own, the hop-by-hop ones and those
@@ -47,9 +51,9 @@ var protectedHeaders = append(append([]string{"Host", "Content-Length"}, hopHead
 
 var xfProto = []string{"http"}
 
-// equalFoldDash reports whether name equals canon ignoring ASCII case,
+// EqualFoldDash reports whether name equals canon ignoring ASCII case,
 // reading '_' in name as '-'.
-func equalFoldDash(name, canon string) bool {
+func EqualFoldDash(name, canon string) bool {
 	if len(name) != len(canon) {
 		return false
 	}
@@ -74,7 +78,7 @@ func equalFoldDash(name, canon string) bool {
 // isAgentHeader reports whether name is an agent header in any spelling.
 func isAgentHeader(name string) bool {
 	for _, h := range agentHeaders {
-		if equalFoldDash(name, h) {
+		if EqualFoldDash(name, h) {
 			return true
 		}
 	}
@@ -88,19 +92,19 @@ func isAliasOfProtected(name string) bool {
 		return false
 	}
 	for _, h := range protectedHeaders {
-		if equalFoldDash(name, h) {
+		if EqualFoldDash(name, h) {
 			return true
 		}
 	}
 	return false
 }
 
-// scrubRequestHeader applies the rules above to h, the header of a request
+// ScrubRequestHeader applies the rules above to h, the header of a request
 // about to be forwarded, which the caller owns. connection is the client's
 // Connection header (it names more hop-by-hop headers). The caller then
-// sets the forwarding and identity headers (setXForwarded,
+// sets the forwarding and identity headers (SetXForwarded,
 // Agent.setSourceIdentity). No allocation.
-func scrubRequestHeader(h http.Header, connection []string) {
+func ScrubRequestHeader(h http.Header, connection []string) {
 	for _, f := range connection {
 		for sf := range strings.SplitSeq(f, ",") {
 			if sf = textproto.TrimString(sf); sf != "" {
@@ -130,9 +134,9 @@ func isHop(name string) bool {
 	return false
 }
 
-// removeHopByHop deletes the hop-by-hop headers of a response and those
+// RemoveHopByHop deletes the hop-by-hop headers of a response and those
 // named in its Connection header.
-func removeHopByHop(h http.Header) {
+func RemoveHopByHop(h http.Header) {
 	for _, f := range h["Connection"] {
 		for sf := range strings.SplitSeq(f, ",") {
 			if sf = textproto.TrimString(sf); sf != "" {
@@ -145,10 +149,10 @@ func removeHopByHop(h http.Header) {
 	}
 }
 
-// setXForwarded sets the forwarding headers of a request the agent
+// SetXForwarded sets the forwarding headers of a request the agent
 // forwards for a client (as ReverseProxy's SetXForwarded): clientIP (nil
 // if unknown) and the Host the client asked for.
-func setXForwarded(h http.Header, clientIP []string, host string) {
+func SetXForwarded(h http.Header, clientIP []string, host string) {
 	if clientIP != nil {
 		h["X-Forwarded-For"] = clientIP
 	}
@@ -156,7 +160,7 @@ func setXForwarded(h http.Header, clientIP []string, host string) {
 	h["X-Forwarded-Proto"] = xfProto
 }
 
-// scrubProxyRequest is scrubRequestHeader and scrubTrailer for the
+// ScrubProxyRequest is ScrubRequestHeader and ScrubTrailer for the
 // outgoing request of a ReverseProxy (run from its Rewrite). ReverseProxy
 // has put back "Connection: Upgrade" and Upgrade for an upgrade it
 // handles itself: those stay.
@@ -166,20 +170,20 @@ func setXForwarded(h http.Header, clientIP []string, host string) {
 // its requests with whatever path and identity header it likes, past the
 // agent's per-request routing, normalisation and authorization. The request
 // goes on as plain HTTP/1.1; a workload that switches anyway gets a 502.
-func scrubProxyRequest(pr *httputil.ProxyRequest) {
+func ScrubProxyRequest(pr *httputil.ProxyRequest) {
 	upgrade := pr.Out.Header["Upgrade"]
-	scrubRequestHeader(pr.Out.Header, pr.In.Header["Connection"])
+	ScrubRequestHeader(pr.Out.Header, pr.In.Header["Connection"])
 	if upgrade != nil && !upgradesToHTTP(upgrade) {
 		pr.Out.Header["Connection"] = []string{"Upgrade"}
 		pr.Out.Header["Upgrade"] = upgrade
 	}
 	delete(pr.Out.Header, "Http2-Settings")
-	scrubTrailer(pr.Out.Trailer)
+	ScrubTrailer(pr.Out.Trailer)
 }
 
-// remoteIP is the X-Forwarded-For value of a client address (nil if it
+// RemoteIP is the X-Forwarded-For value of a client address (nil if it
 // has no IP).
-func remoteIP(addr string) []string {
+func RemoteIP(addr string) []string {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil
@@ -194,12 +198,12 @@ var trailerForbidden = []string{"Authorization", "Cache-Control", "Content-Encod
 	"Content-Range", "Content-Type", "Expect", "Host", "Max-Forwards", "Pragma", "Range", "Realm",
 	"Www-Authenticate", "Set-Cookie", "Cookie"}
 
-// scrubTrailer removes from a request's trailer (declared or received)
-// every field scrubRequestHeader would remove from its header, those a
+// ScrubTrailer removes from a request's trailer (declared or received)
+// every field ScrubRequestHeader would remove from its header, those a
 // trailer must not carry, and those with an invalid name or value: a
 // workload that merges trailers into the header must not get an identity,
 // a Host or a framing field from them.
-func scrubTrailer(t http.Header) {
+func ScrubTrailer(t http.Header) {
 	for k, vv := range t {
 		if !httpguts.ValidHeaderFieldName(k) || isHop(k) || isAgentHeader(k) || isAliasOfProtected(k) || isTrailerForbidden(k) {
 			delete(t, k)
@@ -216,18 +220,28 @@ func scrubTrailer(t http.Header) {
 
 func isTrailerForbidden(name string) bool {
 	for _, h := range trailerForbidden {
-		if equalFoldDash(name, h) {
+		if EqualFoldDash(name, h) {
 			return true
 		}
 	}
 	return false
 }
 
-// dropIdentityHeaders removes every spelling of SourceIDHeader, before the
+// DropIdentityHeaders removes every spelling of IdentityHeader, before the
 // destination agent sets the identity it vouched for.
-func dropIdentityHeaders(h http.Header) {
+func DropIdentityHeaders(h http.Header) {
 	for k := range h {
-		if equalFoldDash(k, SourceIDHeader) {
+		if EqualFoldDash(k, IdentityHeader) {
+			delete(h, k)
+		}
+	}
+}
+
+// DropForwardedHeaders removes Forwarded and X-Forwarded-* in any
+// spelling (case, '_' for '-') from a request a client wrote.
+func DropForwardedHeaders(h http.Header) {
+	for k := range h {
+		if EqualFoldDash(k, "Forwarded") || (len(k) > len("X-Forwarded-") && EqualFoldDash(k[:len("X-Forwarded-")], "X-Forwarded-")) {
 			delete(h, k)
 		}
 	}
@@ -240,6 +254,18 @@ func upgradesToHTTP(vv []string) bool {
 		for tok := range strings.SplitSeq(v, ",") {
 			tok = strings.ToLower(strings.TrimSpace(tok))
 			if strings.HasPrefix(tok, "h2") || strings.HasPrefix(tok, "http/") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// headerHasToken reports whether a comma-separated header lists token.
+func headerHasToken(vv []string, token string) bool {
+	for _, v := range vv {
+		for sf := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(sf), token) {
 				return true
 			}
 		}

@@ -1,11 +1,11 @@
-package agent
+package httpproxy
 
 import "sync"
 
-// copyBuffers recycles the 32 KiB buffers ReverseProxy copies response
+// CopyBuffers recycles the 32 KiB buffers ReverseProxy copies response
 // bodies through: without a pool it allocates one per request, which was
 // 79% of the bytes the L7 path allocated (BenchmarkL7HTTP1 memory profile).
-var copyBuffers = &bufferPool{}
+var CopyBuffers = &bufferPool{}
 
 type bufferPool struct{ p sync.Pool }
 

@@ -1,0 +1,247 @@
+package httpproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Bounds on what a client may hold of the proxy while its request is in
+// flight: a request body may not keep an upstream connection waiting for
+// ever (TimedBody), nor a slow reader an HTTP/2 stream (SendTimedWriter).
+
+// DefaultBodyTimeout is the longest wait for the next bytes of a request
+// body when the service sets no timeouts.requestBody (nginx's
+// client_body_timeout).
+const DefaultBodyTimeout = 60 * time.Second
+
+// ErrClientBody marks a failure reading the request body from the client:
+// the client's doing, never held against the endpoint.
+var ErrClientBody = errors.New("client's request body")
+
+// ErrBodyTimeout: the client sent nothing of its request body for the body
+// timeout, or not all of it within the request timeout. Answered 408.
+var ErrBodyTimeout = fmt.Errorf("%w: timeout", ErrClientBody)
+
+// TimedBody bounds reading a request body: every read waits at most gap
+// (at least 15/16 of it) for bytes, and none ends later than the request
+// timeout, until the response header arrives (see Stop). The bound is the
+// client connection's read deadline (fast path) or the request's
+// (http.ResponseController: HTTP/1.1 and h2c), so a blocked read fails at
+// once and the upstream connection it held is closed.
+type TimedBody struct {
+	r           io.ReadCloser
+	setDeadline func(time.Time) error
+
+	mu       sync.Mutex    // guards the following
+	gap      time.Duration // longest wait for the next bytes
+	deadline time.Time     // the request timeout's end; zero: none
+	set      time.Time     // the read deadline last set
+	off      bool          // no more deadlines: response header arrived or body ended
+	expired  bool          // a read ran out of time
+}
+
+// NewTimedBody bounds reads of r through setDeadline (a connection's or
+// http.ResponseController's SetReadDeadline), DefaultBodyTimeout between
+// reads until Arm says otherwise.
+func NewTimedBody(r io.ReadCloser, setDeadline func(time.Time) error) *TimedBody {
+	return &TimedBody{r: r, setDeadline: setDeadline, gap: DefaultBodyTimeout}
+}
+
+// Arm applies a service's bounds: gap between reads (0: the default) and
+// the request timeout (0: none), counted from now.
+func (b *TimedBody) Arm(gap, timeout time.Duration) {
+	b.mu.Lock()
+	if gap > 0 {
+		b.gap = gap
+	}
+	if timeout > 0 {
+		b.deadline = time.Now().Add(timeout)
+	}
+	b.mu.Unlock()
+}
+
+// Stop lifts the bounds: once the response header has arrived, the rest of
+// the body (a full-duplex stream, gRPC bidi) is the endpoint's to wait for.
+func (b *TimedBody) Stop() {
+	b.mu.Lock()
+	if !b.off {
+		b.off = true
+		b.setDeadline(time.Time{})
+	}
+	b.mu.Unlock()
+}
+
+// Finish bounds what is left of the body once no endpoint will read it:
+// the response is written (fast path), or the proxy answered the request
+// itself (a deny, a fault, an error). The rest is read only to be thrown
+// away so that the connection can carry the next request (as net/http's
+// server does before it writes its answer), and must come within one gap
+// from now, whatever Stop or a watch of the client set before.
+func (b *TimedBody) Finish() {
+	b.mu.Lock()
+	b.off = true
+	b.setDeadline(time.Now().Add(b.gap))
+	b.mu.Unlock()
+}
+
+// Unanswered is Finish for the net/http server path, run as its handler
+// returns: if no endpoint's answer lifted the bounds (the proxy answered:
+// an error, a fault; a deny has finished the body already), the server
+// drains the rest of the body before it writes the answer, with the read
+// deadline this sets. A body read to its end, or answered by an endpoint,
+// is left alone: the server may be reading on in the background, where a
+// deadline would cancel the connection.
+func (b *TimedBody) Unanswered() {
+	b.mu.Lock()
+	off := b.off
+	b.mu.Unlock()
+	if !off {
+		b.Finish()
+	}
+}
+
+// Expire ends the body when the request timeout fires first: true if the
+// body was still being waited for (the client's delay, answered 408).
+func (b *TimedBody) Expire() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.off {
+		return false
+	}
+	b.expired = true
+	b.setDeadline(aLongTimeAgo) // a read still waiting fails now
+	return true
+}
+
+// TimedOut reports whether a read ran out of time.
+func (b *TimedBody) TimedOut() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.expired
+}
+
+func (b *TimedBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	if b.expired {
+		b.mu.Unlock()
+		return 0, ErrBodyTimeout // and no new wait (the fast path drains after an error)
+	}
+	if !b.off {
+		d := time.Now().Add(b.gap)
+		if !b.deadline.IsZero() && b.deadline.Before(d) {
+			d = b.deadline
+		}
+		// Moved only when it would move by more than gap/16: setting an
+		// HTTP/2 stream's deadline is a message to its connection's
+		// goroutine, and a fast body is read in many small parts.
+		if ahead := d.Sub(b.set); b.set.IsZero() || ahead < 0 || ahead > b.gap/16 {
+			b.setDeadline(d)
+			b.set = d
+		}
+	}
+	b.mu.Unlock()
+	n, err := b.r.Read(p)
+	switch {
+	case err == io.EOF:
+		// Clear the deadline: net/http's server reads on in the background
+		// after the body (to notice the client leaving), and a timeout
+		// there would cancel the response.
+		b.Stop()
+	case err != nil && IsTimeout(err):
+		b.mu.Lock()
+		expired := !b.off // else Stop cleared the deadline as it passed
+		b.expired = b.expired || expired
+		b.mu.Unlock()
+		if expired {
+			return n, ErrBodyTimeout
+		}
+		fallthrough
+	case err != nil:
+		err = fmt.Errorf("%w: %w", ErrClientBody, err)
+	}
+	return n, err
+}
+
+func (b *TimedBody) Close() error { return b.r.Close() }
+
+// IsTimeout: a deadline passed (os.ErrDeadlineExceeded on TCP and HTTP/2
+// streams; yamux's own timeout error on mesh streams).
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// BodyTimedOut reports whether the request's body ran out of time.
+func BodyTimedOut(r *http.Request) bool {
+	tb := TimedBodyOf(r)
+	return tb != nil && tb.TimedOut()
+}
+
+// TimedBodyOf returns the TimedBody req reads, if the entry point gave it
+// one: its body (fast path) or in its context (server path).
+func TimedBodyOf(req *http.Request) *TimedBody {
+	b := req.Body
+	if cb, ok := b.(ClientBody); ok {
+		b = cb.R
+	}
+	if tb, ok := b.(*TimedBody); ok {
+		return tb
+	}
+	tb, _ := req.Context().Value(timedBodyKey{}).(*TimedBody)
+	return tb
+}
+
+// timedBodyKey carries the server path's TimedBody in the request context
+// (ReverseProxy hides the body it forwards behind its own wrapper).
+type timedBodyKey struct{}
+
+// WithTimedBody returns ctx carrying tb, for TimedBodyOf to find behind a
+// body wrapped by ReverseProxy.
+func WithTimedBody(ctx context.Context, tb *TimedBody) context.Context {
+	return context.WithValue(ctx, timedBodyKey{}, tb)
+}
+
+// ArmBody applies body bounds (TimedBody.Arm) to req's TimedBody, if the
+// entry point gave it one.
+func ArmBody(req *http.Request, gap, timeout time.Duration) *TimedBody {
+	if req.Body == nil || req.Body == http.NoBody {
+		return nil
+	}
+	tb := TimedBodyOf(req)
+	if tb != nil {
+		tb.Arm(gap, timeout)
+	}
+	return tb
+}
+
+// SendTimedWriter bounds each write of an HTTP/2 response by its stream's
+// write deadline (moved only when it would move by more than send/16).
+type SendTimedWriter struct {
+	http.ResponseWriter
+	rc   *http.ResponseController
+	send time.Duration
+	set  time.Time
+}
+
+// NewSendTimedWriter bounds each write to w by send.
+func NewSendTimedWriter(w http.ResponseWriter, send time.Duration) *SendTimedWriter {
+	return &SendTimedWriter{ResponseWriter: w, rc: http.NewResponseController(w), send: send}
+}
+
+func (w *SendTimedWriter) Write(p []byte) (int, error) {
+	if d := time.Now().Add(w.send); d.Sub(w.set) > w.send/16 {
+		w.rc.SetWriteDeadline(d)
+		w.set = d
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController (ReverseProxy's flushes) reach the
+// server's writer.
+func (w *SendTimedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

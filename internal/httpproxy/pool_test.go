@@ -1,0 +1,301 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// upstream is a real HTTP/1.1 server on a loopback port that answers
+// each request with respond, counting the connections it accepted and
+// those still open.
+type upstream struct {
+	ln       net.Listener
+	accepted atomic.Int32
+	open     atomic.Int32
+	respond  func(c net.Conn, req *http.Request) (keep bool)
+	wg       sync.WaitGroup
+}
+
+func startUpstream(t *testing.T, respond func(c net.Conn, req *http.Request) (keep bool)) *upstream {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &upstream{ln: ln, respond: respond}
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u.accepted.Add(1)
+			u.open.Add(1)
+			u.wg.Add(1)
+			go u.serveConn(c)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); u.wg.Wait() })
+	return u
+}
+
+func (u *upstream) serveConn(c net.Conn) {
+	defer u.wg.Done()
+	defer u.open.Add(-1)
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		keep := u.respond(c, req)
+		io.Copy(io.Discard, req.Body)
+		if !keep {
+			return
+		}
+	}
+}
+
+// ok answers 200 with body "ok".
+func ok(c net.Conn, req *http.Request) bool {
+	io.Copy(io.Discard, req.Body)
+	io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	return true
+}
+
+func (u *upstream) pool(cfg PoolConfig) *Pool {
+	addr := u.ln.Addr().String()
+	if cfg.Dial == nil {
+		cfg.Dial = func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+	return NewPool(cfg)
+}
+
+func get(t *testing.T, p *Pool, method, body string) (int, string) {
+	t.Helper()
+	var rb io.Reader
+	if body != "" {
+		rb = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, "http://svc/x", rb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := p.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("%s: %v", method, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// waitFor polls cond until it holds or 10 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestPoolReusesConnection: requests one after another, with and without
+// a body, share one connection once each body is read to its end.
+func TestPoolReusesConnection(t *testing.T) {
+	u := startUpstream(t, ok)
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	for i, m := range []string{"GET", "POST", "GET", "PUT"} {
+		body := ""
+		if m != "GET" {
+			body = fmt.Sprintf("body %d", i)
+		}
+		if code, b := get(t, p, m, body); code != 200 || b != "ok" {
+			t.Fatalf("%s: %d %q", m, code, b)
+		}
+	}
+	if n := u.accepted.Load(); n != 1 {
+		t.Fatalf("%d connections for 4 sequential requests; want 1", n)
+	}
+}
+
+// TestPoolReplaysOnStaleConnection: the upstream closes an idle
+// connection (its idle timeout) without saying so; a GET that finds it
+// closed is sent again on a new connection, as http.Transport does.
+func TestPoolReplaysOnStaleConnection(t *testing.T) {
+	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+		ok(c, req)
+		return false // close after each response, no "Connection: close"
+	})
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	if code, _ := get(t, p, "GET", ""); code != 200 {
+		t.Fatal(code)
+	}
+	waitFor(t, "the upstream to close its connection", func() bool { return u.open.Load() == 0 })
+	if code, b := get(t, p, "GET", ""); code != 200 || b != "ok" {
+		t.Fatalf("after a stale connection: %d %q", code, b)
+	}
+	if n := u.accepted.Load(); n != 2 {
+		t.Fatalf("%d connections; want 2", n)
+	}
+}
+
+type markedDial struct{ err error }
+
+func (e *markedDial) Error() string { return "dial: " + e.err.Error() }
+func (e *markedDial) Unwrap() error { return e.err }
+
+// TestPoolDialError: a failed dial, and a pool closed while it dials,
+// come back through DialError so the caller knows nothing was sent.
+func TestPoolDialError(t *testing.T) {
+	refused := errors.New("refused")
+	mark := func(err error) error { return &markedDial{err} }
+	p := NewPool(PoolConfig{
+		Dial:      func(context.Context) (net.Conn, error) { return nil, refused },
+		DialError: mark,
+	})
+	req, _ := http.NewRequest("GET", "http://svc/", nil)
+	_, err := p.RoundTrip(req)
+	var md *markedDial
+	if !errors.As(err, &md) || !errors.Is(err, refused) {
+		t.Fatalf("failed dial: %v; want it marked by DialError", err)
+	}
+
+	u := startUpstream(t, ok)
+	p = u.pool(PoolConfig{DialError: mark})
+	p.Close(true)
+	_, err = p.RoundTrip(req)
+	if !errors.As(err, &md) || !errors.Is(err, ErrPoolClosed) {
+		t.Fatalf("closed pool: %v; want ErrPoolClosed marked by DialError", err)
+	}
+	waitFor(t, "the connection dialed into a closed pool to close", func() bool { return u.open.Load() == 0 })
+}
+
+// TestPoolMaxIdle: connections beyond MaxIdle are closed when their
+// response is done instead of kept idle.
+func TestPoolMaxIdle(t *testing.T) {
+	var arrived sync.WaitGroup
+	arrived.Add(2)
+	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+		arrived.Done()
+		arrived.Wait() // both requests hold a connection at once
+		return ok(c, req)
+	})
+	p := u.pool(PoolConfig{MaxIdle: 1})
+	defer p.Close(true)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("GET", "http://svc/", nil)
+			resp, err := p.RoundTrip(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}()
+	}
+	wg.Wait()
+	waitFor(t, "one of the two connections to close", func() bool { return u.open.Load() == 1 })
+	if n := u.accepted.Load(); n != 2 {
+		t.Fatalf("%d connections; want 2", n)
+	}
+}
+
+// TestPoolIdleTimeout: a connection idle for IdleTimeout is closed by the
+// pool itself (not left to the next request to find).
+func TestPoolIdleTimeout(t *testing.T) {
+	u := startUpstream(t, ok)
+	p := u.pool(PoolConfig{IdleTimeout: 50 * time.Millisecond})
+	defer p.Close(true)
+	get(t, p, "GET", "")
+	if u.accepted.Load() != 1 {
+		t.Fatal("no connection")
+	}
+	waitFor(t, "the idle connection to be closed", func() bool { return u.open.Load() == 0 })
+}
+
+// TestPoolEarlyCloseDiscardsConnection: a body closed before its end
+// leaves unread bytes on the connection: it is closed, not reused.
+func TestPoolEarlyCloseDiscardsConnection(t *testing.T) {
+	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+		c.Write(make([]byte, 100000))
+		return true
+	})
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	req, _ := http.NewRequest("GET", "http://svc/", nil)
+	resp, err := p.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Read(make([]byte, 10))
+	resp.Body.Close()
+	waitFor(t, "the half-read connection to close", func() bool { return u.open.Load() == 0 })
+	if code, _ := get(t, p, "GET", ""); code != 200 {
+		t.Fatal(code)
+	}
+	if n := u.accepted.Load(); n != 2 {
+		t.Fatalf("%d connections; want 2", n)
+	}
+}
+
+// TestPoolCancel: a request cancelled while it waits for the response
+// header returns the context's cause and its connection is not reused.
+func TestPoolCancel(t *testing.T) {
+	release, reached := make(chan struct{}), make(chan struct{})
+	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+		if req.URL.Path == "/slow" {
+			close(reached)
+			<-release
+			return false
+		}
+		return ok(c, req)
+	})
+	defer close(release)
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	cause := errors.New("request timeout")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc/slow", nil)
+	go func() {
+		<-reached // the upstream has the request: the pool waits for its answer
+		cancel(cause)
+	}()
+	if _, err := p.RoundTrip(req); !errors.Is(err, cause) {
+		t.Fatalf("cancelled request: %v; want its cause", err)
+	}
+	if code, _ := get(t, p, "GET", ""); code != 200 {
+		t.Fatal(code)
+	}
+	if n := u.accepted.Load(); n != 2 {
+		t.Fatalf("%d connections; want 2 (the cancelled one is not reused)", n)
+	}
+}
