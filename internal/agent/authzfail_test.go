@@ -27,6 +27,7 @@ func TestInvalidPolicyFailsClosed(t *testing.T) {
 	logs := &lockedBuffer{}
 	ms := metrics.NewSet()
 	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.247.0.0/16",
 		Insecure: true, Metrics: ms, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
