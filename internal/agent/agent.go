@@ -29,6 +29,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/gossip"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
+	"github.com/fogmesh/fogmesh/internal/retry"
 	"github.com/fogmesh/fogmesh/internal/transport"
 	"github.com/fogmesh/fogmesh/internal/workloadapi"
 )
@@ -115,7 +116,7 @@ type Agent struct {
 	// declares the node dead (gossip.go).
 	watchMu     sync.Mutex
 	nodeWatches map[string]map[*int]context.CancelCauseFunc
-	retries     *retryBudget
+	retries     *retry.Budget
 	dns         *meshdns.Server
 	mesh        *transport.Server
 	peers       *transport.Client
@@ -275,7 +276,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.l7 = newL7(a)
 	a.authzHTTP = newAuthzServer(a)
-	a.retries = newRetryBudget()
+	a.retries = retry.NewBudget()
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
