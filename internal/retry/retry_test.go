@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
 )
 
 func TestParse(t *testing.T) {
@@ -52,11 +54,15 @@ func TestParse(t *testing.T) {
 			t.Errorf("Parse(%q) warnings %q, want %q", c.in, got, c.warn)
 		}
 	}
-	// Every token Istio's validation accepts parses.
-	for tok := range tokens {
+	// The document format (api.RetryConditions) and this package know
+	// the same tokens.
+	for _, tok := range api.RetryConditions {
 		if _, _, err := Parse(tok); err != nil {
 			t.Errorf("%s: %v", tok, err)
 		}
+	}
+	if len(tokens) != len(api.RetryConditions) {
+		t.Errorf("%d tokens here, %d in api.RetryConditions", len(tokens), len(api.RetryConditions))
 	}
 }
 
@@ -186,7 +192,6 @@ func TestBackoffBounds(t *testing.T) {
 		t.Errorf("custom: %v", got)
 	}
 }
-
 
 func TestBudgetPerService(t *testing.T) {
 	b := NewBudget()
