@@ -253,15 +253,19 @@ func (lt *lbTransport) exhausted(last *http.Response, err error) (*http.Response
 
 // keepResponse reads a response about to be retried into memory, so it
 // can still be the answer if no later attempt gets one; nil (and the
-// response closed) when its body is too long to keep or fails.
+// response closed) when its body is of unknown length (it could stream
+// for ever), too long to keep, or fails.
 func keepResponse(resp *http.Response) *http.Response {
-	b, err := io.ReadAll(io.LimitReader(resp.Body, keptResponseLimit+1))
-	if err == nil && len(b) <= keptResponseLimit {
-		// Read to its end: the trailers are in (gRPC's status).
-		_, err = io.Copy(io.Discard, resp.Body)
+	defer resp.Body.Close()
+	if resp.ContentLength < 0 || resp.ContentLength > keptResponseLimit {
+		return nil
 	}
-	resp.Body.Close()
-	if err != nil || len(b) > keptResponseLimit {
+	b, err := io.ReadAll(io.LimitReader(resp.Body, resp.ContentLength+1))
+	if err != nil || int64(len(b)) != resp.ContentLength {
+		return nil
+	}
+	// Read to its end: the trailers are in.
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
 		return nil
 	}
 	kept := *resp
