@@ -20,9 +20,9 @@ import (
 // body masked by the rule's mask.Masker. The decision is per attempt: a
 // request that fails over from a same-site endpoint to a cloud one is
 // masked for the cloud one only. Bodies are masked as they stream; they
-// are never buffered, and l7.go retries only what sent nothing (a failed
-// connect reads no body) or has no body, so a retry never replays a
-// half-read body.
+// are never buffered here; a retry sends a body again only from its start
+// (l7retry.go keeps bodies of at most 64 KiB for that), masked afresh, so
+// a retry never replays a half-read body.
 //
 // Responses are not masked: they come back into the site.
 //
