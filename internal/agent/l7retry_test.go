@@ -3,9 +3,13 @@ package agent
 import (
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/retry"
 )
 
 // TestReplayBody: a retry sends the body again from its start while it
@@ -83,5 +87,30 @@ func TestReplayBodyReadInFlight(t *testing.T) {
 	pw.Close()
 	if got := <-second; got != "abcdef" {
 		t.Fatalf("second attempt read %q, want abcdef", got)
+	}
+}
+
+// TestRetryPolicyOf: a fogmesh document's policy as the retry package
+// applies it.
+func TestRetryPolicyOf(t *testing.T) {
+	noResponse := retry.OnConnectFailure | retry.OnRefusedStream | retry.OnReset
+	for _, c := range []struct {
+		in      api.RetryPolicy
+		retries int
+		conds   retry.Cond
+		codes   []int
+		any     bool
+	}{
+		{api.RetryPolicy{}, 2, noResponse, nil, false},
+		{api.RetryPolicy{Attempts: -1}, 0, noResponse, nil, false},
+		{api.RetryPolicy{Attempts: 4, On5xx: true}, 4, noResponse | retry.OnGatewayError, nil, false},
+		{api.RetryPolicy{On: "5xx", Methods: api.RetryMethodsAny}, 2, retry.On5xx, nil, true},
+		{api.RetryPolicy{On: api.IstioDefaultRetryOn, Methods: api.RetryMethodsAny}, 2,
+			retry.OnConnectFailure | retry.OnRefusedStream | retry.OnGRPCUnavailable | retry.OnGRPCCancelled | retry.OnRetriableStatusCodes, []int{503}, true},
+	} {
+		p := retryPolicyOf(c.in)
+		if p.Retries != c.retries || p.On.Conds != c.conds || !slices.Equal(p.On.Codes, c.codes) || p.AnyMethod != c.any {
+			t.Errorf("%+v: got %+v", c.in, p)
+		}
 	}
 }
