@@ -31,6 +31,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/outlier"
+	"github.com/fogmesh/fogmesh/internal/retry"
 	"github.com/fogmesh/fogmesh/internal/svid"
 	"github.com/fogmesh/fogmesh/internal/transport"
 	"github.com/fogmesh/fogmesh/internal/workloadapi"
@@ -121,7 +122,7 @@ type Agent struct {
 	// declares the node dead (gossip.go).
 	watchMu     sync.Mutex
 	nodeWatches map[string]map[*int]context.CancelCauseFunc
-	retries     *retryBudget
+	retries     *retry.Budget
 	dns         *meshdns.Server
 	mesh        *transport.Server
 	peers       *transport.Client
@@ -281,7 +282,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.l7 = newL7(a)
 	a.authzHTTP = newAuthzServer(a)
-	a.retries = newRetryBudget()
+	a.retries = retry.NewBudget()
 	a.balancers = balance.NewSet(balance.SharedRand{})
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,

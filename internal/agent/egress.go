@@ -11,8 +11,9 @@ import (
 // grpc port whose chosen endpoint a service's egress rule selects leaves
 // this agent with its headers and body masked. The decision is per
 // attempt: a request that fails over from a same-site endpoint to a cloud
-// one is masked for the cloud one only; l7.go retries only what sent
-// nothing or has no body, so a retry never replays a half-read body. A
+// one is masked for the cloud one only; a retry sends a body again only
+// from its start (l7retry.go keeps bodies of at most 64 KiB for that),
+// masked afresh, so a retry never replays a half-read body. A
 // body the masker cannot judge is refused before anything is sent (the
 // client gets 502 naming the reason, counted as result="rejected").
 //

@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -512,138 +511,6 @@ func (r *releaseOnClose) BufferedUpstream() int {
 	return 0
 }
 
-// roundTrip tries cands in order within the service's retry policy.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string) (*http.Response, error) {
-	a := lt.l7.a
-	// http.Transport closes the request body even when it fails to
-	// connect; shield it so a retry on the next endpoint can still send
-	// it. The server closes the real body when the handler returns.
-	bodyless := req.Body == nil || req.Body == http.NoBody
-	if !bodyless {
-		out := *req
-		out.Body = noCloseBody{req.Body}
-		req = &out
-	}
-	retryable := bodyless && idempotent[req.Method]
-	attempts := 1 + 2 // Attempts 0: the default, 2 retries
-	switch {
-	case policy.Attempts < 0:
-		attempts = 1 // no retries
-	case policy.Attempts > 0:
-		attempts = 1 + policy.Attempts
-	}
-	a.retries.deposit()
-	var lastErr error
-	tries := 0 // attempts that may have reached an endpoint (policy and budget apply to the rest)
-	prevDial := false
-	for i, ev := range cands {
-		// A failed connect sent nothing: fail over to the next candidate
-		// (up to maxAttempts connects) whatever the retry policy says.
-		if i > 0 && !(prevDial && i < maxAttempts) {
-			if tries >= attempts {
-				break
-			}
-			if !a.retries.withdraw() {
-				a.m.retriesDenied.Inc()
-				break
-			}
-		}
-		if i > 0 {
-			a.m.failovers.Inc()
-		}
-		if decidesHere(ev) { // a remote endpoint's agent authorizes there
-			if resp := a.authorizeLocalRequest(req, t); resp != nil {
-				if tb := timedBodyOf(req); tb != nil {
-					tb.finish() // the agent's answer: the rest of the body is only drained
-				}
-				return resp, nil
-			}
-		}
-		start := time.Now()
-		active := a.endpointActive(ev.key)
-		active.Add(1)
-		attemptCtx, release := a.watchNode(req.Context(), remoteNode(ev))
-		resp, err := a.egressRoundTrip(lt.upstream(sv, ev, t), sv, ev, req.WithContext(attemptCtx))
-		active.Add(-1)
-		if err != nil {
-			release()
-			if context.Cause(attemptCtx) == errNodeDead {
-				// The node died during the attempt. Before the request
-				// was sent (still dialing) or when it may be repeated,
-				// fail over like a refused connect; otherwise report it.
-				var de *dialError
-				if !errors.As(err, &de) && !retryable {
-					return nil, fmt.Errorf("endpoint's node died mid-request: %w", errNodeDead)
-				}
-				err = &dialError{errNodeDead}
-			}
-		} else if ev.mesh != "" && resp.Header.Get(hdrWorkloadRefused) != "" && a.ident != nil &&
-			resp.StatusCode == http.StatusServiceUnavailable && bodyless {
-			// The endpoint's agent (mTLS: no workload can speak for it;
-			// it strips the field from workload answers) could not
-			// connect to its workload: nothing of the request reached it,
-			// and the request has no body that was spent sending it, so
-			// fail over as after a refused connect (peerRefusedResponse).
-			release()
-			resp.Body.Close()
-			err = &dialError{errWorkloadRefused}
-		} else if a.gossip == nil || resp.StatusCode == http.StatusSwitchingProtocols {
-			release() // no watch, or an upgraded connection that lives on its own
-		} else {
-			resp.Body = &releaseOnClose{ReadCloser: resp.Body, release: release}
-		}
-		if err == nil {
-			resp.Header.Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
-			a.stats(ev.key).observe(time.Since(start))
-			a.requestMetrics(t.svc, route, ev, resp.StatusCode, time.Since(start))
-			if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc") && resp.StatusCode != http.StatusSwitchingProtocols {
-				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, record: func(code string) {
-					a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_grpc_responses_total{service=%q,endpoint=%q,grpc_status=%q}`,
-						t.svc, ev.ep.Meta.Name, code)).Inc()
-				}}
-			}
-			a.outcome(sv, ev, resp.StatusCode, false)
-			gateway := resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504
-			if gateway && retryable && policy.On5xx && tries+1 < attempts && i+1 < len(cands) {
-				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-				resp.Body.Close()
-				lastErr = fmt.Errorf("endpoint %s answered %s", ev.key, resp.Status)
-				tries++
-				prevDial = false
-				backoff(req.Context(), i)
-				continue
-			}
-			return resp, nil
-		}
-		lastErr = err
-		a.requestMetrics(t.svc, route, ev, 0, time.Since(start))
-		if req.Context().Err() != nil {
-			return nil, err // client gone or request timeout: no retry
-		}
-		var de *dialError
-		prevDial = errors.As(err, &de)
-		if !prevDial {
-			tries++
-			if !upstreamFailure(err) {
-				return nil, err // about the request, not the endpoint: no ejection, no retry
-			}
-			a.outcome(sv, ev, 0, true)
-		}
-		if prevDial {
-			a.m.dialFailures.Inc()
-		} else if !retryable {
-			return nil, err
-		} else {
-			backoff(req.Context(), i) // the request may have reached it: jitter before the next try
-		}
-		if prevDial {
-			a.connectFailed(sv, ev)
-		}
-		a.log.Info("agent: endpoint failed, trying next", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
-	}
-	return nil, fmt.Errorf("all endpoints failed: %w", lastErr)
-}
-
 // classOf returns the request's traffic class, or nil if the service has
 // none or the name is unknown.
 func (a *Agent) classOf(sv *serviceView, rule *api.RouteRule, req *http.Request) *api.TrafficClass {
@@ -808,58 +675,6 @@ func weightedBackend(bs []api.RouteBackend) int {
 	return len(bs) - 1
 }
 
-// upstreamFailure reports whether a round-trip error came from the
-// connection to the endpoint (reset, EOF, timeout) rather than from the
-// request itself (a malformed request, a body the client aborted).
-func upstreamFailure(err error) bool {
-	if errors.Is(err, httpproxy.ErrClientBody) {
-		return false // http.Transport reports a body read error as its own write's
-	}
-	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errNodeDead)
-}
-
-// idempotent methods may be retried after they reached an endpoint (RFC 9110 §9.2.2).
-var idempotent = map[string]bool{"GET": true, "HEAD": true, "OPTIONS": true, "TRACE": true, "PUT": true, "DELETE": true}
-
-// backoff sleeps a jittered, growing pause before retry attempt+1.
-func backoff(ctx context.Context, attempt int) {
-	d := time.Duration(rand.Int64N(int64(2*time.Millisecond) << min(attempt, 6)))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
-
-// retryBudget lets retries add at most ~20% to the request rate (plus a
-// reserve of 10), so retries cannot turn a struggling service into a dead
-// one. Each request deposits 0.2 tokens; each retry takes one.
-type retryBudget struct {
-	mu     sync.Mutex
-	tokens float64
-}
-
-func newRetryBudget() *retryBudget { return &retryBudget{tokens: 10} }
-
-func (b *retryBudget) deposit() {
-	b.mu.Lock()
-	b.tokens = min(b.tokens+0.2, 100)
-	b.mu.Unlock()
-}
-
-func (b *retryBudget) withdraw() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
-
 // requestMetrics records one request. code 0 means no response. The
 // series of an endpoint and route are looked up once and cached. Labels
 // are bounded by endpoints × rule names: no paths, no status codes.
@@ -934,8 +749,3 @@ func (b *grpcStatusBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
-
-// noCloseBody ignores Close; see lbTransport.RoundTrip.
-type noCloseBody struct{ io.Reader }
-
-func (noCloseBody) Close() error { return nil }

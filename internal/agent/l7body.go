@@ -18,18 +18,6 @@ import (
 // may not hold more than a share of the agent's requests, each possibly an
 // upstream connection (clientLimiter).
 
-// timedBody is httpproxy.TimedBody under the name and method that
-// lbTransport.roundTrip calls (timedBodyOf(req).finish()).
-// TODO: call httpproxy.TimedBodyOf there and drop this: it waits for the
-// retry loop's concurrent rework (issue 10) to land.
-type timedBody httpproxy.TimedBody
-
-func timedBodyOf(req *http.Request) *timedBody {
-	return (*timedBody)(httpproxy.TimedBodyOf(req))
-}
-
-func (b *timedBody) finish() { (*httpproxy.TimedBody)(b).Finish() }
-
 // defaultSendTimeout bounds each wait to write response bytes to a client
 // when the service sets no timeouts.send (nginx's send_timeout).
 const defaultSendTimeout = 60 * time.Second

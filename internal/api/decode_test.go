@@ -37,6 +37,11 @@ func TestDecodeErrorsNameTheField(t *testing.T) {
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"e"},"spec":{"service":"a","address":"fe80::1%eth0","ports":[{"port":1}]}}`, "spec.address"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"e"},"spec":{"service":"a","address":"10.0.0.1","ports":[{"port":1}],"weight":-1}}`, "spec.weight"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a","nmespace":"x"},"spec":{"ports":[{"port":1}]}}`, "nmespace"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"retries":{"methods":"post"}}}`, "spec.retries.methods"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"retries":{"on":"5xx,sometimes"}}}`, "spec.retries.on"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"retries":{"on":"700"}}}`, "spec.retries.on"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"retries":{"perTryTimeout":"-1s"}}}`, "spec.retries.perTryTimeout"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"classes":[{"name":"c","retries":{"attempts":6}}]}}`, "spec.classes[0].retries.attempts"},
 	} {
 		_, err := Decode([]byte(c.doc))
 		var fe *FieldError

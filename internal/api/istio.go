@@ -401,34 +401,11 @@ func (w *walker) httpRouteAction(path string, hr map[string]any, rule RouteRule,
 		}
 		rule.Timeout = Duration(d)
 	}
-	if rm := cloneMap(obj(hr["retries"])); rm != nil {
-		delete(hr, "retries")
-		rp := &RetryPolicy{}
-		if a, ok := take[float64](rm, "attempts"); ok {
-			rp.Attempts = int(a)
-			if rp.Attempts == 0 {
-				rp.Attempts = -1 // Istio: 0 attempts disables retries
-			}
-		}
-		if on, ok := take[string](rm, "retryOn"); ok {
-			for _, c := range strings.Split(on, ",") {
-				switch strings.TrimSpace(c) {
-				case "5xx", "gateway-error":
-					rp.On5xx = true
-				case "connect-failure", "reset", "refused-stream":
-					// always retried
-				default:
-					if warn {
-						w.warnings = append(w.warnings, fmt.Sprintf("%s.retries.retryOn %q is not supported and is ignored", path, c))
-					}
-				}
-			}
-		}
-		if warn {
-			w.leftovers(path+".retries", rm)
-		}
-		rule.Retries = rp
+	rp, err := w.istioRetries(path, hr, warn)
+	if err != nil {
+		return rule, err
 	}
+	rule.Retries = rp
 	if err := w.istioMirror(path, hr, &rule, svc, svcNS, docNS, warn); err != nil {
 		return rule, err
 	}
@@ -444,6 +421,93 @@ func (w *walker) httpRouteAction(path string, hr map[string]any, rule RouteRule,
 		w.leftovers(path, hr)
 	}
 	return rule, nil
+}
+
+// IstioDefaultRetryOn is the retryOn of Istio's default retry policy (a
+// route without retries, or with attempts and no retryOn): connect
+// failures, refused streams, gRPC UNAVAILABLE and CANCELLED, and 503
+// (DefaultPolicy in Istio's pilot/pkg/networking/core/route/retry).
+const IstioDefaultRetryOn = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503"
+
+// istioRetries translates an http route's retries (Istio's HTTPRetry) as
+// Istio's retry.ConvertPolicy does: no block is Istio's default policy (2
+// retries on IstioDefaultRetryOn); attempts 0 or absent disables retries;
+// retryOn replaces the default conditions and codes (bare status codes
+// in it are retriable status codes). Envoy retries whatever the method,
+// so the policy's Methods is "any".
+func (w *walker) istioRetries(path string, hr map[string]any, warn bool) (*RetryPolicy, error) {
+	raw, present := hr["retries"]
+	if !present || raw == nil {
+		return &RetryPolicy{Attempts: 2, On: IstioDefaultRetryOn, Methods: RetryMethodsAny}, nil
+	}
+	delete(hr, "retries")
+	path += ".retries"
+	rm := cloneMap(obj(raw))
+	if rm == nil {
+		return nil, fieldErr(path, "must be an object")
+	}
+	rp := &RetryPolicy{On: IstioDefaultRetryOn, Methods: RetryMethodsAny}
+	attempts := 0
+	if v, ok := rm["attempts"]; ok {
+		a, ok := take[float64](rm, "attempts")
+		if !ok || a != float64(int(a)) || a < 0 {
+			return nil, fieldErr(path+".attempts", "%v is not a whole number of 0 or more", v)
+		}
+		attempts = int(a)
+	}
+	if v, ok := rm["retryOn"]; ok {
+		on, ok := take[string](rm, "retryOn")
+		if !ok {
+			return nil, fieldErr(path+".retryOn", "%v is not a string", v)
+		}
+		if err := validRetryOn(path+".retryOn", on); err != nil {
+			return nil, err
+		}
+		if strings.TrimSpace(on) != "" {
+			rp.On = on
+		}
+		for _, tok := range strings.Split(on, ",") {
+			switch tok = strings.TrimSpace(tok); tok {
+			case "retriable-headers":
+				if warn {
+					w.warnf("%s.retryOn %q never matches: Istio has no field for the retriable header names", path, tok)
+				}
+			case "http3-post-connect-failure":
+				if warn {
+					w.warnf("%s.retryOn %q never matches: fogmesh does not speak HTTP/3 to endpoints", path, tok)
+				}
+			}
+		}
+	}
+	if v, ok := rm["perTryTimeout"]; ok {
+		t, ok := take[string](rm, "perTryTimeout")
+		d, err := time.ParseDuration(t)
+		if !ok || err != nil || d < time.Millisecond {
+			return nil, fieldErr(path+".perTryTimeout", "%v is not a duration of 1ms or more", v)
+		}
+		rp.PerTryTimeout = Duration(d)
+	}
+	if v, ok := take[bool](rm, "retryRemoteLocalities"); ok && v && warn {
+		w.warnf("%s.retryRemoteLocalities is not supported: a retry goes to the nearest endpoint not yet tried, whatever its locality", path)
+	}
+	if warn {
+		w.leftovers(path, rm)
+	}
+	switch {
+	case attempts == 0:
+		rp.Attempts = -1 // Istio: no attempts disables retries
+	case attempts > 5:
+		if warn {
+			w.warnf("%s.attempts %d: fogmesh retries at most 5 times", path, attempts)
+		}
+		rp.Attempts = 5
+	default:
+		rp.Attempts = attempts
+	}
+	if err := rp.validate(path); err != nil {
+		return nil, err
+	}
+	return rp, nil
 }
 
 // istioPercentage reads {value: 12.5}, Istio's Percent message.

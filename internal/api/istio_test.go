@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestIstioCanaryTranslation(t *testing.T) {
@@ -28,7 +29,7 @@ func TestIstioCanaryTranslation(t *testing.T) {
 	}
 	r1 := r.Spec.Rules[1]
 	if r1.Backends[0].Weight != 90 || r1.Backends[1].Weight != 10 || r1.Timeout.String() != "5s" ||
-		r1.Retries == nil || r1.Retries.Attempts != 2 || !r1.Retries.On5xx {
+		r1.Retries == nil || *r1.Retries != (RetryPolicy{Attempts: 2, On: "gateway-error,connect-failure", Methods: RetryMethodsAny}) {
 		t.Fatalf("rule 1 %+v", r1)
 	}
 	p := objs[1].(*DestinationPolicy)
@@ -67,6 +68,13 @@ func TestIstioErrors(t *testing.T) {
 		{vs("  hosts: [reviews]\n  http: [{match: [{uri: {suffix: x}}], route: [{destination: {host: reviews}}]}]\n"), "spec.http[0].match[0].uri.suffix"},
 		{vs("  hosts: [reviews]\n  http: [{match: [{uri: {regex: '('}}], route: [{destination: {host: reviews}}]}]\n"), "regex"},
 		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], timeout: soon}]\n"), "spec.http[0].timeout"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], retries: {attempts: 2, retryOn: '5xx,teapot'}}]\n"), `spec.http[0].retries.retryOn: "teapot" is not a retry condition`},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], retries: {attempts: 2, retryOn: '5xx,600'}}]\n"), "spec.http[0].retries.retryOn: status code 600"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], retries: {attempts: -1}}]\n"), "spec.http[0].retries.attempts"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], retries: {attempts: 1.5}}]\n"), "spec.http[0].retries.attempts"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], retries: {attempts: 2, perTryTimeout: 500us}}]\n"), "spec.http[0].retries.perTryTimeout"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], retries: {attempts: 2, perTryTimeout: soon}}]\n"), "spec.http[0].retries.perTryTimeout"},
+		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], retries: [2]}]\n"), "spec.http[0].retries"},
 		{"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {}\n", "only VirtualService and DestinationRule"},
 		{"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: r, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}\n", "PASSTHROUGH"},
 		{vs("  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], fault: {abort: {grpcStatus: SOMETIMES}}}]\n"), "spec.http[0].fault.abort.grpcStatus"},
@@ -380,5 +388,42 @@ func TestRouteUnmatchedValidation(t *testing.T) {
 	r.Spec.Rules = []RouteRule{{Match: []RouteMatch{{QueryParams: map[string]StringMatch{"": {}}}}, Backends: []RouteBackend{{}}}}
 	if err := r.Validate(); err == nil || !strings.Contains(err.Error(), "queryParams") {
 		t.Errorf("empty query parameter name: %v", err)
+	}
+}
+
+// TestIstioRetriesTranslation: Istio's retry.ConvertPolicy, field by field.
+func TestIstioRetriesTranslation(t *testing.T) {
+	def := RetryPolicy{Attempts: 2, On: IstioDefaultRetryOn, Methods: RetryMethodsAny}
+	for _, c := range []struct {
+		retries string // the http route's retries field ("" for none)
+		want    RetryPolicy
+		warn    string
+	}{
+		{"", def, ""},
+		{"retries: {attempts: 3}", RetryPolicy{Attempts: 3, On: IstioDefaultRetryOn, Methods: RetryMethodsAny}, ""},
+		{"retries: {attempts: 0, retryOn: 5xx}", RetryPolicy{Attempts: -1, On: "5xx", Methods: RetryMethodsAny}, ""},
+		{"retries: {retryOn: 5xx}", RetryPolicy{Attempts: -1, On: "5xx", Methods: RetryMethodsAny}, ""},
+		{"retries: {attempts: 2, retryOn: '5xx,429', perTryTimeout: 250ms}", RetryPolicy{Attempts: 2, On: "5xx,429", Methods: RetryMethodsAny, PerTryTimeout: Duration(250 * time.Millisecond)}, ""},
+		{"retries: {attempts: 9}", RetryPolicy{Attempts: 5, On: IstioDefaultRetryOn, Methods: RetryMethodsAny}, "at most 5"},
+		{"retries: {attempts: 1, retryOn: retriable-headers}", RetryPolicy{Attempts: 1, On: "retriable-headers", Methods: RetryMethodsAny}, "never matches"},
+		{"retries: {attempts: 1, retryRemoteLocalities: true}", RetryPolicy{Attempts: 1, On: IstioDefaultRetryOn, Methods: RetryMethodsAny}, "retryRemoteLocalities is not supported"},
+	} {
+		doc := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n"
+		if c.retries != "" {
+			doc += "    " + c.retries + "\n"
+		}
+		objs, warnings, err := DecodeWithWarnings([]byte(doc))
+		if err != nil {
+			t.Errorf("%s: %v", c.retries, err)
+			continue
+		}
+		got := objs[0].(*Route).Spec.Rules[0].Retries
+		if got == nil || *got != c.want {
+			t.Errorf("%q: got %+v, want %+v", c.retries, got, c.want)
+		}
+		all := strings.Join(warnings, "\n")
+		if (c.warn == "") != (all == "") || !strings.Contains(all, c.warn) {
+			t.Errorf("%q: warnings %q, want %q", c.retries, all, c.warn)
+		}
 	}
 }

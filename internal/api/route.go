@@ -264,8 +264,8 @@ func (r *Route) Validate() error {
 		if rule.Timeout < 0 {
 			return fieldErr(f+".timeout", "must not be negative")
 		}
-		if rule.Retries != nil && (rule.Retries.Attempts < -1 || rule.Retries.Attempts > 5) {
-			return fieldErr(f+".retries.attempts", "%d is not within -1 and 5", rule.Retries.Attempts)
+		if err := rule.Retries.validate(f + ".retries"); err != nil {
+			return err
 		}
 		if err := rule.Mirror.validate(f + ".mirror"); err != nil {
 			return err

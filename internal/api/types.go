@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -307,14 +309,91 @@ type Timeouts struct {
 	Idle Duration `json:"idle,omitempty"`
 }
 
-// RetryPolicy of a service.
+// RetryPolicy of a service, a traffic class or a route rule.
 type RetryPolicy struct {
-	// Attempts is how many more endpoints a request may try (0: the
-	// default, 2; -1: none; at most 5). Retries also need tokens from the agent's retry budget (20%
-	// of requests), so a failing service cannot multiply its load.
+	// Attempts is how many retries may follow the first attempt (0: the
+	// default, 2; -1: none; at most 5). Retries also need tokens from the
+	// destination service's retry budget (20% of its requests, plus a
+	// reserve of 10), so a failing service cannot multiply its load, nor
+	// spend another service's retries.
 	Attempts int `json:"attempts,omitempty"`
-	// On5xx also retries idempotent requests answered 502, 503 or 504.
+	// On lists the outcomes retried, comma-separated: Envoy's retry
+	// conditions (RetryConditions) and HTTP status codes, which imply
+	// retriable-status-codes, as in Istio's retryOn. Default
+	// "connect-failure,refused-stream,reset": no response.
+	On string `json:"on,omitempty"`
+	// On5xx adds gateway-error to On: 502, 503 or 504.
 	On5xx bool `json:"on5xx,omitempty"`
+	// Methods retried once a request may have reached an endpoint:
+	// "idempotent" (the default: GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
+	// or "any" (as Envoy and Istio do). A failed connect or a refused
+	// HTTP/2 stream reached no endpoint: any method is retried then.
+	Methods string `json:"methods,omitempty"`
+	// PerTryTimeout bounds each attempt's wait for response headers
+	// (0: none; the request timeout still bounds them all). An attempt
+	// that runs out is retried when On has 5xx, gateway-error or reset,
+	// else answered 504.
+	PerTryTimeout Duration `json:"perTryTimeout,omitempty"`
+}
+
+// RetryMethodsAny and RetryMethodsIdempotent are RetryPolicy.Methods values.
+const (
+	RetryMethodsAny        = "any"
+	RetryMethodsIdempotent = "idempotent"
+)
+
+// RetryConditions are the condition names RetryPolicy.On accepts: the
+// retryOn values Istio accepts (Envoy's x-envoy-retry-on and
+// x-envoy-retry-grpc-on). internal/retry gives them their meaning.
+var RetryConditions = []string{
+	"5xx", "gateway-error", "reset", "connect-failure", "envoy-ratelimited",
+	"retriable-4xx", "refused-stream", "retriable-status-codes",
+	"retriable-headers", "http3-post-connect-failure",
+	"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+}
+
+// validRetryOn checks a comma-separated list of retry conditions and
+// status codes; f names it in errors.
+func validRetryOn(f, on string) error {
+	for _, tok := range strings.Split(on, ",") {
+		tok = strings.TrimSpace(tok)
+		if tok == "" || slices.Contains(RetryConditions, tok) {
+			continue
+		}
+		if n, err := strconv.Atoi(tok); err == nil {
+			if n < 100 || n > 599 {
+				return fieldErr(f, "status code %d is not within 100 and 599", n)
+			}
+			continue
+		}
+		return fieldErr(f, "%q is not a retry condition (want one of %s, or a status code)", tok, strings.Join(RetryConditions, ", "))
+	}
+	return nil
+}
+
+// validate checks the policy's fields; f names it in errors.
+func (p *RetryPolicy) validate(f string) error {
+	if p == nil {
+		return nil
+	}
+	if p.Attempts < -1 || p.Attempts > 5 {
+		return fieldErr(f+".attempts", "%d is not within -1 and 5", p.Attempts)
+	}
+	if err := validRetryOn(f+".on", p.On); err != nil {
+		return err
+	}
+	switch p.Methods {
+	case "", RetryMethodsAny, RetryMethodsIdempotent:
+	default:
+		return fieldErr(f+".methods", "%q is not %q or %q", p.Methods, RetryMethodsIdempotent, RetryMethodsAny)
+	}
+	if p.PerTryTimeout < 0 {
+		return fieldErr(f+".perTryTimeout", "must not be negative")
+	}
+	if p.PerTryTimeout > 0 && p.PerTryTimeout < Duration(time.Millisecond) {
+		return fieldErr(f+".perTryTimeout", "%v is below 1ms", time.Duration(p.PerTryTimeout))
+	}
+	return nil
 }
 
 // Duration is a time.Duration written as "250ms" or "3s".

@@ -163,8 +163,8 @@ func (s *Service) Validate() error {
 	if s.Spec.Timeouts.Idle < 0 {
 		return fieldErr("spec.timeouts.idle", "must not be negative")
 	}
-	if s.Spec.Retries.Attempts < -1 || s.Spec.Retries.Attempts > 5 {
-		return fieldErr("spec.retries.attempts", "%d is not within -1 and 5", s.Spec.Retries.Attempts)
+	if err := s.Spec.Retries.validate("spec.retries"); err != nil {
+		return err
 	}
 	if s.Spec.MinHealthyShare < 0 || s.Spec.MinHealthyShare > 1 {
 		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", s.Spec.MinHealthyShare)
@@ -193,8 +193,8 @@ func (s *Service) Validate() error {
 		if c.Timeout < 0 {
 			return fieldErr(f+".timeout", "must not be negative")
 		}
-		if c.Retries != nil && (c.Retries.Attempts < -1 || c.Retries.Attempts > 5) {
-			return fieldErr(f+".retries.attempts", "%d is not within -1 and 5", c.Retries.Attempts)
+		if err := c.Retries.validate(f + ".retries"); err != nil {
+			return err
 		}
 	}
 	if s.Spec.DefaultClass != "" && !classes[s.Spec.DefaultClass] {

@@ -1,0 +1,425 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
+	"github.com/fogmesh/fogmesh/internal/retry"
+)
+
+// One request's attempts: which endpoint each goes to, whether an
+// outcome is tried again (package retry decides, Envoy's semantics), the
+// back-off between attempts, the per-try timeout, the request body kept
+// for a retry (replayBody) and the answer when retries run out: the last
+// upstream response, or the agent's own error when no endpoint answered.
+
+// retryBodyLimit is the most of a request body kept to send again on a
+// retry: a request whose body is longer is not retried once any of it
+// may have been sent (Envoy buffers up to its connection buffer limit,
+// 1 MiB by default; fogmesh keeps less, per request, on small nodes).
+const retryBodyLimit = 64 << 10
+
+// keptResponseLimit is the largest response body kept while a retry is
+// tried, to answer with if the retry gets no response at all.
+const keptResponseLimit = 64 << 10
+
+// errPerTryTimeout: an attempt's per-try timeout ran out before response
+// headers (answered 504 when not retried).
+var errPerTryTimeout = fmt.Errorf("per-try timeout: %w", context.DeadlineExceeded)
+
+// fogmeshDefaultOn: what a fogmesh RetryPolicy without On retries: no
+// response (idempotent requests, unless Methods is "any").
+var fogmeshDefaultOn = retry.On{Conds: retry.OnConnectFailure | retry.OnRefusedStream | retry.OnReset}
+
+// retryPolicyOf turns a document's policy into the retry package's.
+func retryPolicyOf(p api.RetryPolicy) retry.Policy {
+	rp := retry.Policy{Retries: 2, On: fogmeshDefaultOn, AnyMethod: p.Methods == api.RetryMethodsAny}
+	switch {
+	case p.Attempts < 0:
+		rp.Retries = 0
+	case p.Attempts > 0:
+		rp.Retries = p.Attempts
+	}
+	if p.On != "" {
+		on, _, err := retry.Parse(p.On) // validated when applied
+		if err == nil {
+			rp.On = on
+		}
+	}
+	if p.On5xx {
+		rp.On.Conds |= retry.OnGatewayError
+	}
+	return rp
+}
+
+// roundTrip tries cands in order within the retry policy: the first
+// candidate, then on a retry the next one not yet tried, and when every
+// one has been tried the same ones again (after a back-off). A failed
+// connect sent nothing: it moves on to the next candidate (up to
+// maxAttempts connects) whatever the policy says.
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string) (*http.Response, error) {
+	a := lt.l7.a
+	pol := retryPolicyOf(policy)
+	perTry := time.Duration(policy.PerTryTimeout)
+	// http.Transport closes the request body even when it fails to
+	// connect; shield it (the server closes the real body when the
+	// handler returns), and keep what is sent of it for a retry.
+	var rb *replayBody
+	replayable := func() bool { return true }
+	bodyless := req.Body == nil || req.Body == http.NoBody
+	if !bodyless {
+		out := *req
+		if pol.Retries > 0 && req.ContentLength <= retryBodyLimit {
+			rb = newReplayBody(req.Body, retryBodyLimit)
+			replayable = rb.replayable
+		} else {
+			out.Body = noCloseBody{req.Body}
+			replayable = func() bool { return false }
+		}
+		req = &out
+	}
+	a.retries.Deposit(t.svc)
+	var last *http.Response // the last upstream response not returned, body kept
+	retries, dials := 0, 0
+	for i := 0; ; i++ {
+		ev := cands[i%len(cands)]
+		if i > 0 {
+			a.m.failovers.Inc()
+		}
+		if rb != nil {
+			req.Body = rb.attempt()
+		}
+		if decidesHere(ev) { // a remote endpoint's agent authorizes there
+			if resp := a.authorizeLocalRequest(req, t); resp != nil {
+				if tb := httpproxy.TimedBodyOf(req); tb != nil {
+					tb.Finish() // the agent's answer: the rest of the body is only drained
+				}
+				return resp, nil
+			}
+		}
+		start := time.Now()
+		active := a.endpointActive(ev.key)
+		active.Add(1)
+		attemptCtx, release := a.watchNode(req.Context(), remoteNode(ev))
+		var perTryTimer *time.Timer
+		if perTry > 0 {
+			ctx, cancel := context.WithCancelCause(attemptCtx)
+			perTryTimer = time.AfterFunc(perTry, func() { cancel(errPerTryTimeout) })
+			watchRelease := release
+			release = func() { perTryTimer.Stop(); cancel(nil); watchRelease() }
+			attemptCtx = ctx
+		}
+		resp, err := a.egressRoundTrip(lt.upstream(sv, ev, t), sv, ev, req.WithContext(attemptCtx))
+		active.Add(-1)
+		if err != nil {
+			release()
+			switch context.Cause(attemptCtx) {
+			case errNodeDead:
+				// The node died during the attempt: before the request
+				// was sent (still dialing) it is a failed connect.
+				var de *dialError
+				if errors.As(err, &de) {
+					err = &dialError{errNodeDead}
+				} else {
+					err = fmt.Errorf("endpoint's node died mid-request: %w", errNodeDead)
+				}
+			case errPerTryTimeout:
+				err = errPerTryTimeout
+			}
+		} else if ev.mesh != "" && resp.Header.Get(hdrWorkloadRefused) != "" && a.ident != nil &&
+			resp.StatusCode == http.StatusServiceUnavailable && (bodyless || rb != nil && rb.replayable()) {
+			// The endpoint's agent (mTLS: no workload can speak for it;
+			// it strips the field from workload answers) could not
+			// connect to its workload: nothing of the request reached it,
+			// and its body (if any) can be sent again, so fail over
+			// as after a refused connect (peerRefusedResponse).
+			release()
+			resp.Body.Close()
+			err = &dialError{errWorkloadRefused}
+		} else if perTryTimer != nil {
+			perTryTimer.Stop() // headers came in time; the context lives on with the body
+			if resp.StatusCode == http.StatusSwitchingProtocols {
+				release()
+			} else {
+				resp.Body = &releaseOnClose{ReadCloser: resp.Body, release: release}
+			}
+		} else if a.gossip == nil || resp.StatusCode == http.StatusSwitchingProtocols {
+			release() // no watch, or an upgraded connection that lives on its own
+		} else {
+			resp.Body = &releaseOnClose{ReadCloser: resp.Body, release: release}
+		}
+		if err == nil {
+			resp.Header.Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
+			a.stats(ev.key).observe(time.Since(start))
+			a.requestMetrics(t.svc, route, ev, resp.StatusCode, time.Since(start))
+			grpc := strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc")
+			if grpc && resp.StatusCode != http.StatusSwitchingProtocols {
+				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, record: func(code string) {
+					a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_grpc_responses_total{service=%q,endpoint=%q,grpc_status=%q}`,
+						t.svc, ev.ep.Meta.Name, code)).Inc()
+				}}
+			}
+			a.outcome(sv, ev, resp.StatusCode, false)
+			o := retry.Outcome{Status: resp.StatusCode, RateLimited: resp.Header.Get("X-Envoy-Ratelimited") != ""}
+			if grpc {
+				o.GRPCStatus = resp.Header.Get("Grpc-Status") // a trailers-only response
+			}
+			if resp.StatusCode == http.StatusSwitchingProtocols || !lt.mayRetry(t, pol, req.Method, replayable(), o, retries) {
+				return resp, nil
+			}
+			if kept := keepResponse(resp); kept != nil {
+				last = kept
+			}
+			retries++
+			a.log.Debug("agent: retrying", "service", t.svc, "endpoint", ev.key, "status", resp.StatusCode, "retry", retries)
+			if !sleepBackoff(req.Context(), retries) {
+				return lt.exhausted(last, req.Context().Err())
+			}
+			continue
+		}
+		a.requestMetrics(t.svc, route, ev, 0, time.Since(start))
+		if req.Context().Err() != nil {
+			return nil, err // client gone or request timeout: no retry
+		}
+		var de *dialError
+		o := retry.Outcome{Failure: retry.Reset}
+		switch {
+		case errors.As(err, &de):
+			o.Failure = retry.ConnectFailure
+			a.m.dialFailures.Inc()
+		case errors.Is(err, errPerTryTimeout):
+			o.Failure = retry.Timeout
+			a.outcome(sv, ev, 0, true)
+		case !upstreamFailure(err):
+			return nil, err // about the request, not the endpoint: no ejection, no retry
+		default:
+			if refusedStream(err) {
+				o.Failure = retry.RefusedStream
+			}
+			a.outcome(sv, ev, 0, true)
+		}
+		if o.Failure == retry.ConnectFailure {
+			a.connectFailed(sv, ev) // resets and timeouts only count (outcome above)
+		}
+		a.log.Info("agent: endpoint failed", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
+		if o.Failure == retry.ConnectFailure && dials < maxAttempts-1 && i+1 < len(cands) {
+			dials++
+			continue // nothing was sent: the next endpoint, free
+		}
+		if !lt.mayRetry(t, pol, req.Method, replayable(), o, retries) {
+			return lt.exhausted(last, err)
+		}
+		retries++
+		if !sleepBackoff(req.Context(), retries) {
+			return lt.exhausted(last, err)
+		}
+	}
+}
+
+// mayRetry reports whether an attempt with outcome o is tried again: the
+// policy retries it, retries are left, and the destination service's
+// budget has a token.
+func (lt *lbTransport) mayRetry(t listenTarget, pol retry.Policy, method string, replayable bool, o retry.Outcome, done int) bool {
+	if done >= pol.Retries || !pol.Retry(method, replayable, o) {
+		return false
+	}
+	if !lt.l7.a.retries.Withdraw(t.svc) {
+		lt.l7.a.m.retriesDenied.Inc()
+		return false
+	}
+	return true
+}
+
+// exhausted answers a request whose attempts are over without a response
+// to return: the last upstream response, else the agent's error (no
+// endpoint answered at all).
+func (lt *lbTransport) exhausted(last *http.Response, err error) (*http.Response, error) {
+	if last != nil {
+		return last, nil
+	}
+	if errors.Is(err, errPerTryTimeout) {
+		return nil, err
+	}
+	return nil, fmt.Errorf("all endpoints failed: %w", err)
+}
+
+// keepResponse reads a response about to be retried into memory, so it
+// can still be the answer if no later attempt gets one; nil (and the
+// response closed) when its body is of unknown length (it could stream
+// for ever), too long to keep, or fails.
+func keepResponse(resp *http.Response) *http.Response {
+	defer resp.Body.Close()
+	if resp.ContentLength < 0 || resp.ContentLength > keptResponseLimit {
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, resp.ContentLength+1))
+	if err != nil || int64(len(b)) != resp.ContentLength {
+		return nil
+	}
+	// Read to its end: the trailers are in.
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return nil
+	}
+	kept := *resp
+	kept.Body = io.NopCloser(bytes.NewReader(b))
+	return &kept
+}
+
+// sleepBackoff waits Envoy's jittered back-off before retry n; false if
+// the request ended first.
+func sleepBackoff(ctx context.Context, n int) bool {
+	t := time.NewTimer((retry.Backoff{}).Delay(n))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// refusedStream reports an HTTP/2 stream the endpoint reset with
+// REFUSED_STREAM (it did not process it). net/http's HTTP/2 client
+// reports it only in its error text.
+func refusedStream(err error) bool { return strings.Contains(err.Error(), "REFUSED_STREAM") }
+
+// upstreamFailure reports whether a round-trip error came from the
+// connection to the endpoint (reset, EOF, timeout) rather than from the
+// request itself (a malformed request, a body the client aborted).
+func upstreamFailure(err error) bool {
+	if errors.Is(err, httpproxy.ErrClientBody) || errors.Is(err, errBodyGone) {
+		return false // http.Transport reports a body read error as its own write's
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errNodeDead)
+}
+
+// idempotent methods may be retried after they reached an endpoint (RFC 9110 §9.2.2).
+var idempotent = map[string]bool{"GET": true, "HEAD": true, "OPTIONS": true, "TRACE": true, "PUT": true, "DELETE": true}
+
+// noCloseBody ignores Close; see roundTrip.
+type noCloseBody struct{ io.Reader }
+
+func (noCloseBody) Close() error { return nil }
+
+// errBodyGone: an attempt read a request body that a later attempt took
+// over, or that no longer fits the retry buffer.
+var errBodyGone = errors.New("request body taken over by a retry")
+
+// replayBody keeps the first limit bytes of a request body as attempts
+// read it, so a retry can send the body again from its start. Each
+// attempt reads through its own reader (attempt); a new attempt ends the
+// previous one's reads. Once more than limit bytes were read the body
+// is no longer replayable: the current attempt reads on, no retry
+// follows.
+type replayBody struct {
+	src   io.Reader
+	limit int
+
+	mu       sync.Mutex // guards the following
+	cond     *sync.Cond // signalled when a read of src ends
+	buf      []byte     // src's bytes so far (nil once over)
+	consumed int        // bytes read from src
+	over     bool       // more than limit read: buf dropped
+	eof      bool
+	err      error // src's read error
+	gen      int   // the current attempt
+	reading  bool  // a read of src is in progress
+}
+
+func newReplayBody(src io.Reader, limit int) *replayBody {
+	rb := &replayBody{src: src, limit: limit}
+	rb.cond = sync.NewCond(&rb.mu)
+	return rb
+}
+
+// attempt returns the body for the next attempt, from its start.
+func (rb *replayBody) attempt() io.ReadCloser {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	rb.gen++
+	rb.cond.Broadcast()
+	return &replayReader{rb: rb, gen: rb.gen}
+}
+
+// replayable reports whether another attempt can send the whole body.
+func (rb *replayBody) replayable() bool {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	return !rb.over && rb.err == nil
+}
+
+type replayReader struct {
+	rb       *replayBody
+	gen, pos int
+}
+
+func (r *replayReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	rb := r.rb
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	for {
+		switch {
+		case r.gen != rb.gen:
+			return 0, errBodyGone
+		case r.pos < len(rb.buf):
+			n := copy(p, rb.buf[r.pos:])
+			r.pos += n
+			return n, nil
+		case r.pos < rb.consumed:
+			return 0, errBodyGone // past the buffer: these bytes were not kept
+		case rb.eof:
+			return 0, io.EOF
+		case rb.err != nil:
+			return 0, rb.err
+		case rb.reading:
+			rb.cond.Wait() // an earlier attempt's read: its bytes are kept for this one
+			continue
+		}
+		rb.reading = true
+		rb.mu.Unlock()
+		n, err := rb.src.Read(p)
+		rb.mu.Lock()
+		rb.reading = false
+		rb.cond.Broadcast()
+		if n > 0 {
+			if !rb.over && len(rb.buf)+n <= rb.limit {
+				rb.buf = append(rb.buf, p[:n]...)
+			} else {
+				rb.over, rb.buf = true, nil
+			}
+			rb.consumed += n
+		}
+		if err == io.EOF {
+			rb.eof = true
+		} else if err != nil {
+			rb.err = err
+		}
+		if r.gen != rb.gen {
+			return 0, errBodyGone
+		}
+		r.pos += n
+		if n > 0 && err == io.EOF {
+			err = nil
+		}
+		return n, err
+	}
+}
+
+// Close does nothing: the server closes the client's body.
+func (r *replayReader) Close() error { return nil }
