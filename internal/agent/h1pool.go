@@ -37,6 +37,9 @@ type h1Pool struct {
 	// idleTimeout closes a connection idle this long: l7IdleTimeout of
 	// the service (timeouts.idle, default 90 s).
 	idleTimeout time.Duration
+	// maxUses closes a connection after this many requests (0: no limit):
+	// circuitBreaker.maxRequestsPerConnection.
+	maxUses int
 }
 
 // h1Conn is one upstream connection.
@@ -47,6 +50,7 @@ type h1Conn struct {
 	bw     *bufio.Writer
 	idleAt time.Time
 	reused bool
+	uses   int // requests sent on it
 	// peekNext: the last response had no body by rule (HEAD, 204, 304)
 	// although the endpoint may have sent one; the connection is checked
 	// for stray bytes before it is used again.
@@ -81,7 +85,8 @@ func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *h1Poo
 	hp.mu.Lock()
 	p := hp.pools[key]
 	if p == nil {
-		p = &h1Pool{a: hp.s.a, sv: sv, ev: ev, port: port, all: map[*h1Conn]struct{}{}, idleTimeout: l7IdleTimeout(sv)}
+		p = &h1Pool{a: hp.s.a, sv: sv, ev: ev, port: port, all: map[*h1Conn]struct{}{}, idleTimeout: l7IdleTimeout(sv),
+			maxUses: sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection}
 		if hp.closed {
 			p.closed = true
 		} else {
@@ -93,23 +98,24 @@ func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *h1Poo
 	return p
 }
 
-// h1PoolKey names everything dialing depends on, so a moved endpoint or a
-// changed connect timeout gets a fresh pool.
+// h1PoolKey names everything dialing and reuse depend on, so a moved
+// endpoint or a changed connect timeout gets a fresh pool.
 func h1PoolKey(sv *serviceView, ev *endpointView, port string) string {
 	epPort, _ := ev.ep.Port(port)
-	return fmt.Sprintf("%s|%s|%s|%s|%d|%d|%d", ev.key, port, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)
+	return fmt.Sprintf("%s|%s|%s|%s|%d|%d|%d|%d", ev.key, port, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, l7IdleTimeout(sv),
+		sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection)
 }
 
 // prune closes the pools of endpoints no longer in the view.
 func (hp *h1Path) prune(v *view) {
 	live := map[string]bool{}
-	for _, sv := range v.services {
+	v.eachDestination(func(sv *serviceView) {
 		for _, ev := range sv.endpoints {
 			for _, pt := range ev.ep.Spec.Ports {
 				live[h1PoolKey(sv, ev, pt.Name)] = true
 			}
 		}
-	}
+	})
 	hp.mu.Lock()
 	var dead []*h1Pool
 	for k, p := range hp.pools {
@@ -296,6 +302,7 @@ func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
+		pc.uses++
 		resp, err := pc.roundTrip(req)
 		if err == nil {
 			return resp, nil
@@ -517,7 +524,7 @@ func (b *h1Body) finish(eof bool) {
 	// Reused only if the response was framed exactly: read to its end and
 	// nothing after it (a body on a HEAD response, bytes beyond its
 	// length) would be read as the next client's response.
-	reuse := eof && !b.close && b.pc.br.Buffered() == 0
+	reuse := eof && !b.close && b.pc.br.Buffered() == 0 && (b.pc.p.maxUses <= 0 || b.pc.uses < b.pc.p.maxUses)
 	if b.stop != nil && !b.stop() {
 		reuse = false // the context fired: the deadline poisoned the connection
 	}

@@ -214,15 +214,15 @@ func (s *l7) close() {
 func (s *l7) pruneTransports(v *view) {
 	s.h1.prune(v)
 	live := map[string]bool{}
-	for _, sv := range v.services {
+	v.eachDestination(func(sv *serviceView) {
 		for _, ev := range sv.endpoints {
 			for _, p := range ev.ep.Spec.Ports {
 				for _, proto := range []string{"http", "http2", "grpc"} {
-					live[fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d", ev.key, p.Name, proto, ev.mesh, ev.ep.Spec.Address, p.Port, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)] = true
+					live[transportKey(sv, ev, p.Name, proto, p.Port)] = true
 				}
 			}
 		}
-	}
+	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, t := range s.transports {
@@ -318,7 +318,7 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 	// Everything the dial closes over is in the key, so a moved endpoint
 	// or a changed timeout gets a fresh pool (pruneTransports drops the old).
 	epPort, _ := ev.ep.Port(port)
-	key := fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)
+	key := transportKey(sv, ev, port, proto, epPort)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t := s.transports[key]; t != nil {
@@ -336,7 +336,10 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     l7IdleTimeout(sv),
-		DisableCompression:  true, // pass Content-Encoding through, as nginx does
+		// maxRequestsPerConnection 1: no keep-alive. Larger values are
+		// counted on the HTTP/1.1 fast path's pools only (h1Pool).
+		DisableKeepAlives:  sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection == 1,
+		DisableCompression: true, // pass Content-Encoding through, as nginx does
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := a.dialEndpoint(ctx, sv, ev, port)
 			if err != nil {
@@ -347,6 +350,12 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 	}
 	s.transports[key] = t
 	return t
+}
+
+// transportKey names everything an endpoint's transport depends on.
+func transportKey(sv *serviceView, ev *endpointView, port, proto string, epPort int) string {
+	return fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d|%t", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, l7IdleTimeout(sv),
+		sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection == 1)
 }
 
 // lbTransport picks an endpoint for every request, nearest tier first, and
@@ -402,7 +411,6 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			return resp, err
 		}
 	}
-	cands := a.pick(sv, t.port)
 	retries, timeout := sv.svc.Spec.Retries, time.Duration(sv.svc.Spec.Timeouts.Request)
 	if class != nil {
 		if class.Timeout > 0 {
@@ -412,6 +420,8 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			retries = *class.Retries
 		}
 	}
+	svcView := sv // the service's view; sv becomes the destination's
+	var subsetLabels map[string]string
 	if rule != nil {
 		b := rule.Backends[weightedBackend(rule.Backends)]
 		if b.Subset != "" {
@@ -419,7 +429,10 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			if !ok {
 				return nil, fmt.Errorf("%w: subset %q of %s is not defined by a DestinationPolicy", errNoEndpoint, b.Subset, t.svc)
 			}
-			cands = withLabels(cands, labels)
+			subsetLabels = labels
+			// The subset's traffic policy from here on: balancer, outlier
+			// detection, circuit breaker, pools (policy.go).
+			sv = effectivePolicy(sv, b.Subset)
 		}
 		if rule.Timeout > 0 {
 			timeout = time.Duration(rule.Timeout)
@@ -428,13 +441,17 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			retries = *rule.Retries
 		}
 	}
+	cands := a.pick(sv, t.port)
+	if subsetLabels != nil {
+		cands = withLabels(cands, subsetLabels)
+	}
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint
 	}
 	// The circuit breaker: a slot, or a place in the queue for at most
 	// the request timeout, which the wait then counts against.
-	timeout, releaseSlot, err := lt.l7.limitRequest(req.Context(), t.svc, sv.svc.Spec.CircuitBreaker, timeout)
+	timeout, releaseSlot, err := lt.l7.limitRequest(req.Context(), sv, t.proto, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -444,7 +461,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 	// header arrives.
 	tb := armBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), timeout)
 	if rule != nil && rule.Mirror != nil {
-		req = lt.mirror(req, sv, t, rule.Mirror, timeout)
+		req = lt.mirror(req, svcView, t, rule.Mirror, timeout)
 	}
 	if hashBalanced(sv) {
 		if key := hashKeyOf(req, sv.svc.Spec.HashKey); key != "" {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -635,8 +636,15 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 			labels[k] = fmt.Sprint(v)
 		}
 		delete(sm, "labels")
+		sub := Subset{Name: sname, Labels: labels}
+		if stp := obj(sm["trafficPolicy"]); stp != nil {
+			delete(sm, "trafficPolicy")
+			if sub.Policy, err = w.subsetPolicy(name, ns, host, sp, stp); err != nil {
+				return nil, err
+			}
+		}
 		w.leftovers(sp, sm)
-		p.Spec.Subsets = append(p.Spec.Subsets, Subset{Name: sname, Labels: labels})
+		p.Spec.Subsets = append(p.Spec.Subsets, sub)
 	}
 	if tp := cloneMap(obj(spec["trafficPolicy"])); tp != nil {
 		delete(spec, "trafficPolicy")
@@ -716,28 +724,135 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 		if cp := cloneMap(obj(tp["connectionPool"])); cp != nil {
 			delete(tp, "connectionPool")
 			cb := &CircuitBreaker{}
-			if tcp := cloneMap(obj(cp["tcp"])); tcp != nil {
-				delete(cp, "tcp")
-				if v, ok := take[float64](tcp, "maxConnections"); ok {
-					cb.MaxConnections = int(v)
-				}
-				w.leftovers("spec.trafficPolicy.connectionPool.tcp", tcp)
-			}
-			if h := cloneMap(obj(cp["http"])); h != nil {
-				delete(cp, "http")
-				if v, ok := take[float64](h, "http2MaxRequests"); ok {
-					cb.MaxRequests = int(v)
-				}
-				if v, ok := take[float64](h, "http1MaxPendingRequests"); ok {
-					cb.MaxPendingRequests = int(v)
-				}
-				w.leftovers("spec.trafficPolicy.connectionPool.http", h)
+			if err := w.connectionPool(cp, cb); err != nil {
+				return nil, err
 			}
 			w.leftovers("spec.trafficPolicy.connectionPool", cp)
 			p.Spec.CircuitBreaker = cb
 		}
 		w.leftovers("spec.trafficPolicy", tp)
 	}
+	inheritPool(p)
 	w.leftovers("spec", spec)
 	return []Object{p}, nil
+}
+
+// subsetPolicy translates subsets[i].trafficPolicy as the top-level one
+// (the same code, so every field means the same in both places), with the
+// warnings and errors naming the subset's fields.
+func (w *walker) subsetPolicy(name, ns, host, path string, tp map[string]any) (*DestinationPolicySpec, error) {
+	rebase := func(s string) string {
+		if rest, ok := strings.CutPrefix(s, "spec.trafficPolicy"); ok {
+			return path + ".trafficPolicy" + rest
+		}
+		return s
+	}
+	sub := &walker{opts: w.opts}
+	objs, err := sub.destinationRule(name, ns, map[string]any{"host": host, "trafficPolicy": tp})
+	if err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			fe.Field = rebase(fe.Field)
+		}
+		return nil, err
+	}
+	for _, m := range sub.warnings {
+		w.warnings = append(w.warnings, rebase(m))
+	}
+	ps := objs[0].(*DestinationPolicy).Spec
+	ps.Service = ""
+	return &ps, nil
+}
+
+// inheritPool gives every subset without a connectionPool of its own the
+// DestinationRule's: Istio makes each subset a cluster of its own, with
+// its own circuit breaker counters (a route splitting between v1 and v2
+// under maxConnections 1 may have one connection to each).
+func inheritPool(p *DestinationPolicy) {
+	if p.Spec.CircuitBreaker == nil {
+		return
+	}
+	for i := range p.Spec.Subsets {
+		s := &p.Spec.Subsets[i]
+		if s.Policy == nil {
+			s.Policy = &DestinationPolicySpec{}
+		}
+		if s.Policy.CircuitBreaker == nil {
+			cb := *p.Spec.CircuitBreaker
+			s.Policy.CircuitBreaker = &cb
+		}
+	}
+}
+
+// connectionPool translates trafficPolicy.connectionPool into cb, with
+// Envoy's circuit breaker semantics (see CircuitBreaker).
+func (w *walker) connectionPool(cp map[string]any, cb *CircuitBreaker) error {
+	const f = "spec.trafficPolicy.connectionPool"
+	count := func(m map[string]any, key, path string) (int, error) {
+		v, ok := take[float64](m, key)
+		if !ok {
+			return 0, nil
+		}
+		if v < 0 || v != float64(int(v)) {
+			return 0, fieldErr(path+"."+key, "%v is not a count", v)
+		}
+		return int(v), nil
+	}
+	duration := func(m map[string]any, key, path string) (Duration, error) {
+		v, ok := take[string](m, key)
+		if !ok {
+			return 0, nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return 0, fieldErr(path+"."+key, "%q is not a duration", v)
+		}
+		return Duration(d), nil
+	}
+	var err error
+	if tcp := cloneMap(obj(cp["tcp"])); tcp != nil {
+		delete(cp, "tcp")
+		p := f + ".tcp"
+		if cb.MaxConnections, err = count(tcp, "maxConnections", p); err != nil {
+			return err
+		}
+		if cb.ConnectTimeout, err = duration(tcp, "connectTimeout", p); err != nil {
+			return err
+		}
+		if _, ok := tcp["tcpKeepalive"]; ok {
+			delete(tcp, "tcpKeepalive")
+			w.warnings = append(w.warnings, p+".tcpKeepalive is ignored: connections keep Go's default TCP keepalive (15 s idle, 15 s interval, 9 probes)")
+		}
+		w.leftovers(p, tcp)
+	}
+	if h := cloneMap(obj(cp["http"])); h != nil {
+		delete(cp, "http")
+		p := f + ".http"
+		if cb.MaxRequests, err = count(h, "http2MaxRequests", p); err != nil {
+			return err
+		}
+		if cb.MaxPendingRequests, err = count(h, "http1MaxPendingRequests", p); err != nil {
+			return err
+		}
+		if cb.MaxRequestsPerConnection, err = count(h, "maxRequestsPerConnection", p); err != nil {
+			return err
+		}
+		if cb.IdleTimeout, err = duration(h, "idleTimeout", p); err != nil {
+			return err
+		}
+		if _, ok := h["maxRetries"]; ok {
+			delete(h, "maxRetries")
+			w.warnings = append(w.warnings, p+".maxRetries is ignored: fogmesh bounds retries by a budget per destination instead (at most 20% of its requests)")
+		}
+		w.leftovers(p, h)
+	}
+	// Envoy's pending requests wait for a connection; fogmesh's for a
+	// request slot, which on http ports is also a connection.
+	if cb.MaxRequests > 0 && cb.MaxPendingRequests > 0 && (cb.MaxConnections == 0 || cb.MaxRequests < cb.MaxConnections) {
+		w.warnings = append(w.warnings, f+".http: requests over http2MaxRequests wait in the http1MaxPendingRequests queue (Envoy answers them 503 at once)")
+	}
+	if cb.MaxConnections > 0 && cb.MaxPendingRequests == 0 {
+		w.warnings = append(w.warnings, f+".http.http1MaxPendingRequests is unset: on http ports no request waits for one of the maxConnections (Istio's default: no bound)")
+	}
+	return nil
 }

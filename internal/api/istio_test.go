@@ -51,8 +51,8 @@ func TestIstioCanaryTranslation(t *testing.T) {
 		t.Fatalf("circuit breaker %+v", p.Spec.CircuitBreaker)
 	}
 	all := strings.Join(warnings, "\n")
-	if len(warnings) != 1 || !strings.Contains(all, "spec.trafficPolicy.tls is not supported") {
-		t.Errorf("want exactly the tls warning, got:\n%s", all)
+	if len(warnings) != 2 || !strings.Contains(all, "spec.trafficPolicy.tls is not supported") || !strings.Contains(all, "over http2MaxRequests wait") {
+		t.Errorf("want exactly the tls and the pending queue warnings, got:\n%s", all)
 	}
 }
 

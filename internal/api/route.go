@@ -175,6 +175,13 @@ type DestinationPolicySpec struct {
 type Subset struct {
 	Name   string            `json:"name"`
 	Labels map[string]string `json:"labels"`
+	// Policy overrides the policy's own settings (balancer, hashKey,
+	// minHealthyShare, outlierDetection, circuitBreaker: each, when set,
+	// replaces the policy's whole) for requests a route sends to this
+	// subset (Istio's subsets[].trafficPolicy). A subset with its own
+	// circuitBreaker has its own counters. service and subsets must be
+	// empty.
+	Policy *DestinationPolicySpec `json:"policy,omitempty"`
 }
 
 func (r *Route) GetMeta() *Meta             { return &r.Meta }
@@ -423,17 +430,33 @@ func (p *DestinationPolicy) Validate() error {
 		if len(s.Labels) == 0 {
 			return fieldErr(f+".labels", "at least one label is required")
 		}
+		if sp := s.Policy; sp != nil {
+			if sp.Service != "" {
+				return fieldErr(f+".policy.service", "not allowed in a subset's policy")
+			}
+			if len(sp.Subsets) > 0 {
+				return fieldErr(f+".policy.subsets", "not allowed in a subset's policy")
+			}
+			if err := sp.validateOverrides(f + ".policy"); err != nil {
+				return err
+			}
+		}
 	}
-	switch p.Spec.Balancer {
+	return p.Spec.validateOverrides("spec")
+}
+
+// validateOverrides checks the settings a policy (or a subset's) overrides.
+func (s *DestinationPolicySpec) validateOverrides(f string) error {
+	switch s.Balancer {
 	case "", "edge-aware", "round-robin", "least-conn", "random", "consistent-hash", "maglev":
 	default:
-		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random, consistent-hash, maglev", p.Spec.Balancer)
+		return fieldErr(f+".balancer", "%q is not one of edge-aware, round-robin, least-conn, random, consistent-hash, maglev", s.Balancer)
 	}
-	if p.Spec.MinHealthyShare < 0 || p.Spec.MinHealthyShare > 1 {
-		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", p.Spec.MinHealthyShare)
+	if s.MinHealthyShare < 0 || s.MinHealthyShare > 1 {
+		return fieldErr(f+".minHealthyShare", "%g is not within 0 and 1", s.MinHealthyShare)
 	}
-	if cb := p.Spec.CircuitBreaker; cb != nil {
-		if err := cb.validate("spec.circuitBreaker"); err != nil {
+	if cb := s.CircuitBreaker; cb != nil {
+		if err := cb.validate(f + ".circuitBreaker"); err != nil {
 			return err
 		}
 	}

@@ -309,5 +309,14 @@ func (cb *CircuitBreaker) validate(f string) error {
 	if cb.MaxPendingRequests < 0 {
 		return fieldErr(f+".maxPendingRequests", "must not be negative")
 	}
+	if cb.MaxRequestsPerConnection < 0 {
+		return fieldErr(f+".maxRequestsPerConnection", "must not be negative")
+	}
+	if cb.ConnectTimeout < 0 {
+		return fieldErr(f+".connectTimeout", "must not be negative")
+	}
+	if cb.IdleTimeout < 0 {
+		return fieldErr(f+".idleTimeout", "must not be negative")
+	}
 	return nil
 }
