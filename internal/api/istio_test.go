@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestIstioCanaryTranslation(t *testing.T) {
@@ -380,5 +381,99 @@ func TestRouteUnmatchedValidation(t *testing.T) {
 	r.Spec.Rules = []RouteRule{{Match: []RouteMatch{{QueryParams: map[string]StringMatch{"": {}}}}, Backends: []RouteBackend{{}}}}
 	if err := r.Validate(); err == nil || !strings.Contains(err.Error(), "queryParams") {
 		t.Errorf("empty query parameter name: %v", err)
+	}
+}
+
+// TestIstioConnectionPool: every connectionPool field is translated or
+// warned, with Envoy's circuit breaker semantics (issue 11, item 4).
+func TestIstioConnectionPool(t *testing.T) {
+	objs, warnings, err := DecodeWithWarnings([]byte(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin, namespace: shop}
+spec:
+  host: httpbin
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1, connectTimeout: 250ms, tcpKeepalive: {time: 7200s, interval: 75s}}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 3, http2MaxRequests: 5, maxRetries: 2, idleTimeout: 40s}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := objs[0].(*DestinationPolicy).Spec.CircuitBreaker
+	want := CircuitBreaker{MaxConnections: 1, MaxRequests: 5, MaxPendingRequests: 1, MaxRequestsPerConnection: 3,
+		ConnectTimeout: Duration(250 * time.Millisecond), IdleTimeout: Duration(40 * time.Second)}
+	if cb == nil || *cb != want {
+		t.Fatalf("circuit breaker %+v, want %+v", cb, want)
+	}
+	all := strings.Join(warnings, "\n")
+	for _, w := range []string{"connectionPool.tcp.tcpKeepalive is ignored", "connectionPool.http.maxRetries is ignored"} {
+		if !strings.Contains(all, w) {
+			t.Errorf("no warning %q in:\n%s", w, all)
+		}
+	}
+	if len(warnings) != 2 {
+		t.Errorf("want 2 warnings, got:\n%s", all)
+	}
+	for _, bad := range []string{"tcp: {maxConnections: -1}", "tcp: {connectTimeout: soon}", "http: {maxRequestsPerConnection: 1.5}"} {
+		_, _, err := DecodeWithWarnings([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: h\n  trafficPolicy:\n    connectionPool:\n      " + bad + "\n"))
+		if err == nil || !strings.Contains(err.Error(), "spec.trafficPolicy.connectionPool.") {
+			t.Errorf("%s: err %v, want one naming the field", bad, err)
+		}
+	}
+}
+
+// TestIstioSubsetTrafficPolicy: a subset's trafficPolicy is translated as
+// the top-level one, into the subset's policy; subsets without a
+// connectionPool of their own inherit the top-level one (each subset is a
+// cluster with its own counters in Istio).
+func TestIstioSubsetTrafficPolicy(t *testing.T) {
+	objs, warnings, err := DecodeWithWarnings([]byte(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+    connectionPool: {tcp: {maxConnections: 100}, http: {http1MaxPendingRequests: 10}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+      connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+      outlierDetection: {consecutive5xxErrors: 2}
+      portLevelSettings: [{port: {number: 80}}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := objs[0].(*DestinationPolicy)
+	if p.Spec.Balancer != "consistent-hash" || p.Spec.CircuitBreaker == nil || p.Spec.CircuitBreaker.MaxConnections != 100 {
+		t.Fatalf("top level %+v", p.Spec)
+	}
+	v1, v2 := p.Spec.Subsets[0].Policy, p.Spec.Subsets[1].Policy
+	if v1 == nil || v1.Balancer != "" || v1.CircuitBreaker == nil || *v1.CircuitBreaker != *p.Spec.CircuitBreaker || v1.CircuitBreaker == p.Spec.CircuitBreaker {
+		t.Fatalf("v1 inherits a copy of the pool and nothing else: %+v", v1)
+	}
+	if v2 == nil || v2.Service != "" || v2.Balancer != "round-robin" || v2.CircuitBreaker == nil ||
+		*v2.CircuitBreaker != (CircuitBreaker{MaxConnections: 1, MaxPendingRequests: 1}) ||
+		v2.OutlierDetection == nil || v2.OutlierDetection.ConsecutiveErrors != 2 {
+		t.Fatalf("v2 policy %+v", v2)
+	}
+	all := strings.Join(warnings, "\n")
+	if len(warnings) != 1 || !strings.Contains(all, "spec.subsets[1].trafficPolicy.portLevelSettings is not supported") {
+		t.Errorf("want only the portLevelSettings warning naming the subset, got:\n%s", all)
+	}
+	_, _, err = DecodeWithWarnings([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: h\n  subsets:\n  - name: a\n    labels: {v: a}\n    trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}\n"))
+	if err == nil || !strings.Contains(err.Error(), "spec.subsets[0].trafficPolicy.loadBalancer.simple") {
+		t.Errorf("err %v, want one naming the subset's field", err)
+	}
+	// A subset's policy in a fogmesh document is validated like the top level.
+	_, err = Decode([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"DestinationPolicy","metadata":{"name":"p"},"spec":{"service":"s","subsets":[{"name":"v1","labels":{"v":"1"},"policy":{"balancer":"fastest"}}]}}`))
+	if err == nil || !strings.Contains(err.Error(), "spec.subsets[0].policy.balancer") {
+		t.Errorf("err %v, want one naming spec.subsets[0].policy.balancer", err)
 	}
 }
