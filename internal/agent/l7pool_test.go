@@ -1,0 +1,485 @@
+package agent
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+)
+
+// gateBackend answers its name over HTTP/1.1 and h2c once its gate is
+// open, and records what the test checks: requests in flight (now and at
+// most), the client connections that carried requests, and those closed.
+type gateBackend struct {
+	name string
+	port int
+	gate chan struct{}
+
+	mu          sync.Mutex
+	inflight    int
+	maxInflight int
+	conns       map[string]bool // remote addresses that carried requests
+	closed      map[string]bool // remote addresses closed
+}
+
+func startGateBackend(t *testing.T, name string) *gateBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &gateBackend{name: name, port: ln.Addr().(*net.TCPAddr).Port, gate: make(chan struct{}),
+		conns: map[string]bool{}, closed: map[string]bool{}}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		b.inflight++
+		b.maxInflight = max(b.maxInflight, b.inflight)
+		b.conns[r.RemoteAddr] = true
+		b.mu.Unlock()
+		select {
+		case <-b.gate:
+		case <-r.Context().Done():
+		}
+		b.mu.Lock()
+		b.inflight--
+		b.mu.Unlock()
+		io.WriteString(w, name)
+	}), ConnState: func(c net.Conn, st http.ConnState) {
+		if st == http.StateClosed || st == http.StateHijacked {
+			b.mu.Lock()
+			b.closed[c.RemoteAddr().String()] = true
+			b.mu.Unlock()
+		}
+	}}
+	go srv.Serve(ln)
+	t.Cleanup(func() { b.open(); srv.Close() })
+	return b
+}
+
+// open lets every request through, now and from now on.
+func (b *gateBackend) open() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case <-b.gate:
+	default:
+		close(b.gate)
+	}
+}
+
+func (b *gateBackend) stats() (inflight, maxInflight, conns int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.inflight, b.maxInflight, len(b.conns)
+}
+
+// burst is n concurrent requests whose answers are counted as they come.
+type burst struct {
+	mu       sync.Mutex
+	codes    map[int]int
+	overflow int // 503 with X-Fogmesh-Overflow
+	bodies   map[string]int
+	wg       sync.WaitGroup
+}
+
+func fireBurst(t *testing.T, c *http.Client, url string, hdr http.Header, n int) *burst {
+	b := &burst{codes: map[int]int{}, bodies: map[string]int{}}
+	for i := 0; i < n; i++ {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			req, _ := http.NewRequest("GET", url, nil)
+			for k, v := range hdr {
+				req.Header[k] = v
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.codes[resp.StatusCode]++
+			if resp.StatusCode == 503 && resp.Header.Get("X-Fogmesh-Overflow") == "true" {
+				b.overflow++
+			}
+			if resp.StatusCode == 200 {
+				b.bodies[string(body)]++
+			}
+		}()
+	}
+	return b
+}
+
+func (b *burst) overflows() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.overflow
+}
+
+func (b *burst) done() (codes map[int]int, bodies map[string]int) {
+	b.wg.Wait()
+	return b.codes, b.bodies
+}
+
+// poolCase is one service of TestIstioConnectionPool: its Istio documents
+// (SVC is the service's name) and its endpoints, by version.
+type poolCase struct {
+	svc      string
+	proto    string
+	docs     string
+	backends map[string][]string // version -> backend names
+}
+
+// TestIstioConnectionPool runs Istio DestinationRules with connectionPool
+// settings and subset traffic policies through a real agent, against
+// backends that hold every request until the test opens their gate, so
+// what is in flight is known without timing (issue 11, items 4 and 8).
+func TestIstioConnectionPool(t *testing.T) {
+	cases := []poolCase{
+		// Istio's circuit breaking task: maxConnections 1,
+		// http1MaxPendingRequests 1, maxRequestsPerConnection 1.
+		{svc: "cbex", proto: "http", docs: `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: SVC, namespace: demo}
+spec:
+  host: SVC
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
+`, backends: map[string][]string{"v1": {"cbex-1"}}},
+		// http2MaxRequests on an http2 port; maxConnections does not
+		// bound multiplexed requests there.
+		{svc: "h2max", proto: "http2", docs: `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: SVC, namespace: demo}
+spec:
+  host: SVC
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http2MaxRequests: 3}}
+`, backends: map[string][]string{"v1": {"h2max-1"}}},
+		// A subset's connectionPool overrides the DestinationRule's (v2
+		// limited, v1 not); a subset's loadBalancer overrides the
+		// DestinationRule's (v2 round robin, v1 hashed by x-user).
+		{svc: "subpol", proto: "http", docs: `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: SVC, namespace: demo}
+spec:
+  hosts: [SVC]
+  http:
+  - match: [{headers: {x-v: {exact: "2"}}}]
+    route: [{destination: {host: SVC, subset: v2}}]
+  - route: [{destination: {host: SVC, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: SVC, namespace: demo}
+spec:
+  host: SVC
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+      connectionPool: {tcp: {maxConnections: 1}}
+`, backends: map[string][]string{"v1": {"subpol-v1a", "subpol-v1b"}, "v2": {"subpol-v2a", "subpol-v2b"}}},
+		// A top-level pool is counted per subset, as Istio's per-subset
+		// clusters: one in flight to each.
+		{svc: "subcnt", proto: "http", docs: `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: SVC, namespace: demo}
+spec:
+  hosts: [SVC]
+  http:
+  - match: [{headers: {x-v: {exact: "2"}}}]
+    route: [{destination: {host: SVC, subset: v2}}]
+  - route: [{destination: {host: SVC, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: SVC, namespace: demo}
+spec:
+  host: SVC
+  trafficPolicy:
+    connectionPool: {http: {http2MaxRequests: 1}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+`, backends: map[string][]string{"v1": {"subcnt-v1"}, "v2": {"subcnt-v2"}}},
+		// maxRequestsPerConnection and idleTimeout of the upstream pool.
+		{svc: "perconn", proto: "http", docs: `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: SVC, namespace: demo}
+spec:
+  host: SVC
+  trafficPolicy:
+    connectionPool: {http: {maxRequestsPerConnection: 2}}
+`, backends: map[string][]string{"v1": {"perconn-1"}}},
+		{svc: "idle", proto: "http", docs: `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: SVC, namespace: demo}
+spec:
+  host: SVC
+  trafficPolicy:
+    connectionPool: {http: {idleTimeout: 200ms}}
+`, backends: map[string][]string{"v1": {"idle-1"}}},
+	}
+	cp := startControl(t, t.TempDir(), "")
+	backends := map[string]*gateBackend{}
+	var workloads []Workload
+	for i, c := range cases {
+		apply(t, cp, httpSvcDocLB(c.svc, 19520+i, c.proto, "round-robin"))
+		apply(t, cp, strings.ReplaceAll(c.docs, "SVC", c.svc))
+		for version, names := range c.backends {
+			for _, name := range names {
+				b := startGateBackend(t, name)
+				backends[name] = b
+				w := webWorkload(c.svc, name, b.port)
+				w.Labels = map[string]string{"version": version}
+				workloads = append(workloads, w)
+			}
+		}
+	}
+	a := startAgent(t, agentOpts{name: "pool", site: "s1", region: "r1", vipOctet: 222, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: workloads})
+	waitFor(t, "endpoints and policies", func() bool {
+		v := a.view.Load()
+		for _, c := range cases {
+			n := 0
+			for _, names := range c.backends {
+				n += len(names)
+			}
+			sv := v.services["demo/"+c.svc]
+			if sv == nil || len(sv.endpoints) != n || sv.subsets == nil {
+				return false
+			}
+		}
+		return true
+	})
+	url := func(i int) string {
+		vip := api.VIPFor(netip.MustParsePrefix("127.222.0.0/16"), a.view.Load().services["demo/"+cases[i].svc].svc.Status.VIPIndex)
+		return fmt.Sprintf("http://%s:%d/", vip, 19520+i)
+	}
+	newClient := func() *http.Client {
+		tr := &http.Transport{MaxIdleConnsPerHost: 16}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	}
+	c := newClient()
+	// Listeners up (a connection, no request: the backends count
+	// requests).
+	for i := range cases {
+		addr := strings.TrimSuffix(strings.TrimPrefix(url(i), "http://"), "/")
+		waitFor(t, "listener "+addr, func() bool {
+			conn, err := net.Dial("tcp", addr)
+			if err == nil {
+				conn.Close()
+			}
+			return err == nil
+		})
+	}
+	for _, name := range []string{"perconn-1", "idle-1"} {
+		backends[name].open()
+	}
+	metric := func(name string) string {
+		var sb strings.Builder
+		a.cfg.Metrics.WritePrometheus(&sb)
+		for _, l := range strings.Split(sb.String(), "\n") {
+			if strings.HasPrefix(l, name+" ") {
+				return strings.TrimPrefix(l, name+" ")
+			}
+		}
+		return "0"
+	}
+
+	t.Run("istio circuit breaking example", func(t *testing.T) {
+		b := backends["cbex-1"]
+		defer b.open() // a failed wait lets the requests end
+		// 4 concurrent clients: one request in flight (one connection),
+		// one pending, two overflow at once.
+		r := fireBurst(t, c, url(0), nil, 4)
+		waitFor(t, "1 in flight at the backend and 2 overflows", func() bool {
+			in, _, _ := b.stats()
+			return in == 1 && r.overflows() == 2
+		})
+		b.open()
+		codes, _ := r.done()
+		if _, most, _ := b.stats(); most != 1 || codes[200] != 2 || codes[503] != 2 {
+			t.Fatalf("got %v with at most %d in flight at the backend; want 2×200, 2×503 and 1", codes, most)
+		}
+		// 20 more from 4 clients: never more than 1 in flight, every
+		// answer 200 or the overflow 503, and overflows counted.
+		before := metric(`fogmesh_agent_circuit_breaker_rejections_total{service="demo/cbex",subset="",reason="pending_full"}`)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		all := map[int]int{}
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < 5; j++ {
+					resp, err := c.Get(url(0))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					resp.Body.Close()
+					mu.Lock()
+					all[resp.StatusCode]++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if _, most, _ := b.stats(); most != 1 || all[200]+all[503] != 20 || all[200] == 0 {
+			t.Fatalf("20 requests: %v, at most %d in flight at the backend", all, most)
+		}
+		after := metric(`fogmesh_agent_circuit_breaker_rejections_total{service="demo/cbex",subset="",reason="pending_full"}`)
+		if before != "2" || after != fmt.Sprint(2+all[503]) {
+			t.Errorf("pending_full overflows counted %s then %s, want 2 then %d", before, after, 2+all[503])
+		}
+	})
+
+	t.Run("http2MaxRequests on an http2 port", func(t *testing.T) {
+		b := backends["h2max-1"]
+		defer b.open()
+		r := fireBurst(t, c, url(1), nil, 6)
+		waitFor(t, "3 in flight at the backend and 3 overflows", func() bool {
+			in, _, _ := b.stats()
+			return in == 3 && r.overflows() == 3
+		})
+		b.open()
+		codes, _ := r.done()
+		if _, most, _ := b.stats(); most != 3 || codes[200] != 3 || codes[503] != 3 {
+			t.Fatalf("got %v with at most %d in flight; want 3×200, 3×503 and 3", codes, most)
+		}
+	})
+
+	t.Run("subset connectionPool and loadBalancer override the top level", func(t *testing.T) {
+		v2 := http.Header{"X-V": {"2"}}
+		for _, name := range []string{"subpol-v1a", "subpol-v1b", "subpol-v2a", "subpol-v2b"} {
+			defer backends[name].open()
+		}
+		// v2: maxConnections 1, nothing pending: 3 of 4 overflow.
+		r2 := fireBurst(t, c, url(2), v2, 4)
+		// v1: no limit: all 4 reach its backends.
+		r1 := fireBurst(t, c, url(2), http.Header{"X-User": {"u1"}}, 4)
+		waitFor(t, "v2: 1 in flight and 3 overflows; v1: 4 in flight", func() bool {
+			a, _, _ := backends["subpol-v2a"].stats()
+			b, _, _ := backends["subpol-v2b"].stats()
+			c, _, _ := backends["subpol-v1a"].stats()
+			d, _, _ := backends["subpol-v1b"].stats()
+			return a+b == 1 && r2.overflows() == 3 && c+d == 4
+		})
+		for _, b := range backends {
+			if strings.HasPrefix(b.name, "subpol-") {
+				b.open()
+			}
+		}
+		if codes, _ := r2.done(); codes[200] != 1 || codes[503] != 3 {
+			t.Errorf("v2: %v", codes)
+		}
+		codes, bodies := r1.done()
+		if codes[200] != 4 || len(bodies) != 1 {
+			t.Errorf("v1, hashed by x-user: %v from %v, want 4×200 from one endpoint", codes, bodies)
+		}
+		if got := metric(`fogmesh_agent_circuit_breaker_rejections_total{service="demo/subpol",subset="v2",reason="max_requests"}`); got != "3" {
+			t.Errorf("v2 overflows counted %s, want 3", got)
+		}
+		// One user, one at a time: v1 keeps its endpoint (the DestinationRule's
+		// consistent hash), v2 goes round robin over both of its.
+		seen := map[string]map[string]int{}
+		for _, hdr := range []http.Header{{"X-User": {"u7"}}, {"X-User": {"u7"}, "X-V": {"2"}}} {
+			for j := 0; j < 20; j++ {
+				req, _ := http.NewRequest("GET", url(2), nil)
+				req.Header = hdr
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				v := hdr.Get("X-V")
+				if seen[v] == nil {
+					seen[v] = map[string]int{}
+				}
+				seen[v][fmt.Sprintf("%d %s", resp.StatusCode, body)]++
+			}
+		}
+		if len(seen[""]) != 1 || len(seen["2"]) != 2 {
+			t.Errorf("v1 (hashed) got %v, want one endpoint; v2 (round robin) got %v, want both", seen[""], seen["2"])
+		}
+	})
+
+	t.Run("a top-level pool counts per subset", func(t *testing.T) {
+		defer backends["subcnt-v1"].open()
+		defer backends["subcnt-v2"].open()
+		r1 := fireBurst(t, c, url(3), nil, 3)
+		r2 := fireBurst(t, c, url(3), http.Header{"X-V": {"2"}}, 3)
+		waitFor(t, "1 in flight at each subset, 2 overflows each", func() bool {
+			a, _, _ := backends["subcnt-v1"].stats()
+			b, _, _ := backends["subcnt-v2"].stats()
+			return a == 1 && b == 1 && r1.overflows() == 2 && r2.overflows() == 2
+		})
+		backends["subcnt-v1"].open()
+		backends["subcnt-v2"].open()
+		r1.done()
+		r2.done()
+	})
+
+	t.Run("maxRequestsPerConnection", func(t *testing.T) {
+		for j := 0; j < 6; j++ {
+			resp, err := c.Get(url(4))
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+		}
+		// The listener check above sent none: 6 requests, 2 a connection.
+		if _, _, conns := backends["perconn-1"].stats(); conns != 3 {
+			t.Fatalf("6 sequential requests used %d upstream connections, want 3", conns)
+		}
+	})
+
+	t.Run("idleTimeout", func(t *testing.T) {
+		resp, err := c.Get(url(5))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		b := backends["idle-1"]
+		waitFor(t, "the idle upstream connection closed", func() bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			for addr := range b.conns {
+				if !b.closed[addr] {
+					return false
+				}
+			}
+			return len(b.conns) == 1
+		})
+	})
+}
