@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +24,7 @@ type reqLimiter struct {
 	mu       sync.Mutex // guards the following
 	inflight int
 	waiters  []chan struct{} // closed when handed a slot
+	requests int             // in flight under an Envoy-style cap (limits)
 }
 
 // Overflow reasons, the reason label of
@@ -111,15 +113,15 @@ func (l *reqLimiter) releaseLocked(maxRequests int) {
 
 // limitRequest applies the circuit breaker of the destination sv (a
 // service's view or a subset's, effectivePolicy) to a request on a port of
-// protocol proto: requestSlots, and MaxPendingRequests. It returns what is
-// left of the request timeout after the wait (0: none) and a release func,
-// or an error: errOverflow when refused, a deadline error when the wait
-// used the whole timeout. Refusals are counted in
+// protocol proto: slots with a pending queue (limits), and with Envoy's
+// semantics a cap on requests in flight checked once a slot is held. It
+// returns what is left of the request timeout after the wait (0: none) and
+// a release func, or an error: errOverflow when refused, a deadline error
+// when the wait used the whole timeout. Refusals are counted in
 // fogmesh_agent_circuit_breaker_rejections_total.
 func (s *l7) limitRequest(ctx context.Context, sv *serviceView, proto string, timeout time.Duration) (time.Duration, func(), error) {
-	cb := sv.svc.Spec.CircuitBreaker
-	slots := requestSlots(cb, proto)
-	if slots <= 0 {
+	slots, pending, reqCap := limits(sv.svc.Spec.CircuitBreaker, proto)
+	if slots <= 0 && reqCap <= 0 {
 		return timeout, func() {}, nil
 	}
 	key := sv.limitKey
@@ -134,20 +136,74 @@ func (s *l7) limitRequest(ctx context.Context, sv *serviceView, proto string, ti
 		svc, subset, _ := strings.Cut(key, "|")
 		s.a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_circuit_breaker_rejections_total{service=%q,subset=%q,reason=%q}`, svc, subset, reason)).Inc()
 	}
-	reason := l.acquire(ctx, slots, cb.MaxPendingRequests, timeout)
-	if reason == overflowPendingTimeout && ctx.Err() == nil || reason == "" && timeout > 0 && time.Since(start) >= timeout {
-		if reason == "" {
-			l.release(slots)
+	if slots > 0 {
+		reason := l.acquire(ctx, slots, pending, timeout)
+		if reason == overflowPendingTimeout && ctx.Err() == nil || reason == "" && timeout > 0 && time.Since(start) >= timeout {
+			if reason == "" {
+				l.release(slots)
+			}
+			reject(overflowPendingTimeout)
+			return 0, nil, fmt.Errorf("request timeout waiting for the circuit breaker: %w", context.DeadlineExceeded)
 		}
-		reject(overflowPendingTimeout)
-		return 0, nil, fmt.Errorf("request timeout waiting for the circuit breaker: %w", context.DeadlineExceeded)
+		if reason != "" {
+			reject(reason)
+			return 0, nil, fmt.Errorf("%w (%s)", errOverflow, reason)
+		}
 	}
-	if reason != "" {
-		reject(reason)
-		return 0, nil, fmt.Errorf("%w (%s)", errOverflow, reason)
+	if reqCap > 0 {
+		// Envoy checks max_requests when a request gets its connection
+		// (pending requests do not count): over it, 503 at once.
+		l.mu.Lock()
+		full := l.requests >= reqCap
+		if !full {
+			l.requests++
+		}
+		l.mu.Unlock()
+		if full {
+			if slots > 0 {
+				l.release(slots)
+			}
+			reject(overflowMaxRequests)
+			return 0, nil, fmt.Errorf("%w (%s)", errOverflow, overflowMaxRequests)
+		}
 	}
 	if timeout > 0 {
 		timeout -= time.Since(start)
 	}
-	return timeout, func() { l.release(slots) }, nil
+	return timeout, func() {
+		if reqCap > 0 {
+			l.mu.Lock()
+			l.requests--
+			l.mu.Unlock()
+		}
+		if slots > 0 {
+			l.release(slots)
+		}
+	}, nil
+}
+
+// limits returns a circuit breaker's slots (0: none), the pending queue
+// waiting for them, and the cap on requests in flight checked once a slot
+// is held (0: none), on a port of protocol proto.
+//
+// fogmesh's own semantics: slots are requestSlots, and maxPendingRequests
+// wait for one. Envoy's (pendingFor: connections, from Istio documents):
+// pending requests wait only for an HTTP/1.1 connection (maxConnections,
+// http ports), unbounded when maxPendingRequests is 0 (Istio's default),
+// and maxRequests refuses at once, on every HTTP port: "the maximum
+// number of requests that can be outstanding to all hosts in a cluster at
+// any given time"
+// (envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/circuit_breaking).
+func limits(cb api.CircuitBreaker, proto string) (slots, pending, reqCap int) {
+	if cb.PendingFor != api.PendingForConnections {
+		return requestSlots(cb, proto), cb.MaxPendingRequests, 0
+	}
+	if proto == "http" {
+		slots = cb.MaxConnections
+	}
+	pending = cb.MaxPendingRequests
+	if pending == 0 {
+		pending = math.MaxInt
+	}
+	return slots, pending, cb.MaxRequests
 }

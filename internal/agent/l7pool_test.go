@@ -199,7 +199,7 @@ spec:
     labels: {version: v2}
     trafficPolicy:
       loadBalancer: {simple: ROUND_ROBIN}
-      connectionPool: {tcp: {maxConnections: 1}}
+      connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
 `, backends: map[string][]string{"v1": {"subpol-v1a", "subpol-v1b"}, "v2": {"subpol-v2a", "subpol-v2b"}}},
 		// A top-level pool is counted per subset, as Istio's per-subset
 		// clusters: one in flight to each.
@@ -241,6 +241,25 @@ spec:
   trafficPolicy:
     connectionPool: {http: {idleTimeout: 200ms}}
 `, backends: map[string][]string{"v1": {"idle-1"}}},
+		// Envoy's max_requests refuses at once, pending requests wait
+		// only for a connection.
+		{svc: "reqcap", proto: "http", docs: `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: SVC, namespace: demo}
+spec:
+  host: SVC
+  trafficPolicy:
+    connectionPool: {http: {http2MaxRequests: 2, http1MaxPendingRequests: 5}}
+`, backends: map[string][]string{"v1": {"reqcap-1"}}},
+		// No http1MaxPendingRequests: Istio's default, no bound.
+		{svc: "nopend", proto: "http", docs: `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: SVC, namespace: demo}
+spec:
+  host: SVC
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}}
+`, backends: map[string][]string{"v1": {"nopend-1"}}},
 	}
 	cp := startControl(t, t.TempDir(), "")
 	backends := map[string]*gateBackend{}
@@ -378,31 +397,31 @@ spec:
 		for _, name := range []string{"subpol-v1a", "subpol-v1b", "subpol-v2a", "subpol-v2b"} {
 			defer backends[name].open()
 		}
-		// v2: maxConnections 1, nothing pending: 3 of 4 overflow.
+		// v2: maxConnections 1, 1 pending: 2 of 4 overflow.
 		r2 := fireBurst(t, c, url(2), v2, 4)
 		// v1: no limit: all 4 reach its backends.
 		r1 := fireBurst(t, c, url(2), http.Header{"X-User": {"u1"}}, 4)
-		waitFor(t, "v2: 1 in flight and 3 overflows; v1: 4 in flight", func() bool {
+		waitFor(t, "v2: 1 in flight and 2 overflows; v1: 4 in flight", func() bool {
 			a, _, _ := backends["subpol-v2a"].stats()
 			b, _, _ := backends["subpol-v2b"].stats()
 			c, _, _ := backends["subpol-v1a"].stats()
 			d, _, _ := backends["subpol-v1b"].stats()
-			return a+b == 1 && r2.overflows() == 3 && c+d == 4
+			return a+b == 1 && r2.overflows() == 2 && c+d == 4
 		})
 		for _, b := range backends {
 			if strings.HasPrefix(b.name, "subpol-") {
 				b.open()
 			}
 		}
-		if codes, _ := r2.done(); codes[200] != 1 || codes[503] != 3 {
+		if codes, _ := r2.done(); codes[200] != 2 || codes[503] != 2 {
 			t.Errorf("v2: %v", codes)
 		}
 		codes, bodies := r1.done()
 		if codes[200] != 4 || len(bodies) != 1 {
 			t.Errorf("v1, hashed by x-user: %v from %v, want 4×200 from one endpoint", codes, bodies)
 		}
-		if got := metric(`fogmesh_agent_circuit_breaker_rejections_total{service="demo/subpol",subset="v2",reason="max_requests"}`); got != "3" {
-			t.Errorf("v2 overflows counted %s, want 3", got)
+		if got := metric(`fogmesh_agent_circuit_breaker_rejections_total{service="demo/subpol",subset="v2",reason="pending_full"}`); got != "2" {
+			t.Errorf("v2 overflows counted %s, want 2", got)
 		}
 		// One user, one at a time: v1 keeps its endpoint (the DestinationRule's
 		// consistent hash), v2 goes round robin over both of its.
@@ -443,6 +462,42 @@ spec:
 		backends["subcnt-v2"].open()
 		r1.done()
 		r2.done()
+	})
+
+	t.Run("http2MaxRequests refuses at once on an http port", func(t *testing.T) {
+		b := backends["reqcap-1"]
+		defer b.open()
+		r := fireBurst(t, c, url(6), nil, 5)
+		waitFor(t, "2 in flight at the backend and 3 overflows", func() bool {
+			in, _, _ := b.stats()
+			return in == 2 && r.overflows() == 3
+		})
+		b.open()
+		if codes, _ := r.done(); codes[200] != 2 || codes[503] != 3 {
+			t.Fatalf("got %v, want 2×200 and 3×503", codes)
+		}
+	})
+
+	t.Run("no http1MaxPendingRequests: no bound", func(t *testing.T) {
+		b := backends["nopend-1"]
+		defer b.open()
+		r := fireBurst(t, c, url(7), nil, 4)
+		waitFor(t, "1 in flight at the backend and 3 pending", func() bool {
+			in, _, _ := b.stats()
+			v, ok := a.l7.limiters.Load("demo/nopend")
+			if !ok {
+				return false
+			}
+			l := v.(*reqLimiter)
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return in == 1 && len(l.waiters) == 3
+		})
+		b.open()
+		codes, _ := r.done()
+		if _, most, _ := b.stats(); most != 1 || codes[200] != 4 {
+			t.Fatalf("got %v with at most %d in flight, want 4×200 one at a time", codes, most)
+		}
 	})
 
 	t.Run("maxRequestsPerConnection", func(t *testing.T) {

@@ -846,13 +846,8 @@ func (w *walker) connectionPool(cp map[string]any, cb *CircuitBreaker) error {
 		}
 		w.leftovers(p, h)
 	}
-	// Envoy's pending requests wait for a connection; fogmesh's for a
-	// request slot, which on http ports is also a connection.
-	if cb.MaxRequests > 0 && cb.MaxPendingRequests > 0 && (cb.MaxConnections == 0 || cb.MaxRequests < cb.MaxConnections) {
-		w.warnings = append(w.warnings, f+".http: requests over http2MaxRequests wait in the http1MaxPendingRequests queue (Envoy answers them 503 at once)")
-	}
-	if cb.MaxConnections > 0 && cb.MaxPendingRequests == 0 {
-		w.warnings = append(w.warnings, f+".http.http1MaxPendingRequests is unset: on http ports no request waits for one of the maxConnections (Istio's default: no bound)")
-	}
+	// Pending requests wait for a connection, as Envoy's, and 0 means
+	// Istio's default, no bound.
+	cb.PendingFor = PendingForConnections
 	return nil
 }

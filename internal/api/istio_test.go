@@ -52,8 +52,8 @@ func TestIstioCanaryTranslation(t *testing.T) {
 		t.Fatalf("circuit breaker %+v", p.Spec.CircuitBreaker)
 	}
 	all := strings.Join(warnings, "\n")
-	if len(warnings) != 2 || !strings.Contains(all, "spec.trafficPolicy.tls is not supported") || !strings.Contains(all, "over http2MaxRequests wait") {
-		t.Errorf("want exactly the tls and the pending queue warnings, got:\n%s", all)
+	if len(warnings) != 1 || !strings.Contains(all, "spec.trafficPolicy.tls is not supported") {
+		t.Errorf("want exactly the tls warning, got:\n%s", all)
 	}
 }
 
@@ -401,7 +401,7 @@ spec:
 		t.Fatal(err)
 	}
 	cb := objs[0].(*DestinationPolicy).Spec.CircuitBreaker
-	want := CircuitBreaker{MaxConnections: 1, MaxRequests: 5, MaxPendingRequests: 1, MaxRequestsPerConnection: 3,
+	want := CircuitBreaker{MaxConnections: 1, MaxRequests: 5, MaxPendingRequests: 1, PendingFor: PendingForConnections, MaxRequestsPerConnection: 3,
 		ConnectTimeout: Duration(250 * time.Millisecond), IdleTimeout: Duration(40 * time.Second)}
 	if cb == nil || *cb != want {
 		t.Fatalf("circuit breaker %+v, want %+v", cb, want)
@@ -459,7 +459,7 @@ spec:
 		t.Fatalf("v1 inherits a copy of the pool and nothing else: %+v", v1)
 	}
 	if v2 == nil || v2.Service != "" || v2.Balancer != "round-robin" || v2.CircuitBreaker == nil ||
-		*v2.CircuitBreaker != (CircuitBreaker{MaxConnections: 1, MaxPendingRequests: 1}) ||
+		*v2.CircuitBreaker != (CircuitBreaker{MaxConnections: 1, MaxPendingRequests: 1, PendingFor: PendingForConnections}) ||
 		v2.OutlierDetection == nil || v2.OutlierDetection.ConsecutiveErrors != 2 {
 		t.Fatalf("v2 policy %+v", v2)
 	}

@@ -240,6 +240,12 @@ type CircuitBreaker struct {
 	// requests whenever there aren't enough upstream connections
 	// available"). Default 0: none wait; beyond it: 503 at once.
 	MaxPendingRequests int `json:"maxPendingRequests,omitempty"`
+	// PendingFor is what pending requests wait for: "requests" (default:
+	// a slot as above) or "connections" (Envoy's semantics, which Istio
+	// documents get): they wait only for an upstream connection
+	// (MaxConnections, http ports), MaxPendingRequests 0 means no bound,
+	// and a request over MaxRequests is refused at once, never queued.
+	PendingFor string `json:"pendingFor,omitempty"`
 	// MaxRequestsPerConnection closes an upstream HTTP/1.1 connection
 	// after it carried this many requests (1: no keep-alive).
 	MaxRequestsPerConnection int `json:"maxRequestsPerConnection,omitempty"`
@@ -250,6 +256,12 @@ type CircuitBreaker struct {
 	// connections and L4 relays alone.
 	IdleTimeout Duration `json:"idleTimeout,omitempty"`
 }
+
+// PendingFor values of CircuitBreaker.
+const (
+	PendingForRequests    = "requests"
+	PendingForConnections = "connections"
+)
 
 // Timeouts of a service. Zero means the default.
 type Timeouts struct {

@@ -309,6 +309,11 @@ func (cb *CircuitBreaker) validate(f string) error {
 	if cb.MaxPendingRequests < 0 {
 		return fieldErr(f+".maxPendingRequests", "must not be negative")
 	}
+	switch cb.PendingFor {
+	case "", PendingForRequests, PendingForConnections:
+	default:
+		return fieldErr(f+".pendingFor", "%q is not %s or %s", cb.PendingFor, PendingForRequests, PendingForConnections)
+	}
 	if cb.MaxRequestsPerConnection < 0 {
 		return fieldErr(f+".maxRequestsPerConnection", "must not be negative")
 	}
