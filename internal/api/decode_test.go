@@ -70,6 +70,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [a]\n  http: [{match: [{port: 80}], route: [{destination: {host: a}}]}]\n"))
 	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","unmatched":"reject","rules":[{"match":[{"queryParams":{"a":{"prefix":"b"}},"withoutHeaders":{"X":{}}}],"backends":[{}]}]}}`))
 	f.Add([]byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: istio-system}\nspec: {action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n"))
+	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: r\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s, tcpKeepalive: {time: 1s}}, http: {http1MaxPendingRequests: 1, http2MaxRequests: 2, maxRequestsPerConnection: 1, maxRetries: 1, idleTimeout: 2s}}}\n  subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, connectionPool: {tcp: {maxConnections: 2}}, outlierDetection: {consecutive5xxErrors: 1}, portLevelSettings: []}}, {name: v2, labels: {version: v2}}]\n"))
+	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"DestinationPolicy","metadata":{"name":"p"},"spec":{"service":"s","subsets":[{"name":"v1","labels":{"v":"1"},"policy":{"balancer":"random","circuitBreaker":{"maxConnections":1,"pendingFor":"connections","idleTimeout":"1s"}}}]}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		objs, err := Decode(b)
 		if err != nil {
