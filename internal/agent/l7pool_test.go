@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -8,8 +9,11 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 )
@@ -260,6 +264,14 @@ spec:
   trafficPolicy:
     connectionPool: {tcp: {maxConnections: 1}}
 `, backends: map[string][]string{"v1": {"nopend-1"}}},
+		{svc: "keepalive", proto: "http", docs: `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: SVC, namespace: demo}
+spec:
+  host: SVC
+  trafficPolicy:
+    connectionPool: {tcp: {tcpKeepalive: {time: 7s, interval: 3s, probes: 4}}}
+`, backends: map[string][]string{"v1": {"keepalive-1"}}},
 	}
 	cp := startControl(t, t.TempDir(), "")
 	backends := map[string]*gateBackend{}
@@ -515,6 +527,30 @@ spec:
 		// The listener check above sent none: 6 requests, 2 a connection.
 		if _, _, conns := backends["perconn-1"].stats(); conns != 3 {
 			t.Fatalf("6 sequential requests used %d upstream connections, want 3", conns)
+		}
+	})
+
+	t.Run("tcpKeepalive", func(t *testing.T) {
+		sv := a.view.Load().services["demo/keepalive"]
+		c, err := a.dialEndpoint(context.Background(), sv, sv.endpoints[0], "web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		rc, err := c.(syscall.Conn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		rc.Control(func(fd uintptr) {
+			for name, opt := range map[string][2]int{"SO_KEEPALIVE": {unix.SOL_SOCKET, unix.SO_KEEPALIVE},
+				"TCP_KEEPIDLE": {unix.IPPROTO_TCP, unix.TCP_KEEPIDLE}, "TCP_KEEPINTVL": {unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
+				"TCP_KEEPCNT": {unix.IPPROTO_TCP, unix.TCP_KEEPCNT}} {
+				got[name], _ = unix.GetsockoptInt(int(fd), opt[0], opt[1])
+			}
+		})
+		if want := map[string]int{"SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 7, "TCP_KEEPINTVL": 3, "TCP_KEEPCNT": 4}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("socket options %v, want %v", got, want)
 		}
 	})
 

@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"net"
+	"time"
+
 	"github.com/fogmesh/fogmesh/internal/api"
 )
 
@@ -87,4 +90,24 @@ func (v *view) eachDestination(f func(sv *serviceView)) {
 			f(d)
 		}
 	}
+}
+
+// keepAliveConfig is Go's form of a circuit breaker's tcpKeepalive (nil:
+// Go's default, 15 s idle and interval); a zero field keeps the system's
+// setting, as Istio's does.
+func keepAliveConfig(ka *api.TCPKeepalive) net.KeepAliveConfig {
+	if ka == nil {
+		return net.KeepAliveConfig{}
+	}
+	orSystem := func(d api.Duration) time.Duration {
+		if d <= 0 {
+			return -1
+		}
+		return time.Duration(d)
+	}
+	probes := ka.Probes
+	if probes <= 0 {
+		probes = -1
+	}
+	return net.KeepAliveConfig{Enable: true, Idle: orSystem(ka.Time), Interval: orSystem(ka.Interval), Count: probes}
 }

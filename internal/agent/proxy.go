@@ -299,7 +299,7 @@ func (a *Agent) dialStream(ctx context.Context, sv *serviceView, ev *endpointVie
 	if err != nil {
 		return nil, err
 	}
-	var d net.Dialer
+	d := net.Dialer{KeepAliveConfig: keepAliveConfig(sv.svc.Spec.CircuitBreaker.TCPKeepalive)}
 	return d.DialContext(dctx, "tcp", addr.String())
 }
 
@@ -453,6 +453,9 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 		return nil, fmt.Errorf("%w: %v", transport.ErrUnknownDestination, err)
 	}
 	var d net.Dialer
+	if sv := a.view.Load().services[h.Namespace+"/"+h.Service]; sv != nil {
+		d.KeepAliveConfig = keepAliveConfig(sv.svc.Spec.CircuitBreaker.TCPKeepalive) // the policy's, not a subset's
+	}
 	c, err := d.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		// Seen by a peer first: this is a passive failure for us too.

@@ -819,9 +819,20 @@ func (w *walker) connectionPool(cp map[string]any, cb *CircuitBreaker) error {
 		if cb.ConnectTimeout, err = duration(tcp, "connectTimeout", p); err != nil {
 			return err
 		}
-		if _, ok := tcp["tcpKeepalive"]; ok {
+		if ka := cloneMap(obj(tcp["tcpKeepalive"])); ka != nil {
 			delete(tcp, "tcpKeepalive")
-			w.warnings = append(w.warnings, p+".tcpKeepalive is ignored: connections keep Go's default TCP keepalive (15 s idle, 15 s interval, 9 probes)")
+			kp := p + ".tcpKeepalive"
+			cb.TCPKeepalive = &TCPKeepalive{}
+			if cb.TCPKeepalive.Time, err = duration(ka, "time", kp); err != nil {
+				return err
+			}
+			if cb.TCPKeepalive.Interval, err = duration(ka, "interval", kp); err != nil {
+				return err
+			}
+			if cb.TCPKeepalive.Probes, err = count(ka, "probes", kp); err != nil {
+				return err
+			}
+			w.leftovers(kp, ka)
 		}
 		w.leftovers(p, tcp)
 	}

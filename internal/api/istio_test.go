@@ -394,7 +394,7 @@ spec:
   host: httpbin
   trafficPolicy:
     connectionPool:
-      tcp: {maxConnections: 1, connectTimeout: 250ms, tcpKeepalive: {time: 7200s, interval: 75s}}
+      tcp: {maxConnections: 1, connectTimeout: 250ms, tcpKeepalive: {time: 7200s, interval: 75s, probes: 4}}
       http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 3, http2MaxRequests: 5, maxRetries: 2, idleTimeout: 40s}
 `))
 	if err != nil {
@@ -403,19 +403,17 @@ spec:
 	cb := objs[0].(*DestinationPolicy).Spec.CircuitBreaker
 	want := CircuitBreaker{MaxConnections: 1, MaxRequests: 5, MaxPendingRequests: 1, PendingFor: PendingForConnections, MaxRequestsPerConnection: 3,
 		ConnectTimeout: Duration(250 * time.Millisecond), IdleTimeout: Duration(40 * time.Second)}
-	if cb == nil || *cb != want {
+	if cb == nil || cb.TCPKeepalive == nil || *cb.TCPKeepalive != (TCPKeepalive{Time: Duration(2 * time.Hour), Interval: Duration(75 * time.Second), Probes: 4}) {
+		t.Fatalf("keepalive %+v", cb)
+	}
+	if cb.TCPKeepalive = nil; *cb != want {
 		t.Fatalf("circuit breaker %+v, want %+v", cb, want)
 	}
 	all := strings.Join(warnings, "\n")
-	for _, w := range []string{"connectionPool.tcp.tcpKeepalive is ignored", "connectionPool.http.maxRetries is ignored"} {
-		if !strings.Contains(all, w) {
-			t.Errorf("no warning %q in:\n%s", w, all)
-		}
+	if len(warnings) != 1 || !strings.Contains(all, "connectionPool.http.maxRetries is ignored") {
+		t.Errorf("want only the maxRetries warning, got:\n%s", all)
 	}
-	if len(warnings) != 2 {
-		t.Errorf("want 2 warnings, got:\n%s", all)
-	}
-	for _, bad := range []string{"tcp: {maxConnections: -1}", "tcp: {connectTimeout: soon}", "http: {maxRequestsPerConnection: 1.5}"} {
+	for _, bad := range []string{"tcp: {maxConnections: -1}", "tcp: {connectTimeout: soon}", "tcp: {tcpKeepalive: {probes: -2}}", "http: {maxRequestsPerConnection: 1.5}"} {
 		_, _, err := DecodeWithWarnings([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: h\n  trafficPolicy:\n    connectionPool:\n      " + bad + "\n"))
 		if err == nil || !strings.Contains(err.Error(), "spec.trafficPolicy.connectionPool.") {
 			t.Errorf("%s: err %v, want one naming the field", bad, err)

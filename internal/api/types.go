@@ -251,10 +251,21 @@ type CircuitBreaker struct {
 	MaxRequestsPerConnection int `json:"maxRequestsPerConnection,omitempty"`
 	// ConnectTimeout overrides timeouts.connect.
 	ConnectTimeout Duration `json:"connectTimeout,omitempty"`
+	// TCPKeepalive of the connections this agent opens to the service's
+	// workloads on its node (Istio's tcpKeepalive).
+	TCPKeepalive *TCPKeepalive `json:"tcpKeepalive,omitempty"`
 	// IdleTimeout closes pooled upstream connections (http/http2/grpc
 	// ports) idle this long; unlike timeouts.idle it leaves client
 	// connections and L4 relays alone.
 	IdleTimeout Duration `json:"idleTimeout,omitempty"`
+}
+
+// TCPKeepalive turns TCP keepalive probes on; a zero field keeps the
+// operating system's setting (Linux: 7200 s, 75 s, 9 probes).
+type TCPKeepalive struct {
+	Time     Duration `json:"time,omitempty"`     // idle before the first probe
+	Interval Duration `json:"interval,omitempty"` // between probes
+	Probes   int      `json:"probes,omitempty"`   // unanswered before the connection is dropped
 }
 
 // PendingFor values of CircuitBreaker.

@@ -320,6 +320,9 @@ func (cb *CircuitBreaker) validate(f string) error {
 	if cb.ConnectTimeout < 0 {
 		return fieldErr(f+".connectTimeout", "must not be negative")
 	}
+	if ka := cb.TCPKeepalive; ka != nil && (ka.Time < 0 || ka.Interval < 0 || ka.Probes < 0) {
+		return fieldErr(f+".tcpKeepalive", "must not be negative")
+	}
 	if cb.IdleTimeout < 0 {
 		return fieldErr(f+".idleTimeout", "must not be negative")
 	}
