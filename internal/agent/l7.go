@@ -421,6 +421,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 		}
 	}
 	svcView := sv // the service's view; sv becomes the destination's
+	var subset string
 	var subsetLabels map[string]string
 	if rule != nil {
 		b := rule.Backends[weightedBackend(rule.Backends)]
@@ -429,10 +430,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			if !ok {
 				return nil, fmt.Errorf("%w: subset %q of %s is not defined by a DestinationPolicy", errNoEndpoint, b.Subset, t.svc)
 			}
-			subsetLabels = labels
-			// The subset's traffic policy from here on: balancer, outlier
-			// detection, circuit breaker, pools (policy.go).
-			sv = effectivePolicy(sv, b.Subset)
+			subset, subsetLabels = b.Subset, labels
 		}
 		if rule.Timeout > 0 {
 			timeout = time.Duration(rule.Timeout)
@@ -441,6 +439,9 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			retries = *rule.Retries
 		}
 	}
+	// The destination's traffic policy from here on: balancer, outlier
+	// detection, circuit breaker, pools (policy.go).
+	sv = effectivePolicy(sv, subset, t.port)
 	cands := a.pick(sv, t.port)
 	if subsetLabels != nil {
 		cands = withLabels(cands, subsetLabels)

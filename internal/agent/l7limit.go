@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"strings"
 	"sync"
 	"time"
 
@@ -133,8 +132,8 @@ func (s *l7) limitRequest(ctx context.Context, sv *serviceView, proto string, ti
 	start := time.Now()
 	reject := func(reason string) {
 		s.a.m.overflows.Inc()
-		svc, subset, _ := strings.Cut(key, "|")
-		s.a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_circuit_breaker_rejections_total{service=%q,subset=%q,reason=%q}`, svc, subset, reason)).Inc()
+		s.a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_circuit_breaker_rejections_total{service=%q,subset=%q,reason=%q}`,
+			sv.svc.Meta.Key(), sv.limitSubset, reason)).Inc()
 	}
 	if slots > 0 {
 		reason := l.acquire(ctx, slots, pending, timeout)

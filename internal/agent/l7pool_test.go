@@ -152,13 +152,25 @@ spec:
   trafficPolicy:
     connectionPool: {tcp: {tcpKeepalive: {time: 7s, interval: 3s, probes: 4}}}
 `, backends: map[string][]string{"v1": {"keepalive-1"}}},
+		// portLevelSettings: the port's pool applies to it.
+		{svc: "portlvl", proto: "http", docs: `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: SVC, namespace: demo}
+spec:
+  host: SVC
+  trafficPolicy:
+    connectionPool: {http: {http2MaxRequests: 10}}
+    portLevelSettings:
+    - port: {number: PORT}
+      connectionPool: {http: {http2MaxRequests: 1}}
+`, backends: map[string][]string{"v1": {"portlvl-1"}}},
 	}
 	cp := startControl(t, t.TempDir(), "")
 	backends := map[string]*gateBackend{}
 	var workloads []Workload
 	for i, c := range cases {
 		apply(t, cp, httpSvcDocLB(c.svc, 19520+i, c.proto, "round-robin"))
-		apply(t, cp, strings.ReplaceAll(c.docs, "SVC", c.svc))
+		apply(t, cp, strings.NewReplacer("SVC", c.svc, "PORT", fmt.Sprint(19520+i)).Replace(c.docs))
 		for version, names := range c.backends {
 			for _, name := range names {
 				b := startGateBackend(t, name)
@@ -407,6 +419,20 @@ spec:
 		// The listener check above sent none: 6 requests, 2 a connection.
 		if _, _, conns := backends["perconn-1"].stats(); conns != 3 {
 			t.Fatalf("6 sequential requests used %d upstream connections, want 3", conns)
+		}
+	})
+
+	t.Run("portLevelSettings", func(t *testing.T) {
+		b := backends["portlvl-1"]
+		defer b.open()
+		r := fireBurst(t, c, url(9), nil, 3)
+		waitFor(t, "1 in flight at the backend and 2 overflows", func() bool {
+			in, _, _ := b.stats()
+			return in == 1 && r.overflows() == 2
+		})
+		b.open()
+		if codes, _ := r.done(); codes[200] != 1 || codes[503] != 2 {
+			t.Fatalf("got %v, want 1×200 and 2×503", codes)
 		}
 	})
 

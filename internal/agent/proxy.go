@@ -153,9 +153,9 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		a.m.connNoEP.Inc()
 		return
 	}
-	sv := v.services[t.svc]
+	sv := effectivePolicy(v.services[t.svc], "", t.port) // a port's policy (policy.go)
 	if max := sv.svc.Spec.CircuitBreaker.MaxConnections; max > 0 {
-		n := a.serviceCounter(t.svc, "conn")
+		n := a.serviceCounter(sv.limitKey, "conn")
 		if n.Add(1) > int64(max) {
 			n.Add(-1)
 			a.m.overflows.Inc()

@@ -261,12 +261,13 @@ type serviceView struct {
 	// sourceLabels matches (routesource.go); set only when route has one.
 	callerLabels map[string]map[string]string
 
-	// bySubset: the views of the subsets with a traffic policy of their
-	// own (effectivePolicy, policy.go); limitKey names the circuit
-	// breaker's counters ("ns/name", or "ns/name|subset" for a subset
-	// with its own).
-	bySubset map[string]*serviceView
-	limitKey string
+	// dests: the views of the subsets and ports with traffic policies of
+	// their own (effectivePolicy, policy.go); limitKey names the circuit
+	// breaker's counters ("ns/name", or "ns/name|subset|port" for a
+	// destination with its own), limitSubset the subset they count.
+	dests       map[destKey]*serviceView
+	limitKey    string
+	limitSubset string
 }
 
 type endpointView struct {
@@ -427,7 +428,7 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		})
 	}
 	for sv, p := range newest {
-		sv.bySubset = subsetViews(sv, p) // with the endpoints complete
+		sv.dests = destViews(sv, p) // with the endpoints complete
 	}
 	return v
 }

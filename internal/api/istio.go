@@ -639,7 +639,7 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 		sub := Subset{Name: sname, Labels: labels}
 		if stp := obj(sm["trafficPolicy"]); stp != nil {
 			delete(sm, "trafficPolicy")
-			if sub.Policy, err = w.subsetPolicy(name, ns, host, sp, stp); err != nil {
+			if sub.Policy, err = w.nestedPolicy(name, ns, host, sp+".trafficPolicy", stp); err != nil {
 				return nil, err
 			}
 		}
@@ -730,6 +730,29 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 			w.leftovers("spec.trafficPolicy.connectionPool", cp)
 			p.Spec.CircuitBreaker = cb
 		}
+		if pls, ok := tp["portLevelSettings"].([]any); ok {
+			delete(tp, "portLevelSettings")
+			for i, e := range pls {
+				path := fmt.Sprintf("spec.trafficPolicy.portLevelSettings[%d]", i)
+				em := cloneMap(obj(e))
+				port := cloneMap(obj(em["port"]))
+				num, _ := take[float64](port, "number")
+				if num < 1 || num > 65535 || num != float64(int(num)) {
+					return nil, fieldErr(path+".port.number", "a port number is required")
+				}
+				delete(em, "port")
+				w.leftovers(path+".port", port)
+				if _, ok := em["portLevelSettings"]; ok {
+					delete(em, "portLevelSettings")
+					w.leftovers(path, map[string]any{"portLevelSettings": nil})
+				}
+				pp, err := w.nestedPolicy(name, ns, host, path, em)
+				if err != nil {
+					return nil, err
+				}
+				p.Spec.Ports = append(p.Spec.Ports, PortPolicy{Port: int(num), Policy: *pp})
+			}
+		}
 		w.leftovers("spec.trafficPolicy", tp)
 	}
 	inheritPool(p)
@@ -737,13 +760,14 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 	return []Object{p}, nil
 }
 
-// subsetPolicy translates subsets[i].trafficPolicy as the top-level one
-// (the same code, so every field means the same in both places), with the
-// warnings and errors naming the subset's fields.
-func (w *walker) subsetPolicy(name, ns, host, path string, tp map[string]any) (*DestinationPolicySpec, error) {
+// nestedPolicy translates a subset's trafficPolicy or a portLevelSettings
+// entry, at path, as the top-level trafficPolicy (the same code, so every
+// field means the same in every place), with the warnings and errors
+// naming its fields.
+func (w *walker) nestedPolicy(name, ns, host, path string, tp map[string]any) (*DestinationPolicySpec, error) {
 	rebase := func(s string) string {
 		if rest, ok := strings.CutPrefix(s, "spec.trafficPolicy"); ok {
-			return path + ".trafficPolicy" + rest
+			return path + rest
 		}
 		return s
 	}
@@ -768,8 +792,19 @@ func (w *walker) subsetPolicy(name, ns, host, path string, tp map[string]any) (*
 // DestinationRule's: Istio makes each subset a cluster of its own, with
 // its own circuit breaker counters (a route splitting between v1 and v2
 // under maxConnections 1 may have one connection to each).
+//
+// fogmesh applies a policy's settings, then its port's, then the subset's,
+// then the subset's port's; Istio's subset inherits the top level with its
+// port's merged in. So a subset without a pool of its own inherits the top
+// level's, and the top-level ports' for the ports it does not set.
 func inheritPool(p *DestinationPolicy) {
-	if p.Spec.CircuitBreaker == nil {
+	var portPools []PortPolicy
+	for _, pp := range p.Spec.Ports {
+		if pp.Policy.CircuitBreaker != nil {
+			portPools = append(portPools, pp)
+		}
+	}
+	if p.Spec.CircuitBreaker == nil && len(portPools) == 0 {
 		return
 	}
 	for i := range p.Spec.Subsets {
@@ -777,9 +812,26 @@ func inheritPool(p *DestinationPolicy) {
 		if s.Policy == nil {
 			s.Policy = &DestinationPolicySpec{}
 		}
-		if s.Policy.CircuitBreaker == nil {
+		if s.Policy.CircuitBreaker != nil {
+			continue
+		}
+		if p.Spec.CircuitBreaker != nil {
 			cb := *p.Spec.CircuitBreaker
 			s.Policy.CircuitBreaker = &cb
+		}
+	next:
+		for _, pp := range portPools {
+			for j := range s.Policy.Ports {
+				if sp := &s.Policy.Ports[j]; sp.Port == pp.Port {
+					if sp.Policy.CircuitBreaker == nil {
+						cb := *pp.Policy.CircuitBreaker
+						sp.Policy.CircuitBreaker = &cb
+					}
+					continue next
+				}
+			}
+			cb := *pp.Policy.CircuitBreaker
+			s.Policy.Ports = append(s.Policy.Ports, PortPolicy{Port: pp.Port, Policy: DestinationPolicySpec{CircuitBreaker: &cb}})
 		}
 	}
 }

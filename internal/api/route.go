@@ -169,6 +169,17 @@ type DestinationPolicySpec struct {
 	// OutlierDetection and CircuitBreaker override the service's when set.
 	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
 	CircuitBreaker   *CircuitBreaker   `json:"circuitBreaker,omitempty"`
+	// Ports override the settings above for one service port each
+	// (Istio's portLevelSettings): applied after the policy's own, and in
+	// a subset's policy after the subset's.
+	Ports []PortPolicy `json:"ports,omitempty"`
+}
+
+// PortPolicy is a policy's settings for one service port. Its policy has
+// no service, subsets or ports.
+type PortPolicy struct {
+	Port   int                   `json:"port"` // the service port's number
+	Policy DestinationPolicySpec `json:"policy"`
 }
 
 // Subset is the endpoints whose labels include Labels.
@@ -445,8 +456,27 @@ func (p *DestinationPolicy) Validate() error {
 	return p.Spec.validateOverrides("spec")
 }
 
-// validateOverrides checks the settings a policy (or a subset's) overrides.
+// validateOverrides checks the settings a policy (or a subset's, or a
+// port's) overrides.
 func (s *DestinationPolicySpec) validateOverrides(f string) error {
+	seen := map[int]bool{}
+	for i := range s.Ports {
+		pp := &s.Ports[i]
+		pf := fmt.Sprintf("%s.ports[%d]", f, i)
+		if err := validPort(pf+".port", pp.Port); err != nil {
+			return err
+		}
+		if seen[pp.Port] {
+			return fieldErr(pf+".port", "duplicate port %d", pp.Port)
+		}
+		seen[pp.Port] = true
+		if pp.Policy.Service != "" || len(pp.Policy.Subsets) > 0 || len(pp.Policy.Ports) > 0 {
+			return fieldErr(pf+".policy", "service, subsets and ports are not allowed in a port's policy")
+		}
+		if err := pp.Policy.validateOverrides(pf + ".policy"); err != nil {
+			return err
+		}
+	}
 	switch s.Balancer {
 	case "", "edge-aware", "round-robin", "least-conn", "random", "consistent-hash", "maglev":
 	default:
