@@ -186,12 +186,12 @@ type PortPolicy struct {
 type Subset struct {
 	Name   string            `json:"name"`
 	Labels map[string]string `json:"labels"`
-	// Policy overrides the policy's own settings (balancer, hashKey,
-	// minHealthyShare, outlierDetection, circuitBreaker: each, when set,
-	// replaces the policy's whole) for requests a route sends to this
-	// subset (Istio's subsets[].trafficPolicy). A subset with its own
-	// circuitBreaker has its own counters. service and subsets must be
-	// empty.
+	// Policy overrides the policy's own settings and its ports' (balancer,
+	// hashKey, minHealthyShare, outlierDetection, circuitBreaker: each,
+	// when set, replaces the whole) for requests a route sends to this
+	// subset (Istio's subsets[].trafficPolicy); its ports apply last. A
+	// subset with its own circuitBreaker has its own counters. service
+	// and subsets must be empty.
 	Policy *DestinationPolicySpec `json:"policy,omitempty"`
 }
 
