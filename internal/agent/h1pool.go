@@ -43,6 +43,7 @@ func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *httpp
 			Dial:        func(ctx context.Context) (net.Conn, error) { return a.dialEndpoint(ctx, sv, ev, port) },
 			DialError:   func(err error) error { return &dialError{err} },
 			IdleTimeout: l7IdleTimeout(sv),
+			MaxUses:     sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection,
 		})
 		if hp.closed {
 			p.Close(false)
@@ -62,19 +63,20 @@ func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *httpp
 // rebuilds the same keys from the view.
 func poolKey(sv *serviceView, ev *endpointView, port, proto string) string {
 	epPort, _ := ev.ep.Port(port)
-	return fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, sv.svc.Spec.Timeouts.Idle)
+	return fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, l7IdleTimeout(sv),
+		sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection)
 }
 
 // prune closes the pools of endpoints no longer in the view.
 func (hp *h1Path) prune(v *view) {
 	live := map[string]bool{}
-	for _, sv := range v.services {
+	v.eachDestination(func(sv *serviceView) {
 		for _, ev := range sv.endpoints {
 			for _, pt := range ev.ep.Spec.Ports {
 				live[poolKey(sv, ev, pt.Name, "")] = true
 			}
 		}
-	}
+	})
 	hp.mu.Lock()
 	var dead []*httpproxy.Pool
 	for k, p := range hp.pools {

@@ -214,7 +214,7 @@ func (s *l7) close() {
 func (s *l7) pruneTransports(v *view) {
 	s.h1.prune(v)
 	live := map[string]bool{}
-	for _, sv := range v.services {
+	v.eachDestination(func(sv *serviceView) {
 		for _, ev := range sv.endpoints {
 			for _, p := range ev.ep.Spec.Ports {
 				for _, proto := range []string{"http", "http2", "grpc"} {
@@ -222,7 +222,7 @@ func (s *l7) pruneTransports(v *view) {
 				}
 			}
 		}
-	}
+	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, t := range s.transports {
@@ -335,7 +335,10 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     l7IdleTimeout(sv),
-		DisableCompression:  true, // pass Content-Encoding through, as nginx does
+		// maxRequestsPerConnection 1: no keep-alive. Larger values are
+		// counted on the HTTP/1.1 fast path's pools only (h1Pool).
+		DisableKeepAlives:  sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection == 1,
+		DisableCompression: true, // pass Content-Encoding through, as nginx does
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := a.dialEndpoint(ctx, sv, ev, port)
 			if err != nil {
@@ -346,6 +349,12 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 	}
 	s.transports[key] = t
 	return t
+}
+
+// transportKey names everything an endpoint's transport depends on.
+func transportKey(sv *serviceView, ev *endpointView, port, proto string, epPort int) string {
+	return fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d|%t", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, l7IdleTimeout(sv),
+		sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection == 1)
 }
 
 // lbTransport picks an endpoint for every request, nearest tier first, and
@@ -401,8 +410,6 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			return resp, err
 		}
 	}
-	var subset string
-	var subsetLabels map[string]string
 	retries, timeout := sv.svc.Spec.Retries, time.Duration(sv.svc.Spec.Timeouts.Request)
 	if class != nil {
 		if class.Timeout > 0 {
@@ -412,6 +419,9 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			retries = *class.Retries
 		}
 	}
+	svcView := sv // the service's view; sv becomes the destination's
+	var subset string
+	var subsetLabels map[string]string
 	if rule != nil {
 		b := rule.Backends[weightedBackend(rule.Backends)]
 		if b.Subset != "" {
@@ -428,6 +438,9 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			retries = *rule.Retries
 		}
 	}
+	// The destination's traffic policy from here on: balancer, outlier
+	// detection, circuit breaker, pools (policy.go).
+	sv = effectivePolicy(sv, subset, t.port)
 	cands := a.pickSubset(sv, t.port, subset, subsetLabels)
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
@@ -435,7 +448,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 	}
 	// The circuit breaker: a slot, or a place in the queue for at most
 	// the request timeout, which the wait then counts against.
-	timeout, releaseSlot, err := lt.l7.limitRequest(req.Context(), t.svc, sv.svc.Spec.CircuitBreaker, timeout)
+	timeout, releaseSlot, err := lt.l7.limitRequest(req.Context(), sv, t.proto, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -445,7 +458,7 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 	// header arrives.
 	tb := httpproxy.ArmBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), timeout)
 	if rule != nil && rule.Mirror != nil {
-		req = lt.mirror(req, sv, t, rule.Mirror, timeout)
+		req = lt.mirror(req, svcView, t, rule.Mirror, timeout)
 	}
 	if hashBalanced(sv) {
 		if key := hashKeyOf(req, sv.svc.Spec.HashKey); key != "" {

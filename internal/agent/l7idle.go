@@ -11,8 +11,13 @@ import (
 // shorter (client side) or set (upstream side).
 const defaultL7Idle = 90 * time.Second
 
-// l7IdleTimeout is the idle timeout of a service's upstream pools.
+// l7IdleTimeout is the idle timeout of a service's upstream pools:
+// circuitBreaker.idleTimeout (Istio's connectionPool.http.idleTimeout),
+// else timeouts.idle.
 func l7IdleTimeout(sv *serviceView) time.Duration {
+	if d := time.Duration(sv.svc.Spec.CircuitBreaker.IdleTimeout); d > 0 {
+		return d
+	}
 	if d := time.Duration(sv.svc.Spec.Timeouts.Idle); d > 0 {
 		return d
 	}

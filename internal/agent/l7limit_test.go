@@ -85,8 +85,8 @@ spec:
 	}
 	var buf strings.Builder
 	a.cfg.Metrics.WritePrometheus(&buf)
-	for _, want := range []string{`fogmesh_agent_circuit_breaker_rejections_total{service="demo/pend",reason="pending_full"} 3`,
-		`fogmesh_agent_circuit_breaker_rejections_total{service="demo/pendto",reason="pending_timeout"}`} {
+	for _, want := range []string{`fogmesh_agent_circuit_breaker_rejections_total{service="demo/pend",subset="",reason="pending_full"} 3`,
+		`fogmesh_agent_circuit_breaker_rejections_total{service="demo/pendto",subset="",reason="pending_timeout"}`} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("metrics lack %s", want)
 		}

@@ -153,9 +153,9 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		a.m.connNoEP.Inc()
 		return
 	}
-	sv := v.services[t.svc]
+	sv := effectivePolicy(v.services[t.svc], "", t.port) // a port's policy (policy.go)
 	if max := sv.svc.Spec.CircuitBreaker.MaxConnections; max > 0 {
-		n := a.serviceCounter(t.svc, "conn")
+		n := a.serviceCounter(sv.limitKey, "conn")
 		if n.Add(1) > int64(max) {
 			n.Add(-1)
 			a.m.overflows.Inc()
@@ -300,7 +300,7 @@ func (a *Agent) dialStream(ctx context.Context, sv *serviceView, ev *endpointVie
 	if err != nil {
 		return nil, err
 	}
-	var d net.Dialer
+	d := net.Dialer{KeepAliveConfig: keepAliveConfig(sv.svc.Spec.CircuitBreaker.TCPKeepalive)}
 	return d.DialContext(dctx, "tcp", addr.String())
 }
 
@@ -416,6 +416,9 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 		return nil, fmt.Errorf("%w: %v", transport.ErrUnknownDestination, err)
 	}
 	var d net.Dialer
+	if sv := a.view.Load().services[h.Namespace+"/"+h.Service]; sv != nil {
+		d.KeepAliveConfig = keepAliveConfig(sv.svc.Spec.CircuitBreaker.TCPKeepalive) // the policy's, not a subset's
+	}
 	c, err := d.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		// Seen by a peer first: this is a passive failure for us too.

@@ -260,6 +260,14 @@ type serviceView struct {
 	// callerLabels: the labels of this node's workloads by identity, for
 	// sourceLabels matches (routesource.go); set only when route has one.
 	callerLabels map[string]map[string]string
+
+	// dests: the views of the subsets and ports with traffic policies of
+	// their own (effectivePolicy, policy.go); limitKey names the circuit
+	// breaker's counters ("ns/name", or "ns/name|subset|port" for a
+	// destination with its own), limitSubset the subset they count.
+	dests       map[destKey]*serviceView
+	limitKey    string
+	limitSubset string
 }
 
 type endpointView struct {
@@ -288,7 +296,7 @@ type endpointView struct {
 func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 netip.Prefix, td string) *view {
 	v := &view{services: map[string]*serviceView{}, byVIP: map[netip.AddrPort]listenTarget{}}
 	for key, s := range res.services {
-		sv := &serviceView{svc: s}
+		sv := &serviceView{svc: s, limitKey: key}
 		if s.Status.VIPIndex != 0 {
 			sv.vip4 = api.VIPFor(vip4, s.Status.VIPIndex)
 			if vip6.IsValid() {
@@ -388,26 +396,7 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		}
 	}
 	for sv, p := range newest {
-		svc := *sv.svc
-		if p.Spec.Balancer != "" {
-			svc.Spec.Balancer = p.Spec.Balancer
-		}
-		if p.Spec.MinHealthyShare > 0 {
-			svc.Spec.MinHealthyShare = p.Spec.MinHealthyShare
-		}
-		if p.Spec.HashKey != nil {
-			svc.Spec.HashKey = p.Spec.HashKey
-		}
-		if p.Spec.Locality != "" {
-			svc.Spec.Locality = p.Spec.Locality
-		}
-		if p.Spec.OutlierDetection != nil {
-			svc.Spec.OutlierDetection = *p.Spec.OutlierDetection
-		}
-		if p.Spec.CircuitBreaker != nil {
-			svc.Spec.CircuitBreaker = *p.Spec.CircuitBreaker
-		}
-		sv.svc = &svc
+		sv.svc = withPolicy(sv.svc, &p.Spec) // policy.go
 		sv.subsets = map[string]map[string]string{}
 		for _, ss := range p.Spec.Subsets {
 			sv.subsets[ss.Name] = ss.Labels
@@ -437,6 +426,9 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 			a, b := sv.endpoints[i], sv.endpoints[j]
 			return a.tier < b.tier || a.tier == b.tier && a.key < b.key
 		})
+	}
+	for sv, p := range newest {
+		sv.dests = destViews(sv, p) // with the endpoints complete
 	}
 	return v
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -726,8 +727,15 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 			labels[k] = fmt.Sprint(v)
 		}
 		delete(sm, "labels")
+		sub := Subset{Name: sname, Labels: labels}
+		if stp := obj(sm["trafficPolicy"]); stp != nil {
+			delete(sm, "trafficPolicy")
+			if sub.Policy, err = w.nestedPolicy(name, ns, host, sp+".trafficPolicy", stp); err != nil {
+				return nil, err
+			}
+		}
 		w.leftovers(sp, sm)
-		p.Spec.Subsets = append(p.Spec.Subsets, Subset{Name: sname, Labels: labels})
+		p.Spec.Subsets = append(p.Spec.Subsets, sub)
 	}
 	// Istio prefers the nearest locality only when outlier detection is
 	// configured (and localityLbSetting does not disable it): without it,
@@ -794,28 +802,38 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 		if cp := cloneMap(obj(tp["connectionPool"])); cp != nil {
 			delete(tp, "connectionPool")
 			cb := &CircuitBreaker{}
-			if tcp := cloneMap(obj(cp["tcp"])); tcp != nil {
-				delete(cp, "tcp")
-				if v, ok := take[float64](tcp, "maxConnections"); ok {
-					cb.MaxConnections = int(v)
-				}
-				w.leftovers("spec.trafficPolicy.connectionPool.tcp", tcp)
-			}
-			if h := cloneMap(obj(cp["http"])); h != nil {
-				delete(cp, "http")
-				if v, ok := take[float64](h, "http2MaxRequests"); ok {
-					cb.MaxRequests = int(v)
-				}
-				if v, ok := take[float64](h, "http1MaxPendingRequests"); ok {
-					cb.MaxPendingRequests = int(v)
-				}
-				w.leftovers("spec.trafficPolicy.connectionPool.http", h)
+			if err := w.connectionPool(cp, cb); err != nil {
+				return nil, err
 			}
 			w.leftovers("spec.trafficPolicy.connectionPool", cp)
 			p.Spec.CircuitBreaker = cb
 		}
+		if pls, ok := tp["portLevelSettings"].([]any); ok {
+			delete(tp, "portLevelSettings")
+			for i, e := range pls {
+				path := fmt.Sprintf("spec.trafficPolicy.portLevelSettings[%d]", i)
+				em := cloneMap(obj(e))
+				port := cloneMap(obj(em["port"]))
+				num, _ := take[float64](port, "number")
+				if num < 1 || num > 65535 || num != float64(int(num)) {
+					return nil, fieldErr(path+".port.number", "a port number is required")
+				}
+				delete(em, "port")
+				w.leftovers(path+".port", port)
+				if _, ok := em["portLevelSettings"]; ok {
+					delete(em, "portLevelSettings")
+					w.leftovers(path, map[string]any{"portLevelSettings": nil})
+				}
+				pp, err := w.nestedPolicy(name, ns, host, path, em)
+				if err != nil {
+					return nil, err
+				}
+				p.Spec.Ports = append(p.Spec.Ports, PortPolicy{Port: int(num), Policy: *pp})
+			}
+		}
 		w.leftovers("spec.trafficPolicy", tp)
 	}
+	inheritPool(p)
 	w.leftovers("spec", spec)
 	return []Object{p}, nil
 }
@@ -921,4 +939,164 @@ func (w *walker) outlierDetection(od map[string]any) (*OutlierDetection, error) 
 	}
 	w.leftovers(f, od)
 	return o, o.validate(f)
+}
+
+// nestedPolicy translates a subset's trafficPolicy or a portLevelSettings
+// entry, at path, as the top-level trafficPolicy (the same code, so every
+// field means the same in every place), with the warnings and errors
+// naming its fields.
+func (w *walker) nestedPolicy(name, ns, host, path string, tp map[string]any) (*DestinationPolicySpec, error) {
+	rebase := func(s string) string {
+		if rest, ok := strings.CutPrefix(s, "spec.trafficPolicy"); ok {
+			return path + rest
+		}
+		return s
+	}
+	sub := &walker{opts: w.opts}
+	objs, err := sub.destinationRule(name, ns, map[string]any{"host": host, "trafficPolicy": tp})
+	if err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			fe.Field = rebase(fe.Field)
+		}
+		return nil, err
+	}
+	for _, m := range sub.warnings {
+		w.warnings = append(w.warnings, rebase(m))
+	}
+	ps := objs[0].(*DestinationPolicy).Spec
+	ps.Service = ""
+	if lb := obj(tp["loadBalancer"]); tp["outlierDetection"] == nil && (lb == nil || lb["localityLbSetting"] == nil) {
+		// Nothing here decides locality: the top level's choice stands
+		// (destinationRule sets one for every policy it translates).
+		ps.Locality = ""
+	}
+	return &ps, nil
+}
+
+// inheritPool gives every subset without a connectionPool of its own the
+// DestinationRule's: Istio makes each subset a cluster of its own, with
+// its own circuit breaker counters (a route splitting between v1 and v2
+// under maxConnections 1 may have one connection to each).
+//
+// fogmesh applies a policy's settings, then its port's, then the subset's,
+// then the subset's port's; Istio's subset inherits the top level with its
+// port's merged in. So a subset without a pool of its own inherits the top
+// level's, and the top-level ports' for the ports it does not set.
+func inheritPool(p *DestinationPolicy) {
+	var portPools []PortPolicy
+	for _, pp := range p.Spec.Ports {
+		if pp.Policy.CircuitBreaker != nil {
+			portPools = append(portPools, pp)
+		}
+	}
+	if p.Spec.CircuitBreaker == nil && len(portPools) == 0 {
+		return
+	}
+	for i := range p.Spec.Subsets {
+		s := &p.Spec.Subsets[i]
+		if s.Policy == nil {
+			s.Policy = &DestinationPolicySpec{}
+		}
+		if s.Policy.CircuitBreaker != nil {
+			continue
+		}
+		if p.Spec.CircuitBreaker != nil {
+			cb := *p.Spec.CircuitBreaker
+			s.Policy.CircuitBreaker = &cb
+		}
+	next:
+		for _, pp := range portPools {
+			for j := range s.Policy.Ports {
+				if sp := &s.Policy.Ports[j]; sp.Port == pp.Port {
+					if sp.Policy.CircuitBreaker == nil {
+						cb := *pp.Policy.CircuitBreaker
+						sp.Policy.CircuitBreaker = &cb
+					}
+					continue next
+				}
+			}
+			cb := *pp.Policy.CircuitBreaker
+			s.Policy.Ports = append(s.Policy.Ports, PortPolicy{Port: pp.Port, Policy: DestinationPolicySpec{CircuitBreaker: &cb}})
+		}
+	}
+}
+
+// connectionPool translates trafficPolicy.connectionPool into cb, with
+// Envoy's circuit breaker semantics (see CircuitBreaker).
+func (w *walker) connectionPool(cp map[string]any, cb *CircuitBreaker) error {
+	const f = "spec.trafficPolicy.connectionPool"
+	count := func(m map[string]any, key, path string) (int, error) {
+		v, ok := take[float64](m, key)
+		if !ok {
+			return 0, nil
+		}
+		if v < 0 || v != float64(int(v)) {
+			return 0, fieldErr(path+"."+key, "%v is not a count", v)
+		}
+		return int(v), nil
+	}
+	duration := func(m map[string]any, key, path string) (Duration, error) {
+		v, ok := take[string](m, key)
+		if !ok {
+			return 0, nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return 0, fieldErr(path+"."+key, "%q is not a duration", v)
+		}
+		return Duration(d), nil
+	}
+	var err error
+	if tcp := cloneMap(obj(cp["tcp"])); tcp != nil {
+		delete(cp, "tcp")
+		p := f + ".tcp"
+		if cb.MaxConnections, err = count(tcp, "maxConnections", p); err != nil {
+			return err
+		}
+		if cb.ConnectTimeout, err = duration(tcp, "connectTimeout", p); err != nil {
+			return err
+		}
+		if ka := cloneMap(obj(tcp["tcpKeepalive"])); ka != nil {
+			delete(tcp, "tcpKeepalive")
+			kp := p + ".tcpKeepalive"
+			cb.TCPKeepalive = &TCPKeepalive{}
+			if cb.TCPKeepalive.Time, err = duration(ka, "time", kp); err != nil {
+				return err
+			}
+			if cb.TCPKeepalive.Interval, err = duration(ka, "interval", kp); err != nil {
+				return err
+			}
+			if cb.TCPKeepalive.Probes, err = count(ka, "probes", kp); err != nil {
+				return err
+			}
+			w.leftovers(kp, ka)
+		}
+		w.leftovers(p, tcp)
+	}
+	if h := cloneMap(obj(cp["http"])); h != nil {
+		delete(cp, "http")
+		p := f + ".http"
+		if cb.MaxRequests, err = count(h, "http2MaxRequests", p); err != nil {
+			return err
+		}
+		if cb.MaxPendingRequests, err = count(h, "http1MaxPendingRequests", p); err != nil {
+			return err
+		}
+		if cb.MaxRequestsPerConnection, err = count(h, "maxRequestsPerConnection", p); err != nil {
+			return err
+		}
+		if cb.IdleTimeout, err = duration(h, "idleTimeout", p); err != nil {
+			return err
+		}
+		if _, ok := h["maxRetries"]; ok {
+			delete(h, "maxRetries")
+			w.warnings = append(w.warnings, p+".maxRetries is ignored: fogmesh bounds retries by a budget per destination instead (at most 20% of its requests)")
+		}
+		w.leftovers(p, h)
+	}
+	// Pending requests wait for a connection, as Envoy's, and 0 means
+	// Istio's default, no bound.
+	cb.PendingFor = PendingForConnections
+	return nil
 }

@@ -427,3 +427,143 @@ func TestIstioRetriesTranslation(t *testing.T) {
 		}
 	}
 }
+
+func TestIstioConnectionPool(t *testing.T) {
+	objs, warnings, err := DecodeWithWarnings([]byte(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin, namespace: shop}
+spec:
+  host: httpbin
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1, connectTimeout: 250ms, tcpKeepalive: {time: 7200s, interval: 75s, probes: 4}}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 3, http2MaxRequests: 5, maxRetries: 2, idleTimeout: 40s}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := objs[0].(*DestinationPolicy).Spec.CircuitBreaker
+	want := CircuitBreaker{MaxConnections: 1, MaxRequests: 5, MaxPendingRequests: 1, PendingFor: PendingForConnections, MaxRequestsPerConnection: 3,
+		ConnectTimeout: Duration(250 * time.Millisecond), IdleTimeout: Duration(40 * time.Second)}
+	if cb == nil || cb.TCPKeepalive == nil || *cb.TCPKeepalive != (TCPKeepalive{Time: Duration(2 * time.Hour), Interval: Duration(75 * time.Second), Probes: 4}) {
+		t.Fatalf("keepalive %+v", cb)
+	}
+	if cb.TCPKeepalive = nil; *cb != want {
+		t.Fatalf("circuit breaker %+v, want %+v", cb, want)
+	}
+	all := strings.Join(warnings, "\n")
+	if len(warnings) != 1 || !strings.Contains(all, "connectionPool.http.maxRetries is ignored") {
+		t.Errorf("want only the maxRetries warning, got:\n%s", all)
+	}
+	for _, bad := range []string{"tcp: {maxConnections: -1}", "tcp: {connectTimeout: soon}", "tcp: {tcpKeepalive: {probes: -2}}", "http: {maxRequestsPerConnection: 1.5}"} {
+		_, _, err := DecodeWithWarnings([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: h\n  trafficPolicy:\n    connectionPool:\n      " + bad + "\n"))
+		if err == nil || !strings.Contains(err.Error(), "spec.trafficPolicy.connectionPool.") {
+			t.Errorf("%s: err %v, want one naming the field", bad, err)
+		}
+	}
+}
+
+func TestIstioSubsetTrafficPolicy(t *testing.T) {
+	objs, warnings, err := DecodeWithWarnings([]byte(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+    connectionPool: {tcp: {maxConnections: 100}, http: {http1MaxPendingRequests: 10}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+      connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+      outlierDetection: {consecutive5xxErrors: 2}
+      portLevelSettings: [{port: {number: 80}, loadBalancer: {simple: RANDOM}, tls: {mode: SIMPLE}}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := objs[0].(*DestinationPolicy)
+	if p.Spec.Balancer != "consistent-hash" || p.Spec.CircuitBreaker == nil || p.Spec.CircuitBreaker.MaxConnections != 100 {
+		t.Fatalf("top level %+v", p.Spec)
+	}
+	v1, v2 := p.Spec.Subsets[0].Policy, p.Spec.Subsets[1].Policy
+	if v1 == nil || v1.Balancer != "" || v1.CircuitBreaker == nil || *v1.CircuitBreaker != *p.Spec.CircuitBreaker || v1.CircuitBreaker == p.Spec.CircuitBreaker {
+		t.Fatalf("v1 inherits a copy of the pool and nothing else: %+v", v1)
+	}
+	if v2 == nil || v2.Service != "" || v2.Balancer != "round-robin" || v2.CircuitBreaker == nil ||
+		*v2.CircuitBreaker != (CircuitBreaker{MaxConnections: 1, MaxPendingRequests: 1, PendingFor: PendingForConnections}) ||
+		v2.OutlierDetection == nil || v2.OutlierDetection.ConsecutiveErrors != 2 {
+		t.Fatalf("v2 policy %+v", v2)
+	}
+	if len(v2.Ports) != 1 || v2.Ports[0].Port != 80 || v2.Ports[0].Policy.Balancer != "random" || v2.Ports[0].Policy.CircuitBreaker != nil {
+		t.Fatalf("v2 port policies %+v", v2.Ports)
+	}
+	all := strings.Join(warnings, "\n")
+	if len(warnings) != 1 || !strings.Contains(all, "spec.subsets[1].trafficPolicy.portLevelSettings[0].tls is not supported") {
+		t.Errorf("want only the tls warning naming the subset's port, got:\n%s", all)
+	}
+	_, _, err = DecodeWithWarnings([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: h\n  subsets:\n  - name: a\n    labels: {v: a}\n    trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}\n"))
+	if err == nil || !strings.Contains(err.Error(), "spec.subsets[0].trafficPolicy.loadBalancer.simple") {
+		t.Errorf("err %v, want one naming the subset's field", err)
+	}
+	// A subset's policy in a fogmesh document is validated like the top level.
+	_, err = Decode([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"DestinationPolicy","metadata":{"name":"p"},"spec":{"service":"s","subsets":[{"name":"v1","labels":{"v":"1"},"policy":{"balancer":"fastest"}}]}}`))
+	if err == nil || !strings.Contains(err.Error(), "spec.subsets[0].policy.balancer") {
+		t.Errorf("err %v, want one naming spec.subsets[0].policy.balancer", err)
+	}
+}
+
+func TestIstioPortLevelSettings(t *testing.T) {
+	objs, warnings, err := DecodeWithWarnings([]byte(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: shop}
+spec:
+  host: db
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 50}}
+    portLevelSettings:
+    - port: {number: 5432}
+      connectionPool: {tcp: {maxConnections: 5}}
+    - port: {number: 8080}
+      loadBalancer: {simple: LEAST_REQUEST}
+  subsets:
+  - {name: a, labels: {v: a}}
+  - name: b
+    labels: {v: b}
+    trafficPolicy:
+      portLevelSettings: [{port: {number: 5432}, outlierDetection: {consecutive5xxErrors: 3}}]
+  - name: c
+    labels: {v: c}
+    trafficPolicy: {connectionPool: {tcp: {maxConnections: 2}}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) != 0 {
+		t.Errorf("warnings: %v", warnings)
+	}
+	p := objs[0].(*DestinationPolicy).Spec
+	if len(p.Ports) != 2 || p.Ports[0].Port != 5432 || p.Ports[0].Policy.CircuitBreaker.MaxConnections != 5 || p.Ports[1].Policy.Balancer != "least-conn" {
+		t.Fatalf("ports %+v", p.Ports)
+	}
+	a, b, c := p.Subsets[0].Policy, p.Subsets[1].Policy, p.Subsets[2].Policy
+	if a.CircuitBreaker.MaxConnections != 50 || len(a.Ports) != 1 || a.Ports[0].Port != 5432 || a.Ports[0].Policy.CircuitBreaker.MaxConnections != 5 {
+		t.Errorf("a inherits the pool and the port's: %+v", a)
+	}
+	if b.CircuitBreaker.MaxConnections != 50 || len(b.Ports) != 1 || b.Ports[0].Policy.CircuitBreaker.MaxConnections != 5 || b.Ports[0].Policy.OutlierDetection.ConsecutiveErrors != 3 {
+		t.Errorf("b inherits the pools into its own port policy: %+v", b)
+	}
+	if c.CircuitBreaker.MaxConnections != 2 || len(c.Ports) != 0 {
+		t.Errorf("c's own pool replaces the top level's, its ports' too (Istio): %+v", c)
+	}
+	for _, bad := range []string{"[{loadBalancer: {simple: RANDOM}}]", "[{port: {number: 0}}]", "[{port: {number: 80}}, {port: {number: 80}}]"} {
+		_, _, err := DecodeWithWarnings([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: h\n  trafficPolicy:\n    portLevelSettings: " + bad + "\n"))
+		if err == nil || !strings.Contains(err.Error(), "ports") && !strings.Contains(err.Error(), "portLevelSettings") {
+			t.Errorf("%s: err %v, want one naming the field", bad, err)
+		}
+	}
+}

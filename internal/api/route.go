@@ -173,12 +173,30 @@ type DestinationPolicySpec struct {
 	// OutlierDetection and CircuitBreaker override the service's when set.
 	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
 	CircuitBreaker   *CircuitBreaker   `json:"circuitBreaker,omitempty"`
+	// Ports override the settings above for one service port each
+	// (Istio's portLevelSettings): applied after the policy's own, and in
+	// a subset's policy after the subset's.
+	Ports []PortPolicy `json:"ports,omitempty"`
+}
+
+// PortPolicy is a policy's settings for one service port. Its policy has
+// no service, subsets or ports.
+type PortPolicy struct {
+	Port   int                   `json:"port"` // the service port's number
+	Policy DestinationPolicySpec `json:"policy"`
 }
 
 // Subset is the endpoints whose labels include Labels.
 type Subset struct {
 	Name   string            `json:"name"`
 	Labels map[string]string `json:"labels"`
+	// Policy overrides the policy's own settings and its ports' (balancer,
+	// hashKey, minHealthyShare, outlierDetection, circuitBreaker: each,
+	// when set, replaces the whole) for requests a route sends to this
+	// subset (Istio's subsets[].trafficPolicy); its ports apply last. A
+	// subset with its own circuitBreaker has its own counters. service
+	// and subsets must be empty.
+	Policy *DestinationPolicySpec `json:"policy,omitempty"`
 }
 
 func (r *Route) GetMeta() *Meta             { return &r.Meta }
@@ -427,27 +445,62 @@ func (p *DestinationPolicy) Validate() error {
 		if len(s.Labels) == 0 {
 			return fieldErr(f+".labels", "at least one label is required")
 		}
+		if sp := s.Policy; sp != nil {
+			if sp.Service != "" {
+				return fieldErr(f+".policy.service", "not allowed in a subset's policy")
+			}
+			if len(sp.Subsets) > 0 {
+				return fieldErr(f+".policy.subsets", "not allowed in a subset's policy")
+			}
+			if err := sp.validateOverrides(f + ".policy"); err != nil {
+				return err
+			}
+		}
 	}
-	switch p.Spec.Balancer {
-	case "", "edge-aware", "round-robin", "least-conn", "random", "consistent-hash", "maglev":
-	default:
-		return fieldErr("spec.balancer", "%q is not one of edge-aware, round-robin, least-conn, random, consistent-hash, maglev", p.Spec.Balancer)
-	}
-	if p.Spec.MinHealthyShare < 0 || p.Spec.MinHealthyShare > 1 {
-		return fieldErr("spec.minHealthyShare", "%g is not within 0 and 1", p.Spec.MinHealthyShare)
-	}
-	switch p.Spec.Locality {
-	case "", LocalityTiers, LocalityNone:
-	default:
-		return fieldErr("spec.locality", "%q is not one of tiers, none", p.Spec.Locality)
-	}
-	if od := p.Spec.OutlierDetection; od != nil {
-		if err := od.validate("spec.outlierDetection"); err != nil {
+	return p.Spec.validateOverrides("spec")
+}
+
+// validateOverrides checks the settings a policy (or a subset's, or a
+// port's) overrides.
+func (s *DestinationPolicySpec) validateOverrides(f string) error {
+	seen := map[int]bool{}
+	for i := range s.Ports {
+		pp := &s.Ports[i]
+		pf := fmt.Sprintf("%s.ports[%d]", f, i)
+		if err := validPort(pf+".port", pp.Port); err != nil {
+			return err
+		}
+		if seen[pp.Port] {
+			return fieldErr(pf+".port", "duplicate port %d", pp.Port)
+		}
+		seen[pp.Port] = true
+		if pp.Policy.Service != "" || len(pp.Policy.Subsets) > 0 || len(pp.Policy.Ports) > 0 {
+			return fieldErr(pf+".policy", "service, subsets and ports are not allowed in a port's policy")
+		}
+		if err := pp.Policy.validateOverrides(pf + ".policy"); err != nil {
 			return err
 		}
 	}
-	if cb := p.Spec.CircuitBreaker; cb != nil {
-		if err := cb.validate("spec.circuitBreaker"); err != nil {
+	switch s.Balancer {
+	case "", "edge-aware", "round-robin", "least-conn", "random", "consistent-hash", "maglev":
+	default:
+		return fieldErr(f+".balancer", "%q is not one of edge-aware, round-robin, least-conn, random, consistent-hash, maglev", s.Balancer)
+	}
+	if s.MinHealthyShare < 0 || s.MinHealthyShare > 1 {
+		return fieldErr(f+".minHealthyShare", "%g is not within 0 and 1", s.MinHealthyShare)
+	}
+	switch s.Locality {
+	case "", LocalityTiers, LocalityNone:
+	default:
+		return fieldErr(f+".locality", "%q is not one of tiers, none", s.Locality)
+	}
+	if od := s.OutlierDetection; od != nil {
+		if err := od.validate(f + ".outlierDetection"); err != nil {
+			return err
+		}
+	}
+	if cb := s.CircuitBreaker; cb != nil {
+		if err := cb.validate(f + ".circuitBreaker"); err != nil {
 			return err
 		}
 	}

@@ -269,20 +269,65 @@ const (
 	ConnectFailureCount = "count"
 )
 
-// CircuitBreaker limits, per agent. Zero means no limit.
+// CircuitBreaker limits, per agent, and the upstream connection pool's
+// settings (Istio's connectionPool). Zero means no limit (or the default).
+// The limits follow Envoy's circuit breakers
+// (envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/circuit_breaking):
+// on an http port (HTTP/1.1 upstream) a request occupies a connection for
+// its whole exchange, so MaxConnections also bounds the requests in flight
+// and the rest wait as pending requests; on http2/grpc ports requests are
+// multiplexed over one connection per endpoint and only MaxRequests bounds
+// them.
 type CircuitBreaker struct {
-	// MaxConnections open to the service (L4 ports).
+	// MaxConnections open to the service: relayed connections on L4
+	// ports; on http ports, upstream connections in use, hence requests
+	// in flight (Envoy's max_connections: "in practice only applicable
+	// to HTTP/1.1"). Idle pooled connections may add one per endpoint.
 	MaxConnections int `json:"maxConnections,omitempty"`
 	// MaxRequests in flight to the service (http/http2/grpc ports); more
 	// wait in the pending queue, or are answered 503 at once when it is
 	// full.
 	MaxRequests int `json:"maxRequests,omitempty"`
-	// MaxPendingRequests may wait for one of MaxRequests' slots (first
-	// come, first served), each at most its request timeout (Istio's
-	// http1MaxPendingRequests). Default 0: none wait. Without MaxRequests
-	// it has no effect.
+	// MaxPendingRequests may wait for one of the slots MaxRequests or (on
+	// http ports) MaxConnections allow, first come first served, each at
+	// most its request timeout (Istio's http1MaxPendingRequests, Envoy's
+	// max_pending_requests: "requests are added to the list of pending
+	// requests whenever there aren't enough upstream connections
+	// available"). Default 0: none wait; beyond it: 503 at once.
 	MaxPendingRequests int `json:"maxPendingRequests,omitempty"`
+	// PendingFor is what pending requests wait for: "requests" (default:
+	// a slot as above) or "connections" (Envoy's semantics, which Istio
+	// documents get): they wait only for an upstream connection
+	// (MaxConnections, http ports), MaxPendingRequests 0 means no bound,
+	// and a request over MaxRequests is refused at once, never queued.
+	PendingFor string `json:"pendingFor,omitempty"`
+	// MaxRequestsPerConnection closes an upstream HTTP/1.1 connection
+	// after it carried this many requests (1: no keep-alive).
+	MaxRequestsPerConnection int `json:"maxRequestsPerConnection,omitempty"`
+	// ConnectTimeout overrides timeouts.connect.
+	ConnectTimeout Duration `json:"connectTimeout,omitempty"`
+	// TCPKeepalive of the connections this agent opens to the service's
+	// workloads on its node (Istio's tcpKeepalive).
+	TCPKeepalive *TCPKeepalive `json:"tcpKeepalive,omitempty"`
+	// IdleTimeout closes pooled upstream connections (http/http2/grpc
+	// ports) idle this long; unlike timeouts.idle it leaves client
+	// connections and L4 relays alone.
+	IdleTimeout Duration `json:"idleTimeout,omitempty"`
 }
+
+// TCPKeepalive turns TCP keepalive probes on; a zero field keeps the
+// operating system's setting (Linux: 7200 s, 75 s, 9 probes).
+type TCPKeepalive struct {
+	Time     Duration `json:"time,omitempty"`     // idle before the first probe
+	Interval Duration `json:"interval,omitempty"` // between probes
+	Probes   int      `json:"probes,omitempty"`   // unanswered before the connection is dropped
+}
+
+// PendingFor values of CircuitBreaker.
+const (
+	PendingForRequests    = "requests"
+	PendingForConnections = "connections"
+)
 
 // Timeouts of a service. Zero means the default.
 type Timeouts struct {

@@ -346,5 +346,22 @@ func (cb *CircuitBreaker) validate(f string) error {
 	if cb.MaxPendingRequests < 0 {
 		return fieldErr(f+".maxPendingRequests", "must not be negative")
 	}
+	switch cb.PendingFor {
+	case "", PendingForRequests, PendingForConnections:
+	default:
+		return fieldErr(f+".pendingFor", "%q is not %s or %s", cb.PendingFor, PendingForRequests, PendingForConnections)
+	}
+	if cb.MaxRequestsPerConnection < 0 {
+		return fieldErr(f+".maxRequestsPerConnection", "must not be negative")
+	}
+	if cb.ConnectTimeout < 0 {
+		return fieldErr(f+".connectTimeout", "must not be negative")
+	}
+	if ka := cb.TCPKeepalive; ka != nil && (ka.Time < 0 || ka.Interval < 0 || ka.Probes < 0) {
+		return fieldErr(f+".tcpKeepalive", "must not be negative")
+	}
+	if cb.IdleTimeout < 0 {
+		return fieldErr(f+".idleTimeout", "must not be negative")
+	}
 	return nil
 }

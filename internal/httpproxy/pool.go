@@ -57,6 +57,9 @@ type PoolConfig struct {
 	// MaxIdle is how many idle connections the pool keeps (default 64, as
 	// MaxIdleConnsPerHost).
 	MaxIdle int
+	// MaxUses closes a connection after this many requests (0: no limit;
+	// Envoy's max_requests_per_connection).
+	MaxUses int
 }
 
 // NewPool returns an empty pool; connections are dialed on demand.
@@ -81,6 +84,7 @@ type poolConn struct {
 	bw     *bufio.Writer
 	idleAt time.Time
 	reused bool
+	uses   int // requests sent on it
 	// peekNext: the last response had no body by rule (HEAD, 204, 304)
 	// although the endpoint may have sent one; the connection is checked
 	// for stray bytes before it is used again.
@@ -253,6 +257,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
+		pc.uses++
 		resp, err := pc.roundTrip(req)
 		if err == nil {
 			return resp, nil
@@ -483,7 +488,7 @@ func (b *respBody) finish(eof bool) {
 	// Reused only if the response was framed exactly: read to its end and
 	// nothing after it (a body on a HEAD response, bytes beyond its
 	// length) would be read as the next client's response.
-	reuse := eof && !b.close && b.pc.br.Buffered() == 0
+	reuse := eof && !b.close && b.pc.br.Buffered() == 0 && (b.pc.p.cfg.MaxUses <= 0 || b.pc.uses < b.pc.p.cfg.MaxUses)
 	if b.stop != nil && !b.stop() {
 		reuse = false // the context fired: the deadline poisoned the connection
 	}
