@@ -9,7 +9,7 @@ import (
 )
 
 // Local client identity. A client connection from this host gets the
-// identity of the workload registered at its source address (authz.go,
+// identity of the workload registered at its source address (vouch.go,
 // localIdentities), where the workload declares attest selectors only if
 // the processes holding the client socket match them (package localid).
 // The answer is computed once per connection, at accept, and travels with

@@ -10,8 +10,8 @@ import (
 // Outlier detection and the quarantine of unreachable endpoints. The state
 // and its semantics (Envoy's) live in internal/outlier; this file maps a
 // service's policy onto it and feeds it what the proxies see: responses
-// and broken exchanges (l7.go), failed and successful connects (proxy.go,
-// l7.go). pick skips what isEjected reports.
+// and broken exchanges (l7retry.go), failed and successful connects (proxy.go,
+// l7retry.go). pick skips what isEjected reports.
 
 // outlierConfig is a service's outlierDetection (its destination policy's
 // when that has one) with fogmesh's documented defaults: 5 consecutive

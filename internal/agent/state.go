@@ -223,7 +223,7 @@ type view struct {
 	// authzInvalid: the policies that did not compile and fail closed
 	// (compileAuthz).
 	authzInvalid []error
-	// ids maps local workload addresses to their SPIFFE IDs (authz.go).
+	// ids maps local workload addresses to their SPIFFE IDs (vouch.go).
 	ids map[netip.Addr]string
 	// attest: local workload addresses -> the attest selectors declared
 	// there; a client from such an address must match one (localid.go).

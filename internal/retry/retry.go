@@ -3,7 +3,7 @@
 // tokens an Istio VirtualService accepts), the classification of one
 // attempt's outcome, Envoy's jittered exponential back-off and a retry
 // budget per destination service. It does no I/O: the agent's L7 path
-// (internal/agent/l7.go) feeds it outcomes and sleeps for it.
+// (internal/agent/l7retry.go) feeds it outcomes and sleeps for it.
 //
 // References: Envoy's router filter, x-envoy-retry-on and
 // x-envoy-retry-grpc-on

@@ -1,0 +1,274 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/authz"
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
+	"github.com/fogmesh/fogmesh/internal/transport"
+)
+
+// The destination side's per-request HTTP server (authzServer): it serves
+// the mesh streams of HTTP, HTTP/2 and gRPC ports, vouches for each
+// request's source identity, authorizes each request and proxies it to the
+// workload.
+
+// authzServer serves the mesh streams of HTTP ports whose requests must be
+// authorized one by one: one HTTP server (HTTP/1.1 and h2c) per agent, fed
+// stream by stream.
+type authzServer struct {
+	a   *Agent
+	ln  *connListener
+	srv *http.Server
+	rp  *httputil.ReverseProxy
+}
+
+type meshStreamKey struct{}
+
+// meshStream is one stream served by authzServer.
+type meshStream struct {
+	h                    transport.Header
+	sourceID, sourceNode string
+	proto                string
+	local                *meshConn
+	// streamCtx is the mesh stream's context (its TLS peer), for vouching
+	// per request.
+	streamCtx context.Context
+	// perConn: the stream was authorized when it opened (an auto port, as
+	// a TCP connection); its requests are vouched for, not decided again.
+	perConn bool
+	// agentWritten: the stream is L7 (transport.Header.L7), its requests
+	// written by the source agent. Otherwise the bytes are a client's,
+	// and no identity or forwarding header in them is believed.
+	agentWritten bool
+
+	mu sync.Mutex // guards t
+	t  *http.Transport
+}
+
+// transport returns the stream's upstream pool: its first connection is
+// the one DialLocal opened, further ones are dialed.
+func (ms *meshStream) transport() *http.Transport {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	if ms.t == nil {
+		var protos http.Protocols
+		if ms.proto == "http" {
+			protos.SetHTTP1(true)
+		} else {
+			protos.SetUnencryptedHTTP2(true)
+		}
+		var first atomic.Pointer[meshConn]
+		first.Store(ms.local)
+		ms.t = &http.Transport{Protocols: &protos, MaxIdleConnsPerHost: 8, IdleConnTimeout: 90 * time.Second,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				if c := first.Swap(nil); c != nil {
+					return c, nil
+				}
+				var d net.Dialer
+				return d.DialContext(ctx, "tcp", ms.local.addr)
+			}}
+	}
+	return ms.t
+}
+
+// closeIdle closes the stream's idle upstream connections.
+func (ms *meshStream) closeIdle() {
+	ms.mu.Lock()
+	t := ms.t
+	ms.mu.Unlock()
+	if t != nil {
+		t.CloseIdleConnections()
+	}
+}
+
+// servedConn marks the end of a stream handed to the HTTP server.
+type servedConn struct {
+	net.Conn
+	ms     *meshStream
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (c *servedConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+func newAuthzServer(a *Agent) *authzServer {
+	s := &authzServer{a: a, ln: &connListener{ch: make(chan net.Conn), closed: make(chan struct{})}}
+	s.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			httpproxy.ScrubProxyRequest(pr)
+			// The source agent set the forwarding headers, and handle the
+			// identity this agent vouched for: they pass on.
+			for _, k := range sourceAgentHeaders {
+				if v := pr.In.Header[k]; v != nil {
+					pr.Out.Header[k] = v
+				}
+			}
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = pr.In.Host
+			if pr.Out.URL.Host == "" {
+				pr.Out.URL.Host = "workload"
+			}
+			pr.Out.Host = pr.In.Host
+		},
+		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			ms := r.Context().Value(meshStreamKey{}).(*meshStream)
+			resp, err := ms.transport().RoundTrip(r)
+			if tb := httpproxy.TimedBodyOf(r); tb != nil && err == nil {
+				tb.Stop() // response header: the body bound ends (httpproxy.TimedBody)
+			}
+			return resp, err
+		}),
+		FlushInterval: -1,
+		ModifyResponse: func(resp *http.Response) error {
+			resp.Header.Del(hdrWorkloadRefused) // only this agent says so, never the workload
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			a.log.Debug("agent: authorized request failed", "host", r.Host, "err", err)
+			code := http.StatusBadGateway
+			if httpproxy.BodyTimedOut(r) {
+				code = http.StatusRequestTimeout
+			} else if isDialFailure(err) {
+				peerRefusedResponse(w)
+				return
+			}
+			w.WriteHeader(code)
+		},
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	s.srv = &http.Server{
+		Handler:           a.normalizingHandler(http.HandlerFunc(s.handle)),
+		Protocols:         &protos,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if sc, ok := c.(*servedConn); ok {
+				return context.WithValue(ctx, meshStreamKey{}, sc.ms)
+			}
+			return ctx
+		},
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	return s
+}
+
+// sourceAgentHeaders are the headers of a remote request that the source
+// agent set (or, for SourceIDHeader, authzServer.handle after vouching).
+var sourceAgentHeaders = []string{SourceIDHeader, "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func (s *authzServer) run() error {
+	s.srv.Serve(s.ln)
+	return nil
+}
+
+func (s *authzServer) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s.srv.Shutdown(ctx)
+	s.srv.Close()
+	s.ln.Close()
+}
+
+// serve hands the stream to the HTTP server and waits until it is done.
+func (s *authzServer) serve(ctx context.Context, stream net.Conn, ms *meshStream) {
+	sc := &servedConn{Conn: stream, ms: ms, closed: make(chan struct{})}
+	if !s.ln.push(sc) {
+		return
+	}
+	select {
+	case <-sc.closed:
+	case <-ctx.Done():
+		sc.Close()
+	}
+	ms.closeIdle()
+}
+
+func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
+	ms, _ := r.Context().Value(meshStreamKey{}).(*meshStream)
+	if ms == nil {
+		http.Error(w, "fogmesh: no stream", http.StatusInternalServerError)
+		return
+	}
+	v := s.a.view.Load()
+	sv := v.services[ms.h.Namespace+"/"+ms.h.Service]
+	if sv == nil {
+		http.Error(w, "fogmesh: unknown service", http.StatusServiceUnavailable)
+		return
+	}
+	src := ms.sourceID
+	if !ms.agentWritten {
+		// A client's bytes relayed raw by its agent: the stream's vouched
+		// identity is the only one, and no X-Forwarded-* is the agent's.
+		httpproxy.DropForwardedHeaders(r.Header)
+	} else if claimed := r.Header.Get(SourceIDHeader); claimed != "" {
+		src, _ = s.a.vouch(ms.streamCtx, ms.h, claimed)
+	}
+	// The workload sees the identity this agent accepted, never a claim
+	// it refused, in no spelling.
+	httpproxy.DropIdentityHeaders(r.Header)
+	if src != "" {
+		r.Header.Set(SourceIDHeader, src)
+	}
+	if ms.perConn { // decided when the stream opened
+		s.rp.ServeHTTP(w, r)
+		return
+	}
+
+	num, _ := portOf(sv, ms.h.Port)
+	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
+		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: authzPath(r), Header: r.Header}
+	if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
+		writeDenied(w, r.Header)
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		// The source agent bounds its client's body; this bounds a peer's
+		// (timeouts.requestBody between reads, not the request timeout,
+		// which a route or class may raise where the request entered).
+		tb := httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+		tb.Arm(time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
+		r = r.WithContext(httpproxy.WithTimedBody(r.Context(), tb))
+		r.Body = tb
+	}
+	s.rp.ServeHTTP(w, r)
+}
+
+// hdrWorkloadRefused marks the answer of a destination agent that could not
+// connect to its workload for a request of a stream it serves per request
+// (the stream's first connection was made when it opened; later ones per
+// request): the client's agent then fails over to another endpoint as after
+// a refused connect, for any method, since nothing of the request was sent.
+// The destination agent removes it from workload responses.
+const hdrWorkloadRefused = "X-Fogmesh-Workload-Refused"
+
+var errWorkloadRefused = errors.New("the endpoint's agent could not connect to its workload")
+
+func peerRefusedResponse(w http.ResponseWriter) {
+	w.Header().Set(hdrWorkloadRefused, "1")
+	w.WriteHeader(http.StatusServiceUnavailable)
+}
+
+// isDialFailure reports whether err is a failure to connect (nothing sent).
+func isDialFailure(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
+}

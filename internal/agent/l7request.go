@@ -1,0 +1,242 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
+)
+
+// One L7 request's way to an endpoint (lbTransport.RoundTrip): its route
+// rule, traffic class and admission, fault, backend and subset, circuit
+// breaker, mirror, hash and session order, and timeout; the attempts
+// themselves are l7retry.go's.
+
+// lbTransport picks an endpoint for every request, nearest tier first, and
+// moves to the next one when connecting fails.
+type lbTransport struct {
+	l7 *l7
+	h1 bool // requests of the HTTP/1.1 fast path: HTTP/1.1 endpoints over its pools
+}
+
+func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err error) {
+	a := lt.l7.a
+	t, ok := req.Context().Value(targetKey{}).(listenTarget)
+	if !ok {
+		return nil, errors.New("request without a service")
+	}
+	sv := a.view.Load().services[t.svc]
+	if sv == nil {
+		return nil, errNoEndpoint
+	}
+	// The gap between body reads holds from here: an answer of the agent's
+	// (a fault, an error) drains the body within it too (l7body.go).
+	httpproxy.ArmBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
+	// What the request takes below (its client's place, its agent and
+	// circuit breaker slots, its timeout) it holds until its response body
+	// is done (a stream or a download counts as long as it lasts), or
+	// until now when there is no response.
+	var h reqHold
+	defer func() {
+		if err != nil || resp == nil {
+			h.release()
+		} else {
+			h.onDone(resp)
+		}
+	}()
+	if !lt.l7.clients.acquire(req.RemoteAddr, a.cfg.MaxRequestsPerClient, &h) {
+		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_client_limit_rejections_total{service=%q}`, t.svc)).Inc()
+		return nil, errClientLimit
+	}
+	// Traffic class: from the route rule, else the header, else the default.
+	rule, noRoute := sv.routeRule(req)
+	if noRoute {
+		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_no_route_total{service=%q}`, t.svc)).Inc()
+		return nil, errNoRoute
+	}
+	class := a.classOf(sv, rule, req)
+	if !a.admit(sv, class) {
+		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_shed_total{service=%q,class=%q}`, t.svc, className(class))).Inc()
+		return nil, errShed
+	}
+	h.inflight = &a.l7Inflight
+	if rule != nil && rule.Fault != nil {
+		if resp, err := a.injectFault(req, t.svc, rule.Fault); resp != nil || err != nil {
+			return resp, err
+		}
+	}
+	retries, timeout := sv.svc.Spec.Retries, time.Duration(sv.svc.Spec.Timeouts.Request)
+	if class != nil {
+		if class.Timeout > 0 {
+			timeout = time.Duration(class.Timeout)
+		}
+		if class.Retries != nil {
+			retries = *class.Retries
+		}
+	}
+	svcView := sv // the service's view; sv becomes the destination's
+	var subset string
+	var subsetLabels map[string]string
+	if rule != nil {
+		b := rule.Backends[weightedBackend(rule.Backends)]
+		if b.Subset != "" {
+			labels, ok := sv.subsets[b.Subset]
+			if !ok {
+				return nil, fmt.Errorf("%w: subset %q of %s is not defined by a DestinationPolicy", errNoEndpoint, b.Subset, t.svc)
+			}
+			subset, subsetLabels = b.Subset, labels
+		}
+		if rule.Timeout > 0 {
+			timeout = time.Duration(rule.Timeout)
+		}
+		if rule.Retries != nil {
+			retries = *rule.Retries
+		}
+	}
+	// The destination's traffic policy from here on: balancer, outlier
+	// detection, circuit breaker, pools (policy.go).
+	sv = effectivePolicy(sv, subset, t.port)
+	cands := a.pickSubset(sv, t.port, subset, subsetLabels)
+	if len(cands) == 0 {
+		a.m.connNoEP.Inc()
+		return nil, errNoEndpoint
+	}
+	// The circuit breaker: a slot, or a place in the queue for at most
+	// the request timeout, which the wait then counts against.
+	timeout, releaseSlot, err := lt.l7.limitRequest(req.Context(), sv, t.proto, timeout)
+	if err != nil {
+		return nil, err
+	}
+	h.slot = releaseSlot
+	// The request timeout covers reading the request body, and no read
+	// of it waits longer than timeouts.requestBody, until the response
+	// header arrives.
+	tb := httpproxy.ArmBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), timeout)
+	if rule != nil && rule.Mirror != nil {
+		req = lt.mirror(req, svcView, t, rule.Mirror, timeout)
+	}
+	if hashBalanced(sv) {
+		if key := hashKeyOf(req, sv.svc.Spec.HashKey); key != "" {
+			a.hashOrder(sv, cands, key)
+		}
+	}
+	if sa := sv.svc.Spec.Session; sa != nil {
+		if key := sessionKey(req, sa); key != "" {
+			cands = a.applySession(sv, key, cands)
+		}
+	}
+	// The request timeout bounds the time to response headers: a timer
+	// cancels the request unless headers came first. The context lives on
+	// with the response body and is released when the body is closed.
+	release := func() {}
+	var timer *time.Timer
+	if d := timeout; d > 0 {
+		ctx, cancel := context.WithCancelCause(req.Context())
+		timer = time.AfterFunc(d, func() { cancel(context.DeadlineExceeded) })
+		req = req.WithContext(ctx)
+		release = func() { timer.Stop(); cancel(nil) }
+	}
+	resp, err = lt.roundTrip(req, sv, t, cands, retries, routeName(rule))
+	if err != nil {
+		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
+			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)
+			if tb != nil && tb.Expire() {
+				err = fmt.Errorf("%w: body not received within the request timeout", httpproxy.ErrBodyTimeout)
+			}
+		}
+		release()
+		return nil, err
+	}
+	if tb != nil {
+		tb.Stop()
+	}
+	if timer != nil {
+		timer.Stop()
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			h.timeout = release
+		}
+	}
+	return resp, nil
+}
+
+// releaseOnClose runs release when the body is closed.
+type releaseOnClose struct {
+	io.ReadCloser
+	once    sync.Once
+	release func()
+}
+
+func (r *releaseOnClose) Close() error {
+	err := r.ReadCloser.Close()
+	r.once.Do(r.release)
+	return err
+}
+
+func (r *releaseOnClose) BufferedUpstream() int {
+	if ub, ok := r.ReadCloser.(httpproxy.UpstreamBuffered); ok {
+		return ub.BufferedUpstream()
+	}
+	return 0
+}
+
+// classOf returns the request's traffic class, or nil if the service has
+// none or the name is unknown.
+func (a *Agent) classOf(sv *serviceView, rule *api.RouteRule, req *http.Request) *api.TrafficClass {
+	if len(sv.svc.Spec.Classes) == 0 {
+		return nil
+	}
+	name := ""
+	if rule != nil {
+		name = rule.Class
+	}
+	if name == "" {
+		name = req.Header.Get("X-Fogmesh-Class")
+	}
+	if name == "" {
+		name = sv.svc.Spec.DefaultClass
+	}
+	for i := range sv.svc.Spec.Classes {
+		if sv.svc.Spec.Classes[i].Name == name {
+			return &sv.svc.Spec.Classes[i]
+		}
+	}
+	return nil
+}
+
+func className(c *api.TrafficClass) string {
+	if c == nil {
+		return ""
+	}
+	return c.Name
+}
+
+// admit takes an L7 request slot, or refuses it when the agent is
+// overloaded for the request's class: a class ranked k below the service's
+// top priority may fill only (1 − 0.2·k) of MaxRequests (at least 20%), so
+// the lowest classes are shed first and the top one keeps headroom.
+// Requests without a class count as the lowest rank.
+func (a *Agent) admit(sv *serviceView, class *api.TrafficClass) bool {
+	limit := float64(a.cfg.MaxRequests)
+	rank := 0
+	if cs := sv.svc.Spec.Classes; len(cs) > 0 {
+		higher := map[int]bool{}
+		for _, c := range cs {
+			if class == nil || c.Priority > class.Priority {
+				higher[c.Priority] = true
+			}
+		}
+		rank = len(higher)
+	}
+	share := max(1-0.2*float64(rank), 0.2)
+	if n := a.l7Inflight.Add(1); float64(n) > limit*share {
+		a.l7Inflight.Add(-1)
+		return false
+	}
+	return true
+}

@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+)
+
+// Route rules: which rule of a service's route a request matches, which
+// weighted backend it draws, and its consistent-hash key.
+
+// hashKeyOf returns the request's consistent-hash key ("" if none).
+func hashKeyOf(req *http.Request, hk *api.HashKey) string {
+	if hk.Header != "" {
+		if v := req.Header.Get(hk.Header); v != "" {
+			return v
+		}
+	}
+	if hk.Cookie != "" {
+		if c, err := req.Cookie(hk.Cookie); err == nil {
+			return c.Value
+		}
+	}
+	if hk.SourceIP {
+		if host, _, err := net.SplitHostPort(req.RemoteAddr); err == nil {
+			return host
+		}
+	}
+	return ""
+}
+
+// matchRule returns the first rule of the service's route that matches req,
+// or nil when the service has no route or no rule matches (then every
+// endpoint serves, unless the route rejects unmatched requests: routeRule).
+func (sv *serviceView) matchRule(req *http.Request) *api.RouteRule {
+	rule, _ := sv.routeRule(req)
+	return rule
+}
+
+// routeRule is matchRule, also reporting whether the request must be
+// refused because no rule matched and the route rejects unmatched
+// requests (Istio's "no route", 404).
+func (sv *serviceView) routeRule(req *http.Request) (rule *api.RouteRule, noRoute bool) {
+	if sv.route == nil {
+		return nil, false
+	}
+	rule = sv.firstMatch(req)
+	return rule, rule == nil && sv.route.Spec.Unmatched == api.UnmatchedReject
+}
+
+func (sv *serviceView) firstMatch(req *http.Request) *api.RouteRule {
+	host := req.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	for i := range sv.route.Spec.Rules {
+		rule := &sv.route.Spec.Rules[i]
+		if len(rule.Match) == 0 {
+			return rule
+		}
+		for _, m := range rule.Match {
+			if matches(&m, req, host) && sv.sourceMatches(&m, req) {
+				return rule
+			}
+		}
+	}
+	return nil
+}
+
+func matches(m *api.RouteMatch, req *http.Request, host string) bool {
+	if m.Method != "" && m.Method != req.Method {
+		return false
+	}
+	if !m.Path.Matches(req.URL.EscapedPath()) || !m.Host.Matches(host) { // normalised, as authorization sees it
+		return false
+	}
+	for name, sm := range m.Headers {
+		v, ok := req.Header[http.CanonicalHeaderKey(name)]
+		if !ok || !sm.Matches(strings.Join(v, ",")) {
+			return false
+		}
+	}
+	for name, sm := range m.WithoutHeaders {
+		if v, ok := req.Header[http.CanonicalHeaderKey(name)]; ok && sm.Matches(strings.Join(v, ",")) {
+			return false
+		}
+	}
+	if len(m.QueryParams) > 0 {
+		// Decoded, the first value of a repeated parameter (as Envoy).
+		q, _ := url.ParseQuery(req.URL.RawQuery)
+		for name, sm := range m.QueryParams {
+			v, ok := q[name]
+			if !ok || !sm.Matches(v[0]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// weightedBackend draws a backend index with probability ∝ weight (a
+// weight of 0 is never drawn unless all are 0).
+func weightedBackend(bs []api.RouteBackend) int {
+	total := 0
+	for _, b := range bs {
+		total += b.Weight
+	}
+	if total <= 0 {
+		return rand.IntN(len(bs))
+	}
+	r := rand.IntN(total)
+	for i, b := range bs {
+		if r -= b.Weight; r < 0 {
+			return i
+		}
+	}
+	return len(bs) - 1
+}
