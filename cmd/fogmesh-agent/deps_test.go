@@ -46,6 +46,9 @@ func TestLayering(t *testing.T) {
 		"api":      nil,
 		"wire":     {"api"},
 		"identity": {"api"},
+		"netseam":  nil,
+		// memnet is the in-memory network of tests: the seam only.
+		"netseam/memnet": {"netseam"},
 	}
 	for pkg, ok := range allowed {
 		out, err := exec.Command("go", "list", "-deps", "../../internal/"+pkg).CombinedOutput()
