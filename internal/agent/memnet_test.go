@@ -1,15 +1,21 @@
 package agent
 
 import (
-	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/control"
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/netseam/memnet"
 )
 
@@ -87,12 +93,71 @@ func TestMeshAndControlOverMemnet(t *testing.T) {
 	mustRoundTrip(t, vip, "c: ping")
 }
 
-// TestAgentNetworkDefault: with no Network the mesh port is a TCP socket.
-func TestAgentNetworkDefault(t *testing.T) {
-	a := startAgent(t, agentOpts{name: "real", site: "s1", region: "r1", vipOctet: 232, stateDir: t.TempDir()})
-	c, err := (&net.Dialer{}).DialContext(context.Background(), "tcp", a.MeshAddr())
+// applySecure applies doc through a secure control plane's admin API (TLS,
+// the bootstrap admin token in its state directory dir).
+func applySecure(t *testing.T, cp *control.Server, dir, doc string) {
+	t.Helper()
+	tok, err := os.ReadFile(filepath.Join(dir, control.AdminTokenFile))
 	if err != nil {
-		t.Fatalf("dial the mesh port: %v", err)
+		t.Fatal(err)
 	}
-	c.Close()
+	bundle, err := os.ReadFile(cp.BundlePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(bundle) {
+		t.Fatalf("no certificate in %s", cp.BundlePath())
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequest("POST", "https://"+cp.AdminAddr()+"/v1/apply", strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	req.Header.Set("Content-Type", "application/yaml")
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("apply: %s %s", resp.Status, b)
+	}
+}
+
+// TestSecureMeshOverMemnet: in secure mode every link that memnet carries
+// is TLS: two agents join with a token (the join dial), hold mTLS sync
+// streams and reach each other over the mTLS mesh port, all in memory.
+func TestSecureMeshOverMemnet(t *testing.T) {
+	mem := &memnet.Network{}
+	const syncAddr = "127.230.254.1:7071"
+	cpDir := t.TempDir()
+	cp := startControlWith(t, cpDir, syncAddr, func(c *control.Config) { c.Network, c.Insecure = mem, false })
+	applySecure(t, cp, cpDir, svcDoc("echo", 19231))
+	secure := func(vipRange string) func(*Config) {
+		tok, err := cp.CreateToken(identity.TokenJoin, "s1", "", time.Minute) // one per node
+		if err != nil {
+			t.Fatal(err)
+		}
+		return func(c *Config) {
+			c.Network, c.VIPRange, c.Insecure, c.JoinToken, c.WorkloadAPISocket = mem, vipRange, false, tok, "off"
+		}
+	}
+	echoB := startEcho(t, "b", "127.0.0.1:0")
+	ctl := []string{syncAddr}
+	startAgentWith(t, agentOpts{name: "b", site: "s1", region: "r1", control: ctl, stateDir: t.TempDir(),
+		meshAddr: "127.230.254.2:0", workloads: []Workload{wlFor("echo", echoB)}}, secure("127.232.0.0/17"))
+	a := startAgentWith(t, agentOpts{name: "a", site: "s1", region: "r1", control: ctl, stateDir: t.TempDir(),
+		meshAddr: "127.230.254.3:0"}, secure("127.230.0.0/16"))
+	if a.ident == nil {
+		t.Fatal("agent a runs without a node identity")
+	}
+	waitFor(t, "a to learn b's endpoint", func() bool {
+		eps := endpointsOf(a, "demo/echo")
+		return len(eps) == 1 && eps[0].Healthy && eps[0].Tier == "site"
+	})
+	mustRoundTrip(t, "127.230.0.1:19231", "b: ping")
 }
