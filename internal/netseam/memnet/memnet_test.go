@@ -215,6 +215,18 @@ func TestRelayFallsBackToCopy(t *testing.T) {
 	}
 }
 
+// TestRelayIdleTimeout: proxy.WithIdleTimeout, which works by read
+// deadlines, tears a silent memnet pair down with proxy.ErrIdle.
+func TestRelayIdleTimeout(t *testing.T) {
+	var n Network
+	_, front, _ := pair(t, &n)
+	back, _, _ := pair(t, &n)
+	a, b := proxy.WithIdleTimeout(front, back, 20*time.Millisecond)
+	if _, _, err := proxy.Relay(context.Background(), a, b); !errors.Is(err, proxy.ErrIdle) {
+		t.Fatalf("relay of a silent pair: %v, want proxy.ErrIdle", err)
+	}
+}
+
 // TestWriteBlocksWhenFull: a writer waits for the reader once a buffer's
 // worth is unread, and a write deadline ends the wait with a timeout.
 func TestWriteBlocksWhenFull(t *testing.T) {
