@@ -178,12 +178,16 @@ func New(cfg Config) (*Agent, error) {
 		a.vip6 = netip.MustParsePrefix(cfg.VIP6Range)
 	}
 	var err error
-	if a.meshLn, err = net.Listen("tcp", cfg.MeshAddr); err != nil {
+	if a.meshLn, err = cfg.Network.Listen(context.Background(), "tcp", cfg.MeshAddr); err != nil {
 		return nil, fmt.Errorf("agent: mesh listen: %w", err)
 	}
 	if ap := netip.MustParseAddrPort(cfg.MeshAdvertise); ap.Port() == 0 {
 		// Advertised from a port-0 listen address: advertise the bound port.
-		bound := a.meshLn.Addr().(*net.TCPAddr).AddrPort()
+		bound, err := netip.ParseAddrPort(a.meshLn.Addr().String())
+		if err != nil {
+			a.meshLn.Close()
+			return nil, fmt.Errorf("agent: mesh listen: bound address: %w", err)
+		}
 		cfg.MeshAdvertise = netip.AddrPortFrom(ap.Addr(), bound.Port()).String()
 		a.cfg.MeshAdvertise = cfg.MeshAdvertise
 	}
@@ -247,7 +251,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	scfg := transport.ServerConfig{Listener: a.meshLn, Dialer: a,
 		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics}
-	ccfg := transport.ClientConfig{SourceNode: cfg.Node.Name,
+	ccfg := transport.ClientConfig{SourceNode: cfg.Node.Name, Network: cfg.Network,
 		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval)}
 	if a.ident != nil {
 		scfg.TLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)

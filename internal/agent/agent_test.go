@@ -82,14 +82,25 @@ func (e *echoServer) accepted() int {
 
 func startControl(t testing.TB, dir, syncAddr string) *control.Server {
 	t.Helper()
+	return startControlWith(t, dir, syncAddr, nil)
+}
+
+// startControlWith is startControl with a last word on the Config (tweak
+// may be nil).
+func startControlWith(t testing.TB, dir, syncAddr string, tweak func(*control.Config)) *control.Server {
+	t.Helper()
 	if syncAddr == "" {
 		syncAddr = "127.0.0.1:0"
+	}
+	cfg := control.Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: syncAddr,
+		HeartbeatInterval: 200 * time.Millisecond, NodeTimeout: 800 * time.Millisecond, Insecure: true}
+	if tweak != nil {
+		tweak(&cfg)
 	}
 	var s *control.Server
 	var err error
 	for i := 0; i < 50; i++ { // the old listener may linger a moment
-		s, err = control.New(control.Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: syncAddr,
-			HeartbeatInterval: 200 * time.Millisecond, NodeTimeout: 800 * time.Millisecond, Insecure: true})
+		s, err = control.New(cfg)
 		if err == nil {
 			break
 		}

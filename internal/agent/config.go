@@ -12,6 +12,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/pathnorm"
 )
 
@@ -96,6 +97,12 @@ type Config struct {
 	// SVIDIssuer signs workload SVIDs (set by the control plane client;
 	// nil: workloads get no SVIDs).
 	SVIDIssuer SVIDIssuer `json:"-"`
+	// Network carries the mesh port (its listener and the dials to peer
+	// agents) and the links to the control plane (sync and join). nil =
+	// netseam.OS{}: TCP sockets. Tests pass an in-memory network
+	// (netseam/memnet). DNS, the admin API, service VIPs and workloads
+	// always use real sockets: applications reach them.
+	Network netseam.Network `json:"-"`
 
 	Logger  *slog.Logger `json:"-"` // nil = discard
 	Metrics *metrics.Set `json:"-"` // nil = a private set
@@ -242,6 +249,7 @@ func (c *Config) validate() error {
 			return fmt.Errorf("workloads[%d]: %w", i, err)
 		}
 	}
+	c.Network = netseam.Or(c.Network)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

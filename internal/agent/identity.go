@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -253,10 +252,9 @@ func (a *Agent) join(ctx context.Context) error {
 }
 
 func (a *Agent) joinOnce(ctx context.Context, addr string, tok identity.Token, csr []byte) (*wire.Message, error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 3 * time.Second}, Config: identity.JoinClientConfig(tok.Pin, nil)}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := d.DialContext(dctx, "tcp", addr)
+	c, err := a.dialControlTLS(dctx, addr, identity.JoinClientConfig(tok.Pin, nil))
 	if err != nil {
 		if errors.Is(err, context.Canceled) || !isPinError(err) {
 			return nil, err

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"slices"
 	"sync"
 	"time"
@@ -49,8 +48,7 @@ func (a *Agent) syncLoop(ctx context.Context) {
 // syncOnce runs one stream: hello, subscribe from the cached version, send
 // local endpoints, then apply updates and heartbeat until the stream fails.
 func (a *Agent) syncOnce(ctx context.Context, addr string) error {
-	d := net.Dialer{Timeout: 3 * time.Second, KeepAlive: 15 * time.Second}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := a.dialControl(ctx, addr)
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/store"
 )
 
@@ -34,6 +35,10 @@ type Config struct {
 	AdminAddr string
 	// SyncAddr is where agents connect (default 127.0.0.1:7071).
 	SyncAddr string
+	// Network is where the sync port listens (default netseam.OS{}: a TCP
+	// socket). Tests pass an in-memory network; the admin API always
+	// listens on a TCP socket, for the CLI and browsers.
+	Network netseam.Network
 	// HeartbeatInterval is how often agents send heartbeats (default 5s).
 	HeartbeatInterval time.Duration
 	// NodeTimeout is how long a node may miss heartbeats before it is marked
@@ -91,6 +96,7 @@ func (c *Config) validate() error {
 	if c.SyncAddr == "" {
 		c.SyncAddr = "127.0.0.1:7071"
 	}
+	c.Network = netseam.Or(c.Network)
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = 5 * time.Second
 	}
@@ -201,7 +207,7 @@ func New(cfg Config) (*Server, error) {
 		st.Close()
 		return nil, fmt.Errorf("control: admin listen: %w", err)
 	}
-	if s.syncLn, err = net.Listen("tcp", cfg.SyncAddr); err != nil {
+	if s.syncLn, err = cfg.Network.Listen(context.Background(), "tcp", cfg.SyncAddr); err != nil {
 		s.adminLn.Close()
 		s.closeAudit()
 		st.Close()

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/netseam"
 )
 
 // Errors a Dial returns, wrapped, when the peer agent answered but did not
@@ -55,6 +56,9 @@ type ClientConfig struct {
 	// PingInterval is how often an open session is pinged to measure the
 	// round-trip time to the peer agent (RTT). Default 5s.
 	PingInterval time.Duration
+	// Network carries the connections to peer agents. Default
+	// netseam.OS{}: TCP sockets. Tests pass an in-memory network.
+	Network netseam.Network
 }
 
 const defaultClientDialTimeout = 3 * time.Second
@@ -69,6 +73,7 @@ func (c *ClientConfig) validate() {
 	if c.PingInterval <= 0 {
 		c.PingInterval = 5 * time.Second
 	}
+	c.Network = netseam.Or(c.Network)
 }
 
 // Client opens streams to peer agents. It keeps one yamux session per peer
@@ -203,8 +208,7 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 		return sess, false, err
 	}
 
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", meshAddr)
+	conn, err := c.cfg.Network.Dial(ctx, "tcp", meshAddr)
 	if err != nil {
 		return nil, false, err
 	}

@@ -56,8 +56,9 @@ type Dialer interface {
 // ServerConfig configures a Server. Listener and Dialer are required; every
 // other zero value means the default written next to it.
 type ServerConfig struct {
-	// Listener is the bound mesh port (TCP). Serve owns it and Close
-	// closes it.
+	// Listener is the bound mesh port: a TCP socket, or any
+	// netseam.Network's listener (an in-memory one in tests). Serve owns
+	// it and Close closes it.
 	Listener net.Listener
 	// Dialer connects accepted streams to local workloads.
 	Dialer Dialer
