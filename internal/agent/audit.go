@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/audit"
@@ -224,6 +223,3 @@ func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, cpHash string, writ
 	}
 	return nil
 }
-
-// welcomeHasAudit tells whether the control plane takes audit records.
-func welcomeHasAudit(m *wire.Message) bool { return slices.Contains(m.Features, wire.FeatureAudit) }
