@@ -58,28 +58,35 @@ func newScript() *script { return &script{agent: NewAgent()} }
 // run executes one command and renders what the machine did; an error is
 // a malformed command (the script's fault, not the machine's).
 func (s *script) run(cmd, arg string) (string, error) {
-	var out Output
-	var state string
+	out, state, err := s.exec(cmd, arg)
+	if err != nil {
+		return "", err
+	}
+	return render(out, state), nil
+}
+
+// exec executes one command and returns the machine's output and state.
+func (s *script) exec(cmd, arg string) (out Output, state string, err error) {
 	switch cmd {
 	case "agent":
 		s.agent, s.control = NewAgent(), nil
-		return "state: " + s.agent.State() + "\n", nil
+		return Output{}, s.agent.State(), nil
 	case "control":
 		var peer *PeerNode
 		if arg != "" {
 			site, node, ok := strings.Cut(arg, "/")
 			if !ok {
-				return "", fmt.Errorf("control %q: want site/node", arg)
+				return Output{}, "", fmt.Errorf("control %q: want site/node", arg)
 			}
 			peer = &PeerNode{Site: site, Node: node}
 		}
 		s.agent, s.control = nil, NewControl(peer, testHeartbeat)
-		return "state: " + s.control.State() + "\n", nil
+		return Output{}, s.control.State(), nil
 	}
 	m := new(wire.Message)
 	if strings.HasPrefix(arg, "{") {
 		if err := json.Unmarshal([]byte(arg), m); err != nil {
-			return "", fmt.Errorf("%s: %w", cmd, err)
+			return Output{}, "", fmt.Errorf("%s: %w", cmd, err)
 		}
 	}
 	if s.control != nil {
@@ -92,13 +99,13 @@ func (s *script) run(cmd, arg string) (string, error) {
 		case "admitted":
 			var a Admitted
 			if err := json.Unmarshal([]byte(arg), &a); err != nil {
-				return "", fmt.Errorf("admitted: %w", err)
+				return Output{}, "", fmt.Errorf("admitted: %w", err)
 			}
 			ev = a
 		case "reject":
 			ev = Reject{Reason: arg}
 		default:
-			return "", fmt.Errorf("unknown control command %q", cmd)
+			return Output{}, "", fmt.Errorf("unknown control command %q", cmd)
 		}
 		out, state = s.control.Step(ev), s.control.State()
 	} else {
@@ -108,12 +115,11 @@ func (s *script) run(cmd, arg string) (string, error) {
 			var k Known
 			if arg != "" {
 				if err := json.Unmarshal([]byte(arg), &k); err != nil {
-					return "", fmt.Errorf("connect: %w", err)
+					return Output{}, "", fmt.Errorf("connect: %w", err)
 				}
 			}
 			node := &api.Node{Meta: api.Meta{Name: "n1"}, Spec: api.NodeSpec{Site: "s1", Region: "r1"}}
-			out = s.agent.Connect(node, []string{wire.CapTrust, wire.CapPolicy2}, k)
-			return render(out, s.agent.State()), nil
+			return s.agent.Connect(node, []string{wire.CapTrust, wire.CapPolicy2}, k), s.agent.State(), nil
 		case "recv":
 			ev = Recv{m}
 		case "send":
@@ -131,11 +137,11 @@ func (s *script) run(cmd, arg string) (string, error) {
 		case "sessions":
 			ev = Sessions{m.Sessions}
 		default:
-			return "", fmt.Errorf("unknown agent command %q", cmd)
+			return Output{}, "", fmt.Errorf("unknown agent command %q", cmd)
 		}
 		out, state = s.agent.Step(ev), s.agent.State()
 	}
-	return render(out, state), nil
+	return out, state, nil
 }
 
 // render prints an Output one line per frame, effect and error.
