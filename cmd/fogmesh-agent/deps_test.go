@@ -46,6 +46,8 @@ func TestLayering(t *testing.T) {
 		"api":      nil,
 		"wire":     {"api"},
 		"identity": {"api"},
+		// syncproto: the sync protocol's state machines, no I/O.
+		"syncproto": {"api", "wire"},
 	}
 	for pkg, ok := range allowed {
 		out, err := exec.Command("go", "list", "-deps", "../../internal/"+pkg).CombinedOutput()
