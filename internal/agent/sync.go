@@ -79,7 +79,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 	var mu sync.Mutex // serialises the machine's steps and the writes of their frames
 	// flushLocked writes a step's frames; when the step ends the stream,
 	// best effort (a NACK), returning the step's error.
-	flushLocked := func(out syncproto.Output) ([]any, error) {
+	flushLocked := func(out syncproto.Output) ([]syncproto.Effect, error) {
 		for _, m := range out.Send {
 			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
 			if err := wire.Write(c, m); err != nil && out.Err == nil {
@@ -88,7 +88,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 		}
 		return out.Effects, out.Err
 	}
-	step := func(ev any) ([]any, error) {
+	step := func(ev syncproto.Event) ([]syncproto.Effect, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return flushLocked(sm.Step(ev))
@@ -102,8 +102,9 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 	a.mu.Lock()
 	known := syncproto.Known{StoreID: a.storeID, Version: a.cfgVersion}
 	a.mu.Unlock()
+	subscribeFrom := known.Version // for the log
 	if sm.ResyncFull() {
-		known.Version = 0 // for the log line: the machine asks from 0
+		subscribeFrom = 0
 	}
 	mu.Lock()
 	_, err = flushLocked(sm.Connect(a.self, caps, known))
@@ -148,7 +149,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 		}
 	}
 	a.connected.Store(true)
-	a.log.Info("agent: connected to control plane", "control", addr, "knownVersion", known.Version)
+	a.log.Info("agent: connected to control plane", "control", addr, "knownVersion", subscribeFrom)
 
 	auditAcks := make(chan *wire.Message, 1)
 	if conn.Audit != nil {
@@ -179,7 +180,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 			renew.Reset(max(time.Until(a.renewAt()), 0))
 		}
 		for {
-			var ev any
+			var ev syncproto.Event
 			select {
 			case <-ctx.Done():
 				return
@@ -240,7 +241,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 }
 
 // doSyncEffect carries out what a frame from the control plane asks for.
-func (a *Agent) doSyncEffect(e any, step func(any) ([]any, error), auditAcks chan<- *wire.Message) error {
+func (a *Agent) doSyncEffect(e syncproto.Effect, step func(syncproto.Event) ([]syncproto.Effect, error), auditAcks chan<- *wire.Message) error {
 	switch e := e.(type) {
 	case syncproto.Apply:
 		err := a.applyUpdate(e.Msg)

@@ -93,7 +93,7 @@ type stream struct {
 // step feeds the machine one event and writes the frames it returns. When
 // the machine ends the stream, its frames (a refusal) are written best
 // effort and its error returned; else the first write error.
-func (st *stream) step(ev any) ([]any, error) {
+func (st *stream) step(ev syncproto.Event) ([]syncproto.Effect, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	out := st.sm.Step(ev)
@@ -239,7 +239,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 }
 
 // count records the counters the machine's effects name.
-func (st *stream) count(e any) {
+func (st *stream) count(e syncproto.Effect) {
 	switch e.(type) {
 	case syncproto.BadFrame:
 		st.s.mBadFrames.Inc()
@@ -252,7 +252,7 @@ func (st *stream) count(e any) {
 
 // do carries out one effect of a frame received on a running stream; an
 // error ends the stream.
-func (st *stream) do(e any, peer spiffeid.ID) error {
+func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 	s := st.s
 	switch e := e.(type) {
 	case syncproto.Subscribed:

@@ -156,7 +156,7 @@ func (a *Agent) ReadTimeout() time.Duration {
 // Step feeds one event (Recv, Applied, Tick, Local, Sessions, Send) and
 // returns what to send and do. Effects are Connected, Apply, PeerLoads,
 // AuditAck, TrustUpdate, CertIssued, SVIDIssued and Refused.
-func (a *Agent) Step(ev any) (out Output) {
+func (a *Agent) Step(ev Event) (out Output) {
 	if a.state == agentClosed || a.state == agentIdle {
 		return Output{Err: fmt.Errorf("sync: %T on a stream that is %s", ev, a.state)}
 	}
@@ -231,35 +231,35 @@ func (a *Agent) recv(m *wire.Message) Output {
 		if slices.Contains(m.Features, wire.FeatureAudit) {
 			c.Audit = &AuditResume{Seq: m.AuditSeq, Hash: m.AuditHash}
 		}
-		return Output{Send: []*wire.Message{sub}, Effects: []any{c}}
+		return Output{Send: []*wire.Message{sub}, Effects: []Effect{c}}
 	case agentApplying:
 		return Output{Err: fmt.Errorf("sync: %s while update %d is being applied", describe(m), a.applying.Version)}
 	}
 	switch m.Type {
 	case wire.TypeUpdate:
 		a.state, a.applying = agentApplying, m
-		return Output{Effects: []any{Apply{m}}}
+		return Output{Effects: []Effect{Apply{m}}}
 	case wire.TypeHeartbeat: // the control plane's answer
-		return Output{Effects: []any{PeerLoads{m.EndpointLoad}}}
+		return Output{Effects: []Effect{PeerLoads{m.EndpointLoad}}}
 	case wire.TypeAuditAck:
 		if !a.auditInFlight { // one batch in flight at a time
 			return Output{Err: errors.New("unexpected auditAck")}
 		}
 		a.auditInFlight = false
-		return Output{Effects: []any{AuditAck{m}}}
+		return Output{Effects: []Effect{AuditAck{m}}}
 	case wire.TypeTrust:
 		if m.Trust == nil {
 			return Output{}
 		}
-		return Output{Effects: []any{TrustUpdate{m.Trust}}}
+		return Output{Effects: []Effect{TrustUpdate{m.Trust}}}
 	case wire.TypeSVIDIssued:
-		return Output{Effects: []any{SVIDIssued{m}}}
+		return Output{Effects: []Effect{SVIDIssued{m}}}
 	case wire.TypeCert:
-		return Output{Effects: []any{CertIssued{m}}}
+		return Output{Effects: []Effect{CertIssued{m}}}
 	case wire.TypeError:
 		// After hello, errors report a refused request (e.g. a local
 		// endpoint name owned by another node); the stream goes on.
-		return Output{Effects: []any{Refused{m.Error}}}
+		return Output{Effects: []Effect{Refused{m.Error}}}
 	}
 	return Output{Err: fmt.Errorf("unexpected %s", m.Type)}
 }

@@ -162,7 +162,7 @@ func (c *Control) ReadTimeout() time.Duration { return readTimeout(c.hb) }
 // send and do. Effects are Admit, Subscribed, Acked, Nacked, Heartbeat,
 // SessionsIn, LocalIn, AuditIn, RenewIn, SVIDIn, BadFrame, OldAgent and
 // Unauthorized.
-func (c *Control) Step(ev any) (out Output) {
+func (c *Control) Step(ev Event) (out Output) {
 	if c.state == controlClosed {
 		return Output{Err: fmt.Errorf("sync: %T on a closed stream", ev)}
 	}
@@ -182,7 +182,7 @@ func (c *Control) Step(ev any) (out Output) {
 		case controlStreaming:
 			return c.recv(ev.Msg)
 		}
-		return Output{Effects: []any{BadFrame{}}, Err: fmt.Errorf("node %s: %s before welcome", c.node, describe(ev.Msg))}
+		return Output{Effects: []Effect{BadFrame{}}, Err: fmt.Errorf("node %s: %s before welcome", c.node, describe(ev.Msg))}
 	case Admitted:
 		if c.state != controlAdmitting {
 			return Output{Err: fmt.Errorf("sync: admitted in state %s", c.state)}
@@ -207,7 +207,7 @@ func (c *Control) Step(ev any) (out Output) {
 }
 
 // refuse answers hello with an error frame and ends the stream.
-func refuse(reason string, err error, effects ...any) Output {
+func refuse(reason string, err error, effects ...Effect) Output {
 	return Output{Send: []*wire.Message{{Type: wire.TypeError, Error: reason}}, Effects: effects, Err: err}
 }
 
@@ -235,11 +235,11 @@ func (c *Control) hello(m *wire.Message) Output {
 			fmt.Errorf("hello node %s does not match certificate for node %s of site %s", c.node, c.peer.Node, c.peer.Site), Unauthorized{})
 	}
 	c.state, c.trust = controlAdmitting, slices.Contains(m.Capabilities, wire.CapTrust)
-	return Output{Effects: []any{Admit{Node: m.Node, Trust: c.trust}}}
+	return Output{Effects: []Effect{Admit{Node: m.Node, Trust: c.trust}}}
 }
 
 func (c *Control) recv(m *wire.Message) Output {
-	var eff any
+	var eff Effect
 	switch m.Type {
 	case wire.TypeSubscribe:
 		if c.subscribed {
@@ -272,9 +272,9 @@ func (c *Control) recv(m *wire.Message) Output {
 	case wire.TypeSVID:
 		eff = SVIDIn{m}
 	default:
-		return Output{Effects: []any{BadFrame{}}, Err: fmt.Errorf("node %s: unexpected %s", c.node, m.Type)}
+		return Output{Effects: []Effect{BadFrame{}}, Err: fmt.Errorf("node %s: unexpected %s", c.node, m.Type)}
 	}
-	return Output{Effects: []any{eff}}
+	return Output{Effects: []Effect{eff}}
 }
 
 // send checks a frame the driver sends: updates only after subscribe (each

@@ -1,3 +1,6 @@
+// What a subscription selects (types and scope) and which heartbeat loads
+// the control plane believes: pure rules the control end applies.
+
 package syncproto
 
 import (

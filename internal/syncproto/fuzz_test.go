@@ -1,3 +1,6 @@
+// Fuzz targets: random command sequences (the transcript language) fed
+// into each machine, which must never panic and must keep its invariants.
+
 package syncproto
 
 import (

@@ -21,17 +21,56 @@ import (
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
+// Event is an input of a machine: a frame received (Recv), a frame its
+// driver sends (Send), a timer (Tick), a local change or the result of an
+// effect. Agent.Step and Control.Step list the events of each end.
+type Event interface{ isEvent() }
+
+// Effect is work a machine asks its driver to do: apply an update, record
+// a heartbeat, answer a request. Agent.Step and Control.Step list them.
+type Effect interface{ isEffect() }
+
 // Output is what a machine asks of its driver after one step.
 type Output struct {
 	// Send are frames to write, in order.
 	Send []*wire.Message
-	// Effects are work for the driver, in order (the types of each end are
-	// listed with Agent.Step and Control.Step).
-	Effects []any
+	// Effects are work for the driver, in order.
+	Effects []Effect
 	// Err, when set, ends the stream: the driver writes Send (best effort,
 	// e.g. a NACK or a refusal) and closes the connection with this error.
 	Err error
 }
+
+func (Recv) isEvent()     {}
+func (Send) isEvent()     {}
+func (Applied) isEvent()  {}
+func (Tick) isEvent()     {}
+func (Local) isEvent()    {}
+func (Sessions) isEvent() {}
+func (Admitted) isEvent() {}
+func (Reject) isEvent()   {}
+
+func (Connected) isEffect()    {}
+func (Apply) isEffect()        {}
+func (PeerLoads) isEffect()    {}
+func (AuditAck) isEffect()     {}
+func (TrustUpdate) isEffect()  {}
+func (CertIssued) isEffect()   {}
+func (SVIDIssued) isEffect()   {}
+func (Refused) isEffect()      {}
+func (Admit) isEffect()        {}
+func (Subscribed) isEffect()   {}
+func (Acked) isEffect()        {}
+func (Nacked) isEffect()       {}
+func (Heartbeat) isEffect()    {}
+func (SessionsIn) isEffect()   {}
+func (LocalIn) isEffect()      {}
+func (AuditIn) isEffect()      {}
+func (RenewIn) isEffect()      {}
+func (SVIDIn) isEffect()       {}
+func (BadFrame) isEffect()     {}
+func (OldAgent) isEffect()     {}
+func (Unauthorized) isEffect() {}
 
 // welcomeTimeout bounds the wait for the answer to hello.
 const welcomeTimeout = 10 * time.Second

@@ -90,7 +90,7 @@ func (s *script) exec(cmd, arg string) (out Output, state string, err error) {
 		}
 	}
 	if s.control != nil {
-		var ev any
+		var ev Event
 		switch cmd {
 		case "recv":
 			ev = Recv{m}
@@ -109,7 +109,7 @@ func (s *script) exec(cmd, arg string) (out Output, state string, err error) {
 		}
 		out, state = s.control.Step(ev), s.control.State()
 	} else {
-		var ev any
+		var ev Event
 		switch cmd {
 		case "connect":
 			var k Known
@@ -164,7 +164,7 @@ func render(out Output, state string) string {
 	return b.String()
 }
 
-func renderEffect(e any) string {
+func renderEffect(e Effect) string {
 	js := func(v any) string {
 		j, _ := json.Marshal(v)
 		return string(j)
