@@ -52,6 +52,8 @@ func TestLayering(t *testing.T) {
 		"identity": {"api"},
 		// The HTTP machinery knows no service, endpoint or agent.
 		"httpproxy": nil,
+		// syncproto: the sync protocol's state machines, no I/O.
+		"syncproto": {"api", "wire"},
 	}
 	for pkg, ok := range allowed {
 		out, err := exec.Command("go", "list", "-deps", "../../internal/"+pkg).CombinedOutput()

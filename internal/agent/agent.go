@@ -94,7 +94,6 @@ type Agent struct {
 	// sessionsChanged wakes the sync loop to send session bindings.
 	sessionsChanged chan struct{}
 	connected       atomic.Bool
-	resyncFull      atomic.Bool // next subscribe asks for a full snapshot (after a NACK)
 
 	// audit is the node's audit log (audit.go); auditWritten wakes the
 	// shipper after each write; auditShipped is the last seq the control

@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"fmt"
 	"path/filepath"
-	"slices"
 
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/audit/ship"
@@ -138,6 +137,3 @@ func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, cpHash string, writ
 		Shipped: a.auditShipped.Store, Refused: a.auditRefused.Inc}
 	return s.Run(ctx, cpSeq, cpHash, write, acks)
 }
-
-// welcomeHasAudit tells whether the control plane takes audit records.
-func welcomeHasAudit(m *wire.Message) bool { return slices.Contains(m.Features, wire.FeatureAudit) }

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -23,11 +23,12 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		a.log.Info("agent: no control plane configured; serving local workloads and cache only")
 		return
 	}
+	sm := syncproto.NewAgent() // lives across streams: a NACK makes the next one resync in full
 	backoff := 250 * time.Millisecond
 	for i := 0; ctx.Err() == nil; i++ {
 		addr := a.cfg.Control[i%len(a.cfg.Control)]
 		start := time.Now()
-		err := a.syncOnce(ctx, addr)
+		err := a.syncOnce(ctx, addr, sm)
 		a.connected.Store(false)
 		if ctx.Err() != nil {
 			return
@@ -45,9 +46,11 @@ func (a *Agent) syncLoop(ctx context.Context) {
 	}
 }
 
-// syncOnce runs one stream: hello, subscribe from the cached version, send
-// local endpoints, then apply updates and heartbeat until the stream fails.
-func (a *Agent) syncOnce(ctx context.Context, addr string) error {
+// syncOnce runs one stream: the I/O around the protocol's state machine
+// (internal/syncproto.Agent), which says what to send and what each frame
+// received means: hello, subscribe from the cached version, send local
+// endpoints, then apply updates and heartbeat until the stream fails.
+func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) error {
 	c, err := a.dialControl(ctx, addr)
 	if err != nil {
 		return err
@@ -71,65 +74,87 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 	defer func() { cancel(); c.Close(); wg.Wait() }()
 	go func() { <-ctx.Done(); c.Close() }()
 
-	var wmu sync.Mutex
-	write := func(m *wire.Message) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		return wire.Write(c, m)
+	var mu sync.Mutex // serialises the machine's steps and the writes of their frames
+	// flushLocked writes a step's frames; when the step ends the stream,
+	// best effort (a NACK), returning the step's error.
+	flushLocked := func(out syncproto.Output) ([]syncproto.Effect, error) {
+		for _, m := range out.Send {
+			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if err := wire.Write(c, m); err != nil && out.Err == nil {
+				return out.Effects, err
+			}
+		}
+		return out.Effects, out.Err
 	}
-	r := wire.NewReader(c)
-	if err := write(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: a.self, Capabilities: caps}); err != nil {
+	step := func(ev syncproto.Event) ([]syncproto.Effect, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return flushLocked(sm.Step(ev))
+	}
+	// write sends a request of another part of the agent (renew, audit, svid).
+	write := func(m *wire.Message) error {
+		_, err := step(syncproto.Send{Msg: m})
+		return err
+	}
+
+	a.mu.Lock()
+	known := syncproto.Known{StoreID: a.storeID, Version: a.cfgVersion}
+	a.mu.Unlock()
+	subscribeFrom := known.Version // for the log
+	if sm.ResyncFull() {
+		subscribeFrom = 0
+	}
+	mu.Lock()
+	_, err = flushLocked(sm.Connect(a.self, caps, known))
+	readTimeout := sm.ReadTimeout()
+	mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("hello: %w", err)
 	}
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r := wire.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(readTimeout))
 	welcome, err := r.Read()
 	if err != nil {
 		return fmt.Errorf("welcome: %w", err)
 	}
-	if welcome.Type == wire.TypeError {
-		return fmt.Errorf("control plane refused: %s", welcome.Error)
+	effs, err := step(syncproto.Recv{Msg: welcome})
+	if err != nil {
+		return err
 	}
-	if welcome.Type != wire.TypeWelcome {
-		return fmt.Errorf("expected welcome, got %s", welcome.Type)
+	var conn syncproto.Connected
+	for _, e := range effs {
+		if e, ok := e.(syncproto.Connected); ok {
+			conn = e
+		}
 	}
-	shipAudit := welcomeHasAudit(welcome)
-	if a.svidIssuer != nil && slices.Contains(welcome.Features, wire.FeatureSVID) {
+	if a.svidIssuer != nil && conn.SVID {
 		a.svidIssuer.connected(write)
 		defer a.svidIssuer.connected(nil)
 	}
-	hb := time.Duration(welcome.HeartbeatMillis) * time.Millisecond
-	if hb <= 0 || hb > time.Minute {
-		hb = 5 * time.Second
-	}
+	mu.Lock()
+	readTimeout = sm.ReadTimeout()
+	mu.Unlock()
 	a.mu.Lock()
-	sub := &wire.Message{Type: wire.TypeSubscribe, StoreID: a.storeID, KnownVersion: a.cfgVersion}
-	if a.resyncFull.Swap(false) {
-		sub.KnownVersion = 0 // after a NACK: deltas built on top of it would miss its changes
-	}
 	local := a.localEndpointsLocked()
 	a.mu.Unlock()
-	if err := write(sub); err != nil {
-		return err
-	}
-	if err := write(&wire.Message{Type: wire.TypeLocal, Endpoints: local}); err != nil {
+	if _, err := step(syncproto.Local{Endpoints: local}); err != nil {
 		return err
 	}
 	if ss := a.takePendingSessions(); len(ss) > 0 { // decided while offline
-		if err := write(&wire.Message{Type: wire.TypeSessions, Sessions: ss}); err != nil {
+		if _, err := step(syncproto.Sessions{Sessions: ss}); err != nil {
 			a.returnPendingSessions(ss)
 			return err
 		}
 	}
 	a.connected.Store(true)
-	a.log.Info("agent: connected to control plane", "control", addr, "knownVersion", sub.KnownVersion)
+	a.log.Info("agent: connected to control plane", "control", addr, "knownVersion", subscribeFrom)
 
 	auditAcks := make(chan *wire.Message, 1)
-	if shipAudit {
+	if conn.Audit != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := a.shipAudit(ctx, welcome.AuditSeq, welcome.AuditHash, write, auditAcks); err != nil {
+			if err := a.shipAudit(ctx, conn.Audit.Seq, conn.Audit.Hash, write, auditAcks); err != nil {
 				a.log.Warn("agent: audit shipping failed, reconnecting", "err", err)
 				cancel()
 			}
@@ -141,7 +166,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 	go func() {
 		defer wg.Done()
 		defer cancel()
-		t := time.NewTicker(hb)
+		t := time.NewTicker(conn.Heartbeat)
 		defer t.Stop()
 		// renew fires when the node certificate is due for renewal (never
 		// in insecure mode); while no answer comes it fires every 5s.
@@ -153,7 +178,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 			renew.Reset(max(time.Until(a.renewAt()), 0))
 		}
 		for {
-			var m *wire.Message
+			var ev syncproto.Event
 			select {
 			case <-ctx.Done():
 				return
@@ -163,41 +188,37 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 					continue
 				}
 				renew.Reset(5 * time.Second)
-				var err error
-				if m, err = a.renewMessage(); err != nil {
+				m, err := a.renewMessage()
+				if err != nil {
 					a.log.Error("agent: renewal request", "err", err)
 					continue
 				}
+				ev = syncproto.Send{Msg: m}
 			case <-t.C:
-				m = &wire.Message{Type: wire.TypeHeartbeat, Load: float64(a.active.Load()), EndpointLoad: a.ownLoads()}
+				ev = syncproto.Tick{Load: float64(a.active.Load()), EndpointLoad: a.ownLoads()}
 			case <-a.localChanged:
 				a.mu.Lock()
-				m = &wire.Message{Type: wire.TypeLocal, Endpoints: a.localEndpointsLocked()}
+				ev = syncproto.Local{Endpoints: a.localEndpointsLocked()}
 				a.mu.Unlock()
 			case <-a.sessionsChanged:
 				ss := a.takePendingSessions()
 				if len(ss) == 0 {
 					continue
 				}
-				if err := write(&wire.Message{Type: wire.TypeSessions, Sessions: ss}); err != nil {
+				if _, err := step(syncproto.Sessions{Sessions: ss}); err != nil {
 					a.returnPendingSessions(ss)
 					return
 				}
 				continue
 			}
-			if err := write(m); err != nil {
+			if _, err := step(ev); err != nil {
 				return
 			}
 		}
 	}()
 
 	for {
-		// The control plane answers every heartbeat, so silence for three
-		// intervals (at least 2 s: a GC pause or a busy machine must not
-		// cut a short interval's stream) means the link is gone even if no
-		// RST ever arrives (a cut uplink); the agent then reconnects with
-		// backoff.
-		c.SetReadDeadline(time.Now().Add(max(3*hb, 2*time.Second)))
+		c.SetReadDeadline(time.Now().Add(readTimeout))
 		m, err := r.Read()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, io.EOF) {
@@ -205,55 +226,59 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) error {
 			}
 			return fmt.Errorf("read: %w", err)
 		}
-		switch m.Type {
-		case wire.TypeUpdate:
-			if err := a.applyUpdate(m); err != nil {
-				a.m.nacks.Inc()
-				a.log.Error("agent: rejected update", "version", m.Version, "err", err)
-				// The server's next delta would start after the version we
-				// refused and lose its changes: NACK, then resubscribe for
-				// a full snapshot. The previous configuration keeps serving.
-				write(&wire.Message{Type: wire.TypeNack, Nonce: m.Nonce, Version: m.Version, Error: err.Error()})
-				a.resyncFull.Store(true)
-				return fmt.Errorf("rejected update %d: %w", m.Version, err)
-			}
-			if err := write(&wire.Message{Type: wire.TypeAck, Nonce: m.Nonce, Version: m.Version}); err != nil {
+		effs, err := step(syncproto.Recv{Msg: m})
+		for _, e := range effs {
+			if err := a.doSyncEffect(e, step, auditAcks); err != nil {
 				return err
 			}
-		case wire.TypeHeartbeat: // the control plane's answer
-			a.setPeerLoads(m.EndpointLoad)
-		case wire.TypeAuditAck:
-			select { // one batch in flight, so there is room
-			case auditAcks <- m:
-			default:
-				return errors.New("unexpected auditAck")
-			}
-		case wire.TypeTrust:
-			if a.ident == nil || m.Trust == nil {
-				continue
-			}
-			if err := a.applyTrust(m.Trust, true); err != nil {
-				a.log.Error("agent: trust update refused", "err", err)
-			}
-		case wire.TypeSVIDIssued:
-			if a.svidIssuer != nil {
-				a.svidIssuer.answer(m)
-			}
-		case wire.TypeCert:
-			if a.ident == nil {
-				continue
-			}
-			if err := a.applyCert(m); err != nil {
-				a.log.Error("agent: renewed certificate refused", "err", err)
-			}
-		case wire.TypeError:
-			// After hello, errors report a refused request (e.g. a local
-			// endpoint name owned by another node); the stream goes on.
-			a.log.Error("agent: control plane refused", "err", m.Error)
-		default:
-			return fmt.Errorf("unexpected %s", m.Type)
+		}
+		if err != nil {
+			return err
 		}
 	}
+}
+
+// doSyncEffect carries out what a frame from the control plane asks for.
+func (a *Agent) doSyncEffect(e syncproto.Effect, step func(syncproto.Event) ([]syncproto.Effect, error), auditAcks chan<- *wire.Message) error {
+	switch e := e.(type) {
+	case syncproto.Apply:
+		err := a.applyUpdate(e.Msg)
+		if err != nil {
+			a.m.nacks.Inc()
+			a.log.Error("agent: rejected update", "version", e.Msg.Version, "err", err)
+		}
+		_, err = step(syncproto.Applied{Err: err}) // ack, or nack and end the stream
+		return err
+	case syncproto.PeerLoads:
+		a.setPeerLoads(e.EndpointLoad)
+	case syncproto.AuditAck:
+		select { // the machine lets one batch be in flight, so there is room
+		case auditAcks <- e.Msg:
+		default:
+			return errors.New("unexpected auditAck")
+		}
+	case syncproto.TrustUpdate:
+		if a.ident == nil {
+			return nil
+		}
+		if err := a.applyTrust(e.Trust, true); err != nil {
+			a.log.Error("agent: trust update refused", "err", err)
+		}
+	case syncproto.SVIDIssued:
+		if a.svidIssuer != nil {
+			a.svidIssuer.answer(e.Msg)
+		}
+	case syncproto.CertIssued:
+		if a.ident == nil {
+			return nil
+		}
+		if err := a.applyCert(e.Msg); err != nil {
+			a.log.Error("agent: renewed certificate refused", "err", err)
+		}
+	case syncproto.Refused:
+		a.log.Error("agent: control plane refused", "err", e.Reason)
+	}
+	return nil
 }
 
 // applyUpdate applies a snapshot or delta, saves the cache, rebuilds the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -326,18 +325,6 @@ func TestVIPFor(t *testing.T) {
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
-
-func TestValidLoadsDropsHostileEntries(t *testing.T) {
-	in := map[string]float64{"demo/a": 3, "demo/neg": -1, "demo/inf": math.Inf(1), "demo/nan": math.NaN(),
-		"demo/huge": 1e12, strings.Repeat("k", 600): 1, "demo/zero": 0}
-	got := validLoads(in)
-	if len(got) != 1 || got["demo/a"] != 3 {
-		t.Fatalf("validLoads = %v, want only demo/a=3", got)
-	}
-	if validLoads(nil) != nil {
-		t.Fatal("nil in, want nil out")
-	}
-}
 
 // TestAgentEndpointsWithinServiceIdentity: an agent may not report an
 // endpoint whose service account or site its service does not allow; nothing

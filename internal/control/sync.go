@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +16,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -78,24 +76,41 @@ func (s *Server) acceptSync(ctx context.Context) error {
 	}
 }
 
-// stream is one agent's sync connection.
+// stream is one agent's sync connection: the I/O around the protocol's
+// state machine (internal/syncproto.Control), which says what each frame
+// means and what may be sent when.
 type stream struct {
 	s    *Server
 	c    net.Conn
 	node string
 
-	wmu sync.Mutex // serialises writes
+	mu sync.Mutex // serialises the machine's steps and the writes of their frames
+	sm *syncproto.Control
 
-	subOnce sync.Once
-	sub     chan *wire.Message // the first subscribe, handed to the sender
-	nonce   uint64             // sender only
+	sub chan syncproto.Subscribed // the subscription, handed to the sender
 }
 
+// step feeds the machine one event and writes the frames it returns. When
+// the machine ends the stream, its frames (a refusal) are written best
+// effort and its error returned; else the first write error.
+func (st *stream) step(ev syncproto.Event) ([]syncproto.Effect, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	out := st.sm.Step(ev)
+	for _, m := range out.Send {
+		st.c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if err := wire.Write(st.c, m); err != nil && out.Err == nil {
+			return out.Effects, err
+		}
+	}
+	return out.Effects, out.Err
+}
+
+// write sends a frame the control plane originates (an update, an answer,
+// trust), if the machine lets it.
 func (st *stream) write(m *wire.Message) error {
-	st.wmu.Lock()
-	defer st.wmu.Unlock()
-	st.c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-	return wire.Write(st.c, m)
+	_, err := st.step(syncproto.Send{Msg: m})
+	return err
 }
 
 // serveStream runs one agent connection: hello, then a reader loop for
@@ -104,57 +119,50 @@ func (st *stream) write(m *wire.Message) error {
 // peer is the TLS client's node identity (zero in insecure mode): the hello
 // must name that node and site.
 func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) error {
-	st := &stream{s: s, c: c, sub: make(chan *wire.Message, 1)}
+	var pn *syncproto.PeerNode
+	if !peer.IsZero() {
+		site, node, _ := identity.ParseNodeID(peer)
+		pn = &syncproto.PeerNode{Site: site, Node: node}
+	}
+	st := &stream{s: s, c: c, sm: syncproto.NewControl(pn, s.cfg.HeartbeatInterval), sub: make(chan syncproto.Subscribed, 1)}
 	r := wire.NewReader(c)
-	// Every message, heartbeats included, must arrive within readTimeout, so a
-	// silent or slow sender is dropped.
-	readTimeout := max(3*s.cfg.HeartbeatInterval, 2*time.Second) // as the agent's (agent/sync.go)
+	// Every message, heartbeats included, must arrive within the machine's
+	// read timeout, so a silent or slow sender is dropped.
+	readTimeout := st.sm.ReadTimeout()
 	c.SetReadDeadline(time.Now().Add(readTimeout))
 	hello, err := r.Read()
 	if err != nil {
 		s.mBadFrames.Inc()
 		return fmt.Errorf("read hello: %w", err)
 	}
-	if hello.Type != wire.TypeHello || hello.Node == nil {
-		s.mBadFrames.Inc()
-		st.write(&wire.Message{Type: wire.TypeError, Error: "first message must be hello with a node"})
-		return errors.New("no hello")
-	}
-	if hello.Protocol != wire.ProtocolVersion {
-		st.write(&wire.Message{Type: wire.TypeError, Error: fmt.Sprintf("protocol %d not supported (want %d)", hello.Protocol, wire.ProtocolVersion)})
-		return fmt.Errorf("protocol %d", hello.Protocol)
-	}
-	if !slices.Contains(hello.Capabilities, wire.CapPolicy2) {
-		// An older agent would drop the fields that narrow routes and
-		// policies (a mesh-wide DENY, a route without default) and enforce
-		// wider rules than the documents say: refuse it rather than widen.
-		s.mOldAgents.Inc()
-		st.write(&wire.Message{Type: wire.TypeError, Error: "agent too old for this control plane: upgrade it (it keeps serving from its cache meanwhile)"})
-		return errors.New("agent without capability " + wire.CapPolicy2)
-	}
-	if err := hello.Node.Validate(); err != nil {
-		st.write(&wire.Message{Type: wire.TypeError, Error: "node: " + err.Error()})
-		return fmt.Errorf("hello node: %w", err)
-	}
-	st.node = hello.Node.Meta.Name
-	if !peer.IsZero() {
-		site, node, _ := identity.ParseNodeID(peer)
-		if node != st.node || site != hello.Node.Spec.Site {
-			s.sec.tlsFailure(identity.ReasonUnauthorized)
-			st.write(&wire.Message{Type: wire.TypeError, Error: fmt.Sprintf("certificate is for node %s of site %s, hello names %s of site %s", node, site, st.node, hello.Node.Spec.Site)})
-			return fmt.Errorf("hello node %s does not match certificate %s", st.node, peer)
+	effs, err := st.step(syncproto.Recv{Msg: hello})
+	var admit syncproto.Admit
+	for _, e := range effs {
+		switch e := e.(type) {
+		case syncproto.Admit:
+			admit = e
+		default:
+			st.count(e)
 		}
-		if s.sec.revoked(st.node) {
-			st.write(&wire.Message{Type: wire.TypeError, Error: "node " + st.node + " is revoked"})
-			return fmt.Errorf("node %s is revoked", st.node)
-		}
-		if err := s.checkNodeSite(st.node, site); err != nil {
-			s.sec.tlsFailure(identity.ReasonUnauthorized)
-			st.write(&wire.Message{Type: wire.TypeError, Error: err.Error()})
+	}
+	if err != nil {
+		return err
+	}
+	st.node = admit.Node.Meta.Name
+	if pn != nil {
+		reject := func(reason string, err error) error {
+			_, err = st.step(syncproto.Reject{Reason: reason, Err: err})
 			return err
 		}
+		if s.sec.revoked(st.node) {
+			return reject("node "+st.node+" is revoked", fmt.Errorf("node %s is revoked", st.node))
+		}
+		if err := s.checkNodeSite(st.node, pn.Site); err != nil {
+			s.sec.tlsFailure(identity.ReasonUnauthorized)
+			return reject(err.Error(), err)
+		}
 	}
-	if err := s.reg.registerNode(hello.Node); err != nil {
+	if err := s.reg.registerNode(admit.Node); err != nil {
 		return fmt.Errorf("register node %s: %w", st.node, err)
 	}
 	s.mu.Lock()
@@ -171,8 +179,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	}()
 	s.log.Info("control: agent connected", "node", st.node, "remote", c.RemoteAddr())
 	rev, _ := s.st.Rev()
-	welcome := &wire.Message{Type: wire.TypeWelcome, Version: rev, StoreID: s.st.ID(),
-		HeartbeatMillis: s.cfg.HeartbeatInterval.Milliseconds()}
+	welcome := syncproto.Admitted{Version: rev, StoreID: s.st.ID()}
 	if s.sec != nil && !peer.IsZero() {
 		welcome.Features = append(welcome.Features, wire.FeatureSVID)
 	}
@@ -181,7 +188,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	} else {
 		s.log.Error("control: audit replica unusable; not taking audit records", "node", st.node, "err", err)
 	}
-	if err := st.write(welcome); err != nil {
+	if _, err := st.step(welcome); err != nil {
 		return err
 	}
 
@@ -198,7 +205,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		senderDone <- err
 	}()
 	defer func() { cancel(); c.Close(); <-senderDone }()
-	if s.sec != nil && slices.Contains(hello.Capabilities, wire.CapTrust) {
+	if s.sec != nil && admit.Trust {
 		trustDone := make(chan struct{})
 		go func() {
 			defer close(trustDone)
@@ -219,100 +226,114 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 			}
 			return fmt.Errorf("node %s: read: %w", st.node, err)
 		}
-		switch m.Type {
-		case wire.TypeSubscribe:
-			first := false
-			st.subOnce.Do(func() { first = true; st.sub <- m })
-			if !first {
-				return fmt.Errorf("node %s: second subscribe on one stream", st.node)
-			}
-		case wire.TypeAck:
-			s.mu.Lock()
-			s.liveLocked(st.node).acked = m.Version
-			s.mu.Unlock()
-		case wire.TypeNack:
-			s.log.Warn("control: agent rejected update", "node", st.node, "version", m.Version, "nonce", m.Nonce, "err", m.Error)
-		case wire.TypeHeartbeat:
-			s.heartbeat(st.node, m.Load, validLoads(m.EndpointLoad))
-			// Answer, so the agent can tell a silent link from a quiet one,
-			// with the load the other agents put on each endpoint.
-			if err := st.write(&wire.Message{Type: wire.TypeHeartbeat, EndpointLoad: s.othersLoad(st.node)}); err != nil {
+		effs, err := st.step(syncproto.Recv{Msg: m})
+		for _, e := range effs {
+			if err := st.do(e, peer); err != nil {
 				return err
 			}
-		case wire.TypeSessions:
-			objs := make([]api.Object, 0, len(m.Sessions))
-			for i := range m.Sessions {
-				if err := m.Sessions[i].Validate(); err != nil {
-					s.log.Warn("control: agent session refused", "node", st.node, "err", err)
-					continue
-				}
-				objs = append(objs, &m.Sessions[i])
-			}
-			if _, err := s.reg.apply(objs); err != nil {
-				s.log.Warn("control: store sessions", "node", st.node, "err", err)
-			}
-		case wire.TypeAudit:
-			ack := &wire.Message{Type: wire.TypeAuditAck}
-			var recs []audit.Record
-			recs, err = audit.DecodeBatch(m.Audit)
-			if err == nil && m.AuditRestart {
-				err = s.restartAuditChain(st.node, recs)
-			}
-			if err == nil {
-				ack.AuditSeq, err = s.ingestAudit(st.node, recs)
-			}
-			if err != nil {
-				s.log.Warn("control: audit batch refused", "node", st.node, "records", len(m.Audit), "err", err)
-				ack.Error = "audit: " + err.Error()
-			}
-			if err := st.write(ack); err != nil {
-				return err
-			}
-		case wire.TypeRenew:
-			if err := s.renew(st, peer, m); err != nil {
-				s.log.Warn("control: renewal refused", "node", st.node, "err", err)
-				st.write(&wire.Message{Type: wire.TypeError, Error: "renew: " + err.Error()})
-				if errors.Is(err, errRevoked) {
-					return err
-				}
-			}
-		case wire.TypeSVID:
-			ans := &wire.Message{Type: wire.TypeSVIDIssued, Nonce: m.Nonce}
-			certs, err := s.issueSVID(st.node, peer, m)
-			if err != nil {
-				s.log.Warn("control: workload SVID refused", "node", st.node, "err", err)
-				ans.Error = err.Error()
-			} else {
-				ans.Certificates = identity.DERs(certs)
-			}
-			if err := st.write(ans); err != nil {
-				return err
-			}
-		case wire.TypeLocal:
-			if err := s.reg.syncLocalEndpoints(st.node, m.Endpoints); err != nil {
-				s.log.Warn("control: agent endpoints refused", "node", st.node, "err", err)
-				st.write(&wire.Message{Type: wire.TypeError, Error: "local endpoints: " + err.Error()})
-			}
-		default:
-			s.mBadFrames.Inc()
-			return fmt.Errorf("node %s: unexpected %s", st.node, m.Type)
+		}
+		if err != nil {
+			return err
 		}
 	}
+}
+
+// count records the counters the machine's effects name.
+func (st *stream) count(e syncproto.Effect) {
+	switch e.(type) {
+	case syncproto.BadFrame:
+		st.s.mBadFrames.Inc()
+	case syncproto.OldAgent:
+		st.s.mOldAgents.Inc()
+	case syncproto.Unauthorized:
+		st.s.sec.tlsFailure(identity.ReasonUnauthorized)
+	}
+}
+
+// do carries out one effect of a frame received on a running stream; an
+// error ends the stream.
+func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
+	s := st.s
+	switch e := e.(type) {
+	case syncproto.Subscribed:
+		st.sub <- e // the machine allows one subscribe per stream, and sub holds one
+	case syncproto.Acked:
+		s.mu.Lock()
+		s.liveLocked(st.node).acked = e.Version
+		s.mu.Unlock()
+	case syncproto.Nacked:
+		s.log.Warn("control: agent rejected update", "node", st.node, "version", e.Version, "nonce", e.Nonce, "err", e.Error)
+	case syncproto.Heartbeat:
+		s.heartbeat(st.node, e.Load, e.EndpointLoad)
+		// Answer, so the agent can tell a silent link from a quiet one,
+		// with the load the other agents put on each endpoint.
+		return st.write(&wire.Message{Type: wire.TypeHeartbeat, EndpointLoad: s.othersLoad(st.node)})
+	case syncproto.SessionsIn:
+		for _, err := range e.Refused {
+			s.log.Warn("control: agent session refused", "node", st.node, "err", err)
+		}
+		objs := make([]api.Object, 0, len(e.Valid))
+		for i := range e.Valid {
+			objs = append(objs, &e.Valid[i])
+		}
+		if _, err := s.reg.apply(objs); err != nil {
+			s.log.Warn("control: store sessions", "node", st.node, "err", err)
+		}
+	case syncproto.AuditIn:
+		m := e.Msg
+		ack := &wire.Message{Type: wire.TypeAuditAck}
+		recs, err := audit.DecodeBatch(m.Audit)
+		if err == nil && m.AuditRestart {
+			err = s.restartAuditChain(st.node, recs)
+		}
+		if err == nil {
+			ack.AuditSeq, err = s.ingestAudit(st.node, recs)
+		}
+		if err != nil {
+			s.log.Warn("control: audit batch refused", "node", st.node, "records", len(m.Audit), "err", err)
+			ack.Error = "audit: " + err.Error()
+		}
+		return st.write(ack)
+	case syncproto.RenewIn:
+		if err := s.renew(st, peer, e.Msg); err != nil {
+			s.log.Warn("control: renewal refused", "node", st.node, "err", err)
+			st.write(&wire.Message{Type: wire.TypeError, Error: "renew: " + err.Error()})
+			if errors.Is(err, errRevoked) {
+				return err
+			}
+		}
+	case syncproto.SVIDIn:
+		ans := &wire.Message{Type: wire.TypeSVIDIssued, Nonce: e.Msg.Nonce}
+		certs, err := s.issueSVID(st.node, peer, e.Msg)
+		if err != nil {
+			s.log.Warn("control: workload SVID refused", "node", st.node, "err", err)
+			ans.Error = err.Error()
+		} else {
+			ans.Certificates = identity.DERs(certs)
+		}
+		return st.write(ans)
+	case syncproto.LocalIn:
+		if err := s.reg.syncLocalEndpoints(st.node, e.Endpoints); err != nil {
+			s.log.Warn("control: agent endpoints refused", "node", st.node, "err", err)
+			st.write(&wire.Message{Type: wire.TypeError, Error: "local endpoints: " + err.Error()})
+		}
+	default:
+		st.count(e)
+	}
+	return nil
 }
 
 // sendLoop waits for the subscription, sends the first update (snapshot or
 // delta since the subscriber's version), then a delta after every commit.
 func (st *stream) sendLoop(ctx context.Context) error {
-	var sub *wire.Message
+	var sub syncproto.Subscribed
 	select {
 	case <-ctx.Done():
 		return nil
 	case sub = <-st.sub:
 	}
-	f := newFilter(sub)
+	f, known, full := sub.Filter, sub.Known, sub.Full
 	s := st.s
-	known := sub.KnownVersion
-	full := sub.StoreID != s.st.ID() || known == 0
 	for {
 		watch := s.st.Watch()
 		var m *wire.Message
@@ -332,7 +353,7 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			full = false
 		}
 		if m != nil {
-			if err := st.write(m); err != nil {
+			if err := st.write(m); err != nil { // the machine sets its nonce
 				return err
 			}
 			s.mUpdates.Inc()
@@ -346,19 +367,14 @@ func (st *stream) sendLoop(ctx context.Context) error {
 	}
 }
 
-func (st *stream) nextNonce() string {
-	st.nonce++
-	return strconv.FormatUint(st.nonce, 10)
-}
-
-func (st *stream) snapshot(f filter) (*wire.Message, error) {
+func (st *stream) snapshot(f syncproto.Filter) (*wire.Message, error) {
 	objs, rev, err := st.s.reg.list("")
 	if err != nil {
 		return nil, err
 	}
-	m := &wire.Message{Type: wire.TypeUpdate, Full: true, Version: rev, Nonce: st.nextNonce(), StoreID: st.s.st.ID()}
+	m := &wire.Message{Type: wire.TypeUpdate, Full: true, Version: rev, StoreID: st.s.st.ID()}
 	for _, o := range objs {
-		if !f.match(o) {
+		if !f.Match(o) {
 			continue
 		}
 		r, err := wire.NewResource(o)
@@ -371,7 +387,7 @@ func (st *stream) snapshot(f filter) (*wire.Message, error) {
 }
 
 // delta returns nil if nothing the subscriber wants changed after known.
-func (st *stream) delta(f filter, known uint64) (*wire.Message, error) {
+func (st *stream) delta(f syncproto.Filter, known uint64) (*wire.Message, error) {
 	changes, rev, err := st.s.st.ChangesSince(known)
 	if err != nil {
 		return nil, err
@@ -382,7 +398,7 @@ func (st *stream) delta(f filter, known uint64) (*wire.Message, error) {
 	m := &wire.Message{Type: wire.TypeUpdate, Version: rev, StoreID: st.s.st.ID()}
 	for _, ch := range changes {
 		kind, name, _ := strings.Cut(ch.Key, "/")
-		if !f.types[kind] {
+		if !f.Wants(kind) {
 			continue
 		}
 		if ch.Deleted {
@@ -393,7 +409,7 @@ func (st *stream) delta(f filter, known uint64) (*wire.Message, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !f.match(o) {
+		if !f.Match(o) {
 			// Out of scope now; it may have been in scope before.
 			m.Removed = append(m.Removed, wire.RefOf(o))
 			continue
@@ -406,74 +422,5 @@ func (st *stream) delta(f filter, known uint64) (*wire.Message, error) {
 	}
 	// Even an update with nothing in it moves the subscriber's version, so
 	// that its next resync starts from here.
-	m.Nonce = st.nextNonce()
 	return m, nil
-}
-
-var allTypes = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEndpoint, wire.ResourceRoute, wire.ResourcePolicy, wire.ResourceSession, wire.ResourceAuthorizationPolicy}
-
-// filter is a subscription's types and scope.
-type filter struct {
-	types  map[string]bool
-	region string
-}
-
-func newFilter(sub *wire.Message) filter {
-	f := filter{types: map[string]bool{}}
-	types := sub.Types
-	if len(types) == 0 {
-		types = allTypes
-	}
-	for _, t := range types {
-		if slices.Contains(allTypes, t) {
-			f.types[t] = true
-		}
-	}
-	if sub.Scope != nil {
-		f.region = sub.Scope.Region
-	}
-	return f
-}
-
-func (f filter) match(o api.Object) bool {
-	if !f.types[o.GetKind()] {
-		return false
-	}
-	if f.region == "" {
-		return true
-	}
-	switch v := o.(type) {
-	case *api.Node:
-		return v.Spec.Region == f.region
-	case *api.Endpoint:
-		// Agent-owned endpoints carry no region; a regional subscriber gets
-		// them together with their node. TODO: resolve the node's region
-		// here once regional control planes exist (issue 3 only defines the
-		// scope field so the protocol does not change then).
-		return v.Spec.Region == "" || v.Spec.Region == f.region
-	}
-	return true
-}
-
-// maxLoadEntries bounds what one heartbeat may report.
-const maxLoadEntries = 10000
-
-// validLoads drops entries a buggy or hostile agent could use to skew the
-// balancers of others: non-finite or negative values, over-long keys, and
-// anything past maxLoadEntries.
-func validLoads(in map[string]float64) map[string]float64 {
-	if len(in) == 0 {
-		return nil
-	}
-	out := make(map[string]float64, min(len(in), maxLoadEntries))
-	for k, v := range in {
-		if len(out) == maxLoadEntries {
-			break
-		}
-		if len(k) > 512 || v <= 0 || math.IsInf(v, 0) || math.IsNaN(v) || v > 1e9 {
-			continue
-		}
-		out[k] = v
-	}
-	return out
 }

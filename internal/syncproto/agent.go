@@ -1,0 +1,313 @@
+package syncproto
+
+// The agent's end of a sync stream.
+//
+// States and transitions (one Agent lives across streams; Connect starts a
+// stream, an Output with Err ends it):
+//
+//	Idle ──Connect──▶ AwaitWelcome        send hello{protocol, node, capabilities}
+//	AwaitWelcome ──welcome──▶ Streaming   send subscribe{storeId, knownVersion, or 0 after a NACK};
+//	                                      effect Connected{heartbeat, audit resume point, svid}
+//	                                      (the driver then steps Local and Sessions)
+//	AwaitWelcome ──error──▶ Closed        "control plane refused: …"
+//	AwaitWelcome ──other──▶ Closed        "expected welcome, got …"
+//	Streaming ──update──▶ Applying        effect Apply{update}
+//	Applying ──Applied(nil)──▶ Streaming  send ack{nonce, version}
+//	Applying ──Applied(err)──▶ Closed     send nack{nonce, version, error}; the next
+//	                                      stream subscribes from version 0 (full snapshot),
+//	                                      since deltas built on the refused one would miss it
+//	Streaming ──heartbeat──▶ Streaming    effect PeerLoads (the others' load per endpoint)
+//	Streaming ──auditAck──▶ Streaming     effect AuditAck, only while a batch is in flight
+//	Streaming ──trust / cert / svidIssued / error──▶ Streaming   effect for the driver
+//	Streaming ──anything else──▶ Closed   "unexpected …"
+//	Streaming ──Tick──▶ Streaming         send heartbeat{load, endpointLoad}
+//	Streaming ──Local / Sessions──▶       send local / sessions
+//	Streaming ──Send(renew|audit|svid)──▶ send it; audit only if welcome listed
+//	                                      FeatureAudit, svid only with FeatureSVID
+//
+// ReadTimeout says how long the driver may wait for the next frame in the
+// current state.
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// Agent events: the argument of Agent.Step.
+type (
+	// Recv is a frame read from the control plane.
+	Recv struct{ Msg *wire.Message }
+	// Applied reports the outcome of an Apply effect: nil when the update
+	// is in force, else why it was refused.
+	Applied struct{ Err error }
+	// Tick is the heartbeat timer firing, with the load to report.
+	Tick struct {
+		Load         float64
+		EndpointLoad map[string]float64
+	}
+	// Local is the full set of endpoints this node owns, now.
+	Local struct{ Endpoints []api.Endpoint }
+	// Sessions are session bindings not yet sent upstream.
+	Sessions struct{ Sessions []api.Session }
+	// Send is a request another part of the agent sends on the stream
+	// (renew, audit, svid); Control's Send is the same event.
+	Send struct{ Msg *wire.Message }
+)
+
+// Agent effects: in Output.Effects.
+type (
+	// Connected: the control plane welcomed the agent. The driver sends
+	// its local endpoints and pending sessions (step Local and Sessions),
+	// heartbeats every Heartbeat, ships audit records from Audit if set,
+	// and asks for SVIDs if SVID.
+	Connected struct {
+		Heartbeat time.Duration
+		Audit     *AuditResume
+		SVID      bool
+	}
+	// Apply: the driver applies the update (snapshot if Msg.Full) and
+	// steps Applied with the result.
+	Apply struct{ Msg *wire.Message }
+	// PeerLoads: the load the other agents put on each endpoint.
+	PeerLoads struct{ EndpointLoad map[string]float64 }
+	// AuditAck answers the audit batch in flight.
+	AuditAck struct{ Msg *wire.Message }
+	// TrustUpdate: new trust bundles and deny list.
+	TrustUpdate struct{ Trust *wire.Trust }
+	// CertIssued answers a renew.
+	CertIssued struct{ Msg *wire.Message }
+	// SVIDIssued answers an svid request (matched by nonce).
+	SVIDIssued struct{ Msg *wire.Message }
+	// Refused: the control plane refused a request; the stream goes on.
+	Refused struct{ Reason string }
+)
+
+// AuditResume is where the control plane's copy of the node's audit chain
+// ends (welcome's AuditSeq and AuditHash).
+type AuditResume struct {
+	Seq  uint64
+	Hash string
+}
+
+// Known names the configuration the agent holds, for its subscribe.
+type Known struct {
+	StoreID string
+	Version uint64
+}
+
+type agentState int
+
+const (
+	agentIdle agentState = iota
+	agentAwaitWelcome
+	agentStreaming
+	agentApplying
+	agentClosed
+)
+
+var agentStateNames = [...]string{"Idle", "AwaitWelcome", "Streaming", "Applying", "Closed"}
+
+func (s agentState) String() string { return agentStateNames[s] }
+
+// Agent is the agent's end of the sync protocol. It lives across streams
+// (a NACK on one makes the next ask for a snapshot). Not safe for
+// concurrent use: the driver steps it under its own lock.
+type Agent struct {
+	resyncFull bool // the next subscribe asks for a full snapshot
+
+	// per stream
+	state         agentState
+	known         Known
+	hb            time.Duration
+	features      []string
+	applying      *wire.Message // the update handed out in Apply
+	auditInFlight bool
+}
+
+// NewAgent returns an idle machine.
+func NewAgent() *Agent { return &Agent{} }
+
+// State names the current state (for logs and tests).
+func (a *Agent) State() string { return a.state.String() }
+
+// ResyncFull tells whether the next stream asks for a full snapshot.
+func (a *Agent) ResyncFull() bool { return a.resyncFull }
+
+// Connect starts a stream: the hello frame for node with caps. known is
+// the configuration the agent holds, for the subscribe after welcome.
+func (a *Agent) Connect(node *api.Node, caps []string, known Known) Output {
+	*a = Agent{resyncFull: a.resyncFull, state: agentAwaitWelcome, known: known}
+	return Output{Send: []*wire.Message{{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: node, Capabilities: caps}}}
+}
+
+// ReadTimeout is how long the driver waits for the next frame.
+func (a *Agent) ReadTimeout() time.Duration {
+	if a.state == agentAwaitWelcome {
+		return welcomeTimeout
+	}
+	return readTimeout(a.hb)
+}
+
+// Step feeds one event (Recv, Applied, Tick, Local, Sessions, Send) and
+// returns what to send and do. Effects are Connected, Apply, PeerLoads,
+// AuditAck, TrustUpdate, CertIssued, SVIDIssued and Refused.
+func (a *Agent) Step(ev Event) (out Output) {
+	if a.state == agentClosed || a.state == agentIdle {
+		return Output{Err: fmt.Errorf("sync: %T on a stream that is %s", ev, a.state)}
+	}
+	defer func() {
+		if out.Err != nil {
+			a.state = agentClosed
+		}
+	}()
+	switch ev := ev.(type) {
+	case Recv:
+		return a.recv(ev.Msg)
+	case Applied:
+		return a.applied(ev.Err)
+	case Tick:
+		if err := a.needStreaming("heartbeat"); err != nil {
+			return Output{Err: err}
+		}
+		return send(&wire.Message{Type: wire.TypeHeartbeat, Load: ev.Load, EndpointLoad: ev.EndpointLoad})
+	case Local:
+		if err := a.needStreaming("local endpoints"); err != nil {
+			return Output{Err: err}
+		}
+		return send(&wire.Message{Type: wire.TypeLocal, Endpoints: ev.Endpoints})
+	case Sessions:
+		if err := a.needStreaming("sessions"); err != nil {
+			return Output{Err: err}
+		}
+		if len(ev.Sessions) == 0 {
+			return Output{}
+		}
+		return send(&wire.Message{Type: wire.TypeSessions, Sessions: ev.Sessions})
+	case Send:
+		return a.sendRequest(ev.Msg)
+	default:
+		return Output{Err: fmt.Errorf("sync: unknown agent event %T", ev)}
+	}
+}
+
+func send(m ...*wire.Message) Output { return Output{Send: m} }
+
+func (a *Agent) needStreaming(what string) error {
+	if a.state != agentStreaming && a.state != agentApplying {
+		return fmt.Errorf("sync: %s before welcome", what)
+	}
+	return nil
+}
+
+func (a *Agent) recv(m *wire.Message) Output {
+	if m == nil {
+		return Output{Err: errors.New("sync: nil frame")}
+	}
+	switch a.state {
+	case agentAwaitWelcome:
+		switch m.Type {
+		case wire.TypeWelcome:
+		case wire.TypeError:
+			return Output{Err: fmt.Errorf("control plane refused: %s", m.Error)}
+		default:
+			return Output{Err: fmt.Errorf("expected welcome, got %s", m.Type)}
+		}
+		a.state, a.features = agentStreaming, m.Features
+		a.hb = time.Duration(m.HeartbeatMillis) * time.Millisecond
+		if a.hb <= 0 || a.hb > time.Minute {
+			a.hb = 5 * time.Second
+		}
+		sub := &wire.Message{Type: wire.TypeSubscribe, StoreID: a.known.StoreID, KnownVersion: a.known.Version}
+		if a.resyncFull {
+			sub.KnownVersion = 0 // after a NACK: deltas built on top of it would miss its changes
+			a.resyncFull = false
+		}
+		c := Connected{Heartbeat: a.hb, SVID: slices.Contains(m.Features, wire.FeatureSVID)}
+		if slices.Contains(m.Features, wire.FeatureAudit) {
+			c.Audit = &AuditResume{Seq: m.AuditSeq, Hash: m.AuditHash}
+		}
+		return Output{Send: []*wire.Message{sub}, Effects: []Effect{c}}
+	case agentApplying:
+		return Output{Err: fmt.Errorf("sync: %s while update %d is being applied", describe(m), a.applying.Version)}
+	}
+	switch m.Type {
+	case wire.TypeUpdate:
+		a.state, a.applying = agentApplying, m
+		return Output{Effects: []Effect{Apply{m}}}
+	case wire.TypeHeartbeat: // the control plane's answer
+		return Output{Effects: []Effect{PeerLoads{m.EndpointLoad}}}
+	case wire.TypeAuditAck:
+		if !a.auditInFlight { // one batch in flight at a time
+			return Output{Err: errors.New("unexpected auditAck")}
+		}
+		a.auditInFlight = false
+		return Output{Effects: []Effect{AuditAck{m}}}
+	case wire.TypeTrust:
+		if m.Trust == nil {
+			return Output{}
+		}
+		return Output{Effects: []Effect{TrustUpdate{m.Trust}}}
+	case wire.TypeSVIDIssued:
+		return Output{Effects: []Effect{SVIDIssued{m}}}
+	case wire.TypeCert:
+		return Output{Effects: []Effect{CertIssued{m}}}
+	case wire.TypeError:
+		// After hello, errors report a refused request (e.g. a local
+		// endpoint name owned by another node); the stream goes on.
+		return Output{Effects: []Effect{Refused{m.Error}}}
+	}
+	return Output{Err: fmt.Errorf("unexpected %s", m.Type)}
+}
+
+func (a *Agent) applied(err error) Output {
+	if a.state != agentApplying {
+		return Output{Err: errors.New("sync: applied without an update")}
+	}
+	m := a.applying
+	a.state, a.applying = agentStreaming, nil
+	if err != nil {
+		// The server's next delta would start after the version we
+		// refused and lose its changes: NACK, then resubscribe for a
+		// full snapshot. The previous configuration keeps serving.
+		a.resyncFull = true
+		return Output{
+			Send: []*wire.Message{{Type: wire.TypeNack, Nonce: m.Nonce, Version: m.Version, Error: err.Error()}},
+			Err:  fmt.Errorf("rejected update %d: %w", m.Version, err),
+		}
+	}
+	return send(&wire.Message{Type: wire.TypeAck, Nonce: m.Nonce, Version: m.Version})
+}
+
+// sendRequest checks a frame another part of the agent sends: only
+// requests, and only those the control plane said it takes.
+func (a *Agent) sendRequest(m *wire.Message) Output {
+	if m == nil {
+		return Output{Err: errors.New("sync: send nil frame")}
+	}
+	if err := a.needStreaming(m.Type); err != nil {
+		return Output{Err: err}
+	}
+	switch m.Type {
+	case wire.TypeRenew:
+	case wire.TypeAudit:
+		if !slices.Contains(a.features, wire.FeatureAudit) {
+			return Output{Err: errors.New("sync: audit records sent to a control plane that does not take them")}
+		}
+		if a.auditInFlight {
+			return Output{Err: errors.New("sync: audit batch sent before the previous one was acknowledged")}
+		}
+		a.auditInFlight = true
+	case wire.TypeSVID:
+		if !slices.Contains(a.features, wire.FeatureSVID) {
+			return Output{Err: errors.New("sync: svid request to a control plane that does not sign SVIDs")}
+		}
+	default:
+		return Output{Err: fmt.Errorf("sync: the agent does not send %s on its own", m.Type)}
+	}
+	return send(m)
+}

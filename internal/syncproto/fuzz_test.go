@@ -1,0 +1,117 @@
+// Fuzz targets: random command sequences (the transcript language) fed
+// into each machine, which must never panic and must keep its invariants.
+
+package syncproto
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// addTranscriptSeeds adds the commands of the transcripts whose names start
+// with prefix as seeds: realistic sequences the fuzzer mutates.
+func addTranscriptSeeds(f *testing.F, prefix string) {
+	files, err := filepath.Glob("testdata/" + prefix + "*.txt")
+	if err != nil || len(files) == 0 {
+		f.Fatalf("no %s transcripts: %v", prefix, err)
+	}
+	for _, file := range files {
+		text, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		blocks, err := parseTranscript(string(text))
+		if err != nil {
+			f.Fatal(err)
+		}
+		var cmds []string
+		for _, b := range blocks {
+			cmds = append(cmds, strings.TrimSpace(b.cmd+" "+b.arg))
+		}
+		f.Add(strings.Join(cmds, "\n"))
+	}
+}
+
+// fuzzScript runs the lines of in (transcript commands, malformed ones
+// skipped) against a machine and checks what must hold whatever the peer
+// sends: no panic; a step that ends the stream leaves the machine Closed;
+// every frame it sends encodes; the agent sends only agent frames and acks
+// or nacks only the update it was given; the control plane sends only
+// control frames, each update with a new, increasing nonce.
+func fuzzScript(t *testing.T, s *script, in string) {
+	var applying *wire.Message // the agent's last Apply
+	var lastNonce uint64       // the control machine's last update nonce
+	for _, line := range strings.Split(in, "\n") {
+		cmd, arg, _ := strings.Cut(line, " ")
+		if cmd == "agent" || cmd == "control" || cmd == "connect" {
+			applying, lastNonce = nil, 0
+		}
+		out, state, err := s.exec(cmd, strings.TrimSpace(arg))
+		if err != nil {
+			continue // the script's fault, not the machine's
+		}
+		if out.Err != nil && state != "Closed" && state != "Idle" { // Idle: no stream to end
+			t.Fatalf("%s: stream ended (%v) but the machine is %s", line, out.Err, state)
+		}
+		for _, m := range out.Send {
+			if _, err := json.Marshal(m); err != nil {
+				t.Fatalf("%s: sends a frame that does not encode: %v", line, err)
+			}
+			if s.agent != nil {
+				switch m.Type {
+				case wire.TypeHello, wire.TypeSubscribe, wire.TypeLocal, wire.TypeSessions, wire.TypeHeartbeat,
+					wire.TypeAudit, wire.TypeSVID, wire.TypeRenew:
+				case wire.TypeAck, wire.TypeNack:
+					if applying == nil || m.Nonce != applying.Nonce || m.Version != applying.Version {
+						t.Fatalf("%s: %s of nonce %q version %d, but the update applied was %+v", line, m.Type, m.Nonce, m.Version, applying)
+					}
+					applying = nil
+				default:
+					t.Fatalf("%s: the agent sends %s", line, m.Type)
+				}
+				continue
+			}
+			switch m.Type {
+			case wire.TypeUpdate:
+				n, err := strconv.ParseUint(m.Nonce, 10, 64)
+				if err != nil || n <= lastNonce {
+					t.Fatalf("%s: update nonce %q after %d", line, m.Nonce, lastNonce)
+				}
+				lastNonce = n
+			case wire.TypeWelcome, wire.TypeError, wire.TypeHeartbeat, wire.TypeAuditAck, wire.TypeCert,
+				wire.TypeSVIDIssued, wire.TypeTrust:
+			default:
+				t.Fatalf("%s: the control plane sends %s", line, m.Type)
+			}
+		}
+		for _, e := range out.Effects {
+			if a, ok := e.(Apply); ok {
+				applying = a.Msg
+			}
+		}
+	}
+}
+
+func FuzzAgent(f *testing.F) {
+	addTranscriptSeeds(f, "agent_")
+	f.Add("recv {\"type\":\"update\"}\napplied\nconnect\nrecv {}\nrecv {\"type\":\"welcome\",\"heartbeatMillis\":-5}\ntick {}")
+	f.Fuzz(func(t *testing.T, in string) {
+		fuzzScript(t, newScript(), in)
+	})
+}
+
+func FuzzControl(f *testing.F) {
+	addTranscriptSeeds(f, "control_")
+	f.Add("recv {\"type\":\"hello\"}\nadmitted {}\nsend {\"type\":\"update\"}\nrecv {\"type\":\"subscribe\"}\nsend {}")
+	f.Fuzz(func(t *testing.T, in string) {
+		s := newScript()
+		s.run("control", "")
+		fuzzScript(t, s, in)
+	})
+}
