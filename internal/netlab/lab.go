@@ -152,11 +152,17 @@ var siteSpecs = []siteSpec{
 // when ip or iptables is missing.
 func New(t testing.TB) *Lab {
 	t.Helper()
+	return NewWith(t, Options{})
+}
+
+// NewWith is New with options.
+func NewWith(t testing.TB, opts Options) *Lab {
+	t.Helper()
 	testenv.NeedRoot(t)
 	testenv.NeedTool(t, "ip")
 	testenv.NeedTool(t, "iptables")
 	testenv.NeedTool(t, "iptables-restore")
-	l, err := Build(Options{})
+	l, err := Build(opts)
 	if l != nil {
 		t.Cleanup(func() {
 			if err := l.Close(); err != nil {
