@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
@@ -226,7 +228,44 @@ func Build(opts Options) (*Lab, error) {
 	if err := l.wire(sites); err != nil {
 		return l, err
 	}
-	return l, nil
+	return l, l.waitRunning()
+}
+
+// waitRunning waits until every interface in the lab is running. The
+// kernel turns a new link's carrier on in a batch up to a second later
+// (linkwatch) and drops what the link sends before, so without this wait a
+// test's first packet is lost and its first TCP dial takes a 1 s
+// retransmission.
+func (l *Lab) waitRunning() error {
+	deadline := time.Now().Add(20 * time.Second)
+	for _, name := range l.names {
+		ns := &Netns{Name: name}
+		err := ns.Do(func() error {
+			for {
+				ifs, err := net.Interfaces()
+				if err != nil {
+					return err
+				}
+				var down []string
+				for _, i := range ifs {
+					if i.Flags&net.FlagLoopback == 0 && i.Flags&net.FlagRunning == 0 {
+						down = append(down, i.Name)
+					}
+				}
+				if len(down) == 0 {
+					return nil
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("links %v not running", down)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("netns %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // wire configures the namespaces leaves first: each end of a veth is
@@ -235,7 +274,7 @@ func Build(opts Options) (*Lab, error) {
 // namespace and interface names need only be unique per namespace.
 func (l *Lab) wire(sites []*Site) error {
 	bits := publicNet.Bits()
-	pubLines := []string{"link set lo up", "link add br0 type bridge", "link set br0 up"}
+	pubLines := []string{"link set lo up", "link add br0 type bridge forward_delay 0", "link set br0 up"}
 	attach := func(port string) {
 		pubLines = append(pubLines, "link set "+port+" master br0", "link set "+port+" up")
 	}
@@ -252,7 +291,7 @@ func (l *Lab) wire(sites []*Site) error {
 		attach(port)
 	}
 	for _, s := range sites {
-		natLines := []string{"link set lo up", "link add lan0 type bridge", "link set lan0 up",
+		natLines := []string{"link set lo up", "link add lan0 type bridge forward_delay 0", "link set lan0 up",
 			fmt.Sprintf("addr add %s/%d dev lan0", s.Gateway, s.Subnet.Bits())}
 		for _, n := range s.Nodes {
 			port := "v-" + role(l, n.Netns)
