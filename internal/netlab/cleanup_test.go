@@ -102,7 +102,7 @@ func TestLabRemovedWhenTestPanicsOrFails(t *testing.T) {
 			}
 			for _, n := range h.names {
 				if netnsExists(n) {
-					t.Errorf("namespace %s left after the test %sed", n, mode)
+					t.Errorf("namespace %s left after the helper's %s", n, mode)
 					deleteNetns(n)
 				}
 			}

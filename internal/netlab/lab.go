@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -178,6 +179,8 @@ func NewWith(t testing.TB, opts Options) *Lab {
 	return l
 }
 
+var labSeq atomic.Uint64
+
 // Build makes the topology. On error it returns the partly built Lab too,
 // so the caller can Close it (New does); callers outside tests (a bench
 // program) must Close it.
@@ -192,7 +195,11 @@ func Build(opts Options) (*Lab, error) {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, fmt.Errorf("netlab: %w", err)
 	}
-	l := &Lab{ID: fmt.Sprintf("%s-%d-%s", opts.Prefix, os.Getpid(), hex.EncodeToString(rnd[:]))}
+	// The PID keeps runs apart and lets Sweep tell a killed run's
+	// namespaces from a live one's; the sequence keeps labs of one process
+	// apart; the random part keeps a new process apart from a killed one's
+	// leftovers that had the same PID.
+	l := &Lab{ID: fmt.Sprintf("%s-%d-%d%s", opts.Prefix, os.Getpid(), labSeq.Add(1), hex.EncodeToString(rnd[:]))}
 	newNS := func(role string) *Netns {
 		ns := &Netns{Name: l.ID + "-" + role}
 		l.names = append(l.names, ns.Name)

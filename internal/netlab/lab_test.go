@@ -384,3 +384,32 @@ func hostLinks(t *testing.T) string {
 	}
 	return strings.Join(names, " ")
 }
+
+func TestImpairInsideTheLab(t *testing.T) {
+	l := New(t)
+	echo := startUDPEcho(t, l.Relay1, l.Relay1.Addr.String()+":0")
+	const delay = 40 * time.Millisecond
+	// The relay runs in the control plane's namespace: site A reaches it
+	// through its NAT, and it forwards from its own address.
+	r, err := ImpairUDP(l.CP, l.CP.Addr.String()+":0", echo.addr(), Impairment{Delay: delay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	pc, err := l.A.Nodes[0].ListenPacket("udp4", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	start := time.Now()
+	b, err := roundTrip(pc, r.Addr().String(), []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rtt := time.Since(start); rtt < 2*delay {
+		t.Errorf("round trip %v through a relay delaying %v each way", rtt, delay)
+	}
+	if ap, err := netip.ParseAddrPort(string(b)); err != nil || ap.Addr() != l.CP.Addr {
+		t.Errorf("echo saw %q; want the relay's address %s", b, l.CP.Addr)
+	}
+}
