@@ -111,11 +111,11 @@ func TestLabRemovedWhenTestPanicsOrFails(t *testing.T) {
 	}
 }
 
-func TestSweepRemovesKilledRun(t *testing.T) {
-	testenv.NeedRoot(t)
-	testenv.NeedTool(t, "ip")
-	testenv.NeedTool(t, "iptables")
-	prefix := fmt.Sprintf("nlt%dsweep", os.Getpid())
+// killedRun starts a helper that builds a lab with the prefix, kills it
+// with SIGKILL (no cleanup runs) once the lab is ready, and returns what
+// it made, which is then still there.
+func killedRun(t *testing.T, prefix string) helperOut {
+	t.Helper()
 	cmd := helperCmd("block", prefix)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -134,7 +134,7 @@ func TestSweepRemovesKilledRun(t *testing.T) {
 			deleteNetns(n)
 		}
 	})
-	cmd.Process.Kill() // SIGKILL: no cleanup runs
+	cmd.Process.Kill()
 	go func() {
 		for sc.Scan() {
 		}
@@ -148,7 +148,23 @@ func TestSweepRemovesKilledRun(t *testing.T) {
 			t.Fatalf("namespace %s gone before Sweep; the kill should have left it", n)
 		}
 	}
-	live := NewWith(t, Options{Prefix: prefix}) // a running lab with the same prefix
+	return h
+}
+
+func TestSweepRemovesKilledRun(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedTool(t, "ip")
+	testenv.NeedTool(t, "iptables")
+	prefix := fmt.Sprintf("nlt%dsweep", os.Getpid())
+	h := killedRun(t, prefix)
+	// A running lab with the same prefix (Build: New would sweep).
+	live, err := Build(Options{Prefix: prefix})
+	if live != nil {
+		t.Cleanup(func() { live.Close() })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	removed, err := Sweep(prefix)
 	if err != nil {
@@ -172,5 +188,19 @@ func TestSweepRemovesKilledRun(t *testing.T) {
 	waitFor(t, "the process left in the killed lab to end", func() bool { return !running(h.pid) })
 	if removed, err := Sweep(prefix); err != nil || len(removed) != 0 {
 		t.Errorf("second Sweep: %v, %v; want nothing to do", removed, err)
+	}
+}
+
+func TestNewSweepsKilledRun(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedTool(t, "ip")
+	testenv.NeedTool(t, "iptables")
+	prefix := fmt.Sprintf("nlt%dnew", os.Getpid())
+	h := killedRun(t, prefix)
+	NewWith(t, Options{Prefix: prefix})
+	for _, n := range h.names {
+		if netnsExists(n) {
+			t.Errorf("namespace %s of a killed run left after New", n)
+		}
 	}
 }

@@ -151,7 +151,7 @@ var siteSpecs = []siteSpec{
 }
 
 // New builds a Lab for the test and removes it when the test ends, passed,
-// failed or panicked. It skips the test (fails it in CI) when not root or
+// failed or panicked. It first sweeps what a killed run left (see Sweep). It skips the test (fails it in CI) when not root or
 // when ip or iptables is missing.
 func New(t testing.TB) *Lab {
 	t.Helper()
@@ -165,6 +165,14 @@ func NewWith(t testing.TB, opts Options) *Lab {
 	testenv.NeedTool(t, "ip")
 	testenv.NeedTool(t, "iptables")
 	testenv.NeedTool(t, "iptables-restore")
+	prefix := opts.Prefix
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	// Leftovers of a killed run with this prefix; a live run's stay.
+	if removed, err := Sweep(prefix); err != nil || len(removed) > 0 {
+		t.Logf("netlab: removed namespaces of a killed run: %v (%v)", removed, err)
+	}
 	l, err := Build(opts)
 	if l != nil {
 		t.Cleanup(func() {
