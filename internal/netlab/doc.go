@@ -55,7 +55,8 @@
 //		// An agent process inside site B, ended with the lab if the test
 //		// does not end it.
 //		cmd := lab.B.Nodes[0].Command(ctx, agentBin, "agent", "--config", cfg)
-//		// 100 ms each way between site C and relay 1, over TCP.
+//		// A TCP path to relay 1 with 100 ms added each way: clients
+//		// dial imp.Addr(), on the control plane's host.
 //		imp, err := netlab.ImpairTCP(lab.CP, lab.CP.Addr.String()+":0",
 //			lab.Relay1.Addr.String()+":443", netlab.Impairment{Delay: 100 * time.Millisecond})
 //		// Pull site A's cable and plug it back.
