@@ -9,6 +9,7 @@ case "${1:-test}" in
     need dig dnsutils
     need curl curl
     need ip iproute2
+    need iptables iptables
     need mosquitto mosquitto
     need mosquitto_pub mosquitto-clients
     ;;

@@ -25,6 +25,7 @@ func TestLeanImportGraph(t *testing.T) {
 		"github.com/mochi-mqtt/", // the MQTT reference decoder of internal/mqtt's differential fuzz test
 		"github.com/fogmesh/fogmesh/internal/control",
 		"github.com/fogmesh/fogmesh/internal/store",
+		"github.com/fogmesh/fogmesh/internal/netlab", // test topology: tests and bench only
 	}
 	for _, pkg := range strings.Fields(string(out)) {
 		for _, f := range forbidden {

@@ -1,5 +1,6 @@
 // Package testenv holds what tests share about the machine they run on:
-// which outside tools they need. It is imported only by _test.go files.
+// which outside tools they need. It is imported only by _test.go files
+// and test-support packages (netlab).
 //
 // A test that needs a tool that `make test` installs (curl, dig, mosquitto)
 // or root skips, with the reason, on a developer's machine that lacks it,
