@@ -6,12 +6,8 @@
 // its own workloads.
 package agent
 
-// Over 500 lines: the network-seam change of issue 10 is reworking New and
-// Run; workload registration and initMetrics move out once it lands.
-
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,7 +47,7 @@ type Agent struct {
 
 	view atomic.Pointer[view]
 
-	applyMu sync.Mutex // serialises applyUpdate (see there)
+	applyMu sync.Mutex // serialises applyUpdate (sync.go; see there)
 
 	mu sync.Mutex // guards the following
 	// res and cfgVersion/storeID are the control plane's configuration.
@@ -59,7 +55,7 @@ type Agent struct {
 	storeID    string
 	cfgVersion uint64
 	// workloads are local instances: from the config file (fromConfig) or
-	// registered through the local API (saved to wlPath).
+	// registered through the local API (saved to wlPath; workloads.go).
 	workloads map[string]*workloadState
 	listeners map[netip.AddrPort]*vipListener
 	// localSessions are session bindings this agent decided (service key +
@@ -71,7 +67,8 @@ type Agent struct {
 	// outliers: outlier detection and the quarantine of unreachable
 	// endpoints (outlier.go).
 	outliers outlier.Set
-	// balancers by name, with round robin's counters (balance.go).
+	// balancers by name, with round robin's counters (internal/balance;
+	// the agent picks through them in balance.go).
 	balancers balance.Set
 	// statsByEP holds what this agent measures per endpoint: in-flight
 	// count and peak-EWMA latency (balance.go).
@@ -114,7 +111,8 @@ type Agent struct {
 	wlAPI      *workloadapi.Server // nil when off
 	wlLn       net.Listener
 	// authzHTTP serves mesh streams whose HTTP requests are authorized one
-	// by one; authzSeries caches fogmesh_authz_decisions_total (authz.go).
+	// by one (authzserver.go); authzSeries caches
+	// fogmesh_authz_decisions_total (authz.go).
 	authzHTTP   *authzServer
 	authzSeries sync.Map
 	gossip      *gossip.Gossip // nil when off
@@ -137,7 +135,7 @@ type Agent struct {
 	cancel    context.CancelFunc // guarded by mu
 	runCtx    context.Context    // guarded by mu; set by Run
 
-	m agentMetrics
+	m agentMetrics // set by initMetrics (metrics.go)
 }
 
 type workloadState struct {
@@ -476,146 +474,8 @@ func (a *Agent) LookupService(namespace, name string) (meshdns.Record, bool) {
 	return r, true
 }
 
-// Register adds or replaces a workload registered through the local API; it
-// is saved so it survives a restart.
-func (a *Agent) Register(w Workload) error {
-	if err := w.normalize(a.cfg.Node.Name); err != nil {
-		return err
-	}
-	a.mu.Lock()
-	if old := a.workloads[w.Name]; old != nil {
-		if old.fromConfig {
-			a.mu.Unlock()
-			return fmt.Errorf("workload %q comes from the config file", w.Name)
-		}
-		old.stop()
-	}
-	ws := &workloadState{w: w, healthy: true}
-	a.workloads[w.Name] = ws
-	if err := a.saveRegisteredLocked(); err != nil {
-		delete(a.workloads, w.Name)
-		a.mu.Unlock()
-		return err
-	}
-	if a.runCtx != nil {
-		a.startCheckLocked(a.runCtx, ws)
-	}
-	a.rebuildLocked()
-	a.mu.Unlock()
-	a.notifyLocal()
-	a.log.Info("agent: workload registered", "name", w.Name, "service", w.Namespace+"/"+w.Service)
-	return nil
-}
-
-// Deregister removes a registered workload.
-func (a *Agent) Deregister(name string) error {
-	a.mu.Lock()
-	ws := a.workloads[name]
-	switch {
-	case ws == nil:
-		a.mu.Unlock()
-		return fmt.Errorf("workload %q: %w", name, errNotFound)
-	case ws.fromConfig:
-		a.mu.Unlock()
-		return fmt.Errorf("workload %q comes from the config file", name)
-	}
-	if ws.stop != nil {
-		ws.stop()
-	}
-	delete(a.workloads, name)
-	err := a.saveRegisteredLocked()
-	a.rebuildLocked()
-	a.mu.Unlock()
-	a.notifyLocal()
-	return err
-}
-
-var errNotFound = errors.New("not found")
-
 // ConfigError is returned by New for an invalid Config.
 type ConfigError struct{ Err error }
 
 func (e *ConfigError) Error() string { return e.Err.Error() }
 func (e *ConfigError) Unwrap() error { return e.Err }
-
-func (a *Agent) saveRegisteredLocked() error {
-	var ws []Workload
-	for _, s := range a.workloads {
-		if !s.fromConfig {
-			ws = append(ws, s.w)
-		}
-	}
-	sort.Slice(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
-	return saveJSON(a.wlPath, ws)
-}
-
-func (a *Agent) loadRegistered() error {
-	b, err := os.ReadFile(a.wlPath)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var ws []Workload
-	if err := json.Unmarshal(b, &ws); err != nil {
-		return fmt.Errorf("%s: %w", a.wlPath, err)
-	}
-	for _, w := range ws {
-		if err := w.normalize(a.cfg.Node.Name); err != nil {
-			a.log.Error("agent: skipping saved workload", "name", w.Name, "err", err)
-			continue
-		}
-		if a.workloads[w.Name] == nil {
-			a.workloads[w.Name] = &workloadState{w: w, healthy: true}
-		}
-	}
-	return nil
-}
-
-func (a *Agent) initMetrics() {
-	m := a.cfg.Metrics
-	a.m = agentMetrics{
-		connOK:           m.NewCounter(`fogmesh_agent_connections_total{result="ok"}`),
-		connNoEP:         m.NewCounter(`fogmesh_agent_connections_total{result="no_endpoint"}`),
-		connFailed:       m.NewCounter(`fogmesh_agent_connections_total{result="dial_failed"}`),
-		dialFailures:     m.NewCounter(`fogmesh_agent_dial_failures_total`),
-		failovers:        m.NewCounter(`fogmesh_agent_failovers_total`),
-		updates:          m.NewCounter(`fogmesh_agent_config_updates_total`),
-		nacks:            m.NewCounter(`fogmesh_agent_config_rejected_total`),
-		listenErrors:     m.NewCounter(`fogmesh_agent_listen_errors_total`),
-		mqttBad:          m.NewCounter(`fogmesh_agent_mqtt_bad_connect_total`),
-		retriesDenied:    m.NewCounter(`fogmesh_agent_retries_denied_total`),
-		outlierEjections: m.NewCounter(`fogmesh_agent_outlier_ejections_total`),
-		ejectionsSkipped: m.NewCounter(`fogmesh_agent_outlier_ejections_skipped_total`),
-		overflows:        m.NewCounter(`fogmesh_agent_circuit_breaker_overflows_total`),
-		sessionBinds:     m.NewCounter(`fogmesh_agent_session_binds_total`),
-		gossipDeaths:     m.NewCounter(`fogmesh_agent_gossip_peer_deaths_total`),
-		panics:           m.NewCounter(`fogmesh_agent_panics_total`),
-		renewals:         m.NewCounter(`fogmesh_agent_certificate_renewals_total`),
-		unvouched:        m.NewCounter(`fogmesh_agent_authz_unvouched_source_total`),
-	}
-	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
-	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
-		if a.connected.Load() {
-			return 1
-		}
-		return 0
-	})
-	m.NewGauge(`fogmesh_agent_gossip_members`, func() float64 { // alive site peers, this node included; 0 with gossip off
-		if a.gossip == nil {
-			return 0
-		}
-		return float64(len(a.gossip.Members()))
-	})
-	m.NewGauge(`fogmesh_agent_config_version`, func() float64 {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		return float64(a.cfgVersion)
-	})
-}
-
-type agentMetrics struct {
-	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
-	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals, unvouched      *metrics.Counter
-}

@@ -1,0 +1,53 @@
+package agent
+
+import "github.com/VictoriaMetrics/metrics"
+
+// The agent's own metrics: the counters of agentMetrics and the gauges
+// that read its state, registered once by New.
+
+func (a *Agent) initMetrics() {
+	m := a.cfg.Metrics
+	a.m = agentMetrics{
+		connOK:           m.NewCounter(`fogmesh_agent_connections_total{result="ok"}`),
+		connNoEP:         m.NewCounter(`fogmesh_agent_connections_total{result="no_endpoint"}`),
+		connFailed:       m.NewCounter(`fogmesh_agent_connections_total{result="dial_failed"}`),
+		dialFailures:     m.NewCounter(`fogmesh_agent_dial_failures_total`),
+		failovers:        m.NewCounter(`fogmesh_agent_failovers_total`),
+		updates:          m.NewCounter(`fogmesh_agent_config_updates_total`),
+		nacks:            m.NewCounter(`fogmesh_agent_config_rejected_total`),
+		listenErrors:     m.NewCounter(`fogmesh_agent_listen_errors_total`),
+		mqttBad:          m.NewCounter(`fogmesh_agent_mqtt_bad_connect_total`),
+		retriesDenied:    m.NewCounter(`fogmesh_agent_retries_denied_total`),
+		outlierEjections: m.NewCounter(`fogmesh_agent_outlier_ejections_total`),
+		ejectionsSkipped: m.NewCounter(`fogmesh_agent_outlier_ejections_skipped_total`),
+		overflows:        m.NewCounter(`fogmesh_agent_circuit_breaker_overflows_total`),
+		sessionBinds:     m.NewCounter(`fogmesh_agent_session_binds_total`),
+		gossipDeaths:     m.NewCounter(`fogmesh_agent_gossip_peer_deaths_total`),
+		panics:           m.NewCounter(`fogmesh_agent_panics_total`),
+		renewals:         m.NewCounter(`fogmesh_agent_certificate_renewals_total`),
+		unvouched:        m.NewCounter(`fogmesh_agent_authz_unvouched_source_total`),
+	}
+	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
+	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
+		if a.connected.Load() {
+			return 1
+		}
+		return 0
+	})
+	m.NewGauge(`fogmesh_agent_gossip_members`, func() float64 { // alive site peers, this node included; 0 with gossip off
+		if a.gossip == nil {
+			return 0
+		}
+		return float64(len(a.gossip.Members()))
+	})
+	m.NewGauge(`fogmesh_agent_config_version`, func() float64 {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return float64(a.cfgVersion)
+	})
+}
+
+type agentMetrics struct {
+	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
+	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals, unvouched      *metrics.Counter
+}

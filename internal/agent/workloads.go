@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+)
+
+// Workloads registered through the local API: Register and Deregister,
+// and their save to and load from the state dir (workloads.json) so they
+// survive a restart.
+
+// Register adds or replaces a workload registered through the local API; it
+// is saved so it survives a restart.
+func (a *Agent) Register(w Workload) error {
+	if err := w.normalize(a.cfg.Node.Name); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	if old := a.workloads[w.Name]; old != nil {
+		if old.fromConfig {
+			a.mu.Unlock()
+			return fmt.Errorf("workload %q comes from the config file", w.Name)
+		}
+		old.stop()
+	}
+	ws := &workloadState{w: w, healthy: true}
+	a.workloads[w.Name] = ws
+	if err := a.saveRegisteredLocked(); err != nil {
+		delete(a.workloads, w.Name)
+		a.mu.Unlock()
+		return err
+	}
+	if a.runCtx != nil {
+		a.startCheckLocked(a.runCtx, ws)
+	}
+	a.rebuildLocked()
+	a.mu.Unlock()
+	a.notifyLocal()
+	a.log.Info("agent: workload registered", "name", w.Name, "service", w.Namespace+"/"+w.Service)
+	return nil
+}
+
+// Deregister removes a registered workload.
+func (a *Agent) Deregister(name string) error {
+	a.mu.Lock()
+	ws := a.workloads[name]
+	switch {
+	case ws == nil:
+		a.mu.Unlock()
+		return fmt.Errorf("workload %q: %w", name, errNotFound)
+	case ws.fromConfig:
+		a.mu.Unlock()
+		return fmt.Errorf("workload %q comes from the config file", name)
+	}
+	if ws.stop != nil {
+		ws.stop()
+	}
+	delete(a.workloads, name)
+	err := a.saveRegisteredLocked()
+	a.rebuildLocked()
+	a.mu.Unlock()
+	a.notifyLocal()
+	return err
+}
+
+var errNotFound = errors.New("not found")
+
+func (a *Agent) saveRegisteredLocked() error {
+	var ws []Workload
+	for _, s := range a.workloads {
+		if !s.fromConfig {
+			ws = append(ws, s.w)
+		}
+	}
+	sort.Slice(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
+	return saveJSON(a.wlPath, ws)
+}
+
+func (a *Agent) loadRegistered() error {
+	b, err := os.ReadFile(a.wlPath)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var ws []Workload
+	if err := json.Unmarshal(b, &ws); err != nil {
+		return fmt.Errorf("%s: %w", a.wlPath, err)
+	}
+	for _, w := range ws {
+		if err := w.normalize(a.cfg.Node.Name); err != nil {
+			a.log.Error("agent: skipping saved workload", "name", w.Name, "err", err)
+			continue
+		}
+		if a.workloads[w.Name] == nil {
+			a.workloads[w.Name] = &workloadState{w: w, healthy: true}
+		}
+	}
+	return nil
+}
