@@ -437,6 +437,9 @@ func (a *Agent) rebuildLocked() {
 	a.noteInvalidPolicies(a.view.Swap(v), v)
 	a.syncOutliers(v)
 	a.svids.SetWorkloads(svidHolders(a.workloads))
+	if a.retries != nil { // nil while New builds the first view
+		a.retries.Forget(func(svc string) bool { return v.services[svc] != nil })
+	}
 }
 
 func (a *Agent) localEndpointsLocked() []api.Endpoint {
