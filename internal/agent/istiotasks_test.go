@@ -385,7 +385,7 @@ spec:
 			{n: 30, want: third(pageV1, page("details-v1", "reviews-v2", unavail), page("details-v1", "reviews-v3", unavail)), tol: 0.15},
 			{svc: "details", from: "productpage", n: 5, want: all("details-v1")},
 			{svc: "details", from: "productpage", method: "POST", n: 5, want: all("403")},
-			{svc: "details", n: 5, want: all("403")},         // not productpage's identity
+			{svc: "details", n: 5, want: all("403")},                      // not productpage's identity
 			{svc: "ratings", from: "productpage", n: 5, want: all("403")}, // not reviews'
 		}},
 	{task: "authorization for HTTP traffic", name: "ratings-viewer: every part of the page",
