@@ -585,16 +585,17 @@ func runIstioTasks(t *testing.T, rows []taskRow) {
 		t.Run(row.task+": "+row.name, func(t *testing.T) {
 			t.Parallel()
 			for _, proto := range []string{"HTTP/1.1", "h2c"} {
-				for _, st := range row.steps {
-					runTaskStep(t, app, proto, st)
+				for j, st := range row.steps {
+					runTaskStep(t, app, fmt.Sprintf("step %d %s", j+1, proto), proto, st)
 				}
 			}
 		})
 	}
 }
 
-// runTaskStep sends st's requests over proto and checks the answers.
-func runTaskStep(t *testing.T, app *taskApp, proto string, st taskStep) {
+// runTaskStep sends st's requests over proto and checks the answers;
+// errors start with step.
+func runTaskStep(t *testing.T, app *taskApp, step, proto string, st taskStep) {
 	t.Helper()
 	svc, method := st.svc, st.method
 	if svc == "" {
@@ -635,7 +636,7 @@ func runTaskStep(t *testing.T, app *taskApp, proto string, st taskStep) {
 	app.mu.Unlock()
 	n := max(st.n, 1)
 	got := map[string]int{}
-	desc := fmt.Sprintf("%s %s %s from %q user %q", proto, method, svc, st.from, st.user)
+	desc := fmt.Sprintf("%s: %s %s from %q user %q", step, method, svc, st.from, st.user)
 	for range n {
 		req, err := http.NewRequest(method, url, nil)
 		if err != nil {
