@@ -322,6 +322,27 @@ var istioTaskRows = []taskRow{
 			{user: jason, n: 10, want: all(page("details-v1", "reviews-v2", unavail))},
 			{n: 10, want: all(pageV1)},
 		}},
+	// The VirtualService reference: a fault's percentage of requests. The
+	// fault filter answers before the router, so Istio's default retry
+	// policy never retries an injected 503.
+	{task: "fault injection", name: "HTTP 503 abort for half the requests, not retried",
+		docs: toV1("productpage") + toV1("details") + toV1("reviews") + `
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: NS}
+spec:
+  hosts: [ratings]
+  http:
+  - fault:
+      abort:
+        percentage: {value: 50}
+        httpStatus: 503
+    route:
+    - destination: {host: ratings, subset: v1}
+` + bookinfoDRs, steps: []taskStep{
+			{svc: "ratings", n: 400, want: map[string]float64{"503": 0.5, "ratings-v1": 0.5}, tol: 0.1},
+		}},
 	// https://istio.io/latest/docs/tasks/traffic-management/traffic-shifting/
 	{task: "traffic shifting", name: "50% to reviews v3", docs: toV1("productpage") + toV1("details") + toV1("ratings") + `
 ---
