@@ -322,9 +322,9 @@ var istioTaskRows = []taskRow{
 			{user: jason, n: 10, want: all(page("details-v1", "reviews-v2", unavail))},
 			{n: 10, want: all(pageV1)},
 		}},
-	// The VirtualService reference: a fault's percentage of requests. The
-	// fault filter answers before the router, so Istio's default retry
-	// policy never retries an injected 503.
+	// The VirtualService reference: a fault's percentage of requests, and
+	// "timeouts or retries will not be enabled when faults are enabled"
+	// (Envoy's fault filter answers or waits before the router).
 	{task: "fault injection", name: "HTTP 503 abort for half the requests, not retried",
 		docs: toV1("productpage") + toV1("details") + toV1("reviews") + `
 ---
@@ -338,10 +338,30 @@ spec:
       abort:
         percentage: {value: 50}
         httpStatus: 503
+    retries: {attempts: 3, retryOn: 5xx}
     route:
     - destination: {host: ratings, subset: v1}
 ` + bookinfoDRs, steps: []taskStep{
 			{svc: "ratings", n: 400, want: map[string]float64{"503": 0.5, "ratings-v1": 0.5}, tol: 0.1},
+		}},
+	{task: "fault injection", name: "a 1s delay is not cut by the rule's 0.5s timeout",
+		docs: toV1("productpage") + toV1("details") + toV1("reviews") + `
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: NS}
+spec:
+  hosts: [ratings]
+  http:
+  - fault:
+      delay:
+        percentage: {value: 100}
+        fixedDelay: 1s
+    timeout: 0.5s
+    route:
+    - destination: {host: ratings, subset: v1}
+` + bookinfoDRs, steps: []taskStep{
+			{svc: "ratings", n: 2, want: all("ratings-v1"), minTime: time.Second, maxTime: 3 * time.Second},
 		}},
 	// https://istio.io/latest/docs/tasks/traffic-management/traffic-shifting/
 	{task: "traffic shifting", name: "50% to reviews v3", docs: toV1("productpage") + toV1("details") + toV1("ratings") + `
