@@ -47,6 +47,7 @@ type taskStep struct {
 	from   string // "" (an anonymous client) or "productpage" (from its address)
 	method string
 	user   string // the end-user header
+	cookie string // the Cookie header
 	n      int
 	// want gives each observed answer's share of the n answers, within
 	// tol; an answer not in want fails the step.
@@ -300,6 +301,31 @@ var istioTaskRows = []taskRow{
 			{n: 20, want: all(pageV1)},
 			{user: "ana", n: 10, want: all(pageV1)},
 			{user: "Jason", n: 10, want: all(pageV1)}, // exact is case-sensitive
+		}},
+	// The task's older form: jason is told by a cookie, matched by a
+	// regex, which must match the whole value (Envoy's safe_regex).
+	{task: "request routing", name: "cookie user=jason by regex to reviews v2",
+		docs: `
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: NS}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers:
+        cookie: {regex: "^(.*?;\\s*)?(user=jason)(;.*)?$"}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+` + bookinfoDRs, steps: []taskStep{
+			{svc: "reviews", cookie: "user=jason", n: 5, want: all("reviews-v2 ratings=ratings-v1")},
+			{svc: "reviews", cookie: "theme=dark; user=jason; lang=en", n: 5, want: all("reviews-v2 ratings=ratings-v1")},
+			{svc: "reviews", cookie: "user=jasonx", n: 5, want: all("reviews-v1")},
+			{svc: "reviews", cookie: "xuser=jason", n: 5, want: all("reviews-v1")},
+			{svc: "reviews", n: 5, want: all("reviews-v1")},
 		}},
 	// https://istio.io/latest/docs/tasks/traffic-management/fault-injection/
 	{task: "fault injection", name: "7s delay on ratings for jason: reviews waits, productpage gives up",
@@ -705,6 +731,9 @@ func runTaskStep(t *testing.T, app *taskApp, step, proto string, st taskStep) {
 		req.Host = svc + ":9080"
 		if st.user != "" {
 			req.Header.Set("End-User", st.user)
+		}
+		if st.cookie != "" {
+			req.Header.Set("Cookie", st.cookie)
 		}
 		start := time.Now()
 		resp, err := c.Do(req)
