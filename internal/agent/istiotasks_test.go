@@ -440,6 +440,12 @@ spec:
 			{svc: "httpbin", n: 10, want: all("httpbin-v1"), mirrored: map[string]int{"httpbin-v1": 10, "httpbin-v2": 10}},
 			{svc: "httpbin", method: "POST", n: 5, want: all("httpbin-v1"), mirrored: map[string]int{"httpbin-v1": 5, "httpbin-v2": 5}},
 		}},
+	// The VirtualService reference: without mirrorPercentage, every
+	// request is mirrored.
+	{task: "mirroring", name: "mirror without a percentage copies every request",
+		docs: httpbinVS("    mirror: {host: httpbin, subset: v2}\n"), steps: []taskStep{
+			{svc: "httpbin", n: 20, want: all("httpbin-v1"), mirrored: map[string]int{"httpbin-v1": 20, "httpbin-v2": 20}},
+		}},
 	// https://istio.io/latest/docs/tasks/security/authorization/authz-http/
 	{task: "authorization for HTTP traffic", name: "allow-nothing: RBAC access denied", docs: allowNothing + bookinfoDRs, steps: []taskStep{
 		{n: 5, want: all("403")},
