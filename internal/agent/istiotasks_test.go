@@ -302,6 +302,23 @@ var istioTaskRows = []taskRow{
 			{user: "ana", n: 10, want: all(pageV1)},
 			{user: "Jason", n: 10, want: all(pageV1)}, // exact is case-sensitive
 		}},
+	// A route to a subset no DestinationRule defines: Envoy has no such
+	// cluster and answers 503 (cluster_not_found_response_code).
+	{task: "request routing", name: "route to an undefined subset answers 503",
+		docs: `
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: NS}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v4}
+` + bookinfoDRs, steps: []taskStep{
+			{svc: "reviews", n: 5, want: all("503")},
+			{n: 5, want: all(pageNoReview)},
+		}},
 	// The task's older form: jason is told by a cookie, matched by a
 	// regex, which must match the whole value (Envoy's safe_regex).
 	{task: "request routing", name: "cookie user=jason by regex to reviews v2",
