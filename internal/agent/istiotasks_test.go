@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -518,8 +519,9 @@ func (app *taskApp) vipURL(a *Agent, svc string) string {
 	return fmt.Sprintf("http://%s:9080/", a.view.Load().services[app.ns+"/"+svc].vip4)
 }
 
-// call GETs svc through agent a from ip, passing user on, tries times
-// with timeout each; it answers the body's first line or "unavailable".
+// call GETs url (svc's VIP) over c, passing user on, as bookinfo's
+// services call each other: up to tries attempts, each within timeout. It
+// answers the body of the first 200, else "unavailable".
 func call(c *http.Client, url, svc, user string, tries int, timeout time.Duration) string {
 	for range tries {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -615,7 +617,7 @@ func runIstioTasks(t *testing.T, rows []taskRow) {
 		apply(t, cp, strings.ReplaceAll(row.docs, "NS", app.ns))
 		policies += strings.Count(row.docs, "kind: AuthorizationPolicy")
 		for k, b := range bookinfoBackends {
-			if !strings.Contains(strings.Join(app.svcs, " "), b.svc) {
+			if !slices.Contains(app.svcs, b.svc) {
 				continue
 			}
 			name := b.svc + "-" + b.version
