@@ -138,8 +138,16 @@ func TestIstioAuthorizationForms(t *testing.T) {
 	if err != nil || len(objs) != 1 || len(objs[0].(*AuthorizationPolicy).Spec.Rules) != 0 {
 		t.Fatalf("%v %v", objs, err)
 	}
+	objs, _, err = DecodeWithWarnings([]byte(ap("  selector: {matchLabels: {app: reviews, service: reviews}}\n")))
+	if err != nil || objs[0].(*AuthorizationPolicy).Spec.Service != "reviews" {
+		t.Fatalf("app and service naming one service: %v %v", objs, err)
+	}
 	for _, c := range []struct{ doc, want string }{
 		{ap("  selector: {matchLabels: {version: v1}}\n"), "spec.selector.matchLabels.version"},
+		// Istio selects the workloads with both labels: none is a service
+		// of fogmesh's, and applying the policy to either would widen it
+		// (its ALLOW rules added to that service's).
+		{ap("  selector: {matchLabels: {app: reviews, service: ratings}}\n"), "spec.selector.matchLabels.service"},
 		{ap("  targetRefs: [{kind: Service, name: a}]\n"), "spec.targetRefs"},
 		{ap("  action: MAYBE\n"), "spec.action"},
 		{ap("  rules: [{to: [{operation: {methods: GET}}]}]\n"), "spec.rules[0].to[0].operation.methods"},

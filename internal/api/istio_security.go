@@ -43,8 +43,15 @@ func (w *walker) authorizationPolicy(name, ns string, spec map[string]any) ([]Ob
 		delete(sel, "matchLabels")
 		w.leftovers("spec.selector", sel)
 		for _, k := range []string{"app", "service"} {
-			if v, ok := take[string](labels, k); ok && p.Spec.Service == "" {
+			v, ok := take[string](labels, k)
+			switch {
+			case !ok:
+			case p.Spec.Service == "":
 				p.Spec.Service = v
+			case v != p.Spec.Service:
+				// Istio selects workloads carrying both labels: no
+				// service's; either would widen that service's ALLOWs.
+				return nil, fieldErr("spec.selector.matchLabels."+k, "%q and app %q name different services", v, p.Spec.Service)
 			}
 		}
 		if len(labels) > 0 {
