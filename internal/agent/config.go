@@ -244,10 +244,17 @@ func (c *Config) validate() error {
 	if err := c.Audit.validate(); err != nil {
 		return err
 	}
+	seen := map[string]int{}
 	for i := range c.Workloads {
 		if err := c.Workloads[i].normalize(c.Node.Name); err != nil {
 			return fmt.Errorf("workloads[%d]: %w", i, err)
 		}
+		// The agent keys its workloads by name: a second one of the same
+		// name (in another namespace too) would silently replace the first.
+		if j, dup := seen[c.Workloads[i].Name]; dup {
+			return fmt.Errorf("workloads[%d]: name %q is already used by workloads[%d]; workload names are unique per node", i, c.Workloads[i].Name, j)
+		}
+		seen[c.Workloads[i].Name] = i
 	}
 	c.Network = netseam.Or(c.Network)
 	if c.Logger == nil {

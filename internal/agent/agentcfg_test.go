@@ -1,0 +1,47 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+)
+
+// TestRetryBudgetForgetsGoneServices: the per-service retry budget drops the
+// account of a service that left the view, so its map stays as large as the
+// mesh (a service that comes back starts from the reserve again).
+func TestRetryBudgetForgetsGoneServices(t *testing.T) {
+	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.247.0.0/16", Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	for i := 0; a.retries.Withdraw("demo/gone"); i++ {
+		if i > 1000 {
+			t.Fatal("the budget never ran out")
+		}
+	}
+	a.mu.Lock()
+	a.rebuildLocked() // demo/gone is in no view
+	a.mu.Unlock()
+	if !a.retries.Withdraw("demo/gone") {
+		t.Fatal("the spent account of a service gone from the view was kept")
+	}
+}
+
+// TestDuplicateWorkloadNamesRefused: two config workloads of one name (here
+// in two namespaces) are refused with an error naming both, instead of the
+// second silently replacing the first.
+func TestDuplicateWorkloadNamesRefused(t *testing.T) {
+	wl := func(ns string) Workload {
+		return Workload{Name: "reviews-v1", Service: "reviews", Namespace: ns,
+			Ports: []api.EndpointPort{{Name: "http", Port: 9080}}, Check: Check{Type: "none"}}
+	}
+	_, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.247.0.0/16", Insecure: true,
+		Workloads: []Workload{wl("bookinfo1"), wl("bookinfo2")}})
+	if err == nil || !strings.Contains(err.Error(), "workloads[1]") || !strings.Contains(err.Error(), "workloads[0]") {
+		t.Fatalf("got %v, want an error naming workloads[1] and workloads[0]", err)
+	}
+}
