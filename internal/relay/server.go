@@ -160,6 +160,7 @@ type Server struct {
 	mBytes         *metrics.Counter
 	mIntroductions *metrics.Counter
 	mUDPAnswers    *metrics.Counter
+	mReloadErrors  *metrics.Counter
 
 	// tap, if set (tests), sees every byte the relay forwards.
 	tap func(session string, p []byte)
@@ -211,6 +212,7 @@ func New(cfg Config) (*Server, error) {
 	s.mBytes = m.NewCounter(`fogmesh_relay_bytes_total`)
 	s.mIntroductions = m.NewCounter(`fogmesh_relay_introductions_total`)
 	s.mUDPAnswers = m.NewCounter(`fogmesh_relay_udp_reflexive_total`)
+	s.mReloadErrors = m.NewCounter(`fogmesh_relay_reload_errors_total`)
 	m.NewGauge(`fogmesh_relay_nodes_connected`, func() float64 { return float64(s.ConnectedNodes()) })
 	m.NewGauge(`fogmesh_relay_sessions_active`, func() float64 {
 		s.mu.Lock()
