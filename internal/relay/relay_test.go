@@ -630,3 +630,73 @@ func TestRelayUDPReflexive(t *testing.T) {
 		t.Fatalf("x's candidates %v, want %v", intro.Candidates, want)
 	}
 }
+
+// relayedPair opens one relayed session from x to y and returns both ends.
+func relayedPair(t *testing.T, x, y *testNode) (xc, yc net.Conn) {
+	t.Helper()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, _, err := acceptOne(t, y)
+		ch <- res{c, err}
+	}()
+	xc, err := x.c.DialPeer(ctx20(t), y.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		xc.Close()
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { xc.Close(); r.c.Close() })
+	return xc, r.c
+}
+
+// TestRelayIdleTimeout: a session with no byte either way for IdleTimeout
+// is closed at both ends; one moving bytes is not.
+func TestRelayIdleTimeout(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+	x := f.node("site-a", "x")
+	y := f.node("site-b", "y")
+	xc, yc := relayedPair(t, x, y)
+	for _, c := range []net.Conn{xc, yc} {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal("an idle session stayed open")
+		}
+	}
+	waitFor(t, "no active session", func() bool {
+		f.srv.mu.Lock()
+		defer f.srv.mu.Unlock()
+		return f.srv.active == 0
+	})
+}
+
+// TestRelayRateLimit: a node cannot send faster than BytesPerSecond: past
+// the burst, the relay reads its bytes no faster than the rate. (A lower
+// bound on time: a slow machine only makes it take longer.)
+func TestRelayRateLimit(t *testing.T) {
+	const rate, burst, total = 64 << 10, 16 << 10, 96 << 10
+	f := newFixture(t, func(c *Config) { c.BytesPerSecond = rate; c.Burst = burst })
+	x := f.node("site-a", "x")
+	y := f.node("site-b", "y")
+	xc, yc := relayedPair(t, x, y)
+	start := time.Now()
+	go func() {
+		xc.Write(make([]byte, total))
+		xc.(*tls.Conn).CloseWrite()
+	}()
+	yc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	n, err := io.Copy(io.Discard, yc)
+	if err != nil || n != total {
+		t.Fatalf("read %d, %v", n, err)
+	}
+	min := time.Duration(float64(total-burst) / rate * float64(time.Second))
+	if d := time.Since(start); d < min {
+		t.Fatalf("%d bytes in %v, faster than %d B/s allows (%v)", total, d, rate, min)
+	}
+}

@@ -424,6 +424,9 @@ func (s *Server) gcLocked(n *node) {
 // authorize checks that from may reach to: same trust domain, then the
 // policy. It returns a refusal reason or "".
 func (s *Server) authorize(from, to spiffeid.ID) string {
+	if from == to {
+		return ReasonBadRequest // an agent needs no relay to reach itself
+	}
 	if from.TrustDomain() != to.TrustDomain() {
 		return ReasonOtherDomain
 	}
