@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -699,4 +700,45 @@ func TestRelayRateLimit(t *testing.T) {
 	if d := time.Since(start); d < min {
 		t.Fatalf("%d bytes in %v, faster than %d B/s allows (%v)", total, d, rate, min)
 	}
+}
+
+// TestRelayCloseEndsEverything: Close with control connections, an open
+// session and a pending one returns after every goroutine the relay
+// started has ended, and the clients see their connections end.
+func TestRelayCloseEndsEverything(t *testing.T) {
+	base := runtime.NumGoroutine()
+	func() {
+		f := newFixture(t, nil)
+		x := f.node("site-a", "x")
+		y := f.node("site-b", "y")
+		xc, yc := relayedPair(t, x, y)
+		pending := make(chan error, 1)
+		go func() { _, err := x.c.DialPeer(ctx20(t), y.id); pending <- err }()
+		waitFor(t, "a pending session", func() bool {
+			f.srv.mu.Lock()
+			defer f.srv.mu.Unlock()
+			return len(f.srv.pending) == 1
+		})
+		f.srv.Close()
+		if err := <-pending; err == nil {
+			t.Error("a pending dial succeeded after Close")
+		}
+		for _, c := range []net.Conn{xc, yc} {
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("a session outlived Close")
+			}
+		}
+		for _, n := range []*testNode{x, y} {
+			select {
+			case <-n.c.Done():
+			case <-time.After(20 * time.Second):
+				t.Fatal("a control connection outlived Close")
+			}
+			n.c.Close()
+		}
+		xc.Close()
+		yc.Close()
+	}()
+	waitFor(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base })
 }
