@@ -107,7 +107,10 @@ func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) {
 		s.mu.Unlock()
 	}()
 
-	s.send(yc, TypeIncoming, &Incoming{Session: ss.id, Peer: x.String()})
+	if !s.send(yc, TypeIncoming, &Incoming{Session: ss.id, Peer: x.String()}) {
+		s.dataRefuse(raw, tc, &Error{Session: ss.id, Reason: ReasonNotConnected, Message: y.String() + " is not reading its relay connection"})
+		return
+	}
 	timer := time.NewTimer(s.cfg.AcceptTimeout)
 	defer timer.Stop()
 	var yconn acceptedConn
