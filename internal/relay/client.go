@@ -161,6 +161,12 @@ func (c *Client) readLoop() {
 				return
 			}
 			c.answer(m.Nonce, result{err: &m})
+		case TypePong:
+			var m Pong
+			if err = f.Decode(&m); err != nil {
+				return
+			}
+			c.answer(m.ID, result{})
 		case TypeIncoming:
 			var m Incoming
 			if err = f.Decode(&m); err != nil {
@@ -231,6 +237,51 @@ func (c *Client) introduce(ctx context.Context, m *Introduce) (Introduced, error
 		return r.intro, r.err
 	case <-ctx.Done():
 		return Introduced{}, ctx.Err()
+	}
+}
+
+// Ping sends a keepalive and returns the round-trip time to the relay
+// (for choosing the nearest of several relays).
+func (c *Client) Ping(ctx context.Context) (time.Duration, error) {
+	id := newID()
+	w := make(chan result, 1)
+	c.mu.Lock()
+	c.waiters[id] = w
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.waiters, id)
+		c.mu.Unlock()
+	}()
+	start := time.Now()
+	if err := c.write(TypePing, &Ping{ID: id}); err != nil {
+		return 0, fmt.Errorf("relay %s: ping: %w", c.addr, err)
+	}
+	select {
+	case r := <-w:
+		return time.Since(start), r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// KeepAlive pings every interval until ctx is done or the connection
+// ends, so the relay (and NATs on the way) keep the connection. Run it
+// with go; it returns when the connection ends or ctx is done.
+func (c *Client) KeepAlive(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.done:
+			return
+		case <-t.C:
+			if err := c.write(TypePing, &Ping{ID: newID()}); err != nil {
+				return
+			}
+		}
 	}
 }
 

@@ -77,6 +77,11 @@ const (
 	// TypeReady, relay → agent on a data connection: both sides are here;
 	// raw bytes follow.
 	TypeReady byte = 9
+	// TypePing, agent → relay: a keepalive (the relay drops control
+	// connections silent for Config.ControlTimeout) and an RTT probe.
+	TypePing byte = 10
+	// TypePong, relay → agent: the answer to Ping, with its ID.
+	TypePong byte = 11
 )
 
 // Limits of message contents.
@@ -144,7 +149,7 @@ func truncated(err error) error {
 	return err
 }
 
-func knownType(t byte) bool { return t >= TypeHello && t <= TypeReady }
+func knownType(t byte) bool { return t >= TypeHello && t <= TypePong }
 
 // AppendFrame appends the frame of type t carrying msg (JSON) to b.
 func AppendFrame(b []byte, t byte, msg any) ([]byte, error) {
@@ -265,6 +270,18 @@ type Ready struct {
 	Peer    string `json:"peer"`
 }
 
+// Ping is a keepalive and RTT probe; Pong echoes its ID.
+type Ping struct {
+	ID string `json:"id"`
+}
+
+// Pong answers the Ping with the same ID.
+type Pong struct {
+	ID string `json:"id"`
+}
+
+func (*Ping) frameType() byte       { return TypePing }
+func (*Pong) frameType() byte       { return TypePong }
 func (*Hello) frameType() byte      { return TypeHello }
 func (*Candidates) frameType() byte { return TypeCandidates }
 func (*Introduce) frameType() byte  { return TypeIntroduce }
@@ -275,6 +292,8 @@ func (*Incoming) frameType() byte   { return TypeIncoming }
 func (*Accept) frameType() byte     { return TypeAccept }
 func (*Ready) frameType() byte      { return TypeReady }
 
+func (m *Ping) check() error  { return checkHex(m.ID, nonceLen, "id") }
+func (m *Pong) check() error  { return checkHex(m.ID, nonceLen, "id") }
 func (m *Hello) check() error { return nil }
 func (m *Candidates) check() error {
 	return checkCandidates(m.Candidates)

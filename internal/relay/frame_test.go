@@ -102,6 +102,8 @@ func FuzzReadFrame(f *testing.F) {
 		frameBytes(f, TypeIncoming, &Incoming{Session: session, Peer: "p"}),
 		frameBytes(f, TypeAccept, &Accept{Session: session}),
 		frameBytes(f, TypeReady, &Ready{Session: session}),
+		frameBytes(f, TypePing, &Ping{ID: nonce}),
+		frameBytes(f, TypePong, &Pong{ID: nonce}),
 		rawFrame(TypeIntroduce, MaxFrameSize+1, ""),
 		rawFrame(99, 0, ""),
 		{TypeDial, 0},
@@ -109,7 +111,7 @@ func FuzzReadFrame(f *testing.F) {
 		f.Add(seed)
 	}
 	msgs := func() []message {
-		return []message{&Hello{}, &Candidates{}, &Introduce{}, &Introduced{}, &Error{}, &Dial{}, &Incoming{}, &Accept{}, &Ready{}}
+		return []message{&Hello{}, &Candidates{}, &Introduce{}, &Introduced{}, &Error{}, &Dial{}, &Incoming{}, &Accept{}, &Ready{}, &Ping{}, &Pong{}}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bytes.NewReader(b)

@@ -742,3 +742,32 @@ func TestRelayCloseEndsEverything(t *testing.T) {
 	}()
 	waitFor(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base })
 }
+
+// TestRelayKeepAlive: Ping measures the round trip; a control connection
+// silent for ControlTimeout is closed and counted, one kept alive by
+// pings stays.
+func TestRelayKeepAlive(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.ControlTimeout = 2 * time.Second })
+	live := f.node("site-a", "live")
+	if rtt, err := live.c.Ping(ctx20(t)); err != nil || rtt <= 0 {
+		t.Fatalf("ping: %v %v", rtt, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); live.c.KeepAlive(ctx, 100*time.Millisecond) }()
+	defer func() { cancel(); <-done }()
+	silent := f.node("site-b", "silent")
+	select {
+	case <-silent.c.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("a silent control connection stayed open")
+	}
+	select {
+	case <-live.c.Done():
+		t.Fatalf("the pinging connection was closed too: %v", live.c.Err())
+	default:
+	}
+	if got := f.metric(refused(ReasonControlTimeout)); got != 1 {
+		t.Errorf("control_timeout counted %v", got)
+	}
+}

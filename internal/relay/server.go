@@ -54,6 +54,10 @@ type Config struct {
 	// WriteTimeout bounds a frame written to an agent; an agent that does
 	// not read its control connection is disconnected (default 10s).
 	WriteTimeout time.Duration
+	// ControlTimeout closes a control connection on which the agent sent
+	// nothing (not even a Ping) for this long (default 90s; agents ping
+	// more often to hold their NAT mapping).
+	ControlTimeout time.Duration
 	// ReplayWindow: an Introduce whose Time is further than this from the
 	// relay's clock is refused as a replay; nonces are remembered for
 	// twice as long (default 2m).
@@ -75,6 +79,7 @@ const (
 	DefaultHandshakeTimeout   = 10 * time.Second
 	DefaultWriteTimeout       = 10 * time.Second
 	DefaultReplayWindow       = 2 * time.Minute
+	DefaultControlTimeout     = 90 * time.Second
 	minBurst                  = 64 << 10
 	maxNonces                 = 1 << 16
 )
@@ -84,7 +89,7 @@ func (c *Config) validate() error {
 		return errors.New("relay: config: no certificate (Source with an SVID)")
 	}
 	if c.MaxSessionsPerNode < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
-		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 {
+		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 {
 		return errors.New("relay: config: negative limit or duration")
 	}
 	def := func(p *time.Duration, d time.Duration) {
@@ -97,6 +102,7 @@ func (c *Config) validate() error {
 	def(&c.HandshakeTimeout, DefaultHandshakeTimeout)
 	def(&c.WriteTimeout, DefaultWriteTimeout)
 	def(&c.ReplayWindow, DefaultReplayWindow)
+	def(&c.ControlTimeout, DefaultControlTimeout)
 	if c.MaxSessionsPerNode == 0 {
 		c.MaxSessionsPerNode = DefaultMaxSessionsPerNode
 	}
@@ -137,13 +143,14 @@ const (
 	ReasonNonceStoreFull  = "nonce_store_full"   // too many remembered nonces
 	ReasonNotNodeIdentity = "not_node_identity"  // authenticated, but not a node
 	ReasonWrongALPN       = "wrong_alpn"         // no or unknown ALPN
+	ReasonControlTimeout  = "control_timeout"    // a control connection silent for ControlTimeout
 )
 
 var refusalReasons = append(append([]string{}, identity.Reasons...),
 	ReasonFrameTooLarge, ReasonFrameTrunc, ReasonFrameType, ReasonFrameBad,
 	ReasonBadRequest, ReasonUnexpected, ReasonReplay, ReasonOtherDomain, ReasonDenied, ReasonNotConnected,
 	ReasonSessionLimit, ReasonAcceptTimeout, ReasonUnknownSession, ReasonSlowReader, ReasonRevokedLive,
-	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN)
+	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout)
 
 // Server is a relay. New does not listen: connections come in through
 // Serve and ServeUDP, so tests and the command choose the sockets.
