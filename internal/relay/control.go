@@ -2,6 +2,8 @@ package relay
 
 import (
 	"crypto/tls"
+	"errors"
+	"os"
 	"net"
 	"net/netip"
 	"slices"
@@ -64,8 +66,13 @@ func (s *Server) serveControl(raw net.Conn, tc *tls.Conn, id spiffeid.ID) {
 		return
 	}
 	for {
+		raw.SetReadDeadline(time.Now().Add(s.cfg.ControlTimeout))
 		f, err := ReadFrame(tc)
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.refuse(ReasonControlTimeout)
+				return
+			}
 			if r := frameReason(err); r != "" {
 				s.refuse(r)
 				s.log.Info("relay: bad frame, closing", "node", id.String(), "reason", r, "err", err)
@@ -82,6 +89,13 @@ func (s *Server) serveControl(raw net.Conn, tc *tls.Conn, id spiffeid.ID) {
 			s.mu.Lock()
 			n.candidates = m.Candidates
 			s.mu.Unlock()
+		case TypePing:
+			var m Ping
+			if err := f.Decode(&m); err != nil {
+				s.refuse(frameReason(err))
+				return
+			}
+			s.send(c, TypePong, &Pong{ID: m.ID})
 		case TypeIntroduce:
 			var m Introduce
 			if err := f.Decode(&m); err != nil {

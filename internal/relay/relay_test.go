@@ -750,7 +750,9 @@ func TestRelayKeepAlive(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.ControlTimeout = 2 * time.Second })
 	live := f.node("site-a", "live")
 	if rtt, err := live.c.Ping(ctx20(t)); err != nil || rtt <= 0 {
-		t.Fatalf("ping: %v %v", rtt, err)
+		var b bytes.Buffer
+		f.set.WritePrometheus(&b)
+		t.Fatalf("ping: %v %v\n%s", rtt, err, b.String())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -770,4 +772,37 @@ func TestRelayKeepAlive(t *testing.T) {
 	if got := f.metric(refused(ReasonControlTimeout)); got != 1 {
 		t.Errorf("control_timeout counted %v", got)
 	}
+}
+
+// TestRelayHandshakeLimit: with MaxHandshakes connections being
+// authenticated (peers that connect and send nothing), the next one is
+// closed at once as busy; once they go, nodes connect again.
+func TestRelayHandshakeLimit(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.MaxHandshakes = 2 })
+	var idle []net.Conn
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	waitFor(t, "two handshakes in progress", func() bool { return f.metric("fogmesh_relay_handshakes_in_progress") == 2 })
+	src := source(t, f.ca, "site-a", "x")
+	if _, err := f.dial(src); err == nil {
+		t.Fatal("a third connection was served past MaxHandshakes")
+	}
+	if got := f.metric(refused(ReasonBusy)); got != 1 {
+		t.Errorf("busy counted %v", got)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+	waitFor(t, "handshake slots free", func() bool { return f.metric("fogmesh_relay_handshakes_in_progress") == 0 })
+	c, err := f.dial(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
 }

@@ -51,6 +51,11 @@ type Config struct {
 	// HandshakeTimeout bounds the TLS handshake and the first frame of a
 	// data connection (default 10s).
 	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds the connections being authenticated at once
+	// (default 1024): beyond it, new connections are closed at once with
+	// reason "busy", so unauthenticated peers cannot hold unbounded
+	// goroutines and memory.
+	MaxHandshakes int
 	// WriteTimeout bounds a frame written to an agent; an agent that does
 	// not read its control connection is disconnected (default 10s).
 	WriteTimeout time.Duration
@@ -77,6 +82,7 @@ const (
 	DefaultIdleTimeout        = 2 * time.Minute
 	DefaultAcceptTimeout      = 10 * time.Second
 	DefaultHandshakeTimeout   = 10 * time.Second
+	DefaultMaxHandshakes      = 1024
 	DefaultWriteTimeout       = 10 * time.Second
 	DefaultReplayWindow       = 2 * time.Minute
 	DefaultControlTimeout     = 90 * time.Second
@@ -89,7 +95,7 @@ func (c *Config) validate() error {
 		return errors.New("relay: config: no certificate (Source with an SVID)")
 	}
 	if c.MaxSessionsPerNode < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
-		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 {
+		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 {
 		return errors.New("relay: config: negative limit or duration")
 	}
 	def := func(p *time.Duration, d time.Duration) {
@@ -103,6 +109,9 @@ func (c *Config) validate() error {
 	def(&c.WriteTimeout, DefaultWriteTimeout)
 	def(&c.ReplayWindow, DefaultReplayWindow)
 	def(&c.ControlTimeout, DefaultControlTimeout)
+	if c.MaxHandshakes == 0 {
+		c.MaxHandshakes = DefaultMaxHandshakes
+	}
 	if c.MaxSessionsPerNode == 0 {
 		c.MaxSessionsPerNode = DefaultMaxSessionsPerNode
 	}
@@ -143,6 +152,7 @@ const (
 	ReasonNonceStoreFull  = "nonce_store_full"   // too many remembered nonces
 	ReasonNotNodeIdentity = "not_node_identity"  // authenticated, but not a node
 	ReasonWrongALPN       = "wrong_alpn"         // no or unknown ALPN
+	ReasonBusy            = "busy"               // MaxHandshakes connections were being authenticated
 	ReasonControlTimeout  = "control_timeout"    // a control connection silent for ControlTimeout
 )
 
@@ -150,7 +160,7 @@ var refusalReasons = append(append([]string{}, identity.Reasons...),
 	ReasonFrameTooLarge, ReasonFrameTrunc, ReasonFrameType, ReasonFrameBad,
 	ReasonBadRequest, ReasonUnexpected, ReasonReplay, ReasonOtherDomain, ReasonDenied, ReasonNotConnected,
 	ReasonSessionLimit, ReasonAcceptTimeout, ReasonUnknownSession, ReasonSlowReader, ReasonRevokedLive,
-	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout)
+	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout, ReasonBusy)
 
 // Server is a relay. New does not listen: connections come in through
 // Serve and ServeUDP, so tests and the command choose the sockets.
@@ -168,6 +178,8 @@ type Server struct {
 	mIntroductions *metrics.Counter
 	mUDPAnswers    *metrics.Counter
 	mReloadErrors  *metrics.Counter
+
+	handshakes chan struct{} // a slot per connection being authenticated
 
 	// tap, if set (tests), sees every byte the relay forwards.
 	tap func(session string, p []byte)
@@ -202,14 +214,15 @@ func New(cfg Config) (*Server, error) {
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, ctx: ctx, stop: stop,
-		tls:       cfg.Source.ServerConfig(identity.AuthorizeNode(), ALPNControl, ALPNData),
-		mRefused:  map[string]*metrics.Counter{},
-		listeners: map[io.Closer]struct{}{},
-		conns:     map[net.Conn]string{},
-		nodes:     map[string]*node{},
-		pending:   map[string]*session{},
-		nonces:    map[string]time.Time{},
-		tokens:    map[string]string{},
+		tls:        cfg.Source.ServerConfig(identity.AuthorizeNode(), ALPNControl, ALPNData),
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		mRefused:   map[string]*metrics.Counter{},
+		listeners:  map[io.Closer]struct{}{},
+		conns:      map[net.Conn]string{},
+		nodes:      map[string]*node{},
+		pending:    map[string]*session{},
+		nonces:     map[string]time.Time{},
+		tokens:     map[string]string{},
 	}
 	m := cfg.Metrics
 	for _, r := range refusalReasons {
@@ -226,6 +239,7 @@ func New(cfg Config) (*Server, error) {
 		defer s.mu.Unlock()
 		return float64(s.active)
 	})
+	m.NewGauge(`fogmesh_relay_handshakes_in_progress`, func() float64 { return float64(len(s.handshakes)) })
 	m.NewGauge(`fogmesh_relay_sessions_pending`, func() float64 {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -279,6 +293,13 @@ func (s *Server) Serve(ln net.Listener) error {
 		if !s.trackConn(c, "") {
 			c.Close()
 			return nil
+		}
+		select {
+		case s.handshakes <- struct{}{}:
+		default:
+			s.refuse(ReasonBusy)
+			s.closeConn(c)
+			continue
 		}
 		s.wg.Add(1)
 		go s.serveConn(c)
@@ -373,6 +394,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		}
 	}()
 	tc, err := identity.ServerHandshake(s.ctx, raw, s.tls, s.cfg.HandshakeTimeout)
+	<-s.handshakes
 	if err != nil {
 		reason := identity.HandshakeReason(err)
 		s.refuse(reason)
