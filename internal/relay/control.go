@@ -3,9 +3,9 @@ package relay
 import (
 	"crypto/tls"
 	"errors"
-	"os"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"time"
