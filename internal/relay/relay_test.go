@@ -480,10 +480,10 @@ func TestRelaySessionLimit(t *testing.T) {
 
 	conns[0].Close() // x's end of the first session
 	conns[1].Close()
-	waitFor(t, "a session slot freed", func() bool {
+	waitFor(t, "a session slot of x freed", func() bool {
 		f.srv.mu.Lock()
 		defer f.srv.mu.Unlock()
-		return f.srv.active == 1
+		return f.srv.nodes[x.id].sessions == 1
 	})
 
 	// z dials x; y tries to take z's session: refused, x's session waits.

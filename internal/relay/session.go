@@ -97,17 +97,26 @@ func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) {
 	s.pending[ss.id] = ss
 	yc := yn.ctrl
 	s.mu.Unlock()
-	defer func() {
+	// release frees the session's slots; it runs before any refusal is
+	// written, so a dialer that retries at once finds them free.
+	var released bool
+	release := func() {
 		s.mu.Lock()
+		defer s.mu.Unlock()
+		if released {
+			return
+		}
+		released = true
 		delete(s.pending, ss.id)
 		xn.sessions--
 		yn.sessions--
 		s.gcLocked(xn)
 		s.gcLocked(yn)
-		s.mu.Unlock()
-	}()
+	}
+	defer release()
 
 	if !s.send(yc, TypeIncoming, &Incoming{Session: ss.id, Peer: x.String()}) {
+		release()
 		s.dataRefuse(raw, tc, &Error{Session: ss.id, Reason: ReasonNotConnected, Message: y.String() + " is not reading its relay connection"})
 		return
 	}
@@ -125,6 +134,7 @@ func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) {
 		delete(s.pending, ss.id)
 		s.mu.Unlock()
 		if !taken {
+			release()
 			s.dataRefuse(raw, tc, &Error{Session: ss.id, Reason: ReasonAcceptTimeout, Message: y.String() + " did not accept in time"})
 			return
 		}
