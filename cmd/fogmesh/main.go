@@ -17,6 +17,8 @@ Programs:
   fogmesh dev                      run the embedded demo (control plane + 4 agents)
   fogmesh control [flags]          run the control plane
   fogmesh agent [flags]            run a node agent
+  fogmesh relay [flags]            run a relay for agents behind NATs (reflexive addresses,
+                                   introductions, relayed bytes; mesh mTLS)
 
 Admin verbs (talk to the control plane, -server or $FOGMESH_SERVER, default https://127.0.0.1:7070;
 authenticate with -token or $FOGMESH_TOKEN or -cert/-key, verify it with -ca or $FOGMESH_CA = STATE/ca.pem):
@@ -65,6 +67,8 @@ func main() {
 		err = runControl(args)
 	case "agent":
 		err = cli.RunAgent("fogmesh", args)
+	case "relay":
+		err = runRelay(args)
 	case "dev":
 		err = runDev(args)
 	case "get":

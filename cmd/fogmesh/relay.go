@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fogmesh/fogmesh/internal/cli"
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/relay"
+)
+
+// relayFile is the relay's config file; see relay.Config for the limits.
+type relayFile struct {
+	Addr               string        `json:"addr,omitempty"`
+	UDPAddr            string        `json:"udpAddr,omitempty"`
+	AdminAddr          string        `json:"adminAddr,omitempty"`
+	CertFile           string        `json:"certFile,omitempty"`
+	KeyFile            string        `json:"keyFile,omitempty"`
+	BundleFile         string        `json:"bundleFile,omitempty"`
+	DenyFile           string        `json:"denyFile,omitempty"`
+	ReloadInterval     durationValue `json:"reloadInterval,omitempty"`
+	MaxSessionsPerNode int           `json:"maxSessionsPerNode,omitempty"`
+	BytesPerSecond     int64         `json:"bytesPerSecond,omitempty"`
+	IdleTimeout        durationValue `json:"idleTimeout,omitempty"`
+}
+
+func runRelay(args []string) error {
+	fs := flag.NewFlagSet("fogmesh relay", flag.ContinueOnError)
+	var (
+		configPath = fs.String("config", "", "config file (YAML or JSON)")
+		addr       = fs.String("addr", "", "TCP address agents connect to, mutual TLS (default 0.0.0.0:7074)")
+		udpAddr    = fs.String("udp-addr", "", "UDP address of reflexive-address answers (default: -addr's; \"off\" to disable)")
+		adminAddr  = fs.String("admin-addr", "", "/healthz and /metrics address (default 127.0.0.1:7075)")
+		cert       = fs.String("cert", "", "the relay's certificate chain from the mesh CA (PEM, leaf first)")
+		key        = fs.String("key", "", "its private key (PEM)")
+		bundle     = fs.String("bundle", "", "the mesh CA's roots agents' certificates chain to (PEM)")
+		deny       = fs.String("deny-file", "", "revoked node IDs: one SPIFFE ID per line, or an agent's trust.json")
+		reload     = fs.Duration("reload-interval", 0, "how often the certificate, bundle and deny files are checked for changes (default 5s)")
+		maxSess    = fs.Int("max-sessions-per-node", 0, "relayed sessions one node may take part in (default 64)")
+		bps        = fs.Int64("bytes-per-second", 0, "bytes per second one node may send through the relay (default 64 MiB; -1 unlimited)")
+		idle       = fs.Duration("idle-timeout", 0, "close a relayed session after this long without a byte (default 2m)")
+		addrFile   = fs.String("addr-file", "", "write the bound addresses (relay, udp, admin) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
+		logf       cli.LogFlags
+	)
+	logf.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		return &cli.UsageError{Err: err}
+	}
+	if fs.NArg() > 0 {
+		return cli.Usagef("relay: unexpected argument %q", fs.Arg(0))
+	}
+	var fc relayFile
+	if *configPath != "" {
+		if err := cli.LoadConfigFile(*configPath, &fc); err != nil {
+			return err
+		}
+	}
+	set := cli.FlagsSet(fs)
+	str := func(name string, dst *string, v string) {
+		if set[name] {
+			*dst = v
+		}
+	}
+	str("addr", &fc.Addr, *addr)
+	str("udp-addr", &fc.UDPAddr, *udpAddr)
+	str("admin-addr", &fc.AdminAddr, *adminAddr)
+	str("cert", &fc.CertFile, *cert)
+	str("key", &fc.KeyFile, *key)
+	str("bundle", &fc.BundleFile, *bundle)
+	str("deny-file", &fc.DenyFile, *deny)
+	if set["reload-interval"] {
+		fc.ReloadInterval = durationValue(*reload)
+	}
+	if set["max-sessions-per-node"] {
+		fc.MaxSessionsPerNode = *maxSess
+	}
+	if set["bytes-per-second"] {
+		fc.BytesPerSecond = *bps
+	}
+	if set["idle-timeout"] {
+		fc.IdleTimeout = durationValue(*idle)
+	}
+	if fc.Addr == "" {
+		fc.Addr = "0.0.0.0:7074"
+	}
+	if fc.AdminAddr == "" {
+		fc.AdminAddr = "127.0.0.1:7075"
+	}
+	if fc.ReloadInterval <= 0 {
+		fc.ReloadInterval = durationValue(5 * time.Second)
+	}
+	log, err := logf.Logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	files := relay.Files{CertFile: fc.CertFile, KeyFile: fc.KeyFile, BundleFile: fc.BundleFile, DenyFile: fc.DenyFile}
+	src := identity.NewSource()
+	denied, err := files.Load(src)
+	if err != nil {
+		return &cli.UsageError{Err: err}
+	}
+	src.SetDenied(denied)
+	ms := metrics.NewSet()
+	srv, err := relay.New(relay.Config{Source: src, Logger: log, Metrics: ms,
+		MaxSessionsPerNode: fc.MaxSessionsPerNode, BytesPerSecond: fc.BytesPerSecond, IdleTimeout: time.Duration(fc.IdleTimeout)})
+	if err != nil {
+		return &cli.UsageError{Err: err}
+	}
+	defer srv.Close()
+
+	ln, err := net.Listen("tcp", fc.Addr)
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	var pc net.PacketConn
+	if fc.UDPAddr != "off" {
+		ua := fc.UDPAddr
+		if ua == "" {
+			ua = ln.Addr().String() // the same port number as TCP
+		}
+		if pc, err = net.ListenPacket("udp", ua); err != nil {
+			ln.Close()
+			return fmt.Errorf("relay: udp: %w", err)
+		}
+	}
+	aln, err := net.Listen("tcp", fc.AdminAddr)
+	if err != nil {
+		ln.Close()
+		if pc != nil {
+			pc.Close()
+		}
+		return fmt.Errorf("relay: admin: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		ms.WritePrometheus(w)
+		metrics.WriteProcessMetrics(w)
+	})
+	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	errc := make(chan error, 3)
+	go func() { errc <- srv.Serve(ln) }()
+	if pc != nil {
+		go func() { errc <- srv.ServeUDP(pc) }()
+	}
+	go func() {
+		if err := admin.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("relay: admin: %w", err)
+		}
+	}()
+	wctx, wcancel := context.WithCancel(ctx)
+	wdone := make(chan struct{})
+	go func() { defer close(wdone); srv.WatchFiles(wctx, files, time.Duration(fc.ReloadInterval)) }()
+	defer func() { wcancel(); <-wdone }()
+
+	addrs := map[string]string{"relay": ln.Addr().String(), "admin": aln.Addr().String()}
+	udpShown := "off"
+	if pc != nil {
+		addrs["udp"] = pc.LocalAddr().String()
+		udpShown = addrs["udp"]
+	}
+	fmt.Fprintf(os.Stderr, "fogmesh relay %s: relay %s (mTLS), udp %s, admin http://%s\n",
+		src.SVID().ID, addrs["relay"], udpShown, addrs["admin"])
+	if err := cli.WriteAddrFile(*addrFile, addrs); err != nil {
+		admin.Close()
+		return err
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	admin.Shutdown(shutCtx)
+	srv.Close() // closes the listeners and every connection, waits for them
+	return runErr
+}

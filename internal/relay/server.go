@@ -1,0 +1,479 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+)
+
+// Config configures a Server. The zero value of every field but Source
+// works.
+type Config struct {
+	// Source holds the relay's own certificate (any SPIFFE ID of the mesh
+	// CA), the trust bundles it accepts agents from and the deny list of
+	// revoked nodes. It is read at every handshake, so a renewed
+	// certificate or bundle applies to the next connection. Required.
+	Source *identity.Source
+	// Policy decides whether node from may reach node to (introductions
+	// and relayed sessions); a non-nil error refuses with reason "denied".
+	// It is only asked about two nodes of the same trust domain: other
+	// pairs are refused before. nil allows every such pair. It must be
+	// safe for concurrent use and not block.
+	Policy func(from, to spiffeid.ID) error
+	// MaxSessionsPerNode bounds the relayed sessions (pending or open) a
+	// node takes part in, as either end (default 64).
+	MaxSessionsPerNode int
+	// BytesPerSecond limits the bytes per second each node may send
+	// through the relay, over all its sessions (token bucket; default
+	// 64 MiB/s; negative: unlimited). Burst is the bucket's size in bytes
+	// (default BytesPerSecond/10, at least 64 KiB).
+	BytesPerSecond int64
+	Burst          int64
+	// IdleTimeout closes a relayed session after this long with no byte
+	// either way (default 2m).
+	IdleTimeout time.Duration
+	// AcceptTimeout is how long a dialed session waits for the peer to
+	// open its side (default 10s).
+	AcceptTimeout time.Duration
+	// HandshakeTimeout bounds the TLS handshake and the first frame of a
+	// data connection (default 10s).
+	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds the connections being authenticated at once
+	// (default 1024): beyond it, new connections are closed at once with
+	// reason "busy", so unauthenticated peers cannot hold unbounded
+	// goroutines and memory.
+	MaxHandshakes int
+	// WriteTimeout bounds a frame written to an agent; an agent that does
+	// not read its control connection is disconnected (default 10s).
+	WriteTimeout time.Duration
+	// ControlTimeout closes a control connection on which the agent sent
+	// nothing (not even a Ping) for this long (default 90s; agents ping
+	// more often to hold their NAT mapping).
+	ControlTimeout time.Duration
+	// ReplayWindow: an Introduce whose Time is further than this from the
+	// relay's clock is refused as a replay; nonces are remembered for
+	// twice as long (default 2m).
+	ReplayWindow time.Duration
+	// Logger receives the relay's few log lines (default: discard).
+	Logger *slog.Logger
+	// Metrics receives the relay's metrics (default: a private set).
+	Metrics *metrics.Set
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Defaults of Config.
+const (
+	DefaultMaxSessionsPerNode = 64
+	DefaultBytesPerSecond     = 64 << 20
+	DefaultIdleTimeout        = 2 * time.Minute
+	DefaultAcceptTimeout      = 10 * time.Second
+	DefaultHandshakeTimeout   = 10 * time.Second
+	DefaultMaxHandshakes      = 1024
+	DefaultWriteTimeout       = 10 * time.Second
+	DefaultReplayWindow       = 2 * time.Minute
+	DefaultControlTimeout     = 90 * time.Second
+	minBurst                  = 64 << 10
+	maxNonces                 = 1 << 16
+)
+
+func (c *Config) validate() error {
+	if c.Source == nil || c.Source.SVID() == nil {
+		return errors.New("relay: config: no certificate (Source with an SVID)")
+	}
+	if c.MaxSessionsPerNode < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
+		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 {
+		return errors.New("relay: config: negative limit or duration")
+	}
+	def := func(p *time.Duration, d time.Duration) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	def(&c.IdleTimeout, DefaultIdleTimeout)
+	def(&c.AcceptTimeout, DefaultAcceptTimeout)
+	def(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	def(&c.WriteTimeout, DefaultWriteTimeout)
+	def(&c.ReplayWindow, DefaultReplayWindow)
+	def(&c.ControlTimeout, DefaultControlTimeout)
+	if c.MaxHandshakes == 0 {
+		c.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if c.MaxSessionsPerNode == 0 {
+		c.MaxSessionsPerNode = DefaultMaxSessionsPerNode
+	}
+	if c.BytesPerSecond == 0 {
+		c.BytesPerSecond = DefaultBytesPerSecond
+	}
+	if c.BytesPerSecond > 0 && c.Burst == 0 {
+		c.Burst = max(c.BytesPerSecond/10, minBurst)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.NewSet()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Refusal reasons besides identity's handshake reasons and the frame
+// reasons: the reason label of fogmesh_relay_refused_total.
+const (
+	ReasonBadRequest      = "bad_request"        // a well-formed frame with a bad value (peer ID)
+	ReasonUnexpected      = "unexpected_frame"   // a frame type not allowed here
+	ReasonReplay          = "replay"             // reused nonce or stale Introduce
+	ReasonOtherDomain     = "other_trust_domain" // the peer is in another trust domain
+	ReasonDenied          = "denied"             // Config.Policy refused
+	ReasonNotConnected    = "peer_not_connected" // the peer has no control connection
+	ReasonSessionLimit    = "session_limit"      // MaxSessionsPerNode reached
+	ReasonAcceptTimeout   = "accept_timeout"     // the peer did not open its side
+	ReasonUnknownSession  = "unknown_session"    // Accept of a session that is not yours or gone
+	ReasonSlowReader      = "slow_reader"        // a control frame could not be written in WriteTimeout
+	ReasonRevokedLive     = "revoked_live"       // an open connection closed by a new revocation
+	ReasonUDPShort        = "udp_short"          // UDP request shorter than the answer would be
+	ReasonUDPBadToken     = "udp_bad_token"      // UDP request with an unknown token
+	ReasonNonceStoreFull  = "nonce_store_full"   // too many remembered nonces
+	ReasonNotNodeIdentity = "not_node_identity"  // authenticated, but not a node
+	ReasonWrongALPN       = "wrong_alpn"         // no or unknown ALPN
+	ReasonBusy            = "busy"               // MaxHandshakes connections were being authenticated
+	ReasonControlTimeout  = "control_timeout"    // a control connection silent for ControlTimeout
+)
+
+var refusalReasons = append(append([]string{}, identity.Reasons...),
+	ReasonFrameTooLarge, ReasonFrameTrunc, ReasonFrameType, ReasonFrameBad,
+	ReasonBadRequest, ReasonUnexpected, ReasonReplay, ReasonOtherDomain, ReasonDenied, ReasonNotConnected,
+	ReasonSessionLimit, ReasonAcceptTimeout, ReasonUnknownSession, ReasonSlowReader, ReasonRevokedLive,
+	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout, ReasonBusy)
+
+// Server is a relay. New does not listen: connections come in through
+// Serve and ServeUDP, so tests and the command choose the sockets.
+type Server struct {
+	cfg  Config
+	tls  *tls.Config
+	log  *slog.Logger
+	ctx  context.Context // cancelled by Close
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	mRefused       map[string]*metrics.Counter
+	mSessionsTotal *metrics.Counter
+	mBytes         *metrics.Counter
+	mIntroductions *metrics.Counter
+	mUDPAnswers    *metrics.Counter
+	mReloadErrors  *metrics.Counter
+
+	handshakes chan struct{} // a slot per connection being authenticated
+
+	// tap, if set (tests), sees every byte the relay forwards.
+	tap func(session string, p []byte)
+
+	mu        sync.Mutex // guards the following
+	closed    bool
+	listeners map[io.Closer]struct{}
+	conns     map[net.Conn]string // every open connection → peer ID ("" before the handshake)
+	nodes     map[string]*node    // by SPIFFE ID
+	pending   map[string]*session // dialed sessions waiting for Accept
+	active    int                 // spliced sessions
+	nonces    map[string]time.Time
+	tokens    map[string]string // UDP token → node ID
+}
+
+// node is what the relay knows about one node: its control connection (if
+// any), its sessions and its byte budget. It lives while either exists.
+type node struct {
+	id          spiffeid.ID
+	ctrl        *ctrlConn
+	sessions    int
+	bucket      *bucket
+	candidates  []string
+	udpObserved string
+}
+
+// New returns a relay server.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	s := &Server{
+		cfg: cfg, log: cfg.Logger, ctx: ctx, stop: stop,
+		tls:        cfg.Source.ServerConfig(identity.AuthorizeNode(), ALPNControl, ALPNData),
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		mRefused:   map[string]*metrics.Counter{},
+		listeners:  map[io.Closer]struct{}{},
+		conns:      map[net.Conn]string{},
+		nodes:      map[string]*node{},
+		pending:    map[string]*session{},
+		nonces:     map[string]time.Time{},
+		tokens:     map[string]string{},
+	}
+	m := cfg.Metrics
+	for _, r := range refusalReasons {
+		s.mRefused[r] = m.GetOrCreateCounter(fmt.Sprintf(`fogmesh_relay_refused_total{reason=%q}`, r))
+	}
+	s.mSessionsTotal = m.NewCounter(`fogmesh_relay_sessions_total`)
+	s.mBytes = m.NewCounter(`fogmesh_relay_bytes_total`)
+	s.mIntroductions = m.NewCounter(`fogmesh_relay_introductions_total`)
+	s.mUDPAnswers = m.NewCounter(`fogmesh_relay_udp_reflexive_total`)
+	s.mReloadErrors = m.NewCounter(`fogmesh_relay_reload_errors_total`)
+	m.NewGauge(`fogmesh_relay_nodes_connected`, func() float64 { return float64(s.ConnectedNodes()) })
+	m.NewGauge(`fogmesh_relay_sessions_active`, func() float64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return float64(s.active)
+	})
+	m.NewGauge(`fogmesh_relay_handshakes_in_progress`, func() float64 { return float64(len(s.handshakes)) })
+	m.NewGauge(`fogmesh_relay_sessions_pending`, func() float64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return float64(len(s.pending))
+	})
+	return s, nil
+}
+
+// refuse counts a refusal.
+func (s *Server) refuse(reason string) {
+	c := s.mRefused[reason]
+	if c == nil {
+		c = s.mRefused[identity.ReasonOther]
+	}
+	c.Inc()
+}
+
+// ConnectedNodes is the number of nodes with a control connection.
+func (s *Server) ConnectedNodes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, nd := range s.nodes {
+		if nd.ctrl != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// Serve accepts TLS connections on ln until Close (returns nil) or an
+// accept error (returned). It closes ln.
+func (s *Server) Serve(ln net.Listener) error {
+	if !s.track(ln) {
+		ln.Close()
+		return nil
+	}
+	defer s.untrack(ln)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("relay: accept: %w", err)
+		}
+		if !s.trackConn(c, "") {
+			c.Close()
+			return nil
+		}
+		select {
+		case s.handshakes <- struct{}{}:
+		default:
+			s.refuse(ReasonBusy)
+			s.closeConn(c)
+			continue
+		}
+		s.wg.Add(1)
+		go s.serveConn(c)
+	}
+}
+
+func (s *Server) track(l io.Closer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.listeners[l] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(l io.Closer) {
+	s.mu.Lock()
+	delete(s.listeners, l)
+	s.mu.Unlock()
+	l.Close()
+}
+
+func (s *Server) trackConn(c net.Conn, id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = id
+	return true
+}
+
+// closeConn closes c and forgets it.
+func (s *Server) closeConn(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	c.Close()
+}
+
+// Close stops the listeners, closes every connection and waits for every
+// goroutine the server started. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.stop()
+	var cl []io.Closer
+	for l := range s.listeners {
+		cl = append(cl, l)
+	}
+	for c := range s.conns {
+		cl = append(cl, c)
+	}
+	s.mu.Unlock()
+	for _, c := range cl {
+		c.Close()
+	}
+	s.wg.Wait()
+	return nil
+}
+
+// SetDenied replaces the deny list of revoked node IDs: new handshakes of
+// those nodes are refused, and their open connections are closed now.
+func (s *Server) SetDenied(ids []string) {
+	s.cfg.Source.SetDenied(ids)
+	s.mu.Lock()
+	var victims []net.Conn
+	for c, id := range s.conns {
+		if id != "" && s.cfg.Source.Denied(id) {
+			victims = append(victims, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range victims {
+		s.refuse(ReasonRevokedLive)
+		c.Close()
+	}
+	if len(victims) > 0 {
+		s.log.Info("relay: closed connections of revoked nodes", "connections", len(victims))
+	}
+}
+
+// serveConn authenticates one connection and runs it as a control or a
+// data connection.
+func (s *Server) serveConn(raw net.Conn) {
+	defer s.wg.Done()
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.closeConn(raw)
+		}
+	}()
+	tc, err := identity.ServerHandshake(s.ctx, raw, s.tls, s.cfg.HandshakeTimeout)
+	<-s.handshakes
+	if err != nil {
+		reason := identity.HandshakeReason(err)
+		s.refuse(reason)
+		s.log.Debug("relay: handshake refused", "remote", raw.RemoteAddr().String(), "reason", reason, "err", err)
+		return
+	}
+	cs := tc.ConnectionState()
+	id, err := identity.PeerID(cs)
+	if err != nil {
+		s.refuse(ReasonNotNodeIdentity)
+		return
+	}
+	// Wrap tc under raw's key: closing raw closes the TLS connection too.
+	s.mu.Lock()
+	if _, ok := s.conns[raw]; ok {
+		s.conns[raw] = id.String()
+	}
+	s.mu.Unlock()
+	switch cs.NegotiatedProtocol {
+	case ALPNControl:
+		s.serveControl(raw, tc, id)
+	case ALPNData:
+		handedOff = s.serveData(raw, tc, id)
+	default:
+		s.refuse(ReasonWrongALPN)
+	}
+}
+
+// newID returns 16 random bytes in hex.
+func newID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// nodeLocked returns the node entry of id, creating it.
+func (s *Server) nodeLocked(id spiffeid.ID) *node {
+	n := s.nodes[id.String()]
+	if n == nil {
+		n = &node{id: id}
+		if s.cfg.BytesPerSecond > 0 {
+			n.bucket = newBucket(s.cfg.BytesPerSecond, s.cfg.Burst, s.cfg.Now)
+		}
+		s.nodes[id.String()] = n
+	}
+	return n
+}
+
+// gcLocked forgets n when nothing refers to it any more.
+func (s *Server) gcLocked(n *node) {
+	if n.ctrl == nil && n.sessions == 0 {
+		delete(s.nodes, n.id.String())
+	}
+}
+
+// authorize checks that from may reach to: same trust domain, then the
+// policy. It returns a refusal reason or "".
+func (s *Server) authorize(from, to spiffeid.ID) string {
+	if from == to {
+		return ReasonBadRequest // an agent needs no relay to reach itself
+	}
+	if from.TrustDomain() != to.TrustDomain() {
+		return ReasonOtherDomain
+	}
+	if _, _, ok := identity.ParseNodeID(to); !ok {
+		return ReasonBadRequest
+	}
+	if s.cfg.Policy != nil && s.cfg.Policy(from, to) != nil {
+		return ReasonDenied
+	}
+	return ""
+}
+
+// frameReason is the refusal reason of a frame read error, or "" for a
+// clean end of the connection.
+func frameReason(err error) string {
+	var fe *FrameError
+	if errors.As(err, &fe) {
+		return fe.Reason
+	}
+	return ""
+}

@@ -1,0 +1,137 @@
+package relay
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+)
+
+// UDP reflexive address: an agent learns the address its UDP socket has
+// as seen from outside (the NAT's mapping), STUN-like. The request carries
+// the token the relay gave the agent in Hello over its authenticated
+// control connection, so only connected agents get answers (no open
+// reflector), and the answer is never larger than the request (no
+// amplification).
+//
+//	request  (udpRequestLen bytes or more):
+//	  magic "FMRU" | type 1 | token 16 | zero padding
+//	response (udpResponseLen bytes):
+//	  magic "FMRU" | type 2 | token 16 | port 2 (big end.) | address 16 (IPv6 or IPv4-mapped)
+const (
+	udpMagic       = "FMRU"
+	udpTypeRequest = 1
+	udpTypeAnswer  = 2
+	udpTokenLen    = 16
+	udpResponseLen = 4 + 1 + udpTokenLen + 2 + 16
+	udpRequestLen  = 48 // padded past udpResponseLen
+	udpMaxPacket   = 512
+)
+
+// ServeUDP answers reflexive requests on pc until Close (returns nil) or
+// a read error (returned). It closes pc.
+func (s *Server) ServeUDP(pc net.PacketConn) error {
+	if !s.track(pc) {
+		pc.Close()
+		return nil
+	}
+	defer s.untrack(pc)
+	buf := make([]byte, udpMaxPacket)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("relay: udp: %w", err)
+		}
+		resp, reason := s.udpAnswer(buf[:n], from)
+		if reason != "" {
+			s.refuse(reason)
+			continue
+		}
+		if _, err := pc.WriteTo(resp, from); err == nil {
+			s.mUDPAnswers.Inc()
+		}
+	}
+}
+
+// udpAnswer returns the answer to one request packet, or the reason it is
+// dropped. It records the observed address as the node's UDP candidate.
+func (s *Server) udpAnswer(req []byte, from net.Addr) ([]byte, string) {
+	token, err := ParseUDPRequest(req)
+	if err != nil {
+		return nil, ReasonUDPShort
+	}
+	ua, ok := from.(*net.UDPAddr)
+	if !ok {
+		return nil, ReasonUDPShort
+	}
+	ap := ua.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	s.mu.Lock()
+	id, ok := s.tokens[hex.EncodeToString(token)]
+	if ok {
+		if n := s.nodes[id]; n != nil {
+			n.udpObserved = ap.String()
+		}
+	}
+	s.mu.Unlock()
+	if !ok {
+		return nil, ReasonUDPBadToken
+	}
+	return appendUDPAnswer(nil, token, ap), ""
+}
+
+// AppendUDPRequest appends a reflexive request for token (the Hello's
+// UDPToken, hex) to b.
+func AppendUDPRequest(b []byte, token string) ([]byte, error) {
+	t, err := hex.DecodeString(token)
+	if err != nil || len(t) != udpTokenLen {
+		return b, fmt.Errorf("relay: udp token %q: want %d hex bytes", token, udpTokenLen)
+	}
+	b = append(b, udpMagic...)
+	b = append(b, udpTypeRequest)
+	b = append(b, t...)
+	return append(b, make([]byte, udpRequestLen-len(udpMagic)-1-udpTokenLen)...), nil
+}
+
+// ParseUDPRequest returns the token of a request packet.
+func ParseUDPRequest(p []byte) ([]byte, error) {
+	if len(p) < udpRequestLen {
+		return nil, fmt.Errorf("relay: udp request of %d bytes, want at least %d", len(p), udpRequestLen)
+	}
+	if string(p[:4]) != udpMagic || p[4] != udpTypeRequest {
+		return nil, errors.New("relay: not a reflexive request")
+	}
+	return p[5 : 5+udpTokenLen], nil
+}
+
+func appendUDPAnswer(b, token []byte, ap netip.AddrPort) []byte {
+	b = append(b, udpMagic...)
+	b = append(b, udpTypeAnswer)
+	b = append(b, token...)
+	b = binary.BigEndian.AppendUint16(b, ap.Port())
+	a16 := ap.Addr().As16()
+	return append(b, a16[:]...)
+}
+
+// ParseUDPAnswer returns the observed address in an answer to token.
+func ParseUDPAnswer(p []byte, token string) (netip.AddrPort, error) {
+	if len(p) != udpResponseLen || string(p[:4]) != udpMagic || p[4] != udpTypeAnswer {
+		return netip.AddrPort{}, errors.New("relay: not a reflexive answer")
+	}
+	if hex.EncodeToString(p[5:5+udpTokenLen]) != token {
+		return netip.AddrPort{}, errors.New("relay: reflexive answer for another token")
+	}
+	o := 5 + udpTokenLen
+	port := binary.BigEndian.Uint16(p[o:])
+	addr := netip.AddrFrom16([16]byte(p[o+2 : o+18])).Unmap()
+	return netip.AddrPortFrom(addr, port), nil
+}
