@@ -166,17 +166,28 @@ func (c *quicStreamConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// mapErr makes a stream error look like a net.Conn's: net.ErrClosed after
+// Close, deadlines as they are, and the end of the whole connection (closed
+// by the peer, idle timeout, reset) as io.ErrUnexpectedEOF, never EOF.
 func (c *quicStreamConn) mapErr(err error) error {
 	var ne net.Error
+	var se *quic.StreamError
 	switch {
 	case c.closed.Load():
 		return fmt.Errorf("%w: %w", net.ErrClosed, err)
-	case errors.As(err, &ne) && ne.Timeout():
+	case errors.As(err, &ne) && ne.Timeout() && !isQUICConnErr(err):
 		return err // a deadline, as for any net.Conn
-	case c.conn.Context().Err() != nil:
-		return fmt.Errorf("mesh connection closed: %w: %w", io.ErrUnexpectedEOF, err)
+	case errors.As(err, &se):
+		return err // this stream alone was reset
 	}
-	return err
+	return fmt.Errorf("mesh connection closed: %w: %w", io.ErrUnexpectedEOF, err)
+}
+
+// isQUICConnErr reports whether err ended the whole QUIC connection.
+func isQUICConnErr(err error) bool {
+	var idle *quic.IdleTimeoutError
+	var hs *quic.HandshakeTimeoutError
+	return errors.As(err, &idle) || errors.As(err, &hs)
 }
 
 // CloseWrite half-closes the stream: the peer reads EOF, we can still read.

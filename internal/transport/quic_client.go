@@ -132,6 +132,14 @@ func (c *QUICClient) dial(ctx context.Context, meshAddr string, h Header) (net.C
 		return nil, err
 	}
 	conn, err := c.openStream(ctx, qc, h)
+	if err != nil && fresh {
+		// In TLS 1.3 the client's handshake ends before the server has
+		// checked its certificate: a refusal closes the new connection.
+		if reason := quicDialReason(context.Cause(qc.Context())); reason == identity.ReasonPeerRejected {
+			c.m.tlsFailure(reason)
+			c.log.Warn("mesh: QUIC peer refused our certificate", "peer", meshAddr, "err", err)
+		}
+	}
 	if err != nil && !fresh && ctx.Err() == nil && qc.Context().Err() != nil &&
 		!errors.Is(err, ErrRefused) && !errors.Is(err, ErrDialFailed) && !errors.Is(err, ErrDenied) {
 		c.log.Debug("mesh: QUIC connection broken, redialing", "peer", meshAddr, "err", err)

@@ -168,8 +168,24 @@ func (s *QUICServer) serveConn(conn *quic.Conn) {
 			return
 		}
 		s.core.wg.Add(1) // the counter is > 0: serveConn holds one
-		go s.core.serveStream(ctx, newQUICStreamConn(st, conn))
+		go s.serveStream(ctx, st, conn)
 	}
+}
+
+// serveStream serves one stream as Server does, and also ends it when the
+// peer aborts it (Close sends STOP_SENDING): a relay waiting on a silent
+// workload would otherwise outlive the stream.
+func (s *QUICServer) serveStream(ctx context.Context, st *quic.Stream, conn *quic.Conn) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(st.Context(), func() {
+		var se *quic.StreamError
+		if errors.As(context.Cause(st.Context()), &se) && se.Remote {
+			cancel()
+		}
+	})
+	defer stop()
+	s.core.serveStream(ctx, newQUICStreamConn(st, conn))
 }
 
 func (s *QUICServer) track(conn *quic.Conn, id spiffeid.ID) bool {
