@@ -135,13 +135,14 @@ func (c *QUICClient) dial(ctx context.Context, meshAddr string, h Header) (net.C
 	if err != nil && fresh {
 		// In TLS 1.3 the client's handshake ends before the server has
 		// checked its certificate: a refusal closes the new connection.
-		if reason := quicDialReason(context.Cause(qc.Context())); reason == identity.ReasonPeerRejected {
+		if reason := quicDialReason(err); reason == identity.ReasonPeerRejected {
 			c.m.tlsFailure(reason)
 			c.log.Warn("mesh: QUIC peer refused our certificate", "peer", meshAddr, "err", err)
 		}
 	}
-	if err != nil && !fresh && ctx.Err() == nil && qc.Context().Err() != nil &&
-		!errors.Is(err, ErrRefused) && !errors.Is(err, ErrDialFailed) && !errors.Is(err, ErrDenied) {
+	if err != nil && !fresh && ctx.Err() == nil &&
+		!errors.Is(err, ErrRefused) && !errors.Is(err, ErrDialFailed) && !errors.Is(err, ErrDenied) &&
+		quicConnDead(qc) {
 		c.log.Debug("mesh: QUIC connection broken, redialing", "peer", meshAddr, "err", err)
 		if qc, _, err = c.connection(ctx, meshAddr, qc); err != nil {
 			return nil, err
@@ -211,6 +212,20 @@ func (c *QUICClient) connection(ctx context.Context, meshAddr string, broken *qu
 	go c.watchConn(p, qc)
 	c.log.Debug("mesh: QUIC connection opened", "peer", meshAddr)
 	return qc, true, nil
+}
+
+// quicConnDead reports whether qc is closed, waiting brokenSessionGrace
+// for it: quic-go fails a connection's streams before it ends the
+// connection's context.
+func quicConnDead(qc *quic.Conn) bool {
+	t := time.NewTimer(brokenSessionGrace)
+	defer t.Stop()
+	select {
+	case <-qc.Context().Done():
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // quicDialReason is the TLS failure reason of a failed dial that our own

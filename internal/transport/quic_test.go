@@ -327,6 +327,13 @@ func TestQUICRefusals(t *testing.T) {
 	if _, err := held.Read(make([]byte, 1)); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("read on a dropped connection: %v, want io.ErrUnexpectedEOF", err)
 	}
+	// The very next Dial replaces the dead connection (dropped, not revoked).
+	conn, err = c.Dial(t.Context(), ts.addr, header("web-1"))
+	if err != nil {
+		t.Fatalf("dial after drop: %v", err)
+	}
+	roundTrip(t, conn, "redialed")
+	conn.Close()
 }
 
 // TestQUICServerCloseAndRedial: closing the server fails the client's
@@ -432,7 +439,7 @@ func TestQUICBackpressure(t *testing.T) {
 // idle timeout (as they hold a NAT mapping), so no redial is needed.
 func TestQUICKeepAlive(t *testing.T) {
 	p := newQUICPair(t)
-	timers := QUICTimers{KeepAlive: 100 * time.Millisecond, IdleTimeout: 600 * time.Millisecond}
+	timers := QUICTimers{KeepAlive: 200 * time.Millisecond, IdleTimeout: 1500 * time.Millisecond}
 	ts := startQUICServer(t, nil, p.srvSrc, mapDialer{"web-1": serveWorkload(t, "127.0.0.1:0", echo)},
 		func(c *QUICServerConfig) { c.Timers = timers })
 	c, _ := quicClient(t, p.cli, "node-a", func(c *QUICClientConfig) { c.Timers = timers })
@@ -446,8 +453,8 @@ func TestQUICKeepAlive(t *testing.T) {
 	first := c.peers[ts.addr].conn
 	c.mu.Unlock()
 
-	// Stay idle for three idle timeouts: the property under test is time.
-	idle := time.NewTimer(3 * timers.IdleTimeout)
+	// Stay idle for two idle timeouts: the property under test is time.
+	idle := time.NewTimer(2 * timers.IdleTimeout)
 	select {
 	case <-idle.C:
 	case <-first.Context().Done():
