@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -502,5 +503,116 @@ func TestQUICConfig(t *testing.T) {
 	var timers QUICTimers
 	if err := timers.validate(); err != nil || timers.KeepAlive >= 30*time.Second || timers.KeepAlive >= timers.IdleTimeout {
 		t.Errorf("default timers %+v, %v", timers, err)
+	}
+}
+
+// TestQUICOneSocketBothWays: each agent serves and dials from one UDP
+// socket (what hole punching needs: the peer sees the dialer at the same
+// address it listens on), and the socket still delivers non-QUIC
+// datagrams (STUN) to its owner.
+func TestQUICOneSocketBothWays(t *testing.T) {
+	p := newQUICPair(t)
+	work := serveWorkload(t, "127.0.0.1:0", echo)
+	da := &peerDialer{mapDialer: mapDialer{"web-1": work}}
+	db := &peerDialer{mapDialer: mapDialer{"web-1": work}}
+	a := startQUICServer(t, nil, p.cli, da, nil)    // node-a
+	b := startQUICServer(t, nil, p.srvSrc, db, nil) // node-b
+	newClient := func(tr *quic.Transport, src *identity.Source, node string) *QUICClient {
+		c, err := NewQUICClient(QUICClientConfig{Transport: tr, SourceNode: node, DialTimeout: 5 * time.Second,
+			TLS: src.ClientConfig(identity.AuthorizeNode())})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	ca := newClient(a.tr, p.cli, "node-a")
+	cb := newClient(b.tr, p.srvSrc, "node-b")
+
+	for _, tc := range []struct {
+		from *QUICClient
+		to   *quicTestServer
+		d    *peerDialer
+		src  string
+	}{{ca, b, db, a.addr}, {cb, a, da, b.addr}} {
+		conn, err := tc.from.Dial(t.Context(), tc.to.addr, header("web-1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		roundTrip(t, conn, "both ways")
+		if conn.LocalAddr().String() != tc.src {
+			t.Errorf("dialed from %s, want the listening socket %s", conn.LocalAddr(), tc.src)
+		}
+		conn.Close()
+	}
+
+	// A datagram that is not QUIC reaches the socket's owner.
+	probe, err := net.DialUDP("udp", nil, a.tr.Conn.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	stun := []byte{0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42} // a STUN binding request's first bytes
+	if _, err := probe.Write(stun); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	buf := make([]byte, 1500)
+	n, from, err := a.tr.ReadNonQUICPacket(ctx, buf)
+	if err != nil || !bytes.Equal(buf[:n], stun) || from.String() != probe.LocalAddr().String() {
+		t.Fatalf("non-QUIC packet = %x from %v, %v; want %x from %s", buf[:n], from, err, stun, probe.LocalAddr())
+	}
+}
+
+// TestQUICNoGoroutineLeak: closing the client and the server ends every
+// goroutine they started, including streams left open and a stream stuck
+// in its header.
+func TestQUICNoGoroutineLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Run("work", func(t *testing.T) {
+		p := newQUICPair(t)
+		d := mapDialer{"echo": serveWorkload(t, "127.0.0.1:0", echo), "hold": serveHold(t)}
+		ts := startQUICServer(t, nil, p.srvSrc, d, func(c *QUICServerConfig) { c.HeaderTimeout = 200 * time.Millisecond })
+		c, _ := quicClient(t, p.cli, "node-a", nil)
+		for range 5 {
+			conn, err := c.Dial(t.Context(), ts.addr, header("echo"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			roundTrip(t, conn, "leak?")
+			conn.Close()
+		}
+		if _, err := c.Dial(t.Context(), ts.addr, header("hold")); err != nil { // left open
+			t.Fatal(err)
+		}
+		c.mu.Lock()
+		qc := c.peers[ts.addr].conn
+		c.mu.Unlock()
+		st, err := qc.OpenStreamSync(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Write([]byte("FMS1")) // a stream stuck in its header: refused after HeaderTimeout
+		st.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if code, _, err := ReadStatus(st); err != nil || code != StatusBadHeader {
+			t.Errorf("stuck header: status %v, %v; want bad header", code, err)
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		ts.stop(t)
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		after := runtime.NumGoroutine()
+		if after <= before {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("goroutines: %d before, %d after\n%s", before, after, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

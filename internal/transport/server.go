@@ -439,6 +439,9 @@ func (s *Server) open(ctx context.Context, c meshStream) (net.Conn, Header, erro
 	if err != nil {
 		s.m.bad.Inc()
 		s.m.streams[resultRefused].Inc()
+		// A header that timed out also expired the write deadline, and a
+		// QUIC stream (unlike yamux) fails any write past it.
+		c.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 		WriteStatus(c, StatusBadHeader, err.Error())
 		return nil, h, err
 	}
