@@ -23,7 +23,12 @@ import (
 // both are closed when the test ends.
 func udpTransport(t testing.TB) *quic.Transport {
 	t.Helper()
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return udpTransportOn(t, net.IPv4(127, 0, 0, 1))
+}
+
+func udpTransportOn(t testing.TB, ip net.IP) *quic.Transport {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -614,5 +619,53 @@ func TestQUICNoGoroutineLeak(t *testing.T) {
 			t.Fatalf("goroutines: %d before, %d after\n%s", before, after, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestQUICIPv6: the QUIC carrier works over IPv6 loopback.
+func TestQUICIPv6(t *testing.T) {
+	p := newQUICPair(t)
+	ts := startQUICServer(t, udpTransportOn(t, net.IPv6loopback), p.srvSrc,
+		mapDialer{"web-1": serveWorkload(t, "[::1]:0", echo)}, nil)
+	c, _ := quicClient(t, p.cli, "node-a", func(c *QUICClientConfig) { c.Transport = udpTransportOn(t, net.IPv6loopback) })
+	conn, err := c.Dial(t.Context(), ts.addr, header("web-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, conn, "hello over QUIC/IPv6")
+	conn.Close()
+}
+
+// BenchmarkQUICMeshStream is BenchmarkMeshStream over the QUIC carrier:
+// one stream's bulk throughput client -> QUIC/UDP -> server -> sink.
+func BenchmarkQUICMeshStream(b *testing.B) {
+	const chunk = 1 << 20
+	sunk := make(chan int64, 1)
+	sink := func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		sunk <- n
+	}
+	p := newQUICPair(b)
+	ts := startQUICServer(b, nil, p.srvSrc, mapDialer{"sink": serveWorkload(b, "127.0.0.1:0", sink)}, nil)
+	c, _ := quicClient(b, p.cli, "node-a", nil)
+	conn, err := c.Dial(context.Background(), ts.addr, header("sink"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+
+	buf := make([]byte, chunk)
+	var sent int64
+	b.SetBytes(chunk)
+	for b.Loop() {
+		n, err := conn.Write(buf)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sent += int64(n)
+	}
+	conn.(interface{ CloseWrite() error }).CloseWrite()
+	if got := <-sunk; got != sent {
+		b.Fatalf("sink got %d bytes, want %d", got, sent)
 	}
 }
