@@ -26,6 +26,9 @@ func TestLeanImportGraph(t *testing.T) {
 		"github.com/fogmesh/fogmesh/internal/control",
 		"github.com/fogmesh/fogmesh/internal/store",
 		"github.com/fogmesh/fogmesh/internal/netlab", // test topology: tests and bench only
+		// quic-go carries mesh streams (+1.6 MB); its HTTP/3 layer does not belong in the agent.
+		"github.com/quic-go/quic-go/http3",
+		"github.com/quic-go/qpack",
 	}
 	for _, pkg := range strings.Fields(string(out)) {
 		for _, f := range forbidden {

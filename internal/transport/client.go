@@ -329,8 +329,13 @@ func (c *Client) openStream(ctx context.Context, sess *yamux.Session, h Header) 
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
-	conn := newStreamConn(st)
+	return streamHandshake(ctx, newStreamConn(st), h)
+}
 
+// streamHandshake runs the client side of the stream handshake on a newly
+// opened stream of any carrier (yamux or QUIC), and returns conn on
+// StatusOK; otherwise it closes conn.
+func streamHandshake(ctx context.Context, conn meshStream, h Header) (net.Conn, error) {
 	// ctx (which always has the DialTimeout deadline) ends the handshake.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(pastDeadline) })
 	code, msg, err := handshake(conn, h)

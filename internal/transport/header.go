@@ -24,8 +24,9 @@ import (
 	"unicode/utf8"
 )
 
-// Stream wire format. Every yamux stream on the mesh port starts with one
-// header from the opener (client) and one status from the acceptor (server):
+// Stream wire format. Every mesh stream (a yamux stream, or a QUIC stream:
+// quic.go) starts with one header from the opener (client) and one status
+// from the acceptor (server):
 //
 //	client -> server   "FMS1"           4 bytes, Magic
 //	                   length           uint16, big endian, 1..MaxHeaderLen

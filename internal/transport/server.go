@@ -120,6 +120,12 @@ func (c *ServerConfig) validate() error {
 	if c.Listener == nil {
 		return errors.New("no Listener")
 	}
+	return c.validateStreams()
+}
+
+// validateStreams checks and defaults the fields every mesh server (yamux
+// or QUIC) uses to serve streams.
+func (c *ServerConfig) validateStreams() error {
 	if c.Dialer == nil {
 		return errors.New("no Dialer")
 	}
@@ -372,9 +378,16 @@ func (s *Server) untrackSession(sess *yamux.Session) {
 	s.m.sessions.Dec()
 }
 
+// meshStream is one mesh stream, whatever carries it (a yamux stream or a
+// QUIC stream): a net.Conn whose CloseWrite half-closes it.
+type meshStream interface {
+	net.Conn
+	CloseWrite() error
+}
+
 // serveStream reads one stream's header, connects it to the local workload
 // and relays until both sides are done.
-func (s *Server) serveStream(ctx context.Context, c *streamConn) {
+func (s *Server) serveStream(ctx context.Context, c meshStream) {
 	defer s.wg.Done()
 	s.active.Add(1)
 	defer s.active.Add(-1)
@@ -418,7 +431,7 @@ func (s *Server) checkSource(ctx context.Context, h Header) error {
 
 // open runs the server side of the stream handshake: header in, local dial,
 // status out. It returns the local conn after StatusOK was sent.
-func (s *Server) open(ctx context.Context, c *streamConn) (net.Conn, Header, error) {
+func (s *Server) open(ctx context.Context, c meshStream) (net.Conn, Header, error) {
 	deadline := time.Now().Add(s.cfg.HeaderTimeout)
 	c.SetReadDeadline(deadline)
 	c.SetWriteDeadline(deadline)
@@ -426,6 +439,9 @@ func (s *Server) open(ctx context.Context, c *streamConn) (net.Conn, Header, err
 	if err != nil {
 		s.m.bad.Inc()
 		s.m.streams[resultRefused].Inc()
+		// A header that timed out also expired the write deadline, and a
+		// QUIC stream (unlike yamux) fails any write past it.
+		c.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 		WriteStatus(c, StatusBadHeader, err.Error())
 		return nil, h, err
 	}
