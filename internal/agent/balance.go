@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -115,17 +117,37 @@ func (e *epView) Latency() float64  { return e.a.stats(e.ev.key).latency() }
 // adapt wraps evs for package balance. A service with locality "none"
 // puts every endpoint in one tier.
 func (a *Agent) adapt(sv *serviceView, evs []*endpointView) []balance.Endpoint {
+	return a.adaptInto(new(adaptBuf), sv, evs)
+}
+
+// adaptBuf holds adapt's wrappers; pickSubset recycles them (adaptBufs), so
+// a request's pick costs no allocation for them.
+type adaptBuf struct {
+	views []epView
+	eps   []balance.Endpoint
+}
+
+var adaptBufs = sync.Pool{New: func() any { return new(adaptBuf) }}
+
+func (a *Agent) adaptInto(b *adaptBuf, sv *serviceView, evs []*endpointView) []balance.Endpoint {
 	flat := sv.svc.Spec.Locality == api.LocalityNone
-	views := make([]epView, len(evs))
-	out := make([]balance.Endpoint, len(evs))
+	b.views = slices.Grow(b.views[:0], len(evs))[:len(evs)]
+	b.eps = slices.Grow(b.eps[:0], len(evs))[:len(evs)]
 	for i, ev := range evs {
-		views[i] = epView{a: a, ev: ev, tier: int(ev.tier)}
+		b.views[i] = epView{a: a, ev: ev, tier: int(ev.tier)}
 		if flat {
-			views[i].tier = 0
+			b.views[i].tier = 0
 		}
-		out[i] = &views[i]
+		b.eps[i] = &b.views[i]
 	}
-	return out
+	return b.eps
+}
+
+// release drops the buffer's references and returns it to adaptBufs.
+func (b *adaptBuf) release() {
+	clear(b.views)
+	clear(b.eps)
+	adaptBufs.Put(b)
 }
 
 // unadapt writes the order of eps (from adapt) back into evs[:len(eps)].
@@ -158,7 +180,16 @@ func (a *Agent) pickSubset(sv *serviceView, port, subset string, labels map[stri
 		return ev.healthy && !a.isEjected(ev.key) && (ev.local || !a.isGossipDead(ev.ep.Spec.Node))
 	}
 	p := balance.Policy{Balancer: a.balancers.Get(sv.svc.Spec.Balancer), MinHealthyShare: sv.svc.Spec.MinHealthyShare}
-	return unadapt(balance.Pick(p, sv.svc.Meta.Key()+"\x00"+subset, a.adapt(sv, evs), usable), evs)
+	// The balancer's state (round robin's counter) is per destination
+	// (limitKey: the service, or its subset or port with a pool of its
+	// own) and subset; no string is built for a request without one.
+	set := sv.limitKey
+	if subset != "" {
+		set += "\x00" + subset
+	}
+	b := adaptBufs.Get().(*adaptBuf)
+	defer b.release()
+	return unadapt(balance.Pick(p, set, a.adaptInto(b, sv, evs), usable), evs)
 }
 
 func hasLabels(ev *endpointView, labels map[string]string) bool {
