@@ -94,6 +94,7 @@ func destViews(sv *serviceView, p *api.DestinationPolicy) map[destKey]*serviceVi
 			svc: svc, route: sv.route, subsets: sv.subsets, sessions: sv.sessions,
 			vip4: sv.vip4, vip6: sv.vip6, endpoints: sv.endpoints, callerLabels: sv.callerLabels,
 			limitKey: sv.limitKey,
+			destKey:  sv.svc.Meta.Key() + "|" + k.subset + "|" + k.port, destSubset: k.subset,
 		}
 		if ownPool {
 			d.limitKey, d.limitSubset = sv.limitKey+"|"+k.subset+"|"+k.port, k.subset

@@ -268,6 +268,11 @@ type serviceView struct {
 	dests       map[destKey]*serviceView
 	limitKey    string
 	limitSubset string
+	// destKey names a destination view's outlier detector
+	// ("ns/name|subset|port"; "" for the service's own view, whose
+	// detector is "ns/name"), destSubset its subset (its detector's pool).
+	destKey    string
+	destSubset string
 }
 
 type endpointView struct {
