@@ -730,7 +730,7 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 		sub := Subset{Name: sname, Labels: labels}
 		if stp := obj(sm["trafficPolicy"]); stp != nil {
 			delete(sm, "trafficPolicy")
-			if sub.Policy, err = w.nestedPolicy(name, ns, host, sp+".trafficPolicy", stp); err != nil {
+			if sub.Policy, err = w.nestedPolicy(name, ns, host, sp+".trafficPolicy", stp, true); err != nil {
 				return nil, err
 			}
 		}
@@ -824,7 +824,7 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 					delete(em, "portLevelSettings")
 					w.leftovers(path, map[string]any{"portLevelSettings": nil})
 				}
-				pp, err := w.nestedPolicy(name, ns, host, path, em)
+				pp, err := w.nestedPolicy(name, ns, host, path, em, false)
 				if err != nil {
 					return nil, err
 				}
@@ -944,8 +944,12 @@ func (w *walker) outlierDetection(od map[string]any) (*OutlierDetection, error) 
 // nestedPolicy translates a subset's trafficPolicy or a portLevelSettings
 // entry, at path, as the top-level trafficPolicy (the same code, so every
 // field means the same in every place), with the warnings and errors
-// naming its fields.
-func (w *walker) nestedPolicy(name, ns, host, path string, tp map[string]any) (*DestinationPolicySpec, error) {
+// naming its fields. A subset's policy leaves what it does not set unset,
+// so the top level's applies (Istio merges a subset's trafficPolicy into
+// the DestinationRule's field by field); a port's sets Istio's defaults
+// (Istio: "default values will be applied to fields omitted in
+// port-level traffic policies").
+func (w *walker) nestedPolicy(name, ns, host, path string, tp map[string]any, subset bool) (*DestinationPolicySpec, error) {
 	rebase := func(s string) string {
 		if rest, ok := strings.CutPrefix(s, "spec.trafficPolicy"); ok {
 			return path + rest
@@ -966,6 +970,9 @@ func (w *walker) nestedPolicy(name, ns, host, path string, tp map[string]any) (*
 	}
 	ps := objs[0].(*DestinationPolicy).Spec
 	ps.Service = ""
+	if subset && tp["outlierDetection"] == nil {
+		ps.OutlierDetection = nil // the top level's applies
+	}
 	if lb := obj(tp["loadBalancer"]); tp["outlierDetection"] == nil && (lb == nil || lb["localityLbSetting"] == nil) {
 		// Nothing here decides locality: the top level's choice stands
 		// (destinationRule sets one for every policy it translates).
