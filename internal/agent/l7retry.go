@@ -178,7 +178,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			if resp.StatusCode == http.StatusSwitchingProtocols || !lt.mayRetry(t, pol, req.Method, replayable(), o, retries) {
 				return resp, nil
 			}
-			if kept := keepResponse(resp); kept != nil {
+			if kept := keepResponse(resp, keepResponseWait(perTry)); kept != nil {
 				last = kept
 			}
 			retries++
@@ -257,23 +257,52 @@ func (lt *lbTransport) exhausted(last *http.Response, err error) (*http.Response
 // keepResponse reads a response about to be retried into memory, so it
 // can still be the answer if no later attempt gets one; nil (and the
 // response closed) when its body is of unknown length (it could stream
-// for ever), too long to keep, or fails.
-func keepResponse(resp *http.Response) *http.Response {
-	defer resp.Body.Close()
+// for ever), too long to keep, fails, or has not all arrived within wait:
+// a body that stalls must not hold up the retry (the read is abandoned
+// and the body closed, which ends it).
+func keepResponse(resp *http.Response, wait time.Duration) *http.Response {
 	if resp.ContentLength < 0 || resp.ContentLength > keptResponseLimit {
+		resp.Body.Close()
 		return nil
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, resp.ContentLength+1))
-	if err != nil || int64(len(b)) != resp.ContentLength {
+	type read struct {
+		b  []byte
+		ok bool
+	}
+	done := make(chan read, 1)
+	go func() {
+		b, err := io.ReadAll(io.LimitReader(resp.Body, resp.ContentLength+1))
+		ok := err == nil && int64(len(b)) == resp.ContentLength
+		if ok { // read to its end: the trailers are in
+			_, err = io.Copy(io.Discard, resp.Body)
+			ok = err == nil
+		}
+		done <- read{b, ok}
+	}()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case r := <-done:
+		resp.Body.Close()
+		if !r.ok {
+			return nil
+		}
+		kept := *resp
+		kept.Body = io.NopCloser(bytes.NewReader(r.b))
+		return &kept
+	case <-t.C:
+		go resp.Body.Close() // unblocks the read; Close may wait for it
 		return nil
 	}
-	// Read to its end: the trailers are in.
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return nil
+}
+
+// keepResponseWait bounds keepResponse's wait for a retried response's
+// body: the per-try timeout, at most a second.
+func keepResponseWait(perTry time.Duration) time.Duration {
+	if perTry > 0 && perTry < time.Second {
+		return perTry
 	}
-	kept := *resp
-	kept.Body = io.NopCloser(bytes.NewReader(b))
-	return &kept
+	return time.Second
 }
 
 // sleepBackoff waits Envoy's jittered back-off before retry n; false if
