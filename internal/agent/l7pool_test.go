@@ -480,3 +480,22 @@ spec:
 		})
 	})
 }
+
+// TestPoolKeyKeepalive: views dialing with different tcpKeepalive settings
+// get pools of their own (the dial sets it; reviewer's regression: the key
+// left it out, so a pool dialled under one setting served the other).
+func TestPoolKeyKeepalive(t *testing.T) {
+	ep := &api.Endpoint{Meta: api.Meta{Name: "e", Namespace: "shop"}, Spec: api.EndpointSpec{Address: "10.0.0.1", Ports: []api.EndpointPort{{Name: "web", Port: 8080}}}}
+	ev := &endpointView{key: "shop/e", ep: ep}
+	mk := func(ka *api.TCPKeepalive) *serviceView {
+		return &serviceView{svc: &api.Service{Meta: api.Meta{Name: "r", Namespace: "shop"}, Spec: api.ServiceSpec{
+			CircuitBreaker: api.CircuitBreaker{TCPKeepalive: ka}}}}
+	}
+	a, b, c := mk(nil), mk(&api.TCPKeepalive{Time: api.Duration(10e9)}), mk(&api.TCPKeepalive{Time: api.Duration(20e9)})
+	if poolKey(a, ev, "web", "") == poolKey(b, ev, "web", "") || poolKey(b, ev, "web", "") == poolKey(c, ev, "web", "") {
+		t.Errorf("views dialing with different tcpKeepalive share one pool: %s", poolKey(b, ev, "web", ""))
+	}
+	if poolKey(b, ev, "web", "") != poolKey(mk(&api.TCPKeepalive{Time: api.Duration(10e9)}), ev, "web", "") {
+		t.Error("equal settings got different pools")
+	}
+}
