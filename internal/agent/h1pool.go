@@ -69,6 +69,19 @@ func poolKey(sv *serviceView, ev *endpointView, port, proto string) string {
 		sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection, ka.Enable, ka.Idle, ka.Interval, ka.Count)
 }
 
+// forget drops pool p of one endpoint port, found closed by a request,
+// from the view's cache and the pools, so the next attempt gets a fresh
+// one (prune closes it with the rest if the view no longer has it).
+func (hp *h1Path) forget(sv *serviceView, ev *endpointView, port string, p *httpproxy.Pool) {
+	sv.transports.CompareAndDelete(h1PoolCacheKey{ev, port}, p)
+	key := poolKey(sv, ev, port, "")
+	hp.mu.Lock()
+	if hp.pools[key] == p {
+		delete(hp.pools, key)
+	}
+	hp.mu.Unlock()
+}
+
 // prune closes the pools of endpoints no longer in the view.
 func (hp *h1Path) prune(v *view) {
 	live := map[string]bool{}

@@ -91,7 +91,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 	}
 	a.retries.Deposit(t.svc)
 	var last *http.Response // the last upstream response not returned, body kept
-	retries, dials := 0, 0
+	retries, dials, poolClosed := 0, 0, 0
 	for i := 0; ; i++ {
 		ev := cands[i%len(cands)]
 		if i > 0 {
@@ -120,7 +120,8 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			release = func() { perTryTimer.Stop(); cancel(nil); watchRelease() }
 			attemptCtx = ctx
 		}
-		resp, err := a.egressRoundTrip(lt.upstream(sv, ev, t), sv, ev, req.WithContext(attemptCtx))
+		rt := lt.upstream(sv, ev, t)
+		resp, err := a.egressRoundTrip(rt, sv, ev, req.WithContext(attemptCtx))
 		active.Add(-1)
 		if err != nil {
 			release()
@@ -187,6 +188,21 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				return lt.exhausted(last, req.Context().Err())
 			}
 			continue
+		}
+		if errors.Is(err, httpproxy.ErrPoolClosed) && req.Context().Err() == nil {
+			// The pool was closed under the attempt (a view swap pruned
+			// it, or the agent is stopping): nothing was sent and the
+			// endpoint is not to blame. No outlier detection; a free
+			// attempt on a fresh pool (the next candidate, or this one
+			// again).
+			if p, ok := rt.(*httpproxy.Pool); ok {
+				lt.l7.h1.forget(sv, ev, t.port, p)
+			}
+			if poolClosed < maxAttempts {
+				poolClosed++
+				continue
+			}
+			return lt.exhausted(last, err)
 		}
 		a.requestMetrics(t.svc, route, ev, 0, time.Since(start))
 		if req.Context().Err() != nil {
