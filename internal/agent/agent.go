@@ -434,8 +434,8 @@ func (a *Agent) rebuild() {
 func (a *Agent) rebuildLocked() {
 	v := buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain())
 	v.attest = localAttestations(a.workloads)
+	a.syncOutliers(v) // before requests can see v: its destinations' detectors exist
 	a.noteInvalidPolicies(a.view.Swap(v), v)
-	a.syncOutliers(v)
 	a.svids.SetWorkloads(svidHolders(a.workloads))
 	if a.retries != nil { // nil while New builds the first view
 		a.retries.Forget(func(svc string) bool { return v.services[svc] != nil })

@@ -611,12 +611,12 @@ func TestCheckNoneWorkloadRecovers(t *testing.T) {
 	if !healthy {
 		t.Fatal("a check-less workload was marked unhealthy: nothing would ever bring it back")
 	}
-	if !a.isEjected(ep.Meta.Key()) {
+	if !a.isEjectedAnywhere(ep.Meta.Key()) {
 		t.Fatal("not ejected for the timed period")
 	}
 	// It recovers with no check to bring it back: once the ejection ends
 	// it is a healthy candidate again.
-	waitFor(t, "the ejection to end", func() bool { return !a.isEjected(ep.Meta.Key()) })
+	waitFor(t, "the ejection to end", func() bool { return !a.isEjectedAnywhere(ep.Meta.Key()) })
 	a.mu.Lock()
 	healthy = ws.healthy
 	a.mu.Unlock()

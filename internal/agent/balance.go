@@ -177,7 +177,7 @@ func (a *Agent) pickSubset(sv *serviceView, port, subset string, labels map[stri
 	}
 	usable := func(e balance.Endpoint) bool {
 		ev := e.(*epView).ev
-		return ev.healthy && !a.isEjected(ev.key) && (ev.local || !a.isGossipDead(ev.ep.Spec.Node))
+		return ev.healthy && !a.isEjected(sv, ev.key) && (ev.local || !a.isGossipDead(ev.ep.Spec.Node))
 	}
 	p := balance.Policy{Balancer: a.balancers.Get(sv.svc.Spec.Balancer), MinHealthyShare: sv.svc.Spec.MinHealthyShare}
 	// The balancer's state (round robin's counter) is per destination

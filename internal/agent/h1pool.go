@@ -57,14 +57,29 @@ func (hp *h1Path) poolFor(sv *serviceView, ev *endpointView, port string) *httpp
 }
 
 // poolKey names everything dialing an endpoint's port depends on, so a
-// moved endpoint or a changed connect or idle timeout gets a fresh pool. It
+// moved endpoint or a changed connect or idle timeout or TCP keepalive gets
+// a fresh pool. It
 // is the one key of every upstream pool: the HTTP/1.1 fast path's (proto
 // "") and the ReverseProxy transports' (proto http, http2 or grpc); pruning
 // rebuilds the same keys from the view.
 func poolKey(sv *serviceView, ev *endpointView, port, proto string) string {
 	epPort, _ := ev.ep.Port(port)
-	return fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d|%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, l7IdleTimeout(sv),
-		sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection)
+	ka := keepAliveConfig(sv.svc.Spec.CircuitBreaker.TCPKeepalive) // the dial's
+	return fmt.Sprintf("%s|%s|%s|%s|%s|%d|%d|%d|%d|%t,%d,%d,%d", ev.key, port, proto, ev.mesh, ev.ep.Spec.Address, epPort, sv.svc.Spec.Timeouts.Connect, l7IdleTimeout(sv),
+		sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection, ka.Enable, ka.Idle, ka.Interval, ka.Count)
+}
+
+// forget drops pool p of one endpoint port, found closed by a request,
+// from the view's cache and the pools, so the next attempt gets a fresh
+// one (prune closes it with the rest if the view no longer has it).
+func (hp *h1Path) forget(sv *serviceView, ev *endpointView, port string, p *httpproxy.Pool) {
+	sv.transports.CompareAndDelete(h1PoolCacheKey{ev, port}, p)
+	key := poolKey(sv, ev, port, "")
+	hp.mu.Lock()
+	if hp.pools[key] == p {
+		delete(hp.pools, key)
+	}
+	hp.mu.Unlock()
 }
 
 // prune closes the pools of endpoints no longer in the view.

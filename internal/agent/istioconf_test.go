@@ -58,9 +58,13 @@ type confObs struct {
 	batch  int64 // v2 hits during the requests being checked
 }
 
-func (o *confObs) v2Ejected() bool { return o.client.isEjected(o.v2Key) }
+func (o *confObs) v2Ejected() bool { return o.client.isEjectedAnywhere(o.v2Key) }
 
-func (o *confObs) v2() outlier.HostState { return o.client.outliers.State(o.v2Key, time.Now()) }
+// v2 is v2's state in the service's detector (the cases' policies are
+// top-level only).
+func (o *confObs) v2() outlier.HostState {
+	return o.client.outliers.State(strings.TrimSuffix(o.v2Key, "-v2"), o.v2Key, time.Now())
+}
 
 // subsetsDR is the DestinationRule every routing case uses.
 const subsetsDR = `

@@ -15,7 +15,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/outlier"
+	"github.com/fogmesh/fogmesh/internal/retry"
+	"log/slog"
+	"net/http/httptest"
 )
 
 // poolCase is one service of TestIstioConnectionPool: its Istio documents
@@ -479,4 +484,74 @@ spec:
 			return len(b.conns) == 1
 		})
 	})
+}
+
+// TestPoolKeyKeepalive: views dialing with different tcpKeepalive settings
+// get pools of their own (the dial sets it; reviewer's regression: the key
+// left it out, so a pool dialled under one setting served the other).
+func TestPoolKeyKeepalive(t *testing.T) {
+	ep := &api.Endpoint{Meta: api.Meta{Name: "e", Namespace: "shop"}, Spec: api.EndpointSpec{Address: "10.0.0.1", Ports: []api.EndpointPort{{Name: "web", Port: 8080}}}}
+	ev := &endpointView{key: "shop/e", ep: ep}
+	mk := func(ka *api.TCPKeepalive) *serviceView {
+		return &serviceView{svc: &api.Service{Meta: api.Meta{Name: "r", Namespace: "shop"}, Spec: api.ServiceSpec{
+			CircuitBreaker: api.CircuitBreaker{TCPKeepalive: ka}}}}
+	}
+	a, b, c := mk(nil), mk(&api.TCPKeepalive{Time: api.Duration(10e9)}), mk(&api.TCPKeepalive{Time: api.Duration(20e9)})
+	if poolKey(a, ev, "web", "") == poolKey(b, ev, "web", "") || poolKey(b, ev, "web", "") == poolKey(c, ev, "web", "") {
+		t.Errorf("views dialing with different tcpKeepalive share one pool: %s", poolKey(b, ev, "web", ""))
+	}
+	if poolKey(b, ev, "web", "") != poolKey(mk(&api.TCPKeepalive{Time: api.Duration(10e9)}), ev, "web", "") {
+		t.Error("equal settings got different pools")
+	}
+}
+
+// TestPoolClosedIsNoConnectFailure: an attempt that finds its upstream
+// pool closed (pruned by a view swap, here closed before the request)
+// sent nothing and says nothing about the endpoint: it is not fed to
+// outlier detection (no quarantine under fogmesh's connectFailure
+// "eject") and is tried again for free on a fresh pool, so the request
+// succeeds even with one endpoint and no retries.
+func TestPoolClosedIsNoConnectFailure(t *testing.T) {
+	backend := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go backend.Serve(ln)
+	defer backend.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	a := &Agent{log: slog.New(slog.NewTextHandler(io.Discard, nil)), retries: retry.NewBudget()}
+	a.cfg.Metrics = metrics.NewSet()
+	a.cfg.EjectFor = Duration(time.Minute)
+	a.initMetrics()
+	s := &l7{a: a}
+	s.h1 = newH1Path(s)
+	svc := &api.Service{Meta: api.Meta{Name: "pc", Namespace: "shop"}, Spec: api.ServiceSpec{
+		Ports: []api.ServicePort{{Name: "web", Port: 80, Protocol: "http"}}}}
+	ep := &api.Endpoint{Meta: api.Meta{Name: "pc-1", Namespace: "shop"}, Spec: api.EndpointSpec{Service: "pc", Address: "127.0.0.1",
+		Ports: []api.EndpointPort{{Name: "web", Port: port}}}}
+	ev := &endpointView{key: ep.Meta.Key(), ep: ep, healthy: true}
+	sv := &serviceView{svc: svc, limitKey: "shop/pc", endpoints: []*endpointView{ev}}
+	v := &view{services: map[string]*serviceView{"shop/pc": sv}}
+	a.view.Store(v)
+	a.syncOutliers(v)
+
+	closed := s.h1.poolFor(sv, ev, "web")
+	closed.Close(false) // as prune does during a view swap
+	req := httptest.NewRequest("GET", "http://pc/", nil)
+	resp, err := s.h1.rt.roundTrip(req, sv, listenTarget{svc: "shop/pc", port: "web", proto: "http"}, []*endpointView{ev}, api.RetryPolicy{}, "")
+	if err != nil {
+		t.Fatalf("a closed pool failed the request: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "ok" {
+		t.Errorf("got %d %q, want 200 ok", resp.StatusCode, b)
+	}
+	if a.isEjectedAnywhere(ev.key) || a.outliers.State("shop/pc", ev.key, time.Now()) != (outlier.HostState{}) {
+		t.Errorf("the closed pool was counted against the endpoint: ejected %v, state %+v",
+			a.isEjectedAnywhere(ev.key), a.outliers.State("shop/pc", ev.key, time.Now()))
+	}
+	s.h1.closeAll()
 }

@@ -91,7 +91,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 	}
 	a.retries.Deposit(t.svc)
 	var last *http.Response // the last upstream response not returned, body kept
-	retries, dials := 0, 0
+	retries, dials, poolClosed := 0, 0, 0
 	for i := 0; ; i++ {
 		ev := cands[i%len(cands)]
 		if i > 0 {
@@ -120,7 +120,8 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			release = func() { perTryTimer.Stop(); cancel(nil); watchRelease() }
 			attemptCtx = ctx
 		}
-		resp, err := a.egressRoundTrip(lt.upstream(sv, ev, t), sv, ev, req.WithContext(attemptCtx))
+		rt := lt.upstream(sv, ev, t)
+		resp, err := a.egressRoundTrip(rt, sv, ev, req.WithContext(attemptCtx))
 		active.Add(-1)
 		if err != nil {
 			release()
@@ -178,7 +179,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			if resp.StatusCode == http.StatusSwitchingProtocols || !lt.mayRetry(t, pol, req.Method, replayable(), o, retries) {
 				return resp, nil
 			}
-			if kept := keepResponse(resp); kept != nil {
+			if kept := keepResponse(resp, keepResponseWait(perTry)); kept != nil {
 				last = kept
 			}
 			retries++
@@ -187,6 +188,21 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				return lt.exhausted(last, req.Context().Err())
 			}
 			continue
+		}
+		if errors.Is(err, httpproxy.ErrPoolClosed) && req.Context().Err() == nil {
+			// The pool was closed under the attempt (a view swap pruned
+			// it, or the agent is stopping): nothing was sent and the
+			// endpoint is not to blame. No outlier detection; a free
+			// attempt on a fresh pool (the next candidate, or this one
+			// again).
+			if p, ok := rt.(*httpproxy.Pool); ok {
+				lt.l7.h1.forget(sv, ev, t.port, p)
+			}
+			if poolClosed < maxAttempts {
+				poolClosed++
+				continue
+			}
+			return lt.exhausted(last, err)
 		}
 		a.requestMetrics(t.svc, route, ev, 0, time.Since(start))
 		if req.Context().Err() != nil {
@@ -257,23 +273,52 @@ func (lt *lbTransport) exhausted(last *http.Response, err error) (*http.Response
 // keepResponse reads a response about to be retried into memory, so it
 // can still be the answer if no later attempt gets one; nil (and the
 // response closed) when its body is of unknown length (it could stream
-// for ever), too long to keep, or fails.
-func keepResponse(resp *http.Response) *http.Response {
-	defer resp.Body.Close()
+// for ever), too long to keep, fails, or has not all arrived within wait:
+// a body that stalls must not hold up the retry (the read is abandoned
+// and the body closed, which ends it).
+func keepResponse(resp *http.Response, wait time.Duration) *http.Response {
 	if resp.ContentLength < 0 || resp.ContentLength > keptResponseLimit {
+		resp.Body.Close()
 		return nil
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, resp.ContentLength+1))
-	if err != nil || int64(len(b)) != resp.ContentLength {
+	type read struct {
+		b  []byte
+		ok bool
+	}
+	done := make(chan read, 1)
+	go func() {
+		b, err := io.ReadAll(io.LimitReader(resp.Body, resp.ContentLength+1))
+		ok := err == nil && int64(len(b)) == resp.ContentLength
+		if ok { // read to its end: the trailers are in
+			_, err = io.Copy(io.Discard, resp.Body)
+			ok = err == nil
+		}
+		done <- read{b, ok}
+	}()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case r := <-done:
+		resp.Body.Close()
+		if !r.ok {
+			return nil
+		}
+		kept := *resp
+		kept.Body = io.NopCloser(bytes.NewReader(r.b))
+		return &kept
+	case <-t.C:
+		go resp.Body.Close() // unblocks the read; Close may wait for it
 		return nil
 	}
-	// Read to its end: the trailers are in.
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return nil
+}
+
+// keepResponseWait bounds keepResponse's wait for a retried response's
+// body: the per-try timeout, at most a second.
+func keepResponseWait(perTry time.Duration) time.Duration {
+	if perTry > 0 && perTry < time.Second {
+		return perTry
 	}
-	kept := *resp
-	kept.Body = io.NopCloser(bytes.NewReader(b))
-	return &kept
+	return time.Second
 }
 
 // sleepBackoff waits Envoy's jittered back-off before retry n; false if

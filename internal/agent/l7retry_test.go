@@ -3,8 +3,10 @@ package agent
 import (
 	"errors"
 	"io"
+	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,3 +116,43 @@ func TestRetryPolicyOf(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepResponseStalls: a retriable 503 whose body stalls after its
+// header is given up after the wait (its body closed), so the retry
+// starts; one whose body arrives is kept (reviewer's regression:
+// keepResponse waited for the body with no bound but the request
+// timeout, none under Istio's default).
+func TestKeepResponseStalls(t *testing.T) {
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	body := &closeFlag{ReadCloser: pr}
+	resp := &http.Response{StatusCode: 503, ContentLength: 20, Body: body, Header: http.Header{}}
+	done := make(chan *http.Response, 1)
+	go func() { done <- keepResponse(resp, 50*time.Millisecond) }()
+	select {
+	case kept := <-done:
+		if kept != nil {
+			t.Error("a response whose body never arrived was kept")
+		}
+	case <-time.After(10 * time.Second):
+		pr.CloseWithError(io.ErrClosedPipe)
+		t.Fatal("keepResponse still blocked on a stalled 503 body: the retry waits for it")
+	}
+	waitFor(t, "the stalled body to be closed", body.closed.Load)
+	full := "upstream says no\n"
+	kept := keepResponse(&http.Response{StatusCode: 503, ContentLength: int64(len(full)), Body: io.NopCloser(strings.NewReader(full))}, time.Minute)
+	if kept == nil {
+		t.Fatal("a complete body was not kept")
+	}
+	if b, _ := io.ReadAll(kept.Body); string(b) != full {
+		t.Errorf("kept body %q, want %q", b, full)
+	}
+}
+
+// closeFlag records that its body was closed.
+type closeFlag struct {
+	io.ReadCloser
+	closed atomic.Bool
+}
+
+func (c *closeFlag) Close() error { c.closed.Store(true); return c.ReadCloser.Close() }

@@ -180,7 +180,7 @@ func (a *Agent) Routes() []RouteStatus {
 		for _, ev := range sv.endpoints {
 			rs.Endpoints = append(rs.Endpoints, EndpointStatus{Name: ev.ep.Meta.Name, Node: ev.ep.Spec.Node,
 				Address: ev.ep.Spec.Address, Tier: ev.tier.String(), Healthy: ev.healthy,
-				Ejected: a.isEjected(ev.key), Active: a.endpointActive(ev.key).Load(),
+				Ejected: a.isEjectedAnywhere(ev.key), Active: a.endpointActive(ev.key).Load(),
 				Weight: a.weight(ev), LatencyMillis: a.stats(ev.key).latency() * 1000})
 		}
 		out = append(out, rs)

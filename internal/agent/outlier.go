@@ -57,9 +57,28 @@ func outlierConfig(od *api.OutlierDetection) outlier.Config {
 	return c
 }
 
-// isEjected reports whether pick must skip an endpoint: quarantined after
-// a failed connect, or ejected by its service's outlier detection.
-func (a *Agent) isEjected(key string) bool { return a.outliers.Ejected(key, time.Now()) }
+// isEjected reports whether pick must skip an endpoint for requests to
+// destination sv: quarantined after a failed connect, or ejected by the
+// outlier detection of sv's destination (a service, subset or port: each
+// has a detector of its own, as each is an Envoy cluster under Istio).
+func (a *Agent) isEjected(sv *serviceView, key string) bool {
+	return a.outliers.Ejected(sv.outlierKey(), key, time.Now())
+}
+
+// isEjectedAnywhere reports whether an endpoint is quarantined or ejected
+// by any destination's detector (status pages).
+func (a *Agent) isEjectedAnywhere(key string) bool {
+	return a.outliers.EjectedAnywhere(key, time.Now())
+}
+
+// outlierKey names the detector of sv's destination: the service's key,
+// or "ns/name|subset|port" for a destination view (destViews).
+func (sv *serviceView) outlierKey() string {
+	if sv.destKey != "" {
+		return sv.destKey
+	}
+	return sv.svc.Meta.Key()
+}
 
 // outcome feeds outlier detection one attempt's result: the response's
 // status code, or a broken exchange (a reset: a local-origin failure).
@@ -72,11 +91,11 @@ func (a *Agent) outcome(sv *serviceView, ev *endpointView, code int, broken bool
 }
 
 func (a *Agent) reportOutcome(sv *serviceView, ev *endpointView, o outlier.Outcome) {
-	e := a.outliers.Report(sv.svc.Meta.Key(), outlierConfig(&sv.svc.Spec.OutlierDetection), ev.key, o, time.Now())
+	e := a.outliers.Report(sv.outlierKey(), ev.key, o, time.Now())
 	switch {
 	case e.Ejected:
 		a.m.outlierEjections.Inc()
-		a.log.Warn("agent: endpoint ejected for consecutive errors", "service", sv.svc.Meta.Key(), "endpoint", ev.key,
+		a.log.Warn("agent: endpoint ejected for consecutive errors", "service", sv.svc.Meta.Key(), "destination", sv.outlierKey(), "endpoint", ev.key,
 			"reason", e.Reason, "for", e.For)
 	case e.Reason != "":
 		a.m.ejectionsSkipped.Inc() // max ejected percent reached
@@ -142,18 +161,25 @@ func (a *Agent) eject(ev *endpointView) {
 // successful_active_health_check_uneject_host.
 func (a *Agent) unejectPassed(key string) { a.outliers.Uneject(key, time.Now()) }
 
-// syncOutliers gives each service's detector its policy and its pool (the
-// service's endpoints) after a rebuild, and forgets removed services.
+// syncOutliers gives each destination's detector (the service's, and
+// each subset's or port's with a traffic policy of its own) its policy
+// and its pool after a rebuild, and forgets removed destinations. It is
+// the only place detectors are configured: outcomes never change them.
+// A subset's pool is its endpoints (Istio's subset cluster).
 func (a *Agent) syncOutliers(v *view) {
 	now := time.Now()
-	keep := make(map[string]bool, len(v.services))
-	for key, sv := range v.services {
-		keep[key] = true
-		keys := make([]string, len(sv.endpoints))
-		for i, ev := range sv.endpoints {
-			keys[i] = ev.key
+	keep := map[string]bool{}
+	v.eachDestination(func(sv *serviceView) {
+		labels := sv.subsets[sv.destSubset]
+		keys := make([]string, 0, len(sv.endpoints))
+		for _, ev := range sv.endpoints {
+			if sv.destSubset == "" || hasLabels(ev, labels) {
+				keys = append(keys, ev.key)
+			}
 		}
+		key := sv.outlierKey()
+		keep[key] = true
 		a.outliers.Sync(key, outlierConfig(&sv.svc.Spec.OutlierDetection), keys, now)
-	}
+	})
 	a.outliers.Prune(keep)
 }

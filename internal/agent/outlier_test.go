@@ -2,11 +2,14 @@ package agent
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/outlier"
 )
@@ -93,15 +96,54 @@ spec: {host: cfcount, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1
 			}
 		}
 	}
-	if !a.isEjected("demo/cfown-dead") {
+	if !a.isEjectedAnywhere("demo/cfown-dead") {
 		t.Error("fogmesh's own service: the endpoint refusing connections is not quarantined")
 	}
-	if a.isEjected("demo/cfistio-dead") {
+	if a.isEjectedAnywhere("demo/cfistio-dead") {
 		t.Error("Istio DestinationRule without outlierDetection: the endpoint refusing connections was ejected")
 	}
 	// With outlierDetection the refused connects count as 5xx errors
 	// (Envoy maps a connect failure to 503), short of ejecting.
-	if got := a.outliers.State("demo/cfcount-dead", time.Now()); got.Consecutive5xx == 0 || got.Ejected || a.isEjected("demo/cfcount-dead") {
+	if got := a.outliers.State("demo/cfcount", "demo/cfcount-dead", time.Now()); got.Consecutive5xx == 0 || got.Ejected || a.isEjectedAnywhere("demo/cfcount-dead") {
 		t.Errorf("the refused connects were not counted, or ejected: %+v", got)
+	}
+}
+
+// TestSubsetViewKeepsServiceEjections: a subset with a traffic policy of
+// its own has an outlier detector of its own (Istio: a cluster per
+// subset); a request routed to it neither reconfigures nor resets the
+// service's detector (reviewer's regression: a 200 from subset v1's view,
+// whose outlierDetection is off, un-ejected the service's endpoint).
+func TestSubsetViewKeepsServiceEjections(t *testing.T) {
+	a := &Agent{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	a.cfg.Metrics = metrics.NewSet()
+	a.initMetrics()
+	svc := &api.Service{Meta: api.Meta{Name: "r", Namespace: "shop"}, Spec: api.ServiceSpec{
+		OutlierDetection: api.OutlierDetection{ConsecutiveErrors: 1, MaxEjectedPercent: 100, ConnectFailure: api.ConnectFailureCount}}}
+	eps := []*endpointView{{key: "shop/a"}, {key: "shop/b"}}
+	sv := &serviceView{svc: svc, limitKey: "shop/r", endpoints: eps}
+	p := &api.DestinationPolicy{Spec: api.DestinationPolicySpec{Subsets: []api.Subset{
+		{Name: "v1", Labels: map[string]string{"v": "1"}, Policy: &api.DestinationPolicySpec{
+			OutlierDetection: &api.OutlierDetection{ConsecutiveErrors: -1, ConnectFailure: api.ConnectFailureCount},
+			CircuitBreaker:   &api.CircuitBreaker{MaxConnections: 5}}},
+	}}}
+	sv.dests = destViews(sv, p)
+	v := &view{services: map[string]*serviceView{"shop/r": sv}}
+	a.syncOutliers(v)
+	a.outcome(sv, eps[0], 500, false)
+	if !a.isEjected(sv, "shop/a") {
+		t.Fatal("setup: a not ejected after one 500")
+	}
+	v1 := effectivePolicy(sv, "v1", "")
+	if a.isEjected(v1, "shop/a") {
+		t.Error("the service's ejection applies to subset v1 (its own detector, detection off)")
+	}
+	a.outcome(v1, eps[1], 200, false) // one request routed to subset v1
+	a.outcome(v1, eps[0], 500, false)
+	if !a.isEjected(sv, "shop/a") {
+		t.Error("requests to subset v1 un-ejected shop/a for the service")
+	}
+	if a.isEjected(v1, "shop/a") {
+		t.Error("subset v1 (detection off) ejected shop/a")
 	}
 }

@@ -8,15 +8,22 @@ import (
 )
 
 // The traffic policy in force for a request: the service's own settings,
-// overridden by its DestinationPolicy's, then by the policy's for the
-// request's port (Istio's portLevelSettings), then by the policy of the
-// subset a route sends the request to (Istio's subsets[].trafficPolicy:
+// overridden by its DestinationPolicy's, then by the policy of the subset
+// a route sends the request to (Istio's subsets[].trafficPolicy:
 // "policies specified for subsets will not take effect until a route rule
-// explicitly sends traffic to this subset"), then by that subset's for the
-// port. Balancing, outlier detection, the circuit breaker and the upstream
-// pools all read sv.svc.Spec, so each (subset, port) with settings of its
-// own gets a view of its own whose svc carries the merged settings
-// (destViews), and effectivePolicy is where a request's view is chosen.
+// explicitly sends traffic to this subset"). A port's policy (Istio's
+// portLevelSettings) does not inherit: "Traffic settings specified at the
+// destination-level will not be inherited when overridden by port-level
+// settings, i.e. default values will be applied to fields omitted in
+// port-level traffic policies". So a top-level port's settings start from
+// the service's own (balancer, hash key, locality, outlier detection,
+// circuit breaker and connect timeout) before the subset's apply, and a
+// subset's port's are, alone over the service's own, all that applies
+// (Istio's MergeTrafficPolicy). Balancing, outlier detection, the circuit
+// breaker and the upstream pools all read sv.svc.Spec, so each (subset,
+// port) with settings of its own gets a view of its own whose svc carries
+// the merged settings (destViews), and effectivePolicy is where a
+// request's view is chosen.
 
 // destKey names a destination within a service: a subset ("": none) and a
 // service port by name ("": any).
@@ -38,7 +45,8 @@ func effectivePolicy(sv *serviceView, subset, port string) *serviceView {
 
 // withPolicy returns a copy of svc with what p sets overridden (each set
 // field replaces the service's whole, as Istio merges a subset's
-// trafficPolicy into the DestinationRule's).
+// trafficPolicy into the DestinationRule's). Everything it sets is what a
+// port's policy replaces (portPolicy).
 func withPolicy(svc *api.Service, p *api.DestinationPolicySpec) *api.Service {
 	out := *svc
 	if p.Balancer != "" {
@@ -65,6 +73,13 @@ func withPolicy(svc *api.Service, p *api.DestinationPolicySpec) *api.Service {
 	return &out
 }
 
+// portPolicy is a port's policy pp in force: over base, the service's
+// own settings (before any policy), not the destination's (Istio: port-
+// level settings do not inherit).
+func portPolicy(base *api.Service, pp *api.DestinationPolicySpec) *api.Service {
+	return withPolicy(base, pp)
+}
+
 // portPolicies returns a policy's port policies by service port name
 // (ports the service does not have are left out).
 func portPolicies(svc *api.Service, pps []api.PortPolicy) map[string]*api.DestinationPolicySpec {
@@ -84,7 +99,8 @@ func portPolicies(svc *api.Service, pps []api.PortPolicy) map[string]*api.Destin
 
 // destViews builds the views of the destinations of sv with settings of
 // their own under p, once sv is complete (its endpoints sorted), sv.svc
-// already carrying p's own settings. A destination whose circuit breaker
+// already carrying p's own settings (sv.base: the service before them;
+// nil: sv.svc). A destination whose circuit breaker
 // is set at its subset or port level counts its requests apart (Istio: a
 // subset, and a port, is a cluster of its own).
 func destViews(sv *serviceView, p *api.DestinationPolicy) map[destKey]*serviceView {
@@ -94,6 +110,7 @@ func destViews(sv *serviceView, p *api.DestinationPolicy) map[destKey]*serviceVi
 			svc: svc, route: sv.route, subsets: sv.subsets, sessions: sv.sessions,
 			vip4: sv.vip4, vip6: sv.vip6, endpoints: sv.endpoints, callerLabels: sv.callerLabels,
 			limitKey: sv.limitKey,
+			destKey:  sv.svc.Meta.Key() + "|" + k.subset + "|" + k.port, destSubset: k.subset,
 		}
 		if ownPool {
 			d.limitKey, d.limitSubset = sv.limitKey+"|"+k.subset+"|"+k.port, k.subset
@@ -103,9 +120,13 @@ func destViews(sv *serviceView, p *api.DestinationPolicy) map[destKey]*serviceVi
 		}
 		m[k] = d
 	}
+	base := sv.base
+	if base == nil {
+		base = sv.svc
+	}
 	top := portPolicies(sv.svc, p.Spec.Ports)
 	for port, pp := range top {
-		add(destKey{"", port}, withPolicy(sv.svc, pp), pp.CircuitBreaker != nil)
+		add(destKey{"", port}, portPolicy(base, pp), pp.CircuitBreaker != nil)
 	}
 	for _, ss := range p.Spec.Subsets {
 		if ss.Policy == nil {
@@ -123,13 +144,13 @@ func destViews(sv *serviceView, p *api.DestinationPolicy) map[destKey]*serviceVi
 		for port := range ports {
 			svc, pool := sv.svc, ss.Policy.CircuitBreaker != nil
 			if pp := top[port]; pp != nil {
-				svc = withPolicy(svc, pp)
+				svc = portPolicy(base, pp)
 				pool = pool || pp.CircuitBreaker != nil
 			}
 			svc = withPolicy(svc, ss.Policy)
-			if pp := own[port]; pp != nil {
-				svc = withPolicy(svc, pp)
-				pool = pool || pp.CircuitBreaker != nil
+			if pp := own[port]; pp != nil { // only the subset's port's
+				svc = portPolicy(base, pp)
+				pool = ss.Policy.CircuitBreaker != nil || pp.CircuitBreaker != nil
 			}
 			add(destKey{ss.Name, port}, svc, pool)
 		}

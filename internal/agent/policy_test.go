@@ -76,9 +76,9 @@ func TestLimits(t *testing.T) {
 	}
 }
 
-// TestEffectivePolicyPorts: a port's settings apply after the policy's and
-// before the subset's, a subset's port's last (Istio's merge); a port's
-// pool counts apart.
+// TestEffectivePolicyPorts: a port's settings apply before the subset's,
+// a subset's port's alone (Istio's merge: a port's settings do not
+// inherit); a port's pool counts apart.
 func TestEffectivePolicyPorts(t *testing.T) {
 	svc := &api.Service{Meta: api.Meta{Name: "db", Namespace: "shop"}, Spec: api.ServiceSpec{
 		Ports:          []api.ServicePort{{Name: "sql", Port: 5432}, {Name: "web", Port: 8080}},
@@ -106,7 +106,7 @@ func TestEffectivePolicyPorts(t *testing.T) {
 		{"", "sql", "random", 5, "shop/db||sql"},
 		{"a", "sql", "random", 5, "shop/db||sql"}, // no policy of its own: the port's
 		{"b", "sql", "least-conn", 5, "shop/db|b|sql"},
-		{"b", "web", "least-conn", 1, "shop/db|b|web"},
+		{"b", "web", "edge-aware", 1, "shop/db|b|web"}, // the subset's port's alone: the service's balancer
 		{"b", "", "least-conn", 50, "shop/db"},
 	} {
 		d := effectivePolicy(sv, c.subset, c.port)
@@ -114,5 +114,66 @@ func TestEffectivePolicyPorts(t *testing.T) {
 			t.Errorf("(%q, %q): balancer %s, maxConnections %d, limitKey %q; want %s, %d, %q", c.subset, c.port,
 				d.svc.Spec.Balancer, d.svc.Spec.CircuitBreaker.MaxConnections, d.limitKey, c.balancer, c.maxConns, c.limitKey)
 		}
+	}
+}
+
+// TestEffectivePolicyPortsDoNotInherit: Istio: "Traffic settings specified
+// at the destination-level will not be inherited when overridden by
+// port-level settings, i.e. default values will be applied to fields
+// omitted in port-level traffic policies" (reviewer's case: port 9090
+// with a loadBalancer only kept the top level's pool and hash key).
+func TestEffectivePolicyPortsDoNotInherit(t *testing.T) {
+	objs, _, err := api.DecodeWithWarnings([]byte(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: r, namespace: shop}
+spec:
+  host: r
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+    connectionPool: {http: {http2MaxRequests: 10}}
+    outlierDetection: {consecutive5xxErrors: 3}
+    portLevelSettings:
+    - port: {number: 9090}
+      loadBalancer: {simple: ROUND_ROBIN}
+  subsets:
+  - name: v1
+    labels: {v: "1"}
+    trafficPolicy:
+      connectionPool: {tcp: {maxConnections: 7}}
+      portLevelSettings:
+      - port: {number: 8080}
+        outlierDetection: {consecutive5xxErrors: 9}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := objs[0].(*api.DestinationPolicy)
+	svc := &api.Service{Meta: api.Meta{Name: "r", Namespace: "shop"}, Spec: api.ServiceSpec{
+		Balancer: "edge-aware", Locality: api.LocalityTiers, Ports: []api.ServicePort{{Name: "web", Port: 8080}, {Name: "admin", Port: 9090}}}}
+	sv := &serviceView{svc: withPolicy(svc, &p.Spec), base: svc, limitKey: "shop/r"}
+	sv.dests = destViews(sv, p)
+	d := effectivePolicy(sv, "", "admin").svc.Spec
+	if d.CircuitBreaker.MaxRequests != 0 {
+		t.Errorf("port 9090 (loadBalancer only) inherited the top-level connectionPool: maxRequests %d; Istio applies defaults", d.CircuitBreaker.MaxRequests)
+	}
+	if d.HashKey != nil || d.Balancer != "round-robin" {
+		t.Errorf("port 9090: balancer %q, hash key %+v; want round-robin, none", d.Balancer, d.HashKey)
+	}
+	if d.Locality != api.LocalityNone {
+		t.Errorf("port 9090 (no outlierDetection) prefers the nearest locality (%q); Istio: none", d.Locality)
+	}
+	if d.OutlierDetection.ConsecutiveErrors != -1 {
+		t.Errorf("port 9090 inherited the top-level outlierDetection %+v; Istio: off", d.OutlierDetection)
+	}
+	if w := effectivePolicy(sv, "", "web").svc.Spec; w.CircuitBreaker.MaxRequests != 10 || w.HashKey == nil {
+		t.Errorf("port 8080 (no port settings) lost the top level's: %+v", w)
+	}
+	// Subset v1 on 9090: the top level with 9090's merged in, then v1's pool.
+	if s := effectivePolicy(sv, "v1", "admin").svc.Spec; s.CircuitBreaker.MaxConnections != 7 || s.HashKey != nil || s.OutlierDetection.ConsecutiveErrors != -1 {
+		t.Errorf("v1 on 9090: %+v; want maxConnections 7, no hash key, detection off", s)
+	}
+	// Subset v1 on 8080: only its port's entry (outlierDetection 9).
+	if s := effectivePolicy(sv, "v1", "web").svc.Spec; s.CircuitBreaker.MaxConnections != 0 || s.HashKey != nil || s.OutlierDetection.ConsecutiveErrors != 9 {
+		t.Errorf("v1 on 8080: %+v; want no pool limits, no hash key, consecutive errors 9", s)
 	}
 }

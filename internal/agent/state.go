@@ -268,6 +268,14 @@ type serviceView struct {
 	dests       map[destKey]*serviceView
 	limitKey    string
 	limitSubset string
+	// destKey names a destination view's outlier detector
+	// ("ns/name|subset|port"; "" for the service's own view, whose
+	// detector is "ns/name"), destSubset its subset (its detector's pool).
+	destKey    string
+	destSubset string
+	// base is the service before its DestinationPolicy (nil: none), what
+	// a port's policy starts from (portPolicy).
+	base *api.Service
 }
 
 type endpointView struct {
@@ -396,7 +404,7 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		}
 	}
 	for sv, p := range newest {
-		sv.svc = withPolicy(sv.svc, &p.Spec) // policy.go
+		sv.base, sv.svc = sv.svc, withPolicy(sv.svc, &p.Spec) // policy.go
 		sv.subsets = map[string]map[string]string{}
 		for _, ss := range p.Spec.Subsets {
 			sv.subsets[ss.Name] = ss.Labels

@@ -33,6 +33,9 @@ func isIstio(r json.RawMessage) bool {
 type walker struct {
 	warnings []string
 	opts     DecodeOptions
+	// outlierAbove: the policy being translated is a subset's and the
+	// DestinationRule's top level has outlierDetection, which it inherits.
+	outlierAbove bool
 }
 
 func (w *walker) leftovers(path string, m map[string]any) {
@@ -693,7 +696,7 @@ func (w *walker) localityLB(p *DestinationPolicy, loc map[string]any, outlier bo
 	switch {
 	case ok && !en:
 		p.Spec.Locality = LocalityNone
-	case outlier:
+	case outlier || w.outlierAbove:
 		p.Spec.Locality = LocalityTiers
 	default:
 		w.warnings = append(w.warnings, path+" has no effect without outlierDetection (as in Istio): every healthy endpoint shares the load")
@@ -717,6 +720,16 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 	// Istio ejects nothing for errors unless the rule has outlierDetection
 	// (issue 11: an always-500 endpoint was ejected after 5 errors).
 	p.Spec.OutlierDetection = &OutlierDetection{ConsecutiveErrors: -1, ConnectFailure: ConnectFailureCount}
+	// What decides locality at each level, read before the levels are
+	// translated (subsetPolicies merges them as Istio does).
+	topRaw := rawLocality(obj(spec["trafficPolicy"]))
+	portRaw := map[int]localityRaw{}
+	for _, e := range func() []any { pls, _ := obj(spec["trafficPolicy"])["portLevelSettings"].([]any); return pls }() {
+		if n, ok := obj(obj(e)["port"])["number"].(float64); ok {
+			portRaw[int(n)] = rawLocality(obj(e))
+		}
+	}
+	var subRaw []localityRaw
 	subsets, _ := take[[]any](spec, "subsets")
 	for i, s := range subsets {
 		sm := cloneMap(obj(s))
@@ -728,9 +741,10 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 		}
 		delete(sm, "labels")
 		sub := Subset{Name: sname, Labels: labels}
+		subRaw = append(subRaw, rawLocality(obj(sm["trafficPolicy"])))
 		if stp := obj(sm["trafficPolicy"]); stp != nil {
 			delete(sm, "trafficPolicy")
-			if sub.Policy, err = w.nestedPolicy(name, ns, host, sp+".trafficPolicy", stp); err != nil {
+			if sub.Policy, err = w.nestedPolicy(name, ns, host, sp+".trafficPolicy", stp, true, topRaw.od); err != nil {
 				return nil, err
 			}
 		}
@@ -824,7 +838,7 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 					delete(em, "portLevelSettings")
 					w.leftovers(path, map[string]any{"portLevelSettings": nil})
 				}
-				pp, err := w.nestedPolicy(name, ns, host, path, em)
+				pp, err := w.nestedPolicy(name, ns, host, path, em, false, false)
 				if err != nil {
 					return nil, err
 				}
@@ -833,7 +847,7 @@ func (w *walker) destinationRule(name, ns string, spec map[string]any) ([]Object
 		}
 		w.leftovers("spec.trafficPolicy", tp)
 	}
-	inheritPool(p)
+	subsetPolicies(p, topRaw, portRaw, subRaw)
 	w.leftovers("spec", spec)
 	return []Object{p}, nil
 }
@@ -944,15 +958,20 @@ func (w *walker) outlierDetection(od map[string]any) (*OutlierDetection, error) 
 // nestedPolicy translates a subset's trafficPolicy or a portLevelSettings
 // entry, at path, as the top-level trafficPolicy (the same code, so every
 // field means the same in every place), with the warnings and errors
-// naming its fields.
-func (w *walker) nestedPolicy(name, ns, host, path string, tp map[string]any) (*DestinationPolicySpec, error) {
+// naming its fields (odAbove: the top level it inherits from has
+// outlierDetection). A subset's policy leaves what it does not set unset,
+// so the top level's applies (Istio merges a subset's trafficPolicy into
+// the DestinationRule's field by field); a port's sets Istio's defaults
+// (Istio: "default values will be applied to fields omitted in
+// port-level traffic policies").
+func (w *walker) nestedPolicy(name, ns, host, path string, tp map[string]any, subset, odAbove bool) (*DestinationPolicySpec, error) {
 	rebase := func(s string) string {
 		if rest, ok := strings.CutPrefix(s, "spec.trafficPolicy"); ok {
 			return path + rest
 		}
 		return s
 	}
-	sub := &walker{opts: w.opts}
+	sub := &walker{opts: w.opts, outlierAbove: odAbove}
 	objs, err := sub.destinationRule(name, ns, map[string]any{"host": host, "trafficPolicy": tp})
 	if err != nil {
 		var fe *FieldError
@@ -966,58 +985,105 @@ func (w *walker) nestedPolicy(name, ns, host, path string, tp map[string]any) (*
 	}
 	ps := objs[0].(*DestinationPolicy).Spec
 	ps.Service = ""
-	if lb := obj(tp["loadBalancer"]); tp["outlierDetection"] == nil && (lb == nil || lb["localityLbSetting"] == nil) {
-		// Nothing here decides locality: the top level's choice stands
-		// (destinationRule sets one for every policy it translates).
-		ps.Locality = ""
+	if subset && tp["outlierDetection"] == nil {
+		ps.OutlierDetection = nil // the top level's applies
 	}
+	// Locality: a port's as translated (decided by the entry alone, as it
+	// replaces loadBalancer and outlierDetection); a subset's is decided
+	// after merging (subsetPolicies).
 	return &ps, nil
 }
 
-// inheritPool gives every subset without a connectionPool of its own the
-// DestinationRule's: Istio makes each subset a cluster of its own, with
-// its own circuit breaker counters (a route splitting between v1 and v2
-// under maxConnections 1 may have one connection to each).
-//
-// fogmesh applies a policy's settings, then its port's, then the subset's,
-// then the subset's port's; Istio's subset inherits the top level with its
-// port's merged in. So a subset without a pool of its own inherits the top
-// level's, and the top-level ports' for the ports it does not set.
-func inheritPool(p *DestinationPolicy) {
-	var portPools []PortPolicy
-	for _, pp := range p.Spec.Ports {
-		if pp.Policy.CircuitBreaker != nil {
-			portPools = append(portPools, pp)
-		}
+// localityRaw is what decides locality in one level of a DestinationRule
+// (its trafficPolicy, a subset's or a portLevelSettings entry), as written.
+type localityRaw struct {
+	lb, od  bool  // loadBalancer, outlierDetection set
+	enabled *bool // loadBalancer.localityLbSetting.enabled, when set
+}
+
+func rawLocality(tp map[string]any) localityRaw {
+	r := localityRaw{lb: tp["loadBalancer"] != nil, od: tp["outlierDetection"] != nil}
+	if en, ok := obj(obj(tp["loadBalancer"])["localityLbSetting"])["enabled"].(bool); ok {
+		r.enabled = &en
 	}
-	if p.Spec.CircuitBreaker == nil && len(portPools) == 0 {
-		return
+	return r
+}
+
+// istioLocality is Istio's locality choice for a merged policy whose
+// loadBalancer is lb's and with outlierDetection or not: nearest first
+// only with outlier detection and localityLbSetting not disabled.
+func istioLocality(lb localityRaw, od bool) string {
+	if od && (lb.enabled == nil || *lb.enabled) {
+		return LocalityTiers
+	}
+	return LocalityNone
+}
+
+// subsetPolicies completes the subsets' policies as Istio merges them
+// (pilot's MergeTrafficPolicy): the DestinationRule's trafficPolicy with
+// the request's port's portLevelSettings entry merged in (the entry's
+// loadBalancer, connectionPool and outlierDetection replace the top
+// level's, unset ones by the defaults), then the subset's set fields,
+// then, alone, the subset's own portLevelSettings entry for the port.
+//
+// fogmesh's agent applies a policy's settings, then the subset's, and a
+// port's over the service's own (policy.go). So each subset gets, for
+// every top-level port entry it has none of its own for, an entry with
+// that port's settings and the subset's over them; its locality is
+// decided after merging (the nearest loadBalancer's localityLbSetting,
+// outlierDetection from any level). A subset without a connectionPool of
+// its own gets the DestinationRule's: Istio makes each subset a cluster of
+// its own, with its own circuit breaker counters (a route splitting
+// between v1 and v2 under maxConnections 1 may have one connection to
+// each).
+func subsetPolicies(p *DestinationPolicy, top localityRaw, ports map[int]localityRaw, subs []localityRaw) {
+	pools := p.Spec.CircuitBreaker != nil
+	for _, pp := range p.Spec.Ports {
+		pools = pools || pp.Policy.CircuitBreaker != nil
 	}
 	for i := range p.Spec.Subsets {
 		s := &p.Spec.Subsets[i]
+		own := subs[i]
 		if s.Policy == nil {
+			if !pools {
+				continue // nothing of its own: the service's views apply
+			}
 			s.Policy = &DestinationPolicySpec{}
-		}
-		if s.Policy.CircuitBreaker != nil {
-			continue
-		}
-		if p.Spec.CircuitBreaker != nil {
-			cb := *p.Spec.CircuitBreaker
-			s.Policy.CircuitBreaker = &cb
+		} else {
+			lb := top
+			if own.lb {
+				lb = own
+			}
+			s.Policy.Locality = istioLocality(lb, own.od || top.od)
 		}
 	next:
-		for _, pp := range portPools {
-			for j := range s.Policy.Ports {
-				if sp := &s.Policy.Ports[j]; sp.Port == pp.Port {
-					if sp.Policy.CircuitBreaker == nil {
-						cb := *pp.Policy.CircuitBreaker
-						sp.Policy.CircuitBreaker = &cb
-					}
-					continue next
+		for _, pp := range p.Spec.Ports {
+			for _, sp := range s.Policy.Ports {
+				if sp.Port == pp.Port {
+					continue next // the subset's own entry: alone
 				}
 			}
-			cb := *pp.Policy.CircuitBreaker
-			s.Policy.Ports = append(s.Policy.Ports, PortPolicy{Port: pp.Port, Policy: DestinationPolicySpec{CircuitBreaker: &cb}})
+			e := pp.Policy
+			lb := ports[pp.Port]
+			if own.lb {
+				e.Balancer, e.HashKey, lb = s.Policy.Balancer, s.Policy.HashKey, own
+			}
+			if own.od {
+				e.OutlierDetection = s.Policy.OutlierDetection
+			}
+			if s.Policy.CircuitBreaker != nil {
+				e.CircuitBreaker = s.Policy.CircuitBreaker
+			}
+			if e.CircuitBreaker != nil {
+				cb := *e.CircuitBreaker
+				e.CircuitBreaker = &cb
+			}
+			e.Locality = istioLocality(lb, own.od || ports[pp.Port].od)
+			s.Policy.Ports = append(s.Policy.Ports, PortPolicy{Port: pp.Port, Policy: e})
+		}
+		if s.Policy.CircuitBreaker == nil && p.Spec.CircuitBreaker != nil {
+			cb := *p.Spec.CircuitBreaker
+			s.Policy.CircuitBreaker = &cb
 		}
 	}
 }

@@ -99,3 +99,33 @@ func TestOutlierDetectionBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestIstioSubsetInheritsOutlier: a subset's trafficPolicy without
+// outlierDetection inherits the DestinationRule's (Istio merges field by
+// field); it used to get detection off.
+func TestIstioSubsetInheritsOutlier(t *testing.T) {
+	doc := `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 3}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      connectionPool: {tcp: {maxConnections: 5}}
+`
+	objs, _, err := DecodeWithWarnings([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := objs[0].(*DestinationPolicy)
+	if od := p.Spec.Subsets[0].Policy.OutlierDetection; od != nil {
+		t.Errorf("subset without outlierDetection overrides the top-level's: %+v (Istio: inherits consecutive5xxErrors 3)", *od)
+	}
+	if p.Spec.OutlierDetection == nil || p.Spec.OutlierDetection.ConsecutiveErrors != 3 {
+		t.Errorf("top-level outlierDetection %+v, want consecutive5xxErrors 3", p.Spec.OutlierDetection)
+	}
+}

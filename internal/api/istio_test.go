@@ -551,13 +551,28 @@ spec:
 		t.Fatalf("ports %+v", p.Ports)
 	}
 	a, b, c := p.Subsets[0].Policy, p.Subsets[1].Policy, p.Subsets[2].Policy
-	if a.CircuitBreaker.MaxConnections != 50 || len(a.Ports) != 1 || a.Ports[0].Port != 5432 || a.Ports[0].Policy.CircuitBreaker.MaxConnections != 5 {
-		t.Errorf("a inherits the pool and the port's: %+v", a)
+	// Istio's merge per (subset, port): the top level with the port's
+	// entry merged in (its unset fields: defaults), then the subset's set
+	// fields; a subset's own entry for the port alone.
+	port := func(pol *DestinationPolicySpec, n int) *DestinationPolicySpec {
+		for i := range pol.Ports {
+			if pol.Ports[i].Port == n {
+				return &pol.Ports[i].Policy
+			}
+		}
+		t.Fatalf("no port %d in %+v", n, pol.Ports)
+		return nil
 	}
-	if b.CircuitBreaker.MaxConnections != 50 || len(b.Ports) != 1 || b.Ports[0].Policy.CircuitBreaker.MaxConnections != 5 || b.Ports[0].Policy.OutlierDetection.ConsecutiveErrors != 3 {
-		t.Errorf("b inherits the pools into its own port policy: %+v", b)
+	if a.CircuitBreaker.MaxConnections != 50 || len(a.Ports) != 2 || port(a, 5432).CircuitBreaker.MaxConnections != 5 ||
+		port(a, 8080).CircuitBreaker != nil || port(a, 8080).Balancer != "least-conn" {
+		t.Errorf("a inherits the pool and the ports': %+v", a)
 	}
-	if c.CircuitBreaker.MaxConnections != 2 || len(c.Ports) != 0 {
+	if b.CircuitBreaker.MaxConnections != 50 || len(b.Ports) != 2 || port(b, 5432).CircuitBreaker != nil || port(b, 5432).OutlierDetection.ConsecutiveErrors != 3 ||
+		port(b, 8080).Balancer != "least-conn" {
+		t.Errorf("b's own port entry applies alone (no pool limits), the top level's 8080 entry as a's: %+v", b)
+	}
+	if c.CircuitBreaker.MaxConnections != 2 || len(c.Ports) != 2 || port(c, 5432).CircuitBreaker.MaxConnections != 2 ||
+		port(c, 8080).CircuitBreaker.MaxConnections != 2 || port(c, 8080).Balancer != "least-conn" {
 		t.Errorf("c's own pool replaces the top level's, its ports' too (Istio): %+v", c)
 	}
 	for _, bad := range []string{"[{loadBalancer: {simple: RANDOM}}]", "[{port: {number: 0}}]", "[{port: {number: 80}}, {port: {number: 80}}]"} {

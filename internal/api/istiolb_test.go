@@ -67,3 +67,36 @@ func TestLocalityValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestIstioSubsetLocality: a subset's locality is decided after merging
+// (Istio): the loadBalancer in force (the subset's if it sets one, else
+// the top level's) and outlierDetection from either level. It used to be
+// decided from the subset's trafficPolicy alone.
+func TestIstioSubsetLocality(t *testing.T) {
+	for _, c := range []struct{ name, top, sub, want string }{
+		// The subset inherits the top loadBalancer (locality disabled) and adds OD: no locality preference.
+		{"top disables, subset adds OD", "loadBalancer: {localityLbSetting: {enabled: false}}", "outlierDetection: {consecutive5xxErrors: 3}", LocalityNone},
+		// The subset inherits the top OD, its loadBalancer enables locality: tiers.
+		{"top OD, subset enables", "outlierDetection: {consecutive5xxErrors: 3}", "loadBalancer: {localityLbSetting: {enabled: true}}", LocalityTiers},
+		// The subset's loadBalancer replaces the top's whole (localityLbSetting included).
+		{"top disables, subset LB without it", "loadBalancer: {localityLbSetting: {enabled: false}}, outlierDetection: {consecutive5xxErrors: 3}", "loadBalancer: {simple: RANDOM}", LocalityTiers},
+		{"no OD anywhere", "loadBalancer: {simple: RANDOM}", "connectionPool: {tcp: {maxConnections: 5}}", LocalityNone},
+	} {
+		doc := "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: shop}\nspec:\n  host: reviews\n  trafficPolicy: {" + c.top + "}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {" + c.sub + "}\n"
+		objs, w, err := DecodeWithWarnings([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := objs[0].(*DestinationPolicy)
+		got := p.Spec.Subsets[0].Policy.Locality
+		if got == "" {
+			got = p.Spec.Locality
+		}
+		if got != c.want {
+			t.Errorf("%s: subset locality %q, want %q (warnings %q)", c.name, got, c.want, w)
+		}
+		if c.name == "top OD, subset enables" && len(w) != 0 {
+			t.Errorf("%s: warnings %q (the subset inherits outlierDetection)", c.name, w)
+		}
+	}
+}

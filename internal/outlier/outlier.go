@@ -42,8 +42,7 @@
 //     this threshold, outlier detection will be disabled and the proxy will
 //     load balance across all hosts in the pool."
 //
-// Differences: the pool is one service's endpoints (Istio builds one
-// Envoy cluster per subset, each with its own pool); success-rate and
+// Differences: success-rate and
 // failure-percentage detection are not implemented (Istio turns
 // success-rate enforcement off anyway); healthy for minHealthPercent means
 // not ejected (endpoints failing their health check are not in the pool's

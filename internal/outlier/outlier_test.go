@@ -295,30 +295,66 @@ func TestSetQuarantineAndDetectors(t *testing.T) {
 	s.Sync("ns/a", cfg, []string{"ns/a1", "ns/a2"}, t0)
 	s.Sync("ns/b", Config{}, []string{"ns/b1"}, t0)
 	s.Quarantine("ns/b1", t0.Add(time.Second))
-	if !s.Ejected("ns/b1", t0) || s.Ejected("ns/b1", t0.Add(time.Second)) {
+	if !s.Ejected("ns/b", "ns/b1", t0) || s.Ejected("ns/b", "ns/b1", t0.Add(time.Second)) {
 		t.Fatal("quarantine is not until the given time")
 	}
-	if ev := s.Report("ns/a", cfg, "ns/a1", r500, t0); !ev.Ejected || !s.Ejected("ns/a1", t0) {
+	if ev := s.Report("ns/a", "ns/a1", r500, t0); !ev.Ejected || !s.Ejected("ns/a", "ns/a1", t0) || !s.EjectedAnywhere("ns/a1", t0) {
 		t.Fatalf("%+v", ev)
 	}
-	if ev := s.Report("ns/b", Config{}, "ns/b1", r500, t0); ev.Ejected || s.Ejected("ns/b1", t0) {
+	if ev := s.Report("ns/b", "ns/b1", r500, t0); ev.Ejected || s.Ejected("ns/b", "ns/b1", t0) {
 		t.Fatal("ejected with detection off")
 	}
 	s.Quarantine("ns/a1", t0.Add(time.Hour))
 	s.Uneject("ns/a1", t0)
-	if s.Ejected("ns/a1", t0) {
+	if s.Ejected("ns/a", "ns/a1", t0) {
 		t.Fatal("a passing check did not return it")
 	}
-	s.Report("ns/a", cfg, "ns/a2", r500, t0)
+	s.Report("ns/a", "ns/a2", r500, t0)
 	s.Prune(map[string]bool{"ns/b": true})
-	if s.Ejected("ns/a2", t0) {
+	if s.Ejected("ns/a", "ns/a2", t0) || s.EjectedAnywhere("ns/a2", t0) {
 		t.Fatal("a removed service's ejection is still applied")
 	}
+	if ev := s.Report("ns/a", "ns/a2", r500, t0); ev != (Event{}) {
+		t.Fatal("an outcome for a destination not synced was counted")
+	}
 	var zero Set
-	if zero.Ejected("x", t0) || zero.State("x", t0) != (HostState{}) {
+	if zero.Ejected("d", "x", t0) || zero.EjectedAnywhere("x", t0) || zero.State("d", "x", t0) != (HostState{}) {
 		t.Fatal("the zero set is not empty")
 	}
 	zero.Uneject("x", t0)
 	zero.Prune(nil)
 	zero.Reset()
+}
+
+// TestSetDestinationsApart: two destinations of one service (the service
+// and a subset with its own outlierDetection interval) share endpoints;
+// traffic to the subset neither changes the service's configuration nor
+// restarts its sweeps, so the service's ejection ends on time
+// (reviewer's regression: each report used to re-set one shared
+// detector's config and restart its sweep clock, so x was never returned).
+func TestSetDestinationsApart(t *testing.T) {
+	var s Set
+	now := time.Unix(1000, 0)
+	a := Config{Consecutive5xx: 1, Interval: time.Second, BaseEjectionTime: time.Second, MaxEjectionPercent: 100}
+	b := a
+	b.Interval = 2 * time.Second
+	s.Sync("shop/r", a, []string{"x", "y"}, now)
+	s.Sync("shop/r|v1|", b, []string{"x", "y"}, now)
+	if e := s.Report("shop/r", "x", Outcome{Status: 500}, now); !e.Ejected {
+		t.Fatal("setup: not ejected")
+	}
+	if s.Ejected("shop/r|v1|", "x", now) {
+		t.Fatal("the service's ejection applies to the subset's pool")
+	}
+	for i := 0; i < 600; i++ { // a minute of traffic, 100 ms apart, alternating destinations
+		now = now.Add(100 * time.Millisecond)
+		dest := "shop/r"
+		if i%2 == 1 {
+			dest = "shop/r|v1|"
+		}
+		s.Report(dest, "y", Outcome{Status: 200}, now)
+	}
+	if s.Ejected("shop/r", "x", now) {
+		t.Error("x still ejected a minute after a 1 s ejection")
+	}
 }

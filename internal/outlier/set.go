@@ -5,9 +5,16 @@ import (
 	"time"
 )
 
-// Set is an agent's outlier state: one Detector per service (the pool its
-// endpoints form) and the quarantine of unreachable endpoints. Safe for
+// Set is an agent's outlier state: one Detector per destination (a
+// service, or one of its subsets or ports with a traffic policy of its
+// own: Istio makes each an Envoy cluster with a detector of its own) and
+// the quarantine of unreachable endpoints. An endpoint may be in several
+// destinations' pools; each detector counts and ejects it apart. Safe for
 // concurrent use; the zero value is ready.
+//
+// A destination's configuration and pool are set only by Sync (from the
+// agent's view of the policies); Report only feeds outcomes, so traffic
+// to one destination never changes another's configuration.
 //
 // The quarantine is fogmesh's own fast failover, apart from outlier
 // detection: an endpoint that refused a connection is skipped for a fixed
@@ -15,73 +22,52 @@ import (
 // agent applies it only when the service's policy asks for it (fogmesh's
 // default; Istio documents only count the failure).
 type Set struct {
-	mu        sync.RWMutex         // guards the following
-	detectors map[string]*Detector // service key -> its pool's detector
-	owner     map[string]*Detector // endpoint key -> its service's detector
+	mu        sync.RWMutex         // guards detectors
+	detectors map[string]*Detector // destination key -> its pool's detector
 
 	quarantine sync.Map // endpoint key -> time.Time until which it is skipped
 }
 
-// Detector returns service's detector with cfg, created (sweeps starting
-// at now) if it does not exist.
-func (s *Set) Detector(service string, cfg Config, now time.Time) *Detector {
-	s.mu.RLock()
-	d := s.detectors[service]
-	s.mu.RUnlock()
-	if d == nil {
-		s.mu.Lock()
-		if d = s.detectors[service]; d == nil {
-			if s.detectors == nil {
-				s.detectors, s.owner = map[string]*Detector{}, map[string]*Detector{}
-			}
-			d = New(cfg, now)
-			s.detectors[service] = d
-		}
-		s.mu.Unlock()
-	}
-	d.SetConfig(cfg, now)
-	return d
-}
-
-// Sync sets one service's configuration and pool (its endpoints' keys).
-func (s *Set) Sync(service string, cfg Config, endpoints []string, now time.Time) {
-	d := s.Detector(service, cfg, now)
-	d.SetHosts(endpoints)
+// Sync sets one destination's configuration and pool (its endpoints'
+// keys), creating its detector (sweeps starting at now) if it has none.
+func (s *Set) Sync(dest string, cfg Config, endpoints []string, now time.Time) {
 	s.mu.Lock()
-	for _, k := range endpoints {
-		s.owner[k] = d
+	d := s.detectors[dest]
+	if d == nil {
+		if s.detectors == nil {
+			s.detectors = map[string]*Detector{}
+		}
+		d = New(cfg, now)
+		s.detectors[dest] = d
 	}
 	s.mu.Unlock()
+	d.SetConfig(cfg, now)
+	d.SetHosts(endpoints)
 }
 
-// Prune forgets the services not in keep, and their endpoints.
+// Prune forgets the destinations not in keep.
 func (s *Set) Prune(keep map[string]bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	gone := map[*Detector]bool{}
-	for svc, d := range s.detectors {
-		if !keep[svc] {
-			gone[d] = true
-			delete(s.detectors, svc)
-		}
-	}
-	for k, d := range s.owner {
-		if gone[d] {
-			delete(s.owner, k)
+	for dest := range s.detectors {
+		if !keep[dest] {
+			delete(s.detectors, dest)
 		}
 	}
 }
 
-// Report records an outcome of an attempt at endpoint key of service.
-func (s *Set) Report(service string, cfg Config, key string, o Outcome, now time.Time) Event {
-	d := s.Detector(service, cfg, now)
+func (s *Set) detector(dest string) *Detector {
 	s.mu.RLock()
-	known := s.owner[key] == d
-	s.mu.RUnlock()
-	if !known {
-		s.mu.Lock()
-		s.owner[key] = d
-		s.mu.Unlock()
+	defer s.mu.RUnlock()
+	return s.detectors[dest]
+}
+
+// Report records an outcome of an attempt at endpoint key of destination
+// dest. A destination Sync has not configured has no detection.
+func (s *Set) Report(dest, key string, o Outcome, now time.Time) Event {
+	d := s.detector(dest)
+	if d == nil {
+		return Event{}
 	}
 	return d.Report(key, o, now)
 }
@@ -91,38 +77,63 @@ func (s *Set) Quarantine(key string, until time.Time) {
 	s.quarantine.Store(key, until)
 }
 
-// Ejected reports whether endpoint key is skipped now: quarantined, or
-// ejected by its service's detector.
-func (s *Set) Ejected(key string, now time.Time) bool {
+func (s *Set) quarantined(key string, now time.Time) bool {
 	if v, ok := s.quarantine.Load(key); ok {
 		if now.Before(v.(time.Time)) {
 			return true
 		}
 		s.quarantine.CompareAndDelete(key, v)
 	}
-	s.mu.RLock()
-	d := s.owner[key]
-	s.mu.RUnlock()
+	return false
+}
+
+// Ejected reports whether endpoint key is skipped now by requests to
+// destination dest: quarantined, or ejected by dest's detector.
+func (s *Set) Ejected(dest, key string, now time.Time) bool {
+	if s.quarantined(key, now) {
+		return true
+	}
+	d := s.detector(dest)
 	return d != nil && d.Ejected(key, now)
 }
 
+// EjectedAnywhere reports whether endpoint key is quarantined or ejected
+// by any destination's detector (for status pages).
+func (s *Set) EjectedAnywhere(key string, now time.Time) bool {
+	if s.quarantined(key, now) {
+		return true
+	}
+	for _, d := range s.all() {
+		if d.Ejected(key, now) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Set) all() []*Detector {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*Detector, 0, len(s.detectors))
+	for _, d := range s.detectors {
+		out = append(out, d)
+	}
+	return out
+}
+
 // Uneject returns endpoint key at once (its active health check passed):
-// it lifts the quarantine and the detector's ejection.
+// it lifts the quarantine and every destination's ejection of it.
 func (s *Set) Uneject(key string, now time.Time) {
 	s.quarantine.Delete(key)
-	s.mu.RLock()
-	d := s.owner[key]
-	s.mu.RUnlock()
-	if d != nil {
+	for _, d := range s.all() {
 		d.Uneject(key, now)
 	}
 }
 
-// State returns endpoint key's detector state (zero if it has none).
-func (s *Set) State(key string, now time.Time) HostState {
-	s.mu.RLock()
-	d := s.owner[key]
-	s.mu.RUnlock()
+// State returns endpoint key's state in destination dest's detector (zero
+// if it has none).
+func (s *Set) State(dest, key string, now time.Time) HostState {
+	d := s.detector(dest)
 	if d == nil {
 		return HostState{}
 	}
@@ -133,6 +144,6 @@ func (s *Set) State(key string, now time.Time) HostState {
 func (s *Set) Reset() {
 	s.quarantine.Clear()
 	s.mu.Lock()
-	s.detectors, s.owner = nil, nil
+	s.detectors = nil
 	s.mu.Unlock()
 }
