@@ -14,6 +14,11 @@ import (
 var agentPackages = []string{
 	"agent", "balance", "httpproxy", "health", "svid", "mqtt/relay",
 	"egress", "localid", "outlier", "retry",
+	// The leaf packages the agent links (decoders, policy engine, masker,
+	// audit log, API types), held to the same rule.
+	"api", "mqtt", "authz", "mask", "audit", "audit/ship", "syncproto", "netseam",
+	"transport", "proxy", "gossip", "meshdns", "identity", "wire", "pathnorm", "sockowner",
+	"workloadapi", "atomicfile",
 }
 
 // maxFileLines is the size above which a file of the agent's packages

@@ -1,5 +1,7 @@
 package api
 
+// Over 500 lines: Route and DestinationPolicy with their validation, kept together as the reference for those documents.
+
 import (
 	"fmt"
 	"regexp"

@@ -5,6 +5,8 @@
 // JSON is the canonical encoding; YAML is accepted as an adapter (see Decode).
 package api
 
+// Over 500 lines: the resource types users write (Node, Service, Endpoint and their specs); one file is their reference.
+
 import (
 	"fmt"
 	"net/netip"

@@ -1,5 +1,7 @@
 package audit
 
+// Over 500 lines: chains, checkpoints and archives are verified by one walk over the log files.
+
 import (
 	"bufio"
 	"crypto"

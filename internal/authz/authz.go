@@ -15,6 +15,8 @@
 // namespace.
 package authz
 
+// Over 500 lines: the policy compiler and the decision engine share their rule types and matchers.
+
 import (
 	"fmt"
 	"net/http"

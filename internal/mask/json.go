@@ -1,5 +1,7 @@
 package mask
 
+// Over 500 lines: one streaming JSON scanner whose states refer to each other.
+
 import (
 	"errors"
 	"fmt"

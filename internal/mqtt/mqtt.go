@@ -14,6 +14,8 @@
 // length, protocol level, client id, will topic, topics and filters.
 package mqtt
 
+// Over 500 lines: the MQTT 3.1/3.1.1/5 packet grammar in one place (fixed header, properties, each packet type share the readers).
+
 import (
 	"bytes"
 	"encoding/binary"
