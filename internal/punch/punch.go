@@ -1,0 +1,474 @@
+// Package punch opens a direct UDP path between two nodes behind NATs
+// (issue 12): each gathers its candidates (the socket's local addresses
+// and its reflexive address as the relay sees it), the relay introduces
+// them to each other (both get the other's candidates under one nonce),
+// and both send small authenticated probes to every candidate of the
+// other at a short interval and answer the other's probes (simultaneous
+// open). A request answered proves a pair works both ways; the first such
+// pair wins, and the mesh's QUIC carrier (transport.QUICClient and
+// QUICServer) then runs over the same socket to that address: the node
+// whose ID sorts first dials, the other serves. If no pair answers within
+// Config.Timeout (1.5 s: a symmetric NAT, UDP blocked), Punch fails with
+// ErrNoPath and the caller uses the relay.
+//
+// Probes are read and written through the socket's quic.Transport
+// (ReadNonQUICPacket, WriteTo), so punching, keepalives and QUIC share one
+// socket and one NAT mapping. The package knows nothing of the agent.
+package punch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/fogmesh/fogmesh/internal/relay"
+)
+
+// Defaults of Config.
+const (
+	// DefaultTimeout leaves a caller with a 2 s budget time to fall back
+	// to the relay.
+	DefaultTimeout  = 1500 * time.Millisecond
+	DefaultInterval = 25 * time.Millisecond
+	// DefaultKeepAlive is below the 30 s after which common NATs forget an
+	// idle UDP mapping.
+	DefaultKeepAlive = 20 * time.Second
+	// DefaultGatherTimeout bounds the wait for the relay's reflexive
+	// answer: no answer by then means UDP does not get out.
+	DefaultGatherTimeout = time.Second
+)
+
+const (
+	maxCandidates  = 32  // per session, the relay's and triggered ones together
+	maxOutstanding = 512 // unanswered requests remembered per session
+	maxNonces      = 4096
+)
+
+// Errors of Punch and Gather.
+var (
+	// ErrNoPath: no candidate pair answered within the deadline.
+	ErrNoPath = errors.New("punch: no direct UDP path")
+	// ErrIntroReplay: an introduction whose nonce was already punched.
+	ErrIntroReplay = errors.New("punch: introduction replayed")
+	// ErrUDPBlocked: the relay's UDP port did not answer (UDP does not
+	// get out of this site); only the relay's TCP path is left.
+	ErrUDPBlocked = errors.New("punch: no reflexive UDP address")
+)
+
+// Config configures a Puncher. Transport and Self are required.
+type Config struct {
+	// Transport is the QUIC endpoint of the node's UDP socket
+	// (transport.NewQUICTransport); the QUIC carrier uses it too.
+	Transport *quic.Transport
+	// Self is this node's SPIFFE ID (relay.Client.Hello().Node).
+	Self string
+	// Timeout bounds one Punch. Default DefaultTimeout.
+	Timeout time.Duration
+	// Interval is the pause between two rounds of probes. Default
+	// DefaultInterval.
+	Interval time.Duration
+	// KeepAlive is how often a punched Path probes its peer to hold the
+	// NAT mappings. Default DefaultKeepAlive.
+	KeepAlive time.Duration
+	Logger    *slog.Logger
+}
+
+// Stats counts probes; every refusal has its reason.
+type Stats struct {
+	Sent      uint64 // requests sent
+	Answered  uint64 // peer requests answered
+	Responses uint64 // responses to our requests accepted
+
+	NotProbe       uint64 // non-QUIC datagrams that are not probes
+	Malformed      uint64 // probe magic but bad size, version or field
+	UnknownSession uint64 // no punch in progress or path open under that session
+	BadMAC         uint64 // forged, or made with another introduction's key
+	Replayed       uint64 // a request seq seen before
+	Reflected      uint64 // our own probe came back (overlapping subnets)
+	Unsolicited    uint64 // a response to no outstanding request of ours
+	IntroReplayed  uint64 // introductions refused as replays
+}
+
+// Puncher punches paths from one UDP socket.
+type Puncher struct {
+	cfg    Config
+	log    *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu       sync.Mutex // guards the following and every session
+	sessions map[[8]byte]*session
+	nonces   map[string]time.Time
+	stats    Stats
+}
+
+// session is one introduction's probing state.
+type session struct {
+	key    Key
+	role   byte // 0: we sort first and dial
+	peer   string
+	cands  []netip.AddrPort
+	seq    uint64
+	sent   map[uint64]sentProbe // outstanding requests by seq
+	window replayWindow
+	won    chan struct{} // closed when a request of ours is answered
+	winner netip.AddrPort
+	rtt    time.Duration
+	last   time.Time // last valid probe from the peer
+}
+
+type sentProbe struct {
+	to netip.AddrPort
+	at time.Time
+}
+
+// New checks cfg and starts reading probes from the transport.
+func New(cfg Config) (*Puncher, error) {
+	if cfg.Transport == nil {
+		return nil, errors.New("punch: config: no Transport")
+	}
+	if cfg.Self == "" {
+		return nil, errors.New("punch: config: no Self")
+	}
+	if cfg.Timeout < 0 || cfg.Interval < 0 || cfg.KeepAlive < 0 {
+		return nil, errors.New("punch: config: negative duration")
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Interval == 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = DefaultKeepAlive
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Puncher{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, done: make(chan struct{}),
+		sessions: map[[8]byte]*session{}, nonces: map[string]time.Time{}}
+	go p.readLoop()
+	return p, nil
+}
+
+// Close stops reading probes; open Paths stop answering. It leaves the
+// transport open.
+func (p *Puncher) Close() error {
+	p.cancel()
+	<-p.done
+	return nil
+}
+
+// Stats returns the counters so far.
+func (p *Puncher) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stats
+}
+
+// Connect asks the relay to introduce this node to peer with cands (this
+// node's own candidates, Candidates.Strings) and punches to the peer's.
+func (p *Puncher) Connect(ctx context.Context, rc *relay.Client, peer string, cands []string) (*Path, error) {
+	in, err := rc.Introduce(ctx, peer, cands)
+	if err != nil {
+		return nil, fmt.Errorf("punch: introduce to %s: %w", peer, err)
+	}
+	return p.Punch(ctx, in)
+}
+
+// Accept takes the next introduction another node asked the relay for and
+// punches to it.
+func (p *Puncher) Accept(ctx context.Context, rc *relay.Client) (*Path, error) {
+	select {
+	case in := <-rc.Introductions():
+		return p.Punch(ctx, in)
+	case <-rc.Done():
+		return nil, fmt.Errorf("punch: relay connection closed: %w", rc.Err())
+	case <-ctx.Done():
+		return nil, fmt.Errorf("punch: wait for an introduction: %w", ctx.Err())
+	}
+}
+
+// Punch probes the candidates of an introduction until a request of ours
+// is answered (the Path) or Config.Timeout passes (ErrNoPath).
+func (p *Puncher) Punch(ctx context.Context, in relay.Introduced) (*Path, error) {
+	start := time.Now()
+	if in.Peer == p.cfg.Self {
+		return nil, fmt.Errorf("punch: introduced to ourselves (%s)", in.Peer)
+	}
+	key, err := NewKey(in.Nonce, p.cfg.Self, in.Peer)
+	if err != nil {
+		return nil, err
+	}
+	s := &session{key: key, peer: in.Peer, sent: map[uint64]sentProbe{}, won: make(chan struct{})}
+	if p.cfg.Self > in.Peer {
+		s.role = 1
+	}
+	for _, c := range in.Candidates {
+		ap, err := netip.ParseAddrPort(c)
+		if err != nil || ap.Port() == 0 || !ap.Addr().IsValid() || ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() {
+			continue
+		}
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if !slices.Contains(s.cands, ap) && len(s.cands) < maxCandidates {
+			s.cands = append(s.cands, ap)
+		}
+	}
+	if err := p.register(in.Nonce, s, start); err != nil {
+		return nil, err
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	tick := time.NewTicker(p.cfg.Interval)
+	defer tick.Stop()
+	for {
+		p.probeAll(s)
+		select {
+		case <-s.won:
+			return p.newPath(s), nil
+		case <-tick.C:
+		case <-ctx.Done():
+			p.unregister(s)
+			select {
+			case <-s.won: // answered at the last moment
+				p.register(in.Nonce, s, time.Time{})
+				return p.newPath(s), nil
+			default:
+			}
+			p.mu.Lock()
+			n := len(s.cands)
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w to %s: no answer from its %d candidates within %s (symmetric NAT or UDP blocked on the way; use the relay): %w",
+				ErrNoPath, in.Peer, n, time.Since(start).Round(time.Millisecond), ctx.Err())
+		}
+	}
+}
+
+// register adds s under its session; a nonce already used is a replay.
+// A zero now re-registers s after a late answer.
+func (p *Puncher) register(nonce string, s *session, now time.Time) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !now.IsZero() {
+		if _, seen := p.nonces[nonce]; seen {
+			p.stats.IntroReplayed++
+			return fmt.Errorf("%w: nonce %s from %s", ErrIntroReplay, nonce, s.peer)
+		}
+		if len(p.nonces) >= maxNonces {
+			for n, t := range p.nonces {
+				if now.Sub(t) > 10*time.Minute {
+					delete(p.nonces, n)
+				}
+			}
+			if len(p.nonces) >= maxNonces {
+				return fmt.Errorf("punch: %d introductions in 10 minutes; refusing more", maxNonces)
+			}
+		}
+		p.nonces[nonce] = now
+	}
+	p.sessions[s.key.Session()] = s
+	return nil
+}
+
+func (p *Puncher) unregister(s *session) {
+	p.mu.Lock()
+	if p.sessions[s.key.Session()] == s {
+		delete(p.sessions, s.key.Session())
+	}
+	p.mu.Unlock()
+}
+
+// probeAll sends one request to every candidate of s.
+func (p *Puncher) probeAll(s *session) {
+	p.mu.Lock()
+	cands := slices.Clone(s.cands)
+	p.mu.Unlock()
+	for _, c := range cands {
+		p.probe(s, c)
+	}
+}
+
+// probe sends one request to c.
+func (p *Puncher) probe(s *session, c netip.AddrPort) {
+	p.mu.Lock()
+	s.seq++
+	seq := s.seq
+	s.sent[seq] = sentProbe{to: c, at: time.Now()}
+	if len(s.sent) > maxOutstanding {
+		for q := range s.sent {
+			if q+maxOutstanding < seq {
+				delete(s.sent, q)
+			}
+		}
+	}
+	p.stats.Sent++
+	p.mu.Unlock()
+	b := s.key.Append(make([]byte, 0, ProbeSize), KindRequest, s.role, seq)
+	if _, err := p.cfg.Transport.WriteTo(b, net.UDPAddrFromAddrPort(c)); err != nil {
+		p.log.Debug("punch: probe not sent", "to", c, "err", err)
+	}
+}
+
+// readLoop dispatches the socket's non-QUIC datagrams until Close.
+func (p *Puncher) readLoop() {
+	defer close(p.done)
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := p.cfg.Transport.ReadNonQUICPacket(p.ctx, buf)
+		if err != nil {
+			if p.ctx.Err() == nil {
+				p.log.Debug("punch: transport closed", "err", err)
+			}
+			return
+		}
+		ua, ok := from.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		ap := ua.AddrPort()
+		p.handle(buf[:n], netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
+}
+
+// handle checks one datagram and answers or records it.
+func (p *Puncher) handle(b []byte, from netip.AddrPort) {
+	if reply := p.check(b, from); reply != nil {
+		if _, err := p.cfg.Transport.WriteTo(reply, net.UDPAddrFromAddrPort(from)); err != nil {
+			p.log.Debug("punch: answer not sent", "to", from, "err", err)
+		}
+	}
+}
+
+// check records one datagram and returns the answer to send, if any.
+func (p *Puncher) check(b []byte, from netip.AddrPort) []byte {
+	pr, err := ParseProbe(b)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err != nil {
+		if errors.Is(err, ErrNotProbe) {
+			p.stats.NotProbe++
+		} else {
+			p.stats.Malformed++
+		}
+		return nil
+	}
+	s := p.sessions[pr.Session]
+	switch {
+	case s == nil:
+		p.stats.UnknownSession++
+		return nil
+	case !s.key.Verify(pr, b):
+		p.stats.BadMAC++
+		return nil
+	case pr.Role == s.role:
+		p.stats.Reflected++
+		return nil
+	}
+	now := time.Now()
+	if pr.Kind == KindRequest {
+		if !s.window.accept(pr.Seq) {
+			p.stats.Replayed++
+			return nil
+		}
+		s.last = now
+		p.stats.Answered++
+		// A triggered check: the peer's packets come from an address it
+		// did not know (a NAT mapping made for us); probe it back.
+		if !slices.Contains(s.cands, from) && len(s.cands) < maxCandidates {
+			s.cands = append(s.cands, from)
+		}
+		return s.key.Append(make([]byte, 0, ProbeSize), KindResponse, s.role, pr.Seq)
+	}
+	sent, ok := s.sent[pr.Seq]
+	if !ok || sent.to != from {
+		p.stats.Unsolicited++
+		return nil
+	}
+	delete(s.sent, pr.Seq)
+	s.last = now
+	p.stats.Responses++
+	select {
+	case <-s.won:
+	default:
+		s.winner, s.rtt = from, now.Sub(sent.at)
+		close(s.won)
+	}
+	return nil
+}
+
+// Path is a punched path: the peer answers probes at Addr from this
+// node's socket. Run the QUIC carrier to it: if Dials, dial
+// MeshAddr with a transport.QUICClient on the same Transport (checking
+// the peer's certificate names Peer); otherwise the peer dials this
+// node's transport.QUICServer. Close when the path is no longer used.
+type Path struct {
+	Peer  string
+	Addr  netip.AddrPort
+	RTT   time.Duration
+	Dials bool
+
+	p    *Puncher
+	s    *session
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+func (p *Puncher) newPath(s *session) *Path {
+	p.mu.Lock()
+	pa := &Path{Peer: s.peer, Addr: s.winner, RTT: s.rtt, Dials: s.role == 0, p: p, s: s,
+		stop: make(chan struct{}), done: make(chan struct{})}
+	p.mu.Unlock()
+	go pa.keepAlive()
+	return pa
+}
+
+// MeshAddr is Addr as the QUIC client's mesh address.
+func (pa *Path) MeshAddr() string { return pa.Addr.String() }
+
+// LastSeen is when the peer's last valid probe (request or answer)
+// arrived.
+func (pa *Path) LastSeen() time.Time {
+	pa.p.mu.Lock()
+	defer pa.p.mu.Unlock()
+	return pa.s.last
+}
+
+// keepAlive probes the peer every KeepAlive: the request refreshes this
+// side's NAT mapping and the answer the peer's.
+func (pa *Path) keepAlive() {
+	defer close(pa.done)
+	t := time.NewTicker(pa.p.cfg.KeepAlive)
+	defer t.Stop()
+	for {
+		select {
+		case <-pa.stop:
+			return
+		case <-pa.p.ctx.Done():
+			return
+		case <-t.C:
+			pa.p.probe(pa.s, pa.Addr)
+		}
+	}
+}
+
+// Close stops the keepalives and the answers to the peer's probes.
+func (pa *Path) Close() error {
+	pa.once.Do(func() {
+		close(pa.stop)
+		<-pa.done
+		pa.p.unregister(pa.s)
+	})
+	return nil
+}
