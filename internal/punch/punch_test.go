@@ -200,3 +200,88 @@ func TestPunchGivesUpWithinTimeout(t *testing.T) {
 		t.Error("an introduction to ourselves punched")
 	}
 }
+
+// TestPunchLoopbackThroughRelay: two nodes on loopback, introduced by a
+// real relay, punch to each other; one of them could not get a reflexive
+// address (its relay UDP port was a silent socket) and still punches on
+// its local candidate, so a failed gathering leaves the socket usable.
+func TestPunchLoopbackThroughRelay(t *testing.T) {
+	ca := newCA(t)
+	srv, err := relay.New(relay.Config{Source: source(t, ca, "relay", "r1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rpc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{}, 2)
+	go func() { srv.Serve(ln); served <- struct{}{} }()
+	go func() { srv.ServeUDP(rpc); served <- struct{}{} }()
+	t.Cleanup(func() { srv.Close(); <-served; <-served })
+	silent, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+
+	type node struct {
+		id    string
+		rc    *relay.Client
+		p     *Puncher
+		cands Candidates
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	join := func(name string, relayUDP net.Addr) (node, error) {
+		src := source(t, ca, "s", name)
+		rc, err := relay.DialClient(ctx, ln.Addr().String(), src.ClientConfig(relay.AuthorizeRelay(ca.TrustDomain())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rc.Close() })
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cands, gerr := Gather(ctx, rc, pc, relayUDP, 300*time.Millisecond)
+		tr := transport.NewQUICTransport(pc)
+		p, err := New(Config{Transport: tr, Self: src.SVID().ID.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close(); tr.Close(); pc.Close() })
+		return node{src.SVID().ID.String(), rc, p, cands}, gerr
+	}
+	x, err := join("x", silent.LocalAddr())
+	if !errors.Is(err, ErrUDPBlocked) || x.cands.Reflexive.IsValid() || len(x.cands.Local) != 1 {
+		t.Fatalf("x: gather against a silent port: %+v, %v; want local only and ErrUDPBlocked", x.cands, err)
+	}
+	y, err := join("y", rpc.LocalAddr())
+	if err != nil || !y.cands.Reflexive.IsValid() {
+		t.Fatalf("y: gather: %+v, %v", y.cands, err)
+	}
+	done := make(chan error, 1)
+	var yp *Path
+	go func() {
+		var err error
+		yp, err = y.p.Accept(ctx, y.rc)
+		done <- err
+	}()
+	xp, err := x.p.Connect(ctx, x.rc, y.id, x.cands.Strings())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer xp.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("y: %v", err)
+	}
+	defer yp.Close()
+	if xp.Addr != y.cands.Local[0] || yp.Addr != x.cands.Local[0] || xp.Dials == yp.Dials || xp.Dials != (x.id < y.id) {
+		t.Fatalf("paths x %+v, y %+v; candidates x %+v, y %+v", xp, yp, x.cands, y.cands)
+	}
+}
