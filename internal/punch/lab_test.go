@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -385,5 +386,35 @@ func TestPunchNetlab(t *testing.T) {
 		if !errors.Is(xr.err, ErrNoPath) || !errors.Is(yr.err, ErrNoPath) {
 			t.Fatalf("a1 -> c1: %v / %v, want ErrNoPath", xr.err, yr.err)
 		}
+	})
+	// Last: it shortens the NATs' UDP timeouts. Both routers forget an idle
+	// UDP mapping after 1 s; the path sees no QUIC packet for 3 s, only
+	// keepalive probes (every 100 ms), and then still carries a new QUIC
+	// connection: the probes held both mappings.
+	t.Run("keepalives-hold-mappings", func(t *testing.T) {
+		for _, s := range []*netlab.Site{lab.A, lab.LAN} {
+			err := s.NAT.Do(func() error {
+				for _, f := range []string{"nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"} {
+					if err := os.WriteFile("/proc/sys/net/netfilter/"+f, []byte("1\n"), 0o644); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("site %s: %v", s.Name, err)
+			}
+		}
+		xr, yr := punchPair(t, l1, a1)
+		wantPunched(t, l1, a1, xr, yr, true)
+		since := time.Now()
+		deadline := since.Add(20 * time.Second)
+		for !xr.path.LastSeen().After(since.Add(3*time.Second)) || !yr.path.LastSeen().After(since.Add(3*time.Second)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("keepalives stopped: last seen %s / %s after %s", xr.path.LastSeen(), yr.path.LastSeen(), since)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		meshRoundTrip(t, l1, a1, xr.path, yr.path)
 	})
 }
