@@ -61,7 +61,14 @@ func Gather(ctx context.Context, rc *relay.Client, pc net.PacketConn, relayUDP n
 	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// UDPReflexive looks at ctx only between its 500 ms waits; cut the
+	// wait in progress short so the timeout holds.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(rctx, func() { pc.SetReadDeadline(time.Unix(1, 0)); close(fired) })
 	refl, err := rc.UDPReflexive(rctx, pc, relayUDP)
+	if !stop() {
+		<-fired
+	}
 	// UDPReflexive leaves a past read deadline behind when it fails; the
 	// transport that reads pc next must not inherit it.
 	pc.SetReadDeadline(time.Time{})

@@ -371,6 +371,7 @@ func TestPunchNetlab(t *testing.T) {
 		if !errors.Is(c1.gatherErr, ErrUDPBlocked) {
 			t.Fatalf("c1: gather: %v, want ErrUDPBlocked", c1.gatherErr)
 		}
+		t.Logf("c1: %v after %s", c1.gatherErr, c1.gatherDur)
 		if c1.gatherDur > DefaultGatherTimeout+500*time.Millisecond {
 			t.Errorf("c1 learnt UDP is blocked after %s, want within %s", c1.gatherDur, DefaultGatherTimeout+500*time.Millisecond)
 		}
