@@ -3,7 +3,9 @@ package punch
 import (
 	"bytes"
 	"errors"
+	"net/netip"
 	"testing"
+	"time"
 )
 
 const (
@@ -142,6 +144,35 @@ func FuzzParseProbe(f *testing.F) {
 			if again := k.Append(nil, p.Kind, p.Role, p.Seq); !bytes.Equal(again, b) {
 				t.Fatalf("verified probe %x re-encodes to %x", b, again)
 			}
+		}
+	})
+}
+
+// FuzzPuncherCheck: hostile datagrams at a Puncher with a session open
+// never crash it, and only a request made with the session's key by the
+// other role is answered, at most once per seq.
+func FuzzPuncherCheck(f *testing.F) {
+	k := testKey(f, testNonce)
+	f.Add(k.Append(nil, KindRequest, 1, 1))
+	f.Add(k.Append(nil, KindRequest, 0, 2))
+	f.Add(k.Append(nil, KindResponse, 1, 1))
+	f.Add([]byte("\x00FMP\x01\x01\x01\x00"))
+	f.Add(make([]byte, 1500))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p := &Puncher{sessions: map[[8]byte]*session{}, nonces: map[string]time.Time{}}
+		s := &session{key: k, role: 0, peer: idB, sent: map[uint64]sentProbe{}, won: make(chan struct{})}
+		p.sessions[k.Session()] = s
+		from := netip.MustParseAddrPort("192.0.2.1:9")
+		reply := p.check(b, from)
+		if reply == nil {
+			return
+		}
+		pr, err := ParseProbe(b)
+		if err != nil || !k.Verify(pr, b) || pr.Role != 1 || pr.Kind != KindRequest {
+			t.Fatalf("answered %x", b)
+		}
+		if p.check(b, from) != nil {
+			t.Fatalf("answered %x twice", b)
 		}
 	})
 }

@@ -11,6 +11,14 @@
 // Config.Timeout (1.5 s: a symmetric NAT, UDP blocked), Punch fails with
 // ErrNoPath and the caller uses the relay.
 //
+// Probes carry an HMAC keyed by the introduction's nonce and both node
+// IDs: a probe from anyone not party to the introduction, a replayed
+// request, our own probe come back (overlapping subnets) or an answer to
+// nothing we sent is refused and counted (Stats). The relay knows the
+// nonce too, so probes only choose the address; the QUIC handshake's mTLS
+// (the dialer checks the peer's certificate names Path.Peer) authenticates
+// the node itself.
+//
 // Probes are read and written through the socket's quic.Transport
 // (ReadNonQUICPacket, WriteTo), so punching, keepalives and QUIC share one
 // socket and one NAT mapping. The package knows nothing of the agent.
