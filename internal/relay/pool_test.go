@@ -268,9 +268,10 @@ func TestPoolFailsOverToTheOtherRelay(t *testing.T) {
 	}
 }
 
-// TestPoolPicksTheNearestRelay: relay 1 is listed first but reached
-// through an impairment relay adding 100 ms each way; the pool measures
-// both and makes relay 2 home, and DialPeer uses it.
+// TestPoolPicksTheNearestRelay: relay 1 is reached through an impairment
+// relay adding 100 ms each way; relay 2's path is broken at first, so
+// relay 1 becomes home. Once relay 2 is reachable the pool measures it
+// nearer and makes it home, and DialPeer uses it.
 func TestPoolPicksTheNearestRelay(t *testing.T) {
 	m := newMesh(t)
 	r1 := m.relay("r1", nil)
@@ -281,26 +282,32 @@ func TestPoolPicksTheNearestRelay(t *testing.T) {
 	}
 	t.Cleanup(func() { imp.Close() })
 	far := imp.Addr().String()
-	x, _ := m.pool("site-a", "x", []string{far, r2}, func(c *PoolConfig) { c.KeepAlive = 50 * time.Millisecond })
+	cut := newCutter(t, r2)
+	cut.setCut(true)
+	near := cut.ln.Addr().String()
+	x, _ := m.pool("site-a", "x", []string{far, near}, func(c *PoolConfig) { c.KeepAlive = 50 * time.Millisecond })
 	y, yid := m.pool("site-b", "y", []string{r1, r2}, nil)
 	serveEcho(t, y)
 	ctx := ctx20(t)
-	for _, p := range []*Pool{x, y} {
-		if err := p.WaitConnected(ctx, 2); err != nil {
-			t.Fatal(err)
-		}
+	if err := y.WaitConnected(ctx, 2); err != nil {
+		t.Fatal(err)
 	}
-	waitFor(t, "the near relay to become home", func() bool { return homeOf(x) == r2 })
+	waitFor(t, "the far relay to become home while the near one is unreachable", func() bool { return homeOf(x) == far })
+	cut.setCut(false)
+	waitFor(t, "the near relay to become home", func() bool { return homeOf(x) == near })
 	if st := status(x, far); st.RTT < 200*time.Millisecond || st.SmoothedRTT < 200*time.Millisecond {
 		t.Errorf("RTT through 2×100 ms of delay measured as %v (smoothed %v)", st.RTT, st.SmoothedRTT)
+	}
+	if st := status(x, near); !st.Connected || st.SmoothedRTT >= status(x, far).SmoothedRTT {
+		t.Errorf("near relay: %+v", st)
 	}
 	conn, via, err := x.DialPeer(ctx, yid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if via != r2 {
-		t.Errorf("dialed through %s, want the near relay %s", via, r2)
+	if via != near {
+		t.Errorf("dialed through %s, want the near relay %s", via, near)
 	}
 	if err := roundTrip(conn, marker); err != nil {
 		t.Fatal(err)
