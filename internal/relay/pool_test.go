@@ -547,3 +547,42 @@ func TestPoolConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolHomeHysteresis: a connected home gives way only to a relay
+// below Hysteresis times its RTT; a lost home goes to the nearest
+// measured relay at once, and an unmeasured relay is never home.
+func TestPoolHomeHysteresis(t *testing.T) {
+	p := &Pool{cfg: PoolConfig{Hysteresis: 0.8}, mFail: metrics.NewSet().NewCounter("f")}
+	a := &poolRelay{addr: "a", client: &Client{}, srtt: 10 * time.Millisecond}
+	b := &poolRelay{addr: "b", client: &Client{}, srtt: 12 * time.Millisecond}
+	c := &poolRelay{addr: "c", client: &Client{}} // connected, not measured
+	p.relays = []*poolRelay{c, b, a}
+	step := func(what string, want *poolRelay) {
+		t.Helper()
+		p.pickHomeLocked()
+		if p.home != want {
+			got := "none"
+			if p.home != nil {
+				got = p.home.addr
+			}
+			t.Fatalf("%s: home %s, want %s", what, got, want.addr)
+		}
+	}
+	step("first choice", a)
+	b.srtt = 9 * time.Millisecond
+	step("b a little nearer", a)
+	b.srtt = 7 * time.Millisecond
+	step("b below 0.8 of a", b)
+	a.srtt = 6 * time.Millisecond
+	step("a a little nearer again", b)
+	b.client = nil
+	step("home lost", a)
+	if p.mFail.Get() != 1 {
+		t.Errorf("failovers = %d, want 1", p.mFail.Get())
+	}
+	a.client = nil
+	p.pickHomeLocked()
+	if p.home != nil {
+		t.Errorf("home %s with no measured relay connected", p.home.addr)
+	}
+}
