@@ -430,14 +430,10 @@ func (p *Pool) runRelay(r *poolRelay) {
 	defer p.wg.Done()
 	backoff := p.cfg.MinBackoff
 	for {
-		up, err := p.serveRelay(r)
+		up := p.serveRelay(r)
 		if p.ctx.Err() != nil {
 			return
 		}
-		p.mu.Lock()
-		r.failures++
-		r.lastErr = err
-		p.mu.Unlock()
 		if up >= backoff {
 			// It was up for a while: a loss starts over from the
 			// smallest backoff; a relay that accepts and drops at once
@@ -459,9 +455,29 @@ func (p *Pool) runRelay(r *poolRelay) {
 }
 
 // serveRelay connects to r once and serves the connection until it is
-// lost or the pool closes; it returns how long the relay was connected
-// and why it ended.
-func (p *Pool) serveRelay(r *poolRelay) (time.Duration, error) {
+// lost or the pool closes; it returns how long the relay was connected.
+// Why it ended is recorded in r, with the loss, in one step, so whoever
+// sees the relay lost also sees why.
+func (p *Pool) serveRelay(r *poolRelay) time.Duration {
+	up, err := p.connectAndServe(r)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r.client != nil {
+		r.client = nil
+		r.since = time.Now()
+		p.pickHomeLocked()
+	}
+	if p.ctx.Err() == nil {
+		r.failures++
+		r.lastErr = err
+	}
+	p.changedLocked()
+	return up
+}
+
+// connectAndServe is serveRelay's body: it returns how long r was
+// connected and why the attempt or the connection ended.
+func (p *Pool) connectAndServe(r *poolRelay) (time.Duration, error) {
 	dctx, cancel := context.WithTimeout(p.ctx, p.cfg.DialTimeout)
 	c, err := DialClientVia(dctx, r.addr, p.cfg.TLS, p.cfg.Dial)
 	cancel()
@@ -489,14 +505,6 @@ func (p *Pool) serveRelay(r *poolRelay) (time.Duration, error) {
 	p.changedLocked()
 	p.mu.Unlock()
 	r.mConn.Inc()
-	defer func() {
-		p.mu.Lock()
-		r.client = nil
-		r.since = time.Now()
-		p.pickHomeLocked()
-		p.changedLocked()
-		p.mu.Unlock()
-	}()
 
 	t := time.NewTicker(p.cfg.KeepAlive)
 	defer t.Stop()
