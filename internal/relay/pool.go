@@ -116,6 +116,7 @@ type Pool struct {
 	wg      sync.WaitGroup
 	relays  []*poolRelay // in configuration order
 	in      chan PoolIncoming
+	intro   chan PoolIntroduced
 	mFail   *metrics.Counter
 	mDrop   *metrics.Counter
 	mPeerOK *metrics.Counter
@@ -191,7 +192,8 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		return nil, err
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	p := &Pool{cfg: cfg, ctx: ctx, stop: stop, in: make(chan PoolIncoming, clientQueue), changed: make(chan struct{})}
+	p := &Pool{cfg: cfg, ctx: ctx, stop: stop, in: make(chan PoolIncoming, clientQueue),
+		intro: make(chan PoolIntroduced, clientQueue), changed: make(chan struct{})}
 	m := cfg.Metrics
 	p.mFail = m.NewCounter(`fogmesh_relay_pool_failovers_total`)
 	p.mDrop = m.NewCounter(`fogmesh_relay_pool_incoming_dropped_total`)
@@ -242,6 +244,19 @@ func (p *Pool) Close() error {
 // any relay; take one with its Accept. A session that finds the channel
 // full is dropped (counted; the dialer gets accept_timeout and retries).
 func (p *Pool) Incoming() <-chan PoolIncoming { return p.in }
+
+// PoolIntroduced is an introduction another agent asked for through one
+// of the pool's relays.
+type PoolIntroduced struct {
+	Introduced
+	// Relay is the address of the relay that made it.
+	Relay string
+}
+
+// Introductions delivers the introductions other agents ask for through
+// any relay (full channel: dropped, as Client.Introductions). Introduce
+// through a relay with Home's client.
+func (p *Pool) Introductions() <-chan PoolIntroduced { return p.intro }
 
 // Home returns the home relay's client and address, or nil and "" while
 // no relay is connected.
@@ -531,8 +546,8 @@ func (p *Pool) connectAndServe(r *poolRelay) (time.Duration, error) {
 	}
 }
 
-// forwardIncoming moves c's incoming sessions to the pool's channel
-// until c's connection ends.
+// forwardIncoming moves c's incoming sessions and introductions to the
+// pool's channels until c's connection ends.
 func (p *Pool) forwardIncoming(wg *sync.WaitGroup, c *Client) {
 	defer wg.Done()
 	for {
@@ -544,6 +559,11 @@ func (p *Pool) forwardIncoming(wg *sync.WaitGroup, c *Client) {
 			case p.in <- PoolIncoming{Incoming: in, Relay: c.Addr(), c: c}:
 			default:
 				p.mDrop.Inc()
+			}
+		case m := <-c.Introductions():
+			select {
+			case p.intro <- PoolIntroduced{Introduced: m, Relay: c.Addr()}:
+			default:
 			}
 		}
 	}

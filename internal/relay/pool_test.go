@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -376,6 +377,56 @@ func TestPoolReachesAPeerOnAnotherRelay(t *testing.T) {
 	}
 	if e.last() != otherAddr {
 		t.Errorf("incoming session surfaced from %q, want %s", e.last(), otherAddr)
+	}
+
+	if _, err := yc.Introduce(ctx, xid, []string{"192.0.2.1:4000"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-x.Introductions():
+		if m.Relay != otherAddr || m.Peer != yid || len(m.Candidates) == 0 || m.Candidates[0] != "192.0.2.1:4000" {
+			t.Errorf("introduction %+v; want y's candidates through %s", m, otherAddr)
+		}
+	case <-ctx.Done():
+		t.Fatal("no introduction surfaced from the pool")
+	}
+}
+
+// TestPoolDialsWithItsDialer: every connection to the relay, control and
+// data, is opened by PoolConfig.Dial (how agents in a namespace or behind
+// a proxy connect).
+func TestPoolDialsWithItsDialer(t *testing.T) {
+	m := newMesh(t)
+	addrs := []string{m.relay("r1", nil)}
+	var dials atomic.Int64
+	x, _ := m.pool("site-a", "x", addrs, func(c *PoolConfig) {
+		c.Dial = func(ctx context.Context, network, address string) (net.Conn, error) {
+			dials.Add(1)
+			var d net.Dialer
+			return d.DialContext(ctx, network, address)
+		}
+	})
+	y, yid := m.pool("site-b", "y", addrs, nil)
+	serveEcho(t, y)
+	ctx := ctx20(t)
+	for _, p := range []*Pool{x, y} {
+		if err := p.WaitConnected(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials for the control connection, want 1", n)
+	}
+	conn, _, err := x.DialPeer(ctx, yid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := roundTrip(conn, marker); err != nil {
+		t.Fatal(err)
+	}
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d dials after one session, want 2 (control and data)", n)
 	}
 }
 
