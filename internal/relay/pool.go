@@ -125,8 +125,8 @@ type Pool struct {
 	changed chan struct{} // closed and replaced at every change of state
 }
 
-// poolRelay is one relay of a Pool. Its run goroutine owns the connection;
-// the fields below mu are shared.
+// poolRelay is one relay of a Pool. Its runRelay goroutine owns the
+// connection; the state below is shared with DialPeer and Status.
 type poolRelay struct {
 	addr  string
 	mConn *metrics.Counter
