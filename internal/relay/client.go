@@ -19,9 +19,10 @@ import (
 // connections it opens per relayed session. Agents will use it for their
 // relayed path (issue 12); today tests and tools do.
 type Client struct {
-	addr string
-	tls  *tls.Config // with NextProtos left to the client
-	conn *tls.Conn
+	addr   string
+	tls    *tls.Config // with NextProtos left to the client
+	dialTo DialFunc    // nil: net.Dialer
+	conn   *tls.Conn
 	// hello is the relay's first frame.
 	hello Hello
 
@@ -49,7 +50,18 @@ const clientQueue = 64
 // tlsConf (a mesh mTLS client configuration, for example
 // identity.Source.ClientConfig(AuthorizeRelay(td))) and reads Hello.
 func DialClient(ctx context.Context, addr string, tlsConf *tls.Config) (*Client, error) {
-	c := &Client{addr: addr, tls: tlsConf, introductions: make(chan Introduced, clientQueue),
+	return DialClientVia(ctx, addr, tlsConf, nil)
+}
+
+// DialFunc opens a TCP connection; its signature fits net.Dialer and
+// netlab's Netns.DialContext.
+type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// DialClientVia is DialClient with the TCP connections (control and data)
+// opened by dial; nil dials with a net.Dialer. Tests use it to connect
+// from inside a network namespace.
+func DialClientVia(ctx context.Context, addr string, tlsConf *tls.Config, dial DialFunc) (*Client, error) {
+	c := &Client{addr: addr, tls: tlsConf, dialTo: dial, introductions: make(chan Introduced, clientQueue),
 		incoming: make(chan Incoming, clientQueue), done: make(chan struct{}), waiters: map[string]chan result{}}
 	conn, err := c.dial(ctx, ALPNControl)
 	if err != nil {
@@ -71,13 +83,33 @@ func DialClient(ctx context.Context, addr string, tlsConf *tls.Config) (*Client,
 func (c *Client) dial(ctx context.Context, alpn string) (*tls.Conn, error) {
 	cfg := c.tls.Clone()
 	cfg.NextProtos = []string{alpn}
-	d := tls.Dialer{Config: cfg}
-	conn, err := d.DialContext(ctx, "tcp", c.addr)
+	if c.dialTo == nil {
+		d := tls.Dialer{Config: cfg}
+		conn, err := d.DialContext(ctx, "tcp", c.addr)
+		if err != nil {
+			return nil, fmt.Errorf("relay %s: %w", c.addr, err)
+		}
+		return conn.(*tls.Conn), nil
+	}
+	raw, err := c.dialTo(ctx, "tcp", c.addr)
 	if err != nil {
 		return nil, fmt.Errorf("relay %s: %w", c.addr, err)
 	}
-	return conn.(*tls.Conn), nil
+	if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+		if host, _, err := net.SplitHostPort(c.addr); err == nil {
+			cfg.ServerName = host
+		}
+	}
+	conn := tls.Client(raw, cfg)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("relay %s: handshake: %w", c.addr, err)
+	}
+	return conn, nil
 }
+
+// Addr is the relay's address as given to DialClient.
+func (c *Client) Addr() string { return c.addr }
 
 // readFrameCtx reads one frame, giving up when ctx is done.
 func readFrameCtx(ctx context.Context, conn net.Conn) (Frame, error) {
