@@ -15,6 +15,11 @@ import (
 // (pending_timeout) instead of waiting.
 func TestCircuitBreakerPendingRequests(t *testing.T) {
 	slow := startDelayed(t, "slow", 300*time.Millisecond)
+	// The endpoint behind the 200 ms request timeout answers far later
+	// than that, so a timer that fires late on a loaded machine (-race,
+	// 2 cores) cannot let a response through (seen: 1 of 6 answered 200
+	// with a 300 ms endpoint).
+	slower := startDelayed(t, "slower", 1500*time.Millisecond)
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
 kind: Service
@@ -32,7 +37,7 @@ spec:
   circuitBreaker: {maxRequests: 1, maxPendingRequests: 5}
 `)
 	a := startAgent(t, agentOpts{name: "pendn", site: "s1", region: "r1", vipOctet: 202, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("pend", "pend-1", slow), webWorkload("pendto", "pendto-1", slow)}})
+		workloads: []Workload{webWorkload("pend", "pend-1", slow), webWorkload("pendto", "pendto-1", slower)}})
 	waitFor(t, "endpoints", func() bool { return len(endpointsOf(a, "demo/pend")) == 1 && len(endpointsOf(a, "demo/pendto")) == 1 })
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	burst := func(url string, n int) (codes map[int]int, overflowFast int) {
@@ -53,7 +58,9 @@ spec:
 				mu.Lock()
 				defer mu.Unlock()
 				codes[resp.StatusCode]++
-				if resp.Header.Get("X-Fogmesh-Overflow") == "true" && time.Since(start) < 150*time.Millisecond {
+				// Answered before the first slot (a 300 ms request) could
+				// free: refused without waiting for it.
+				if resp.Header.Get("X-Fogmesh-Overflow") == "true" && time.Since(start) < 300*time.Millisecond {
 					overflowFast++
 				}
 			}()
@@ -66,7 +73,7 @@ spec:
 	start := time.Now()
 	codes, fast := burst(url, 6)
 	took := time.Since(start)
-	t.Logf("6 concurrent, maxRequests 1, maxPending 2: %v (%d overflows answered in <150ms), burst took %v", codes, fast, took)
+	t.Logf("6 concurrent, maxRequests 1, maxPending 2: %v (%d overflows answered in <300ms), burst took %v", codes, fast, took)
 	if codes[200] != 3 || codes[503] != 3 || fast != 3 {
 		t.Fatalf("got %v with %d fast overflows; want 3×200 and 3 immediate 503s", codes, fast)
 	}
@@ -75,13 +82,14 @@ spec:
 	}
 	toURL := "http://127.202.0.2:19126/"
 	waitFor(t, "listener", func() bool { resp, err := c.Get(toURL); return err == nil && resp.Body.Close() == nil })
-	// Six at once: the one in the slot times out at 200 ms, and so do the
+	// Six at once (the endpoint takes 1.5 s): the one in the slot times
+	// out at 200 ms, and so do the
 	// five queued behind it (the queue counts against the request
 	// timeout); at most one of them can take the freed slot at that
 	// moment, so at least four time out while still queued.
 	codes, _ = burst(toURL, 6)
 	if codes[200] != 0 || codes[503]+codes[504] != 6 {
-		t.Fatalf("request timeout 200ms, endpoint 300ms: got %v", codes)
+		t.Fatalf("request timeout 200ms, endpoint 1.5s: got %v", codes)
 	}
 	var buf strings.Builder
 	a.cfg.Metrics.WritePrometheus(&buf)
