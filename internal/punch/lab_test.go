@@ -358,9 +358,12 @@ func TestPunchNetlab(t *testing.T) {
 			if !errors.Is(c.r.err, ErrNoPath) {
 				t.Fatalf("%s: %v, want ErrNoPath", c.n.id, c.r.err)
 			}
-			// Given up at the deadline, in time for the relay within 2 s.
-			if c.r.took < DefaultTimeout || c.r.took > DefaultTimeout+400*time.Millisecond {
-				t.Errorf("%s gave up after %s, want %s to %s", c.n.id, c.r.took, DefaultTimeout, DefaultTimeout+400*time.Millisecond)
+			// Given up at the deadline, in time for the relay within the
+			// issue's 2 s budget (the bound is that budget, not the
+			// deadline plus a guess at scheduling delay).
+			const budget = 2 * time.Second
+			if c.r.took < DefaultTimeout || c.r.took > budget {
+				t.Errorf("%s gave up after %s, want %s to %s", c.n.id, c.r.took, DefaultTimeout, budget)
 			}
 		}
 		if s := a1.p.Stats(); s.Sent == 0 {
