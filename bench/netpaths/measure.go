@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -27,11 +28,7 @@ type results struct {
 	samples   map[string][]sample
 	punchInfo string
 	relayPID  int
-	rssBefore int64 // kB, the relay idle with its control connections
-	rssHold   int64 // kB, with hold sessions open
-	held      int
-	holdTook  time.Duration
-	holdErr   error
+	holds     []hold
 	loadStart string
 	loadEnd   string
 	started   time.Time
@@ -79,19 +76,163 @@ func measure(ctx context.Context, b *bench, o options) (*results, error) {
 		}
 	}
 	if o.hold > 0 {
-		r.rssBefore, _ = procRSS(b.relayPID)
-		conns, took, err := holdSessions(ctx, b, o.hold)
-		r.held, r.holdTook, r.holdErr = len(conns)/2, took, err
-		r.rssHold, _ = procRSS(b.relayPID)
-		logf("relay RSS %d kB idle, %d kB holding %d sessions (%v)", r.rssBefore, r.rssHold, r.held, errText(err))
-		for _, c := range conns {
-			c.Close()
+		var relayed *path
+		for _, p := range b.paths {
+			if p.name == "relayed" {
+				relayed = p
+			}
 		}
+		// Streams first: sessions would leave the relay's heap grown.
+		r.holds = append(r.holds, holdPhase(ctx, b, fmt.Sprintf("%d idle mesh streams multiplexed in the relayed session (how an agent carries them)", o.hold),
+			func(ctx context.Context) ([]net.Conn, int, time.Duration, error) {
+				return holdStreams(ctx, relayed, o.hold)
+			}))
+		r.holds = append(r.holds, holdPhase(ctx, b, fmt.Sprintf("%d idle relayed sessions (a data connection pair each)", o.hold),
+			func(ctx context.Context) ([]net.Conn, int, time.Duration, error) { return holdSessions(ctx, b, o.hold) }))
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 	}
 	return r, nil
+}
+
+// hold is the relay's memory before and while it carries n idle streams
+// or sessions.
+type hold struct {
+	what           string
+	n              int
+	took           time.Duration
+	err            error
+	before, during relayMem
+}
+
+// relayMem is the relay process's memory: VmRSS from /proc and the Go
+// runtime's figures from its /metrics.
+type relayMem struct {
+	rssKB      int64
+	goroutines float64
+	heapInuse  float64 // bytes
+}
+
+func readRelayMem(ctx context.Context, b *bench) relayMem {
+	var m relayMem
+	m.rssKB, _ = procRSS(b.relayPID)
+	vals, err := relayMetrics(ctx, b, "go_goroutines", "go_memstats_heap_inuse_bytes")
+	if err != nil {
+		logf("relay metrics: %v", err)
+	}
+	m.goroutines, m.heapInuse = vals[0], vals[1]
+	return m
+}
+
+// relayMetrics reads gauges from the relay's admin port (127.0.0.1 inside
+// relay 1's namespace).
+func relayMetrics(ctx context.Context, b *bench, names ...string) ([]float64, error) {
+	out := make([]float64, len(names))
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	hc := &http.Client{Transport: &http.Transport{DialContext: b.lab.Relay1.DialContext}}
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+b.adminAddr+"/metrics", nil)
+	if err != nil {
+		return out, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return out, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return out, err
+	}
+	for line := range strings.Lines(string(body)) {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		if i := slices.Index(names, f[0]); i >= 0 {
+			out[i], _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return out, nil
+}
+
+// holdPhase measures the relay's memory before and while open holds its
+// conns, then closes them and waits (bounded) for the relay's goroutines
+// to come back down.
+func holdPhase(ctx context.Context, b *bench, what string, open func(context.Context) ([]net.Conn, int, time.Duration, error)) hold {
+	h := hold{what: what, before: readRelayMem(ctx, b)}
+	var conns []net.Conn
+	conns, h.n, h.took, h.err = open(ctx)
+	h.during = readRelayMem(ctx, b)
+	logf("relay holding %s: RSS %d → %d kB, goroutines %.0f → %.0f (%d up in %s, %v)", what, h.before.rssKB, h.during.rssKB,
+		h.before.goroutines, h.during.goroutines, h.n, h.took.Round(time.Millisecond), errText(h.err))
+	for _, c := range conns {
+		c.Close()
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if readRelayMem(ctx, b).goroutines <= h.before.goroutines+4 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return h
+}
+
+// holdStreams opens n mesh streams to the echo workload over p, checks
+// each carries a byte both ways and returns them.
+func holdStreams(ctx context.Context, p *path, n int) ([]net.Conn, int, time.Duration, error) {
+	hctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	var mu sync.Mutex
+	var conns []net.Conn
+	var firstErr error
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range work {
+				c, err := p.dial(hctx, "echo")
+				if err == nil {
+					mu.Lock()
+					conns = append(conns, c)
+					mu.Unlock()
+					var x [1]byte
+					c.SetDeadline(time.Now().Add(30 * time.Second))
+					if _, err = c.Write([]byte{'x'}); err == nil {
+						_, err = io.ReadFull(c, x[:])
+					}
+					c.SetDeadline(time.Time{})
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+						cancel()
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := 0; i < n && hctx.Err() == nil; i++ {
+		select {
+		case work <- i:
+		case <-hctx.Done():
+		}
+	}
+	close(work)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if firstErr == nil && len(conns) != n {
+		firstErr = fmt.Errorf("%d streams, want %d", len(conns), n)
+	}
+	return conns, len(conns), time.Since(start), firstErr
 }
 
 func errText(err error) string {
@@ -192,7 +333,7 @@ func percentile(d []time.Duration, p int) time.Duration {
 // c1, checks each carries a byte both ways and returns both ends of all
 // (the caller closes them). At most 16 sessions are being opened at once:
 // c1's relay client queues 64 incoming sessions.
-func holdSessions(ctx context.Context, b *bench, n int) ([]net.Conn, time.Duration, error) {
+func holdSessions(ctx context.Context, b *bench, n int) ([]net.Conn, int, time.Duration, error) {
 	hctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -270,7 +411,7 @@ func holdSessions(ctx context.Context, b *bench, n int) ([]net.Conn, time.Durati
 	if firstErr == nil && len(conns) != 2*n {
 		firstErr = fmt.Errorf("%d session ends, want %d", len(conns), 2*n)
 	}
-	return conns, took, firstErr
+	return conns, len(conns) / 2, took, firstErr
 }
 
 // clkTck is USER_HZ, the unit of /proc/PID/stat times (100 on Linux's

@@ -95,15 +95,16 @@ func (r *results) markdown(o options) string {
 	} else {
 		p("| CPU per Gbit/s | not measured |\n")
 	}
-	if o.hold > 0 {
-		status := "ok"
-		if r.holdErr != nil {
-			status = "FAILED: " + r.holdErr.Error()
+	for _, h := range r.holds {
+		status := ""
+		if h.err != nil {
+			status = " (FAILED: " + h.err.Error() + ")"
 		}
-		p("| VmRSS, control connections only | %.1f MiB |\n", float64(r.rssBefore)/1024)
-		p("| VmRSS holding %d idle relayed sessions (opened in %s, %s) | %.1f MiB (+%.1f MiB, %.1f KiB per session) |\n",
-			r.held, r.holdTook.Round(time.Millisecond), status, float64(r.rssHold)/1024,
-			float64(r.rssHold-r.rssBefore)/1024, perSession(r.rssHold-r.rssBefore, r.held))
+		p("| VmRSS holding %s: before → during%s | %.1f → %.1f MiB (+%.1f MiB, %.1f KiB each; %d up in %s) |\n",
+			h.what, status, float64(h.before.rssKB)/1024, float64(h.during.rssKB)/1024,
+			float64(h.during.rssKB-h.before.rssKB)/1024, perSession(h.during.rssKB-h.before.rssKB, h.n), h.n, h.took.Round(time.Millisecond))
+		p("| relay goroutines / Go heap in use, same | %.0f → %.0f / %.1f → %.1f MiB |\n",
+			h.before.goroutines, h.during.goroutines, h.before.heapInuse/(1<<20), h.during.heapInuse/(1<<20))
 	}
 	return w.String()
 }

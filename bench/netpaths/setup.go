@@ -40,6 +40,7 @@ type bench struct {
 	relayPID   int
 	relayLog   string
 	relayAddr  string
+	adminAddr  string
 	paths      []*path
 	punchInfo  string
 	c1, a1hold *node
@@ -322,7 +323,7 @@ func (b *bench) startRelay(ctx context.Context, ca *identity.CA, bin, tmp string
 		if err == nil {
 			var addrs map[string]string
 			if json.Unmarshal(raw, &addrs) == nil && addrs["relay"] != "" {
-				b.relayAddr = addrs["relay"]
+				b.relayAddr, b.adminAddr = addrs["relay"], addrs["admin"]
 				return nil
 			}
 		}
