@@ -20,7 +20,10 @@ type sample struct {
 	gbps     float64 // bulk flow, Gbit/s
 	p50, p99 time.Duration
 	relayCPU float64 // relay CPU seconds per Gbit during the bulk flow (relayed only)
-	err      error
+	// Cores busy during the bulk flow: this process (both nodes' carriers
+	// and the workloads) and the relay process.
+	selfCores, relayCores float64
+	err                   error
 }
 
 type results struct {
@@ -53,12 +56,16 @@ func measure(ctx context.Context, b *bench, o options) (*results, error) {
 			}
 			var s sample
 			cpu0, cerr := procCPU(b.relayPID)
+			self0, _ := procCPU(os.Getpid())
 			var bytes int64
 			var took time.Duration
 			bytes, took, s.err = bulk(ctx, p, o.bulk)
 			cpu1, cerr2 := procCPU(b.relayPID)
+			self1, _ := procCPU(os.Getpid())
 			if s.err == nil {
 				s.gbps = float64(bytes) * 8 / took.Seconds() / 1e9
+				s.selfCores = (self1 - self0) / took.Seconds()
+				s.relayCores = (cpu1 - cpu0) / took.Seconds()
 				if p.name == "relayed" && cerr == nil && cerr2 == nil {
 					s.relayCPU = (cpu1 - cpu0) / (float64(bytes) * 8 / 1e9)
 				}
@@ -71,7 +78,7 @@ func measure(ctx context.Context, b *bench, o options) (*results, error) {
 			if s.err != nil && ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			logf("round %d/%d %-8s %6.3f Gbit/s  p50 %v  p99 %v  %v", round+1, o.rounds, p.name, s.gbps, s.p50, s.p99, errText(s.err))
+			logf("round %d/%d %-8s %6.3f Gbit/s (cores: bench %.2f, relay %.2f)  p50 %v  p99 %v  %v", round+1, o.rounds, p.name, s.gbps, s.selfCores, s.relayCores, s.p50, s.p99, errText(s.err))
 			r.samples[p.name] = append(r.samples[p.name], s)
 		}
 	}
