@@ -108,7 +108,35 @@ func (r *results) markdown(o options) string {
 		p("| relay goroutines / Go heap in use, same | %.0f → %.0f / %.1f → %.1f MiB |\n",
 			h.before.goroutines, h.during.goroutines, h.before.heapInuse/(1<<20), h.during.heapInuse/(1<<20))
 	}
+	r.aims(p)
 	return w.String()
+}
+
+// aims judges issue 12's benchmark aims on this run's medians. "Flat"
+// is read as: the relay's RSS grows by less than 10% of its idle RSS.
+func (r *results) aims(p func(string, ...any)) {
+	verdict := func(ok bool) string {
+		if ok {
+			return "**met**"
+		}
+		return "**missed**"
+	}
+	gbps := func(s sample) float64 { return s.gbps }
+	pg, pok := median(r.samples["punched"], gbps)
+	rg, rok := median(r.samples["relayed"], gbps)
+	p("\n| aim (issue 12) | this run | verdict |\n|---|---|---|\n")
+	if pok {
+		p("| punched QUIC ≥ 1 Gbit/s on one flow | %.3f Gbit/s | %s |\n", pg, verdict(pg >= 1))
+	}
+	if pok && rok {
+		p("| relayed ≥ half of punched | %.3f / %.3f = %.2f | %s |\n", rg, pg, rg/pg, verdict(rg >= pg/2))
+	}
+	for _, h := range r.holds {
+		grow := h.during.rssKB - h.before.rssKB
+		p("| relay RSS flat (growth < 10%% of idle) with %s | +%.1f MiB on %.1f MiB (%+.0f%%) | %s |\n", h.what,
+			float64(grow)/1024, float64(h.before.rssKB)/1024, 100*float64(grow)/float64(max(h.before.rssKB, 1)),
+			verdict(h.err == nil && float64(grow) < 0.1*float64(h.before.rssKB)))
+	}
 }
 
 func perSession(kb int64, n int) float64 {
