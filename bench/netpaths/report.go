@@ -53,8 +53,8 @@ func (r *results) markdown(o options) string {
 	for _, pa := range r.paths {
 		p("- %s: %s\n", pa.name, pa.desc)
 	}
-	p("\n| path | Gbit/s (median) | per round | ×direct | p50 ms | p99 ms | p50 ×direct | p99 ×direct | cores busy in bulk: bench / relay |\n")
-	p("|---|---|---|---|---|---|---|---|---|\n")
+	p("\n| path | Gbit/s (median) | per round | ×direct | p50 ms | p99 ms | p50 ×direct | p99 ×direct | cores busy in bulk: bench / relay | cores per Gbit/s: bench / relay |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|\n")
 	gbps := func(s sample) float64 { return s.gbps }
 	p50 := func(s sample) float64 { return float64(s.p50) }
 	p99 := func(s sample) float64 { return float64(s.p99) }
@@ -73,14 +73,14 @@ func (r *results) markdown(o options) string {
 		l50, _ := median(ss, p50)
 		l99, _ := median(ss, p99)
 		if !ok {
-			p("| %s | fail | %s | - | - | - | - | - | - |\n", pa.name, perRound(ss, nil))
+			p("| %s | fail | %s | - | - | - | - | - | - | - |\n", pa.name, perRound(ss, nil))
 			continue
 		}
 		sc, _ := median(ss, func(s sample) float64 { return s.selfCores })
 		rc, _ := median(ss, func(s sample) float64 { return s.relayCores })
-		p("| %s | %.3f | %s | %s | %s | %s | %s | %s | %.2f / %.2f |\n", pa.name, g,
+		p("| %s | %.3f | %s | %s | %s | %s | %s | %s | %.2f / %.2f | %.2f / %.2f |\n", pa.name, g,
 			perRound(ss, func(s sample) string { return fmt.Sprintf("%.3f", s.gbps) }),
-			ratio(g, dg, dok), ms(l50), ms(l99), ratio(l50, d50, dok), ratio(l99, d99, dok), sc, rc)
+			ratio(g, dg, dok), ms(l50), ms(l99), ratio(l50, d50, dok), ratio(l99, d99, dok), sc, rc, sc/g, rc/g)
 	}
 	for _, pa := range r.paths {
 		for i, s := range r.samples[pa.name] {
