@@ -4,7 +4,7 @@ GOFLAGS  ?=
 BIN      := bin
 LDFLAGS  := -s -w
 
-.PHONY: all build dev test test-deps bench fuzz lint clean
+.PHONY: all build dev test test-deps bench bench-paths fuzz lint clean
 
 all: build
 
@@ -29,6 +29,13 @@ test-deps:
 bench:
 	@scripts/install-deps.sh bench
 	bench/bench.sh
+
+# Issue 12's paths between network namespaces with real NAT routers: direct
+# (TLS+yamux), punched (QUIC) and relayed (`fogmesh relay`), throughput, p50/p99,
+# relay CPU per Gbit/s and RSS with 1,000 held streams/sessions. Needs root. ROUNDS (3).
+bench-paths:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh ./cmd/fogmesh
+	$(GO) run ./bench/netpaths -fogmesh $(BIN)/fogmesh
 
 # Runs each fuzz target for a while (FUZZTIME, default 30s).
 FUZZTIME ?= 30s
