@@ -22,6 +22,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/control"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // echoServer answers every line with "<name>: <line>".
@@ -191,13 +192,7 @@ func wlFor(service string, e *echoServer) Workload {
 // waitFor polls cond for up to 10 s.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, what, cond)
 }
 
 func endpointsOf(a *Agent, svc string) []EndpointStatus {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // Istio task conformance (issue 11, "Tests"): each row follows one of
@@ -266,13 +267,7 @@ func runIstioTasks(t *testing.T, rows []taskRow) {
 // be known, healthy, by both agents on a busy machine.
 func waitLong(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 60*time.Second, what, cond)
 }
 
 // runTaskStep sends st's requests over proto and checks the answers;

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // upstream is a real HTTP/1.1 server on a loopback port that answers
@@ -112,13 +114,7 @@ func get(t *testing.T, p *Pool, method, body string) (int, string) {
 // waitFor polls cond until it holds or 10 s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, what, cond)
 }
 
 // TestPoolReusesConnection: requests one after another, with and without

@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // fixture is a test CA and a relay serving on loopback TCP and UDP.
@@ -159,13 +160,7 @@ func refused(reason string) string {
 // waitFor polls cond until it holds or 20 s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 20*time.Second, what, cond)
 }
 
 func ctx20(t *testing.T) context.Context {

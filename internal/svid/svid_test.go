@@ -15,6 +15,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
 	"github.com/fogmesh/fogmesh/internal/workloadapi"
 )
@@ -69,13 +70,7 @@ func runStore(t *testing.T, s *Store, iss Issuer) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 15*time.Second, what, cond)
 }
 
 // TestStoreIssuesAndRenews: an attested workload gets an SVID for its

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run in CI (the environment variable CI is
@@ -70,4 +71,18 @@ func (l *Buffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// WaitFor polls cond every 10 ms until it holds, and fails the test naming
+// what it waited for when it does not within timeout: the one wait on a
+// condition the tests use instead of a fixed sleep.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
 }

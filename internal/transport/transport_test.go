@@ -16,6 +16,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/yamux"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // mapDialer is the test Dialer: endpoint name -> workload address. Any
@@ -182,13 +184,7 @@ func roundTrip(t testing.TB, c net.Conn, msg string) {
 
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 5*time.Second, what, cond)
 }
 
 func metricsText(set *metrics.Set) string {
