@@ -39,6 +39,7 @@ Agent verbs (talk to the local agent, -agent or $FOGMESH_AGENT, default http://1
   fogmesh register -service S [-n NS] -port name=port[,..] [-address IP] [-name N] [-check tcp|http|none]
   fogmesh deregister NAME
   fogmesh routes                   the agent's routing view (tiers, health)
+  fogmesh paths                    the agent's path to each peer: direct, punched or relayed, RTT, bytes
   fogmesh describe service NAME [-n NS]   a service as this agent routes it: endpoints
                                    with tier, weight, health, in-flight and EWMA latency
 
@@ -83,6 +84,8 @@ func main() {
 		err = runDeregister(args)
 	case "routes":
 		err = runRoutes(args)
+	case "paths":
+		err = runPaths(args)
 	case "session":
 		err = runSession(args)
 	case "describe":

@@ -8,10 +8,12 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/fogmesh/fogmesh/internal/agent"
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/cli"
+	"github.com/fogmesh/fogmesh/internal/paths"
 )
 
 func runRegister(args []string) error {
@@ -112,6 +114,58 @@ func runRoutes(args []string) error {
 		}
 	}
 	return nil
+}
+
+// runPaths prints the agent's path to each peer it talks to.
+func runPaths(args []string) error {
+	fs := flag.NewFlagSet("fogmesh paths", flag.ContinueOnError)
+	agentURL := agentFlag(fs)
+	out := fs.String("o", "table", "output: table or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var st paths.Status
+	if err := call("GET", strings.TrimRight(*agentURL, "/")+"/v1/paths", nil, &st); err != nil {
+		return err
+	}
+	if *out == "json" {
+		b, _ := json.MarshalIndent(st, "", "  ")
+		fmt.Println(string(b))
+		return nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tPATH\tRELAY\tREMOTE\tRTT\tBYTES OUT\tBYTES IN\tSINCE")
+	for _, p := range st.Paths {
+		rtt := "-"
+		if p.RTTMs > 0 {
+			rtt = fmt.Sprintf("%.2fms", p.RTTMs)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Peer, p.Kind, orDash(p.Relay), orDash(p.Remote), rtt,
+			p.BytesOut, p.BytesIn, p.Since.Format(time.RFC3339))
+	}
+	tw.Flush()
+	if len(st.Relays) > 0 {
+		fmt.Println()
+		tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "RELAY\tCONNECTED\tHOME\tRTT\tSESSIONS\tLAST ERROR")
+		for _, r := range st.Relays {
+			fmt.Fprintf(tw, "%s\t%v\t%v\t%s\t%d\t%s\n", r.Addr, r.Connected, r.Home, r.SmoothedRTT.Round(10*time.Microsecond), r.Sessions, orDash(r.LastError))
+		}
+		tw.Flush()
+	}
+	if st.Punching {
+		fmt.Printf("\npunching: on, candidates %s\n", strings.Join(st.Candidates, " "))
+	} else {
+		fmt.Printf("\npunching: off (%s)\n", st.PunchNote)
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func runDescribe(args []string) error {

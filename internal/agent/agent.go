@@ -30,6 +30,8 @@ import (
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/outlier"
+	"github.com/fogmesh/fogmesh/internal/paths"
+	"github.com/fogmesh/fogmesh/internal/relay"
 	"github.com/fogmesh/fogmesh/internal/retry"
 	"github.com/fogmesh/fogmesh/internal/svid"
 	"github.com/fogmesh/fogmesh/internal/transport"
@@ -125,7 +127,7 @@ type Agent struct {
 	retries     *retry.Budget
 	dns         *meshdns.Server
 	mesh        *transport.Server
-	peers       *transport.Client
+	peers       *paths.Manager
 	admin       *http.Server
 	adminLn,
 	meshLn net.Listener
@@ -239,6 +241,9 @@ func New(cfg Config) (*Agent, error) {
 		if !ok {
 			a.closeListeners()
 			a.audit.Close()
+			if a.peers != nil {
+				a.peers.Close()
+			}
 		}
 	}()
 	a.dns, err = meshdns.New(meshdns.Config{Addr: cfg.DNSAddr, Upstreams: cfg.Upstreams,
@@ -246,21 +251,28 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: dns: %w", err)
 	}
-	scfg := transport.ServerConfig{Listener: a.meshLn, Dialer: a,
-		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics}
-	ccfg := transport.ClientConfig{SourceNode: cfg.Node.Name, Network: cfg.Network,
-		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval)}
+	pcfg := paths.Config{Self: cfg.Node.Name, Dialer: a, Network: cfg.Network, Logger: a.log.With("sub", "mesh"),
+		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,
+		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive)}
 	if a.ident != nil {
-		scfg.TLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		pcfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		pcfg.ServerTLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		pcfg.RelayTLS = a.ident.src.ClientConfig(relay.AuthorizeRelay(a.ident.td))
+		pcfg.TrustedSourceID = a.trustedSourceID
+		pcfg.SelfID = a.ident.src.SVID().ID
+	}
+	if a.peers, err = paths.New(pcfg); err != nil {
+		return nil, &ConfigError{Err: fmt.Errorf("agent: %w", err)}
+	}
+	scfg := transport.ServerConfig{Listener: a.peers.Listener(a.meshLn), Dialer: a,
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, TLS: pcfg.ServerTLS}
+	if a.ident != nil {
 		scfg.TrustedSourceID = a.trustedSourceID
-		ccfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
-		ccfg.PeerID = a.meshPeerID
 	}
 	a.mesh, err = transport.NewServer(scfg)
 	if err != nil {
 		return nil, fmt.Errorf("agent: mesh: %w", err)
 	}
-	a.peers = transport.NewClient(ccfg)
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}

@@ -48,7 +48,7 @@ func (a *Agent) weight(ev *endpointView) float64 {
 func (a *Agent) distance(ev *endpointView) float64 {
 	d := ev.distance
 	if ev.mesh != "" && !ev.local && a.peers != nil {
-		if rtt, ok := a.peers.RTT(ev.mesh); ok {
+		if rtt, ok := a.peers.RTT(ev.ep.Spec.Node); ok {
 			d = max(d, float64(rtt)/float64(time.Millisecond))
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -65,6 +66,20 @@ type Config struct {
 	// a mesh session with, to measure the RTT the edge-aware balancer
 	// counts as distance (default 5s).
 	MeshPingInterval Duration `json:"meshPingInterval,omitempty"`
+	// Relays are relay addresses (host:port; each answers reflexive UDP
+	// requests on the same address), e.g. one per region. With relays the
+	// agent reaches peers behind NATs: directly where the peer's address
+	// answers, over a UDP path punched through both NATs (QUIC), or
+	// through a relay. Needs secure mode. Empty: peers are dialed at
+	// their advertised mesh address only.
+	Relays []string `json:"relays,omitempty"`
+	// PunchAddr is the UDP socket of punched paths (default 0.0.0.0:0,
+	// any port; "off": relayed paths only).
+	PunchAddr string `json:"punchAddr,omitempty"`
+	// PathKeepAlive is how often punched paths and relay connections are
+	// refreshed to hold NAT mappings (default 20s, below the common 30s
+	// UDP timeout).
+	PathKeepAlive Duration `json:"pathKeepAlive,omitempty"`
 	// EjectFor is how long an endpoint that refused a connection is skipped
 	// (default 10s); a local one returns as soon as its check passes.
 	EjectFor Duration `json:"ejectFor,omitempty"`
@@ -222,6 +237,26 @@ func (c *Config) validate() error {
 	}
 	if _, err := netip.ParseAddrPort(c.MeshAdvertise); err != nil {
 		return fmt.Errorf("meshAdvertise: %q: %w", c.MeshAdvertise, err)
+	}
+	for i, a := range c.Relays {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("relays[%d]: %q: %w", i, a, err)
+		}
+		if slices.Contains(c.Relays[:i], a) {
+			return fmt.Errorf("relays[%d]: %q listed twice", i, a)
+		}
+	}
+	if len(c.Relays) > 0 && c.Insecure {
+		return errors.New("relays: need secure mode (the relay and the peers authenticate this node by its certificate)")
+	}
+	def(&c.PunchAddr, "0.0.0.0:0")
+	if c.PunchAddr != "off" {
+		if _, err := netip.ParseAddrPort(c.PunchAddr); err != nil {
+			return fmt.Errorf("punchAddr: %q: %w (want host:port, or off)", c.PunchAddr, err)
+		}
+	}
+	if c.PathKeepAlive < 0 {
+		return fmt.Errorf("pathKeepAlive: negative")
 	}
 	if c.JoinToken != "" && len(c.Control) == 0 {
 		return errors.New("joinToken: needs a control plane address (control)")

@@ -19,15 +19,9 @@ func (a *Agent) onGossip(name string, alive bool) {
 	}
 	a.gossipDead.Store(name, true)
 	a.m.gossipDeaths.Inc()
-	a.mu.Lock()
-	var mesh string
-	if n := a.res.nodes[name]; n != nil {
-		mesh = n.Spec.MeshAddress
-	}
-	a.mu.Unlock()
 	cancelled := a.cancelNode(name)
-	if mesh != "" && a.peers != nil {
-		a.peers.DropSession(mesh)
+	if a.peers != nil {
+		a.peers.DropNode(name)
 	}
 	a.log.Warn("agent: site peer is gone (gossip)", "node", name, "inFlightCancelled", cancelled)
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/paths"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
@@ -488,11 +489,11 @@ spec: {service: hyg, rules: [{to: [{methods: [GET]}]}]}
 	// policy (insecure mode: without one it relays bytes).
 	waitFor(t, "the policy on the endpoint's node", func() bool { return srv.view.Load().authz.Len() == 1 })
 	cli := startAgent(t, agentOpts{name: "cli", site: "s1", region: "r1", vipOctet: 240, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
-	var mesh string
+	var mesh paths.Peer
 	waitFor(t, "the remote endpoint and the policy on the client node", func() bool {
 		v := cli.view.Load()
 		if sv := v.services["demo/hyg"]; sv != nil && len(sv.endpoints) == 1 && sv.endpoints[0].mesh != "" && v.authz.Len() == 1 {
-			mesh = sv.endpoints[0].mesh
+			mesh = cli.peerOf(sv.endpoints[0])
 			return true
 		}
 		return false

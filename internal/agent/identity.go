@@ -167,7 +167,9 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 	if len(t.Bundles[td.Name()]) == 0 {
 		return errors.New("trust: no roots for the own trust domain")
 	}
-	ni.td = td
+	if ni.td != td { // set once (New); the mesh dials read it unlocked
+		ni.td = td
+	}
 	old := map[string]bool{}
 	for _, id := range t.Revoked {
 		if !ni.src.Denied(id) {
@@ -356,21 +358,6 @@ func (a *Agent) NodeCertificate() *x509.Certificate {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.ident.cert
-}
-
-// meshPeerID is the node identity expected at a mesh address.
-func (a *Agent) meshPeerID(addr string) spiffeid.ID {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for name, n := range a.res.nodes {
-		if n.Spec.MeshAddress == addr {
-			id, err := identity.NodeID(a.ident.td, n.Spec.Site, name)
-			if err == nil {
-				return id
-			}
-		}
-	}
-	return spiffeid.ID{}
 }
 
 func (a *Agent) trustedSourceID(id spiffeid.ID) bool {

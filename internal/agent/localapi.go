@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/fogmesh/fogmesh/internal/paths"
 	"io"
 	"net/http"
 	"os"
@@ -159,7 +160,16 @@ func (a *Agent) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Routes())
 	})
+	mux.HandleFunc("GET /v1/paths", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, a.Paths())
+	})
 	return mux
+}
+
+// Paths returns the agent's path to every peer it has dialed, its relays
+// and whether punching runs.
+func (a *Agent) Paths() paths.Status {
+	return a.peers.Status()
 }
 
 // Routes returns the agent's routing view.

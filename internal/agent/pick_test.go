@@ -108,8 +108,8 @@ func TestDistanceFromMeasuredRTT(t *testing.T) {
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(c, "demo/rtt")) == 1 })
 	waitFor(t, "listener", func() bool { _, err := roundTrip("127.215.0.1:19031"); return err == nil })
 	ev := c.view.Load().services["demo/rtt"].endpoints[0]
-	waitFor(t, "an RTT to srv", func() bool { _, ok := c.peers.RTT(ev.mesh); return ok })
-	rtt, _ := c.peers.RTT(ev.mesh)
+	waitFor(t, "an RTT to srv", func() bool { _, ok := c.peers.RTT(ev.ep.Spec.Node); return ok })
+	rtt, _ := c.peers.RTT(ev.ep.Spec.Node)
 	if d := c.distance(ev); d <= 0 || d != float64(rtt)/float64(time.Millisecond) {
 		t.Fatalf("distance %v, RTT %v: want the RTT in ms", d, rtt)
 	}

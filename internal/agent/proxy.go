@@ -16,7 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/mqtt"
+	"github.com/fogmesh/fogmesh/internal/paths"
 
 	"github.com/fogmesh/fogmesh/internal/proxy"
 	"github.com/fogmesh/fogmesh/internal/transport"
@@ -292,7 +294,7 @@ func (a *Agent) dialStream(ctx context.Context, sv *serviceView, ev *endpointVie
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if ev.mesh != "" {
-		return a.peers.Dial(dctx, ev.mesh, transport.Header{
+		return a.peers.Dial(dctx, a.peerOf(ev), transport.Header{
 			Namespace: sv.svc.Meta.Namespace, Service: sv.svc.Meta.Name,
 			Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name, SourceID: clientIdentityFrom(ctx), L7: l7})
 	}
@@ -383,6 +385,15 @@ func (a *Agent) recoverConn(c net.Conn) {
 }
 
 // remoteNode is the node of a remote endpoint, "" for local or static ones.
+// peerOf is the agent serving a remote endpoint, for the path manager.
+func (a *Agent) peerOf(ev *endpointView) paths.Peer {
+	p := paths.Peer{Name: ev.ep.Spec.Node, Addr: ev.mesh}
+	if a.ident != nil {
+		p.ID, _ = identity.NodeID(a.ident.td, ev.site, p.Name)
+	}
+	return p
+}
+
 func remoteNode(ev *endpointView) string {
 	if ev.local || ev.mesh == "" {
 		return ""

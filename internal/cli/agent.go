@@ -32,6 +32,8 @@ func RunAgent(prog string, args []string) error {
 		insecure   = fs.Bool("insecure", false, "plaintext sync and mesh port, no identities: tests and local experiments only")
 		pathNorm   = fs.String("path-normalization", "", "HTTP path normalisation, Istio's options: NONE, BASE (default), MERGE_SLASHES, DECODE_AND_MERGE_SLASHES")
 		joinToken  = fs.String("join-token", os.Getenv("FOGMESH_JOIN_TOKEN"), "join token from 'fogmesh token create -site SITE' ($FOGMESH_JOIN_TOKEN); needed once, when the state dir holds no certificate")
+		relays     = fs.String("relays", "", "relay addresses, comma separated (host:port): reach peers behind NATs (secure mode)")
+		punchAddr  = fs.String("punch-addr", "", "UDP address of punched paths (default 0.0.0.0:0; off: relayed paths only)")
 		logf       LogFlags
 	)
 	logf.Register(fs)
@@ -79,6 +81,10 @@ func RunAgent(prog string, args []string) error {
 	if set["control"] {
 		cfg.Control = splitList(*control)
 	}
+	if set["relays"] {
+		cfg.Relays = splitList(*relays)
+	}
+	override("punch-addr", &cfg.PunchAddr, *punchAddr)
 	if cfg.Node.Name == "" {
 		h, err := os.Hostname()
 		if err != nil {

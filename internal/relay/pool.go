@@ -123,6 +123,7 @@ type Pool struct {
 	mu      sync.Mutex // guards the following and every poolRelay's state
 	home    *poolRelay
 	changed chan struct{} // closed and replaced at every change of state
+	cands   []string      // SetCandidates': told every relay on connect
 }
 
 // poolRelay is one relay of a Pool. Its runRelay goroutine owns the
@@ -282,6 +283,29 @@ func (p *Pool) Status() []RelayStatus {
 		out = append(out, st)
 	}
 	return out
+}
+
+// SetCandidates tells every connected relay the agent's own addresses
+// (Client.SetCandidates), and every relay that connects later too, so an
+// introduction through any relay carries them. It returns the first
+// error of a connected relay; that relay learns them when it reconnects.
+func (p *Pool) SetCandidates(cands []string) error {
+	p.mu.Lock()
+	p.cands = slices.Clone(cands)
+	var clients []*Client
+	for _, r := range p.relays {
+		if r.client != nil {
+			clients = append(clients, r.client)
+		}
+	}
+	p.mu.Unlock()
+	var first error
+	for _, c := range clients {
+		if err := c.SetCandidates(cands); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // WaitConnected waits until at least n relays are connected with a

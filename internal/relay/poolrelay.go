@@ -110,6 +110,14 @@ func (p *Pool) connectAndServe(r *poolRelay) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
+	p.mu.Lock()
+	cands := p.cands
+	p.mu.Unlock()
+	if cands != nil {
+		if err := c.SetCandidates(cands); err != nil {
+			return 0, err
+		}
+	}
 	fwd.Add(1)
 	go p.forwardIncoming(&fwd, c)
 	start := time.Now()

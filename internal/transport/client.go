@@ -84,9 +84,10 @@ type Client struct {
 	m   *meshMetrics
 	wg  sync.WaitGroup // watchSession goroutines
 
-	mu     sync.Mutex // guards the following, and every peer's sess
-	closed bool
-	peers  map[string]*peer // by mesh address
+	mu      sync.Mutex // guards the following, and every peer's sess
+	closed  bool
+	peers   map[string]*peer            // by mesh address
+	retired map[*yamux.Session]struct{} // draining: no new streams (Retire)
 
 	rtts sync.Map // mesh address -> *peer, for RTT without mu (read per request)
 }
@@ -105,10 +106,11 @@ type peer struct {
 func NewClient(cfg ClientConfig) *Client {
 	cfg.validate()
 	return &Client{
-		cfg:   cfg,
-		log:   cfg.Logger,
-		m:     newMeshMetrics(cfg.Metrics, "out"),
-		peers: make(map[string]*peer),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		m:       newMeshMetrics(cfg.Metrics, "out"),
+		peers:   make(map[string]*peer),
+		retired: make(map[*yamux.Session]struct{}),
 	}
 }
 
@@ -384,6 +386,9 @@ func (c *Client) Close() error {
 			sessions = append(sessions, p.sess)
 		}
 	}
+	for sess := range c.retired {
+		sessions = append(sessions, sess)
+	}
 	c.mu.Unlock()
 
 	for _, sess := range sessions {
@@ -438,4 +443,43 @@ func (c *Client) DropSession(meshAddr string) bool {
 		sess.Close()
 	}
 	return sess != nil
+}
+
+// retireCheck is how often a retired session is checked for its last
+// stream.
+const retireCheck = 500 * time.Millisecond
+
+// Retire takes the session to meshAddr out of use without failing its
+// streams: the next Dial opens a fresh session, and the retired one is
+// closed once its last stream ends. The path manager calls it when a
+// better path to the peer appears (a relayed session after a punch
+// succeeded). It reports whether there was a session to retire.
+func (c *Client) Retire(meshAddr string) bool {
+	c.mu.Lock()
+	p := c.peers[meshAddr]
+	if c.closed || p == nil || p.sess == nil {
+		c.mu.Unlock()
+		return false
+	}
+	sess := p.sess
+	p.sess = nil
+	c.retired[sess] = struct{}{}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		t := time.NewTicker(retireCheck)
+		defer t.Stop()
+		for sess.NumStreams() > 0 && !sess.IsClosed() {
+			select {
+			case <-sess.CloseChan():
+			case <-t.C:
+			}
+		}
+		sess.Close()
+		c.mu.Lock()
+		delete(c.retired, sess)
+		c.mu.Unlock()
+	}()
+	return true
 }

@@ -296,6 +296,22 @@ func (c *QUICClient) RTT(meshAddr string) (time.Duration, bool) {
 	return d, d > 0
 }
 
+// Bytes returns the bytes sent and received on the live connection to
+// meshAddr (QUIC payload, retransmissions included); zeros without one.
+func (c *QUICClient) Bytes(meshAddr string) (sent, received uint64) {
+	c.mu.Lock()
+	var qc *quic.Conn
+	if p := c.peers[meshAddr]; p != nil {
+		qc = p.conn
+	}
+	c.mu.Unlock()
+	if qc == nil {
+		return 0, 0
+	}
+	st := qc.ConnectionStats()
+	return st.BytesSent, st.BytesReceived
+}
+
 // Close closes every connection, and with them every stream, and waits for
 // the client's goroutines. It leaves the transport open. It is idempotent;
 // Dials after Close fail.

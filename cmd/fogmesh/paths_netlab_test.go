@@ -1,0 +1,431 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/agent"
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/netlab"
+	"github.com/fogmesh/fogmesh/internal/paths"
+)
+
+// These tests run the mesh on internal/netlab's small internet: a control
+// plane, a cloud agent and two relays on a public network, and agents in
+// sites behind real NAT routers (A endpoint-independent, B symmetric, both
+// on 192.168.1.0/24 with the same node address; C drops UDP; a LAN site
+// with two nodes). Every process runs inside its namespace; the test talks
+// to them through sockets made in those namespaces.
+
+// startIn runs the binary inside ns; the test's cleanup kills it.
+func startIn(t *testing.T, ns *netlab.Netns, args ...string) *proc {
+	t.Helper()
+	cmd := ns.Command(context.Background(), fogmeshBin, args...)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{}), out: out}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// startAddrsIn is startAddrs inside ns.
+func startAddrsIn(t *testing.T, ns *netlab.Netns, args ...string) (*proc, map[string]string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "addrs.json")
+	p := startIn(t, ns, append(args, "-addr-file", path)...)
+	return p, p.waitAddrs(t, path)
+}
+
+// runIn runs a CLI verb inside ns and returns its standard output.
+func runIn(t *testing.T, ns *netlab.Netns, args ...string) string {
+	t.Helper()
+	cmd := ns.Command(context.Background(), fogmeshBin, args...)
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("fogmesh %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
+	}
+	return string(out)
+}
+
+// labMesh is a mesh running on a lab.
+type labMesh struct {
+	t        *testing.T
+	lab      *netlab.Lab
+	ctl      *proc
+	admin    []string // -server -ca -token of the admin verbs
+	syncAddr string
+	relays   map[string]*proc // by address
+	nodes    map[string]*labAgent
+}
+
+// labAgent is an agent process in a namespace, serving one HTTP service
+// svc-NAME whose workload answers with the node's name.
+type labAgent struct {
+	name  string
+	host  *netlab.Host
+	p     *proc
+	admin string // inside host's namespace
+	http  *http.Client
+}
+
+const labSyncPort, labMeshPort, labRelayPort = 7071, 7072, 7074
+
+// startLabMesh starts the control plane and both relays on the lab's
+// public network.
+func startLabMesh(t *testing.T, lab *netlab.Lab) *labMesh {
+	t.Helper()
+	m := &labMesh{t: t, lab: lab, relays: map[string]*proc{}, nodes: map[string]*labAgent{}}
+	state := t.TempDir()
+	m.syncAddr = fmt.Sprintf("%s:%d", lab.CP.Addr, labSyncPort)
+	var addrs map[string]string
+	m.ctl, addrs = startAddrsIn(t, lab.CP.Netns, "control", "-state-dir", state, "-admin-addr", "127.0.0.1:0",
+		"-sync-addr", m.syncAddr, "-heartbeat-interval", "1s")
+	ca := filepath.Join(state, "ca.pem")
+	testWait(t, 20*time.Second, "the control plane's admin token", func() bool {
+		_, err1 := os.Stat(filepath.Join(state, "admin.token"))
+		_, err2 := os.Stat(ca)
+		return err1 == nil && err2 == nil
+	})
+	tok, err := os.ReadFile(filepath.Join(state, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.admin = []string{"-server", "https://" + addrs["admin"], "-ca", ca, "-token", strings.TrimSpace(string(tok))}
+	testWait(t, 20*time.Second, "the admin API", func() bool {
+		out, err := lab.CP.Command(context.Background(), fogmeshBin, append([]string{"get", "nodes"}, m.admin...)...).CombinedOutput()
+		return err == nil && !strings.Contains(string(out), "error")
+	})
+
+	// The relays' certificates, from the mesh CA.
+	cadir, err := identity.OpenCA(identity.CAConfig{Dir: filepath.Join(state, "ca")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range []*netlab.Host{lab.Relay1, lab.Relay2} {
+		dir := t.TempDir()
+		src := relayIdentity(t, cadir, "relay", fmt.Sprintf("r%d", i+1))
+		key, err := identity.EncodeKeyPEM(src.SVID().PrivateKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, b := range map[string][]byte{"cert.pem": identity.EncodeCertificatesPEM(src.SVID().Certificates...),
+			"key.pem": key, "bundle.pem": identity.EncodeCertificatesPEM(cadir.Roots()...), "deny": nil} {
+			if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		addr := fmt.Sprintf("%s:%d", h.Addr, labRelayPort)
+		p, _ := startAddrsIn(t, h.Netns, "relay", "-addr", addr, "-admin-addr", "127.0.0.1:0",
+			"-cert", filepath.Join(dir, "cert.pem"), "-key", filepath.Join(dir, "key.pem"),
+			"-bundle", filepath.Join(dir, "bundle.pem"), "-deny-file", filepath.Join(dir, "deny"))
+		m.relays[addr] = p
+	}
+	return m
+}
+
+func (m *labMesh) relayAddrs() []string {
+	return []string{fmt.Sprintf("%s:%d", m.lab.Relay1.Addr, labRelayPort), fmt.Sprintf("%s:%d", m.lab.Relay2.Addr, labRelayPort)}
+}
+
+// agent starts node name in h's namespace, site site, with its workload
+// and service.
+func (m *labMesh) agent(name, site, region string, h *netlab.Host) *labAgent {
+	t := m.t
+	t.Helper()
+	ln, err := h.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	doc := filepath.Join(t.TempDir(), "svc.yaml")
+	os.WriteFile(doc, []byte(fmt.Sprintf("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: svc-%s, namespace: demo}\nspec:\n  ports: [{name: http, port: 8080, protocol: http}]\n", name)), 0o644)
+	runIn(t, m.lab.CP.Netns, append([]string{"apply", "-f", doc}, m.admin...)...)
+	tok := strings.TrimSpace(runIn(t, m.lab.CP.Netns, append([]string{"token", "create", "-site", site, "-ttl", "10m"}, m.admin...)...))
+	dir := t.TempDir()
+	relays, _ := json.Marshal(m.relayAddrs())
+	cfg := fmt.Sprintf(`node: {name: %s, site: %s, region: %s}
+control: [%q]
+meshAddr: "0.0.0.0:%d"
+meshAdvertise: "%s:%d"
+dnsAddr: "127.0.0.1:0"
+adminAddr: "127.0.0.1:0"
+stateDir: %q
+joinToken: %q
+relays: %s
+workloads: [{service: svc-%s, namespace: demo, ports: [{name: http, port: %d}]}]
+`, name, site, region, m.syncAddr, labMeshPort, h.Addr, labMeshPort, dir, tok, relays, name, ln.Addr().(*net.TCPAddr).Port)
+	path := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, addrs := startAddrsIn(t, h.Netns, "agent", "-config", path)
+	a := &labAgent{name: name, host: h, p: p, admin: addrs["admin"],
+		http: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: h.DialContext, DisableKeepAlives: true}}}
+	m.nodes[name] = a
+	return a
+}
+
+// getJSON reads an agent's admin API.
+func (a *labAgent) getJSON(path string, v any) error {
+	resp, err := a.http.Get("http://" + a.admin + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// vip is the address of service svc on a's node, once a routes it to a
+// healthy endpoint.
+func (a *labAgent) vip(svc string) (string, bool) {
+	var routes []agent.RouteStatus
+	if err := a.getJSON("/v1/routes", &routes); err != nil {
+		return "", false
+	}
+	for _, r := range routes {
+		if r.Service == "demo/"+svc && len(r.Endpoints) == 1 && r.Endpoints[0].Healthy {
+			return r.VIP, true
+		}
+	}
+	return "", false
+}
+
+// call sends one request from a's namespace to svc-to through a's agent.
+func (a *labAgent) call(vip, to string) error {
+	resp, err := a.http.Get("http://" + net.JoinHostPort(vip, "8080") + "/")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != to {
+		return fmt.Errorf("%s -> svc-%s: %s %q", a.name, to, resp.Status, b)
+	}
+	return nil
+}
+
+// path is a's path to peer, if it has one.
+func (a *labAgent) path(peer string) (paths.PathStatus, bool) {
+	var st paths.Status
+	if err := a.getJSON("/v1/paths", &st); err != nil {
+		return paths.PathStatus{}, false
+	}
+	for _, p := range st.Paths {
+		if p.Peer == peer {
+			return p, true
+		}
+	}
+	return paths.PathStatus{}, false
+}
+
+// testWait polls cond until it holds or d passes.
+func testWait(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestCrossSitePaths: every pair of nodes (five behind NATs, one in the
+// cloud) reaches the other's service in both directions with real HTTP
+// requests through both agents; each pair settles on the expected path
+// (LAN pair direct, anything to the cloud direct, endpoint-independent
+// NATs punched, a symmetric NAT or a site without UDP relayed); the first
+// request to a peer behind the symmetric NAT is answered within 2 s;
+// killing a relay leaves punched paths working and moves relayed ones to
+// the other relay; a site whose uplink flaps recovers without a restart.
+func TestCrossSitePaths(t *testing.T) {
+	lab := netlab.New(t)
+	m := startLabMesh(t, lab)
+	nodes := []*labAgent{
+		m.agent("a1", "site-a", "edge", lab.A.Nodes[0]),
+		m.agent("b1", "site-b", "edge", lab.B.Nodes[0]),
+		m.agent("c1", "site-c", "edge", lab.C.Nodes[0]),
+		m.agent("l1", "site-lan", "edge", lab.LAN.Nodes[0]),
+		m.agent("l2", "site-lan", "edge", lab.LAN.Nodes[1]),
+		m.agent("cloud", "cloud", "cloud", lab.CP),
+	}
+	vips := map[[2]string]string{}
+	for _, x := range nodes {
+		for _, y := range nodes {
+			if x == y {
+				continue
+			}
+			testWait(t, 30*time.Second, x.name+" routing svc-"+y.name, func() bool {
+				v, ok := x.vip("svc-" + y.name)
+				vips[[2]string{x.name, y.name}] = v
+				return ok
+			})
+		}
+	}
+
+	// First requests: each answered within 2 s (the relay fallback's
+	// budget), in both directions of every pair.
+	for _, x := range nodes {
+		for _, y := range nodes {
+			if x == y {
+				continue
+			}
+			start := time.Now()
+			if err := x.call(vips[[2]string{x.name, y.name}], y.name); err != nil {
+				t.Fatalf("first request %s -> %s: %v\n%s", x.name, y.name, err, x.p.out)
+			}
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("first request %s -> %s took %s, over 2 s", x.name, y.name, took)
+			}
+		}
+	}
+
+	// The path each pair settles on.
+	expect := func(x, y string) []paths.Kind {
+		pair := map[string]bool{x: true, y: true}
+		switch {
+		case pair["l1"] && pair["l2"]:
+			return []paths.Kind{paths.Direct}
+		case y == "cloud":
+			return []paths.Kind{paths.Direct}
+		case pair["c1"]:
+			return []paths.Kind{paths.Relayed}
+		case pair["b1"] && x == "cloud":
+			// The cloud has no NAT: it may answer b1's probes from the
+			// address they came from.
+			return []paths.Kind{paths.Punched, paths.Relayed}
+		case pair["b1"]:
+			return []paths.Kind{paths.Relayed}
+		default: // a1, l1, l2 and the cloud to them
+			return []paths.Kind{paths.Punched}
+		}
+	}
+	for _, x := range nodes {
+		for _, y := range nodes {
+			if x == y {
+				continue
+			}
+			want := expect(x.name, y.name)
+			var got paths.PathStatus
+			testWait(t, 15*time.Second, fmt.Sprintf("%s's path to %s to be %v", x.name, y.name, want), func() bool {
+				// Requests keep the path in use (and start the upgrade).
+				x.call(vips[[2]string{x.name, y.name}], y.name)
+				got, _ = x.path(y.name)
+				for _, k := range want {
+					if got.Kind == k {
+						return true
+					}
+				}
+				return false
+			})
+			if err := x.call(vips[[2]string{x.name, y.name}], y.name); err != nil {
+				t.Fatalf("%s -> %s over %s: %v", x.name, y.name, got.Kind, err)
+			}
+			t.Logf("%s -> %s: %s %s %s rtt %.2fms", x.name, y.name, got.Kind, got.Relay, got.Remote, got.RTTMs)
+		}
+	}
+
+	t.Run("relay-killed", func(t *testing.T) {
+		a1, b1, l1 := m.nodes["a1"], m.nodes["b1"], m.nodes["l1"]
+		p, ok := a1.path("b1")
+		if !ok || p.Kind != paths.Relayed {
+			t.Fatalf("a1 -> b1: %+v", p)
+		}
+		killed := p.Relay
+		rp := m.relays[killed]
+		if rp == nil {
+			t.Fatalf("a1 -> b1 through unknown relay %q", killed)
+		}
+		rp.kill9(t)
+		// Punched paths do not go through a relay: they keep working.
+		if err := a1.call(vips[[2]string{"a1", "l1"}], "l1"); err != nil {
+			t.Errorf("a1 -> l1 (punched) after the relay died: %v", err)
+		}
+		if p, _ := a1.path("l1"); p.Kind != paths.Punched {
+			t.Errorf("a1 -> l1 is %s after the relay died", p.Kind)
+		}
+		_ = l1
+		// Relayed ones move to the other relay.
+		for _, pair := range [][2]*labAgent{{a1, b1}, {b1, a1}} {
+			x, y := pair[0], pair[1]
+			testWait(t, 20*time.Second, x.name+" -> "+y.name+" through the other relay", func() bool {
+				if x.call(vips[[2]string{x.name, y.name}], y.name) != nil {
+					return false
+				}
+				p, _ := x.path(y.name)
+				return p.Kind == paths.Relayed && p.Relay != "" && p.Relay != killed
+			})
+		}
+	})
+
+	t.Run("uplink-flap", func(t *testing.T) {
+		a1 := m.nodes["a1"]
+		if err := lab.A.SetUplink(false); err != nil {
+			t.Fatal(err)
+		}
+		// While down, nothing crosses (the request fails, bounded by the
+		// client's timeout); then the link returns.
+		if err := a1.call(vips[[2]string{"a1", "cloud"}], "cloud"); err == nil {
+			t.Log("a request crossed a downed uplink?")
+		}
+		if err := lab.A.SetUplink(true); err != nil {
+			t.Fatal(err)
+		}
+		for _, y := range []string{"cloud", "l1", "b1", "c1"} {
+			testWait(t, 40*time.Second, "a1 -> "+y+" after the uplink came back", func() bool {
+				return a1.call(vips[[2]string{"a1", y}], y) == nil
+			})
+			x := m.nodes[y]
+			testWait(t, 40*time.Second, y+" -> a1 after the uplink came back", func() bool {
+				return x.call(vips[[2]string{y, "a1"}], "a1") == nil
+			})
+		}
+	})
+	var once sync.Once
+	if t.Failed() {
+		once.Do(func() {
+			for _, n := range nodes {
+				t.Logf("--- %s:\n%s", n.name, tail(n.p.out.String(), 60))
+			}
+		})
+	}
+}
+
+// tail is the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+

@@ -1,0 +1,74 @@
+package paths
+
+import (
+	"context"
+	"fmt"
+	"net"
+)
+
+// pathNetwork is the TCP mesh client's network: it dials a session key
+// (directKey, relayKey) rather than an address, so the client's sessions
+// are per peer and path, never per address.
+type pathNetwork Manager
+
+// Dial opens the carrier of a session: a TCP connection to the peer's
+// advertised address, or a session relayed to the peer's identity.
+func (n *pathNetwork) Dial(ctx context.Context, _, key string) (net.Conn, error) {
+	m := (*Manager)(n)
+	kind, name := keyPeer(key)
+	m.mu.Lock()
+	st := m.peers[name]
+	m.mu.Unlock()
+	if st == nil {
+		return nil, fmt.Errorf("paths: unknown peer %q", name)
+	}
+	m.mu.Lock()
+	addr, id := st.Addr, st.ID
+	m.mu.Unlock()
+	var c net.Conn
+	var err error
+	switch kind {
+	case Direct:
+		c, err = m.cfg.Network.Dial(ctx, "tcp", addr)
+	case Relayed:
+		if m.pool == nil {
+			return nil, fmt.Errorf("paths: no relay configured")
+		}
+		var via string
+		c, via, err = m.pool.DialPeer(ctx, id.String())
+		if err == nil {
+			m.mu.Lock()
+			st.viaRelay = via
+			m.mu.Unlock()
+		}
+	default:
+		return nil, fmt.Errorf("paths: bad session key %q", key)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &countConn{Conn: c, b: st.bytes}, nil
+}
+
+// Listen is not used: peers reach this agent through Manager.Listener.
+func (n *pathNetwork) Listen(context.Context, string, string) (net.Listener, error) {
+	return nil, fmt.Errorf("paths: listen through the agent's mesh listener")
+}
+
+// countConn counts a TCP path's bytes for Status.
+type countConn struct {
+	net.Conn
+	b *byteCount
+}
+
+func (c *countConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.b.in.Add(uint64(n))
+	return n, err
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.b.out.Add(uint64(n))
+	return n, err
+}

@@ -1,0 +1,288 @@
+package paths
+
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/punch"
+	"github.com/fogmesh/fogmesh/internal/relay"
+	"github.com/fogmesh/fogmesh/internal/transport"
+)
+
+// udpSide is the punching socket and the QUIC mesh that runs over it.
+type udpSide struct {
+	pc      net.PacketConn
+	tr      *quic.Transport
+	puncher *punch.Puncher
+	client  *transport.QUICClient
+	server  *transport.QUICServer
+	served  chan struct{}
+	cands   []string
+}
+
+func (u *udpSide) close() {
+	u.server.Close()
+	<-u.served
+	u.client.Close()
+	u.puncher.Close()
+	u.tr.Close()
+	u.pc.Close()
+}
+
+// setPunch records why punching does or does not run.
+func (m *Manager) setPunch(ready bool, reason string, cands []string) {
+	m.mu.Lock()
+	m.punch = punchState{ready: ready, reason: reason, cands: cands}
+	m.mu.Unlock()
+}
+
+// startPunching waits for a relay, opens the UDP socket, learns its
+// reflexive address from the home relay and starts the QUIC mesh on it.
+// Introductions from peers are answered from then on.
+func (m *Manager) startPunching() {
+	defer m.wg.Done()
+	if err := m.pool.WaitConnected(m.ctx, 1); err != nil {
+		return
+	}
+	rc, home := m.pool.Home()
+	if rc == nil {
+		m.setPunch(false, "no home relay", nil)
+		return
+	}
+	pc, err := net.ListenPacket("udp", m.cfg.UDPAddr)
+	if err != nil {
+		m.log.Error("paths: punching socket", "addr", m.cfg.UDPAddr, "err", err)
+		m.setPunch(false, "punching socket: "+err.Error(), nil)
+		return
+	}
+	relayUDP, err := net.ResolveUDPAddr("udp", home)
+	if err != nil {
+		pc.Close()
+		m.setPunch(false, "relay UDP address: "+err.Error(), nil)
+		return
+	}
+	cands, err := punch.Gather(m.ctx, rc, pc, relayUDP, 0)
+	if err != nil {
+		pc.Close()
+		reason := err.Error()
+		if errors.Is(err, punch.ErrUDPBlocked) {
+			reason = "UDP does not get out of this site: peers are reached directly or through a relay over TCP"
+		}
+		m.log.Warn("paths: no punching", "reason", reason)
+		m.setPunch(false, reason, cands.Strings())
+		return
+	}
+	u, err := m.openUDP(pc)
+	if err != nil {
+		pc.Close()
+		m.log.Error("paths: QUIC mesh", "err", err)
+		m.setPunch(false, err.Error(), nil)
+		return
+	}
+	u.cands = cands.Strings()
+	if err := m.pool.SetCandidates(u.cands); err != nil {
+		m.log.Warn("paths: telling the relays the candidates", "err", err)
+	}
+	m.mu.Lock()
+	if m.ctx.Err() != nil {
+		m.mu.Unlock()
+		u.close()
+		return
+	}
+	m.udp = u
+	m.punch = punchState{ready: true, cands: u.cands}
+	m.mu.Unlock()
+	m.log.Info("paths: punching ready", "candidates", u.cands, "relay", home)
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case in := <-m.pool.Introductions():
+			m.wg.Add(1)
+			go m.answer(u, in)
+		}
+	}
+}
+
+// openUDP starts the QUIC mesh on pc.
+func (m *Manager) openUDP(pc net.PacketConn) (*udpSide, error) {
+	tr := transport.NewQUICTransport(pc)
+	timers := transport.QUICTimers{KeepAlive: m.cfg.KeepAlive}
+	p, err := punch.New(punch.Config{Transport: tr, Self: m.cfg.SelfID.String(), KeepAlive: m.cfg.KeepAlive,
+		Logger: m.log})
+	if err != nil {
+		tr.Close()
+		return nil, err
+	}
+	cli, err := transport.NewQUICClient(transport.QUICClientConfig{Transport: tr, TLS: m.cfg.TLS,
+		DialTimeout: m.cfg.DialTimeout, Logger: m.log, Metrics: m.cfg.Metrics, SourceNode: m.cfg.Self,
+		PeerID: m.punchedID, Timers: timers})
+	if err != nil {
+		p.Close()
+		tr.Close()
+		return nil, err
+	}
+	srv, err := transport.NewQUICServer(transport.QUICServerConfig{Transport: tr, Dialer: m.cfg.Dialer,
+		TLS: m.cfg.ServerTLS, Logger: m.log, Metrics: m.cfg.Metrics, TrustedSourceID: m.cfg.TrustedSourceID,
+		Timers: timers})
+	if err != nil {
+		cli.Close()
+		p.Close()
+		tr.Close()
+		return nil, err
+	}
+	u := &udpSide{pc: pc, tr: tr, puncher: p, client: cli, server: srv, served: make(chan struct{})}
+	go func() { defer close(u.served); srv.Serve(context.Background()) }()
+	return u, nil
+}
+
+// punchedID is the identity expected at a punched address.
+func (m *Manager) punchedID(addr string) spiffeid.ID {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st := m.peers[m.byUDP[addr]]; st != nil {
+		return st.ID
+	}
+	return spiffeid.ID{}
+}
+
+// answer punches back for an introduction a peer asked for, so both
+// sides probe at once; a path found is used for this side's streams too.
+func (m *Manager) answer(u *udpSide, in relay.PoolIntroduced) {
+	defer m.wg.Done()
+	id, err := spiffeid.FromString(in.Peer)
+	if err != nil {
+		return
+	}
+	_, name, ok := identity.ParseNodeID(id)
+	if !ok {
+		return
+	}
+	m.mu.Lock()
+	st := m.peers[name]
+	if st == nil {
+		st = &peerState{Peer: Peer{Name: name, ID: id}, bytes: &byteCount{}}
+		m.peers[name] = st
+	}
+	known := st.ID == id
+	m.mu.Unlock()
+	if !known {
+		m.log.Warn("paths: introduction from a peer whose identity does not match its node", "peer", in.Peer, "node", name)
+		return
+	}
+	pa, err := u.puncher.Punch(m.ctx, in.Introduced)
+	if err != nil {
+		m.log.Debug("paths: answering punch failed", "peer", name, "err", err)
+		return
+	}
+	m.install(u, st, pa)
+}
+
+// maybePunch starts a punch to st in the background when its path is not
+// direct, none is running or punched, and the last one failed long
+// enough ago.
+func (m *Manager) maybePunch(st *peerState) {
+	m.mu.Lock()
+	u := m.udp
+	if u == nil || st.kind == Direct || st.punched != nil || st.punchOn || time.Now().Before(st.punchAt) || st.ID.IsZero() {
+		m.mu.Unlock()
+		return
+	}
+	st.punchOn = true
+	m.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		pa, err := m.connect(u, st)
+		m.mu.Lock()
+		st.punchOn = false
+		if err != nil {
+			st.punchAt = time.Now().Add(m.cfg.RetryAfter)
+		}
+		m.mu.Unlock()
+		if err != nil {
+			m.log.Info("paths: punch failed; staying on the relay", "peer", st.Name, "err", err)
+			return
+		}
+		m.install(u, st, pa)
+	}()
+}
+
+// connect asks the home relay to introduce this node to st and punches.
+func (m *Manager) connect(u *udpSide, st *peerState) (*punch.Path, error) {
+	rc, _ := m.pool.Home()
+	if rc == nil {
+		return nil, errors.New("no relay connected")
+	}
+	ctx, cancel := context.WithTimeout(m.ctx, 5*time.Second)
+	defer cancel()
+	m.mu.Lock()
+	id := st.ID
+	m.mu.Unlock()
+	return u.puncher.Connect(ctx, rc, id.String(), u.cands)
+}
+
+// install makes pa the peer's path for new streams; a relayed session is
+// retired (its open streams finish on it).
+func (m *Manager) install(u *udpSide, st *peerState, pa *punch.Path) {
+	m.mu.Lock()
+	if m.ctx.Err() != nil {
+		m.mu.Unlock()
+		pa.Close()
+		return
+	}
+	old, prev := st.punched, st.kind
+	if old != nil {
+		delete(m.byUDP, old.MeshAddr())
+	}
+	st.punched = pa
+	m.byUDP[pa.MeshAddr()] = st.Name
+	if prev != Direct {
+		st.kind, st.since, st.relay = Punched, time.Now(), ""
+	}
+	m.mu.Unlock()
+	if old != nil {
+		if old.MeshAddr() != pa.MeshAddr() {
+			u.client.DropSession(old.MeshAddr())
+		}
+		old.Close()
+	}
+	if prev == Relayed {
+		m.tcp.Retire(relayKey(st.Name))
+		m.mUp.Inc()
+	}
+	m.log.Info("paths: punched path to peer", "peer", st.Name, "addr", pa.MeshAddr(), "rtt", pa.RTT, "was", prev)
+}
+
+// dialPunched opens the stream over st's punched path, if it has one
+// (done false: it has none, or it broke and was dropped: find another).
+func (m *Manager) dialPunched(ctx context.Context, st *peerState, h transport.Header) (net.Conn, error, bool) {
+	m.mu.Lock()
+	u, pa, direct := m.udp, st.punched, st.kind == Direct
+	m.mu.Unlock()
+	if u == nil || pa == nil || direct {
+		return nil, nil, false
+	}
+	c, err := u.client.Dial(ctx, pa.MeshAddr(), h)
+	if err == nil || peerAnswered(err) {
+		m.mDials[Punched].Inc()
+		return c, err, true
+	}
+	m.log.Info("paths: punched path lost", "peer", st.Name, "addr", pa.MeshAddr(), "err", err)
+	m.mu.Lock()
+	if st.punched == pa {
+		st.punched, st.kind, st.lastErr = nil, "", err.Error()
+		st.punchAt = time.Now().Add(m.cfg.RetryAfter / 6)
+		delete(m.byUDP, pa.MeshAddr())
+	}
+	m.mu.Unlock()
+	u.client.DropSession(pa.MeshAddr())
+	pa.Close()
+	return nil, nil, false
+}
