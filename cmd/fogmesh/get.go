@@ -36,10 +36,13 @@ func runGet(args []string) error {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return cli.Usagef("get: want one of nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies, sessions, trust")
+		return cli.Usagef("get: want one of nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies, sessions, trust, paths")
 	}
 	if fs.Arg(0) == "trust" {
 		return getTrust(*server, *out)
+	}
+	if fs.Arg(0) == "paths" || fs.Arg(0) == "path" {
+		return getPaths(*server, *out)
 	}
 	kind, ok := kindAliases[fs.Arg(0)]
 	if !ok {
@@ -240,6 +243,36 @@ func getTrust(server, out string) error {
 	tw.Flush()
 	for _, id := range v.Revoked {
 		fmt.Printf("revoked: %s\n", id)
+	}
+	return nil
+}
+
+// getPaths prints every node's path to each peer it talks to, as the
+// nodes' last heartbeats reported them.
+func getPaths(server, out string) error {
+	var ps []control.NodePath
+	if err := call("GET", strings.TrimRight(server, "/")+"/v1/paths", nil, &ps); err != nil {
+		return err
+	}
+	switch out {
+	case "json":
+		b, _ := json.MarshalIndent(ps, "", "  ")
+		fmt.Println(string(b))
+		return nil
+	case "table":
+	default:
+		return cli.Usagef("get paths: -o %q is not table or json", out)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	fmt.Fprintln(tw, "NODE\tPEER\tPATH\tRELAY\tREMOTE\tRTT\tBYTES OUT\tBYTES IN\tSINCE")
+	for _, p := range ps {
+		rtt := "-"
+		if p.RTTMillis > 0 {
+			rtt = fmt.Sprintf("%.2fms", p.RTTMillis)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Node, p.Peer, p.Kind, orDash(p.Relay), orDash(p.Remote),
+			rtt, p.BytesOut, p.BytesIn, time.Since(p.Since).Round(time.Second).String()+" ago")
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ Programs:
 Admin verbs (talk to the control plane, -server or $FOGMESH_SERVER, default https://127.0.0.1:7070;
 authenticate with -token or $FOGMESH_TOKEN or -cert/-key, verify it with -ca or $FOGMESH_CA = STATE/ca.pem):
   fogmesh get nodes|services|endpoints|trust [-n NS] [-o table|json|yaml]
+  fogmesh get paths                each node's path to its peers: direct, punched or relayed, relay, RTT, bytes
   fogmesh apply -f FILE            create or update services, endpoints (YAML or JSON; - for stdin)
   fogmesh delete service|endpoint NAME [-n NS] | node NAME | -f FILE
   fogmesh session move SERVICE KEY ENDPOINT [-n NS]   move a pinned session to another instance

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/agent"
+	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/netlab"
 	"github.com/fogmesh/fogmesh/internal/paths"
@@ -353,6 +354,24 @@ func TestCrossSitePaths(t *testing.T) {
 		}
 	}
 
+	// The control plane knows every node's paths from their heartbeats:
+	// `fogmesh get paths` shows the pairs as the agents see them.
+	testWait(t, 15*time.Second, "fogmesh get paths to show the agents' paths", func() bool {
+		var ps []control.NodePath
+		if json.Unmarshal([]byte(runIn(t, lab.CP.Netns, append([]string{"get", "paths", "-o", "json"}, m.admin...)...)), &ps) != nil {
+			return false
+		}
+		got := map[[2]string]string{}
+		for _, p := range ps {
+			got[[2]string{p.Node, p.Peer}] = p.Kind
+		}
+		return got[[2]string{"a1", "b1"}] == "relayed" && got[[2]string{"a1", "l1"}] == "punched" &&
+			got[[2]string{"l1", "l2"}] == "direct" && got[[2]string{"c1", "cloud"}] == "direct" && len(ps) == 30
+	})
+	if out := runIn(t, lab.CP.Netns, append([]string{"get", "paths"}, m.admin...)...); !strings.Contains(out, "NODE") {
+		t.Errorf("get paths table:\n%s", out)
+	}
+
 	t.Run("relay-killed", func(t *testing.T) {
 		a1, b1, l1 := m.nodes["a1"], m.nodes["b1"], m.nodes["l1"]
 		p, ok := a1.path("b1")
@@ -427,5 +446,3 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/fogmesh/fogmesh/internal/paths"
 	"io"
 	"net/http"
 	"os"
@@ -17,11 +16,15 @@ import (
 	"strings"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fogmesh/fogmesh/internal/paths"
+	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // Local API on the agent's admin address:
 //
 //	GET    /healthz                 ok once serving
+//	GET    /v1/paths                this agent's path to each peer (paths.Status)
 //	GET    /metrics                 Prometheus text
 //	GET    /v1/workloads            local workloads with health
 //	POST   /v1/workloads            register a workload (JSON Workload)
@@ -170,6 +173,19 @@ func (a *Agent) adminHandler() http.Handler {
 // and whether punching runs.
 func (a *Agent) Paths() paths.Status {
 	return a.peers.Status()
+}
+
+// pathReports are the agent's paths as its heartbeat reports them.
+func (a *Agent) pathReports() []wire.PathReport {
+	var out []wire.PathReport
+	for _, p := range a.peers.Status().Paths {
+		if len(out) == wire.MaxPathReports {
+			break
+		}
+		out = append(out, wire.PathReport{Peer: p.Peer, Kind: string(p.Kind), Relay: p.Relay, Remote: p.Remote,
+			RTTMillis: p.RTTMs, BytesOut: p.BytesOut, BytesIn: p.BytesIn, Since: p.Since})
+	}
+	return out
 }
 
 // Routes returns the agent's routing view.

@@ -195,7 +195,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 				}
 				ev = syncproto.Send{Msg: m}
 			case <-t.C:
-				ev = syncproto.Tick{Load: float64(a.active.Load()), EndpointLoad: a.ownLoads()}
+				ev = syncproto.Tick{Load: float64(a.active.Load()), EndpointLoad: a.ownLoads(), Paths: a.pathReports()}
 			case <-a.localChanged:
 				a.mu.Lock()
 				ev = syncproto.Local{Endpoints: a.localEndpointsLocked()}

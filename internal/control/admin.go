@@ -63,6 +63,9 @@ func (s *Server) adminHandler() http.Handler {
 		metrics.WriteProcessMetrics(w)
 	})
 	mux.HandleFunc("GET /v1/{kind}", s.handleList)
+	mux.HandleFunc("GET /v1/paths", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.Paths())
+	})
 	mux.HandleFunc("GET /v1/audit", s.handleAudit)
 	mux.HandleFunc("GET /v1/audit/{node}", s.handleAudit)
 	mux.HandleFunc("POST /v1/apply", s.handleApply)

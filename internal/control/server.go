@@ -5,6 +5,7 @@
 package control
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/tls"
@@ -16,6 +17,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +27,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // Config configures a control plane. The zero value works except StateDir.
@@ -130,6 +134,7 @@ type liveNode struct {
 	lastHeartbeat time.Time
 	load          float64
 	epLoad        map[string]float64 // endpoint key -> in-flight, from the last heartbeat
+	paths         []wire.PathReport  // the node's paths to its peers, from the last heartbeat
 	acked         uint64
 	conns         int // open sync streams
 }
@@ -386,16 +391,44 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 
 // heartbeat records liveness and load; a node that was not ready becomes
 // ready again.
-func (s *Server) heartbeat(node string, load float64, epLoad map[string]float64) {
+func (s *Server) heartbeat(node string, load float64, epLoad map[string]float64, paths []wire.PathReport) {
 	s.mu.Lock()
 	l := s.liveLocked(node)
 	l.lastHeartbeat = time.Now()
 	l.load = load
 	l.epLoad = epLoad
+	l.paths = paths
 	s.mu.Unlock()
 	if err := s.reg.setNodeReady(node, true); err != nil {
 		s.log.Error("control: mark ready", "node", node, "err", err)
 	}
+}
+
+// NodePath is one node's path to a peer, as its last heartbeat said.
+type NodePath struct {
+	Node string `json:"node"`
+	wire.PathReport
+}
+
+// Paths returns the paths every node reported in its last fresh heartbeat
+// (within NodeTimeout), by node then peer.
+func (s *Server) Paths() []NodePath {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []NodePath{}
+	fresh := time.Now().Add(-s.cfg.NodeTimeout)
+	for name, l := range s.live {
+		if l.lastHeartbeat.Before(fresh) {
+			continue
+		}
+		for _, p := range l.paths {
+			out = append(out, NodePath{Node: name, PathReport: p})
+		}
+	}
+	slices.SortFunc(out, func(a, b NodePath) int {
+		return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.Peer, b.Peer))
+	})
+	return out
 }
 
 // othersLoad sums the endpoint loads reported by every agent but node whose

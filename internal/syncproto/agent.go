@@ -49,6 +49,7 @@ type (
 	Tick struct {
 		Load         float64
 		EndpointLoad map[string]float64
+		Paths        []wire.PathReport
 	}
 	// Local is the full set of endpoints this node owns, now.
 	Local struct{ Endpoints []api.Endpoint }
@@ -174,7 +175,7 @@ func (a *Agent) Step(ev Event) (out Output) {
 		if err := a.needStreaming("heartbeat"); err != nil {
 			return Output{Err: err}
 		}
-		return send(&wire.Message{Type: wire.TypeHeartbeat, Load: ev.Load, EndpointLoad: ev.EndpointLoad})
+		return send(&wire.Message{Type: wire.TypeHeartbeat, Load: ev.Load, EndpointLoad: ev.EndpointLoad, Paths: ev.Paths})
 	case Local:
 		if err := a.needStreaming("local endpoints"); err != nil {
 			return Output{Err: err}

@@ -89,6 +89,7 @@ type (
 	Heartbeat struct {
 		Load         float64
 		EndpointLoad map[string]float64
+		Paths        []wire.PathReport // ValidPaths
 	}
 	// SessionsIn: bindings to store; Refused says why the others were
 	// dropped.
@@ -252,7 +253,7 @@ func (c *Control) recv(m *wire.Message) Output {
 	case wire.TypeNack:
 		eff = Nacked{Nonce: m.Nonce, Version: m.Version, Error: m.Error}
 	case wire.TypeHeartbeat:
-		eff = Heartbeat{Load: m.Load, EndpointLoad: ValidLoads(m.EndpointLoad)}
+		eff = Heartbeat{Load: m.Load, EndpointLoad: ValidLoads(m.EndpointLoad), Paths: ValidPaths(m.Paths)}
 	case wire.TypeSessions:
 		in := SessionsIn{Valid: make([]api.Session, 0, len(m.Sessions))}
 		for _, s := range m.Sessions {

@@ -85,3 +85,27 @@ func ValidLoads(in map[string]float64) map[string]float64 {
 	}
 	return out
 }
+
+// ValidPaths keeps the path reports a control plane may store: at most
+// wire.MaxPathReports, of a known kind, with names and addresses of sane
+// length and a finite RTT; the rest of a hostile or broken report is
+// dropped.
+func ValidPaths(in []wire.PathReport) []wire.PathReport {
+	var out []wire.PathReport
+	for _, p := range in {
+		if len(out) == wire.MaxPathReports {
+			break
+		}
+		switch p.Kind {
+		case "direct", "punched", "relayed":
+		default:
+			continue
+		}
+		if p.Peer == "" || len(p.Peer) > 253 || len(p.Relay) > 300 || len(p.Remote) > 300 ||
+			p.RTTMillis < 0 || math.IsInf(p.RTTMillis, 0) || math.IsNaN(p.RTTMillis) || p.RTTMillis > 1e7 {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}

@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 )
@@ -142,6 +143,9 @@ type Message struct {
 	// the sum over every other live agent: the load the receiver does not
 	// see itself, which the edge-aware balancer adds to its own.
 	EndpointLoad map[string]float64 `json:"endpointLoad,omitempty"`
+	// Paths, agent to control plane, are this agent's paths to the peers
+	// it talks to (at most MaxPathReports), for `fogmesh get paths`.
+	Paths []PathReport `json:"paths,omitempty"`
 
 	// Local
 	Endpoints []api.Endpoint `json:"endpoints,omitempty"`
@@ -179,6 +183,21 @@ type Message struct {
 	Removed   []ResourceRef `json:"removed,omitempty"`
 	// HeartbeatMillis tells the agent how often to send heartbeats.
 	HeartbeatMillis int64 `json:"heartbeatMillis,omitempty"`
+}
+
+// MaxPathReports bounds the paths one heartbeat reports.
+const MaxPathReports = 1024
+
+// PathReport is an agent's path to one peer agent.
+type PathReport struct {
+	Peer      string    `json:"peer"`
+	Kind      string    `json:"kind"` // direct, punched or relayed
+	Relay     string    `json:"relay,omitempty"`
+	Remote    string    `json:"remote,omitempty"`
+	RTTMillis float64   `json:"rttMs,omitempty"`
+	BytesOut  uint64    `json:"bytesOut,omitempty"`
+	BytesIn   uint64    `json:"bytesIn,omitempty"`
+	Since     time.Time `json:"since"`
 }
 
 // Trust is what an agent trusts: the roots of its own and of federated
