@@ -10,7 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,6 +90,9 @@ type labAgent struct {
 	p     *proc
 	admin string // inside host's namespace
 	http  *http.Client
+	// slow counts requests to /slow, which wait until release is closed.
+	slow    atomic.Int64
+	release chan struct{}
 }
 
 const labSyncPort, labMeshPort, labRelayPort = 7071, 7072, 7074
@@ -160,7 +163,18 @@ func (m *labMesh) agent(name, site, region string, h *netlab.Host) *labAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) })}
+	a := &labAgent{name: name, host: h}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" { // held until the test lets it go
+			a.slow.Add(1)
+			select {
+			case <-a.release:
+			case <-r.Context().Done():
+			}
+		}
+		io.WriteString(w, name)
+	}), ReadHeaderTimeout: 10 * time.Second}
+	a.release = make(chan struct{})
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	doc := filepath.Join(t.TempDir(), "svc.yaml")
@@ -185,8 +199,8 @@ workloads: [{service: svc-%s, namespace: demo, ports: [{name: http, port: %d}]}]
 		t.Fatal(err)
 	}
 	p, addrs := startAddrsIn(t, h.Netns, "agent", "-config", path)
-	a := &labAgent{name: name, host: h, p: p, admin: addrs["admin"],
-		http: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: h.DialContext, DisableKeepAlives: true}}}
+	a.p, a.admin = p, addrs["admin"]
+	a.http = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: h.DialContext, DisableKeepAlives: true}}
 	m.nodes[name] = a
 	return a
 }
@@ -221,7 +235,11 @@ func (a *labAgent) vip(svc string) (string, bool) {
 
 // call sends one request from a's namespace to svc-to through a's agent.
 func (a *labAgent) call(vip, to string) error {
-	resp, err := a.http.Get("http://" + net.JoinHostPort(vip, "8080") + "/")
+	return a.callPath(vip, to, "/")
+}
+
+func (a *labAgent) callPath(vip, to, path string) error {
+	resp, err := a.http.Get("http://" + net.JoinHostPort(vip, "8080") + path)
 	if err != nil {
 		return err
 	}
@@ -383,7 +401,22 @@ func TestCrossSitePaths(t *testing.T) {
 		if rp == nil {
 			t.Fatalf("a1 -> b1 through unknown relay %q", killed)
 		}
+		// Idempotent requests in flight on the relayed path when the relay
+		// dies are retried on the next path, not failed.
+		const inFlight = 3
+		results := make(chan error, inFlight)
+		for range inFlight {
+			go func() { results <- a1.callPath(vips[[2]string{"a1", "b1"}], "b1", "/slow") }()
+		}
+		testWait(t, 10*time.Second, "requests in flight at b1", func() bool { return b1.slow.Load() == inFlight })
 		rp.kill9(t)
+		testWait(t, 10*time.Second, "the requests retried at b1", func() bool { return b1.slow.Load() >= 2*inFlight })
+		close(b1.release)
+		for range inFlight {
+			if err := <-results; err != nil {
+				t.Errorf("a request in flight when the relay died: %v", err)
+			}
+		}
 		// Punched paths do not go through a relay: they keep working.
 		if err := a1.call(vips[[2]string{"a1", "l1"}], "l1"); err != nil {
 			t.Errorf("a1 -> l1 (punched) after the relay died: %v", err)
@@ -428,13 +461,10 @@ func TestCrossSitePaths(t *testing.T) {
 			})
 		}
 	})
-	var once sync.Once
 	if t.Failed() {
-		once.Do(func() {
-			for _, n := range nodes {
-				t.Logf("--- %s:\n%s", n.name, tail(n.p.out.String(), 60))
-			}
-		})
+		for _, n := range nodes {
+			t.Logf("--- %s:\n%s", n.name, tail(n.p.out.String(), 60))
+		}
 	}
 }
 
