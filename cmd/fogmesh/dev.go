@@ -48,7 +48,7 @@ func runDev(args []string) error {
 	if err != nil {
 		return err
 	}
-	addrs := map[string]string{"admin": d.Control.AdminAddr(), "sync": d.Control.SyncAddr(), "demo": d.DemoAddr(), "vip": d.VIP()}
+	addrs := map[string]string{"admin": d.Control.AdminAddr(), "sync": d.Control.SyncAddr(), "demo": d.DemoAddr(), "vip": d.VIP(), "relay": d.RelayAddr}
 	for i, a := range d.Agents {
 		addrs[dev.Nodes[i].Name+".admin"] = a.AdminAddr()
 		addrs[dev.Nodes[i].Name+".dns"] = a.DNSAddr()
@@ -77,11 +77,17 @@ Try:
 Locality: the answer comes from shop-1-a (same node). Stop that instance and the next
 request goes to shop-1-b (same site), then shop-2-a (same region), then cloud-a:
   fogmesh demo stop shop-1-a      (and: fogmesh demo start shop-1-a)
+Paths: shop-2-a plays a node behind a NAT (it advertises no reachable mesh address): its
+peers reach it through the demo relay (%s), then over a UDP path punched to it. After a
+request has gone there (stop shop-1-a and shop-1-b), see this node's paths and everyone's:
+  fogmesh paths                fogmesh get paths
+(Real NAT routers need root: 'sudo go test -run TestCrossSitePaths ./cmd/fogmesh' builds
+network namespaces with NATs and shows direct, punched and relayed paths between sites.)
 (With 'go run', write 'go run ./cmd/fogmesh' for 'fogmesh', or 'make build' and use bin/fogmesh.)
 
 State is in %s; Ctrl-C stops everything.
 `, d.Control.AdminAddr(), d.Control.AdminAddr(), d.Control.BundlePath(), d.AdminToken, me.DNSAddr(), me.AdminAddr(),
-		dnsHost, dnsPort, dnsHost, dnsPort, opts.HelloPort, d.VIP(), me.AdminAddr(), stateDirOf(opts))
+		dnsHost, dnsPort, dnsHost, dnsPort, opts.HelloPort, d.VIP(), me.AdminAddr(), d.RelayAddr, stateDirOf(opts))
 	<-ctx.Done()
 	fmt.Println("\nfogmesh dev: stopping")
 	return nil

@@ -28,6 +28,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/relay"
 )
 
 // Options configure the demo. The zero value works.
@@ -55,6 +56,15 @@ func DefaultStateDir() string { return filepath.Join(os.TempDir(), "fogmesh-dev"
 // NodeSpec is one demo node.
 type NodeSpec struct{ Name, Site, Region string }
 
+// BehindNAT is the demo node that plays a node behind a NAT: it
+// advertises no reachable mesh address, so its peers reach it through the
+// demo's relay, then over a UDP path punched to it.
+const BehindNAT = "shop-2-a"
+
+// unreachableMesh is what BehindNAT advertises: a loopback port nothing
+// listens on (binding it needs root), so a direct attempt is refused.
+const unreachableMesh = "127.0.0.1:1"
+
 // Nodes are the demo's nodes; the first is "this machine".
 var Nodes = []NodeSpec{
 	{"shop-1-a", "shop-1", "east"},
@@ -73,7 +83,12 @@ type Demo struct {
 	AdminToken string
 	admin      *http.Client
 	Agents     []*agent.Agent
-	demoLn     net.Listener
+	// RelayAddr is the demo relay's address (TCP, and UDP for reflexive
+	// answers on the same port).
+	RelayAddr string
+	relay     *relay.Server
+	relayWG   sync.WaitGroup
+	demoLn    net.Listener
 	demoSrv    *http.Server
 
 	mu    sync.Mutex // guards hello
@@ -88,7 +103,7 @@ type Hello struct {
 }
 
 // Demo port numbers, as offsets from BasePort: control admin 0, control
-// sync 1, demo API 2; node i: DNS 10+10i, mesh 11+10i, agent API 12+10i,
+// sync 1, demo API 2, relay 3; node i: DNS 10+10i, mesh 11+10i, agent API 12+10i,
 // hello instance 13+10i, gossip 14+10i.
 func (o *Options) port(i int) string {
 	switch {
@@ -158,6 +173,9 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 	if err := d.apply(svc); err != nil {
 		return nil, err
 	}
+	if err := d.startRelay(); err != nil {
+		return nil, fmt.Errorf("dev: relay: %w", err)
+	}
 	for i, n := range Nodes {
 		h := &Hello{Node: n}
 		if err := h.start(opts.port(10 + 10*i + 3)); err != nil {
@@ -168,6 +186,10 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 		tok, err := d.Control.CreateToken(identity.TokenJoin, n.Site, "", time.Hour)
 		if err != nil {
 			return nil, err
+		}
+		advertise := "" // the mesh address
+		if n.Name == BehindNAT {
+			advertise = unreachableMesh
 		}
 		a, err := agent.New(agent.Config{
 			JoinToken:  tok, // used only if the state dir holds no certificate yet
@@ -185,6 +207,9 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 			HealthInterval: agent.Duration(time.Second),
 			EjectFor:       agent.Duration(5 * time.Second),
 			Logger:         opts.Logger.With("node", n.Name),
+			Relays:         []string{d.RelayAddr},
+			PunchAddr:      "127.0.0.1:0",
+			MeshAdvertise:  advertise,
 		})
 		if err != nil {
 			return nil, err
@@ -293,6 +318,63 @@ func (d *Demo) nodeNames() []string {
 	return out
 }
 
+// startRelay runs the demo's relay on loopback, TCP and UDP on one port,
+// with a certificate from the demo's mesh CA.
+func (d *Demo) startRelay() error {
+	src, err := relayIdentity(d.Control.CA())
+	if err != nil {
+		return err
+	}
+	srv, err := relay.New(relay.Config{Source: src, Logger: d.opts.Logger.With("node", "relay")})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", d.opts.port(3))
+	if err != nil {
+		srv.Close()
+		return err
+	}
+	pc, err := net.ListenPacket("udp", ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		srv.Close()
+		return err
+	}
+	d.relay, d.RelayAddr = srv, ln.Addr().String()
+	d.relayWG.Add(2)
+	go func() { defer d.relayWG.Done(); srv.Serve(ln) }()
+	go func() { defer d.relayWG.Done(); srv.ServeUDP(pc) }()
+	return nil
+}
+
+// relayIdentity is a certificate for the demo relay from ca.
+func relayIdentity(ca *identity.CA) (*identity.Source, error) {
+	key, err := identity.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	der, err := identity.NewCSR(key)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := identity.ParseCSR(der)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := ca.SignNodeCSR(csr, "relay", "dev-relay")
+	if err != nil {
+		return nil, err
+	}
+	svid, err := identity.NewSVID(certs, key)
+	if err != nil {
+		return nil, err
+	}
+	src := identity.NewSource()
+	src.SetSVID(svid)
+	src.SetBundles(ca.Bundle())
+	return src, nil
+}
+
 // Close stops everything and waits.
 func (d *Demo) Close() {
 	if d.demoSrv != nil {
@@ -300,6 +382,10 @@ func (d *Demo) Close() {
 	}
 	for _, a := range d.Agents {
 		a.Close()
+	}
+	if d.relay != nil {
+		d.relay.Close()
+		d.relayWG.Wait()
 	}
 	if d.Control != nil {
 		d.Control.Close()

@@ -153,3 +153,38 @@ func TestDemoRestartKeepsState(t *testing.T) {
 		t.Fatalf("VIP %s after restart, was %s", d2.VIP(), vip)
 	}
 }
+
+// TestDemoPathBehindNAT: the demo's node "behind a NAT" advertises no
+// reachable mesh address; a request to its instance still succeeds (the
+// relay carries the first), and the path then moves to a punched UDP path
+// that `fogmesh paths` shows.
+func TestDemoPathBehindNAT(t *testing.T) {
+	d := startDemo(t, 109)
+	for _, n := range []string{"shop-1-a", "shop-1-b"} {
+		if err := d.StopHello(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	url := "http://" + d.VIP() + "/"
+	if got := get(t, url); !strings.Contains(got, "node="+BehindNAT) {
+		t.Fatalf("answer %q, want %s", got, BehindNAT)
+	}
+	me := d.Agents[0]
+	var kinds []string
+	testenv.WaitFor(t, 10*time.Second, "a punched path to "+BehindNAT, func() bool {
+		get(t, url)
+		for _, p := range me.Paths().Paths {
+			if p.Peer == BehindNAT {
+				if len(kinds) == 0 || kinds[len(kinds)-1] != string(p.Kind) {
+					kinds = append(kinds, string(p.Kind))
+				}
+				return p.Kind == "punched"
+			}
+		}
+		return false
+	})
+	t.Logf("path to %s: %v", BehindNAT, kinds)
+	if st := me.Paths(); !st.Punching || len(st.Relays) != 1 || !st.Relays[0].Connected {
+		t.Fatalf("paths status %+v", st)
+	}
+}
