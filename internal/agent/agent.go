@@ -449,6 +449,7 @@ func (a *Agent) rebuildLocked() {
 	if a.retries != nil { // nil while New builds the first view
 		a.retries.Forget(func(svc string) bool { return v.services[svc] != nil })
 	}
+	a.pruneLimiters(v)
 }
 
 func (a *Agent) localEndpointsLocked() []api.Endpoint {
