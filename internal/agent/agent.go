@@ -48,6 +48,10 @@ type Agent struct {
 	wlPath     string
 
 	view atomic.Pointer[view]
+	// serving is set by Run once the VIP listeners of the view built by New
+	// are bound: until then Routes and LookupService show no service, as
+	// none of their VIPs would accept a connection yet.
+	serving atomic.Bool
 
 	applyMu sync.Mutex // serialises applyUpdate (sync.go; see there)
 
@@ -348,12 +352,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	a.mu.Lock()
 	a.cancel, a.runCtx = cancel, ctx
+	a.reconcileListenersLocked(a.view.Load())
+	a.serving.Store(true)
 	for _, ws := range a.workloads {
 		a.startCheckLocked(ctx, ws)
 	}
 	a.mu.Unlock()
 	defer cancel()
-	a.reconcileListeners()
 	a.joinSitePeers()
 	a.log.Info("agent: running", "node", a.cfg.Node.Name, "site", a.cfg.Node.Site, "region", a.cfg.Node.Region,
 		"dns", a.DNSAddr(), "mesh", a.MeshAddr(), "admin", a.AdminAddr())
@@ -443,15 +448,20 @@ func (a *Agent) rebuild() {
 	a.rebuildLocked()
 }
 
+// rebuildLocked binds the VIP listeners of the new view before it publishes
+// it: a client that resolves a name or reads the routes may connect at once.
 func (a *Agent) rebuildLocked() {
 	v := buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain())
 	v.attest = localAttestations(a.workloads)
 	a.syncOutliers(v) // before requests can see v: its destinations' detectors exist
+	a.openListenersLocked(v)
 	a.noteInvalidPolicies(a.view.Swap(v), v)
+	a.closeStaleListenersLocked(v)
 	a.svids.SetWorkloads(svidHolders(a.workloads))
 	if a.retries != nil { // nil while New builds the first view
 		a.retries.Forget(func(svc string) bool { return v.services[svc] != nil })
 	}
+	a.pruneLimiters(v)
 }
 
 func (a *Agent) localEndpointsLocked() []api.Endpoint {
@@ -478,6 +488,9 @@ func (a *Agent) notifyLocal() {
 
 // LookupService implements meshdns.Resolver.
 func (a *Agent) LookupService(namespace, name string) (meshdns.Record, bool) {
+	if !a.serving.Load() {
+		return meshdns.Record{}, false
+	}
 	sv := a.view.Load().services[namespace+"/"+name]
 	if sv == nil {
 		return meshdns.Record{}, false

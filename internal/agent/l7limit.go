@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
@@ -205,4 +207,38 @@ func limits(cb api.CircuitBreaker, proto string) (slots, pending, reqCap int) {
 		pending = math.MaxInt
 	}
 	return slots, pending, cb.MaxRequests
+}
+
+// pruneLimiters forgets the circuit-breaker state (request limiters and
+// connection counters) of destinations no longer in v: a removed service,
+// subset or port pool. Without it the maps keep every destination the
+// configuration ever held. State still in use (a request or connection in
+// flight) is left to a later rebuild, so a destination that returns
+// meanwhile still counts it.
+func (a *Agent) pruneLimiters(v *view) {
+	live := map[string]bool{}
+	v.eachDestination(func(sv *serviceView) { live[sv.limitKey] = true })
+	a.svcCounters.Range(func(k, c any) bool {
+		key := k.(string) // limitKey + "|" + what (serviceCounter)
+		if i := strings.LastIndexByte(key, '|'); i >= 0 && !live[key[:i]] && c.(*atomic.Int64).Load() == 0 {
+			a.svcCounters.CompareAndDelete(k, c)
+		}
+		return true
+	})
+	if a.l7 == nil { // New builds the first view before l7
+		return
+	}
+	a.l7.limiters.Range(func(k, l any) bool {
+		if !live[k.(string)] && l.(*reqLimiter).idle() {
+			a.l7.limiters.CompareAndDelete(k, l)
+		}
+		return true
+	})
+}
+
+// idle reports whether no request holds or waits for l.
+func (l *reqLimiter) idle() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.inflight == 0 && len(l.waiters) == 0 && l.requests == 0
 }

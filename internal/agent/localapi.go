@@ -192,6 +192,9 @@ func (a *Agent) pathReports() []wire.PathReport {
 func (a *Agent) Routes() []RouteStatus {
 	v := a.view.Load()
 	out := []RouteStatus{}
+	if !a.serving.Load() {
+		return out // Run has not bound the VIP listeners yet
+	}
 	for key, sv := range v.services {
 		rs := RouteStatus{Service: key, Balancer: sv.svc.Spec.Balancer, Endpoints: []EndpointStatus{}}
 		if sv.vip4.IsValid() {

@@ -41,20 +41,20 @@ func (l *vipListener) close() {
 	<-l.done
 }
 
-// reconcileListeners opens a listener for every VIP:port in the view and
+// reconcileListenersLocked opens a listener for every VIP:port in v and
 // closes those no longer there. Established connections are not touched.
-func (a *Agent) reconcileListeners() {
-	v := a.view.Load()
-	a.mu.Lock()
-	defer a.mu.Unlock()
+func (a *Agent) reconcileListenersLocked(v *view) {
+	a.openListenersLocked(v)
+	a.closeStaleListenersLocked(v)
+}
+
+// openListenersLocked binds a listener for every VIP:port of v that has none
+// (one that failed before is tried again). rebuildLocked calls it before it
+// publishes v, so a VIP in the published view accepts connections. Before
+// Run (no run context) nothing is bound: Run binds, then starts serving.
+func (a *Agent) openListenersLocked(v *view) {
 	if a.runCtx == nil || a.runCtx.Err() != nil {
 		return
-	}
-	for ap, l := range a.listeners {
-		if _, ok := v.byVIP[ap]; !ok {
-			go l.close()
-			delete(a.listeners, ap)
-		}
 	}
 	for ap := range v.byVIP {
 		if a.listeners[ap] != nil {
@@ -70,6 +70,20 @@ func (a *Agent) reconcileListeners() {
 		a.listeners[ap] = l
 		a.wg.Add(1)
 		go a.acceptLoop(a.runCtx, ap, l)
+	}
+}
+
+// closeStaleListenersLocked closes the listeners of VIP:ports not in v,
+// after v is published so no name or route points at them any more.
+func (a *Agent) closeStaleListenersLocked(v *view) {
+	if a.runCtx == nil || a.runCtx.Err() != nil {
+		return // shutdown closes them all
+	}
+	for ap, l := range a.listeners {
+		if _, ok := v.byVIP[ap]; !ok {
+			go l.close()
+			delete(a.listeners, ap)
+		}
 	}
 }
 

@@ -315,7 +315,6 @@ func (a *Agent) applyUpdate(m *wire.Message) error {
 	a.rebuildLocked()
 	a.mu.Unlock()
 	a.m.updates.Inc()
-	a.reconcileListeners()
 	a.l7.pruneTransports(a.view.Load())
 	a.joinSitePeers()
 	a.log.Debug("agent: applied update", "version", m.Version, "full", m.Full,

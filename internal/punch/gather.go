@@ -61,17 +61,9 @@ func Gather(ctx context.Context, rc *relay.Client, pc net.PacketConn, relayUDP n
 	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	// UDPReflexive looks at ctx only between its 500 ms waits; cut the
-	// wait in progress short so the timeout holds.
-	fired := make(chan struct{})
-	stop := context.AfterFunc(rctx, func() { pc.SetReadDeadline(time.Unix(1, 0)); close(fired) })
+	// UDPReflexive ends its wait at rctx's deadline and leaves pc without a
+	// read deadline for the transport that reads it next.
 	refl, err := rc.UDPReflexive(rctx, pc, relayUDP)
-	if !stop() {
-		<-fired
-	}
-	// UDPReflexive leaves a past read deadline behind when it fails; the
-	// transport that reads pc next must not inherit it.
-	pc.SetReadDeadline(time.Time{})
 	if err != nil {
 		if ctx.Err() != nil {
 			return c, fmt.Errorf("punch: gather: %w", ctx.Err())

@@ -365,30 +365,60 @@ func (c *Client) openData(ctx context.Context, t byte, msg any) (net.Conn, error
 
 // UDPReflexive asks the relay's UDP port (relayUDP) which address pc has
 // as seen from outside. It sends up to attempts requests, one per wait.
+// ctx cuts the wait in progress short (an answer read after ctx is done is
+// dropped), and pc is left with no read deadline, so whatever reads pc
+// next (a QUIC transport) does not inherit one.
 func (c *Client) UDPReflexive(ctx context.Context, pc net.PacketConn, relayUDP net.Addr) (netip.AddrPort, error) {
 	req, err := AppendUDPRequest(nil, c.hello.UDPToken)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
+	// done guards the read deadline between the loop and ctx's callback:
+	// once ctx is done no attempt sets a future deadline again.
+	var mu sync.Mutex
+	done := false
+	setDeadline := func(t time.Time) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if !done {
+			pc.SetReadDeadline(t)
+		}
+		return !done
+	}
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		mu.Lock()
+		defer mu.Unlock()
+		done = true
+		pc.SetReadDeadline(time.Unix(1, 0)) // wakes the ReadFrom in progress
+	})
+	defer func() {
+		if !stop() {
+			<-fired
+		}
+		pc.SetReadDeadline(time.Time{})
+	}()
 	buf := make([]byte, udpMaxPacket)
 	const attempts = 20
 	for i := 0; i < attempts; i++ {
 		if _, err := pc.WriteTo(req, relayUDP); err != nil {
 			return netip.AddrPort{}, fmt.Errorf("relay: udp: %w", err)
 		}
-		pc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if !setDeadline(time.Now().Add(500 * time.Millisecond)) {
+			return netip.AddrPort{}, ctx.Err()
+		}
 		for {
 			n, _, err := pc.ReadFrom(buf)
+			if ctx.Err() != nil {
+				return netip.AddrPort{}, ctx.Err()
+			}
 			if err != nil {
 				break // timeout: send again
 			}
 			if ap, err := ParseUDPAnswer(buf[:n], c.hello.UDPToken); err == nil {
-				pc.SetReadDeadline(time.Time{})
 				return ap, nil
 			}
-		}
-		if ctx.Err() != nil {
-			return netip.AddrPort{}, ctx.Err()
 		}
 	}
 	return netip.AddrPort{}, errors.New("relay: udp: no answer")
