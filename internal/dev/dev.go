@@ -89,7 +89,7 @@ type Demo struct {
 	relay     *relay.Server
 	relayWG   sync.WaitGroup
 	demoLn    net.Listener
-	demoSrv    *http.Server
+	demoSrv   *http.Server
 
 	mu    sync.Mutex // guards hello
 	hello map[string]*Hello
