@@ -389,6 +389,24 @@ func TestCrossSitePaths(t *testing.T) {
 	if out := runIn(t, lab.CP.Netns, append([]string{"get", "paths"}, m.admin...)...); !strings.Contains(out, "NODE") {
 		t.Errorf("get paths table:\n%s", out)
 	}
+	// The same as metrics, per peer.
+	var body string
+	testWait(t, 5*time.Second, "a1's path metrics", func() bool {
+		resp, err := m.nodes["a1"].http.Get("http://" + m.nodes["a1"].admin + "/metrics")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		return true
+	})
+	for _, want := range []string{`fogmesh_path{peer="b1",kind="relayed"} 1`, `fogmesh_path{peer="l1",kind="punched"} 1`,
+		`fogmesh_path{peer="l1",kind="relayed"} 0`, `fogmesh_path{peer="cloud",kind="direct"} 1`, `fogmesh_paths{kind="punched"} 2`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("a1's metrics lack %s", want)
+		}
+	}
 
 	t.Run("relay-killed", func(t *testing.T) {
 		a1, b1, l1 := m.nodes["a1"], m.nodes["b1"], m.nodes["l1"]

@@ -231,7 +231,7 @@ func (m *Manager) count(k Kind) int {
 	defer m.mu.Unlock()
 	n := 0
 	for _, st := range m.peers {
-		if st.kind == k {
+		if st.current() == k {
 			n++
 		}
 	}
@@ -244,14 +244,43 @@ func (m *Manager) state(p Peer) *peerState {
 	defer m.mu.Unlock()
 	st := m.peers[p.Name]
 	if st == nil {
-		st = &peerState{Peer: p, bytes: &byteCount{}}
-		m.peers[p.Name] = st
+		st = m.newPeerLocked(p)
 	}
 	if p.Addr != st.Addr || p.ID != st.ID {
 		st.Peer = p
 		st.noDirUntil = time.Time{}
 	}
 	return st
+}
+
+// newPeerLocked records a peer and its metrics: which kind of path it is
+// on (1 for the current kind) and the RTT over it.
+func (m *Manager) newPeerLocked(p Peer) *peerState {
+	st := &peerState{Peer: p, bytes: &byteCount{}}
+	m.peers[p.Name] = st
+	for _, k := range []Kind{Direct, Punched, Relayed} {
+		m.cfg.Metrics.GetOrCreateGauge(fmt.Sprintf(`fogmesh_path{peer=%q,kind=%q}`, p.Name, k), func() float64 {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if st.current() == k {
+				return 1
+			}
+			return 0
+		})
+	}
+	m.cfg.Metrics.GetOrCreateGauge(fmt.Sprintf(`fogmesh_path_rtt_seconds{peer=%q}`, p.Name), func() float64 {
+		rtt, _ := m.RTT(p.Name)
+		return rtt.Seconds()
+	})
+	return st
+}
+
+// current is the kind of path new streams to the peer take (m.mu held).
+func (st *peerState) current() Kind {
+	if st.punched != nil && st.kind != Direct {
+		return Punched
+	}
+	return st.kind
 }
 
 // Keys of the TCP client's sessions: one per peer and TCP path kind.

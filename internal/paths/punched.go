@@ -167,8 +167,7 @@ func (m *Manager) answer(u *udpSide, in relay.PoolIntroduced) {
 	m.mu.Lock()
 	st := m.peers[name]
 	if st == nil {
-		st = &peerState{Peer: Peer{Name: name, ID: id}, bytes: &byteCount{}}
-		m.peers[name] = st
+		st = m.newPeerLocked(Peer{Name: name, ID: id})
 	}
 	known := st.ID == id
 	m.mu.Unlock()

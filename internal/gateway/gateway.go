@@ -1,0 +1,242 @@
+// Package gateway lets one agent be the way out of a site where only its
+// node may connect out: the site's other agents reach their control plane
+// and relays through it with HTTP CONNECT (RFC 9110 §9.3.6), and the
+// gateway forwards only to the addresses it was given (its own control
+// plane and relays). Everything the gateway forwards is TLS end to end
+// between the node and the control plane or relay; the gateway sees
+// ciphertext.
+//
+// Peers reach the site's other nodes through the relays those nodes keep
+// a connection to via the gateway; inside the site, nodes reach each
+// other directly.
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fogmesh/fogmesh/internal/netseam"
+	"github.com/fogmesh/fogmesh/internal/proxy"
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxConns    = 1024
+	DefaultDialTimeout = 5 * time.Second
+)
+
+// Config configures a Server.
+type Config struct {
+	// Allow lists the addresses (host:port, as the nodes name them) the
+	// gateway forwards to. Required; anything else is refused (403).
+	Allow []string
+	// Network dials the allowed addresses (default the OS's).
+	Network netseam.Network
+	// MaxConns bounds the connections forwarded at once (default 1024);
+	// more are refused (503).
+	MaxConns    int
+	DialTimeout time.Duration // default 5s
+	Logger      *slog.Logger
+	Metrics     *metrics.Set
+}
+
+// Server is a site gateway.
+type Server struct {
+	cfg   Config
+	allow map[string]bool
+	srv   *http.Server
+	slots chan struct{}
+	ctx   context.Context
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
+
+	mForwarded, mRefused, mBytes *metrics.Counter
+}
+
+// New checks cfg.
+func New(cfg Config) (*Server, error) {
+	if len(cfg.Allow) == 0 {
+		return nil, errors.New("gateway: nothing to forward to (no control plane or relay address)")
+	}
+	for _, a := range cfg.Allow {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("gateway: allowed address %q: %w", a, err)
+		}
+	}
+	cfg.Network = netseam.Or(cfg.Network)
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewSet()
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	s := &Server{cfg: cfg, allow: map[string]bool{}, slots: make(chan struct{}, cfg.MaxConns), ctx: ctx, stop: stop,
+		mForwarded: cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_connections_total`),
+		mRefused:   cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_refused_total`),
+		mBytes:     cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_bytes_total`)}
+	for _, a := range cfg.Allow {
+		s.allow[a] = true
+	}
+	cfg.Metrics.GetOrCreateGauge(`fogmesh_gateway_connections_active`, func() float64 { return float64(len(s.slots)) })
+	s.srv = &http.Server{Handler: http.HandlerFunc(s.connect), ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)}
+	return s, nil
+}
+
+// Serve forwards the CONNECT requests ln accepts until Close.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close stops accepting, ends every forwarded connection and waits.
+func (s *Server) Close() error {
+	s.stop()
+	err := s.srv.Close()
+	s.wg.Wait()
+	return err
+}
+
+func (s *Server) refuse(w http.ResponseWriter, code int, msg string, args ...any) {
+	s.mRefused.Inc()
+	s.cfg.Logger.Info("gateway: refused", append([]any{"why", msg}, args...)...)
+	w.Header().Set("Connection", "close") // one request per connection
+	http.Error(w, msg, code)
+}
+
+// connect serves one CONNECT: an allowed address, a free slot, the dial;
+// then 200 and the bytes both ways.
+func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodConnect {
+		s.refuse(w, http.StatusMethodNotAllowed, "only CONNECT", "method", r.Method)
+		return
+	}
+	target := r.Host
+	if !s.allow[target] {
+		s.refuse(w, http.StatusForbidden, "not a control plane or relay of this gateway", "target", target, "from", r.RemoteAddr)
+		return
+	}
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		s.refuse(w, http.StatusServiceUnavailable, "too many connections", "target", target)
+		return
+	}
+	release := func() { <-s.slots }
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+	up, err := s.cfg.Network.Dial(ctx, "tcp", target)
+	cancel()
+	if err != nil {
+		release()
+		s.refuse(w, http.StatusBadGateway, "dial failed", "target", target, "err", err)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		release()
+		up.Close()
+		s.refuse(w, http.StatusInternalServerError, "cannot take the connection over")
+		return
+	}
+	down, brw, err := hj.Hijack()
+	if err != nil {
+		release()
+		up.Close()
+		return
+	}
+	if _, err := down.Write([]byte("HTTP/1.1 200 Connection Established\r\n\r\n")); err != nil {
+		release()
+		up.Close()
+		down.Close()
+		return
+	}
+	s.mForwarded.Inc()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer release()
+		var c net.Conn = down
+		if n := brw.Reader.Buffered(); n > 0 { // the node wrote ahead of our answer
+			c = &bufConn{Conn: down, r: brw.Reader}
+		}
+		a, b, _ := proxy.Relay(s.ctx, c, up)
+		s.mBytes.Add(int(a + b))
+	}()
+}
+
+// bufConn reads what a bufio.Reader already holds before its Conn.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// Network reaches the Via addresses through the gateway at Gateway and
+// every other address directly, through Base. It is a netseam.Network.
+type Network struct {
+	Gateway string
+	Via     []string
+	Base    netseam.Network
+}
+
+// Dial connects to addr, through the gateway when addr is one of Via.
+func (n Network) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	base := netseam.Or(n.Base)
+	if !slices.Contains(n.Via, addr) {
+		return base.Dial(ctx, network, addr)
+	}
+	c, err := base.Dial(ctx, "tcp", n.Gateway)
+	if err != nil {
+		return nil, fmt.Errorf("gateway %s: %w", n.Gateway, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	req := &http.Request{Method: http.MethodConnect, Host: addr, Header: http.Header{}}
+	if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("gateway %s: %w", n.Gateway, err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("gateway %s: %w", n.Gateway, err)
+	}
+	// A 200's "body" is the tunnel: it is read through br, not Body.
+	if resp.StatusCode != http.StatusOK {
+		c.Close()
+		return nil, fmt.Errorf("gateway %s: CONNECT %s: %s", n.Gateway, addr, resp.Status)
+	}
+	c.SetDeadline(time.Time{})
+	if br.Buffered() > 0 {
+		return &bufConn{Conn: c, r: br}, nil
+	}
+	return c, nil
+}
+
+// Listen is Base's.
+func (n Network) Listen(ctx context.Context, network, addr string) (net.Listener, error) {
+	return netseam.Or(n.Base).Listen(ctx, network, addr)
+}
