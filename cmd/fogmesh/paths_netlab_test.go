@@ -155,8 +155,8 @@ func (m *labMesh) relayAddrs() []string {
 }
 
 // agent starts node name in h's namespace, site site, with its workload
-// and service.
-func (m *labMesh) agent(name, site, region string, h *netlab.Host) *labAgent {
+// and service; extra is more of its config file (YAML lines).
+func (m *labMesh) agent(name, site, region string, h *netlab.Host, extra ...string) *labAgent {
 	t := m.t
 	t.Helper()
 	ln, err := h.Listen("tcp", "127.0.0.1:0")
@@ -193,7 +193,9 @@ stateDir: %q
 joinToken: %q
 relays: %s
 workloads: [{service: svc-%s, namespace: demo, ports: [{name: http, port: %d}]}]
-`, name, site, region, m.syncAddr, labMeshPort, h.Addr, labMeshPort, dir, tok, relays, name, ln.Addr().(*net.TCPAddr).Port)
+%s
+`, name, site, region, m.syncAddr, labMeshPort, h.Addr, labMeshPort, dir, tok, relays, name, ln.Addr().(*net.TCPAddr).Port,
+		strings.Join(extra, "\n"))
 	path := filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -482,6 +484,84 @@ func TestCrossSitePaths(t *testing.T) {
 	if t.Failed() {
 		for _, n := range nodes {
 			t.Logf("--- %s:\n%s", n.name, tail(n.p.out.String(), 60))
+		}
+	}
+}
+
+// routeAll waits until every node routes every other's service and
+// returns the VIPs by (from, to).
+func routeAll(t *testing.T, nodes []*labAgent) map[[2]string]string {
+	t.Helper()
+	vips := map[[2]string]string{}
+	for _, x := range nodes {
+		for _, y := range nodes {
+			if x == y {
+				continue
+			}
+			testWait(t, 30*time.Second, x.name+" routing svc-"+y.name, func() bool {
+				v, ok := x.vip("svc-" + y.name)
+				vips[[2]string{x.name, y.name}] = v
+				return ok
+			})
+		}
+	}
+	return vips
+}
+
+// TestSiteGateway: in a site whose router lets only one node out, that
+// node's agent is the site gateway; the other node reaches its control
+// plane and the relays through it, and so every pair of nodes reaches the
+// other in both directions: the site's two nodes directly, the hidden
+// node and the outside through a relay.
+func TestSiteGateway(t *testing.T) {
+	lab := netlab.New(t)
+	l1h, l2h := lab.LAN.Nodes[0], lab.LAN.Nodes[1]
+	// Only l1 may connect out.
+	if _, err := lab.LAN.NAT.Run("iptables", "-I", "FORWARD", "-s", l2h.Addr.String(), "-o", "wan0", "-j", "DROP"); err != nil {
+		t.Fatal(err)
+	}
+	m := startLabMesh(t, lab)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	if c, err := l2h.DialContext(ctx, "tcp", m.syncAddr); err == nil {
+		c.Close()
+		t.Fatal("l2 reaches the control plane without the gateway: the site's router lets it out")
+	}
+	cancel()
+	gw := fmt.Sprintf("%s:7075", l1h.Addr)
+	nodes := []*labAgent{
+		m.agent("l1", "site-lan", "edge", l1h, fmt.Sprintf("gatewayAddr: %q", gw)),
+		m.agent("l2", "site-lan", "edge", l2h, fmt.Sprintf("viaGateway: %q", gw)),
+		m.agent("a1", "site-a", "edge", lab.A.Nodes[0]),
+		m.agent("cloud", "cloud", "cloud", lab.CP),
+	}
+	vips := routeAll(t, nodes)
+	for _, x := range nodes {
+		for _, y := range nodes {
+			if x == y {
+				continue
+			}
+			testWait(t, 15*time.Second, x.name+" -> "+y.name, func() bool {
+				return x.call(vips[[2]string{x.name, y.name}], y.name) == nil
+			})
+		}
+	}
+	want := map[[2]string]paths.Kind{
+		{"l2", "l1"}: paths.Direct, {"l1", "l2"}: paths.Direct,
+		{"l2", "a1"}: paths.Relayed, {"a1", "l2"}: paths.Relayed,
+		{"l2", "cloud"}: paths.Relayed, {"cloud", "l2"}: paths.Relayed,
+	}
+	for pair, k := range want {
+		if p, _ := m.nodes[pair[0]].path(pair[1]); p.Kind != k {
+			t.Errorf("%s -> %s: %s, want %s", pair[0], pair[1], p.Kind, k)
+		}
+	}
+	var st paths.Status
+	if err := m.nodes["l2"].getJSON("/v1/paths", &st); err != nil || st.Punching || len(st.Relays) != 2 || !st.Relays[0].Connected {
+		t.Errorf("l2's paths status %+v (%v): want both relays connected through the gateway, no punching", st, err)
+	}
+	if t.Failed() {
+		for _, n := range nodes {
+			t.Logf("--- %s:\n%s", n.name, tail(n.p.out.String(), 40))
 		}
 	}
 }

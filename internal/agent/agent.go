@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/balance"
+	"github.com/fogmesh/fogmesh/internal/gateway"
 	"github.com/fogmesh/fogmesh/internal/gossip"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
@@ -121,7 +123,9 @@ type Agent struct {
 	// fogmesh_authz_decisions_total (authz.go).
 	authzHTTP   *authzServer
 	authzSeries sync.Map
-	gossip      *gossip.Gossip // nil when off
+	gossip      *gossip.Gossip  // nil when off
+	gateway     *gateway.Server // nil unless GatewayAddr
+	gatewayLn   net.Listener
 	// gossipDead holds nodes gossip says are dead (node name -> true).
 	gossipDead sync.Map
 	// nodeWatches: attempts in flight per remote node, cancelled when gossip
@@ -277,6 +281,15 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: mesh: %w", err)
 	}
+	if cfg.GatewayAddr != "" {
+		if a.gateway, err = gateway.New(gateway.Config{Allow: append(slices.Clone(cfg.Control), cfg.Relays...),
+			Network: cfg.Network, Logger: a.log.With("sub", "gateway"), Metrics: cfg.Metrics}); err != nil {
+			return nil, &ConfigError{Err: fmt.Errorf("agent: %w", err)}
+		}
+		if a.gatewayLn, err = net.Listen("tcp", cfg.GatewayAddr); err != nil {
+			return nil, fmt.Errorf("agent: site gateway listen: %w", err)
+		}
+	}
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
@@ -326,6 +339,9 @@ func (a *Agent) closeListeners() {
 	if a.adminLn != nil {
 		a.adminLn.Close()
 	}
+	if a.gatewayLn != nil {
+		a.gatewayLn.Close()
+	}
 	if a.wlLn != nil {
 		a.wlLn.Close()
 	}
@@ -342,6 +358,14 @@ func (a *Agent) GossipAddr() string {
 		return ""
 	}
 	return a.gossip.Addr()
+}
+
+// GatewayAddr is the bound site gateway address, "" when not a gateway.
+func (a *Agent) GatewayAddr() string {
+	if a.gatewayLn == nil {
+		return ""
+	}
+	return a.gatewayLn.Addr().String()
 }
 
 // Name returns the node name.
@@ -381,6 +405,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return nil
 	})
 	run("sync", func() error { a.syncLoop(ctx); return nil })
+	if a.gateway != nil {
+		run("site gateway", func() error { return a.gateway.Serve(a.gatewayLn) })
+	}
 	run("l7", a.l7.serve)
 	run("authz", a.authzHTTP.run)
 	if a.wlAPI != nil {
@@ -433,6 +460,9 @@ func (a *Agent) shutdown() {
 		a.dns.Close()
 		a.mesh.Close()
 		a.peers.Close()
+		if a.gateway != nil {
+			a.gateway.Close()
+		}
 		a.wg.Wait()
 		if err := a.audit.Close(); err != nil {
 			a.log.Error("agent: audit log close", "err", err)

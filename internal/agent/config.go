@@ -13,6 +13,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/gateway"
 	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/pathnorm"
 )
@@ -80,6 +81,16 @@ type Config struct {
 	// refreshed to hold NAT mappings (default 20s, below the common 30s
 	// UDP timeout).
 	PathKeepAlive Duration `json:"pathKeepAlive,omitempty"`
+	// GatewayAddr, if set, makes this agent its site's gateway: on this
+	// address (host:port on the site's network) it forwards HTTP CONNECT
+	// requests from the site's other agents to this agent's control
+	// planes and relays, and nowhere else. For a site where only this
+	// node may connect out.
+	GatewayAddr string `json:"gatewayAddr,omitempty"`
+	// ViaGateway is the site gateway (another agent's GatewayAddr) this
+	// agent reaches its control planes and relays through. Peers in the
+	// site are still dialed directly.
+	ViaGateway string `json:"viaGateway,omitempty"`
 	// EjectFor is how long an endpoint that refused a connection is skipped
 	// (default 10s); a local one returns as soon as its check passes.
 	EjectFor Duration `json:"ejectFor,omitempty"`
@@ -250,6 +261,20 @@ func (c *Config) validate() error {
 		return errors.New("relays: need secure mode (the relay and the peers authenticate this node by its certificate)")
 	}
 	def(&c.PunchAddr, "0.0.0.0:0")
+	for name, a := range map[string]string{"gatewayAddr": c.GatewayAddr, "viaGateway": c.ViaGateway} {
+		if a == "" {
+			continue
+		}
+		if _, err := netip.ParseAddrPort(a); err != nil {
+			return fmt.Errorf("%s: %q: %w (want ip:port)", name, a, err)
+		}
+	}
+	if c.GatewayAddr != "" && len(c.Control)+len(c.Relays) == 0 {
+		return errors.New("gatewayAddr: a gateway needs control or relays to forward to")
+	}
+	if c.ViaGateway != "" && c.GatewayAddr != "" {
+		return errors.New("viaGateway and gatewayAddr: an agent is a site's gateway or uses one, not both")
+	}
 	if c.PunchAddr != "off" {
 		if _, err := netip.ParseAddrPort(c.PunchAddr); err != nil {
 			return fmt.Errorf("punchAddr: %q: %w (want host:port, or off)", c.PunchAddr, err)
@@ -292,6 +317,9 @@ func (c *Config) validate() error {
 		seen[c.Workloads[i].Name] = i
 	}
 	c.Network = netseam.Or(c.Network)
+	if c.ViaGateway != "" { // the control planes and relays are reached through it
+		c.Network = gateway.Network{Gateway: c.ViaGateway, Via: append(slices.Clone(c.Control), c.Relays...), Base: c.Network}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -34,6 +34,8 @@ func RunAgent(prog string, args []string) error {
 		joinToken  = fs.String("join-token", os.Getenv("FOGMESH_JOIN_TOKEN"), "join token from 'fogmesh token create -site SITE' ($FOGMESH_JOIN_TOKEN); needed once, when the state dir holds no certificate")
 		relays     = fs.String("relays", "", "relay addresses, comma separated (host:port): reach peers behind NATs (secure mode)")
 		punchAddr  = fs.String("punch-addr", "", "UDP address of punched paths (default 0.0.0.0:0; off: relayed paths only)")
+		gwAddr     = fs.String("gateway-addr", "", "be the site's gateway: forward the site's agents to this agent's control planes and relays on this ip:port")
+		viaGW      = fs.String("via-gateway", "", "reach the control planes and relays through this site gateway (ip:port)")
 		logf       LogFlags
 	)
 	logf.Register(fs)
@@ -85,6 +87,8 @@ func RunAgent(prog string, args []string) error {
 		cfg.Relays = splitList(*relays)
 	}
 	override("punch-addr", &cfg.PunchAddr, *punchAddr)
+	override("gateway-addr", &cfg.GatewayAddr, *gwAddr)
+	override("via-gateway", &cfg.ViaGateway, *viaGW)
 	if cfg.Node.Name == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -111,6 +115,9 @@ func RunAgent(prog string, args []string) error {
 	addrs := map[string]string{"dns": a.DNSAddr(), "mesh": a.MeshAddr(), "admin": a.AdminAddr()}
 	if g := a.GossipAddr(); g != "" {
 		addrs["gossip"] = g
+	}
+	if g := a.GatewayAddr(); g != "" {
+		addrs["gateway"] = g
 	}
 	if err := WriteAddrFile(*addrFile, addrs); err != nil {
 		a.Close()
