@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -29,11 +28,9 @@ import (
 	"github.com/fogmesh/fogmesh/internal/balance"
 	"github.com/fogmesh/fogmesh/internal/gateway"
 	"github.com/fogmesh/fogmesh/internal/gossip"
-	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/outlier"
 	"github.com/fogmesh/fogmesh/internal/paths"
-	"github.com/fogmesh/fogmesh/internal/relay"
 	"github.com/fogmesh/fogmesh/internal/retry"
 	"github.com/fogmesh/fogmesh/internal/svid"
 	"github.com/fogmesh/fogmesh/internal/transport"
@@ -259,36 +256,8 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: dns: %w", err)
 	}
-	pcfg := paths.Config{Self: cfg.Node.Name, Dialer: a, Network: cfg.Network, Logger: a.log.With("sub", "mesh"),
-		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,
-		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive)}
-	if a.ident != nil {
-		pcfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
-		pcfg.ServerTLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
-		pcfg.RelayTLS = a.ident.src.ClientConfig(relay.AuthorizeRelay(a.ident.td))
-		pcfg.TrustedSourceID = a.trustedSourceID
-		pcfg.SelfID = a.ident.src.SVID().ID
-	}
-	if a.peers, err = paths.New(pcfg); err != nil {
-		return nil, &ConfigError{Err: fmt.Errorf("agent: %w", err)}
-	}
-	scfg := transport.ServerConfig{Listener: a.peers.Listener(a.meshLn), Dialer: a,
-		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, TLS: pcfg.ServerTLS}
-	if a.ident != nil {
-		scfg.TrustedSourceID = a.trustedSourceID
-	}
-	a.mesh, err = transport.NewServer(scfg)
-	if err != nil {
-		return nil, fmt.Errorf("agent: mesh: %w", err)
-	}
-	if cfg.GatewayAddr != "" {
-		if a.gateway, err = gateway.New(gateway.Config{Allow: append(slices.Clone(cfg.Control), cfg.Relays...),
-			Network: cfg.Network, Logger: a.log.With("sub", "gateway"), Metrics: cfg.Metrics}); err != nil {
-			return nil, &ConfigError{Err: fmt.Errorf("agent: %w", err)}
-		}
-		if a.gatewayLn, err = net.Listen("tcp", cfg.GatewayAddr); err != nil {
-			return nil, fmt.Errorf("agent: site gateway listen: %w", err)
-		}
+	if err := a.initMesh(cfg); err != nil {
+		return nil, err
 	}
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
@@ -358,14 +327,6 @@ func (a *Agent) GossipAddr() string {
 		return ""
 	}
 	return a.gossip.Addr()
-}
-
-// GatewayAddr is the bound site gateway address, "" when not a gateway.
-func (a *Agent) GatewayAddr() string {
-	if a.gatewayLn == nil {
-		return ""
-	}
-	return a.gatewayLn.Addr().String()
 }
 
 // Name returns the node name.

@@ -1,0 +1,62 @@
+package agent
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/gateway"
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/paths"
+	"github.com/fogmesh/fogmesh/internal/relay"
+	"github.com/fogmesh/fogmesh/internal/transport"
+)
+
+// initMesh makes the agent's links to its peers: the path manager (direct,
+// punched and relayed paths, over the relays of cfg), the mesh server on
+// the mesh listener and the relayed sessions, and the site gateway when
+// this agent is one.
+func (a *Agent) initMesh(cfg Config) error {
+	var err error
+	pcfg := paths.Config{Self: cfg.Node.Name, Dialer: a, Network: cfg.Network, Logger: a.log.With("sub", "mesh"),
+		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,
+		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive)}
+	if a.ident != nil {
+		pcfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		pcfg.ServerTLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		pcfg.RelayTLS = a.ident.src.ClientConfig(relay.AuthorizeRelay(a.ident.td))
+		pcfg.TrustedSourceID = a.trustedSourceID
+		pcfg.SelfID = a.ident.src.SVID().ID
+	}
+	if a.peers, err = paths.New(pcfg); err != nil {
+		return &ConfigError{Err: fmt.Errorf("agent: %w", err)}
+	}
+	scfg := transport.ServerConfig{Listener: a.peers.Listener(a.meshLn), Dialer: a,
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, TLS: pcfg.ServerTLS}
+	if a.ident != nil {
+		scfg.TrustedSourceID = a.trustedSourceID
+	}
+	a.mesh, err = transport.NewServer(scfg)
+	if err != nil {
+		return fmt.Errorf("agent: mesh: %w", err)
+	}
+	if cfg.GatewayAddr != "" {
+		if a.gateway, err = gateway.New(gateway.Config{Allow: append(slices.Clone(cfg.Control), cfg.Relays...),
+			Network: cfg.Network, Logger: a.log.With("sub", "gateway"), Metrics: cfg.Metrics}); err != nil {
+			return &ConfigError{Err: fmt.Errorf("agent: %w", err)}
+		}
+		if a.gatewayLn, err = net.Listen("tcp", cfg.GatewayAddr); err != nil {
+			return fmt.Errorf("agent: site gateway listen: %w", err)
+		}
+	}
+	return nil
+}
+
+// GatewayAddr is the bound site gateway address, "" when not a gateway.
+func (a *Agent) GatewayAddr() string {
+	if a.gatewayLn == nil {
+		return ""
+	}
+	return a.gatewayLn.Addr().String()
+}
