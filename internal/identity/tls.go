@@ -27,7 +27,7 @@ const (
 	ALPNSync  = "fogmesh-sync/1"
 	ALPNRelay = "fogmesh-relay/1"
 	ALPNJoin  = "fogmesh-join/1"
-	ALPNMesh = "fogmesh-mesh/1"
+	ALPNMesh  = "fogmesh-mesh/1"
 )
 
 // Source holds one identity's current X.509-SVID, the trust bundles it
