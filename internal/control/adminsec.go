@@ -19,7 +19,7 @@ import (
 // certificate of an admin identity or "Authorization: Bearer <admin token>";
 // a read-only token may only GET):
 //
-//	POST   /v1/tokens                {kind: join|admin, site, role, ttl}  -> TokenResponse
+//	POST   /v1/tokens                {kind: join|relay|admin, site, role, ttl}  -> TokenResponse
 //	POST   /v1/nodes/{name}/revoke                                        -> {id}
 //	POST   /v1/ca/rotate                                                  -> {pin}
 //	GET    /v1/bundle                the trust bundle (PEM)
