@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -27,6 +28,9 @@ type relayFile struct {
 	KeyFile            string        `json:"keyFile,omitempty"`
 	BundleFile         string        `json:"bundleFile,omitempty"`
 	DenyFile           string        `json:"denyFile,omitempty"`
+	Control            []string      `json:"control,omitempty"`
+	StateDir           string        `json:"stateDir,omitempty"`
+	Name               string        `json:"name,omitempty"`
 	ReloadInterval     durationValue `json:"reloadInterval,omitempty"`
 	MaxSessionsPerNode int           `json:"maxSessionsPerNode,omitempty"`
 	BytesPerSecond     int64         `json:"bytesPerSecond,omitempty"`
@@ -44,6 +48,10 @@ func runRelay(args []string) error {
 		key        = fs.String("key", "", "its private key (PEM)")
 		bundle     = fs.String("bundle", "", "the mesh CA's roots agents' certificates chain to (PEM)")
 		deny       = fs.String("deny-file", "", "revoked node IDs: one SPIFFE ID per line, or an agent's trust.json")
+		control    = fs.String("control", "", "control plane sync addresses, comma separated: the relay joins the mesh and follows renewals and revocations through it (instead of -cert/-key/-bundle/-deny-file)")
+		stateDir   = fs.String("state-dir", "", "with -control: where the relay keeps its key, certificate and trust (default /var/lib/fogmesh-relay)")
+		name       = fs.String("name", "", "with -control: the relay's name, its identity spiffe://<td>/relay/<name> (default: the hostname)")
+		joinToken  = fs.String("join-token", os.Getenv("FOGMESH_JOIN_TOKEN"), "with -control: a relay token from 'fogmesh token create -kind relay' ($FOGMESH_JOIN_TOKEN); needed once, when the state dir holds no certificate")
 		reload     = fs.Duration("reload-interval", 0, "how often the certificate, bundle and deny files are checked for changes (default 5s)")
 		maxSess    = fs.Int("max-sessions-per-node", 0, "relayed sessions one node may take part in (default 64)")
 		bps        = fs.Int64("bytes-per-second", 0, "bytes per second one node may send through the relay (default 64 MiB; -1 unlimited)")
@@ -77,6 +85,23 @@ func runRelay(args []string) error {
 	str("key", &fc.KeyFile, *key)
 	str("bundle", &fc.BundleFile, *bundle)
 	str("deny-file", &fc.DenyFile, *deny)
+	str("state-dir", &fc.StateDir, *stateDir)
+	str("name", &fc.Name, *name)
+	if set["control"] {
+		fc.Control = nil
+		for _, a := range strings.Split(*control, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				fc.Control = append(fc.Control, a)
+			}
+		}
+	}
+	member := len(fc.Control) > 0
+	if member && (fc.CertFile != "" || fc.KeyFile != "" || fc.BundleFile != "" || fc.DenyFile != "") {
+		return cli.Usagef("relay: -control (the relay joins the mesh) and -cert/-key/-bundle/-deny-file (the relay runs from files) do not go together")
+	}
+	if !member && (fc.StateDir != "" || fc.Name != "" || set["join-token"]) {
+		return cli.Usagef("relay: -state-dir, -name and -join-token need -control")
+	}
 	if set["reload-interval"] {
 		fc.ReloadInterval = durationValue(*reload)
 	}
@@ -102,14 +127,34 @@ func runRelay(args []string) error {
 	if err != nil {
 		return err
 	}
-	files := relay.Files{CertFile: fc.CertFile, KeyFile: fc.KeyFile, BundleFile: fc.BundleFile, DenyFile: fc.DenyFile}
-	src := identity.NewSource()
-	denied, err := files.Load(src)
-	if err != nil {
-		return &cli.UsageError{Err: err}
-	}
-	src.SetDenied(denied)
+	ctx, stop := cli.SignalContext()
+	defer stop()
 	ms := metrics.NewSet()
+	files := relay.Files{CertFile: fc.CertFile, KeyFile: fc.KeyFile, BundleFile: fc.BundleFile, DenyFile: fc.DenyFile}
+	var src *identity.Source
+	var mem *relay.Member
+	if member {
+		if fc.StateDir == "" {
+			fc.StateDir = "/var/lib/fogmesh-relay"
+		}
+		mem, err = relay.OpenMember(ctx, relay.MemberConfig{StateDir: fc.StateDir, Control: fc.Control, Name: fc.Name,
+			JoinToken: *joinToken, Logger: log, Metrics: ms})
+		var ce *relay.ConfigError
+		if errors.As(err, &ce) {
+			return &cli.UsageError{Err: err}
+		}
+		if err != nil {
+			return err
+		}
+		src = mem.Source()
+	} else {
+		src = identity.NewSource()
+		denied, err := files.Load(src)
+		if err != nil {
+			return &cli.UsageError{Err: err}
+		}
+		src.SetDenied(denied)
+	}
 	srv, err := relay.New(relay.Config{Source: src, Logger: log, Metrics: ms,
 		MaxSessionsPerNode: fc.MaxSessionsPerNode, BytesPerSecond: fc.BytesPerSecond, IdleTimeout: time.Duration(fc.IdleTimeout)})
 	if err != nil {
@@ -148,8 +193,6 @@ func runRelay(args []string) error {
 	})
 	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
-	ctx, stop := cli.SignalContext()
-	defer stop()
 	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(ln) }()
 	if pc != nil {
@@ -162,7 +205,14 @@ func runRelay(args []string) error {
 	}()
 	wctx, wcancel := context.WithCancel(ctx)
 	wdone := make(chan struct{})
-	go func() { defer close(wdone); srv.WatchFiles(wctx, files, time.Duration(fc.ReloadInterval)) }()
+	go func() {
+		defer close(wdone)
+		if mem != nil {
+			mem.Run(wctx, srv.SetDenied)
+		} else {
+			srv.WatchFiles(wctx, files, time.Duration(fc.ReloadInterval))
+		}
+	}()
 	defer func() { wcancel(); <-wdone }()
 
 	addrs := map[string]string{"relay": ln.Addr().String(), "admin": aln.Addr().String()}
