@@ -106,7 +106,7 @@ func TestRelayJoinsMesh(t *testing.T) {
 		t.Fatalf("relay token %q", relayTok)
 	}
 	if out, code := run(t, "agent", "-name", "n9", "-site", "s1", "-region", "r", "-control", syncAddr, "-join-token", relayTok,
-		"-state-dir", t.TempDir(), "-admin-addr", any0, "-dns-addr", any0, "-mesh-addr", any0); code != 2 || !strings.Contains(out, "this is a relay token") {
+		"-state-dir", t.TempDir(), "-admin-addr", any0, "-dns-addr", any0, "-mesh-addr", any0, "-vip-range", "127.141.0.0/16"); code != 2 || !strings.Contains(out, "this is a relay token") {
 		t.Fatalf("agent with a relay token: exit %d\n%s", code, out)
 	}
 	if out, code := run(t, relayArgs(t.TempDir(), "-name", "r1")...); code != 2 || !strings.Contains(out, "no usable relay certificate") {
