@@ -11,6 +11,7 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh ./cmd/fogmesh
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh-agent ./cmd/fogmesh-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh-relay ./cmd/fogmesh-relay
 
 # The embedded demo: a control plane and four node agents on this machine.
 dev:

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/fogmesh/fogmesh/internal/atomicfile"
+	"github.com/fogmesh/fogmesh/internal/enroll"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/svid"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -33,9 +32,7 @@ const (
 
 // JoinError is a join the control plane refused (bad, used, expired or
 // unknown token, wrong site): the command exits with the usage code.
-type JoinError struct{ Msg string }
-
-func (e *JoinError) Error() string { return e.Msg }
+type JoinError = enroll.Error
 
 // nodeIdentity is the agent's node certificate and trust.
 type nodeIdentity struct {
@@ -217,74 +214,24 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 // by the root pin in the token; a CSR out, a certificate and the trust
 // bundle back. A refusal is a *JoinError inside a *ConfigError.
 func (a *Agent) join(ctx context.Context) error {
-	tok, err := identity.ParseToken(a.cfg.JoinToken)
-	if err != nil || tok.Kind != identity.TokenJoin {
-		if err == nil {
-			err = errors.New("not a join token")
-		}
+	tok, err := enroll.ParseToken(a.cfg.JoinToken, identity.TokenJoin)
+	if err != nil {
 		return &ConfigError{Err: &JoinError{Msg: "agent: join token: " + err.Error()}}
 	}
 	csr, err := identity.NewCSR(a.ident.key)
 	if err != nil {
 		return err
 	}
-	backoff := 250 * time.Millisecond
-	var last error
-	for attempt := 0; attempt < 8; attempt++ {
-		for _, addr := range a.cfg.Control {
-			resp, err := a.joinOnce(ctx, addr, tok, csr)
-			if err == nil {
-				return a.finishJoin(resp)
-			}
-			var je *JoinError
-			if errors.As(err, &je) {
-				return &ConfigError{Err: err}
-			}
-			last = err
-			a.log.Warn("agent: join attempt failed", "control", addr, "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
-		}
-		backoff = min(2*backoff, 4*time.Second)
-	}
-	return fmt.Errorf("agent: join: no control plane answered: %w", last)
-}
-
-func (a *Agent) joinOnce(ctx context.Context, addr string, tok identity.Token, csr []byte) (*wire.Message, error) {
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c, err := a.dialControlTLS(dctx, addr, identity.JoinClientConfig(tok.Pin, nil))
-	if err != nil {
-		if errors.Is(err, context.Canceled) || !isPinError(err) {
-			return nil, err
-		}
-		return nil, &JoinError{Msg: "agent: join: " + err.Error()}
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
 	node := *a.self
-	if err := wire.Write(c, &wire.Message{Type: wire.TypeJoin, Token: tok.String(), Node: &node, CSR: csr}); err != nil {
-		return nil, err
-	}
-	m, err := wire.NewReader(c).Read()
+	resp, err := enroll.Join(ctx, a.dialControlTLS, a.cfg.Control, tok, &wire.Message{Node: &node, CSR: csr}, a.log, "agent")
 	if err != nil {
-		return nil, err
+		var je *JoinError
+		if errors.As(err, &je) {
+			return &ConfigError{Err: err}
+		}
+		return err
 	}
-	switch m.Type {
-	case wire.TypeJoined:
-		return m, nil
-	case wire.TypeError:
-		return nil, &JoinError{Msg: "agent: " + m.Error}
-	}
-	return nil, fmt.Errorf("join: unexpected %s", m.Type)
-}
-
-func isPinError(err error) bool {
-	var ce *tls.CertificateVerificationError
-	return errors.As(err, &ce)
+	return a.finishJoin(resp)
 }
 
 func (a *Agent) finishJoin(m *wire.Message) error {

@@ -1,139 +1,52 @@
 // Package cli holds what fogmesh's commands share: config files (YAML or
 // JSON, unknown fields are errors), structured logging, signal handling and
-// exit codes. It also holds the agent command, which both the full fogmesh
+// exit codes (from internal/cli/base, which the lean relay binary uses
+// alone). It also holds the agent command, which both the full fogmesh
 // binary and the lean fogmesh-agent binary run; it must not import the
 // control plane, so the agent binary stays small.
 package cli
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
-	"fmt"
-	"io"
-	"log/slog"
-	"os"
-	"os/signal"
-	"strings"
-	"syscall"
 
-	"sigs.k8s.io/yaml"
+	"github.com/fogmesh/fogmesh/internal/cli/base"
 )
 
 // Exit codes.
 const (
-	ExitOK      = 0 // clean run or clean shutdown
-	ExitFailure = 1 // runtime failure (a listener died, the server refused)
-	ExitUsage   = 2 // bad flags, bad config file, bad input document
+	ExitOK      = base.ExitOK
+	ExitFailure = base.ExitFailure
+	ExitUsage   = base.ExitUsage
 )
 
-// UsageError marks errors that map to ExitUsage.
-type UsageError struct{ Err error }
-
-func (e *UsageError) Error() string { return e.Err.Error() }
-func (e *UsageError) Unwrap() error { return e.Err }
+// The shared command plumbing, from base.
+type (
+	UsageError = base.UsageError
+	LogFlags   = base.LogFlags
+)
 
 // Usagef returns a UsageError.
-func Usagef(format string, args ...any) error {
-	return &UsageError{Err: fmt.Errorf(format, args...)}
-}
+func Usagef(format string, args ...any) error { return base.Usagef(format, args...) }
 
 // ExitCode maps an error to an exit code and prints it.
-func ExitCode(prog string, err error) int {
-	if err == nil {
-		return ExitOK
-	}
-	if errors.Is(err, flag.ErrHelp) {
-		return ExitUsage
-	}
-	fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
-	var ue *UsageError
-	if errors.As(err, &ue) {
-		return ExitUsage
-	}
-	// A command with exit codes of its own (fogmesh audit verify's 3).
-	var ec interface{ ExitCode() int }
-	if errors.As(err, &ec) {
-		return ec.ExitCode()
-	}
-	return ExitFailure
-}
+func ExitCode(prog string, err error) int { return base.ExitCode(prog, err) }
 
-// LoadConfigFile decodes a YAML or JSON file into v. Unknown fields are
-// errors that name the field.
-func LoadConfigFile(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return &UsageError{Err: fmt.Errorf("config: %w", err)}
-	}
-	if err := DecodeConfig(b, v); err != nil {
-		return &UsageError{Err: fmt.Errorf("config %s: %w", path, err)}
-	}
-	return nil
-}
+// LoadConfigFile decodes a YAML or JSON file into v, strictly.
+func LoadConfigFile(path string, v any) error { return base.LoadConfigFile(path, v) }
 
 // DecodeConfig decodes YAML or JSON bytes into v, strictly.
-func DecodeConfig(b []byte, v any) error {
-	j, err := yaml.YAMLToJSON(b)
-	if err != nil {
-		return fmt.Errorf("yaml: %w", err)
-	}
-	if bytes.Equal(bytes.TrimSpace(j), []byte("null")) {
-		return nil // empty file
-	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) && te.Field != "" {
-			return fmt.Errorf("%s: cannot use a %s here (want %s)", te.Field, te.Value, te.Type)
-		}
-		return errors.New(strings.TrimPrefix(err.Error(), "json: "))
-	}
-	return nil
-}
-
-// LogFlags are the logging flags every long-running command takes.
-type LogFlags struct {
-	Level  string
-	Format string
-}
-
-// Register adds -log-level and -log-format to fs.
-func (l *LogFlags) Register(fs *flag.FlagSet) {
-	fs.StringVar(&l.Level, "log-level", "info", "log level: debug, info, warn, error")
-	fs.StringVar(&l.Format, "log-format", "text", "log format: text or json")
-}
-
-// Logger builds the slog logger the flags ask for, writing to w.
-func (l *LogFlags) Logger(w io.Writer) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(l.Level)); err != nil {
-		return nil, Usagef("-log-level: %v", err)
-	}
-	opts := &slog.HandlerOptions{Level: lvl}
-	switch l.Format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, Usagef("-log-format: %q is not text or json", l.Format)
-}
+func DecodeConfig(b []byte, v any) error { return base.DecodeConfig(b, v) }
 
 // SignalContext is cancelled on SIGINT or SIGTERM.
-func SignalContext() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-}
+func SignalContext() (context.Context, context.CancelFunc) { return base.SignalContext() }
 
-// FlagsSet returns the names of the flags given on the command line, so that
-// they override the config file and nothing else does.
-func FlagsSet(fs *flag.FlagSet) map[string]bool {
-	m := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { m[f.Name] = true })
-	return m
+// FlagsSet returns the names of the flags given on the command line.
+func FlagsSet(fs *flag.FlagSet) map[string]bool { return base.FlagsSet(fs) }
+
+// WriteAddrFile writes the bound addresses to path as JSON, atomically.
+func WriteAddrFile(path string, addrs map[string]string) error {
+	return base.WriteAddrFile(path, addrs)
 }
 
 // Version is fogmesh's version, set at build time with

@@ -19,7 +19,7 @@ import (
 // certificate of an admin identity or "Authorization: Bearer <admin token>";
 // a read-only token may only GET):
 //
-//	POST   /v1/tokens                {kind: join|admin, site, role, ttl}  -> TokenResponse
+//	POST   /v1/tokens                {kind: join|relay|admin, site, role, ttl}  -> TokenResponse
 //	POST   /v1/nodes/{name}/revoke                                        -> {id}
 //	POST   /v1/ca/rotate                                                  -> {pin}
 //	GET    /v1/bundle                the trust bundle (PEM)
@@ -31,7 +31,7 @@ import (
 
 // TokenRequest is the body of POST /v1/tokens.
 type TokenRequest struct {
-	Kind string `json:"kind"`           // join (default) or admin
+	Kind string `json:"kind"`           // join (default), relay or admin
 	Site string `json:"site,omitempty"` // join tokens: the site the node must claim
 	Role string `json:"role,omitempty"` // admin tokens: admin (default) or read-only
 	TTL  string `json:"ttl,omitempty"`  // Go duration; join default 1h, admin default none

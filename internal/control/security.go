@@ -170,15 +170,20 @@ func (s *Server) TLSFailures(reason string) uint64 {
 }
 
 // newSyncTLS: the sync port serves joins (ALPN fogmesh-join/1, server
-// authentication only: the joining agent checks the root pin) and sync
-// streams (mutual TLS with a node certificate).
+// authentication only: the joining agent or relay checks the root pin),
+// sync streams (mutual TLS with a node certificate) and relay streams
+// (ALPN fogmesh-relay/1, mutual TLS with a relay certificate).
 func (sec *security) newSyncTLS() *tls.Config {
 	mtls := sec.src.ServerConfig(sec.authorizeNode, identity.ALPNSync)
+	relay := sec.src.ServerConfig(sec.authorizeRelay, identity.ALPNRelay)
 	join := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{identity.ALPNJoin},
 		GetCertificate: tlsconfig.GetCertificate(sec.src)}
 	return &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-		if slices.Contains(h.SupportedProtos, identity.ALPNJoin) {
+		switch {
+		case slices.Contains(h.SupportedProtos, identity.ALPNJoin):
 			return join, nil
+		case slices.Contains(h.SupportedProtos, identity.ALPNRelay):
+			return relay, nil
 		}
 		return mtls, nil
 	}}
@@ -397,6 +402,10 @@ func (sec *security) createToken(kind, site, role string, ttl time.Duration) (st
 			ttl = time.Hour
 		}
 		rec.Site = site
+	case identity.TokenRelay:
+		if ttl <= 0 {
+			ttl = time.Hour
+		}
 	case identity.TokenAdmin:
 		if role == "" {
 			role = RoleAdmin
@@ -406,7 +415,7 @@ func (sec *security) createToken(kind, site, role string, ttl time.Duration) (st
 		}
 		rec.Role = role
 	default:
-		return "", rec, fmt.Errorf("kind %q is not %s or %s", kind, identity.TokenJoin, identity.TokenAdmin)
+		return "", rec, fmt.Errorf("kind %q is not %s, %s or %s", kind, identity.TokenJoin, identity.TokenRelay, identity.TokenAdmin)
 	}
 	if ttl > 0 {
 		rec.Expires = now.Add(ttl)
@@ -474,15 +483,24 @@ func (sec *security) serveJoin(c net.Conn) error {
 	if err != nil {
 		return refuse(fmt.Errorf("read: %w", err))
 	}
-	if m.Type != wire.TypeJoin || m.Node == nil {
-		return refuse(errors.New("expected a join message with a node"))
+	if m.Type != wire.TypeJoin {
+		return refuse(errors.New("expected a join message"))
 	}
 	tok, err := identity.ParseToken(m.Token)
 	if err != nil {
 		return refuse(err)
 	}
-	if tok.Kind != identity.TokenJoin {
+	switch {
+	case m.Relay != "" && tok.Kind == identity.TokenRelay:
+		return sec.serveRelayJoin(c, m, tok, refuse)
+	case m.Relay != "":
+		return refuse(errors.New("a relay joins with a relay token ('fogmesh token create -kind relay'), not a " + tok.Kind + " token"))
+	case tok.Kind == identity.TokenRelay:
+		return refuse(errors.New("a relay token cannot join a node: it is for 'fogmesh relay -join-token'"))
+	case tok.Kind != identity.TokenJoin:
 		return refuse(errors.New("not a join token"))
+	case m.Node == nil:
+		return refuse(errors.New("expected a join message with a node"))
 	}
 	if err := m.Node.Validate(); err != nil {
 		return refuse(fmt.Errorf("node: %w", err))

@@ -372,6 +372,16 @@ func (ca *CA) SignNodeCSR(csr *x509.CertificateRequest, site, node string) ([]*x
 	return ca.Sign(csr.PublicKey, id, IssueOptions{TTL: ca.cfg.NodeTTL})
 }
 
+// SignRelayCSR issues a relay certificate (spiffe://<td>/relay/<name>) from
+// a parsed and checked CSR, with the node certificates' lifetime.
+func (ca *CA) SignRelayCSR(csr *x509.CertificateRequest, name string) ([]*x509.Certificate, error) {
+	id, err := RelayID(ca.td, name)
+	if err != nil {
+		return nil, fmt.Errorf("identity: relay id: %w", err)
+	}
+	return ca.Sign(csr.PublicKey, id, IssueOptions{TTL: ca.cfg.NodeTTL})
+}
+
 // SignWorkloadCSR issues a workload X.509-SVID
 // (spiffe://<td>/ns/<namespace>/sa/<account>) from a parsed and checked CSR.
 // ttl 0 means the configured WorkloadTTL. The caller (the control plane)

@@ -29,8 +29,10 @@ func FuzzParseCSR(f *testing.F) {
 func FuzzParseToken(f *testing.F) {
 	j, _ := NewToken(TokenJoin, Pin(mustRootForFuzz(f)))
 	a, _ := NewToken(TokenAdmin, "")
+	r, _ := NewToken(TokenRelay, j.Pin)
 	f.Add(j.String())
 	f.Add(a.String())
+	f.Add(r.String())
 	f.Add("fmj1...")
 	f.Add("fma1.0123456789ab.0123456789abcdef0123456789abcdef")
 	f.Fuzz(func(t *testing.T, s string) {

@@ -15,6 +15,7 @@
 //
 //	node      spiffe://<td>/site/<site>/node/<node>   EKU client+server, TTL 24h
 //	workload  spiffe://<td>/ns/<ns>/sa/<account>      EKU client+server, TTL 1h
+//	relay     spiffe://<td>/relay/<name>               a relay (fogmesh relay), EKU client+server, node TTL
 //	control   spiffe://<td>/control                    the control plane's serving certificate
 //	admin     spiffe://<td>/admin/<name>               an admin client certificate
 //
@@ -89,4 +90,24 @@ func ParseNodeID(id spiffeid.ID) (site, node string, ok bool) {
 // IsAdminID reports whether id is an admin client identity of td.
 func IsAdminID(td spiffeid.TrustDomain, id spiffeid.ID) bool {
 	return id.MemberOf(td) && strings.HasPrefix(id.Path(), "/admin/")
+}
+
+// RelayID returns the SPIFFE ID of a relay named name
+// (spiffe://<td>/relay/<name>): agents tell a relay apart from a node by
+// it, and a relay certificate can never pass as a node's.
+func RelayID(td spiffeid.TrustDomain, name string) (spiffeid.ID, error) {
+	if name == "" {
+		return spiffeid.ID{}, errors.New("empty relay name")
+	}
+	return spiffeid.FromSegments(td, "relay", name)
+}
+
+// ParseRelayID returns the name of a relay SPIFFE ID; ok is false for any
+// other ID.
+func ParseRelayID(id spiffeid.ID) (name string, ok bool) {
+	parts := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if len(parts) != 2 || parts[0] != "relay" || parts[1] == "" {
+		return "", false
+	}
+	return parts[1], true
 }

@@ -218,6 +218,55 @@ func TestTokenRoundTrip(t *testing.T) {
 	}
 }
 
+// TestRelayTokenIsAKindOfItsOwn: a relay token round-trips as kind relay,
+// never as a join token (the same secret and pin under the join prefix is
+// another token: its hash differs, so the store cannot match it either).
+func TestRelayTokenIsAKindOfItsOwn(t *testing.T) {
+	ca := newCA(t, t.TempDir(), nil)
+	r, err := NewToken(TokenRelay, ca.Pin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(r.String(), "fmr1.") {
+		t.Fatalf("relay token %q", r)
+	}
+	p, err := ParseToken(r.String())
+	if err != nil || p != r || p.Kind != TokenRelay {
+		t.Fatalf("parse %q: %v %+v", r, err, p)
+	}
+	asJoin := Token{Kind: TokenJoin, ID: r.ID, Secret: r.Secret, Pin: r.Pin}
+	if asJoin.MatchesHash(r.Hash()) {
+		t.Fatal("a relay token's hash matches the join token of the same secret")
+	}
+	if _, err := NewToken(TokenRelay, ""); err == nil {
+		t.Fatal("relay token without a pin")
+	}
+}
+
+// TestRelayID: relay IDs are spiffe://<td>/relay/<name>, never node IDs.
+func TestRelayID(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("mesh.test")
+	id, err := RelayID(td, "r1")
+	if err != nil || id.String() != "spiffe://mesh.test/relay/r1" {
+		t.Fatalf("%v %v", id, err)
+	}
+	if n, ok := ParseRelayID(id); !ok || n != "r1" {
+		t.Fatalf("ParseRelayID %q %v", n, ok)
+	}
+	if _, _, ok := ParseNodeID(id); ok {
+		t.Fatal("a relay ID parses as a node ID")
+	}
+	node, _ := NodeID(td, "relay", "r1")
+	for _, other := range []spiffeid.ID{node, spiffeid.RequireFromString("spiffe://mesh.test/relay/r1/x"), spiffeid.RequireFromString("spiffe://mesh.test/relay")} {
+		if _, ok := ParseRelayID(other); ok {
+			t.Errorf("ParseRelayID(%s) ok", other)
+		}
+	}
+	if _, err := RelayID(td, ""); err == nil {
+		t.Fatal("empty relay name")
+	}
+}
+
 func TestParseCSRRejects(t *testing.T) {
 	key, _ := NewKey()
 	der, _ := NewCSR(key)

@@ -20,12 +20,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// ALPN protocol names. The sync port serves both the sync stream (mutual
-// TLS) and joins (server-authenticated only), told apart by ALPN.
+// ALPN protocol names. The sync port serves the sync stream (mutual TLS,
+// node certificates), the relay stream (mutual TLS, relay certificates)
+// and joins (server-authenticated only), told apart by ALPN.
 const (
-	ALPNSync = "fogmesh-sync/1"
-	ALPNJoin = "fogmesh-join/1"
-	ALPNMesh = "fogmesh-mesh/1"
+	ALPNSync  = "fogmesh-sync/1"
+	ALPNRelay = "fogmesh-relay/1"
+	ALPNJoin  = "fogmesh-join/1"
+	ALPNMesh  = "fogmesh-mesh/1"
 )
 
 // Source holds one identity's current X.509-SVID, the trust bundles it

@@ -14,6 +14,11 @@ const (
 	// TokenJoin is a one-time, expiring token bound to a site that lets a
 	// new node get its certificate.
 	TokenJoin = "join"
+	// TokenRelay is a one-time, expiring token that lets a relay (fogmesh
+	// relay) get its relay certificate. It is a kind of its own, with a
+	// prefix of its own, so that an agent's join token never mints a relay
+	// identity and a relay's never mints a node.
+	TokenRelay = "relay"
 	// TokenAdmin is a bearer token for the admin API with a role.
 	TokenAdmin = "admin"
 )
@@ -21,6 +26,7 @@ const (
 // Token wire forms:
 //
 //	join   fmj1.<id>.<secret>.<pin>
+//	relay  fmr1.<id>.<secret>.<pin>
 //	admin  fma1.<id>.<secret>
 //
 // id is 12 lowercase hex digits (public: it names the token in the store
@@ -31,6 +37,7 @@ const (
 // kubeadm's discovery hash does.
 const (
 	joinPrefix  = "fmj1"
+	relayPrefix = "fmr1"
 	adminPrefix = "fma1"
 	idLen       = 12
 	secretLen   = 32
@@ -41,13 +48,14 @@ const (
 
 // Token is a parsed token.
 type Token struct {
-	Kind   string // TokenJoin or TokenAdmin
+	Kind   string // TokenJoin, TokenRelay or TokenAdmin
 	ID     string
 	Secret string
-	Pin    string // join tokens only
+	Pin    string // join and relay tokens only
 }
 
-// NewToken makes a random token of kind; pin is required for join tokens.
+// NewToken makes a random token of kind; pin is required for join and
+// relay tokens.
 func NewToken(kind, pin string) (Token, error) {
 	var b [idLen/2 + secretLen/2]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -55,9 +63,9 @@ func NewToken(kind, pin string) (Token, error) {
 	}
 	t := Token{Kind: kind, ID: hex.EncodeToString(b[:idLen/2]), Secret: hex.EncodeToString(b[idLen/2:])}
 	switch kind {
-	case TokenJoin:
+	case TokenJoin, TokenRelay:
 		if !isHex(pin, pinLen) {
-			return Token{}, fmt.Errorf("identity: join token needs a root pin")
+			return Token{}, fmt.Errorf("identity: %s token needs a root pin", kind)
 		}
 		t.Pin = pin
 	case TokenAdmin:
@@ -69,8 +77,11 @@ func NewToken(kind, pin string) (Token, error) {
 
 // String returns the token's wire form.
 func (t Token) String() string {
-	if t.Kind == TokenJoin {
+	switch t.Kind {
+	case TokenJoin:
 		return joinPrefix + "." + t.ID + "." + t.Secret + "." + t.Pin
+	case TokenRelay:
+		return relayPrefix + "." + t.ID + "." + t.Secret + "." + t.Pin
 	}
 	return adminPrefix + "." + t.ID + "." + t.Secret
 }
@@ -96,15 +107,18 @@ func ParseToken(s string) (Token, error) {
 	parts := strings.Split(s, ".")
 	var t Token
 	switch {
-	case len(parts) == 4 && parts[0] == joinPrefix:
+	case len(parts) == 4 && (parts[0] == joinPrefix || parts[0] == relayPrefix):
 		t = Token{Kind: TokenJoin, ID: parts[1], Secret: parts[2], Pin: parts[3]}
+		if parts[0] == relayPrefix {
+			t.Kind = TokenRelay
+		}
 		if !isHex(t.Pin, pinLen) {
 			return Token{}, fmt.Errorf("%w: the root pin is not %d hex digits", ErrBadToken, pinLen)
 		}
 	case len(parts) == 3 && parts[0] == adminPrefix:
 		t = Token{Kind: TokenAdmin, ID: parts[1], Secret: parts[2]}
 	default:
-		return Token{}, fmt.Errorf("%w: want %s.<id>.<secret>.<pin> or %s.<id>.<secret>", ErrBadToken, joinPrefix, adminPrefix)
+		return Token{}, fmt.Errorf("%w: want %s|%s.<id>.<secret>.<pin> or %s.<id>.<secret>", ErrBadToken, joinPrefix, relayPrefix, adminPrefix)
 	}
 	if !isHex(t.ID, idLen) || !isHex(t.Secret, secretLen) {
 		return Token{}, fmt.Errorf("%w: malformed id or secret", ErrBadToken)

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
 )
 
 // Client is an agent's connection to one relay: the control connection
@@ -424,9 +427,22 @@ func (c *Client) UDPReflexive(ctx context.Context, pc net.PacketConn, relayUDP n
 	return netip.AddrPort{}, errors.New("relay: udp: no answer")
 }
 
-// AuthorizeRelay is how an agent authorises a relay's certificate: any
-// identity of the mesh's trust domain td (a relay holds a certificate from
-// the mesh CA but is not necessarily a node).
+// AuthorizeRelay is how an agent authorises a relay's certificate: a
+// relay identity of the mesh's trust domain td (spiffe://<td>/relay/<name>,
+// what `fogmesh relay -join-token` obtains) or, for relays run from files,
+// a node identity of td. A workload, admin or control plane certificate of
+// the mesh CA is not a relay.
 func AuthorizeRelay(td spiffeid.TrustDomain) tlsconfig.Authorizer {
-	return tlsconfig.AuthorizeMemberOf(td)
+	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+		if !id.MemberOf(td) {
+			return fmt.Errorf("relay %s is not in trust domain %s", id, td)
+		}
+		if _, ok := identity.ParseRelayID(id); ok {
+			return nil
+		}
+		if _, _, ok := identity.ParseNodeID(id); ok {
+			return nil
+		}
+		return fmt.Errorf("%s is not a relay or node identity", id)
+	}
 }

@@ -104,6 +104,11 @@ const (
 	ResourceAuthorizationPolicy = api.KindAuthorizationPolicy
 )
 
+// RelayHeartbeat is how often a relay (fogmesh relay) sends a heartbeat on
+// its stream to the control plane, which answers each; either side drops
+// a relay stream silent for 4 × RelayHeartbeat.
+const RelayHeartbeat = 15 * time.Second
+
 // Message is the one frame body. Type says which fields are set.
 type Message struct {
 	Type string `json:"type"`
@@ -113,9 +118,11 @@ type Message struct {
 	Node         *api.Node `json:"node,omitempty"`
 	Capabilities []string  `json:"capabilities,omitempty"`
 
-	// Join: Token, Node and CSR. Renew: CSR. Joined, Cert: Certificates
-	// (DER, leaf first). Joined also carries Trust.
+	// Join: Token, Node and CSR (a relay's join: Token, Relay and CSR).
+	// Renew: CSR. Joined, Cert: Certificates (DER, leaf first). Joined also
+	// carries Trust.
 	Token        string   `json:"token,omitempty"`
+	Relay        string   `json:"relay,omitempty"` // the joining relay's name
 	CSR          []byte   `json:"csr,omitempty"`
 	Certificates [][]byte `json:"certificates,omitempty"`
 

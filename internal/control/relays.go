@@ -1,0 +1,184 @@
+package control
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// Relays (fogmesh relay) are members of the mesh beside nodes: a relay
+// joins with a relay token (identity.TokenRelay, never a node's join
+// token) and gets a certificate for spiffe://<td>/relay/<name>; then it
+// keeps a relay stream (ALPN fogmesh-relay/1, mutual TLS with that
+// certificate) on the sync port, on which the control plane pushes the
+// trust document (bundles and revoked IDs, without the gossip key: a relay
+// is not in the gossip ring) now and after every change, and answers
+// renewals. A relay never registers as a node and gets no configuration.
+
+func (sec *security) authorizeRelay(id spiffeid.ID, _ [][]*x509.Certificate) error {
+	if !id.MemberOf(sec.ca.TrustDomain()) {
+		return fmt.Errorf("%s is not in trust domain %s", id, sec.ca.TrustDomain())
+	}
+	if _, ok := identity.ParseRelayID(id); !ok {
+		return fmt.Errorf("%s is not a relay identity", id)
+	}
+	return nil
+}
+
+// relayTrust is the trust document as a relay gets it: without the
+// gossip key.
+func relayTrust(t *wire.Trust) *wire.Trust {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	c.GossipKey = nil
+	return &c
+}
+
+// serveRelayJoin answers a relay's join (the token is a relay token): a
+// relay certificate for m.Relay and the trust document. The token is
+// marked used in the same transaction that checks it.
+func (sec *security) serveRelayJoin(c net.Conn, m *wire.Message, tok identity.Token, refuse func(error) error) error {
+	name := m.Relay
+	if !siteRE.MatchString(name) {
+		return refuse(fmt.Errorf("relay name %q is not a DNS label", name))
+	}
+	csr, err := identity.ParseCSR(m.CSR)
+	if err != nil {
+		return refuse(err)
+	}
+	id, err := identity.RelayID(sec.ca.TrustDomain(), name)
+	if err != nil {
+		return refuse(err)
+	}
+	if sec.src.Denied(id.String()) {
+		return refuse(fmt.Errorf("relay %s is revoked", name))
+	}
+	now := time.Now()
+	rec, err := sec.s.st.GetSecure(keyToken + tok.ID)
+	if err != nil {
+		return refuse(err)
+	}
+	if _, err := checkRelayToken(rec, tok, now); err != nil {
+		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
+	}
+	certs, err := sec.ca.SignRelayCSR(csr, name)
+	if err != nil {
+		return refuse(err)
+	}
+	err = sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		r, err := checkRelayToken(tx.Get(keyToken+tok.ID), tok, now)
+		if err != nil {
+			return err
+		}
+		r.UsedBy = "relay:" + name
+		nb, _ := json.Marshal(r)
+		return tx.Put(keyToken+tok.ID, nb)
+	})
+	if err != nil {
+		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
+	}
+	sec.issued("relay", certs[0])
+	t, _ := sec.currentTrust()
+	sec.mJoins["ok"].Inc()
+	sec.s.log.Info("control: relay joined", "relay", name, "token", tok.ID, "serial", certs[0].SerialNumber.Text(16))
+	return wire.Write(c, &wire.Message{Type: wire.TypeJoined, Certificates: identity.DERs(certs), Trust: relayTrust(t)})
+}
+
+// checkRelayToken checks a stored token record b against a presented relay
+// token.
+func checkRelayToken(b []byte, tok identity.Token, now time.Time) (tokenRecord, error) {
+	var r tokenRecord
+	switch {
+	case b == nil, json.Unmarshal(b, &r) != nil, r.Kind != identity.TokenRelay, !tok.MatchesHash(r.Hash):
+		return r, errors.New("unknown token")
+	case r.UsedBy != "":
+		return r, errors.New("token already used")
+	case !r.Expires.IsZero() && now.After(r.Expires):
+		return r, errors.New("token expired")
+	}
+	return r, nil
+}
+
+// serveRelay runs a relay's stream: the trust document now and after every
+// change; a certificate for each renewal; an answer to each heartbeat. It
+// ends when the relay is silent for 4 × wire.RelayHeartbeat, on a bad
+// frame, or when the control plane stops.
+func (s *Server) serveRelay(ctx context.Context, c net.Conn, peer spiffeid.ID) error {
+	name, ok := identity.ParseRelayID(peer)
+	if !ok {
+		return fmt.Errorf("%s is not a relay identity", peer)
+	}
+	var wmu sync.Mutex
+	write := func(m *wire.Message) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		return wire.Write(c, m)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		defer c.Close() // ends the reader below when the trust cannot be sent
+		for {
+			t, watch := s.sec.currentTrust()
+			if err := write(&wire.Message{Type: wire.TypeTrust, Trust: relayTrust(t)}); err != nil {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-watch:
+			}
+		}
+	}()
+	s.log.Info("control: relay connected", "relay", name, "remote", c.RemoteAddr())
+	r := wire.NewReader(c)
+	for {
+		c.SetReadDeadline(time.Now().Add(4 * wire.RelayHeartbeat))
+		m, err := r.Read()
+		if err != nil {
+			return err
+		}
+		switch m.Type {
+		case wire.TypeHeartbeat:
+			if err := write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
+				return err
+			}
+		case wire.TypeRenew:
+			if s.sec.src.Denied(peer.String()) {
+				write(&wire.Message{Type: wire.TypeError, Error: "relay is revoked"})
+				return fmt.Errorf("relay %s is revoked", name)
+			}
+			csr, err := identity.ParseCSR(m.CSR)
+			if err != nil {
+				write(&wire.Message{Type: wire.TypeError, Error: "renew: " + err.Error()})
+				return err
+			}
+			certs, err := s.sec.ca.SignRelayCSR(csr, name)
+			if err != nil {
+				return err
+			}
+			s.sec.issued("relay", certs[0])
+			s.log.Info("control: relay certificate renewed", "relay", name, "serial", certs[0].SerialNumber.Text(16), "notAfter", certs[0].NotAfter)
+			if err := write(&wire.Message{Type: wire.TypeCert, Certificates: identity.DERs(certs)}); err != nil {
+				return err
+			}
+		default:
+			write(&wire.Message{Type: wire.TypeError, Error: "unexpected " + m.Type + " on a relay stream"})
+			return fmt.Errorf("relay %s: unexpected %s", name, m.Type)
+		}
+	}
+}
