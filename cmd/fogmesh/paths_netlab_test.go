@@ -16,7 +16,6 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/agent"
 	"github.com/fogmesh/fogmesh/internal/control"
-	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/netlab"
 	"github.com/fogmesh/fogmesh/internal/paths"
 )
@@ -123,28 +122,14 @@ func startLabMesh(t *testing.T, lab *netlab.Lab) *labMesh {
 		return err == nil && !strings.Contains(string(out), "error")
 	})
 
-	// The relays' certificates, from the mesh CA.
-	cadir, err := identity.OpenCA(identity.CAConfig{Dir: filepath.Join(state, "ca")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The relays join the mesh with relay tokens, as an operator starts
+	// them: their certificates come from the control plane, which pushes
+	// them revocations.
 	for i, h := range []*netlab.Host{lab.Relay1, lab.Relay2} {
-		dir := t.TempDir()
-		src := relayIdentity(t, cadir, "relay", fmt.Sprintf("r%d", i+1))
-		key, err := identity.EncodeKeyPEM(src.SVID().PrivateKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for name, b := range map[string][]byte{"cert.pem": identity.EncodeCertificatesPEM(src.SVID().Certificates...),
-			"key.pem": key, "bundle.pem": identity.EncodeCertificatesPEM(cadir.Roots()...), "deny": nil} {
-			if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
+		tok := strings.TrimSpace(runIn(t, lab.CP.Netns, append([]string{"token", "create", "-kind", "relay"}, m.admin...)...))
 		addr := fmt.Sprintf("%s:%d", h.Addr, labRelayPort)
 		p, _ := startAddrsIn(t, h.Netns, "relay", "-addr", addr, "-admin-addr", "127.0.0.1:0",
-			"-cert", filepath.Join(dir, "cert.pem"), "-key", filepath.Join(dir, "key.pem"),
-			"-bundle", filepath.Join(dir, "bundle.pem"), "-deny-file", filepath.Join(dir, "deny"))
+			"-control", m.syncAddr, "-join-token", tok, "-state-dir", t.TempDir(), "-name", fmt.Sprintf("r%d", i+1))
 		m.relays[addr] = p
 	}
 	return m
