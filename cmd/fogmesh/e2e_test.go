@@ -117,7 +117,13 @@ func start(t *testing.T, args ...string) *proc {
 // startCmd runs any program; the test's cleanup kills it if still running.
 func startCmd(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(name, args...)
+	return startExec(t, exec.Command(name, args...))
+}
+
+// startExec starts cmd with its output captured; the test's cleanup kills
+// it if still running.
+func startExec(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
 	out := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

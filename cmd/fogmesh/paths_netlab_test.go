@@ -30,23 +30,7 @@ import (
 // startIn runs the binary inside ns; the test's cleanup kills it.
 func startIn(t *testing.T, ns *netlab.Netns, args ...string) *proc {
 	t.Helper()
-	cmd := ns.Command(context.Background(), fogmeshBin, args...)
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, done: make(chan struct{}), out: out}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
+	return startExec(t, ns.Command(context.Background(), fogmeshBin, args...))
 }
 
 // startAddrsIn is startAddrs inside ns.
@@ -283,19 +267,7 @@ func TestCrossSitePaths(t *testing.T) {
 		m.agent("l2", "site-lan", "edge", lab.LAN.Nodes[1]),
 		m.agent("cloud", "cloud", "cloud", lab.CP),
 	}
-	vips := map[[2]string]string{}
-	for _, x := range nodes {
-		for _, y := range nodes {
-			if x == y {
-				continue
-			}
-			testWait(t, 30*time.Second, x.name+" routing svc-"+y.name, func() bool {
-				v, ok := x.vip("svc-" + y.name)
-				vips[[2]string{x.name, y.name}] = v
-				return ok
-			})
-		}
-	}
+	vips := routeAll(t, nodes)
 
 	// First requests: each answered within 2 s (the relay fallback's
 	// budget), in both directions of every pair.
