@@ -58,6 +58,7 @@ type Agent struct {
 	// registered through the local API (saved to wlPath; workloads.go).
 	workloads map[string]*workloadState
 	listeners map[netip.AddrPort]*vipListener
+	udp       udpState // udp service ports (udp.go); its ports guarded by mu
 	// localSessions are session bindings this agent decided (service key +
 	// "\x00" + session key -> endpoint), used until the control plane has
 	// one; pendingSessions are those not yet sent upstream (by ns/name).
@@ -401,6 +402,7 @@ func (a *Agent) shutdown() {
 			l.close()
 			delete(a.listeners, k)
 		}
+		a.closeUDPLocked()
 		a.mu.Unlock()
 		if a.gossip != nil {
 			a.gossip.Close() // peers learn at once that this node leaves

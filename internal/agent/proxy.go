@@ -49,13 +49,14 @@ func (a *Agent) reconcileListeners() {
 		return
 	}
 	for ap, l := range a.listeners {
-		if _, ok := v.byVIP[ap]; !ok {
+		if t, ok := v.byVIP[ap]; !ok || t.proto == "udp" {
 			go l.close()
 			delete(a.listeners, ap)
 		}
 	}
-	for ap := range v.byVIP {
-		if a.listeners[ap] != nil {
+	a.reconcileUDPLocked(v) // udp ports: udp.go
+	for ap, t := range v.byVIP {
+		if a.listeners[ap] != nil || t.proto == "udp" {
 			continue
 		}
 		ln, err := listenVIP(a.runCtx, ap)
@@ -403,6 +404,9 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 	mode, err := a.authorizeStream(ctx, h)
 	if err != nil {
 		return nil, err
+	}
+	if udp, c, err := a.dialLocalUDP(ctx, h); udp { // udpmesh.go
+		return c, err
 	}
 	a.mu.Lock()
 	ws := a.workloads[h.Endpoint]

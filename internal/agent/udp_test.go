@@ -1,0 +1,407 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+)
+
+// UDP service ports (udp.go, udpflow.go, udpmesh.go) with real UDP
+// sockets on loopback: echo workloads, clients, agents. VIP octets 163,
+// 164 and 165.
+
+// udpEcho answers every datagram with "<name>: <datagram>".
+type udpEcho struct {
+	name string
+	c    *net.UDPConn
+	n    atomic.Int64 // datagrams received
+}
+
+func startUDPEcho(t testing.TB, name string) *udpEcho {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &udpEcho{name: name, c: c}
+	go func() {
+		buf := make([]byte, 1<<16)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			e.n.Add(1)
+			c.WriteToUDPAddrPort(append([]byte(name+": "), buf[:n]...), from)
+		}
+	}()
+	t.Cleanup(e.stop)
+	return e
+}
+
+func (e *udpEcho) stop()     { e.c.Close() }
+func (e *udpEcho) port() int { return e.c.LocalAddr().(*net.UDPAddr).Port }
+
+// deadUDPPort is a loopback UDP port nothing listens on (bound, then
+// closed): datagrams to it are answered ICMP port unreachable.
+func deadUDPPort(t *testing.T) int {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.LocalAddr().(*net.UDPAddr).Port
+	c.Close()
+	return p
+}
+
+func udpWorkload(service, name string, port int) Workload {
+	return Workload{Name: service + "-" + name, Service: service, Namespace: "demo",
+		Ports: []api.EndpointPort{{Name: "udp", Port: port}}, Check: Check{Type: "none"}}
+}
+
+func udpSvcDoc(name string, port int, extra string) string {
+	return fmt.Sprintf(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":%q,"namespace":"demo"},
+	"spec":{"ports":[{"name":"udp","port":%d,"protocol":"udp"}]%s}}`, name, port, extra)
+}
+
+// udpClient is a client socket on loopback (from ip, default 127.0.0.1)
+// that talks to a VIP:port and checks that every answer comes from it.
+type udpClient struct {
+	t   testing.TB
+	c   *net.UDPConn
+	vip netip.AddrPort
+}
+
+func newUDPClient(t testing.TB, ip, vip string) *udpClient {
+	t.Helper()
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(ip), 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &udpClient{t: t, c: c, vip: netip.MustParseAddrPort(vip)}
+}
+
+// ask sends msg and returns its answer ("<echo name>: msg") within wait,
+// or "" if none came. Late answers to earlier messages are skipped.
+func (u *udpClient) ask(msg []byte, wait time.Duration) string {
+	u.t.Helper()
+	if _, err := u.c.WriteToUDPAddrPort(msg, u.vip); err != nil {
+		u.t.Fatalf("send to %s: %v", u.vip, err)
+	}
+	buf := make([]byte, 1<<16)
+	u.c.SetReadDeadline(time.Now().Add(wait))
+	for {
+		n, from, err := u.c.ReadFromUDPAddrPort(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return ""
+		}
+		if err != nil {
+			u.t.Fatalf("read: %v", err)
+		}
+		if from != u.vip {
+			u.t.Fatalf("answer from %s, want it from the VIP %s", from, u.vip)
+		}
+		if bytes.HasSuffix(buf[:n], append([]byte(": "), msg...)) {
+			return string(buf[:n])
+		}
+	}
+}
+
+// mustAsk sends msg until an answer with prefix want comes (the agent may
+// not have bound the port yet, or a flow may be moving to another
+// endpoint), for up to 10 s.
+func (u *udpClient) mustAsk(msg, want string) string {
+	u.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := u.ask([]byte(msg), 300*time.Millisecond)
+		if strings.HasPrefix(got, want) {
+			return got
+		}
+		if time.Now().After(deadline) {
+			u.t.Fatalf("via %s: last answer %q, want %s...", u.vip, got, want)
+		}
+	}
+}
+
+// metricVal is the value of one series of the agent's metrics (0 if absent).
+func metricVal(a *Agent, series string) float64 {
+	var b bytes.Buffer
+	a.cfg.Metrics.WritePrometheus(&b)
+	sc := bufio.NewScanner(&b)
+	for sc.Scan() {
+		if name, val, ok := strings.Cut(sc.Text(), " "); ok && name == series {
+			f, _ := strconv.ParseFloat(val, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+const (
+	srcActive = `fogmesh_udp_flows_active{side="source"}`
+	dstActive = `fogmesh_udp_flows_active{side="destination"}`
+)
+
+// TestUDPThroughOneAgent: a udp port with two local endpoints. Each
+// client's flow sticks to one endpoint (round robin over flows, not
+// datagrams), answers come from the VIP:port, and the flow closes after
+// the service's idle timeout (spec.timeouts.idle), after which the same
+// client gets a new flow.
+func TestUDPThroughOneAgent(t *testing.T) {
+	e1, e2 := startUDPEcho(t, "one"), startUDPEcho(t, "two")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, udpSvcDoc("coap", 19631, `,"balancer":"round-robin","timeouts":{"idle":"2s"}`))
+	a := startAgent(t, agentOpts{name: "solo", site: "s1", region: "r1", vipOctet: 163, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{udpWorkload("coap", "one", e1.port()), udpWorkload("coap", "two", e2.port())}})
+	waitFor(t, "two endpoints", func() bool { return len(endpointsOf(a, "demo/coap")) == 2 })
+	vip := "127.163.0.1:19631"
+	c1, c2 := newUDPClient(t, "", vip), newUDPClient(t, "", vip)
+	first := strings.Split(c1.mustAsk("hello", ""), ":")[0]
+	for i := range 5 {
+		if got := c1.ask([]byte(fmt.Sprint("n", i)), 3*time.Second); got != fmt.Sprintf("%s: n%d", first, i) {
+			t.Fatalf("datagram %d of the flow: %q, want it from %s", i, got, first)
+		}
+	}
+	other := map[string]string{"one": "two", "two": "one"}[first]
+	if got := c2.ask([]byte("hi"), 3*time.Second); got != other+": hi" {
+		t.Fatalf("second client's flow: %q, want round robin to %s", got, other)
+	}
+	if n := metricVal(a, srcActive); n != 2 {
+		t.Fatalf("%s = %v, want 2", srcActive, n)
+	}
+	if up, down := metricVal(a, `fogmesh_udp_datagrams_total{side="source",dir="up"}`), metricVal(a, `fogmesh_udp_datagrams_total{side="source",dir="down"}`); up < 7 || down < 7 {
+		t.Fatalf("datagrams up %v, down %v; want at least 7 each", up, down)
+	}
+	if b := metricVal(a, `fogmesh_udp_bytes_total{side="source",dir="up"}`); b < 5+2*5+2 {
+		t.Fatalf("bytes up %v", b)
+	}
+	waitFor(t, "both flows to close when idle", func() bool {
+		return metricVal(a, srcActive) == 0 && metricVal(a, `fogmesh_udp_idle_timeouts_total{side="source"}`) == 2
+	})
+	if got := c1.ask([]byte("again"), 3*time.Second); !strings.HasSuffix(got, ": again") {
+		t.Fatalf("after the idle close: %q", got)
+	}
+	if n := metricVal(a, `fogmesh_udp_flows_total{side="source",result="ok"}`); n != 3 {
+		t.Fatalf("flows opened: %v, want 3", n)
+	}
+}
+
+// TestUDPLimits: a port holds at most UDPConfig.MaxFlows flows (further
+// clients' datagrams dropped and counted until one ends), and a datagram
+// over UDPConfig.MaxDatagram is dropped and counted while the flow goes
+// on.
+func TestUDPLimits(t *testing.T) {
+	e := startUDPEcho(t, "e")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, udpSvcDoc("game", 19632, `,"timeouts":{"idle":"1500ms"}`))
+	a := startAgentWith(t, agentOpts{name: "solo", site: "s1", region: "r1", vipOctet: 163, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{udpWorkload("game", "e", e.port())}},
+		func(c *Config) { c.UDP = UDPConfig{MaxFlows: 2, MaxDatagram: 1000} })
+	vip := "127.163.0.1:19632"
+	c1, c2, c3 := newUDPClient(t, "", vip), newUDPClient(t, "", vip), newUDPClient(t, "", vip)
+	c1.mustAsk("a", "e: a")
+	c2.mustAsk("b", "e: b")
+	const limited = `fogmesh_udp_drops_total{side="source",reason="flow_limit"}`
+	if got := c3.ask([]byte("c"), 200*time.Millisecond); got != "" {
+		t.Fatalf("a third flow over maxFlows 2 was answered %q", got)
+	}
+	waitFor(t, "the drop to be counted", func() bool { return metricVal(a, limited) >= 1 })
+
+	big := bytes.Repeat([]byte("x"), 1001)
+	if got := c1.ask(big, 200*time.Millisecond); got != "" {
+		t.Fatalf("a datagram over maxDatagram was answered (%d bytes)", len(got))
+	}
+	waitFor(t, "the oversize drop to be counted", func() bool {
+		return metricVal(a, `fogmesh_udp_drops_total{side="source",reason="oversize"}`) == 1
+	})
+	// The answer to 997 bytes is 1000 bytes: the most a flow carries.
+	if got := c1.ask(big[:997], 3*time.Second); got != "e: "+string(big[:997]) {
+		t.Fatalf("a datagram of maxDatagram: %d bytes back", len(got))
+	}
+	// The answer to 998 bytes is over maxDatagram: dropped too.
+	if got := c1.ask(big[:998], 200*time.Millisecond); got != "" {
+		t.Fatalf("an answer over maxDatagram was relayed (%d bytes)", len(got))
+	}
+	waitFor(t, "the oversize answer to be counted", func() bool {
+		return metricVal(a, `fogmesh_udp_drops_total{side="source",reason="oversize"}`) == 2
+	})
+	// The two flows end when idle; then the third client gets one.
+	waitFor(t, "the flows to close", func() bool { return metricVal(a, srcActive) == 0 })
+	c3.mustAsk("c", "e: c")
+}
+
+// TestUDPQueueBounded: a flow whose upstream does not take its datagrams
+// (a mesh stream that is not read) drops what does not fit in its queue,
+// counted, and the port's reader serves other flows meanwhile.
+func TestUDPQueueBounded(t *testing.T) {
+	f := &udpFlow{p: &udpPort{lim: UDPConfig{QueueDatagrams: 2, QueueBytes: 10}.withDefaults()}, q: make(chan []byte, 2)}
+	for i, c := range []struct {
+		d    string
+		drop string
+	}{{"12345", ""}, {"123456", "queue_full"}, {"1234", ""}, {"", "queue_full"}} {
+		if got := f.enqueueLocked([]byte(c.d)); got != c.drop {
+			t.Fatalf("datagram %d (%q): drop %q, want %q", i, c.d, got, c.drop)
+		}
+	}
+	if f.qBytes.Load() != 9 || len(f.q) != 2 {
+		t.Fatalf("queue holds %d datagrams, %d bytes", len(f.q), f.qBytes.Load())
+	}
+}
+
+// TestUDPDeadEndpoint: an endpoint whose port refuses (ICMP port
+// unreachable) is ejected; the flow that found it moves to the other
+// endpoint, and new flows go there too. With only refusing endpoints
+// nothing answers and nothing breaks.
+func TestUDPDeadEndpoint(t *testing.T) {
+	live := startUDPEcho(t, "live")
+	dead := deadUDPPort(t)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, udpSvcDoc("syslog", 19633, `,"balancer":"round-robin"`))
+	a := startAgent(t, agentOpts{name: "solo", site: "s1", region: "r1", vipOctet: 163, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), ejectFor: time.Minute,
+		workloads: []Workload{udpWorkload("syslog", "dead", dead), udpWorkload("syslog", "live", live.port())}})
+	waitFor(t, "two endpoints", func() bool { return len(endpointsOf(a, "demo/syslog")) == 2 })
+	vip := "127.163.0.1:19633"
+	// Round robin sends one of the first two flows to the dead endpoint.
+	for i := range 4 {
+		newUDPClient(t, "", vip).mustAsk(fmt.Sprint("m", i), "live: ")
+	}
+	repins := metricVal(a, `fogmesh_udp_repins_total`)
+	if repins < 1 {
+		t.Fatalf("repins %v: no flow went to the dead endpoint and moved", repins)
+	}
+	if !a.isEjectedAnywhere("demo/syslog-dead") {
+		t.Fatal("the refusing endpoint was not ejected")
+	}
+	for i := range 6 {
+		newUDPClient(t, "", vip).mustAsk(fmt.Sprint("after", i), "live: ")
+	}
+	if n := metricVal(a, `fogmesh_udp_repins_total`); n != repins {
+		t.Fatalf("repins went from %v to %v: a new flow was sent to the ejected endpoint", repins, n)
+	}
+
+	// Only a refusing endpoint: no answer, counted, the port keeps serving.
+	apply(t, cp, udpSvcDoc("dead", 19634, ""))
+	b := startAgent(t, agentOpts{name: "solo2", site: "s1", region: "r1", vipOctet: 164, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{udpWorkload("dead", "d", dead)}})
+	waitFor(t, "the service", func() bool { _, ok := b.LookupService("demo", "dead"); return ok })
+	r, _ := b.LookupService("demo", "dead")
+	c := newUDPClient(t, "", netip.AddrPortFrom(r.V4, 19634).String())
+	waitFor(t, "the flow to find the endpoint dead", func() bool {
+		c.ask([]byte("x"), 50*time.Millisecond)
+		return metricVal(b, `fogmesh_udp_repins_total`) >= 1
+	})
+}
+
+// TestUDPAcrossMesh: a client on node a reaches workloads on b and c
+// through a's VIP and one mesh stream per flow; b (same site) is
+// preferred. A datagram over b's maxDatagram is dropped at b, counted. The
+// flow ends on both agents when idle. When b's agent dies, the flow moves
+// to c (next tier) and new flows go there.
+func TestUDPAcrossMesh(t *testing.T) {
+	eb, ec := startUDPEcho(t, "b"), startUDPEcho(t, "c")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, udpSvcDoc("rtp", 19635, `,"timeouts":{"idle":"1s"}`))
+	ctl := []string{cp.SyncAddr()}
+	b := startAgentWith(t, agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 164, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{udpWorkload("rtp", "b", eb.port())}}, func(c *Config) { c.UDP.MaxDatagram = 1000 })
+	startAgent(t, agentOpts{name: "c", site: "s2", region: "r1", vipOctet: 165, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{udpWorkload("rtp", "c", ec.port())}})
+	a := startAgent(t, agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 163, control: ctl, stateDir: t.TempDir()})
+	waitFor(t, "a to learn b's and c's endpoints", func() bool {
+		tiers := map[string]string{}
+		for _, e := range endpointsOf(a, "demo/rtp") {
+			if e.Healthy {
+				tiers[e.Node] = e.Tier
+			}
+		}
+		return tiers["b"] == "site" && tiers["c"] == "region"
+	})
+	cl := newUDPClient(t, "", "127.163.0.1:19635")
+	cl.mustAsk("hello", "b: hello")
+	const bUp = `fogmesh_udp_datagrams_total{side="destination",dir="up"}`
+	upBefore := metricVal(b, bUp)
+	for i := range 5 {
+		if got := cl.ask([]byte(fmt.Sprint(i)), 3*time.Second); got != fmt.Sprint("b: ", i) {
+			t.Fatalf("datagram %d: %q", i, got)
+		}
+	}
+	if n := metricVal(b, dstActive); n != 1 {
+		t.Fatalf("b relays %v flows, want 1", n)
+	}
+	if got := cl.ask(bytes.Repeat([]byte("x"), 1001), 200*time.Millisecond); got != "" {
+		t.Fatalf("a datagram over b's maxDatagram was answered (%d bytes)", len(got))
+	}
+	waitFor(t, "b to count the oversize drop", func() bool {
+		return metricVal(b, `fogmesh_udp_drops_total{side="destination",reason="oversize"}`) == 1
+	})
+	if got := cl.ask([]byte("still"), 3*time.Second); got != "b: still" {
+		t.Fatalf("the flow after an oversize datagram: %q", got)
+	}
+	if up := metricVal(b, bUp) - upBefore; up != 6 {
+		t.Fatalf("b sent %v datagrams to its workload, want 6", up)
+	}
+	waitFor(t, "the flow to end on both agents", func() bool {
+		return metricVal(a, srcActive) == 0 && metricVal(b, dstActive) == 0
+	})
+
+	cl.mustAsk("again", "b: again")
+	b.Close() // b's node dies with the flow open
+	cl.mustAsk("moved", "c: moved")
+	newUDPClient(t, "", "127.163.0.1:19635").mustAsk("new", "c: new")
+}
+
+// TestUDPAuthorizedAtDestination: the destination agent authorizes a udp
+// flow as a TCP stream, once per flow by source identity: the frontend's
+// flow reaches the workload, an unknown client's is denied at b and its
+// datagrams are dropped at a.
+func TestUDPAuthorizedAtDestination(t *testing.T) {
+	e := startUDPEcho(t, "b")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: coap, namespace: demo}
+spec: {ports: [{name: udp, port: 19636, protocol: udp}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: coap-frontend, namespace: demo}
+spec: {service: coap, rules: [{from: [{principals: ["`+frontendID+`"]}]}]}`)
+	ctl := []string{cp.SyncAddr()}
+	b := startAgent(t, agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 164, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{udpWorkload("coap", "b", e.port())}})
+	a := startAgent(t, agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 163, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{identityWorkload("frontend", frontendIP), identityWorkload("intruder", intruderIP)}})
+	waitFor(t, "a to learn b's endpoint", func() bool { return len(endpointsOf(a, "demo/coap")) == 1 })
+	vip := "127.163.0.1:19636"
+	newUDPClient(t, frontendIP, vip).mustAsk("ok", "b: ok")
+	intruder := newUDPClient(t, intruderIP, vip)
+	if got := intruder.ask([]byte("let me in"), 300*time.Millisecond); got != "" {
+		t.Fatalf("the intruder's flow was answered %q", got)
+	}
+	waitFor(t, "the denial to be counted at a", func() bool {
+		return metricVal(a, `fogmesh_udp_flows_total{side="source",result="denied"}`) == 1
+	})
+	if n := metricVal(b, `fogmesh_udp_flows_total{side="destination",result="ok"}`); n != 1 {
+		t.Fatalf("b opened %v flows, want only the frontend's", n)
+	}
+	if n := e.n.Load(); n != 1 {
+		t.Fatalf("the workload got %d datagrams, want only the frontend's", n)
+	}
+}
