@@ -84,7 +84,9 @@ func (p *udpPort) newFlowLocked(client netip.AddrPort) *udpFlow {
 
 func (f *udpFlow) touch() { f.last.Store(time.Now().UnixNano()) }
 
-func (f *udpFlow) idleFor() time.Duration { return time.Duration(time.Now().UnixNano() - f.last.Load()) }
+func (f *udpFlow) idleFor() time.Duration {
+	return time.Duration(time.Now().UnixNano() - f.last.Load())
+}
 
 // enqueueLocked queues a copy of d for sending, or returns the reason it
 // is dropped (p.mu held, so an idle flow cannot be removed in between).
