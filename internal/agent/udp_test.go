@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/control"
+	"github.com/fogmesh/fogmesh/internal/identity"
 )
 
 // UDP service ports (udp.go, udpflow.go, udpmesh.go) with real UDP
@@ -404,4 +406,63 @@ spec: {service: coap, rules: [{from: [{principals: ["`+frontendID+`"]}]}]}`)
 	if n := e.n.Load(); n != 1 {
 		t.Fatalf("the workload got %d datagrams, want only the frontend's", n)
 	}
+}
+
+// TestUDPAcrossSecureMesh: in secure mode a udp flow crosses the mTLS mesh
+// port like a TCP connection, and the destination authorizes it by the
+// source identity the source node vouches for.
+func TestUDPAcrossSecureMesh(t *testing.T) {
+	cpDir := t.TempDir()
+	cp := startControlWith(t, cpDir, "", func(c *control.Config) { c.Insecure = false })
+	applySecure(t, cp, cpDir, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: coap, namespace: demo}
+spec: {ports: [{name: udp, port: 19637, protocol: udp}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: frontend, namespace: demo}
+spec: {ports: [{name: x, port: 19638}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: intruder, namespace: demo}
+spec: {ports: [{name: x, port: 19639}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: coap-frontend, namespace: demo}
+spec: {service: coap, rules: [{from: [{principals: ["`+frontendID+`"]}]}]}`)
+	secure := func(c *Config) {
+		tok, err := cp.CreateToken(identity.TokenJoin, "s1", "", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Insecure, c.JoinToken, c.WorkloadAPISocket = false, tok, "off"
+	}
+	e := startUDPEcho(t, "b")
+	ctl := []string{cp.SyncAddr()}
+	b := startAgentWith(t, agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 164, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{udpWorkload("coap", "b", e.port())}}, secure)
+	a := startAgentWith(t, agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 163, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{identityWorkload("frontend", frontendIP), identityWorkload("intruder", intruderIP)}}, secure)
+	if a.ident == nil || b.ident == nil {
+		t.Fatal("an agent runs without a node identity")
+	}
+	waitFor(t, "a to learn b's endpoint and b a's frontend", func() bool {
+		eps := endpointsOf(a, "demo/coap")
+		return len(eps) == 1 && eps[0].Healthy && len(endpointsOf(b, "demo/frontend")) == 1
+	})
+	r, _ := a.LookupService("demo", "coap")
+	vip := netip.AddrPortFrom(r.V4, 19637).String()
+	newUDPClient(t, frontendIP, vip).mustAsk("secure", "b: secure")
+	if n := metricVal(b, dstActive); n != 1 {
+		t.Fatalf("b relays %v flows, want 1", n)
+	}
+	if got := newUDPClient(t, intruderIP, vip).ask([]byte("let me in"), 300*time.Millisecond); got != "" {
+		t.Fatalf("the intruder's flow was answered %q", got)
+	}
+	waitFor(t, "the denial to be counted at a", func() bool {
+		return metricVal(a, `fogmesh_udp_flows_total{side="source",result="denied"}`) == 1
+	})
 }
