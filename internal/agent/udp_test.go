@@ -466,3 +466,26 @@ spec: {service: coap, rules: [{from: [{principals: ["`+frontendID+`"]}]}]}`)
 		return metricVal(a, `fogmesh_udp_flows_total{side="source",result="denied"}`) == 1
 	})
 }
+
+// TestUDPFlowLeavesEjectedEndpoint: an open flow whose endpoint is ejected
+// meanwhile (here quarantined as a failed connect elsewhere would) moves
+// to another endpoint while the client keeps sending.
+func TestUDPFlowLeavesEjectedEndpoint(t *testing.T) {
+	e1, e2 := startUDPEcho(t, "one"), startUDPEcho(t, "two")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, udpSvcDoc("video", 19640, ""))
+	a := startAgent(t, agentOpts{name: "solo", site: "s1", region: "r1", vipOctet: 165, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{udpWorkload("video", "one", e1.port()), udpWorkload("video", "two", e2.port())}})
+	waitFor(t, "two endpoints", func() bool { return len(endpointsOf(a, "demo/video")) == 2 })
+	c := newUDPClient(t, "", "127.165.0.1:19640")
+	first := strings.Split(c.mustAsk("frame", ""), ":")[0]
+	other := map[string]string{"one": "two", "two": "one"}[first]
+	a.outliers.Quarantine("demo/video-"+first, time.Now().Add(time.Minute))
+	c.mustAsk("next", other+": next")
+	if n := metricVal(a, `fogmesh_udp_repins_total`); n != 1 {
+		t.Fatalf("repins %v, want 1", n)
+	}
+	if n := metricVal(a, `fogmesh_udp_flows_total{side="source",result="ok"}`); n != 2 {
+		t.Fatalf("%v upstreams opened, want 2 (the flow's first and its move)", n)
+	}
+}

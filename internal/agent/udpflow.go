@@ -21,8 +21,8 @@ import (
 // An existing flow stays on its endpoint until it is idle for the
 // service's timeouts.idle, or the endpoint fails: a local or static one
 // answers ICMP port unreachable (connection refused), a remote one's mesh
-// stream ends, or the endpoint is ejected (checked at most once a second
-// while datagrams flow). Then the flow is re-pinned: it picks again, as a
+// stream ends, or the endpoint is ejected, turns unhealthy or leaves the
+// view (checked at most once a second while the client sends). Then the flow is re-pinned: it picks again, as a
 // new flow would, and carries on with its queue (the datagrams already
 // sent to the failed endpoint are lost, as UDP may lose them). A flow
 // whose endpoints keep failing (udpMaxRepins in a row with no reply) or
@@ -315,8 +315,24 @@ func (a *Agent) dialUDPStream(ctx context.Context, sv *serviceView, ev *endpoint
 		Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name, SourceID: sourceID, UDP: true})
 }
 
-// errEjected ends a pump whose endpoint was ejected meanwhile.
-var errEjected = errors.New("endpoint ejected")
+// errUnusable ends a pump whose endpoint was ejected, turned unhealthy
+// or left the view meanwhile.
+var errUnusable = errors.New("endpoint ejected, unhealthy or removed")
+
+// stillUsable reports whether a flow's endpoint would still be picked:
+// in the current view, healthy, not ejected, its node not declared dead.
+func (a *Agent) stillUsable(sv *serviceView, ev *endpointView) bool {
+	cur := a.view.Load().services[sv.svc.Meta.Key()]
+	if cur == nil {
+		return false
+	}
+	for _, e := range cur.endpoints {
+		if e.key == ev.key {
+			return e.healthy && !a.isEjected(sv, e.key) && (e.local || !a.isGossipDead(e.ep.Spec.Node))
+		}
+	}
+	return false
+}
 
 // pump sends the queued datagrams upstream and, in downLoop, the replies
 // to the client, until the flow is idle (nil), the port closes, or the
@@ -371,8 +387,8 @@ func (f *udpFlow) pump(up upstream, sv *serviceView, ev *endpointView, idle time
 			}
 			if now := time.Now(); now.Sub(lastCheck) > udpEjectCheckInterval {
 				lastCheck = now
-				if a.isEjected(sv, ev.key) {
-					return stop(errEjected)
+				if !a.stillUsable(sv, ev) {
+					return stop(errUnusable)
 				}
 			}
 		case err := <-downErr:
