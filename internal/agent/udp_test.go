@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -487,5 +488,31 @@ func TestUDPFlowLeavesEjectedEndpoint(t *testing.T) {
 	}
 	if n := metricVal(a, `fogmesh_udp_flows_total{side="source",result="ok"}`); n != 2 {
 		t.Fatalf("%v upstreams opened, want 2 (the flow's first and its move)", n)
+	}
+}
+
+// TestUDPConfigValidated: the udp bounds decode from the config file's
+// form and bad ones are refused with the field named.
+func TestUDPConfigValidated(t *testing.T) {
+	var c Config
+	if err := json.Unmarshal([]byte(`{"udp":{"maxFlows":5,"queueDatagrams":2,"queueBytes":100,"maxDatagram":1200}}`), &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.UDP != (UDPConfig{MaxFlows: 5, QueueDatagrams: 2, QueueBytes: 100, MaxDatagram: 1200}) {
+		t.Fatalf("decoded %+v", c.UDP)
+	}
+	if d := (UDPConfig{}).withDefaults(); d != (UDPConfig{MaxFlows: 1024, QueueDatagrams: 64, QueueBytes: 256 << 10, MaxDatagram: 65535}) {
+		t.Fatalf("defaults %+v", d)
+	}
+	for _, tt := range []struct {
+		udp  UDPConfig
+		want string
+	}{{UDPConfig{MaxDatagram: 65536}, "maxDatagram 65536 over 65535"}, {UDPConfig{MaxFlows: -1}, "must not be negative"}} {
+		_, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+			DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.165.0.0/16", Insecure: true, UDP: tt.udp})
+		var ce *ConfigError
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tt.want) {
+			t.Fatalf("%+v: %v, want a ConfigError saying %q", tt.udp, err, tt.want)
+		}
 	}
 }

@@ -88,16 +88,21 @@ func (a *Agent) relayUDP(ctx context.Context, h transport.Header, stream net.Con
 	var last atomic.Int64
 	touch := func() { last.Store(time.Now().UnixNano()) }
 	touch()
+	var timerMu sync.Mutex // orders the timer's assignment before its first run
 	var timer *time.Timer
+	timerMu.Lock()
 	timer = time.AfterFunc(idle, func() {
 		if left := idle - time.Duration(time.Now().UnixNano()-last.Load()); left > 0 {
+			timerMu.Lock()
 			timer.Reset(left)
+			timerMu.Unlock()
 			return
 		}
 		m.idle.Inc()
 		end()
 	})
-	defer timer.Stop()
+	timerMu.Unlock()
+	defer func() { timerMu.Lock(); timer.Stop(); timerMu.Unlock() }()
 	refused := func(err error) {
 		if errors.Is(err, syscall.ECONNREFUSED) && u.sv != nil {
 			a.connectFailed(u.sv, u.ev) // seen by a peer first: a passive failure here too
