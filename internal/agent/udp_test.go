@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // UDP service ports (udp.go, udpflow.go, udpmesh.go) with real UDP
@@ -514,5 +516,41 @@ func TestUDPConfigValidated(t *testing.T) {
 		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tt.want) {
 			t.Fatalf("%+v: %v, want a ConfigError saying %q", tt.udp, err, tt.want)
 		}
+	}
+}
+
+// TestUDPDestinationIdle: the endpoint's agent ends a udp mesh stream
+// that carried nothing for twice the service's idle timeout (a source
+// that vanished without closing it), counted.
+func TestUDPDestinationIdle(t *testing.T) {
+	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.165.0.0/16", Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	e := startUDPEcho(t, "e")
+	uc, err := net.DialUDP("udp", nil, e.c.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &api.Service{Meta: api.Meta{Name: "coap", Namespace: "demo"}}
+	svc.Spec.Timeouts.Idle = api.Duration(100 * time.Millisecond)
+	u := &udpLocal{UDPConn: uc, sv: &serviceView{svc: svc}, ev: &endpointView{key: "demo/coap-e", local: true}}
+	stream, peer := net.Pipe()
+	defer peer.Close()
+	done := make(chan struct{})
+	start := time.Now()
+	go func() { a.relayUDP(context.Background(), transport.Header{}, stream, u); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the idle udp mesh stream was not ended")
+	}
+	if took := time.Since(start); took < 200*time.Millisecond {
+		t.Fatalf("ended after %v, before twice the idle timeout", took)
+	}
+	if n := metricVal(a, `fogmesh_udp_idle_timeouts_total{side="destination"}`); n != 1 {
+		t.Fatalf("destination idle timeouts %v, want 1", n)
 	}
 }
