@@ -570,3 +570,33 @@ func TestUDPDestinationIdle(t *testing.T) {
 		t.Fatalf("destination idle timeouts %v, want 1", n)
 	}
 }
+
+// TestUDPStreamMustMatchPort: the destination refuses a udp stream to a
+// port that is not udp, and a plain stream to a udp port: neither side
+// would understand the other's bytes.
+func TestUDPStreamMustMatchPort(t *testing.T) {
+	e := startUDPEcho(t, "e")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, "["+udpSvcDoc("coap", 19641, "")+","+svcDoc("db", 19642)+"]")
+	a := startAgent(t, agentOpts{name: "solo", site: "s1", region: "r1", vipOctet: 165, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{udpWorkload("coap", "e", e.port()), {Name: "db-x", Service: "db", Namespace: "demo",
+			Ports: []api.EndpointPort{{Name: "tcp", Port: e.port()}}, Check: Check{Type: "none"}}}})
+	waitFor(t, "both services", func() bool { return hasService(a, "demo/coap") && hasService(a, "demo/db") })
+	ctx := context.Background()
+	for _, h := range []transport.Header{
+		{Namespace: "demo", Service: "coap", Endpoint: "coap-e", Port: "udp", Source: "peer"},
+		{Namespace: "demo", Service: "db", Endpoint: "db-x", Port: "tcp", Source: "peer", UDP: true},
+	} {
+		if c, err := a.DialLocal(ctx, h); !errors.Is(err, transport.ErrUnknownDestination) {
+			if c != nil {
+				c.Close()
+			}
+			t.Fatalf("%+v: %v, want it refused", h, err)
+		}
+	}
+	c, err := a.DialLocal(ctx, transport.Header{Namespace: "demo", Service: "coap", Endpoint: "coap-e", Port: "udp", Source: "peer", UDP: true})
+	if err != nil {
+		t.Fatalf("a udp stream to the udp port: %v", err)
+	}
+	c.Close()
+}
