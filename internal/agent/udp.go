@@ -68,8 +68,9 @@ const (
 	defaultUDPMaxFlows    = 1024
 	defaultUDPQueue       = 64
 	defaultUDPQueueBytes  = 256 << 10
-	udpRetryAfter         = time.Second // a flow that could not open drops datagrams this long
-	udpMaxRepins          = 3           // consecutive endpoint failures a flow survives
+	udpRetryAfter         = time.Second     // a flow that could not open drops datagrams this long
+	udpMaxRepins          = 3               // consecutive endpoint failures a flow survives
+	udpHealthyAfter       = 5 * time.Second // an upstream up this long worked, replies or not
 	udpEjectCheckInterval = time.Second
 )
 

@@ -22,13 +22,14 @@ import (
 // service's timeouts.idle, or the endpoint fails: a local or static one
 // answers ICMP port unreachable (connection refused), a remote one's mesh
 // stream ends, or the endpoint is ejected, turns unhealthy or leaves the
-// view (checked at most once a second while the client sends). Then the flow is re-pinned: it picks again, as a
-// new flow would, and carries on with its queue (the datagrams already
-// sent to the failed endpoint are lost, as UDP may lose them). A flow
-// whose endpoints keep failing (udpMaxRepins in a row with no reply) or
-// that cannot open at all (no endpoint, denied, every dial failed) drops
-// the client's datagrams for udpRetryAfter, then the next datagram tries
-// again as a new flow.
+// view (checked at most once a second while the client sends). Then the
+// flow is re-pinned: it picks again, as a new flow would, and carries on
+// with its queue (the datagrams already sent to the failed endpoint are
+// lost, as UDP may lose them). A flow whose endpoints keep failing
+// (udpMaxRepins in a row, each with no reply and within udpHealthyAfter)
+// or that cannot open at all (no endpoint, denied, every dial failed)
+// drops the client's datagrams for udpRetryAfter, then the next datagram
+// tries again as a new flow.
 
 // udpFlow is one client flow of a udp port.
 type udpFlow struct {
@@ -165,6 +166,7 @@ func (f *udpFlow) run() {
 		return
 	}
 	sv := effectivePolicy(v.services[t.svc], "", t.port)
+	release := func() {} // the flow's circuit breaker slot, given back before a failed flow waits
 	if max := sv.svc.Spec.CircuitBreaker.MaxConnections; max > 0 {
 		n := a.serviceCounter(sv.limitKey, "conn")
 		if n.Add(1) > int64(max) {
@@ -173,7 +175,9 @@ func (f *udpFlow) run() {
 			f.fail("circuit_breaker")
 			return
 		}
-		defer n.Add(-1)
+		var once sync.Once
+		release = func() { once.Do(func() { n.Add(-1) }) }
+		defer release()
 	}
 	idle := time.Duration(sv.svc.Spec.Timeouts.Idle)
 	if idle <= 0 {
@@ -183,6 +187,7 @@ func (f *udpFlow) run() {
 	for failures := 0; ; {
 		up, ev, reason := f.open(v, sv, t.port, clientID)
 		if up == nil {
+			release()
 			f.fail(reason)
 			return
 		}
@@ -190,15 +195,17 @@ func (f *udpFlow) run() {
 		active := a.endpointActive(ev.key)
 		active.Add(1)
 		f.replies.Store(0)
+		start := time.Now()
 		err := f.pump(up, sv, ev, idle)
 		active.Add(-1)
 		if err == nil || f.ctx.Err() != nil {
 			return // idle, or the port closed
 		}
-		if f.replies.Load() > 0 {
-			failures = 0
+		if f.replies.Load() > 0 || time.Since(start) > udpHealthyAfter {
+			failures = 0 // the endpoint worked: a one-way flow gets no replies
 		}
 		if failures++; failures > udpMaxRepins {
+			release()
 			f.fail("no_flow")
 			return
 		}
