@@ -600,3 +600,22 @@ func TestUDPStreamMustMatchPort(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestUDPCircuitBreaker: circuitBreaker.maxConnections counts a udp
+// service's flows; a flow over it is refused and counted.
+func TestUDPCircuitBreaker(t *testing.T) {
+	e := startUDPEcho(t, "e")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, udpSvcDoc("cb", 19643, `,"circuitBreaker":{"maxConnections":1}`))
+	a := startAgent(t, agentOpts{name: "solo", site: "s1", region: "r1", vipOctet: 165, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{udpWorkload("cb", "e", e.port())}})
+	vip := "127.165.0.1:19643"
+	newUDPClient(t, "", vip).mustAsk("one", "e: one")
+	if got := newUDPClient(t, "", vip).ask([]byte("two"), 300*time.Millisecond); got != "" {
+		t.Fatalf("a second flow over maxConnections 1 was answered %q", got)
+	}
+	waitFor(t, "the refusal to be counted", func() bool {
+		return metricVal(a, `fogmesh_udp_flows_total{side="source",result="circuit_breaker"}`) == 1 &&
+			metricVal(a, `fogmesh_agent_circuit_breaker_overflows_total`) == 1
+	})
+}
