@@ -619,3 +619,32 @@ func TestUDPCircuitBreaker(t *testing.T) {
 			metricVal(a, `fogmesh_agent_circuit_breaker_overflows_total`) == 1
 	})
 }
+
+// TestUDPSourceIPHash: with consistent-hash the source IP picks a flow's
+// endpoint: every flow from one address goes to the same endpoint.
+func TestUDPSourceIPHash(t *testing.T) {
+	e1, e2 := startUDPEcho(t, "one"), startUDPEcho(t, "two")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, udpSvcDoc("hash", 19644, `,"balancer":"consistent-hash"`))
+	a := startAgent(t, agentOpts{name: "solo", site: "s1", region: "r1", vipOctet: 165, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{udpWorkload("hash", "one", e1.port()), udpWorkload("hash", "two", e2.port())}})
+	waitFor(t, "two endpoints", func() bool { return len(endpointsOf(a, "demo/hash")) == 2 })
+	vip := "127.165.0.1:19644"
+	first := map[string]string{}
+	used := map[string]bool{}
+	for round := range 3 {
+		for i := 1; i <= 8; i++ {
+			ip := fmt.Sprintf("127.0.2.%d", i)
+			got := strings.Split(newUDPClient(t, ip, vip).mustAsk(fmt.Sprint("r", round), ""), ":")[0]
+			if round == 0 {
+				first[ip] = got
+			} else if got != first[ip] {
+				t.Fatalf("flows from %s went to %s and %s", ip, first[ip], got)
+			}
+			used[got] = true
+		}
+	}
+	if len(used) != 2 {
+		t.Fatalf("8 source addresses all hashed to %v", used)
+	}
+}
