@@ -252,7 +252,10 @@ func (p *udpPort) readLoop() {
 				p.closeFlows()
 				return
 			}
-			a.m.listenErrors.Inc() // ICMP errors and friends: keep the port alive
+			// Anything else (ENOMEM and friends): back off as acceptLoop
+			// does, and keep the port alive.
+			a.m.listenErrors.Inc()
+			time.Sleep(50 * time.Millisecond)
 			continue
 		}
 		if n > p.lim.MaxDatagram {
