@@ -63,6 +63,7 @@ type Agent struct {
 	// registered through the local API (saved to wlPath; workloads.go).
 	workloads map[string]*workloadState
 	listeners map[netip.AddrPort]*vipListener
+	udp       udpState // udp service ports (udp.go); its ports guarded by mu
 	// localSessions are session bindings this agent decided (service key +
 	// "\x00" + session key -> endpoint), used until the control plane has
 	// one; pendingSessions are those not yet sent upstream (by ns/name).
@@ -316,19 +317,6 @@ func (a *Agent) closeListeners() {
 	}
 }
 
-// DNSAddr, MeshAddr and AdminAddr return the bound addresses.
-func (a *Agent) DNSAddr() string   { return a.dns.Addr() }
-func (a *Agent) MeshAddr() string  { return a.meshLn.Addr().String() }
-func (a *Agent) AdminAddr() string { return a.adminLn.Addr().String() }
-
-// GossipAddr is the bound gossip address, or "" when gossip is off.
-func (a *Agent) GossipAddr() string {
-	if a.gossip == nil {
-		return ""
-	}
-	return a.gossip.Addr()
-}
-
 // Name returns the node name.
 func (a *Agent) Name() string { return a.cfg.Node.Name }
 
@@ -406,6 +394,7 @@ func (a *Agent) shutdown() {
 			l.close()
 			delete(a.listeners, k)
 		}
+		a.closeUDPLocked()
 		a.mu.Unlock()
 		if a.gossip != nil {
 			a.gossip.Close() // peers learn at once that this node leaves

@@ -150,6 +150,10 @@ type meshConn struct {
 // authorized per request or per packet are served here; others are
 // relayed as bytes.
 func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, local net.Conn) {
+	if u, ok := local.(*udpLocal); ok { // a udp flow: udpmesh.go
+		a.relayUDP(ctx, h, stream, u)
+		return
+	}
 	mc, ok := local.(*meshConn)
 	if !ok || mc.mode == modeNone {
 		relayBytes(ctx, stream, local)

@@ -106,6 +106,9 @@ type Config struct {
 	// shipped to the control plane (default: record denied authorization
 	// decisions only; see AuditConfig).
 	Audit AuditConfig `json:"audit,omitempty"`
+	// UDP bounds the proxying of udp service ports (flows per port, queues,
+	// datagram size); see UDPConfig.
+	UDP UDPConfig `json:"udp,omitzero"`
 
 	// Insecure runs the sync stream and the mesh port in plaintext, with
 	// no identities: for tests and local experiments only, logged loudly.
@@ -223,6 +226,9 @@ func (c *Config) validate() error {
 	def(&c.VIPRange, "127.77.0.0/16")
 	def(&c.StateDir, "/var/lib/fogmesh/agent")
 	def(&c.WorkloadAPISocket, filepath.Join(c.StateDir, "workload.sock"))
+	if err := c.UDP.validate(); err != nil {
+		return err
+	}
 	for i, a := range c.Control {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return fmt.Errorf("control[%d]: %q: %w", i, a, err)

@@ -60,3 +60,16 @@ func (a *Agent) GatewayAddr() string {
 	}
 	return a.gatewayLn.Addr().String()
 }
+
+// DNSAddr, MeshAddr and AdminAddr return the bound addresses.
+func (a *Agent) DNSAddr() string   { return a.dns.Addr() }
+func (a *Agent) MeshAddr() string  { return a.meshLn.Addr().String() }
+func (a *Agent) AdminAddr() string { return a.adminLn.Addr().String() }
+
+// GossipAddr is the bound gossip address, or "" when gossip is off.
+func (a *Agent) GossipAddr() string {
+	if a.gossip == nil {
+		return ""
+	}
+	return a.gossip.Addr()
+}

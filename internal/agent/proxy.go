@@ -56,8 +56,9 @@ func (a *Agent) openListenersLocked(v *view) {
 	if a.runCtx == nil || a.runCtx.Err() != nil {
 		return
 	}
-	for ap := range v.byVIP {
-		if a.listeners[ap] != nil {
+	a.reconcileUDPLocked(v) // udp ports: udp.go
+	for ap, t := range v.byVIP {
+		if a.listeners[ap] != nil || t.proto == "udp" {
 			continue
 		}
 		ln, err := listenVIP(a.runCtx, ap)
@@ -80,7 +81,7 @@ func (a *Agent) closeStaleListenersLocked(v *view) {
 		return // shutdown closes them all
 	}
 	for ap, l := range a.listeners {
-		if _, ok := v.byVIP[ap]; !ok {
+		if t, ok := v.byVIP[ap]; !ok || t.proto == "udp" {
 			go l.close()
 			delete(a.listeners, ap)
 		}
@@ -428,6 +429,9 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 	mode, err := a.authorizeStream(ctx, h)
 	if err != nil {
 		return nil, err
+	}
+	if udp, c, err := a.dialLocalUDP(ctx, h); udp { // udpmesh.go
+		return c, err
 	}
 	a.mu.Lock()
 	ws := a.workloads[h.Endpoint]

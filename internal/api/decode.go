@@ -131,6 +131,9 @@ func DecodeWithOptions(data []byte, opts DecodeOptions) ([]Object, []string, err
 		}
 		out = append(out, o)
 	}
+	if err := checkUDPRoutes(out); err != nil {
+		return nil, nil, err
+	}
 	return out, warnings, nil
 }
 

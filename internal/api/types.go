@@ -30,9 +30,8 @@ const (
 // served under the short DNS form `<service>.mesh`.
 const DefaultNamespace = "default"
 
-// Protocols a service port may declare. Only tcp is proxied at L4 today; the
-// others are accepted so that documents written for later releases load.
-var Protocols = map[string]bool{"tcp": true, "http": true, "http2": true, "grpc": true, "mqtt": true, "auto": true}
+// Protocols a service port may declare.
+var Protocols = map[string]bool{"tcp": true, "http": true, "http2": true, "grpc": true, "mqtt": true, "auto": true, "udp": true}
 
 // Meta is the metadata every resource carries.
 type Meta struct {
@@ -351,8 +350,9 @@ type Timeouts struct {
 	// ports (tcp, mqtt, auto-detected tcp) the relayed connection, both
 	// sides; on http/http2/grpc ports the pooled upstream connections and
 	// the client's keep-alive connection between requests (an HTTP/2
-	// connection only when no stream is open). Default none on L4, 90s on
-	// L7.
+	// connection only when no stream is open); on udp ports a flow that
+	// carried no datagram either way. Default none on L4, 90s on L7, 60s
+	// on udp.
 	Idle Duration `json:"idle,omitempty"`
 }
 
@@ -463,7 +463,10 @@ type ServicePort struct {
 	Port int    `json:"port"` // port on the virtual IP, 1-65535
 	// Protocol: tcp (default), http, http2, grpc, mqtt, or auto: the agent
 	// reads the client's first bytes (up to 500 ms) and picks http, http2,
-	// mqtt or tcp. Not for protocols where the server speaks first.
+	// mqtt or tcp. Not for protocols where the server speaks first. udp:
+	// the agent proxies UDP datagrams per flow (client address and port),
+	// each flow closed after timeouts.idle without a datagram (default
+	// 60s); see the README, "UDP services".
 	Protocol string `json:"protocol,omitempty"`
 }
 

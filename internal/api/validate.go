@@ -131,7 +131,7 @@ func (s *Service) Validate() error {
 			p.Protocol = "tcp"
 		}
 		if !Protocols[p.Protocol] {
-			return fieldErr(f+".protocol", "%q is not one of tcp, http, http2, grpc, mqtt, auto", p.Protocol)
+			return fieldErr(f+".protocol", "%q is not one of tcp, http, http2, grpc, mqtt, auto, udp", p.Protocol)
 		}
 		if seenName[p.Name] {
 			return fieldErr(f+".name", "duplicate port name %q", p.Name)
@@ -140,6 +140,9 @@ func (s *Service) Validate() error {
 			return fieldErr(f+".port", "duplicate port %d", p.Port)
 		}
 		seenName[p.Name], seenPort[p.Port] = true, true
+	}
+	if err := s.validateUDPOnly(); err != nil {
+		return err
 	}
 	switch s.Spec.Balancer {
 	case "":

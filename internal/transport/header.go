@@ -33,8 +33,8 @@ import (
 //	                   JSON Header      length bytes:
 //	                     {"namespace":"..","service":"..","endpoint":"..",
 //	                      "port":"..","source":"..",
-//	                      "sourceId":"..","l7":true}
-//	                   every field but sourceId and l7 non-empty, at most MaxFieldLen bytes of
+//	                      "sourceId":"..","l7":true,"udp":true}
+//	                   every field but sourceId, l7 and udp non-empty, at most MaxFieldLen bytes of
 //	                   UTF-8 without control characters; unknown fields
 //	                   are ignored.
 //
@@ -42,7 +42,9 @@ import (
 //	                   length           uint16, big endian, 0..MaxStatusMsgLen
 //	                   message          length bytes, UTF-8, human readable
 //
-// After StatusOK the stream carries the relayed bytes in both directions.
+// After StatusOK the stream carries the relayed bytes in both directions;
+// on a udp stream those are datagrams, each framed by package udpframe (a
+// 2-byte big-endian length, then the datagram).
 // After any other status the server closes the stream.
 const (
 	// Magic opens every stream and names the version of this format.
@@ -103,6 +105,13 @@ type Header struct {
 	// false, so older agents, which ignore unknown fields, read the same
 	// header as before.
 	L7 bool `json:"l7,omitempty"`
+	// UDP marks a stream that carries one UDP flow: datagrams framed by
+	// package udpframe, which the destination agent sends to its workload
+	// over UDP. Exclusive with L7. Omitted when false, so a header without
+	// it is byte for byte what older agents wrote (an older destination
+	// agent ignores it and dials TCP: UDP services need both agents
+	// updated).
+	UDP bool `json:"udp,omitempty"`
 }
 
 func (h Header) String() string {
@@ -114,8 +123,12 @@ func (h Header) String() string {
 var errBadHeader = errors.New("bad stream header")
 
 // validate reports the first field of h that is empty, too long, not UTF-8
-// or holds control characters.
+// or holds control characters, or l7 and udp both set (HTTP requests the
+// source agent wrote cannot be datagrams).
 func (h Header) validate() error {
+	if h.L7 && h.UDP {
+		return fmt.Errorf("%w: l7 and udp together", errBadHeader)
+	}
 	for _, f := range []struct{ name, v string }{
 		{"namespace", h.Namespace},
 		{"service", h.Service},

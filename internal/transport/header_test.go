@@ -52,6 +52,30 @@ func TestWriteHeaderL7(t *testing.T) {
 	}
 }
 
+// TestWriteHeaderUDP pins the wire form of a UDP stream's header: udp is
+// written only when set, and l7 with udp is refused both ways.
+func TestWriteHeaderUDP(t *testing.T) {
+	var buf bytes.Buffer
+	h := testHeader
+	h.UDP = true
+	if err := WriteHeader(&buf, h); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.TrimSuffix(validJSON, "}") + `,"udp":true}`
+	if got := buf.Bytes(); !bytes.Equal(got, frame("FMS1", len(want), want)) {
+		t.Fatalf("WriteHeader wrote\n%q\nwant %q", got, want)
+	}
+	got, err := ReadHeader(&buf)
+	if err != nil || got != h {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	h.L7 = true
+	buf.Reset()
+	if err := WriteHeader(&buf, h); err == nil || !strings.Contains(err.Error(), "l7 and udp") || buf.Len() != 0 {
+		t.Fatalf("WriteHeader of l7+udp: %v, %d bytes written", err, buf.Len())
+	}
+}
+
 func TestReadHeader(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -70,6 +94,12 @@ func TestReadHeader(t *testing.T) {
 			want: Header{Namespace: "a", Service: "b", Endpoint: "c", Port: "d", Source: "e"}},
 		{name: "l7 not a bool", in: hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","l7":"yes"}`),
 			wantErr: "cannot unmarshal", bad: true},
+		{name: "udp", in: hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","udp":true}`),
+			want: Header{Namespace: "a", Service: "b", Endpoint: "c", Port: "d", Source: "e", UDP: true}},
+		{name: "udp not a bool", in: hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","udp":1}`),
+			wantErr: "cannot unmarshal", bad: true},
+		{name: "l7 and udp", in: hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","l7":true,"udp":true}`),
+			wantErr: "l7 and udp together", bad: true},
 		{name: "empty input", in: nil, wantErr: "EOF"},
 		{name: "bad magic", in: frame("HTTP", len(validJSON), validJSON), wantErr: `bad magic "HTTP"`, bad: true},
 		{name: "old version", in: frame("FMS0", len(validJSON), validJSON), wantErr: "bad magic", bad: true},
@@ -212,6 +242,8 @@ func TestWriteStatusTruncates(t *testing.T) {
 func FuzzReadHeader(f *testing.F) {
 	f.Add(frame("FMS1", len(validJSON), validJSON))
 	f.Add(hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","sourceId":"spiffe://x/y","l7":true}`))
+	f.Add(hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","udp":true}`))
+	f.Add(hdr(`{"namespace":"a","service":"b","endpoint":"c","port":"d","source":"e","l7":true,"udp":true}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		h, err := ReadHeader(bytes.NewReader(in))
 		if err != nil {
