@@ -493,7 +493,7 @@ spec: {service: hyg, rules: [{to: [{methods: [GET]}]}]}
 	waitFor(t, "the remote endpoint and the policy on the client node", func() bool {
 		v := cli.view.Load()
 		if sv := v.services["demo/hyg"]; sv != nil && len(sv.endpoints) == 1 && sv.endpoints[0].mesh != "" && v.authz.Len() == 1 {
-			mesh = cli.peerOf(sv.endpoints[0])
+			mesh, _ = cli.peerOf(sv.endpoints[0])
 			return true
 		}
 		return false

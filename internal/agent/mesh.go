@@ -6,6 +6,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/fogmesh/fogmesh/internal/gateway"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/paths"
@@ -28,6 +30,7 @@ func (a *Agent) initMesh(cfg Config) error {
 		pcfg.RelayTLS = a.ident.src.ClientConfig(relay.AuthorizeRelay(a.ident.td))
 		pcfg.TrustedSourceID = a.trustedSourceID
 		pcfg.SelfID = a.ident.src.SVID().ID
+		pcfg.Known = a.knownNode
 	}
 	if a.peers, err = paths.New(pcfg); err != nil {
 		return &ConfigError{Err: fmt.Errorf("agent: %w", err)}
@@ -72,4 +75,21 @@ func (a *Agent) GossipAddr() string {
 		return ""
 	}
 	return a.gossip.Addr()
+}
+
+// knownNode reports whether the registry has node name with identity id
+// (its site in the ID), for answering introductions.
+func (a *Agent) knownNode(name string, id spiffeid.ID) bool {
+	a.mu.Lock()
+	n := a.res.nodes[name]
+	var site string
+	if n != nil {
+		site = n.Spec.Site
+	}
+	a.mu.Unlock()
+	if n == nil {
+		return false
+	}
+	want, err := identity.NodeID(a.ident.td, site, name)
+	return err == nil && want == id
 }

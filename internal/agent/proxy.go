@@ -309,7 +309,11 @@ func (a *Agent) dialStream(ctx context.Context, sv *serviceView, ev *endpointVie
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if ev.mesh != "" {
-		return a.peers.Dial(dctx, a.peerOf(ev), transport.Header{
+		p, err := a.peerOf(ev)
+		if err != nil {
+			return nil, err
+		}
+		return a.peers.Dial(dctx, p, transport.Header{
 			Namespace: sv.svc.Meta.Namespace, Service: sv.svc.Meta.Name,
 			Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name, SourceID: clientIdentityFrom(ctx), L7: l7})
 	}
@@ -401,12 +405,16 @@ func (a *Agent) recoverConn(c net.Conn) {
 
 // remoteNode is the node of a remote endpoint, "" for local or static ones.
 // peerOf is the agent serving a remote endpoint, for the path manager.
-func (a *Agent) peerOf(ev *endpointView) paths.Peer {
+// In secure mode it has the node identity every path checks.
+func (a *Agent) peerOf(ev *endpointView) (paths.Peer, error) {
 	p := paths.Peer{Name: ev.ep.Spec.Node, Addr: ev.mesh}
 	if a.ident != nil {
-		p.ID, _ = identity.NodeID(a.ident.td, ev.site, p.Name)
+		var err error
+		if p.ID, err = identity.NodeID(a.ident.td, ev.site, p.Name); err != nil {
+			return p, fmt.Errorf("node %q of site %q: no node identity: %w", p.Name, ev.site, err)
+		}
 	}
-	return p
+	return p, nil
 }
 
 func remoteNode(ev *endpointView) string {

@@ -317,7 +317,11 @@ func (a *Agent) dialUDPStream(ctx context.Context, sv *serviceView, ev *endpoint
 	defer release()
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return a.peers.Dial(dctx, a.peerOf(ev), transport.Header{
+	p, err := a.peerOf(ev)
+	if err != nil {
+		return nil, err
+	}
+	return a.peers.Dial(dctx, p, transport.Header{
 		Namespace: sv.svc.Meta.Namespace, Service: sv.svc.Meta.Name,
 		Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name, SourceID: sourceID, UDP: true})
 }

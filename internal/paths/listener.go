@@ -58,8 +58,21 @@ type listener struct {
 }
 
 func (l *listener) acceptTCP() {
+	var delay time.Duration
 	for {
 		c, err := l.Listener.Accept()
+		if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
+			// Out of file descriptors, say: wait and go on, as net/http
+			// does; the mesh port must outlive a flood.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(delay):
+				continue
+			case <-l.done:
+				return
+			}
+		}
+		delay = 0
 		if err != nil {
 			l.mu.Lock()
 			l.err = err

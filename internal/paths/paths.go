@@ -104,6 +104,9 @@ type Config struct {
 	// RetryAfter is how long a peer whose direct attempt or punch failed
 	// is not tried that way again (default 30 s).
 	RetryAfter time.Duration
+	// Known, if set, says whether a node (name and ID) is in the
+	// registry: introductions from other nodes are not answered.
+	Known func(name string, id spiffeid.ID) bool
 }
 
 // Manager opens mesh streams to peer agents over the best path it found.
@@ -117,13 +120,16 @@ type Manager struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
-	mu    sync.Mutex
-	peers map[string]*peerState // by node name
-	byUDP map[string]string     // punched UDP address -> node name
-	punch punchState            // why punching is or is not available
+	mu      sync.Mutex
+	closed  bool
+	peers   map[string]*peerState // by node name
+	answers int                   // answer goroutines running (maxAnswers)
+	byUDP   map[string]string     // punched UDP address -> node name
+	punch   punchState            // why punching is or is not available
 
-	mDials map[Kind]*metrics.Counter
-	mUp    *metrics.Counter
+	mDials        map[Kind]*metrics.Counter
+	mUp           *metrics.Counter
+	mIntroDropped *metrics.Counter
 }
 
 // punchState says why punching is or is not running, for Status.
@@ -142,6 +148,7 @@ type peerState struct {
 	punched    *punch.Path // a working punched path, if any
 	punchAt    time.Time   // earliest next punch attempt
 	punchOn    bool        // a punch is in progress
+	answerAt   time.Time   // earliest next answer to its introductions
 	noDirUntil time.Time
 	viaRelay   string // the relay of the last relayed session opened
 	lastErr    string
@@ -183,6 +190,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Metrics.GetOrCreateGauge(fmt.Sprintf(`fogmesh_paths{kind=%q}`, k), func() float64 { return float64(m.count(k)) })
 	}
 	m.mUp = cfg.Metrics.GetOrCreateCounter(`fogmesh_path_upgrades_total`)
+	m.mIntroDropped = cfg.Metrics.GetOrCreateCounter(`fogmesh_path_introductions_dropped_total`)
 	m.punch.reason = "no relays configured"
 	if len(cfg.Relays) > 0 {
 		pool, err := relay.NewPool(relay.PoolConfig{Relays: cfg.Relays, TLS: cfg.RelayTLS, KeepAlive: cfg.KeepAlive,
@@ -205,6 +213,9 @@ func New(cfg Config) (*Manager, error) {
 
 // Close closes every path, the relay connections and the punching socket.
 func (m *Manager) Close() error {
+	m.mu.Lock()
+	m.closed = true // no goroutine starts after this
+	m.mu.Unlock()
 	m.stop()
 	if m.pool != nil {
 		m.pool.Close()
@@ -246,8 +257,8 @@ func (m *Manager) state(p Peer) *peerState {
 	if st == nil {
 		st = m.newPeerLocked(p)
 	}
-	if p.Addr != st.Addr || p.ID != st.ID {
-		st.Peer = p
+	if p.Addr != st.Addr || p.ID != st.ID { // Name never changes: read unlocked
+		st.Addr, st.ID = p.Addr, p.ID
 		st.noDirUntil = time.Time{}
 	}
 	return st
@@ -277,9 +288,6 @@ func (m *Manager) newPeerLocked(p Peer) *peerState {
 
 // current is the kind of path new streams to the peer take (m.mu held).
 func (st *peerState) current() Kind {
-	if st.punched != nil && st.kind != Direct {
-		return Punched
-	}
 	return st.kind
 }
 
@@ -346,6 +354,9 @@ func (m *Manager) Dial(ctx context.Context, p Peer, h transport.Header) (net.Con
 			m.maybePunch(st)
 			return c, err
 		}
+		if errors.Is(ctx.Err(), context.Canceled) { // the caller gave up: not the path's fault
+			return nil, err
+		}
 		m.log.Info("paths: path to peer lost", "peer", p.Name, "kind", kind, "err", err)
 		m.mu.Lock()
 		if st.kind == kind {
@@ -366,11 +377,27 @@ func (m *Manager) used(st *peerState, kind Kind) {
 	if kind == Relayed {
 		via = st.viaRelay
 	}
+	var idle *punch.Path
+	if kind == Direct && st.punched != nil { // not needed: stop its keepalives
+		idle, st.punched = st.punched, nil
+		delete(m.byUDP, idle.MeshAddr())
+	}
 	if st.kind != kind || st.relay != via {
 		st.kind, st.relay, st.since = kind, via, time.Now()
 		m.log.Info("paths: path to peer", "peer", st.Name, "kind", kind, "relay", via)
 	}
+	upgrade := kind == Relayed && st.punched != nil // punched by the peer's introduction
+	if upgrade {
+		st.kind, st.relay, st.since = Punched, "", time.Now()
+	}
 	m.mu.Unlock()
+	if idle != nil {
+		idle.Close()
+	}
+	if upgrade {
+		m.tcp.Retire(relayKey(st.Name))
+		m.mUp.Inc()
+	}
 	m.mDials[kind].Inc()
 }
 
@@ -424,12 +451,17 @@ func (m *Manager) race(ctx context.Context, st *peerState, h transport.Header) (
 			pending--
 			switch {
 			case won != nil || winErr != nil:
-				// Lost the race: its stream is not needed, and a session
-				// it opened to a worse path neither.
+				// Lost the race: its stream is not needed. A relayed
+				// session is not either; a direct one is the better path
+				// for the next streams.
 				if r.conn != nil {
 					r.conn.Close()
 				}
-				if r.kind == Relayed && r.err == nil {
+				if r.err == nil && r.kind == Relayed {
+					m.tcp.Retire(relayKey(st.Name))
+				}
+				if r.err == nil && r.kind == Direct {
+					m.used(st, Direct)
 					m.tcp.Retire(relayKey(st.Name))
 				}
 			case r.err == nil:
@@ -443,9 +475,11 @@ func (m *Manager) race(ctx context.Context, st *peerState, h transport.Header) (
 			default:
 				errs = append(errs, fmt.Errorf("%s: %w", r.kind, r.err))
 				if r.kind == Direct {
-					m.mu.Lock()
-					st.noDirUntil = time.Now().Add(m.cfg.RetryAfter)
-					m.mu.Unlock()
+					if !errors.Is(ctx.Err(), context.Canceled) { // it failed, rather than being called off
+						m.mu.Lock()
+						st.noDirUntil = time.Now().Add(m.cfg.RetryAfter)
+						m.mu.Unlock()
+					}
 					startRelay()
 				}
 			}
@@ -469,8 +503,8 @@ func (m *Manager) RTT(name string) (time.Duration, bool) {
 	var udp string
 	if st != nil {
 		kind = st.kind
-		if st.punched != nil {
-			kind, udp = Punched, st.punched.MeshAddr()
+		if kind == Punched && st.punched != nil {
+			udp = st.punched.MeshAddr()
 		}
 	}
 	u := m.udp
@@ -570,13 +604,13 @@ func (m *Manager) Status() Status {
 	}
 	var rows []row
 	for name, st := range m.peers {
-		if st.kind == "" && st.punched == nil {
+		if st.kind == "" {
 			continue
 		}
 		r := row{PathStatus: PathStatus{Peer: name, Kind: st.kind, Relay: st.relay, Since: st.since, LastErr: st.lastErr,
 			BytesOut: st.bytes.out.Load(), BytesIn: st.bytes.in.Load()}}
 		switch {
-		case st.punched != nil && st.kind != Direct:
+		case st.kind == Punched && st.punched != nil:
 			r.Kind, r.Relay, r.Remote, r.udp = Punched, "", st.punched.MeshAddr(), st.punched.MeshAddr()
 		case st.kind == Direct:
 			r.Remote = st.Addr

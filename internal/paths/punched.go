@@ -104,8 +104,7 @@ func (m *Manager) startPunching() {
 		case <-m.ctx.Done():
 			return
 		case in := <-m.pool.Introductions():
-			m.wg.Add(1)
-			go m.answer(u, in)
+			m.startAnswer(u, in)
 		}
 	}
 }
@@ -152,16 +151,29 @@ func (m *Manager) punchedID(addr string) spiffeid.ID {
 	return spiffeid.ID{}
 }
 
-// answer punches back for an introduction a peer asked for, so both
+// Bounds on answering introductions: a peer (or a relay) that asks for
+// them in a loop must not make this node probe addresses it chose without
+// end.
+const (
+	maxAnswers = 8               // answers punching at once, all peers
+	answerGap  = 5 * time.Second // between two answers to one peer
+)
+
+// startAnswer punches back for an introduction a peer asked for, so both
 // sides probe at once; a path found is used for this side's streams too.
-func (m *Manager) answer(u *udpSide, in relay.PoolIntroduced) {
-	defer m.wg.Done()
+// It answers only a node of the registry (Config.Known), one introduction
+// per peer at a time and answerGap apart, maxAnswers at once; the rest are
+// dropped and counted.
+func (m *Manager) startAnswer(u *udpSide, in relay.PoolIntroduced) {
 	id, err := spiffeid.FromString(in.Peer)
 	if err != nil {
+		m.mIntroDropped.Inc()
 		return
 	}
 	_, name, ok := identity.ParseNodeID(id)
-	if !ok {
+	if !ok || (m.cfg.Known != nil && !m.cfg.Known(name, id)) {
+		m.mIntroDropped.Inc()
+		m.log.Info("paths: introduction from a node not in the registry", "peer", in.Peer)
 		return
 	}
 	m.mu.Lock()
@@ -169,18 +181,28 @@ func (m *Manager) answer(u *udpSide, in relay.PoolIntroduced) {
 	if st == nil {
 		st = m.newPeerLocked(Peer{Name: name, ID: id})
 	}
-	known := st.ID == id
+	now := time.Now()
+	if m.closed || st.ID != id || m.answers >= maxAnswers || now.Before(st.answerAt) || st.kind == Direct {
+		m.mu.Unlock()
+		m.mIntroDropped.Inc()
+		return
+	}
+	m.answers++
+	st.answerAt = now.Add(answerGap)
+	m.wg.Add(1)
 	m.mu.Unlock()
-	if !known {
-		m.log.Warn("paths: introduction from a peer whose identity does not match its node", "peer", in.Peer, "node", name)
-		return
-	}
-	pa, err := u.puncher.Punch(m.ctx, in.Introduced)
-	if err != nil {
-		m.log.Debug("paths: answering punch failed", "peer", name, "err", err)
-		return
-	}
-	m.install(u, st, pa)
+	go func() {
+		defer m.wg.Done()
+		pa, err := u.puncher.Punch(m.ctx, in.Introduced)
+		m.mu.Lock()
+		m.answers--
+		m.mu.Unlock()
+		if err != nil {
+			m.log.Debug("paths: answering punch failed", "peer", name, "err", err)
+			return
+		}
+		m.install(u, st, pa)
+	}()
 }
 
 // maybePunch starts a punch to st in the background when its path is not
@@ -189,13 +211,13 @@ func (m *Manager) answer(u *udpSide, in relay.PoolIntroduced) {
 func (m *Manager) maybePunch(st *peerState) {
 	m.mu.Lock()
 	u := m.udp
-	if u == nil || st.kind == Direct || st.punched != nil || st.punchOn || time.Now().Before(st.punchAt) || st.ID.IsZero() {
+	if m.closed || u == nil || st.kind == Direct || st.punched != nil || st.punchOn || time.Now().Before(st.punchAt) || st.ID.IsZero() {
 		m.mu.Unlock()
 		return
 	}
 	st.punchOn = true
+	m.wg.Add(1) // under mu: Close sets closed before it waits
 	m.mu.Unlock()
-	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		pa, err := m.connect(u, st)
@@ -237,20 +259,35 @@ func (m *Manager) install(u *udpSide, st *peerState, pa *punch.Path) {
 		return
 	}
 	old, prev := st.punched, st.kind
+	if prev == Direct { // a direct path is better: this one is not needed
+		m.mu.Unlock()
+		pa.Close()
+		return
+	}
 	if old != nil {
 		delete(m.byUDP, old.MeshAddr())
 	}
+	// The address may have been another peer's (a NAT reused the port):
+	// that peer's path there is gone, and its connection with it.
+	var stale *punch.Path
+	if other := m.peers[m.byUDP[pa.MeshAddr()]]; other != nil && other != st && other.punched != nil {
+		stale, other.punched = other.punched, nil
+		if other.kind == Punched {
+			other.kind = ""
+		}
+	}
 	st.punched = pa
 	m.byUDP[pa.MeshAddr()] = st.Name
-	if prev != Direct {
+	if prev != "" { // before the first Dial, that Dial's race decides
 		st.kind, st.since, st.relay = Punched, time.Now(), ""
 	}
 	m.mu.Unlock()
+	if stale != nil {
+		u.client.DropSession(stale.MeshAddr())
+		stale.Close()
+	}
 	if old != nil {
-		if old.MeshAddr() != pa.MeshAddr() {
-			u.client.DropSession(old.MeshAddr())
-		}
-		old.Close()
+		old.Close() // its QUIC connection, if at another address, ends idle
 	}
 	if prev == Relayed {
 		m.tcp.Retire(relayKey(st.Name))
@@ -263,9 +300,10 @@ func (m *Manager) install(u *udpSide, st *peerState, pa *punch.Path) {
 // (done false: it has none, or it broke and was dropped: find another).
 func (m *Manager) dialPunched(ctx context.Context, st *peerState, h transport.Header) (net.Conn, error, bool) {
 	m.mu.Lock()
-	u, pa, direct := m.udp, st.punched, st.kind == Direct
+	u, pa := m.udp, st.punched
+	use := st.kind == Punched && pa != nil && m.byUDP[pa.MeshAddr()] == st.Name
 	m.mu.Unlock()
-	if u == nil || pa == nil || direct {
+	if u == nil || !use {
 		return nil, nil, false
 	}
 	c, err := u.client.Dial(ctx, pa.MeshAddr(), h)
@@ -273,6 +311,11 @@ func (m *Manager) dialPunched(ctx context.Context, st *peerState, h transport.He
 		m.mDials[Punched].Inc()
 		return c, err, true
 	}
+	if errors.Is(ctx.Err(), context.Canceled) || (ctx.Err() == nil && u.client.Alive(pa.MeshAddr())) {
+		return nil, err, true // the caller gave up, or a local error on a live connection
+	}
+	// The connection died, or carried nothing before the deadline: drop
+	// the path; the next Dial races for another.
 	m.log.Info("paths: punched path lost", "peer", st.Name, "addr", pa.MeshAddr(), "err", err)
 	m.mu.Lock()
 	if st.punched == pa {

@@ -87,7 +87,7 @@ type Client struct {
 	mu      sync.Mutex // guards the following, and every peer's sess
 	closed  bool
 	peers   map[string]*peer            // by mesh address
-	retired map[*yamux.Session]struct{} // draining: no new streams (Retire)
+	retired map[*yamux.Session]retiredSession // draining: no new streams (Retire)
 
 	rtts sync.Map // mesh address -> *peer, for RTT without mu (read per request)
 }
@@ -110,7 +110,7 @@ func NewClient(cfg ClientConfig) *Client {
 		log:     cfg.Logger,
 		m:       newMeshMetrics(cfg.Metrics, "out"),
 		peers:   make(map[string]*peer),
-		retired: make(map[*yamux.Session]struct{}),
+		retired: make(map[*yamux.Session]retiredSession),
 	}
 }
 
@@ -421,6 +421,11 @@ func (c *Client) DropPeer(id spiffeid.ID) int {
 			p.sess = nil
 		}
 	}
+	for sess, r := range c.retired { // draining ones too: revoked is revoked
+		if !r.id.IsZero() && r.id == id {
+			drop = append(drop, sess)
+		}
+	}
 	c.mu.Unlock()
 	for _, s := range drop {
 		s.Close()
@@ -438,11 +443,27 @@ func (c *Client) DropSession(meshAddr string) bool {
 	if p := c.peers[meshAddr]; p != nil {
 		sess, p.sess = p.sess, nil
 	}
+	var retired []*yamux.Session
+	for s, r := range c.retired {
+		if r.addr == meshAddr {
+			retired = append(retired, s)
+		}
+	}
 	c.mu.Unlock()
+	for _, s := range retired {
+		s.Close()
+	}
 	if sess != nil {
 		sess.Close()
 	}
 	return sess != nil
+}
+
+// retiredSession is what DropPeer and DropSession match a retired
+// session by.
+type retiredSession struct {
+	addr string
+	id   spiffeid.ID
 }
 
 // retireCheck is how often a retired session is checked for its last
@@ -463,7 +484,7 @@ func (c *Client) Retire(meshAddr string) bool {
 	}
 	sess := p.sess
 	p.sess = nil
-	c.retired[sess] = struct{}{}
+	c.retired[sess] = retiredSession{addr: meshAddr, id: p.id}
 	c.wg.Add(1)
 	c.mu.Unlock()
 	go func() {

@@ -296,6 +296,19 @@ func (c *QUICClient) RTT(meshAddr string) (time.Duration, bool) {
 	return d, d > 0
 }
 
+// Alive reports whether the connection to meshAddr is open (false when
+// there is none, or it died): a failed Dial on a live connection was not
+// the connection's fault.
+func (c *QUICClient) Alive(meshAddr string) bool {
+	c.mu.Lock()
+	var qc *quic.Conn
+	if p := c.peers[meshAddr]; p != nil {
+		qc = p.conn
+	}
+	c.mu.Unlock()
+	return qc != nil && qc.Context().Err() == nil
+}
+
 // Bytes returns the bytes sent and received on the live connection to
 // meshAddr (QUIC payload, retransmissions included); zeros without one.
 func (c *QUICClient) Bytes(meshAddr string) (sent, received uint64) {
