@@ -317,6 +317,9 @@ func (m *Manager) Dial(ctx context.Context, p Peer, h transport.Header) (net.Con
 			m.maybePunch(st)
 			return c, err
 		}
+		if ctx.Err() != nil {
+			return nil, err // the caller gave up: the path may be fine
+		}
 		m.log.Info("paths: path to peer lost", "peer", p.Name, "kind", kind, "err", err)
 		m.mu.Lock()
 		if st.kind == kind {
@@ -355,6 +358,7 @@ type raceResult struct {
 // DirectHeadStart or as soon as the direct one fails, the relay; the
 // first stream opened wins. A peer's refusal ends the race: it answered.
 func (m *Manager) race(ctx context.Context, st *peerState, h transport.Header) (net.Conn, error) {
+	caller := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m.mu.Lock()
@@ -413,7 +417,7 @@ func (m *Manager) race(ctx context.Context, st *peerState, h transport.Header) (
 				cancel()
 			default:
 				errs = append(errs, fmt.Errorf("%s: %w", r.kind, r.err))
-				if r.kind == Direct {
+				if r.kind == Direct && caller.Err() == nil { // not when the caller gave up
 					m.mu.Lock()
 					st.noDirUntil = time.Now().Add(m.cfg.RetryAfter)
 					m.mu.Unlock()

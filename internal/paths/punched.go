@@ -274,6 +274,11 @@ func (m *Manager) dialPunched(ctx context.Context, st *peerState, h transport.He
 		m.mDials[Punched].Inc()
 		return c, err, true
 	}
+	if ctx.Err() != nil {
+		// The caller gave up: that says nothing of the path, whose
+		// other streams must not be dropped with it.
+		return nil, err, true
+	}
 	m.log.Info("paths: punched path lost", "peer", st.Name, "addr", pa.MeshAddr(), "err", err)
 	m.mu.Lock()
 	if st.punched == pa {
