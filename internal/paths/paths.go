@@ -336,6 +336,15 @@ func (m *Manager) Dial(ctx context.Context, p Peer, h transport.Header) (net.Con
 // relay its session was opened by).
 func (m *Manager) used(st *peerState, kind Kind) {
 	m.mu.Lock()
+	if kind == Relayed && st.punched != nil {
+		// A punch was installed while this stream was opened on the
+		// relay: new streams take the punched path, and the relayed
+		// session (maybe a fresh one) is retired like the one before.
+		m.mu.Unlock()
+		m.tcp.Retire(relayKey(st.Name))
+		m.mDials[kind].Inc()
+		return
+	}
 	via := ""
 	if kind == Relayed {
 		via = st.viaRelay
