@@ -36,6 +36,13 @@ type lab struct {
 // newLab starts a CA and a relay on 127.0.0.1.
 func newLab(t *testing.T) *lab {
 	t.Helper()
+	return newLabUDP(t, true)
+}
+
+// newLabUDP starts a CA and a relay on 127.0.0.1 whose UDP port, when
+// serveUDP is false, is bound but never answers (UDP blocked).
+func newLabUDP(t *testing.T, serveUDP bool) *lab {
+	t.Helper()
 	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -50,8 +57,13 @@ func newLab(t *testing.T) *lab {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); srv.Serve(ln) }()
-	go func() { defer wg.Done(); srv.ServeUDP(pc) }()
-	t.Cleanup(func() { srv.Close(); wg.Wait() })
+	go func() {
+		defer wg.Done()
+		if serveUDP {
+			srv.ServeUDP(pc)
+		}
+	}()
+	t.Cleanup(func() { srv.Close(); pc.Close(); wg.Wait() })
 	return l
 }
 

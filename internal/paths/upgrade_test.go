@@ -1,9 +1,11 @@
 package paths
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestUpgradeUnderLoad: streams opened in a loop while the relayed path
@@ -47,5 +49,68 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	waitFor(t, "no relayed session left", func() bool { return gaugeValue(b.srvSet, meshSessionsIn) == 0 })
 	if n, p := a.m.count(Relayed), a.m.count(Punched); n != 0 || p != 1 {
 		t.Fatalf("paths by kind: %d relayed, %d punched; want 0, 1", n, p)
+	}
+}
+
+// punchState is whether a punch to name runs and when the next may.
+func punchStateOf(m *Manager, name string) (on bool, at time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st := m.peers[name]; st != nil {
+		return st.punchOn, st.punchAt
+	}
+	return false, time.Time{}
+}
+
+// TestNoPunchingWhenUDPBlocked: when the relay's UDP port does not
+// answer, Status says why punching is off, and peers are reached through
+// the relay with no punch attempted.
+func TestNoPunchingWhenUDPBlocked(t *testing.T) {
+	l := newLabUDP(t, false)
+	punching := func(c *Config) { c.UDPAddr = "127.0.0.1:0" }
+	a := l.node("site-a", "a", punching)
+	b := l.node("site-b", "b", punching)
+	waitRelay(t, false, a, b)
+	var st Status
+	waitFor(t, "the punching verdict", func() bool { st = a.m.Status(); return st.PunchNote != "waiting for a relay" })
+	if st.Punching || !strings.Contains(st.PunchNote, "UDP does not get out") || len(st.Candidates) == 0 {
+		t.Fatalf("status %+v, want punching off because UDP is blocked, with the local candidates", st)
+	}
+	pb := b.peer()
+	pb.Addr = closedAddr(t)
+	s := openEcho(t, a.m, pb)
+	defer s.Close()
+	if p, _ := pathTo(a.m, "b"); p.Kind != Relayed {
+		t.Fatalf("path %+v", p)
+	}
+	if on, at := punchStateOf(a.m, "b"); on || !at.IsZero() {
+		t.Fatal("a punch was attempted without a punching socket")
+	}
+}
+
+// TestPunchFailureStaysRelayed: a punch the peer does not answer (its
+// punching is off) fails in the background; the relayed path and its
+// streams stay, and no new punch starts before RetryAfter.
+func TestPunchFailureStaysRelayed(t *testing.T) {
+	l := newLab(t)
+	a := l.node("site-a", "a", func(c *Config) { c.UDPAddr = "127.0.0.1:0" })
+	b := l.node("site-b", "b", func(c *Config) { c.UDPAddr = "off" })
+	waitRelay(t, true, a)
+	waitRelay(t, false, b)
+	if st := b.m.Status(); st.Punching || st.PunchNote != "punching off (udpAddr)" {
+		t.Fatalf("b's status %+v", st)
+	}
+	pb := b.peer()
+	pb.Addr = closedAddr(t)
+	s := openEcho(t, a.m, pb)
+	defer s.Close()
+	waitFor(t, "the punch to fail", func() bool { on, at := punchStateOf(a.m, "b"); return !on && !at.IsZero() })
+	s.echo(t, "after the failed punch")
+	openEcho(t, a.m, pb).Close()
+	if on, _ := punchStateOf(a.m, "b"); on {
+		t.Fatal("a punch started again before RetryAfter")
+	}
+	if p, _ := pathTo(a.m, "b"); p.Kind != Relayed || p.Relay != l.relay {
+		t.Fatalf("path after the failed punch %+v", p)
 	}
 }
