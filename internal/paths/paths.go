@@ -206,6 +206,8 @@ func New(cfg Config) (*Manager, error) {
 // Close closes every path, the relay connections and the punching socket.
 func (m *Manager) Close() error {
 	m.stop()
+	m.mu.Lock() // a maybePunch that missed the stop has added to wg by now
+	m.mu.Unlock()
 	if m.pool != nil {
 		m.pool.Close()
 	}

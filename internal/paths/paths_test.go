@@ -328,6 +328,9 @@ func TestCloseLeavesNothing(t *testing.T) {
 	if _, err := a.m.Dial(ctxT(t), c.peer(), header("echo")); err == nil {
 		t.Fatal("Dial after Close succeeded")
 	}
+	if on, at := punchStateOf(a.m, "c"); on || !at.IsZero() {
+		t.Fatal("a Dial after Close started a punch")
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)

@@ -190,13 +190,14 @@ func (m *Manager) answer(u *udpSide, in relay.PoolIntroduced) {
 func (m *Manager) maybePunch(st *peerState) {
 	m.mu.Lock()
 	u := m.udp
-	if u == nil || st.kind == Direct || st.punched != nil || st.punchOn || time.Now().Before(st.punchAt) || st.ID.IsZero() {
+	if u == nil || m.ctx.Err() != nil || st.kind == Direct || st.punched != nil || st.punchOn ||
+		time.Now().Before(st.punchAt) || st.ID.IsZero() {
 		m.mu.Unlock()
 		return
 	}
 	st.punchOn = true
+	m.wg.Add(1) // under mu: Close, once it cancelled ctx, takes mu before it waits
 	m.mu.Unlock()
-	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		pa, err := m.connect(u, st)
