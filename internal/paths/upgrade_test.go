@@ -114,3 +114,41 @@ func TestPunchFailureStaysRelayed(t *testing.T) {
 		t.Fatalf("path after the failed punch %+v", p)
 	}
 }
+
+// TestDropEndsRetiredSessions: a stream opened on the relayed path before
+// the upgrade to a punched one (its session retired, draining) ends at
+// once on DropNode (the node is dead) and on DropPeer (it was revoked),
+// like every other stream to that node.
+func TestDropEndsRetiredSessions(t *testing.T) {
+	for _, drop := range []string{"DropNode", "DropPeer"} {
+		t.Run(drop, func(t *testing.T) {
+			l := newLab(t)
+			punching := func(c *Config) { c.UDPAddr = "127.0.0.1:0" }
+			a := l.node("site-a", "a", punching)
+			b := l.node("site-b", "b", punching)
+			waitRelay(t, true, a, b)
+			pb := b.peer()
+			pb.Addr = closedAddr(t)
+			s := openEcho(t, a.m, pb)
+			defer s.Close()
+			waitFor(t, "a punched path", func() bool { p, _ := pathTo(a.m, "b"); return p.Kind == Punched })
+			s.echo(t, "on the retired session")
+			s2 := openEcho(t, a.m, pb)
+			defer s2.Close()
+			if s2.RemoteAddr().Network() != "udp" {
+				t.Fatal("second stream not punched")
+			}
+			if drop == "DropNode" {
+				a.m.DropNode("b")
+			} else if n := a.m.DropPeer(b.id); n != 2 {
+				t.Errorf("DropPeer closed %d sessions, want the retired relayed one and the punched one", n)
+			}
+			if err := streamEnded(s); err != nil {
+				t.Fatalf("the stream on the retired relayed session: %v", err)
+			}
+			if err := streamEnded(s2); err != nil {
+				t.Fatalf("the stream on the punched path: %v", err)
+			}
+		})
+	}
+}

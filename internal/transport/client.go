@@ -86,8 +86,8 @@ type Client struct {
 
 	mu      sync.Mutex // guards the following, and every peer's sess
 	closed  bool
-	peers   map[string]*peer            // by mesh address
-	retired map[*yamux.Session]struct{} // draining: no new streams (Retire)
+	peers   map[string]*peer                  // by mesh address
+	retired map[*yamux.Session]retiredSession // draining: no new streams (Retire)
 
 	rtts sync.Map // mesh address -> *peer, for RTT without mu (read per request)
 }
@@ -110,7 +110,7 @@ func NewClient(cfg ClientConfig) *Client {
 		log:     cfg.Logger,
 		m:       newMeshMetrics(cfg.Metrics, "out"),
 		peers:   make(map[string]*peer),
-		retired: make(map[*yamux.Session]struct{}),
+		retired: make(map[*yamux.Session]retiredSession),
 	}
 }
 
@@ -411,7 +411,8 @@ func (c *Client) Sessions() int {
 	return n
 }
 
-// DropPeer closes every session whose TLS peer is id (a revoked node).
+// DropPeer closes every session whose TLS peer is id (a revoked node),
+// retired ones included.
 func (c *Client) DropPeer(id spiffeid.ID) int {
 	c.mu.Lock()
 	var drop []*yamux.Session
@@ -419,6 +420,11 @@ func (c *Client) DropPeer(id spiffeid.ID) int {
 		if p.sess != nil && !p.id.IsZero() && p.id == id {
 			drop = append(drop, p.sess)
 			p.sess = nil
+		}
+	}
+	for sess, r := range c.retired {
+		if !r.id.IsZero() && r.id == id {
+			drop = append(drop, sess)
 		}
 	}
 	c.mu.Unlock()
@@ -431,18 +437,32 @@ func (c *Client) DropPeer(id spiffeid.ID) int {
 // DropSession closes the session to meshAddr, so its streams fail at once.
 // The agent calls it when gossip declares the peer dead: a peer that froze
 // or lost power sends no RST, and its streams would otherwise hang until
-// TCP gives up. The next Dial opens a fresh session.
+// TCP gives up. A session to meshAddr that Retire took out of use is
+// closed too. The next Dial opens a fresh session.
 func (c *Client) DropSession(meshAddr string) bool {
 	c.mu.Lock()
-	var sess *yamux.Session
-	if p := c.peers[meshAddr]; p != nil {
-		sess, p.sess = p.sess, nil
+	var drop []*yamux.Session
+	if p := c.peers[meshAddr]; p != nil && p.sess != nil {
+		drop = append(drop, p.sess)
+		p.sess = nil
+	}
+	for sess, r := range c.retired {
+		if r.addr == meshAddr {
+			drop = append(drop, sess)
+		}
 	}
 	c.mu.Unlock()
-	if sess != nil {
+	for _, sess := range drop {
 		sess.Close()
 	}
-	return sess != nil
+	return len(drop) > 0
+}
+
+// retiredSession is where a retired session went, for DropSession and
+// DropPeer.
+type retiredSession struct {
+	addr string
+	id   spiffeid.ID
 }
 
 // retireCheck is how often a retired session is checked for its last
@@ -463,7 +483,7 @@ func (c *Client) Retire(meshAddr string) bool {
 	}
 	sess := p.sess
 	p.sess = nil
-	c.retired[sess] = struct{}{}
+	c.retired[sess] = retiredSession{addr: meshAddr, id: p.id}
 	c.wg.Add(1)
 	c.mu.Unlock()
 	go func() {
