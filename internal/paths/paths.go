@@ -292,6 +292,11 @@ func peerAnswered(err error) bool {
 	return errors.Is(err, transport.ErrRefused) || errors.Is(err, transport.ErrDialFailed) || errors.Is(err, transport.ErrDenied)
 }
 
+// gaveUp reports whether the caller cancelled ctx (its client went
+// away): unlike a deadline, which a path too slow for it also hits, that
+// says nothing of the path.
+func gaveUp(ctx context.Context) bool { return errors.Is(ctx.Err(), context.Canceled) }
+
 // Dial opens a stream to p for h over the best working path.
 func (m *Manager) Dial(ctx context.Context, p Peer, h transport.Header) (net.Conn, error) {
 	st := m.state(p)
@@ -319,8 +324,8 @@ func (m *Manager) Dial(ctx context.Context, p Peer, h transport.Header) (net.Con
 			m.maybePunch(st)
 			return c, err
 		}
-		if ctx.Err() != nil {
-			return nil, err // the caller gave up: the path may be fine
+		if gaveUp(ctx) {
+			return nil, err
 		}
 		m.log.Info("paths: path to peer lost", "peer", p.Name, "kind", kind, "err", err)
 		m.mu.Lock()
@@ -428,7 +433,7 @@ func (m *Manager) race(ctx context.Context, st *peerState, h transport.Header) (
 				cancel()
 			default:
 				errs = append(errs, fmt.Errorf("%s: %w", r.kind, r.err))
-				if r.kind == Direct && caller.Err() == nil { // not when the caller gave up
+				if r.kind == Direct && !gaveUp(caller) {
 					m.mu.Lock()
 					st.noDirUntil = time.Now().Add(m.cfg.RetryAfter)
 					m.mu.Unlock()

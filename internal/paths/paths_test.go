@@ -454,3 +454,58 @@ func TestCancelledDialKeepsPaths(t *testing.T) {
 		}
 	}
 }
+
+// blackHole is a loopback address that accepts TCP connections and never
+// answers (a TLS handshake there hangs).
+func blackHole(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				for _, c := range conns {
+					c.Close()
+				}
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
+// TestDeadlineMarksDirectSlow: a direct attempt that hangs until the
+// caller's deadline (a connect timeout shorter than the head start and
+// the mesh dial timeout) counts against the direct path: the next Dial
+// goes through the relay at once instead of hanging again.
+func TestDeadlineMarksDirectSlow(t *testing.T) {
+	l := newLab(t)
+	a := l.node("site-a", "a", func(c *Config) { c.DialTimeout = 20 * time.Second })
+	b := l.node("site-b", "b", nil)
+	waitRelay(t, false, a, b)
+	pb := b.peer()
+	pb.Addr = blackHole(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := a.m.Dial(ctx, pb, header("echo")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dial through the black hole: %v", err)
+	}
+	ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	c, err := a.m.Dial(ctx, pb, header("echo"))
+	if err != nil {
+		t.Fatalf("second dial: %v", err)
+	}
+	c.Close()
+	if p, _ := pathTo(a.m, "b"); p.Kind != Relayed {
+		t.Fatalf("path %+v, want relayed", p)
+	}
+}

@@ -275,10 +275,8 @@ func (m *Manager) dialPunched(ctx context.Context, st *peerState, h transport.He
 		m.mDials[Punched].Inc()
 		return c, err, true
 	}
-	if ctx.Err() != nil {
-		// The caller gave up: that says nothing of the path, whose
-		// other streams must not be dropped with it.
-		return nil, err, true
+	if gaveUp(ctx) {
+		return nil, err, true // the path's other streams go on
 	}
 	m.log.Info("paths: punched path lost", "peer", st.Name, "addr", pa.MeshAddr(), "err", err)
 	m.mu.Lock()
