@@ -120,7 +120,8 @@ func source(t *testing.T, ca *identity.CA, site, node string) *identity.Source {
 
 // echoDialer is a node's workloads: service "echo" is a TCP server on
 // loopback that writes the node's name and a newline, then echoes;
-// "refused" is an unknown destination, "denied" an authorization refusal.
+// "refused" is an unknown destination, "denied" an authorization refusal,
+// "slow" never connects.
 type echoDialer struct {
 	addr  string
 	calls atomic.Int64
@@ -133,6 +134,9 @@ func (d *echoDialer) DialLocal(ctx context.Context, h transport.Header) (net.Con
 		return nil, fmt.Errorf("no endpoint %s: %w", h, transport.ErrUnknownDestination)
 	case "denied":
 		return nil, fmt.Errorf("policy: %w", transport.ErrDenied)
+	case "slow": // a workload that does not accept (the server's dial timeout ends it)
+		<-ctx.Done()
+		return nil, ctx.Err()
 	}
 	var nd net.Dialer
 	return nd.DialContext(ctx, "tcp", d.addr)

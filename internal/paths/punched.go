@@ -275,8 +275,11 @@ func (m *Manager) dialPunched(ctx context.Context, st *peerState, h transport.He
 		m.mDials[Punched].Inc()
 		return c, err, true
 	}
-	if gaveUp(ctx) {
-		return nil, err, true // the path's other streams go on
+	if _, live := u.client.RTT(pa.MeshAddr()); gaveUp(ctx) || ctx.Err() != nil && live {
+		// The caller gave up, or its deadline passed on a live
+		// connection (a slow peer or workload): the path's other
+		// streams go on.
+		return nil, err, true
 	}
 	m.log.Info("paths: punched path lost", "peer", st.Name, "addr", pa.MeshAddr(), "err", err)
 	m.mu.Lock()
