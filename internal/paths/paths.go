@@ -297,6 +297,14 @@ func peerAnswered(err error) bool {
 // says nothing of the path.
 func gaveUp(ctx context.Context) bool { return errors.Is(ctx.Err(), context.Canceled) }
 
+// noVerdict reports whether a dial on the TCP session key that failed
+// without the peer's answer says nothing of the path: the caller gave
+// up, or its deadline passed while the session was up (a slow peer or
+// workload).
+func (m *Manager) noVerdict(ctx context.Context, key string) bool {
+	return gaveUp(ctx) || ctx.Err() != nil && m.tcp.Live(key)
+}
+
 // Dial opens a stream to p for h over the best working path.
 func (m *Manager) Dial(ctx context.Context, p Peer, h transport.Header) (net.Conn, error) {
 	st := m.state(p)
@@ -324,7 +332,7 @@ func (m *Manager) Dial(ctx context.Context, p Peer, h transport.Header) (net.Con
 			m.maybePunch(st)
 			return c, err
 		}
-		if gaveUp(ctx) {
+		if m.noVerdict(ctx, key) {
 			return nil, err
 		}
 		m.log.Info("paths: path to peer lost", "peer", p.Name, "kind", kind, "err", err)
@@ -433,7 +441,7 @@ func (m *Manager) race(ctx context.Context, st *peerState, h transport.Header) (
 				cancel()
 			default:
 				errs = append(errs, fmt.Errorf("%s: %w", r.kind, r.err))
-				if r.kind == Direct && !gaveUp(caller) {
+				if r.kind == Direct && !m.noVerdict(caller, directKey(st.Name)) {
 					m.mu.Lock()
 					st.noDirUntil = time.Now().Add(m.cfg.RetryAfter)
 					m.mu.Unlock()

@@ -202,3 +202,36 @@ func TestSlowWorkloadKeepsPaths(t *testing.T) {
 		t.Fatal("the punched path to a closed node was kept")
 	}
 }
+
+// TestSlowWorkloadKeepsDirect: a caller's deadline that passes while the
+// peer connects a slow workload, over a live direct session, leaves the
+// path direct (no relay for RetryAfter).
+func TestSlowWorkloadKeepsDirect(t *testing.T) {
+	l := newLab(t)
+	a := l.node("site-a", "a", nil)
+	b := l.node("site-b", "b", nil)
+	waitRelay(t, false, a, b)
+	s := openEcho(t, a.m, b.peer())
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := a.m.Dial(ctx, b.peer(), header("slow")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("slow workload: %v", err)
+	}
+	s.echo(t, "after a slow workload")
+	// And when the slow workload is the first stream to a peer: the
+	// direct session came up, the deadline is the workload's.
+	c := l.node("site-c", "c", nil)
+	waitRelay(t, false, c)
+	ctx, cancel = context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := a.m.Dial(ctx, c.peer(), header("slow")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("slow workload first: %v", err)
+	}
+	for _, p := range []Peer{b.peer(), c.peer()} {
+		openEcho(t, a.m, p).Close()
+		if ps, _ := pathTo(a.m, p.Name); ps.Kind != Direct || relayDials(a.m) != 0 {
+			t.Fatalf("path to %s after a slow workload: %+v, %d relayed sessions", p.Name, ps, relayDials(a.m))
+		}
+	}
+}

@@ -411,6 +411,16 @@ func (c *Client) Sessions() int {
 	return n
 }
 
+// Live reports whether the session to meshAddr is open: a Dial on it
+// that failed without the peer's answer (its deadline passed while the
+// peer connected a slow workload) says nothing against the path.
+func (c *Client) Live(meshAddr string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.peers[meshAddr]
+	return p != nil && p.sess != nil && !p.sess.IsClosed()
+}
+
 // DropPeer closes every session whose TLS peer is id (a revoked node),
 // retired ones included.
 func (c *Client) DropPeer(id spiffeid.ID) int {
