@@ -52,6 +52,12 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if n, p := a.m.count(Relayed), a.m.count(Punched); n != 0 || p != 1 {
 		t.Fatalf("paths by kind: %d relayed, %d punched; want 0, 1", n, p)
 	}
+	a.m.mu.Lock()
+	kind := a.m.peers["b"].kind
+	a.m.mu.Unlock()
+	if kind != Punched {
+		t.Fatalf("a relayed stream opened during the upgrade made the punched peer's path %q", kind)
+	}
 }
 
 // punchState is whether a punch to name runs and when the next may.
