@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,12 +26,13 @@ import (
 // one port (as agents assume), and nodes that each run a mesh server on a
 // Manager's listener with an echo workload that first says its node's name.
 
-// lab is a CA and a relay.
+// lab is a CA and its relays.
 type lab struct {
-	t     *testing.T
-	ca    *identity.CA
-	relay string // host:port, TCP and UDP
-	rsrv  *relay.Server
+	t      *testing.T
+	ca     *identity.CA
+	relay  string   // the first relay's host:port, TCP and UDP
+	relays []string          // every relay's, for the nodes started after them
+	stop   map[string]func() // closes a relay, by address
 }
 
 // newLab starts a CA and a relay on 127.0.0.1.
@@ -47,13 +49,22 @@ func newLabUDP(t *testing.T, serveUDP bool) *lab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lab{t: t, ca: ca}
-	srv, err := relay.New(relay.Config{Source: source(t, ca, "relay", "r1")})
+	l := &lab{t: t, ca: ca, stop: map[string]func(){}}
+	l.relay, _ = l.addRelay(serveUDP)
+	return l
+}
+
+// addRelay starts another relay; stop closes it (idempotent).
+func (l *lab) addRelay(serveUDP bool) (addr string, stop func()) {
+	t := l.t
+	t.Helper()
+	srv, err := relay.New(relay.Config{Source: source(t, l.ca, "relay", fmt.Sprintf("r%d", len(l.relays)+1))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ln, pc := listenTCPAndUDP(t)
-	l.relay, l.rsrv = ln.Addr().String(), srv
+	addr = ln.Addr().String()
+	l.relays = append(l.relays, addr)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); srv.Serve(ln) }()
@@ -63,8 +74,11 @@ func newLabUDP(t *testing.T, serveUDP bool) *lab {
 			srv.ServeUDP(pc)
 		}
 	}()
-	t.Cleanup(func() { srv.Close(); pc.Close(); wg.Wait() })
-	return l
+	var once sync.Once
+	stop = func() { once.Do(func() { srv.Close(); pc.Close(); wg.Wait() }) }
+	t.Cleanup(stop)
+	l.stop[addr] = stop
+	return addr, stop
 }
 
 // listenTCPAndUDP binds a TCP listener and a UDP socket on the same
@@ -229,7 +243,7 @@ func (l *lab) node(site, name string, mod func(*Config)) *node {
 		TLS:       src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh),
 		ServerTLS: src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh),
 		RelayTLS:  src.ClientConfig(relay.AuthorizeRelay(l.ca.TrustDomain())), TrustedSourceID: trusted,
-		Relays: []string{l.relay}, DirectHeadStart: 20 * time.Second, PingInterval: 50 * time.Millisecond}
+		Relays: slices.Clone(l.relays), DirectHeadStart: 20 * time.Second, PingInterval: 50 * time.Millisecond}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -356,9 +370,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func waitRelay(t *testing.T, punching bool, nodes ...*node) {
 	t.Helper()
 	for _, n := range nodes {
-		waitFor(t, n.name+" connected to the relay", func() bool {
+		waitFor(t, n.name+" connected to the relays", func() bool {
 			s := n.m.Status()
-			return len(s.Relays) == 1 && s.Relays[0].Connected && (!punching || s.Punching)
+			for _, r := range s.Relays {
+				if !r.Connected {
+					return false
+				}
+			}
+			return len(s.Relays) > 0 && (!punching || s.Punching)
 		})
 	}
 }

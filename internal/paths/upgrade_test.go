@@ -3,6 +3,7 @@ package paths
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -239,5 +240,41 @@ func TestSlowWorkloadKeepsDirect(t *testing.T) {
 		if ps, _ := pathTo(a.m, p.Name); ps.Kind != Direct || relayDials(a.m) != 0 {
 			t.Fatalf("path to %s after a slow workload: %+v, %d relayed sessions", p.Name, ps, relayDials(a.m))
 		}
+	}
+}
+
+// TestRelayFailover: with two relays, a relayed path goes through one;
+// when that relay goes away, its streams end, and the next stream goes
+// through the other relay, which Status then names.
+func TestRelayFailover(t *testing.T) {
+	l := newLab(t)
+	l.addRelay(true)
+	a := l.node("site-a", "a", nil)
+	b := l.node("site-b", "b", nil)
+	waitRelay(t, false, a, b)
+	pb := b.peer()
+	pb.Addr = closedAddr(t)
+	s := openEcho(t, a.m, pb)
+	defer s.Close()
+	p, _ := pathTo(a.m, "b")
+	if p.Kind != Relayed || !slices.Contains(l.relays, p.Relay) {
+		t.Fatalf("path %+v, want relayed through one of %v", p, l.relays)
+	}
+	first := p.Relay
+	other := l.relays[0]
+	if other == first {
+		other = l.relays[1]
+	}
+	l.stop[first]()
+	if err := streamEnded(s); err != nil {
+		t.Fatalf("a stream through the closed relay: %v", err)
+	}
+	s2 := openEcho(t, a.m, pb)
+	defer s2.Close()
+	if p, _ := pathTo(a.m, "b"); p.Kind != Relayed || p.Relay != other || p.Remote != other {
+		t.Fatalf("path after the relay closed %+v, want relayed through %s", p, other)
+	}
+	if n := relayDials(a.m); n != 2 {
+		t.Fatalf("%d relayed sessions, want 2", n)
 	}
 }
