@@ -30,7 +30,7 @@ import (
 type lab struct {
 	t      *testing.T
 	ca     *identity.CA
-	relay  string   // the first relay's host:port, TCP and UDP
+	relay  string            // the first relay's host:port, TCP and UDP
 	relays []string          // every relay's, for the nodes started after them
 	stop   map[string]func() // closes a relay, by address
 }
