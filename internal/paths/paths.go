@@ -250,7 +250,8 @@ func (m *Manager) state(p Peer) *peerState {
 		m.peers[p.Name] = st
 	}
 	if p.Addr != st.Addr || p.ID != st.ID {
-		st.Peer = p
+		// Not st.Peer = p: Name never changes, and is read without mu.
+		st.Addr, st.ID = p.Addr, p.ID
 		st.noDirUntil = time.Time{}
 	}
 	return st

@@ -3,6 +3,7 @@ package paths
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -277,4 +278,41 @@ func TestRelayFailover(t *testing.T) {
 	if n := relayDials(a.m); n != 2 {
 		t.Fatalf("%d relayed sessions, want 2", n)
 	}
+}
+
+// TestPeerUpdatesDuringPunch: the registry updating a peer's address
+// while a punch to it completes is no data race (run with -race).
+func TestPeerUpdatesDuringPunch(t *testing.T) {
+	l := newLab(t)
+	punching := func(c *Config) { c.UDPAddr = "127.0.0.1:0" }
+	a := l.node("site-a", "a", punching)
+	b := l.node("site-b", "b", punching)
+	waitRelay(t, true, a, b)
+	pb := b.peer()
+	pb.Addr = closedAddr(t)
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pa, pb2 := a.peer(), pb
+		for i := 0; !stop.Load(); i++ {
+			pa.Addr = fmt.Sprint("127.0.0.1:", i%2+1) // closed ports
+			pb2.Addr = pb.Addr
+			if i%2 == 0 {
+				pb2.Addr = "127.0.0.1:1"
+			}
+			b.m.state(pa)
+			a.m.state(pb2)
+		}
+	}()
+	s := openEcho(t, a.m, pb)
+	defer s.Close()
+	waitFor(t, "punched paths both ways", func() bool {
+		p, _ := pathTo(a.m, "b")
+		q, _ := pathTo(b.m, "a")
+		return p.Kind == Punched && q.Kind == Punched
+	})
+	stop.Store(true)
+	wg.Wait()
 }
