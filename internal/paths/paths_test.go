@@ -117,9 +117,13 @@ func TestRelayedThenPunched(t *testing.T) {
 	if nw := r.RemoteAddr().Network(); nw != "udp" {
 		t.Fatalf("b's stream to a runs over %s, want the punched path", nw)
 	}
+	// The punched path's bytes count in Status (the relayed session,
+	// closed, adds no more).
+	before, _ := pathTo(a.m, "b")
+	s2.echo(t, strings.Repeat("p", 10000))
 	waitFor(t, "bytes counted on the punched path", func() bool {
 		p, _ = pathTo(a.m, "b")
-		return p.Kind == Punched && p.BytesIn > 0 && p.BytesOut > 0
+		return p.Kind == Punched && p.BytesOut >= before.BytesOut+10000 && p.BytesIn >= before.BytesIn+10000
 	})
 }
 
