@@ -1,8 +1,6 @@
 package paths
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -160,87 +158,6 @@ func TestDropEndsRetiredSessions(t *testing.T) {
 				t.Fatalf("the stream on the punched path: %v", err)
 			}
 		})
-	}
-}
-
-// TestSlowWorkloadKeepsPaths: a stream whose caller's deadline passes
-// while the peer is still connecting it to a slow workload fails alone:
-// the path is live, so its other streams go on and it stays the path.
-func TestSlowWorkloadKeepsPaths(t *testing.T) {
-	l := newLab(t)
-	punching := func(c *Config) { c.UDPAddr = "127.0.0.1:0" }
-	a := l.node("site-a", "a", punching)
-	b := l.node("site-b", "b", punching)
-	waitRelay(t, true, a, b)
-	pb := b.peer()
-	pb.Addr = closedAddr(t)
-	openEcho(t, a.m, pb).Close()
-	waitFor(t, "a punched path", func() bool { p, _ := pathTo(a.m, "b"); return p.Kind == Punched })
-	s := openEcho(t, a.m, pb)
-	defer s.Close()
-	if s.RemoteAddr().Network() != "udp" {
-		t.Fatal("not punched")
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
-	defer cancel()
-	if _, err := a.m.Dial(ctx, pb, header("slow")); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("slow workload: %v", err)
-	}
-	if err := s.try("after a slow workload"); err != nil {
-		t.Fatalf("a slow workload broke the punched path's streams: %v", err)
-	}
-	if p, _ := pathTo(a.m, "b"); p.Kind != Punched {
-		t.Fatalf("path after a slow workload: %+v", p)
-	}
-
-	// Once the peer is gone, the same deadline drops the dead path.
-	b.close()
-	if err := streamEnded(s); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel = context.WithTimeout(t.Context(), time.Second)
-	defer cancel()
-	if _, err := a.m.Dial(ctx, pb, header("echo")); err == nil {
-		t.Fatal("dialed a closed node")
-	}
-	a.m.mu.Lock()
-	pa := a.m.peers["b"].punched
-	a.m.mu.Unlock()
-	if pa != nil {
-		t.Fatal("the punched path to a closed node was kept")
-	}
-}
-
-// TestSlowWorkloadKeepsDirect: a caller's deadline that passes while the
-// peer connects a slow workload, over a live direct session, leaves the
-// path direct (no relay for RetryAfter).
-func TestSlowWorkloadKeepsDirect(t *testing.T) {
-	l := newLab(t)
-	a := l.node("site-a", "a", nil)
-	b := l.node("site-b", "b", nil)
-	waitRelay(t, false, a, b)
-	s := openEcho(t, a.m, b.peer())
-	defer s.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
-	defer cancel()
-	if _, err := a.m.Dial(ctx, b.peer(), header("slow")); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("slow workload: %v", err)
-	}
-	s.echo(t, "after a slow workload")
-	// And when the slow workload is the first stream to a peer: the
-	// direct session came up, the deadline is the workload's.
-	c := l.node("site-c", "c", nil)
-	waitRelay(t, false, c)
-	ctx, cancel = context.WithTimeout(t.Context(), 300*time.Millisecond)
-	defer cancel()
-	if _, err := a.m.Dial(ctx, c.peer(), header("slow")); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("slow workload first: %v", err)
-	}
-	for _, p := range []Peer{b.peer(), c.peer()} {
-		openEcho(t, a.m, p).Close()
-		if ps, _ := pathTo(a.m, p.Name); ps.Kind != Direct || relayDials(a.m) != 0 {
-			t.Fatalf("path to %s after a slow workload: %+v, %d relayed sessions", p.Name, ps, relayDials(a.m))
-		}
 	}
 }
 
