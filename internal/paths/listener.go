@@ -15,7 +15,7 @@ const acceptTimeout = 5 * time.Second
 // connections for the mesh server (whose TLS runs inside both). Closing
 // it closes ln.
 func (m *Manager) Listener(ln net.Listener) net.Listener {
-	l := &listener{Listener: ln, conns: make(chan net.Conn), done: make(chan struct{})}
+	l := &listener{Listener: ln, conns: make(chan net.Conn), tempErrs: make(chan error), done: make(chan struct{})}
 	go l.acceptTCP()
 	if m.pool != nil {
 		m.wg.Add(1)
@@ -50,29 +50,27 @@ func (m *Manager) Listener(ln net.Listener) net.Listener {
 // listener merges accepted TCP connections and relayed sessions.
 type listener struct {
 	net.Listener
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
-	mu    sync.Mutex
-	err   error // ln's accept error, once it failed
+	conns    chan net.Conn
+	tempErrs chan error // ln's temporary accept errors (EMFILE...)
+	done     chan struct{}
+	once     sync.Once
+	mu       sync.Mutex
+	err      error // ln's accept error, once it failed
 }
 
 func (l *listener) acceptTCP() {
-	var delay time.Duration
 	for {
 		c, err := l.Listener.Accept()
 		if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
-			// Out of file descriptors, say: wait and go on, as net/http
-			// does; the mesh port must outlive a flood.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			// Passed on, not fatal: the mesh server backs off and
+			// accepts again, as it would on ln itself.
 			select {
-			case <-time.After(delay):
+			case l.tempErrs <- err:
 				continue
 			case <-l.done:
 				return
 			}
 		}
-		delay = 0
 		if err != nil {
 			l.mu.Lock()
 			l.err = err
@@ -102,6 +100,8 @@ func (l *listener) Accept() (net.Conn, error) {
 	select {
 	case c := <-l.conns:
 		return c, nil
+	case err := <-l.tempErrs:
+		return nil, err
 	case <-l.done:
 		l.mu.Lock()
 		defer l.mu.Unlock()

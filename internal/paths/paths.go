@@ -20,8 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -287,7 +285,12 @@ func (m *Manager) newPeerLocked(p Peer) *peerState {
 }
 
 // current is the kind of path new streams to the peer take (m.mu held).
+// A peer whose introduction punched a path before this node dialed it
+// shows that path; the first Dial's race decides which one it takes.
 func (st *peerState) current() Kind {
+	if st.kind == "" && st.punched != nil {
+		return Punched
+	}
 	return st.kind
 }
 
@@ -321,180 +324,6 @@ func (m *Manager) expectedID(key string) spiffeid.ID {
 	return spiffeid.ID{}
 }
 
-// peerAnswered reports whether err is a refusal from the peer agent
-// itself (the path worked; another path would get the same answer).
-func peerAnswered(err error) bool {
-	return errors.Is(err, transport.ErrRefused) || errors.Is(err, transport.ErrDialFailed) || errors.Is(err, transport.ErrDenied)
-}
-
-// Dial opens a stream to p for h over the best working path.
-func (m *Manager) Dial(ctx context.Context, p Peer, h transport.Header) (net.Conn, error) {
-	st := m.state(p)
-	if m.pool == nil {
-		c, err := m.tcp.Dial(ctx, directKey(p.Name), h)
-		if err == nil || peerAnswered(err) {
-			m.used(st, Direct)
-		}
-		return c, err
-	}
-	if c, err, done := m.dialPunched(ctx, st, h); done {
-		return c, err
-	}
-	m.mu.Lock()
-	kind := st.kind
-	m.mu.Unlock()
-	if kind == Direct || kind == Relayed {
-		key := directKey(p.Name)
-		if kind == Relayed {
-			key = relayKey(p.Name)
-		}
-		c, err := m.tcp.Dial(ctx, key, h)
-		if err == nil || peerAnswered(err) {
-			m.used(st, kind) // a new session may have taken another relay
-			m.maybePunch(st)
-			return c, err
-		}
-		if errors.Is(ctx.Err(), context.Canceled) { // the caller gave up: not the path's fault
-			return nil, err
-		}
-		m.log.Info("paths: path to peer lost", "peer", p.Name, "kind", kind, "err", err)
-		m.mu.Lock()
-		if st.kind == kind {
-			st.kind, st.lastErr = "", err.Error()
-		}
-		m.mu.Unlock()
-	}
-	c, err := m.race(ctx, st, h)
-	m.maybePunch(st)
-	return c, err
-}
-
-// used records that st's new streams take kind (a relayed one through the
-// relay its session was opened by).
-func (m *Manager) used(st *peerState, kind Kind) {
-	m.mu.Lock()
-	via := ""
-	if kind == Relayed {
-		via = st.viaRelay
-	}
-	var idle *punch.Path
-	if kind == Direct && st.punched != nil { // not needed: stop its keepalives
-		idle, st.punched = st.punched, nil
-		delete(m.byUDP, idle.MeshAddr())
-	}
-	if st.kind != kind || st.relay != via {
-		st.kind, st.relay, st.since = kind, via, time.Now()
-		m.log.Info("paths: path to peer", "peer", st.Name, "kind", kind, "relay", via)
-	}
-	upgrade := kind == Relayed && st.punched != nil // punched by the peer's introduction
-	if upgrade {
-		st.kind, st.relay, st.since = Punched, "", time.Now()
-	}
-	m.mu.Unlock()
-	if idle != nil {
-		idle.Close()
-	}
-	if upgrade {
-		m.tcp.Retire(relayKey(st.Name))
-		m.mUp.Inc()
-	}
-	m.mDials[kind].Inc()
-}
-
-type raceResult struct {
-	kind Kind
-	conn net.Conn
-	err  error
-}
-
-// race tries the direct path (unless it failed lately) and, after
-// DirectHeadStart or as soon as the direct one fails, the relay; the
-// first stream opened wins. A peer's refusal ends the race: it answered.
-func (m *Manager) race(ctx context.Context, st *peerState, h transport.Header) (net.Conn, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	m.mu.Lock()
-	tryDirect := st.Addr != "" && time.Now().After(st.noDirUntil)
-	m.mu.Unlock()
-	results := make(chan raceResult, 2)
-	attempt := func(kind Kind, key string) {
-		c, err := m.tcp.Dial(ctx, key, h)
-		results <- raceResult{kind, c, err}
-	}
-	pending := 0
-	relayStarted := false
-	startRelay := func() {
-		if !relayStarted {
-			relayStarted = true
-			pending++
-			go attempt(Relayed, relayKey(st.Name))
-		}
-	}
-	var head <-chan time.Time
-	if tryDirect {
-		pending++
-		go attempt(Direct, directKey(st.Name))
-		t := time.NewTimer(m.cfg.DirectHeadStart)
-		defer t.Stop()
-		head = t.C
-	} else {
-		startRelay()
-	}
-	var errs []error
-	var won net.Conn
-	var winErr error
-	for pending > 0 {
-		select {
-		case <-head:
-			startRelay()
-		case r := <-results:
-			pending--
-			switch {
-			case won != nil || winErr != nil:
-				// Lost the race: its stream is not needed. A relayed
-				// session is not either; a direct one is the better path
-				// for the next streams.
-				if r.conn != nil {
-					r.conn.Close()
-				}
-				if r.err == nil && r.kind == Relayed {
-					m.tcp.Retire(relayKey(st.Name))
-				}
-				if r.err == nil && r.kind == Direct {
-					m.used(st, Direct)
-					m.tcp.Retire(relayKey(st.Name))
-				}
-			case r.err == nil:
-				won = r.conn
-				m.used(st, r.kind)
-				cancel() // the other attempt is not needed
-			case peerAnswered(r.err):
-				winErr = r.err
-				m.used(st, r.kind)
-				cancel()
-			default:
-				errs = append(errs, fmt.Errorf("%s: %w", r.kind, r.err))
-				if r.kind == Direct {
-					if !errors.Is(ctx.Err(), context.Canceled) { // it failed, rather than being called off
-						m.mu.Lock()
-						st.noDirUntil = time.Now().Add(m.cfg.RetryAfter)
-						m.mu.Unlock()
-					}
-					startRelay()
-				}
-			}
-		}
-	}
-	if won != nil || winErr != nil {
-		return won, winErr
-	}
-	err := fmt.Errorf("paths: no path to %s: %w", st.Name, errors.Join(errs...))
-	m.mu.Lock()
-	st.lastErr = err.Error()
-	m.mu.Unlock()
-	return nil, err
-}
-
 // RTT is the smoothed round-trip time to the peer over its current path.
 func (m *Manager) RTT(name string) (time.Duration, bool) {
 	m.mu.Lock()
@@ -502,7 +331,7 @@ func (m *Manager) RTT(name string) (time.Duration, bool) {
 	var kind Kind
 	var udp string
 	if st != nil {
-		kind = st.kind
+		kind = st.current()
 		if kind == Punched && st.punched != nil {
 			udp = st.punched.MeshAddr()
 		}
@@ -534,6 +363,9 @@ func (m *Manager) DropNode(name string) {
 		pa, st.punched, st.kind = st.punched, nil, ""
 		if pa != nil {
 			delete(m.byUDP, pa.MeshAddr())
+			// The peer may have answered our last introduction just
+			// now; it answers one per answerGap.
+			st.punchAt = time.Now().Add(2 * answerGap)
 		}
 	}
 	u := m.udp
@@ -568,73 +400,4 @@ func (m *Manager) Sessions() int {
 		n += u.client.Sessions()
 	}
 	return n
-}
-
-// PathStatus is one peer's path, for `fogmesh get paths`.
-type PathStatus struct {
-	Peer     string    `json:"peer"`
-	Kind     Kind      `json:"kind"`
-	Relay    string    `json:"relay,omitempty"`
-	Remote   string    `json:"remote,omitempty"`
-	RTTMs    float64   `json:"rttMs,omitempty"`
-	BytesOut uint64    `json:"bytesOut"`
-	BytesIn  uint64    `json:"bytesIn"`
-	Since    time.Time `json:"since"`
-	LastErr  string    `json:"lastError,omitempty"`
-}
-
-// Status is the manager's view: every peer's path, the relays, and
-// whether punching runs.
-type Status struct {
-	Paths      []PathStatus        `json:"paths"`
-	Relays     []relay.RelayStatus `json:"relays,omitempty"`
-	Punching   bool                `json:"punching"`
-	PunchNote  string              `json:"punchNote,omitempty"`
-	Candidates []string            `json:"candidates,omitempty"`
-}
-
-// Status reports every peer's path.
-func (m *Manager) Status() Status {
-	m.mu.Lock()
-	var s Status
-	s.Punching, s.PunchNote, s.Candidates = m.punch.ready, m.punch.reason, m.punch.cands
-	type row struct {
-		PathStatus
-		udp string
-	}
-	var rows []row
-	for name, st := range m.peers {
-		if st.kind == "" {
-			continue
-		}
-		r := row{PathStatus: PathStatus{Peer: name, Kind: st.kind, Relay: st.relay, Since: st.since, LastErr: st.lastErr,
-			BytesOut: st.bytes.out.Load(), BytesIn: st.bytes.in.Load()}}
-		switch {
-		case st.kind == Punched && st.punched != nil:
-			r.Kind, r.Relay, r.Remote, r.udp = Punched, "", st.punched.MeshAddr(), st.punched.MeshAddr()
-		case st.kind == Direct:
-			r.Remote = st.Addr
-		case st.kind == Relayed:
-			r.Remote = st.relay
-		}
-		rows = append(rows, r)
-	}
-	u := m.udp
-	m.mu.Unlock()
-	for _, r := range rows {
-		if rtt, ok := m.RTT(r.Peer); ok {
-			r.RTTMs = float64(rtt) / float64(time.Millisecond)
-		}
-		if r.udp != "" && u != nil {
-			out, in := u.client.Bytes(r.udp)
-			r.BytesOut += out
-			r.BytesIn += in
-		}
-		s.Paths = append(s.Paths, r.PathStatus)
-	}
-	sort.Slice(s.Paths, func(i, j int) bool { return s.Paths[i].Peer < s.Paths[j].Peer })
-	if m.pool != nil {
-		s.Relays = m.pool.Status()
-	}
-	return s
 }

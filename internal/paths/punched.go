@@ -15,6 +15,14 @@ import (
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
+// The punched QUIC connections' liveness: a keepalive every 5 s (it also
+// holds the NAT mappings) and an idle timeout of three of them, so a path
+// whose peer vanished is found dead within 15 s.
+const (
+	quicKeepAlive = 5 * time.Second
+	quicIdle      = 3 * quicKeepAlive
+)
+
 // udpSide is the punching socket and the QUIC mesh that runs over it.
 type udpSide struct {
 	pc      net.PacketConn
@@ -112,7 +120,7 @@ func (m *Manager) startPunching() {
 // openUDP starts the QUIC mesh on pc.
 func (m *Manager) openUDP(pc net.PacketConn) (*udpSide, error) {
 	tr := transport.NewQUICTransport(pc)
-	timers := transport.QUICTimers{KeepAlive: m.cfg.KeepAlive}
+	timers := transport.QUICTimers{KeepAlive: min(m.cfg.KeepAlive, quicKeepAlive), IdleTimeout: quicIdle}
 	p, err := punch.New(punch.Config{Transport: tr, Self: m.cfg.SelfID.String(), KeepAlive: m.cfg.KeepAlive,
 		Logger: m.log})
 	if err != nil {
@@ -155,8 +163,8 @@ func (m *Manager) punchedID(addr string) spiffeid.ID {
 // them in a loop must not make this node probe addresses it chose without
 // end.
 const (
-	maxAnswers = 8               // answers punching at once, all peers
-	answerGap  = 5 * time.Second // between two answers to one peer
+	maxAnswers = 8           // answers punching at once, all peers
+	answerGap  = time.Second // between the starts of two answers to one peer
 )
 
 // startAnswer punches back for an introduction a peer asked for, so both
@@ -206,20 +214,40 @@ func (m *Manager) startAnswer(u *udpSide, in relay.PoolIntroduced) {
 }
 
 // maybePunch starts a punch to st in the background when its path is not
-// direct, none is running or punched, and the last one failed long
-// enough ago.
+// direct and none is running or punched; after a failed one it waits
+// until RetryAfter has passed since (so a relayed peer is tried again
+// every RetryAfter while it is dialed).
 func (m *Manager) maybePunch(st *peerState) {
 	m.mu.Lock()
 	u := m.udp
-	if m.closed || u == nil || st.kind == Direct || st.punched != nil || st.punchOn || time.Now().Before(st.punchAt) || st.ID.IsZero() {
+	if m.closed || u == nil || m.ctx.Err() != nil || st.kind == Direct || st.punched != nil || st.punchOn || st.ID.IsZero() {
 		m.mu.Unlock()
 		return
 	}
 	st.punchOn = true
-	m.wg.Add(1) // under mu: Close sets closed before it waits
+	wait := time.Until(st.punchAt) // a punch failed lately: try again then
+	m.wg.Add(1)                    // under mu: Close sets closed before it waits
 	m.mu.Unlock()
 	go func() {
 		defer m.wg.Done()
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-m.ctx.Done():
+				t.Stop()
+				return
+			}
+		}
+		m.mu.Lock()
+		still := st.kind != Direct && st.punched == nil
+		if !still {
+			st.punchOn = false
+		}
+		m.mu.Unlock()
+		if !still {
+			return
+		}
 		pa, err := m.connect(u, st)
 		m.mu.Lock()
 		st.punchOn = false
@@ -311,11 +339,13 @@ func (m *Manager) dialPunched(ctx context.Context, st *peerState, h transport.He
 		m.mDials[Punched].Inc()
 		return c, err, true
 	}
-	if errors.Is(ctx.Err(), context.Canceled) || (ctx.Err() == nil && u.client.Alive(pa.MeshAddr())) {
-		return nil, err, true // the caller gave up, or a local error on a live connection
+	if gaveUp(ctx) || u.client.Alive(pa.MeshAddr()) {
+		// The caller gave up, or the connection is alive (a slow peer
+		// or workload, too many streams): the path's other streams go
+		// on. A dead peer's connection ends within the QUIC idle
+		// timeout (quicIdle), and then the path is dropped here.
+		return nil, err, true
 	}
-	// The connection died, or carried nothing before the deadline: drop
-	// the path; the next Dial races for another.
 	m.log.Info("paths: punched path lost", "peer", st.Name, "addr", pa.MeshAddr(), "err", err)
 	m.mu.Lock()
 	if st.punched == pa {

@@ -86,7 +86,7 @@ type Client struct {
 
 	mu      sync.Mutex // guards the following, and every peer's sess
 	closed  bool
-	peers   map[string]*peer            // by mesh address
+	peers   map[string]*peer                  // by mesh address
 	retired map[*yamux.Session]retiredSession // draining: no new streams (Retire)
 
 	rtts sync.Map // mesh address -> *peer, for RTT without mu (read per request)
@@ -411,7 +411,18 @@ func (c *Client) Sessions() int {
 	return n
 }
 
-// DropPeer closes every session whose TLS peer is id (a revoked node).
+// Live reports whether the session to meshAddr is open: a Dial on it
+// that failed without the peer's answer (its deadline passed while the
+// peer connected a slow workload) says nothing against the path.
+func (c *Client) Live(meshAddr string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.peers[meshAddr]
+	return p != nil && p.sess != nil && !p.sess.IsClosed()
+}
+
+// DropPeer closes every session whose TLS peer is id (a revoked node),
+// retired ones included.
 func (c *Client) DropPeer(id spiffeid.ID) int {
 	c.mu.Lock()
 	var drop []*yamux.Session
@@ -421,7 +432,7 @@ func (c *Client) DropPeer(id spiffeid.ID) int {
 			p.sess = nil
 		}
 	}
-	for sess, r := range c.retired { // draining ones too: revoked is revoked
+	for sess, r := range c.retired {
 		if !r.id.IsZero() && r.id == id {
 			drop = append(drop, sess)
 		}
@@ -436,71 +447,23 @@ func (c *Client) DropPeer(id spiffeid.ID) int {
 // DropSession closes the session to meshAddr, so its streams fail at once.
 // The agent calls it when gossip declares the peer dead: a peer that froze
 // or lost power sends no RST, and its streams would otherwise hang until
-// TCP gives up. The next Dial opens a fresh session.
+// TCP gives up. A session to meshAddr that Retire took out of use is
+// closed too. The next Dial opens a fresh session.
 func (c *Client) DropSession(meshAddr string) bool {
 	c.mu.Lock()
-	var sess *yamux.Session
-	if p := c.peers[meshAddr]; p != nil {
-		sess, p.sess = p.sess, nil
+	var drop []*yamux.Session
+	if p := c.peers[meshAddr]; p != nil && p.sess != nil {
+		drop = append(drop, p.sess)
+		p.sess = nil
 	}
-	var retired []*yamux.Session
-	for s, r := range c.retired {
+	for sess, r := range c.retired {
 		if r.addr == meshAddr {
-			retired = append(retired, s)
+			drop = append(drop, sess)
 		}
 	}
 	c.mu.Unlock()
-	for _, s := range retired {
-		s.Close()
-	}
-	if sess != nil {
+	for _, sess := range drop {
 		sess.Close()
 	}
-	return sess != nil
-}
-
-// retiredSession is what DropPeer and DropSession match a retired
-// session by.
-type retiredSession struct {
-	addr string
-	id   spiffeid.ID
-}
-
-// retireCheck is how often a retired session is checked for its last
-// stream.
-const retireCheck = 500 * time.Millisecond
-
-// Retire takes the session to meshAddr out of use without failing its
-// streams: the next Dial opens a fresh session, and the retired one is
-// closed once its last stream ends. The path manager calls it when a
-// better path to the peer appears (a relayed session after a punch
-// succeeded). It reports whether there was a session to retire.
-func (c *Client) Retire(meshAddr string) bool {
-	c.mu.Lock()
-	p := c.peers[meshAddr]
-	if c.closed || p == nil || p.sess == nil {
-		c.mu.Unlock()
-		return false
-	}
-	sess := p.sess
-	p.sess = nil
-	c.retired[sess] = retiredSession{addr: meshAddr, id: p.id}
-	c.wg.Add(1)
-	c.mu.Unlock()
-	go func() {
-		defer c.wg.Done()
-		t := time.NewTicker(retireCheck)
-		defer t.Stop()
-		for sess.NumStreams() > 0 && !sess.IsClosed() {
-			select {
-			case <-sess.CloseChan():
-			case <-t.C:
-			}
-		}
-		sess.Close()
-		c.mu.Lock()
-		delete(c.retired, sess)
-		c.mu.Unlock()
-	}()
-	return true
+	return len(drop) > 0
 }
