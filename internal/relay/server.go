@@ -45,6 +45,14 @@ type Config struct {
 	// IdleTimeout closes a relayed session after this long with no byte
 	// either way (default 2m).
 	IdleTimeout time.Duration
+	// MaxUDPChannelsPerNode bounds the UDP channels (udpchan.go) a node
+	// takes part in, as either end (default 16). Their bytes count
+	// against BytesPerSecond with the sessions'.
+	MaxUDPChannelsPerNode int
+	// UDPIdleTimeout closes a UDP channel after this long with no valid
+	// datagram (keepalives count) from either side (default 60s). A
+	// channel one side never used is closed after AcceptTimeout.
+	UDPIdleTimeout time.Duration
 	// AcceptTimeout is how long a dialed session waits for the peer to
 	// open its side (default 10s).
 	AcceptTimeout time.Duration
@@ -86,6 +94,8 @@ const (
 	DefaultWriteTimeout       = 10 * time.Second
 	DefaultReplayWindow       = 2 * time.Minute
 	DefaultControlTimeout     = 90 * time.Second
+	DefaultMaxUDPChannels     = 16
+	DefaultUDPIdleTimeout     = 60 * time.Second
 	minBurst                  = 64 << 10
 	maxNonces                 = 1 << 16
 )
@@ -95,7 +105,8 @@ func (c *Config) validate() error {
 		return errors.New("relay: config: no certificate (Source with an SVID)")
 	}
 	if c.MaxSessionsPerNode < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
-		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 {
+		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 ||
+		c.MaxUDPChannelsPerNode < 0 || c.UDPIdleTimeout < 0 {
 		return errors.New("relay: config: negative limit or duration")
 	}
 	def := func(p *time.Duration, d time.Duration) {
@@ -109,6 +120,10 @@ func (c *Config) validate() error {
 	def(&c.WriteTimeout, DefaultWriteTimeout)
 	def(&c.ReplayWindow, DefaultReplayWindow)
 	def(&c.ControlTimeout, DefaultControlTimeout)
+	def(&c.UDPIdleTimeout, DefaultUDPIdleTimeout)
+	if c.MaxUDPChannelsPerNode == 0 {
+		c.MaxUDPChannelsPerNode = DefaultMaxUDPChannels
+	}
 	if c.MaxHandshakes == 0 {
 		c.MaxHandshakes = DefaultMaxHandshakes
 	}
@@ -154,13 +169,24 @@ const (
 	ReasonWrongALPN       = "wrong_alpn"         // no or unknown ALPN
 	ReasonBusy            = "busy"               // MaxHandshakes connections were being authenticated
 	ReasonControlTimeout  = "control_timeout"    // a control connection silent for ControlTimeout
+	// UDP channels (udpchan.go).
+	ReasonUDPChannelLimit   = "udp_channel_limit"   // MaxUDPChannelsPerNode reached
+	ReasonUDPUnavailable    = "udp_unavailable"     // UDPBind to a relay with no UDP socket
+	ReasonUDPMalformed      = "udp_malformed"       // a channel datagram too short or badly framed
+	ReasonUDPUnknownChannel = "udp_unknown_channel" // a datagram or UDPClose for no open channel (of yours)
+	ReasonUDPBadTag         = "udp_bad_tag"         // a datagram whose tag is not its side's: forged or spoofed
+	ReasonUDPReplay         = "udp_replay"          // a datagram whose sequence number was seen or is too old
+	ReasonUDPPeerUnbound    = "udp_peer_unbound"    // data before the other side's address is known
+	ReasonUDPRateLimit      = "udp_rate_limit"      // the sender is over BytesPerSecond: dropped
 )
 
 var refusalReasons = append(append([]string{}, identity.Reasons...),
 	ReasonFrameTooLarge, ReasonFrameTrunc, ReasonFrameType, ReasonFrameBad,
 	ReasonBadRequest, ReasonUnexpected, ReasonReplay, ReasonOtherDomain, ReasonDenied, ReasonNotConnected,
 	ReasonSessionLimit, ReasonAcceptTimeout, ReasonUnknownSession, ReasonSlowReader, ReasonRevokedLive,
-	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout, ReasonBusy)
+	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout, ReasonBusy,
+	ReasonUDPChannelLimit, ReasonUDPUnavailable, ReasonUDPMalformed, ReasonUDPUnknownChannel, ReasonUDPBadTag,
+	ReasonUDPReplay, ReasonUDPPeerUnbound, ReasonUDPRateLimit)
 
 // Server is a relay. New does not listen: connections come in through
 // Serve and ServeUDP, so tests and the command choose the sockets.
@@ -178,6 +204,8 @@ type Server struct {
 	mIntroductions *metrics.Counter
 	mUDPAnswers    *metrics.Counter
 	mReloadErrors  *metrics.Counter
+	mUDPBytes      *metrics.Counter
+	mUDPChannels   *metrics.Counter
 
 	handshakes chan struct{} // a slot per connection being authenticated
 
@@ -193,6 +221,8 @@ type Server struct {
 	active    int                 // spliced sessions
 	nonces    map[string]time.Time
 	tokens    map[string]string // UDP token → node ID
+	udpConns  []net.PacketConn  // the sockets ServeUDP serves, in order
+	udpChans  map[[udpChanIDLen]byte]*udpChan
 }
 
 // node is what the relay knows about one node: its control connection (if
@@ -201,6 +231,7 @@ type node struct {
 	id          spiffeid.ID
 	ctrl        *ctrlConn
 	sessions    int
+	udpChans    int
 	bucket      *bucket
 	candidates  []string
 	udpObserved string
@@ -223,6 +254,7 @@ func New(cfg Config) (*Server, error) {
 		pending:    map[string]*session{},
 		nonces:     map[string]time.Time{},
 		tokens:     map[string]string{},
+		udpChans:   map[[udpChanIDLen]byte]*udpChan{},
 	}
 	m := cfg.Metrics
 	for _, r := range refusalReasons {
@@ -233,6 +265,13 @@ func New(cfg Config) (*Server, error) {
 	s.mIntroductions = m.NewCounter(`fogmesh_relay_introductions_total`)
 	s.mUDPAnswers = m.NewCounter(`fogmesh_relay_udp_reflexive_total`)
 	s.mReloadErrors = m.NewCounter(`fogmesh_relay_reload_errors_total`)
+	s.mUDPBytes = m.NewCounter(`fogmesh_relay_udp_bytes_total`)
+	s.mUDPChannels = m.NewCounter(`fogmesh_relay_udp_channels_total`)
+	m.NewGauge(`fogmesh_relay_udp_channels_active`, func() float64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return float64(len(s.udpChans))
+	})
 	m.NewGauge(`fogmesh_relay_nodes_connected`, func() float64 { return float64(s.ConnectedNodes()) })
 	m.NewGauge(`fogmesh_relay_sessions_active`, func() float64 {
 		s.mu.Lock()
@@ -245,6 +284,8 @@ func New(cfg Config) (*Server, error) {
 		defer s.mu.Unlock()
 		return float64(len(s.pending))
 	})
+	s.wg.Add(1)
+	go s.sweepUDP()
 	return s, nil
 }
 
@@ -445,7 +486,7 @@ func (s *Server) nodeLocked(id spiffeid.ID) *node {
 
 // gcLocked forgets n when nothing refers to it any more.
 func (s *Server) gcLocked(n *node) {
-	if n.ctrl == nil && n.sessions == 0 {
+	if n.ctrl == nil && n.sessions == 0 && n.udpChans == 0 {
 		delete(s.nodes, n.id.String())
 	}
 }
