@@ -289,6 +289,7 @@ func TestUDPChannelRefusesForgedSpoofedReplayed(t *testing.T) {
 	// says so.
 	x.c.SetUDPOptions(UDPOptions{KeepAlive: time.Hour})
 	cx, cy := bindPair(t, x, y)
+	waitFor(t, "x's fast keepalives to end", cx.slow.Load)
 	rc := relayChan(t, f, cx.id)
 	if got := sideAddr(rc, 0); got != port(cx.LocalAddr()) {
 		t.Fatalf("the relay sends x's datagrams to port %d, want %s", got, cx.LocalAddr())

@@ -276,6 +276,7 @@ type UDPChannel struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 	dropped   atomic.Uint64
+	slow      atomic.Bool // keepLoop is past the fast keepalives (tests)
 
 	dmu      sync.Mutex // guards deadline and wake
 	deadline time.Time
@@ -526,20 +527,35 @@ func (ch *UDPChannel) answer(p []byte) {
 // then every KeepAlive.
 func (ch *UDPChannel) keepLoop() {
 	defer ch.wg.Done()
+	wait := func(d time.Duration, early <-chan struct{}) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ch.closing:
+			return false
+		case <-t.C:
+		case <-early:
+		}
+		return true
+	}
 	for {
 		ch.send(udpTypeKeep, []byte{0})
-		interval := ch.keep
 		select {
 		case <-ch.peerReady:
 		default:
-			interval = min(interval, udpFastKeepAlive)
+			if !wait(min(ch.keep, udpFastKeepAlive), ch.peerReady) {
+				return
+			}
+			select {
+			case <-ch.peerReady:
+			default:
+				continue
+			}
 		}
-		t := time.NewTimer(interval)
-		select {
-		case <-ch.closing:
-			t.Stop()
+		// The relay knows both sides: only hold the mappings.
+		ch.slow.Store(true)
+		if !wait(ch.keep, nil) {
 			return
-		case <-t.C:
 		}
 	}
 }
