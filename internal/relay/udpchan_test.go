@@ -65,11 +65,12 @@ func bindPair(t *testing.T, x, y *testNode) (cx, cy *UDPChannel) {
 // echo server on loopback; it records the peers it served.
 type echoWorkloads struct {
 	addr string
+	dial DialFunc
 	mu   sync.Mutex
 	seen []spiffeid.ID
 }
 
-func newEchoWorkloads(t *testing.T, listen func(network, address string) (net.Listener, error)) *echoWorkloads {
+func newEchoWorkloads(t *testing.T, listen func(network, address string) (net.Listener, error), dial DialFunc) *echoWorkloads {
 	t.Helper()
 	ln, err := listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -85,7 +86,7 @@ func newEchoWorkloads(t *testing.T, listen func(network, address string) (net.Li
 			go func() { io.Copy(c, c); c.Close() }()
 		}
 	}()
-	return &echoWorkloads{addr: ln.Addr().String()}
+	return &echoWorkloads{addr: ln.Addr().String(), dial: dial}
 }
 
 func (e *echoWorkloads) DialLocal(ctx context.Context, h transport.Header) (net.Conn, error) {
@@ -94,8 +95,7 @@ func (e *echoWorkloads) DialLocal(ctx context.Context, h transport.Header) (net.
 		e.seen = append(e.seen, p.ID)
 		e.mu.Unlock()
 	}
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", e.addr)
+	return e.dial(ctx, "tcp", e.addr)
 }
 
 func (e *echoWorkloads) peers() []spiffeid.ID {
@@ -181,8 +181,8 @@ func TestUDPChannelCarriesQUICMesh(t *testing.T) {
 		t.Errorf("udp_channels_active = %v, want 1", got)
 	}
 
-	qx := startQUICOver(t, x.src, cx, newEchoWorkloads(t, net.Listen))
-	qy := startQUICOver(t, y.src, cy, newEchoWorkloads(t, net.Listen))
+	qx := startQUICOver(t, x.src, cx, newEchoWorkloads(t, net.Listen, (&net.Dialer{}).DialContext))
+	qy := startQUICOver(t, y.src, cy, newEchoWorkloads(t, net.Listen, (&net.Dialer{}).DialContext))
 	if err := qx.meshEcho(ctx20(t), marker+" from x"); err != nil {
 		t.Fatal(err)
 	}
