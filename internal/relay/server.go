@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -46,12 +47,10 @@ type Config struct {
 	// either way (default 2m).
 	IdleTimeout time.Duration
 	// MaxUDPChannelsPerNode bounds the UDP channels (udpchan.go) a node
-	// takes part in, as either end (default 16). Their bytes count
-	// against BytesPerSecond with the sessions'.
+	// is either end of (default 16); their bytes count in BytesPerSecond.
 	MaxUDPChannelsPerNode int
-	// UDPIdleTimeout closes a UDP channel after this long with no valid
-	// datagram (keepalives count) from either side (default 60s). A
-	// channel one side never used is closed after AcceptTimeout.
+	// UDPIdleTimeout closes a UDP channel with no valid datagram for this
+	// long (default 60s); one a side never used, after AcceptTimeout.
 	UDPIdleTimeout time.Duration
 	// AcceptTimeout is how long a dialed session waits for the peer to
 	// open its side (default 10s).
@@ -121,9 +120,7 @@ func (c *Config) validate() error {
 	def(&c.ReplayWindow, DefaultReplayWindow)
 	def(&c.ControlTimeout, DefaultControlTimeout)
 	def(&c.UDPIdleTimeout, DefaultUDPIdleTimeout)
-	if c.MaxUDPChannelsPerNode == 0 {
-		c.MaxUDPChannelsPerNode = DefaultMaxUDPChannels
-	}
+	c.MaxUDPChannelsPerNode = cmp.Or(c.MaxUDPChannelsPerNode, DefaultMaxUDPChannels)
 	if c.MaxHandshakes == 0 {
 		c.MaxHandshakes = DefaultMaxHandshakes
 	}
@@ -169,24 +166,13 @@ const (
 	ReasonWrongALPN       = "wrong_alpn"         // no or unknown ALPN
 	ReasonBusy            = "busy"               // MaxHandshakes connections were being authenticated
 	ReasonControlTimeout  = "control_timeout"    // a control connection silent for ControlTimeout
-	// UDP channels (udpchan.go).
-	ReasonUDPChannelLimit   = "udp_channel_limit"   // MaxUDPChannelsPerNode reached
-	ReasonUDPUnavailable    = "udp_unavailable"     // UDPBind to a relay with no UDP socket
-	ReasonUDPMalformed      = "udp_malformed"       // a channel datagram too short or badly framed
-	ReasonUDPUnknownChannel = "udp_unknown_channel" // a datagram or UDPClose for no open channel (of yours)
-	ReasonUDPBadTag         = "udp_bad_tag"         // a datagram whose tag is not its side's: forged or spoofed
-	ReasonUDPReplay         = "udp_replay"          // a datagram whose sequence number was seen or is too old
-	ReasonUDPPeerUnbound    = "udp_peer_unbound"    // data before the other side's address is known
-	ReasonUDPRateLimit      = "udp_rate_limit"      // the sender is over BytesPerSecond: dropped
 )
 
 var refusalReasons = append(append([]string{}, identity.Reasons...),
 	ReasonFrameTooLarge, ReasonFrameTrunc, ReasonFrameType, ReasonFrameBad,
 	ReasonBadRequest, ReasonUnexpected, ReasonReplay, ReasonOtherDomain, ReasonDenied, ReasonNotConnected,
 	ReasonSessionLimit, ReasonAcceptTimeout, ReasonUnknownSession, ReasonSlowReader, ReasonRevokedLive,
-	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout, ReasonBusy,
-	ReasonUDPChannelLimit, ReasonUDPUnavailable, ReasonUDPMalformed, ReasonUDPUnknownChannel, ReasonUDPBadTag,
-	ReasonUDPReplay, ReasonUDPPeerUnbound, ReasonUDPRateLimit)
+	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout, ReasonBusy)
 
 // Server is a relay. New does not listen: connections come in through
 // Serve and ServeUDP, so tests and the command choose the sockets.
@@ -257,7 +243,7 @@ func New(cfg Config) (*Server, error) {
 		udpChans:   map[[udpChanIDLen]byte]*udpChan{},
 	}
 	m := cfg.Metrics
-	for _, r := range refusalReasons {
+	for _, r := range append(refusalReasons, udpReasons...) {
 		s.mRefused[r] = m.GetOrCreateCounter(fmt.Sprintf(`fogmesh_relay_refused_total{reason=%q}`, r))
 	}
 	s.mSessionsTotal = m.NewCounter(`fogmesh_relay_sessions_total`)
@@ -265,13 +251,7 @@ func New(cfg Config) (*Server, error) {
 	s.mIntroductions = m.NewCounter(`fogmesh_relay_introductions_total`)
 	s.mUDPAnswers = m.NewCounter(`fogmesh_relay_udp_reflexive_total`)
 	s.mReloadErrors = m.NewCounter(`fogmesh_relay_reload_errors_total`)
-	s.mUDPBytes = m.NewCounter(`fogmesh_relay_udp_bytes_total`)
-	s.mUDPChannels = m.NewCounter(`fogmesh_relay_udp_channels_total`)
-	m.NewGauge(`fogmesh_relay_udp_channels_active`, func() float64 {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return float64(len(s.udpChans))
-	})
+	s.udpMetrics(m)
 	m.NewGauge(`fogmesh_relay_nodes_connected`, func() float64 { return float64(s.ConnectedNodes()) })
 	m.NewGauge(`fogmesh_relay_sessions_active`, func() float64 {
 		s.mu.Lock()

@@ -49,6 +49,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -78,6 +79,32 @@ const (
 	// side's address, so data sent now is forwarded.
 	udpAckPeerKnown = 1
 )
+
+// Refusal reasons of UDP channels: labels of fogmesh_relay_refused_total.
+const (
+	ReasonUDPChannelLimit   = "udp_channel_limit"   // MaxUDPChannelsPerNode reached
+	ReasonUDPUnavailable    = "udp_unavailable"     // UDPBind to a relay with no UDP socket
+	ReasonUDPMalformed      = "udp_malformed"       // a channel datagram too short or badly framed
+	ReasonUDPUnknownChannel = "udp_unknown_channel" // a datagram or UDPClose for no open channel (of yours)
+	ReasonUDPBadTag         = "udp_bad_tag"         // a datagram whose tag is not its side's: forged or spoofed
+	ReasonUDPReplay         = "udp_replay"          // a datagram whose sequence number was seen or is too old
+	ReasonUDPPeerUnbound    = "udp_peer_unbound"    // data before the other side's address is known
+	ReasonUDPRateLimit      = "udp_rate_limit"      // the sender is over BytesPerSecond: dropped
+)
+
+var udpReasons = []string{ReasonUDPChannelLimit, ReasonUDPUnavailable, ReasonUDPMalformed, ReasonUDPUnknownChannel,
+	ReasonUDPBadTag, ReasonUDPReplay, ReasonUDPPeerUnbound, ReasonUDPRateLimit}
+
+// udpMetrics registers the UDP channels' metrics.
+func (s *Server) udpMetrics(m *metrics.Set) {
+	s.mUDPBytes = m.NewCounter(`fogmesh_relay_udp_bytes_total`)
+	s.mUDPChannels = m.NewCounter(`fogmesh_relay_udp_channels_total`)
+	m.NewGauge(`fogmesh_relay_udp_channels_active`, func() float64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return float64(len(s.udpChans))
+	})
+}
 
 // sealedPacket is a parsed sealed datagram.
 type sealedPacket struct {
