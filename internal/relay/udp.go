@@ -64,18 +64,24 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 			}
 			return fmt.Errorf("relay: udp: %w", err)
 		}
-		if isChannelPacket(buf[:n]) {
-			s.udpChannelPacket(pc, buf[:n], from)
-			continue
-		}
-		resp, reason := s.udpAnswer(buf[:n], from)
-		if reason != "" {
-			s.refuse(reason)
-			continue
-		}
-		if _, err := pc.WriteTo(resp, from); err == nil {
-			s.mUDPAnswers.Inc()
-		}
+		s.handleUDP(pc, buf[:n], from)
+	}
+}
+
+// handleUDP handles one datagram p from outside, read on pc (p may be
+// reused for the answer).
+func (s *Server) handleUDP(pc net.PacketConn, p []byte, from net.Addr) {
+	if isChannelPacket(p) {
+		s.udpChannelPacket(pc, p, from)
+		return
+	}
+	resp, reason := s.udpAnswer(p, from)
+	if reason != "" {
+		s.refuse(reason)
+		return
+	}
+	if _, err := pc.WriteTo(resp, from); err == nil {
+		s.mUDPAnswers.Inc()
 	}
 }
 
