@@ -8,7 +8,9 @@
 // relayed connection; the relay only terminates the outer, per-hop TLS.
 //
 // The package holds the wire format (this file), the server (server.go,
-// session.go, udp.go) and the client agents use (client.go). It depends on
+// session.go, udp.go), the client agents use (client.go, pool.go) and UDP
+// channels, a relayed path over UDP that carries QUIC end to end
+// (udpchan.go: protocol and server; udpclient.go, udpchannel.go: client). It depends on
 // the standard library, go-spiffe's ID types (through identity),
 // internal/proxy and VictoriaMetrics/metrics only.
 //
