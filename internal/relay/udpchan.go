@@ -459,10 +459,10 @@ func (s *Server) udpChannelPacket(pc net.PacketConn, p []byte, from net.Addr) {
 	copy(out, udpMagic)
 	out[4] = udpTypeFwd
 	copy(out[5:udpFwdHdr], sp.Channel[:])
-	if s.tap != nil {
-		s.tap(ch.hexID, out[udpFwdHdr:])
-	}
 	if _, err := dpc.WriteTo(out, dst); err == nil {
 		s.mUDPBytes.Add(n)
+	}
+	if s.tap != nil { // after the count: the tap never sees more than it
+		s.tap(ch.hexID, out[udpFwdHdr:])
 	}
 }

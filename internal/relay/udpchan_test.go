@@ -399,8 +399,8 @@ func TestUDPChannelRefusesForgedSpoofedReplayed(t *testing.T) {
 func TestUDPChannelLimits(t *testing.T) {
 	f := newFixture(t, func(c *Config) {
 		c.MaxUDPChannelsPerNode = 1
-		c.UDPIdleTimeout = 500 * time.Millisecond
-		c.AcceptTimeout = time.Second
+		c.UDPIdleTimeout = 2 * time.Second
+		c.AcceptTimeout = 2 * time.Second
 		c.BytesPerSecond = 1000
 		c.Burst = 20_000
 	})

@@ -227,6 +227,7 @@ func (ch *UDPChannel) SetReadBuffer(n int) error {
 	return errors.New("relay: udp channel socket cannot size its buffer")
 }
 
+// SetWriteBuffer: see SetReadBuffer.
 func (ch *UDPChannel) SetWriteBuffer(n int) error {
 	if s, ok := ch.pc.(interface{ SetWriteBuffer(int) error }); ok {
 		return s.SetWriteBuffer(n)
