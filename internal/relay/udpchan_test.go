@@ -470,6 +470,9 @@ func TestUDPChannelLimits(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("channel still open after the peer left the relay")
 	}
+	if !strings.Contains(fmt.Sprint(cx2.Err()), "disconnected") {
+		t.Errorf("channel ended with %v, want the peer disconnected", cx2.Err())
+	}
 	waitFor(t, "no active channel", func() bool { return f.metric("fogmesh_relay_udp_channels_active") == 0 })
 
 	// A relay with no UDP socket refuses.
