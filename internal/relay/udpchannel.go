@@ -36,7 +36,7 @@ type UDPChannel struct {
 	mac   hash.Hash // for WriteTo and keepalives, under macMu
 	rmac  hash.Hash // for answers, by readLoop only
 
-	queue     chan []byte
+	queue     chan *[]byte  // pooled (udpBufs)
 	ready     chan struct{} // closed at the relay's first answer
 	peerReady chan struct{} // closed when the relay knows the other side
 	readyOnce sync.Once
@@ -55,7 +55,16 @@ type UDPChannel struct {
 	err error
 }
 
+// udpBufs holds datagram buffers of the channels, both ways.
 var udpBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// putBuf returns a buffer to udpBufs, unless it grew unusually large.
+func putBuf(bp *[]byte) {
+	if cap(*bp) <= 64<<10 {
+		*bp = (*bp)[:0]
+		udpBufs.Put(bp)
+	}
+}
 
 // Peer is the other agent's SPIFFE ID.
 func (ch *UDPChannel) Peer() string { return ch.peer }
@@ -150,10 +159,8 @@ func (ch *UDPChannel) send(typ byte, body []byte) error {
 	b := appendSealed((*bp)[:0], typ, ch.id, ch.side, seq, body, ch.mac)
 	ch.macMu.Unlock()
 	_, err := ch.pc.WriteTo(b, ch.relay)
-	if cap(b) <= 64<<10 {
-		*bp = b[:0]
-		udpBufs.Put(bp)
-	}
+	*bp = b
+	putBuf(bp)
 	if err != nil {
 		return fmt.Errorf("relay: udp channel: %w", err)
 	}
@@ -177,7 +184,7 @@ func (ch *UDPChannel) ReadFrom(p []byte) (int, net.Addr, error) {
 			t = time.NewTimer(d)
 			timeout = t.C
 		}
-		var pkt []byte
+		var pkt *[]byte
 		var err error
 		select {
 		case pkt = <-ch.queue:
@@ -192,7 +199,9 @@ func (ch *UDPChannel) ReadFrom(p []byte) (int, net.Addr, error) {
 		}
 		switch {
 		case pkt != nil:
-			return copy(p, pkt), ch.relay, nil
+			n := copy(p, *pkt)
+			putBuf(pkt)
+			return n, ch.relay, nil
 		case err != nil:
 			return 0, nil, err
 		}
@@ -270,9 +279,12 @@ func (ch *UDPChannel) readLoop() {
 			ch.dropped.Add(1)
 			continue
 		}
+		bp := udpBufs.Get().(*[]byte)
+		*bp = append((*bp)[:0], payload...)
 		select {
-		case ch.queue <- append([]byte(nil), payload...):
+		case ch.queue <- bp:
 		default:
+			putBuf(bp)
 			ch.dropped.Add(1)
 		}
 	}
