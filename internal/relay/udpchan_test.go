@@ -326,6 +326,7 @@ func TestUDPChannelRefusesForgedSpoofedReplayed(t *testing.T) {
 	}
 	xToY("hello")
 	yToX("hello back")
+	xToY("") // an empty datagram is one too
 
 	// A forged tag (a guessed key) for x's side, from the attacker.
 	guess := hmac.New(sha256.New, bytes.Repeat([]byte{7}, udpKeyLen))
