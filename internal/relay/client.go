@@ -33,15 +33,20 @@ type Client struct {
 
 	introductions chan Introduced
 	incoming      chan Incoming
+	udpIn         chan UDPIncoming
 	done          chan struct{}
 
-	mu      sync.Mutex // guards the following
-	waiters map[string]chan result
-	err     error
+	mu       sync.Mutex // guards the following
+	waiters  map[string]chan result
+	err      error
+	udpOpts  UDPOptions
+	udpChans map[[udpChanIDLen]byte]*UDPChannel
+	udpDone  bool // the connection ended: no new channel
 }
 
 type result struct {
 	intro Introduced
+	bound *UDPBound
 	err   error
 }
 
@@ -65,7 +70,8 @@ type DialFunc func(ctx context.Context, network, address string) (net.Conn, erro
 // from inside a network namespace.
 func DialClientVia(ctx context.Context, addr string, tlsConf *tls.Config, dial DialFunc) (*Client, error) {
 	c := &Client{addr: addr, tls: tlsConf, dialTo: dial, introductions: make(chan Introduced, clientQueue),
-		incoming: make(chan Incoming, clientQueue), done: make(chan struct{}), waiters: map[string]chan result{}}
+		incoming: make(chan Incoming, clientQueue), udpIn: make(chan UDPIncoming, clientQueue), done: make(chan struct{}),
+		waiters: map[string]chan result{}, udpChans: map[[udpChanIDLen]byte]*UDPChannel{}}
 	conn, err := c.dial(ctx, ALPNControl)
 	if err != nil {
 		return nil, err
@@ -170,6 +176,7 @@ func (c *Client) readLoop() {
 		}
 		c.mu.Unlock()
 		c.conn.Close()
+		c.closeUDPAll(err)
 		close(c.done)
 	}()
 	for {
@@ -211,6 +218,18 @@ func (c *Client) readLoop() {
 			case c.incoming <- m:
 			default:
 			}
+		case TypeUDPBound:
+			var m UDPBound
+			if err = f.Decode(&m); err != nil {
+				return
+			}
+			c.udpBound(&m)
+		case TypeUDPClose:
+			var m UDPClose
+			if err = f.Decode(&m); err != nil {
+				return
+			}
+			c.udpClosed(&m)
 		default:
 			err = &FrameError{Reason: ReasonUnexpected, Err: fmt.Errorf("type %d on the control connection", f.Type)}
 			return

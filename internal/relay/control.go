@@ -54,6 +54,7 @@ func (s *Server) serveControl(raw net.Conn, tc *tls.Conn, id spiffeid.ID) {
 	}
 	s.log.Debug("relay: node connected", "node", id.String(), "observed", c.observed)
 	defer func() {
+		s.closeUDPOf(c)
 		s.mu.Lock()
 		delete(s.tokens, c.token)
 		if n.ctrl == c {
@@ -103,6 +104,20 @@ func (s *Server) serveControl(raw net.Conn, tc *tls.Conn, id spiffeid.ID) {
 				return
 			}
 			s.introduce(c, id, &m)
+		case TypeUDPBind:
+			var m UDPBind
+			if err := f.Decode(&m); err != nil {
+				s.refuse(frameReason(err))
+				return
+			}
+			s.bindUDP(c, id, &m)
+		case TypeUDPClose:
+			var m UDPClose
+			if err := f.Decode(&m); err != nil {
+				s.refuse(frameReason(err))
+				return
+			}
+			s.closeUDPFrom(c, &m)
 		default:
 			s.refuse(ReasonUnexpected)
 			return

@@ -8,7 +8,9 @@
 // relayed connection; the relay only terminates the outer, per-hop TLS.
 //
 // The package holds the wire format (this file), the server (server.go,
-// session.go, udp.go) and the client agents use (client.go). It depends on
+// session.go, udp.go), the client agents use (client.go, pool.go) and UDP
+// channels, a relayed path over UDP that carries QUIC end to end
+// (udpchan.go: protocol and server; udpclient.go, udpchannel.go: client). It depends on
 // the standard library, go-spiffe's ID types (through identity),
 // internal/proxy and VictoriaMetrics/metrics only.
 //
@@ -82,6 +84,14 @@ const (
 	TypePing byte = 10
 	// TypePong, relay → agent: the answer to Ping, with its ID.
 	TypePong byte = 11
+	// TypeUDPBind, agent → relay: open a UDP channel to Peer (udpchan.go).
+	TypeUDPBind byte = 12
+	// TypeUDPBound, relay → agent: a UDP channel is open; to the binder
+	// under its Nonce, to the peer with no Nonce (an incoming channel).
+	TypeUDPBound byte = 13
+	// TypeUDPClose, either way: the channel is closed (by its agent, the
+	// other agent, or the relay: idle, control connection gone).
+	TypeUDPClose byte = 14
 )
 
 // Limits of message contents.
@@ -90,6 +100,9 @@ const (
 	maxCandidateLen = 64
 	nonceLen        = 32 // hex characters: 16 random bytes
 	sessionIDLen    = 32
+	channelIDLen    = 2 * udpChanIDLen
+	channelKeyLen   = 2 * udpKeyLen
+	maxReasonLen    = 64
 )
 
 // Frame reasons: the reason label of refusals caused by a bad frame.
@@ -149,7 +162,7 @@ func truncated(err error) error {
 	return err
 }
 
-func knownType(t byte) bool { return t >= TypeHello && t <= TypePong }
+func knownType(t byte) bool { return t >= TypeHello && t <= TypeUDPClose }
 
 // AppendFrame appends the frame of type t carrying msg (JSON) to b.
 func AppendFrame(b []byte, t byte, msg any) ([]byte, error) {
@@ -278,6 +291,84 @@ type Ping struct {
 // Pong answers the Ping with the same ID.
 type Pong struct {
 	ID string `json:"id"`
+}
+
+// UDPBind asks for a UDP channel to Peer (a node SPIFFE ID); Nonce (16
+// random bytes in hex) names the request in the answer, a UDPBound or an
+// Error.
+type UDPBind struct {
+	Nonce string `json:"nonce"`
+	Peer  string `json:"peer"`
+}
+
+// UDPBound is an open UDP channel. Both agents get the same Channel and
+// Port; each gets its own Side and Key, so neither can forge the other's
+// datagrams.
+type UDPBound struct {
+	// Nonce is the UDPBind's for the binder, empty for the peer.
+	Nonce string `json:"nonce,omitempty"`
+	// Channel is the channel ID (udpChanIDLen bytes in hex).
+	Channel string `json:"channel"`
+	// Peer is the other agent's SPIFFE ID.
+	Peer string `json:"peer"`
+	// Side is 0 for the binder, 1 for the peer.
+	Side int `json:"side"`
+	// Key is this side's tag key (udpKeyLen bytes in hex): only the relay
+	// and this agent know it.
+	Key string `json:"key"`
+	// Port is the relay's UDP port on the relay's host.
+	Port int `json:"port"`
+}
+
+// UDPClose says a UDP channel is closed.
+type UDPClose struct {
+	Channel string `json:"channel"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+func (*UDPBind) frameType() byte  { return TypeUDPBind }
+func (*UDPBound) frameType() byte { return TypeUDPBound }
+func (*UDPClose) frameType() byte { return TypeUDPClose }
+
+func (m *UDPBind) check() error {
+	if err := checkHex(m.Nonce, nonceLen, "nonce"); err != nil {
+		return err
+	}
+	if m.Peer == "" {
+		return errors.New("no peer")
+	}
+	return nil
+}
+
+func (m *UDPBound) check() error {
+	if m.Nonce != "" {
+		if err := checkHex(m.Nonce, nonceLen, "nonce"); err != nil {
+			return err
+		}
+	}
+	if err := checkHex(m.Channel, channelIDLen, "channel"); err != nil {
+		return err
+	}
+	if err := checkHex(m.Key, channelKeyLen, "key"); err != nil {
+		return err
+	}
+	if m.Side != 0 && m.Side != 1 {
+		return fmt.Errorf("side %d, want 0 or 1", m.Side)
+	}
+	if m.Port <= 0 || m.Port > 65535 {
+		return fmt.Errorf("port %d out of range", m.Port)
+	}
+	if m.Peer == "" {
+		return errors.New("no peer")
+	}
+	return nil
+}
+
+func (m *UDPClose) check() error {
+	if len(m.Reason) > maxReasonLen {
+		return fmt.Errorf("reason of %d bytes, limit %d", len(m.Reason), maxReasonLen)
+	}
+	return checkHex(m.Channel, channelIDLen, "channel")
 }
 
 func (*Ping) frameType() byte       { return TypePing }

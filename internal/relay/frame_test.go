@@ -104,6 +104,10 @@ func FuzzReadFrame(f *testing.F) {
 		frameBytes(f, TypeReady, &Ready{Session: session}),
 		frameBytes(f, TypePing, &Ping{ID: nonce}),
 		frameBytes(f, TypePong, &Pong{ID: nonce}),
+		frameBytes(f, TypeUDPBind, &UDPBind{Nonce: nonce, Peer: "spiffe://fogmesh.local/site/a/node/b"}),
+		frameBytes(f, TypeUDPBound, &UDPBound{Nonce: nonce, Channel: session, Peer: "p", Side: 1, Key: session + session, Port: 7073}),
+		frameBytes(f, TypeUDPBound, &UDPBound{Channel: session, Peer: "p", Key: session + session, Port: 70000}),
+		frameBytes(f, TypeUDPClose, &UDPClose{Channel: session, Reason: "idle"}),
 		rawFrame(TypeIntroduce, MaxFrameSize+1, ""),
 		rawFrame(99, 0, ""),
 		{TypeDial, 0},
@@ -111,7 +115,8 @@ func FuzzReadFrame(f *testing.F) {
 		f.Add(seed)
 	}
 	msgs := func() []message {
-		return []message{&Hello{}, &Candidates{}, &Introduce{}, &Introduced{}, &Error{}, &Dial{}, &Incoming{}, &Accept{}, &Ready{}, &Ping{}, &Pong{}}
+		return []message{&Hello{}, &Candidates{}, &Introduce{}, &Introduced{}, &Error{}, &Dial{}, &Incoming{}, &Accept{}, &Ready{}, &Ping{}, &Pong{},
+			&UDPBind{}, &UDPBound{}, &UDPClose{}}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bytes.NewReader(b)

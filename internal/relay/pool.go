@@ -46,6 +46,9 @@ type PoolConfig struct {
 	// similar RTT do not trade places at every ping. A lost home is
 	// replaced at once.
 	Hysteresis float64
+	// UDP are the options of UDP channels bound or opened through any
+	// relay (BindUDP, UDPIncoming).
+	UDP UDPOptions
 	// Metrics receives the pool's metrics (default: a private set).
 	Metrics *metrics.Set
 }
@@ -116,6 +119,7 @@ type Pool struct {
 	relays  []*poolRelay // in configuration order
 	in      chan PoolIncoming
 	intro   chan PoolIntroduced
+	udpIn   chan PoolUDPIncoming
 	mFail   *metrics.Counter
 	mDrop   *metrics.Counter
 	mPeerOK *metrics.Counter
@@ -193,7 +197,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	p := &Pool{cfg: cfg, ctx: ctx, stop: stop, in: make(chan PoolIncoming, clientQueue),
-		intro: make(chan PoolIntroduced, clientQueue), changed: make(chan struct{})}
+		intro: make(chan PoolIntroduced, clientQueue), udpIn: make(chan PoolUDPIncoming, clientQueue), changed: make(chan struct{})}
 	m := cfg.Metrics
 	p.mFail = m.NewCounter(`fogmesh_relay_pool_failovers_total`)
 	p.mDrop = m.NewCounter(`fogmesh_relay_pool_incoming_dropped_total`)

@@ -118,6 +118,7 @@ func (p *Pool) connectAndServe(r *poolRelay) (time.Duration, error) {
 			return 0, err
 		}
 	}
+	c.SetUDPOptions(p.cfg.UDP)
 	fwd.Add(1)
 	go p.forwardIncoming(&fwd, c)
 	start := time.Now()
@@ -175,6 +176,12 @@ func (p *Pool) forwardIncoming(wg *sync.WaitGroup, c *Client) {
 			select {
 			case p.intro <- PoolIntroduced{Introduced: m, Relay: c.Addr()}:
 			default:
+			}
+		case in := <-c.UDPIncoming():
+			select {
+			case p.udpIn <- PoolUDPIncoming{UDPIncoming: in, Relay: c.Addr()}:
+			default:
+				p.mDrop.Inc() // the relay closes it; the binder's WaitPeer fails
 			}
 		}
 	}

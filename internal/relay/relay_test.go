@@ -37,7 +37,7 @@ type fixture struct {
 	tapped map[string][]byte // session → every byte the relay forwarded
 }
 
-func newCA(t *testing.T) *identity.CA {
+func newCA(t testing.TB) *identity.CA {
 	t.Helper()
 	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
 	if err != nil {
@@ -48,7 +48,7 @@ func newCA(t *testing.T) *identity.CA {
 
 // source returns a node identity issued by ca the way an agent gets one:
 // local key, CSR, signed chain; it trusts ca's bundle.
-func source(t *testing.T, ca *identity.CA, site, node string) *identity.Source {
+func source(t testing.TB, ca *identity.CA, site, node string) *identity.Source {
 	t.Helper()
 	key, err := identity.NewKey()
 	if err != nil {

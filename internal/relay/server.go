@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -45,6 +46,12 @@ type Config struct {
 	// IdleTimeout closes a relayed session after this long with no byte
 	// either way (default 2m).
 	IdleTimeout time.Duration
+	// MaxUDPChannelsPerNode bounds the UDP channels (udpchan.go) a node
+	// is either end of (default 16); their bytes count in BytesPerSecond.
+	MaxUDPChannelsPerNode int
+	// UDPIdleTimeout closes a UDP channel with no valid datagram for this
+	// long (default 60s); one a side never used, after AcceptTimeout.
+	UDPIdleTimeout time.Duration
 	// AcceptTimeout is how long a dialed session waits for the peer to
 	// open its side (default 10s).
 	AcceptTimeout time.Duration
@@ -86,6 +93,8 @@ const (
 	DefaultWriteTimeout       = 10 * time.Second
 	DefaultReplayWindow       = 2 * time.Minute
 	DefaultControlTimeout     = 90 * time.Second
+	DefaultMaxUDPChannels     = 16
+	DefaultUDPIdleTimeout     = 60 * time.Second
 	minBurst                  = 64 << 10
 	maxNonces                 = 1 << 16
 )
@@ -95,7 +104,8 @@ func (c *Config) validate() error {
 		return errors.New("relay: config: no certificate (Source with an SVID)")
 	}
 	if c.MaxSessionsPerNode < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
-		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 {
+		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 ||
+		c.MaxUDPChannelsPerNode < 0 || c.UDPIdleTimeout < 0 {
 		return errors.New("relay: config: negative limit or duration")
 	}
 	def := func(p *time.Duration, d time.Duration) {
@@ -109,6 +119,8 @@ func (c *Config) validate() error {
 	def(&c.WriteTimeout, DefaultWriteTimeout)
 	def(&c.ReplayWindow, DefaultReplayWindow)
 	def(&c.ControlTimeout, DefaultControlTimeout)
+	def(&c.UDPIdleTimeout, DefaultUDPIdleTimeout)
+	c.MaxUDPChannelsPerNode = cmp.Or(c.MaxUDPChannelsPerNode, DefaultMaxUDPChannels)
 	if c.MaxHandshakes == 0 {
 		c.MaxHandshakes = DefaultMaxHandshakes
 	}
@@ -178,6 +190,8 @@ type Server struct {
 	mIntroductions *metrics.Counter
 	mUDPAnswers    *metrics.Counter
 	mReloadErrors  *metrics.Counter
+	mUDPBytes      *metrics.Counter
+	mUDPChannels   *metrics.Counter
 
 	handshakes chan struct{} // a slot per connection being authenticated
 
@@ -193,6 +207,8 @@ type Server struct {
 	active    int                 // spliced sessions
 	nonces    map[string]time.Time
 	tokens    map[string]string // UDP token → node ID
+	udpConns  []net.PacketConn  // the sockets ServeUDP serves, in order
+	udpChans  map[[udpChanIDLen]byte]*udpChan
 }
 
 // node is what the relay knows about one node: its control connection (if
@@ -201,6 +217,7 @@ type node struct {
 	id          spiffeid.ID
 	ctrl        *ctrlConn
 	sessions    int
+	udpChans    int
 	bucket      *bucket
 	candidates  []string
 	udpObserved string
@@ -223,9 +240,10 @@ func New(cfg Config) (*Server, error) {
 		pending:    map[string]*session{},
 		nonces:     map[string]time.Time{},
 		tokens:     map[string]string{},
+		udpChans:   map[[udpChanIDLen]byte]*udpChan{},
 	}
 	m := cfg.Metrics
-	for _, r := range refusalReasons {
+	for _, r := range append(refusalReasons, udpReasons...) {
 		s.mRefused[r] = m.GetOrCreateCounter(fmt.Sprintf(`fogmesh_relay_refused_total{reason=%q}`, r))
 	}
 	s.mSessionsTotal = m.NewCounter(`fogmesh_relay_sessions_total`)
@@ -233,6 +251,7 @@ func New(cfg Config) (*Server, error) {
 	s.mIntroductions = m.NewCounter(`fogmesh_relay_introductions_total`)
 	s.mUDPAnswers = m.NewCounter(`fogmesh_relay_udp_reflexive_total`)
 	s.mReloadErrors = m.NewCounter(`fogmesh_relay_reload_errors_total`)
+	s.udpMetrics(m)
 	m.NewGauge(`fogmesh_relay_nodes_connected`, func() float64 { return float64(s.ConnectedNodes()) })
 	m.NewGauge(`fogmesh_relay_sessions_active`, func() float64 {
 		s.mu.Lock()
@@ -245,6 +264,8 @@ func New(cfg Config) (*Server, error) {
 		defer s.mu.Unlock()
 		return float64(len(s.pending))
 	})
+	s.wg.Add(1)
+	go s.sweepUDP()
 	return s, nil
 }
 
@@ -445,7 +466,7 @@ func (s *Server) nodeLocked(id spiffeid.ID) *node {
 
 // gcLocked forgets n when nothing refers to it any more.
 func (s *Server) gcLocked(n *node) {
-	if n.ctrl == nil && n.sessions == 0 {
+	if n.ctrl == nil && n.sessions == 0 && n.udpChans == 0 {
 		delete(s.nodes, n.id.String())
 	}
 }

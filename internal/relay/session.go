@@ -249,15 +249,32 @@ func newBucket(rate, burst int64, now func() time.Time) *bucket {
 func (b *bucket) take(n int64) time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.refillLocked()
+	b.tokens -= float64(n)
+	if b.tokens >= 0 {
+		return 0
+	}
+	return time.Duration(-b.tokens / float64(b.rate) * float64(time.Second))
+}
+
+// allow charges n bytes if the bucket holds them, and reports whether it
+// did: a datagram over the budget is dropped, not delayed.
+func (b *bucket) allow(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refillLocked()
+	if b.tokens < float64(n) {
+		return false
+	}
+	b.tokens -= float64(n)
+	return true
+}
+
+func (b *bucket) refillLocked() {
 	now := b.now()
 	b.tokens += now.Sub(b.last).Seconds() * float64(b.rate)
 	b.last = now
 	if b.tokens > float64(b.burst) {
 		b.tokens = float64(b.burst)
 	}
-	b.tokens -= float64(n)
-	if b.tokens >= 0 {
-		return 0
-	}
-	return time.Duration(-b.tokens / float64(b.rate) * float64(time.Second))
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 )
 
 // UDP reflexive address: an agent learns the address its UDP socket has
@@ -28,17 +29,29 @@ const (
 	udpResponseLen = 4 + 1 + udpTokenLen + 2 + 16
 	udpRequestLen  = 48 // padded past udpResponseLen
 	udpMaxPacket   = 512
+	// udpMaxDatagram is the read buffer of the relay's UDP socket: channel
+	// datagrams (udpchan.go) carry whole QUIC packets.
+	udpMaxDatagram = 64 << 10
 )
 
-// ServeUDP answers reflexive requests on pc until Close (returns nil) or
-// a read error (returned). It closes pc.
+// ServeUDP answers reflexive requests and forwards UDP channel datagrams
+// (udpchan.go) on pc until Close (returns nil) or a read error
+// (returned). It closes pc.
 func (s *Server) ServeUDP(pc net.PacketConn) error {
 	if !s.track(pc) {
 		pc.Close()
 		return nil
 	}
+	s.mu.Lock()
+	s.udpConns = append(s.udpConns, pc)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.udpConns = slices.DeleteFunc(s.udpConns, func(c net.PacketConn) bool { return c == pc })
+		s.mu.Unlock()
+	}()
 	defer s.untrack(pc)
-	buf := make([]byte, udpMaxPacket)
+	buf := make([]byte, udpMaxDatagram)
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
@@ -51,14 +64,24 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 			}
 			return fmt.Errorf("relay: udp: %w", err)
 		}
-		resp, reason := s.udpAnswer(buf[:n], from)
-		if reason != "" {
-			s.refuse(reason)
-			continue
-		}
-		if _, err := pc.WriteTo(resp, from); err == nil {
-			s.mUDPAnswers.Inc()
-		}
+		s.handleUDP(pc, buf[:n], from)
+	}
+}
+
+// handleUDP handles one datagram p from outside, read on pc (p may be
+// reused for the answer).
+func (s *Server) handleUDP(pc net.PacketConn, p []byte, from net.Addr) {
+	if isChannelPacket(p) {
+		s.udpChannelPacket(pc, p, from)
+		return
+	}
+	resp, reason := s.udpAnswer(p, from)
+	if reason != "" {
+		s.refuse(reason)
+		return
+	}
+	if _, err := pc.WriteTo(resp, from); err == nil {
+		s.mUDPAnswers.Inc()
 	}
 }
 
