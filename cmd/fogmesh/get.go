@@ -265,13 +265,13 @@ func getPaths(server, out string) error {
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
-	fmt.Fprintln(tw, "NODE\tPEER\tPATH\tRELAY\tREMOTE\tRTT\tBYTES OUT\tBYTES IN\tSINCE")
+	fmt.Fprintln(tw, "NODE\tPEER\tPATH\tCARRIER\tRELAY\tREMOTE\tRTT\tBYTES OUT\tBYTES IN\tSINCE")
 	for _, p := range ps {
 		rtt := "-"
 		if p.RTTMillis > 0 {
 			rtt = fmt.Sprintf("%.2fms", p.RTTMillis)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Node, p.Peer, p.Kind, orDash(p.Relay), orDash(p.Remote),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Node, p.Peer, p.Kind, orDash(p.Carrier), orDash(p.Relay), orDash(p.Remote),
 			rtt, p.BytesOut, p.BytesIn, time.Since(p.Since).Round(time.Second).String()+" ago")
 	}
 	return nil

@@ -267,6 +267,7 @@ func TestCrossSitePaths(t *testing.T) {
 		m.agent("l2", "site-lan", "edge", lab.LAN.Nodes[1]),
 		m.agent("cloud", "cloud", "cloud", lab.CP),
 	}
+	t.Cleanup(func() { dumpOnFailure(t, nodes) })
 	vips := routeAll(t, nodes)
 
 	// First requests: each answered within 2 s (the relay fallback's
@@ -312,13 +313,19 @@ func TestCrossSitePaths(t *testing.T) {
 				continue
 			}
 			want := expect(x.name, y.name)
+			// A relayed path runs over the relay's UDP where both sites
+			// let UDP out (after the punch failed), over TCP with C.
+			carrier := "quic"
+			if want[0] == paths.Direct || x.name == "c1" || y.name == "c1" {
+				carrier = "tcp"
+			}
 			var got paths.PathStatus
-			testWait(t, 15*time.Second, fmt.Sprintf("%s's path to %s to be %v", x.name, y.name, want), func() bool {
+			testWait(t, 40*time.Second, fmt.Sprintf("%s's path to %s to be %v over %s", x.name, y.name, want, carrier), func() bool {
 				// Requests keep the path in use (and start the upgrade).
 				x.call(vips[[2]string{x.name, y.name}], y.name)
 				got, _ = x.path(y.name)
 				for _, k := range want {
-					if got.Kind == k {
+					if got.Kind == k && got.Carrier == carrier {
 						return true
 					}
 				}
@@ -327,7 +334,7 @@ func TestCrossSitePaths(t *testing.T) {
 			if err := x.call(vips[[2]string{x.name, y.name}], y.name); err != nil {
 				t.Fatalf("%s -> %s over %s: %v", x.name, y.name, got.Kind, err)
 			}
-			t.Logf("%s -> %s: %s %s %s rtt %.2fms", x.name, y.name, got.Kind, got.Relay, got.Remote, got.RTTMs)
+			t.Logf("%s -> %s: %s over %s %s %s rtt %.2fms", x.name, y.name, got.Kind, got.Carrier, got.Relay, got.Remote, got.RTTMs)
 		}
 	}
 
@@ -405,13 +412,20 @@ func TestCrossSitePaths(t *testing.T) {
 		// Relayed ones move to the other relay.
 		for _, pair := range [][2]*labAgent{{a1, b1}, {b1, a1}} {
 			x, y := pair[0], pair[1]
-			testWait(t, 20*time.Second, x.name+" -> "+y.name+" through the other relay", func() bool {
-				if x.call(vips[[2]string{x.name, y.name}], y.name) != nil {
-					return false
-				}
+			var last string
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				err := x.call(vips[[2]string{x.name, y.name}], y.name)
 				p, _ := x.path(y.name)
-				return p.Kind == paths.Relayed && p.Relay != "" && p.Relay != killed
-			})
+				if err == nil && p.Kind == paths.Relayed && p.Relay != "" && p.Relay != killed {
+					break
+				}
+				last = fmt.Sprintf("request: %v; path %+v", err, p)
+				if time.Now().After(deadline) {
+					t.Fatalf("%s -> %s not through the other relay after 20 s: %s", x.name, y.name, last)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
 		}
 	})
 
@@ -438,10 +452,15 @@ func TestCrossSitePaths(t *testing.T) {
 			})
 		}
 	})
-	if t.Failed() {
-		for _, n := range nodes {
-			t.Logf("--- %s:\n%s", n.name, tail(n.p.out.String(), 60))
-		}
+}
+
+// dumpOnFailure logs the end of every agent's output when t failed.
+func dumpOnFailure(t *testing.T, nodes []*labAgent) {
+	if !t.Failed() {
+		return
+	}
+	for _, n := range nodes {
+		t.Logf("--- %s:\n%s", n.name, tail(n.p.out.String(), 60))
 	}
 }
 
@@ -491,6 +510,7 @@ func TestSiteGateway(t *testing.T) {
 		m.agent("a1", "site-a", "edge", lab.A.Nodes[0]),
 		m.agent("cloud", "cloud", "cloud", lab.CP),
 	}
+	t.Cleanup(func() { dumpOnFailure(t, nodes) })
 	vips := routeAll(t, nodes)
 	for _, x := range nodes {
 		for _, y := range nodes {
@@ -515,11 +535,6 @@ func TestSiteGateway(t *testing.T) {
 	var st paths.Status
 	if err := m.nodes["l2"].getJSON("/v1/paths", &st); err != nil || st.Punching || len(st.Relays) != 2 || !st.Relays[0].Connected {
 		t.Errorf("l2's paths status %+v (%v): want both relays connected through the gateway, no punching", st, err)
-	}
-	if t.Failed() {
-		for _, n := range nodes {
-			t.Logf("--- %s:\n%s", n.name, tail(n.p.out.String(), 40))
-		}
 	}
 }
 

@@ -134,13 +134,13 @@ func runPaths(args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tPATH\tRELAY\tREMOTE\tRTT\tBYTES OUT\tBYTES IN\tSINCE")
+	fmt.Fprintln(tw, "PEER\tPATH\tCARRIER\tRELAY\tREMOTE\tRTT\tBYTES OUT\tBYTES IN\tSINCE")
 	for _, p := range st.Paths {
 		rtt := "-"
 		if p.RTTMs > 0 {
 			rtt = fmt.Sprintf("%.2fms", p.RTTMs)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Peer, p.Kind, orDash(p.Relay), orDash(p.Remote), rtt,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Peer, p.Kind, orDash(p.Carrier), orDash(p.Relay), orDash(p.Remote), rtt,
 			p.BytesOut, p.BytesIn, p.Since.Format(time.RFC3339))
 	}
 	tw.Flush()

@@ -182,7 +182,7 @@ func (a *Agent) pathReports() []wire.PathReport {
 		if len(out) == wire.MaxPathReports {
 			break
 		}
-		out = append(out, wire.PathReport{Peer: p.Peer, Kind: string(p.Kind), Relay: p.Relay, Remote: p.Remote,
+		out = append(out, wire.PathReport{Peer: p.Peer, Kind: string(p.Kind), Carrier: p.Carrier, Relay: p.Relay, Remote: p.Remote,
 			RTTMillis: p.RTTMs, BytesOut: p.BytesOut, BytesIn: p.BytesIn, Since: p.Since})
 	}
 	return out

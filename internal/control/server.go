@@ -414,7 +414,6 @@ type NodePath struct {
 // (within NodeTimeout), by node then peer.
 func (s *Server) Paths() []NodePath {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	out := []NodePath{}
 	fresh := time.Now().Add(-s.cfg.NodeTimeout)
 	for name, l := range s.live {
@@ -425,6 +424,7 @@ func (s *Server) Paths() []NodePath {
 			out = append(out, NodePath{Node: name, PathReport: p})
 		}
 	}
+	s.mu.Unlock() // sorted without holding up heartbeats
 	slices.SortFunc(out, func(a, b NodePath) int {
 		return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.Peer, b.Peer))
 	})

@@ -361,7 +361,7 @@ func relayIdentity(ca *identity.CA) (*identity.Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	certs, err := ca.SignNodeCSR(csr, "relay", "dev-relay")
+	certs, err := ca.SignRelayCSR(csr, "dev-relay")
 	if err != nil {
 		return nil, err
 	}

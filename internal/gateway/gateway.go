@@ -31,8 +31,9 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultMaxConns    = 1024
-	DefaultDialTimeout = 5 * time.Second
+	DefaultMaxConns          = 1024
+	DefaultMaxConnsPerClient = 64
+	DefaultDialTimeout       = 5 * time.Second
 )
 
 // Config configures a Server.
@@ -44,10 +45,13 @@ type Config struct {
 	Network netseam.Network
 	// MaxConns bounds the connections forwarded at once (default 1024);
 	// more are refused (503).
-	MaxConns    int
-	DialTimeout time.Duration // default 5s
-	Logger      *slog.Logger
-	Metrics     *metrics.Set
+	MaxConns int
+	// MaxConnsPerClient bounds one client address's share (default 64),
+	// so one host of the site cannot hold every slot.
+	MaxConnsPerClient int
+	DialTimeout       time.Duration // default 5s
+	Logger            *slog.Logger
+	Metrics           *metrics.Set
 }
 
 // Server is a site gateway.
@@ -56,6 +60,8 @@ type Server struct {
 	allow map[string]bool
 	srv   *http.Server
 	slots chan struct{}
+	mu    sync.Mutex
+	per   map[string]int // forwarded connections per client IP
 	ctx   context.Context
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
@@ -80,6 +86,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
+	if cfg.MaxConnsPerClient <= 0 {
+		cfg.MaxConnsPerClient = DefaultMaxConnsPerClient
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -87,7 +96,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Metrics = metrics.NewSet()
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	s := &Server{cfg: cfg, allow: map[string]bool{}, slots: make(chan struct{}, cfg.MaxConns), ctx: ctx, stop: stop,
+	s := &Server{cfg: cfg, allow: map[string]bool{}, slots: make(chan struct{}, cfg.MaxConns), per: map[string]int{}, ctx: ctx, stop: stop,
 		mForwarded: cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_connections_total`),
 		mRefused:   cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_refused_total`),
 		mBytes:     cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_bytes_total`)}
@@ -136,13 +145,32 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusForbidden, "not a control plane or relay of this gateway", "target", target, "from", r.RemoteAddr)
 		return
 	}
+	client, _, _ := net.SplitHostPort(r.RemoteAddr)
+	s.mu.Lock()
+	full := s.per[client] >= s.cfg.MaxConnsPerClient
+	if !full {
+		s.per[client]++
+	}
+	s.mu.Unlock()
+	if full {
+		s.refuse(w, http.StatusServiceUnavailable, "too many connections from this client", "client", client)
+		return
+	}
+	unclient := func() {
+		s.mu.Lock()
+		if s.per[client]--; s.per[client] <= 0 {
+			delete(s.per, client)
+		}
+		s.mu.Unlock()
+	}
 	select {
 	case s.slots <- struct{}{}:
 	default:
+		unclient()
 		s.refuse(w, http.StatusServiceUnavailable, "too many connections", "target", target)
 		return
 	}
-	release := func() { <-s.slots }
+	release := func() { <-s.slots; unclient() }
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 	up, err := s.cfg.Network.Dial(ctx, "tcp", target)
 	cancel()
@@ -213,6 +241,8 @@ func (n Network) Dial(ctx context.Context, network, addr string) (net.Conn, erro
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) }) // cancel ends the handshake
+	defer stop()
 	req := &http.Request{Method: http.MethodConnect, Host: addr, Header: http.Header{}}
 	if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr); err != nil {
 		c.Close()

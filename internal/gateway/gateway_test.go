@@ -165,3 +165,22 @@ func TestGatewayConfig(t *testing.T) {
 		t.Error("bad address: accepted")
 	}
 }
+
+// TestGatewayPerClientBound: one client address cannot take more than
+// MaxConnsPerClient slots, though the gateway has more.
+func TestGatewayPerClientBound(t *testing.T) {
+	allowed := echo(t)
+	_, gw := startGateway(t, Config{Allow: []string{allowed}, MaxConns: 10, MaxConnsPerClient: 1})
+	n := Network{Gateway: gw, Via: []string{allowed}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c1, err := n.Dial(ctx, "tcp", allowed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	roundTrip(t, c1, "one")
+	if _, err := n.Dial(ctx, "tcp", allowed); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("second connection from one client over its bound: %v, want 503", err)
+	}
+}

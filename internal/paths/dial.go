@@ -7,7 +7,6 @@ import (
 	"net"
 	"time"
 
-	"github.com/fogmesh/fogmesh/internal/punch"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
@@ -41,6 +40,9 @@ func (m *Manager) Dial(ctx context.Context, p Peer, h transport.Header) (net.Con
 		return c, err
 	}
 	if c, err, done := m.dialPunched(ctx, st, h); done {
+		return c, err
+	}
+	if c, err, done := m.dialUDPRelayed(ctx, st, h); done {
 		return c, err
 	}
 	m.mu.Lock()
@@ -97,19 +99,11 @@ func (m *Manager) used(st *peerState, kind Kind) {
 	if kind == Relayed {
 		via = st.viaRelay
 	}
-	var idle *punch.Path
-	if kind == Direct && st.punched != nil { // not needed: stop its keepalives
-		idle, st.punched = st.punched, nil
-		delete(m.byUDP, idle.MeshAddr())
-	}
 	if st.kind != kind || st.relay != via {
 		st.kind, st.relay, st.since = kind, via, time.Now()
 		m.log.Info("paths: path to peer", "peer", st.Name, "kind", kind, "relay", via)
 	}
 	m.mu.Unlock()
-	if idle != nil {
-		idle.Close()
-	}
 	m.mDials[kind].Inc()
 }
 

@@ -147,6 +147,7 @@ type peerState struct {
 	punchAt    time.Time   // earliest next punch attempt
 	punchOn    bool        // a punch is in progress
 	answerAt   time.Time   // earliest next answer to its introductions
+	relUDP     *udpRelayed // a relayed path over UDP, if any (relayudp.go)
 	noDirUntil time.Time
 	viaRelay   string // the relay of the last relayed session opened
 	lastErr    string
@@ -330,14 +331,21 @@ func (m *Manager) RTT(name string) (time.Duration, bool) {
 	st := m.peers[name]
 	var kind Kind
 	var udp string
+	var ru *udpRelayed
 	if st != nil {
 		kind = st.current()
 		if kind == Punched && st.punched != nil {
 			udp = st.punched.MeshAddr()
 		}
+		if kind == Relayed {
+			ru = st.relUDP
+		}
 	}
 	u := m.udp
 	m.mu.Unlock()
+	if ru != nil {
+		return ru.client.RTT(ru.addr())
+	}
 	switch kind {
 	case Punched:
 		if u != nil {
@@ -359,8 +367,10 @@ func (m *Manager) DropNode(name string) {
 	m.mu.Lock()
 	st := m.peers[name]
 	var pa *punch.Path
+	var ru *udpRelayed
 	if st != nil {
 		pa, st.punched, st.kind = st.punched, nil, ""
+		ru, st.relUDP = st.relUDP, nil
 		if pa != nil {
 			delete(m.byUDP, pa.MeshAddr())
 			// The peer may have answered our last introduction just
@@ -370,6 +380,9 @@ func (m *Manager) DropNode(name string) {
 	}
 	u := m.udp
 	m.mu.Unlock()
+	if ru != nil {
+		ru.close()
+	}
 	if pa != nil {
 		if u != nil {
 			u.client.DropSession(pa.MeshAddr())
@@ -383,7 +396,18 @@ func (m *Manager) DropPeer(id spiffeid.ID) int {
 	n := m.tcp.DropPeer(id)
 	m.mu.Lock()
 	u := m.udp
+	var rus []*udpRelayed
+	for _, st := range m.peers {
+		if st.relUDP != nil && st.ID == id {
+			rus = append(rus, st.relUDP)
+			st.relUDP = nil
+		}
+	}
 	m.mu.Unlock()
+	for _, ru := range rus {
+		ru.close()
+		n++
+	}
 	if u != nil {
 		n += u.client.DropPeer(id) + u.server.DropPeer(id)
 	}

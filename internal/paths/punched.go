@@ -107,6 +107,8 @@ func (m *Manager) startPunching() {
 	m.punch = punchState{ready: true, cands: u.cands}
 	m.mu.Unlock()
 	m.log.Info("paths: punching ready", "candidates", u.cands, "relay", home)
+	m.wg.Add(1)
+	go m.acceptUDP()
 	for {
 		select {
 		case <-m.ctx.Done():
@@ -190,7 +192,9 @@ func (m *Manager) startAnswer(u *udpSide, in relay.PoolIntroduced) {
 		st = m.newPeerLocked(Peer{Name: name, ID: id})
 	}
 	now := time.Now()
-	if m.closed || st.ID != id || m.answers >= maxAnswers || now.Before(st.answerAt) || st.kind == Direct {
+	// (A direct path of ours to the peer says nothing of its way to us:
+	// answer anyway.)
+	if m.closed || st.ID != id || m.answers >= maxAnswers || now.Before(st.answerAt) {
 		m.mu.Unlock()
 		m.mIntroDropped.Inc()
 		return
@@ -257,6 +261,12 @@ func (m *Manager) maybePunch(st *peerState) {
 		m.mu.Unlock()
 		if err != nil {
 			m.log.Info("paths: punch failed; staying on the relay", "peer", st.Name, "err", err)
+			m.mu.Lock()
+			bind := st.relUDP == nil && st.kind == Relayed
+			m.mu.Unlock()
+			if bind { // UDP gets out of here: try the relay's UDP
+				m.bindUDP(st)
+			}
 			return
 		}
 		m.install(u, st, pa)
@@ -286,12 +296,9 @@ func (m *Manager) install(u *udpSide, st *peerState, pa *punch.Path) {
 		pa.Close()
 		return
 	}
+	// Kept even when this node's own streams go direct: the peer may
+	// be punching to it now, and it is how the peer reaches this node.
 	old, prev := st.punched, st.kind
-	if prev == Direct { // a direct path is better: this one is not needed
-		m.mu.Unlock()
-		pa.Close()
-		return
-	}
 	if old != nil {
 		delete(m.byUDP, old.MeshAddr())
 	}
@@ -306,7 +313,7 @@ func (m *Manager) install(u *udpSide, st *peerState, pa *punch.Path) {
 	}
 	st.punched = pa
 	m.byUDP[pa.MeshAddr()] = st.Name
-	if prev != "" { // before the first Dial, that Dial's race decides
+	if prev != "" && prev != Direct { // before the first Dial, that Dial's race decides
 		st.kind, st.since, st.relay = Punched, time.Now(), ""
 	}
 	m.mu.Unlock()

@@ -9,10 +9,13 @@ import (
 
 // PathStatus is one peer's path, for `fogmesh get paths`.
 type PathStatus struct {
-	Peer     string    `json:"peer"`
-	Kind     Kind      `json:"kind"`
-	Relay    string    `json:"relay,omitempty"`
-	Remote   string    `json:"remote,omitempty"`
+	Peer   string `json:"peer"`
+	Kind   Kind   `json:"kind"`
+	Relay  string `json:"relay,omitempty"`
+	Remote string `json:"remote,omitempty"`
+	// Carrier is what the mesh runs on: tcp (TLS and yamux) or quic
+	// (punched, or relayed over UDP).
+	Carrier  string    `json:"carrier,omitempty"`
 	RTTMs    float64   `json:"rttMs,omitempty"`
 	BytesOut uint64    `json:"bytesOut"`
 	BytesIn  uint64    `json:"bytesIn"`
@@ -38,6 +41,7 @@ func (m *Manager) Status() Status {
 	type row struct {
 		PathStatus
 		udp string
+		ru  *udpRelayed
 	}
 	var rows []row
 	for name, st := range m.peers {
@@ -47,11 +51,14 @@ func (m *Manager) Status() Status {
 		}
 		r := row{PathStatus: PathStatus{Peer: name, Kind: kind, Relay: st.relay, Since: st.since, LastErr: st.lastErr,
 			BytesOut: st.bytes.out.Load(), BytesIn: st.bytes.in.Load()}}
+		r.Carrier = "tcp"
 		switch {
 		case kind == Punched:
-			r.Kind, r.Relay, r.Remote, r.udp = Punched, "", st.punched.MeshAddr(), st.punched.MeshAddr()
+			r.Kind, r.Relay, r.Remote, r.udp, r.Carrier = Punched, "", st.punched.MeshAddr(), st.punched.MeshAddr(), "quic"
 		case st.kind == Direct:
 			r.Remote = st.Addr
+		case st.kind == Relayed && st.relUDP != nil:
+			r.Relay, r.Remote, r.ru, r.Carrier = st.relUDP.relay, st.relUDP.addr(), st.relUDP, "quic"
 		case st.kind == Relayed:
 			r.Remote = st.relay
 		}
@@ -65,6 +72,11 @@ func (m *Manager) Status() Status {
 		}
 		if r.udp != "" && u != nil {
 			out, in := u.client.Bytes(r.udp)
+			r.BytesOut += out
+			r.BytesIn += in
+		}
+		if r.ru != nil {
+			out, in := r.ru.client.Bytes(r.ru.addr())
 			r.BytesOut += out
 			r.BytesIn += in
 		}

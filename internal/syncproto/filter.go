@@ -101,6 +101,14 @@ func ValidPaths(in []wire.PathReport) []wire.PathReport {
 		default:
 			continue
 		}
+		switch p.Carrier {
+		case "", "tcp", "quic":
+		default:
+			continue
+		}
+		if !printable(p.Peer) || !printable(p.Relay) || !printable(p.Remote) {
+			continue // no control characters into an operator's terminal
+		}
 		if p.Peer == "" || len(p.Peer) > 253 || len(p.Relay) > 300 || len(p.Remote) > 300 ||
 			p.RTTMillis < 0 || math.IsInf(p.RTTMillis, 0) || math.IsNaN(p.RTTMillis) || p.RTTMillis > 1e7 {
 			continue
@@ -108,4 +116,14 @@ func ValidPaths(in []wire.PathReport) []wire.PathReport {
 		out = append(out, p)
 	}
 	return out
+}
+
+// printable reports whether s has no control characters.
+func printable(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return false
+		}
+	}
+	return true
 }

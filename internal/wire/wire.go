@@ -198,7 +198,8 @@ const MaxPathReports = 1024
 // PathReport is an agent's path to one peer agent.
 type PathReport struct {
 	Peer      string    `json:"peer"`
-	Kind      string    `json:"kind"` // direct, punched or relayed
+	Kind      string    `json:"kind"`              // direct, punched or relayed
+	Carrier   string    `json:"carrier,omitempty"` // tcp or quic
 	Relay     string    `json:"relay,omitempty"`
 	Remote    string    `json:"remote,omitempty"`
 	RTTMillis float64   `json:"rttMs,omitempty"`
