@@ -27,10 +27,23 @@ import (
 // with two nodes). Every process runs inside its namespace; the test talks
 // to them through sockets made in those namespaces.
 
-// startIn runs the binary inside ns; the test's cleanup kills it.
+// startIn runs the binary (built with -race) inside ns; the test's
+// cleanup kills it, and fails the test if the race detector spoke.
 func startIn(t *testing.T, ns *netlab.Netns, args ...string) *proc {
 	t.Helper()
-	return startExec(t, ns.Command(context.Background(), fogmeshBin, args...))
+	p := startExec(t, ns.Command(context.Background(), fogmeshBin, args...))
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if out := p.out.String(); strings.Contains(out, "WARNING: DATA RACE") {
+			t.Errorf("fogmesh %s: data race:\n%s", args[0], tail(out, 80))
+		}
+	})
+	return p
 }
 
 // startAddrsIn is startAddrs inside ns.
