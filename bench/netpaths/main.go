@@ -1,4 +1,4 @@
-// Command netpaths measures, in one run, the three paths of issue 12
+// Command netpaths measures, in one run, the four paths of issue 12
 // between network namespaces with real NAT routers (internal/netlab):
 //
 //	direct    LAN node 1 → LAN node 2 on their LAN addresses, the mesh
@@ -9,13 +9,18 @@
 //	relayed   site A → site C (no UDP) through `fogmesh relay` on relay 1's
 //	          public address: a relayed TCP session carrying TLS+yamux end
 //	          to end between the two nodes (the relay sees only ciphertext)
+//	relayed-udp
+//	          site A → site B (symmetric NAT: no punch) through the same
+//	          relay's UDP channel (relay.Client.BindUDP / UDPIncoming):
+//	          the relay forwards sealed datagrams, the mesh runs over QUIC
+//	          end to end on the channel, as internal/paths does
 //
 // For each path and round (engines interleaved within a round): the
 // throughput of one bulk flow (one mesh stream into a sink workload for
 // -bulk) and p50/p99 of -n sequential -size byte request/response round
 // trips on one stream to an echo workload. Also the relay process's CPU
 // (utime+stime from /proc/PID/stat) per Gbit/s during the relayed bulk
-// runs, and its VmRSS before and while it holds -hold idle relayed
+// runs (TCP and UDP), and its VmRSS before and while it holds -hold idle relayed
 // sessions. The relay runs as a child process (`ip netns exec RELAY1
 // fogmesh relay ...`) so its CPU and memory are its own; it runs without a
 // per-node byte rate limit (-bytes-per-second -1) so the figure is the

@@ -30,17 +30,20 @@ type results struct {
 	paths     []*path
 	samples   map[string][]sample
 	punchInfo string
-	relayPID  int
-	holds     []hold
-	loadStart string
-	loadEnd   string
-	started   time.Time
+	udpInfo   string
+	// udpDropped: datagrams the channel sides' receive queues dropped.
+	udpDropped string
+	relayPID   int
+	holds      []hold
+	loadStart  string
+	loadEnd    string
+	started    time.Time
 }
 
 // measure runs the rounds, engines interleaved (the order rotates each
 // round), then the relay's memory with held sessions.
 func measure(ctx context.Context, b *bench, o options) (*results, error) {
-	r := &results{paths: b.paths, samples: map[string][]sample{}, punchInfo: b.punchInfo, relayPID: b.relayPID, started: time.Now()}
+	r := &results{paths: b.paths, samples: map[string][]sample{}, punchInfo: b.punchInfo, udpInfo: b.udpInfo, relayPID: b.relayPID, started: time.Now()}
 	// Warm up every path (the first Dial opens the session) and check it
 	// carries bytes both ways.
 	for _, p := range b.paths {
@@ -66,7 +69,7 @@ func measure(ctx context.Context, b *bench, o options) (*results, error) {
 				s.gbps = float64(bytes) * 8 / took.Seconds() / 1e9
 				s.selfCores = (self1 - self0) / took.Seconds()
 				s.relayCores = (cpu1 - cpu0) / took.Seconds()
-				if p.name == "relayed" && cerr == nil && cerr2 == nil {
+				if relayedPath(p.name) && cerr == nil && cerr2 == nil {
 					s.relayCPU = (cpu1 - cpu0) / (float64(bytes) * 8 / 1e9)
 				}
 				var lat []time.Duration
@@ -78,9 +81,12 @@ func measure(ctx context.Context, b *bench, o options) (*results, error) {
 			if s.err != nil && ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			logf("round %d/%d %-8s %6.3f Gbit/s (cores: bench %.2f, relay %.2f)  p50 %v  p99 %v  %v", round+1, o.rounds, p.name, s.gbps, s.selfCores, s.relayCores, s.p50, s.p99, errText(s.err))
+			logf("round %d/%d %-11s %6.3f Gbit/s (cores: bench %.2f, relay %.2f)  p50 %v  p99 %v  %v", round+1, o.rounds, p.name, s.gbps, s.selfCores, s.relayCores, s.p50, s.p99, errText(s.err))
 			r.samples[p.name] = append(r.samples[p.name], s)
 		}
+	}
+	if b.udpDropped != nil {
+		r.udpDropped = b.udpDropped()
 	}
 	if o.hold > 0 {
 		var relayed *path
@@ -241,6 +247,10 @@ func holdStreams(ctx context.Context, p *path, n int) ([]net.Conn, int, time.Dur
 	}
 	return conns, len(conns), time.Since(start), firstErr
 }
+
+// relayedPath says whether the relay process forwards path name's bytes
+// (its CPU per Gbit/s is measured).
+func relayedPath(name string) bool { return name == "relayed" || name == "relayed-udp" }
 
 func errText(err error) string {
 	if err == nil {

@@ -29,16 +29,20 @@ type path struct {
 }
 
 // bench is everything set up once: the lab's relay process, the nodes and
-// the three paths. close undoes it (the lab itself is closed by run).
+// the four paths. close undoes it (the lab itself is closed by run).
 type bench struct {
-	lab        *netlab.Lab
-	relayCmd   *exec.Cmd
-	relayPID   int
-	relayLog   string
-	relayAddr  string
-	adminAddr  string
-	paths      []*path
-	punchInfo  string
+	lab       *netlab.Lab
+	relayCmd  *exec.Cmd
+	relayPID  int
+	relayLog  string
+	relayAddr string
+	adminAddr string
+	paths     []*path
+	punchInfo string
+	udpInfo   string
+	// udpDropped reports the datagrams each channel side's receive
+	// queue dropped (read after the run).
+	udpDropped func() string
 	c1, a1hold *node
 	holdLimit  int
 
@@ -102,7 +106,7 @@ func newNode(ca *identity.CA, h *netlab.Host, site, name string) (*node, error) 
 	return &node{host: h, name: name, src: src, id: svid.ID}, nil
 }
 
-// setup starts the relay process and the three paths.
+// setup starts the relay process and the four paths.
 func setup(ctx context.Context, lab *netlab.Lab, bin, tmp string) (*bench, error) {
 	b := &bench{lab: lab, holdIn: make(chan net.Conn, 64)}
 	ca, err := identity.OpenCA(identity.CAConfig{Dir: filepath.Join(tmp, "ca")})
@@ -124,12 +128,13 @@ func setup(ctx context.Context, lab *netlab.Lab, bin, tmp string) (*bench, error
 	l2 := mk(lab.LAN.Nodes[1], "lan", "l2")
 	a1 := mk(lab.A.Nodes[0], "a", "a1")
 	c1 := mk(lab.C.Nodes[0], "c", "c1")
+	b1 := mk(lab.B.Nodes[0], "b", "b1")
 	a1hold := mk(lab.A.Nodes[0], "a", "a1-hold")
 	if err != nil {
 		return b, fmt.Errorf("identities: %w", err)
 	}
 	b.c1, b.a1hold = c1, a1hold
-	for _, n := range []*node{l1, a1, c1, a1hold} {
+	for _, n := range []*node{l1, a1, c1, a1hold, b1} {
 		if err := b.connectRelay(ctx, ca, n); err != nil {
 			return b, err
 		}
@@ -142,6 +147,9 @@ func setup(ctx context.Context, lab *netlab.Lab, bin, tmp string) (*bench, error
 	}
 	if err := b.relayed(ctx, a1, c1); err != nil {
 		return b, fmt.Errorf("relayed path: %w", err)
+	}
+	if err := b.relayedUDP(ctx, a1, b1); err != nil {
+		return b, fmt.Errorf("relayed-udp path: %w", err)
 	}
 	return b, nil
 }
