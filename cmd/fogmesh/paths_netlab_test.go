@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -273,7 +274,8 @@ func TestCrossSitePaths(t *testing.T) {
 	lab := netlab.New(t)
 	m := startLabMesh(t, lab)
 	nodes := []*labAgent{
-		m.agent("a1", "site-a", "edge", lab.A.Nodes[0]),
+		// a1 reaches peers it cannot punch over the relay's UDP (opt-in).
+		m.agent("a1", "site-a", "edge", lab.A.Nodes[0], "relayUDP: true"),
 		m.agent("b1", "site-b", "edge", lab.B.Nodes[0]),
 		m.agent("c1", "site-c", "edge", lab.C.Nodes[0]),
 		m.agent("l1", "site-lan", "edge", lab.LAN.Nodes[0]),
@@ -326,23 +328,25 @@ func TestCrossSitePaths(t *testing.T) {
 				continue
 			}
 			want := expect(x.name, y.name)
-			// A relayed path runs over the relay's UDP where both sites
-			// let UDP out (after the punch failed), over TCP with C.
-			carrier := "quic"
-			if want[0] == paths.Direct || x.name == "c1" || y.name == "c1" {
-				carrier = "tcp"
+			// Direct and relayed paths carry TLS+yamux over TCP, punched
+			// ones QUIC; a1 (relayUDP) runs its relayed path to b1 over
+			// the relay's UDP with QUIC, and b1 then takes the channel
+			// a1 bound, unless its own TCP relay answered first.
+			carriers := []string{"tcp"}
+			switch {
+			case want[0] == paths.Punched:
+				carriers = []string{"quic"}
+			case x.name == "a1" && y.name == "b1":
+				carriers = []string{"quic"}
+			case x.name == "b1" && y.name == "a1":
+				carriers = []string{"quic", "tcp"}
 			}
 			var got paths.PathStatus
-			testWait(t, 40*time.Second, fmt.Sprintf("%s's path to %s to be %v over %s", x.name, y.name, want, carrier), func() bool {
+			testWait(t, 40*time.Second, fmt.Sprintf("%s's path to %s to be %v over %v", x.name, y.name, want, carriers), func() bool {
 				// Requests keep the path in use (and start the upgrade).
 				x.call(vips[[2]string{x.name, y.name}], y.name)
 				got, _ = x.path(y.name)
-				for _, k := range want {
-					if got.Kind == k && got.Carrier == carrier {
-						return true
-					}
-				}
-				return false
+				return slices.Contains(want, got.Kind) && slices.Contains(carriers, got.Carrier)
 			})
 			if err := x.call(vips[[2]string{x.name, y.name}], y.name); err != nil {
 				t.Fatalf("%s -> %s over %s: %v", x.name, y.name, got.Kind, err)

@@ -77,6 +77,11 @@ type Config struct {
 	// PunchAddr is the UDP socket of punched paths (default 0.0.0.0:0,
 	// any port; "off": relayed paths only).
 	PunchAddr string `json:"punchAddr,omitempty"`
+	// RelayUDP: a peer that cannot be punched (a symmetric NAT) is
+	// reached over the relay's UDP (QUIC end to end through a relay UDP
+	// channel) rather than a relayed TCP session. Off by default: slower
+	// for bulk on the bench (BENCHMARKS.md §10).
+	RelayUDP bool `json:"relayUDP,omitempty"`
 	// PathKeepAlive is how often punched paths and relay connections are
 	// refreshed to hold NAT mappings (default 20s, below the common 30s
 	// UDP timeout).

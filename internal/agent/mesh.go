@@ -23,7 +23,7 @@ func (a *Agent) initMesh(cfg Config) error {
 	var err error
 	pcfg := paths.Config{Self: cfg.Node.Name, Dialer: a, Network: cfg.Network, Logger: a.log.With("sub", "mesh"),
 		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,
-		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive)}
+		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive), RelayUDP: cfg.RelayUDP}
 	if a.ident != nil {
 		pcfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
 		pcfg.ServerTLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)

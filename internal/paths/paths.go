@@ -102,6 +102,12 @@ type Config struct {
 	// RetryAfter is how long a peer whose direct attempt or punch failed
 	// is not tried that way again (default 30 s).
 	RetryAfter time.Duration
+	// RelayUDP: after a punch to a peer fails, bind a UDP channel through
+	// the relay and run the mesh over QUIC on it instead of the relayed
+	// TCP session. Off by default: on the bench it carries one flow at a
+	// sixth of the TCP relay's rate (BENCHMARKS.md §10); channels peers
+	// bind to this node are accepted either way.
+	RelayUDP bool
 	// Known, if set, says whether a node (name and ID) is in the
 	// registry: introductions from other nodes are not answered.
 	Known func(name string, id spiffeid.ID) bool

@@ -262,7 +262,7 @@ func (m *Manager) maybePunch(st *peerState) {
 		if err != nil {
 			m.log.Info("paths: punch failed; staying on the relay", "peer", st.Name, "err", err)
 			m.mu.Lock()
-			bind := st.relUDP == nil && st.kind == Relayed
+			bind := m.cfg.RelayUDP && st.relUDP == nil && st.kind == Relayed
 			m.mu.Unlock()
 			if bind { // UDP gets out of here: try the relay's UDP
 				m.bindUDP(st)
