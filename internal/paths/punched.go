@@ -122,33 +122,42 @@ func (m *Manager) startPunching() {
 // openUDP starts the QUIC mesh on pc.
 func (m *Manager) openUDP(pc net.PacketConn) (*udpSide, error) {
 	tr := transport.NewQUICTransport(pc)
-	timers := transport.QUICTimers{KeepAlive: min(m.cfg.KeepAlive, quicKeepAlive), IdleTimeout: quicIdle}
 	p, err := punch.New(punch.Config{Transport: tr, Self: m.cfg.SelfID.String(), KeepAlive: m.cfg.KeepAlive,
 		Logger: m.log})
 	if err != nil {
 		tr.Close()
 		return nil, err
 	}
-	cli, err := transport.NewQUICClient(transport.QUICClientConfig{Transport: tr, TLS: m.cfg.TLS,
-		DialTimeout: m.cfg.DialTimeout, Logger: m.log, Metrics: m.cfg.Metrics, SourceNode: m.cfg.Self,
-		PeerID: m.punchedID, Timers: timers})
+	cli, srv, served, err := m.quicMesh(tr, m.punchedID)
 	if err != nil {
 		p.Close()
 		tr.Close()
 		return nil, err
+	}
+	return &udpSide{pc: pc, tr: tr, puncher: p, client: cli, server: srv, served: served}, nil
+}
+
+// quicMesh runs the mesh over QUIC on tr: a client that expects peerID
+// at an address, and a server serving until closed (served is closed
+// then). The caller closes both, then tr.
+func (m *Manager) quicMesh(tr *quic.Transport, peerID func(string) spiffeid.ID) (*transport.QUICClient, *transport.QUICServer, chan struct{}, error) {
+	timers := transport.QUICTimers{KeepAlive: min(m.cfg.KeepAlive, quicKeepAlive), IdleTimeout: quicIdle}
+	cli, err := transport.NewQUICClient(transport.QUICClientConfig{Transport: tr, TLS: m.cfg.TLS,
+		DialTimeout: m.cfg.DialTimeout, Logger: m.log, Metrics: m.cfg.Metrics, SourceNode: m.cfg.Self,
+		PeerID: peerID, Timers: timers})
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	srv, err := transport.NewQUICServer(transport.QUICServerConfig{Transport: tr, Dialer: m.cfg.Dialer,
 		TLS: m.cfg.ServerTLS, Logger: m.log, Metrics: m.cfg.Metrics, TrustedSourceID: m.cfg.TrustedSourceID,
 		Timers: timers})
 	if err != nil {
 		cli.Close()
-		p.Close()
-		tr.Close()
-		return nil, err
+		return nil, nil, nil, err
 	}
-	u := &udpSide{pc: pc, tr: tr, puncher: p, client: cli, server: srv, served: make(chan struct{})}
-	go func() { defer close(u.served); srv.Serve(context.Background()) }()
-	return u, nil
+	served := make(chan struct{})
+	go func() { defer close(served); srv.Serve(context.Background()) }()
+	return cli, srv, served, nil
 }
 
 // punchedID is the identity expected at a punched address.

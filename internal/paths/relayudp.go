@@ -62,25 +62,12 @@ func (r *udpRelayed) close() {
 // openUDPRelayed runs the QUIC mesh on ch, to the peer with identity id.
 func (m *Manager) openUDPRelayed(ch *relay.UDPChannel, via string, id spiffeid.ID) (*udpRelayed, error) {
 	tr := transport.NewQUICTransport(ch)
-	timers := transport.QUICTimers{KeepAlive: min(m.cfg.KeepAlive, quicKeepAlive), IdleTimeout: quicIdle}
-	cli, err := transport.NewQUICClient(transport.QUICClientConfig{Transport: tr, TLS: m.cfg.TLS,
-		DialTimeout: m.cfg.DialTimeout, Logger: m.log, Metrics: m.cfg.Metrics, SourceNode: m.cfg.Self,
-		PeerID: func(string) spiffeid.ID { return id }, Timers: timers})
+	cli, srv, served, err := m.quicMesh(tr, func(string) spiffeid.ID { return id })
 	if err != nil {
 		tr.Close()
 		return nil, err
 	}
-	srv, err := transport.NewQUICServer(transport.QUICServerConfig{Transport: tr, Dialer: m.cfg.Dialer,
-		TLS: m.cfg.ServerTLS, Logger: m.log, Metrics: m.cfg.Metrics, TrustedSourceID: m.cfg.TrustedSourceID,
-		Timers: timers})
-	if err != nil {
-		cli.Close()
-		tr.Close()
-		return nil, err
-	}
-	r := &udpRelayed{ch: ch, relay: via, tr: tr, client: cli, server: srv, served: make(chan struct{})}
-	go func() { defer close(r.served); srv.Serve(context.Background()) }()
-	return r, nil
+	return &udpRelayed{ch: ch, relay: via, tr: tr, client: cli, server: srv, served: served}, nil
 }
 
 // bindUDP asks the relays for a UDP channel to st after a punch failed,
