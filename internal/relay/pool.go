@@ -143,7 +143,7 @@ type poolRelay struct {
 	lastErr   error
 	connects  uint64
 	failures  uint64
-	dialed    uint64 // sessions opened through it by DialPeer
+	dialed    uint64 // sessions and UDP channels opened through it (DialPeer, BindUDP)
 }
 
 // RelayStatus is what the pool knows of one relay, for `fogmesh get
@@ -347,6 +347,25 @@ func (p *Pool) WaitConnected(ctx context.Context, n int) error {
 // (ErrNoRelay). A refusal that another relay would repeat (denied, other
 // trust domain, bad request) is returned at once as the *Error.
 func (p *Pool) DialPeer(ctx context.Context, peer string) (net.Conn, string, error) {
+	var conn net.Conn
+	via, err := p.eachRelay(ctx, "dial "+peer, func(ctx context.Context, c *Client) error {
+		var err error
+		conn, err = c.DialPeer(ctx, peer)
+		return err
+	})
+	if err == nil {
+		p.mPeerOK.Inc()
+	}
+	return conn, via, err
+}
+
+// eachRelay runs try on the home relay's client, then on the other
+// connected relays by RTT, each bounded by DialTimeout, until one
+// succeeds (its address is returned, and the relay's count of sessions
+// grows). A refusal another relay would repeat is returned at once; while
+// no relay is connected it waits for one until ctx ends (ErrNoRelay).
+// what names the attempt in errors.
+func (p *Pool) eachRelay(ctx context.Context, what string, try func(context.Context, *Client) error) (string, error) {
 	for {
 		order, ch := p.dialOrder()
 		var errs []error
@@ -356,18 +375,17 @@ func (p *Pool) DialPeer(ctx context.Context, peer string) (net.Conn, string, err
 				continue
 			}
 			actx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
-			conn, err := c.DialPeer(actx, peer)
+			err := try(actx, c)
 			cancel()
 			if err == nil {
 				p.mu.Lock()
 				r.dialed++
 				p.mu.Unlock()
-				p.mPeerOK.Inc()
-				return conn, r.addr, nil
+				return r.addr, nil
 			}
 			var re *Error
 			if errors.As(err, &re) && final(re.Reason) {
-				return nil, r.addr, err
+				return r.addr, err
 			}
 			errs = append(errs, err)
 			if ctx.Err() != nil {
@@ -375,14 +393,14 @@ func (p *Pool) DialPeer(ctx context.Context, peer string) (net.Conn, string, err
 			}
 		}
 		if len(errs) > 0 {
-			return nil, "", fmt.Errorf("relay pool: dial %s: %w", peer, errors.Join(errs...))
+			return "", fmt.Errorf("relay pool: %s: %w", what, errors.Join(errs...))
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil, "", fmt.Errorf("relay pool: dial %s: %w (%w)", peer, ErrNoRelay, ctx.Err())
+			return "", fmt.Errorf("relay pool: %s: %w (%w)", what, ErrNoRelay, ctx.Err())
 		case <-p.ctx.Done():
-			return nil, "", fmt.Errorf("relay pool: dial %s: closed: %w", peer, ErrNoRelay)
+			return "", fmt.Errorf("relay pool: %s: closed: %w", what, ErrNoRelay)
 		}
 	}
 }

@@ -2,8 +2,6 @@ package relay
 
 import (
 	"context"
-	"errors"
-	"fmt"
 )
 
 // PoolUDPIncoming is a UDP channel another agent bound to this one
@@ -25,38 +23,11 @@ func (p *Pool) UDPIncoming() <-chan PoolUDPIncoming { return p.udpIn }
 // channel and the relay's address. A site that drops UDP fails at every
 // relay: give BindUDP a ctx as short as the fallback to TCP allows.
 func (p *Pool) BindUDP(ctx context.Context, peer string) (*UDPChannel, string, error) {
-	for {
-		order, ch := p.dialOrder()
-		var errs []error
-		for _, r := range order {
-			c := r.clientNow(p)
-			if c == nil {
-				continue
-			}
-			actx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
-			uc, err := c.BindUDP(actx, peer)
-			cancel()
-			if err == nil {
-				return uc, r.addr, nil
-			}
-			var re *Error
-			if errors.As(err, &re) && final(re.Reason) {
-				return nil, r.addr, err
-			}
-			errs = append(errs, err)
-			if ctx.Err() != nil {
-				break
-			}
-		}
-		if len(errs) > 0 {
-			return nil, "", fmt.Errorf("relay pool: udp channel to %s: %w", peer, errors.Join(errs...))
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, "", fmt.Errorf("relay pool: udp channel to %s: %w (%w)", peer, ErrNoRelay, ctx.Err())
-		case <-p.ctx.Done():
-			return nil, "", fmt.Errorf("relay pool: udp channel to %s: closed: %w", peer, ErrNoRelay)
-		}
-	}
+	var uc *UDPChannel
+	via, err := p.eachRelay(ctx, "udp channel to "+peer, func(ctx context.Context, c *Client) error {
+		var err error
+		uc, err = c.BindUDP(ctx, peer)
+		return err
+	})
+	return uc, via, err
 }
