@@ -311,9 +311,18 @@ func (a *Agent) applyUpdate(m *wire.Message) error {
 		return fmt.Errorf("save cache: %w", err)
 	}
 	a.mu.Lock()
+	var gone []string // nodes that left: their paths and state go too
+	for name := range a.res.nodes {
+		if next.nodes[name] == nil {
+			gone = append(gone, name)
+		}
+	}
 	a.res, a.storeID, a.cfgVersion = next, storeID, m.Version
 	a.rebuildLocked()
 	a.mu.Unlock()
+	for _, name := range gone {
+		a.peers.Forget(name)
+	}
 	a.m.updates.Inc()
 	a.l7.pruneTransports(a.view.Load())
 	a.joinSitePeers()

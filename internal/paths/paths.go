@@ -397,6 +397,19 @@ func (m *Manager) DropNode(name string) {
 	}
 }
 
+// Forget drops every path to a node that left the registry and
+// everything kept about it, its metrics included.
+func (m *Manager) Forget(name string) {
+	m.DropNode(name)
+	m.mu.Lock()
+	delete(m.peers, name)
+	m.mu.Unlock()
+	for _, k := range []Kind{Direct, Punched, Relayed} {
+		m.cfg.Metrics.UnregisterMetric(fmt.Sprintf(`fogmesh_path{peer=%q,kind=%q}`, name, k))
+	}
+	m.cfg.Metrics.UnregisterMetric(fmt.Sprintf(`fogmesh_path_rtt_seconds{peer=%q}`, name))
+}
+
 // DropPeer closes every path whose TLS peer is id (a revoked node).
 func (m *Manager) DropPeer(id spiffeid.ID) int {
 	n := m.tcp.DropPeer(id)

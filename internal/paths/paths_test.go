@@ -403,3 +403,29 @@ func TestWithoutRelays(t *testing.T) {
 		}
 	}
 }
+
+// TestForget: a node that left the registry leaves nothing behind: no
+// path, no state, no metric series.
+func TestForget(t *testing.T) {
+	l := newLab(t)
+	a := l.node("site-a", "a", nil)
+	b := l.node("site-b", "b", nil)
+	openEcho(t, a.m, b.peer()).Close()
+	if _, ok := pathTo(a.m, "b"); !ok {
+		t.Fatal("no path to b")
+	}
+	var buf strings.Builder
+	a.m.cfg.Metrics.WritePrometheus(&buf)
+	if !strings.Contains(buf.String(), `fogmesh_path{peer="b"`) {
+		t.Fatalf("no per-peer series before Forget:\n%s", buf.String())
+	}
+	a.m.Forget("b")
+	if _, ok := pathTo(a.m, "b"); ok {
+		t.Fatal("a path to b after Forget")
+	}
+	buf.Reset()
+	a.m.cfg.Metrics.WritePrometheus(&buf)
+	if strings.Contains(buf.String(), `peer="b"`) {
+		t.Fatalf("series of b after Forget:\n%s", buf.String())
+	}
+}
