@@ -100,6 +100,14 @@ func listen(addr string) (*net.UDPConn, net.Listener, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
+	// A UDP port whose TCP twin is taken stays bound until we are done,
+	// so the kernel does not hand it out again on the next try.
+	var taken []net.PacketConn
+	defer func() {
+		for _, pc := range taken {
+			pc.Close()
+		}
+	}()
 	for attempt := 1; ; attempt++ {
 		pc, err := net.ListenPacket("udp", addr)
 		if err != nil {
@@ -111,7 +119,7 @@ func listen(addr string) (*net.UDPConn, net.Listener, error) {
 		if err == nil {
 			return udp, ln, nil
 		}
-		udp.Close()
+		taken = append(taken, udp)
 		if port != "0" || attempt >= maxBindAttempts || !errors.Is(err, syscall.EADDRINUSE) {
 			return nil, nil, fmt.Errorf("listen tcp %s (attempt %d): %w", tcpAddr, attempt, err)
 		}

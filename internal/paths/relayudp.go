@@ -186,6 +186,9 @@ func (m *Manager) dropUDPRelayed(st *peerState, r *udpRelayed) {
 	mine := st.relUDP == r
 	if mine {
 		st.relUDP = nil
+		if st.kind == Relayed { // new streams take the TCP relay again
+			st.relay, st.since = st.viaRelay, time.Now()
+		}
 	}
 	m.mu.Unlock()
 	if mine && m.ctx.Err() == nil {
