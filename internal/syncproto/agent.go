@@ -12,6 +12,13 @@ package syncproto
 //	AwaitWelcome ──error──▶ Closed        "control plane refused: …"
 //	AwaitWelcome ──other──▶ Closed        "expected welcome, got …"
 //	Streaming ──update──▶ Applying        effect Apply{update}
+//	Streaming ──update chunk 1 of n──▶ Receiving   hold it (chunk.go)
+//	Receiving ──chunk k<n──▶ Receiving    hold it: same nonce, version, storeId, full, n; k in order
+//	Receiving ──chunk n──▶ Applying       effect Apply{the whole update}
+//	Streaming/Receiving ──bad chunk──▶ Closed   send nack{nonce, version, error}; the next
+//	                                      stream subscribes from version 0, as after a refused
+//	                                      Apply (a gap, another update's chunk, another frame
+//	                                      between chunks, more than MaxChunks or MaxUpdateBytes)
 //	Applying ──Applied(nil)──▶ Streaming  send ack{nonce, version}
 //	Applying ──Applied(err)──▶ Closed     send nack{nonce, version, error}; the next
 //	                                      stream subscribes from version 0 (full snapshot),
@@ -109,9 +116,10 @@ const (
 	agentStreaming
 	agentApplying
 	agentClosed
+	agentReceiving // chunks of an update arrived, not yet the last
 )
 
-var agentStateNames = [...]string{"Idle", "AwaitWelcome", "Streaming", "Applying", "Closed"}
+var agentStateNames = [...]string{"Idle", "AwaitWelcome", "Streaming", "Applying", "Closed", "Receiving"}
 
 func (s agentState) String() string { return agentStateNames[s] }
 
@@ -128,10 +136,19 @@ type Agent struct {
 	features      []string
 	applying      *wire.Message // the update handed out in Apply
 	auditInFlight bool
+
+	limits     Limits
+	assembling *wire.Message // the chunks of an update taken so far (Receiving)
+	asmChunks  int           // its chunk count
+	asmNext    int           // the chunk due next
+	asmBytes   int           // its resource bodies and names so far
 }
 
 // NewAgent returns an idle machine.
-func NewAgent() *Agent { return &Agent{} }
+func NewAgent() *Agent { return &Agent{limits: DefaultLimits} }
+
+// SetLimits replaces the bounds of chunked updates (DefaultLimits).
+func (a *Agent) SetLimits(l Limits) { a.limits = l }
 
 // State names the current state (for logs and tests).
 func (a *Agent) State() string { return a.state.String() }
@@ -142,7 +159,7 @@ func (a *Agent) ResyncFull() bool { return a.resyncFull }
 // Connect starts a stream: the hello frame for node with caps. known is
 // the configuration the agent holds, for the subscribe after welcome.
 func (a *Agent) Connect(node *api.Node, caps []string, known Known) Output {
-	*a = Agent{resyncFull: a.resyncFull, state: agentAwaitWelcome, known: known}
+	*a = Agent{resyncFull: a.resyncFull, limits: a.limits, state: agentAwaitWelcome, known: known}
 	return Output{Send: []*wire.Message{{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: node, Capabilities: caps}}}
 }
 
@@ -199,7 +216,7 @@ func (a *Agent) Step(ev Event) (out Output) {
 func send(m ...*wire.Message) Output { return Output{Send: m} }
 
 func (a *Agent) needStreaming(what string) error {
-	if a.state != agentStreaming && a.state != agentApplying {
+	if a.state != agentStreaming && a.state != agentApplying && a.state != agentReceiving {
 		return fmt.Errorf("sync: %s before welcome", what)
 	}
 	return nil
@@ -235,9 +252,18 @@ func (a *Agent) recv(m *wire.Message) Output {
 		return Output{Send: []*wire.Message{sub}, Effects: []Effect{c}}
 	case agentApplying:
 		return Output{Err: fmt.Errorf("sync: %s while update %d is being applied", describe(m), a.applying.Version)}
+	case agentReceiving:
+		// The control plane writes an update's chunks back to back.
+		if m.Type != wire.TypeUpdate || (m.Chunk == 0 && m.Chunks == 0) {
+			return a.badUpdate(a.assembling, fmt.Errorf("%s before chunk %d of %d", describe(m), a.asmNext, a.asmChunks))
+		}
+		return a.chunk(m)
 	}
 	switch m.Type {
 	case wire.TypeUpdate:
+		if m.Chunk != 0 || m.Chunks != 0 {
+			return a.chunk(m)
+		}
 		a.state, a.applying = agentApplying, m
 		return Output{Effects: []Effect{Apply{m}}}
 	case wire.TypeHeartbeat: // the control plane's answer

@@ -28,7 +28,9 @@ package syncproto
 //	Streaming ──local / audit / renew / svid──▶ Streaming   effect for the driver, which
 //	                                      answers with Send (auditAck, cert, svidIssued, error)
 //	Streaming ──anything else──▶ Closed   effect BadFrame; "unexpected …"
-//	Streaming ──Send(update)──▶           send it with the next nonce; only after subscribe
+//	Streaming ──Send(update)──▶           send it with the next nonce; only after subscribe;
+//	                                      in chunks 1..n with that nonce if it exceeds the
+//	                                      chunk budget (chunk.go)
 //	Streaming ──Send(trust)──▶            only if the agent named CapTrust
 //	Streaming ──Send(heartbeat|auditAck|cert|svidIssued|error)──▶ send it
 
@@ -140,14 +142,18 @@ type Control struct {
 	storeID    string // this control plane's, from Admitted
 	subscribed bool
 	nonce      uint64
+	limits     Limits
 }
 
 // NewControl returns the machine for a new stream whose client certificate
 // names peer (nil in insecure mode: no certificate); hb is the heartbeat
 // interval agents are told to keep.
 func NewControl(peer *PeerNode, hb time.Duration) *Control {
-	return &Control{peer: peer, hb: hb}
+	return &Control{peer: peer, hb: hb, limits: DefaultLimits}
 }
+
+// SetLimits replaces the bounds of chunked updates (DefaultLimits).
+func (c *Control) SetLimits(l Limits) { c.limits = l }
 
 // State names the current state (for logs and tests).
 func (c *Control) State() string { return c.state.String() }
@@ -292,8 +298,16 @@ func (c *Control) send(m *wire.Message) Output {
 		if !c.subscribed {
 			return Output{Err: errors.New("sync: update before subscribe")}
 		}
+		if m.Chunk != 0 || m.Chunks != 0 {
+			return Output{Err: errors.New("sync: the driver sends whole updates; the machine chunks them")}
+		}
 		c.nonce++
 		m.Nonce = strconv.FormatUint(c.nonce, 10)
+		chunks, err := SplitUpdate(m, c.limits)
+		if err != nil {
+			return Output{Err: err}
+		}
+		return send(chunks...)
 	case wire.TypeTrust:
 		if !c.trust {
 			return Output{Err: fmt.Errorf("sync: trust to node %s, which did not name capability %s", c.node, wire.CapTrust)}

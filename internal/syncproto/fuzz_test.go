@@ -47,10 +47,22 @@ func addTranscriptSeeds(f *testing.F, prefix string) {
 func fuzzScript(t *testing.T, s *script, in string) {
 	var applying *wire.Message // the agent's last Apply
 	var lastNonce uint64       // the control machine's last update nonce
+	var lastChunk, chunks int  // the control machine's last chunk, of chunks
+	var pending *wire.Message  // the agent's last update chunk received
 	for _, line := range strings.Split(in, "\n") {
 		cmd, arg, _ := strings.Cut(line, " ")
 		if cmd == "agent" || cmd == "control" || cmd == "connect" {
-			applying, lastNonce = nil, 0
+			applying, lastNonce, lastChunk, chunks, pending = nil, 0, 0, 0, nil
+		}
+		var recvd *wire.Message // the update received in this step
+		if cmd == "recv" {
+			if m, err := wire.Decode([]byte(strings.TrimSpace(arg))); err == nil && m.Type == wire.TypeUpdate && (m.Chunk != 0 || m.Chunks != 0) {
+				recvd = m
+			}
+		}
+		held := pending
+		if recvd != nil {
+			pending = recvd
 		}
 		out, state, err := s.exec(cmd, strings.TrimSpace(arg))
 		if err != nil {
@@ -67,7 +79,16 @@ func fuzzScript(t *testing.T, s *script, in string) {
 				switch m.Type {
 				case wire.TypeHello, wire.TypeSubscribe, wire.TypeLocal, wire.TypeSessions, wire.TypeHeartbeat,
 					wire.TypeAudit, wire.TypeSVID, wire.TypeRenew:
-				case wire.TypeAck, wire.TypeNack:
+				case wire.TypeNack:
+					// A malformed chunk is refused as it arrives.
+					// A malformed chunk is refused as it arrives, and an update
+					// whose chunks another frame interrupts when that arrives.
+					if applying == nil && ((recvd != nil && m.Nonce == recvd.Nonce && m.Version == recvd.Version) ||
+						(held != nil && m.Nonce == held.Nonce && m.Version == held.Version)) {
+						continue
+					}
+					fallthrough
+				case wire.TypeAck:
 					if applying == nil || m.Nonce != applying.Nonce || m.Version != applying.Version {
 						t.Fatalf("%s: %s of nonce %q version %d, but the update applied was %+v", line, m.Type, m.Nonce, m.Version, applying)
 					}
@@ -80,10 +101,14 @@ func fuzzScript(t *testing.T, s *script, in string) {
 			switch m.Type {
 			case wire.TypeUpdate:
 				n, err := strconv.ParseUint(m.Nonce, 10, 64)
-				if err != nil || n <= lastNonce {
-					t.Fatalf("%s: update nonce %q after %d", line, m.Nonce, lastNonce)
+				if m.Chunk > 1 { // a later chunk: the same update
+					if err != nil || n != lastNonce || m.Chunk != lastChunk+1 || m.Chunks != chunks {
+						t.Fatalf("%s: chunk %d of %d nonce %q after chunk %d of %d nonce %d", line, m.Chunk, m.Chunks, m.Nonce, lastChunk, chunks, lastNonce)
+					}
+				} else if err != nil || n <= lastNonce || (lastChunk != chunks) {
+					t.Fatalf("%s: update nonce %q after %d (chunk %d of %d)", line, m.Nonce, lastNonce, lastChunk, chunks)
 				}
-				lastNonce = n
+				lastNonce, lastChunk, chunks = n, m.Chunk, m.Chunks
 			case wire.TypeWelcome, wire.TypeError, wire.TypeHeartbeat, wire.TypeAuditAck, wire.TypeCert,
 				wire.TypeSVIDIssued, wire.TypeTrust:
 			default:
@@ -101,6 +126,8 @@ func fuzzScript(t *testing.T, s *script, in string) {
 func FuzzAgent(f *testing.F) {
 	addTranscriptSeeds(f, "agent_")
 	f.Add("recv {\"type\":\"update\"}\napplied\nconnect\nrecv {}\nrecv {\"type\":\"welcome\",\"heartbeatMillis\":-5}\ntick {}")
+	// chunked seeds (the chunk transcripts seed more)
+	f.Add("limits {\"maxChunks\":3,\"maxUpdateBytes\":100}\nconnect\nrecv {\"type\":\"welcome\"}\nrecv {\"type\":\"update\",\"nonce\":\"1\",\"chunk\":1,\"chunks\":2}\ntick {}\nrecv {\"type\":\"update\",\"nonce\":\"1\",\"chunk\":2,\"chunks\":2}\napplied")
 	f.Fuzz(func(t *testing.T, in string) {
 		fuzzScript(t, newScript(), in)
 	})
@@ -109,6 +136,7 @@ func FuzzAgent(f *testing.F) {
 func FuzzControl(f *testing.F) {
 	addTranscriptSeeds(f, "control_")
 	f.Add("recv {\"type\":\"hello\"}\nadmitted {}\nsend {\"type\":\"update\"}\nrecv {\"type\":\"subscribe\"}\nsend {}")
+	f.Add("limits {\"chunkItems\":1,\"chunkBytes\":10,\"maxChunks\":2}\nrecv {\"type\":\"hello\",\"protocol\":1,\"node\":{\"metadata\":{\"name\":\"n1\"}},\"capabilities\":[\"policy2\"]}\nadmitted {}\nrecv {\"type\":\"subscribe\"}\nsend {\"type\":\"update\",\"removed\":[{\"type\":\"Endpoint\",\"name\":\"a/b\"},{\"type\":\"Endpoint\",\"name\":\"a/c\"}]}\nsend {\"type\":\"update\",\"chunk\":1,\"chunks\":2}")
 	f.Fuzz(func(t *testing.T, in string) {
 		s := newScript()
 		s.run("control", "")

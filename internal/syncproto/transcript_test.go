@@ -22,6 +22,8 @@ package syncproto
 //	sessions {"sessions":[…]}
 //	admitted {"version":…,"storeId":…,"features":[…],"auditSeq":…,"auditHash":…}
 //	reject reason text
+//	limits {"chunkBytes":…,"chunkItems":…,"maxChunks":…,"maxUpdateBytes":…}
+//	                         the machine's chunking bounds (small, to script chunks)
 //
 // go test -run TestTranscripts -rewrite writes what the machines do now
 // into the files: read the diff before committing it.
@@ -82,6 +84,17 @@ func (s *script) exec(cmd, arg string) (out Output, state string, err error) {
 		}
 		s.agent, s.control = nil, NewControl(peer, testHeartbeat)
 		return Output{}, s.control.State(), nil
+	case "limits":
+		var l Limits
+		if err := json.Unmarshal([]byte(arg), &l); err != nil {
+			return Output{}, "", fmt.Errorf("limits: %w", err)
+		}
+		if s.control != nil {
+			s.control.SetLimits(l)
+			return Output{}, s.control.State(), nil
+		}
+		s.agent.SetLimits(l)
+		return Output{}, s.agent.State(), nil
 	}
 	m := new(wire.Message)
 	if strings.HasPrefix(arg, "{") {

@@ -38,6 +38,19 @@ const ProtocolVersion = 1
 // endpoints fits with room to spare.
 const MaxFrame = 32 << 20
 
+// Bounds of chunked updates (Message.Chunk). A sender splits an update
+// whose Resources and Removed, JSON-encoded, exceed ChunkBytes or whose
+// count exceeds ChunkItems into chunks that stay within both (a single
+// item larger than ChunkBytes goes alone in its chunk). A receiver refuses
+// an update of more than MaxChunks chunks or MaxUpdateBytes of resource
+// bodies and names: it holds the chunks until the last one arrives.
+const (
+	ChunkBytes     = 256 << 10
+	ChunkItems     = 500
+	MaxChunks      = 4096
+	MaxUpdateBytes = 256 << 20
+)
+
 // Message types.
 const (
 	// agent -> control
@@ -188,6 +201,14 @@ type Message struct {
 	Full      bool          `json:"full,omitempty"`
 	Resources []Resource    `json:"resources,omitempty"`
 	Removed   []ResourceRef `json:"removed,omitempty"`
+	// Chunk and Chunks (update) split one update into Chunks consecutive
+	// frames, Chunk 1 to Chunks, each with the same Nonce, Version,
+	// StoreID and Full and a share of Resources and Removed; the receiver
+	// applies the update when chunk Chunks arrived. Both are 0 (absent)
+	// in an update sent whole, which is how every update that fits
+	// ChunkBytes and ChunkItems is sent.
+	Chunk  int `json:"chunk,omitempty"`
+	Chunks int `json:"chunks,omitempty"`
 	// HeartbeatMillis tells the agent how often to send heartbeats.
 	HeartbeatMillis int64 `json:"heartbeatMillis,omitempty"`
 }
@@ -250,18 +271,25 @@ var ErrFrameTooLarge = errors.New("wire: frame too large")
 
 // Write writes one frame.
 func Write(w io.Writer, m *Message) error {
+	_, err := WriteFrame(w, m)
+	return err
+}
+
+// WriteFrame writes one frame and returns the length of its body (the
+// encoded Message), which a sender may record.
+func WriteFrame(w io.Writer, m *Message) (int, error) {
 	b, err := json.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("wire: encode %s: %w", m.Type, err)
+		return 0, fmt.Errorf("wire: encode %s: %w", m.Type, err)
 	}
 	if len(b) > MaxFrame {
-		return ErrFrameTooLarge
+		return len(b), ErrFrameTooLarge
 	}
 	buf := make([]byte, 4+len(b))
 	binary.BigEndian.PutUint32(buf, uint32(len(b)))
 	copy(buf[4:], b)
 	_, err = w.Write(buf)
-	return err
+	return len(b), err
 }
 
 // Reader reads frames.

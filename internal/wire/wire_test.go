@@ -100,3 +100,28 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestChunkFields: an update sent whole encodes exactly as before chunk
+// fields existed; a chunk carries them; WriteFrame reports the body size.
+func TestChunkFields(t *testing.T) {
+	whole := &Message{Type: TypeUpdate, Version: 3, Nonce: "1", StoreID: "s"}
+	var buf bytes.Buffer
+	n, err := WriteFrame(&buf, whole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `{"type":"update","storeId":"s","nonce":"1","version":3}`
+	if got := buf.String()[4:]; got != want || n != len(want) {
+		t.Fatalf("whole update frame %q (%d bytes), want %q", got, n, want)
+	}
+	buf.Reset()
+	chunk := *whole
+	chunk.Chunk, chunk.Chunks = 2, 3
+	if err := Write(&buf, &chunk); err != nil {
+		t.Fatal(err)
+	}
+	got, err := NewReader(&buf).Read()
+	if err != nil || got.Chunk != 2 || got.Chunks != 3 {
+		t.Fatalf("chunk read back as %+v, %v", got, err)
+	}
+}
