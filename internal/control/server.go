@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -170,6 +171,8 @@ type Server struct {
 	mOldAgents *metrics.Counter // agents refused for lacking wire.CapPolicy2
 	mApplies   *metrics.Counter
 	mUpdates   *metrics.Counter
+	mChunks    *metrics.Counter // frames of updates sent in chunks
+	maxFrame   atomic.Int64     // the largest sync frame body written to an agent
 }
 
 // New opens the store and binds both listeners; Serve starts serving.
@@ -246,6 +249,10 @@ func (s *Server) initMetrics() {
 	s.mOldAgents = m.NewCounter(`fogmesh_control_sync_old_agents_total`)
 	s.mApplies = m.NewCounter(`fogmesh_control_applies_total`)
 	s.mUpdates = m.NewCounter(`fogmesh_control_updates_sent_total`)
+	s.mChunks = m.NewCounter(`fogmesh_control_update_chunks_sent_total`)
+	// The largest frame sent on a sync stream: with chunked updates it
+	// stays near wire.ChunkBytes however large the snapshot.
+	m.NewGauge(`fogmesh_control_sync_frame_bytes_max`, func() float64 { return float64(s.maxFrame.Load()) })
 	m.NewGauge(`fogmesh_control_nodes_connected`, func() float64 {
 		s.mu.Lock()
 		defer s.mu.Unlock()

@@ -105,11 +105,26 @@ func (st *stream) step(ev syncproto.Event) ([]syncproto.Effect, error) {
 	out := st.sm.Step(ev)
 	for _, m := range out.Send {
 		st.c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		if err := wire.Write(st.c, m); err != nil && out.Err == nil {
+		n, err := wire.WriteFrame(st.c, m)
+		if err != nil && out.Err == nil {
 			return out.Effects, err
 		}
+		st.s.noteFrame(m, n)
 	}
 	return out.Effects, out.Err
+}
+
+// noteFrame records the size of a frame written to an agent.
+func (s *Server) noteFrame(m *wire.Message, n int) {
+	if m.Chunks > 0 {
+		s.mChunks.Inc()
+	}
+	for {
+		old := s.maxFrame.Load()
+		if int64(n) <= old || s.maxFrame.CompareAndSwap(old, int64(n)) {
+			return
+		}
+	}
 }
 
 // write sends a frame the control plane originates (an update, an answer,
