@@ -68,7 +68,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 		}
 		c, caps = tc, []string{wire.CapTrust}
 	}
-	caps = append(caps, wire.CapPolicy2)
+	caps = append(caps, wire.CapPolicy2, wire.CapChunks)
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { cancel(); c.Close(); wg.Wait() }()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -382,6 +383,8 @@ func TestOldAgentRefused(t *testing.T) {
 	if m := a.recv(); m.Type != wire.TypeError || !strings.Contains(m.Error, "upgrade") {
 		t.Fatalf("an agent without %s got %+v; want an error naming the upgrade", wire.CapPolicy2, m)
 	}
+	// The refusal is written before its effect is counted: wait for it.
+	testenv.WaitFor(t, 5*time.Second, "the old agent to be counted", func() bool { return s.mOldAgents.Get() >= 1 })
 	if s.mOldAgents.Get() != 1 {
 		t.Fatalf("old agents counted %d, want 1", s.mOldAgents.Get())
 	}

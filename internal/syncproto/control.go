@@ -30,7 +30,7 @@ package syncproto
 //	Streaming ──anything else──▶ Closed   effect BadFrame; "unexpected …"
 //	Streaming ──Send(update)──▶           send it with the next nonce; only after subscribe;
 //	                                      in chunks 1..n with that nonce if it exceeds the
-//	                                      chunk budget (chunk.go)
+//	                                      chunk budget and the agent named CapChunks (chunk.go)
 //	Streaming ──Send(trust)──▶            only if the agent named CapTrust
 //	Streaming ──Send(heartbeat|auditAck|cert|svidIssued|error)──▶ send it
 
@@ -139,6 +139,7 @@ type Control struct {
 	state      controlState
 	node       string
 	trust      bool   // the agent named CapTrust
+	chunks     bool   // the agent named CapChunks
 	storeID    string // this control plane's, from Admitted
 	subscribed bool
 	nonce      uint64
@@ -242,6 +243,7 @@ func (c *Control) hello(m *wire.Message) Output {
 			fmt.Errorf("hello node %s does not match certificate for node %s of site %s", c.node, c.peer.Node, c.peer.Site), Unauthorized{})
 	}
 	c.state, c.trust = controlAdmitting, slices.Contains(m.Capabilities, wire.CapTrust)
+	c.chunks = slices.Contains(m.Capabilities, wire.CapChunks)
 	return Output{Effects: []Effect{Admit{Node: m.Node, Trust: c.trust}}}
 }
 
@@ -303,6 +305,9 @@ func (c *Control) send(m *wire.Message) Output {
 		}
 		c.nonce++
 		m.Nonce = strconv.FormatUint(c.nonce, 10)
+		if !c.chunks {
+			return send(m)
+		}
 		chunks, err := SplitUpdate(m, c.limits)
 		if err != nil {
 			return Output{Err: err}

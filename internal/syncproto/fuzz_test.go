@@ -136,7 +136,7 @@ func FuzzAgent(f *testing.F) {
 func FuzzControl(f *testing.F) {
 	addTranscriptSeeds(f, "control_")
 	f.Add("recv {\"type\":\"hello\"}\nadmitted {}\nsend {\"type\":\"update\"}\nrecv {\"type\":\"subscribe\"}\nsend {}")
-	f.Add("limits {\"chunkItems\":1,\"chunkBytes\":10,\"maxChunks\":2}\nrecv {\"type\":\"hello\",\"protocol\":1,\"node\":{\"metadata\":{\"name\":\"n1\"}},\"capabilities\":[\"policy2\"]}\nadmitted {}\nrecv {\"type\":\"subscribe\"}\nsend {\"type\":\"update\",\"removed\":[{\"type\":\"Endpoint\",\"name\":\"a/b\"},{\"type\":\"Endpoint\",\"name\":\"a/c\"}]}\nsend {\"type\":\"update\",\"chunk\":1,\"chunks\":2}")
+	f.Add("limits {\"chunkItems\":1,\"chunkBytes\":10,\"maxChunks\":2}\nrecv {\"type\":\"hello\",\"protocol\":1,\"node\":{\"metadata\":{\"name\":\"n1\"}},\"capabilities\":[\"policy2\",\"chunks\"]}\nadmitted {}\nrecv {\"type\":\"subscribe\"}\nsend {\"type\":\"update\",\"removed\":[{\"type\":\"Endpoint\",\"name\":\"a/b\"},{\"type\":\"Endpoint\",\"name\":\"a/c\"}]}\nsend {\"type\":\"update\",\"chunk\":1,\"chunks\":2}")
 	f.Fuzz(func(t *testing.T, in string) {
 		s := newScript()
 		s.run("control", "")

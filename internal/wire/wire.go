@@ -91,6 +91,11 @@ const (
 	// would ignore them and so widen the rules; the control plane refuses
 	// its stream (it keeps serving from its cache until upgraded).
 	CapPolicy2 = "policy2"
+	// CapChunks: the agent takes updates in chunks (Message.Chunk). An
+	// agent without it would take each chunk for a whole update (a
+	// snapshot's last chunk for the whole configuration), so the control
+	// plane sends it every update in one frame, as before chunking.
+	CapChunks = "chunks"
 )
 
 // Features a control plane lists in welcome. An agent uses a message type
