@@ -35,8 +35,8 @@ var DefaultLimits = Limits{ChunkBytes: wire.ChunkBytes, ChunkItems: wire.ChunkIt
 // error: no receiver would take them.
 func SplitUpdate(m *wire.Message, l Limits) ([]*wire.Message, error) {
 	total := len(m.Resources) + len(m.Removed)
-	if total == 0 {
-		return []*wire.Message{m}, nil
+	if total == 0 || (total <= l.ChunkItems && maxEncoded(m) <= l.ChunkBytes) {
+		return []*wire.Message{m}, nil // most deltas: no need to encode twice
 	}
 	// bounds[i] is the item index where chunk i+1 starts.
 	var bounds []int
@@ -84,6 +84,20 @@ func SplitUpdate(m *wire.Message, l Limits) ([]*wire.Message, error) {
 		out[i] = &c
 	}
 	return out, nil
+}
+
+// maxEncoded bounds the JSON size of m's items without encoding them:
+// a string or body byte encodes to at most 6 bytes (\u00XX), and the
+// rest of an item (keys, version, punctuation, a null body) to under 72.
+func maxEncoded(m *wire.Message) int {
+	n := 0
+	for _, r := range m.Resources {
+		n += 6*(len(r.Body)+len(r.Name)+len(r.Type)) + 72
+	}
+	for _, r := range m.Removed {
+		n += 6*(len(r.Name)+len(r.Type)) + 72
+	}
+	return n
 }
 
 // updateBytes is what an update's chunk adds to the receiver's memory:
