@@ -80,7 +80,6 @@ func fuzzScript(t *testing.T, s *script, in string) {
 				case wire.TypeHello, wire.TypeSubscribe, wire.TypeLocal, wire.TypeSessions, wire.TypeHeartbeat,
 					wire.TypeAudit, wire.TypeSVID, wire.TypeRenew:
 				case wire.TypeNack:
-					// A malformed chunk is refused as it arrives.
 					// A malformed chunk is refused as it arrives, and an update
 					// whose chunks another frame interrupts when that arrives.
 					if applying == nil && ((recvd != nil && m.Nonce == recvd.Nonce && m.Version == recvd.Version) ||
