@@ -19,6 +19,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/netlab"
 	"github.com/fogmesh/fogmesh/internal/paths"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // These tests run the mesh on internal/netlab's small internet: a control
@@ -105,7 +106,7 @@ func startLabMesh(t *testing.T, lab *netlab.Lab) *labMesh {
 	m.ctl, addrs = startAddrsIn(t, lab.CP.Netns, "control", "-state-dir", state, "-admin-addr", "127.0.0.1:0",
 		"-sync-addr", m.syncAddr, "-heartbeat-interval", "1s")
 	ca := filepath.Join(state, "ca.pem")
-	testWait(t, 20*time.Second, "the control plane's admin token", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "the control plane's admin token", func() bool {
 		_, err1 := os.Stat(filepath.Join(state, "admin.token"))
 		_, err2 := os.Stat(ca)
 		return err1 == nil && err2 == nil
@@ -115,7 +116,7 @@ func startLabMesh(t *testing.T, lab *netlab.Lab) *labMesh {
 		t.Fatal(err)
 	}
 	m.admin = []string{"-server", "https://" + addrs["admin"], "-ca", ca, "-token", strings.TrimSpace(string(tok))}
-	testWait(t, 20*time.Second, "the admin API", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "the admin API", func() bool {
 		out, err := lab.CP.Command(context.Background(), fogmeshBin, append([]string{"get", "nodes"}, m.admin...)...).CombinedOutput()
 		return err == nil && !strings.Contains(string(out), "error")
 	})
@@ -250,17 +251,6 @@ func (a *labAgent) path(peer string) (paths.PathStatus, bool) {
 	return paths.PathStatus{}, false
 }
 
-// testWait polls cond until it holds or d passes.
-func testWait(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // TestCrossSitePaths: every pair of nodes (five behind NATs, one in the
 // cloud) reaches the other's service in both directions with real HTTP
@@ -342,7 +332,7 @@ func TestCrossSitePaths(t *testing.T) {
 				carriers = []string{"quic", "tcp"}
 			}
 			var got paths.PathStatus
-			testWait(t, 40*time.Second, fmt.Sprintf("%s's path to %s to be %v over %v", x.name, y.name, want, carriers), func() bool {
+			testenv.WaitFor(t, 40*time.Second, fmt.Sprintf("%s's path to %s to be %v over %v", x.name, y.name, want, carriers), func() bool {
 				// Requests keep the path in use (and start the upgrade).
 				x.call(vips[[2]string{x.name, y.name}], y.name)
 				got, _ = x.path(y.name)
@@ -357,7 +347,7 @@ func TestCrossSitePaths(t *testing.T) {
 
 	// The control plane knows every node's paths from their heartbeats:
 	// `fogmesh get paths` shows the pairs as the agents see them.
-	testWait(t, 15*time.Second, "fogmesh get paths to show the agents' paths", func() bool {
+	testenv.WaitFor(t, 15*time.Second, "fogmesh get paths to show the agents' paths", func() bool {
 		var ps []control.NodePath
 		if json.Unmarshal([]byte(runIn(t, lab.CP.Netns, append([]string{"get", "paths", "-o", "json"}, m.admin...)...)), &ps) != nil {
 			return false
@@ -374,7 +364,7 @@ func TestCrossSitePaths(t *testing.T) {
 	}
 	// The same as metrics, per peer.
 	var body string
-	testWait(t, 5*time.Second, "a1's path metrics", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "a1's path metrics", func() bool {
 		resp, err := m.nodes["a1"].http.Get("http://" + m.nodes["a1"].admin + "/metrics")
 		if err != nil {
 			return false
@@ -409,9 +399,9 @@ func TestCrossSitePaths(t *testing.T) {
 		for range inFlight {
 			go func() { results <- a1.callPath(vips[[2]string{"a1", "b1"}], "b1", "/slow") }()
 		}
-		testWait(t, 10*time.Second, "requests in flight at b1", func() bool { return b1.slow.Load() == inFlight })
+		testenv.WaitFor(t, 10*time.Second, "requests in flight at b1", func() bool { return b1.slow.Load() == inFlight })
 		rp.kill9(t)
-		testWait(t, 10*time.Second, "the requests retried at b1", func() bool { return b1.slow.Load() >= 2*inFlight })
+		testenv.WaitFor(t, 10*time.Second, "the requests retried at b1", func() bool { return b1.slow.Load() >= 2*inFlight })
 		close(b1.release)
 		for range inFlight {
 			if err := <-results; err != nil {
@@ -460,11 +450,11 @@ func TestCrossSitePaths(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, y := range []string{"cloud", "l1", "b1", "c1"} {
-			testWait(t, 40*time.Second, "a1 -> "+y+" after the uplink came back", func() bool {
+			testenv.WaitFor(t, 40*time.Second, "a1 -> "+y+" after the uplink came back", func() bool {
 				return a1.call(vips[[2]string{"a1", y}], y) == nil
 			})
 			x := m.nodes[y]
-			testWait(t, 40*time.Second, y+" -> a1 after the uplink came back", func() bool {
+			testenv.WaitFor(t, 40*time.Second, y+" -> a1 after the uplink came back", func() bool {
 				return x.call(vips[[2]string{y, "a1"}], "a1") == nil
 			})
 		}
@@ -491,7 +481,7 @@ func routeAll(t *testing.T, nodes []*labAgent) map[[2]string]string {
 			if x == y {
 				continue
 			}
-			testWait(t, 30*time.Second, x.name+" routing svc-"+y.name, func() bool {
+			testenv.WaitFor(t, 30*time.Second, x.name+" routing svc-"+y.name, func() bool {
 				v, ok := x.vip("svc-" + y.name)
 				vips[[2]string{x.name, y.name}] = v
 				return ok
@@ -534,7 +524,7 @@ func TestSiteGateway(t *testing.T) {
 			if x == y {
 				continue
 			}
-			testWait(t, 15*time.Second, x.name+" -> "+y.name, func() bool {
+			testenv.WaitFor(t, 15*time.Second, x.name+" -> "+y.name, func() bool {
 				return x.call(vips[[2]string{x.name, y.name}], y.name) == nil
 			})
 		}
