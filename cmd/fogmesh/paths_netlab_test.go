@@ -251,7 +251,6 @@ func (a *labAgent) path(peer string) (paths.PathStatus, bool) {
 	return paths.PathStatus{}, false
 }
 
-
 // TestCrossSitePaths: every pair of nodes (five behind NATs, one in the
 // cloud) reaches the other's service in both directions with real HTTP
 // requests through both agents; each pair settles on the expected path
