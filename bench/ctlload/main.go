@@ -48,6 +48,9 @@ func main() {
 	if cfg.M == 0 {
 		cfg.M = min(5*cfg.N, 50000)
 	}
+	if cfg.Services == 0 {
+		cfg.Services = max(1, cfg.M/10)
+	}
 	if cfg.N <= 0 || cfg.M <= 0 || cfg.Rate <= 0 || cfg.Duration <= 0 {
 		fmt.Fprintln(os.Stderr, "ctlload: -n, -m, -rate and -duration must be positive")
 		os.Exit(2)
@@ -74,10 +77,11 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	fmt.Fprintf(os.Stderr, "ctlload: n=%d m=%d services=%d rate=%.0f/s for %v, heartbeat %v, jitter %v, secure=%v, work dir %s\n",
-		cfg.N, cfg.M, max(cfg.Services, cfg.M/10), cfg.Rate, cfg.Duration, cfg.Heartbeat, cfg.Jitter, !cfg.Insecure, dir)
+		cfg.N, cfg.M, cfg.Services, cfg.Rate, cfg.Duration, cfg.Heartbeat, cfg.Jitter, !cfg.Insecure, dir)
 	res, err := runLoad(ctx, cfg)
 	printResult(res)
 	if *jsonOut != "" {
+		os.MkdirAll(filepath.Dir(*jsonOut), 0o755)
 		if f, ferr := os.OpenFile(*jsonOut, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); ferr == nil {
 			b, _ := json.Marshal(struct {
 				result
@@ -88,7 +92,7 @@ func main() {
 		}
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ctlload: %v (logs in %s)\n", err, filepath.Join(dir))
+		fmt.Fprintf(os.Stderr, "ctlload: %v\n", err)
 		cancel()
 		os.Exit(1)
 	}
