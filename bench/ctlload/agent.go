@@ -41,7 +41,8 @@ type simAgent struct {
 
 // run keeps a stream open until ctx ends, reconnecting after a failure
 // with full jitter: the k-th retry in a row waits uniform [0, jitter·2^k),
-// at most 15 s. gate bounds the first connection's concurrency.
+// at most 15 s. gate bounds how many agents make their first connection
+// (until its first update is applied) at once; reconnections are not gated.
 func (a *simAgent) run(ctx context.Context, jitter time.Duration, gate chan struct{}) {
 	a.sm = syncproto.NewAgent()
 	first := true
@@ -78,8 +79,11 @@ func (a *simAgent) run(ctx context.Context, jitter time.Duration, gate chan stru
 }
 
 // once runs one stream; subscribed tells whether it got as far as the
-// subscribe (so the next failure starts the backoff afresh).
-func (a *simAgent) once(ctx context.Context, subscribedFn func()) (subscribed bool, err error) {
+// subscribe (so the next failure starts the backoff afresh). firstFn is
+// called once the stream's first update is applied (or at once if there
+// is nothing to send), so that the gate of run bounds how many snapshots
+// are in flight during the first connections.
+func (a *simAgent) once(ctx context.Context, firstFn func()) (subscribed bool, err error) {
 	d := net.Dialer{Timeout: 10 * time.Second}
 	c, err := d.DialContext(ctx, "tcp", *a.addr.Load())
 	if err != nil {
@@ -146,7 +150,9 @@ func (a *simAgent) once(ctx context.Context, subscribedFn func()) (subscribed bo
 		known = 0
 	}
 	a.tr.subscribed(a.i, welcome.Version, known, time.Now())
-	subscribedFn()
+	if known >= welcome.Version {
+		firstFn() // nothing to receive
+	}
 	if _, err := step(syncproto.Local{}); err != nil { // an agent without local workloads
 		return true, err
 	}
@@ -187,6 +193,7 @@ func (a *simAgent) once(ctx context.Context, subscribedFn func()) (subscribed bo
 				if _, err := step(syncproto.Applied{Err: aerr}); err != nil {
 					return true, err
 				}
+				firstFn()
 			}
 		}
 		if err != nil {

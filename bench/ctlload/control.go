@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,14 +41,10 @@ type childPlane struct {
 	cmd      *exec.Cmd
 	done     chan error
 	n        int
+	curPID   atomic.Int64 // for pid, read by the watchdog while cmd changes
 }
 
-func (p *childPlane) pid() int {
-	if p.cmd == nil || p.cmd.Process == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
-}
+func (p *childPlane) pid() int { return int(p.curPID.Load()) }
 
 func (p *childPlane) start(ctx context.Context) (string, string, error) {
 	p.n++
@@ -67,6 +64,7 @@ func (p *childPlane) start(ctx context.Context) (string, string, error) {
 		logf.Close()
 		return "", "", fmt.Errorf("start %s: %w", p.bin, err)
 	}
+	p.curPID.Store(int64(p.cmd.Process.Pid))
 	p.done = make(chan error, 1)
 	go func() { p.done <- p.cmd.Wait(); logf.Close() }()
 	deadline := time.Now().Add(60 * time.Second)
@@ -95,6 +93,7 @@ func (p *childPlane) kill() error {
 	if p.cmd == nil {
 		return nil
 	}
+	p.curPID.Store(0)
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	select {
 	case <-p.done:

@@ -60,26 +60,31 @@ func TestConvergenceAcrossRestart(t *testing.T) {
 
 // TestTracker: a change counts as applied at an agent once it applied any
 // version at or above the change's revision, also when that version came
-// before the writer learnt the revision.
+// before the writer learnt the revision, and whatever the order in which
+// changes are registered.
 func TestTracker(t *testing.T) {
 	tr := newTracker(2)
 	t0 := time.Unix(1000, 0)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 
-	tr.register(at(0), 10)   // change 0 at rev 10
-	tr.applied(0, 10, at(5)) // agent 0 has it at 5ms
+	tr.applied(0, 8, at(-10)) // before recording
+	tr.applied(1, 8, at(-10))
+	tr.record(at(-1))
+	tr.applied(0, 10, at(5)) // agent 0 has rev 10 at 5ms
 	tr.applied(1, 9, at(6))  // agent 1 is not there yet
-	if got := tr.pending(); got != 1 {
-		t.Fatalf("pending %d, want 1", got)
+	tr.register(at(0), 10)   // change 0 at rev 10, registered late
+	if lat, inc := tr.latencies(); inc != 1 || len(lat) != 0 {
+		t.Fatalf("latencies %v incomplete %d, want none done and 1 incomplete", lat, inc)
 	}
 	// Agent 1 applies rev 12 before the writer registers change 1 (rev 12):
 	// it covers change 0 now and change 1 once registered.
 	tr.applied(1, 12, at(8))
+	tr.applied(0, 11, at(9)) // below change 1: not it
+	tr.register(at(20), 15)  // change 2, registered before change 1
 	tr.register(at(7), 12)
-	tr.applied(0, 11, at(9))  // below change 1: not it
-	tr.register(at(20), 15)   // change 2
 	tr.applied(0, 15, at(30)) // covers 1 and 2
 	tr.applied(1, 15, at(40))
+	tr.applied(1, 14, at(50)) // a lower version later changes nothing
 	lat, inc := tr.latencies()
 	if inc != 0 {
 		t.Fatalf("incomplete %d", inc)
@@ -95,6 +100,9 @@ func TestTracker(t *testing.T) {
 	}
 	if got := tr.minApplied(); got != 15 {
 		t.Fatalf("minApplied %d", got)
+	}
+	if got := tr.maxRev(); got != 15 {
+		t.Fatalf("maxRev %d", got)
 	}
 
 	// Resync bookkeeping: an agent welcomed at rev 20 holding 15 is in sync

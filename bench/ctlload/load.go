@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -30,6 +31,7 @@ type config struct {
 	Restart        bool
 	Verify         bool
 	Dialers        int           // first connections in flight at once
+	MaxRSS         int64         // abort when the control plane or this process grows past it (0: 4 GiB)
 	PhaseTimeout   time.Duration // bound of each wait
 	Log            io.Writer
 }
@@ -111,6 +113,9 @@ func runLoad(ctx context.Context, cfg config) (res result, err error) {
 	if cfg.PhaseTimeout <= 0 {
 		cfg.PhaseTimeout = 2 * time.Minute
 	}
+	if cfg.MaxRSS <= 0 {
+		cfg.MaxRSS = 4 << 30
+	}
 	r := &run{cfg: cfg, tr: newTracker(cfg.N), state: filepath.Join(cfg.Dir, "state"),
 		epRev: make([]uint64, cfg.M), epPort: make([]int, cfg.M)}
 	res = result{N: cfg.N, M: cfg.M, Services: cfg.Services, Secure: !cfg.Insecure}
@@ -120,6 +125,14 @@ func runLoad(ctx context.Context, cfg config) (res result, err error) {
 		r.p = &inProcPlane{dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure}
 	}
 	defer r.p.kill()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer func() {
+		if err != nil && context.Cause(ctx) != nil && context.Cause(ctx) != ctx.Err() {
+			err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
+		}
+	}()
+	go r.watchdog(ctx, cancel)
 	if err := r.startPlane(ctx); err != nil {
 		return res, err
 	}
@@ -215,6 +228,31 @@ func runLoad(ctx context.Context, cfg config) (res result, err error) {
 	return res, nil
 }
 
+// watchdog ends the run when the control plane or this process uses more
+// memory than cfg.MaxRSS (the machine is shared), and logs progress.
+func (r *run) watchdog(ctx context.Context, cancel context.CancelCauseFunc) {
+	tk := time.NewTicker(250 * time.Millisecond)
+	defer tk.Stop()
+	for i := 1; ; i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+		cp, _ := readProc(r.p.pid())
+		self, _ := readProc(os.Getpid())
+		if cp.rss > r.cfg.MaxRSS || self.rss > r.cfg.MaxRSS {
+			cancel(fmt.Errorf("memory bound: control plane RSS %d MiB, load generator RSS %d MiB, limit %d MiB", cp.rss>>20, self.rss>>20, r.cfg.MaxRSS>>20))
+			return
+		}
+		if i%40 == 0 && r.tr != nil { // every 10 s
+			subs, synced, _, _ := r.tr.resync(time.Time{})
+			r.logf("progress: %d agents subscribed, %d in sync on their stream, lowest version applied %d; control plane %d MiB, %d fds; load generator %d MiB",
+				subs, synced, r.tr.minApplied(), cp.rss>>20, cp.fds, self.rss>>20)
+		}
+	}
+}
+
 func (r *run) startPlane(ctx context.Context) error {
 	adminAddr, syncAddr, err := r.p.start(ctx)
 	if err != nil {
@@ -299,7 +337,7 @@ func (r *run) change(ctx context.Context, e int) (uint64, error) {
 		return 0, fmt.Errorf("change endpoint %d: %w", e, err)
 	}
 	r.mu.Lock()
-	r.epRev[e] = rev
+	r.epRev[e] = max(r.epRev[e], rev) // two changes of e may be in flight
 	r.changed++
 	r.mu.Unlock()
 	return rev, nil
@@ -326,38 +364,66 @@ func (r *run) steady(ctx context.Context, res *result) error {
 	}()
 	p0, _ := readProc(r.p.pid())
 	t0 := time.Now()
+	r.tr.record(t0)
+	// A change goes out every 1/rate whether or not the previous one was
+	// answered (the admin API takes about 10 ms with its fsyncs, so one at
+	// a time would fall short of 100/s); at most 32 in flight, else the
+	// tick is skipped and the achieved rate says so.
 	tk := time.NewTicker(time.Duration(float64(time.Second) / r.cfg.Rate))
 	end := time.NewTimer(r.cfg.Duration)
-	var err error
+	inflight := make(chan struct{}, 32)
+	var (
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		werr    error
+		sent    atomic.Int64
+	)
 loop:
 	for {
 		select {
 		case <-ctx.Done():
-			err = ctx.Err()
 			break loop
 		case <-end.C:
 			break loop
 		case <-tk.C:
 		}
-		sent := time.Now()
-		var rev uint64
-		if rev, err = r.change(ctx, rand.N(r.cfg.M)); err != nil {
-			break
+		select {
+		case inflight <- struct{}{}:
+		default:
+			continue // 32 in flight: skip this tick
 		}
-		r.tr.register(sent, rev)
-		res.ChangesSent++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-inflight }()
+			t := time.Now()
+			rev, err := r.change(ctx, rand.N(r.cfg.M))
+			if err != nil {
+				errOnce.Do(func() { werr = err })
+				return
+			}
+			r.tr.register(t, rev)
+			sent.Add(1)
+		}()
 	}
 	tk.Stop()
+	wg.Wait()
 	wall := time.Since(t0)
 	p1, _ := readProc(r.p.pid())
+	res.ChangesSent = int(sent.Load())
 	res.Rate = float64(res.ChangesSent) / wall.Seconds()
 	res.CPU = cores(p0, p1)
+	err := werr
+	if err == nil {
+		err = ctx.Err()
+	}
 	if err != nil {
 		close(stop)
 		return err
 	}
 	// Let the last changes arrive (bounded).
-	r.waitFor(ctx, "every change at every agent", func() bool { return r.tr.pending() == 0 })
+	last := r.tr.maxRev()
+	r.waitFor(ctx, "every change at every agent", func() bool { return r.tr.minApplied() >= last })
 	close(stop)
 	<-sampled
 	p2, _ := readProc(r.p.pid())

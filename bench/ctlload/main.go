@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 )
@@ -29,6 +30,7 @@ func main() {
 		keep    = flag.Bool("keep", false, "keep the work dir (state, control plane logs)")
 		timeout = flag.Duration("timeout", 10*time.Minute, "bound of the whole run")
 		jsonOut = flag.String("json", "", "append the result as one JSON line to this file")
+		cpuprof = flag.String("cpuprofile", "", "write this process's CPU profile here (with -inprocess it includes the control plane)")
 		inproc  = flag.Bool("inprocess", false, "run the control plane in this process (its CPU and RSS are then not measured)")
 	)
 	flag.IntVar(&cfg.N, "n", 100, "simulated agents")
@@ -42,8 +44,9 @@ func main() {
 	flag.StringVar(&cfg.Bin, "fogmesh", "bin/fogmesh", "the fogmesh binary to run as the control plane")
 	flag.BoolVar(&cfg.Restart, "restart", true, "kill and restart the control plane and time the resync")
 	flag.BoolVar(&cfg.Verify, "verify", false, "keep every agent's objects and compare them with the control plane's at the end (memory: n×(n+m) entries)")
-	flag.IntVar(&cfg.Dialers, "dialers", 64, "first connections in flight at once")
+	flag.IntVar(&cfg.Dialers, "dialers", 16, "first connections in flight at once (until their first update is applied)")
 	flag.DurationVar(&cfg.PhaseTimeout, "phase-timeout", 5*time.Minute, "bound of each phase's wait")
+	flag.Int64Var(&cfg.MaxRSS, "max-rss", 4<<30, "abort when the control plane or this process exceeds this many bytes of RSS")
 	flag.Parse()
 	if cfg.M == 0 {
 		cfg.M = min(5*cfg.N, 50000)
@@ -78,7 +81,18 @@ func main() {
 	defer cancel()
 	fmt.Fprintf(os.Stderr, "ctlload: n=%d m=%d services=%d rate=%.0f/s for %v, heartbeat %v, jitter %v, secure=%v, work dir %s\n",
 		cfg.N, cfg.M, cfg.Services, cfg.Rate, cfg.Duration, cfg.Heartbeat, cfg.Jitter, !cfg.Insecure, dir)
+	if *cpuprof != "" {
+		f, err := os.Create(*cpuprof)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ctlload:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+	}
 	res, err := runLoad(ctx, cfg)
+	if *cpuprof != "" {
+		pprof.StopCPUProfile()
+	}
 	printResult(res)
 	if *jsonOut != "" {
 		os.MkdirAll(filepath.Dir(*jsonOut), 0o755)

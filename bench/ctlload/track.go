@@ -2,33 +2,33 @@ package main
 
 import (
 	"slices"
+	"sort"
 	"sync"
 	"time"
 )
 
 // tracker matches the versions the simulated agents apply against the
-// store revisions of the changes the load makes: change k is at every agent
-// once each agent applied an update whose version is at least change k's
-// revision (updates are cumulative). An agent may apply that version before
-// the admin API's answer tells the writer the revision, so versions applied
-// above the last known change wait in pend until the change is registered.
+// store revisions of the changes the load makes: change k is at an agent
+// once it applied an update whose version is at least change k's revision
+// (updates are cumulative). Each agent's applied versions are kept with
+// their times while recording (steady phase), and matched at the end, so
+// changes may be registered in any order (several are in flight at once)
+// and an agent may apply a version before the writer learns its revision.
 type tracker struct {
-	mu      sync.Mutex
-	changes []change
-	agents  []agentTrack
+	mu        sync.Mutex
+	changes   []change
+	agents    []agentTrack
+	recording bool
 }
 
 type change struct {
-	t0        time.Time // when the writer sent it
-	rev       uint64
-	remaining int       // agents that have not applied it yet
-	last      time.Time // when the last agent applied it
+	t0  time.Time // when the writer sent it
+	rev uint64
 }
 
 type agentTrack struct {
-	next    int // first change this agent has not applied
-	pend    []verTime
-	applied uint64 // highest version applied
+	hist    []verTime // versions applied while recording, in order
+	applied uint64    // highest version applied
 	// stream bookkeeping, for the resync after a restart
 	subscribedAt time.Time // when the current stream's subscribe went out
 	welcomeRev   uint64    // the current stream's welcome version
@@ -61,50 +61,44 @@ func (tr *tracker) applied(i int, v uint64, t time.Time) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	a := &tr.agents[i]
-	a.applied = max(a.applied, v)
+	if v > a.applied {
+		a.applied = v
+		if tr.recording {
+			a.hist = append(a.hist, verTime{v, t})
+		}
+	}
 	if a.syncedAt.IsZero() && !a.subscribedAt.IsZero() && v >= a.welcomeRev {
 		a.syncedAt = t
 	}
-	for a.next < len(tr.changes) && tr.changes[a.next].rev <= v {
-		tr.credit(a.next, t)
-		a.next++
-	}
-	if len(tr.changes) == 0 || v > tr.changes[len(tr.changes)-1].rev {
-		a.pend = append(a.pend, verTime{v, t})
+}
+
+// record starts keeping applied versions, from each agent's current one.
+func (tr *tracker) record(t time.Time) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.recording = true
+	for i := range tr.agents {
+		a := &tr.agents[i]
+		a.hist = append(a.hist[:0], verTime{a.applied, t})
 	}
 }
 
-func (tr *tracker) credit(k int, t time.Time) {
-	c := &tr.changes[k]
-	c.remaining--
-	if t.After(c.last) {
-		c.last = t
-	}
-}
-
-// register adds a change sent at t0 and committed at rev. Revisions must
-// be registered in increasing order (one writer).
+// register adds a change sent at t0 and committed at rev.
 func (tr *tracker) register(t0 time.Time, rev uint64) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
-	k := len(tr.changes)
-	tr.changes = append(tr.changes, change{t0: t0, rev: rev, remaining: len(tr.agents)})
-	for i := range tr.agents {
-		a := &tr.agents[i]
-		if a.next != k || len(a.pend) == 0 {
-			continue
-		}
-		// Versions applied below rev do not cover this change nor any later one.
-		j := 0
-		for j < len(a.pend) && a.pend[j].v < rev {
-			j++
-		}
-		a.pend = a.pend[j:]
-		if len(a.pend) > 0 {
-			tr.credit(k, a.pend[0].t)
-			a.next++
-		}
+	tr.changes = append(tr.changes, change{t0: t0, rev: rev})
+}
+
+// maxRev is the highest revision of a registered change.
+func (tr *tracker) maxRev() uint64 {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	var m uint64
+	for _, c := range tr.changes {
+		m = max(m, c.rev)
 	}
+	return m
 }
 
 // minApplied is the lowest version every agent has applied.
@@ -116,19 +110,6 @@ func (tr *tracker) minApplied() uint64 {
 		m = min(m, tr.agents[i].applied)
 	}
 	return m
-}
-
-// pending counts the changes not yet applied by every agent.
-func (tr *tracker) pending() int {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	n := 0
-	for _, c := range tr.changes {
-		if c.remaining > 0 {
-			n++
-		}
-	}
-	return n
 }
 
 // resync reports, for streams subscribed after since, how many agents have
@@ -166,11 +147,24 @@ func (tr *tracker) latencies() (done []time.Duration, incomplete int) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	for _, c := range tr.changes {
-		if c.remaining > 0 {
+		var last time.Time
+		ok := true
+		for i := range tr.agents {
+			h := tr.agents[i].hist
+			j := sort.Search(len(h), func(j int) bool { return h[j].v >= c.rev })
+			if j == len(h) {
+				ok = false
+				break
+			}
+			last = maxTime(last, h[j].t)
+		}
+		if !ok {
 			incomplete++
 			continue
 		}
-		done = append(done, c.last.Sub(c.t0))
+		// An agent may have applied it before t0 was taken (clock
+		// granularity): never below zero.
+		done = append(done, max(last.Sub(c.t0), 0))
 	}
 	slices.Sort(done)
 	return done, incomplete
