@@ -64,7 +64,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "ctlload: -fogmesh: %v (make build, or make bench-control)\n", err)
 		os.Exit(2)
 	}
-	if err := raiseNoFile(2*cfg.N + 1024); err != nil {
+	if err := raiseNoFile(cfg.N + 1024); err != nil { // each process holds one end of every stream
 		fmt.Fprintln(os.Stderr, "ctlload:", err)
 		os.Exit(1)
 	}
