@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,8 @@ type result struct {
 	Rate         float64 // achieved changes per second
 	Incomplete   int     // changes some agent never applied
 	P50, P99     time.Duration
+	APIP50       time.Duration // the admin API's answer to a change (commit, audit record)
+	APIP99       time.Duration
 	Max          time.Duration
 	CPU          float64 // control-plane cores during the steady phase
 	RSS, HWM     int64   // control-plane bytes: max sampled in the steady phase; peak of the process
@@ -373,10 +376,12 @@ func (r *run) steady(ctx context.Context, res *result) error {
 	end := time.NewTimer(r.cfg.Duration)
 	inflight := make(chan struct{}, 32)
 	var (
-		wg      sync.WaitGroup
-		errOnce sync.Once
-		werr    error
-		sent    atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		werr     error
+		sent     atomic.Int64
+		applyMu  sync.Mutex
+		applyLat []time.Duration // admin API round trips
 	)
 loop:
 	for {
@@ -404,6 +409,9 @@ loop:
 			}
 			r.tr.register(t, rev)
 			sent.Add(1)
+			applyMu.Lock()
+			applyLat = append(applyLat, time.Since(t))
+			applyMu.Unlock()
 		}()
 	}
 	tk.Stop()
@@ -411,6 +419,8 @@ loop:
 	wall := time.Since(t0)
 	p1, _ := readProc(r.p.pid())
 	res.ChangesSent = int(sent.Load())
+	slices.Sort(applyLat)
+	res.APIP50, res.APIP99 = quantile(applyLat, 0.5), quantile(applyLat, 0.99)
 	res.Rate = float64(res.ChangesSent) / wall.Seconds()
 	res.CPU = cores(p0, p1)
 	err := werr
@@ -434,8 +444,8 @@ loop:
 	if len(lat) > 0 {
 		res.Max = lat[len(lat)-1]
 	}
-	r.logf("steady: %d changes at %.1f/s; change->all agents p50 %v p99 %v max %v; %d incomplete; control plane %.2f cores, RSS %d MiB",
-		res.ChangesSent, res.Rate, res.P50, res.P99, res.Max, inc, res.CPU, res.RSS>>20)
+	r.logf("steady: %d changes at %.1f/s; change->all agents p50 %v p99 %v max %v; %d incomplete; admin API answer p50 %v p99 %v; control plane %.2f cores, RSS %d MiB",
+		res.ChangesSent, res.Rate, res.P50, res.P99, res.Max, inc, res.APIP50, res.APIP99, res.CPU, res.RSS>>20)
 	return nil
 }
 
