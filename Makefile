@@ -4,7 +4,7 @@ GOFLAGS  ?=
 BIN      := bin
 LDFLAGS  := -s -w
 
-.PHONY: all build dev test test-deps bench bench-paths fuzz lint clean
+.PHONY: all build dev test test-deps bench bench-paths bench-control fuzz lint clean
 
 all: build
 
@@ -37,6 +37,17 @@ bench:
 bench-paths:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh ./cmd/fogmesh
 	$(GO) run ./bench/netpaths -fogmesh $(BIN)/fogmesh
+
+# Issue 13's control-plane scale: N simulated agents (mTLS) against `fogmesh control`,
+# endpoint changes at RATE/s, change->all-agents latency, CPU, RSS, resync after a
+# restart. N (1000), M (5×N, at most 50,000), RATE (100), DURATION (30s); CTLLOAD_ARGS
+# passes more flags (go run ./bench/ctlload -h).
+N        ?= 1000
+RATE     ?= 100
+DURATION ?= 30s
+bench-control:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh ./cmd/fogmesh
+	$(GO) run ./bench/ctlload -fogmesh $(BIN)/fogmesh -n $(N) $(if $(M),-m $(M)) -rate $(RATE) -duration $(DURATION) -json bench/out/ctlload.jsonl $(CTLLOAD_ARGS)
 
 # Runs each fuzz target for a while (FUZZTIME, default 30s).
 FUZZTIME ?= 30s
