@@ -243,28 +243,9 @@ func (a *simAgent) apply(m *wire.Message) error {
 // control plane's CA (as an operator's `fogmesh ca` would), and returns
 // the TLS client configuration an agent uses on the sync port.
 func clientTLS(ca *identity.CA, site, node string) (*tls.Config, error) {
-	key, err := identity.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	der, err := identity.NewCSR(key)
-	if err != nil {
-		return nil, err
-	}
-	csr, err := identity.ParseCSR(der)
-	if err != nil {
-		return nil, err
-	}
-	certs, err := ca.SignNodeCSR(csr, site, node)
+	src, err := ca.NodeSource(site, node)
 	if err != nil {
 		return nil, fmt.Errorf("sign node %s: %w", node, err)
 	}
-	svid, err := identity.NewSVID(certs, key)
-	if err != nil {
-		return nil, err
-	}
-	src := identity.NewSource()
-	src.SetSVID(svid)
-	src.SetBundles(ca.Bundle())
 	return src.ClientConfig(identity.AuthorizeID(identity.ControlID(ca.TrustDomain())), identity.ALPNSync), nil
 }

@@ -80,30 +80,11 @@ type node struct {
 }
 
 func newNode(ca *identity.CA, h *netlab.Host, site, name string) (*node, error) {
-	key, err := identity.NewKey()
+	src, err := ca.NodeSource(site, name)
 	if err != nil {
 		return nil, err
 	}
-	der, err := identity.NewCSR(key)
-	if err != nil {
-		return nil, err
-	}
-	csr, err := identity.ParseCSR(der)
-	if err != nil {
-		return nil, err
-	}
-	certs, err := ca.SignNodeCSR(csr, site, name)
-	if err != nil {
-		return nil, err
-	}
-	svid, err := identity.NewSVID(certs, key)
-	if err != nil {
-		return nil, err
-	}
-	src := identity.NewSource()
-	src.SetSVID(svid)
-	src.SetBundles(ca.Bundle())
-	return &node{host: h, name: name, src: src, id: svid.ID}, nil
+	return &node{host: h, name: name, src: src, id: src.SVID().ID}, nil
 }
 
 // setup starts the relay process and the four paths.

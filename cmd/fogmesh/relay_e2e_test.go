@@ -18,29 +18,10 @@ import (
 // source, as an agent would hold it.
 func relayIdentity(t *testing.T, ca *identity.CA, site, node string) *identity.Source {
 	t.Helper()
-	key, err := identity.NewKey()
+	src, err := ca.NodeSource(site, node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := identity.NewCSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := identity.ParseCSR(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs, err := ca.SignNodeCSR(csr, site, node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svid, err := identity.NewSVID(certs, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := identity.NewSource()
-	src.SetSVID(svid)
-	src.SetBundles(ca.Bundle())
 	return src
 }
 

@@ -321,7 +321,7 @@ func (d *Demo) nodeNames() []string {
 // startRelay runs the demo's relay on loopback, TCP and UDP on one port,
 // with a certificate from the demo's mesh CA.
 func (d *Demo) startRelay() error {
-	src, err := relayIdentity(d.Control.CA())
+	src, err := d.Control.CA().RelaySource("dev-relay")
 	if err != nil {
 		return err
 	}
@@ -345,34 +345,6 @@ func (d *Demo) startRelay() error {
 	go func() { defer d.relayWG.Done(); srv.Serve(ln) }()
 	go func() { defer d.relayWG.Done(); srv.ServeUDP(pc) }()
 	return nil
-}
-
-// relayIdentity is a certificate for the demo relay from ca.
-func relayIdentity(ca *identity.CA) (*identity.Source, error) {
-	key, err := identity.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	der, err := identity.NewCSR(key)
-	if err != nil {
-		return nil, err
-	}
-	csr, err := identity.ParseCSR(der)
-	if err != nil {
-		return nil, err
-	}
-	certs, err := ca.SignRelayCSR(csr, "dev-relay")
-	if err != nil {
-		return nil, err
-	}
-	svid, err := identity.NewSVID(certs, key)
-	if err != nil {
-		return nil, err
-	}
-	src := identity.NewSource()
-	src.SetSVID(svid)
-	src.SetBundles(ca.Bundle())
-	return src, nil
 }
 
 // Close stops everything and waits.
