@@ -199,6 +199,19 @@ func holdStreams(ctx context.Context, p *path, n int) ([]net.Conn, int, time.Dur
 	hctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	start := time.Now()
+	conns, err := dialPinged(hctx, n, func(ctx context.Context) (net.Conn, error) { return p.dial(ctx, "echo") })
+	if err == nil && len(conns) != n {
+		err = fmt.Errorf("%d streams, want %d", len(conns), n)
+	}
+	return conns, len(conns), time.Since(start), err
+}
+
+// dialPinged dials n connections, at most 16 at once, and sends each a
+// byte its far end echoes; it returns the connections and the first error
+// (which stops the rest).
+func dialPinged(ctx context.Context, n int, dial func(context.Context) (net.Conn, error)) ([]net.Conn, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var mu sync.Mutex
 	var conns []net.Conn
 	var firstErr error
@@ -209,7 +222,7 @@ func holdStreams(ctx context.Context, p *path, n int) ([]net.Conn, int, time.Dur
 		go func() {
 			defer wg.Done()
 			for range work {
-				c, err := p.dial(hctx, "echo")
+				c, err := dial(ctx)
 				if err == nil {
 					mu.Lock()
 					conns = append(conns, c)
@@ -232,20 +245,15 @@ func holdStreams(ctx context.Context, p *path, n int) ([]net.Conn, int, time.Dur
 			}
 		}()
 	}
-	for i := 0; i < n && hctx.Err() == nil; i++ {
+	for i := 0; i < n && ctx.Err() == nil; i++ {
 		select {
 		case work <- i:
-		case <-hctx.Done():
+		case <-ctx.Done():
 		}
 	}
 	close(work)
 	wg.Wait()
-	mu.Lock()
-	defer mu.Unlock()
-	if firstErr == nil && len(conns) != n {
-		firstErr = fmt.Errorf("%d streams, want %d", len(conns), n)
-	}
-	return conns, len(conns), time.Since(start), firstErr
+	return conns, firstErr
 }
 
 // relayedPath says whether the relay process forwards path name's bytes
@@ -378,48 +386,18 @@ func holdSessions(ctx context.Context, b *bench, n int) ([]net.Conn, int, time.D
 			}
 		}
 	}()
-	work := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < 16; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range work {
-				c, err := b.a1hold.rc.DialPeer(hctx, b.c1.id.String())
-				if err == nil {
-					mu.Lock()
-					conns = append(conns, c)
-					mu.Unlock()
-					var x [1]byte
-					c.SetDeadline(time.Now().Add(30 * time.Second))
-					if _, err = c.Write([]byte{'x'}); err == nil {
-						_, err = io.ReadFull(c, x[:])
-					}
-					c.SetDeadline(time.Time{})
-				}
-				if err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-						cancel()
-					}
-					mu.Unlock()
-				}
-			}
-		}()
+	dialed, err := dialPinged(hctx, n, func(ctx context.Context) (net.Conn, error) {
+		return b.a1hold.rc.DialPeer(ctx, b.c1.id.String())
+	})
+	if err != nil {
+		cancel() // c1's side stops waiting for the rest
 	}
-	for i := 0; i < n && hctx.Err() == nil; i++ {
-		select {
-		case work <- i:
-		case <-hctx.Done():
-		}
-	}
-	close(work)
-	wg.Wait()
 	<-accDone
 	took := time.Since(start)
 	mu.Lock()
 	defer mu.Unlock()
+	conns = append(conns, dialed...)
+	firstErr = err
 	if firstErr == nil && hctx.Err() != nil {
 		firstErr = hctx.Err()
 	}
