@@ -407,6 +407,9 @@ func (a *Agent) recoverConn(c net.Conn) {
 // peerOf is the agent serving a remote endpoint, for the path manager.
 // In secure mode it has the node identity every path checks.
 func (a *Agent) peerOf(ev *endpointView) (paths.Peer, error) {
+	if p := ev.peer.Load(); p != nil {
+		return *p, nil
+	}
 	p := paths.Peer{Name: ev.ep.Spec.Node, Addr: ev.mesh}
 	if a.ident != nil {
 		var err error
@@ -414,6 +417,7 @@ func (a *Agent) peerOf(ev *endpointView) (paths.Peer, error) {
 			return p, fmt.Errorf("node %q of site %q: no node identity: %w", p.Name, ev.site, err)
 		}
 	}
+	ev.peer.Store(&p) // the trust domain never changes once set
 	return p, nil
 }
 

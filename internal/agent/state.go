@@ -7,12 +7,14 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/atomicfile"
 	"github.com/fogmesh/fogmesh/internal/authz"
 	"github.com/fogmesh/fogmesh/internal/balance"
 	"github.com/fogmesh/fogmesh/internal/egress"
+	"github.com/fogmesh/fogmesh/internal/paths"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -295,6 +297,9 @@ type endpointView struct {
 	// ejections are applied at pick time.
 	healthy bool
 	site    string // the endpoint's node's site (metrics, egress rules)
+	// peer is the remote endpoint's agent for the path manager, made at
+	// its first dial (peerOf) and kept with this view.
+	peer atomic.Pointer[paths.Peer]
 }
 
 // buildView derives the routing table. self is this node; local holds this
