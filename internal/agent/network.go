@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"net"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/enroll"
 )
 
 // controlDialTimeout bounds the connect of a dial to a control plane.
@@ -25,15 +27,5 @@ func (a *Agent) dialControlTLS(ctx context.Context, addr string, cfg *tls.Config
 	if err != nil {
 		return nil, err
 	}
-	if cfg.ServerName == "" {
-		host, _, _ := net.SplitHostPort(addr)
-		cfg = cfg.Clone()
-		cfg.ServerName = host
-	}
-	tc := tls.Client(raw, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
-		return nil, err
-	}
-	return tc, nil
+	return enroll.HandshakeTLS(ctx, raw, addr, cfg)
 }

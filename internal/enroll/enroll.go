@@ -40,6 +40,13 @@ func DialTLS(ctx context.Context, addr string, cfg *tls.Config) (*tls.Conn, erro
 	if err != nil {
 		return nil, err
 	}
+	return HandshakeTLS(ctx, raw, addr, cfg)
+}
+
+// HandshakeTLS runs the client TLS handshake on raw, a connection to addr,
+// within ctx, with addr's host as the server name when cfg has none; it
+// closes raw if the handshake fails.
+func HandshakeTLS(ctx context.Context, raw net.Conn, addr string, cfg *tls.Config) (*tls.Conn, error) {
 	if cfg.ServerName == "" {
 		host, _, _ := net.SplitHostPort(addr)
 		cfg = cfg.Clone()
