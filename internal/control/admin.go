@@ -8,10 +8,12 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/store"
 )
 
 // Admin API (JSON):
@@ -92,6 +94,19 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.Encode(v)
 }
 
+// storeErrorCode is the status of an error that may come from the store:
+// 507 for a full disk, 503 for another failed write (nothing was stored
+// and the caller may retry), else def (the request's own fault).
+func storeErrorCode(err error, def int) int {
+	switch {
+	case errors.Is(err, syscall.ENOSPC):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, store.ErrWrite):
+		return http.StatusServiceUnavailable
+	}
+	return def
+}
+
 func writeError(w http.ResponseWriter, code int, err error) {
 	writeJSON(w, code, map[string]string{"error": err.Error()})
 }
@@ -139,7 +154,7 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 	}
 	rev, err := s.reg.apply(objs)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err)
+		writeError(w, storeErrorCode(err, http.StatusBadRequest), err)
 		return
 	}
 	s.mApplies.Inc()
@@ -159,7 +174,7 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, 
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, err)
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, err)
+		writeError(w, storeErrorCode(err, http.StatusInternalServerError), err)
 	default:
 		s.log.Info("control: deleted", "kind", kind, "namespace", ns, "name", name, "version", rev)
 		obj := kind + "/" + name

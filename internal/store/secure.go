@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"errors"
+	"fmt"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -45,13 +46,19 @@ func (t *SecureTx) List(prefix string) []KV {
 // UpdateSecure runs fn in a write transaction on the security bucket. If fn
 // returns an error nothing is stored.
 func (s *Store) UpdateSecure(fn func(*SecureTx) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	var fnErr error
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketSecure)
 		if err != nil {
 			return err
 		}
-		return fn(&SecureTx{b: b})
+		fnErr = fn(&SecureTx{b: b})
+		return fnErr
 	})
+	if err != nil && fnErr == nil {
+		err = fmt.Errorf("%w: %w", ErrWrite, err)
+	}
+	return err
 }
 
 // GetSecure returns a copy of the security record key, or nil, in a read

@@ -24,6 +24,11 @@ import (
 // to the asked revision; the caller must fall back to a full List.
 var ErrCompacted = errors.New("store: revision compacted")
 
+// ErrWrite marks a write the store could not commit (a full or failing
+// disk), as opposed to an error of the caller's transaction function.
+// Nothing of the transaction is stored; what was stored before stays.
+var ErrWrite = errors.New("store: write failed")
+
 var (
 	bucketMeta    = []byte("meta")
 	bucketObjects = []byte("objects")
@@ -199,11 +204,12 @@ func (t *Tx) logLocked(key string) error {
 // does not move. If fn returns an error, nothing is stored.
 func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
 	var changed bool
+	var fnErr error
 	err = s.db.Update(func(btx *bolt.Tx) error {
 		m := btx.Bucket(bucketMeta)
 		t := &Tx{tx: btx, rev: u64(m.Get(keyRev)) + 1}
-		if err := fn(t); err != nil {
-			return err
+		if fnErr = fn(t); fnErr != nil {
+			return fnErr
 		}
 		if t.changed == 0 {
 			rev = t.rev - 1
@@ -217,6 +223,9 @@ func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
 		return s.compactLocked(btx)
 	})
 	if err != nil {
+		if fnErr == nil {
+			err = fmt.Errorf("%w: %w", ErrWrite, err)
+		}
 		return 0, err
 	}
 	if changed {
