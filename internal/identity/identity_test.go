@@ -351,7 +351,7 @@ func TestMutualTLSReasons(t *testing.T) {
 	}
 	noCert := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, NextProtos: []string{ALPNMesh}}
 	clk := &clock{t: time.Now().Add(-48 * time.Hour)}
-	expiredCA, _ := OpenCA(CAConfig{Dir: t.TempDir(), Now: clk.now, TrustDomain: "past.example"})
+	expiredCA, _ := OpenCA(CAConfig{Dir: t.TempDir(), Now: clk.now, TrustDomain: "past.example", NodeTTL: 24 * time.Hour})
 	server.SetBundles(ca.Bundle(), expiredCA.Bundle())
 	cases := []struct {
 		name string
