@@ -213,6 +213,11 @@ func New(cfg Config) (*Agent, error) {
 		if cfg.SVIDIssuer == nil {
 			a.svidIssuer = newSyncIssuer()
 		}
+		// Workload SVIDs are kept beside the node key, so a restart while
+		// cut off still serves them (docs/offline.md).
+		if err := a.svids.Persist(a.statePath(svidsFile)); err != nil {
+			a.log.Error("agent: saved workload SVIDs unreadable; asking for new ones", "err", err)
+		}
 		if err := a.initLocalToken(); err != nil {
 			a.meshLn.Close()
 			return nil, err

@@ -28,6 +28,7 @@ const (
 	nodeKeyFile  = "node-key.pem"  // the node's private key, made here, mode 0600
 	nodeCertFile = "node-cert.pem" // its certificate chain, leaf first
 	trustFile    = "trust.json"    // wire.Trust: roots, federated bundles, deny list
+	svidsFile    = "svids.json"    // workload SVIDs with their keys (svid.Store.Persist), mode 0600
 )
 
 // JoinError is a join the control plane refused (bad, used, expired or

@@ -40,6 +40,10 @@ func (a *Agent) initMetrics() {
 		}
 		return float64(len(a.gossip.Members()))
 	})
+	// Attested workload identities with no valid SVID now (cut off past
+	// the autonomy window, or never issued), and how often one ran out.
+	m.NewGauge(`fogmesh_agent_svid_missing`, func() float64 { n, _ := a.svids.Missing(); return float64(n) })
+	m.NewGauge(`fogmesh_agent_svid_expirations`, func() float64 { _, n := a.svids.Missing(); return float64(n) })
 	m.NewGauge(`fogmesh_agent_config_version`, func() float64 {
 		a.mu.Lock()
 		defer a.mu.Unlock()

@@ -27,3 +27,12 @@ func workloadRenewAt(leaf *x509.Certificate) time.Time {
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
 	return leaf.NotBefore.Add(time.Duration(float64(life) * (0.45 + 0.1*rand.Float64())))
 }
+
+// batchRenewAt is when a batch of workload SVIDs spanning issued to end
+// should be replaced: after a ninth of its span, jittered down to an
+// eighteenth. The control plane makes a batch span its autonomy window and
+// a ninth more, so a connected agent always holds the whole window.
+func batchRenewAt(issued, end time.Time) time.Time {
+	span := end.Sub(issued)
+	return issued.Add(span/9 - rand.N(span/18+1))
+}

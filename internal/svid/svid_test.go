@@ -166,7 +166,7 @@ func TestSyncIssuer(t *testing.T) {
 		mu.Unlock()
 		out <- m
 		return nil
-	})
+	}, false)
 	type result struct {
 		chain []*x509.Certificate
 		err   error
@@ -215,7 +215,7 @@ func TestSyncIssuer(t *testing.T) {
 
 	res = call()
 	<-out
-	s.Connected(nil)
+	s.Connected(nil, false)
 	if r := recv(res); !errors.Is(r.err, errNoControl) {
 		t.Fatalf("call on a dropped stream: %v", r.err)
 	}
