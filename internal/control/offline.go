@@ -33,8 +33,8 @@ func (c *Config) validateLifetimes() error {
 	if c.AutonomyWindow == 0 {
 		c.AutonomyWindow = min(DefaultAutonomyWindow, c.NodeTTL/2)
 	}
-	if c.WorkloadTTL < time.Second {
-		return fmt.Errorf("control: workloadTTL %s is below 1s", c.WorkloadTTL)
+	if c.WorkloadTTL < 2*time.Second { // certificate times are whole seconds
+		return fmt.Errorf("control: workloadTTL %s is below 2s", c.WorkloadTTL)
 	}
 	if c.AutonomyWindow > c.NodeTTL/2 {
 		return fmt.Errorf("control: autonomyWindow %s exceeds half the nodeTTL %s: a node certificate renewed at half its life would expire inside the window; raise nodeTTL to at least %s",

@@ -314,7 +314,7 @@ func TestLifetimeValidation(t *testing.T) {
 	}{
 		{"window above half the node TTL", Config{NodeTTL: 100 * time.Hour, AutonomyWindow: 72 * time.Hour}, "exceeds half the nodeTTL"},
 		{"workload TTL too short", Config{WorkloadTTL: time.Minute, AutonomyWindow: 72 * time.Hour}, "too short for autonomyWindow"},
-		{"workload TTL below 1s", Config{WorkloadTTL: time.Millisecond}, "below 1s"},
+		{"workload TTL below 2s", Config{WorkloadTTL: time.Second}, "below 2s"},
 		{"negative", Config{AutonomyWindow: -time.Hour}, "negative"},
 	} {
 		c.cfg.StateDir = t.TempDir()

@@ -15,16 +15,19 @@ const MaxWorkloadBatch = 1024
 // after it until one starts at or after the window's end, so at any moment
 // of the window one of them has at least half its life left.
 func WorkloadBatchSize(ttl, window time.Duration) int {
-	step := ttl / 2
-	if step <= 0 {
-		return 0
-	}
+	step := batchStep(ttl)
 	return int((window+step-1)/step) + 1
 }
 
+// batchStep is half of ttl in whole seconds (at least one): certificate
+// times have a resolution of one second.
+func batchStep(ttl time.Duration) time.Duration {
+	return max(time.Second, (ttl / 2).Truncate(time.Second))
+}
+
 // SignWorkloadBatch issues consecutive workload X.509-SVIDs for one key
-// (the CSR's): certificate i is valid from now + i·ttl/2 (backdated by
-// ClockSkew) for ttl, covering now to now + window + ttl (or the issuer's
+// (the CSR's): certificate i is valid from now (to the second) + i·ttl/2
+// (in whole seconds; backdated by ClockSkew) for ttl, covering now to now + window + ttl (or the issuer's
 // expiry, whichever comes first). The agent serves the one whose window
 // covers the present, so a node cut off from every control plane keeps
 // valid workload SVIDs for window, while a stolen certificate is valid for
@@ -43,15 +46,16 @@ func (ca *CA) SignWorkloadBatch(csr *x509.CertificateRequest, namespace, account
 		return nil, fmt.Errorf("identity: a batch for %s with %s certificates would hold %d of them, at most %d", window, ttl, n, MaxWorkloadBatch)
 	}
 	ca.mu.Lock()
-	now, limit := ca.cfg.Now(), ca.cert.NotAfter
+	now, limit := ca.cfg.Now().Truncate(time.Second), ca.cert.NotAfter
 	ca.mu.Unlock()
+	step := batchStep(ttl)
 	id, err := workloadID(ca, namespace, account)
 	if err != nil {
 		return nil, err
 	}
 	out := make([][]*x509.Certificate, 0, n)
 	for i := range n {
-		start := now.Add(time.Duration(i) * (ttl / 2))
+		start := now.Add(time.Duration(i) * step)
 		if i > 0 && !start.Before(limit) {
 			break // the issuer expires first
 		}

@@ -48,8 +48,23 @@ func TestSignWorkloadBatch(t *testing.T) {
 			t.Fatalf("at %s the best certificate has %s left", at, best)
 		}
 	}
-	if _, err := ca.SignWorkloadBatch(csr, "shop", "orders", time.Second, time.Hour); err == nil || !strings.Contains(err.Error(), "at most") {
-		t.Fatalf("a batch of 7201 certificates: %v", err)
+	if _, err := ca.SignWorkloadBatch(csr, "shop", "orders", 2*time.Second, time.Hour); err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Fatalf("a batch of 3601 certificates: %v", err)
+	}
+	// Certificate times are whole seconds: a batch of 3 s SVIDs steps by
+	// 1 s, starting at a whole second, so no two are alike.
+	clk.t = clk.t.Add(1700 * time.Millisecond)
+	short, err := ca.SignWorkloadBatch(csr, "shop", "orders", 3*time.Second, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(short) != 4 {
+		t.Fatalf("%d certificates for 3 s of 3 s ones", len(short))
+	}
+	for i, ch := range short {
+		if want := clk.t.Truncate(time.Second).Add(time.Duration(i) * time.Second); !ch[0].NotAfter.Equal(want.Add(3 * time.Second)) {
+			t.Errorf("short certificate %d ends %s, want %s", i, ch[0].NotAfter, want.Add(3*time.Second))
+		}
 	}
 }
 
