@@ -1,0 +1,356 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/fogmesh/fogmesh/internal/control"
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+)
+
+// Offline autonomy tests (docs/offline.md) with compressed lifetimes, in
+// secure mode. Each agent reaches the control plane through its own
+// cuttable link (linkProxy), so a site can be cut off from every control
+// plane while another part of the mesh still reaches it. VIP octets
+// 117, 118, 119 and 124.
+
+// linkProxy forwards TCP connections to a target until cut; restore
+// listens again on the same address.
+type linkProxy struct {
+	t      *testing.T
+	target string
+	addr   string
+
+	mu    sync.Mutex // guards the following
+	ln    net.Listener
+	conns map[net.Conn]bool
+	wg    sync.WaitGroup
+}
+
+func newLinkProxy(t *testing.T, target string) *linkProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &linkProxy{t: t, target: target, addr: ln.Addr().String(), conns: map[net.Conn]bool{}}
+	p.serve(ln)
+	t.Cleanup(func() { p.cut(); p.wg.Wait() })
+	return p
+}
+
+func (p *linkProxy) serve(ln net.Listener) {
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns[c], p.conns[u] = true, true
+			p.mu.Unlock()
+			p.wg.Add(2)
+			go func() { defer p.wg.Done(); io.Copy(u, c); u.Close() }()
+			go func() { defer p.wg.Done(); io.Copy(c, u); c.Close() }()
+		}
+	}()
+}
+
+// cut closes the listener and every forwarded connection.
+func (p *linkProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
+	}
+}
+
+// restore listens again on the proxy's address.
+func (p *linkProxy) restore() {
+	var ln net.Listener
+	var err error
+	for i := 0; i < 50; i++ { // the old listener may linger a moment
+		if ln, err = net.Listen("tcp", p.addr); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.serve(ln)
+}
+
+// adminDo calls a secure control plane's admin API with its admin token.
+func adminDo(t *testing.T, cp *control.Server, dir, method, path string) (int, []byte) {
+	t.Helper()
+	tok, err := os.ReadFile(filepath.Join(dir, control.AdminTokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := os.ReadFile(cp.BundlePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(bundle)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest(method, "https://"+cp.AdminAddr()+path, nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// agentMetric reads one series from an agent's /metrics (-1 if absent).
+func agentMetric(t *testing.T, a *Agent, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + a.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
+}
+
+// offlineSite is a secure control plane with short lifetimes and agents
+// each behind their own link to it.
+type offlineSite struct {
+	t     *testing.T
+	cp    *control.Server
+	cpDir string
+}
+
+func newOfflineSite(t *testing.T, nodeTTL, workloadTTL, window time.Duration) *offlineSite {
+	cpDir := t.TempDir()
+	cp := startControlWith(t, cpDir, "", func(c *control.Config) {
+		c.Insecure, c.NodeTTL, c.WorkloadTTL, c.AutonomyWindow = false, nodeTTL, workloadTTL, window
+		// A node cut off is marked not ready after NodeTimeout, and agents
+		// still connected stop routing to it (docs/offline.md); these tests
+		// cut nodes for longer than the default 800 ms on purpose.
+		c.NodeTimeout = time.Minute
+	})
+	return &offlineSite{t: t, cp: cp, cpDir: cpDir}
+}
+
+// agent starts a secure agent whose control link goes through its own
+// proxy; opts.stateDir and the returned config restart it.
+func (s *offlineSite) agent(o agentOpts, socket string) (*Agent, *linkProxy, Config) {
+	t := s.t
+	t.Helper()
+	link := newLinkProxy(t, s.cp.SyncAddr())
+	tok, err := s.cp.CreateToken(identity.TokenJoin, o.site, "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.control = []string{link.addr}
+	cfg := agentConfig(o)
+	cfg.Insecure, cfg.JoinToken, cfg.WorkloadAPISocket = false, tok, socket
+	if testing.Verbose() {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", o.name)
+	}
+	return s.start(cfg), link, cfg
+}
+
+func (s *offlineSite) start(cfg Config) *Agent {
+	t := s.t
+	t.Helper()
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return a
+}
+
+// fetchSVID fetches the caller's X.509-SVID from a Workload API socket and
+// checks that it is valid now.
+func fetchSVID(socket string) (*x509.Certificate, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	x, err := c.FetchX509Context(ctx)
+	if err != nil {
+		return nil, err
+	}
+	leaf := x.DefaultSVID().Certificates[0]
+	if now := time.Now(); now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
+		return leaf, fmt.Errorf("SVID %s valid %s to %s, now is %s", leaf.SerialNumber, leaf.NotBefore, leaf.NotAfter, now)
+	}
+	return leaf, nil
+}
+
+// TestOfflineAutonomyCompressed: with 2 s workload SVIDs, 30 s node
+// certificates and a 14 s autonomy window, a site cut off from every
+// control plane for 12 s (six SVID lifetimes) keeps serving: mTLS traffic
+// between its agents flows, authorization still denies an unauthorized
+// node, the Workload API serves a currently valid SVID at every poll, the
+// serving agent restarted during the cut comes back (new mTLS handshakes,
+// SVIDs from its state dir) and serves. When the links return, the audit
+// records made during the cut reach the control plane with the chain
+// intact. A node revoked while the server's agent is still cut off is
+// trusted there until it reconnects, and refused from then on.
+func TestOfflineAutonomyCompressed(t *testing.T) {
+	site := newOfflineSite(t, 30*time.Second, 2*time.Second, 14*time.Second)
+	applySecure(t, site.cp, site.cpDir, "["+svcDoc("echo", 19117)+","+`{"apiVersion":"fogmesh.io/v1alpha1","kind":"AuthorizationPolicy",
+	"metadata":{"name":"only-a","namespace":"demo"},"spec":{"service":"echo","action":"ALLOW","rules":[{"from":[{"nodes":["a"]}]}]}}]`)
+	uid := os.Getuid()
+	echoB := startEcho(t, "b", "127.0.0.1:0")
+	wl := wlFor("echo", echoB)
+	wl.Attest = &Attest{UID: &uid}
+	bDir := t.TempDir()
+	sock := filepath.Join(bDir, "workload.sock")
+	b, bLink, bCfg := site.agent(agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 118, stateDir: bDir,
+		workloads: []Workload{wl}}, sock)
+	a, aLink, _ := site.agent(agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 117, stateDir: t.TempDir()}, "off")
+	c, cLink, _ := site.agent(agentOpts{name: "c", site: "s1", region: "r1", vipOctet: 119, stateDir: t.TempDir()}, "off")
+	for _, ag := range []*Agent{a, c} {
+		waitFor(t, "the clients to learn b's endpoint", func() bool {
+			eps := endpointsOf(ag, "demo/echo")
+			return len(eps) == 1 && eps[0].Healthy
+		})
+	}
+	aVIP, cVIP := "127.117.0.1:19117", "127.119.0.1:19117"
+	mustRoundTrip(t, aVIP, "b: ping")
+	if got, err := roundTrip(cVIP); err == nil && strings.HasPrefix(got, "b:") {
+		t.Fatalf("c, which no policy allows, got through: %q", got)
+	}
+	testenv.WaitFor(t, 10*time.Second, "b's workload SVID batch", func() bool { _, err := fetchSVID(sock); return err == nil })
+	waitFor(t, "b's SVID batch on disk", func() bool { _, err := os.Stat(filepath.Join(bDir, svidsFile)); return err == nil })
+
+	// Cut every agent from the control plane.
+	for _, l := range []*linkProxy{aLink, bLink, cLink} {
+		l.cut()
+	}
+	for _, ag := range []*Agent{a, b, c} {
+		waitFor(t, "the agents to notice the cut", func() bool { return !ag.connected.Load() })
+	}
+	cutAt := time.Now()
+	b.AuditLog().Flush(context.Background())
+	seqAtCut, _ := b.AuditLog().Last()
+	serials := map[string]bool{}
+	// check is one poll: traffic, authorization, the Workload API.
+	check := func(when string) {
+		t.Helper()
+		if got, err := roundTrip(aVIP); err != nil || !strings.HasPrefix(got, "b: ping") {
+			t.Fatalf("%s (%v into the cut): a -> b: %q, %v", when, time.Since(cutAt).Round(time.Millisecond), got, err)
+		}
+		if got, err := roundTrip(cVIP); err == nil && strings.HasPrefix(got, "b:") {
+			t.Fatalf("%s: the unauthorized node c got through: %q", when, got)
+		}
+		leaf, err := fetchSVID(sock)
+		if err != nil {
+			t.Fatalf("%s (%v into the cut): Workload API: %v", when, time.Since(cutAt).Round(time.Millisecond), err)
+		}
+		serials[leaf.SerialNumber.String()] = true
+	}
+	for time.Since(cutAt) < 6*time.Second {
+		check("cut off")
+		time.Sleep(250 * time.Millisecond) // poll interval
+	}
+
+	// b restarts while still cut off, on the same mesh port (a holds it
+	// from its cache): new mTLS handshakes with the node certificates on
+	// disk, and the workload SVIDs from its state dir.
+	b.Close()
+	bCfg.MeshAddr, bCfg.JoinToken = b.MeshAddr(), ""
+	b = site.start(bCfg)
+	testenv.WaitFor(t, 10*time.Second, "the restarted b to serve a over the mesh", func() bool {
+		got, err := roundTrip(aVIP)
+		return err == nil && strings.HasPrefix(got, "b: ping")
+	})
+	for time.Since(cutAt) < 12*time.Second {
+		check("cut off, b restarted")
+		time.Sleep(250 * time.Millisecond)
+	}
+	if len(serials) < 5 {
+		t.Fatalf("the Workload API served %d certificates over 12 s of 2 s SVIDs", len(serials))
+	}
+	if b.connected.Load() {
+		t.Fatal("b reached the control plane during the cut")
+	}
+	b.AuditLog().Flush(context.Background())
+	seqAtEnd, _ := b.AuditLog().Last()
+	if seqAtEnd <= seqAtCut {
+		t.Fatalf("b audited nothing during the cut (seq %d -> %d)", seqAtCut, seqAtEnd)
+	}
+
+	// a and c reconnect; a is revoked while b is still cut off: b still
+	// serves a (the bound: until b reconnects).
+	aLink.restore()
+	cLink.restore()
+	// The agents redial with a backoff of up to 15 s.
+	testenv.WaitFor(t, 30*time.Second, "a to reconnect", func() bool { return a.connected.Load() })
+	if code, body := adminDo(t, site.cp, site.cpDir, "POST", "/v1/nodes/a/revoke"); code != 200 {
+		t.Fatalf("revoke a: %d %s", code, body)
+	}
+	mustRoundTrip(t, aVIP, "b: ping")
+
+	// b reconnects: it learns of the revocation and refuses a, and ships
+	// the audit records of the cut.
+	bLink.restore()
+	testenv.WaitFor(t, 30*time.Second, "b to refuse the revoked node a once reconnected", func() bool {
+		got, err := roundTrip(aVIP)
+		return err != nil || !strings.HasPrefix(got, "b:")
+	})
+	testenv.WaitFor(t, 30*time.Second, "the audit records of the cut at the control plane", func() bool {
+		code, body := adminDo(t, site.cp, site.cpDir, "GET", "/v1/audit/b?verify=1")
+		var ar control.AuditResponse
+		if code != 200 || json.Unmarshal(body, &ar) != nil || len(ar.Chains) != 1 {
+			return false
+		}
+		ch := ar.Chains[0]
+		return ch.LastSeq >= seqAtEnd && ch.Intact != nil && *ch.Intact && ch.Report.FirstSeq == 1
+	})
+}
