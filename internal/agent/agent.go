@@ -367,6 +367,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.wlAPI != nil {
 		run("workload API", func() error { return a.wlAPI.Serve(a.wlLn) })
 	}
+	if a.ident != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.watchNodeCert(ctx) }()
+	}
 	if iss := a.cfg.SVIDIssuer; iss != nil || a.svidIssuer != nil {
 		if iss == nil {
 			iss = a.svidIssuer

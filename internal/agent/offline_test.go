@@ -354,3 +354,85 @@ func TestOfflineAutonomyCompressed(t *testing.T) {
 		return ch.LastSeq >= seqAtEnd && ch.Intact != nil && *ch.Intact && ch.Report.FirstSeq == 1
 	})
 }
+
+// TestOfflineBeyondAutonomyWindow: cut off for longer than the autonomy
+// window (4 s) and the node certificate's life (8 s), an agent stops
+// serving workload SVIDs and stops presenting its expired node
+// certificate, and says why: the Workload API refuses, the metrics
+// (fogmesh_agent_svid_missing, fogmesh_agent_node_certificate_expired_total)
+// count it, a new mTLS handshake fails naming the expiry, and a restart
+// is refused with a message that asks for a join token.
+func TestOfflineBeyondAutonomyWindow(t *testing.T) {
+	site := newOfflineSite(t, 8*time.Second, 2*time.Second, 4*time.Second)
+	applySecure(t, site.cp, site.cpDir, svcDoc("echo", 19124))
+	uid := os.Getuid()
+	echoB := startEcho(t, "b", "127.0.0.1:0")
+	wl := wlFor("echo", echoB)
+	wl.Attest = &Attest{UID: &uid}
+	bDir := t.TempDir()
+	sock := filepath.Join(bDir, "workload.sock")
+	b, bLink, _ := site.agent(agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 124, stateDir: bDir,
+		workloads: []Workload{wl}}, sock)
+	a, aLink, aCfg := site.agent(agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 124, stateDir: t.TempDir()}, "off")
+	aCfg.VIPRange = "127.124.128.0/17"
+	waitFor(t, "a to learn b's endpoint", func() bool {
+		eps := endpointsOf(a, "demo/echo")
+		return len(eps) == 1 && eps[0].Healthy
+	})
+	testenv.WaitFor(t, 10*time.Second, "b's workload SVID", func() bool { _, err := fetchSVID(sock); return err == nil })
+	aLink.cut()
+	bLink.cut()
+
+	testenv.WaitFor(t, 20*time.Second, "b to stop serving workload SVIDs", func() bool {
+		_, err := fetchSVID(sock)
+		return err != nil && strings.Contains(err.Error(), "PermissionDenied")
+	})
+	if v := agentMetric(t, b, "fogmesh_agent_svid_missing"); v != 1 {
+		t.Fatalf("fogmesh_agent_svid_missing %v, want 1", v)
+	}
+	if v := agentMetric(t, b, "fogmesh_agent_svid_expirations"); v < 1 {
+		t.Fatalf("fogmesh_agent_svid_expirations %v", v)
+	}
+	testenv.WaitFor(t, 25*time.Second, "a's node certificate to expire, counted", func() bool {
+		return agentMetric(t, a, "fogmesh_agent_node_certificate_expired_total") == 1
+	})
+	if v := agentMetric(t, a, "fogmesh_agent_node_certificate_expiry_seconds"); v >= 0 {
+		t.Fatalf("fogmesh_agent_node_certificate_expiry_seconds %v after expiry", v)
+	}
+	// A new handshake with a's identity fails at a, naming the expiry: a
+	// server with a valid certificate sees none.
+	srv, err := site.cp.CA().NodeSource("s1", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	srvErr := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			srvErr <- err
+			return
+		}
+		defer c.Close()
+		_, err = identity.ServerHandshake(context.Background(), c, srv.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh), 3*time.Second)
+		srvErr <- err
+	}()
+	_, err = tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", ln.Addr().String(),
+		a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh))
+	if err == nil || !strings.Contains(err.Error(), "expired at") {
+		t.Fatalf("a new mesh handshake with an expired certificate: %v", err)
+	}
+	if err := <-srvErr; err == nil {
+		t.Fatal("the server completed a handshake with a client whose certificate expired")
+	}
+	// A restart is refused, saying why.
+	a.Close()
+	aCfg.JoinToken = ""
+	if _, err := New(aCfg); err == nil || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "join") {
+		t.Fatalf("restart with an expired node certificate: %v", err)
+	}
+}
