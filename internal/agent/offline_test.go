@@ -373,8 +373,7 @@ func TestOfflineBeyondAutonomyWindow(t *testing.T) {
 	sock := filepath.Join(bDir, "workload.sock")
 	b, bLink, _ := site.agent(agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 124, stateDir: bDir,
 		workloads: []Workload{wl}}, sock)
-	a, aLink, aCfg := site.agent(agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 124, stateDir: t.TempDir()}, "off")
-	aCfg.VIPRange = "127.124.128.0/17"
+	a, aLink, aCfg := site.agent(agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 117, stateDir: t.TempDir()}, "off")
 	waitFor(t, "a to learn b's endpoint", func() bool {
 		eps := endpointsOf(a, "demo/echo")
 		return len(eps) == 1 && eps[0].Healthy
@@ -435,4 +434,62 @@ func TestOfflineBeyondAutonomyWindow(t *testing.T) {
 	if _, err := New(aCfg); err == nil || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "join") {
 		t.Fatalf("restart with an expired node certificate: %v", err)
 	}
+}
+
+// TestAuditBoundedWhileCutOff: an agent cut off from the control plane
+// keeps its audit records up to audit.maxBytes, counts what it loses past
+// it, and once the control plane holds what it kept, removes shipped files
+// and says in the chain how many records were lost; the control plane's
+// copy stays intact.
+func TestAuditBoundedWhileCutOff(t *testing.T) {
+	cpDir := t.TempDir()
+	cp := startControl(t, cpDir, "")
+	syncAddr := cp.SyncAddr()
+	a := startAgentWith(t, agentOpts{name: "aud", site: "s1", region: "r1", vipOctet: 119, control: []string{syncAddr},
+		stateDir: t.TempDir()}, func(c *Config) { c.Audit.MaxBytes = 1 << 20 })
+	waitFor(t, "agent connected", func() bool { return a.connected.Load() })
+	cp.Close()
+	waitFor(t, "agent to notice the control plane is gone", func() bool { return !a.connected.Load() })
+	for i := range 6000 { // about 1.5 MiB of denials
+		a.AuditDecision(deny(i))
+	}
+	a.AuditLog().Flush(context.Background())
+	kept, _ := a.AuditLog().Last()
+	lost := agentMetric(t, a, "fogmesh_agent_audit_lost_total")
+	if lost <= 0 || float64(kept)+lost < 6000 {
+		t.Fatalf("kept %d records, lost %v of 6000", kept, lost)
+	}
+	if n := dirBytes(t, filepath.Join(a.cfg.StateDir, "audit")); n > 1<<20 {
+		t.Fatalf("the audit log takes %d bytes, bound 1 MiB", n)
+	}
+	cp2 := startControl(t, cpDir, syncAddr)
+	testenv.WaitFor(t, 30*time.Second, "the kept records shipped", func() bool {
+		c, ok := cpChain(t, cp2, "aud")
+		return ok && c.LastSeq == kept
+	})
+	waitFor(t, "shipped files removed", func() bool { return dirBytes(t, filepath.Join(a.cfg.StateDir, "audit")) <= 1<<19 })
+	a.AuditDecision(deny(1))
+	testenv.WaitFor(t, 30*time.Second, "the loss and the next record shipped", func() bool {
+		c, ok := cpChain(t, cp2, "aud")
+		return ok && c.LastSeq == kept+2 && c.Intact != nil && *c.Intact
+	})
+	recs, err := a.AuditLog().ReadFrom(kept+1, 1)
+	if err != nil || len(recs) != 1 || recs[0].Action != "lost" || !strings.Contains(recs[0].Reason, "size bound") {
+		t.Fatalf("the record after the bound: %+v %v", recs, err)
+	}
+}
+
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n
 }

@@ -39,6 +39,13 @@ type Config struct {
 	// record not yet covered by one (default 1 minute). Close always
 	// writes one if any record is not covered.
 	CheckpointInterval time.Duration
+	// MaxBytes, if set, bounds the log's files on disk (a node cut off from
+	// its control plane keeps every record it has not shipped): a record
+	// that would take them past it is dropped, counted in Dropped and
+	// logged, and a "lost" record in the chain says how many once there is
+	// room again. Prune makes room by removing shipped rotated files.
+	// 0: no bound. Rotation (MaxFileBytes) should be well below it.
+	MaxBytes int64
 	// Buffer is how many records Append can queue before it blocks
 	// (default 8192).
 	Buffer int
@@ -133,6 +140,7 @@ type Log struct {
 	closeErr error         // set by the writer before done
 
 	dropped      atomic.Uint64 // lost, not yet written into the chain
+	capped       uint64        // writer-owned: dropped at MaxBytes, not yet written into the chain
 	droppedTotal atomic.Uint64
 	writeErrors  atomic.Uint64
 	lastLoud     atomic.Int64 // unix nanos of the last drop log line
@@ -274,6 +282,18 @@ func (l *Log) Last() (uint64, string) {
 // Dropped returns how many records Append lost to a full buffer.
 func (l *Log) Dropped() uint64 { return l.droppedTotal.Load() }
 
+// Prune removes rotated files whose records are all at or below seq (the
+// control plane holds them), oldest first, while the log takes more than
+// half of Config.MaxBytes; without MaxBytes it removes nothing. A pruned
+// log starts after seq 1: verify it against the control plane's copy
+// (README, Audit log). It returns how many files it removed.
+func (l *Log) Prune(seq uint64) int {
+	if l.cfg.MaxBytes <= 0 {
+		return 0
+	}
+	return l.seg.pruneThrough(seq, l.cfg.MaxBytes/2)
+}
+
 // WriteErrors returns how many batch writes failed (and were retried).
 func (l *Log) WriteErrors() uint64 { return l.writeErrors.Load() }
 
@@ -403,6 +423,16 @@ func (l *Log) writeBatch(batch []item) {
 			l.cfg.Logger.Error("audit: cannot encode record", "kind", r.Kind, "action", r.Action, "err", err)
 			return
 		}
+		if l.cfg.MaxBytes > 0 && r.Kind != KindCheckpoint && r.Action != "lost" &&
+			l.seg.total()+int64(len(buf)+len(line)) > l.cfg.MaxBytes {
+			l.capped++
+			total := l.droppedTotal.Add(1)
+			if now := time.Now().UnixNano(); now-l.lastLoud.Load() > int64(time.Second) {
+				l.lastLoud.Store(now)
+				l.cfg.Logger.Error("audit: log at its size bound (records not shipped yet), records lost", "lostTotal", total, "maxBytes", l.cfg.MaxBytes)
+			}
+			return
+		}
 		if first == 0 {
 			first = r.Seq
 		}
@@ -430,6 +460,11 @@ func (l *Log) writeBatch(batch []item) {
 	if n := l.dropped.Swap(0); n > 0 {
 		add(Record{Time: l.cfg.Now().UTC(), Kind: KindAudit, Action: "lost",
 			Reason: fmt.Sprintf("%d records lost: the buffer stayed full (disk stalled)", n)})
+	}
+	if n := l.capped; n > 0 && l.seg.total()+int64(len(buf))+4096 <= l.cfg.MaxBytes {
+		l.capped = 0
+		add(Record{Time: l.cfg.Now().UTC(), Kind: KindAudit, Action: "lost",
+			Reason: fmt.Sprintf("%d records lost: the log was at its size bound (%d bytes) with records not shipped yet", n, l.cfg.MaxBytes)})
 	}
 	for _, it := range batch {
 		if it.flush != nil {

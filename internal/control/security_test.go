@@ -54,6 +54,13 @@ func syncDial(t *testing.T, s *Server, svid *x509svid.SVID, site, node string) (
 	if svid != nil {
 		src.SetSVID(svid)
 		cfg = src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNSync)
+		// Present svid as it is, also expired (a Source withholds an
+		// expired certificate; an old agent may not).
+		cert := &tls.Certificate{PrivateKey: svid.PrivateKey}
+		for _, c := range svid.Certificates {
+			cert.Certificate = append(cert.Certificate, c.Raw)
+		}
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 	}
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(), cfg)
 	if err != nil {
