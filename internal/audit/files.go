@@ -27,12 +27,12 @@ type segments struct {
 	maxFiles  int   // rotated files kept; 0 keeps all
 	noSync    bool
 
-	mu    sync.Mutex // guards the following; held while rotating and while readers open files
-	f     *os.File
-	size  int64
+	mu   sync.Mutex // guards the following; held while rotating and while readers open files
+	f    *os.File
+	size int64
 	// rotBytes is the size of the rotated files (for Config.MaxBytes).
 	rotBytes int64
-	first uint64 // seq of the active file's first record; 0 when it is empty
+	first    uint64 // seq of the active file's first record; 0 when it is empty
 	// last is the last record written whole by this process (or found at
 	// open): the head verifyAnchored checks the files against.
 	last Head
