@@ -282,18 +282,6 @@ func (l *Log) Last() (uint64, string) {
 // Dropped returns how many records Append lost to a full buffer.
 func (l *Log) Dropped() uint64 { return l.droppedTotal.Load() }
 
-// Prune removes rotated files whose records are all at or below seq (the
-// control plane holds them), oldest first, while the log takes more than
-// half of Config.MaxBytes; without MaxBytes it removes nothing. A pruned
-// log starts after seq 1: verify it against the control plane's copy
-// (README, Audit log). It returns how many files it removed.
-func (l *Log) Prune(seq uint64) int {
-	if l.cfg.MaxBytes <= 0 {
-		return 0
-	}
-	return l.seg.pruneThrough(seq, l.cfg.MaxBytes/2)
-}
-
 // WriteErrors returns how many batch writes failed (and were retried).
 func (l *Log) WriteErrors() uint64 { return l.writeErrors.Load() }
 
@@ -423,14 +411,7 @@ func (l *Log) writeBatch(batch []item) {
 			l.cfg.Logger.Error("audit: cannot encode record", "kind", r.Kind, "action", r.Action, "err", err)
 			return
 		}
-		if l.cfg.MaxBytes > 0 && r.Kind != KindCheckpoint && r.Action != "lost" &&
-			l.seg.total()+int64(len(buf)+len(line)) > l.cfg.MaxBytes {
-			l.capped++
-			total := l.droppedTotal.Add(1)
-			if now := time.Now().UnixNano(); now-l.lastLoud.Load() > int64(time.Second) {
-				l.lastLoud.Store(now)
-				l.cfg.Logger.Error("audit: log at its size bound (records not shipped yet), records lost", "lostTotal", total, "maxBytes", l.cfg.MaxBytes)
-			}
+		if r.Kind != KindCheckpoint && r.Action != "lost" && l.overBound(len(buf)+len(line)) {
 			return
 		}
 		if first == 0 {
@@ -461,10 +442,8 @@ func (l *Log) writeBatch(batch []item) {
 		add(Record{Time: l.cfg.Now().UTC(), Kind: KindAudit, Action: "lost",
 			Reason: fmt.Sprintf("%d records lost: the buffer stayed full (disk stalled)", n)})
 	}
-	if n := l.capped; n > 0 && l.seg.total()+int64(len(buf))+4096 <= l.cfg.MaxBytes {
-		l.capped = 0
-		add(Record{Time: l.cfg.Now().UTC(), Kind: KindAudit, Action: "lost",
-			Reason: fmt.Sprintf("%d records lost: the log was at its size bound (%d bytes) with records not shipped yet", n, l.cfg.MaxBytes)})
+	if r, ok := l.boundLost(len(buf)); ok {
+		add(r)
 	}
 	for _, it := range batch {
 		if it.flush != nil {
