@@ -367,7 +367,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.wlAPI != nil {
 		run("workload API", func() error { return a.wlAPI.Serve(a.wlLn) })
 	}
-	if a.ident != nil {
+	if !a.cfg.Insecure { // secure: a.ident is set
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.watchNodeCert(ctx) }()
 	}
