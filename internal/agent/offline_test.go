@@ -231,7 +231,7 @@ func fetchSVID(socket string) (*x509.Certificate, error) {
 	return leaf, nil
 }
 
-// TestOfflineAutonomyCompressed: with 2 s workload SVIDs, 30 s node
+// TestOfflineAutonomyCompressed: with 2 s workload SVIDs, 60 s node
 // certificates and a 14 s autonomy window, a site cut off from every
 // control plane for 12 s (six SVID lifetimes) keeps serving: mTLS traffic
 // between its agents flows, authorization still denies an unauthorized
@@ -242,7 +242,10 @@ func fetchSVID(socket string) (*x509.Certificate, error) {
 // intact. A node revoked while the server's agent is still cut off is
 // trusted there until it reconnects, and refused from then on.
 func TestOfflineAutonomyCompressed(t *testing.T) {
-	site := newOfflineSite(t, 30*time.Second, 2*time.Second, 14*time.Second)
+	// 60 s node certificates: an agent that joined just before the cut
+	// still holds a valid one when its redial backoff (up to 15 s)
+	// brings it back after the 12 s cut.
+	site := newOfflineSite(t, 60*time.Second, 2*time.Second, 14*time.Second)
 	applySecure(t, site.cp, site.cpDir, "["+svcDoc("echo", 19117)+","+`{"apiVersion":"fogmesh.io/v1alpha1","kind":"AuthorizationPolicy",
 	"metadata":{"name":"only-a","namespace":"demo"},"spec":{"service":"echo","action":"ALLOW","rules":[{"from":[{"nodes":["a"]}]}]}}]`)
 	uid := os.Getuid()
@@ -306,7 +309,7 @@ func TestOfflineAutonomyCompressed(t *testing.T) {
 	b.Close()
 	bCfg.MeshAddr, bCfg.JoinToken = b.MeshAddr(), ""
 	b = site.start(bCfg)
-	testenv.WaitFor(t, 10*time.Second, "the restarted b to serve a over the mesh", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "the restarted b to serve a over the mesh", func() bool {
 		got, err := roundTrip(aVIP)
 		return err == nil && strings.HasPrefix(got, "b: ping")
 	})
