@@ -25,6 +25,8 @@ type controlFile struct {
 	CACertFile        string        `json:"caCertFile,omitempty"`
 	CAKeyFile         string        `json:"caKeyFile,omitempty"`
 	NodeTTL           durationValue `json:"nodeTTL,omitempty"`
+	WorkloadTTL       durationValue `json:"workloadTTL,omitempty"`
+	AutonomyWindow    durationValue `json:"autonomyWindow,omitempty"`
 	RotationOverlap   durationValue `json:"rotationOverlap,omitempty"`
 	ServerNames       []string      `json:"serverNames,omitempty"`
 
@@ -54,8 +56,10 @@ func runControl(args []string) error {
 		td         = fs.String("trust-domain", "", "SPIFFE trust domain (default fogmesh.local)")
 		caCert     = fs.String("ca-cert", "", "operator-provided CA certificate (PEM; with -ca-key); default: a CA in the state dir")
 		caKey      = fs.String("ca-key", "", "its private key (PEM, mode 0600)")
-		nodeTTL    = fs.Duration("node-ttl", 0, "node certificate lifetime (default 24h)")
-		overlap    = fs.Duration("rotation-overlap", 0, "how long a rotated-out root stays trusted (default 48h)")
+		nodeTTL    = fs.Duration("node-ttl", 0, "node certificate lifetime (default 168h; at least twice the autonomy window)")
+		wlTTL      = fs.Duration("workload-ttl", 0, "workload SVID lifetime (default 1h)")
+		autonomy   = fs.Duration("autonomy-window", 0, "how long a site cut off from every control plane keeps valid certificates (default 72h)")
+		overlap    = fs.Duration("rotation-overlap", 0, "how long a rotated-out root stays trusted (default 192h; must exceed the node TTL)")
 		names      = fs.String("server-name", "", "extra DNS names or IPs for the control plane certificate, comma separated")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		logf       cli.LogFlags
@@ -107,6 +111,12 @@ func runControl(args []string) error {
 	if set["node-ttl"] {
 		fc.NodeTTL = durationValue(*nodeTTL)
 	}
+	if set["workload-ttl"] {
+		fc.WorkloadTTL = durationValue(*wlTTL)
+	}
+	if set["autonomy-window"] {
+		fc.AutonomyWindow = durationValue(*autonomy)
+	}
 	if set["rotation-overlap"] {
 		fc.RotationOverlap = durationValue(*overlap)
 	}
@@ -125,7 +135,8 @@ func runControl(args []string) error {
 		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout),
 		VIPRange: fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
 		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
-		NodeTTL: time.Duration(fc.NodeTTL), RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
+		NodeTTL: time.Duration(fc.NodeTTL), WorkloadTTL: time.Duration(fc.WorkloadTTL), AutonomyWindow: time.Duration(fc.AutonomyWindow),
+		RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
 	})
 	if err != nil {
 		return err

@@ -213,6 +213,11 @@ func New(cfg Config) (*Agent, error) {
 		if cfg.SVIDIssuer == nil {
 			a.svidIssuer = newSyncIssuer()
 		}
+		// Workload SVIDs are kept beside the node key, so a restart while
+		// cut off still serves them (docs/offline.md).
+		if err := a.svids.Persist(a.statePath(svidsFile)); err != nil {
+			a.log.Error("agent: saved workload SVIDs unreadable; asking for new ones", "err", err)
+		}
 		if err := a.initLocalToken(); err != nil {
 			a.meshLn.Close()
 			return nil, err
@@ -361,6 +366,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	run("authz", a.authzHTTP.run)
 	if a.wlAPI != nil {
 		run("workload API", func() error { return a.wlAPI.Serve(a.wlLn) })
+	}
+	if !a.cfg.Insecure { // secure: a.ident is set
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.watchNodeCert(ctx) }()
 	}
 	if iss := a.cfg.SVIDIssuer; iss != nil || a.svidIssuer != nil {
 		if iss == nil {

@@ -22,10 +22,19 @@ type AuditConfig struct {
 	// (the default: every refusal, and no cost on the allowed fast path),
 	// "all", or "none".
 	Decisions string `json:"decisions,omitempty"`
+	// MaxBytes bounds the log's files on disk (default 512 MiB): an agent
+	// cut off from every control plane keeps every record it has not
+	// shipped, up to this; records past it are lost, counted in
+	// fogmesh_agent_audit_lost_total and noted in the chain, and shipped
+	// files are removed (oldest first) once the log takes over half of it.
+	MaxBytes int64 `json:"maxBytes,omitempty"`
 	// Signer signs the log's checkpoints: the node's private key (the
 	// PKI sets it). Nil: no checkpoints.
 	Signer crypto.Signer `json:"-"`
 }
+
+// DefaultAuditMaxBytes is AuditConfig.MaxBytes's default.
+const DefaultAuditMaxBytes = 512 << 20
 
 // Values of AuditConfig.Decisions.
 const (
@@ -35,6 +44,12 @@ const (
 )
 
 func (c *AuditConfig) validate() error {
+	switch {
+	case c.MaxBytes == 0:
+		c.MaxBytes = DefaultAuditMaxBytes
+	case c.MaxBytes < 1<<20:
+		return fmt.Errorf("audit.maxBytes: %d is below 1 MiB", c.MaxBytes)
+	}
 	switch c.Decisions {
 	case "":
 		c.Decisions = AuditDeny
@@ -53,10 +68,12 @@ func (a *Agent) openAudit() error {
 		signer = a.ident.key // the control plane knows it from the node certificate
 	}
 	l, err := audit.Open(audit.Config{
-		Dir:    filepath.Join(a.cfg.StateDir, "audit"),
-		Node:   a.cfg.Node.Name,
-		Signer: signer,
-		Logger: a.log,
+		Dir:          filepath.Join(a.cfg.StateDir, "audit"),
+		Node:         a.cfg.Node.Name,
+		MaxBytes:     a.cfg.Audit.MaxBytes,
+		MaxFileBytes: min(16<<20, a.cfg.Audit.MaxBytes/8),
+		Signer:       signer,
+		Logger:       a.log,
 		OnWrite: func(uint64) {
 			select {
 			case a.auditWritten <- struct{}{}:
@@ -134,6 +151,9 @@ func (a *Agent) AuditLog() *audit.Log { return a.audit }
 // the sync stream (ship.Shipper.Run).
 func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, cpHash string, write func(*wire.Message) error, acks <-chan *wire.Message) error {
 	s := &ship.Shipper{Log: a.audit, Written: a.auditWritten, Logger: a.log,
-		Shipped: a.auditShipped.Store, Refused: a.auditRefused.Inc}
+		Shipped: func(seq uint64) {
+			a.auditShipped.Store(seq)
+			a.audit.Prune(seq) // only when the log takes over half its bound
+		}, Refused: a.auditRefused.Inc}
 	return s.Run(ctx, cpSeq, cpHash, write, acks)
 }

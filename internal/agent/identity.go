@@ -28,6 +28,7 @@ const (
 	nodeKeyFile  = "node-key.pem"  // the node's private key, made here, mode 0600
 	nodeCertFile = "node-cert.pem" // its certificate chain, leaf first
 	trustFile    = "trust.json"    // wire.Trust: roots, federated bundles, deny list
+	svidsFile    = "svids.json"    // workload SVIDs with their keys (svid.Store.Persist), mode 0600
 )
 
 // JoinError is a join the control plane refused (bad, used, expired or
@@ -314,4 +315,39 @@ func (a *Agent) trustedSourceID(id spiffeid.ID) bool {
 
 func x509svidVerify(certs []*x509.Certificate, src *identity.Source) (spiffeid.ID, [][]*x509.Certificate, error) {
 	return x509svid.Verify(certs, src)
+}
+
+// watchNodeCert logs and counts the expiry of a node certificate that was
+// not renewed in time (a node cut off from every control plane for longer
+// than its certificate's remaining life): from then on the agent presents
+// no certificate (identity.Source withholds it), so every new mesh and
+// sync connection fails; the node must join again with a token.
+func (a *Agent) watchNodeCert(ctx context.Context) {
+	var logged *x509.Certificate
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c := a.NodeCertificate()
+		if c == nil {
+			t.Reset(time.Second)
+			continue
+		}
+		left := time.Until(c.NotAfter)
+		if left >= 0 {
+			t.Reset(min(left+10*time.Millisecond, time.Minute))
+			continue
+		}
+		if logged != c {
+			logged = c
+			a.m.certExpired.Inc()
+			a.log.Error("agent: node certificate expired and was not renewed (no control plane reached in time): it is no longer presented, so no new mesh or control connection can be made; join this node again with a token",
+				"serial", c.SerialNumber.Text(16), "notAfter", c.NotAfter, "connected", a.connected.Load())
+		}
+		t.Reset(time.Second)
+	}
 }

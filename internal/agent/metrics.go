@@ -1,6 +1,10 @@
 package agent
 
-import "github.com/VictoriaMetrics/metrics"
+import (
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+)
 
 // The agent's own metrics: the counters of agentMetrics and the gauges
 // that read its state, registered once by New.
@@ -25,6 +29,7 @@ func (a *Agent) initMetrics() {
 		gossipDeaths:     m.NewCounter(`fogmesh_agent_gossip_peer_deaths_total`),
 		panics:           m.NewCounter(`fogmesh_agent_panics_total`),
 		renewals:         m.NewCounter(`fogmesh_agent_certificate_renewals_total`),
+		certExpired:      m.NewCounter(`fogmesh_agent_node_certificate_expired_total`),
 		unvouched:        m.NewCounter(`fogmesh_agent_authz_unvouched_source_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
@@ -40,6 +45,18 @@ func (a *Agent) initMetrics() {
 		}
 		return float64(len(a.gossip.Members()))
 	})
+	// Attested workload identities with no valid SVID now (cut off past
+	// the autonomy window, or never issued), and how often one ran out.
+	m.NewGauge(`fogmesh_agent_svid_missing`, func() float64 { n, _ := a.svids.Missing(); return float64(n) })
+	m.NewGauge(`fogmesh_agent_svid_expirations`, func() float64 { _, n := a.svids.Missing(); return float64(n) })
+	// Seconds the node certificate has left (negative: expired), for an
+	// alert well before a cut-off site runs out (docs/offline.md).
+	m.NewGauge(`fogmesh_agent_node_certificate_expiry_seconds`, func() float64 {
+		if c := a.NodeCertificate(); c != nil {
+			return time.Until(c.NotAfter).Seconds()
+		}
+		return 0
+	})
 	m.NewGauge(`fogmesh_agent_config_version`, func() float64 {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -50,4 +67,5 @@ func (a *Agent) initMetrics() {
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
 	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals, unvouched      *metrics.Counter
+	certExpired                                                                                                 *metrics.Counter
 }

@@ -17,8 +17,10 @@ type syncIssuer struct{ *svid.SyncIssuer }
 
 func newSyncIssuer() *syncIssuer { return &syncIssuer{svid.NewSyncIssuer()} }
 
-func (s *syncIssuer) connected(write func(*wire.Message) error) { s.Connected(write) }
-func (s *syncIssuer) answer(m *wire.Message)                    { s.Answer(m) }
+func (s *syncIssuer) connected(write func(*wire.Message) error, batch bool) {
+	s.Connected(write, batch)
+}
+func (s *syncIssuer) answer(m *wire.Message) { s.Answer(m) }
 
 // svidHolders lists the local workloads for the SVID store (the service
 // name is the default service account).

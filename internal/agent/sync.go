@@ -128,8 +128,8 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 		}
 	}
 	if a.svidIssuer != nil && conn.SVID {
-		a.svidIssuer.connected(write)
-		defer a.svidIssuer.connected(nil)
+		a.svidIssuer.connected(write, conn.SVIDBatch)
+		defer a.svidIssuer.connected(nil, false)
 	}
 	mu.Lock()
 	readTimeout = sm.ReadTimeout()

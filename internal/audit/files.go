@@ -27,10 +27,12 @@ type segments struct {
 	maxFiles  int   // rotated files kept; 0 keeps all
 	noSync    bool
 
-	mu    sync.Mutex // guards the following; held while rotating and while readers open files
-	f     *os.File
-	size  int64
-	first uint64 // seq of the active file's first record; 0 when it is empty
+	mu   sync.Mutex // guards the following; held while rotating and while readers open files
+	f    *os.File
+	size int64
+	// rotBytes is the size of the rotated files (for Config.MaxBytes).
+	rotBytes int64
+	first    uint64 // seq of the active file's first record; 0 when it is empty
 	// last is the last record written whole by this process (or found at
 	// open): the head verifyAnchored checks the files against.
 	last Head
@@ -87,6 +89,13 @@ func openSegments(dir, base string, maxBytes int64, maxFiles int, noSync bool) (
 	}
 	s.f, s.size, s.first = f, int64(good), first
 	t.last = last
+	if rot, err := s.rotated(); err == nil {
+		for _, p := range rot {
+			if fi, err := os.Stat(p); err == nil {
+				s.rotBytes += fi.Size()
+			}
+		}
+	}
 	defer func() {
 		if t.last != nil {
 			s.last = Head{Seq: t.last.Seq, Hash: t.last.Hash}
@@ -294,16 +303,64 @@ func (s *segments) rotateLocked() error {
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
 	syncDir(s.dir)
+	s.rotBytes += s.size
 	s.f, s.size, s.first = f, 0, 0
 	if s.maxFiles > 0 {
 		rot, err := s.rotated()
 		if err == nil && len(rot) > s.maxFiles {
 			for _, p := range rot[:len(rot)-s.maxFiles] {
-				os.Remove(p)
+				s.removeLocked(p)
 			}
 		}
 	}
 	return nil
+}
+
+func (s *segments) removeLocked(p string) {
+	fi, err := os.Stat(p)
+	if err == nil && os.Remove(p) == nil {
+		s.rotBytes -= fi.Size()
+	}
+}
+
+// total is the size of every file of the log.
+func (s *segments) total() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rotBytes + s.size
+}
+
+// pruneThrough removes rotated files, oldest first, whose records all have
+// seqs up to seq, while the log's files take more than keep bytes. It
+// returns how many it removed.
+func (s *segments) pruneThrough(seq uint64, keep int64) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rot, err := s.rotated()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for i, p := range rot {
+		if s.rotBytes+s.size <= keep {
+			break
+		}
+		next := s.first // the file after it starts there
+		if i+1 < len(rot) {
+			next, _ = s.rotatedSeq(filepath.Base(rot[i+1]))
+		} else if next == 0 {
+			next = s.last.Seq + 1 // the active file is empty
+		}
+		if next == 0 || next-1 > seq {
+			break
+		}
+		s.removeLocked(p)
+		n++
+	}
+	if n > 0 {
+		syncDir(s.dir)
+	}
+	return n
 }
 
 func syncDir(dir string) {

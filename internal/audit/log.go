@@ -39,6 +39,13 @@ type Config struct {
 	// record not yet covered by one (default 1 minute). Close always
 	// writes one if any record is not covered.
 	CheckpointInterval time.Duration
+	// MaxBytes, if set, bounds the log's files on disk (a node cut off from
+	// its control plane keeps every record it has not shipped): a record
+	// that would take them past it is dropped, counted in Dropped and
+	// logged, and a "lost" record in the chain says how many once there is
+	// room again. Prune makes room by removing shipped rotated files.
+	// 0: no bound. Rotation (MaxFileBytes) should be well below it.
+	MaxBytes int64
 	// Buffer is how many records Append can queue before it blocks
 	// (default 8192).
 	Buffer int
@@ -133,6 +140,7 @@ type Log struct {
 	closeErr error         // set by the writer before done
 
 	dropped      atomic.Uint64 // lost, not yet written into the chain
+	capped       uint64        // writer-owned: dropped at MaxBytes, not yet written into the chain
 	droppedTotal atomic.Uint64
 	writeErrors  atomic.Uint64
 	lastLoud     atomic.Int64 // unix nanos of the last drop log line
@@ -403,6 +411,9 @@ func (l *Log) writeBatch(batch []item) {
 			l.cfg.Logger.Error("audit: cannot encode record", "kind", r.Kind, "action", r.Action, "err", err)
 			return
 		}
+		if r.Kind != KindCheckpoint && r.Action != "lost" && l.overBound(len(buf)+len(line)) {
+			return
+		}
 		if first == 0 {
 			first = r.Seq
 		}
@@ -430,6 +441,9 @@ func (l *Log) writeBatch(batch []item) {
 	if n := l.dropped.Swap(0); n > 0 {
 		add(Record{Time: l.cfg.Now().UTC(), Kind: KindAudit, Action: "lost",
 			Reason: fmt.Sprintf("%d records lost: the buffer stayed full (disk stalled)", n)})
+	}
+	if r, ok := l.boundLost(len(buf)); ok {
+		add(r)
 	}
 	for _, it := range batch {
 		if it.flush != nil {

@@ -102,7 +102,7 @@ func newSecurity(s *Server) (*security, error) {
 	ca, err := identity.OpenCA(identity.CAConfig{
 		Dir: filepath.Join(s.cfg.StateDir, "ca"), TrustDomain: s.cfg.TrustDomain,
 		CertFile: s.cfg.CACertFile, KeyFile: s.cfg.CAKeyFile,
-		NodeTTL: s.cfg.NodeTTL, Overlap: s.cfg.RotationOverlap,
+		NodeTTL: s.cfg.NodeTTL, WorkloadTTL: s.cfg.WorkloadTTL, Overlap: s.cfg.RotationOverlap,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
@@ -730,8 +730,10 @@ var siteRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // issueSVID signs a workload SVID for a node, on its mutually authenticated
 // stream, only for an identity that one of the node's own endpoints has: a
-// node cannot obtain another node's workload identities.
-func (s *Server) issueSVID(node string, peer spiffeid.ID, m *wire.Message) ([]*x509.Certificate, error) {
+// node cannot obtain another node's workload identities. Asked for a
+// batch, it signs consecutive SVIDs for the key covering the autonomy
+// window (identity.SignWorkloadBatch), the first one returned first.
+func (s *Server) issueSVID(node string, peer spiffeid.ID, m *wire.Message) ([][]*x509.Certificate, error) {
 	if s.sec == nil || peer.IsZero() {
 		return nil, errors.New("workload SVIDs need a mutually authenticated stream")
 	}
@@ -749,14 +751,22 @@ func (s *Server) issueSVID(node string, peer spiffeid.ID, m *wire.Message) ([]*x
 	if err != nil {
 		return nil, err
 	}
-	certs, err := s.sec.ca.SignWorkloadCSR(csr, ns, sa, 0)
+	var chains [][]*x509.Certificate
+	if m.SVID.Batch {
+		chains, err = s.sec.ca.SignWorkloadBatch(csr, ns, sa, 0, batchWindow(s.cfg.AutonomyWindow))
+	} else {
+		var certs []*x509.Certificate
+		certs, err = s.sec.ca.SignWorkloadCSR(csr, ns, sa, 0)
+		chains = [][]*x509.Certificate{certs}
+	}
 	if err != nil {
 		return nil, err
 	}
-	s.sec.issued("workload", certs[0])
-	s.log.Info("control: workload SVID issued", "node", node, "id", certs[0].URIs[0].String(),
-		"serial", certs[0].SerialNumber.Text(16), "notAfter", certs[0].NotAfter)
-	return certs, nil
+	first, last := chains[0][0], chains[len(chains)-1][0]
+	s.sec.issued("workload", first)
+	s.log.Info("control: workload SVID issued", "node", node, "id", first.URIs[0].String(),
+		"serial", first.SerialNumber.Text(16), "notAfter", first.NotAfter, "batch", len(chains), "lastNotAfter", last.NotAfter)
+	return chains, nil
 }
 
 // nodeHasIdentity reports whether an endpoint on node has the workload

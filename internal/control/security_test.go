@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"os"
 	"path/filepath"
@@ -53,6 +54,13 @@ func syncDial(t *testing.T, s *Server, svid *x509svid.SVID, site, node string) (
 	if svid != nil {
 		src.SetSVID(svid)
 		cfg = src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNSync)
+		// Present svid as it is, also expired (a Source withholds an
+		// expired certificate; an old agent may not).
+		cert := &tls.Certificate{PrivateKey: svid.PrivateKey}
+		for _, c := range svid.Certificates {
+			cert.Certificate = append(cert.Certificate, c.Raw)
+		}
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 	}
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(), cfg)
 	if err != nil {
@@ -211,6 +219,50 @@ func TestWorkloadSVIDOnlyForOwnEndpoints(t *testing.T) {
 	if got := certs[0].URIs[0].String(); got != "spiffe://fogmesh.local/ns/shop/sa/orders-sa" {
 		t.Fatalf("issued %s", got)
 	}
+	// A batch: the one key, consecutive SVIDs covering the autonomy
+	// window (72 h) and a ninth more, each half a TTL after the one before.
+	if !slices.Contains(welcome.Features, wire.FeatureSVIDBatch) {
+		t.Fatalf("welcome features %v: want %s", welcome.Features, wire.FeatureSVIDBatch)
+	}
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeSVID, Nonce: "b", CSR: csr,
+		SVID: &wire.SVIDRequest{Namespace: "shop", ServiceAccount: "orders-sa", Batch: true}}); err != nil {
+		t.Fatal(err)
+	}
+	var batch *wire.Message
+	for batch == nil {
+		m, err := r.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Type == wire.TypeSVIDIssued && m.Nonce == "b" {
+			batch = m
+		}
+	}
+	ders, err := wire.SVIDChains(batch)
+	if err != nil || batch.Error != "" {
+		t.Fatalf("batch: %v %s", err, batch.Error)
+	}
+	if want := identity.WorkloadBatchSize(time.Hour, 81*time.Hour); len(ders) != want {
+		t.Fatalf("batch of %d SVIDs, want %d", len(ders), want)
+	}
+	var prev *x509.Certificate
+	for i, d := range ders {
+		cs, err := identity.ParseDERs(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf := cs[0]
+		if leaf.URIs[0].String() != "spiffe://fogmesh.local/ns/shop/sa/orders-sa" || !key.PublicKey.Equal(leaf.PublicKey) {
+			t.Fatalf("SVID %d of the batch is for %s or another key", i, leaf.URIs[0])
+		}
+		if prev != nil && leaf.NotBefore.Sub(prev.NotBefore) != 30*time.Minute {
+			t.Fatalf("SVID %d starts %s after the one before", i, leaf.NotBefore.Sub(prev.NotBefore))
+		}
+		prev = leaf
+	}
+	if time.Until(prev.NotAfter) < 81*time.Hour {
+		t.Fatalf("the batch ends at %s", prev.NotAfter)
+	}
 	for _, c := range []struct {
 		nonce, ns, sa string
 		csr           []byte
@@ -255,5 +307,41 @@ func TestGossipKeyStableUntilRevoke(t *testing.T) {
 	k2, _ := s.sec.currentTrust()
 	if bytes.Equal(k1.GossipKey, k2.GossipKey) || len(k2.GossipKey) != 32 {
 		t.Fatal("revoking a node kept the gossip key")
+	}
+}
+
+// TestLifetimeValidation: node TTL, workload TTL and autonomy window that
+// would not carry a site through its autonomy window are refused with a
+// reason; defaults fill in.
+func TestLifetimeValidation(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"window above half the node TTL", Config{NodeTTL: 100 * time.Hour, AutonomyWindow: 72 * time.Hour}, "exceeds half the nodeTTL"},
+		{"workload TTL too short", Config{WorkloadTTL: time.Minute, AutonomyWindow: 72 * time.Hour}, "too short for autonomyWindow"},
+		{"workload TTL below 2s", Config{WorkloadTTL: time.Second}, "below 2s"},
+		{"negative", Config{AutonomyWindow: -time.Hour}, "negative"},
+	} {
+		c.cfg.StateDir = t.TempDir()
+		if err := c.cfg.validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	cfg := Config{StateDir: t.TempDir()}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NodeTTL != 7*24*time.Hour || cfg.WorkloadTTL != time.Hour || cfg.AutonomyWindow != 72*time.Hour {
+		t.Fatalf("defaults: node %s workload %s window %s", cfg.NodeTTL, cfg.WorkloadTTL, cfg.AutonomyWindow)
+	}
+	short := Config{StateDir: t.TempDir(), NodeTTL: 20 * time.Second}
+	if err := short.validate(); err != nil || short.AutonomyWindow != 10*time.Second {
+		t.Fatalf("a 20 s node TTL: window %s, %v", short.AutonomyWindow, err)
+	}
+	if _, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0", NodeTTL: 10 * 24 * time.Hour}); err == nil ||
+		!strings.Contains(err.Error(), "must exceed the node TTL") {
+		t.Fatalf("a 10-day node TTL with the default rotation overlap: %v", err)
 	}
 }

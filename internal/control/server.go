@@ -77,10 +77,19 @@ type Config struct {
 	// CACertFile and CAKeyFile, if set, are an operator-provided CA
 	// (see identity.CAConfig); otherwise the CA lives in StateDir/ca.
 	CACertFile, CAKeyFile string
-	// NodeTTL is the lifetime of node certificates (default 24h).
+	// NodeTTL is the lifetime of node certificates (default 7 days). It
+	// must be at least twice AutonomyWindow: a node renews at half its
+	// certificate's life.
 	NodeTTL time.Duration
+	// WorkloadTTL is the lifetime of each workload SVID (default 1h).
+	WorkloadTTL time.Duration
+	// AutonomyWindow is how long a site cut off from every control plane
+	// keeps valid workload SVIDs (default 72h): agents get them in
+	// batches covering it (docs/offline.md). At most
+	// wire.MaxSVIDBatch/2 workload TTLs.
+	AutonomyWindow time.Duration
 	// RotationOverlap is how long a rotated-out root stays trusted
-	// (default 48h).
+	// (default 8 days; it must exceed NodeTTL).
 	RotationOverlap time.Duration
 	// ServerNames are extra DNS names or IP addresses for the control
 	// plane's certificate, besides localhost, 127.0.0.1, ::1 and the
@@ -120,6 +129,9 @@ func (c *Config) validate() error {
 	}
 	if c.Name == "" {
 		c.Name = "control"
+	}
+	if err := c.validateLifetimes(); err != nil {
+		return err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

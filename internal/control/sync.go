@@ -202,7 +202,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	rev, _ := s.st.Rev()
 	welcome := syncproto.Admitted{Version: rev, StoreID: s.st.ID()}
 	if s.sec != nil && !peer.IsZero() {
-		welcome.Features = append(welcome.Features, wire.FeatureSVID)
+		welcome.Features = append(welcome.Features, wire.FeatureSVID, wire.FeatureSVIDBatch)
 	}
 	if seq, hash, err := s.auditLast(st.node); err == nil {
 		welcome.Features, welcome.AuditSeq, welcome.AuditHash = append(welcome.Features, wire.FeatureAudit), seq, hash
@@ -325,12 +325,15 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 		}
 	case syncproto.SVIDIn:
 		ans := &wire.Message{Type: wire.TypeSVIDIssued, Nonce: e.Msg.Nonce}
-		certs, err := s.issueSVID(st.node, peer, e.Msg)
+		chains, err := s.issueSVID(st.node, peer, e.Msg)
 		if err != nil {
 			s.log.Warn("control: workload SVID refused", "node", st.node, "err", err)
 			ans.Error = err.Error()
 		} else {
-			ans.Certificates = identity.DERs(certs)
+			ans.Certificates = identity.DERs(chains[0])
+			for _, c := range chains[1:] {
+				ans.SVIDBatch = append(ans.SVIDBatch, identity.DERs(c))
+			}
 		}
 		return st.write(ans)
 	case syncproto.LocalIn:

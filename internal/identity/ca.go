@@ -26,10 +26,15 @@ import (
 
 // Defaults of CAConfig.
 const (
-	DefaultNodeTTL     = 24 * time.Hour
+	// DefaultNodeTTL is a week: renewed at half its life (svid.NodeRenewAt),
+	// a node certificate always has 84 h left, more than the 72 h a site
+	// must run cut off from every control plane (docs/offline.md).
+	DefaultNodeTTL     = 7 * 24 * time.Hour
 	DefaultWorkloadTTL = time.Hour
 	DefaultRootTTL     = 5 * 365 * 24 * time.Hour
-	DefaultOverlap     = 48 * time.Hour
+	// DefaultOverlap exceeds DefaultNodeTTL, so every node renews from the
+	// new root before the old one leaves the bundle.
+	DefaultOverlap = 8 * 24 * time.Hour
 	// ClockSkew is how far back NotBefore is set on every certificate, so
 	// a node whose clock runs a little behind accepts it at once.
 	ClockSkew = 5 * time.Minute
@@ -49,14 +54,14 @@ type CAConfig struct {
 	// followed by its parents up to a root; the last one is the trust
 	// anchor. Such a CA is never rotated by fogmesh.
 	CertFile, KeyFile string
-	// NodeTTL is the lifetime of node certificates (default 24h).
+	// NodeTTL is the lifetime of node certificates (default 7 days).
 	NodeTTL time.Duration
 	// WorkloadTTL is the default lifetime of workload SVIDs (default 1h).
 	WorkloadTTL time.Duration
 	// RootTTL is the lifetime of a generated root (default 5 years).
 	RootTTL time.Duration
 	// Overlap is how long a rotated-out root stays in the trust bundle
-	// (default 48h). It should exceed NodeTTL so that every node renews
+	// (default 8 days). It must exceed NodeTTL so that every node renews
 	// from the new root before the old one is dropped.
 	Overlap time.Duration
 	// Now is the clock (default time.Now); tests move it.
@@ -80,6 +85,9 @@ func (c *CAConfig) validate() error {
 		if *d.p == 0 {
 			*d.p = d.def
 		}
+	}
+	if c.Overlap <= c.NodeTTL {
+		return fmt.Errorf("identity: rotation overlap %s must exceed the node TTL %s, or nodes cut off during a rotation lose the root their certificate chains to", c.Overlap, c.NodeTTL)
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -356,6 +364,9 @@ func (ca *CA) rotateLocked() error {
 type IssueOptions struct {
 	// TTL is the lifetime; 0 means the default of the identity's kind.
 	TTL time.Duration
+	// Start is when the lifetime begins (zero: now): a batch of workload
+	// SVIDs holds certificates valid later (SignWorkloadBatch).
+	Start time.Time
 	// DNSNames and IPAddresses are added as SANs (the control plane's
 	// serving certificate, for clients that check host names).
 	DNSNames    []string
@@ -387,14 +398,22 @@ func (ca *CA) SignRelayCSR(csr *x509.CertificateRequest, name string) ([]*x509.C
 // ttl 0 means the configured WorkloadTTL. The caller (the control plane)
 // must have checked that the requesting node may hold this identity.
 func (ca *CA) SignWorkloadCSR(csr *x509.CertificateRequest, namespace, account string, ttl time.Duration) ([]*x509.Certificate, error) {
-	id, err := spiffeid.FromSegments(ca.td, "ns", namespace, "sa", account)
+	id, err := workloadID(ca, namespace, account)
 	if err != nil {
-		return nil, fmt.Errorf("identity: workload id: %w", err)
+		return nil, err
 	}
 	if ttl <= 0 {
 		ttl = ca.cfg.WorkloadTTL
 	}
 	return ca.Sign(csr.PublicKey, id, IssueOptions{TTL: ttl})
+}
+
+func workloadID(ca *CA, namespace, account string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromSegments(ca.td, "ns", namespace, "sa", account)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("identity: workload id: %w", err)
+	}
+	return id, nil
 }
 
 // Sign issues a leaf for pub with id as its only URI SAN, EKU client and
@@ -421,6 +440,9 @@ func (ca *CA) Sign(pub crypto.PublicKey, id spiffeid.ID, o IssueOptions) ([]*x50
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
 	now := ca.cfg.Now()
+	if !o.Start.IsZero() {
+		now = o.Start
+	}
 	notAfter := now.Add(ttl)
 	if notAfter.After(ca.cert.NotAfter) {
 		notAfter = ca.cert.NotAfter

@@ -13,8 +13,8 @@
 //
 // Identities (api/identity.go):
 //
-//	node      spiffe://<td>/site/<site>/node/<node>   EKU client+server, TTL 24h
-//	workload  spiffe://<td>/ns/<ns>/sa/<account>      EKU client+server, TTL 1h
+//	node      spiffe://<td>/site/<site>/node/<node>   EKU client+server, TTL 7 days
+//	workload  spiffe://<td>/ns/<ns>/sa/<account>      EKU client+server, TTL 1h, in batches (batch.go)
 //	relay     spiffe://<td>/relay/<name>               a relay (fogmesh relay), EKU client+server, node TTL
 //	control   spiffe://<td>/control                    the control plane's serving certificate
 //	admin     spiffe://<td>/admin/<name>               an admin client certificate

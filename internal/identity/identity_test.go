@@ -351,7 +351,7 @@ func TestMutualTLSReasons(t *testing.T) {
 	}
 	noCert := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, NextProtos: []string{ALPNMesh}}
 	clk := &clock{t: time.Now().Add(-48 * time.Hour)}
-	expiredCA, _ := OpenCA(CAConfig{Dir: t.TempDir(), Now: clk.now, TrustDomain: "past.example"})
+	expiredCA, _ := OpenCA(CAConfig{Dir: t.TempDir(), Now: clk.now, TrustDomain: "past.example", NodeTTL: 24 * time.Hour})
 	server.SetBundles(ca.Bundle(), expiredCA.Bundle())
 	cases := []struct {
 		name string
@@ -360,7 +360,9 @@ func TestMutualTLSReasons(t *testing.T) {
 	}{
 		{"no certificate", noCert, ReasonNoCertificate},
 		{"other CA", mk(nodeSVID(t, other, "s", "client")), ReasonUnknownAuthority},
-		{"expired", mk(nodeSVID(t, expiredCA, "s", "client")), ReasonExpired},
+		// An old peer that presents its expired certificate (a Source
+		// does not: TestSourceWithholdsExpired).
+		{"expired", presenting(mk(nil), nodeSVID(t, expiredCA, "s", "client")), ReasonExpired},
 		{"revoked", mk(good), ReasonRevoked},
 	}
 	server.SetDenied([]string{good.ID.String()})
@@ -414,5 +416,44 @@ func TestJoinPinned(t *testing.T) {
 	other := newCA(t, t.TempDir(), nil)
 	if _, cerr := tlsPair(t, srv, JoinClientConfig(other.Pin(), nil)); cerr == nil || !strings.Contains(cerr.Error(), "pin") {
 		t.Fatalf("wrong pin: %v", cerr)
+	}
+}
+
+// presenting makes cfg present svid as it is, bypassing the Source.
+func presenting(cfg *tls.Config, svid *x509svid.SVID) *tls.Config {
+	cert := &tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	return cfg
+}
+
+// TestSourceWithholdsExpired: a Source whose certificate expired (a node
+// cut off past its certificate's life) does not present it: its own
+// handshake fails, saying why, and the server sees no certificate.
+func TestSourceWithholdsExpired(t *testing.T) {
+	ca := newCA(t, t.TempDir(), nil)
+	clk := &clock{t: time.Now().Add(-48 * time.Hour)}
+	old, err := OpenCA(CAConfig{Dir: t.TempDir(), Now: clk.now, NodeTTL: 24 * time.Hour, TrustDomain: "past.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := NewSource()
+	src.SetBundles(ca.Bundle(), old.Bundle())
+	src.SetSVID(nodeSVID(t, old, "s", "client"))
+	_, err = src.GetX509SVID()
+	if HandshakeReason(err) != ReasonExpired || !strings.Contains(err.Error(), "expired at") {
+		t.Fatalf("GetX509SVID with an expired certificate: %v", err)
+	}
+	server := NewSource()
+	server.SetSVID(nodeSVID(t, ca, "s", "server"))
+	server.SetBundles(ca.Bundle(), old.Bundle())
+	serr, cerr := tlsPair(t, server.ServerConfig(AuthorizeNode(), ALPNMesh), src.ClientConfig(AuthorizeNode(), ALPNMesh))
+	if cerr == nil || !strings.Contains(cerr.Error(), "expired at") {
+		t.Fatalf("client error %v, want one naming the expiry", cerr)
+	}
+	if serr == nil {
+		t.Fatal("the server accepted a client without a certificate")
 	}
 }

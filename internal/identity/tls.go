@@ -59,11 +59,16 @@ func NewSource() *Source {
 // SetSVID replaces the SVID handed out at the next handshake.
 func (s *Source) SetSVID(svid *x509svid.SVID) { s.svid.Store(svid) }
 
-// GetX509SVID implements x509svid.Source.
+// GetX509SVID implements x509svid.Source. An expired certificate is not
+// presented: the handshake fails here, saying so, rather than at the peer.
 func (s *Source) GetX509SVID() (*x509svid.SVID, error) {
 	v := s.svid.Load()
 	if v == nil {
 		return nil, errors.New("identity: no certificate yet")
+	}
+	if leaf := v.Certificates[0]; time.Now().After(leaf.NotAfter) {
+		return nil, &HandshakeError{Reason: ReasonExpired, Err: fmt.Errorf("identity: own certificate %s expired at %s and was not renewed",
+			v.ID, leaf.NotAfter.Format(time.RFC3339))}
 	}
 	return v, nil
 }

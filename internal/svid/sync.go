@@ -17,12 +17,17 @@ import (
 // over the mutually authenticated sync stream, which signs only identities
 // of endpoints on this node. The stream's owner calls Connected and Answer.
 type SyncIssuer struct {
-	mu      sync.Mutex // guards the following
-	write   func(*wire.Message) error
+	mu    sync.Mutex // guards the following
+	write func(*wire.Message) error
+	// batch: the control plane lists wire.FeatureSVIDBatch.
+	batch   bool
 	pending map[string]chan *wire.Message
 }
 
-var _ Issuer = (*SyncIssuer)(nil)
+var (
+	_ Issuer      = (*SyncIssuer)(nil)
+	_ BatchIssuer = (*SyncIssuer)(nil)
+)
 
 var errNoControl = errors.New("no control plane stream that signs workload SVIDs")
 
@@ -30,11 +35,13 @@ var errNoControl = errors.New("no control plane stream that signs workload SVIDs
 // Connected.
 func NewSyncIssuer() *SyncIssuer { return &SyncIssuer{pending: map[string]chan *wire.Message{}} }
 
-// Connected sets the stream's writer (nil when it ends; pending calls fail).
-func (s *SyncIssuer) Connected(write func(*wire.Message) error) {
+// Connected sets the stream's writer (nil when it ends; pending calls
+// fail) and whether its control plane issues batches
+// (wire.FeatureSVIDBatch).
+func (s *SyncIssuer) Connected(write func(*wire.Message) error, batch bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.write = write
+	s.write, s.batch = write, batch && write != nil
 	if write == nil {
 		for n, ch := range s.pending {
 			close(ch)
@@ -54,8 +61,23 @@ func (s *SyncIssuer) Answer(m *wire.Message) {
 	}
 }
 
-// IssueWorkloadSVID implements Issuer.
+// IssueWorkloadSVID implements Issuer: one chain, the first of a batch
+// if the control plane sends one.
 func (s *SyncIssuer) IssueWorkloadSVID(ctx context.Context, ns, sa string, csr []byte) ([]*x509.Certificate, error) {
+	chains, err := s.issue(ctx, ns, sa, csr, false)
+	if err != nil {
+		return nil, err
+	}
+	return chains[0], nil
+}
+
+// IssueWorkloadBatch implements BatchIssuer: a batch from a control plane
+// that issues them, else one chain.
+func (s *SyncIssuer) IssueWorkloadBatch(ctx context.Context, ns, sa string, csr []byte) ([][]*x509.Certificate, error) {
+	return s.issue(ctx, ns, sa, csr, true)
+}
+
+func (s *SyncIssuer) issue(ctx context.Context, ns, sa string, csr []byte, batch bool) ([][]*x509.Certificate, error) {
 	var nb [8]byte
 	rand.Read(nb[:])
 	nonce := hex.EncodeToString(nb[:])
@@ -66,6 +88,7 @@ func (s *SyncIssuer) IssueWorkloadSVID(ctx context.Context, ns, sa string, csr [
 		s.mu.Unlock()
 		return nil, errNoControl
 	}
+	batch = batch && s.batch
 	s.pending[nonce] = ch
 	s.mu.Unlock()
 	defer func() {
@@ -74,7 +97,7 @@ func (s *SyncIssuer) IssueWorkloadSVID(ctx context.Context, ns, sa string, csr [
 		s.mu.Unlock()
 	}()
 	if err := write(&wire.Message{Type: wire.TypeSVID, Nonce: nonce, CSR: csr,
-		SVID: &wire.SVIDRequest{Namespace: ns, ServiceAccount: sa}}); err != nil {
+		SVID: &wire.SVIDRequest{Namespace: ns, ServiceAccount: sa, Batch: batch}}); err != nil {
 		return nil, err
 	}
 	select {
@@ -87,6 +110,18 @@ func (s *SyncIssuer) IssueWorkloadSVID(ctx context.Context, ns, sa string, csr [
 		if m.Error != "" {
 			return nil, fmt.Errorf("control plane refused: %s", m.Error)
 		}
-		return identity.ParseDERs(m.Certificates)
+		ders, err := wire.SVIDChains(m)
+		if err != nil {
+			return nil, err
+		}
+		out := make([][]*x509.Certificate, 0, len(ders))
+		for _, d := range ders {
+			c, err := identity.ParseDERs(d)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, c)
+		}
+		return out, nil
 	}
 }

@@ -77,6 +77,9 @@ type (
 		Heartbeat time.Duration
 		Audit     *AuditResume
 		SVID      bool
+		// SVIDBatch: the control plane issues batches of workload SVIDs
+		// (wire.FeatureSVIDBatch).
+		SVIDBatch bool
 	}
 	// Apply: the driver applies the update (snapshot if Msg.Full) and
 	// steps Applied with the result.
@@ -245,7 +248,8 @@ func (a *Agent) recv(m *wire.Message) Output {
 			sub.KnownVersion = 0 // after a NACK: deltas built on top of it would miss its changes
 			a.resyncFull = false
 		}
-		c := Connected{Heartbeat: a.hb, SVID: slices.Contains(m.Features, wire.FeatureSVID)}
+		c := Connected{Heartbeat: a.hb, SVID: slices.Contains(m.Features, wire.FeatureSVID),
+			SVIDBatch: slices.Contains(m.Features, wire.FeatureSVIDBatch)}
 		if slices.Contains(m.Features, wire.FeatureAudit) {
 			c.Audit = &AuditResume{Seq: m.AuditSeq, Hash: m.AuditHash}
 		}

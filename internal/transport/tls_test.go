@@ -119,7 +119,11 @@ func TestMTLSRefusals(t *testing.T) {
 	ca := testCA(t, "", nil)
 	other := testCA(t, "", nil)
 	past := time.Now().Add(-72 * time.Hour)
-	old := testCA(t, "past.example", func() time.Time { return past })
+	old, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir(), TrustDomain: "past.example", Now: func() time.Time { return past },
+		NodeTTL: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
 	work := serveWorkload(t, "127.0.0.1:0", echo)
 	srv := testSource(testSVID(t, ca, "s", "node-b"), ca.Bundle(), old.Bundle())
 	ts := startTLSServer(t, srv, mapDialer{"web-1": work})
@@ -144,7 +148,17 @@ func TestMTLSRefusals(t *testing.T) {
 			return c
 		}, identity.ReasonUnknownAuthority},
 		{"expired", func() *Client {
-			c, _ := tlsClient(t, testSource(testSVID(t, old, "s", "x"), ca.Bundle()), "x")
+			// An old agent that presents its expired certificate (a
+			// Source withholds it).
+			cfg := testSource(nil, ca.Bundle()).ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+			svid := testSVID(t, old, "s", "x")
+			cert := &tls.Certificate{PrivateKey: svid.PrivateKey}
+			for _, c := range svid.Certificates {
+				cert.Certificate = append(cert.Certificate, c.Raw)
+			}
+			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+			c := NewClient(ClientConfig{SourceNode: "x", DialTimeout: 2 * time.Second, TLS: cfg})
+			t.Cleanup(func() { c.Close() })
 			return c
 		}, identity.ReasonExpired},
 		{"revoked", func() *Client {

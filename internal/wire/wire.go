@@ -107,6 +107,20 @@ const (
 	// FeatureSVID: the control plane signs workload SVIDs (TypeSVID) for
 	// identities of endpoints on the asking node.
 	FeatureSVID = "svid"
+	// FeatureSVIDBatch: the control plane answers an svid request with
+	// SVIDRequest.Batch by a batch of certificates for the one key,
+	// covering its autonomy window and a ninth more (svidIssued's
+	// Certificates and SVIDBatch), so the agent serves workload SVIDs
+	// while cut off (docs/offline.md).
+	FeatureSVIDBatch = "svidBatch"
+)
+
+// Bounds of an SVID batch (svidIssued): at most MaxSVIDBatch chains of at
+// most MaxSVIDChain certificates each. A control plane refuses an
+// autonomy window and workload TTL whose batch would be larger.
+const (
+	MaxSVIDBatch = 1024
+	MaxSVIDChain = 8
 )
 
 // Resource types a subscriber may ask for.
@@ -198,6 +212,11 @@ type Message struct {
 
 	// SVID (svid): the workload identity a CSR asks for.
 	SVID *SVIDRequest `json:"svid,omitempty"`
+	// SVIDBatch (svidIssued, in answer to SVIDRequest.Batch) holds the
+	// chains (DER, leaf first) that follow the one in Certificates, in
+	// order of validity: all for the CSR's key, each leaf valid from half a
+	// workload TTL after the one before (SVIDChains reads them).
+	SVIDBatch [][][]byte `json:"svidBatch,omitempty"`
 
 	// Welcome, Update
 	Version uint64 `json:"version,omitempty"`
@@ -344,7 +363,41 @@ func Decode(body []byte) (*Message, error) {
 	default:
 		return nil, fmt.Errorf("wire: unknown message type %q", m.Type)
 	}
+	if len(m.SVIDBatch) > 0 {
+		if _, err := SVIDChains(m); err != nil {
+			return nil, err
+		}
+	}
 	return m, nil
+}
+
+// SVIDChains returns the certificate chains of an svidIssued answer:
+// Certificates, then each of SVIDBatch. It refuses more than MaxSVIDBatch
+// chains, an empty or longer than MaxSVIDChain chain, an empty certificate,
+// and a batch without a first chain.
+func SVIDChains(m *Message) ([][][]byte, error) {
+	if len(m.Certificates) == 0 {
+		if len(m.SVIDBatch) > 0 {
+			return nil, errors.New("wire: svid batch without a first certificate chain")
+		}
+		return nil, errors.New("wire: no certificate")
+	}
+	if 1+len(m.SVIDBatch) > MaxSVIDBatch {
+		return nil, fmt.Errorf("wire: svid batch of %d chains, at most %d", 1+len(m.SVIDBatch), MaxSVIDBatch)
+	}
+	out := make([][][]byte, 0, 1+len(m.SVIDBatch))
+	for i, ch := range append([][][]byte{m.Certificates}, m.SVIDBatch...) {
+		if len(ch) == 0 || len(ch) > MaxSVIDChain {
+			return nil, fmt.Errorf("wire: svid chain %d holds %d certificates, want 1 to %d", i, len(ch), MaxSVIDChain)
+		}
+		for _, der := range ch {
+			if len(der) == 0 {
+				return nil, fmt.Errorf("wire: svid chain %d: empty certificate", i)
+			}
+		}
+		out = append(out, ch)
+	}
+	return out, nil
 }
 
 // NewResource encodes an api object as a Resource.
@@ -382,4 +435,8 @@ func DecodeResource(r Resource) (api.Object, error) {
 type SVIDRequest struct {
 	Namespace      string `json:"namespace"`
 	ServiceAccount string `json:"serviceAccount"`
+	// Batch asks for a batch (see SVIDBatch); only sent to a control
+	// plane that lists FeatureSVIDBatch. An older one ignores it and
+	// answers with one certificate.
+	Batch bool `json:"batch,omitempty"`
 }

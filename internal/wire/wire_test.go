@@ -125,3 +125,67 @@ func TestChunkFields(t *testing.T) {
 		t.Fatalf("chunk read back as %+v, %v", got, err)
 	}
 }
+
+// TestSVIDChains: an answer's chains are Certificates then SVIDBatch; a
+// batch above the bounds, an empty chain or certificate, and a batch with
+// no first chain are refused, by Decode too.
+func TestSVIDChains(t *testing.T) {
+	c := []byte{0x30}
+	ok := &Message{Type: TypeSVIDIssued, Certificates: [][]byte{c}, SVIDBatch: [][][]byte{{c}, {c, c}}}
+	got, err := SVIDChains(ok)
+	if err != nil || len(got) != 3 || len(got[2]) != 2 {
+		t.Fatalf("chains %v, %v", got, err)
+	}
+	big := make([][][]byte, MaxSVIDBatch)
+	for i := range big {
+		big[i] = [][]byte{c}
+	}
+	long := make([][]byte, MaxSVIDChain+1)
+	for i := range long {
+		long[i] = c
+	}
+	for name, m := range map[string]*Message{
+		"too many":       {Type: TypeSVIDIssued, Certificates: [][]byte{c}, SVIDBatch: big},
+		"chain too long": {Type: TypeSVIDIssued, Certificates: [][]byte{c}, SVIDBatch: [][][]byte{long}},
+		"empty chain":    {Type: TypeSVIDIssued, Certificates: [][]byte{c}, SVIDBatch: [][][]byte{{}}},
+		"empty cert":     {Type: TypeSVIDIssued, Certificates: [][]byte{c}, SVIDBatch: [][][]byte{{{}}}},
+		"no first":       {Type: TypeSVIDIssued, SVIDBatch: [][][]byte{{c}}},
+	} {
+		if _, err := SVIDChains(m); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		var buf bytes.Buffer
+		if err := Write(&buf, m); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := NewReader(&buf).Read(); err == nil {
+			t.Errorf("%s: Decode accepted", name)
+		}
+	}
+}
+
+// FuzzSVIDChains: whatever an svidIssued frame holds, SVIDChains never
+// crashes and what it accepts stays within the bounds.
+func FuzzSVIDChains(f *testing.F) {
+	f.Add([]byte(`{"type":"svidIssued","nonce":"1","certificates":["MA=="],"svidBatch":[["MA=="],["MA==","MA=="]]}`))
+	f.Add([]byte(`{"type":"svidIssued","svidBatch":[[]]}`))
+	f.Add([]byte(`{"type":"svidIssued","certificates":["MA=="],"svidBatch":[[""]]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Decode(b)
+		if err != nil {
+			return
+		}
+		chains, err := SVIDChains(m)
+		if err != nil {
+			return
+		}
+		if len(chains) > MaxSVIDBatch {
+			t.Fatalf("%d chains accepted", len(chains))
+		}
+		for _, ch := range chains {
+			if len(ch) == 0 || len(ch) > MaxSVIDChain {
+				t.Fatalf("chain of %d accepted", len(ch))
+			}
+		}
+	})
+}
