@@ -70,6 +70,11 @@ func (c *CAConfig) validate() error {
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		return errors.New("identity: CA certificate and key files go together")
 	}
+	return c.defaults()
+}
+
+// defaults fills in the zero durations and the clock.
+func (c *CAConfig) defaults() error {
 	for _, d := range []struct {
 		p   *time.Duration
 		def time.Duration
