@@ -61,8 +61,9 @@ const (
 type tokenRecord struct {
 	Kind    string    `json:"kind"`
 	Hash    string    `json:"hash"`
-	Site    string    `json:"site,omitempty"` // join tokens
-	Role    string    `json:"role,omitempty"` // admin tokens
+	Site    string    `json:"site,omitempty"`   // join tokens
+	Region  string    `json:"region,omitempty"` // region tokens
+	Role    string    `json:"role,omitempty"`   // admin tokens
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires,omitzero"` // zero: never (admin tokens only)
 	UsedBy  string    `json:"usedBy,omitempty"` // join tokens: the node that used it
@@ -82,6 +83,9 @@ type security struct {
 	src *identity.Source // serving SVID; own bundle; deny list
 
 	syncTLS *tls.Config
+	// region is the regional control plane's identity and upstream link
+	// (region_link.go); nil on a global control plane.
+	region *regional
 
 	mu        sync.Mutex // guards the following
 	trust     *wire.Trust
@@ -99,15 +103,22 @@ type security struct {
 }
 
 func newSecurity(s *Server) (*security, error) {
-	ca, err := identity.OpenCA(identity.CAConfig{
-		Dir: filepath.Join(s.cfg.StateDir, "ca"), TrustDomain: s.cfg.TrustDomain,
-		CertFile: s.cfg.CACertFile, KeyFile: s.cfg.CAKeyFile,
-		NodeTTL: s.cfg.NodeTTL, Overlap: s.cfg.RotationOverlap,
-	})
+	var ca *identity.CA
+	var reg *regional
+	var err error
+	if s.cfg.Mode == ModeRegional {
+		ca, reg, err = openRegional(s) // region_link.go
+	} else {
+		ca, err = identity.OpenCA(identity.CAConfig{
+			Dir: filepath.Join(s.cfg.StateDir, "ca"), TrustDomain: s.cfg.TrustDomain,
+			CertFile: s.cfg.CACertFile, KeyFile: s.cfg.CAKeyFile,
+			NodeTTL: s.cfg.NodeTTL, Overlap: s.cfg.RotationOverlap,
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
-	sec := &security{s: s, ca: ca, src: identity.NewSource(), watch: make(chan struct{}),
+	sec := &security{s: s, ca: ca, region: reg, src: identity.NewSource(), watch: make(chan struct{}),
 		mTLS: map[string]*metrics.Counter{}, mJoins: map[string]*metrics.Counter{}}
 	m := s.cfg.Metrics
 	for _, r := range identity.Reasons {
@@ -117,6 +128,9 @@ func newSecurity(s *Server) (*security, error) {
 		sec.mJoins[r] = m.NewCounter(fmt.Sprintf(`fogmesh_control_joins_total{result=%q}`, r))
 	}
 	sec.mIssued = m.NewCounter(`fogmesh_control_certificates_issued_total`)
+	if reg != nil {
+		reg.refresh = sec.refreshTrust
+	}
 	sec.syncTLS = sec.newSyncTLS()
 	if err := sec.refreshTrust(); err != nil {
 		return nil, err
@@ -176,6 +190,7 @@ func (s *Server) TLSFailures(reason string) uint64 {
 func (sec *security) newSyncTLS() *tls.Config {
 	mtls := sec.src.ServerConfig(sec.authorizeNode, identity.ALPNSync)
 	relay := sec.src.ServerConfig(sec.authorizeRelay, identity.ALPNRelay)
+	region := sec.src.ServerConfig(sec.authorizeRegion, identity.ALPNRegion)
 	join := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{identity.ALPNJoin},
 		GetCertificate: tlsconfig.GetCertificate(sec.src)}
 	return &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
@@ -184,6 +199,8 @@ func (sec *security) newSyncTLS() *tls.Config {
 			return join, nil
 		case slices.Contains(h.SupportedProtos, identity.ALPNRelay):
 			return relay, nil
+		case slices.Contains(h.SupportedProtos, identity.ALPNRegion):
+			return region, nil
 		}
 		return mtls, nil
 	}}
@@ -319,7 +336,11 @@ func (sec *security) refreshTrust() error {
 			t.Revoked = append(t.Revoked, r.ID)
 		}
 	}
+	if sec.region != nil {
+		sec.region.mergeTrust(t) // the global plane's deny list and federated bundles
+	}
 	sort.Strings(t.Revoked)
+	t.Revoked = slices.Compact(t.Revoked)
 	b, _ := json.Marshal(t)
 	sec.mu.Lock()
 	defer sec.mu.Unlock()
@@ -406,7 +427,17 @@ func (sec *security) createToken(kind, site, role string, ttl time.Duration) (st
 		if ttl <= 0 {
 			ttl = time.Hour
 		}
-	case identity.TokenAdmin:
+	case identity.TokenRegion: // site is the region's name
+		if !siteRE.MatchString(site) {
+			return "", rec, fmt.Errorf("region %q is not a DNS label", site)
+		}
+		if !sec.ca.IsRoot() {
+			return "", rec, errors.New("this control plane is regional: make region tokens on the global one")
+		}
+		if ttl <= 0 {
+			ttl = time.Hour
+		}
+		rec.Region = site
 		if role == "" {
 			role = RoleAdmin
 		}
@@ -415,7 +446,7 @@ func (sec *security) createToken(kind, site, role string, ttl time.Duration) (st
 		}
 		rec.Role = role
 	default:
-		return "", rec, fmt.Errorf("kind %q is not %s, %s or %s", kind, identity.TokenJoin, identity.TokenRelay, identity.TokenAdmin)
+		return "", rec, fmt.Errorf("kind %q is not %s, %s, %s or %s", kind, identity.TokenJoin, identity.TokenRelay, identity.TokenRegion, identity.TokenAdmin)
 	}
 	if ttl > 0 {
 		rec.Expires = now.Add(ttl)
@@ -491,6 +522,12 @@ func (sec *security) serveJoin(c net.Conn) error {
 		return refuse(err)
 	}
 	switch {
+	case m.Region != "" && tok.Kind == identity.TokenRegion:
+		return sec.serveRegionJoin(c, m, tok, refuse)
+	case m.Region != "":
+		return refuse(errors.New("a regional control plane joins with a region token ('fogmesh token create -kind region -region NAME'), not a " + tok.Kind + " token"))
+	case tok.Kind == identity.TokenRegion:
+		return refuse(errors.New("a region token is for 'fogmesh control --mode regional --join-token', not for a node or relay"))
 	case m.Relay != "" && tok.Kind == identity.TokenRelay:
 		return sec.serveRelayJoin(c, m, tok, refuse)
 	case m.Relay != "":
@@ -690,9 +727,11 @@ func (s *Server) revokeNode(name string) (string, error) {
 	return id.String(), nil
 }
 
-// CreateToken makes a join token for site (kind identity.TokenJoin) or an
-// admin token with role (identity.TokenAdmin), valid for ttl (0: 1h for
-// join tokens, no expiry for admin tokens). The dev demo calls it directly.
+// CreateToken makes a join token for site (kind identity.TokenJoin), a
+// relay token, a region token for the region named site
+// (identity.TokenRegion) or an admin token with role (identity.TokenAdmin),
+// valid for ttl (0: 1h for join, relay and region tokens, no expiry for
+// admin tokens). The dev demo calls it directly.
 func (s *Server) CreateToken(kind, site, role string, ttl time.Duration) (string, error) {
 	if s.sec == nil {
 		return "", errors.New("control: tokens need the CA (insecure mode)")

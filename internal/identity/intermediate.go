@@ -240,3 +240,6 @@ func IssuingRegion(chain []*x509.Certificate) string {
 	}
 	return ""
 }
+
+// PublicKeyEqual reports whether two public keys are the same key.
+func PublicKeyEqual(a, b crypto.PublicKey) bool { return publicKeyEqual(a, b) }

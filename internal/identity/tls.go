@@ -28,6 +28,10 @@ const (
 	ALPNRelay = "fogmesh-relay/1"
 	ALPNJoin  = "fogmesh-join/1"
 	ALPNMesh  = "fogmesh-mesh/1"
+	// ALPNRegion is a regional control plane's link to the global one
+	// (mutual TLS with its region certificate): trust pushed down,
+	// renewals of its intermediate.
+	ALPNRegion = "fogmesh-region/1"
 )
 
 // Source holds one identity's current X.509-SVID, the trust bundles it
