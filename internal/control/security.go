@@ -438,6 +438,7 @@ func (sec *security) createToken(kind, site, role string, ttl time.Duration) (st
 			ttl = time.Hour
 		}
 		rec.Region = site
+	case identity.TokenAdmin:
 		if role == "" {
 			role = RoleAdmin
 		}

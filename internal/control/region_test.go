@@ -1,0 +1,338 @@
+package control
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// regionJoin sends a regional control plane's join for region with tok
+// (any kind) and returns the answer.
+func regionJoin(t *testing.T, s *Server, tok, region string) *wire.Message {
+	t.Helper()
+	p, err := identity.ParseToken(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jc, err := tls.Dial("tcp", s.SyncAddr(), identity.JoinClientConfig(p.Pin, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer jc.Close()
+	jc.SetDeadline(time.Now().Add(5 * time.Second))
+	k1, _ := identity.NewKey()
+	k2, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(k1)
+	caCSR, _ := identity.NewCSR(k2)
+	if err := wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: tok, Region: region, CSR: csr, CACSR: caCSR}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := wire.NewReader(jc).Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// startRegional starts a regional control plane for region in dir with
+// upstream and (if not "") a region join token.
+func startRegional(t *testing.T, dir, region, upstream, token string) (*Server, error) {
+	t.Helper()
+	s, err := New(Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond, Mode: ModeRegional, Region: region,
+		Upstream: []string{upstream}, RegionJoinToken: token})
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	return s, nil
+}
+
+// agentStream opens an agent's sync stream to s as svid and returns it
+// after the welcome.
+func agentStream(t *testing.T, s *Server, svid *x509svid.SVID, bundle *x509bundle.Bundle, site, node string, caps ...string) (*tls.Conn, *wire.Reader) {
+	t.Helper()
+	src := identity.NewSource()
+	src.SetBundles(bundle)
+	src.SetSVID(svid)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(),
+		src.ClientConfig(identity.AuthorizeID(identity.ControlID(bundle.TrustDomain())), identity.ALPNSync))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	n := &api.Node{Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: site, Region: "east", MeshAddress: "127.0.0.1:1"}}
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion,
+		Capabilities: append([]string{wire.CapPolicy2}, caps...), Node: n}); err != nil {
+		t.Fatal(err)
+	}
+	r := wire.NewReader(c)
+	if m, err := r.Read(); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("%s: welcome %v %+v", node, err, m)
+	}
+	return c, r
+}
+
+// readUntil reads frames until f accepts one.
+func readUntil(t *testing.T, r *wire.Reader, what string, f func(*wire.Message) bool) *wire.Message {
+	t.Helper()
+	for {
+		m, err := r.Read()
+		if err != nil {
+			t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if f(m) {
+			return m
+		}
+	}
+}
+
+// mtls runs mutual TLS between two node sources on loopback (both
+// authorizing node identities) and returns the client's and server's
+// errors.
+func mtls(t *testing.T, client, server *identity.Source) (cerr, serr error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		tc := tls.Server(c, server.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh))
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		err = tc.Handshake()
+		if err == nil {
+			_, err = tc.Write([]byte{1})
+		}
+		done <- err
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(c, client.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh))
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	cerr = tc.Handshake()
+	if cerr == nil {
+		var b [1]byte
+		_, cerr = tc.Read(b[:])
+	}
+	tc.Close()
+	return cerr, <-done
+}
+
+// TestRegionJoin: a region token (fmg1) is a kind of its own bound to a
+// region; the global plane refuses it for a node or another region, and
+// refuses a regional join with a node's token; a good join gets an
+// intermediate (path length 0, URI name constraint) and a client
+// certificate for spiffe://<td>/region/<name> from the root, once.
+func TestRegionJoin(t *testing.T) {
+	s := startSecure(t)
+	if _, err := s.CreateToken(identity.TokenRegion, "Not_A_Label", "", time.Minute); err == nil {
+		t.Fatal("region token for a bad name")
+	}
+	tok, err := s.CreateToken(identity.TokenRegion, "east", "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(tok, "fmg1.") {
+		t.Fatalf("region token %q", tok)
+	}
+	join, _ := s.CreateToken(identity.TokenJoin, "s1", "", time.Minute)
+	if m := regionJoin(t, s, join, "east"); m.Type != wire.TypeError || !strings.Contains(m.Error, "joins with a region token") {
+		t.Fatalf("region with a join token: %+v", m)
+	}
+	if m := joinAs(t, s, tok, "n1", "s1"); m.Type != wire.TypeError || !strings.Contains(m.Error, "region token is for") {
+		t.Fatalf("node with a region token: %+v", m)
+	}
+	if m := regionJoin(t, s, tok, "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "token is for region east") {
+		t.Fatalf("region token of another region: %+v", m)
+	}
+	m := regionJoin(t, s, tok, "east")
+	if m.Type != wire.TypeJoined {
+		t.Fatalf("region join: %+v", m)
+	}
+	inter, err := identity.ParseDERs(m.CACertificates)
+	if err != nil || len(inter) != 1 {
+		t.Fatalf("intermediate: %v", err)
+	}
+	ic := inter[0]
+	if !ic.IsCA || ic.MaxPathLen != 0 || !ic.MaxPathLenZero || !slices.Equal(ic.PermittedURIDomains, []string{"fogmesh.local"}) ||
+		ic.URIs[0].String() != "spiffe://fogmesh.local/region/east" {
+		t.Fatalf("intermediate IsCA %v pathlen %d/%v constraints %v URIs %v", ic.IsCA, ic.MaxPathLen, ic.MaxPathLenZero, ic.PermittedURIDomains, ic.URIs)
+	}
+	if d := ic.NotAfter.Sub(ic.NotBefore) - identity.ClockSkew; d != identity.DefaultIntermediateTTL {
+		t.Fatalf("intermediate lifetime %v", d)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(s.CA().Roots()[0])
+	if _, err := ic.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("intermediate does not chain to the root: %v", err)
+	}
+	client, _ := identity.ParseDERs(m.Certificates)
+	if len(client) != 1 || client[0].URIs[0].String() != "spiffe://fogmesh.local/region/east" || client[0].IsCA {
+		t.Fatalf("client certificate %v", client[0].URIs)
+	}
+	if m.Trust == nil || len(m.Trust.GossipKey) != 0 || len(m.Trust.Bundles["fogmesh.local"]) == 0 {
+		t.Fatalf("trust %+v", m.Trust)
+	}
+	if m := regionJoin(t, s, tok, "east"); m.Type != wire.TypeError || !strings.Contains(m.Error, "already used") {
+		t.Fatalf("reused region token: %+v", m)
+	}
+	// The refusals did not use up the join token.
+	if m := joinAs(t, s, join, "n1", "s1"); m.Type != wire.TypeJoined {
+		t.Fatalf("node join: %+v", m)
+	}
+}
+
+// TestRegionalControlPlane: a regional control plane joins the global one
+// with a region token, keeps its identity in its state dir (keys 0600) and
+// restarts from it without the token; with the global plane stopped it
+// joins a new node, renews a node certificate and issues a workload SVID
+// with its intermediate; a node of the global root and a node of the
+// intermediate authenticate each other over real mutual TLS.
+func TestRegionalControlPlane(t *testing.T) {
+	g := startSecure(t)
+	tok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
+	dir := t.TempDir()
+	if _, err := startRegional(t, t.TempDir(), "east", g.SyncAddr(), ""); err == nil || !strings.Contains(err.Error(), "--join-token") {
+		t.Fatalf("regional start without identity or token: %v", err)
+	}
+	r, err := startRegional(t, dir, "east", g.SyncAddr(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{regionCAKeyFile, regionKeyFile} {
+		if fi, err := os.Stat(filepath.Join(dir, regionDirName, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, fi, err)
+		}
+	}
+	if r.CA().IsRoot() || r.CA().Pin() != g.CA().Pin() || !r.CA().Roots()[0].Equal(g.CA().Roots()[0]) {
+		t.Fatal("the regional CA is not an intermediate under the global root")
+	}
+	waitCount(t, "region linked", r.RegionLinked)
+
+	// A restart needs no token; another region name is refused.
+	r.Close()
+	if _, err := startRegional(t, dir, "west", g.SyncAddr(), ""); err == nil || !strings.Contains(err.Error(), `region "east"`) {
+		t.Fatalf("restart as another region: %v", err)
+	}
+	r, err = startRegional(t, dir, "east", g.SyncAddr(), "")
+	if err != nil {
+		t.Fatalf("restart without token: %v", err)
+	}
+	waitCount(t, "region linked after restart", r.RegionLinked)
+
+	// A node of the global root, for the mutual TLS check below.
+	globalNode, _ := g.CA().NodeSource("s0", "g1")
+
+	// The global plane goes away.
+	g.Close()
+	waitCount(t, "region link down", func() bool { return !r.RegionLinked() })
+
+	objs, err := api.Decode([]byte(`[
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"orders","namespace":"shop"},"spec":{"ports":[{"name":"http","port":80}]}},
+{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"orders-a","namespace":"shop"},"spec":{"service":"orders","node":"n1","address":"10.0.0.1","ports":[{"name":"http","port":8080}]}}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.reg.apply(objs); err != nil {
+		t.Fatal(err)
+	}
+	jt, err := r.CreateToken(identity.TokenJoin, "s1", "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CreateToken(identity.TokenRegion, "west", "", time.Minute); err == nil {
+		t.Fatal("a regional plane made a region token")
+	}
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	p, _ := identity.ParseToken(jt)
+	jc, err := tls.Dial("tcp", r.SyncAddr(), identity.JoinClientConfig(p.Pin, nil))
+	if err != nil {
+		t.Fatalf("join TLS to the regional plane (pin of the global root): %v", err)
+	}
+	jc.SetDeadline(time.Now().Add(5 * time.Second))
+	wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: jt, CSR: csr,
+		Node: &api.Node{Meta: api.Meta{Name: "n1"}, Spec: api.NodeSpec{Site: "s1", Region: "east"}}})
+	m, err := wire.NewReader(jc).Read()
+	jc.Close()
+	if err != nil || m.Type != wire.TypeJoined {
+		t.Fatalf("join at the regional plane: %v %+v", err, m)
+	}
+	certs, _ := identity.ParseDERs(m.Certificates)
+	if len(certs) != 2 || !certs[1].Equal(r.CA().Certificate()) {
+		t.Fatalf("node chain of %d certificates, want leaf and intermediate", len(certs))
+	}
+	roots, _ := identity.ParseDERs(m.Trust.Bundles[m.Trust.TrustDomain])
+	bundle := x509bundle.FromX509Authorities(r.CA().TrustDomain(), roots)
+	nodeSVID, err := identity.NewSVID(certs, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The node's stream: renewal and a workload SVID, the global plane
+	// still down.
+	c, rd := agentStream(t, r, nodeSVID, bundle, "s1", "n1")
+	key2, _ := identity.NewKey()
+	csr2, _ := identity.NewCSR(key2)
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeRenew, CSR: csr2}); err != nil {
+		t.Fatal(err)
+	}
+	cm := readUntil(t, rd, "renewed certificate", func(m *wire.Message) bool { return m.Type == wire.TypeCert || m.Type == wire.TypeError })
+	renewed, _ := identity.ParseDERs(cm.Certificates)
+	if cm.Type != wire.TypeCert || len(renewed) != 2 || renewed[0].SerialNumber.Cmp(certs[0].SerialNumber) == 0 {
+		t.Fatalf("renewal at the regional plane: %+v", cm)
+	}
+	wkey, _ := identity.NewKey()
+	wcsr, _ := identity.NewCSR(wkey)
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeSVID, Nonce: "w1", CSR: wcsr,
+		SVID: &wire.SVIDRequest{Namespace: "shop", ServiceAccount: "orders"}}); err != nil {
+		t.Fatal(err)
+	}
+	sm := readUntil(t, rd, "workload SVID", func(m *wire.Message) bool { return m.Type == wire.TypeSVIDIssued && m.Nonce == "w1" })
+	wcerts, err := identity.ParseDERs(sm.Certificates)
+	if sm.Error != "" || err != nil || len(wcerts) != 2 || wcerts[0].URIs[0].String() != "spiffe://fogmesh.local/ns/shop/sa/orders" {
+		t.Fatalf("workload SVID at the regional plane: %+v", sm)
+	}
+	if _, _, err := x509svid.Verify(wcerts, bundle); err != nil {
+		t.Fatalf("workload SVID does not verify against the global root: %v", err)
+	}
+
+	// Real mutual TLS between a node of each CA, both directions.
+	renewedSVID, _ := identity.NewSVID(renewed, key2)
+	regionalNode := identity.NewSource()
+	regionalNode.SetSVID(renewedSVID)
+	regionalNode.SetBundles(bundle)
+	if cerr, serr := mtls(t, globalNode, regionalNode); cerr != nil || serr != nil {
+		t.Fatalf("global node to regional node: %v / %v", cerr, serr)
+	}
+	if cerr, serr := mtls(t, regionalNode, globalNode); cerr != nil || serr != nil {
+		t.Fatalf("regional node to global node: %v / %v", cerr, serr)
+	}
+}
