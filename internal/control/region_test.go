@@ -1,7 +1,11 @@
 package control
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"log/slog"
+	"sync"
 	"crypto/tls"
 	"crypto/x509"
 	"net"
@@ -23,6 +27,12 @@ import (
 // regionJoin sends a regional control plane's join for region with tok
 // (any kind) and returns the answer.
 func regionJoin(t *testing.T, s *Server, tok, region string) *wire.Message {
+	m, _ := regionJoinKey(t, s, tok, region)
+	return m
+}
+
+// regionJoinKey is regionJoin that also returns the client key.
+func regionJoinKey(t *testing.T, s *Server, tok, region string) (*wire.Message, *ecdsa.PrivateKey) {
 	t.Helper()
 	p, err := identity.ParseToken(tok)
 	if err != nil {
@@ -45,16 +55,20 @@ func regionJoin(t *testing.T, s *Server, tok, region string) *wire.Message {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return m
+	return m, k1
 }
 
 // startRegional starts a regional control plane for region in dir with
 // upstream and (if not "") a region join token.
 func startRegional(t *testing.T, dir, region, upstream, token string) (*Server, error) {
+	return startRegionalLog(t, dir, region, upstream, token, nil)
+}
+
+func startRegionalLog(t *testing.T, dir, region, upstream, token string, log *slog.Logger) (*Server, error) {
 	t.Helper()
 	s, err := New(Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, Mode: ModeRegional, Region: region,
-		Upstream: []string{upstream}, RegionJoinToken: token})
+		Upstream: []string{upstream}, RegionJoinToken: token, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -334,5 +348,247 @@ func TestRegionalControlPlane(t *testing.T) {
 	}
 	if cerr, serr := mtls(t, regionalNode, globalNode); cerr != nil || serr != nil {
 		t.Fatalf("regional node to global node: %v / %v", cerr, serr)
+	}
+}
+
+// lockedBuffer is a log sink for a test to read while the server writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitFor polls f every 20 ms until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// regionDial opens a region stream to s as svid and returns the first
+// frame's error (TLS 1.3: a refused client certificate shows there).
+func regionDial(t *testing.T, s *Server, svid *x509svid.SVID) error {
+	t.Helper()
+	src := identity.NewSource()
+	src.SetBundles(s.CA().Bundle())
+	src.SetSVID(svid)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(),
+		src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNRegion))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	m, err := wire.NewReader(c).Read()
+	if err == nil && m.Type != wire.TypeTrust {
+		t.Fatalf("first frame on a region stream: %+v", m)
+	}
+	return err
+}
+
+// TestRegionIdentityRefused: the global plane's region port refuses a
+// region whose identity is wrong (a node certificate; a region identity
+// of another CA; one minted by a regional intermediate), expired or
+// revoked, each counted under its reason; a good one gets the trust
+// document.
+func TestRegionIdentityRefused(t *testing.T) {
+	g := startSecure(t)
+	tok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
+	m, key := regionJoinKey(t, g, tok, "east")
+	certs, _ := identity.ParseDERs(m.Certificates)
+	good, err := identity.NewSVID(certs, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := regionDial(t, g, good); err != nil {
+		t.Fatalf("good region identity: %v", err)
+	}
+	regionID, _ := identity.RegionID(g.CA().TrustDomain(), "east")
+	other, _ := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
+	sign := func(ca *identity.CA, ttl time.Duration) *x509svid.SVID {
+		k, _ := identity.NewKey()
+		certs, err := ca.Sign(k.Public(), regionID, identity.IssueOptions{TTL: ttl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svid, _ := identity.NewSVID(certs, k)
+		return svid
+	}
+	// The global root's key, two hours ago: a region certificate that has
+	// expired.
+	past, err := identity.OpenCA(identity.CAConfig{Dir: filepath.Join(g.cfg.StateDir, "ca"),
+		Now: func() time.Time { return time.Now().Add(-2 * time.Hour) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A regional intermediate minting a region identity.
+	westKey, _ := identity.NewKey()
+	westCSR, _ := identity.NewCSR(westKey)
+	wcsr, _ := identity.ParseCSR(westCSR)
+	westInter, err := g.CA().SignIntermediateCSR(wcsr, "west", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	west, err := identity.OpenIntermediateCA(identity.CAConfig{}, []*x509.Certificate{westInter}, westKey, g.CA().Roots())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		svid   *x509svid.SVID
+		reason string
+	}{
+		{"node certificate", signNode(t, g.CA(), "s1", "n1", 0), identity.ReasonUnauthorized},
+		{"another CA's region", sign(other, 0), identity.ReasonUnknownAuthority},
+		{"expired", sign(past, time.Hour), identity.ReasonExpired},
+		{"minted by a regional intermediate", sign(west, 0), identity.ReasonUnauthorized},
+	} {
+		before := g.TLSFailures(c.reason)
+		if err := regionDial(t, g, c.svid); err == nil {
+			t.Errorf("%s: region stream opened", c.name)
+			continue
+		}
+		waitCount(t, c.name+" counted as "+c.reason, func() bool { return g.TLSFailures(c.reason) == before+1 })
+	}
+	before := g.TLSFailures(identity.ReasonRevoked)
+	if _, err := g.revokeRegion("east"); err != nil {
+		t.Fatal(err)
+	}
+	if err := regionDial(t, g, good); err == nil {
+		t.Fatal("revoked region: region stream opened")
+	}
+	waitCount(t, "revoked region counted", func() bool { return g.TLSFailures(identity.ReasonRevoked) == before+1 })
+	tok2, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
+	if m := regionJoin(t, g, tok2, "east"); m.Type != wire.TypeError || !strings.Contains(m.Error, "region east is revoked") {
+		t.Fatalf("rejoin of a revoked region: %+v", m)
+	}
+}
+
+// TestRegionRevoked: `revoke region` on the global plane reaches an agent
+// of the global plane on its sync stream, which then refuses a peer whose
+// chain goes through the region's intermediate (real mutual TLS); the
+// global sync port refuses that peer; the regional plane's link is closed
+// and refused, and it says so in its log.
+func TestRegionRevoked(t *testing.T) {
+	g := startSecure(t)
+	tok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
+	var logs lockedBuffer
+	r, err := startRegionalLog(t, t.TempDir(), "east", g.SyncAddr(), tok, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, "region linked", r.RegionLinked)
+	regional, err := r.CA().NodeSource("s1", "rn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gsvid := signNode(t, g.CA(), "s0", "g1", time.Hour)
+	_, rd := agentStream(t, g, gsvid, g.CA().Bundle(), "s0", "g1", wire.CapTrust)
+	agent := identity.NewSource()
+	agent.SetSVID(gsvid)
+	agent.SetBundles(g.CA().Bundle())
+	tm := readUntil(t, rd, "trust", func(m *wire.Message) bool { return m.Type == wire.TypeTrust })
+	agent.SetDenied(tm.Trust.Revoked)
+	if cerr, serr := mtls(t, regional, agent); cerr != nil || serr != nil {
+		t.Fatalf("before the revocation: %v / %v", cerr, serr)
+	}
+	if m, err := syncDial(t, g, regional.SVID(), "s1", "rn"); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("global sync port before the revocation: %v %+v", err, m)
+	}
+
+	id, err := g.revokeRegion("east")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	tm = readUntil(t, rd, "the region on the deny list", func(m *wire.Message) bool {
+		return m.Type == wire.TypeTrust && slices.Contains(m.Trust.Revoked, id)
+	})
+	t.Logf("deny list at the agent %v after the revocation", time.Since(at))
+	agent.SetDenied(tm.Trust.Revoked)
+	if _, serr := mtls(t, regional, agent); identity.HandshakeReason(serr) != identity.ReasonRevoked {
+		t.Fatalf("agent accepted a client under the revoked region: %v", serr)
+	}
+	if cerr, _ := mtls(t, agent, regional); identity.HandshakeReason(cerr) != identity.ReasonRevoked {
+		t.Fatalf("agent accepted a server under the revoked region: %v", cerr)
+	}
+	if m, err := syncDial(t, g, regional.SVID(), "s1", "rn"); err == nil && m.Type == wire.TypeWelcome {
+		t.Fatal("global sync port accepted a node under the revoked region")
+	}
+	waitCount(t, "region link closed", func() bool { return !r.RegionLinked() })
+	waitFor(t, 20*time.Second, "the regional plane logging the refusal", func() bool {
+		return strings.Contains(logs.String(), "refused this region's certificate")
+	})
+	if r.RegionLinked() {
+		t.Fatal("the revoked region linked again")
+	}
+}
+
+// TestRegionRenewal: with a short region lifetime the regional plane
+// renews its intermediate and client certificate over its link at
+// half-life (same keys, files rewritten) and issues from the new
+// intermediate; once the global plane is gone and the intermediate has
+// expired, it issues nothing and a restart says to rejoin.
+func TestRegionRenewal(t *testing.T) {
+	const ttl = 6 * time.Second
+	g, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond, RegionCATTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gdone := make(chan struct{})
+	go func() { g.Serve(context.Background()); close(gdone) }()
+	t.Cleanup(func() { g.Close(); <-gdone })
+	tok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
+	dir := t.TempDir()
+	r, err := startRegional(t, dir, "east", g.SyncAddr(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := r.CA().Certificate()
+	waitFor(t, 30*time.Second, "a renewal", func() bool { return r.sec.region.renewals.Load() >= 1 })
+	second := r.CA().Certificate()
+	if second.SerialNumber.Cmp(first.SerialNumber) == 0 || !identity.PublicKeyEqual(second.PublicKey, first.PublicKey) {
+		t.Fatal("intermediate not renewed, or renewed with another key")
+	}
+	if d := second.NotBefore.Sub(first.NotBefore); d < ttl/2 {
+		t.Fatalf("renewed %v after issue, before half-life", d)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, regionDirName, regionCAFile))
+	if onDisk, err := identity.ParseCertificatesPEM(b); err != nil || !onDisk[0].Equal(r.CA().Certificate()) {
+		t.Fatalf("ca.pem not rewritten: %v", err)
+	}
+	n, err := r.CA().NodeSource("s1", "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := n.SVID().Certificates; len(got) != 2 || got[1].SerialNumber.Cmp(first.SerialNumber) == 0 {
+		t.Fatal("the node certificate does not come with the renewed intermediate")
+	}
+	g.Close()
+	last := r.CA().Certificate()
+	waitFor(t, 2*ttl, "the intermediate to expire", func() bool { return time.Now().After(last.NotAfter) })
+	if _, err := r.CA().NodeSource("s1", "n2"); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("an expired intermediate issued: %v", err)
+	}
+	r.Close()
+	if _, err := startRegional(t, dir, "east", g.SyncAddr(), ""); err == nil || !strings.Contains(err.Error(), "rejoin with a new region token") {
+		t.Fatalf("restart with an expired intermediate: %v", err)
 	}
 }

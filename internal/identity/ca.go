@@ -426,6 +426,11 @@ func (ca *CA) Sign(pub crypto.PublicKey, id spiffeid.ID, o IssueOptions) ([]*x50
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
 	now := ca.cfg.Now()
+	if !now.Before(ca.cert.NotAfter) {
+		// A regional intermediate not renewed in time: refuse rather than
+		// hand out certificates that are born expired.
+		return nil, fmt.Errorf("identity: the CA certificate expired at %s", ca.cert.NotAfter.UTC().Format(time.RFC3339))
+	}
 	notAfter := now.Add(ttl)
 	if notAfter.After(ca.cert.NotAfter) {
 		notAfter = ca.cert.NotAfter

@@ -130,6 +130,16 @@ func TestIntermediateCertificate(t *testing.T) {
 	if certs[0].NotAfter.After(inter.NotAfter) {
 		t.Fatal("leaf outlives its intermediate")
 	}
+	// An expired intermediate issues nothing.
+	clk := &clock{t: time.Now()}
+	exp, err := OpenIntermediateCA(CAConfig{Now: clk.now}, []*x509.Certificate{inter}, reg.signer, root.Roots())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.t = inter.NotAfter
+	if _, err := exp.NodeSource("s1", "late"); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("an expired intermediate issued: %v", err)
+	}
 	// A wrong key or an intermediate of another root is refused.
 	other := newCA(t, t.TempDir(), nil)
 	if err := reg.SetIntermediate([]*x509.Certificate{inter}, key, root.Roots()); err == nil {
