@@ -27,6 +27,11 @@ type controlFile struct {
 	NodeTTL           durationValue `json:"nodeTTL,omitempty"`
 	RotationOverlap   durationValue `json:"rotationOverlap,omitempty"`
 	ServerNames       []string      `json:"serverNames,omitempty"`
+	// Mode, Region, Upstream, RegionCATTL: see control.Config.
+	Mode        string        `json:"mode,omitempty"`
+	Region      string        `json:"region,omitempty"`
+	Upstream    []string      `json:"upstream,omitempty"`
+	RegionCATTL durationValue `json:"regionCATTL,omitempty"`
 
 	// IstioRootNamespace: see control.Config.
 	IstioRootNamespace string `json:"istioRootNamespace,omitempty"`
@@ -60,6 +65,7 @@ func runControl(args []string) error {
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		logf       cli.LogFlags
 	)
+	rf := registerRegionFlags(fs)
 	logf.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return &cli.UsageError{Err: err}
@@ -113,6 +119,7 @@ func runControl(args []string) error {
 	if set["server-name"] {
 		fc.ServerNames = strings.Split(*names, ",")
 	}
+	rf.apply(set, &fc)
 	if fc.StateDir == "" {
 		fc.StateDir = "/var/lib/fogmesh/control"
 	}
@@ -126,6 +133,7 @@ func runControl(args []string) error {
 		VIPRange: fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
 		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
 		NodeTTL: time.Duration(fc.NodeTTL), RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
+		Mode: fc.Mode, Region: fc.Region, Upstream: fc.Upstream, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
 	})
 	if err != nil {
 		return err
@@ -135,6 +143,9 @@ func runControl(args []string) error {
 	if fc.Insecure {
 		fmt.Fprintf(os.Stderr, "fogmesh control: INSECURE: admin http://%s, sync %s (plaintext), state %s\n", s.AdminAddr(), s.SyncAddr(), fc.StateDir)
 	} else {
+		if fc.Mode == control.ModeRegional {
+			fmt.Fprintf(os.Stderr, "fogmesh control: regional control plane of region %s, upstream %s\n", fc.Region, strings.Join(fc.Upstream, ","))
+		}
 		fmt.Fprintf(os.Stderr, "fogmesh control: admin https://%s, sync %s (mTLS), state %s, CA bundle %s, admin token %s\n",
 			s.AdminAddr(), s.SyncAddr(), fc.StateDir, s.BundlePath(), filepath.Join(fc.StateDir, control.AdminTokenFile))
 	}
