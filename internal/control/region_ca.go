@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -260,14 +261,33 @@ func (s *Server) revokeRegion(name string) (string, error) {
 	if err := s.sec.refreshTrust(); err != nil {
 		return "", err
 	}
+	// The region's own link, and the sync streams of nodes whose
+	// certificate its intermediate issued.
+	n := 0
 	s.mu.Lock()
 	for c, who := range s.streams {
-		if who == "region:"+name {
+		if who == "region:"+name || issuedByRegion(c, name) {
 			c.Close()
+			n++
 		}
 	}
 	s.mu.Unlock()
 	s.Audit(audit.Record{Kind: audit.KindAdmin, Action: "revoke region", Actor: "admin", Object: id.String()})
-	s.log.Warn("control: region revoked", "region", name, "id", id.String())
+	s.log.Warn("control: region revoked", "region", name, "id", id.String(), "closedStreams", n)
 	return id.String(), nil
+}
+
+// issuedByRegion reports whether c is a TLS connection whose peer's
+// verified chain goes through region's intermediate.
+func issuedByRegion(c net.Conn, region string) bool {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return false
+	}
+	for _, ch := range tc.ConnectionState().VerifiedChains {
+		if identity.IssuingRegion(ch) == region {
+			return true
+		}
+	}
+	return false
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -511,6 +512,9 @@ func TestRegionRevoked(t *testing.T) {
 	if m, err := syncDial(t, g, regional.SVID(), "s1", "rn"); err != nil || m.Type != wire.TypeWelcome {
 		t.Fatalf("global sync port before the revocation: %v %+v", err, m)
 	}
+	// A node of the region on its open sync stream to the global plane.
+	open, ord := agentStream(t, g, regional.SVID(), g.CA().Bundle(), "s1", "rn")
+	open.SetDeadline(time.Now().Add(30 * time.Second))
 
 	id, err := g.revokeRegion("east")
 	if err != nil {
@@ -530,6 +534,15 @@ func TestRegionRevoked(t *testing.T) {
 	}
 	if m, err := syncDial(t, g, regional.SVID(), "s1", "rn"); err == nil && m.Type == wire.TypeWelcome {
 		t.Fatal("global sync port accepted a node under the revoked region")
+	}
+	for {
+		if _, err := ord.Read(); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("the open sync stream of a node under the revoked region was not closed")
+			}
+			break
+		}
 	}
 	waitCount(t, "region link closed", func() bool { return !r.RegionLinked() })
 	waitFor(t, 20*time.Second, "the regional plane logging the refusal", func() bool {

@@ -130,6 +130,13 @@ func newSecurity(s *Server) (*security, error) {
 	sec.mIssued = m.NewCounter(`fogmesh_control_certificates_issued_total`)
 	if reg != nil {
 		reg.refresh = sec.refreshTrust
+		m.NewGauge(`fogmesh_control_region_linked`, func() float64 {
+			if reg.linked.Load() {
+				return 1
+			}
+			return 0
+		})
+		m.NewGauge(`fogmesh_control_region_renewals`, func() float64 { return float64(reg.renewals.Load()) })
 	}
 	sec.syncTLS = sec.newSyncTLS()
 	if err := sec.refreshTrust(); err != nil {
