@@ -278,16 +278,9 @@ func (s *Server) revokeRegion(name string) (string, error) {
 }
 
 // issuedByRegion reports whether c is a TLS connection whose peer's
-// verified chain goes through region's intermediate.
+// certificate region's intermediate issued (the chain it sent was verified
+// in the handshake; VerifiedChains is empty under the SPIFFE verifier).
 func issuedByRegion(c net.Conn, region string) bool {
 	tc, ok := c.(*tls.Conn)
-	if !ok {
-		return false
-	}
-	for _, ch := range tc.ConnectionState().VerifiedChains {
-		if identity.IssuingRegion(ch) == region {
-			return true
-		}
-	}
-	return false
+	return ok && identity.IssuingRegion(tc.ConnectionState().PeerCertificates) == region
 }

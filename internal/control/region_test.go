@@ -515,6 +515,20 @@ func TestRegionRevoked(t *testing.T) {
 	// A node of the region on its open sync stream to the global plane.
 	open, ord := agentStream(t, g, regional.SVID(), g.CA().Bundle(), "s1", "rn")
 	open.SetDeadline(time.Now().Add(30 * time.Second))
+	hbDone := make(chan struct{})
+	defer close(hbDone)
+	go func() { // the agent's heartbeats: only a revocation may end the stream
+		for {
+			select {
+			case <-hbDone:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if wire.Write(open, &wire.Message{Type: wire.TypeHeartbeat}) != nil {
+				return
+			}
+		}
+	}()
 
 	id, err := g.revokeRegion("east")
 	if err != nil {
@@ -532,9 +546,6 @@ func TestRegionRevoked(t *testing.T) {
 	if cerr, _ := mtls(t, agent, regional); identity.HandshakeReason(cerr) != identity.ReasonRevoked {
 		t.Fatalf("agent accepted a server under the revoked region: %v", cerr)
 	}
-	if m, err := syncDial(t, g, regional.SVID(), "s1", "rn"); err == nil && m.Type == wire.TypeWelcome {
-		t.Fatal("global sync port accepted a node under the revoked region")
-	}
 	for {
 		if _, err := ord.Read(); err != nil {
 			var ne net.Error
@@ -543,6 +554,9 @@ func TestRegionRevoked(t *testing.T) {
 			}
 			break
 		}
+	}
+	if m, err := syncDial(t, g, regional.SVID(), "s1", "rn"); err == nil && m.Type == wire.TypeWelcome {
+		t.Fatal("global sync port accepted a node under the revoked region")
 	}
 	waitCount(t, "region link closed", func() bool { return !r.RegionLinked() })
 	waitFor(t, 20*time.Second, "the regional plane logging the refusal", func() bool {

@@ -226,15 +226,18 @@ func CheckChains(id spiffeid.ID, chains [][]*x509.Certificate, denied func(strin
 }
 
 // IssuingRegion returns the region whose intermediate issued the leaf of
-// chain, or "" when the root did.
+// chain (leaf first: a verified chain, or the certificates a verified peer
+// sent), or "" when the root did.
 func IssuingRegion(chain []*x509.Certificate) string {
-	if len(chain) < 3 {
-		return ""
-	}
-	for _, u := range chain[1].URIs {
-		if cid, err := spiffeid.FromURI(u); err == nil {
-			if name, ok := ParseRegionID(cid); ok {
-				return name
+	for _, c := range chain[min(1, len(chain)):] {
+		if !c.IsCA {
+			continue
+		}
+		for _, u := range c.URIs {
+			if cid, err := spiffeid.FromURI(u); err == nil {
+				if name, ok := ParseRegionID(cid); ok {
+					return name
+				}
 			}
 		}
 	}
