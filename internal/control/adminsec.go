@@ -95,7 +95,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			// Checked again per request: a connection (or a resumed TLS
 			// session) outlives a revocation.
 			if id, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]); err == nil && identity.IsAdminID(s.sec.ca.TrustDomain(), id) &&
-				!s.sec.src.Denied(id.String()) {
+				!s.sec.src.Denied(id.String()) && s.sec.adminIssuer(id, r.TLS.PeerCertificates) == nil {
 				role = RoleAdmin
 			}
 		} else if h := r.Header.Get("Authorization"); h != "" {

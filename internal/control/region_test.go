@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -617,5 +618,48 @@ func TestRegionRenewal(t *testing.T) {
 	r.Close()
 	if _, err := startRegional(t, dir, "east", g.SyncAddr(), ""); err == nil || !strings.Contains(err.Error(), "rejoin with a new region token") {
 		t.Fatalf("restart with an expired intermediate: %v", err)
+	}
+}
+
+// TestAdminCertFromRegionRefused: an admin client certificate minted with
+// a regional intermediate's key is refused by the global plane's admin
+// API (a stolen regional key grants no global admin rights); one from the
+// root is accepted.
+func TestAdminCertFromRegionRefused(t *testing.T) {
+	g := startSecure(t)
+	rkey, _ := identity.NewKey()
+	der, _ := identity.NewCSR(rkey)
+	csr, _ := identity.ParseCSR(der)
+	inter, err := g.CA().SignIntermediateCSR(csr, "east", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	east, err := identity.OpenIntermediateCA(identity.CAConfig{}, []*x509.Certificate{inter}, rkey, g.CA().Roots())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(g.CA().Roots()[0])
+	get := func(ca *identity.CA) (int, error) {
+		key, _ := identity.NewKey()
+		id, _ := identity.AdminID(ca.TrustDomain(), "ops")
+		certs, err := ca.Sign(key.Public(), id, identity.IssueOptions{TTL: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots,
+			Certificates: []tls.Certificate{{Certificate: identity.DERs(certs), PrivateKey: key}}}}}
+		resp, err := c.Get("https://" + g.AdminAddr() + "/v1/trust")
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if code, err := get(g.CA()); err != nil || code != http.StatusOK {
+		t.Fatalf("admin certificate of the root: %d %v", code, err)
+	}
+	if code, err := get(east); err == nil && code == http.StatusOK {
+		t.Fatal("admin certificate minted by a regional intermediate was accepted")
 	}
 }

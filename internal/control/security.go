@@ -226,13 +226,18 @@ func (sec *security) authorizeNode(id spiffeid.ID, _ [][]*x509.Certificate) erro
 // adminTLS: the admin API takes an optional client certificate; one of an
 // admin identity (spiffe://<td>/admin/<name>) is the admin role.
 func (sec *security) adminTLS() *tls.Config {
-	verify := tlsconfig.VerifyPeerCertificate(sec.src, func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+	verify := tlsconfig.VerifyPeerCertificate(sec.src, func(id spiffeid.ID, chains [][]*x509.Certificate) error {
 		if !identity.IsAdminID(sec.ca.TrustDomain(), id) {
 			return fmt.Errorf("%s is not an admin identity", id)
 		}
 		if sec.src.Denied(id.String()) {
 			sec.tlsFailure("revoked")
 			return fmt.Errorf("%s is revoked", id)
+		}
+		for _, ch := range chains {
+			if err := sec.adminIssuer(id, ch); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
@@ -244,6 +249,20 @@ func (sec *security) adminTLS() *tls.Config {
 			}
 			return verify(raw, chains)
 		}}
+}
+
+// adminIssuer refuses an admin certificate (chain: leaf first) that a
+// revoked CA issued, or that another region's intermediate issued: a
+// regional CA's key must not grant admin rights on the global plane or on
+// another region's plane.
+func (sec *security) adminIssuer(id spiffeid.ID, chain []*x509.Certificate) error {
+	if err := identity.CheckChains(id, [][]*x509.Certificate{chain}, sec.src.Denied); err != nil {
+		return err
+	}
+	if r := identity.IssuingRegion(chain); r != "" && (sec.region == nil || sec.region.name != r) {
+		return fmt.Errorf("%s was issued by region %s's intermediate CA: admin certificates come from this control plane's own CA", id, r)
+	}
+	return nil
 }
 
 // issueServing issues the control plane's serving certificate (its key is
