@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/cli"
 	"github.com/fogmesh/fogmesh/internal/control"
+	"github.com/fogmesh/fogmesh/internal/enroll"
 )
 
 // controlFile is the control plane's config file.
@@ -135,6 +137,10 @@ func runControl(args []string) error {
 		NodeTTL: time.Duration(fc.NodeTTL), RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
 		Mode: fc.Mode, Region: fc.Region, Upstream: fc.Upstream, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
 	})
+	var refused *enroll.Error
+	if errors.As(err, &refused) { // a refused region join: retrying cannot help
+		return &cli.UsageError{Err: err}
+	}
 	if err != nil {
 		return err
 	}

@@ -72,7 +72,8 @@ type regional struct {
 
 // openRegional loads the region's identity from StateDir/region, or joins
 // the upstream with RegionJoinToken to get one, and opens the CA on its
-// intermediate.
+// intermediate. A refused join or a token of the wrong kind is an
+// *enroll.Error (retrying cannot help).
 func openRegional(s *Server) (*identity.CA, *regional, error) {
 	cfg := s.cfg
 	if !siteRE.MatchString(cfg.Region) {
@@ -121,7 +122,7 @@ func openRegional(s *Server) (*identity.CA, *regional, error) {
 func (r *regional) join() error {
 	tok, err := enroll.ParseToken(r.s.cfg.RegionJoinToken, identity.TokenRegion)
 	if err != nil {
-		return fmt.Errorf("region: join token: %w", err)
+		return &enroll.Error{Msg: "region: join token: " + err.Error()}
 	}
 	caKey, err := identity.NewKey()
 	if err != nil {
