@@ -2,8 +2,11 @@ package control
 
 import (
 	"context"
+	"crypto"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,6 +48,29 @@ const (
 	ModeRegional = "regional" // the CA is an intermediate of an upstream global plane
 )
 
+// keyRegion + region name: regionRecord, in the security bucket.
+const keyRegion = "region/"
+
+// regionRecord is what the global plane keeps of a region it signed for:
+// the keys it joined with. Renewals must come with the same keys, so a
+// stolen client key alone cannot get an intermediate for a key of its
+// choosing.
+type regionRecord struct {
+	CAKey     string    `json:"caKey"`     // SHA-256 of the intermediate's SubjectPublicKeyInfo
+	ClientKey string    `json:"clientKey"` // same, of the client certificate's key
+	Joined    time.Time `json:"joined"`
+}
+
+// keyPin is the hex SHA-256 of a public key's SubjectPublicKeyInfo.
+func keyPin(pub crypto.PublicKey) string {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
 // authorizeRegion allows a region identity of the own trust domain issued
 // by the root itself (never one a regional intermediate minted).
 func (sec *security) authorizeRegion(id spiffeid.ID, chains [][]*x509.Certificate) error {
@@ -73,8 +99,9 @@ func (s *Server) regionTTL() time.Duration {
 	return identity.DefaultIntermediateTTL
 }
 
-// signRegion signs a region's intermediate and client certificate.
-func (sec *security) signRegion(name string, csrDER, caCSRDER []byte) (client []*x509.Certificate, inter *x509.Certificate, err error) {
+// signRegion signs a region's intermediate and client certificate; with
+// want (a renewal) only for the keys the region joined with.
+func (sec *security) signRegion(name string, csrDER, caCSRDER []byte, want *regionRecord) (client []*x509.Certificate, inter *x509.Certificate, err error) {
 	csr, err := identity.ParseCSR(csrDER)
 	if err != nil {
 		return nil, nil, fmt.Errorf("client %w", err)
@@ -85,6 +112,9 @@ func (sec *security) signRegion(name string, csrDER, caCSRDER []byte) (client []
 	}
 	if identity.PublicKeyEqual(csr.PublicKey, caCSR.PublicKey) {
 		return nil, nil, errors.New("the intermediate CA and the client certificate must have different keys")
+	}
+	if want != nil && (keyPin(caCSR.PublicKey) != want.CAKey || keyPin(csr.PublicKey) != want.ClientKey) {
+		return nil, nil, errors.New("the keys differ from those the region joined with (a new key needs a new region token)")
 	}
 	ttl := sec.s.regionTTL()
 	if inter, err = sec.ca.SignIntermediateCSR(caCSR, name, ttl); err != nil {
@@ -125,7 +155,7 @@ func (sec *security) serveRegionJoin(c net.Conn, m *wire.Message, tok identity.T
 	if _, err := checkRegionToken(rec, tok, name, now); err != nil {
 		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
 	}
-	client, inter, err := sec.signRegion(name, m.CSR, m.CACSR)
+	client, inter, err := sec.signRegion(name, m.CSR, m.CACSR, nil)
 	if err != nil {
 		return refuse(err)
 	}
@@ -136,7 +166,11 @@ func (sec *security) serveRegionJoin(c net.Conn, m *wire.Message, tok identity.T
 		}
 		r.UsedBy = "region:" + name
 		nb, _ := json.Marshal(r)
-		return tx.Put(keyToken+tok.ID, nb)
+		if err := tx.Put(keyToken+tok.ID, nb); err != nil {
+			return err
+		}
+		rb, _ := json.Marshal(regionRecord{CAKey: keyPin(inter.PublicKey), ClientKey: keyPin(client[0].PublicKey), Joined: now.UTC()})
+		return tx.Put(keyRegion+name, rb)
 	})
 	if err != nil {
 		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
@@ -225,7 +259,13 @@ func (s *Server) serveRegion(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 				write(&wire.Message{Type: wire.TypeError, Error: "region is revoked"})
 				return fmt.Errorf("region %s is revoked", name)
 			}
-			client, inter, err := s.sec.signRegion(name, m.CSR, m.CACSR)
+			var rec regionRecord
+			b, err := s.st.GetSecure(keyRegion + name)
+			if err != nil || b == nil || json.Unmarshal(b, &rec) != nil {
+				write(&wire.Message{Type: wire.TypeError, Error: "renew: this control plane has no record of region " + name})
+				return fmt.Errorf("region %s: no record: %v", name, err)
+			}
+			client, inter, err := s.sec.signRegion(name, m.CSR, m.CACSR, &rec)
 			if err != nil {
 				write(&wire.Message{Type: wire.TypeError, Error: "renew: " + err.Error()})
 				return err

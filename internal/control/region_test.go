@@ -29,12 +29,12 @@ import (
 // regionJoin sends a regional control plane's join for region with tok
 // (any kind) and returns the answer.
 func regionJoin(t *testing.T, s *Server, tok, region string) *wire.Message {
-	m, _ := regionJoinKey(t, s, tok, region)
+	m, _, _ := regionJoinKey(t, s, tok, region)
 	return m
 }
 
-// regionJoinKey is regionJoin that also returns the client key.
-func regionJoinKey(t *testing.T, s *Server, tok, region string) (*wire.Message, *ecdsa.PrivateKey) {
+// regionJoinKey is regionJoin that also returns the client and CA keys.
+func regionJoinKey(t *testing.T, s *Server, tok, region string) (*wire.Message, *ecdsa.PrivateKey, *ecdsa.PrivateKey) {
 	t.Helper()
 	p, err := identity.ParseToken(tok)
 	if err != nil {
@@ -57,7 +57,7 @@ func regionJoinKey(t *testing.T, s *Server, tok, region string) (*wire.Message, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return m, k1
+	return m, k1, k2
 }
 
 // startRegional starts a regional control plane for region in dir with
@@ -412,7 +412,7 @@ func regionDial(t *testing.T, s *Server, svid *x509svid.SVID) error {
 func TestRegionIdentityRefused(t *testing.T) {
 	g := startSecure(t)
 	tok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
-	m, key := regionJoinKey(t, g, tok, "east")
+	m, key, caKey := regionJoinKey(t, g, tok, "east")
 	certs, _ := identity.ParseDERs(m.Certificates)
 	good, err := identity.NewSVID(certs, key)
 	if err != nil {
@@ -420,6 +420,15 @@ func TestRegionIdentityRefused(t *testing.T) {
 	}
 	if err := regionDial(t, g, good); err != nil {
 		t.Fatalf("good region identity: %v", err)
+	}
+	// Renewal on the region stream: only for the keys the region joined
+	// with (a stolen client key alone gets no intermediate).
+	other1, _ := identity.NewKey()
+	if m := regionRenew(t, g, good, key, other1); m.Type != wire.TypeError || !strings.Contains(m.Error, "keys differ") {
+		t.Fatalf("renewal with another CA key: %+v", m)
+	}
+	if m := regionRenew(t, g, good, key, caKey); m.Type != wire.TypeCert || len(m.CACertificates) != 1 {
+		t.Fatalf("renewal with the region's keys: %+v", m)
 	}
 	regionID, _ := identity.RegionID(g.CA().TrustDomain(), "east")
 	other, _ := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
@@ -662,4 +671,26 @@ func TestAdminCertFromRegionRefused(t *testing.T) {
 	if code, err := get(east); err == nil && code == http.StatusOK {
 		t.Fatal("admin certificate minted by a regional intermediate was accepted")
 	}
+}
+
+// regionRenew opens a region stream as svid and asks for renewal with the
+// CSRs of key and caKey; it returns the answer.
+func regionRenew(t *testing.T, s *Server, svid *x509svid.SVID, key, caKey *ecdsa.PrivateKey) *wire.Message {
+	t.Helper()
+	src := identity.NewSource()
+	src.SetBundles(s.CA().Bundle())
+	src.SetSVID(svid)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(),
+		src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNRegion))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	csr, _ := identity.NewCSR(key)
+	caCSR, _ := identity.NewCSR(caKey)
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeRenew, CSR: csr, CACSR: caCSR}); err != nil {
+		t.Fatal(err)
+	}
+	return readUntil(t, wire.NewReader(c), "renewal answer", func(m *wire.Message) bool { return m.Type != wire.TypeTrust })
 }
