@@ -81,8 +81,10 @@ func startRegionalLog(t *testing.T, dir, region, upstream, token string, log *sl
 }
 
 // agentStream opens an agent's sync stream to s as svid and returns it
-// after the welcome.
-func agentStream(t *testing.T, s *Server, svid *x509svid.SVID, bundle *x509bundle.Bundle, site, node string, caps ...string) (*tls.Conn, *wire.Reader) {
+// after the welcome, with a write function; it sends the agent's
+// heartbeats every 100 ms until the test ends, so that only the server
+// ends the stream.
+func agentStream(t *testing.T, s *Server, svid *x509svid.SVID, bundle *x509bundle.Bundle, site, node string, caps ...string) (*tls.Conn, *wire.Reader, func(*wire.Message) error) {
 	t.Helper()
 	src := identity.NewSource()
 	src.SetBundles(bundle)
@@ -103,7 +105,29 @@ func agentStream(t *testing.T, s *Server, svid *x509svid.SVID, bundle *x509bundl
 	if m, err := r.Read(); err != nil || m.Type != wire.TypeWelcome {
 		t.Fatalf("%s: welcome %v %+v", node, err, m)
 	}
-	return c, r
+	var mu sync.Mutex
+	write := func(m *wire.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return wire.Write(c, m)
+	}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	t.Cleanup(func() { close(done); <-stopped })
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if write(&wire.Message{Type: wire.TypeHeartbeat}) != nil {
+				return
+			}
+		}
+	}()
+	return c, r, write
 }
 
 // readUntil reads frames until f accepts one.
@@ -314,10 +338,10 @@ func TestRegionalControlPlane(t *testing.T) {
 
 	// The node's stream: renewal and a workload SVID, the global plane
 	// still down.
-	c, rd := agentStream(t, r, nodeSVID, bundle, "s1", "n1")
+	_, rd, write := agentStream(t, r, nodeSVID, bundle, "s1", "n1")
 	key2, _ := identity.NewKey()
 	csr2, _ := identity.NewCSR(key2)
-	if err := wire.Write(c, &wire.Message{Type: wire.TypeRenew, CSR: csr2}); err != nil {
+	if err := write(&wire.Message{Type: wire.TypeRenew, CSR: csr2}); err != nil {
 		t.Fatal(err)
 	}
 	cm := readUntil(t, rd, "renewed certificate", func(m *wire.Message) bool { return m.Type == wire.TypeCert || m.Type == wire.TypeError })
@@ -327,7 +351,7 @@ func TestRegionalControlPlane(t *testing.T) {
 	}
 	wkey, _ := identity.NewKey()
 	wcsr, _ := identity.NewCSR(wkey)
-	if err := wire.Write(c, &wire.Message{Type: wire.TypeSVID, Nonce: "w1", CSR: wcsr,
+	if err := write(&wire.Message{Type: wire.TypeSVID, Nonce: "w1", CSR: wcsr,
 		SVID: &wire.SVIDRequest{Namespace: "shop", ServiceAccount: "orders"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -510,7 +534,7 @@ func TestRegionRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	gsvid := signNode(t, g.CA(), "s0", "g1", time.Hour)
-	_, rd := agentStream(t, g, gsvid, g.CA().Bundle(), "s0", "g1", wire.CapTrust)
+	_, rd, _ := agentStream(t, g, gsvid, g.CA().Bundle(), "s0", "g1", wire.CapTrust)
 	agent := identity.NewSource()
 	agent.SetSVID(gsvid)
 	agent.SetBundles(g.CA().Bundle())
@@ -523,22 +547,8 @@ func TestRegionRevoked(t *testing.T) {
 		t.Fatalf("global sync port before the revocation: %v %+v", err, m)
 	}
 	// A node of the region on its open sync stream to the global plane.
-	open, ord := agentStream(t, g, regional.SVID(), g.CA().Bundle(), "s1", "rn")
+	open, ord, _ := agentStream(t, g, regional.SVID(), g.CA().Bundle(), "s1", "rn")
 	open.SetDeadline(time.Now().Add(30 * time.Second))
-	hbDone := make(chan struct{})
-	defer close(hbDone)
-	go func() { // the agent's heartbeats: only a revocation may end the stream
-		for {
-			select {
-			case <-hbDone:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			if wire.Write(open, &wire.Message{Type: wire.TypeHeartbeat}) != nil {
-				return
-			}
-		}
-	}()
 
 	id, err := g.revokeRegion("east")
 	if err != nil {
@@ -693,4 +703,35 @@ func regionRenew(t *testing.T, s *Server, svid *x509svid.SVID, key, caKey *ecdsa
 		t.Fatal(err)
 	}
 	return readUntil(t, wire.NewReader(c), "renewal answer", func(m *wire.Message) bool { return m.Type != wire.TypeTrust })
+}
+
+// TestRegionForwardsGlobalDenyList: a node revoked at the global plane is
+// on the deny list the regional plane pushes to its own agents, over the
+// region link, with no restart.
+func TestRegionForwardsGlobalDenyList(t *testing.T) {
+	g := startSecure(t)
+	tok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
+	r, err := startRegional(t, t.TempDir(), "east", g.SyncAddr(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, "region linked", r.RegionLinked)
+	n, err := r.CA().NodeSource("s1", "rn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rd, _ := agentStream(t, r, n.SVID(), r.CA().Bundle(), "s1", "rn", wire.CapTrust)
+	if m, err := syncDial(t, g, signNode(t, g.CA(), "s0", "thief", 0), "s0", "thief"); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("thief: %v %+v", err, m)
+	}
+	id, err := g.revokeNode("thief")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := readUntil(t, rd, "the global revocation at the regional agent", func(m *wire.Message) bool {
+		return m.Type == wire.TypeTrust && slices.Contains(m.Trust.Revoked, id)
+	})
+	if len(m.Trust.GossipKey) == 0 {
+		t.Fatal("the regional plane's agents lost their gossip key")
+	}
 }
