@@ -157,7 +157,7 @@ func (s *Server) securityRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/ca/rotate", need(func(w http.ResponseWriter, r *http.Request) {
 		if err := s.sec.ca.Rotate(); err != nil {
 			code := http.StatusInternalServerError
-			if errors.Is(err, identity.ErrExternalCA) {
+			if errors.Is(err, identity.ErrExternalCA) || errors.Is(err, identity.ErrRegionalCA) {
 				code = http.StatusBadRequest
 			}
 			writeError(w, code, err)

@@ -97,6 +97,9 @@ func openRegional(s *Server) (*identity.CA, *regional, error) {
 	case err != nil:
 		return nil, nil, fmt.Errorf("region: %w", err)
 	default:
+		if cfg.RegionJoinToken != "" {
+			s.log.Warn("control: the region's identity is in the state dir; --join-token ignored", "dir", r.dir)
+		}
 		if err := json.Unmarshal(b, &info); err != nil {
 			return nil, nil, fmt.Errorf("region: %s: %w", regionInfoFile, err)
 		}

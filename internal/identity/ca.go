@@ -98,6 +98,7 @@ type CA struct {
 	cfg      CAConfig
 	td       spiffeid.TrustDomain
 	external bool
+	regional bool // OpenIntermediateCA
 
 	mu sync.Mutex // guards the following
 	// signer and cert issue; chain is what follows a leaf in the chains
@@ -274,6 +275,9 @@ func (ca *CA) Pin() string {
 // for the configured overlap window, so certificates it issued keep working
 // until they are renewed from the new root.
 func (ca *CA) Rotate() error {
+	if ca.regional {
+		return ErrRegionalCA
+	}
 	if ca.external {
 		return ErrExternalCA
 	}

@@ -40,6 +40,10 @@ const DefaultIntermediateTTL = 30 * 24 * time.Hour
 // one level only).
 var ErrNotRoot = errors.New("only a root CA signs regional intermediates")
 
+// ErrRegionalCA is returned by Rotate on a regional intermediate: the
+// global plane rotates the root, and the region renews its intermediate.
+var ErrRegionalCA = errors.New("the CA is a regional intermediate: rotate the global root; the region renews its intermediate")
+
 // RegionID returns the SPIFFE ID of a region (spiffe://<td>/region/<name>):
 // its intermediate CA and its control plane's client certificate carry it.
 func RegionID(td spiffeid.TrustDomain, name string) (spiffeid.ID, error) {
@@ -155,7 +159,7 @@ func OpenIntermediateCA(cfg CAConfig, chain []*x509.Certificate, key crypto.Sign
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
-	ca := &CA{cfg: cfg, td: td, external: true}
+	ca := &CA{cfg: cfg, td: td, external: true, regional: true}
 	if err := ca.SetIntermediate(chain, key, roots); err != nil {
 		return nil, err
 	}

@@ -111,7 +111,7 @@ func TestIntermediateCertificate(t *testing.T) {
 	if _, err := reg.SignRegionCSR(csr, "west", 0); !errors.Is(err, ErrNotRoot) {
 		t.Fatalf("an intermediate signed a region identity: %v", err)
 	}
-	if err := reg.Rotate(); !errors.Is(err, ErrExternalCA) {
+	if err := reg.Rotate(); !errors.Is(err, ErrRegionalCA) {
 		t.Fatalf("rotate of an intermediate: %v", err)
 	}
 	// Leaves come with the intermediate and verify against the root alone.
