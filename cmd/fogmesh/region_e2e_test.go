@@ -193,6 +193,9 @@ func TestRegionalControlPlaneProcesses(t *testing.T) {
 		return metric(t, gadm, gbase+"/metrics", `fogmesh_tls_handshake_failures_total{port="sync",reason="revoked"}`) > 0
 	})
 	eventually(t, 20*time.Second, "the region's link was not refused", func() bool { return !linked() })
+	eventually(t, 20*time.Second, "the regional plane never logged the refusal", func() bool {
+		return strings.Contains(rp.out.String(), "refused this region's certificate")
+	})
 	eventually(t, 10*time.Second, "the root's agent never saved the region on its deny list", func() bool {
 		return slices.Contains(readTrust(t, client.dir).Revoked, "spiffe://fogmesh.local/region/east")
 	})
