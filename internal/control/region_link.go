@@ -370,6 +370,17 @@ func (r *regional) renewAt() time.Time {
 	return a
 }
 
+// rootRotated reports whether the global root that issues now (the first
+// of the bundle) did not sign the intermediate or the client certificate:
+// they are renewed at once, before the old root leaves the bundle at the
+// end of the global plane's rotation overlap.
+func (r *regional) rootRotated() bool {
+	roots := r.ca.Roots()
+	svid := r.src.SVID()
+	return len(roots) > 0 && (r.ca.Certificate().CheckSignatureFrom(roots[0]) != nil ||
+		svid != nil && svid.Certificates[0].CheckSignatureFrom(roots[0]) != nil)
+}
+
 // run keeps the region stream to one of the upstream addresses, with
 // jittered backoff between attempts, until ctx ends.
 func (r *regional) run(ctx context.Context) {
@@ -451,7 +462,7 @@ func (r *regional) link(ctx context.Context, addr string) error {
 				return err
 			}
 		case <-check.C:
-			if pending || time.Now().Before(r.renewAt()) {
+			if pending || time.Now().Before(r.renewAt()) && !r.rootRotated() {
 				continue
 			}
 			csr, err := identity.NewCSR(r.key)

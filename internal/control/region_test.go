@@ -735,3 +735,48 @@ func TestRegionForwardsGlobalDenyList(t *testing.T) {
 		t.Fatal("the regional plane's agents lost their gossip key")
 	}
 }
+
+// TestRegionRenewsAfterRootRotation: when the global root rotates, the
+// regional plane renews its intermediate and client certificate from the
+// new root at once (not at half-life), so that they outlive the old
+// root's overlap; its agents get both roots meanwhile.
+func TestRegionRenewsAfterRootRotation(t *testing.T) {
+	g := startSecure(t)
+	tok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
+	r, err := startRegional(t, t.TempDir(), "east", g.SyncAddr(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, "region linked", r.RegionLinked)
+	if err := g.CA().Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.sec.issueServing(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.sec.refreshTrust(); err != nil {
+		t.Fatal(err)
+	}
+	newRoot := g.CA().Roots()[0]
+	waitFor(t, 20*time.Second, "a renewal from the new root", func() bool {
+		return r.CA().Certificate().CheckSignatureFrom(newRoot) == nil
+	})
+	if got := r.sec.region.src.SVID().Certificates[0]; got.CheckSignatureFrom(newRoot) != nil {
+		t.Fatal("the region's client certificate is still of the old root")
+	}
+	if roots := r.CA().Roots(); len(roots) != 2 || !roots[0].Equal(newRoot) {
+		t.Fatalf("the regional plane trusts %d roots", len(roots))
+	}
+	n, err := r.CA().NodeSource("s1", "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(newRoot)
+	inters := x509.NewCertPool()
+	inters.AddCert(n.SVID().Certificates[1])
+	if _, err := n.SVID().Certificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("a node of the region does not verify against the new root alone: %v", err)
+	}
+}
