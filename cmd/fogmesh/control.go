@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/cli"
 	"github.com/fogmesh/fogmesh/internal/control"
+	"github.com/fogmesh/fogmesh/internal/enroll"
 )
 
 // controlFile is the control plane's config file.
@@ -29,6 +31,11 @@ type controlFile struct {
 	AutonomyWindow    durationValue `json:"autonomyWindow,omitempty"`
 	RotationOverlap   durationValue `json:"rotationOverlap,omitempty"`
 	ServerNames       []string      `json:"serverNames,omitempty"`
+	// Mode, Region, Upstream, RegionCATTL: see control.Config.
+	Mode        string        `json:"mode,omitempty"`
+	Region      string        `json:"region,omitempty"`
+	Upstream    []string      `json:"upstream,omitempty"`
+	RegionCATTL durationValue `json:"regionCATTL,omitempty"`
 
 	// IstioRootNamespace: see control.Config.
 	IstioRootNamespace string `json:"istioRootNamespace,omitempty"`
@@ -64,6 +71,7 @@ func runControl(args []string) error {
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		logf       cli.LogFlags
 	)
+	rf := registerRegionFlags(fs)
 	logf.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return &cli.UsageError{Err: err}
@@ -123,6 +131,7 @@ func runControl(args []string) error {
 	if set["server-name"] {
 		fc.ServerNames = strings.Split(*names, ",")
 	}
+	rf.apply(set, &fc)
 	if fc.StateDir == "" {
 		fc.StateDir = "/var/lib/fogmesh/control"
 	}
@@ -137,7 +146,12 @@ func runControl(args []string) error {
 		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
 		NodeTTL: time.Duration(fc.NodeTTL), WorkloadTTL: time.Duration(fc.WorkloadTTL), AutonomyWindow: time.Duration(fc.AutonomyWindow),
 		RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
+		Mode: fc.Mode, Region: fc.Region, Upstream: fc.Upstream, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
 	})
+	var refused *enroll.Error
+	if errors.As(err, &refused) { // a refused region join: retrying cannot help
+		return &cli.UsageError{Err: err}
+	}
 	if err != nil {
 		return err
 	}
@@ -146,6 +160,9 @@ func runControl(args []string) error {
 	if fc.Insecure {
 		fmt.Fprintf(os.Stderr, "fogmesh control: INSECURE: admin http://%s, sync %s (plaintext), state %s\n", s.AdminAddr(), s.SyncAddr(), fc.StateDir)
 	} else {
+		if fc.Mode == control.ModeRegional {
+			fmt.Fprintf(os.Stderr, "fogmesh control: regional control plane of region %s, upstream %s\n", fc.Region, strings.Join(fc.Upstream, ","))
+		}
 		fmt.Fprintf(os.Stderr, "fogmesh control: admin https://%s, sync %s (mTLS), state %s, CA bundle %s, admin token %s\n",
 			s.AdminAddr(), s.SyncAddr(), fc.StateDir, s.BundlePath(), filepath.Join(fc.StateDir, control.AdminTokenFile))
 	}

@@ -15,7 +15,8 @@ const usage = `fogmesh — a service mesh for edge sites
 
 Programs:
   fogmesh dev                      run the embedded demo (control plane + 4 agents)
-  fogmesh control [flags]          run the control plane
+  fogmesh control [flags]          run the control plane (--mode regional --region R --upstream ADDR
+                                   [--join-token fmg1...]: a regional one, its CA an intermediate of the global one)
   fogmesh agent [flags]            run a node agent
   fogmesh relay [flags]            run a relay for agents behind NATs (reflexive addresses,
                                    introductions, relayed bytes; mesh mTLS)
@@ -29,7 +30,9 @@ authenticate with -token or $FOGMESH_TOKEN or -cert/-key, verify it with -ca or 
   fogmesh session move SERVICE KEY ENDPOINT [-n NS]   move a pinned session to another instance
   fogmesh token create -site SITE [-ttl 1h]            a one-time join token for a node of SITE
   fogmesh token create -kind admin [-role read-only]  an admin API token
+  fogmesh token create -kind region -region R         a one-time token for the regional control plane of R
   fogmesh node revoke NAME         deny-list a node: its mesh and sync connections are refused
+  fogmesh region revoke NAME       deny-list a region: every certificate its intermediate CA issued is refused
   fogmesh ca rotate                new root; the old one stays trusted for the overlap window
   fogmesh trust add -domain D -bundle FILE            federate another trust domain
   fogmesh trust remove D                              stop trusting it
@@ -99,6 +102,8 @@ func main() {
 		err = runToken(args)
 	case "node":
 		err = runNode(args)
+	case "region":
+		err = runRegion(args)
 	case "ca":
 		err = runCA(args)
 	case "trust":

@@ -19,8 +19,9 @@ import (
 // certificate of an admin identity or "Authorization: Bearer <admin token>";
 // a read-only token may only GET):
 //
-//	POST   /v1/tokens                {kind: join|relay|admin, site, role, ttl}  -> TokenResponse
+//	POST   /v1/tokens                {kind: join|relay|region|admin, site, region, role, ttl}  -> TokenResponse
 //	POST   /v1/nodes/{name}/revoke                                        -> {id}
+//	POST   /v1/regions/{name}/revoke                                      -> {revoked: id}
 //	POST   /v1/ca/rotate                                                  -> {pin}
 //	GET    /v1/bundle                the trust bundle (PEM)
 //	GET    /v1/trust                 federated trust domains
@@ -31,10 +32,11 @@ import (
 
 // TokenRequest is the body of POST /v1/tokens.
 type TokenRequest struct {
-	Kind string `json:"kind"`           // join (default), relay or admin
-	Site string `json:"site,omitempty"` // join tokens: the site the node must claim
-	Role string `json:"role,omitempty"` // admin tokens: admin (default) or read-only
-	TTL  string `json:"ttl,omitempty"`  // Go duration; join default 1h, admin default none
+	Kind   string `json:"kind"`             // join (default), relay, region or admin
+	Site   string `json:"site,omitempty"`   // join tokens: the site the node must claim
+	Region string `json:"region,omitempty"` // region tokens: the region the regional control plane must claim
+	Role   string `json:"role,omitempty"`   // admin tokens: admin (default) or read-only
+	TTL    string `json:"ttl,omitempty"`    // Go duration; join default 1h, admin default none
 }
 
 // TokenResponse answers POST /v1/tokens. Token is shown once; the control
@@ -44,6 +46,7 @@ type TokenResponse struct {
 	ID      string    `json:"id"`
 	Kind    string    `json:"kind"`
 	Site    string    `json:"site,omitempty"`
+	Region  string    `json:"region,omitempty"`
 	Role    string    `json:"role,omitempty"`
 	Expires time.Time `json:"expires,omitzero"`
 }
@@ -92,7 +95,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			// Checked again per request: a connection (or a resumed TLS
 			// session) outlives a revocation.
 			if id, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]); err == nil && identity.IsAdminID(s.sec.ca.TrustDomain(), id) &&
-				!s.sec.src.Denied(id.String()) {
+				!s.sec.src.Denied(id.String()) && s.sec.adminIssuer(id, r.TLS.PeerCertificates) == nil {
 				role = RoleAdmin
 			}
 		} else if h := r.Header.Get("Authorization"); h != "" {
@@ -143,10 +146,18 @@ func (s *Server) securityRoutes(mux *http.ServeMux) {
 			writeJSON(w, http.StatusOK, map[string]string{"revoked": id})
 		}
 	}))
+	mux.HandleFunc("POST /v1/regions/{name}/revoke", need(func(w http.ResponseWriter, r *http.Request) {
+		id, err := s.revokeRegion(r.PathValue("name"))
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"revoked": id})
+	}))
 	mux.HandleFunc("POST /v1/ca/rotate", need(func(w http.ResponseWriter, r *http.Request) {
 		if err := s.sec.ca.Rotate(); err != nil {
 			code := http.StatusInternalServerError
-			if errors.Is(err, identity.ErrExternalCA) {
+			if errors.Is(err, identity.ErrExternalCA) || errors.Is(err, identity.ErrRegionalCA) {
 				code = http.StatusBadRequest
 			}
 			writeError(w, code, err)
@@ -218,14 +229,25 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	tok, rec, err := s.sec.createToken(req.Kind, req.Site, req.Role, ttl)
+	site := req.Site
+	if req.Kind == identity.TokenRegion {
+		if req.Site != "" {
+			writeError(w, http.StatusBadRequest, errors.New("a region token names a region, not a site"))
+			return
+		}
+		site = req.Region
+	} else if req.Region != "" {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("region is for region tokens, not %s tokens", req.Kind))
+		return
+	}
+	tok, rec, err := s.sec.createToken(req.Kind, site, req.Role, ttl)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
 	p, _ := identity.ParseToken(tok)
-	s.log.Info("control: token created", "id", p.ID, "kind", rec.Kind, "site", rec.Site, "role", rec.Role, "expires", rec.Expires)
-	writeJSON(w, http.StatusOK, TokenResponse{Token: tok, ID: p.ID, Kind: rec.Kind, Site: rec.Site, Role: rec.Role, Expires: rec.Expires})
+	s.log.Info("control: token created", "id", p.ID, "kind", rec.Kind, "site", rec.Site, "region", rec.Region, "role", rec.Role, "expires", rec.Expires)
+	writeJSON(w, http.StatusOK, TokenResponse{Token: tok, ID: p.ID, Kind: rec.Kind, Site: rec.Site, Region: rec.Region, Role: rec.Role, Expires: rec.Expires})
 }
 
 func (s *Server) handleTrustAdd(w http.ResponseWriter, r *http.Request) {

@@ -61,8 +61,9 @@ const (
 type tokenRecord struct {
 	Kind    string    `json:"kind"`
 	Hash    string    `json:"hash"`
-	Site    string    `json:"site,omitempty"` // join tokens
-	Role    string    `json:"role,omitempty"` // admin tokens
+	Site    string    `json:"site,omitempty"`   // join tokens
+	Region  string    `json:"region,omitempty"` // region tokens
+	Role    string    `json:"role,omitempty"`   // admin tokens
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires,omitzero"` // zero: never (admin tokens only)
 	UsedBy  string    `json:"usedBy,omitempty"` // join tokens: the node that used it
@@ -82,6 +83,9 @@ type security struct {
 	src *identity.Source // serving SVID; own bundle; deny list
 
 	syncTLS *tls.Config
+	// region is the regional control plane's identity and upstream link
+	// (region_link.go); nil on a global control plane.
+	region *regional
 
 	mu        sync.Mutex // guards the following
 	trust     *wire.Trust
@@ -99,15 +103,22 @@ type security struct {
 }
 
 func newSecurity(s *Server) (*security, error) {
-	ca, err := identity.OpenCA(identity.CAConfig{
-		Dir: filepath.Join(s.cfg.StateDir, "ca"), TrustDomain: s.cfg.TrustDomain,
-		CertFile: s.cfg.CACertFile, KeyFile: s.cfg.CAKeyFile,
-		NodeTTL: s.cfg.NodeTTL, WorkloadTTL: s.cfg.WorkloadTTL, Overlap: s.cfg.RotationOverlap,
-	})
+	var ca *identity.CA
+	var reg *regional
+	var err error
+	if s.cfg.Mode == ModeRegional {
+		ca, reg, err = openRegional(s) // region_link.go
+	} else {
+		ca, err = identity.OpenCA(identity.CAConfig{
+			Dir: filepath.Join(s.cfg.StateDir, "ca"), TrustDomain: s.cfg.TrustDomain,
+			CertFile: s.cfg.CACertFile, KeyFile: s.cfg.CAKeyFile,
+			NodeTTL: s.cfg.NodeTTL, WorkloadTTL: s.cfg.WorkloadTTL, Overlap: s.cfg.RotationOverlap,
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
-	sec := &security{s: s, ca: ca, src: identity.NewSource(), watch: make(chan struct{}),
+	sec := &security{s: s, ca: ca, region: reg, src: identity.NewSource(), watch: make(chan struct{}),
 		mTLS: map[string]*metrics.Counter{}, mJoins: map[string]*metrics.Counter{}}
 	m := s.cfg.Metrics
 	for _, r := range identity.Reasons {
@@ -117,6 +128,16 @@ func newSecurity(s *Server) (*security, error) {
 		sec.mJoins[r] = m.NewCounter(fmt.Sprintf(`fogmesh_control_joins_total{result=%q}`, r))
 	}
 	sec.mIssued = m.NewCounter(`fogmesh_control_certificates_issued_total`)
+	if reg != nil {
+		reg.refresh = sec.refreshTrust
+		m.NewGauge(`fogmesh_control_region_linked`, func() float64 {
+			if reg.linked.Load() {
+				return 1
+			}
+			return 0
+		})
+		m.NewGauge(`fogmesh_control_region_renewals`, func() float64 { return float64(reg.renewals.Load()) })
+	}
 	sec.syncTLS = sec.newSyncTLS()
 	if err := sec.refreshTrust(); err != nil {
 		return nil, err
@@ -176,6 +197,7 @@ func (s *Server) TLSFailures(reason string) uint64 {
 func (sec *security) newSyncTLS() *tls.Config {
 	mtls := sec.src.ServerConfig(sec.authorizeNode, identity.ALPNSync)
 	relay := sec.src.ServerConfig(sec.authorizeRelay, identity.ALPNRelay)
+	region := sec.src.ServerConfig(sec.authorizeRegion, identity.ALPNRegion)
 	join := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{identity.ALPNJoin},
 		GetCertificate: tlsconfig.GetCertificate(sec.src)}
 	return &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
@@ -184,6 +206,8 @@ func (sec *security) newSyncTLS() *tls.Config {
 			return join, nil
 		case slices.Contains(h.SupportedProtos, identity.ALPNRelay):
 			return relay, nil
+		case slices.Contains(h.SupportedProtos, identity.ALPNRegion):
+			return region, nil
 		}
 		return mtls, nil
 	}}
@@ -202,13 +226,18 @@ func (sec *security) authorizeNode(id spiffeid.ID, _ [][]*x509.Certificate) erro
 // adminTLS: the admin API takes an optional client certificate; one of an
 // admin identity (spiffe://<td>/admin/<name>) is the admin role.
 func (sec *security) adminTLS() *tls.Config {
-	verify := tlsconfig.VerifyPeerCertificate(sec.src, func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+	verify := tlsconfig.VerifyPeerCertificate(sec.src, func(id spiffeid.ID, chains [][]*x509.Certificate) error {
 		if !identity.IsAdminID(sec.ca.TrustDomain(), id) {
 			return fmt.Errorf("%s is not an admin identity", id)
 		}
 		if sec.src.Denied(id.String()) {
 			sec.tlsFailure("revoked")
 			return fmt.Errorf("%s is revoked", id)
+		}
+		for _, ch := range chains {
+			if err := sec.adminIssuer(id, ch); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
@@ -220,6 +249,20 @@ func (sec *security) adminTLS() *tls.Config {
 			}
 			return verify(raw, chains)
 		}}
+}
+
+// adminIssuer refuses an admin certificate (chain: leaf first) that a
+// revoked CA issued, or that another region's intermediate issued: a
+// regional CA's key must not grant admin rights on the global plane or on
+// another region's plane.
+func (sec *security) adminIssuer(id spiffeid.ID, chain []*x509.Certificate) error {
+	if err := identity.CheckChains(id, [][]*x509.Certificate{chain}, sec.src.Denied); err != nil {
+		return err
+	}
+	if r := identity.IssuingRegion(chain); r != "" && (sec.region == nil || sec.region.name != r) {
+		return fmt.Errorf("%s was issued by region %s's intermediate CA: admin certificates come from this control plane's own CA", id, r)
+	}
+	return nil
 }
 
 // issueServing issues the control plane's serving certificate (its key is
@@ -319,7 +362,11 @@ func (sec *security) refreshTrust() error {
 			t.Revoked = append(t.Revoked, r.ID)
 		}
 	}
+	if sec.region != nil {
+		sec.region.mergeTrust(t) // the global plane's deny list and federated bundles
+	}
 	sort.Strings(t.Revoked)
+	t.Revoked = slices.Compact(t.Revoked)
 	b, _ := json.Marshal(t)
 	sec.mu.Lock()
 	defer sec.mu.Unlock()
@@ -406,6 +453,17 @@ func (sec *security) createToken(kind, site, role string, ttl time.Duration) (st
 		if ttl <= 0 {
 			ttl = time.Hour
 		}
+	case identity.TokenRegion: // site is the region's name
+		if !siteRE.MatchString(site) {
+			return "", rec, fmt.Errorf("region %q is not a DNS label", site)
+		}
+		if !sec.ca.IsRoot() {
+			return "", rec, errors.New("this control plane is regional: make region tokens on the global one")
+		}
+		if ttl <= 0 {
+			ttl = time.Hour
+		}
+		rec.Region = site
 	case identity.TokenAdmin:
 		if role == "" {
 			role = RoleAdmin
@@ -415,7 +473,7 @@ func (sec *security) createToken(kind, site, role string, ttl time.Duration) (st
 		}
 		rec.Role = role
 	default:
-		return "", rec, fmt.Errorf("kind %q is not %s, %s or %s", kind, identity.TokenJoin, identity.TokenRelay, identity.TokenAdmin)
+		return "", rec, fmt.Errorf("kind %q is not %s, %s, %s or %s", kind, identity.TokenJoin, identity.TokenRelay, identity.TokenRegion, identity.TokenAdmin)
 	}
 	if ttl > 0 {
 		rec.Expires = now.Add(ttl)
@@ -491,6 +549,12 @@ func (sec *security) serveJoin(c net.Conn) error {
 		return refuse(err)
 	}
 	switch {
+	case m.Region != "" && tok.Kind == identity.TokenRegion:
+		return sec.serveRegionJoin(c, m, tok, refuse)
+	case m.Region != "":
+		return refuse(errors.New("a regional control plane joins with a region token ('fogmesh token create -kind region -region NAME'), not a " + tok.Kind + " token"))
+	case tok.Kind == identity.TokenRegion:
+		return refuse(errors.New("a region token is for 'fogmesh control --mode regional --join-token', not for a node or relay"))
 	case m.Relay != "" && tok.Kind == identity.TokenRelay:
 		return sec.serveRelayJoin(c, m, tok, refuse)
 	case m.Relay != "":
@@ -690,9 +754,11 @@ func (s *Server) revokeNode(name string) (string, error) {
 	return id.String(), nil
 }
 
-// CreateToken makes a join token for site (kind identity.TokenJoin) or an
-// admin token with role (identity.TokenAdmin), valid for ttl (0: 1h for
-// join tokens, no expiry for admin tokens). The dev demo calls it directly.
+// CreateToken makes a join token for site (kind identity.TokenJoin), a
+// relay token, a region token for the region named site
+// (identity.TokenRegion) or an admin token with role (identity.TokenAdmin),
+// valid for ttl (0: 1h for join, relay and region tokens, no expiry for
+// admin tokens). The dev demo calls it directly.
 func (s *Server) CreateToken(kind, site, role string, ttl time.Duration) (string, error) {
 	if s.sec == nil {
 		return "", errors.New("control: tokens need the CA (insecure mode)")

@@ -96,6 +96,23 @@ type Config struct {
 	// listen addresses, for admin clients that check host names.
 	ServerNames []string
 
+	// Mode is ModeGlobal (default, "") or ModeRegional: a regional control
+	// plane's CA is an intermediate of the global plane at Upstream, got
+	// with RegionJoinToken on first start and kept in StateDir/region.
+	Mode string
+	// Region is a regional control plane's region name.
+	Region string
+	// Upstream lists the global control plane's sync addresses (replicas).
+	Upstream []string
+	// RegionJoinToken is the region token of a regional plane's first
+	// start (identity.TokenRegion); not needed once StateDir/region holds
+	// the region's identity.
+	RegionJoinToken string
+	// RegionCATTL is the lifetime of the intermediates and region client
+	// certificates a global plane signs (default
+	// identity.DefaultIntermediateTTL, 30 days); renewed at half-life.
+	RegionCATTL time.Duration
+
 	Logger  *slog.Logger // nil = discard
 	Metrics *metrics.Set // nil = a private set
 }
@@ -132,6 +149,21 @@ func (c *Config) validate() error {
 	}
 	if err := c.validateLifetimes(); err != nil {
 		return err
+	}
+	switch c.Mode {
+	case "", ModeGlobal:
+		if c.Region != "" || len(c.Upstream) > 0 || c.RegionJoinToken != "" {
+			return errors.New("control: region, upstream and a region join token are for --mode regional")
+		}
+	case ModeRegional:
+		if c.Region == "" || len(c.Upstream) == 0 {
+			return errors.New("control: --mode regional needs --region and --upstream")
+		}
+		if c.Insecure || c.CACertFile != "" {
+			return errors.New("control: a regional control plane's CA comes from its upstream: no --insecure, no --ca-cert")
+		}
+	default:
+		return fmt.Errorf("control: mode %q is not %s or %s", c.Mode, ModeGlobal, ModeRegional)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -312,6 +344,13 @@ func (s *Server) Serve(ctx context.Context) error {
 			defer s.wg.Done()
 			s.sec.maintain(ctx)
 		}()
+		if s.sec.region != nil {
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.sec.region.run(ctx)
+			}()
+		}
 	}
 	s.wg.Add(3)
 	go func() {

@@ -67,6 +67,12 @@ func (s *Server) acceptSync(ctx context.Context) error {
 				if peer, err = identity.PeerID(tc.ConnectionState()); err != nil {
 					return
 				}
+				if tc.ConnectionState().NegotiatedProtocol == identity.ALPNRegion {
+					if err := s.serveRegion(ctx, tc, peer); err != nil {
+						s.log.Info("control: region stream ended", "remote", c.RemoteAddr(), "region", peer.String(), "err", err)
+					}
+					return
+				}
 				if tc.ConnectionState().NegotiatedProtocol == identity.ALPNRelay {
 					if err := s.serveRelay(ctx, tc, peer); err != nil {
 						s.log.Info("control: relay stream ended", "remote", c.RemoteAddr(), "relay", peer.String(), "err", err)

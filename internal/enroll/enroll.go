@@ -62,7 +62,7 @@ func HandshakeTLS(ctx context.Context, raw net.Conn, addr string, cfg *tls.Confi
 
 // ParseToken parses the token a member joins with and checks that it is
 // of kind want: identity.TokenJoin for an agent, identity.TokenRelay for a
-// relay. The wrong kind is refused here, before any connection, with an
+// relay, identity.TokenRegion for a regional control plane. The wrong kind is refused here, before any connection, with an
 // error that says which command the token is for (the control plane
 // refuses it too).
 func ParseToken(s, want string) (identity.Token, error) {
@@ -73,13 +73,23 @@ func ParseToken(s, want string) (identity.Token, error) {
 	if tok.Kind == want {
 		return tok, nil
 	}
+	hint := map[string]string{
+		identity.TokenJoin:   "an agent's join token; make one with 'fogmesh token create -site SITE'",
+		identity.TokenRelay:  "a relay token; make one with 'fogmesh token create -kind relay'",
+		identity.TokenRegion: "a region token; make one on the global control plane with 'fogmesh token create -kind region -region NAME'",
+	}[want]
+	if hint == "" {
+		hint = "a " + want + " token"
+	}
 	switch tok.Kind {
 	case identity.TokenRelay:
-		return identity.Token{}, errors.New("this is a relay token (for fogmesh relay -join-token), not an agent's join token; make one with 'fogmesh token create -site SITE'")
+		return identity.Token{}, errors.New("this is a relay token (for fogmesh relay -join-token), not " + hint)
 	case identity.TokenJoin:
-		return identity.Token{}, errors.New("this is an agent's join token, not a relay token; make one with 'fogmesh token create -kind relay'")
+		return identity.Token{}, errors.New("this is an agent's join token, not " + hint)
+	case identity.TokenRegion:
+		return identity.Token{}, errors.New("this is a region token (for fogmesh control --mode regional --join-token), not " + hint)
 	}
-	return identity.Token{}, fmt.Errorf("%s tokens cannot join; want a %s token", tok.Kind, want)
+	return identity.Token{}, fmt.Errorf("%s tokens cannot join; want %s", tok.Kind, hint)
 }
 
 // Join sends m (a wire.TypeJoin message; its Token is set from tok) to the

@@ -9,12 +9,14 @@ import (
 )
 
 // TestParseTokenKind: an agent takes only join tokens, a relay only relay
-// tokens; the wrong kind is refused naming the command it is for.
+// tokens, a regional control plane only region tokens; the wrong kind is
+// refused naming the command it is for.
 func TestParseTokenKind(t *testing.T) {
 	pin := strings.Repeat("ab", 32)
 	join, _ := identity.NewToken(identity.TokenJoin, pin)
 	rel, _ := identity.NewToken(identity.TokenRelay, pin)
 	adm, _ := identity.NewToken(identity.TokenAdmin, "")
+	reg, _ := identity.NewToken(identity.TokenRegion, pin)
 	for _, c := range []struct {
 		tok, want, errHas string
 	}{
@@ -24,6 +26,10 @@ func TestParseTokenKind(t *testing.T) {
 		{join.String(), identity.TokenRelay, "not a relay token"},
 		{adm.String(), identity.TokenRelay, "admin tokens cannot join"},
 		{"fmr1.nope", identity.TokenRelay, "bad token"},
+		{reg.String(), identity.TokenRegion, ""},
+		{reg.String(), identity.TokenJoin, "this is a region token (for fogmesh control --mode regional"},
+		{join.String(), identity.TokenRegion, "not a region token; make one on the global control plane"},
+		{rel.String(), identity.TokenRegion, "this is a relay token"},
 	} {
 		tok, err := ParseToken(c.tok, c.want)
 		if c.errHas == "" {

@@ -75,6 +75,11 @@ func (c *CAConfig) validate() error {
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		return errors.New("identity: CA certificate and key files go together")
 	}
+	return c.defaults()
+}
+
+// defaults fills in the zero durations and the clock.
+func (c *CAConfig) defaults() error {
 	for _, d := range []struct {
 		p   *time.Duration
 		def time.Duration
@@ -101,6 +106,7 @@ type CA struct {
 	cfg      CAConfig
 	td       spiffeid.TrustDomain
 	external bool
+	regional bool // OpenIntermediateCA
 
 	mu sync.Mutex // guards the following
 	// signer and cert issue; chain is what follows a leaf in the chains
@@ -277,6 +283,9 @@ func (ca *CA) Pin() string {
 // for the configured overlap window, so certificates it issued keep working
 // until they are renewed from the new root.
 func (ca *CA) Rotate() error {
+	if ca.regional {
+		return ErrRegionalCA
+	}
 	if ca.external {
 		return ErrExternalCA
 	}
@@ -440,7 +449,15 @@ func (ca *CA) Sign(pub crypto.PublicKey, id spiffeid.ID, o IssueOptions) ([]*x50
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
 	now := ca.cfg.Now()
+	if !now.Before(ca.cert.NotAfter) {
+		// A regional intermediate not renewed in time: refuse rather than
+		// hand out certificates that are born expired.
+		return nil, fmt.Errorf("identity: the CA certificate expired at %s", ca.cert.NotAfter.UTC().Format(time.RFC3339))
+	}
 	if !o.Start.IsZero() {
+		if !o.Start.Before(ca.cert.NotAfter) {
+			return nil, fmt.Errorf("identity: a certificate starting %s would outlive the CA certificate (expires %s)", o.Start.UTC().Format(time.RFC3339), ca.cert.NotAfter.UTC().Format(time.RFC3339))
+		}
 		now = o.Start
 	}
 	notAfter := now.Add(ttl)

@@ -30,6 +30,8 @@ func FuzzParseToken(f *testing.F) {
 	j, _ := NewToken(TokenJoin, Pin(mustRootForFuzz(f)))
 	a, _ := NewToken(TokenAdmin, "")
 	r, _ := NewToken(TokenRelay, j.Pin)
+	g, _ := NewToken(TokenRegion, j.Pin)
+	f.Add(g.String())
 	f.Add(j.String())
 	f.Add(a.String())
 	f.Add(r.String())

@@ -28,6 +28,10 @@ const (
 	ALPNRelay = "fogmesh-relay/1"
 	ALPNJoin  = "fogmesh-join/1"
 	ALPNMesh  = "fogmesh-mesh/1"
+	// ALPNRegion is a regional control plane's link to the global one
+	// (mutual TLS with its region certificate): trust pushed down,
+	// renewals of its intermediate.
+	ALPNRegion = "fogmesh-region/1"
 )
 
 // Source holds one identity's current X.509-SVID, the trust bundles it
@@ -169,11 +173,16 @@ func classified(err error) error {
 	return &HandshakeError{Reason: HandshakeReason(err), Err: err}
 }
 
-// authorizer adds the deny list in front of authorize.
+// authorizer adds the deny list in front of authorize: the peer's own ID
+// and every CA its chain passes through (CheckChains: a revoked regional
+// intermediate).
 func (s *Source) authorizer(authorize tlsconfig.Authorizer) tlsconfig.Authorizer {
 	return func(id spiffeid.ID, chains [][]*x509.Certificate) error {
 		if s.Denied(id.String()) {
 			return &HandshakeError{Reason: ReasonRevoked, Err: fmt.Errorf("%s is revoked", id)}
+		}
+		if err := CheckChains(id, chains, s.Denied); err != nil {
+			return err
 		}
 		if err := authorize(id, chains); err != nil {
 			return &HandshakeError{Reason: ReasonUnauthorized, Err: err}

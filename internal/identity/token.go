@@ -21,12 +21,17 @@ const (
 	TokenRelay = "relay"
 	// TokenAdmin is a bearer token for the admin API with a role.
 	TokenAdmin = "admin"
+	// TokenRegion is a one-time, expiring token bound to a region that
+	// lets a regional control plane get its intermediate CA and client
+	// certificate from the global one (fogmesh control --mode regional).
+	TokenRegion = "region"
 )
 
 // Token wire forms:
 //
 //	join   fmj1.<id>.<secret>.<pin>
 //	relay  fmr1.<id>.<secret>.<pin>
+//	region fmg1.<id>.<secret>.<pin>
 //	admin  fma1.<id>.<secret>
 //
 // id is 12 lowercase hex digits (public: it names the token in the store
@@ -36,26 +41,27 @@ const (
 // agent authenticates the control plane without any pre-shared file, as
 // kubeadm's discovery hash does.
 const (
-	joinPrefix  = "fmj1"
-	relayPrefix = "fmr1"
-	adminPrefix = "fma1"
-	idLen       = 12
-	secretLen   = 32
-	pinLen      = 64
+	joinPrefix   = "fmj1"
+	relayPrefix  = "fmr1"
+	regionPrefix = "fmg1"
+	adminPrefix  = "fma1"
+	idLen        = 12
+	secretLen    = 32
+	pinLen       = 64
 	// MaxTokenLen bounds a token string.
 	MaxTokenLen = 128
 )
 
 // Token is a parsed token.
 type Token struct {
-	Kind   string // TokenJoin, TokenRelay or TokenAdmin
+	Kind   string // TokenJoin, TokenRelay, TokenRegion or TokenAdmin
 	ID     string
 	Secret string
 	Pin    string // join and relay tokens only
 }
 
-// NewToken makes a random token of kind; pin is required for join and
-// relay tokens.
+// NewToken makes a random token of kind; pin is required for join, relay
+// and region tokens.
 func NewToken(kind, pin string) (Token, error) {
 	var b [idLen/2 + secretLen/2]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -63,7 +69,7 @@ func NewToken(kind, pin string) (Token, error) {
 	}
 	t := Token{Kind: kind, ID: hex.EncodeToString(b[:idLen/2]), Secret: hex.EncodeToString(b[idLen/2:])}
 	switch kind {
-	case TokenJoin, TokenRelay:
+	case TokenJoin, TokenRelay, TokenRegion:
 		if !isHex(pin, pinLen) {
 			return Token{}, fmt.Errorf("identity: %s token needs a root pin", kind)
 		}
@@ -82,6 +88,8 @@ func (t Token) String() string {
 		return joinPrefix + "." + t.ID + "." + t.Secret + "." + t.Pin
 	case TokenRelay:
 		return relayPrefix + "." + t.ID + "." + t.Secret + "." + t.Pin
+	case TokenRegion:
+		return regionPrefix + "." + t.ID + "." + t.Secret + "." + t.Pin
 	}
 	return adminPrefix + "." + t.ID + "." + t.Secret
 }
@@ -107,10 +115,13 @@ func ParseToken(s string) (Token, error) {
 	parts := strings.Split(s, ".")
 	var t Token
 	switch {
-	case len(parts) == 4 && (parts[0] == joinPrefix || parts[0] == relayPrefix):
+	case len(parts) == 4 && (parts[0] == joinPrefix || parts[0] == relayPrefix || parts[0] == regionPrefix):
 		t = Token{Kind: TokenJoin, ID: parts[1], Secret: parts[2], Pin: parts[3]}
-		if parts[0] == relayPrefix {
+		switch parts[0] {
+		case relayPrefix:
 			t.Kind = TokenRelay
+		case regionPrefix:
+			t.Kind = TokenRegion
 		}
 		if !isHex(t.Pin, pinLen) {
 			return Token{}, fmt.Errorf("%w: the root pin is not %d hex digits", ErrBadToken, pinLen)
@@ -118,7 +129,7 @@ func ParseToken(s string) (Token, error) {
 	case len(parts) == 3 && parts[0] == adminPrefix:
 		t = Token{Kind: TokenAdmin, ID: parts[1], Secret: parts[2]}
 	default:
-		return Token{}, fmt.Errorf("%w: want %s|%s.<id>.<secret>.<pin> or %s.<id>.<secret>", ErrBadToken, joinPrefix, relayPrefix, adminPrefix)
+		return Token{}, fmt.Errorf("%w: want %s|%s|%s.<id>.<secret>.<pin> or %s.<id>.<secret>", ErrBadToken, joinPrefix, relayPrefix, regionPrefix, adminPrefix)
 	}
 	if !isHex(t.ID, idLen) || !isHex(t.Secret, secretLen) {
 		return Token{}, fmt.Errorf("%w: malformed id or secret", ErrBadToken)

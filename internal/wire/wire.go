@@ -157,6 +157,13 @@ type Message struct {
 	Relay        string   `json:"relay,omitempty"` // the joining relay's name
 	CSR          []byte   `json:"csr,omitempty"`
 	Certificates [][]byte `json:"certificates,omitempty"`
+	// A regional control plane's join (and renewal on its region stream):
+	// Token, Region, CSR (its client certificate) and CACSR (its
+	// intermediate CA); Joined and Cert carry CACertificates (the
+	// intermediate, DER) beside Certificates.
+	Region         string   `json:"region,omitempty"`
+	CACSR          []byte   `json:"caCsr,omitempty"`
+	CACertificates [][]byte `json:"caCertificates,omitempty"`
 
 	// Trust, Joined
 	Trust *Trust `json:"trust,omitempty"`
