@@ -414,8 +414,15 @@ func regionDial(t *testing.T, s *Server, svid *x509svid.SVID) error {
 	src := identity.NewSource()
 	src.SetBundles(s.CA().Bundle())
 	src.SetSVID(svid)
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(),
-		src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNRegion))
+	cfg := src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNRegion)
+	// Present svid as it is, also expired (a Source withholds an expired
+	// certificate; a hostile region would not).
+	cert := &tls.Certificate{PrivateKey: svid.PrivateKey}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(), cfg)
 	if err != nil {
 		return err
 	}
@@ -692,8 +699,15 @@ func regionRenew(t *testing.T, s *Server, svid *x509svid.SVID, key, caKey *ecdsa
 	src := identity.NewSource()
 	src.SetBundles(s.CA().Bundle())
 	src.SetSVID(svid)
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(),
-		src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNRegion))
+	cfg := src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNRegion)
+	// Present svid as it is, also expired (a Source withholds an expired
+	// certificate; a hostile region would not).
+	cert := &tls.Certificate{PrivateKey: svid.PrivateKey}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
