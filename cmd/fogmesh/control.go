@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,6 +28,13 @@ type controlFile struct {
 	NodeTTL           durationValue `json:"nodeTTL,omitempty"`
 	RotationOverlap   durationValue `json:"rotationOverlap,omitempty"`
 	ServerNames       []string      `json:"serverNames,omitempty"`
+
+	// Mode, Region, Upstreams and VIPIndexes place the control plane in a
+	// hierarchy: see control.Config and docs/regions.md.
+	Mode       string   `json:"mode,omitempty"`
+	Region     string   `json:"region,omitempty"`
+	Upstreams  []string `json:"upstreams,omitempty"`
+	VIPIndexes string   `json:"vipIndexes,omitempty"`
 
 	// IstioRootNamespace: see control.Config.
 	IstioRootNamespace string `json:"istioRootNamespace,omitempty"`
@@ -57,6 +65,10 @@ func runControl(args []string) error {
 		nodeTTL    = fs.Duration("node-ttl", 0, "node certificate lifetime (default 24h)")
 		overlap    = fs.Duration("rotation-overlap", 0, "how long a rotated-out root stays trusted (default 48h)")
 		names      = fs.String("server-name", "", "extra DNS names or IPs for the control plane certificate, comma separated")
+		mode       = fs.String("mode", "", "global (default: the top of the hierarchy, or the only control plane) or regional")
+		region     = fs.String("region", "", "the region of a regional control plane (with -mode regional)")
+		upstream   = fs.String("upstream", "", "the global control plane's sync addresses, comma separated, tried in order (with -mode regional)")
+		vipIndexes = fs.String("vip-indexes", "", "the block of virtual IP indexes this control plane allocates, FIRST-LAST (default: the whole range); give each control plane of a hierarchy its own")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		logf       cli.LogFlags
 	)
@@ -110,6 +122,22 @@ func runControl(args []string) error {
 	if set["rotation-overlap"] {
 		fc.RotationOverlap = durationValue(*overlap)
 	}
+	if set["mode"] {
+		fc.Mode = *mode
+	}
+	if set["region"] {
+		fc.Region = *region
+	}
+	if set["upstream"] {
+		fc.Upstreams = strings.Split(*upstream, ",")
+	}
+	if set["vip-indexes"] {
+		fc.VIPIndexes = *vipIndexes
+	}
+	vipMin, vipMax, err := parseVIPIndexes(fc.VIPIndexes)
+	if err != nil {
+		return cli.Usagef("vip-indexes: %v", err)
+	}
 	if set["server-name"] {
 		fc.ServerNames = strings.Split(*names, ",")
 	}
@@ -126,6 +154,7 @@ func runControl(args []string) error {
 		VIPRange: fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
 		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
 		NodeTTL: time.Duration(fc.NodeTTL), RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
+		Mode: fc.Mode, Region: fc.Region, Upstreams: fc.Upstreams, VIPIndexMin: vipMin, VIPIndexMax: vipMax,
 	})
 	if err != nil {
 		return err
@@ -143,4 +172,18 @@ func runControl(args []string) error {
 		return err
 	}
 	return s.Serve(ctx)
+}
+
+// parseVIPIndexes parses FIRST-LAST ("" is 0, 0: the whole range).
+func parseVIPIndexes(v string) (first, last uint32, err error) {
+	if v == "" {
+		return 0, 0, nil
+	}
+	a, b, ok := strings.Cut(v, "-")
+	f, errA := strconv.ParseUint(a, 10, 32)
+	l, errB := strconv.ParseUint(b, 10, 32)
+	if !ok || errA != nil || errB != nil || f == 0 || f > l {
+		return 0, 0, fmt.Errorf("%q is not FIRST-LAST with 0 < FIRST <= LAST", v)
+	}
+	return uint32(f), uint32(l), nil
 }

@@ -138,6 +138,10 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rev, err := s.reg.apply(objs)
+	if errors.Is(err, ErrOwned) {
+		writeError(w, http.StatusConflict, err)
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -158,6 +162,8 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, 
 	switch {
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, err)
+	case errors.Is(err, ErrOwned):
+		writeError(w, http.StatusConflict, err)
 	case err != nil:
 		writeError(w, http.StatusInternalServerError, err)
 	default:

@@ -87,9 +87,33 @@ type Config struct {
 	// listen addresses, for admin clients that check host names.
 	ServerNames []string
 
+	// Mode is ModeGlobal (default: the top of the hierarchy, or the only
+	// control plane) or ModeRegional: a control plane for one Region that
+	// replicates with the global one at Upstreams (docs/regions.md).
+	Mode string
+	// Region is a regional control plane's region (required with
+	// ModeRegional): it owns what it registers, and serves agents of that
+	// region only.
+	Region string
+	// Upstreams are the global control plane's sync addresses (its
+	// replicas), tried in order; the next one when a link fails. Required
+	// with ModeRegional.
+	Upstreams []string
+	// VIPIndexMin and VIPIndexMax bound the virtual IP indexes this control
+	// plane allocates (default: the whole VIPRange). Give each control
+	// plane of a hierarchy its own block, so services exported between
+	// regions never share an index.
+	VIPIndexMin, VIPIndexMax uint32
+
 	Logger  *slog.Logger // nil = discard
 	Metrics *metrics.Set // nil = a private set
 }
+
+// Control plane modes (Config.Mode).
+const (
+	ModeGlobal   = "global"
+	ModeRegional = "regional"
+)
 
 func (c *Config) validate() error {
 	if c.StateDir == "" {
@@ -120,6 +144,9 @@ func (c *Config) validate() error {
 	}
 	if c.Name == "" {
 		c.Name = "control"
+	}
+	if err := c.validateHierarchy(p); err != nil {
+		return err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -155,6 +182,11 @@ type Server struct {
 
 	mu   sync.Mutex // guards the following
 	live map[string]*liveNode
+	// up is the regional control plane's link to the global one (nil in
+	// ModeGlobal); down the global one's links to regions (upstream.go,
+	// downstream.go).
+	up   *upLink
+	down map[string]*downLink
 	// audit's replicas and keys (audit.go).
 	audit auditState
 	// streams are open sync connections (with their node once known),
@@ -189,12 +221,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, st: st,
-		reg:     &registry{st: st, vipBase: netip.MustParsePrefix(cfg.VIPRange)},
+		reg: &registry{st: st, vipBase: netip.MustParsePrefix(cfg.VIPRange), owner: cfg.Region,
+			vipMin: cfg.VIPIndexMin, vipMax: cfg.VIPIndexMax},
 		live:    map[string]*liveNode{},
 		streams: map[net.Conn]string{},
 		started: time.Now(),
 	}
 	s.initMetrics()
+	if cfg.Mode == ModeRegional {
+		s.up = newUpLink(s)
+	}
 	if cfg.Insecure {
 		cfg.Logger.Warn("control: INSECURE MODE: sync stream and admin API in plaintext, admin API unauthenticated; for tests and local development only")
 	} else if s.sec, err = newSecurity(s); err != nil {
@@ -301,6 +337,13 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.sec.maintain(ctx)
 		}()
 	}
+	if s.up != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.up.run(ctx)
+		}()
+	}
 	s.wg.Add(3)
 	go func() {
 		defer s.wg.Done()
@@ -377,8 +420,8 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 		now := time.Now()
 		for _, o := range nodes {
 			n := o.(*api.Node)
-			if !n.Status.Ready {
-				continue
+			if !n.Status.Ready || n.Meta.Owner != s.reg.owner {
+				continue // another control plane's node: its readiness is the owner's
 			}
 			s.mu.Lock()
 			last := s.started

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -155,6 +156,9 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	if err != nil {
 		s.mBadFrames.Inc()
 		return fmt.Errorf("read hello: %w", err)
+	}
+	if slices.Contains(hello.Capabilities, wire.CapRegion) {
+		return s.serveRegion(ctx, c, r, hello, peer) // downstream.go
 	}
 	effs, err := st.step(syncproto.Recv{Msg: hello})
 	var admit syncproto.Admit
