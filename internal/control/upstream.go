@@ -35,6 +35,14 @@ type upLink struct {
 	held      map[string]uint64 // replica key -> upstream version
 	acked     uint64            // our last revision the upstream applied
 	lastErr   string
+	fulls     int // snapshots applied: a resumed link adds none
+}
+
+// snapshots counts the full updates applied from upstream.
+func (u *upLink) snapshots() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.fulls
 }
 
 func newUpLink(s *Server) *upLink {
@@ -400,6 +408,9 @@ func (u *upLink) apply(m *wire.Message) error {
 	}
 	u.mu.Lock()
 	u.applied, u.held = up.version, next
+	if up.full {
+		u.fulls++
+	}
 	u.mu.Unlock()
 	s.recordConflicts(conflicts)
 	return nil
