@@ -16,7 +16,6 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/store"
-	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -64,7 +63,7 @@ func (s *Server) authorizeRegion(peer spiffeid.ID, region string) error {
 
 // serveRegion runs a region link after its hello (wire.CapRegion).
 func (s *Server) serveRegion(ctx context.Context, c net.Conn, r *wire.Reader, hello *wire.Message, peer spiffeid.ID) error {
-	rc := newRegionConn(c, r, syncproto.NewControl(nil, s.cfg.HeartbeatInterval).ReadTimeout())
+	rc := newRegionConn(c, r, linkTimeout(s.cfg.HeartbeatInterval))
 	refuse := func(err error) error {
 		rc.write(&wire.Message{Type: wire.TypeError, Error: err.Error()})
 		return err

@@ -113,6 +113,14 @@ func (a *agentConn) local(eps ...string) {
 	a.send(&wire.Message{Type: wire.TypeLocal, Endpoints: out})
 }
 
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	code, body := doReq(t, "GET", url, "")
+	if code != 200 || json.Unmarshal([]byte(body), v) != nil {
+		t.Fatalf("GET %s: %d %s", url, code, body)
+	}
+}
+
 func doReq(t *testing.T, method, url, body string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
@@ -155,9 +163,16 @@ func TestRegionsReplicateOwnedObjectsAndExports(t *testing.T) {
 	waitHeld(t, west, "Node/e1", "east", nil)
 	waitHeld(t, west, "Service/demo/api", "", nil)
 	waitHeld(t, east, "Service/demo/api", "", nil)
-	if st := east.Upstream(); !st.Connected || st.Upstream != g.SyncAddr() {
-		t.Fatalf("east upstream %+v, want connected to %s", st, g.SyncAddr())
+	var er RegionsResponse
+	getJSON(t, "http://"+east.AdminAddr()+"/v1/regions", &er)
+	if er.Mode != ModeRegional || er.Region != "east" || er.Upstream == nil || !er.Upstream.Connected || er.Upstream.Upstream != g.SyncAddr() {
+		t.Fatalf("east /v1/regions %+v, want connected to %s", er, g.SyncAddr())
 	}
+	testenv.WaitFor(t, 10*time.Second, "the global plane to list both regions", func() bool {
+		var gr RegionsResponse
+		getJSON(t, "http://"+g.AdminAddr()+"/v1/regions", &gr)
+		return gr.Mode == ModeGlobal && len(gr.Links) == 2 && gr.Links[0].Region == "east" && gr.Links[1].Region == "west"
+	})
 	// What is not exported stays out of west, and west's own service
 	// allocates from its own VIP block.
 	mustApply(t, west, svcDoc("shop", "", 83))

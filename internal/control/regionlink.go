@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -31,6 +32,12 @@ type regionConn struct {
 	mu      sync.Mutex // serialises writes
 	timeout time.Duration
 }
+
+// linkTimeout is how long either end of a region link waits for the next
+// frame: the region heartbeats every hb and the global plane answers each,
+// so three silent intervals (at least 2 s) mean the link is gone, as on
+// an agent's stream.
+func linkTimeout(hb time.Duration) time.Duration { return max(3*hb, 2*time.Second) }
 
 func newRegionConn(c net.Conn, r *wire.Reader, timeout time.Duration) *regionConn {
 	if r == nil {
@@ -112,4 +119,28 @@ func replicated(kind string) bool { return slices.Contains(syncproto.AllTypes, k
 func mustJSON(o api.Object) []byte {
 	b, _ := json.Marshal(o)
 	return b
+}
+
+// RegionsResponse is the body of GET /v1/regions: where this control plane
+// sits in the hierarchy and the state of its links.
+type RegionsResponse struct {
+	Mode   string `json:"mode"`
+	Region string `json:"region,omitempty"`
+	// Upstream is a regional plane's link to the global one.
+	Upstream *UpstreamStatus `json:"upstream,omitempty"`
+	// Links are the regions linked to a global plane.
+	Links []RegionLink `json:"links"`
+}
+
+func (s *Server) handleRegions(w http.ResponseWriter, r *http.Request) {
+	resp := RegionsResponse{Mode: s.cfg.Mode, Region: s.cfg.Region, Links: s.RegionLinks()}
+	if resp.Links == nil {
+		resp.Links = []RegionLink{}
+	}
+	slices.SortFunc(resp.Links, func(a, b RegionLink) int { return strings.Compare(a.Region, b.Region) })
+	if s.up != nil {
+		st := s.Upstream()
+		resp.Upstream = &st
+	}
+	writeJSON(w, http.StatusOK, resp)
 }

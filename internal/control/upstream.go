@@ -46,7 +46,14 @@ func (u *upLink) snapshots() int {
 }
 
 func newUpLink(s *Server) *upLink {
-	return &upLink{s: s, region: s.cfg.Region, addrs: s.cfg.Upstreams, held: map[string]uint64{}}
+	u := &upLink{s: s, region: s.cfg.Region, addrs: s.cfg.Upstreams, held: map[string]uint64{}}
+	s.cfg.Metrics.NewGauge(`fogmesh_control_upstream_connected`, func() float64 {
+		if s.Upstream().Connected {
+			return 1
+		}
+		return 0
+	})
+	return u
 }
 
 // UpstreamStatus is a regional control plane's link to the global one.
@@ -152,7 +159,7 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 	if hb <= 0 {
 		hb = 5 * time.Second
 	}
-	rc.timeout = max(3*hb, 2*time.Second)
+	rc.timeout = linkTimeout(hb)
 
 	// Resubscribe with what we hold of this upstream store, so the first
 	// update is a delta; another store (a new global plane) starts over.
