@@ -59,6 +59,15 @@ func (c *Config) validateHierarchy(vip netip.Prefix) error {
 	return nil
 }
 
+// admitRegion refuses an agent of another region at a regional control
+// plane: it serves its own region's agents, whose nodes it owns.
+func (s *Server) admitRegion(n *api.Node) error {
+	if s.cfg.Mode == ModeRegional && n.Spec.Region != s.cfg.Region {
+		return fmt.Errorf("node %s is in region %s; this control plane serves region %s", n.Meta.Name, n.Spec.Region, s.cfg.Region)
+	}
+	return nil
+}
+
 // regionView selects, from every object the global control plane holds,
 // what region's control plane receives:
 //   - objects the global plane owns, all of them;

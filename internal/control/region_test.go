@@ -205,6 +205,19 @@ func TestRegionsReplicateOwnedObjectsAndExports(t *testing.T) {
 		t.Fatalf("global delete of east's service: %d %s", code, body)
 	}
 
+	// A regional plane serves its own region's agents only.
+	c, err := net.Dial("tcp", west.SyncAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stray := &agentConn{t: t, c: c, r: wire.NewReader(c)}
+	stray.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2}, Node: &api.Node{
+		Meta: api.Meta{Name: "e9"}, Spec: api.NodeSpec{Site: "s1", Region: "east", MeshAddress: "127.0.0.1:7072"}}})
+	if m := stray.recv(); m.Type != wire.TypeError || !strings.Contains(m.Error, "serves region west") {
+		t.Fatalf("east's agent at west's plane: %+v", m)
+	}
+
 	// Exporting no more takes the service and its endpoints out of west.
 	mustApply(t, east, svcDoc("web", "", 80))
 	waitGone(t, west, "Service/demo/web")

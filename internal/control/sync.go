@@ -174,6 +174,10 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		return err
 	}
 	st.node = admit.Node.Meta.Name
+	if err := s.admitRegion(admit.Node); err != nil { // export.go
+		_, err = st.step(syncproto.Reject{Reason: err.Error(), Err: err})
+		return err
+	}
 	if pn != nil {
 		reject := func(reason string, err error) error {
 			_, err = st.step(syncproto.Reject{Reason: reason, Err: err})
