@@ -431,7 +431,8 @@ func startFakeUpstream(t *testing.T, script func(links int, w io.Writer)) *fakeU
 					return
 				}
 				f.subs <- sub
-				go script(links, c)
+				wg.Add(1)
+				go func() { defer wg.Done(); script(links, c) }()
 				for {
 					c.SetReadDeadline(time.Now().Add(5 * time.Second))
 					m, err := r.Read()
