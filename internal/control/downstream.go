@@ -176,42 +176,22 @@ func (s *Server) serveRegion(ctx context.Context, c net.Conn, r *wire.Reader, he
 
 // sendRegionView sends the region its view: first a snapshot (full) or
 // the difference from what it said it holds (held: key -> our version),
-// then the difference after every commit that changes it.
+// then the difference after every commit that changes it (viewState).
 func (s *Server) sendRegionView(ctx context.Context, dl *downLink, held map[string]uint64, full bool) error {
+	vs := newViewState(s, dl.region, held)
 	for {
 		watch := s.st.Watch()
-		objs, rev, err := s.reg.list("")
+		m, err := vs.next(full)
 		if err != nil {
 			return err
 		}
-		m := &wire.Message{Type: wire.TypeUpdate, Version: rev, StoreID: s.st.ID(), Full: full}
-		next := make(map[string]uint64, len(held))
-		for _, o := range regionView(objs, dl.region) {
-			key, v := api.ObjectKey(o), o.GetMeta().Version
-			next[key] = v
-			if !full && held[key] == v {
-				continue
-			}
-			r, err := wire.NewResource(o)
-			if err != nil {
-				return err
-			}
-			m.Resources = append(m.Resources, r)
-		}
-		if !full {
-			for key := range held {
-				if _, ok := next[key]; !ok {
-					m.Removed = append(m.Removed, refOfKey(key))
-				}
-			}
-		}
-		if full || len(m.Resources)+len(m.Removed) > 0 {
+		if m != nil {
 			if err := dl.rc.write(m); err != nil {
 				return err
 			}
 			s.mUpdates.Inc()
-			held, full = next, false
 		}
+		full = false
 		select {
 		case <-ctx.Done():
 			return nil
