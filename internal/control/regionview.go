@@ -22,7 +22,10 @@ type viewState struct {
 	region   string
 	held     map[string]uint64 // key -> our version the region holds
 	exported map[string]bool   // service "ns/name" -> exported to region, as of rev
-	rev      uint64            // the store revision held reflects (0: never computed)
+	// hostOf is the node of each held endpoint of another region: the
+	// nodes the region holds because of it.
+	hostOf map[string]string
+	rev    uint64 // the store revision held reflects (0: never computed)
 
 	recomputes int // whole-store passes, for tests
 }
@@ -59,9 +62,11 @@ func (v *viewState) recompute(full bool) (*wire.Message, error) {
 	}
 	m := &wire.Message{Type: wire.TypeUpdate, Version: rev, StoreID: v.st.ID(), Full: full}
 	next := make(map[string]uint64, len(v.held))
+	byKey := map[string]api.Object{}
 	for _, o := range regionView(objs, v.region) {
 		key, ver := api.ObjectKey(o), o.GetMeta().Version
 		next[key] = ver
+		byKey[key] = o
 		if !full && v.held[key] == ver {
 			continue
 		}
@@ -78,7 +83,14 @@ func (v *viewState) recompute(full bool) (*wire.Message, error) {
 			}
 		}
 	}
-	v.exported = map[string]bool{}
+	v.exported, v.hostOf = map[string]bool{}, map[string]string{}
+	for key := range next {
+		if strings.HasPrefix(key, api.KindEndpoint+"/") {
+			if o := byKey[key]; o.GetMeta().Owner != "" {
+				v.hostOf[key] = o.(*api.Endpoint).Spec.Node
+			}
+		}
+	}
 	for _, o := range objs {
 		if s, ok := o.(*api.Service); ok && s.ExportedTo(v.region) {
 			v.exported[s.Meta.Key()] = true
@@ -93,15 +105,16 @@ func (v *viewState) recompute(full bool) (*wire.Message, error) {
 
 // incremental folds the changes after rev into the view, or returns
 // errRecompute when one of them may move other objects: a service or node
-// changed, an endpoint the region holds went away or out of the view, or
-// an endpoint came into it on a node the region does not hold.
+// changed, an endpoint the region holds went away or out of the view or
+// moved to another node (or owner), or an endpoint came into it on a node
+// the region does not hold.
 func (v *viewState) incremental() (*wire.Message, error) {
 	changes, rev, err := v.st.ChangesSince(v.rev)
 	if err != nil {
 		return nil, err
 	}
 	m := &wire.Message{Type: wire.TypeUpdate, Version: rev, StoreID: v.st.ID()}
-	puts, drops := map[string]uint64{}, []string{}
+	puts, drops, hosts := map[string]uint64{}, []string{}, map[string]string{}
 	for _, ch := range changes {
 		kind, _, _ := strings.Cut(ch.Key, "/")
 		if !replicated(kind) {
@@ -125,32 +138,43 @@ func (v *viewState) incremental() (*wire.Message, error) {
 			return nil, err
 		}
 		in := v.inView(o)
+		e, isEp := o.(*api.Endpoint)
+		oldHost, hosted := v.hostOf[ch.Key]
 		switch {
-		case !in && holds && kind == api.KindEndpoint:
+		case !in && holds && isEp:
 			return nil, errRecompute
 		case !in && holds:
 			drops = append(drops, ch.Key)
-		case in && kind == api.KindEndpoint && o.GetMeta().Owner != "":
-			if n := o.(*api.Endpoint).Spec.Node; n != "" {
-				if _, ok := v.held[api.KindNode+"/"+n]; !ok {
-					return nil, errRecompute
-				}
+			continue
+		case !in:
+			continue
+		case isEp && o.GetMeta().Owner != "":
+			n := e.Spec.Node
+			if holds && (!hosted || oldHost != n) {
+				return nil, errRecompute
 			}
-			fallthrough
-		case in:
-			if v.held[ch.Key] == ch.Rev {
-				continue
+			if _, ok := v.held[api.KindNode+"/"+n]; n != "" && !ok {
+				return nil, errRecompute
 			}
-			r, err := wire.NewResource(o)
-			if err != nil {
-				return nil, err
-			}
-			m.Resources = append(m.Resources, r)
-			puts[ch.Key] = ch.Rev
+			hosts[ch.Key] = n
+		case isEp && hosted:
+			return nil, errRecompute // it held a node in the view; now global, it holds none
 		}
+		if v.held[ch.Key] == ch.Rev {
+			continue
+		}
+		r, err := wire.NewResource(o)
+		if err != nil {
+			return nil, err
+		}
+		m.Resources = append(m.Resources, r)
+		puts[ch.Key] = ch.Rev
 	}
 	for k, ver := range puts {
 		v.held[k] = ver
+	}
+	for k, n := range hosts {
+		v.hostOf[k] = n
 	}
 	for _, k := range drops {
 		delete(v.held, k)
