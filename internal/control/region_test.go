@@ -573,6 +573,28 @@ func TestBadUpstreamUpdatesKeepLastGoodState(t *testing.T) {
 // good state.
 func TestBadRegionUpdatesAreRefused(t *testing.T) {
 	g := startPlane(t, nil)
+	north := startPlane(t, regional("north", g.SyncAddr()))
+	// Hellos that cannot start a link: an invalid region, a link to a
+	// regional plane.
+	for _, c := range []struct {
+		s      *Server
+		region string
+		want   string
+	}{
+		{g, "Bad_Region", "not a DNS label"},
+		{north, "west", "link region west to the global control plane"},
+	} {
+		conn, err := net.Dial("tcp", c.s.SyncAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := &agentConn{t: t, c: conn, r: wire.NewReader(conn)}
+		a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapRegion}, Scope: &wire.Scope{Region: c.region}})
+		if m := a.recv(); m.Type != wire.TypeError || !strings.Contains(m.Error, c.want) {
+			t.Fatalf("region hello %q: %+v, want an error saying %q", c.region, m, c.want)
+		}
+		conn.Close()
+	}
 	mine := globalSvc("web", 80, 3)
 	mine.Meta.Owner = "east"
 	theirs := globalSvc("other", 81, 4)
