@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,10 +32,12 @@ type controlFile struct {
 	AutonomyWindow    durationValue `json:"autonomyWindow,omitempty"`
 	RotationOverlap   durationValue `json:"rotationOverlap,omitempty"`
 	ServerNames       []string      `json:"serverNames,omitempty"`
-	// Mode, Region, Upstream, RegionCATTL: see control.Config.
+	// Mode, Region, Upstreams, VIPIndexes and RegionCATTL place the
+	// control plane in a hierarchy: see control.Config and docs/regions.md.
 	Mode        string        `json:"mode,omitempty"`
 	Region      string        `json:"region,omitempty"`
-	Upstream    []string      `json:"upstream,omitempty"`
+	Upstreams   []string      `json:"upstreams,omitempty"`
+	VIPIndexes  string        `json:"vipIndexes,omitempty"`
 	RegionCATTL durationValue `json:"regionCATTL,omitempty"`
 
 	// IstioRootNamespace: see control.Config.
@@ -68,6 +71,7 @@ func runControl(args []string) error {
 		autonomy   = fs.Duration("autonomy-window", 0, "how long a site cut off from every control plane keeps valid certificates (default 72h)")
 		overlap    = fs.Duration("rotation-overlap", 0, "how long a rotated-out root stays trusted (default 192h; must exceed the node TTL)")
 		names      = fs.String("server-name", "", "extra DNS names or IPs for the control plane certificate, comma separated")
+		vipIndexes = fs.String("vip-indexes", "", "the block of virtual IP indexes this control plane allocates, FIRST-LAST (default: the whole range); give each control plane of a hierarchy its own")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		logf       cli.LogFlags
 	)
@@ -128,6 +132,13 @@ func runControl(args []string) error {
 	if set["rotation-overlap"] {
 		fc.RotationOverlap = durationValue(*overlap)
 	}
+	if set["vip-indexes"] {
+		fc.VIPIndexes = *vipIndexes
+	}
+	vipMin, vipMax, err := parseVIPIndexes(fc.VIPIndexes)
+	if err != nil {
+		return cli.Usagef("vip-indexes: %v", err)
+	}
 	if set["server-name"] {
 		fc.ServerNames = strings.Split(*names, ",")
 	}
@@ -146,7 +157,8 @@ func runControl(args []string) error {
 		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
 		NodeTTL: time.Duration(fc.NodeTTL), WorkloadTTL: time.Duration(fc.WorkloadTTL), AutonomyWindow: time.Duration(fc.AutonomyWindow),
 		RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
-		Mode: fc.Mode, Region: fc.Region, Upstream: fc.Upstream, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
+		Mode: fc.Mode, Region: fc.Region, Upstreams: fc.Upstreams, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
+		VIPIndexMin: vipMin, VIPIndexMax: vipMax,
 	})
 	var refused *enroll.Error
 	if errors.As(err, &refused) { // a refused region join: retrying cannot help
@@ -161,7 +173,7 @@ func runControl(args []string) error {
 		fmt.Fprintf(os.Stderr, "fogmesh control: INSECURE: admin http://%s, sync %s (plaintext), state %s\n", s.AdminAddr(), s.SyncAddr(), fc.StateDir)
 	} else {
 		if fc.Mode == control.ModeRegional {
-			fmt.Fprintf(os.Stderr, "fogmesh control: regional control plane of region %s, upstream %s\n", fc.Region, strings.Join(fc.Upstream, ","))
+			fmt.Fprintf(os.Stderr, "fogmesh control: regional control plane of region %s, upstream %s\n", fc.Region, strings.Join(fc.Upstreams, ","))
 		}
 		fmt.Fprintf(os.Stderr, "fogmesh control: admin https://%s, sync %s (mTLS), state %s, CA bundle %s, admin token %s\n",
 			s.AdminAddr(), s.SyncAddr(), fc.StateDir, s.BundlePath(), filepath.Join(fc.StateDir, control.AdminTokenFile))
@@ -171,4 +183,18 @@ func runControl(args []string) error {
 		return err
 	}
 	return s.Serve(ctx)
+}
+
+// parseVIPIndexes parses FIRST-LAST ("" is 0, 0: the whole range).
+func parseVIPIndexes(v string) (first, last uint32, err error) {
+	if v == "" {
+		return 0, 0, nil
+	}
+	a, b, ok := strings.Cut(v, "-")
+	f, errA := strconv.ParseUint(a, 10, 32)
+	l, errB := strconv.ParseUint(b, 10, 32)
+	if !ok || errA != nil || errB != nil || f == 0 || f > l {
+		return 0, 0, fmt.Errorf("%q is not FIRST-LAST with 0 < FIRST <= LAST", v)
+	}
+	return uint32(f), uint32(l), nil
 }

@@ -18,7 +18,7 @@ func registerRegionFlags(fs *flag.FlagSet) *regionFlags {
 	return &regionFlags{
 		mode:      fs.String("mode", "", "global (default) or regional: a regional control plane's CA is an intermediate of the global one at -upstream"),
 		region:    fs.String("region", "", "regional mode: this control plane's region"),
-		upstream:  fs.String("upstream", "", "regional mode: the global control plane's sync addresses, comma separated (replicas)"),
+		upstream:  fs.String("upstream", "", "regional mode: the global control plane's sync addresses, comma separated, tried in order (replicas)"),
 		joinToken: fs.String("join-token", "", "regional mode, first start: a region token from the global control plane (fogmesh token create -kind region -region NAME)"),
 		caTTL:     fs.Duration("region-ca-ttl", 0, "global mode: lifetime of the regional intermediate CAs signed here (default 720h, renewed at half-life)"),
 	}
@@ -33,10 +33,10 @@ func (r *regionFlags) apply(set map[string]bool, fc *controlFile) {
 		fc.Region = *r.region
 	}
 	if set["upstream"] {
-		fc.Upstream = nil
+		fc.Upstreams = nil
 		for _, a := range strings.Split(*r.upstream, ",") {
 			if a = strings.TrimSpace(a); a != "" {
-				fc.Upstream = append(fc.Upstream, a)
+				fc.Upstreams = append(fc.Upstreams, a)
 			}
 		}
 	}

@@ -28,6 +28,26 @@ func TestDecodeForms(t *testing.T) {
 	}
 }
 
+// TestServiceExport: export names regions or "*"; ExportedTo follows it.
+func TestServiceExport(t *testing.T) {
+	objs, err := Decode([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"export":["west"]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := objs[0].(*Service)
+	if !s.ExportedTo("west") || s.ExportedTo("east") {
+		t.Fatalf("export [west]: west %v east %v", s.ExportedTo("west"), s.ExportedTo("east"))
+	}
+	s.Spec.Export = []string{ExportAll}
+	if !s.ExportedTo("east") || err != nil {
+		t.Fatal("export [*] does not reach east")
+	}
+	s.Spec.Export = nil
+	if s.ExportedTo("west") {
+		t.Fatal("a service without export is exported")
+	}
+}
+
 func TestDecodeErrorsNameTheField(t *testing.T) {
 	for _, c := range []struct{ doc, field string }{
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":0}]}}`, "spec.ports[0].port"},
@@ -42,6 +62,9 @@ func TestDecodeErrorsNameTheField(t *testing.T) {
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"retries":{"on":"700"}}}`, "spec.retries.on"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"retries":{"perTryTimeout":"-1s"}}}`, "spec.retries.perTryTimeout"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"classes":[{"name":"c","retries":{"attempts":6}}]}}`, "spec.classes[0].retries.attempts"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"export":["east","East"]}}`, "spec.export[1]"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"export":["east","*"]}}`, "spec.export[1]"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"export":["east","east"]}}`, "spec.export[1]"},
 	} {
 		_, err := Decode([]byte(c.doc))
 		var fe *FieldError
@@ -79,6 +102,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: r\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s, tcpKeepalive: {time: 1s}}, http: {http1MaxPendingRequests: 1, http2MaxRequests: 2, maxRequestsPerConnection: 1, maxRetries: 1, idleTimeout: 2s}}}\n  subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, connectionPool: {tcp: {maxConnections: 2}}, outlierDetection: {consecutive5xxErrors: 1}, portLevelSettings: []}}, {name: v2, labels: {version: v2}}]\n"))
 	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"DestinationPolicy","metadata":{"name":"p"},"spec":{"service":"s","subsets":[{"name":"v1","labels":{"v":"1"},"policy":{"balancer":"random","circuitBreaker":{"maxConnections":1,"pendingFor":"connections","idleTimeout":"1s"}}}]}}`))
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: r\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 9}}, portLevelSettings: [{port: {number: 80}, connectionPool: {http: {http2MaxRequests: 1}}, loadBalancer: {simple: RANDOM}}]}\n  subsets: [{name: a, labels: {v: a}, trafficPolicy: {portLevelSettings: [{port: {number: 80}, outlierDetection: {consecutive5xxErrors: 2}}]}}]\n"))
+	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"export":["west","north"]}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		objs, err := Decode(b)
 		if err != nil {

@@ -41,6 +41,12 @@ type Meta struct {
 	// Version is the store revision at which the object last changed. Set by
 	// the control plane; ignored on apply.
 	Version uint64 `json:"version,omitempty"`
+	// Owner is the control plane that owns the object: a region's name for
+	// what a regional control plane registered or took in, empty for the
+	// global control plane (and for a control plane that runs alone). Only
+	// the owner changes the object; the others hold replicas (see
+	// docs/regions.md). Set by the control plane; ignored on apply.
+	Owner string `json:"owner,omitempty"`
 }
 
 // Node is one machine running an agent.
@@ -144,6 +150,21 @@ type ServiceSpec struct {
 	// Egress masks personal data in requests to endpoints at other sites
 	// or regions (http/http2/grpc ports): see EgressRule.
 	Egress []EgressRule `json:"egress,omitempty"`
+	// Export names the other regions whose agents see the service and its
+	// endpoints, or ["*"] for every region. Empty (default): the service is
+	// local to the region that owns it. A service the global control plane
+	// owns is seen in every region whatever Export says; Export then only
+	// decides which regions get the endpoints other regions register for it.
+	Export []string `json:"export,omitempty"`
+}
+
+// ExportAll in ServiceSpec.Export exports a service to every region.
+const ExportAll = "*"
+
+// ExportedTo reports whether the service's endpoints owned by one region are
+// seen in region.
+func (s *Service) ExportedTo(region string) bool {
+	return slices.Contains(s.Spec.Export, ExportAll) || slices.Contains(s.Spec.Export, region)
 }
 
 // ServiceIdentity says which workload identities (service accounts) a

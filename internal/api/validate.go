@@ -34,6 +34,29 @@ func validName(field, s string) error {
 	return nil
 }
 
+// validExport checks spec.export: region names, or "*" alone, no
+// duplicates.
+func validExport(export []string) error {
+	seen := map[string]bool{}
+	for i, r := range export {
+		f := fmt.Sprintf("spec.export[%d]", i)
+		if r == ExportAll {
+			if len(export) > 1 {
+				return fieldErr(f, `"*" exports to every region and must be alone`)
+			}
+			continue
+		}
+		if err := validName(f, r); err != nil {
+			return err
+		}
+		if seen[r] {
+			return fieldErr(f, "duplicate region %q", r)
+		}
+		seen[r] = true
+	}
+	return nil
+}
+
 func validPort(field string, p int) error {
 	if p < 1 || p > 65535 {
 		return fieldErr(field, "%d is out of range 1-65535", p)
@@ -142,6 +165,9 @@ func (s *Service) Validate() error {
 		seenName[p.Name], seenPort[p.Port] = true, true
 	}
 	if err := s.validateUDPOnly(); err != nil {
+		return err
+	}
+	if err := validExport(s.Spec.Export); err != nil {
 		return err
 	}
 	switch s.Spec.Balancer {

@@ -65,6 +65,7 @@ func (s *Server) adminHandler() http.Handler {
 		metrics.WriteProcessMetrics(w)
 	})
 	mux.HandleFunc("GET /v1/{kind}", s.handleList)
+	mux.HandleFunc("GET /v1/regions", s.handleRegions)
 	mux.HandleFunc("GET /v1/paths", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Paths())
 	})
@@ -153,6 +154,10 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rev, err := s.reg.apply(objs)
+	if errors.Is(err, ErrOwned) {
+		writeError(w, http.StatusConflict, err)
+		return
+	}
 	if err != nil {
 		writeError(w, storeErrorCode(err, http.StatusBadRequest), err)
 		return
@@ -173,6 +178,8 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, 
 	switch {
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, err)
+	case errors.Is(err, ErrOwned):
+		writeError(w, http.StatusConflict, err)
 	case err != nil:
 		writeError(w, storeErrorCode(err, http.StatusInternalServerError), err)
 	default:

@@ -200,12 +200,13 @@ func checkRegionToken(b []byte, tok identity.Token, name string, now time.Time) 
 	return r, nil
 }
 
-// serveRegion runs a region's stream: the trust document now and after
+// serveRegionTrust runs a region's trust stream (ALPN fogmesh-region/1):
+// the trust document now and after
 // every change; both certificates again for each renewal; an answer to
 // each heartbeat. It ends when the region is silent for 4 ×
 // wire.RelayHeartbeat, on a bad frame, when the region is revoked or when
 // the control plane stops.
-func (s *Server) serveRegion(ctx context.Context, c net.Conn, peer spiffeid.ID) error {
+func (s *Server) serveRegionTrust(ctx context.Context, c net.Conn, peer spiffeid.ID) error {
 	name, ok := identity.ParseRegionID(peer)
 	if !ok {
 		return fmt.Errorf("%s is not a region identity", peer)

@@ -145,7 +145,7 @@ func (r *regional) join() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	resp, err := enroll.Join(ctx, enroll.DialTLS, r.s.cfg.Upstream, tok,
+	resp, err := enroll.Join(ctx, enroll.DialTLS, r.s.cfg.Upstreams, tok,
 		&wire.Message{Region: r.name, CSR: csr, CACSR: caCSR}, r.s.log, "region")
 	if err != nil {
 		return err
@@ -386,7 +386,7 @@ func (r *regional) rootRotated() bool {
 func (r *regional) run(ctx context.Context) {
 	backoff := 250 * time.Millisecond
 	for ctx.Err() == nil {
-		for _, addr := range r.s.cfg.Upstream {
+		for _, addr := range r.s.cfg.Upstreams {
 			start := time.Now()
 			err := r.link(ctx, addr)
 			if ctx.Err() != nil {

@@ -70,7 +70,7 @@ func startRegionalLog(t *testing.T, dir, region, upstream, token string, log *sl
 	t.Helper()
 	s, err := New(Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, Mode: ModeRegional, Region: region,
-		Upstream: []string{upstream}, RegionJoinToken: token, Logger: log})
+		Upstreams: []string{upstream}, RegionJoinToken: token, Logger: log})
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,13 @@ var ErrNotFound = errors.New("not found")
 type registry struct {
 	st      *store.Store
 	vipBase netip.Prefix
+	// owner is what this control plane stamps on the objects it writes
+	// (api.Meta.Owner): its region, or "" for the global one. Objects of
+	// another owner are replicas it may not change (docs/regions.md).
+	owner string
+	// vipMin and vipMax bound the VIP indexes allocated here (0: the
+	// range's ends).
+	vipMin, vipMax uint32
 }
 
 func decodeKV(kv store.KV) (api.Object, error) {
@@ -84,6 +91,9 @@ func getLocked[T api.Object](tx *store.Tx, key string, into T) (T, bool) {
 func (r *registry) apply(objs []api.Object) (uint64, error) {
 	return r.st.Update(func(tx *store.Tx) error {
 		for _, o := range objs {
+			if err := r.claimLocked(tx, o); err != nil {
+				return err
+			}
 			switch v := o.(type) {
 			case *api.Service:
 				if err := r.allocateVIPLocked(tx, v); err != nil {
@@ -119,7 +129,11 @@ func (r *registry) allocateVIPLocked(tx *store.Tx, s *api.Service) error {
 		}
 	}
 	limit := uint32(1)<<(32-r.vipBase.Bits()) - 2
-	for i := uint32(1); i <= limit; i++ {
+	first := max(r.vipMin, 1)
+	if r.vipMax != 0 {
+		limit = min(limit, r.vipMax)
+	}
+	for i := first; i <= limit; i++ {
 		if !used[i] {
 			s.Status.VIPIndex = i
 			s.Status.VIP = api.VIPFor(r.vipBase, i).String()
@@ -137,10 +151,14 @@ func (r *registry) deleteObj(kind, ns, name string) (uint64, error) {
 	}
 	var found bool
 	rev, err := r.st.Update(func(tx *store.Tx) error {
-		if _, ok := tx.Get(key); !ok {
+		kv, ok := tx.Get(key)
+		if !ok {
 			return nil
 		}
 		found = true
+		if err := r.ownsLocked(key, kv); err != nil {
+			return err
+		}
 		if kind == api.KindNode { // a node's endpoints go with it
 			for _, kv := range tx.List(api.KindEndpoint + "/") {
 				var e api.Endpoint
@@ -165,6 +183,9 @@ func (r *registry) registerNode(n *api.Node) error {
 		// Only Ready is stored; heartbeat time, load and acked version
 		// change every few seconds and live in memory (see Server.live).
 		n.Status = api.NodeStatus{Ready: true}
+		if err := r.claimLocked(tx, n); err != nil {
+			return err
+		}
 		return putLocked(tx, n)
 	})
 	return err
@@ -183,7 +204,7 @@ func (r *registry) setNodeReady(name string, ready bool) error {
 	}
 	_, err = r.st.Update(func(tx *store.Tx) error {
 		n, ok := getLocked(tx, api.KindNode+"/"+name, new(api.Node))
-		if !ok || n.Status.Ready == ready {
+		if !ok || n.Status.Ready == ready || n.Meta.Owner != r.owner {
 			return nil
 		}
 		n.Status.Ready = ready
@@ -221,13 +242,16 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 				}
 			}
 			want[key] = true
+			if err := r.claimLocked(tx, e); err != nil {
+				return err
+			}
 			if err := putLocked(tx, &eps[i]); err != nil {
 				return err
 			}
 		}
 		for _, kv := range tx.List(api.KindEndpoint + "/") {
 			var e api.Endpoint
-			if json.Unmarshal(kv.Value, &e) == nil && e.Spec.Node == node && !want[kv.Key] {
+			if json.Unmarshal(kv.Value, &e) == nil && e.Spec.Node == node && !want[kv.Key] && e.Meta.Owner == r.owner {
 				if err := tx.Delete(kv.Key); err != nil {
 					return err
 				}
@@ -236,4 +260,41 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 		return nil
 	})
 	return err
+}
+
+// ErrOwned is returned for a write to an object another control plane owns
+// (api.Meta.Owner): only its owner changes it (docs/regions.md).
+var ErrOwned = errors.New("owned by another control plane")
+
+// ownerName names an owner for errors and logs.
+func ownerName(owner string) string {
+	if owner == "" {
+		return "the global control plane"
+	}
+	return "region " + owner
+}
+
+// ownsLocked refuses a change to the stored kv if another control plane
+// owns it.
+func (r *registry) ownsLocked(key string, kv store.KV) error {
+	var m struct {
+		Meta api.Meta `json:"metadata"`
+	}
+	if json.Unmarshal(kv.Value, &m) != nil || m.Meta.Owner == r.owner {
+		return nil
+	}
+	return fmt.Errorf("%s is %w, %s: change it there", key, ErrOwned, ownerName(m.Meta.Owner))
+}
+
+// claimLocked stamps o with this control plane as owner, unless the stored
+// object of its key belongs to another one.
+func (r *registry) claimLocked(tx *store.Tx, o api.Object) error {
+	key := api.ObjectKey(o)
+	if kv, ok := tx.Get(key); ok {
+		if err := r.ownsLocked(key, kv); err != nil {
+			return err
+		}
+	}
+	o.GetMeta().Owner = r.owner
+	return nil
 }

@@ -197,7 +197,7 @@ func (s *Server) TLSFailures(reason string) uint64 {
 func (sec *security) newSyncTLS() *tls.Config {
 	mtls := sec.src.ServerConfig(sec.authorizeNode, identity.ALPNSync)
 	relay := sec.src.ServerConfig(sec.authorizeRelay, identity.ALPNRelay)
-	region := sec.src.ServerConfig(sec.authorizeRegion, identity.ALPNRegion)
+	region := sec.src.ServerConfig(sec.authorizeRegion, identity.ALPNRegion, identity.ALPNRegionSync)
 	join := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{identity.ALPNJoin},
 		GetCertificate: tlsconfig.GetCertificate(sec.src)}
 	return &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
@@ -206,7 +206,7 @@ func (sec *security) newSyncTLS() *tls.Config {
 			return join, nil
 		case slices.Contains(h.SupportedProtos, identity.ALPNRelay):
 			return relay, nil
-		case slices.Contains(h.SupportedProtos, identity.ALPNRegion):
+		case slices.Contains(h.SupportedProtos, identity.ALPNRegion), slices.Contains(h.SupportedProtos, identity.ALPNRegionSync):
 			return region, nil
 		}
 		return mtls, nil

@@ -96,14 +96,26 @@ type Config struct {
 	// listen addresses, for admin clients that check host names.
 	ServerNames []string
 
-	// Mode is ModeGlobal (default, "") or ModeRegional: a regional control
-	// plane's CA is an intermediate of the global plane at Upstream, got
-	// with RegionJoinToken on first start and kept in StateDir/region.
+	// Mode is ModeGlobal (default: the top of the hierarchy, or the only
+	// control plane) or ModeRegional: a control plane for one Region that
+	// replicates with the global one at Upstreams (docs/regions.md). In
+	// secure mode a regional plane's CA is an intermediate of the global
+	// plane, got with RegionJoinToken on first start and kept in
+	// StateDir/region.
 	Mode string
-	// Region is a regional control plane's region name.
+	// Region is a regional control plane's region (required with
+	// ModeRegional): it owns what it registers, and serves agents of that
+	// region only.
 	Region string
-	// Upstream lists the global control plane's sync addresses (replicas).
-	Upstream []string
+	// Upstreams are the global control plane's sync addresses (its
+	// replicas), tried in order; the next one when a link fails. Required
+	// with ModeRegional.
+	Upstreams []string
+	// VIPIndexMin and VIPIndexMax bound the virtual IP indexes this control
+	// plane allocates (default: the whole VIPRange). Give each control
+	// plane of a hierarchy its own block, so services exported between
+	// regions never share an index.
+	VIPIndexMin, VIPIndexMax uint32
 	// RegionJoinToken is the region token of a regional plane's first
 	// start (identity.TokenRegion); not needed once StateDir/region holds
 	// the region's identity.
@@ -150,20 +162,8 @@ func (c *Config) validate() error {
 	if err := c.validateLifetimes(); err != nil {
 		return err
 	}
-	switch c.Mode {
-	case "", ModeGlobal:
-		if c.Region != "" || len(c.Upstream) > 0 || c.RegionJoinToken != "" {
-			return errors.New("control: region, upstream and a region join token are for --mode regional")
-		}
-	case ModeRegional:
-		if c.Region == "" || len(c.Upstream) == 0 {
-			return errors.New("control: --mode regional needs --region and --upstream")
-		}
-		if c.Insecure || c.CACertFile != "" {
-			return errors.New("control: a regional control plane's CA comes from its upstream: no --insecure, no --ca-cert")
-		}
-	default:
-		return fmt.Errorf("control: mode %q is not %s or %s", c.Mode, ModeGlobal, ModeRegional)
+	if err := c.validateHierarchy(p); err != nil {
+		return err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -199,6 +199,11 @@ type Server struct {
 
 	mu   sync.Mutex // guards the following
 	live map[string]*liveNode
+	// up is the regional control plane's link to the global one (nil in
+	// ModeGlobal); down the global one's links to regions (upstream.go,
+	// downstream.go).
+	up   *upLink
+	down map[string]*downLink
 	// audit's replicas and keys (audit.go).
 	audit auditState
 	// streams are open sync connections (with their node once known),
@@ -233,12 +238,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, st: st,
-		reg:     &registry{st: st, vipBase: netip.MustParsePrefix(cfg.VIPRange)},
+		reg: &registry{st: st, vipBase: netip.MustParsePrefix(cfg.VIPRange), owner: cfg.Region,
+			vipMin: cfg.VIPIndexMin, vipMax: cfg.VIPIndexMax},
 		live:    map[string]*liveNode{},
 		streams: map[net.Conn]string{},
 		started: time.Now(),
 	}
 	s.initMetrics()
+	if cfg.Mode == ModeRegional {
+		s.up = newUpLink(s)
+	}
 	if cfg.Insecure {
 		cfg.Logger.Warn("control: INSECURE MODE: sync stream and admin API in plaintext, admin API unauthenticated; for tests and local development only")
 	} else if s.sec, err = newSecurity(s); err != nil {
@@ -352,6 +361,13 @@ func (s *Server) Serve(ctx context.Context) error {
 			}()
 		}
 	}
+	if s.up != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.up.run(ctx)
+		}()
+	}
 	s.wg.Add(3)
 	go func() {
 		defer s.wg.Done()
@@ -428,8 +444,8 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 		now := time.Now()
 		for _, o := range nodes {
 			n := o.(*api.Node)
-			if !n.Status.Ready {
-				continue
+			if !n.Status.Ready || n.Meta.Owner != s.reg.owner {
+				continue // another control plane's node: its readiness is the owner's
 			}
 			s.mu.Lock()
 			last := s.started

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -67,9 +68,15 @@ func (s *Server) acceptSync(ctx context.Context) error {
 				if peer, err = identity.PeerID(tc.ConnectionState()); err != nil {
 					return
 				}
-				if tc.ConnectionState().NegotiatedProtocol == identity.ALPNRegion {
-					if err := s.serveRegion(ctx, tc, peer); err != nil {
+				switch tc.ConnectionState().NegotiatedProtocol {
+				case identity.ALPNRegion:
+					if err := s.serveRegionTrust(ctx, tc, peer); err != nil {
 						s.log.Info("control: region stream ended", "remote", c.RemoteAddr(), "region", peer.String(), "err", err)
+					}
+					return
+				case identity.ALPNRegionSync:
+					if err := s.serveRegionSync(ctx, c, tc, peer); err != nil {
+						s.log.Info("control: region link ended", "remote", c.RemoteAddr(), "region", peer.String(), "err", err)
 					}
 					return
 				}
@@ -162,6 +169,9 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		s.mBadFrames.Inc()
 		return fmt.Errorf("read hello: %w", err)
 	}
+	if slices.Contains(hello.Capabilities, wire.CapRegion) {
+		return s.serveRegion(ctx, c, r, hello, peer) // downstream.go
+	}
 	effs, err := st.step(syncproto.Recv{Msg: hello})
 	var admit syncproto.Admit
 	for _, e := range effs {
@@ -176,6 +186,10 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		return err
 	}
 	st.node = admit.Node.Meta.Name
+	if err := s.admitRegion(admit.Node); err != nil { // export.go
+		_, err = st.step(syncproto.Reject{Reason: err.Error(), Err: err})
+		return err
+	}
 	if pn != nil {
 		reject := func(reason string, err error) error {
 			_, err = st.step(syncproto.Reject{Reason: reason, Err: err})

@@ -32,6 +32,10 @@ const (
 	// (mutual TLS with its region certificate): trust pushed down,
 	// renewals of its intermediate.
 	ALPNRegion = "fogmesh-region/1"
+	// ALPNRegionSync is a regional control plane's replication link to
+	// the global one (the sync protocol with capability "region"), with
+	// the same region certificate as ALPNRegion.
+	ALPNRegionSync = "fogmesh-region-sync/1"
 )
 
 // Source holds one identity's current X.509-SVID, the trust bundles it

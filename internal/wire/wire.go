@@ -96,6 +96,12 @@ const (
 	// snapshot's last chunk for the whole configuration), so the control
 	// plane sends it every update in one frame, as before chunking.
 	CapChunks = "chunks"
+	// CapRegion: the hello is from a regional control plane (Scope names
+	// its region, Node is empty), not from an agent. The stream is then a
+	// region link (internal/control, docs/regions.md): after welcome and
+	// subscribe, each end sends the other updates of what it owns and
+	// acks the other's, and the region sends heartbeats.
+	CapRegion = "region"
 )
 
 // Features a control plane lists in welcome. An agent uses a message type
