@@ -87,6 +87,10 @@ type Config struct {
 	// listen addresses, for admin clients that check host names.
 	ServerNames []string
 
+	// Store, if set, is the store to use instead of the bbolt file in
+	// StateDir: a shared one (etcdstore) for replicas. The server closes it.
+	Store store.Backend
+
 	Logger  *slog.Logger // nil = discard
 	Metrics *metrics.Set // nil = a private set
 }
@@ -144,7 +148,7 @@ type liveNode struct {
 type Server struct {
 	cfg   Config
 	log   *slog.Logger
-	st    *store.Store
+	st    store.Backend
 	reg   *registry
 	admin *http.Server
 	adminLn,
@@ -183,9 +187,14 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("control: state dir: %w", err)
 	}
-	st, err := store.Open(filepath.Join(cfg.StateDir, "fogmesh.db"), store.Options{LogRetention: cfg.LogRetention})
-	if err != nil {
-		return nil, err
+	var err error
+	st := cfg.Store
+	if st == nil {
+		bst, err := store.Open(filepath.Join(cfg.StateDir, "fogmesh.db"), store.Options{LogRetention: cfg.LogRetention})
+		if err != nil {
+			return nil, err
+		}
+		st = bst
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, st: st,
