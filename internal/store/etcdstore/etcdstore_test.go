@@ -1,0 +1,215 @@
+package etcdstore_test
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/store/etcdstore"
+	"github.com/fogmesh/fogmesh/internal/store/etcdstore/etcdtest"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+)
+
+func open(t *testing.T, c *etcdtest.Cluster, name string, tweak func(*etcdstore.Options)) *etcdstore.Store {
+	t.Helper()
+	o := etcdstore.Options{Endpoints: c.Endpoints(), Name: name, LeaseTTL: 2, Timeout: 2 * time.Second}
+	if tweak != nil {
+		tweak(&o)
+	}
+	s, err := etcdstore.Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func put(t *testing.T, s store.Backend, kv ...string) uint64 {
+	t.Helper()
+	rev, err := s.Update(func(tx *store.Tx) error {
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == "" {
+				if err := tx.Delete(kv[i]); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := tx.Put(kv[i], []byte(kv[i+1])); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rev
+}
+
+// Two replicas on one etcd share the ID, the revisions, the objects, the
+// change log, the watch and the security records.
+func TestSharedByReplicas(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := open(t, c, "a", nil), open(t, c, "b", nil)
+	if a.ID() == "" || a.ID() != b.ID() {
+		t.Fatalf("store IDs %q and %q, want one shared ID", a.ID(), b.ID())
+	}
+	w := b.Watch()
+	r1 := put(t, a, "Service/demo/x", "1", "Service/demo/y", "1")
+	select {
+	case <-w:
+	case <-time.After(5 * time.Second):
+		t.Fatal("b's watch did not fire after a's commit")
+	}
+	if r1 != 1 {
+		t.Fatalf("first revision %d, want 1", r1)
+	}
+	r2 := put(t, b, "Service/demo/x", "2", "Service/demo/y", "")
+	if r2 != 2 {
+		t.Fatalf("revision after b's commit %d, want 2", r2)
+	}
+	kvs, rev, err := a.List("Service/")
+	if err != nil || rev != 2 || len(kvs) != 1 || kvs[0].Key != "Service/demo/x" || string(kvs[0].Value) != "2" || kvs[0].Rev != 2 {
+		t.Fatalf("a.List = %+v rev %d err %v", kvs, rev, err)
+	}
+	ch, cur, err := a.ChangesSince(1)
+	if err != nil || cur != 2 || len(ch) != 2 {
+		t.Fatalf("ChangesSince(1) = %+v, %d, %v", ch, cur, err)
+	}
+	got := map[string]store.Change{}
+	for _, c := range ch {
+		got[c.Key] = c
+	}
+	if x := got["Service/demo/x"]; x.Deleted || string(x.Value) != "2" || x.Rev != 2 {
+		t.Errorf("x change %+v", x)
+	}
+	if y := got["Service/demo/y"]; !y.Deleted || y.Rev != 2 {
+		t.Errorf("y change %+v, want deleted at 2", y)
+	}
+	if ch, _, err := b.ChangesSince(2); err != nil || len(ch) != 0 {
+		t.Errorf("ChangesSince(current) = %+v, %v", ch, err)
+	}
+	if _, _, err := b.ChangesSince(3); !errors.Is(err, store.ErrCompacted) {
+		t.Errorf("ChangesSince(future) err %v, want ErrCompacted", err)
+	}
+	// A write that changes nothing does not move the revision.
+	if r, err := a.Update(func(*store.Tx) error { return nil }); err != nil || r != 2 {
+		t.Errorf("empty update: %d, %v", r, err)
+	}
+	if err := a.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put("token/1", []byte("h")) }); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := b.GetSecure("token/1"); err != nil || string(v) != "h" {
+		t.Errorf("b.GetSecure = %q, %v", v, err)
+	}
+	if kvs, err := b.ListSecure("token/"); err != nil || len(kvs) != 1 || kvs[0].Key != "token/1" {
+		t.Errorf("b.ListSecure = %+v, %v", kvs, err)
+	}
+	if r, _ := b.Rev(); r != 2 {
+		t.Errorf("a security write moved the object revision to %d", r)
+	}
+}
+
+// The change log keeps Retention revisions; older asks get ErrCompacted.
+func TestChangeLogRetention(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	s := open(t, c, "a", func(o *etcdstore.Options) { o.Retention = 3 })
+	for i := range 6 {
+		put(t, s, fmt.Sprintf("k/%d", i), "v")
+	}
+	if _, _, err := s.ChangesSince(2); !errors.Is(err, store.ErrCompacted) {
+		t.Fatalf("ChangesSince(2) after 6 revisions with retention 3: err %v, want ErrCompacted", err)
+	}
+	ch, cur, err := s.ChangesSince(3)
+	if err != nil || cur != 6 || len(ch) != 3 {
+		t.Fatalf("ChangesSince(3) = %+v, %d, %v; want k/3..k/5", ch, cur, err)
+	}
+}
+
+// Replicas writing at once: every read-modify-write lands exactly once
+// (optimistic transactions retry on conflict), and allocations made from
+// what a transaction read never collide.
+func TestConcurrentTransactions(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	stores := []*etcdstore.Store{open(t, c, "a", nil), open(t, c, "b", nil), open(t, c, "c", nil)}
+	const each = 10
+	var wg sync.WaitGroup
+	errs := make(chan error, len(stores)*each*2)
+	for i, s := range stores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range each {
+				_, err := s.Update(func(tx *store.Tx) error {
+					n := 0
+					if kv, ok := tx.Get("counter"); ok {
+						n, _ = strconv.Atoi(string(kv.Value))
+					}
+					if err := tx.Put("counter", []byte(strconv.Itoa(n+1))); err != nil {
+						return err
+					}
+					// "allocate" the lowest free index, like a VIP
+					used := map[string]bool{}
+					for _, kv := range tx.List("alloc/") {
+						used[string(kv.Value)] = true
+					}
+					for k := 1; ; k++ {
+						if !used[strconv.Itoa(k)] {
+							return tx.Put(fmt.Sprintf("alloc/%d-%d", i, j), []byte(strconv.Itoa(k)))
+						}
+					}
+				})
+				if err != nil {
+					errs <- err
+				}
+				if err := s.UpdateSecure(func(tx *store.SecureTx) error {
+					n, _ := strconv.Atoi(string(tx.Get("n")))
+					return tx.Put("n", []byte(strconv.Itoa(n+1)))
+				}); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	kv, ok, err := stores[0].Get("counter")
+	if err != nil || !ok || string(kv.Value) != strconv.Itoa(len(stores)*each) {
+		t.Fatalf("counter = %q (%v, %v), want %d", kv.Value, ok, err, len(stores)*each)
+	}
+	if v, _ := stores[1].GetSecure("n"); string(v) != strconv.Itoa(len(stores)*each) {
+		t.Fatalf("secure counter = %q, want %d", v, len(stores)*each)
+	}
+	kvs, rev, _ := stores[2].List("alloc/")
+	seen := map[string]string{}
+	for _, kv := range kvs {
+		if other, dup := seen[string(kv.Value)]; dup {
+			t.Fatalf("index %s allocated twice: %s and %s", kv.Value, other, kv.Key)
+		}
+		seen[string(kv.Value)] = kv.Key
+	}
+	if len(kvs) != len(stores)*each || rev != uint64(len(stores)*each) {
+		t.Fatalf("%d allocations at revision %d, want %d", len(kvs), rev, len(stores)*each)
+	}
+}
+
+// Exactly one replica leads; when it goes, another takes over.
+func TestLeaderElection(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := open(t, c, "a", nil), open(t, c, "b", nil)
+	testenv.WaitFor(t, 10*time.Second, "a leader", func() bool { return a.Leader() != b.Leader() })
+	lead, other := a, b
+	if b.Leader() {
+		lead, other = b, a
+	}
+	testenv.WaitFor(t, 5*time.Second, "the follower to see the leader", func() bool { return other.LeaderName() == lead.Name() })
+	lead.Close()
+	testenv.WaitFor(t, 10*time.Second, "the other replica to lead", other.Leader)
+}
