@@ -99,7 +99,7 @@ type security struct {
 }
 
 func newSecurity(s *Server) (*security, error) {
-	ca, err := identity.OpenCA(identity.CAConfig{
+	ca, err := s.openCA(identity.CAConfig{
 		Dir: filepath.Join(s.cfg.StateDir, "ca"), TrustDomain: s.cfg.TrustDomain,
 		CertFile: s.cfg.CACertFile, KeyFile: s.cfg.CAKeyFile,
 		NodeTTL: s.cfg.NodeTTL, Overlap: s.cfg.RotationOverlap,
@@ -272,6 +272,7 @@ func (sec *security) maintain(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		sec.followCA()
 		sec.mu.Lock()
 		stale := time.Since(sec.servedAt) > sec.ca.NodeTTL()/2 || sec.servedFor != sec.ca.Pin()
 		sec.mu.Unlock()

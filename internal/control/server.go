@@ -156,6 +156,7 @@ type Server struct {
 	started time.Time
 
 	sec *security // nil in insecure mode
+	ha  haState   // replicas on a shared store (ha.go)
 
 	mu   sync.Mutex // guards the following
 	live map[string]*liveNode
@@ -277,6 +278,7 @@ func (s *Server) initMetrics() {
 		r, _ := s.st.Rev()
 		return float64(r)
 	})
+	s.initHA()
 }
 
 // AdminAddr returns the bound admin address.
@@ -378,6 +380,10 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		heard, leaderSince := s.replicaHeartbeats()
+		if !s.st.Leader() {
+			continue // the leader expires nodes (ha.go)
+		}
 		nodes, _, err := s.reg.list(api.KindNode)
 		if err != nil {
 			s.log.Error("control: list nodes", "err", err)
@@ -395,6 +401,12 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 				last = l.lastHeartbeat
 			}
 			s.mu.Unlock()
+			if t := heard[n.Meta.Name]; t.After(last) {
+				last = t
+			}
+			if leaderSince.After(last) {
+				last = leaderSince
+			}
 			if now.Sub(last) > s.cfg.NodeTimeout {
 				s.log.Warn("control: node missed heartbeats, marking not ready", "node", n.Meta.Name, "last", last)
 				if err := s.reg.setNodeReady(n.Meta.Name, false); err != nil {

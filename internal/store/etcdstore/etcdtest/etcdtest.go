@@ -56,7 +56,9 @@ func Start(t testing.TB, n int) *Cluster {
 				t.Logf("etcd member %d log tail:\n%s", i, b)
 			}
 		}
-		os.RemoveAll(dir)
+		if os.Getenv("ETCDTEST_KEEP") == "" {
+			os.RemoveAll(dir)
+		}
 	})
 	for i := range n {
 		c.Restart(i)
@@ -97,6 +99,10 @@ func (c *Cluster) Restart(i int) {
 		"--initial-cluster-token", "fogmesh-test", "--heartbeat-interval", "50", "--election-timeout", "500",
 		"--logger", "zap", "--log-outputs", "stderr")
 	cmd.Dir = c.dir
+	// A killed member leaves its sockets behind; binding them again fails.
+	for _, u := range []string{clientURL(i), peerURL(i)} {
+		os.Remove(filepath.Join(c.dir, strings.TrimPrefix(u, "unix://")))
+	}
 	log, err := os.OpenFile(filepath.Join(c.dir, fmt.Sprintf("m%d.log", i)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		c.t.Fatal(err)

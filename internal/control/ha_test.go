@@ -1,0 +1,161 @@
+package control
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fogmesh/fogmesh/internal/store/etcdstore"
+	"github.com/fogmesh/fogmesh/internal/store/etcdstore/etcdtest"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// startReplica starts a control plane replica named name on the etcd
+// cluster c.
+func startReplica(t *testing.T, c *etcdtest.Cluster, name string, insecure bool) *Server {
+	t.Helper()
+	st, err := etcdstore.Open(etcdstore.Options{Endpoints: c.Endpoints(), Name: name, LeaseTTL: 2, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0", Name: name,
+		HeartbeatInterval: 200 * time.Millisecond, Insecure: insecure, Store: st, Metrics: metrics.NewSet()})
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	return s
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func counter(s *Server, name string) uint64 { return s.cfg.Metrics.GetOrCreateCounter(name).Get() }
+
+// Two replicas on one etcd: what is applied through one is served by the
+// other at the same version, an agent moving between them resumes with a
+// delta, and exactly one of them leads.
+func TestReplicasShareStore(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := startReplica(t, c, "a", true), startReplica(t, c, "b", true)
+	if a.StoreID() != b.StoreID() {
+		t.Fatalf("store IDs %s and %s", a.StoreID(), b.StoreID())
+	}
+	if code, body := applyDoc(t, a, helloSvc); code != 200 {
+		t.Fatal(code, body)
+	}
+	code, body := get(t, "http://"+b.AdminAddr()+"/v1/services")
+	if code != 200 || !strings.Contains(body, `"hello"`) || !strings.Contains(body, `"vip": "127.77.0.1"`) {
+		t.Fatalf("replica b lists services: %d %s", code, body)
+	}
+
+	// An agent on a takes a snapshot, then moves to b knowing a's version.
+	ag := dialAgent(t, a, "n1")
+	ag.send(&wire.Message{Type: wire.TypeSubscribe})
+	snap := ag.recv()
+	if !snap.Full || snap.StoreID != a.StoreID() {
+		t.Fatalf("first update: %+v", snap)
+	}
+	ag.c.Close()
+	applyDoc(t, a, strings.Replace(helloSvc, "8080", "8081", 1))
+	bg := dialAgent(t, b, "n1")
+	bg.send(&wire.Message{Type: wire.TypeSubscribe, StoreID: snap.StoreID, KnownVersion: snap.Version})
+	m := bg.recv()
+	if m.Full || strings.Join(names(m), ",") != "Service demo/hello" || m.Version <= snap.Version {
+		t.Fatalf("after moving to b: full=%v %v version %d (was %d), want a delta with the changed service", m.Full, names(m), m.Version, snap.Version)
+	}
+	if counter(b, "fogmesh_control_sync_snapshots_sent_total") != 0 || counter(b, "fogmesh_control_sync_deltas_sent_total") != 1 {
+		t.Fatal("b's snapshot/delta counters do not say one delta")
+	}
+
+	// One leader, named in /healthz, /v1/status and the metric.
+	testenv.WaitFor(t, 10*time.Second, "one leader", func() bool { return a.Status().Leader != b.Status().Leader })
+	lead, follower := a, b
+	if b.Status().Leader {
+		lead, follower = b, a
+	}
+	testenv.WaitFor(t, 5*time.Second, "the follower to know the leader", func() bool { return follower.Status().LeaderName == lead.cfg.Name })
+	if code, body := get(t, "http://"+follower.AdminAddr()+"/healthz"); code != 200 || !strings.Contains(body, "leader: "+lead.cfg.Name) {
+		t.Fatalf("follower healthz: %d %q", code, body)
+	}
+	for s, want := range map[*Server]string{lead: "fogmesh_control_leader 1", follower: "fogmesh_control_leader 0"} {
+		if _, body := get(t, "http://"+s.AdminAddr()+"/metrics"); !strings.Contains(body, want+"\n") {
+			t.Errorf("%s metrics lack %q", s.cfg.Name, want)
+		}
+	}
+	// Work that must run once refuses on the follower.
+	if err := follower.needLeader("x"); err == nil {
+		t.Error("the follower accepts leader-only work")
+	}
+}
+
+// Secure replicas share one CA: the first makes it, the second takes it,
+// and a node certificate from one is accepted by the other.
+func TestReplicasShareCA(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := startReplica(t, c, "a", false)
+	b := startReplica(t, c, "b", false)
+	if a.CA().Pin() != b.CA().Pin() {
+		t.Fatalf("replicas run different CAs: %s and %s", a.CA().Pin(), b.CA().Pin())
+	}
+	svid := signNode(t, a.CA(), "shop-1", "n1", time.Hour)
+	m, err := syncDial(t, b, svid, "shop-1", "n1")
+	if err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("b refuses a node certificate of a's CA: %v %+v", err, m)
+	}
+}
+
+// etcd lost: the admin API answers writes with 503 and a clear error,
+// /healthz says degraded, agents still get the last state; when etcd
+// returns, writes work again and nothing was lost.
+func TestReplicaWithoutEtcd(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	a := startReplica(t, c, "a", true)
+	if code, body := applyDoc(t, a, helloSvc); code != 200 {
+		t.Fatal(code, body)
+	}
+	c.Kill(1)
+	c.Kill(2) // no quorum: member 0 can only serve reads of what it has
+	code, body := applyDoc(t, a, strings.Replace(helloSvc, "8080", "8081", 1))
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "store unavailable") {
+		t.Fatalf("apply without quorum: %d %s; want 503 naming the store", code, body)
+	}
+	if code, body := get(t, "http://"+a.AdminAddr()+"/healthz"); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "degraded") {
+		t.Fatalf("healthz without quorum: %d %q", code, body)
+	}
+	// A new agent connecting now gets the last state.
+	ag := dialAgent(t, a, "n1")
+	ag.send(&wire.Message{Type: wire.TypeSubscribe})
+	if m := ag.recv(); !m.Full || !strings.Contains(strings.Join(names(m), ","), "Service demo/hello") {
+		t.Fatalf("agent without quorum got %+v", m)
+	}
+	c.Restart(1)
+	c.Restart(2)
+	testenv.WaitFor(t, 20*time.Second, "healthz ok again", func() bool {
+		code, _ := get(t, "http://"+a.AdminAddr()+"/healthz")
+		return code == 200
+	})
+	if code, body := applyDoc(t, a, strings.Replace(helloSvc, "8080", "8081", 1)); code != 200 {
+		t.Fatalf("apply after recovery: %d %s", code, body)
+	}
+	if _, body := get(t, "http://"+a.AdminAddr()+"/v1/services"); !strings.Contains(body, "8081") {
+		t.Fatalf("services after recovery: %s", body)
+	}
+}
