@@ -30,6 +30,21 @@ type controlFile struct {
 
 	// IstioRootNamespace: see control.Config.
 	IstioRootNamespace string `json:"istioRootNamespace,omitempty"`
+
+	// Name is this control plane's name (its own audit chain; the
+	// replica name in an election): distinct for every replica.
+	Name string `json:"name,omitempty"`
+	// Store is "bbolt" (default: one file in StateDir, one replica) or
+	// "etcd" (replicas sharing EtcdEndpoints; see controlstore.go).
+	Store         string   `json:"store,omitempty"`
+	EtcdEndpoints []string `json:"etcdEndpoints,omitempty"`
+	EtcdPrefix    string   `json:"etcdPrefix,omitempty"`
+	EtcdCAFile    string   `json:"etcdCAFile,omitempty"`
+	EtcdCertFile  string   `json:"etcdCertFile,omitempty"`
+	EtcdKeyFile   string   `json:"etcdKeyFile,omitempty"`
+	EtcdUsername  string   `json:"etcdUsername,omitempty"`
+	// EtcdPasswordFile holds the etcd password (not in the config file).
+	EtcdPasswordFile string `json:"etcdPasswordFile,omitempty"`
 }
 
 type durationValue time.Duration
@@ -57,6 +72,13 @@ func runControl(args []string) error {
 		nodeTTL    = fs.Duration("node-ttl", 0, "node certificate lifetime (default 24h)")
 		overlap    = fs.Duration("rotation-overlap", 0, "how long a rotated-out root stays trusted (default 48h)")
 		names      = fs.String("server-name", "", "extra DNS names or IPs for the control plane certificate, comma separated")
+		name       = fs.String("name", "", "this control plane's name, distinct for every replica (default control)")
+		storeKind  = fs.String("store", "", "bbolt (default: a file in the state dir, one replica) or etcd (replicas sharing -etcd-endpoints)")
+		etcdEPs    = fs.String("etcd-endpoints", "", "etcd client URLs, comma separated (with -store etcd)")
+		etcdPrefix = fs.String("etcd-prefix", "", "key prefix in etcd (default /fogmesh/)")
+		etcdCA     = fs.String("etcd-ca", "", "CA bundle (PEM) verifying etcd's certificate")
+		etcdCert   = fs.String("etcd-cert", "", "client certificate (PEM) for etcd, with -etcd-key")
+		etcdKey    = fs.String("etcd-key", "", "its private key (PEM)")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		logf       cli.LogFlags
 	)
@@ -113,6 +135,27 @@ func runControl(args []string) error {
 	if set["server-name"] {
 		fc.ServerNames = strings.Split(*names, ",")
 	}
+	if set["name"] {
+		fc.Name = *name
+	}
+	if set["store"] {
+		fc.Store = *storeKind
+	}
+	if set["etcd-endpoints"] {
+		fc.EtcdEndpoints = strings.Split(*etcdEPs, ",")
+	}
+	if set["etcd-prefix"] {
+		fc.EtcdPrefix = *etcdPrefix
+	}
+	if set["etcd-ca"] {
+		fc.EtcdCAFile = *etcdCA
+	}
+	if set["etcd-cert"] {
+		fc.EtcdCertFile = *etcdCert
+	}
+	if set["etcd-key"] {
+		fc.EtcdKeyFile = *etcdKey
+	}
 	if fc.StateDir == "" {
 		fc.StateDir = "/var/lib/fogmesh/control"
 	}
@@ -120,7 +163,11 @@ func runControl(args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := control.New(control.Config{
+	st, err := openControlStore(&fc, log)
+	if err != nil {
+		return err
+	}
+	s, err := control.New(control.Config{Name: fc.Name, Store: st,
 		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
 		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout),
 		VIPRange: fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
@@ -128,6 +175,9 @@ func runControl(args []string) error {
 		NodeTTL: time.Duration(fc.NodeTTL), RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
 	})
 	if err != nil {
+		if st != nil {
+			st.Close()
+		}
 		return err
 	}
 	ctx, stop := cli.SignalContext()

@@ -44,6 +44,7 @@ package etcdstore
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -81,7 +82,12 @@ type Options struct {
 	// LeaseTTL is the election session's TTL in seconds (default 10): a
 	// leader cut off from etcd stops acting as leader within it.
 	LeaseTTL int
-	// Client, if set, is used instead of dialing Endpoints (TLS, auth).
+	// TLS, if set, is the client TLS configuration (https endpoints,
+	// client certificates); Username and Password, if set, authenticate.
+	// Whoever may read this store may read the CA key: protect etcd.
+	TLS                *tls.Config
+	Username, Password string
+	// Client, if set, is used instead of dialing Endpoints.
 	Client *clientv3.Client
 	Logger *slog.Logger
 }
@@ -98,9 +104,10 @@ type Store struct {
 	log     *slog.Logger
 	id      string
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 
 	mu     sync.Mutex // guards watch
 	watch  chan struct{}
@@ -145,7 +152,7 @@ func Open(o Options) (*Store, error) {
 			return nil, errors.New("etcdstore: no etcd endpoints")
 		}
 		cli, err := clientv3.New(clientv3.Config{
-			Endpoints: o.Endpoints, DialTimeout: o.Timeout,
+			Endpoints: o.Endpoints, DialTimeout: o.Timeout, TLS: o.TLS, Username: o.Username, Password: o.Password,
 			DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second,
 			Logger: zap.NewNop(),
 		})
@@ -210,12 +217,15 @@ func (s *Store) Name() string { return s.name }
 // Close stops the watch and the campaign (resigning) and closes the client
 // if Open dialed it.
 func (s *Store) Close() error {
-	s.cancel()
-	s.wg.Wait()
-	if s.ownCli {
-		return s.cli.Close()
-	}
-	return nil
+	var err error
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.wg.Wait()
+		if s.ownCli {
+			err = s.cli.Close()
+		}
+	})
+	return err
 }
 
 func u64(b []byte) uint64 {
