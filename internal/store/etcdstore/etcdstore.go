@@ -61,6 +61,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/fogmesh/fogmesh/internal/store"
 )
@@ -155,6 +157,13 @@ func Open(o Options) (*Store, error) {
 			Endpoints: o.Endpoints, DialTimeout: o.Timeout, TLS: o.TLS, Username: o.Username, Password: o.Password,
 			DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second,
 			Logger: zap.NewNop(),
+			// Reconnect to a member that comes back within a second, not
+			// gRPC's default of up to two minutes: after a quorum loss the
+			// member that returns may be the only one answering.
+			DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+				MinConnectTimeout: time.Second,
+			})},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("etcdstore: connect %s: %w", strings.Join(o.Endpoints, ","), err)
@@ -346,8 +355,18 @@ func (s *Store) watchLoop() {
 		// instead of leaving it silent, and the loop retries.
 		wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.p+"meta/rev")
 		first := true
-		for resp := range wc {
-			if resp.Err() != nil {
+	recv:
+		for {
+			// Not a range over wc: while etcd is unreachable the client
+			// keeps wc open even after ctx is canceled.
+			var resp clientv3.WatchResponse
+			var ok bool
+			select {
+			case <-ctx.Done():
+				break recv
+			case resp, ok = <-wc:
+			}
+			if !ok || resp.Err() != nil {
 				break
 			}
 			if first && resp.Created {
@@ -404,7 +423,18 @@ func (s *Store) campaignLoop() {
 			}
 			ccancel()
 		}()
-		if err := e.Campaign(cctx, s.name); err == nil {
+		// Campaign in its own goroutine: while etcd is unreachable it can
+		// stay blocked past the cancel of its context (until the client
+		// closes), and Close must not wait for it.
+		won := make(chan error, 1)
+		go func() { won <- e.Campaign(cctx, s.name) }()
+		err = nil
+		select {
+		case err = <-won:
+		case <-s.ctx.Done():
+			err = s.ctx.Err()
+		}
+		if err == nil {
 			s.leader.Store(true)
 			s.ldr.Store(s.name)
 			s.log.Info("etcdstore: this replica is the leader", "name", s.name)

@@ -213,3 +213,100 @@ func TestLeaderElection(t *testing.T) {
 	lead.Close()
 	testenv.WaitFor(t, 10*time.Second, "the other replica to lead", other.Leader)
 }
+
+// A 3-member etcd under writes from two replicas: killing the raft leader
+// costs at most a pause (errors are store.ErrUnavailable, never anything
+// else), and losing quorum fails writes clearly while the last state is
+// still read; after recovery every acknowledged write is there, once.
+func TestEtcdLeaderKillAndQuorumLoss(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	fast := func(o *etcdstore.Options) { o.Timeout = time.Second }
+	stores := []*etcdstore.Store{open(t, c, "a", fast), open(t, c, "b", fast)}
+	var mu sync.Mutex
+	acked := map[string]uint64{} // key -> revision it was acknowledged at
+	var unexpected []error
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, s := range stores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 100000; n++ { // bounded; stopped earlier
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				key := fmt.Sprintf("w/%d/%d", i, n)
+				rev, err := s.Update(func(tx *store.Tx) error { return tx.Put(key, []byte(key)) })
+				mu.Lock()
+				if err == nil {
+					acked[key] = rev
+				} else if !errors.Is(err, store.ErrUnavailable) {
+					unexpected = append(unexpected, err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	testenv.WaitFor(t, 10*time.Second, "writes before the kill", func() bool { return count() >= 20 })
+	var leader int
+	testenv.WaitFor(t, 5*time.Second, "an etcd leader", func() bool { leader = c.Leader(); return leader >= 0 })
+	c.Kill(leader)
+	before := count()
+	testenv.WaitFor(t, 15*time.Second, "writes to go on after the etcd leader was killed", func() bool { return count() >= before+20 })
+	close(stop)
+	wg.Wait()
+	if len(unexpected) > 0 {
+		t.Fatalf("writes failed with errors other than ErrUnavailable: %v", unexpected[0])
+	}
+	check := func(s *etcdstore.Store) {
+		t.Helper()
+		kvs, rev, err := s.List("w/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]uint64{}
+		for _, kv := range kvs {
+			got[kv.Key] = kv.Rev
+		}
+		for k, r := range acked {
+			if got[k] != r {
+				t.Fatalf("acknowledged write %s at revision %d: store has it at %d (revision %d)", k, r, got[k], rev)
+			}
+		}
+		if uint64(len(kvs)) > rev {
+			t.Fatalf("%d keys at revision %d: more keys than revisions", len(kvs), rev)
+		}
+	}
+	check(stores[1])
+
+	// Quorum loss: only one member left.
+	c.Restart(leader)
+	c.WaitMember(leader, 20*time.Second)
+	killed := []int{(leader + 1) % 3, (leader + 2) % 3}
+	for _, i := range killed {
+		c.Kill(i)
+	}
+	start := time.Now()
+	_, err := stores[0].Update(func(tx *store.Tx) error { return tx.Put("lost", []byte("x")) })
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("write without quorum: %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("a write without quorum took %v to fail", d)
+	}
+	if err := stores[0].Health(); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Health without quorum: %v", err)
+	}
+	check(stores[0]) // the last state, read from the member left
+	for _, i := range killed {
+		c.Restart(i)
+	}
+	testenv.WaitFor(t, 20*time.Second, "health after quorum returns", func() bool { return stores[0].Health() == nil })
+	if _, err := stores[1].Update(func(tx *store.Tx) error { return tx.Put("after", []byte("x")) }); err != nil {
+		t.Fatalf("write after recovery: %v", err)
+	}
+	check(stores[0])
+}

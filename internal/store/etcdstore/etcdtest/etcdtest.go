@@ -160,10 +160,22 @@ func (c *Cluster) Leader() int {
 	return -1
 }
 
-// WaitHealthy waits until a linearizable read succeeds.
+// WaitHealthy waits until a linearizable read through any member succeeds.
 func (c *Cluster) WaitHealthy(d time.Duration) {
 	c.t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: time.Second, Logger: zap.NewNop()})
+	c.waitRead(c.Endpoints(), d)
+}
+
+// WaitMember waits until member i itself answers a linearizable read: a
+// restarted member serves nothing until it has rejoined the cluster.
+func (c *Cluster) WaitMember(i int, d time.Duration) {
+	c.t.Helper()
+	c.waitRead([]string{c.Endpoint(i)}, d)
+}
+
+func (c *Cluster) waitRead(eps []string, d time.Duration) {
+	c.t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		c.t.Fatal(err)
 	}
