@@ -159,3 +159,49 @@ func TestReplicaWithoutEtcd(t *testing.T) {
 		t.Fatalf("services after recovery: %s", body)
 	}
 }
+
+// Only the leader expires nodes, and it counts heartbeats any replica
+// heard: a node heartbeating to the follower stays ready, and one that
+// goes silent is marked not ready once.
+func TestLeaderExpiresNodesHeardByAnyReplica(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := startReplica(t, c, "a", true), startReplica(t, c, "b", true)
+	testenv.WaitFor(t, 10*time.Second, "one leader", func() bool { return a.st.Leader() != b.st.Leader() })
+	follower := a
+	if a.st.Leader() {
+		follower = b
+	}
+	n1 := dialAgent(t, follower, "n1")
+	n1.send(&wire.Message{Type: wire.TypeSubscribe})
+	n1.recv()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // n1 heartbeats to the follower until stop
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+				wire.Write(n1.c, &wire.Message{Type: wire.TypeHeartbeat, Load: 1})
+			}
+		}
+	}()
+	ready := func() bool {
+		kv, ok, err := a.st.Get("Node/n1")
+		return err == nil && ok && strings.Contains(string(kv.Value), `"ready":true`)
+	}
+	// Five node timeouts (800 ms each) with heartbeats: never not ready.
+	deadline := time.Now().Add(4 * time.Second)
+	for time.Now().Before(deadline) {
+		if !ready() {
+			close(stop)
+			<-done
+			t.Fatal("n1 marked not ready while heartbeating to the follower")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	<-done
+	testenv.WaitFor(t, 10*time.Second, "n1 not ready once silent", func() bool { return !ready() })
+}
