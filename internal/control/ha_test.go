@@ -120,6 +120,26 @@ func TestReplicasShareCA(t *testing.T) {
 	if err != nil || m.Type != wire.TypeWelcome {
 		t.Fatalf("b refuses a node certificate of a's CA: %v %+v", err, m)
 	}
+	// A rotation on the leader (what POST /v1/ca/rotate does there)
+	// reaches the other replica.
+	testenv.WaitFor(t, 10*time.Second, "one leader", func() bool { return a.st.Leader() != b.st.Leader() })
+	lead, other := a, b
+	if b.st.Leader() {
+		lead, other = b, a
+	}
+	old := lead.CA().Pin()
+	if err := lead.sec.ca.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := lead.pushCA(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 15*time.Second, "the other replica to follow the rotation", func() bool {
+		return other.CA().Pin() == lead.CA().Pin() && len(other.CA().Roots()) == 2
+	})
+	if lead.CA().Pin() == old {
+		t.Fatal("rotation kept the pin")
+	}
 }
 
 // etcd lost: the admin API answers writes with 503 and a clear error,
