@@ -209,3 +209,24 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	r.Header.Set("Authorization", "Bearer "+b.token)
 	return b.rt.RoundTrip(r)
 }
+
+// TestControlStoreFlagErrors: bad store flags are usage errors (exit 2);
+// an etcd that does not answer is a runtime error naming it (exit 1).
+func TestControlStoreFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"-store", "etcd"}, 2, "-etcd-endpoints"},
+		{[]string{"-store", "zookeeper"}, 2, "unknown store"},
+		{[]string{"-etcd-endpoints", "http://127.0.0.1:1"}, 2, "without -store etcd"},
+		{[]string{"-store", "etcd", "-etcd-endpoints", "unix://" + filepath.Join(dir, "none:1")}, 1, "store unavailable"},
+	} {
+		out, code := run(t, append([]string{"control", "-insecure", "-state-dir", dir, "-admin-addr", any0, "-sync-addr", any0}, c.args...)...)
+		if code != c.code || !strings.Contains(out, c.want) {
+			t.Errorf("control %v: exit %d, output %q; want exit %d naming %q", c.args, code, out, c.code, c.want)
+		}
+	}
+}
