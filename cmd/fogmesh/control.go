@@ -39,10 +39,12 @@ type controlFile struct {
 	Store         string   `json:"store,omitempty"`
 	EtcdEndpoints []string `json:"etcdEndpoints,omitempty"`
 	EtcdPrefix    string   `json:"etcdPrefix,omitempty"`
-	EtcdCAFile    string   `json:"etcdCAFile,omitempty"`
-	EtcdCertFile  string   `json:"etcdCertFile,omitempty"`
-	EtcdKeyFile   string   `json:"etcdKeyFile,omitempty"`
-	EtcdUsername  string   `json:"etcdUsername,omitempty"`
+	// EtcdSessionTTL bounds how long a dead leader keeps the leadership.
+	EtcdSessionTTL durationValue `json:"etcdSessionTTL,omitempty"`
+	EtcdCAFile     string        `json:"etcdCAFile,omitempty"`
+	EtcdCertFile   string        `json:"etcdCertFile,omitempty"`
+	EtcdKeyFile    string        `json:"etcdKeyFile,omitempty"`
+	EtcdUsername   string        `json:"etcdUsername,omitempty"`
 	// EtcdPasswordFile holds the etcd password (not in the config file).
 	EtcdPasswordFile string `json:"etcdPasswordFile,omitempty"`
 }
@@ -76,6 +78,7 @@ func runControl(args []string) error {
 		storeKind  = fs.String("store", "", "bbolt (default: a file in the state dir, one replica) or etcd (replicas sharing -etcd-endpoints)")
 		etcdEPs    = fs.String("etcd-endpoints", "", "etcd client URLs, comma separated (with -store etcd)")
 		etcdPrefix = fs.String("etcd-prefix", "", "key prefix in etcd (default /fogmesh/)")
+		etcdTTL    = fs.Duration("etcd-session-ttl", 0, "how long a replica that stopped answering stays leader (default 10s; whole seconds)")
 		etcdCA     = fs.String("etcd-ca", "", "CA bundle (PEM) verifying etcd's certificate")
 		etcdCert   = fs.String("etcd-cert", "", "client certificate (PEM) for etcd, with -etcd-key")
 		etcdKey    = fs.String("etcd-key", "", "its private key (PEM)")
@@ -146,6 +149,9 @@ func runControl(args []string) error {
 	}
 	if set["etcd-prefix"] {
 		fc.EtcdPrefix = *etcdPrefix
+	}
+	if set["etcd-session-ttl"] {
+		fc.EtcdSessionTTL = durationValue(*etcdTTL)
 	}
 	if set["etcd-ca"] {
 		fc.EtcdCAFile = *etcdCA

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/fogmesh/fogmesh/internal/cli"
 	"github.com/fogmesh/fogmesh/internal/store"
@@ -37,6 +38,12 @@ func openControlStore(fc *controlFile, log *slog.Logger) (store.Backend, error) 
 		return nil, cli.Usagef("-store etcd needs -etcd-endpoints")
 	}
 	o := etcdstore.Options{Endpoints: eps, Prefix: fc.EtcdPrefix, Name: fc.Name, Logger: log, Username: fc.EtcdUsername}
+	if ttl := time.Duration(fc.EtcdSessionTTL); ttl != 0 {
+		if ttl < time.Second || ttl%time.Second != 0 {
+			return nil, cli.Usagef("etcd session TTL %v: want whole seconds, at least 1s", ttl)
+		}
+		o.LeaseTTL = int(ttl / time.Second)
+	}
 	if fc.EtcdCAFile != "" || fc.EtcdCertFile != "" {
 		tc, err := etcdTLS(fc)
 		if err != nil {

@@ -29,9 +29,9 @@ func TestControlReplicasOnEtcd(t *testing.T) {
 	ec := etcdtest.Start(t, 1)
 	eps := strings.Join(ec.Endpoints(), ",")
 	stA, stB := t.TempDir(), t.TempDir()
-	pa, aa := startAddrs(t, "control", "-state-dir", stA, "-admin-addr", any0, "-sync-addr", any0, "-store", "etcd", "-etcd-endpoints", eps, "-name", "a", "-heartbeat-interval", "500ms")
+	pa, aa := startAddrs(t, "control", "-state-dir", stA, "-admin-addr", any0, "-sync-addr", any0, "-store", "etcd", "-etcd-endpoints", eps, "-name", "a", "-heartbeat-interval", "500ms", "-etcd-session-ttl", "2s")
 	flagsA := secureAdmin(t, pa, stA, aa["admin"])
-	pb, ab := startAddrs(t, "control", "-state-dir", stB, "-admin-addr", any0, "-sync-addr", any0, "-store", "etcd", "-etcd-endpoints", eps, "-name", "b", "-heartbeat-interval", "500ms")
+	pb, ab := startAddrs(t, "control", "-state-dir", stB, "-admin-addr", any0, "-sync-addr", any0, "-store", "etcd", "-etcd-endpoints", eps, "-name", "b", "-heartbeat-interval", "500ms", "-etcd-session-ttl", "2s")
 	// One CA: a's bundle verifies b, and a's admin token works on b.
 	flagsB := slices.Clone(flagsA)
 	flagsB[1] = "https://" + ab["admin"]
@@ -221,6 +221,7 @@ func TestControlStoreFlagErrors(t *testing.T) {
 	}{
 		{[]string{"-store", "etcd"}, 2, "-etcd-endpoints"},
 		{[]string{"-store", "zookeeper"}, 2, "unknown store"},
+		{[]string{"-store", "etcd", "-etcd-endpoints", "http://127.0.0.1:1", "-etcd-session-ttl", "1500ms"}, 2, "whole seconds"},
 		{[]string{"-etcd-endpoints", "http://127.0.0.1:1"}, 2, "without -store etcd"},
 		{[]string{"-store", "etcd", "-etcd-endpoints", "unix://" + filepath.Join(dir, "none:1")}, 1, "store unavailable"},
 	} {
