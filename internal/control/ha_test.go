@@ -2,14 +2,17 @@ package control
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/store/etcdstore"
 	"github.com/fogmesh/fogmesh/internal/store/etcdstore/etcdtest"
 	"github.com/fogmesh/fogmesh/internal/testenv"
@@ -224,4 +227,43 @@ func TestLeaderExpiresNodesHeardByAnyReplica(t *testing.T) {
 	close(stop)
 	<-done
 	testenv.WaitFor(t, 10*time.Second, "n1 not ready once silent", func() bool { return !ready() })
+}
+
+// Services applied at once through both replicas get distinct virtual IPs:
+// allocation is one optimistic transaction, no leader needed.
+func TestReplicasAllocateDistinctVIPs(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	reps := []*Server{startReplica(t, c, "a", true), startReplica(t, c, "b", true)}
+	var wg sync.WaitGroup
+	errs := make(chan string, 20)
+	for i := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			doc := strings.Replace(helloSvc, "name: hello", fmt.Sprintf("name: s%d", i), 1)
+			if code, body := applyDoc(t, reps[i%2], doc); code != 200 {
+				errs <- fmt.Sprintf("%d %s", code, body)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	objs, _, err := reps[0].reg.list(api.KindService)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{}
+	for _, o := range objs {
+		s := o.(*api.Service)
+		if other, dup := seen[s.Status.VIP]; dup || s.Status.VIP == "" {
+			t.Fatalf("VIP %q of %s also given to %s", s.Status.VIP, s.Meta.Name, other)
+		}
+		seen[s.Status.VIP] = s.Meta.Name
+	}
+	if len(seen) != 12 {
+		t.Fatalf("%d services stored, want 12", len(seen))
+	}
 }
