@@ -154,6 +154,23 @@ func TestReplicaWithoutEtcd(t *testing.T) {
 	if code, body := applyDoc(t, a, helloSvc); code != 200 {
 		t.Fatal(code, body)
 	}
+	// n0 is connected through the loss and the recovery.
+	n0 := dialAgent(t, a, "n0")
+	n0.send(&wire.Message{Type: wire.TypeSubscribe})
+	first := n0.recv()
+	n0.send(&wire.Message{Type: wire.TypeAck, Nonce: first.Nonce, Version: first.Version})
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+				wire.Write(n0.c, &wire.Message{Type: wire.TypeHeartbeat, Load: 1})
+			}
+		}
+	}()
 	c.Kill(1)
 	c.Kill(2) // no quorum: member 0 can only serve reads of what it has
 	code, body := applyDoc(t, a, strings.Replace(helloSvc, "8080", "8081", 1))
@@ -180,6 +197,20 @@ func TestReplicaWithoutEtcd(t *testing.T) {
 	}
 	if _, body := get(t, "http://"+a.AdminAddr()+"/v1/services"); !strings.Contains(body, "8081") {
 		t.Fatalf("services after recovery: %s", body)
+	}
+	// n0's stream lived through it and gets the change as a delta.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m := n0.recv()
+		if m.Type == wire.TypeUpdate && strings.Contains(strings.Join(names(m), ","), "Service demo/hello") {
+			if m.Full {
+				t.Fatal("n0 got a snapshot after the recovery, want a delta")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("n0 never got the change made after the recovery")
+		}
 	}
 }
 

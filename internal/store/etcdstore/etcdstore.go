@@ -111,10 +111,11 @@ type Store struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 
-	mu     sync.Mutex // guards watch
-	watch  chan struct{}
-	leader atomic.Bool
-	ldr    atomic.Value // string: the leader's name as last observed
+	mu      sync.Mutex // guards watch and lastRev
+	watch   chan struct{}
+	lastRev uint64
+	leader  atomic.Bool
+	ldr     atomic.Value // string: the leader's name as last observed
 }
 
 var _ store.Backend = (*Store)(nil)
@@ -161,7 +162,7 @@ func Open(o Options) (*Store, error) {
 			// gRPC's default of up to two minutes: after a quorum loss the
 			// member that returns may be the only one answering.
 			DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 				MinConnectTimeout: time.Second,
 			})},
 		})
@@ -331,60 +332,71 @@ func (s *Store) Health() error {
 }
 
 // Watch returns a channel closed when the store revision moves (a commit
-// by any replica), and also when the watch is re-established after etcd
-// was unreachable, so that subscribers look again.
+// by any replica).
 func (s *Store) Watch() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.watch
 }
 
-func (s *Store) fire() {
+// seen records rev as the latest revision and wakes watchers if it moved;
+// it reports whether it did.
+func (s *Store) seen(rev uint64) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rev == s.lastRev {
+		return false
+	}
+	s.lastRev = rev
 	close(s.watch)
 	s.watch = make(chan struct{})
-	s.mu.Unlock()
+	return true
 }
 
+// pollEvery is how often the revision is also read, besides the watch.
+const pollEvery = time.Second
+
+// watchLoop follows meta/rev with an etcd watch, and also reads it every
+// pollEvery: after a quorum loss an etcd watch can stay silent although
+// etcd is back, so a poll that finds a revision the watch did not deliver
+// restarts the watch. Pushes are immediate while the watch works and at
+// most pollEvery late otherwise.
 func (s *Store) watchLoop() {
 	defer s.wg.Done()
-	backoff := 100 * time.Millisecond
+	if r, err := s.Rev(); err == nil {
+		s.seen(r)
+	}
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
 	for s.ctx.Err() == nil {
 		ctx, cancel := context.WithCancel(s.ctx)
-		// WithRequireLeader: a member that lost quorum ends the watch
-		// instead of leaving it silent, and the loop retries.
-		wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.p+"meta/rev")
-		first := true
+		wc := s.cli.Watch(ctx, s.p+"meta/rev")
 	recv:
 		for {
 			// Not a range over wc: while etcd is unreachable the client
 			// keeps wc open even after ctx is canceled.
-			var resp clientv3.WatchResponse
-			var ok bool
 			select {
 			case <-ctx.Done():
 				break recv
-			case resp, ok = <-wc:
-			}
-			if !ok || resp.Err() != nil {
-				break
-			}
-			if first && resp.Created {
-				first = false
-				s.fire() // commits may have happened while not watching
-				backoff = 100 * time.Millisecond
-				continue
-			}
-			if len(resp.Events) > 0 {
-				s.fire()
+			case resp, ok := <-wc:
+				if !ok || resp.Err() != nil {
+					break recv
+				}
+				for _, ev := range resp.Events {
+					s.seen(u64(ev.Kv.Value))
+				}
+			case <-tick.C:
+				if r, err := s.Rev(); err == nil && s.seen(r) {
+					s.log.Debug("etcdstore: the watch missed a commit; restarting it", "rev", r)
+					break recv
+				}
 			}
 		}
 		cancel()
 		select {
 		case <-s.ctx.Done():
-		case <-time.After(backoff):
+		case <-time.After(100 * time.Millisecond):
 		}
-		backoff = min(2*backoff, 2*time.Second)
 	}
 }
 
