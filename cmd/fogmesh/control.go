@@ -39,6 +39,8 @@ type controlFile struct {
 	Store         string   `json:"store,omitempty"`
 	EtcdEndpoints []string `json:"etcdEndpoints,omitempty"`
 	EtcdPrefix    string   `json:"etcdPrefix,omitempty"`
+	// EtcdMaxTxnOps is etcd's --max-txn-ops when raised (default 128).
+	EtcdMaxTxnOps int `json:"etcdMaxTxnOps,omitempty"`
 	// EtcdSessionTTL bounds how long a dead leader keeps the leadership.
 	EtcdSessionTTL durationValue `json:"etcdSessionTTL,omitempty"`
 	EtcdCAFile     string        `json:"etcdCAFile,omitempty"`

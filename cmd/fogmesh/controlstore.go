@@ -37,7 +37,7 @@ func openControlStore(fc *controlFile, log *slog.Logger) (store.Backend, error) 
 	if len(eps) == 0 {
 		return nil, cli.Usagef("-store etcd needs -etcd-endpoints")
 	}
-	o := etcdstore.Options{Endpoints: eps, Prefix: fc.EtcdPrefix, Name: fc.Name, Logger: log, Username: fc.EtcdUsername}
+	o := etcdstore.Options{Endpoints: eps, Prefix: fc.EtcdPrefix, Name: fc.Name, Logger: log, Username: fc.EtcdUsername, MaxTxnOps: fc.EtcdMaxTxnOps}
 	if ttl := time.Duration(fc.EtcdSessionTTL); ttl != 0 {
 		if ttl < time.Second || ttl%time.Second != 0 {
 			return nil, cli.Usagef("etcd session TTL %v: want whole seconds, at least 1s", ttl)

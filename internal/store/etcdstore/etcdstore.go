@@ -13,7 +13,7 @@
 //	meta/compacted   the highest revision dropped from the change log
 //	meta/secseq      bumped by every security transaction
 //	obj/KEY          8-byte revision + object value
-//	log/REV/KEY      one entry per key changed at REV (REV: 16 hex digits)
+//	log/REV          the keys changed at REV, one per line (REV: 16 hex digits)
 //	sec/KEY          security records
 //	election/        the leader election (concurrency.Election)
 //
@@ -51,6 +51,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -81,6 +82,9 @@ type Options struct {
 	// Timeout bounds every etcd request (default 3s): past it the store
 	// reports store.ErrUnavailable instead of blocking a caller.
 	Timeout time.Duration
+	// MaxTxnOps is etcd's --max-txn-ops (default 128, etcd's default): a
+	// transaction changing more objects than that fails with a clear error.
+	MaxTxnOps int
 	// LeaseTTL is the election session's TTL in seconds (default 10): a
 	// leader cut off from etcd stops acting as leader within it.
 	LeaseTTL int
@@ -103,6 +107,7 @@ type Store struct {
 	keep    uint64
 	timeout time.Duration
 	ttl     int
+	maxOps  int
 	log     *slog.Logger
 	id      string
 
@@ -138,6 +143,9 @@ func Open(o Options) (*Store, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = 3 * time.Second
 	}
+	if o.MaxTxnOps <= 0 {
+		o.MaxTxnOps = 128
+	}
 	if o.LeaseTTL <= 0 {
 		o.LeaseTTL = 10
 	}
@@ -148,7 +156,7 @@ func Open(o Options) (*Store, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{cli: o.Client, p: o.Prefix, name: o.Name, keep: uint64(o.Retention), timeout: o.Timeout,
-		ttl: o.LeaseTTL, log: o.Logger, watch: make(chan struct{})}
+		ttl: o.LeaseTTL, log: o.Logger, maxOps: o.MaxTxnOps, watch: make(chan struct{})}
 	s.ldr.Store("")
 	if s.cli == nil {
 		if len(o.Endpoints) == 0 {
@@ -255,7 +263,7 @@ func unavailable(what string, err error) error {
 	return fmt.Errorf("etcdstore: %s: %w: %w", what, store.ErrUnavailable, err)
 }
 
-func (s *Store) logKey(rev uint64) string { return fmt.Sprintf("%slog/%016x/", s.p, rev) }
+func (s *Store) logKey(rev uint64) string { return fmt.Sprintf("%slog/%016x", s.p, rev) }
 
 // read runs a read-only transaction of ops: linearizable first, and if
 // etcd cannot answer that (quorum lost), serializable from whichever
@@ -505,7 +513,7 @@ func (s *Store) objs(kvs []*mvccpb.KeyValue) []store.KV {
 // rev is ahead of the store.
 func (s *Store) ChangesSince(rev uint64) ([]store.Change, uint64, error) {
 	resp, err := s.read(clientv3.OpGet(s.p+"meta/rev"), clientv3.OpGet(s.p+"meta/compacted"),
-		clientv3.OpGet(s.logKey(rev+1), clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.p+"log/")), clientv3.WithKeysOnly()))
+		clientv3.OpGet(s.logKey(rev+1), clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.p+"log/"))))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -517,19 +525,19 @@ func (s *Store) ChangesSince(rev uint64) ([]store.Change, uint64, error) {
 	last := map[string]uint64{}
 	var order []string
 	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
-		rest := strings.TrimPrefix(string(kv.Key), s.p+"log/")
-		hexRev, key, ok := strings.Cut(rest, "/")
-		if !ok {
-			continue
+		r, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), s.p+"log/"), 16, 64)
+		if err != nil {
+			return nil, 0, fmt.Errorf("etcdstore: change log key %q: %w", kv.Key, err)
 		}
-		var r uint64
-		if _, err := fmt.Sscanf(hexRev, "%x", &r); err != nil {
-			continue
+		for _, key := range strings.Split(string(kv.Value), "\n") {
+			if key == "" {
+				continue
+			}
+			if _, seen := last[key]; !seen {
+				order = append(order, key)
+			}
+			last[key] = r
 		}
-		if _, seen := last[key]; !seen {
-			order = append(order, key)
-		}
-		last[key] = r
 	}
 	var changes []store.Change
 	// The objects are read at the same etcd revision as the log, in
@@ -746,16 +754,22 @@ func (s *Store) updateOnce(ctx context.Context, fn func(*store.Tx) error) (uint6
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	ops := make([]clientv3.Op, 0, 2*len(keys)+4)
+	if n := len(keys) + 4; n > s.maxOps {
+		return 0, false, fmt.Errorf("etcdstore: a transaction changing %d objects needs %d etcd operations, more than the %d etcd allows (raise etcd's --max-txn-ops and etcdMaxTxnOps, or apply in parts)", len(keys), n, s.maxOps)
+	}
+	ops := make([]clientv3.Op, 0, len(keys)+4)
 	for _, k := range keys {
+		if strings.Contains(k, "\n") {
+			return 0, false, fmt.Errorf("etcdstore: key %q holds a newline", k)
+		}
 		if w := et.writes[k]; w != nil {
 			ops = append(ops, clientv3.OpPut(s.p+"obj/"+k, string(*w)))
 		} else {
 			ops = append(ops, clientv3.OpDelete(s.p+"obj/"+k))
 		}
-		ops = append(ops, clientv3.OpPut(s.logKey(next)+k, ""))
 	}
-	ops = append(ops, clientv3.OpPut(s.p+"meta/rev", string(be(next))))
+	ops = append(ops, clientv3.OpPut(s.logKey(next), strings.Join(keys, "\n")),
+		clientv3.OpPut(s.p+"meta/rev", string(be(next))))
 	if next > s.keep {
 		// Drop the log below next-keep; everything up to it is compacted.
 		drop := next - s.keep
@@ -796,6 +810,9 @@ func (s *Store) updateSecureOnce(ctx context.Context, fn func(*store.SecureTx) e
 	}
 	if len(et.writes) == 0 {
 		return true, nil
+	}
+	if n := len(et.writes) + 1; n > s.maxOps {
+		return false, fmt.Errorf("etcdstore: a security transaction of %d writes is more than the %d etcd operations allowed (etcd's --max-txn-ops)", len(et.writes), s.maxOps)
 	}
 	ops := make([]clientv3.Op, 0, len(et.writes)+1)
 	for k, w := range et.writes {

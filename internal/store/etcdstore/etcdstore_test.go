@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -127,6 +128,44 @@ func TestChangeLogRetention(t *testing.T) {
 	ch, cur, err := s.ChangesSince(3)
 	if err != nil || cur != 6 || len(ch) != 3 {
 		t.Fatalf("ChangesSince(3) = %+v, %d, %v; want k/3..k/5", ch, cur, err)
+	}
+}
+
+// A transaction larger than etcd allows fails with an error saying so (not
+// "unavailable"), and stores nothing.
+func TestTransactionTooLarge(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	s := open(t, c, "a", nil)
+	put(t, s, "k/first", "v")
+	_, err := s.Update(func(tx *store.Tx) error {
+		for i := range 200 {
+			if err := tx.Put(fmt.Sprintf("k/%d", i), []byte("v")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil || errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "--max-txn-ops") {
+		t.Fatalf("200 objects in one transaction: %v; want an error naming --max-txn-ops", err)
+	}
+	if kvs, rev, _ := s.List("k/"); len(kvs) != 1 || rev != 1 {
+		t.Fatalf("after the refused transaction: %d keys at revision %d", len(kvs), rev)
+	}
+	// 124 objects (+4 operations of the store's own) is the most etcd's
+	// default allows, and works.
+	_, err = s.Update(func(tx *store.Tx) error {
+		for i := range 124 {
+			if err := tx.Put(fmt.Sprintf("k/%d", i), []byte("v")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch, _, err := s.ChangesSince(1); err != nil || len(ch) != 124 {
+		t.Fatalf("ChangesSince after 124 objects: %d changes, %v", len(ch), err)
 	}
 }
 
