@@ -23,7 +23,13 @@ import (
 // cluster c.
 func startReplica(t *testing.T, c *etcdtest.Cluster, name string, insecure bool) *Server {
 	t.Helper()
-	st, err := etcdstore.Open(etcdstore.Options{Endpoints: c.Endpoints(), Name: name, LeaseTTL: 2, Timeout: time.Second})
+	return startReplicaTimeout(t, c, name, insecure, time.Second)
+}
+
+// startReplicaTimeout is startReplica with the store's etcd timeout.
+func startReplicaTimeout(t *testing.T, c *etcdtest.Cluster, name string, insecure bool, timeout time.Duration) *Server {
+	t.Helper()
+	st, err := etcdstore.Open(etcdstore.Options{Endpoints: c.Endpoints(), Name: name, LeaseTTL: 2, Timeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,9 +143,11 @@ func TestReplicasShareCA(t *testing.T) {
 	if err := lead.pushCA(); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 15*time.Second, "the other replica to follow the rotation", func() bool {
-		return other.CA().Pin() == lead.CA().Pin() && len(other.CA().Roots()) == 2
-	})
+	// Its maintenance loop (every 5 s) runs followCA; run it now.
+	other.sec.followCA()
+	if other.CA().Pin() != lead.CA().Pin() || len(other.CA().Roots()) != 2 {
+		t.Fatalf("the other replica did not follow the rotation: pin %s, %d roots", other.CA().Pin(), len(other.CA().Roots()))
+	}
 	if lead.CA().Pin() == old {
 		t.Fatal("rotation kept the pin")
 	}
@@ -245,8 +253,8 @@ func TestLeaderExpiresNodesHeardByAnyReplica(t *testing.T) {
 		kv, ok, err := a.st.Get("Node/n1")
 		return err == nil && ok && strings.Contains(string(kv.Value), `"ready":true`)
 	}
-	// Five node timeouts (800 ms each) with heartbeats: never not ready.
-	deadline := time.Now().Add(4 * time.Second)
+	// Three node timeouts (800 ms each) with heartbeats: never not ready.
+	deadline := time.Now().Add(2400 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		if !ready() {
 			close(stop)
@@ -296,5 +304,30 @@ func TestReplicasAllocateDistinctVIPs(t *testing.T) {
 	}
 	if len(seen) != 12 {
 		t.Fatalf("%d services stored, want 12", len(seen))
+	}
+}
+
+// No etcd member answers at all: a replica still admits a new agent and
+// gives it the last state it saw; writes answer 503.
+func TestReplicaServesLastStateWithoutEtcd(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := startReplicaTimeout(t, c, "a", true, 600*time.Millisecond)
+	if code, body := applyDoc(t, a, helloSvc); code != 200 {
+		t.Fatal(code, body)
+	}
+	rev, _ := a.st.Rev()
+	testenv.WaitFor(t, 5*time.Second, "the replica to hold the last state", func() bool {
+		r, ok := a.st.(*etcdstore.Store).Mirrored()
+		return ok && r == rev
+	})
+	c.Kill(0)
+	if code, body := applyDoc(t, a, strings.Replace(helloSvc, "8080", "8081", 1)); code != http.StatusServiceUnavailable {
+		t.Fatalf("apply without etcd: %d %s", code, body)
+	}
+	ag := dialAgent(t, a, "n9")
+	ag.send(&wire.Message{Type: wire.TypeSubscribe})
+	m := ag.recv()
+	if !m.Full || m.Version != rev || !strings.Contains(strings.Join(names(m), ","), "Service demo/hello") {
+		t.Fatalf("new agent without etcd: full=%v version %d (last %d) %v", m.Full, m.Version, rev, names(m))
 	}
 }

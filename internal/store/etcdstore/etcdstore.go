@@ -17,6 +17,14 @@
 //	sec/KEY          security records
 //	election/        the leader election (concurrency.Election)
 //
+// # Faults
+//
+// Reads are linearizable; without quorum they fall back to a serializable
+// read of whichever member answers, and with no member answering to the
+// mirror (mirror.go), the last state this replica read. A subscriber is
+// never given a state older than its version. Writes fail with
+// store.ErrUnavailable.
+//
 // # Transactions
 //
 // Writes are optimistic, not leader-only: a transaction reads at one etcd
@@ -120,7 +128,11 @@ type Store struct {
 	watch   chan struct{}
 	lastRev uint64
 	leader  atomic.Bool
-	ldr     atomic.Value // string: the leader's name as last observed
+	// downAt is when a read last found no member answering (unix ns; 0:
+	// the last read worked).
+	downAt atomic.Int64
+	ldr    atomic.Value // string: the leader's name as last observed
+	mirror mirror       // the last state read, for when etcd does not answer (mirror.go)
 }
 
 var _ store.Backend = (*Store)(nil)
@@ -267,14 +279,20 @@ func (s *Store) logKey(rev uint64) string { return fmt.Sprintf("%slog/%016x", s.
 
 // read runs a read-only transaction of ops: linearizable first, and if
 // etcd cannot answer that (quorum lost), serializable from whichever
-// member still answers, so replicas go on serving the last state they
-// can see. rev > 0 reads at that etcd revision.
-func (s *Store) read(ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
+// member still answers (stale is then true: that member may lag), so
+// replicas go on serving the last state they can see. Once neither
+// answered, reads fail at once for one timeout, so that callers during an
+// outage do not each wait for it (the watch goroutine's poll keeps trying).
+func (s *Store) read(ops ...clientv3.Op) (resp *clientv3.TxnResponse, stale bool, err error) {
+	if t := s.downAt.Load(); t != 0 && time.Since(time.Unix(0, t)) < s.timeout {
+		return nil, false, unavailable("read", errDown)
+	}
 	ctx, cancel := context.WithTimeout(s.ctx0(), s.timeout)
-	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+	resp, err = s.cli.Txn(ctx).Then(ops...).Commit()
 	cancel()
 	if err == nil {
-		return resp, nil
+		s.downAt.Store(0)
+		return resp, false, nil
 	}
 	ser := make([]clientv3.Op, len(ops))
 	for i, op := range ops {
@@ -284,10 +302,15 @@ func (s *Store) read(ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
 	defer cancel()
 	resp, err2 := s.cli.Txn(ctx).Then(ser...).Commit()
 	if err2 != nil {
-		return nil, unavailable("read", err)
+		s.downAt.Store(time.Now().UnixNano())
+		return nil, false, unavailable("read", errors.Join(err, err2))
 	}
-	return resp, nil
+	s.downAt.Store(0)
+	return resp, true, nil
 }
+
+// errDown: no etcd member answered a read within the last timeout.
+var errDown = errors.New("no etcd member answered recently")
 
 // ctx0 is the store's context, or Background before Open finished.
 func (s *Store) ctx0() context.Context {
@@ -313,8 +336,8 @@ func withSerializable(op clientv3.Op) clientv3.Op {
 }
 
 // Rev returns the current store revision.
-func (s *Store) Rev() (uint64, error) {
-	resp, err := s.read(clientv3.OpGet(s.p + "meta/rev"))
+func (s *Store) revEtcd() (uint64, error) {
+	resp, _, err := s.read(clientv3.OpGet(s.p + "meta/rev"))
 	if err != nil {
 		return 0, err
 	}
@@ -352,8 +375,8 @@ func (s *Store) Watch() <-chan struct{} {
 func (s *Store) seen(rev uint64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if rev == s.lastRev {
-		return false
+	if rev <= s.lastRev {
+		return false // nothing new, or a lagging member answered
 	}
 	s.lastRev = rev
 	close(s.watch)
@@ -371,9 +394,11 @@ const pollEvery = time.Second
 // most pollEvery late otherwise.
 func (s *Store) watchLoop() {
 	defer s.wg.Done()
-	if r, err := s.Rev(); err == nil {
+	if r, err := s.revEtcd(); err == nil {
 		s.seen(r)
 	}
+	s.refreshMirror()
+	s.refreshSecureMirror()
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	for s.ctx.Err() == nil {
@@ -390,11 +415,17 @@ func (s *Store) watchLoop() {
 				if !ok || resp.Err() != nil {
 					break recv
 				}
+				moved := false
 				for _, ev := range resp.Events {
-					s.seen(u64(ev.Kv.Value))
+					moved = s.seen(u64(ev.Kv.Value)) || moved
+				}
+				if moved {
+					s.refreshMirror()
 				}
 			case <-tick.C:
-				if r, err := s.Rev(); err == nil && s.seen(r) {
+				s.refreshSecureMirror()
+				if r, err := s.revEtcd(); err == nil && s.seen(r) {
+					s.refreshMirror()
 					s.log.Debug("etcdstore: the watch missed a commit; restarting it", "rev", r)
 					break recv
 				}
@@ -475,8 +506,8 @@ func (s *Store) campaignLoop() {
 }
 
 // Get reads one object.
-func (s *Store) Get(key string) (store.KV, bool, error) {
-	resp, err := s.read(clientv3.OpGet(s.p + "obj/" + key))
+func (s *Store) getEtcd(key string) (store.KV, bool, error) {
+	resp, _, err := s.read(clientv3.OpGet(s.p + "obj/" + key))
 	if err != nil {
 		return store.KV{}, false, err
 	}
@@ -489,12 +520,12 @@ func (s *Store) Get(key string) (store.KV, bool, error) {
 
 // List returns every object with prefix, in key order, and the revision
 // the listing is consistent with (both are read at one etcd revision).
-func (s *Store) List(prefix string) ([]store.KV, uint64, error) {
-	resp, err := s.read(clientv3.OpGet(s.p+"meta/rev"), clientv3.OpGet(s.p+"obj/"+prefix, clientv3.WithPrefix()))
+func (s *Store) listEtcd(prefix string) ([]store.KV, uint64, bool, error) {
+	resp, stale, err := s.read(clientv3.OpGet(s.p+"meta/rev"), clientv3.OpGet(s.p+"obj/"+prefix, clientv3.WithPrefix()))
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
-	return s.objs(resp.Responses[1].GetResponseRange().Kvs), revOf(resp.Responses[0].GetResponseRange()), nil
+	return s.objs(resp.Responses[1].GetResponseRange().Kvs), revOf(resp.Responses[0].GetResponseRange()), stale, nil
 }
 
 func (s *Store) objs(kvs []*mvccpb.KeyValue) []store.KV {
@@ -511,13 +542,18 @@ func (s *Store) objs(kvs []*mvccpb.KeyValue) []store.KV {
 // ChangesSince returns the latest state of every object changed after rev.
 // It returns store.ErrCompacted if the log no longer reaches back to rev or
 // rev is ahead of the store.
-func (s *Store) ChangesSince(rev uint64) ([]store.Change, uint64, error) {
-	resp, err := s.read(clientv3.OpGet(s.p+"meta/rev"), clientv3.OpGet(s.p+"meta/compacted"),
+func (s *Store) changesSinceEtcd(rev uint64) ([]store.Change, uint64, error) {
+	resp, stale, err := s.read(clientv3.OpGet(s.p+"meta/rev"), clientv3.OpGet(s.p+"meta/compacted"),
 		clientv3.OpGet(s.logKey(rev+1), clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.p+"log/"))))
 	if err != nil {
 		return nil, 0, err
 	}
 	current := revOf(resp.Responses[0].GetResponseRange())
+	if rev > current && stale {
+		// The member that answered lags behind what the subscriber has
+		// seen: a snapshot from it would take the subscriber back.
+		return nil, current, unavailable("changes", fmt.Errorf("the etcd member that answers is at revision %d, behind %d", current, rev))
+	}
 	if rev < revOf(resp.Responses[1].GetResponseRange()) || rev > current {
 		return nil, current, store.ErrCompacted
 	}
@@ -548,7 +584,7 @@ func (s *Store) ChangesSince(rev uint64) ([]store.Change, uint64, error) {
 		for j, key := range batch {
 			ops[j] = clientv3.OpGet(s.p+"obj/"+key, clientv3.WithRev(at))
 		}
-		r, err := s.read(ops...)
+		r, _, err := s.read(ops...)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -823,12 +859,16 @@ func (s *Store) updateSecureOnce(ctx context.Context, fn func(*store.SecureTx) e
 		}
 	}
 	ops = append(ops, clientv3.OpPut(s.p+"meta/secseq", string(be(u64(val)+1))))
-	return s.commit(ctx, "meta/secseq", mod, ops)
+	ok, err := s.commit(ctx, "meta/secseq", mod, ops)
+	if ok {
+		s.mirrorSecure(et.writes)
+	}
+	return ok, err
 }
 
 // GetSecure returns the security record key, or nil.
-func (s *Store) GetSecure(key string) ([]byte, error) {
-	resp, err := s.read(clientv3.OpGet(s.p + "sec/" + key))
+func (s *Store) getSecureEtcd(key string) ([]byte, error) {
+	resp, _, err := s.read(clientv3.OpGet(s.p + "sec/" + key))
 	if err != nil {
 		return nil, err
 	}
@@ -839,8 +879,8 @@ func (s *Store) GetSecure(key string) ([]byte, error) {
 }
 
 // ListSecure returns every security record with prefix, in key order.
-func (s *Store) ListSecure(prefix string) ([]store.KV, error) {
-	resp, err := s.read(clientv3.OpGet(s.p+"sec/"+prefix, clientv3.WithPrefix()))
+func (s *Store) listSecureEtcd(prefix string) ([]store.KV, error) {
+	resp, _, err := s.read(clientv3.OpGet(s.p+"sec/"+prefix, clientv3.WithPrefix()))
 	if err != nil {
 		return nil, err
 	}

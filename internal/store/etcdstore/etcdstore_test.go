@@ -349,3 +349,51 @@ func TestEtcdLeaderKillAndQuorumLoss(t *testing.T) {
 	}
 	check(stores[0])
 }
+
+// With no etcd member answering at all, reads serve the last state this
+// replica saw (objects and security records), writes and Health fail with
+// ErrUnavailable, and all is normal again when etcd returns.
+func TestLastStateWithoutEtcd(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	s := open(t, c, "a", func(o *etcdstore.Options) { o.Timeout = 500 * time.Millisecond })
+	put(t, s, "k/a", "1", "k/b", "2")
+	rev := put(t, s, "k/b", "")
+	if err := s.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put("token/1", []byte("h")) }); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the mirror at the last revision", func() bool { r, ok := s.Mirrored(); return ok && r == rev })
+	c.Kill(0)
+	if _, err := s.Update(func(tx *store.Tx) error { return tx.Put("k/c", []byte("3")) }); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("write without etcd: %v", err)
+	}
+	if err := s.Health(); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Health without etcd: %v", err)
+	}
+	kvs, r, err := s.List("k/")
+	if err != nil || r != rev || len(kvs) != 1 || kvs[0].Key != "k/a" || string(kvs[0].Value) != "1" {
+		t.Fatalf("List without etcd: %+v %d %v", kvs, r, err)
+	}
+	if kv, ok, err := s.Get("k/a"); err != nil || !ok || string(kv.Value) != "1" {
+		t.Fatalf("Get without etcd: %+v %v %v", kv, ok, err)
+	}
+	if _, ok, err := s.Get("k/b"); err != nil || ok {
+		t.Fatalf("Get of a deleted key without etcd: %v %v", ok, err)
+	}
+	if v, err := s.GetSecure("token/1"); err != nil || string(v) != "h" {
+		t.Fatalf("GetSecure without etcd: %q %v", v, err)
+	}
+	if ch, cur, err := s.ChangesSince(rev); err != nil || len(ch) != 0 || cur != rev {
+		t.Fatalf("ChangesSince(mirror's revision): %v %d %v", ch, cur, err)
+	}
+	if _, _, err := s.ChangesSince(rev - 1); !errors.Is(err, store.ErrCompacted) {
+		t.Fatalf("ChangesSince(older): %v, want ErrCompacted (a snapshot of the last state)", err)
+	}
+	if _, _, err := s.ChangesSince(rev + 1); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("ChangesSince(newer than the last state): %v, want ErrUnavailable", err)
+	}
+	c.Restart(0)
+	testenv.WaitFor(t, 20*time.Second, "etcd back", func() bool { return s.Health() == nil })
+	if r := put(t, s, "k/c", "3"); r != rev+1 {
+		t.Fatalf("revision after recovery %d, want %d", r, rev+1)
+	}
+}
