@@ -1,12 +1,14 @@
 package control
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -28,15 +30,15 @@ import (
 //     records can read the CA key: etcd must be protected with TLS client
 //     certificates and auth like the CA key file itself.
 //   - heartbeats: an agent heartbeats to the replica it is connected to;
-//     each replica publishes the nodes it heard from, and the leader
-//     marks not ready only nodes no replica heard from.
+//     each replica publishes the nodes streaming to it, and the leader
+//     marks not ready only nodes no live replica has a stream from.
 //   - the own audit chain: each replica has its own (Config.Name must
 //     differ between replicas), with its head under its own key.
 
 // Security-record keys of a shared store.
 const (
 	keyCAFiles     = "ca/files" // JSON: file name in StateDir/ca -> content
-	keyReplicaLive = "live/"    // + replica name: JSON node -> last heartbeat
+	keyReplicaLive = "live/"    // + replica name + "/at" (time) or "/nodes" (JSON names)
 )
 
 // haState is the replica's view of the HA coordination.
@@ -45,6 +47,7 @@ type haState struct {
 	wasLeader   bool
 	leaderSince time.Time
 	caHash      [32]byte // of the keyCAFiles record last applied
+	published   []byte   // the node list last published under keyReplicaLive
 }
 
 func (s *Server) initHA() {
@@ -247,10 +250,14 @@ func (sec *security) followCA() {
 	s.log.Warn("control: CA rotated by another replica; reloaded", "pin", sec.ca.Pin())
 }
 
-// replicaHeartbeats publishes the nodes this replica heard from within
-// NodeTimeout and returns the latest heartbeat any replica heard of each
-// node; nil for an unshared store. It also tracks when this replica
-// became leader: a new leader gives every node NodeTimeout from then.
+// replicaHeartbeats publishes which nodes have a sync stream open on this
+// replica and returns, for each node with a stream on a live replica, when
+// that replica last said so; nil for an unshared store. A stream stays
+// open only while its agent heartbeats (the read timeout drops a silent
+// one), so that is as good as the heartbeat, and the records stay small:
+// live/NAME/at, a timestamp, every tick; live/NAME/nodes, the node names,
+// only when they change. It also tracks when this replica became leader:
+// a new leader gives every node NodeTimeout from then.
 func (s *Server) replicaHeartbeats() (map[string]time.Time, time.Time) {
 	if !s.st.Shared() {
 		return nil, time.Time{}
@@ -262,31 +269,64 @@ func (s *Server) replicaHeartbeats() (map[string]time.Time, time.Time) {
 	}
 	since := s.ha.leaderSince
 	s.ha.mu.Unlock()
-	mine := map[string]int64{}
+	var mine []string
 	s.mu.Lock()
 	for name, l := range s.live {
-		if now.Sub(l.lastHeartbeat) <= s.cfg.NodeTimeout {
-			mine[name] = l.lastHeartbeat.UnixNano()
+		if l.conns > 0 {
+			mine = append(mine, name)
 		}
 	}
 	s.mu.Unlock()
-	b, _ := json.Marshal(mine)
-	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put(keyReplicaLive+s.cfg.Name, b) }); err != nil {
-		s.log.Debug("control: publish heartbeats", "err", err)
+	slices.Sort(mine)
+	nodes, _ := json.Marshal(mine)
+	at, _ := now.UTC().MarshalText()
+	s.ha.mu.Lock()
+	same := bytes.Equal(nodes, s.ha.published)
+	s.ha.mu.Unlock()
+	prefix := keyReplicaLive + s.cfg.Name + "/"
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		if !same {
+			if err := tx.Put(prefix+"nodes", nodes); err != nil {
+				return err
+			}
+		}
+		return tx.Put(prefix+"at", at)
+	}); err != nil {
+		s.log.Debug("control: publish this replica's nodes", "err", err)
+	} else if !same {
+		s.ha.mu.Lock()
+		s.ha.published = nodes
+		s.ha.mu.Unlock()
 	}
-	out := map[string]time.Time{}
 	kvs, err := s.st.ListSecure(keyReplicaLive)
 	if err != nil {
-		s.log.Debug("control: read other replicas' heartbeats", "err", err)
+		s.log.Debug("control: read the other replicas' nodes", "err", err)
 	}
+	ats := map[string]time.Time{}
+	lists := map[string][]string{}
 	for _, kv := range kvs {
-		var m map[string]int64
-		if json.Unmarshal(kv.Value, &m) != nil {
-			continue
+		replica, what, _ := strings.Cut(strings.TrimPrefix(kv.Key, keyReplicaLive), "/")
+		switch what {
+		case "at":
+			var t time.Time
+			if t.UnmarshalText(kv.Value) == nil {
+				ats[replica] = t
+			}
+		case "nodes":
+			var l []string
+			if json.Unmarshal(kv.Value, &l) == nil {
+				lists[replica] = l
+			}
 		}
-		for n, t := range m {
-			if tt := time.Unix(0, t); tt.After(out[n]) {
-				out[n] = tt
+	}
+	out := map[string]time.Time{}
+	for replica, t := range ats {
+		if now.Sub(t) > s.cfg.NodeTimeout {
+			continue // that replica is gone: its streams are too
+		}
+		for _, n := range lists[replica] {
+			if t.After(out[n]) {
+				out[n] = t
 			}
 		}
 	}
