@@ -99,6 +99,8 @@ func (c *Cluster) Restart(i int) {
 		"--initial-cluster-token", "fogmesh-test", "--heartbeat-interval", "50", "--election-timeout", "500",
 		"--logger", "zap", "--log-outputs", "stderr")
 	cmd.Dir = c.dir
+	// If the test binary dies (a timeout panic skips cleanups), so does etcd.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	// A killed member leaves its sockets behind; binding them again fails.
 	for _, u := range []string{clientURL(i), peerURL(i)} {
 		os.Remove(filepath.Join(c.dir, strings.TrimPrefix(u, "unix://")))
