@@ -12,6 +12,7 @@ case "${1:-test}" in
     need iptables iptables
     need mosquitto mosquitto
     need mosquitto_pub mosquitto-clients
+    need etcd etcd-server
     ;;
   bench)
     need dig dnsutils

@@ -42,6 +42,25 @@ type controlFile struct {
 
 	// IstioRootNamespace: see control.Config.
 	IstioRootNamespace string `json:"istioRootNamespace,omitempty"`
+
+	// Name is this control plane's name (its own audit chain; the
+	// replica name in an election): distinct for every replica.
+	Name string `json:"name,omitempty"`
+	// Store is "bbolt" (default: one file in StateDir, one replica) or
+	// "etcd" (replicas sharing EtcdEndpoints; see controlstore.go).
+	Store         string   `json:"store,omitempty"`
+	EtcdEndpoints []string `json:"etcdEndpoints,omitempty"`
+	EtcdPrefix    string   `json:"etcdPrefix,omitempty"`
+	// EtcdMaxTxnOps is etcd's --max-txn-ops when raised (default 128).
+	EtcdMaxTxnOps int `json:"etcdMaxTxnOps,omitempty"`
+	// EtcdSessionTTL bounds how long a dead leader keeps the leadership.
+	EtcdSessionTTL durationValue `json:"etcdSessionTTL,omitempty"`
+	EtcdCAFile     string        `json:"etcdCAFile,omitempty"`
+	EtcdCertFile   string        `json:"etcdCertFile,omitempty"`
+	EtcdKeyFile    string        `json:"etcdKeyFile,omitempty"`
+	EtcdUsername   string        `json:"etcdUsername,omitempty"`
+	// EtcdPasswordFile holds the etcd password (not in the config file).
+	EtcdPasswordFile string `json:"etcdPasswordFile,omitempty"`
 }
 
 type durationValue time.Duration
@@ -72,6 +91,14 @@ func runControl(args []string) error {
 		overlap    = fs.Duration("rotation-overlap", 0, "how long a rotated-out root stays trusted (default 192h; must exceed the node TTL)")
 		names      = fs.String("server-name", "", "extra DNS names or IPs for the control plane certificate, comma separated")
 		vipIndexes = fs.String("vip-indexes", "", "the block of virtual IP indexes this control plane allocates, FIRST-LAST (default: the whole range); give each control plane of a hierarchy its own")
+		name       = fs.String("name", "", "this control plane's name, distinct for every replica (default control)")
+		storeKind  = fs.String("store", "", "bbolt (default: a file in the state dir, one replica) or etcd (replicas sharing -etcd-endpoints)")
+		etcdEPs    = fs.String("etcd-endpoints", "", "etcd client URLs, comma separated (with -store etcd)")
+		etcdPrefix = fs.String("etcd-prefix", "", "key prefix in etcd (default /fogmesh/)")
+		etcdTTL    = fs.Duration("etcd-session-ttl", 0, "how long a replica that stopped answering stays leader (default 10s; whole seconds)")
+		etcdCA     = fs.String("etcd-ca", "", "CA bundle (PEM) verifying etcd's certificate")
+		etcdCert   = fs.String("etcd-cert", "", "client certificate (PEM) for etcd, with -etcd-key")
+		etcdKey    = fs.String("etcd-key", "", "its private key (PEM)")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		logf       cli.LogFlags
 	)
@@ -143,6 +170,30 @@ func runControl(args []string) error {
 		fc.ServerNames = strings.Split(*names, ",")
 	}
 	rf.apply(set, &fc)
+	if set["name"] {
+		fc.Name = *name
+	}
+	if set["store"] {
+		fc.Store = *storeKind
+	}
+	if set["etcd-endpoints"] {
+		fc.EtcdEndpoints = strings.Split(*etcdEPs, ",")
+	}
+	if set["etcd-prefix"] {
+		fc.EtcdPrefix = *etcdPrefix
+	}
+	if set["etcd-session-ttl"] {
+		fc.EtcdSessionTTL = durationValue(*etcdTTL)
+	}
+	if set["etcd-ca"] {
+		fc.EtcdCAFile = *etcdCA
+	}
+	if set["etcd-cert"] {
+		fc.EtcdCertFile = *etcdCert
+	}
+	if set["etcd-key"] {
+		fc.EtcdKeyFile = *etcdKey
+	}
 	if fc.StateDir == "" {
 		fc.StateDir = "/var/lib/fogmesh/control"
 	}
@@ -150,7 +201,11 @@ func runControl(args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := control.New(control.Config{
+	st, err := openControlStore(&fc, log)
+	if err != nil {
+		return err
+	}
+	s, err := control.New(control.Config{Name: fc.Name, Store: st,
 		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
 		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout),
 		VIPRange: fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
@@ -165,6 +220,9 @@ func runControl(args []string) error {
 		return &cli.UsageError{Err: err}
 	}
 	if err != nil {
+		if st != nil {
+			st.Close()
+		}
 		return err
 	}
 	ctx, stop := cli.SignalContext()

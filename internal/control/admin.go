@@ -54,15 +54,22 @@ var plural = map[string]string{"nodes": api.KindNode, "services": api.KindServic
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if _, err := s.st.Rev(); err != nil {
-			http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
+		if err := s.st.Health(); err != nil {
+			// Degraded: streams go on serving what agents have; writes fail.
+			http.Error(w, "degraded: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ok\n")
+		if s.st.Shared() {
+			fmt.Fprintf(w, "leader: %s (this replica: %s)\n", s.leaderName(), s.cfg.Name)
+		}
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Metrics.WritePrometheus(w)
 		metrics.WriteProcessMetrics(w)
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.Status())
 	})
 	mux.HandleFunc("GET /v1/{kind}", s.handleList)
 	mux.HandleFunc("GET /v1/regions", s.handleRegions)
@@ -109,6 +116,9 @@ func storeErrorCode(err error, def int) int {
 }
 
 func writeError(w http.ResponseWriter, code int, err error) {
+	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, errNotLeader) {
+		code = http.StatusServiceUnavailable // etcd down or quorum lost: retry later or on another replica
+	}
 	writeJSON(w, code, map[string]string{"error": err.Error()})
 }
 

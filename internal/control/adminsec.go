@@ -155,12 +155,20 @@ func (s *Server) securityRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, map[string]string{"revoked": id})
 	}))
 	mux.HandleFunc("POST /v1/ca/rotate", need(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.needLeader("CA rotation"); err != nil {
+			writeError(w, http.StatusServiceUnavailable, err)
+			return
+		}
 		if err := s.sec.ca.Rotate(); err != nil {
 			code := http.StatusInternalServerError
 			if errors.Is(err, identity.ErrExternalCA) || errors.Is(err, identity.ErrRegionalCA) {
 				code = http.StatusBadRequest
 			}
 			writeError(w, code, err)
+			return
+		}
+		if err := s.pushCA(); err != nil {
+			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
 		if err := s.sec.issueServing(); err != nil {

@@ -214,7 +214,7 @@ func (s *Server) storeOwnHead() {
 	if seq == 0 {
 		return
 	}
-	if err := s.storeHead(keyAuditOwnHead, seq, hash); err != nil {
+	if err := s.storeHead(s.ownHeadKey(), seq, hash); err != nil {
 		s.log.Error("control: store the audit head", "err", err)
 	}
 }
@@ -241,7 +241,7 @@ func (s *Server) ownHeadLoop() {
 // verify reports it as tampering from then on), and the head moves on
 // with the chain.
 func (s *Server) checkOwnHead() {
-	h, err := s.storedHead(keyAuditOwnHead)
+	h, err := s.storedHead(s.ownHeadKey())
 	if err != nil || h == nil {
 		if err != nil {
 			s.log.Error("control: audit head", "err", err)
@@ -283,7 +283,7 @@ func (s *Server) checkOwnHead() {
 	}
 	// Let the head follow the chain from here on; the record above keeps
 	// the finding.
-	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Delete(keyAuditOwnHead) }); err != nil {
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Delete(s.ownHeadKey()) }); err != nil {
 		s.log.Error("control: audit head", "err", err)
 	}
 }

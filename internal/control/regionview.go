@@ -17,7 +17,7 @@ import (
 
 // viewState is what one region holds of this store, and what decides it.
 type viewState struct {
-	st       *store.Store
+	st       store.Backend
 	reg      *registry
 	region   string
 	held     map[string]uint64 // key -> our version the region holds

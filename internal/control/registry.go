@@ -17,7 +17,7 @@ var ErrNotFound = errors.New("not found")
 
 // registry is the typed view of the store.
 type registry struct {
-	st      *store.Store
+	st      store.Backend
 	vipBase netip.Prefix
 	// owner is what this control plane stamps on the objects it writes
 	// (api.Meta.Owner): its region, or "" for the global one. Objects of

@@ -109,7 +109,7 @@ func newSecurity(s *Server) (*security, error) {
 	if s.cfg.Mode == ModeRegional {
 		ca, reg, err = openRegional(s) // region_link.go
 	} else {
-		ca, err = identity.OpenCA(identity.CAConfig{
+		ca, err = s.openCA(identity.CAConfig{
 			Dir: filepath.Join(s.cfg.StateDir, "ca"), TrustDomain: s.cfg.TrustDomain,
 			CertFile: s.cfg.CACertFile, KeyFile: s.cfg.CAKeyFile,
 			NodeTTL: s.cfg.NodeTTL, WorkloadTTL: s.cfg.WorkloadTTL, Overlap: s.cfg.RotationOverlap,
@@ -315,6 +315,7 @@ func (sec *security) maintain(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		sec.followCA()
 		sec.mu.Lock()
 		stale := time.Since(sec.servedAt) > sec.ca.NodeTTL()/2 || sec.servedFor != sec.ca.Pin()
 		sec.mu.Unlock()

@@ -124,6 +124,9 @@ type Config struct {
 	// certificates a global plane signs (default
 	// identity.DefaultIntermediateTTL, 30 days); renewed at half-life.
 	RegionCATTL time.Duration
+	// Store, if set, is the store to use instead of the bbolt file in
+	// StateDir: a shared one (etcdstore) for replicas. The server closes it.
+	Store store.Backend
 
 	Logger  *slog.Logger // nil = discard
 	Metrics *metrics.Set // nil = a private set
@@ -188,7 +191,7 @@ type liveNode struct {
 type Server struct {
 	cfg   Config
 	log   *slog.Logger
-	st    *store.Store
+	st    store.Backend
 	reg   *registry
 	admin *http.Server
 	adminLn,
@@ -196,6 +199,7 @@ type Server struct {
 	started time.Time
 
 	sec *security // nil in insecure mode
+	ha  haState   // replicas on a shared store (ha.go)
 
 	mu   sync.Mutex // guards the following
 	live map[string]*liveNode
@@ -232,9 +236,14 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("control: state dir: %w", err)
 	}
-	st, err := store.Open(filepath.Join(cfg.StateDir, "fogmesh.db"), store.Options{LogRetention: cfg.LogRetention})
-	if err != nil {
-		return nil, err
+	var err error
+	st := cfg.Store
+	if st == nil {
+		bst, err := store.Open(filepath.Join(cfg.StateDir, "fogmesh.db"), store.Options{LogRetention: cfg.LogRetention})
+		if err != nil {
+			return nil, err
+		}
+		st = bst
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, st: st,
@@ -321,6 +330,7 @@ func (s *Server) initMetrics() {
 		r, _ := s.st.Rev()
 		return float64(r)
 	})
+	s.initHA()
 }
 
 // AdminAddr returns the bound admin address.
@@ -436,6 +446,10 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		heard, leaderSince := s.replicaHeartbeats()
+		if !s.st.Leader() {
+			continue // the leader expires nodes (ha.go)
+		}
 		nodes, _, err := s.reg.list(api.KindNode)
 		if err != nil {
 			s.log.Error("control: list nodes", "err", err)
@@ -453,6 +467,12 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 				last = l.lastHeartbeat
 			}
 			s.mu.Unlock()
+			if t := heard[n.Meta.Name]; t.After(last) {
+				last = t
+			}
+			if leaderSince.After(last) {
+				last = leaderSince
+			}
 			if now.Sub(last) > s.cfg.NodeTimeout {
 				s.log.Warn("control: node missed heartbeats, marking not ready", "node", n.Meta.Name, "last", last)
 				if err := s.reg.setNodeReady(n.Meta.Name, false); err != nil {

@@ -203,7 +203,11 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 			return reject(err.Error(), err)
 		}
 	}
-	if err := s.reg.registerNode(admit.Node); err != nil {
+	if err := s.reg.registerNode(admit.Node); errors.Is(err, store.ErrUnavailable) {
+		// etcd down or without quorum: serve the agent what the store
+		// last showed; its registration is written when it reconnects.
+		s.log.Warn("control: store unavailable; agent served without recording its registration", "node", st.node, "err", err)
+	} else if err != nil {
 		return fmt.Errorf("register node %s: %w", st.node, err)
 	}
 	s.mu.Lock()
@@ -395,6 +399,9 @@ func (st *stream) sendLoop(ctx context.Context) error {
 				return err
 			}
 			full = false
+			s.cfg.Metrics.GetOrCreateCounter(`fogmesh_control_sync_snapshots_sent_total`).Inc()
+		} else if m != nil {
+			s.cfg.Metrics.GetOrCreateCounter(`fogmesh_control_sync_deltas_sent_total`).Inc()
 		}
 		if m != nil {
 			if err := st.write(m); err != nil { // the machine sets its nonce

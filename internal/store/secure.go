@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -13,27 +12,16 @@ import (
 // in the change log and are never streamed to agents as resources.
 var bucketSecure = []byte("secure")
 
-// SecureTx is a write transaction on the security bucket.
-type SecureTx struct{ b *bolt.Bucket }
+// boltSecure is the bbolt side of a SecureTx.
+type boltSecure struct{ b *bolt.Bucket }
 
-// Get returns a copy of the value of key, or nil.
-func (t *SecureTx) Get(key string) []byte {
-	return bytes.Clone(t.b.Get([]byte(key)))
-}
+func (t boltSecure) Get(key string) []byte { return bytes.Clone(t.b.Get([]byte(key))) }
 
-// Put writes key.
-func (t *SecureTx) Put(key string, value []byte) error {
-	if key == "" {
-		return errors.New("store: empty key")
-	}
-	return t.b.Put([]byte(key), value)
-}
+func (t boltSecure) Put(key string, value []byte) error { return t.b.Put([]byte(key), value) }
 
-// Delete removes key; a missing key is a no-op.
-func (t *SecureTx) Delete(key string) error { return t.b.Delete([]byte(key)) }
+func (t boltSecure) Delete(key string) error { return t.b.Delete([]byte(key)) }
 
-// List returns every key with prefix and its value.
-func (t *SecureTx) List(prefix string) []KV {
+func (t boltSecure) List(prefix string) []KV {
 	var out []KV
 	c := t.b.Cursor()
 	p := []byte(prefix)
@@ -52,7 +40,7 @@ func (s *Store) UpdateSecure(fn func(*SecureTx) error) error {
 		if err != nil {
 			return err
 		}
-		fnErr = fn(&SecureTx{b: b})
+		fnErr = fn(NewSecureTx(boltSecure{b: b}))
 		return fnErr
 	})
 	if err != nil && fnErr == nil {
@@ -80,7 +68,7 @@ func (s *Store) ListSecure(prefix string) (kvs []KV, err error) {
 		if b == nil {
 			return nil
 		}
-		kvs = (&SecureTx{b: b}).List(prefix)
+		kvs = boltSecure{b: b}.List(prefix)
 		return nil
 	})
 	return kvs, err

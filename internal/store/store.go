@@ -143,61 +143,48 @@ func (s *Store) Watch() <-chan struct{} {
 	return s.watch
 }
 
-// Tx is a write transaction. Every key written in it gets revision Rev().
-type Tx struct {
-	tx      *bolt.Tx
-	rev     uint64
-	changed int
+// boltTx is the bbolt side of a Tx: objects and the change log in one
+// bolt transaction.
+type boltTx struct {
+	tx  *bolt.Tx
+	rev uint64
 }
 
-// Rev is the revision this transaction commits at.
-func (t *Tx) Rev() uint64 { return t.rev }
-
-// Get reads a key inside the transaction.
-func (t *Tx) Get(key string) (KV, bool) {
-	v := t.tx.Bucket(bucketObjects).Get([]byte(key))
+func (b boltTx) Get(key string) (KV, bool) {
+	v := b.tx.Bucket(bucketObjects).Get([]byte(key))
 	if v == nil || len(v) < 8 {
 		return KV{}, false
 	}
 	return KV{Key: key, Rev: u64(v[:8]), Value: bytes.Clone(v[8:])}, true
 }
 
-// List reads every key with prefix inside the transaction.
-func (t *Tx) List(prefix string) []KV {
-	return list(t.tx, prefix)
-}
+func (b boltTx) List(prefix string) []KV { return list(b.tx, prefix) }
 
-// Put writes a key.
-func (t *Tx) Put(key string, value []byte) error {
-	if key == "" {
-		return errors.New("store: empty key")
-	}
+func (b boltTx) Put(key string, value []byte, rev uint64) error {
 	v := make([]byte, 8+len(value))
-	copy(v, be(t.rev))
+	copy(v, be(rev))
 	copy(v[8:], value)
-	if err := t.tx.Bucket(bucketObjects).Put([]byte(key), v); err != nil {
+	if err := b.tx.Bucket(bucketObjects).Put([]byte(key), v); err != nil {
 		return err
 	}
-	return t.logLocked(key)
+	return b.log(key, rev)
 }
 
-// Delete removes a key; deleting a missing key is a no-op.
-func (t *Tx) Delete(key string) error {
-	b := t.tx.Bucket(bucketObjects)
-	if b.Get([]byte(key)) == nil {
-		return nil
+func (b boltTx) Delete(key string, rev uint64) (bool, error) {
+	bk := b.tx.Bucket(bucketObjects)
+	if bk.Get([]byte(key)) == nil {
+		return false, nil
 	}
-	if err := b.Delete([]byte(key)); err != nil {
-		return err
+	if err := bk.Delete([]byte(key)); err != nil {
+		return false, err
 	}
-	return t.logLocked(key)
+	return true, b.log(key, rev)
 }
 
 // log entry key: 8-byte rev + key bytes (a revision may change many keys).
-func (t *Tx) logLocked(key string) error {
-	t.changed++
-	k := append(be(t.rev), key...)
-	return t.tx.Bucket(bucketLog).Put(k, nil)
+func (b boltTx) log(key string, rev uint64) error {
+	k := append(be(rev), key...)
+	return b.tx.Bucket(bucketLog).Put(k, nil)
 }
 
 // Update runs fn in a write transaction. If fn writes nothing, the revision
@@ -207,7 +194,8 @@ func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
 	var fnErr error
 	err = s.db.Update(func(btx *bolt.Tx) error {
 		m := btx.Bucket(bucketMeta)
-		t := &Tx{tx: btx, rev: u64(m.Get(keyRev)) + 1}
+		next := u64(m.Get(keyRev)) + 1
+		t := NewTx(boltTx{tx: btx, rev: next}, next)
 		if fnErr = fn(t); fnErr != nil {
 			return fnErr
 		}
@@ -267,7 +255,7 @@ func (s *Store) compactLocked(tx *bolt.Tx) error {
 // Get reads one key.
 func (s *Store) Get(key string) (kv KV, ok bool, err error) {
 	err = s.db.View(func(btx *bolt.Tx) error {
-		kv, ok = (&Tx{tx: btx}).Get(key)
+		kv, ok = boltTx{tx: btx}.Get(key)
 		return nil
 	})
 	return kv, ok, err
@@ -319,7 +307,7 @@ func (s *Store) ChangesSince(rev uint64) (changes []Change, current uint64, err 
 			last[key] = u64(k[:8])
 		}
 		for _, key := range order {
-			kv, ok := (&Tx{tx: tx}).Get(key)
+			kv, ok := boltTx{tx: tx}.Get(key)
 			if !ok {
 				changes = append(changes, Change{Key: key, Rev: last[key], Deleted: true})
 				continue
