@@ -12,7 +12,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -490,12 +489,4 @@ func (ca *CA) Sign(pub crypto.PublicKey, id spiffeid.ID, o IssueOptions) ([]*x50
 		out = append(out, ca.chain...)
 	}
 	return out, nil
-}
-
-func randomSerial() (*big.Int, error) {
-	s, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, fmt.Errorf("identity: serial: %w", err)
-	}
-	return s.Add(s, big.NewInt(1)), nil // never 0
 }
