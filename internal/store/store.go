@@ -321,3 +321,28 @@ func (s *Store) ChangesSince(rev uint64) (changes []Change, current uint64, err 
 	})
 	return changes, current, err
 }
+
+// ChangedKeys returns, without their values, the keys that changed after
+// rev (each once, in the order of their first change) and the current
+// revision; ErrCompacted as ChangesSince. A subscriber that resumes from
+// an old version then takes each key's state from a view the caller holds
+// (the control plane's feed) instead of decoding it again.
+func (s *Store) ChangedKeys(rev uint64) (keys []string, current uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		current = u64(m.Get(keyRev))
+		if rev < u64(m.Get(keyCompacted)) || rev > current {
+			return ErrCompacted
+		}
+		seen := map[string]bool{}
+		c := tx.Bucket(bucketLog).Cursor()
+		for k, _ := c.Seek(be(rev + 1)); k != nil; k, _ = c.Next() {
+			if key := string(k[8:]); !seen[key] {
+				seen[key] = true
+				keys = append(keys, key)
+			}
+		}
+		return nil
+	})
+	return keys, current, err
+}

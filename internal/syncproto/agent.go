@@ -64,7 +64,14 @@ type (
 	Sessions struct{ Sessions []api.Session }
 	// Send is a request another part of the agent sends on the stream
 	// (renew, audit, svid); Control's Send is the same event.
-	Send struct{ Msg *wire.Message }
+	//
+	// Sizes, when set on an update the control plane sends, are the
+	// encoded sizes of Msg's Resources then Removed (a shared feed encoded
+	// them once), so chunking need not encode them again.
+	Send struct {
+		Msg   *wire.Message
+		Sizes []int
+	}
 )
 
 // Agent effects: in Output.Effects.
