@@ -338,10 +338,13 @@ func (f *feed) resume(known uint64) ([]*feedEntry, uint64, error) {
 // snapshot returns the full state, shared: one built at most maxAge ago
 // is reused by every subscriber (each gets a delta from its revision
 // next), so N subscribers connecting at once cost one build, not N.
-func (f *feed) snapshot() *feedSnap {
+//
+// The snapshot is at minRev or later (the subscriber's welcome: it must
+// hold at least what it was told is committed).
+func (f *feed) snapshot(minRev uint64) *feedSnap {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if s := f.snap; s != nil && (s.rev == f.rev || time.Since(s.at) < f.maxAge && s.rev >= f.floor) {
+	if s := f.snap; s != nil && s.rev >= minRev && (s.rev == f.rev || time.Since(s.at) < f.maxAge && s.rev >= f.floor) {
 		return s
 	}
 	s := &feedSnap{rev: f.rev, at: time.Now(), entries: make([]*feedEntry, 0, len(f.state))}
@@ -376,9 +379,31 @@ func (f *feed) scopedSnapshot(fl syncproto.Filter) ([]*feedEntry, uint64) {
 	return out, f.rev
 }
 
+// waitFor waits until the feed holds revision rev (or ctx ends).
+func (f *feed) waitFor(ctx context.Context, rev uint64) error {
+	for {
+		cur, wake := f.watch()
+		if cur >= rev {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wake:
+		}
+	}
+}
+
 // get returns the current state of key, or nil.
 func (f *feed) get(key string) *feedEntry {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.state[key]
+}
+
+// snapCount is how many full snapshots the feed built (tests).
+func (f *feed) snapCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.snaps
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/store"
@@ -37,7 +38,12 @@ type registry struct {
 	byNode map[string]map[string]bool
 }
 
+// decoded counts stored objects decoded (decodeKV): the feed's tests check
+// that a change is decoded once however many streams send it.
+var decoded atomic.Int64
+
 func decodeKV(kv store.KV) (api.Object, error) {
+	decoded.Add(1)
 	o, err := api.DecodeObject(kv.Value)
 	if err != nil {
 		return nil, fmt.Errorf("stored object %s: %w", kv.Key, err)

@@ -103,6 +103,8 @@ type stream struct {
 	c    net.Conn
 	node string
 
+	welcome uint64 // the store revision the welcome named
+
 	mu sync.Mutex // serialises the machine's steps and the writes of their frames
 	sm *syncproto.Control
 
@@ -213,6 +215,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	}()
 	s.log.Info("control: agent connected", "node", st.node, "remote", c.RemoteAddr())
 	rev, _ := s.st.Rev()
+	st.welcome = rev
 	welcome := syncproto.Admitted{Version: rev, StoreID: s.st.ID()}
 	if s.sec != nil && !peer.IsZero() {
 		welcome.Features = append(welcome.Features, wire.FeatureSVID)
@@ -401,6 +404,11 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			full = true // a subscriber from another history
 		}
 	}
+	// The first update holds at least what the welcome said is committed
+	// (the feed follows the store a moment behind).
+	if err := fd.waitFor(ctx, st.welcome); err != nil {
+		return nil
+	}
 	var lastSent time.Time
 	for {
 		_, wake := fd.watch()
@@ -422,7 +430,7 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			}
 		}
 		if full {
-			u = ss.snapshot(fd)
+			u = ss.snapshot(fd, st.welcome)
 			scanned, full = u.m.Version, false
 		}
 		if u != nil && (len(u.enc)+len(u.rem) > 0 || !ss.f.Scoped() || time.Since(lastSent) >= emptyEvery) {
@@ -460,7 +468,7 @@ func (ss *sendState) newUpdate(rev uint64, full bool) *update {
 }
 
 // snapshot is the first update of a subscriber that holds nothing usable.
-func (ss *sendState) snapshot(fd *feed) *update {
+func (ss *sendState) snapshot(fd *feed, minRev uint64) *update {
 	if ss.f.Scoped() {
 		entries, rev := fd.scopedSnapshot(ss.f)
 		u := ss.newUpdate(rev, true)
@@ -488,7 +496,7 @@ func (ss *sendState) snapshot(fd *feed) *update {
 		}
 		return u
 	}
-	snap := fd.snapshot()
+	snap := fd.snapshot(minRev)
 	if ss.all {
 		return snap.whole(ss.storeID)
 	}

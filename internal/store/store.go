@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -45,9 +46,17 @@ type Store struct {
 	retention int
 	id        string
 
+	// listed counts the keys List and Tx.List returned: a scan of the
+	// whole store shows here (Listed).
+	listed atomic.Uint64
+
 	mu    sync.Mutex // guards the following
 	watch chan struct{}
 }
+
+// Listed returns how many keys List and Tx.List have returned since Open,
+// so tests and metrics can tell an indexed read from a scan.
+func (s *Store) Listed() uint64 { return s.listed.Load() }
 
 // KV is a stored object.
 type KV struct {
@@ -140,6 +149,7 @@ func (s *Store) Watch() <-chan struct{} {
 
 // Tx is a write transaction. Every key written in it gets revision Rev().
 type Tx struct {
+	s       *Store
 	tx      *bolt.Tx
 	rev     uint64
 	changed int
@@ -159,7 +169,11 @@ func (t *Tx) Get(key string) (KV, bool) {
 
 // List reads every key with prefix inside the transaction.
 func (t *Tx) List(prefix string) []KV {
-	return list(t.tx, prefix)
+	kvs := list(t.tx, prefix)
+	if t.s != nil {
+		t.s.listed.Add(uint64(len(kvs)))
+	}
+	return kvs
 }
 
 // Put writes a key.
@@ -201,7 +215,7 @@ func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
 	var changed bool
 	err = s.db.Update(func(btx *bolt.Tx) error {
 		m := btx.Bucket(bucketMeta)
-		t := &Tx{tx: btx, rev: u64(m.Get(keyRev)) + 1}
+		t := &Tx{s: s, tx: btx, rev: u64(m.Get(keyRev)) + 1}
 		if err := fn(t); err != nil {
 			return err
 		}
@@ -269,6 +283,7 @@ func (s *Store) Get(key string) (kv KV, ok bool, err error) {
 func (s *Store) List(prefix string) (kvs []KV, rev uint64, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		kvs = list(tx, prefix)
+		s.listed.Add(uint64(len(kvs)))
 		rev = u64(tx.Bucket(bucketMeta).Get(keyRev))
 		return nil
 	})
