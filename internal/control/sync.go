@@ -399,6 +399,12 @@ func (st *stream) sendLoop(ctx context.Context) error {
 	fd := s.reg.feed
 	ss := newSendState(sub.Filter, st.node, s.st.ID())
 	scanned, full := sub.Known, sub.Full
+	if ss.f.Scoped() {
+		// What a scoped subscriber holds from an earlier stream is not
+		// known here (which nodes, what left its scope meanwhile): it
+		// gets its scope again, which is small by design.
+		full = true
+	}
 	if !full {
 		if cur, err := s.st.Rev(); err == nil && scanned > cur {
 			full = true // a subscriber from another history
@@ -410,6 +416,13 @@ func (st *stream) sendLoop(ctx context.Context) error {
 		return nil
 	}
 	var lastSent time.Time
+	pending := false // a scoped subscriber's version is behind scanned
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		_, wake := fd.watch()
 		var u *update
@@ -433,17 +446,35 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			u = ss.snapshot(fd, st.welcome)
 			scanned, full = u.m.Version, false
 		}
-		if u != nil && (len(u.enc)+len(u.rem) > 0 || !ss.f.Scoped() || time.Since(lastSent) >= emptyEvery) {
+		if u == nil && pending && time.Since(lastSent) >= emptyEvery {
+			u = ss.newUpdate(scanned, false) // the version a scoped subscriber was not told
+		}
+		if timer != nil {
+			timer.Stop()
+			timer = nil
+		}
+		switch {
+		case u != nil && (len(u.enc)+len(u.rem) > 0 || !ss.f.Scoped() || time.Since(lastSent) >= emptyEvery):
 			if err := st.writeUpdate(u); err != nil { // the machine sets its nonce
 				return err
 			}
 			s.mUpdates.Inc()
-			lastSent = time.Now()
+			lastSent, pending = time.Now(), false
+		case u != nil || pending:
+			// Nothing in scope: the subscriber learns the version later,
+			// at most emptyEvery after its last update.
+			pending = true
+			timer = time.NewTimer(time.Until(lastSent.Add(emptyEvery)))
+		}
+		var fire <-chan time.Time
+		if timer != nil {
+			fire = timer.C
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-wake:
+		case <-fire:
 		}
 	}
 }
