@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -42,6 +43,10 @@ type config struct {
 
 // resources is the decoded form of config.
 type resources struct {
+	// raw holds each resource as the control plane sent it ("Type/name"),
+	// so the cache file is written from it without encoding every object
+	// again at each update.
+	raw       map[string]wire.Resource
 	nodes     map[string]*api.Node
 	services  map[string]*api.Service  // ns/name
 	endpoints map[string]*api.Endpoint // ns/name
@@ -52,7 +57,7 @@ type resources struct {
 }
 
 func newResources() *resources {
-	return &resources{nodes: map[string]*api.Node{}, services: map[string]*api.Service{}, endpoints: map[string]*api.Endpoint{},
+	return &resources{raw: map[string]wire.Resource{}, nodes: map[string]*api.Node{}, services: map[string]*api.Service{}, endpoints: map[string]*api.Endpoint{},
 		routes: map[string]*api.Route{}, policies: map[string]*api.DestinationPolicy{}, sessions: map[string]*api.Session{},
 		authz: map[string]*api.AuthorizationPolicy{}}
 }
@@ -77,6 +82,7 @@ func (r *resources) put(o api.Object) {
 }
 
 func (r *resources) remove(ref wire.ResourceRef) {
+	delete(r.raw, ref.Type+"/"+ref.Name)
 	switch ref.Type {
 	case api.KindNode:
 		delete(r.nodes, ref.Name)
@@ -97,6 +103,9 @@ func (r *resources) remove(ref wire.ResourceRef) {
 
 func (r *resources) clone() *resources {
 	c := newResources()
+	for k, v := range r.raw {
+		c.raw[k] = v
+	}
 	for k, v := range r.nodes {
 		c.nodes[k] = v
 	}
@@ -138,6 +147,7 @@ func (r *resources) applyUpdate(m *wire.Message) (*resources, error) {
 		}
 		o.GetMeta().Version = res.Version
 		next.put(o)
+		next.raw[res.Type+"/"+res.Name] = res
 	}
 	return next, nil
 }
@@ -167,7 +177,13 @@ func (r *resources) toConfig(storeID string, version uint64) (*config, error) {
 	for _, v := range r.authz {
 		objs = append(objs, v)
 	}
+	c.Resources = make([]wire.Resource, 0, len(objs))
 	for _, o := range objs {
+		ref := wire.RefOf(o)
+		if res, ok := r.raw[ref.Type+"/"+ref.Name]; ok && res.Version == o.GetMeta().Version {
+			c.Resources = append(c.Resources, res) // as received: not encoded again
+			continue
+		}
 		res, err := wire.NewResource(o)
 		if err != nil {
 			return nil, err
@@ -192,6 +208,49 @@ func saveJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
+	return writeFileAtomic(path, b)
+}
+
+// saveConfig writes the cache file. The resources' bodies are copied as
+// they are (each was decoded and validated when it arrived), not
+// re-validated and indented as json.MarshalIndent would: the file is
+// rewritten at every update, so its cost is a copy of the bytes.
+func saveConfig(path string, c *config) error {
+	head, err := json.Marshal(struct {
+		StoreID string `json:"storeId"`
+		Version uint64 `json:"version"`
+	}{c.StoreID, c.Version})
+	if err != nil {
+		return err
+	}
+	size := len(head) + 16
+	for _, r := range c.Resources {
+		size += len(r.Body) + len(r.Type) + len(r.Name) + 64
+	}
+	b := make([]byte, 0, size)
+	b = append(b, head[:len(head)-1]...)
+	b = append(b, `,"resources":[`...)
+	for i, r := range c.Resources {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '\n')
+		ref, err := json.Marshal(r.ResourceRef)
+		if err != nil {
+			return err
+		}
+		b = append(b, ref[:len(ref)-1]...)
+		b = append(b, `,"version":`...)
+		b = strconv.AppendUint(b, r.Version, 10)
+		b = append(b, `,"body":`...)
+		if len(r.Body) == 0 {
+			b = append(b, "null"...)
+		} else {
+			b = append(b, r.Body...)
+		}
+		b = append(b, '}')
+	}
+	b = append(b, "]}\n"...)
 	return writeFileAtomic(path, b)
 }
 
