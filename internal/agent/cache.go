@@ -89,4 +89,3 @@ func loadCache(path string) (*config, *resources, error) {
 	}
 	return &c, r, nil
 }
-
