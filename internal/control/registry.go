@@ -104,7 +104,9 @@ func getLocked[T api.Object](tx *store.Tx, key string, into T) (T, bool) {
 // apply stores objects atomically. Services keep their virtual IP or get the
 // lowest free one. Statuses of existing nodes are preserved.
 func (r *registry) apply(objs []api.Object) (uint64, error) {
+	runs := 0
 	rev, err := r.st.Update(func(tx *store.Tx) error {
+		runs++
 		for _, o := range objs {
 			switch v := o.(type) {
 			case *api.Service:
@@ -128,8 +130,10 @@ func (r *registry) apply(objs []api.Object) (uint64, error) {
 		}
 		return nil
 	})
-	if err != nil {
-		r.forgetVIPs() // an index taken in the failed transaction is free again
+	if err != nil || runs > 1 {
+		// An index taken in a failed transaction, or in a first run of a
+		// group commit that was rolled back, is free again.
+		r.forgetVIPs()
 	}
 	return rev, err
 }

@@ -46,6 +46,13 @@ type Store struct {
 	retention int
 	id        string
 
+	// gmu guards the group commit: the updates waiting and whether a
+	// caller is committing (Update).
+	gmu        sync.Mutex
+	queue      []*pending
+	committing bool
+	commits    atomic.Int64 // write transactions (tests)
+
 	// listed counts the keys List and Tx.List returned: a scan of the
 	// whole store shows here (Listed).
 	listed atomic.Uint64
@@ -211,27 +218,108 @@ func (t *Tx) logLocked(key string) error {
 
 // Update runs fn in a write transaction. If fn writes nothing, the revision
 // does not move. If fn returns an error, nothing is stored.
+//
+// Updates from concurrent callers are committed together (group commit):
+// the first caller commits, in one bbolt transaction and one fsync, every
+// update queued while the previous commit ran, each at its own revision,
+// and returns when they are durable. When an fn fails, the others of its
+// group run again alone, so fn must not have side effects outside the
+// transaction that a second run would repeat wrongly.
 func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
-	var changed bool
-	err = s.db.Update(func(btx *bolt.Tx) error {
-		m := btx.Bucket(bucketMeta)
-		t := &Tx{s: s, tx: btx, rev: u64(m.Get(keyRev)) + 1}
-		if err := fn(t); err != nil {
-			return err
+	p := &pending{fn: fn, done: make(chan struct{})}
+	s.gmu.Lock()
+	s.queue = append(s.queue, p)
+	if s.committing {
+		s.gmu.Unlock()
+		<-p.done
+		return p.rev, p.err
+	}
+	s.committing = true
+	for len(s.queue) > 0 {
+		group := s.queue
+		s.queue = nil
+		s.gmu.Unlock()
+		s.commit(group)
+		s.gmu.Lock()
+	}
+	s.committing = false
+	s.gmu.Unlock()
+	<-p.done
+	return p.rev, p.err
+}
+
+// pending is one caller's update waiting for its group's commit.
+type pending struct {
+	fn      func(*Tx) error
+	rev     uint64
+	changed bool
+	err     error
+	done    chan struct{}
+}
+
+// errInGroup marks the failure of one update of a group.
+type errInGroup struct {
+	p   *pending
+	err error
+}
+
+func (e *errInGroup) Error() string { return e.err.Error() }
+
+// commit stores a group in one transaction; if one of its updates fails,
+// each runs again in a transaction of its own.
+func (s *Store) commit(group []*pending) {
+	s.commits.Add(1)
+	err := s.db.Update(func(btx *bolt.Tx) error {
+		for _, p := range group {
+			if err := s.run(btx, p); err != nil {
+				return &errInGroup{p, err}
+			}
 		}
-		if t.changed == 0 {
-			rev = t.rev - 1
-			return nil
-		}
-		changed = true
-		rev = t.rev
-		if err := m.Put(keyRev, be(t.rev)); err != nil {
-			return err
-		}
-		return s.compactLocked(btx)
+		return nil
 	})
-	if err != nil {
-		return 0, err
+	var eg *errInGroup
+	if err != nil && len(group) > 1 && errors.As(err, &eg) {
+		for _, p := range group {
+			s.commits.Add(1)
+			p.err = s.db.Update(func(btx *bolt.Tx) error { return s.run(btx, p) })
+			s.finish([]*pending{p}, p.err)
+		}
+		return
+	}
+	if errors.As(err, &eg) {
+		err = eg.err
+	}
+	s.finish(group, err)
+}
+
+// run applies one update inside btx.
+func (s *Store) run(btx *bolt.Tx, p *pending) error {
+	m := btx.Bucket(bucketMeta)
+	t := &Tx{s: s, tx: btx, rev: u64(m.Get(keyRev)) + 1}
+	p.changed, p.rev = false, t.rev-1
+	if err := p.fn(t); err != nil {
+		return err
+	}
+	if t.changed == 0 {
+		return nil
+	}
+	p.changed, p.rev = true, t.rev
+	if err := m.Put(keyRev, be(t.rev)); err != nil {
+		return err
+	}
+	return s.compactLocked(btx)
+}
+
+// finish hands a committed (or failed) group its results and wakes the
+// watchers if anything changed.
+func (s *Store) finish(group []*pending, err error) {
+	changed := false
+	for _, p := range group {
+		if err != nil {
+			p.rev, p.err = 0, err
+		} else {
+			changed = changed || p.changed
+		}
 	}
 	if changed {
 		s.mu.Lock()
@@ -239,7 +327,9 @@ func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
 		s.watch = make(chan struct{})
 		s.mu.Unlock()
 	}
-	return rev, nil
+	for _, p := range group {
+		close(p.done)
+	}
 }
 
 // compactLocked trims the log to the retention and records the highest
