@@ -104,7 +104,7 @@ func TestTrackerScoped(t *testing.T) {
 	tr.record(t0)
 	tr.register(t0, 10, 2)
 	tr.applied(2, 10, t0.Add(5*time.Millisecond))
-	lat, inc, reach := tr.latencies()
+	lat, _, inc, reach := tr.latencies()
 	if inc != 0 || len(lat) != 1 || lat[0] != 5*time.Millisecond || reach != 1 {
 		t.Fatalf("latencies %v incomplete %d reach %v, want [5ms] 0 1", lat, inc, reach)
 	}
@@ -128,7 +128,7 @@ func TestTracker(t *testing.T) {
 	tr.applied(0, 10, at(5))  // agent 0 has rev 10 at 5ms
 	tr.applied(1, 9, at(6))   // agent 1 is not there yet
 	tr.register(at(0), 10, 0) // change 0 at rev 10, registered late
-	if lat, inc, _ := tr.latencies(); inc != 1 || len(lat) != 0 {
+	if lat, _, inc, _ := tr.latencies(); inc != 1 || len(lat) != 0 {
 		t.Fatalf("latencies %v incomplete %d, want none done and 1 incomplete", lat, inc)
 	}
 	// Agent 1 applies rev 12 before the writer registers change 1 (rev 12):
@@ -140,7 +140,7 @@ func TestTracker(t *testing.T) {
 	tr.applied(0, 15, at(30)) // covers 1 and 2
 	tr.applied(1, 15, at(40))
 	tr.applied(1, 14, at(50)) // a lower version later changes nothing
-	lat, inc, _ := tr.latencies()
+	lat, fan, inc, _ := tr.latencies()
 	if inc != 0 {
 		t.Fatalf("incomplete %d", inc)
 	}
@@ -149,6 +149,11 @@ func TestTracker(t *testing.T) {
 	want := []time.Duration{8 * time.Millisecond, 20 * time.Millisecond, 23 * time.Millisecond}
 	if len(lat) != 3 || lat[0] != want[0] || lat[1] != want[1] || lat[2] != want[2] {
 		t.Fatalf("latencies %v, want %v", lat, want)
+	}
+	// Fan-out, first to last agent: change 0 5..8 → 3ms; change 1 8..30
+	// → 22ms; change 2 30..40 → 10ms.
+	if len(fan) != 3 || fan[0] != 3*time.Millisecond || fan[1] != 10*time.Millisecond || fan[2] != 22*time.Millisecond {
+		t.Fatalf("fan-out %v", fan)
 	}
 	if q := quantile(lat, 0.5); q != 20*time.Millisecond {
 		t.Fatalf("p50 %v", q)

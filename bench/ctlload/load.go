@@ -74,6 +74,9 @@ type result struct {
 	// Reach is how many agents each change had to reach (its service's
 	// subscribers), on average.
 	Reach float64 `json:",omitempty"`
+	// FanoutP50 and FanoutP99: from the first of a change's agents to
+	// apply it to the last (the push path without the write path).
+	FanoutP50, FanoutP99 time.Duration
 }
 
 // inScope tells whether agent i subscribes to service svc.
@@ -471,8 +474,9 @@ loop:
 	<-sampled
 	p2, _ := readProc(r.p.pid())
 	res.RSS, res.HWM, res.Fds, res.Threads = max(maxRSS.Load(), p2.rss), p2.hwm, p2.fds, p2.threads
-	lat, inc, reach := r.tr.latencies()
+	lat, fan, inc, reach := r.tr.latencies()
 	res.Incomplete, res.Reach = inc, reach
+	res.FanoutP50, res.FanoutP99 = quantile(fan, 0.50), quantile(fan, 0.99)
 	res.P50, res.P99 = quantile(lat, 0.50), quantile(lat, 0.99)
 	if len(lat) > 0 {
 		res.Max = lat[len(lat)-1]

@@ -152,14 +152,16 @@ func maxTime(a, b time.Time) time.Time {
 
 // latencies returns, for every change applied by all agents that
 // subscribe to its service, the time from its sending to its application
-// at the last of them, sorted; how many changes some such agent never
+// at the last of them, sorted; the fan-out of each, from the first of its
+// agents to apply it to the last (the push path alone, without the
+// admin API's write), sorted; how many changes some such agent never
 // applied; and how many agents a change had to reach, on average.
-func (tr *tracker) latencies() (done []time.Duration, incomplete int, reach float64) {
+func (tr *tracker) latencies() (done, fanout []time.Duration, incomplete int, reach float64) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	total := 0
 	for _, c := range tr.changes {
-		var last time.Time
+		var first, last time.Time
 		ok := true
 		for i := range tr.agents {
 			if !tr.inScope(i, c.svc) {
@@ -173,6 +175,9 @@ func (tr *tracker) latencies() (done []time.Duration, incomplete int, reach floa
 				break
 			}
 			last = maxTime(last, h[j].t)
+			if first.IsZero() || h[j].t.Before(first) {
+				first = h[j].t
+			}
 		}
 		if !ok {
 			incomplete++
@@ -181,12 +186,14 @@ func (tr *tracker) latencies() (done []time.Duration, incomplete int, reach floa
 		// An agent may have applied it before t0 was taken (clock
 		// granularity): never below zero.
 		done = append(done, max(last.Sub(c.t0), 0))
+		fanout = append(fanout, last.Sub(first))
 	}
 	slices.Sort(done)
+	slices.Sort(fanout)
 	if len(tr.changes) > 0 {
 		reach = float64(total) / float64(len(tr.changes))
 	}
-	return done, incomplete, reach
+	return done, fanout, incomplete, reach
 }
 
 // quantile of sorted durations (nearest rank).
