@@ -46,6 +46,106 @@ type feed struct {
 	wake   chan struct{} // closed when rev moves
 	snap   *feedSnap     // the last full snapshot built, shared
 	snaps  int           // full snapshots built (tests)
+
+	// Subscribers to wake after a commit: unscoped ones at every commit,
+	// scoped ones only when something of their scope changed (or a node
+	// or an object of no one service), so a change to one service wakes
+	// its subscribers, not every stream.
+	subsAll    map[*feedSub]bool
+	subsScoped map[*feedSub]bool
+	subsSvc    map[string]map[*feedSub]bool // "ns/name" ->
+	subsNS     map[string]map[*feedSub]bool // namespace of "ns/*" ->
+}
+
+// feedSub is one stream's wake-up: a token in ch means "look again".
+type feedSub struct {
+	f  syncproto.Filter
+	ch chan struct{}
+}
+
+// subscribe registers a stream's filter; it is woken (sub.ch) after the
+// commits that may concern it.
+func (f *feed) subscribe(fl syncproto.Filter) *feedSub {
+	sub := &feedSub{f: fl, ch: make(chan struct{}, 1)}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.subsAll == nil {
+		f.subsAll, f.subsScoped = map[*feedSub]bool{}, map[*feedSub]bool{}
+		f.subsSvc, f.subsNS = map[string]map[*feedSub]bool{}, map[string]map[*feedSub]bool{}
+	}
+	if !fl.Scoped() {
+		f.subsAll[sub] = true
+		return sub
+	}
+	f.subsScoped[sub] = true
+	svcs, nss := fl.ScopeEntries()
+	for _, k := range svcs {
+		addSub(f.subsSvc, k, sub)
+	}
+	for _, k := range nss {
+		addSub(f.subsNS, k, sub)
+	}
+	return sub
+}
+
+func addSub(m map[string]map[*feedSub]bool, k string, sub *feedSub) {
+	if m[k] == nil {
+		m[k] = map[*feedSub]bool{}
+	}
+	m[k][sub] = true
+}
+
+func delSub(m map[string]map[*feedSub]bool, k string, sub *feedSub) {
+	delete(m[k], sub)
+	if len(m[k]) == 0 {
+		delete(m, k)
+	}
+}
+
+// unsubscribe forgets a stream's registration.
+func (f *feed) unsubscribe(sub *feedSub) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.subsAll, sub)
+	delete(f.subsScoped, sub)
+	svcs, nss := sub.f.ScopeEntries()
+	for _, k := range svcs {
+		delSub(f.subsSvc, k, sub)
+	}
+	for _, k := range nss {
+		delSub(f.subsNS, k, sub)
+	}
+}
+
+func (sub *feedSub) wake() {
+	select {
+	case sub.ch <- struct{}{}:
+	default:
+	}
+}
+
+// wakeLocked wakes the subscribers a batch of entries concerns; touched
+// are the services they are or belong to (before and after the change),
+// other says an entry belongs to no one service.
+func (f *feed) wakeLocked(touched map[string]bool, other bool) {
+	for sub := range f.subsAll {
+		sub.wake()
+	}
+	if other {
+		for sub := range f.subsScoped {
+			sub.wake()
+		}
+		return
+	}
+	for svc := range touched {
+		for sub := range f.subsSvc[svc] {
+			sub.wake()
+		}
+		ns, _, _ := strings.Cut(svc, "/")
+		for sub := range f.subsNS[ns] {
+			sub.wake()
+		}
+	}
 }
 
 // feedEntry is one object's state at a revision, decoded and encoded.
@@ -121,6 +221,7 @@ func (f *feed) reload() error {
 	}
 	f.recent, f.floor, f.snap = nil, rev, nil
 	f.advanceLocked(rev)
+	f.wakeLocked(nil, true)
 	return nil
 }
 
@@ -233,12 +334,21 @@ func (f *feed) catchUp() error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	touched, other := map[string]bool{}, false
 	for _, e := range entries {
 		if old := f.state[e.key]; old != nil {
 			f.unindexLocked(old)
 			if e.deleted {
 				e.svc, e.node = old.svc, old.node // what it belonged to, for scoped streams
 			}
+			if old.svc != "" {
+				touched[old.svc] = true // it may leave that service's scope
+			}
+		}
+		if e.svc != "" {
+			touched[e.svc] = true
+		} else {
+			other = true
 		}
 		if e.deleted {
 			delete(f.state, e.key)
@@ -258,6 +368,7 @@ func (f *feed) catchUp() error {
 		f.recent = slices.Clone(f.recent[i:])
 	}
 	f.advanceLocked(cur)
+	f.wakeLocked(touched, other)
 	return nil
 }
 

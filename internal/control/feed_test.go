@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -380,5 +381,59 @@ func TestLocalEndpointsAndVIPsDoNotScanTheStore(t *testing.T) {
 	}
 	if _, ok, _ := s.st.Get("Endpoint/demo/w1-19"); ok {
 		t.Fatal("the deleted node's endpoint is still stored")
+	}
+}
+
+// A commit wakes the unscoped streams and the scoped ones whose scope it
+// touches, not every stream: a change to one service is not work for
+// every subscriber.
+func TestFeedWakesOnlyTheScopeOfAChange(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	applyObjs(t, s, svcObj("demo", "a"), svcObj("demo", "b"))
+	fd := s.reg.feed
+	sub := func(services ...string) *feedSub {
+		m := &wire.Message{Type: wire.TypeSubscribe}
+		if len(services) > 0 {
+			m.Scope = &wire.Scope{Services: services}
+		}
+		return fd.subscribe(syncproto.NewFilter(m))
+	}
+	all, a, b, ns := sub(), sub("demo/a"), sub("demo/b"), sub("demo/*")
+	drain := func() {
+		for _, x := range []*feedSub{all, a, b, ns} {
+			select {
+			case <-x.ch:
+			default:
+			}
+		}
+	}
+	woken := func(x *feedSub) bool {
+		select {
+		case <-x.ch:
+			return true
+		default:
+			return false
+		}
+	}
+	rev, _ := s.st.Rev()
+	testenv.WaitFor(t, 5*time.Second, "feed at the store's revision", func() bool { r, _ := fd.watch(); return r >= rev })
+	drain()
+	rev = applyObjs(t, s, epObj("demo", "a1", "a", "", 9001))
+	testenv.WaitFor(t, 5*time.Second, "feed at the change", func() bool { r, _ := fd.watch(); return r >= rev })
+	if !woken(all) || !woken(a) || !woken(ns) || woken(b) {
+		t.Fatal("a change of demo/a must wake the unscoped, demo/a and demo/* subscribers, not demo/b's")
+	}
+	// An endpoint that moves from a to b wakes both (a's must remove it).
+	rev = applyObjs(t, s, epObj("demo", "a1", "b", "", 9001))
+	testenv.WaitFor(t, 5*time.Second, "feed at the move", func() bool { r, _ := fd.watch(); return r >= rev })
+	if !woken(a) || !woken(b) {
+		t.Fatal("a move from demo/a to demo/b must wake both")
+	}
+	fd.unsubscribe(b)
+	fd.mu.Lock()
+	n := len(fd.subsSvc["demo/b"])
+	fd.mu.Unlock()
+	if n != 0 {
+		t.Fatal("unsubscribed stream still indexed")
 	}
 }

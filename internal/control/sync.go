@@ -410,21 +410,24 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			full = true // a subscriber from another history
 		}
 	}
+	// Register before the first look, so no commit after it is missed.
+	wake := fd.subscribe(ss.f)
+	defer fd.unsubscribe(wake)
 	// The first update holds at least what the welcome said is committed
 	// (the feed follows the store a moment behind).
 	if err := fd.waitFor(ctx, st.welcome); err != nil {
 		return nil
 	}
 	var lastSent time.Time
-	pending := false // a scoped subscriber's version is behind scanned
+	var told uint64 // the version the subscriber was last sent
+	// A scoped stream is woken only for its scope; a timer tells it, at
+	// most every emptyEvery, the version it was not told meanwhile.
 	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	if ss.f.Scoped() {
+		timer = time.NewTimer(emptyEvery)
+		defer timer.Stop()
+	}
 	for {
-		_, wake := fd.watch()
 		var u *update
 		if !full {
 			entries, rev, ok := fd.since(scanned)
@@ -446,34 +449,29 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			u = ss.snapshot(fd, st.welcome)
 			scanned, full = u.m.Version, false
 		}
-		if u == nil && pending && time.Since(lastSent) >= emptyEvery {
+		if u == nil && told < scanned && time.Since(lastSent) >= emptyEvery {
 			u = ss.newUpdate(scanned, false) // the version a scoped subscriber was not told
 		}
-		if timer != nil {
-			timer.Stop()
-			timer = nil
-		}
-		switch {
-		case u != nil && (len(u.enc)+len(u.rem) > 0 || !ss.f.Scoped() || time.Since(lastSent) >= emptyEvery):
+		if u != nil && (len(u.enc)+len(u.rem) > 0 || !ss.f.Scoped() || time.Since(lastSent) >= emptyEvery) {
 			if err := st.writeUpdate(u); err != nil { // the machine sets its nonce
 				return err
 			}
 			s.mUpdates.Inc()
-			lastSent, pending = time.Now(), false
-		case u != nil || pending:
-			// Nothing in scope: the subscriber learns the version later,
-			// at most emptyEvery after its last update.
-			pending = true
-			timer = time.NewTimer(time.Until(lastSent.Add(emptyEvery)))
+			lastSent, told = time.Now(), u.m.Version
 		}
 		var fire <-chan time.Time
 		if timer != nil {
+			next := time.Until(lastSent.Add(emptyEvery))
+			if next <= 0 { // nothing held back: look again in a while
+				next = emptyEvery
+			}
+			timer.Reset(next)
 			fire = timer.C
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-wake:
+		case <-wake.ch:
 		case <-fire:
 		}
 	}

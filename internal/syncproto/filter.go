@@ -85,6 +85,18 @@ func (f Filter) All() bool {
 	return true
 }
 
+// ScopeEntries returns the scope's services ("ns/name") and namespaces
+// (of "ns/*"), so a sender can index its subscribers by them.
+func (f Filter) ScopeEntries() (services, namespaces []string) {
+	for s := range f.services {
+		services = append(services, s)
+	}
+	for n := range f.namespaces {
+		namespaces = append(namespaces, n)
+	}
+	return services, namespaces
+}
+
 // Wants tells whether the subscriber gets resources of kind.
 func (f Filter) Wants(kind string) bool { return f.types[kind] }
 
