@@ -55,12 +55,14 @@ type feed struct {
 	subsScoped map[*feedSub]bool
 	subsSvc    map[string]map[*feedSub]bool // "ns/name" ->
 	subsNS     map[string]map[*feedSub]bool // namespace of "ns/*" ->
+	subsNode   map[string]map[*feedSub]bool // node a scoped subscriber holds ->
 }
 
 // feedSub is one stream's wake-up: a token in ch means "look again".
 type feedSub struct {
-	f  syncproto.Filter
-	ch chan struct{}
+	f     syncproto.Filter
+	ch    chan struct{}
+	nodes map[string]bool // scoped: the nodes it holds (under feed.mu)
 }
 
 // subscribe registers a stream's filter; it is woken (sub.ch) after the
@@ -72,6 +74,7 @@ func (f *feed) subscribe(fl syncproto.Filter) *feedSub {
 	if f.subsAll == nil {
 		f.subsAll, f.subsScoped = map[*feedSub]bool{}, map[*feedSub]bool{}
 		f.subsSvc, f.subsNS = map[string]map[*feedSub]bool{}, map[string]map[*feedSub]bool{}
+		f.subsNode = map[string]map[*feedSub]bool{}
 	}
 	if !fl.Scoped() {
 		f.subsAll[sub] = true
@@ -115,6 +118,32 @@ func (f *feed) unsubscribe(sub *feedSub) {
 	for _, k := range nss {
 		delSub(f.subsNS, k, sub)
 	}
+	for n := range sub.nodes {
+		delSub(f.subsNode, n, sub)
+	}
+}
+
+// holdNodes records which nodes a scoped subscriber holds now, so that a
+// node's change wakes only the streams that hold it (a node that joins
+// is not work for every scoped stream).
+func (f *feed) holdNodes(sub *feedSub, add, drop []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if sub.nodes == nil {
+		sub.nodes = map[string]bool{}
+	}
+	for _, n := range drop {
+		if sub.nodes[n] {
+			delete(sub.nodes, n)
+			delSub(f.subsNode, n, sub)
+		}
+	}
+	for _, n := range add {
+		if !sub.nodes[n] {
+			sub.nodes[n] = true
+			addSub(f.subsNode, n, sub)
+		}
+	}
 }
 
 func (sub *feedSub) wake() {
@@ -126,10 +155,16 @@ func (sub *feedSub) wake() {
 
 // wakeLocked wakes the subscribers a batch of entries concerns; touched
 // are the services they are or belong to (before and after the change),
-// other says an entry belongs to no one service.
-func (f *feed) wakeLocked(touched map[string]bool, other bool) {
+// nodes the nodes that changed, other says an entry belongs to no one
+// service and is no node (an authorization policy).
+func (f *feed) wakeLocked(touched, nodes map[string]bool, other bool) {
 	for sub := range f.subsAll {
 		sub.wake()
+	}
+	for n := range nodes {
+		for sub := range f.subsNode[n] {
+			sub.wake()
+		}
 	}
 	if other {
 		for sub := range f.subsScoped {
@@ -221,7 +256,7 @@ func (f *feed) reload() error {
 	}
 	f.recent, f.floor, f.snap = nil, rev, nil
 	f.advanceLocked(rev)
-	f.wakeLocked(nil, true)
+	f.wakeLocked(nil, nil, true)
 	return nil
 }
 
@@ -334,7 +369,7 @@ func (f *feed) catchUp() error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	touched, other := map[string]bool{}, false
+	touched, nodes, other := map[string]bool{}, map[string]bool{}, false
 	for _, e := range entries {
 		if old := f.state[e.key]; old != nil {
 			f.unindexLocked(old)
@@ -345,9 +380,12 @@ func (f *feed) catchUp() error {
 				touched[old.svc] = true // it may leave that service's scope
 			}
 		}
-		if e.svc != "" {
+		switch {
+		case e.svc != "":
 			touched[e.svc] = true
-		} else {
+		case e.ref.Type == api.KindNode:
+			nodes[e.ref.Name] = true
+		default:
 			other = true
 		}
 		if e.deleted {
@@ -368,7 +406,7 @@ func (f *feed) catchUp() error {
 		f.recent = slices.Clone(f.recent[i:])
 	}
 	f.advanceLocked(cur)
-	f.wakeLocked(touched, other)
+	f.wakeLocked(touched, nodes, other)
 	return nil
 }
 

@@ -429,6 +429,23 @@ func TestFeedWakesOnlyTheScopeOfAChange(t *testing.T) {
 	if !woken(a) || !woken(b) {
 		t.Fatal("a move from demo/a to demo/b must wake both")
 	}
+	// A node wakes only the scoped streams that need it.
+	fd.holdNodes(a, []string{"w1"}, nil)
+	node := func(name string) uint64 {
+		return applyObjs(t, s, &api.Node{APIVersion: api.APIVersion, Kind: api.KindNode, Meta: api.Meta{Name: name},
+			Spec: api.NodeSpec{Site: "shop-1", Region: "east", MeshAddress: "127.101.0.9:7072"}})
+	}
+	drain()
+	rev = node("w2")
+	testenv.WaitFor(t, 5*time.Second, "feed at node w2", func() bool { r, _ := fd.watch(); return r >= rev })
+	if !woken(all) || woken(a) || woken(b) || woken(ns) {
+		t.Fatal("a node no scoped stream needs must wake only the unscoped ones")
+	}
+	rev = node("w1")
+	testenv.WaitFor(t, 5*time.Second, "feed at node w1", func() bool { r, _ := fd.watch(); return r >= rev })
+	if !woken(a) || woken(b) {
+		t.Fatal("node w1 must wake the stream that needs it, only")
+	}
 	fd.unsubscribe(b)
 	fd.mu.Lock()
 	n := len(fd.subsSvc["demo/b"])

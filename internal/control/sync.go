@@ -413,6 +413,7 @@ func (st *stream) sendLoop(ctx context.Context) error {
 	// Register before the first look, so no commit after it is missed.
 	wake := fd.subscribe(ss.f)
 	defer fd.unsubscribe(wake)
+	ss.sub = wake
 	// The first update holds at least what the welcome said is committed
 	// (the feed follows the store a moment behind).
 	if err := fd.waitFor(ctx, st.welcome); err != nil {
@@ -486,6 +487,7 @@ type sendState struct {
 	held    map[string]bool // scoped: store keys the subscriber holds
 	refs    *syncproto.NodeRefs
 	self    string
+	sub     *feedSub // this stream's registration with the feed
 }
 
 func newSendState(f syncproto.Filter, self, storeID string) *sendState {
@@ -523,6 +525,9 @@ func (ss *sendState) snapshot(fd *feed, minRev uint64) *update {
 				u.addRes(e)
 			}
 		}
+		// The nodes it needs, held or not yet stored, wake it when they
+		// change.
+		fd.holdNodes(ss.sub, ss.refs.Nodes(), nil)
 		return u
 	}
 	snap := fd.snapshot(minRev)
@@ -607,6 +612,12 @@ func (ss *sendState) delta(fd *feed, entries []*feedEntry, rev uint64) *update {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	var add, drop []string
+	defer func() {
+		if len(add)+len(drop) > 0 {
+			fd.holdNodes(ss.sub, add, drop)
+		}
+	}()
 	for _, n := range names {
 		e, inDelta := touched[n], touched[n] != nil
 		if !inDelta {
@@ -614,6 +625,11 @@ func (ss *sendState) delta(fd *feed, entries []*feedEntry, rev uint64) *update {
 		}
 		want := e != nil && !e.deleted && ss.refs.Wants(n) && ss.f.Match(e.obj)
 		key := api.KindNode + "/" + n
+		if ss.refs.Wants(n) {
+			add = append(add, n)
+		} else {
+			drop = append(drop, n)
+		}
 		switch {
 		case want && (inDelta || !ss.held[key]):
 			ss.held[key] = true

@@ -211,6 +211,17 @@ func (n *NodeRefs) Endpoint(key, node string) (entered, left string) {
 // Wants tells whether the subscriber needs node.
 func (n *NodeRefs) Wants(node string) bool { return node == n.self || n.count[node] > 0 }
 
+// Nodes returns every node the subscriber needs, its own first.
+func (n *NodeRefs) Nodes() []string {
+	out := []string{n.self}
+	for node := range n.count {
+		if node != n.self {
+			out = append(out, node)
+		}
+	}
+	return out
+}
+
 // maxLoadEntries bounds what one heartbeat may report.
 const maxLoadEntries = 10000
 
