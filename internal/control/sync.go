@@ -361,10 +361,11 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 }
 
 // emptyEvery is how often a scoped stream with nothing in scope still gets
-// an empty update that moves its version, so that its next resync starts
-// near the store's revision; unscoped streams get one at every commit, as
-// before scoping.
-const emptyEvery = 2 * time.Second
+// an empty update that moves its version, so that the version it acks (the
+// control plane's view of how current it is) stays near the store's;
+// unscoped streams get one at every commit, as before scoping. Not more
+// often: at 10,000 scoped agents every 2 s was 5,000 frames/s of nothing.
+const emptyEvery = 10 * time.Second
 
 // update is an update to send with the encoding of each item (Resources,
 // then Removed), made once by the feed: the stream only frames it.
