@@ -30,6 +30,7 @@ type simAgent struct {
 
 	sm    *syncproto.Agent
 	known syncproto.Known
+	scope *wire.Scope // nil: everything
 
 	// verify: what the agent holds, "Kind/name" -> version, and protocol
 	// faults seen (a resource twice in one update, a version going back).
@@ -45,6 +46,7 @@ type simAgent struct {
 // (until its first update is applied) at once; reconnections are not gated.
 func (a *simAgent) run(ctx context.Context, jitter time.Duration, gate chan struct{}) {
 	a.sm = syncproto.NewAgent()
+	a.sm.SetScope(a.scope)
 	first := true
 	for k := 0; ctx.Err() == nil; {
 		var release func()

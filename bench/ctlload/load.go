@@ -11,12 +11,14 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // config is one run of the load.
@@ -31,10 +33,15 @@ type config struct {
 	Dir            string // work dir (state dir under it)
 	Restart        bool
 	Verify         bool
-	Dialers        int           // first connections in flight at once
-	MaxRSS         int64         // abort when the control plane or this process grows past it (0: 4 GiB)
-	PhaseTimeout   time.Duration // bound of each wait
-	Log            io.Writer
+	Dialers        int // first connections in flight at once
+	// Scope, when > 0, is how many services each agent subscribes to
+	// (wire.Scope.Services): agent i takes services i·Scope … i·Scope+Scope-1
+	// (mod Services), so each service is in the scope of about
+	// N·Scope/Services agents. 0: every agent subscribes to everything.
+	Scope        int
+	MaxRSS       int64         // abort when the control plane or this process grows past it (0: 4 GiB)
+	PhaseTimeout time.Duration // bound of each wait
+	Log          io.Writer
 }
 
 // result is what a run measured.
@@ -63,6 +70,34 @@ type result struct {
 	AfterRestartOK bool // a change after the restart reached every agent
 
 	Faults []string // protocol faults and verification mismatches
+	Scope  int      `json:",omitempty"` // services per agent (0: all)
+	// Reach is how many agents each change had to reach (its service's
+	// subscribers), on average.
+	Reach float64 `json:",omitempty"`
+	// FanoutP50 and FanoutP99: from the first of a change's agents to
+	// apply it to the last (the push path without the write path).
+	FanoutP50, FanoutP99 time.Duration
+}
+
+// inScope tells whether agent i subscribes to service svc.
+func (c *config) inScope(i, svc int) bool {
+	if c.Scope <= 0 || c.Scope >= c.Services {
+		return true
+	}
+	d := ((svc-i*c.Scope)%c.Services + c.Services) % c.Services
+	return d < c.Scope
+}
+
+// scopeOf is agent i's subscription scope (nil: everything).
+func (c *config) scopeOf(i int) *wire.Scope {
+	if c.Scope <= 0 || c.Scope >= c.Services {
+		return nil
+	}
+	sc := &wire.Scope{}
+	for j := range c.Scope {
+		sc.Services = append(sc.Services, fmt.Sprintf("%s/svc-%d", benchNS, (i*c.Scope+j)%c.Services))
+	}
+	return sc
 }
 
 type run struct {
@@ -119,9 +154,9 @@ func runLoad(ctx context.Context, cfg config) (res result, err error) {
 	if cfg.MaxRSS <= 0 {
 		cfg.MaxRSS = 4 << 30
 	}
-	r := &run{cfg: cfg, tr: newTracker(cfg.N), state: filepath.Join(cfg.Dir, "state"),
+	r := &run{cfg: cfg, tr: newTracker(cfg.N, cfg.inScope), state: filepath.Join(cfg.Dir, "state"),
 		epRev: make([]uint64, cfg.M), epPort: make([]int, cfg.M)}
-	res = result{N: cfg.N, M: cfg.M, Services: cfg.Services, Secure: !cfg.Insecure}
+	res = result{N: cfg.N, M: cfg.M, Services: cfg.Services, Secure: !cfg.Insecure, Scope: cfg.Scope}
 	if cfg.Bin != "" {
 		r.p = &childPlane{bin: cfg.Bin, dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure}
 	} else {
@@ -302,7 +337,7 @@ func (r *run) makeAgents() error {
 					Meta: api.Meta{Name: fmt.Sprintf("n-%05d", i)},
 					Spec: api.NodeSpec{Site: fmt.Sprintf("site-%d", i%sites), Region: "r1",
 						MeshAddress: fmt.Sprintf("127.0.0.1:%d", 10000+i%50000)}}
-				a := &simAgent{i: i, node: n, tr: r.tr, addr: &r.addr, verify: r.cfg.Verify}
+				a := &simAgent{i: i, node: n, tr: r.tr, addr: &r.addr, verify: r.cfg.Verify, scope: r.cfg.scopeOf(i)}
 				if ca != nil {
 					cfg, err := clientTLS(ca, n.Spec.Site, n.Meta.Name)
 					if err != nil {
@@ -402,12 +437,13 @@ loop:
 			defer wg.Done()
 			defer func() { <-inflight }()
 			t := time.Now()
-			rev, err := r.change(ctx, rand.N(r.cfg.M))
+			e := rand.N(r.cfg.M)
+			rev, err := r.change(ctx, e)
 			if err != nil {
 				errOnce.Do(func() { werr = err })
 				return
 			}
-			r.tr.register(t, rev)
+			r.tr.register(t, rev, e%r.cfg.Services)
 			sent.Add(1)
 			applyMu.Lock()
 			applyLat = append(applyLat, time.Since(t))
@@ -438,8 +474,9 @@ loop:
 	<-sampled
 	p2, _ := readProc(r.p.pid())
 	res.RSS, res.HWM, res.Fds, res.Threads = max(maxRSS.Load(), p2.rss), p2.hwm, p2.fds, p2.threads
-	lat, inc := r.tr.latencies()
-	res.Incomplete = inc
+	lat, fan, inc, reach := r.tr.latencies()
+	res.Incomplete, res.Reach = inc, reach
+	res.FanoutP50, res.FanoutP99 = quantile(fan, 0.50), quantile(fan, 0.99)
 	res.P50, res.P99 = quantile(lat, 0.50), quantile(lat, 0.99)
 	if len(lat) > 0 {
 		res.Max = lat[len(lat)-1]
@@ -519,6 +556,9 @@ func (r *run) verify(ctx context.Context) []string {
 		a.mu.Lock()
 		var diff []string
 		for k, v := range want {
+			if !r.wants(a, k) {
+				continue
+			}
 			if got, ok := a.objs[k]; !ok {
 				diff = append(diff, "missing "+k)
 			} else if got != v && !isNode(k) {
@@ -526,7 +566,7 @@ func (r *run) verify(ctx context.Context) []string {
 			}
 		}
 		for k := range a.objs {
-			if _, ok := want[k]; !ok {
+			if _, ok := want[k]; !ok || !r.wants(a, k) {
 				diff = append(diff, "extra "+k)
 			}
 		}
@@ -537,6 +577,27 @@ func (r *run) verify(ctx context.Context) []string {
 		}
 	}
 	return faults
+}
+
+// wants tells whether agent a should hold the object of key "Kind/name":
+// everything, or with a scope its services, their endpoints and its own
+// node (the load's endpoints are static: on no node).
+func (r *run) wants(a *simAgent, key string) bool {
+	if a.scope == nil {
+		return true
+	}
+	var n int
+	switch {
+	case strings.HasPrefix(key, api.KindService+"/"+benchNS+"/svc-"):
+		fmt.Sscanf(key, api.KindService+"/"+benchNS+"/svc-%d", &n)
+		return r.cfg.inScope(a.i, n)
+	case strings.HasPrefix(key, api.KindEndpoint+"/"+benchNS+"/ep-"):
+		fmt.Sscanf(key, api.KindEndpoint+"/"+benchNS+"/ep-%d", &n)
+		return r.cfg.inScope(a.i, n%r.cfg.Services)
+	case isNode(key):
+		return key == api.KindNode+"/"+a.node.Meta.Name
+	}
+	return true
 }
 
 // isNode: node versions move with readiness, which the agents may learn a

@@ -44,6 +44,7 @@ func main() {
 	flag.StringVar(&cfg.Bin, "fogmesh", "bin/fogmesh", "the fogmesh binary to run as the control plane")
 	flag.BoolVar(&cfg.Restart, "restart", true, "kill and restart the control plane and time the resync")
 	flag.BoolVar(&cfg.Verify, "verify", false, "keep every agent's objects and compare them with the control plane's at the end (memory: n×(n+m) entries)")
+	flag.IntVar(&cfg.Scope, "scope", 0, "services each agent subscribes to (0: every agent gets everything)")
 	flag.IntVar(&cfg.Dialers, "dialers", 16, "first connections in flight at once (until their first update is applied)")
 	flag.DurationVar(&cfg.PhaseTimeout, "phase-timeout", 5*time.Minute, "bound of each phase's wait")
 	flag.Int64Var(&cfg.MaxRSS, "max-rss", 4<<30, "abort when the control plane or this process exceeds this many bytes of RSS")
@@ -118,9 +119,10 @@ func main() {
 func printResult(r result) {
 	fmt.Printf("agents %d, endpoints %d, services %d, secure %v\n", r.N, r.M, r.Services, r.Secure)
 	fmt.Printf("setup (admin API) %v; initial sync %v (control plane %.2f cores)\n", r.Setup.Round(time.Millisecond), r.InitialSync.Round(time.Millisecond), r.InitialCPU)
-	fmt.Printf("steady: %d changes at %.1f/s; change->all agents p50 %v p99 %v max %v; incomplete %d\n",
-		r.ChangesSent, r.Rate, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), r.Max.Round(10*time.Microsecond), r.Incomplete)
-	fmt.Printf("admin API answer to a change: p50 %v p99 %v\n", r.APIP50.Round(10*time.Microsecond), r.APIP99.Round(10*time.Microsecond))
+	fmt.Printf("steady: %d changes at %.1f/s; change->all subscribed agents (%.1f on average) p50 %v p99 %v max %v; incomplete %d\n",
+		r.ChangesSent, r.Rate, r.Reach, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), r.Max.Round(10*time.Microsecond), r.Incomplete)
+	fmt.Printf("admin API answer to a change: p50 %v p99 %v; fan-out (first to last agent) p50 %v p99 %v\n", r.APIP50.Round(10*time.Microsecond), r.APIP99.Round(10*time.Microsecond),
+		r.FanoutP50.Round(10*time.Microsecond), r.FanoutP99.Round(10*time.Microsecond))
 	fmt.Printf("control plane: %.2f cores, RSS %.0f MiB (peak %.0f MiB), %d fds, %d threads\n", r.CPU, float64(r.RSS)/(1<<20), float64(r.HWM)/(1<<20), r.Fds, r.Threads)
 	if r.Resync > 0 {
 		fmt.Printf("restart: all resubscribed %v, all in sync %v after the kill (%.2f cores, RSS %.0f MiB); change after restart delivered %v\n",

@@ -19,11 +19,15 @@ type tracker struct {
 	changes   []change
 	agents    []agentTrack
 	recording bool
+	// inScope tells whether agent i subscribes to service svc (the
+	// changes of a service need reach only its subscribers).
+	inScope func(i, svc int) bool
 }
 
 type change struct {
 	t0  time.Time // when the writer sent it
 	rev uint64
+	svc int // the service of the endpoint changed
 }
 
 type agentTrack struct {
@@ -41,7 +45,13 @@ type verTime struct {
 	t time.Time
 }
 
-func newTracker(n int) *tracker { return &tracker{agents: make([]agentTrack, n)} }
+// newTracker tracks n agents; inScope nil: every agent gets every change.
+func newTracker(n int, inScope func(i, svc int) bool) *tracker {
+	if inScope == nil {
+		inScope = func(int, int) bool { return true }
+	}
+	return &tracker{agents: make([]agentTrack, n), inScope: inScope}
+}
 
 // subscribed records a new stream of agent i: welcomed at store revision
 // rev, holding known.
@@ -83,11 +93,11 @@ func (tr *tracker) record(t time.Time) {
 	}
 }
 
-// register adds a change sent at t0 and committed at rev.
-func (tr *tracker) register(t0 time.Time, rev uint64) {
+// register adds a change of service svc sent at t0 and committed at rev.
+func (tr *tracker) register(t0 time.Time, rev uint64, svc int) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
-	tr.changes = append(tr.changes, change{t0: t0, rev: rev})
+	tr.changes = append(tr.changes, change{t0: t0, rev: rev, svc: svc})
 }
 
 // maxRev is the highest revision of a registered change.
@@ -140,16 +150,24 @@ func maxTime(a, b time.Time) time.Time {
 	return a
 }
 
-// latencies returns, for every change applied by all agents, the time from
-// its sending to its application at the last agent, sorted; and how many
-// changes some agent never applied.
-func (tr *tracker) latencies() (done []time.Duration, incomplete int) {
+// latencies returns, for every change applied by all agents that
+// subscribe to its service, the time from its sending to its application
+// at the last of them, sorted; the fan-out of each, from the first of its
+// agents to apply it to the last (the push path alone, without the
+// admin API's write), sorted; how many changes some such agent never
+// applied; and how many agents a change had to reach, on average.
+func (tr *tracker) latencies() (done, fanout []time.Duration, incomplete int, reach float64) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
+	total := 0
 	for _, c := range tr.changes {
-		var last time.Time
+		var first, last time.Time
 		ok := true
 		for i := range tr.agents {
+			if !tr.inScope(i, c.svc) {
+				continue
+			}
+			total++
 			h := tr.agents[i].hist
 			j := sort.Search(len(h), func(j int) bool { return h[j].v >= c.rev })
 			if j == len(h) {
@@ -157,6 +175,9 @@ func (tr *tracker) latencies() (done []time.Duration, incomplete int) {
 				break
 			}
 			last = maxTime(last, h[j].t)
+			if first.IsZero() || h[j].t.Before(first) {
+				first = h[j].t
+			}
 		}
 		if !ok {
 			incomplete++
@@ -165,9 +186,14 @@ func (tr *tracker) latencies() (done []time.Duration, incomplete int) {
 		// An agent may have applied it before t0 was taken (clock
 		// granularity): never below zero.
 		done = append(done, max(last.Sub(c.t0), 0))
+		fanout = append(fanout, last.Sub(first))
 	}
 	slices.Sort(done)
-	return done, incomplete
+	slices.Sort(fanout)
+	if len(tr.changes) > 0 {
+		reach = float64(total) / float64(len(tr.changes))
+	}
+	return done, fanout, incomplete, reach
 }
 
 // quantile of sorted durations (nearest rank).

@@ -1,16 +1,12 @@
 package agent
 
 import (
-	"encoding/json"
-	"fmt"
 	"net/netip"
-	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
 
 	"github.com/fogmesh/fogmesh/internal/api"
-	"github.com/fogmesh/fogmesh/internal/atomicfile"
 	"github.com/fogmesh/fogmesh/internal/authz"
 	"github.com/fogmesh/fogmesh/internal/balance"
 	"github.com/fogmesh/fogmesh/internal/egress"
@@ -42,6 +38,10 @@ type config struct {
 
 // resources is the decoded form of config.
 type resources struct {
+	// raw holds each resource as the control plane sent it ("Type/name"),
+	// so the cache file is written from it without encoding every object
+	// again at each update.
+	raw       map[string]wire.Resource
 	nodes     map[string]*api.Node
 	services  map[string]*api.Service  // ns/name
 	endpoints map[string]*api.Endpoint // ns/name
@@ -52,7 +52,7 @@ type resources struct {
 }
 
 func newResources() *resources {
-	return &resources{nodes: map[string]*api.Node{}, services: map[string]*api.Service{}, endpoints: map[string]*api.Endpoint{},
+	return &resources{raw: map[string]wire.Resource{}, nodes: map[string]*api.Node{}, services: map[string]*api.Service{}, endpoints: map[string]*api.Endpoint{},
 		routes: map[string]*api.Route{}, policies: map[string]*api.DestinationPolicy{}, sessions: map[string]*api.Session{},
 		authz: map[string]*api.AuthorizationPolicy{}}
 }
@@ -77,6 +77,7 @@ func (r *resources) put(o api.Object) {
 }
 
 func (r *resources) remove(ref wire.ResourceRef) {
+	delete(r.raw, ref.Type+"/"+ref.Name)
 	switch ref.Type {
 	case api.KindNode:
 		delete(r.nodes, ref.Name)
@@ -97,6 +98,9 @@ func (r *resources) remove(ref wire.ResourceRef) {
 
 func (r *resources) clone() *resources {
 	c := newResources()
+	for k, v := range r.raw {
+		c.raw[k] = v
+	}
 	for k, v := range r.nodes {
 		c.nodes[k] = v
 	}
@@ -138,6 +142,7 @@ func (r *resources) applyUpdate(m *wire.Message) (*resources, error) {
 		}
 		o.GetMeta().Version = res.Version
 		next.put(o)
+		next.raw[res.Type+"/"+res.Name] = res
 	}
 	return next, nil
 }
@@ -167,7 +172,13 @@ func (r *resources) toConfig(storeID string, version uint64) (*config, error) {
 	for _, v := range r.authz {
 		objs = append(objs, v)
 	}
+	c.Resources = make([]wire.Resource, 0, len(objs))
 	for _, o := range objs {
+		ref := wire.RefOf(o)
+		if res, ok := r.raw[ref.Type+"/"+ref.Name]; ok && res.Version == o.GetMeta().Version {
+			c.Resources = append(c.Resources, res) // as received: not encoded again
+			continue
+		}
 		res, err := wire.NewResource(o)
 		if err != nil {
 			return nil, err
@@ -179,40 +190,6 @@ func (r *resources) toConfig(storeID string, version uint64) (*config, error) {
 		return a.Type < b.Type || a.Type == b.Type && a.Name < b.Name
 	})
 	return c, nil
-}
-
-// writeFileAtomic writes data to path, mode 0600, so that a crash leaves
-// either the old or the new file, never a torn one.
-func writeFileAtomic(path string, data []byte) error {
-	return atomicfile.Write(path, data, 0o600)
-}
-
-func saveJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", " ")
-	if err != nil {
-		return err
-	}
-	return writeFileAtomic(path, b)
-}
-
-// loadCache reads the cache file. A missing file is not an error.
-func loadCache(path string) (*config, *resources, error) {
-	b, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		return &config{}, newResources(), nil
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	var c config
-	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, nil, fmt.Errorf("cache %s: %w", path, err)
-	}
-	r, err := newResources().applyUpdate(&wire.Message{Full: true, Resources: c.Resources})
-	if err != nil {
-		return nil, nil, fmt.Errorf("cache %s: %w", path, err)
-	}
-	return &c, r, nil
 }
 
 // view is the routing table derived from resources and local workloads. It

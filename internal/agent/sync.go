@@ -303,7 +303,7 @@ func (a *Agent) applyUpdate(m *wire.Message) error {
 	}
 	cfg, err := next.toConfig(storeID, m.Version)
 	if err == nil {
-		err = saveJSON(a.cachePath, cfg)
+		err = saveConfig(a.cachePath, cfg)
 	}
 	if err != nil {
 		// Serving the new configuration without a cache would make an

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/store"
@@ -26,9 +28,30 @@ type registry struct {
 	// vipMin and vipMax bound the VIP indexes allocated here (0: the
 	// range's ends).
 	vipMin, vipMax uint32
+
+	// feed follows the store for the sync streams; set before the sync
+	// listener accepts (acceptSync).
+	feed *feed
+
+	// mu guards the in-memory indexes below, built on first use from the
+	// store and kept by the registry's own writes, so that neither a new
+	// service nor an agent's endpoint list scans the whole store.
+	mu sync.Mutex
+	// vips are the service virtual IP indexes in use (nil: rebuild);
+	// vipNext is at or below the lowest free one.
+	vips    map[uint32]bool
+	vipNext uint32
+	// byNode maps a node to the keys of endpoints stored with it: a
+	// superset (each key is checked in the transaction that uses it).
+	byNode map[string]map[string]bool
 }
 
+// decoded counts stored objects decoded (decodeKV): the feed's tests check
+// that a change is decoded once however many streams send it.
+var decoded atomic.Int64
+
 func decodeKV(kv store.KV) (api.Object, error) {
+	decoded.Add(1)
 	o, err := api.DecodeObject(kv.Value)
 	if err != nil {
 		return nil, fmt.Errorf("stored object %s: %w", kv.Key, err)
@@ -89,7 +112,9 @@ func getLocked[T api.Object](tx *store.Tx, key string, into T) (T, bool) {
 // apply stores objects atomically. Services keep their virtual IP or get the
 // lowest free one. Statuses of existing nodes are preserved.
 func (r *registry) apply(objs []api.Object) (uint64, error) {
-	return r.st.Update(func(tx *store.Tx) error {
+	runs := 0
+	rev, err := r.st.Update(func(tx *store.Tx) error {
+		runs++
 		for _, o := range objs {
 			if err := r.claimLocked(tx, o); err != nil {
 				return err
@@ -106,6 +131,8 @@ func (r *registry) apply(objs []api.Object) (uint64, error) {
 			case *api.Endpoint:
 				if v.Spec.Node == "" {
 					v.Status.Healthy = true // static endpoints start healthy
+				} else {
+					r.noteEndpointLocked(tx, v.Spec.Node, api.ObjectKey(v))
 				}
 			}
 			if err := putLocked(tx, o); err != nil {
@@ -114,33 +141,119 @@ func (r *registry) apply(objs []api.Object) (uint64, error) {
 		}
 		return nil
 	})
+	if err != nil || runs > 1 {
+		// An index taken in a failed transaction, or in a first run of a
+		// group commit that was rolled back, is free again.
+		r.forgetVIPs()
+	}
+	return rev, err
 }
 
+// forgetVIPs drops the set of used virtual IPs; the next allocation reads
+// it from the store again.
+func (r *registry) forgetVIPs() {
+	r.mu.Lock()
+	r.vips = nil
+	r.mu.Unlock()
+}
+
+// allocateVIPLocked keeps s's virtual IP or gives it the lowest free one,
+// from the in-memory set of used ones (read from the store once, O(S)),
+// so that creating S services costs O(S), not O(S²).
 func (r *registry) allocateVIPLocked(tx *store.Tx, s *api.Service) error {
 	if old, ok := getLocked(tx, api.ObjectKey(s), new(api.Service)); ok && old.Status.VIPIndex != 0 {
 		s.Status = old.Status
 		return nil
 	}
-	used := map[uint32]bool{}
-	for _, kv := range tx.List(api.KindService + "/") {
-		var o api.Service
-		if json.Unmarshal(kv.Value, &o) == nil {
-			used[o.Status.VIPIndex] = true
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.vips == nil || r.st.Shared() { // other replicas allocate too
+		r.vips, r.vipNext = map[uint32]bool{}, 1
+		for _, kv := range tx.List(api.KindService + "/") {
+			var o api.Service
+			if json.Unmarshal(kv.Value, &o) == nil && o.Status.VIPIndex != 0 {
+				r.vips[o.Status.VIPIndex] = true
+			}
 		}
 	}
 	limit := uint32(1)<<(32-r.vipBase.Bits()) - 2
-	first := max(r.vipMin, 1)
 	if r.vipMax != 0 {
 		limit = min(limit, r.vipMax)
 	}
-	for i := first; i <= limit; i++ {
-		if !used[i] {
+	for i := max(r.vipNext, r.vipMin, 1); i <= limit; i++ {
+		if !r.vips[i] {
+			r.vips[i], r.vipNext = true, i+1
 			s.Status.VIPIndex = i
 			s.Status.VIP = api.VIPFor(r.vipBase, i).String()
 			return nil
 		}
 	}
 	return fmt.Errorf("service %s: virtual IP range %s is full", s.Meta.Key(), r.vipBase)
+}
+
+// freeVIP returns a deleted service's virtual IP index to the free set.
+func (r *registry) freeVIP(i uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.vips != nil && i != 0 {
+		delete(r.vips, i)
+		r.vipNext = min(r.vipNext, i)
+	}
+}
+
+// nodeEndpointsLocked returns the keys of endpoints that may belong to
+// node (a superset), building the index from the store on first use.
+func (r *registry) nodeEndpointsLocked(tx *store.Tx, node string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.buildByNodeLocked(tx)
+	keys := make([]string, 0, len(r.byNode[node]))
+	for k := range r.byNode[node] {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+func (r *registry) buildByNodeLocked(tx *store.Tx) {
+	if r.byNode != nil && !r.st.Shared() { // other replicas write endpoints too
+		return
+	}
+	r.byNode = map[string]map[string]bool{}
+	for _, kv := range tx.List(api.KindEndpoint + "/") {
+		var e api.Endpoint
+		if json.Unmarshal(kv.Value, &e) == nil && e.Spec.Node != "" {
+			r.addByNodeLocked(e.Spec.Node, kv.Key)
+		}
+	}
+}
+
+func (r *registry) addByNodeLocked(node, key string) {
+	m := r.byNode[node]
+	if m == nil {
+		m = map[string]bool{}
+		r.byNode[node] = m
+	}
+	m[key] = true
+}
+
+// noteEndpointLocked records that the endpoint key is written with node.
+func (r *registry) noteEndpointLocked(tx *store.Tx, node, key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.buildByNodeLocked(tx)
+	r.addByNodeLocked(node, key)
+}
+
+// dropByNode forgets key under node (it is gone or on another node).
+func (r *registry) dropByNode(node, key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m := r.byNode[node]; m != nil {
+		delete(m, key)
+		if len(m) == 0 {
+			delete(r.byNode, node)
+		}
+	}
 }
 
 // deleteObj removes Kind/ns/name.
@@ -150,6 +263,7 @@ func (r *registry) deleteObj(kind, ns, name string) (uint64, error) {
 		key = kind + "/" + name
 	}
 	var found bool
+	var freed uint32 // a deleted service's virtual IP index
 	rev, err := r.st.Update(func(tx *store.Tx) error {
 		kv, ok := tx.Get(key)
 		if !ok {
@@ -160,17 +274,27 @@ func (r *registry) deleteObj(kind, ns, name string) (uint64, error) {
 			return err
 		}
 		if kind == api.KindNode { // a node's endpoints go with it
-			for _, kv := range tx.List(api.KindEndpoint + "/") {
-				var e api.Endpoint
-				if json.Unmarshal(kv.Value, &e) == nil && e.Spec.Node == name {
-					if err := tx.Delete(kv.Key); err != nil {
-						return err
-					}
+			for _, k := range r.nodeEndpointsLocked(tx, name) {
+				e, ok := getLocked(tx, k, new(api.Endpoint))
+				if !ok || e.Spec.Node != name {
+					r.dropByNode(name, k)
+					continue
 				}
+				if err := tx.Delete(k); err != nil {
+					return err
+				}
+			}
+		}
+		if kind == api.KindService {
+			if s, ok := getLocked(tx, key, new(api.Service)); ok {
+				freed = s.Status.VIPIndex
 			}
 		}
 		return tx.Delete(key)
 	})
+	if err == nil && freed != 0 {
+		r.freeVIP(freed)
+	}
 	if err == nil && !found {
 		return 0, fmt.Errorf("%s %s: %w", strings.ToLower(kind), strings.TrimPrefix(key, kind+"/"), ErrNotFound)
 	}
@@ -178,17 +302,41 @@ func (r *registry) deleteObj(kind, ns, name string) (uint64, error) {
 }
 
 // registerNode upserts an agent's node, keeping status, and marks it ready.
+// A reconnecting agent whose node is stored as is costs a read, not a
+// write transaction (a resync storm after a restart is mostly these).
 func (r *registry) registerNode(n *api.Node) error {
+	// Only Ready is stored; heartbeat time, load and acked version
+	// change every few seconds and live in memory (see Server.live).
+	n.Status = api.NodeStatus{Ready: true}
+	n.Meta.Owner = r.owner
+	if r.stored(n) {
+		return nil
+	}
 	_, err := r.st.Update(func(tx *store.Tx) error {
-		// Only Ready is stored; heartbeat time, load and acked version
-		// change every few seconds and live in memory (see Server.live).
-		n.Status = api.NodeStatus{Ready: true}
 		if err := r.claimLocked(tx, n); err != nil {
 			return err
 		}
 		return putLocked(tx, n)
 	})
 	return err
+}
+
+// stored tells whether o is stored exactly as it is (putLocked would
+// write nothing); it sets o's version to the stored one when so.
+func (r *registry) stored(o api.Object) bool {
+	kv, ok, err := r.st.Get(api.ObjectKey(o))
+	if err != nil || !ok {
+		return false
+	}
+	ver := o.GetMeta().Version
+	o.GetMeta().Version = 0
+	b, err := json.Marshal(o)
+	if err != nil || !bytes.Equal(kv.Value, b) {
+		o.GetMeta().Version = ver
+		return false
+	}
+	o.GetMeta().Version = kv.Rev
+	return true
 }
 
 // setNodeReady flips a node's Ready flag. It reads first, so the common
@@ -221,6 +369,14 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 			return fmt.Errorf("endpoint %s: %w", eps[i].Meta.Key(), err)
 		}
 	}
+	if len(eps) == 0 {
+		r.mu.Lock()
+		none := r.byNode != nil && len(r.byNode[node]) == 0
+		r.mu.Unlock()
+		if none { // the common connect of a node without workloads: no write
+			return nil
+		}
+	}
 	_, err := r.st.Update(func(tx *store.Tx) error {
 		want := map[string]bool{}
 		n, nodeKnown := getLocked(tx, api.KindNode+"/"+node, new(api.Node))
@@ -245,16 +401,28 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 			if err := r.claimLocked(tx, e); err != nil {
 				return err
 			}
+			r.noteEndpointLocked(tx, node, key)
 			if err := putLocked(tx, &eps[i]); err != nil {
 				return err
 			}
 		}
-		for _, kv := range tx.List(api.KindEndpoint + "/") {
-			var e api.Endpoint
-			if json.Unmarshal(kv.Value, &e) == nil && e.Spec.Node == node && !want[kv.Key] && e.Meta.Owner == r.owner {
-				if err := tx.Delete(kv.Key); err != nil {
-					return err
-				}
+		// Only this node's endpoints, from the index: O(its endpoints),
+		// not O(every endpoint of the store); only those this control
+		// plane owns (a region's replicas are its region's to change).
+		for _, k := range r.nodeEndpointsLocked(tx, node) {
+			if want[k] {
+				continue
+			}
+			e, ok := getLocked(tx, k, new(api.Endpoint))
+			if !ok || e.Spec.Node != node {
+				r.dropByNode(node, k)
+				continue
+			}
+			if e.Meta.Owner != r.owner {
+				continue
+			}
+			if err := tx.Delete(k); err != nil {
+				return err
 			}
 		}
 		return nil

@@ -213,6 +213,7 @@ type Server struct {
 	// streams are open sync connections (with their node once known),
 	// closed on shutdown or when their node is revoked.
 	streams map[net.Conn]string
+	loads   loadSum // the agents' endpoint loads summed (load.go)
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -526,24 +527,13 @@ func (s *Server) Paths() []NodePath {
 }
 
 // othersLoad sums the endpoint loads reported by every agent but node whose
-// heartbeat is fresh (within NodeTimeout).
+// heartbeat is fresh (within NodeTimeout). The sum over all agents is
+// made at most once per loadEvery and shared (load.go): summing every
+// agent for each heartbeat cost O(N²) per interval.
 func (s *Server) othersLoad(node string) map[string]float64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out map[string]float64
-	fresh := time.Now().Add(-s.cfg.NodeTimeout)
-	for name, l := range s.live {
-		if name == node || l.lastHeartbeat.Before(fresh) {
-			continue
-		}
-		for k, v := range l.epLoad {
-			if out == nil {
-				out = make(map[string]float64)
-			}
-			out[k] += v
-		}
-	}
-	return out
+	return s.loads.others(s.live, node, time.Now(), s.cfg.NodeTimeout)
 }
 
 func (s *Server) liveLocked(node string) *liveNode {

@@ -29,6 +29,8 @@ type Backend interface {
 	List(prefix string) ([]KV, uint64, error)
 	// ChangesSince: see Store.ChangesSince; ErrCompacted means resync in full.
 	ChangesSince(rev uint64) ([]Change, uint64, error)
+	// ChangedKeys is ChangesSince without the values (each key once).
+	ChangedKeys(rev uint64) ([]string, uint64, error)
 
 	UpdateSecure(fn func(*SecureTx) error) error
 	GetSecure(key string) ([]byte, error)

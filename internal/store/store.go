@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -50,9 +51,24 @@ type Store struct {
 	retention int
 	id        string
 
+	// Group commit (Update): updates queued while a commit runs, and whether a
+	// caller is committing (Update).
+	gmu        sync.Mutex
+	queue      []*pending
+	committing bool
+	commits    atomic.Int64 // write transactions (tests)
+
+	// listed counts the keys List and Tx.List returned: a scan of the
+	// whole store shows here (Listed).
+	listed atomic.Uint64
+
 	mu    sync.Mutex // guards the following
 	watch chan struct{}
 }
+
+// Listed returns how many keys List and Tx.List have returned since Open,
+// so tests and metrics can tell an indexed read from a scan.
+func (s *Store) Listed() uint64 { return s.listed.Load() }
 
 // KV is a stored object.
 type KV struct {
@@ -146,6 +162,7 @@ func (s *Store) Watch() <-chan struct{} {
 // boltTx is the bbolt side of a Tx: objects and the change log in one
 // bolt transaction.
 type boltTx struct {
+	s   *Store // nil: reads not counted
 	tx  *bolt.Tx
 	rev uint64
 }
@@ -158,7 +175,13 @@ func (b boltTx) Get(key string) (KV, bool) {
 	return KV{Key: key, Rev: u64(v[:8]), Value: bytes.Clone(v[8:])}, true
 }
 
-func (b boltTx) List(prefix string) []KV { return list(b.tx, prefix) }
+func (b boltTx) List(prefix string) []KV {
+	kvs := list(b.tx, prefix)
+	if b.s != nil {
+		b.s.listed.Add(uint64(len(kvs)))
+	}
+	return kvs
+}
 
 func (b boltTx) Put(key string, value []byte, rev uint64) error {
 	v := make([]byte, 8+len(value))
@@ -189,32 +212,114 @@ func (b boltTx) log(key string, rev uint64) error {
 
 // Update runs fn in a write transaction. If fn writes nothing, the revision
 // does not move. If fn returns an error, nothing is stored.
+//
+// Updates from concurrent callers are committed together (group commit):
+// the first caller commits, in one bbolt transaction and one fsync, every
+// update queued while the previous commit ran, each at its own revision,
+// and returns when they are durable. When an fn fails, the others of its
+// group run again alone, so fn must not have side effects outside the
+// transaction that a second run would repeat wrongly.
 func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
-	var changed bool
-	var fnErr error
-	err = s.db.Update(func(btx *bolt.Tx) error {
-		m := btx.Bucket(bucketMeta)
-		next := u64(m.Get(keyRev)) + 1
-		t := NewTx(boltTx{tx: btx, rev: next}, next)
-		if fnErr = fn(t); fnErr != nil {
-			return fnErr
+	p := &pending{fn: fn, done: make(chan struct{})}
+	s.gmu.Lock()
+	s.queue = append(s.queue, p)
+	if s.committing {
+		s.gmu.Unlock()
+		<-p.done
+		return p.rev, p.err
+	}
+	s.committing = true
+	for len(s.queue) > 0 {
+		group := s.queue
+		s.queue = nil
+		s.gmu.Unlock()
+		s.commit(group)
+		s.gmu.Lock()
+	}
+	s.committing = false
+	s.gmu.Unlock()
+	<-p.done
+	return p.rev, p.err
+}
+
+// pending is one caller's update waiting for its group's commit.
+type pending struct {
+	fn      func(*Tx) error
+	rev     uint64
+	changed bool
+	err     error
+	fnErr   error // the error fn returned, if any (else a failed commit)
+	done    chan struct{}
+}
+
+// errInGroup marks the failure of one update of a group.
+type errInGroup struct {
+	p   *pending
+	err error
+}
+
+func (e *errInGroup) Error() string { return e.err.Error() }
+
+// commit stores a group in one transaction; if one of its updates fails,
+// each runs again in a transaction of its own.
+func (s *Store) commit(group []*pending) {
+	s.commits.Add(1)
+	err := s.db.Update(func(btx *bolt.Tx) error {
+		for _, p := range group {
+			if err := s.run(btx, p); err != nil {
+				return &errInGroup{p, err}
+			}
 		}
-		if t.changed == 0 {
-			rev = t.rev - 1
-			return nil
-		}
-		changed = true
-		rev = t.rev
-		if err := m.Put(keyRev, be(t.rev)); err != nil {
-			return err
-		}
-		return s.compactLocked(btx)
+		return nil
 	})
-	if err != nil {
-		if fnErr == nil {
-			err = fmt.Errorf("%w: %w", ErrWrite, err)
+	var eg *errInGroup
+	if err != nil && len(group) > 1 && errors.As(err, &eg) {
+		for _, p := range group {
+			s.commits.Add(1)
+			p.err = s.db.Update(func(btx *bolt.Tx) error { return s.run(btx, p) })
+			s.finish([]*pending{p}, p.err)
 		}
-		return 0, err
+		return
+	}
+	if errors.As(err, &eg) {
+		err = eg.err
+	}
+	s.finish(group, err)
+}
+
+// run applies one update inside btx.
+func (s *Store) run(btx *bolt.Tx, p *pending) error {
+	m := btx.Bucket(bucketMeta)
+	next := u64(m.Get(keyRev)) + 1
+	t := NewTx(boltTx{s: s, tx: btx, rev: next}, next)
+	p.changed, p.rev, p.fnErr = false, t.rev-1, nil
+	if err := p.fn(t); err != nil {
+		p.fnErr = err
+		return err
+	}
+	if t.changed == 0 {
+		return nil
+	}
+	p.changed, p.rev = true, t.rev
+	if err := m.Put(keyRev, be(t.rev)); err != nil {
+		return err
+	}
+	return s.compactLocked(btx)
+}
+
+// finish hands a committed (or failed) group its results and wakes the
+// watchers if anything changed.
+func (s *Store) finish(group []*pending, err error) {
+	changed := false
+	for _, p := range group {
+		if err != nil {
+			p.rev, p.err = 0, err
+			if p.fnErr == nil { // the disk, not the caller: see ErrWrite
+				p.err = fmt.Errorf("%w: %w", ErrWrite, err)
+			}
+		} else {
+			changed = changed || p.changed
+		}
 	}
 	if changed {
 		s.mu.Lock()
@@ -222,7 +327,9 @@ func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
 		s.watch = make(chan struct{})
 		s.mu.Unlock()
 	}
-	return rev, nil
+	for _, p := range group {
+		close(p.done)
+	}
 }
 
 // compactLocked trims the log to the retention and records the highest
@@ -266,6 +373,7 @@ func (s *Store) Get(key string) (kv KV, ok bool, err error) {
 func (s *Store) List(prefix string) (kvs []KV, rev uint64, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		kvs = list(tx, prefix)
+		s.listed.Add(uint64(len(kvs)))
 		rev = u64(tx.Bucket(bucketMeta).Get(keyRev))
 		return nil
 	})
@@ -317,4 +425,29 @@ func (s *Store) ChangesSince(rev uint64) (changes []Change, current uint64, err 
 		return nil
 	})
 	return changes, current, err
+}
+
+// ChangedKeys returns, without their values, the keys that changed after
+// rev (each once, in the order of their first change) and the current
+// revision; ErrCompacted as ChangesSince. A subscriber that resumes from
+// an old version then takes each key's state from a view the caller holds
+// (the control plane's feed) instead of decoding it again.
+func (s *Store) ChangedKeys(rev uint64) (keys []string, current uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		current = u64(m.Get(keyRev))
+		if rev < u64(m.Get(keyCompacted)) || rev > current {
+			return ErrCompacted
+		}
+		seen := map[string]bool{}
+		c := tx.Bucket(bucketLog).Cursor()
+		for k, _ := c.Seek(be(rev + 1)); k != nil; k, _ = c.Next() {
+			if key := string(k[8:]); !seen[key] {
+				seen[key] = true
+				keys = append(keys, key)
+			}
+		}
+		return nil
+	})
+	return keys, current, err
 }

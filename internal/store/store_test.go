@@ -2,8 +2,13 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 func open(t *testing.T, path string, o Options) *Store {
@@ -129,4 +134,110 @@ func TestWatchFiresOnCommit(t *testing.T) {
 	default:
 		t.Fatal("watch not closed after commit")
 	}
+}
+
+// Updates that arrive while a commit runs are committed together in one
+// transaction, each at its own revision; one that fails in such a group
+// fails alone.
+func TestGroupCommit(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	release := make(chan struct{})
+	first := make(chan uint64)
+	go func() {
+		rev, err := s.Update(func(tx *Tx) error {
+			<-release // hold the commit while the others queue
+			return tx.Put("k/first", []byte("1"))
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		first <- rev
+	}()
+	// Wait until the first caller commits (it leaves the queue).
+	testenv.WaitFor(t, 10*time.Second, "first update committing", func() bool { return committing(s) })
+	const n = 20
+	type res struct {
+		i   int
+		rev uint64
+		err error
+	}
+	out := make(chan res, n)
+	for i := range n {
+		go func() {
+			rev, err := s.Update(func(tx *Tx) error {
+				if i == 7 {
+					tx.Put("k/bad", []byte("x")) // written, then rolled back
+					return errors.New("refused")
+				}
+				return tx.Put(fmt.Sprintf("k/%02d", i), []byte("v"))
+			})
+			out <- res{i, rev, err}
+		}()
+	}
+	testenv.WaitFor(t, 10*time.Second, "updates queued", func() bool { return queued(s) == n })
+	before := s.commits.Load()
+	close(release)
+	if rev := <-first; rev != 1 {
+		t.Fatalf("first update at %d, want 1", rev)
+	}
+	revs := map[uint64]bool{}
+	for range n {
+		r := <-out
+		if r.i == 7 {
+			if r.err == nil {
+				t.Fatal("the failing update succeeded")
+			}
+			continue
+		}
+		if r.err != nil || r.rev < 2 || revs[r.rev] {
+			t.Fatalf("update %d: rev %d err %v (revisions so far %v)", r.i, r.rev, r.err, revs)
+		}
+		revs[r.rev] = true
+	}
+	// One group with a failure: the group's transaction, then each alone.
+	if c := s.commits.Load() - before; c != 1+n {
+		t.Fatalf("%d write transactions after the first, want %d (the group, then each alone)", c, 1+n)
+	}
+	if _, ok, _ := s.Get("k/bad"); ok {
+		t.Fatal("the failed update's write is stored")
+	}
+	if rev, _ := s.Rev(); rev != n {
+		t.Fatalf("store at %d, want %d", rev, n)
+	}
+
+	// Without failure a group is one transaction.
+	before = s.commits.Load()
+	hold := make(chan struct{})
+	go s.Update(func(tx *Tx) error { <-hold; return tx.Put("k/hold", []byte("1")) })
+	testenv.WaitFor(t, 10*time.Second, "update committing", func() bool { return committing(s) })
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Update(func(tx *Tx) error { return tx.Put(fmt.Sprintf("g/%02d", i), []byte("v")) })
+		}()
+	}
+	testenv.WaitFor(t, 10*time.Second, "updates queued", func() bool { return queued(s) == n })
+	close(hold)
+	wg.Wait()
+	if c := s.commits.Load() - before; c != 2 {
+		t.Fatalf("%d write transactions for 1+%d updates, want 2", c, n)
+	}
+}
+
+func committing(s *Store) bool {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	return s.committing && len(s.queue) == 0
+}
+
+func queued(s *Store) int {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	return len(s.queue)
 }

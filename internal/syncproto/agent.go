@@ -64,7 +64,14 @@ type (
 	Sessions struct{ Sessions []api.Session }
 	// Send is a request another part of the agent sends on the stream
 	// (renew, audit, svid); Control's Send is the same event.
-	Send struct{ Msg *wire.Message }
+	//
+	// Sizes, when set on an update the control plane sends, are the
+	// encoded sizes of Msg's Resources then Removed (a shared feed encoded
+	// them once), so chunking need not encode them again.
+	Send struct {
+		Msg   *wire.Message
+		Sizes []int
+	}
 )
 
 // Agent effects: in Output.Effects.
@@ -130,7 +137,8 @@ func (s agentState) String() string { return agentStateNames[s] }
 // (a NACK on one makes the next ask for a snapshot). Not safe for
 // concurrent use: the driver steps it under its own lock.
 type Agent struct {
-	resyncFull bool // the next subscribe asks for a full snapshot
+	resyncFull bool        // the next subscribe asks for a full snapshot
+	scope      *wire.Scope // what each subscribe asks for (nil: everything)
 
 	// per stream
 	state         agentState
@@ -153,6 +161,11 @@ func NewAgent() *Agent { return &Agent{limits: DefaultLimits} }
 // SetLimits replaces the bounds of chunked updates (DefaultLimits).
 func (a *Agent) SetLimits(l Limits) { a.limits = l }
 
+// SetScope sets the scope every subscribe asks for (nil: everything; see
+// wire.Scope). A scoped subscriber gets a snapshot of its scope on every
+// stream.
+func (a *Agent) SetScope(s *wire.Scope) { a.scope = s }
+
 // State names the current state (for logs and tests).
 func (a *Agent) State() string { return a.state.String() }
 
@@ -162,7 +175,7 @@ func (a *Agent) ResyncFull() bool { return a.resyncFull }
 // Connect starts a stream: the hello frame for node with caps. known is
 // the configuration the agent holds, for the subscribe after welcome.
 func (a *Agent) Connect(node *api.Node, caps []string, known Known) Output {
-	*a = Agent{resyncFull: a.resyncFull, limits: a.limits, state: agentAwaitWelcome, known: known}
+	*a = Agent{resyncFull: a.resyncFull, scope: a.scope, limits: a.limits, state: agentAwaitWelcome, known: known}
 	return Output{Send: []*wire.Message{{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: node, Capabilities: caps}}}
 }
 
@@ -243,7 +256,7 @@ func (a *Agent) recv(m *wire.Message) Output {
 		if a.hb <= 0 || a.hb > time.Minute {
 			a.hb = 5 * time.Second
 		}
-		sub := &wire.Message{Type: wire.TypeSubscribe, StoreID: a.known.StoreID, KnownVersion: a.known.Version}
+		sub := &wire.Message{Type: wire.TypeSubscribe, StoreID: a.known.StoreID, KnownVersion: a.known.Version, Scope: a.scope}
 		if a.resyncFull {
 			sub.KnownVersion = 0 // after a NACK: deltas built on top of it would miss its changes
 			a.resyncFull = false

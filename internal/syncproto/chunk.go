@@ -34,7 +34,17 @@ var DefaultLimits = Limits{ChunkBytes: wire.ChunkBytes, ChunkItems: wire.ChunkIt
 // ChunkBytes goes alone in its chunk. More than MaxChunks chunks is an
 // error: no receiver would take them.
 func SplitUpdate(m *wire.Message, l Limits) ([]*wire.Message, error) {
+	return SplitUpdateSized(m, l, nil)
+}
+
+// SplitUpdateSized is SplitUpdate with the encoded size of each item
+// (Resources then Removed) given, as a sender that encoded them once
+// knows them; nil sizes, or a count that does not match, are measured.
+func SplitUpdateSized(m *wire.Message, l Limits, sizes []int) ([]*wire.Message, error) {
 	total := len(m.Resources) + len(m.Removed)
+	if len(sizes) != total {
+		sizes = nil
+	}
 	if total == 0 || (total <= l.ChunkItems && maxEncoded(m) <= l.ChunkBytes) {
 		return []*wire.Message{m}, nil // most deltas: no need to encode twice
 	}
@@ -42,17 +52,22 @@ func SplitUpdate(m *wire.Message, l Limits) ([]*wire.Message, error) {
 	var bounds []int
 	start, bytes := 0, 0
 	for i := range total {
-		var it any
-		if i < len(m.Resources) {
-			it = m.Resources[i]
+		var size int
+		if sizes != nil {
+			size = sizes[i] + 1
 		} else {
-			it = m.Removed[i-len(m.Resources)]
+			var it any
+			if i < len(m.Resources) {
+				it = m.Resources[i]
+			} else {
+				it = m.Removed[i-len(m.Resources)]
+			}
+			b, err := json.Marshal(it)
+			if err != nil {
+				return nil, fmt.Errorf("sync: encode update %d: %w", m.Version, err)
+			}
+			size = len(b) + 1 // and its comma
 		}
-		b, err := json.Marshal(it)
-		if err != nil {
-			return nil, fmt.Errorf("sync: encode update %d: %w", m.Version, err)
-		}
-		size := len(b) + 1 // and its comma
 		if i > start && (bytes+size > l.ChunkBytes || i-start >= l.ChunkItems) {
 			bounds = append(bounds, start)
 			start, bytes = i, 0

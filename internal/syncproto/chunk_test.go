@@ -92,3 +92,41 @@ func TestChunkedRoundTrip(t *testing.T) {
 		t.Fatalf("applied %d updates: %+v", len(applied), applied)
 	}
 }
+
+// TestSplitUpdateSizedMatchesMeasured: with the items' encoded sizes given
+// (as the control plane's feed knows them), the chunks are the ones
+// measured by encoding; wrong-length sizes are ignored.
+func TestSplitUpdateSizedMatchesMeasured(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	l := Limits{ChunkBytes: 500, ChunkItems: 5, MaxChunks: 1000, MaxUpdateBytes: 1 << 20}
+	for round := range 100 {
+		m := &wire.Message{Type: wire.TypeUpdate, Version: uint64(round + 1), StoreID: "s"}
+		var sizes []int
+		for i := range rng.IntN(30) {
+			r := wire.Resource{ResourceRef: wire.ResourceRef{Type: "Endpoint", Name: fmt.Sprintf("ns/e%d", i)}, Version: 1,
+				Body: json.RawMessage(fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", rng.IntN(400))))}
+			m.Resources = append(m.Resources, r)
+			b, _ := json.Marshal(r)
+			sizes = append(sizes, len(b))
+		}
+		for i := range rng.IntN(10) {
+			r := wire.ResourceRef{Type: "Node", Name: fmt.Sprintf("n%d", i)}
+			m.Removed = append(m.Removed, r)
+			b, _ := json.Marshal(r)
+			sizes = append(sizes, len(b))
+		}
+		want, err := SplitUpdate(m, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sz := range [][]int{sizes, sizes[:len(sizes)/2]} {
+			got, err := SplitUpdateSized(m, l, sz)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("round %d: chunks with sizes differ from measured ones", round)
+			}
+		}
+	}
+}

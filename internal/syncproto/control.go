@@ -209,7 +209,7 @@ func (c *Control) Step(ev Event) (out Output) {
 		}
 		return out
 	case Send:
-		return c.send(ev.Msg)
+		return c.send(ev.Msg, ev.Sizes)
 	}
 	return Output{Err: fmt.Errorf("sync: unknown control event %T", ev)}
 }
@@ -288,7 +288,7 @@ func (c *Control) recv(m *wire.Message) Output {
 
 // send checks a frame the driver sends: updates only after subscribe (each
 // gets the next nonce), trust only to an agent that named CapTrust.
-func (c *Control) send(m *wire.Message) Output {
+func (c *Control) send(m *wire.Message, sizes []int) Output {
 	if m == nil {
 		return Output{Err: errors.New("sync: send nil frame")}
 	}
@@ -308,7 +308,7 @@ func (c *Control) send(m *wire.Message) Output {
 		if !c.chunks {
 			return send(m)
 		}
-		chunks, err := SplitUpdate(m, c.limits)
+		chunks, err := SplitUpdateSized(m, c.limits, sizes)
 		if err != nil {
 			return Output{Err: err}
 		}

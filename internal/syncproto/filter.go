@@ -6,6 +6,7 @@ package syncproto
 import (
 	"math"
 	"slices"
+	"strings"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -18,10 +19,20 @@ var AllTypes = []string{wire.ResourceNode, wire.ResourceService, wire.ResourceEn
 type Filter struct {
 	types  map[string]bool
 	region string
+	// services and namespaces are the scope's "ns/name" and "ns/*"
+	// entries; scoped is set when the scope named any.
+	services   map[string]bool
+	namespaces map[string]bool
+	scoped     bool
 }
 
+// MaxScopeServices bounds the entries of a subscribe's scope that are
+// taken; the rest are ignored (the subscriber gets less, never more).
+const MaxScopeServices = 10000
+
 // NewFilter returns the filter of a subscribe frame: its Types (all when
-// empty; unknown ones are ignored) and its Scope.
+// empty; unknown ones are ignored) and its Scope. Scope entries that are
+// not "namespace/name" or "namespace/*" are ignored.
 func NewFilter(sub *wire.Message) Filter {
 	f := Filter{types: map[string]bool{}}
 	types := sub.Types
@@ -35,17 +46,108 @@ func NewFilter(sub *wire.Message) Filter {
 	}
 	if sub.Scope != nil {
 		f.region = sub.Scope.Region
+		for i, k := range sub.Scope.Services {
+			if i == MaxScopeServices {
+				break
+			}
+			ns, name, ok := strings.Cut(k, "/")
+			if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+				continue
+			}
+			f.scoped = true
+			if name == "*" {
+				if f.namespaces == nil {
+					f.namespaces = map[string]bool{}
+				}
+				f.namespaces[ns] = true
+				continue
+			}
+			if f.services == nil {
+				f.services = map[string]bool{}
+			}
+			f.services[k] = true
+		}
 	}
 	return f
+}
+
+// All tells whether the filter selects every object (every type, no
+// region, no services): such subscribers can share one snapshot whole.
+func (f Filter) All() bool {
+	if f.scoped || f.region != "" {
+		return false
+	}
+	for _, t := range AllTypes {
+		if !f.types[t] {
+			return false
+		}
+	}
+	return true
+}
+
+// ScopeEntries returns the scope's services ("ns/name") and namespaces
+// (of "ns/*"), so a sender can index its subscribers by them.
+func (f Filter) ScopeEntries() (services, namespaces []string) {
+	for s := range f.services {
+		services = append(services, s)
+	}
+	for n := range f.namespaces {
+		namespaces = append(namespaces, n)
+	}
+	return services, namespaces
 }
 
 // Wants tells whether the subscriber gets resources of kind.
 func (f Filter) Wants(kind string) bool { return f.types[kind] }
 
-// Match tells whether the subscriber gets o.
+// Scoped tells whether the subscription names services: then nodes are
+// sent only as NodeRefs says (the subscriber's own and those hosting an
+// endpoint in scope), which the driver tracks per stream.
+func (f Filter) Scoped() bool { return f.scoped }
+
+// InScope tells whether the service "ns/name" is in the subscription's
+// scope.
+func (f Filter) InScope(svc string) bool {
+	if !f.scoped {
+		return true
+	}
+	if f.services[svc] {
+		return true
+	}
+	ns, _, _ := strings.Cut(svc, "/")
+	return f.namespaces[ns]
+}
+
+// ServiceOf returns the "ns/name" of the service o is or belongs to
+// (endpoints, routes, destination policies, sessions); ok is false for
+// kinds that belong to no one service (nodes, authorization policies).
+func ServiceOf(o api.Object) (svc string, ok bool) {
+	switch v := o.(type) {
+	case *api.Service:
+		return v.Meta.Key(), true
+	case *api.Endpoint:
+		return api.NamespaceOr(v.Meta.Namespace) + "/" + v.Spec.Service, true
+	case *api.Route:
+		return api.NamespaceOr(v.Meta.Namespace) + "/" + v.Spec.Service, true
+	case *api.DestinationPolicy:
+		return api.NamespaceOr(v.Meta.Namespace) + "/" + v.Spec.Service, true
+	case *api.Session:
+		return api.NamespaceOr(v.Meta.Namespace) + "/" + v.Spec.Service, true
+	}
+	return "", false
+}
+
+// Match tells whether the subscriber gets o. For a scoped subscription a
+// node matches by type and region only: whether it is sent depends on the
+// endpoints in scope (NodeRefs).
 func (f Filter) Match(o api.Object) bool {
 	if !f.types[o.GetKind()] {
 		return false
+	}
+	if f.scoped {
+		if svc, ok := ServiceOf(o); ok && !f.InScope(svc) {
+			return false
+		}
 	}
 	if f.region == "" {
 		return true
@@ -61,6 +163,63 @@ func (f Filter) Match(o api.Object) bool {
 		return v.Spec.Region == "" || v.Spec.Region == f.region
 	}
 	return true
+}
+
+// NodeRefs is a scoped stream's bookkeeping of which nodes its subscriber
+// needs: its own, and each node that hosts an endpoint in scope. The
+// driver reports every in-scope endpoint it sends or removes; a node is
+// sent when its first endpoint enters the scope and removed when its last
+// one leaves.
+type NodeRefs struct {
+	self   string
+	epNode map[string]string // endpoint "ns/name" -> its node, for endpoints in scope on a node
+	count  map[string]int    // node -> endpoints in scope on it
+}
+
+// NewNodeRefs returns the bookkeeping of a subscriber whose own node is
+// self.
+func NewNodeRefs(self string) *NodeRefs {
+	return &NodeRefs{self: self, epNode: map[string]string{}, count: map[string]int{}}
+}
+
+// Endpoint records that the endpoint key is now on node ("" when it is
+// gone, out of scope or on no node). entered is a node the subscriber
+// needs from now on, left one it no longer needs ("" for none).
+func (n *NodeRefs) Endpoint(key, node string) (entered, left string) {
+	old, had := n.epNode[key]
+	if had && old == node {
+		return "", ""
+	}
+	if had {
+		delete(n.epNode, key)
+		if n.count[old]--; n.count[old] <= 0 {
+			delete(n.count, old)
+			if old != n.self {
+				left = old
+			}
+		}
+	}
+	if node != "" {
+		n.epNode[key] = node
+		if n.count[node]++; n.count[node] == 1 && node != n.self {
+			entered = node
+		}
+	}
+	return entered, left
+}
+
+// Wants tells whether the subscriber needs node.
+func (n *NodeRefs) Wants(node string) bool { return node == n.self || n.count[node] > 0 }
+
+// Nodes returns every node the subscriber needs, its own first.
+func (n *NodeRefs) Nodes() []string {
+	out := []string{n.self}
+	for node := range n.count {
+		if node != n.self {
+			out = append(out, node)
+		}
+	}
+	return out
 }
 
 // maxLoadEntries bounds what one heartbeat may report.

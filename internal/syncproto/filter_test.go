@@ -5,6 +5,9 @@ import (
 	"math"
 	"strings"
 	"testing"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // Moved from internal/control with ValidLoads.
@@ -24,5 +27,70 @@ func TestValidLoadsDropsHostileEntries(t *testing.T) {
 	}
 	if n := len(ValidLoads(many)); n > maxLoadEntries {
 		t.Fatalf("ValidLoads kept %d entries, want at most %d", n, maxLoadEntries)
+	}
+}
+
+// A scope names services ("ns/name") and namespaces ("ns/*"); malformed
+// entries are ignored; objects of a service follow it, nodes and
+// authorization policies are left to the driver (NodeRefs) or always sent.
+func TestFilterScopeServices(t *testing.T) {
+	f := NewFilter(&wire.Message{Scope: &wire.Scope{Services: []string{"demo/a", "other/*", "bad", "/x", "a/b/c"}}})
+	if !f.Scoped() || f.All() {
+		t.Fatal("a scope with services: want scoped, not all")
+	}
+	ep := func(ns, svc string) *api.Endpoint {
+		return &api.Endpoint{Meta: api.Meta{Namespace: ns, Name: "e"}, Spec: api.EndpointSpec{Service: svc}}
+	}
+	cases := []struct {
+		o    api.Object
+		want bool
+	}{
+		{&api.Service{Kind: api.KindService, Meta: api.Meta{Namespace: "demo", Name: "a"}}, true},
+		{&api.Service{Kind: api.KindService, Meta: api.Meta{Namespace: "demo", Name: "b"}}, false},
+		{&api.Service{Kind: api.KindService, Meta: api.Meta{Namespace: "other", Name: "z"}}, true},
+		{ep("demo", "a"), true},
+		{ep("demo", "b"), false},
+		{ep("other", "q"), true},
+		{&api.Route{Meta: api.Meta{Namespace: "demo", Name: "r"}, Spec: api.RouteSpec{Service: "b"}}, false},
+		{&api.Session{Meta: api.Meta{Namespace: "demo", Name: "s"}, Spec: api.SessionSpec{Service: "a"}}, true},
+		{&api.DestinationPolicy{Meta: api.Meta{Namespace: "x", Name: "p"}, Spec: api.DestinationPolicySpec{Service: "a"}}, false},
+		{&api.AuthorizationPolicy{Meta: api.Meta{Namespace: "x", Name: "p"}}, true},
+		{&api.Node{Meta: api.Meta{Name: "n"}}, true},
+	}
+	for _, c := range cases {
+		if got := f.Match(c.o); got != c.want {
+			t.Errorf("Match(%s %s) = %v, want %v", c.o.GetKind(), c.o.GetMeta().Key(), got, c.want)
+		}
+	}
+	if g := NewFilter(&wire.Message{Scope: &wire.Scope{Services: []string{"bad"}}}); g.Scoped() || !g.All() {
+		t.Fatal("a scope of only malformed entries must select everything, as no scope")
+	}
+}
+
+// NodeRefs: a node is needed while an endpoint in scope runs on it; the
+// subscriber's own node always.
+func TestNodeRefs(t *testing.T) {
+	n := NewNodeRefs("me")
+	steps := []struct {
+		key, node     string
+		entered, left string
+	}{
+		{"demo/a1", "w1", "w1", ""},
+		{"demo/a2", "w1", "", ""},
+		{"demo/a1", "w2", "w2", ""}, // w1 still has a2
+		{"demo/a2", "", "", "w1"},   // a2 gone: w1 left
+		{"demo/a3", "me", "", ""},   // own node: never entered or left
+		{"demo/a3", "", "", ""},
+		{"demo/a1", "w2", "", ""}, // no move
+		{"demo/zz", "", "", ""},   // unknown and gone: nothing
+	}
+	for i, s := range steps {
+		en, le := n.Endpoint(s.key, s.node)
+		if en != s.entered || le != s.left {
+			t.Fatalf("step %d %s->%q: entered %q left %q, want %q %q", i, s.key, s.node, en, le, s.entered, s.left)
+		}
+	}
+	if !n.Wants("me") || !n.Wants("w2") || n.Wants("w1") {
+		t.Fatalf("wants me %v w2 %v w1 %v, want true true false", n.Wants("me"), n.Wants("w2"), n.Wants("w1"))
 	}
 }

@@ -108,7 +108,7 @@ func (s *script) exec(cmd, arg string) (out Output, state string, err error) {
 		case "recv":
 			ev = Recv{m}
 		case "send":
-			ev = Send{m}
+			ev = Send{Msg: m}
 		case "admitted":
 			var a Admitted
 			if err := json.Unmarshal([]byte(arg), &a); err != nil {
@@ -136,7 +136,7 @@ func (s *script) exec(cmd, arg string) (out Output, state string, err error) {
 		case "recv":
 			ev = Recv{m}
 		case "send":
-			ev = Send{m}
+			ev = Send{Msg: m}
 		case "applied":
 			var err error
 			if arg != "" {

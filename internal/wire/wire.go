@@ -287,6 +287,13 @@ type Scope struct {
 	// Region limits nodes and endpoints to one region (a regional control
 	// plane subscribing to the global one). Services are always sent.
 	Region string `json:"region,omitempty"`
+	// Services limits services and what belongs to them (endpoints,
+	// routes, destination policies, sessions) to these "namespace/name"
+	// keys ("namespace/*": every service of the namespace), and nodes to
+	// the subscriber's own and those hosting an endpoint in scope.
+	// Authorization policies are always sent. Empty means every service.
+	// A control plane that predates it ignores it and sends everything.
+	Services []string `json:"services,omitempty"`
 }
 
 // ResourceRef names a resource: Type and Name ("namespace/name", or the node

@@ -215,3 +215,17 @@ func (s *Store) ListSecure(prefix string) ([]store.KV, error) {
 	}
 	return kvs, err
 }
+
+// ChangedKeys returns the keys that changed after rev, each once, and the
+// current revision (store.Backend); ErrCompacted as ChangesSince.
+func (s *Store) ChangedKeys(rev uint64) ([]string, uint64, error) {
+	changes, cur, err := s.ChangesSince(rev)
+	if err != nil {
+		return nil, 0, err
+	}
+	keys := make([]string, 0, len(changes))
+	for _, c := range changes {
+		keys = append(keys, c.Key)
+	}
+	return keys, cur, nil
+}
