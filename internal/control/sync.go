@@ -493,6 +493,12 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			}
 			lastSent, told = time.Now(), u.m.Version
 		}
+		// What was committed after the last look (a shared snapshot may be
+		// older than the subscription, and commits between the two woke
+		// no one) is sent before waiting.
+		if cur, _ := fd.watch(); cur > scanned {
+			continue
+		}
 		var fire <-chan time.Time
 		if timer != nil {
 			next := time.Until(lastSent.Add(emptyEvery))

@@ -111,6 +111,12 @@ func TestBatchServesThroughCut(t *testing.T) {
 		t.Fatalf("served %d certificates with %d change signals over 3.5 s of 2 s SVIDs stepping by 1 s", len(serials), changes)
 	}
 	testenvWait(t, "the batch to run out", func() bool { return len(s.SVIDs(caller)) == 0 })
+	// The store's loop counts the expiry when it notices it, which can be
+	// after a caller was first refused.
+	testenvWait(t, "the expiry to be counted", func() bool {
+		missing, expired := s.Missing()
+		return missing == 1 && expired == 1
+	})
 	if missing, expired := s.Missing(); missing != 1 || expired != 1 {
 		t.Fatalf("missing %d expired %d, want 1 1", missing, expired)
 	}
