@@ -28,7 +28,7 @@ func (s *Server) acceptSync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.reg.feed = fd
+	s.reg.feedp.Store(fd)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -397,7 +397,7 @@ func (st *stream) sendLoop(ctx context.Context) error {
 	case sub = <-st.sub:
 	}
 	s := st.s
-	fd := s.reg.feed
+	fd := s.reg.feed()
 	ss := newSendState(sub.Filter, st.node, s.st.ID())
 	scanned, full := sub.Known, sub.Full
 	if ss.f.Scoped() {
@@ -460,6 +460,12 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			}
 			s.mUpdates.Inc()
 			lastSent, told = time.Now(), u.m.Version
+		}
+		if cur, _ := fd.watch(); cur > scanned {
+			// A shared snapshot may be older than the feed (reused for
+			// up to a second), and the commits after it woke no one
+			// before this stream subscribed: look again now.
+			continue
 		}
 		var fire <-chan time.Time
 		if timer != nil {
