@@ -34,6 +34,13 @@ func startQuietServer(t *testing.T) *Server {
 	return s
 }
 
+// feedOf waits for the server's feed (made when Serve starts).
+func feedOf(t *testing.T, s *Server) *feed {
+	t.Helper()
+	testenv.WaitFor(t, 5*time.Second, "the feed", func() bool { return s.reg.feed() != nil })
+	return s.reg.feed()
+}
+
 // applyObjs stores objects through the registry (as the admin API does).
 func applyObjs(t *testing.T, s *Server, objs ...api.Object) uint64 {
 	t.Helper()
@@ -146,9 +153,9 @@ func TestSnapshotSharedBetweenSubscribers(t *testing.T) {
 	a1 := dialAgent(t, s, "n1")
 	a2 := dialAgent(t, s, "n2") // both registered: one revision for both snapshots
 	rev, _ := s.st.Rev()
-	testenv.WaitFor(t, 5*time.Second, "feed at the store's revision", func() bool { r, _ := s.reg.feed.watch(); return r >= rev })
+	testenv.WaitFor(t, 5*time.Second, "feed at the store's revision", func() bool { r, _ := feedOf(t, s).watch(); return r >= rev })
 	before, listed := decoded.Load(), s.st.(*store.Store).Listed()
-	builds := s.reg.feed.snapCount()
+	builds := feedOf(t, s).snapCount()
 	a1.send(&wire.Message{Type: wire.TypeSubscribe})
 	a2.send(&wire.Message{Type: wire.TypeSubscribe})
 	s1, s2 := a1.recvUpdate(), a2.recvUpdate()
@@ -164,7 +171,7 @@ func TestSnapshotSharedBetweenSubscribers(t *testing.T) {
 	if l := s.st.(*store.Store).Listed() - listed; l > 0 {
 		t.Fatalf("snapshots listed %d keys of the store, want none", l)
 	}
-	if b := s.reg.feed.snapCount() - builds; b != 1 {
+	if b := feedOf(t, s).snapCount() - builds; b != 1 {
 		t.Fatalf("built %d snapshots for two subscribers at one revision, want 1", b)
 	}
 }
@@ -174,7 +181,7 @@ func TestSnapshotSharedBetweenSubscribers(t *testing.T) {
 func TestFeedCoalescesCommitsForAStreamBehind(t *testing.T) {
 	s := startServer(t, t.TempDir())
 	applyObjs(t, s, svcObj("demo", "a"))
-	fd := s.reg.feed
+	fd := feedOf(t, s)
 	base, _ := s.st.Rev()
 	testenv.WaitFor(t, 5*time.Second, "feed at the store's revision", func() bool { r, _ := fd.watch(); return r >= base })
 	var last uint64
@@ -407,7 +414,7 @@ func TestLocalEndpointsAndVIPsDoNotScanTheStore(t *testing.T) {
 func TestFeedWakesOnlyTheScopeOfAChange(t *testing.T) {
 	s := startServer(t, t.TempDir())
 	applyObjs(t, s, svcObj("demo", "a"), svcObj("demo", "b"))
-	fd := s.reg.feed
+	fd := feedOf(t, s)
 	sub := func(services ...string) *feedSub {
 		m := &wire.Message{Type: wire.TypeSubscribe}
 		if len(services) > 0 {
@@ -469,5 +476,29 @@ func TestFeedWakesOnlyTheScopeOfAChange(t *testing.T) {
 	fd.mu.Unlock()
 	if n != 0 {
 		t.Fatal("unsubscribed stream still indexed")
+	}
+}
+
+// A subscriber that takes a shared snapshot older than the feed (built for
+// another subscriber moments before) gets what was committed after it at
+// once, not at the next commit (which may never come).
+func TestReusedSnapshotIsFollowedByTheRest(t *testing.T) {
+	s := startQuietServer(t)
+	applyObjs(t, s, svcObj("demo", "a"))
+	fd := feedOf(t, s)
+	a1 := dialAgent(t, s, "n1") // welcomed, not yet subscribed
+	a2 := dialAgent(t, s, "n2")
+	a2.send(&wire.Message{Type: wire.TypeSubscribe})
+	snap := a2.recvUpdate() // the snapshot n1 will reuse
+	rev := applyObjs(t, s, epObj("demo", "e1", "a", "", 9001))
+	testenv.WaitFor(t, 5*time.Second, "feed at the change", func() bool { r, _ := fd.watch(); return r >= rev })
+	a1.send(&wire.Message{Type: wire.TypeSubscribe})
+	got := a1.recvUpdate()
+	if !got.Full || got.Version != snap.Version {
+		t.Fatalf("n1 got update %d (full %v), want the shared snapshot at %d", got.Version, got.Full, snap.Version)
+	}
+	// No further commit: the delta must come anyway.
+	if m := a1.recvUpdate(); m.Version != rev || strings.Join(names(m), ",") != "Endpoint demo/e1" {
+		t.Fatalf("after the snapshot: update %d with %v, want %d with the endpoint", m.Version, names(m), rev)
 	}
 }

@@ -29,9 +29,9 @@ type registry struct {
 	// range's ends).
 	vipMin, vipMax uint32
 
-	// feed follows the store for the sync streams; set before the sync
+	// feedp follows the store for the sync streams; set before the sync
 	// listener accepts (acceptSync).
-	feed *feed
+	feedp atomic.Pointer[feed]
 
 	// mu guards the in-memory indexes below, built on first use from the
 	// store and kept by the registry's own writes, so that neither a new
@@ -45,6 +45,9 @@ type registry struct {
 	// superset (each key is checked in the transaction that uses it).
 	byNode map[string]map[string]bool
 }
+
+// feed is the store's feed (nil before Serve).
+func (r *registry) feed() *feed { return r.feedp.Load() }
 
 // decoded counts stored objects decoded (decodeKV): the feed's tests check
 // that a change is decoded once however many streams send it.

@@ -29,7 +29,7 @@ func (s *Server) acceptSync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.reg.feed = fd
+	s.reg.feedp.Store(fd)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -424,7 +424,7 @@ func (st *stream) sendLoop(ctx context.Context) error {
 	case sub = <-st.sub:
 	}
 	s := st.s
-	fd := s.reg.feed
+	fd := s.reg.feed()
 	ss := newSendState(sub.Filter, st.node, s.st.ID())
 	scanned, full := sub.Known, sub.Full
 	if ss.f.Scoped() {
@@ -493,10 +493,10 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			}
 			lastSent, told = time.Now(), u.m.Version
 		}
-		// What was committed after the last look (a shared snapshot may be
-		// older than the subscription, and commits between the two woke
-		// no one) is sent before waiting.
 		if cur, _ := fd.watch(); cur > scanned {
+			// A shared snapshot may be older than the feed (reused for
+			// up to a second), and the commits after it woke no one
+			// before this stream subscribed: look again now.
 			continue
 		}
 		var fire <-chan time.Time

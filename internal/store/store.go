@@ -220,25 +220,33 @@ func (b boltTx) log(key string, rev uint64) error {
 // group run again alone, so fn must not have side effects outside the
 // transaction that a second run would repeat wrongly.
 func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
-	p := &pending{fn: fn, done: make(chan struct{})}
+	p := &pending{fn: fn, done: make(chan struct{}), lead: make(chan struct{})}
 	s.gmu.Lock()
 	s.queue = append(s.queue, p)
 	if s.committing {
 		s.gmu.Unlock()
-		<-p.done
-		return p.rev, p.err
-	}
-	s.committing = true
-	for len(s.queue) > 0 {
-		group := s.queue
-		s.queue = nil
-		s.gmu.Unlock()
-		s.commit(group)
+		select {
+		case <-p.done: // committed in another caller's group
+			return p.rev, p.err
+		case <-p.lead: // the previous committer handed over: commit the queue
+		}
 		s.gmu.Lock()
 	}
-	s.committing = false
+	// Each caller commits at most one group, its own included, then hands
+	// the queue to the next waiting caller: no caller is kept committing
+	// the others' updates for as long as they keep coming.
+	s.committing = true
+	group := s.queue
+	s.queue = nil
 	s.gmu.Unlock()
-	<-p.done
+	s.commit(group)
+	s.gmu.Lock()
+	if len(s.queue) > 0 {
+		close(s.queue[0].lead)
+	} else {
+		s.committing = false
+	}
+	s.gmu.Unlock()
 	return p.rev, p.err
 }
 
@@ -248,8 +256,9 @@ type pending struct {
 	rev     uint64
 	changed bool
 	err     error
-	fnErr   error // the error fn returned, if any (else a failed commit)
-	done    chan struct{}
+	fnErr   error         // the error fn returned, if any (else a failed commit)
+	done    chan struct{} // closed when committed (or failed)
+	lead    chan struct{} // closed when this caller is to commit the queue
 }
 
 // errInGroup marks the failure of one update of a group.
