@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -219,29 +218,9 @@ func (s *Server) serveRegionTrust(ctx context.Context, c net.Conn, peer spiffeid
 		delete(s.streams, c)
 		s.mu.Unlock()
 	}()
-	var wmu sync.Mutex
-	write := func(m *wire.Message) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		return wire.Write(c, m)
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		defer c.Close()
-		for {
-			t, watch := s.sec.currentTrust()
-			if err := write(&wire.Message{Type: wire.TypeTrust, Trust: relayTrust(t)}); err != nil {
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-watch:
-			}
-		}
-	}()
+	write := s.pushTrust(ctx, c)
 	s.log.Info("control: region connected", "region", name, "remote", c.RemoteAddr())
 	r := wire.NewReader(c)
 	for {

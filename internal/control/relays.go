@@ -121,29 +121,9 @@ func (s *Server) serveRelay(ctx context.Context, c net.Conn, peer spiffeid.ID) e
 	if !ok {
 		return fmt.Errorf("%s is not a relay identity", peer)
 	}
-	var wmu sync.Mutex
-	write := func(m *wire.Message) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		return wire.Write(c, m)
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		defer c.Close() // ends the reader below when the trust cannot be sent
-		for {
-			t, watch := s.sec.currentTrust()
-			if err := write(&wire.Message{Type: wire.TypeTrust, Trust: relayTrust(t)}); err != nil {
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-watch:
-			}
-		}
-	}()
+	write := s.pushTrust(ctx, c)
 	s.log.Info("control: relay connected", "relay", name, "remote", c.RemoteAddr())
 	r := wire.NewReader(c)
 	for {
@@ -181,4 +161,33 @@ func (s *Server) serveRelay(ctx context.Context, c net.Conn, peer spiffeid.ID) e
 			return fmt.Errorf("relay %s: unexpected %s", name, m.Type)
 		}
 	}
+}
+
+// pushTrust starts pushing the trust document (roots and deny list, no
+// gossip key) on a relay's or region's stream c, now and after every
+// change, until ctx ends; it closes c when a push fails, which ends the
+// caller's reader. write sends the caller's frames under the same lock.
+func (s *Server) pushTrust(ctx context.Context, c net.Conn) (write func(*wire.Message) error) {
+	var wmu sync.Mutex
+	write = func(m *wire.Message) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		return wire.Write(c, m)
+	}
+	go func() {
+		defer c.Close()
+		for {
+			t, watch := s.sec.currentTrust()
+			if err := write(&wire.Message{Type: wire.TypeTrust, Trust: relayTrust(t)}); err != nil {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-watch:
+			}
+		}
+	}()
+	return write
 }
