@@ -212,7 +212,7 @@ func TestH1FastPath(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got := readBody(t, resp); got != string(big[:1<<20]) {
-			t.Fatalf("1 MiB chunked echo: got %d bytes, different", len(got))
+			t.Fatalf("1 MiB chunked echo: status %d, got %d bytes, different (%.80q)", resp.StatusCode, len(got), got)
 		}
 		resp, err = c.Get(base + "/big")
 		if err != nil {
