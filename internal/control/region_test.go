@@ -411,18 +411,7 @@ func waitFor(t *testing.T, d time.Duration, what string, f func() bool) {
 // frame's error (TLS 1.3: a refused client certificate shows there).
 func regionDial(t *testing.T, s *Server, svid *x509svid.SVID) error {
 	t.Helper()
-	src := identity.NewSource()
-	src.SetBundles(s.CA().Bundle())
-	src.SetSVID(svid)
-	cfg := src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNRegion)
-	// Present svid as it is, also expired (a Source withholds an expired
-	// certificate; a hostile region would not).
-	cert := &tls.Certificate{PrivateKey: svid.PrivateKey}
-	for _, c := range svid.Certificates {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
-	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(), cfg)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(), asIsClientConfig(s, svid, identity.ALPNRegion))
 	if err != nil {
 		return err
 	}
@@ -696,18 +685,7 @@ func TestAdminCertFromRegionRefused(t *testing.T) {
 // CSRs of key and caKey; it returns the answer.
 func regionRenew(t *testing.T, s *Server, svid *x509svid.SVID, key, caKey *ecdsa.PrivateKey) *wire.Message {
 	t.Helper()
-	src := identity.NewSource()
-	src.SetBundles(s.CA().Bundle())
-	src.SetSVID(svid)
-	cfg := src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNRegion)
-	// Present svid as it is, also expired (a Source withholds an expired
-	// certificate; a hostile region would not).
-	cert := &tls.Certificate{PrivateKey: svid.PrivateKey}
-	for _, c := range svid.Certificates {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
-	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(), cfg)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(), asIsClientConfig(s, svid, identity.ALPNRegion))
 	if err != nil {
 		t.Fatal(err)
 	}

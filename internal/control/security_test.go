@@ -45,22 +45,28 @@ func signNode(t *testing.T, ca *identity.CA, site, node string, ttl time.Duratio
 	return svid
 }
 
+// asIsClientConfig is a client config for s's sync port that presents
+// svid as it is, also expired: a Source withholds an expired certificate,
+// an old agent or a hostile peer would not.
+func asIsClientConfig(s *Server, svid *x509svid.SVID, alpn string) *tls.Config {
+	src := identity.NewSource()
+	src.SetBundles(s.CA().Bundle())
+	src.SetSVID(svid)
+	cfg := src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), alpn)
+	cert := &tls.Certificate{PrivateKey: svid.PrivateKey}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	return cfg
+}
+
 // syncDial connects to the sync port as svid (nil: no certificate) and
 // sends hello; it returns the first answer or the error.
 func syncDial(t *testing.T, s *Server, svid *x509svid.SVID, site, node string) (*wire.Message, error) {
-	src := identity.NewSource()
-	src.SetBundles(s.CA().Bundle())
 	cfg := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, NextProtos: []string{identity.ALPNSync}}
 	if svid != nil {
-		src.SetSVID(svid)
-		cfg = src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNSync)
-		// Present svid as it is, also expired (a Source withholds an
-		// expired certificate; an old agent may not).
-		cert := &tls.Certificate{PrivateKey: svid.PrivateKey}
-		for _, c := range svid.Certificates {
-			cert.Certificate = append(cert.Certificate, c.Raw)
-		}
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+		cfg = asIsClientConfig(s, svid, identity.ALPNSync)
 	}
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(), cfg)
 	if err != nil {
