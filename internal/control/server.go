@@ -225,8 +225,10 @@ type Server struct {
 	mOldAgents *metrics.Counter // agents refused for lacking wire.CapPolicy2
 	mApplies   *metrics.Counter
 	mUpdates   *metrics.Counter
-	mChunks    *metrics.Counter // frames of updates sent in chunks
-	maxFrame   atomic.Int64     // the largest sync frame body written to an agent
+	// mSnapshots and mDeltas split the updates sent to agents by kind.
+	mSnapshots, mDeltas *metrics.Counter
+	mChunks             *metrics.Counter // frames of updates sent in chunks
+	maxFrame            atomic.Int64     // the largest sync frame body written to an agent
 }
 
 // New opens the store and binds both listeners; Serve starts serving.
@@ -312,6 +314,8 @@ func (s *Server) initMetrics() {
 	s.mOldAgents = m.NewCounter(`fogmesh_control_sync_old_agents_total`)
 	s.mApplies = m.NewCounter(`fogmesh_control_applies_total`)
 	s.mUpdates = m.NewCounter(`fogmesh_control_updates_sent_total`)
+	s.mSnapshots = m.NewCounter(`fogmesh_control_sync_snapshots_sent_total`)
+	s.mDeltas = m.NewCounter(`fogmesh_control_sync_deltas_sent_total`)
 	s.mChunks = m.NewCounter(`fogmesh_control_update_chunks_sent_total`)
 	// The largest frame sent on a sync stream: with chunked updates it
 	// stays near wire.ChunkBytes however large the snapshot.

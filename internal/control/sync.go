@@ -487,9 +487,9 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			}
 			s.mUpdates.Inc()
 			if u.m.Full {
-				s.cfg.Metrics.GetOrCreateCounter(`fogmesh_control_sync_snapshots_sent_total`).Inc()
+				s.mSnapshots.Inc()
 			} else {
-				s.cfg.Metrics.GetOrCreateCounter(`fogmesh_control_sync_deltas_sent_total`).Inc()
+				s.mDeltas.Inc()
 			}
 			lastSent, told = time.Now(), u.m.Version
 		}
