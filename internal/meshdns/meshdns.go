@@ -41,6 +41,7 @@
 package meshdns
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -74,6 +75,17 @@ type Resolver interface {
 	// ok=false if the service is unknown. Both arguments are lowercase DNS
 	// labels ([a-z0-9-]). The server does not modify the returned Record.
 	LookupService(namespace, name string) (rec Record, ok bool)
+}
+
+// Fetcher is an optional interface of a Resolver that holds only part of
+// the mesh's services (a scoped agent). When LookupService does not know a
+// name, the server calls FetchService, which may ask for the service and
+// wait for it, at most until ctx ends. ok=false with a nil error means the
+// service does not exist (NXDOMAIN); an error means the Resolver could not
+// tell (SERVFAIL, which resolvers retry and do not cache as a negative
+// answer).
+type Fetcher interface {
+	FetchService(ctx context.Context, namespace, name string) (rec Record, ok bool, err error)
 }
 
 // Config configures a Server. The zero value serves zone "mesh" on
