@@ -34,6 +34,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/retry"
 	"github.com/fogmesh/fogmesh/internal/svid"
 	"github.com/fogmesh/fogmesh/internal/transport"
+	"github.com/fogmesh/fogmesh/internal/wire"
 	"github.com/fogmesh/fogmesh/internal/workloadapi"
 )
 
@@ -97,6 +98,11 @@ type Agent struct {
 	// sessionsChanged wakes the sync loop to send session bindings.
 	sessionsChanged chan struct{}
 	connected       atomic.Bool
+	// scope is what a scoped agent subscribes to (scope.go).
+	scope *scopeSet
+	// observeUpdate, when set before Run, sees every update the agent
+	// applies (tests).
+	observeUpdate func(*wire.Message)
 
 	// audit is the node's audit log (audit.go); auditWritten wakes the
 	// shipper after each write; auditShipped is the last seq the control
@@ -203,6 +209,7 @@ func New(cfg Config) (*Agent, error) {
 		a.meshLn.Close()
 		return nil, &ConfigError{Err: fmt.Errorf("agent: node: %w", err)}
 	}
+	a.scope = newScopeSet(cfg.Scope, a.log.Warn)
 	a.initMetrics()
 	if cfg.Insecure {
 		a.log.Warn("agent: INSECURE MODE: sync stream and mesh port in plaintext, peers unauthenticated; for tests and local development only")
@@ -440,6 +447,7 @@ func (a *Agent) rebuild() {
 // rebuildLocked binds the VIP listeners of the new view before it publishes
 // it: a client that resolves a name or reads the routes may connect at once.
 func (a *Agent) rebuildLocked() {
+	a.scopeLocalLocked()
 	v := buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain())
 	v.attest = localAttestations(a.workloads)
 	a.syncOutliers(v) // before requests can see v: its destinations' detectors exist
