@@ -483,22 +483,6 @@ func (a *Agent) notifyLocal() {
 	}
 }
 
-// LookupService implements meshdns.Resolver.
-func (a *Agent) LookupService(namespace, name string) (meshdns.Record, bool) {
-	if !a.serving.Load() {
-		return meshdns.Record{}, false
-	}
-	sv := a.view.Load().services[namespace+"/"+name]
-	if sv == nil {
-		return meshdns.Record{}, false
-	}
-	r := meshdns.Record{V4: sv.vip4, V6: sv.vip6}
-	for _, p := range sv.svc.Spec.Ports {
-		r.Ports = append(r.Ports, meshdns.Port{Name: p.Name, Protocol: p.Protocol, Port: p.Port})
-	}
-	return r, true
-}
-
 // ConfigError is returned by New for an invalid Config.
 type ConfigError struct{ Err error }
 
