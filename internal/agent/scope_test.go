@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -355,5 +356,92 @@ spec: {service: db, rules: [{from: [{principals: ["`+webID+`"]}]}]}`)
 	}
 	if src, _ := d.vouch(context.Background(), transport.Header{Source: "c"}, webID); src != webID {
 		t.Errorf("c's own workload identity: got %q", src)
+	}
+}
+
+// TestScopedAgentFollowsMirrorDestinations: a route of a service in scope
+// that mirrors to another service brings that service into the scope
+// (the mirror needs its endpoints before the first request).
+func TestScopedAgentFollowsMirrorDestinations(t *testing.T) {
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{name: http, port: 19496, protocol: http}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: shadow, namespace: shop}
+spec: {ports: [{name: http, port: 19497, protocol: http}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: unrelated, namespace: shop}
+spec: {ports: [{name: http, port: 19498, protocol: http}]}
+`)
+	cfg := agentConfig(agentOpts{name: "s", site: "s1", region: "r1", vipOctet: 147, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	cfg.Scope = []string{"shop/web"}
+	var log updateLog
+	s := startObservedAgent(t, cfg, &log)
+	waitFor(t, "shop/web", func() bool { return hasService(s, "shop/web") })
+	if hasService(s, "shop/shadow") {
+		t.Fatal("shop/shadow held before any route names it")
+	}
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Route
+metadata: {name: web, namespace: shop}
+spec:
+  service: web
+  rules: [{backends: [{}], mirror: {service: shadow}}]
+`)
+	waitFor(t, "the mirror destination to enter the scope", func() bool { return hasService(s, "shop/shadow") })
+	if hasService(s, "shop/unrelated") || len(log.of("shop/unrelated")) != 0 {
+		t.Fatal("a service no route names entered the scope")
+	}
+}
+
+// The scope grows to maxScopeEntries; one more entry drops it: the sync
+// loop is told to resubscribe, and the next stream subscribes to every
+// service. Invalid entries are not taken, and a covered one adds nothing.
+func TestScopeBoundDropsToEverything(t *testing.T) {
+	s := newScopeSet([]string{"shop/*"}, func(string, ...any) {})
+	s.add("shop/web", "Bad/Name", "a/b/c", "x")
+	if sc := s.connectScope(); sc == nil || !slices.Equal(sc.Services, []string{"shop/*"}) {
+		t.Fatalf("scope %v, want only shop/*", sc)
+	}
+	for i := 1; i < maxScopeEntries; i++ {
+		s.add(fmt.Sprintf("ns%d/*", i))
+	}
+	if keys, resub := s.take(true); len(keys) != maxScopeEntries-1 || resub {
+		t.Fatalf("take: %d keys, resubscribe %v; want %d, false", len(keys), resub, maxScopeEntries-1)
+	}
+	if sc := s.connectScope(); sc == nil || len(sc.Services) != maxScopeEntries {
+		t.Fatal("the scope at its bound is no longer a scope")
+	}
+	s.add("one/more")
+	if _, resub := s.take(true); !resub {
+		t.Fatal("past the bound: no resubscribe")
+	}
+	if sc := s.connectScope(); sc != nil {
+		t.Fatalf("past the bound the agent subscribes with %d entries, want everything", len(sc.Services))
+	}
+	if s.answeredFor("zzz/x") {
+		t.Fatal("answered before any snapshot of everything")
+	}
+	s.answer(nil, true)
+	if !s.answeredFor("zzz/x") {
+		t.Fatal("a snapshot of everything answers every name")
+	}
+}
+
+// Config.Scope takes "ns/name" and "ns/*" only.
+func TestScopeConfigValidated(t *testing.T) {
+	for _, bad := range []string{"shop", "shop/", "/web", "shop/web/x", "Shop/web", "*/*", "shop/w eb"} {
+		_, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+			DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.147.0.0/16", Insecure: true, Scope: []string{"ok/*", bad}})
+		var ce *ConfigError
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), "scope[1]") {
+			t.Errorf("scope entry %q: got %v, want a config error naming scope[1]", bad, err)
+		}
 	}
 }
