@@ -21,7 +21,9 @@
 // A name the Resolver knows but which has no record of the asked type (an
 // AAAA query for a service without an IPv6 address, an MX query, an A query
 // for an SRV name) gets NODATA: NOERROR, no answer, the zone's SOA in the
-// authority section. A name the Resolver does not know gets NXDOMAIN. The
+// authority section. A name the Resolver does not know gets NXDOMAIN (a
+// Resolver that is a Fetcher is asked first and may fetch it, or answer
+// SERVFAIL when it cannot tell in time). The
 // zone apex answers SOA queries with a synthetic SOA and every other type
 // with NODATA; the server does not publish NS records, as it is never
 // delegated to. All answers from the zone are authoritative (AA set).
