@@ -34,6 +34,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/retry"
 	"github.com/fogmesh/fogmesh/internal/svid"
 	"github.com/fogmesh/fogmesh/internal/transport"
+	"github.com/fogmesh/fogmesh/internal/wire"
 	"github.com/fogmesh/fogmesh/internal/workloadapi"
 )
 
@@ -97,6 +98,11 @@ type Agent struct {
 	// sessionsChanged wakes the sync loop to send session bindings.
 	sessionsChanged chan struct{}
 	connected       atomic.Bool
+	// scope is what a scoped agent subscribes to (scope.go).
+	scope *scopeSet
+	// observeUpdate, when set before Run, sees every update the agent
+	// applies (tests).
+	observeUpdate func(*wire.Message)
 
 	// audit is the node's audit log (audit.go); auditWritten wakes the
 	// shipper after each write; auditShipped is the last seq the control
@@ -203,6 +209,7 @@ func New(cfg Config) (*Agent, error) {
 		a.meshLn.Close()
 		return nil, &ConfigError{Err: fmt.Errorf("agent: node: %w", err)}
 	}
+	a.scope = newScopeSet(cfg.Scope, a.log.Warn)
 	a.initMetrics()
 	if cfg.Insecure {
 		a.log.Warn("agent: INSECURE MODE: sync stream and mesh port in plaintext, peers unauthenticated; for tests and local development only")
@@ -440,6 +447,7 @@ func (a *Agent) rebuild() {
 // rebuildLocked binds the VIP listeners of the new view before it publishes
 // it: a client that resolves a name or reads the routes may connect at once.
 func (a *Agent) rebuildLocked() {
+	a.scopeLocalLocked()
 	v := buildView(a.self, a.res, a.localEndpointsLocked(), a.vip4, a.vip6, a.svids.TrustDomain())
 	v.attest = localAttestations(a.workloads)
 	a.syncOutliers(v) // before requests can see v: its destinations' detectors exist
@@ -473,22 +481,6 @@ func (a *Agent) notifyLocal() {
 	case a.localChanged <- struct{}{}:
 	default:
 	}
-}
-
-// LookupService implements meshdns.Resolver.
-func (a *Agent) LookupService(namespace, name string) (meshdns.Record, bool) {
-	if !a.serving.Load() {
-		return meshdns.Record{}, false
-	}
-	sv := a.view.Load().services[namespace+"/"+name]
-	if sv == nil {
-		return meshdns.Record{}, false
-	}
-	r := meshdns.Record{V4: sv.vip4, V6: sv.vip6}
-	for _, p := range sv.svc.Spec.Ports {
-		r.Ports = append(r.Ports, meshdns.Port{Name: p.Name, Protocol: p.Protocol, Port: p.Port})
-	}
-	return r, true
 }
 
 // ConfigError is returned by New for an invalid Config.

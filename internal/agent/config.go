@@ -25,6 +25,13 @@ type Config struct {
 	// Control lists control plane sync addresses (host:port), tried in order.
 	// Empty: the agent runs from its cache and local workloads only.
 	Control []string `json:"control,omitempty"`
+	// Scope lists the services this agent's workloads use, "namespace/name"
+	// or "namespace/*" (as the hosts of an Istio Sidecar's egress): the
+	// agent then receives only these, the services of its own workloads,
+	// and those it learns on a miss (a DNS query for a name it does not
+	// hold, a mirror destination, a caller's namespace; scope.go).
+	// Empty (the default): every service.
+	Scope []string `json:"scope,omitempty"`
 	// MeshAddr is the mesh port listen address (default 127.0.0.1:7072).
 	MeshAddr string `json:"meshAddr,omitempty"`
 	// MeshAdvertise is the address peers dial (default MeshAddr; required
@@ -237,6 +244,14 @@ func (c *Config) validate() error {
 	for i, a := range c.Control {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return fmt.Errorf("control[%d]: %q: %w", i, a, err)
+		}
+	}
+	if len(c.Scope) > maxScopeEntries {
+		return fmt.Errorf("scope: %d entries, at most %d", len(c.Scope), maxScopeEntries)
+	}
+	for i, e := range c.Scope {
+		if !validScopeEntry(e) {
+			return fmt.Errorf("scope[%d]: %q is not namespace/name or namespace/*", i, e)
 		}
 	}
 	if p, err := netip.ParsePrefix(c.VIPRange); err != nil || !p.Addr().Is4() {

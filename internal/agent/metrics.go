@@ -31,6 +31,7 @@ func (a *Agent) initMetrics() {
 		renewals:         m.NewCounter(`fogmesh_agent_certificate_renewals_total`),
 		certExpired:      m.NewCounter(`fogmesh_agent_node_certificate_expired_total`),
 		unvouched:        m.NewCounter(`fogmesh_agent_authz_unvouched_source_total`),
+		scopeMisses:      m.NewCounter(`fogmesh_agent_scope_lookup_timeouts_total`),
 	}
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
@@ -57,6 +58,16 @@ func (a *Agent) initMetrics() {
 		}
 		return 0
 	})
+	// A scoped agent's scope (declared, own and learnt entries; 0: every
+	// service).
+	m.NewGauge(`fogmesh_agent_scope_entries`, func() float64 {
+		a.scope.mu.Lock()
+		defer a.scope.mu.Unlock()
+		if a.scope.dropped {
+			return 0
+		}
+		return float64(len(a.scope.entries))
+	})
 	m.NewGauge(`fogmesh_agent_config_version`, func() float64 {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -67,5 +78,5 @@ func (a *Agent) initMetrics() {
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
 	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals, unvouched      *metrics.Counter
-	certExpired                                                                                                 *metrics.Counter
+	certExpired, scopeMisses                                                                                    *metrics.Counter
 }

@@ -33,6 +33,13 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if a.scope.rescope.Swap(false) {
+			// Ended to subscribe with another scope (scope.go): again, to
+			// the same control plane, at once.
+			a.log.Info("agent: resubscribing with a new scope", "control", addr)
+			i--
+			continue
+		}
 		if time.Since(start) > 30*time.Second {
 			backoff = 250 * time.Millisecond // it was a good session
 		}
@@ -104,6 +111,8 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 	if sm.ResyncFull() {
 		subscribeFrom = 0
 	}
+	scope := a.scope.connectScope()
+	sm.SetScope(scope)
 	mu.Lock()
 	_, err = flushLocked(sm.Connect(a.self, caps, known))
 	readTimeout := sm.ReadTimeout()
@@ -200,6 +209,16 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 				a.mu.Lock()
 				ev = syncproto.Local{Endpoints: a.localEndpointsLocked()}
 				a.mu.Unlock()
+			case <-a.scope.ask:
+				keys, resubscribe := a.scope.take(scope != nil)
+				if resubscribe {
+					a.scope.rescope.Store(true)
+					return
+				}
+				if len(keys) == 0 {
+					continue
+				}
+				ev = syncproto.Widen{Services: keys}
 			case <-a.sessionsChanged:
 				ss := a.takePendingSessions()
 				if len(ss) == 0 {
@@ -212,6 +231,9 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 				continue
 			}
 			if _, err := step(ev); err != nil {
+				if errors.Is(err, syncproto.ErrRescope) {
+					a.scope.rescope.Store(true)
+				}
 				return
 			}
 		}
@@ -228,7 +250,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 		}
 		effs, err := step(syncproto.Recv{Msg: m})
 		for _, e := range effs {
-			if err := a.doSyncEffect(e, step, auditAcks); err != nil {
+			if err := a.doSyncEffect(e, step, auditAcks, scope != nil); err != nil {
 				return err
 			}
 		}
@@ -238,14 +260,20 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 	}
 }
 
-// doSyncEffect carries out what a frame from the control plane asks for.
-func (a *Agent) doSyncEffect(e syncproto.Effect, step func(syncproto.Event) ([]syncproto.Effect, error), auditAcks chan<- *wire.Message) error {
+// doSyncEffect carries out what a frame from the control plane asks for;
+// scoped tells whether the stream subscribed with a scope.
+func (a *Agent) doSyncEffect(e syncproto.Effect, step func(syncproto.Event) ([]syncproto.Effect, error), auditAcks chan<- *wire.Message, scoped bool) error {
 	switch e := e.(type) {
 	case syncproto.Apply:
+		if a.observeUpdate != nil {
+			a.observeUpdate(e.Msg)
+		}
 		err := a.applyUpdate(e.Msg)
 		if err != nil {
 			a.m.nacks.Inc()
 			a.log.Error("agent: rejected update", "version", e.Msg.Version, "err", err)
+		} else {
+			a.scope.answer(e.Answered, e.Msg.Full && !scoped)
 		}
 		_, err = step(syncproto.Applied{Err: err}) // ack, or nack and end the stream
 		return err

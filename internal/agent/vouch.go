@@ -69,12 +69,19 @@ func identityOf(v *view, addr netip.Addr) string {
 // for that domain's identities (the foreign mesh vouches for its own).
 // Anything else becomes "" (unknown), which no principal rule matches, and
 // is counted. In insecure mode both are taken as claimed. ctx is the mesh
-// stream's (transport.PeerFromContext).
+// stream's (transport.PeerFromContext). A scoped agent that does not hold
+// the claimed identity's namespace asks for it first (learnCaller, up to
+// scopeWait).
 func (a *Agent) vouch(ctx context.Context, h transport.Header, claimed string) (sourceID, sourceNode string) {
 	if claimed == "" || a.ident == nil {
 		return claimed, h.Source
 	}
 	if a.view.Load().nodeIDs[h.Source][claimed] {
+		return claimed, h.Source
+	}
+	// A scoped agent holds the endpoints of its scope only: it learns the
+	// claimed identity's namespace, then checks the claim the same way.
+	if a.learnCaller(ctx, h.Source, claimed) {
 		return claimed, h.Source
 	}
 	if p, ok := transport.PeerFromContext(ctx); ok && p.ID.TrustDomain() != a.ident.td {

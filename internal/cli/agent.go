@@ -36,6 +36,7 @@ func RunAgent(prog string, args []string) error {
 		punchAddr  = fs.String("punch-addr", "", "UDP address of punched paths (default 0.0.0.0:0; off: relayed paths only)")
 		gwAddr     = fs.String("gateway-addr", "", "be the site's gateway: forward the site's agents to this agent's control planes and relays on this ip:port")
 		viaGW      = fs.String("via-gateway", "", "reach the control planes and relays through this site gateway (ip:port)")
+		scope      = fs.String("scope", "", "services this node's workloads use, comma separated (ns/name or ns/*): receive only these, the node's own and those asked for on a miss (default: every service)")
 		logf       LogFlags
 	)
 	logf.Register(fs)
@@ -82,6 +83,9 @@ func RunAgent(prog string, args []string) error {
 	}
 	if set["control"] {
 		cfg.Control = splitList(*control)
+	}
+	if set["scope"] {
+		cfg.Scope = splitList(*scope)
 	}
 	if set["relays"] {
 		cfg.Relays = splitList(*relays)

@@ -123,6 +123,22 @@ func (f *feed) unsubscribe(sub *feedSub) {
 	}
 }
 
+// widen registers a scoped subscriber's widened filter fl (a later
+// subscribe, wire.FeatureScopeAdd) and the entries it added, so commits to
+// them wake it.
+func (f *feed) widen(sub *feedSub, fl syncproto.Filter, added []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	sub.f = fl
+	for _, k := range added {
+		if ns, name, _ := strings.Cut(k, "/"); name == "*" {
+			addSub(f.subsNS, ns, sub)
+		} else {
+			addSub(f.subsSvc, k, sub)
+		}
+	}
+}
+
 // holdNodes records which nodes a scoped subscriber holds now, so that a
 // node's change wakes only the streams that hold it (a node that joins
 // is not work for every scoped stream).

@@ -122,7 +122,14 @@ type stream struct {
 	sm *syncproto.Control
 
 	sub chan syncproto.Subscribed // the subscription, handed to the sender
+	// adds are the scope entries of later subscribes (FeatureScopeAdd),
+	// handed to the sender, which answers each.
+	adds chan []string
 }
+
+// maxPendingAdds bounds the later subscribes a stream may have waiting for
+// their answer; an agent that sends more is dropped.
+const maxPendingAdds = 64
 
 // step feeds the machine one event and writes the frames it returns. When
 // the machine ends the stream, its frames (a refusal) are written best
@@ -173,7 +180,8 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		site, node, _ := identity.ParseNodeID(peer)
 		pn = &syncproto.PeerNode{Site: site, Node: node}
 	}
-	st := &stream{s: s, c: c, sm: syncproto.NewControl(pn, s.cfg.HeartbeatInterval), sub: make(chan syncproto.Subscribed, 1)}
+	st := &stream{s: s, c: c, sm: syncproto.NewControl(pn, s.cfg.HeartbeatInterval), sub: make(chan syncproto.Subscribed, 1),
+		adds: make(chan []string, maxPendingAdds)}
 	r := wire.NewReader(c)
 	// Every message, heartbeats included, must arrive within the machine's
 	// read timeout, so a silent or slow sender is dropped.
@@ -240,7 +248,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	s.log.Info("control: agent connected", "node", st.node, "remote", c.RemoteAddr())
 	rev, _ := s.st.Rev()
 	st.welcome = rev
-	welcome := syncproto.Admitted{Version: rev, StoreID: s.st.ID()}
+	welcome := syncproto.Admitted{Version: rev, StoreID: s.st.ID(), Features: []string{wire.FeatureScopeAdd}}
 	if s.sec != nil && !peer.IsZero() {
 		welcome.Features = append(welcome.Features, wire.FeatureSVID, wire.FeatureSVIDBatch)
 	}
@@ -318,6 +326,12 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 	switch e := e.(type) {
 	case syncproto.Subscribed:
 		st.sub <- e // the machine allows one subscribe per stream, and sub holds one
+	case syncproto.ScopeAdd:
+		select {
+		case st.adds <- e.Services:
+		default:
+			return fmt.Errorf("node %s: more than %d scope additions waiting", st.node, maxPendingAdds)
+		}
 	case syncproto.Acked:
 		s.mu.Lock()
 		s.liveLocked(st.node).acked = e.Version
@@ -513,8 +527,68 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			return nil
 		case <-wake.ch:
 		case <-fire:
+		case add := <-st.adds:
+			// Answered at once, even when nothing enters: the agent
+			// holds a DNS query until it knows.
+			u := ss.widen(fd, add, scanned)
+			if err := st.writeUpdate(u); err != nil {
+				return err
+			}
+			s.mUpdates.Inc()
+			s.mDeltas.Inc()
+			lastSent, told = time.Now(), u.m.Version
 		}
 	}
+}
+
+// widen adds the entries of a later subscribe to a scoped stream's filter
+// and returns its answer: what enters the scope, at the feed's state, and
+// ScopeAdded naming the valid entries asked for (all of them are held
+// once it is applied). Its version is rev, what the stream's deltas
+// covered: the next delta from rev sends again what changed since, which
+// is at most the state sent here. A stream without scope holds everything
+// already: its answer only names the entries.
+func (ss *sendState) widen(fd *feed, entries []string, rev uint64) *update {
+	u := ss.newUpdate(rev, false)
+	for _, k := range entries {
+		if syncproto.ScopeEntry(k) && len(u.m.ScopeAdded) < syncproto.MaxScopeServices {
+			u.m.ScopeAdded = append(u.m.ScopeAdded, k)
+		}
+	}
+	if !ss.f.Scoped() || ss.refs == nil {
+		return u
+	}
+	nf, added := ss.f.Widen(entries)
+	if len(added) == 0 {
+		return u
+	}
+	// Register first, so a commit to them from now on wakes the stream.
+	ss.f = nf
+	fd.widen(ss.sub, nf, added)
+	entering, _ := fd.scopedSnapshot(syncproto.NewFilter(&wire.Message{Scope: &wire.Scope{Services: added}}))
+	sort.Slice(entering, func(i, j int) bool { return entering[i].key < entering[j].key })
+	var nodes []string
+	for _, e := range entering {
+		if e.svc == "" || ss.held[e.key] || !ss.f.Wants(e.ref.Type) || !ss.f.Match(e.obj) {
+			continue // nodes and authorization policies: held already, or below
+		}
+		if e.ref.Type == api.KindEndpoint {
+			if entered, _ := ss.refs.Endpoint(e.ref.Name, e.node); entered != "" {
+				nodes = append(nodes, entered)
+			}
+		}
+		ss.held[e.key] = true
+		u.addRes(e)
+	}
+	for _, n := range nodes {
+		key := api.KindNode + "/" + n
+		if e := fd.get(key); e != nil && !e.deleted && !ss.held[key] && ss.f.Match(e.obj) {
+			ss.held[key] = true
+			u.addRes(e)
+		}
+	}
+	fd.holdNodes(ss.sub, nodes, nil)
+	return u
 }
 
 // sendState is what one stream's sender knows of its subscriber: for a

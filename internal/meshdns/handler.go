@@ -108,7 +108,7 @@ func (h *handler) invalidMsg(_ []byte, _ error) {
 
 // answer builds the reply to req from the zone. For a name outside the zone
 // it returns (nil, resultForward) and the caller forwards req. It does no I/O
-// beyond calling the Resolver.
+// beyond calling the Resolver (a Fetcher may wait for its control plane).
 func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 	resp := new(dns.Msg)
 	if req.Opcode != dns.OpcodeQuery {
@@ -150,6 +150,14 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 		return h.nxDomain(resp)
 	}
 	rec, ok := h.resolver.LookupService(n.ns, n.svc)
+	if f, fetch := h.resolver.(Fetcher); !ok && fetch {
+		var err error
+		if rec, ok, err = f.FetchService(h.ctx, n.ns, n.svc); err != nil {
+			h.log.Debug("meshdns: service not known in time", "name", q.Name, "err", err)
+			resp.Rcode = dns.RcodeServerFailure
+			return resp, resultServFail
+		}
+	}
 	if !ok {
 		return h.nxDomain(resp)
 	}

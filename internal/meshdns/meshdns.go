@@ -21,7 +21,9 @@
 // A name the Resolver knows but which has no record of the asked type (an
 // AAAA query for a service without an IPv6 address, an MX query, an A query
 // for an SRV name) gets NODATA: NOERROR, no answer, the zone's SOA in the
-// authority section. A name the Resolver does not know gets NXDOMAIN. The
+// authority section. A name the Resolver does not know gets NXDOMAIN (a
+// Resolver that is a Fetcher is asked first and may fetch it, or answer
+// SERVFAIL when it cannot tell in time). The
 // zone apex answers SOA queries with a synthetic SOA and every other type
 // with NODATA; the server does not publish NS records, as it is never
 // delegated to. All answers from the zone are authoritative (AA set).
@@ -41,6 +43,7 @@
 package meshdns
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -74,6 +77,17 @@ type Resolver interface {
 	// ok=false if the service is unknown. Both arguments are lowercase DNS
 	// labels ([a-z0-9-]). The server does not modify the returned Record.
 	LookupService(namespace, name string) (rec Record, ok bool)
+}
+
+// Fetcher is an optional interface of a Resolver that holds only part of
+// the mesh's services (a scoped agent). When LookupService does not know a
+// name, the server calls FetchService, which may ask for the service and
+// wait for it, at most until ctx ends. ok=false with a nil error means the
+// service does not exist (NXDOMAIN); an error means the Resolver could not
+// tell (SERVFAIL, which resolvers retry and do not cache as a negative
+// answer).
+type Fetcher interface {
+	FetchService(ctx context.Context, namespace, name string) (rec Record, ok bool, err error)
 }
 
 // Config configures a Server. The zero value serves zone "mesh" on

@@ -703,3 +703,53 @@ func TestNoGoroutineLeak(t *testing.T) {
 		t.Fatalf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// fetchingResolver holds "demo/hello" and, on a miss, fetches: "demo/late"
+// arrives, "demo/gone" does not exist, anything else cannot be told in
+// time (it waits for ctx, bounded by the test's deadline).
+type fetchingResolver struct {
+	staticResolver
+	fetched chan string
+}
+
+func (r fetchingResolver) FetchService(ctx context.Context, namespace, name string) (meshdns.Record, bool, error) {
+	r.fetched <- namespace + "/" + name
+	switch namespace + "/" + name {
+	case "demo/late":
+		return meshdns.Record{V4: netip.MustParseAddr("10.96.0.40"), Ports: []meshdns.Port{{Name: "http", Port: 80}}}, true, nil
+	case "demo/gone":
+		return meshdns.Record{}, false, nil
+	}
+	return meshdns.Record{}, false, fmt.Errorf("not known yet")
+}
+
+// A Resolver that is a Fetcher is asked on a miss only: a fetched service
+// is answered, one the Fetcher says does not exist is NXDOMAIN, and one it
+// cannot tell is SERVFAIL (not a negative answer a resolver caches).
+func TestFetcherOnMiss(t *testing.T) {
+	r := fetchingResolver{staticResolver: testServices, fetched: make(chan string, 10)}
+	s, err := meshdns.New(meshdns.Config{Addr: "127.0.0.1:0", Upstreams: []string{}}, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(context.Background()) }()
+	t.Cleanup(func() { s.Close(); <-done })
+
+	if m := query(t, "udp", s.Addr(), "hello.demo.mesh.", dns.TypeA); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+		t.Fatalf("held name: %v", m)
+	}
+	if len(r.fetched) != 0 {
+		t.Fatalf("a held name was fetched: %s", <-r.fetched)
+	}
+	m := query(t, "udp", s.Addr(), "late.demo.mesh.", dns.TypeA)
+	if got := rrStrings(m.Answer); m.Rcode != dns.RcodeSuccess || len(got) != 1 || got[0] != "A 10.96.0.40" {
+		t.Fatalf("fetched name: rcode %s, answer %v", dns.RcodeToString[m.Rcode], got)
+	}
+	if m := query(t, "udp", s.Addr(), "gone.demo.mesh.", dns.TypeA); m.Rcode != dns.RcodeNameError {
+		t.Fatalf("name that does not exist: rcode %s, want NXDOMAIN", dns.RcodeToString[m.Rcode])
+	}
+	if m := query(t, "udp", s.Addr(), "_http._tcp.unsure.demo.mesh.", dns.TypeSRV); m.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("name not known in time: rcode %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
+	}
+}

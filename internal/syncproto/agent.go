@@ -31,6 +31,18 @@ package syncproto
 //	Streaming ──Local / Sessions──▶       send local / sessions
 //	Streaming ──Send(renew|audit|svid)──▶ send it; audit only if welcome listed
 //	                                      FeatureAudit, svid only with FeatureSVID
+//	any ──Widen──▶                        add the entries to the scope (a scoped agent
+//	                                      only); Streaming with FeatureScopeAdd: send
+//	                                      subscribe{scope: the new entries}; Streaming
+//	                                      without it: Closed with ErrRescope (the driver
+//	                                      reconnects with the wider scope); otherwise the
+//	                                      next subscribe names them
+//
+// A scoped agent subscribes from version 0 (the control plane sends a scoped
+// subscriber its scope anew on every stream; one that predates scopes would
+// send a delta of everything on top of a cache of part of it). Apply names
+// the scope entries the update answers: every entry of the stream's first
+// subscribe for a snapshot, the update's ScopeAdded otherwise.
 //
 // ReadTimeout says how long the driver may wait for the next frame in the
 // current state.
@@ -62,6 +74,8 @@ type (
 	Local struct{ Endpoints []api.Endpoint }
 	// Sessions are session bindings not yet sent upstream.
 	Sessions struct{ Sessions []api.Session }
+	// Widen adds entries ("ns/name", "ns/*") to a scoped agent's scope.
+	Widen struct{ Services []string }
 	// Send is a request another part of the agent sends on the stream
 	// (renew, audit, svid); Control's Send is the same event.
 	//
@@ -87,10 +101,18 @@ type (
 		// SVIDBatch: the control plane issues batches of workload SVIDs
 		// (wire.FeatureSVIDBatch).
 		SVIDBatch bool
+		// ScopeAdd: the control plane widens a scope on the open stream
+		// (wire.FeatureScopeAdd); without it Widen ends the stream.
+		ScopeAdd bool
 	}
 	// Apply: the driver applies the update (snapshot if Msg.Full) and
-	// steps Applied with the result.
-	Apply struct{ Msg *wire.Message }
+	// steps Applied with the result. Answered are the scope entries the
+	// update answers (a scoped agent): once it is applied, a service of
+	// one of them that the agent does not hold does not exist.
+	Apply struct {
+		Msg      *wire.Message
+		Answered []string
+	}
 	// PeerLoads: the load the other agents put on each endpoint.
 	PeerLoads struct{ EndpointLoad map[string]float64 }
 	// AuditAck answers the audit batch in flight.
@@ -147,6 +169,7 @@ type Agent struct {
 	features      []string
 	applying      *wire.Message // the update handed out in Apply
 	auditInFlight bool
+	subscribed    []string // the scope entries of this stream's first subscribe
 
 	limits     Limits
 	assembling *wire.Message // the chunks of an update taken so far (Receiving)
@@ -165,6 +188,35 @@ func (a *Agent) SetLimits(l Limits) { a.limits = l }
 // wire.Scope). A scoped subscriber gets a snapshot of its scope on every
 // stream.
 func (a *Agent) SetScope(s *wire.Scope) { a.scope = s }
+
+// ErrRescope ends a stream whose control plane cannot widen a scope on the
+// open stream (no wire.FeatureScopeAdd): the driver reconnects at once, and
+// the next subscribe names the wider scope.
+var ErrRescope = errors.New("sync: scope widened; reconnecting with it")
+
+// widen adds the new entries of services to the scope and returns them.
+func (a *Agent) widen(services []string) []string {
+	if a.scope == nil || len(a.scope.Services) == 0 {
+		return nil // everything is subscribed already
+	}
+	have := make(map[string]bool, len(a.scope.Services))
+	for _, k := range a.scope.Services {
+		have[k] = true
+	}
+	var added []string
+	for _, k := range services {
+		if ScopeEntry(k) && !have[k] && len(have) < MaxScopeServices {
+			have[k] = true
+			added = append(added, k)
+		}
+	}
+	if len(added) > 0 {
+		sc := *a.scope
+		sc.Services = append(slices.Clip(sc.Services), added...)
+		a.scope = &sc
+	}
+	return added
+}
 
 // State names the current state (for logs and tests).
 func (a *Agent) State() string { return a.state.String() }
@@ -191,6 +243,9 @@ func (a *Agent) ReadTimeout() time.Duration {
 // returns what to send and do. Effects are Connected, Apply, PeerLoads,
 // AuditAck, TrustUpdate, CertIssued, SVIDIssued and Refused.
 func (a *Agent) Step(ev Event) (out Output) {
+	if ev, ok := ev.(Widen); ok {
+		return a.widenStep(ev.Services)
+	}
 	if a.state == agentClosed || a.state == agentIdle {
 		return Output{Err: fmt.Errorf("sync: %T on a stream that is %s", ev, a.state)}
 	}
@@ -231,6 +286,20 @@ func (a *Agent) Step(ev Event) (out Output) {
 
 func send(m ...*wire.Message) Output { return Output{Send: m} }
 
+// widenStep adds entries to the scope and asks for them on the open
+// stream, or ends it when its control plane cannot widen a scope.
+func (a *Agent) widenStep(services []string) Output {
+	added := a.widen(services)
+	if len(added) == 0 || a.needStreaming("widen") != nil {
+		return Output{} // nothing new, or the next subscribe names them
+	}
+	if !slices.Contains(a.features, wire.FeatureScopeAdd) {
+		a.state = agentClosed
+		return Output{Err: ErrRescope}
+	}
+	return send(&wire.Message{Type: wire.TypeSubscribe, Scope: &wire.Scope{Services: added}})
+}
+
 func (a *Agent) needStreaming(what string) error {
 	if a.state != agentStreaming && a.state != agentApplying && a.state != agentReceiving {
 		return fmt.Errorf("sync: %s before welcome", what)
@@ -261,8 +330,14 @@ func (a *Agent) recv(m *wire.Message) Output {
 			sub.KnownVersion = 0 // after a NACK: deltas built on top of it would miss its changes
 			a.resyncFull = false
 		}
+		if a.scope != nil && len(a.scope.Services) > 0 {
+			// What it holds is part of the store: a control plane that
+			// predates scopes would send a delta of everything on top.
+			sub.KnownVersion = 0
+			a.subscribed = slices.Clone(a.scope.Services)
+		}
 		c := Connected{Heartbeat: a.hb, SVID: slices.Contains(m.Features, wire.FeatureSVID),
-			SVIDBatch: slices.Contains(m.Features, wire.FeatureSVIDBatch)}
+			SVIDBatch: slices.Contains(m.Features, wire.FeatureSVIDBatch), ScopeAdd: slices.Contains(m.Features, wire.FeatureScopeAdd)}
 		if slices.Contains(m.Features, wire.FeatureAudit) {
 			c.Audit = &AuditResume{Seq: m.AuditSeq, Hash: m.AuditHash}
 		}
@@ -282,7 +357,7 @@ func (a *Agent) recv(m *wire.Message) Output {
 			return a.chunk(m)
 		}
 		a.state, a.applying = agentApplying, m
-		return Output{Effects: []Effect{Apply{m}}}
+		return Output{Effects: []Effect{a.apply(m)}}
 	case wire.TypeHeartbeat: // the control plane's answer
 		return Output{Effects: []Effect{PeerLoads{m.EndpointLoad}}}
 	case wire.TypeAuditAck:
@@ -306,6 +381,18 @@ func (a *Agent) recv(m *wire.Message) Output {
 		return Output{Effects: []Effect{Refused{m.Error}}}
 	}
 	return Output{Err: fmt.Errorf("unexpected %s", m.Type)}
+}
+
+// apply is the Apply effect of update m, with the scope entries it answers.
+func (a *Agent) apply(m *wire.Message) Apply {
+	ap := Apply{Msg: m}
+	switch {
+	case m.Full:
+		ap.Answered = a.subscribed
+	case len(m.ScopeAdded) > 0:
+		ap.Answered = m.ScopeAdded
+	}
+	return ap
 }
 
 func (a *Agent) applied(err error) Output {

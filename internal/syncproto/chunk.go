@@ -165,7 +165,7 @@ func (a *Agent) chunk(m *wire.Message) Output {
 		return Output{}
 	}
 	a.state, a.applying, a.assembling = agentApplying, asm, nil
-	return Output{Effects: []Effect{Apply{asm}}}
+	return Output{Effects: []Effect{a.apply(asm)}}
 }
 
 // badUpdate refuses a malformed update as a refused Apply is: NACK it,

@@ -18,8 +18,13 @@ package syncproto
 //	Admitting ──Reject──▶ Closed          send error (if it has a reason)
 //	Streaming ──subscribe──▶ Streaming    effect Subscribed{filter, full, known}: full when the
 //	                                      agent's store ID is not this store's (a restarted or
-//	                                      other control plane) or it knows nothing (version 0);
-//	                                      a second subscribe ends the stream
+//	                                      other control plane) or it knows nothing (version 0)
+//	Streaming ──later subscribe──▶ Streaming   if welcome listed FeatureScopeAdd: effect
+//	                                      ScopeAdd{its scope's services}; the driver widens
+//	                                      the subscription and answers with an update whose
+//	                                      ScopeAdded names the entries; without the feature (or
+//	                                      with other fields: types, region, storeId,
+//	                                      knownVersion) it ends the stream
 //	Streaming ──ack / nack──▶ Streaming   effect Acked / Nacked (after a NACK the agent
 //	                                      reconnects and resubscribes from version 0)
 //	Streaming ──heartbeat──▶ Streaming    effect Heartbeat{load, valid loads}; the driver
@@ -78,6 +83,9 @@ type (
 		Full   bool
 		Known  uint64
 	}
+	// ScopeAdd: a later subscribe adds these scope entries (unchecked:
+	// Filter.Widen takes the valid ones, up to MaxScopeServices).
+	ScopeAdd struct{ Services []string }
 	// Acked: the agent applied the update of Version.
 	Acked struct{ Version uint64 }
 	// Nacked: the agent refused an update.
@@ -142,6 +150,7 @@ type Control struct {
 	chunks     bool   // the agent named CapChunks
 	storeID    string // this control plane's, from Admitted
 	subscribed bool
+	scopeAdd   bool // welcome listed FeatureScopeAdd
 	nonce      uint64
 	limits     Limits
 }
@@ -196,6 +205,7 @@ func (c *Control) Step(ev Event) (out Output) {
 			return Output{Err: fmt.Errorf("sync: admitted in state %s", c.state)}
 		}
 		c.state, c.storeID = controlStreaming, ev.StoreID
+		c.scopeAdd = slices.Contains(ev.Features, wire.FeatureScopeAdd)
 		return send(&wire.Message{Type: wire.TypeWelcome, Version: ev.Version, StoreID: ev.StoreID,
 			HeartbeatMillis: c.hb.Milliseconds(), Features: ev.Features, AuditSeq: ev.AuditSeq, AuditHash: ev.AuditHash})
 	case Reject:
@@ -252,7 +262,10 @@ func (c *Control) recv(m *wire.Message) Output {
 	switch m.Type {
 	case wire.TypeSubscribe:
 		if c.subscribed {
-			return Output{Err: fmt.Errorf("node %s: second subscribe on one stream", c.node)}
+			if !c.scopeAdd || m.Scope == nil || m.Scope.Region != "" || len(m.Types) > 0 || m.StoreID != "" || m.KnownVersion != 0 {
+				return Output{Err: fmt.Errorf("node %s: second subscribe on one stream", c.node)}
+			}
+			return Output{Effects: []Effect{ScopeAdd{m.Scope.Services}}}
 		}
 		c.subscribed = true
 		eff = Subscribed{Filter: NewFilter(m), Full: m.StoreID != c.storeID || m.KnownVersion == 0, Known: m.KnownVersion}

@@ -4,6 +4,7 @@
 package syncproto
 
 import (
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -46,29 +47,78 @@ func NewFilter(sub *wire.Message) Filter {
 	}
 	if sub.Scope != nil {
 		f.region = sub.Scope.Region
-		for i, k := range sub.Scope.Services {
-			if i == MaxScopeServices {
-				break
-			}
-			ns, name, ok := strings.Cut(k, "/")
-			if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-				continue
-			}
-			f.scoped = true
-			if name == "*" {
-				if f.namespaces == nil {
-					f.namespaces = map[string]bool{}
-				}
-				f.namespaces[ns] = true
-				continue
-			}
-			if f.services == nil {
-				f.services = map[string]bool{}
-			}
-			f.services[k] = true
-		}
+		f.add(sub.Scope.Services)
 	}
 	return f
+}
+
+// ScopeEntry tells whether k is a scope entry: "namespace/name" or
+// "namespace/*" (neither part empty, no second '/').
+func ScopeEntry(k string) bool {
+	ns, name, ok := strings.Cut(k, "/")
+	return ok && ns != "" && name != "" && !strings.Contains(name, "/")
+}
+
+// add takes the valid entries of keys until the scope holds
+// MaxScopeServices entries, and returns those it did not hold before.
+func (f *Filter) add(keys []string) (added []string) {
+	for i, k := range keys {
+		if i == MaxScopeServices || len(f.services)+len(f.namespaces) >= MaxScopeServices {
+			break
+		}
+		if !ScopeEntry(k) {
+			continue
+		}
+		ns, name, _ := strings.Cut(k, "/")
+		f.scoped = true
+		if name == "*" {
+			if f.namespaces == nil {
+				f.namespaces = map[string]bool{}
+			}
+			if !f.namespaces[ns] {
+				f.namespaces[ns] = true
+				added = append(added, k)
+			}
+			continue
+		}
+		if f.services == nil {
+			f.services = map[string]bool{}
+		}
+		if !f.services[k] {
+			f.services[k] = true
+			added = append(added, k)
+		}
+	}
+	return added
+}
+
+// Widen returns the filter with the valid entries of a later subscribe's
+// scope added (FeatureScopeAdd) and the entries that are new to it. A
+// filter without scope selects every service already: it stays as it is
+// and nothing is new. The receiver is not changed (its maps are copied),
+// so a copy held elsewhere stays consistent.
+func (f Filter) Widen(keys []string) (Filter, []string) {
+	if !f.scoped {
+		return f, nil
+	}
+	w := f
+	w.services, w.namespaces = maps.Clone(f.services), maps.Clone(f.namespaces)
+	added := w.add(keys)
+	return w, added
+}
+
+// Covers tells whether entry (a scope entry) is selected by the filter:
+// "ns/name" when that service or its namespace is in scope, "ns/*" when
+// the namespace is.
+func (f Filter) Covers(entry string) bool {
+	if !f.scoped {
+		return true
+	}
+	ns, name, _ := strings.Cut(entry, "/")
+	if name == "*" {
+		return f.namespaces[ns]
+	}
+	return f.InScope(entry)
 }
 
 // All tells whether the filter selects every object (every type, no

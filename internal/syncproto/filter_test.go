@@ -94,3 +94,37 @@ func TestNodeRefs(t *testing.T) {
 		t.Fatalf("wants me %v w2 %v w1 %v, want true true false", n.Wants("me"), n.Wants("w2"), n.Wants("w1"))
 	}
 }
+
+// A later subscribe widens a scoped filter with its valid, new entries
+// (bounded by MaxScopeServices), leaves the filter it came from as it was,
+// and widens nothing for a filter without scope (which has everything).
+func TestFilterWiden(t *testing.T) {
+	f := NewFilter(&wire.Message{Scope: &wire.Scope{Services: []string{"shop/*"}}})
+	w, added := f.Widen([]string{"cloud/orders", "shop/*", "shop/web", "bad", "edge/*", "cloud/orders"})
+	if strings.Join(added, ",") != "cloud/orders,shop/web,edge/*" {
+		t.Fatalf("added %v", added)
+	}
+	for _, k := range []string{"cloud/orders", "edge/*", "shop/*", "shop/x"} {
+		if !w.Covers(k) {
+			t.Errorf("widened filter does not cover %s", k)
+		}
+	}
+	if w.Covers("cloud/*") || w.Covers("cloud/billing") {
+		t.Error("widened filter covers more than asked")
+	}
+	if f.InScope("cloud/orders") || f.Covers("edge/*") {
+		t.Error("Widen changed the filter it came from")
+	}
+	all := NewFilter(&wire.Message{})
+	if w, added := all.Widen([]string{"cloud/orders"}); len(added) != 0 || w.Scoped() {
+		t.Fatalf("unscoped filter widened: %v", added)
+	}
+	many := make([]string, MaxScopeServices+5)
+	for i := range many {
+		many[i] = fmt.Sprintf("ns/s%d", i)
+	}
+	w, added = f.Widen(many)
+	if n := len(w.services) + len(w.namespaces); n != MaxScopeServices || len(added) != MaxScopeServices-1 {
+		t.Fatalf("scope holds %d entries after widening by %d (%d added), want at most %d", n, len(many), len(added), MaxScopeServices)
+	}
+}

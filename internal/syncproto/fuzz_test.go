@@ -142,3 +142,32 @@ func FuzzControl(f *testing.F) {
 		fuzzScript(t, s, in)
 	})
 }
+
+// FuzzScopeWiden: scope entries from the wire (a later subscribe) widen a
+// filter: whatever they hold, every entry reported added is a valid scope
+// entry the filter did not cover before and covers now, the scope stays
+// within MaxScopeServices, and the filter widened is left as it was.
+func FuzzScopeWiden(f *testing.F) {
+	f.Add("shop/*\ncloud/orders")
+	f.Add("bad\n/x\na/b/c\n*/*\nns/")
+	f.Add("cloud/orders\ncloud/orders\ncloud/*")
+	f.Fuzz(func(t *testing.T, in string) {
+		base := NewFilter(&wire.Message{Scope: &wire.Scope{Services: []string{"base/*"}}})
+		keys := strings.Split(in, "\n")
+		w, added := base.Widen(keys)
+		for _, k := range added {
+			if !ScopeEntry(k) || !w.Covers(k) {
+				t.Fatalf("added %q: valid %t, covered %t", k, ScopeEntry(k), w.Covers(k))
+			}
+			if strings.HasSuffix(k, "/*") && base.Covers(k) || !strings.HasSuffix(k, "/*") && base.services[k] {
+				t.Fatalf("added %q, which the filter held already", k)
+			}
+		}
+		if len(w.services)+len(w.namespaces) > MaxScopeServices {
+			t.Fatalf("scope grew to %d entries", len(w.services)+len(w.namespaces))
+		}
+		if len(base.services) != 0 || len(base.namespaces) != 1 {
+			t.Fatal("Widen changed the filter it came from")
+		}
+	})
+}

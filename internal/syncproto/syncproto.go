@@ -49,6 +49,7 @@ func (Local) isEvent()    {}
 func (Sessions) isEvent() {}
 func (Admitted) isEvent() {}
 func (Reject) isEvent()   {}
+func (Widen) isEvent()    {}
 
 func (Connected) isEffect()    {}
 func (Apply) isEffect()        {}
@@ -60,6 +61,7 @@ func (SVIDIssued) isEffect()   {}
 func (Refused) isEffect()      {}
 func (Admit) isEffect()        {}
 func (Subscribed) isEffect()   {}
+func (ScopeAdd) isEffect()     {}
 func (Acked) isEffect()        {}
 func (Nacked) isEffect()       {}
 func (Heartbeat) isEffect()    {}

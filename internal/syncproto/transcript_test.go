@@ -22,6 +22,8 @@ package syncproto
 //	sessions {"sessions":[…]}
 //	admitted {"version":…,"storeId":…,"features":[…],"auditSeq":…,"auditHash":…}
 //	reject reason text
+//	scope {"services":[…]}   Agent.SetScope
+//	widen {"services":[…]}   the agent widens its scope (Widen)
 //	limits {"chunkBytes":…,"chunkItems":…,"maxChunks":…,"maxUpdateBytes":…}
 //	                         the machine's chunking bounds (small, to script chunks)
 //
@@ -149,6 +151,19 @@ func (s *script) exec(cmd, arg string) (out Output, state string, err error) {
 			ev = Local{m.Endpoints}
 		case "sessions":
 			ev = Sessions{m.Sessions}
+		case "scope":
+			var sc wire.Scope
+			if err := json.Unmarshal([]byte(arg), &sc); err != nil {
+				return Output{}, "", fmt.Errorf("scope: %w", err)
+			}
+			s.agent.SetScope(&sc)
+			return Output{}, s.agent.State(), nil
+		case "widen":
+			var sc wire.Scope
+			if err := json.Unmarshal([]byte(arg), &sc); err != nil {
+				return Output{}, "", fmt.Errorf("widen: %w", err)
+			}
+			ev = Widen{sc.Services}
 		default:
 			return Output{}, "", fmt.Errorf("unknown agent command %q", cmd)
 		}
@@ -188,9 +203,18 @@ func renderEffect(e Effect) string {
 		if e.Audit != nil {
 			audit = fmt.Sprintf("%d:%s", e.Audit.Seq, e.Audit.Hash)
 		}
-		return fmt.Sprintf("connected heartbeat=%s audit=%s svid=%t", e.Heartbeat, audit, e.SVID)
+		c := fmt.Sprintf("connected heartbeat=%s audit=%s svid=%t", e.Heartbeat, audit, e.SVID)
+		if e.ScopeAdd {
+			c += " scopeAdd=true"
+		}
+		return c
 	case Apply:
+		if len(e.Answered) > 0 {
+			return "apply " + js(e.Msg) + " answered=" + strings.Join(e.Answered, ",")
+		}
 		return "apply " + js(e.Msg)
+	case ScopeAdd:
+		return "scope add " + js(e.Services)
 	case PeerLoads:
 		return "peer loads " + js(e.EndpointLoad)
 	case AuditAck:

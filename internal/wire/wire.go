@@ -119,6 +119,13 @@ const (
 	// Certificates and SVIDBatch), so the agent serves workload SVIDs
 	// while cut off (docs/offline.md).
 	FeatureSVIDBatch = "svidBatch"
+	// FeatureScopeAdd: the control plane takes further subscribes on a
+	// stream whose first one named scope services: each adds entries to
+	// Scope.Services and is answered by an update (a delta) carrying what
+	// enters the scope, with ScopeAdded naming the entries it answers.
+	// An older control plane ends a stream on a second subscribe, so an
+	// agent without this feature reconnects with the wider scope instead.
+	FeatureScopeAdd = "scopeAdd"
 )
 
 // Bounds of an SVID batch (svidIssued): at most MaxSVIDBatch chains of at
@@ -246,6 +253,12 @@ type Message struct {
 	// ChunkBytes and ChunkItems is sent.
 	Chunk  int `json:"chunk,omitempty"`
 	Chunks int `json:"chunks,omitempty"`
+	// ScopeAdded (update, only with FeatureScopeAdd) names the scope
+	// entries ("ns/name", "ns/*") a later subscribe added that this update
+	// answers: after applying it the subscriber holds everything of those
+	// entries, so a service among them it does not hold does not exist
+	// (at Version). Every chunk of a chunked update repeats it.
+	ScopeAdded []string `json:"scopeAdded,omitempty"`
 	// HeartbeatMillis tells the agent how often to send heartbeats.
 	HeartbeatMillis int64 `json:"heartbeatMillis,omitempty"`
 }
