@@ -1,12 +1,14 @@
 package control
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -69,4 +71,53 @@ func TestRegionSessionBindingsGoUp(t *testing.T) {
 func waitDisconnected(t *testing.T, s *Server) {
 	t.Helper()
 	testenv.WaitFor(t, 10*time.Second, s.cfg.Region+" to see its upstream link down", func() bool { return !s.Upstream().Connected })
+}
+
+// svcDocs is one multi-document apply of n services named prefix-i.
+func svcDocs(prefix string, n, port int) string {
+	docs := make([]string, n)
+	for i := range docs {
+		docs[i] = fmt.Sprintf("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: %s-%d, namespace: demo}\nspec:\n  ports: [{name: tcp, port: %d}]\n", prefix, i, port+i)
+	}
+	return strings.Join(docs, "\n---\n")
+}
+
+// TestRegionLinkChunks: with a chunk bound far below a snapshot, both
+// directions of a region link send snapshots and large deltas in chunks,
+// no frame larger than about one chunk, and both sides take them whole.
+func TestRegionLinkChunks(t *testing.T) {
+	limits := syncproto.Limits{ChunkBytes: 1024, ChunkItems: 3, MaxChunks: 100, MaxUpdateBytes: 1 << 20}
+	const n = 12 // services of about 300 bytes each: 3.6 KiB a snapshot
+	g := startPlane(t, func(c *Config) { c.regionLimits = limits })
+	mustApply(t, g, svcDocs("g", n, 1000))
+	proxy := startCutProxy(t, g.SyncAddr())
+	proxy.setCut(true)
+	east := startPlane(t, func(c *Config) {
+		inRegion("east", proxy.addr())(c)
+		c.VIPIndexMin, c.VIPIndexMax, c.regionLimits = 100, 199, limits
+	})
+	mustApply(t, east, svcDocs("e", n, 2000))
+	proxy.setCut(false)
+	for i := range n {
+		waitHeld(t, east, fmt.Sprintf("Service/demo/g-%d", i), "", nil)
+		waitHeld(t, g, fmt.Sprintf("Service/demo/e-%d", i), "east", nil)
+	}
+	// A large delta each way: one commit of n services.
+	mustApply(t, g, svcDocs("g2", n, 3000))
+	mustApply(t, east, svcDocs("e2", n, 4000))
+	for i := range n {
+		waitHeld(t, east, fmt.Sprintf("Service/demo/g2-%d", i), "", nil)
+		waitHeld(t, g, fmt.Sprintf("Service/demo/e2-%d", i), "east", nil)
+	}
+	for _, s := range []*Server{g, east} {
+		if s.mChunks.Get() < 8 {
+			t.Errorf("%s sent %d chunk frames, want at least 8 (two updates of 4 chunks)", s.cfg.Mode, s.mChunks.Get())
+		}
+		if max := s.maxFrame.Load(); max > 2*int64(limits.ChunkBytes) {
+			t.Errorf("%s wrote a frame of %d bytes, over twice the chunk bound %d", s.cfg.Mode, max, limits.ChunkBytes)
+		}
+	}
+	if east.up.snapshots() != 1 {
+		t.Errorf("east applied %d snapshots, want 1", east.up.snapshots())
+	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -124,6 +125,9 @@ type Config struct {
 	// certificates a global plane signs (default
 	// identity.DefaultIntermediateTTL, 30 days); renewed at half-life.
 	RegionCATTL time.Duration
+	// regionLimits bound the chunks of updates on region links (zero:
+	// syncproto.DefaultLimits); tests shrink them.
+	regionLimits syncproto.Limits
 	// Store, if set, is the store to use instead of the bbolt file in
 	// StateDir: a shared one (etcdstore) for replicas. The server closes it.
 	Store store.Backend

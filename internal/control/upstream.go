@@ -148,7 +148,7 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer func() { cancel(); stop(); c.Close() }()
 
-	rc := newRegionConn(c, nil, 10*time.Second)
+	rc := s.newRegionConn(c, nil, 10*time.Second)
 	if err := rc.write(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion,
 		Capabilities: []string{wire.CapRegion}, Scope: &wire.Scope{Region: u.region}}); err != nil {
 		return false, fmt.Errorf("upstream %s: hello: %w", addr, err)
@@ -203,6 +203,7 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 		}
 	}()
 
+	asm := &assembler{limits: rc.limits}
 	for {
 		m, err := rc.read()
 		if err != nil {
@@ -223,7 +224,15 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 		case wire.TypeError:
 			return true, fmt.Errorf("upstream %s: %s", addr, m.Error)
 		case wire.TypeUpdate:
-			if err := u.apply(m); err != nil {
+			whole, err := asm.take(m)
+			if err == nil && whole == nil {
+				continue // more chunks to come
+			}
+			if err == nil {
+				m = whole
+				err = u.apply(m)
+			}
+			if err != nil {
 				s.mBadFrames.Inc()
 				// The store keeps the last good state; the next link
 				// starts from a snapshot.
@@ -263,7 +272,7 @@ func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration) 
 			return err
 		}
 		if m != nil {
-			if err := rc.write(m); err != nil {
+			if err := rc.writeUpdate(m); err != nil {
 				return err
 			}
 		}
