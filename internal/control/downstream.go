@@ -198,6 +198,10 @@ func (s *Server) serveRegion(ctx context.Context, c net.Conn, r *wire.Reader, he
 			dl.mu.Unlock()
 		case wire.TypeNack:
 			return fmt.Errorf("region %s refused update %d: %s", region, m.Version, m.Error)
+		case wire.TypeAudit:
+			if err := rc.write(s.takeRegionAudit(region, m)); err != nil {
+				return err
+			}
 		case wire.TypeUpdate:
 			whole, err := asm.take(m)
 			if err == nil && whole == nil {

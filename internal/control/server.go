@@ -165,6 +165,11 @@ func (c *Config) validate() error {
 	}
 	if c.Name == "" {
 		c.Name = "control"
+		if c.Mode == ModeRegional && c.Region != "" {
+			// Its chain goes up beside other regions' (docs/regions.md):
+			// a name of its own.
+			c.Name = "control-" + c.Region
+		}
 	}
 	if err := c.validateLifetimes(); err != nil {
 		return err
@@ -232,6 +237,8 @@ type Server struct {
 	// mSnapshots and mDeltas split the updates sent to agents by kind.
 	mSnapshots, mDeltas *metrics.Counter
 	mChunks             *metrics.Counter // frames of updates sent in chunks
+	mAuditUp            *metrics.Counter // audit batches a regional plane sent up
+	mAuditUpRecords     *metrics.Counter // and their records
 	maxFrame            atomic.Int64     // the largest sync frame body written to an agent
 }
 
@@ -321,6 +328,8 @@ func (s *Server) initMetrics() {
 	s.mSnapshots = m.NewCounter(`fogmesh_control_sync_snapshots_sent_total`)
 	s.mDeltas = m.NewCounter(`fogmesh_control_sync_deltas_sent_total`)
 	s.mChunks = m.NewCounter(`fogmesh_control_update_chunks_sent_total`)
+	s.mAuditUp = m.NewCounter(`fogmesh_control_region_audit_batches_sent_total`)
+	s.mAuditUpRecords = m.NewCounter(`fogmesh_control_region_audit_records_sent_total`)
 	// The largest frame sent on a sync stream: with chunked updates it
 	// stays near wire.ChunkBytes however large the snapshot.
 	m.NewGauge(`fogmesh_control_sync_frame_bytes_max`, func() float64 { return float64(s.maxFrame.Load()) })
