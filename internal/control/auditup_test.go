@@ -441,3 +441,40 @@ func FuzzDecodeRegionAudit(f *testing.F) {
 		}
 	})
 }
+
+// TestRegionAuditChainRestart: a node whose state was reset starts a new
+// chain at its region, which archives the old one; the region sends the
+// new chain up as a restart, and the global plane archives its copy of the
+// old one too (nothing deleted) and holds the new one.
+func TestRegionAuditChainRestart(t *testing.T) {
+	g := startPlane(t, nil)
+	east := startPlane(t, inRegion("east", g.SyncAddr()))
+	a := regionAgent(t, east, "e1", "east")
+	key := newKey(t)
+	east.SetAuditKey("e1", &key.PublicKey)
+	old := signedChain(t, t.TempDir(), "e1", key, 3)
+	a.shipAudit(old, 1)
+	testenv.WaitFor(t, 10*time.Second, "the global plane to hold e1's first chain", func() bool {
+		seq, _, _ := g.heldChain("e1")
+		return seq == uint64(len(old))
+	})
+
+	fresh := signedChain(t, t.TempDir(), "e1", key, 6) // longer, and another chain
+	a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: encode(t, fresh...)})
+	testenv.WaitFor(t, 10*time.Second, "the global plane to hold e1's new chain", func() bool {
+		_, hash, _ := g.heldChain("e1")
+		return hash == fresh[len(fresh)-1].Hash
+	})
+	sameChain(t, "e1's new chain at the global plane", heldRecords(t, g, "e1"), fresh)
+	verifyAt(t, g, "e1", uint64(len(fresh)), true)
+	_, ar := getAudit(t, g, "/v1/audit?verify=1")
+	archived := false
+	for _, c := range ar.Chains {
+		if c.Source == "archived" && strings.HasPrefix(c.Node, "e1.archived-") {
+			archived = c.LastSeq == uint64(len(old)) && c.Intact != nil && *c.Intact
+		}
+	}
+	if !archived {
+		t.Fatalf("the global plane did not keep e1's old chain, intact, as an archive: %+v", ar.Chains)
+	}
+}
