@@ -114,13 +114,8 @@ func (s *Server) takeRegionAudit(region string, m *wire.Message) *wire.Message {
 // heldChain returns the last seq and hash held of chain, without opening
 // (and so creating) a replica of a chain never taken.
 func (s *Server) heldChain(chain string) (uint64, string, error) {
-	s.mu.Lock()
-	_, open := s.audit.replicas[chain]
-	s.mu.Unlock()
-	if !open {
-		if _, err := os.Stat(filepath.Join(s.auditNodesDir(), chain)); err != nil {
-			return 0, audit.Genesis, nil
-		}
+	if _, err := os.Stat(filepath.Join(s.auditNodesDir(), chain)); err != nil {
+		return 0, audit.Genesis, nil
 	}
 	return s.auditLast(chain)
 }

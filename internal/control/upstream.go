@@ -297,6 +297,9 @@ func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration, 
 		sent, full = rev, false
 		more, err := u.shipAudit(ctx, rc, acks, ships, nodes)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil // the link ended
+			}
 			return err
 		}
 		for again := more; !again; {
@@ -308,6 +311,9 @@ func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration, 
 					return err
 				}
 				if again, err = u.shipAudit(ctx, rc, acks, ships, nodes); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
 					return err
 				}
 			case <-watch:
