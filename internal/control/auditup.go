@@ -8,12 +8,14 @@
 package control
 
 import (
+	"bufio"
 	"context"
 	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -178,6 +180,21 @@ func (s *Server) regionOwnsChain(region string, a *regionAudit) error {
 		}
 		return nil
 	})
+}
+
+// ownChainNode names the node of the control plane's own audit chain in
+// stateDir, from its first record ("" if it has none yet).
+func ownChainNode(stateDir string) string {
+	f, err := os.Open(filepath.Join(stateDir, "audit", "control", "audit.log"))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	line, _ := bufio.NewReader(io.LimitReader(f, 1<<20)).ReadBytes('\n')
+	if r, _ := audit.DecodeLine(line); r != nil {
+		return r.Node
+	}
+	return ""
 }
 
 // auditShip is the region's state of one chain on the current link.

@@ -478,3 +478,24 @@ func TestRegionAuditChainRestart(t *testing.T) {
 		t.Fatalf("the global plane did not keep e1's old chain, intact, as an archive: %+v", ar.Chains)
 	}
 }
+
+// TestRegionalNameKeepsOldChain: a regional plane's default name is
+// control-REGION, but one whose own chain was begun under the old default
+// "control" keeps that name, so it still opens its chain and starts.
+func TestRegionalNameKeepsOldChain(t *testing.T) {
+	dir := t.TempDir()
+	l, err := audit.Open(audit.Config{Dir: filepath.Join(dir, "audit", "control"), Node: "control", NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Append(audit.Record{Kind: audit.KindAdmin, Actor: "test", Action: "apply"})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g := startPlane(t, nil)
+	old := startPlane(t, func(c *Config) { c.StateDir = dir; inRegion("east", g.SyncAddr())(c) })
+	fresh := startPlane(t, inRegion("west", g.SyncAddr()))
+	if old.cfg.Name != "control" || fresh.cfg.Name != "control-west" {
+		t.Fatalf("names %q and %q, want control (an old chain) and control-west", old.cfg.Name, fresh.cfg.Name)
+	}
+}

@@ -165,9 +165,10 @@ func (c *Config) validate() error {
 	}
 	if c.Name == "" {
 		c.Name = "control"
-		if c.Mode == ModeRegional && c.Region != "" {
+		if n := ownChainNode(c.StateDir); c.Mode == ModeRegional && c.Region != "" && n != "control" {
 			// Its chain goes up beside other regions' (docs/regions.md):
-			// a name of its own.
+			// a name of its own. A chain begun under the old default
+			// keeps it, so the plane still opens it.
 			c.Name = "control-" + c.Region
 		}
 	}
