@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,6 +116,32 @@ func TestRegionalControlPlanes(t *testing.T) {
 	out, _ := run(t, "get", "services", "-server", west, "-o", "json")
 	if !strings.Contains(out, "8080") {
 		t.Fatalf("west has east's old web: %s", out)
+	}
+
+	// East's own audit chain, with the records of the changes made while
+	// apart, is at the global plane and verifies there.
+	lastSeq := func(server string) uint64 {
+		resp, err := http.Get(server + "/v1/audit/control-east")
+		if err != nil {
+			return 0
+		}
+		defer resp.Body.Close()
+		var ar struct {
+			Chains []struct {
+				LastSeq uint64 `json:"lastSeq"`
+			} `json:"chains"`
+		}
+		if json.NewDecoder(resp.Body).Decode(&ar) != nil || len(ar.Chains) != 1 {
+			return 0
+		}
+		return ar.Chains[0].LastSeq
+	}
+	testenv.WaitFor(t, 20*time.Second, "east's audit chain at the global plane", func() bool {
+		seq := lastSeq(east)
+		return seq >= 3 && lastSeq(gServer) == seq
+	})
+	if out, code := run(t, "audit", "verify", "--node", "control-east", "-server", gServer); code != 0 {
+		t.Fatalf("audit verify of east's chain at the global plane: %d %s", code, out)
 	}
 
 	// Bad flags: a clear error.

@@ -102,7 +102,7 @@ func (s *Server) serveRegionSync(ctx context.Context, raw net.Conn, c net.Conn, 
 
 // serveRegion runs a region link after its hello (wire.CapRegion).
 func (s *Server) serveRegion(ctx context.Context, c net.Conn, r *wire.Reader, hello *wire.Message, peer spiffeid.ID) error {
-	rc := newRegionConn(c, r, linkTimeout(s.cfg.HeartbeatInterval))
+	rc := s.newRegionConn(c, r, linkTimeout(s.cfg.HeartbeatInterval))
 	refuse := func(err error) error {
 		rc.write(&wire.Message{Type: wire.TypeError, Error: err.Error()})
 		return err
@@ -166,6 +166,7 @@ func (s *Server) serveRegion(ctx context.Context, c net.Conn, r *wire.Reader, he
 		}
 	}
 
+	asm := &assembler{limits: rc.limits}
 	ctx, cancel := context.WithCancel(ctx)
 	senderDone := make(chan error, 1)
 	go func() {
@@ -197,8 +198,20 @@ func (s *Server) serveRegion(ctx context.Context, c net.Conn, r *wire.Reader, he
 			dl.mu.Unlock()
 		case wire.TypeNack:
 			return fmt.Errorf("region %s refused update %d: %s", region, m.Version, m.Error)
+		case wire.TypeAudit:
+			if err := rc.write(s.takeRegionAudit(region, m)); err != nil {
+				return err
+			}
 		case wire.TypeUpdate:
-			if err := s.applyFromRegion(dl, m); err != nil {
+			whole, err := asm.take(m)
+			if err == nil && whole == nil {
+				continue // more chunks to come
+			}
+			if err == nil {
+				m = whole
+				err = s.applyFromRegion(dl, m)
+			}
+			if err != nil {
 				s.mBadFrames.Inc()
 				s.log.Warn("control: region update refused", "region", region, "version", m.Version, "err", err)
 				return refuse(fmt.Errorf("region %s: update %d refused: %w", region, m.Version, err))
@@ -225,7 +238,7 @@ func (s *Server) sendRegionView(ctx context.Context, dl *downLink, held map[stri
 			return err
 		}
 		if m != nil {
-			if err := dl.rc.write(m); err != nil {
+			if err := dl.rc.writeUpdate(m); err != nil {
 				return err
 			}
 			s.mUpdates.Inc()

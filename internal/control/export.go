@@ -138,7 +138,7 @@ func decodeReplicaUpdate(m *wire.Message, ownerOK func(owner string) error) (*re
 		return nil, errors.New("not an update")
 	}
 	if m.Chunk != 0 || m.Chunks != 0 {
-		return nil, errors.New("chunked updates are not taken on a region link")
+		return nil, errors.New("a chunk of an update: chunks are assembled before the update is checked")
 	}
 	if m.Version == 0 {
 		return nil, errors.New("update without a version")

@@ -29,6 +29,9 @@ type regionConn struct {
 	c net.Conn
 	r *wire.Reader
 
+	limits syncproto.Limits // chunks of the updates written
+	note   func(m *wire.Message, n int)
+
 	mu      sync.Mutex // serialises writes
 	timeout time.Duration
 }
@@ -39,18 +42,26 @@ type regionConn struct {
 // an agent's stream.
 func linkTimeout(hb time.Duration) time.Duration { return max(3*hb, 2*time.Second) }
 
-func newRegionConn(c net.Conn, r *wire.Reader, timeout time.Duration) *regionConn {
+func (s *Server) newRegionConn(c net.Conn, r *wire.Reader, timeout time.Duration) *regionConn {
 	if r == nil {
 		r = wire.NewReader(c)
 	}
-	return &regionConn{c: c, r: r, timeout: timeout}
+	return &regionConn{c: c, r: r, timeout: timeout, limits: s.regionLimits(), note: s.noteFrame}
 }
 
 func (rc *regionConn) write(m *wire.Message) error {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
+	return rc.writeLocked(m)
+}
+
+func (rc *regionConn) writeLocked(m *wire.Message) error {
 	rc.c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-	return wire.Write(rc.c, m)
+	n, err := wire.WriteFrame(rc.c, m)
+	if err == nil && rc.note != nil {
+		rc.note(m, n)
+	}
+	return err
 }
 
 // read waits for the next frame, at most the link's timeout: each end

@@ -497,6 +497,14 @@ func TestBadUpstreamUpdatesKeepLastGoodState(t *testing.T) {
 		{name: "owned by the region", bad: []*wire.Message{{Type: wire.TypeUpdate, StoreID: "fake", Version: 13, Resources: []wire.Resource{res(t, owned)}}}, want: "owned by this region"},
 		{name: "other store", bad: []*wire.Message{{Type: wire.TypeUpdate, StoreID: "other", Version: 13, Resources: []wire.Resource{res(t, globalSvc("api", 82, 13))}}}, want: "store"},
 		{name: "twice in one update", bad: []*wire.Message{{Type: wire.TypeUpdate, StoreID: "fake", Version: 13, Resources: []wire.Resource{res(t, globalSvc("x", 82, 13)), res(t, globalSvc("x", 83, 13))}}}, want: "twice"},
+		{name: "chunk out of order", bad: []*wire.Message{{Type: wire.TypeUpdate, StoreID: "fake", Version: 13, Chunk: 2, Chunks: 2,
+			Resources: []wire.Resource{res(t, globalSvc("x", 82, 13))}}}, want: "without the chunks before it"},
+		{name: "update between chunks", bad: []*wire.Message{
+			{Type: wire.TypeUpdate, StoreID: "fake", Version: 13, Chunk: 1, Chunks: 2, Resources: []wire.Resource{res(t, globalSvc("x", 82, 13))}},
+			{Type: wire.TypeUpdate, StoreID: "fake", Version: 14, Resources: []wire.Resource{res(t, globalSvc("mine", 83, 14))}}}, want: "sent whole while chunk 2 of 2"},
+		{name: "chunks of two updates", bad: []*wire.Message{
+			{Type: wire.TypeUpdate, StoreID: "fake", Version: 13, Chunk: 1, Chunks: 2, Resources: []wire.Resource{res(t, globalSvc("x", 82, 13))}},
+			{Type: wire.TypeUpdate, StoreID: "fake", Version: 14, Chunk: 2, Chunks: 2, Resources: []wire.Resource{res(t, globalSvc("mine", 83, 14))}}}, want: "while update 13 is incomplete"},
 		{name: "not json", raw: []byte{0, 0, 0, 3, '{', '{', '{'}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"crypto/ecdsa"
 	"crypto/tls"
 	"net"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
 )
 
@@ -39,6 +41,22 @@ func TestSecureRegionReplicates(t *testing.T) {
 	waitHeld(t, r, "Service/demo/catalog", "", nil)
 	if st := r.Upstream(); !st.Connected {
 		t.Fatalf("upstream status %+v", st)
+	}
+	// The region's own audit chain goes up on the link, with the key
+	// that signs its checkpoints.
+	if err := r.Audit(audit.Record{Kind: audit.KindAdmin, Actor: "test", Action: "apply", Object: "Service/demo/orders"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the region's own chain at the global plane", func() bool {
+		last, _ := r.audit.log.Last()
+		seq, _, _ := g.heldChain(r.cfg.Name)
+		return last > 0 && seq == last
+	})
+	g.mu.Lock()
+	gotKey := g.audit.keys[r.cfg.Name]
+	g.mu.Unlock()
+	if want := r.cfg.AuditSigner.Public().(*ecdsa.PublicKey); gotKey == nil || !want.Equal(gotKey) {
+		t.Fatalf("the global plane holds key %v for %s, want the region's audit key", gotKey, r.cfg.Name)
 	}
 
 	// A node of the global root may not open a replication link.

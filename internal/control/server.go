@@ -28,6 +28,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -124,6 +125,9 @@ type Config struct {
 	// certificates a global plane signs (default
 	// identity.DefaultIntermediateTTL, 30 days); renewed at half-life.
 	RegionCATTL time.Duration
+	// regionLimits bound the chunks of updates on region links (zero:
+	// syncproto.DefaultLimits); tests shrink them.
+	regionLimits syncproto.Limits
 	// Store, if set, is the store to use instead of the bbolt file in
 	// StateDir: a shared one (etcdstore) for replicas. The server closes it.
 	Store store.Backend
@@ -161,6 +165,12 @@ func (c *Config) validate() error {
 	}
 	if c.Name == "" {
 		c.Name = "control"
+		if n := ownChainNode(c.StateDir); c.Mode == ModeRegional && c.Region != "" && n != "control" {
+			// Its chain goes up beside other regions' (docs/regions.md):
+			// a name of its own. A chain begun under the old default
+			// keeps it, so the plane still opens it.
+			c.Name = "control-" + c.Region
+		}
 	}
 	if err := c.validateLifetimes(); err != nil {
 		return err
@@ -228,6 +238,8 @@ type Server struct {
 	// mSnapshots and mDeltas split the updates sent to agents by kind.
 	mSnapshots, mDeltas *metrics.Counter
 	mChunks             *metrics.Counter // frames of updates sent in chunks
+	mAuditUp            *metrics.Counter // audit batches a regional plane sent up
+	mAuditUpRecords     *metrics.Counter // and their records
 	maxFrame            atomic.Int64     // the largest sync frame body written to an agent
 }
 
@@ -317,6 +329,8 @@ func (s *Server) initMetrics() {
 	s.mSnapshots = m.NewCounter(`fogmesh_control_sync_snapshots_sent_total`)
 	s.mDeltas = m.NewCounter(`fogmesh_control_sync_deltas_sent_total`)
 	s.mChunks = m.NewCounter(`fogmesh_control_update_chunks_sent_total`)
+	s.mAuditUp = m.NewCounter(`fogmesh_control_region_audit_batches_sent_total`)
+	s.mAuditUpRecords = m.NewCounter(`fogmesh_control_region_audit_records_sent_total`)
 	// The largest frame sent on a sync stream: with chunked updates it
 	// stays near wire.ChunkBytes however large the snapshot.
 	m.NewGauge(`fogmesh_control_sync_frame_bytes_max`, func() float64 { return float64(s.maxFrame.Load()) })

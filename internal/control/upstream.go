@@ -37,7 +37,8 @@ type upLink struct {
 	held      map[string]uint64 // replica key -> upstream version
 	acked     uint64            // our last revision the upstream applied
 	lastErr   string
-	fulls     int // snapshots applied: a resumed link adds none
+	fulls     int                       // snapshots applied: a resumed link adds none
+	audit     map[string]*AuditUpStatus // chain -> what the upstream holds of it
 }
 
 // snapshots counts the full updates applied from upstream.
@@ -69,6 +70,8 @@ type UpstreamStatus struct {
 	Acked   uint64 `json:"acked"`
 	// Error is why the last link ended, if it failed.
 	Error string `json:"error,omitempty"`
+	// Audit lists the audit chains shipped up (docs/regions.md).
+	Audit []AuditUpStatus `json:"audit,omitempty"`
 }
 
 // Upstream reports the link to the global control plane (zero in
@@ -78,9 +81,10 @@ func (s *Server) Upstream() UpstreamStatus {
 		return UpstreamStatus{}
 	}
 	u := s.up
+	chains := u.auditStatus()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return UpstreamStatus{Connected: u.connected, Upstream: u.addr, StoreID: u.storeID, Version: u.applied, Acked: u.acked, Error: u.lastErr}
+	return UpstreamStatus{Connected: u.connected, Upstream: u.addr, StoreID: u.storeID, Version: u.applied, Acked: u.acked, Error: u.lastErr, Audit: chains}
 }
 
 // upstreamDial connects to a global control plane's sync port: the one
@@ -148,7 +152,7 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer func() { cancel(); stop(); c.Close() }()
 
-	rc := newRegionConn(c, nil, 10*time.Second)
+	rc := s.newRegionConn(c, nil, 10*time.Second)
 	if err := rc.write(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion,
 		Capabilities: []string{wire.CapRegion}, Scope: &wire.Scope{Region: u.region}}); err != nil {
 		return false, fmt.Errorf("upstream %s: hello: %w", addr, err)
@@ -188,8 +192,9 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 	s.log.Info("control: linked to upstream", "upstream", addr, "region", u.region, "known", sub.KnownVersion)
 
 	senderDone := make(chan error, 1)
+	acks := make(chan *wire.Message, 1) // auditAcks, to the sender
 	go func() {
-		err := u.sendOwn(ctx, rc, hb)
+		err := u.sendOwn(ctx, rc, hb, acks)
 		if err != nil {
 			c.Close()
 		}
@@ -203,6 +208,7 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 		}
 	}()
 
+	asm := &assembler{limits: rc.limits}
 	for {
 		m, err := rc.read()
 		if err != nil {
@@ -220,10 +226,25 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 			u.mu.Lock()
 			u.acked = max(u.acked, m.Version)
 			u.mu.Unlock()
+		case wire.TypeAuditAck:
+			select {
+			case acks <- m:
+			default: // the sender waits for one at a time
+				s.mBadFrames.Inc()
+				return true, fmt.Errorf("upstream %s: auditAck for chain %s not asked for", addr, m.AuditChain)
+			}
 		case wire.TypeError:
 			return true, fmt.Errorf("upstream %s: %s", addr, m.Error)
 		case wire.TypeUpdate:
-			if err := u.apply(m); err != nil {
+			whole, err := asm.take(m)
+			if err == nil && whole == nil {
+				continue // more chunks to come
+			}
+			if err == nil {
+				m = whole
+				err = u.apply(m)
+			}
+			if err != nil {
 				s.mBadFrames.Inc()
 				// The store keeps the last good state; the next link
 				// starts from a snapshot.
@@ -245,15 +266,21 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 
 // sendOwn sends the region's own objects up: all of them first (the
 // upstream replaces what it held of the region with them), then what
-// changed after every commit, and a heartbeat every hb.
-func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration) error {
+// changed after every commit, and a heartbeat every hb. After each update
+// and heartbeat it ships what the upstream lacks of the audit chains of
+// the nodes sent so far and of this control plane (auditup.go).
+func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration, acks <-chan *wire.Message) error {
 	s := u.s
 	tick := time.NewTicker(hb)
 	defer tick.Stop()
 	var sent uint64
 	full := true
+	ships := map[string]*auditShip{}
 	for {
 		watch := s.st.Watch()
+		// Read before the update: every node listed is in what is sent,
+		// so the upstream knows a chain's node before its records.
+		nodes := u.regionNodes()
 		m, rev, err := u.ownUpdate(sent, full)
 		if errors.Is(err, store.ErrCompacted) {
 			full = true
@@ -263,17 +290,30 @@ func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration) 
 			return err
 		}
 		if m != nil {
-			if err := rc.write(m); err != nil {
+			if err := rc.writeUpdate(m); err != nil {
 				return err
 			}
 		}
 		sent, full = rev, false
-		for again := false; !again; {
+		more, err := u.shipAudit(ctx, rc, acks, ships, nodes)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // the link ended
+			}
+			return err
+		}
+		for again := more; !again; {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-tick.C:
 				if err := rc.write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
+					return err
+				}
+				if again, err = u.shipAudit(ctx, rc, acks, ships, nodes); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
 					return err
 				}
 			case <-watch:

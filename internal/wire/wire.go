@@ -219,13 +219,22 @@ type Message struct {
 	// AuditSeq (welcome, auditAck) is the last seq of the node's chain the
 	// control plane holds; the agent ships from AuditSeq+1.
 	AuditSeq uint64 `json:"auditSeq,omitempty"`
-	// AuditHash (welcome) is the hash of the record at AuditSeq, so the
-	// agent can tell whether its own chain continues the one held.
+	// AuditHash (welcome; auditAck on a region link) is the hash of the
+	// record at AuditSeq, so the sender can tell whether its own chain
+	// continues the one held.
 	AuditHash string `json:"auditHash,omitempty"`
 	// AuditRestart (audit) says the batch starts the node's chain anew
 	// from seq 1 (its state was reset): the control plane archives the
 	// chain it holds and keeps the new one.
 	AuditRestart bool `json:"auditRestart,omitempty"`
+	// AuditChain (audit and auditAck on a region link) names the chain a
+	// regional control plane ships up: a node of its region, or its own
+	// with AuditControl. AuditKey (audit) is the PKIX DER public key that
+	// signs the chain's checkpoints. An audit frame without records asks
+	// only for the auditAck: the last seq (AuditSeq, AuditHash) held.
+	AuditChain   string `json:"auditChain,omitempty"`
+	AuditControl bool   `json:"auditControl,omitempty"`
+	AuditKey     []byte `json:"auditKey,omitempty"`
 	// Features (welcome) lists what the control plane supports beyond
 	// ProtocolVersion 1, e.g. FeatureAudit.
 	Features []string `json:"features,omitempty"`
