@@ -180,7 +180,11 @@ func TestRegionAuditChainsGoUp(t *testing.T) {
 	}
 	sameChain(t, "east's own chain at the global plane", heldRecords(t, g, "control-east"), own)
 	verifyAt(t, g, "control-east", uint64(len(own)), false)
-	// Bounded batches: at most 4 records each.
+	// Bounded batches: at most 4 records each. The region counts a batch
+	// when its ack is back, after the global plane holds it: wait for that.
+	testenv.WaitFor(t, 10*time.Second, "east to count the batches acked", func() bool {
+		return east.mAuditUpRecords.Get() >= uint64(len(recs)+len(own))
+	})
 	if b, r := east.mAuditUp.Get(), east.mAuditUpRecords.Get(); b == 0 || r > 4*b || r < uint64(len(recs)+len(own)) {
 		t.Fatalf("%d records sent in %d batches; want at most 4 a batch, at least %d records", r, b, len(recs)+len(own))
 	}
