@@ -221,13 +221,20 @@ func (b boltTx) log(key string, rev uint64) error {
 // transaction that a second run would repeat wrongly.
 func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
 	p := &pending{fn: fn, done: make(chan struct{}), lead: make(chan struct{})}
+	s.enqueue(p)
+	return p.rev, p.err
+}
+
+// enqueue commits p in a group (Update, UpdateSecure) and returns when
+// it is committed or failed.
+func (s *Store) enqueue(p *pending) {
 	s.gmu.Lock()
 	s.queue = append(s.queue, p)
 	if s.committing {
 		s.gmu.Unlock()
 		select {
 		case <-p.done: // committed in another caller's group
-			return p.rev, p.err
+			return
 		case <-p.lead: // the previous committer handed over: commit the queue
 		}
 		s.gmu.Lock()
@@ -247,12 +254,12 @@ func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
 		s.committing = false
 	}
 	s.gmu.Unlock()
-	return p.rev, p.err
 }
 
 // pending is one caller's update waiting for its group's commit.
 type pending struct {
 	fn      func(*Tx) error
+	secure  func(*SecureTx) error // instead of fn: an UpdateSecure
 	rev     uint64
 	changed bool
 	err     error
@@ -298,6 +305,18 @@ func (s *Store) commit(group []*pending) {
 
 // run applies one update inside btx.
 func (s *Store) run(btx *bolt.Tx, p *pending) error {
+	if p.secure != nil {
+		p.fnErr = nil
+		b, err := btx.CreateBucketIfNotExists(bucketSecure)
+		if err != nil {
+			return err
+		}
+		if err := p.secure(NewSecureTx(boltSecure{b: b})); err != nil {
+			p.fnErr = err
+			return err
+		}
+		return nil
+	}
 	m := btx.Bucket(bucketMeta)
 	next := u64(m.Get(keyRev)) + 1
 	t := NewTx(boltTx{s: s, tx: btx, rev: next}, next)
