@@ -229,6 +229,7 @@ type Server struct {
 	mSnapshots, mDeltas *metrics.Counter
 	mChunks             *metrics.Counter // frames of updates sent in chunks
 	maxFrame            atomic.Int64     // the largest sync frame body written to an agent
+	timing              timing           // write path histograms (timing.go)
 }
 
 // New opens the store and binds both listeners; Serve starts serving.
@@ -317,6 +318,7 @@ func (s *Server) initMetrics() {
 	s.mSnapshots = m.NewCounter(`fogmesh_control_sync_snapshots_sent_total`)
 	s.mDeltas = m.NewCounter(`fogmesh_control_sync_deltas_sent_total`)
 	s.mChunks = m.NewCounter(`fogmesh_control_update_chunks_sent_total`)
+	s.initTiming()
 	// The largest frame sent on a sync stream: with chunked updates it
 	// stays near wire.ChunkBytes however large the snapshot.
 	m.NewGauge(`fogmesh_control_sync_frame_bytes_max`, func() float64 { return float64(s.maxFrame.Load()) })
