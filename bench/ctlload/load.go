@@ -29,8 +29,9 @@ type config struct {
 	Jitter         time.Duration // reconnect backoff base (full jitter)
 	Heartbeat      time.Duration
 	Insecure       bool
-	Bin            string // fogmesh binary; "" runs the control plane in this process
-	Dir            string // work dir (state dir under it)
+	Bin            string   // fogmesh binary; "" runs the control plane in this process
+	ControlFlags   []string // more flags for the child control plane (-control-flags)
+	Dir            string   // work dir (state dir under it)
 	Restart        bool
 	Verify         bool
 	Dialers        int // first connections in flight at once
@@ -158,7 +159,7 @@ func runLoad(ctx context.Context, cfg config) (res result, err error) {
 		epRev: make([]uint64, cfg.M), epPort: make([]int, cfg.M)}
 	res = result{N: cfg.N, M: cfg.M, Services: cfg.Services, Secure: !cfg.Insecure, Scope: cfg.Scope}
 	if cfg.Bin != "" {
-		r.p = &childPlane{bin: cfg.Bin, dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure}
+		r.p = &childPlane{bin: cfg.Bin, dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure, extra: cfg.ControlFlags}
 	} else {
 		r.p = &inProcPlane{dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure}
 	}

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -32,6 +33,7 @@ func main() {
 		jsonOut = flag.String("json", "", "append the result as one JSON line to this file")
 		cpuprof = flag.String("cpuprofile", "", "write this process's CPU profile here (with -inprocess it includes the control plane)")
 		inproc  = flag.Bool("inprocess", false, "run the control plane in this process (its CPU and RSS are then not measured)")
+		ctlArgs = flag.String("control-flags", "", "more flags for the control plane, space separated (e.g. -debug-contention)")
 	)
 	flag.IntVar(&cfg.N, "n", 100, "simulated agents")
 	flag.IntVar(&cfg.M, "m", 0, "endpoints (default 5×n, at most 50,000)")
@@ -49,6 +51,7 @@ func main() {
 	flag.DurationVar(&cfg.PhaseTimeout, "phase-timeout", 5*time.Minute, "bound of each phase's wait")
 	flag.Int64Var(&cfg.MaxRSS, "max-rss", 4<<30, "abort when the control plane or this process exceeds this many bytes of RSS")
 	flag.Parse()
+	cfg.ControlFlags = strings.Fields(*ctlArgs)
 	if cfg.M == 0 {
 		cfg.M = min(5*cfg.N, 50000)
 	}
