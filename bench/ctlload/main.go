@@ -126,6 +126,9 @@ func printResult(r result) {
 		r.ChangesSent, r.Rate, r.Reach, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), r.Max.Round(10*time.Microsecond), r.Incomplete)
 	fmt.Printf("admin API answer to a change: p50 %v p99 %v; fan-out (first to last agent) p50 %v p99 %v\n", r.APIP50.Round(10*time.Microsecond), r.APIP99.Round(10*time.Microsecond),
 		r.FanoutP50.Round(10*time.Microsecond), r.FanoutP99.Round(10*time.Microsecond))
+	if len(r.Plane) > 0 {
+		fmt.Printf("control plane's own histograms (bucket upper bounds): %s\n", formatPlane(r.Plane))
+	}
 	fmt.Printf("control plane: %.2f cores, RSS %.0f MiB (peak %.0f MiB), %d fds, %d threads\n", r.CPU, float64(r.RSS)/(1<<20), float64(r.HWM)/(1<<20), r.Fds, r.Threads)
 	if r.Resync > 0 {
 		fmt.Printf("restart: all resubscribed %v, all in sync %v after the kill (%.2f cores, RSS %.0f MiB); change after restart delivered %v\n",
