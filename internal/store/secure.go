@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -39,6 +40,17 @@ func (t boltSecure) List(prefix string) []KV {
 // a commit of its own. fn may run twice, as Update's.
 func (s *Store) UpdateSecure(fn func(*SecureTx) error) error {
 	p := &pending{secure: fn, done: make(chan struct{}), lead: make(chan struct{})}
+	s.enqueue(p)
+	return p.err
+}
+
+// UpdateSecureLazy is UpdateSecure for a record that may wait: it rides
+// along with the next commit of another caller, and commits on its own
+// only if none starts within wait. A record written after every admin
+// change (the audit head) then costs no write transaction of its own
+// while changes keep coming.
+func (s *Store) UpdateSecureLazy(fn func(*SecureTx) error, wait time.Duration) error {
+	p := &pending{secure: fn, lazy: max(wait, 0), done: make(chan struct{}), lead: make(chan struct{})}
 	s.enqueue(p)
 	return p.err
 }
