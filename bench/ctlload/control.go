@@ -38,6 +38,7 @@ type childPlane struct {
 	bin, dir string
 	hb       time.Duration
 	insecure bool
+	extra    []string // more flags (-control-flags)
 	cmd      *exec.Cmd
 	done     chan error
 	n        int
@@ -54,6 +55,7 @@ func (p *childPlane) start(ctx context.Context) (string, string, error) {
 	if p.insecure {
 		args = append(args, "-insecure")
 	}
+	args = append(args, p.extra...)
 	logf, err := os.Create(filepath.Join(p.dir, fmt.Sprintf("control-%d.log", p.n)))
 	if err != nil {
 		return "", "", err

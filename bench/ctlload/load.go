@@ -29,8 +29,9 @@ type config struct {
 	Jitter         time.Duration // reconnect backoff base (full jitter)
 	Heartbeat      time.Duration
 	Insecure       bool
-	Bin            string // fogmesh binary; "" runs the control plane in this process
-	Dir            string // work dir (state dir under it)
+	Bin            string   // fogmesh binary; "" runs the control plane in this process
+	ControlFlags   []string // more flags for the child control plane (-control-flags)
+	Dir            string   // work dir (state dir under it)
 	Restart        bool
 	Verify         bool
 	Dialers        int // first connections in flight at once
@@ -77,6 +78,11 @@ type result struct {
 	// FanoutP50 and FanoutP99: from the first of a change's agents to
 	// apply it to the last (the push path without the write path).
 	FanoutP50, FanoutP99 time.Duration
+	// Plane: the control plane's own histograms over the steady phase
+	// (name -> count, p50, p99): fogmesh_control_push_seconds (commit to
+	// written at every stream) and the admin write's phases. Bucket upper
+	// bounds (VictoriaMetrics vmrange, ≈ 12 % wide).
+	Plane map[string]planeQ `json:",omitempty"`
 }
 
 // inScope tells whether agent i subscribes to service svc.
@@ -158,7 +164,7 @@ func runLoad(ctx context.Context, cfg config) (res result, err error) {
 		epRev: make([]uint64, cfg.M), epPort: make([]int, cfg.M)}
 	res = result{N: cfg.N, M: cfg.M, Services: cfg.Services, Secure: !cfg.Insecure, Scope: cfg.Scope}
 	if cfg.Bin != "" {
-		r.p = &childPlane{bin: cfg.Bin, dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure}
+		r.p = &childPlane{bin: cfg.Bin, dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure, extra: cfg.ControlFlags}
 	} else {
 		r.p = &inProcPlane{dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure}
 	}
@@ -401,6 +407,7 @@ func (r *run) steady(ctx context.Context, res *result) error {
 		}
 	}()
 	p0, _ := readProc(r.p.pid())
+	m0, _ := r.ad.metricsText(ctx)
 	t0 := time.Now()
 	r.tr.record(t0)
 	// A change goes out every 1/rate whether or not the previous one was
@@ -472,6 +479,9 @@ loop:
 	r.waitFor(ctx, "every change at every agent", func() bool { return r.tr.minApplied() >= last })
 	close(stop)
 	<-sampled
+	if m1, err := r.ad.metricsText(ctx); err == nil {
+		res.Plane = planeQuantiles(m0, m1)
+	}
 	p2, _ := readProc(r.p.pid())
 	res.RSS, res.HWM, res.Fds, res.Threads = max(maxRSS.Load(), p2.rss), p2.hwm, p2.fds, p2.threads
 	lat, fan, inc, reach := r.tr.latencies()
@@ -483,6 +493,9 @@ loop:
 	}
 	r.logf("steady: %d changes at %.1f/s; change->all agents p50 %v p99 %v max %v; %d incomplete; admin API answer p50 %v p99 %v; control plane %.2f cores, RSS %d MiB",
 		res.ChangesSent, res.Rate, res.P50, res.P99, res.Max, inc, res.APIP50, res.APIP99, res.CPU, res.RSS>>20)
+	if len(res.Plane) > 0 {
+		r.logf("control plane's own view: %s", formatPlane(res.Plane))
+	}
 	return nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -32,6 +33,7 @@ func main() {
 		jsonOut = flag.String("json", "", "append the result as one JSON line to this file")
 		cpuprof = flag.String("cpuprofile", "", "write this process's CPU profile here (with -inprocess it includes the control plane)")
 		inproc  = flag.Bool("inprocess", false, "run the control plane in this process (its CPU and RSS are then not measured)")
+		ctlArgs = flag.String("control-flags", "", "more flags for the control plane, space separated (e.g. -debug-contention)")
 	)
 	flag.IntVar(&cfg.N, "n", 100, "simulated agents")
 	flag.IntVar(&cfg.M, "m", 0, "endpoints (default 5×n, at most 50,000)")
@@ -49,6 +51,7 @@ func main() {
 	flag.DurationVar(&cfg.PhaseTimeout, "phase-timeout", 5*time.Minute, "bound of each phase's wait")
 	flag.Int64Var(&cfg.MaxRSS, "max-rss", 4<<30, "abort when the control plane or this process exceeds this many bytes of RSS")
 	flag.Parse()
+	cfg.ControlFlags = strings.Fields(*ctlArgs)
 	if cfg.M == 0 {
 		cfg.M = min(5*cfg.N, 50000)
 	}
@@ -123,6 +126,9 @@ func printResult(r result) {
 		r.ChangesSent, r.Rate, r.Reach, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), r.Max.Round(10*time.Microsecond), r.Incomplete)
 	fmt.Printf("admin API answer to a change: p50 %v p99 %v; fan-out (first to last agent) p50 %v p99 %v\n", r.APIP50.Round(10*time.Microsecond), r.APIP99.Round(10*time.Microsecond),
 		r.FanoutP50.Round(10*time.Microsecond), r.FanoutP99.Round(10*time.Microsecond))
+	if len(r.Plane) > 0 {
+		fmt.Printf("control plane's own histograms (bucket upper bounds): %s\n", formatPlane(r.Plane))
+	}
 	fmt.Printf("control plane: %.2f cores, RSS %.0f MiB (peak %.0f MiB), %d fds, %d threads\n", r.CPU, float64(r.RSS)/(1<<20), float64(r.HWM)/(1<<20), r.Fds, r.Threads)
 	if r.Resync > 0 {
 		fmt.Printf("restart: all resubscribed %v, all in sync %v after the kill (%.2f cores, RSS %.0f MiB); change after restart delivered %v\n",

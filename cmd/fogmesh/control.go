@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -100,6 +101,7 @@ func runControl(args []string) error {
 		etcdCert   = fs.String("etcd-cert", "", "client certificate (PEM) for etcd, with -etcd-key")
 		etcdKey    = fs.String("etcd-key", "", "its private key (PEM)")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
+		contention = fs.Bool("debug-contention", false, "record mutex and block profiles for /debug/pprof/mutex and /debug/pprof/block on the admin port (costs a little CPU)")
 		logf       cli.LogFlags
 	)
 	rf := registerRegionFlags(fs)
@@ -109,6 +111,11 @@ func runControl(args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if *contention {
+		// One in 5 contended mutex events, and blocking of 10 µs or more.
+		runtime.SetMutexProfileFraction(5)
+		runtime.SetBlockProfileRate(10000)
 	}
 	var fc controlFile
 	if *configPath != "" {

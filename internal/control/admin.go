@@ -26,6 +26,7 @@ import (
 //	DELETE /v1/nodes/{name}
 //	DELETE /v1/{services|endpoints|routes|destinationpolicies|authorizationpolicies}/{namespace}/{name}
 //	GET    /v1/audit[/{node}]                         ?verify=1 (audit.go)
+//	GET    /debug/pprof/...                           profiles, admin role (debug.go)
 //
 // Every successful apply and delete is written to the control plane's
 // audit chain before the answer is sent.
@@ -91,6 +92,7 @@ func (s *Server) adminHandler() http.Handler {
 		s.handleDelete(w, r, kind, r.PathValue("namespace"), r.PathValue("name"))
 	})
 	s.securityRoutes(mux)
+	s.debugRoutes(mux)
 	return s.authenticate(mux)
 }
 
@@ -153,6 +155,7 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
+	ph := s.adminPhases()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxDocumentBytes))
 	if err != nil {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("read body: %w", err))
@@ -163,7 +166,9 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
+	ph.mark("decode")
 	rev, err := s.reg.apply(objs)
+	ph.mark("store")
 	if errors.Is(err, ErrOwned) {
 		writeError(w, http.StatusConflict, err)
 		return
@@ -179,12 +184,18 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		resp.Applied = append(resp.Applied, api.ObjectKey(o))
 	}
 	s.log.Info("control: applied", "objects", resp.Applied, "version", rev)
+	ph.mark("log")
 	s.auditAdmin(r, "apply", resp.Applied, fmt.Sprintf("version %d", rev))
+	ph.mark("audit")
 	writeJSON(w, http.StatusOK, resp)
+	ph.mark("answer")
+	ph.done("apply")
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, name string) {
+	ph := s.adminPhases()
 	rev, err := s.reg.deleteObj(kind, ns, name)
+	ph.mark("store")
 	switch {
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, err)
@@ -198,8 +209,12 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, 
 		if ns != "" {
 			obj = kind + "/" + ns + "/" + name
 		}
+		ph.mark("log")
 		s.auditAdmin(r, "delete", []string{obj}, fmt.Sprintf("version %d", rev))
+		ph.mark("audit")
 		writeJSON(w, http.StatusOK, map[string]uint64{"version": rev})
+		ph.mark("answer")
+		ph.done("delete")
 	}
 }
 

@@ -120,7 +120,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, errors.New("read-only token: only GET is allowed"))
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, withRole(r, role))
 	})
 }
 

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/syncproto"
@@ -56,6 +58,8 @@ type feed struct {
 	subsSvc    map[string]map[*feedSub]bool // "ns/name" ->
 	subsNS     map[string]map[*feedSub]bool // namespace of "ns/*" ->
 	subsNode   map[string]map[*feedSub]bool // node a scoped subscriber holds ->
+
+	pushHist *metrics.Histogram // commit to written at every stream woken (push.go); nil: not measured
 }
 
 // feedSub is one stream's wake-up: a token in ch means "look again".
@@ -63,6 +67,7 @@ type feedSub struct {
 	f     syncproto.Filter
 	ch    chan struct{}
 	nodes map[string]bool // scoped: the nodes it holds (under feed.mu)
+	owed  []*pushBatch    // batches it was woken for and has not written yet (under feed.mu)
 }
 
 // subscribe registers a stream's filter; it is woken (sub.ch) after the
@@ -121,6 +126,9 @@ func (f *feed) unsubscribe(sub *feedSub) {
 	for n := range sub.nodes {
 		delSub(f.subsNode, n, sub)
 	}
+	if f.pushHist != nil {
+		f.settleLocked(sub, ^uint64(0)) // an ended stream holds up no batch
+	}
 }
 
 // widen registers a scoped subscriber's widened filter fl (a later
@@ -173,28 +181,33 @@ func (sub *feedSub) wake() {
 // are the services they are or belong to (before and after the change),
 // nodes the nodes that changed, other says an entry belongs to no one
 // service and is no node (an authorization policy).
-func (f *feed) wakeLocked(touched, nodes map[string]bool, other bool) {
-	for sub := range f.subsAll {
+// b, if not nil, is the batch they are woken for (push.go).
+func (f *feed) wakeLocked(touched, nodes map[string]bool, other bool, b *pushBatch) {
+	wake := func(sub *feedSub) {
 		sub.wake()
+		f.owePushLocked(sub, b)
+	}
+	for sub := range f.subsAll {
+		wake(sub)
 	}
 	for n := range nodes {
 		for sub := range f.subsNode[n] {
-			sub.wake()
+			wake(sub)
 		}
 	}
 	if other {
 		for sub := range f.subsScoped {
-			sub.wake()
+			wake(sub)
 		}
 		return
 	}
 	for svc := range touched {
 		for sub := range f.subsSvc[svc] {
-			sub.wake()
+			wake(sub)
 		}
 		ns, _, _ := strings.Cut(svc, "/")
 		for sub := range f.subsNS[ns] {
-			sub.wake()
+			wake(sub)
 		}
 	}
 }
@@ -272,7 +285,7 @@ func (f *feed) reload() error {
 	}
 	f.recent, f.floor, f.snap = nil, rev, nil
 	f.advanceLocked(rev)
-	f.wakeLocked(nil, nil, true)
+	f.wakeLocked(nil, nil, true, nil)
 	return nil
 }
 
@@ -342,22 +355,24 @@ func newFeedEntry(ch store.Change, upTo uint64) (*feedEntry, error) {
 
 // run follows the store until ctx ends.
 func (f *feed) run(ctx context.Context) {
+	woke := time.Now()
 	for {
 		w := f.st.Watch()
-		if err := f.catchUp(); err != nil {
+		if err := f.catchUp(woke); err != nil {
 			f.log.Error("control: feed cannot read the store's changes", "err", err)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-w:
+			woke = time.Now()
 		}
 	}
 }
 
 // catchUp reads what was committed after the feed's revision, decodes it
-// once and appends it.
-func (f *feed) catchUp() error {
+// once and appends it; woke is when the store's watch told of a commit.
+func (f *feed) catchUp(woke time.Time) error {
 	f.mu.Lock()
 	from := f.rev
 	f.mu.Unlock()
@@ -422,7 +437,7 @@ func (f *feed) catchUp() error {
 		f.recent = slices.Clone(f.recent[i:])
 	}
 	f.advanceLocked(cur)
-	f.wakeLocked(touched, nodes, other)
+	f.wakeLocked(touched, nodes, other, &pushBatch{rev: cur, at: woke})
 	return nil
 }
 

@@ -241,6 +241,7 @@ type Server struct {
 	mAuditUp            *metrics.Counter // audit batches a regional plane sent up
 	mAuditUpRecords     *metrics.Counter // and their records
 	maxFrame            atomic.Int64     // the largest sync frame body written to an agent
+	timing              timing           // write path histograms (timing.go)
 }
 
 // New opens the store and binds both listeners; Serve starts serving.
@@ -331,6 +332,7 @@ func (s *Server) initMetrics() {
 	s.mChunks = m.NewCounter(`fogmesh_control_update_chunks_sent_total`)
 	s.mAuditUp = m.NewCounter(`fogmesh_control_region_audit_batches_sent_total`)
 	s.mAuditUpRecords = m.NewCounter(`fogmesh_control_region_audit_records_sent_total`)
+	s.initTiming()
 	// The largest frame sent on a sync stream: with chunked updates it
 	// stays near wire.ChunkBytes however large the snapshot.
 	m.NewGauge(`fogmesh_control_sync_frame_bytes_max`, func() float64 { return float64(s.maxFrame.Load()) })

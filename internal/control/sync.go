@@ -29,6 +29,7 @@ func (s *Server) acceptSync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	fd.measurePush(s.timing.push)
 	s.reg.feedp.Store(fd)
 	s.wg.Add(1)
 	go func() {
@@ -507,6 +508,7 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			}
 			lastSent, told = time.Now(), u.m.Version
 		}
+		fd.served(wake, scanned) // written, or nothing of it to send
 		if cur, _ := fd.watch(); cur > scanned {
 			// A shared snapshot may be older than the feed (reused for
 			// up to a second), and the commits after it woke no one

@@ -2,7 +2,7 @@ package store
 
 import (
 	"bytes"
-	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -33,20 +33,26 @@ func (t boltSecure) List(prefix string) []KV {
 
 // UpdateSecure runs fn in a write transaction on the security bucket. If fn
 // returns an error nothing is stored.
+//
+// It joins the group commit of Update: a security record written while
+// objects are committed (the audit head after every admin change) shares
+// their transaction and fsync instead of holding bbolt's one writer for
+// a commit of its own. fn may run twice, as Update's.
 func (s *Store) UpdateSecure(fn func(*SecureTx) error) error {
-	var fnErr error
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketSecure)
-		if err != nil {
-			return err
-		}
-		fnErr = fn(NewSecureTx(boltSecure{b: b}))
-		return fnErr
-	})
-	if err != nil && fnErr == nil {
-		err = fmt.Errorf("%w: %w", ErrWrite, err)
-	}
-	return err
+	p := &pending{secure: fn, done: make(chan struct{}), lead: make(chan struct{})}
+	s.enqueue(p)
+	return p.err
+}
+
+// UpdateSecureLazy is UpdateSecure for a record that may wait: it rides
+// along with the next commit of another caller, and commits on its own
+// only if none starts within wait. A record written after every admin
+// change (the audit head) then costs no write transaction of its own
+// while changes keep coming.
+func (s *Store) UpdateSecureLazy(fn func(*SecureTx) error, wait time.Duration) error {
+	p := &pending{secure: fn, lazy: max(wait, 0), done: make(chan struct{}), lead: make(chan struct{})}
+	s.enqueue(p)
+	return p.err
 }
 
 // GetSecure returns a copy of the security record key, or nil, in a read

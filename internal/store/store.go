@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,10 @@ type Store struct {
 	mu    sync.Mutex // guards the following
 	watch chan struct{}
 }
+
+// Commits returns how many write transactions the store has run (each
+// is two fdatasyncs), so tests can tell grouped writes from single ones.
+func (s *Store) Commits() int64 { return s.commits.Load() }
 
 // Listed returns how many keys List and Tx.List have returned since Open,
 // so tests and metrics can tell an indexed read from a scan.
@@ -221,16 +226,20 @@ func (b boltTx) log(key string, rev uint64) error {
 // transaction that a second run would repeat wrongly.
 func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
 	p := &pending{fn: fn, done: make(chan struct{}), lead: make(chan struct{})}
+	s.enqueue(p)
+	return p.rev, p.err
+}
+
+// enqueue commits p in a group (Update, UpdateSecure) and returns when
+// it is committed or failed.
+func (s *Store) enqueue(p *pending) {
 	s.gmu.Lock()
 	s.queue = append(s.queue, p)
-	if s.committing {
+	if s.committing || p.lazy > 0 {
 		s.gmu.Unlock()
-		select {
-		case <-p.done: // committed in another caller's group
-			return p.rev, p.err
-		case <-p.lead: // the previous committer handed over: commit the queue
+		if !s.await(p) {
+			return // committed in another caller's group
 		}
-		s.gmu.Lock()
 	}
 	// Each caller commits at most one group, its own included, then hands
 	// the queue to the next waiting caller: no caller is kept committing
@@ -241,18 +250,57 @@ func (s *Store) Update(fn func(*Tx) error) (rev uint64, err error) {
 	s.gmu.Unlock()
 	s.commit(group)
 	s.gmu.Lock()
-	if len(s.queue) > 0 {
-		close(s.queue[0].lead)
+	// Hand over to the first caller that waits for a commit; updates that
+	// only ride along (lazy) wait for one, or for their own timers.
+	if i := slices.IndexFunc(s.queue, func(q *pending) bool { return q.lazy == 0 }); i >= 0 {
+		close(s.queue[i].lead)
 	} else {
 		s.committing = false
 	}
 	s.gmu.Unlock()
-	return p.rev, p.err
+}
+
+// await waits until p is committed in another caller's group (false) or
+// p is to commit the queue (true, with gmu held): handed over by the
+// previous committer, or, for a lazy update, after p.lazy with no group
+// under way.
+func (s *Store) await(p *pending) bool {
+	if p.lazy > 0 { // never handed over to: see enqueue
+		t := time.NewTimer(p.lazy)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.done:
+				return false
+			case <-t.C:
+			}
+			s.gmu.Lock()
+			queued := slices.Contains(s.queue, p)
+			if queued && !s.committing {
+				return true
+			}
+			s.gmu.Unlock()
+			if !queued {
+				<-p.done // a group under way took it
+				return false
+			}
+			t.Reset(p.lazy) // queued behind a commit, which may leave it to the timers
+		}
+	}
+	select {
+	case <-p.done:
+		return false
+	case <-p.lead:
+		s.gmu.Lock()
+		return true
+	}
 }
 
 // pending is one caller's update waiting for its group's commit.
 type pending struct {
 	fn      func(*Tx) error
+	secure  func(*SecureTx) error // instead of fn: an UpdateSecure
+	lazy    time.Duration         // > 0: wait up to this long for another caller's commit to ride along
 	rev     uint64
 	changed bool
 	err     error
@@ -298,6 +346,18 @@ func (s *Store) commit(group []*pending) {
 
 // run applies one update inside btx.
 func (s *Store) run(btx *bolt.Tx, p *pending) error {
+	if p.secure != nil {
+		p.fnErr = nil
+		b, err := btx.CreateBucketIfNotExists(bucketSecure)
+		if err != nil {
+			return err
+		}
+		if err := p.secure(NewSecureTx(boltSecure{b: b})); err != nil {
+			p.fnErr = err
+			return err
+		}
+		return nil
+	}
 	m := btx.Bucket(bucketMeta)
 	next := u64(m.Get(keyRev)) + 1
 	t := NewTx(boltTx{s: s, tx: btx, rev: next}, next)

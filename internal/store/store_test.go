@@ -241,3 +241,131 @@ func queued(s *Store) int {
 	defer s.gmu.Unlock()
 	return len(s.queue)
 }
+
+// TestSecureUpdatesJoinTheGroupCommit: security records written while
+// objects commit (the control plane's audit head after every admin
+// change) share the objects' transaction, instead of a write transaction
+// (two fdatasyncs under bbolt's one writer) each.
+func TestSecureUpdatesJoinTheGroupCommit(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "db"), Options{})
+	hold := make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	defer release() // a failed wait must not leave the writer held
+	held := make(chan error, 1)
+	go func() {
+		_, err := s.Update(func(tx *Tx) error { <-hold; return tx.Put("k/hold", []byte("1")) })
+		held <- err
+	}()
+	testenv.WaitFor(t, 10*time.Second, "update committing", func() bool { return committing(s) })
+	before := s.commits.Load()
+	const n = 5
+	errs := make(chan error, 2*n)
+	for i := range n {
+		go func() {
+			_, err := s.Update(func(tx *Tx) error { return tx.Put(fmt.Sprintf("g/%02d", i), []byte("v")) })
+			errs <- err
+		}()
+		go func() {
+			errs <- s.UpdateSecure(func(tx *SecureTx) error { return tx.Put(fmt.Sprintf("head/%02d", i), []byte("h")) })
+		}()
+	}
+	testenv.WaitFor(t, 10*time.Second, "updates and security records queued", func() bool { return queued(s) == 2*n })
+	release()
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	for range 2 * n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := s.commits.Load() - before; c != 1 {
+		t.Fatalf("%d write transactions for %d updates and %d security records queued together, want 1", c, n, n)
+	}
+	if rev, _ := s.Rev(); rev != 1+n {
+		t.Fatalf("store at %d, want %d (security records take no revision)", rev, 1+n)
+	}
+	for i := range n {
+		if v, err := s.GetSecure(fmt.Sprintf("head/%02d", i)); err != nil || string(v) != "h" {
+			t.Fatalf("head/%02d = %q, %v", i, v, err)
+		}
+	}
+
+	// A failing security update stores nothing and fails alone.
+	boom := errors.New("refused")
+	if err := s.UpdateSecure(func(tx *SecureTx) error { tx.Put("head/bad", []byte("x")); return boom }); !errors.Is(err, boom) {
+		t.Fatalf("failing UpdateSecure: %v", err)
+	}
+	if v, _ := s.GetSecure("head/bad"); v != nil {
+		t.Fatal("the failed security update's write is stored")
+	}
+}
+
+// TestLazySecureUpdateRidesAlong: a lazy security record waits for the
+// next commit of objects and shares it; alone, it commits when its wait
+// is over.
+func TestLazySecureUpdateRidesAlong(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "db"), Options{})
+	put(t, s, "k/0", "v")
+
+	// Queued with a long wait, it goes with the next update's commit.
+	before := s.commits.Load()
+	lazyDone := make(chan error, 1)
+	go func() {
+		lazyDone <- s.UpdateSecureLazy(func(tx *SecureTx) error { return tx.Put("head", []byte("1")) }, time.Hour)
+	}()
+	testenv.WaitFor(t, 10*time.Second, "the lazy record queued", func() bool { return queued(s) == 1 })
+	if committing(s) {
+		t.Fatal("a lazy record started a commit")
+	}
+	put(t, s, "k/1", "v")
+	select {
+	case err := <-lazyDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lazy record did not go with the next commit")
+	}
+	if c := s.commits.Load() - before; c != 1 {
+		t.Fatalf("%d write transactions for an update and a lazy record, want 1", c)
+	}
+	if v, _ := s.GetSecure("head"); string(v) != "1" {
+		t.Fatalf("head = %q", v)
+	}
+
+	// Behind a commit under way with no other update, it is not handed
+	// the queue at once but commits alone after its wait.
+	hold := make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	defer release()
+	held := make(chan error, 1)
+	go func() {
+		_, err := s.Update(func(tx *Tx) error { <-hold; return tx.Put("k/2", []byte("v")) })
+		held <- err
+	}()
+	testenv.WaitFor(t, 10*time.Second, "update committing", func() bool { return committing(s) })
+	before = s.commits.Load()
+	go func() {
+		lazyDone <- s.UpdateSecureLazy(func(tx *SecureTx) error { return tx.Put("head", []byte("2")) }, 20*time.Millisecond)
+	}()
+	testenv.WaitFor(t, 10*time.Second, "the lazy record queued", func() bool { return queued(s) == 1 })
+	release()
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-lazyDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a lazy record alone never committed")
+	}
+	if c := s.commits.Load() - before; c != 1 { // the held one was counted when it began
+		t.Fatalf("%d write transactions after the held update, want 1 (the lazy record alone)", c)
+	}
+	if v, _ := s.GetSecure("head"); string(v) != "2" {
+		t.Fatalf("head = %q", v)
+	}
+}
