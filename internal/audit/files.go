@@ -26,6 +26,12 @@ type segments struct {
 	maxBytes  int64 // rotate the active file before it grows past this
 	maxFiles  int   // rotated files kept; 0 keeps all
 	noSync    bool
+	// idle: the active file is open only while write runs (a replica's:
+	// the control plane holds one per node, and one fd each would double
+	// its fds). The state below stays in memory between writes.
+	idle bool
+
+	closed bool // by close; guarded by mu
 
 	mu   sync.Mutex // guards the following; held while rotating and while readers open files
 	f    *os.File
@@ -233,8 +239,27 @@ func (s *segments) files() ([]string, error) {
 func (s *segments) write(lines []byte, firstSeq uint64, last Head) (n int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.f == nil {
+	if s.closed {
 		return 0, ErrClosed
+	}
+	if s.f == nil {
+		if !s.idle {
+			return 0, ErrClosed
+		}
+		// Reopened where this process left it, as a held file would
+		// write: at the end of the last whole record it wrote.
+		f, err := os.OpenFile(filepath.Join(s.dir, s.base), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return 0, fmt.Errorf("audit: %w", err)
+		}
+		if _, err := f.Seek(s.size, io.SeekStart); err != nil {
+			f.Close()
+			return 0, fmt.Errorf("audit: %w", err)
+		}
+		s.f = f
+	}
+	if s.idle {
+		defer s.closeIdleLocked()
 	}
 	seq := firstSeq
 	for n < len(lines) {
@@ -400,9 +425,28 @@ func (s *segments) verifyAnchored(v Verifier) (*Report, error) {
 	return v.Verify(append(rot, filepath.Join(s.dir, s.base))...)
 }
 
+// keepClosed makes the active file open only while write runs, and
+// closes it now.
+func (s *segments) keepClosed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.idle = true
+	s.closeIdleLocked()
+}
+
+// closeIdleLocked closes the active file between writes. What write
+// returned success for is fsynced, so a close error loses nothing.
+func (s *segments) closeIdleLocked() {
+	if s.f != nil {
+		s.f.Close()
+		s.f = nil
+	}
+}
+
 func (s *segments) close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	if s.f == nil {
 		return nil
 	}
