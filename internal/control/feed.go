@@ -35,9 +35,11 @@ type feed struct {
 	state map[string]*feedEntry // live objects by store key
 	// bySvc indexes state by the service each object is or belongs to
 	// ("ns/name" -> key -> entry), so a scoped snapshot reads its scope
-	// only; other holds the kinds of no one service (nodes, authorization
-	// policies).
+	// only; nodes holds the nodes by name (a scoped snapshot takes the
+	// ones its endpoints name), other the rest of no one service
+	// (authorization policies).
 	bySvc map[string]map[string]*feedEntry
+	nodes map[string]*feedEntry
 	other map[string]*feedEntry
 	// recent are the changes after floor in commit order: each entry is a
 	// key's state at the end (upTo) of the batch that read it.
@@ -250,7 +252,7 @@ func (f *feed) reload() error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.state, f.bySvc, f.other = state, map[string]map[string]*feedEntry{}, map[string]*feedEntry{}
+	f.state, f.bySvc, f.nodes, f.other = state, map[string]map[string]*feedEntry{}, map[string]*feedEntry{}, map[string]*feedEntry{}
 	for _, e := range state {
 		f.indexLocked(e)
 	}
@@ -261,6 +263,10 @@ func (f *feed) reload() error {
 }
 
 func (f *feed) indexLocked(e *feedEntry) {
+	if e.ref.Type == api.KindNode {
+		f.nodes[e.ref.Name] = e
+		return
+	}
 	if e.svc == "" {
 		f.other[e.key] = e
 		return
@@ -274,6 +280,10 @@ func (f *feed) indexLocked(e *feedEntry) {
 }
 
 func (f *feed) unindexLocked(e *feedEntry) {
+	if e.ref.Type == api.KindNode {
+		delete(f.nodes, e.ref.Name)
+		return
+	}
 	if e.svc == "" {
 		delete(f.other, e.key)
 		return
@@ -508,22 +518,46 @@ func (f *feed) snapshot(minRev uint64) *feedSnap {
 }
 
 // scopedSnapshot returns the state of what a scoped filter can select:
-// the services in scope and what belongs to them, and the objects of no
-// one service (nodes, authorization policies), at the feed's revision.
-func (f *feed) scopedSnapshot(fl syncproto.Filter) ([]*feedEntry, uint64) {
+// the services in scope and what belongs to them, the objects of no one
+// service that are not nodes (authorization policies), and the nodes that
+// self and the endpoints in scope name, at the feed's revision. It reads
+// the scope only: copying every node and looking at every service for each
+// scoped snapshot was O(N) per agent, O(N²) for a fleet reconnecting after
+// a restart, under the feed's lock.
+func (f *feed) scopedSnapshot(fl syncproto.Filter, self string) ([]*feedEntry, uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []*feedEntry
-	for svc, m := range f.bySvc {
-		if !fl.InScope(svc) {
-			continue
-		}
+	nodes := map[string]bool{self: true}
+	add := func(m map[string]*feedEntry) {
 		for _, e := range m {
 			out = append(out, e)
+			if e.ref.Type == api.KindEndpoint && e.node != "" {
+				nodes[e.node] = true
+			}
+		}
+	}
+	svcs, nss := fl.ScopeEntries()
+	if len(nss) == 0 {
+		for _, svc := range svcs {
+			add(f.bySvc[svc])
+		}
+	} else {
+		// Whole namespaces: look at every service (rare; a namespace index
+		// would make this O(scope) too).
+		for svc, m := range f.bySvc {
+			if fl.InScope(svc) {
+				add(m)
+			}
 		}
 	}
 	for _, e := range f.other {
 		out = append(out, e)
+	}
+	for n := range nodes {
+		if e := f.nodes[n]; e != nil {
+			out = append(out, e)
+		}
 	}
 	return out, f.rev
 }

@@ -540,7 +540,7 @@ func (ss *sendState) newUpdate(rev uint64, full bool) *update {
 // snapshot is the first update of a subscriber that holds nothing usable.
 func (ss *sendState) snapshot(fd *feed, minRev uint64) *update {
 	if ss.f.Scoped() {
-		entries, rev := fd.scopedSnapshot(ss.f)
+		entries, rev := fd.scopedSnapshot(ss.f, ss.self)
 		u := ss.newUpdate(rev, true)
 		ss.held, ss.refs = map[string]bool{}, syncproto.NewNodeRefs(ss.self)
 		var nodes []*feedEntry
