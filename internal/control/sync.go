@@ -108,6 +108,9 @@ func (s *Server) acceptSync(ctx context.Context) error {
 	}
 }
 
+// streamReadBuffer is the read buffer of an agent's stream.
+const streamReadBuffer = 512
+
 // stream is one agent's sync connection: the I/O around the protocol's
 // state machine (internal/syncproto.Control), which says what each frame
 // means and what may be sent when.
@@ -122,6 +125,11 @@ type stream struct {
 	sm *syncproto.Control
 
 	sub chan syncproto.Subscribed // the subscription, handed to the sender
+
+	// trust: the agent takes trust messages; the sender sends them (now
+	// and after every change) besides updates, so a stream costs two
+	// goroutines (reader, sender), not three.
+	trust bool
 }
 
 // step feeds the machine one event and writes the frames it returns. When
@@ -174,7 +182,9 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		pn = &syncproto.PeerNode{Site: site, Node: node}
 	}
 	st := &stream{s: s, c: c, sm: syncproto.NewControl(pn, s.cfg.HeartbeatInterval), sub: make(chan syncproto.Subscribed, 1)}
-	r := wire.NewReader(c)
+	// A small read buffer: agents' frames are mostly heartbeats and acks,
+	// longer ones are read past it, and there is one per agent.
+	r := wire.NewReaderSize(c, streamReadBuffer)
 	// Every message, heartbeats included, must arrive within the machine's
 	// read timeout, so a silent or slow sender is dropped.
 	readTimeout := st.sm.ReadTimeout()
@@ -253,6 +263,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		return err
 	}
 
+	st.trust = s.sec != nil && admit.Trust
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	senderDone := make(chan error, 1)
@@ -266,14 +277,6 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		senderDone <- err
 	}()
 	defer func() { cancel(); c.Close(); <-senderDone }()
-	if s.sec != nil && admit.Trust {
-		trustDone := make(chan struct{})
-		go func() {
-			defer close(trustDone)
-			s.sec.trustLoop(ctx, st)
-		}()
-		defer func() { cancel(); c.Close(); <-trustDone }()
-	}
 
 	for {
 		c.SetReadDeadline(time.Now().Add(readTimeout))
@@ -416,12 +419,33 @@ func (u *update) addRemoved(e *feedEntry) {
 // delta since the subscriber's version), then a delta after every commit,
 // taken from the shared feed. A stream that is behind (busy writing) gets
 // one delta covering every commit since its version.
+//
+// It also sends the trust message, if the agent takes it, at once and
+// after every change.
 func (st *stream) sendLoop(ctx context.Context) error {
+	var trustCh <-chan struct{} // nil: no trust messages
+	sendTrust := func() error {
+		t, watch := st.s.sec.currentTrust()
+		trustCh = watch
+		return st.write(&wire.Message{Type: wire.TypeTrust, Trust: t})
+	}
+	if st.trust {
+		if err := sendTrust(); err != nil {
+			return err
+		}
+	}
 	var sub syncproto.Subscribed
-	select {
-	case <-ctx.Done():
-		return nil
-	case sub = <-st.sub:
+	for subscribed := false; !subscribed; {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-trustCh:
+			if err := sendTrust(); err != nil {
+				return err
+			}
+		case sub = <-st.sub:
+			subscribed = true
+		}
 	}
 	s := st.s
 	fd := s.reg.feed()
@@ -513,6 +537,10 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			return nil
 		case <-wake.ch:
 		case <-fire:
+		case <-trustCh:
+			if err := sendTrust(); err != nil {
+				return err
+			}
 		}
 	}
 }
