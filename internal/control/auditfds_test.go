@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -71,5 +72,37 @@ func TestAuditReplicasHoldNoFiles(t *testing.T) {
 	}
 	if n := openFilesUnder(t, s.auditNodesDir()); n != 0 {
 		t.Fatalf("%d files open, want 0", n)
+	}
+}
+
+// A replica's files are opened without the server's lock, which the sync
+// listener's accept, every admission and every heartbeat take: after a
+// restart thousands of replicas are opened, and with the lock held across
+// the file system calls the accept loop and heartbeats queued behind them
+// (seen in goroutine dumps of a 3,000-agent resync, issue 13).
+func TestReplicaOpensWithoutTheServerLock(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	var mu sync.Mutex
+	var opened, free []bool
+	s.audit.testHookOpen = func(node string) {
+		ok := s.mu.TryLock()
+		if ok {
+			s.mu.Unlock()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		opened, free = append(opened, true), append(free, ok)
+	}
+	dialAgentWelcome(t, s, "lock-1", 0)
+	dialAgentWelcome(t, s, "lock-2", 0)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(opened) != 2 {
+		t.Fatalf("%d replicas opened, want 2", len(opened))
+	}
+	for i, ok := range free {
+		if !ok {
+			t.Fatalf("replica %d was opened with the server's lock held", i+1)
+		}
 	}
 }
