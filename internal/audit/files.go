@@ -95,7 +95,8 @@ func openSegments(dir, base string, maxBytes int64, maxFiles int, noSync bool) (
 	}
 	s.f, s.size, s.first = f, int64(good), first
 	t.last = last
-	if rot, err := s.rotated(); err == nil {
+	rot, rotErr := s.rotated() // read once: a replica is opened per node
+	if rotErr == nil {
 		for _, p := range rot {
 			if fi, err := os.Stat(p); err == nil {
 				s.rotBytes += fi.Size()
@@ -110,10 +111,9 @@ func openSegments(dir, base string, maxBytes int64, maxFiles int, noSync bool) (
 	if last == nil {
 		// Empty active file (new log, or a crash right after a rotation):
 		// the chain goes on from the newest rotated file.
-		rot, err := s.rotated()
-		if err != nil {
+		if rotErr != nil {
 			f.Close()
-			return nil, t, err
+			return nil, t, rotErr
 		}
 		if len(rot) > 0 {
 			rb, err := os.ReadFile(rot[len(rot)-1])
