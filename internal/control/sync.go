@@ -635,8 +635,8 @@ func (st *stream) sendOnce(ss *sendState) (again bool, err error) {
 type sendState struct {
 	f       syncproto.Filter
 	storeID string
-	all     bool                // the filter selects everything: snapshots are shared whole
-	held    map[string]struct{} // scoped: store keys the subscriber holds (a set: one per agent)
+	all     bool            // the filter selects everything: snapshots are shared whole
+	held    map[string]bool // scoped: store keys the subscriber holds
 	refs    *syncproto.NodeRefs
 	self    string
 	sub     *feedSub // this stream's registration with the feed
@@ -647,11 +647,6 @@ type sendState struct {
 	full     bool      // the next update must be a snapshot
 	lastSent time.Time // of the last update
 	told     uint64    // the version the subscriber was last sent
-}
-
-func (ss *sendState) holds(key string) bool {
-	_, ok := ss.held[key]
-	return ok
 }
 
 func newSendState(f syncproto.Filter, self, storeID string) *sendState {
@@ -667,7 +662,7 @@ func (ss *sendState) snapshot(fd *feed, minRev uint64) *update {
 	if ss.f.Scoped() {
 		entries, rev := fd.scopedSnapshot(ss.f, ss.self)
 		u := ss.newUpdate(rev, true)
-		ss.held, ss.refs = map[string]struct{}{}, syncproto.NewNodeRefs(ss.self)
+		ss.held, ss.refs = map[string]bool{}, syncproto.NewNodeRefs(ss.self)
 		var nodes []*feedEntry
 		for _, e := range entries {
 			if e.ref.Type == api.KindNode {
@@ -680,12 +675,12 @@ func (ss *sendState) snapshot(fd *feed, minRev uint64) *update {
 			if e.ref.Type == api.KindEndpoint {
 				ss.refs.Endpoint(e.ref.Name, e.node)
 			}
-			ss.held[e.key] = struct{}{}
+			ss.held[e.key] = true
 			u.addRes(e)
 		}
 		for _, e := range nodes {
 			if ss.refs.Wants(e.ref.Name) && ss.f.Match(e.obj) {
-				ss.held[e.key] = struct{}{}
+				ss.held[e.key] = true
 				u.addRes(e)
 			}
 		}
@@ -764,9 +759,9 @@ func (ss *sendState) delta(fd *feed, entries []*feedEntry, rev uint64) *update {
 		}
 		switch {
 		case in:
-			ss.held[e.key] = struct{}{}
+			ss.held[e.key] = true
 			u.addRes(e)
-		case ss.holds(e.key):
+		case ss.held[e.key]:
 			delete(ss.held, e.key)
 			u.addRemoved(e)
 		}
@@ -795,10 +790,10 @@ func (ss *sendState) delta(fd *feed, entries []*feedEntry, rev uint64) *update {
 			drop = append(drop, n)
 		}
 		switch {
-		case want && (inDelta || !ss.holds(key)):
-			ss.held[key] = struct{}{}
+		case want && (inDelta || !ss.held[key]):
+			ss.held[key] = true
 			u.addRes(e)
-		case !want && ss.holds(key):
+		case !want && ss.held[key]:
 			delete(ss.held, key)
 			if e == nil {
 				e = &feedEntry{ref: wire.ResourceRef{Type: api.KindNode, Name: n}}
