@@ -1,10 +1,12 @@
 package control
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -52,4 +54,46 @@ func TestHeartbeatOfAReadyNodeReadsNoStore(t *testing.T) {
 	}
 	hb()
 	testenv.WaitFor(t, 5*time.Second, "hb ready again after a heartbeat", ready)
+}
+
+// After a start, the empty local{} every agent sends on connect costs no
+// write transaction, not even the first: the endpoints-by-node index is
+// built from a read. In a write transaction, the first one held the
+// store's writer while it decoded every endpoint, and every agent that
+// connected meanwhile queued behind it (930 streams in one dump of a
+// 3,000-agent resync, issue 13).
+func TestEmptyLocalAfterStartWritesNothing(t *testing.T) {
+	s := startQuietServer(t)
+	var objs []api.Object
+	for i := range 50 {
+		objs = append(objs, svcObj("demo", fmt.Sprintf("s%d", i)), epObj("demo", fmt.Sprintf("e%d", i), fmt.Sprintf("s%d", i), "", 9000))
+	}
+	applyObjs(t, s, objs...) // static endpoints: the index is not built yet
+	before := localWrites.Load()
+	for i := range 20 {
+		if err := s.reg.syncLocalEndpoints(fmt.Sprintf("w%d", i), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := localWrites.Load() - before; n != 0 {
+		t.Fatalf("20 empty local lists after start made %d write transactions, want 0", n)
+	}
+	// The index still serves a node with endpoints: w1's go, then only
+	// the new one stays.
+	if err := s.reg.syncLocalEndpoints("w1", []api.Endpoint{*epObj("demo", "w1-a", "s1", "", 9100)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.reg.syncLocalEndpoints("w1", []api.Endpoint{*epObj("demo", "w1-b", "s1", "", 9101)}); err != nil {
+		t.Fatal(err)
+	}
+	eps, _, _ := s.reg.list(api.KindEndpoint)
+	var own []string
+	for _, o := range eps {
+		if e := o.(*api.Endpoint); e.Spec.Node == "w1" {
+			own = append(own, e.Meta.Name)
+		}
+	}
+	if len(own) != 1 || own[0] != "w1-b" {
+		t.Fatalf("w1 holds %v, want [w1-b]", own)
+	}
 }

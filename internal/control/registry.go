@@ -221,14 +221,22 @@ func (r *registry) buildByNodeLocked(tx *store.Tx) {
 	if r.byNode != nil && !r.st.Shared() { // other replicas write endpoints too
 		return
 	}
+	r.indexByNodeLocked(tx.List(api.KindEndpoint + "/"))
+}
+
+// indexByNodeLocked builds byNode from the stored endpoints kvs.
+func (r *registry) indexByNodeLocked(kvs []store.KV) {
 	r.byNode = map[string]map[string]bool{}
-	for _, kv := range tx.List(api.KindEndpoint + "/") {
+	for _, kv := range kvs {
 		var e api.Endpoint
 		if json.Unmarshal(kv.Value, &e) == nil && e.Spec.Node != "" {
 			r.addByNodeLocked(e.Spec.Node, kv.Key)
 		}
 	}
 }
+
+// localWrites counts the write transactions of syncLocalEndpoints (tests).
+var localWrites atomic.Int64
 
 func (r *registry) addByNodeLocked(node, key string) {
 	m := r.byNode[node]
@@ -389,12 +397,22 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 	}
 	if len(eps) == 0 {
 		r.mu.Lock()
+		if r.byNode == nil && !r.st.Shared() {
+			// First use since start: build the index from a read, not in
+			// a write transaction (after a restart every agent's first
+			// local{} comes here at once, and each took the store's
+			// writer while the first built the index).
+			if kvs, _, err := r.st.List(api.KindEndpoint + "/"); err == nil {
+				r.indexByNodeLocked(kvs)
+			}
+		}
 		none := r.byNode != nil && len(r.byNode[node]) == 0
 		r.mu.Unlock()
 		if none { // the common connect of a node without workloads: no write
 			return nil
 		}
 	}
+	localWrites.Add(1)
 	_, err := r.st.Update(func(tx *store.Tx) error {
 		want := map[string]bool{}
 		n, nodeKnown := getLocked(tx, api.KindNode+"/"+node, new(api.Node))
