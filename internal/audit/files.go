@@ -1,9 +1,7 @@
 package audit
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -26,6 +24,12 @@ type segments struct {
 	maxBytes  int64 // rotate the active file before it grows past this
 	maxFiles  int   // rotated files kept; 0 keeps all
 	noSync    bool
+	// idle: the active file is open only while write runs (a replica's:
+	// the control plane holds one per node, and one fd each would double
+	// its fds). The state below stays in memory between writes.
+	idle bool
+
+	closed bool // by close; guarded by mu
 
 	mu   sync.Mutex // guards the following; held while rotating and while readers open files
 	f    *os.File
@@ -89,7 +93,8 @@ func openSegments(dir, base string, maxBytes int64, maxFiles int, noSync bool) (
 	}
 	s.f, s.size, s.first = f, int64(good), first
 	t.last = last
-	if rot, err := s.rotated(); err == nil {
+	rot, rotErr := s.rotated() // read once: a replica is opened per node
+	if rotErr == nil {
 		for _, p := range rot {
 			if fi, err := os.Stat(p); err == nil {
 				s.rotBytes += fi.Size()
@@ -104,10 +109,9 @@ func openSegments(dir, base string, maxBytes int64, maxFiles int, noSync bool) (
 	if last == nil {
 		// Empty active file (new log, or a crash right after a rotation):
 		// the chain goes on from the newest rotated file.
-		rot, err := s.rotated()
-		if err != nil {
+		if rotErr != nil {
 			f.Close()
-			return nil, t, err
+			return nil, t, rotErr
 		}
 		if len(rot) > 0 {
 			rb, err := os.ReadFile(rot[len(rot)-1])
@@ -233,8 +237,27 @@ func (s *segments) files() ([]string, error) {
 func (s *segments) write(lines []byte, firstSeq uint64, last Head) (n int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.f == nil {
+	if s.closed {
 		return 0, ErrClosed
+	}
+	if s.f == nil {
+		if !s.idle {
+			return 0, ErrClosed
+		}
+		// Reopened where this process left it, as a held file would
+		// write: at the end of the last whole record it wrote.
+		f, err := os.OpenFile(filepath.Join(s.dir, s.base), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return 0, fmt.Errorf("audit: %w", err)
+		}
+		if _, err := f.Seek(s.size, io.SeekStart); err != nil {
+			f.Close()
+			return 0, fmt.Errorf("audit: %w", err)
+		}
+		s.f = f
+	}
+	if s.idle {
+		defer s.closeIdleLocked()
 	}
 	seq := firstSeq
 	for n < len(lines) {
@@ -400,9 +423,28 @@ func (s *segments) verifyAnchored(v Verifier) (*Report, error) {
 	return v.Verify(append(rot, filepath.Join(s.dir, s.base))...)
 }
 
+// keepClosed makes the active file open only while write runs, and
+// closes it now.
+func (s *segments) keepClosed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.idle = true
+	s.closeIdleLocked()
+}
+
+// closeIdleLocked closes the active file between writes. What write
+// returned success for is fsynced, so a close error loses nothing.
+func (s *segments) closeIdleLocked() {
+	if s.f != nil {
+		s.f.Close()
+		s.f = nil
+	}
+}
+
 func (s *segments) close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	if s.f == nil {
 		return nil
 	}
@@ -412,81 +454,4 @@ func (s *segments) close() error {
 	}
 	s.f = nil
 	return err
-}
-
-// ErrNotFound is returned by ReadFrom when the records asked for are no
-// longer (or not yet) in the log's files.
-var ErrNotFound = errors.New("audit: records not in the log")
-
-// readFrom returns up to max whole records from seq on, in order. Fewer
-// (or none) means the log has no more yet.
-func (s *segments) readFrom(seq uint64, max int) ([]Record, error) {
-	s.mu.Lock()
-	rot, err := s.rotated()
-	if err != nil {
-		s.mu.Unlock()
-		return nil, err
-	}
-	paths := append(rot, filepath.Join(s.dir, s.base))
-	// Start in the last file whose first seq is ≤ seq.
-	start := 0
-	for i, p := range rot {
-		if v, _ := s.rotatedSeq(filepath.Base(p)); v <= seq {
-			start = i
-		}
-	}
-	if s.first > 0 && s.first <= seq {
-		start = len(rot)
-	}
-	// Open while holding mu: a rotation cannot rename a file between
-	// listing and opening it.
-	var files []*os.File
-	for _, p := range paths[start:] {
-		f, err := os.Open(p)
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				continue
-			}
-			s.mu.Unlock()
-			closeAll(files)
-			return nil, fmt.Errorf("audit: %w", err)
-		}
-		files = append(files, f)
-	}
-	s.mu.Unlock()
-	defer closeAll(files)
-	var out []Record
-	for _, f := range files {
-		br := bufio.NewReaderSize(f, 64<<10)
-		for len(out) < max {
-			line, err := br.ReadSlice('\n')
-			if err == bufio.ErrBufferFull {
-				return nil, fmt.Errorf("audit: %s: line too long", f.Name())
-			}
-			if err != nil {
-				break // EOF, or a line still being written
-			}
-			r, derr := DecodeLine(line)
-			if derr != nil {
-				return nil, fmt.Errorf("audit: %s: %w", f.Name(), derr)
-			}
-			if r.Seq < seq {
-				continue
-			}
-			if len(out) == 0 && r.Seq != seq {
-				return nil, fmt.Errorf("%w: want seq %d, the log goes on at %d", ErrNotFound, seq, r.Seq)
-			}
-			if len(out) > 0 && r.Seq != out[len(out)-1].Seq+1 {
-				return nil, fmt.Errorf("audit: %s: seq %d after %d", f.Name(), r.Seq, out[len(out)-1].Seq)
-			}
-			out = append(out, *r)
-		}
-	}
-	return out, nil
-}
-
-func closeAll(fs []*os.File) {
-	for _, f := range fs {
-		f.Close()
-	}
 }

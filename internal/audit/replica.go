@@ -26,7 +26,8 @@ var (
 
 // Replica is a verified copy of another node's chain, kept by the control
 // plane: Append accepts a batch only if it continues the chain it holds.
-// It is safe for concurrent use.
+// Its files are open only while a batch is written or read. It is safe
+// for concurrent use.
 type Replica struct {
 	node string
 	seg  *segments
@@ -61,6 +62,10 @@ func OpenReplica(dir, node string) (*Replica, error) {
 		}
 		r.seq, r.hash = t.last.Seq, t.last.Hash
 	}
+	// The control plane holds a replica per node it has heard from: one
+	// open file each would double its fds (and at 10,000 agents reach the
+	// limit). The chain's end stays in memory; Append opens the file.
+	seg.keepClosed()
 	return r, nil
 }
 

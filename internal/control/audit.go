@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/http"
 	"os"
@@ -62,6 +63,12 @@ type auditState struct {
 	// replicas and keys are guarded by Server.mu.
 	replicas map[string]*audit.Replica
 	keys     map[string]crypto.PublicKey // node -> key that signs its checkpoints
+	// openMu: openMu[openLock(node)] is held while node's replica
+	// directory is opened or archived (taken before Server.mu when both
+	// are). Striped, so nodes' replicas open in parallel.
+	openMu [64]sync.Mutex
+	// testHookOpen, if set, runs where a replica's files are opened.
+	testHookOpen func(node string)
 
 	// chainLocks: node -> *sync.Mutex, held across an ingest's append and
 	// head update, and across a verification of the node's chain, so a
@@ -323,25 +330,51 @@ func (s *Server) verifierHead(key string) (*audit.Head, error) {
 	return &audit.Head{Seq: h.Seq, Hash: h.Hash}, nil
 }
 
-// replica returns node's replica, opening it on first use.
+// replica returns node's replica, opening it on first use. The files are
+// opened and read under auditState.openMu, not Server.mu, which every
+// stream's admission and the sync listener's accept take: a fleet
+// reconnecting after a restart opens thousands of replicas, on a disk
+// others may be flushing.
 func (s *Server) replica(node string) (*audit.Replica, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if r := s.audit.replicas[node]; r != nil {
+	r := s.audit.replicas[node]
+	s.mu.Unlock()
+	if r != nil {
 		return r, nil
 	}
 	if !audit.ValidNodeName(node) {
 		return nil, fmt.Errorf("bad node name %q", node)
 	}
+	om := s.audit.openLock(node)
+	om.Lock()
+	defer om.Unlock()
+	s.mu.Lock()
+	r = s.audit.replicas[node] // opened meanwhile
+	s.mu.Unlock()
+	if r != nil {
+		return r, nil
+	}
+	if h := s.audit.testHookOpen; h != nil {
+		h(node)
+	}
 	r, err := audit.OpenReplica(filepath.Join(s.auditNodesDir(), node), node)
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if k := s.audit.keys[node]; k != nil {
 		r.SetPublicKey(k)
 	}
 	s.audit.replicas[node] = r
 	return r, nil
+}
+
+// openLock returns the lock of node's stripe of openMu.
+func (a *auditState) openLock(node string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(node))
+	return &a.openMu[h.Sum32()%uint32(len(a.openMu))]
 }
 
 // auditLast returns the last seq and hash held of node's chain (for
@@ -378,6 +411,9 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if got, err := r.ReadFrom(1, 1); err == nil && len(got) == 1 && got[0].Hash == recs[0].Hash {
 		return nil
 	}
+	om := s.audit.openLock(node) // no replica() opens the directory while it is archived
+	om.Lock()
+	defer om.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cur := s.audit.replicas[node]; cur != r {

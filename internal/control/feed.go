@@ -37,9 +37,11 @@ type feed struct {
 	state map[string]*feedEntry // live objects by store key
 	// bySvc indexes state by the service each object is or belongs to
 	// ("ns/name" -> key -> entry), so a scoped snapshot reads its scope
-	// only; other holds the kinds of no one service (nodes, authorization
-	// policies).
+	// only; nodes holds the nodes by name (a scoped snapshot takes the
+	// ones its endpoints name), other the rest of no one service
+	// (authorization policies).
 	bySvc map[string]map[string]*feedEntry
+	nodes map[string]*feedEntry
 	other map[string]*feedEntry
 	// recent are the changes after floor in commit order: each entry is a
 	// key's state at the end (upTo) of the batch that read it.
@@ -279,7 +281,7 @@ func (f *feed) reload() error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.state, f.bySvc, f.other = state, map[string]map[string]*feedEntry{}, map[string]*feedEntry{}
+	f.state, f.bySvc, f.nodes, f.other = state, map[string]map[string]*feedEntry{}, map[string]*feedEntry{}, map[string]*feedEntry{}
 	for _, e := range state {
 		f.indexLocked(e)
 	}
@@ -290,6 +292,10 @@ func (f *feed) reload() error {
 }
 
 func (f *feed) indexLocked(e *feedEntry) {
+	if e.ref.Type == api.KindNode {
+		f.nodes[e.ref.Name] = e
+		return
+	}
 	if e.svc == "" {
 		f.other[e.key] = e
 		return
@@ -303,6 +309,10 @@ func (f *feed) indexLocked(e *feedEntry) {
 }
 
 func (f *feed) unindexLocked(e *feedEntry) {
+	if e.ref.Type == api.KindNode {
+		delete(f.nodes, e.ref.Name)
+		return
+	}
 	if e.svc == "" {
 		delete(f.other, e.key)
 		return
@@ -539,22 +549,46 @@ func (f *feed) snapshot(minRev uint64) *feedSnap {
 }
 
 // scopedSnapshot returns the state of what a scoped filter can select:
-// the services in scope and what belongs to them, and the objects of no
-// one service (nodes, authorization policies), at the feed's revision.
-func (f *feed) scopedSnapshot(fl syncproto.Filter) ([]*feedEntry, uint64) {
+// the services in scope and what belongs to them, the objects of no one
+// service that are not nodes (authorization policies), and the nodes that
+// self and the endpoints in scope name, at the feed's revision. It reads
+// the scope only: copying every node and looking at every service for each
+// scoped snapshot was O(N) per agent, O(N²) for a fleet reconnecting after
+// a restart, under the feed's lock.
+func (f *feed) scopedSnapshot(fl syncproto.Filter, self string) ([]*feedEntry, uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []*feedEntry
-	for svc, m := range f.bySvc {
-		if !fl.InScope(svc) {
-			continue
-		}
+	nodes := map[string]bool{self: true}
+	add := func(m map[string]*feedEntry) {
 		for _, e := range m {
 			out = append(out, e)
+			if e.ref.Type == api.KindEndpoint && e.node != "" {
+				nodes[e.node] = true
+			}
+		}
+	}
+	svcs, nss := fl.ScopeEntries()
+	if len(nss) == 0 {
+		for _, svc := range svcs {
+			add(f.bySvc[svc])
+		}
+	} else {
+		// Whole namespaces: look at every service (rare; a namespace index
+		// would make this O(scope) too).
+		for svc, m := range f.bySvc {
+			if fl.InScope(svc) {
+				add(m)
+			}
 		}
 	}
 	for _, e := range f.other {
 		out = append(out, e)
+	}
+	for n := range nodes {
+		if e := f.nodes[n]; e != nil {
+			out = append(out, e)
+		}
 	}
 	return out, f.rev
 }
@@ -579,6 +613,25 @@ func (f *feed) get(key string) *feedEntry {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.state[key]
+}
+
+// nodeReady returns the Ready flag of node as the feed holds it; ok is
+// false when the feed does not hold the node or is behind revision rev.
+func (f *feed) nodeReady(node string, rev uint64) (ready, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rev < rev {
+		return false, false
+	}
+	e := f.nodes[node]
+	if e == nil {
+		return false, false
+	}
+	n, ok := e.obj.(*api.Node)
+	if !ok {
+		return false, false
+	}
+	return n.Status.Ready, true
 }
 
 // snapCount is how many full snapshots the feed built (tests).

@@ -331,7 +331,7 @@ func (sec *security) maintain(ctx context.Context) {
 }
 
 // refreshTrust rebuilds the trust message from the CA and the store, and
-// wakes every stream's trustLoop if it changed.
+// wakes every stream's sender (which sends it) if it changed.
 func (sec *security) refreshTrust() error {
 	td := sec.ca.TrustDomain()
 	roots := sec.ca.Roots()
@@ -390,21 +390,6 @@ func (sec *security) currentTrust() (*wire.Trust, <-chan struct{}) {
 	sec.mu.Lock()
 	defer sec.mu.Unlock()
 	return sec.trust, sec.watch
-}
-
-// trustLoop sends the trust message now and after every change.
-func (sec *security) trustLoop(ctx context.Context, st *stream) {
-	for {
-		t, watch := sec.currentTrust()
-		if err := st.write(&wire.Message{Type: wire.TypeTrust, Trust: t}); err != nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-watch:
-		}
-	}
 }
 
 func (sec *security) revoked(node string) bool {

@@ -50,6 +50,14 @@ type Config struct {
 	// NodeTimeout is how long a node may miss heartbeats before it is marked
 	// not ready (default 3 × HeartbeatInterval).
 	NodeTimeout time.Duration
+	// ReconnectGrace is added to NodeTimeout for the nodes this control
+	// plane has not heard from since it started (or became the leader):
+	// after a restart the whole fleet reconnects, with jittered backoffs
+	// of up to 15 s and thousands of TLS handshakes, and marking the late
+	// ones not ready (and ready again at their first heartbeat) is two
+	// writes per node in the storm and a flap of their endpoints for every
+	// agent (default 30s).
+	ReconnectGrace time.Duration
 	// IstioRootNamespace is Istio's root namespace for the Istio documents
 	// applied (default api.IstioRootNamespace): an AuthorizationPolicy
 	// there applies mesh-wide.
@@ -152,6 +160,9 @@ func (c *Config) validate() error {
 	}
 	if c.NodeTimeout <= 0 {
 		c.NodeTimeout = 3 * c.HeartbeatInterval
+	}
+	if c.ReconnectGrace <= 0 {
+		c.ReconnectGrace = 30 * time.Second
 	}
 	if c.VIPRange == "" {
 		c.VIPRange = "127.77.0.0/16"
@@ -457,10 +468,14 @@ func (s *Server) shutdown() {
 
 // watchHeartbeats marks nodes not ready when they miss heartbeats. A node
 // known from the store but not yet heard from since start gets NodeTimeout
-// from the start, so a control plane restart does not flap every node.
+// plus ReconnectGrace from the start, so a control plane restart does not
+// flap every node, nor the ones that reconnect last in a large fleet.
 func (s *Server) watchHeartbeats(ctx context.Context) {
 	t := time.NewTicker(s.cfg.HeartbeatInterval / 2)
 	defer t.Stop()
+	// heardAny: the nodes another replica said it had a stream from, and
+	// when it last said so (they are not "unseen" once they go silent).
+	heardAny := map[string]time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -468,6 +483,11 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 		case <-t.C:
 		}
 		heard, leaderSince := s.replicaHeartbeats()
+		for n, at := range heard {
+			if at.After(heardAny[n]) {
+				heardAny[n] = at
+			}
+		}
 		if !s.st.Leader() {
 			continue // the leader expires nodes (ha.go)
 		}
@@ -482,19 +502,7 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 			if !n.Status.Ready || n.Meta.Owner != s.reg.owner {
 				continue // another control plane's node: its readiness is the owner's
 			}
-			s.mu.Lock()
-			last := s.started
-			if l := s.live[n.Meta.Name]; l != nil && l.lastHeartbeat.After(last) {
-				last = l.lastHeartbeat
-			}
-			s.mu.Unlock()
-			if t := heard[n.Meta.Name]; t.After(last) {
-				last = t
-			}
-			if leaderSince.After(last) {
-				last = leaderSince
-			}
-			if now.Sub(last) > s.cfg.NodeTimeout {
+			if last := s.lastSign(n.Meta.Name, heardAny, leaderSince); now.Sub(last) > s.cfg.NodeTimeout {
 				s.log.Warn("control: node missed heartbeats, marking not ready", "node", n.Meta.Name, "last", last)
 				if err := s.reg.setNodeReady(n.Meta.Name, false); err != nil {
 					s.log.Error("control: mark not ready", "node", n.Meta.Name, "err", err)
@@ -502,6 +510,35 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// lastSign is when node was last known alive, for the NodeTimeout check:
+// its last heartbeat (or stream opened) here or on another replica, else
+// this control plane's start or leadership plus ReconnectGrace.
+func (s *Server) lastSign(node string, heardAny map[string]time.Time, leaderSince time.Time) time.Time {
+	s.mu.Lock()
+	var last time.Time
+	if l := s.live[node]; l != nil {
+		last = l.lastHeartbeat
+	}
+	s.mu.Unlock()
+	if t := heardAny[node]; t.After(last) {
+		last = t
+	}
+	if !last.IsZero() {
+		return maxTime(last, s.started, leaderSince)
+	}
+	return maxTime(s.started, leaderSince).Add(s.cfg.ReconnectGrace)
+}
+
+func maxTime(ts ...time.Time) time.Time {
+	var m time.Time
+	for _, t := range ts {
+		if t.After(m) {
+			m = t
+		}
+	}
+	return m
 }
 
 // heartbeat records liveness and load; a node that was not ready becomes

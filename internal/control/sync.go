@@ -64,43 +64,13 @@ func (s *Server) acceptSync(ctx context.Context) error {
 				s.mu.Unlock()
 				c.Close()
 			}()
-			conn, peer := c, spiffeid.ID{}
-			if s.sec != nil {
-				tc, err := identity.ServerHandshake(ctx, c, s.sec.syncTLS, 10*time.Second)
-				if err != nil {
-					reason := identity.HandshakeReason(err)
-					s.sec.tlsFailure(reason)
-					s.log.Warn("control: sync TLS handshake refused", "remote", c.RemoteAddr(), "reason", reason, "err", err)
-					return
-				}
-				if tc.ConnectionState().NegotiatedProtocol == identity.ALPNJoin {
-					if err := s.sec.serveJoin(tc); err != nil {
-						s.log.Warn("control: join refused", "remote", c.RemoteAddr(), "err", err)
-					}
-					return
-				}
-				if peer, err = identity.PeerID(tc.ConnectionState()); err != nil {
-					return
-				}
-				switch tc.ConnectionState().NegotiatedProtocol {
-				case identity.ALPNRegion:
-					if err := s.serveRegionTrust(ctx, tc, peer); err != nil {
-						s.log.Info("control: region stream ended", "remote", c.RemoteAddr(), "region", peer.String(), "err", err)
-					}
-					return
-				case identity.ALPNRegionSync:
-					if err := s.serveRegionSync(ctx, c, tc, peer); err != nil {
-						s.log.Info("control: region link ended", "remote", c.RemoteAddr(), "region", peer.String(), "err", err)
-					}
-					return
-				}
-				if tc.ConnectionState().NegotiatedProtocol == identity.ALPNRelay {
-					if err := s.serveRelay(ctx, tc, peer); err != nil {
-						s.log.Info("control: relay stream ended", "remote", c.RemoteAddr(), "relay", peer.String(), "err", err)
-					}
-					return
-				}
-				conn = tc
+			// Two calls from this small frame: what stays below an agent
+			// stream's reader for its whole life is small, so its stack,
+			// grown by the handshake, shrinks back (a stack is halved only
+			// while under a quarter of it is in use; one per agent).
+			conn, peer, agent := s.handshakeSync(ctx, c)
+			if !agent {
+				return
 			}
 			if err := s.serveStream(ctx, conn, peer); err != nil {
 				s.log.Info("control: sync stream ended", "remote", c.RemoteAddr(), "err", err)
@@ -108,6 +78,53 @@ func (s *Server) acceptSync(ctx context.Context) error {
 		}()
 	}
 }
+
+// handshakeSync runs the TLS handshake of an accepted sync connection (in
+// secure mode) and serves the protocols that are not an agent's stream
+// (join, region, relay); agent is true when the connection is an agent
+// stream, for serveStream.
+func (s *Server) handshakeSync(ctx context.Context, c net.Conn) (conn net.Conn, peer spiffeid.ID, agent bool) {
+	if s.sec == nil {
+		return c, peer, true
+	}
+	tc, err := identity.ServerHandshake(ctx, c, s.sec.syncTLS, 10*time.Second)
+	if err != nil {
+		reason := identity.HandshakeReason(err)
+		s.sec.tlsFailure(reason)
+		s.log.Warn("control: sync TLS handshake refused", "remote", c.RemoteAddr(), "reason", reason, "err", err)
+		return nil, peer, false
+	}
+	if tc.ConnectionState().NegotiatedProtocol == identity.ALPNJoin {
+		if err := s.sec.serveJoin(tc); err != nil {
+			s.log.Warn("control: join refused", "remote", c.RemoteAddr(), "err", err)
+		}
+		return nil, peer, false
+	}
+	if peer, err = identity.PeerID(tc.ConnectionState()); err != nil {
+		return nil, peer, false
+	}
+	switch tc.ConnectionState().NegotiatedProtocol {
+	case identity.ALPNRegion:
+		if err := s.serveRegionTrust(ctx, tc, peer); err != nil {
+			s.log.Info("control: region stream ended", "remote", c.RemoteAddr(), "region", peer.String(), "err", err)
+		}
+		return nil, peer, false
+	case identity.ALPNRegionSync:
+		if err := s.serveRegionSync(ctx, c, tc, peer); err != nil {
+			s.log.Info("control: region link ended", "remote", c.RemoteAddr(), "region", peer.String(), "err", err)
+		}
+		return nil, peer, false
+	case identity.ALPNRelay:
+		if err := s.serveRelay(ctx, tc, peer); err != nil {
+			s.log.Info("control: relay stream ended", "remote", c.RemoteAddr(), "relay", peer.String(), "err", err)
+		}
+		return nil, peer, false
+	}
+	return tc, peer, true
+}
+
+// streamReadBuffer is the read buffer of an agent's stream.
+const streamReadBuffer = 512
 
 // stream is one agent's sync connection: the I/O around the protocol's
 // state machine (internal/syncproto.Control), which says what each frame
@@ -126,6 +143,11 @@ type stream struct {
 	// adds are the scope entries of later subscribes (FeatureScopeAdd),
 	// handed to the sender, which answers each.
 	adds chan []string
+
+	// trust: the agent takes trust messages; the sender sends them (now
+	// and after every change) besides updates, so a stream costs two
+	// goroutines (reader, sender), not three.
+	trust bool
 }
 
 // maxPendingAdds bounds the later subscribes a stream may have waiting for
@@ -175,7 +197,22 @@ func (st *stream) write(m *wire.Message) error {
 //
 // peer is the TLS client's node identity (zero in insecure mode): the hello
 // must name that node and site.
+//
+// The admission (openStream) returns before the loop (runStream) starts,
+// so its large frame is not under the reader for the stream's life.
 func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) error {
+	st, r, err := s.openStream(ctx, c, peer)
+	if st == nil {
+		return err
+	}
+	defer s.closeStream(st)
+	return s.runStream(ctx, st, r, peer)
+}
+
+// openStream reads the hello, admits the agent and welcomes it. A nil
+// stream means the connection is done: refused, or a regional control
+// plane's, served here.
+func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (*stream, *wire.Reader, error) {
 	var pn *syncproto.PeerNode
 	if !peer.IsZero() {
 		site, node, _ := identity.ParseNodeID(peer)
@@ -183,18 +220,19 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	}
 	st := &stream{s: s, c: c, sm: syncproto.NewControl(pn, s.cfg.HeartbeatInterval), sub: make(chan syncproto.Subscribed, 1),
 		adds: make(chan []string, maxPendingAdds)}
-	r := wire.NewReader(c)
+	// A small read buffer: agents' frames are mostly heartbeats and acks,
+	// longer ones are read past it, and there is one per agent.
+	r := wire.NewReaderSize(c, streamReadBuffer)
 	// Every message, heartbeats included, must arrive within the machine's
 	// read timeout, so a silent or slow sender is dropped.
-	readTimeout := st.sm.ReadTimeout()
-	c.SetReadDeadline(time.Now().Add(readTimeout))
+	c.SetReadDeadline(time.Now().Add(st.sm.ReadTimeout()))
 	hello, err := r.Read()
 	if err != nil {
 		s.mBadFrames.Inc()
-		return fmt.Errorf("read hello: %w", err)
+		return nil, nil, fmt.Errorf("read hello: %w", err)
 	}
 	if slices.Contains(hello.Capabilities, wire.CapRegion) {
-		return s.serveRegion(ctx, c, r, hello, peer) // downstream.go
+		return nil, nil, s.serveRegion(ctx, c, r, hello, peer) // downstream.go
 	}
 	effs, err := st.step(syncproto.Recv{Msg: hello})
 	var admit syncproto.Admit
@@ -207,12 +245,12 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		}
 	}
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	st.node = admit.Node.Meta.Name
 	if err := s.admitRegion(admit.Node); err != nil { // export.go
 		_, err = st.step(syncproto.Reject{Reason: err.Error(), Err: err})
-		return err
+		return nil, nil, err
 	}
 	if pn != nil {
 		reject := func(reason string, err error) error {
@@ -220,11 +258,11 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 			return err
 		}
 		if s.sec.revoked(st.node) {
-			return reject("node "+st.node+" is revoked", fmt.Errorf("node %s is revoked", st.node))
+			return nil, nil, reject("node "+st.node+" is revoked", fmt.Errorf("node %s is revoked", st.node))
 		}
 		if err := s.checkNodeSite(st.node, pn.Site); err != nil {
 			s.sec.tlsFailure(identity.ReasonUnauthorized)
-			return reject(err.Error(), err)
+			return nil, nil, reject(err.Error(), err)
 		}
 	}
 	if err := s.reg.registerNode(admit.Node); errors.Is(err, store.ErrUnavailable) {
@@ -232,7 +270,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		// last showed; its registration is written when it reconnects.
 		s.log.Warn("control: store unavailable; agent served without recording its registration", "node", st.node, "err", err)
 	} else if err != nil {
-		return fmt.Errorf("register node %s: %w", st.node, err)
+		return nil, nil, fmt.Errorf("register node %s: %w", st.node, err)
 	}
 	s.mu.Lock()
 	s.streams[c] = st.node // c may be the TLS conn over the accepted one: closing either ends both
@@ -240,12 +278,6 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 	l.conns++
 	l.lastHeartbeat = time.Now()
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.live[st.node].conns--
-		delete(s.streams, c)
-		s.mu.Unlock()
-	}()
 	s.log.Info("control: agent connected", "node", st.node, "remote", c.RemoteAddr())
 	rev, _ := s.st.Rev()
 	st.welcome = rev
@@ -259,31 +291,31 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 		s.log.Error("control: audit replica unusable; not taking audit records", "node", st.node, "err", err)
 	}
 	if _, err := st.step(welcome); err != nil {
-		return err
+		s.closeStream(st)
+		return nil, nil, err
 	}
+	st.trust = s.sec != nil && admit.Trust
+	return st, r, nil
+}
 
+// closeStream undoes openStream's bookkeeping of an admitted stream.
+func (s *Server) closeStream(st *stream) {
+	s.mu.Lock()
+	s.live[st.node].conns--
+	delete(s.streams, st.c)
+	s.mu.Unlock()
+}
+
+// runStream runs an admitted stream: the sender, and the reader loop here.
+func (s *Server) runStream(ctx context.Context, st *stream, r *wire.Reader, peer spiffeid.ID) error {
+	c := st.c
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	senderDone := make(chan error, 1)
-	go func() {
-		err := st.sendLoop(ctx)
-		if err != nil {
-			// A stream that can no longer send updates must not look alive.
-			s.log.Error("control: cannot send updates, closing stream", "node", st.node, "err", err)
-			c.Close()
-		}
-		senderDone <- err
-	}()
+	go st.runSender(ctx, senderDone)
 	defer func() { cancel(); c.Close(); <-senderDone }()
-	if s.sec != nil && admit.Trust {
-		trustDone := make(chan struct{})
-		go func() {
-			defer close(trustDone)
-			s.sec.trustLoop(ctx, st)
-		}()
-		defer func() { cancel(); c.Close(); <-trustDone }()
-	}
 
+	readTimeout := st.sm.ReadTimeout()
 	for {
 		c.SetReadDeadline(time.Now().Add(readTimeout))
 		m, err := r.Read()
@@ -296,16 +328,34 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, peer spiffeid.ID) 
 			}
 			return fmt.Errorf("node %s: read: %w", st.node, err)
 		}
-		effs, err := st.step(syncproto.Recv{Msg: m})
-		for _, e := range effs {
-			if err := st.do(e, peer); err != nil {
-				return err
-			}
-		}
-		if err != nil {
+		if err := st.received(m, peer); err != nil {
 			return err
 		}
 	}
+}
+
+// received steps the machine with a frame read and carries out its
+// effects (out of runStream's loop, so the reader's stack stays small
+// while it waits).
+func (st *stream) received(m *wire.Message, peer spiffeid.ID) error {
+	effs, err := st.step(syncproto.Recv{Msg: m})
+	for _, e := range effs {
+		if err := st.do(e, peer); err != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// runSender runs sendLoop and reports how it ended on done.
+func (st *stream) runSender(ctx context.Context, done chan<- error) {
+	err := st.sendLoop(ctx)
+	if err != nil {
+		// A stream that can no longer send updates must not look alive.
+		st.s.log.Error("control: cannot send updates, closing stream", "node", st.node, "err", err)
+		st.c.Close()
+	}
+	done <- err
 }
 
 // count records the counters the machine's effects name.
@@ -431,39 +481,28 @@ func (u *update) addRemoved(e *feedEntry) {
 // delta since the subscriber's version), then a delta after every commit,
 // taken from the shared feed. A stream that is behind (busy writing) gets
 // one delta covering every commit since its version.
+//
+// It also sends the trust message, if the agent takes it, at once and
+// after every change.
 func (st *stream) sendLoop(ctx context.Context) error {
-	var sub syncproto.Subscribed
-	select {
-	case <-ctx.Done():
-		return nil
-	case sub = <-st.sub:
-	}
-	s := st.s
-	fd := s.reg.feed()
-	ss := newSendState(sub.Filter, st.node, s.st.ID())
-	scanned, full := sub.Known, sub.Full
-	if ss.f.Scoped() {
-		// What a scoped subscriber holds from an earlier stream is not
-		// known here (which nodes, what left its scope meanwhile): it
-		// gets its scope again, which is small by design.
-		full = true
-	}
-	if !full {
-		if cur, err := s.st.Rev(); err == nil && scanned > cur {
-			full = true // a subscriber from another history
+	// The waiting frames are kept small (the work is in sendOnce, the
+	// setup in startSending): a stack is halved only while under a
+	// quarter of it is in use, and there is one sender per agent.
+	tr := trustSender{st: st}
+	if st.trust {
+		if err := tr.send(); err != nil {
+			return err
 		}
 	}
-	// Register before the first look, so no commit after it is missed.
-	wake := fd.subscribe(ss.f)
-	defer fd.unsubscribe(wake)
-	ss.sub = wake
-	// The first update holds at least what the welcome said is committed
-	// (the feed follows the store a moment behind).
-	if err := fd.waitFor(ctx, st.welcome); err != nil {
+	sub, err := st.awaitSubscription(ctx, &tr)
+	if sub == nil {
+		return err
+	}
+	ss := st.startSending(ctx, sub)
+	if ss == nil {
 		return nil
 	}
-	var lastSent time.Time
-	var told uint64 // the version the subscriber was last sent
+	defer ss.fd.unsubscribe(ss.sub)
 	// A scoped stream is woken only for its scope; a timer tells it, at
 	// most every emptyEvery, the version it was not told meanwhile.
 	var timer *time.Timer
@@ -472,52 +511,16 @@ func (st *stream) sendLoop(ctx context.Context) error {
 		defer timer.Stop()
 	}
 	for {
-		var u *update
-		if !full {
-			entries, rev, ok := fd.since(scanned)
-			if !ok {
-				var err error
-				entries, rev, err = fd.resume(scanned)
-				if errors.Is(err, store.ErrCompacted) {
-					full = true
-				} else if err != nil {
-					return err
-				}
-			}
-			if !full && rev > scanned {
-				u = ss.delta(fd, entries, rev)
-				scanned = rev
-			}
+		again, err := st.sendOnce(ss)
+		if err != nil {
+			return err
 		}
-		if full {
-			u = ss.snapshot(fd, st.welcome)
-			scanned, full = u.m.Version, false
-		}
-		if u == nil && told < scanned && time.Since(lastSent) >= emptyEvery {
-			u = ss.newUpdate(scanned, false) // the version a scoped subscriber was not told
-		}
-		if u != nil && (len(u.enc)+len(u.rem) > 0 || !ss.f.Scoped() || time.Since(lastSent) >= emptyEvery) {
-			if err := st.writeUpdate(u); err != nil { // the machine sets its nonce
-				return err
-			}
-			s.mUpdates.Inc()
-			if u.m.Full {
-				s.mSnapshots.Inc()
-			} else {
-				s.mDeltas.Inc()
-			}
-			lastSent, told = time.Now(), u.m.Version
-		}
-		fd.served(wake, scanned) // written, or nothing of it to send
-		if cur, _ := fd.watch(); cur > scanned {
-			// A shared snapshot may be older than the feed (reused for
-			// up to a second), and the commits after it woke no one
-			// before this stream subscribed: look again now.
+		if again {
 			continue
 		}
 		var fire <-chan time.Time
 		if timer != nil {
-			next := time.Until(lastSent.Add(emptyEvery))
+			next := time.Until(ss.lastSent.Add(emptyEvery))
 			if next <= 0 { // nothing held back: look again in a while
 				next = emptyEvery
 			}
@@ -527,18 +530,22 @@ func (st *stream) sendLoop(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-wake.ch:
+		case <-ss.sub.ch:
 		case <-fire:
+		case <-tr.ch:
+			if err := tr.send(); err != nil {
+				return err
+			}
 		case add := <-st.adds:
 			// Answered at once, even when nothing enters: the agent
 			// holds a DNS query until it knows.
-			u := ss.widen(fd, add, scanned)
+			u := ss.widen(ss.fd, add, ss.scanned)
 			if err := st.writeUpdate(u); err != nil {
 				return err
 			}
-			s.mUpdates.Inc()
-			s.mDeltas.Inc()
-			lastSent, told = time.Now(), u.m.Version
+			st.s.mUpdates.Inc()
+			st.s.mDeltas.Inc()
+			ss.lastSent, ss.told = time.Now(), u.m.Version
 		}
 	}
 }
@@ -567,7 +574,7 @@ func (ss *sendState) widen(fd *feed, entries []string, rev uint64) *update {
 	// Register first, so a commit to them from now on wakes the stream.
 	ss.f = nf
 	fd.widen(ss.sub, nf, added)
-	entering, _ := fd.scopedSnapshot(syncproto.NewFilter(&wire.Message{Scope: &wire.Scope{Services: added}}))
+	entering, _ := fd.scopedSnapshot(syncproto.NewFilter(&wire.Message{Scope: &wire.Scope{Services: added}}), ss.self)
 	sort.Slice(entering, func(i, j int) bool { return entering[i].key < entering[j].key })
 	var nodes []string
 	for _, e := range entering {
@@ -593,6 +600,112 @@ func (ss *sendState) widen(fd *feed, entries []string, rev uint64) *update {
 	return u
 }
 
+// trustSender sends the trust message; ch is closed when it changes (nil
+// until sent: no trust messages).
+type trustSender struct {
+	st *stream
+	ch <-chan struct{}
+}
+
+func (tr *trustSender) send() error {
+	t, watch := tr.st.s.sec.currentTrust()
+	tr.ch = watch
+	return tr.st.write(&wire.Message{Type: wire.TypeTrust, Trust: t})
+}
+
+// awaitSubscription waits for the subscription, sending trust changes
+// meanwhile; nil when the stream ends first.
+func (st *stream) awaitSubscription(ctx context.Context, tr *trustSender) (*syncproto.Subscribed, error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-tr.ch:
+			if err := tr.send(); err != nil {
+				return nil, err
+			}
+		case sub := <-st.sub:
+			return &sub, nil
+		}
+	}
+}
+
+// startSending registers the subscription with the feed and waits until
+// the feed holds what the welcome named; nil when the stream ends first.
+func (st *stream) startSending(ctx context.Context, sub *syncproto.Subscribed) *sendState {
+	s := st.s
+	fd := s.reg.feed()
+	ss := newSendState(sub.Filter, st.node, s.st.ID())
+	ss.fd, ss.scanned, ss.full = fd, sub.Known, sub.Full
+	if ss.f.Scoped() {
+		// What a scoped subscriber holds from an earlier stream is not
+		// known here (which nodes, what left its scope meanwhile): it
+		// gets its scope again, which is small by design.
+		ss.full = true
+	}
+	if !ss.full {
+		if cur, err := s.st.Rev(); err == nil && ss.scanned > cur {
+			ss.full = true // a subscriber from another history
+		}
+	}
+	// Register before the first look, so no commit after it is missed.
+	ss.sub = fd.subscribe(ss.f)
+	// The first update holds at least what the welcome said is committed
+	// (the feed follows the store a moment behind).
+	if err := fd.waitFor(ctx, st.welcome); err != nil {
+		fd.unsubscribe(ss.sub)
+		return nil
+	}
+	return ss
+}
+
+// sendOnce sends what the subscriber lacks, if anything; again says to
+// look once more at once.
+func (st *stream) sendOnce(ss *sendState) (again bool, err error) {
+	s, fd := st.s, ss.fd
+	var u *update
+	if !ss.full {
+		entries, rev, ok := fd.since(ss.scanned)
+		if !ok {
+			entries, rev, err = fd.resume(ss.scanned)
+			if errors.Is(err, store.ErrCompacted) {
+				ss.full = true
+			} else if err != nil {
+				return false, err
+			}
+		}
+		if !ss.full && rev > ss.scanned {
+			u = ss.delta(fd, entries, rev)
+			ss.scanned = rev
+		}
+	}
+	if ss.full {
+		u = ss.snapshot(fd, st.welcome)
+		ss.scanned, ss.full = u.m.Version, false
+	}
+	if u == nil && ss.told < ss.scanned && time.Since(ss.lastSent) >= emptyEvery {
+		u = ss.newUpdate(ss.scanned, false) // the version a scoped subscriber was not told
+	}
+	if u != nil && (len(u.enc)+len(u.rem) > 0 || !ss.f.Scoped() || time.Since(ss.lastSent) >= emptyEvery) {
+		if err := st.writeUpdate(u); err != nil { // the machine sets its nonce
+			return false, err
+		}
+		s.mUpdates.Inc()
+		if u.m.Full {
+			s.mSnapshots.Inc()
+		} else {
+			s.mDeltas.Inc()
+		}
+		ss.lastSent, ss.told = time.Now(), u.m.Version
+	}
+	fd.served(ss.sub, ss.scanned) // written, or nothing of it to send
+	// A shared snapshot may be older than the feed (reused for up to a
+	// second), and the commits after it woke no one before this stream
+	// subscribed: look again now.
+	cur, _ := fd.watch()
+	return cur > ss.scanned, nil
+}
+
 // sendState is what one stream's sender knows of its subscriber: for a
 // scoped subscription, the keys it holds and the nodes its endpoints need.
 type sendState struct {
@@ -603,6 +716,13 @@ type sendState struct {
 	refs    *syncproto.NodeRefs
 	self    string
 	sub     *feedSub // this stream's registration with the feed
+
+	// The sender's progress.
+	fd       *feed
+	scanned  uint64    // the version the subscriber holds, as sent
+	full     bool      // the next update must be a snapshot
+	lastSent time.Time // of the last update
+	told     uint64    // the version the subscriber was last sent
 }
 
 func newSendState(f syncproto.Filter, self, storeID string) *sendState {
@@ -616,7 +736,7 @@ func (ss *sendState) newUpdate(rev uint64, full bool) *update {
 // snapshot is the first update of a subscriber that holds nothing usable.
 func (ss *sendState) snapshot(fd *feed, minRev uint64) *update {
 	if ss.f.Scoped() {
-		entries, rev := fd.scopedSnapshot(ss.f)
+		entries, rev := fd.scopedSnapshot(ss.f, ss.self)
 		u := ss.newUpdate(rev, true)
 		ss.held, ss.refs = map[string]bool{}, syncproto.NewNodeRefs(ss.self)
 		var nodes []*feedEntry

@@ -1,0 +1,86 @@
+package audit
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// ErrNotFound is returned by ReadFrom when the records asked for are no
+// longer (or not yet) in the log's files.
+var ErrNotFound = errors.New("audit: records not in the log")
+
+// readFrom returns up to max whole records from seq on, in order. Fewer
+// (or none) means the log has no more yet.
+func (s *segments) readFrom(seq uint64, max int) ([]Record, error) {
+	s.mu.Lock()
+	rot, err := s.rotated()
+	if err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	paths := append(rot, filepath.Join(s.dir, s.base))
+	// Start in the last file whose first seq is ≤ seq.
+	start := 0
+	for i, p := range rot {
+		if v, _ := s.rotatedSeq(filepath.Base(p)); v <= seq {
+			start = i
+		}
+	}
+	if s.first > 0 && s.first <= seq {
+		start = len(rot)
+	}
+	// Open while holding mu: a rotation cannot rename a file between
+	// listing and opening it.
+	var files []*os.File
+	for _, p := range paths[start:] {
+		f, err := os.Open(p)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			s.mu.Unlock()
+			closeAll(files)
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+		files = append(files, f)
+	}
+	s.mu.Unlock()
+	defer closeAll(files)
+	var out []Record
+	for _, f := range files {
+		br := bufio.NewReaderSize(f, 64<<10)
+		for len(out) < max {
+			line, err := br.ReadSlice('\n')
+			if err == bufio.ErrBufferFull {
+				return nil, fmt.Errorf("audit: %s: line too long", f.Name())
+			}
+			if err != nil {
+				break // EOF, or a line still being written
+			}
+			r, derr := DecodeLine(line)
+			if derr != nil {
+				return nil, fmt.Errorf("audit: %s: %w", f.Name(), derr)
+			}
+			if r.Seq < seq {
+				continue
+			}
+			if len(out) == 0 && r.Seq != seq {
+				return nil, fmt.Errorf("%w: want seq %d, the log goes on at %d", ErrNotFound, seq, r.Seq)
+			}
+			if len(out) > 0 && r.Seq != out[len(out)-1].Seq+1 {
+				return nil, fmt.Errorf("audit: %s: seq %d after %d", f.Name(), r.Seq, out[len(out)-1].Seq)
+			}
+			out = append(out, *r)
+		}
+	}
+	return out, nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
