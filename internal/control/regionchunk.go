@@ -77,7 +77,7 @@ func (a *assembler) take(m *wire.Message) (*wire.Message, error) {
 		c := *m
 		c.Chunk, c.Chunks = 0, 0
 		c.Resources, c.Removed = append([]wire.Resource(nil), m.Resources...), append([]wire.ResourceRef(nil), m.Removed...)
-		a.asm, a.chunks, a.next, a.bytes = &c, m.Chunks, 2, chunkBytes(m)
+		a.asm, a.chunks, a.next, a.bytes = &c, m.Chunks, 2, syncproto.UpdateBytes(m)
 		if a.bytes > a.limits.MaxUpdateBytes {
 			return fail("update %d larger than %d bytes", m.Version, a.limits.MaxUpdateBytes)
 		}
@@ -89,7 +89,7 @@ func (a *assembler) take(m *wire.Message) (*wire.Message, error) {
 	if m.Chunk != a.next {
 		return fail("chunk %d of %d of update %d where chunk %d was due", m.Chunk, m.Chunks, m.Version, a.next)
 	}
-	if a.bytes += chunkBytes(m); a.bytes > a.limits.MaxUpdateBytes {
+	if a.bytes += syncproto.UpdateBytes(m); a.bytes > a.limits.MaxUpdateBytes {
 		return fail("update %d larger than %d bytes", m.Version, a.limits.MaxUpdateBytes)
 	}
 	a.asm.Resources = append(a.asm.Resources, m.Resources...)
@@ -101,16 +101,4 @@ func (a *assembler) take(m *wire.Message) (*wire.Message, error) {
 	whole := a.asm
 	a.asm = nil
 	return whole, nil
-}
-
-// chunkBytes is what a chunk adds to the receiver's memory.
-func chunkBytes(m *wire.Message) int {
-	n := 0
-	for _, r := range m.Resources {
-		n += len(r.Body) + len(r.Name) + len(r.Type)
-	}
-	for _, r := range m.Removed {
-		n += len(r.Name) + len(r.Type)
-	}
-	return n
 }

@@ -154,8 +154,8 @@ func FuzzRegionChunks(f *testing.F) {
 			if whole.Chunk != 0 || whole.Chunks != 0 || len(whole.Resources)+len(whole.Removed) != items {
 				t.Fatalf("assembled %+v from %d items", whole, items)
 			}
-			if whole != m && chunkBytes(whole) > 256 {
-				t.Fatalf("assembled %d bytes, over the bound", chunkBytes(whole))
+			if whole != m && syncproto.UpdateBytes(whole) > 256 {
+				t.Fatalf("assembled %d bytes, over the bound", syncproto.UpdateBytes(whole))
 			}
 			items = 0
 		}

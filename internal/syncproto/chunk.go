@@ -115,9 +115,10 @@ func maxEncoded(m *wire.Message) int {
 	return n
 }
 
-// updateBytes is what an update's chunk adds to the receiver's memory:
-// resource bodies and names.
-func updateBytes(m *wire.Message) int {
+// UpdateBytes is what an update's chunk adds to the receiver's memory:
+// resource bodies and names (MaxUpdateBytes bounds their sum). Region
+// links count chunks with it too.
+func UpdateBytes(m *wire.Message) int {
 	n := 0
 	for _, r := range m.Resources {
 		n += len(r.Body) + len(r.Name) + len(r.Type)
@@ -142,7 +143,7 @@ func (a *Agent) chunk(m *wire.Message) Output {
 		c := *m
 		c.Chunk, c.Chunks = 0, 0
 		c.Resources, c.Removed = append([]wire.Resource(nil), m.Resources...), append([]wire.ResourceRef(nil), m.Removed...)
-		a.state, a.assembling, a.asmChunks, a.asmNext, a.asmBytes = agentReceiving, &c, m.Chunks, 2, updateBytes(m)
+		a.state, a.assembling, a.asmChunks, a.asmNext, a.asmBytes = agentReceiving, &c, m.Chunks, 2, UpdateBytes(m)
 		if a.asmBytes > a.limits.MaxUpdateBytes {
 			return a.badUpdate(m, fmt.Errorf("update larger than %d bytes", a.limits.MaxUpdateBytes))
 		}
@@ -155,7 +156,7 @@ func (a *Agent) chunk(m *wire.Message) Output {
 	if m.Chunk != a.asmNext {
 		return a.badUpdate(m, fmt.Errorf("chunk %d of %d where chunk %d was due", m.Chunk, m.Chunks, a.asmNext))
 	}
-	if a.asmBytes += updateBytes(m); a.asmBytes > a.limits.MaxUpdateBytes {
+	if a.asmBytes += UpdateBytes(m); a.asmBytes > a.limits.MaxUpdateBytes {
 		return a.badUpdate(m, fmt.Errorf("update larger than %d bytes", a.limits.MaxUpdateBytes))
 	}
 	asm.Resources = append(asm.Resources, m.Resources...)
