@@ -23,6 +23,7 @@ type controlFile struct {
 	SyncAddr          string        `json:"syncAddr,omitempty"`
 	HeartbeatInterval durationValue `json:"heartbeatInterval,omitempty"`
 	NodeTimeout       durationValue `json:"nodeTimeout,omitempty"`
+	ReconnectGrace    durationValue `json:"reconnectGrace,omitempty"`
 	VIPRange          string        `json:"vipRange,omitempty"`
 	Insecure          bool          `json:"insecure,omitempty"`
 	TrustDomain       string        `json:"trustDomain,omitempty"`
@@ -81,6 +82,7 @@ func runControl(args []string) error {
 		syncAddr   = fs.String("sync-addr", "", "address agents connect to (default 127.0.0.1:7071)")
 		hb         = fs.Duration("heartbeat-interval", 0, "agent heartbeat interval (default 5s)")
 		timeout    = fs.Duration("node-timeout", 0, "mark a node not ready after this long without heartbeat (default 3 × interval)")
+		grace      = fs.Duration("reconnect-grace", 0, "after a start, give nodes not heard from yet this long more than node-timeout to reconnect (default 30s)")
 		vipRange   = fs.String("vip-range", "", "default service virtual IP range (default 127.77.0.0/16)")
 		insecure   = fs.Bool("insecure", false, "plaintext sync and admin API, no authentication: tests and local experiments only")
 		td         = fs.String("trust-domain", "", "SPIFFE trust domain (default fogmesh.local)")
@@ -135,6 +137,9 @@ func runControl(args []string) error {
 	}
 	if set["heartbeat-interval"] {
 		fc.HeartbeatInterval = durationValue(*hb)
+	}
+	if set["reconnect-grace"] {
+		fc.ReconnectGrace = durationValue(*grace)
 	}
 	if set["node-timeout"] {
 		fc.NodeTimeout = durationValue(*timeout)
@@ -215,7 +220,8 @@ func runControl(args []string) error {
 	s, err := control.New(control.Config{Name: fc.Name, Store: st,
 		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
 		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout),
-		VIPRange: fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
+		ReconnectGrace: time.Duration(fc.ReconnectGrace),
+		VIPRange:       fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
 		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
 		NodeTTL: time.Duration(fc.NodeTTL), WorkloadTTL: time.Duration(fc.WorkloadTTL), AutonomyWindow: time.Duration(fc.AutonomyWindow),
 		RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
