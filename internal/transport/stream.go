@@ -19,9 +19,10 @@ import (
 // (window/RTT). QUIC streams keep maxStreamWindow: quic-go grows their
 // window from 512 KiB only as far as the measured RTT needs.
 const (
-	// DefaultStreamWindow: 1 MiB carries a stream at about the loopback
-	// relay's speed and 400 Mbit/s at 20 ms RTT (BENCHMARKS.md, "Issue 14:
-	// memory"), at a sixteenth of the memory 16 MiB took.
+	// DefaultStreamWindow: 1 MiB keeps a bulk stream through two agents
+	// at 27 MB peak RSS (88 MB with 16 MiB) at 0.77-0.98x its loopback
+	// speed, and carries 400 Mbit/s at 20 ms RTT (BENCHMARKS.md, "Issue
+	// 14: memory").
 	DefaultStreamWindow = 1 << 20
 	// MinStreamWindow is yamux's initial (and smallest) stream window.
 	MinStreamWindow = 256 << 10
