@@ -59,6 +59,11 @@ type ClientConfig struct {
 	// Network carries the connections to peer agents. Default
 	// netseam.OS{}: TCP sockets. Tests pass an in-memory network.
 	Network netseam.Network
+	// StreamWindow is the receive window of each yamux stream, in bytes:
+	// how much a peer may send ahead of our reader, so the most one busy
+	// stream buffers here (default DefaultStreamWindow; values outside
+	// MinStreamWindow..MaxStreamWindow are clamped to that range).
+	StreamWindow int
 }
 
 const defaultClientDialTimeout = 3 * time.Second
@@ -74,6 +79,10 @@ func (c *ClientConfig) validate() {
 		c.PingInterval = 5 * time.Second
 	}
 	c.Network = netseam.Or(c.Network)
+	if c.StreamWindow == 0 {
+		c.StreamWindow = DefaultStreamWindow
+	}
+	c.StreamWindow = min(max(c.StreamWindow, MinStreamWindow), MaxStreamWindow)
 }
 
 // Client opens streams to peer agents. It keeps one yamux session per peer
@@ -235,7 +244,7 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 		}
 		conn = &tlsFrameConn{Conn: tc, batch: batch}
 	}
-	sess, err = yamux.Client(conn, yamuxConfig())
+	sess, err = yamux.Client(conn, yamuxConfig(c.cfg.StreamWindow))
 	if err != nil { // only for a bad config
 		conn.Close()
 		return nil, false, err

@@ -86,6 +86,11 @@ type ServerConfig struct {
 	// TrustedSourceID, if set, must accept a header's SourceID (a SPIFFE
 	// ID of a trust domain the agent trusts) or the stream is refused.
 	TrustedSourceID func(spiffeid.ID) bool
+	// StreamWindow is the receive window of each yamux stream, in bytes:
+	// how much a peer may send ahead of the relay to the workload, so the
+	// most one busy stream buffers here. Default DefaultStreamWindow;
+	// MinStreamWindow to MaxStreamWindow.
+	StreamWindow int
 }
 
 // Peer is the authenticated agent at the other end of a mesh connection.
@@ -119,6 +124,10 @@ const (
 func (c *ServerConfig) validate() error {
 	if c.Listener == nil {
 		return errors.New("no Listener")
+	}
+	var err error
+	if c.StreamWindow, err = checkStreamWindow(c.StreamWindow); err != nil {
+		return err
 	}
 	return c.validateStreams()
 }
@@ -326,7 +335,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		log = log.With("peerId", id.String())
 	}
 
-	sess, err := yamux.Server(conn, yamuxConfig())
+	sess, err := yamux.Server(conn, yamuxConfig(s.cfg.StreamWindow))
 	if err != nil { // only for a bad config
 		conn.Close()
 		log.Error("mesh: start session", "err", err)

@@ -11,10 +11,27 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
+// Receive windows of yamux mesh streams: how many bytes a peer may send on
+// one stream ahead of what the local reader has taken. yamux buffers up to
+// that much per stream in memory whenever the reader (the relay to a
+// workload) is slower than the link, so the window is the agent's memory
+// bound per busy stream as well as its throughput bound per stream
+// (window/RTT). QUIC streams keep maxStreamWindow: quic-go grows their
+// window from 512 KiB only as far as the measured RTT needs.
 const (
-	// maxStreamWindow is the per-stream receive window. yamux's 256 KiB
-	// default caps one stream at window/RTT; 16 MiB lets a single stream fill
-	// a fast link.
+	// DefaultStreamWindow: 1 MiB keeps a bulk stream through two agents
+	// at 27 MB peak RSS (88 MB with 16 MiB) at 0.77-0.98x its loopback
+	// speed, and carries 400 Mbit/s at 20 ms RTT (BENCHMARKS.md, "Issue
+	// 14: memory").
+	DefaultStreamWindow = 1 << 20
+	// MinStreamWindow is yamux's initial (and smallest) stream window.
+	MinStreamWindow = 256 << 10
+	// MaxStreamWindow is the largest window accepted: a long fat link
+	// (e.g. 1 Gbit/s at 100 ms) may want it, at up to this much memory
+	// per busy stream.
+	MaxStreamWindow = 16 << 20
+
+	// maxStreamWindow is the QUIC per-stream receive window cap.
 	maxStreamWindow = 16 << 20
 	// keepAliveInterval and connWriteTimeout bound how long a dead peer
 	// goes unnoticed: a ping every 5s that must be answered within 10s.
@@ -28,10 +45,23 @@ const (
 	streamCloseTimeout = time.Minute
 )
 
-// yamuxConfig is the session configuration of both ends of the mesh port.
-func yamuxConfig() *yamux.Config {
+// checkStreamWindow returns the stream window w stands for: the default for
+// 0, an error outside [MinStreamWindow, MaxStreamWindow].
+func checkStreamWindow(w int) (int, error) {
+	switch {
+	case w == 0:
+		return DefaultStreamWindow, nil
+	case w < MinStreamWindow || w > MaxStreamWindow:
+		return 0, fmt.Errorf("stream window %d bytes: want %d (256 KiB) to %d (16 MiB)", w, MinStreamWindow, MaxStreamWindow)
+	}
+	return w, nil
+}
+
+// yamuxConfig is the session configuration of both ends of the mesh port,
+// with a receive window of window bytes per stream (checkStreamWindow).
+func yamuxConfig(window int) *yamux.Config {
 	cfg := yamux.DefaultConfig()
-	cfg.MaxStreamWindowSize = maxStreamWindow
+	cfg.MaxStreamWindowSize = uint32(window)
 	cfg.EnableKeepAlive = true
 	cfg.KeepAliveInterval = keepAliveInterval
 	cfg.ConnectionWriteTimeout = connWriteTimeout
