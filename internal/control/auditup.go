@@ -33,6 +33,10 @@ import (
 // writes into it.
 const keyAuditRegion = "audit-region/"
 
+// keyAuditRegionName + region: the name of that region's control plane
+// chain; one per region, so a region cannot claim other names.
+const keyAuditRegionName = "audit-region-name/"
+
 // maxRegionAuditRecords bounds the records of one audit frame a global
 // plane takes from a region.
 const maxRegionAuditRecords = wire.ChunkItems
@@ -123,7 +127,7 @@ func (s *Server) heldChain(chain string) (uint64, string, error) {
 }
 
 // takeChain stores a region's batch of a chain it owns.
-func (s *Server) takeChain(a *regionAudit) error {
+func (s *Server) takeChain(a *regionAudit) (err error) {
 	if len(a.recs) == 0 {
 		return nil // a question for the last seq held
 	}
@@ -132,7 +136,17 @@ func (s *Server) takeChain(a *regionAudit) error {
 		cur := s.audit.keys[a.chain]
 		s.mu.Unlock()
 		if der, _ := x509.MarshalPKIXPublicKey(cur); cur == nil || string(der) != string(a.keyDER) {
+			// The batch's checkpoints are checked with the key it brings;
+			// a refused batch must not leave that key behind, or the
+			// checkpoints held would no longer verify.
 			s.SetAuditKey(a.chain, a.key)
+			if cur != nil {
+				defer func() {
+					if err != nil {
+						s.SetAuditKey(a.chain, cur)
+					}
+				}()
+			}
 		}
 	}
 	if a.restart {
@@ -140,7 +154,7 @@ func (s *Server) takeChain(a *regionAudit) error {
 			return err
 		}
 	}
-	_, err := s.ingestAudit(a.chain, a.recs)
+	_, err = s.ingestAudit(a.chain, a.recs)
 	return err
 }
 
@@ -171,14 +185,35 @@ func (s *Server) regionOwnsChain(region string, a *regionAudit) error {
 	if a.chain == s.cfg.Name {
 		return fmt.Errorf("chain %s: the global control plane has that name; give region %s's control plane another name", a.chain, region)
 	}
-	return s.st.UpdateSecure(func(tx *store.SecureTx) error {
-		switch pinned := tx.Get(keyAuditRegion + a.chain); {
-		case pinned == nil:
-			return tx.Put(keyAuditRegion+a.chain, []byte(region))
-		case string(pinned) != region:
-			return fmt.Errorf("chain %s is the control plane chain of region %s; give region %s's control plane another name", a.chain, pinned, region)
-		}
+	pinned, err := s.st.GetSecure(keyAuditRegion + a.chain)
+	switch {
+	case err != nil:
+		return err
+	case pinned != nil && string(pinned) != region:
+		return fmt.Errorf("chain %s is the control plane chain of region %s; give region %s's control plane another name", a.chain, pinned, region)
+	case pinned != nil:
 		return nil
+	}
+	// Not pinned: a name whose chain is held already (a node's, removed
+	// or not registered yet) is not given to a region, and a region has
+	// one control plane chain. A question pins nothing.
+	if _, err := os.Stat(filepath.Join(s.auditNodesDir(), a.chain)); err == nil {
+		return fmt.Errorf("chain %s: a chain of that name is held here already; give region %s's control plane another name", a.chain, region)
+	}
+	if len(a.recs) == 0 {
+		return nil
+	}
+	return s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		if p := tx.Get(keyAuditRegion + a.chain); p != nil && string(p) != region {
+			return fmt.Errorf("chain %s is the control plane chain of region %s", a.chain, p)
+		}
+		if name := tx.Get(keyAuditRegionName + region); name != nil && string(name) != a.chain {
+			return fmt.Errorf("chain %s: region %s's control plane chain is %s (one per region)", a.chain, region, name)
+		}
+		if err := tx.Put(keyAuditRegionName+region, []byte(a.chain)); err != nil {
+			return err
+		}
+		return tx.Put(keyAuditRegion+a.chain, []byte(region))
 	})
 }
 

@@ -305,6 +305,44 @@ func TestRegionAuditRefusals(t *testing.T) {
 			t.Errorf("%s: auditAck %q, want it to say %q", c.name, ack.Error, c.want)
 		}
 	}
+	// A refused batch that brings another key leaves the chain's key.
+	other := newKey(t)
+	otherDER, err := x509.MarshalPKIXPublicKey(&other.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack := east.audit(&wire.Message{AuditChain: "e1", AuditKey: otherDER, Audit: encode(t, more[good-1:]...)}); ack.Error == "" {
+		t.Fatal("a fork under another key was taken")
+	}
+	g.mu.Lock()
+	k := g.audit.keys["e1"]
+	g.mu.Unlock()
+	if d, _ := x509.MarshalPKIXPublicKey(k); string(d) != string(der) {
+		t.Fatal("a refused batch replaced e1's audit key")
+	}
+	// A chain held under a name no region has pinned (a node removed, or
+	// not registered yet) is not given to a region as its control chain,
+	// not even to a question; and a region has one control chain.
+	x1 := signedChain(t, t.TempDir(), "x1", newKey(t), 2)
+	if _, err := g.ingestAudit("x1", x1); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*wire.Message{
+		{AuditChain: "x1", AuditControl: true},
+		{AuditChain: "x1", AuditControl: true, AuditRestart: true, Audit: encode(t, signedChain(t, t.TempDir(), "x1", newKey(t), 1)...)},
+	} {
+		if ack := east.audit(m); !strings.Contains(ack.Error, "held here already") || ack.AuditSeq != 0 {
+			t.Fatalf("east took over x1's chain: %+v", ack)
+		}
+	}
+	sameChain(t, "x1 after a region asked for it", heldRecords(t, g, "x1"), x1)
+	if ack := east.audit(&wire.Message{AuditChain: "control-east", AuditControl: true, Audit: encode(t, signedChain(t, t.TempDir(), "control-east", newKey(t), 1)...)}); ack.Error != "" {
+		t.Fatalf("east's own chain: %+v", ack)
+	}
+	if ack := east.audit(&wire.Message{AuditChain: "control-east2", AuditControl: true, Audit: encode(t, signedChain(t, t.TempDir(), "control-east2", newKey(t), 1)...)}); !strings.Contains(ack.Error, "one per region") {
+		t.Fatalf("east's second control chain: %+v", ack)
+	}
+
 	sameChain(t, "e1 after refused batches", heldRecords(t, g, "e1"), recs)
 	verifyAt(t, g, "e1", uint64(good), true)
 	if seq, _, _ := g.heldChain("w1"); seq != 0 {

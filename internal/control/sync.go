@@ -384,13 +384,17 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 		st.sub <- e // the machine allows one subscribe per stream, and sub holds one
 	case syncproto.ScopeAdd:
 		st.addMu.Lock()
-		full := len(st.pending) >= maxPendingAdds
+		n := len(e.Services)
+		for _, p := range st.pending {
+			n += len(p)
+		}
+		full := len(st.pending) >= maxPendingAdds || n > syncproto.MaxScopeServices
 		if !full {
 			st.pending = append(st.pending, e.Services)
 		}
 		st.addMu.Unlock()
 		if full {
-			return fmt.Errorf("node %s: more than %d scope additions waiting", st.node, maxPendingAdds)
+			return fmt.Errorf("node %s: more than %d scope additions or %d entries waiting", st.node, maxPendingAdds, syncproto.MaxScopeServices)
 		}
 		select {
 		case st.addSig <- struct{}{}:
@@ -529,6 +533,12 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			return err
 		}
 		if again {
+			// A busy feed must not hold back what the select below
+			// serves: a later subscribe's answer (a DNS query waits for
+			// it) and a trust change.
+			if err := st.pollSide(ss, &tr); err != nil {
+				return err
+			}
 			continue
 		}
 		var fire <-chan time.Time
@@ -555,6 +565,24 @@ func (st *stream) sendLoop(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// pollSide sends what the sender's select would, without waiting: the
+// answers to later subscribes and a changed trust message.
+func (st *stream) pollSide(ss *sendState, tr *trustSender) error {
+	select {
+	case <-st.addSig:
+		if err := st.answerAdds(ss); err != nil {
+			return err
+		}
+	default:
+	}
+	select {
+	case <-tr.ch:
+		return tr.send()
+	default:
+	}
+	return nil
 }
 
 // answerAdds answers the later subscribes waiting, each at once, even when

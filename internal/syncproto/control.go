@@ -265,6 +265,12 @@ func (c *Control) recv(m *wire.Message) Output {
 			if !c.scopeAdd || m.Scope == nil || m.Scope.Region != "" || len(m.Types) > 0 || m.StoreID != "" || m.KnownVersion != 0 {
 				return Output{Err: fmt.Errorf("node %s: second subscribe on one stream", c.node)}
 			}
+			if len(m.Scope.Services) > MaxScopeServices {
+				// A scope is bounded as a whole (the agent drops to
+				// everything past 1,000 entries); one addition this large
+				// is a peer holding the control plane's memory.
+				return Output{Err: fmt.Errorf("node %s: a later subscribe adds %d scope entries (at most %d)", c.node, len(m.Scope.Services), MaxScopeServices)}
+			}
 			return Output{Effects: []Effect{ScopeAdd{m.Scope.Services}}}
 		}
 		c.subscribed = true
