@@ -250,6 +250,15 @@ func (s *segments) write(lines []byte, firstSeq uint64, last Head) (n int, err e
 		if err != nil {
 			return 0, fmt.Errorf("audit: %w", err)
 		}
+		if fi, err := f.Stat(); err != nil || fi.Size() < s.size {
+			// Shorter than what was written (or unreadable): writing at
+			// s.size would leave a gap of zeros in the chain's file.
+			f.Close()
+			if err == nil {
+				err = fmt.Errorf("%s is %d bytes, %d were written to it", f.Name(), fi.Size(), s.size)
+			}
+			return 0, fmt.Errorf("audit: %w", err)
+		}
 		if _, err := f.Seek(s.size, io.SeekStart); err != nil {
 			f.Close()
 			return 0, fmt.Errorf("audit: %w", err)
@@ -321,13 +330,16 @@ func (s *segments) rotateLocked() error {
 		s.f = f
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
+	// Renamed: the active file is a new, empty one from here on, even if
+	// creating it fails now (an idle replica creates it at its next write).
+	s.rotBytes += s.size
+	s.size, s.first = 0, 0
 	f, err := os.OpenFile(active, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
 	syncDir(s.dir)
-	s.rotBytes += s.size
-	s.f, s.size, s.first = f, 0, 0
+	s.f = f
 	if s.maxFiles > 0 {
 		rot, err := s.rotated()
 		if err == nil && len(rot) > s.maxFiles {

@@ -127,3 +127,32 @@ func TestIdleSegmentsRotate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An idle replica whose active file is shorter than what it wrote (a
+// rotation renamed it and could not create the next one, or someone cut
+// it) refuses the next batch instead of writing it after a gap of zeros.
+func TestIdleReplicaRefusesAShortActiveFile(t *testing.T) {
+	recs := chainRecords(t, 4)
+	rdir := t.TempDir()
+	rp, err := OpenReplica(rdir, "edge-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rp.Close()
+	if _, err := rp.Append(recs[:2]); err != nil {
+		t.Fatal(err)
+	}
+	files, err := rp.Files()
+	if err != nil || len(files) != 1 {
+		t.Fatalf("files %v, %v", files, err)
+	}
+	if err := os.Rename(files[0], files[0]+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rp.Append(recs[2:]); err == nil || !strings.Contains(err.Error(), "were written") {
+		t.Fatalf("append to a short active file: %v", err)
+	}
+	if b, err := os.ReadFile(files[0]); err == nil && strings.ContainsRune(string(b), 0) {
+		t.Fatalf("a gap of zeros was written: %q", b)
+	}
+}
