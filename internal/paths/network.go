@@ -72,3 +72,11 @@ func (c *countConn) Write(p []byte) (int, error) {
 	c.b.out.Add(uint64(n))
 	return n, err
 }
+
+// WriteBuffers writes bufs in one writev where the conn is a socket (the
+// plaintext mesh sends a frame's header and body so).
+func (c *countConn) WriteBuffers(bufs net.Buffers) (int64, error) {
+	n, err := bufs.WriteTo(c.Conn)
+	c.b.out.Add(uint64(n))
+	return n, err
+}

@@ -86,7 +86,7 @@ const (
 )
 
 func (c *tlsFrameConn) Write(p []byte) (int, error) {
-	header := !c.bodyNext && len(p) == yamuxHeaderLen && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0
+	header := !c.bodyNext && isDataHeader(p)
 	c.bodyNext = false
 	c.batch.hold()
 	n, err := c.Conn.Write(p)
@@ -98,4 +98,52 @@ func (c *tlsFrameConn) Write(p []byte) (int, error) {
 		return 0, ferr
 	}
 	return n, err
+}
+
+// plainFrameConn is the conn a yamux session runs on without TLS (insecure
+// mode). yamux writes a data frame as a 12-byte header Write and a body
+// Write: two syscalls, and with TCP_NODELAY two segments, the first of 12
+// bytes. The header of a data frame with a body is held and leaves with its
+// body in one writev (net.Buffers); every other Write goes out at once. The
+// bytes and their order on the wire are unchanged. Only yamux's send
+// goroutine writes, so the held header needs no lock.
+type plainFrameConn struct {
+	net.Conn
+	hdr  [yamuxHeaderLen]byte
+	held bool // hdr holds a data header: the next Write is its body
+}
+
+func (c *plainFrameConn) Write(p []byte) (int, error) {
+	if c.held {
+		c.held = false
+		bufs := net.Buffers{c.hdr[:], p}
+		var n int64
+		var err error
+		if bw, ok := c.Conn.(BuffersWriter); ok {
+			n, err = bw.WriteBuffers(bufs)
+		} else {
+			n, err = bufs.WriteTo(c.Conn)
+		}
+		return int(max(n-yamuxHeaderLen, 0)), err
+	}
+	if isDataHeader(p) {
+		copy(c.hdr[:], p)
+		c.held = true
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// BuffersWriter is implemented by a Network's conns that wrap a socket (to
+// count its bytes, say) and can still hand several buffers to one writev
+// (net.Buffers.WriteTo on the socket); net.Buffers.WriteTo on the wrapper
+// would write them one by one.
+type BuffersWriter interface {
+	WriteBuffers(net.Buffers) (int64, error)
+}
+
+// isDataHeader reports whether p is a yamux data frame header announcing a
+// body.
+func isDataHeader(p []byte) bool {
+	return len(p) == yamuxHeaderLen && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0
 }

@@ -59,6 +59,10 @@ type ClientConfig struct {
 	// Network carries the connections to peer agents. Default
 	// netseam.OS{}: TCP sockets. Tests pass an in-memory network.
 	Network netseam.Network
+	// StreamWindow is each stream's receive window in bytes: how much a
+	// peer may send ahead of what this end has read. Default
+	// DefaultStreamWindow; values below MinStreamWindow are raised to it.
+	StreamWindow uint32
 }
 
 const defaultClientDialTimeout = 3 * time.Second
@@ -234,8 +238,10 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 			}
 		}
 		conn = &tlsFrameConn{Conn: tc, batch: batch}
+	} else {
+		conn = &plainFrameConn{Conn: conn}
 	}
-	sess, err = yamux.Client(conn, yamuxConfig())
+	sess, err = yamux.Client(conn, yamuxConfig(c.cfg.StreamWindow))
 	if err != nil { // only for a bad config
 		conn.Close()
 		return nil, false, err

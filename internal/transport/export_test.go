@@ -19,4 +19,4 @@ func (c *Client) InjectSessionForTest(meshAddr string, sess *yamux.Session) {
 }
 
 // YamuxConfigForTest is the session config both ends use.
-func YamuxConfigForTest() *yamux.Config { return yamuxConfig() }
+func YamuxConfigForTest() *yamux.Config { return yamuxConfig(0) }

@@ -77,7 +77,7 @@ func quicConfig(t QUICTimers, handshake time.Duration) *quic.Config {
 		HandshakeIdleTimeout:       handshake,
 		MaxIdleTimeout:             t.IdleTimeout,
 		KeepAlivePeriod:            t.KeepAlive,
-		MaxStreamReceiveWindow:     maxStreamWindow,
+		MaxStreamReceiveWindow:     DefaultStreamWindow,
 		MaxConnectionReceiveWindow: quicMaxConnWindow,
 		MaxIncomingStreams:         defaultQUICMaxStreams,
 		MaxIncomingUniStreams:      -1, // the mesh uses bidirectional streams only

@@ -86,6 +86,10 @@ type ServerConfig struct {
 	// TrustedSourceID, if set, must accept a header's SourceID (a SPIFFE
 	// ID of a trust domain the agent trusts) or the stream is refused.
 	TrustedSourceID func(spiffeid.ID) bool
+	// StreamWindow is each stream's receive window in bytes (yamux; QUIC
+	// keeps DefaultStreamWindow). Default DefaultStreamWindow; values
+	// below MinStreamWindow are raised to it.
+	StreamWindow uint32
 }
 
 // Peer is the authenticated agent at the other end of a mesh connection.
@@ -324,9 +328,11 @@ func (s *Server) serveConn(conn net.Conn) {
 		peer = Peer{ID: id, Site: site, Node: node}
 		conn = &tlsFrameConn{Conn: tc, batch: batch}
 		log = log.With("peerId", id.String())
+	} else {
+		conn = &plainFrameConn{Conn: conn}
 	}
 
-	sess, err := yamux.Server(conn, yamuxConfig())
+	sess, err := yamux.Server(conn, yamuxConfig(s.cfg.StreamWindow))
 	if err != nil { // only for a bad config
 		conn.Close()
 		log.Error("mesh: start session", "err", err)
