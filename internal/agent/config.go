@@ -16,6 +16,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/gateway"
 	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/pathnorm"
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // Config configures an agent. Zero values take the defaults in comments.
@@ -74,6 +75,12 @@ type Config struct {
 	// a mesh session with, to measure the RTT the edge-aware balancer
 	// counts as distance (default 5s).
 	MeshPingInterval Duration `json:"meshPingInterval,omitempty"`
+	// MeshStreamWindow is each mesh stream's receive window in bytes
+	// (TCP mesh, plaintext or mTLS): how much a peer agent may send on
+	// one stream ahead of what this agent has passed on, so also what a
+	// stream into a slow workload may buffer here. Default 16 MiB
+	// (transport.DefaultStreamWindow); at least 256 KiB.
+	MeshStreamWindow int `json:"meshStreamWindow,omitempty"`
 	// Relays are relay addresses (host:port; each answers reflexive UDP
 	// requests on the same address), e.g. one per region. With relays the
 	// agent reaches peers behind NATs: directly where the peer's address
@@ -308,6 +315,10 @@ func (c *Config) validate() error {
 	}
 	if c.PathKeepAlive < 0 {
 		return fmt.Errorf("pathKeepAlive: negative")
+	}
+	const maxMeshStreamWindow = 1 << 30
+	if w := c.MeshStreamWindow; w != 0 && (w < transport.MinStreamWindow || w > maxMeshStreamWindow) {
+		return fmt.Errorf("meshStreamWindow: %d bytes: want %d (256 KiB) to %d (1 GiB)", w, transport.MinStreamWindow, maxMeshStreamWindow)
 	}
 	if c.JoinToken != "" && len(c.Control) == 0 {
 		return errors.New("joinToken: needs a control plane address (control)")

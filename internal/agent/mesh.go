@@ -23,7 +23,8 @@ func (a *Agent) initMesh(cfg Config) error {
 	var err error
 	pcfg := paths.Config{Self: cfg.Node.Name, Dialer: a, Network: cfg.Network, Logger: a.log.With("sub", "mesh"),
 		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,
-		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive), RelayUDP: cfg.RelayUDP}
+		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive), RelayUDP: cfg.RelayUDP,
+		StreamWindow: uint32(cfg.MeshStreamWindow)}
 	if a.ident != nil {
 		pcfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
 		pcfg.ServerTLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
@@ -36,7 +37,7 @@ func (a *Agent) initMesh(cfg Config) error {
 		return &ConfigError{Err: fmt.Errorf("agent: %w", err)}
 	}
 	scfg := transport.ServerConfig{Listener: a.peers.Listener(a.meshLn), Dialer: a,
-		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, TLS: pcfg.ServerTLS}
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, TLS: pcfg.ServerTLS, StreamWindow: pcfg.StreamWindow}
 	if a.ident != nil {
 		scfg.TrustedSourceID = a.trustedSourceID
 	}

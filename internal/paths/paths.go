@@ -79,8 +79,10 @@ type Config struct {
 	Network netseam.Network
 	Logger  *slog.Logger
 	Metrics *metrics.Set
-	// PingInterval and DialTimeout are the TCP mesh client's.
+	// PingInterval, DialTimeout and StreamWindow are the TCP mesh
+	// client's (transport.ClientConfig).
 	PingInterval, DialTimeout time.Duration
+	StreamWindow              uint32
 
 	// Relays are the relays' addresses (host:port, TCP; a relay answers
 	// reflexive UDP requests on the same address). Several: the nearest
@@ -189,7 +191,7 @@ func New(cfg Config) (*Manager, error) {
 		peers: map[string]*peerState{}, byUDP: map[string]string{}, mDials: map[Kind]*metrics.Counter{}}
 	m.tcp = transport.NewClient(transport.ClientConfig{SourceNode: cfg.Self, Network: (*pathNetwork)(m),
 		Logger: cfg.Logger, Metrics: cfg.Metrics, PingInterval: cfg.PingInterval, DialTimeout: cfg.DialTimeout,
-		TLS: cfg.TLS, PeerID: m.expectedID})
+		TLS: cfg.TLS, PeerID: m.expectedID, StreamWindow: cfg.StreamWindow})
 	for _, k := range []Kind{Direct, Punched, Relayed} {
 		m.mDials[k] = cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_path_streams_total{kind=%q}`, k))
 		cfg.Metrics.GetOrCreateGauge(fmt.Sprintf(`fogmesh_paths{kind=%q}`, k), func() float64 { return float64(m.count(k)) })
