@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bufio"
 	"crypto/tls"
 	"encoding/binary"
 	"net"
@@ -17,18 +18,36 @@ import (
 
 // recordBatcher is the net.Conn under a mesh tls.Conn. While holding, the
 // records crypto/tls writes are appended to a buffer that flush writes in
-// one call; otherwise they go straight to the socket.
+// one call; otherwise they go straight to the socket. Reads go through a
+// readBufSize buffer: crypto/tls reads a record at a time (16 KiB at most),
+// so a bulk stream would otherwise cost a read syscall per record.
 type recordBatcher struct {
 	net.Conn
+	rd      *bufio.Reader
 	mu      sync.Mutex
 	holding bool
 	buf     []byte
 }
 
+func newRecordBatcher(c net.Conn) *recordBatcher {
+	return &recordBatcher{Conn: c, rd: bufio.NewReaderSize(c, readBufSize)}
+}
+
+// Read reads through the buffer. Only the tls.Conn reads, one Read at a
+// time.
+func (b *recordBatcher) Read(p []byte) (int, error) {
+	return b.rd.Read(p)
+}
+
 // batchSize: once this much is gathered it is written at once, also in the
-// middle of a frame, so a large body leaves in writes of about this size and
-// the buffer stays under batchSize plus one record.
-const batchSize = 32 << 10
+// middle of a frame, so a large body (up to copyBufLarge from a relay)
+// leaves in writes of about this size and the buffer stays under batchSize
+// plus one record. readBufSize is the read buffer: several records per
+// read syscall.
+const (
+	batchSize   = 128 << 10
+	readBufSize = 64 << 10
+)
 
 func (b *recordBatcher) Write(p []byte) (int, error) {
 	b.mu.Lock()

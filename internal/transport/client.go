@@ -220,7 +220,7 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 	}
 	var peerID spiffeid.ID
 	if c.cfg.TLS != nil {
-		batch := &recordBatcher{Conn: conn}
+		batch := newRecordBatcher(conn)
 		tc := tls.Client(batch, c.cfg.TLS)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()

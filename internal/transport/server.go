@@ -308,7 +308,7 @@ func (s *Server) serveConn(conn net.Conn) {
 
 	var peer Peer
 	if s.cfg.TLS != nil {
-		batch := &recordBatcher{Conn: conn}
+		batch := newRecordBatcher(conn)
 		tc, err := identity.ServerHandshake(s.ctx, batch, s.cfg.TLS, s.cfg.HeaderTimeout)
 		if err != nil {
 			conn.Close()
