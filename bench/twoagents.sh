@@ -185,7 +185,7 @@ done
 
 # ---------------------------------------------------------------- throughput
 FAILED=()
-declare -A RSSX
+declare -A RSSX CPB
 for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${ENGINES[@]}"); do
     perfpid=
@@ -195,6 +195,8 @@ for r in $(seq 1 "$ROUNDS"); do
       perfpid=$!
     fi
     iperf_run "$e" "$r"
+    CPB[$e,$r]=$(calc "%.3f" "${TPCPU[$e,$r]}" "${TP[$e,$r]}" "a * 8 / 100 / b")
+    [ "${CPB[$e,$r]}" != n/a ] || CPB[$e,$r]=fail
     if [ -n "$perfpid" ]; then
       wait "$perfpid" || true
       mkdir -p "$ROOT/bench/out"
@@ -211,9 +213,10 @@ for e in "${ENGINES[@]}"; do
 done
 
 # ---------------------------------------------------------------- report
-declare -A TPM CPUM
+declare -A TPM CPUM CPBM
 for e in "${ENGINES[@]}"; do
   TPM[$e]=$(median_of TP "$e" "$ROUNDS"); CPUM[$e]=$(median_of TPCPU "$e" "$ROUNDS")
+  CPBM[$e]=$(median_of CPB "$e" "$ROUNDS")
 done
 ratio() { calc "%.2f" "${TPM[$1]:-n/a}" "${TPM[$2]:-n/a}" "a / b"; }
 report_file twoagents
@@ -227,12 +230,15 @@ echo "| tools | iperf3 $IPERF_VERSION |"
 echo
 echo "iperf3 \`-t $IPERF_SECONDS -J\`, 1 stream, $ROUNDS rounds, engines interleaved (order rotated each round); the figure is the median."
 echo
-echo "| path | Gbit/s (median) | per round | proxy CPU % (median; both agents or A+B) | agents' peak RSS MB (VmHWM, srv/cli) |"
-echo "|---|---|---|---|---|"
+echo "Proxy CPU: the proxy processes' utime+stime over the iperf3 run (100 = one core; both agents, or A+B); CPU s/GB: that CPU per GB carried, per round, median (steadier than Gbit/s on a shared machine)."
+echo
+echo "| path | Gbit/s (median) | per round | proxy CPU % (median) | proxy CPU s per GB (median) | agents' peak RSS MB over the run (VmHWM, srv/cli) |"
+echo "|---|---|---|---|---|---|"
 for e in direct agent1 p2 p4 f0 fm0 f fm $(for w in $WINDOWS; do echo "f-$w fm-$w"; done); do
   [ -n "${TPM[$e]:-}" ] || continue
   cpu=$(calc "%.0f" "${CPUM[$e]}" 0 a); [ "$e" = direct ] && cpu="—"
-  echo "| ${LABEL[$e]} | $(calc "%.2f" "${TPM[$e]}" 0 a) | $(rounds_of TP "$e") | $cpu | ${RSSX[$e]:-—} |"
+  cpb=$(calc "%.3f" "${CPBM[$e]}" 0 a); [ "$e" = direct ] && cpb="—"
+  echo "| ${LABEL[$e]} | $(calc "%.2f" "${TPM[$e]}" 0 a) | $(rounds_of TP "$e") | $cpu | $cpb | ${RSSX[$e]:-—} |"
 done
 echo
 echo "| ratio | value |"
