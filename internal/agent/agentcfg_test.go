@@ -45,3 +45,26 @@ func TestDuplicateWorkloadNamesRefused(t *testing.T) {
 		t.Fatalf("got %v, want an error naming workloads[1] and workloads[0]", err)
 	}
 }
+
+// TestMeshStreamWindowBounds: a meshStreamWindow below yamux's minimum
+// (256 KiB) or above 16 MiB is refused with an error naming the field; 0
+// (the default) and a value in range are taken.
+func TestMeshStreamWindowBounds(t *testing.T) {
+	cfg := func(w int) Config {
+		return Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+			DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.180.0.0/16", Insecure: true,
+			MeshStreamWindow: w}
+	}
+	for _, w := range []int{-1, 1000, 16<<20 + 1} {
+		c := cfg(w)
+		if err := c.validate(); err == nil || !strings.Contains(err.Error(), "meshStreamWindow") {
+			t.Errorf("meshStreamWindow %d: got %v, want an error naming meshStreamWindow", w, err)
+		}
+	}
+	for _, w := range []int{0, 256 << 10, 4 << 20} {
+		c := cfg(w)
+		if err := c.validate(); err != nil {
+			t.Errorf("meshStreamWindow %d: %v", w, err)
+		}
+	}
+}

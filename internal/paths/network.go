@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // pathNetwork is the TCP mesh client's network: it dials a session key
@@ -69,6 +71,16 @@ func (c *countConn) Read(p []byte) (int, error) {
 
 func (c *countConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
+	c.b.out.Add(uint64(n))
+	return n, err
+}
+
+var _ transport.BuffersWriter = (*countConn)(nil)
+
+// WriteBuffers writes bufs in one writev where the conn is a socket (the
+// plaintext mesh sends a frame's header and body so).
+func (c *countConn) WriteBuffers(bufs net.Buffers) (int64, error) {
+	n, err := bufs.WriteTo(c.Conn)
 	c.b.out.Add(uint64(n))
 	return n, err
 }

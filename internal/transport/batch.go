@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bufio"
 	"crypto/tls"
 	"encoding/binary"
 	"net"
@@ -17,18 +18,36 @@ import (
 
 // recordBatcher is the net.Conn under a mesh tls.Conn. While holding, the
 // records crypto/tls writes are appended to a buffer that flush writes in
-// one call; otherwise they go straight to the socket.
+// one call; otherwise they go straight to the socket. Reads go through a
+// readBufSize buffer: crypto/tls reads a record at a time (16 KiB at most),
+// so a bulk stream would otherwise cost a read syscall per record.
 type recordBatcher struct {
 	net.Conn
+	rd      *bufio.Reader
 	mu      sync.Mutex
 	holding bool
 	buf     []byte
 }
 
+func newRecordBatcher(c net.Conn) *recordBatcher {
+	return &recordBatcher{Conn: c, rd: bufio.NewReaderSize(c, readBufSize)}
+}
+
+// Read reads through the buffer. Only the tls.Conn reads, one Read at a
+// time.
+func (b *recordBatcher) Read(p []byte) (int, error) {
+	return b.rd.Read(p)
+}
+
 // batchSize: once this much is gathered it is written at once, also in the
-// middle of a frame, so a large body leaves in writes of about this size and
-// the buffer stays under batchSize plus one record.
-const batchSize = 32 << 10
+// middle of a frame, so a large body (up to copyBufLarge from a relay)
+// leaves in writes of about this size and the buffer stays under batchSize
+// plus one record. readBufSize is the read buffer: several records per
+// read syscall.
+const (
+	batchSize   = 128 << 10
+	readBufSize = 64 << 10
+)
 
 func (b *recordBatcher) Write(p []byte) (int, error) {
 	b.mu.Lock()
@@ -86,7 +105,7 @@ const (
 )
 
 func (c *tlsFrameConn) Write(p []byte) (int, error) {
-	header := !c.bodyNext && len(p) == yamuxHeaderLen && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0
+	header := !c.bodyNext && isDataHeader(p)
 	c.bodyNext = false
 	c.batch.hold()
 	n, err := c.Conn.Write(p)
@@ -98,4 +117,52 @@ func (c *tlsFrameConn) Write(p []byte) (int, error) {
 		return 0, ferr
 	}
 	return n, err
+}
+
+// plainFrameConn is the conn a yamux session runs on without TLS (insecure
+// mode). yamux writes a data frame as a 12-byte header Write and a body
+// Write: two syscalls, and with TCP_NODELAY two segments, the first of 12
+// bytes. The header of a data frame with a body is held and leaves with its
+// body in one writev (net.Buffers); every other Write goes out at once. The
+// bytes and their order on the wire are unchanged. Only yamux's send
+// goroutine writes, so the held header needs no lock.
+type plainFrameConn struct {
+	net.Conn
+	hdr  [yamuxHeaderLen]byte
+	held bool // hdr holds a data header: the next Write is its body
+}
+
+func (c *plainFrameConn) Write(p []byte) (int, error) {
+	if c.held {
+		c.held = false
+		bufs := net.Buffers{c.hdr[:], p}
+		var n int64
+		var err error
+		if bw, ok := c.Conn.(BuffersWriter); ok {
+			n, err = bw.WriteBuffers(bufs)
+		} else {
+			n, err = bufs.WriteTo(c.Conn)
+		}
+		return int(max(n-yamuxHeaderLen, 0)), err
+	}
+	if isDataHeader(p) {
+		copy(c.hdr[:], p)
+		c.held = true
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// BuffersWriter is implemented by a Network's conns that wrap a socket (to
+// count its bytes, say) and can still hand several buffers to one writev
+// (net.Buffers.WriteTo on the socket); net.Buffers.WriteTo on the wrapper
+// would write them one by one.
+type BuffersWriter interface {
+	WriteBuffers(net.Buffers) (int64, error)
+}
+
+// isDataHeader reports whether p is a yamux data frame header announcing a
+// body.
+func isDataHeader(p []byte) bool {
+	return len(p) == yamuxHeaderLen && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0
 }

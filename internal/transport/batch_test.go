@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/binary"
+	"io"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -70,7 +71,7 @@ func TestTLSFrameConnBatchesDataFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	wc := &writeCounter{Conn: raw}
-	batch := &recordBatcher{Conn: wc}
+	batch := newRecordBatcher(wc)
 	tc := tls.Client(batch, cliSrc.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
@@ -142,5 +143,58 @@ func TestTLSFrameConnBatchesDataFrames(t *testing.T) {
 	tc.Close()
 	if all := <-got; !bytes.Equal(all, want.Bytes()) {
 		t.Fatalf("peer read %d bytes, want %d (equal: false)", len(all), want.Len())
+	}
+}
+
+// readSizeConn records the largest buffer a Read offered the socket.
+type readSizeConn struct {
+	net.Conn
+	largest atomic.Int64
+}
+
+func (c *readSizeConn) Read(p []byte) (int, error) {
+	if int64(len(p)) > c.largest.Load() {
+		c.largest.Store(int64(len(p)))
+	}
+	return c.Conn.Read(p)
+}
+
+// TestTLSReadsSeveralRecordsPerSyscall: under the mesh's tls.Conn the
+// socket is read into a readBufSize buffer, so one read syscall can take
+// several 16 KiB records (crypto/tls alone asks for about one record at a
+// time); the bytes arrive intact.
+func TestTLSReadsSeveralRecordsPerSyscall(t *testing.T) {
+	ca := testCA(t, "", nil)
+	srvSrc := testSource(testSVID(t, ca, "s", "node-b"), ca.Bundle())
+	cliSrc := testSource(testSVID(t, ca, "s", "node-a"), ca.Bundle())
+	ln := listen(t, "127.0.0.1:0")
+	payload := bytes.Repeat([]byte("fogmesh!"), 64<<10) // 512 KiB
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		tc := tls.Server(c, srvSrc.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh))
+		tc.Write(payload)
+		tc.Close()
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := &readSizeConn{Conn: raw}
+	tc := tls.Client(newRecordBatcher(rc), cliSrc.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh))
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("read %d bytes, not the payload", len(got))
+	}
+	if n := rc.largest.Load(); n < readBufSize {
+		t.Fatalf("largest socket read offered %d bytes, want %d (several records)", n, readBufSize)
 	}
 }

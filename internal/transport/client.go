@@ -225,7 +225,7 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 	}
 	var peerID spiffeid.ID
 	if c.cfg.TLS != nil {
-		batch := &recordBatcher{Conn: conn}
+		batch := newRecordBatcher(conn)
 		tc := tls.Client(batch, c.cfg.TLS)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
@@ -243,6 +243,8 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 			}
 		}
 		conn = &tlsFrameConn{Conn: tc, batch: batch}
+	} else {
+		conn = &plainFrameConn{Conn: conn}
 	}
 	sess, err = yamux.Client(conn, yamuxConfig(c.cfg.StreamWindow))
 	if err != nil { // only for a bad config

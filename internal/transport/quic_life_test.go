@@ -63,9 +63,9 @@ func TestQUICBackpressure(t *testing.T) {
 			break
 		}
 	}
-	if !blocked || written > maxStreamWindow+1<<20 {
+	if !blocked || written > DefaultStreamWindow+1<<20 {
 		t.Fatalf("wrote %d bytes to a stalled reader without blocking (blocked=%v); want at most a stream window (%d)",
-			written, blocked, maxStreamWindow)
+			written, blocked, DefaultStreamWindow)
 	}
 	t.Logf("writer blocked after %d bytes", written)
 

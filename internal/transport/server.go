@@ -313,7 +313,7 @@ func (s *Server) serveConn(conn net.Conn) {
 
 	var peer Peer
 	if s.cfg.TLS != nil {
-		batch := &recordBatcher{Conn: conn}
+		batch := newRecordBatcher(conn)
 		tc, err := identity.ServerHandshake(s.ctx, batch, s.cfg.TLS, s.cfg.HeaderTimeout)
 		if err != nil {
 			conn.Close()
@@ -333,6 +333,8 @@ func (s *Server) serveConn(conn net.Conn) {
 		peer = Peer{ID: id, Site: site, Node: node}
 		conn = &tlsFrameConn{Conn: tc, batch: batch}
 		log = log.With("peerId", id.String())
+	} else {
+		conn = &plainFrameConn{Conn: conn}
 	}
 
 	sess, err := yamux.Server(conn, yamuxConfig(s.cfg.StreamWindow))

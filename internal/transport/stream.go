@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -142,4 +143,79 @@ func (c *streamConn) SetDeadline(t time.Time) error {
 		return err
 	}
 	return c.Stream.SetWriteDeadline(t)
+}
+
+// Copies into and out of a stream (the relays reach them through io.Copy)
+// start with a copyBufSmall buffer, io.Copy's size, and move to a pooled
+// copyBufLarge one while reads fill the buffer. A bulk flow then crosses
+// the mesh in frames of up to copyBufLarge, so yamux's costs per frame (a
+// hand-off to its send goroutine and back, socket writes, waking the
+// peer's reader, a socket write on the far side) are paid up to eight
+// times less often; an idle or interactive stream holds only the small
+// buffer, as before.
+const (
+	copyBufSmall = 32 << 10
+	copyBufLarge = 256 << 10
+)
+
+var largeCopyBufs = sync.Pool{New: func() any {
+	b := make([]byte, copyBufLarge)
+	return &b
+}}
+
+// ReadFrom copies r into the stream until r ends; io.Copy(stream, r) and
+// (*net.TCPConn).WriteTo(stream) call it.
+func (c *streamConn) ReadFrom(r io.Reader) (int64, error) {
+	return adaptiveCopy(c, r.Read)
+}
+
+// WriteTo copies the stream into w until the peer half-closes it;
+// io.Copy(w, stream) calls it.
+func (c *streamConn) WriteTo(w io.Writer) (int64, error) {
+	return adaptiveCopy(w, c.Read)
+}
+
+// adaptiveCopy is io.Copy(dst, reader) with the buffer that grows for bulk
+// flows (see copyBufLarge): a read that fills the small buffer moves the
+// copy to a large one, a read that would have fit the small one moves it
+// back and returns the large one to the pool.
+func adaptiveCopy(dst io.Writer, read func([]byte) (int, error)) (written int64, err error) {
+	small := make([]byte, copyBufSmall)
+	buf := small
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			largeCopyBufs.Put(large)
+		}
+	}()
+	for {
+		n, rerr := read(buf)
+		if n > 0 {
+			m, werr := dst.Write(buf[:n])
+			if m < 0 || m > n {
+				m, werr = 0, errors.New("invalid write result")
+			}
+			written += int64(m)
+			if werr != nil {
+				return written, werr
+			}
+			if m != n {
+				return written, io.ErrShortWrite
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return written, nil
+			}
+			return written, rerr
+		}
+		switch {
+		case large == nil && n == len(buf):
+			large = largeCopyBufs.Get().(*[]byte)
+			buf = *large
+		case large != nil && n < copyBufSmall:
+			largeCopyBufs.Put(large)
+			large, buf = nil, small
+		}
+	}
 }
