@@ -308,7 +308,14 @@ func (u *upLink) source(chain string) (chainSource, error) {
 // more to send. Each batch waits for its auditAck (acks, from the reader).
 func (u *upLink) shipAudit(ctx context.Context, rc *regionConn, acks <-chan *wire.Message, ships map[string]*auditShip, nodes map[string]bool) (more bool, err error) {
 	const rounds = 16
+	// At most this many round trips a call, questions included, so the
+	// region's object updates (readiness, endpoints) go up between them
+	// however many chains a new link has to ask about.
+	budget := 64
 	for _, chain := range u.auditChains(nodes) {
+		if budget <= 0 {
+			return true, nil
+		}
 		sh := ships[chain]
 		if sh == nil {
 			sh = &auditShip{}
@@ -336,6 +343,7 @@ func (u *upLink) shipAudit(ctx context.Context, rc *regionConn, acks <-chan *wir
 			if err != nil {
 				return false, err
 			}
+			budget--
 			if u.noteAuditAck(chain, sh, ack) {
 				continue
 			}
@@ -354,6 +362,9 @@ func (u *upLink) shipAudit(ctx context.Context, rc *regionConn, acks <-chan *wir
 			}
 		}
 		for i := 0; i < rounds && sh.acked < last; i++ {
+			if budget <= 0 {
+				return true, nil
+			}
 			recs, err := src.read(sh.acked+1, rc.limits.ChunkItems)
 			if err != nil {
 				// Unreadable here (a record edited on disk): say so, and
@@ -372,6 +383,7 @@ func (u *upLink) shipAudit(ctx context.Context, rc *regionConn, acks <-chan *wir
 			if err != nil {
 				return false, err
 			}
+			budget--
 			u.s.mAuditUp.Inc()
 			u.s.mAuditUpRecords.Add(len(raw))
 			if u.noteAuditAck(chain, sh, ack) {
