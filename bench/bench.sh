@@ -71,7 +71,7 @@ ONLY_L7=${ONLY_L7:-0}
 ONLY_L4LAT=${ONLY_L4LAT:-0}
 PPROF=${PPROF:-0}
 PERFSTAT=${PERFSTAT:-0}
-declare -A PS_CPU PS_CS
+declare -A PS_CPU PS_CS PS_MIG
 [ "$ONLY_L4LAT" != 1 ] || ONLY_L7=1 # and less: see the engine lists
 [ "$ONLY_L7" != 1 ] || { SKIP_ARM64=1; SKIP_GOBENCH=1; }
 
@@ -438,11 +438,11 @@ for r in $(seq 1 "$ROUNDS"); do
       if wait "$spid"; then
         # task-clock (ms) and context switches over the window, per request
         # at the achieved rate.
-        read -r "PS_CPU[$e,$r]" "PS_CS[$e,$r]" < <(awk -F, -v q="${AQPS[$e,$r]:-0}" -v s=$((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1)) \
-          '$3 == "task-clock" {t = $1} $3 == "context-switches" {c = $1}
-           END {n = q * s; if (n > 0 && q != "fail") printf "%.1f %.2f\n", t * 1000 / n, c / n; else print "fail fail"}' "$TMP/perfstat-$e-$r.csv")
+        read -r "PS_CPU[$e,$r]" "PS_CS[$e,$r]" "PS_MIG[$e,$r]" < <(awk -F, -v q="${AQPS[$e,$r]:-0}" -v s=$((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1)) \
+          '$3 == "task-clock" {t = $1} $3 == "context-switches" {c = $1} $3 == "cpu-migrations" {m = $1}
+           END {n = q * s; if (n > 0 && q != "fail") printf "%.1f %.2f %.3f\n", t * 1000 / n, c / n, m / n; else print "fail fail fail"}' "$TMP/perfstat-$e-$r.csv")
       else
-        log "perf stat of $e round $r failed"; PS_CPU[$e,$r]=fail; PS_CS[$e,$r]=fail
+        log "perf stat of $e round $r failed"; PS_CPU[$e,$r]=fail; PS_CS[$e,$r]=fail; PS_MIG[$e,$r]=fail
       fi
     fi
     sleep 0.5
@@ -686,13 +686,13 @@ for e in "${LATENGINES[@]}"; do
 done
 if [ "$PERFSTAT" = 1 ]; then
 echo
-echo "Proxy CPU and context switches per request (perf stat over each run, at the achieved rate; per round):"
+echo "Proxy CPU, context switches and CPU migrations per request (perf stat over each run, at the achieved rate; per round):"
 echo
-echo "| path | CPU µs per request | context switches per request |"
-echo "|---|---|---|"
+echo "| path | CPU µs per request | context switches per request | CPU migrations per request |"
+echo "|---|---|---|---|"
 for e in "${LATENGINES[@]}"; do
   [ "$e" = direct ] && continue
-  echo "| ${LABEL[$e]} | $(rounds_of PS_CPU "$e") | $(rounds_of PS_CS "$e") |"
+  echo "| ${LABEL[$e]} | $(rounds_of PS_CPU "$e") | $(rounds_of PS_CS "$e") | $(rounds_of PS_MIG "$e") |"
 done
 fi
 else
