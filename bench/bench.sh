@@ -38,6 +38,16 @@
 # sections 2 and 6 (HTTP/1.1 rows), for a short before/after run; skips the
 # iperf3 runs, RSS and held connections, binary sizes and the arm64 build,
 # the Go benchmarks and the h2c, gRPC and h2load rows.
+# ONLY_L4LAT=1: only the L4 rows of section 2 (direct, one agent, HAProxy,
+# splice relay; with BASELINE_BIN also (b-base), the baseline agent's tcp
+# port) and their targets, for a focused before/after run of the per-hop
+# latency (issue 14). PERFSTAT=1: perf stat (task-clock, context switches)
+# of each proxy over its fortio runs of section 2, reported per request.
+# PPROF=1: builds the binaries with -tags fogmesh_pprof
+# and takes a CPU profile of the srv agent (and of the baseline agent, if
+# its build has the tag too) over each of its fortio runs of section 2, into
+# PPROF_DIR (default bench/out/pprof-<date>); the profile's own overhead
+# touches those runs, so take the figures from a run without it.
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,18 +68,23 @@ CLI_VIP_RANGE=127.232.0.0/16
 BASE_VIP_RANGE=127.233.0.0/16
 BASELINE_BIN=${BASELINE_BIN:-}
 ONLY_L7=${ONLY_L7:-0}
+ONLY_L4LAT=${ONLY_L4LAT:-0}
+PPROF=${PPROF:-0}
+PERFSTAT=${PERFSTAT:-0}
+declare -A PS_CPU PS_CS PS_MIG
+[ "$ONLY_L4LAT" != 1 ] || ONLY_L7=1 # and less: see the engine lists
 [ "$ONLY_L7" != 1 ] || { SKIP_ARM64=1; SKIP_GOBENCH=1; }
 
 # Ports on 127.0.0.1.
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
-P_SRV_MESH=$((BASE + 10)); P_SRV_DNS=$((BASE + 11)); P_SRV_ADMIN=$((BASE + 12))
+P_SRV_MESH=$((BASE + 10)); P_SRV_DNS=$((BASE + 11)); P_SRV_ADMIN=$((BASE + 12)); P_SRV_PPROF=$((BASE + 13))
 P_CLI_MESH=$((BASE + 20)); P_CLI_DNS=$((BASE + 21)); P_CLI_ADMIN=$((BASE + 22))
 P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_SINK=$((BASE + 32)); P_GRPC=$((BASE + 33))
 P_HAP_BULK=$((BASE + 40)); P_HAP_WEB=$((BASE + 41)); P_NGINX=$((BASE + 42))
 P_REL_BULK=$((BASE + 50)); P_REL_WEB=$((BASE + 51))
 # The baseline build's control plane and agent (BASELINE_BIN only).
 P_BCTL_ADMIN=$((BASE + 60)); P_BCTL_SYNC=$((BASE + 61))
-P_BSRV_MESH=$((BASE + 62)); P_BSRV_DNS=$((BASE + 63)); P_BSRV_ADMIN=$((BASE + 64))
+P_BSRV_MESH=$((BASE + 62)); P_BSRV_DNS=$((BASE + 63)); P_BSRV_ADMIN=$((BASE + 64)); P_BSRV_PPROF=$((BASE + 65))
 # Service ports (on the agents' VIPs).
 S_BULK=15201; S_WEB=18080; S_HOLD=19000; S_GRPC=18079
 
@@ -135,6 +150,7 @@ ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DN
 # ---------------------------------------------------------------- build
 log "building (CGO_ENABLED=0 -trimpath -ldflags '-s -w') into $TMP/bin"
 mkdir -p "$BIN"
+[ "$PPROF" != 1 ] || export GOFLAGS="${GOFLAGS:+$GOFLAGS }-tags=fogmesh_pprof"
 build amd64 "$BIN/fogmesh" ./cmd/fogmesh
 build amd64 "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
 SIZE_AMD64_AGENT=$(stat -c %s "$BIN/fogmesh-agent")
@@ -245,7 +261,9 @@ services_yaml "bulk:tcp:$S_BULK" "web:http:$S_WEB" "webl7:http:$S_WEB:http" "web
 agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$SRV_VIP_RANGE" "bulk:tcp:$P_IPERF" \
   "web:http:$P_HTTP" "webl7:http:$P_HTTP" "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" "hold:tcp:$P_SINK" >"$TMP/srv.yaml"
 agent_config cli "$P_CTL_SYNC" "$P_CLI_MESH" "$P_CLI_DNS" "$P_CLI_ADMIN" "$CLI_VIP_RANGE" >"$TMP/cli.yaml"
-start srv "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
+PPENV_SRV=() PPENV_BSRV=()
+[ "$PPROF" != 1 ] || { PPENV_SRV=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_SRV_PPROF"); PPENV_BSRV=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_BSRV_PPROF"); }
+start srv env "${PPENV_SRV[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
 start cli "$BIN/fogmesh-agent" -insecure -config "$TMP/cli.yaml"
 
 # The baseline build (BASELINE_BIN): its own control plane and one agent,
@@ -257,11 +275,11 @@ if [ -n "$BASELINE_BIN" ]; then
   start ctlbase "$BASELINE_BIN" control -state-dir "$TMP/ctlbase" -admin-addr "127.0.0.1:$P_BCTL_ADMIN" \
     -sync-addr "127.0.0.1:$P_BCTL_SYNC" -insecure
   wait_port 127.0.0.1 "$P_BCTL_ADMIN" ctlbase
-  services_yaml "webl7:http:$S_WEB:http" >"$TMP/services-base.yaml"
+  services_yaml "webl7:http:$S_WEB:http" "web:http:$S_WEB" >"$TMP/services-base.yaml"
   "$BASELINE_BIN" apply -server "http://127.0.0.1:$P_BCTL_ADMIN" -f "$TMP/services-base.yaml" >&2
   agent_config srvbase "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN" "$BASE_VIP_RANGE" \
-    "webl7:http:$P_HTTP" >"$TMP/srvbase.yaml"
-  start srvbase "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
+    "webl7:http:$P_HTTP" "web:http:$P_HTTP" >"$TMP/srvbase.yaml"
+  start srvbase env "${PPENV_BSRV[@]}" "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
 fi
 
 wait_port 127.0.0.1 "$P_IPERF" iperf
@@ -276,12 +294,12 @@ wait_port 127.0.0.1 "$P_CLI_ADMIN" cli
 [ -z "$BASELINE_BIN" ] || wait_port 127.0.0.1 "$P_BSRV_ADMIN" srvbase
 
 SRV_VIP_BULK= SRV_VIP_WEB= SRV_VIP_WEBL7= SRV_VIP_HOLD= CLI_VIP_BULK= CLI_VIP_WEB= CLI_VIP_WEBL7= CLI_VIP_HOLD=
-SRV_VIP_WEBH2= SRV_VIP_GRPC= BASE_VIP_WEBL7=
+SRV_VIP_WEBH2= SRV_VIP_GRPC= BASE_VIP_WEBL7= BASE_VIP_WEB=
 all_vips() {
   [ -n "$SRV_VIP_BULK" ] && [ -n "$SRV_VIP_WEB" ] && [ -n "$SRV_VIP_WEBL7" ] && [ -n "$SRV_VIP_HOLD" ] &&
     [ -n "$SRV_VIP_WEBH2" ] && [ -n "$SRV_VIP_GRPC" ] &&
     [ -n "$CLI_VIP_BULK" ] && [ -n "$CLI_VIP_WEB" ] && [ -n "$CLI_VIP_WEBL7" ] && [ -n "$CLI_VIP_HOLD" ] &&
-    { [ -z "$BASELINE_BIN" ] || [ -n "$BASE_VIP_WEBL7" ]; }
+    { [ -z "$BASELINE_BIN" ] || { [ -n "$BASE_VIP_WEBL7" ] && [ -n "$BASE_VIP_WEB" ]; }; }
 }
 for i in $(seq 1 150); do
   SRV_VIP_BULK=$(vip "$P_SRV_ADMIN" bulk node); SRV_VIP_WEB=$(vip "$P_SRV_ADMIN" web node)
@@ -291,6 +309,7 @@ for i in $(seq 1 150); do
   CLI_VIP_WEBL7=$(vip "$P_CLI_ADMIN" webl7 site); CLI_VIP_HOLD=$(vip "$P_CLI_ADMIN" hold site)
   # The baseline agent, asked with its own build's CLI.
   [ -z "$BASELINE_BIN" ] || BASE_VIP_WEBL7=$(vip "$P_BSRV_ADMIN" webl7 node "$BASELINE_BIN")
+  [ -z "$BASELINE_BIN" ] || BASE_VIP_WEB=$(vip "$P_BSRV_ADMIN" web node "$BASELINE_BIN")
   all_vips && break
   sleep 0.1
 done
@@ -299,7 +318,7 @@ all_vips || {
   [ -z "$BASELINE_BIN" ] || "$BASELINE_BIN" routes -agent "http://127.0.0.1:$P_BSRV_ADMIN" >&2 || true
   die "agents did not route all services within 15 s"
 }
-log "srv agent VIPs: bulk $SRV_VIP_BULK web $SRV_VIP_WEB webl7 $SRV_VIP_WEBL7 webh2 $SRV_VIP_WEBH2 webgrpc $SRV_VIP_GRPC hold $SRV_VIP_HOLD; cli agent: bulk $CLI_VIP_BULK web $CLI_VIP_WEB webl7 $CLI_VIP_WEBL7 hold $CLI_VIP_HOLD${BASELINE_BIN:+; baseline agent: webl7 $BASE_VIP_WEBL7}"
+log "srv agent VIPs: bulk $SRV_VIP_BULK web $SRV_VIP_WEB webl7 $SRV_VIP_WEBL7 webh2 $SRV_VIP_WEBH2 webgrpc $SRV_VIP_GRPC hold $SRV_VIP_HOLD; cli agent: bulk $CLI_VIP_BULK web $CLI_VIP_WEB webl7 $CLI_VIP_WEBL7 hold $CLI_VIP_HOLD${BASELINE_BIN:+; baseline agent: webl7 $BASE_VIP_WEBL7 web $BASE_VIP_WEB}"
 
 # Engines: name, label, bulk address, web URL. LATENGINES adds the agents'
 # L7 path (the same backend behind a service port declared protocol: http)
@@ -317,12 +336,18 @@ if [ -n "$BASELINE_BIN" ]; then
   LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent1l7base agent2l7 nginx)
   L7ENGINES=(direct agent1l7 agent1l7base agent2l7 nginx)
 fi
+# ONLY_L4LAT: the L4 rows of section 2 only, with the baseline's tcp port.
+if [ "$ONLY_L4LAT" = 1 ]; then
+  LATENGINES=(direct agent1 haproxy relay); L7ENGINES=()
+  [ -z "$BASELINE_BIN" ] || LATENGINES=(direct agent1 agent1base haproxy relay)
+fi
 LABEL[direct]="(a) direct";                 BULK[direct]="127.0.0.1 $P_IPERF";          WEB[direct]="http://127.0.0.1:$P_HTTP/"
 LABEL[agent1]="(b) one agent (node tier)";  BULK[agent1]="$SRV_VIP_BULK $S_BULK";       WEB[agent1]="http://$SRV_VIP_WEB:$S_WEB/"
 LABEL[agent2]="(c) two agents (mesh port)"; BULK[agent2]="$CLI_VIP_BULK $S_BULK";       WEB[agent2]="http://$CLI_VIP_WEB:$S_WEB/"
 LABEL[haproxy]="(d) HAProxy $HAPROXY_VERSION (tcp, splice-auto, 1 thread)"; BULK[haproxy]="127.0.0.1 $P_HAP_BULK"; WEB[haproxy]="http://127.0.0.1:$P_HAP_WEB/"
 LABEL[relay]="(e) minimal Go splice relay"; BULK[relay]="127.0.0.1 $P_REL_BULK";       WEB[relay]="http://127.0.0.1:$P_REL_WEB/"
 LABEL[agent1l7]="(b7) one agent, port declared http (L7)";  WEB[agent1l7]="http://$SRV_VIP_WEBL7:$S_WEB/"
+LABEL[agent1base]="(b-base) one agent (node tier), baseline build $BASELINE_NAME"; WEB[agent1base]="http://$BASE_VIP_WEB:$S_WEB/"
 LABEL[agent1l7base]="(b7-base) one agent, L7, baseline build $BASELINE_NAME"; WEB[agent1l7base]="http://$BASE_VIP_WEBL7:$S_WEB/"
 LABEL[agent2l7]="(c7) two agents, port declared http (L7 on the cli agent, mesh to srv)"; WEB[agent2l7]="http://$CLI_VIP_WEBL7:$S_WEB/"
 LABEL[nginx]="(n) nginx $NGINX_VERSION (HTTP reverse proxy, upstream keepalive 64, 1 worker)"; WEB[nginx]="http://127.0.0.1:$P_NGINX/"
@@ -337,7 +362,7 @@ KIND[h2ldirect]=h2load; KIND[h2lagent1]=h2load
 CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
 CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"
 CPUPIDS[agent1l7]="$PID_srv"; CPUPIDS[agent2l7]="$PID_cli $PID_srv"
-CPUPIDS[agent1l7base]="${PID_srvbase:-}"
+CPUPIDS[agent1l7base]="${PID_srvbase:-}"; CPUPIDS[agent1base]="${PID_srvbase:-}"
 CPUPIDS[h2ldirect]=""; CPUPIDS[h2lagent1]="$PID_srv"
 CPUPIDS[h2direct]=""; CPUPIDS[h2agent1]="$PID_srv"; CPUPIDS[grpcdirect]=""; CPUPIDS[grpcagent1]="$PID_srv"
 # nginx: the master and its worker(s) (the worker does the proxying).
@@ -387,12 +412,43 @@ done
 RSS_SRV_TP=$(rss_kb "$PID_srv"); RSS_CLI_TP=$(rss_kb "$PID_cli")
 
 # ---------------------------------------------------------------- 2. latency
+# PPROF=1: a CPU profile of the agent over each of its L4 fortio runs
+# (the profile ends a second before the run does).
+PPROF_DIR=${PPROF_DIR:-$ROOT/bench/out/pprof-$(date +%Y%m%d-%H%M%S)}
+[ "$PPROF" != 1 ] || mkdir -p "$PPROF_DIR"
+declare -A PPORT=([agent1]=$P_SRV_PPROF [agent1base]=$P_BSRV_PPROF)
 for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${LATENGINES[@]}"); do
+    ppid=
+    if [ "$PPROF" = 1 ] && [ -n "${PPORT[$e]:-}" ] && port_open 127.0.0.1 "${PPORT[$e]}"; then
+      curl -fsS --max-time $((LAT_SECONDS + 10)) -o "$PPROF_DIR/$e-r$r.pprof" \
+        "http://127.0.0.1:${PPORT[$e]}/debug/pprof/profile?seconds=$((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1))" &
+      ppid=$!
+    fi
+    spid=
+    if [ "$PERFSTAT" = 1 ] && [ -n "${CPUPIDS[$e]:-}" ]; then
+      # shellcheck disable=SC2086 # CPUPIDS is a list of PIDs
+      perf stat -x, -e task-clock,context-switches,cpu-migrations -p "$(echo ${CPUPIDS[$e]} | tr ' ' ,)" \
+        -o "$TMP/perfstat-$e-$r.csv" -- sleep $((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1)) >/dev/null 2>&1 &
+      spid=$!
+    fi
     fixed_rate "$e" "$r"
+    [ -z "$ppid" ] || wait "$ppid" || log "pprof of $e round $r failed"
+    if [ -n "$spid" ]; then
+      if wait "$spid"; then
+        # task-clock (ms) and context switches over the window, per request
+        # at the achieved rate.
+        read -r "PS_CPU[$e,$r]" "PS_CS[$e,$r]" "PS_MIG[$e,$r]" < <(awk -F, -v q="${AQPS[$e,$r]:-0}" -v s=$((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1)) \
+          '$3 == "task-clock" {t = $1} $3 == "context-switches" {c = $1} $3 == "cpu-migrations" {m = $1}
+           END {n = q * s; if (n > 0 && q != "fail") printf "%.1f %.2f %.3f\n", t * 1000 / n, c / n, m / n; else print "fail fail fail"}' "$TMP/perfstat-$e-$r.csv")
+      else
+        log "perf stat of $e round $r failed"; PS_CPU[$e,$r]=fail; PS_CS[$e,$r]=fail; PS_MIG[$e,$r]=fail
+      fi
+    fi
     sleep 0.5
   done
 done
+[ "$PPROF" != 1 ] || log "CPU profiles in $PPROF_DIR (go tool pprof -top FILE)"
 
 # ---------------------------------------------------------------- 6. L7 request rate
 # max_rate ENGINE ROUND: closed loop, CONNS connections, LAT_SECONDS: wrk for
@@ -536,6 +592,11 @@ REF[agent1l7base]=direct; HOPS[agent1l7base]=1
 HOPS[h2direct]=0; HOPS[h2agent1]=1; HOPS[grpcdirect]=0; HOPS[grpcagent1]=1
 REF[h2ldirect]=h2ldirect; REF[h2lagent1]=h2ldirect; HOPS[h2ldirect]=0; HOPS[h2lagent1]=1
 hop99() { calc "%+.3f" "$(add99 "$1" "${REF[$1]}")" "${HOPS[$1]}" "a / b"; } # added p99 per hop, ms
+rounds_added() { # ARRAY ENGINE: per round, ARRAY[ENGINE,r] - ARRAY[direct,r] ("x / y / z")
+  local -n ra=$1; local out="" r
+  for r in $(seq 1 "$ROUNDS"); do out+="${out:+ / }$(calc "%+.3f" "${ra[$2,$r]:-fail}" "${ra[direct,$r]:-fail}" "a - b")"; done
+  echo "$out"
+}
 us() { case "$1" in *fail*|*n/a*) echo "n/a" ;; *) awk -v a="$1" 'BEGIN {printf "%+.0f µs", a * 1000}' ;; esac; }
 ratio() { # A B: A / B, "n/a" if B is 0 or either is missing
   case $(calc "%d" "$1" "$2" "b == 0") in 0) calc "%.3f" "$1" "$2" "a / b" ;; *) echo "n/a" ;; esac
@@ -548,7 +609,7 @@ cpureq() { calc "%.1f" "${MCPU[$1]}" "${MQ[$1]}" "a * 10000 / b"; }
 within5() { # NEW BASE: 1 if NEW <= BASE + 5% of |BASE|, 0 if not, n/a
   calc "%d" "$1" "$2" "a <= b + 0.05 * (b < 0 ? -b : b)"
 }
-if [ -n "$BASELINE_BIN" ]; then
+if [ -n "$BASELINE_BIN" ] && [ "$ONLY_L4LAT" != 1 ]; then
   REG_Q=$(calc "%d" "${MQ[agent1l7]}" "${MQ[agent1l7base]}" "a >= 0.95 * b")
   REG_50=$(within5 "$(add50 agent1l7)" "$(add50 agent1l7base)")
   REG_99=$(within5 "$(add99 agent1l7)" "$(add99 agent1l7base)")
@@ -566,7 +627,8 @@ echo "| peers | HAProxy $HAPROXY_VERSION, nginx $NGINX_VERSION, iperf3 $IPERF_VE
 echo
 echo "Everything on loopback, no CPU pinning (load generator, backend and proxies share all cores); agents with default GOMAXPROCS/GOGC."
 echo "$ROUNDS rounds, engines interleaved (order rotated each round); the figure is the median of the rounds, per-round values follow."
-[ "$ONLY_L7" != 1 ] || echo "ONLY_L7=1: sections 1 (iperf3), 3 (RSS), 4 (binary sizes), 5 (Go benchmarks) and the h2c, gRPC and h2load rows are skipped."
+if [ "$ONLY_L4LAT" = 1 ]; then echo "ONLY_L4LAT=1: only the L4 rows of section 2 (and their targets); every other section is skipped."
+elif [ "$ONLY_L7" = 1 ]; then echo "ONLY_L7=1: sections 1 (iperf3), 3 (RSS), 4 (binary sizes), 5 (Go benchmarks) and the h2c, gRPC and h2load rows are skipped."; fi
 if [ "$ONLY_L7" != 1 ]; then
 echo
 echo "## 1. TCP bulk throughput (iperf3, 1 stream, ${IPERF_SECONDS} s)"
@@ -608,6 +670,32 @@ echo "|---|---|---|"
 echo "| HAProxy (1 hop) | $(add50 haproxy) | $(add99 haproxy) |"
 echo "| splice relay (1 hop) | $(add50 relay) | $(add99 relay) |"
 echo "| one agent (1 hop) | $(add50 agent1) | $(add99 agent1) |"
+[ -z "$BASELINE_BIN" ] || [ "$ONLY_L4LAT" != 1 ] || echo "| one agent, baseline build (b-base, 1 hop) | $(add50 agent1base) | $(add99 agent1base) |"
+echo "| one agent / splice relay (added) | $(ratio "$(add50 agent1)" "$(add50 relay)") | $(ratio "$(add99 agent1)" "$(add99 relay)") |"
+echo "| one agent / HAProxy (added) | $(ratio "$(add50 agent1)" "$(add50 haproxy)") | $(ratio "$(add99 agent1)" "$(add99 haproxy)") |"
+if [ "$ONLY_L4LAT" = 1 ]; then
+[ -z "$BASELINE_BIN" ] || echo "| baseline (b-base) / splice relay (added) | $(ratio "$(add50 agent1base)" "$(add50 relay)") | $(ratio "$(add99 agent1base)" "$(add99 relay)") |"
+echo
+echo "Added latency per round (engine minus direct of the same round, ms):"
+echo
+echo "| path | added p50 per round | added p99 per round |"
+echo "|---|---|---|"
+for e in "${LATENGINES[@]}"; do
+  [ "$e" = direct ] && continue
+  echo "| ${LABEL[$e]} | $(rounds_added P50 "$e") | $(rounds_added P99 "$e") |"
+done
+if [ "$PERFSTAT" = 1 ]; then
+echo
+echo "Proxy CPU, context switches and CPU migrations per request (perf stat over each run, at the achieved rate; per round):"
+echo
+echo "| path | CPU µs per request | context switches per request | CPU migrations per request |"
+echo "|---|---|---|---|"
+for e in "${LATENGINES[@]}"; do
+  [ "$e" = direct ] && continue
+  echo "| ${LABEL[$e]} | $(rounds_of PS_CPU "$e") | $(rounds_of PS_CS "$e") | $(rounds_of PS_MIG "$e") |"
+done
+fi
+else
 echo "| two agents, per hop (added / 2) | $(calc "%+.3f" "$(add50 agent2)" 0 "a / 2") | $(calc "%+.3f" "$(add99 agent2)" 0 "a / 2") |"
 echo "| one agent minus HAProxy | $(calc "%+.3f" "$(add50 agent1)" "$(add50 haproxy)" "a - b") | $(calc "%+.3f" "$(add99 agent1)" "$(add99 haproxy)" "a - b") |"
 echo "| one agent, L7 (port declared http) | $(add50 agent1l7) | $(add99 agent1l7) |"
@@ -619,6 +707,7 @@ echo "| one agent, L7: new (b7) / baseline (b7-base) | $(ratio "$(add50 agent1l7
 fi
 echo "| nginx, HTTP reverse proxy (1 hop) | $(add50 nginx) | $(add99 nginx) |"
 echo "| two agents per hop minus HAProxy | $(calc "%+.3f" "$(add50 agent2)" "$(add50 haproxy)" "a / 2 - b") | $(calc "%+.3f" "$(add99 agent2)" "$(add99 haproxy)" "a / 2 - b") |"
+fi
 echo
 if [ "$ONLY_L7" != 1 ]; then
 echo "## 3. Agent memory (VmRSS)"
@@ -660,6 +749,7 @@ echo
 echo "(MB = MiB.)"
 echo
 fi
+if [ "$ONLY_L4LAT" != 1 ]; then
 echo "## 6. L7 proxying: request rate and latency (HTTP/1.1, h2c, gRPC)"
 echo
 echo "Backend: the same fortio server (empty 200; gRPC: its ping service). Max req/s: closed loop, $CONNS connections, ${LAT_SECONDS} s"
@@ -699,6 +789,7 @@ echo "| (b2l) h2c one agent / (a2l) h2c direct, h2load -m $H2_STREAMS | $(calc "
 echo "| (bg) gRPC one agent / (ag) gRPC direct | $(calc "%.2f" "${MQ[grpcagent1]}" "${MQ[grpcdirect]}" "a / b") |"
 fi
 echo
+fi # ONLY_L4LAT
 echo "## Targets"
 echo
 echo "| target | figure | |"
@@ -709,6 +800,8 @@ echo "| (b) one agent above HAProxy (d) | (b)/(d) = $(calc "%.2f" "${TPM[agent1]
 fi
 echo "| added p50 per agent hop <= HAProxy's (one agent) | $(add50 agent1) vs $(add50 haproxy) ms | $(met "$(calc "%d" "$(add50 agent1)" "$(add50 haproxy)" "a <= b")") |"
 echo "| added p99 per agent hop <= HAProxy's (one agent) | $(add99 agent1) vs $(add99 haproxy) ms | $(met "$(calc "%d" "$(add99 agent1)" "$(add99 haproxy)" "a <= b")") |"
+echo "| added p50 per agent hop within 10% of the splice relay's (one agent) | $(add50 agent1) vs $(add50 relay) ms | $(met "$(calc "%d" "$(add50 agent1)" "$(add50 relay)" "a <= b + 0.1 * (b < 0 ? -b : b)")") |"
+if [ "$ONLY_L4LAT" != 1 ]; then
 echo "| added p50 per agent hop <= HAProxy's (two agents / 2) | $(calc "%+.3f" "$(add50 agent2)" 0 "a / 2") vs $(add50 haproxy) ms | $(met "$(calc "%d" "$(add50 agent2)" "$(add50 haproxy)" "a / 2 <= b")") |"
 echo "| added p99 per agent hop <= HAProxy's (two agents / 2) | $(calc "%+.3f" "$(add99 agent2)" 0 "a / 2") vs $(add99 haproxy) ms | $(met "$(calc "%d" "$(add99 agent2)" "$(add99 haproxy)" "a / 2 <= b")") |"
 if [ "$ONLY_L7" != 1 ]; then
@@ -724,7 +817,8 @@ echo "| L7: the same for h2c, one agent (b2) | $(us "$(hop99 h2agent1)") | $(met
 echo "| L7: the same for gRPC, one agent (bg) | $(us "$(hop99 grpcagent1)") | $(met "$(calc "%d" "$(hop99 grpcagent1)" 0 "a < 0.3")") |"
 fi
 echo "| (for comparison) nginx added p99 at $QPS req/s | $(us "$(hop99 nginx)") | $(met "$(calc "%d" "$(hop99 nginx)" 0 "a < 0.3")") |"
-if [ -n "$BASELINE_BIN" ]; then
+fi # ONLY_L4LAT
+if [ -n "$BASELINE_BIN" ] && [ "$ONLY_L4LAT" != 1 ]; then
 echo "| Regression check (issue 9): new within 5% of baseline ((b7) vs (b7-base): max req/s >= 95%, added p50 and p99 <= +5%) | max req/s new/baseline $(ratio "${MQ[agent1l7]}" "${MQ[agent1l7base]}") ($(met "$REG_Q")); added p50 $(add50 agent1l7) vs $(add50 agent1l7base) ms ($(met "$REG_50")); added p99 $(add99 agent1l7) vs $(add99 agent1l7base) ms ($(met "$REG_99")) | $(met "$REG") |"
 fi
 if [ "$ONLY_L7" != 1 ]; then

@@ -1,0 +1,102 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+)
+
+// The ping-pong benchmarks measure the round trip of one small message
+// (the size of a small HTTP request) client -> [Relay] -> echo -> back, one
+// connection, one message in flight: the per-hop latency of section 2 of
+// BENCHMARKS.md in-process. ns/op is the round trip.
+func BenchmarkPingPongDirect(b *testing.B) { benchPingPong(b, nil) }
+
+// BenchmarkPingPongRelay goes through Relay on the bare *net.TCPConns.
+func BenchmarkPingPongRelay(b *testing.B) {
+	benchPingPong(b, func(a, c net.Conn) { Relay(context.Background(), a, c) })
+}
+
+// BenchmarkPingPongSplice is the splice relay of bench/splicerelay: two
+// io.Copy between the *net.TCPConns (splice(2) for every message).
+func BenchmarkPingPongSplice(b *testing.B) {
+	benchPingPong(b, func(a, c net.Conn) {
+		done := make(chan struct{})
+		go func() { io.Copy(c, a); c.(*net.TCPConn).CloseWrite(); close(done) }()
+		io.Copy(a, c)
+		a.(*net.TCPConn).CloseWrite()
+		<-done
+		a.Close()
+		c.Close()
+	})
+}
+
+func benchPingPong(b *testing.B, relay func(a, c net.Conn)) {
+	const size = 100
+	echoLn := listen(b)
+	go func() {
+		c, err := echoLn.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				if _, werr := c.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	echoAddr := echoLn.Addr().String()
+	addr := echoAddr
+	if relay != nil {
+		frontLn := listen(b)
+		go func() {
+			a, err := frontLn.Accept()
+			if err != nil {
+				return
+			}
+			c, err := net.Dial("tcp", echoAddr)
+			if err != nil {
+				a.Close()
+				return
+			}
+			relay(a, c)
+		}()
+		addr = frontLn.Addr().String()
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	msg := make([]byte, size)
+	got := make([]byte, size)
+	for b.Loop() {
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, got); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// plainConn hides ReadFrom and WriteTo, so io.Copy reads and writes
+// through a buffer (no splice).
+type plainConn struct{ net.Conn }
+
+func (c plainConn) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite() }
+
+// BenchmarkPingPongReadWrite is Relay on wrapped connections: read(2) and
+// write(2) through a buffer for every message.
+func BenchmarkPingPongReadWrite(b *testing.B) {
+	benchPingPong(b, func(a, c net.Conn) { Relay(context.Background(), plainConn{a}, plainConn{c}) })
+}
