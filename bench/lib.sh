@@ -216,6 +216,15 @@ order() { # ROUND ENGINE...: the engines rotated by ROUND (so none always runs f
 # iperf_run ENGINE ROUND: one iperf3 client run (1 stream, IPERF_SECONDS) to
 # BULK[ENGINE]; sets TP (Gbit/s) and TPCPU (CPU % of CPUPIDS[ENGINE]), both
 # "fail" (and a FAILED entry) if it fails.
+iperf_rounds() { # ENGINE...: ROUNDS rounds of iperf_run over the engines, rotated per round
+  local r e
+  for r in $(seq 1 "$ROUNDS"); do
+    for e in $(order "$r" "$@"); do
+      iperf_run "$e" "$r"
+      sleep 0.5
+    done
+  done
+}
 iperf_run() {
   local e=$1 r=$2 host port out v= c0 c1 t0 t1
   read -r host port <<<"${BULK[$e]}"

@@ -126,12 +126,7 @@ for i in "${!WIN[@]}"; do IDLE[$i]=$(both rss_kb "$i"); done
 
 ENGINES=()
 for i in "${!WIN[@]}"; do ENGINES+=("w$i"); done
-for r in $(seq 1 "$ROUNDS"); do
-  for e in $(order "$r" "${ENGINES[@]}"); do
-    iperf_run "$e" "$r"
-    sleep 0.5
-  done
-done
+iperf_rounds "${ENGINES[@]}"
 for i in "${!WIN[@]}"; do HWMB[$i]=$(both hwm_kb "$i"); RSSB[$i]=$(both rss_kb "$i"); done
 log "idle $AFTER_SECONDS s after the bulk runs"
 sleep "$AFTER_SECONDS"

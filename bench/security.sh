@@ -246,12 +246,7 @@ for e in "${ENGINES[@]}"; do
 done
 
 # ---------------------------------------------------------------- S1. throughput
-for r in $(seq 1 "$ROUNDS"); do
-  for e in $(order "$r" "${ENGINES[@]}"); do
-    iperf_run "$e" "$r"
-    sleep 0.5
-  done
-done
+iperf_rounds "${ENGINES[@]}"
 
 # ---------------------------------------------------------------- S2. latency
 for r in $(seq 1 "$ROUNDS"); do
