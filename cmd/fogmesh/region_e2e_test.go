@@ -165,9 +165,14 @@ func TestRegionalControlPlaneProcesses(t *testing.T) {
 	}
 
 	// The global plane comes back: the region links again.
-	gl.ctl = start(t, "control", "-state-dir", gl.state, "-admin-addr", gl.adminAddr, "-sync-addr", gl.syncAddr,
+	// The sync address stays (the region's upstream names it); the admin
+	// port is the kernel's pick, read back (the old one may be taken by
+	// now: a CI run once met "address already in use" there).
+	var addrs map[string]string
+	gl.ctl, addrs = startAddrs(t, "control", "-state-dir", gl.state, "-admin-addr", any0, "-sync-addr", gl.syncAddr,
 		"-heartbeat-interval", "500ms", "-node-timeout", "1m")
-	secureAdmin(t, gl.ctl, gl.state, gl.adminAddr)
+	gl.adminAddr = addrs["admin"]
+	gl.admin = secureAdmin(t, gl.ctl, gl.state, gl.adminAddr)
 	eventually(t, 40*time.Second, "the region never linked again", linked)
 
 	// edge-east stays with its region; its node and endpoint reach the
