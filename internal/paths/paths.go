@@ -339,11 +339,12 @@ func (m *Manager) RTT(name string) (time.Duration, bool) {
 	st := m.peers[name]
 	var kind Kind
 	var udp string
+	var probeRTT time.Duration
 	var ru *udpRelayed
 	if st != nil {
 		kind = st.current()
 		if kind == Punched && st.punched != nil {
-			udp = st.punched.MeshAddr()
+			udp, probeRTT = st.punched.MeshAddr(), st.punched.RTT
 		}
 		if kind == Relayed {
 			ru = st.relUDP
@@ -357,8 +358,13 @@ func (m *Manager) RTT(name string) (time.Duration, bool) {
 	switch kind {
 	case Punched:
 		if u != nil {
-			return u.client.RTT(udp)
+			if d, ok := u.client.RTT(udp); ok {
+				return d, true
+			}
 		}
+		// No QUIC connection of ours on it yet (the peer dialed, or no
+		// stream used it): the punch's probe round trip.
+		return probeRTT, probeRTT > 0
 	case Direct:
 		return m.tcp.RTT(directKey(name))
 	case Relayed:
