@@ -1,8 +1,13 @@
 package paths
 
 import (
+	"net"
 	"testing"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fogmesh/fogmesh/internal/punch"
 )
 
 // TestPunchedPathStatus: a punched path shows an RTT before any stream
@@ -36,5 +41,43 @@ func TestPunchedPathStatus(t *testing.T) {
 	}
 	if bp.RTTMs <= 0 {
 		t.Errorf("b's punched path to a shows no RTT: %+v", bp)
+	}
+}
+
+// TestPunchRefusalsInMetrics: probes the punching socket refuses (here a
+// malformed one and one of no introduction) are counted in the agent's
+// metrics by reason, not only in the Puncher.
+func TestPunchRefusalsInMetrics(t *testing.T) {
+	l := newLab(t)
+	set := metrics.NewSet()
+	a := l.node("site-a", "a", func(c *Config) { c.UDPAddr = "127.0.0.1:0"; c.Metrics = set })
+	waitRelay(t, true, a)
+	cands := a.m.Status().Candidates
+	if len(cands) == 0 {
+		t.Fatal("no punching candidates")
+	}
+	to, err := net.ResolveUDPAddr("udp", cands[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialUDP("udp", nil, to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	malformed := append([]byte("\x00FMP"), make([]byte, 100)...)
+	k, err := punch.NewKey("00112233445566778899aabbccddeeff", "spiffe://x/a", "spiffe://x/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := k.Append(nil, punch.KindRequest, 1, 1)
+	waitFor(t, "the refusals counted in the metrics", func() bool {
+		c.Write(malformed) // UDP may drop: sent again until counted
+		c.Write(stranger)
+		return gaugeValue(set, `fogmesh_punch_refused_total{reason="malformed"}`) >= 1 &&
+			gaugeValue(set, `fogmesh_punch_refused_total{reason="unknown_session"}`) >= 1
+	})
+	if v := gaugeValue(set, `fogmesh_punch_refused_total{reason="bad_mac"}`); v != 0 {
+		t.Errorf("bad_mac %v, want 0", v)
 	}
 }
