@@ -129,7 +129,7 @@ func (s *Server) serveControl(raw net.Conn, tc *tls.Conn, id spiffeid.ID) {
 // candidates and X gets Y's, both under X's nonce.
 func (s *Server) introduce(xc *ctrlConn, x spiffeid.ID, m *Introduce) {
 	refuse := func(reason, msg string) {
-		s.refuse(reason)
+		s.refuseNode(reason, x, msg)
 		s.send(xc, TypeError, &Error{Nonce: m.Nonce, Reason: reason, Message: msg})
 	}
 	y, err := spiffeid.FromString(m.Peer)

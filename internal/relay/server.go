@@ -194,7 +194,7 @@ type Server struct {
 	mUDPChannels   *metrics.Counter
 
 	handshakes chan struct{} // a slot per connection being authenticated
-
+	refusals   refusalLog    // when each reason was last logged
 	// tap, if set (tests), sees every byte the relay forwards.
 	tap func(session string, p []byte)
 
