@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -21,6 +22,9 @@ type ctrlConn struct {
 	tc       *tls.Conn
 	observed string // the remote address of raw: the TCP reflexive candidate
 	token    string // UDP reflexive token
+	// dead: a write failed and closed raw. Frames the TLS layer had
+	// already buffered are not served after that.
+	dead atomic.Bool
 
 	wmu sync.Mutex
 }
@@ -30,9 +34,13 @@ type ctrlConn struct {
 func (s *Server) send(c *ctrlConn, t byte, msg any) bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.dead.Load() {
+		return false
+	}
 	c.raw.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	err := WriteFrame(c.tc, t, msg)
 	if err != nil {
+		c.dead.Store(true)
 		s.refuse(ReasonSlowReader)
 		c.raw.Close()
 		return false
@@ -66,7 +74,7 @@ func (s *Server) serveControl(raw net.Conn, tc *tls.Conn, id spiffeid.ID) {
 	if !s.send(c, TypeHello, &Hello{Node: id.String(), Observed: c.observed, UDPToken: c.token}) {
 		return
 	}
-	for {
+	for !c.dead.Load() {
 		raw.SetReadDeadline(time.Now().Add(s.cfg.ControlTimeout))
 		f, err := ReadFrame(tc)
 		if err != nil {
