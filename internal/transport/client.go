@@ -99,6 +99,9 @@ type Client struct {
 	retired map[*yamux.Session]retiredSession // draining: no new streams (Retire)
 
 	rtts sync.Map // mesh address -> *peer, for RTT without mu (read per request)
+	// retiredSet holds the sessions in retired, for streamConn.Retired
+	// without mu (asked per pooled request).
+	retiredSet sync.Map
 }
 
 // peer is the session to one peer agent.
@@ -342,7 +345,9 @@ func (c *Client) openStream(ctx context.Context, sess *yamux.Session, h Header) 
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
-	return streamHandshake(ctx, newStreamConn(st), h)
+	sc := newStreamConn(st)
+	sc.client = c
+	return streamHandshake(ctx, sc, h)
 }
 
 // streamHandshake runs the client side of the stream handshake on a newly

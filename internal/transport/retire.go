@@ -3,6 +3,7 @@ package transport
 import (
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -32,6 +33,7 @@ func (c *Client) Retire(meshAddr string) bool {
 	sess := p.sess
 	p.sess = nil
 	c.retired[sess] = retiredSession{addr: meshAddr, id: p.id}
+	c.retiredSet.Store(sess, struct{}{})
 	c.wg.Add(1)
 	c.mu.Unlock()
 	go func() {
@@ -48,6 +50,13 @@ func (c *Client) Retire(meshAddr string) bool {
 		c.mu.Lock()
 		delete(c.retired, sess)
 		c.mu.Unlock()
+		c.retiredSet.Delete(sess)
 	}()
 	return true
+}
+
+// isRetired reports whether sess is retired and not yet closed.
+func (c *Client) isRetired(sess *yamux.Session) bool {
+	_, ok := c.retiredSet.Load(sess)
+	return ok
 }
