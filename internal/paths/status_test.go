@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/fogmesh/fogmesh/internal/punch"
 )
@@ -79,5 +80,35 @@ func TestPunchRefusalsInMetrics(t *testing.T) {
 	})
 	if v := gaugeValue(set, `fogmesh_punch_refused_total{reason="bad_mac"}`); v != 0 {
 		t.Errorf("bad_mac %v, want 0", v)
+	}
+}
+
+// TestIntroductionFromUnknownNodeDropped: an introduction from a node the
+// registry does not list (a node of the CA the control plane never
+// registered, or one a relay made up) is dropped and counted: this node
+// sends no probe to the candidates it carries, and no path appears.
+func TestIntroductionFromUnknownNodeDropped(t *testing.T) {
+	l := newLab(t)
+	set := metrics.NewSet()
+	b := l.node("site-b", "b", func(c *Config) {
+		c.UDPAddr = "127.0.0.1:0"
+		c.Metrics = set
+		c.Known = func(name string, _ spiffeid.ID) bool { return name != "z" }
+	})
+	z := l.node("site-z", "z", func(c *Config) { c.UDPAddr = "127.0.0.1:0"; c.RetryAfter = time.Hour })
+	waitRelay(t, true, b, z)
+	pb := b.peer()
+	pb.Addr = closedAddr(t)
+	s := openEcho(t, z.m, pb) // relayed; z then asks the relay to introduce it to b
+	defer s.Close()
+	waitFor(t, "the introduction dropped and counted", func() bool {
+		return gaugeValue(set, "fogmesh_path_introductions_dropped_total") >= 1
+	})
+	waitFor(t, "z's punch to fail", func() bool { on, at := punchStateOf(z.m, "b"); return !on && !at.IsZero() })
+	if st := b.m.punchStats(); st.Sent != 0 || st.Answered != 0 {
+		t.Errorf("b probed or answered an unknown node: %+v", st)
+	}
+	if p, ok := pathTo(b.m, "z"); ok {
+		t.Errorf("b has a path to the unknown node: %+v", p)
 	}
 }
