@@ -161,19 +161,12 @@ func (s *Server) introduce(xc *ctrlConn, x spiffeid.ID, m *Introduce) {
 		refuse(ReasonReplay, "nonce already used")
 		return
 	}
-	if len(s.nonces) >= maxNonces {
-		for k, exp := range s.nonces {
-			if now.After(exp) {
-				delete(s.nonces, k)
-			}
-		}
-		if len(s.nonces) >= maxNonces {
-			s.mu.Unlock()
-			refuse(ReasonNonceStoreFull, "too many introductions; retry later")
-			return
-		}
+	if r, msg := s.nonceRoomLocked(x.String(), now); r != "" {
+		s.mu.Unlock()
+		refuse(r, msg)
+		return
 	}
-	s.nonces[key] = now.Add(2 * s.cfg.ReplayWindow)
+	s.rememberNonceLocked(x.String(), m.Nonce, now)
 	xn := s.nodes[x.String()]
 	yn := s.nodes[y.String()]
 	var yc *ctrlConn

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -95,5 +96,46 @@ func TestRelayLogsRefusals(t *testing.T) {
 	}
 	if got := logs.matching("relay: refused", "reason="+ReasonOtherDomain, "node="+x.id); len(got) != 1 {
 		t.Errorf("log lines of the other-domain request: %q, want one", got)
+	}
+}
+
+// TestRelayIntroductionsBoundedPerNode: one node asking for introductions
+// in a loop fills at most its share of the relay's replay store
+// (maxNoncesPerNode) and is then refused with introduction_limit; another
+// node is still introduced. Without the share, one node would fill the
+// whole store and stop introductions (punching) relay-wide.
+func TestRelayIntroductionsBoundedPerNode(t *testing.T) {
+	var clock atomic.Int64 // the relay's clock: still unless the test moves it
+	clock.Store(time.Now().UnixNano())
+	f := newFixture(t, func(c *Config) { c.Now = func() time.Time { return time.Unix(0, clock.Load()) } })
+	now := time.Unix(0, clock.Load())
+	x := f.node("site-a", "x")
+	y := f.node("site-b", "y")
+	z := f.node("site-c", "z")
+	ctx := ctx20(t)
+	// Fill the store directly up to x's share (as many introductions
+	// would), then ask once more over the wire.
+	f.srv.mu.Lock()
+	for range maxNoncesPerNode {
+		f.srv.rememberNonceLocked(x.c.Hello().Node, newID(), now)
+	}
+	f.srv.mu.Unlock()
+	_, err := x.c.introduce(ctx, &Introduce{Nonce: newID(), Time: now.UnixMilli(), Peer: y.id})
+	var re *Error
+	if !errors.As(err, &re) || re.Reason != ReasonIntroductionLimit {
+		t.Fatalf("x over its share: %v, want %s", err, ReasonIntroductionLimit)
+	}
+	if got := f.metric(refused(ReasonIntroductionLimit)); got != 1 {
+		t.Errorf("introduction_limit counted %v", got)
+	}
+	// z is still introduced.
+	if _, err := z.c.introduce(ctx, &Introduce{Nonce: newID(), Time: now.UnixMilli(), Peer: y.id}); err != nil {
+		t.Fatalf("z's introduction: %v", err)
+	}
+	// Once x's nonces expire, x is introduced again.
+	now = now.Add(2*DefaultReplayWindow + time.Second)
+	clock.Store(now.UnixNano())
+	if _, err := x.c.introduce(ctx, &Introduce{Nonce: newID(), Time: now.UnixMilli(), Peer: y.id}); err != nil {
+		t.Fatalf("x after its nonces expired: %v", err)
 	}
 }
