@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/fogmesh/fogmesh/internal/punch"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // TestPunchedPathStatus: a punched path shows an RTT before any stream
@@ -111,4 +112,38 @@ func TestIntroductionFromUnknownNodeDropped(t *testing.T) {
 	if p, ok := pathTo(b.m, "z"); ok {
 		t.Errorf("b has a path to the unknown node: %+v", p)
 	}
+}
+
+// TestPathKeepAliveConfigurable: Config.KeepAlive (the agent's
+// pathKeepAlive) is how often a punched path probes its peer to hold the
+// NAT mappings: at 100 ms the peer's answers keep coming with no stream on
+// the path. (The default, punch.DefaultKeepAlive, is 20 s: below the
+// common 30 s UDP mapping timeout.)
+func TestPathKeepAliveConfigurable(t *testing.T) {
+	if punch.DefaultKeepAlive >= 30*time.Second {
+		t.Fatalf("default keepalive %v, not below 30 s", punch.DefaultKeepAlive)
+	}
+	l := newLab(t)
+	fast := func(c *Config) { c.UDPAddr = "127.0.0.1:0"; c.KeepAlive = 100 * time.Millisecond }
+	a := l.node("site-a", "a", fast)
+	b := l.node("site-b", "b", fast)
+	waitRelay(t, true, a, b)
+	pb := b.peer()
+	pb.Addr = closedAddr(t)
+	openEcho(t, a.m, pb).Close()
+	var pa *punch.Path
+	waitFor(t, "a punched path to b", func() bool {
+		a.m.mu.Lock()
+		defer a.m.mu.Unlock()
+		if st := a.m.peers["b"]; st != nil {
+			pa = st.punched
+		}
+		return pa != nil
+	})
+	first := pa.LastSeen()
+	// Well within the 20 s default: a path holding on the default would
+	// fail here.
+	testenv.WaitFor(t, 5*time.Second, "a keepalive answered after the punch", func() bool {
+		return pa.LastSeen().After(first.Add(150 * time.Millisecond))
+	})
 }
