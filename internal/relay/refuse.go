@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -23,8 +25,21 @@ type refusalLog struct {
 }
 
 // refuseNode counts a refusal of an authenticated node's request and logs
-// it within refusalLogEvery per reason.
+// it (Warn) within refusalLogEvery per reason.
 func (s *Server) refuseNode(reason string, node spiffeid.ID, msg string) {
+	s.refuseLogged(slog.LevelWarn, reason, "node", node.String(), msg)
+}
+
+// refuseConn counts a connection refused before it was authenticated (at
+// its TLS handshake) and logs it within refusalLogEvery per reason, at
+// Info: port scanners and load balancers' probes make these too.
+func (s *Server) refuseConn(reason, remote, msg string) {
+	s.refuseLogged(slog.LevelInfo, reason, "remote", remote, msg)
+}
+
+// refuseLogged counts a refusal and logs it, naming who (whoKey: node or
+// remote), unless one of its reason was logged within refusalLogEvery.
+func (s *Server) refuseLogged(level slog.Level, reason, whoKey, who, msg string) {
 	s.refuse(reason)
 	now := s.cfg.Now()
 	l := &s.refusals
@@ -40,7 +55,7 @@ func (s *Server) refuseNode(reason string, node spiffeid.ID, msg string) {
 	missed := l.missed[reason]
 	l.last[reason], l.missed[reason] = now, 0
 	l.mu.Unlock()
-	s.log.Warn("relay: refused", "reason", reason, "node", node.String(), "message", msg, "notLoggedBefore", missed)
+	s.log.Log(context.Background(), level, "relay: refused", "reason", reason, whoKey, who, "message", msg, "notLoggedBefore", missed)
 }
 
 // frameReason is the refusal reason of a frame read error, or "" for a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
 )
 
 // logRecords is a slog handler keeping each record as "message k=v ...".
@@ -137,5 +140,31 @@ func TestRelayIntroductionsBoundedPerNode(t *testing.T) {
 	clock.Store(now.UnixNano())
 	if _, err := x.c.introduce(ctx, &Introduce{Nonce: newID(), Time: now.UnixMilli(), Peer: y.id}); err != nil {
 		t.Fatalf("x after its nonces expired: %v", err)
+	}
+}
+
+// TestRelayLogsUnauthenticatedRefusals: connections refused before they
+// are authenticated (plaintext, no certificate) are counted and logged with
+// their remote address, once per reason within refusalLogEvery.
+func TestRelayLogsUnauthenticatedRefusals(t *testing.T) {
+	logs := &logRecords{}
+	start := time.Now()
+	f := newFixture(t, func(c *Config) {
+		c.Logger = slog.New(logs)
+		c.Now = func() time.Time { return start } // a still clock: the rate limit cannot lapse
+	})
+	for i := range 2 {
+		plain, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+		plain.SetReadDeadline(time.Now().Add(20 * time.Second))
+		plain.Read(make([]byte, 1))
+		plain.Close()
+		waitFor(t, "not_tls counted", func() bool { return f.metric(refused(identity.ReasonNotTLS)) == float64(i+1) })
+	}
+	if got := logs.matching("relay: refused", "reason="+identity.ReasonNotTLS, "remote=127.0.0.1:"); len(got) != 1 {
+		t.Errorf("log lines of the plaintext connections: %q, want one", got)
 	}
 }

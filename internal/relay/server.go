@@ -418,9 +418,7 @@ func (s *Server) serveConn(raw net.Conn) {
 	tc, err := identity.ServerHandshake(s.ctx, raw, s.tls, s.cfg.HandshakeTimeout)
 	<-s.handshakes
 	if err != nil {
-		reason := identity.HandshakeReason(err)
-		s.refuse(reason)
-		s.log.Debug("relay: handshake refused", "remote", raw.RemoteAddr().String(), "reason", reason, "err", err)
+		s.refuseConn(identity.HandshakeReason(err), raw.RemoteAddr().String(), err.Error())
 		return
 	}
 	cs := tc.ConnectionState()
