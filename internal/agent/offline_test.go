@@ -100,16 +100,10 @@ func (p *linkProxy) cut() {
 // restore listens again on the proxy's address.
 func (p *linkProxy) restore() {
 	var ln net.Listener
-	var err error
-	for i := 0; i < 50; i++ { // the old listener may linger a moment
-		if ln, err = net.Listen("tcp", p.addr); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		p.t.Fatal(err)
-	}
+	testenv.Rebind(p.t, p.addr, func() (err error) {
+		ln, err = net.Listen("tcp", p.addr)
+		return err
+	})
 	p.serve(ln)
 }
 
@@ -199,10 +193,13 @@ func (s *offlineSite) agent(o agentOpts, socket string) (*Agent, *linkProxy, Con
 func (s *offlineSite) start(cfg Config) *Agent {
 	t := s.t
 	t.Helper()
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A restart on its old mesh address (peers hold it from their cache)
+	// waits while another socket holds it.
+	var a *Agent
+	testenv.Rebind(t, cfg.MeshAddr, func() (err error) {
+		a, err = New(cfg)
+		return err
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { a.Run(ctx); close(done) }()

@@ -37,10 +37,10 @@ func rebind(addr string, timeout time.Duration, bind func() error) error {
 			return nil
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) {
-			return fmt.Errorf("restart on %s: %w", addr, err)
+			return fmt.Errorf("start on %s: %w", addr, err)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("restart on %s: the address never came free in %v (another socket holds the port): %w", addr, timeout, err)
+			return fmt.Errorf("start on %s: the address never came free in %v (another socket holds the port): %w", addr, timeout, err)
 		}
 		time.Sleep(20 * time.Millisecond) // poll interval
 	}

@@ -558,7 +558,15 @@ func TestSessionRecovery(t *testing.T) {
 	}
 	conn.Close()
 
-	srv2 := startServer(t, listen(t, srv1.addr), d, nil)
+	// The same address (the client's session to it is what is tested);
+	// another socket may hold it a while.
+	var ln2 net.Listener
+	testenv.Rebind(t, srv1.addr, func() (err error) {
+		ln2, err = net.Listen("tcp", srv1.addr)
+		return err
+	})
+	t.Cleanup(func() { ln2.Close() })
+	srv2 := startServer(t, ln2, d, nil)
 	conn, err = client.Dial(t.Context(), srv2.addr, header("echo"))
 	if err != nil {
 		t.Fatalf("Dial after restart: %v", err)
