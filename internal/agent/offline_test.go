@@ -463,7 +463,12 @@ func TestAuditBoundedWhileCutOff(t *testing.T) {
 		t.Fatalf("the audit log takes %d bytes, bound 1 MiB", n)
 	}
 	cp2 := startControl(t, cpDir, syncAddr)
-	testenv.WaitFor(t, 30*time.Second, "the kept records shipped", func() bool {
+	// The agent's reconnect backoff grows to 15 s while it is cut off (a
+	// busy machine makes the cut long): the first budget covers that, the
+	// second the shipping of about 1 MiB of records under -race (30 s in
+	// all once timed out in a full run of the package).
+	testenv.WaitFor(t, 30*time.Second, "the agent to reconnect", func() bool { return a.connected.Load() })
+	testenv.WaitFor(t, 60*time.Second, "the kept records shipped", func() bool {
 		c, ok := cpChain(t, cp2, "aud")
 		return ok && c.LastSeq == kept
 	})
