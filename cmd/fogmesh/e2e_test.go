@@ -79,25 +79,60 @@ func startAddrs(t *testing.T, args ...string) (*proc, map[string]string) {
 	return p, p.waitAddrs(t, path)
 }
 
+// restartAddrs is startAddrs for a process started again on an address it
+// held before, because others must find it there (the sync address agents
+// and regions dial); addr is that address, named in args too. The port may
+// be held by another socket for a while: a start that exits with "address
+// already in use" is tried again until testenv.Rebind gives up. Every other
+// address in args is any0, read back from the map.
+func restartAddrs(t *testing.T, addr string, args ...string) (*proc, map[string]string) {
+	t.Helper()
+	var p *proc
+	var addrs map[string]string
+	testenv.Rebind(t, addr, func() error {
+		path := filepath.Join(t.TempDir(), "addrs.json")
+		p = start(t, append(args, "-addr-file", path)...)
+		var err error
+		addrs, err = p.addrsOrExit(path)
+		return err
+	})
+	return p, addrs
+}
+
 // waitAddrs reads the -addr-file at path once the process has written it.
 func (p *proc) waitAddrs(t *testing.T, path string) map[string]string {
 	t.Helper()
+	addrs, err := p.addrsOrExit(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addrs
+}
+
+// addrsOrExit is waitAddrs returning the error: the process exited first
+// (wrapping syscall.EADDRINUSE when its output says the address was in
+// use), wrote no addresses in 30 s, or wrote a bad file.
+func (p *proc) addrsOrExit(path string) (map[string]string, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if b, err := os.ReadFile(path); err == nil {
 			var addrs map[string]string
 			if err := json.Unmarshal(b, &addrs); err != nil {
-				t.Fatalf("addr-file %s: %v", path, err)
+				return nil, fmt.Errorf("addr-file %s: %w", path, err)
 			}
-			return addrs
+			return addrs, nil
 		}
 		select {
 		case <-p.done:
-			t.Fatalf("process exited before writing its addresses:\n%s", p.out)
+			out := p.out.String()
+			if strings.Contains(out, "address already in use") {
+				return nil, fmt.Errorf("process exited before writing its addresses (%w):\n%s", syscall.EADDRINUSE, out)
+			}
+			return nil, fmt.Errorf("process exited before writing its addresses:\n%s", out)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no addresses written in 30 s:\n%s", p.out)
+			return nil, fmt.Errorf("no addresses written in 30 s:\n%s", p.out)
 		}
 	}
 }
@@ -234,8 +269,12 @@ func TestKillNineControlAndAgent(t *testing.T) {
 		t.Fatalf("apply: %d %s", code, out)
 	}
 
+	// Back on new ports (no agent has the old ones yet): the old ones may
+	// be another socket's by now.
 	cp.kill9(t)
-	cp = start(t, "control", "-insecure", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr, "-heartbeat-interval", "500ms")
+	cp, ca = startAddrs(t, "control", "-insecure", "-state-dir", state, "-admin-addr", any0, "-sync-addr", any0, "-heartbeat-interval", "500ms")
+	admin, syncAddr = ca["admin"], ca["sync"]
+	server = "http://" + admin
 	waitHTTP(t, server+"/healthz")
 	out, code := run(t, "get", "services", "-server", server, "-o", "json")
 	if code != 0 || !strings.Contains(out, `"vip": "127.77.0.1"`) {
@@ -274,6 +313,31 @@ func TestKillNineControlAndAgent(t *testing.T) {
 	if string(b) != "static backend\n" {
 		t.Fatalf("offline agent answered %q", b)
 	}
+}
+
+// TestRestartOnAHeldAddress: a control plane started on an address another
+// socket holds exits saying so, which restartAddrs takes for "try again";
+// once the holder lets go it binds that same address, its admin port the
+// kernel's pick.
+func TestRestartOnAHeldAddress(t *testing.T) {
+	holder, err := net.Listen("tcp", any0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	held := holder.Addr().String()
+	args := []string{"control", "-insecure", "-state-dir", t.TempDir(), "-admin-addr", any0, "-sync-addr", held}
+	path := filepath.Join(t.TempDir(), "addrs.json")
+	p := start(t, append(args, "-addr-file", path)...)
+	if _, err := p.addrsOrExit(path); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("start on a held address: %v, want EADDRINUSE", err)
+	}
+	holder.Close()
+	cp, ca := restartAddrs(t, held, args...)
+	if ca["sync"] != held {
+		t.Fatalf("restarted on %s, want %s", ca["sync"], held)
+	}
+	waitProcHTTP(t, cp, "http://"+ca["admin"]+"/healthz")
 }
 
 func TestSIGTERMIsGraceful(t *testing.T) {
@@ -936,7 +1000,7 @@ func TestAuditVerifyCLI(t *testing.T) {
 	// verifies after restart.
 	state := t.TempDir()
 	cp, ca := startAddrs(t, "control", "-insecure", "-state-dir", state, "-admin-addr", any0, "-sync-addr", any0)
-	admin, syncAddr := ca["admin"], ca["sync"]
+	admin := ca["admin"]
 	waitProcHTTP(t, cp, "http://"+admin+"/healthz")
 	svc := filepath.Join(t.TempDir(), "svc.yaml")
 	os.WriteFile(svc, []byte(fmt.Sprintf(servicesYAML, "127.0.0.1", 19999)), 0o600)
@@ -944,7 +1008,8 @@ func TestAuditVerifyCLI(t *testing.T) {
 		t.Fatalf("apply: %d %s", code, out)
 	}
 	cp.kill9(t)
-	cp = start(t, "control", "-insecure", "-state-dir", state, "-admin-addr", admin, "-sync-addr", syncAddr)
+	cp, ca = startAddrs(t, "control", "-insecure", "-state-dir", state, "-admin-addr", any0, "-sync-addr", any0)
+	admin = ca["admin"]
 	waitProcHTTP(t, cp, "http://"+admin+"/healthz")
 	if out, code := run(t, "delete", "-server", "http://"+admin, "service", "hello", "-n", "demo"); code != 0 {
 		t.Fatalf("delete: %d %s", code, out)

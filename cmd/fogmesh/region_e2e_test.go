@@ -165,11 +165,12 @@ func TestRegionalControlPlaneProcesses(t *testing.T) {
 	}
 
 	// The global plane comes back: the region links again.
-	// The sync address stays (the region's upstream names it); the admin
-	// port is the kernel's pick, read back (the old one may be taken by
-	// now: a CI run once met "address already in use" there).
+	// The sync address stays (the region's upstream names it; restartAddrs
+	// waits while another socket holds it); the admin port is the kernel's
+	// pick, read back (the old one may be taken by now: a CI run once met
+	// "address already in use" there).
 	var addrs map[string]string
-	gl.ctl, addrs = startAddrs(t, "control", "-state-dir", gl.state, "-admin-addr", any0, "-sync-addr", gl.syncAddr,
+	gl.ctl, addrs = restartAddrs(t, gl.syncAddr, "control", "-state-dir", gl.state, "-admin-addr", any0, "-sync-addr", gl.syncAddr,
 		"-heartbeat-interval", "500ms", "-node-timeout", "1m")
 	gl.adminAddr = addrs["admin"]
 	gl.admin = secureAdmin(t, gl.ctl, gl.state, gl.adminAddr)

@@ -108,7 +108,9 @@ func TestRegionalControlPlanes(t *testing.T) {
 		t.Fatalf("east changed the global plane's service: %d %s", code, out)
 	}
 
-	start(t, "control", "-insecure", "-state-dir", gState, "-admin-addr", ga["admin"], "-sync-addr", gSync, "-heartbeat-interval", "300ms")
+	// The regions dial gSync: it stays; the admin port is a new one.
+	_, ga = restartAddrs(t, gSync, "control", "-insecure", "-state-dir", gState, "-admin-addr", any0, "-sync-addr", gSync, "-heartbeat-interval", "300ms")
+	gServer = "http://" + ga["admin"]
 	converge("the global plane to get both regions' changes", gServer,
 		map[string]string{"shop/web": "east", "shop/late": "east", "shop/cart": "west", "shop/api": ""})
 	converge("west to get east's change made while apart", west,

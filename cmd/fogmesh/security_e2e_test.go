@@ -408,9 +408,13 @@ func TestCARotationOverlap(t *testing.T) {
 	cl := startClusterProto(t, "echo", "tcp", 19052, "-heartbeat-interval", "500ms", "-node-ttl", "1h")
 	server := cl.agentProc("server", 135, echoServer(t), false)
 	cl.ctl.kill9(t)
-	cl.ctl = start(t, "control", "-state-dir", cl.state, "-admin-addr", cl.adminAddr, "-sync-addr", cl.syncAddr,
+	// The server agent dials the sync address: it stays; the admin port
+	// is a new one.
+	var addrs map[string]string
+	cl.ctl, addrs = restartAddrs(t, cl.syncAddr, "control", "-state-dir", cl.state, "-admin-addr", any0, "-sync-addr", cl.syncAddr,
 		"-heartbeat-interval", "500ms", "-node-ttl", "20s")
-	secureAdmin(t, cl.ctl, cl.state, cl.adminAddr)
+	cl.adminAddr = addrs["admin"]
+	cl.admin = secureAdmin(t, cl.ctl, cl.state, cl.adminAddr)
 	client := cl.agentProc("client", 136, 0, false)
 	cl.waitRoutes(client.admin, 1)
 	vip := "127.136.0.1:19052"

@@ -96,18 +96,12 @@ func startControlWith(t testing.TB, dir, syncAddr string, tweak func(*control.Co
 	if tweak != nil {
 		tweak(&cfg)
 	}
+	// A restart on the old sync address waits while another socket holds it.
 	var s *control.Server
-	var err error
-	for i := 0; i < 50; i++ { // the old listener may linger a moment
+	testenv.Rebind(t, syncAddr, func() (err error) {
 		s, err = control.New(cfg)
-		if err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+		return err
+	})
 	done := make(chan struct{})
 	go func() { s.Serve(context.Background()); close(done) }()
 	t.Cleanup(func() { s.Close(); <-done })

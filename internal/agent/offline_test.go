@@ -100,16 +100,10 @@ func (p *linkProxy) cut() {
 // restore listens again on the proxy's address.
 func (p *linkProxy) restore() {
 	var ln net.Listener
-	var err error
-	for i := 0; i < 50; i++ { // the old listener may linger a moment
-		if ln, err = net.Listen("tcp", p.addr); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		p.t.Fatal(err)
-	}
+	testenv.Rebind(p.t, p.addr, func() (err error) {
+		ln, err = net.Listen("tcp", p.addr)
+		return err
+	})
 	p.serve(ln)
 }
 
@@ -199,10 +193,13 @@ func (s *offlineSite) agent(o agentOpts, socket string) (*Agent, *linkProxy, Con
 func (s *offlineSite) start(cfg Config) *Agent {
 	t := s.t
 	t.Helper()
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A restart on its old mesh address (peers hold it from their cache)
+	// waits while another socket holds it.
+	var a *Agent
+	testenv.Rebind(t, cfg.MeshAddr, func() (err error) {
+		a, err = New(cfg)
+		return err
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { a.Run(ctx); close(done) }()
@@ -466,7 +463,12 @@ func TestAuditBoundedWhileCutOff(t *testing.T) {
 		t.Fatalf("the audit log takes %d bytes, bound 1 MiB", n)
 	}
 	cp2 := startControl(t, cpDir, syncAddr)
-	testenv.WaitFor(t, 30*time.Second, "the kept records shipped", func() bool {
+	// The agent's reconnect backoff grows to 15 s while it is cut off (a
+	// busy machine makes the cut long): the first budget covers that, the
+	// second the shipping of about 1 MiB of records under -race (30 s in
+	// all once timed out in a full run of the package).
+	testenv.WaitFor(t, 30*time.Second, "the agent to reconnect", func() bool { return a.connected.Load() })
+	testenv.WaitFor(t, 60*time.Second, "the kept records shipped", func() bool {
 		c, ok := cpChain(t, cp2, "aud")
 		return ok && c.LastSeq == kept
 	})

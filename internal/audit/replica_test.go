@@ -3,27 +3,11 @@ package audit
 import (
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// openFilesUnder counts this process's open files whose path is under dir.
-func openFilesUnder(t *testing.T, dir string) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skipf("no /proc/self/fd: %v", err)
-	}
-	n := 0
-	for _, e := range ents {
-		p, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
-		if err == nil && strings.HasPrefix(p, dir+string(filepath.Separator)) {
-			n++
-		}
-	}
-	return n
-}
+	"github.com/fogmesh/fogmesh/internal/testenv"
+)
 
 // chainRecords returns the records of a chain of n records of edge-1.
 func chainRecords(t *testing.T, n int) []Record {
@@ -61,14 +45,14 @@ func TestReplicaHoldsNoFileBetweenBatches(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rp.Close()
-	if n := openFilesUnder(t, rdir); n != 0 {
+	if n := testenv.OpenFilesUnder(t, rdir); n != 0 {
 		t.Fatalf("%d files open after OpenReplica, want 0", n)
 	}
 	for _, b := range [][2]int{{0, 5}, {3, 9}, {9, 12}} {
 		if last, err := rp.Append(recs[b[0]:b[1]]); err != nil || last != uint64(b[1]) {
 			t.Fatalf("append %v: %d, %v", b, last, err)
 		}
-		if n := openFilesUnder(t, rdir); n != 0 {
+		if n := testenv.OpenFilesUnder(t, rdir); n != 0 {
 			t.Fatalf("%d files open after a batch, want 0", n)
 		}
 	}
@@ -78,7 +62,7 @@ func TestReplicaHoldsNoFileBetweenBatches(t *testing.T) {
 	if rep, err := rp.Verify(Verifier{Head: &Head{12, recs[11].Hash}, FromGenesis: true}); err != nil || !rep.Intact() || rep.Records != 12 {
 		t.Fatalf("%+v %v", rep, err)
 	}
-	if n := openFilesUnder(t, rdir); n != 0 {
+	if n := testenv.OpenFilesUnder(t, rdir); n != 0 {
 		t.Fatalf("%d files open after reads, want 0", n)
 	}
 	// A refused batch leaves nothing open either.
@@ -111,7 +95,7 @@ func TestIdleSegmentsRotate(t *testing.T) {
 		if _, err := seg.write(line, recs[i].Seq, Head{Seq: recs[i].Seq, Hash: recs[i].Hash}); err != nil {
 			t.Fatalf("write %d: %v", i, err)
 		}
-		if n := openFilesUnder(t, dir); n != 0 {
+		if n := testenv.OpenFilesUnder(t, dir); n != 0 {
 			t.Fatalf("%d files open after write %d", n, i)
 		}
 	}

@@ -2,31 +2,12 @@ package control
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
-
-// openFilesUnder counts this process's open files whose path is under dir.
-func openFilesUnder(t *testing.T, dir string) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skipf("no /proc/self/fd: %v", err)
-	}
-	n := 0
-	for _, e := range ents {
-		p, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
-		if err == nil && strings.HasPrefix(p, dir+string(filepath.Separator)) {
-			n++
-		}
-	}
-	return n
-}
 
 // The control plane keeps no file open per node between audit batches:
 // at 10,000 agents one replica file each besides the socket reached the
@@ -48,7 +29,7 @@ func TestAuditReplicasHoldNoFiles(t *testing.T) {
 		}
 	}
 	// Every batch is acknowledged, so none is being written.
-	if n := openFilesUnder(t, s.auditNodesDir()); n != 0 {
+	if n := testenv.OpenFilesUnder(t, s.auditNodesDir()); n != 0 {
 		t.Fatalf("%d files open under %s with %d agents connected and no batch in flight, want 0", n, s.auditNodesDir(), nodes)
 	}
 	code, ar := getAudit(t, s, "/v1/audit?verify=1")
@@ -60,7 +41,7 @@ func TestAuditReplicasHoldNoFiles(t *testing.T) {
 			t.Fatalf("chain %s: last %d, %+v", c.Node, c.LastSeq, c.Report)
 		}
 	}
-	if n := openFilesUnder(t, s.auditNodesDir()); n != 0 {
+	if n := testenv.OpenFilesUnder(t, s.auditNodesDir()); n != 0 {
 		t.Fatalf("%d files open after verification, want 0", n)
 	}
 	// A second stream of a node is told where its chain ends, and goes on.
@@ -70,7 +51,7 @@ func TestAuditReplicasHoldNoFiles(t *testing.T) {
 	if m := a.recv(); m.Type != wire.TypeAuditAck || m.AuditSeq != 6 || m.Error != "" {
 		t.Fatalf("ack %+v", m)
 	}
-	if n := openFilesUnder(t, s.auditNodesDir()); n != 0 {
+	if n := testenv.OpenFilesUnder(t, s.auditNodesDir()); n != 0 {
 		t.Fatalf("%d files open, want 0", n)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -166,7 +167,7 @@ func (s *Server) serveRegion(ctx context.Context, c net.Conn, r *wire.Reader, he
 		}
 	}
 
-	asm := &assembler{limits: rc.limits}
+	asm := &syncproto.Assembler{Limits: rc.limits}
 	ctx, cancel := context.WithCancel(ctx)
 	senderDone := make(chan error, 1)
 	go func() {
@@ -203,7 +204,7 @@ func (s *Server) serveRegion(ctx context.Context, c net.Conn, r *wire.Reader, he
 				return err
 			}
 		case wire.TypeUpdate:
-			whole, err := asm.take(m)
+			whole, err := asm.Take(m)
 			if err == nil && whole == nil {
 				continue // more chunks to come
 			}

@@ -505,6 +505,10 @@ func TestBadUpstreamUpdatesKeepLastGoodState(t *testing.T) {
 		{name: "chunks of two updates", bad: []*wire.Message{
 			{Type: wire.TypeUpdate, StoreID: "fake", Version: 13, Chunk: 1, Chunks: 2, Resources: []wire.Resource{res(t, globalSvc("x", 82, 13))}},
 			{Type: wire.TypeUpdate, StoreID: "fake", Version: 14, Chunk: 2, Chunks: 2, Resources: []wire.Resource{res(t, globalSvc("mine", 83, 14))}}}, want: "while update 13 is incomplete"},
+		{name: "chunks of two nonces", bad: []*wire.Message{
+			{Type: wire.TypeUpdate, StoreID: "fake", Nonce: "a", Version: 13, Chunk: 1, Chunks: 2, Resources: []wire.Resource{res(t, globalSvc("x", 82, 13))}},
+			{Type: wire.TypeUpdate, StoreID: "fake", Nonce: "b", Version: 13, Chunk: 2, Chunks: 2, Resources: []wire.Resource{res(t, globalSvc("y", 83, 13))}}},
+			want: `of update 13 (nonce "b") while update 13 (nonce "a") is incomplete`},
 		{name: "not json", raw: []byte{0, 0, 0, 3, '{', '{', '{'}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -564,7 +568,7 @@ func TestBadUpstreamUpdatesKeepLastGoodState(t *testing.T) {
 			if got == nil || got.(*api.Service).Spec.Ports[0].Port != 81 || got.GetMeta().Owner != "" {
 				t.Fatalf("after a bad update east holds %+v", got)
 			}
-			if held(east, "Service/demo/x") != nil || held(east, "Service/demo/mine") != nil {
+			if held(east, "Service/demo/x") != nil || held(east, "Service/demo/y") != nil || held(east, "Service/demo/mine") != nil {
 				t.Fatal("part of a refused update was stored")
 			}
 			if o := held(east, "Service/demo/local"); o == nil || o.GetMeta().Owner != "east" {

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -121,43 +120,4 @@ func TestRegionLinkChunks(t *testing.T) {
 	if east.up.snapshots() != 1 {
 		t.Errorf("east applied %d snapshots, want 1", east.up.snapshots())
 	}
-}
-
-// FuzzRegionChunks: no sequence of update frames crashes the assembler;
-// what it returns whole is an update without chunk fields, within the
-// bounds, holding every item of the chunks it was made of.
-func FuzzRegionChunks(f *testing.F) {
-	f.Add([]byte(`[{"type":"update","version":3,"chunk":1,"chunks":2,"removed":[{"type":"Node","name":"a"}]},{"type":"update","version":3,"chunk":2,"chunks":2,"removed":[{"type":"Node","name":"b"}]}]`))
-	f.Add([]byte(`[{"type":"update","version":3,"chunk":2,"chunks":2}]`))
-	f.Add([]byte(`[{"type":"update","version":3,"chunk":1,"chunks":2},{"type":"update","version":4}]`))
-	f.Add([]byte(`[{"type":"update","version":3,"chunk":1,"chunks":9999}]`))
-	f.Fuzz(func(t *testing.T, body []byte) {
-		var ms []*wire.Message
-		if json.Unmarshal(body, &ms) != nil {
-			return
-		}
-		a := &assembler{limits: syncproto.Limits{ChunkBytes: 64, ChunkItems: 2, MaxChunks: 8, MaxUpdateBytes: 256}}
-		items := 0
-		for _, m := range ms {
-			if m == nil {
-				continue
-			}
-			items += len(m.Resources) + len(m.Removed)
-			whole, err := a.take(m)
-			if err != nil {
-				items = 0
-				continue
-			}
-			if whole == nil {
-				continue
-			}
-			if whole.Chunk != 0 || whole.Chunks != 0 || len(whole.Resources)+len(whole.Removed) != items {
-				t.Fatalf("assembled %+v from %d items", whole, items)
-			}
-			if whole != m && syncproto.UpdateBytes(whole) > 256 {
-				t.Fatalf("assembled %d bytes, over the bound", syncproto.UpdateBytes(whole))
-			}
-			items = 0
-		}
-	})
 }

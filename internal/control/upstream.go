@@ -18,6 +18,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -208,7 +209,7 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 		}
 	}()
 
-	asm := &assembler{limits: rc.limits}
+	asm := &syncproto.Assembler{Limits: rc.limits}
 	for {
 		m, err := rc.read()
 		if err != nil {
@@ -236,7 +237,7 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 		case wire.TypeError:
 			return true, fmt.Errorf("upstream %s: %s", addr, m.Error)
 		case wire.TypeUpdate:
-			whole, err := asm.take(m)
+			whole, err := asm.Take(m)
 			if err == nil && whole == nil {
 				continue // more chunks to come
 			}

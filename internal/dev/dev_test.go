@@ -72,10 +72,9 @@ func TestDemoLocalityFailover(t *testing.T) {
 			}
 		}
 	}
-	// The local instance comes back once its health check passes.
-	if err := d.StartHello("shop-1-a"); err != nil {
-		t.Fatal(err)
-	}
+	// The local instance comes back once its health check passes, on its
+	// old address (its workload names it), once no other socket holds it.
+	testenv.Rebind(t, d.hello["shop-1-a"].Addr, func() error { return d.StartHello("shop-1-a") })
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(get(t, url), "node=shop-1-a") {
 		if time.Now().After(deadline) {

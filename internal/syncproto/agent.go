@@ -171,18 +171,15 @@ type Agent struct {
 	auditInFlight bool
 	subscribed    []string // the scope entries of this stream's first subscribe
 
-	limits     Limits
-	assembling *wire.Message // the chunks of an update taken so far (Receiving)
-	asmChunks  int           // its chunk count
-	asmNext    int           // the chunk due next
-	asmBytes   int           // its resource bodies and names so far
+	limits Limits
+	asm    Assembler // the chunks of an update taken so far (Receiving)
 }
 
 // NewAgent returns an idle machine.
 func NewAgent() *Agent { return &Agent{limits: DefaultLimits} }
 
 // SetLimits replaces the bounds of chunked updates (DefaultLimits).
-func (a *Agent) SetLimits(l Limits) { a.limits = l }
+func (a *Agent) SetLimits(l Limits) { a.limits, a.asm.Limits = l, l }
 
 // SetScope sets the scope every subscribe asks for (nil: everything; see
 // wire.Scope). A scoped subscriber gets a snapshot of its scope on every
@@ -227,7 +224,8 @@ func (a *Agent) ResyncFull() bool { return a.resyncFull }
 // Connect starts a stream: the hello frame for node with caps. known is
 // the configuration the agent holds, for the subscribe after welcome.
 func (a *Agent) Connect(node *api.Node, caps []string, known Known) Output {
-	*a = Agent{resyncFull: a.resyncFull, scope: a.scope, limits: a.limits, state: agentAwaitWelcome, known: known}
+	*a = Agent{resyncFull: a.resyncFull, scope: a.scope, limits: a.limits, asm: Assembler{Limits: a.limits},
+		state: agentAwaitWelcome, known: known}
 	return Output{Send: []*wire.Message{{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: node, Capabilities: caps}}}
 }
 
@@ -347,7 +345,8 @@ func (a *Agent) recv(m *wire.Message) Output {
 	case agentReceiving:
 		// The control plane writes an update's chunks back to back.
 		if m.Type != wire.TypeUpdate || (m.Chunk == 0 && m.Chunks == 0) {
-			return a.badUpdate(a.assembling, fmt.Errorf("%s before chunk %d of %d", describe(m), a.asmNext, a.asmChunks))
+			held, next, chunks := a.asm.Held()
+			return a.badUpdate(held, fmt.Errorf("%s before chunk %d of %d", describe(m), next, chunks))
 		}
 		return a.chunk(m)
 	}

@@ -132,48 +132,24 @@ func UpdateBytes(m *wire.Message) int {
 // chunk takes one chunk of an update (m.Chunk or m.Chunks set) in state
 // Streaming or Receiving.
 func (a *Agent) chunk(m *wire.Message) Output {
-	if m.Chunks < 2 || m.Chunks > a.limits.MaxChunks || m.Chunk < 1 || m.Chunk > m.Chunks {
-		return a.badUpdate(m, fmt.Errorf("malformed chunk %d of %d (at most %d chunks)", m.Chunk, m.Chunks, a.limits.MaxChunks))
-	}
-	asm := a.assembling
-	if asm == nil {
-		if m.Chunk != 1 {
-			return a.badUpdate(m, fmt.Errorf("chunk %d of %d without the chunks before it", m.Chunk, m.Chunks))
-		}
-		c := *m
-		c.Chunk, c.Chunks = 0, 0
-		c.Resources, c.Removed = append([]wire.Resource(nil), m.Resources...), append([]wire.ResourceRef(nil), m.Removed...)
-		a.state, a.assembling, a.asmChunks, a.asmNext, a.asmBytes = agentReceiving, &c, m.Chunks, 2, UpdateBytes(m)
-		if a.asmBytes > a.limits.MaxUpdateBytes {
-			return a.badUpdate(m, fmt.Errorf("update larger than %d bytes", a.limits.MaxUpdateBytes))
-		}
+	whole, err := a.asm.Take(m)
+	switch {
+	case err != nil:
+		return a.badUpdate(m, err)
+	case whole == nil:
+		a.state = agentReceiving
 		return Output{}
 	}
-	if m.Nonce != asm.Nonce || m.Version != asm.Version || m.StoreID != asm.StoreID || m.Full != asm.Full || m.Chunks != a.asmChunks {
-		return a.badUpdate(m, fmt.Errorf("chunk %d of %d of update %d (nonce %q) while update %d (nonce %q) is incomplete",
-			m.Chunk, m.Chunks, m.Version, m.Nonce, asm.Version, asm.Nonce))
-	}
-	if m.Chunk != a.asmNext {
-		return a.badUpdate(m, fmt.Errorf("chunk %d of %d where chunk %d was due", m.Chunk, m.Chunks, a.asmNext))
-	}
-	if a.asmBytes += UpdateBytes(m); a.asmBytes > a.limits.MaxUpdateBytes {
-		return a.badUpdate(m, fmt.Errorf("update larger than %d bytes", a.limits.MaxUpdateBytes))
-	}
-	asm.Resources = append(asm.Resources, m.Resources...)
-	asm.Removed = append(asm.Removed, m.Removed...)
-	a.asmNext++
-	if m.Chunk < m.Chunks {
-		return Output{}
-	}
-	a.state, a.applying, a.assembling = agentApplying, asm, nil
-	return Output{Effects: []Effect{a.apply(asm)}}
+	a.state, a.applying = agentApplying, whole
+	return Output{Effects: []Effect{a.apply(whole)}}
 }
 
 // badUpdate refuses a malformed update as a refused Apply is: NACK it,
 // end the stream and resubscribe for a full snapshot, since the chunks
 // taken so far are dropped and deltas built on the update would miss it.
 func (a *Agent) badUpdate(m *wire.Message, err error) Output {
-	a.resyncFull, a.assembling = true, nil
+	a.resyncFull = true
+	a.asm.Reset()
 	return Output{
 		Send: []*wire.Message{{Type: wire.TypeNack, Nonce: m.Nonce, Version: m.Version, Error: err.Error()}},
 		Err:  fmt.Errorf("rejected update %d: %w", m.Version, err),

@@ -86,12 +86,7 @@ func TestQUICKeepAlive(t *testing.T) {
 	ts := startQUICServer(t, nil, p.srvSrc, mapDialer{"web-1": serveWorkload(t, "127.0.0.1:0", echo)},
 		func(c *QUICServerConfig) { c.Timers = timers })
 	c, _ := quicClient(t, p.cli, "node-a", func(c *QUICClientConfig) { c.Timers = timers })
-	conn, err := c.Dial(t.Context(), ts.addr, header("web-1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roundTrip(t, conn, "before idle")
-	conn.Close()
+	dialRoundTrip(t, c, ts.addr, "web-1", "before idle")
 	c.mu.Lock()
 	first := c.peers[ts.addr].conn
 	c.mu.Unlock()
@@ -103,12 +98,7 @@ func TestQUICKeepAlive(t *testing.T) {
 	case <-first.Context().Done():
 		t.Fatalf("idle connection closed despite keepalives: %v", context.Cause(first.Context()))
 	}
-	conn, err = c.Dial(t.Context(), ts.addr, header("web-1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roundTrip(t, conn, "after idle")
-	conn.Close()
+	dialRoundTrip(t, c, ts.addr, "web-1", "after idle")
 	c.mu.Lock()
 	same := c.peers[ts.addr].conn == first
 	c.mu.Unlock()
@@ -218,12 +208,7 @@ func TestQUICNoGoroutineLeak(t *testing.T) {
 		ts := startQUICServer(t, nil, p.srvSrc, d, func(c *QUICServerConfig) { c.HeaderTimeout = 200 * time.Millisecond })
 		c, _ := quicClient(t, p.cli, "node-a", nil)
 		for range 5 {
-			conn, err := c.Dial(t.Context(), ts.addr, header("echo"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			roundTrip(t, conn, "leak?")
-			conn.Close()
+			dialRoundTrip(t, c, ts.addr, "echo", "leak?")
 		}
 		if _, err := c.Dial(t.Context(), ts.addr, header("hold")); err != nil { // left open
 			t.Fatal(err)
@@ -245,18 +230,7 @@ func TestQUICNoGoroutineLeak(t *testing.T) {
 		}
 		ts.stop(t)
 	})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		after := runtime.NumGoroutine()
-		if after <= before {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("goroutines: %d before, %d after\n%s", before, after, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitGoroutines(t, before)
 }
 
 // TestQUICIPv6: the QUIC carrier works over IPv6 loopback.
@@ -265,25 +239,16 @@ func TestQUICIPv6(t *testing.T) {
 	ts := startQUICServer(t, udpTransportOn(t, net.IPv6loopback), p.srvSrc,
 		mapDialer{"web-1": serveWorkload(t, "[::1]:0", echo)}, nil)
 	c, _ := quicClient(t, p.cli, "node-a", func(c *QUICClientConfig) { c.Transport = udpTransportOn(t, net.IPv6loopback) })
-	conn, err := c.Dial(t.Context(), ts.addr, header("web-1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roundTrip(t, conn, "hello over QUIC/IPv6")
-	conn.Close()
+	dialRoundTrip(t, c, ts.addr, "web-1", "hello over QUIC/IPv6")
 }
 
 // BenchmarkQUICMeshStream is BenchmarkMeshStream over the QUIC carrier:
 // one stream's bulk throughput client -> QUIC/UDP -> server -> sink.
 func BenchmarkQUICMeshStream(b *testing.B) {
 	const chunk = 1 << 20
-	sunk := make(chan int64, 1)
-	sink := func(c net.Conn) {
-		n, _ := io.Copy(io.Discard, c)
-		sunk <- n
-	}
+	sink, sunk := startSink(b)
 	p := newQUICPair(b)
-	ts := startQUICServer(b, nil, p.srvSrc, mapDialer{"sink": serveWorkload(b, "127.0.0.1:0", sink)}, nil)
+	ts := startQUICServer(b, nil, p.srvSrc, mapDialer{"sink": sink}, nil)
 	c, _ := quicClient(b, p.cli, "node-a", nil)
 	conn, err := c.Dial(context.Background(), ts.addr, header("sink"))
 	if err != nil {
@@ -291,18 +256,5 @@ func BenchmarkQUICMeshStream(b *testing.B) {
 	}
 	defer conn.Close()
 
-	buf := make([]byte, chunk)
-	var sent int64
-	b.SetBytes(chunk)
-	for b.Loop() {
-		n, err := conn.Write(buf)
-		if err != nil {
-			b.Fatal(err)
-		}
-		sent += int64(n)
-	}
-	conn.(interface{ CloseWrite() error }).CloseWrite()
-	if got := <-sunk; got != sent {
-		b.Fatalf("sink got %d bytes, want %d", got, sent)
-	}
+	benchBulk(b, conn, chunk, sunk)
 }

@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -70,18 +69,7 @@ func startQUICServer(t testing.TB, tr *quic.Transport, src *identity.Source, d D
 // stop closes the server and checks Serve returned nil.
 func (ts *quicTestServer) stop(t testing.TB) {
 	t.Helper()
-	if err := ts.Close(); err != nil {
-		t.Errorf("QUICServer.Close: %v", err)
-	}
-	select {
-	case err := <-ts.served:
-		if err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		ts.served <- nil // let a second stop pass
-	case <-time.After(5 * time.Second):
-		t.Errorf("Serve did not return after Close")
-	}
+	stopServing(t, "QUICServer", ts.Close, ts.served)
 }
 
 func quicClient(t testing.TB, src *identity.Source, node string, tweak func(*QUICClientConfig)) (*QUICClient, *metrics.Set) {
@@ -208,10 +196,6 @@ func TestQUICConcurrentStreams(t *testing.T) {
 // workload sends after EOF still arrives. Close then unblocks a Read.
 func TestQUICHalfClose(t *testing.T) {
 	p := newQUICPair(t)
-	upper := func(c net.Conn) {
-		req, _ := io.ReadAll(c)
-		c.Write(bytes.ToUpper(req))
-	}
 	ts := startQUICServer(t, nil, p.srvSrc, mapDialer{
 		"upper": serveWorkload(t, "127.0.0.1:0", upper), "hold": serveHold(t)}, nil)
 	c, _ := quicClient(t, p.cli, "node-a", nil)
@@ -221,15 +205,7 @@ func TestQUICHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	io.WriteString(conn, "shout")
-	if err := conn.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got, err := io.ReadAll(conn)
-	if err != nil || string(got) != "SHOUT" {
-		t.Fatalf("reply = %q, %v; want SHOUT", got, err)
-	}
+	wantHalfClose(t, conn)
 
 	held, err := c.Dial(t.Context(), ts.addr, header("hold"))
 	if err != nil {
@@ -313,12 +289,7 @@ func TestQUICRefusals(t *testing.T) {
 
 	// The server still serves good peers.
 	c, _ := quicClient(t, p.cli, "node-a", nil)
-	conn, err := c.Dial(t.Context(), ts.addr, header("web-1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roundTrip(t, conn, "still serving")
-	conn.Close()
+	dialRoundTrip(t, c, ts.addr, "web-1", "still serving")
 
 	// A node revoked while connected is dropped with its streams.
 	held, err := c.Dial(t.Context(), ts.addr, header("web-1"))
@@ -333,12 +304,7 @@ func TestQUICRefusals(t *testing.T) {
 		t.Errorf("read on a dropped connection: %v, want io.ErrUnexpectedEOF", err)
 	}
 	// The very next Dial replaces the dead connection (dropped, not revoked).
-	conn, err = c.Dial(t.Context(), ts.addr, header("web-1"))
-	if err != nil {
-		t.Fatalf("dial after drop: %v", err)
-	}
-	roundTrip(t, conn, "redialed")
-	conn.Close()
+	dialRoundTrip(t, c, ts.addr, "web-1", "redialed")
 }
 
 // TestQUICServerCloseAndRedial: closing the server fails the client's

@@ -2,7 +2,6 @@ package transport
 
 import (
 	"context"
-	"io"
 	"net"
 	"testing"
 
@@ -21,12 +20,8 @@ func BenchmarkTwoAgentRelay(b *testing.B) {
 
 func benchTwoAgentRelay(b *testing.B, mtls bool) {
 	const chunk = 128 << 10
-	sunk := make(chan int64, 1)
-	sink := func(c net.Conn) {
-		n, _ := io.Copy(io.Discard, c)
-		sunk <- n
-	}
-	d := mapDialer{"sink": serveWorkload(b, "127.0.0.1:0", sink)}
+	sink, sunk := startSink(b)
+	d := mapDialer{"sink": sink}
 	var srv *testServer
 	var client *Client
 	if mtls {
@@ -62,20 +57,7 @@ func benchTwoAgentRelay(b *testing.B, mtls bool) {
 	}
 	defer conn.Close()
 
-	buf := make([]byte, chunk)
-	var sent int64
-	b.SetBytes(chunk)
-	for b.Loop() {
-		n, err := conn.Write(buf)
-		if err != nil {
-			b.Fatal(err)
-		}
-		sent += int64(n)
-	}
-	conn.(*net.TCPConn).CloseWrite()
-	if got := <-sunk; got != sent {
-		b.Fatalf("sink got %d bytes, want %d", got, sent)
-	}
+	benchBulk(b, conn, chunk, sunk)
 	conn.Close()
 	if err := <-relayed; err != nil {
 		b.Fatalf("relay: %v", err)

@@ -95,12 +95,7 @@ func TestMTLSPeerIdentityAndSourceCheck(t *testing.T) {
 	ts := startTLSServer(t, testSource(testSVID(t, ca, "s", "node-b"), ca.Bundle()), d)
 	c, _ := tlsClient(t, testSource(testSVID(t, ca, "s", "node-a"), ca.Bundle()), "node-a")
 
-	conn, err := c.Dial(context.Background(), ts.addr, header("web-1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roundTrip(t, conn, "hello over mTLS")
-	conn.Close()
+	dialRoundTrip(t, c, ts.addr, "web-1", "hello over mTLS")
 	d.mu.Lock()
 	if len(d.peers) != 1 || d.peers[0].Node != "node-a" || d.peers[0].Site != "s" ||
 		d.peers[0].ID.String() != "spiffe://fogmesh.local/site/s/node/node-a" {
@@ -182,12 +177,7 @@ func TestMTLSRefusals(t *testing.T) {
 	}
 	// The server still serves good peers.
 	c, _ := tlsClient(t, testSource(testSVID(t, ca, "s", "good"), ca.Bundle()), "good")
-	conn, err := c.Dial(context.Background(), ts.addr, header("web-1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roundTrip(t, conn, "still serving")
-	conn.Close()
+	dialRoundTrip(t, c, ts.addr, "web-1", "still serving")
 }
 
 // captureRelay forwards TCP to target and records every byte that passes.
@@ -254,12 +244,7 @@ func TestMTLSConfidentiality(t *testing.T) {
 			c, _ = tlsClient(t, nil, "a")
 		}
 		relay := startRelay(t, ts.addr)
-		conn, err := c.Dial(context.Background(), relay.addr, header("web-1"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		roundTrip(t, conn, marker)
-		conn.Close()
+		dialRoundTrip(t, c, relay.addr, "web-1", marker)
 		if got := bytes.Contains(relay.captured(), []byte(marker)); got == secure {
 			t.Fatalf("secure=%v: marker visible on the wire = %v", secure, got)
 		}
@@ -341,13 +326,8 @@ func TestMTLSRenewAndRevoke(t *testing.T) {
 func BenchmarkMeshStreamTLS(b *testing.B) {
 	const chunk = 32 << 10
 	ca := testCA(b, "", nil)
-	sunk := make(chan int64, 1)
-	sink := func(c net.Conn) {
-		n, _ := io.Copy(io.Discard, c)
-		sunk <- n
-	}
-	srv := startTLSServer(b, testSource(testSVID(b, ca, "s", "node-b"), ca.Bundle()),
-		mapDialer{"sink": serveWorkload(b, "127.0.0.1:0", sink)})
+	sink, sunk := startSink(b)
+	srv := startTLSServer(b, testSource(testSVID(b, ca, "s", "node-b"), ca.Bundle()), mapDialer{"sink": sink})
 	client, _ := tlsClient(b, testSource(testSVID(b, ca, "s", "node-a"), ca.Bundle()), "node-a")
 	conn, err := client.Dial(context.Background(), srv.addr, header("sink"))
 	if err != nil {
@@ -355,18 +335,5 @@ func BenchmarkMeshStreamTLS(b *testing.B) {
 	}
 	defer conn.Close()
 
-	buf := make([]byte, chunk)
-	var sent int64
-	b.SetBytes(chunk)
-	for b.Loop() {
-		n, err := conn.Write(buf)
-		if err != nil {
-			b.Fatal(err)
-		}
-		sent += int64(n)
-	}
-	conn.(interface{ CloseWrite() error }).CloseWrite()
-	if got := <-sunk; got != sent {
-		b.Fatalf("sink got %d bytes, want %d", got, sent)
-	}
+	benchBulk(b, conn, chunk, sunk)
 }

@@ -10,195 +10,13 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/yamux"
 
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
-
-// mapDialer is the test Dialer: endpoint name -> workload address. Any
-// other endpoint is an unknown destination.
-type mapDialer map[string]string
-
-func (d mapDialer) DialLocal(ctx context.Context, h Header) (net.Conn, error) {
-	addr, ok := d[h.Endpoint]
-	if !ok {
-		return nil, fmt.Errorf("endpoint %q: %w", h.Endpoint, ErrUnknownDestination)
-	}
-	if addr == "deny" {
-		return nil, fmt.Errorf("source %s: %w", h.Source, ErrDenied)
-	}
-	var nd net.Dialer
-	return nd.DialContext(ctx, "tcp", addr)
-}
-
-// countingListener counts accepted connections.
-type countingListener struct {
-	net.Listener
-	accepted atomic.Int64
-}
-
-func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.accepted.Add(1)
-	}
-	return c, err
-}
-
-func listen(t testing.TB, addr string) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
-// serveWorkload accepts on a fresh listener at addr and runs handle for each
-// conn until the test ends. It returns the workload's address.
-func serveWorkload(t testing.TB, addr string, handle func(net.Conn)) string {
-	t.Helper()
-	ln := listen(t, addr)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
-func echo(c net.Conn) { io.Copy(c, c) }
-
-// serveHold runs a workload that reads until EOF and then keeps its conn
-// open, never answering, until the test ends.
-func serveHold(t testing.TB) string {
-	done := make(chan struct{})
-	addr := serveWorkload(t, "127.0.0.1:0", func(c net.Conn) {
-		io.Copy(io.Discard, c)
-		<-done
-	})
-	t.Cleanup(func() { close(done) }) // before serveWorkload's, which waits
-	return addr
-}
-
-// deadPort returns an address nothing listens on.
-func deadPort(t testing.TB, host string) string {
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
-type testServer struct {
-	*Server
-	addr    string
-	ln      *countingListener
-	metrics *metrics.Set
-	served  chan error
-}
-
-// startServer runs a Server on ln until the test ends.
-func startServer(t testing.TB, ln net.Listener, d Dialer, tweak func(*ServerConfig)) *testServer {
-	t.Helper()
-	cl := &countingListener{Listener: ln}
-	set := metrics.NewSet()
-	cfg := ServerConfig{Listener: cl, Dialer: d, Metrics: set}
-	if tweak != nil {
-		tweak(&cfg)
-	}
-	s, err := NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := &testServer{Server: s, addr: ln.Addr().String(), ln: cl, metrics: set, served: make(chan error, 1)}
-	go func() { ts.served <- s.Serve(context.Background()) }()
-	t.Cleanup(func() { ts.stop(t) })
-	return ts
-}
-
-// stop closes the server and checks Serve returned nil.
-func (ts *testServer) stop(t testing.TB) {
-	t.Helper()
-	if err := ts.Close(); err != nil {
-		t.Errorf("Server.Close: %v", err)
-	}
-	select {
-	case err := <-ts.served:
-		if err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		ts.served <- nil // let a second stop pass
-	case <-time.After(5 * time.Second):
-		t.Errorf("Serve did not return after Close")
-	}
-}
-
-func newClient(t testing.TB) (*Client, *metrics.Set) {
-	set := metrics.NewSet()
-	c := NewClient(ClientConfig{SourceNode: "node-a", Metrics: set})
-	t.Cleanup(func() { c.Close() })
-	return c, set
-}
-
-func header(endpoint string) Header {
-	return Header{Namespace: "default", Service: "web", Endpoint: endpoint, Port: "http"}
-}
-
-func roundTrip(t testing.TB, c net.Conn, msg string) {
-	t.Helper()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	defer c.SetDeadline(time.Time{})
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	if string(got) != msg {
-		t.Fatalf("echo = %q, want %q", got, msg)
-	}
-}
-
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	testenv.WaitFor(t, 5*time.Second, what, cond)
-}
-
-func metricsText(set *metrics.Set) string {
-	var b bytes.Buffer
-	set.WritePrometheus(&b)
-	return b.String()
-}
-
-func wantMetric(t testing.TB, set *metrics.Set, line string) {
-	t.Helper()
-	if text := metricsText(set); !strings.Contains(text, line+"\n") {
-		t.Errorf("metrics lack %q:\n%s", line, text)
-	}
-}
 
 func TestEndToEnd(t *testing.T) {
 	for _, tc := range []struct{ name, host string }{
@@ -302,10 +120,6 @@ func TestConcurrentDialsShareSession(t *testing.T) {
 // TestHalfClose: the client half-closes its request and reads the reply the
 // workload sends after EOF.
 func TestHalfClose(t *testing.T) {
-	upper := func(c net.Conn) {
-		req, _ := io.ReadAll(c)
-		c.Write(bytes.ToUpper(req))
-	}
 	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"upper": serveWorkload(t, "127.0.0.1:0", upper)}, nil)
 	client, _ := newClient(t)
 	conn, err := client.Dial(t.Context(), srv.addr, header("upper"))
@@ -313,15 +127,7 @@ func TestHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	io.WriteString(conn, "shout")
-	if err := conn.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got, err := io.ReadAll(conn)
-	if err != nil || string(got) != "SHOUT" {
-		t.Fatalf("reply = %q, %v; want SHOUT", got, err)
-	}
+	wantHalfClose(t, conn)
 	eventually(t, "ActiveStreams to reach 0", func() bool { return srv.ActiveStreams() == 0 })
 }
 
@@ -558,7 +364,15 @@ func TestSessionRecovery(t *testing.T) {
 	}
 	conn.Close()
 
-	srv2 := startServer(t, listen(t, srv1.addr), d, nil)
+	// The same address (the client's session to it is what is tested);
+	// another socket may hold it a while.
+	var ln2 net.Listener
+	testenv.Rebind(t, srv1.addr, func() (err error) {
+		ln2, err = net.Listen("tcp", srv1.addr)
+		return err
+	})
+	t.Cleanup(func() { ln2.Close() })
+	srv2 := startServer(t, ln2, d, nil)
 	conn, err = client.Dial(t.Context(), srv2.addr, header("echo"))
 	if err != nil {
 		t.Fatalf("Dial after restart: %v", err)
@@ -721,12 +535,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 		srv := startServer(t, listen(t, "127.0.0.1:0"), d, func(c *ServerConfig) { c.HeaderTimeout = 100 * time.Millisecond })
 		client, _ := newClient(t)
 		for range 5 {
-			conn, err := client.Dial(t.Context(), srv.addr, header("echo"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			roundTrip(t, conn, "leak?")
-			conn.Close()
+			dialRoundTrip(t, client, srv.addr, "echo", "leak?")
 		}
 		if _, err := client.Dial(t.Context(), srv.addr, header("nope")); !errors.Is(err, ErrRefused) {
 			t.Fatal(err)
@@ -750,30 +559,15 @@ func TestNoGoroutineLeak(t *testing.T) {
 		srv.stop(t)
 	})
 
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		after := runtime.NumGoroutine()
-		if after <= before {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("goroutines: %d before, %d after\n%s", before, after, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitGoroutines(t, before)
 }
 
 // BenchmarkMeshStream measures one stream's bulk throughput
 // client -> yamux/TCP -> server -> sink workload, over loopback.
 func BenchmarkMeshStream(b *testing.B) {
 	const chunk = 1 << 20
-	sunk := make(chan int64, 1)
-	sink := func(c net.Conn) {
-		n, _ := io.Copy(io.Discard, c)
-		sunk <- n
-	}
-	srv := startServer(b, listen(b, "127.0.0.1:0"), mapDialer{"sink": serveWorkload(b, "127.0.0.1:0", sink)}, nil)
+	sink, sunk := startSink(b)
+	srv := startServer(b, listen(b, "127.0.0.1:0"), mapDialer{"sink": sink}, nil)
 	client, _ := newClient(b)
 	conn, err := client.Dial(context.Background(), srv.addr, header("sink"))
 	if err != nil {
@@ -781,20 +575,7 @@ func BenchmarkMeshStream(b *testing.B) {
 	}
 	defer conn.Close()
 
-	buf := make([]byte, chunk)
-	var sent int64
-	b.SetBytes(chunk)
-	for b.Loop() {
-		n, err := conn.Write(buf)
-		if err != nil {
-			b.Fatal(err)
-		}
-		sent += int64(n)
-	}
-	conn.(interface{ CloseWrite() error }).CloseWrite()
-	if got := <-sunk; got != sent {
-		b.Fatalf("sink got %d bytes, want %d", got, sent)
-	}
+	benchBulk(b, conn, chunk, sunk)
 }
 
 // TestRTTMeasuredOnOpenSessions: a client measures the round-trip time to

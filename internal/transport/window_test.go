@@ -156,12 +156,8 @@ func BenchmarkMeshStreamWindow(b *testing.B) {
 	for _, w := range []int{16 << 20, 4 << 20, 2 << 20, 1 << 20, 512 << 10, 256 << 10} {
 		b.Run(fmt.Sprintf("window=%dKiB", w>>10), func(b *testing.B) {
 			ca := testCA(b, "", nil)
-			sunk := make(chan int64, 1)
-			sink := func(c net.Conn) {
-				n, _ := io.Copy(io.Discard, c)
-				sunk <- n
-			}
-			srv := startServer(b, listen(b, "127.0.0.1:0"), mapDialer{"sink": serveWorkload(b, "127.0.0.1:0", sink)},
+			sink, sunk := startSink(b)
+			srv := startServer(b, listen(b, "127.0.0.1:0"), mapDialer{"sink": sink},
 				func(c *ServerConfig) {
 					c.TLS = testSource(testSVID(b, ca, "s", "node-b"), ca.Bundle()).ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
 					c.StreamWindow = w
@@ -193,20 +189,7 @@ func BenchmarkMeshStreamWindow(b *testing.B) {
 					}
 				}
 			}()
-			buf := make([]byte, 32<<10)
-			var sent int64
-			b.SetBytes(int64(len(buf)))
-			for b.Loop() {
-				n, err := conn.Write(buf)
-				if err != nil {
-					b.Fatal(err)
-				}
-				sent += int64(n)
-			}
-			conn.(interface{ CloseWrite() error }).CloseWrite()
-			if got := <-sunk; got != sent {
-				b.Fatalf("sink got %d bytes, want %d", got, sent)
-			}
+			benchBulk(b, conn, 32<<10, sunk)
 			close(stop)
 			<-sampled
 			b.ReportMetric(float64(peak-base)/(1<<20), "MiB-heap-peak")
