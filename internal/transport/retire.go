@@ -3,6 +3,7 @@ package transport
 import (
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -11,6 +12,7 @@ import (
 type retiredSession struct {
 	addr string
 	id   spiffeid.ID
+	auth *peerAuth // nil in insecure mode
 }
 
 // retireCheck is how often a retired session is checked for its last
@@ -23,15 +25,43 @@ const retireCheck = 500 * time.Millisecond
 // better path to the peer appears (a relayed session after a punch
 // succeeded). It reports whether there was a session to retire.
 func (c *Client) Retire(meshAddr string) bool {
+	return c.retireSession(meshAddr, nil)
+}
+
+// RetireAll retires every session (Retire). The agent calls it when its
+// own node certificate was renewed: peers hold the old one for the
+// sessions it authenticated, and cut them when it expires, so new streams
+// go over new sessions that present the renewed certificate.
+func (c *Client) RetireAll() int {
+	c.mu.Lock()
+	addrs := make([]string, 0, len(c.peers))
+	for addr, p := range c.peers {
+		if p.sess != nil {
+			addrs = append(addrs, addr)
+		}
+	}
+	c.mu.Unlock()
+	n := 0
+	for _, addr := range addrs {
+		if c.retireSession(addr, nil) {
+			n++
+		}
+	}
+	return n
+}
+
+// retireSession retires the session to meshAddr if it is only (any when
+// only is nil).
+func (c *Client) retireSession(meshAddr string, only *yamux.Session) bool {
 	c.mu.Lock()
 	p := c.peers[meshAddr]
-	if c.closed || p == nil || p.sess == nil {
+	if c.closed || p == nil || p.sess == nil || only != nil && p.sess != only {
 		c.mu.Unlock()
 		return false
 	}
 	sess := p.sess
 	p.sess = nil
-	c.retired[sess] = retiredSession{addr: meshAddr, id: p.id}
+	c.retired[sess] = retiredSession{addr: meshAddr, id: p.id, auth: p.auth}
 	c.wg.Add(1)
 	c.mu.Unlock()
 	go func() {

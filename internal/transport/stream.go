@@ -77,6 +77,7 @@ func yamuxConfig(window int) *yamux.Config {
 type streamConn struct {
 	*yamux.Stream
 	closed atomic.Bool
+	cause  *atomic.Pointer[error] // why the session was cut (peerauth.go), or nil
 }
 
 // pastDeadline is any time in the past; it fails blocked reads at once.
@@ -99,7 +100,11 @@ func (c *streamConn) Read(p []byte) (int, error) {
 	case c.closed.Load():
 		err = net.ErrClosed
 	case err == io.EOF && c.Stream.Session().IsClosed():
-		err = fmt.Errorf("mesh session closed: %w", io.ErrUnexpectedEOF)
+		if cause := causeOf(c.cause); cause != nil {
+			err = fmt.Errorf("mesh session cut: %w: %w", cause, io.ErrUnexpectedEOF)
+		} else {
+			err = fmt.Errorf("mesh session closed: %w", io.ErrUnexpectedEOF)
+		}
 	}
 	return n, err
 }
@@ -109,6 +114,11 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	n, err := c.Stream.Write(p)
 	if err != nil && (c.closed.Load() || errors.Is(err, yamux.ErrStreamClosed)) {
 		err = fmt.Errorf("%w: %w", net.ErrClosed, err)
+	}
+	if err != nil && !c.closed.Load() {
+		if cause := causeOf(c.cause); cause != nil {
+			err = fmt.Errorf("mesh session cut: %w: %w", cause, err)
+		}
 	}
 	return n, err
 }
