@@ -525,7 +525,6 @@ func (c *Client) cutIfInvalid(sess *yamux.Session, pa *peerAuth) bool {
 		return false
 	}
 	if pa.setCause(err) {
-		n := sess.NumStreams()
 		c.mu.Lock()
 		for _, p := range c.peers {
 			if p.sess == sess {
@@ -533,8 +532,8 @@ func (c *Client) cutIfInvalid(sess *yamux.Session, pa *peerAuth) bool {
 			}
 		}
 		c.mu.Unlock()
+		reportCut(c.log, c.m, c.cfg.OnCut, Cut{Dir: "out", Peer: pa.id, Reason: reason, Err: err, Streams: sess.NumStreams()})
 		sess.Close()
-		reportCut(c.log, c.m, c.cfg.OnCut, Cut{Dir: "out", Peer: pa.id, Reason: reason, Err: err, Streams: n})
 	}
 	return true
 }

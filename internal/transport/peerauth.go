@@ -184,8 +184,8 @@ func cutQUIC(conn *quic.Conn, pa *peerAuth, dir string, pc PeerCheck, log *slog.
 		if reason == CutRevoked {
 			msg = "peer revoked"
 		}
-		conn.CloseWithError(quicCodeDropped, msg)
 		reportCut(log, m, onCut, Cut{Dir: dir, Peer: pa.id, Reason: reason, Err: err, Streams: -1})
+		conn.CloseWithError(quicCodeDropped, msg)
 	}
 	return true
 }

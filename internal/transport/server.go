@@ -336,9 +336,9 @@ func (s *Server) cutIfInvalid(sess *yamux.Session, pa *peerAuth) bool {
 		return false
 	}
 	if pa.setCause(err) {
-		n := sess.NumStreams()
+		// Reported first: the cut is on record before the peer sees it.
+		reportCut(s.log, s.m, s.cfg.OnCut, Cut{Dir: "in", Peer: pa.id, Reason: reason, Err: err, Streams: sess.NumStreams()})
 		sess.Close()
-		reportCut(s.log, s.m, s.cfg.OnCut, Cut{Dir: "in", Peer: pa.id, Reason: reason, Err: err, Streams: n})
 	}
 	return true
 }
