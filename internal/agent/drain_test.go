@@ -1,0 +1,204 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+)
+
+// Mesh sessions of revoked and expired nodes are cut (issue 13), between
+// real agents of a secure control plane on loopback, with compressed
+// lifetimes. VIP octets 202 and 203.
+
+// meshCutBound is how long after a revocation reaches an agent, or a
+// peer's certificate expires, its open mesh streams may take to fail: the
+// cut itself is immediate (transport/peerauth.go); this is slack for a
+// busy machine.
+const meshCutBound = 3 * time.Second
+
+// openTalk opens a connection through addr and checks one echo on it.
+func openTalk(t *testing.T, addr, wantPrefix string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if got, err := talk(c); err != nil || !strings.HasPrefix(got, wantPrefix) {
+		t.Fatalf("via %s: %q, %v", addr, got, err)
+	}
+	return c
+}
+
+// failsBy waits for the open connection c to fail a read, up to deadline,
+// and returns when it did (the test fails if it did not).
+func failsBy(t *testing.T, what string, c net.Conn, deadline time.Time) time.Time {
+	t.Helper()
+	c.SetDeadline(deadline)
+	_, err := c.Read(make([]byte, 1))
+	at := time.Now()
+	if ne, ok := err.(net.Error); err == nil || ok && ne.Timeout() {
+		t.Fatalf("%s: the connection is still open at %s (err %v)", what, at.Format(time.RFC3339Nano), err)
+	}
+	return at
+}
+
+// auditedCut reports whether a's audit log records a cut mesh session of
+// peer for reason.
+func auditedCut(t *testing.T, a *Agent, peer, reason string) bool {
+	t.Helper()
+	a.AuditLog().Flush(context.Background())
+	recs, err := a.AuditLog().ReadFrom(1, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.Kind == audit.KindCert && r.Action == "cut mesh session" && r.Actor == peer && strings.HasPrefix(r.Reason, reason) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRevokedNodeMeshSessionCut: a node revoked at the control plane loses
+// its open mesh connection to another node's workload within
+// meshCutBound of the revocation reaching that node, cannot open a new
+// one, and the cut is counted and audited there.
+func TestRevokedNodeMeshSessionCut(t *testing.T) {
+	site := newOfflineSite(t, time.Minute, 2*time.Second, 14*time.Second)
+	applySecure(t, site.cp, site.cpDir, svcDoc("echo", 19202))
+	echoB := startEcho(t, "b", "127.0.0.1:0")
+	b, _, _ := site.agent(agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 203, stateDir: t.TempDir(),
+		workloads: []Workload{wlFor("echo", echoB)}}, "off")
+	a, _, _ := site.agent(agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 202, stateDir: t.TempDir()}, "off")
+	waitFor(t, "a to learn b's endpoint", func() bool {
+		eps := endpointsOf(a, "demo/echo")
+		return len(eps) == 1 && eps[0].Healthy
+	})
+	vip := "127.202.0.1:19202"
+	conn := openTalk(t, vip, "b:")
+	aID := a.ident.src.SVID().ID.String()
+
+	if code, body := adminDo(t, site.cp, site.cpDir, "POST", "/v1/nodes/a/revoke"); code != 200 {
+		t.Fatalf("revoke a: %d %s", code, body)
+	}
+	testenv.WaitFor(t, 20*time.Second, "the revocation to reach b", func() bool { return b.ident.src.Denied(aID) })
+	reached := time.Now()
+	failsBy(t, "a's open connection to b's workload", conn, reached.Add(meshCutBound))
+	if got, err := roundTrip(vip); err == nil && strings.HasPrefix(got, "b:") {
+		t.Fatalf("the revoked a reached b again: %q", got)
+	}
+	if v := agentMetric(t, b, `fogmesh_mesh_sessions_cut_total{dir="in",reason="revoked"}`); v < 1 {
+		t.Fatalf("b's fogmesh_mesh_sessions_cut_total{dir=in,reason=revoked} = %v", v)
+	}
+	if !auditedCut(t, b, aID, "revoked") {
+		t.Fatal("b did not audit the cut of a's session")
+	}
+}
+
+// TestExpiredNodeMeshSessionCut: a node cut off from the control plane
+// cannot renew its 8 s node certificate; its open mesh connection to a
+// connected node's workload is cut by that node when the certificate
+// expires (not before), counted and audited.
+func TestExpiredNodeMeshSessionCut(t *testing.T) {
+	site := newOfflineSite(t, 8*time.Second, 2*time.Second, 4*time.Second)
+	applySecure(t, site.cp, site.cpDir, svcDoc("echo", 19203))
+	echoB := startEcho(t, "b", "127.0.0.1:0")
+	b, _, _ := site.agent(agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 203, stateDir: t.TempDir(),
+		workloads: []Workload{wlFor("echo", echoB)}}, "off")
+	a, aLink, _ := site.agent(agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 202, stateDir: t.TempDir()}, "off")
+	waitFor(t, "a to learn b's endpoint", func() bool {
+		eps := endpointsOf(a, "demo/echo")
+		return len(eps) == 1 && eps[0].Healthy
+	})
+	aLink.cut()
+	aCert := a.NodeCertificate()
+	// The session must be authenticated by a certificate of b that
+	// outlives a's, or its own expiry would end the connection first: wait
+	// for b's renewal after a joined (b renews at half life).
+	testenv.WaitFor(t, 10*time.Second, "b to renew past a's expiry", func() bool {
+		return b.NodeCertificate().NotAfter.After(aCert.NotAfter.Add(time.Second))
+	})
+	vip := "127.202.0.1:19203"
+	conn := openTalk(t, vip, "b:")
+	if time.Until(aCert.NotAfter) < time.Second {
+		t.Skipf("a's certificate expires in %v: too late to tell a cut at expiry from one before (machine too slow)", time.Until(aCert.NotAfter))
+	}
+	at := failsBy(t, "a's open connection after its certificate expired", conn, aCert.NotAfter.Add(meshCutBound))
+	if at.Before(aCert.NotAfter) {
+		t.Fatalf("a's connection was cut at %s, before its certificate expired at %s", at, aCert.NotAfter)
+	}
+	if v := agentMetric(t, b, `fogmesh_mesh_sessions_cut_total{dir="in",reason="expired"}`); v < 1 {
+		t.Fatalf("b's fogmesh_mesh_sessions_cut_total{dir=in,reason=expired} = %v", v)
+	}
+	if !auditedCut(t, b, a.ident.src.SVID().ID.String(), "expired") {
+		t.Fatal("b did not audit the cut of a's expired session")
+	}
+}
+
+// TestNodeRenewalNoFailedRequest: with 8 s node certificates renewed at
+// half life, three clients keep requests flowing from a to b's workload
+// for two lifetimes: every session authenticated by an old certificate
+// ends at its expiry at the latest, yet no request fails (new streams move
+// to new sessions before: transport's retireAt, and RetireAll after the
+// node's own renewal).
+func TestNodeRenewalNoFailedRequest(t *testing.T) {
+	const life = 8 * time.Second // the shortest the control plane takes with a 4 s autonomy window
+	site := newOfflineSite(t, life, 2*time.Second, 4*time.Second)
+	applySecure(t, site.cp, site.cpDir, svcDoc("echo", 19204))
+	echoB := startEcho(t, "b", "127.0.0.1:0")
+	b, _, _ := site.agent(agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 203, stateDir: t.TempDir(),
+		workloads: []Workload{wlFor("echo", echoB)}}, "off")
+	a, _, _ := site.agent(agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 202, stateDir: t.TempDir()}, "off")
+	waitFor(t, "a to learn b's endpoint", func() bool {
+		eps := endpointsOf(a, "demo/echo")
+		return len(eps) == 1 && eps[0].Healthy
+	})
+	vip := "127.202.0.1:19204"
+	mustRoundTrip(t, vip, "b:")
+	first := a.NodeCertificate().SerialNumber.String()
+	firstB := b.NodeCertificate().SerialNumber.String()
+
+	// Two lifetimes: both nodes renew (at ~4 s and ~8 s) and the
+	// certificates they joined with expire (at 8 s) while requests run.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*life)
+	defer cancel()
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				got, err := roundTrip(vip)
+				if err == nil && !strings.HasPrefix(got, "b:") {
+					err = &net.OpError{Op: "echo", Err: context.Canceled}
+				}
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d of %d requests failed across node certificate renewals; first: %v", n, n+ok.Load(), firstErr.Load())
+	}
+	if a.NodeCertificate().SerialNumber.String() == first || b.NodeCertificate().SerialNumber.String() == firstB {
+		t.Fatal("the nodes did not renew their certificates during the test")
+	}
+	if ok.Load() < 30 {
+		t.Fatalf("only %d requests in %v", ok.Load(), 2*life)
+	}
+}
