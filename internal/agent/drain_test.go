@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/control"
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
@@ -200,5 +202,55 @@ func TestNodeRenewalNoFailedRequest(t *testing.T) {
 	}
 	if ok.Load() < 30 {
 		t.Fatalf("only %d requests in %v", ok.Load(), 2*life)
+	}
+}
+
+// TestRevokedRegionMeshSessionsCut: a node of region east (its certificate
+// from east's intermediate) holds an open connection to a workload of a
+// node of region west. Revoking east at the global plane reaches west's
+// agent through west's plane, which then cuts that session within
+// meshCutBound, though the deny list names the region and not the node.
+func TestRevokedRegionMeshSessionsCut(t *testing.T) {
+	gDir := t.TempDir()
+	g := startControlWith(t, gDir, "", func(c *control.Config) { c.Insecure = false })
+	regional := func(name string, lo, hi uint32) *offlineSite {
+		tok, err := g.CreateToken(identity.TokenRegion, name, "", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		cp := startControlWith(t, dir, "", func(c *control.Config) {
+			c.Insecure, c.Mode, c.Region, c.Upstreams, c.RegionJoinToken = false, control.ModeRegional, name, []string{g.SyncAddr()}, tok
+			c.VIPIndexMin, c.VIPIndexMax, c.NodeTimeout = lo, hi, time.Minute
+		})
+		return &offlineSite{t: t, cp: cp, cpDir: dir}
+	}
+	east, west := regional("east", 100, 199), regional("west", 200, 299)
+	applySecure(t, west.cp, west.cpDir, exportedSvcDoc("echo", 19205, `"east"`))
+	echoB := startEcho(t, "b", "127.0.0.1:0")
+	b, _, _ := west.agent(agentOpts{name: "b", site: "west-1", region: "west", vipOctet: 203, stateDir: t.TempDir(),
+		workloads: []Workload{wlFor("echo", echoB)}}, "off")
+	a, _, _ := east.agent(agentOpts{name: "a", site: "east-1", region: "east", vipOctet: 202, stateDir: t.TempDir()}, "off")
+	testenv.WaitFor(t, 20*time.Second, "east's agent to learn west's exported endpoint", func() bool {
+		eps := endpointsOf(a, "demo/echo")
+		return len(eps) == 1 && eps[0].Healthy
+	})
+	if identity.IssuingRegion(a.ident.src.SVID().Certificates) != "east" {
+		t.Fatal("a's certificate is not from east's intermediate")
+	}
+	vip := lookupA(t, a, "echo.demo.mesh.")
+	conn := openTalk(t, net.JoinHostPort(vip, "19205"), "b:")
+
+	if code, body := adminDo(t, g, gDir, "POST", "/v1/regions/east/revoke"); code != 200 {
+		t.Fatalf("revoke east: %d %s", code, body)
+	}
+	regionID, _ := identity.RegionID(a.ident.src.SVID().ID.TrustDomain(), "east")
+	testenv.WaitFor(t, 20*time.Second, "the region's revocation to reach b", func() bool { return b.ident.src.Denied(regionID.String()) })
+	failsBy(t, "east's node's open connection to west's workload", conn, time.Now().Add(meshCutBound))
+	if v := agentMetric(t, b, `fogmesh_mesh_sessions_cut_total{dir="in",reason="revoked"}`); v < 1 {
+		t.Fatalf("b's fogmesh_mesh_sessions_cut_total{dir=in,reason=revoked} = %v", v)
+	}
+	if !auditedCut(t, b, a.ident.src.SVID().ID.String(), "revoked") {
+		t.Fatal("b did not audit the cut of east's node's session")
 	}
 }
