@@ -2,7 +2,10 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -146,25 +149,46 @@ func TestExpiredNodeMeshSessionCut(t *testing.T) {
 }
 
 // TestNodeRenewalNoFailedRequest: with 8 s node certificates renewed at
-// half life, three clients keep requests flowing from a to b's workload
-// for two lifetimes: every session authenticated by an old certificate
-// ends at its expiry at the latest, yet no request fails (new streams move
-// to new sessions before: transport's retireAt, and RetireAll after the
-// node's own renewal).
+// half life, three TCP clients (a connection per request) and two HTTP
+// clients (keep-alive, requests of 50 ms, the agents' pooled mesh
+// streams) keep requests flowing from a to b's workloads for two
+// lifetimes: every session authenticated by an old certificate ends at its
+// expiry at the latest, yet no request fails (new streams move to new
+// sessions before: transport's retireAt, and RetireAll after the node's
+// own renewal; a pooled stream cut with its session is retried by the
+// pool, for idempotent requests).
 func TestNodeRenewalNoFailedRequest(t *testing.T) {
 	const life = 8 * time.Second // the shortest the control plane takes with a 4 s autonomy window
 	site := newOfflineSite(t, life, 2*time.Second, 4*time.Second)
-	applySecure(t, site.cp, site.cpDir, svcDoc("echo", 19204))
+	applySecure(t, site.cp, site.cpDir, "["+svcDoc("echo", 19204)+","+httpSvcDoc("web", 19206, "http")+"]")
 	echoB := startEcho(t, "b", "127.0.0.1:0")
+	webPort := startDelayed(t, "web-b", 50*time.Millisecond)
 	b, _, _ := site.agent(agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 203, stateDir: t.TempDir(),
-		workloads: []Workload{wlFor("echo", echoB)}}, "off")
+		workloads: []Workload{wlFor("echo", echoB), webWorkload("web", "web-b", webPort)}}, "off")
 	a, _, _ := site.agent(agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 202, stateDir: t.TempDir()}, "off")
 	waitFor(t, "a to learn b's endpoint", func() bool {
 		eps := endpointsOf(a, "demo/echo")
 		return len(eps) == 1 && eps[0].Healthy
 	})
-	vip := "127.202.0.1:19204"
+	waitFor(t, "a to learn b's web endpoint", func() bool {
+		eps := endpointsOf(a, "demo/web")
+		return len(eps) == 1 && eps[0].Healthy
+	})
+	vip := net.JoinHostPort(lookupA(t, a, "echo.demo.mesh."), "19204")
+	webURL := "http://" + net.JoinHostPort(lookupA(t, a, "web.demo.mesh."), "19206") + "/"
 	mustRoundTrip(t, vip, "b:")
+	getWeb := func(c *http.Client) error {
+		resp, err := c.Get(webURL)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err == nil && (resp.StatusCode != 200 || string(body) != "web-b") {
+			err = fmt.Errorf("GET %s: %d %q", webURL, resp.StatusCode, body)
+		}
+		return err
+	}
 	first := a.NodeCertificate().SerialNumber.String()
 	firstB := b.NodeCertificate().SerialNumber.String()
 
@@ -175,14 +199,21 @@ func TestNodeRenewalNoFailedRequest(t *testing.T) {
 	var ok, failed atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 5; i++ {
+		web := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 2}}
+		defer web.CloseIdleConnections()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				got, err := roundTrip(vip)
-				if err == nil && !strings.HasPrefix(got, "b:") {
-					err = &net.OpError{Op: "echo", Err: context.Canceled}
+				var err error
+				if i < 3 {
+					var got string
+					if got, err = roundTrip(vip); err == nil && !strings.HasPrefix(got, "b:") {
+						err = fmt.Errorf("echo answered %q", got)
+					}
+				} else {
+					err = getWeb(web)
 				}
 				if err != nil {
 					failed.Add(1)
