@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/identity"
@@ -148,8 +150,44 @@ func TestExpiredNodeMeshSessionCut(t *testing.T) {
 	}
 }
 
+// startSlowEcho answers each line as startEcho does, after delay.
+func startSlowEcho(t *testing.T, name string, delay time.Duration) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					time.Sleep(delay)
+					fmt.Fprintf(c, "%s: %s", name, line)
+				}
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
 // TestNodeRenewalNoFailedRequest: with 8 s node certificates renewed at
-// half life, three TCP clients (a connection per request) and two HTTP
+// half life, three TCP clients (a connection per request of 150 ms) and two HTTP
 // clients (keep-alive, requests of 50 ms, the agents' pooled mesh
 // streams) keep requests flowing from a to b's workloads for two
 // lifetimes: every session authenticated by an old certificate ends at its
@@ -161,10 +199,13 @@ func TestNodeRenewalNoFailedRequest(t *testing.T) {
 	const life = 8 * time.Second // the shortest the control plane takes with a 4 s autonomy window
 	site := newOfflineSite(t, life, 2*time.Second, 4*time.Second)
 	applySecure(t, site.cp, site.cpDir, "["+svcDoc("echo", 19204)+","+httpSvcDoc("web", 19206, "http")+"]")
-	echoB := startEcho(t, "b", "127.0.0.1:0")
+	// Every request is in flight for 150 ms (50 ms for HTTP), so an
+	// expiry that cut a session in use would fail some.
+	echoPort := startSlowEcho(t, "b", 150*time.Millisecond)
 	webPort := startDelayed(t, "web-b", 50*time.Millisecond)
 	b, _, _ := site.agent(agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 203, stateDir: t.TempDir(),
-		workloads: []Workload{wlFor("echo", echoB), webWorkload("web", "web-b", webPort)}}, "off")
+		workloads: []Workload{{Name: "echo-b", Service: "echo", Namespace: "demo", Ports: []api.EndpointPort{{Name: "tcp", Port: echoPort}}},
+			webWorkload("web", "web-b", webPort)}}, "off")
 	a, _, _ := site.agent(agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 202, stateDir: t.TempDir()}, "off")
 	waitFor(t, "a to learn b's endpoint", func() bool {
 		eps := endpointsOf(a, "demo/echo")
