@@ -285,62 +285,6 @@ func (c *QUICClient) lookup(meshAddr string, broken *quic.Conn) (*quicPeer, *qui
 	return p, qc, pa, nil
 }
 
-// cutIfInvalid closes qc if its peer may no longer use it (cutQUIC).
-func (c *QUICClient) cutIfInvalid(qc *quic.Conn, pa *peerAuth) bool {
-	return cutQUIC(qc, pa, "out", c.cfg.PeerCheck, c.log, c.m, c.cfg.OnCut)
-}
-
-// Revalidate checks every connection's peer again, retired ones
-// included, and cuts those that fail; it returns how many it cut.
-func (c *QUICClient) Revalidate() int {
-	all := map[*quic.Conn]*peerAuth{}
-	c.mu.Lock()
-	for _, p := range c.peers {
-		if p.conn != nil && p.auth != nil {
-			all[p.conn] = p.auth
-		}
-	}
-	for qc, pa := range c.retired {
-		all[qc] = pa
-	}
-	c.mu.Unlock()
-	n := 0
-	for qc, pa := range all {
-		if causeOf(pa.cause) == nil && c.cutIfInvalid(qc, pa) {
-			n++
-		}
-	}
-	return n
-}
-
-// RetireAll takes every connection out of use for new streams (see
-// Client.RetireAll); a retired connection is closed at its peer's expiry
-// or when it idles out.
-func (c *QUICClient) RetireAll() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for _, p := range c.peers {
-		if p.conn != nil && c.retireLocked(p, p.conn) {
-			n++
-		}
-	}
-	return n
-}
-
-func (c *QUICClient) retireLocked(p *quicPeer, qc *quic.Conn) bool {
-	if c.closed || p.conn != qc {
-		return false
-	}
-	p.conn = nil
-	if p.auth != nil {
-		c.retired[qc] = p.auth
-	} else {
-		c.retired[qc] = &peerAuth{}
-	}
-	return true
-}
-
 // watchConn retires qc at auth.retireAt, cuts it when the peer's chain
 // expires, and forgets it once it is closed, by us, the peer or a
 // timeout.

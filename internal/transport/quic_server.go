@@ -274,30 +274,5 @@ func (s *QUICServer) DropPeer(id spiffeid.ID) int {
 	return len(drop)
 }
 
-// Revalidate checks every connection's peer again, as Server.Revalidate
-// does, and cuts those that fail; it returns how many it cut.
-func (s *QUICServer) Revalidate() int {
-	s.mu.Lock()
-	all := make(map[*quic.Conn]*peerAuth, len(s.conns))
-	for c, pa := range s.conns {
-		all[c] = pa
-	}
-	s.mu.Unlock()
-	n := 0
-	for c, pa := range all {
-		if causeOf(pa.cause) == nil && s.cutIfInvalid(c, pa) {
-			n++
-		}
-	}
-	return n
-}
-
-// cutIfInvalid closes conn if its peer may no longer use it (the peer
-// reads the reason in the close frame), and reports whether it did (or an
-// earlier call did).
-func (s *QUICServer) cutIfInvalid(conn *quic.Conn, pa *peerAuth) bool {
-	return cutQUIC(conn, pa, "in", s.core.cfg.PeerCheck, s.core.log, s.core.m, s.core.cfg.OnCut)
-}
-
 // ActiveStreams returns the number of streams being served.
 func (s *QUICServer) ActiveStreams() int64 { return s.core.ActiveStreams() }

@@ -81,3 +81,50 @@ func (c *Client) retireSession(meshAddr string, only *yamux.Session) bool {
 	}()
 	return true
 }
+
+// DropPeer closes every session whose TLS peer is id (a revoked node),
+// retired ones included.
+func (c *Client) DropPeer(id spiffeid.ID) int {
+	c.mu.Lock()
+	var drop []*yamux.Session
+	for _, p := range c.peers {
+		if p.sess != nil && !p.id.IsZero() && p.id == id {
+			drop = append(drop, p.sess)
+			p.sess = nil
+		}
+	}
+	for sess, r := range c.retired {
+		if !r.id.IsZero() && r.id == id {
+			drop = append(drop, sess)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range drop {
+		s.Close()
+	}
+	return len(drop)
+}
+
+// DropSession closes the session to meshAddr, so its streams fail at once.
+// The agent calls it when gossip declares the peer dead: a peer that froze
+// or lost power sends no RST, and its streams would otherwise hang until
+// TCP gives up. A session to meshAddr that Retire took out of use is
+// closed too. The next Dial opens a fresh session.
+func (c *Client) DropSession(meshAddr string) bool {
+	c.mu.Lock()
+	var drop []*yamux.Session
+	if p := c.peers[meshAddr]; p != nil && p.sess != nil {
+		drop = append(drop, p.sess)
+		p.sess = nil
+	}
+	for sess, r := range c.retired {
+		if r.addr == meshAddr {
+			drop = append(drop, sess)
+		}
+	}
+	c.mu.Unlock()
+	for _, sess := range drop {
+		sess.Close()
+	}
+	return len(drop) > 0
+}

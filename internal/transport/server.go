@@ -287,62 +287,6 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// DropPeer closes every session of the peer with SPIFFE ID id, and with
-// them their streams, and returns how many it closed. The agent calls it
-// when the node is revoked.
-func (s *Server) DropPeer(id spiffeid.ID) int {
-	s.mu.Lock()
-	var drop []*yamux.Session
-	for sess, pa := range s.sessions {
-		if !pa.id.IsZero() && pa.id == id {
-			drop = append(drop, sess)
-		}
-	}
-	s.mu.Unlock()
-	for _, sess := range drop {
-		sess.Close()
-	}
-	return len(drop)
-}
-
-// Revalidate checks every session's peer again (PeerCheck, expiry) and
-// cuts those that fail; it returns how many it cut. The agent calls it
-// when the deny list changes: a revoked node, or every node below a
-// revoked regional intermediate, loses its sessions at once.
-func (s *Server) Revalidate() int {
-	s.mu.Lock()
-	all := make(map[*yamux.Session]*peerAuth, len(s.sessions))
-	for sess, pa := range s.sessions {
-		all[sess] = pa
-	}
-	s.mu.Unlock()
-	n := 0
-	for sess, pa := range all {
-		if s.cutIfInvalid(sess, pa) {
-			n++
-		}
-	}
-	return n
-}
-
-// cutIfInvalid closes sess if its peer may no longer use it, and reports
-// whether it did (or an earlier call did).
-func (s *Server) cutIfInvalid(sess *yamux.Session, pa *peerAuth) bool {
-	if causeOf(pa.cause) != nil {
-		return true
-	}
-	reason, err := pa.check(time.Now(), s.cfg.PeerCheck)
-	if err == nil {
-		return false
-	}
-	if pa.setCause(err) {
-		// Reported first: the cut is on record before the peer sees it.
-		reportCut(s.log, s.m, s.cfg.OnCut, Cut{Dir: "in", Peer: pa.id, Reason: reason, Err: err, Streams: sess.NumStreams()})
-		sess.Close()
-	}
-	return true
-}
-
 // ActiveStreams returns the number of streams being served: reading a
 // header, dialing or relaying.
 func (s *Server) ActiveStreams() int64 {
