@@ -139,8 +139,9 @@ func (a *Agent) saveNodeCert(certs []*x509.Certificate) error {
 	return atomicfile.Write(a.statePath(nodeCertFile), identity.EncodeCertificatesPEM(certs...), 0o644)
 }
 
-// applyTrust installs bundles and the deny list, drops mesh sessions of
-// newly revoked nodes and, if save, writes the trust file.
+// applyTrust installs bundles and the deny list, cuts the open mesh
+// sessions of peers it now denies (a node, or a region whose intermediate
+// is in the peer's chain) and, if save, writes the trust file.
 func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 	ni := a.ident
 	td, err := identity.ParseTrustDomain(t.TrustDomain)
