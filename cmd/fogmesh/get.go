@@ -272,7 +272,7 @@ func getPaths(server, out string) error {
 			rtt = fmt.Sprintf("%.2fms", p.RTTMillis)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Node, p.Peer, p.Kind, orDash(p.Carrier), orDash(p.Relay), orDash(p.Remote),
-			rtt, p.BytesOut, p.BytesIn, time.Since(p.Since).Round(time.Second).String()+" ago")
+			rtt, p.BytesOut, p.BytesIn, sinceAgo(p.Since, time.Now()))
 	}
 	return nil
 }

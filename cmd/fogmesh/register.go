@@ -141,7 +141,7 @@ func runPaths(args []string) error {
 			rtt = fmt.Sprintf("%.2fms", p.RTTMs)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Peer, p.Kind, orDash(p.Carrier), orDash(p.Relay), orDash(p.Remote), rtt,
-			p.BytesOut, p.BytesIn, p.Since.Format(time.RFC3339))
+			p.BytesOut, p.BytesIn, sinceAt(p.Since))
 	}
 	tw.Flush()
 	if len(st.Relays) > 0 {
@@ -159,6 +159,23 @@ func runPaths(args []string) error {
 		fmt.Printf("\npunching: off (%s)\n", st.PunchNote)
 	}
 	return nil
+}
+
+// sinceAgo is a path's age at now for tables; "-" when it is not known
+// (the zero time).
+func sinceAgo(since, now time.Time) string {
+	if since.IsZero() {
+		return "-"
+	}
+	return now.Sub(since).Round(time.Second).String() + " ago"
+}
+
+// sinceAt is a path's start for tables; "-" when it is not known.
+func sinceAt(since time.Time) string {
+	if since.IsZero() {
+		return "-"
+	}
+	return since.Format(time.RFC3339)
 }
 
 func orDash(s string) string {

@@ -127,7 +127,7 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 			pc := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
-			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
+			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
 				pc.reused, pc.peekNext = true, false
 				return pc, nil
 			}
@@ -157,7 +157,7 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 func (p *Pool) put(pc *poolConn) {
 	pc.idleAt = time.Now()
 	p.mu.Lock()
-	if p.closed || len(p.idle) >= p.cfg.MaxIdle {
+	if p.closed || len(p.idle) >= p.cfg.MaxIdle || pc.retired() {
 		p.mu.Unlock()
 		pc.close()
 		return

@@ -295,3 +295,53 @@ func TestPoolCancel(t *testing.T) {
 		t.Fatalf("%d connections; want 2 (the cancelled one is not reused)", n)
 	}
 }
+
+// retiringConn is a real connection a test marks retired, as a mesh
+// stream of a retired session says it is (transport's streamConn).
+type retiringConn struct {
+	net.Conn
+	retired atomic.Bool
+}
+
+func (c *retiringConn) Retired() bool { return c.retired.Load() }
+
+// TestPoolLeavesRetiredConnections: an idle connection that says it was
+// retired (its mesh session was left for a better path) is not reused:
+// the next request dials a new one, which is then reused, and the retired
+// one is closed.
+func TestPoolLeavesRetiredConnections(t *testing.T) {
+	u := startUpstream(t, ok)
+	addr := u.ln.Addr().String()
+	var mu sync.Mutex
+	var conns []*retiringConn
+	p := u.pool(PoolConfig{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		rc := &retiringConn{Conn: c}
+		mu.Lock()
+		conns = append(conns, rc)
+		mu.Unlock()
+		return rc, nil
+	}})
+	defer p.Close(true)
+	for range 2 {
+		if code, b := get(t, p, "GET", ""); code != 200 || b != "ok" {
+			t.Fatalf("%d %q", code, b)
+		}
+	}
+	mu.Lock()
+	conns[0].retired.Store(true)
+	mu.Unlock()
+	for range 2 {
+		if code, b := get(t, p, "GET", ""); code != 200 || b != "ok" {
+			t.Fatalf("after the retirement: %d %q", code, b)
+		}
+	}
+	if n := u.accepted.Load(); n != 2 {
+		t.Fatalf("%d connections; want 2 (the first, retired, and one after it)", n)
+	}
+	waitFor(t, "the retired connection closed", func() bool { return u.open.Load() == 1 })
+}

@@ -203,6 +203,10 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m.mUp = cfg.Metrics.GetOrCreateCounter(`fogmesh_path_upgrades_total`)
 	m.mIntroDropped = cfg.Metrics.GetOrCreateCounter(`fogmesh_path_introductions_dropped_total`)
+	for _, r := range punchRefusals {
+		cfg.Metrics.GetOrCreateGauge(fmt.Sprintf(`fogmesh_punch_refused_total{reason=%q}`, r.reason),
+			func() float64 { return float64(r.count(m.punchStats())) })
+	}
 	m.punch.reason = "no relays configured"
 	if len(cfg.Relays) > 0 {
 		pool, err := relay.NewPool(relay.PoolConfig{Relays: cfg.Relays, TLS: cfg.RelayTLS, KeepAlive: cfg.KeepAlive,
@@ -344,11 +348,12 @@ func (m *Manager) RTT(name string) (time.Duration, bool) {
 	st := m.peers[name]
 	var kind Kind
 	var udp string
+	var probeRTT time.Duration
 	var ru *udpRelayed
 	if st != nil {
 		kind = st.current()
 		if kind == Punched && st.punched != nil {
-			udp = st.punched.MeshAddr()
+			udp, probeRTT = st.punched.MeshAddr(), st.punched.RTT
 		}
 		if kind == Relayed {
 			ru = st.relUDP
@@ -362,8 +367,13 @@ func (m *Manager) RTT(name string) (time.Duration, bool) {
 	switch kind {
 	case Punched:
 		if u != nil {
-			return u.client.RTT(udp)
+			if d, ok := u.client.RTT(udp); ok {
+				return d, true
+			}
 		}
+		// No QUIC connection of ours on it yet (the peer dialed, or no
+		// stream used it): the punch's probe round trip.
+		return probeRTT, probeRTT > 0
 	case Direct:
 		return m.tcp.RTT(directKey(name))
 	case Relayed:
@@ -493,4 +503,32 @@ func (m *Manager) Sessions() int {
 		n += u.client.Sessions()
 	}
 	return n
+}
+
+// punchRefusals are the punching socket's refusals (punch.Stats) as the
+// reasons of fogmesh_punch_refused_total.
+var punchRefusals = []struct {
+	reason string
+	count  func(punch.Stats) uint64
+}{
+	{"not_probe", func(s punch.Stats) uint64 { return s.NotProbe }},
+	{"malformed", func(s punch.Stats) uint64 { return s.Malformed }},
+	{"unknown_session", func(s punch.Stats) uint64 { return s.UnknownSession }},
+	{"bad_mac", func(s punch.Stats) uint64 { return s.BadMAC }},
+	{"replayed", func(s punch.Stats) uint64 { return s.Replayed }},
+	{"reflected", func(s punch.Stats) uint64 { return s.Reflected }},
+	{"unsolicited", func(s punch.Stats) uint64 { return s.Unsolicited }},
+	{"introduction_replayed", func(s punch.Stats) uint64 { return s.IntroReplayed }},
+}
+
+// punchStats are the punching socket's counters (zero while it is not
+// open).
+func (m *Manager) punchStats() punch.Stats {
+	m.mu.Lock()
+	u := m.udp
+	m.mu.Unlock()
+	if u == nil {
+		return punch.Stats{}
+	}
+	return u.puncher.Stats()
 }

@@ -322,8 +322,11 @@ func (m *Manager) install(u *udpSide, st *peerState, pa *punch.Path) {
 	}
 	st.punched = pa
 	m.byUDP[pa.MeshAddr()] = st.Name
-	if prev != "" && prev != Direct { // before the first Dial, that Dial's race decides
+	switch {
+	case prev != "" && prev != Direct: // before the first Dial, that Dial's race decides
 		st.kind, st.since, st.relay = Punched, time.Now(), ""
+	case prev == "":
+		st.since = time.Now() // Status shows the peer punched (current) from now
 	}
 	m.mu.Unlock()
 	if stale != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/relay"
@@ -22,13 +23,13 @@ type Candidates struct {
 }
 
 // Strings returns the candidates as host:port, local ones first, for
-// relay.Client.Introduce.
+// relay.Client.Introduce; the reflexive one only if it is not a local one.
 func (c Candidates) Strings() []string {
 	var out []string
 	for _, a := range c.Local {
 		out = append(out, a.String())
 	}
-	if c.Reflexive.IsValid() {
+	if c.Reflexive.IsValid() && !slices.Contains(c.Local, c.Reflexive) {
 		out = append(out, c.Reflexive.String())
 	}
 	return out

@@ -117,6 +117,27 @@ type Puncher struct {
 	sessions map[[8]byte]*session
 	nonces   map[string]time.Time
 	stats    Stats
+	loggedAt time.Time // of the last refusal logged (noteRefusalLocked)
+}
+
+// refusalLogEvery bounds the log lines about refused probes: a flood of
+// forged ones is counted in Stats and logged once per interval.
+const refusalLogEvery = time.Minute
+
+// noteRefusalLocked logs a refusal that says someone forges, replays or
+// sends what was not asked for (not noise: datagrams that are no probe, a
+// late probe of an ended session, our own probe come back), at most once
+// per refusalLogEvery, with the counts so far.
+func (p *Puncher) noteRefusalLocked(reason, from string) {
+	now := time.Now()
+	if !p.loggedAt.IsZero() && now.Sub(p.loggedAt) < refusalLogEvery {
+		return
+	}
+	p.loggedAt = now
+	s := p.stats
+	p.log.Warn("punch: refused a probe or introduction (further ones are only counted for a minute)",
+		"reason", reason, "from", from, "badMAC", s.BadMAC, "replayed", s.Replayed,
+		"unsolicited", s.Unsolicited, "malformed", s.Malformed, "introReplayed", s.IntroReplayed)
 }
 
 // session is one introduction's probing state.
@@ -271,6 +292,7 @@ func (p *Puncher) register(nonce string, s *session, now time.Time) error {
 	if !now.IsZero() {
 		if _, seen := p.nonces[nonce]; seen {
 			p.stats.IntroReplayed++
+			p.noteRefusalLocked("introduction_replayed", s.peer)
 			return fmt.Errorf("%w: nonce %s from %s", ErrIntroReplay, nonce, s.peer)
 		}
 		if len(p.nonces) >= maxNonces {
@@ -368,6 +390,7 @@ func (p *Puncher) check(b []byte, from netip.AddrPort) []byte {
 			p.stats.NotProbe++
 		} else {
 			p.stats.Malformed++
+			p.noteRefusalLocked("malformed", from.String())
 		}
 		return nil
 	}
@@ -378,6 +401,7 @@ func (p *Puncher) check(b []byte, from netip.AddrPort) []byte {
 		return nil
 	case !s.key.Verify(pr, b):
 		p.stats.BadMAC++
+		p.noteRefusalLocked("bad_mac", from.String())
 		return nil
 	case pr.Role == s.role:
 		p.stats.Reflected++
@@ -387,6 +411,7 @@ func (p *Puncher) check(b []byte, from netip.AddrPort) []byte {
 	if pr.Kind == KindRequest {
 		if !s.window.accept(pr.Seq) {
 			p.stats.Replayed++
+			p.noteRefusalLocked("replayed", from.String())
 			return nil
 		}
 		s.last = now
@@ -401,6 +426,7 @@ func (p *Puncher) check(b []byte, from netip.AddrPort) []byte {
 	sent, ok := s.sent[pr.Seq]
 	if !ok || sent.to != from {
 		p.stats.Unsolicited++
+		p.noteRefusalLocked("unsolicited", from.String())
 		return nil
 	}
 	delete(s.sent, pr.Seq)

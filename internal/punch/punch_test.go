@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -283,5 +286,82 @@ func TestPunchLoopbackThroughRelay(t *testing.T) {
 	defer yp.Close()
 	if xp.Addr != y.cands.Local[0] || yp.Addr != x.cands.Local[0] || xp.Dials == yp.Dials || xp.Dials != (x.id < y.id) {
 		t.Fatalf("paths x %+v, y %+v; candidates x %+v, y %+v", xp, yp, x.cands, y.cands)
+	}
+}
+
+// recordLog is a slog handler keeping every record's message and reason.
+type recordLog struct {
+	mu   sync.Mutex
+	recs []string // "LEVEL message reason=R"
+}
+
+func (h *recordLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *recordLog) WithGroup(string) slog.Handler            { return h }
+func (h *recordLog) Handle(_ context.Context, r slog.Record) error {
+	line := r.Level.String() + " " + r.Message
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "reason" {
+			line += " reason=" + a.Value.String()
+		}
+		return true
+	})
+	h.mu.Lock()
+	h.recs = append(h.recs, line)
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *recordLog) matching(sub string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, r := range h.recs {
+		if strings.Contains(r, sub) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// TestPunchLogsRefusals: forged probes are logged, not only counted, and
+// a flood of them makes one log line, not one per probe.
+func TestPunchLogsRefusals(t *testing.T) {
+	logs := &recordLog{}
+	p, tr := loopPuncher(t, idA, func(c *Config) {
+		c.Timeout = 20 * time.Second
+		c.KeepAlive = time.Hour
+		c.Logger = slog.New(logs)
+	})
+	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Punch(ctx, relay.Introduced{Nonce: testNonce, Peer: idB, Candidates: []string{peer.LocalAddr().String()}})
+	}()
+	defer func() { cancel(); <-done }()
+	// Wait for the session: the Puncher's first request reaches the peer.
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := peer.ReadFromUDP(make([]byte, 2048)); err != nil {
+		t.Fatal(err)
+	}
+	key := testKey(t, testNonce)
+	me := tr.Conn.LocalAddr().(*net.UDPAddr)
+	for i := range 20 {
+		forged := key.Append(nil, KindRequest, 1, uint64(100+i))
+		forged[ProbeSize-1] ^= 0xff
+		if _, err := peer.WriteToUDP(forged, me); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitStats(t, p, "20 forged probes", func(s Stats) bool { return s.BadMAC >= 20 })
+	if got := logs.matching("reason=bad_mac"); len(got) != 1 {
+		t.Fatalf("log lines about the forged probes: %q, want exactly one", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -21,6 +22,9 @@ type ctrlConn struct {
 	tc       *tls.Conn
 	observed string // the remote address of raw: the TCP reflexive candidate
 	token    string // UDP reflexive token
+	// dead: a write failed and closed raw. Frames the TLS layer had
+	// already buffered are not served after that.
+	dead atomic.Bool
 
 	wmu sync.Mutex
 }
@@ -30,9 +34,13 @@ type ctrlConn struct {
 func (s *Server) send(c *ctrlConn, t byte, msg any) bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.dead.Load() {
+		return false
+	}
 	c.raw.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	err := WriteFrame(c.tc, t, msg)
 	if err != nil {
+		c.dead.Store(true)
 		s.refuse(ReasonSlowReader)
 		c.raw.Close()
 		return false
@@ -66,7 +74,7 @@ func (s *Server) serveControl(raw net.Conn, tc *tls.Conn, id spiffeid.ID) {
 	if !s.send(c, TypeHello, &Hello{Node: id.String(), Observed: c.observed, UDPToken: c.token}) {
 		return
 	}
-	for {
+	for !c.dead.Load() {
 		raw.SetReadDeadline(time.Now().Add(s.cfg.ControlTimeout))
 		f, err := ReadFrame(tc)
 		if err != nil {
@@ -129,7 +137,7 @@ func (s *Server) serveControl(raw net.Conn, tc *tls.Conn, id spiffeid.ID) {
 // candidates and X gets Y's, both under X's nonce.
 func (s *Server) introduce(xc *ctrlConn, x spiffeid.ID, m *Introduce) {
 	refuse := func(reason, msg string) {
-		s.refuse(reason)
+		s.refuseNode(reason, x, msg)
 		s.send(xc, TypeError, &Error{Nonce: m.Nonce, Reason: reason, Message: msg})
 	}
 	y, err := spiffeid.FromString(m.Peer)
@@ -153,19 +161,12 @@ func (s *Server) introduce(xc *ctrlConn, x spiffeid.ID, m *Introduce) {
 		refuse(ReasonReplay, "nonce already used")
 		return
 	}
-	if len(s.nonces) >= maxNonces {
-		for k, exp := range s.nonces {
-			if now.After(exp) {
-				delete(s.nonces, k)
-			}
-		}
-		if len(s.nonces) >= maxNonces {
-			s.mu.Unlock()
-			refuse(ReasonNonceStoreFull, "too many introductions; retry later")
-			return
-		}
+	if r, msg := s.nonceRoomLocked(x.String(), now); r != "" {
+		s.mu.Unlock()
+		refuse(r, msg)
+		return
 	}
-	s.nonces[key] = now.Add(2 * s.cfg.ReplayWindow)
+	s.rememberNonceLocked(x.String(), m.Nonce, now)
 	xn := s.nodes[x.String()]
 	yn := s.nodes[y.String()]
 	var yc *ctrlConn

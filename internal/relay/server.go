@@ -194,7 +194,7 @@ type Server struct {
 	mUDPChannels   *metrics.Counter
 
 	handshakes chan struct{} // a slot per connection being authenticated
-
+	refusals   refusalLog    // when each reason was last logged
 	// tap, if set (tests), sees every byte the relay forwards.
 	tap func(session string, p []byte)
 
@@ -206,6 +206,7 @@ type Server struct {
 	pending   map[string]*session // dialed sessions waiting for Accept
 	active    int                 // spliced sessions
 	nonces    map[string]time.Time
+	nonceUse  nonceUse          // per node, in nonces (refuse.go)
 	tokens    map[string]string // UDP token → node ID
 	udpConns  []net.PacketConn  // the sockets ServeUDP serves, in order
 	udpChans  map[[udpChanIDLen]byte]*udpChan
@@ -243,7 +244,7 @@ func New(cfg Config) (*Server, error) {
 		udpChans:   map[[udpChanIDLen]byte]*udpChan{},
 	}
 	m := cfg.Metrics
-	for _, r := range append(refusalReasons, udpReasons...) {
+	for _, r := range append(append(refusalReasons, udpReasons...), ReasonIntroductionLimit) {
 		s.mRefused[r] = m.GetOrCreateCounter(fmt.Sprintf(`fogmesh_relay_refused_total{reason=%q}`, r))
 	}
 	s.mSessionsTotal = m.NewCounter(`fogmesh_relay_sessions_total`)
@@ -417,9 +418,7 @@ func (s *Server) serveConn(raw net.Conn) {
 	tc, err := identity.ServerHandshake(s.ctx, raw, s.tls, s.cfg.HandshakeTimeout)
 	<-s.handshakes
 	if err != nil {
-		reason := identity.HandshakeReason(err)
-		s.refuse(reason)
-		s.log.Debug("relay: handshake refused", "remote", raw.RemoteAddr().String(), "reason", reason, "err", err)
+		s.refuseConn(identity.HandshakeReason(err), raw.RemoteAddr().String(), err.Error())
 		return
 	}
 	cs := tc.ConnectionState()
@@ -485,16 +484,6 @@ func (s *Server) authorize(from, to spiffeid.ID) string {
 	}
 	if s.cfg.Policy != nil && s.cfg.Policy(from, to) != nil {
 		return ReasonDenied
-	}
-	return ""
-}
-
-// frameReason is the refusal reason of a frame read error, or "" for a
-// clean end of the connection.
-func frameReason(err error) string {
-	var fe *FrameError
-	if errors.As(err, &fe) {
-		return fe.Reason
 	}
 	return ""
 }

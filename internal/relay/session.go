@@ -9,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/proxy"
 )
 
@@ -60,7 +61,8 @@ func (s *Server) serveData(raw net.Conn, tc *tls.Conn, id spiffeid.ID) bool {
 
 // dataRefuse writes an Error frame to a data connection (best effort).
 func (s *Server) dataRefuse(raw net.Conn, tc *tls.Conn, e *Error) {
-	s.refuse(e.Reason)
+	id, _ := identity.PeerID(tc.ConnectionState())
+	s.refuseNode(e.Reason, id, e.Message)
 	raw.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	WriteFrame(tc, TypeError, e)
 }

@@ -106,6 +106,9 @@ type Client struct {
 	retired map[*yamux.Session]retiredSession // draining: no new streams (Retire)
 
 	rtts sync.Map // mesh address -> *peer, for RTT without mu (read per request)
+	// retiredSet holds the sessions in retired, for streamConn.Retired
+	// without mu (asked per pooled request).
+	retiredSet sync.Map
 }
 
 // peer is the session to one peer agent.
@@ -390,6 +393,7 @@ func (c *Client) openStream(ctx context.Context, sess *yamux.Session, auth *peer
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
 	sc := newStreamConn(st)
+	sc.client = c
 	if auth != nil {
 		sc.cause = auth.cause
 	}

@@ -62,6 +62,7 @@ func (c *Client) retireSession(meshAddr string, only *yamux.Session) bool {
 	sess := p.sess
 	p.sess = nil
 	c.retired[sess] = retiredSession{addr: meshAddr, id: p.id, auth: p.auth}
+	c.retiredSet.Store(sess, struct{}{})
 	c.wg.Add(1)
 	c.mu.Unlock()
 	go func() {
@@ -78,6 +79,7 @@ func (c *Client) retireSession(meshAddr string, only *yamux.Session) bool {
 		c.mu.Lock()
 		delete(c.retired, sess)
 		c.mu.Unlock()
+		c.retiredSet.Delete(sess)
 	}()
 	return true
 }
@@ -127,4 +129,10 @@ func (c *Client) DropSession(meshAddr string) bool {
 		sess.Close()
 	}
 	return len(drop) > 0
+}
+
+// isRetired reports whether sess is retired and not yet closed.
+func (c *Client) isRetired(sess *yamux.Session) bool {
+	_, ok := c.retiredSet.Load(sess)
+	return ok
 }

@@ -78,6 +78,15 @@ type streamConn struct {
 	*yamux.Stream
 	closed atomic.Bool
 	cause  *atomic.Pointer[error] // why the session was cut (peerauth.go), or nil
+	client *Client                // that opened it, for Retired; nil on the server side
+}
+
+// Retired reports whether the client retired the stream's session
+// (Client.Retire: a better path to the peer is in use). The stream still
+// works; a pool should not reuse it for another request, so that the
+// retired session drains and its path is left.
+func (c *streamConn) Retired() bool {
+	return c.client != nil && c.client.isRetired(c.Stream.Session())
 }
 
 // pastDeadline is any time in the past; it fails blocked reads at once.
