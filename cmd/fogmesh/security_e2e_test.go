@@ -287,7 +287,7 @@ func TestRevokeNodeAtAgents(t *testing.T) {
 	eventually(t, 10*time.Second, "the server agent counted no revoked handshake", func() bool {
 		return metric(t, nil, serverMetrics, revokedSeries) > 0
 	})
-	if !strings.Contains(server.p.out.String(), "node revoked; closed its mesh sessions") || strings.Contains(server.p.out.String(), "sessions=0") {
+	if !strings.Contains(server.p.out.String(), "revocation cut open mesh sessions") || strings.Contains(server.p.out.String(), "sessions=0") {
 		t.Errorf("server agent did not log the closed sessions:\n%s", server.p.out)
 	}
 

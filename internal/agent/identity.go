@@ -139,8 +139,9 @@ func (a *Agent) saveNodeCert(certs []*x509.Certificate) error {
 	return atomicfile.Write(a.statePath(nodeCertFile), identity.EncodeCertificatesPEM(certs...), 0o644)
 }
 
-// applyTrust installs bundles and the deny list, drops mesh sessions of
-// newly revoked nodes and, if save, writes the trust file.
+// applyTrust installs bundles and the deny list, cuts the open mesh
+// sessions of peers it now denies (a node, or a region whose intermediate
+// is in the peer's chain) and, if save, writes the trust file.
 func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 	ni := a.ident
 	td, err := identity.ParseTrustDomain(t.TrustDomain)
@@ -168,12 +169,6 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 	if ni.td != td { // set once (New); the mesh dials read it unlocked
 		ni.td = td
 	}
-	old := map[string]bool{}
-	for _, id := range t.Revoked {
-		if !ni.src.Denied(id) {
-			old[id] = true // newly revoked
-		}
-	}
 	ni.src.SetBundles(bundles...)
 	ni.src.SetDenied(t.Revoked)
 	// The Workload API hands out the same bundles, by trust domain name.
@@ -193,13 +188,11 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 		}
 	}
 	if a.mesh != nil {
-		for id := range old {
-			sid, err := spiffeid.FromString(id)
-			if err != nil {
-				continue
-			}
-			n := a.mesh.DropPeer(sid) + a.peers.DropPeer(sid)
-			a.log.Warn("agent: node revoked; closed its mesh sessions", "id", id, "sessions", n)
+		// Every open session, both ways and on every path, whose peer or
+		// a CA of its chain (a regional intermediate) is now revoked is
+		// cut: each is logged, counted and audited (meshCut).
+		if n := a.mesh.Revalidate() + a.peers.Revalidate(); n > 0 {
+			a.log.Warn("agent: revocation cut open mesh sessions", "sessions", n)
 		}
 	}
 	if save {
@@ -293,7 +286,14 @@ func (a *Agent) applyCert(m *wire.Message) error {
 		return err
 	}
 	a.m.renewals.Inc()
-	a.log.Info("agent: node certificate renewed", "serial", certs[0].SerialNumber.Text(16), "notAfter", certs[0].NotAfter)
+	// Peers hold the old certificate for the sessions it authenticated
+	// and cut them when it expires: new streams take new sessions.
+	n := 0
+	if a.peers != nil {
+		n = a.peers.RetireAll()
+	}
+	a.log.Info("agent: node certificate renewed", "serial", certs[0].SerialNumber.Text(16), "notAfter", certs[0].NotAfter,
+		"sessionsRetired", n)
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/gateway"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/paths"
@@ -32,6 +33,7 @@ func (a *Agent) initMesh(cfg Config) error {
 		pcfg.TrustedSourceID = a.trustedSourceID
 		pcfg.SelfID = a.ident.src.SVID().ID
 		pcfg.Known = a.knownNode
+		pcfg.PeerCheck, pcfg.OnCut = a.ident.src.CheckPeer, a.meshCut
 	}
 	if a.peers, err = paths.New(pcfg); err != nil {
 		return &ConfigError{Err: fmt.Errorf("agent: %w", err)}
@@ -40,6 +42,7 @@ func (a *Agent) initMesh(cfg Config) error {
 		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, TLS: pcfg.ServerTLS, StreamWindow: cfg.MeshStreamWindow}
 	if a.ident != nil {
 		scfg.TrustedSourceID = a.trustedSourceID
+		scfg.PeerCheck, scfg.OnCut = a.ident.src.CheckPeer, a.meshCut
 	}
 	a.mesh, err = transport.NewServer(scfg)
 	if err != nil {
@@ -55,6 +58,18 @@ func (a *Agent) initMesh(cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// meshCut audits a mesh session cut because its peer was revoked or its
+// certificate expired (the transport logged and counted it).
+func (a *Agent) meshCut(c transport.Cut) {
+	if a.audit == nil {
+		return
+	}
+	if err := a.audit.Append(audit.Record{Kind: audit.KindCert, Actor: c.Peer.String(), Action: "cut mesh session",
+		Object: "dir=" + c.Dir, Reason: c.Reason + ": " + c.Err.Error()}); err != nil {
+		a.log.Error("agent: mesh session cut not audited", "peerId", c.Peer.String(), "err", err)
+	}
 }
 
 // GatewayAddr is the bound site gateway address, "" when not a gateway.

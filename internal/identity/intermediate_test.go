@@ -276,3 +276,36 @@ func TestRegionToken(t *testing.T) {
 		t.Fatal("control ID parsed as a region")
 	}
 }
+
+// TestCheckPeer: a peer authenticated earlier is checked again against
+// the current deny list: its own ID, and the CAs of the chain it
+// presented (a revoked region takes its nodes with it).
+func TestCheckPeer(t *testing.T) {
+	root := newCA(t, t.TempDir(), nil)
+	reg := regional(t, root, "east", time.Hour)
+	g, _ := root.NodeSource("s1", "g")
+	r, _ := reg.NodeSource("s2", "r")
+	v, _ := root.NodeSource("s1", "verifier")
+	check := func(s *Source) error { return v.CheckPeer(s.SVID().ID, s.SVID().Certificates) }
+	if err := check(g); err != nil {
+		t.Fatalf("nothing denied: %v", err)
+	}
+	if err := check(r); err != nil {
+		t.Fatalf("nothing denied, regional node: %v", err)
+	}
+	v.SetDenied([]string{g.SVID().ID.String()})
+	if err := check(g); HandshakeReason(err) != ReasonRevoked {
+		t.Fatalf("denied node: %v", err)
+	}
+	if err := check(r); err != nil {
+		t.Fatalf("another node denied, regional node: %v", err)
+	}
+	regionID, _ := RegionID(root.TrustDomain(), "east")
+	v.SetDenied([]string{regionID.String()})
+	if err := check(r); HandshakeReason(err) != ReasonRevoked || !strings.Contains(err.Error(), "region/east") {
+		t.Fatalf("node of a denied region: %v", err)
+	}
+	if err := check(g); err != nil {
+		t.Fatalf("root node with a region denied: %v", err)
+	}
+}

@@ -109,6 +109,19 @@ func (s *Source) SetDenied(ids []string) {
 // Denied reports whether id is on the deny list.
 func (s *Source) Denied(id string) bool { return (*s.denied.Load())[id] }
 
+// CheckPeer reports whether a peer authenticated earlier (id, with the
+// certificates it presented, leaf first) would still pass the deny list:
+// its own ID, and every CA its chain passes through (a revoked regional
+// intermediate). The mesh transports ask it before each new stream and
+// when the deny list changes, to cut the sessions of revoked peers
+// (transport.PeerCheck).
+func (s *Source) CheckPeer(id spiffeid.ID, certs []*x509.Certificate) error {
+	if s.Denied(id.String()) {
+		return &HandshakeError{Reason: ReasonRevoked, Err: fmt.Errorf("%s is revoked", id)}
+	}
+	return CheckChains(id, [][]*x509.Certificate{certs}, s.Denied)
+}
+
 // Handshake failure reasons, the reason label of
 // fogmesh_tls_handshake_failures_total.
 const (

@@ -193,7 +193,8 @@ func startEcho(t *testing.T, name string) (addr string, stop func()) {
 type node struct {
 	name   string
 	id     spiffeid.ID
-	addr   string // its mesh port (TCP)
+	src    *identity.Source // its identity and deny list (secure nodes)
+	addr   string           // its mesh port (TCP)
 	m      *Manager
 	srv    *transport.Server
 	dialer *echoDialer
@@ -219,9 +220,9 @@ func (l *lab) node(site, name string, mod func(*Config)) *node {
 	t.Helper()
 	src := source(t, l.ca, site, name)
 	n := newNode(t, name)
-	n.id = src.SVID().ID
+	n.id, n.src = src.SVID().ID, src
 	trusted := func(id spiffeid.ID) bool { return id.TrustDomain() == l.ca.TrustDomain() }
-	cfg := Config{Self: name, SelfID: n.id, Dialer: n.dialer,
+	cfg := Config{Self: name, SelfID: n.id, Dialer: n.dialer, PeerCheck: src.CheckPeer,
 		TLS:       src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh),
 		ServerTLS: src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh),
 		RelayTLS:  src.ClientConfig(relay.AuthorizeRelay(l.ca.TrustDomain())), TrustedSourceID: trusted,
@@ -247,7 +248,7 @@ func startNode(t *testing.T, n *node, cfg Config) {
 	}
 	n.addr = ln.Addr().String()
 	srv, err := transport.NewServer(transport.ServerConfig{Listener: m.Listener(ln), Dialer: n.dialer,
-		TLS: cfg.ServerTLS, TrustedSourceID: cfg.TrustedSourceID, Metrics: n.srvSet})
+		TLS: cfg.ServerTLS, TrustedSourceID: cfg.TrustedSourceID, Metrics: n.srvSet, PeerCheck: cfg.PeerCheck})
 	if err != nil {
 		m.Close()
 		ln.Close()

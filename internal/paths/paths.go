@@ -83,6 +83,11 @@ type Config struct {
 	// client's (transport.ClientConfig).
 	PingInterval, DialTimeout time.Duration
 	StreamWindow              int
+	// PeerCheck and OnCut go to every carrier's client and server
+	// (transport.ClientConfig): sessions of revoked or expired peers are
+	// cut, on every kind of path.
+	PeerCheck transport.PeerCheck
+	OnCut     func(transport.Cut)
 
 	// Relays are the relays' addresses (host:port, TCP; a relay answers
 	// reflexive UDP requests on the same address). Several: the nearest
@@ -191,7 +196,7 @@ func New(cfg Config) (*Manager, error) {
 		peers: map[string]*peerState{}, byUDP: map[string]string{}, mDials: map[Kind]*metrics.Counter{}}
 	m.tcp = transport.NewClient(transport.ClientConfig{SourceNode: cfg.Self, Network: (*pathNetwork)(m),
 		Logger: cfg.Logger, Metrics: cfg.Metrics, PingInterval: cfg.PingInterval, DialTimeout: cfg.DialTimeout,
-		TLS: cfg.TLS, PeerID: m.expectedID, StreamWindow: cfg.StreamWindow})
+		TLS: cfg.TLS, PeerID: m.expectedID, StreamWindow: cfg.StreamWindow, PeerCheck: cfg.PeerCheck, OnCut: cfg.OnCut})
 	for _, k := range []Kind{Direct, Punched, Relayed} {
 		m.mDials[k] = cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_path_streams_total{kind=%q}`, k))
 		cfg.Metrics.GetOrCreateGauge(fmt.Sprintf(`fogmesh_paths{kind=%q}`, k), func() float64 { return float64(m.count(k)) })
@@ -441,6 +446,49 @@ func (m *Manager) DropPeer(id spiffeid.ID) int {
 	}
 	if u != nil {
 		n += u.client.DropPeer(id) + u.server.DropPeer(id)
+	}
+	return n
+}
+
+// udpMeshes returns the punching side's QUIC mesh and every relayed UDP
+// one: each a client and a server.
+func (m *Manager) udpMeshes() (clients []*transport.QUICClient, servers []*transport.QUICServer) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.udp != nil {
+		clients, servers = append(clients, m.udp.client), append(servers, m.udp.server)
+	}
+	for _, st := range m.peers {
+		if st.relUDP != nil {
+			clients, servers = append(clients, st.relUDP.client), append(servers, st.relUDP.server)
+		}
+	}
+	return clients, servers
+}
+
+// Revalidate checks the peer of every session on every path again
+// (transport.Client.Revalidate) and returns how many it cut: the agent
+// calls it when the deny list changes. The TCP mesh server (direct and
+// relayed sessions peers opened) is the agent's to revalidate.
+func (m *Manager) Revalidate() int {
+	n := m.tcp.Revalidate()
+	clients, servers := m.udpMeshes()
+	for _, c := range clients {
+		n += c.Revalidate()
+	}
+	for _, s := range servers {
+		n += s.Revalidate()
+	}
+	return n
+}
+
+// RetireAll retires every session this node opened, on every path
+// (transport.Client.RetireAll): its own certificate was renewed.
+func (m *Manager) RetireAll() int {
+	n := m.tcp.RetireAll()
+	clients, _ := m.udpMeshes()
+	for _, c := range clients {
+		n += c.RetireAll()
 	}
 	return n
 }

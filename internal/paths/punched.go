@@ -144,13 +144,13 @@ func (m *Manager) quicMesh(tr *quic.Transport, peerID func(string) spiffeid.ID) 
 	timers := transport.QUICTimers{KeepAlive: min(m.cfg.KeepAlive, quicKeepAlive), IdleTimeout: quicIdle}
 	cli, err := transport.NewQUICClient(transport.QUICClientConfig{Transport: tr, TLS: m.cfg.TLS,
 		DialTimeout: m.cfg.DialTimeout, Logger: m.log, Metrics: m.cfg.Metrics, SourceNode: m.cfg.Self,
-		PeerID: peerID, Timers: timers})
+		PeerID: peerID, Timers: timers, PeerCheck: m.cfg.PeerCheck, OnCut: m.cfg.OnCut})
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	srv, err := transport.NewQUICServer(transport.QUICServerConfig{Transport: tr, Dialer: m.cfg.Dialer,
 		TLS: m.cfg.ServerTLS, Logger: m.log, Metrics: m.cfg.Metrics, TrustedSourceID: m.cfg.TrustedSourceID,
-		Timers: timers})
+		Timers: timers, PeerCheck: m.cfg.PeerCheck, OnCut: m.cfg.OnCut})
 	if err != nil {
 		cli.Close()
 		return nil, nil, nil, err

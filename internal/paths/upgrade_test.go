@@ -168,6 +168,55 @@ func TestDropEndsRetiredSessions(t *testing.T) {
 	}
 }
 
+// TestRevalidateCutsEveryPath: once the deny list names the peer,
+// Revalidate cuts its sessions on every path, on the side that dialed
+// them (the relayed session retired by the upgrade, and the punched QUIC
+// connection) and on the side that accepted them (the relayed session on
+// the mesh server, the QUIC connection on the punched socket's server);
+// their streams end.
+func TestRevalidateCutsEveryPath(t *testing.T) {
+	for _, side := range []string{"dialer", "acceptor"} {
+		t.Run(side, func(t *testing.T) {
+			l := newLab(t)
+			punching := func(c *Config) { c.UDPAddr = "127.0.0.1:0" }
+			a := l.node("site-a", "a", punching)
+			b := l.node("site-b", "b", punching)
+			waitRelay(t, true, a, b)
+			pb := b.peer()
+			pb.Addr = closedAddr(t)
+			s := openEcho(t, a.m, pb)
+			defer s.Close()
+			waitFor(t, "a punched path", func() bool { p, _ := pathTo(a.m, "b"); return p.Kind == Punched })
+			s.echo(t, "on the retired session")
+			s2 := openEcho(t, a.m, pb)
+			defer s2.Close()
+			if s2.RemoteAddr().Network() != "udp" {
+				t.Fatal("second stream not punched")
+			}
+			if n := a.m.Revalidate() + b.m.Revalidate() + b.srv.Revalidate(); n != 0 {
+				t.Fatalf("Revalidate cut %d sessions with nothing denied", n)
+			}
+			var n int
+			if side == "dialer" {
+				a.src.SetDenied([]string{b.id.String()})
+				n = a.m.Revalidate()
+			} else {
+				b.src.SetDenied([]string{a.id.String()})
+				n = b.m.Revalidate() + b.srv.Revalidate()
+			}
+			if n != 2 {
+				t.Errorf("Revalidate cut %d sessions, want the relayed one and the punched one", n)
+			}
+			if err := streamEnded(s); err != nil {
+				t.Fatalf("the stream on the relayed session: %v", err)
+			}
+			if err := streamEnded(s2); err != nil {
+				t.Fatalf("the stream on the punched path: %v", err)
+			}
+		})
+	}
+}
+
 // TestRelayFailover: with two relays, a relayed path goes through one;
 // when that relay goes away, its streams end, and the next stream goes
 // through the other relay, which Status then names.

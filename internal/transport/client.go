@@ -64,6 +64,13 @@ type ClientConfig struct {
 	// stream buffers here (default DefaultStreamWindow; values outside
 	// MinStreamWindow..MaxStreamWindow are clamped to that range).
 	StreamWindow int
+	// PeerCheck and OnCut are as in ServerConfig: a session whose peer
+	// fails PeerCheck or whose peer chain expired is cut, and no stream
+	// opens on it. A session is also retired (no new streams; its open
+	// ones finish) a quarter of the peer certificate's life before it
+	// expires, so that the next stream meets the renewed certificate.
+	PeerCheck PeerCheck
+	OnCut     func(Cut)
 }
 
 const defaultClientDialTimeout = 3 * time.Second
@@ -111,6 +118,7 @@ type peer struct {
 	dialing chan struct{}
 	sess    *yamux.Session // guarded by Client.mu; nil before the first dial
 	id      spiffeid.ID    // guarded by Client.mu; the TLS peer of sess
+	auth    *peerAuth      // guarded by Client.mu; what sess authenticated
 	rtt     atomic.Int64   // smoothed round-trip time in ns; 0 = not measured
 }
 
@@ -164,17 +172,17 @@ func (c *Client) Dial(ctx context.Context, meshAddr string, h Header) (net.Conn,
 }
 
 func (c *Client) dial(ctx context.Context, meshAddr string, h Header) (net.Conn, error) {
-	sess, fresh, err := c.session(ctx, meshAddr, nil)
+	sess, auth, fresh, err := c.session(ctx, meshAddr, nil)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := c.openStream(ctx, sess, h)
+	conn, err := c.openStream(ctx, sess, auth, h)
 	if err != nil && !fresh && ctx.Err() == nil && brokenSession(err, sess) {
 		c.log.Debug("mesh: session broken, redialing", "peer", meshAddr, "err", err)
-		if sess, _, err = c.session(ctx, meshAddr, sess); err != nil {
+		if sess, auth, _, err = c.session(ctx, meshAddr, sess); err != nil {
 			return nil, err
 		}
-		conn, err = c.openStream(ctx, sess, h)
+		conn, err = c.openStream(ctx, sess, auth, h)
 	}
 	return conn, err
 }
@@ -204,29 +212,30 @@ func brokenSession(err error, sess *yamux.Session) bool {
 // session returns a live session to meshAddr, creating it if needed. broken,
 // if not nil, is a session the caller saw fail; it is closed and replaced.
 // fresh reports whether this call created the session.
-func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Session) (sess *yamux.Session, fresh bool, err error) {
-	p, sess, err := c.lookup(meshAddr, broken)
+func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Session) (sess *yamux.Session, pa *peerAuth, fresh bool, err error) {
+	p, sess, pa, err := c.lookup(meshAddr, broken)
 	if err != nil || sess != nil {
-		return sess, false, err
+		return sess, pa, false, err
 	}
 
 	select {
 	case p.dialing <- struct{}{}:
 	case <-ctx.Done():
-		return nil, false, fmt.Errorf("wait for session: %w", ctx.Err())
+		return nil, nil, false, fmt.Errorf("wait for session: %w", ctx.Err())
 	}
 	defer func() { <-p.dialing }()
 
 	// Another Dial may have created the session while we waited.
-	if _, sess, err = c.lookup(meshAddr, nil); err != nil || sess != nil {
-		return sess, false, err
+	if _, sess, pa, err = c.lookup(meshAddr, nil); err != nil || sess != nil {
+		return sess, pa, false, err
 	}
 
 	conn, err := c.cfg.Network.Dial(ctx, "tcp", meshAddr)
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	var peerID spiffeid.ID
+	var auth peerAuth
 	if c.cfg.TLS != nil {
 		batch := newRecordBatcher(conn)
 		tc := tls.Client(batch, c.cfg.TLS)
@@ -235,16 +244,17 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 			reason := identity.HandshakeReason(err)
 			c.m.tlsFailure(reason)
 			c.log.Warn("mesh: TLS handshake with peer failed", "peer", meshAddr, "reason", reason, "err", err)
-			return nil, false, err
+			return nil, nil, false, err
 		}
 		peerID, _ = identity.PeerID(tc.ConnectionState())
 		if c.cfg.PeerID != nil {
 			if want := c.cfg.PeerID(meshAddr); !want.IsZero() && want != peerID {
 				tc.Close()
 				c.m.tlsFailure(identity.ReasonUnauthorized)
-				return nil, false, fmt.Errorf("peer at %s is %s, want %s", meshAddr, peerID, want)
+				return nil, nil, false, fmt.Errorf("peer at %s is %s, want %s", meshAddr, peerID, want)
 			}
 		}
+		auth = authOf(peerID, tc.ConnectionState())
 		conn = &tlsFrameConn{Conn: tc, batch: batch}
 	} else {
 		conn = &plainFrameConn{Conn: conn}
@@ -252,31 +262,31 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 	sess, err = yamux.Client(conn, yamuxConfig(c.cfg.StreamWindow))
 	if err != nil { // only for a bad config
 		conn.Close()
-		return nil, false, err
+		return nil, nil, false, err
 	}
 
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		sess.Close()
-		return nil, false, fmt.Errorf("client: %w", net.ErrClosed)
+		return nil, nil, false, fmt.Errorf("client: %w", net.ErrClosed)
 	}
-	p.sess, p.id = sess, peerID
+	p.sess, p.id, p.auth = sess, peerID, &auth
 	c.m.sessions.Inc()
 	c.wg.Add(1)
 	c.mu.Unlock()
-	go c.watchSession(p, sess)
+	go c.watchSession(meshAddr, p, sess, &auth)
 	c.log.Debug("mesh: session opened", "peer", meshAddr)
-	return sess, true, nil
+	return sess, &auth, true, nil
 }
 
 // lookup returns the peer for meshAddr and its live session, nil if there
 // is none. A session that is closed or is broken is closed and forgotten.
-func (c *Client) lookup(meshAddr string, broken *yamux.Session) (*peer, *yamux.Session, error) {
+func (c *Client) lookup(meshAddr string, broken *yamux.Session) (*peer, *yamux.Session, *peerAuth, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, nil, fmt.Errorf("client: %w", net.ErrClosed)
+		return nil, nil, nil, fmt.Errorf("client: %w", net.ErrClosed)
 	}
 	p := c.peers[meshAddr]
 	if p == nil {
@@ -284,29 +294,66 @@ func (c *Client) lookup(meshAddr string, broken *yamux.Session) (*peer, *yamux.S
 		c.peers[meshAddr] = p
 		c.rtts.Store(meshAddr, p)
 	}
-	var stale *yamux.Session
+	var stale, invalid *yamux.Session
+	var auth, bad *peerAuth
 	if p.sess != nil && (p.sess == broken || p.sess.IsClosed()) {
 		stale, p.sess = p.sess, nil
 	}
 	sess := p.sess
+	if sess != nil && p.auth != nil {
+		// The deny list may have changed, or the chain expired, before
+		// Revalidate or the timer closed sess: no stream opens on it.
+		if _, err := p.auth.check(time.Now(), c.cfg.PeerCheck); err != nil {
+			invalid, bad, p.sess, sess = sess, p.auth, nil, nil
+		}
+	}
+	if sess != nil {
+		auth = p.auth
+	}
 	c.mu.Unlock()
 
 	if stale != nil {
 		stale.Close()
 	}
-	return p, sess, nil
+	if invalid != nil {
+		c.cutIfInvalid(invalid, bad)
+	}
+	return p, sess, auth, nil
 }
 
 // watchSession pings sess every PingInterval to measure the RTT to the
-// peer, and forgets sess once it is closed, by us or by a failure.
-func (c *Client) watchSession(p *peer, sess *yamux.Session) {
+// peer, retires sess at auth.retireAt, cuts it when the peer's chain
+// expires, and forgets it once it is closed, by us or by a failure.
+func (c *Client) watchSession(meshAddr string, p *peer, sess *yamux.Session, auth *peerAuth) {
 	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.PingInterval)
 	defer t.Stop()
+	var retire, expire <-chan time.Time
+	if d := auth.untilExpiry(); d >= 0 {
+		et := time.NewTimer(d)
+		defer et.Stop()
+		expire = et.C
+		// A session opened after retireAt (the peer has not renewed) is
+		// not retired: its successor would meet the same certificate.
+		if d := time.Until(auth.retireAt); d > 0 {
+			rt := time.NewTimer(d)
+			defer rt.Stop()
+			retire = rt.C
+		}
+	}
 	for done := false; !done; {
 		select {
 		case <-sess.CloseChan():
 			done = true
+		case <-retire:
+			if c.retireSession(meshAddr, sess) {
+				c.log.Info("mesh: session retired before the peer certificate expires", "peer", meshAddr,
+					"peerId", auth.id.String(), "notAfter", auth.notAfter)
+			}
+		case <-expire:
+			if !c.cutIfInvalid(sess, auth) { // the clock ran behind the timer
+				expire = time.After(10 * time.Millisecond)
+			}
 		case <-t.C:
 			if d, err := sess.Ping(); err == nil && d > 0 {
 				// EWMA over pings (α = 1/4), so one slow ping moves it little.
@@ -340,13 +387,16 @@ func (c *Client) RTT(meshAddr string) (time.Duration, bool) {
 }
 
 // openStream runs the client side of the stream handshake on sess.
-func (c *Client) openStream(ctx context.Context, sess *yamux.Session, h Header) (net.Conn, error) {
+func (c *Client) openStream(ctx context.Context, sess *yamux.Session, auth *peerAuth, h Header) (net.Conn, error) {
 	st, err := sess.OpenStream()
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
 	sc := newStreamConn(st)
 	sc.client = c
+	if auth != nil {
+		sc.cause = auth.cause
+	}
 	return streamHandshake(ctx, sc, h)
 }
 
@@ -435,51 +485,4 @@ func (c *Client) Live(meshAddr string) bool {
 	defer c.mu.Unlock()
 	p := c.peers[meshAddr]
 	return p != nil && p.sess != nil && !p.sess.IsClosed()
-}
-
-// DropPeer closes every session whose TLS peer is id (a revoked node),
-// retired ones included.
-func (c *Client) DropPeer(id spiffeid.ID) int {
-	c.mu.Lock()
-	var drop []*yamux.Session
-	for _, p := range c.peers {
-		if p.sess != nil && !p.id.IsZero() && p.id == id {
-			drop = append(drop, p.sess)
-			p.sess = nil
-		}
-	}
-	for sess, r := range c.retired {
-		if !r.id.IsZero() && r.id == id {
-			drop = append(drop, sess)
-		}
-	}
-	c.mu.Unlock()
-	for _, s := range drop {
-		s.Close()
-	}
-	return len(drop)
-}
-
-// DropSession closes the session to meshAddr, so its streams fail at once.
-// The agent calls it when gossip declares the peer dead: a peer that froze
-// or lost power sends no RST, and its streams would otherwise hang until
-// TCP gives up. A session to meshAddr that Retire took out of use is
-// closed too. The next Dial opens a fresh session.
-func (c *Client) DropSession(meshAddr string) bool {
-	c.mu.Lock()
-	var drop []*yamux.Session
-	if p := c.peers[meshAddr]; p != nil && p.sess != nil {
-		drop = append(drop, p.sess)
-		p.sess = nil
-	}
-	for sess, r := range c.retired {
-		if r.addr == meshAddr {
-			drop = append(drop, sess)
-		}
-	}
-	c.mu.Unlock()
-	for _, sess := range drop {
-		sess.Close()
-	}
-	return len(drop) > 0
 }

@@ -15,7 +15,7 @@ func (c *Client) InjectSessionForTest(meshAddr string, sess *yamux.Session) {
 	p.sess = sess
 	c.m.sessions.Inc()
 	c.wg.Add(1)
-	go c.watchSession(p, sess)
+	go c.watchSession(meshAddr, p, sess, &peerAuth{})
 }
 
 // YamuxConfigForTest is the session config both ends use.

@@ -38,6 +38,9 @@ type QUICClientConfig struct {
 	PeerID     func(meshAddr string) spiffeid.ID
 	// Timers are the keepalive and idle timeout of dialed connections.
 	Timers QUICTimers
+	// PeerCheck and OnCut are as in ClientConfig (retirement included).
+	PeerCheck PeerCheck
+	OnCut     func(Cut)
 }
 
 // QUICClient opens streams to peer agents over QUIC. It keeps one QUIC
@@ -51,9 +54,10 @@ type QUICClient struct {
 	m     *meshMetrics
 	wg    sync.WaitGroup // watchConn goroutines
 
-	mu     sync.Mutex // guards the following, and every peer's conn and id
-	closed bool
-	peers  map[string]*quicPeer // by mesh address
+	mu      sync.Mutex // guards the following, and every peer's conn and id
+	closed  bool
+	peers   map[string]*quicPeer     // by mesh address
+	retired map[*quic.Conn]*peerAuth // no new streams; closed at expiry or when idle
 }
 
 // quicPeer is the connection to one peer agent.
@@ -61,6 +65,7 @@ type quicPeer struct {
 	dialing chan struct{} // one token: its holder may create conn
 	conn    *quic.Conn
 	id      spiffeid.ID
+	auth    *peerAuth
 }
 
 // NewQUICClient checks cfg and returns a client with no connections.
@@ -83,12 +88,13 @@ func NewQUICClient(cfg QUICClientConfig) (*QUICClient, error) {
 		return nil, fmt.Errorf("transport: QUIC client config: %w", err)
 	}
 	return &QUICClient{
-		cfg:   cfg,
-		tls:   tlsConf,
-		qconf: quicConfig(cfg.Timers, cfg.DialTimeout),
-		log:   cfg.Logger,
-		m:     m,
-		peers: make(map[string]*quicPeer),
+		cfg:     cfg,
+		tls:     tlsConf,
+		qconf:   quicConfig(cfg.Timers, cfg.DialTimeout),
+		log:     cfg.Logger,
+		m:       m,
+		peers:   make(map[string]*quicPeer),
+		retired: make(map[*quic.Conn]*peerAuth),
 	}, nil
 }
 
@@ -127,7 +133,7 @@ func (c *QUICClient) Dial(ctx context.Context, meshAddr string, h Header) (net.C
 }
 
 func (c *QUICClient) dial(ctx context.Context, meshAddr string, h Header) (net.Conn, error) {
-	qc, fresh, err := c.connection(ctx, meshAddr, nil)
+	qc, _, fresh, err := c.connection(ctx, meshAddr, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +150,7 @@ func (c *QUICClient) dial(ctx context.Context, meshAddr string, h Header) (net.C
 		!errors.Is(err, ErrRefused) && !errors.Is(err, ErrDialFailed) && !errors.Is(err, ErrDenied) &&
 		quicConnDead(qc) {
 		c.log.Debug("mesh: QUIC connection broken, redialing", "peer", meshAddr, "err", err)
-		if qc, _, err = c.connection(ctx, meshAddr, qc); err != nil {
+		if qc, _, _, err = c.connection(ctx, meshAddr, qc); err != nil {
 			return nil, err
 		}
 		conn, err = c.openStream(ctx, qc, h)
@@ -163,24 +169,24 @@ func (c *QUICClient) openStream(ctx context.Context, qc *quic.Conn, h Header) (n
 // connection returns a live connection to meshAddr, dialing it if needed.
 // broken, if not nil, is a connection the caller saw fail; it is replaced.
 // fresh reports whether this call dialed the connection.
-func (c *QUICClient) connection(ctx context.Context, meshAddr string, broken *quic.Conn) (qc *quic.Conn, fresh bool, err error) {
-	p, qc, err := c.lookup(meshAddr, broken)
+func (c *QUICClient) connection(ctx context.Context, meshAddr string, broken *quic.Conn) (qc *quic.Conn, pa *peerAuth, fresh bool, err error) {
+	p, qc, pa, err := c.lookup(meshAddr, broken)
 	if err != nil || qc != nil {
-		return qc, false, err
+		return qc, pa, false, err
 	}
 	select {
 	case p.dialing <- struct{}{}:
 	case <-ctx.Done():
-		return nil, false, fmt.Errorf("wait for connection: %w", ctx.Err())
+		return nil, nil, false, fmt.Errorf("wait for connection: %w", ctx.Err())
 	}
 	defer func() { <-p.dialing }()
-	if _, qc, err = c.lookup(meshAddr, nil); err != nil || qc != nil {
-		return qc, false, err
+	if _, qc, pa, err = c.lookup(meshAddr, nil); err != nil || qc != nil {
+		return qc, pa, false, err
 	}
 
 	addr, err := net.ResolveUDPAddr("udp", meshAddr)
 	if err != nil {
-		return nil, false, fmt.Errorf("resolve %s: %w", meshAddr, err)
+		return nil, nil, false, fmt.Errorf("resolve %s: %w", meshAddr, err)
 	}
 	qc, err = c.cfg.Transport.Dial(ctx, addr, c.tls, c.qconf)
 	if err != nil {
@@ -188,14 +194,14 @@ func (c *QUICClient) connection(ctx context.Context, meshAddr string, broken *qu
 			c.m.tlsFailure(reason)
 		}
 		c.log.Warn("mesh: QUIC handshake with peer failed", "peer", meshAddr, "err", err)
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	peerID, _ := identity.PeerID(qc.ConnectionState().TLS)
 	if c.cfg.PeerID != nil {
 		if want := c.cfg.PeerID(meshAddr); !want.IsZero() && want != peerID {
 			qc.CloseWithError(quicCodeWrongPeer, "unexpected peer identity")
 			c.m.tlsFailure(identity.ReasonUnauthorized)
-			return nil, false, fmt.Errorf("peer at %s is %s, want %s", meshAddr, peerID, want)
+			return nil, nil, false, fmt.Errorf("peer at %s is %s, want %s", meshAddr, peerID, want)
 		}
 	}
 
@@ -203,15 +209,16 @@ func (c *QUICClient) connection(ctx context.Context, meshAddr string, broken *qu
 	if c.closed {
 		c.mu.Unlock()
 		qc.CloseWithError(quicCodeClosed, "client closed")
-		return nil, false, fmt.Errorf("client: %w", net.ErrClosed)
+		return nil, nil, false, fmt.Errorf("client: %w", net.ErrClosed)
 	}
-	p.conn, p.id = qc, peerID
+	auth := authOf(peerID, qc.ConnectionState().TLS)
+	p.conn, p.id, p.auth = qc, peerID, &auth
 	c.m.sessions.Inc()
 	c.wg.Add(1)
 	c.mu.Unlock()
-	go c.watchConn(p, qc)
+	go c.watchConn(meshAddr, p, qc, &auth)
 	c.log.Debug("mesh: QUIC connection opened", "peer", meshAddr)
-	return qc, true, nil
+	return qc, &auth, true, nil
 }
 
 // quicConnDead reports whether qc is closed, waiting brokenSessionGrace
@@ -245,11 +252,11 @@ func quicDialReason(err error) string {
 
 // lookup returns the peer for meshAddr and its live connection, nil if
 // there is none; a dead or broken connection is forgotten.
-func (c *QUICClient) lookup(meshAddr string, broken *quic.Conn) (*quicPeer, *quic.Conn, error) {
+func (c *QUICClient) lookup(meshAddr string, broken *quic.Conn) (*quicPeer, *quic.Conn, *peerAuth, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, nil, fmt.Errorf("client: %w", net.ErrClosed)
+		return nil, nil, nil, fmt.Errorf("client: %w", net.ErrClosed)
 	}
 	p := c.peers[meshAddr]
 	if p == nil {
@@ -260,23 +267,64 @@ func (c *QUICClient) lookup(meshAddr string, broken *quic.Conn) (*quicPeer, *qui
 	if p.conn != nil && (p.conn == broken || p.conn.Context().Err() != nil) {
 		stale, p.conn = p.conn, nil
 	}
-	qc := p.conn
+	qc, pa := p.conn, p.auth
+	var invalid *quic.Conn
+	if qc != nil && pa != nil {
+		if _, err := pa.check(time.Now(), c.cfg.PeerCheck); err != nil {
+			invalid, qc, p.conn = qc, nil, nil // as in Client.lookup
+		}
+	}
 	c.mu.Unlock()
 	if stale != nil {
 		stale.CloseWithError(quicCodeClosed, "") // no-op when already dead
 	}
-	return p, qc, nil
+	if invalid != nil {
+		c.cutIfInvalid(invalid, pa)
+		pa = nil
+	}
+	return p, qc, pa, nil
 }
 
-// watchConn forgets qc once it is closed, by us, the peer or a timeout.
-func (c *QUICClient) watchConn(p *quicPeer, qc *quic.Conn) {
+// watchConn retires qc at auth.retireAt, cuts it when the peer's chain
+// expires, and forgets it once it is closed, by us, the peer or a
+// timeout.
+func (c *QUICClient) watchConn(meshAddr string, p *quicPeer, qc *quic.Conn, auth *peerAuth) {
 	defer c.wg.Done()
-	<-qc.Context().Done()
+	var retire, expire <-chan time.Time
+	if d := auth.untilExpiry(); d >= 0 {
+		et := time.NewTimer(d)
+		defer et.Stop()
+		expire = et.C
+		if d := time.Until(auth.retireAt); d > 0 { // as in Client.watchSession
+			rt := time.NewTimer(d)
+			defer rt.Stop()
+			retire = rt.C
+		}
+	}
+	for done := false; !done; {
+		select {
+		case <-qc.Context().Done():
+			done = true
+		case <-retire:
+			c.mu.Lock()
+			ok := c.retireLocked(p, qc)
+			c.mu.Unlock()
+			if ok {
+				c.log.Info("mesh: QUIC connection retired before the peer certificate expires", "peer", meshAddr,
+					"peerId", auth.id.String(), "notAfter", auth.notAfter)
+			}
+		case <-expire:
+			if !c.cutIfInvalid(qc, auth) {
+				expire = time.After(10 * time.Millisecond)
+			}
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p.conn == qc {
 		p.conn = nil
 	}
+	delete(c.retired, qc)
 	c.m.sessions.Dec()
 }
 
@@ -340,6 +388,9 @@ func (c *QUICClient) Close() error {
 		if p.conn != nil {
 			conns = append(conns, p.conn)
 		}
+	}
+	for qc := range c.retired {
+		conns = append(conns, qc)
 	}
 	c.mu.Unlock()
 	for _, qc := range conns {

@@ -44,6 +44,9 @@ type QUICServerConfig struct {
 	TrustedSourceID func(spiffeid.ID) bool
 	// Timers are the keepalive and idle timeout of accepted connections.
 	Timers QUICTimers
+	// PeerCheck and OnCut are as in ServerConfig.
+	PeerCheck PeerCheck
+	OnCut     func(Cut)
 }
 
 // QUICServer accepts QUIC connections from peer agents and relays each
@@ -55,7 +58,7 @@ type QUICServer struct {
 
 	mu      sync.Mutex // guards the following
 	serving bool
-	conns   map[*quic.Conn]spiffeid.ID
+	conns   map[*quic.Conn]*peerAuth
 }
 
 // NewQUICServer checks cfg and starts listening on its transport; no
@@ -72,6 +75,8 @@ func NewQUICServer(cfg QUICServerConfig) (*QUICServer, error) {
 		Metrics:         cfg.Metrics,
 		TLS:             cfg.TLS,
 		TrustedSourceID: cfg.TrustedSourceID,
+		PeerCheck:       cfg.PeerCheck,
+		OnCut:           cfg.OnCut,
 	}
 	if err := scfg.validateStreams(); err != nil {
 		return nil, fmt.Errorf("transport: QUIC server config: %w", err)
@@ -98,7 +103,7 @@ func NewQUICServer(cfg QUICServerConfig) (*QUICServer, error) {
 		cancel()
 		return nil, fmt.Errorf("transport: QUIC listen: %w", err)
 	}
-	return &QUICServer{core: core, ln: ln, conns: make(map[*quic.Conn]spiffeid.ID)}, nil
+	return &QUICServer{core: core, ln: ln, conns: make(map[*quic.Conn]*peerAuth)}, nil
 }
 
 // Serve accepts connections until ctx is done or Close is called, then
@@ -150,11 +155,16 @@ func (s *QUICServer) serveConn(conn *quic.Conn) {
 		log.Warn("mesh: QUIC peer is not a node", "id", id.String(), "err", err)
 		return
 	}
-	if !s.track(conn, id) {
+	auth := authOf(id, conn.ConnectionState().TLS)
+	if !s.track(conn, &auth) {
 		conn.CloseWithError(quicCodeClosed, "server closing")
 		return
 	}
 	defer s.untrack(conn)
+	if d := auth.untilExpiry(); d >= 0 {
+		t := time.AfterFunc(d, func() { s.cutIfInvalid(conn, &auth) })
+		defer t.Stop()
+	}
 
 	ctx, cancel := context.WithCancel(s.core.ctx)
 	defer cancel()
@@ -165,6 +175,9 @@ func (s *QUICServer) serveConn(conn *quic.Conn) {
 			if ctx.Err() == nil {
 				log.Debug("mesh: QUIC connection ended", "peerId", id.String(), "err", err)
 			}
+			return
+		}
+		if s.cutIfInvalid(conn, &auth) { // as in Server.serveConn
 			return
 		}
 		s.core.wg.Add(1) // the counter is > 0: serveConn holds one
@@ -188,14 +201,14 @@ func (s *QUICServer) serveStream(ctx context.Context, st *quic.Stream, conn *qui
 	s.core.serveStream(ctx, newQUICStreamConn(st, conn))
 }
 
-func (s *QUICServer) track(conn *quic.Conn, id spiffeid.ID) bool {
+func (s *QUICServer) track(conn *quic.Conn, auth *peerAuth) bool {
 	s.core.mu.Lock()
 	defer s.core.mu.Unlock()
 	if s.core.closing {
 		return false
 	}
 	s.mu.Lock()
-	s.conns[conn] = id
+	s.conns[conn] = auth
 	s.mu.Unlock()
 	s.core.m.sessions.Inc()
 	return true
@@ -249,8 +262,8 @@ func (s *QUICServer) Close() error {
 func (s *QUICServer) DropPeer(id spiffeid.ID) int {
 	s.mu.Lock()
 	var drop []*quic.Conn
-	for c, pid := range s.conns {
-		if pid == id {
+	for c, pa := range s.conns {
+		if pa.id == id {
 			drop = append(drop, c)
 		}
 	}

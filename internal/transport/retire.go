@@ -12,6 +12,7 @@ import (
 type retiredSession struct {
 	addr string
 	id   spiffeid.ID
+	auth *peerAuth // nil in insecure mode
 }
 
 // retireCheck is how often a retired session is checked for its last
@@ -24,15 +25,43 @@ const retireCheck = 500 * time.Millisecond
 // better path to the peer appears (a relayed session after a punch
 // succeeded). It reports whether there was a session to retire.
 func (c *Client) Retire(meshAddr string) bool {
+	return c.retireSession(meshAddr, nil)
+}
+
+// RetireAll retires every session (Retire). The agent calls it when its
+// own node certificate was renewed: peers hold the old one for the
+// sessions it authenticated, and cut them when it expires, so new streams
+// go over new sessions that present the renewed certificate.
+func (c *Client) RetireAll() int {
+	c.mu.Lock()
+	addrs := make([]string, 0, len(c.peers))
+	for addr, p := range c.peers {
+		if p.sess != nil {
+			addrs = append(addrs, addr)
+		}
+	}
+	c.mu.Unlock()
+	n := 0
+	for _, addr := range addrs {
+		if c.retireSession(addr, nil) {
+			n++
+		}
+	}
+	return n
+}
+
+// retireSession retires the session to meshAddr if it is only (any when
+// only is nil).
+func (c *Client) retireSession(meshAddr string, only *yamux.Session) bool {
 	c.mu.Lock()
 	p := c.peers[meshAddr]
-	if c.closed || p == nil || p.sess == nil {
+	if c.closed || p == nil || p.sess == nil || only != nil && p.sess != only {
 		c.mu.Unlock()
 		return false
 	}
 	sess := p.sess
 	p.sess = nil
-	c.retired[sess] = retiredSession{addr: meshAddr, id: p.id}
+	c.retired[sess] = retiredSession{addr: meshAddr, id: p.id, auth: p.auth}
 	c.retiredSet.Store(sess, struct{}{})
 	c.wg.Add(1)
 	c.mu.Unlock()
@@ -53,6 +82,53 @@ func (c *Client) Retire(meshAddr string) bool {
 		c.retiredSet.Delete(sess)
 	}()
 	return true
+}
+
+// DropPeer closes every session whose TLS peer is id (a revoked node),
+// retired ones included.
+func (c *Client) DropPeer(id spiffeid.ID) int {
+	c.mu.Lock()
+	var drop []*yamux.Session
+	for _, p := range c.peers {
+		if p.sess != nil && !p.id.IsZero() && p.id == id {
+			drop = append(drop, p.sess)
+			p.sess = nil
+		}
+	}
+	for sess, r := range c.retired {
+		if !r.id.IsZero() && r.id == id {
+			drop = append(drop, sess)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range drop {
+		s.Close()
+	}
+	return len(drop)
+}
+
+// DropSession closes the session to meshAddr, so its streams fail at once.
+// The agent calls it when gossip declares the peer dead: a peer that froze
+// or lost power sends no RST, and its streams would otherwise hang until
+// TCP gives up. A session to meshAddr that Retire took out of use is
+// closed too. The next Dial opens a fresh session.
+func (c *Client) DropSession(meshAddr string) bool {
+	c.mu.Lock()
+	var drop []*yamux.Session
+	if p := c.peers[meshAddr]; p != nil && p.sess != nil {
+		drop = append(drop, p.sess)
+		p.sess = nil
+	}
+	for sess, r := range c.retired {
+		if r.addr == meshAddr {
+			drop = append(drop, sess)
+		}
+	}
+	c.mu.Unlock()
+	for _, sess := range drop {
+		sess.Close()
+	}
+	return len(drop) > 0
 }
 
 // isRetired reports whether sess is retired and not yet closed.

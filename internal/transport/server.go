@@ -91,6 +91,13 @@ type ServerConfig struct {
 	// most one busy stream buffers here. Default DefaultStreamWindow;
 	// MinStreamWindow to MaxStreamWindow.
 	StreamWindow int
+	// PeerCheck, if set, is asked before every new stream and by
+	// Revalidate whether a session's peer may still use it (the deny
+	// list); a session whose peer fails it, or whose peer chain expired,
+	// is cut (peerauth.go).
+	PeerCheck PeerCheck
+	// OnCut, if set, is told of every cut session (the agent audits it).
+	OnCut func(Cut)
 }
 
 // Peer is the authenticated agent at the other end of a mesh connection.
@@ -168,7 +175,7 @@ type Server struct {
 	mu       sync.Mutex // guards the following
 	serving  bool
 	closing  bool
-	sessions map[*yamux.Session]spiffeid.ID // the peer's ID; zero in insecure mode
+	sessions map[*yamux.Session]*peerAuth // the peer; zero in insecure mode
 }
 
 // NewServer checks cfg and returns a server that does nothing until Serve.
@@ -184,7 +191,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		done:     make(chan struct{}),
-		sessions: make(map[*yamux.Session]spiffeid.ID),
+		sessions: make(map[*yamux.Session]*peerAuth),
 	}, nil
 }
 
@@ -280,24 +287,6 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// DropPeer closes every session of the peer with SPIFFE ID id, and with
-// them their streams, and returns how many it closed. The agent calls it
-// when the node is revoked.
-func (s *Server) DropPeer(id spiffeid.ID) int {
-	s.mu.Lock()
-	var drop []*yamux.Session
-	for sess, pid := range s.sessions {
-		if !pid.IsZero() && pid == id {
-			drop = append(drop, sess)
-		}
-	}
-	s.mu.Unlock()
-	for _, sess := range drop {
-		sess.Close()
-	}
-	return len(drop)
-}
-
 // ActiveStreams returns the number of streams being served: reading a
 // header, dialing or relaying.
 func (s *Server) ActiveStreams() int64 {
@@ -312,6 +301,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	log := s.log.With("peer", conn.RemoteAddr().String())
 
 	var peer Peer
+	var auth peerAuth
 	if s.cfg.TLS != nil {
 		batch := newRecordBatcher(conn)
 		tc, err := identity.ServerHandshake(s.ctx, batch, s.cfg.TLS, s.cfg.HeaderTimeout)
@@ -331,6 +321,7 @@ func (s *Server) serveConn(conn net.Conn) {
 			return
 		}
 		peer = Peer{ID: id, Site: site, Node: node}
+		auth = authOf(id, tc.ConnectionState())
 		conn = &tlsFrameConn{Conn: tc, batch: batch}
 		log = log.With("peerId", id.String())
 	} else {
@@ -343,11 +334,15 @@ func (s *Server) serveConn(conn net.Conn) {
 		log.Error("mesh: start session", "err", err)
 		return
 	}
-	if !s.trackSession(sess, peer.ID) {
+	if !s.trackSession(sess, &auth) {
 		sess.Close()
 		return
 	}
 	defer s.untrackSession(sess)
+	if d := auth.untilExpiry(); d >= 0 {
+		t := time.AfterFunc(d, func() { s.cutIfInvalid(sess, &auth) })
+		defer t.Stop()
+	}
 
 	// Streams of this session end with it: once the peer is gone, their
 	// yamux reads return a plain EOF that must not look like a clean end.
@@ -361,8 +356,16 @@ func (s *Server) serveConn(conn net.Conn) {
 	st, err := sess.AcceptStreamWithContext(hctx)
 	hcancel()
 	for err == nil {
+		// Checked per stream: the deny list may have changed, or the
+		// chain expired, before Revalidate or the timer closed sess.
+		if s.cutIfInvalid(sess, &auth) {
+			st.Close()
+			return
+		}
+		sc := newStreamConn(st)
+		sc.cause = auth.cause
 		s.wg.Add(1) // the counter is > 0: serveConn holds one
-		go s.serveStream(ctx, newStreamConn(st))
+		go s.serveStream(ctx, sc)
 		st, err = sess.AcceptStreamWithContext(ctx)
 	}
 	if ctx.Err() == nil || errors.Is(err, context.DeadlineExceeded) {
@@ -370,13 +373,13 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 }
 
-func (s *Server) trackSession(sess *yamux.Session, id spiffeid.ID) bool {
+func (s *Server) trackSession(sess *yamux.Session, auth *peerAuth) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
 		return false
 	}
-	s.sessions[sess] = id
+	s.sessions[sess] = auth
 	s.m.sessions.Inc()
 	return true
 }

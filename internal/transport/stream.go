@@ -77,7 +77,8 @@ func yamuxConfig(window int) *yamux.Config {
 type streamConn struct {
 	*yamux.Stream
 	closed atomic.Bool
-	client *Client // that opened it, for Retired; nil on the server side
+	cause  *atomic.Pointer[error] // why the session was cut (peerauth.go), or nil
+	client *Client                // that opened it, for Retired; nil on the server side
 }
 
 // Retired reports whether the client retired the stream's session
@@ -108,7 +109,11 @@ func (c *streamConn) Read(p []byte) (int, error) {
 	case c.closed.Load():
 		err = net.ErrClosed
 	case err == io.EOF && c.Stream.Session().IsClosed():
-		err = fmt.Errorf("mesh session closed: %w", io.ErrUnexpectedEOF)
+		if cause := causeOf(c.cause); cause != nil {
+			err = fmt.Errorf("mesh session cut: %w: %w", cause, io.ErrUnexpectedEOF)
+		} else {
+			err = fmt.Errorf("mesh session closed: %w", io.ErrUnexpectedEOF)
+		}
 	}
 	return n, err
 }
@@ -118,6 +123,11 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	n, err := c.Stream.Write(p)
 	if err != nil && (c.closed.Load() || errors.Is(err, yamux.ErrStreamClosed)) {
 		err = fmt.Errorf("%w: %w", net.ErrClosed, err)
+	}
+	if err != nil && !c.closed.Load() {
+		if cause := causeOf(c.cause); cause != nil {
+			err = fmt.Errorf("mesh session cut: %w: %w", cause, err)
+		}
 	}
 	return n, err
 }
