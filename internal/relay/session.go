@@ -161,9 +161,10 @@ func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) {
 		s.mu.Unlock()
 	}()
 	// Each side's reads are charged to its sender's bucket; proxy.Relay
-	// copies through one 32 KiB buffer per direction, so a side that stops
-	// reading stops the other side's reads (TCP backpressure), never a
-	// growing queue here.
+	// copies through one buffer per direction (2 KiB while idle, a pooled
+	// 32 KiB one during a burst), so a side that stops reading stops the
+	// other side's reads (TCP backpressure), never a growing queue here,
+	// and an idle session holds no large buffer.
 	a := &meteredConn{Conn: tc, s: s, session: ss.id, bucket: xn.bucket, ctx: s.ctx}
 	b := &meteredConn{Conn: yconn.tc, s: s, session: ss.id, bucket: yn.bucket, ctx: s.ctx}
 	wa, wb := proxy.WithIdleTimeout(a, b, s.cfg.IdleTimeout)
