@@ -198,7 +198,7 @@ type Server struct {
 	// tap, if set (tests), sees every byte the relay forwards.
 	tap func(session string, p []byte)
 
-	mu        sync.Mutex // guards the following
+	mu        sync.RWMutex // guards the following; read-locked per UDP channel datagram
 	closed    bool
 	listeners map[io.Closer]struct{}
 	conns     map[net.Conn]string // every open connection → peer ID ("" before the handshake)
