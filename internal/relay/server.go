@@ -191,6 +191,8 @@ type Server struct {
 	mUDPAnswers    *metrics.Counter
 	mReloadErrors  *metrics.Counter
 	mUDPBytes      *metrics.Counter
+	mUDPWrites     *metrics.Counter // socket writes of the UDP port
+	mUDPSent       *metrics.Counter // datagrams they sent (more with GSO)
 	mUDPChannels   *metrics.Counter
 
 	handshakes chan struct{} // a slot per connection being authenticated

@@ -56,24 +56,37 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 			"asked", UDPSocketBuffer, "granted", got/2, "rmem_max", sysctlInt("/proc/sys/net/core/rmem_max"), "err", err)
 	}
 	sock := newUDPSock(pc)
+	sock.writes, sock.sent = s.mUDPWrites, s.mUDPSent
+	if sock.uc != nil {
+		return s.serveUDPBatches(sock)
+	}
 	buf := make([]byte, udpMaxDatagram)
 	for {
 		n, from, err := sock.read(buf)
 		if err != nil {
-			if s.ctx.Err() != nil {
-				return nil
+			if err := s.udpReadErr(err); err != nil {
+				return err
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("relay: udp: %w", err)
+			continue
 		}
 		if !from.IsValid() {
 			continue
 		}
 		s.handleUDP(sock, buf[:n], from)
 	}
+}
+
+// udpReadErr is what ServeUDP does after a read error: go on (nil) after
+// a timeout, stop (errStop: Close) or return the error.
+func (s *Server) udpReadErr(err error) error {
+	if s.ctx.Err() != nil {
+		return errStopUDP
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return nil
+	}
+	return fmt.Errorf("relay: udp: %w", err)
 }
 
 // handleUDP handles one datagram p from outside, read on sock (p may be

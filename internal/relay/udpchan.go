@@ -99,6 +99,8 @@ var udpReasons = []string{ReasonUDPChannelLimit, ReasonUDPUnavailable, ReasonUDP
 // udpMetrics registers the UDP channels' metrics.
 func (s *Server) udpMetrics(m *metrics.Set) {
 	s.mUDPBytes = m.NewCounter(`fogmesh_relay_udp_bytes_total`)
+	s.mUDPWrites = m.NewCounter(`fogmesh_relay_udp_socket_writes_total`)
+	s.mUDPSent = m.NewCounter(`fogmesh_relay_udp_datagrams_sent_total`)
 	s.mUDPChannels = m.NewCounter(`fogmesh_relay_udp_channels_total`)
 	m.NewGauge(`fogmesh_relay_udp_channels_active`, func() float64 {
 		s.mu.Lock()

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/VictoriaMetrics/metrics"
 )
 
 // UDPSocketBuffer is the receive and send buffer the relay asks for on
@@ -75,11 +77,28 @@ func sysctlInt(path string) int {
 type udpSock struct {
 	pc net.PacketConn
 	uc *net.UDPConn // pc, when it is one
+
+	// Batched writes (udpbatch.go), by ServeUDP's goroutine only.
+	batching bool     // writes are queued until flush
+	pending  []udpRun // queued datagrams, by address
+	gsoBuf   []byte   // one GSO write
+	oob      []byte   // its UDP_SEGMENT control message
+	noGSO    bool     // the socket cannot: write one by one
+
+	writes, sent *metrics.Counter // socket writes and the datagrams they sent (nil: not counted)
 }
 
 func newUDPSock(pc net.PacketConn) *udpSock {
 	uc, _ := pc.(*net.UDPConn)
 	return &udpSock{pc: pc, uc: uc}
+}
+
+// count records one socket write of n datagrams.
+func (s *udpSock) count(n int) {
+	if s.writes != nil {
+		s.writes.Inc()
+		s.sent.Add(n)
+	}
 }
 
 func (s *udpSock) read(b []byte) (int, netip.AddrPort, error) {
@@ -99,6 +118,11 @@ func (s *udpSock) read(b []byte) (int, netip.AddrPort, error) {
 }
 
 func (s *udpSock) write(b []byte, to netip.AddrPort) (int, error) {
+	if s.batching {
+		s.queue(b, to)
+		return len(b), nil
+	}
+	s.count(1)
 	if s.uc != nil {
 		return s.uc.WriteToUDPAddrPort(b, to)
 	}
