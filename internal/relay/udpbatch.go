@@ -119,10 +119,7 @@ func (u *udpSock) flush() {
 // write (or one by one if the socket cannot).
 func (u *udpSock) writeRun(r *udpRun) {
 	if len(r.parts) == 1 || u.noGSO {
-		for _, p := range r.parts {
-			u.count(1)
-			u.uc.WriteToUDPAddrPort(p, r.to)
-		}
+		u.writeEach(r)
 		return
 	}
 	u.gsoBuf = u.gsoBuf[:0]
@@ -134,13 +131,24 @@ func (u *udpSock) writeRun(r *udpRun) {
 	if err == nil {
 		u.count(len(r.parts))
 	}
-	if err != nil && (errors.Is(err, unix.EIO) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOPROTOOPT)) {
+	switch {
+	case err == nil:
+	case errors.Is(err, unix.EIO) || errors.Is(err, unix.ENOPROTOOPT):
 		// No GSO here (a device without checksum offload, an old
 		// kernel): one by one from now on.
 		u.noGSO = true
-		for _, p := range r.parts {
-			u.count(1)
-			u.uc.WriteToUDPAddrPort(p, r.to)
-		}
+		u.writeEach(r)
+	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EMSGSIZE):
+		// This run only (segments above the path's MTU, say): a
+		// sender's odd datagrams must not turn GSO off for everyone.
+		u.writeEach(r)
+	}
+}
+
+// writeEach writes a run's datagrams one by one.
+func (u *udpSock) writeEach(r *udpRun) {
+	for _, p := range r.parts {
+		u.count(1)
+		u.uc.WriteToUDPAddrPort(p, r.to)
 	}
 }
