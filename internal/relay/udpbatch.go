@@ -8,6 +8,7 @@ package relay
 // size as one GSO write (UDP_SEGMENT), in their order.
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -24,6 +25,9 @@ const (
 	// udpBatchBuf is each one's buffer: a jumbo frame's datagram. A
 	// longer one (no QUIC packet is) is dropped as malformed.
 	udpBatchBuf = 9 << 10
+	// udpGROBatch is how many datagrams one read takes with UDP_GRO,
+	// each up to udpMaxDatagram (a GSO burst).
+	udpGROBatch = 8
 	// udpMaxSegments bounds one GSO write (the kernel's UDP_MAX_SEGMENTS
 	// is 64 on older kernels).
 	udpMaxSegments = 64
@@ -52,9 +56,21 @@ func (s *Server) serveUDPBatches(sock *udpSock) error {
 	} else {
 		rb = ipv6.NewPacketConn(sock.uc)
 	}
-	msgs := make([]ipv4.Message, udpBatch)
+	// With UDP_GRO the kernel hands over a sender's GSO burst as one
+	// datagram of several segments (their size in a control message)
+	// instead of splitting it for the socket queue: fewer, larger reads.
+	// Each buffer must then hold a whole burst.
+	n, size := udpBatch, udpBatchBuf
+	gro := setUDPGRO(sock.uc)
+	if gro {
+		n, size = udpGROBatch, udpMaxDatagram
+	}
+	msgs := make([]ipv4.Message, n)
 	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, udpBatchBuf)}
+		msgs[i].Buffers = [][]byte{make([]byte, size)}
+		if gro {
+			msgs[i].OOB = make([]byte, unix.CmsgSpace(4))
+		}
 	}
 	sock.pending = make([]udpRun, 0, 4)
 	for {
@@ -79,7 +95,20 @@ func (s *Server) serveUDPBatches(sock *udpSock) error {
 				s.refuse(ReasonUDPMalformed)
 				continue
 			}
-			s.handleUDP(sock, m.Buffers[0][:m.N], unmapAddrPort(ua.AddrPort()))
+			from, p := unmapAddrPort(ua.AddrPort()), m.Buffers[0][:m.N]
+			seg := 0
+			if gro {
+				seg = groSize(m.OOB[:m.NN])
+			}
+			if seg <= 0 {
+				s.handleUDP(sock, p, from)
+				continue
+			}
+			for len(p) > 0 {
+				k := min(seg, len(p))
+				s.handleUDP(sock, p[:k:k], from)
+				p = p[k:]
+			}
 		}
 		sock.batching = false
 		sock.flush()
@@ -151,4 +180,34 @@ func (u *udpSock) writeEach(r *udpRun) {
 		u.count(1)
 		u.uc.WriteToUDPAddrPort(p, r.to)
 	}
+}
+
+// setUDPGRO asks the kernel for UDP_GRO on uc; it reports whether it did.
+func setUDPGRO(uc *net.UDPConn) bool {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1)
+	}); err != nil {
+		return false
+	}
+	return serr == nil
+}
+
+// groSize is the segment size in a UDP_GRO control message, or 0.
+func groSize(oob []byte) int {
+	for len(oob) > 0 {
+		h, body, rest, err := unix.ParseOneSocketControlMessage(oob)
+		if err != nil {
+			return 0
+		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && len(body) >= 4 {
+			return int(int32(binary.NativeEndian.Uint32(body)))
+		}
+		oob = rest
+	}
+	return 0
 }

@@ -5,12 +5,15 @@ import (
 	"os"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestRelayUDPSocketBuffers: the socket ServeUDP serves gets receive and
 // send buffers of UDPSocketBuffer (the kernel reports twice what was
 // granted), capped by net.core.rmem_max/wmem_max unless the relay may
-// force them (root), instead of the kernel default of about 208 KiB.
+// force them (root), instead of the kernel default of about 208 KiB; and
+// UDP_GRO, so a sender's GSO burst is read as one datagram.
 func TestRelayUDPSocketBuffers(t *testing.T) {
 	f := newFixture(t, nil)
 	f.node("site-a", "x") // a served relay: ServeUDP has run by now
@@ -35,16 +38,21 @@ func TestRelayUDPSocketBuffers(t *testing.T) {
 		waitFor(t, "socket buffer raised", func() bool { return sockoptInt(t, pc, o.opt) >= 2*want })
 		t.Logf("option %d: %d bytes (asked %d, want at least %d)", o.opt, sockoptInt(t, pc, o.opt), UDPSocketBuffer, 2*want)
 	}
+	waitFor(t, "UDP_GRO on", func() bool { return sockopt(t, pc, unix.SOL_UDP, unix.UDP_GRO) == 1 })
 }
 
 func sockoptInt(t *testing.T, pc *net.UDPConn, opt int) int {
+	return sockopt(t, pc, syscall.SOL_SOCKET, opt)
+}
+
+func sockopt(t *testing.T, pc *net.UDPConn, level, opt int) int {
 	rc, err := pc.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var v int
 	var gerr error
-	rc.Control(func(fd uintptr) { v, gerr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, opt) })
+	rc.Control(func(fd uintptr) { v, gerr = syscall.GetsockoptInt(int(fd), level, opt) })
 	if gerr != nil {
 		t.Fatal(gerr)
 	}
