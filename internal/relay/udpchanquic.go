@@ -31,7 +31,7 @@ func (ch *UDPChannel) QUICPacketConn() net.PacketConn {
 	if !ok {
 		return ch
 	}
-	q := &quicChannel{UDPChannel: ch, uc: uc}
+	q := &quicChannel{UDPChannel: ch, uc: uc, gro: setUDPGRO(uc)}
 	if la, ok := uc.LocalAddr().(*net.UDPAddr); ok && la.IP.To4() != nil {
 		q.batch = ipv4.NewPacketConn(uc)
 	} else {
@@ -52,15 +52,22 @@ type quicChannel struct {
 		ReadBatch([]ipv4.Message, int) (int, error)
 	}
 
-	rmsgs []ipv4.Message // ReadBatch's own messages
+	gro    bool           // the socket has UDP_GRO
+	rmsgs  []ipv4.Message // ReadBatch's own messages
+	left   [][]byte       // datagrams (segments) of the last read, in rmsgs' buffers
+	leftAt int            // the first of left not yet delivered
 
 	wmu  sync.Mutex // guards wbuf and woob (the transport may write beside the connection)
 	wbuf []byte     // WriteMsgUDP's sealed segments
 	woob []byte
 }
 
-// quicBatch is how many datagrams one ReadBatch reads at most.
-const quicBatch = 16
+// quicBatch is how many datagrams one ReadBatch reads at most; with
+// UDP_GRO, quicGROBatch, each up to a whole burst of the relay's.
+const (
+	quicBatch    = 16
+	quicGROBatch = 4
+)
 
 // SyscallConn is the socket's: quic-go sets ECN, packet-info and DF
 // options on it and asks whether it can do GSO.
@@ -138,9 +145,12 @@ func appendGSO(b []byte, size int) []byte {
 }
 
 // ReadBatch fills ms with the other agent's datagrams (payloads, from
-// PeerAddr): datagrams the readLoop queued first, then a batch read from
-// the socket. Keepalive answers are taken on the way; anything not from
-// the relay or not of this channel is dropped, as readLoop does.
+// PeerAddr): datagrams the readLoop queued first, then the segments of the
+// last read not yet taken, then a batch read from the socket. With
+// UDP_GRO one read can return a burst of the relay's (one GSO write) as
+// one datagram: its segments are taken one per message. Keepalive answers
+// are taken on the way; anything not from the relay or not of this
+// channel is dropped, as readLoop does.
 func (q *quicChannel) ReadBatch(ms []ipv4.Message, _ int) (int, error) {
 	q.takeSocket()
 	k := 0
@@ -154,18 +164,25 @@ func (q *quicChannel) ReadBatch(ms []ipv4.Message, _ int) (int, error) {
 		}
 		break
 	}
+	k = q.takeLeft(ms, k)
 	if k > 0 {
 		return k, nil
 	}
 	if q.rmsgs == nil {
-		q.rmsgs = make([]ipv4.Message, quicBatch)
+		n, size := quicBatch, 2048
+		if q.gro {
+			n, size = quicGROBatch, udpMaxDatagram
+		}
+		q.rmsgs = make([]ipv4.Message, n)
 		for i := range q.rmsgs {
-			q.rmsgs[i].Buffers = [][]byte{make([]byte, 2048)}
+			q.rmsgs[i].Buffers = [][]byte{make([]byte, size)}
+			if q.gro {
+				q.rmsgs[i].OOB = make([]byte, 128) // UDP_GRO, and what quic-go's socket options add
+			}
 		}
 	}
-	want := min(len(ms), len(q.rmsgs))
 	for k == 0 {
-		n, err := q.batch.ReadBatch(q.rmsgs[:want], 0)
+		n, err := q.batch.ReadBatch(q.rmsgs, 0)
 		if err != nil {
 			select {
 			case <-q.closing:
@@ -178,16 +195,41 @@ func (q *quicChannel) ReadBatch(ms []ipv4.Message, _ int) (int, error) {
 			}
 			return 0, err
 		}
+		q.left, q.leftAt = q.left[:0], 0
 		for i := range n {
 			m := &q.rmsgs[i]
-			if !q.fromRelay(m.Addr) || m.N > len(m.Buffers[0]) {
+			if !q.fromRelay(m.Addr) || m.Flags&syscall.MSG_TRUNC != 0 {
 				q.dropped.Add(1)
 				continue
 			}
-			k = q.deliver(ms, k, m.Buffers[0][:m.N])
+			p := m.Buffers[0][:m.N]
+			seg := 0
+			if q.gro {
+				seg = groSize(m.OOB[:m.NN])
+			}
+			if seg <= 0 || seg >= len(p) {
+				q.left = append(q.left, p)
+				continue
+			}
+			for len(p) > 0 {
+				c := min(seg, len(p))
+				q.left = append(q.left, p[:c:c])
+				p = p[c:]
+			}
 		}
+		k = q.takeLeft(ms, k)
 	}
 	return k, nil
+}
+
+// takeLeft delivers the datagrams of the last read not yet taken into
+// ms from k on; it returns the next free index.
+func (q *quicChannel) takeLeft(ms []ipv4.Message, k int) int {
+	for q.leftAt < len(q.left) && k < len(ms) {
+		k = q.deliver(ms, k, q.left[q.leftAt])
+		q.leftAt++
+	}
+	return k
 }
 
 // deliver puts datagram p, if it is the other side's data, into ms[k] and

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
@@ -15,7 +17,8 @@ import (
 // transport.NewQUICTransport, as the path manager runs it) sends its bulk
 // data in batches, several sealed datagrams per socket write (GSO), and
 // the bytes arrive intact both ways. On a plain net.PacketConn quic-go
-// writes one datagram per syscall (a ratio of 1).
+// writes one datagram per syscall (a ratio of 1). The relay forwards in
+// batches too, and the channel sockets read with UDP_GRO.
 func TestUDPChannelQUICBatches(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.BytesPerSecond = -1 })
 	x := f.node("site-a", "x")
@@ -61,5 +64,12 @@ func TestUDPChannelQUICBatches(t *testing.T) {
 	// batched reads see several and forward them as one write.
 	if rratio < 1.2 {
 		t.Fatalf("the relay sent %.2f datagrams per socket write: it does not batch", rratio)
+	}
+	// And the receiving side reads such a write as one datagram (UDP_GRO),
+	// split into QUIC packets by ReadBatch.
+	for _, ch := range []*UDPChannel{cx, cy} {
+		if got := sockopt(t, ch.pc.(*net.UDPConn), unix.SOL_UDP, unix.UDP_GRO); got != 1 {
+			t.Errorf("channel socket UDP_GRO = %d, want 1", got)
+		}
 	}
 }
