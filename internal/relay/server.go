@@ -184,16 +184,14 @@ type Server struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
-	mRefused       map[string]*metrics.Counter
-	mSessionsTotal *metrics.Counter
-	mBytes         *metrics.Counter
-	mIntroductions *metrics.Counter
-	mUDPAnswers    *metrics.Counter
-	mReloadErrors  *metrics.Counter
-	mUDPBytes      *metrics.Counter
-	mUDPWrites     *metrics.Counter // socket writes of the UDP port
-	mUDPSent       *metrics.Counter // datagrams they sent (more with GSO)
-	mUDPChannels   *metrics.Counter
+	mRefused                        map[string]*metrics.Counter
+	mSessionsTotal                  *metrics.Counter
+	mBytes                          *metrics.Counter
+	mIntroductions                  *metrics.Counter
+	mUDPAnswers                     *metrics.Counter
+	mReloadErrors                   *metrics.Counter
+	mUDPBytes, mUDPWrites, mUDPSent *metrics.Counter // payload forwarded; the UDP port's socket writes, their datagrams
+	mUDPChannels                    *metrics.Counter
 
 	handshakes chan struct{} // a slot per connection being authenticated
 
