@@ -43,7 +43,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -59,6 +61,7 @@ type options struct {
 	fogmesh string
 	outDir  string
 	limit   time.Duration
+	only    string // comma-separated path names to measure ("": all)
 }
 
 func envInt(name string, def int) int {
@@ -77,6 +80,7 @@ func main() {
 	flag.IntVar(&o.hold, "hold", 1000, "idle relayed sessions held for the relay's RSS (0: skip)")
 	flag.StringVar(&o.fogmesh, "fogmesh", "bin/fogmesh", "the fogmesh binary whose `relay` subcommand is measured")
 	flag.StringVar(&o.outDir, "out", "bench/out", "directory of the report file")
+	flag.StringVar(&o.only, "only", os.Getenv("ONLY_PATHS"), "measure only these paths, comma-separated (direct,punched,relayed,relayed-udp); the hold phases need relayed (env ONLY_PATHS)")
 	flag.DurationVar(&o.limit, "timeout", 15*time.Minute, "the whole run is abandoned (and cleaned up) after this")
 	flag.Parse()
 	if o.rounds < 1 || o.rounds > 20 || o.n < 10 || o.n > 1_000_000 || o.size < 1 || o.size > 1<<20 ||
@@ -140,6 +144,13 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if err != nil {
 		return err
+	}
+	if o.only != "" {
+		keep := strings.Split(o.only, ",")
+		b.paths = slices.DeleteFunc(b.paths, func(p *path) bool { return !slices.Contains(keep, p.name) })
+		if len(b.paths) == 0 {
+			return fmt.Errorf("-only %q names no path", o.only)
+		}
 	}
 	res, err := measure(ctx, b, o)
 	if err != nil {

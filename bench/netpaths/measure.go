@@ -88,13 +88,13 @@ func measure(ctx context.Context, b *bench, o options) (*results, error) {
 	if b.udpDropped != nil {
 		r.udpDropped = b.udpDropped()
 	}
-	if o.hold > 0 {
-		var relayed *path
-		for _, p := range b.paths {
-			if p.name == "relayed" {
-				relayed = p
-			}
+	var relayed *path
+	for _, p := range b.paths {
+		if p.name == "relayed" {
+			relayed = p
 		}
+	}
+	if o.hold > 0 && relayed != nil {
 		// Streams first: sessions would leave the relay's heap grown.
 		r.holds = append(r.holds, holdPhase(ctx, b, fmt.Sprintf("%d idle mesh streams multiplexed in the relayed session (how an agent carries them)", o.hold),
 			func(ctx context.Context) ([]net.Conn, int, time.Duration, error) {

@@ -39,7 +39,10 @@ type closeWriter interface {
 //
 // When a and b are both *net.TCPConn, each direction is io.Copy on the bare
 // connections, so on Linux the kernel splices the bytes without copying them
-// through user space. Do not wrap them if you want that.
+// through user space. Do not wrap them if you want that. Connections that
+// cannot copy by themselves (TLS, wrapped ones) are copied through a small
+// buffer while idle and a pooled large one during bursts (copyConn), so an
+// idle Relay holds about 4 KiB of buffers, not 64.
 //
 // Relay has no idle timeout; a direction that never ends keeps Relay
 // running until ctx is done.
@@ -75,9 +78,7 @@ type relay struct {
 // copyHalf copies src to dst until src ends, then half-closes dst.
 // It is the body of each direction's goroutine.
 func (r *relay) copyHalf(dst, src net.Conn) int64 {
-	// Keep this a plain io.Copy on the interface values: with two
-	// *net.TCPConn it reaches (*net.TCPConn).ReadFrom and splice(2).
-	n, err := io.Copy(dst, src)
+	n, err := copyConn(dst, src)
 	r.mu.Lock()
 	r.ended++
 	r.mu.Unlock()

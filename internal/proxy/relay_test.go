@@ -24,6 +24,13 @@ type relayResult struct {
 // It returns the client's conn and a channel with Relay's result.
 func startRelay(t testing.TB, ctx context.Context, backend func(net.Conn)) (*net.TCPConn, <-chan relayResult) {
 	t.Helper()
+	return startRelayWrap(t, ctx, nil, backend)
+}
+
+// startRelayWrap is startRelay with both of Relay's conns passed through
+// wrap first (nil: none).
+func startRelayWrap(t testing.TB, ctx context.Context, wrap func(net.Conn) net.Conn, backend func(net.Conn)) (*net.TCPConn, <-chan relayResult) {
+	t.Helper()
 	backLn := listen(t)
 	go func() {
 		c, err := backLn.Accept()
@@ -47,6 +54,9 @@ func startRelay(t testing.TB, ctx context.Context, backend func(net.Conn)) (*net
 			a.Close()
 			res <- relayResult{err: err}
 			return
+		}
+		if wrap != nil {
+			a, b = wrap(a), wrap(b)
 		}
 		var r relayResult
 		r.aToB, r.bToA, r.err = Relay(ctx, a, b)
@@ -108,8 +118,14 @@ func TestRelayEcho(t *testing.T) {
 }
 
 // TestRelayBulk sends 64 MiB each way at the same time and checks both
-// streams arrive intact.
+// streams arrive intact, on bare TCP conns (splice) and on wrapped ones
+// (lazyCopy).
 func TestRelayBulk(t *testing.T) {
+	t.Run("splice", func(t *testing.T) { testRelayBulk(t, nil) })
+	t.Run("lazy", func(t *testing.T) { testRelayBulk(t, hideCopiers) })
+}
+
+func testRelayBulk(t *testing.T, wrap func(net.Conn) net.Conn) {
 	const size = 64 << 20
 	type sum struct {
 		n   int64
@@ -117,7 +133,7 @@ func TestRelayBulk(t *testing.T) {
 		err error
 	}
 	backRecv := make(chan sum, 1)
-	c, res := startRelay(t, t.Context(), func(c net.Conn) {
+	c, res := startRelayWrap(t, t.Context(), wrap, func(c net.Conn) {
 		sent := make(chan struct{})
 		defer func() { <-sent }() // keep c open until the reply is out
 		go func() {
@@ -336,7 +352,17 @@ func BenchmarkDirectTCP(b *testing.B) {
 	benchTCP(b, false)
 }
 
+// BenchmarkRelayTCPLazy is BenchmarkRelayTCP on conns that cannot splice
+// (as the relay's TLS legs): Relay's own copy loop.
+func BenchmarkRelayTCPLazy(b *testing.B) {
+	benchTCPWrap(b, true, hideCopiers)
+}
+
 func benchTCP(b *testing.B, relayed bool) {
+	benchTCPWrap(b, relayed, nil)
+}
+
+func benchTCPWrap(b *testing.B, relayed bool, wrap func(net.Conn) net.Conn) {
 	const chunk = 1 << 20
 	sinkLn := listen(b)
 	sunk := make(chan int64, 1)
@@ -363,6 +389,9 @@ func benchTCP(b *testing.B, relayed bool) {
 			if err != nil {
 				a.Close()
 				return
+			}
+			if wrap != nil {
+				a, c = wrap(a), wrap(c)
 			}
 			Relay(context.Background(), a, c)
 		}()

@@ -88,7 +88,15 @@ func TestRelayWatchFilesRevokes(t *testing.T) {
 		t.Fatal("the revoked node reconnected")
 	}
 	// A bad deny file is not applied: the old list stays.
-	os.WriteFile(files.DenyFile, []byte("not an id\n"), 0o600)
+	// Atomically (rename): a watcher that read the file half written (empty)
+	// would see a valid, empty list.
+	tmp := files.DenyFile + ".new"
+	if err := os.WriteFile(tmp, []byte("not an id\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, files.DenyFile); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "the bad deny file seen", func() bool { return f.metric("fogmesh_relay_reload_errors_total") >= 1 })
 	if _, err := f.dial(x.src); err == nil {
 		t.Fatal("a broken deny file lifted the revocation")

@@ -184,21 +184,21 @@ type Server struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
-	mRefused       map[string]*metrics.Counter
-	mSessionsTotal *metrics.Counter
-	mBytes         *metrics.Counter
-	mIntroductions *metrics.Counter
-	mUDPAnswers    *metrics.Counter
-	mReloadErrors  *metrics.Counter
-	mUDPBytes      *metrics.Counter
-	mUDPChannels   *metrics.Counter
+	mRefused                        map[string]*metrics.Counter
+	mSessionsTotal                  *metrics.Counter
+	mBytes                          *metrics.Counter
+	mIntroductions                  *metrics.Counter
+	mUDPAnswers                     *metrics.Counter
+	mReloadErrors                   *metrics.Counter
+	mUDPBytes, mUDPWrites, mUDPSent *metrics.Counter // payload forwarded; the UDP port's socket writes, their datagrams
+	mUDPChannels                    *metrics.Counter
 
 	handshakes chan struct{} // a slot per connection being authenticated
 	refusals   refusalLog    // when each reason was last logged
 	// tap, if set (tests), sees every byte the relay forwards.
 	tap func(session string, p []byte)
 
-	mu        sync.Mutex // guards the following
+	mu        sync.RWMutex // guards the following; read-locked per UDP channel datagram
 	closed    bool
 	listeners map[io.Closer]struct{}
 	conns     map[net.Conn]string // every open connection → peer ID ("" before the handshake)

@@ -45,8 +45,7 @@ func (s *Server) serveData(raw net.Conn, tc *tls.Conn, id spiffeid.ID) bool {
 			s.refuse(frameReason(err))
 			return false
 		}
-		s.dial(raw, tc, id, &m)
-		return false
+		return s.dial(raw, tc, id, &m)
 	case TypeAccept:
 		var m Accept
 		if err := f.Decode(&m); err != nil {
@@ -68,30 +67,31 @@ func (s *Server) dataRefuse(raw net.Conn, tc *tls.Conn, e *Error) {
 }
 
 // dial runs X's side of a session: checks, asks Y over its control
-// connection, waits for Y's data connection and splices the two.
-func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) {
+// connection, waits for Y's data connection and has splice relay the two.
+// It reports whether it handed X's connection over (to splice).
+func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) bool {
 	y, err := spiffeid.FromString(m.Peer)
 	if err != nil {
 		s.dataRefuse(raw, tc, &Error{Reason: ReasonBadRequest, Message: "peer: " + err.Error()})
-		return
+		return false
 	}
 	if r := s.authorize(x, y); r != "" {
 		s.dataRefuse(raw, tc, &Error{Reason: r, Message: "may not reach " + y.String()})
-		return
+		return false
 	}
 	s.mu.Lock()
 	yn := s.nodes[y.String()]
 	if yn == nil || yn.ctrl == nil {
 		s.mu.Unlock()
 		s.dataRefuse(raw, tc, &Error{Reason: ReasonNotConnected, Message: y.String() + " is not connected to this relay"})
-		return
+		return false
 	}
 	xn := s.nodeLocked(x)
 	if xn.sessions >= s.cfg.MaxSessionsPerNode || yn.sessions >= s.cfg.MaxSessionsPerNode {
 		s.gcLocked(xn)
 		s.mu.Unlock()
 		s.dataRefuse(raw, tc, &Error{Reason: ReasonSessionLimit, Message: "too many relayed sessions"})
-		return
+		return false
 	}
 	ss := &session{id: newID(), x: xn, y: yn, accept: make(chan acceptedConn, 1)}
 	xn.sessions++
@@ -115,12 +115,17 @@ func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) {
 		s.gcLocked(xn)
 		s.gcLocked(yn)
 	}
-	defer release()
+	spliced := false // splice owns the session from then on
+	defer func() {
+		if !spliced {
+			release()
+		}
+	}()
 
 	if !s.send(yc, TypeIncoming, &Incoming{Session: ss.id, Peer: x.String()}) {
 		release()
 		s.dataRefuse(raw, tc, &Error{Session: ss.id, Reason: ReasonNotConnected, Message: y.String() + " is not reading its relay connection"})
-		return
+		return false
 	}
 	timer := time.NewTimer(s.cfg.AcceptTimeout)
 	defer timer.Stop()
@@ -138,21 +143,39 @@ func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) {
 		if !taken {
 			release()
 			s.dataRefuse(raw, tc, &Error{Session: ss.id, Reason: ReasonAcceptTimeout, Message: y.String() + " did not accept in time"})
-			return
+			return false
 		}
 		yconn = <-ss.accept // accept won the race: its conn is in the channel
 	}
-	defer s.closeConn(yconn.raw)
+	defer func() {
+		if !spliced {
+			s.closeConn(yconn.raw)
+		}
+	}()
 
 	raw.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	yconn.raw.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	if WriteFrame(tc, TypeReady, &Ready{Session: ss.id, Peer: y.String()}) != nil ||
 		WriteFrame(yconn.tc, TypeReady, &Ready{Session: ss.id, Peer: x.String()}) != nil {
-		return
+		return false
 	}
 	raw.SetWriteDeadline(time.Time{})
 	yconn.raw.SetWriteDeadline(time.Time{})
 
+	spliced = true
+	s.wg.Add(1)
+	go s.splice(ss, raw, tc, yconn, release)
+	return true
+}
+
+// splice relays a ready session until it ends, then frees it. It runs in
+// a goroutine of its own so the dialer's, whose stack grew in the TLS
+// handshake, ends: an idle session holds two small stacks.
+func (s *Server) splice(ss *session, raw net.Conn, tc *tls.Conn, yconn acceptedConn, release func()) {
+	defer s.wg.Done()
+	defer release()
+	defer s.closeConn(raw)
+	defer s.closeConn(yconn.raw)
 	s.mu.Lock()
 	s.active++
 	s.mu.Unlock()
@@ -163,11 +186,12 @@ func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) {
 		s.mu.Unlock()
 	}()
 	// Each side's reads are charged to its sender's bucket; proxy.Relay
-	// copies through one 32 KiB buffer per direction, so a side that stops
-	// reading stops the other side's reads (TCP backpressure), never a
-	// growing queue here.
-	a := &meteredConn{Conn: tc, s: s, session: ss.id, bucket: xn.bucket, ctx: s.ctx}
-	b := &meteredConn{Conn: yconn.tc, s: s, session: ss.id, bucket: yn.bucket, ctx: s.ctx}
+	// copies through one buffer per direction (2 KiB while idle, a pooled
+	// 32 KiB one during a burst), so a side that stops reading stops the
+	// other side's reads (TCP backpressure), never a growing queue here,
+	// and an idle session holds no large buffer.
+	a := &meteredConn{Conn: tc, s: s, session: ss.id, bucket: ss.x.bucket, ctx: s.ctx}
+	b := &meteredConn{Conn: yconn.tc, s: s, session: ss.id, bucket: ss.y.bucket, ctx: s.ctx}
 	wa, wb := proxy.WithIdleTimeout(a, b, s.cfg.IdleTimeout)
 	proxy.Relay(s.ctx, wa, wb)
 }

@@ -51,28 +51,49 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 		s.mu.Unlock()
 	}()
 	defer s.untrack(pc)
+	if got, err := sizeUDPSocket(pc); err != nil || (got > 0 && got < 2*UDPSocketBuffer) {
+		s.log.Warn("relay: udp socket buffer below what was asked: datagram bursts may be dropped",
+			"asked", UDPSocketBuffer, "granted", got/2, "rmem_max", sysctlInt("/proc/sys/net/core/rmem_max"), "err", err)
+	}
+	sock := newUDPSock(pc)
+	sock.writes, sock.sent = s.mUDPWrites, s.mUDPSent
+	if sock.uc != nil {
+		return s.serveUDPBatches(sock)
+	}
 	buf := make([]byte, udpMaxDatagram)
 	for {
-		n, from, err := pc.ReadFrom(buf)
+		n, from, err := sock.read(buf)
 		if err != nil {
-			if s.ctx.Err() != nil {
-				return nil
+			if err := s.udpReadErr(err); err != nil {
+				return err
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("relay: udp: %w", err)
+			continue
 		}
-		s.handleUDP(pc, buf[:n], from)
+		if !from.IsValid() {
+			continue
+		}
+		s.handleUDP(sock, buf[:n], from)
 	}
 }
 
-// handleUDP handles one datagram p from outside, read on pc (p may be
+// udpReadErr is what ServeUDP does after a read error: go on (nil) after
+// a timeout, stop (errStop: Close) or return the error.
+func (s *Server) udpReadErr(err error) error {
+	if s.ctx.Err() != nil {
+		return errStopUDP
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return nil
+	}
+	return fmt.Errorf("relay: udp: %w", err)
+}
+
+// handleUDP handles one datagram p from outside, read on sock (p may be
 // reused for the answer).
-func (s *Server) handleUDP(pc net.PacketConn, p []byte, from net.Addr) {
+func (s *Server) handleUDP(sock *udpSock, p []byte, from netip.AddrPort) {
 	if isChannelPacket(p) {
-		s.udpChannelPacket(pc, p, from)
+		s.udpChannelPacket(sock, p, from)
 		return
 	}
 	resp, reason := s.udpAnswer(p, from)
@@ -80,24 +101,18 @@ func (s *Server) handleUDP(pc net.PacketConn, p []byte, from net.Addr) {
 		s.refuse(reason)
 		return
 	}
-	if _, err := pc.WriteTo(resp, from); err == nil {
+	if _, err := sock.write(resp, from); err == nil {
 		s.mUDPAnswers.Inc()
 	}
 }
 
 // udpAnswer returns the answer to one request packet, or the reason it is
 // dropped. It records the observed address as the node's UDP candidate.
-func (s *Server) udpAnswer(req []byte, from net.Addr) ([]byte, string) {
+func (s *Server) udpAnswer(req []byte, ap netip.AddrPort) ([]byte, string) {
 	token, err := ParseUDPRequest(req)
 	if err != nil {
 		return nil, ReasonUDPShort
 	}
-	ua, ok := from.(*net.UDPAddr)
-	if !ok {
-		return nil, ReasonUDPShort
-	}
-	ap := ua.AddrPort()
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	s.mu.Lock()
 	id, ok := s.tokens[hex.EncodeToString(token)]
 	if ok {

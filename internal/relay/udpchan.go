@@ -46,6 +46,7 @@ import (
 	"fmt"
 	"hash"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -98,6 +99,8 @@ var udpReasons = []string{ReasonUDPChannelLimit, ReasonUDPUnavailable, ReasonUDP
 // udpMetrics registers the UDP channels' metrics.
 func (s *Server) udpMetrics(m *metrics.Set) {
 	s.mUDPBytes = m.NewCounter(`fogmesh_relay_udp_bytes_total`)
+	s.mUDPWrites = m.NewCounter(`fogmesh_relay_udp_socket_writes_total`)
+	s.mUDPSent = m.NewCounter(`fogmesh_relay_udp_datagrams_sent_total`)
 	s.mUDPChannels = m.NewCounter(`fogmesh_relay_udp_channels_total`)
 	m.NewGauge(`fogmesh_relay_udp_channels_active`, func() float64 {
 		s.mu.Lock()
@@ -230,8 +233,8 @@ type udpSide struct {
 	ctrl *ctrlConn      // the control connection the channel belongs to
 	mac  hash.Hash      // HMAC-SHA256 under the side's key
 	win  replayWindow   // of the side's seq
-	addr net.Addr       // where the side was last seen; nil until then
-	pc   net.PacketConn // the relay socket it was seen on
+	addr netip.AddrPort // where the side was last seen; invalid until then
+	sock *udpSock       // the relay socket it was seen on
 }
 
 // bindUDP handles X's UDPBind: if allowed, within limits and Y is
@@ -385,7 +388,7 @@ func (s *Server) sweepUDP() {
 			switch {
 			case now.Sub(ch.last) > s.cfg.UDPIdleTimeout:
 				dead = append(dead, expired{ch, "idle"})
-			case (ch.sides[0].addr == nil || ch.sides[1].addr == nil) && now.Sub(ch.created) > s.cfg.AcceptTimeout:
+			case (!ch.sides[0].addr.IsValid() || !ch.sides[1].addr.IsValid()) && now.Sub(ch.created) > s.cfg.AcceptTimeout:
 				dead = append(dead, expired{ch, "a side never sent to the relay's UDP port"})
 			}
 			ch.mu.Unlock()
@@ -398,17 +401,17 @@ func (s *Server) sweepUDP() {
 }
 
 // udpChannelPacket handles one channel datagram p from an agent, read on
-// pc: a keepalive is answered, data is forwarded to the other side. p is
+// sock: a keepalive is answered, data is forwarded to the other side. p is
 // the read buffer: the forwarded datagram is built in it.
-func (s *Server) udpChannelPacket(pc net.PacketConn, p []byte, from net.Addr) {
+func (s *Server) udpChannelPacket(sock *udpSock, p []byte, from netip.AddrPort) {
 	sp, err := parseSealed(p)
 	if err != nil || sp.Type == udpTypeAck {
 		s.refuse(ReasonUDPMalformed)
 		return
 	}
-	s.mu.Lock()
+	s.mu.RLock()
 	ch := s.udpChans[sp.Channel]
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	if ch == nil {
 		s.refuse(ReasonUDPUnknownChannel)
 		return
@@ -426,26 +429,26 @@ func (s *Server) udpChannelPacket(pc net.PacketConn, p []byte, from net.Addr) {
 		s.refuse(ReasonUDPReplay)
 		return
 	}
-	if newest || sd.addr == nil {
-		sd.addr, sd.pc = from, pc
+	if newest || !sd.addr.IsValid() {
+		sd.addr, sd.sock = from, sock
 	}
 	ch.last = s.cfg.Now()
 	other := &ch.sides[1-sp.Side]
-	dst, dpc, bucket := other.addr, other.pc, sd.node.bucket
+	dst, dsock, bucket := other.addr, other.sock, sd.node.bucket
 	if sp.Type == udpTypeKeep {
 		var flags byte
-		if dst != nil {
+		if dst.IsValid() {
 			flags = udpAckPeerKnown
 		}
 		ack := appendSealed(make([]byte, 0, udpKeepLen), udpTypeAck, sp.Channel, sp.Side, sp.Seq, []byte{flags}, sd.mac)
 		ch.mu.Unlock()
 		if len(ack) <= len(p) { // always, by parseSealed: never more than received
-			pc.WriteTo(ack, from)
+			sock.write(ack, from)
 		}
 		return
 	}
 	ch.mu.Unlock()
-	if dst == nil {
+	if !dst.IsValid() {
 		s.refuse(ReasonUDPPeerUnbound)
 		return
 	}
@@ -459,7 +462,7 @@ func (s *Server) udpChannelPacket(pc net.PacketConn, p []byte, from net.Addr) {
 	copy(out, udpMagic)
 	out[4] = udpTypeFwd
 	copy(out[5:udpFwdHdr], sp.Channel[:])
-	if _, err := dpc.WriteTo(out, dst); err == nil {
+	if _, err := dsock.write(out, dst); err == nil {
 		s.mUDPBytes.Add(n)
 	}
 	if s.tap != nil { // after the count: the tap never sees more than it

@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"net"
 	"os"
 	"sync"
 	"testing"
@@ -79,13 +78,13 @@ func TestUDPChannelAcrossNATs(t *testing.T) {
 	portB := 0
 	for side, site := range []*netlab.Site{lab.A, lab.B} {
 		rc.mu.Lock()
-		ua, _ := rc.sides[side].addr.(*net.UDPAddr)
+		ap := rc.sides[side].addr
 		rc.mu.Unlock()
-		if ua == nil || ua.AddrPort().Addr().Unmap() != site.PublicAddr {
-			t.Fatalf("the relay sees site %s's side at %v, want its NAT's %s", site.Name, ua, site.PublicAddr)
+		if !ap.IsValid() || ap.Addr() != site.PublicAddr {
+			t.Fatalf("the relay sees site %s's side at %v, want its NAT's %s", site.Name, ap, site.PublicAddr)
 		}
 		if side == 1 {
-			portB = ua.Port
+			portB = int(ap.Port())
 		}
 	}
 
@@ -115,7 +114,7 @@ func TestUDPChannelAcrossNATs(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc.mu.Lock()
-	nowB := rc.sides[1].addr.(*net.UDPAddr).Port
+	nowB := rc.sides[1].addr.Port()
 	rc.mu.Unlock()
 	t.Logf("B's NAT port for the channel: %d, then %d", portB, nowB)
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -238,10 +239,7 @@ func relayChan(t *testing.T, f *fixture, id [udpChanIDLen]byte) *udpChan {
 func sideAddr(ch *udpChan, side int) int {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	if ch.sides[side].addr == nil {
-		return 0
-	}
-	return ch.sides[side].addr.(*net.UDPAddr).Port
+	return int(ch.sides[side].addr.Port()) // 0 until the side is seen
 }
 
 func port(a net.Addr) int { return a.(*net.UDPAddr).Port }
@@ -571,7 +569,7 @@ func FuzzRelayUDPDatagram(f *testing.F) {
 	keys := [2][]byte{bytes.Repeat([]byte{1}, udpKeyLen), bytes.Repeat([]byte{2}, udpKeyLen)}
 	var id [udpChanIDLen]byte
 	copy(id[:], "0123456789abcdef")
-	addrs := [2]net.Addr{&net.UDPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 1}, &net.UDPAddr{IP: net.IPv4(10, 0, 0, 2), Port: 2}}
+	addrs := [2]netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:1"), netip.MustParseAddrPort("10.0.0.2:2")}
 	ch := &udpChan{id: id, hexID: "fuzz", created: time.Now(), last: time.Now()}
 	for i := range ch.sides {
 		ch.sides[i] = udpSide{node: &node{}, mac: hmac.New(sha256.New, keys[i]), addr: addrs[i]}
@@ -591,14 +589,15 @@ func FuzzRelayUDPDatagram(f *testing.F) {
 	f.Add([]byte(udpMagic + "\x05"))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		pc := &recordingConn{}
+		sock := newUDPSock(pc)
 		ch.mu.Lock()
 		for i := range ch.sides {
 			ch.sides[i].win = replayWindow{} // every run starts fresh
-			ch.sides[i].addr, ch.sides[i].pc = addrs[i], pc
+			ch.sides[i].addr, ch.sides[i].sock = addrs[i], sock
 		}
 		ch.mu.Unlock()
 		n := len(p)
-		srv.handleUDP(pc, append([]byte(nil), p...), &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 9})
+		srv.handleUDP(sock, append([]byte(nil), p...), netip.MustParseAddrPort("192.0.2.1:9"))
 		for _, s := range pc.sent {
 			if s > n {
 				t.Fatalf("sent %d bytes for a datagram of %d", s, n)

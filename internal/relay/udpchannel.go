@@ -45,11 +45,18 @@ type UDPChannel struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 	dropped   atomic.Uint64
-	slow      atomic.Bool // keepLoop is past the fast keepalives (tests)
+	sendCalls atomic.Uint64 // socket writes of data and keepalives
+	sentDgram atomic.Uint64 // datagrams they carried (more with GSO)
+	slow      atomic.Bool   // keepLoop is past the fast keepalives (tests)
 
-	dmu      sync.Mutex // guards deadline and wake
+	dmu      sync.Mutex // guards deadline, wake and direct
 	deadline time.Time
 	wake     chan struct{} // closed and replaced when the deadline changes
+	direct   bool          // QUICPacketConn's ReadBatch reads the socket: the deadline is the socket's
+
+	handoff  sync.Once     // readLoop hands the socket to ReadBatch (udpchanquic.go)
+	stopLoop atomic.Bool   // readLoop is to stop
+	loopDone chan struct{} // closed when readLoop returns
 
 	emu sync.Mutex
 	err error
@@ -96,6 +103,12 @@ func (ch *UDPChannel) Err() error {
 // Dropped counts datagrams dropped on the way in: not from the relay,
 // not of this channel, badly framed, or over the queue.
 func (ch *UDPChannel) Dropped() uint64 { return ch.dropped.Load() }
+
+// Sent counts the channel's socket writes and the datagrams they carried
+// to the relay: more datagrams than writes when QUIC batches (GSO).
+func (ch *UDPChannel) Sent() (writes, datagrams uint64) {
+	return ch.sendCalls.Load(), ch.sentDgram.Load()
+}
 
 // WaitPeer waits until the relay has seen the other side, so data sent
 // from now on is forwarded.
@@ -161,6 +174,8 @@ func (ch *UDPChannel) send(typ byte, body []byte) error {
 	_, err := ch.pc.WriteTo(b, ch.relay)
 	*bp = b
 	putBuf(bp)
+	ch.sendCalls.Add(1)
+	ch.sentDgram.Add(1)
 	if err != nil {
 		return fmt.Errorf("relay: udp channel: %w", err)
 	}
@@ -208,13 +223,17 @@ func (ch *UDPChannel) ReadFrom(p []byte) (int, net.Addr, error) {
 	}
 }
 
-// SetReadDeadline sets the deadline of ReadFrom, and wakes one waiting.
+// SetReadDeadline sets the deadline of ReadFrom, and wakes one waiting
+// (and of ReadBatch on the QUIC view, once it reads the socket).
 func (ch *UDPChannel) SetReadDeadline(t time.Time) error {
 	ch.dmu.Lock()
+	defer ch.dmu.Unlock()
 	ch.deadline = t
 	close(ch.wake)
 	ch.wake = make(chan struct{})
-	ch.dmu.Unlock()
+	if ch.direct {
+		return ch.pc.SetReadDeadline(t)
+	}
 	return nil
 }
 
@@ -255,13 +274,21 @@ func (ch *UDPChannel) fromRelay(a net.Addr) bool {
 }
 
 // readLoop reads the socket: answers mark the channel ready, forwarded
-// data is queued for ReadFrom, anything else is dropped.
+// data is queued for ReadFrom, anything else is dropped. It returns when
+// the QUIC view takes the socket over (stopLoop).
 func (ch *UDPChannel) readLoop() {
 	defer ch.wg.Done()
+	defer close(ch.loopDone)
 	buf := make([]byte, udpMaxDatagram)
 	for {
+		if ch.stopLoop.Load() {
+			return
+		}
 		n, from, err := ch.pc.ReadFrom(buf)
 		if err != nil {
+			if ch.stopLoop.Load() {
+				return
+			}
 			ch.shut(fmt.Errorf("%w: socket: %v", ErrUDPChannelClosed, err), true)
 			return
 		}

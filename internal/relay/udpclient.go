@@ -174,7 +174,7 @@ func (c *Client) openUDP(ctx context.Context, b UDPBound) (*UDPChannel, error) {
 		hexID: b.Channel, side: byte(b.Side), peer: b.Peer, keep: o.KeepAlive,
 		mac: hmac.New(sha256.New, key), rmac: hmac.New(sha256.New, key),
 		queue: make(chan *[]byte, o.Queue), ready: make(chan struct{}), peerReady: make(chan struct{}),
-		closing: make(chan struct{}), wake: make(chan struct{})}
+		closing: make(chan struct{}), wake: make(chan struct{}), loopDone: make(chan struct{})}
 	hex.Decode(ch.id[:], []byte(b.Channel))
 	c.mu.Lock()
 	if c.udpDone {

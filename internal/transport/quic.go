@@ -87,8 +87,13 @@ func quicConfig(t QUICTimers, handshake time.Duration) *quic.Config {
 // NewQUICTransport returns the QUIC endpoint of a UDP socket, to pass to a
 // QUICServer and a QUICClient both (one per socket: it is the socket's
 // only reader). Closing it ends its connections but leaves pc open: the
-// caller owns pc and closes it after the transport.
+// caller owns pc and closes it after the transport. A pc with a faster
+// form for QUIC (QUICPacketConn: a relay's UDP channel, whose view gets
+// quic-go's GSO and batched reads) is used in that form.
 func NewQUICTransport(pc net.PacketConn) *quic.Transport {
+	if q, ok := pc.(interface{ QUICPacketConn() net.PacketConn }); ok {
+		pc = q.QUICPacketConn()
+	}
 	return &quic.Transport{Conn: pc}
 }
 
