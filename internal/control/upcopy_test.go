@@ -33,7 +33,10 @@ func TestRegionRestartedWhileCutOffResumesWithDelta(t *testing.T) {
 	g := startPlane(t, nil)
 	proxy := startCutProxy(t, g.SyncAddr())
 	dir := t.TempDir()
-	eastCfg := func(c *Config) { inRegion("east", proxy.addr())(c); c.StateDir, c.VIPIndexMin, c.VIPIndexMax = dir, 100, 199 }
+	eastCfg := func(c *Config) {
+		inRegion("east", proxy.addr())(c)
+		c.StateDir, c.VIPIndexMin, c.VIPIndexMax = dir, 100, 199
+	}
 	east := startPlane(t, eastCfg)
 
 	mustApply(t, g, svcDoc("api", "", 80))
