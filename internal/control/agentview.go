@@ -1,0 +1,239 @@
+// What an agent connected straight to the global control plane receives:
+// the hierarchy's rule (regionRule, with its own region's objects in), so
+// that it gets its region's objects and the global plane's, and of other
+// regions only what they export to its region, like an agent of a
+// regional plane. A subscription's types and scope apply on top.
+
+package control
+
+import (
+	"encoding/json"
+	"sort"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/syncproto"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// agentGate is regionRule applied to one stream, with what the stream was
+// told of other regions' objects, so that a change of export adds or
+// removes what it concerns and nothing else is sent for nothing.
+type agentGate struct {
+	rule regionRule
+	self string
+	look func(key string) *feedEntry // the feed's current state
+	// exported caches, for each service whose endpoints were decided,
+	// whether it is exported to the region: a change of it decides them
+	// again. A service not in it had none decided.
+	exported map[string]bool
+	// foreign are the other regions' objects an unscoped stream holds
+	// (a scoped one keeps them in sendState.held), hosts their endpoints'
+	// nodes.
+	foreign map[string]bool
+	hosts   *syncproto.NodeRefs
+}
+
+func newAgentGate(region, self string, fd *feed) *agentGate {
+	g := &agentGate{rule: regionRule{region: region, own: true}, self: self, look: fd.get}
+	g.reset(nil)
+	return g
+}
+
+// reset starts the stream over from a snapshot's entries.
+func (g *agentGate) reset(entries []*feedEntry) {
+	g.exported, g.foreign, g.hosts = map[string]bool{}, map[string]bool{}, syncproto.NewNodeRefs(g.self)
+	g.learn(entries)
+}
+
+// learn records the export of the services among entries (a snapshot's,
+// or what enters a widened scope), read at the entries' revision.
+func (g *agentGate) learn(entries []*feedEntry) {
+	for _, e := range entries {
+		if e.ref.Type == api.KindService {
+			g.exported[e.ref.Name] = g.exportedBy(e)
+		}
+	}
+}
+
+func (g *agentGate) exportedBy(e *feedEntry) bool {
+	s, ok := e.obj.(*api.Service)
+	return !e.deleted && ok && s.ExportedTo(g.rule.region)
+}
+
+// isExported tells whether the service "ns/name" is exported to the
+// region, as this stream knows it (from the feed the first time).
+func (g *agentGate) isExported(svc string) bool {
+	v, ok := g.exported[svc]
+	if !ok {
+		e := g.look(api.KindService + "/" + svc)
+		v = e != nil && g.exportedBy(e)
+		g.exported[svc] = v
+	}
+	return v
+}
+
+// service takes a service's change from a delta and tells whether its
+// export to the region changed for endpoints already decided.
+func (g *agentGate) service(e *feedEntry) bool {
+	old, known := g.exported[e.ref.Name]
+	now := g.exportedBy(e)
+	g.exported[e.ref.Name] = now
+	return known && old != now
+}
+
+// verdict is the rule's answer for a live entry (viewOut when deleted).
+func (g *agentGate) verdict(e *feedEntry) verdict {
+	if e.deleted || e.obj == nil {
+		return viewOut
+	}
+	return g.rule.of(e.obj, g.isExported)
+}
+
+// in tells whether a scoped stream may hold e (its nodes are decided by
+// its endpoints, as always for a scoped stream).
+func (g *agentGate) in(e *feedEntry) bool {
+	v := g.verdict(e)
+	return v == viewIn || v == viewExported
+}
+
+// snapshot filters a snapshot for an unscoped stream.
+func (ss *sendState) gatedSnapshot(snap *feedSnap) *update {
+	g := ss.gate
+	u := ss.newUpdate(snap.rev, true)
+	for _, e := range snap.entries {
+		if e.ref.Type == api.KindEndpoint && ss.f.Match(e.obj) && g.verdict(e) == viewExported {
+			g.hosts.Endpoint(e.key, e.node)
+		}
+	}
+	for _, e := range snap.entries {
+		if !ss.f.Match(e.obj) {
+			continue
+		}
+		switch v := g.verdict(e); {
+		case v == viewIn:
+			u.addRes(e)
+		case v == viewExported || v == viewIfHosted && g.hosts.Wants(e.ref.Name):
+			g.foreign[e.key] = true
+			u.addRes(e)
+		}
+	}
+	return u
+}
+
+// gatedDelta is what changed after the subscriber's version, up to rev,
+// for an unscoped stream: as delta, but of other regions' objects only
+// what the region sees, and when a service's export changed, its
+// endpoints (and their nodes) enter or leave.
+func (ss *sendState) gatedDelta(fd *feed, entries []*feedEntry, rev uint64) *update {
+	g := ss.gate
+	u := ss.newUpdate(rev, false)
+	inDelta := make(map[string]bool, len(entries))
+	var swept []string
+	for _, e := range entries {
+		inDelta[e.key] = true
+		if e.ref.Type == api.KindService && g.service(e) {
+			swept = append(swept, e.ref.Name)
+		}
+	}
+	touched := map[string]*feedEntry{} // nodes to decide on, with their entry in this delta if any
+	decide := func(e *feedEntry) {
+		if !ss.f.Wants(e.ref.Type) {
+			return
+		}
+		if e.ref.Type == api.KindNode {
+			touched[e.ref.Name] = e
+			return
+		}
+		v := g.verdict(e)
+		match := !e.deleted && ss.f.Match(e.obj)
+		if e.ref.Type == api.KindEndpoint {
+			node := ""
+			if match && v == viewExported {
+				node = e.node
+			}
+			entered, left := g.hosts.Endpoint(e.key, node)
+			for _, n := range []string{entered, left} {
+				if _, ok := touched[n]; n != "" && !ok {
+					touched[n] = nil
+				}
+			}
+		}
+		switch {
+		case !match:
+			// Gone or out of the subscription: it may have been held.
+			delete(g.foreign, e.key)
+			u.addRemoved(e)
+		case v == viewIn:
+			delete(g.foreign, e.key)
+			u.addRes(e)
+		case v == viewExported:
+			g.foreign[e.key] = true
+			u.addRes(e)
+		case g.foreign[e.key]:
+			delete(g.foreign, e.key)
+			u.addRemoved(e)
+		}
+	}
+	for _, e := range entries {
+		decide(e)
+	}
+	for _, svc := range swept {
+		for _, e := range fd.serviceEntries(svc) {
+			if e.ref.Type == api.KindEndpoint && !inDelta[e.key] {
+				decide(e)
+			}
+		}
+	}
+	names := make([]string, 0, len(touched))
+	for n := range touched {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		key := api.KindNode + "/" + n
+		e, inD := touched[n], touched[n] != nil
+		if !inD {
+			e = fd.get(key)
+		}
+		v := viewOut
+		match := e != nil && !e.deleted && ss.f.Match(e.obj)
+		if match {
+			v = g.verdict(e)
+		}
+		switch {
+		case v == viewIn:
+			delete(g.foreign, key)
+			if inD {
+				u.addRes(e)
+			}
+		case v == viewIfHosted && g.hosts.Wants(n):
+			if inD || !g.foreign[key] {
+				u.addRes(e)
+			}
+			g.foreign[key] = true
+		case inD && !match:
+			delete(g.foreign, key)
+			u.addRemoved(e)
+		case g.foreign[key]:
+			delete(g.foreign, key)
+			if e == nil {
+				e = &feedEntry{ref: wire.ResourceRef{Type: api.KindNode, Name: n}}
+				e.refEnc, _ = json.Marshal(e.ref)
+			}
+			u.addRemoved(e)
+		}
+	}
+	return u
+}
+
+// serviceEntries returns the current entries of the service "ns/name"
+// and of what belongs to it.
+func (f *feed) serviceEntries(svc string) []*feedEntry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]*feedEntry, 0, len(f.bySvc[svc]))
+	for _, e := range f.bySvc[svc] {
+		out = append(out, e)
+	}
+	return out
+}
