@@ -15,9 +15,9 @@ import (
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
-// agentGate is regionRule applied to one stream, with what the stream was
-// told of other regions' objects, so that a change of export adds or
-// removes what it concerns and nothing else is sent for nothing.
+// agentGate is regionRule applied to one stream, with what it decided of
+// other regions' objects, so that a change of export adds or removes the
+// endpoints (and nodes) it concerns.
 type agentGate struct {
 	rule regionRule
 	self string
@@ -26,11 +26,9 @@ type agentGate struct {
 	// whether it is exported to the region: a change of it decides them
 	// again. A service not in it had none decided.
 	exported map[string]bool
-	// foreign are the other regions' objects an unscoped stream holds
-	// (a scoped one keeps them in sendState.held), hosts their endpoints'
-	// nodes.
-	foreign map[string]bool
-	hosts   *syncproto.NodeRefs
+	// hosts are the nodes of the other regions' endpoints an unscoped
+	// stream holds (a scoped one has sendState.refs).
+	hosts *syncproto.NodeRefs
 }
 
 func newAgentGate(region, self string, fd *feed) *agentGate {
@@ -41,7 +39,7 @@ func newAgentGate(region, self string, fd *feed) *agentGate {
 
 // reset starts the stream over from a snapshot's entries.
 func (g *agentGate) reset(entries []*feedEntry) {
-	g.exported, g.foreign, g.hosts = map[string]bool{}, map[string]bool{}, syncproto.NewNodeRefs(g.self)
+	g.exported, g.hosts = map[string]bool{}, syncproto.NewNodeRefs(g.self)
 	g.learn(entries)
 }
 
@@ -109,11 +107,7 @@ func (ss *sendState) gatedSnapshot(snap *feedSnap) *update {
 		if !ss.f.Match(e.obj) {
 			continue
 		}
-		switch v := g.verdict(e); {
-		case v == viewIn:
-			u.addRes(e)
-		case v == viewExported || v == viewIfHosted && g.hosts.Wants(e.ref.Name):
-			g.foreign[e.key] = true
+		if v := g.verdict(e); v == viewIn || v == viewExported || v == viewIfHosted && g.hosts.Wants(e.ref.Name) {
 			u.addRes(e)
 		}
 	}
@@ -121,9 +115,12 @@ func (ss *sendState) gatedSnapshot(snap *feedSnap) *update {
 }
 
 // gatedDelta is what changed after the subscriber's version, up to rev,
-// for an unscoped stream: as delta, but of other regions' objects only
-// what the region sees, and when a service's export changed, its
-// endpoints (and their nodes) enter or leave.
+// for an unscoped stream: as delta, of other regions' objects only what
+// the region sees, and when a service's export changed, its endpoints
+// (and their nodes) enter or leave. Like delta, it sends the removal of
+// any changed object out of the view: it may have been held (an unscoped
+// stream keeps no list of what it holds), at the cost of a reference per
+// change of another region's unexported object.
 func (ss *sendState) gatedDelta(fd *feed, entries []*feedEntry, rev uint64) *update {
 	g := ss.gate
 	u := ss.newUpdate(rev, false)
@@ -145,10 +142,10 @@ func (ss *sendState) gatedDelta(fd *feed, entries []*feedEntry, rev uint64) *upd
 			return
 		}
 		v := g.verdict(e)
-		match := !e.deleted && ss.f.Match(e.obj)
+		in := !e.deleted && ss.f.Match(e.obj) && (v == viewIn || v == viewExported)
 		if e.ref.Type == api.KindEndpoint {
 			node := ""
-			if match && v == viewExported {
+			if in && v == viewExported {
 				node = e.node
 			}
 			entered, left := g.hosts.Endpoint(e.key, node)
@@ -158,19 +155,9 @@ func (ss *sendState) gatedDelta(fd *feed, entries []*feedEntry, rev uint64) *upd
 				}
 			}
 		}
-		switch {
-		case !match:
-			// Gone or out of the subscription: it may have been held.
-			delete(g.foreign, e.key)
-			u.addRemoved(e)
-		case v == viewIn:
-			delete(g.foreign, e.key)
+		if in {
 			u.addRes(e)
-		case v == viewExported:
-			g.foreign[e.key] = true
-			u.addRes(e)
-		case g.foreign[e.key]:
-			delete(g.foreign, e.key)
+		} else {
 			u.addRemoved(e)
 		}
 	}
@@ -190,32 +177,22 @@ func (ss *sendState) gatedDelta(fd *feed, entries []*feedEntry, rev uint64) *upd
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		key := api.KindNode + "/" + n
 		e, inD := touched[n], touched[n] != nil
 		if !inD {
-			e = fd.get(key)
+			e = fd.get(api.KindNode + "/" + n)
 		}
 		v := viewOut
-		match := e != nil && !e.deleted && ss.f.Match(e.obj)
-		if match {
+		if e != nil && !e.deleted && ss.f.Match(e.obj) {
 			v = g.verdict(e)
 		}
 		switch {
 		case v == viewIn:
-			delete(g.foreign, key)
 			if inD {
 				u.addRes(e)
 			}
 		case v == viewIfHosted && g.hosts.Wants(n):
-			if inD || !g.foreign[key] {
-				u.addRes(e)
-			}
-			g.foreign[key] = true
-		case inD && !match:
-			delete(g.foreign, key)
-			u.addRemoved(e)
-		case g.foreign[key]:
-			delete(g.foreign, key)
+			u.addRes(e) // in the delta, or it entered: an endpoint in the view runs there now
+		default:
 			if e == nil {
 				e = &feedEntry{ref: wire.ResourceRef{Type: api.KindNode, Name: n}}
 				e.refEnc, _ = json.Marshal(e.ref)
