@@ -79,6 +79,34 @@ func (g *agentGate) service(e *feedEntry) bool {
 	return known && old != now
 }
 
+// swept takes the services' changes of a delta and returns the endpoints,
+// not in it, of those whose export to the region changed: they are
+// decided again.
+func (g *agentGate) swept(fd *feed, entries []*feedEntry) []*feedEntry {
+	var svcs []string
+	for _, e := range entries {
+		if e.ref.Type == api.KindService && g.service(e) {
+			svcs = append(svcs, e.ref.Name)
+		}
+	}
+	if len(svcs) == 0 {
+		return nil
+	}
+	inDelta := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		inDelta[e.key] = true
+	}
+	var out []*feedEntry
+	for _, svc := range svcs {
+		for _, e := range fd.serviceEntries(svc) {
+			if e.ref.Type == api.KindEndpoint && !inDelta[e.key] {
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
 // verdict is the rule's answer for a live entry (viewOut when deleted).
 func (g *agentGate) verdict(e *feedEntry) verdict {
 	if e.deleted || e.obj == nil {
@@ -124,13 +152,8 @@ func (ss *sendState) gatedSnapshot(snap *feedSnap) *update {
 func (ss *sendState) gatedDelta(fd *feed, entries []*feedEntry, rev uint64) *update {
 	g := ss.gate
 	u := ss.newUpdate(rev, false)
-	inDelta := make(map[string]bool, len(entries))
-	var swept []string
-	for _, e := range entries {
-		inDelta[e.key] = true
-		if e.ref.Type == api.KindService && g.service(e) {
-			swept = append(swept, e.ref.Name)
-		}
+	if more := g.swept(fd, entries); len(more) > 0 {
+		entries = append(entries[:len(entries):len(entries)], more...) // the feed's slice is shared
 	}
 	touched := map[string]*feedEntry{} // nodes to decide on, with their entry in this delta if any
 	decide := func(e *feedEntry) {
@@ -163,13 +186,6 @@ func (ss *sendState) gatedDelta(fd *feed, entries []*feedEntry, rev uint64) *upd
 	}
 	for _, e := range entries {
 		decide(e)
-	}
-	for _, svc := range swept {
-		for _, e := range fd.serviceEntries(svc) {
-			if e.ref.Type == api.KindEndpoint && !inDelta[e.key] {
-				decide(e)
-			}
-		}
 	}
 	names := make([]string, 0, len(touched))
 	for n := range touched {

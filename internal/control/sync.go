@@ -889,21 +889,9 @@ func (ss *sendState) delta(fd *feed, entries []*feedEntry, rev uint64) *update {
 		return u
 	}
 	touched := map[string]*feedEntry{} // nodes to decide on, with their entry in this delta if any
-	var swept []string                 // services whose export to the gate's region changed
-	inDelta := map[string]bool{}
 	if ss.gate != nil {
-		for _, e := range entries {
-			inDelta[e.key] = true
-			if e.ref.Type == api.KindService && ss.gate.service(e) {
-				swept = append(swept, e.ref.Name)
-			}
-		}
-	}
-	for _, svc := range swept {
-		for _, e := range fd.serviceEntries(svc) {
-			if e.ref.Type == api.KindEndpoint && !inDelta[e.key] {
-				entries = append(entries[:len(entries):len(entries)], e) // the feed's slice is shared
-			}
+		if more := ss.gate.swept(fd, entries); len(more) > 0 {
+			entries = append(entries[:len(entries):len(entries)], more...) // the feed's slice is shared
 		}
 	}
 	for _, e := range entries {
