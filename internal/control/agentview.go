@@ -44,10 +44,12 @@ func (g *agentGate) reset(entries []*feedEntry) {
 }
 
 // learn records the export of the services among entries (a snapshot's,
-// or what enters a widened scope), read at the entries' revision.
+// or what enters a widened scope), read at the entries' revision, unless
+// the stream decided with another already: a later change of the service
+// then sweeps what it decided (swept).
 func (g *agentGate) learn(entries []*feedEntry) {
 	for _, e := range entries {
-		if e.ref.Type == api.KindService {
+		if _, known := g.exported[e.ref.Name]; e.ref.Type == api.KindService && !known {
 			g.exported[e.ref.Name] = g.exportedBy(e)
 		}
 	}
