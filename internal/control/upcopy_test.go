@@ -26,7 +26,8 @@ func agentSnapshot(t *testing.T, a *agentConn) []string {
 
 // TestRegionRestartedWhileCutOffResumesWithDelta: a regional plane that
 // restarts while the global plane is unreachable serves its agents the
-// global objects it held (they are in its store), and when the link
+// global objects and other regions' exports it held (they are in its
+// store), and when the link
 // returns it resumes from the version it held before the restart (the
 // side file): a delta, not a snapshot, which brings what changed meanwhile.
 func TestRegionRestartedWhileCutOffResumesWithDelta(t *testing.T) {
@@ -39,9 +40,13 @@ func TestRegionRestartedWhileCutOffResumesWithDelta(t *testing.T) {
 	}
 	east := startPlane(t, eastCfg)
 
+	west := startPlane(t, func(c *Config) { inRegion("west", g.SyncAddr())(c); c.VIPIndexMin, c.VIPIndexMax = 200, 299 })
 	mustApply(t, g, svcDoc("api", "", 80))
 	regionAgent(t, g, "g1", "cloud", "api/api-g1")
+	mustApply(t, west, svcDoc("shop", `,"export":["east"]`, 90))
+	regionAgent(t, west, "w1", "west", "shop/shop-w1")
 	waitHeld(t, east, "Endpoint/demo/api-g1", "", nil)
+	waitHeld(t, east, "Endpoint/demo/shop-w1", "west", nil)
 	testenv.WaitFor(t, 10*time.Second, "east to count its snapshot", func() bool { return east.Upstream().Snapshots == 1 })
 
 	proxy.setCut(true)
@@ -52,7 +57,7 @@ func TestRegionRestartedWhileCutOffResumesWithDelta(t *testing.T) {
 	east = startPlane(t, eastCfg)
 	a := regionAgent(t, east, "e1", "east")
 	got := agentSnapshot(t, a)
-	for _, want := range []string{"Service demo/api", "Endpoint demo/api-g1", "Node g1"} {
+	for _, want := range []string{"Service demo/api", "Endpoint demo/api-g1", "Node g1", "Service demo/shop", "Endpoint demo/shop-w1", "Node w1"} {
 		if !slices.Contains(got, want) {
 			t.Fatalf("east's agent, east restarted while cut off, got %v: no %s", got, want)
 		}
