@@ -177,9 +177,17 @@ func TestRegionalControlPlaneProcesses(t *testing.T) {
 	eventually(t, 40*time.Second, "the region never linked again", linked)
 
 	// edge-east stays with its region; its node and endpoint reach the
-	// global plane over the region's link, and an agent of the root calls
-	// its workload: mutual TLS between the root's and the intermediate's
+	// global plane over the region's link, and an agent of the root (in
+	// region r1) calls its workload, the service being exported to every
+	// region (an agent of the global plane gets another region's endpoints
+	// only so): mutual TLS between the root's and the intermediate's
 	// certificates.
+	exported := filepath.Join(t.TempDir(), "echo.yaml")
+	os.WriteFile(exported, []byte(fmt.Sprintf("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: echo, namespace: demo}\n"+
+		"spec:\n  ports: [{name: http, port: %d, protocol: tcp}]\n  balancer: round-robin\n  export: [\"*\"]\n", port)), 0o644)
+	if out, code := run(t, append([]string{"apply", "-f", exported}, gl.admin...)...); code != 0 {
+		t.Fatalf("export echo: %d %s", code, out)
+	}
 	client := gl.agentProc("client", 114, 0, false)
 	if c := readCerts(t, filepath.Join(client.dir, "node-cert.pem")); len(c) != 1 {
 		t.Fatalf("the root's agent has a chain of %d", len(c))

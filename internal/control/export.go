@@ -71,26 +71,85 @@ func (s *Server) admitRegion(n *api.Node) error {
 	return nil
 }
 
+// regionRule is the hierarchy's one rule of what a region sees of the
+// objects a global control plane holds, one object at a time. Both a
+// regional plane's link (regionView, viewState) and the global plane's own
+// agents (agentGate, agentview.go) decide with it.
+type regionRule struct {
+	region string
+	// own: the region's own objects are in the view. An agent of the
+	// region has them; the region's control plane does not get them back
+	// (it is their source).
+	own bool
+}
+
+// verdict is regionRule's answer for one object.
+type verdict int
+
+const (
+	viewOut verdict = iota
+	// viewIn: an object of the global plane (or of the region itself).
+	viewIn
+	// viewExported: another region's object in the view: a service
+	// exported to the region, an endpoint of a service (of any owner)
+	// exported to it. Such an endpoint brings its node with it.
+	viewExported
+	// viewIfHosted: a node of another region, in the view while an
+	// endpoint in it (viewExported) runs there.
+	viewIfHosted
+)
+
+// of tells o's verdict; exported says whether the service "ns/name" is
+// exported to the region. That region's other objects (routes, policies,
+// sessions) stay in it.
+func (r regionRule) of(o api.Object, exported func(svc string) bool) verdict {
+	m := o.GetMeta()
+	switch {
+	case m.Owner == "":
+		return viewIn
+	case m.Owner == r.region:
+		if r.own {
+			return viewIn
+		}
+		return viewOut
+	}
+	switch v := o.(type) {
+	case *api.Service:
+		if v.ExportedTo(r.region) {
+			return viewExported
+		}
+	case *api.Endpoint:
+		if exported(api.NamespaceOr(v.Meta.Namespace) + "/" + v.Spec.Service) {
+			return viewExported
+		}
+	case *api.Node:
+		return viewIfHosted
+	}
+	return viewOut
+}
+
 // regionView selects, from every object the global control plane holds,
-// what region's control plane receives:
-//   - objects the global plane owns, all of them;
-//   - none of region's own objects (it is their source);
-//   - of another region's objects: services exported to region, the
-//     endpoints of services (of any owner) exported to region, and the nodes
-//     those endpoints run on. That region's routes, policies and sessions
-//     stay in it.
+// what region's control plane receives (regionRule without own): the
+// objects the global plane owns, none of region's own, and of another
+// region's objects the services exported to region, the endpoints of
+// services exported to region, and the nodes those endpoints run on.
 func regionView(objs []api.Object, region string) []api.Object {
-	exported := map[string]bool{} // service key "ns/name" -> exported to region
+	return regionRule{region: region}.view(objs)
+}
+
+// view applies the rule to a whole store's objects.
+func (r regionRule) view(objs []api.Object) []api.Object {
+	exported := map[string]bool{} // service key "ns/name" -> exported to the region
 	for _, o := range objs {
-		if s, ok := o.(*api.Service); ok && s.ExportedTo(region) {
+		if s, ok := o.(*api.Service); ok && s.ExportedTo(r.region) {
 			exported[s.Meta.Key()] = true
 		}
 	}
+	isExported := func(svc string) bool { return exported[svc] }
 	hosts := map[string]bool{} // nodes of exported endpoints
 	var out []api.Object
 	for _, o := range objs {
-		if e, ok := o.(*api.Endpoint); ok && e.Meta.Owner != "" && e.Meta.Owner != region &&
-			exported[api.NamespaceOr(e.Meta.Namespace)+"/"+e.Spec.Service] {
+		if e, ok := o.(*api.Endpoint); ok && r.of(o, isExported) == viewExported {
 			out = append(out, e)
 			if e.Spec.Node != "" {
 				hosts[e.Spec.Node] = true
@@ -98,15 +157,17 @@ func regionView(objs []api.Object, region string) []api.Object {
 		}
 	}
 	for _, o := range objs {
-		m := o.GetMeta()
-		switch {
-		case m.Owner == region:
-		case m.Owner == "":
+		switch r.of(o, isExported) {
+		case viewIn:
 			out = append(out, o)
-		case o.GetKind() == api.KindService && exported[m.Key()]:
-			out = append(out, o)
-		case o.GetKind() == api.KindNode && hosts[m.Name]:
-			out = append(out, o)
+		case viewExported:
+			if o.GetKind() != api.KindEndpoint { // added above
+				out = append(out, o)
+			}
+		case viewIfHosted:
+			if hosts[o.GetMeta().Name] {
+				out = append(out, o)
+			}
 		}
 	}
 	return out

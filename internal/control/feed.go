@@ -235,6 +235,7 @@ type feedSnap struct {
 	rev     uint64
 	at      time.Time
 	entries []*feedEntry // by key
+	foreign bool         // some entry is a region's (not the global plane's): agentGate filters
 	once    sync.Once
 	shared  *update // the update of a subscriber that selects everything (whole)
 }
@@ -540,6 +541,7 @@ func (f *feed) snapshot(minRev uint64) *feedSnap {
 	s := &feedSnap{rev: f.rev, at: time.Now(), entries: make([]*feedEntry, 0, len(f.state))}
 	for _, e := range f.state {
 		s.entries = append(s.entries, e)
+		s.foreign = s.foreign || e.obj != nil && e.obj.GetMeta().Owner != ""
 	}
 	// A stable order: subscribers of one snapshot get the same frames.
 	sort.Slice(s.entries, func(i, j int) bool { return s.entries[i].key < s.entries[j].key })

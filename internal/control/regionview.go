@@ -187,16 +187,8 @@ func (v *viewState) incremental() (*wire.Message, error) {
 	return m, nil
 }
 
-// inView is regionView's rule for one object that is neither a service
-// nor a node, given the services exported as of the last recompute.
+// inView is regionRule for one object that is neither a service nor a
+// node, given the services exported as of the last recompute.
 func (v *viewState) inView(o api.Object) bool {
-	owner := o.GetMeta().Owner
-	switch {
-	case owner == v.region:
-		return false
-	case owner == "":
-		return true
-	}
-	e, ok := o.(*api.Endpoint)
-	return ok && v.exported[api.NamespaceOr(e.Meta.Namespace)+"/"+e.Spec.Service]
+	return regionRule{region: v.region}.of(o, func(svc string) bool { return v.exported[svc] }) != viewOut
 }

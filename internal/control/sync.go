@@ -130,9 +130,10 @@ const streamReadBuffer = 512
 // state machine (internal/syncproto.Control), which says what each frame
 // means and what may be sent when.
 type stream struct {
-	s    *Server
-	c    net.Conn
-	node string
+	s      *Server
+	c      net.Conn
+	node   string
+	region string // its node's
 
 	welcome uint64 // the store revision the welcome named
 
@@ -252,7 +253,7 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 	if err != nil {
 		return nil, nil, err
 	}
-	st.node = admit.Node.Meta.Name
+	st.node, st.region = admit.Node.Meta.Name, admit.Node.Spec.Region
 	if err := s.admitRegion(admit.Node); err != nil { // export.go
 		_, err = st.step(syncproto.Reject{Reason: err.Error(), Err: err})
 		return nil, nil, err
@@ -630,9 +631,12 @@ func (ss *sendState) widen(fd *feed, entries []string, rev uint64) *update {
 	fd.widen(ss.sub, nf, added)
 	entering, _ := fd.scopedSnapshot(syncproto.NewFilter(&wire.Message{Scope: &wire.Scope{Services: added}}), ss.self)
 	sort.Slice(entering, func(i, j int) bool { return entering[i].key < entering[j].key })
+	if ss.gate != nil {
+		ss.gate.learn(entering)
+	}
 	var nodes []string
 	for _, e := range entering {
-		if e.svc == "" || ss.held[e.key] || !ss.f.Wants(e.ref.Type) || !ss.f.Match(e.obj) {
+		if e.svc == "" || ss.held[e.key] || !ss.f.Wants(e.ref.Type) || !ss.f.Match(e.obj) || ss.gate != nil && !ss.gate.in(e) {
 			continue // nodes and authorization policies: held already, or below
 		}
 		if e.ref.Type == api.KindEndpoint {
@@ -691,6 +695,11 @@ func (st *stream) startSending(ctx context.Context, sub *syncproto.Subscribed) *
 	fd := s.reg.feed()
 	ss := newSendState(sub.Filter, st.node, s.st.ID())
 	ss.fd, ss.scanned, ss.full = fd, sub.Known, sub.Full
+	if s.cfg.Mode == ModeGlobal {
+		// An agent of the global plane sees other regions as its
+		// region's control plane would (agentview.go).
+		ss.gate = newAgentGate(st.region, st.node, fd)
+	}
 	if ss.f.Scoped() {
 		// What a scoped subscriber holds from an earlier stream is not
 		// known here (which nodes, what left its scope meanwhile): it
@@ -769,7 +778,8 @@ type sendState struct {
 	held    map[string]bool // scoped: store keys the subscriber holds
 	refs    *syncproto.NodeRefs
 	self    string
-	sub     *feedSub // this stream's registration with the feed
+	sub     *feedSub   // this stream's registration with the feed
+	gate    *agentGate // at the global plane: the region rule (nil: none)
 
 	// The sender's progress.
 	fd       *feed
@@ -793,13 +803,16 @@ func (ss *sendState) snapshot(fd *feed, minRev uint64) *update {
 		entries, rev := fd.scopedSnapshot(ss.f, ss.self)
 		u := ss.newUpdate(rev, true)
 		ss.held, ss.refs = map[string]bool{}, syncproto.NewNodeRefs(ss.self)
+		if ss.gate != nil {
+			ss.gate.reset(entries)
+		}
 		var nodes []*feedEntry
 		for _, e := range entries {
 			if e.ref.Type == api.KindNode {
 				nodes = append(nodes, e)
 				continue
 			}
-			if !ss.f.Wants(e.ref.Type) || !ss.f.Match(e.obj) {
+			if !ss.f.Wants(e.ref.Type) || !ss.f.Match(e.obj) || ss.gate != nil && !ss.gate.in(e) {
 				continue
 			}
 			if e.ref.Type == api.KindEndpoint {
@@ -820,6 +833,13 @@ func (ss *sendState) snapshot(fd *feed, minRev uint64) *update {
 		return u
 	}
 	snap := fd.snapshot(minRev)
+	if ss.gate != nil {
+		if !ss.all || snap.foreign {
+			ss.gate.reset(snap.entries)
+			return ss.gatedSnapshot(snap)
+		}
+		ss.gate.reset(nil) // nothing of a region: everything is in
+	}
 	if ss.all {
 		return snap.whole(ss.storeID)
 	}
@@ -850,6 +870,9 @@ func (s *feedSnap) whole(storeID string) *update {
 
 // delta is what changed after the subscriber's version, up to rev.
 func (ss *sendState) delta(fd *feed, entries []*feedEntry, rev uint64) *update {
+	if !ss.f.Scoped() && ss.gate != nil {
+		return ss.gatedDelta(fd, entries, rev)
+	}
 	u := ss.newUpdate(rev, false)
 	if !ss.f.Scoped() {
 		for _, e := range entries {
@@ -866,6 +889,11 @@ func (ss *sendState) delta(fd *feed, entries []*feedEntry, rev uint64) *update {
 		return u
 	}
 	touched := map[string]*feedEntry{} // nodes to decide on, with their entry in this delta if any
+	if ss.gate != nil {
+		if more := ss.gate.swept(fd, entries); len(more) > 0 {
+			entries = append(entries[:len(entries):len(entries)], more...) // the feed's slice is shared
+		}
+	}
 	for _, e := range entries {
 		if !ss.f.Wants(e.ref.Type) {
 			continue
@@ -874,7 +902,7 @@ func (ss *sendState) delta(fd *feed, entries []*feedEntry, rev uint64) *update {
 			touched[e.ref.Name] = e
 			continue
 		}
-		in := !e.deleted && ss.f.Match(e.obj)
+		in := !e.deleted && ss.f.Match(e.obj) && (ss.gate == nil || ss.gate.in(e))
 		if e.ref.Type == api.KindEndpoint {
 			node := ""
 			if in {

@@ -13,7 +13,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
@@ -23,12 +26,18 @@ import (
 )
 
 // upLink is a regional control plane's link to the global one. What it
-// learnt of the upstream (held, applied) lives in memory: after a restart
-// the first update is a snapshot, which the store takes as a difference.
+// learnt of the upstream (held, applied) is kept in a side file too
+// (upcopy.go), so a restart resumes with a delta.
 type upLink struct {
 	s      *Server
 	region string
 	addrs  []string
+
+	copyPath   string        // the side file
+	copySig    chan struct{} // wakes persistCopy
+	copyWrites atomic.Int64  // side file writes (tests)
+	mSnapshots *metrics.Counter
+	mDeltas    *metrics.Counter
 
 	mu        sync.Mutex // guards the following
 	connected bool
@@ -39,6 +48,7 @@ type upLink struct {
 	acked     uint64            // our last revision the upstream applied
 	lastErr   string
 	fulls     int                       // snapshots applied: a resumed link adds none
+	deltas    int                       // other updates applied
 	audit     map[string]*AuditUpStatus // chain -> what the upstream holds of it
 }
 
@@ -50,7 +60,11 @@ func (u *upLink) snapshots() int {
 }
 
 func newUpLink(s *Server) *upLink {
-	u := &upLink{s: s, region: s.cfg.Region, addrs: s.cfg.Upstreams, held: map[string]uint64{}}
+	u := &upLink{s: s, region: s.cfg.Region, addrs: s.cfg.Upstreams, held: map[string]uint64{},
+		copyPath: upCopyPath(s.cfg.StateDir), copySig: make(chan struct{}, 1)}
+	u.mSnapshots = s.cfg.Metrics.NewCounter(`fogmesh_control_upstream_updates_total{kind="snapshot"}`)
+	u.mDeltas = s.cfg.Metrics.NewCounter(`fogmesh_control_upstream_updates_total{kind="delta"}`)
+	u.loadUpCopy()
 	s.cfg.Metrics.NewGauge(`fogmesh_control_upstream_connected`, func() float64 {
 		if s.Upstream().Connected {
 			return 1
@@ -69,6 +83,11 @@ type UpstreamStatus struct {
 	// the last of this control plane's revisions the upstream applied.
 	Version uint64 `json:"version"`
 	Acked   uint64 `json:"acked"`
+	// Snapshots and Deltas count the updates applied from upstream since
+	// this process started: a restart that resumed from the side file
+	// adds a delta, not a snapshot.
+	Snapshots int `json:"snapshots"`
+	Deltas    int `json:"deltas"`
 	// Error is why the last link ended, if it failed.
 	Error string `json:"error,omitempty"`
 	// Audit lists the audit chains shipped up (docs/regions.md).
@@ -85,7 +104,8 @@ func (s *Server) Upstream() UpstreamStatus {
 	chains := u.auditStatus()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return UpstreamStatus{Connected: u.connected, Upstream: u.addr, StoreID: u.storeID, Version: u.applied, Acked: u.acked, Error: u.lastErr, Audit: chains}
+	return UpstreamStatus{Connected: u.connected, Upstream: u.addr, StoreID: u.storeID, Version: u.applied, Acked: u.acked,
+		Snapshots: u.fulls, Deltas: u.deltas, Error: u.lastErr, Audit: chains}
 }
 
 // upstreamDial connects to a global control plane's sync port: the one
@@ -111,6 +131,9 @@ func (s *Server) upstreamDial(ctx context.Context, addr string) (net.Conn, error
 // moving to the next at once when one fails, and backs off (with jitter,
 // up to 5 s) once it went round them all.
 func (u *upLink) run(ctx context.Context) {
+	persisted := make(chan struct{})
+	go func() { u.persistCopy(ctx); close(persisted) }()
+	defer func() { <-persisted }()
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
 	backoff := minBackoff
 	for i := 0; ctx.Err() == nil; i++ {
@@ -252,6 +275,7 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 				u.mu.Lock()
 				u.applied, u.held = 0, map[string]uint64{}
 				u.mu.Unlock()
+				u.noteCopy()
 				rc.write(&wire.Message{Type: wire.TypeNack, Version: m.Version, Error: err.Error()})
 				return true, fmt.Errorf("upstream %s: update %d refused: %w", addr, m.Version, err)
 			}
@@ -466,8 +490,13 @@ func (u *upLink) apply(m *wire.Message) error {
 	u.applied, u.held = up.version, next
 	if up.full {
 		u.fulls++
+		u.mSnapshots.Inc()
+	} else {
+		u.deltas++
+		u.mDeltas.Inc()
 	}
 	u.mu.Unlock()
+	u.noteCopy()
 	s.recordConflicts(conflicts)
 	return nil
 }
