@@ -64,6 +64,12 @@ func TestH2LeavesRetiredPath(t *testing.T) {
 	waitRelay(t, true, a, b)
 	pb := b.peer()
 	pb.Addr = closedAddr(t)
+	// Hold a's punching until the long stream runs on the relayed path
+	// (a punch done before would carry the stream from the start).
+	a.m.mu.Lock()
+	udp := a.m.udp
+	a.m.udp = nil
+	a.m.mu.Unlock()
 
 	var tcpDials, udpDials atomic.Int64
 	var protos http.Protocols
@@ -110,6 +116,10 @@ func TestH2LeavesRetiredPath(t *testing.T) {
 		t.Fatalf("dials: %d tcp, %d udp; want the relayed one", tcpDials.Load(), udpDials.Load())
 	}
 	get("a request beside the stream, relayed")
+	a.m.mu.Lock()
+	a.m.udp = udp
+	a.m.mu.Unlock()
+	a.m.maybePunch(a.m.state(pb))
 	waitFor(t, "a punched path to b", func() bool { p, _ := pathTo(a.m, "b"); return p.Kind == Punched })
 
 	// New requests move to a connection over the punched path; every one
