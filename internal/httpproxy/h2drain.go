@@ -25,6 +25,7 @@ type H2DrainConn struct {
 	net.Conn
 	draining atomic.Bool
 	kicked   atomic.Bool // Drain set a past read deadline to wake a Read
+	goneAway atomic.Bool // the client read the whole GOAWAY
 	onClose  func()
 	closed   sync.Once
 
@@ -61,6 +62,9 @@ func (c *H2DrainConn) Drain() {
 // Draining reports whether Drain was called.
 func (c *H2DrainConn) Draining() bool { return c.draining.Load() }
 
+// GoneAway reports whether the client has read the GOAWAY.
+func (c *H2DrainConn) GoneAway() bool { return c.goneAway.Load() }
+
 // Read reads the server's frames, with the GOAWAY between two of them
 // once draining. While draining it reads no further than the end of the
 // current frame, so that the GOAWAY goes in whole between frames.
@@ -69,6 +73,9 @@ func (c *H2DrainConn) Read(p []byte) (int, error) {
 		if len(c.pending) > 0 {
 			n := copy(p, c.pending)
 			c.pending = c.pending[n:]
+			if len(c.pending) == 0 {
+				c.goneAway.Store(true)
+			}
 			return n, nil
 		}
 		if c.draining.Load() && !c.injected {
