@@ -330,7 +330,8 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 		protos.SetUnencryptedHTTP2(true)
 	}
 	a := s.a
-	t := &http.Transport{
+	var t *http.Transport
+	t = &http.Transport{
 		Proxy:               nil,
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 64,
@@ -343,6 +344,13 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 			c, err := a.dialEndpoint(ctx, sv, ev, port)
 			if err != nil {
 				return nil, &dialError{err}
+			}
+			if proto != "http" {
+				// HTTP/2 (h2c, gRPC) connections are long-lived: one
+				// over a mesh session the path manager retires (a
+				// punched path replaced the relay) is drained, so that
+				// new requests take the new path.
+				return httpproxy.DrainOnRetire(c, t.CloseIdleConnections), nil
 			}
 			return c, nil
 		},

@@ -34,6 +34,7 @@ type lab struct {
 	relay  string            // the first relay's host:port, TCP and UDP
 	relays []string          // every relay's, for the nodes started after them
 	stop   map[string]func() // closes a relay, by address
+	h2     string            // service "h2" of the nodes started after it is set: an h2c server
 }
 
 // newLab starts a CA and a relay on 127.0.0.1.
@@ -120,6 +121,7 @@ func source(t *testing.T, ca *identity.CA, site, node string) *identity.Source {
 // "slow" never connects.
 type echoDialer struct {
 	addr  string
+	h2    string // the workload of service "h2"
 	calls atomic.Int64
 }
 
@@ -133,6 +135,9 @@ func (d *echoDialer) DialLocal(ctx context.Context, h transport.Header) (net.Con
 	case "slow": // a workload that does not accept (the server's dial timeout ends it)
 		<-ctx.Done()
 		return nil, ctx.Err()
+	case "h2":
+		var nd net.Dialer
+		return nd.DialContext(ctx, "tcp", d.h2)
 	}
 	var nd net.Dialer
 	return nd.DialContext(ctx, "tcp", d.addr)
@@ -220,6 +225,7 @@ func (l *lab) node(site, name string, mod func(*Config)) *node {
 	t.Helper()
 	src := source(t, l.ca, site, name)
 	n := newNode(t, name)
+	n.dialer.h2 = l.h2
 	n.id, n.src = src.SVID().ID, src
 	trusted := func(id spiffeid.ID) bool { return id.TrustDomain() == l.ca.TrustDomain() }
 	cfg := Config{Self: name, SelfID: n.id, Dialer: n.dialer, PeerCheck: src.CheckPeer,

@@ -519,6 +519,8 @@ var punchRefusals = []struct {
 	{"reflected", func(s punch.Stats) uint64 { return s.Reflected }},
 	{"unsolicited", func(s punch.Stats) uint64 { return s.Unsolicited }},
 	{"introduction_replayed", func(s punch.Stats) uint64 { return s.IntroReplayed }},
+	{"candidate_scope", func(s punch.Stats) uint64 { return s.CandidateRefused }},
+	{"probe_budget", func(s punch.Stats) uint64 { return s.OverBudget }},
 }
 
 // punchStats are the punching socket's counters (zero while it is not

@@ -2,6 +2,7 @@ package paths
 
 import (
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,6 +82,14 @@ func TestPunchRefusalsInMetrics(t *testing.T) {
 	})
 	if v := gaugeValue(set, `fogmesh_punch_refused_total{reason="bad_mac"}`); v != 0 {
 		t.Errorf("bad_mac %v, want 0", v)
+	}
+	// The bounds on probing (internal/punch budget.go) are exported too.
+	var sb strings.Builder
+	set.WritePrometheus(&sb)
+	for _, r := range []string{"candidate_scope", "probe_budget"} {
+		if !strings.Contains(sb.String(), `fogmesh_punch_refused_total{reason="`+r+`"} 0`) {
+			t.Errorf("no fogmesh_punch_refused_total{reason=%q}", r)
+		}
 	}
 }
 

@@ -31,7 +31,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -103,6 +103,14 @@ type Stats struct {
 	Reflected      uint64 // our own probe came back (overlapping subnets)
 	Unsolicited    uint64 // a response to no outstanding request of ours
 	IntroReplayed  uint64 // introductions refused as replays
+
+	// CandidateRefused counts introduced addresses not probed (loopback,
+	// link-local, multicast, unspecified: refuseCandidate).
+	CandidateRefused uint64
+	// OverBudget counts probes not sent: the introduction's or the
+	// socket's per-second budget was spent (maxProbesPerPunch,
+	// maxProbesPerSecond).
+	OverBudget uint64
 }
 
 // Puncher punches paths from one UDP socket.
@@ -113,31 +121,14 @@ type Puncher struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	bound netip.Addr // the socket's address, for refuseCandidate
+
 	mu       sync.Mutex // guards the following and every session
 	sessions map[[8]byte]*session
 	nonces   map[string]time.Time
 	stats    Stats
-	loggedAt time.Time // of the last refusal logged (noteRefusalLocked)
-}
-
-// refusalLogEvery bounds the log lines about refused probes: a flood of
-// forged ones is counted in Stats and logged once per interval.
-const refusalLogEvery = time.Minute
-
-// noteRefusalLocked logs a refusal that says someone forges, replays or
-// sends what was not asked for (not noise: datagrams that are no probe, a
-// late probe of an ended session, our own probe come back), at most once
-// per refusalLogEvery, with the counts so far.
-func (p *Puncher) noteRefusalLocked(reason, from string) {
-	now := time.Now()
-	if !p.loggedAt.IsZero() && now.Sub(p.loggedAt) < refusalLogEvery {
-		return
-	}
-	p.loggedAt = now
-	s := p.stats
-	p.log.Warn("punch: refused a probe or introduction (further ones are only counted for a minute)",
-		"reason", reason, "from", from, "badMAC", s.BadMAC, "replayed", s.Replayed,
-		"unsolicited", s.Unsolicited, "malformed", s.Malformed, "introReplayed", s.IntroReplayed)
+	loggedAt time.Time  // of the last refusal logged (noteRefusalLocked)
+	rate     rateBudget // probes of punches in this second
 }
 
 // session is one introduction's probing state.
@@ -145,7 +136,8 @@ type session struct {
 	key    Key
 	role   byte // 0: we sort first and dial
 	peer   string
-	cands  []netip.AddrPort
+	cands  []*candidate
+	budget int // probes left of maxProbesPerPunch
 	seq    uint64
 	sent   map[uint64]sentProbe // outstanding requests by seq
 	window replayWindow
@@ -186,6 +178,9 @@ func New(cfg Config) (*Puncher, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Puncher{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, done: make(chan struct{}),
 		sessions: map[[8]byte]*session{}, nonces: map[string]time.Time{}}
+	if ua, ok := cfg.Transport.Conn.LocalAddr().(*net.UDPAddr); ok {
+		p.bound = ua.AddrPort().Addr().Unmap()
+	}
 	go p.readLoop()
 	return p, nil
 }
@@ -239,19 +234,30 @@ func (p *Puncher) Punch(ctx context.Context, in relay.Introduced) (*Path, error)
 	if err != nil {
 		return nil, err
 	}
-	s := &session{key: key, peer: in.Peer, sent: map[uint64]sentProbe{}, won: make(chan struct{})}
+	s := &session{key: key, peer: in.Peer, sent: map[uint64]sentProbe{}, won: make(chan struct{}), budget: maxProbesPerPunch}
 	if p.cfg.Self > in.Peer {
 		s.role = 1
 	}
+	var refused []string
 	for _, c := range in.Candidates {
 		ap, err := netip.ParseAddrPort(c)
-		if err != nil || ap.Port() == 0 || !ap.Addr().IsValid() || ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() {
+		if err != nil || ap.Port() == 0 {
 			continue
 		}
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		if !slices.Contains(s.cands, ap) && len(s.cands) < maxCandidates {
-			s.cands = append(s.cands, ap)
+		if why := refuseCandidate(ap.Addr(), p.bound); why != "" {
+			refused = append(refused, why+" "+ap.String())
+			continue
 		}
+		if s.candidate(ap) == nil && len(s.cands) < maxCandidates {
+			s.cands = append(s.cands, &candidate{addr: ap})
+		}
+	}
+	if len(refused) > 0 {
+		p.mu.Lock()
+		p.stats.CandidateRefused += uint64(len(refused))
+		p.noteRefusalLocked("candidate_scope", in.Peer+": "+strings.Join(refused, ", "))
+		p.mu.Unlock()
 	}
 	if err := p.register(in.Nonce, s, start); err != nil {
 		return nil, err
@@ -319,13 +325,49 @@ func (p *Puncher) unregister(s *session) {
 	p.mu.Unlock()
 }
 
-// probeAll sends one request to every candidate of s.
+// probeAll sends one request to every candidate of s that is due
+// (candidate.due), within the introduction's and the socket's budgets.
 func (p *Puncher) probeAll(s *session) {
+	now := time.Now()
+	var to []netip.AddrPort
 	p.mu.Lock()
-	cands := slices.Clone(s.cands)
+	for _, c := range s.cands {
+		if !c.due(now) {
+			continue
+		}
+		if s.budget <= 0 || !p.rate.take(now, maxProbesPerSecond) {
+			p.stats.OverBudget++
+			p.noteRefusalLocked("probe_budget", s.peer)
+			continue
+		}
+		s.budget--
+		c.probed(now, p.cfg.Interval)
+		to = append(to, c.addr)
+	}
 	p.mu.Unlock()
-	for _, c := range cands {
+	for _, c := range to {
 		p.probe(s, c)
+	}
+}
+
+// candidate returns s's candidate at a, or nil.
+func (s *session) candidate(a netip.AddrPort) *candidate {
+	for _, c := range s.cands {
+		if c.addr == a {
+			return c
+		}
+	}
+	return nil
+}
+
+// heardLocked notes a valid probe of the peer's from a: a candidate it
+// came from is probed every round again; a new address is a triggered
+// check (the peer's packets come from a NAT mapping made for us).
+func (s *session) heardLocked(a netip.AddrPort) {
+	if c := s.candidate(a); c != nil {
+		c.heard = true
+	} else if len(s.cands) < maxCandidates {
+		s.cands = append(s.cands, &candidate{addr: a, heard: true})
 	}
 }
 
@@ -416,11 +458,7 @@ func (p *Puncher) check(b []byte, from netip.AddrPort) []byte {
 		}
 		s.last = now
 		p.stats.Answered++
-		// A triggered check: the peer's packets come from an address it
-		// did not know (a NAT mapping made for us); probe it back.
-		if !slices.Contains(s.cands, from) && len(s.cands) < maxCandidates {
-			s.cands = append(s.cands, from)
-		}
+		s.heardLocked(from)
 		return s.key.Append(make([]byte, 0, ProbeSize), KindResponse, s.role, pr.Seq)
 	}
 	sent, ok := s.sent[pr.Seq]
@@ -432,77 +470,12 @@ func (p *Puncher) check(b []byte, from netip.AddrPort) []byte {
 	delete(s.sent, pr.Seq)
 	s.last = now
 	p.stats.Responses++
+	s.heardLocked(from)
 	select {
 	case <-s.won:
 	default:
 		s.winner, s.rtt = from, now.Sub(sent.at)
 		close(s.won)
 	}
-	return nil
-}
-
-// Path is a punched path: the peer answers probes at Addr from this
-// node's socket. Run the QUIC carrier to it: if Dials, dial
-// MeshAddr with a transport.QUICClient on the same Transport (checking
-// the peer's certificate names Peer); otherwise the peer dials this
-// node's transport.QUICServer. Close when the path is no longer used.
-type Path struct {
-	Peer  string
-	Addr  netip.AddrPort
-	RTT   time.Duration
-	Dials bool
-
-	p    *Puncher
-	s    *session
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
-}
-
-func (p *Puncher) newPath(s *session) *Path {
-	p.mu.Lock()
-	pa := &Path{Peer: s.peer, Addr: s.winner, RTT: s.rtt, Dials: s.role == 0, p: p, s: s,
-		stop: make(chan struct{}), done: make(chan struct{})}
-	p.mu.Unlock()
-	go pa.keepAlive()
-	return pa
-}
-
-// MeshAddr is Addr as the QUIC client's mesh address.
-func (pa *Path) MeshAddr() string { return pa.Addr.String() }
-
-// LastSeen is when the peer's last valid probe (request or answer)
-// arrived.
-func (pa *Path) LastSeen() time.Time {
-	pa.p.mu.Lock()
-	defer pa.p.mu.Unlock()
-	return pa.s.last
-}
-
-// keepAlive probes the peer every KeepAlive: the request refreshes this
-// side's NAT mapping and the answer the peer's.
-func (pa *Path) keepAlive() {
-	defer close(pa.done)
-	t := time.NewTicker(pa.p.cfg.KeepAlive)
-	defer t.Stop()
-	for {
-		select {
-		case <-pa.stop:
-			return
-		case <-pa.p.ctx.Done():
-			return
-		case <-t.C:
-			pa.p.probe(pa.s, pa.Addr)
-		}
-	}
-}
-
-// Close stops the keepalives and the answers to the peer's probes.
-func (pa *Path) Close() error {
-	pa.once.Do(func() {
-		close(pa.stop)
-		<-pa.done
-		pa.p.unregister(pa.s)
-	})
 	return nil
 }

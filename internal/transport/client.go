@@ -109,6 +109,10 @@ type Client struct {
 	// retiredSet holds the sessions in retired, for streamConn.Retired
 	// without mu (asked per pooled request).
 	retiredSet sync.Map
+	// retireSignal is closed (and replaced) at every Retire, to wake
+	// streamConn.AfterRetire's waiters; nil until one waits.
+	retireSignalMu sync.Mutex
+	retireSignal   chan struct{}
 }
 
 // peer is the session to one peer agent.

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -65,6 +66,7 @@ func (c *Client) retireSession(meshAddr string, only *yamux.Session) bool {
 	c.retiredSet.Store(sess, struct{}{})
 	c.wg.Add(1)
 	c.mu.Unlock()
+	c.signalRetire()
 	go func() {
 		defer c.wg.Done()
 		t := time.NewTicker(retireCheck)
@@ -135,4 +137,70 @@ func (c *Client) DropSession(meshAddr string) bool {
 func (c *Client) isRetired(sess *yamux.Session) bool {
 	_, ok := c.retiredSet.Load(sess)
 	return ok
+}
+
+// retireSignalChan returns the channel the next Retire closes.
+func (c *Client) retireSignalChan() <-chan struct{} {
+	c.retireSignalMu.Lock()
+	defer c.retireSignalMu.Unlock()
+	if c.retireSignal == nil {
+		c.retireSignal = make(chan struct{})
+	}
+	return c.retireSignal
+}
+
+// signalRetire wakes the AfterRetire waiters: a session was retired.
+func (c *Client) signalRetire() {
+	c.retireSignalMu.Lock()
+	if c.retireSignal != nil {
+		close(c.retireSignal)
+		c.retireSignal = nil
+	}
+	c.retireSignalMu.Unlock()
+}
+
+// AfterRetire arranges for f to run, once and in its own goroutine, when
+// the client retires the stream's session (see Retired), unless stop is
+// called first or the session closes. stop reports whether it stopped f
+// from running; call it when the stream is closed. A stream that is no
+// client's (server side) never runs f. HTTP/2 connections over a stream
+// use it to drain from a path the agent left.
+func (c *streamConn) AfterRetire(f func()) (stop func() bool) {
+	if c.client == nil {
+		return func() bool { return false }
+	}
+	done := make(chan struct{})
+	var state atomic.Int32 // 0 waiting, 1 f ran, 2 stopped
+	go c.awaitRetire(func() {
+		if state.CompareAndSwap(0, 1) {
+			f()
+		}
+	}, done)
+	return func() bool {
+		if state.CompareAndSwap(0, 2) {
+			close(done)
+			return true
+		}
+		return false
+	}
+}
+
+// awaitRetire runs fire once the stream's session is retired; it ends
+// without when done closes or the session closes.
+func (c *streamConn) awaitRetire(fire func(), done <-chan struct{}) {
+	sess := c.Stream.Session()
+	for {
+		signal := c.client.retireSignalChan() // before the check: no Retire is missed
+		if c.client.isRetired(sess) {
+			fire()
+			return
+		}
+		select {
+		case <-signal:
+		case <-done:
+			return
+		case <-sess.CloseChan():
+			return
+		}
+	}
 }
