@@ -89,6 +89,9 @@ type poolConn struct {
 	// although the endpoint may have sent one; the connection is checked
 	// for stray bytes before it is used again.
 	peekNext bool
+	// poison unblocks the connection's reads and writes for good (a
+	// cancelled request); made once, not a closure per request.
+	poison func()
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -140,7 +143,8 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 	if err != nil {
 		return nil, p.cfg.DialError(err)
 	}
-	pc := &poolConn{p: p, c: c, br: bufio.NewReaderSize(c, BufSize), bw: bufio.NewWriterSize(c, BufSize)}
+	pc := &poolConn{p: p, c: c, br: bufio.NewReaderSize(c, BufSize), bw: bufio.NewWriterSize(c, BufSize),
+		poison: func() { c.SetDeadline(aLongTimeAgo) }}
 	p.mu.Lock()
 	closed := p.closed
 	if !closed {
@@ -293,7 +297,7 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		// A cancelled request (its timeout, a dead upstream) ends the attempt: the deadline
 		// unblocks the read or write, and the connection is not reused.
-		stop = context.AfterFunc(ctx, func() { pc.c.SetDeadline(aLongTimeAgo) })
+		stop = context.AfterFunc(ctx, pc.poison)
 	}
 	resp, err := pc.exchange(req)
 	if err != nil {
