@@ -72,7 +72,9 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
 	cs := &h1ClientConn{
-		ctx:    withConnIdentity(connCtx, tc.clientID),
+		// Cancelled only by watch (a client gone mid-stream) and when the
+		// connection ends: the pools hook only streaming bodies to it.
+		ctx:    httpproxy.WithStreamCancel(withConnIdentity(connCtx, tc.clientID)),
 		remote: c.RemoteAddr().String(),
 		conn:   c,
 		br:     br,

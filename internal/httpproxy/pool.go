@@ -288,16 +288,41 @@ func isIdempotent(method string) bool {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
+// WithStreamCancel returns ctx marked as cancelled only while a response
+// body streams (the fast path's client connection, which its watch
+// cancels when the client goes away mid-stream), never while a request is
+// sent or its response header awaited. A pool then hooks a request with
+// exactly that context (not one derived from it: a timeout's) only for a
+// body not yet buffered whole, instead of every request.
+func WithStreamCancel(ctx context.Context) context.Context {
+	m := &streamCancelMark{}
+	m.ctx = context.WithValue(ctx, streamCancelKey{}, m)
+	return m.ctx
+}
+
+type streamCancelKey struct{}
+
+type streamCancelMark struct{ ctx context.Context }
+
+// cancelsOnlyStreams reports whether ctx is one of WithStreamCancel's.
+func cancelsOnlyStreams(ctx context.Context) bool {
+	m, _ := ctx.Value(streamCancelKey{}).(*streamCancelMark)
+	return m != nil && m.ctx == ctx
+}
+
 func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	var stop func() bool
+	lazy := false // hook the body only, if it streams (WithStreamCancel)
 	if ctx.Done() != nil {
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
 		}
 		// A cancelled request (its timeout, a dead upstream) ends the attempt: the deadline
 		// unblocks the read or write, and the connection is not reused.
-		stop = context.AfterFunc(ctx, pc.poison)
+		if lazy = cancelsOnlyStreams(ctx); !lazy {
+			stop = context.AfterFunc(ctx, pc.poison)
+		}
 	}
 	resp, err := pc.exchange(req)
 	if err != nil {
@@ -322,6 +347,9 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		b.finish(true)
 		return resp, nil
+	}
+	if lazy && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
+		b.stop = context.AfterFunc(ctx, pc.poison) // reads of the body may block: a client gone mid-stream ends them
 	}
 	resp.Body = b
 	return resp, nil

@@ -97,3 +97,22 @@ func TestPoolCancelWatchAllocs(t *testing.T) {
 	}
 	t.Logf("%.1f allocations per request, %.1f with a cancellable context", base, watched)
 }
+
+// TestPoolStreamCancelAllocs: a request with a WithStreamCancel context
+// whose small body came with its header costs the pool no hook at all.
+func TestPoolStreamCancelAllocs(t *testing.T) {
+	addr := startRawUpstream(t)
+	p := NewPool(PoolConfig{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}})
+	defer p.Close(true)
+	plain, _ := http.NewRequest("GET", "http://svc/x", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	marked := plain.WithContext(WithStreamCancel(ctx))
+	base := poolRoundTripAllocs(t, p, plain)
+	if got := poolRoundTripAllocs(t, p, marked); got-base > 0.5 {
+		t.Errorf("%.1f allocations per request with a WithStreamCancel context, %.1f without one; want no more", got, base)
+	}
+}
