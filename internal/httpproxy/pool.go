@@ -288,28 +288,6 @@ func isIdempotent(method string) bool {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
-// WithStreamCancel returns ctx marked as cancelled only while a response
-// body streams (the fast path's client connection, which its watch
-// cancels when the client goes away mid-stream), never while a request is
-// sent or its response header awaited. A pool then hooks a request with
-// exactly that context (not one derived from it: a timeout's) only for a
-// body not yet buffered whole, instead of every request.
-func WithStreamCancel(ctx context.Context) context.Context {
-	m := &streamCancelMark{}
-	m.ctx = context.WithValue(ctx, streamCancelKey{}, m)
-	return m.ctx
-}
-
-type streamCancelKey struct{}
-
-type streamCancelMark struct{ ctx context.Context }
-
-// cancelsOnlyStreams reports whether ctx is one of WithStreamCancel's.
-func cancelsOnlyStreams(ctx context.Context) bool {
-	m, _ := ctx.Value(streamCancelKey{}).(*streamCancelMark)
-	return m != nil && m.ctx == ctx
-}
-
 func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	var stop func() bool
@@ -474,59 +452,5 @@ func copyBody(w io.Writer, r io.Reader, buf []byte) (int64, error) {
 		if err != nil {
 			return n, err
 		}
-	}
-}
-
-// respBody returns its connection to the pool once read to the end; closed
-// early, the connection is closed.
-type respBody struct {
-	pc    *poolConn
-	body  io.ReadCloser
-	stop  func() bool
-	close bool // the response said Connection: close
-	done  bool
-}
-
-func (b *respBody) Read(p []byte) (int, error) {
-	if b.done {
-		return 0, io.EOF
-	}
-	n, err := b.body.Read(p)
-	if err == io.EOF {
-		b.finish(true)
-	} else if err != nil {
-		b.finish(false)
-	}
-	return n, err
-}
-
-func (b *respBody) Close() error {
-	b.finish(false)
-	return nil
-}
-
-func (b *respBody) BufferedUpstream() int {
-	if b.done {
-		return 0
-	}
-	return b.pc.br.Buffered()
-}
-
-func (b *respBody) finish(eof bool) {
-	if b.done {
-		return
-	}
-	b.done = true
-	// Reused only if the response was framed exactly: read to its end and
-	// nothing after it (a body on a HEAD response, bytes beyond its
-	// length) would be read as the next client's response.
-	reuse := eof && !b.close && b.pc.br.Buffered() == 0 && (b.pc.p.cfg.MaxUses <= 0 || b.pc.uses < b.pc.p.cfg.MaxUses)
-	if b.stop != nil && !b.stop() {
-		reuse = false // the context fired: the deadline poisoned the connection
-	}
-	if reuse {
-		b.pc.p.put(b.pc)
-	} else {
-		b.pc.close()
 	}
 }
