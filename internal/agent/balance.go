@@ -175,10 +175,16 @@ func (a *Agent) pickSubset(sv *serviceView, port, subset string, labels map[stri
 			evs = append(evs, ev)
 		}
 	}
-	usable := func(e balance.Endpoint) bool {
-		ev := e.(*epView).ev
-		return ev.healthy && !a.isEjected(sv, ev.key) && (ev.local || !a.isGossipDead(ev.ep.Spec.Node))
+	if len(evs) == 1 {
+		// One candidate: balance.Pick would only drop it if unusable (a
+		// tier of one is at its full share when usable, and no balancer
+		// orders one endpoint), so skip its wrappers and allocations.
+		if !a.usableEndpoint(sv, evs[0]) {
+			return evs[:0]
+		}
+		return evs
 	}
+	usable := func(e balance.Endpoint) bool { return a.usableEndpoint(sv, e.(*epView).ev) }
 	p := balance.Policy{Balancer: a.balancers.Get(sv.svc.Spec.Balancer), MinHealthyShare: sv.svc.Spec.MinHealthyShare}
 	// The balancer's state (round robin's counter) is per destination
 	// (limitKey: the service, or its subset or port with a pool of its
@@ -190,6 +196,12 @@ func (a *Agent) pickSubset(sv *serviceView, port, subset string, labels map[stri
 	b := adaptBufs.Get().(*adaptBuf)
 	defer b.release()
 	return unadapt(balance.Pick(p, set, a.adaptInto(b, sv, evs), usable), evs)
+}
+
+// usableEndpoint reports whether ev may take the request: healthy, not
+// ejected by sv's outlier detection, and its node not dead (gossip).
+func (a *Agent) usableEndpoint(sv *serviceView, ev *endpointView) bool {
+	return ev.healthy && !a.isEjected(sv, ev.key) && (ev.local || !a.isGossipDead(ev.ep.Spec.Node))
 }
 
 func hasLabels(ev *endpointView, labels map[string]string) bool {

@@ -72,7 +72,9 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
 	cs := &h1ClientConn{
-		ctx:    withConnIdentity(connCtx, tc.clientID),
+		// Cancelled only by watch (a client gone mid-stream) and when the
+		// connection ends: the pools hook only streaming bodies to it.
+		ctx:    httpproxy.WithStreamCancel(withConnIdentity(connCtx, tc.clientID)),
 		remote: c.RemoteAddr().String(),
 		conn:   c,
 		br:     br,
@@ -80,6 +82,9 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
+	}
+	if id := tc.clientID; id != "" {
+		cs.srcID = []string{id}
 	}
 	lastPost := false
 	for {
@@ -157,9 +162,13 @@ type h1ClientConn struct {
 	ctx    context.Context // carries the listenTarget for lbTransport and the client's identity; cancelled by gone
 	remote string          // client address, for hashing and sessions
 	xff    []string        // X-Forwarded-For: the client's IP (read-only)
-	conn   net.Conn
-	br     *bufio.Reader
-	gone   context.CancelFunc
+	srcID  []string        // the identity header's value: the client's workload identity (read-only; nil: none)
+	// xfh is the last request's X-Forwarded-Host value (read-only), kept
+	// for the next request with the same Host: most clients send one.
+	xfh  []string
+	conn net.Conn
+	br   *bufio.Reader
+	gone context.CancelFunc
 }
 
 // watch notices the client closing its connection while a response
@@ -204,8 +213,16 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	h := in.Header
 	httpproxy.ScrubRequestHeader(h, h["Connection"])
 	httpproxy.ScrubTrailer(in.Trailer) // declared (a mirror clones them); the pool sends none
-	httpproxy.SetXForwarded(h, cs.xff, in.Host)
-	p.s.a.setSourceIdentity(cs.ctx, in)
+	if len(cs.xfh) != 1 || cs.xfh[0] != in.Host {
+		cs.xfh = []string{in.Host}
+	}
+	httpproxy.SetXForwardedValues(h, cs.xff, cs.xfh)
+	// The source identity, as setSourceIdentity sets it (no value slice
+	// made per request).
+	delete(h, SourceIDHeader)
+	if cs.srcID != nil {
+		h[SourceIDHeader] = cs.srcID
+	}
 	in.Close = false
 	// A client request from here on, as ReverseProxy makes it (mirrors go
 	// through http.Transport, which insists on these).

@@ -121,7 +121,11 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			attemptCtx = ctx
 		}
 		rt := lt.upstream(sv, ev, t)
-		resp, err := a.egressRoundTrip(rt, sv, ev, req.WithContext(attemptCtx))
+		attempt := req
+		if attemptCtx != req.Context() { // a copy only for a context of the attempt's own
+			attempt = req.WithContext(attemptCtx)
+		}
+		resp, err := a.egressRoundTrip(rt, sv, ev, attempt)
 		active.Add(-1)
 		if err != nil {
 			release()

@@ -77,6 +77,9 @@ func (sv *serviceView) outlierKey() string {
 	if sv.destKey != "" {
 		return sv.destKey
 	}
+	if sv.limitKey != "" {
+		return sv.limitKey // "ns/name" for the service's own view (buildView): no string built per request
+	}
 	return sv.svc.Meta.Key()
 }
 

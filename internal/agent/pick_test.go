@@ -118,3 +118,27 @@ func TestDistanceFromMeasuredRTT(t *testing.T) {
 	}
 	t.Logf("RTT to srv's agent %v: distance %.3f (×100 km)", rtt, c.distance(ev))
 }
+
+// TestPickOneEndpoint: a destination with one endpoint (pickSubset skips
+// the balancer for it) gets that endpoint while it is usable, and none
+// once it is unhealthy or its node is dead, as balance.Pick decides.
+func TestPickOneEndpoint(t *testing.T) {
+	a, sv := testView(t, "round-robin")
+	sv.endpoints = sv.endpoints[:1]
+	ev := sv.endpoints[0]
+	if got := a.pick(sv, "p"); len(got) != 1 || got[0] != ev {
+		t.Fatalf("usable: %v, want [%s]", got, ev.key)
+	}
+	if got := a.pick(sv, "other"); len(got) != 0 {
+		t.Errorf("a port it does not serve: %v", got)
+	}
+	a.gossipDead.Store(ev.ep.Spec.Node, true)
+	if got := a.pick(sv, "p"); len(got) != 0 {
+		t.Errorf("node dead: %v, want none", got)
+	}
+	a.gossipDead.Delete(ev.ep.Spec.Node)
+	ev.healthy = false
+	if got := a.pick(sv, "p"); len(got) != 0 {
+		t.Errorf("unhealthy: %v, want none", got)
+	}
+}

@@ -153,10 +153,17 @@ func RemoveHopByHop(h http.Header) {
 // forwards for a client (as ReverseProxy's SetXForwarded): clientIP (nil
 // if unknown) and the Host the client asked for.
 func SetXForwarded(h http.Header, clientIP []string, host string) {
+	SetXForwardedValues(h, clientIP, []string{host})
+}
+
+// SetXForwardedValues is SetXForwarded with the host as the header's value
+// slice, which the caller may share between requests (the fast path keeps
+// one per client connection): neither slice is modified.
+func SetXForwardedValues(h http.Header, clientIP, host []string) {
 	if clientIP != nil {
 		h["X-Forwarded-For"] = clientIP
 	}
-	h["X-Forwarded-Host"] = []string{host}
+	h["X-Forwarded-Host"] = host
 	h["X-Forwarded-Proto"] = xfProto
 }
 

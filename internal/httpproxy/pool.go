@@ -89,6 +89,9 @@ type poolConn struct {
 	// although the endpoint may have sent one; the connection is checked
 	// for stray bytes before it is used again.
 	peekNext bool
+	// poison unblocks the connection's reads and writes for good (a
+	// cancelled request); made once, not a closure per request.
+	poison func()
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -140,7 +143,8 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 	if err != nil {
 		return nil, p.cfg.DialError(err)
 	}
-	pc := &poolConn{p: p, c: c, br: bufio.NewReaderSize(c, BufSize), bw: bufio.NewWriterSize(c, BufSize)}
+	pc := &poolConn{p: p, c: c, br: bufio.NewReaderSize(c, BufSize), bw: bufio.NewWriterSize(c, BufSize),
+		poison: func() { c.SetDeadline(aLongTimeAgo) }}
 	p.mu.Lock()
 	closed := p.closed
 	if !closed {
@@ -287,13 +291,16 @@ var aLongTimeAgo = time.Unix(1, 0)
 func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	var stop func() bool
+	lazy := false // hook the body only, if it streams (WithStreamCancel)
 	if ctx.Done() != nil {
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
 		}
 		// A cancelled request (its timeout, a dead upstream) ends the attempt: the deadline
 		// unblocks the read or write, and the connection is not reused.
-		stop = context.AfterFunc(ctx, func() { pc.c.SetDeadline(aLongTimeAgo) })
+		if lazy = cancelsOnlyStreams(ctx); !lazy {
+			stop = context.AfterFunc(ctx, pc.poison)
+		}
 	}
 	resp, err := pc.exchange(req)
 	if err != nil {
@@ -318,6 +325,9 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		b.finish(true)
 		return resp, nil
+	}
+	if lazy && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
+		b.stop = context.AfterFunc(ctx, pc.poison) // reads of the body may block: a client gone mid-stream ends them
 	}
 	resp.Body = b
 	return resp, nil
@@ -442,59 +452,5 @@ func copyBody(w io.Writer, r io.Reader, buf []byte) (int64, error) {
 		if err != nil {
 			return n, err
 		}
-	}
-}
-
-// respBody returns its connection to the pool once read to the end; closed
-// early, the connection is closed.
-type respBody struct {
-	pc    *poolConn
-	body  io.ReadCloser
-	stop  func() bool
-	close bool // the response said Connection: close
-	done  bool
-}
-
-func (b *respBody) Read(p []byte) (int, error) {
-	if b.done {
-		return 0, io.EOF
-	}
-	n, err := b.body.Read(p)
-	if err == io.EOF {
-		b.finish(true)
-	} else if err != nil {
-		b.finish(false)
-	}
-	return n, err
-}
-
-func (b *respBody) Close() error {
-	b.finish(false)
-	return nil
-}
-
-func (b *respBody) BufferedUpstream() int {
-	if b.done {
-		return 0
-	}
-	return b.pc.br.Buffered()
-}
-
-func (b *respBody) finish(eof bool) {
-	if b.done {
-		return
-	}
-	b.done = true
-	// Reused only if the response was framed exactly: read to its end and
-	// nothing after it (a body on a HEAD response, bytes beyond its
-	// length) would be read as the next client's response.
-	reuse := eof && !b.close && b.pc.br.Buffered() == 0 && (b.pc.p.cfg.MaxUses <= 0 || b.pc.uses < b.pc.p.cfg.MaxUses)
-	if b.stop != nil && !b.stop() {
-		reuse = false // the context fired: the deadline poisoned the connection
-	}
-	if reuse {
-		b.pc.p.put(b.pc)
-	} else {
-		b.pc.close()
 	}
 }

@@ -345,3 +345,70 @@ func TestPoolLeavesRetiredConnections(t *testing.T) {
 	}
 	waitFor(t, "the retired connection closed", func() bool { return u.open.Load() == 1 })
 }
+
+// TestPoolStreamCancel: with a WithStreamCancel context the pool still
+// ends a body that streams when the context is cancelled (a client gone
+// mid-stream), and a context derived from it (a timeout's) still ends a
+// request whose response header does not come.
+func TestPoolStreamCancel(t *testing.T) {
+	release := make(chan struct{})
+	reached := make(chan struct{}, 2)
+	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+		switch req.URL.Path {
+		case "/stream": // a header and a first chunk, then silence
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
+		case "/silent": // no header at all
+		}
+		reached <- struct{}{}
+		<-release
+		return false
+	})
+	defer close(release)
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+
+	conn, cancelConn := context.WithCancel(context.Background())
+	defer cancelConn()
+	req, _ := http.NewRequestWithContext(WithStreamCancel(conn), "GET", "http://svc/stream", nil)
+	resp, err := p.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("first chunk %q, %v", buf, err)
+	}
+	<-reached
+	read := make(chan error, 1)
+	go func() { _, err := resp.Body.Read(buf); read <- err }()
+	cancelConn()
+	select {
+	case err := <-read:
+		if err == nil {
+			t.Fatal("the body read returned no error after the cancel")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the body read still blocks 10 s after the context was cancelled")
+	}
+	resp.Body.Close()
+
+	conn2, cancelConn2 := context.WithCancel(context.Background())
+	defer cancelConn2()
+	cause := errors.New("request timeout")
+	timeout, cancelTimeout := context.WithCancelCause(WithStreamCancel(conn2))
+	req, _ = http.NewRequestWithContext(timeout, "GET", "http://svc/silent", nil)
+	go func() {
+		<-reached // the upstream has the request: the pool waits for its header
+		cancelTimeout(cause)
+	}()
+	done := make(chan error, 1)
+	go func() { _, err := p.RoundTrip(req); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, cause) {
+			t.Fatalf("request with a derived context cancelled: %v; want its cause", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request still waits for its header 10 s after its derived context was cancelled")
+	}
+}

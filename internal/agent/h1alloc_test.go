@@ -1,0 +1,124 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"testing"
+)
+
+// h1FastAllocBudget is what one keep-alive GET through the fast path may
+// allocate, counted over the whole process (agent, and the test's own
+// client and backend, which allocate nothing per request): net/http's
+// request and response parse (about 16), the request's context and
+// body wrappers. It was 29 before issue 14's cuts (the per-connection
+// header values, the cancel hook made once, the copy-buffer pool without
+// a header per Put, the attempt without a request copy, the pick of a
+// single endpoint without the balancer, no cancel hook for a body that
+// came whole with its header).
+const h1FastAllocBudget = 20.5
+
+// TestH1FastPathAllocs: the allocations per request of the HTTP/1.1 fast
+// path stay within h1FastAllocBudget (the CPU per request follows them:
+// BENCHMARKS.md, issue 14).
+func TestH1FastPathAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items at random under -race")
+	}
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc("alloc", 19206, "http"))
+	port := startRawBackend(t)
+	startAgent(t, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: 206, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload("alloc", "alloc-1", port)}})
+	addr := "127.206.0.1:19206"
+	waitFor(t, "listener", func() bool {
+		resp, err := http.Get("http://" + addr + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var buf [4096]byte
+	exchange := func(req []byte) {
+		if _, err := c.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for !bytes.HasSuffix(buf[:n], []byte("\r\n\r\nok")) { // the backend's body
+			m, err := c.Read(buf[n:])
+			if err != nil {
+				t.Fatalf("read: %v (after %q)", err, buf[:n])
+			}
+			n += m
+			if n == len(buf) {
+				t.Fatalf("response too long: %q", buf[:n])
+			}
+		}
+		if !bytes.HasPrefix(buf[:n], []byte("HTTP/1.1 200 ")) {
+			t.Fatalf("response %q", buf[:n])
+		}
+	}
+	req := []byte("GET / HTTP/1.1\r\nHost: alloc.demo\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n")
+	for range 20 { // warm: pools, metric series, the upstream connection
+		exchange(req)
+	}
+	if n := testing.AllocsPerRun(300, func() { exchange(req) }); n > h1FastAllocBudget {
+		t.Errorf("%.1f allocations per request through the fast path; budget %.1f", n, h1FastAllocBudget)
+	} else {
+		t.Logf("%.1f allocations per request (budget %.1f)", n, h1FastAllocBudget)
+	}
+}
+
+// TestH1ForwardedHostPerRequest: the fast path keeps X-Forwarded-Host's
+// value per client connection; each request still carries its own Host
+// there when the Host changes between requests on one connection, and the
+// identity header is the agent's on every one of them, never the client's.
+func TestH1ForwardedHostPerRequest(t *testing.T) {
+	be := startCaptureBackend(t, nil)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc("xfh", 19207, "http"))
+	startAgent(t, agentOpts{name: "x", site: "s1", region: "r1", vipOctet: 206, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload("xfh", "xfh-1", be.port())}})
+	addr := "127.206.0.1:19207"
+	waitFor(t, "listener", func() bool {
+		resp, err := http.Get("http://" + addr + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	be.take()
+	spoof := SourceIDHeader + ": spiffe://evil\r\n"
+	out := exchangeH1(t, addr, "GET /1 HTTP/1.1\r\nHost: one.example\r\n"+spoof+"\r\n"+
+		"GET /2 HTTP/1.1\r\nHost: two.example\r\n"+spoof+"\r\n"+
+		"GET /3 HTTP/1.1\r\nHost: two.example\r\n\r\n"+
+		"GET /4 HTTP/1.1\r\nHost: one.example\r\nConnection: close\r\n"+spoof+"\r\n", false)
+	if n := bytes.Count([]byte(out), []byte("HTTP/1.1 200 ")); n != 4 {
+		t.Fatalf("%d responses of 200, want 4: %q", n, out)
+	}
+	_, reqs := be.take()
+	want := []string{"one.example", "two.example", "two.example", "one.example"}
+	if len(reqs) != len(want) {
+		t.Fatalf("the endpoint got %d requests, want %d", len(reqs), len(want))
+	}
+	for i, r := range reqs {
+		if got := r.header["X-Forwarded-Host"]; len(got) != 1 || got[0] != want[i] {
+			t.Errorf("request %s (Host %s): X-Forwarded-Host %q, want %q", r.target, r.host, got, want[i])
+		}
+		// The agent's own word on the client (here the test process, which
+		// also owns the workload's socket) replaces the client's.
+		if got := r.header.Values(SourceIDHeader); len(got) > 1 || len(got) == 1 && got[0] == "spiffe://evil" {
+			t.Errorf("request %s: identity header %q", r.target, got)
+		} else if i > 0 && fmt.Sprint(got) != fmt.Sprint(reqs[0].header.Values(SourceIDHeader)) {
+			t.Errorf("request %s: identity header %q, request 1's %q", r.target, got, reqs[0].header.Values(SourceIDHeader))
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package httpproxy
+
+import "io"
+
+// respBody returns its connection to the pool once read to the end; closed
+// early, the connection is closed.
+type respBody struct {
+	pc    *poolConn
+	body  io.ReadCloser
+	stop  func() bool
+	close bool // the response said Connection: close
+	done  bool
+}
+
+func (b *respBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.body.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	} else if err != nil {
+		b.finish(false)
+	}
+	return n, err
+}
+
+func (b *respBody) Close() error {
+	b.finish(false)
+	return nil
+}
+
+func (b *respBody) BufferedUpstream() int {
+	if b.done {
+		return 0
+	}
+	return b.pc.br.Buffered()
+}
+
+func (b *respBody) finish(eof bool) {
+	if b.done {
+		return
+	}
+	b.done = true
+	// Reused only if the response was framed exactly: read to its end and
+	// nothing after it (a body on a HEAD response, bytes beyond its
+	// length) would be read as the next client's response.
+	reuse := eof && !b.close && b.pc.br.Buffered() == 0 && (b.pc.p.cfg.MaxUses <= 0 || b.pc.uses < b.pc.p.cfg.MaxUses)
+	if b.stop != nil && !b.stop() {
+		reuse = false // the context fired: the deadline poisoned the connection
+	}
+	if reuse {
+		b.pc.p.put(b.pc)
+	} else {
+		b.pc.close()
+	}
+}
