@@ -39,6 +39,7 @@ type childPlane struct {
 	hb       time.Duration
 	insecure bool
 	extra    []string // more flags (-control-flags)
+	memLimit string   // GOMEMLIMIT for the child (-control-memlimit)
 	cmd      *exec.Cmd
 	done     chan error
 	n        int
@@ -62,6 +63,9 @@ func (p *childPlane) start(ctx context.Context) (string, string, error) {
 	}
 	p.cmd = exec.Command(p.bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if p.memLimit != "" {
+		p.cmd.Env = append(os.Environ(), "GOMEMLIMIT="+p.memLimit)
+	}
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
 		return "", "", fmt.Errorf("start %s: %w", p.bin, err)

@@ -23,18 +23,19 @@ import (
 
 // config is one run of the load.
 type config struct {
-	N, M, Services int
-	Rate           float64       // endpoint changes per second
-	Duration       time.Duration // of the steady phase
-	Jitter         time.Duration // reconnect backoff base (full jitter)
-	Heartbeat      time.Duration
-	Insecure       bool
-	Bin            string   // fogmesh binary; "" runs the control plane in this process
-	ControlFlags   []string // more flags for the child control plane (-control-flags)
-	Dir            string   // work dir (state dir under it)
-	Restart        bool
-	Verify         bool
-	Dialers        int // first connections in flight at once
+	N, M, Services  int
+	Rate            float64       // endpoint changes per second
+	Duration        time.Duration // of the steady phase
+	Jitter          time.Duration // reconnect backoff base (full jitter)
+	Heartbeat       time.Duration
+	Insecure        bool
+	Bin             string   // fogmesh binary; "" runs the control plane in this process
+	ControlFlags    []string // more flags for the child control plane (-control-flags)
+	ControlMemLimit string   // GOMEMLIMIT of the child control plane (-control-memlimit; "": unset)
+	Dir             string   // work dir (state dir under it)
+	Restart         bool
+	Verify          bool
+	Dialers         int // first connections in flight at once
 	// Scope, when > 0, is how many services each agent subscribes to
 	// (wire.Scope.Services): agent i takes services i·Scope … i·Scope+Scope-1
 	// (mod Services), so each service is in the scope of about
@@ -164,7 +165,7 @@ func runLoad(ctx context.Context, cfg config) (res result, err error) {
 		epRev: make([]uint64, cfg.M), epPort: make([]int, cfg.M)}
 	res = result{N: cfg.N, M: cfg.M, Services: cfg.Services, Secure: !cfg.Insecure, Scope: cfg.Scope}
 	if cfg.Bin != "" {
-		r.p = &childPlane{bin: cfg.Bin, dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure, extra: cfg.ControlFlags}
+		r.p = &childPlane{bin: cfg.Bin, dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure, extra: cfg.ControlFlags, memLimit: cfg.ControlMemLimit}
 	} else {
 		r.p = &inProcPlane{dir: cfg.Dir, hb: cfg.Heartbeat, insecure: cfg.Insecure}
 	}

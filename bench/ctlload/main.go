@@ -33,6 +33,7 @@ func main() {
 		jsonOut = flag.String("json", "", "append the result as one JSON line to this file")
 		cpuprof = flag.String("cpuprofile", "", "write this process's CPU profile here (with -inprocess it includes the control plane)")
 		inproc  = flag.Bool("inprocess", false, "run the control plane in this process (its CPU and RSS are then not measured)")
+		ctlMem  = flag.String("control-memlimit", "", "GOMEMLIMIT for the child control plane only (e.g. 900MiB; the load tool itself is not limited)")
 		ctlArgs = flag.String("control-flags", "", "more flags for the control plane, space separated (e.g. -debug-contention)")
 	)
 	flag.IntVar(&cfg.N, "n", 100, "simulated agents")
@@ -52,6 +53,7 @@ func main() {
 	flag.Int64Var(&cfg.MaxRSS, "max-rss", 4<<30, "abort when the control plane or this process exceeds this many bytes of RSS")
 	flag.Parse()
 	cfg.ControlFlags = strings.Fields(*ctlArgs)
+	cfg.ControlMemLimit = *ctlMem
 	if cfg.M == 0 {
 		cfg.M = min(5*cfg.N, 50000)
 	}
