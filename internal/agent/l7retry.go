@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 	"github.com/fogmesh/fogmesh/internal/retry"
 )
@@ -122,6 +123,10 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		rt := lt.upstream(sv, ev, t)
 		resp, err := a.egressRoundTrip(rt, sv, ev, req.WithContext(attemptCtx))
+		var rawBody io.ReadCloser // the endpoint's response body, before the wrappers below
+		if err == nil {
+			rawBody = resp.Body
+		}
 		active.Add(-1)
 		if err != nil {
 			release()
@@ -177,6 +182,9 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				o.GRPCStatus = resp.Header.Get("Grpc-Status") // a trailers-only response
 			}
 			if resp.StatusCode == http.StatusSwitchingProtocols || !lt.mayRetry(t, pol, req.Method, replayable(), o, retries) {
+				if len(sv.svc.Spec.Egress) == 0 { // egress masking may hold bytes back: flush as it writes
+					setFlushHint(req, rawBody)
+				}
 				return resp, nil
 			}
 			if kept := keepResponse(resp, keepResponseWait(perTry)); kept != nil {
@@ -189,7 +197,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			}
 			continue
 		}
-		if errors.Is(err, httpproxy.ErrPoolClosed) && req.Context().Err() == nil {
+		if (errors.Is(err, httpproxy.ErrPoolClosed) || errors.Is(err, h2up.ErrPoolClosed)) && req.Context().Err() == nil {
 			// The pool was closed under the attempt (a view swap pruned
 			// it, or the agent is stopping): nothing was sent and the
 			// endpoint is not to blame. No outlier detection; a free
@@ -347,7 +355,8 @@ func upstreamFailure(err error) bool {
 		return false // http.Transport reports a body read error as its own write's
 	}
 	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+	var se *h2up.StreamError // a stream reset by the endpoint (h2c, gRPC)
+	return errors.As(err, &ne) || errors.As(err, &se) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errNodeDead)
 }
 
