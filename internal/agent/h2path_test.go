@@ -13,7 +13,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/testenv/grpcsvc"
 )
 
-// The HTTP/2 path through one agent (h2up upstream, coalesced flushes),
+// The HTTP/2 path through one agent (h2up upstream, buffered reads),
 // with real clients: grpc-go and h2load.
 
 // waitVIP waits until the agent listens on addr.
@@ -32,9 +32,9 @@ func waitVIP(t *testing.T, addr string) {
 // TestGRPCThroughOneAgent: grpc-go through one agent (a port declared
 // grpc) to a node-local endpoint: unary with headers and trailers, an
 // error status, messages past every flow-control window, client, server
-// and bidirectional streaming (ping-pong: the agent must flush each
-// message though it skips flushes while more is ready upstream), and a
-// cancelled stream reaching the server (grpcsvc.Exercise).
+// and bidirectional streaming (ping-pong: a message the agent held back
+// would stall it), and a cancelled stream reaching the server
+// (grpcsvc.Exercise).
 func TestGRPCThroughOneAgent(t *testing.T) {
 	s := grpcsvc.Start(t)
 	_, port, _ := net.SplitHostPort(s.Addr)

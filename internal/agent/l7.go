@@ -188,9 +188,6 @@ func newL7(a *Agent) *l7 {
 						w = httpproxy.NewSendTimedWriter(w, d)
 					}
 				}
-				hint := &flushHint{}
-				r = r.WithContext(withFlushHint(r.Context(), hint))
-				w = &coalescingWriter{ResponseWriter: w, hint: hint}
 			}
 			norm.ServeHTTP(w, r)
 		}),

@@ -123,10 +123,6 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		rt := lt.upstream(sv, ev, t)
 		resp, err := a.egressRoundTrip(rt, sv, ev, req.WithContext(attemptCtx))
-		var rawBody io.ReadCloser // the endpoint's response body, before the wrappers below
-		if err == nil {
-			rawBody = resp.Body
-		}
 		active.Add(-1)
 		if err != nil {
 			release()
@@ -182,9 +178,6 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				o.GRPCStatus = resp.Header.Get("Grpc-Status") // a trailers-only response
 			}
 			if resp.StatusCode == http.StatusSwitchingProtocols || !lt.mayRetry(t, pol, req.Method, replayable(), o, retries) {
-				if len(sv.svc.Spec.Egress) == 0 { // egress masking may hold bytes back: flush as it writes
-					setFlushHint(req, rawBody)
-				}
 				return resp, nil
 			}
 			if kept := keepResponse(resp, keepResponseWait(perTry)); kept != nil {
