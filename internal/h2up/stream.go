@@ -434,15 +434,6 @@ func (b *body) Read(p []byte) (int, error) {
 	return 0, io.EOF
 }
 
-// Ready reports whether a Read would return at once (bytes buffered, or
-// the end): a proxy copying the body need not flush before it.
-func (b *body) Ready() bool {
-	s := b.s
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Len() > 0 || s.eof || s.err != nil
-}
-
 // Close ends the stream: if the response has not ended, RST_STREAM(CANCEL).
 func (b *body) Close() error {
 	s := b.s
