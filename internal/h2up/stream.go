@@ -270,15 +270,18 @@ func (s *stream) reset(code http2.ErrCode, err error, send bool) {
 	}
 }
 
-// fail makes the response or the body's reads fail with err (unless the
-// body already ended) and returns unread bytes to the connection.
+// fail makes the response or the body's reads fail with err and returns
+// unread bytes to the connection; a body that had ended stays readable (a
+// server may reset a stream with NO_ERROR after a complete response, to
+// stop the request body, RFC 9113 §8.1).
 func (s *stream) fail(err error) {
 	s.mu.Lock()
+	left := 0
 	if !s.eof && s.err == nil {
 		s.err = err
+		left = s.buf.Len()
+		s.buf.Reset()
 	}
-	left := s.buf.Len()
-	s.buf.Reset()
 	s.cond.Broadcast()
 	if !s.respDone {
 		s.respDone, s.respErr = true, err

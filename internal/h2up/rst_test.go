@@ -1,0 +1,115 @@
+package h2up_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/fogmesh/fogmesh/internal/h2up"
+)
+
+// TestResetNoErrorAfterResponseKeepsBody: a server may answer in full
+// and then reset the stream with NO_ERROR to stop the request body (RFC
+// 9113 §8.1; grpc-go does, when a client has not half-closed by the time
+// its handler is done). The response body must stay readable: it was
+// dropped, and a gRPC client got a response without its message (io.EOF).
+// The server here sends the response, the RST_STREAM and then a PING; the
+// body is read once the PING was answered, so after the reset was taken.
+func TestResetNoErrorAfterResponseKeepsBody(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acked := make(chan error, 1)
+	go func() { acked <- serveResetAfterResponse(ln) }()
+	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", ln.Addr().String())
+	}})
+	defer pool.Close()
+	pr, pw := io.Pipe() // a request body still open
+	defer pw.Close()
+	req, _ := http.NewRequest("POST", "http://x/echo", pr)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	select {
+	case err := <-acked:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server's PING was not answered")
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || string(b) != "hello" || resp.Trailer.Get("X-Done") != "yes" {
+		t.Fatalf("body %q, err %v, trailer %v", b, err, resp.Trailer)
+	}
+}
+
+// serveResetAfterResponse answers the first request with "hello" and a
+// trailer, resets the stream with NO_ERROR, pings, and returns once the
+// PING is acknowledged.
+func serveResetAfterResponse(ln net.Listener) error {
+	c, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		return err
+	}
+	fr := http2.NewFramer(c, br)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		return err
+	}
+	var hbuf []byte
+	enc := func(fields ...string) []byte {
+		var b bytesBuffer
+		e := hpack.NewEncoder(&b)
+		for i := 0; i < len(fields); i += 2 {
+			e.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		return b
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return err
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			id := f.StreamID
+			hbuf = enc(":status", "200", "content-type", "text/plain")
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hbuf, EndHeaders: true})
+			fr.WriteData(id, false, []byte("hello"))
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: enc("x-done", "yes"), EndHeaders: true, EndStream: true})
+			fr.WriteRSTStream(id, http2.ErrCodeNo)
+			fr.WritePing(false, [8]byte{1})
+		case *http2.PingFrame:
+			if f.IsAck() {
+				return nil
+			}
+		}
+	}
+}
+
+type bytesBuffer []byte
+
+func (b *bytesBuffer) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
