@@ -1,13 +1,20 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"os/exec"
 	"regexp"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/testenv/grpcsvc"
@@ -83,5 +90,61 @@ func TestH2LoadThroughOneAgent(t *testing.T) {
 	if !regexp.MustCompile(`requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored`).Match(out) ||
 		!regexp.MustCompile(`status codes: 2000 2xx`).Match(out) {
 		t.Fatalf("h2load through the agent:\n%s", out)
+	}
+}
+
+// countingListener counts the connections it accepts.
+type countingListener struct {
+	net.Listener
+	n atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+// TestGRPCMaxRequestsPerConnection: on a grpc port, maxRequestsPerConnection
+// caps the streams one upstream connection carries (net/http's transport
+// honoured only 1): 6 calls at 2 per connection open 3 connections.
+func TestGRPCMaxRequestsPerConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countingListener{Listener: ln}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go gs.Serve(cl)
+	t.Cleanup(gs.Stop)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"gmax","namespace":"demo"},
+	"spec":{"ports":[{"name":"web","port":19404,"protocol":"grpc"}],"circuitBreaker":{"maxRequestsPerConnection":2}}}`)
+	w := webWorkload("gmax", "gmax-1", ln.Addr().(*net.TCPAddr).Port)
+	w.Check = Check{Type: "none"} // no health check dials to count
+	a := startAgent(t, agentOpts{name: "g2", site: "s1", region: "r1", vipOctet: 207, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{w}})
+	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/gmax")) == 1 })
+	waitVIP(t, "127.207.0.1:19404")
+	conn, err := grpc.NewClient("127.207.0.1:19404", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	before := cl.n.Load()
+	for range 6 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := cl.n.Load() - before; n != 3 {
+		t.Fatalf("%d upstream connections for 6 calls at 2 per connection, want 3", n)
 	}
 }
