@@ -11,7 +11,8 @@
 # machine the rates swing with the other work, the CPU per request much
 # less. Prints a markdown report and writes it to bench/out/h2path-<date>.md.
 #
-# Knobs: ROUNDS (3), H2LOAD_N (50000), H2_CONNS (1), H2_STREAMS (10),
+# Exits non-zero if a run failed or returned errors. Knobs: ROUNDS (3),
+# H2LOAD_N (50000), H2_CONNS (1), H2_STREAMS (10),
 # GRPC_CONNS (16), LAT_SECONDS (4), BENCH_BASE_PORT (29300: below the
 # ephemeral port range, where a client's source port cannot take it),
 # BASELINE_BIN, BASELINE_REV. Needs go, curl, h2load (nghttp2-client) and
@@ -40,6 +41,7 @@ P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_GRPC=$((BASE + 33))
 S_WEB=18080; S_GRPC=18079
 
 bench_init h2path
+FAILED=()
 need_tools go curl h2load
 find_fortio
 ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_GRPC"
@@ -189,3 +191,4 @@ report_file h2path
   list_section "Failures:" "${FAILED[@]}"
 } | tee "$REPORT"
 log "report: $REPORT"
+[ ${#FAILED[@]} -eq 0 ]
