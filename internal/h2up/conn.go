@@ -119,7 +119,11 @@ func (c *conn) reserve() bool {
 // write runs fn (framer writes) under the write lock and flushes unless
 // another writer waits (it flushes in turn). A failed write closes the
 // connection.
-func (c *conn) write(fn func() error) error {
+func (c *conn) write(fn func() error) error { return c.writeFlush(fn, true) }
+
+// writeFlush is write; flush false leaves the frames buffered for the
+// next write's flush (or a timer's: see roundTrip).
+func (c *conn) writeFlush(fn func() error, flush bool) error {
 	c.waiting.Add(1)
 	c.wmu.Lock()
 	c.waiting.Add(-1)
@@ -128,7 +132,7 @@ func (c *conn) write(fn func() error) error {
 		return c.werr
 	}
 	err := fn()
-	if err == nil && c.waiting.Load() == 0 {
+	if err == nil && flush && c.waiting.Load() == 0 {
 		err = c.bw.Flush()
 	}
 	if err != nil {
@@ -138,6 +142,9 @@ func (c *conn) write(fn func() error) error {
 	}
 	return nil
 }
+
+// flush sends what writeFlush left buffered.
+func (c *conn) flush() { c.write(func() error { return nil }) }
 
 // writeHeaderBlock writes HEADERS (and CONTINUATION) frames of the block
 // in c.hbuf. Under wmu.

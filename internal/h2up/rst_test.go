@@ -29,7 +29,7 @@ func TestResetNoErrorAfterResponseKeepsBody(t *testing.T) {
 	}
 	defer ln.Close()
 	acked := make(chan error, 1)
-	go func() { acked <- serveResetAfterResponse(ln) }()
+	go func() { acked <- serveResetAfterResponse(ln, true) }()
 	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", ln.Addr().String())
@@ -59,8 +59,9 @@ func TestResetNoErrorAfterResponseKeepsBody(t *testing.T) {
 
 // serveResetAfterResponse answers the first request with "hello" and a
 // trailer, resets the stream with NO_ERROR, pings, and returns once the
-// PING is acknowledged.
-func serveResetAfterResponse(ln net.Listener) error {
+// PING is acknowledged. Its SETTINGS go first, or (settingsFirst false)
+// with the response, so that no frame of its own makes the client flush.
+func serveResetAfterResponse(ln net.Listener, settingsFirst bool) error {
 	c, err := ln.Accept()
 	if err != nil {
 		return err
@@ -72,8 +73,10 @@ func serveResetAfterResponse(ln net.Listener) error {
 	}
 	fr := http2.NewFramer(c, br)
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	if err := fr.WriteSettings(); err != nil {
-		return err
+	if settingsFirst {
+		if err := fr.WriteSettings(); err != nil {
+			return err
+		}
 	}
 	var hbuf []byte
 	enc := func(fields ...string) []byte {
@@ -96,6 +99,9 @@ func serveResetAfterResponse(ln net.Listener) error {
 			}
 		case *http2.MetaHeadersFrame:
 			id := f.StreamID
+			if !settingsFirst {
+				fr.WriteSettings()
+			}
 			hbuf = enc(":status", "200", "content-type", "text/plain")
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hbuf, EndHeaders: true})
 			fr.WriteData(id, false, []byte("hello"))
@@ -113,3 +119,31 @@ func serveResetAfterResponse(ln net.Listener) error {
 type bytesBuffer []byte
 
 func (b *bytesBuffer) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
+
+// TestHeadersGoOutBeforeTheBody: a request's HEADERS wait for its first
+// DATA frame (one write for both), but not for a body that has nothing to
+// send yet: a server that answers first (here, on the HEADERS alone) gets
+// them, and the response comes back while the body is still open.
+func TestHeadersGoOutBeforeTheBody(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveResetAfterResponse(ln, false) // nothing sent before the request's HEADERS
+	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", ln.Addr().String())
+	}})
+	defer pool.Close()
+	pr, pw := io.Pipe() // nothing written until the response is in
+	defer pw.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", "http://x/first", pr)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("no response while the body waits: %v", err)
+	}
+	resp.Body.Close()
+}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
@@ -60,7 +61,11 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	s.stop = context.AfterFunc(ctx, func() { s.reset(http2.ErrCodeCancel, ctx.Err(), true) })
 	c.mu.Unlock()
 	ran := false
-	err := c.write(func() error {
+	// A request with a body: its HEADERS wait in the buffer for the first
+	// DATA frame, one write for both, unless the body has nothing to read
+	// for headerFlushDelay (a stream whose client waits for the server's
+	// first message): then they go alone.
+	err := c.writeFlush(func() error {
 		ran = true
 		c.mu.Lock()
 		c.reserved--
@@ -83,7 +88,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		c.hbuf.Reset()
 		encodeHeaders(c, req, hasBody, hasTrailer)
 		return c.writeHeaderBlock(s.id, !hasBody, maxFrame)
-	})
+	}, !hasBody)
 	if err != nil {
 		if !ran {
 			s.stop()
@@ -100,7 +105,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	if hasBody {
-		go s.writeBody(hasTrailer)
+		go s.writeBody(hasTrailer, time.AfterFunc(headerFlushDelay, c.flush))
 	}
 	<-s.respReady
 	if s.respErr != nil {
@@ -112,14 +117,16 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 // writeBody sends the request body within the send windows, then its end
 // (trailers, or an empty DATA with END_STREAM). A body read error resets
 // the stream and is the request's error.
-func (s *stream) writeBody(hasTrailer bool) {
+func (s *stream) writeBody(hasTrailer bool, headers *time.Timer) {
 	c := s.c
 	body := s.req.Body
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
+	defer headers.Stop()
 	for {
 		n, rerr := body.Read(buf)
+		headers.Stop() // this write flushes them
 		for sent := 0; sent < n; {
 			k, ok := s.awaitSend(n - sent)
 			if !ok {
@@ -172,6 +179,10 @@ func (s *stream) writeBody(hasTrailer bool) {
 		return
 	}
 }
+
+// headerFlushDelay bounds how long a request's HEADERS wait for its
+// first DATA frame.
+const headerFlushDelay = time.Millisecond
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
