@@ -41,14 +41,14 @@ type stream struct {
 
 	mu       sync.Mutex // guards the following
 	respDone bool       // respReady closed
-	cond    sync.Cond
-	buf     bytes.Buffer
-	eof     bool
-	err     error
-	closed  bool // body closed by the caller
-	trailer http.Header
-	n       int64 // body bytes received
-	stop    func() bool
+	cond     sync.Cond
+	buf      bytes.Buffer
+	eof      bool
+	err      error
+	closed   bool // body closed by the caller
+	trailer  http.Header
+	n        int64 // body bytes received
+	stop     func() bool
 }
 
 func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
