@@ -3,9 +3,11 @@ package h2up_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,4 +148,70 @@ func TestHeadersGoOutBeforeTheBody(t *testing.T) {
 		t.Fatalf("no response while the body waits: %v", err)
 	}
 	resp.Body.Close()
+}
+
+// TestHeaderListOverLimitIsRefused: a response header list over the 10
+// MiB the client advertises is an error (the Framer ends the connection),
+// not a response with some of its fields silently dropped.
+func TestHeaderListOverLimitIsRefused(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, br)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if h, ok := f.(*http2.MetaHeadersFrame); ok {
+				var b bytesBuffer
+				e := hpack.NewEncoder(&b)
+				e.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				big := strings.Repeat("x", 1<<20)
+				for i := range 11 {
+					e.WriteField(hpack.HeaderField{Name: fmt.Sprintf("x-big-%d", i), Value: big})
+				}
+				block := []byte(b)
+				first := true
+				for len(block) > 0 {
+					n := min(len(block), 16384)
+					if first {
+						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: block[:n], EndHeaders: n == len(block), EndStream: true})
+						first = false
+					} else {
+						fr.WriteContinuation(h.StreamID, n == len(block), block[:n])
+					}
+					block = block[n:]
+				}
+			}
+		}
+	}()
+	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", ln.Addr().String())
+	}})
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/", nil)
+	resp, err := pool.RoundTrip(req)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("got a response with %d header fields", len(resp.Header))
+	}
+	t.Logf("oversize header list: %v", err)
 }

@@ -305,10 +305,6 @@ func (s *stream) fail(err error) {
 // onHeaders takes the response headers, or the trailers. Read loop.
 func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 	c := s.c
-	if f.Truncated {
-		s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": header list larger than the advertised limit"}, true)
-		return
-	}
 	if s.gotHeader {
 		if !f.StreamEnded() {
 			s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": trailers without END_STREAM"}, true)
