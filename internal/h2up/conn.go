@@ -7,9 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -475,32 +472,6 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		s.end(nil)
 	}
 	return nil
-}
-
-// lowerHeader is the HTTP/2 name of a header: lower case.
-func lowerHeader(k string) string {
-	if v, ok := commonLower[k]; ok {
-		return v
-	}
-	return strings.ToLower(k)
-}
-
-var commonLower = func() map[string]string {
-	m := map[string]string{}
-	for _, k := range []string{"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Authorization",
-		"Cache-Control", "Content-Encoding", "Content-Length", "Content-Type", "Cookie", "Date", "Etag",
-		"Grpc-Accept-Encoding", "Grpc-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout", "Host",
-		"If-Modified-Since", "If-None-Match", "Last-Modified", "Location", "Origin", "Referer", "Server",
-		"Set-Cookie", "Te", "Trailer", "User-Agent", "Vary", "Via", "X-Forwarded-For", "X-Forwarded-Host",
-		"X-Forwarded-Proto", "X-Request-Id"} {
-		m[k] = strings.ToLower(k)
-	}
-	return m
-}()
-
-// statusText is ":status" with its reason phrase, as http.Response.Status.
-func statusText(code int) string {
-	return strconv.Itoa(code) + " " + http.StatusText(code)
 }
 
 var _ io.ReadCloser = (*body)(nil)

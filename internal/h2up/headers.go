@@ -1,6 +1,8 @@
 package h2up
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -83,4 +85,63 @@ func encodeHeaders(c *conn, req *http.Request, hasBody, hasTrailer bool) {
 	if cl > 0 || cl == 0 && (method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch) {
 		e.WriteField(hpackField("content-length", strconv.FormatInt(cl, 10)))
 	}
+}
+
+// lowerHeader is the HTTP/2 name of a header: lower case.
+func lowerHeader(k string) string {
+	if v, ok := commonLower[k]; ok {
+		return v
+	}
+	return strings.ToLower(k)
+}
+
+var commonLower = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Authorization",
+		"Cache-Control", "Content-Encoding", "Content-Length", "Content-Type", "Cookie", "Date", "Etag",
+		"Grpc-Accept-Encoding", "Grpc-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout", "Host",
+		"If-Modified-Since", "If-None-Match", "Last-Modified", "Location", "Origin", "Referer", "Server",
+		"Set-Cookie", "Te", "Trailer", "User-Agent", "Vary", "Via", "X-Forwarded-For", "X-Forwarded-Host",
+		"X-Forwarded-Proto", "X-Request-Id"} {
+		m[k] = strings.ToLower(k)
+	}
+	return m
+}()
+
+// statusText is ":status" with its reason phrase, as http.Response.Status.
+func statusText(code int) string {
+	return strconv.Itoa(code) + " " + http.StatusText(code)
+}
+
+// checkRequest refuses what cannot be sent as HTTP/2, as net/http's
+// transport does.
+func checkRequest(req *http.Request) error {
+	if req.URL == nil {
+		return errors.New("h2up: request without URL")
+	}
+	if req.Method == http.MethodConnect {
+		return errors.New("h2up: CONNECT is not supported")
+	}
+	if req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method) { // a token
+		return fmt.Errorf("h2up: invalid method %q", req.Method)
+	}
+	if v := req.Header["Upgrade"]; len(v) > 0 {
+		return fmt.Errorf("h2up: invalid Upgrade request header: %q", v)
+	}
+	if v := req.Header["Transfer-Encoding"]; len(v) > 0 && (len(v) > 1 || v[0] != "chunked") {
+		return fmt.Errorf("h2up: invalid Transfer-Encoding request header: %q", v)
+	}
+	for _, h := range []http.Header{req.Header, req.Trailer} {
+		for k, vv := range h {
+			if !httpguts.ValidHeaderFieldName(k) {
+				return fmt.Errorf("h2up: invalid header field name %q", k)
+			}
+			for _, v := range vv {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					return fmt.Errorf("h2up: invalid header field value for %q", k)
+				}
+			}
+		}
+	}
+	return nil
 }

@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 )
 
@@ -465,39 +464,6 @@ func (b *body) Close() error {
 	s.c.credit(nil, left)
 	if !done {
 		s.reset(http2.ErrCodeCancel, errors.New("h2up: response body closed"), true)
-	}
-	return nil
-}
-
-// checkRequest refuses what cannot be sent as HTTP/2, as net/http's
-// transport does.
-func checkRequest(req *http.Request) error {
-	if req.URL == nil {
-		return errors.New("h2up: request without URL")
-	}
-	if req.Method == http.MethodConnect {
-		return errors.New("h2up: CONNECT is not supported")
-	}
-	if req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method) { // a token
-		return fmt.Errorf("h2up: invalid method %q", req.Method)
-	}
-	if v := req.Header["Upgrade"]; len(v) > 0 {
-		return fmt.Errorf("h2up: invalid Upgrade request header: %q", v)
-	}
-	if v := req.Header["Transfer-Encoding"]; len(v) > 0 && (len(v) > 1 || v[0] != "chunked") {
-		return fmt.Errorf("h2up: invalid Transfer-Encoding request header: %q", v)
-	}
-	for _, h := range []http.Header{req.Header, req.Trailer} {
-		for k, vv := range h {
-			if !httpguts.ValidHeaderFieldName(k) {
-				return fmt.Errorf("h2up: invalid header field name %q", k)
-			}
-			for _, v := range vv {
-				if !httpguts.ValidHeaderFieldValue(v) {
-					return fmt.Errorf("h2up: invalid header field value for %q", k)
-				}
-			}
-		}
 	}
 	return nil
 }
