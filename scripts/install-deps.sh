@@ -13,6 +13,7 @@ case "${1:-test}" in
     need mosquitto mosquitto
     need mosquitto_pub mosquitto-clients
     need etcd etcd-server
+    need h2load nghttp2-client
     ;;
   bench)
     need dig dnsutils
@@ -20,6 +21,7 @@ case "${1:-test}" in
     need iperf3 iperf3
     need haproxy haproxy
     need wrk wrk
+    need h2load nghttp2-client
     ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

@@ -112,6 +112,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			rest := make([]byte, br.Buffered())
 			br.Read(rest)
 			tc.Conn = &prefixConn{Conn: c, r: io.MultiReader(bytes.NewReader(rest), c)}
+			tc.buffered = bytes.HasPrefix(rest, []byte("PRI * HTTP/2.0")) // HTTP/2 frames: see taggedConn
 			if !stop() {
 				return // shutting down: tc is closed below
 			}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
@@ -42,7 +44,7 @@ type l7 struct {
 	h1 *h1Path // the HTTP/1.1 fast path (h1fast.go)
 
 	mu         sync.Mutex // guards transports
-	transports map[string]*http.Transport
+	transports map[string]upstreamPool
 
 	idleTimers sync.Map      // *taggedConn -> *time.Timer, see connState
 	limiters   sync.Map      // service -> *reqLimiter (l7limit.go)
@@ -60,6 +62,12 @@ type taggedConn struct {
 	clientID string // the client's identity, found at accept (clientIdentity)
 	done     func()
 	once     sync.Once
+
+	// buffered: reads go through br. net/http's HTTP/2 server reads its
+	// frames from the connection unbuffered, a frame header and its
+	// payload each with a system call of their own.
+	buffered bool
+	br       *bufio.Reader
 
 	send     time.Duration    // bound on each write to the client (sendTimeout); 0: none
 	sendSet  atomic.Int64     // the write deadline last set, Unix ns
@@ -82,6 +90,16 @@ func (c *taggedConn) Write(p []byte) (int, error) {
 		c.timeouts.Inc()
 	}
 	return n, err
+}
+
+func (c *taggedConn) Read(p []byte) (int, error) {
+	if !c.buffered {
+		return c.Conn.Read(p)
+	}
+	if c.br == nil {
+		c.br = bufio.NewReaderSize(c.Conn, 8<<10)
+	}
+	return c.br.Read(p)
 }
 
 func (c *taggedConn) Close() error {
@@ -118,7 +136,7 @@ func (l *connListener) Close() error   { l.once.Do(func() { close(l.closed) }); 
 func (l *connListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
 
 func newL7(a *Agent) *l7 {
-	s := &l7{a: a, ln: &connListener{ch: make(chan net.Conn), closed: make(chan struct{})}, transports: map[string]*http.Transport{}}
+	s := &l7{a: a, ln: &connListener{ch: make(chan net.Conn), closed: make(chan struct{})}, transports: map[string]upstreamPool{}}
 	s.h1 = newH1Path(s)
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -204,7 +222,7 @@ func (s *l7) close() {
 	s.h1.closeAll()
 	s.mu.Lock()
 	for _, t := range s.transports {
-		t.CloseIdleConnections()
+		t.close()
 	}
 	s.mu.Unlock()
 }
@@ -227,7 +245,7 @@ func (s *l7) pruneTransports(v *view) {
 	defer s.mu.Unlock()
 	for k, t := range s.transports {
 		if !live[k] {
-			t.CloseIdleConnections()
+			t.close()
 			delete(s.transports, k)
 		}
 	}
@@ -299,10 +317,10 @@ func (e *dialError) Unwrap() error { return e.err }
 // transportFor returns the pooled upstream transport of one endpoint. The
 // view caches it per endpoint view, so the common case costs one map lookup
 // and no formatting.
-func (s *l7) transportFor(sv *serviceView, ev *endpointView, port, proto string) *http.Transport {
+func (s *l7) transportFor(sv *serviceView, ev *endpointView, port, proto string) http.RoundTripper {
 	ck := transportCacheKey{ev, port, proto}
 	if t, ok := sv.transports.Load(ck); ok {
-		return t.(*http.Transport)
+		return t.(http.RoundTripper)
 	}
 	t := s.transportForSlow(sv, ev, port, proto)
 	sv.transports.Store(ck, t)
@@ -314,7 +332,23 @@ type transportCacheKey struct {
 	port, proto string
 }
 
-func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto string) *http.Transport {
+// upstreamPool is an endpoint's pool of upstream connections: an
+// http.Transport (HTTP/1.1 endpoints of requests the net/http server
+// read) or an h2up.Pool (h2c and gRPC endpoints).
+type upstreamPool interface {
+	http.RoundTripper
+	close() // no new requests; idle connections closed, the rest when done
+}
+
+type h1Transport struct{ *http.Transport }
+
+func (t h1Transport) close() { t.CloseIdleConnections() }
+
+type h2Pool struct{ *h2up.Pool }
+
+func (p h2Pool) close() { p.Close() }
+
+func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto string) http.RoundTripper {
 	// Everything the dial closes over is in the key, so a moved endpoint
 	// or a changed timeout gets a fresh pool (pruneTransports drops the old).
 	key := poolKey(sv, ev, port, proto)
@@ -323,15 +357,34 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 	if t := s.transports[key]; t != nil {
 		return t
 	}
-	var protos http.Protocols
-	if proto == "http" {
-		protos.SetHTTP1(true)
-	} else {
-		protos.SetUnencryptedHTTP2(true)
-	}
 	a := s.a
-	var t *http.Transport
-	t = &http.Transport{
+	if proto != "http" {
+		// h2c and gRPC endpoints: the lean HTTP/2 client (package h2up);
+		// maxRequestsPerConnection caps the streams of a connection.
+		var pool *h2up.Pool
+		pool = h2up.New(h2up.Config{
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				c, err := a.dialEndpoint(ctx, sv, ev, port)
+				if err != nil {
+					return nil, err
+				}
+				// HTTP/2 connections are long-lived: one over a mesh
+				// session the path manager retires (a punched path
+				// replaced the relay) is drained, so that new requests
+				// take the new path.
+				return httpproxy.DrainOnRetire(c, pool.CloseIdleConnections), nil
+			},
+			DialError:   func(err error) error { return &dialError{err} },
+			IdleTimeout: l7IdleTimeout(sv),
+			MaxStreams:  sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection,
+		})
+		p := h2Pool{pool}
+		s.transports[key] = p
+		return p
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	t := &http.Transport{
 		Proxy:               nil,
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 64,
@@ -345,16 +398,9 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 			if err != nil {
 				return nil, &dialError{err}
 			}
-			if proto != "http" {
-				// HTTP/2 (h2c, gRPC) connections are long-lived: one
-				// over a mesh session the path manager retires (a
-				// punched path replaced the relay) is drained, so that
-				// new requests take the new path.
-				return httpproxy.DrainOnRetire(c, t.CloseIdleConnections), nil
-			}
 			return c, nil
 		},
 	}
-	s.transports[key] = t
+	s.transports[key] = h1Transport{t}
 	return t
 }

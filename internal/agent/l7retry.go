@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 	"github.com/fogmesh/fogmesh/internal/retry"
 )
@@ -193,7 +194,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			}
 			continue
 		}
-		if errors.Is(err, httpproxy.ErrPoolClosed) && req.Context().Err() == nil {
+		if (errors.Is(err, httpproxy.ErrPoolClosed) || errors.Is(err, h2up.ErrPoolClosed)) && req.Context().Err() == nil {
 			// The pool was closed under the attempt (a view swap pruned
 			// it, or the agent is stopping): nothing was sent and the
 			// endpoint is not to blame. No outlier detection; a free
@@ -351,7 +352,8 @@ func upstreamFailure(err error) bool {
 		return false // http.Transport reports a body read error as its own write's
 	}
 	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+	var se *h2up.StreamError // a stream reset by the endpoint (h2c, gRPC)
+	return errors.As(err, &ne) || errors.As(err, &se) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errNodeDead)
 }
 

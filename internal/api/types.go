@@ -324,7 +324,8 @@ type CircuitBreaker struct {
 	// and a request over MaxRequests is refused at once, never queued.
 	PendingFor string `json:"pendingFor,omitempty"`
 	// MaxRequestsPerConnection closes an upstream HTTP/1.1 connection
-	// after it carried this many requests (1: no keep-alive).
+	// after it carried this many requests, and an HTTP/2 one (http2 and
+	// grpc ports) after this many streams (1: no reuse).
 	MaxRequestsPerConnection int `json:"maxRequestsPerConnection,omitempty"`
 	// ConnectTimeout overrides timeouts.connect.
 	ConnectTimeout Duration `json:"connectTimeout,omitempty"`

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Focused benchmark of the h2c and gRPC paths through one agent (issue 14):
+# h2load (-n H2LOAD_N requests, -c H2_CONNS connections, -m H2_STREAMS
+# streams each) and fortio's gRPC ping (-qps 0, GRPC_CONNS connections,
+# LAT_SECONDS), each direct to the fortio backend and through one agent
+# (ports declared http2 and grpc), and through a baseline build's agent
+# when BASELINE_BIN (a full fogmesh binary, as in bench.sh) is set; the
+# engines interleaved in every round, ROUNDS rounds. Besides the rates it
+# reports, per request, the agent's CPU time (utime+stime from /proc) and
+# its read and write system calls (/proc/PID/io): on this shared 2-core
+# machine the rates swing with the other work, the CPU per request much
+# less. Prints a markdown report and writes it to bench/out/h2path-<date>.md.
+#
+# Exits non-zero if a run failed or returned errors. Knobs: ROUNDS (3),
+# H2LOAD_N (50000), H2_CONNS (1), H2_STREAMS (10),
+# GRPC_CONNS (16), LAT_SECONDS (4), BENCH_BASE_PORT (29300: below the
+# ephemeral port range, where a client's source port cannot take it),
+# BASELINE_BIN, BASELINE_REV. Needs go, curl, h2load (nghttp2-client) and
+# fortio (installed as in bench.sh).
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+
+ROUNDS=${ROUNDS:-3}
+LAT_SECONDS=${LAT_SECONDS:-4}
+H2LOAD_N=${H2LOAD_N:-50000}
+H2_CONNS=${H2_CONNS:-1}
+H2_STREAMS=${H2_STREAMS:-10}
+GRPC_CONNS=${GRPC_CONNS:-16}
+BASE=${BENCH_BASE_PORT:-29300}
+BASELINE_BIN=${BASELINE_BIN:-}
+MESH_NS=bench
+P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
+P_SRV_MESH=$((BASE + 10)); P_SRV_DNS=$((BASE + 11)); P_SRV_ADMIN=$((BASE + 12))
+P_BCTL_ADMIN=$((BASE + 2)); P_BCTL_SYNC=$((BASE + 3))
+P_BSRV_MESH=$((BASE + 20)); P_BSRV_DNS=$((BASE + 21)); P_BSRV_ADMIN=$((BASE + 22))
+P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_GRPC=$((BASE + 33))
+S_WEB=18080; S_GRPC=18079
+
+bench_init h2path
+FAILED=()
+need_tools go curl h2load
+find_fortio
+ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_GRPC"
+if [ -n "$BASELINE_BIN" ]; then
+  [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not executable"
+  BASELINE_NAME=${BASELINE_REV:+$(git describe --always --tags "$BASELINE_REV" 2>/dev/null)}
+  [ -n "$BASELINE_NAME" ] || BASELINE_NAME=$("$BASELINE_BIN" version 2>/dev/null | head -n 1)
+  ports_free BENCH_BASE_PORT "$P_BCTL_ADMIN" "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN"
+fi
+
+log "building into $TMP/bin"
+mkdir -p "$BIN"
+build_host "$BIN/fogmesh" ./cmd/fogmesh
+build_host "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
+machine_info
+
+start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "127.0.0.1:$P_GRPC" \
+  -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
+start_control ctl "$TMP/ctl" "$P_CTL_ADMIN" "$P_CTL_SYNC" -insecure
+wait_port 127.0.0.1 "$P_CTL_ADMIN" ctl
+services_yaml "webh2:http:$S_WEB:http2" "webgrpc:grpc:$S_GRPC:grpc" >"$TMP/services.yaml"
+"$BIN/fogmesh" apply -server "http://127.0.0.1:$P_CTL_ADMIN" -f "$TMP/services.yaml" >&2
+agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" 127.236.0.0/16 \
+  "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" >"$TMP/srv.yaml"
+start srv "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
+if [ -n "$BASELINE_BIN" ]; then
+  # The baseline agent: its own control plane (the same services) and VIP
+  # range, the same backend.
+  start ctlbase "$BASELINE_BIN" control -state-dir "$TMP/ctlbase" -admin-addr "127.0.0.1:$P_BCTL_ADMIN" \
+    -sync-addr "127.0.0.1:$P_BCTL_SYNC" -insecure
+  wait_port 127.0.0.1 "$P_BCTL_ADMIN" ctlbase
+  "$BASELINE_BIN" apply -server "http://127.0.0.1:$P_BCTL_ADMIN" -f "$TMP/services.yaml" >&2
+  agent_config srvbase "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN" 127.237.0.0/16 \
+    "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" >"$TMP/srvbase.yaml"
+  start srvbase "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
+  wait_port 127.0.0.1 "$P_BSRV_ADMIN" srvbase
+fi
+wait_port 127.0.0.1 "$P_SRV_ADMIN" srv
+wait_port 127.0.0.1 "$P_HTTP" httpd
+wait_port 127.0.0.1 "$P_GRPC" httpd
+
+H2=() GR=()
+for i in $(seq 1 100); do
+  H2[0]=$(vip "$P_SRV_ADMIN" webh2 node); GR[0]=$(vip "$P_SRV_ADMIN" webgrpc node)
+  if [ -n "$BASELINE_BIN" ]; then
+    H2[1]=$(vip "$P_BSRV_ADMIN" webh2 node "$BASELINE_BIN"); GR[1]=$(vip "$P_BSRV_ADMIN" webgrpc node "$BASELINE_BIN")
+  else H2[1]=x; GR[1]=x; fi
+  [ -n "${H2[0]}" ] && [ -n "${GR[0]}" ] && [ -n "${H2[1]}" ] && [ -n "${GR[1]}" ] && break
+  sleep 0.2
+done
+[ -n "${H2[0]}" ] && [ -n "${GR[0]}" ] || die "the agent routes no VIP to the backend"
+
+ENGINES=(direct agent)
+LABEL[direct]="direct"; LABEL[agent]="one agent ($GIT_REV)"
+WEB[direct]="http://127.0.0.1:$P_HTTP/ 127.0.0.1:$P_GRPC"
+WEB[agent]="http://${H2[0]}:$S_WEB/ ${GR[0]}:$S_GRPC"
+CPUPIDS[direct]=""; CPUPIDS[agent]=$PID_srv
+if [ -n "$BASELINE_BIN" ]; then
+  ENGINES+=(base); LABEL[base]="one agent, baseline $BASELINE_NAME"
+  WEB[base]="http://${H2[1]}:$S_WEB/ ${GR[1]}:$S_GRPC"; CPUPIDS[base]=$PID_srvbase
+fi
+for e in "${ENGINES[@]}"; do
+  read -r h g <<<"${WEB[$e]}"
+  curl -fsS -o /dev/null --max-time 5 --http2-prior-knowledge "$h" || die "h2c path $e ($h) does not answer"
+  timeout 10 "$FORTIO" grpcping -n 1 -loglevel Error "$g" >/dev/null 2>&1 || die "gRPC path $e ($g) does not answer"
+done
+
+syscalls() { awk '/^syscr/ {r = $2} /^syscw/ {w = $2} END {print r + w}' "/proc/$1/io"; }
+# per ARRAY ENGINE ROUND DELTA N: ARRAY[ENGINE,ROUND] = DELTA / N
+declare -A HQ HCPU HSC GQ GCPU GSC
+run_h2load() { # ENGINE ROUND
+  local e=$1 r=$2 h g c0 c1 s0=0 s1=0 out="$TMP/h2load-$e-$r.log" q
+  read -r h g <<<"${WEB[$e]}"
+  log "h2load round $r: $e ($h)"
+  c0=$(cpu_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
+  if timeout 120 h2load -n "$H2LOAD_N" -c "$H2_CONNS" -m "$H2_STREAMS" -t 1 "$h" >"$out" 2>&1 &&
+     q=$(awk '/^finished in/ {q = $4} /^requests:/ {b += $10 + $12 + $14} /^status codes:/ {b += $5 + $7 + $9}
+              END {if (q == "" || b > 0) exit 1; printf "%.0f\n", q}' "$out"); then
+    c1=$(cpu_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls "${CPUPIDS[$e]}")
+    HQ[$e,$r]=$q
+    HCPU[$e,$r]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$H2LOAD_N" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+    HSC[$e,$r]=$(awk -v s=$((s1 - s0)) -v n="$H2LOAD_N" 'BEGIN {printf "%.2f", s / n}')
+  else
+    log "h2load $e round $r FAILED: $(tail -n 3 "$out")"; HQ[$e,$r]=fail; HCPU[$e,$r]=fail; HSC[$e,$r]=fail
+    FAILED+=("h2load $e round $r")
+  fi
+}
+run_grpc() { # ENGINE ROUND
+  local e=$1 r=$2 h g c0 c1 s0=0 s1=0 out="$TMP/grpc-$e-$r" v n
+  read -r h g <<<"${WEB[$e]}"
+  log "gRPC ping round $r: $e ($g)"
+  c0=$(cpu_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
+  if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -grpc -ping -qps 0 -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
+       -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
+     v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
+    c1=$(cpu_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls "${CPUPIDS[$e]}")
+    read -r _ _ _ q bad _ <<<"$v"
+    n=$(awk -v q="$q" -v s="$LAT_SECONDS" 'BEGIN {printf "%d", q * s}')
+    GQ[$e,$r]=$(printf '%.0f' "$q")
+    [ "$bad" = 0 ] || FAILED+=("gRPC $e round $r: $bad non-OK")
+    GCPU[$e,$r]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+    GSC[$e,$r]=$(awk -v s=$((s1 - s0)) -v n="$n" 'BEGIN {printf "%.2f", s / n}')
+  else
+    log "gRPC $e round $r FAILED: $(tail -n 3 "$out.log") ${v:-}"; GQ[$e,$r]=fail; GCPU[$e,$r]=fail; GSC[$e,$r]=fail
+    FAILED+=("gRPC $e round $r")
+  fi
+}
+go build -o "$BIN/benchjson" ./bench/benchjson
+for r in $(seq 1 "$ROUNDS"); do
+  for e in $(order "$r" "${ENGINES[@]}"); do run_h2load "$e" "$r"; sleep 0.5; done
+  for e in $(order "$r" "${ENGINES[@]}"); do run_grpc "$e" "$r"; sleep 0.5; done
+done
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+stop_pids "${PIDS[@]}"
+
+ratios() { # ARRAY ENGINE: per round ARRAY[ENGINE,r] / ARRAY[direct,r]
+  local -n ra=$1; local out="" r
+  for r in $(seq 1 "$ROUNDS"); do out+="${out:+ / }$(calc "%.2f" "${ra[$2,$r]}" "${ra[direct,$r]}" "a / b")"; done
+  echo "$out"
+}
+report_file h2path
+{
+  echo "# fogmesh h2c and gRPC through one agent ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+  echo
+  machine_rows
+  echo "| load (1/5/15 min) at start, end | $LOAD_START; $LOAD_END |"
+  echo "| peers | h2load $(h2load --version 2>/dev/null | awk 'NR==1 {print $2}'), fortio $FORTIO_V |"
+  echo
+  echo "h2load -n $H2LOAD_N -c $H2_CONNS -m $H2_STREAMS; fortio load -grpc -ping -qps 0 -c $GRPC_CONNS -t ${LAT_SECONDS}s;"
+  echo "$ROUNDS rounds, engines interleaved. Per round, a / b / c; the ratio is to direct in the same round."
+  echo "CPU and system calls (read + write) are the agent's, per request."
+  echo
+  echo "| path | h2load req/s | ratio | CPU µs/req | syscalls/req | gRPC ping req/s | ratio | CPU µs/req | syscalls/req |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for e in "${ENGINES[@]}"; do
+    if [ "$e" = direct ]; then
+      echo "| ${LABEL[$e]} | $(rounds_of HQ "$e") | 1 | — | — | $(rounds_of GQ "$e") | 1 | — | — |"
+    else
+      echo "| ${LABEL[$e]} | $(rounds_of HQ "$e") | $(ratios HQ "$e") | $(rounds_of HCPU "$e") | $(rounds_of HSC "$e") |" \
+        "$(rounds_of GQ "$e") | $(ratios GQ "$e") | $(rounds_of GCPU "$e") | $(rounds_of GSC "$e") |"
+    fi
+  done
+  echo
+  echo "Medians: h2load ratio $(calc "%.2f" "$(median_of HQ agent "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b")," \
+    "gRPC ratio $(calc "%.2f" "$(median_of GQ agent "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b")" \
+    "${BASELINE_BIN:+(baseline: h2load $(calc "%.2f" "$(median_of HQ base "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ base "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}"
+  list_section "Failures:" "${FAILED[@]}"
+} | tee "$REPORT"
+log "report: $REPORT"
+[ ${#FAILED[@]} -eq 0 ]

@@ -1,0 +1,477 @@
+package h2up
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// One connection: its writes (any goroutine, serialised by wmu, flushed by
+// the last writer in line) and its read loop (frames to streams).
+
+const (
+	streamWindow   = 4 << 20 // what each stream may have in flight to us, as net/http's transport
+	connWindow     = 1 << 30 // the connection's, as net/http's transport: streams' windows bound it
+	connUpdateAt   = 1 << 20 // connection credit is returned in steps of at least this
+	maxHeaderList  = 10 << 20
+	defaultMaxConc = 100 // streams assumed allowed before the server's SETTINGS say
+)
+
+var clientPreface = []byte(http2.ClientPreface)
+
+// errConnGone: the connection closed or went away before the stream was
+// opened on it; RoundTrip tries another.
+var errConnGone = errors.New("h2up: connection no longer takes streams")
+
+// StreamError is an RST_STREAM from the server, or the refusal of a
+// stream by GOAWAY. Its text names the code (REFUSED_STREAM: not
+// processed, safe to retry).
+type StreamError struct {
+	ID   uint32
+	Code http2.ErrCode
+	Why  string
+}
+
+func (e *StreamError) Error() string {
+	return fmt.Sprintf("h2up: stream %d reset by the server: %v%s", e.ID, e.Code, e.Why)
+}
+
+type conn struct {
+	p  *Pool
+	nc net.Conn
+	bw *bufio.Writer
+	fr *http2.Framer
+
+	wmu     sync.Mutex   // guards bw, the framer's writes, henc, hbuf, werr
+	waiting atomic.Int32 // writers waiting for wmu: the last one flushes
+	henc    *hpack.Encoder
+	hbuf    bytes.Buffer
+	werr    error
+
+	mu         sync.Mutex // guards the following and the streams' send state
+	cond       sync.Cond  // on mu: send windows, stream ends, close
+	streams    map[uint32]*stream
+	nextID     uint32
+	reserved   int // slots handed out by reserve, not yet opened
+	opened     int
+	maxConc    uint32
+	peerWin    int32 // the server's initial stream window
+	sendWin    int64 // the connection's send window
+	maxFrame   uint32
+	goaway     bool // no new streams: GOAWAY received, pool closed, or MaxStreams reached
+	closed     bool
+	err        error // why closed
+	connCredit int   // received bytes consumed, not yet returned in a WINDOW_UPDATE
+	recvWin    int64 // the connection's receive window left
+	idle       *time.Timer
+}
+
+func newConn(p *Pool, nc net.Conn) (*conn, error) {
+	c := &conn{p: p, nc: nc, bw: bufio.NewWriterSize(nc, 16<<10), streams: map[uint32]*stream{},
+		nextID: 1, maxConc: defaultMaxConc, peerWin: 65535, sendWin: 65535, maxFrame: 16384, recvWin: connWindow}
+	c.cond.L = &c.mu
+	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 16<<10))
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.MaxHeaderListSize = maxHeaderList
+	c.fr.SetMaxReadFrameSize(16384)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.bw.Write(clientPreface)
+	c.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList})
+	c.fr.WriteWindowUpdate(0, connWindow-65535)
+	if err := c.bw.Flush(); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("h2up: preface: %w", err)
+	}
+	go c.readLoop()
+	return c, nil
+}
+
+// reserve takes a stream slot for a request about to be sent; false if
+// the connection is full or takes no new streams. Under the pool's lock.
+func (c *conn) reserve() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.goaway || uint32(len(c.streams)+c.reserved) >= c.maxConc ||
+		c.p.cfg.MaxStreams > 0 && c.opened+c.reserved >= c.p.cfg.MaxStreams {
+		return false
+	}
+	c.reserved++
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	return true
+}
+
+// write runs fn (framer writes) under the write lock and flushes unless
+// another writer waits (it flushes in turn). A failed write closes the
+// connection.
+func (c *conn) write(fn func() error) error { return c.writeFlush(fn, true) }
+
+// writeFlush is write; flush false leaves the frames buffered for the
+// next write's flush (or a timer's: see roundTrip).
+func (c *conn) writeFlush(fn func() error, flush bool) error {
+	c.waiting.Add(1)
+	c.wmu.Lock()
+	c.waiting.Add(-1)
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return c.werr
+	}
+	err := fn()
+	if err == nil && flush && c.waiting.Load() == 0 {
+		err = c.bw.Flush()
+	}
+	if err != nil {
+		c.werr = fmt.Errorf("h2up: write: %w", err)
+		c.nc.Close() // the read loop fails the streams
+		return c.werr
+	}
+	return nil
+}
+
+// flush sends what writeFlush left buffered.
+func (c *conn) flush() { c.write(func() error { return nil }) }
+
+// writeHeaderBlock writes HEADERS (and CONTINUATION) frames of the block
+// in c.hbuf. Under wmu.
+func (c *conn) writeHeaderBlock(id uint32, endStream bool, maxFrame uint32) error {
+	block := c.hbuf.Bytes()
+	first := true
+	for first || len(block) > 0 {
+		chunk := block
+		if uint32(len(chunk)) > maxFrame {
+			chunk = chunk[:maxFrame]
+		}
+		block = block[len(chunk):]
+		var err error
+		if first {
+			err = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: chunk, EndStream: endStream, EndHeaders: len(block) == 0})
+			first = false
+		} else {
+			err = c.fr.WriteContinuation(id, len(block) == 0, chunk)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// close fails every stream with err and closes the connection.
+func (c *conn) close(err error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed, c.err = true, err
+	streams := c.streams
+	c.streams = map[uint32]*stream{}
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	c.p.remove(c)
+	c.nc.Close()
+	for _, s := range streams {
+		s.fail(err)
+	}
+}
+
+// closeIfIdle closes the connection if it carries no stream.
+func (c *conn) closeIfIdle() {
+	c.mu.Lock()
+	idle := len(c.streams) == 0 && c.reserved == 0
+	c.mu.Unlock()
+	if idle {
+		c.close(errors.New("h2up: idle connection closed"))
+	}
+}
+
+// drain takes no new streams and closes once the streams in flight are done.
+func (c *conn) drain() {
+	c.mu.Lock()
+	c.goaway = true
+	c.mu.Unlock()
+	c.closeIfIdle()
+}
+
+// streamDone is called (without mu) after a stream left the map: an idle
+// connection arms its idle timer, or closes when it takes no more streams.
+func (c *conn) streamDone() {
+	c.mu.Lock()
+	if c.closed || len(c.streams) > 0 || c.reserved > 0 {
+		c.mu.Unlock()
+		return
+	}
+	done := c.goaway || c.p.cfg.MaxStreams > 0 && c.opened >= c.p.cfg.MaxStreams
+	if !done {
+		if c.idle == nil {
+			c.idle = time.AfterFunc(c.p.cfg.IdleTimeout, c.closeIfIdle)
+		} else {
+			c.idle.Reset(c.p.cfg.IdleTimeout)
+		}
+	}
+	c.mu.Unlock()
+	if done {
+		c.close(errors.New("h2up: connection done"))
+	}
+}
+
+// unreserve gives back a slot that was not used.
+func (c *conn) unreserve() {
+	c.mu.Lock()
+	c.reserved--
+	c.mu.Unlock()
+	c.streamDone()
+}
+
+// credit returns n consumed bytes to the connection's window (and s's,
+// if still receiving) once enough have added up.
+func (c *conn) credit(s *stream, n int) {
+	if n <= 0 {
+		return
+	}
+	var connInc, streamInc uint32
+	c.mu.Lock()
+	c.connCredit += n
+	if c.connCredit >= connUpdateAt {
+		connInc = uint32(c.connCredit)
+		c.recvWin += int64(c.connCredit)
+		c.connCredit = 0
+	}
+	if s != nil && !s.recvEnd {
+		s.credit += n
+		if s.credit >= streamWindow/4 {
+			streamInc = uint32(s.credit)
+			s.recvWin += int64(s.credit)
+			s.credit = 0
+		}
+	}
+	closed := c.closed
+	c.mu.Unlock()
+	if closed || connInc == 0 && streamInc == 0 {
+		return
+	}
+	c.write(func() error {
+		if connInc > 0 {
+			if err := c.fr.WriteWindowUpdate(0, connInc); err != nil {
+				return err
+			}
+		}
+		if streamInc > 0 {
+			return c.fr.WriteWindowUpdate(s.id, streamInc)
+		}
+		return nil
+	})
+}
+
+// readLoop reads frames until the connection fails.
+func (c *conn) readLoop() {
+	var err error
+	for {
+		var f http2.Frame
+		f, err = c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.streamProtocolError(se.StreamID, se.Code, se.Error())
+				continue
+			}
+			break
+		}
+		if err = c.process(f); err != nil {
+			break
+		}
+	}
+	var ce http2.ConnectionError
+	if errors.As(err, &ce) {
+		c.write(func() error { return c.fr.WriteGoAway(0, http2.ErrCode(ce), nil) })
+	}
+	c.close(fmt.Errorf("h2up: connection lost: %w", err))
+}
+
+func (c *conn) stream(id uint32) *stream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.streams[id]
+}
+
+// streamProtocolError resets a stream the server broke the rules on.
+func (c *conn) streamProtocolError(id uint32, code http2.ErrCode, why string) {
+	if s := c.stream(id); s != nil {
+		s.reset(code, &StreamError{ID: id, Code: code, Why: ": " + why}, true)
+	}
+}
+
+func (c *conn) process(f http2.Frame) error {
+	id := f.Header().StreamID
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		s := c.stream(id)
+		if s == nil {
+			c.mu.Lock()
+			unopened := id >= c.nextID
+			c.mu.Unlock()
+			if unopened || id%2 == 0 {
+				return http2.ConnectionError(http2.ErrCodeProtocol)
+			}
+			return nil // a stream we reset
+		}
+		s.onHeaders(f)
+	case *http2.DataFrame:
+		return c.onData(f)
+	case *http2.RSTStreamFrame:
+		if s := c.stream(id); s != nil {
+			s.reset(f.ErrCode, &StreamError{ID: id, Code: f.ErrCode}, false)
+		}
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			return nil
+		}
+		if err := c.onSettings(f); err != nil {
+			return err
+		}
+		return c.write(func() error { return c.fr.WriteSettingsAck() })
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			return c.write(func() error { return c.fr.WritePing(true, f.Data) })
+		}
+	case *http2.WindowUpdateFrame:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if id == 0 {
+			c.sendWin += int64(f.Increment)
+			if c.sendWin > 1<<31-1 {
+				return http2.ConnectionError(http2.ErrCodeFlowControl)
+			}
+		} else if s := c.streams[id]; s != nil {
+			s.sendWin += int64(f.Increment)
+			if s.sendWin > 1<<31-1 {
+				go s.reset(http2.ErrCodeFlowControl, &StreamError{ID: id, Code: http2.ErrCodeFlowControl}, true)
+			}
+		}
+		c.cond.Broadcast()
+	case *http2.GoAwayFrame:
+		c.onGoAway(f)
+	case *http2.PushPromiseFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol) // push is disabled
+	}
+	return nil
+}
+
+func (c *conn) onSettings(f *http2.SettingsFrame) error {
+	return f.ForeachSetting(func(st http2.Setting) error {
+		if err := st.Valid(); err != nil {
+			return err
+		}
+		switch st.ID {
+		case http2.SettingMaxConcurrentStreams:
+			c.mu.Lock()
+			c.maxConc = st.Val
+			c.mu.Unlock()
+		case http2.SettingInitialWindowSize:
+			c.mu.Lock()
+			delta := int64(st.Val) - int64(c.peerWin)
+			c.peerWin = int32(st.Val)
+			for _, s := range c.streams {
+				s.sendWin += delta
+			}
+			c.cond.Broadcast()
+			c.mu.Unlock()
+		case http2.SettingMaxFrameSize:
+			c.mu.Lock()
+			c.maxFrame = st.Val
+			c.mu.Unlock()
+		case http2.SettingHeaderTableSize:
+			c.wmu.Lock()
+			c.henc.SetMaxDynamicTableSizeLimit(st.Val)
+			c.wmu.Unlock()
+		}
+		return nil
+	})
+}
+
+func (c *conn) onGoAway(f *http2.GoAwayFrame) {
+	c.mu.Lock()
+	c.goaway = true
+	var refused []*stream
+	for id, s := range c.streams {
+		if id > f.LastStreamID {
+			refused = append(refused, s)
+		}
+	}
+	c.mu.Unlock()
+	c.p.remove(c)
+	for _, s := range refused {
+		s.reset(http2.ErrCodeRefusedStream, &StreamError{ID: s.id, Code: http2.ErrCodeRefusedStream, Why: " (GOAWAY: not processed)"}, false)
+	}
+	c.streamDone()
+}
+
+func (c *conn) onData(f *http2.DataFrame) error {
+	id, n := f.StreamID, int(f.Length)
+	c.mu.Lock()
+	c.recvWin -= int64(n)
+	if c.recvWin < 0 {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	s := c.streams[id]
+	if s == nil {
+		unopened := id >= c.nextID
+		c.mu.Unlock()
+		if unopened {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		c.credit(nil, n) // a stream we reset: its bytes go back at once
+		return nil
+	}
+	if s.recvEnd || s.resp == nil {
+		c.mu.Unlock()
+		c.credit(nil, n)
+		s.reset(http2.ErrCodeStreamClosed, &StreamError{ID: id, Code: http2.ErrCodeProtocol, Why: ": DATA before response headers or after the end"}, true)
+		return nil
+	}
+	s.recvWin -= int64(n)
+	if s.recvWin < 0 {
+		c.mu.Unlock()
+		c.credit(nil, n)
+		s.reset(http2.ErrCodeFlowControl, &StreamError{ID: id, Code: http2.ErrCodeFlowControl}, true)
+		return nil
+	}
+	ended := f.StreamEnded()
+	if ended {
+		s.recvEnd = true
+	}
+	c.mu.Unlock()
+	data := f.Data()
+	if pad := n - len(data); pad > 0 {
+		c.credit(s, pad)
+	}
+	if len(data) > 0 && !s.push(data) {
+		c.credit(nil, len(data)) // the body was closed: nobody reads it
+	}
+	if ended {
+		if !s.checkLength() {
+			s.reset(http2.ErrCodeProtocol, &StreamError{ID: id, Code: http2.ErrCodeProtocol, Why: ": body length differs from content-length"}, true)
+			return nil
+		}
+		s.end(nil)
+	}
+	return nil
+}
+
+var _ io.ReadCloser = (*body)(nil)

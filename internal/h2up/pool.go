@@ -1,0 +1,171 @@
+// Package h2up is a lean HTTP/2 cleartext (prior knowledge) client for the
+// agent's upstream requests: a pool of connections to one endpoint, each
+// carrying many streams, as an http.RoundTripper.
+//
+// Why not net/http's HTTP/2 transport: it runs every request's write on a
+// goroutine of its own and flushes every frame with a write of its own;
+// with the agent's HTTP/2 server beside it that was most of the ~150 µs of
+// CPU an h2c or gRPC request cost the agent (BENCHMARKS.md, issue 14).
+// Here the caller's goroutine writes the request's HEADERS; frames of
+// concurrent streams share a write (whoever writes last flushes); one
+// goroutine per connection reads, and a response body is read straight
+// from the stream's buffer. Flow control, trailers (both ways), RST_STREAM,
+// GOAWAY (streams the server did not take fail as refused, so they may be
+// retried), PING and SETTINGS are handled; server push is refused.
+package h2up
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Config sets up a Pool.
+type Config struct {
+	// Dial connects to the endpoint.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// DialError, if set, wraps a dial error (the agent marks them as
+	// nothing-sent).
+	DialError func(error) error
+	// IdleTimeout closes a connection without streams for this long (0:
+	// 90 s).
+	IdleTimeout time.Duration
+	// MaxStreams is the most streams one connection carries in its life
+	// (0: no limit; 1: a connection per request).
+	MaxStreams int
+}
+
+// ErrPoolClosed: the pool was closed before the request was sent.
+var ErrPoolClosed = errors.New("h2up: pool closed")
+
+// Pool is the connections to one endpoint.
+type Pool struct {
+	cfg Config
+
+	mu      sync.Mutex // guards the following
+	conns   []*conn
+	dialing chan struct{} // closed when the dial in progress ends; nil if none
+	closed  bool
+}
+
+// New returns an empty pool.
+func New(cfg Config) *Pool {
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 90 * time.Second
+	}
+	return &Pool{cfg: cfg}
+}
+
+// RoundTrip sends req on a pooled connection (a new one when every pooled
+// one is full) and returns the response once its headers are in. A stream
+// the server refused (REFUSED_STREAM, or above its GOAWAY's last stream)
+// is reported as such: nothing of it was processed.
+func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := checkRequest(req); err != nil {
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		c, err := p.get(req.Context())
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.roundTrip(req)
+		if errors.Is(err, errConnGone) && attempt < 3 {
+			continue // the connection went away before the stream was opened
+		}
+		return resp, err
+	}
+}
+
+// get returns a connection with a stream slot reserved for the caller.
+func (p *Pool) get(ctx context.Context) (*conn, error) {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrPoolClosed
+		}
+		for _, c := range p.conns {
+			if c.reserve() {
+				p.mu.Unlock()
+				return c, nil
+			}
+		}
+		if wait := p.dialing; wait != nil {
+			p.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		p.dialing = done
+		p.mu.Unlock()
+		nc, err := p.cfg.Dial(ctx)
+		var c *conn
+		if err == nil {
+			c, err = newConn(p, nc)
+		}
+		p.mu.Lock()
+		p.dialing = nil
+		close(done)
+		if err != nil {
+			p.mu.Unlock()
+			if p.cfg.DialError != nil {
+				err = p.cfg.DialError(err)
+			}
+			return nil, err
+		}
+		if p.closed {
+			p.mu.Unlock()
+			c.close(ErrPoolClosed)
+			return nil, ErrPoolClosed
+		}
+		p.conns = append(p.conns, c)
+		ok := c.reserve()
+		p.mu.Unlock()
+		if ok {
+			return c, nil
+		}
+	}
+}
+
+// remove drops c from the pool: it takes no new streams.
+func (p *Pool) remove(c *conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, pc := range p.conns {
+		if pc == c {
+			p.conns = append(p.conns[:i], p.conns[i+1:]...)
+			return
+		}
+	}
+}
+
+// CloseIdleConnections closes the connections that carry no stream.
+func (p *Pool) CloseIdleConnections() {
+	p.mu.Lock()
+	conns := append([]*conn(nil), p.conns...)
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.closeIfIdle()
+	}
+}
+
+// Close closes the idle connections and takes no new requests; streams in
+// flight finish on their connections, which then close.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	p.closed = true
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.drain()
+	}
+}

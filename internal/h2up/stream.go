@@ -1,0 +1,469 @@
+package h2up
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// One stream: the request's HEADERS (on the caller's goroutine), its body
+// (a goroutine of its own, within the send windows), and the response
+// (headers, body buffer, trailers) filled by the read loop.
+
+type stream struct {
+	c   *conn
+	id  uint32
+	req *http.Request
+
+	// Under c.mu.
+	sendWin int64
+	recvWin int64
+	credit  int  // consumed bytes not yet returned to the stream's window
+	sentEnd bool // END_STREAM or RST_STREAM sent
+	recvEnd bool // END_STREAM or RST_STREAM received (or sent)
+	gone    bool // left c.streams
+
+	respReady chan struct{} // closed once resp or respErr is set
+	resp      *http.Response
+	respErr   error
+	gotHeader bool // read loop only
+
+	mu       sync.Mutex // guards the following
+	respDone bool       // respReady closed
+	cond     sync.Cond
+	buf      bytes.Buffer
+	eof      bool
+	err      error
+	closed   bool // body closed by the caller
+	trailer  http.Header
+	n        int64 // body bytes received
+	stop     func() bool
+}
+
+func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	hasTrailer := len(req.Trailer) > 0 && hasBody
+	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: streamWindow}
+	s.cond.L = &s.mu
+	ctx := req.Context()
+	c.mu.Lock() // reset and afterEnd read stop under mu
+	s.stop = context.AfterFunc(ctx, func() { s.reset(http2.ErrCodeCancel, ctx.Err(), true) })
+	c.mu.Unlock()
+	ran := false
+	// A request with a body: its HEADERS wait in the buffer for the first
+	// DATA frame, one write for both, unless the body has nothing to read
+	// for headerFlushDelay (a stream whose client waits for the server's
+	// first message): then they go alone.
+	err := c.writeFlush(func() error {
+		ran = true
+		c.mu.Lock()
+		c.reserved--
+		if s.gone { // cancelled already
+			c.mu.Unlock()
+			return ctx.Err()
+		}
+		if c.closed || c.goaway {
+			c.mu.Unlock()
+			return errConnGone
+		}
+		s.id = c.nextID
+		c.nextID += 2
+		c.opened++
+		s.sendWin = int64(c.peerWin)
+		s.sentEnd = !hasBody
+		c.streams[s.id] = s
+		maxFrame := c.maxFrame
+		c.mu.Unlock()
+		c.hbuf.Reset()
+		encodeHeaders(c, req, hasBody, hasTrailer)
+		return c.writeHeaderBlock(s.id, !hasBody, maxFrame)
+	}, !hasBody)
+	if err != nil {
+		if !ran {
+			s.stop()
+			c.unreserve()
+			return nil, errConnGone
+		}
+		if errors.Is(err, errConnGone) {
+			s.stop()
+			c.streamDone()
+			return nil, errConnGone
+		}
+		s.reset(http2.ErrCodeCancel, err, false)
+		c.streamDone()
+		return nil, err
+	}
+	if hasBody {
+		go s.writeBody(hasTrailer, time.AfterFunc(headerFlushDelay, c.flush))
+	}
+	<-s.respReady
+	if s.respErr != nil {
+		return nil, s.respErr
+	}
+	return s.resp, nil
+}
+
+// writeBody sends the request body within the send windows, then its end
+// (trailers, or an empty DATA with END_STREAM). A body read error resets
+// the stream and is the request's error.
+func (s *stream) writeBody(hasTrailer bool, headers *time.Timer) {
+	c := s.c
+	body := s.req.Body
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	defer headers.Stop()
+	for {
+		n, rerr := body.Read(buf)
+		headers.Stop() // this write flushes them
+		for sent := 0; sent < n; {
+			k, ok := s.awaitSend(n - sent)
+			if !ok {
+				return // reset, or the response ended first (abortSend)
+			}
+			chunk := buf[sent : sent+k]
+			if err := c.write(func() error { return c.fr.WriteData(s.id, false, chunk) }); err != nil {
+				return
+			}
+			sent += k
+		}
+		if rerr == nil {
+			continue
+		}
+		if rerr != io.EOF {
+			s.reset(http2.ErrCodeCancel, fmt.Errorf("h2up: reading the request body: %w", rerr), true)
+			return
+		}
+		if !s.markSentEnd() {
+			return
+		}
+		var trailer http.Header
+		if hasTrailer {
+			for k, vv := range s.req.Trailer {
+				if len(vv) > 0 {
+					if trailer == nil {
+						trailer = http.Header{}
+					}
+					trailer[k] = vv
+				}
+			}
+		}
+		c.write(func() error {
+			if trailer == nil {
+				return c.fr.WriteData(s.id, true, nil)
+			}
+			c.mu.Lock()
+			maxFrame := c.maxFrame
+			c.mu.Unlock()
+			c.hbuf.Reset()
+			for k, vv := range trailer {
+				lk := lowerHeader(k)
+				for _, v := range vv {
+					c.henc.WriteField(hpackField(lk, v))
+				}
+			}
+			return c.writeHeaderBlock(s.id, true, maxFrame)
+		})
+		s.afterEnd()
+		return
+	}
+}
+
+// headerFlushDelay bounds how long a request's HEADERS wait for its
+// first DATA frame.
+const headerFlushDelay = time.Millisecond
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+// awaitSend waits for send window and returns how much of n may go in one
+// DATA frame; false if the stream no longer sends.
+func (s *stream) awaitSend(n int) (int, bool) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if s.sentEnd || c.closed {
+			return 0, false
+		}
+		if s.recvEnd {
+			// The response ended before the request body did: the server
+			// wants no more of it. RST_STREAM(CANCEL), as net/http does.
+			s.sentEnd = true
+			go s.abortSend()
+			return 0, false
+		}
+		if s.sendWin > 0 && c.sendWin > 0 {
+			k := min(int64(n), s.sendWin, c.sendWin, int64(c.maxFrame))
+			s.sendWin -= k
+			c.sendWin -= k
+			return int(k), true
+		}
+		c.cond.Wait()
+	}
+}
+
+func (s *stream) abortSend() {
+	s.c.write(func() error { return s.c.fr.WriteRSTStream(s.id, http2.ErrCodeCancel) })
+	s.afterEnd()
+}
+
+// markSentEnd records the END_STREAM about to be sent; false if the stream
+// no longer sends.
+func (s *stream) markSentEnd() bool {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.sentEnd || c.closed {
+		return false
+	}
+	s.sentEnd = true
+	return true
+}
+
+// afterEnd drops the stream from the connection once both sides ended.
+func (s *stream) afterEnd() {
+	c := s.c
+	c.mu.Lock()
+	done := s.sentEnd && s.recvEnd && !s.gone
+	if done {
+		s.gone = true
+		delete(c.streams, s.id)
+	}
+	stop := s.stop
+	c.mu.Unlock()
+	if done {
+		stop()
+		c.streamDone()
+	}
+}
+
+// reset ends the stream with err: the response (if not in yet) or the
+// body's reads fail with it. send: an RST_STREAM with code goes to the
+// server (the read loop passes false for the server's own).
+func (s *stream) reset(code http2.ErrCode, err error, send bool) {
+	c := s.c
+	c.mu.Lock()
+	if s.gone {
+		c.mu.Unlock()
+		s.fail(err)
+		return
+	}
+	s.gone = true
+	id := s.id // 0: cancelled before it was opened
+	wasOpen := !s.sentEnd || !s.recvEnd
+	s.sentEnd, s.recvEnd = true, true
+	if id != 0 {
+		delete(c.streams, id)
+	}
+	c.cond.Broadcast()
+	stop := s.stop
+	c.mu.Unlock()
+	if send && wasOpen && id != 0 {
+		c.write(func() error { return c.fr.WriteRSTStream(id, code) })
+	}
+	s.fail(err)
+	if stop != nil {
+		stop()
+	}
+	if id != 0 {
+		c.streamDone()
+	}
+}
+
+// fail makes the response or the body's reads fail with err and returns
+// unread bytes to the connection; a body that had ended stays readable (a
+// server may reset a stream with NO_ERROR after a complete response, to
+// stop the request body, RFC 9113 §8.1).
+func (s *stream) fail(err error) {
+	s.mu.Lock()
+	left := 0
+	if !s.eof && s.err == nil {
+		s.err = err
+		left = s.buf.Len()
+		s.buf.Reset()
+	}
+	s.cond.Broadcast()
+	if !s.respDone {
+		s.respDone, s.respErr = true, err
+		close(s.respReady)
+	}
+	s.mu.Unlock()
+	s.c.credit(nil, left)
+}
+
+// onHeaders takes the response headers, or the trailers. Read loop.
+func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
+	c := s.c
+	if s.gotHeader {
+		if !f.StreamEnded() {
+			s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": trailers without END_STREAM"}, true)
+			return
+		}
+		tr := make(http.Header, len(f.Fields))
+		for _, hf := range f.RegularFields() {
+			k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+			tr[k] = append(tr[k], hf.Value)
+		}
+		c.mu.Lock()
+		s.recvEnd = true
+		c.mu.Unlock()
+		s.mu.Lock()
+		s.trailer = tr
+		s.mu.Unlock()
+		s.end(nil)
+		return
+	}
+	code, err := strconv.Atoi(f.PseudoValue("status"))
+	if err != nil || code < 100 || code > 999 {
+		s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": bad :status"}, true)
+		return
+	}
+	if code < 200 {
+		if f.StreamEnded() || code == 101 {
+			s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": bad informational response"}, true)
+		}
+		return // 100 Continue and friends: the final response follows
+	}
+	regular := f.RegularFields()
+	h := make(http.Header, len(regular))
+	for _, hf := range regular {
+		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+		h[k] = append(h[k], hf.Value)
+	}
+	resp := &http.Response{Status: statusText(code), StatusCode: code, Proto: "HTTP/2.0", ProtoMajor: 2,
+		Header: h, Request: s.req, ContentLength: -1}
+	if cl := h["Content-Length"]; len(cl) == 1 {
+		if n, err := strconv.ParseInt(cl[0], 10, 64); err == nil && n >= 0 {
+			resp.ContentLength = n
+		}
+	}
+	for _, v := range h["Trailer"] {
+		for _, k := range strings.Split(v, ",") {
+			if k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k)); k != "" {
+				if resp.Trailer == nil {
+					resp.Trailer = http.Header{}
+				}
+				resp.Trailer[k] = nil
+			}
+		}
+	}
+	s.gotHeader = true
+	ended := f.StreamEnded()
+	if ended {
+		if resp.ContentLength == -1 && s.req.Method != http.MethodHead {
+			resp.ContentLength = 0
+		}
+		resp.Body = http.NoBody
+	} else {
+		resp.Body = &body{s: s}
+	}
+	c.mu.Lock()
+	s.resp = resp
+	if ended {
+		s.recvEnd = true
+	}
+	c.mu.Unlock()
+	s.mu.Lock()
+	if !s.respDone { // else reset meanwhile
+		s.respDone = true
+		close(s.respReady)
+	}
+	s.mu.Unlock()
+	if ended {
+		s.end(nil)
+	}
+}
+
+// push appends received body bytes; false if the body was closed.
+func (s *stream) push(p []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.err != nil {
+		return false
+	}
+	s.buf.Write(p)
+	s.n += int64(len(p))
+	s.cond.Broadcast()
+	return true
+}
+
+// checkLength reports whether the body matched a declared content-length.
+func (s *stream) checkLength() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cl := s.resp.ContentLength
+	return cl < 0 || s.n == cl || s.req.Method == http.MethodHead
+}
+
+// end marks the response complete (recvEnd already set).
+func (s *stream) end(error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.eof = true
+	}
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	s.afterEnd()
+}
+
+// body is a response body, read from the stream's buffer.
+type body struct{ s *stream }
+
+func (b *body) Read(p []byte) (int, error) {
+	s := b.s
+	s.mu.Lock()
+	for s.buf.Len() == 0 && !s.eof && s.err == nil && !s.closed {
+		s.cond.Wait()
+	}
+	if s.closed {
+		s.mu.Unlock()
+		return 0, errors.New("h2up: read on closed body")
+	}
+	if s.buf.Len() > 0 {
+		n, _ := s.buf.Read(p)
+		s.mu.Unlock()
+		s.c.credit(s, n)
+		return n, nil
+	}
+	if s.err != nil {
+		err := s.err
+		s.mu.Unlock()
+		return 0, err
+	}
+	if s.trailer != nil {
+		s.resp.Trailer = s.trailer // as net/http: the map is set before EOF
+	}
+	s.mu.Unlock()
+	return 0, io.EOF
+}
+
+// Close ends the stream: if the response has not ended, RST_STREAM(CANCEL).
+func (b *body) Close() error {
+	s := b.s
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	done := s.eof || s.err != nil
+	left := s.buf.Len()
+	s.buf.Reset()
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	s.c.credit(nil, left)
+	if !done {
+		s.reset(http2.ErrCodeCancel, errors.New("h2up: response body closed"), true)
+	}
+	return nil
+}
