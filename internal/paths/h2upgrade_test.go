@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
@@ -55,6 +56,40 @@ func startH2C(t *testing.T, release <-chan struct{}) string {
 // stream ends normally on the relayed path, and the relayed session then
 // closes.
 func TestH2LeavesRetiredPath(t *testing.T) {
+	t.Run("net/http", func(t *testing.T) {
+		testH2LeavesRetiredPath(t, func(dial func(context.Context) (net.Conn, error)) (http.RoundTripper, func()) {
+			var protos http.Protocols
+			protos.SetUnencryptedHTTP2(true)
+			tr := &http.Transport{Protocols: &protos}
+			tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+				c, err := dial(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return httpproxy.DrainOnRetire(c, tr.CloseIdleConnections), nil
+			}
+			return tr, tr.CloseIdleConnections
+		})
+	})
+	// The agent's own HTTP/2 upstream client, wired as in agent/l7.go.
+	t.Run("h2up", func(t *testing.T) {
+		testH2LeavesRetiredPath(t, func(dial func(context.Context) (net.Conn, error)) (http.RoundTripper, func()) {
+			var pool *h2up.Pool
+			pool = h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+				c, err := dial(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return httpproxy.DrainOnRetire(c, pool.CloseIdleConnections), nil
+			}})
+			return pool, pool.Close
+		})
+	})
+}
+
+// testH2LeavesRetiredPath runs the test with an HTTP/2 client made by
+// newClient around a dial of mesh streams.
+func testH2LeavesRetiredPath(t *testing.T, newClient func(dial func(context.Context) (net.Conn, error)) (http.RoundTripper, func())) {
 	release := make(chan struct{})
 	l := newLab(t)
 	l.h2 = startH2C(t, release)
@@ -72,10 +107,7 @@ func TestH2LeavesRetiredPath(t *testing.T) {
 	a.m.mu.Unlock()
 
 	var tcpDials, udpDials atomic.Int64
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	tr := &http.Transport{Protocols: &protos}
-	tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+	tr, closeClient := newClient(func(ctx context.Context) (net.Conn, error) {
 		c, err := a.m.Dial(ctx, pb, header("h2"))
 		if err != nil {
 			return nil, err
@@ -85,9 +117,9 @@ func TestH2LeavesRetiredPath(t *testing.T) {
 		} else {
 			tcpDials.Add(1)
 		}
-		return httpproxy.DrainOnRetire(c, tr.CloseIdleConnections), nil
-	}
-	defer tr.CloseIdleConnections()
+		return c, nil
+	})
+	defer closeClient()
 	client := &http.Client{Transport: tr, Timeout: 20 * time.Second}
 	get := func(what string) {
 		t.Helper()
