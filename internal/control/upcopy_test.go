@@ -68,6 +68,12 @@ func TestRegionRestartedWhileCutOffResumesWithDelta(t *testing.T) {
 
 	proxy.setCut(false)
 	waitHeld(t, east, "Service/demo/later", "", nil)
+	// The update is counted after it is applied: wait for the count (a CI
+	// run read it in between).
+	testenv.WaitFor(t, 10*time.Second, "east to count the update that brought it", func() bool {
+		st := east.Upstream()
+		return st.Snapshots+st.Deltas > 0
+	})
 	st := east.Upstream()
 	if st.Snapshots != 0 || st.Deltas == 0 {
 		t.Fatalf("restarted east took %d snapshots and %d deltas from upstream, want a delta only", st.Snapshots, st.Deltas)
