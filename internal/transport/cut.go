@@ -1,8 +1,6 @@
 package transport
 
 import (
-	"time"
-
 	"github.com/hashicorp/yamux"
 	"github.com/quic-go/quic-go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -34,19 +32,11 @@ func (s *Server) Revalidate() int {
 // cutIfInvalid closes sess if its peer may no longer use it, and reports
 // whether it did (or an earlier call did).
 func (s *Server) cutIfInvalid(sess *yamux.Session, pa *peerAuth) bool {
-	if causeOf(pa.cause) != nil {
-		return true
-	}
-	reason, err := pa.check(time.Now(), s.cfg.PeerCheck)
-	if err == nil {
-		return false
-	}
-	if pa.setCause(err) {
+	return cutPeer(pa, s.cfg.PeerCheck, func(reason string, err error) {
 		// Reported first: the cut is on record before the peer sees it.
 		reportCut(s.log, s.m, s.cfg.OnCut, Cut{Dir: "in", Peer: pa.id, Reason: reason, Err: err, Streams: sess.NumStreams()})
 		sess.Close()
-	}
-	return true
+	})
 }
 
 // DropPeer closes every session of the peer with SPIFFE ID id, and with
@@ -101,14 +91,7 @@ func (c *Client) Revalidate() int {
 // whether it did (or an earlier call did). The next Dial to the peer
 // handshakes again: a revoked peer is refused there.
 func (c *Client) cutIfInvalid(sess *yamux.Session, pa *peerAuth) bool {
-	if causeOf(pa.cause) != nil {
-		return true
-	}
-	reason, err := pa.check(time.Now(), c.cfg.PeerCheck)
-	if err == nil {
-		return false
-	}
-	if pa.setCause(err) {
+	return cutPeer(pa, c.cfg.PeerCheck, func(reason string, err error) {
 		c.mu.Lock()
 		for _, p := range c.peers {
 			if p.sess == sess {
@@ -118,8 +101,7 @@ func (c *Client) cutIfInvalid(sess *yamux.Session, pa *peerAuth) bool {
 		c.mu.Unlock()
 		reportCut(c.log, c.m, c.cfg.OnCut, Cut{Dir: "out", Peer: pa.id, Reason: reason, Err: err, Streams: sess.NumStreams()})
 		sess.Close()
-	}
-	return true
+	})
 }
 
 // cutIfInvalid closes qc if its peer may no longer use it (cutQUIC).

@@ -170,8 +170,10 @@ func reportCut(log *slog.Logger, m *meshMetrics, onCut func(Cut), c Cut) {
 	}
 }
 
-// cutQUIC is cutIfInvalid for a QUIC connection, either side.
-func cutQUIC(conn *quic.Conn, pa *peerAuth, dir string, pc PeerCheck, log *slog.Logger, m *meshMetrics, onCut func(Cut)) bool {
+// cutPeer is the check every carrier's cutIfInvalid makes: it reports
+// whether pa's peer may no longer use its connection, and runs cut (report
+// and close) once, on the call that records the cause.
+func cutPeer(pa *peerAuth, pc PeerCheck, cut func(reason string, err error)) bool {
 	if causeOf(pa.cause) != nil {
 		return true
 	}
@@ -180,12 +182,19 @@ func cutQUIC(conn *quic.Conn, pa *peerAuth, dir string, pc PeerCheck, log *slog.
 		return false
 	}
 	if pa.setCause(err) {
+		cut(reason, err)
+	}
+	return true
+}
+
+// cutQUIC is cutIfInvalid for a QUIC connection, either side.
+func cutQUIC(conn *quic.Conn, pa *peerAuth, dir string, pc PeerCheck, log *slog.Logger, m *meshMetrics, onCut func(Cut)) bool {
+	return cutPeer(pa, pc, func(reason string, err error) {
 		msg := "peer certificate expired"
 		if reason == CutRevoked {
 			msg = "peer revoked"
 		}
 		reportCut(log, m, onCut, Cut{Dir: dir, Peer: pa.id, Reason: reason, Err: err, Streams: -1})
 		conn.CloseWithError(quicCodeDropped, msg)
-	}
-	return true
+	})
 }
