@@ -145,11 +145,11 @@ type Config struct {
 
 // Defaults for Config fields and the server's fixed limits.
 const (
-	defaultAddr      = "127.0.0.1:53"
-	defaultZone      = "mesh"
-	defaultCluster   = "cluster.local"
+	defaultAddr    = "127.0.0.1:53"
+	defaultZone    = "mesh"
+	defaultCluster = "cluster.local"
 	// NoClusterDomain as Config.ClusterDomain turns cluster names off.
-	NoClusterDomain = "-"
+	NoClusterDomain  = "-"
 	defaultTTL       = 5
 	defaultNamespace = "default"
 	resolvConfPath   = "/etc/resolv.conf"
