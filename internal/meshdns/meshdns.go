@@ -155,6 +155,15 @@ const (
 	resolvConfPath   = "/etc/resolv.conf"
 )
 
+// Check reports whether c would be accepted by New, without binding or
+// reading anything (for a caller's config check).
+func (c Config) Check() error {
+	if c.Addr == "" {
+		c.Addr = defaultAddr
+	}
+	return c.validate()
+}
+
 // validate checks c and fills in defaults. It does not read resolv.conf.
 func (c *Config) validate() error {
 	if c.Addr == "" {
