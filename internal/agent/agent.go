@@ -278,10 +278,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
-	a.mu.Lock()
-	err = a.initCapture()
-	a.mu.Unlock()
-	if err != nil {
+	if err := a.initCapture(); err != nil {
 		return nil, err
 	}
 	if cfg.GossipAddr != "" {
@@ -379,9 +376,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		run("site gateway", func() error { return a.gateway.Serve(a.gatewayLn) })
 	}
 	run("l7", a.l7.serve)
-	if a.capture.ln != nil {
-		run("capture", func() error { return a.captureLoop(ctx) })
-	}
+	run("capture", func() error { return a.captureLoop(ctx) })
 	run("authz", a.authzHTTP.run)
 	if a.wlAPI != nil {
 		run("workload API", func() error { return a.wlAPI.Serve(a.wlLn) })
@@ -414,13 +409,11 @@ func (a *Agent) Close() error {
 
 func (a *Agent) shutdown() {
 	a.closeOnce.Do(func() {
+		a.closeCapture() // the rules go first: ClusterIPs are kube-proxy's again
 		a.mu.Lock()
 		if a.cancel != nil {
 			a.cancel()
 		}
-		a.mu.Unlock()
-		a.closeCapture() // the rules go first: ClusterIPs are kube-proxy's again
-		a.mu.Lock()
 		for k, l := range a.listeners {
 			l.close()
 			delete(a.listeners, k)

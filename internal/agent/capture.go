@@ -79,6 +79,8 @@ type captureState struct {
 // mode a node that cannot capture gets a log line and a status note, not
 // an error.
 func (a *Agent) initCapture() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	cfg := a.cfg.Capture
 	a.capture.status = CaptureStatus{Mode: cfg.Mode, Note: "capture is off (capture.mode: off): ClusterIPs are not redirected; use the virtual IPs or DNS names"}
 	if cfg.Mode == CaptureOff {
@@ -141,8 +143,9 @@ func (a *Agent) CaptureStatus() CaptureStatus {
 
 // captureLoop accepts redirected connections and hands each to handleConn
 // as a connection to the service's virtual IP.
+// It returns at once when capture is off.
 func (a *Agent) captureLoop(ctx context.Context) error {
-	for {
+	for a.capture.ln != nil {
 		c, err := a.capture.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
@@ -163,6 +166,7 @@ func (a *Agent) captureLoop(ctx context.Context) error {
 			a.handleCaptured(ctx, c)
 		}()
 	}
+	return nil
 }
 
 // handleCaptured finds the service port of a redirected connection from
