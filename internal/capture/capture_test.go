@@ -235,3 +235,22 @@ func FuzzParseSockaddrIn(f *testing.F) {
 		}
 	})
 }
+
+// TestRedirectFromPod: a connection from another namespace (a pod behind
+// a veth) to a captured ClusterIP is redirected in the node's prerouting
+// chain to the listener, which sees its original destination.
+func TestRedirectFromPod(t *testing.T) {
+	node, fd, port := setup(t)
+	pod := netlab.NewPod(t, node, "pod")
+	r, err := capture.Install(capture.Config{Port: port, NetNSFd: fd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Remove() })
+	if _, err := r.Sync([]netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:80")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := call(t, pod, "10.96.0.10:80"); got != "agent orig 10.96.0.10:80" {
+		t.Errorf("call from the pod: %q", got)
+	}
+}

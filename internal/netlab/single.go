@@ -61,3 +61,46 @@ func (n *Netns) Open() (*os.File, error) {
 	}
 	return f, nil
 }
+
+// A pod namespace's link to its node (NewPod): the node's end (veth pod0)
+// has PodGateway/24, the pod's (eth0) PodAddr/24 and the default route
+// through PodGateway, as a CNI bridge or veth plugin sets a pod up.
+const (
+	PodGateway = "10.255.1.1"
+	PodAddr    = "10.255.1.2"
+)
+
+// NewPod makes a second namespace for the test, linked to node (made by
+// NewNetns) as a pod is to its node: its packets to any address reach
+// node's prerouting hook. Removed when the test ends.
+func NewPod(t testing.TB, node *Netns, role string) *Netns {
+	t.Helper()
+	var rnd [2]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		t.Fatal(err)
+	}
+	p := &Netns{Name: fmt.Sprintf("%s-%d-%d%s-%s", DefaultPrefix, os.Getpid(), labSeq.Add(1), hex.EncodeToString(rnd[:]), role)}
+	if err := addNetns([]string{p.Name}); err != nil {
+		t.Fatalf("netlab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := deleteNetns(p.Name); err != nil {
+			t.Errorf("netlab: cleanup: %v", err)
+		}
+	})
+	if err := p.ip("link set lo up", "link add eth0 type veth peer name pod0 netns "+node.Name,
+		"addr add "+PodAddr+"/24 dev eth0", "link set eth0 up", "route add default via "+PodGateway+" dev eth0"); err != nil {
+		t.Fatalf("netlab: %v", err)
+	}
+	if err := node.ip("addr add "+PodGateway+"/24 dev pod0", "link set pod0 up"); err != nil {
+		t.Fatalf("netlab: %v", err)
+	}
+	// The veth carrier comes up asynchronously: wait, or the first SYN is
+	// lost and the first dial takes a 1 s retransmission.
+	for _, ns := range []*Netns{p, node} {
+		if err := (&Lab{names: []string{ns.Name}}).waitRunning(); err != nil {
+			t.Fatalf("netlab: %v", err)
+		}
+	}
+	return p
+}
