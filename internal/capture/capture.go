@@ -9,14 +9,16 @@
 //
 //	table inet fogmesh {
 //		set dst4 { type ipv4_addr . inet_service }   # ClusterIP . port
+//		set dst6 { type ipv6_addr . inet_service }   # with Config.Port6
 //		chain output     { type nat hook output     priority dstnat - 10; ... }
 //		chain prerouting { type nat hook prerouting priority dstnat - 10; ... }
 //	}
 //
-// Both chains hold one rule: a TCP packet whose destination address and
-// port are in dst4 is redirected to the agent's capture port (output: the
-// node's own processes, to 127.0.0.1; prerouting: pods behind a bridge or
-// veth, to the address of the interface it came in on). The agent reads the
+// Both chains hold a rule per family: a TCP packet whose destination
+// address and port are in dst4 (dst6) is redirected to the agent's capture
+// port for IPv4 (IPv6) (output: the node's own processes, to 127.0.0.1 or
+// ::1; prerouting: pods behind a bridge or veth, to the address of the
+// interface it came in on). The agent reads the
 // original destination back with SO_ORIGINAL_DST (OriginalDst).
 //
 // # Living beside kube-proxy
@@ -68,6 +70,9 @@ type Config struct {
 	// address: redirected packets from other namespaces arrive at the
 	// address of their incoming interface). Required.
 	Port uint16
+	// Port6 is the IPv6 capture listener's port (it listens on [::]).
+	// 0: IPv6 destinations are not captured (Sync skips them).
+	Port6 uint16
 	// NetNSFd, if not 0, installs the rules in the network namespace of
 	// this file descriptor (tests); 0 is the caller's namespace.
 	NetNSFd int
@@ -87,7 +92,8 @@ type Rules struct {
 	conn  *nftables.Conn
 	table *nftables.Table
 	set4  *nftables.Set
-	dests []netip.AddrPort // in dst4 now, sorted
+	set6  *nftables.Set    // nil without Port6
+	dests []netip.AddrPort // in dst4 and dst6 now, sorted
 	gone  bool             // Remove was called
 }
 
@@ -113,6 +119,13 @@ func Install(cfg Config) (*Rules, error) {
 	if err := conn.AddSet(r.set4, nil); err != nil {
 		return nil, fmt.Errorf("capture: install: set: %w", err)
 	}
+	if cfg.Port6 != 0 {
+		r.set6 = &nftables.Set{Table: r.table, Name: "dst6", Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService)}
+		if err := conn.AddSet(r.set6, nil); err != nil {
+			return nil, fmt.Errorf("capture: install: set: %w", err)
+		}
+	}
 	prio := nftables.ChainPriority(Priority)
 	for _, hook := range []*nftables.ChainHook{nftables.ChainHookOutput, nftables.ChainHookPrerouting} {
 		name := "output"
@@ -121,7 +134,10 @@ func Install(cfg Config) (*Rules, error) {
 		}
 		ch := conn.AddChain(&nftables.Chain{Name: name, Table: r.table, Type: nftables.ChainTypeNAT,
 			Hooknum: hook, Priority: &prio})
-		conn.AddRule(&nftables.Rule{Table: r.table, Chain: ch, Exprs: redirect4(r.set4, cfg.Port)})
+		conn.AddRule(&nftables.Rule{Table: r.table, Chain: ch, Exprs: redirect(unix.NFPROTO_IPV4, r.set4, cfg.Port)})
+		if r.set6 != nil {
+			conn.AddRule(&nftables.Rule{Table: r.table, Chain: ch, Exprs: redirect(unix.NFPROTO_IPV6, r.set6, cfg.Port6)})
+		}
 	}
 	if err := conn.Flush(); err != nil {
 		return nil, classify(fmt.Errorf("capture: install table inet %s: %w", TableName, err))
@@ -129,61 +145,81 @@ func Install(cfg Config) (*Rules, error) {
 	return r, nil
 }
 
-// redirect4 is: meta nfproto ipv4 meta l4proto tcp
-// ip daddr . tcp dport @dst4 redirect to :port.
-func redirect4(set *nftables.Set, port uint16) []expr.Any {
+// redirect is, for IPv4: meta nfproto ipv4 meta l4proto tcp
+// ip daddr . tcp dport @dst4 redirect to :port; for IPv6 the same with
+// ip6 daddr and @dst6.
+func redirect(family byte, set *nftables.Set, port uint16) []expr.Any {
+	// The concatenation's fields sit in consecutive 32-bit registers from
+	// NFT_REG32_00 (8, register 1's first word): an IPv4 address in 8 and
+	// the port in 9; an IPv6 address in 8 to 11 and the port in 12.
+	daddr := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}
+	portReg := uint32(9)
+	if family == unix.NFPROTO_IPV6 {
+		daddr = &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}
+		portReg = 12
+	}
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{family}},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-		// The concatenation's fields sit in consecutive 32-bit registers:
-		// the address in NFT_REG32_00 (register 1's first word, 8 in the
-		// 32-bit numbering), the port in NFT_REG32_01 (9).
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-		&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		daddr,
+		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
 		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
 		&expr.Redir{RegisterProtoMin: 1},
 	}
 }
 
-// Sync makes dests the captured destinations, replacing the set's elements
-// in one transaction. IPv6 destinations are skipped and returned (not
-// captured yet: TODO, they need an IPv6 set, chain rule and listener).
+// Sync makes dests the captured destinations, replacing the sets'
+// elements in one transaction. Without Config.Port6, IPv6 destinations are
+// skipped and returned.
 func (r *Rules) Sync(dests []netip.AddrPort) (skipped []netip.AddrPort, err error) {
-	var v4 []netip.AddrPort
+	var keep []netip.AddrPort
 	for _, d := range dests {
-		if d.Addr().Unmap().Is4() {
-			v4 = append(v4, netip.AddrPortFrom(d.Addr().Unmap(), d.Port()))
-		} else {
+		d = netip.AddrPortFrom(d.Addr().Unmap(), d.Port())
+		if d.Addr().Is6() && r.set6 == nil {
 			skipped = append(skipped, d)
+			continue
 		}
+		keep = append(keep, d)
 	}
-	slices.SortFunc(v4, netip.AddrPort.Compare)
-	v4 = slices.Compact(v4)
+	slices.SortFunc(keep, netip.AddrPort.Compare)
+	keep = slices.Compact(keep)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.gone {
 		return skipped, errors.New("capture: sync: rules removed")
 	}
-	if slices.Equal(v4, r.dests) {
+	if slices.Equal(keep, r.dests) {
 		return skipped, nil
 	}
-	r.conn.FlushSet(r.set4)
-	elems := make([]nftables.SetElement, 0, len(v4))
-	for _, d := range v4 {
-		elems = append(elems, nftables.SetElement{Key: key4(d)})
+	var e4, e6 []nftables.SetElement
+	for _, d := range keep {
+		if d.Addr().Is4() {
+			e4 = append(e4, nftables.SetElement{Key: key4(d)})
+		} else {
+			e6 = append(e6, nftables.SetElement{Key: key6(d)})
+		}
 	}
-	if len(elems) > 0 {
-		if err := r.conn.SetAddElements(r.set4, elems); err != nil {
-			return skipped, fmt.Errorf("capture: sync: %w", err)
+	for _, s := range []struct {
+		set   *nftables.Set
+		elems []nftables.SetElement
+	}{{r.set4, e4}, {r.set6, e6}} {
+		if s.set == nil {
+			continue
+		}
+		r.conn.FlushSet(s.set)
+		if len(s.elems) > 0 {
+			if err := r.conn.SetAddElements(s.set, s.elems); err != nil {
+				return skipped, fmt.Errorf("capture: sync: %w", err)
+			}
 		}
 	}
 	if err := r.conn.Flush(); err != nil {
-		return skipped, fmt.Errorf("capture: sync %d destinations: %w", len(v4), err)
+		return skipped, fmt.Errorf("capture: sync %d destinations: %w", len(keep), err)
 	}
-	r.dests = v4
+	r.dests = keep
 	return skipped, nil
 }
 
@@ -191,6 +227,12 @@ func (r *Rules) Sync(dests []netip.AddrPort) (skipped []netip.AddrPort, err erro
 func key4(d netip.AddrPort) []byte {
 	a := d.Addr().As4()
 	return []byte{a[0], a[1], a[2], a[3], byte(d.Port() >> 8), byte(d.Port()), 0, 0}
+}
+
+// key6 is a dst6 element: the address, then the port padded to 4 bytes.
+func key6(d netip.AddrPort) []byte {
+	a := d.Addr().As16()
+	return append(a[:], byte(d.Port()>>8), byte(d.Port()), 0, 0)
 }
 
 // Remove deletes the agent's table. It is idempotent; the agent calls it
@@ -228,20 +270,27 @@ func Destinations(netnsFd int) ([]netip.AddrPort, bool, error) {
 	if err != nil {
 		return nil, false, classify(fmt.Errorf("capture: list table: %w", err))
 	}
-	set, err := conn.GetSetByName(t, "dst4")
-	if err != nil {
-		return nil, true, fmt.Errorf("capture: set dst4: %w", err)
-	}
-	elems, err := conn.GetSetElements(set)
-	if err != nil {
-		return nil, true, fmt.Errorf("capture: set dst4 elements: %w", err)
-	}
 	var out []netip.AddrPort
-	for _, e := range elems {
-		if len(e.Key) < 6 {
-			continue
+	for _, name := range []string{"dst4", "dst6"} {
+		set, err := conn.GetSetByName(t, name)
+		if err != nil {
+			if name == "dst6" {
+				continue // installed without Port6
+			}
+			return nil, true, fmt.Errorf("capture: set %s: %w", name, err)
 		}
-		out = append(out, netip.AddrPortFrom(netip.AddrFrom4([4]byte(e.Key[:4])), uint16(e.Key[4])<<8|uint16(e.Key[5])))
+		elems, err := conn.GetSetElements(set)
+		if err != nil {
+			return nil, true, fmt.Errorf("capture: set %s elements: %w", name, err)
+		}
+		for _, e := range elems {
+			switch {
+			case name == "dst4" && len(e.Key) >= 6:
+				out = append(out, netip.AddrPortFrom(netip.AddrFrom4([4]byte(e.Key[:4])), uint16(e.Key[4])<<8|uint16(e.Key[5])))
+			case name == "dst6" && len(e.Key) >= 18:
+				out = append(out, netip.AddrPortFrom(netip.AddrFrom16([16]byte(e.Key[:16])), uint16(e.Key[16])<<8|uint16(e.Key[17])))
+			}
+		}
 	}
 	slices.SortFunc(out, netip.AddrPort.Compare)
 	return out, true, nil

@@ -222,6 +222,48 @@ func kubeProxy(t *testing.T, fd int, port uint16) {
 	}
 }
 
+// TestRedirect6: IPv6 ClusterIPs are captured with Port6 and read back
+// with IP6T_SO_ORIGINAL_DST.
+func TestRedirect6(t *testing.T) {
+	ns, fd, port := setup(t)
+	ln6, err := ns.Listen("tcp6", "[::]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	origServer(t, ln6, "agent6")
+	r, err := capture.Install(capture.Config{Port: port, Port6: uint16(ln6.Addr().(*net.TCPAddr).Port), NetNSFd: fd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Remove() })
+	dests := []netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:80"), netip.MustParseAddrPort("[fd00::10]:80")}
+	if skipped, err := r.Sync(dests); err != nil || len(skipped) != 0 {
+		t.Fatalf("Sync: skipped %v, %v", skipped, err)
+	}
+	if got := call(t, ns, "[fd00::10]:80"); got != "agent6 orig [fd00::10]:80" {
+		t.Errorf("call [fd00::10]:80: %q", got)
+	}
+	if got := call(t, ns, "10.96.0.10:80"); got != "agent orig 10.96.0.10:80" {
+		t.Errorf("call 10.96.0.10:80: %q", got)
+	}
+	if got, _, err := capture.Destinations(fd); err != nil || !slices.Equal(got, dests) {
+		t.Errorf("Destinations %v (%v), want %v", got, err, dests)
+	}
+}
+
+func FuzzParseSockaddrIn6(f *testing.F) {
+	f.Add(append([]byte{10, 0, 0, 80, 0, 0, 0, 0}, netip.MustParseAddr("fd00::10").AsSlice()...))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ap, err := capture.ParseSockaddrIn6(b)
+		if err != nil {
+			return
+		}
+		if ap.Addr().As16() != [16]byte(b[8:24]) || ap.Port() != uint16(b[2])<<8|uint16(b[3]) {
+			t.Fatalf("%x parsed as %v", b, ap)
+		}
+	})
+}
+
 func FuzzParseSockaddrIn(f *testing.F) {
 	f.Add([]byte{2, 0, 0, 80, 10, 96, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add([]byte{10, 0, 0, 80})

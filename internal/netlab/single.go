@@ -17,6 +17,10 @@ import (
 // dropped at peer0: it never leaves the namespace.
 const NodeAddr = "10.255.0.1"
 
+// NodeAddr6 is eth0's IPv6 address in a namespace made by NewNetns, with
+// the IPv6 default route there too.
+const NodeAddr6 = "fd00:255::1"
+
 // NewNetns makes one network namespace for the test — lo up, and eth0
 // with NodeAddr/24 and the default route — and removes it, with the
 // processes left in it and its nftables rules, when the test ends.
@@ -45,7 +49,8 @@ func NewNetns(t testing.TB, role string) *Netns {
 		}
 	})
 	if err := n.ip("link set lo up", "link add eth0 type veth peer name peer0", "addr add "+NodeAddr+"/24 dev eth0",
-		"link set eth0 up", "link set peer0 up", "route add default dev eth0"); err != nil {
+		"addr add "+NodeAddr6+"/64 dev eth0 nodad",
+		"link set eth0 up", "link set peer0 up", "route add default dev eth0", "route add ::/0 dev eth0"); err != nil {
 		t.Fatalf("netlab: %v", err)
 	}
 	return n
