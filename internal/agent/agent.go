@@ -376,7 +376,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		run("site gateway", func() error { return a.gateway.Serve(a.gatewayLn) })
 	}
 	run("l7", a.l7.serve)
-	run("capture", func() error { return a.captureLoop(ctx) })
+	run("capture", func() error { return a.captureLoop(ctx, a.capture.ln) })
+	run("capture6", func() error { return a.captureLoop(ctx, a.capture.ln6) })
 	run("authz", a.authzHTTP.run)
 	if a.wlAPI != nil {
 		run("workload API", func() error { return a.wlAPI.Serve(a.wlLn) })

@@ -36,6 +36,10 @@ type CaptureConfig struct {
 	// the address of the interface they came in on. A connection that
 	// was not redirected to a ClusterIP is closed.
 	Addr string `json:"addr,omitempty"`
+	// Addr6 is the IPv6 capture listener (default [::]:15001, IPv6 only;
+	// "off": IPv6 ClusterIPs are not captured). A node without IPv6 goes
+	// on with IPv4 and says so in the status.
+	Addr6 string `json:"addr6,omitempty"`
 }
 
 func (c *CaptureConfig) validate() error {
@@ -52,6 +56,12 @@ func (c *CaptureConfig) validate() error {
 	if ap, err := netip.ParseAddrPort(c.Addr); err != nil || !ap.Addr().Is4() {
 		return fmt.Errorf("capture.addr: %q is not an IPv4 ip:port", c.Addr)
 	}
+	if c.Addr6 == "" {
+		c.Addr6 = "[::]:15001"
+	}
+	if ap, err := netip.ParseAddrPort(c.Addr6); c.Addr6 != "off" && (err != nil || !ap.Addr().Is6() || ap.Addr().Is4In6()) {
+		return fmt.Errorf("capture.addr6: %q is not an IPv6 [ip]:port or off", c.Addr6)
+	}
 	return nil
 }
 
@@ -60,7 +70,8 @@ type CaptureStatus struct {
 	// Active is true when the rules are installed.
 	Active bool   `json:"active"`
 	Mode   string `json:"mode"`
-	Addr   string `json:"addr,omitempty"` // the capture listener, when active
+	Addr   string `json:"addr,omitempty"`  // the capture listener, when active
+	Addr6  string `json:"addr6,omitempty"` // the IPv6 one, when active
 	// Note says why capture is off, or which ClusterIPs it skips.
 	Note string `json:"note,omitempty"`
 	// Destinations is how many ClusterIP:ports are redirected.
@@ -71,6 +82,7 @@ type CaptureStatus struct {
 // rules, which are set in New and only read after.
 type captureState struct {
 	ln     net.Listener
+	ln6    net.Listener // nil: IPv6 ClusterIPs are not captured
 	rules  *capture.Rules
 	status CaptureStatus
 }
@@ -90,9 +102,23 @@ func (a *Agent) initCapture() error {
 	if err != nil {
 		return fmt.Errorf("agent: capture listen: %w", err)
 	}
-	rules, err := capture.Install(capture.Config{Port: uint16(ln.Addr().(*net.TCPAddr).Port)})
+	var ln6 net.Listener
+	var port6 uint16
+	no6 := ""
+	if cfg.Addr6 != "off" {
+		if ln6, err = net.Listen("tcp6", cfg.Addr6); err != nil {
+			no6 = fmt.Sprintf("IPv6 ClusterIPs are not captured: listen %s: %v", cfg.Addr6, err)
+			a.log.Warn("agent: capture: "+no6, "addr6", cfg.Addr6)
+		} else {
+			port6 = uint16(ln6.Addr().(*net.TCPAddr).Port)
+		}
+	}
+	rules, err := capture.Install(capture.Config{Port: uint16(ln.Addr().(*net.TCPAddr).Port), Port6: port6})
 	if err != nil {
 		ln.Close()
+		if ln6 != nil {
+			ln6.Close()
+		}
 		if cfg.Mode == CaptureRequired {
 			return fmt.Errorf("agent: capture required: %w", err)
 		}
@@ -104,8 +130,11 @@ func (a *Agent) initCapture() error {
 		a.log.Warn("agent: transparent capture off, falling back to virtual IPs: ClusterIP traffic is not redirected", "why", why, "err", err)
 		return nil
 	}
-	a.capture.ln, a.capture.rules = ln, rules
-	a.capture.status = CaptureStatus{Active: true, Mode: cfg.Mode, Addr: ln.Addr().String()}
+	a.capture.ln, a.capture.ln6, a.capture.rules = ln, ln6, rules
+	a.capture.status = CaptureStatus{Active: true, Mode: cfg.Mode, Addr: ln.Addr().String(), Note: no6}
+	if ln6 != nil {
+		a.capture.status.Addr6 = ln6.Addr().String()
+	}
 	a.log.Info("agent: transparent capture on: ClusterIP traffic is redirected here with nftables", "table", "inet "+capture.TableName, "listener", ln.Addr())
 	a.syncCaptureLocked(a.view.Load())
 	return nil
@@ -127,10 +156,9 @@ func (a *Agent) syncCaptureLocked(v *view) {
 		return
 	}
 	a.capture.status.Destinations = len(dests) - len(skipped)
-	a.capture.status.Note = ""
 	if len(skipped) > 0 {
 		slices.SortFunc(skipped, netip.AddrPort.Compare)
-		a.capture.status.Note = fmt.Sprintf("IPv6 ClusterIPs are not captured yet (%d, e.g. %s): use the virtual IPs", len(skipped), skipped[0])
+		a.capture.status.Note = fmt.Sprintf("IPv6 ClusterIPs are not captured (%d, e.g. %s: no IPv6 listener): use the virtual IPs", len(skipped), skipped[0])
 	}
 }
 
@@ -141,12 +169,12 @@ func (a *Agent) CaptureStatus() CaptureStatus {
 	return a.capture.status
 }
 
-// captureLoop accepts redirected connections and hands each to handleConn
-// as a connection to the service's virtual IP.
-// It returns at once when capture is off.
-func (a *Agent) captureLoop(ctx context.Context) error {
-	for a.capture.ln != nil {
-		c, err := a.capture.ln.Accept()
+// captureLoop accepts redirected connections on ln and hands each to
+// handleConn as a connection to the service's virtual IP. It returns at
+// once when ln is nil (capture off, or no IPv6 listener).
+func (a *Agent) captureLoop(ctx context.Context, ln net.Listener) error {
+	for ln != nil {
+		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
@@ -196,8 +224,10 @@ func (a *Agent) closeCapture() {
 			a.log.Error("agent: capture rules not removed", "err", err)
 		}
 	}
-	if a.capture.ln != nil {
-		a.capture.ln.Close()
+	for _, ln := range []net.Listener{a.capture.ln, a.capture.ln6} {
+		if ln != nil {
+			ln.Close()
+		}
 	}
 	a.mu.Lock()
 	a.capture.status.Active = false

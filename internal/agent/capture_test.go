@@ -92,7 +92,7 @@ type captureNode struct {
 	wlPort  int
 }
 
-const captureClusterIP = "10.96.0.10:80"
+const captureClusterIP, captureClusterIP6 = "10.96.0.10:80", "[fd00::10]:80"
 
 func newCaptureNode(t *testing.T, octet int, mode string) *captureNode {
 	t.Helper()
@@ -129,7 +129,7 @@ func newCaptureNode(t *testing.T, octet int, mode string) *captureNode {
 		t.Fatal(err)
 	}
 	svc := &api.Service{APIVersion: api.APIVersion, Kind: api.KindService, Meta: api.Meta{Name: "web", Namespace: "demo"},
-		Spec:   api.ServiceSpec{Ports: []api.ServicePort{{Name: "tcp", Port: 80, Protocol: "tcp"}}, ClusterIP: "10.96.0.10"},
+		Spec:   api.ServiceSpec{Ports: []api.ServicePort{{Name: "tcp", Port: 80, Protocol: "tcp"}}, ClusterIPs: []string{"10.96.0.10", "fd00::10"}},
 		Status: api.ServiceStatus{VIPIndex: 7}}
 	res := newResources()
 	res.put(svc)
@@ -146,7 +146,7 @@ func newCaptureNode(t *testing.T, octet int, mode string) *captureNode {
 		MeshAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		VIPRange: fmt.Sprintf("127.%d.0.0/16", octet), StateDir: stateDir, Upstreams: []string{},
 		Insecure: true, WorkloadAPISocket: "off", PunchAddr: "off",
-		Capture: CaptureConfig{Mode: mode, Addr: "0.0.0.0:0"},
+		Capture: CaptureConfig{Mode: mode, Addr: "0.0.0.0:0", Addr6: "[::]:0"},
 		Workloads: []Workload{{Name: "web-1", Service: "web", Namespace: "demo", Address: "127.0.0.1",
 			Ports: []api.EndpointPort{{Name: "tcp", Port: wlPort}}}},
 	}
@@ -275,23 +275,25 @@ func (n *captureNode) captured(t *testing.T) ([]netip.AddrPort, bool) {
 // at the next start.
 func TestCaptureClusterIP(t *testing.T) {
 	n := newCaptureNode(t, 20, CaptureRequired)
-	want := []netip.AddrPort{netip.MustParseAddrPort(captureClusterIP)}
+	want := []netip.AddrPort{netip.MustParseAddrPort(captureClusterIP), netip.MustParseAddrPort(captureClusterIP6)}
 	p := n.start(t)
 	testenv.WaitFor(t, 10*time.Second, "ClusterIP in the rules", func() bool {
 		d, _ := n.captured(t)
 		return slices.Equal(d, want)
 	})
-	if got, err := n.call(captureClusterIP); err != nil || got != "workload got hello" {
-		t.Fatalf("call ClusterIP: %q, %v", got, err)
+	for _, ip := range []string{captureClusterIP, captureClusterIP6} {
+		if got, err := n.call(ip); err != nil || got != "workload got hello" {
+			t.Fatalf("call ClusterIP %s: %q, %v", ip, got, err)
+		}
 	}
 	var st struct{ Capture CaptureStatus }
 	n.getJSON(t, p, "/v1/status", &st)
-	if !st.Capture.Active || st.Capture.Destinations != 1 {
+	if !st.Capture.Active || st.Capture.Destinations != 2 || st.Capture.Note != "" {
 		t.Errorf("status capture: %+v", st.Capture)
 	}
 	var routes []RouteStatus
 	n.getJSON(t, p, "/v1/routes", &routes)
-	if len(routes) != 1 || !routes[0].Captured || !slices.Equal(routes[0].ClusterIPs, []string{"10.96.0.10"}) {
+	if len(routes) != 1 || !routes[0].Captured || !slices.Equal(routes[0].ClusterIPs, []string{"10.96.0.10", "fd00::10"}) {
 		t.Errorf("routes: %+v", routes)
 	}
 	p.stop(t)
@@ -329,8 +331,8 @@ func TestCaptureClusterIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ch := range chains {
-		if rules, err := conn.GetRules(ch.Table, ch); err != nil || len(rules) != 1 {
-			t.Errorf("chain %s: %d rules (%v), want 1", ch.Name, len(rules), err)
+		if rules, err := conn.GetRules(ch.Table, ch); err != nil || len(rules) != 2 {
+			t.Errorf("chain %s: %d rules (%v), want 2 (IPv4, IPv6)", ch.Name, len(rules), err)
 		}
 	}
 	if len(chains) != 2 {

@@ -68,6 +68,7 @@ func TestDomainConfig(t *testing.T) {
 		{func(c *Config) { c.ClusterDomain = "mesh" }, "one contains the other"},
 		{func(c *Config) { c.Capture.Mode = "on" }, "capture.mode"},
 		{func(c *Config) { c.Capture.Addr = "[::]:15001" }, "capture.addr"},
+		{func(c *Config) { c.Capture.Addr6 = "0.0.0.0:15001" }, "capture.addr6"},
 	} {
 		c := base
 		tt.set(&c)

@@ -214,7 +214,7 @@ func (a *Agent) Routes() []RouteStatus {
 			rs.ClusterIPs = append(rs.ClusterIPs, ip.String())
 			for _, p := range sv.svc.Spec.Ports {
 				_, ok := v.byClusterIP[netip.AddrPortFrom(ip, uint16(p.Port))]
-				rs.Captured = rs.Captured || capturing && ok && ip.Is4()
+				rs.Captured = rs.Captured || capturing && ok && (ip.Is4() || a.capture.ln6 != nil)
 			}
 		}
 		if sv.vip4.IsValid() {
