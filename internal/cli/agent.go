@@ -40,6 +40,7 @@ func RunAgent(prog string, args []string) error {
 		clusterDom = fs.String("cluster-domain", "", "Kubernetes cluster domain: DNS also answers <svc>.<ns>.svc.DOMAIN (default cluster.local; - for off)")
 		captureM   = fs.String("capture", "", "transparent capture of ClusterIP traffic with nftables: off (default), auto (fall back to virtual IPs when not permitted), required")
 		captureA   = fs.String("capture-addr", "", "capture listener, every IPv4 address (default 0.0.0.0:15001)")
+		captureA6  = fs.String("capture-addr6", "", "IPv6 capture listener (default [::]:15001; off: IPv6 ClusterIPs not captured)")
 		scope      = fs.String("scope", "", "services this node's workloads use, comma separated (ns/name or ns/*): receive only these, the node's own and those asked for on a miss (default: every service)")
 		logf       LogFlags
 	)
@@ -78,6 +79,7 @@ func RunAgent(prog string, args []string) error {
 	override("cluster-domain", &cfg.ClusterDomain, *clusterDom)
 	override("capture", &cfg.Capture.Mode, *captureM)
 	override("capture-addr", &cfg.Capture.Addr, *captureA)
+	override("capture-addr6", &cfg.Capture.Addr6, *captureA6)
 	if set["path-normalization"] {
 		if err := cfg.PathNormalization.UnmarshalText([]byte(*pathNorm)); err != nil {
 			return &UsageError{Err: fmt.Errorf("agent: -path-normalization: %w", err)}
