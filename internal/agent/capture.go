@@ -85,6 +85,7 @@ type captureState struct {
 	ln6    net.Listener // nil: IPv6 ClusterIPs are not captured
 	rules  *capture.Rules
 	status CaptureStatus
+	note6  string // why IPv6 ClusterIPs are not captured ("" when they are)
 }
 
 // initCapture installs the rules and binds the listener (New). In auto
@@ -130,7 +131,7 @@ func (a *Agent) initCapture() error {
 		a.log.Warn("agent: transparent capture off, falling back to virtual IPs: ClusterIP traffic is not redirected", "why", why, "err", err)
 		return nil
 	}
-	a.capture.ln, a.capture.ln6, a.capture.rules = ln, ln6, rules
+	a.capture.ln, a.capture.ln6, a.capture.rules, a.capture.note6 = ln, ln6, rules, no6
 	a.capture.status = CaptureStatus{Active: true, Mode: cfg.Mode, Addr: ln.Addr().String(), Note: no6}
 	if ln6 != nil {
 		a.capture.status.Addr6 = ln6.Addr().String()
@@ -156,6 +157,7 @@ func (a *Agent) syncCaptureLocked(v *view) {
 		return
 	}
 	a.capture.status.Destinations = len(dests) - len(skipped)
+	a.capture.status.Note = a.capture.note6
 	if len(skipped) > 0 {
 		slices.SortFunc(skipped, netip.AddrPort.Compare)
 		a.capture.status.Note = fmt.Sprintf("IPv6 ClusterIPs are not captured (%d, e.g. %s: no IPv6 listener): use the virtual IPs", len(skipped), skipped[0])
