@@ -377,6 +377,11 @@ func TestCaptureFallsBack(t *testing.T) {
 	if _, present := n.captured(t); present {
 		t.Error("rules installed without permission")
 	}
+	var routes []RouteStatus
+	n.getJSON(t, p, "/v1/routes", &routes)
+	if len(routes) != 1 || routes[0].Captured || len(routes[0].ClusterIPs) != 2 {
+		t.Errorf("routes (describe's source): %+v, want the ClusterIPs listed as not captured", routes)
+	}
 	if got, err := n.call("127.21.0.7:80"); err != nil || got != "workload got hello" {
 		t.Fatalf("call the virtual IP: %q, %v", got, err)
 	}
