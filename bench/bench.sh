@@ -43,6 +43,12 @@
 # port) and their targets, for a focused before/after run of the per-hop
 # latency (issue 14). PERFSTAT=1: perf stat (task-clock, context switches)
 # of each proxy over its fortio runs of section 2, reported per request.
+# CAPTURE=1 (the default when root): also row (b-cap), the (b) path reached
+# through a ClusterIP: service webcap (tcp, the same backend) with clusterIP
+# 127.234.0.10, which the srv agent captures with nftables (-capture
+# required; its table inet fogmesh is removed when it stops), so the added
+# cost of transparent capture over the virtual IP is (b-cap) minus (b) in
+# the same run. CAPTURE=0, or not root: no capture row.
 # PPROF=1: builds the binaries with -tags fogmesh_pprof
 # and takes a CPU profile of the srv agent (and of the baseline agent, if
 # its build has the tag too) over each of its fortio runs of section 2, into
@@ -71,6 +77,8 @@ ONLY_L7=${ONLY_L7:-0}
 ONLY_L4LAT=${ONLY_L4LAT:-0}
 PPROF=${PPROF:-0}
 PERFSTAT=${PERFSTAT:-0}
+CAPTURE=${CAPTURE:-$([ "$(id -u)" = 0 ] && echo 1 || echo 0)}
+CAP_CLUSTER_IP=127.234.0.10 # loopback: with capture off nothing leaves the machine
 declare -A PS_CPU PS_CS PS_MIG
 [ "$ONLY_L4LAT" != 1 ] || ONLY_L7=1 # and less: see the engine lists
 [ "$ONLY_L7" != 1 ] || { SKIP_ARM64=1; SKIP_GOBENCH=1; }
@@ -78,6 +86,7 @@ declare -A PS_CPU PS_CS PS_MIG
 # Ports on 127.0.0.1.
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
 P_SRV_MESH=$((BASE + 10)); P_SRV_DNS=$((BASE + 11)); P_SRV_ADMIN=$((BASE + 12)); P_SRV_PPROF=$((BASE + 13))
+P_SRV_CAP=$((BASE + 14)) # the srv agent's capture listener (CAPTURE=1)
 P_CLI_MESH=$((BASE + 20)); P_CLI_DNS=$((BASE + 21)); P_CLI_ADMIN=$((BASE + 22))
 P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_SINK=$((BASE + 32)); P_GRPC=$((BASE + 33))
 P_HAP_BULK=$((BASE + 40)); P_HAP_WEB=$((BASE + 41)); P_NGINX=$((BASE + 42))
@@ -145,6 +154,7 @@ fi
 ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_CLI_MESH" \
   "$P_CLI_DNS" "$P_CLI_ADMIN" "$P_IPERF" "$P_HTTP" "$P_SINK" "$P_GRPC" "$P_HAP_BULK" "$P_HAP_WEB" "$P_NGINX" \
   "$P_REL_BULK" "$P_REL_WEB"
+[ "$CAPTURE" != 1 ] || ports_free BENCH_BASE_PORT "$P_SRV_CAP"
 [ -z "$BASELINE_BIN" ] || ports_free BENCH_BASE_PORT "$P_BCTL_ADMIN" "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN"
 
 # ---------------------------------------------------------------- build
@@ -253,17 +263,24 @@ start_control ctl "$TMP/ctl" "$P_CTL_ADMIN" "$P_CTL_SYNC" -insecure
 wait_port 127.0.0.1 "$P_CTL_ADMIN" ctl
 services_yaml "bulk:tcp:$S_BULK" "web:http:$S_WEB" "webl7:http:$S_WEB:http" "webh2:http:$S_WEB:http2" \
   "webgrpc:grpc:$S_GRPC:grpc" "hold:tcp:$S_HOLD" >"$TMP/services.yaml"
+if [ "$CAPTURE" = 1 ]; then
+  printf -- '---\napiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: webcap, namespace: %s}\nspec: {ports: [{name: http, port: %s}], clusterIP: "%s"}\n' \
+    "$MESH_NS" "$S_WEB" "$CAP_CLUSTER_IP" >>"$TMP/services.yaml"
+fi
 "$BIN/fogmesh" apply -server "http://127.0.0.1:$P_CTL_ADMIN" -f "$TMP/services.yaml" >&2
 
+CAP_WL=() SRV_CAPTURE=()
+[ "$CAPTURE" != 1 ] || { CAP_WL=("webcap:http:$P_HTTP"); SRV_CAPTURE=(-capture required -capture-addr "127.0.0.1:$P_SRV_CAP"); }
 # Health checks are off (check: none, see agent_config) so they do not touch
 # iperf3 (which treats every connection as a test) or add load; the script
 # checks the paths.
 agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$SRV_VIP_RANGE" "bulk:tcp:$P_IPERF" \
-  "web:http:$P_HTTP" "webl7:http:$P_HTTP" "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" "hold:tcp:$P_SINK" >"$TMP/srv.yaml"
+  "web:http:$P_HTTP" "webl7:http:$P_HTTP" "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" "hold:tcp:$P_SINK" \
+  "${CAP_WL[@]}" >"$TMP/srv.yaml"
 agent_config cli "$P_CTL_SYNC" "$P_CLI_MESH" "$P_CLI_DNS" "$P_CLI_ADMIN" "$CLI_VIP_RANGE" >"$TMP/cli.yaml"
 PPENV_SRV=() PPENV_BSRV=()
 [ "$PPROF" != 1 ] || { PPENV_SRV=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_SRV_PPROF"); PPENV_BSRV=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_BSRV_PPROF"); }
-start srv env "${PPENV_SRV[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
+start srv env "${PPENV_SRV[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml" "${SRV_CAPTURE[@]}"
 start cli "$BIN/fogmesh-agent" -insecure -config "$TMP/cli.yaml"
 
 # The baseline build (BASELINE_BIN): its own control plane and one agent,
@@ -341,11 +358,18 @@ if [ "$ONLY_L4LAT" = 1 ]; then
   LATENGINES=(direct agent1 haproxy relay); L7ENGINES=()
   [ -z "$BASELINE_BIN" ] || LATENGINES=(direct agent1 agent1base haproxy relay)
 fi
+# CAPTURE: the (b) path through the captured ClusterIP, after (b).
+if [ "$CAPTURE" = 1 ]; then
+  for i in "${!LATENGINES[@]}"; do
+    [ "${LATENGINES[$i]}" = agent1 ] && LATENGINES=("${LATENGINES[@]:0:i+1}" agent1cap "${LATENGINES[@]:i+1}") && break
+  done
+fi
 LABEL[direct]="(a) direct";                 BULK[direct]="127.0.0.1 $P_IPERF";          WEB[direct]="http://127.0.0.1:$P_HTTP/"
 LABEL[agent1]="(b) one agent (node tier)";  BULK[agent1]="$SRV_VIP_BULK $S_BULK";       WEB[agent1]="http://$SRV_VIP_WEB:$S_WEB/"
 LABEL[agent2]="(c) two agents (mesh port)"; BULK[agent2]="$CLI_VIP_BULK $S_BULK";       WEB[agent2]="http://$CLI_VIP_WEB:$S_WEB/"
 LABEL[haproxy]="(d) HAProxy $HAPROXY_VERSION (tcp, splice-auto, 1 thread)"; BULK[haproxy]="127.0.0.1 $P_HAP_BULK"; WEB[haproxy]="http://127.0.0.1:$P_HAP_WEB/"
 LABEL[relay]="(e) minimal Go splice relay"; BULK[relay]="127.0.0.1 $P_REL_BULK";       WEB[relay]="http://127.0.0.1:$P_REL_WEB/"
+LABEL[agent1cap]="(b-cap) one agent (node tier) through its ClusterIP, transparent capture (nftables)"; WEB[agent1cap]="http://$CAP_CLUSTER_IP:$S_WEB/"
 LABEL[agent1l7]="(b7) one agent, port declared http (L7)";  WEB[agent1l7]="http://$SRV_VIP_WEBL7:$S_WEB/"
 LABEL[agent1base]="(b-base) one agent (node tier), baseline build $BASELINE_NAME"; WEB[agent1base]="http://$BASE_VIP_WEB:$S_WEB/"
 LABEL[agent1l7base]="(b7-base) one agent, L7, baseline build $BASELINE_NAME"; WEB[agent1l7base]="http://$BASE_VIP_WEBL7:$S_WEB/"
@@ -359,7 +383,7 @@ LABEL[h2ldirect]="(a2l) h2c direct, h2load";  WEB[h2ldirect]="${WEB[h2direct]}"
 LABEL[h2lagent1]="(b2l) h2c, one agent, port declared http2, h2load"; WEB[h2lagent1]="${WEB[h2agent1]}"
 KIND[h2direct]=h2; KIND[h2agent1]=h2; KIND[grpcdirect]=grpc; KIND[grpcagent1]=grpc
 KIND[h2ldirect]=h2load; KIND[h2lagent1]=h2load
-CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
+CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent1cap]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
 CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"
 CPUPIDS[agent1l7]="$PID_srv"; CPUPIDS[agent2l7]="$PID_cli $PID_srv"
 CPUPIDS[agent1l7base]="${PID_srvbase:-}"; CPUPIDS[agent1base]="${PID_srvbase:-}"
@@ -371,6 +395,10 @@ if [ -n "$NGINX" ]; then
   CPUPIDS[nginx]="$PID_nginx $(ps -o pid= --ppid "$PID_nginx" 2>/dev/null | tr '\n' ' ')"
 fi
 
+# The captured ClusterIP answers once the srv agent has the webcap service.
+if [ "$CAPTURE" = 1 ]; then
+  for i in $(seq 1 100); do curl -fsS -o /dev/null --max-time 2 "${WEB[agent1cap]}" && break; sleep 0.1; done
+fi
 # Every path answers before anything is measured; an L4 path that does not
 # is fatal, an L7 one (or nginx) is recorded as a failure and measured anyway.
 FAILED=() WARNED=()
@@ -670,6 +698,7 @@ echo "|---|---|---|"
 echo "| HAProxy (1 hop) | $(add50 haproxy) | $(add99 haproxy) |"
 echo "| splice relay (1 hop) | $(add50 relay) | $(add99 relay) |"
 echo "| one agent (1 hop) | $(add50 agent1) | $(add99 agent1) |"
+[ "$CAPTURE" != 1 ] || echo "| transparent capture: (b-cap) ClusterIP minus (b) virtual IP | $(calc "%+.3f" "${L50[agent1cap]}" "${L50[agent1]}" "a - b") | $(calc "%+.3f" "${L99[agent1cap]}" "${L99[agent1]}" "a - b") |"
 [ -z "$BASELINE_BIN" ] || [ "$ONLY_L4LAT" != 1 ] || echo "| one agent, baseline build (b-base, 1 hop) | $(add50 agent1base) | $(add99 agent1base) |"
 echo "| one agent / splice relay (added) | $(ratio "$(add50 agent1)" "$(add50 relay)") | $(ratio "$(add99 agent1)" "$(add99 relay)") |"
 echo "| one agent / HAProxy (added) | $(ratio "$(add50 agent1)" "$(add50 haproxy)") | $(ratio "$(add99 agent1)" "$(add99 haproxy)") |"

@@ -526,7 +526,8 @@ func TestDevCtrlC(t *testing.T) {
 		t.Fatalf("demo answered %q", b)
 	}
 	if out, code := run(t, "describe", "service", "hello", "-n", "demo", "-agent", "http://"+addrs["shop-1-a.admin"]); code != 0 ||
-		!strings.Contains(out, "hello-shop-1-b  shop-1-b") || !strings.Contains(out, "Balancer:  edge-aware") {
+		!strings.Contains(out, "hello-shop-1-b  shop-1-b") || !strings.Contains(out, "Balancer:  edge-aware") ||
+		!strings.Contains(out, "Names:     hello.demo.mesh hello.demo.svc.cluster.local\n") {
 		t.Fatalf("describe: %d\n%s", code, out)
 	}
 	if out, code := run(t, "demo", "-demo", "http://"+addrs["demo"], "stop", "shop-1-a"); code != 0 {

@@ -204,7 +204,15 @@ func runDescribe(args []string) error {
 		if r.Service != key {
 			continue
 		}
-		fmt.Printf("Service:   %s\nVIP:       %s %s\nPorts:     %s\nBalancer:  %s\nEndpoints:\n", r.Service, r.VIP, r.VIP6, strings.Join(r.Ports, ", "), r.Balancer)
+		fmt.Printf("Service:   %s\nVIP:       %s %s\nNames:     %s\n", r.Service, r.VIP, r.VIP6, strings.Join(r.Names, " "))
+		if len(r.ClusterIPs) > 0 {
+			how := "not captured: connections to them go by kube-proxy (fogmesh routes the VIP and names); see the agent's /v1/status capture"
+			if r.Captured {
+				how = "captured: connections to them go through this agent"
+			}
+			fmt.Printf("ClusterIP: %s (%s)\n", strings.Join(r.ClusterIPs, " "), how)
+		}
+		fmt.Printf("Ports:     %s\nBalancer:  %s\nEndpoints:\n", strings.Join(r.Ports, ", "), r.Balancer)
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  NAME\tNODE\tADDRESS\tTIER\tHEALTHY\tEJECTED\tIN FLIGHT\tWEIGHT\tEWMA LATENCY")
 		for _, e := range r.Endpoints {

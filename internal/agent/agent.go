@@ -137,6 +137,7 @@ type Agent struct {
 	watchMu     sync.Mutex
 	nodeWatches map[string]map[*int]context.CancelCauseFunc
 	retries     *retry.Budget
+	capture     captureState // transparent capture (capture.go)
 	dns         *meshdns.Server
 	mesh        *transport.Server
 	peers       *paths.Manager
@@ -257,6 +258,7 @@ func New(cfg Config) (*Agent, error) {
 	ok := false
 	defer func() {
 		if !ok {
+			a.closeCapture()
 			a.closeListeners()
 			a.audit.Close()
 			if a.peers != nil {
@@ -265,6 +267,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}()
 	a.dns, err = meshdns.New(meshdns.Config{Addr: cfg.DNSAddr, Upstreams: cfg.Upstreams,
+		Zone: cfg.MeshDomain, ClusterDomain: cfg.ClusterDomain,
 		Logger: a.log.With("sub", "dns"), Metrics: cfg.Metrics}, a)
 	if err != nil {
 		return nil, fmt.Errorf("agent: dns: %w", err)
@@ -274,6 +277,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
+	}
+	if err := a.initCapture(); err != nil {
+		return nil, err
 	}
 	if cfg.GossipAddr != "" {
 		gc := gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
@@ -370,6 +376,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		run("site gateway", func() error { return a.gateway.Serve(a.gatewayLn) })
 	}
 	run("l7", a.l7.serve)
+	run("capture", func() error { return a.captureLoop(ctx, a.capture.ln) })
+	run("capture6", func() error { return a.captureLoop(ctx, a.capture.ln6) })
 	run("authz", a.authzHTTP.run)
 	if a.wlAPI != nil {
 		run("workload API", func() error { return a.wlAPI.Serve(a.wlLn) })
@@ -402,6 +410,7 @@ func (a *Agent) Close() error {
 
 func (a *Agent) shutdown() {
 	a.closeOnce.Do(func() {
+		a.closeCapture() // the rules go first: ClusterIPs are kube-proxy's again
 		a.mu.Lock()
 		if a.cancel != nil {
 			a.cancel()
@@ -453,6 +462,7 @@ func (a *Agent) rebuildLocked() {
 	a.syncOutliers(v) // before requests can see v: its destinations' detectors exist
 	a.openListenersLocked(v)
 	a.noteInvalidPolicies(a.view.Swap(v), v)
+	a.syncCaptureLocked(v)
 	a.closeStaleListenersLocked(v)
 	a.svids.SetWorkloads(svidHolders(a.workloads))
 	if a.retries != nil { // nil while New builds the first view

@@ -8,12 +8,14 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/gateway"
+	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/pathnorm"
 	"github.com/fogmesh/fogmesh/internal/transport"
@@ -44,6 +46,16 @@ type Config struct {
 	GossipAddr string `json:"gossipAddr,omitempty"`
 	// DNSAddr is where mesh DNS listens, UDP and TCP (default 127.0.0.1:5353).
 	DNSAddr string `json:"dnsAddr,omitempty"`
+	// MeshDomain is the DNS domain of mesh names, <svc>.<ns>.<MeshDomain>
+	// and <svc>.<MeshDomain> (default "mesh").
+	MeshDomain string `json:"meshDomain,omitempty"`
+	// ClusterDomain is the Kubernetes cluster domain: DNS also answers
+	// <svc>.<ns>.svc.<ClusterDomain> for the services the agent knows
+	// (default "cluster.local"; "-" turns cluster names off).
+	ClusterDomain string `json:"clusterDomain,omitempty"`
+	// Capture redirects connections to services' ClusterIPs into the
+	// agent with nftables (off by default; see CaptureConfig).
+	Capture CaptureConfig `json:"capture,omitzero"`
 	// AdminAddr serves /healthz, /metrics and the local API (default
 	// 127.0.0.1:7073).
 	AdminAddr string `json:"adminAddr,omitempty"`
@@ -246,6 +258,16 @@ func (c *Config) validate() error {
 	def(&c.StateDir, "/var/lib/fogmesh/agent")
 	def(&c.WorkloadAPISocket, filepath.Join(c.StateDir, "workload.sock"))
 	if err := c.UDP.validate(); err != nil {
+		return err
+	}
+	def(&c.MeshDomain, "mesh")
+	def(&c.ClusterDomain, "cluster.local")
+	c.MeshDomain = strings.ToLower(strings.TrimSuffix(c.MeshDomain, "."))
+	c.ClusterDomain = strings.ToLower(strings.TrimSuffix(c.ClusterDomain, "."))
+	if err := (meshdns.Config{Zone: c.MeshDomain, ClusterDomain: c.ClusterDomain}).Check(); err != nil {
+		return fmt.Errorf("meshDomain, clusterDomain: %w", err)
+	}
+	if err := c.Capture.validate(); err != nil {
 		return err
 	}
 	for i, a := range c.Control {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/meshdns"
 	"github.com/fogmesh/fogmesh/internal/paths"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -42,12 +45,19 @@ type WorkloadStatus struct {
 
 // RouteStatus is one service in the routing view.
 type RouteStatus struct {
-	Service   string           `json:"service"`
-	Balancer  string           `json:"balancer"`
-	VIP       string           `json:"vip,omitempty"`
-	VIP6      string           `json:"vip6,omitempty"`
-	Ports     []string         `json:"ports"`
-	Endpoints []EndpointStatus `json:"endpoints"`
+	Service  string `json:"service"`
+	Balancer string `json:"balancer"`
+	VIP      string `json:"vip,omitempty"`
+	VIP6     string `json:"vip6,omitempty"`
+	// Names are the DNS names the agent answers for the service.
+	Names []string `json:"names,omitempty"`
+	// ClusterIPs are the service's Kubernetes ClusterIPs; Captured says
+	// whether this agent redirects them into itself (see /v1/status
+	// capture for why not).
+	ClusterIPs []string         `json:"clusterIPs,omitempty"`
+	Captured   bool             `json:"captured,omitempty"`
+	Ports      []string         `json:"ports"`
+	Endpoints  []EndpointStatus `json:"endpoints"`
 }
 
 // EndpointStatus is one endpoint in the routing view.
@@ -115,7 +125,8 @@ func (a *Agent) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		st := map[string]any{"node": a.self, "controlConnected": a.connected.Load(),
-			"configVersion": a.cfgVersion, "storeId": a.storeID, "activeConnections": a.active.Load()}
+			"configVersion": a.cfgVersion, "storeId": a.storeID, "activeConnections": a.active.Load(),
+			"capture": a.capture.status}
 		a.mu.Unlock()
 		writeJSON(w, http.StatusOK, st)
 	})
@@ -195,8 +206,17 @@ func (a *Agent) Routes() []RouteStatus {
 	if !a.serving.Load() {
 		return out // Run has not bound the VIP listeners yet
 	}
+	capturing := a.CaptureStatus().Active
 	for key, sv := range v.services {
-		rs := RouteStatus{Service: key, Balancer: sv.svc.Spec.Balancer, Endpoints: []EndpointStatus{}}
+		rs := RouteStatus{Service: key, Balancer: sv.svc.Spec.Balancer, Endpoints: []EndpointStatus{},
+			Names: a.dnsNames(sv.svc)}
+		for _, ip := range sv.svc.ClusterAddrs() {
+			rs.ClusterIPs = append(rs.ClusterIPs, ip.String())
+			for _, p := range sv.svc.Spec.Ports {
+				_, ok := v.byClusterIP[netip.AddrPortFrom(ip, uint16(p.Port))]
+				rs.Captured = rs.Captured || capturing && ok && (ip.Is4() || a.capture.ln6 != nil)
+			}
+		}
 		if sv.vip4.IsValid() {
 			rs.VIP = sv.vip4.String()
 		}
@@ -216,6 +236,20 @@ func (a *Agent) Routes() []RouteStatus {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
 	return out
+}
+
+// dnsNames are the names the agent's DNS answers for s: the mesh name,
+// the short mesh name in the default namespace, and the cluster name.
+func (a *Agent) dnsNames(s *api.Service) []string {
+	ns := api.NamespaceOr(s.Meta.Namespace)
+	names := []string{s.Meta.Name + "." + ns + "." + a.cfg.MeshDomain}
+	if ns == api.DefaultNamespace {
+		names = append(names, s.Meta.Name+"."+a.cfg.MeshDomain)
+	}
+	if a.cfg.ClusterDomain != meshdns.NoClusterDomain {
+		names = append(names, s.Meta.Name+"."+ns+".svc."+a.cfg.ClusterDomain)
+	}
+	return names
 }
 
 // DecodeWorkload decodes a workload registration; unknown fields are errors.

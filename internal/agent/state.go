@@ -197,6 +197,9 @@ func (r *resources) toConfig(storeID string, version uint64) (*config, error) {
 type view struct {
 	services map[string]*serviceView // ns/name
 	byVIP    map[netip.AddrPort]listenTarget
+	// byClusterIP maps each captured ClusterIP:port (TCP ports of services
+	// with a virtual IP) to the VIP:port of byVIP it stands for.
+	byClusterIP map[netip.AddrPort]netip.AddrPort
 	// authz is the compiled AuthorizationPolicies (nil: none, allow all).
 	authz *authz.Engine
 	// authzInvalid: the policies that did not compile and fail closed
@@ -284,7 +287,8 @@ type endpointView struct {
 // control plane has for endpoints of this node (the agent is the authority
 // on its own workloads, also while offline).
 func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 netip.Prefix, td string) *view {
-	v := &view{services: map[string]*serviceView{}, byVIP: map[netip.AddrPort]listenTarget{}}
+	v := &view{services: map[string]*serviceView{}, byVIP: map[netip.AddrPort]listenTarget{},
+		byClusterIP: map[netip.AddrPort]netip.AddrPort{}}
 	for key, s := range res.services {
 		sv := &serviceView{svc: s, limitKey: key}
 		if s.Status.VIPIndex != 0 {
@@ -297,6 +301,11 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 				v.byVIP[netip.AddrPortFrom(sv.vip4, uint16(p.Port))] = lt
 				if sv.vip6.IsValid() {
 					v.byVIP[netip.AddrPortFrom(sv.vip6, uint16(p.Port))] = lt
+				}
+				if p.Protocol != "udp" {
+					for _, ip := range s.ClusterAddrs() {
+						v.byClusterIP[netip.AddrPortFrom(ip, uint16(p.Port))] = netip.AddrPortFrom(sv.vip4, uint16(p.Port))
+					}
 				}
 			}
 		}

@@ -156,7 +156,33 @@ type ServiceSpec struct {
 	// owns is seen in every region whatever Export says; Export then only
 	// decides which regions get the endpoints other regions register for it.
 	Export []string `json:"export,omitempty"`
+	// ClusterIPs are the service's Kubernetes ClusterIPs, at most one
+	// IPv4 and one IPv6 address, as a Kubernetes Service's
+	// spec.clusterIPs (the Kubernetes registry sets them; "None", a
+	// headless service, is the same as none). An agent that captures
+	// traffic (root and nftables, see README "Transparent capture")
+	// redirects connections to ClusterIP:port, for each TCP port of
+	// Ports, into itself and proxies them as if made to the service's
+	// virtual IP. ClusterIP is accepted as in Kubernetes: it must be
+	// ClusterIPs[0] when both are set. Use ClusterAddrs to read them.
+	ClusterIP  string   `json:"clusterIP,omitempty"`
+	ClusterIPs []string `json:"clusterIPs,omitempty"`
 }
+
+// ClusterAddrs returns the service's ClusterIPs (ClusterIP and
+// ClusterIPs merged, headless "None" dropped), as validated.
+func (s *Service) ClusterAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, c := range append([]string{s.Spec.ClusterIP}, s.Spec.ClusterIPs...) {
+		if a, err := netip.ParseAddr(c); err == nil && !slices.Contains(out, a.Unmap()) {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// ClusterIPNone is the ClusterIP of a headless Kubernetes Service.
+const ClusterIPNone = "None"
 
 // ExportAll in ServiceSpec.Export exports a service to every region.
 const ExportAll = "*"

@@ -164,6 +164,9 @@ func (s *Service) Validate() error {
 		}
 		seenName[p.Name], seenPort[p.Port] = true, true
 	}
+	if err := s.validateClusterIPs(); err != nil {
+		return err
+	}
 	if err := s.validateUDPOnly(); err != nil {
 		return err
 	}
@@ -391,6 +394,46 @@ func (cb *CircuitBreaker) validate(f string) error {
 	}
 	if cb.IdleTimeout < 0 {
 		return fieldErr(f+".idleTimeout", "must not be negative")
+	}
+	return nil
+}
+
+// validateClusterIPs checks spec.clusterIP and spec.clusterIPs as the
+// Kubernetes API server does: IP literals or "None", at most one per
+// address family, clusterIP first in clusterIPs when both are set.
+func (s *Service) validateClusterIPs() error {
+	ips := s.Spec.ClusterIPs
+	if s.Spec.ClusterIP != "" && len(ips) > 0 && ips[0] != s.Spec.ClusterIP {
+		return fieldErr("spec.clusterIP", "%q is not spec.clusterIPs[0] (%q)", s.Spec.ClusterIP, ips[0])
+	}
+	if len(ips) == 0 && s.Spec.ClusterIP != "" {
+		ips = []string{s.Spec.ClusterIP}
+	}
+	if len(ips) > 2 {
+		return fieldErr("spec.clusterIPs", "%d addresses, at most one IPv4 and one IPv6", len(ips))
+	}
+	var v4, v6 int
+	for i, c := range ips {
+		if c == ClusterIPNone {
+			if len(ips) > 1 {
+				return fieldErr("spec.clusterIPs", "%q must be the only entry", ClusterIPNone)
+			}
+			continue
+		}
+		a, err := netip.ParseAddr(c)
+		// Loopback is allowed: one machine's tests and benchmarks capture
+		// a ClusterIP without sending a packet anywhere if capture is off.
+		if err != nil || a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
+			return fieldErr(fmt.Sprintf("spec.clusterIPs[%d]", i), "%q is not a unicast IP address", c)
+		}
+		if a.Unmap().Is4() {
+			v4++
+		} else {
+			v6++
+		}
+	}
+	if v4 > 1 || v6 > 1 {
+		return fieldErr("spec.clusterIPs", "two addresses of one family")
 	}
 	return nil
 }

@@ -36,6 +36,11 @@ func RunAgent(prog string, args []string) error {
 		punchAddr  = fs.String("punch-addr", "", "UDP address of punched paths (default 0.0.0.0:0; off: relayed paths only)")
 		gwAddr     = fs.String("gateway-addr", "", "be the site's gateway: forward the site's agents to this agent's control planes and relays on this ip:port")
 		viaGW      = fs.String("via-gateway", "", "reach the control planes and relays through this site gateway (ip:port)")
+		meshDomain = fs.String("mesh-domain", "", "DNS domain of mesh names, <svc>.<ns>.DOMAIN (default mesh)")
+		clusterDom = fs.String("cluster-domain", "", "Kubernetes cluster domain: DNS also answers <svc>.<ns>.svc.DOMAIN (default cluster.local; - for off)")
+		captureM   = fs.String("capture", "", "transparent capture of ClusterIP traffic with nftables: off (default), auto (fall back to virtual IPs when not permitted), required")
+		captureA   = fs.String("capture-addr", "", "capture listener, every IPv4 address (default 0.0.0.0:15001)")
+		captureA6  = fs.String("capture-addr6", "", "IPv6 capture listener (default [::]:15001; off: IPv6 ClusterIPs not captured)")
 		scope      = fs.String("scope", "", "services this node's workloads use, comma separated (ns/name or ns/*): receive only these, the node's own and those asked for on a miss (default: every service)")
 		logf       LogFlags
 	)
@@ -70,6 +75,11 @@ func RunAgent(prog string, args []string) error {
 	override("vip-range", &cfg.VIPRange, *vipRange)
 	override("vip6-range", &cfg.VIP6Range, *vip6Range)
 	override("state-dir", &cfg.StateDir, *stateDir)
+	override("mesh-domain", &cfg.MeshDomain, *meshDomain)
+	override("cluster-domain", &cfg.ClusterDomain, *clusterDom)
+	override("capture", &cfg.Capture.Mode, *captureM)
+	override("capture-addr", &cfg.Capture.Addr, *captureA)
+	override("capture-addr6", &cfg.Capture.Addr6, *captureA6)
 	if set["path-normalization"] {
 		if err := cfg.PathNormalization.UnmarshalText([]byte(*pathNorm)); err != nil {
 			return &UsageError{Err: fmt.Errorf("agent: -path-normalization: %w", err)}
@@ -116,6 +126,11 @@ func RunAgent(prog string, args []string) error {
 	ctx, stop := SignalContext()
 	defer stop()
 	fmt.Fprintf(os.Stderr, "fogmesh agent %s: dns %s, mesh %s, admin %s\n", cfg.Node.Name, a.DNSAddr(), a.MeshAddr(), a.AdminAddr())
+	if cs := a.CaptureStatus(); cs.Active {
+		fmt.Fprintf(os.Stderr, "fogmesh agent %s: transparent capture on (nftables table inet fogmesh, listener %s)\n", cfg.Node.Name, cs.Addr)
+	} else if cs.Mode != agent.CaptureOff {
+		fmt.Fprintf(os.Stderr, "fogmesh agent %s: %s\n", cfg.Node.Name, cs.Note)
+	}
 	addrs := map[string]string{"dns": a.DNSAddr(), "mesh": a.MeshAddr(), "admin": a.AdminAddr()}
 	if g := a.GossipAddr(); g != "" {
 		addrs["gossip"] = g

@@ -90,3 +90,9 @@ func (w *recorder) Close() error              { return nil }
 func (w *recorder) TsigStatus() error         { return nil }
 func (w *recorder) TsigTimersOnly(bool)       {}
 func (w *recorder) Hijack()                   {}
+
+// ParseClusterNameForTest exposes parseClusterName to the fuzz target.
+func ParseClusterNameForTest(rel string) (svc, ns, port string, ok bool) {
+	n, ok := parseClusterName(rel)
+	return n.svc, n.ns, n.port, ok
+}

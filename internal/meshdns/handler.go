@@ -35,6 +35,7 @@ const (
 // dns.Server, tests and FuzzHandle call it directly.
 type handler struct {
 	zone      string // lowercase FQDN, e.g. "mesh."
+	cluster   string // lowercase FQDN, e.g. "cluster.local."; "" for none
 	ttl       uint32
 	defaultNS string
 	resolver  Resolver
@@ -54,6 +55,7 @@ type handler struct {
 func newHandler(ctx context.Context, cfg *Config, r Resolver, upstreams []string) *handler {
 	return &handler{
 		zone:            cfg.Zone,
+		cluster:         cfg.ClusterDomain,
 		ttl:             cfg.TTL,
 		defaultNS:       cfg.DefaultNamespace,
 		resolver:        r,
@@ -122,7 +124,19 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 	q := req.Question[0]
 	q.Name = dns.Fqdn(q.Name)
 	name := strings.ToLower(q.Name)
-	if !dns.IsSubDomain(h.zone, name) {
+	zone, inCluster := h.zone, false
+	var n meshName
+	switch {
+	case dns.IsSubDomain(h.zone, name):
+	case h.cluster != "" && dns.IsSubDomain(h.cluster, name):
+		// Not authoritative here: only the names of services this agent
+		// knows are answered; the rest go to the cluster's DNS upstream.
+		var ok bool
+		if n, ok = parseClusterName(strings.TrimSuffix(name, h.cluster)); !ok {
+			return nil, resultForward
+		}
+		zone, inCluster = h.cluster, true
+	default:
 		return nil, resultForward
 	}
 
@@ -132,34 +146,45 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 		resp.SetEdns0(ednsUDPSize, opt.Do())
 	}
 	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
+		if inCluster {
+			return nil, resultForward
+		}
 		resp.Rcode = dns.RcodeRefused
 		return resp, resultRefused
 	}
 	resp.Authoritative = true
 
-	if name == h.zone {
+	if name == zone {
 		if q.Qtype == dns.TypeSOA {
-			resp.Answer = []dns.RR{h.soa()}
+			resp.Answer = []dns.RR{h.soa(zone)}
 			return resp, resultAnswer
 		}
-		return h.noData(resp)
+		return h.noData(resp, zone)
 	}
 
-	n, ok := h.parseName(strings.TrimSuffix(name, "."+h.zone))
-	if !ok {
-		return h.nxDomain(resp)
+	if !inCluster {
+		var ok bool
+		if n, ok = h.parseName(strings.TrimSuffix(name, "."+h.zone)); !ok {
+			return h.nxDomain(resp, zone)
+		}
 	}
 	rec, ok := h.resolver.LookupService(n.ns, n.svc)
 	if f, fetch := h.resolver.(Fetcher); !ok && fetch {
 		var err error
 		if rec, ok, err = f.FetchService(h.ctx, n.ns, n.svc); err != nil {
 			h.log.Debug("meshdns: service not known in time", "name", q.Name, "err", err)
+			if inCluster {
+				return nil, resultForward
+			}
 			resp.Rcode = dns.RcodeServerFailure
 			return resp, resultServFail
 		}
 	}
 	if !ok {
-		return h.nxDomain(resp)
+		if inCluster {
+			return nil, resultForward
+		}
+		return h.nxDomain(resp, zone)
 	}
 	ports := rec.Ports
 	if n.port != "" {
@@ -171,11 +196,14 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 			}
 		}
 		if ports == nil {
-			return h.nxDomain(resp)
+			return h.nxDomain(resp, zone)
 		}
 	}
 
-	target := n.svc + "." + n.ns + "." + h.zone
+	target := n.svc + "." + n.ns + "." + zone
+	if inCluster {
+		target = n.svc + "." + n.ns + ".svc." + zone
+	}
 	switch {
 	case q.Qtype == dns.TypeSRV:
 		resp.Answer = h.srvs(q.Name, target, ports)
@@ -187,7 +215,7 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 		resp.Answer = h.addrs(q.Name, rec, q.Qtype)
 	}
 	if len(resp.Answer) == 0 {
-		return h.noData(resp)
+		return h.noData(resp, zone)
 	}
 	return resp, resultAnswer
 }
@@ -221,6 +249,31 @@ func (h *handler) parseName(rel string) (meshName, bool) {
 	if !isLabel(n.svc) || !isLabel(n.ns) {
 		return meshName{}, false
 	}
+	return n, true
+}
+
+// parseClusterName parses rel, a lowercase cluster name without the
+// cluster domain but with the dot before it: "svc.ns.svc." or
+// "_port._tcp.svc.ns.svc.". Anything else (pod names, bare namespaces,
+// escaped or odd bytes) is not a service name.
+func parseClusterName(rel string) (meshName, bool) {
+	rel, ok := strings.CutSuffix(rel, ".svc.")
+	if !ok {
+		return meshName{}, false
+	}
+	labels := strings.Split(rel, ".")
+	var n meshName
+	if len(labels) == 4 && strings.HasPrefix(labels[0], "_") && labels[1] == "_tcp" {
+		n.port = labels[0][1:]
+		if !isLabel(n.port) {
+			return meshName{}, false
+		}
+		labels = labels[2:]
+	}
+	if len(labels) != 2 || !isLabel(labels[0]) || !isLabel(labels[1]) {
+		return meshName{}, false
+	}
+	n.svc, n.ns = labels[0], labels[1]
 	return n, true
 }
 
@@ -281,11 +334,11 @@ func (h *handler) srvs(name, target string, ports []Port) []dns.RR {
 // soa returns the zone's synthetic SOA. Its minimum, the negative-caching
 // TTL, is the record TTL, so a new service is found as soon as a cached
 // positive answer would have expired.
-func (h *handler) soa() *dns.SOA {
+func (h *handler) soa(zone string) *dns.SOA {
 	return &dns.SOA{
-		Hdr:     dns.RR_Header{Name: h.zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: h.ttl},
-		Ns:      "ns.dns." + h.zone,
-		Mbox:    "hostmaster." + h.zone,
+		Hdr:     dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: h.ttl},
+		Ns:      "ns.dns." + zone,
+		Mbox:    "hostmaster." + zone,
 		Serial:  soaSerial,
 		Refresh: 7200,
 		Retry:   1800,
@@ -294,14 +347,14 @@ func (h *handler) soa() *dns.SOA {
 	}
 }
 
-func (h *handler) noData(resp *dns.Msg) (*dns.Msg, result) {
-	resp.Ns = []dns.RR{h.soa()}
+func (h *handler) noData(resp *dns.Msg, zone string) (*dns.Msg, result) {
+	resp.Ns = []dns.RR{h.soa(zone)}
 	return resp, resultNoData
 }
 
-func (h *handler) nxDomain(resp *dns.Msg) (*dns.Msg, result) {
+func (h *handler) nxDomain(resp *dns.Msg, zone string) (*dns.Msg, result) {
 	resp.Rcode = dns.RcodeNameError
-	resp.Ns = []dns.RR{h.soa()}
+	resp.Ns = []dns.RR{h.soa(zone)}
 	return resp, resultNXDomain
 }
 

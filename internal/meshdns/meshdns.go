@@ -13,6 +13,20 @@
 //	_<port>._tcp.<svc>.<ns>.mesh    SRV for the port named <port>
 //	_<port>._tcp.<svc>.mesh         same, in Config.DefaultNamespace
 //
+// Beside the mesh zone, the server answers Kubernetes cluster names of the
+// services it knows, under Config.ClusterDomain (default "cluster.local"):
+//
+//	<svc>.<ns>.svc.cluster.local              A, AAAA, SRV
+//	_<port>._tcp.<svc>.<ns>.svc.cluster.local SRV for the port named <port>
+//
+// The short forms <svc>.<ns> and <svc>.<ns>.svc are the stub resolver's
+// work: a workload's resolv.conf searches "<ns>.svc.cluster.local
+// svc.cluster.local cluster.local" (as kubelet writes it), which expands
+// them to the long form. The server is not authoritative for the cluster
+// domain: a name there that is not a service it knows (another service,
+// a pod name, a malformed name) is forwarded upstream, where the cluster's
+// own DNS may know it.
+//
 // Every port is TCP on the wire (tcp, http, http2, grpc and mqtt all are), so
 // only "_tcp" names exist. SRV targets are always the long form
 // <svc>.<ns>.<zone>, and the SRV answer carries the target's A and AAAA
@@ -98,8 +112,14 @@ type Config struct {
 	// Default "127.0.0.1:53".
 	Addr string
 
-	// Zone is the domain the server is authoritative for. Default "mesh".
+	// Zone is the domain the server is authoritative for, the mesh
+	// domain. Default "mesh".
 	Zone string
+
+	// ClusterDomain is the Kubernetes cluster domain whose service names
+	// (<svc>.<ns>.svc.<ClusterDomain>) the server answers for the services
+	// it knows. Default "cluster.local"; "-" answers no cluster names.
+	ClusterDomain string
 
 	// TTL is the time to live, in seconds, of every record the server
 	// synthesises, and the negative-caching TTL of its SOA. Default 5.
@@ -125,12 +145,24 @@ type Config struct {
 
 // Defaults for Config fields and the server's fixed limits.
 const (
-	defaultAddr      = "127.0.0.1:53"
-	defaultZone      = "mesh"
+	defaultAddr    = "127.0.0.1:53"
+	defaultZone    = "mesh"
+	defaultCluster = "cluster.local"
+	// NoClusterDomain as Config.ClusterDomain turns cluster names off.
+	NoClusterDomain  = "-"
 	defaultTTL       = 5
 	defaultNamespace = "default"
 	resolvConfPath   = "/etc/resolv.conf"
 )
+
+// Check reports whether c would be accepted by New, without binding or
+// reading anything (for a caller's config check).
+func (c Config) Check() error {
+	if c.Addr == "" {
+		c.Addr = defaultAddr
+	}
+	return c.validate()
+}
 
 // validate checks c and fills in defaults. It does not read resolv.conf.
 func (c *Config) validate() error {
@@ -149,6 +181,21 @@ func (c *Config) validate() error {
 	}
 	if _, ok := dns.IsDomainName(c.Zone); !ok || strings.Contains(c.Zone, `\`) {
 		return fmt.Errorf("zone %q: not a plain domain name", c.Zone)
+	}
+	switch c.ClusterDomain {
+	case NoClusterDomain:
+		c.ClusterDomain = ""
+	case "":
+		c.ClusterDomain = defaultCluster
+		fallthrough
+	default:
+		c.ClusterDomain = strings.ToLower(dns.Fqdn(c.ClusterDomain))
+		if _, ok := dns.IsDomainName(c.ClusterDomain); !ok || c.ClusterDomain == "." || strings.Contains(c.ClusterDomain, `\`) {
+			return fmt.Errorf("cluster domain %q: not a plain domain name", c.ClusterDomain)
+		}
+		if dns.IsSubDomain(c.Zone, c.ClusterDomain) || dns.IsSubDomain(c.ClusterDomain, c.Zone) {
+			return fmt.Errorf("cluster domain %q and mesh zone %q: one contains the other", c.ClusterDomain, c.Zone)
+		}
 	}
 	if c.TTL == 0 {
 		c.TTL = defaultTTL
