@@ -275,6 +275,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
+	a.self.Spec.AdminAddress = advertisedAdmin(a.adminLn.Addr().String(), cfg.MeshAdvertise)
 	if cfg.GossipAddr != "" {
 		gc := gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
 			OnChange: a.onGossip, Logger: a.log.With("sub", "gossip")}

@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -115,7 +117,8 @@ func (a *Agent) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		st := map[string]any{"node": a.self, "controlConnected": a.connected.Load(),
-			"configVersion": a.cfgVersion, "storeId": a.storeID, "activeConnections": a.active.Load()}
+			"configVersion": a.cfgVersion, "storeId": a.storeID, "activeConnections": a.active.Load(),
+			"dnsAddr": a.DNSAddr(), "time": time.Now().UTC()}
 		a.mu.Unlock()
 		writeJSON(w, http.StatusOK, st)
 	})
@@ -242,4 +245,18 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// advertisedAdmin is the address the node registers for its local API:
+// the bound one, or, when bound to every interface, on the host of the
+// advertised mesh address (the one its peers reach).
+func advertisedAdmin(bound, meshAdvertise string) string {
+	ap, err := netip.ParseAddrPort(bound)
+	if err != nil || !ap.Addr().IsUnspecified() {
+		return bound
+	}
+	if m, err := netip.ParseAddrPort(meshAdvertise); err == nil && !m.Addr().IsUnspecified() {
+		return netip.AddrPortFrom(m.Addr(), ap.Port()).String()
+	}
+	return bound
 }
