@@ -94,6 +94,10 @@ func main() {
 		err = runSession(args)
 	case "describe":
 		err = runDescribe(args)
+	case "check":
+		err = runCheck(args)
+	case "stat", "top":
+		err = runStat(cmd, args)
 	case "demo":
 		err = runDemo(args)
 	case "audit":
