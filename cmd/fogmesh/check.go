@@ -170,6 +170,11 @@ func runChecks(ctx context.Context, o checkOpts) []checkResult {
 
 	// 4. What the agents' own APIs say: clock, node certificate, DNS, gossip.
 	targets, terr := agentTargets(ctx, o.server, o.agents)
+	for _, n := range nodes {
+		if !n.Status.Ready || !n.Status.Connected {
+			delete(targets, n.Meta.Name) // the connected check reports it
+		}
+	}
 	statuses := map[string]*agentStatus{}
 	for name, url := range targets {
 		statuses[name] = readAgent(ctx, url)

@@ -20,7 +20,9 @@ import (
 // demoMesh is the demo topology as separate processes: a control plane
 // and four agents, shop-1-a and shop-1-b (site shop-1), shop-2-a (site
 // shop-2) in region east, cloud-a (site cloud-1) in region cloud, each
-// with site gossip and an instance of demo/hello. VIPs live in /17s of
+// with site gossip and an instance of demo/hello. hello balances round
+// robin over every instance (locality none), so requests cross nodes,
+// sites and regions and open paths between agents. VIPs live in /17s of
 // 127.25/16 and 127.26/16.
 type demoMesh struct {
 	t      *testing.T
@@ -52,7 +54,7 @@ func startDemoMesh(t *testing.T) *demoMesh {
 		"-heartbeat-interval", "500ms", "-node-timeout", "2s")
 	flags := secureAdmin(t, p, state, ca["admin"])
 	doc := filepath.Join(t.TempDir(), "svc.yaml")
-	os.WriteFile(doc, []byte(fmt.Sprintf("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: hello, namespace: demo}\nspec:\n  ports: [{name: http, port: %d, protocol: http}]\n", helloPort)), 0o644)
+	os.WriteFile(doc, []byte(fmt.Sprintf("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: hello, namespace: demo}\nspec:\n  ports: [{name: http, port: %d, protocol: http}]\n  locality: none\n  balancer: round-robin\n", helloPort)), 0o644)
 	if out, code := run(t, append([]string{"apply", "-f", doc}, flags...)...); code != 0 {
 		t.Fatal(out)
 	}
@@ -122,7 +124,7 @@ func (m *demoMesh) vipOf(a *meshAgent, fatal bool) string {
 }
 
 // traffic sends requests to hello through every agent (bounded: until
-// stop is closed or a minute passes) and counts the answers.
+// stop is closed or three minutes pass) and counts the answers.
 func (m *demoMesh) traffic(stop <-chan struct{}) (wait func() (ok, failed int)) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -133,7 +135,7 @@ func (m *demoMesh) traffic(stop <-chan struct{}) (wait func() (ok, failed int)) 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			deadline := time.Now().Add(time.Minute)
+			deadline := time.Now().Add(3 * time.Minute)
 			for time.Now().Before(deadline) {
 				select {
 				case <-stop:
@@ -203,7 +205,8 @@ func TestCheckGreenThenRed(t *testing.T) {
 	})
 	t.Logf("red:\n%s", out)
 	if code != 1 || !regexp.MustCompile(`(?m)^✖ agents connected: 1 of 4 nodes down: cloud-a`).MatchString(out) ||
-		!strings.Contains(out, "hint: is the agent process running") || !strings.Contains(out, "✖ 1 of 12 checks failed") {
+		!strings.Contains(out, "hint: is the agent process running") || !strings.Contains(out, "✖ 1 of 12 checks failed") ||
+		strings.Count(out, "✖") != 2 || strings.Contains(out, "‼") {
 		t.Fatalf("exit %d, want 1 with only agents connected failing:\n%s", code, out)
 	}
 	jout, code := run(t, append([]string{"check", "-wait", "1s", "-o", "json"}, m.admin...)...)
