@@ -241,6 +241,8 @@ func TestStatAndTop(t *testing.T) {
 	wait := m.traffic(stop)
 	out, code := run(t, append([]string{"stat", "-interval", "2s", "-edges", "-o", "json"}, m.admin...)...)
 	topOut, topCode := run(t, append([]string{"top", "-interval", "500ms", "-iterations", "2"}, m.admin...)...)
+	// Straight from one agent's API, without the control plane.
+	oneOut, oneCode := run(t, "stat", "-interval", "1s", "-edges", "-agents", "http://"+m.agents[1].addrs["admin"], "-server", closedAddr(t))
 	close(stop)
 	wait()
 	if code != 0 {
@@ -278,6 +280,10 @@ func TestStatAndTop(t *testing.T) {
 	}
 	if topCode != 0 || strings.Count(topOut, "fogmesh top —") != 2 || !regexp.MustCompile(`demo/hello\s+\d+\.\d\d\s+100\.00%\s+\d`).MatchString(topOut) {
 		t.Fatalf("top: exit %d\n%s", topCode, topOut)
+	}
+	if oneCode != 0 || !regexp.MustCompile(`(?m)^demo/hello\s+\d+\.\d\d\s+100\.00%`).MatchString(oneOut) ||
+		!regexp.MustCompile(`(?m)^shop-1-b\s+demo/hello\s+cloud-a\s+any\s`).MatchString(oneOut) || regexp.MustCompile(`(?m)^shop-1-a\s`).MatchString(oneOut) {
+		t.Fatalf("stat -agents of shop-1-b: exit %d\n%s", oneCode, oneOut)
 	}
 	out, code = run(t, "stat", "-interval", "0s")
 	if code != 2 || !strings.Contains(out, "-interval must be positive") {
