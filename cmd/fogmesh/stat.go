@@ -98,14 +98,14 @@ func printStats(w io.Writer, out string, services, edges []meshstat.Row, withEdg
 		fmt.Fprintln(tw, "(no HTTP requests through the mesh yet)\t\t\t\t\t\t")
 	}
 	if withEdges && len(edges) > 0 {
-		fmt.Fprintln(tw, "\t\t\t\t\t\t")
-		fmt.Fprintln(tw, "SOURCE\tSERVICE\tDESTINATION\tTIER\tRPS\tSUCCESS\tP99")
+		fmt.Fprintln(tw, "\t\t\t\t\t\t\t")
+		fmt.Fprintln(tw, "SOURCE\tSERVICE\tDESTINATION\tTIER\tPATH\tRPS\tSUCCESS\tP99")
 		for _, r := range edges {
 			src := r.SourceNode
 			if r.SourceService != "" {
 				src = r.SourceService + "@" + r.SourceNode
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f\t%s\t%s\n", src, r.Service, r.Node, r.Tier, r.RPS, pct(r.Success), ms(r.P99))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\n", src, r.Service, r.Node, r.Tier, orDash(r.Path), r.RPS, pct(r.Success), ms(r.P99))
 		}
 	}
 	for _, n := range sortedKeys(errs) {

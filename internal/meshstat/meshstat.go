@@ -6,8 +6,8 @@
 //
 // It reads fogmesh_http_requests_total (label code_class: 2xx…5xx or
 // "error" for no response) and fogmesh_http_request_duration_seconds
-// buckets, both VictoriaMetrics vmrange buckets (what the agent writes
-// today) and Prometheus le buckets.
+// buckets, both VictoriaMetrics vmrange buckets and Prometheus le buckets;
+// source_service and path label an edge where the agent sets them.
 package meshstat
 
 import (
@@ -43,6 +43,9 @@ type Key struct {
 	Node          string `json:"node,omitempty"`
 	Site          string `json:"site,omitempty"`
 	Tier          string `json:"tier,omitempty"`
+	// Path is how requests reached the node (label path: same_node,
+	// same_site, same_region, cross_region, relayed), where agents label it.
+	Path string `json:"path,omitempty"`
 }
 
 // Row is the golden signals of one key over the window between scrapes.
@@ -154,7 +157,7 @@ func finish(m map[Key]*Row) []Row {
 // keyOf is the edge a request series belongs to.
 func keyOf(l map[string]string) Key {
 	return Key{Service: l["service"], SourceService: l["source_service"], SourceNode: l["source_node"],
-		SourceSite: l["source_site"], Node: l["node"], Site: l["site"], Tier: l["tier"]}
+		SourceSite: l["source_site"], Node: l["node"], Site: l["site"], Tier: l["tier"], Path: l["path"]}
 }
 
 // seriesID identifies a series across scrapes.

@@ -65,6 +65,15 @@ fogmesh_http_request_duration_seconds_bucket{`+l+`,le="+Inf"} 4
 	if s := svcs[0]; s.Requests != 4 || s.RPS != 2 || s.Success != 1 || math.Abs(s.P50-0.01) > 1e-9 {
 		t.Fatalf("after a reset %+v", s)
 	}
+	// Source service and path kind, where the agent labels them, split edges.
+	lp := l + `,source_service="shop/web",path="same_site"`
+	prev = map[string]Scrape{"a": scrape(t, t0, `fogmesh_http_requests_total{`+lp+`,code_class="2xx"} 1`)}
+	cur = map[string]Scrape{"a": scrape(t, t0.Add(time.Second), `fogmesh_http_requests_total{`+lp+`,code_class="2xx"} 3
+fogmesh_http_requests_total{`+l+`,source_service="unknown",path="relayed",code_class="5xx"} 0`)}
+	_, edges := Compute(prev, cur)
+	if len(edges) != 2 || edges[0].SourceService != "shop/web" || edges[0].Path != "same_site" || edges[0].RPS != 2 || edges[1].Path != "relayed" {
+		t.Fatalf("labelled edges %+v", edges)
+	}
 	if got := Clean([]Row{{Success: math.NaN(), P50: math.NaN()}}); got[0].Success != -1 || got[0].P50 != -1 {
 		t.Fatalf("clean %+v", got)
 	}

@@ -49,7 +49,8 @@ function drawGraph(state) {
     }
     return [...m.values()].map(a => ({ ...a, success: a.rps > 0 ? a.ok / a.rps : -1 }));
   };
-  const left = sum(e => [e.sourceNode || "?", e.service]);
+  const source = e => (e.sourceService ? e.sourceService + " @ " : "") + (e.sourceNode || "?");
+  const left = sum(e => [source(e), e.service]);
   const right = sum(e => [e.service, e.node || "?"]);
   const srcs = [...new Set(left.map(a => a.from))].sort();
   const svcs = [...new Set(left.map(a => a.to))].sort();
@@ -63,12 +64,15 @@ function drawGraph(state) {
   const yOf = (list, name) => top + (rows - list.length) * rowH / 2 + list.indexOf(name) * rowH + boxH / 2;
   const cols = { src: [10, 150], svc: [400, 160], dst: [800, 150] };
   const maxRps = Math.max(...left.map(a => a.rps), ...right.map(a => a.rps));
-  const line = (a, x1, y1, x2, y2) => {
+  const line = (a, x1, y1, x2, y2, atEnd) => {
     const w = 1 + 5 * a.rps / maxRps;
     const l = el("line", { x1: x1, y1: y1, x2: x2, y2: y2, stroke: color(a.success), "stroke-width": w.toFixed(1), class: "edge-line" });
     l.appendChild(el("title", {}, a.from + " → " + a.to));
     svg.appendChild(l);
-    const t = el("text", { x: x1 + 8, y: y1 + (y2 - y1) * 0.12 - 5, class: "label" },
+    // Label where lines fan out least: at the source end on the left,
+    // at the destination end on the right.
+    const at = atEnd ? { x: x2 - 8, y: y2 - 6, "text-anchor": "end" } : { x: x1 + 8, y: y1 - 6 };
+    const t = el("text", { ...at, class: "label" },
       a.rps.toFixed(1) + " rps · " + fmtPct(a.success) + " · p99 " + fmtMs(a.p99));
     svg.appendChild(t);
   };
@@ -76,7 +80,7 @@ function drawGraph(state) {
     line(a, cols.src[0] + cols.src[1], yOf(srcs, a.from), cols.svc[0], yOf(svcs, a.to));
   }
   for (const a of right) {
-    line(a, cols.svc[0] + cols.svc[1], yOf(svcs, a.from), cols.dst[0], yOf(dsts, a.to));
+    line(a, cols.svc[0] + cols.svc[1], yOf(svcs, a.from), cols.dst[0], yOf(dsts, a.to), true);
   }
   for (const [list, [x, w], cls] of [[srcs, cols.src, "box"], [svcs, cols.svc, "box service"], [dsts, cols.dst, "box"]]) {
     for (const name of list) {
