@@ -229,6 +229,17 @@ func TestCheckGreenThenRed(t *testing.T) {
 	if failed != 1 {
 		t.Fatalf("%d failed checks in json, want 1:\n%s", failed, jout)
 	}
+	if out, code := run(t, append([]string{"check", "-o", "yaml"}, m.admin...)...); code != 2 || !strings.Contains(out, "not table or json") {
+		t.Fatalf("-o yaml: exit %d %s", code, out)
+	}
+	// With the control plane gone, the first check fails with a hint and
+	// the rest are not run.
+	m.ctl.kill9(t)
+	out, code = run(t, append([]string{"check"}, m.admin...)...)
+	if code != 1 || !strings.HasPrefix(out, "✖ control plane reachable: ") || !strings.Contains(out, "hint: is 'fogmesh control' running") ||
+		!strings.Contains(out, "✖ 1 of 1 checks failed") {
+		t.Fatalf("control plane killed: exit %d\n%s", code, out)
+	}
 }
 
 // TestStatAndTop: with real traffic through every agent, fogmesh stat
