@@ -179,7 +179,7 @@ func runChecks(ctx context.Context, o checkOpts) []checkResult {
 	for name, url := range targets {
 		statuses[name] = readAgent(ctx, url)
 	}
-	rs = append(rs, checkClock(o, resp, t0, t1, statuses, terr))
+	rs = append(rs, checkClock(o, resp, t0, t1, statuses))
 	if terr != nil {
 		rs = append(rs, checkWarn("agent APIs reachable", terr.Error(), "run check where the agents' APIs are reachable, or name them with -agents"))
 	} else {
@@ -369,7 +369,7 @@ func readAgent(ctx context.Context, url string) *agentStatus {
 	return st
 }
 
-func checkClock(o checkOpts, healthz *http.Response, t0, t1 time.Time, agents map[string]*agentStatus, _ error) checkResult {
+func checkClock(o checkOpts, healthz *http.Response, t0, t1 time.Time, agents map[string]*agentStatus) checkResult {
 	var bad, parts []string
 	worst := time.Duration(0)
 	if d, err := http.ParseTime(healthz.Header.Get("Date")); err == nil {

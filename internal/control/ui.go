@@ -50,19 +50,23 @@ const maxDenials = 50
 // uiState is the UI's memory: the last scrape of each node and the
 // recent denials seen in incoming audit batches. The zero value works.
 type uiState struct {
-	mu       sync.Mutex // guards the following
+	mu       sync.Mutex // guards the following; held while scraping
 	last     map[string]meshstat.Scrape
 	lastAt   time.Time
 	services []meshstat.Row
 	edges    []meshstat.Row
 	errs     map[string]string
-	denials  []audit.Record // newest last
+
+	// dmu guards denials apart from mu: audit ingest must never wait for
+	// a scrape.
+	dmu     sync.Mutex
+	denials []audit.Record // newest last
 }
 
 // noteAudit keeps the denials among records a node shipped.
 func (u *uiState) noteAudit(recs []audit.Record) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
+	u.dmu.Lock()
+	defer u.dmu.Unlock()
 	for _, r := range recs {
 		if r.Decision == audit.Deny {
 			u.denials = append(u.denials, r)
@@ -86,11 +90,13 @@ type UIState struct {
 	Scrape   map[string]string `json:"scrapeErrors,omitempty"`
 }
 
+// UIRegion is a region of the UI's map, its sites sorted by name.
 type UIRegion struct {
 	Name  string   `json:"name"`
 	Sites []UISite `json:"sites"`
 }
 
+// UISite is a site of the UI's map, its nodes sorted by name.
 type UISite struct {
 	Name  string     `json:"name"`
 	Nodes []api.Node `json:"nodes"`
@@ -102,7 +108,7 @@ func (s *Server) uiRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /ui", s.handleUI)
 	mux.HandleFunc("GET /ui/{$}", s.handleUI)
 	mux.HandleFunc("GET /ui/api/state", func(w http.ResponseWriter, r *http.Request) {
-		st, err := s.uiState(r.Context())
+		st, err := s.uiSnapshot(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
@@ -141,7 +147,7 @@ var uiTemplates = template.Must(template.New("").Funcs(template.FuncMap{
 }).ParseFS(uiFiles, "ui/*.html"))
 
 func (s *Server) handleUI(w http.ResponseWriter, r *http.Request) {
-	st, err := s.uiState(r.Context())
+	st, err := s.uiSnapshot(r.Context())
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
@@ -188,10 +194,10 @@ func (s *Server) handleUILogin(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/ui", http.StatusSeeOther)
 }
 
-// uiState gathers what the UI shows. Rates need two scrapes: the first
+// uiSnapshot gathers what the UI shows. Rates need two scrapes: the first
 // call scrapes twice a second apart; later ones subtract the scrape
 // before (at most one scrape a second, shared by every viewer).
-func (s *Server) uiState(ctx context.Context) (*UIState, error) {
+func (s *Server) uiSnapshot(ctx context.Context) (*UIState, error) {
 	objs, rev, err := s.reg.list(api.KindNode)
 	if err != nil {
 		return nil, err
@@ -238,11 +244,16 @@ func (s *Server) uiState(ctx context.Context) (*UIState, error) {
 		s.ui.last, s.ui.lastAt, s.ui.errs = cur, time.Now(), errs
 	}
 	st.Services, st.Edges, st.Scrape = s.ui.services, s.ui.edges, s.ui.errs
+	s.ui.dmu.Lock()
 	for i := len(s.ui.denials) - 1; i >= 0; i-- {
 		st.Denials = append(st.Denials, s.ui.denials[i])
 	}
+	s.ui.dmu.Unlock()
 	return st, nil
 }
+
+// maxScrapes bounds the agents scraped at once.
+const maxScrapes = 64
 
 // uiHTTP scrapes agents: plain HTTP, short timeouts.
 var uiHTTP = &http.Client{Timeout: 2 * time.Second}
@@ -255,8 +266,11 @@ func scrapeMetrics(ctx context.Context, targets map[string]string) (map[string]m
 		err  error
 	}
 	ch := make(chan res, len(targets))
+	sem := make(chan struct{}, maxScrapes)
 	for node, url := range targets {
 		go func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			sc, err := scrapeOne(ctx, url)
 			ch <- res{node, sc, err}
 		}()
