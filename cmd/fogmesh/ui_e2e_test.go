@@ -90,6 +90,15 @@ func TestWebUIInChromium(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("POST /v1/apply with the UI cookie: %s, want 401", resp.Status)
 	}
+	req, _ = http.NewRequest("GET", server+"/v1/nodes", nil)
+	req.AddCookie(&http.Cookie{Name: "fogmesh_ui", Value: token})
+	if resp, err = noRedirect.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("GET /v1/nodes with the UI cookie: %s, want 401", resp.Status)
+	}
 
 	// A denied request, for the UI's list of recent denials.
 	deny := filepath.Join(t.TempDir(), "deny.yaml")
