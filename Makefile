@@ -17,7 +17,7 @@ build:
 dev:
 	$(GO) run ./cmd/fogmesh dev
 
-# Installs what the tests use (dig, curl, mosquitto, iptables) if missing, then runs every test
+# Installs what the tests use (dig, curl, mosquitto, iptables, chromium) if missing, then runs every test
 # with the race detector. Fuzz seed corpora run as ordinary tests.
 test: test-deps
 	$(GO) vet ./...

@@ -14,6 +14,7 @@ case "${1:-test}" in
     need mosquitto_pub mosquitto-clients
     need etcd etcd-server
     need h2load nghttp2-client
+    need chromium chromium
     ;;
   bench)
     need dig dnsutils

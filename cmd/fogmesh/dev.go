@@ -63,6 +63,7 @@ func runDev(args []string) error {
   control plane   https://%s   (the CLI's default; else export FOGMESH_SERVER=https://%s)
                   mutual TLS between agents and to the control plane; the admin API needs:
   export FOGMESH_CA=%s FOGMESH_TOKEN=%s
+  web UI          https://%s/ui   (sign in with the token; the browser must trust FOGMESH_CA)
   nodes           shop-1-a, shop-1-b (site shop-1), shop-2-a (site shop-2), region east;
                   cloud-a (site cloud-1, region cloud). Each runs an agent and a "hello" instance.
 
@@ -86,7 +87,7 @@ network namespaces with NATs and shows direct, punched and relayed paths between
 (With 'go run', write 'go run ./cmd/fogmesh' for 'fogmesh', or 'make build' and use bin/fogmesh.)
 
 State is in %s; Ctrl-C stops everything.
-`, d.Control.AdminAddr(), d.Control.AdminAddr(), d.Control.BundlePath(), d.AdminToken, me.DNSAddr(), me.AdminAddr(),
+`, d.Control.AdminAddr(), d.Control.AdminAddr(), d.Control.BundlePath(), d.AdminToken, d.Control.AdminAddr(), me.DNSAddr(), me.AdminAddr(),
 		dnsHost, dnsPort, dnsHost, dnsPort, opts.HelloPort, d.VIP(), me.AdminAddr(), d.RelayAddr, stateDirOf(opts))
 	<-ctx.Done()
 	fmt.Println("\nfogmesh dev: stopping")

@@ -25,6 +25,9 @@ Admin verbs (talk to the control plane, -server or $FOGMESH_SERVER, default http
 authenticate with -token or $FOGMESH_TOKEN or -cert/-key, verify it with -ca or $FOGMESH_CA = STATE/ca.pem):
   fogmesh get nodes|services|endpoints|trust [-n NS] [-o table|json|yaml]
   fogmesh get paths                each node's path to its peers: direct, punched or relayed, relay, RTT, bytes
+  fogmesh check [-o json]          is the mesh healthy? one line per check with a hint; exit 1 if one fails
+  fogmesh stat [-interval 2s] [-edges]   per service: requests/s, success ratio, p50/p95/p99 latency
+  fogmesh top [-iterations N]      the same, refreshed every -interval (ctrl-C stops)
   fogmesh apply -f FILE            create or update services, endpoints (YAML or JSON; - for stdin)
   fogmesh delete service|endpoint NAME [-n NS] | node NAME | -f FILE
   fogmesh session move SERVICE KEY ENDPOINT [-n NS]   move a pinned session to another instance
@@ -94,6 +97,10 @@ func main() {
 		err = runSession(args)
 	case "describe":
 		err = runDescribe(args)
+	case "check":
+		err = runCheck(args)
+	case "stat", "top":
+		err = runStat(cmd, args)
 	case "demo":
 		err = runDemo(args)
 	case "audit":

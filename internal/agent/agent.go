@@ -281,6 +281,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := a.initCapture(); err != nil {
 		return nil, err
 	}
+	a.self.Spec.AdminAddress = advertisedAdmin(a.adminLn.Addr().String(), cfg.MeshAdvertise)
 	if cfg.GossipAddr != "" {
 		gc := gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
 			OnChange: a.onGossip, Logger: a.log.With("sub", "gossip")}

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -126,7 +127,7 @@ func (a *Agent) adminHandler() http.Handler {
 		a.mu.Lock()
 		st := map[string]any{"node": a.self, "controlConnected": a.connected.Load(),
 			"configVersion": a.cfgVersion, "storeId": a.storeID, "activeConnections": a.active.Load(),
-			"capture": a.capture.status}
+			"capture": a.capture.status, "dnsAddr": a.DNSAddr(), "time": time.Now().UTC()}
 		a.mu.Unlock()
 		writeJSON(w, http.StatusOK, st)
 	})
@@ -276,4 +277,18 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// advertisedAdmin is the address the node registers for its local API:
+// the bound one, or, when bound to every interface, on the host of the
+// advertised mesh address (the one its peers reach).
+func advertisedAdmin(bound, meshAdvertise string) string {
+	ap, err := netip.ParseAddrPort(bound)
+	if err != nil || !ap.Addr().IsUnspecified() {
+		return bound
+	}
+	if m, err := netip.ParseAddrPort(meshAdvertise); err == nil && !m.Addr().IsUnspecified() {
+		return netip.AddrPortFrom(m.Addr(), ap.Port()).String()
+	}
+	return bound
 }

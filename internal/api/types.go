@@ -69,6 +69,11 @@ type NodeSpec struct {
 	// GossipAddress is host:port of the agent's gossip member, which the
 	// agents of the same site join to learn of each other's death fast.
 	GossipAddress string `json:"gossipAddress,omitempty"`
+	// AdminAddress is host:port of the agent's local API (plain HTTP:
+	// /metrics, /v1/status), as the agent bound it, so `fogmesh check`,
+	// `fogmesh top` and the control plane's web UI can find its metrics.
+	// Reachable only where the operator exposes it (default loopback).
+	AdminAddress string `json:"adminAddress,omitempty"`
 	// Addresses are the node's own IP addresses (informational today).
 	Addresses []string `json:"addresses,omitempty"`
 	// Capacity is a relative capacity weight (default 1).

@@ -92,6 +92,11 @@ func (n *Node) Validate() error {
 			return err
 		}
 	}
+	if n.Spec.AdminAddress != "" {
+		if err := validHostPort("spec.adminAddress", n.Spec.AdminAddress); err != nil {
+			return err
+		}
+	}
 	for i, a := range n.Spec.Addresses {
 		if _, err := netip.ParseAddr(a); err != nil {
 			return fieldErr(fmt.Sprintf("spec.addresses[%d]", i), "%q is not an IP address", a)

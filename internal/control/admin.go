@@ -27,6 +27,7 @@ import (
 //	DELETE /v1/{services|endpoints|routes|destinationpolicies|authorizationpolicies}/{namespace}/{name}
 //	GET    /v1/audit[/{node}]                         ?verify=1 (audit.go)
 //	GET    /debug/pprof/...                           profiles, admin role (debug.go)
+//	GET    /ui, /ui/api/state, /ui/static/...         the web UI (ui.go); /ui/login needs no authentication
 //
 // Every successful apply and delete is written to the control plane's
 // audit chain before the answer is sent.
@@ -93,6 +94,7 @@ func (s *Server) adminHandler() http.Handler {
 	})
 	s.securityRoutes(mux)
 	s.debugRoutes(mux)
+	s.uiRoutes(mux)
 	return s.authenticate(mux)
 }
 

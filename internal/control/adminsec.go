@@ -85,7 +85,8 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/ui/login" || strings.HasPrefix(r.URL.Path, "/ui/static/") {
+			// The UI's login page and its static files (no data) need none.
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -108,6 +109,16 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			if role, err = s.sec.adminRole(tok); err != nil {
 				s.log.Warn("control: admin token refused", "remote", r.RemoteAddr, "err", err)
 				writeError(w, http.StatusUnauthorized, fmt.Errorf("token refused: %w", err))
+				return
+			}
+		}
+		if role == "" && r.Header.Get("Authorization") == "" && isUIRead(r) {
+			// The web UI's cookie (ui.go), for reading the UI only.
+			if c, err := r.Cookie(uiCookie); err == nil {
+				role, _ = s.sec.adminRole(c.Value)
+			}
+			if role == "" {
+				http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 				return
 			}
 		}
@@ -332,4 +343,11 @@ func (s *Server) handleAdminCert(w http.ResponseWriter, r *http.Request) {
 	s.log.Warn("control: admin client certificate issued", "id", id.String(), "serial", certs[0].SerialNumber.Text(16),
 		"notAfter", certs[0].NotAfter, "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, AdminCertResponse{ID: id.String(), Certificates: string(identity.EncodeCertificatesPEM(certs...)), Expires: certs[0].NotAfter})
+}
+
+// isUIRead is a GET or HEAD of the web UI, the only requests the UI's
+// cookie authenticates.
+func isUIRead(r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		(r.URL.Path == "/ui" || strings.HasPrefix(r.URL.Path, "/ui/"))
 }

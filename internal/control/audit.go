@@ -464,6 +464,13 @@ func (s *Server) ingestAudit(node string, recs []audit.Record) (uint64, error) {
 	before, _ := r.Last()
 	last, err := r.Append(recs)
 	s.audit.mRecords.Add(int(last - before))
+	var added []audit.Record
+	for _, rec := range recs {
+		if rec.Seq > before && rec.Seq <= last {
+			added = append(added, rec)
+		}
+	}
+	s.ui.noteAudit(added)
 	if last > before {
 		// Anchor what is now on disk (issue 9): verify compares the
 		// replica's files with this head.

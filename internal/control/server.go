@@ -220,6 +220,7 @@ type Server struct {
 	started time.Time
 
 	sec *security // nil in insecure mode
+	ui  uiState   // the web UI's scrapes and recent denials (ui.go)
 	ha  haState   // replicas on a shared store (ha.go)
 
 	mu   sync.Mutex // guards the following
