@@ -493,9 +493,3 @@ func (a *Agent) notifyLocal() {
 	default:
 	}
 }
-
-// ConfigError is returned by New for an invalid Config.
-type ConfigError struct{ Err error }
-
-func (e *ConfigError) Error() string { return e.Err.Error() }
-func (e *ConfigError) Unwrap() error { return e.Err }

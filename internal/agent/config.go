@@ -438,3 +438,9 @@ func CheckConfig(cfg Config) error {
 	cfg.Workloads = append([]Workload(nil), cfg.Workloads...)
 	return cfg.validate()
 }
+
+// ConfigError is returned by New for an invalid Config.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
