@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,6 +15,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/cli"
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/enroll"
+	"github.com/fogmesh/fogmesh/internal/store"
 )
 
 // controlFile is the control plane's config file.
@@ -102,6 +104,8 @@ func runControl(args []string) error {
 		etcdCA     = fs.String("etcd-ca", "", "CA bundle (PEM) verifying etcd's certificate")
 		etcdCert   = fs.String("etcd-cert", "", "client certificate (PEM) for etcd, with -etcd-key")
 		etcdKey    = fs.String("etcd-key", "", "its private key (PEM)")
+		etcdUser   = fs.String("etcd-username", "", "etcd user (etcd auth), with -etcd-password-file")
+		etcdPWFile = fs.String("etcd-password-file", "", "file holding the etcd user's password")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		contention = fs.Bool("debug-contention", false, "record mutex and block profiles for /debug/pprof/mutex and /debug/pprof/block on the admin port (costs a little CPU)")
 		logf       cli.LogFlags
@@ -206,6 +210,12 @@ func runControl(args []string) error {
 	if set["etcd-key"] {
 		fc.EtcdKeyFile = *etcdKey
 	}
+	if set["etcd-username"] {
+		fc.EtcdUsername = *etcdUser
+	}
+	if set["etcd-password-file"] {
+		fc.EtcdPasswordFile = *etcdPWFile
+	}
 	if fc.StateDir == "" {
 		fc.StateDir = "/var/lib/fogmesh/control"
 	}
@@ -213,11 +223,33 @@ func runControl(args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := openControlStore(&fc, log)
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	eo, err := etcdOptions(&fc, log)
 	if err != nil {
 		return err
 	}
-	s, err := control.New(control.Config{Name: fc.Name, Store: st,
+	var st store.Backend
+	var adminLn, syncLn net.Listener
+	if eo != nil {
+		// A replica on etcd starts while etcd is down: not ready until it
+		// answers (controlwait.go).
+		if adminLn, syncLn, err = listenControl(&fc); err != nil {
+			return err
+		}
+		if err := cli.WriteAddrFile(*addrFile, map[string]string{"admin": adminLn.Addr().String(), "sync": syncLn.Addr().String()}); err != nil {
+			adminLn.Close()
+			syncLn.Close()
+			return err
+		}
+		st, err = waitStore(ctx, log, adminLn, syncLn, fc.Insecure, func() (store.Backend, error) { return openEtcd(eo, &fc) })
+		if err != nil || st == nil {
+			adminLn.Close()
+			syncLn.Close()
+			return err // nil: a signal while waiting
+		}
+	}
+	s, err := control.New(control.Config{Name: fc.Name, Store: st, AdminListener: adminLn, SyncListener: syncLn,
 		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
 		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout),
 		ReconnectGrace: time.Duration(fc.ReconnectGrace),
@@ -230,16 +262,21 @@ func runControl(args []string) error {
 	})
 	var refused *enroll.Error
 	if errors.As(err, &refused) { // a refused region join: retrying cannot help
+		if st != nil {
+			st.Close()
+		}
 		return &cli.UsageError{Err: err}
 	}
 	if err != nil {
 		if st != nil {
 			st.Close()
 		}
+		if adminLn != nil {
+			adminLn.Close()
+			syncLn.Close()
+		}
 		return err
 	}
-	ctx, stop := cli.SignalContext()
-	defer stop()
 	if fc.Insecure {
 		fmt.Fprintf(os.Stderr, "fogmesh control: INSECURE: admin http://%s, sync %s (plaintext), state %s\n", s.AdminAddr(), s.SyncAddr(), fc.StateDir)
 	} else {
@@ -254,6 +291,18 @@ func runControl(args []string) error {
 		return err
 	}
 	return s.Serve(ctx)
+}
+
+// listenControl binds the admin and sync addresses of fc (or the defaults).
+func listenControl(fc *controlFile) (admin, sync net.Listener, err error) {
+	if admin, err = net.Listen("tcp", cmpOr(fc.AdminAddr, control.DefaultAdminAddr)); err != nil {
+		return nil, nil, fmt.Errorf("control: admin listen: %w", err)
+	}
+	if sync, err = net.Listen("tcp", cmpOr(fc.SyncAddr, control.DefaultSyncAddr)); err != nil {
+		admin.Close()
+		return nil, nil, fmt.Errorf("control: sync listen: %w", err)
+	}
+	return admin, sync, nil
 }
 
 // parseVIPIndexes parses FIRST-LAST ("" is 0, 0: the whole range).

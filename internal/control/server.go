@@ -41,6 +41,11 @@ type Config struct {
 	AdminAddr string
 	// SyncAddr is where agents connect (default 127.0.0.1:7071).
 	SyncAddr string
+	// AdminListener and SyncListener, if set, are listeners bound already
+	// (AdminAddr and SyncAddr are then not used): the process bound them
+	// while it waited for a shared store, to answer /healthz meanwhile.
+	// The server closes them.
+	AdminListener, SyncListener net.Listener
 	// Network is where the sync port listens (default netseam.OS{}: a TCP
 	// socket). Tests pass an in-memory network; the admin API always
 	// listens on a TCP socket, for the CLI and browsers.
@@ -149,10 +154,10 @@ func (c *Config) validate() error {
 		return errors.New("control: stateDir is required")
 	}
 	if c.AdminAddr == "" {
-		c.AdminAddr = "127.0.0.1:7070"
+		c.AdminAddr = DefaultAdminAddr
 	}
 	if c.SyncAddr == "" {
-		c.SyncAddr = "127.0.0.1:7071"
+		c.SyncAddr = DefaultSyncAddr
 	}
 	c.Network = netseam.Or(c.Network)
 	if c.HeartbeatInterval <= 0 {
@@ -197,6 +202,12 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// The default listen addresses.
+const (
+	DefaultAdminAddr = "127.0.0.1:7070"
+	DefaultSyncAddr  = "127.0.0.1:7071"
+)
 
 // liveNode is what the control plane knows of a node between store writes.
 type liveNode struct {
@@ -299,12 +310,21 @@ func New(cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
-	if s.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+	if s.adminLn = cfg.AdminListener; s.adminLn == nil {
+		s.adminLn, err = net.Listen("tcp", cfg.AdminAddr)
+	}
+	if err != nil {
 		s.closeAudit()
 		st.Close()
+		if cfg.SyncListener != nil {
+			cfg.SyncListener.Close()
+		}
 		return nil, fmt.Errorf("control: admin listen: %w", err)
 	}
-	if s.syncLn, err = cfg.Network.Listen(context.Background(), "tcp", cfg.SyncAddr); err != nil {
+	if s.syncLn = cfg.SyncListener; s.syncLn == nil {
+		s.syncLn, err = cfg.Network.Listen(context.Background(), "tcp", cfg.SyncAddr)
+	}
+	if err != nil {
 		s.adminLn.Close()
 		s.closeAudit()
 		st.Close()
