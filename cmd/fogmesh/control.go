@@ -25,6 +25,7 @@ type controlFile struct {
 	SyncAddr          string        `json:"syncAddr,omitempty"`
 	HeartbeatInterval durationValue `json:"heartbeatInterval,omitempty"`
 	NodeTimeout       durationValue `json:"nodeTimeout,omitempty"`
+	NodeExpiry        durationValue `json:"nodeExpiry,omitempty"`
 	ReconnectGrace    durationValue `json:"reconnectGrace,omitempty"`
 	VIPRange          string        `json:"vipRange,omitempty"`
 	Insecure          bool          `json:"insecure,omitempty"`
@@ -84,6 +85,7 @@ func runControl(args []string) error {
 		syncAddr   = fs.String("sync-addr", "", "address agents connect to (default 127.0.0.1:7071)")
 		hb         = fs.Duration("heartbeat-interval", 0, "agent heartbeat interval (default 5s)")
 		timeout    = fs.Duration("node-timeout", 0, "mark a node not ready after this long without heartbeat (default 3 × interval)")
+		expiry     = fs.Duration("node-expiry", 0, "how long past -node-timeout an unreachable node keeps its endpoints routable when no peer reports traffic from it (default 5m)")
 		grace      = fs.Duration("reconnect-grace", 0, "after a start, give nodes not heard from yet this long more than node-timeout to reconnect (default 30s)")
 		vipRange   = fs.String("vip-range", "", "default service virtual IP range (default 127.77.0.0/16)")
 		insecure   = fs.Bool("insecure", false, "plaintext sync and admin API, no authentication: tests and local experiments only")
@@ -141,6 +143,9 @@ func runControl(args []string) error {
 	}
 	if set["heartbeat-interval"] {
 		fc.HeartbeatInterval = durationValue(*hb)
+	}
+	if set["node-expiry"] {
+		fc.NodeExpiry = durationValue(*expiry)
 	}
 	if set["reconnect-grace"] {
 		fc.ReconnectGrace = durationValue(*grace)
@@ -251,7 +256,7 @@ func runControl(args []string) error {
 	}
 	s, err := control.New(control.Config{Name: fc.Name, Store: st, AdminListener: adminLn, SyncListener: syncLn,
 		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
-		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout),
+		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout), NodeExpiry: time.Duration(fc.NodeExpiry),
 		ReconnectGrace: time.Duration(fc.ReconnectGrace),
 		VIPRange:       fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
 		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,

@@ -55,6 +55,10 @@ type Config struct {
 	// NodeTimeout is how long a node may miss heartbeats before it is marked
 	// not ready (default 3 × HeartbeatInterval).
 	NodeTimeout time.Duration
+	// NodeExpiry is how long past NodeTimeout a silent node, marked
+	// unreachable, keeps its endpoints routable unless a peer still
+	// reports traffic from it (expiry.go; default 5m).
+	NodeExpiry time.Duration
 	// ReconnectGrace is added to NodeTimeout for the nodes this control
 	// plane has not heard from since it started (or became the leader):
 	// after a restart the whole fleet reconnects, with jittered backoffs
@@ -166,6 +170,9 @@ func (c *Config) validate() error {
 	if c.NodeTimeout <= 0 {
 		c.NodeTimeout = 3 * c.HeartbeatInterval
 	}
+	if c.NodeExpiry <= 0 {
+		c.NodeExpiry = 5 * time.Minute
+	}
 	if c.ReconnectGrace <= 0 {
 		c.ReconnectGrace = 30 * time.Second
 	}
@@ -246,6 +253,9 @@ type Server struct {
 	// closed on shutdown or when their node is revoked.
 	streams map[net.Conn]string
 	loads   loadSum // the agents' endpoint loads summed (load.go)
+	// witness is when a peer's heartbeat last showed traffic from a node
+	// (expiry.go).
+	witness map[string]time.Time
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -486,7 +496,8 @@ func (s *Server) shutdown() {
 	})
 }
 
-// watchHeartbeats marks nodes not ready when they miss heartbeats. A node
+// watchHeartbeats marks nodes unreachable, then not ready, when they miss
+// heartbeats (expiry.go). A node
 // known from the store but not yet heard from since start gets NodeTimeout
 // plus ReconnectGrace from the start, so a control plane restart does not
 // flap every node, nor the ones that reconnect last in a large fleet.
@@ -502,7 +513,7 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		heard, leaderSince := s.replicaHeartbeats()
+		heard, witnessed, leaderSince := s.replicaHeartbeats()
 		for n, at := range heard {
 			if at.After(heardAny[n]) {
 				heardAny[n] = at
@@ -523,10 +534,7 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 				continue // another control plane's node: its readiness is the owner's
 			}
 			if last := s.lastSign(n.Meta.Name, heardAny, leaderSince); now.Sub(last) > s.cfg.NodeTimeout {
-				s.log.Warn("control: node missed heartbeats, marking not ready", "node", n.Meta.Name, "last", last)
-				if err := s.reg.setNodeReady(n.Meta.Name, false); err != nil {
-					s.log.Error("control: mark not ready", "node", n.Meta.Name, "err", err)
-				}
+				s.expireNode(n, last, witnessed, now) // unreachable, then not ready (expiry.go)
 			}
 		}
 	}
@@ -561,14 +569,15 @@ func maxTime(ts ...time.Time) time.Time {
 	return m
 }
 
-// heartbeat records liveness and load; a node that was not ready becomes
-// ready again.
+// heartbeat records liveness and load; a node that was not ready or
+// unreachable becomes ready again.
 func (s *Server) heartbeat(node string, load float64, epLoad map[string]float64, paths []wire.PathReport) {
 	s.mu.Lock()
 	l := s.liveLocked(node)
 	l.lastHeartbeat = time.Now()
 	l.load = load
 	l.epLoad = epLoad
+	s.noteWitnessLocked(l.paths, paths, l.lastHeartbeat)
 	l.paths = paths
 	s.mu.Unlock()
 	if err := s.reg.setNodeReady(node, true); err != nil {
