@@ -36,6 +36,8 @@ type Options struct {
 	// requires a client certificate signed by TLS.CA (etcd's
 	// --client-cert-auth). The test's own clients use TLS.ClientCert.
 	TLS *Certs
+	// Args are more flags for every member (e.g. --quota-backend-bytes).
+	Args []string
 	// NoStart leaves the members stopped: the test starts them with
 	// Restart and waits with WaitHealthy.
 	NoStart bool
@@ -129,6 +131,7 @@ func (c *Cluster) Restart(i int) {
 		args = append(args, "--cert-file", ct.ServerCert, "--key-file", ct.ServerKey,
 			"--trusted-ca-file", ct.CA, "--client-cert-auth")
 	}
+	args = append(args, c.o.Args...)
 	cmd := exec.Command("etcd", args...)
 	cmd.Dir = c.dir
 	// If the test binary dies (a timeout panic skips cleanups), so does etcd.
