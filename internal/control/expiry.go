@@ -64,12 +64,23 @@ func (s *Server) noteWitnessLocked(prev, cur []wire.PathReport, now time.Time) {
 	if len(prev) == 0 || len(cur) == 0 {
 		return
 	}
-	in := make(map[string]uint64, len(prev))
-	for _, p := range prev {
-		in[p.Peer] = p.BytesIn
+	before := func(peer string) (uint64, bool) {
+		for _, p := range prev {
+			if p.Peer == peer {
+				return p.BytesIn, true
+			}
+		}
+		return 0, false
+	}
+	if len(prev) > 8 { // most agents have a few paths: no map for them
+		in := make(map[string]uint64, len(prev))
+		for _, p := range prev {
+			in[p.Peer] = p.BytesIn
+		}
+		before = func(peer string) (uint64, bool) { b, ok := in[peer]; return b, ok }
 	}
 	for _, p := range cur {
-		if before, ok := in[p.Peer]; ok && p.BytesIn > before {
+		if b, ok := before(p.Peer); ok && p.BytesIn > b {
 			if s.witness == nil {
 				s.witness = map[string]time.Time{}
 			}

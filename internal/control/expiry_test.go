@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -55,8 +56,9 @@ func nodeStatus(t *testing.T, s *Server, node string) api.NodeStatus {
 }
 
 // reporter heartbeats as node every 50ms, reporting a path to peer whose
-// received bytes grow while grow is set; it stops with the test.
-func reporter(t *testing.T, a *agentConn, peer string, grow *atomic.Bool) {
+// received bytes grow while grow is set, and extra paths to other peers
+// without traffic; it stops with the test.
+func reporter(t *testing.T, a *agentConn, peer string, grow *atomic.Bool, extra int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	t.Cleanup(func() { cancel(); <-done })
@@ -67,7 +69,11 @@ func reporter(t *testing.T, a *agentConn, peer string, grow *atomic.Bool) {
 			if grow.Load() {
 				in += 100
 			}
-			if wire.Write(a.c, &wire.Message{Type: wire.TypeHeartbeat, Paths: []wire.PathReport{{Peer: peer, Kind: "direct", BytesIn: in}}}) != nil {
+			paths := []wire.PathReport{{Peer: peer, Kind: "direct", BytesIn: in}}
+			for i := range extra {
+				paths = append(paths, wire.PathReport{Peer: fmt.Sprintf("other%d", i), Kind: "direct", BytesIn: 7})
+			}
+			if wire.Write(a.c, &wire.Message{Type: wire.TypeHeartbeat, Paths: paths}) != nil {
 				return
 			}
 			select {
@@ -114,7 +120,7 @@ func TestPeerTrafficKeepsASilentNodeRoutable(t *testing.T) {
 	dialAgent(t, s, "silent")
 	var grow atomic.Bool
 	grow.Store(true)
-	reporter(t, dialAgent(t, s, "peer"), "silent", &grow)
+	reporter(t, dialAgent(t, s, "peer"), "silent", &grow, 1)
 	checkWitnessedStaysReady(t, s, &grow)
 	if st := nodeStatus(t, s, "peer"); !st.Ready || st.Unreachable {
 		t.Fatalf("the heartbeating peer: %+v", st)
@@ -134,6 +140,6 @@ func TestReplicasShareWitnesses(t *testing.T) {
 	dialAgent(t, leader, "silent")
 	var grow atomic.Bool
 	grow.Store(true)
-	reporter(t, dialAgent(t, follower, "peer"), "silent", &grow)
+	reporter(t, dialAgent(t, follower, "peer"), "silent", &grow, 12) // more than a few: the map
 	checkWitnessedStaysReady(t, leader, &grow)
 }
