@@ -41,6 +41,14 @@ const (
 // and connections to syncLn are closed at once. Both listeners are open
 // and idle when it returns.
 func waitStore(ctx context.Context, log *slog.Logger, adminLn, syncLn net.Listener, insecure bool, open func() (store.Backend, error)) (store.Backend, error) {
+	// The gate answers from the start: one attempt can take the store's
+	// whole timeout.
+	g, err := startGate(log, adminLn, syncLn, insecure)
+	if err != nil {
+		return nil, err
+	}
+	defer g.stop()
+	start := time.Now()
 	st, err := open()
 	if err == nil {
 		return st, nil
@@ -49,12 +57,6 @@ func waitStore(ctx context.Context, log *slog.Logger, adminLn, syncLn net.Listen
 	if errors.As(err, &cfgErr) {
 		return nil, err
 	}
-	g, gerr := startGate(log, adminLn, syncLn, insecure)
-	if gerr != nil {
-		return nil, gerr
-	}
-	defer g.stop()
-	start := time.Now()
 	wait := storeRetryFirst
 	for attempt := 1; ; attempt++ {
 		g.reason.Store(fmt.Sprintf("not ready: waiting for the store since %s (attempt %d): %v", start.UTC().Format(time.RFC3339), attempt, err))
