@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -192,4 +193,36 @@ func TestControlStartsBeforeEtcd(t *testing.T) {
 func lastLine(out string) string {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestControlWaitingForEtcdStopsOnSIGTERM: a replica waiting for its etcd
+// stops at once on SIGTERM, exit 0, and frees its addresses.
+func TestControlWaitingForEtcdStopsOnSIGTERM(t *testing.T) {
+	ec := etcdtest.StartWith(t, 1, etcdtest.Options{NoStart: true})
+	p, addrs := startAddrs(t, "control", "-insecure", "-state-dir", t.TempDir(), "-admin-addr", any0, "-sync-addr", any0,
+		"-store", "etcd", "-etcd-endpoints", strings.Join(ec.Endpoints(), ","), "-name", "w")
+	testenv.WaitFor(t, 20*time.Second, "503 while waiting", func() bool {
+		resp, err := http.Get("http://" + addrs["admin"] + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("still running 15 s after SIGTERM:\n%s", p.out)
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit %d after SIGTERM while waiting:\n%s", code, p.out)
+	}
+	for _, a := range []string{addrs["admin"], addrs["sync"]} {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			t.Fatalf("%s not freed: %v", a, err)
+		}
+		ln.Close()
+	}
 }
