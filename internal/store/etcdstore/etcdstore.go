@@ -753,6 +753,11 @@ func (s *Store) commit(ctx context.Context, guard string, mod int64, ops []clien
 		// the embedded store, not an outage; nothing was written.
 		return false, fmt.Errorf("etcdstore: commit: etcd is out of space (its NOSPACE alarm is raised: free keys, compact, defragment, then disarm the alarm): %w: %w: %w", store.ErrWrite, syscall.ENOSPC, err)
 	}
+	if errors.Is(err, rpctypes.ErrRequestTooLarge) || err != nil && strings.Contains(err.Error(), "larger than max") {
+		// Refused before it was applied (by etcd, or by the client's
+		// own send limit): retrying cannot make it fit.
+		return false, fmt.Errorf("etcdstore: commit: the transaction is larger than etcd takes (etcd's --max-request-bytes, default 1.5 MiB): apply in parts, or raise it: %w", err)
+	}
 	if err != nil {
 		// The commit may or may not have happened: the caller gets an
 		// error and the state is whatever etcd holds, never half of it.
