@@ -84,7 +84,7 @@ func runControl(args []string) error {
 		adminAddr  = fs.String("admin-addr", "", "admin API, /healthz and /metrics address (default 127.0.0.1:7070)")
 		syncAddr   = fs.String("sync-addr", "", "address agents connect to (default 127.0.0.1:7071)")
 		hb         = fs.Duration("heartbeat-interval", 0, "agent heartbeat interval (default 5s)")
-		timeout    = fs.Duration("node-timeout", 0, "mark a node not ready after this long without heartbeat (default 3 × interval)")
+		timeout    = fs.Duration("node-timeout", 0, "mark a node unreachable after this long without heartbeat, not ready -node-expiry later (default 3 × interval)")
 		expiry     = fs.Duration("node-expiry", 0, "how long past -node-timeout an unreachable node keeps its endpoints routable when no peer reports traffic from it (default 5m)")
 		grace      = fs.Duration("reconnect-grace", 0, "after a start, give nodes not heard from yet this long more than node-timeout to reconnect (default 30s)")
 		vipRange   = fs.String("vip-range", "", "default service virtual IP range (default 127.77.0.0/16)")

@@ -53,7 +53,7 @@ type Config struct {
 	// HeartbeatInterval is how often agents send heartbeats (default 5s).
 	HeartbeatInterval time.Duration
 	// NodeTimeout is how long a node may miss heartbeats before it is marked
-	// not ready (default 3 × HeartbeatInterval).
+	// unreachable (expiry.go; default 3 × HeartbeatInterval).
 	NodeTimeout time.Duration
 	// NodeExpiry is how long past NodeTimeout a silent node, marked
 	// unreachable, keeps its endpoints routable unless a peer still
