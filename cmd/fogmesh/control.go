@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,6 +15,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/cli"
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/enroll"
+	"github.com/fogmesh/fogmesh/internal/store"
 )
 
 // controlFile is the control plane's config file.
@@ -23,6 +25,7 @@ type controlFile struct {
 	SyncAddr          string        `json:"syncAddr,omitempty"`
 	HeartbeatInterval durationValue `json:"heartbeatInterval,omitempty"`
 	NodeTimeout       durationValue `json:"nodeTimeout,omitempty"`
+	NodeExpiry        durationValue `json:"nodeExpiry,omitempty"`
 	ReconnectGrace    durationValue `json:"reconnectGrace,omitempty"`
 	VIPRange          string        `json:"vipRange,omitempty"`
 	Insecure          bool          `json:"insecure,omitempty"`
@@ -81,7 +84,8 @@ func runControl(args []string) error {
 		adminAddr  = fs.String("admin-addr", "", "admin API, /healthz and /metrics address (default 127.0.0.1:7070)")
 		syncAddr   = fs.String("sync-addr", "", "address agents connect to (default 127.0.0.1:7071)")
 		hb         = fs.Duration("heartbeat-interval", 0, "agent heartbeat interval (default 5s)")
-		timeout    = fs.Duration("node-timeout", 0, "mark a node not ready after this long without heartbeat (default 3 × interval)")
+		timeout    = fs.Duration("node-timeout", 0, "mark a node unreachable after this long without heartbeat, not ready -node-expiry later (default 3 × interval)")
+		expiry     = fs.Duration("node-expiry", 0, "how long past -node-timeout an unreachable node keeps its endpoints routable when no peer reports traffic from it (default 5m)")
 		grace      = fs.Duration("reconnect-grace", 0, "after a start, give nodes not heard from yet this long more than node-timeout to reconnect (default 30s)")
 		vipRange   = fs.String("vip-range", "", "default service virtual IP range (default 127.77.0.0/16)")
 		insecure   = fs.Bool("insecure", false, "plaintext sync and admin API, no authentication: tests and local experiments only")
@@ -102,6 +106,8 @@ func runControl(args []string) error {
 		etcdCA     = fs.String("etcd-ca", "", "CA bundle (PEM) verifying etcd's certificate")
 		etcdCert   = fs.String("etcd-cert", "", "client certificate (PEM) for etcd, with -etcd-key")
 		etcdKey    = fs.String("etcd-key", "", "its private key (PEM)")
+		etcdUser   = fs.String("etcd-username", "", "etcd user (etcd auth), with -etcd-password-file")
+		etcdPWFile = fs.String("etcd-password-file", "", "file holding the etcd user's password")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		contention = fs.Bool("debug-contention", false, "record mutex and block profiles for /debug/pprof/mutex and /debug/pprof/block on the admin port (costs a little CPU)")
 		logf       cli.LogFlags
@@ -137,6 +143,9 @@ func runControl(args []string) error {
 	}
 	if set["heartbeat-interval"] {
 		fc.HeartbeatInterval = durationValue(*hb)
+	}
+	if set["node-expiry"] {
+		fc.NodeExpiry = durationValue(*expiry)
 	}
 	if set["reconnect-grace"] {
 		fc.ReconnectGrace = durationValue(*grace)
@@ -206,6 +215,12 @@ func runControl(args []string) error {
 	if set["etcd-key"] {
 		fc.EtcdKeyFile = *etcdKey
 	}
+	if set["etcd-username"] {
+		fc.EtcdUsername = *etcdUser
+	}
+	if set["etcd-password-file"] {
+		fc.EtcdPasswordFile = *etcdPWFile
+	}
 	if fc.StateDir == "" {
 		fc.StateDir = "/var/lib/fogmesh/control"
 	}
@@ -213,13 +228,35 @@ func runControl(args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := openControlStore(&fc, log)
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	eo, err := etcdOptions(&fc, log)
 	if err != nil {
 		return err
 	}
-	s, err := control.New(control.Config{Name: fc.Name, Store: st,
+	var st store.Backend
+	var adminLn, syncLn net.Listener
+	if eo != nil {
+		// A replica on etcd starts while etcd is down: not ready until it
+		// answers (controlwait.go).
+		if adminLn, syncLn, err = listenControl(&fc); err != nil {
+			return err
+		}
+		if err := cli.WriteAddrFile(*addrFile, map[string]string{"admin": adminLn.Addr().String(), "sync": syncLn.Addr().String()}); err != nil {
+			adminLn.Close()
+			syncLn.Close()
+			return err
+		}
+		st, err = waitStore(ctx, log, adminLn, syncLn, fc.Insecure, func() (store.Backend, error) { return openEtcd(eo, &fc) })
+		if err != nil || st == nil {
+			adminLn.Close()
+			syncLn.Close()
+			return err // nil: a signal while waiting
+		}
+	}
+	s, err := control.New(control.Config{Name: fc.Name, Store: st, AdminListener: adminLn, SyncListener: syncLn,
 		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
-		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout),
+		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout), NodeExpiry: time.Duration(fc.NodeExpiry),
 		ReconnectGrace: time.Duration(fc.ReconnectGrace),
 		VIPRange:       fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
 		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
@@ -230,16 +267,21 @@ func runControl(args []string) error {
 	})
 	var refused *enroll.Error
 	if errors.As(err, &refused) { // a refused region join: retrying cannot help
+		if st != nil {
+			st.Close()
+		}
 		return &cli.UsageError{Err: err}
 	}
 	if err != nil {
 		if st != nil {
 			st.Close()
 		}
+		if adminLn != nil {
+			adminLn.Close()
+			syncLn.Close()
+		}
 		return err
 	}
-	ctx, stop := cli.SignalContext()
-	defer stop()
 	if fc.Insecure {
 		fmt.Fprintf(os.Stderr, "fogmesh control: INSECURE: admin http://%s, sync %s (plaintext), state %s\n", s.AdminAddr(), s.SyncAddr(), fc.StateDir)
 	} else {
@@ -254,6 +296,18 @@ func runControl(args []string) error {
 		return err
 	}
 	return s.Serve(ctx)
+}
+
+// listenControl binds the admin and sync addresses of fc (or the defaults).
+func listenControl(fc *controlFile) (admin, sync net.Listener, err error) {
+	if admin, err = net.Listen("tcp", cmpOr(fc.AdminAddr, control.DefaultAdminAddr)); err != nil {
+		return nil, nil, fmt.Errorf("control: admin listen: %w", err)
+	}
+	if sync, err = net.Listen("tcp", cmpOr(fc.SyncAddr, control.DefaultSyncAddr)); err != nil {
+		admin.Close()
+		return nil, nil, fmt.Errorf("control: sync listen: %w", err)
+	}
+	return admin, sync, nil
 }
 
 // parseVIPIndexes parses FIRST-LAST ("" is 0, 0: the whole range).

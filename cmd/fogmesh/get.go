@@ -87,8 +87,12 @@ func runGet(args []string) error {
 			if !n.Status.LastHeartbeat.IsZero() {
 				hb = time.Since(n.Status.LastHeartbeat).Round(time.Second).String() + " ago"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%g\t%s\t%d\t%s\n", n.Meta.Name, n.Spec.Site, n.Spec.Region,
-				n.Status.Ready, n.Status.Connected, n.Status.Load, n.Spec.MeshAddress, n.Status.AckedVersion, hb)
+			ready := fmt.Sprint(n.Status.Ready)
+			if n.Status.Unreachable {
+				ready += " (unreachable)" // no heartbeat; still routed (README: stale nodes)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%g\t%s\t%d\t%s\n", n.Meta.Name, n.Spec.Site, n.Spec.Region,
+				ready, n.Status.Connected, n.Status.Load, n.Spec.MeshAddress, n.Status.AckedVersion, hb)
 		}
 	case "services":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tVIP\tPORTS\tBALANCER")

@@ -96,6 +96,12 @@ type NodeStatus struct {
 	// AckedVersion is the last configuration version the agent acknowledged.
 	AckedVersion uint64 `json:"ackedVersion,omitempty"`
 	Connected    bool   `json:"connected"`
+	// Unreachable: the control plane has had no heartbeat from the node
+	// for its node timeout, but has not withdrawn it: Ready stays true and
+	// agents keep its endpoints (see control's expiry.go for the rule).
+	Unreachable bool `json:"unreachable,omitempty"`
+	// UnreachableSince is its last sign of life when marked unreachable.
+	UnreachableSince time.Time `json:"unreachableSince,omitzero"`
 }
 
 // Service is a named set of endpoints reachable through a virtual IP.

@@ -20,7 +20,7 @@ import (
 func startServer(t *testing.T, dir string) *Server {
 	t.Helper()
 	s, err := New(Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
-		HeartbeatInterval: 200 * time.Millisecond, Insecure: true})
+		HeartbeatInterval: 200 * time.Millisecond, NodeExpiry: 600 * time.Millisecond, Insecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +155,8 @@ func TestSyncSnapshotThenDeltaThenResume(t *testing.T) {
 	}
 }
 
+// TestNodeMissingHeartbeatsBecomesNotReady: a silent node is marked
+// unreachable at NodeTimeout and not ready NodeExpiry later (expiry.go).
 func TestNodeMissingHeartbeatsBecomesNotReady(t *testing.T) {
 	s := startServer(t, t.TempDir())
 	a := dialAgent(t, s, "n1")
@@ -177,13 +179,29 @@ func TestNodeMissingHeartbeatsBecomesNotReady(t *testing.T) {
 			}
 		}
 	}()
+	// First it is marked unreachable, still ready (its endpoints stay
+	// routable); after NodeExpiry more (600ms), with no peer reporting
+	// traffic from it, not ready.
 	deadline := time.Now().Add(5 * time.Second)
+	var unreachableAt time.Time
 	for time.Now().Before(deadline) {
 		m := b.recv()
 		for _, r := range m.Resources {
 			var n api.Node
 			json.Unmarshal(r.Body, &n)
-			if n.Meta.Name == "n1" && !n.Status.Ready {
+			switch {
+			case n.Meta.Name != "n1":
+			case n.Status.Ready && n.Status.Unreachable && unreachableAt.IsZero():
+				unreachableAt = time.Now()
+				if n.Status.UnreachableSince.IsZero() {
+					t.Error("unreachable without the time of its last sign of life")
+				}
+			case !n.Status.Ready && unreachableAt.IsZero():
+				t.Fatal("n1 marked not ready without being marked unreachable first")
+			case !n.Status.Ready:
+				if d := time.Since(unreachableAt); d < 300*time.Millisecond { // 600ms, less two ticks and delivery
+					t.Fatalf("n1 marked not ready %v after unreachable, before NodeExpiry (600ms)", d)
+				}
 				return
 			}
 		}

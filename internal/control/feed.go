@@ -617,23 +617,24 @@ func (f *feed) get(key string) *feedEntry {
 	return f.state[key]
 }
 
-// nodeReady returns the Ready flag of node as the feed holds it; ok is
-// false when the feed does not hold the node or is behind revision rev.
-func (f *feed) nodeReady(node string, rev uint64) (ready, ok bool) {
+// nodeReady returns the Ready and Unreachable flags of node as the feed
+// holds them; ok is false when the feed does not hold the node or is
+// behind revision rev.
+func (f *feed) nodeReady(node string, rev uint64) (ready, unreachable, ok bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.rev < rev {
-		return false, false
+		return false, false, false
 	}
 	e := f.nodes[node]
 	if e == nil {
-		return false, false
+		return false, false, false
 	}
 	n, ok := e.obj.(*api.Node)
 	if !ok {
-		return false, false
+		return false, false, false
 	}
-	return n.Status.Ready, true
+	return n.Status.Ready, n.Status.Unreachable, true
 }
 
 // snapCount is how many full snapshots the feed built (tests).

@@ -18,7 +18,7 @@ import (
 // silent is still marked not ready after NodeTimeout.
 func TestUnseenNodesGetAReconnectGrace(t *testing.T) {
 	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
-		HeartbeatInterval: 100 * time.Millisecond, NodeTimeout: 300 * time.Millisecond, ReconnectGrace: 4 * time.Second, Insecure: true})
+		HeartbeatInterval: 100 * time.Millisecond, NodeTimeout: 300 * time.Millisecond, NodeExpiry: time.Millisecond, ReconnectGrace: 4 * time.Second, Insecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,6 +48,7 @@ type haState struct {
 	leaderSince time.Time
 	caHash      [32]byte // of the keyCAFiles record last applied
 	published   []byte   // the node list last published under keyReplicaLive
+	witnessed   []byte   // the witnessed list last published (expiry.go)
 }
 
 func (s *Server) initHA() {
@@ -252,15 +253,16 @@ func (sec *security) followCA() {
 
 // replicaHeartbeats publishes which nodes have a sync stream open on this
 // replica and returns, for each node with a stream on a live replica, when
-// that replica last said so; nil for an unshared store. A stream stays
+// that replica last said so; nil for an unshared store. It does the same
+// for the nodes that peers witnessed (expiry.go): live/NAME/witnessed. A stream stays
 // open only while its agent heartbeats (the read timeout drops a silent
 // one), so that is as good as the heartbeat, and the records stay small:
 // live/NAME/at, a timestamp, every tick; live/NAME/nodes, the node names,
 // only when they change. It also tracks when this replica became leader:
 // a new leader gives every node NodeTimeout from then.
-func (s *Server) replicaHeartbeats() (map[string]time.Time, time.Time) {
+func (s *Server) replicaHeartbeats() (heard, witnessed map[string]time.Time, leaderSince time.Time) {
 	if !s.st.Shared() {
-		return nil, time.Time{}
+		return nil, nil, time.Time{}
 	}
 	now := time.Now()
 	s.ha.mu.Lock()
@@ -279,9 +281,13 @@ func (s *Server) replicaHeartbeats() (map[string]time.Time, time.Time) {
 	s.mu.Unlock()
 	slices.Sort(mine)
 	nodes, _ := json.Marshal(mine)
+	seen := s.witnessedRecently(now)
+	slices.Sort(seen)
+	wit, _ := json.Marshal(seen)
 	at, _ := now.UTC().MarshalText()
 	s.ha.mu.Lock()
 	same := bytes.Equal(nodes, s.ha.published)
+	sameWit := bytes.Equal(wit, s.ha.witnessed)
 	s.ha.mu.Unlock()
 	prefix := keyReplicaLive + s.cfg.Name + "/"
 	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
@@ -290,12 +296,17 @@ func (s *Server) replicaHeartbeats() (map[string]time.Time, time.Time) {
 				return err
 			}
 		}
+		if !sameWit {
+			if err := tx.Put(prefix+"witnessed", wit); err != nil {
+				return err
+			}
+		}
 		return tx.Put(prefix+"at", at)
 	}); err != nil {
 		s.log.Debug("control: publish this replica's nodes", "err", err)
-	} else if !same {
+	} else {
 		s.ha.mu.Lock()
-		s.ha.published = nodes
+		s.ha.published, s.ha.witnessed = nodes, wit
 		s.ha.mu.Unlock()
 	}
 	kvs, err := s.st.ListSecure(keyReplicaLive)
@@ -304,6 +315,7 @@ func (s *Server) replicaHeartbeats() (map[string]time.Time, time.Time) {
 	}
 	ats := map[string]time.Time{}
 	lists := map[string][]string{}
+	witLists := map[string][]string{}
 	for _, kv := range kvs {
 		replica, what, _ := strings.Cut(strings.TrimPrefix(kv.Key, keyReplicaLive), "/")
 		switch what {
@@ -317,18 +329,28 @@ func (s *Server) replicaHeartbeats() (map[string]time.Time, time.Time) {
 			if json.Unmarshal(kv.Value, &l) == nil {
 				lists[replica] = l
 			}
+		case "witnessed":
+			var l []string
+			if json.Unmarshal(kv.Value, &l) == nil {
+				witLists[replica] = l
+			}
 		}
 	}
-	out := map[string]time.Time{}
+	heard, witnessed = map[string]time.Time{}, map[string]time.Time{}
 	for replica, t := range ats {
 		if now.Sub(t) > s.cfg.NodeTimeout {
 			continue // that replica is gone: its streams are too
 		}
 		for _, n := range lists[replica] {
-			if t.After(out[n]) {
-				out[n] = t
+			if t.After(heard[n]) {
+				heard[n] = t
+			}
+		}
+		for _, n := range witLists[replica] {
+			if t.After(witnessed[n]) {
+				witnessed[n] = t
 			}
 		}
 	}
-	return out, since
+	return heard, witnessed, since
 }

@@ -34,7 +34,7 @@ func startReplicaTimeout(t *testing.T, c *etcdtest.Cluster, name string, insecur
 		t.Fatal(err)
 	}
 	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0", Name: name,
-		HeartbeatInterval: 200 * time.Millisecond, Insecure: insecure, Store: st, Metrics: metrics.NewSet()})
+		HeartbeatInterval: 200 * time.Millisecond, NodeExpiry: 300 * time.Millisecond, Insecure: insecure, Store: st, Metrics: metrics.NewSet()})
 	if err != nil {
 		st.Close()
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/store"
@@ -353,16 +354,22 @@ func (r *registry) stored(o api.Object) bool {
 // readyReads counts the store reads of setNodeReady (tests).
 var readyReads atomic.Int64
 
-// setNodeReady flips a node's Ready flag. The common case, a heartbeat
-// from a node already ready (2,000 a second at 10,000 agents), is answered
-// from the feed's decoded node when the feed is at the store's revision
-// (embedded store: reading its revision is local; on etcd it is a round
-// trip like the read it would save); else it reads the store first, so it
-// costs no write transaction either.
+// setNodeReady flips a node's Ready flag and clears Unreachable (see
+// setNodeStatus).
 func (r *registry) setNodeReady(name string, ready bool) error {
+	return r.setNodeStatus(name, ready, false, time.Time{})
+}
+
+// setNodeStatus sets a node's Ready and Unreachable flags (expiry.go).
+// The common case, a heartbeat from a node already ready (2,000 a second
+// at 10,000 agents), is answered from the feed's decoded node when the
+// feed is at the store's revision (embedded store: reading its revision
+// is local; on etcd it is a round trip like the read it would save); else
+// it reads the store first, so it costs no write transaction either.
+func (r *registry) setNodeStatus(name string, ready, unreachable bool, since time.Time) error {
 	if fd := r.feed(); fd != nil && !r.st.Shared() {
 		if rev, err := r.st.Rev(); err == nil {
-			if cur, ok := fd.nodeReady(name, rev); ok && cur == ready {
+			if cr, cu, ok := fd.nodeReady(name, rev); ok && cr == ready && cu == unreachable {
 				return nil
 			}
 		}
@@ -372,16 +379,20 @@ func (r *registry) setNodeReady(name string, ready bool) error {
 	if err != nil || !ok {
 		return err
 	}
+	same := func(st api.NodeStatus) bool { return st.Ready == ready && st.Unreachable == unreachable }
 	var cur api.Node
-	if json.Unmarshal(kv.Value, &cur) == nil && cur.Status.Ready == ready {
+	if json.Unmarshal(kv.Value, &cur) == nil && same(cur.Status) {
 		return nil
+	}
+	if !unreachable {
+		since = time.Time{}
 	}
 	_, err = r.st.Update(func(tx *store.Tx) error {
 		n, ok := getLocked(tx, api.KindNode+"/"+name, new(api.Node))
-		if !ok || n.Status.Ready == ready || n.Meta.Owner != r.owner {
+		if !ok || same(n.Status) || n.Meta.Owner != r.owner {
 			return nil
 		}
-		n.Status.Ready = ready
+		n.Status.Ready, n.Status.Unreachable, n.Status.UnreachableSince = ready, unreachable, since.UTC()
 		return putLocked(tx, n)
 	})
 	return err

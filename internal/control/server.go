@@ -41,6 +41,11 @@ type Config struct {
 	AdminAddr string
 	// SyncAddr is where agents connect (default 127.0.0.1:7071).
 	SyncAddr string
+	// AdminListener and SyncListener, if set, are listeners bound already
+	// (AdminAddr and SyncAddr are then not used): the process bound them
+	// while it waited for a shared store, to answer /healthz meanwhile.
+	// The server closes them.
+	AdminListener, SyncListener net.Listener
 	// Network is where the sync port listens (default netseam.OS{}: a TCP
 	// socket). Tests pass an in-memory network; the admin API always
 	// listens on a TCP socket, for the CLI and browsers.
@@ -48,8 +53,12 @@ type Config struct {
 	// HeartbeatInterval is how often agents send heartbeats (default 5s).
 	HeartbeatInterval time.Duration
 	// NodeTimeout is how long a node may miss heartbeats before it is marked
-	// not ready (default 3 × HeartbeatInterval).
+	// unreachable (expiry.go; default 3 × HeartbeatInterval).
 	NodeTimeout time.Duration
+	// NodeExpiry is how long past NodeTimeout a silent node, marked
+	// unreachable, keeps its endpoints routable unless a peer still
+	// reports traffic from it (expiry.go; default 5m).
+	NodeExpiry time.Duration
 	// ReconnectGrace is added to NodeTimeout for the nodes this control
 	// plane has not heard from since it started (or became the leader):
 	// after a restart the whole fleet reconnects, with jittered backoffs
@@ -149,10 +158,10 @@ func (c *Config) validate() error {
 		return errors.New("control: stateDir is required")
 	}
 	if c.AdminAddr == "" {
-		c.AdminAddr = "127.0.0.1:7070"
+		c.AdminAddr = DefaultAdminAddr
 	}
 	if c.SyncAddr == "" {
-		c.SyncAddr = "127.0.0.1:7071"
+		c.SyncAddr = DefaultSyncAddr
 	}
 	c.Network = netseam.Or(c.Network)
 	if c.HeartbeatInterval <= 0 {
@@ -160,6 +169,9 @@ func (c *Config) validate() error {
 	}
 	if c.NodeTimeout <= 0 {
 		c.NodeTimeout = 3 * c.HeartbeatInterval
+	}
+	if c.NodeExpiry <= 0 {
+		c.NodeExpiry = 5 * time.Minute
 	}
 	if c.ReconnectGrace <= 0 {
 		c.ReconnectGrace = 30 * time.Second
@@ -197,6 +209,12 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// The default listen addresses.
+const (
+	DefaultAdminAddr = "127.0.0.1:7070"
+	DefaultSyncAddr  = "127.0.0.1:7071"
+)
 
 // liveNode is what the control plane knows of a node between store writes.
 type liveNode struct {
@@ -236,6 +254,9 @@ type Server struct {
 	// closed on shutdown or when their node is revoked.
 	streams map[net.Conn]string
 	loads   loadSum // the agents' endpoint loads summed (load.go)
+	// witness is when a peer's heartbeat last showed traffic from a node
+	// (expiry.go).
+	witness map[string]time.Time
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -300,12 +321,21 @@ func New(cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
-	if s.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+	if s.adminLn = cfg.AdminListener; s.adminLn == nil {
+		s.adminLn, err = net.Listen("tcp", cfg.AdminAddr)
+	}
+	if err != nil {
 		s.closeAudit()
 		st.Close()
+		if cfg.SyncListener != nil {
+			cfg.SyncListener.Close()
+		}
 		return nil, fmt.Errorf("control: admin listen: %w", err)
 	}
-	if s.syncLn, err = cfg.Network.Listen(context.Background(), "tcp", cfg.SyncAddr); err != nil {
+	if s.syncLn = cfg.SyncListener; s.syncLn == nil {
+		s.syncLn, err = cfg.Network.Listen(context.Background(), "tcp", cfg.SyncAddr)
+	}
+	if err != nil {
 		s.adminLn.Close()
 		s.closeAudit()
 		st.Close()
@@ -467,7 +497,8 @@ func (s *Server) shutdown() {
 	})
 }
 
-// watchHeartbeats marks nodes not ready when they miss heartbeats. A node
+// watchHeartbeats marks nodes unreachable, then not ready, when they miss
+// heartbeats (expiry.go). A node
 // known from the store but not yet heard from since start gets NodeTimeout
 // plus ReconnectGrace from the start, so a control plane restart does not
 // flap every node, nor the ones that reconnect last in a large fleet.
@@ -483,7 +514,7 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		heard, leaderSince := s.replicaHeartbeats()
+		heard, witnessed, leaderSince := s.replicaHeartbeats()
 		for n, at := range heard {
 			if at.After(heardAny[n]) {
 				heardAny[n] = at
@@ -504,10 +535,7 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 				continue // another control plane's node: its readiness is the owner's
 			}
 			if last := s.lastSign(n.Meta.Name, heardAny, leaderSince); now.Sub(last) > s.cfg.NodeTimeout {
-				s.log.Warn("control: node missed heartbeats, marking not ready", "node", n.Meta.Name, "last", last)
-				if err := s.reg.setNodeReady(n.Meta.Name, false); err != nil {
-					s.log.Error("control: mark not ready", "node", n.Meta.Name, "err", err)
-				}
+				s.expireNode(n, last, witnessed, now) // unreachable, then not ready (expiry.go)
 			}
 		}
 	}
@@ -542,14 +570,15 @@ func maxTime(ts ...time.Time) time.Time {
 	return m
 }
 
-// heartbeat records liveness and load; a node that was not ready becomes
-// ready again.
+// heartbeat records liveness and load; a node that was not ready or
+// unreachable becomes ready again.
 func (s *Server) heartbeat(node string, load float64, epLoad map[string]float64, paths []wire.PathReport) {
 	s.mu.Lock()
 	l := s.liveLocked(node)
 	l.lastHeartbeat = time.Now()
 	l.load = load
 	l.epLoad = epLoad
+	s.noteWitnessLocked(l.paths, paths, l.lastHeartbeat)
 	l.paths = paths
 	s.mu.Unlock()
 	if err := s.reg.setNodeReady(node, true); err != nil {

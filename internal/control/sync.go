@@ -271,9 +271,10 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 			return nil, nil, reject(err.Error(), err)
 		}
 	}
-	if err := s.reg.registerNode(admit.Node); errors.Is(err, store.ErrUnavailable) {
-		// etcd down or without quorum: serve the agent what the store
-		// last showed; its registration is written when it reconnects.
+	if err := s.reg.registerNode(admit.Node); errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrWrite) {
+		// etcd down or without quorum, or the store cannot write (a full
+		// disk, etcd out of space): serve the agent what the store last
+		// showed; its registration is written when it reconnects.
 		s.log.Warn("control: store unavailable; agent served without recording its registration", "node", st.node, "err", err)
 	} else if err != nil {
 		return nil, nil, fmt.Errorf("register node %s: %w", st.node, err)

@@ -63,10 +63,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
@@ -746,6 +748,16 @@ func (s *Store) begin(ctx context.Context, guard, space string) (*etcdTx, []byte
 // commit writes ops if guard was not modified since mod; false: conflict.
 func (s *Store) commit(ctx context.Context, guard string, mod int64, ops []clientv3.Op) (bool, error) {
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.p+guard), "=", mod)).Then(ops...).Commit()
+	if errors.Is(err, rpctypes.ErrNoSpace) {
+		// etcd's quota is full (its NOSPACE alarm): like a full disk of
+		// the embedded store, not an outage; nothing was written.
+		return false, fmt.Errorf("etcdstore: commit: etcd is out of space (its NOSPACE alarm is raised: free keys, compact, defragment, then disarm the alarm): %w: %w: %w", store.ErrWrite, syscall.ENOSPC, err)
+	}
+	if errors.Is(err, rpctypes.ErrRequestTooLarge) || err != nil && strings.Contains(err.Error(), "larger than max") {
+		// Refused before it was applied (by etcd, or by the client's
+		// own send limit): retrying cannot make it fit.
+		return false, fmt.Errorf("etcdstore: commit: the transaction is larger than etcd takes (etcd's --max-request-bytes, default 1.5 MiB): apply in parts, or raise it: %w", err)
+	}
 	if err != nil {
 		// The commit may or may not have happened: the caller gets an
 		// error and the state is whatever etcd holds, never half of it.

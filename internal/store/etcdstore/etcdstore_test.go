@@ -397,3 +397,20 @@ func TestLastStateWithoutEtcd(t *testing.T) {
 		t.Fatalf("revision after recovery %d, want %d", r, rev+1)
 	}
 }
+
+// A transaction larger than etcd's --max-request-bytes is refused with an
+// error naming that flag, not reported as an outage to retry: retrying
+// cannot make it fit. Nothing of it is written.
+func TestRequestTooLarge(t *testing.T) {
+	c := etcdtest.StartWith(t, 1, etcdtest.Options{Args: []string{"--max-request-bytes", "65536"}})
+	s := open(t, c, "a", nil)
+	rev := put(t, s, "k/first", "v")
+	_, err := s.Update(func(tx *store.Tx) error { return tx.Put("k/big", []byte(strings.Repeat("x", 100<<10))) })
+	if err == nil || errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "--max-request-bytes") {
+		t.Fatalf("a 100 KiB object with a 64 KiB limit: %v; want an error naming --max-request-bytes, not unavailable", err)
+	}
+	if kvs, r, _ := s.List("k/"); len(kvs) != 1 || r != rev {
+		t.Fatalf("after the refused transaction: %d keys at revision %d, want 1 at %d", len(kvs), r, rev)
+	}
+	put(t, s, "k/second", "v") // and the store goes on
+}
