@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -188,16 +189,19 @@ func orDash(s string) string {
 func runDescribe(args []string) error {
 	fs := flag.NewFlagSet("fogmesh describe", flag.ContinueOnError)
 	agentURL := agentFlag(fs)
-	ns := fs.String("n", "", "namespace (default \"default\")")
+	ns := fs.String("n", "", "namespace (default: the one namespace that has a service NAME, else \"default\")")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 2 || kindAliases[fs.Arg(0)] != "services" {
 		return cli.Usagef("describe: want service NAME")
 	}
-	key := api.NamespaceOr(*ns) + "/" + fs.Arg(1)
 	var routes []agent.RouteStatus
 	if err := call("GET", strings.TrimRight(*agentURL, "/")+"/v1/routes", nil, &routes); err != nil {
+		return err
+	}
+	key, err := describeKey(routes, *ns, fs.Arg(1))
+	if err != nil {
 		return err
 	}
 	for _, r := range routes {
@@ -217,4 +221,32 @@ func runDescribe(args []string) error {
 		return tw.Flush()
 	}
 	return cli.Usagef("describe: service %s is not known to this agent", key)
+}
+
+// describeKey is the "ns/name" describe shows: with -n that namespace;
+// without, "default" if it has the service, else the one namespace that
+// has it, as the demo prints `describe service hello` for demo/hello.
+// Several namespaces with the name are an error naming them.
+func describeKey(routes []agent.RouteStatus, ns, name string) (string, error) {
+	if ns != "" {
+		return api.NamespaceOr(ns) + "/" + name, nil
+	}
+	def := api.NamespaceOr("") + "/" + name
+	var found []string
+	for _, r := range routes {
+		if r.Service == def {
+			return def, nil
+		}
+		if _, n, ok := strings.Cut(r.Service, "/"); ok && n == name {
+			found = append(found, r.Service)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return def, nil // not known: the caller says so
+	case 1:
+		return found[0], nil
+	}
+	sort.Strings(found)
+	return "", cli.Usagef("describe: service %s is in several namespaces (%s): give -n NAMESPACE", name, strings.Join(found, ", "))
 }

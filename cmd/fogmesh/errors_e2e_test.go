@@ -1,0 +1,169 @@
+package main
+
+import (
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
+)
+
+// Issue 16's "errors that tell the operator what to do", as a new user
+// meets them: real processes, the CLI as typed. Agents here use VIPs in
+// 127.28-30.0.0/16.
+
+// runEnv is run with the environment variables in env set (and those
+// named with an empty value removed).
+func runEnv(t *testing.T, env map[string]string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(fogmeshBin, args...)
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); env[k] == "" {
+			if _, named := env[k]; named {
+				continue
+			}
+		}
+		cmd.Env = append(cmd.Env, kv)
+	}
+	for k, v := range env {
+		if v != "" {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
+// without returns the admin flags with flag name and its value removed.
+func without(flags []string, name string) []string {
+	i := slices.Index(flags, name)
+	if i < 0 {
+		return flags
+	}
+	return append(slices.Clone(flags[:i]), flags[i+2:]...)
+}
+
+// TestHelpExitsZero: -h and --help print the usage and exit 0 for every
+// command, as Go's flag package does (they exited 2, a failure to scripts).
+func TestHelpExitsZero(t *testing.T) {
+	cmds := [][]string{{}, {"control"}, {"agent"}, {"relay"}, {"dev"}, {"get"}, {"apply"}, {"delete"}, {"register"},
+		{"deregister"}, {"routes"}, {"paths"}, {"session"}, {"describe"}, {"demo"}, {"audit"}, {"audit", "verify"},
+		{"token"}, {"token", "create"}, {"node"}, {"region"}, {"ca"}, {"trust"}, {"admin"}, {"version"}}
+	for i, c := range cmds {
+		for _, h := range []string{"--help", "-h"} {
+			if h == "-h" && i%4 != 0 {
+				continue // each start of the race-built binary costs; -h is the same flag
+			}
+			out, code := run(t, append(slices.Clone(c), h)...)
+			if code != 0 || !strings.Contains(out, "fogmesh") {
+				t.Errorf("fogmesh %s %s: exit %d, want 0 and the usage:\n%s", strings.Join(c, " "), h, code, out)
+			}
+		}
+	}
+	// A wrong flag is still a usage error.
+	if out, code := run(t, "get", "-bogus"); code != 2 {
+		t.Errorf("get -bogus: exit %d, want 2:\n%s", code, out)
+	}
+}
+
+// TestVersionOfMakeBuild: the binary `make build` makes names the commit
+// it was built from, even where Go's own VCS stamp is off (GOFLAGS
+// -buildvcs=false, as here) or there is no .git to read.
+func TestVersionOfMakeBuild(t *testing.T) {
+	testenv.NeedTool(t, "make")
+	testenv.NeedTool(t, "git")
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, err := exec.Command("git", "-C", root, "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Skipf("not a git checkout: %v", err)
+	}
+	// The Makefile's own command for bin/fogmesh, built elsewhere.
+	plan, err := exec.Command("make", "-s", "-n", "-C", root, "build").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for _, l := range strings.Split(string(plan), "\n") {
+		if strings.HasSuffix(strings.TrimSpace(l), "./cmd/fogmesh") {
+			line = l
+		}
+	}
+	if line == "" {
+		t.Fatalf("make -n build has no command for ./cmd/fogmesh:\n%s", plan)
+	}
+	bin := filepath.Join(t.TempDir(), "fogmesh")
+	line = strings.Replace(line, "-o bin/fogmesh ", "-o "+bin+" ", 1)
+	build := exec.Command("sh", "-c", line)
+	build.Dir = root
+	build.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", line, err, out)
+	}
+	out, err := exec.Command(bin, "version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("version: %v %s", err, out)
+	}
+	if short := strings.TrimSpace(string(head))[:12]; !strings.Contains(string(out), "commit "+short) {
+		t.Fatalf("version printed %q, want commit %s", out, short)
+	}
+}
+
+// TestCLIErrorsSayWhatToDo: against a secure control plane and one agent,
+// a missing trust bundle names FOGMESH_CA and -ca; get KIND NAME shows one
+// object (and exits 1 for an unknown name); describe finds demo/hello
+// without -n, as the demo prints it.
+func TestCLIErrorsSayWhatToDo(t *testing.T) {
+	ln, err := net.Listen("tcp", any0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c := startCluster(t, "hello", 19280)
+	_, admin := c.agent("n28", 28, ln.Addr().(*net.TCPAddr).Port, false)
+	c.waitRoutes(admin, 1)
+
+	// No trust bundle: the error says what to set.
+	noCA := map[string]string{"FOGMESH_CA": ""}
+	out, code := runEnv(t, noCA, append([]string{"get", "nodes"}, without(c.admin, "-ca")...)...)
+	if code == 0 || !strings.Contains(out, "FOGMESH_CA") || !strings.Contains(out, "-ca") || !strings.Contains(out, "ca.pem") {
+		t.Fatalf("get nodes without a trust bundle: exit %d, want an error naming FOGMESH_CA and -ca:\n%s", code, out)
+	}
+
+	// get KIND NAME.
+	testenv.WaitFor(t, 15*time.Second, "node n28 listed", func() bool {
+		out, code = run(t, append([]string{"get", "nodes", "n28"}, c.admin...)...)
+		return code == 0 && strings.Contains(out, "n28")
+	})
+	if !strings.Contains(out, "CONFIG VERSION") || strings.Count(strings.TrimSpace(out), "\n") != 1 {
+		t.Fatalf("get nodes n28:\n%s", out)
+	}
+	if out, code = run(t, append([]string{"get", "nodes", "nope"}, c.admin...)...); code != 1 || !strings.Contains(out, `no "nope"`) {
+		t.Fatalf("get nodes nope: exit %d, want 1 and `no \"nope\"`:\n%s", code, out)
+	}
+	if out, code = run(t, append([]string{"get", "services", "hello", "-o", "json"}, c.admin...)...); code != 0 || !strings.Contains(out, `"name": "hello"`) {
+		t.Fatalf("get services hello: exit %d:\n%s", code, out)
+	}
+
+	// describe without -n: the one namespace with a service hello.
+	if out, code = run(t, "describe", "service", "hello", "-agent", "http://"+admin); code != 0 || !strings.Contains(out, "Service:   demo/hello") {
+		t.Fatalf("describe service hello: exit %d:\n%s", code, out)
+	}
+	if out, code = run(t, "describe", "service", "hello", "-n", "other", "-agent", "http://"+admin); code != 2 || !strings.Contains(out, "other/hello is not known") {
+		t.Fatalf("describe service hello -n other: exit %d:\n%s", code, out)
+	}
+}
