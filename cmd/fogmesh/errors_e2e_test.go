@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -165,5 +166,52 @@ func TestCLIErrorsSayWhatToDo(t *testing.T) {
 	}
 	if out, code = run(t, "describe", "service", "hello", "-n", "other", "-agent", "http://"+admin); code != 2 || !strings.Contains(out, "other/hello is not known") {
 		t.Fatalf("describe service hello -n other: exit %d:\n%s", code, out)
+	}
+}
+
+// TestConfigVersionAfterControlRestart: after the control plane is killed
+// and restarts, `get nodes` shows the resubscribed agent at the version it
+// holds, not 0 until the next change. (On this branch's base it passed
+// already, through the empty update a new stream gets; the control test
+// TestResubscribeAtCurrentVersionIsAcked shows the fix of the subscribe
+// itself counting.)
+func TestConfigVersionAfterControlRestart(t *testing.T) {
+	ln, err := net.Listen("tcp", any0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c := startCluster(t, "hello", 19281)
+	_, admin := c.agent("n29", 29, ln.Addr().(*net.TCPAddr).Port, false)
+	c.waitRoutes(admin, 1)
+	acked := func(flags []string) (string, bool) {
+		out, code := run(t, append([]string{"get", "nodes", "n29", "-o", "json"}, flags...)...)
+		var ns []struct {
+			Status struct {
+				AckedVersion uint64 `json:"ackedVersion"`
+				Connected    bool   `json:"connected"`
+			} `json:"status"`
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &ns) != nil || len(ns) != 1 {
+			return out, false
+		}
+		return out, ns[0].Status.Connected && ns[0].Status.AckedVersion > 0
+	}
+	testenv.WaitFor(t, 15*time.Second, "n29 to ack a version", func() bool { _, ok := acked(c.admin); return ok })
+	before, _ := acked(c.admin)
+
+	c.ctl.kill9(t)
+	p, addrs := restartAddrs(t, c.syncAddr, "control", "-state-dir", c.state, "-admin-addr", any0, "-sync-addr", c.syncAddr)
+	flags := secureAdmin(t, p, c.state, addrs["admin"])
+	var out string
+	deadline := time.Now().Add(20 * time.Second)
+	for ok := false; !ok; out, ok = acked(flags) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the restart n29 never showed a config version (before: %s):\n%s", before, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if table, _ := run(t, append([]string{"get", "nodes", "n29"}, flags...)...); !strings.Contains(table, "n29") {
+		t.Fatalf("get nodes n29:\n%s", table)
 	}
 }

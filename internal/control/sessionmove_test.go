@@ -4,6 +4,11 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // TestSessionMoveNeedsItsTarget (issue 16): `fogmesh session move`
@@ -39,5 +44,40 @@ func TestSessionMoveNeedsItsTarget(t *testing.T) {
 	}
 	if code, body := applyDoc(t, s, session("demo", "hello", "hello-2")); code != http.StatusOK {
 		t.Fatalf("a session to an endpoint of the service: %d %s", code, body)
+	}
+}
+
+// TestResubscribeAtCurrentVersionIsAcked (issue 16): an agent that
+// subscribes holding the current version of this store (what every agent
+// does after a restart of the control plane) counts as acked at that
+// version at once, not only after it acks an update: the acked version
+// lives in memory, and `get nodes` showed CONFIG VERSION 0 until one.
+func TestResubscribeAtCurrentVersionIsAcked(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	if code, body := applyDoc(t, s, helloSvc); code != http.StatusOK {
+		t.Fatal(code, body)
+	}
+	rev, err := s.st.Rev()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := dialAgent(t, s, "n1")
+	a.send(&wire.Message{Type: wire.TypeSubscribe, StoreID: s.StoreID(), KnownVersion: rev})
+	// No ack is sent: the subscribe itself says what the agent holds.
+	testenv.WaitFor(t, 5*time.Second, "n1 acked at the current version", func() bool {
+		n := api.Node{Meta: api.Meta{Name: "n1"}}
+		s.fillLive(&n)
+		return n.Status.AckedVersion == rev
+	})
+	// One from another store's history is not.
+	b := dialAgent(t, s, "n2")
+	b.send(&wire.Message{Type: wire.TypeSubscribe, StoreID: "other", KnownVersion: rev})
+	if m := b.recv(); !m.Full {
+		t.Fatal("foreign store id: want a full snapshot")
+	}
+	n := api.Node{Meta: api.Meta{Name: "n2"}}
+	s.fillLive(&n)
+	if n.Status.AckedVersion != 0 {
+		t.Fatalf("n2 acked %d before acking anything", n.Status.AckedVersion)
 	}
 }

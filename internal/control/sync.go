@@ -711,6 +711,16 @@ func (st *stream) startSending(ctx context.Context, sub *syncproto.Subscribed) *
 			ss.full = true // a subscriber from another history
 		}
 	}
+	if !ss.full && sub.Known > 0 {
+		// The subscriber holds version Known of this store: that is its
+		// acknowledgement. One that is current gets no update to ack, and
+		// the acked version lives in memory only, so without this every
+		// node would show CONFIG VERSION 0 after a restart of this plane
+		// until the next change.
+		s.mu.Lock()
+		s.liveLocked(st.node).acked = sub.Known
+		s.mu.Unlock()
+	}
 	// Register before the first look, so no commit after it is missed.
 	ss.sub = fd.subscribe(ss.f)
 	// The first update holds at least what the welcome said is committed

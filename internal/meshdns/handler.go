@@ -161,6 +161,14 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 	if !ok {
 		return h.nxDomain(resp)
 	}
+	if rec.Unavailable != "" {
+		resp.Authoritative = false
+		resp.Rcode = dns.RcodeServerFailure
+		if opt := resp.IsEdns0(); opt != nil {
+			opt.Option = append(opt.Option, &dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeNotReady, ExtraText: truncate(rec.Unavailable, 200)})
+		}
+		return resp, resultServFail
+	}
 	ports := rec.Ports
 	if n.port != "" {
 		ports = nil
@@ -311,4 +319,12 @@ func clientUDPSize(req *dns.Msg) int {
 		return int(opt.UDPSize())
 	}
 	return dns.MinMsgSize
+}
+
+// truncate cuts s to at most n bytes.
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }
