@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -214,4 +217,138 @@ func TestConfigVersionAfterControlRestart(t *testing.T) {
 	if table, _ := run(t, append([]string{"get", "nodes", "n29"}, flags...)...); !strings.Contains(table, "n29") {
 		t.Fatalf("get nodes n29:\n%s", table)
 	}
+}
+
+// TestVIPHeldByAnotherProcess: a process holds the address and port of a
+// service's virtual IP before the agent starts. The agent reports it in
+// its routes and `describe`, in a metric, and in its heartbeat (`get
+// nodes`, status.vipBindFailures, for `fogmesh check`); its DNS does not
+// hand the address out; and once the process lets go, the agent binds it
+// within its backoff bound with no other change, and serves it.
+func TestVIPHeldByAnotherProcess(t *testing.T) {
+	const vip = "127.30.0.1:19282"
+	squatter, err := net.Listen("tcp", vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	go func() {
+		for {
+			c, err := squatter.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nsquatter\n")
+			c.Close()
+		}
+	}()
+	hello := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello from the mesh\n") })}
+	hln, err := net.Listen("tcp", any0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hello.Serve(hln)
+	defer hello.Close()
+
+	c := startCluster(t, "hello", 19282)
+	a := c.agentProc("n30", 30, hln.Addr().(*net.TCPAddr).Port, false)
+	c.waitRoutes(a.admin, 1)
+	agentURL := "http://" + a.admin
+	unbound := func() []string {
+		var routes []struct {
+			Service, VIP string
+			Unbound      []struct{ Address, Error string }
+		}
+		resp, err := http.Get(agentURL + "/v1/routes")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&routes); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range routes {
+			if r.Service == "demo/hello" && r.VIP+":19282" != vip {
+				t.Fatalf("demo/hello has VIP %s, the test squats %s", r.VIP, vip)
+			}
+			for _, u := range r.Unbound {
+				out = append(out, r.Service+" "+u.Address+" "+u.Error)
+			}
+		}
+		return out
+	}
+	metric := func() string {
+		resp, err := http.Get(agentURL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "fogmesh_agent_vip_bind_failures ") {
+				return l
+			}
+		}
+		return ""
+	}
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", a.addrs["dns"])
+	}}
+	lookup := func() ([]string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return resolver.LookupHost(ctx, "hello.demo.mesh")
+	}
+
+	// Reported where the operator looks.
+	if u := unbound(); len(u) != 1 || !strings.Contains(u[0], "demo/hello "+vip) || !strings.Contains(u[0], "address already in use") {
+		t.Fatalf("routes report %q, want %s unbound", u, vip)
+	}
+	if out, code := run(t, "describe", "service", "hello", "-agent", agentURL); code != 0 || !strings.Contains(out, "NOT SERVED: "+vip) {
+		t.Fatalf("describe: exit %d:\n%s", code, out)
+	}
+	if m := metric(); m != "fogmesh_agent_vip_bind_failures 1" {
+		t.Fatalf("metric %q, want 1", m)
+	}
+	if addrs, err := lookup(); err == nil {
+		t.Fatalf("DNS handed out %v for a VIP another process holds", addrs)
+	} else if de, ok := err.(*net.DNSError); !ok || de.IsNotFound {
+		t.Fatalf("DNS: %v, want a server failure, not no-such-host", err)
+	}
+	var out string
+	testenv.WaitFor(t, 20*time.Second, "the control plane to show n30's unbound VIP", func() bool {
+		out, _ = run(t, append([]string{"get", "nodes", "n30", "-o", "json"}, c.admin...)...)
+		return strings.Contains(out, `"vipBindFailures"`) && strings.Contains(out, vip)
+	})
+	if out, _ = run(t, append([]string{"get", "nodes"}, c.admin...)...); !strings.Contains(out, "node n30 cannot bind "+vip+" of service demo/hello") {
+		t.Fatalf("get nodes:\n%s", out)
+	}
+
+	// The squatter leaves: the agent binds by itself, within its backoff
+	// bound (2 s between tries at most) and a margin for a busy machine.
+	squatter.Close()
+	freed := time.Now()
+	testenv.WaitFor(t, 10*time.Second, "the agent to bind "+vip, func() bool { return len(unbound()) == 0 })
+	t.Logf("bound %v after the address freed", time.Since(freed).Round(time.Millisecond))
+	resp, err := http.Get("http://" + vip + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "hello from the mesh") {
+		t.Fatalf("the VIP answered %q, want the mesh's hello", b)
+	}
+	if m := metric(); m != "fogmesh_agent_vip_bind_failures 0" {
+		t.Fatalf("metric %q after the bind, want 0", m)
+	}
+	if addrs, err := lookup(); err != nil || len(addrs) != 1 || addrs[0]+":19282" != vip {
+		t.Fatalf("DNS after the bind: %v %v", addrs, err)
+	}
+	testenv.WaitFor(t, 20*time.Second, "the control plane to clear n30's failure", func() bool {
+		out, _ = run(t, append([]string{"get", "nodes", "n30", "-o", "json"}, c.admin...)...)
+		return strings.Contains(out, `"ready": true`) && !strings.Contains(out, "vipBindFailures")
+	})
 }

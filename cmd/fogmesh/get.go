@@ -88,6 +88,13 @@ func runGet(args []string) error {
 	switch kind {
 	case "nodes":
 		fmt.Fprintln(tw, "NAME\tSITE\tREGION\tREADY\tCONNECTED\tLOAD\tMESH ADDRESS\tCONFIG VERSION\tLAST HEARTBEAT")
+		var unbound []string
+		defer func() {
+			tw.Flush()
+			for _, u := range unbound { // after the table: what to fix
+				fmt.Println(u)
+			}
+		}()
 		for _, raw := range resp.Items {
 			var n api.Node
 			if err := json.Unmarshal(raw, &n); err != nil {
@@ -99,6 +106,10 @@ func runGet(args []string) error {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%g\t%s\t%d\t%s\n", n.Meta.Name, n.Spec.Site, n.Spec.Region,
 				n.Status.Ready, n.Status.Connected, n.Status.Load, n.Spec.MeshAddress, n.Status.AckedVersion, hb)
+			for _, f := range n.Status.VIPBindFailures {
+				unbound = append(unbound, fmt.Sprintf("node %s cannot bind %s of service %s (first failed %s): %s; another process holds it",
+					n.Meta.Name, f.Address, f.Service, sinceAgo(f.Since, time.Now()), f.Error))
+			}
 		}
 	case "services":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tVIP\tPORTS\tBALANCER")

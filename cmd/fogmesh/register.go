@@ -208,7 +208,16 @@ func runDescribe(args []string) error {
 		if r.Service != key {
 			continue
 		}
-		fmt.Printf("Service:   %s\nVIP:       %s %s\nPorts:     %s\nBalancer:  %s\nEndpoints:\n", r.Service, r.VIP, r.VIP6, strings.Join(r.Ports, ", "), r.Balancer)
+		fmt.Printf("Service:   %s\nVIP:       %s %s\nPorts:     %s\nBalancer:  %s\n", r.Service, r.VIP, r.VIP6, strings.Join(r.Ports, ", "), r.Balancer)
+		for _, f := range r.Unbound {
+			fmt.Printf("NOT SERVED: %s cannot be bound (first failed %s): %s\n", f.Address, sinceAgo(f.Since, time.Now()), f.Error)
+		}
+		if len(r.Unbound) > 0 {
+			fmt.Println("            another process holds it, so clients of this node would reach that process: stop it")
+			fmt.Println("            (ss -lnp 'sport = :PORT' names it); the agent binds it again by itself, and its DNS")
+			fmt.Println("            answers SERVFAIL for this service until then")
+		}
+		fmt.Println("Endpoints:")
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  NAME\tNODE\tADDRESS\tTIER\tHEALTHY\tEJECTED\tIN FLIGHT\tWEIGHT\tEWMA LATENCY")
 		for _, e := range r.Endpoints {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/paths"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -48,6 +49,9 @@ type RouteStatus struct {
 	VIP6      string           `json:"vip6,omitempty"`
 	Ports     []string         `json:"ports"`
 	Endpoints []EndpointStatus `json:"endpoints"`
+	// Unbound are the service's VIP:ports this agent cannot bind (another
+	// process holds them): clients of this node cannot reach it there.
+	Unbound []api.VIPBindFailure `json:"unbound,omitempty"`
 }
 
 // EndpointStatus is one endpoint in the routing view.
@@ -195,8 +199,14 @@ func (a *Agent) Routes() []RouteStatus {
 	if !a.serving.Load() {
 		return out // Run has not bound the VIP listeners yet
 	}
+	failed := a.VIPBindFailures()
 	for key, sv := range v.services {
 		rs := RouteStatus{Service: key, Balancer: sv.svc.Spec.Balancer, Endpoints: []EndpointStatus{}}
+		for _, f := range failed {
+			if f.Service == key {
+				rs.Unbound = append(rs.Unbound, f)
+			}
+		}
 		if sv.vip4.IsValid() {
 			rs.VIP = sv.vip4.String()
 		}

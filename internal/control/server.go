@@ -202,8 +202,9 @@ func (c *Config) validate() error {
 type liveNode struct {
 	lastHeartbeat time.Time
 	load          float64
-	epLoad        map[string]float64 // endpoint key -> in-flight, from the last heartbeat
-	paths         []wire.PathReport  // the node's paths to its peers, from the last heartbeat
+	epLoad        map[string]float64   // endpoint key -> in-flight, from the last heartbeat
+	paths         []wire.PathReport    // the node's paths to its peers, from the last heartbeat
+	vipFailures   []api.VIPBindFailure // VIP:ports its agent cannot bind, from the last heartbeat
 	acked         uint64
 	conns         int // open sync streams
 }
@@ -543,13 +544,14 @@ func maxTime(ts ...time.Time) time.Time {
 
 // heartbeat records liveness and load; a node that was not ready becomes
 // ready again.
-func (s *Server) heartbeat(node string, load float64, epLoad map[string]float64, paths []wire.PathReport) {
+func (s *Server) heartbeat(node string, load float64, epLoad map[string]float64, paths []wire.PathReport, vipFailures []api.VIPBindFailure) {
 	s.mu.Lock()
 	l := s.liveLocked(node)
 	l.lastHeartbeat = time.Now()
 	l.load = load
 	l.epLoad = epLoad
 	l.paths = paths
+	l.vipFailures = vipFailures
 	s.mu.Unlock()
 	if err := s.reg.setNodeReady(node, true); err != nil {
 		s.log.Error("control: mark ready", "node", node, "err", err)
@@ -611,5 +613,8 @@ func (s *Server) fillLive(n *api.Node) {
 		n.Status.Load = l.load
 		n.Status.AckedVersion = l.acked
 		n.Status.Connected = l.conns > 0
+		if l.conns > 0 {
+			n.Status.VIPBindFailures = l.vipFailures
+		}
 	}
 }

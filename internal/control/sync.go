@@ -408,7 +408,7 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 	case syncproto.Nacked:
 		s.log.Warn("control: agent rejected update", "node", st.node, "version", e.Version, "nonce", e.Nonce, "err", e.Error)
 	case syncproto.Heartbeat:
-		s.heartbeat(st.node, e.Load, e.EndpointLoad, e.Paths)
+		s.heartbeat(st.node, e.Load, e.EndpointLoad, e.Paths, e.VIPBindFailures)
 		// Answer, so the agent can tell a silent link from a quiet one,
 		// with the load the other agents put on each endpoint.
 		return st.write(&wire.Message{Type: wire.TypeHeartbeat, EndpointLoad: s.othersLoad(st.node)})
