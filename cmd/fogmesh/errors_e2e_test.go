@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -351,4 +352,61 @@ func TestVIPHeldByAnotherProcess(t *testing.T) {
 		out, _ = run(t, append([]string{"get", "nodes", "n30", "-o", "json"}, c.admin...)...)
 		return strings.Contains(out, `"ready": true`) && !strings.Contains(out, "vipBindFailures")
 	})
+}
+
+// TestSecondDevOnOneMachine: a second `fogmesh dev` beside a running one
+// exits non-zero, without printing "is running", and names the instance
+// that holds what it needs and the flag that avoids it: the same state
+// directory (it failed with "store: open …/fogmesh.db: timeout"), or the
+// same virtual IP range (it ran, and its printed curl reached the first).
+func TestSecondDevOnOneMachine(t *testing.T) {
+	state := t.TempDir()
+	first, addrs := startAddrs(t, "dev", "-base-port", "-1", "-vip-range", "127.28.0.0/16", "-hello-port", "18128", "-state-dir", state)
+	pid := fmt.Sprintf("pid %d", first.cmd.Process.Pid)
+	if addrs["vip"] != "127.28.0.1:18128" {
+		t.Fatalf("first demo's VIP %q", addrs["vip"])
+	}
+	exits := func(p *proc) int {
+		select {
+		case <-p.done:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("the second demo did not exit:\n%s", p.out)
+		}
+		return p.cmd.ProcessState.ExitCode()
+	}
+	for _, c := range []struct {
+		name  string
+		args  []string
+		wants []string
+	}{
+		{"same state directory", []string{"-state-dir", state},
+			[]string{"state directory " + state + " is in use by another fogmesh dev (" + pid, "https://" + addrs["admin"], "--state-dir"}},
+		{"same virtual IPs", []string{"-state-dir", t.TempDir()},
+			[]string{"127.28.0.1:18128 (node shop-1-a)", "held by fogmesh dev " + pid, "--vip-octet", "--vip-range"}},
+	} {
+		second := start(t, append([]string{"dev", "-base-port", "-1", "-vip-range", "127.28.0.0/16", "-hello-port", "18128"}, c.args...)...)
+		code := exits(second)
+		out := second.out.String()
+		if code == 0 || strings.Contains(out, "is running") {
+			t.Fatalf("%s: exit %d, want non-zero and no \"is running\":\n%s", c.name, code, out)
+		}
+		for _, w := range c.wants {
+			if !strings.Contains(out, w) {
+				t.Fatalf("%s: the error does not say %q:\n%s", c.name, w, out)
+			}
+		}
+		if strings.Contains(out, "timeout") {
+			t.Fatalf("%s: a timeout instead of the reason:\n%s", c.name, out)
+		}
+	}
+	// The first demo is untouched.
+	resp, err := http.Get("http://127.28.0.1:18128/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "node=shop-1-a") {
+		t.Fatalf("the first demo answered %q", b)
+	}
 }
