@@ -71,6 +71,7 @@ Try:
   curl http://$(dig @%s -p %s hello.demo.mesh +short):%d/       # or: curl http://%s/
   fogmesh get nodes            fogmesh get services            fogmesh get endpoints
   fogmesh routes               (this node's routing view; its API is http://%s)
+  fogmesh describe service hello   (hello's endpoints as this node routes them: tier, health, latency)
 
 Locality: the answer comes from shop-1-a (same node). Stop that instance and the next
 request goes to shop-1-b (same site), then shop-2-a (same region), then cloud-a:
