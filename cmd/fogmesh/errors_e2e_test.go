@@ -310,6 +310,9 @@ func TestVIPHeldByAnotherProcess(t *testing.T) {
 	if out, code := run(t, "describe", "service", "hello", "-agent", agentURL); code != 0 || !strings.Contains(out, "NOT SERVED: "+vip) {
 		t.Fatalf("describe: exit %d:\n%s", code, out)
 	}
+	if out, code := run(t, "routes", "-agent", agentURL); code != 0 || !strings.Contains(out, "NOT SERVED: "+vip+" of demo/hello") {
+		t.Fatalf("routes: exit %d:\n%s", code, out)
+	}
 	if m := metric(); m != "fogmesh_agent_vip_bind_failures 1" {
 		t.Fatalf("metric %q, want 1", m)
 	}

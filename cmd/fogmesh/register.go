@@ -103,7 +103,14 @@ func runRoutes(args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
+	defer func() {
+		tw.Flush()
+		for _, r := range routes { // after the table: what to fix
+			for _, f := range r.Unbound {
+				fmt.Printf("NOT SERVED: %s of %s cannot be bound (first failed %s): %s; another process holds it\n", f.Address, r.Service, sinceAgo(f.Since, time.Now()), f.Error)
+			}
+		}
+	}()
 	fmt.Fprintln(tw, "SERVICE\tVIP\tPORTS\tENDPOINT\tNODE\tTIER\tHEALTHY\tEJECTED\tACTIVE")
 	for _, r := range routes {
 		if len(r.Endpoints) == 0 {
