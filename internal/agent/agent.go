@@ -65,12 +65,12 @@ type Agent struct {
 	workloads map[string]*workloadState
 	listeners map[netip.AddrPort]*vipListener
 	// bindFail are the VIP:ports that failed to bind (vipbind.go), guarded
-	// by mu; bindFailN is its size for the DNS path, bindKick wakes the
-	// retry loop.
-	bindFail  map[netip.AddrPort]*bindFailure
-	bindFailN atomic.Int64
-	bindKick  chan struct{}
-	udp       udpState // udp service ports (udp.go); its ports guarded by mu
+	// by mu; bindFailSnap is its snapshot for readers without mu, bindKick
+	// wakes the retry loop.
+	bindFail     map[netip.AddrPort]*bindFailure
+	bindFailSnap atomic.Pointer[[]api.VIPBindFailure]
+	bindKick     chan struct{}
+	udp          udpState // udp service ports (udp.go); its ports guarded by mu
 	// localSessions are session bindings this agent decided (service key +
 	// "\x00" + session key -> endpoint), used until the control plane has
 	// one; pendingSessions are those not yet sent upstream (by ns/name).

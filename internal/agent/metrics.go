@@ -35,7 +35,7 @@ func (a *Agent) initMetrics() {
 		scopeMisses:      m.NewCounter(`fogmesh_agent_scope_lookup_timeouts_total`),
 	}
 	// VIP:ports the agent cannot bind now (another process holds them).
-	m.NewGauge(`fogmesh_agent_vip_bind_failures`, func() float64 { return float64(a.bindFailN.Load()) })
+	m.NewGauge(`fogmesh_agent_vip_bind_failures`, func() float64 { return float64(len(a.VIPBindFailures())) })
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
 		if a.connected.Load() {

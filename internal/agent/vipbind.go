@@ -45,14 +45,17 @@ func (a *Agent) noteBindFailLocked(ap netip.AddrPort, t listenTarget, err error)
 	if f == nil {
 		f = &bindFailure{service: t.svc, proto: t.proto, since: time.Now()}
 		a.bindFail[ap] = f
-		a.bindFailN.Store(int64(len(a.bindFail)))
 		hint := ""
 		if errors.Is(err, syscall.EADDRINUSE) {
 			hint = fmt.Sprintf("another process holds it (find it: ss -lnp 'sport = :%d'); clients there would reach that process, so DNS does not answer for %s until the agent binds it; retrying", ap.Port(), t.svc)
 		}
 		a.log.Error("agent: cannot listen on service address", "addr", ap, "service", t.svc, "proto", t.proto, "err", err, "hint", hint)
 	}
-	f.err, f.attempts = err.Error(), f.attempts+1
+	f.attempts++
+	if f.err != err.Error() {
+		f.err = err.Error()
+		a.publishBindFailsLocked()
+	}
 	select {
 	case a.bindKick <- struct{}{}:
 	default:
@@ -64,18 +67,32 @@ func (a *Agent) noteBoundLocked(ap netip.AddrPort) {
 	if f := a.bindFail[ap]; f != nil {
 		a.log.Info("agent: bound service address after failures", "addr", ap, "service", f.service, "attempts", f.attempts, "after", time.Since(f.since).Round(time.Millisecond))
 		delete(a.bindFail, ap)
-		a.bindFailN.Store(int64(len(a.bindFail)))
+		a.publishBindFailsLocked()
 	}
 }
 
 // forgetBindFailsLocked drops the failures of addresses v no longer has.
 func (a *Agent) forgetBindFailsLocked(v *view) {
+	n := len(a.bindFail)
 	for ap, f := range a.bindFail {
 		if t, ok := v.byVIP[ap]; !ok || t.svc != f.service {
 			delete(a.bindFail, ap)
 		}
 	}
-	a.bindFailN.Store(int64(len(a.bindFail)))
+	if len(a.bindFail) != n {
+		a.publishBindFailsLocked()
+	}
+}
+
+// publishBindFailsLocked snapshots bindFail for readers that must not take
+// a.mu (the DNS path, routes, the heartbeat).
+func (a *Agent) publishBindFailsLocked() {
+	out := make([]api.VIPBindFailure, 0, len(a.bindFail))
+	for ap, f := range a.bindFail {
+		out = append(out, api.VIPBindFailure{Address: ap.String(), Service: f.service, Error: f.err, Since: f.since.UTC()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	a.bindFailSnap.Store(&out)
 }
 
 // retryBinds binds the unbound VIP:ports of the current view again, with
@@ -118,24 +135,17 @@ func (a *Agent) retryBinds(ctx context.Context) {
 }
 
 // VIPBindFailures returns the VIP:ports this agent cannot bind now, by
-// address.
+// address (shared: callers must not modify it).
 func (a *Agent) VIPBindFailures() []api.VIPBindFailure {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	out := make([]api.VIPBindFailure, 0, len(a.bindFail))
-	for ap, f := range a.bindFail {
-		out = append(out, api.VIPBindFailure{Address: ap.String(), Service: f.service, Error: f.err, Since: f.since.UTC()})
+	if p := a.bindFailSnap.Load(); p != nil {
+		return *p
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
-	return out
+	return nil
 }
 
 // unavailable says why the agent cannot serve service key now ("" if it
 // can): the VIP:ports of it that are not bound.
 func (a *Agent) unavailable(key string) string {
-	if a.bindFailN.Load() == 0 {
-		return "" // the common case: no lock on the DNS path
-	}
 	var held []string
 	for _, f := range a.VIPBindFailures() {
 		if f.Service == key {
