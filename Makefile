@@ -2,7 +2,9 @@
 GO       ?= go
 GOFLAGS  ?=
 BIN      := bin
-LDFLAGS  := -s -w
+# The commit `fogmesh version` prints (-buildvcs may be off, or no .git here).
+COMMIT   ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo +dirty)
+LDFLAGS  := -s -w -X github.com/fogmesh/fogmesh/internal/cli.Commit=$(COMMIT)
 
 .PHONY: all build dev test test-deps bench bench-paths bench-control fuzz lint clean
 

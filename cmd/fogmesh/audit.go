@@ -63,6 +63,10 @@ func (e *verifyError) Error() string { return e.msg }
 func (e *verifyError) ExitCode() int { return e.code }
 
 func runAudit(args []string) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Print(auditUsage)
+		return nil
+	}
 	if len(args) == 0 || args[0] != "verify" {
 		fmt.Fprint(os.Stderr, auditUsage)
 		return cli.Usagef("audit: want 'verify'")

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -55,6 +56,21 @@ func adminClient() (*http.Client, error) {
 	}
 	c.Transport = &http.Transport{TLSClientConfig: cfg}
 	return c, nil
+}
+
+// tlsHint says what to set when the control plane's certificate could not
+// be verified: a bare x509 error does not say that the CLI needs its
+// trust bundle.
+func tlsHint(err error) string {
+	var ua x509.UnknownAuthorityError
+	var cv *tls.CertificateVerificationError
+	if !errors.As(err, &ua) && !errors.As(err, &cv) {
+		return ""
+	}
+	if deref(adminAuth.ca) == "" {
+		return "\n  the control plane's certificate is not trusted yet: set FOGMESH_CA (or -ca) to its trust bundle, STATE/ca.pem of 'fogmesh control' (fogmesh dev prints the export line)"
+	}
+	return fmt.Sprintf("\n  the trust bundle %s (FOGMESH_CA or -ca) does not verify this control plane: give the bundle of the control plane at this address (STATE/ca.pem)", *adminAuth.ca)
 }
 
 func deref(s *string) string {
@@ -136,7 +152,7 @@ func callWith(method, url string, body []byte, out any, agentToken string) error
 	}
 	resp, err := httpClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
+		return fmt.Errorf("%s %s: %w%s", method, url, err, tlsHint(err))
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -176,4 +192,13 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		args = fs.Args()[1:]
 	}
 	return fs.Parse(append([]string{"--"}, pos...))
+}
+
+// isHelp reports whether arg asks for help, as Go's flag package reads it.
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help", "--h":
+		return true
+	}
+	return false
 }

@@ -17,8 +17,9 @@ func runDev(args []string) error {
 	fs.StringVar(&opts.StateDir, "state-dir", "", "state directory (default $TMPDIR/fogmesh-dev)")
 	fs.IntVar(&opts.BasePort, "base-port", 0, "put all the demo's ports from this one (default: control plane on 7070/7071, this node's agent API on 7073, the rest from 15300)")
 	fs.IntVar(&opts.VIPOctet, "vip-octet", 101, "node i gets virtual IPs in 127.<vip-octet+i>.0.0/16")
+	fs.StringVar(&opts.VIPRange, "vip-range", "", "instead of -vip-octet: one IPv4 range split in four, node i gets the i-th quarter (e.g. 127.28.0.0/16)")
 	fs.IntVar(&opts.HelloPort, "hello-port", 8080, "the hello service's port")
-	fresh := fs.Bool("fresh", false, "remove the state directory first")
+	fs.BoolVar(&opts.Fresh, "fresh", false, "empty the state directory first (not one another fogmesh dev uses)")
 	addrFile := fs.String("addr-file", "", "write the bound addresses (control admin and sync, demo API, each node's agent API and DNS) as JSON to this file once ready")
 	var logf cli.LogFlags
 	logf.Register(fs)
@@ -32,9 +33,6 @@ func runDev(args []string) error {
 		return err
 	}
 	opts.Logger = log
-	if *fresh {
-		os.RemoveAll(stateDirOf(opts))
-	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	d, err := dev.Start(ctx, opts)
@@ -74,6 +72,7 @@ Try:
   curl http://$(dig @%s -p %s hello.demo.mesh +short):%d/       # or: curl http://%s/
   fogmesh get nodes            fogmesh get services            fogmesh get endpoints
   fogmesh routes               (this node's routing view; its API is http://%s)
+  fogmesh describe service hello   (hello's endpoints as this node routes them: tier, health, latency)
 
 Locality: the answer comes from shop-1-a (same node). Stop that instance and the next
 request goes to shop-1-b (same site), then shop-2-a (same region), then cloud-a:

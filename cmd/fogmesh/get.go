@@ -35,8 +35,11 @@ func runGet(args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return cli.Usagef("get: want one of nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies, sessions, trust, paths")
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		return cli.Usagef("get: want KIND [NAME], KIND one of nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies, sessions, trust, paths")
+	}
+	if fs.NArg() == 2 && (fs.Arg(0) == "trust" || fs.Arg(0) == "paths" || fs.Arg(0) == "path") {
+		return cli.Usagef("get %s takes no NAME", fs.Arg(0))
 	}
 	if fs.Arg(0) == "trust" {
 		return getTrust(*server, *out)
@@ -55,6 +58,13 @@ func runGet(args []string) error {
 	var resp control.ListResponse
 	if err := call("GET", url, nil, &resp); err != nil {
 		return err
+	}
+	if fs.NArg() == 2 {
+		items, err := byName(resp.Items, fs.Arg(1))
+		if err != nil {
+			return fmt.Errorf("get %s: %w", kind, err)
+		}
+		resp.Items = items
 	}
 	switch *out {
 	case "json":
@@ -78,6 +88,13 @@ func runGet(args []string) error {
 	switch kind {
 	case "nodes":
 		fmt.Fprintln(tw, "NAME\tSITE\tREGION\tREADY\tCONNECTED\tLOAD\tMESH ADDRESS\tCONFIG VERSION\tLAST HEARTBEAT")
+		var unbound []string
+		defer func() {
+			tw.Flush()
+			for _, u := range unbound { // after the table: what to fix
+				fmt.Println(u)
+			}
+		}()
 		for _, raw := range resp.Items {
 			var n api.Node
 			if err := json.Unmarshal(raw, &n); err != nil {
@@ -93,6 +110,10 @@ func runGet(args []string) error {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%g\t%s\t%d\t%s\n", n.Meta.Name, n.Spec.Site, n.Spec.Region,
 				ready, n.Status.Connected, n.Status.Load, n.Spec.MeshAddress, n.Status.AckedVersion, hb)
+			for _, f := range n.Status.VIPBindFailures {
+				unbound = append(unbound, fmt.Sprintf("node %s cannot bind %s of service %s (first failed %s): %s; another process holds it",
+					n.Meta.Name, f.Address, f.Service, sinceAgo(f.Since, time.Now()), f.Error))
+			}
 		}
 	case "services":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tVIP\tPORTS\tBALANCER")
@@ -279,4 +300,22 @@ func getPaths(server, out string) error {
 			rtt, p.BytesOut, p.BytesIn, sinceAgo(p.Since, time.Now()))
 	}
 	return nil
+}
+
+// byName keeps the items named name (one per namespace that has it);
+// none is an error, so `get nodes NAME` exits 1 for an unknown node.
+func byName(items []json.RawMessage, name string) ([]json.RawMessage, error) {
+	var out []json.RawMessage
+	for _, raw := range items {
+		var o struct {
+			Meta api.Meta `json:"metadata"`
+		}
+		if json.Unmarshal(raw, &o) == nil && o.Meta.Name == name {
+			out = append(out, raw)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no %q", name)
+	}
+	return out, nil
 }

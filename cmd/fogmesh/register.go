@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -102,7 +103,14 @@ func runRoutes(args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
+	defer func() {
+		tw.Flush()
+		for _, r := range routes { // after the table: what to fix
+			for _, f := range r.Unbound {
+				fmt.Printf("NOT SERVED: %s of %s cannot be bound (first failed %s): %s; another process holds it\n", f.Address, r.Service, sinceAgo(f.Since, time.Now()), f.Error)
+			}
+		}
+	}()
 	fmt.Fprintln(tw, "SERVICE\tVIP\tPORTS\tENDPOINT\tNODE\tTIER\tHEALTHY\tEJECTED\tACTIVE")
 	for _, r := range routes {
 		if len(r.Endpoints) == 0 {
@@ -188,16 +196,19 @@ func orDash(s string) string {
 func runDescribe(args []string) error {
 	fs := flag.NewFlagSet("fogmesh describe", flag.ContinueOnError)
 	agentURL := agentFlag(fs)
-	ns := fs.String("n", "", "namespace (default \"default\")")
+	ns := fs.String("n", "", "namespace (default: the one namespace that has a service NAME, else \"default\")")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 2 || kindAliases[fs.Arg(0)] != "services" {
 		return cli.Usagef("describe: want service NAME")
 	}
-	key := api.NamespaceOr(*ns) + "/" + fs.Arg(1)
 	var routes []agent.RouteStatus
 	if err := call("GET", strings.TrimRight(*agentURL, "/")+"/v1/routes", nil, &routes); err != nil {
+		return err
+	}
+	key, err := describeKey(routes, *ns, fs.Arg(1))
+	if err != nil {
 		return err
 	}
 	for _, r := range routes {
@@ -212,7 +223,16 @@ func runDescribe(args []string) error {
 			}
 			fmt.Printf("ClusterIP: %s (%s)\n", strings.Join(r.ClusterIPs, " "), how)
 		}
-		fmt.Printf("Ports:     %s\nBalancer:  %s\nEndpoints:\n", strings.Join(r.Ports, ", "), r.Balancer)
+		fmt.Printf("Ports:     %s\nBalancer:  %s\n", strings.Join(r.Ports, ", "), r.Balancer)
+		for _, f := range r.Unbound {
+			fmt.Printf("NOT SERVED: %s cannot be bound (first failed %s): %s\n", f.Address, sinceAgo(f.Since, time.Now()), f.Error)
+		}
+		if len(r.Unbound) > 0 {
+			fmt.Println("            another process holds it, so clients of this node would reach that process: stop it")
+			fmt.Println("            (ss -lnp 'sport = :PORT' names it); the agent binds it again by itself, and its DNS")
+			fmt.Println("            answers SERVFAIL for this service until then")
+		}
+		fmt.Println("Endpoints:")
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  NAME\tNODE\tADDRESS\tTIER\tHEALTHY\tEJECTED\tIN FLIGHT\tWEIGHT\tEWMA LATENCY")
 		for _, e := range r.Endpoints {
@@ -225,4 +245,32 @@ func runDescribe(args []string) error {
 		return tw.Flush()
 	}
 	return cli.Usagef("describe: service %s is not known to this agent", key)
+}
+
+// describeKey is the "ns/name" describe shows: with -n that namespace;
+// without, "default" if it has the service, else the one namespace that
+// has it, as the demo prints `describe service hello` for demo/hello.
+// Several namespaces with the name are an error naming them.
+func describeKey(routes []agent.RouteStatus, ns, name string) (string, error) {
+	if ns != "" {
+		return api.NamespaceOr(ns) + "/" + name, nil
+	}
+	def := api.NamespaceOr("") + "/" + name
+	var found []string
+	for _, r := range routes {
+		if r.Service == def {
+			return def, nil
+		}
+		if _, n, ok := strings.Cut(r.Service, "/"); ok && n == name {
+			found = append(found, r.Service)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return def, nil // not known: the caller says so
+	case 1:
+		return found[0], nil
+	}
+	sort.Strings(found)
+	return "", cli.Usagef("describe: service %s is in several namespaces (%s): give -n NAMESPACE", name, strings.Join(found, ", "))
 }

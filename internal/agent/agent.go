@@ -64,7 +64,13 @@ type Agent struct {
 	// registered through the local API (saved to wlPath; workloads.go).
 	workloads map[string]*workloadState
 	listeners map[netip.AddrPort]*vipListener
-	udp       udpState // udp service ports (udp.go); its ports guarded by mu
+	// bindFail are the VIP:ports that failed to bind (vipbind.go), guarded
+	// by mu; bindFailSnap is its snapshot for readers without mu, bindKick
+	// wakes the retry loop.
+	bindFail     map[netip.AddrPort]*bindFailure
+	bindFailSnap atomic.Pointer[[]api.VIPBindFailure]
+	bindKick     chan struct{}
+	udp          udpState // udp service ports (udp.go); its ports guarded by mu
 	// localSessions are session bindings this agent decided (service key +
 	// "\x00" + session key -> endpoint), used until the control plane has
 	// one; pendingSessions are those not yet sent upstream (by ns/name).
@@ -178,6 +184,8 @@ func New(cfg Config) (*Agent, error) {
 		wlPath:          filepath.Join(cfg.StateDir, "workloads.json"),
 		workloads:       map[string]*workloadState{},
 		listeners:       map[netip.AddrPort]*vipListener{},
+		bindFail:        map[netip.AddrPort]*bindFailure{},
+		bindKick:        make(chan struct{}, 1),
 		localChanged:    make(chan struct{}, 1),
 		sessionsChanged: make(chan struct{}, 1),
 		localSessions:   map[string]string{},
@@ -373,6 +381,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return nil
 	})
 	run("sync", func() error { a.syncLoop(ctx); return nil })
+	run("vip rebind", func() error { a.retryBinds(ctx); return nil })
 	if a.gateway != nil {
 		run("site gateway", func() error { return a.gateway.Serve(a.gatewayLn) })
 	}

@@ -59,6 +59,9 @@ type RouteStatus struct {
 	Captured   bool             `json:"captured,omitempty"`
 	Ports      []string         `json:"ports"`
 	Endpoints  []EndpointStatus `json:"endpoints"`
+	// Unbound are the service's VIP:ports this agent cannot bind (another
+	// process holds them): clients of this node cannot reach it there.
+	Unbound []api.VIPBindFailure `json:"unbound,omitempty"`
 }
 
 // EndpointStatus is one endpoint in the routing view.
@@ -208,9 +211,15 @@ func (a *Agent) Routes() []RouteStatus {
 		return out // Run has not bound the VIP listeners yet
 	}
 	capturing := a.CaptureStatus().Active
+	failed := a.VIPBindFailures()
 	for key, sv := range v.services {
 		rs := RouteStatus{Service: key, Balancer: sv.svc.Spec.Balancer, Endpoints: []EndpointStatus{},
 			Names: a.dnsNames(sv.svc)}
+		for _, f := range failed {
+			if f.Service == key {
+				rs.Unbound = append(rs.Unbound, f)
+			}
+		}
 		for _, ip := range sv.svc.ClusterAddrs() {
 			rs.ClusterIPs = append(rs.ClusterIPs, ip.String())
 			for _, p := range sv.svc.Spec.Ports {

@@ -20,6 +20,7 @@ func (a *Agent) initMetrics() {
 		updates:          m.NewCounter(`fogmesh_agent_config_updates_total`),
 		nacks:            m.NewCounter(`fogmesh_agent_config_rejected_total`),
 		listenErrors:     m.NewCounter(`fogmesh_agent_listen_errors_total`),
+		vipBindFailures:  m.NewCounter(`fogmesh_agent_vip_bind_failures_total`), // each failed bind, retries included
 		mqttBad:          m.NewCounter(`fogmesh_agent_mqtt_bad_connect_total`),
 		retriesDenied:    m.NewCounter(`fogmesh_agent_retries_denied_total`),
 		outlierEjections: m.NewCounter(`fogmesh_agent_outlier_ejections_total`),
@@ -33,6 +34,8 @@ func (a *Agent) initMetrics() {
 		unvouched:        m.NewCounter(`fogmesh_agent_authz_unvouched_source_total`),
 		scopeMisses:      m.NewCounter(`fogmesh_agent_scope_lookup_timeouts_total`),
 	}
+	// VIP:ports the agent cannot bind now (another process holds them).
+	m.NewGauge(`fogmesh_agent_vip_bind_failures`, func() float64 { return float64(len(a.VIPBindFailures())) })
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
 		if a.connected.Load() {
@@ -78,5 +81,5 @@ func (a *Agent) initMetrics() {
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
 	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals, unvouched      *metrics.Counter
-	certExpired, scopeMisses                                                                                    *metrics.Counter
+	certExpired, scopeMisses, vipBindFailures                                                                   *metrics.Counter
 }

@@ -63,10 +63,10 @@ func (a *Agent) openListenersLocked(v *view) {
 		}
 		ln, err := listenVIP(a.runCtx, ap)
 		if err != nil {
-			a.m.listenErrors.Inc()
-			a.log.Error("agent: cannot listen on service address", "addr", ap, "err", err)
+			a.noteBindFailLocked(ap, t, err) // reported, and retried with backoff (vipbind.go)
 			continue
 		}
+		a.noteBoundLocked(ap)
 		l := &vipListener{ln: ln, done: make(chan struct{})}
 		a.listeners[ap] = l
 		a.wg.Add(1)
@@ -86,6 +86,7 @@ func (a *Agent) closeStaleListenersLocked(v *view) {
 			delete(a.listeners, ap)
 		}
 	}
+	a.forgetBindFailsLocked(v)
 }
 
 // listenVIP listens on a virtual IP. IPv6 VIPs are not assigned to any

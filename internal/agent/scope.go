@@ -234,7 +234,7 @@ func (a *Agent) LookupService(namespace, name string) (meshdns.Record, bool) {
 	if sv == nil {
 		return meshdns.Record{}, false
 	}
-	r := meshdns.Record{V4: sv.vip4, V6: sv.vip6}
+	r := meshdns.Record{V4: sv.vip4, V6: sv.vip6, Unavailable: a.unavailable(namespace + "/" + name)}
 	for _, p := range sv.svc.Spec.Ports {
 		r.Ports = append(r.Ports, meshdns.Port{Name: p.Name, Protocol: p.Protocol, Port: p.Port})
 	}

@@ -204,7 +204,8 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 				}
 				ev = syncproto.Send{Msg: m}
 			case <-t.C:
-				ev = syncproto.Tick{Load: float64(a.active.Load()), EndpointLoad: a.ownLoads(), Paths: a.pathReports()}
+				ev = syncproto.Tick{Load: float64(a.active.Load()), EndpointLoad: a.ownLoads(), Paths: a.pathReports(),
+					VIPBindFailures: a.VIPBindFailures()}
 			case <-a.localChanged:
 				a.mu.Lock()
 				ev = syncproto.Local{Endpoints: a.localEndpointsLocked()}

@@ -184,10 +184,10 @@ func (a *Agent) reconcileUDPLocked(v *view) {
 		}
 		conn, err := listenUDPVIP(a.runCtx, ap)
 		if err != nil {
-			a.m.listenErrors.Inc()
-			a.log.Error("agent: cannot listen on service address", "addr", ap, "proto", "udp", "err", err)
+			a.noteBindFailLocked(ap, t, err)
 			continue
 		}
+		a.noteBoundLocked(ap)
 		p := &udpPort{a: a, ap: ap, conn: conn, lim: a.cfg.UDP.withDefaults(), flows: map[netip.AddrPort]*udpFlow{}}
 		p.ctx, p.cancel = context.WithCancel(a.runCtx)
 		a.udp.ports[ap] = p

@@ -41,7 +41,7 @@ func TestAuthorizationPolicyValidation(t *testing.T) {
 		{`{"rules":[{"to":[{"subscribe":["a+"]}]}]}`, "spec.rules[0].to[0].subscribe[0]"},
 		{`{"rules":[{"when":[{"key":"source.ip","values":["1.2.3.4"]}]}]}`, "spec.rules[0].when[0].key"},
 		{`{"rules":[{"when":[{"key":"request.headers[x]"}]}]}`, "spec.rules[0].when[0].values"},
-		{`{"rules":[{"form":[]}]}`, "form"},
+		{`{"rules":[{"form":[]}]}`, "spec.rules[0].form"}, // the full path (issue 16)
 	} {
 		_, err := Decode([]byte(doc(c.spec)))
 		var fe *FieldError

@@ -129,12 +129,38 @@ func DecodeWithOptions(data []byte, opts DecodeOptions) ([]Object, []string, err
 		if err != nil {
 			return nil, nil, fmt.Errorf("document %d%s: %w", i+1, describe(r), err)
 		}
+		if w := hashKeyWarning(r); w != "" {
+			warnings = append(warnings, fmt.Sprintf("document %d%s: %s", i+1, describe(r), w))
+		}
 		out = append(out, o)
 	}
 	if err := checkUDPRoutes(out); err != nil {
 		return nil, nil, err
 	}
 	return out, warnings, nil
+}
+
+// hashKeyWarning says what a hashing balancer without a hashKey keys on:
+// Validate fills {sourceIP} (and mqttClientID on mqtt ports), which pins
+// every client behind one NAT address to one endpoint and ignores the
+// header or cookie the operator may have meant. Istio's consistentHash
+// names its key, so applying one without it is accepted with this warning
+// rather than silently (docs/istio.md).
+func hashKeyWarning(r json.RawMessage) string {
+	var h struct {
+		Kind string `json:"kind"`
+		Spec struct {
+			Balancer string          `json:"balancer"`
+			HashKey  json.RawMessage `json:"hashKey"`
+		} `json:"spec"`
+	}
+	if json.Unmarshal(r, &h) != nil || h.Kind != KindService || len(h.Spec.HashKey) > 0 {
+		return ""
+	}
+	if h.Spec.Balancer != "consistent-hash" && h.Spec.Balancer != "maglev" {
+		return ""
+	}
+	return fmt.Sprintf("spec.hashKey: not set: balancer %s hashes the client's source IP (and the client id on mqtt ports); set spec.hashKey (header, cookie, sourceIP or mqttClientID) to choose", h.Spec.Balancer)
 }
 
 func stripComments(s string) string {
@@ -200,6 +226,9 @@ func DecodeObject(r []byte) (Object, error) {
 	dec := json.NewDecoder(bytes.NewReader(r))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(o); err != nil {
+		if fe := LocateDecodeError(r, o); fe != nil {
+			return nil, fe // with the full path: spec.ports[0].bogus
+		}
 		return nil, jsonFieldError(err)
 	}
 	if dec.More() {

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -56,7 +57,12 @@ func TestDecodeErrorsNameTheField(t *testing.T) {
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Node","metadata":{"name":"n"},"spec":{"site":"s"}}`, "spec.region"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"e"},"spec":{"service":"a","address":"fe80::1%eth0","ports":[{"port":1}]}}`, "spec.address"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"e"},"spec":{"service":"a","address":"10.0.0.1","ports":[{"port":1}],"weight":-1}}`, "spec.weight"},
-		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a","nmespace":"x"},"spec":{"ports":[{"port":1}]}}`, "nmespace"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a","nmespace":"x"},"spec":{"ports":[{"port":1}]}}`, "metadata.nmespace"},
+		// Issue 16: a nested unknown field and a bad duration by their full path.
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1,"bogus":2}]}}`, "spec.ports[0].bogus"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"timeouts":{"connect":"soon"}}}`, "spec.timeouts.connect"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"classes":[{"name":"c","retries":{"perTryTimeout":"3 s"}}]}}`, "spec.classes[0].retries.perTryTimeout"},
+		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":"80"}]}}`, "spec.ports[0].port"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"retries":{"methods":"post"}}}`, "spec.retries.methods"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"retries":{"on":"5xx,sometimes"}}}`, "spec.retries.on"},
 		{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"retries":{"on":"700"}}}`, "spec.retries.on"},
@@ -103,6 +109,13 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"DestinationPolicy","metadata":{"name":"p"},"spec":{"service":"s","subsets":[{"name":"v1","labels":{"v":"1"},"policy":{"balancer":"random","circuitBreaker":{"maxConnections":1,"pendingFor":"connections","idleTimeout":"1s"}}}]}}`))
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: r\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 9}}, portLevelSettings: [{port: {number: 80}, connectionPool: {http: {http2MaxRequests: 1}}, loadBalancer: {simple: RANDOM}}]}\n  subsets: [{name: a, labels: {v: a}, trafficPolicy: {portLevelSettings: [{port: {number: 80}, outlierDetection: {consecutive5xxErrors: 2}}]}}]\n"))
 	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1}],"export":["west","north"]}}`))
+	// Issue 16: nested unknown fields, bad durations, a hashing balancer
+	// without a key.
+	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":1,"bogus":2}]}}`))
+	f.Add([]byte("apiVersion: fogmesh.io/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 1}], timeouts: {connect: soon}, classes: [{name: c, retries: {perTryTimeout: 3 s}}]}\n"))
+	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80}],"balancer":"consistent-hash"}}`))
+	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r"},"spec":{"service":"s","rules":[{"match":[{"headers":{"x":{"exact":"1","bogus":1}}}],"backends":[{}]}]}}`))
+	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[[[[[[[[[[[[[[{}]]]]]]]]]]]]]]}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		objs, err := Decode(b)
 		if err != nil {
@@ -122,4 +135,30 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestHashBalancerWithoutKeyWarns (issue 16): consistent-hash or maglev
+// without spec.hashKey is applied with a warning naming spec.hashKey and
+// what it defaults to; with a hashKey, or another balancer, no warning.
+func TestHashBalancerWithoutKeyWarns(t *testing.T) {
+	const doc = `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80}]%s}}`
+	for _, c := range []struct {
+		extra string
+		warn  bool
+	}{
+		{`,"balancer":"consistent-hash"`, true},
+		{`,"balancer":"maglev"`, true},
+		{`,"balancer":"consistent-hash","hashKey":{"header":"x-user"}`, false},
+		{`,"balancer":"round-robin"`, false},
+		{``, false},
+	} {
+		objs, warns, err := DecodeWithWarnings([]byte(fmt.Sprintf(doc, c.extra)))
+		if err != nil || len(objs) != 1 {
+			t.Fatalf("%s: %v", c.extra, err)
+		}
+		got := len(warns) == 1 && strings.Contains(warns[0], "spec.hashKey") && strings.Contains(warns[0], "source IP")
+		if got != c.warn || (!c.warn && len(warns) > 0) {
+			t.Errorf("%s: warnings %q, want a spec.hashKey warning: %v", c.extra, warns, c.warn)
+		}
+	}
 }

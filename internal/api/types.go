@@ -102,6 +102,19 @@ type NodeStatus struct {
 	Unreachable bool `json:"unreachable,omitempty"`
 	// UnreachableSince is its last sign of life when marked unreachable.
 	UnreachableSince time.Time `json:"unreachableSince,omitzero"`
+	// VIPBindFailures are the virtual IP addresses and ports the node's
+	// agent cannot bind (another process holds them), from its last
+	// heartbeat: clients there reach that process, not the mesh. The
+	// agent retries with backoff; DNS there does not hand the address out.
+	VIPBindFailures []VIPBindFailure `json:"vipBindFailures,omitempty"`
+}
+
+// VIPBindFailure is a virtual IP and port an agent cannot listen on.
+type VIPBindFailure struct {
+	Address string    `json:"address"` // VIP:port
+	Service string    `json:"service"` // namespace/name
+	Error   string    `json:"error"`   // the last bind error
+	Since   time.Time `json:"since"`   // the first failure
 }
 
 // Service is a named set of endpoints reachable through a virtual IP.

@@ -9,6 +9,12 @@ package cli
 import (
 	"context"
 	"flag"
+	"fmt"
+	"os"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/fogmesh/fogmesh/internal/api"
 
 	"github.com/fogmesh/fogmesh/internal/cli/base"
 )
@@ -33,10 +39,32 @@ func Usagef(format string, args ...any) error { return base.Usagef(format, args.
 func ExitCode(prog string, err error) int { return base.ExitCode(prog, err) }
 
 // LoadConfigFile decodes a YAML or JSON file into v, strictly.
-func LoadConfigFile(path string, v any) error { return base.LoadConfigFile(path, v) }
+func LoadConfigFile(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return &UsageError{Err: fmt.Errorf("config: %w", err)}
+	}
+	if err := DecodeConfig(b, v); err != nil {
+		return &UsageError{Err: fmt.Errorf("config %s: %w", path, err)}
+	}
+	return nil
+}
 
-// DecodeConfig decodes YAML or JSON bytes into v, strictly.
-func DecodeConfig(b []byte, v any) error { return base.DecodeConfig(b, v) }
+// DecodeConfig decodes YAML or JSON bytes into v, strictly. Its error
+// names the field by its full path (workloads[0].check.bogus,
+// healthInterval), which encoding/json alone does not.
+func DecodeConfig(b []byte, v any) error {
+	err := base.DecodeConfig(b, v)
+	if err == nil {
+		return nil
+	}
+	if j, jerr := yaml.YAMLToJSON(b); jerr == nil {
+		if fe := api.LocateDecodeError(j, v); fe != nil {
+			return fe
+		}
+	}
+	return err
+}
 
 // SignalContext is cancelled on SIGINT or SIGTERM.
 func SignalContext() (context.Context, context.CancelFunc) { return base.SignalContext() }
@@ -52,3 +80,9 @@ func WriteAddrFile(path string, addrs map[string]string) error {
 // Version is fogmesh's version, set at build time with
 // -ldflags "-X github.com/fogmesh/fogmesh/internal/cli.Version=v0.1.0".
 var Version = "v0.1.0-dev"
+
+// Commit is the git commit the binary was built from, set by the Makefile
+// with -ldflags "-X github.com/fogmesh/fogmesh/internal/cli.Commit=...":
+// the build's own VCS stamp is missing with -buildvcs=false or outside a
+// checkout, so `fogmesh version` reads this first.
+var Commit = ""

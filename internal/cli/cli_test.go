@@ -12,6 +12,10 @@ func TestDecodeConfigNamesTheField(t *testing.T) {
 		{"node: {name: a, site: s, region: r}\nmeshAddr: [1]\n", "meshAddr"},
 		{"node: {name: a, site: s, region: r}\nbogus: 1\n", "bogus"},
 		{"node: {name: a, site: s, region: r}\nhealthInterval: soon\n", "soon"},
+		// Issue 16: the field by its full path.
+		{"node: {name: a, site: s, region: r}\nhealthInterval: soon\n", "healthInterval: "},
+		{"workloads: [{service: a, ports: [{port: 80, bogus: 1}]}]\n", "workloads[0].ports[0].bogus: unknown field"},
+		{"workloads: [{service: a, ports: [{port: 80}], check: {type: tcp, timeout: 3 s}}]\n", "workloads[0].check.timeout: time: "},
 		{"node: [\n", "yaml"},
 	} {
 		var cfg agent.Config
@@ -33,6 +37,7 @@ func FuzzAgentConfig(f *testing.F) {
 	f.Add([]byte("node: {name: n1, site: s, region: r}\nmeshAddr: 0.0.0.0:1\n"))
 	f.Add([]byte("workloads: [{service: a, ports: [{port: 80}], check: {type: http, port: nope}}]\n"))
 	f.Add([]byte("{{{"))
+	f.Add([]byte("workloads: [{service: a, ports: [{port: 80, bogus: 1}], check: {type: tcp, timeout: 3 s}}]\nhealthInterval: soon\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var cfg agent.Config
 		if DecodeConfig(b, &cfg) != nil {

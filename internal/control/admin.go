@@ -169,7 +169,7 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ph.mark("decode")
-	rev, err := s.reg.apply(objs)
+	rev, err := s.reg.applyAdmin(objs)
 	ph.mark("store")
 	if errors.Is(err, ErrOwned) {
 		writeError(w, http.StatusConflict, err)

@@ -260,7 +260,7 @@ func TestApplyRejectsBadDocumentsAndStoresNothing(t *testing.T) {
 	cases := []struct{ name, doc, want string }{
 		{"bad port", strings.Replace(helloSvc, "8080", "70000", 1), "spec.ports[0].port"},
 		{"unknown field", strings.Replace(helloSvc, "ports:", "portz:", 1), "portz"},
-		{"wrong type", strings.Replace(helloSvc, "8080", `"http"`, 1), "spec.ports.port"},
+		{"wrong type", strings.Replace(helloSvc, "8080", `"http"`, 1), "spec.ports[0].port"}, // the full path (issue 16)
 		{"bad protocol", strings.Replace(helloSvc, "protocol: http", "protocol: smtp", 1), "spec.ports[0].protocol"},
 		{"bad name", strings.Replace(helloSvc, "name: hello", "name: Hello_World", 1), "metadata.name"},
 		{"no kind", "apiVersion: fogmesh.io/v1alpha1\nmetadata: {name: x}\n", "kind"},

@@ -115,7 +115,15 @@ func getLocked[T api.Object](tx *store.Tx, key string, into T) (T, bool) {
 
 // apply stores objects atomically. Services keep their virtual IP or get the
 // lowest free one. Statuses of existing nodes are preserved.
-func (r *registry) apply(objs []api.Object) (uint64, error) {
+func (r *registry) apply(objs []api.Object) (uint64, error) { return r.applyFrom(objs, false) }
+
+// applyAdmin is apply for the admin API: a session there names its
+// endpoint by hand (`fogmesh session move`), so it must exist. Agents'
+// sessions (apply) bind endpoints they route to, which this control plane
+// may not hold (another region's).
+func (r *registry) applyAdmin(objs []api.Object) (uint64, error) { return r.applyFrom(objs, true) }
+
+func (r *registry) applyFrom(objs []api.Object, checkSessions bool) (uint64, error) {
 	runs := 0
 	rev, err := r.st.Update(func(tx *store.Tx) error {
 		runs++
@@ -143,6 +151,13 @@ func (r *registry) apply(objs []api.Object) (uint64, error) {
 				return fmt.Errorf("%s: %w", api.ObjectKey(o), err)
 			}
 		}
+		for _, o := range objs { // after the loop: the batch's own services and endpoints count
+			if ss, ok := o.(*api.Session); ok && checkSessions {
+				if err := sessionTargetLocked(tx, ss); err != nil {
+					return err
+				}
+			}
+		}
 		return nil
 	})
 	if err != nil || runs > 1 {
@@ -151,6 +166,36 @@ func (r *registry) apply(objs []api.Object) (uint64, error) {
 		r.forgetVIPs()
 	}
 	return rev, err
+}
+
+// errBadSession marks a session whose service or endpoint does not exist:
+// the admin API answers 400.
+var errBadSession = errors.New("session")
+
+// sessionTargetLocked refuses a session (`fogmesh session move`) whose
+// service does not exist or whose endpoint is not one of that service's:
+// stored, it would pin the key to nothing, and every agent would drop it.
+func sessionTargetLocked(tx *store.Tx, ss *api.Session) error {
+	ns := api.NamespaceOr(ss.Meta.Namespace)
+	svc := ns + "/" + ss.Spec.Service
+	if _, ok := tx.Get(api.KindService + "/" + svc); !ok {
+		return fmt.Errorf("%w: service %s does not exist (see fogmesh get services; -n sets the namespace)", errBadSession, svc)
+	}
+	var have []string
+	for _, kv := range tx.List(api.KindEndpoint + "/" + ns + "/") {
+		var e api.Endpoint
+		if json.Unmarshal(kv.Value, &e) != nil || e.Spec.Service != ss.Spec.Service {
+			continue
+		}
+		if e.Meta.Name == ss.Spec.Endpoint {
+			return nil
+		}
+		have = append(have, e.Meta.Name)
+	}
+	if len(have) == 0 {
+		return fmt.Errorf("%w: endpoint %s is not an endpoint of %s, which has none", errBadSession, ss.Spec.Endpoint, svc)
+	}
+	return fmt.Errorf("%w: endpoint %s is not an endpoint of %s (it has: %s)", errBadSession, ss.Spec.Endpoint, svc, strings.Join(have, ", "))
 }
 
 // forgetVIPs drops the set of used virtual IPs; the next allocation reads

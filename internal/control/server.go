@@ -220,8 +220,9 @@ const (
 type liveNode struct {
 	lastHeartbeat time.Time
 	load          float64
-	epLoad        map[string]float64 // endpoint key -> in-flight, from the last heartbeat
-	paths         []wire.PathReport  // the node's paths to its peers, from the last heartbeat
+	epLoad        map[string]float64   // endpoint key -> in-flight, from the last heartbeat
+	paths         []wire.PathReport    // the node's paths to its peers, from the last heartbeat
+	vipFailures   []api.VIPBindFailure // VIP:ports its agent cannot bind, from the last heartbeat
 	acked         uint64
 	conns         int // open sync streams
 }
@@ -572,7 +573,7 @@ func maxTime(ts ...time.Time) time.Time {
 
 // heartbeat records liveness and load; a node that was not ready or
 // unreachable becomes ready again.
-func (s *Server) heartbeat(node string, load float64, epLoad map[string]float64, paths []wire.PathReport) {
+func (s *Server) heartbeat(node string, load float64, epLoad map[string]float64, paths []wire.PathReport, vipFailures []api.VIPBindFailure) {
 	s.mu.Lock()
 	l := s.liveLocked(node)
 	l.lastHeartbeat = time.Now()
@@ -580,6 +581,7 @@ func (s *Server) heartbeat(node string, load float64, epLoad map[string]float64,
 	l.epLoad = epLoad
 	s.noteWitnessLocked(l.paths, paths, l.lastHeartbeat)
 	l.paths = paths
+	l.vipFailures = vipFailures
 	s.mu.Unlock()
 	if err := s.reg.setNodeReady(node, true); err != nil {
 		s.log.Error("control: mark ready", "node", node, "err", err)
@@ -641,5 +643,8 @@ func (s *Server) fillLive(n *api.Node) {
 		n.Status.Load = l.load
 		n.Status.AckedVersion = l.acked
 		n.Status.Connected = l.conns > 0
+		if l.conns > 0 {
+			n.Status.VIPBindFailures = l.vipFailures
+		}
 	}
 }

@@ -409,7 +409,7 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 	case syncproto.Nacked:
 		s.log.Warn("control: agent rejected update", "node", st.node, "version", e.Version, "nonce", e.Nonce, "err", e.Error)
 	case syncproto.Heartbeat:
-		s.heartbeat(st.node, e.Load, e.EndpointLoad, e.Paths)
+		s.heartbeat(st.node, e.Load, e.EndpointLoad, e.Paths, e.VIPBindFailures)
 		// Answer, so the agent can tell a silent link from a quiet one,
 		// with the load the other agents put on each endpoint.
 		return st.write(&wire.Message{Type: wire.TypeHeartbeat, EndpointLoad: s.othersLoad(st.node)})
@@ -711,6 +711,16 @@ func (st *stream) startSending(ctx context.Context, sub *syncproto.Subscribed) *
 		if cur, err := s.st.Rev(); err == nil && ss.scanned > cur {
 			ss.full = true // a subscriber from another history
 		}
+	}
+	if !ss.full && sub.Known > 0 {
+		// The subscriber holds version Known of this store: that is its
+		// acknowledgement. One that is current gets no update to ack, and
+		// the acked version lives in memory only, so without this every
+		// node would show CONFIG VERSION 0 after a restart of this plane
+		// until the next change.
+		s.mu.Lock()
+		s.liveLocked(st.node).acked = sub.Known
+		s.mu.Unlock()
 	}
 	// Register before the first look, so no commit after it is missed.
 	ss.sub = fd.subscribe(ss.f)

@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/agent"
@@ -44,10 +45,17 @@ type Options struct {
 	// VIPOctet is the second octet of the first agent's VIP range
 	// 127.<VIPOctet>.0.0/16; agent i uses VIPOctet+i (default 101).
 	VIPOctet int
+	// VIPRange, when set (an IPv4 prefix of at most /30), is split in four:
+	// node i gets the i-th quarter (127.28.0.0/16: 127.28.0.0/18,
+	// 127.28.64.0/18, ...) instead of 127.<VIPOctet+i>.0.0/16.
+	VIPRange string
 	// HelloPort is the hello service's port on its VIP (default 8080: ports
 	// below 1024 need root).
 	HelloPort int
-	Logger    *slog.Logger // nil = discard
+	// Fresh empties the state directory first, once its lock is held (a
+	// running demo's directory is never emptied under it).
+	Fresh  bool
+	Logger *slog.Logger // nil = discard
 }
 
 // DefaultStateDir is where the demo keeps its state unless told otherwise.
@@ -93,6 +101,7 @@ type Demo struct {
 
 	mu    sync.Mutex // guards hello
 	hello map[string]*Hello
+	lock  *stateLock // the state directory's, held until Close
 }
 
 // Hello is one instance of the demo service.
@@ -118,6 +127,23 @@ func (o *Options) port(i int) string {
 	return "127.0.0.1:" + strconv.Itoa(o.BasePort+i)
 }
 
+// vipRange is node i's virtual IP range.
+func (o *Options) vipRange(i int) (string, error) {
+	if o.VIPRange == "" {
+		return fmt.Sprintf("127.%d.0.0/16", o.VIPOctet+i), nil
+	}
+	p, err := netip.ParsePrefix(o.VIPRange)
+	if err != nil || !p.Addr().Is4() || p.Bits() > 30 {
+		return "", fmt.Errorf("dev: vip range %q is not an IPv4 prefix of at most /30", o.VIPRange)
+	}
+	p = p.Masked()
+	a := p.Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v += uint32(i) << (32 - p.Bits() - 2)
+	q := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), p.Bits()+2)
+	return q.String(), nil
+}
+
 // Start starts everything; Run waits for ctx and stops.
 func Start(ctx context.Context, opts Options) (*Demo, error) {
 	if opts.StateDir == "" {
@@ -135,6 +161,14 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	var ranges []string
+	for i := range Nodes {
+		r, err := opts.vipRange(i)
+		if err != nil {
+			return nil, err
+		}
+		ranges = append(ranges, r)
+	}
 	d := &Demo{opts: opts, hello: map[string]*Hello{}}
 	ok := false
 	defer func() {
@@ -143,13 +177,24 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 		}
 	}()
 	var err error
+	if d.lock, err = lockState(opts.StateDir); err != nil {
+		return nil, err // before the store, whose open would only time out
+	}
+	if opts.Fresh {
+		ents, _ := os.ReadDir(opts.StateDir)
+		for _, e := range ents {
+			if e.Name() != lockFile {
+				os.RemoveAll(filepath.Join(opts.StateDir, e.Name()))
+			}
+		}
+	}
 	d.Control, err = control.New(control.Config{
 		StateDir: filepath.Join(opts.StateDir, "control"), AdminAddr: opts.port(0), SyncAddr: opts.port(1),
 		HeartbeatInterval: time.Second, NodeTimeout: 3 * time.Second,
-		VIPRange: fmt.Sprintf("127.%d.0.0/16", opts.VIPOctet), Logger: opts.Logger.With("node", "control"),
+		VIPRange: ranges[0], Logger: opts.Logger.With("node", "control"),
 	})
 	if err != nil {
-		return nil, err
+		return nil, portClash(err)
 	}
 	go d.Control.Serve(ctx)
 	// The demo runs secure, like a real deployment: the agents join with
@@ -199,7 +244,7 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 			MeshAddr:   opts.port(10 + 10*i + 1),
 			AdminAddr:  opts.port(10 + 10*i + 2),
 			GossipAddr: opts.port(10 + 10*i + 4),
-			VIPRange:   fmt.Sprintf("127.%d.0.0/16", opts.VIPOctet+i),
+			VIPRange:   ranges[i],
 			StateDir:   filepath.Join(opts.StateDir, n.Name),
 			Workloads: []agent.Workload{{Name: "hello-" + n.Name, Service: "hello", Namespace: "demo",
 				Address: "127.0.0.1", Ports: []api.EndpointPort{{Name: "http", Port: int(ap.Port())}},
@@ -212,7 +257,7 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 			MeshAdvertise:  advertise,
 		})
 		if err != nil {
-			return nil, err
+			return nil, portClash(err)
 		}
 		d.Agents = append(d.Agents, a)
 		go a.Run(ctx)
@@ -222,8 +267,24 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 	}
 	d.demoSrv = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
 	go d.demoSrv.Serve(d.demoLn)
+	d.lock.publish(Instance{PID: os.Getpid(), StateDir: opts.StateDir, Admin: d.Control.AdminAddr(), VIPRanges: ranges, HelloPort: opts.HelloPort})
 	ok = true
 	return d, nil
+}
+
+// portClash explains a port another process holds: which demo, if one
+// holds it, and the flag that moves this one's ports.
+func portClash(err error) error {
+	var op *net.OpError
+	if !errors.Is(err, syscall.EADDRINUSE) || !errors.As(err, &op) || op.Addr == nil {
+		return err
+	}
+	_, port, _ := net.SplitHostPort(op.Addr.String())
+	who := holderOfPort(port)
+	if who == "" {
+		who = "another process (ss -ltnp 'sport = :" + port + "' names it)"
+	}
+	return &ClashError{fmt.Sprintf("%s is in use by %s: stop it, or give this demo other ports with --base-port N (or -1: any free ports): %v", op.Addr, who, err)}
 }
 
 func (d *Demo) apply(objs ...api.Object) error {
@@ -258,13 +319,14 @@ func (d *Demo) apply(objs ...api.Object) error {
 }
 
 // WaitReady waits until the first agent routes hello to all four instances
-// (every node registered and synced).
+// (every node registered and synced) and every agent routes hello. It
+// fails, naming the holder and the flag to use, when an agent cannot bind
+// a virtual IP (another demo, or another process, holds that range):
+// such a demo would print curl lines that reach the other one.
 func (d *Demo) WaitReady(ctx context.Context) error {
 	for {
-		for _, r := range d.Agents[0].Routes() {
-			if r.Service == "demo/hello" && len(r.Endpoints) == len(Nodes) {
-				return nil
-			}
+		if d.synced() {
+			return d.vipClash()
 		}
 		select {
 		case <-ctx.Done():
@@ -272,6 +334,50 @@ func (d *Demo) WaitReady(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// synced reports whether the first agent routes hello to every instance
+// and every other agent routes hello.
+func (d *Demo) synced() bool {
+	for i, a := range d.Agents {
+		want := 1
+		if i == 0 {
+			want = len(Nodes)
+		}
+		ok := false
+		for _, r := range a.Routes() {
+			if r.Service == "demo/hello" && len(r.Endpoints) >= want {
+				ok = true
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// vipClash is an error naming the virtual IPs the agents cannot bind, who
+// holds them, and the flag that moves this demo's, or nil.
+func (d *Demo) vipClash() error {
+	var held []string
+	who := ""
+	for i, a := range d.Agents {
+		for _, f := range a.VIPBindFailures() {
+			held = append(held, fmt.Sprintf("%s (node %s)", f.Address, Nodes[i].Name))
+			if ap, err := netip.ParseAddrPort(f.Address); err == nil && who == "" {
+				who = holderOf(ap.Addr())
+			}
+		}
+	}
+	if len(held) == 0 {
+		return nil
+	}
+	if who == "" {
+		who = "another process"
+	}
+	return &ClashError{fmt.Sprintf("the virtual IPs %s are held by %s, so this demo's clients would reach it: stop it, or give this demo other addresses with --vip-octet N (its nodes use 127.N.0.0/16 to 127.N+3.0.0/16) or --vip-range CIDR, or another --hello-port",
+		strings.Join(held, ", "), who)}
 }
 
 // DemoAddr is the demo API address.
@@ -367,6 +473,8 @@ func (d *Demo) Close() {
 		h.stop()
 	}
 	d.mu.Unlock()
+	d.lock.release() // last: the store is closed
+	d.lock = nil
 }
 
 func (h *Hello) start(addr string) error {

@@ -186,6 +186,14 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 		}
 		return h.nxDomain(resp, zone)
 	}
+	if rec.Unavailable != "" {
+		resp.Authoritative = false
+		resp.Rcode = dns.RcodeServerFailure
+		if opt := resp.IsEdns0(); opt != nil {
+			opt.Option = append(opt.Option, &dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeNotReady, ExtraText: truncate(rec.Unavailable, 200)})
+		}
+		return resp, resultServFail
+	}
 	ports := rec.Ports
 	if n.port != "" {
 		ports = nil
@@ -364,4 +372,12 @@ func clientUDPSize(req *dns.Msg) int {
 		return int(opt.UDPSize())
 	}
 	return dns.MinMsgSize
+}
+
+// truncate cuts s to at most n bytes.
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }

@@ -80,6 +80,12 @@ type Record struct {
 	V4    netip.Addr // virtual IPv4 address on this node; zero means no A record
 	V6    netip.Addr // virtual IPv6 address on this node; zero means no AAAA record
 	Ports []Port
+	// Unavailable, when set, says why this node cannot serve the service's
+	// virtual IP now (another process holds an address and port of it):
+	// the server answers SERVFAIL with this text as an extended DNS error
+	// (RFC 8914) instead of an address whose connections would reach that
+	// process.
+	Unavailable string
 }
 
 // Resolver is the agent's view of the mesh's services.

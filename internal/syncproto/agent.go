@@ -69,6 +69,8 @@ type (
 		Load         float64
 		EndpointLoad map[string]float64
 		Paths        []wire.PathReport
+		// VIPBindFailures: the VIP:ports the agent cannot bind now.
+		VIPBindFailures []api.VIPBindFailure
 	}
 	// Local is the full set of endpoints this node owns, now.
 	Local struct{ Endpoints []api.Endpoint }
@@ -261,7 +263,8 @@ func (a *Agent) Step(ev Event) (out Output) {
 		if err := a.needStreaming("heartbeat"); err != nil {
 			return Output{Err: err}
 		}
-		return send(&wire.Message{Type: wire.TypeHeartbeat, Load: ev.Load, EndpointLoad: ev.EndpointLoad, Paths: ev.Paths})
+		return send(&wire.Message{Type: wire.TypeHeartbeat, Load: ev.Load, EndpointLoad: ev.EndpointLoad, Paths: ev.Paths,
+			VIPBindFailures: ev.VIPBindFailures})
 	case Local:
 		if err := a.needStreaming("local endpoints"); err != nil {
 			return Output{Err: err}

@@ -100,6 +100,8 @@ type (
 		Load         float64
 		EndpointLoad map[string]float64
 		Paths        []wire.PathReport // ValidPaths
+		// VIPBindFailures: ValidVIPBindFailures.
+		VIPBindFailures []api.VIPBindFailure
 	}
 	// SessionsIn: bindings to store; Refused says why the others were
 	// dropped.
@@ -280,7 +282,8 @@ func (c *Control) recv(m *wire.Message) Output {
 	case wire.TypeNack:
 		eff = Nacked{Nonce: m.Nonce, Version: m.Version, Error: m.Error}
 	case wire.TypeHeartbeat:
-		eff = Heartbeat{Load: m.Load, EndpointLoad: ValidLoads(m.EndpointLoad), Paths: ValidPaths(m.Paths)}
+		eff = Heartbeat{Load: m.Load, EndpointLoad: ValidLoads(m.EndpointLoad), Paths: ValidPaths(m.Paths),
+			VIPBindFailures: ValidVIPBindFailures(m.VIPBindFailures)}
 	case wire.TypeSessions:
 		in := SessionsIn{Valid: make([]api.Session, 0, len(m.Sessions))}
 		for _, s := range m.Sessions {

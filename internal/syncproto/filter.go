@@ -6,6 +6,7 @@ package syncproto
 import (
 	"maps"
 	"math"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -323,6 +324,26 @@ func ValidPaths(in []wire.PathReport) []wire.PathReport {
 			continue
 		}
 		out = append(out, p)
+	}
+	return out
+}
+
+// ValidVIPBindFailures keeps the bind failures a control plane may store:
+// at most wire.MaxVIPBindFailures, with an address that parses as
+// ip:port, and printable service and error text of sane length.
+func ValidVIPBindFailures(in []api.VIPBindFailure) []api.VIPBindFailure {
+	var out []api.VIPBindFailure
+	for _, f := range in {
+		if len(out) == wire.MaxVIPBindFailures {
+			break
+		}
+		if _, err := netip.ParseAddrPort(f.Address); err != nil {
+			continue
+		}
+		if !printable(f.Service) || !printable(f.Error) || len(f.Service) > 253 || len(f.Error) > 300 {
+			continue
+		}
+		out = append(out, f)
 	}
 	return out
 }

@@ -135,6 +135,8 @@ func FuzzAgent(f *testing.F) {
 func FuzzControl(f *testing.F) {
 	addTranscriptSeeds(f, "control_")
 	f.Add("recv {\"type\":\"hello\"}\nadmitted {}\nsend {\"type\":\"update\"}\nrecv {\"type\":\"subscribe\"}\nsend {}")
+	// Issue 16: a heartbeat's VIP bind failures, good and hostile.
+	f.Add("recv {\"type\":\"hello\",\"protocol\":1,\"node\":{\"metadata\":{\"name\":\"n1\"}}}\nadmitted {}\nrecv {\"type\":\"subscribe\"}\nrecv {\"type\":\"heartbeat\",\"vipBindFailures\":[{\"address\":\"127.28.0.1:80\",\"service\":\"demo/hello\",\"error\":\"bind: address already in use\",\"since\":\"2026-01-01T00:00:00Z\"},{\"address\":\"nope\",\"service\":\"\\u001b[2J\"}]}")
 	f.Add("limits {\"chunkItems\":1,\"chunkBytes\":10,\"maxChunks\":2}\nrecv {\"type\":\"hello\",\"protocol\":1,\"node\":{\"metadata\":{\"name\":\"n1\"}},\"capabilities\":[\"policy2\",\"chunks\"]}\nadmitted {}\nrecv {\"type\":\"subscribe\"}\nsend {\"type\":\"update\",\"removed\":[{\"type\":\"Endpoint\",\"name\":\"a/b\"},{\"type\":\"Endpoint\",\"name\":\"a/c\"}]}\nsend {\"type\":\"update\",\"chunk\":1,\"chunks\":2}")
 	f.Fuzz(func(t *testing.T, in string) {
 		s := newScript()

@@ -205,6 +205,10 @@ type Message struct {
 	// Paths, agent to control plane, are this agent's paths to the peers
 	// it talks to (at most MaxPathReports), for `fogmesh get paths`.
 	Paths []PathReport `json:"paths,omitempty"`
+	// VIPBindFailures, agent to control plane, are the virtual IP
+	// addresses and ports this agent cannot bind (at most
+	// MaxVIPBindFailures), for `fogmesh get nodes` and `fogmesh check`.
+	VIPBindFailures []api.VIPBindFailure `json:"vipBindFailures,omitempty"`
 
 	// Local
 	Endpoints []api.Endpoint `json:"endpoints,omitempty"`
@@ -274,6 +278,9 @@ type Message struct {
 
 // MaxPathReports bounds the paths one heartbeat reports.
 const MaxPathReports = 1024
+
+// MaxVIPBindFailures bounds the bind failures one heartbeat reports.
+const MaxVIPBindFailures = 256
 
 // PathReport is an agent's path to one peer agent.
 type PathReport struct {

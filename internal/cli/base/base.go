@@ -47,7 +47,7 @@ func ExitCode(prog string, err error) int {
 		return ExitOK
 	}
 	if errors.Is(err, flag.ErrHelp) {
-		return ExitUsage
+		return ExitOK // -h/--help printed the usage, as Go's flag package exits 0
 	}
 	fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
 	var ue *UsageError
