@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -479,26 +478,4 @@ func (a *Agent) rebuildLocked() {
 		a.retries.Forget(func(svc string) bool { return v.services[svc] != nil })
 	}
 	a.pruneLimiters(v)
-}
-
-func (a *Agent) localEndpointsLocked() []api.Endpoint {
-	names := make([]string, 0, len(a.workloads))
-	for n := range a.workloads {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	out := make([]api.Endpoint, 0, len(names))
-	for _, n := range names {
-		ws := a.workloads[n]
-		out = append(out, ws.w.endpoint(a.cfg.Node.Name, ws.healthy))
-	}
-	return out
-}
-
-// notifyLocal wakes the sync loop to send this node's endpoints.
-func (a *Agent) notifyLocal() {
-	select {
-	case a.localChanged <- struct{}{}:
-	default:
-	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"sort"
+
+	"github.com/fogmesh/fogmesh/internal/api"
 )
 
 // Workloads registered through the local API: Register and Deregister,
@@ -101,4 +103,27 @@ func (a *Agent) loadRegistered() error {
 		}
 	}
 	return nil
+}
+
+// localEndpointsLocked lists this node's workloads as endpoints, sorted by name.
+func (a *Agent) localEndpointsLocked() []api.Endpoint {
+	names := make([]string, 0, len(a.workloads))
+	for n := range a.workloads {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]api.Endpoint, 0, len(names))
+	for _, n := range names {
+		ws := a.workloads[n]
+		out = append(out, ws.w.endpoint(a.cfg.Node.Name, ws.healthy))
+	}
+	return out
+}
+
+// notifyLocal wakes the sync loop to send this node's endpoints.
+func (a *Agent) notifyLocal() {
+	select {
+	case a.localChanged <- struct{}{}:
+	default:
+	}
 }
