@@ -600,3 +600,20 @@ func TestIdleTimeout(t *testing.T) {
 	rc.c.Close()
 	<-done
 }
+
+// TestPingAcknowledged: a PING is answered (its acknowledgement waits for
+// a response's flush, at most flushDelay) with the same data.
+func TestPingAcknowledged(t *testing.T) {
+	addr := serve(t, &Server{Handler: http.NotFoundHandler()})
+	rc := newRawClient(t, addr)
+	rc.fr.WritePing(false, [8]byte{1, 2, 3, 4, 5, 6, 7, 8})
+	for {
+		f := rc.next()
+		if p, ok := f.(*http2.PingFrame); ok {
+			if !p.IsAck() || p.Data != [8]byte{1, 2, 3, 4, 5, 6, 7, 8} {
+				t.Fatalf("PING %v", p)
+			}
+			return
+		}
+	}
+}

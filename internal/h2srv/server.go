@@ -50,6 +50,12 @@ type Server struct {
 	// ErrorLog, if set, gets connection errors (debug level).
 	ErrorLog func(msg string, args ...any)
 
+	// work hands a stream to an idle handler goroutine (workers): a
+	// goroutine per stream paid for its creation and, deeper in the proxy,
+	// for growing its stack on every request.
+	work     chan streamTask
+	workOnce sync.Once
+
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
 	shutdown bool
@@ -169,6 +175,9 @@ type conn struct {
 	hbuf    bytes.Buffer
 	werr    error
 	dirty   bool // bw holds frames not yet flushed
+	// flushTimer flushes writeControl's frames if no response does first.
+	flushTimer *time.Timer
+	flushArmed bool
 
 	mu          sync.Mutex // guards the following and streams' flow state
 	streams     map[uint32]*stream
@@ -238,6 +247,49 @@ func (sc *conn) writeFrames(fn func() error) error {
 	return nil
 }
 
+// writeControl writes frames of the read loop's (PING and SETTINGS
+// acknowledgements) without a flush of their own: the next response's
+// flush takes them along, or flushDelay's timer does. grpc-go pings after
+// every response it reads (its BDP estimate); an acknowledgement flushed
+// alone cost a system call per call.
+func (sc *conn) writeControl(fn func() error) error {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	if sc.werr != nil {
+		return sc.werr
+	}
+	if err := fn(); err != nil {
+		sc.werr = err
+		return err
+	}
+	sc.dirty = true
+	if !sc.flushArmed {
+		sc.flushArmed = true
+		if sc.flushTimer == nil {
+			sc.flushTimer = time.AfterFunc(flushDelay, sc.flushPending)
+		} else {
+			sc.flushTimer.Reset(flushDelay)
+		}
+	}
+	return nil
+}
+
+// flushDelay bounds how long writeControl's frames wait for a response's
+// flush.
+const flushDelay = time.Millisecond
+
+func (sc *conn) flushPending() {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	sc.flushArmed = false
+	if sc.dirty && sc.werr == nil {
+		if err := sc.bw.Flush(); err != nil {
+			sc.werr = err
+		}
+		sc.dirty = false
+	}
+}
+
 // writeHeaderBlock encodes fields (under wmu) and writes HEADERS and
 // CONTINUATION frames.
 func (sc *conn) writeHeaderBlock(id uint32, endStream bool, encode func(enc *hpack.Encoder)) error {
@@ -288,7 +340,12 @@ func (sc *conn) closeConn(err error) {
 		sc.idle.Stop()
 	}
 	sc.mu.Unlock()
-	sc.nc.Close()
+	sc.nc.Close() // first: a writer blocked in a write holds wmu
+	sc.wmu.Lock()
+	if sc.flushTimer != nil {
+		sc.flushTimer.Stop()
+	}
+	sc.wmu.Unlock()
 }
 
 // goAway sends GOAWAY: no stream above the last one seen will be served.
@@ -459,7 +516,7 @@ func (sc *conn) processFrame(f http2.Frame) error {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
 		data := f.Data
-		return sc.writeFrames(func() error { return sc.fr.WritePing(true, data) })
+		return sc.writeControl(func() error { return sc.fr.WritePing(true, data) })
 	case *http2.GoAwayFrame:
 		// The client leaves: finish what is open, take nothing new.
 		if f.ErrCode != http2.ErrCodeNo {
@@ -519,7 +576,7 @@ func (sc *conn) processSettings(f *http2.SettingsFrame) error {
 	}); err != nil {
 		return err
 	}
-	return sc.writeFrames(func() error { return sc.fr.WriteSettingsAck() })
+	return sc.writeControl(func() error { return sc.fr.WriteSettingsAck() })
 }
 
 func (sc *conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
@@ -678,8 +735,42 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	if bad != nil {
 		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, bad.msg, bad.code) })
 	}
-	go st.run(h)
+	sc.s.dispatch(streamTask{st, h})
 	return nil
+}
+
+type streamTask struct {
+	st *stream
+	h  http.Handler
+}
+
+// workerIdle is how long a handler goroutine waits for another stream.
+const workerIdle = 10 * time.Second
+
+// dispatch runs t on an idle worker, or on a new one.
+func (s *Server) dispatch(t streamTask) {
+	s.workOnce.Do(func() { s.work = make(chan streamTask) })
+	work := s.work
+	select {
+	case work <- t:
+	default:
+		go s.worker(work, t)
+	}
+}
+
+func (s *Server) worker(work chan streamTask, t streamTask) {
+	timer := time.NewTimer(workerIdle)
+	defer timer.Stop()
+	for {
+		t.st.run(t.h)
+		t = streamTask{}
+		timer.Reset(workerIdle)
+		select {
+		case t = <-work:
+		case <-timer.C:
+			return
+		}
+	}
 }
 
 func (sc *conn) processData(f *http2.DataFrame) error {
