@@ -182,6 +182,9 @@ func newL7(a *Agent) *l7 {
 			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 		}
 		if r.ProtoMajor == 2 {
+			up := &upstreamBody{}
+			r = r.WithContext(context.WithValue(r.Context(), upstreamBodyKey{}, up))
+			w = &lazyFlushWriter{ResponseWriter: w, up: up}
 			// A slow reader stalls its stream's flow control, not the
 			// connection's writes (taggedConn.Write): bound the
 			// stream's writes too.

@@ -617,3 +617,78 @@ func TestPingAcknowledged(t *testing.T) {
 		}
 	}
 }
+
+// writeLog records, per Write of the server, the stream ids of its frames.
+type writeLog struct {
+	net.Conn
+	mu     sync.Mutex
+	writes [][]uint32
+}
+
+func (c *writeLog) Write(p []byte) (int, error) {
+	var ids []uint32
+	for b := p; len(b) >= 9; {
+		n := int(b[0])<<16 | int(b[1])<<8 | int(b[2])
+		ids = append(ids, uint32(b[5]&0x7f)<<24|uint32(b[6])<<16|uint32(b[7])<<8|uint32(b[8]))
+		if len(b) < 9+n {
+			break
+		}
+		b = b[9+n:]
+	}
+	c.mu.Lock()
+	c.writes = append(c.writes, ids)
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// TestShortAnswerOneWrite: a short response with trailers (a unary gRPC
+// answer) leaves in one write: HEADERS, DATA and trailers.
+func TestShortAnswerOneWrite(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/grpc")
+		io.WriteString(w, "\x00\x00\x00\x00\x02hi")
+		w.Header().Set(http.TrailerPrefix+"Grpc-Status", "0")
+	})}
+	wl := make(chan *writeLog, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		l := &writeLog{Conn: c}
+		wl <- l
+		s.ServeConn(l, ConnOptions{})
+	}()
+	rc := newRawClient(t, ln.Addr().String())
+	rc.headers(1, true, ":method", "POST")
+	if s := status(rc.next()); s != "200" {
+		t.Fatalf("got %s", s)
+	}
+	if d, ok := rc.next().(*http2.DataFrame); !ok || len(d.Data()) != 7 {
+		t.Fatalf("DATA %v", d)
+	}
+	if tr, ok := rc.next().(*http2.MetaHeadersFrame); !ok || !tr.StreamEnded() || tr.PseudoValue("status") != "" {
+		t.Fatalf("trailers %v", tr)
+	}
+	l := <-wl
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, ids := range l.writes {
+		for _, id := range ids {
+			if id == 1 {
+				n++
+				break
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("stream 1's frames left in %d writes, want 1: %v", n, l.writes)
+	}
+	rc.c.Close()
+}

@@ -169,7 +169,8 @@ func (w *responseWriter) SetWriteDeadline(t time.Time) error {
 func (w *responseWriter) EnableFullDuplex() error { return nil }
 
 // flush sends the header if not yet sent, and the buffered body; end
-// ends the stream when no trailers follow.
+// ends the stream, with the trailers if any. What the windows allow at
+// once leaves in one write: a short answer's HEADERS, DATA and trailers.
 func (w *responseWriter) flush(end bool) error {
 	if w.err != nil {
 		return w.err
@@ -177,87 +178,48 @@ func (w *responseWriter) flush(end bool) error {
 	st, sc := w.st, w.st.sc
 	data := w.buf
 	w.buf = w.buf[:0]
+	var header func(enc hpackEncoder)
+	if !w.sentHeader {
+		w.sentHeader = true
+		header = w.headerFields(end, len(data))
+	}
 	var trailers []string
 	if end {
 		trailers = w.trailerKeys()
 	}
 	endData := end && len(trailers) == 0
-	if !w.sentHeader {
-		w.sentHeader = true
-		h := w.header
-		if v, ok := h["Connection"]; ok {
-			delete(h, "Connection")
-			if len(v) > 0 && v[0] == "close" {
-				go sc.goAway(http2.ErrCodeNo, nil)
-			}
-		}
-		clen := ""
-		if v := h.Get("Content-Length"); v != "" {
-			if _, err := strconv.ParseUint(v, 10, 63); err != nil {
-				delete(h, "Content-Length")
-			}
-		} else if end && bodyAllowed(w.status) && (len(data) > 0 || !w.head) {
-			clen = strconv.Itoa(len(data))
-		}
-		for _, v := range h["Trailer"] {
-			for _, k := range strings.Split(v, ",") {
-				if k = http.CanonicalHeaderKey(strings.TrimSpace(k)); k != "" && httpguts.ValidTrailerHeader(k) {
-					w.declared = append(w.declared, k)
-				}
-			}
-		}
-		if end {
-			trailers = w.trailerKeys()
-			endData = len(trailers) == 0
-		}
-		_, hasDate := h["Date"]
-		status := w.status
-		endHeaders := endData && len(data) == 0
-		n := 0
-		if len(data) > 0 {
-			n = w.take(len(data))
-		}
-		err := sc.writeFrames(func() error {
-			if err := sc.writeHeaderBlock(st.id, endHeaders, func(enc hpackEncoder) {
-				encodeField(enc, ":status", strconv.Itoa(status))
-				encodeHeader(enc, h, nil)
-				if clen != "" {
-					encodeField(enc, "content-length", clen)
-				}
-				if !hasDate {
-					encodeField(enc, "date", httpDate())
-				}
-			}); err != nil {
+	if header == nil && len(data) == 0 && !end {
+		return nil
+	}
+	n := w.take(len(data))
+	rest := data[n:]
+	h := w.header
+	err := sc.writeFrames(func() error {
+		if header != nil {
+			if err := sc.writeHeaderBlock(st.id, endData && len(data) == 0, header); err != nil {
 				return err
 			}
-			if n > 0 {
-				return sc.fr.WriteData(st.id, endData && n == len(data), data[:n])
-			}
-			return nil
-		})
-		if err != nil {
-			return w.fail(err)
 		}
-		if endHeaders {
-			return nil
-		}
-		data = data[n:]
-		if n > 0 && len(data) == 0 {
-			if endData {
-				return nil
-			}
-			if len(trailers) == 0 {
-				return nil
+		if n > 0 || (header == nil && len(data) == 0 && endData) {
+			if err := sc.fr.WriteData(st.id, endData && len(rest) == 0, data[:n]); err != nil {
+				return err
 			}
 		}
+		if len(rest) == 0 && len(trailers) > 0 {
+			return sc.writeHeaderBlock(st.id, true, func(enc hpackEncoder) { encodeHeader(enc, h, trailers) })
+		}
+		return nil
+	})
+	if err != nil {
+		return w.fail(err)
 	}
-	if len(data) > 0 || endData {
-		if err := w.sendData(data, endData); err != nil {
-			return err
-		}
+	if len(rest) == 0 {
+		return nil
+	}
+	if err := w.sendData(rest, endData); err != nil {
+		return err
 	}
 	if len(trailers) > 0 {
-		h := w.header
 		err := sc.writeFrames(func() error {
 			return sc.writeHeaderBlock(st.id, true, func(enc hpackEncoder) { encodeHeader(enc, h, trailers) })
 		})
@@ -266,6 +228,47 @@ func (w *responseWriter) flush(end bool) error {
 		}
 	}
 	return nil
+}
+
+// headerFields prepares the response header (once): a Connection: close
+// drains the connection, a content length is added to a response whose
+// handler returned having written it all, a Date if there is none, and
+// the trailers are declared.
+func (w *responseWriter) headerFields(end bool, buffered int) func(enc hpackEncoder) {
+	h := w.header
+	if v, ok := h["Connection"]; ok {
+		delete(h, "Connection")
+		if len(v) > 0 && v[0] == "close" {
+			go w.st.sc.goAway(http2.ErrCodeNo, nil)
+		}
+	}
+	clen := ""
+	if v := h.Get("Content-Length"); v != "" {
+		if _, err := strconv.ParseUint(v, 10, 63); err != nil {
+			delete(h, "Content-Length")
+		}
+	} else if end && bodyAllowed(w.status) && (buffered > 0 || !w.head) {
+		clen = strconv.Itoa(buffered)
+	}
+	for _, v := range h["Trailer"] {
+		for _, k := range strings.Split(v, ",") {
+			if k = http.CanonicalHeaderKey(strings.TrimSpace(k)); k != "" && httpguts.ValidTrailerHeader(k) {
+				w.declared = append(w.declared, k)
+			}
+		}
+	}
+	_, hasDate := h["Date"]
+	status := w.status
+	return func(enc hpackEncoder) {
+		encodeField(enc, ":status", strconv.Itoa(status))
+		encodeHeader(enc, h, nil)
+		if clen != "" {
+			encodeField(enc, "content-length", clen)
+		}
+		if !hasDate {
+			encodeField(enc, "date", httpDate())
+		}
+	}
 }
 
 func (w *responseWriter) fail(err error) error {

@@ -447,6 +447,17 @@ func (b *body) Read(p []byte) (int, error) {
 	return 0, io.EOF
 }
 
+// UpstreamEnded reports whether the response has ended (END_STREAM read):
+// what is left of the body is buffered, and reads return it, then EOF,
+// without waiting. The agent's HTTP/2 server skips a flush then, so the
+// last DATA frame and the trailers leave in one write.
+func (b *body) UpstreamEnded() bool {
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.eof && !s.closed
+}
+
 // Close ends the stream: if the response has not ended, RST_STREAM(CANCEL).
 func (b *body) Close() error {
 	s := b.s
