@@ -9,16 +9,13 @@ import (
 	"net"
 	"net/netip"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"golang.org/x/net/http2"
 	"golang.org/x/sys/unix"
 
-	"github.com/fogmesh/fogmesh/internal/httpproxy"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/mqtt"
 	"github.com/fogmesh/fogmesh/internal/paths"
@@ -161,22 +158,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 			a.l7.serveH1(ctx, tc) // HTTP/1.1 fast path; hands the rest to the server
 			return
 		}
-		// h2c and gRPC ports: HTTP/2 with prior knowledge to the HTTP/2
-		// server (package h2srv), anything else (HTTP/1.1) to net/http's.
-		h2, read, err := sniffPreface(client)
-		if h2 {
-			a.l7.serveH2(tc, true)
-			return
-		}
-		if err != nil && len(read) == 0 {
-			tc.Close()
-			return
-		}
-		tc.Conn = &prefixConn{Conn: client, r: io.MultiReader(bytes.NewReader(read), client)}
-		tc.buffered = true // see taggedConn
-		if !a.l7.ln.push(tc) {
-			tc.Close()
-		}
+		a.l7.serveH2Port(tc) // h2c and gRPC ports
 		return
 	}
 	defer client.Close()
@@ -393,24 +375,6 @@ func couldBeHTTP(buf []byte) bool {
 }
 
 // prefixConn replays bytes already read from a connection.
-// sniffPreface reads a client's first bytes as long as they match the
-// HTTP/2 client preface: h2 when all of it came, else the bytes read (to
-// replay) and the read error, if any.
-func sniffPreface(c net.Conn) (h2 bool, read []byte, err error) {
-	c.SetReadDeadline(time.Now().Add(httpproxy.HeaderTimeout))
-	defer c.SetReadDeadline(time.Time{})
-	buf := make([]byte, len(http2.ClientPreface))
-	n := 0
-	for n < len(buf) {
-		m, err := c.Read(buf[n:])
-		n += m
-		if !strings.HasPrefix(http2.ClientPreface, string(buf[:n])) || err != nil {
-			return false, buf[:n], err
-		}
-	}
-	return true, nil, nil
-}
-
 type prefixConn struct {
 	net.Conn
 	r io.Reader
