@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -473,4 +474,56 @@ func TestShortAnswerOneWrite(t *testing.T) {
 		t.Errorf("stream 1's frames left in %d writes, want 1: %v", n, l.writes)
 	}
 	rc.c.Close()
+}
+
+// TestReaderAndWriterWaitApart: while one goroutine of the handler waits
+// for request body and another for the client's window, a WINDOW_UPDATE
+// wakes the writer (a single shared wake-up could go to the reader, which
+// waits on, and the response stalls).
+func TestReaderAndWriterWaitApart(t *testing.T) {
+	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		first, read := make(chan struct{}), make(chan struct{})
+		go func() {
+			var b [1]byte
+			r.Body.Read(b[:]) // the client's first byte
+			close(first)
+			io.ReadAll(r.Body) // waits for the rest: queued first for a wake-up
+			close(read)
+		}()
+		<-first
+		runtime.Gosched() // let the reader reach its wait (a hint; the test holds either way after the fix)
+		io.WriteString(w, "ab")
+		w.(http.Flusher).Flush() // one byte goes, the other waits for the window
+		<-read
+	})})
+	rc := newRawClient(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1})
+	for id := uint32(1); id < 40; id += 2 {
+		rc.headers(id, false, ":method", "POST")
+		rc.fr.WriteData(id, false, []byte("x"))
+		if s := status(rc.next()); s != "200" {
+			t.Fatalf("stream %d: %s", id, s)
+		}
+		if d, ok := rc.next().(*http2.DataFrame); !ok || string(d.Data()) != "a" {
+			t.Fatalf("stream %d: first DATA %v", id, d)
+		}
+		rc.fr.WriteWindowUpdate(id, 1)
+		rc.c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		f, err := rc.fr.ReadFrame()
+		for err == nil {
+			if _, ok := f.(*http2.DataFrame); ok {
+				break
+			}
+			f, err = rc.fr.ReadFrame()
+		}
+		if d, ok := f.(*http2.DataFrame); err != nil || !ok || string(d.Data()) != "b" {
+			t.Fatalf("stream %d: after WINDOW_UPDATE: %v %v (the writer was not woken)", id, f, err)
+		}
+		rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		rc.fr.WriteData(id, true, nil)
+		for {
+			if f := rc.next(); f.Header().StreamID == id && f.Header().Flags.Has(http2.FlagDataEndStream) {
+				break
+			}
+		}
+	}
 }

@@ -34,7 +34,10 @@ type stream struct {
 	req    *http.Request
 	ctx    context.Context
 	cancel context.CancelFunc
-	notify chan struct{} // cap 1: body data, window, reset
+	// readCh and winCh (cap 1) wake the body's reader and the response's
+	// writer: two goroutines may wait at once (a proxy reads the request
+	// body on one while the handler writes), each for its own condition.
+	readCh, winCh chan struct{}
 
 	// Guarded by sc.mu.
 	body       chunkBuf
@@ -57,7 +60,7 @@ type stream struct {
 }
 
 func newStream(sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue bool) *stream {
-	st := &stream{sc: sc, id: id, req: req, notify: make(chan struct{}, 1), recvWin: streamWindow, declLen: -1}
+	st := &stream{sc: sc, id: id, req: req, readCh: make(chan struct{}, 1), winCh: make(chan struct{}, 1), recvWin: streamWindow, declLen: -1}
 	st.ctx, st.cancel = context.WithCancel(sc.opts.Context)
 	sc.mu.Lock()
 	st.sendWin = int64(sc.peerWin)
@@ -75,10 +78,15 @@ func newStream(sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue b
 	return st
 }
 
-// wake signals the stream's waiter (body reader or window waiter).
+// wake signals the stream's waiters (body reader, window waiter); each
+// checks its own condition again.
 func (st *stream) wake() {
 	select {
-	case st.notify <- struct{}{}:
+	case st.readCh <- struct{}{}:
+	default:
+	}
+	select {
+	case st.winCh <- struct{}{}:
 	default:
 	}
 }
@@ -249,12 +257,12 @@ func (b *requestBody) Read(p []byte) (int, error) {
 				timer.Reset(d)
 			}
 			select {
-			case <-st.notify:
+			case <-st.readCh:
 			case <-timer.C:
 			}
 			continue
 		}
-		<-st.notify
+		<-st.readCh
 	}
 }
 

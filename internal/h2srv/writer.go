@@ -346,7 +346,7 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 			dl := st.writeDeadline
 			sc.mu.Unlock()
 			if dl.IsZero() {
-				<-st.notify
+				<-st.winCh
 				continue
 			}
 			d := time.Until(dl)
@@ -359,7 +359,7 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 				timer.Reset(d)
 			}
 			select {
-			case <-st.notify:
+			case <-st.winCh:
 			case <-timer.C:
 			}
 		}
