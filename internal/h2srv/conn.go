@@ -236,6 +236,14 @@ func (sc *conn) goAway(code http2.ErrCode, debug []byte) {
 // closeAfterGoAway ends a drained connection: its write side first, so
 // the client reads the GOAWAY before it sees the close.
 func (sc *conn) closeAfterGoAway() {
+	// Frames still buffered (a writer's in line, acknowledgements) go
+	// first.
+	sc.wmu.Lock()
+	if sc.dirty && sc.werr == nil {
+		sc.bw.Flush()
+		sc.dirty = false
+	}
+	sc.wmu.Unlock()
 	if cw, ok := sc.nc.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 		// The read loop ends at the client's close; bound the wait.
