@@ -1,3 +1,5 @@
+// Over 500 lines: one frame-level test per protocol rule, all on rawClient; split by rule they would scatter it.
+
 package h2srv
 
 // Frame-level tests: a raw client's frames against the server's rules.
