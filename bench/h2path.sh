@@ -15,8 +15,13 @@
 # H2LOAD_N (50000), H2_CONNS (1), H2_STREAMS (10),
 # GRPC_CONNS (16), LAT_SECONDS (4), BENCH_BASE_PORT (29300: below the
 # ephemeral port range, where a client's source port cannot take it),
-# BASELINE_BIN, BASELINE_REV. Needs go, curl, h2load (nghttp2-client) and
-# fortio (installed as in bench.sh).
+# BASELINE_BIN, BASELINE_REV, VIP_OCTET (236) and BASE_VIP_OCTET (237):
+# the agents' VIP ranges 127.X.0.0/16. PPROF=1: builds with -tags fogmesh_pprof and
+# takes CPU profiles of the agent over each of its gRPC runs (the profile
+# ends a second before the run) and the first 2 s of its h2load runs into PPROF_DIR (default
+# bench/out/pprof-h2path-<date>); its overhead touches those runs, so take
+# the rates from a run without it. Needs go, curl, h2load (nghttp2-client)
+# and fortio (installed as in bench.sh).
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,12 +37,17 @@ H2_STREAMS=${H2_STREAMS:-10}
 GRPC_CONNS=${GRPC_CONNS:-16}
 BASE=${BENCH_BASE_PORT:-29300}
 BASELINE_BIN=${BASELINE_BIN:-}
+PPROF=${PPROF:-0}
+# The agents' VIP ranges (127.X.0.0/16): another bench's agents on the
+# same range would answer in their place.
+VIP_OCTET=${VIP_OCTET:-236}
+BASE_VIP_OCTET=${BASE_VIP_OCTET:-237}
 MESH_NS=bench
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
 P_SRV_MESH=$((BASE + 10)); P_SRV_DNS=$((BASE + 11)); P_SRV_ADMIN=$((BASE + 12))
 P_BCTL_ADMIN=$((BASE + 2)); P_BCTL_SYNC=$((BASE + 3))
 P_BSRV_MESH=$((BASE + 20)); P_BSRV_DNS=$((BASE + 21)); P_BSRV_ADMIN=$((BASE + 22))
-P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_GRPC=$((BASE + 33))
+P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_GRPC=$((BASE + 33)); P_SRV_PPROF=$((BASE + 40))
 S_WEB=18080; S_GRPC=18079
 
 bench_init h2path
@@ -54,6 +64,7 @@ fi
 
 log "building into $TMP/bin"
 mkdir -p "$BIN"
+[ "$PPROF" != 1 ] || export GOFLAGS="${GOFLAGS:+$GOFLAGS }-tags=fogmesh_pprof"
 build_host "$BIN/fogmesh" ./cmd/fogmesh
 build_host "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
 machine_info
@@ -64,9 +75,11 @@ start_control ctl "$TMP/ctl" "$P_CTL_ADMIN" "$P_CTL_SYNC" -insecure
 wait_port 127.0.0.1 "$P_CTL_ADMIN" ctl
 services_yaml "webh2:http:$S_WEB:http2" "webgrpc:grpc:$S_GRPC:grpc" >"$TMP/services.yaml"
 "$BIN/fogmesh" apply -server "http://127.0.0.1:$P_CTL_ADMIN" -f "$TMP/services.yaml" >&2
-agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" 127.236.0.0/16 \
+agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "127.$VIP_OCTET.0.0/16" \
   "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" >"$TMP/srv.yaml"
-start srv "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
+PPENV_SRV=()
+[ "$PPROF" != 1 ] || PPENV_SRV=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_SRV_PPROF")
+start srv env "${PPENV_SRV[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
 if [ -n "$BASELINE_BIN" ]; then
   # The baseline agent: its own control plane (the same services) and VIP
   # range, the same backend.
@@ -74,7 +87,7 @@ if [ -n "$BASELINE_BIN" ]; then
     -sync-addr "127.0.0.1:$P_BCTL_SYNC" -insecure
   wait_port 127.0.0.1 "$P_BCTL_ADMIN" ctlbase
   "$BASELINE_BIN" apply -server "http://127.0.0.1:$P_BCTL_ADMIN" -f "$TMP/services.yaml" >&2
-  agent_config srvbase "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN" 127.237.0.0/16 \
+  agent_config srvbase "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN" "127.$BASE_VIP_OCTET.0.0/16" \
     "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" >"$TMP/srvbase.yaml"
   start srvbase "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
   wait_port 127.0.0.1 "$P_BSRV_ADMIN" srvbase
@@ -117,6 +130,12 @@ run_h2load() { # ENGINE ROUND
   read -r h g <<<"${WEB[$e]}"
   log "h2load round $r: $e ($h)"
   c0=$(cpu_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
+  local ppid=
+  if [ "$PPROF" = 1 ] && [ "$e" = agent ]; then
+    curl -fsS --max-time 15 -o "$PPROF_DIR/h2load-$e-r$r.pprof" \
+      "http://127.0.0.1:$P_SRV_PPROF/debug/pprof/profile?seconds=2" &
+    ppid=$!
+  fi
   if timeout 120 h2load -n "$H2LOAD_N" -c "$H2_CONNS" -m "$H2_STREAMS" -t 1 "$h" >"$out" 2>&1 &&
      q=$(awk '/^finished in/ {q = $4} /^requests:/ {b += $10 + $12 + $14} /^status codes:/ {b += $5 + $7 + $9}
               END {if (q == "" || b > 0) exit 1; printf "%.0f\n", q}' "$out"); then
@@ -124,6 +143,7 @@ run_h2load() { # ENGINE ROUND
     HQ[$e,$r]=$q
     HCPU[$e,$r]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$H2LOAD_N" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     HSC[$e,$r]=$(awk -v s=$((s1 - s0)) -v n="$H2LOAD_N" 'BEGIN {printf "%.2f", s / n}')
+    [ -z "$ppid" ] || wait "$ppid" || log "pprof of round $r failed"
   else
     log "h2load $e round $r FAILED: $(tail -n 3 "$out")"; HQ[$e,$r]=fail; HCPU[$e,$r]=fail; HSC[$e,$r]=fail
     FAILED+=("h2load $e round $r")
@@ -134,6 +154,12 @@ run_grpc() { # ENGINE ROUND
   read -r h g <<<"${WEB[$e]}"
   log "gRPC ping round $r: $e ($g)"
   c0=$(cpu_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
+  local ppid=
+  if [ "$PPROF" = 1 ] && [ "$e" = agent ]; then
+    curl -fsS --max-time $((LAT_SECONDS + 10)) -o "$PPROF_DIR/grpc-$e-r$r.pprof" \
+      "http://127.0.0.1:$P_SRV_PPROF/debug/pprof/profile?seconds=$((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1))" &
+    ppid=$!
+  fi
   if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -grpc -ping -qps 0 -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
        -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
      v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
@@ -144,12 +170,15 @@ run_grpc() { # ENGINE ROUND
     [ "$bad" = 0 ] || FAILED+=("gRPC $e round $r: $bad non-OK")
     GCPU[$e,$r]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     GSC[$e,$r]=$(awk -v s=$((s1 - s0)) -v n="$n" 'BEGIN {printf "%.2f", s / n}')
+    [ -z "$ppid" ] || wait "$ppid" || log "pprof of round $r failed"
   else
     log "gRPC $e round $r FAILED: $(tail -n 3 "$out.log") ${v:-}"; GQ[$e,$r]=fail; GCPU[$e,$r]=fail; GSC[$e,$r]=fail
     FAILED+=("gRPC $e round $r")
   fi
 }
 go build -o "$BIN/benchjson" ./bench/benchjson
+PPROF_DIR=${PPROF_DIR:-$ROOT/bench/out/pprof-h2path-$(date +%Y%m%d-%H%M%S)}
+[ "$PPROF" != 1 ] || mkdir -p "$PPROF_DIR"
 for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${ENGINES[@]}"); do run_h2load "$e" "$r"; sleep 0.5; done
   for e in $(order "$r" "${ENGINES[@]}"); do run_grpc "$e" "$r"; sleep 0.5; done
@@ -191,4 +220,5 @@ report_file h2path
   list_section "Failures:" "${FAILED[@]}"
 } | tee "$REPORT"
 log "report: $REPORT"
+[ "$PPROF" != 1 ] || log "CPU profiles in $PPROF_DIR (go tool pprof -top FILE)"
 [ ${#FAILED[@]} -eq 0 ]

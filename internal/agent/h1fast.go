@@ -24,9 +24,10 @@ import (
 // goroutine hand-offs, a background read and two header maps per request;
 // that was most of the ~130 µs of CPU a request cost (BENCHMARKS.md §6).
 //
-// Whatever the fast path does not handle goes to the net/http server with
-// the bytes read so far replayed, and stays there for the rest of the
-// connection: HTTP/2 (prior knowledge), upgrades (WebSocket, h2c),
+// Whatever the fast path does not handle goes, with the bytes read so far
+// replayed, to the HTTP/2 server (package h2srv) for HTTP/2 with prior
+// knowledge, else to the net/http server, and stays there for the rest of
+// the connection: upgrades (WebSocket, h2c),
 // Expect: 100-continue, CONNECT, any protocol version but HTTP/1.1 (which
 // also lets the server answer malformed request lines), targets that are
 // not origin-form, and headers larger than httpproxy.BufSize.
@@ -112,11 +113,14 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			rest := make([]byte, br.Buffered())
 			br.Read(rest)
 			tc.Conn = &prefixConn{Conn: c, r: io.MultiReader(bytes.NewReader(rest), c)}
-			tc.buffered = bytes.HasPrefix(rest, []byte("PRI * HTTP/2.0")) // HTTP/2 frames: see taggedConn
 			if !stop() {
 				return // shutting down: tc is closed below
 			}
 			handedOff = true
+			if bytes.HasPrefix(rest, []byte("PRI * HTTP/2.0")) {
+				s.serveH2(tc, false) // HTTP/2 with prior knowledge: package h2srv
+				return
+			}
 			if !s.ln.push(tc) {
 				tc.Close()
 			}

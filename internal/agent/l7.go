@@ -15,13 +15,15 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/fogmesh/fogmesh/internal/h2srv"
 	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
 // The L7 path: connections to a service port declared http, http2 or grpc
-// are served by one HTTP server per agent (HTTP/1.1 and cleartext HTTP/2 on
-// the same port: the server tells them apart by the HTTP/2 preface), and
+// are served per request: HTTP/2 with prior knowledge by the agent's own
+// HTTP/2 server (package h2srv), HTTP/1.1 by the fast path (h1fast.go)
+// or net/http's server, all with one handler (newL7), and
 // every request is balanced on its own over pooled upstream connections. A
 // long-lived HTTP/2 or gRPC connection therefore spreads its requests over
 // all healthy endpoints of the nearest tier instead of pinning to one, which
@@ -40,6 +42,7 @@ type l7 struct {
 	a   *Agent
 	ln  *connListener
 	srv *http.Server
+	h2  *h2srv.Server // HTTP/2 (prior knowledge): h2c and gRPC ports, and http ports' HTTP/2 clients
 
 	h1 *h1Path // the HTTP/1.1 fast path (h1fast.go)
 
@@ -63,9 +66,9 @@ type taggedConn struct {
 	done     func()
 	once     sync.Once
 
-	// buffered: reads go through br. net/http's HTTP/2 server reads its
-	// frames from the connection unbuffered, a frame header and its
-	// payload each with a system call of their own.
+	// buffered: reads go through br (HTTP/1.1 on an h2c or gRPC port,
+	// served by net/http, which would read such a connection with small
+	// reads).
 	buffered bool
 	br       *bufio.Reader
 
@@ -164,33 +167,38 @@ func newL7(a *Agent) *l7 {
 		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
 	norm := a.normalizingHandler(rp) // one normalised path for routing, authorization and upstream
-	s.srv = &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Body != nil && r.Body != http.NoBody {
-				// The body is read under httpproxy.TimedBody's bounds, set
-				// on the request's own read deadline (HTTP/1.1: the
-				// connection's; h2c: the stream's). A copy of the request
-				// carries it, so the server still sees its own body and
-				// closes a connection whose body was not read to the end.
-				// ReverseProxy wraps the body it forwards: the context
-				// carries it to lbTransport.
-				tb := httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
-				r = r.WithContext(httpproxy.WithTimedBody(r.Context(), tb))
-				r.Body = tb
-				defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
-			}
-			if r.ProtoMajor == 2 {
-				// A slow reader stalls its stream's flow control, not the
-				// connection's writes (taggedConn.Write): bound the
-				// stream's writes too.
-				if t, ok := r.Context().Value(targetKey{}).(listenTarget); ok {
-					if d := s.sendTimeout(t); d > 0 {
-						w = httpproxy.NewSendTimedWriter(w, d)
-					}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			// The body is read under httpproxy.TimedBody's bounds, set
+			// on the request's own read deadline (HTTP/1.1: the
+			// connection's; h2c: the stream's). A copy of the request
+			// carries it, so the server still sees its own body and
+			// closes a connection whose body was not read to the end.
+			// ReverseProxy wraps the body it forwards: the context
+			// carries it to lbTransport.
+			tb := httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+			r = r.WithContext(httpproxy.WithTimedBody(r.Context(), tb))
+			r.Body = tb
+			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
+		}
+		if r.ProtoMajor == 2 {
+			up := &upstreamBody{}
+			r = r.WithContext(context.WithValue(r.Context(), upstreamBodyKey{}, up))
+			w = &lazyFlushWriter{ResponseWriter: w, up: up}
+			// A slow reader stalls its stream's flow control, not the
+			// connection's writes (taggedConn.Write): bound the
+			// stream's writes too.
+			if t, ok := r.Context().Value(targetKey{}).(listenTarget); ok {
+				if d := s.sendTimeout(t); d > 0 {
+					w = httpproxy.NewSendTimedWriter(w, d)
 				}
 			}
-			norm.ServeHTTP(w, r)
-		}),
+		}
+		norm.ServeHTTP(w, r)
+	})
+	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug}
+	s.srv = &http.Server{
+		Handler:           handler,
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       defaultL7Idle, // and a service's timeouts.idle, by connState
@@ -206,6 +214,16 @@ func newL7(a *Agent) *l7 {
 	return s
 }
 
+// serveH2 serves an HTTP/2 client connection (prior knowledge) until it
+// ends; it owns tc. The connection's context carries what net/http's
+// ConnContext gave its requests: the port and the client's identity. The
+// agent's shutdown drains it (l7.close), as it did the net/http server's.
+func (s *l7) serveH2(tc *taggedConn, prefaceRead bool) {
+	defer tc.Close()
+	ctx := withConnIdentity(context.WithValue(context.Background(), targetKey{}, tc.target), tc.clientID)
+	s.h2.ServeConn(tc, h2srv.ConnOptions{Context: ctx, IdleTimeout: s.h1IdleTimeout(tc.target), Preface: prefaceRead})
+}
+
 func (s *l7) serve() error {
 	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		return err
@@ -216,6 +234,7 @@ func (s *l7) serve() error {
 func (s *l7) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	s.h2.Shutdown(ctx)
 	s.srv.Shutdown(ctx)
 	s.srv.Close()
 	s.ln.Close()

@@ -148,6 +148,8 @@ func (b *doneBody) BufferedUpstream() int {
 	return 0
 }
 
+func (b *doneBody) UpstreamEnded() bool { return upstreamEnded(b.ReadCloser) }
+
 // doneConn is doneBody for an upgraded connection (101): ReverseProxy
 // needs the body to be an io.ReadWriteCloser, and the connection holds its
 // places until it is closed.

@@ -73,6 +73,8 @@ type grpcStatusBody struct {
 	once   sync.Once
 }
 
+func (b *grpcStatusBody) UpstreamEnded() bool { return upstreamEnded(b.ReadCloser) }
+
 func (b *grpcStatusBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF {

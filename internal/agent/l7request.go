@@ -48,6 +48,9 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 			h.release()
 		} else {
 			h.onDone(resp)
+			if ub, ok := req.Context().Value(upstreamBodyKey{}).(*upstreamBody); ok {
+				ub.body.Store(&resp.Body)
+			}
 		}
 	}()
 	if !lt.l7.clients.acquire(req.RemoteAddr, a.cfg.MaxRequestsPerClient, &h) {
@@ -177,6 +180,8 @@ func (r *releaseOnClose) Close() error {
 	r.once.Do(r.release)
 	return err
 }
+
+func (r *releaseOnClose) UpstreamEnded() bool { return upstreamEnded(r.ReadCloser) }
 
 func (r *releaseOnClose) BufferedUpstream() int {
 	if ub, ok := r.ReadCloser.(httpproxy.UpstreamBuffered); ok {

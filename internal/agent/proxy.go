@@ -159,10 +159,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 			a.l7.serveH1(ctx, tc) // HTTP/1.1 fast path; hands the rest to the server
 			return
 		}
-		tc.buffered = true // HTTP/2 frames: see taggedConn
-		if !a.l7.ln.push(tc) {
-			tc.Close()
-		}
+		a.l7.serveH2Port(tc) // h2c and gRPC ports
 		return
 	}
 	defer client.Close()

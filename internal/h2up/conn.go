@@ -73,13 +73,21 @@ type conn struct {
 	connCredit int   // received bytes consumed, not yet returned in a WINDOW_UPDATE
 	recvWin    int64 // the connection's receive window left
 	idle       *time.Timer
+
+	// Read loop only: br is the framer's reader; wakeLater, streams whose
+	// readers were not yet woken for data because the next frame was
+	// already buffered (most often the stream's trailers: the reader then
+	// sees the data and the end together).
+	br        *bufio.Reader
+	wakeLater []*stream
 }
 
 func newConn(p *Pool, nc net.Conn) (*conn, error) {
 	c := &conn{p: p, nc: nc, bw: bufio.NewWriterSize(nc, 16<<10), streams: map[uint32]*stream{},
 		nextID: 1, maxConc: defaultMaxConc, peerWin: 65535, sendWin: 65535, maxFrame: 16384, recvWin: connWindow}
 	c.cond.L = &c.mu
-	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 16<<10))
+	c.br = bufio.NewReaderSize(nc, 16<<10)
+	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = maxHeaderList
 	c.fr.SetMaxReadFrameSize(16384)
@@ -282,6 +290,9 @@ func (c *conn) credit(s *stream, n int) {
 func (c *conn) readLoop() {
 	var err error
 	for {
+		if len(c.wakeLater) > 0 && !c.nextFrameBuffered() {
+			c.wakeStreams() // before a read that may wait
+		}
 		var f http2.Frame
 		f, err = c.fr.ReadFrame()
 		if err != nil {
@@ -296,11 +307,34 @@ func (c *conn) readLoop() {
 			break
 		}
 	}
+	c.wakeStreams()
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
 		c.write(func() error { return c.fr.WriteGoAway(0, http2.ErrCode(ce), nil) })
 	}
 	c.close(fmt.Errorf("h2up: connection lost: %w", err))
+}
+
+// nextFrameBuffered reports whether a whole frame is buffered: reading it
+// does not wait.
+func (c *conn) nextFrameBuffered() bool {
+	n := c.br.Buffered()
+	if n < 9 {
+		return false
+	}
+	h, _ := c.br.Peek(9)
+	return n >= 9+(int(h[0])<<16|int(h[1])<<8|int(h[2]))
+}
+
+func (c *conn) wakeStreams() {
+	for i, s := range c.wakeLater {
+		s.mu.Lock()
+		s.held = false
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		c.wakeLater[i] = nil
+	}
+	c.wakeLater = c.wakeLater[:0]
 }
 
 func (c *conn) stream(id uint32) *stream {
@@ -461,7 +495,11 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	if pad := n - len(data); pad > 0 {
 		c.credit(s, pad)
 	}
-	if len(data) > 0 && !s.push(data) {
+	later := len(data) > 0 && !ended && c.nextFrameBuffered()
+	if later {
+		c.wakeLater = append(c.wakeLater, s)
+	}
+	if len(data) > 0 && !s.push(data, !later) {
 		c.credit(nil, len(data)) // the body was closed: nobody reads it
 	}
 	if ended {

@@ -43,6 +43,7 @@ type stream struct {
 	cond     sync.Cond
 	buf      bytes.Buffer
 	eof      bool
+	held     bool // data pushed with its wake-up deferred (conn.wakeLater): not read yet
 	err      error
 	closed   bool // body closed by the caller
 	trailer  http.Header
@@ -384,8 +385,9 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 	}
 }
 
-// push appends received body bytes; false if the body was closed.
-func (s *stream) push(p []byte) bool {
+// push appends received body bytes; false if the body was closed. wake:
+// the reader is woken now (else by the read loop's wakeStreams).
+func (s *stream) push(p []byte, wake bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.err != nil {
@@ -393,7 +395,10 @@ func (s *stream) push(p []byte) bool {
 	}
 	s.buf.Write(p)
 	s.n += int64(len(p))
-	s.cond.Broadcast()
+	s.held = !wake
+	if wake {
+		s.cond.Broadcast()
+	}
 	return true
 }
 
@@ -411,6 +416,7 @@ func (s *stream) end(error) {
 	if s.err == nil {
 		s.eof = true
 	}
+	s.held = false
 	s.cond.Broadcast()
 	s.mu.Unlock()
 	s.afterEnd()
@@ -422,7 +428,7 @@ type body struct{ s *stream }
 func (b *body) Read(p []byte) (int, error) {
 	s := b.s
 	s.mu.Lock()
-	for s.buf.Len() == 0 && !s.eof && s.err == nil && !s.closed {
+	for (s.buf.Len() == 0 || s.held) && !s.eof && s.err == nil && !s.closed {
 		s.cond.Wait()
 	}
 	if s.closed {
@@ -445,6 +451,17 @@ func (b *body) Read(p []byte) (int, error) {
 	}
 	s.mu.Unlock()
 	return 0, io.EOF
+}
+
+// UpstreamEnded reports whether the response has ended (END_STREAM read):
+// what is left of the body is buffered, and reads return it, then EOF,
+// without waiting. The agent's HTTP/2 server skips a flush then, so the
+// last DATA frame and the trailers leave in one write.
+func (b *body) UpstreamEnded() bool {
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.eof && !s.closed
 }
 
 // Close ends the stream: if the response has not ended, RST_STREAM(CANCEL).

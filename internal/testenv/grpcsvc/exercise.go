@@ -18,7 +18,8 @@ import (
 // Exercise runs grpc-go calls to s through addr (a proxy in front of s):
 // unary with headers and trailers, an error status with trailers, a large
 // message each way (past every flow-control window), client streaming,
-// bidirectional ping-pong (each reply must arrive before the next message
+// a deadline (the call ends then and the server sees it), bidirectional
+// ping-pong (each reply must arrive before the next message
 // is sent: a proxy that holds a message back stalls it), and a cancelled
 // stream (the server must see the cancellation).
 func Exercise(t *testing.T, addr string, s *Server) {
@@ -120,6 +121,28 @@ func Exercise(t *testing.T, addr string, s *Server) {
 		st.CloseSend()
 		if _, err := st.Recv(); err == nil {
 			t.Fatal("stream did not end")
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		// The client's deadline (grpc-timeout, then RST_STREAM CANCEL)
+		// ends the call at once, and the server sees it end.
+		for len(s.Cancelled) > 0 {
+			<-s.Cancelled
+		}
+		dctx, dcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer dcancel()
+		st, err := c.StreamingOutputCall(dctx, &testpb.StreamingOutputCallRequest{
+			ResponseParameters: []*testpb.ResponseParameters{{Size: 1, IntervalUs: 20e6}}})
+		if err == nil {
+			_, err = st.Recv()
+		}
+		if status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("got %v, want DeadlineExceeded", err)
+		}
+		select {
+		case <-s.Cancelled:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the server did not see the call end at its deadline")
 		}
 	})
 	t.Run("cancellation reaches the server", func(t *testing.T) {

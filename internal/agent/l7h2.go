@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
+)
+
+// HTTP/2 from clients: telling it from HTTP/1.1 on h2c and gRPC ports
+// (sniffPreface), and fewer writes per response.
+//
+// Fewer writes for HTTP/2 responses: ReverseProxy flushes after every
+// write of a response of unknown length (gRPC's), so a unary call's
+// message left in one write and its trailers in another. When the
+// upstream response has already ended (its last DATA and trailers are
+// buffered), the flush is skipped: the message goes out with the trailers
+// when the handler returns (h2srv), in one write.
+
+// upstreamBody holds the response body lbTransport.RoundTrip returned for
+// the request whose context carries it.
+type upstreamBody struct{ body atomic.Pointer[io.ReadCloser] }
+
+type upstreamBodyKey struct{}
+
+// upstreamEnded reports whether r (a response body, through the agent's
+// wrappers) has ended upstream: reads return the rest without waiting.
+func upstreamEnded(r io.Reader) bool {
+	u, ok := r.(interface{ UpstreamEnded() bool })
+	return ok && u.UpstreamEnded()
+}
+
+// lazyFlushWriter skips flushes while the upstream response has ended.
+type lazyFlushWriter struct {
+	http.ResponseWriter
+	up *upstreamBody
+}
+
+func (w *lazyFlushWriter) FlushError() error {
+	if b := w.up.body.Load(); b != nil && upstreamEnded(*b) {
+		return nil
+	}
+	return http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+func (w *lazyFlushWriter) Flush() { w.FlushError() }
+
+// Unwrap lets http.ResponseController reach the server's writer (deadlines).
+func (w *lazyFlushWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// serveH2Port serves a client connection of an h2c or gRPC port: HTTP/2
+// with prior knowledge by the HTTP/2 server (package h2srv), anything else
+// (HTTP/1.1) by net/http's. It owns tc.
+func (s *l7) serveH2Port(tc *taggedConn) {
+	client := tc.Conn
+	h2, read, err := sniffPreface(client)
+	if h2 {
+		s.serveH2(tc, true)
+		return
+	}
+	if err != nil && len(read) == 0 {
+		tc.Close()
+		return
+	}
+	tc.Conn = &prefixConn{Conn: client, r: io.MultiReader(bytes.NewReader(read), client)}
+	tc.buffered = true // see taggedConn
+	if !s.ln.push(tc) {
+		tc.Close()
+	}
+}
+
+// sniffPreface reads a client's first bytes as long as they match the
+// HTTP/2 client preface: h2 when all of it came, else the bytes read (to
+// replay) and the read error, if any.
+func sniffPreface(c net.Conn) (h2 bool, read []byte, err error) {
+	c.SetReadDeadline(time.Now().Add(httpproxy.HeaderTimeout))
+	defer c.SetReadDeadline(time.Time{})
+	buf := make([]byte, len(http2.ClientPreface))
+	n := 0
+	for n < len(buf) {
+		m, err := c.Read(buf[n:])
+		n += m
+		if !strings.HasPrefix(http2.ClientPreface, string(buf[:n])) || err != nil {
+			return false, buf[:n], err
+		}
+	}
+	return true, nil, nil
+}

@@ -1,0 +1,367 @@
+package h2srv
+
+// One connection: its writes (any goroutine, serialised by wmu, flushed by
+// the last writer in line) and its read loop.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/textproto"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// conn is one client connection. The read loop (serve) owns fr's reads;
+// writes go through writeFrames.
+type conn struct {
+	s      *Server
+	nc     net.Conn
+	opts   ConnOptions
+	remote string
+	br     *bufio.Reader
+	fr     *http2.Framer
+	canon  map[string]string // header name -> canonical, read loop only
+
+	wmu     sync.Mutex   // guards bw, fr's writes, henc, hbuf, werr
+	waiting atomic.Int32 // writers waiting for wmu: the last one flushes
+	bw      *bufio.Writer
+	henc    *hpack.Encoder
+	hbuf    bytes.Buffer
+	werr    error
+	dirty   bool // bw holds frames not yet flushed
+	// flushTimer flushes writeControl's frames if no response does first.
+	flushTimer *time.Timer
+	flushArmed bool
+
+	mu          sync.Mutex // guards the following and streams' flow state
+	streams     map[uint32]*stream
+	maxID       uint32 // highest client stream id seen
+	goingAway   bool   // GOAWAY sent: no new streams
+	lastID      uint32 // the GOAWAY's last stream id
+	closed      bool
+	closeErr    error
+	sendWin     int64  // connection send window
+	peerWin     int32  // the client's initial stream window
+	peerFrame   uint32 // the client's max frame size
+	connCredit  int    // consumed bytes not yet returned to the client
+	recvWin     int64  // what the client may still send on the connection
+	handlers    int    // handlers running
+	unackedSets int    // SETTINGS sent, not acknowledged
+	idle        *time.Timer
+	done        chan struct{} // closed when the read loop ends
+}
+
+func newConn(s *Server, c net.Conn, o ConnOptions) *conn {
+	sc := &conn{s: s, nc: c, opts: o, remote: c.RemoteAddr().String(), canon: map[string]string{},
+		streams: map[uint32]*stream{}, sendWin: initialWindow, peerWin: initialWindow, peerFrame: 16384,
+		recvWin: connWindow, done: make(chan struct{})}
+	if o.Context == nil {
+		sc.opts.Context = context.Background()
+	}
+	sc.br = bufio.NewReaderSize(c, 16<<10)
+	sc.bw = bufio.NewWriterSize(c, 16<<10)
+	sc.fr = http2.NewFramer(sc.bw, sc.br)
+	sc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	sc.fr.MaxHeaderListSize = DefaultMaxHeaderList
+	sc.fr.SetReuseFrames()
+	sc.fr.SetMaxReadFrameSize(16384) // SETTINGS_MAX_FRAME_SIZE left at its initial value
+	sc.henc = hpack.NewEncoder(&sc.hbuf)
+	return sc
+}
+
+func (sc *conn) maxStreams() uint32 {
+	if sc.s.MaxStreams > 0 {
+		return sc.s.MaxStreams
+	}
+	return DefaultMaxStreams
+}
+
+// writeFrames runs fn with the write lock held; the last writer in line
+// flushes, so frames of streams answered together share a system call.
+func (sc *conn) writeFrames(fn func() error) error {
+	sc.waiting.Add(1)
+	sc.wmu.Lock()
+	sc.waiting.Add(-1)
+	defer sc.wmu.Unlock()
+	if sc.werr != nil {
+		return sc.werr
+	}
+	if err := fn(); err != nil {
+		sc.werr = err
+		return err
+	}
+	sc.dirty = true
+	if sc.waiting.Load() == 0 {
+		if err := sc.bw.Flush(); err != nil {
+			sc.werr = err
+			return err
+		}
+		sc.dirty = false
+	}
+	return nil
+}
+
+// writeControl writes frames of the read loop's (PING and SETTINGS
+// acknowledgements) without a flush of their own: the next response's
+// flush takes them along, or flushDelay's timer does. grpc-go pings after
+// every response it reads (its BDP estimate); an acknowledgement flushed
+// alone cost a system call per call.
+func (sc *conn) writeControl(fn func() error) error {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	if sc.werr != nil {
+		return sc.werr
+	}
+	if err := fn(); err != nil {
+		sc.werr = err
+		return err
+	}
+	sc.dirty = true
+	if !sc.flushArmed {
+		sc.flushArmed = true
+		if sc.flushTimer == nil {
+			sc.flushTimer = time.AfterFunc(flushDelay, sc.flushPending)
+		} else {
+			sc.flushTimer.Reset(flushDelay)
+		}
+	}
+	return nil
+}
+
+// flushDelay bounds how long writeControl's frames wait for a response's
+// flush.
+const flushDelay = time.Millisecond
+
+func (sc *conn) flushPending() {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	sc.flushArmed = false
+	if sc.dirty && sc.werr == nil {
+		if err := sc.bw.Flush(); err != nil {
+			sc.werr = err
+		}
+		sc.dirty = false
+	}
+}
+
+// writeHeaderBlock encodes fields (under wmu) and writes HEADERS and
+// CONTINUATION frames.
+func (sc *conn) writeHeaderBlock(id uint32, endStream bool, encode func(enc *hpack.Encoder)) error {
+	sc.hbuf.Reset()
+	encode(sc.henc)
+	block := sc.hbuf.Bytes()
+	max := int(sc.frameSize())
+	first := true
+	for first || len(block) > 0 {
+		frag := block
+		if len(frag) > max {
+			frag = frag[:max]
+		}
+		block = block[len(frag):]
+		var err error
+		if first {
+			err = sc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag,
+				EndStream: endStream, EndHeaders: len(block) == 0})
+			first = false
+		} else {
+			err = sc.fr.WriteContinuation(id, len(block) == 0, frag)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (sc *conn) frameSize() uint32 {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.peerFrame
+}
+
+// closeConn closes the connection once; streams see err.
+func (sc *conn) closeConn(err error) {
+	sc.mu.Lock()
+	if sc.closed {
+		sc.mu.Unlock()
+		return
+	}
+	sc.closed, sc.closeErr = true, err
+	for _, st := range sc.streams {
+		st.abortLocked(err)
+	}
+	if sc.idle != nil {
+		sc.idle.Stop()
+	}
+	sc.mu.Unlock()
+	sc.nc.Close() // first: a writer blocked in a write holds wmu
+	sc.wmu.Lock()
+	if sc.flushTimer != nil {
+		sc.flushTimer.Stop()
+	}
+	sc.wmu.Unlock()
+}
+
+// goAway sends GOAWAY: no stream above the last one seen will be served.
+// With ErrCodeNo the open streams finish (graceful drain); the connection
+// closes when the last one does. Any other code closes it now.
+func (sc *conn) goAway(code http2.ErrCode, debug []byte) {
+	sc.mu.Lock()
+	if sc.goingAway && code == http2.ErrCodeNo || sc.closed {
+		sc.mu.Unlock()
+		return
+	}
+	sc.goingAway = true
+	sc.lastID = sc.maxID
+	last, open := sc.lastID, len(sc.streams)
+	sc.mu.Unlock()
+	sc.writeFrames(func() error { return sc.fr.WriteGoAway(last, code, debug) })
+	if code != http2.ErrCodeNo {
+		sc.closeConn(http2.ConnectionError(code))
+		return
+	}
+	if open == 0 {
+		sc.closeAfterGoAway()
+	}
+}
+
+// closeAfterGoAway ends a drained connection: its write side first, so
+// the client reads the GOAWAY before it sees the close.
+func (sc *conn) closeAfterGoAway() {
+	// Frames still buffered (a writer's in line, acknowledgements) go
+	// first.
+	sc.wmu.Lock()
+	if sc.dirty && sc.werr == nil {
+		sc.bw.Flush()
+		sc.dirty = false
+	}
+	sc.wmu.Unlock()
+	if cw, ok := sc.nc.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		// The read loop ends at the client's close; bound the wait.
+		time.AfterFunc(time.Second, func() { sc.closeConn(errClosed) })
+		return
+	}
+	sc.closeConn(errClosed)
+}
+
+// canonical is the canonical form of a header name (lower case on the
+// wire), cached per connection.
+func (sc *conn) canonical(name string) string {
+	if c, ok := sc.canon[name]; ok {
+		return c
+	}
+	c := textproto.CanonicalMIMEHeaderKey(name)
+	if len(sc.canon) < 64 {
+		sc.canon[name] = c
+	}
+	return c
+}
+
+// serve is the read loop.
+func (sc *conn) serve(prefaceRead bool) {
+	defer close(sc.done)
+	defer sc.closeConn(errClosed)
+	sc.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
+	if !prefaceRead {
+		buf := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(sc.br, buf); err != nil || string(buf) != http2.ClientPreface {
+			return
+		}
+	}
+	sc.unackedSets = 1
+	if err := sc.writeFrames(func() error {
+		if err := sc.fr.WriteSettings(
+			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: sc.maxStreams()},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: DefaultMaxHeaderList},
+		); err != nil {
+			return err
+		}
+		return sc.fr.WriteWindowUpdate(0, connWindow-initialWindow)
+	}); err != nil {
+		return
+	}
+	// RFC 9113 §3.4: the client's preface ends with a SETTINGS frame.
+	f, err := sc.fr.ReadFrame()
+	if err != nil {
+		if errors.Is(err, http2.ErrFrameTooLarge) {
+			err = http2.ConnectionError(http2.ErrCodeFrameSize)
+		}
+		sc.fail(err)
+		return
+	}
+	if s, ok := f.(*http2.SettingsFrame); !ok || s.IsAck() {
+		sc.goAway(http2.ErrCodeProtocol, []byte("expected SETTINGS"))
+		return
+	}
+	if err := sc.processFrame(f); err != nil {
+		sc.fail(err)
+		return
+	}
+	sc.nc.SetReadDeadline(time.Time{})
+	sc.armIdle()
+	for {
+		f, err := sc.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				sc.resetStream(se.StreamID, se.Code)
+				continue
+			}
+			if errors.Is(err, http2.ErrFrameTooLarge) {
+				err = http2.ConnectionError(http2.ErrCodeFrameSize)
+			}
+			sc.fail(err)
+			return
+		}
+		if err := sc.processFrame(f); err != nil {
+			sc.fail(err)
+			return
+		}
+	}
+}
+
+// fail ends the connection after a read error: a protocol error gets a
+// GOAWAY with its code, an I/O error just the close.
+func (sc *conn) fail(err error) {
+	var ce http2.ConnectionError
+	if errors.As(err, &ce) {
+		sc.s.logf("h2srv: connection error", "remote", sc.remote, "err", err)
+		sc.goAway(http2.ErrCode(ce), nil)
+	}
+	sc.closeConn(err)
+}
+
+// armIdle starts the idle timer (no open stream).
+func (sc *conn) armIdle() {
+	d := sc.opts.IdleTimeout
+	if d <= 0 {
+		return
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if len(sc.streams) > 0 || sc.closed {
+		return
+	}
+	if sc.idle == nil {
+		sc.idle = time.AfterFunc(d, func() {
+			sc.mu.Lock()
+			busy := len(sc.streams) > 0
+			sc.mu.Unlock()
+			if !busy {
+				sc.goAway(http2.ErrCodeNo, []byte("idle"))
+			}
+		})
+		return
+	}
+	sc.idle.Reset(d)
+}

@@ -1,0 +1,304 @@
+package h2srv
+
+// The read loop's handling of each frame type.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"golang.org/x/net/http2"
+)
+
+func (sc *conn) processFrame(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return sc.processHeaders(f)
+	case *http2.DataFrame:
+		return sc.processData(f)
+	case *http2.SettingsFrame:
+		return sc.processSettings(f)
+	case *http2.WindowUpdateFrame:
+		return sc.processWindowUpdate(f)
+	case *http2.RSTStreamFrame:
+		return sc.processReset(f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			return nil
+		}
+		if f.StreamID != 0 {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		data := f.Data
+		return sc.writeControl(func() error { return sc.fr.WritePing(true, data) })
+	case *http2.GoAwayFrame:
+		// The client leaves: finish what is open, take nothing new.
+		if f.ErrCode != http2.ErrCodeNo {
+			return fmt.Errorf("h2srv: client GOAWAY %v", f.ErrCode)
+		}
+		go sc.goAway(http2.ErrCodeNo, nil)
+		return nil
+	case *http2.PriorityFrame:
+		if f.StreamID == f.StreamDep {
+			sc.resetStream(f.StreamID, http2.ErrCodeProtocol)
+		}
+		return nil
+	case *http2.PushPromiseFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol) // clients do not push
+	case *http2.ContinuationFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol) // Framer merges expected ones
+	default:
+		return nil // unknown frame types are ignored (RFC 9113 §4.1)
+	}
+}
+
+func (sc *conn) processSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		sc.mu.Lock()
+		if sc.unackedSets == 0 {
+			sc.mu.Unlock()
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		sc.unackedSets--
+		sc.mu.Unlock()
+		return nil
+	}
+	if f.NumSettings() > 100 {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	if err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		sc.mu.Lock()
+		defer sc.mu.Unlock()
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			delta := int64(s.Val) - int64(sc.peerWin)
+			sc.peerWin = int32(s.Val)
+			for _, st := range sc.streams {
+				st.sendWin += delta
+				if st.sendWin > 1<<31-1 {
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
+				st.wake()
+			}
+		case http2.SettingMaxFrameSize:
+			sc.peerFrame = s.Val
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	return sc.writeControl(func() error { return sc.fr.WriteSettingsAck() })
+}
+
+func (sc *conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if f.StreamID == 0 {
+		sc.sendWin += int64(f.Increment)
+		if sc.sendWin > 1<<31-1 {
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
+		for _, st := range sc.streams {
+			if st.waitingWin {
+				st.wake()
+			}
+		}
+		return nil
+	}
+	if f.StreamID > sc.maxID {
+		return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
+	}
+	st := sc.streams[f.StreamID]
+	if st == nil {
+		return nil // closed: updates may still arrive
+	}
+	st.sendWin += int64(f.Increment)
+	if st.sendWin > 1<<31-1 {
+		go sc.resetStream(f.StreamID, http2.ErrCodeFlowControl)
+		return nil
+	}
+	st.wake()
+	return nil
+}
+
+func (sc *conn) processReset(f *http2.RSTStreamFrame) error {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if f.StreamID > sc.maxID {
+		return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
+	}
+	if st := sc.streams[f.StreamID]; st != nil {
+		st.abortLocked(http2.StreamError{StreamID: f.StreamID, Code: f.ErrCode})
+		sc.removeLocked(st)
+	}
+	return nil
+}
+
+// resetStream sends RST_STREAM and forgets the stream.
+func (sc *conn) resetStream(id uint32, code http2.ErrCode) {
+	sc.mu.Lock()
+	if st := sc.streams[id]; st != nil {
+		st.abortLocked(http2.StreamError{StreamID: id, Code: code})
+		sc.removeLocked(st)
+	}
+	sc.mu.Unlock()
+	sc.writeFrames(func() error { return sc.fr.WriteRSTStream(id, code) })
+}
+
+// removeLocked forgets a stream: its unread body's connection credit is
+// returned, and a connection going away or idle is looked after.
+func (sc *conn) removeLocked(st *stream) {
+	if sc.streams[st.id] != st {
+		return
+	}
+	delete(sc.streams, st.id)
+	st.removed = true
+	if n := st.body.discard(); n > 0 {
+		sc.creditLocked(n)
+	}
+	if len(sc.streams) == 0 {
+		if sc.goingAway {
+			go sc.closeAfterGoAway()
+		} else if sc.opts.IdleTimeout > 0 && !sc.closed {
+			if sc.idle == nil {
+				go sc.armIdle()
+			} else {
+				sc.idle.Reset(sc.opts.IdleTimeout)
+			}
+		}
+	}
+}
+
+// creditLocked returns n consumed bytes of connection window, in steps.
+func (sc *conn) creditLocked(n int) {
+	sc.connCredit += n
+	if sc.connCredit < connWindow/4 {
+		return
+	}
+	c := sc.connCredit
+	sc.connCredit = 0
+	sc.recvWin += int64(c)
+	go sc.writeFrames(func() error { return sc.fr.WriteWindowUpdate(0, uint32(c)) })
+}
+
+func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if id%2 != 1 {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	sc.mu.Lock()
+	if st := sc.streams[id]; st != nil {
+		err := st.trailersLocked(f, sc.canonical)
+		sc.mu.Unlock()
+		return err
+	}
+	if id <= sc.maxID {
+		sc.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	sc.maxID = id
+	if sc.goingAway {
+		sc.mu.Unlock()
+		return nil // above the GOAWAY's last stream: ignored
+	}
+	if uint32(len(sc.streams)) >= sc.maxStreams() {
+		code := http2.ErrCodeProtocol
+		if sc.unackedSets > 0 {
+			code = http2.ErrCodeRefusedStream
+		}
+		sc.mu.Unlock()
+		sc.resetStream(id, code)
+		return nil
+	}
+	if sc.handlers >= 4*int(sc.maxStreams()) {
+		// Handlers of reset streams still running: a client resetting
+		// streams as fast as it opens them (CVE-2023-44487).
+		sc.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+	}
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		sc.mu.Unlock()
+		sc.resetStream(id, http2.ErrCodeProtocol)
+		return nil
+	}
+	sc.mu.Unlock()
+	req, cont, err := newRequest(f, sc.canonical)
+	var bad *errBadRequest
+	if err != nil && !errors.As(err, &bad) {
+		sc.s.logf("h2srv: refused request", "remote", sc.remote, "err", err)
+		sc.resetStream(id, http2.ErrCodeProtocol)
+		return nil
+	}
+	st := newStream(sc, id, req, !f.StreamEnded(), cont)
+	sc.mu.Lock()
+	if sc.closed {
+		sc.mu.Unlock()
+		st.cancel()
+		return nil
+	}
+	sc.streams[id] = st
+	sc.handlers++
+	if sc.idle != nil {
+		sc.idle.Stop()
+	}
+	sc.mu.Unlock()
+	h := sc.s.Handler
+	if bad != nil {
+		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, bad.msg, bad.code) })
+	}
+	sc.s.dispatch(streamTask{st, h})
+	return nil
+}
+
+func (sc *conn) processData(f *http2.DataFrame) error {
+	id, n := f.StreamID, int(f.Length)
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if int64(n) > sc.recvWin {
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	sc.recvWin -= int64(n)
+	st := sc.streams[id]
+	if st == nil || st.recvDone {
+		sc.creditLocked(n) // the connection's window is the client's to use again
+		if id > sc.maxID {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
+		}
+		go sc.resetStream(id, http2.ErrCodeStreamClosed)
+		return nil
+	}
+	if int64(n) > st.recvWin {
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	st.recvWin -= int64(n)
+	data := f.Data()
+	if pad := n - len(data); pad > 0 {
+		sc.creditLocked(pad) // padding is flow-controlled but never read
+		st.recvWin += int64(pad)
+	}
+	st.got += int64(len(data))
+	if st.declLen >= 0 && st.got > st.declLen {
+		go sc.resetStream(id, http2.ErrCodeProtocol) // more than its Content-Length
+		return nil
+	}
+	if len(data) > 0 {
+		if st.bodyClosed {
+			sc.creditLocked(len(data))
+		} else {
+			st.body.write(data)
+		}
+	}
+	if f.StreamEnded() {
+		if st.declLen >= 0 && st.got != st.declLen {
+			go sc.resetStream(id, http2.ErrCodeProtocol)
+			return nil
+		}
+		st.endBodyLocked(io.EOF)
+	}
+	st.wake()
+	return nil
+}

@@ -1,0 +1,344 @@
+package h2srv
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+)
+
+// One stream: its request body (filled by the read loop, read by the
+// handler), its send window, and the handler's goroutine.
+
+// errStreamGone: the stream was reset or the connection closed.
+var errStreamGone = errors.New("h2srv: stream closed")
+
+// errTimeout is a read or write that passed its deadline; it reports
+// itself as a timeout (net.Error) as net/http's do.
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "h2srv: i/o timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+var errTimeout error = timeoutError{}
+
+type stream struct {
+	sc     *conn
+	id     uint32
+	req    *http.Request
+	ctx    context.Context
+	cancel context.CancelFunc
+	// readCh and winCh (cap 1) wake the body's reader and the response's
+	// writer: two goroutines may wait at once (a proxy reads the request
+	// body on one while the handler writes), each for its own condition.
+	readCh, winCh chan struct{}
+
+	// Guarded by sc.mu.
+	body       chunkBuf
+	bodyErr    error // io.EOF at END_STREAM; else why the body ends
+	recvDone   bool  // END_STREAM received (or reset)
+	recvWin    int64 // what the client may still send on this stream
+	credit     int   // consumed, not yet returned to the client
+	declLen    int64 // Content-Length, -1: none
+	got        int64
+	sendWin    int64
+	waitingWin bool
+	removed    bool
+	bodyClosed bool  // the handler closed the body: data is credited back, not kept
+	err        error // reset or connection closed: writes fail with it
+	trailer    http.Header
+	gotTrailer bool
+
+	readDeadline, writeDeadline time.Time // the handler's only
+	needsContinue               bool
+}
+
+func newStream(sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue bool) *stream {
+	st := &stream{sc: sc, id: id, req: req, readCh: make(chan struct{}, 1), winCh: make(chan struct{}, 1), recvWin: streamWindow, declLen: -1}
+	st.ctx, st.cancel = context.WithCancel(sc.opts.Context)
+	sc.mu.Lock()
+	st.sendWin = int64(sc.peerWin)
+	sc.mu.Unlock()
+	req.RemoteAddr = sc.remote
+	if bodyOpen {
+		st.declLen = req.ContentLength
+		req.Body = &requestBody{st: st}
+		st.trailer = req.Trailer
+		st.needsContinue = needsContinue
+	} else {
+		st.recvDone, st.bodyErr = true, io.EOF
+	}
+	*req = *req.WithContext(st.ctx)
+	return st
+}
+
+// wake signals the stream's waiters (body reader, window waiter); each
+// checks its own condition again.
+func (st *stream) wake() {
+	select {
+	case st.readCh <- struct{}{}:
+	default:
+	}
+	select {
+	case st.winCh <- struct{}{}:
+	default:
+	}
+}
+
+// abortLocked fails the stream's body and writes and cancels its
+// context.
+func (st *stream) abortLocked(err error) {
+	if st.err == nil {
+		st.err = err
+	}
+	if !st.recvDone {
+		st.recvDone = true
+		st.bodyErr = err
+	}
+	st.cancel()
+	st.wake()
+}
+
+// endBodyLocked records the end of the request body.
+func (st *stream) endBodyLocked(err error) {
+	st.recvDone = true
+	if st.bodyErr == nil {
+		st.bodyErr = err
+	}
+}
+
+// trailersLocked takes a second HEADERS block: the request's trailers.
+func (st *stream) trailersLocked(f *http2.MetaHeadersFrame, canon func(string) string) error {
+	if st.recvDone {
+		go st.sc.resetStream(st.id, http2.ErrCodeStreamClosed)
+		return nil
+	}
+	if st.gotTrailer {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	st.gotTrailer = true
+	if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+		st.abortLocked(http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol})
+		st.sc.removeLocked(st)
+		go st.sc.writeFrames(func() error { return st.sc.fr.WriteRSTStream(st.id, http2.ErrCodeProtocol) })
+		return nil
+	}
+	if st.trailer != nil {
+		for _, hf := range f.RegularFields() {
+			k := canon(hf.Name)
+			if !httpguts.ValidTrailerHeader(k) {
+				st.abortLocked(http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol})
+				st.sc.removeLocked(st)
+				go st.sc.writeFrames(func() error { return st.sc.fr.WriteRSTStream(st.id, http2.ErrCodeProtocol) })
+				return nil
+			}
+			st.trailer[k] = append(st.trailer[k], hf.Value)
+		}
+	}
+	if st.declLen >= 0 && st.got != st.declLen {
+		st.abortLocked(http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol})
+		st.sc.removeLocked(st)
+		go st.sc.writeFrames(func() error { return st.sc.fr.WriteRSTStream(st.id, http2.ErrCodeProtocol) })
+		return nil
+	}
+	st.endBodyLocked(io.EOF)
+	st.wake()
+	return nil
+}
+
+// run runs the handler and finishes the response.
+func (st *stream) run(h http.Handler) {
+	sc := st.sc
+	rw := getWriter(st)
+	defer func() {
+		e := recover()
+		if e != nil && e != http.ErrAbortHandler {
+			sc.s.logf("h2srv: handler panic", "remote", sc.remote, "panic", e)
+		}
+		if e == nil {
+			rw.finish()
+		}
+		sc.mu.Lock()
+		reset := e != nil || (!st.removed && !st.recvDone)
+		wasRemoved := st.removed
+		st.cancel()
+		sc.mu.Unlock()
+		if reset && !wasRemoved {
+			// A panic: the response is cut (RST_STREAM INTERNAL_ERROR).
+			// A body the handler did not wait for: NO_ERROR asks the
+			// client to stop sending it (RFC 9113 §8.1).
+			code := http2.ErrCodeNo
+			if e != nil {
+				code = http2.ErrCodeInternal
+			}
+			sc.resetStream(st.id, code)
+		}
+		sc.mu.Lock()
+		sc.removeLocked(st)
+		sc.handlers--
+		sc.mu.Unlock()
+		putWriter(rw)
+	}()
+	h.ServeHTTP(rw, st.req)
+}
+
+// requestBody is the handler's view of the request body.
+type requestBody struct {
+	st     *stream
+	closed bool
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	st := b.st
+	sc := st.sc
+	if b.closed {
+		return 0, errors.New("h2srv: read on closed body")
+	}
+	if st.needsContinue {
+		st.needsContinue = false
+		sc.writeFrames(func() error {
+			return sc.writeHeaderBlock(st.id, false, func(enc hpackEncoder) { encodeField(enc, ":status", "100") })
+		})
+	}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		sc.mu.Lock()
+		if st.body.len() > 0 && len(p) > 0 {
+			n := st.body.read(p)
+			sc.creditLocked(n)
+			if !st.recvDone {
+				st.credit += n
+				if st.credit >= streamWindow/4 {
+					c := st.credit
+					st.credit = 0
+					st.recvWin += int64(c)
+					id := st.id
+					sc.mu.Unlock()
+					sc.writeFrames(func() error { return sc.fr.WriteWindowUpdate(id, uint32(c)) })
+					return n, nil
+				}
+			}
+			sc.mu.Unlock()
+			return n, nil
+		}
+		if st.recvDone {
+			err := st.bodyErr
+			sc.mu.Unlock()
+			if err != io.EOF {
+				err = errStreamGone
+			}
+			return 0, err
+		}
+		if len(p) == 0 {
+			sc.mu.Unlock()
+			return 0, nil
+		}
+		dl := st.readDeadline
+		sc.mu.Unlock()
+		if !dl.IsZero() {
+			d := time.Until(dl)
+			if d <= 0 {
+				return 0, errTimeout
+			}
+			if timer == nil {
+				timer = time.NewTimer(d)
+			} else {
+				timer.Reset(d)
+			}
+			select {
+			case <-st.readCh:
+			case <-timer.C:
+			}
+			continue
+		}
+		<-st.readCh
+	}
+}
+
+// Close: the handler reads no more; the rest is discarded, and a stream
+// the client still sends on is reset when the handler returns.
+func (b *requestBody) Close() error {
+	b.closed = true
+	sc := b.st.sc
+	sc.mu.Lock()
+	b.st.bodyClosed = true
+	if n := b.st.body.discard(); n > 0 {
+		sc.creditLocked(n)
+	}
+	sc.mu.Unlock()
+	return nil
+}
+
+// chunkBuf is a body buffer of pooled 16 KiB chunks.
+type chunkBuf struct {
+	chunks []*[chunkSize]byte
+	r, w   int // read offset in chunks[0], write offset in the last chunk
+	n      int
+}
+
+const chunkSize = 16 << 10
+
+var chunkPool = sync.Pool{New: func() any { return new([chunkSize]byte) }}
+
+func (b *chunkBuf) len() int { return b.n }
+
+func (b *chunkBuf) write(p []byte) {
+	for len(p) > 0 {
+		if len(b.chunks) == 0 || b.w == chunkSize {
+			b.chunks = append(b.chunks, chunkPool.Get().(*[chunkSize]byte))
+			b.w = 0
+		}
+		c := copy(b.chunks[len(b.chunks)-1][b.w:], p)
+		b.w += c
+		b.n += c
+		p = p[c:]
+	}
+}
+
+func (b *chunkBuf) read(p []byte) int {
+	n := 0
+	for len(p) > 0 && b.n > 0 {
+		end := chunkSize
+		if len(b.chunks) == 1 {
+			end = b.w
+		}
+		c := copy(p, b.chunks[0][b.r:end])
+		b.r += c
+		b.n -= c
+		n += c
+		p = p[c:]
+		if b.r == end {
+			if len(b.chunks) == 1 {
+				chunkPool.Put(b.chunks[0])
+				b.chunks = b.chunks[:0]
+				b.r, b.w = 0, 0
+			} else {
+				chunkPool.Put(b.chunks[0])
+				b.chunks = b.chunks[1:]
+				b.r = 0
+			}
+		}
+	}
+	return n
+}
+
+// discard drops what is buffered and returns how much that was.
+func (b *chunkBuf) discard() int {
+	n := b.n
+	for _, c := range b.chunks {
+		chunkPool.Put(c)
+	}
+	b.chunks, b.r, b.w, b.n = nil, 0, 0, 0
+	return n
+}
