@@ -91,6 +91,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		req = &out
 	}
 	a.retries.Deposit(t.svc)
+	src := connIdentityFrom(req.Context())
 	var last *http.Response // the last upstream response not returned, body kept
 	retries, dials, poolClosed := 0, 0, 0
 	for i := 0; ; i++ {
@@ -168,7 +169,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if err == nil {
 			resp.Header.Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
 			a.stats(ev.key).observe(time.Since(start))
-			a.requestMetrics(t.svc, route, ev, resp.StatusCode, time.Since(start))
+			a.requestMetrics(src, t.svc, route, ev, resp.StatusCode, time.Since(start))
 			grpc := strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc")
 			if grpc && resp.StatusCode != http.StatusSwitchingProtocols {
 				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, record: func(code string) {
@@ -209,7 +210,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			}
 			return lt.exhausted(last, err)
 		}
-		a.requestMetrics(t.svc, route, ev, 0, time.Since(start))
+		a.requestMetrics(src, t.svc, route, ev, 0, time.Since(start))
 		if req.Context().Err() != nil {
 			return nil, err // client gone or request timeout: no retry
 		}
