@@ -69,7 +69,7 @@ func retryPolicyOf(p api.RetryPolicy) retry.Policy {
 // one has been tried the same ones again (after a back-off). A failed
 // connect sent nothing: it moves on to the next candidate (up to
 // maxAttempts connects) whatever the policy says.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string) (*http.Response, error) {
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs) (*http.Response, error) {
 	a := lt.l7.a
 	pol := retryPolicyOf(policy)
 	perTry := time.Duration(policy.PerTryTimeout)
@@ -98,6 +98,9 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		ev := cands[i%len(cands)]
 		if i > 0 {
 			a.m.failovers.Inc()
+		}
+		if rec != nil {
+			rec.ev, rec.attempts, rec.retries = ev, i+1, retries
 		}
 		if rb != nil {
 			req.Body = rb.attempt()

@@ -204,10 +204,10 @@ func Extract(h http.Header) (SpanContext, Format) {
 }
 
 // Inject writes sc as the request's trace context: always traceparent
-// (and tracestate if any), and also the B3 form the request came with, so
+// (and tracestate if any), and also each B3 form the request carries, so
 // a B3-only application downstream continues the trace. parent is the
 // span id B3 multi names as the parent (zero: none).
-func Inject(h http.Header, sc SpanContext, f Format, parent SpanID) {
+func Inject(h http.Header, sc SpanContext, parent SpanID) {
 	h[HeaderTraceparent] = []string{FormatTraceparent(sc)}
 	if sc.State != "" {
 		h[HeaderTracestate] = []string{sc.State}
@@ -218,10 +218,10 @@ func Inject(h http.Header, sc SpanContext, f Format, parent SpanID) {
 	if sc.Sampled {
 		sampled = "1"
 	}
-	switch f {
-	case FormatB3Single:
+	if _, ok := h[HeaderB3]; ok {
 		h[HeaderB3] = []string{sc.TraceID.String() + "-" + sc.SpanID.String() + "-" + sampled}
-	case FormatB3Multi:
+	}
+	if _, ok := h[HeaderB3TraceID]; ok {
 		h[HeaderB3TraceID] = []string{sc.TraceID.String()}
 		h[HeaderB3SpanID] = []string{sc.SpanID.String()}
 		h[HeaderB3Sampled] = []string{sampled}

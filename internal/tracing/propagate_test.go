@@ -87,7 +87,7 @@ func TestExtractInject(t *testing.T) {
 		t.Fatalf("Extract(b3 multi) = %+v %v", sc, f)
 	}
 	child := SpanContext{TraceID: sc.TraceID, SpanID: NewSpanID(), Sampled: true}
-	Inject(h, child, f, sc.SpanID)
+	Inject(h, child, sc.SpanID)
 	if got := h.Get("traceparent"); got != FormatTraceparent(child) {
 		t.Fatalf("traceparent %q", got)
 	}
@@ -102,7 +102,7 @@ func TestExtractInject(t *testing.T) {
 	if sc, f = Extract(h); f != FormatB3Single || sc.TraceID.String() != "80f198ee56343ba864fe8b2a57d3eff7" {
 		t.Fatalf("Extract(bad traceparent, b3) = %+v %v", sc, f)
 	}
-	Inject(h, child, f, SpanID{})
+	Inject(h, child, SpanID{})
 	if got := h.Get("b3"); got != child.TraceID.String()+"-"+child.SpanID.String()+"-1" {
 		t.Fatalf("b3 %q", got)
 	}

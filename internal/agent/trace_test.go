@@ -1,0 +1,330 @@
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/tracing"
+	"github.com/fogmesh/fogmesh/internal/tracing/otlptest"
+)
+
+// traceWorkload serves 200 and remembers the trace context of every
+// request it receives, by its X-Test-Id header.
+type traceWorkload struct {
+	mu   sync.Mutex
+	seen map[string]http.Header
+}
+
+func startTraceWorkload(t *testing.T) (int, *traceWorkload) {
+	t.Helper()
+	w := &traceWorkload{seen: map[string]http.Header{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		w.mu.Lock()
+		w.seen[r.Header.Get("X-Test-Id")] = r.Header.Clone()
+		w.mu.Unlock()
+		rw.Write([]byte("ok"))
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port, w
+}
+
+func (w *traceWorkload) header(id string) http.Header {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seen[id]
+}
+
+func ratio(r float64) *float64 { return &r }
+
+// traceMesh: a client agent (node tcli, octet 22) and the endpoint's agent
+// (node tsrv, octet 23) in one site, both exporting to recv; the client's
+// agent samples new traces at clientRatio, the endpoint's at 0 (it only
+// continues sampled traces). Both write access logs into dir.
+func traceMesh(t *testing.T, recv *otlptest.Receiver, clientRatio float64, dir string) (url string, wl *traceWorkload) {
+	t.Helper()
+	port, wl := startTraceWorkload(t)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: tr, namespace: demo}
+spec:
+  ports: [{name: web, port: 18080, protocol: http}]
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Route
+metadata: {name: tr, namespace: demo}
+spec:
+  service: tr
+  rules:
+  - name: api
+    match: [{path: {prefix: /api}}]
+    backends: [{}]
+  - backends: [{}]
+`)
+	obs := func(name string, r float64) func(*Config) {
+		return func(c *Config) {
+			c.Tracing = TracingConfig{Endpoint: recv.URL, SampleRatio: ratio(r)}
+			c.AccessLog = AccessLogConfig{Path: filepath.Join(dir, name+".log"), Mask: []string{"demo/masked"}}
+		}
+	}
+	startAgentWith(t, agentOpts{name: "tsrv", site: "s1", region: "r1", vipOctet: 23, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("tr", "tr-1", port)}}, obs("tsrv", 0))
+	client := startAgentWith(t, agentOpts{name: "tcli", site: "s1", region: "r1", vipOctet: 22, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()}, obs("tcli", clientRatio))
+	waitFor(t, "endpoint", func() bool { return len(endpointsOf(client, "demo/tr")) == 1 })
+	url = "http://127.22.0.1:18080"
+	c := &http.Client{Timeout: 5 * time.Second}
+	waitFor(t, "listener", func() bool {
+		req, _ := http.NewRequest("GET", url+"/warmup", nil)
+		req.Header.Set("X-Test-Id", "warmup")
+		resp, err := c.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return url, wl
+}
+
+func spansOf(spans []otlptest.Span, trace string) []otlptest.Span {
+	var out []otlptest.Span
+	for _, s := range spans {
+		if s.TraceID() == trace {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// TestTraceTwoAgents: a request through two agents (client agent →
+// endpoint's agent → workload) yields one trace in a real OTLP receiver:
+// the client agent's CLIENT span continues the incoming traceparent, the
+// endpoint agent's SERVER span is its child, and the workload receives a
+// traceparent whose parent is the SERVER span. Over HTTP/1.1 (the fast
+// path) and h2c (the net/http server), with B3 multi headers too.
+func TestTraceTwoAgents(t *testing.T) {
+	recv := otlptest.NewHTTP(t)
+	url, wl := traceMesh(t, recv, 0, t.TempDir())
+	const incomingTrace, incomingSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		header map[string]string
+		trace  string
+	}{
+		{"http1 traceparent", &http.Client{Timeout: 5 * time.Second},
+			map[string]string{"Traceparent": "00-" + incomingTrace + "-" + incomingSpan + "-01", "Tracestate": "vendor=x"}, incomingTrace},
+		{"h2c traceparent", &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Protocols: &h2}},
+			map[string]string{"Traceparent": "00-" + "5bf92f3577b34da6a3ce929d0e0e4736" + "-" + incomingSpan + "-01"}, "5bf92f3577b34da6a3ce929d0e0e4736"},
+		{"http1 b3 multi", &http.Client{Timeout: 5 * time.Second},
+			map[string]string{"X-B3-TraceId": "6bf92f3577b34da6a3ce929d0e0e4736", "X-B3-SpanId": incomingSpan, "X-B3-Sampled": "1"}, "6bf92f3577b34da6a3ce929d0e0e4736"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", url+"/api/items?id=7", nil)
+			req.Header.Set("X-Test-Id", tc.name)
+			for k, v := range tc.header {
+				req.Header.Set(k, v)
+			}
+			resp, err := tc.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			spans := spansOf(recv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, tc.trace)) >= 2 }), tc.trace)
+			if len(spans) != 2 {
+				t.Fatalf("%d spans in the trace, want 2: %v", len(spans), spans)
+			}
+			var cli, srv otlptest.Span
+			for _, s := range spans {
+				switch int32(s.Kind) {
+				case int32(tracing.KindClient):
+					cli = s
+				case int32(tracing.KindServer):
+					srv = s
+				}
+			}
+			if cli.Span == nil || srv.Span == nil {
+				t.Fatalf("want one CLIENT and one SERVER span: %v", spans)
+			}
+			if cli.ParentID() != incomingSpan {
+				t.Errorf("client span's parent %s, want the incoming span %s", cli.ParentID(), incomingSpan)
+			}
+			if srv.ParentID() != cli.SpanID() {
+				t.Errorf("server span's parent %s, want the client span %s", srv.ParentID(), cli.SpanID())
+			}
+			for k, want := range map[string]string{"fogmesh.service": "demo/tr", "fogmesh.route": "api", "fogmesh.endpoint": "tr-1",
+				"fogmesh.endpoint.node": "tsrv", "fogmesh.endpoint.site": "s1", "fogmesh.tier": "site", "fogmesh.path": "same_site",
+				"fogmesh.attempts": "1", "fogmesh.retries": "0", "http.response.status_code": "200", "http.request.method": "GET",
+				"url.path": "/api/items"} {
+				if got := cli.Attr(k); got != want {
+					t.Errorf("client span %s = %q, want %q", k, got, want)
+				}
+			}
+			for k, want := range map[string]string{"fogmesh.service": "demo/tr", "fogmesh.endpoint": "tr-1", "fogmesh.endpoint.node": "tsrv",
+				"fogmesh.source_node": "tcli", "http.response.status_code": "200"} {
+				if got := srv.Attr(k); got != want {
+					t.Errorf("server span %s = %q, want %q", k, got, want)
+				}
+			}
+			if cli.Resource["host.name"] != "tcli" || srv.Resource["host.name"] != "tsrv" {
+				t.Errorf("resources %v, %v", cli.Resource, srv.Resource)
+			}
+			if tc.name == "http1 traceparent" && (cli.TraceState != "vendor=x" || srv.TraceState != "vendor=x") {
+				t.Errorf("tracestate %q, %q: want vendor=x passed on", cli.TraceState, srv.TraceState)
+			}
+			// The workload continues the trace from the server span.
+			h := wl.header(tc.name)
+			sc, err := tracing.ParseTraceparent(h.Get("Traceparent"))
+			if err != nil || sc.TraceID.String() != tc.trace || sc.SpanID.String() != srv.SpanID() || !sc.Sampled {
+				t.Errorf("workload's traceparent %q (%v), want trace %s parent %s sampled", h.Get("Traceparent"), err, tc.trace, srv.SpanID())
+			}
+			if tc.name == "http1 b3 multi" && (h.Get("X-B3-Spanid") != srv.SpanID() || h.Get("X-B3-Traceid") != tc.trace) {
+				t.Errorf("workload's B3 headers %v, want span %s", h, srv.SpanID())
+			}
+		})
+	}
+}
+
+// TestTraceSampling: with no incoming context the client agent decides
+// (ratio 1: a new trace of two spans, the endpoint's agent following
+// though its own ratio is 0).
+func TestTraceSampling(t *testing.T) {
+	recv := otlptest.NewHTTP(t)
+	url, wl := traceMesh(t, recv, 1, t.TempDir())
+	req, _ := http.NewRequest("GET", url+"/new", nil)
+	req.Header.Set("X-Test-Id", "new")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	sc, err := tracing.ParseTraceparent(wl.header("new").Get("Traceparent"))
+	if err != nil || !sc.Sampled {
+		t.Fatalf("workload's traceparent: %+v %v", sc, err)
+	}
+	spans := spansOf(recv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, sc.TraceID.String())) >= 2 }), sc.TraceID.String())
+	roots := 0
+	for _, s := range spans {
+		if len(s.ParentSpanId) == 0 {
+			roots++
+		}
+	}
+	if len(spans) != 2 || roots != 1 {
+		t.Fatalf("new trace: %d spans, %d roots; want 2 and 1: %v", len(spans), roots, spans)
+	}
+}
+
+// TestTraceSamplingZero: at ratio 0 no span is exported without a sampled
+// parent, yet the workload gets an unsampled traceparent.
+func TestTraceSamplingZero(t *testing.T) {
+	recv0 := otlptest.NewHTTP(t)
+	url0, wl0 := traceMesh(t, recv0, 0, t.TempDir())
+	req, _ := http.NewRequest("GET", url0+"/unsampled", nil)
+	req.Header.Set("X-Test-Id", "unsampled")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	sc, err := tracing.ParseTraceparent(wl0.header("unsampled").Get("Traceparent"))
+	if err != nil || sc.Sampled {
+		t.Fatalf("workload's traceparent at ratio 0: %+v %v, want a valid unsampled one", sc, err)
+	}
+	if n := recv0.Requests(); n != 0 {
+		t.Fatalf("%d export requests at ratio 0 with no sampled parent", n)
+	}
+}
+
+func readLog(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// TestAccessLogTwoAgents: each agent writes one JSON line per request,
+// with the trace id, route, endpoint and path kind; a masked service's
+// lines carry no path, client address or user agent.
+func TestAccessLogTwoAgents(t *testing.T) {
+	recv := otlptest.NewHTTP(t)
+	dir := t.TempDir()
+	url, _ := traceMesh(t, recv, 1, dir)
+	req, _ := http.NewRequest("GET", url+"/api/users/42?email=someone@example.com", nil)
+	req.Header.Set("User-Agent", "trace-test/1")
+	req.Header.Set("X-Test-Id", "logged")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	find := func(path string) map[string]any {
+		var line map[string]any
+		waitFor(t, "the access-log line in "+filepath.Base(path), func() bool {
+			for _, l := range readLog(t, path) {
+				if strings.HasPrefix(l["path"].(string), "/api/users/42") {
+					line = l
+					return true
+				}
+			}
+			return false
+		})
+		return line
+	}
+	cli, srv := find(filepath.Join(dir, "tcli.log")), find(filepath.Join(dir, "tsrv.log"))
+	for k, want := range map[string]any{"side": "client", "method": "GET", "path": "/api/users/42?email=someone@example.com", "status": 200.0,
+		"service": "demo/tr", "route": "api", "endpoint": "tr-1", "node": "tsrv", "site": "s1", "path_kind": "same_site",
+		"source_service": "unknown", "user_agent": "trace-test/1", "attempts": 1.0, "masked": false} {
+		if cli[k] != want {
+			t.Errorf("client line %s = %v, want %v (%v)", k, cli[k], want, cli)
+		}
+	}
+	if cli["trace_id"] == "" || cli["trace_id"] != srv["trace_id"] {
+		t.Errorf("trace ids %v and %v: want the same", cli["trace_id"], srv["trace_id"])
+	}
+	if srv["side"] != "server" || srv["source_node"] != "tcli" || srv["status"] != 200.0 {
+		t.Errorf("server line %v", srv)
+	}
+
+	// A masked service: the same request leaves no personal data.
+	o := &observer{mask: []string{"demo/masked"}}
+	if !o.masked(nil, "demo/masked") || o.masked(nil, "demo/tr") {
+		t.Fatal("mask list not applied")
+	}
+	o = &observer{mask: []string{"demo/*"}}
+	if !o.masked(nil, "demo/tr") || o.masked(nil, "other/tr") {
+		t.Fatal("mask pattern not applied")
+	}
+}
