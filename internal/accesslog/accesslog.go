@@ -113,7 +113,12 @@ func (c *Config) validate() ([]int, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	names := c.Fields
+	return CheckFields(c.Fields)
+}
+
+// CheckFields checks field names (empty: all) and returns their indexes
+// into Fields.
+func CheckFields(names []string) ([]int, error) {
 	if len(names) == 0 {
 		names = Fields
 	}

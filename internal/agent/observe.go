@@ -69,18 +69,17 @@ func (c *TracingConfig) validate() error {
 	if c.Endpoint == "" {
 		return nil
 	}
-	// The exporter's own checks, on a copy that starts nothing.
-	switch c.Protocol {
-	case "", tracing.ProtocolHTTP, tracing.ProtocolGRPC:
-	default:
-		return fmt.Errorf("tracing: protocol %q: want %s or %s", c.Protocol, tracing.ProtocolHTTP, tracing.ProtocolGRPC)
-	}
-	return nil
+	return tracing.CheckEndpoint(c.Endpoint, c.Protocol)
 }
 
 func (c *AccessLogConfig) validate() error {
 	if r := c.SampleRatio; r != nil && (*r < 0 || *r > 1) {
 		return fmt.Errorf("accessLog: sampleRatio %v: want 0 to 1", *r)
+	}
+	if c.Path != "" {
+		if _, err := accesslog.CheckFields(c.Fields); err != nil {
+			return err
+		}
 	}
 	for _, m := range c.Mask {
 		if ns, name, ok := strings.Cut(m, "/"); !ok || ns == "" || name == "" {

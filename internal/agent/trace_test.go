@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -326,5 +327,36 @@ func TestAccessLogTwoAgents(t *testing.T) {
 	o = &observer{mask: []string{"demo/*"}}
 	if !o.masked(nil, "demo/tr") || o.masked(nil, "other/tr") {
 		t.Fatal("mask pattern not applied")
+	}
+}
+
+// TestObserveConfigErrors: bad tracing and access-log settings are
+// refused with a message naming the setting.
+func TestObserveConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		tweak func(*Config)
+		want  string
+	}{
+		{"ratio", func(c *Config) { c.Tracing = TracingConfig{Endpoint: "http://127.0.0.1:4318", SampleRatio: ratio(1.5)} }, "sampleRatio 1.5"},
+		{"endpoint", func(c *Config) { c.Tracing = TracingConfig{Endpoint: "127.0.0.1:4318"} }, "want an http:// or https:// URL"},
+		{"protocol", func(c *Config) { c.Tracing = TracingConfig{Endpoint: "http://x", Protocol: "zipkin"} }, `protocol "zipkin"`},
+		{"field", func(c *Config) { c.AccessLog = AccessLogConfig{Path: "/tmp/x.log", Fields: []string{"cookie"}} }, `unknown field "cookie"`},
+		{"mask", func(c *Config) { c.AccessLog = AccessLogConfig{Path: "/tmp/x.log", Mask: []string{"nons"}} }, `mask "nons"`},
+		{"log ratio", func(c *Config) { c.AccessLog = AccessLogConfig{Path: "/tmp/x.log", SampleRatio: ratio(-1)} }, "sampleRatio -1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := agentConfig(agentOpts{name: "bad", site: "s", region: "r", vipOctet: 24, stateDir: t.TempDir()})
+			tc.tweak(&cfg)
+			a, err := New(cfg)
+			if err == nil {
+				a.Close()
+				t.Fatal("accepted")
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want a ConfigError with %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -108,6 +108,17 @@ func (c *ExporterConfig) validate() error {
 	return nil
 }
 
+// CheckEndpoint reports whether endpoint and protocol are a usable
+// collector address, as NewExporter would judge them.
+func CheckEndpoint(endpoint, protocol string) error {
+	c := ExporterConfig{Endpoint: endpoint, Protocol: protocol}
+	if err := c.validate(); err != nil {
+		return err
+	}
+	_, err := endpointURL(c.Endpoint, c.Protocol)
+	return err
+}
+
 // endpointURL is the request URL of an endpoint.
 func endpointURL(endpoint, protocol string) (string, error) {
 	if protocol == ProtocolGRPC && !strings.Contains(endpoint, "://") {
