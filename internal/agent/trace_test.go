@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,13 +21,14 @@ import (
 // traceWorkload serves 200 and remembers the trace context of every
 // request it receives, by its X-Test-Id header.
 type traceWorkload struct {
-	mu   sync.Mutex
-	seen map[string]http.Header
+	mu     sync.Mutex
+	seen   map[string]http.Header
+	failed map[string]bool // /retry requests answered 503 once
 }
 
 func startTraceWorkload(t *testing.T) (int, *traceWorkload) {
 	t.Helper()
-	w := &traceWorkload{seen: map[string]http.Header{}}
+	w := &traceWorkload{seen: map[string]http.Header{}, failed: map[string]bool{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -35,9 +37,16 @@ func startTraceWorkload(t *testing.T) (int, *traceWorkload) {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Test-Id")
 		w.mu.Lock()
-		w.seen[r.Header.Get("X-Test-Id")] = r.Header.Clone()
+		w.seen[id] = r.Header.Clone()
+		fail := strings.HasPrefix(r.URL.Path, "/retry") && !w.failed[id]
+		w.failed[id] = true
 		w.mu.Unlock()
+		if fail {
+			rw.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
 		rw.Write([]byte("ok"))
 	})}
 	go srv.Serve(ln)
@@ -57,7 +66,7 @@ func ratio(r float64) *float64 { return &r }
 // (node tsrv, octet 23) in one site, both exporting to recv; the client's
 // agent samples new traces at clientRatio, the endpoint's at 0 (it only
 // continues sampled traces). Both write access logs into dir.
-func traceMesh(t *testing.T, recv *otlptest.Receiver, clientRatio float64, dir string) (url string, wl *traceWorkload) {
+func traceMesh(t *testing.T, recv *otlptest.Receiver, clientRatio float64, dir string) (url, h2URL string, wl *traceWorkload) {
 	t.Helper()
 	port, wl := startTraceWorkload(t)
 	cp := startControl(t, t.TempDir(), "")
@@ -76,7 +85,17 @@ spec:
   - name: api
     match: [{path: {prefix: /api}}]
     backends: [{}]
+  - name: retry
+    match: [{path: {prefix: /retry}}]
+    retries: {attempts: 2, on5xx: true}
+    backends: [{}]
   - backends: [{}]
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: tr2, namespace: demo}
+spec:
+  ports: [{name: web, port: 18081, protocol: http2}]
 `)
 	obs := func(name string, r float64) func(*Config) {
 		return func(c *Config) {
@@ -85,10 +104,13 @@ spec:
 		}
 	}
 	startAgentWith(t, agentOpts{name: "tsrv", site: "s1", region: "r1", vipOctet: 23, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("tr", "tr-1", port)}}, obs("tsrv", 0))
+		workloads: []Workload{webWorkload("tr", "tr-1", port), webWorkload("tr2", "tr2-1", port)}}, obs("tsrv", 0))
 	client := startAgentWith(t, agentOpts{name: "tcli", site: "s1", region: "r1", vipOctet: 22, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()}, obs("tcli", clientRatio))
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(client, "demo/tr")) == 1 })
-	url = "http://127.22.0.1:18080"
+	waitFor(t, "endpoint", func() bool {
+		return len(endpointsOf(client, "demo/tr")) == 1 && len(endpointsOf(client, "demo/tr2")) == 1
+	})
+	url = "http://" + vipOf(t, client, "demo/tr") + ":18080"
+	h2URL = "http://" + vipOf(t, client, "demo/tr2") + ":18081"
 	c := &http.Client{Timeout: 5 * time.Second}
 	waitFor(t, "listener", func() bool {
 		req, _ := http.NewRequest("GET", url+"/warmup", nil)
@@ -100,7 +122,7 @@ spec:
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	return url, wl
+	return url, h2URL, wl
 }
 
 func spansOf(spans []otlptest.Span, trace string) []otlptest.Span {
@@ -121,25 +143,34 @@ func spansOf(spans []otlptest.Span, trace string) []otlptest.Span {
 // path) and h2c (the net/http server), with B3 multi headers too.
 func TestTraceTwoAgents(t *testing.T) {
 	recv := otlptest.NewHTTP(t)
-	url, wl := traceMesh(t, recv, 0, t.TempDir())
+	url, h2URL, wl := traceMesh(t, recv, 0, t.TempDir())
 	const incomingTrace, incomingSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 	var h2 http.Protocols
 	h2.SetUnencryptedHTTP2(true)
+	h1c := &http.Client{Timeout: 5 * time.Second}
+	h2c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Protocols: &h2}}
+	tp := func(trace string) map[string]string {
+		return map[string]string{"Traceparent": "00-" + trace + "-" + incomingSpan + "-01"}
+	}
 	for _, tc := range []struct {
-		name   string
-		client *http.Client
-		header map[string]string
-		trace  string
+		name       string
+		client     *http.Client
+		url        string
+		header     map[string]string
+		trace      string
+		svc, route string
+		attempts   int // the client agent's attempts; the endpoint agent's spans
 	}{
-		{"http1 traceparent", &http.Client{Timeout: 5 * time.Second},
-			map[string]string{"Traceparent": "00-" + incomingTrace + "-" + incomingSpan + "-01", "Tracestate": "vendor=x"}, incomingTrace},
-		{"h2c traceparent", &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Protocols: &h2}},
-			map[string]string{"Traceparent": "00-" + "5bf92f3577b34da6a3ce929d0e0e4736" + "-" + incomingSpan + "-01"}, "5bf92f3577b34da6a3ce929d0e0e4736"},
-		{"http1 b3 multi", &http.Client{Timeout: 5 * time.Second},
-			map[string]string{"X-B3-TraceId": "6bf92f3577b34da6a3ce929d0e0e4736", "X-B3-SpanId": incomingSpan, "X-B3-Sampled": "1"}, "6bf92f3577b34da6a3ce929d0e0e4736"},
+		{"http1 traceparent", h1c, url + "/api/items?id=7",
+			map[string]string{"Traceparent": "00-" + incomingTrace + "-" + incomingSpan + "-01", "Tracestate": "vendor=x"}, incomingTrace, "demo/tr", "api", 1},
+		{"h2c traceparent", h2c, url + "/api/items?id=7", tp("5bf92f3577b34da6a3ce929d0e0e4736"), "5bf92f3577b34da6a3ce929d0e0e4736", "demo/tr", "api", 1},
+		{"http1 b3 multi", h1c, url + "/api/items?id=7",
+			map[string]string{"X-B3-TraceId": "6bf92f3577b34da6a3ce929d0e0e4736", "X-B3-SpanId": incomingSpan, "X-B3-Sampled": "1"}, "6bf92f3577b34da6a3ce929d0e0e4736", "demo/tr", "api", 1},
+		{"h2c to an http2 port", h2c, h2URL + "/api/items?id=7", tp("7bf92f3577b34da6a3ce929d0e0e4736"), "7bf92f3577b34da6a3ce929d0e0e4736", "demo/tr2", "", 1},
+		{"http1 retried", h1c, url + "/retry/api/items", tp("8bf92f3577b34da6a3ce929d0e0e4736"), "8bf92f3577b34da6a3ce929d0e0e4736", "demo/tr", "retry", 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest("GET", url+"/api/items?id=7", nil)
+			req, _ := http.NewRequest("GET", tc.url, nil)
 			req.Header.Set("X-Test-Id", tc.name)
 			for k, v := range tc.header {
 				req.Header.Set(k, v)
@@ -152,37 +183,52 @@ func TestTraceTwoAgents(t *testing.T) {
 			if resp.StatusCode != 200 {
 				t.Fatalf("status %d", resp.StatusCode)
 			}
-			spans := spansOf(recv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, tc.trace)) >= 2 }), tc.trace)
-			if len(spans) != 2 {
-				t.Fatalf("%d spans in the trace, want 2: %v", len(spans), spans)
+			want := 1 + tc.attempts // the client agent's span, and one per attempt at the endpoint's agent
+			spans := spansOf(recv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, tc.trace)) >= want }), tc.trace)
+			if len(spans) != want {
+				t.Fatalf("%d spans in the trace, want %d: %v", len(spans), want, spans)
 			}
 			var cli, srv otlptest.Span
+			var servers []otlptest.Span
 			for _, s := range spans {
 				switch int32(s.Kind) {
 				case int32(tracing.KindClient):
 					cli = s
 				case int32(tracing.KindServer):
-					srv = s
+					servers = append(servers, s)
+					if s.Attr("http.response.status_code") == "200" {
+						srv = s
+					}
 				}
 			}
-			if cli.Span == nil || srv.Span == nil {
-				t.Fatalf("want one CLIENT and one SERVER span: %v", spans)
+			if cli.Span == nil || srv.Span == nil || len(servers) != tc.attempts {
+				t.Fatalf("want one CLIENT span and %d SERVER spans, one of them answered 200: %v", tc.attempts, spans)
+			}
+			for _, s := range servers {
+				if s.ParentID() != cli.SpanID() {
+					t.Errorf("server span's parent %s, want the client span %s", s.ParentID(), cli.SpanID())
+				}
+			}
+			if tc.attempts > 1 {
+				for _, s := range servers {
+					if s.Attr("http.response.status_code") == "503" && s.Status.GetCode() != 2 {
+						t.Errorf("the 503 attempt's span is not an error: %v", s.Status)
+					}
+				}
 			}
 			if cli.ParentID() != incomingSpan {
 				t.Errorf("client span's parent %s, want the incoming span %s", cli.ParentID(), incomingSpan)
 			}
-			if srv.ParentID() != cli.SpanID() {
-				t.Errorf("server span's parent %s, want the client span %s", srv.ParentID(), cli.SpanID())
-			}
-			for k, want := range map[string]string{"fogmesh.service": "demo/tr", "fogmesh.route": "api", "fogmesh.endpoint": "tr-1",
+			ep := strings.TrimPrefix(tc.svc, "demo/") + "-1"
+			for k, want := range map[string]string{"fogmesh.service": tc.svc, "fogmesh.route": tc.route, "fogmesh.endpoint": ep,
 				"fogmesh.endpoint.node": "tsrv", "fogmesh.endpoint.site": "s1", "fogmesh.tier": "site", "fogmesh.path": "same_site",
-				"fogmesh.attempts": "1", "fogmesh.retries": "0", "http.response.status_code": "200", "http.request.method": "GET",
-				"url.path": "/api/items"} {
+				"fogmesh.attempts": strconv.Itoa(tc.attempts), "fogmesh.retries": strconv.Itoa(tc.attempts - 1),
+				"http.response.status_code": "200", "http.request.method": "GET", "url.path": strings.Split(tc.url[strings.Index(tc.url[7:], "/")+7:], "?")[0]} {
 				if got := cli.Attr(k); got != want {
 					t.Errorf("client span %s = %q, want %q", k, got, want)
 				}
 			}
-			for k, want := range map[string]string{"fogmesh.service": "demo/tr", "fogmesh.endpoint": "tr-1", "fogmesh.endpoint.node": "tsrv",
+			for k, want := range map[string]string{"fogmesh.service": tc.svc, "fogmesh.endpoint": ep, "fogmesh.endpoint.node": "tsrv",
 				"fogmesh.source_node": "tcli", "http.response.status_code": "200"} {
 				if got := srv.Attr(k); got != want {
 					t.Errorf("server span %s = %q, want %q", k, got, want)
@@ -212,7 +258,7 @@ func TestTraceTwoAgents(t *testing.T) {
 // though its own ratio is 0).
 func TestTraceSampling(t *testing.T) {
 	recv := otlptest.NewHTTP(t)
-	url, wl := traceMesh(t, recv, 1, t.TempDir())
+	url, _, wl := traceMesh(t, recv, 1, t.TempDir())
 	req, _ := http.NewRequest("GET", url+"/new", nil)
 	req.Header.Set("X-Test-Id", "new")
 	resp, err := http.DefaultClient.Do(req)
@@ -240,7 +286,7 @@ func TestTraceSampling(t *testing.T) {
 // parent, yet the workload gets an unsampled traceparent.
 func TestTraceSamplingZero(t *testing.T) {
 	recv0 := otlptest.NewHTTP(t)
-	url0, wl0 := traceMesh(t, recv0, 0, t.TempDir())
+	url0, _, wl0 := traceMesh(t, recv0, 0, t.TempDir())
 	req, _ := http.NewRequest("GET", url0+"/unsampled", nil)
 	req.Header.Set("X-Test-Id", "unsampled")
 	resp, err := http.DefaultClient.Do(req)
@@ -282,7 +328,7 @@ func readLog(t *testing.T, path string) []map[string]any {
 func TestAccessLogTwoAgents(t *testing.T) {
 	recv := otlptest.NewHTTP(t)
 	dir := t.TempDir()
-	url, _ := traceMesh(t, recv, 1, dir)
+	url, _, _ := traceMesh(t, recv, 1, dir)
 	req, _ := http.NewRequest("GET", url+"/api/users/42?email=someone@example.com", nil)
 	req.Header.Set("User-Agent", "trace-test/1")
 	req.Header.Set("X-Test-Id", "logged")
