@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -14,6 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/fogmesh/fogmesh/internal/testenv/grpcsvc"
 	"github.com/fogmesh/fogmesh/internal/tracing"
 	"github.com/fogmesh/fogmesh/internal/tracing/otlptest"
 )
@@ -67,8 +75,18 @@ func ratio(r float64) *float64 { return &r }
 // agent samples new traces at clientRatio, the endpoint's at 0 (it only
 // continues sampled traces). Both write access logs into dir.
 func traceMesh(t *testing.T, recv *otlptest.Receiver, clientRatio float64, dir string) (url, h2URL string, wl *traceWorkload) {
+	url, h2URL, _, wl = traceMeshGRPC(t, recv, clientRatio, dir)
+	return url, h2URL, wl
+}
+
+// traceMeshGRPC is traceMesh with a gRPC service too (demo/trg, the
+// grpcsvc test service), and its address at the client's agent.
+func traceMeshGRPC(t *testing.T, recv *otlptest.Receiver, clientRatio float64, dir string) (url, h2URL, grpcAddr string, wl *traceWorkload) {
 	t.Helper()
 	port, wl := startTraceWorkload(t)
+	gs := grpcsvc.Start(t)
+	_, gp, _ := net.SplitHostPort(gs.Addr)
+	gport, _ := strconv.Atoi(gp)
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
 kind: Service
@@ -96,6 +114,12 @@ kind: Service
 metadata: {name: tr2, namespace: demo}
 spec:
   ports: [{name: web, port: 18081, protocol: http2}]
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: trg, namespace: demo}
+spec:
+  ports: [{name: web, port: 18082, protocol: grpc}]
 `)
 	obs := func(name string, r float64) func(*Config) {
 		return func(c *Config) {
@@ -104,11 +128,12 @@ spec:
 		}
 	}
 	startAgentWith(t, agentOpts{name: "tsrv", site: "s1", region: "r1", vipOctet: 23, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("tr", "tr-1", port), webWorkload("tr2", "tr2-1", port)}}, obs("tsrv", 0))
+		workloads: []Workload{webWorkload("tr", "tr-1", port), webWorkload("tr2", "tr2-1", port), webWorkload("trg", "trg-1", gport)}}, obs("tsrv", 0))
 	client := startAgentWith(t, agentOpts{name: "tcli", site: "s1", region: "r1", vipOctet: 22, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()}, obs("tcli", clientRatio))
 	waitFor(t, "endpoint", func() bool {
-		return len(endpointsOf(client, "demo/tr")) == 1 && len(endpointsOf(client, "demo/tr2")) == 1
+		return len(endpointsOf(client, "demo/tr")) == 1 && len(endpointsOf(client, "demo/tr2")) == 1 && len(endpointsOf(client, "demo/trg")) == 1
 	})
+	grpcAddr = vipOf(t, client, "demo/trg") + ":18082"
 	url = "http://" + vipOf(t, client, "demo/tr") + ":18080"
 	h2URL = "http://" + vipOf(t, client, "demo/tr2") + ":18081"
 	c := &http.Client{Timeout: 5 * time.Second}
@@ -122,7 +147,7 @@ spec:
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	return url, h2URL, wl
+	return url, h2URL, grpcAddr, wl
 }
 
 func spansOf(spans []otlptest.Span, trace string) []otlptest.Span {
@@ -404,5 +429,57 @@ func TestObserveConfigErrors(t *testing.T) {
 				t.Fatalf("error %v, want a ConfigError with %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestTraceGRPC: a gRPC call through two agents continues the caller's
+// trace (traceparent in the call's metadata), and the client agent's span
+// carries the call's grpc-status from the trailers, an error status
+// marking the span as failed.
+func TestTraceGRPC(t *testing.T) {
+	recv := otlptest.NewHTTP(t)
+	_, _, addr, _ := traceMeshGRPC(t, recv, 0, t.TempDir())
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := testpb.NewTestServiceClient(conn)
+	for _, tc := range []struct {
+		trace string
+		code  codes.Code
+	}{{"9bf92f3577b34da6a3ce929d0e0e4736", codes.OK}, {"abf92f3577b34da6a3ce929d0e0e4736", codes.InvalidArgument}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", "00-"+tc.trace+"-00f067aa0ba902b7-01")
+		req := &testpb.SimpleRequest{ResponseSize: 10}
+		if tc.code != codes.OK {
+			req.ResponseStatus = &testpb.EchoStatus{Code: int32(tc.code), Message: "bad"}
+		}
+		_, err := c.UnaryCall(ctx, req)
+		cancel()
+		if (err == nil) != (tc.code == codes.OK) {
+			t.Fatalf("call: %v", err)
+		}
+		spans := spansOf(recv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, tc.trace)) >= 2 }), tc.trace)
+		var cli, srv otlptest.Span
+		for _, s := range spans {
+			if int32(s.Kind) == int32(tracing.KindClient) {
+				cli = s
+			} else {
+				srv = s
+			}
+		}
+		if len(spans) != 2 || cli.Span == nil || srv.Span == nil || cli.ParentID() != "00f067aa0ba902b7" || srv.ParentID() != cli.SpanID() {
+			t.Fatalf("trace %s: %v", tc.trace, spans)
+		}
+		if got, want := cli.Attr("rpc.grpc.status_code"), strconv.Itoa(int(tc.code)); got != want {
+			t.Errorf("client span grpc status %q, want %q", got, want)
+		}
+		if isErr := cli.Status.GetCode() == 2; isErr != (tc.code != codes.OK) {
+			t.Errorf("client span status %v for grpc code %v", cli.Status, tc.code)
+		}
+		if cli.Attr("fogmesh.service") != "demo/trg" || srv.Attr("fogmesh.endpoint") != "trg-1" {
+			t.Errorf("spans %v", spans)
+		}
 	}
 }
