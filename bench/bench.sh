@@ -311,6 +311,9 @@ if [ "$OBS" = 1 ]; then
   echo "tracing: {endpoint: \"http://127.0.0.1:$P_OTLP\", sampleRatio: 0.01}" >>"$TMP/ot1.yaml"
   agent_config olog "$P_OCTL_SYNC" "$P_OLOG_MESH" "$P_OLOG_DNS" "$P_OLOG_ADMIN" 127.236.0.0/16 "webl7:http:$P_HTTP" >"$TMP/olog.yaml"
   echo "accessLog: {path: \"$TMP/olog-access.log\"}" >>"$TMP/olog.yaml"
+  # One endpoint name per node: the control plane refuses a second node's
+  # endpoint of the same name.
+  for n in ot100 ot1 olog; do sed -i "s/name: webl7-srv,/name: webl7-$n,/" "$TMP/$n.yaml"; done
   start ot100 "$BIN/fogmesh-agent" -insecure -config "$TMP/ot100.yaml"
   start ot1 "$BIN/fogmesh-agent" -insecure -config "$TMP/ot1.yaml"
   start olog "$BIN/fogmesh-agent" -insecure -config "$TMP/olog.yaml"
