@@ -194,25 +194,24 @@ type reqObs struct {
 // writes this hop's trace context into h (the headers sent on). It returns
 // nil when the request is neither traced nor logged.
 func (o *observer) begin(side string, r *http.Request, h http.Header, sv *serviceView, svc string) *reqObs {
-	rec := &reqObs{o: o, side: side, start: time.Now(), svc: svc}
+	start := time.Now()
 	parent, _ := tracing.Extract(r.Header)
+	sc, traced := parent, false
 	if o.exp != nil {
 		id := parent.TraceID
 		if !id.IsValid() {
 			id = tracing.NewTraceID()
 		}
-		rec.sc = tracing.SpanContext{TraceID: id, SpanID: tracing.NewSpanID(), Sampled: o.sampler.Sample(parent, id), State: parent.State}
-		rec.parent = parent.SpanID
-		rec.traced = rec.sc.Sampled
+		sc = tracing.SpanContext{TraceID: id, SpanID: tracing.NewSpanID(), Sampled: o.sampler.Sample(parent, id), State: parent.State}
+		traced = sc.Sampled
 		// Unsampled too: the next hop then follows this decision.
-		tracing.Inject(h, rec.sc, parent.SpanID)
-	} else {
-		rec.sc = parent
+		tracing.Inject(h, sc, parent.SpanID)
 	}
-	rec.logged = o.log != nil && (o.logRatio >= 1 || rand.Float64() < o.logRatio)
-	if !rec.traced && !rec.logged {
-		return nil
+	logged := o.log != nil && (o.logRatio >= 1 || rand.Float64() < o.logRatio)
+	if !traced && !logged {
+		return nil // nothing allocated for a request neither traced nor logged
 	}
+	rec := &reqObs{o: o, side: side, start: start, svc: svc, sc: sc, parent: parent.SpanID, traced: traced, logged: logged}
 	rec.masked = o.masked(sv, svc)
 	rec.method, rec.host, rec.proto = r.Method, r.Host, r.Proto
 	if !rec.masked {
