@@ -209,7 +209,7 @@ func TestTraceTwoAgents(t *testing.T) {
 				t.Fatalf("status %d", resp.StatusCode)
 			}
 			want := 1 + tc.attempts // the client agent's span, and one per attempt at the endpoint's agent
-			spans := spansOf(recv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, tc.trace)) >= want }), tc.trace)
+			spans := spansOf(recv.WaitFor(t, 30*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, tc.trace)) >= want }), tc.trace)
 			if len(spans) != want {
 				t.Fatalf("%d spans in the trace, want %d: %v", len(spans), want, spans)
 			}
@@ -295,7 +295,7 @@ func TestTraceSampling(t *testing.T) {
 	if err != nil || !sc.Sampled {
 		t.Fatalf("workload's traceparent: %+v %v", sc, err)
 	}
-	spans := spansOf(recv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, sc.TraceID.String())) >= 2 }), sc.TraceID.String())
+	spans := spansOf(recv.WaitFor(t, 30*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, sc.TraceID.String())) >= 2 }), sc.TraceID.String())
 	roots := 0
 	for _, s := range spans {
 		if len(s.ParentSpanId) == 0 {
@@ -460,7 +460,7 @@ func TestTraceGRPC(t *testing.T) {
 		if (err == nil) != (tc.code == codes.OK) {
 			t.Fatalf("call: %v", err)
 		}
-		spans := spansOf(recv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, tc.trace)) >= 2 }), tc.trace)
+		spans := spansOf(recv.WaitFor(t, 30*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, tc.trace)) >= 2 }), tc.trace)
 		var cli, srv otlptest.Span
 		for _, s := range spans {
 			if int32(s.Kind) == int32(tracing.KindClient) {
