@@ -31,7 +31,7 @@ func AppendExportRequest(b []byte, res []Attr, spans []*Span) []byte {
 	var rs []byte
 	var r []byte
 	for _, a := range res {
-		r = appendMsg(r, 1, appendKeyValue(nil, a))
+		r = appendKeyValueField(r, 1, a)
 	}
 	rs = appendMsg(rs, 1, r)
 	var ss []byte
@@ -64,7 +64,7 @@ func appendSpan(b []byte, s *Span) []byte {
 	b = protowire.AppendTag(b, 8, protowire.Fixed64Type)
 	b = protowire.AppendFixed64(b, uint64(s.End.UnixNano()))
 	for _, a := range s.Attrs {
-		b = appendMsg(b, 9, appendKeyValue(nil, a))
+		b = appendKeyValueField(b, 9, a)
 	}
 	if s.Status != StatusUnset || s.StatusMsg != "" {
 		var st []byte
@@ -89,16 +89,25 @@ func appendSpan(b []byte, s *Span) []byte {
 	return protowire.AppendFixed32(b, flags)
 }
 
-func appendKeyValue(b []byte, a Attr) []byte {
-	b = appendStr(b, 1, a.Key)
-	var v []byte
+// appendKeyValueField appends a as KeyValue field num, in place: the
+// lengths are computed first, so no scratch buffer is allocated per
+// attribute (most of a sampled span's encoding).
+func appendKeyValueField(b []byte, num protowire.Number, a Attr) []byte {
+	anyLen := 1 + protowire.SizeBytes(len(a.Str)) // string_value = 1
 	if a.IsInt {
-		v = protowire.AppendTag(v, 3, protowire.VarintType)
-		v = protowire.AppendVarint(v, uint64(a.Int))
-	} else {
-		v = appendStr(v, 1, a.Str)
+		anyLen = 1 + protowire.SizeVarint(uint64(a.Int)) // int_value = 3
 	}
-	return appendMsg(b, 2, v)
+	kvLen := 1 + protowire.SizeBytes(len(a.Key)) + 1 + protowire.SizeBytes(anyLen)
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(kvLen))
+	b = appendStr(b, 1, a.Key)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(anyLen))
+	if a.IsInt {
+		b = protowire.AppendTag(b, 3, protowire.VarintType)
+		return protowire.AppendVarint(b, uint64(a.Int))
+	}
+	return appendStr(b, 1, a.Str)
 }
 
 func appendMsg(b []byte, num protowire.Number, msg []byte) []byte {
