@@ -45,10 +45,17 @@
 # of each proxy over its fortio runs of section 2, reported per request.
 # CAPTURE=1 (the default when root): also row (b-cap), the (b) path reached
 # through a ClusterIP: service webcap (tcp, the same backend) with clusterIP
-# 127.234.0.10, which the srv agent captures with nftables (-capture
+# 127.237.0.10, which the srv agent captures with nftables (-capture
 # required; its table inet fogmesh is removed when it stops), so the added
 # cost of transparent capture over the virtual IP is (b-cap) minus (b) in
 # the same run. CAPTURE=0, or not root: no capture row.
+# OBS=1: also the cost of traces and access logs (issue 16): a third control
+# plane and three more agents of this build, each serving the webl7 service
+# from its own node with traces sampled at 100 % or 1 % (OTLP/HTTP to
+# bench/otlpsink) or an access log (every request, to a file in the temp
+# dir), as rows (b7-t100), (b7-t1) and (b7-log) next to (b7), in both the
+# latency and the maximum-rate lists (ports BASE+70..82, VIPs
+# 127.234-236.0.0/16).
 # PPROF=1: builds the binaries with -tags fogmesh_pprof
 # and takes a CPU profile of the srv agent (and of the baseline agent, if
 # its build has the tag too) over each of its fortio runs of section 2, into
@@ -78,7 +85,8 @@ ONLY_L4LAT=${ONLY_L4LAT:-0}
 PPROF=${PPROF:-0}
 PERFSTAT=${PERFSTAT:-0}
 CAPTURE=${CAPTURE:-$([ "$(id -u)" = 0 ] && echo 1 || echo 0)}
-CAP_CLUSTER_IP=127.234.0.10 # loopback: with capture off nothing leaves the machine
+CAP_CLUSTER_IP=127.237.0.10 # loopback: with capture off nothing leaves the machine
+OBS=${OBS:-0}
 declare -A PS_CPU PS_CS PS_MIG
 [ "$ONLY_L4LAT" != 1 ] || ONLY_L7=1 # and less: see the engine lists
 [ "$ONLY_L7" != 1 ] || { SKIP_ARM64=1; SKIP_GOBENCH=1; }
@@ -94,6 +102,11 @@ P_REL_BULK=$((BASE + 50)); P_REL_WEB=$((BASE + 51))
 # The baseline build's control plane and agent (BASELINE_BIN only).
 P_BCTL_ADMIN=$((BASE + 60)); P_BCTL_SYNC=$((BASE + 61))
 P_BSRV_MESH=$((BASE + 62)); P_BSRV_DNS=$((BASE + 63)); P_BSRV_ADMIN=$((BASE + 64)); P_BSRV_PPROF=$((BASE + 65))
+# The observability rows' control plane, agents and OTLP sink (OBS=1 only).
+P_OCTL_ADMIN=$((BASE + 70)); P_OCTL_SYNC=$((BASE + 71)); P_OTLP=$((BASE + 72))
+P_OT100_MESH=$((BASE + 73)); P_OT100_DNS=$((BASE + 74)); P_OT100_ADMIN=$((BASE + 75))
+P_OT1_MESH=$((BASE + 76)); P_OT1_DNS=$((BASE + 77)); P_OT1_ADMIN=$((BASE + 78))
+P_OLOG_MESH=$((BASE + 79)); P_OLOG_DNS=$((BASE + 80)); P_OLOG_ADMIN=$((BASE + 81))
 # Service ports (on the agents' VIPs).
 S_BULK=15201; S_WEB=18080; S_HOLD=19000; S_GRPC=18079
 
@@ -181,6 +194,7 @@ else
   SIZE_ARM64_AGENT=0; SIZE_ARM64_FULL=0
 fi
 build_helpers splicerelay holdconns benchjson
+[ "$OBS" != 1 ] || build_helpers otlpsink
 
 # ---------------------------------------------------------------- machine
 machine_info
@@ -299,6 +313,30 @@ if [ -n "$BASELINE_BIN" ]; then
   start srvbase env "${PPENV_BSRV[@]}" "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
 fi
 
+# OBS=1: the observability rows' agents, one per setting, on a control plane
+# of their own (so the other rows' agents see none of their endpoints).
+if [ "$OBS" = 1 ]; then
+  log "starting the observability rows' control plane, OTLP sink and three agents"
+  start otlpsink "$BIN/otlpsink" -addr "127.0.0.1:$P_OTLP"
+  start_control ctlobs "$TMP/ctlobs" "$P_OCTL_ADMIN" "$P_OCTL_SYNC" -insecure
+  wait_port 127.0.0.1 "$P_OCTL_ADMIN" ctlobs
+  services_yaml "webl7:http:$S_WEB:http" >"$TMP/services-obs.yaml"
+  "$BIN/fogmesh" apply -server "http://127.0.0.1:$P_OCTL_ADMIN" -f "$TMP/services-obs.yaml" >&2
+  agent_config ot100 "$P_OCTL_SYNC" "$P_OT100_MESH" "$P_OT100_DNS" "$P_OT100_ADMIN" 127.234.0.0/16 "webl7:http:$P_HTTP" >"$TMP/ot100.yaml"
+  echo "tracing: {endpoint: \"http://127.0.0.1:$P_OTLP\", sampleRatio: 1}" >>"$TMP/ot100.yaml"
+  agent_config ot1 "$P_OCTL_SYNC" "$P_OT1_MESH" "$P_OT1_DNS" "$P_OT1_ADMIN" 127.235.0.0/16 "webl7:http:$P_HTTP" >"$TMP/ot1.yaml"
+  echo "tracing: {endpoint: \"http://127.0.0.1:$P_OTLP\", sampleRatio: 0.01}" >>"$TMP/ot1.yaml"
+  agent_config olog "$P_OCTL_SYNC" "$P_OLOG_MESH" "$P_OLOG_DNS" "$P_OLOG_ADMIN" 127.236.0.0/16 "webl7:http:$P_HTTP" >"$TMP/olog.yaml"
+  echo "accessLog: {path: \"$TMP/olog-access.log\"}" >>"$TMP/olog.yaml"
+  # One endpoint name per node: the control plane refuses a second node's
+  # endpoint of the same name.
+  for n in ot100 ot1 olog; do sed -i "s/name: webl7-srv,/name: webl7-$n,/" "$TMP/$n.yaml"; done
+  start ot100 "$BIN/fogmesh-agent" -insecure -config "$TMP/ot100.yaml"
+  start ot1 "$BIN/fogmesh-agent" -insecure -config "$TMP/ot1.yaml"
+  start olog "$BIN/fogmesh-agent" -insecure -config "$TMP/olog.yaml"
+  for p in "$P_OT100_ADMIN" "$P_OT1_ADMIN" "$P_OLOG_ADMIN"; do wait_port 127.0.0.1 "$p" obs-agent; done
+fi
+
 wait_port 127.0.0.1 "$P_IPERF" iperf
 wait_port 127.0.0.1 "$P_HTTP" httpd
 wait_port 127.0.0.1 "$P_GRPC" httpd
@@ -311,8 +349,9 @@ wait_port 127.0.0.1 "$P_CLI_ADMIN" cli
 [ -z "$BASELINE_BIN" ] || wait_port 127.0.0.1 "$P_BSRV_ADMIN" srvbase
 
 SRV_VIP_BULK= SRV_VIP_WEB= SRV_VIP_WEBL7= SRV_VIP_HOLD= CLI_VIP_BULK= CLI_VIP_WEB= CLI_VIP_WEBL7= CLI_VIP_HOLD=
-SRV_VIP_WEBH2= SRV_VIP_GRPC= BASE_VIP_WEBL7= BASE_VIP_WEB=
+SRV_VIP_WEBH2= SRV_VIP_GRPC= BASE_VIP_WEBL7= BASE_VIP_WEB= OT100_VIP= OT1_VIP= OLOG_VIP=
 all_vips() {
+  { [ "$OBS" != 1 ] || { [ -n "$OT100_VIP" ] && [ -n "$OT1_VIP" ] && [ -n "$OLOG_VIP" ]; }; } &&
   [ -n "$SRV_VIP_BULK" ] && [ -n "$SRV_VIP_WEB" ] && [ -n "$SRV_VIP_WEBL7" ] && [ -n "$SRV_VIP_HOLD" ] &&
     [ -n "$SRV_VIP_WEBH2" ] && [ -n "$SRV_VIP_GRPC" ] &&
     [ -n "$CLI_VIP_BULK" ] && [ -n "$CLI_VIP_WEB" ] && [ -n "$CLI_VIP_WEBL7" ] && [ -n "$CLI_VIP_HOLD" ] &&
@@ -327,6 +366,9 @@ for i in $(seq 1 150); do
   # The baseline agent, asked with its own build's CLI.
   [ -z "$BASELINE_BIN" ] || BASE_VIP_WEBL7=$(vip "$P_BSRV_ADMIN" webl7 node "$BASELINE_BIN")
   [ -z "$BASELINE_BIN" ] || BASE_VIP_WEB=$(vip "$P_BSRV_ADMIN" web node "$BASELINE_BIN")
+  if [ "$OBS" = 1 ]; then
+    OT100_VIP=$(vip "$P_OT100_ADMIN" webl7 node); OT1_VIP=$(vip "$P_OT1_ADMIN" webl7 node); OLOG_VIP=$(vip "$P_OLOG_ADMIN" webl7 node)
+  fi
   all_vips && break
   sleep 0.1
 done
@@ -353,6 +395,10 @@ if [ -n "$BASELINE_BIN" ]; then
   LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent1l7base agent2l7 nginx)
   L7ENGINES=(direct agent1l7 agent1l7base agent2l7 nginx)
 fi
+# OBS=1: the observability rows next to (b7).
+if [ "$OBS" = 1 ]; then
+  LATENGINES+=(agent1l7t100 agent1l7t1 agent1l7log); L7ENGINES+=(agent1l7t100 agent1l7t1 agent1l7log)
+fi
 # ONLY_L4LAT: the L4 rows of section 2 only, with the baseline's tcp port.
 if [ "$ONLY_L4LAT" = 1 ]; then
   LATENGINES=(direct agent1 haproxy relay); L7ENGINES=()
@@ -373,6 +419,9 @@ LABEL[agent1cap]="(b-cap) one agent (node tier) through its ClusterIP, transpare
 LABEL[agent1l7]="(b7) one agent, port declared http (L7)";  WEB[agent1l7]="http://$SRV_VIP_WEBL7:$S_WEB/"
 LABEL[agent1base]="(b-base) one agent (node tier), baseline build $BASELINE_NAME"; WEB[agent1base]="http://$BASE_VIP_WEB:$S_WEB/"
 LABEL[agent1l7base]="(b7-base) one agent, L7, baseline build $BASELINE_NAME"; WEB[agent1l7base]="http://$BASE_VIP_WEBL7:$S_WEB/"
+LABEL[agent1l7t100]="(b7-t100) one agent, L7, traces sampled 100 %"; WEB[agent1l7t100]="http://$OT100_VIP:$S_WEB/"
+LABEL[agent1l7t1]="(b7-t1) one agent, L7, traces sampled 1 %"; WEB[agent1l7t1]="http://$OT1_VIP:$S_WEB/"
+LABEL[agent1l7log]="(b7-log) one agent, L7, access log of every request"; WEB[agent1l7log]="http://$OLOG_VIP:$S_WEB/"
 LABEL[agent2l7]="(c7) two agents, port declared http (L7 on the cli agent, mesh to srv)"; WEB[agent2l7]="http://$CLI_VIP_WEBL7:$S_WEB/"
 LABEL[nginx]="(n) nginx $NGINX_VERSION (HTTP reverse proxy, upstream keepalive 64, 1 worker)"; WEB[nginx]="http://127.0.0.1:$P_NGINX/"
 LABEL[h2direct]="(a2) h2c direct";          WEB[h2direct]="http://127.0.0.1:$P_HTTP/"
@@ -386,6 +435,7 @@ KIND[h2ldirect]=h2load; KIND[h2lagent1]=h2load
 CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent1cap]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
 CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"
 CPUPIDS[agent1l7]="$PID_srv"; CPUPIDS[agent2l7]="$PID_cli $PID_srv"
+CPUPIDS[agent1l7t100]="${PID_ot100:-}"; CPUPIDS[agent1l7t1]="${PID_ot1:-}"; CPUPIDS[agent1l7log]="${PID_olog:-}"
 CPUPIDS[agent1l7base]="${PID_srvbase:-}"; CPUPIDS[agent1base]="${PID_srvbase:-}"
 CPUPIDS[h2ldirect]=""; CPUPIDS[h2lagent1]="$PID_srv"
 CPUPIDS[h2direct]=""; CPUPIDS[h2agent1]="$PID_srv"; CPUPIDS[grpcdirect]=""; CPUPIDS[grpcagent1]="$PID_srv"
@@ -617,6 +667,7 @@ REF[direct]=direct; REF[agent1l7]=direct; REF[agent2l7]=direct; REF[nginx]=direc
 REF[h2direct]=h2direct; REF[h2agent1]=h2direct; REF[grpcdirect]=grpcdirect; REF[grpcagent1]=grpcdirect
 HOPS[direct]=0; HOPS[agent1l7]=1; HOPS[agent2l7]=2; HOPS[nginx]=1
 REF[agent1l7base]=direct; HOPS[agent1l7base]=1
+for e in agent1l7t100 agent1l7t1 agent1l7log; do REF[$e]=direct; HOPS[$e]=1; done
 HOPS[h2direct]=0; HOPS[h2agent1]=1; HOPS[grpcdirect]=0; HOPS[grpcagent1]=1
 REF[h2ldirect]=h2ldirect; REF[h2lagent1]=h2ldirect; HOPS[h2ldirect]=0; HOPS[h2lagent1]=1
 hop99() { calc "%+.3f" "$(add99 "$1" "${REF[$1]}")" "${HOPS[$1]}" "a / b"; } # added p99 per hop, ms
@@ -811,6 +862,11 @@ echo "| (c7) two agents / (b7) one agent | $(calc "%.2f" "${MQ[agent2l7]}" "${MQ
 if [ -n "$BASELINE_BIN" ]; then
 echo "| (b7) new / (b7-base) baseline: max req/s | $(ratio "${MQ[agent1l7]}" "${MQ[agent1l7base]}") ($(calc "%.0f" "${MQ[agent1l7]}" 0 a) vs $(calc "%.0f" "${MQ[agent1l7base]}" 0 a) req/s) |"
 echo "| (b7) new / (b7-base) baseline: agent CPU per request at max rate | $(ratio "$(cpureq agent1l7)" "$(cpureq agent1l7base)") ($(cpureq agent1l7) vs $(cpureq agent1l7base) µs) |"
+fi
+if [ "$OBS" = 1 ]; then
+for e in agent1l7t100 agent1l7t1 agent1l7log; do
+echo "| ${LABEL[$e]%%,*}${LABEL[$e]#*L7} / (b7): max req/s; p99 | $(calc "%.3f" "${MQ[$e]}" "${MQ[agent1l7]}" "a / b"); ${L99[$e]} vs ${L99[agent1l7]} ms |"
+done
 fi
 if [ "$ONLY_L7" != 1 ]; then
 echo "| (b2) h2c one agent / (a2) h2c direct | $(calc "%.2f" "${MQ[h2agent1]}" "${MQ[h2direct]}" "a / b") |"

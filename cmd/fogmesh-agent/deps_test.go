@@ -56,6 +56,9 @@ func TestLayering(t *testing.T) {
 		"identity": {"api"},
 		// The HTTP machinery knows no service, endpoint or agent.
 		"httpproxy": nil,
+		// Traces and access logs know no service, endpoint or agent.
+		"tracing":   nil,
+		"accesslog": nil,
 		// syncproto: the sync protocol's state machines, no I/O.
 		"syncproto": {"api", "wire"},
 	}

@@ -119,6 +119,7 @@ type Agent struct {
 
 	ident *nodeIdentity // nil in insecure mode
 	l7    *l7
+	obs   *observer // traces and access log (observe.go); nil when both are off
 	svids *svid.Store
 	// svidIssuer asks the control plane for workload SVIDs (secure mode,
 	// when Config.SVIDIssuer is not set).
@@ -313,6 +314,9 @@ func New(cfg Config) (*Agent, error) {
 	a.authzHTTP = newAuthzServer(a)
 	a.retries = retry.NewBudget()
 	a.balancers = balance.NewSet(balance.SharedRand{})
+	if a.obs, err = newObserver(a); err != nil {
+		return nil, err
+	}
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
@@ -438,6 +442,7 @@ func (a *Agent) shutdown() {
 		a.admin.Shutdown(sctx)
 		a.l7.close()
 		a.authzHTTP.close()
+		a.obs.close() // after the servers: their last requests' spans and lines go out
 		if a.wlAPI != nil {
 			a.wlAPI.Close()
 		}

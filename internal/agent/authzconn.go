@@ -128,7 +128,9 @@ func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzM
 			return modeNone, fmt.Errorf("%w: %s:%s from %q (node %s): %s %s", transport.ErrDenied, h.Service, h.Port, src, node, d.Reason, d.Policy)
 		}
 	}
-	if mode == modeNone && a.ident != nil {
+	// Secure mode, traces or access logs: HTTP ports are served per
+	// request (vouching; the endpoint side's span and log line).
+	if mode == modeNone && (a.ident != nil || a.obs != nil) {
 		switch p := protoOf(sv, h.Port); {
 		case isL7(p):
 			mode = modeHTTP

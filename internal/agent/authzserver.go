@@ -228,6 +228,17 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	if src != "" {
 		r.Header.Set(SourceIDHeader, src)
 	}
+	if o := s.a.obs; o != nil {
+		// This hop's span (a child of the source agent's) and access-log
+		// line; r's header goes on to the workload with its trace context.
+		svc := ms.h.Namespace + "/" + ms.h.Service
+		if rec := o.begin(sideServer, r, r.Header, sv, svc); rec != nil {
+			rec.src, rec.srcNode, rec.endpoint = src, ms.sourceNode, ms.h.Endpoint
+			sw := &statusWriter{ResponseWriter: w}
+			w = sw
+			defer func() { rec.end(sw.status, "", nil) }()
+		}
+	}
 	if ms.perConn { // decided when the stream opened
 		s.rp.ServeHTTP(w, r)
 		return

@@ -163,6 +163,11 @@ type Config struct {
 	// (netseam/memnet). DNS, the admin API, service VIPs and workloads
 	// always use real sockets: applications reach them.
 	Network netseam.Network `json:"-"`
+	// Tracing exports a span per L7 request and hop to an OTLP collector
+	// (off by default; observe.go).
+	Tracing TracingConfig `json:"tracing,omitempty"`
+	// AccessLog writes a JSON line per L7 request (off by default).
+	AccessLog AccessLogConfig `json:"accessLog,omitempty"`
 
 	Logger  *slog.Logger `json:"-"` // nil = discard
 	Metrics *metrics.Set `json:"-"` // nil = a private set
@@ -240,6 +245,12 @@ func (d *Duration) UnmarshalText(b []byte) error {
 }
 
 func (c *Config) validate() error {
+	if err := c.Tracing.validate(); err != nil {
+		return err
+	}
+	if err := c.AccessLog.validate(); err != nil {
+		return err
+	}
 	n := api.Node{Meta: api.Meta{Name: c.Node.Name}, Spec: api.NodeSpec{
 		Site: c.Node.Site, Region: c.Node.Region, Zone: c.Node.Zone, Capacity: c.Node.Capacity,
 		Coordinates: c.Node.Coordinates, Addresses: c.Node.Addresses}}

@@ -283,19 +283,20 @@ var errShed = errors.New("overloaded: request shed by traffic class")
 // errOverflow: the service's circuit breaker is open (too many requests).
 var errOverflow = errors.New("circuit breaker open: too many requests in flight")
 
-func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	code, grpcCode := http.StatusBadGateway, "14"
+// errorStatus is the status errorHandler answers err with (gRPC
+// requests: grpcCode in a 200).
+func errorStatus(r *http.Request, err error) (code int) {
+	code, _ = errorCodes(r, err)
+	return code
+}
+
+func errorCodes(r *http.Request, err error) (code int, grpcCode string) {
+	code, grpcCode = http.StatusBadGateway, "14"
 	switch {
-	case errors.Is(err, errNoEndpoint):
+	case errors.Is(err, errNoEndpoint), errors.Is(err, errShed), errors.Is(err, errOverflow):
 		code = http.StatusServiceUnavailable
 	case errors.Is(err, errNoRoute):
 		code, grpcCode = http.StatusNotFound, "12" // UNIMPLEMENTED, as gRPC maps HTTP 404
-	case errors.Is(err, errShed):
-		code = http.StatusServiceUnavailable
-		w.Header().Set("X-Fogmesh-Shed", "true")
-	case errors.Is(err, errOverflow):
-		code = http.StatusServiceUnavailable
-		w.Header().Set("X-Fogmesh-Overflow", "true")
 	case errors.Is(err, context.DeadlineExceeded):
 		code = http.StatusGatewayTimeout
 	case errors.Is(err, errClientLimit):
@@ -306,6 +307,19 @@ func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		// error that caused: 408. An HTTP/1.1 connection is closed (its
 		// body was not read to the end).
 		code = http.StatusRequestTimeout
+	}
+	return code, grpcCode
+}
+
+func (s *l7) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	code, grpcCode := errorCodes(r, err)
+	switch {
+	case errors.Is(err, errShed):
+		w.Header().Set("X-Fogmesh-Shed", "true")
+	case errors.Is(err, errOverflow):
+		w.Header().Set("X-Fogmesh-Overflow", "true")
+	}
+	if code == http.StatusRequestTimeout {
 		s.a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_request_body_timeouts_total`).Inc()
 	} else if errors.Is(err, context.Canceled) {
 		// The client went away, or half-closed its side (net/http's

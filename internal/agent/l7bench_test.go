@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -65,13 +66,40 @@ func startRawBackend(t testing.TB) int {
 // and system, all threads) per request, steadier than ns/op on a machine
 // shared with other work. Profile the agent's share with -cpuprofile and
 // look below Agent.handleConn.
-func BenchmarkL7HTTP1(b *testing.B) {
+func BenchmarkL7HTTP1(b *testing.B) { benchL7HTTP1(b, 243, nil) }
+
+// BenchmarkL7HTTP1Observe is BenchmarkL7HTTP1 with traces (sampled at 100 %
+// and 1 %, exported to a collector that discards them) and with an access
+// log of every request: their cost per request (issue 16).
+func BenchmarkL7HTTP1Observe(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	sink := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) })}
+	go sink.Serve(ln)
+	defer sink.Close()
+	collector := "http://" + ln.Addr().String()
+	for _, tc := range []struct {
+		name  string
+		tweak func(*Config)
+	}{
+		{"off", nil},
+		{"trace100", func(c *Config) { c.Tracing = TracingConfig{Endpoint: collector, SampleRatio: ratio(1)} }},
+		{"trace1", func(c *Config) { c.Tracing = TracingConfig{Endpoint: collector, SampleRatio: ratio(0.01)} }},
+		{"accesslog", func(c *Config) { c.AccessLog = AccessLogConfig{Path: filepath.Join(b.TempDir(), "access.log")} }},
+	} {
+		b.Run(tc.name, func(b *testing.B) { benchL7HTTP1(b, 24, tc.tweak) })
+	}
+}
+
+func benchL7HTTP1(b *testing.B, octet int, tweak func(*Config)) {
 	cp := startControl(b, b.TempDir(), "")
 	apply(b, cp, httpSvcDoc("bench", 19200, "http"))
 	port := startRawBackend(b)
-	startAgent(b, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: 243, control: []string{cp.SyncAddr()},
-		stateDir: b.TempDir(), workloads: []Workload{webWorkload("bench", "bench-1", port)}})
-	addr := "127.243.0.1:19200"
+	startAgentWith(b, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: octet, control: []string{cp.SyncAddr()},
+		stateDir: b.TempDir(), workloads: []Workload{webWorkload("bench", "bench-1", port)}}, tweak)
+	addr := fmt.Sprintf("127.%d.0.1:19200", octet)
 	waitFor(b, "listener", func() bool {
 		resp, err := http.Get("http://" + addr + "/")
 		if err != nil {

@@ -4,31 +4,34 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/paths"
 )
 
 // Per-request metrics of the L7 path: request counts by status class and
 // durations per endpoint and route, and a gRPC response's status.
 
-// requestMetrics records one request. code 0 means no response. The
-// series of an endpoint and route are looked up once and cached. Labels
-// are bounded by endpoints × rule names: no paths, no status codes.
-func (a *Agent) requestMetrics(svc, route string, ev *endpointView, code int, d time.Duration) {
+// requestMetrics records one attempt of a request. code 0 means no
+// response. The series of an endpoint, route, source and path are looked up
+// once and cached. Labels are bounded by endpoints × rule names × the
+// node's client identities × 5 path kinds: no paths, no status codes.
+func (a *Agent) requestMetrics(src, svc, route string, ev *endpointView, code int, d time.Duration) {
 	class := 0 // "error"
 	if code >= 100 && code < 600 {
 		class = code / 100
 	}
-	k := metricsKey{svc, route, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier}
+	k := metricsKey{src, svc, route, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier, a.pathKind(ev)}
 	v, ok := a.reqMetrics.Load(k)
 	if !ok {
-		labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,site=%q,tier=%q,route=%q,source_node=%q,source_site=%q`,
-			svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.site, ev.tier, route, a.cfg.Node.Name, a.cfg.Node.Site)
-		m := &endpointMetrics{duration: a.cfg.Metrics.GetOrCreateHistogram(`fogmesh_http_request_duration_seconds{` + labels + `}`)}
+		labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,site=%q,tier=%q,route=%q,source_node=%q,source_site=%q,source_service=%q,path=%q`,
+			svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.site, ev.tier, route, a.cfg.Node.Name, a.cfg.Node.Site, sourceService(src), k.path)
+		m := &endpointMetrics{duration: a.cfg.Metrics.GetOrCreatePrometheusHistogramExt(`fogmesh_http_request_duration_seconds{`+labels+`}`, latencyBuckets)}
 		for c := range m.byClass {
 			name := "error"
 			if c > 0 {
@@ -43,6 +46,49 @@ func (a *Agent) requestMetrics(svc, route string, ev *endpointView, code int, d 
 	m.duration.Update(d.Seconds())
 }
 
+// latencyBuckets are the upper bounds (seconds) of the request duration
+// histogram: Prometheus "le" buckets, so histogram_quantile gives
+// percentiles; 0.5 ms to 30 s, for loopback hops and cross-region calls.
+var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+
+// Path kinds of the path label: how a request reached its endpoint.
+const (
+	pathSameNode    = "same_node"    // an endpoint on this node
+	pathSameSite    = "same_site"    // another node of this site
+	pathSameRegion  = "same_region"  // another site of this region
+	pathCrossRegion = "cross_region" // another region
+	pathRelayed     = "relayed"      // another node, through a relay (no direct or punched path)
+)
+
+// pathKind is the path label of a request to ev: its locality tier, or
+// relayed when the mesh session to its node runs through a relay now.
+func (a *Agent) pathKind(ev *endpointView) string {
+	if node := remoteNode(ev); node != "" && a.peers != nil && a.peers.PathKind(node) == paths.Relayed {
+		return pathRelayed
+	}
+	switch ev.tier {
+	case TierNode:
+		return pathSameNode
+	case TierSite:
+		return pathSameSite
+	case TierRegion:
+		return pathSameRegion
+	}
+	return pathCrossRegion
+}
+
+// sourceService names a request's source for the metrics: its client's
+// workload identity as namespace/account (an account names its service
+// by default), or "unknown" for a client the agent could not identify.
+func sourceService(id string) string {
+	if _, rest, ok := strings.Cut(id, "/ns/"); ok {
+		if ns, sa, ok := strings.Cut(rest, "/sa/"); ok {
+			return ns + "/" + sa
+		}
+	}
+	return "unknown"
+}
+
 // routeName labels a rule's requests: its name ("" for an unnamed rule or
 // a service without a route).
 func routeName(rule *api.RouteRule) string {
@@ -53,15 +99,16 @@ func routeName(rule *api.RouteRule) string {
 }
 
 type metricsKey struct {
-	svc, route, endpoint, node string
-	tier                       Tier
+	src, svc, route, endpoint, node string
+	tier                            Tier
+	path                            string
 }
 
 // endpointMetrics are one endpoint's request series; byClass[0] counts
 // requests without a response, byClass[n] status class nxx.
 type endpointMetrics struct {
 	byClass  [6]*metrics.Counter
-	duration *metrics.Histogram
+	duration *metrics.PrometheusHistogram
 }
 
 // grpcStatusBody records a gRPC response's status when its body ends: the

@@ -52,15 +52,39 @@ spec:
 	var buf strings.Builder
 	client.cfg.Metrics.WritePrometheus(&buf)
 	out := buf.String()
-	want := `fogmesh_http_requests_total{service="demo/met",endpoint="met-1",node="msrv",site="east",tier="region",route="api",source_node="mcli",source_site="west",code_class="2xx"} 500`
+	want := `fogmesh_http_requests_total{service="demo/met",endpoint="met-1",node="msrv",site="east",tier="region",route="api",source_node="mcli",source_site="west",source_service="unknown",path="same_region",code_class="2xx"} 500`
 	if !strings.Contains(out, want) {
 		t.Fatalf("no %s in:\n%s", want, out)
 	}
-	if !strings.Contains(out, `route="",source_node="mcli",source_site="west",code_class="2xx"}`) {
+	// Latency as a Prometheus histogram: le buckets, for histogram_quantile.
+	hist := `fogmesh_http_request_duration_seconds_bucket{service="demo/met",endpoint="met-1",node="msrv",site="east",tier="region",route="api",source_node="mcli",source_site="west",source_service="unknown",path="same_region",le="+Inf"} 500`
+	if !strings.Contains(out, hist) {
+		t.Fatalf("no %s in:\n%s", hist, out)
+	}
+	if !strings.Contains(out, `route="",source_node="mcli",source_site="west",source_service="unknown",path="same_region",code_class="2xx"}`) {
 		t.Fatalf("no series for the unnamed rule")
 	}
 	series := regexp.MustCompile(`(?m)^fogmesh_http_requests_total\{service="demo/met".*$`).FindAllString(out, -1)
 	if len(series) != 2*6 { // 2 routes × 6 code classes
 		t.Fatalf("%d request series, want 12:\n%s", len(series), strings.Join(series, "\n"))
+	}
+}
+
+// TestGoldenLabels: the path label follows the endpoint's tier, and the
+// source service is the client identity's namespace/account.
+func TestGoldenLabels(t *testing.T) {
+	a := &Agent{}
+	for tier, want := range map[Tier]string{TierNode: "same_node", TierSite: "same_site", TierRegion: "same_region", TierAny: "cross_region"} {
+		if got := a.pathKind(&endpointView{tier: tier}); got != want {
+			t.Errorf("tier %v: path %q, want %q", tier, got, want)
+		}
+	}
+	for id, want := range map[string]string{
+		"spiffe://fogmesh.local/ns/demo/sa/hello-client": "demo/hello-client",
+		"": "unknown", "spiffe://x/site/s/node/n": "unknown",
+	} {
+		if got := sourceService(id); got != want {
+			t.Errorf("sourceService(%q) = %q, want %q", id, got, want)
+		}
 	}
 }

@@ -25,7 +25,31 @@ type lbTransport struct {
 	h1 bool // requests of the HTTP/1.1 fast path: HTTP/1.1 endpoints over its pools
 }
 
-func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err error) {
+func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	o := lt.l7.a.obs
+	if o == nil {
+		return lt.serve(req, nil)
+	}
+	// The request's span and access-log line (observe.go): req's header
+	// is the one sent on, so the trace context goes with it.
+	t, _ := req.Context().Value(targetKey{}).(listenTarget)
+	rec := o.begin(sideClient, req, req.Header, lt.l7.a.view.Load().services[t.svc], t.svc)
+	if rec == nil {
+		return lt.serve(req, nil)
+	}
+	rec.src = connIdentityFrom(req.Context())
+	resp, err := lt.serve(req, rec)
+	if err != nil {
+		rec.end(errorStatus(req, err), "", err)
+		return nil, err
+	}
+	rec.endOnBody(resp)
+	return resp, nil
+}
+
+// serve is RoundTrip's work; rec (nil: none) learns the route, endpoint
+// and attempts.
+func (lt *lbTransport) serve(req *http.Request, rec *reqObs) (resp *http.Response, err error) {
 	a := lt.l7.a
 	t, ok := req.Context().Value(targetKey{}).(listenTarget)
 	if !ok {
@@ -145,7 +169,10 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (resp *http.Response, err er
 		req = req.WithContext(ctx)
 		release = func() { timer.Stop(); cancel(nil) }
 	}
-	resp, err = lt.roundTrip(req, sv, t, cands, retries, routeName(rule))
+	if rec != nil {
+		rec.route = routeName(rule)
+	}
+	resp, err = lt.roundTrip(req, sv, t, cands, retries, routeName(rule), rec)
 	if err != nil {
 		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
 			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)

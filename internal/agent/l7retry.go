@@ -69,7 +69,7 @@ func retryPolicyOf(p api.RetryPolicy) retry.Policy {
 // one has been tried the same ones again (after a back-off). A failed
 // connect sent nothing: it moves on to the next candidate (up to
 // maxAttempts connects) whatever the policy says.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string) (*http.Response, error) {
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs) (*http.Response, error) {
 	a := lt.l7.a
 	pol := retryPolicyOf(policy)
 	perTry := time.Duration(policy.PerTryTimeout)
@@ -91,12 +91,16 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		req = &out
 	}
 	a.retries.Deposit(t.svc)
+	src := connIdentityFrom(req.Context())
 	var last *http.Response // the last upstream response not returned, body kept
 	retries, dials, poolClosed := 0, 0, 0
 	for i := 0; ; i++ {
 		ev := cands[i%len(cands)]
 		if i > 0 {
 			a.m.failovers.Inc()
+		}
+		if rec != nil {
+			rec.ev, rec.attempts, rec.retries = ev, i+1, retries
 		}
 		if rb != nil {
 			req.Body = rb.attempt()
@@ -168,7 +172,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if err == nil {
 			resp.Header.Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
 			a.stats(ev.key).observe(time.Since(start))
-			a.requestMetrics(t.svc, route, ev, resp.StatusCode, time.Since(start))
+			a.requestMetrics(src, t.svc, route, ev, resp.StatusCode, time.Since(start))
 			grpc := strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc")
 			if grpc && resp.StatusCode != http.StatusSwitchingProtocols {
 				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, record: func(code string) {
@@ -209,7 +213,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			}
 			return lt.exhausted(last, err)
 		}
-		a.requestMetrics(t.svc, route, ev, 0, time.Since(start))
+		a.requestMetrics(src, t.svc, route, ev, 0, time.Since(start))
 		if req.Context().Err() != nil {
 			return nil, err // client gone or request timeout: no retry
 		}

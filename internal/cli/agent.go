@@ -43,6 +43,13 @@ func RunAgent(prog string, args []string) error {
 		captureA6  = fs.String("capture-addr6", "", "IPv6 capture listener (default [::]:15001; off: IPv6 ClusterIPs not captured)")
 		scope      = fs.String("scope", "", "services this node's workloads use, comma separated (ns/name or ns/*): receive only these, the node's own and those asked for on a miss (default: every service)")
 		logf       LogFlags
+
+		traceEndpoint = fs.String("trace-endpoint", "", "OTLP collector for traces: http://host:4318 (http/protobuf) or host:4317 (grpc); off by default")
+		traceProtocol = fs.String("trace-protocol", "", "OTLP protocol: http/protobuf (default) or grpc")
+		traceRatio    = fs.Float64("trace-sample-ratio", 0, "share of new traces sampled, 0 to 1 (default 0.01; incoming sampled traces are always continued)")
+		accessLog     = fs.String("access-log", "", "write a JSON line per HTTP request to this file (off by default; rotated at 100 MiB, 5 kept)")
+		accessRatio   = fs.Float64("access-log-sample-ratio", 0, "share of requests logged, 0 to 1 (default 1)")
+		accessFields  = fs.String("access-log-fields", "", "fields of an access-log line, comma separated (default all)")
 	)
 	logf.Register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -99,6 +106,18 @@ func RunAgent(prog string, args []string) error {
 	}
 	if set["relays"] {
 		cfg.Relays = splitList(*relays)
+	}
+	override("trace-endpoint", &cfg.Tracing.Endpoint, *traceEndpoint)
+	override("trace-protocol", &cfg.Tracing.Protocol, *traceProtocol)
+	if set["trace-sample-ratio"] {
+		cfg.Tracing.SampleRatio = traceRatio
+	}
+	override("access-log", &cfg.AccessLog.Path, *accessLog)
+	if set["access-log-sample-ratio"] {
+		cfg.AccessLog.SampleRatio = accessRatio
+	}
+	if set["access-log-fields"] {
+		cfg.AccessLog.Fields = splitList(*accessFields)
 	}
 	override("punch-addr", &cfg.PunchAddr, *punchAddr)
 	override("gateway-addr", &cfg.GatewayAddr, *gwAddr)

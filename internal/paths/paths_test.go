@@ -154,6 +154,12 @@ func TestWrongNodeAtAddressUsesRelay(t *testing.T) {
 	if !ok || p.Kind != Relayed || p.Relay != l.relay || p.Remote != l.relay {
 		t.Fatalf("path to b: %+v (found %v), want relayed through %s", p, ok, l.relay)
 	}
+	if k := a.m.PathKind("b"); k != Relayed { // the agent's path label (fogmesh_http_requests_total{path})
+		t.Fatalf("PathKind(b) = %q, want relayed", k)
+	}
+	if k := a.m.PathKind("nobody"); k != "" {
+		t.Fatalf("PathKind(nobody) = %q, want none", k)
+	}
 	if n := c.dialer.calls.Load(); n != 0 {
 		t.Fatalf("the wrong node got %d streams", n)
 	}

@@ -33,6 +33,17 @@ type Status struct {
 	Candidates []string            `json:"candidates,omitempty"`
 }
 
+// PathKind is the kind of path new streams to the named peer take now,
+// "" if none was opened yet.
+func (m *Manager) PathKind(name string) Kind {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st := m.peers[name]; st != nil {
+		return st.current()
+	}
+	return ""
+}
+
 // Status reports every peer's path.
 func (m *Manager) Status() Status {
 	m.mu.Lock()

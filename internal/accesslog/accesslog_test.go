@@ -1,0 +1,179 @@
+package accesslog
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+func record(i int) *Record {
+	return &Record{Time: time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC), Duration: 1500 * time.Microsecond, Side: "client",
+		Method: "GET", Authority: "hello.demo.mesh", Path: fmt.Sprintf("/users/42?email=a@b.c&i=%d", i), Protocol: "HTTP/1.1",
+		Status: 200, Service: "demo/hello", Route: "api", Endpoint: "hello-1", Node: "n1", Site: "s1", PathKind: "same_site",
+		SourceService: "demo/client", Client: "127.0.0.1:5555", UserAgent: "curl/8", Attempts: 2, TraceID: "4bf92f3577b34da6a3ce929d0e0e4736"}
+}
+
+func readLines(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("line %q is not JSON: %v", sc.Text(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// TestLines: every field as configured, masked records without personal
+// data, and a chosen subset of fields.
+func TestLines(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access.log")
+	set := metrics.NewSet()
+	l, err := New(Config{Path: path, Metrics: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Log(record(1))
+	m := record(2)
+	m.Masked = true
+	l.Log(m)
+	l.Close()
+	lines := readLines(t, path)
+	if len(lines) != 2 {
+		t.Fatalf("%d lines", len(lines))
+	}
+	want := map[string]any{"time": "2026-12-03T10:00:00Z", "duration_ms": 1.5, "side": "client", "method": "GET",
+		"authority": "hello.demo.mesh", "path": "/users/42?email=a@b.c&i=1", "protocol": "HTTP/1.1", "status": 200.0, "error": "",
+		"service": "demo/hello", "route": "api", "endpoint": "hello-1", "node": "n1", "site": "s1", "path_kind": "same_site",
+		"source_service": "demo/client", "source_node": "", "client": "127.0.0.1:5555", "user_agent": "curl/8", "attempts": 2.0,
+		"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "masked": false}
+	if fmt.Sprint(lines[0]) != fmt.Sprint(want) {
+		t.Fatalf("line\n%v\nwant\n%v", lines[0], want)
+	}
+	for _, k := range []string{"path", "client", "user_agent"} {
+		if _, ok := lines[1][k]; ok {
+			t.Errorf("masked line carries %s: %v", k, lines[1])
+		}
+	}
+	if lines[1]["masked"] != true || lines[1]["service"] != "demo/hello" {
+		t.Errorf("masked line %v", lines[1])
+	}
+	if n := set.GetOrCreateCounter("fogmesh_access_log_lines_total").Get(); n != 2 {
+		t.Errorf("lines_total %d", n)
+	}
+
+	// A subset, in the order given by Fields.
+	path2 := filepath.Join(dir, "small.log")
+	l, err = New(Config{Path: path2, Fields: []string{"status", "service", "path"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Log(record(3))
+	l.Close()
+	b, _ := os.ReadFile(path2)
+	if got := string(b); got != `{"status":200,"service":"demo/hello","path":"/users/42?email=a@b.c&i=3"}`+"\n" {
+		t.Fatalf("subset line %q", got)
+	}
+
+	if _, err := New(Config{Path: path2, Fields: []string{"status", "password"}}); err == nil || !strings.Contains(err.Error(), `unknown field "password"`) {
+		t.Fatalf("unknown field: %v", err)
+	}
+	if _, err := New(Config{Path: filepath.Join(dir, "no", "such", "dir.log")}); err == nil {
+		t.Fatal("an unwritable path was accepted")
+	}
+}
+
+// TestRotation: past MaxSize the file moves to .1, .1 to .2, and only
+// MaxFiles old files stay; no line is lost or split.
+func TestRotation(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access.log")
+	l, err := New(Config{Path: path, MaxSize: 2000, MaxFiles: 2, Fields: []string{"path"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200 // ~40 bytes a line: 8000 bytes, four 2000-byte files
+	for i := range n {
+		r := record(i)
+		l.Log(r)
+	}
+	l.Close()
+	var total int
+	for _, name := range []string{"access.log", "access.log.1", "access.log.2"} {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if st.Size() > 2000 {
+			t.Errorf("%s is %d bytes, over MaxSize", name, st.Size())
+		}
+		total += len(readLines(t, filepath.Join(dir, name)))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "access.log.3")); err == nil {
+		t.Error("access.log.3 kept beyond MaxFiles")
+	}
+	// The newest lines are in access.log, the last one last.
+	cur := readLines(t, path)
+	if cur[len(cur)-1]["path"] != fmt.Sprintf("/users/42?email=a@b.c&i=%d", n-1) {
+		t.Errorf("last line %v", cur[len(cur)-1])
+	}
+	if total >= n || total < 90 { // two full files at least
+		t.Errorf("%d lines kept in 3 files", total)
+	}
+}
+
+// TestQueueFull: a full queue drops lines (counted); Log never blocks.
+func TestQueueFull(t *testing.T) {
+	set := metrics.NewSet()
+	l, err := New(Config{Path: filepath.Join(t.TempDir(), "a.log"), QueueSize: 1, Metrics: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2000 {
+		l.Log(record(i))
+	}
+	l.Close()
+	written := set.GetOrCreateCounter("fogmesh_access_log_lines_total").Get()
+	dropped := set.GetOrCreateCounter(`fogmesh_access_log_dropped_total{reason="queue_full"}`).Get()
+	if written+dropped != 2000 || dropped == 0 {
+		t.Fatalf("written %d + dropped %d, want 2000 with drops", written, dropped)
+	}
+}
+
+// FuzzAppendString: whatever a client sends, the line stays one valid
+// JSON line, and valid UTF-8 round-trips.
+func FuzzAppendString(f *testing.F) {
+	for _, s := range []string{"", "plain", "quote\"back\\slash", "new\nline\r\t", "\x00\x1f\x7f", "\xff\xfe", "é€😀", "\u2028\u2029"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b := appendString(nil, s)
+		if strings.ContainsAny(string(b), "\n\r") {
+			t.Fatalf("%q: raw newline in %q", s, b)
+		}
+		var got string
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatalf("%q: %q is not a JSON string: %v", s, b, err)
+		}
+		if utf8.ValidString(s) && got != s {
+			t.Fatalf("%q round-tripped to %q", s, got)
+		}
+	})
+}

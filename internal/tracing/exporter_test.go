@@ -1,0 +1,170 @@
+package tracing_test
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fogmesh/fogmesh/internal/tracing"
+	"github.com/fogmesh/fogmesh/internal/tracing/otlptest"
+)
+
+func testSpan(name string, parent tracing.SpanID) *tracing.Span {
+	now := time.Now()
+	return &tracing.Span{
+		Context: tracing.SpanContext{TraceID: tracing.NewTraceID(), SpanID: tracing.NewSpanID(), Sampled: true, State: "k=v"},
+		Parent:  parent, Name: name, Kind: tracing.KindClient, Start: now.Add(-time.Millisecond), End: now,
+		Attrs:  []tracing.Attr{tracing.String("fogmesh.service", "demo/hello"), tracing.Int("fogmesh.retries", 2)},
+		Status: tracing.StatusError, StatusMsg: "upstream reset",
+	}
+}
+
+func counter(set *metrics.Set, name string) uint64 {
+	return set.GetOrCreateCounter(name).Get()
+}
+
+// waitCounter polls (bounded) until the counter reaches want.
+func waitCounter(t *testing.T, set *metrics.Set, name string, want uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for counter(set, name) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %d, want %d", name, counter(set, name), want)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestExporterOTLP sends spans to real OTLP receivers (the official
+// protobufs, over HTTP and gRPC) and checks every field arrives.
+func TestExporterOTLP(t *testing.T) {
+	for _, proto := range []string{tracing.ProtocolHTTP, tracing.ProtocolGRPC} {
+		t.Run(proto, func(t *testing.T) {
+			var r *otlptest.Receiver
+			endpoint := ""
+			if proto == tracing.ProtocolGRPC {
+				r = otlptest.NewGRPC(t)
+				endpoint = r.Addr
+			} else {
+				r = otlptest.NewHTTP(t)
+				endpoint = r.URL
+			}
+			set := metrics.NewSet()
+			e, err := tracing.NewExporter(tracing.ExporterConfig{Endpoint: endpoint, Protocol: proto, Interval: 20 * time.Millisecond,
+				Resource: []tracing.Attr{tracing.String("service.name", "fogmesh-agent"), tracing.String("host.name", "n1")}, Metrics: set})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			want := testSpan("demo/hello", tracing.NewSpanID())
+			e.Export(want)
+			e.Export(testSpan("root", tracing.SpanID{}))
+			spans := r.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) == 2 })
+			got := spans[0]
+			if got.Name != "root" && got.Name != want.Name {
+				t.Fatalf("name %q", got.Name)
+			}
+			if got.Name == "root" {
+				got = spans[1]
+			}
+			if got.TraceID() != want.Context.TraceID.String() || got.SpanID() != want.Context.SpanID.String() ||
+				got.ParentID() != want.Parent.String() || got.TraceState != "k=v" || int32(got.Kind) != int32(tracing.KindClient) ||
+				got.StartTimeUnixNano != uint64(want.Start.UnixNano()) || got.EndTimeUnixNano != uint64(want.End.UnixNano()) {
+				t.Fatalf("span %v, want %+v", got.Span, want)
+			}
+			if got.Attr("fogmesh.service") != "demo/hello" || got.Attr("fogmesh.retries") != "2" {
+				t.Fatalf("attributes %v", got.Attributes)
+			}
+			if int32(got.Status.GetCode()) != int32(tracing.StatusError) || got.Status.GetMessage() != "upstream reset" {
+				t.Fatalf("status %v", got.Status)
+			}
+			if got.Resource["service.name"] != "fogmesh-agent" || got.Resource["host.name"] != "n1" {
+				t.Fatalf("resource %v", got.Resource)
+			}
+			waitCounter(t, set, "fogmesh_trace_spans_exported_total", 2)
+		})
+	}
+}
+
+// TestExporterBounded: with the collector away, Export does not block,
+// the queue stays bounded and every span is counted as dropped, by reason.
+func TestExporterBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A collector that accepts connections and never answers: each export
+	// waits for its timeout.
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	defer ln.Close()
+	set := metrics.NewSet()
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Endpoint: "http://" + ln.Addr().String(), QueueSize: 8, BatchSize: 4,
+		Interval: time.Millisecond, Timeout: 200 * time.Millisecond, Metrics: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1000
+	start := time.Now()
+	for range n {
+		e.Export(testSpan("x", tracing.SpanID{}))
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Export blocked: %d spans took %v", n, d)
+	}
+	e.Close()
+	full := counter(set, `fogmesh_trace_spans_dropped_total{reason="queue_full"}`)
+	failed := counter(set, `fogmesh_trace_spans_dropped_total{reason="export_failed"}`)
+	shutdown := counter(set, `fogmesh_trace_spans_dropped_total{reason="shutdown"}`)
+	if full == 0 || full+failed+shutdown != n {
+		t.Fatalf("dropped: queue_full %d + export_failed %d + shutdown %d, want %d with queue_full > 0", full, failed, shutdown, n)
+	}
+	if counter(set, "fogmesh_trace_spans_exported_total") != 0 {
+		t.Fatal("spans counted as exported")
+	}
+}
+
+// TestExporterFailing: a collector that refuses batches gets them dropped
+// and counted; once it accepts again, new spans go through.
+func TestExporterFailing(t *testing.T) {
+	r := otlptest.NewHTTP(t)
+	r.SetFailing(true)
+	set := metrics.NewSet()
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Endpoint: r.URL, Interval: 5 * time.Millisecond, Metrics: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	e.Export(testSpan("lost", tracing.SpanID{}))
+	waitCounter(t, set, `fogmesh_trace_spans_dropped_total{reason="export_failed"}`, 1)
+	r.SetFailing(false)
+	e.Export(testSpan("kept", tracing.SpanID{}))
+	spans := r.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) == 1 })
+	if spans[0].Name != "kept" {
+		t.Fatalf("got %q", spans[0].Name)
+	}
+}
+
+func TestExporterConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ endpoint, proto, want string }{
+		{"", "", "no collector endpoint"},
+		{"http://x:4318", "thrift", `protocol "thrift"`},
+		{"ftp://x", "", "want an http:// or https:// URL"},
+		{"127.0.0.1:4318", "http/protobuf", "want an http:// or https:// URL"},
+	} {
+		_, err := tracing.NewExporter(tracing.ExporterConfig{Endpoint: tc.endpoint, Protocol: tc.proto})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("NewExporter(%q, %q) = %v, want %q", tc.endpoint, tc.proto, err, tc.want)
+		}
+	}
+}
