@@ -293,7 +293,7 @@ func TestStatAndTop(t *testing.T) {
 		t.Fatalf("top: exit %d\n%s", topCode, topOut)
 	}
 	if oneCode != 0 || !regexp.MustCompile(`(?m)^demo/hello\s+\d+\.\d\d\s+100\.00%`).MatchString(oneOut) ||
-		!regexp.MustCompile(`(?m)^shop-1-b\s+demo/hello\s+cloud-a\s+any\s`).MatchString(oneOut) || regexp.MustCompile(`(?m)^shop-1-a\s`).MatchString(oneOut) {
+		!regexp.MustCompile(`(?m)^(\S+@)?shop-1-b\s+demo/hello\s+cloud-a\s+any\s`).MatchString(oneOut) || regexp.MustCompile(`(?m)^(\S+@)?shop-1-a\s`).MatchString(oneOut) {
 		t.Fatalf("stat -agents of shop-1-b: exit %d\n%s", oneCode, oneOut)
 	}
 	out, code = run(t, "stat", "-interval", "0s")
