@@ -1,0 +1,193 @@
+// Package memtrim gives the heap a process freed back to the OS once the
+// process goes idle after a load.
+//
+// The Go runtime keeps memory it freed for reuse up to about the heap goal
+// of its last collection (twice the live heap then), and an idle agent
+// allocates too little to start another collection before the forced one
+// every two minutes: after a bulk transfer through the mesh the agent sat at
+// 25-90 MB of RSS for an idle live heap of a few MB. GOMEMLIMIT would bound
+// that, but it makes a busy agent whose live heap is above the limit collect
+// back to back. memtrim instead watches the runtime's own counters and, once
+// allocation has stayed low for a few ticks while the heap holds much more
+// than it uses, collects and returns the free memory (debug.FreeOSMemory).
+// Under load it does nothing; at rest it runs about once per load.
+package memtrim
+
+import (
+	"context"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"time"
+)
+
+// Config tunes a Trimmer. The zero value works.
+type Config struct {
+	// Interval is how often the runtime's counters are read (default 1 s).
+	Interval time.Duration
+	// IdleTicks is how many ticks in a row must allocate less than
+	// IdleAlloc before the process counts as idle (default 3).
+	IdleTicks int
+	// IdleAlloc is the most bytes a tick may allocate and still count as
+	// idle (default 1 MiB per tick): an idle agent's keepalives, health
+	// checks and metrics allocate far less; a loaded one far more.
+	IdleAlloc uint64
+	// Slack is how many bytes the heap may hold above what it held after
+	// the last trim before an idle process returns them (default 4 MiB):
+	// below it a collection costs more than the memory is worth.
+	Slack uint64
+}
+
+func (c Config) withDefaults() Config {
+	if c.Interval <= 0 {
+		c.Interval = time.Second
+	}
+	if c.IdleTicks <= 0 {
+		c.IdleTicks = 3
+	}
+	if c.IdleAlloc == 0 {
+		c.IdleAlloc = 1 << 20
+	}
+	if c.Slack == 0 {
+		c.Slack = 4 << 20
+	}
+	return c
+}
+
+// Sample is what one tick reads from the runtime.
+type Sample struct {
+	// Allocs is the bytes allocated since the process started.
+	Allocs uint64
+	// Held is the heap memory the runtime holds from the OS: objects live
+	// or dead, unused parts of spans, free spans not yet released, and
+	// goroutine stacks.
+	Held uint64
+}
+
+// Trimmer decides, tick by tick, when to trim. It does no I/O: Start feeds
+// it samples and trims when Step says so; tests drive it with samples.
+type Trimmer struct {
+	cfg     Config
+	last    Sample
+	seen    bool   // last is set
+	quiet   int    // ticks in a row with little allocation
+	floor   uint64 // the least Held seen after a trim (or at the first sample)
+	backoff int    // IdleTicks multiplier: doubles while trims give little back
+}
+
+// maxBackoff caps the backoff: an idle process whose live heap stays high
+// (connections held open) is still trimmed every 64 IdleTicks.
+const maxBackoff = 64
+
+// NewTrimmer returns a Trimmer with cfg's values (defaults for zeros).
+func NewTrimmer(cfg Config) *Trimmer {
+	return &Trimmer{cfg: cfg.withDefaults(), backoff: 1}
+}
+
+// Step takes one tick's sample and reports whether to trim now. It says so
+// once the process has been idle for IdleTicks ticks while holding more
+// than Slack bytes above the floor: the least it held right after a trim
+// (or at the first sample). The caller trims and then reports what is held
+// after it (Trimmed). The live heap the runtime reports is no guide here:
+// it is as of the last collection, which may have been at the peak of the
+// load.
+func (t *Trimmer) Step(s Sample) bool {
+	prev, seen := t.last, t.seen
+	t.last, t.seen = s, true
+	if !seen {
+		t.floor = s.Held
+		return false
+	}
+	if s.Allocs-prev.Allocs >= t.cfg.IdleAlloc || s.Allocs < prev.Allocs {
+		t.quiet, t.backoff = 0, 1 // load: the next idle spell is new
+		return false
+	}
+	t.quiet++
+	if t.quiet < t.cfg.IdleTicks*t.backoff || s.Held <= t.floor+t.cfg.Slack {
+		return false
+	}
+	t.quiet = 0
+	return true
+}
+
+// Trimmed takes the sample read right after a trim. A trim that got the
+// heap back near the floor keeps the idle wait at IdleTicks; one that could
+// not (the heap is live: connections held open) doubles the wait before the
+// next, up to maxBackoff times, so an idle process with a large live heap
+// is not collected over and over.
+func (t *Trimmer) Trimmed(s Sample) {
+	t.last, t.seen, t.quiet = s, true, 0
+	t.floor = min(t.floor, s.Held)
+	if s.Held > t.floor+t.cfg.Slack {
+		t.backoff = min(2*t.backoff, maxBackoff)
+	} else {
+		t.backoff = 1
+	}
+}
+
+// The runtime/metrics names Read uses.
+const (
+	mAllocs  = "/gc/heap/allocs:bytes"
+	mObjects = "/memory/classes/heap/objects:bytes"
+	mUnused  = "/memory/classes/heap/unused:bytes"
+	mFree    = "/memory/classes/heap/free:bytes"
+	mStacks  = "/memory/classes/heap/stacks:bytes"
+)
+
+// Read samples the runtime's counters.
+func Read() Sample {
+	ms := []metrics.Sample{{Name: mAllocs}, {Name: mObjects}, {Name: mUnused}, {Name: mFree}, {Name: mStacks}}
+	metrics.Read(ms)
+	v := func(i int) uint64 {
+		if ms[i].Value.Kind() != metrics.KindUint64 {
+			return 0 // not in this runtime: counts as nothing
+		}
+		return ms[i].Value.Uint64()
+	}
+	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4)}
+}
+
+// Trim collects twice and returns the freed memory to the OS: the first
+// collection moves sync.Pool contents (the relays' large copy buffers) to
+// the pools' victim caches, the second (inside debug.FreeOSMemory) frees
+// them, then everything free is released.
+func Trim() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// Start takes the first sample (the floor: what the process holds now)
+// and then, in a goroutine, samples the runtime every cfg.Interval and
+// trims when the process has gone idle with memory to give back, until ctx
+// is done. wait waits for that goroutine to end and returns the number of
+// trims.
+func Start(ctx context.Context, cfg Config) (wait func() int) {
+	t := NewTrimmer(cfg)
+	t.Step(Read())
+	done := make(chan int, 1)
+	go func() { done <- t.run(ctx) }()
+	return func() int {
+		n := <-done
+		done <- n
+		return n
+	}
+}
+
+// run is Start's goroutine.
+func (t *Trimmer) run(ctx context.Context) int {
+	tick := time.NewTicker(t.cfg.Interval)
+	defer tick.Stop()
+	trims := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return trims
+		case <-tick.C:
+		}
+		if t.Step(Read()) {
+			Trim()
+			trims++
+			t.Trimmed(Read())
+		}
+	}
+}
