@@ -32,8 +32,8 @@ type Config struct {
 	// idle (default 1 MiB per tick): an idle agent's keepalives, health
 	// checks and metrics allocate far less; a loaded one far more.
 	IdleAlloc uint64
-	// Slack is how many bytes the heap may hold above what it held after
-	// the last trim before an idle process returns them (default 4 MiB):
+	// Slack is how many bytes the heap may hold above the least it held
+	// after a trim before an idle process returns them (default 2 MiB):
 	// below it a collection costs more than the memory is worth.
 	Slack uint64
 }
@@ -49,7 +49,7 @@ func (c Config) withDefaults() Config {
 		c.IdleAlloc = 1 << 20
 	}
 	if c.Slack == 0 {
-		c.Slack = 4 << 20
+		c.Slack = 2 << 20
 	}
 	return c
 }
@@ -62,6 +62,9 @@ type Sample struct {
 	// or dead, unused parts of spans, free spans not yet released, and
 	// goroutine stacks.
 	Held uint64
+	// Goroutines is the number of live goroutines: in an agent, about two
+	// per open connection.
+	Goroutines uint64
 }
 
 // Trimmer decides, tick by tick, when to trim. It does no I/O: Start feeds
@@ -73,6 +76,7 @@ type Trimmer struct {
 	quiet   int    // ticks in a row with little allocation
 	floor   uint64 // the least Held seen after a trim (or at the first sample)
 	backoff int    // IdleTicks multiplier: doubles while trims give little back
+	gAtTrim uint64 // Goroutines after the last trim
 }
 
 // maxBackoff caps the backoff: an idle process whose live heap stays high
@@ -102,6 +106,11 @@ func (t *Trimmer) Step(s Sample) bool {
 		t.quiet, t.backoff = 0, 1 // load: the next idle spell is new
 		return false
 	}
+	if t.backoff > 1 && moved(s.Goroutines, t.gAtTrim) {
+		// Connections that held the heap live closed (or many opened)
+		// with little allocation: what the last trim met is gone.
+		t.backoff = 1
+	}
 	t.quiet++
 	if t.quiet < t.cfg.IdleTicks*t.backoff || s.Held <= t.floor+t.cfg.Slack {
 		return false
@@ -116,13 +125,20 @@ func (t *Trimmer) Step(s Sample) bool {
 // next, up to maxBackoff times, so an idle process with a large live heap
 // is not collected over and over.
 func (t *Trimmer) Trimmed(s Sample) {
-	t.last, t.seen, t.quiet = s, true, 0
+	t.last, t.seen, t.quiet, t.gAtTrim = s, true, 0, s.Goroutines
 	t.floor = min(t.floor, s.Held)
 	if s.Held > t.floor+t.cfg.Slack {
 		t.backoff = min(2*t.backoff, maxBackoff)
 	} else {
 		t.backoff = 1
 	}
+}
+
+// moved reports whether the goroutine count changed by more than an
+// eighth (and at least 16) from then to now.
+func moved(now, then uint64) bool {
+	d := max(now, then) - min(now, then)
+	return d >= 16 && d > max(now, then)/8
 }
 
 // The runtime/metrics names Read uses.
@@ -132,11 +148,12 @@ const (
 	mUnused  = "/memory/classes/heap/unused:bytes"
 	mFree    = "/memory/classes/heap/free:bytes"
 	mStacks  = "/memory/classes/heap/stacks:bytes"
+	mGorout  = "/sched/goroutines:goroutines"
 )
 
 // Read samples the runtime's counters.
 func Read() Sample {
-	ms := []metrics.Sample{{Name: mAllocs}, {Name: mObjects}, {Name: mUnused}, {Name: mFree}, {Name: mStacks}}
+	ms := []metrics.Sample{{Name: mAllocs}, {Name: mObjects}, {Name: mUnused}, {Name: mFree}, {Name: mStacks}, {Name: mGorout}}
 	metrics.Read(ms)
 	v := func(i int) uint64 {
 		if ms[i].Value.Kind() != metrics.KindUint64 {
@@ -144,7 +161,7 @@ func Read() Sample {
 		}
 		return ms[i].Value.Uint64()
 	}
-	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4)}
+	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4), Goroutines: v(5)}
 }
 
 // Trim collects twice and returns the freed memory to the OS: the first

@@ -88,6 +88,43 @@ func TestTrimmerBacksOffWhileHeapIsLive(t *testing.T) {
 	}
 }
 
+// TestTrimmerBackoffEndsWhenConnectionsClose: 1,000 idle connections (2,000
+// goroutines) keep the heap live and the trims backing off; when they
+// close, with little allocation, the next trim comes after IdleTicks again.
+func TestTrimmerBackoffEndsWhenConnectionsClose(t *testing.T) {
+	tr := NewTrimmer(Config{IdleTicks: 2, IdleAlloc: mib, Slack: 2 * mib})
+	tr.Step(Sample{Held: 10 * mib, Goroutines: 40})
+	var allocs uint64
+	step := func(held, g uint64) bool {
+		allocs++
+		return tr.Step(Sample{Allocs: allocs, Held: held, Goroutines: g})
+	}
+	for trims := 0; trims < 5; {
+		if step(45*mib, 2040) {
+			tr.Trimmed(Sample{Allocs: allocs, Held: 40 * mib, Goroutines: 2040})
+			trims++
+		}
+	}
+	// The wait is now 64 ticks; the connections close.
+	if step(40*mib, 40) {
+		t.Fatal("trimmed on the first tick after the connections closed, want IdleTicks (2)")
+	}
+	if !step(40*mib, 40) {
+		t.Fatal("no trim 2 quiet ticks after 2,000 goroutines ended")
+	}
+	// A few goroutines more or less are no change.
+	tr.Trimmed(Sample{Allocs: allocs, Held: 30 * mib, Goroutines: 40})
+	tr.Trimmed(Sample{Allocs: allocs, Held: 30 * mib, Goroutines: 40}) // backoff 4
+	for i := range 7 {
+		if step(30*mib, 50) {
+			t.Fatalf("tick %d: trimmed during the backoff when 10 goroutines came", i)
+		}
+	}
+	if !step(30*mib, 50) {
+		t.Fatal("no trim after the backoff's 8 ticks")
+	}
+}
+
 func TestTrimmerLeavesBusyProcessAlone(t *testing.T) {
 	cfg := Config{IdleTicks: 2, IdleAlloc: mib, Slack: 4 * mib}
 	tr := NewTrimmer(cfg)
