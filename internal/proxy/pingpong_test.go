@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"testing"
+	"time"
 )
 
 // The ping-pong benchmarks measure the round trip of one small message
@@ -16,6 +17,22 @@ func BenchmarkPingPongDirect(b *testing.B) { benchPingPong(b, nil) }
 // BenchmarkPingPongRelay goes through Relay on the bare *net.TCPConns.
 func BenchmarkPingPongRelay(b *testing.B) {
 	benchPingPong(b, func(a, c net.Conn) { Relay(context.Background(), a, c) })
+}
+
+// BenchmarkPingPongIdleWrapped is Relay with an idle timeout as the agent
+// relayed before RelayIdle: on WithIdleTimeout's wrappers (a read deadline
+// per read, a shared activity clock per byte, no splice).
+func BenchmarkPingPongIdleWrapped(b *testing.B) {
+	benchPingPong(b, func(a, c net.Conn) {
+		wa, wc := WithIdleTimeout(a, c, time.Minute)
+		Relay(context.Background(), wa, wc)
+	})
+}
+
+// BenchmarkPingPongIdleWatch is RelayIdle on the bare *net.TCPConns (splice,
+// the kernel's idle times read about once a minute).
+func BenchmarkPingPongIdleWatch(b *testing.B) {
+	benchPingPong(b, func(a, c net.Conn) { RelayIdle(context.Background(), a, c, time.Minute) })
 }
 
 // BenchmarkPingPongSplice is the splice relay of bench/splicerelay: two

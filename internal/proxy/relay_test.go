@@ -31,6 +31,18 @@ func startRelay(t testing.TB, ctx context.Context, backend func(net.Conn)) (*net
 // wrap first (nil: none).
 func startRelayWrap(t testing.TB, ctx context.Context, wrap func(net.Conn) net.Conn, backend func(net.Conn)) (*net.TCPConn, <-chan relayResult) {
 	t.Helper()
+	return startRelayWith(t, func(a, b net.Conn) (r relayResult) {
+		if wrap != nil {
+			a, b = wrap(a), wrap(b)
+		}
+		r.aToB, r.bToA, r.err = Relay(ctx, a, b)
+		return r
+	}, backend)
+}
+
+// startRelayWith is startRelay with relay in Relay's place.
+func startRelayWith(t testing.TB, relay func(a, b net.Conn) relayResult, backend func(net.Conn)) (*net.TCPConn, <-chan relayResult) {
+	t.Helper()
 	backLn := listen(t)
 	go func() {
 		c, err := backLn.Accept()
@@ -55,12 +67,7 @@ func startRelayWrap(t testing.TB, ctx context.Context, wrap func(net.Conn) net.C
 			res <- relayResult{err: err}
 			return
 		}
-		if wrap != nil {
-			a, b = wrap(a), wrap(b)
-		}
-		var r relayResult
-		r.aToB, r.bToA, r.err = Relay(ctx, a, b)
-		res <- r
+		res <- relay(a, b)
 	}()
 
 	c, err := net.Dial("tcp", frontLn.Addr().String())
