@@ -7,9 +7,10 @@
 // every two minutes: after a bulk transfer through the mesh the agent sat at
 // 25-90 MB of RSS for an idle live heap of a few MB. GOMEMLIMIT would bound
 // that, but it makes a busy agent whose live heap is above the limit collect
-// back to back. memtrim instead watches the runtime's own counters and, once
-// allocation has stayed low for a few ticks while the heap holds much more
-// than it uses, collects and returns the free memory (debug.FreeOSMemory).
+// back to back. memtrim instead watches the runtime's own counters and the
+// process's CPU time and, once allocation and CPU have stayed low for a few
+// ticks while the heap holds much more than it needs at rest, collects and
+// returns the free memory (debug.FreeOSMemory).
 // Under load it does nothing; at rest it runs about once per load.
 package memtrim
 
@@ -32,6 +33,11 @@ type Config struct {
 	// idle (default 1 MiB per tick): an idle agent's keepalives, health
 	// checks and metrics allocate far less; a loaded one far more.
 	IdleAlloc uint64
+	// IdleCPU is the most CPU time (user and system) the process may use
+	// in a tick and still count as idle (default Interval/20: 5 % of a
+	// core). Relays that splice or reuse pooled buffers allocate almost
+	// nothing while they move gigabytes; their CPU shows the load.
+	IdleCPU time.Duration
 	// Slack is how many bytes the heap may hold above the least it held
 	// after a trim before an idle process returns them (default 2 MiB):
 	// below it a collection costs more than the memory is worth.
@@ -48,6 +54,9 @@ func (c Config) withDefaults() Config {
 	if c.IdleAlloc == 0 {
 		c.IdleAlloc = 1 << 20
 	}
+	if c.IdleCPU <= 0 {
+		c.IdleCPU = c.Interval / 20
+	}
 	if c.Slack == 0 {
 		c.Slack = 2 << 20
 	}
@@ -58,6 +67,9 @@ func (c Config) withDefaults() Config {
 type Sample struct {
 	// Allocs is the bytes allocated since the process started.
 	Allocs uint64
+	// CPU is the process's CPU time (user and system) so far; 0 where
+	// the system does not say (then allocation alone tells load).
+	CPU time.Duration
 	// Held is the heap memory the runtime holds from the OS: objects live
 	// or dead, unused parts of spans, free spans not yet released, and
 	// goroutine stacks.
@@ -89,7 +101,8 @@ func NewTrimmer(cfg Config) *Trimmer {
 }
 
 // Step takes one tick's sample and reports whether to trim now. It says so
-// once the process has been idle for IdleTicks ticks while holding more
+// once the process has been idle (under IdleAlloc and IdleCPU a tick) for
+// IdleTicks ticks while holding more
 // than Slack bytes above the floor: the least it held right after a trim
 // (or at the first sample). The caller trims and then reports what is held
 // after it (Trimmed). The live heap the runtime reports is no guide here:
@@ -102,7 +115,7 @@ func (t *Trimmer) Step(s Sample) bool {
 		t.floor = s.Held
 		return false
 	}
-	if s.Allocs-prev.Allocs >= t.cfg.IdleAlloc || s.Allocs < prev.Allocs {
+	if s.Allocs-prev.Allocs >= t.cfg.IdleAlloc || s.Allocs < prev.Allocs || s.CPU-prev.CPU >= t.cfg.IdleCPU {
 		t.quiet, t.backoff = 0, 1 // load: the next idle spell is new
 		return false
 	}
@@ -161,7 +174,7 @@ func Read() Sample {
 		}
 		return ms[i].Value.Uint64()
 	}
-	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4), Goroutines: v(5)}
+	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4), Goroutines: v(5), CPU: processCPU()}
 }
 
 // Trim collects twice and returns the freed memory to the OS: the first

@@ -152,6 +152,29 @@ func TestTrimmerLeavesBusyProcessAlone(t *testing.T) {
 	}
 }
 
+// TestTrimmerBusyCPUIsNotIdle: a process that allocates nothing but burns
+// CPU (relays that splice or reuse pooled buffers) is under load: no trim,
+// however much the heap holds; once its CPU drops, the idle count starts.
+func TestTrimmerBusyCPUIsNotIdle(t *testing.T) {
+	tr := NewTrimmer(Config{Interval: time.Second, IdleTicks: 2, IdleAlloc: mib, Slack: 2 * mib})
+	tr.Step(Sample{Held: 10 * mib})
+	var cpu time.Duration
+	for i := range 20 {
+		cpu += 300 * time.Millisecond // 30 % of a core, no allocation
+		if tr.Step(Sample{Held: 40 * mib, CPU: cpu}) {
+			t.Fatalf("tick %d: trimmed a process using 30 %% of a core", i)
+		}
+	}
+	cpu += 49 * time.Millisecond // under the default, 5 % of the interval
+	if tr.Step(Sample{Held: 40 * mib, CPU: cpu}) {
+		t.Fatal("trimmed after one quiet tick, want two")
+	}
+	cpu += 10 * time.Millisecond
+	if !tr.Step(Sample{Held: 40 * mib, CPU: cpu}) {
+		t.Fatal("no trim after two quiet ticks")
+	}
+}
+
 func TestTrimmerCounterWrapIsNotIdle(t *testing.T) {
 	// A sample whose counter went backwards (a new runtime, a bad read)
 	// is no evidence of idleness.
