@@ -85,7 +85,7 @@ type Trimmer struct {
 	cfg     Config
 	last    Sample
 	seen    bool   // last is set
-	quiet   int    // ticks in a row with little allocation
+	quiet   int    // idle ticks in a row
 	floor   uint64 // the least Held seen after a trim (or at the first sample)
 	backoff int    // IdleTicks multiplier: doubles while trims give little back
 	gAtTrim uint64 // Goroutines after the last trim
@@ -102,9 +102,8 @@ func NewTrimmer(cfg Config) *Trimmer {
 
 // Step takes one tick's sample and reports whether to trim now. It says so
 // once the process has been idle (under IdleAlloc and IdleCPU a tick) for
-// IdleTicks ticks while holding more
-// than Slack bytes above the floor: the least it held right after a trim
-// (or at the first sample). The caller trims and then reports what is held
+// IdleTicks ticks while holding more than Slack bytes above the floor: the
+// least it held right after a trim (or at the first sample). The caller trims and then reports what is held
 // after it (Trimmed). The live heap the runtime reports is no guide here:
 // it is as of the last collection, which may have been at the peak of the
 // load.
