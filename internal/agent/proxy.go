@@ -272,14 +272,10 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		a.connectOK(sv, ev)
 		counter := a.endpointActive(ev.key)
 		counter.Add(1)
-		// timeouts.idle: RelayIdle keeps two bare TCP conns bare (splice,
-		// the kernel's idle times instead of a read deadline per read).
+		// timeouts.idle: RelayIdle keeps bare TCP conns bare (splice, no deadline per read).
 		idle := time.Duration(sv.svc.Spec.Timeouts.Idle)
 		if t.proto == "mqtt" && (sv.svc.Spec.MQTTInspect || mqttCheck != nil) {
-			c, u := client, up
-			if idle > 0 {
-				c, u = proxy.WithIdleTimeout(client, up, idle)
-			}
+			c, u := proxy.WithIdleTimeout(client, up, idle) // d <= 0: the conns themselves
 			a.relayMQTT(ctx, c, u, mqttConn, t.svc, sv.svc.Spec.MQTTInspect, mqttCheck)
 		} else if _, _, err := proxy.RelayIdle(ctx, client, up, idle); errors.Is(err, proxy.ErrIdle) {
 			a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_idle_timeouts_total{service=%q}`, t.svc)).Inc()

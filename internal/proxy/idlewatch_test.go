@@ -157,3 +157,17 @@ func TestRelayIdleContextCancel(t *testing.T) {
 		t.Fatalf("RelayIdle after cancel: %v, want context.Canceled", r.err)
 	}
 }
+
+// TestWithIdleTimeoutZeroIsNone: no timeout (d <= 0) leaves the conns as
+// they are, as RelayIdle does: the agent's MQTT path passes its timeout
+// unchecked.
+func TestWithIdleTimeoutZeroIsNone(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	for _, d := range []time.Duration{0, -time.Second} {
+		if wa, wb := WithIdleTimeout(a, b, d); wa != a || wb != b {
+			t.Fatalf("WithIdleTimeout(%v) wrapped the conns (%T, %T), want them as they are", d, wa, wb)
+		}
+	}
+}
