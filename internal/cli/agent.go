@@ -10,6 +10,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/agent"
 	"github.com/fogmesh/fogmesh/internal/memtrim"
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // RunAgent runs `fogmesh agent`: flags override the config file.
@@ -122,7 +123,7 @@ func RunAgent(prog string, args []string) error {
 	// runtime (for comparisons).
 	if os.Getenv("FOGMESH_MEMTRIM") != "off" {
 		tctx, stopTrim := context.WithCancel(ctx)
-		waitTrim := memtrim.Start(tctx, memtrim.Config{})
+		waitTrim := memtrim.Start(tctx, memtrim.Config{Release: transport.ShrinkIdleStreams})
 		defer func() { stopTrim(); waitTrim() }()
 	}
 	fmt.Fprintf(os.Stderr, "fogmesh agent %s: dns %s, mesh %s, admin %s\n", cfg.Node.Name, a.DNSAddr(), a.MeshAddr(), a.AdminAddr())

@@ -38,6 +38,10 @@ type Config struct {
 	// core). Relays that splice or reuse pooled buffers allocate almost
 	// nothing while they move gigabytes; their CPU shows the load.
 	IdleCPU time.Duration
+	// Release, if not nil, runs before each trim's collections: caches
+	// outside the runtime drop what idle users hold (the mesh streams'
+	// receive buffers, transport.ShrinkIdleStreams).
+	Release func()
 	// Slack is how many bytes the heap may hold above the least it held
 	// after a trim before an idle process returns them (default 2 MiB):
 	// below it a collection costs more than the memory is worth.
@@ -214,6 +218,9 @@ func (t *Trimmer) run(ctx context.Context) int {
 		case <-tick.C:
 		}
 		if t.Step(Read()) {
+			if t.cfg.Release != nil {
+				t.cfg.Release()
+			}
 			Trim()
 			trims++
 			t.Trimmed(Read())

@@ -3,6 +3,7 @@ package memtrim
 import (
 	"context"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -217,7 +218,8 @@ func TestRunReturnsFreedHeap(t *testing.T) {
 	base := Read()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	wait := Start(ctx, Config{Interval: 20 * time.Millisecond, IdleTicks: 3})
+	var released atomic.Int32
+	wait := Start(ctx, Config{Interval: 20 * time.Millisecond, IdleTicks: 3, Release: func() { released.Add(1) }})
 	for range 64 {
 		garbage = append(garbage, make([]byte, mib))
 	}
@@ -239,5 +241,8 @@ func TestRunReturnsFreedHeap(t *testing.T) {
 	}
 	if trims == 0 {
 		t.Fatal("heap returned without a trim: the test shows nothing")
+	}
+	if n := released.Load(); n != int32(trims) {
+		t.Fatalf("Release ran %d times for %d trims, want once per trim", n, trims)
 	}
 }

@@ -91,3 +91,86 @@ func TestHeapReturnsAfterBulk(t *testing.T) {
 
 // heapHeld is the heap memory the runtime holds from the OS (memtrim.Read).
 func heapHeld() uint64 { return memtrim.Read().Held }
+
+// TestIdleStreamReleasesBuffer: after a burst fills an open stream's
+// receive window (16 MiB), the stream stays open and idle; the receive
+// buffer yamux grew for it is live, so the heap stays up by the window
+// until ShrinkIdleStreams (memtrim's Release in the agent) drops it. The
+// stream then carries more bytes as before.
+func TestIdleStreamReleasesBuffer(t *testing.T) {
+	const (
+		mib    = 1 << 20
+		burst  = 24 * mib
+		window = MaxStreamWindow
+	)
+	release := make(chan struct{})
+	read := make(chan error, 2)
+	work := serveWorkload(t, "127.0.0.1:0", func(c net.Conn) {
+		<-release // a slow reader: the window fills first
+		_, err := io.CopyN(io.Discard, c, burst)
+		read <- err
+		_, err = io.CopyN(io.Discard, c, mib) // the second, small burst
+		read <- err
+		io.Copy(io.Discard, c)
+	})
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"bulk": work}, func(c *ServerConfig) { c.StreamWindow = window })
+	c := NewClient(ClientConfig{SourceNode: "node-a", StreamWindow: window})
+	t.Cleanup(func() { c.Close() })
+
+	memtrim.Trim() // what earlier tests left
+	base := heapHeld()
+	conn, err := c.Dial(t.Context(), srv.addr, header("bulk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	wrote := make(chan error, 1)
+	go func() {
+		// 256 KiB writes, as the agents' relays copy (copyBufLarge):
+		// yamux's send loop keeps a buffer as large as the largest frame
+		// for the session's life.
+		buf := make([]byte, copyBufLarge)
+		for sent := 0; sent < burst; sent += len(buf) {
+			if _, err := conn.Write(buf); err != nil {
+				wrote <- err
+				return
+			}
+		}
+		wrote <- nil
+	}()
+	testenv.WaitFor(t, 20*time.Second, "the stalled stream's buffer to grow the heap by 12 MiB", func() bool {
+		return heapHeld() >= base+12*mib
+	})
+	close(release)
+	for _, ch := range []chan error{wrote, read} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatalf("burst: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("burst not through in 20 s")
+		}
+	}
+	// Idle now, stream open: a trim alone keeps the live buffer.
+	memtrim.Trim()
+	if h := heapHeld(); h < base+8*mib {
+		t.Fatalf("heap held %d MiB after the burst, %d MiB before: the idle stream's buffer is not there to release", h/mib, base/mib)
+	}
+	ShrinkIdleStreams()
+	memtrim.Trim()
+	if h := heapHeld(); h > base+6*mib {
+		t.Fatalf("heap held %d MiB after ShrinkIdleStreams and a trim, want at most %d MiB", h/mib, (base+6*mib)/mib)
+	}
+	if _, err := conn.Write(make([]byte, mib)); err != nil {
+		t.Fatalf("write after the shrink: %v", err)
+	}
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatalf("read after the shrink: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("1 MiB after the shrink not through in 20 s")
+	}
+}
