@@ -270,13 +270,12 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		a.connectOK(sv, ev)
 		counter := a.endpointActive(ev.key)
 		counter.Add(1)
-		c, u := client, up
-		if idle := time.Duration(sv.svc.Spec.Timeouts.Idle); idle > 0 {
-			c, u = proxy.WithIdleTimeout(client, up, idle)
-		}
+		// timeouts.idle: RelayIdle keeps bare TCP conns bare (splice, no deadline per read).
+		idle := time.Duration(sv.svc.Spec.Timeouts.Idle)
 		if t.proto == "mqtt" && (sv.svc.Spec.MQTTInspect || mqttCheck != nil) {
+			c, u := proxy.WithIdleTimeout(client, up, idle) // d <= 0: the conns themselves
 			a.relayMQTT(ctx, c, u, mqttConn, t.svc, sv.svc.Spec.MQTTInspect, mqttCheck)
-		} else if _, _, err := proxy.Relay(ctx, c, u); errors.Is(err, proxy.ErrIdle) {
+		} else if _, _, err := proxy.RelayIdle(ctx, client, up, idle); errors.Is(err, proxy.ErrIdle) {
 			a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_idle_timeouts_total{service=%q}`, t.svc)).Inc()
 		}
 		counter.Add(-1)

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/fogmesh/fogmesh/internal/agent"
+	"github.com/fogmesh/fogmesh/internal/memtrim"
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // RunAgent runs `fogmesh agent`: flags override the config file.
@@ -144,6 +147,14 @@ func RunAgent(prog string, args []string) error {
 	}
 	ctx, stop := SignalContext()
 	defer stop()
+	// Give the heap a load left behind back to the OS once the agent is
+	// idle again (internal/memtrim); FOGMESH_MEMTRIM=off leaves it to the
+	// runtime (for comparisons).
+	if os.Getenv("FOGMESH_MEMTRIM") != "off" {
+		tctx, stopTrim := context.WithCancel(ctx)
+		waitTrim := memtrim.Start(tctx, memtrim.Config{Release: transport.ShrinkIdleStreams})
+		defer func() { stopTrim(); waitTrim() }()
+	}
 	fmt.Fprintf(os.Stderr, "fogmesh agent %s: dns %s, mesh %s, admin %s\n", cfg.Node.Name, a.DNSAddr(), a.MeshAddr(), a.AdminAddr())
 	if cs := a.CaptureStatus(); cs.Active {
 		fmt.Fprintf(os.Stderr, "fogmesh agent %s: transparent capture on (nftables table inet fogmesh, listener %s)\n", cfg.Node.Name, cs.Addr)

@@ -17,8 +17,11 @@ var ErrIdle = errors.New("idle timeout")
 // once no byte moved in either direction for d. Activity on either side
 // keeps both alive: a stream that only flows one way is not idle. The
 // wrapped connections lose the kernel splice fast path, so wrap only when
-// an idle timeout is configured.
+// an idle timeout is configured (d <= 0 returns a and b themselves).
 func WithIdleTimeout(a, b net.Conn, d time.Duration) (net.Conn, net.Conn) {
+	if d <= 0 {
+		return a, b // no timeout
+	}
 	act := &activity{}
 	act.touch()
 	return wrapIdle(a, act, d), wrapIdle(b, act, d)

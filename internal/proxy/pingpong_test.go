@@ -4,7 +4,9 @@ import (
 	"context"
 	"io"
 	"net"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // The ping-pong benchmarks measure the round trip of one small message
@@ -16,6 +18,22 @@ func BenchmarkPingPongDirect(b *testing.B) { benchPingPong(b, nil) }
 // BenchmarkPingPongRelay goes through Relay on the bare *net.TCPConns.
 func BenchmarkPingPongRelay(b *testing.B) {
 	benchPingPong(b, func(a, c net.Conn) { Relay(context.Background(), a, c) })
+}
+
+// BenchmarkPingPongIdleWrapped is Relay with an idle timeout as the agent
+// relayed before RelayIdle: on WithIdleTimeout's wrappers (a read deadline
+// per read, a shared activity clock per byte, no splice).
+func BenchmarkPingPongIdleWrapped(b *testing.B) {
+	benchPingPong(b, func(a, c net.Conn) {
+		wa, wc := WithIdleTimeout(a, c, time.Minute)
+		Relay(context.Background(), wa, wc)
+	})
+}
+
+// BenchmarkPingPongIdleWatch is RelayIdle on the bare *net.TCPConns (splice,
+// the kernel's idle times read about once a minute).
+func BenchmarkPingPongIdleWatch(b *testing.B) {
+	benchPingPong(b, func(a, c net.Conn) { RelayIdle(context.Background(), a, c, time.Minute) })
 }
 
 // BenchmarkPingPongSplice is the splice relay of bench/splicerelay: two
@@ -79,6 +97,7 @@ func benchPingPong(b *testing.B, relay func(a, c net.Conn)) {
 	defer c.Close()
 	msg := make([]byte, size)
 	got := make([]byte, size)
+	cpu0 := processCPU()
 	for b.Loop() {
 		if _, err := c.Write(msg); err != nil {
 			b.Fatal(err)
@@ -87,6 +106,19 @@ func benchPingPong(b *testing.B, relay func(a, c net.Conn)) {
 			b.Fatal(err)
 		}
 	}
+	// CPU time of the whole process (client, relay, echo) per round trip:
+	// steadier than ns/op on a shared machine, where waiting for a core
+	// dominates the wall time.
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
+// processCPU is the process's user and system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // plainConn hides ReadFrom and WriteTo, so io.Copy reads and writes

@@ -31,7 +31,8 @@ type closeWriter interface {
 // When a direction fails with an error other than EOF (for example the peer
 // reset the connection), Relay closes both connections so the other
 // direction ends too, and returns that error. When ctx is done, Relay closes
-// both connections and returns ctx.Err(). Errors that are only the echo of
+// both connections and returns context.Cause(ctx) (ctx.Err() unless ctx was
+// cancelled with a cause). Errors that are only the echo of
 // Relay's own teardown (use of a closed connection) and errors from the
 // second direction after the first one finished cleanly (the peer went away
 // once its half of the exchange was over) are normal teardown: Relay
@@ -48,7 +49,7 @@ type closeWriter interface {
 // running until ctx is done.
 func Relay(ctx context.Context, a, b net.Conn) (aToB, bToA int64, err error) {
 	r := &relay{a: a, b: b}
-	stop := context.AfterFunc(ctx, func() { r.shutdown(ctx.Err()) })
+	stop := context.AfterFunc(ctx, func() { r.shutdown(context.Cause(ctx)) })
 	defer stop()
 
 	done := make(chan struct{})

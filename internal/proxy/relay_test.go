@@ -31,6 +31,18 @@ func startRelay(t testing.TB, ctx context.Context, backend func(net.Conn)) (*net
 // wrap first (nil: none).
 func startRelayWrap(t testing.TB, ctx context.Context, wrap func(net.Conn) net.Conn, backend func(net.Conn)) (*net.TCPConn, <-chan relayResult) {
 	t.Helper()
+	return startRelayWith(t, func(a, b net.Conn) (r relayResult) {
+		if wrap != nil {
+			a, b = wrap(a), wrap(b)
+		}
+		r.aToB, r.bToA, r.err = Relay(ctx, a, b)
+		return r
+	}, backend)
+}
+
+// startRelayWith is startRelay with relay in Relay's place.
+func startRelayWith(t testing.TB, relay func(a, b net.Conn) relayResult, backend func(net.Conn)) (*net.TCPConn, <-chan relayResult) {
+	t.Helper()
 	backLn := listen(t)
 	go func() {
 		c, err := backLn.Accept()
@@ -55,12 +67,7 @@ func startRelayWrap(t testing.TB, ctx context.Context, wrap func(net.Conn) net.C
 			res <- relayResult{err: err}
 			return
 		}
-		if wrap != nil {
-			a, b = wrap(a), wrap(b)
-		}
-		var r relayResult
-		r.aToB, r.bToA, r.err = Relay(ctx, a, b)
-		res <- r
+		res <- relay(a, b)
 	}()
 
 	c, err := net.Dial("tcp", frontLn.Addr().String())
@@ -362,7 +369,36 @@ func benchTCP(b *testing.B, relayed bool) {
 	benchTCPWrap(b, relayed, nil)
 }
 
+// BenchmarkRelayTCPIdleWrapped is BenchmarkRelayTCP with an idle timeout
+// as the agent had it before RelayIdle: WithIdleTimeout's wrappers (no
+// splice, a read deadline per read).
+func BenchmarkRelayTCPIdleWrapped(b *testing.B) {
+	benchTCPWith(b, func(a, c net.Conn) {
+		wa, wc := WithIdleTimeout(a, c, time.Minute)
+		Relay(context.Background(), wa, wc)
+	})
+}
+
+// BenchmarkRelayTCPIdleWatch is BenchmarkRelayTCP through RelayIdle.
+func BenchmarkRelayTCPIdleWatch(b *testing.B) {
+	benchTCPWith(b, func(a, c net.Conn) { RelayIdle(context.Background(), a, c, time.Minute) })
+}
+
 func benchTCPWrap(b *testing.B, relayed bool, wrap func(net.Conn) net.Conn) {
+	if !relayed {
+		benchTCPWith(b, nil)
+		return
+	}
+	benchTCPWith(b, func(a, c net.Conn) {
+		if wrap != nil {
+			a, c = wrap(a), wrap(c)
+		}
+		Relay(context.Background(), a, c)
+	})
+}
+
+// benchTCPWith measures client -> relay -> sink (relay nil: direct).
+func benchTCPWith(b *testing.B, relay func(a, c net.Conn)) {
 	const chunk = 1 << 20
 	sinkLn := listen(b)
 	sunk := make(chan int64, 1)
@@ -378,7 +414,7 @@ func benchTCPWrap(b *testing.B, relayed bool, wrap func(net.Conn) net.Conn) {
 
 	sinkAddr := sinkLn.Addr().String()
 	addr := sinkAddr
-	if relayed {
+	if relay != nil {
 		frontLn := listen(b)
 		go func() {
 			a, err := frontLn.Accept()
@@ -390,10 +426,7 @@ func benchTCPWrap(b *testing.B, relayed bool, wrap func(net.Conn) net.Conn) {
 				a.Close()
 				return
 			}
-			if wrap != nil {
-				a, c = wrap(a), wrap(c)
-			}
-			Relay(context.Background(), a, c)
+			relay(a, c)
 		}()
 		addr = frontLn.Addr().String()
 	}
@@ -406,6 +439,7 @@ func benchTCPWrap(b *testing.B, relayed bool, wrap func(net.Conn) net.Conn) {
 	buf := make([]byte, chunk)
 	b.SetBytes(chunk)
 	var sent int64
+	cpu0 := processCPU()
 	for b.Loop() {
 		n, err := c.Write(buf)
 		if err != nil {
@@ -413,6 +447,7 @@ func benchTCPWrap(b *testing.B, relayed bool, wrap func(net.Conn) net.Conn) {
 		}
 		sent += int64(n)
 	}
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op") // per MiB, client and sink included
 	c.(*net.TCPConn).CloseWrite()
 	if n := <-sunk; n != sent {
 		b.Fatalf("sink got %d bytes, want %d", n, sent)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/hashicorp/yamux"
 )
@@ -77,8 +78,9 @@ func yamuxConfig(window int) *yamux.Config {
 type streamConn struct {
 	*yamux.Stream
 	closed atomic.Bool
-	cause  *atomic.Pointer[error] // why the session was cut (peerauth.go), or nil
-	client *Client                // that opened it, for Retired; nil on the server side
+	cause  *atomic.Pointer[error]   // why the session was cut (peerauth.go), or nil
+	client *Client                  // that opened it, for Retired; nil on the server side
+	reg    weak.Pointer[streamConn] // its key in openStreams
 }
 
 // Retired reports whether the client retired the stream's session
@@ -93,7 +95,42 @@ func (c *streamConn) Retired() bool {
 var pastDeadline = time.Unix(1, 0)
 
 func newStreamConn(s *yamux.Stream) *streamConn {
-	return &streamConn{Stream: s}
+	c := &streamConn{Stream: s}
+	c.reg = weak.Make(c)
+	openStreams.Lock()
+	openStreams.m[c.reg] = struct{}{}
+	openStreams.Unlock()
+	return c
+}
+
+// openStreams are the process's open yamux streams, for ShrinkIdleStreams.
+// Weak pointers: a stream its owner dropped without Close is no leak here.
+var openStreams = struct {
+	sync.Mutex
+	m map[weak.Pointer[streamConn]]struct{}
+}{m: make(map[weak.Pointer[streamConn]]struct{})}
+
+// ShrinkIdleStreams drops the receive buffer of every open mesh stream
+// over TCP that has no unread bytes. yamux grows a stream's buffer to
+// hold what arrives ahead of the reader (up to twice the stream window
+// after a bulk burst) and keeps it for the stream's life, so an open but
+// idle stream after a download holds megabytes; the next frame allocates
+// a buffer of its own size again. For idle moments (memtrim's Release):
+// on a busy stream it costs a reallocation per frame.
+func ShrinkIdleStreams() {
+	openStreams.Lock()
+	live := make([]*streamConn, 0, len(openStreams.m))
+	for w := range openStreams.m {
+		if c := w.Value(); c != nil {
+			live = append(live, c)
+		} else {
+			delete(openStreams.m, w)
+		}
+	}
+	openStreams.Unlock()
+	for _, c := range live {
+		c.Stream.Shrink()
+	}
 }
 
 // Read reads from the stream. It returns net.ErrClosed after Close, and
@@ -142,6 +179,9 @@ func (c *streamConn) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	openStreams.Lock()
+	delete(openStreams.m, c.reg)
+	openStreams.Unlock()
 	err := c.Stream.Close()
 	c.Stream.SetReadDeadline(pastDeadline)
 	return err

@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startIdleRelay is startRelay through RelayIdle with timeout d.
+func startIdleRelay(t *testing.T, d time.Duration, backend func(net.Conn)) (*net.TCPConn, <-chan relayResult) {
+	return startRelayWith(t, func(a, b net.Conn) (r relayResult) {
+		r.aToB, r.bToA, r.err = RelayIdle(t.Context(), a, b, d)
+		return r
+	}, backend)
+}
+
+// lineEcho answers each line with "echo: " and the line.
+func lineEcho(c net.Conn) {
+	br := bufio.NewReader(c)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if _, err := io.WriteString(c, "echo: "+line); err != nil {
+			return
+		}
+	}
+}
+
+// exchange writes a line to c and reads the echo.
+func exchange(t *testing.T, c net.Conn, br *bufio.Reader, i int) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "ping %d\n", i)
+	line, err := br.ReadString('\n')
+	if err != nil || line != fmt.Sprintf("echo: ping %d\n", i) {
+		t.Fatalf("exchange %d: %q %v", i, line, err)
+	}
+}
+
+// TestRelayIdleTCPStaysBare: between two *net.TCPConn (Linux), RelayIdle
+// relays the connections themselves (splice, nothing per read) and
+// watches the kernel's idle times; other connections get the read-deadline
+// wrappers.
+func TestRelayIdleTCPStaysBare(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("TCP_INFO idle times are read on Linux only")
+	}
+	c, res := startRelayWith(t, func(a, b net.Conn) relayResult {
+		ra, rb, w := idleConns(a, b, time.Second)
+		if ra != a || rb != b || w == nil {
+			return relayResult{err: fmt.Errorf("TCP pair: relays %T and %T, watch %v; want the conns themselves and a watch", ra, rb, w != nil)}
+		}
+		ha := hideCopiers(a)
+		ra, rb, w = idleConns(ha, b, time.Second)
+		if ra == ha || w != nil {
+			return relayResult{err: fmt.Errorf("wrapped conn: relays %T with watch %v; want idle wrappers, no watch", ra, w != nil)}
+		}
+		a.Close()
+		b.Close()
+		return relayResult{}
+	}, func(net.Conn) {})
+	defer c.Close()
+	if r := waitResult(t, res, 5*time.Second); r.err != nil {
+		t.Fatal(r.err)
+	}
+}
+
+// TestRelayIdleEndsSilentPair: a TCP pair that moved no byte for the
+// timeout is closed, the client reads EOF, and RelayIdle returns ErrIdle;
+// the kernel clock says so, not a read deadline.
+func TestRelayIdleEndsSilentPair(t *testing.T) {
+	const d = 300 * time.Millisecond
+	c, res := startIdleRelay(t, d, lineEcho)
+	br := bufio.NewReader(c)
+	exchange(t, c, br, 0)
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("silent client read %d bytes, %v; want EOF from the idle close", n, err)
+	}
+	took := time.Since(start)
+	r := waitResult(t, res, 5*time.Second)
+	if !errors.Is(r.err, ErrIdle) {
+		t.Fatalf("RelayIdle returned %v, want ErrIdle", r.err)
+	}
+	if took < d-20*time.Millisecond {
+		t.Fatalf("closed %v after the last byte, before the %v timeout", took, d)
+	}
+	t.Logf("closed %v after the last byte (timeout %v)", took, d)
+}
+
+// TestRelayIdleKeepsActivePairs: a pair that talks every 50 ms, and one that
+// only sends one way, outlive several timeouts; once silent they end.
+func TestRelayIdleKeepsActivePairs(t *testing.T) {
+	const d = 400 * time.Millisecond
+	t.Run("both ways", func(t *testing.T) {
+		c, res := startIdleRelay(t, d, lineEcho)
+		br := bufio.NewReader(c)
+		for i := range 30 { // 1.5 s
+			exchange(t, c, br, i)
+			select {
+			case r := <-res:
+				t.Fatalf("relay ended after %d exchanges 50 ms apart: %v", i, r.err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if r := waitResult(t, res, 10*time.Second); !errors.Is(r.err, ErrIdle) {
+			t.Fatalf("after the exchanges: %v, want ErrIdle", r.err)
+		}
+	})
+	t.Run("one way", func(t *testing.T) {
+		got := make(chan int, 1)
+		c, res := startIdleRelay(t, d, func(c net.Conn) {
+			n, _ := io.Copy(io.Discard, c)
+			got <- int(n)
+		})
+		msg := strings.Repeat("x", 100)
+		for i := range 30 {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(c, msg); err != nil {
+				t.Fatalf("write %d: %v", i, err)
+			}
+			select {
+			case r := <-res:
+				t.Fatalf("relay ended after %d one-way writes 50 ms apart: %v", i, r.err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		c.CloseWrite()
+		if n := <-got; n != 30*len(msg) {
+			t.Fatalf("backend read %d bytes, want %d", n, 30*len(msg))
+		}
+		waitResult(t, res, 10*time.Second)
+	})
+}
+
+// TestRelayIdleContextCancel: cancelling the caller's context still ends
+// RelayIdle with the context's error, not ErrIdle.
+func TestRelayIdleContextCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	c, res := startRelayWith(t, func(a, b net.Conn) (r relayResult) {
+		r.aToB, r.bToA, r.err = RelayIdle(ctx, a, b, time.Hour)
+		return r
+	}, lineEcho)
+	exchange(t, c, bufio.NewReader(c), 0)
+	cancel()
+	if r := waitResult(t, res, 5*time.Second); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("RelayIdle after cancel: %v, want context.Canceled", r.err)
+	}
+}
+
+// TestWithIdleTimeoutZeroIsNone: no timeout (d <= 0) leaves the conns as
+// they are, as RelayIdle does: the agent's MQTT path passes its timeout
+// unchecked.
+func TestWithIdleTimeoutZeroIsNone(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	for _, d := range []time.Duration{0, -time.Second} {
+		if wa, wb := WithIdleTimeout(a, b, d); wa != a || wb != b {
+			t.Fatalf("WithIdleTimeout(%v) wrapped the conns (%T, %T), want them as they are", d, wa, wb)
+		}
+	}
+}
