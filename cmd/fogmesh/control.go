@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,9 +12,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/fogmesh/fogmesh/internal/cli"
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/enroll"
+	"github.com/fogmesh/fogmesh/internal/kube"
 )
 
 // controlFile is the control plane's config file.
@@ -44,6 +48,17 @@ type controlFile struct {
 
 	// IstioRootNamespace: see control.Config.
 	IstioRootNamespace string `json:"istioRootNamespace,omitempty"`
+
+	// Kube is a kubeconfig file, or "in-cluster": the Kubernetes API
+	// (or KubeEdge metaServer, OpenYurt yurthub) whose Services,
+	// EndpointSlices, Nodes, Pods and Istio and fogmesh custom resources
+	// join the registry (internal/kube; README, "Kubernetes").
+	Kube string `json:"kube,omitempty"`
+	// KubeSiteLabels name a node's site, the first present wins
+	// (default fogmesh.io/site, then OpenYurt's and KubeEdge's pool labels).
+	KubeSiteLabels []string `json:"kubeSiteLabels,omitempty"`
+	// KubeMaxServicePorts: a Service with more ports is refused (default 256).
+	KubeMaxServicePorts int `json:"kubeMaxServicePorts,omitempty"`
 
 	// Name is this control plane's name (its own audit chain; the
 	// replica name in an election): distinct for every replica.
@@ -103,6 +118,9 @@ func runControl(args []string) error {
 		etcdCert   = fs.String("etcd-cert", "", "client certificate (PEM) for etcd, with -etcd-key")
 		etcdKey    = fs.String("etcd-key", "", "its private key (PEM)")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
+		kubeCfg    = fs.String("kube", "", "watch this Kubernetes API: a kubeconfig file, or in-cluster (the pod's service account); see README, Kubernetes")
+		kubeSites  = fs.String("kube-site-labels", "", "node labels naming a node's site, comma separated, the first present wins (default fogmesh.io/site,apps.openyurt.io/nodepool,apps.openyurt.io/desired-nodepool,apps.kubeedge.io/belonging-to)")
+		kubePorts  = fs.Int("kube-max-service-ports", 0, "refuse cluster Services with more ports than this (default 256)")
 		contention = fs.Bool("debug-contention", false, "record mutex and block profiles for /debug/pprof/mutex and /debug/pprof/block on the admin port (costs a little CPU)")
 		logf       cli.LogFlags
 	)
@@ -206,6 +224,18 @@ func runControl(args []string) error {
 	if set["etcd-key"] {
 		fc.EtcdKeyFile = *etcdKey
 	}
+	if set["kube"] {
+		fc.Kube = *kubeCfg
+	}
+	if set["kube-site-labels"] {
+		fc.KubeSiteLabels = strings.Split(*kubeSites, ",")
+	}
+	if set["kube-max-service-ports"] {
+		fc.KubeMaxServicePorts = *kubePorts
+	}
+	if fc.KubeMaxServicePorts < 0 {
+		return cli.Usagef("kube-max-service-ports: %d is negative", fc.KubeMaxServicePorts)
+	}
 	if fc.StateDir == "" {
 		fc.StateDir = "/var/lib/fogmesh/control"
 	}
@@ -213,6 +243,7 @@ func runControl(args []string) error {
 	if err != nil {
 		return err
 	}
+	ms := metrics.NewSet()
 	st, err := openControlStore(&fc, log)
 	if err != nil {
 		return err
@@ -226,7 +257,7 @@ func runControl(args []string) error {
 		NodeTTL: time.Duration(fc.NodeTTL), WorkloadTTL: time.Duration(fc.WorkloadTTL), AutonomyWindow: time.Duration(fc.AutonomyWindow),
 		RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
 		Mode: fc.Mode, Region: fc.Region, Upstreams: fc.Upstreams, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
-		VIPIndexMin: vipMin, VIPIndexMax: vipMax,
+		VIPIndexMin: vipMin, VIPIndexMax: vipMax, Metrics: ms,
 	})
 	var refused *enroll.Error
 	if errors.As(err, &refused) { // a refused region join: retrying cannot help
@@ -252,6 +283,18 @@ func runControl(args []string) error {
 	if err := cli.WriteAddrFile(*addrFile, map[string]string{"admin": s.AdminAddr(), "sync": s.SyncAddr()}); err != nil {
 		s.Close()
 		return err
+	}
+	if fc.Kube != "" {
+		src, err := kube.New(kube.Config{Kubeconfig: fc.Kube, Logger: log, Metrics: ms,
+			Mapper: kube.Mapper{SiteLabels: fc.KubeSiteLabels, MaxServicePorts: fc.KubeMaxServicePorts, IstioRootNamespace: fc.IstioRootNamespace}}, s)
+		if err != nil {
+			s.Close()
+			return &cli.UsageError{Err: err}
+		}
+		kctx, kstop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); src.Run(kctx) }()
+		defer func() { kstop(); <-done }()
 	}
 	return s.Serve(ctx)
 }

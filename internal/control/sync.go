@@ -271,6 +271,7 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 			return nil, nil, reject(err.Error(), err)
 		}
 	}
+	s.topology(admit.Node)
 	if err := s.reg.registerNode(admit.Node); errors.Is(err, store.ErrUnavailable) {
 		// etcd down or without quorum: serve the agent what the store
 		// last showed; its registration is written when it reconnects.
