@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/mqtt"
 	"github.com/fogmesh/fogmesh/internal/paths"
@@ -449,10 +450,15 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 	a.mu.Lock()
 	ws := a.workloads[h.Endpoint]
 	a.mu.Unlock()
-	if ws == nil || ws.w.Service != h.Service || ws.w.Namespace != h.Namespace {
+	var e api.Endpoint
+	switch ce := a.clusterEndpoint(h); {
+	case ws != nil && ws.w.Service == h.Service && ws.w.Namespace == h.Namespace:
+		e = ws.w.endpoint(a.cfg.Node.Name, true)
+	case ce != nil:
+		e = *ce
+	default:
 		return nil, fmt.Errorf("%w: %s/%s endpoint %s", transport.ErrUnknownDestination, h.Namespace, h.Service, h.Endpoint)
 	}
-	e := ws.w.endpoint(a.cfg.Node.Name, true)
 	addr, err := e.AddrPort(h.Port)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", transport.ErrUnknownDestination, err)
@@ -494,6 +500,21 @@ func (c *countedConn) Close() error {
 func (c *countedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// clusterEndpoint is the endpoint h names when a cluster runs it on this
+// node (api.LabelSource, see buildView), nil otherwise.
+func (a *Agent) clusterEndpoint(h transport.Header) *api.Endpoint {
+	sv := a.view.Load().services[h.Namespace+"/"+h.Service]
+	if sv == nil {
+		return nil
+	}
+	for _, ev := range sv.endpoints {
+		if ev.local && ev.ep.Meta.Name == h.Endpoint && ev.ep.Meta.Labels[api.LabelSource] != "" {
+			return ev.ep
+		}
 	}
 	return nil
 }

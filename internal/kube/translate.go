@@ -262,8 +262,16 @@ func Endpoints(k *corev1.Service, svc *api.Service, slices_ []*discoveryv1.Endpo
 				// Ready (nil: unknown, taken as ready, as kube-proxy does).
 				Status: api.EndpointStatus{Healthy: e.Conditions.Ready == nil || *e.Conditions.Ready},
 			}
-			if pod != nil && pod.Spec.ServiceAccountName != "" {
-				ep.Spec.ServiceAccount = pod.Spec.ServiceAccountName
+			if pod != nil {
+				if pod.Spec.ServiceAccountName != "" {
+					ep.Spec.ServiceAccount = pod.Spec.ServiceAccountName
+				}
+				// The pod's labels select it in subsets (DestinationRule).
+				for k, v := range pod.Labels {
+					if k != api.LabelSource {
+						ep.Meta.Labels[k] = v
+					}
+				}
 			}
 			for _, sp := range sl.Ports {
 				name := ""

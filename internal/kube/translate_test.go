@@ -117,7 +117,7 @@ func TestServiceAndEndpoints(t *testing.T) {
 	if svc.Meta.Labels[api.LabelHeadless] != "true" || svc.Meta.Labels[api.LabelSource] != api.SourceKubernetes {
 		t.Fatalf("labels %v", svc.Meta.Labels)
 	}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop"},
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop", Labels: map[string]string{"version": "v1"}},
 		Spec: corev1.PodSpec{ServiceAccountName: "web-sa", Containers: []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{Name: "web", ContainerPort: 8080}}}}}}
 	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "web-abc", Namespace: "shop"}, AddressType: discoveryv1.AddressTypeIPv4,
 		Ports: []discoveryv1.EndpointPort{{Name: ptr("http")}, {Name: ptr("metrics"), Port: ptr(int32(9090))}, {Name: ptr("gone"), Port: ptr(int32(1))}},
@@ -140,7 +140,7 @@ func TestServiceAndEndpoints(t *testing.T) {
 		byAddr[e.Spec.Address] = e
 	}
 	e1 := byAddr["10.0.0.1"]
-	if e1 == nil || e1.Spec.Node != "n1" || e1.Spec.ServiceAccount != "web-sa" || !e1.Status.Healthy {
+	if e1 == nil || e1.Spec.Node != "n1" || e1.Spec.ServiceAccount != "web-sa" || !e1.Status.Healthy || e1.Meta.Labels["version"] != "v1" {
 		t.Fatalf("10.0.0.1: %+v", e1)
 	}
 	if p, _ := e1.Port("http"); p != 8080 {
