@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -97,7 +98,8 @@ type Source struct {
 
 	mu      sync.Mutex // guards the following
 	custom  map[schema.GroupVersionResource]cache.SharedIndexInformer
-	good    map[string]goodObject // last good mapping of each object, by kind/ns/name
+	good    map[string]goodObject      // last good mapping of each custom object
+	goodSvc map[string]*corev1.Service // last good version of each Service
 	linkErr string
 	linkAt  time.Time
 }
@@ -148,6 +150,12 @@ func New(cfg Config, sink Sink) (*Source, error) {
 		return nil, err
 	}
 	rc.UserAgent = "fogmesh-control"
+	// JSON, so that watchMeter can read the watch streams.
+	rc.ContentType, rc.AcceptContentTypes = "application/json", "application/json"
+	var s *Source
+	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return &watchMeter{next: rt, report: func(res, reason string, err error) { s.watchFailed(res, reason, err) }}
+	})
 	core, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kube: client: %w", err)
@@ -156,13 +164,14 @@ func New(cfg Config, sink Sink) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kube: dynamic client: %w", err)
 	}
-	s := &Source{cfg: cfg, log: cfg.Logger, sink: sink, core: core, dyn: dyn,
-		fac:    informers.NewSharedInformerFactory(core, cfg.Resync),
-		dfac:   dynamicinformer.NewDynamicSharedInformerFactory(dyn, cfg.Resync),
-		kick:   make(chan struct{}, 1),
-		custom: map[schema.GroupVersionResource]cache.SharedIndexInformer{},
-		good:   map[string]goodObject{},
-		mSync:  cfg.Metrics.GetOrCreateCounter(`fogmesh_kube_syncs_total`),
+	s = &Source{cfg: cfg, log: cfg.Logger, sink: sink, core: core, dyn: dyn,
+		fac:     informers.NewSharedInformerFactory(core, cfg.Resync),
+		dfac:    dynamicinformer.NewDynamicSharedInformerFactory(dyn, cfg.Resync),
+		kick:    make(chan struct{}, 1),
+		custom:  map[schema.GroupVersionResource]cache.SharedIndexInformer{},
+		good:    map[string]goodObject{},
+		goodSvc: map[string]*corev1.Service{},
+		mSync:   cfg.Metrics.GetOrCreateCounter(`fogmesh_kube_syncs_total`),
 	}
 	s.svc = s.fac.Core().V1().Services().Informer()
 	s.slice = s.fac.Discovery().V1().EndpointSlices().Informer()
@@ -197,13 +206,19 @@ func (s *Source) watch(name string, inf cache.SharedIndexInformer) {
 		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
 			reason = "closed"
 		}
-		s.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_kube_watch_errors_total{resource=%q,reason=%q}`, name, reason)).Inc()
-		s.log.Warn("kube: watch failed; serving the last state seen and relisting", "resource", name, "reason", reason, "err", err)
-		s.mu.Lock()
-		s.linkErr, s.linkAt = fmt.Sprintf("%s watch: %v", name, err), time.Now()
-		s.mu.Unlock()
-		s.sink.SetClusterLink(s.link())
+		s.watchFailed(name, reason, err)
 	})
+}
+
+// watchFailed counts, logs and shows a failed list or watch: the
+// informers keep the last state seen, and relist.
+func (s *Source) watchFailed(resource, reason string, err error) {
+	s.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_kube_watch_errors_total{resource=%q,reason=%q}`, resource, reason)).Inc()
+	s.log.Warn("kube: watch failed; serving the last state seen and relisting", "resource", resource, "reason", reason, "err", err)
+	s.mu.Lock()
+	s.linkErr, s.linkAt = fmt.Sprintf("%s watch: %s: %v", resource, reason, err), time.Now()
+	s.mu.Unlock()
+	s.sink.SetClusterLink(s.link())
 }
 
 // link describes the link for the sink's status.
@@ -355,6 +370,18 @@ func (s *Source) keep(key, rv string, objs []api.Object, err error) ([]api.Objec
 	return nil, fmt.Sprintf("%v; skipped", err)
 }
 
+// lastGoodService counts a Service that cannot be mapped and returns its
+// last good version (nil if none), with a warning.
+func (s *Source) lastGoodService(key string, err error) (*corev1.Service, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg.Metrics.GetOrCreateCounter(`fogmesh_kube_bad_objects_total`).Inc()
+	if g := s.goodSvc[key]; g != nil {
+		return g, fmt.Sprintf("%v; its last good version (resourceVersion %s) is served", err, g.ResourceVersion)
+	}
+	return nil, fmt.Sprintf("%v; skipped", err)
+}
+
 // mapAll maps the whole cluster.
 func (s *Source) mapAll() (control.ClusterState, []string) {
 	st := control.ClusterState{Source: api.SourceKubernetes, Nodes: map[string]control.NodeTopology{}}
@@ -397,20 +424,28 @@ func (s *Source) mapAll() (control.ClusterState, []string) {
 		seen[key] = true
 		svc, w, err := s.cfg.Mapper.Service(k)
 		warns = append(warns, w...)
-		var objs []api.Object
-		if err == nil {
-			eps, w := Endpoints(k, svc, slicesOf[k.Namespace+"/"+k.Name], c)
-			warns = append(warns, w...)
-			objs = append(objs, svc)
-			for _, e := range eps {
-				objs = append(objs, e)
-			}
-		}
-		objs, w2 := s.keep(key, k.ResourceVersion, objs, err)
-		if w2 != "" {
+		if err != nil {
+			// The last good version of the Service serves, with the
+			// endpoints its slices have now.
+			lk, w2 := s.lastGoodService(key, err)
 			warns = append(warns, w2)
+			if lk == nil {
+				delete(slicesOf, k.Namespace+"/"+k.Name)
+				continue
+			}
+			k = lk
+			svc, _, _ = s.cfg.Mapper.Service(k)
+		} else {
+			s.mu.Lock()
+			s.goodSvc[key] = k
+			s.mu.Unlock()
 		}
-		st.Objects = append(st.Objects, objs...)
+		eps, w := Endpoints(k, svc, slicesOf[k.Namespace+"/"+k.Name], c)
+		warns = append(warns, w...)
+		st.Objects = append(st.Objects, svc)
+		for _, e := range eps {
+			st.Objects = append(st.Objects, e)
+		}
 		delete(slicesOf, k.Namespace+"/"+k.Name)
 	}
 	for key := range slicesOf {
@@ -461,6 +496,11 @@ func (s *Source) mapAll() (control.ClusterState, []string) {
 	for k := range s.good {
 		if !seen[k] {
 			delete(s.good, k)
+		}
+	}
+	for k := range s.goodSvc {
+		if !seen[k] {
+			delete(s.goodSvc, k)
 		}
 	}
 	s.mu.Unlock()
