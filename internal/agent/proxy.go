@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/mqtt"
 	"github.com/fogmesh/fogmesh/internal/paths"
@@ -450,13 +449,8 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 	a.mu.Lock()
 	ws := a.workloads[h.Endpoint]
 	a.mu.Unlock()
-	var e api.Endpoint
-	switch ce := a.clusterEndpoint(h); {
-	case ws != nil && ws.w.Service == h.Service && ws.w.Namespace == h.Namespace:
-		e = ws.w.endpoint(a.cfg.Node.Name, true)
-	case ce != nil:
-		e = *ce
-	default:
+	e, ok := a.localEndpoint(h, ws) // clusterep.go
+	if !ok {
 		return nil, fmt.Errorf("%w: %s/%s endpoint %s", transport.ErrUnknownDestination, h.Namespace, h.Service, h.Endpoint)
 	}
 	addr, err := e.AddrPort(h.Port)
@@ -500,21 +494,6 @@ func (c *countedConn) Close() error {
 func (c *countedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
-	}
-	return nil
-}
-
-// clusterEndpoint is the endpoint h names when a cluster runs it on this
-// node (api.LabelSource, see buildView), nil otherwise.
-func (a *Agent) clusterEndpoint(h transport.Header) *api.Endpoint {
-	sv := a.view.Load().services[h.Namespace+"/"+h.Service]
-	if sv == nil {
-		return nil
-	}
-	for _, ev := range sv.endpoints {
-		if ev.local && ev.ep.Meta.Name == h.Endpoint && ev.ep.Meta.Labels[api.LabelSource] != "" {
-			return ev.ep
-		}
 	}
 	return nil
 }
