@@ -23,6 +23,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"sigs.k8s.io/yaml"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/control"
@@ -155,7 +159,11 @@ type harness struct {
 	logs  *testenv.Buffer
 }
 
-func startHarness(t *testing.T) *harness {
+func startHarness(t *testing.T) *harness { return startHarnessWith(t, 0) }
+
+// startHarnessWith looks for custom resource kinds every crdPoll (0: the
+// default).
+func startHarnessWith(t *testing.T, crdPoll time.Duration) *harness {
 	t.Helper()
 	k := kubeapi.Start(t)
 	h := &harness{t: t, k: k, proxy: startLinkProxy(t, k), ms: metrics.NewSet(), logs: &testenv.Buffer{}}
@@ -170,7 +178,7 @@ func startHarness(t *testing.T) *harness {
 	go func() { defer close(served); ctl.Serve(ctx) }()
 	kc := filepath.Join(t.TempDir(), "kubeconfig")
 	os.WriteFile(kc, []byte(k.KubeconfigFor("http://"+h.proxy.ln.Addr().String())), 0o600)
-	src, err := New(Config{Kubeconfig: kc, Logger: log, Metrics: h.ms, Debounce: 20 * time.Millisecond}, ctl)
+	src, err := New(Config{Kubeconfig: kc, Logger: log, Metrics: h.ms, Debounce: 20 * time.Millisecond, CRDPoll: crdPoll}, ctl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,4 +341,56 @@ func TestSourceBadInputAndLinkLoss(t *testing.T) {
 		t.Fatal("control.Server is no Sink")
 	}
 	_ = api.LabelSource
+}
+
+// TestSourceCustomResources: fogmesh's CRDs (deploy/crds), installed
+// after the source started, are found; a Route from the cluster is
+// stored with the source label, and one fogmesh apply would refuse is
+// refused here too, with the same message.
+func TestSourceCustomResources(t *testing.T) {
+	h := startHarnessWith(t, 200*time.Millisecond)
+	dyn, err := dynamic.NewForConfig(h.k.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	b, err := os.ReadFile("../../deploy/crds/fogmesh.io.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, doc := range strings.Split(string(b), "\n---\n") {
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dyn.Resource(crdGVR).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := h.k.Client.CoreV1().Services("default").Create(ctx, manyPorts("web", 1), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	routes := schema.GroupVersionResource{Group: "fogmesh.io", Version: "v1alpha1", Resource: "routes"}
+	route := func(name string, spec map[string]any) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "fogmesh.io/v1alpha1", "kind": "Route",
+			"metadata": map[string]any{"name": name, "namespace": "default"}, "spec": spec}}
+	}
+	// The CRD may be established a moment after it is created.
+	testenv.WaitFor(t, 30*time.Second, "a Route to be created", func() bool {
+		_, err := dyn.Resource(routes).Namespace("default").Create(ctx, route("canary", map[string]any{"service": "web",
+			"rules": []any{map[string]any{"backends": []any{map[string]any{"subset": "a", "weight": 1}}}}}), metav1.CreateOptions{})
+		return err == nil
+	})
+	if _, err := dyn.Resource(routes).Namespace("default").Create(ctx, route("typo", map[string]any{"service": "web", "rulez": []any{}}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the Route stored and the bad one warned about", func() bool {
+		r := h.stored("routes")
+		return strings.Contains(r, `"name": "canary"`) && strings.Contains(r, `"fogmesh.io/source": "kubernetes"`) &&
+			strings.Contains(h.warnings(), "Route default/typo: document 1 (Route default/typo): rulez: unknown field")
+	})
+	if strings.Contains(h.stored("routes"), "typo") {
+		t.Fatal("the bad Route was stored")
+	}
 }
