@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 )
 
 // watchMeter sees every watch the informers open, because client-go's
@@ -57,17 +58,18 @@ func resourceOf(path string) string {
 // meteredBody passes a watch stream through, noting 410 Gone events and
 // a stream that breaks.
 type meteredBody struct {
-	rc   io.ReadCloser
-	ctx  context.Context
-	res  string
-	m    *watchMeter
-	line []byte // the event being read
+	rc     io.ReadCloser
+	ctx    context.Context
+	res    string
+	m      *watchMeter
+	line   []byte      // the event being read
+	closed atomic.Bool // by the client: what Read fails with then is no broken link
 }
 
 func (b *meteredBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.scan(p[:n])
-	if err != nil && !errors.Is(err, io.EOF) && b.ctx.Err() == nil {
+	if err != nil && !errors.Is(err, io.EOF) && b.ctx.Err() == nil && !b.closed.Load() {
 		b.m.report(b.res, "broken", err)
 	}
 	return n, err
@@ -95,4 +97,7 @@ func (b *meteredBody) scan(p []byte) {
 	}
 }
 
-func (b *meteredBody) Close() error { return b.rc.Close() }
+func (b *meteredBody) Close() error {
+	b.closed.Store(true)
+	return b.rc.Close()
+}
