@@ -377,7 +377,7 @@ func TestSourceCustomResources(t *testing.T) {
 			"metadata": map[string]any{"name": name, "namespace": "default"}, "spec": spec}}
 	}
 	// The CRD may be established a moment after it is created.
-	testenv.WaitFor(t, 30*time.Second, "a Route to be created", func() bool {
+	testenv.WaitFor(t, 60*time.Second, "a Route to be created", func() bool {
 		_, err := dyn.Resource(routes).Namespace("default").Create(ctx, route("canary", map[string]any{"service": "web",
 			"rules": []any{map[string]any{"backends": []any{map[string]any{"subset": "a", "weight": 1}}}}}), metav1.CreateOptions{})
 		return err == nil
@@ -385,7 +385,9 @@ func TestSourceCustomResources(t *testing.T) {
 	if _, err := dyn.Resource(routes).Namespace("default").Create(ctx, route("typo", map[string]any{"service": "web", "rulez": []any{}}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 30*time.Second, "the Route stored and the bad one warned about", func() bool {
+	// A new kind's informer may back off after 429s while the
+	// apiserver installs it: minutes are not needed, but 30 s can be.
+	testenv.WaitFor(t, 90*time.Second, "the Route stored and the bad one warned about", func() bool {
 		r := h.stored("routes")
 		return strings.Contains(r, `"name": "canary"`) && strings.Contains(r, `"fogmesh.io/source": "kubernetes"`) &&
 			strings.Contains(h.warnings(), "Route default/typo: document 1 (Route default/typo): rulez: unknown field")
