@@ -26,6 +26,20 @@ case "${1:-test}" in
     ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac
+# The kube-apiserver of the Kubernetes source's tests (internal/testenv/kubeapi):
+# built once from the Go module proxy into the user's cache directory.
+build_kube_apiserver() {
+  local ver=v1.37.2 dir bin
+  dir="${FOGMESH_KUBE_APISERVER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fogmesh/kube-apiserver-$ver}"
+  bin="${FOGMESH_KUBE_APISERVER:-$dir/kube-apiserver}"
+  [ -x "$bin" ] && return 0
+  echo "install-deps: building kube-apiserver $ver into $bin (once; several minutes)" >&2
+  mkdir -p "$(dirname "$bin")"
+  (cd "$(dirname "$0")/../tools/kube-apiserver" &&
+    go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$ver -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37" \
+      -o "$bin.tmp" k8s.io/kubernetes/cmd/kube-apiserver) && mv "$bin.tmp" "$bin"
+}
+[ "${1:-test}" = test ] && build_kube_apiserver
 [ ${#want[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "install-deps: missing ${want[*]}; not root or no apt-get, so tests that need them will skip" >&2

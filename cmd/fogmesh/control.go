@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,9 +13,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/fogmesh/fogmesh/internal/cli"
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/enroll"
+	"github.com/fogmesh/fogmesh/internal/kube"
 	"github.com/fogmesh/fogmesh/internal/store"
 )
 
@@ -47,6 +51,17 @@ type controlFile struct {
 
 	// IstioRootNamespace: see control.Config.
 	IstioRootNamespace string `json:"istioRootNamespace,omitempty"`
+
+	// Kube is a kubeconfig file, or "in-cluster": the Kubernetes API
+	// (or KubeEdge metaServer, OpenYurt yurthub) whose Services,
+	// EndpointSlices, Nodes, Pods and Istio and fogmesh custom resources
+	// join the registry (internal/kube; README, "Kubernetes").
+	Kube string `json:"kube,omitempty"`
+	// KubeSiteLabels name a node's site, the first present wins
+	// (default fogmesh.io/site, then OpenYurt's and KubeEdge's pool labels).
+	KubeSiteLabels []string `json:"kubeSiteLabels,omitempty"`
+	// KubeMaxServicePorts: a Service with more ports is refused (default 256).
+	KubeMaxServicePorts int `json:"kubeMaxServicePorts,omitempty"`
 
 	// Name is this control plane's name (its own audit chain; the
 	// replica name in an election): distinct for every replica.
@@ -109,6 +124,9 @@ func runControl(args []string) error {
 		etcdUser   = fs.String("etcd-username", "", "etcd user (etcd auth), with -etcd-password-file")
 		etcdPWFile = fs.String("etcd-password-file", "", "file holding the etcd user's password")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (admin, sync) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
+		kubeCfg    = fs.String("kube", "", "watch this Kubernetes API: a kubeconfig file, or in-cluster (the pod's service account); see README, Kubernetes")
+		kubeSites  = fs.String("kube-site-labels", "", "node labels naming a node's site, comma separated, the first present wins (default fogmesh.io/site,apps.openyurt.io/nodepool,apps.openyurt.io/desired-nodepool,apps.kubeedge.io/belonging-to)")
+		kubePorts  = fs.Int("kube-max-service-ports", 0, "refuse cluster Services with more ports than this (default 256)")
 		contention = fs.Bool("debug-contention", false, "record mutex and block profiles for /debug/pprof/mutex and /debug/pprof/block on the admin port (costs a little CPU)")
 		logf       cli.LogFlags
 	)
@@ -221,6 +239,18 @@ func runControl(args []string) error {
 	if set["etcd-password-file"] {
 		fc.EtcdPasswordFile = *etcdPWFile
 	}
+	if set["kube"] {
+		fc.Kube = *kubeCfg
+	}
+	if set["kube-site-labels"] {
+		fc.KubeSiteLabels = strings.Split(*kubeSites, ",")
+	}
+	if set["kube-max-service-ports"] {
+		fc.KubeMaxServicePorts = *kubePorts
+	}
+	if fc.KubeMaxServicePorts < 0 {
+		return cli.Usagef("kube-max-service-ports: %d is negative", fc.KubeMaxServicePorts)
+	}
 	if fc.StateDir == "" {
 		fc.StateDir = "/var/lib/fogmesh/control"
 	}
@@ -230,6 +260,7 @@ func runControl(args []string) error {
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
+	ms := metrics.NewSet()
 	eo, err := etcdOptions(&fc, log)
 	if err != nil {
 		return err
@@ -263,7 +294,7 @@ func runControl(args []string) error {
 		NodeTTL: time.Duration(fc.NodeTTL), WorkloadTTL: time.Duration(fc.WorkloadTTL), AutonomyWindow: time.Duration(fc.AutonomyWindow),
 		RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
 		Mode: fc.Mode, Region: fc.Region, Upstreams: fc.Upstreams, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
-		VIPIndexMin: vipMin, VIPIndexMax: vipMax,
+		VIPIndexMin: vipMin, VIPIndexMax: vipMax, Metrics: ms,
 	})
 	var refused *enroll.Error
 	if errors.As(err, &refused) { // a refused region join: retrying cannot help
@@ -294,6 +325,18 @@ func runControl(args []string) error {
 	if err := cli.WriteAddrFile(*addrFile, map[string]string{"admin": s.AdminAddr(), "sync": s.SyncAddr()}); err != nil {
 		s.Close()
 		return err
+	}
+	if fc.Kube != "" {
+		src, err := kube.New(kube.Config{Kubeconfig: fc.Kube, Logger: log, Metrics: ms,
+			Mapper: kube.Mapper{SiteLabels: fc.KubeSiteLabels, MaxServicePorts: fc.KubeMaxServicePorts, IstioRootNamespace: fc.IstioRootNamespace}}, s)
+		if err != nil {
+			s.Close()
+			return &cli.UsageError{Err: err}
+		}
+		kctx, kstop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); src.Run(kctx) }()
+		defer func() { kstop(); <-done }()
 	}
 	return s.Serve(ctx)
 }

@@ -36,13 +36,16 @@ func runGet(args []string) error {
 		return err
 	}
 	if fs.NArg() < 1 || fs.NArg() > 2 {
-		return cli.Usagef("get: want KIND [NAME], KIND one of nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies, sessions, trust, paths")
+		return cli.Usagef("get: want KIND [NAME], KIND one of nodes, services, endpoints, routes, destinationpolicies, authorizationpolicies, sessions, trust, paths, cluster")
 	}
-	if fs.NArg() == 2 && (fs.Arg(0) == "trust" || fs.Arg(0) == "paths" || fs.Arg(0) == "path") {
+	if fs.NArg() == 2 && (fs.Arg(0) == "trust" || fs.Arg(0) == "paths" || fs.Arg(0) == "path" || fs.Arg(0) == "cluster") {
 		return cli.Usagef("get %s takes no NAME", fs.Arg(0))
 	}
 	if fs.Arg(0) == "trust" {
 		return getTrust(*server, *out)
+	}
+	if fs.Arg(0) == "cluster" {
+		return getCluster(*server, *out)
 	}
 	if fs.Arg(0) == "paths" || fs.Arg(0) == "path" {
 		return getPaths(*server, *out)
@@ -318,4 +321,35 @@ func byName(items []json.RawMessage, name string) ([]json.RawMessage, error) {
 		return nil, fmt.Errorf("no %q", name)
 	}
 	return out, nil
+}
+
+// getCluster shows the Kubernetes source's last sync: its link, the
+// conflicts with applied objects, and the bad input it left out.
+func getCluster(server, out string) error {
+	var st control.ClusterStatus
+	if err := call("GET", strings.TrimRight(server, "/")+"/v1/cluster", nil, &st); err != nil {
+		return err
+	}
+	switch out {
+	case "json":
+		b, _ := json.MarshalIndent(st, "", "  ")
+		fmt.Println(string(b))
+		return nil
+	case "table":
+	default:
+		return cli.Usagef("get cluster: -o %q is not table or json", out)
+	}
+	if st.Source == "" {
+		fmt.Println("no cluster source (fogmesh control -kube)")
+		return nil
+	}
+	fmt.Printf("source: %s\nobjects: %d\nnodes: %d\nlast sync: %s\nlink: %s\n", st.Source, st.Objects, st.Nodes,
+		sinceAgo(st.LastSync, time.Now()), cmpOr(st.Link, "ok"))
+	for _, c := range st.Conflicts {
+		fmt.Println("CONFLICT", c)
+	}
+	for _, w := range st.Warnings {
+		fmt.Println("WARNING", w)
+	}
+	return nil
 }

@@ -446,10 +446,10 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 	a.mu.Lock()
 	ws := a.workloads[h.Endpoint]
 	a.mu.Unlock()
-	if ws == nil || ws.w.Service != h.Service || ws.w.Namespace != h.Namespace {
+	e, ok := a.localEndpoint(h, ws) // clusterep.go
+	if !ok {
 		return nil, fmt.Errorf("%w: %s/%s endpoint %s", transport.ErrUnknownDestination, h.Namespace, h.Service, h.Endpoint)
 	}
-	e := ws.w.endpoint(a.cfg.Node.Name, true)
 	addr, err := e.AddrPort(h.Port)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", transport.ErrUnknownDestination, err)

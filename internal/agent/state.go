@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -359,9 +360,16 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		ev.region = region
 		sv.endpoints = append(sv.endpoints, ev)
 	}
+	local = slices.Clip(local) // appended to below: never into the caller's array
 	for _, e := range res.endpoints {
 		if e.Spec.Node == self.Meta.Name {
-			continue // replaced by local
+			// Replaced by local, except the pods a cluster runs on this
+			// node (api.LabelSource): this agent dials them directly, with
+			// the cluster's readiness as their health.
+			if e.Meta.Labels[api.LabelSource] != "" {
+				local = append(local, *e)
+			}
+			continue
 		}
 		add(e, false)
 	}

@@ -75,6 +75,7 @@ func (s *Server) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/{kind}", s.handleList)
 	mux.HandleFunc("GET /v1/regions", s.handleRegions)
+	mux.HandleFunc("GET /v1/cluster", s.handleCluster)
 	mux.HandleFunc("GET /v1/paths", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Paths())
 	})

@@ -510,8 +510,8 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 				r.dropByNode(node, k)
 				continue
 			}
-			if e.Meta.Owner != r.owner {
-				continue
+			if e.Meta.Owner != r.owner || e.Meta.Labels[api.LabelSource] != "" {
+				continue // a region's replica, or a cluster's pod on this node
 			}
 			if err := tx.Delete(k); err != nil {
 				return err
@@ -552,6 +552,9 @@ func (r *registry) claimLocked(tx *store.Tx, o api.Object) error {
 	key := api.ObjectKey(o)
 	if kv, ok := tx.Get(key); ok {
 		if err := r.ownsLocked(key, kv); err != nil {
+			return err
+		}
+		if err := sourceLocked(key, kv, o); err != nil {
 			return err
 		}
 	}

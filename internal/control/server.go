@@ -241,6 +241,8 @@ type Server struct {
 	sec *security // nil in insecure mode
 	ui  uiState   // the web UI's scrapes and recent denials (ui.go)
 	ha  haState   // replicas on a shared store (ha.go)
+	// cluster is the last state a cluster source synced (cluster.go).
+	cluster clusterState
 
 	mu   sync.Mutex // guards the following
 	live map[string]*liveNode

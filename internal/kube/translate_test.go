@@ -1,0 +1,217 @@
+package kube
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func TestTopology(t *testing.T) {
+	var m Mapper
+	for _, tc := range []struct {
+		name               string
+		labels             map[string]string
+		site, region, zone string
+		warn               string
+	}{
+		{"fogmesh labels", map[string]string{LabelSite: "shop-1", LabelRegion: "eu", LabelZone: "eu-a"}, "shop-1", "eu", "eu-a", ""},
+		{"openyurt pool", map[string]string{LabelOpenYurtPool: "pool-a"}, "pool-a", "", "", ""},
+		{"kubeedge group", map[string]string{LabelKubeEdgeNodeGroup: "hangzhou"}, "hangzhou", "", "", ""},
+		{"contradictory site labels", map[string]string{LabelSite: "a", LabelOpenYurtPool: "b"}, "a", "", "", "name different sites"},
+		{"not a name", map[string]string{LabelSite: "Shop_1", LabelRegion: "eu"}, "", "eu", "", "not a DNS label"},
+		{"none", nil, "", "", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: tc.labels}}
+			got, warns := m.Topology(n)
+			if got.Site != tc.site || got.Region != tc.region || got.Zone != tc.zone {
+				t.Fatalf("got %+v, want %s/%s/%s", got, tc.site, tc.region, tc.zone)
+			}
+			if w := strings.Join(warns, "\n"); (tc.warn == "") != (w == "") || !strings.Contains(w, tc.warn) {
+				t.Fatalf("warnings %q, want one containing %q", w, tc.warn)
+			}
+		})
+	}
+	custom := Mapper{SiteLabels: []string{"example.com/site"}}
+	got, _ := custom.Topology(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{"example.com/site": "x", LabelSite: "y"}}})
+	if got.Site != "x" {
+		t.Fatalf("custom site label: got %q", got.Site)
+	}
+}
+
+func TestProtocol(t *testing.T) {
+	for _, tc := range []struct {
+		p    corev1.ServicePort
+		want string
+		warn bool
+	}{
+		{corev1.ServicePort{Name: "web", Protocol: corev1.ProtocolTCP, AppProtocol: ptr("http")}, "http", false},
+		{corev1.ServicePort{Name: "web", AppProtocol: ptr("kubernetes.io/h2c")}, "http2", false},
+		{corev1.ServicePort{Name: "x", AppProtocol: ptr("grpc")}, "grpc", false},
+		{corev1.ServicePort{Name: "x", AppProtocol: ptr("example.com/custom")}, "tcp", true},
+		{corev1.ServicePort{Name: "grpc-api"}, "grpc", false},
+		{corev1.ServicePort{Name: "http"}, "http", false},
+		{corev1.ServicePort{Name: "mqtt-broker"}, "mqtt", false},
+		{corev1.ServicePort{Name: "httpx"}, "tcp", false},
+		{corev1.ServicePort{Name: "dns", Protocol: corev1.ProtocolUDP}, "udp", false},
+	} {
+		got, w := Protocol(tc.p)
+		if got != tc.want || (w != "") != tc.warn {
+			t.Errorf("%+v: got %q warning %q, want %q (warning %v)", tc.p, got, w, tc.want, tc.warn)
+		}
+	}
+}
+
+func svcWithPorts(n int) *corev1.Service {
+	s := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "many", Namespace: "ns"}}
+	for i := range n {
+		s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: fmt.Sprintf("p%d", i), Port: int32(1000 + i), Protocol: corev1.ProtocolTCP})
+	}
+	return s
+}
+
+func TestServiceBadInput(t *testing.T) {
+	var m Mapper
+	for _, tc := range []struct {
+		name string
+		svc  *corev1.Service
+		err  string
+	}{
+		{"thousands of ports", svcWithPorts(3000), "3000 ports, more than the limit of 256"},
+		{"external name", &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "ns"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.com"}}, "ExternalName"},
+		{"no ports", &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "ns"}}, "no ports"},
+		{"sctp", &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "ns"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "s", Port: 9, Protocol: corev1.ProtocolSCTP}}}}, "SCTP"},
+		{"same port twice", &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "ns"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "a", Port: 80}, {Name: "a", Port: 81}}}}, "duplicate port name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := m.Service(tc.svc)
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.err)
+			}
+		})
+	}
+	if s, _, err := m.Service(svcWithPorts(256)); err != nil || len(s.Spec.Ports) != 256 {
+		t.Fatalf("256 ports: %v", err)
+	}
+}
+
+func TestServiceAndEndpoints(t *testing.T) {
+	var m Mapper
+	k := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"},
+		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{
+			{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP, AppProtocol: ptr("http"), TargetPort: intstr.FromString("web")},
+			{Name: "metrics", Port: 9090, Protocol: corev1.ProtocolTCP}}}}
+	svc, warns, err := m.Service(k)
+	if err != nil || len(warns) != 0 {
+		t.Fatal(err, warns)
+	}
+	if svc.Meta.Labels[api.LabelHeadless] != "true" || svc.Meta.Labels[api.LabelSource] != api.SourceKubernetes {
+		t.Fatalf("labels %v", svc.Meta.Labels)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop", Labels: map[string]string{"version": "v1"}},
+		Spec: corev1.PodSpec{ServiceAccountName: "web-sa", Containers: []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{Name: "web", ContainerPort: 8080}}}}}}
+	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "web-abc", Namespace: "shop"}, AddressType: discoveryv1.AddressTypeIPv4,
+		Ports: []discoveryv1.EndpointPort{{Name: ptr("http")}, {Name: ptr("metrics"), Port: ptr(int32(9090))}, {Name: ptr("gone"), Port: ptr(int32(1))}},
+		Endpoints: []discoveryv1.Endpoint{
+			{Addresses: []string{"10.0.0.1"}, NodeName: ptr("n1"), TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "web-1"}},
+			{Addresses: []string{"10.0.0.2"}, NodeName: ptr("ghost")},
+			{Addresses: []string{"10.0.0.3"}},
+			{Addresses: []string{"10.0.0.4"}, NodeName: ptr("n1"), Conditions: discoveryv1.EndpointConditions{Ready: ptr(false)}},
+			{Addresses: []string{"not-an-ip"}, NodeName: ptr("n1")},
+		}}
+	eps, warns := Endpoints(k, svc, []*discoveryv1.EndpointSlice{sl}, Cluster{Nodes: map[string]bool{"n1": true}, Pods: map[string]*corev1.Pod{"shop/web-1": pod}})
+	w := strings.Join(warns, "\n")
+	for _, want := range []string{`names node "ghost", which the cluster does not have`, "names no node", `port "gone" is not a port`, `"not-an-ip"`, "10.0.0.4: port http resolves to no port number"} {
+		if !strings.Contains(w, want) {
+			t.Errorf("warnings lack %q:\n%s", want, w)
+		}
+	}
+	byAddr := map[string]*api.Endpoint{}
+	for _, e := range eps {
+		byAddr[e.Spec.Address] = e
+	}
+	e1 := byAddr["10.0.0.1"]
+	if e1 == nil || e1.Spec.Node != "n1" || e1.Spec.ServiceAccount != "web-sa" || !e1.Status.Healthy || e1.Meta.Labels["version"] != "v1" {
+		t.Fatalf("10.0.0.1: %+v", e1)
+	}
+	if p, _ := e1.Port("http"); p != 8080 {
+		t.Fatalf("named target port: http → %d, want 8080", p)
+	}
+	if p, _ := e1.Port("metrics"); p != 9090 {
+		t.Fatalf("metrics → %d", p)
+	}
+	e4 := byAddr["10.0.0.4"]
+	if e4 == nil || e4.Status.Healthy {
+		t.Fatalf("a not-ready endpoint is kept, unhealthy: %+v", e4)
+	}
+	if len(eps) != 2 {
+		t.Fatalf("%d endpoints, want 2", len(eps))
+	}
+	if svc.Spec.Identity == nil || strings.Join(svc.Spec.Identity.ServiceAccounts, ",") != "default,web-sa" {
+		t.Fatalf("identity %+v", svc.Spec.Identity)
+	}
+	if EndpointName("web", "10.0.0.1") != e1.Meta.Name || EndpointName("web", "10.0.0.1") == EndpointName("web", "10.0.0.2") {
+		t.Fatal("endpoint names are not stable and distinct")
+	}
+	if long := EndpointName(strings.Repeat("a", 63), "::1"); len(long) > 63 {
+		t.Fatalf("name %q is longer than a DNS label", long)
+	}
+}
+
+func TestCustomIstioAndFogmesh(t *testing.T) {
+	var m Mapper
+	vs := `{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"web","namespace":"shop","uid":"1234","resourceVersion":"99","managedFields":[{}],"annotations":{"a":"b"}},
+	"spec":{"hosts":["web"],"http":[{"route":[{"destination":{"host":"web","subset":"v1"},"weight":90},{"destination":{"host":"web","subset":"v2"},"weight":10}]}]},"status":{"x":1}}`
+	objs, warns, err := m.Custom([]byte(vs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range warns {
+		if strings.Contains(w, "uid") || strings.Contains(w, "resourceVersion") || strings.Contains(w, "status") {
+			t.Fatalf("the apiserver's fields are warned about: %v", warns)
+		}
+	}
+	if len(objs) == 0 || objs[0].GetKind() != api.KindRoute || objs[0].GetMeta().Labels[api.LabelSource] != api.SourceKubernetes {
+		t.Fatalf("objects %+v", objs)
+	}
+	fr := `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Route","metadata":{"name":"r","namespace":"shop","uid":"x","annotations":{"k":"v"}},"spec":{"service":"web","rules":[{"backends":[{"subset":"a","weight":1}]}]}}`
+	objs, _, err = m.Custom([]byte(fr))
+	if err != nil || len(objs) != 1 || api.ObjectKey(objs[0]) != "Route/shop/r" {
+		t.Fatalf("fogmesh Route: %v %v", objs, err)
+	}
+	for _, bad := range []string{`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"s"},"spec":{"ports":[{"name":"a","port":1}]}}`,
+		`{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"x"}}`, `not json`} {
+		if _, _, err := m.Custom([]byte(bad)); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
+	}
+}
+
+// FuzzCustom: no custom resource, however malformed, crashes the mapping.
+func FuzzCustom(f *testing.F) {
+	f.Add([]byte(`{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"web","namespace":"shop"},"spec":{"hosts":["web"],"http":[{"route":[{"destination":{"host":"web"}}]}]}}`))
+	f.Add([]byte(`{"apiVersion":"networking.istio.io/v1","kind":"DestinationRule","metadata":{"name":"web"},"spec":{"host":"web","subsets":[{"name":"v1","labels":{"v":"1"}}]}}`))
+	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"AuthorizationPolicy","metadata":{"name":"a","namespace":"shop"},"spec":{"action":"DENY","rules":[{}]}}`))
+	f.Add([]byte(`{"apiVersion":"fogmesh.io/v1alpha1","kind":"Session","metadata":{"name":"s"},"spec":{}}`))
+	f.Add([]byte(`{"metadata":null,"spec":[]}`))
+	var m Mapper
+	f.Fuzz(func(t *testing.T, b []byte) {
+		objs, _, err := m.Custom(b)
+		if err == nil {
+			for _, o := range objs {
+				if o.GetMeta().Labels[api.LabelSource] != api.SourceKubernetes {
+					t.Fatalf("%s lacks the source label", api.ObjectKey(o))
+				}
+			}
+		}
+	})
+}
