@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/fogmesh/fogmesh/deploy"
+	"github.com/fogmesh/fogmesh/internal/cli"
+	"github.com/fogmesh/fogmesh/internal/kube"
 	"sigs.k8s.io/yaml"
 )
 
@@ -74,5 +78,33 @@ func TestInstallPrintsManifests(t *testing.T) {
 		if err := install(bad, &bytes.Buffer{}); err == nil {
 			t.Errorf("install %q: no error", bad)
 		}
+	}
+}
+
+// TestInstallControlConfigDecodes: the control plane's config file in the
+// ConfigMap decodes strictly into the control plane's config, in-cluster.
+func TestInstallControlConfigDecodes(t *testing.T) {
+	objs, err := deploy.Objects(deploy.Options{Namespace: "edge"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, o := range objs {
+		if o["kind"] != "ConfigMap" {
+			continue
+		}
+		data, _ := o["data"].(map[string]any)
+		s, _ := data["control.yaml"].(string)
+		var fc controlFile
+		if err := cli.DecodeConfig([]byte(s), &fc); err != nil {
+			t.Fatalf("control.yaml: %v\n%s", err, s)
+		}
+		if fc.Kube != kube.InCluster || fc.StateDir != "/var/lib/fogmesh/control" || !slices.Contains(fc.ServerNames, "fogmesh-control.edge.svc") {
+			t.Errorf("control.yaml: %+v", fc)
+		}
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("%d ConfigMaps", n)
 	}
 }
