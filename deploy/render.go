@@ -49,6 +49,13 @@ var (
 	labelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 	imageRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$`)
 	hostRE  = regexp.MustCompile(`^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$`)
+	// subdomainRE is a Secret's name.
+	subdomainRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
+	// docSepRE separates the documents of a YAML file.
+	docSepRE = regexp.MustCompile(`(?m)^---\s*$`)
+	// controlHostRE is the base's name of the control plane Service in
+	// its namespace, in the agents' -control and the server names.
+	controlHostRE = regexp.MustCompile(`\bfogmesh-control\.fogmesh\b`)
 )
 
 func (o *Options) validate() error {
@@ -91,7 +98,7 @@ func (o *Options) validate() error {
 	if o.JoinSecret == "" {
 		o.JoinSecret = "fogmesh-join"
 	}
-	if len(o.JoinSecret) > 253 || !regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`).MatchString(o.JoinSecret) {
+	if len(o.JoinSecret) > 253 || !subdomainRE.MatchString(o.JoinSecret) {
 		return fmt.Errorf("join secret %q is not a DNS subdomain", o.JoinSecret)
 	}
 	return nil
@@ -151,7 +158,7 @@ func Render(w io.Writer, o Options) error {
 // split decodes a multi-document YAML file.
 func split(b []byte) ([]Object, error) {
 	var out []Object
-	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(b), -1) {
+	for _, doc := range docSepRE.Split(string(b), -1) {
 		var obj Object
 		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
 			return nil, err
@@ -175,7 +182,7 @@ func apply(obj Object, o Options) ([]Object, error) {
 	}
 	walkStrings(obj, func(s string) string {
 		s = strings.ReplaceAll(s, "fogmesh-control.fogmesh.svc:7071", o.ControlAddr)
-		return regexp.MustCompile(`\bfogmesh-control\.fogmesh\b`).ReplaceAllString(s, "fogmesh-control."+o.Namespace)
+		return controlHostRE.ReplaceAllString(s, "fogmesh-control."+o.Namespace)
 	})
 	switch kind {
 	case "Namespace":
