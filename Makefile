@@ -6,7 +6,7 @@ BIN      := bin
 COMMIT   ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo +dirty)
 LDFLAGS  := -s -w -X github.com/fogmesh/fogmesh/internal/cli.Commit=$(COMMIT)
 
-.PHONY: all build dev test test-deps bench bench-paths bench-control fuzz lint clean
+.PHONY: all build image dev test test-deps bench bench-paths bench-control fuzz lint clean
 
 all: build
 
@@ -14,6 +14,15 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh ./cmd/fogmesh
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh-agent ./cmd/fogmesh-agent
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh-relay ./cmd/fogmesh-relay
+
+# OCI images of the agent and the control plane for PLATFORMS, without a Docker
+# daemon (tools/image, go-containerregistry): one OCI layout per image in
+# bin/image/NAME and its tar (oci-archive) bin/image/NAME.tar. Push with
+# `crane push bin/image/fogmesh-agent REPO:TAG` or `skopeo copy oci:bin/image/fogmesh-agent:TAG docker://REPO:TAG`.
+IMAGE_TAG ?= dev
+PLATFORMS ?= linux/amd64,linux/arm64
+image:
+	cd tools/image && $(GO) run . -src ../.. -out ../../$(BIN)/image -tag $(IMAGE_TAG) -platforms $(PLATFORMS) -tar
 
 # The embedded demo: a control plane and four node agents on this machine.
 dev:

@@ -88,7 +88,7 @@ func envOr(name, def string) string {
 }
 
 func serverFlag(fs *flag.FlagSet) *string {
-	adminAuth.token = fs.String("token", os.Getenv("FOGMESH_TOKEN"), "admin API token ($FOGMESH_TOKEN)")
+	adminAuth.token = fs.String("token", envToken(), "admin API token ($FOGMESH_TOKEN, or the file $FOGMESH_TOKEN_FILE names)")
 	adminAuth.ca = fs.String("ca", os.Getenv("FOGMESH_CA"), "trust bundle (PEM) that verifies the control plane, e.g. STATE/ca.pem ($FOGMESH_CA)")
 	// audit verify has its own -cert (the checkpoint signer): there the
 	// admin client certificate is -admin-cert/-admin-key.
@@ -99,6 +99,21 @@ func serverFlag(fs *flag.FlagSet) *string {
 	adminAuth.cert = fs.String(certFlag, os.Getenv("FOGMESH_CERT"), "admin client certificate (PEM, from 'fogmesh admin cert create'; with -"+keyFlag+") instead of a token ($FOGMESH_CERT)")
 	adminAuth.key = fs.String(keyFlag, os.Getenv("FOGMESH_KEY"), "its private key (PEM) ($FOGMESH_KEY)")
 	return fs.String("server", envOr("FOGMESH_SERVER", "https://127.0.0.1:7070"), "control plane admin API URL ($FOGMESH_SERVER)")
+}
+
+// envToken is the admin token of the environment: $FOGMESH_TOKEN, else
+// the content of the file $FOGMESH_TOKEN_FILE names (the control plane's
+// admin.token, so that `kubectl exec deploy/fogmesh-control -- fogmesh ...`
+// works in an image without a shell; deploy/control.yaml sets it).
+func envToken() string {
+	if t := os.Getenv("FOGMESH_TOKEN"); t != "" {
+		return t
+	}
+	if p := os.Getenv("FOGMESH_TOKEN_FILE"); p != "" {
+		b, _ := os.ReadFile(p)
+		return strings.TrimSpace(string(b))
+	}
+	return ""
 }
 
 func agentFlag(fs *flag.FlagSet) *string {

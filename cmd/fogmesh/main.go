@@ -58,6 +58,10 @@ Audit:
 Demo verbs (talk to a running 'fogmesh dev'):
   fogmesh demo stop|start NODE     stop or start the hello instance on NODE
 
+Kubernetes:
+  fogmesh install [-namespace NS] [-registry R -tag T] [-sites a,b] [-control-addr HOST:PORT] [-no-capture]
+                                   print the manifests for kubectl apply -f - (README, Install on Kubernetes)
+
   fogmesh version
 
 Run 'fogmesh COMMAND -h' for a command's flags.
@@ -117,6 +121,8 @@ func main() {
 		err = runTrust(args)
 	case "admin":
 		err = runAdmin(args)
+	case "install":
+		err = runInstall(args)
 	case "version", "-version", "--version":
 		err = runVersion(args)
 	case "help", "-h", "-help", "--help":

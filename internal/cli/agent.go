@@ -35,6 +35,7 @@ func RunAgent(prog string, args []string) error {
 		insecure   = fs.Bool("insecure", false, "plaintext sync and mesh port, no identities: tests and local experiments only")
 		pathNorm   = fs.String("path-normalization", "", "HTTP path normalisation, Istio's options: NONE, BASE (default), MERGE_SLASHES, DECODE_AND_MERGE_SLASHES")
 		joinToken  = fs.String("join-token", os.Getenv("FOGMESH_JOIN_TOKEN"), "join token from 'fogmesh token create -site SITE' ($FOGMESH_JOIN_TOKEN); needed once, when the state dir holds no certificate")
+		joinFile   = fs.String("join-token-file", "", "read the join token from this file if it exists (a missing file is no token: a DaemonSet mounts a Secret keyed by node name, and a joined node needs none)")
 		relays     = fs.String("relays", "", "relay addresses, comma separated (host:port): reach peers behind NATs (secure mode)")
 		punchAddr  = fs.String("punch-addr", "", "UDP address of punched paths (default 0.0.0.0:0; off: relayed paths only)")
 		gwAddr     = fs.String("gateway-addr", "", "be the site's gateway: forward the site's agents to this agent's control planes and relays on this ip:port")
@@ -100,6 +101,12 @@ func RunAgent(prog string, args []string) error {
 	}
 	if *joinToken != "" {
 		cfg.JoinToken = *joinToken
+	} else if *joinFile != "" {
+		tok, err := readJoinTokenFile(*joinFile)
+		if err != nil {
+			return err
+		}
+		cfg.JoinToken = tok
 	}
 	if set["control"] {
 		cfg.Control = splitList(*control)
