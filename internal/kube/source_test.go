@@ -390,7 +390,7 @@ func TestSourceCustomResources(t *testing.T) {
 	testenv.WaitFor(t, 90*time.Second, "the Route stored and the bad one warned about", func() bool {
 		r := h.stored("routes")
 		return strings.Contains(r, `"name": "canary"`) && strings.Contains(r, `"fogmesh.io/source": "kubernetes"`) &&
-			strings.Contains(h.warnings(), "Route default/typo: document 1 (Route default/typo): rulez: unknown field")
+			strings.Contains(h.warnings(), "Route default/typo: document 1 (Route default/typo): spec.rulez: unknown field")
 	})
 	if strings.Contains(h.stored("routes"), "typo") {
 		t.Fatal("the bad Route was stored")
