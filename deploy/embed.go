@@ -8,7 +8,7 @@ package deploy
 import "embed"
 
 // Files are the base's manifests in the order they are applied.
-var Files = []string{"namespace.yaml", "rbac.yaml", "configmap.yaml", "control.yaml", "agent.yaml"}
+var Files = []string{"crds/fogmesh.io.yaml", "namespace.yaml", "rbac.yaml", "configmap.yaml", "control.yaml", "agent.yaml"}
 
-//go:embed *.yaml
+//go:embed *.yaml crds/*.yaml
 var fsys embed.FS

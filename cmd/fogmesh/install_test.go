@@ -57,7 +57,8 @@ func TestInstallPrintsManifests(t *testing.T) {
 			t.Fatalf("not YAML: %v\n%s", err, doc)
 		}
 		kinds[obj.Kind]++
-		if obj.Kind != "Namespace" && obj.Kind != "ClusterRole" && obj.Kind != "ClusterRoleBinding" && obj.Metadata.Namespace != "edge" {
+		clusterScoped := obj.Kind == "Namespace" || obj.Kind == "ClusterRole" || obj.Kind == "ClusterRoleBinding" || obj.Kind == "CustomResourceDefinition"
+		if clusterScoped != (obj.Metadata.Namespace == "") || !clusterScoped && obj.Metadata.Namespace != "edge" {
 			t.Errorf("%s %s in namespace %q, want edge", obj.Kind, obj.Metadata.Name, obj.Metadata.Namespace)
 		}
 		for _, c := range obj.Spec.Template.Spec.Containers {
@@ -65,7 +66,7 @@ func TestInstallPrintsManifests(t *testing.T) {
 		}
 	}
 	want := map[string]int{"Namespace": 1, "ServiceAccount": 2, "ClusterRole": 1, "ClusterRoleBinding": 1, "ConfigMap": 1,
-		"PersistentVolumeClaim": 1, "Deployment": 1, "Service": 1, "DaemonSet": 2}
+		"PersistentVolumeClaim": 1, "Deployment": 1, "Service": 1, "DaemonSet": 2, "CustomResourceDefinition": 4}
 	for k, n := range want {
 		if kinds[k] != n {
 			t.Errorf("%d objects of kind %s, want %d (all: %v)", kinds[k], k, n, kinds)
