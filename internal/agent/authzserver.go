@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/authz"
+	"github.com/fogmesh/fogmesh/internal/h2srv"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
@@ -22,13 +25,18 @@ import (
 // workload.
 
 // authzServer serves the mesh streams of HTTP ports whose requests must be
-// authorized one by one: one HTTP server (HTTP/1.1 and h2c) per agent, fed
-// stream by stream.
+// authorized one by one, stream by stream: HTTP/2 (what the source agent's
+// h2up writes on h2c and gRPC ports) by the agent's own HTTP/2 server
+// (package h2srv), anything else by one net/http server (HTTP/1.1, and h2c
+// on http ports), both with the same normalising, authorizing handler.
 type authzServer struct {
 	a   *Agent
 	ln  *connListener
 	srv *http.Server
+	h2  *h2srv.Server
 	rp  *httputil.ReverseProxy
+
+	h2Streams atomic.Int64 // mesh streams served by h2, for tests
 }
 
 type meshStreamKey struct{}
@@ -151,11 +159,13 @@ func newAuthzServer(a *Agent) *authzServer {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
+	handler := a.normalizingHandler(http.HandlerFunc(s.handle))
+	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug}
 	s.srv = &http.Server{
-		Handler:           a.normalizingHandler(http.HandlerFunc(s.handle)),
+		Handler:           handler,
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		IdleTimeout:       authzIdle,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if sc, ok := c.(*servedConn); ok {
 				return context.WithValue(ctx, meshStreamKey{}, sc.ms)
@@ -166,6 +176,10 @@ func newAuthzServer(a *Agent) *authzServer {
 	}
 	return s
 }
+
+// authzIdle closes a mesh stream served per request after this long
+// without a request.
+const authzIdle = 5 * time.Minute
 
 // sourceAgentHeaders are the headers of a remote request that the source
 // agent set (or, for SourceIDHeader, authzServer.handle after vouching).
@@ -183,13 +197,32 @@ func (s *authzServer) run() error {
 func (s *authzServer) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	s.h2.Shutdown(ctx)
 	s.srv.Shutdown(ctx)
 	s.srv.Close()
 	s.ln.Close()
 }
 
-// serve hands the stream to the HTTP server and waits until it is done.
+// serve serves the stream until it is done: HTTP/2 with prior knowledge on
+// an h2c or gRPC port by the HTTP/2 server, anything else by net/http's.
 func (s *authzServer) serve(ctx context.Context, stream net.Conn, ms *meshStream) {
+	defer ms.closeIdle()
+	if ms.proto != "http" {
+		h2, read, err := sniffPreface(stream)
+		if h2 {
+			s.h2Streams.Add(1)
+			// The stream's context is the requests' (its end closes the
+			// connection), with the stream for handle.
+			s.h2.ServeConn(stream, h2srv.ConnOptions{Context: context.WithValue(ctx, meshStreamKey{}, ms),
+				IdleTimeout: authzIdle, Preface: true})
+			return
+		}
+		if err != nil && len(read) == 0 {
+			stream.Close()
+			return
+		}
+		stream = &prefixConn{Conn: stream, r: io.MultiReader(bytes.NewReader(read), stream)}
+	}
 	sc := &servedConn{Conn: stream, ms: ms, closed: make(chan struct{})}
 	if !s.ln.push(sc) {
 		return
@@ -199,7 +232,6 @@ func (s *authzServer) serve(ctx context.Context, stream net.Conn, ms *meshStream
 	case <-ctx.Done():
 		sc.Close()
 	}
-	ms.closeIdle()
 }
 
 func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
