@@ -56,6 +56,10 @@ type conn struct {
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
 	werr    error
+	// ctlTimer flushes writeControl's frames if no request's write does
+	// first; ctlArmed: it is running.
+	ctlTimer *time.Timer
+	ctlArmed bool
 
 	mu         sync.Mutex // guards the following and the streams' send state
 	cond       sync.Cond  // on mu: send windows, stream ends, close
@@ -151,6 +155,45 @@ func (c *conn) writeFlush(fn func() error, flush bool) error {
 // flush sends what writeFlush left buffered.
 func (c *conn) flush() { c.write(func() error { return nil }) }
 
+// writeControl writes frames of the read loop's (PING and SETTINGS
+// acknowledgements) without a flush of their own: the next request's
+// write takes them along, or controlFlushDelay's timer flushes them. A
+// grpc-go server pings after each request it reads (its BDP estimate):
+// an acknowledgement flushed alone cost a system call per call.
+func (c *conn) writeControl(fn func() error) error {
+	if err := c.writeFlush(fn, false); err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	if !c.ctlArmed && c.werr == nil {
+		c.ctlArmed = true
+		d := time.Duration(controlFlushDelay.Load())
+		if c.ctlTimer == nil {
+			c.ctlTimer = time.AfterFunc(d, c.flushControl)
+		} else {
+			c.ctlTimer.Reset(d)
+		}
+	}
+	c.wmu.Unlock()
+	return nil
+}
+
+// controlFlushDelay bounds how long writeControl's frames wait for a
+// request's flush (as h2srv's flushDelay); nanoseconds.
+var controlFlushDelay atomic.Int64
+
+func init() { controlFlushDelay.Store(int64(time.Millisecond)) }
+
+func (c *conn) flushControl() {
+	c.wmu.Lock()
+	c.ctlArmed = false
+	pending := c.bw.Buffered() > 0
+	c.wmu.Unlock()
+	if pending {
+		c.flush()
+	}
+}
+
 // writeHeaderBlock writes HEADERS (and CONTINUATION) frames of the block
 // in c.hbuf. Under wmu.
 func (c *conn) writeHeaderBlock(id uint32, endStream bool, maxFrame uint32) error {
@@ -192,7 +235,12 @@ func (c *conn) close(err error) {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.p.remove(c)
-	c.nc.Close()
+	c.nc.Close() // first: a writer blocked in a write holds wmu
+	c.wmu.Lock()
+	if c.ctlTimer != nil {
+		c.ctlTimer.Stop()
+	}
+	c.wmu.Unlock()
 	for _, s := range streams {
 		s.fail(err)
 	}
@@ -378,10 +426,10 @@ func (c *conn) process(f http2.Frame) error {
 		if err := c.onSettings(f); err != nil {
 			return err
 		}
-		return c.write(func() error { return c.fr.WriteSettingsAck() })
+		return c.writeControl(func() error { return c.fr.WriteSettingsAck() })
 	case *http2.PingFrame:
 		if !f.IsAck() {
-			return c.write(func() error { return c.fr.WritePing(true, f.Data) })
+			return c.writeControl(func() error { return c.fr.WritePing(true, f.Data) })
 		}
 	case *http2.WindowUpdateFrame:
 		c.mu.Lock()
