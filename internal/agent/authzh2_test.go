@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -12,6 +14,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
@@ -133,5 +136,29 @@ spec: {service: h1files, rules: [{to: [{paths: ["/public/*"]}]}]}
 	}
 	if n := a.authzHTTP.h2Streams.Load(); n != 0 {
 		t.Errorf("%d HTTP/1.1 streams served by the HTTP/2 server", n)
+	}
+}
+
+// TestMeshStreamUpstreamPools: the destination agent forwards the requests
+// of an h2c or gRPC port's mesh stream with the lean HTTP/2 client (h2up),
+// as the source agent does, and an http port's with net/http's HTTP/1.1
+// transport; the stream's end closes the pool.
+func TestMeshStreamUpstreamPools(t *testing.T) {
+	for proto, want := range map[string]string{"grpc": "*h2up.Pool", "http2": "*h2up.Pool", "http": "*http.Transport"} {
+		ms := &meshStream{proto: proto, local: &meshConn{addr: "127.0.0.1:1"}}
+		if got := fmt.Sprintf("%T", ms.transport()); got != want {
+			t.Errorf("%s port: upstream %s, want %s", proto, got, want)
+		}
+		ms.closeIdle()
+	}
+	if t.Failed() {
+		return // the pools below would dial the test's placeholder connection
+	}
+	ms := &meshStream{proto: "grpc", local: &meshConn{addr: "127.0.0.1:1"}}
+	p := ms.transport()
+	ms.closeIdle()
+	req, _ := http.NewRequest("GET", "http://x/", nil)
+	if _, err := p.RoundTrip(req); !errors.Is(err, h2up.ErrPoolClosed) {
+		t.Errorf("request after the stream's end: %v, want %v", err, h2up.ErrPoolClosed)
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/authz"
 	"github.com/fogmesh/fogmesh/internal/h2srv"
+	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
@@ -58,32 +59,39 @@ type meshStream struct {
 	// and no identity or forwarding header in them is believed.
 	agentWritten bool
 
-	mu sync.Mutex // guards t
-	t  *http.Transport
+	mu     sync.Mutex // guards t, closeT
+	t      http.RoundTripper
+	closeT func() // ends t's idle upstream connections; nil before t
 }
 
 // transport returns the stream's upstream pool: its first connection is
-// the one DialLocal opened, further ones are dialed.
-func (ms *meshStream) transport() *http.Transport {
+// the one DialLocal opened, further ones are dialed. h2c and gRPC ports
+// get the agent's lean HTTP/2 client (package h2up), as at the source.
+func (ms *meshStream) transport() http.RoundTripper {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	if ms.t == nil {
-		var protos http.Protocols
-		if ms.proto == "http" {
-			protos.SetHTTP1(true)
-		} else {
-			protos.SetUnencryptedHTTP2(true)
-		}
 		var first atomic.Pointer[meshConn]
 		first.Store(ms.local)
-		ms.t = &http.Transport{Protocols: &protos, MaxIdleConnsPerHost: 8, IdleConnTimeout: 90 * time.Second,
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				if c := first.Swap(nil); c != nil {
-					return c, nil
-				}
-				var d net.Dialer
-				return d.DialContext(ctx, "tcp", ms.local.addr)
-			}}
+		dial := func(ctx context.Context) (net.Conn, error) {
+			if c := first.Swap(nil); c != nil {
+				return c, nil
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", ms.local.addr)
+		}
+		if ms.proto == "http" {
+			var protos http.Protocols
+			protos.SetHTTP1(true)
+			t := &http.Transport{Protocols: &protos, MaxIdleConnsPerHost: 8, IdleConnTimeout: 90 * time.Second,
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) }}
+			ms.t, ms.closeT = t, t.CloseIdleConnections
+		} else {
+			// Close: no new requests (the stream has ended), idle
+			// connections now, the rest when their requests are done.
+			p := h2up.New(h2up.Config{Dial: dial, IdleTimeout: 90 * time.Second})
+			ms.t, ms.closeT = p, p.Close
+		}
 	}
 	return ms.t
 }
@@ -91,10 +99,10 @@ func (ms *meshStream) transport() *http.Transport {
 // closeIdle closes the stream's idle upstream connections.
 func (ms *meshStream) closeIdle() {
 	ms.mu.Lock()
-	t := ms.t
+	closeT := ms.closeT
 	ms.mu.Unlock()
-	if t != nil {
-		t.CloseIdleConnections()
+	if closeT != nil {
+		closeT()
 	}
 }
 
