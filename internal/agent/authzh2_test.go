@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/h2up"
+	"github.com/fogmesh/fogmesh/internal/testenv/grpcsvc"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
@@ -160,5 +162,42 @@ func TestMeshStreamUpstreamPools(t *testing.T) {
 	req, _ := http.NewRequest("GET", "http://x/", nil)
 	if _, err := p.RoundTrip(req); !errors.Is(err, h2up.ErrPoolClosed) {
 		t.Errorf("request after the stream's end: %v, want %v", err, h2up.ErrPoolClosed)
+	}
+}
+
+// TestGRPCThroughTwoAgents: grpc-go through two agents, the destination
+// agent serving the mesh stream per request (a policy selects the
+// service) with its own HTTP/2 server and forwarding with h2up:
+// grpcsvc.Exercise's unary calls with headers and trailers, error status,
+// messages past every flow-control window, streaming both ways, a
+// deadline and a cancelled stream.
+func TestGRPCThroughTwoAgents(t *testing.T) {
+	s := grpcsvc.Start(t)
+	_, port, _ := net.SplitHostPort(s.Addr)
+	var p int
+	fmt.Sscan(port, &p)
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: g2svc, namespace: demo}
+spec: {ports: [{name: web, port: 19635, protocol: grpc}]}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: g2svc-all, namespace: demo}
+spec: {service: g2svc, rules: [{to: [{paths: ["/*"]}]}]}
+`)
+	srv := startAgent(t, agentOpts{name: "g2srv", site: "s1", region: "r1", vipOctet: 34, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload("g2svc", "g2svc-1", p)}})
+	waitFor(t, "the policy on the endpoint's node", func() bool { return srv.view.Load().authz.Len() == 1 })
+	cli := startAgent(t, agentOpts{name: "g2cli", site: "s1", region: "r1", vipOctet: 33, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	waitFor(t, "the remote endpoint and the policy on the client node", func() bool {
+		eps := endpointsOf(cli, "demo/g2svc")
+		return len(eps) == 1 && eps[0].Healthy && cli.view.Load().authz.Len() == 1
+	})
+	waitVIP(t, "127.33.0.1:19635")
+	grpcsvc.Exercise(t, "127.33.0.1:19635", s)
+	if srv.authzHTTP.h2Streams.Load() == 0 {
+		t.Error("no mesh stream served by the destination's HTTP/2 server")
 	}
 }
