@@ -56,6 +56,8 @@ type conn struct {
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
 	werr    error
+	// owed: a writer left its frames to the next one in line to flush.
+	owed bool
 	// ctlTimer flushes writeControl's frames if no request's write does
 	// first; ctlArmed: it is running.
 	ctlTimer *time.Timer
@@ -141,8 +143,13 @@ func (c *conn) writeFlush(fn func() error, flush bool) error {
 		return c.werr
 	}
 	err := fn()
-	if err == nil && flush && c.waiting.Load() == 0 {
-		err = c.bw.Flush()
+	if err == nil && (flush || c.owed) {
+		if c.waiting.Load() == 0 {
+			err = c.bw.Flush()
+			c.owed = false
+		} else {
+			c.owed = true // the next writer in line flushes, even one that would not
+		}
 	}
 	if err != nil {
 		c.werr = fmt.Errorf("h2up: write: %w", err)
