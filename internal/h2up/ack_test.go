@@ -39,6 +39,9 @@ func (c *writeLogConn) Write(p []byte) (int, error) {
 		if f.Header().Flags.Has(http2.FlagPingAck) && f.Header().Type == http2.FramePing {
 			k += "+ACK"
 		}
+		if f.Header().Flags.Has(http2.FlagDataEndStream) && f.Header().Type == http2.FrameData {
+			k += "+END"
+		}
 		kinds = append(kinds, k)
 	}
 	c.mu.Lock()
@@ -140,5 +143,84 @@ func TestPingAckRidesTheNextRequest(t *testing.T) {
 	}
 	if alone != 0 || riding != 2 {
 		t.Fatalf("writes %v: %d acknowledgements alone, %d with a request's HEADERS; want 0 and 2", fmt.Sprint(lc.log()), alone, riding)
+	}
+}
+
+// endReader returns its bytes and io.EOF in one read, as h2srv's request
+// body does once the client's END_STREAM came with its last DATA.
+type endReader struct{ b []byte }
+
+func (r *endReader) Read(p []byte) (int, error) {
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	if len(r.b) == 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// TestLastDataCarriesTheEnd: a request body that reads its last bytes
+// with io.EOF is sent as one DATA frame with END_STREAM, not as DATA and
+// an empty DATA with END_STREAM (a write of its own).
+func TestLastDataCarriesTheEnd(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, br)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
+		var b bytesBuffer
+		hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "204"})
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f.Header().Flags.Has(http2.FlagDataEndStream) && f.Header().Type == http2.FrameData {
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.Header().StreamID, BlockFragment: b, EndHeaders: true, EndStream: true})
+			}
+		}
+	}()
+	var lc *writeLogConn
+	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
+		if err != nil {
+			return nil, err
+		}
+		lc = &writeLogConn{Conn: c}
+		return lc, nil
+	}})
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", "http://x/", &endReader{[]byte("hello")})
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	var frames []string // the request's frames (acknowledgements may ride along)
+	for _, w := range lc.log() {
+		for _, k := range w {
+			if strings.HasPrefix(k, "HEADERS") || strings.HasPrefix(k, "DATA") {
+				frames = append(frames, k)
+			}
+		}
+	}
+	if strings.Join(frames, ",") != "HEADERS,DATA+END" {
+		t.Fatalf("request frames %q, want HEADERS and one DATA with END_STREAM", frames)
 	}
 }
