@@ -311,6 +311,11 @@ spec: {}
 		if status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("intruder: %v, want PermissionDenied", err)
 		}
+		// The destination agent served the source agent's HTTP/2 with its
+		// own server (h2srv), not net/http's.
+		if srv.authzHTTP.h2Streams.Load() == 0 {
+			t.Fatal("no mesh stream served by the destination's HTTP/2 server")
+		}
 	})
 
 	t.Run("tcp", func(t *testing.T) {

@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/authz"
+	"github.com/fogmesh/fogmesh/internal/h2srv"
+	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 	"github.com/fogmesh/fogmesh/internal/transport"
 )
@@ -22,13 +26,18 @@ import (
 // workload.
 
 // authzServer serves the mesh streams of HTTP ports whose requests must be
-// authorized one by one: one HTTP server (HTTP/1.1 and h2c) per agent, fed
-// stream by stream.
+// authorized one by one, stream by stream: HTTP/2 (what the source agent's
+// h2up writes on h2c and gRPC ports) by the agent's own HTTP/2 server
+// (package h2srv), anything else by one net/http server (HTTP/1.1, and h2c
+// on http ports), both with the same normalising, authorizing handler.
 type authzServer struct {
 	a   *Agent
 	ln  *connListener
 	srv *http.Server
+	h2  *h2srv.Server
 	rp  *httputil.ReverseProxy
+
+	h2Streams atomic.Int64 // mesh streams served by h2, for tests
 }
 
 type meshStreamKey struct{}
@@ -50,32 +59,39 @@ type meshStream struct {
 	// and no identity or forwarding header in them is believed.
 	agentWritten bool
 
-	mu sync.Mutex // guards t
-	t  *http.Transport
+	mu     sync.Mutex // guards t, closeT
+	t      http.RoundTripper
+	closeT func() // ends t's idle upstream connections; nil before t
 }
 
 // transport returns the stream's upstream pool: its first connection is
-// the one DialLocal opened, further ones are dialed.
-func (ms *meshStream) transport() *http.Transport {
+// the one DialLocal opened, further ones are dialed. h2c and gRPC ports
+// get the agent's lean HTTP/2 client (package h2up), as at the source.
+func (ms *meshStream) transport() http.RoundTripper {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	if ms.t == nil {
-		var protos http.Protocols
-		if ms.proto == "http" {
-			protos.SetHTTP1(true)
-		} else {
-			protos.SetUnencryptedHTTP2(true)
-		}
 		var first atomic.Pointer[meshConn]
 		first.Store(ms.local)
-		ms.t = &http.Transport{Protocols: &protos, MaxIdleConnsPerHost: 8, IdleConnTimeout: 90 * time.Second,
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				if c := first.Swap(nil); c != nil {
-					return c, nil
-				}
-				var d net.Dialer
-				return d.DialContext(ctx, "tcp", ms.local.addr)
-			}}
+		dial := func(ctx context.Context) (net.Conn, error) {
+			if c := first.Swap(nil); c != nil {
+				return c, nil
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", ms.local.addr)
+		}
+		if ms.proto == "http" {
+			var protos http.Protocols
+			protos.SetHTTP1(true)
+			t := &http.Transport{Protocols: &protos, MaxIdleConnsPerHost: 8, IdleConnTimeout: 90 * time.Second,
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) }}
+			ms.t, ms.closeT = t, t.CloseIdleConnections
+		} else {
+			// Close: no new requests (the stream has ended), idle
+			// connections now, the rest when their requests are done.
+			p := h2up.New(h2up.Config{Dial: dial, IdleTimeout: 90 * time.Second})
+			ms.t, ms.closeT = p, p.Close
+		}
 	}
 	return ms.t
 }
@@ -83,10 +99,10 @@ func (ms *meshStream) transport() *http.Transport {
 // closeIdle closes the stream's idle upstream connections.
 func (ms *meshStream) closeIdle() {
 	ms.mu.Lock()
-	t := ms.t
+	closeT := ms.closeT
 	ms.mu.Unlock()
-	if t != nil {
-		t.CloseIdleConnections()
+	if closeT != nil {
+		closeT()
 	}
 }
 
@@ -151,11 +167,13 @@ func newAuthzServer(a *Agent) *authzServer {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
+	handler := a.normalizingHandler(http.HandlerFunc(s.handle))
+	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug}
 	s.srv = &http.Server{
-		Handler:           a.normalizingHandler(http.HandlerFunc(s.handle)),
+		Handler:           handler,
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		IdleTimeout:       authzIdle,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if sc, ok := c.(*servedConn); ok {
 				return context.WithValue(ctx, meshStreamKey{}, sc.ms)
@@ -166,6 +184,10 @@ func newAuthzServer(a *Agent) *authzServer {
 	}
 	return s
 }
+
+// authzIdle closes a mesh stream served per request after this long
+// without a request.
+const authzIdle = 5 * time.Minute
 
 // sourceAgentHeaders are the headers of a remote request that the source
 // agent set (or, for SourceIDHeader, authzServer.handle after vouching).
@@ -183,13 +205,32 @@ func (s *authzServer) run() error {
 func (s *authzServer) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	s.h2.Shutdown(ctx)
 	s.srv.Shutdown(ctx)
 	s.srv.Close()
 	s.ln.Close()
 }
 
-// serve hands the stream to the HTTP server and waits until it is done.
+// serve serves the stream until it is done: HTTP/2 with prior knowledge on
+// an h2c or gRPC port by the HTTP/2 server, anything else by net/http's.
 func (s *authzServer) serve(ctx context.Context, stream net.Conn, ms *meshStream) {
+	defer ms.closeIdle()
+	if ms.proto != "http" {
+		h2, read, err := sniffPreface(stream)
+		if h2 {
+			s.h2Streams.Add(1)
+			// The stream's context is the requests' (its end closes the
+			// connection), with the stream for handle.
+			s.h2.ServeConn(stream, h2srv.ConnOptions{Context: context.WithValue(ctx, meshStreamKey{}, ms),
+				IdleTimeout: authzIdle, Preface: true})
+			return
+		}
+		if err != nil && len(read) == 0 {
+			stream.Close()
+			return
+		}
+		stream = &prefixConn{Conn: stream, r: io.MultiReader(bytes.NewReader(read), stream)}
+	}
 	sc := &servedConn{Conn: stream, ms: ms, closed: make(chan struct{})}
 	if !s.ln.push(sc) {
 		return
@@ -199,7 +240,6 @@ func (s *authzServer) serve(ctx context.Context, stream net.Conn, ms *meshStream
 	case <-ctx.Done():
 		sc.Close()
 	}
-	ms.closeIdle()
 }
 
 func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {

@@ -469,9 +469,8 @@ func (r *replayReader) Read(p []byte) (int, error) {
 			return 0, errBodyGone
 		}
 		r.pos += n
-		if n > 0 && err == io.EOF {
-			err = nil
-		}
+		// (n, io.EOF) passes as it came: h2up then sends the last bytes
+		// with END_STREAM (h2srv reads a body's end with its last bytes).
 		return n, err
 	}
 }

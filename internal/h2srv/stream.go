@@ -229,8 +229,15 @@ func (b *requestBody) Read(p []byte) (int, error) {
 					return n, nil
 				}
 			}
+			// The end already came and nothing is left: say so now, so
+			// that a proxy sends the last bytes with the end (h2up: one
+			// DATA frame with END_STREAM).
+			var err error
+			if st.recvDone && st.body.len() == 0 && st.bodyErr == io.EOF {
+				err = io.EOF
+			}
 			sc.mu.Unlock()
-			return n, nil
+			return n, err
 		}
 		if st.recvDone {
 			err := st.bodyErr

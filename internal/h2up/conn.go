@@ -56,6 +56,12 @@ type conn struct {
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
 	werr    error
+	// owed: a writer left its frames to the next one in line to flush.
+	owed bool
+	// ctlTimer flushes writeControl's frames if no request's write does
+	// first; ctlArmed: it is running.
+	ctlTimer *time.Timer
+	ctlArmed bool
 
 	mu         sync.Mutex // guards the following and the streams' send state
 	cond       sync.Cond  // on mu: send windows, stream ends, close
@@ -137,8 +143,13 @@ func (c *conn) writeFlush(fn func() error, flush bool) error {
 		return c.werr
 	}
 	err := fn()
-	if err == nil && flush && c.waiting.Load() == 0 {
-		err = c.bw.Flush()
+	if err == nil && (flush || c.owed) {
+		if c.waiting.Load() == 0 {
+			err = c.bw.Flush()
+			c.owed = false
+		} else {
+			c.owed = true // the next writer in line flushes, even one that would not
+		}
 	}
 	if err != nil {
 		c.werr = fmt.Errorf("h2up: write: %w", err)
@@ -150,6 +161,45 @@ func (c *conn) writeFlush(fn func() error, flush bool) error {
 
 // flush sends what writeFlush left buffered.
 func (c *conn) flush() { c.write(func() error { return nil }) }
+
+// writeControl writes frames of the read loop's (PING and SETTINGS
+// acknowledgements) without a flush of their own: the next request's
+// write takes them along, or controlFlushDelay's timer flushes them. A
+// grpc-go server pings after each request it reads (its BDP estimate):
+// an acknowledgement flushed alone cost a system call per call.
+func (c *conn) writeControl(fn func() error) error {
+	if err := c.writeFlush(fn, false); err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	if !c.ctlArmed && c.werr == nil {
+		c.ctlArmed = true
+		d := time.Duration(controlFlushDelay.Load())
+		if c.ctlTimer == nil {
+			c.ctlTimer = time.AfterFunc(d, c.flushControl)
+		} else {
+			c.ctlTimer.Reset(d)
+		}
+	}
+	c.wmu.Unlock()
+	return nil
+}
+
+// controlFlushDelay bounds how long writeControl's frames wait for a
+// request's flush (as h2srv's flushDelay); nanoseconds.
+var controlFlushDelay atomic.Int64
+
+func init() { controlFlushDelay.Store(int64(time.Millisecond)) }
+
+func (c *conn) flushControl() {
+	c.wmu.Lock()
+	c.ctlArmed = false
+	pending := c.bw.Buffered() > 0
+	c.wmu.Unlock()
+	if pending {
+		c.flush()
+	}
+}
 
 // writeHeaderBlock writes HEADERS (and CONTINUATION) frames of the block
 // in c.hbuf. Under wmu.
@@ -192,7 +242,12 @@ func (c *conn) close(err error) {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.p.remove(c)
-	c.nc.Close()
+	c.nc.Close() // first: a writer blocked in a write holds wmu
+	c.wmu.Lock()
+	if c.ctlTimer != nil {
+		c.ctlTimer.Stop()
+	}
+	c.wmu.Unlock()
 	for _, s := range streams {
 		s.fail(err)
 	}
@@ -378,10 +433,10 @@ func (c *conn) process(f http2.Frame) error {
 		if err := c.onSettings(f); err != nil {
 			return err
 		}
-		return c.write(func() error { return c.fr.WriteSettingsAck() })
+		return c.writeControl(func() error { return c.fr.WriteSettingsAck() })
 	case *http2.PingFrame:
 		if !f.IsAck() {
-			return c.write(func() error { return c.fr.WritePing(true, f.Data) })
+			return c.writeControl(func() error { return c.fr.WritePing(true, f.Data) })
 		}
 	case *http2.WindowUpdateFrame:
 		c.mu.Lock()

@@ -127,16 +127,28 @@ func (s *stream) writeBody(hasTrailer bool, headers *time.Timer) {
 	for {
 		n, rerr := body.Read(buf)
 		headers.Stop() // this write flushes them
+		// The body's last bytes came with its end and no trailers
+		// follow: the last DATA frame carries END_STREAM (one frame and
+		// one write fewer per gRPC call).
+		endWithData := rerr == io.EOF && !hasTrailer
 		for sent := 0; sent < n; {
 			k, ok := s.awaitSend(n - sent)
 			if !ok {
 				return // reset, or the response ended first (abortSend)
 			}
 			chunk := buf[sent : sent+k]
-			if err := c.write(func() error { return c.fr.WriteData(s.id, false, chunk) }); err != nil {
+			last := endWithData && sent+k == n
+			if last && !s.markSentEnd() {
+				return
+			}
+			if err := c.write(func() error { return c.fr.WriteData(s.id, last, chunk) }); err != nil {
 				return
 			}
 			sent += k
+			if last {
+				s.afterEnd()
+				return
+			}
 		}
 		if rerr == nil {
 			continue
