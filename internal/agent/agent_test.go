@@ -92,7 +92,8 @@ func startControlWith(t testing.TB, dir, syncAddr string, tweak func(*control.Co
 		syncAddr = "127.0.0.1:0"
 	}
 	cfg := control.Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: syncAddr,
-		HeartbeatInterval: 200 * time.Millisecond, NodeTimeout: 800 * time.Millisecond, Insecure: true}
+		HeartbeatInterval: 200 * time.Millisecond, NodeTimeout: 800 * time.Millisecond, Insecure: true,
+		NodeExpiry: 400 * time.Millisecond} // a dead node is withdrawn 1.2 s after its last heartbeat (control's expiry.go)
 	if tweak != nil {
 		tweak(&cfg)
 	}
