@@ -773,9 +773,14 @@ func TestSilentNodeDeathGossip(t *testing.T) {
 		}
 		return n
 	}
-	eventually(t, 15*time.Second, "the node to freeze never served", func() bool {
-		return count(func(r result) bool { return r.body == "frozen" }) >= 20
-	})
+	for deadline := time.Now().Add(15 * time.Second); count(func(r result) bool { return r.body == "frozen" }) < 20; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("after 15s: the node to freeze never served (%d requests, %d by it)\nwatcher log:\n%s",
+				len(results), count(func(r result) bool { return r.body == "frozen" }), watcher.out)
+		}
+	}
 	frozenAt := time.Since(t0)
 	victim.cmd.Process.Signal(syscall.SIGSTOP)
 	// Run on until 200 requests started more than a second after the
@@ -787,9 +792,13 @@ func TestSilentNodeDeathGossip(t *testing.T) {
 	wg.Wait()
 	var failed, toFrozenAfter, before int
 	var slowest time.Duration
+	var errs []string
 	for _, r := range results {
 		if r.err != nil {
 			failed++
+			if len(errs) < 10 {
+				errs = append(errs, fmt.Sprintf("at %v (freeze at %v, took %v): %v", r.at, frozenAt, r.took, r.err))
+			}
 			continue
 		}
 		slowest = max(slowest, r.took)
@@ -811,7 +820,7 @@ func TestSilentNodeDeathGossip(t *testing.T) {
 		t.Fatal("the frozen node served nothing before: the test proves nothing")
 	}
 	if failed > 0 || toFrozenAfter > 0 {
-		t.Fatalf("failed %d, routed to the frozen node more than 1 s after it froze: %d\nwatcher log:\n%s", failed, toFrozenAfter, watcher.out)
+		t.Fatalf("failed %d, routed to the frozen node more than 1 s after it froze: %d\n%s\nwatcher log:\n%s", failed, toFrozenAfter, strings.Join(errs, "\n"), watcher.out)
 	}
 	// README: death seen in under a second, in-flight attempts then fail
 	// over at once; the slowest request may add one request's time and

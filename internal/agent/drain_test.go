@@ -237,8 +237,10 @@ func TestNodeRenewalNoFailedRequest(t *testing.T) {
 	// certificates they joined with expire (at 8 s) while requests run.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*life)
 	defer cancel()
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
+	var ok atomic.Int64
+	var errMu sync.Mutex
+	var errs []string // each failure with its kind and time, for the verdict
+	t0 := time.Now()
 	var wg sync.WaitGroup
 	for i := 0; i < 5; i++ {
 		web := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 2}}
@@ -257,8 +259,13 @@ func TestNodeRenewalNoFailedRequest(t *testing.T) {
 					err = getWeb(web)
 				}
 				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+					kind := "tcp"
+					if i >= 3 {
+						kind = "http"
+					}
+					errMu.Lock()
+					errs = append(errs, fmt.Sprintf("%s at %s (+%v): %v", kind, time.Now().Format("15:04:05.000"), time.Since(t0).Round(time.Millisecond), err))
+					errMu.Unlock()
 				} else {
 					ok.Add(1)
 				}
@@ -266,8 +273,8 @@ func TestNodeRenewalNoFailedRequest(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		t.Fatalf("%d of %d requests failed across node certificate renewals; first: %v", n, n+ok.Load(), firstErr.Load())
+	if n := len(errs); n > 0 {
+		t.Fatalf("%d of %d requests failed across node certificate renewals (started %s):\n%s", n, n+int(ok.Load()), t0.Format("15:04:05.000"), strings.Join(errs[:min(n, 10)], "\n"))
 	}
 	if a.NodeCertificate().SerialNumber.String() == first || b.NodeCertificate().SerialNumber.String() == firstB {
 		t.Fatal("the nodes did not renew their certificates during the test")

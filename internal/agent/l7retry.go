@@ -219,6 +219,12 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		var de *dialError
 		o := retry.Outcome{Failure: retry.Reset}
+		// An attempt gossip cancelled (its node declared dead) fails over
+		// like any other, but is no failure of the endpoint: gossip keeps a
+		// dead node out while it is dead, and a false suspicion (a node
+		// not scheduled for half a second on a loaded machine) must not
+		// eject it for the outlier detection's 10 s once it refuted it.
+		nodeDead := errors.Is(err, errNodeDead)
 		switch {
 		case errors.As(err, &de):
 			o.Failure = retry.ConnectFailure
@@ -232,9 +238,11 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			if refusedStream(err) {
 				o.Failure = retry.RefusedStream
 			}
-			a.outcome(sv, ev, 0, true)
+			if !nodeDead {
+				a.outcome(sv, ev, 0, true)
+			}
 		}
-		if o.Failure == retry.ConnectFailure {
+		if o.Failure == retry.ConnectFailure && !nodeDead {
 			a.connectFailed(sv, ev) // resets and timeouts only count (outcome above)
 		}
 		a.log.Info("agent: endpoint failed", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)

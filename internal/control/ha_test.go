@@ -273,7 +273,13 @@ func TestLeaderExpiresNodesHeardByAnyReplica(t *testing.T) {
 // allocation is one optimistic transaction, no leader needed.
 func TestReplicasAllocateDistinctVIPs(t *testing.T) {
 	c := etcdtest.Start(t, 1)
-	reps := []*Server{startReplica(t, c, "a", true), startReplica(t, c, "b", true)}
+	// Every write must succeed here, so the store's bound on one attempt
+	// (begin, then commit) is generous: startReplica's 1 s is for tests
+	// that kill etcd and want the 503 soon, and twelve contending writes,
+	// each committing with an fsync of etcd's WAL on a disk shared with
+	// other builds, took over 1 s at load 16 (503 "commit: context
+	// deadline exceeded"). A conflict still retries at once.
+	reps := []*Server{startReplicaTimeout(t, c, "a", true, 15*time.Second), startReplicaTimeout(t, c, "b", true, 15*time.Second)}
 	var wg sync.WaitGroup
 	errs := make(chan string, 20)
 	for i := range 12 {

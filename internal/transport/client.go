@@ -326,7 +326,7 @@ func (c *Client) lookup(meshAddr string, broken *yamux.Session) (*peer, *yamux.S
 }
 
 // watchSession pings sess every PingInterval to measure the RTT to the
-// peer, retires sess at auth.retireAt, cuts it when the peer's chain
+// peer, retires sess when auth.retireIn says, cuts it when the peer's chain
 // expires, and forgets it once it is closed, by us or by a failure.
 func (c *Client) watchSession(meshAddr string, p *peer, sess *yamux.Session, auth *peerAuth) {
 	defer c.wg.Done()
@@ -337,9 +337,7 @@ func (c *Client) watchSession(meshAddr string, p *peer, sess *yamux.Session, aut
 		et := time.NewTimer(d)
 		defer et.Stop()
 		expire = et.C
-		// A session opened after retireAt (the peer has not renewed) is
-		// not retired: its successor would meet the same certificate.
-		if d := time.Until(auth.retireAt); d > 0 {
+		if d, ok := auth.retireIn(time.Now()); ok {
 			rt := time.NewTimer(d)
 			defer rt.Stop()
 			retire = rt.C

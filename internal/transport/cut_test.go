@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // Sessions of revoked and expired peers (peerauth.go), over real TLS and
@@ -471,5 +473,76 @@ func TestQUICRevokedAndExpiredPeerCut(t *testing.T) {
 		if c.Peer == zero {
 			t.Fatalf("cut without a peer: %+v", c)
 		}
+	}
+}
+
+// TestLateSessionRetiredAfterPeerRenews: a session opened after its
+// peer's certificate passed retireAt (the peer had not renewed yet: it
+// renews a few milliseconds later, as when both nodes renew at the same
+// moment and the dialer's RetireAll comes first) is still retired before
+// that certificate expires, so streams move to a session presenting the
+// renewed one and the expiry cuts none in flight. It used to stay in use
+// until the expiry cut its streams (seen in the agent's
+// TestNodeRenewalNoFailedRequest: 3 TCP requests failed with EOF).
+func TestLateSessionRetiredAfterPeerRenews(t *testing.T) {
+	ca := testCA(t, "", nil)
+	const life = 4 * time.Second
+	work := serveWorkload(t, "127.0.0.1:0", slowEcho(150*time.Millisecond))
+	srv := testSource(ttlSVID(t, ca, "s", "b", life), ca.Bundle())
+	ts, _ := cutServer(t, srv, mapDialer{"web-1": work})
+	cli := testSource(ttlSVID(t, ca, "s", "a", time.Hour), ca.Bundle())
+	c, cliCuts := cutClient(t, cli, "a")
+
+	old := srv.SVID().Certificates[0]
+	retireAt := old.NotAfter.Add(-renewMargin(old))
+	testenv.WaitFor(t, 2*life, "the server certificate's retireAt to pass", func() bool { return time.Now().After(retireAt) })
+	if time.Until(old.NotAfter) < life/8 {
+		t.Skipf("only %v left before the expiry: too slow to open a late session before it", time.Until(old.NotAfter))
+	}
+	conn, err := c.Dial(context.Background(), ts.addr, header("web-1")) // the late session, on the old certificate
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, conn, "late")
+	conn.Close()
+	srv.SetSVID(ttlSVID(t, ca, "s", "b", life)) // the peer renews just after
+
+	// Two loops keep a stream of 150 ms in flight until past the expiry.
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	var errMu sync.Mutex
+	var errs []error
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(old.NotAfter.Add(300 * time.Millisecond)) {
+				err := func() error {
+					conn, err := c.Dial(context.Background(), ts.addr, header("web-1"))
+					if err != nil {
+						return err
+					}
+					defer conn.Close()
+					conn.SetDeadline(time.Now().Add(3 * time.Second))
+					if _, err := io.WriteString(conn, "req"); err != nil {
+						return err
+					}
+					_, err = io.ReadFull(conn, make([]byte, 3))
+					return err
+				}()
+				if err != nil {
+					errMu.Lock()
+					errs = append(errs, fmt.Errorf("at %s: %w", time.Now().Format("15:04:05.000"), err))
+					errMu.Unlock()
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 || ok.Load() == 0 {
+		t.Fatalf("%d streams failed (%d succeeded) around the expiry of the late session's certificate at %s (client cuts %+v): %v",
+			len(errs), ok.Load(), old.NotAfter.Format("15:04:05.000"), cliCuts.get(), errs)
 	}
 }

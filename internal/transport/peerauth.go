@@ -109,6 +109,32 @@ func renewMargin(c *x509.Certificate) time.Duration {
 	return c.NotAfter.Sub(issued) / 4
 }
 
+// minLateRetire is the least time a late session (retireIn) keeps for its
+// streams: below it the session is left to the expiry.
+const minLateRetire = 200 * time.Millisecond
+
+// retireIn is how long after now a client retires a session authenticated
+// by a, and false if it never does. At retireAt; a session opened after
+// it (the peer had not renewed yet, perhaps by milliseconds, as when both
+// nodes renew at the same moment and the dialer's RetireAll comes first)
+// halfway to the expiry, so that its successor meets the peer's renewed
+// certificate and the expiry cuts no stream in flight. A peer that does
+// not renew meets halving retirements until less than 2×minLateRetire is
+// left: a handful of handshakes, and its streams fail at the expiry anyway.
+func (a *peerAuth) retireIn(now time.Time) (time.Duration, bool) {
+	if a.notAfter.IsZero() {
+		return 0, false
+	}
+	if d := a.retireAt.Sub(now); d > 0 {
+		return d, true
+	}
+	left := a.notAfter.Sub(now)
+	if left < 2*minLateRetire {
+		return 0, false
+	}
+	return left / 2, true
+}
+
 // check returns why the peer may not use the session now, or nil.
 func (a *peerAuth) check(now time.Time, pc PeerCheck) (reason string, err error) {
 	if a.id.IsZero() {

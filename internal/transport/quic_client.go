@@ -285,7 +285,7 @@ func (c *QUICClient) lookup(meshAddr string, broken *quic.Conn) (*quicPeer, *qui
 	return p, qc, pa, nil
 }
 
-// watchConn retires qc at auth.retireAt, cuts it when the peer's chain
+// watchConn retires qc when auth.retireIn says, cuts it when the peer's chain
 // expires, and forgets it once it is closed, by us, the peer or a
 // timeout.
 func (c *QUICClient) watchConn(meshAddr string, p *quicPeer, qc *quic.Conn, auth *peerAuth) {
@@ -295,7 +295,7 @@ func (c *QUICClient) watchConn(meshAddr string, p *quicPeer, qc *quic.Conn, auth
 		et := time.NewTimer(d)
 		defer et.Stop()
 		expire = et.C
-		if d := time.Until(auth.retireAt); d > 0 { // as in Client.watchSession
+		if d, ok := auth.retireIn(time.Now()); ok { // as in Client.watchSession
 			rt := time.NewTimer(d)
 			defer rt.Stop()
 			retire = rt.C

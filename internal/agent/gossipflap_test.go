@@ -1,0 +1,93 @@
+package agent
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/control"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+)
+
+// TestGossipFlapDoesNotEject: gossip declares a serving node dead while
+// requests are in flight to it, then alive again (a false suspicion: on a
+// loaded machine a node not scheduled for half a second is declared dead
+// and refutes it). The cancelled attempts fail over, and the node serves
+// again as soon as gossip says it lives: the cancellations are the gossip
+// verdict, not the endpoint's failures, so they must not eject it for the
+// outlier detection's 10 s (they did: TestSilentNodeDeathGossip in
+// cmd/fogmesh then saw the node never serve within 15 s). VIP octets 70–72.
+func TestGossipFlapDoesNotEject(t *testing.T) {
+	// Liveness here is gossip's alone: the control plane's 800 ms node
+	// timeout of startControl marked b not ready in a loaded package run.
+	cp := startControlWith(t, t.TempDir(), "", func(c *control.Config) { c.NodeTimeout = time.Minute })
+	apply(t, cp, httpSvcDoc("flap", 19470, "http"))
+	gossipOn := func(c *Config) { c.GossipAddr = "127.0.0.1:0" }
+	slowB := startDelayed(t, "flap-b", 400*time.Millisecond)
+	fastC := startDelayed(t, "flap-c", 0)
+	startAgentWith(t, agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 71, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("flap", "flap-b", slowB)}}, gossipOn)
+	startAgentWith(t, agentOpts{name: "c", site: "s1", region: "r1", vipOctet: 72, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("flap", "flap-c", fastC)}}, gossipOn)
+	a := startAgentWith(t, agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 70, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()}, gossipOn)
+	waitFor(t, "a to route to both endpoints", func() bool {
+		eps := endpointsOf(a, "demo/flap")
+		return len(eps) == 2 && eps[0].Healthy && eps[1].Healthy
+	})
+	testenv.WaitFor(t, 20*time.Second, "a's gossip to see b and c", func() bool { return len(a.gossip.Members()) == 3 })
+	url := "http://" + net.JoinHostPort(lookupA(t, a, "flap.demo.mesh."), "19470") + "/"
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	t.Cleanup(c.CloseIdleConnections)
+	get := func() (string, error) {
+		resp, err := c.Get(url)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	waitFor(t, "the VIP to answer", func() bool { _, err := get(); return err == nil })
+
+	// Twelve at once, round robin: six in flight to b (400 ms each).
+	inFlightToB := func() int {
+		a.watchMu.Lock()
+		defer a.watchMu.Unlock()
+		return len(a.nodeWatches["b"])
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 12)
+	for range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if body, err := get(); err != nil || body != "flap-b" && body != "flap-c" {
+				errs <- fmt.Errorf("%q, %v", body, err)
+			}
+		}()
+	}
+	testenv.WaitFor(t, 10*time.Second, "5 requests in flight to b", func() bool { return inFlightToB() >= 5 })
+	a.onGossip("b", false) // the false suspicion
+	a.onGossip("b", true)  // refuted
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a request failed across the flap (it should fail over): %v", err)
+	}
+	// b serves again at once: round robin gives it every other request.
+	fromB := 0
+	for range 6 {
+		if body, err := get(); err != nil {
+			t.Fatal(err)
+		} else if body == "flap-b" {
+			fromB++
+		}
+	}
+	if fromB == 0 {
+		t.Fatalf("b served none of 6 requests after gossip said it lives again; a's endpoints: %+v", endpointsOf(a, "demo/flap"))
+	}
+}
