@@ -39,7 +39,23 @@ build_kube_apiserver() {
     go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$ver -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37" \
       -o "$bin.tmp" k8s.io/kubernetes/cmd/kube-apiserver) && mv "$bin.tmp" "$bin"
 }
+# kubectl (the deploy tests' kustomize and server dry run): from the same
+# module when the machine has none, linked into /usr/local/bin.
+build_kubectl() {
+  command -v kubectl >/dev/null 2>&1 && return 0
+  local ver=v1.37.2 dir
+  dir="${XDG_CACHE_HOME:-$HOME/.cache}/fogmesh/kube-apiserver-$ver"
+  if [ ! -x "$dir/kubectl" ]; then
+    echo "install-deps: building kubectl $ver into $dir (once)" >&2
+    mkdir -p "$dir"
+    (cd "$(dirname "$0")/../tools/kube-apiserver" &&
+      go build -mod=mod -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$ver" \
+        -o "$dir/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl) && mv "$dir/kubectl.tmp" "$dir/kubectl" || return 1
+  fi
+  ln -sf "$dir/kubectl" /usr/local/bin/kubectl
+}
 if [ "${1:-test}" = test ]; then
+  build_kubectl || echo "install-deps: no kubectl and building it failed; the deploy tests will fail" >&2
   # A failed build does not stop the other tests: the Kubernetes tests then
   # fail with the reason (they never skip for want of an apiserver).
   build_kube_apiserver || echo "install-deps: building kube-apiserver failed; the Kubernetes tests will fail" >&2
