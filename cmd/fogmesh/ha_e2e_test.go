@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -90,41 +89,8 @@ func TestControlReplicasOnEtcd(t *testing.T) {
 	url := "http://127.104.0.1:19050/"
 	waitHTTP(t, url)
 
-	var mu sync.Mutex
-	var failed []string
-	ok := 0
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	c := &http.Client{Timeout: 10 * time.Second}
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 100000; i++ { // bounded; stopped earlier
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				resp, err := c.Get(url)
-				mu.Lock()
-				if err != nil {
-					failed = append(failed, err.Error())
-				} else {
-					b, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != 200 || string(b) != "srv" {
-						failed = append(failed, fmt.Sprintf("%s %q", resp.Status, b))
-					} else {
-						ok++
-					}
-				}
-				mu.Unlock()
-				time.Sleep(5 * time.Millisecond)
-			}
-		}()
-	}
-	served := func() int { mu.Lock(); defer mu.Unlock(); return ok }
+	load := startSteadyGets(t, url, "srv", 4, 5*time.Millisecond)
+	served := load.served
 	testenv.WaitFor(t, 10*time.Second, "requests before the kill", func() bool { return served() >= 50 })
 
 	bm := func(series string) float64 { return metric(t, hc, "https://"+ab["admin"]+"/metrics", series) }
@@ -147,8 +113,7 @@ func TestControlReplicasOnEtcd(t *testing.T) {
 	}
 	atMove := served()
 	testenv.WaitFor(t, 10*time.Second, "requests after the move", func() bool { return served() >= atMove+50 })
-	close(stop)
-	wg.Wait()
+	nOK, failed := load.stop()
 
 	snaps, deltas := bm("fogmesh_control_sync_snapshots_sent_total"), bm("fogmesh_control_sync_deltas_sent_total")
 	if snaps != 0 || deltas < 2 {
@@ -190,7 +155,7 @@ func TestControlReplicasOnEtcd(t *testing.T) {
 			return cache.StoreID == status.StoreID && cache.Version >= status.Revision && slices.Equal(svcs, []string{"demo/ha", "demo/ha2"})
 		})
 	}
-	t.Logf("requests: %d ok, %d failed", served(), len(failed))
+	t.Logf("requests: %d ok, %d failed", nOK, len(failed))
 	if len(failed) > 0 {
 		t.Fatalf("%d requests failed, first: %s", len(failed), failed[0])
 	}

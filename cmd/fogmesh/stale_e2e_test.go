@@ -141,41 +141,8 @@ func TestNodeCutFromControlKeepsServing(t *testing.T) {
 		return api.NodeStatus{}
 	}
 
-	var mu sync.Mutex
-	var failed []string
-	ok := 0
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	c := &http.Client{Timeout: 10 * time.Second}
-	for range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 100000; i++ { // bounded; stopped earlier
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				resp, err := c.Get(url)
-				mu.Lock()
-				if err != nil {
-					failed = append(failed, err.Error())
-				} else {
-					b, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != 200 || string(b) != "srv" {
-						failed = append(failed, fmt.Sprintf("%s %q", resp.Status, b))
-					} else {
-						ok++
-					}
-				}
-				mu.Unlock()
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
-	}
-	served := func() int { mu.Lock(); defer mu.Unlock(); return ok }
+	load := startSteadyGets(t, url, "srv", 2, 10*time.Millisecond)
+	served := load.served
 	testenv.WaitFor(t, 10*time.Second, "requests before the cut", func() bool { return served() >= 20 })
 
 	px.cut()
@@ -191,9 +158,8 @@ func TestNodeCutFromControlKeepsServing(t *testing.T) {
 		at := served()
 		testenv.WaitFor(t, 10*time.Second, "requests served while cut", func() bool { return served() >= at+10 })
 	}
-	close(stop)
-	wg.Wait()
-	t.Logf("requests: %d ok, %d failed", served(), len(failed))
+	nOK, failed := load.stop()
+	t.Logf("requests: %d ok, %d failed", nOK, len(failed))
 	if len(failed) > 0 {
 		t.Fatalf("%d requests failed while srv was cut from the control plane only, first: %s", len(failed), failed[0])
 	}
