@@ -69,7 +69,7 @@ type Options struct {
 // naming the flag.
 func (o *Options) checkTracing() error {
 	if r := o.TraceSampleRatio; r != nil && (*r < 0 || *r > 1) {
-		return fmt.Errorf("dev: --trace-sample %v: want 0 to 1", *r)
+		return fmt.Errorf("dev: --trace-sample-ratio %v: want 0 to 1", *r)
 	}
 	if o.TraceEndpoint == "" {
 		return nil

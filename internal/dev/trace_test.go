@@ -70,7 +70,7 @@ func TestDemoTraceFlagsErrors(t *testing.T) {
 		want string
 	}{
 		{Options{TraceEndpoint: "collector:4318"}, "--trace-endpoint"},
-		{Options{TraceEndpoint: "http://127.0.0.1:4318", TraceSampleRatio: &bad}, "--trace-sample 1.5"},
+		{Options{TraceEndpoint: "http://127.0.0.1:4318", TraceSampleRatio: &bad}, "--trace-sample-ratio 1.5"},
 	} {
 		c.opts.StateDir, c.opts.BasePort, c.opts.VIPRange = t.TempDir(), -1, "127.36.0.0/16"
 		d, err := Start(context.Background(), c.opts)
