@@ -20,6 +20,8 @@ func runDev(args []string) error {
 	fs.StringVar(&opts.VIPRange, "vip-range", "", "instead of -vip-octet: one IPv4 range split in four, node i gets the i-th quarter (e.g. 127.28.0.0/16)")
 	fs.IntVar(&opts.HelloPort, "hello-port", 8080, "the hello service's port")
 	fs.BoolVar(&opts.Fresh, "fresh", false, "empty the state directory first (not one another fogmesh dev uses)")
+	fs.StringVar(&opts.TraceEndpoint, "trace-endpoint", "", "export every demo agent's spans to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318); default: no traces")
+	traceSample := fs.Float64("trace-sample-ratio", 1, "with -trace-endpoint: the share of new traces recorded, 0 to 1")
 	addrFile := fs.String("addr-file", "", "write the bound addresses (control admin and sync, demo API, each node's agent API and DNS) as JSON to this file once ready")
 	var logf cli.LogFlags
 	logf.Register(fs)
@@ -33,6 +35,7 @@ func runDev(args []string) error {
 		return err
 	}
 	opts.Logger = log
+	opts.TraceSampleRatio = traceSample
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	d, err := dev.Start(ctx, opts)

@@ -30,6 +30,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/relay"
+	"github.com/fogmesh/fogmesh/internal/tracing"
 )
 
 // Options configure the demo. The zero value works.
@@ -54,8 +55,41 @@ type Options struct {
 	HelloPort int
 	// Fresh empties the state directory first, once its lock is held (a
 	// running demo's directory is never emptied under it).
-	Fresh  bool
-	Logger *slog.Logger // nil = discard
+	Fresh bool
+	// TraceEndpoint, when set, is the OTLP/HTTP collector every demo agent
+	// exports its spans to (agent.TracingConfig.Endpoint); empty: no traces.
+	TraceEndpoint string
+	// TraceSampleRatio is the share of new traces recorded when
+	// TraceEndpoint is set, 0 to 1; nil: 1 (a demo traces every request).
+	TraceSampleRatio *float64
+	Logger           *slog.Logger // nil = discard
+}
+
+// checkTracing rejects a trace endpoint or ratio the agents would refuse,
+// naming the flag.
+func (o *Options) checkTracing() error {
+	if r := o.TraceSampleRatio; r != nil && (*r < 0 || *r > 1) {
+		return fmt.Errorf("dev: --trace-sample-ratio %v: want 0 to 1", *r)
+	}
+	if o.TraceEndpoint == "" {
+		return nil
+	}
+	if err := tracing.CheckEndpoint(o.TraceEndpoint, ""); err != nil {
+		return fmt.Errorf("dev: --trace-endpoint: %w (an OTLP/HTTP collector, e.g. http://127.0.0.1:4318)", err)
+	}
+	return nil
+}
+
+// tracing is the agents' tracing configuration.
+func (o *Options) tracing() agent.TracingConfig {
+	if o.TraceEndpoint == "" {
+		return agent.TracingConfig{}
+	}
+	ratio := 1.0
+	if o.TraceSampleRatio != nil {
+		ratio = *o.TraceSampleRatio
+	}
+	return agent.TracingConfig{Endpoint: o.TraceEndpoint, SampleRatio: &ratio}
 }
 
 // DefaultStateDir is where the demo keeps its state unless told otherwise.
@@ -161,6 +195,9 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := opts.checkTracing(); err != nil {
+		return nil, err // before anything binds
+	}
 	var ranges []string
 	for i := range Nodes {
 		r, err := opts.vipRange(i)
@@ -255,6 +292,7 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 			Relays:         []string{d.RelayAddr},
 			PunchAddr:      "127.0.0.1:0",
 			MeshAdvertise:  advertise,
+			Tracing:        opts.tracing(),
 		})
 		if err != nil {
 			return nil, portClash(err)

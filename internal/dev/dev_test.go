@@ -18,8 +18,16 @@ import (
 
 func startDemo(t *testing.T, octet int) *Demo {
 	t.Helper()
+	return startDemoWith(t, Options{VIPOctet: octet})
+}
+
+// startDemoWith starts a demo with opts on free ports in a fresh state
+// directory and waits until it is ready.
+func startDemoWith(t *testing.T, opts Options) *Demo {
+	t.Helper()
+	opts.StateDir, opts.BasePort, opts.HelloPort = t.TempDir(), -1, 18080
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := Start(ctx, Options{StateDir: t.TempDir(), BasePort: -1, VIPOctet: octet, HelloPort: 18080})
+	d, err := Start(ctx, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
