@@ -174,7 +174,7 @@ func TestClusterDomainConfig(t *testing.T) {
 // answered from the resolver or forwarded, never crashes, and that what is
 // answered is a well-formed service name.
 func FuzzClusterName(f *testing.F) {
-	for _, s := range []string{"hello.demo.svc.", "_http._tcp.web.default.svc.", "a.b.c.svc.", "svc.", ".svc.", "_x._tcp..svc.", `he\.llo.demo.svc.`} {
+	for _, s := range []string{"hello.demo.svc.", "db-0.db.demo.svc.", "_http._tcp.web.default.svc.", "a.b.c.svc.", "svc.", ".svc.", "_x._tcp..svc.", `he\.llo.demo.svc.`} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, rel string) {
