@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -234,7 +235,22 @@ func (a *Agent) LookupService(namespace, name string) (meshdns.Record, bool) {
 	if sv == nil {
 		return meshdns.Record{}, false
 	}
-	r := meshdns.Record{V4: sv.vip4, V6: sv.vip6, Unavailable: a.unavailable(namespace + "/" + name)}
+	var r meshdns.Record
+	if isHeadless(sv.svc) {
+		// Its ready pods' addresses instead of a virtual IP; the others
+		// are left out (publishNotReadyAddresses is not honoured).
+		r.Headless = true
+		for _, ev := range sv.endpoints {
+			if !ev.healthy {
+				continue
+			}
+			if addr, err := netip.ParseAddr(ev.ep.Spec.Address); err == nil {
+				r.Endpoints = append(r.Endpoints, meshdns.Endpoint{Addr: addr, Hostname: ev.ep.Spec.Hostname})
+			}
+		}
+	} else {
+		r = meshdns.Record{V4: sv.vip4, V6: sv.vip6, Unavailable: a.unavailable(namespace + "/" + name)}
+	}
 	for _, p := range sv.svc.Spec.Ports {
 		r.Ports = append(r.Ports, meshdns.Port{Name: p.Name, Protocol: p.Protocol, Port: p.Port})
 	}

@@ -292,7 +292,10 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		byClusterIP: map[netip.AddrPort]netip.AddrPort{}}
 	for key, s := range res.services {
 		sv := &serviceView{svc: s, limitKey: key}
-		if s.Status.VIPIndex != 0 {
+		// A headless service gets no virtual IP here, whatever index the
+		// control plane gave it: DNS hands out its pods' addresses
+		// (LookupService), so a VIP listener would serve no one.
+		if s.Status.VIPIndex != 0 && !isHeadless(s) {
 			sv.vip4 = api.VIPFor(vip4, s.Status.VIPIndex)
 			if vip6.IsValid() {
 				sv.vip6 = api.VIPFor(vip6, s.Status.VIPIndex)
@@ -439,6 +442,10 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 	}
 	return v
 }
+
+// isHeadless reports whether s was mapped from a headless Kubernetes
+// Service (api.LabelHeadless).
+func isHeadless(s *api.Service) bool { return s.Meta.Labels[api.LabelHeadless] == "true" }
 
 // accountOf is an endpoint's service account (default: its service).
 func accountOf(e *api.Endpoint) string {

@@ -12,8 +12,9 @@ const LabelSource = "fogmesh.io/source"
 const SourceKubernetes = "kubernetes"
 
 // LabelHeadless marks a service mapped from a headless Kubernetes Service
-// (clusterIP: None): it gets a virtual IP like any other, and its
-// endpoints are the pods'.
+// (clusterIP: None): its endpoints are the pods', and agents bind no
+// virtual IP for it; their DNS answers its names with the ready pods'
+// addresses instead.
 const LabelHeadless = "fogmesh.io/headless"
 
 // FromSource reports whether m is kept by source (LabelSource).

@@ -581,6 +581,10 @@ type EndpointSpec struct {
 	// spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount> (default:
 	// the service name).
 	ServiceAccount string `json:"serviceAccount,omitempty"`
+	// Hostname, for an instance of a headless service, is its own DNS
+	// name below the service's (<hostname>.<svc>.<ns>.svc.<cluster
+	// domain>), as a Kubernetes EndpointSlice endpoint's hostname.
+	Hostname string `json:"hostname,omitempty"`
 }
 
 // EndpointPort maps a service port name to an instance port.

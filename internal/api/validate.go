@@ -24,6 +24,10 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
+// ValidLabel reports whether s is a name fogmesh accepts: a lowercase DNS
+// label of at most 63 characters.
+func ValidLabel(s string) bool { return nameRE.MatchString(s) }
+
 func validName(field, s string) error {
 	if s == "" {
 		return fieldErr(field, "required")
@@ -316,7 +320,7 @@ func (e *Endpoint) Validate() error {
 			return err
 		}
 	}
-	for _, f := range []struct{ name, v string }{{"spec.site", e.Spec.Site}, {"spec.region", e.Spec.Region}} {
+	for _, f := range []struct{ name, v string }{{"spec.site", e.Spec.Site}, {"spec.region", e.Spec.Region}, {"spec.hostname", e.Spec.Hostname}} {
 		if f.v != "" {
 			if err := validName(f.name, f.v); err != nil {
 				return err

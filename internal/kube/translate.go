@@ -262,6 +262,15 @@ func Endpoints(k *corev1.Service, svc *api.Service, slices_ []*discoveryv1.Endpo
 				// Ready (nil: unknown, taken as ready, as kube-proxy does).
 				Status: api.EndpointStatus{Healthy: e.Conditions.Ready == nil || *e.Conditions.Ready},
 			}
+			if e.Hostname != nil && *e.Hostname != "" {
+				// A headless Service's pod with spec.hostname (a
+				// StatefulSet's): its own DNS name.
+				if h := *e.Hostname; api.ValidLabel(h) {
+					ep.Spec.Hostname = h
+				} else {
+					warns = append(warns, fmt.Sprintf("%s: endpoint %s: hostname %q is not a DNS label; ignored", where, addr, h))
+				}
+			}
 			if pod != nil {
 				if pod.Spec.ServiceAccountName != "" {
 					ep.Spec.ServiceAccount = pod.Spec.ServiceAccountName

@@ -122,7 +122,8 @@ func TestServiceAndEndpoints(t *testing.T) {
 	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "web-abc", Namespace: "shop"}, AddressType: discoveryv1.AddressTypeIPv4,
 		Ports: []discoveryv1.EndpointPort{{Name: ptr("http")}, {Name: ptr("metrics"), Port: ptr(int32(9090))}, {Name: ptr("gone"), Port: ptr(int32(1))}},
 		Endpoints: []discoveryv1.Endpoint{
-			{Addresses: []string{"10.0.0.1"}, NodeName: ptr("n1"), TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "web-1"}},
+			{Addresses: []string{"10.0.0.1"}, NodeName: ptr("n1"), Hostname: ptr("web-1"), TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "web-1"}},
+			{Addresses: []string{"10.0.0.5"}, NodeName: ptr("n1"), Hostname: ptr("Bad_Host")},
 			{Addresses: []string{"10.0.0.2"}, NodeName: ptr("ghost")},
 			{Addresses: []string{"10.0.0.3"}},
 			{Addresses: []string{"10.0.0.4"}, NodeName: ptr("n1"), Conditions: discoveryv1.EndpointConditions{Ready: ptr(false)}},
@@ -130,7 +131,7 @@ func TestServiceAndEndpoints(t *testing.T) {
 		}}
 	eps, warns := Endpoints(k, svc, []*discoveryv1.EndpointSlice{sl}, Cluster{Nodes: map[string]bool{"n1": true}, Pods: map[string]*corev1.Pod{"shop/web-1": pod}})
 	w := strings.Join(warns, "\n")
-	for _, want := range []string{`names node "ghost", which the cluster does not have`, "names no node", `port "gone" is not a port`, `"not-an-ip"`, "10.0.0.4: port http resolves to no port number"} {
+	for _, want := range []string{`names node "ghost", which the cluster does not have`, "names no node", `port "gone" is not a port`, `"not-an-ip"`, "10.0.0.4: port http resolves to no port number", `endpoint 10.0.0.5: hostname "Bad_Host" is not a DNS label; ignored`} {
 		if !strings.Contains(w, want) {
 			t.Errorf("warnings lack %q:\n%s", want, w)
 		}
@@ -143,6 +144,12 @@ func TestServiceAndEndpoints(t *testing.T) {
 	if e1 == nil || e1.Spec.Node != "n1" || e1.Spec.ServiceAccount != "web-sa" || !e1.Status.Healthy || e1.Meta.Labels["version"] != "v1" {
 		t.Fatalf("10.0.0.1: %+v", e1)
 	}
+	if e1.Spec.Hostname != "web-1" {
+		t.Fatalf("10.0.0.1: hostname %q, want web-1 (the slice endpoint's)", e1.Spec.Hostname)
+	}
+	if e5 := byAddr["10.0.0.5"]; e5 == nil || e5.Spec.Hostname != "" {
+		t.Fatalf("10.0.0.5: want it kept without its invalid hostname: %+v", e5)
+	}
 	if p, _ := e1.Port("http"); p != 8080 {
 		t.Fatalf("named target port: http → %d, want 8080", p)
 	}
@@ -153,8 +160,8 @@ func TestServiceAndEndpoints(t *testing.T) {
 	if e4 == nil || e4.Status.Healthy {
 		t.Fatalf("a not-ready endpoint is kept, unhealthy: %+v", e4)
 	}
-	if len(eps) != 2 {
-		t.Fatalf("%d endpoints, want 2", len(eps))
+	if len(eps) != 3 {
+		t.Fatalf("%d endpoints, want 3", len(eps))
 	}
 	if svc.Spec.Identity == nil || strings.Join(svc.Spec.Identity.ServiceAccounts, ",") != "default,web-sa" {
 		t.Fatalf("identity %+v", svc.Spec.Identity)

@@ -174,20 +174,23 @@ func TestClusterDomainConfig(t *testing.T) {
 // answered from the resolver or forwarded, never crashes, and that what is
 // answered is a well-formed service name.
 func FuzzClusterName(f *testing.F) {
-	for _, s := range []string{"hello.demo.svc.", "_http._tcp.web.default.svc.", "a.b.c.svc.", "svc.", ".svc.", "_x._tcp..svc.", `he\.llo.demo.svc.`} {
+	for _, s := range []string{"hello.demo.svc.", "db-0.db.demo.svc.", "_http._tcp.web.default.svc.", "a.b.c.svc.", "svc.", ".svc.", "_x._tcp..svc.", `he\.llo.demo.svc.`} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, rel string) {
-		svc, ns, port, ok := meshdns.ParseClusterNameForTest(rel)
+		host, svc, ns, port, ok := meshdns.ParseClusterNameForTest(rel)
 		if !ok {
 			return
 		}
 		back := svc + "." + ns + ".svc."
+		if host != "" {
+			back = host + "." + back
+		}
 		if port != "" {
 			back = "_" + port + "._tcp." + back
 		}
 		if back != rel {
-			t.Fatalf("%q parsed as svc=%q ns=%q port=%q, which is %q", rel, svc, ns, port, back)
+			t.Fatalf("%q parsed as host=%q svc=%q ns=%q port=%q, which is %q", rel, host, svc, ns, port, back)
 		}
 		if _, ok := dns.IsDomainName(rel + "cluster.local."); !ok {
 			t.Fatalf("%q accepted but not a domain name", rel)

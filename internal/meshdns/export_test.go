@@ -92,7 +92,7 @@ func (w *recorder) TsigTimersOnly(bool)       {}
 func (w *recorder) Hijack()                   {}
 
 // ParseClusterNameForTest exposes parseClusterName to the fuzz target.
-func ParseClusterNameForTest(rel string) (svc, ns, port string, ok bool) {
+func ParseClusterNameForTest(rel string) (host, svc, ns, port string, ok bool) {
 	n, ok := parseClusterName(rel)
-	return n.svc, n.ns, n.port, ok
+	return n.host, n.svc, n.ns, n.port, ok
 }

@@ -1,6 +1,7 @@
 package meshdns_test
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/fogmesh/fogmesh/internal/meshdns"
@@ -11,7 +12,12 @@ import (
 // header check, accept function, unpack, handler. The handler has no
 // upstreams, so names outside the zone get SERVFAIL without any network.
 func FuzzHandle(f *testing.F) {
-	h, err := meshdns.NewHandlerForTest(meshdns.Config{Upstreams: []string{}}, testServices)
+	r := staticResolver{"demo/db": {Headless: true, Ports: []meshdns.Port{{Name: "pg", Port: 5432}},
+		Endpoints: []meshdns.Endpoint{{Addr: netip.MustParseAddr("10.1.0.5"), Hostname: "db-0"}, {Addr: netip.MustParseAddr("fd01::6")}}}}
+	for k, v := range testServices {
+		r[k] = v
+	}
+	h, err := meshdns.NewHandlerForTest(meshdns.Config{Upstreams: []string{}}, r)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -194,6 +195,30 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 		}
 		return resp, resultServFail
 	}
+	if n.host != "" {
+		// An instance of a headless service, by its hostname.
+		var addrs []netip.Addr
+		if rec.Headless {
+			for _, e := range rec.Endpoints {
+				if e.Hostname == n.host {
+					addrs = append(addrs, e.Addr)
+				}
+			}
+		}
+		if len(addrs) == 0 {
+			if inCluster {
+				return nil, resultForward
+			}
+			return h.nxDomain(resp, zone)
+		}
+		if q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA {
+			resp.Answer = h.addrs(q.Name, addrs, q.Qtype)
+		}
+		if len(resp.Answer) == 0 {
+			return h.noData(resp, zone)
+		}
+		return resp, resultAnswer
+	}
 	ports := rec.Ports
 	if n.port != "" {
 		ports = nil
@@ -208,19 +233,51 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 		}
 	}
 
-	target := n.svc + "." + n.ns + "." + zone
+	suffix := "." + n.ns + "." + zone
 	if inCluster {
-		target = n.svc + "." + n.ns + ".svc." + zone
+		suffix = "." + n.ns + ".svc." + zone
+	}
+	target := n.svc + suffix
+	addrs := []netip.Addr{rec.V4, rec.V6}
+	if rec.Headless {
+		addrs = addrs[:0]
+		for _, e := range rec.Endpoints {
+			addrs = append(addrs, e.Addr)
+		}
 	}
 	switch {
+	case q.Qtype == dns.TypeSRV && rec.Headless:
+		// One SRV per port and named instance, and one per port to the
+		// service's name for the instances without a hostname.
+		byTarget := map[string][]netip.Addr{}
+		var targets []string
+		for _, e := range rec.Endpoints {
+			t := target
+			if e.Hostname != "" && isLabel(e.Hostname) {
+				t = e.Hostname + "." + n.svc + suffix
+			}
+			if _, seen := byTarget[t]; !seen {
+				targets = append(targets, t)
+			}
+			byTarget[t] = append(byTarget[t], e.Addr)
+		}
+		for _, t := range targets {
+			rrs := h.srvs(q.Name, t, ports)
+			if len(rrs) == 0 {
+				continue
+			}
+			resp.Answer = append(resp.Answer, rrs...)
+			resp.Extra = append(resp.Extra, h.addrs(t, byTarget[t], dns.TypeA)...)
+			resp.Extra = append(resp.Extra, h.addrs(t, byTarget[t], dns.TypeAAAA)...)
+		}
 	case q.Qtype == dns.TypeSRV:
 		resp.Answer = h.srvs(q.Name, target, ports)
 		if len(resp.Answer) > 0 {
-			resp.Extra = append(resp.Extra, h.addrs(target, rec, dns.TypeA)...)
-			resp.Extra = append(resp.Extra, h.addrs(target, rec, dns.TypeAAAA)...)
+			resp.Extra = append(resp.Extra, h.addrs(target, addrs, dns.TypeA)...)
+			resp.Extra = append(resp.Extra, h.addrs(target, addrs, dns.TypeAAAA)...)
 		}
 	case n.port == "" && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA):
-		resp.Answer = h.addrs(q.Name, rec, q.Qtype)
+		resp.Answer = h.addrs(q.Name, addrs, q.Qtype)
 	}
 	if len(resp.Answer) == 0 {
 		return h.noData(resp, zone)
@@ -232,6 +289,7 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 type meshName struct {
 	svc, ns string
 	port    string // from _<port>._tcp; empty if none
+	host    string // an instance's hostname (<host>.<svc>.<ns>); empty if none
 }
 
 // parseName parses rel, a lowercase name relative to the zone without a
@@ -251,6 +309,11 @@ func (h *handler) parseName(rel string) (meshName, bool) {
 		n.svc, n.ns = labels[0], h.defaultNS
 	case 2:
 		n.svc, n.ns = labels[0], labels[1]
+	case 3:
+		if n.port != "" || !isLabel(labels[0]) {
+			return meshName{}, false
+		}
+		n.host, n.svc, n.ns = labels[0], labels[1], labels[2]
 	default:
 		return meshName{}, false
 	}
@@ -262,7 +325,7 @@ func (h *handler) parseName(rel string) (meshName, bool) {
 
 // parseClusterName parses rel, a lowercase cluster name without the
 // cluster domain but with the dot before it: "svc.ns.svc." or
-// "_port._tcp.svc.ns.svc.". Anything else (pod names, bare namespaces,
+// "_port._tcp.svc.ns.svc." or "host.svc.ns.svc.". Anything else (pod names, bare namespaces,
 // escaped or odd bytes) is not a service name.
 func parseClusterName(rel string) (meshName, bool) {
 	rel, ok := strings.CutSuffix(rel, ".svc.")
@@ -277,6 +340,9 @@ func parseClusterName(rel string) (meshName, bool) {
 			return meshName{}, false
 		}
 		labels = labels[2:]
+	}
+	if len(labels) == 3 && n.port == "" && isLabel(labels[0]) {
+		n.host, labels = labels[0], labels[1:]
 	}
 	if len(labels) != 2 || !isLabel(labels[0]) || !isLabel(labels[1]) {
 		return meshName{}, false
@@ -301,23 +367,29 @@ func isLabel(s string) bool {
 	return true
 }
 
-// addrs returns rec's address of type qtype (A or AAAA) as a record named
-// name, or nil if rec has none.
-func (h *handler) addrs(name string, rec Record, qtype uint16) []dns.RR {
+// addrs returns the addresses of type qtype (A or AAAA) among addrs as
+// records named name, without duplicates, or nil if there are none.
+// Invalid (zero) addresses are skipped.
+func (h *handler) addrs(name string, addrs []netip.Addr, qtype uint16) []dns.RR {
 	hdr := dns.RR_Header{Name: name, Rrtype: qtype, Class: dns.ClassINET, Ttl: h.ttl}
-	switch qtype {
-	case dns.TypeA:
-		if v4 := rec.V4.Unmap(); v4.Is4() {
-			b := v4.As4()
-			return []dns.RR{&dns.A{Hdr: hdr, A: net.IP(b[:])}}
+	var rrs []dns.RR
+	seen := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		a = a.Unmap()
+		if !a.IsValid() || seen[a] {
+			continue
 		}
-	case dns.TypeAAAA:
-		if rec.V6.Is6() {
-			b := rec.V6.As16()
-			return []dns.RR{&dns.AAAA{Hdr: hdr, AAAA: net.IP(b[:])}}
+		seen[a] = true
+		switch {
+		case qtype == dns.TypeA && a.Is4():
+			b := a.As4()
+			rrs = append(rrs, &dns.A{Hdr: hdr, A: net.IP(b[:])})
+		case qtype == dns.TypeAAAA && a.Is6():
+			b := a.As16()
+			rrs = append(rrs, &dns.AAAA{Hdr: hdr, AAAA: net.IP(b[:])})
 		}
 	}
-	return nil
+	return rrs
 }
 
 // srvs returns one SRV record named name per valid port, all pointing at

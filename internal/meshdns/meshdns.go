@@ -18,6 +18,14 @@
 //
 //	<svc>.<ns>.svc.cluster.local              A, AAAA, SRV
 //	_<port>._tcp.<svc>.<ns>.svc.cluster.local SRV for the port named <port>
+//	<host>.<svc>.<ns>.svc.cluster.local       A, AAAA of a headless service's instance
+//
+// A headless service (Record.Headless) has no virtual IP: its names answer
+// with the addresses of its ready instances, one A or AAAA record each,
+// and an instance with a hostname also has a name of its own
+// (<host>.<svc>.<ns>.svc.<cluster domain>, <host>.<svc>.<ns>.<zone>). Its
+// SRV records, per port, target each named instance, and the service's
+// own name for the instances without a hostname.
 //
 // The short forms <svc>.<ns> and <svc>.<ns>.svc are the stub resolver's
 // work: a workload's resolv.conf searches "<ns>.svc.cluster.local
@@ -86,6 +94,21 @@ type Record struct {
 	// (RFC 8914) instead of an address whose connections would reach that
 	// process.
 	Unavailable string
+	// Headless marks a service without a virtual IP (a headless
+	// Kubernetes Service): its names answer with the addresses of
+	// Endpoints instead of V4 and V6, which are ignored.
+	Headless bool
+	// Endpoints are a headless service's ready instances.
+	Endpoints []Endpoint
+}
+
+// Endpoint is one ready instance of a headless service.
+type Endpoint struct {
+	Addr netip.Addr
+	// Hostname, when set, also names the instance alone:
+	// <Hostname>.<svc>.<ns>.svc.<cluster domain> and
+	// <Hostname>.<svc>.<ns>.<zone>. Lowercase [a-z0-9-]; others are ignored.
+	Hostname string
 }
 
 // Resolver is the agent's view of the mesh's services.
