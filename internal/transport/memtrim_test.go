@@ -157,11 +157,16 @@ func TestIdleStreamReleasesBuffer(t *testing.T) {
 	if h := heapHeld(); h < base+8*mib {
 		t.Fatalf("heap held %d MiB after the burst, %d MiB before: the idle stream's buffer is not there to release", h/mib, base/mib)
 	}
-	ShrinkIdleStreams()
-	memtrim.Trim()
-	if h := heapHeld(); h > base+6*mib {
-		t.Fatalf("heap held %d MiB after ShrinkIdleStreams and a trim, want at most %d MiB", h/mib, (base+6*mib)/mib)
-	}
+	// Other goroutines of the package (earlier tests' sessions closing) may
+	// hold a little heap at any one moment (a CI run read 6.x MiB above
+	// base once): shrink and trim again until it is down, within a bound.
+	var h uint64
+	testenv.WaitFor(t, 5*time.Second, "the heap to come down after ShrinkIdleStreams and a trim", func() bool {
+		ShrinkIdleStreams()
+		memtrim.Trim()
+		h = heapHeld()
+		return h <= base+6*mib
+	})
 	if _, err := conn.Write(make([]byte, mib)); err != nil {
 		t.Fatalf("write after the shrink: %v", err)
 	}
