@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 	"github.com/fogmesh/fogmesh/internal/transport"
+	"golang.org/x/net/http2"
 )
 
 // The destination side's per-request HTTP server (authzServer): it serves
@@ -158,6 +160,8 @@ func newAuthzServer(a *Agent) *authzServer {
 				code = http.StatusRequestTimeout
 			} else if isDialFailure(err) {
 				peerRefusedResponse(w)
+				return
+			} else if grpcUpstreamError(w, r, err) {
 				return
 			}
 			w.WriteHeader(code)
@@ -322,4 +326,25 @@ func peerRefusedResponse(w http.ResponseWriter) {
 func isDialFailure(err error) bool {
 	var oe *net.OpError
 	return errors.As(err, &oe) && oe.Op == "dial"
+}
+
+// grpcUpstreamError answers a failed gRPC request as gRPC does, trailers
+// only, rather than with a bare 502 a gRPC client cannot read: a grpc-go
+// server resets a stream with CANCEL when the call's grpc-timeout runs
+// out, which is DEADLINE_EXCEEDED to the caller (a 502 reached a client
+// whose own deadline was a moment away); any other failure is UNAVAILABLE.
+func grpcUpstreamError(w http.ResponseWriter, r *http.Request, err error) bool {
+	if !strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		return false
+	}
+	code := "14"
+	var se *h2up.StreamError
+	if errors.As(err, &se) && se.Code == http2.ErrCodeCancel && r.Header.Get("Grpc-Timeout") != "" {
+		code = "4"
+	}
+	w.Header().Set("Content-Type", "application/grpc")
+	w.Header().Set("Grpc-Status", code)
+	w.Header().Set("Grpc-Message", "fogmesh: "+err.Error())
+	w.WriteHeader(http.StatusOK)
+	return true
 }
