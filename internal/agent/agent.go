@@ -476,6 +476,7 @@ func (a *Agent) rebuildLocked() {
 	a.syncOutliers(v) // before requests can see v: its destinations' detectors exist
 	a.openListenersLocked(v)
 	a.noteInvalidPolicies(a.view.Swap(v), v)
+	a.scope.viewChanged() // a DNS query may wait for an endpoint of v (FetchService)
 	a.syncCaptureLocked(v)
 	a.closeStaleListenersLocked(v)
 	a.svids.SetWorkloads(svidHolders(a.workloads))

@@ -193,11 +193,28 @@ func (s *scopeSet) answer(keys []string, everything bool) {
 	if everything {
 		s.all = true
 	}
+	s.notifyLocked()
+}
+
+// viewChanged wakes the waiters to check again: a service they wait for
+// may have got a ready endpoint (rebuildLocked calls it after publishing a
+// view; a.mu held, the scope's lock is a leaf).
+func (s *scopeSet) viewChanged() {
+	if !s.on || s.waiters.Load() == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.notifyLocked()
+}
+
+func (s *scopeSet) notifyLocked() {
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
 
-// wait waits until done holds, re-checking after every answer, or ctx ends.
+// wait waits until done holds, re-checking after every answer and every
+// new view, or ctx ends.
 func (s *scopeSet) wait(ctx context.Context, done func() bool) error {
 	if n := s.waiters.Add(1); n > maxScopeWaiters {
 		s.waiters.Add(-1)
@@ -263,6 +280,15 @@ var _ meshdns.Fetcher = (*Agent)(nil)
 // hold namespace/name asks the control plane for it and waits up to
 // scopeWait. Not found with no error: the control plane answered and the
 // service does not exist.
+//
+// The answer waits for more than the service: a client connects as soon
+// as it has the address, so the agent answers once it can take that
+// connection, with a healthy endpoint in its view. The service can enter
+// the scope before its endpoints do (the control plane answers with what
+// it holds; an endpoint registered a moment later comes in the next
+// update), and a VIP with no endpoint resets the connection. A service
+// still without a healthy endpoint at the bound is answered all the same,
+// as an unscoped agent answers it.
 func (a *Agent) FetchService(ctx context.Context, namespace, name string) (meshdns.Record, bool, error) {
 	if !a.scope.on || !a.serving.Load() {
 		return meshdns.Record{}, false, nil
@@ -272,10 +298,15 @@ func (a *Agent) FetchService(ctx context.Context, namespace, name string) (meshd
 	ctx, cancel := context.WithTimeout(ctx, scopeWait)
 	defer cancel()
 	err := a.scope.wait(ctx, func() bool {
-		_, ok := a.LookupService(namespace, name)
-		return ok || a.scope.answeredFor(key)
+		if r, ok := a.LookupService(namespace, name); ok {
+			return r.Unavailable != "" || a.canServe(key)
+		}
+		return a.scope.answeredFor(key)
 	})
 	if r, ok := a.LookupService(namespace, name); ok {
+		if err != nil {
+			a.log.Debug("agent: answering a service learnt on demand with no healthy endpoint yet", "service", key, "waited", scopeWait)
+		}
 		return r, true, nil
 	}
 	if err != nil {
@@ -283,6 +314,21 @@ func (a *Agent) FetchService(ctx context.Context, namespace, name string) (meshd
 		return meshdns.Record{}, false, fmt.Errorf("service %s not known yet: %w", key, err)
 	}
 	return meshdns.Record{}, false, nil
+}
+
+// canServe tells whether the view holds a healthy endpoint of service key
+// (for a headless one: an address DNS can hand out).
+func (a *Agent) canServe(key string) bool {
+	sv := a.view.Load().services[key]
+	if sv == nil {
+		return false
+	}
+	for _, ev := range sv.endpoints {
+		if ev.healthy {
+			return true
+		}
+	}
+	return false
 }
 
 // learnCaller is vouch's miss on a scoped agent: the identities node may
