@@ -282,6 +282,7 @@ func (f *udpFlow) open(v *view, sv *serviceView, port, clientID string) (upstrea
 				a.connectFailed(sv, ev)
 				continue
 			}
+			f.pinned(sv, ev, i, len(cands))
 			return &udpUpstream{c: c}, ev, ""
 		}
 		start := time.Now()
@@ -301,9 +302,17 @@ func (f *udpFlow) open(v *view, sv *serviceView, port, clientID string) (upstrea
 		}
 		a.stats(ev.key).observe(time.Since(start))
 		a.connectOK(sv, ev)
+		f.pinned(sv, ev, i, len(cands))
 		return &meshUpstream{s: s, r: udpframe.NewReader(s, f.p.lim.MaxDatagram)}, ev, ""
 	}
 	return nil, nil, "dial_failed"
+}
+
+// pinned logs the endpoint a flow keeps while it is busy and why: its
+// tier, and how many candidates before it failed (each logged itself).
+func (f *udpFlow) pinned(sv *serviceView, ev *endpointView, failedOver, cands int) {
+	f.p.a.log.Debug("agent: udp flow pinned", "service", sv.svc.Meta.Key(), "client", f.client, "endpoint", ev.key,
+		"tier", ev.tier, "failedOver", failedOver, "candidates", cands)
 }
 
 // dialUDPStream opens a mesh stream for one flow to a remote endpoint

@@ -40,7 +40,16 @@ type udpLocal struct {
 // answer.
 func (a *Agent) dialLocalUDP(ctx context.Context, h transport.Header) (udp bool, c net.Conn, err error) {
 	sv := a.view.Load().services[h.Namespace+"/"+h.Service]
-	isUDPPort := sv != nil && protoOf(sv, h.Port) == "udp"
+	// A peer can hold this node's endpoint before this agent holds the
+	// service: the control plane sends the endpoint on as soon as this
+	// agent registered it, while this agent may still be applying its
+	// first configuration. Refusing then sent a peer's first flow to
+	// another tier, where it stayed (TestUDPAcrossMesh). A TCP stream is
+	// served without the service (DialLocal); so is a udp one: the
+	// source's view says udp, and only a workload of the service
+	// registered here is dialed (below). Once both views hold the
+	// service, they must agree.
+	isUDPPort := sv == nil && h.UDP || sv != nil && protoOf(sv, h.Port) == "udp"
 	switch {
 	case !h.UDP && !isUDPPort:
 		return false, nil, nil
