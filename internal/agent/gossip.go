@@ -83,6 +83,13 @@ func (a *Agent) watchNode(ctx context.Context, node string) (context.Context, fu
 	}
 	a.nodeWatches[node][token] = cancel
 	a.watchMu.Unlock()
+	// A node declared dead between the pick and the registration above
+	// was cancelled before this watch existed: an attempt to it would hang
+	// on a frozen peer until its timeout. onGossip marks the node dead
+	// before it cancels the watches, so one of the two sees the other.
+	if a.isGossipDead(node) {
+		cancel(errNodeDead)
+	}
 	return ctx, func() {
 		a.watchMu.Lock()
 		delete(a.nodeWatches[node], token)

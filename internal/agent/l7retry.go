@@ -94,11 +94,25 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 	src := connIdentityFrom(req.Context())
 	var last *http.Response // the last upstream response not returned, body kept
 	retries, dials, poolClosed := 0, 0, 0
+	next := 0 // cands[next%len(cands)] is the next one to try
 	for i := 0; ; i++ {
-		ev := cands[i%len(cands)]
 		if i > 0 {
 			a.m.failovers.Inc()
+			// cands were picked when the request started; skip those
+			// whose node gossip declared dead since: a retry there is
+			// cancelled at once (watchNode), spending an attempt another
+			// endpoint could have answered. With none left alive the
+			// order stays as it was. (Endpoints ejected meanwhile keep
+			// their place: TestRetryConformance pins that order.)
+			for k := range len(cands) {
+				if c := cands[(next+k)%len(cands)]; c.local || !a.isGossipDead(c.ep.Spec.Node) {
+					next += k
+					break
+				}
+			}
 		}
+		ev := cands[next%len(cands)]
+		next++
 		if rec != nil {
 			rec.ev, rec.attempts, rec.retries = ev, i+1, retries
 		}
@@ -246,7 +260,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			a.connectFailed(sv, ev) // resets and timeouts only count (outcome above)
 		}
 		a.log.Info("agent: endpoint failed", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
-		if o.Failure == retry.ConnectFailure && dials < maxAttempts-1 && i+1 < len(cands) {
+		if o.Failure == retry.ConnectFailure && dials < maxAttempts-1 && next < len(cands) {
 			dials++
 			continue // nothing was sent: the next endpoint, free
 		}
