@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -89,5 +90,33 @@ func TestGossipFlapDoesNotEject(t *testing.T) {
 	}
 	if fromB == 0 {
 		t.Fatalf("b served none of 6 requests after gossip said it lives again; a's endpoints: %+v", endpointsOf(a, "demo/flap"))
+	}
+}
+
+// TestWatchOfADeadNode: an attempt whose node gossip declared dead before
+// its watch was registered (picked just before the verdict) is cancelled
+// at once, as one in flight at the verdict is; on a frozen node it would
+// otherwise wait for its timeout. A live node's watch stays open, and a
+// node that refuted its death is watched as live again.
+func TestWatchOfADeadNode(t *testing.T) {
+	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", VIPRange: "127.51.0.0/16", Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	a.onGossip("frozen", false)
+	ctx, release := a.watchNode(context.Background(), "frozen")
+	defer release()
+	if ctx.Err() == nil || context.Cause(ctx) != errNodeDead {
+		t.Fatalf("a watch of a node declared dead before it: cause %v, want errNodeDead", context.Cause(ctx))
+	}
+	live, releaseLive := a.watchNode(context.Background(), "awake")
+	defer releaseLive()
+	a.onGossip("frozen", true) // refuted
+	again, releaseAgain := a.watchNode(context.Background(), "frozen")
+	defer releaseAgain()
+	if live.Err() != nil || again.Err() != nil {
+		t.Fatalf("watches of live nodes cancelled: %v, %v", context.Cause(live), context.Cause(again))
 	}
 }
