@@ -242,7 +242,7 @@ type Server struct {
 	ui  uiState   // the web UI's scrapes and recent denials (ui.go)
 	// stats: golden counters from heartbeats (stats.go)
 	stats statsState
-	ha  haState   // replicas on a shared store (ha.go)
+	ha    haState // replicas on a shared store (ha.go)
 	// cluster is the last state a cluster source synced (cluster.go).
 	cluster clusterState
 
