@@ -296,6 +296,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.self.Spec.AdminAddress = advertisedAdmin(a.adminLn.Addr().String(), cfg.MeshAdvertise)
+	if cfg.AdminAdvertise != "" {
+		a.self.Spec.AdminAddress = cfg.AdminAdvertise
+	}
 	if cfg.GossipAddr != "" {
 		gc := gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
 			OnChange: a.onGossip, Logger: a.log.With("sub", "gossip")}
