@@ -68,7 +68,7 @@ func TestStatsFromHeartbeats(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	unreachable := closedAddr(t) // no listener: a scrape of it fails
+	unreachable := "127.42.0.1:9" // in this test's range, where nothing listens: a scrape of it fails
 	type agentSpec struct{ name, site, region, vips, workload string }
 	specs := []agentSpec{
 		{"edge-a", "edge-1", "east", "127.41.0.0/17", ""},
