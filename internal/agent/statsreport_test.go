@@ -2,7 +2,11 @@ package agent
 
 import (
 	"fmt"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -60,5 +64,30 @@ func TestStatTableReport(t *testing.T) {
 	rep = tab.report(&statSender{})
 	if len(rep.Rows) != wire.MaxStatRows || rep.Dropped != 3 || rep.DroppedRequests != 5 {
 		t.Fatalf("past the bound: %d rows, dropped %d (%d requests)", len(rep.Rows), rep.Dropped, rep.DroppedRequests)
+	}
+}
+
+// The destination side's series are bounded: past maxServerSeries, new
+// sources share one "other" series, and requests are still counted.
+func TestServerMetricsBounded(t *testing.T) {
+	a := &Agent{cfg: Config{Metrics: metrics.NewSet(), Node: NodeConfig{Name: "n1"}}}
+	for i := 0; i < maxServerSeries+10; i++ {
+		a.serverMetrics("spiffe://td/ns/demo/sa/web", "demo/hello", fmt.Sprintf("node-%d", i), 200, time.Millisecond)
+	}
+	a.serverMetrics("", "demo/hello", "node-x", 503, time.Millisecond)
+	var b strings.Builder
+	a.cfg.Metrics.WritePrometheus(&b)
+	out := b.String()
+	if got := a.srvSeries.Load(); got != maxServerSeries+1 {
+		t.Fatalf("%d series, want %d and one for the others", got, maxServerSeries+1)
+	}
+	for _, want := range []string{
+		`fogmesh_http_server_requests_total{service="demo/hello",source_service="demo/web",source_node="node-0",node="n1",code_class="2xx"} 1`,
+		`fogmesh_http_server_requests_total{service="demo/hello",source_service="other",source_node="other",node="n1",code_class="2xx"} 10`,
+		`fogmesh_http_server_requests_total{service="demo/hello",source_service="other",source_node="other",node="n1",code_class="5xx"} 1`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("missing %s", want)
+		}
 	}
 }
