@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -89,5 +90,38 @@ func TestServerMetricsBounded(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Fatalf("missing %s", want)
 		}
+	}
+}
+
+// BenchmarkStatsReport: reading and encoding a full heartbeat report of
+// wire.MaxStatRows rows (a stream's first), as the sender does every
+// heartbeat interval; B/report is its encoded size.
+func BenchmarkStatsReport(b *testing.B) {
+	var tab statTable
+	for i := 0; i < wire.MaxStatRows; i++ {
+		r := tab.row(statKey{svc: fmt.Sprintf("shop/service-%d", i%40), node: fmt.Sprintf("edge-node-%d", i), site: "shop-17",
+			src: "shop/frontend", tier: "site", path: "same_site"})
+		for j := 0; j < 1000; j++ {
+			r.observe(2, float64(j%200)/1000)
+		}
+	}
+	var size int
+	for b.Loop() {
+		rep := tab.report(&statSender{})
+		buf, err := json.Marshal(&wire.Message{Type: wire.TypeHeartbeat, Stats: rep})
+		if err != nil {
+			b.Fatal(err)
+		}
+		size = len(buf)
+	}
+	b.ReportMetric(float64(size), "B/report")
+}
+
+// BenchmarkStatRowObserve: what a request adds to the request path.
+func BenchmarkStatRowObserve(b *testing.B) {
+	var tab statTable
+	r := tab.row(statKey{svc: "demo/hello", node: "n2"})
+	for b.Loop() {
+		r.observe(2, 0.003)
 	}
 }
