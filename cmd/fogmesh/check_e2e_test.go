@@ -244,13 +244,36 @@ func TestCheckGreenThenRed(t *testing.T) {
 
 // TestStatAndTop: with real traffic through every agent, fogmesh stat
 // prints hello's rate (non-zero), a 100% success ratio and latency
-// percentiles from the agents' /metrics, and per-edge rows from each
-// source node; top refreshes -iterations times and stops.
+// percentiles from the counters in the agents' heartbeats (the control
+// plane's GET /v1/stats), and per-edge rows from each source node; top
+// refreshes -iterations times and stops; stat -agents scrapes one agent's
+// /metrics without the control plane.
 func TestStatAndTop(t *testing.T) {
 	m := startDemoMesh(t)
 	stop := make(chan struct{})
 	wait := m.traffic(stop)
-	out, code := run(t, append([]string{"stat", "-interval", "2s", "-edges", "-o", "json"}, m.admin...)...)
+	var out string
+	var code int
+	// Rates need two heartbeats with traffic between them from every agent.
+	testenv.WaitFor(t, 30*time.Second, "stat to show edges from all 4 nodes", func() bool {
+		out, code = run(t, append([]string{"stat", "-edges", "-o", "json"}, m.admin...)...)
+		var st struct {
+			Edges []struct {
+				SourceNode string
+				RPS        float64
+			}
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
+			return false
+		}
+		sources := map[string]bool{}
+		for _, e := range st.Edges {
+			if e.RPS > 0 {
+				sources[e.SourceNode] = true
+			}
+		}
+		return len(sources) == 4
+	})
 	topOut, topCode := run(t, append([]string{"top", "-interval", "500ms", "-iterations", "2"}, m.admin...)...)
 	// Straight from one agent's API, without the control plane.
 	oneOut, oneCode := run(t, "stat", "-interval", "1s", "-edges", "-agents", "http://"+m.agents[1].addrs["admin"], "-server", closedAddr(t))

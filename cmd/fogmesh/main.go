@@ -26,7 +26,7 @@ authenticate with -token or $FOGMESH_TOKEN or -cert/-key, verify it with -ca or 
   fogmesh get nodes|services|endpoints|trust [-n NS] [-o table|json|yaml]
   fogmesh get paths                each node's path to its peers: direct, punched or relayed, relay, RTT, bytes
   fogmesh check [-o json]          is the mesh healthy? one line per check with a hint; exit 1 if one fails
-  fogmesh stat [-interval 2s] [-edges]   per service: requests/s, success ratio, p50/p95/p99 latency
+  fogmesh stat [-edges] [-agents URL,...]  per service: requests/s, success ratio, p50/p95/p99 latency
   fogmesh top [-iterations N]      the same, refreshed every -interval (ctrl-C stops)
   fogmesh apply -f FILE            create or update services, endpoints (YAML or JSON; - for stdin)
   fogmesh delete service|endpoint NAME [-n NS] | node NAME | -f FILE

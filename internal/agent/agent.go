@@ -93,6 +93,12 @@ type Agent struct {
 	topicCount  atomic.Int64
 	// reqMetrics caches request series per endpoint (l7metrics.go).
 	reqMetrics sync.Map // metricsKey -> *endpointMetrics
+	// goldenRows sums them per row of the heartbeat's stats (statsreport.go).
+	goldenRows statTable
+	// srvMetrics caches the destination side's request series
+	// (l7metrics.go), srvSeries counts them.
+	srvMetrics sync.Map // serverKey -> *endpointMetrics
+	srvSeries  atomic.Int64
 	// svcCounters count in-flight connections/requests per service for
 	// circuit breaking.
 	svcCounters sync.Map // "ns/name|conn" or "|req" -> *atomic.Int64
@@ -290,6 +296,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.self.Spec.AdminAddress = advertisedAdmin(a.adminLn.Addr().String(), cfg.MeshAdvertise)
+	if cfg.AdminAdvertise != "" {
+		a.self.Spec.AdminAddress = cfg.AdminAdvertise
+	}
 	if cfg.GossipAddr != "" {
 		gc := gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
 			OnChange: a.onGossip, Logger: a.log.With("sub", "gossip")}

@@ -272,14 +272,17 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	if src != "" {
 		r.Header.Set(SourceIDHeader, src)
 	}
+	svc := ms.h.Namespace + "/" + ms.h.Service
+	// The destination side's golden metrics: what arrives at this node
+	// from other nodes, whatever their agents report.
+	sw := &statusWriter{ResponseWriter: w, start: time.Now()}
+	w = sw
+	defer func() { s.a.serverMetrics(src, svc, ms.sourceNode, sw.status, sw.headerAfter()) }()
 	if o := s.a.obs; o != nil {
 		// This hop's span (a child of the source agent's) and access-log
 		// line; r's header goes on to the workload with its trace context.
-		svc := ms.h.Namespace + "/" + ms.h.Service
 		if rec := o.begin(sideServer, r, r.Header, sv, svc); rec != nil {
 			rec.src, rec.srcNode, rec.endpoint = src, ms.sourceNode, ms.h.Endpoint
-			sw := &statusWriter{ResponseWriter: w}
-			w = sw
 			defer func() { rec.end(sw.status, "", nil) }()
 		}
 	}

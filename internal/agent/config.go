@@ -59,6 +59,13 @@ type Config struct {
 	// AdminAddr serves /healthz, /metrics and the local API (default
 	// 127.0.0.1:7073).
 	AdminAddr string `json:"adminAddr,omitempty"`
+	// AdminAdvertise is the admin API address the node registers
+	// (adminAddress: where `fogmesh check` and `fogmesh stat -agents` reach
+	// it), e.g. a port forwarded through a site's NAT. Default: the bound
+	// address, or MeshAdvertise's host with its port when bound to all
+	// addresses. The control plane's rates come from heartbeats, not from
+	// this address.
+	AdminAdvertise string `json:"adminAdvertise,omitempty"`
 	// VIPRange is where service virtual IPv4 addresses live on this node
 	// (default 127.77.0.0/16). A service's VIP is its VIP index in this range.
 	VIPRange string `json:"vipRange,omitempty"`
@@ -314,6 +321,11 @@ func (c *Config) validate() error {
 	}
 	if _, err := netip.ParseAddrPort(c.MeshAdvertise); err != nil {
 		return fmt.Errorf("meshAdvertise: %q: %w", c.MeshAdvertise, err)
+	}
+	if c.AdminAdvertise != "" {
+		if _, err := netip.ParseAddrPort(c.AdminAdvertise); err != nil {
+			return fmt.Errorf("adminAdvertise: %q is not ip:port: %w", c.AdminAdvertise, err)
+		}
 	}
 	for i, a := range c.Relays {
 		if _, _, err := net.SplitHostPort(a); err != nil {

@@ -31,7 +31,8 @@ func (a *Agent) requestMetrics(src, svc, route string, ev *endpointView, code in
 	if !ok {
 		labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,site=%q,tier=%q,route=%q,source_node=%q,source_site=%q,source_service=%q,path=%q`,
 			svc, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.site, ev.tier, route, a.cfg.Node.Name, a.cfg.Node.Site, sourceService(src), k.path)
-		m := &endpointMetrics{duration: a.cfg.Metrics.GetOrCreatePrometheusHistogramExt(`fogmesh_http_request_duration_seconds{`+labels+`}`, latencyBuckets)}
+		m := &endpointMetrics{duration: a.cfg.Metrics.GetOrCreatePrometheusHistogramExt(`fogmesh_http_request_duration_seconds{`+labels+`}`, latencyBuckets),
+			row: a.goldenRows.row(statKey{svc: svc, node: ev.ep.Spec.Node, site: ev.site, src: sourceService(src), tier: ev.tier.String(), path: k.path})}
 		for c := range m.byClass {
 			name := "error"
 			if c > 0 {
@@ -40,6 +41,56 @@ func (a *Agent) requestMetrics(src, svc, route string, ev *endpointView, code in
 			m.byClass[c] = a.cfg.Metrics.GetOrCreateCounter(`fogmesh_http_requests_total{` + labels + `,code_class="` + name + `"}`)
 		}
 		v, _ = a.reqMetrics.LoadOrStore(k, m)
+	}
+	m := v.(*endpointMetrics)
+	m.byClass[class].Inc()
+	m.duration.Update(d.Seconds())
+	if m.row != nil {
+		m.row.observe(class, d.Seconds())
+	} else {
+		a.goldenRows.droppedReqs.Add(1)
+	}
+}
+
+// maxServerSeries bounds the destination side's request series: past it,
+// new sources are labelled "other" (source_service and source_node), so a
+// flood of claimed names cannot grow the agent's memory.
+const maxServerSeries = 4096
+
+type serverKey struct{ svc, src, node string }
+
+// serverMetrics records one request a peer's agent sent over the mesh
+// (authzServer): fogmesh_http_server_requests_total by status class and
+// fogmesh_http_server_request_duration_seconds, the time to the response
+// header, per service, source service and source node. code 0 means no
+// response.
+func (a *Agent) serverMetrics(src, svc, srcNode string, code int, d time.Duration) {
+	class := 0
+	if code >= 100 && code < 600 {
+		class = code / 100
+	}
+	k := serverKey{svc, sourceService(src), srcNode}
+	v, ok := a.srvMetrics.Load(k)
+	if !ok {
+		if a.srvSeries.Load() >= maxServerSeries {
+			k.src, k.node = "other", "other"
+			v, ok = a.srvMetrics.Load(k)
+		}
+	}
+	if !ok {
+		labels := fmt.Sprintf(`service=%q,source_service=%q,source_node=%q,node=%q`, svc, k.src, k.node, a.cfg.Node.Name)
+		m := &endpointMetrics{duration: a.cfg.Metrics.GetOrCreatePrometheusHistogramExt(`fogmesh_http_server_request_duration_seconds{`+labels+`}`, latencyBuckets)}
+		for c := range m.byClass {
+			name := "error"
+			if c > 0 {
+				name = fmt.Sprintf("%dxx", c)
+			}
+			m.byClass[c] = a.cfg.Metrics.GetOrCreateCounter(`fogmesh_http_server_requests_total{` + labels + `,code_class="` + name + `"}`)
+		}
+		var loaded bool
+		if v, loaded = a.srvMetrics.LoadOrStore(k, m); !loaded {
+			a.srvSeries.Add(1)
+		}
 	}
 	m := v.(*endpointMetrics)
 	m.byClass[class].Inc()
@@ -109,6 +160,9 @@ type metricsKey struct {
 type endpointMetrics struct {
 	byClass  [6]*metrics.Counter
 	duration *metrics.PrometheusHistogram
+	// row is the heartbeat stats row the series adds to (nil: the
+	// agent tracks wire.MaxStatRows rows already).
+	row *statRow
 }
 
 // grpcStatusBody records a gRPC response's status when its body ends: the

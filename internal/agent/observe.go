@@ -355,20 +355,35 @@ func (b *obsBody) BufferedUpstream() int {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	// start, when set, is when the request came; header is when the
+	// status was set (headerAfter).
+	start, header time.Time
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		w.status = code
+		if !w.start.IsZero() {
+			w.header = time.Now()
+		}
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(p []byte) (int, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.WriteHeader(http.StatusOK)
 	}
 	return w.ResponseWriter.Write(p)
+}
+
+// headerAfter is the time from start to the response header, as the
+// client side measures a request (until now if none was written).
+func (w *statusWriter) headerAfter() time.Duration {
+	if w.header.IsZero() {
+		return time.Since(w.start)
+	}
+	return w.header.Sub(w.start)
 }
 
 func (w *statusWriter) Flush() { http.NewResponseController(w.ResponseWriter).Flush() }

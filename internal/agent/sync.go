@@ -177,6 +177,10 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 		defer cancel()
 		t := time.NewTicker(conn.Heartbeat)
 		defer t.Stop()
+		var stats *statSender // this stream's view of the golden counters sent
+		if conn.Stats {
+			stats = &statSender{}
+		}
 		// renew fires when the node certificate is due for renewal (never
 		// in insecure mode); while no answer comes it fires every 5s.
 		renew := time.NewTimer(time.Hour)
@@ -204,8 +208,12 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 				}
 				ev = syncproto.Send{Msg: m}
 			case <-t.C:
-				ev = syncproto.Tick{Load: float64(a.active.Load()), EndpointLoad: a.ownLoads(), Paths: a.pathReports(),
+				tick := syncproto.Tick{Load: float64(a.active.Load()), EndpointLoad: a.ownLoads(), Paths: a.pathReports(),
 					VIPBindFailures: a.VIPBindFailures()}
+				if stats != nil {
+					tick.Stats = a.goldenRows.report(stats)
+				}
+				ev = tick
 			case <-a.localChanged:
 				a.mu.Lock()
 				ev = syncproto.Local{Endpoints: a.localEndpointsLocked()}

@@ -2,8 +2,10 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -83,4 +85,68 @@ func closeAll(fs []*os.File) {
 	for _, f := range fs {
 		f.Close()
 	}
+}
+
+// Tail returns the whole, well-formed records in about the last maxBytes
+// of the log in dir whose active file is base ("audit.log" if empty), in
+// chain order, reading the newest files first and without verifying the
+// chain (a record that does not decode or whose hash is wrong is left
+// out: Verify reports it). For a summary of recent records, such as the
+// denials the control plane shows after a restart.
+func Tail(dir, base string, maxBytes int64) ([]Record, error) {
+	files, err := ChainFiles(dir, base)
+	if err != nil {
+		return nil, err
+	}
+	var out []Record
+	for i := len(files) - 1; i >= 0 && maxBytes > 0; i-- {
+		b, err := readTail(files[i], maxBytes)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+		maxBytes -= int64(len(b))
+		var recs []Record
+		for len(b) > 0 {
+			line, rest, whole := bytes.Cut(b, []byte("\n"))
+			b = rest
+			if !whole {
+				break // a line still being written
+			}
+			if r, err := DecodeLine(line); err == nil {
+				recs = append(recs, *r)
+			}
+		}
+		out = append(recs, out...)
+	}
+	return out, nil
+}
+
+// readTail reads the last n bytes of a file, from the first whole line in
+// them on.
+func readTail(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := max(fi.Size()-n, 0)
+	b := make([]byte, fi.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if off > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return nil, nil
+		}
+		b = b[i+1:]
+	}
+	return b, nil
 }

@@ -96,6 +96,7 @@ func (s *Server) adminHandler() http.Handler {
 	s.securityRoutes(mux)
 	s.debugRoutes(mux)
 	s.uiRoutes(mux)
+	s.statsRoutes(mux)
 	return s.authenticate(mux)
 }
 

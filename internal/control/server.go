@@ -240,7 +240,9 @@ type Server struct {
 
 	sec *security // nil in insecure mode
 	ui  uiState   // the web UI's scrapes and recent denials (ui.go)
-	ha  haState   // replicas on a shared store (ha.go)
+	// stats: golden counters from heartbeats (stats.go)
+	stats statsState
+	ha    haState // replicas on a shared store (ha.go)
 	// cluster is the last state a cluster source synced (cluster.go).
 	cluster clusterState
 
@@ -324,6 +326,7 @@ func New(cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	s.loadDenials()
 	if s.adminLn = cfg.AdminListener; s.adminLn == nil {
 		s.adminLn, err = net.Listen("tcp", cfg.AdminAddr)
 	}

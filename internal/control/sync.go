@@ -289,7 +289,7 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 	s.log.Info("control: agent connected", "node", st.node, "remote", c.RemoteAddr())
 	rev, _ := s.st.Rev()
 	st.welcome = rev
-	welcome := syncproto.Admitted{Version: rev, StoreID: s.st.ID(), Features: []string{wire.FeatureScopeAdd}}
+	welcome := syncproto.Admitted{Version: rev, StoreID: s.st.ID(), Features: []string{wire.FeatureScopeAdd, wire.FeatureStats}}
 	if s.sec != nil && !peer.IsZero() {
 		welcome.Features = append(welcome.Features, wire.FeatureSVID, wire.FeatureSVIDBatch)
 	}
@@ -411,6 +411,9 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 		s.log.Warn("control: agent rejected update", "node", st.node, "version", e.Version, "nonce", e.Nonce, "err", e.Error)
 	case syncproto.Heartbeat:
 		s.heartbeat(st.node, e.Load, e.EndpointLoad, e.Paths, e.VIPBindFailures)
+		if e.Stats != nil {
+			s.stats.note(st.node, e.Stats, time.Now())
+		}
 		// Answer, so the agent can tell a silent link from a quiet one,
 		// with the load the other agents put on each endpoint.
 		return st.write(&wire.Message{Type: wire.TypeHeartbeat, EndpointLoad: s.othersLoad(st.node)})

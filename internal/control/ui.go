@@ -5,11 +5,14 @@ import (
 	"context"
 	"embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html/template"
 	"io"
 	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -34,8 +37,9 @@ import (
 // Behind the admin authentication: a client certificate, a bearer token,
 // or the cookie, which authenticate accepts for GET under /ui only (a
 // cookie sent along by a forged cross-site form cannot change anything).
-// Rates come from scraping each ready node's agent API (its registered
-// adminAddress) twice and subtracting (package meshstat).
+// Rates come from the golden counters agents send in their heartbeats
+// (stats.go), subtracted by package meshstat; a node whose agent predates
+// them is scraped at its registered adminAddress instead.
 
 //go:embed ui
 var uiFiles embed.FS
@@ -43,19 +47,29 @@ var uiFiles embed.FS
 // uiCookie carries the admin token of a browser that logged in.
 const uiCookie = "fogmesh_ui"
 
-// maxDenials is how many recent denials the UI keeps (in memory: they
-// start empty after a restart; the audit chain keeps every one).
+// maxDenials is how many recent denials the UI keeps in memory; at start
+// they are read back from the stored chains (loadDenials), which keep
+// every one.
 const maxDenials = 50
+
+// At start, loadDenials reads the tail (denialTailBytes) of the
+// denialChains node chains written last: a bounded read, whatever the
+// number of nodes, that finds the recent denials of all but a mesh where
+// more chains than that saw their last records since.
+const (
+	denialChains    = 64
+	denialTailBytes = 64 << 10
+)
 
 // uiState is the UI's memory: the last scrape of each node and the
 // recent denials seen in incoming audit batches. The zero value works.
 type uiState struct {
-	mu       sync.Mutex // guards the following; held while scraping
-	last     map[string]meshstat.Scrape
-	lastAt   time.Time
-	services []meshstat.Row
-	edges    []meshstat.Row
-	errs     map[string]string
+	mu sync.Mutex // guards the following; held while scraping
+	// prev and last are the last two scrapes of the nodes whose
+	// heartbeats carry no counters (older agents), lastAt when.
+	prev, last map[string]meshstat.Scrape
+	lastAt     time.Time
+	errs       map[string]string
 
 	// dmu guards denials apart from mu: audit ingest must never wait for
 	// a scrape.
@@ -75,6 +89,74 @@ func (u *uiState) noteAudit(recs []audit.Record) {
 	if n := len(u.denials); n > maxDenials {
 		u.denials = slices.Clone(u.denials[n-maxDenials:])
 	}
+}
+
+// loadDenials fills the recent denials from the stored audit chains of
+// the nodes (StateDir/audit/nodes/<node>, archived chains left out), so
+// the UI shows them across a restart.
+func (s *Server) loadDenials() {
+	dir := s.auditNodesDir()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("control: recent denials not loaded", "err", err)
+		}
+		return
+	}
+	type chain struct {
+		node string
+		mod  time.Time
+	}
+	var chains []chain
+	for _, e := range ents {
+		if !e.IsDir() || strings.Contains(e.Name(), ".archived-") || !audit.ValidNodeName(e.Name()) {
+			continue
+		}
+		fi, err := os.Stat(filepath.Join(dir, e.Name(), "audit.log"))
+		if err != nil {
+			continue
+		}
+		chains = append(chains, chain{e.Name(), fi.ModTime()})
+	}
+	slices.SortFunc(chains, func(a, b chain) int { return b.mod.Compare(a.mod) })
+	var denials []audit.Record
+	for _, c := range chains[:min(len(chains), denialChains)] {
+		recs, err := audit.Tail(filepath.Join(dir, c.node), "audit.log", denialTailBytes)
+		if err != nil {
+			s.log.Warn("control: recent denials of a node not loaded", "node", c.node, "err", err)
+			continue
+		}
+		for _, r := range recs {
+			if r.Decision == audit.Deny && r.Node == c.node {
+				denials = append(denials, r)
+			}
+		}
+	}
+	s.ui.loadDenials(denials)
+}
+
+// loadDenials merges stored denials with those noted since the start,
+// newest last by time, one of each node and seq.
+func (u *uiState) loadDenials(stored []audit.Record) {
+	u.dmu.Lock()
+	defer u.dmu.Unlock()
+	type id struct {
+		node string
+		seq  uint64
+	}
+	seen := map[id]bool{}
+	var all []audit.Record
+	for _, r := range append(stored, u.denials...) {
+		if !seen[id{r.Node, r.Seq}] {
+			seen[id{r.Node, r.Seq}] = true
+			all = append(all, r)
+		}
+	}
+	slices.SortStableFunc(all, func(a, b audit.Record) int { return a.Time.Compare(b.Time) })
+	if n := len(all); n > maxDenials {
+		all = all[n-maxDenials:]
+	}
+	u.denials = all
 }
 
 // UIState is the body of GET /ui/api/state and what /ui renders.
@@ -194,16 +276,19 @@ func (s *Server) handleUILogin(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/ui", http.StatusSeeOther)
 }
 
-// uiSnapshot gathers what the UI shows. Rates need two scrapes: the first
-// call scrapes twice a second apart; later ones subtract the scrape
-// before (at most one scrape a second, shared by every viewer).
+// uiSnapshot gathers what the UI shows. Rates come from the agents'
+// heartbeats (stats.go); only a ready node whose heartbeats carry no
+// counters (an older agent) is scraped at its adminAddress, which needs
+// two scrapes: the first call scrapes twice a second apart; later ones
+// subtract the scrape before (at most one scrape a second, shared by
+// every viewer).
 func (s *Server) uiSnapshot(ctx context.Context) (*UIState, error) {
 	objs, rev, err := s.reg.list(api.KindNode)
 	if err != nil {
 		return nil, err
 	}
 	st := &UIState{Control: s.cfg.Name, Revision: rev, Time: time.Now().UTC(), Paths: s.Paths(), Denials: []audit.Record{}}
-	targets := map[string]string{}
+	sites := map[string]string{}
 	byRegion := map[string]map[string][]api.Node{}
 	for _, o := range objs {
 		n := *o.(*api.Node)
@@ -212,9 +297,7 @@ func (s *Server) uiSnapshot(ctx context.Context) (*UIState, error) {
 			byRegion[n.Spec.Region] = map[string][]api.Node{}
 		}
 		byRegion[n.Spec.Region][n.Spec.Site] = append(byRegion[n.Spec.Region][n.Spec.Site], n)
-		if n.Status.Ready && n.Spec.AdminAddress != "" {
-			targets[n.Meta.Name] = "http://" + n.Spec.AdminAddress + "/metrics"
-		}
+		sites[n.Meta.Name] = n.Spec.Site
 	}
 	for _, region := range sortedKeys(byRegion) {
 		ur := UIRegion{Name: region}
@@ -225,25 +308,43 @@ func (s *Server) uiSnapshot(ctx context.Context) (*UIState, error) {
 		}
 		st.Regions = append(st.Regions, ur)
 	}
+	prev, cur, _ := s.stats.scrapes(time.Now().Add(-s.cfg.NodeTimeout), sites)
+	targets := map[string]string{}
+	for _, o := range objs {
+		n := o.(*api.Node)
+		if _, reports := cur[n.Meta.Name]; !reports && n.Status.Ready && n.Spec.AdminAddress != "" {
+			targets[n.Meta.Name] = "http://" + n.Spec.AdminAddress + "/metrics"
+		}
+	}
 	s.ui.mu.Lock()
 	defer s.ui.mu.Unlock()
-	if time.Since(s.ui.lastAt) >= time.Second {
-		prev := s.ui.last
+	if len(targets) == 0 {
+		s.ui.prev, s.ui.last, s.ui.lastAt, s.ui.errs = nil, nil, time.Time{}, nil
+	} else if time.Since(s.ui.lastAt) >= time.Second {
+		before := s.ui.last
 		if time.Since(s.ui.lastAt) > time.Minute {
-			prev, _ = scrapeMetrics(ctx, targets)
+			before, _ = scrapeMetrics(ctx, targets)
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			case <-time.After(time.Second):
 			}
 		}
-		cur, errs := scrapeMetrics(ctx, targets)
-		s.ui.services, s.ui.edges = meshstat.Compute(prev, cur)
-		meshstat.Clean(s.ui.services)
-		meshstat.Clean(s.ui.edges)
-		s.ui.last, s.ui.lastAt, s.ui.errs = cur, time.Now(), errs
+		now, errs := scrapeMetrics(ctx, targets)
+		s.ui.prev, s.ui.last, s.ui.lastAt, s.ui.errs = before, now, time.Now(), errs
 	}
-	st.Services, st.Edges, st.Scrape = s.ui.services, s.ui.edges, s.ui.errs
+	for node := range targets { // a node's scrapes stand in for its missing heartbeat counters
+		if sc, ok := s.ui.prev[node]; ok {
+			prev[node] = sc
+		}
+		if sc, ok := s.ui.last[node]; ok {
+			cur[node] = sc
+		}
+	}
+	st.Services, st.Edges = meshstat.Compute(prev, cur)
+	meshstat.Clean(st.Services)
+	meshstat.Clean(st.Edges)
+	st.Scrape = s.ui.errs
 	s.ui.dmu.Lock()
 	for i := len(s.ui.denials) - 1; i >= 0; i-- {
 		st.Denials = append(st.Denials, s.ui.denials[i])

@@ -27,7 +27,8 @@ package syncproto
 //	Streaming ──auditAck──▶ Streaming     effect AuditAck, only while a batch is in flight
 //	Streaming ──trust / cert / svidIssued / error──▶ Streaming   effect for the driver
 //	Streaming ──anything else──▶ Closed   "unexpected …"
-//	Streaming ──Tick──▶ Streaming         send heartbeat{load, endpointLoad}
+//	Streaming ──Tick──▶ Streaming         send heartbeat{load, endpointLoad, stats (only if
+//	                                      welcome listed FeatureStats)}
 //	Streaming ──Local / Sessions──▶       send local / sessions
 //	Streaming ──Send(renew|audit|svid)──▶ send it; audit only if welcome listed
 //	                                      FeatureAudit, svid only with FeatureSVID
@@ -71,6 +72,9 @@ type (
 		Paths        []wire.PathReport
 		// VIPBindFailures: the VIP:ports the agent cannot bind now.
 		VIPBindFailures []api.VIPBindFailure
+		// Stats: the golden request counters, sent only if welcome
+		// listed wire.FeatureStats (Connected.Stats).
+		Stats *wire.StatsReport
 	}
 	// Local is the full set of endpoints this node owns, now.
 	Local struct{ Endpoints []api.Endpoint }
@@ -106,6 +110,9 @@ type (
 		// ScopeAdd: the control plane widens a scope on the open stream
 		// (wire.FeatureScopeAdd); without it Widen ends the stream.
 		ScopeAdd bool
+		// Stats: the control plane takes golden request counters in
+		// heartbeats (wire.FeatureStats).
+		Stats bool
 	}
 	// Apply: the driver applies the update (snapshot if Msg.Full) and
 	// steps Applied with the result. Answered are the scope entries the
@@ -263,8 +270,12 @@ func (a *Agent) Step(ev Event) (out Output) {
 		if err := a.needStreaming("heartbeat"); err != nil {
 			return Output{Err: err}
 		}
-		return send(&wire.Message{Type: wire.TypeHeartbeat, Load: ev.Load, EndpointLoad: ev.EndpointLoad, Paths: ev.Paths,
-			VIPBindFailures: ev.VIPBindFailures})
+		m := &wire.Message{Type: wire.TypeHeartbeat, Load: ev.Load, EndpointLoad: ev.EndpointLoad, Paths: ev.Paths,
+			VIPBindFailures: ev.VIPBindFailures}
+		if slices.Contains(a.features, wire.FeatureStats) {
+			m.Stats = ev.Stats // an older control plane would carry them for nothing
+		}
+		return send(m)
 	case Local:
 		if err := a.needStreaming("local endpoints"); err != nil {
 			return Output{Err: err}
@@ -338,7 +349,8 @@ func (a *Agent) recv(m *wire.Message) Output {
 			a.subscribed = slices.Clone(a.scope.Services)
 		}
 		c := Connected{Heartbeat: a.hb, SVID: slices.Contains(m.Features, wire.FeatureSVID),
-			SVIDBatch: slices.Contains(m.Features, wire.FeatureSVIDBatch), ScopeAdd: slices.Contains(m.Features, wire.FeatureScopeAdd)}
+			SVIDBatch: slices.Contains(m.Features, wire.FeatureSVIDBatch), ScopeAdd: slices.Contains(m.Features, wire.FeatureScopeAdd),
+			Stats: slices.Contains(m.Features, wire.FeatureStats)}
 		if slices.Contains(m.Features, wire.FeatureAudit) {
 			c.Audit = &AuditResume{Seq: m.AuditSeq, Hash: m.AuditHash}
 		}

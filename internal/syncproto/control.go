@@ -27,7 +27,7 @@ package syncproto
 //	                                      knownVersion) it ends the stream
 //	Streaming ──ack / nack──▶ Streaming   effect Acked / Nacked (after a NACK the agent
 //	                                      reconnects and resubscribes from version 0)
-//	Streaming ──heartbeat──▶ Streaming    effect Heartbeat{load, valid loads}; the driver
+//	Streaming ──heartbeat──▶ Streaming    effect Heartbeat{load, valid loads, valid stats}; the driver
 //	                                      answers with Send(heartbeat{others' loads})
 //	Streaming ──sessions──▶ Streaming     effect SessionsIn{valid, refused}
 //	Streaming ──local / audit / renew / svid──▶ Streaming   effect for the driver, which
@@ -102,6 +102,8 @@ type (
 		Paths        []wire.PathReport // ValidPaths
 		// VIPBindFailures: ValidVIPBindFailures.
 		VIPBindFailures []api.VIPBindFailure
+		// Stats: ValidStats (nil: the agent sent none).
+		Stats *wire.StatsReport
 	}
 	// SessionsIn: bindings to store; Refused says why the others were
 	// dropped.
@@ -283,7 +285,7 @@ func (c *Control) recv(m *wire.Message) Output {
 		eff = Nacked{Nonce: m.Nonce, Version: m.Version, Error: m.Error}
 	case wire.TypeHeartbeat:
 		eff = Heartbeat{Load: m.Load, EndpointLoad: ValidLoads(m.EndpointLoad), Paths: ValidPaths(m.Paths),
-			VIPBindFailures: ValidVIPBindFailures(m.VIPBindFailures)}
+			VIPBindFailures: ValidVIPBindFailures(m.VIPBindFailures), Stats: ValidStats(m.Stats)}
 	case wire.TypeSessions:
 		in := SessionsIn{Valid: make([]api.Session, 0, len(m.Sessions))}
 		for _, s := range m.Sessions {

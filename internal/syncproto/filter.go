@@ -357,3 +357,63 @@ func printable(s string) bool {
 	}
 	return true
 }
+
+// ValidStats keeps the golden counters a control plane may hold: at most
+// wire.MaxStatRows rows with printable names of sane length and a known
+// tier and path kind; latency buckets only with ascending, finite, positive
+// bounds (at most wire.MaxStatBounds) and one count per bucket. A row that
+// breaks a rule is dropped (counted in Dropped), bad buckets alone are
+// dropped from their row. Nil for nil.
+func ValidStats(in *wire.StatsReport) *wire.StatsReport {
+	if in == nil {
+		return nil
+	}
+	out := &wire.StatsReport{At: in.At, Full: in.Full, Dropped: in.Dropped, DroppedRequests: in.DroppedRequests}
+	if in.At < 0 {
+		out.At = 0
+	}
+	bounds := in.Bounds
+	if len(bounds) > wire.MaxStatBounds {
+		bounds = nil
+	}
+	for i, b := range bounds {
+		if !(b > 0) || math.IsInf(b, 0) || (i > 0 && b <= bounds[i-1]) {
+			bounds = nil
+			break
+		}
+	}
+	out.Bounds = slices.Clone(bounds)
+	for _, r := range in.Rows {
+		if len(out.Rows) == wire.MaxStatRows {
+			out.Dropped++
+			continue
+		}
+		if !statName(r.Service, 512) || r.Service == "" || !statName(r.Node, 253) || r.Node == "" ||
+			!statName(r.Site, 253) || !statName(r.SourceService, 512) {
+			out.Dropped++
+			continue
+		}
+		switch r.Tier {
+		case "", "node", "site", "region", "any":
+		default:
+			out.Dropped++
+			continue
+		}
+		switch r.Path {
+		case "", "same_node", "same_site", "same_region", "cross_region", "relayed":
+		default:
+			out.Dropped++
+			continue
+		}
+		if len(r.Buckets) != len(out.Bounds)+1 || len(out.Bounds) == 0 {
+			r.Buckets = nil
+		} else {
+			r.Buckets = slices.Clone(r.Buckets)
+		}
+		out.Rows = append(out.Rows, r)
+	}
+	return out
+}
+
+// statName reports whether s is printable and at most n bytes long.
+func statName(s string, n int) bool { return len(s) <= n && printable(s) }

@@ -51,9 +51,9 @@ func fuzzScript(t *testing.T, s *script, in string) {
 	var pending *wire.Message  // the agent's last update chunk received
 	for _, line := range strings.Split(in, "\n") {
 		cmd, arg, _ := strings.Cut(line, " ")
-		if cmd == "agent" || cmd == "control" || cmd == "connect" {
-			applying, lastNonce, lastChunk, chunks, pending = nil, 0, 0, 0, nil
-		}
+		// A new machine or stream: only if the command took (a malformed
+		// "connect 0" leaves the stream and its held chunks as they are).
+		fresh := cmd == "agent" || cmd == "control" || cmd == "connect"
 		var recvd *wire.Message // the update received in this step
 		if cmd == "recv" {
 			if m, err := wire.Decode([]byte(strings.TrimSpace(arg))); err == nil && m.Type == wire.TypeUpdate && (m.Chunk != 0 || m.Chunks != 0) {
@@ -67,6 +67,9 @@ func fuzzScript(t *testing.T, s *script, in string) {
 		out, state, err := s.exec(cmd, strings.TrimSpace(arg))
 		if err != nil {
 			continue // the script's fault, not the machine's
+		}
+		if fresh {
+			applying, lastNonce, lastChunk, chunks, pending = nil, 0, 0, 0, nil
 		}
 		if out.Err != nil && state != "Closed" && state != "Idle" { // Idle: no stream to end
 			t.Fatalf("%s: stream ended (%v) but the machine is %s", line, out.Err, state)

@@ -146,7 +146,7 @@ func (s *script) exec(cmd, arg string) (out Output, state string, err error) {
 			}
 			ev = Applied{err}
 		case "tick":
-			ev = Tick{Load: m.Load, EndpointLoad: m.EndpointLoad}
+			ev = Tick{Load: m.Load, EndpointLoad: m.EndpointLoad, Stats: m.Stats}
 		case "local":
 			ev = Local{m.Endpoints}
 		case "sessions":
@@ -207,6 +207,9 @@ func renderEffect(e Effect) string {
 		if e.ScopeAdd {
 			c += " scopeAdd=true"
 		}
+		if e.Stats {
+			c += " stats=true"
+		}
 		return c
 	case Apply:
 		if len(e.Answered) > 0 {
@@ -241,7 +244,11 @@ func renderEffect(e Effect) string {
 	case Nacked:
 		return fmt.Sprintf("nacked version=%d nonce=%s error=%q", e.Version, e.Nonce, e.Error)
 	case Heartbeat:
-		return fmt.Sprintf("heartbeat load=%g endpointLoad=%s", e.Load, js(e.EndpointLoad))
+		h := fmt.Sprintf("heartbeat load=%g endpointLoad=%s", e.Load, js(e.EndpointLoad))
+		if e.Stats != nil {
+			h += " stats=" + js(e.Stats)
+		}
+		return h
 	case SessionsIn:
 		var keys []string
 		for _, s := range e.Valid {
