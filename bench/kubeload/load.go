@@ -148,7 +148,7 @@ func run(ctx context.Context, cfg config) (res result, err error) {
 	if err != nil {
 		return res, err
 	}
-	want := cfg.Services + cfg.Endpoints
+	want := cfg.Services + cfg.Endpoints + 1 // and the apiserver's own Service default/kubernetes
 	if err := waitFor(ctx, 10*time.Minute, fmt.Sprintf("the control plane to hold the cluster's %d objects", want), func() (bool, string) {
 		var st struct {
 			Objects   int
@@ -402,11 +402,16 @@ func startProc(ctx context.Context, e *env, cfg config, name string, args ...str
 // error names what and cond's last note.
 func waitFor(ctx context.Context, d time.Duration, what string, cond func() (bool, string)) error {
 	deadline := time.Now().Add(d)
+	nextLog := time.Now().Add(15 * time.Second)
 	var note string
 	for {
 		var ok bool
 		if ok, note = cond(); ok {
 			return nil
+		}
+		if time.Now().After(nextLog) {
+			logf("still waiting for %s: %s", what, note)
+			nextLog = time.Now().Add(15 * time.Second)
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("waited %v for %s: %s", d, what, note)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -231,6 +232,28 @@ func TestKubeRegistrySecure(t *testing.T) {
 	// again (its old certificate names s2), moves, and takes all traffic.
 	pb.cmd.Process.Signal(syscall.SIGTERM)
 	<-pb.done
+	// A join cannot take over a node that is online: wait until the
+	// control plane saw the stream close.
+	testenv.WaitFor(t, 20*time.Second, "kn-b disconnected at the control plane", func() bool {
+		out, _ := run(t, append([]string{"get", "nodes", "-o", "json"}, admin...)...)
+		var nodes []struct {
+			Meta struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+			Status struct {
+				Connected bool `json:"connected"`
+			} `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(out), &nodes); err != nil {
+			t.Fatalf("get nodes -o json: %v\n%s", err, out)
+		}
+		for _, n := range nodes {
+			if n.Meta.Name == "kn-b" {
+				return !n.Status.Connected
+			}
+		}
+		return false
+	})
 	kubeJoinedAgent(t, admin, ca["sync"], "kn-b", "s1", 17, dirB)
 	if id := nodeCert(t, dirB).URIs[0].String(); id != "spiffe://fogmesh.local/site/s1/node/kn-b" {
 		t.Fatalf("kn-b's certificate after joining again: %s", id)
