@@ -6,7 +6,7 @@ BIN      := bin
 COMMIT   ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo +dirty)
 LDFLAGS  := -s -w -X github.com/fogmesh/fogmesh/internal/cli.Commit=$(COMMIT)
 
-.PHONY: all build image dev test test-deps bench bench-paths bench-control fuzz lint clean
+.PHONY: all build image dev test test-deps bench bench-paths bench-control bench-kube fuzz lint clean
 
 all: build
 
@@ -59,6 +59,19 @@ DURATION ?= 30s
 bench-control:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh ./cmd/fogmesh
 	$(GO) run ./bench/ctlload -fogmesh $(BIN)/fogmesh -n $(N) $(if $(M),-m $(M)) -rate $(RATE) -duration $(DURATION) -json bench/out/ctlload.jsonl $(CTLLOAD_ARGS)
+
+# Issue 15's Kubernetes registry against a real kube-apiserver: KUBE_SERVICES (1000)
+# Services with KUBE_ENDPOINTS (10000) endpoints and their Pods, `fogmesh control -kube`
+# (secure) and 3 real agents; EndpointSlice change -> every agent routes by it
+# (p50/p99), control-plane RSS, captured ClusterIP against virtual IP. Needs root
+# (its own network namespace, nftables). KUBELOAD_ARGS passes more flags
+# (go run ./bench/kubeload -h).
+KUBE_SERVICES  ?= 1000
+KUBE_ENDPOINTS ?= 10000
+bench-kube:
+	@scripts/install-deps.sh test
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/fogmesh ./cmd/fogmesh
+	$(GO) run ./bench/kubeload -fogmesh $(BIN)/fogmesh -services $(KUBE_SERVICES) -endpoints $(KUBE_ENDPOINTS) -json bench/out/kubeload.jsonl $(KUBELOAD_ARGS)
 
 # Runs each fuzz target for a while (FUZZTIME, default 30s).
 FUZZTIME ?= 30s

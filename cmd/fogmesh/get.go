@@ -351,5 +351,8 @@ func getCluster(server, out string) error {
 	for _, w := range st.Warnings {
 		fmt.Println("WARNING", w)
 	}
+	for _, m := range st.SiteMismatches {
+		fmt.Println("SITE", m)
+	}
 	return nil
 }

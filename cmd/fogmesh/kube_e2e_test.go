@@ -81,8 +81,13 @@ func digA(t *testing.T, dig, addr, name string) string {
 
 // answers GETs url n times and returns the bodies seen and how often.
 func answers(url string, n int) map[string]int {
+	return answersFrom(&http.Client{Timeout: 3 * time.Second}, url, n)
+}
+
+// answersFrom is answers with the client cli; a response other than 200
+// counts as "status N".
+func answersFrom(cli *http.Client, url string, n int) map[string]int {
 	got := map[string]int{}
-	cli := &http.Client{Timeout: 3 * time.Second}
 	for range n {
 		resp, err := cli.Get(url)
 		if err != nil {
@@ -91,6 +96,10 @@ func answers(url string, n int) map[string]int {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			got[fmt.Sprintf("status %d", resp.StatusCode)]++
+			continue
+		}
 		got[string(b)]++
 	}
 	return got
@@ -100,10 +109,16 @@ func answers(url string, n int) map[string]int {
 // exactly the set want (each of them at least once).
 func waitAnswers(t *testing.T, url string, what string, want ...string) {
 	t.Helper()
+	waitAnswersFrom(t, &http.Client{Timeout: 3 * time.Second}, url, what, want...)
+}
+
+// waitAnswersFrom is waitAnswers with the client cli.
+func waitAnswersFrom(t *testing.T, cli *http.Client, url string, what string, want ...string) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	var got map[string]int
 	for time.Now().Before(deadline) {
-		got = answers(url, 12)
+		got = answersFrom(cli, url, 12)
 		ok := len(got) == len(want)
 		for _, w := range want {
 			ok = ok && got[w] > 0
@@ -356,7 +371,7 @@ const netnsEnv = "FOGMESH_E2E_NETNS"
 // podAddrs are the "pod IPs" of the Kubernetes tests: the apiserver
 // refuses loopback addresses in EndpointSlices, so the tests run in a
 // network namespace of their own whose lo also has these.
-var podAddrs = []string{"10.244.0.1", "10.244.0.2"}
+var podAddrs = []string{"10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.0.4"}
 
 // inNetns reports whether the test runs in a network namespace it made
 // for itself, with podAddrs on its loopback interface. If not, it runs

@@ -54,6 +54,10 @@ type ClusterStatus struct {
 	Link      string    `json:"link,omitempty"`
 	Conflicts []string  `json:"conflicts,omitempty"`
 	Warnings  []string  `json:"warnings,omitempty"`
+	// SiteMismatches are the nodes (secure mode) whose cluster labels
+	// name another site than their certificates: they stay in the
+	// certificate's site until they join again (certSiteLocked).
+	SiteMismatches []string `json:"siteMismatches,omitempty"`
 }
 
 // clusterState is the last state synced (Server.cluster).
@@ -62,6 +66,9 @@ type clusterState struct {
 	status ClusterStatus
 	topo   map[string]NodeTopology
 	seen   map[string]bool // conflicts already logged
+	// mismatch: node → why it stays in its certificate's site although
+	// its labels name another (secure mode; certSiteLocked).
+	mismatch map[string]string
 }
 
 // ErrSourced is returned for a write that would replace an object kept by
@@ -190,6 +197,10 @@ func (s *Server) ClusterStatus() ClusterStatus {
 	st := s.cluster.status
 	st.Conflicts = slices.Clone(st.Conflicts)
 	st.Warnings = slices.Clone(st.Warnings)
+	for _, m := range s.cluster.mismatch {
+		st.SiteMismatches = append(st.SiteMismatches, m)
+	}
+	sort.Strings(st.SiteMismatches)
 	return st
 }
 
@@ -212,10 +223,15 @@ func same(o, old api.Object, owner string) bool {
 }
 
 // topology overrides the site, region and zone an agent registers with
-// its node's from the cluster, and reports a difference.
-func (s *Server) topology(n *api.Node) {
+// its node's from the cluster, and reports a difference. certified: the
+// agent's site is the one its certificate names (secure mode), which
+// labels cannot change (certSiteLocked).
+func (s *Server) topology(n *api.Node, certified bool) {
 	s.cluster.mu.Lock()
 	t, ok := s.cluster.topo[n.Meta.Name]
+	if ok && certified {
+		t = s.certSiteLocked(n.Meta.Name, n.Spec.Site, t)
+	}
 	s.cluster.mu.Unlock()
 	if !ok {
 		return
@@ -225,6 +241,48 @@ func (s *Server) topology(n *api.Node) {
 		s.cfg.Metrics.GetOrCreateCounter(`fogmesh_control_cluster_node_place_overrides_total`).Inc()
 		place(n, t)
 	}
+}
+
+// certSiteLocked returns t without its site when the labels place node
+// in another site than certSite, the site its certificate names, and
+// records the mismatch (logged and counted once, shown by get cluster).
+// A node's certificate is its identity on every mesh connection
+// (spiffe://TD/site/SITE/node/NAME): peers dial it under the site the
+// registry shows, and revoking it deny-lists that ID, so the registry
+// must show the certificate's site. It moves when its agent joins again
+// with a token of the labelled site (checkNodeSite lets it). Caller
+// holds s.cluster.mu.
+func (s *Server) certSiteLocked(node, certSite string, t NodeTopology) NodeTopology {
+	c := &s.cluster
+	if t.Site == "" || t.Site == certSite {
+		if _, had := c.mismatch[node]; had {
+			delete(c.mismatch, node)
+			s.log.Info("control: node's cluster labels and certificate name the same site again", "node", node, "site", certSite)
+		}
+		s.cfg.Metrics.GetOrCreateGauge(`fogmesh_control_cluster_node_site_mismatches`, nil).Set(float64(len(c.mismatch)))
+		return t
+	}
+	msg := fmt.Sprintf("node %s: its labels place it in site %s, its certificate names site %s; it stays in %s until its agent runs with -site %s and joins again with a token of %s (fogmesh token create -site %s)",
+		node, t.Site, certSite, certSite, t.Site, t.Site, t.Site)
+	if c.mismatch == nil {
+		c.mismatch = map[string]string{}
+	}
+	if c.mismatch[node] != msg {
+		c.mismatch[node] = msg
+		s.log.Warn("control: node's cluster labels name another site than its certificate; it stays in the certificate's site",
+			"node", node, "labels", t.Site, "certificate", certSite)
+		s.cfg.Metrics.GetOrCreateCounter(`fogmesh_control_cluster_node_site_mismatches_total`).Inc()
+	}
+	s.cfg.Metrics.GetOrCreateGauge(`fogmesh_control_cluster_node_site_mismatches`, nil).Set(float64(len(c.mismatch)))
+	t.Site = ""
+	return t
+}
+
+// clusterSite is the site the cluster's labels give node ("" if none).
+func (s *Server) clusterSite(node string) string {
+	s.cluster.mu.Lock()
+	defer s.cluster.mu.Unlock()
+	return s.cluster.topo[node].Site
 }
 
 // placeDiff describes where n's place differs from t's set fields.
@@ -251,12 +309,24 @@ func place(n *api.Node, t NodeTopology) {
 	}
 }
 
-// applyTopology moves the stored nodes the cluster places elsewhere.
+// applyTopology moves the stored nodes the cluster places elsewhere. In
+// secure mode a stored node's site is its certificate's (checkNodeSite
+// admits no other), which labels do not change (certSiteLocked). Caller
+// holds s.cluster.mu.
 func (s *Server) applyTopology(topo map[string]NodeTopology, have map[string]api.Object) error {
+	secure := s.sec != nil
+	for name := range s.cluster.mismatch {
+		if _, ok := have[api.KindNode+"/"+name]; !ok || topo[name].Site == "" {
+			delete(s.cluster.mismatch, name) // deleted, or no site label any more
+		}
+	}
 	for name, t := range topo {
 		o, ok := have[api.KindNode+"/"+name]
 		if !ok {
 			continue // no agent registered it yet: registerNode places it
+		}
+		if secure {
+			t = s.certSiteLocked(name, o.(*api.Node).Spec.Site, t)
 		}
 		if placeDiff(o.(*api.Node), t) == "" {
 			continue
@@ -274,6 +344,7 @@ func (s *Server) applyTopology(topo map[string]NodeTopology, have map[string]api
 		}
 		s.log.Info("control: node placed by its cluster labels", "node", name, "site", t.Site, "region", t.Region, "zone", t.Zone)
 	}
+	s.cfg.Metrics.GetOrCreateGauge(`fogmesh_control_cluster_node_site_mismatches`, nil).Set(float64(len(s.cluster.mismatch)))
 	return nil
 }
 

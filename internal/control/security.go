@@ -646,7 +646,10 @@ func (sec *security) issued(kind string, cert *x509.Certificate) {
 // workload SVIDs (issueSVID) and the identities agents vouch for go by node
 // name, so a join token of one site must not get a certificate under the
 // name of another site's node, nor may such a certificate register over
-// it. A node moves site by being deleted first.
+// it. A node moves site by being deleted first, or, for a node of a
+// cluster source (-kube), by joining with a token of the site its cluster
+// labels name: the cluster, which the control plane trusts for its
+// registry, says it is there (certSiteLocked).
 func (s *Server) checkNodeSite(node, site string) error {
 	kv, ok, err := s.st.Get(api.KindNode + "/" + node)
 	if err != nil {
@@ -654,6 +657,10 @@ func (s *Server) checkNodeSite(node, site string) error {
 	}
 	var cur api.Node
 	if ok && json.Unmarshal(kv.Value, &cur) == nil && cur.Spec.Site != site {
+		if s.clusterSite(node) == site {
+			s.log.Info("control: node moves to the site its cluster labels name", "node", node, "from", cur.Spec.Site, "to", site)
+			return nil
+		}
 		return fmt.Errorf("node %s is registered at site %s, not %s (delete it first to move it)", node, cur.Spec.Site, site)
 	}
 	return nil

@@ -271,7 +271,7 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 			return nil, nil, reject(err.Error(), err)
 		}
 	}
-	s.topology(admit.Node)
+	s.topology(admit.Node, pn != nil)
 	if err := s.reg.registerNode(admit.Node); errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrWrite) {
 		// etcd down or without quorum, or the store cannot write (a full
 		// disk, etcd out of space): serve the agent what the store last

@@ -170,6 +170,10 @@ func (m *Mapper) Service(s *corev1.Service) (*api.Service, []string, error) {
 		Meta: api.Meta{Name: s.Name, Namespace: s.Namespace, Labels: map[string]string{api.LabelSource: api.SourceKubernetes}}}
 	if s.Spec.ClusterIP == corev1.ClusterIPNone {
 		out.Meta.Labels[api.LabelHeadless] = "true"
+	} else if len(s.Spec.ClusterIPs) > 0 || s.Spec.ClusterIP != "" {
+		// The ClusterIPs, which agents that capture redirect into
+		// themselves (README "Transparent capture").
+		out.Spec.ClusterIP, out.Spec.ClusterIPs = s.Spec.ClusterIP, slices.Clone(s.Spec.ClusterIPs)
 	}
 	for _, p := range s.Spec.Ports {
 		if p.Protocol == corev1.ProtocolSCTP {

@@ -2,6 +2,7 @@ package kube
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -221,4 +222,40 @@ func FuzzCustom(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestServiceClusterIPs: a Service's ClusterIPs reach fogmesh's service
+// (agents that capture redirect them); a headless one has none.
+func TestServiceClusterIPs(t *testing.T) {
+	var m Mapper
+	for _, tc := range []struct {
+		name string
+		spec corev1.ServiceSpec
+		want []string
+	}{
+		{"dual stack", corev1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10", "fd00::10"}}, []string{"10.96.0.10", "fd00::10"}},
+		{"clusterIP only", corev1.ServiceSpec{ClusterIP: "10.96.0.11"}, []string{"10.96.0.11"}},
+		{"headless", corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, ClusterIPs: []string{corev1.ClusterIPNone}}, nil},
+		{"none allocated", corev1.ServiceSpec{}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.spec.Ports = []corev1.ServicePort{{Name: "http", Port: 80}}
+			s, _, err := m.Service(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"}, Spec: tc.spec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, a := range s.ClusterAddrs() {
+				got = append(got, a.String())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("ClusterAddrs %v, want %v", got, tc.want)
+			}
+		})
+	}
+	bad := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.1", ClusterIPs: []string{"10.96.0.2"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	if _, _, err := m.Service(bad); err == nil || !strings.Contains(err.Error(), "clusterIP") {
+		t.Fatalf("contradictory clusterIP and clusterIPs: %v", err)
+	}
 }

@@ -154,7 +154,19 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
-func start(t testing.TB) (*Server, error) {
+// Env is what Start needs of its caller: a testing.TB, or a program's
+// own (a benchmark, bench/kubeload) that runs the cleanups at its end.
+type Env interface {
+	Cleanup(func())
+	Failed() bool
+	Logf(format string, args ...any)
+}
+
+// StartEnv is Start for a caller that is not a test: it returns the error
+// instead of failing, and stops the processes at e's cleanup.
+func StartEnv(e Env) (*Server, error) { return start(e) }
+
+func start(t Env) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
