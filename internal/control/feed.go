@@ -637,6 +637,20 @@ func (f *feed) nodeReady(node string, rev uint64) (ready, unreachable, ok bool) 
 	return n.Status.Ready, n.Status.Unreachable, true
 }
 
+// unreachableNodes counts the nodes the feed holds marked unreachable and
+// still ready (expiry.go).
+func (f *feed) unreachableNodes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, e := range f.nodes {
+		if nd, ok := e.obj.(*api.Node); ok && nd.Status.Ready && nd.Status.Unreachable {
+			n++
+		}
+	}
+	return n
+}
+
 // snapCount is how many full snapshots the feed built (tests).
 func (f *feed) snapCount() int {
 	f.mu.Lock()
