@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -127,6 +128,7 @@ func runControl(args []string) error {
 		kubeCfg    = fs.String("kube", "", "watch this Kubernetes API: a kubeconfig file, or in-cluster (the pod's service account); see README, Kubernetes")
 		kubeSites  = fs.String("kube-site-labels", "", "node labels naming a node's site, comma separated, the first present wins (default fogmesh.io/site,apps.openyurt.io/nodepool,apps.openyurt.io/desired-nodepool,apps.kubeedge.io/belonging-to)")
 		kubePorts  = fs.Int("kube-max-service-ports", 0, "refuse cluster Services with more ports than this (default 256)")
+		memLimit   = fs.String("memory-limit", "", "Go soft memory limit of this process, e.g. 900MiB (as GOMEMLIMIT; default none): the GC runs more often near it instead of letting the heap double; not a hard cap")
 		contention = fs.Bool("debug-contention", false, "record mutex and block profiles for /debug/pprof/mutex and /debug/pprof/block on the admin port (costs a little CPU)")
 		logf       cli.LogFlags
 	)
@@ -137,6 +139,13 @@ func runControl(args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if *memLimit != "" {
+		n, err := parseMemoryLimit(*memLimit)
+		if err != nil {
+			return cli.Usagef("-memory-limit: %v", err)
+		}
+		debug.SetMemoryLimit(n)
 	}
 	if *contention {
 		// One in 5 contended mutex events, and blocking of 10 µs or more.
@@ -365,4 +374,21 @@ func parseVIPIndexes(v string) (first, last uint32, err error) {
 		return 0, 0, fmt.Errorf("%q is not FIRST-LAST with 0 < FIRST <= LAST", v)
 	}
 	return uint32(f), uint32(l), nil
+}
+
+// parseMemoryLimit reads a size as GOMEMLIMIT writes it: a number of bytes
+// with an optional unit B, KiB, MiB, GiB or TiB.
+func parseMemoryLimit(v string) (int64, error) {
+	num, mult := v, int64(1)
+	for i, u := range []string{"TiB", "GiB", "MiB", "KiB", "B"} {
+		if strings.HasSuffix(v, u) {
+			num, mult = strings.TrimSuffix(v, u), int64(1)<<(10*(4-i))
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size (a positive number of bytes, B, KiB, MiB, GiB or TiB)", v)
+	}
+	return n * mult, nil
 }

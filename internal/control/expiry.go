@@ -1,7 +1,10 @@
 package control
 
 import (
+	"sync/atomic"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -121,20 +124,54 @@ func (s *Server) sinceWitnessed(node string, others map[string]time.Time, now ti
 	return now.Sub(at)
 }
 
-// expireNode applies the verdict for node n (owned here, as listed).
-func (s *Server) expireNode(n *api.Node, last time.Time, others map[string]time.Time, now time.Time) {
+// expiryMetrics are the rule's figures in /metrics, so an operator sees
+// a fleet's silent nodes before any of them is withdrawn:
+//
+//	fogmesh_control_nodes_unreachable            nodes marked unreachable and still ready (step 1), from the store as agents see it; every replica
+//	fogmesh_control_nodes_unreachable_witnessed  of those, the ones a peer reported traffic from within NodeTimeout (kept routable by step 2); the leader's last pass, 0 on other replicas
+//	fogmesh_control_node_expiries_total{to="unreachable"|"not_ready"}  the leader's transitions (steps 1 and 2)
+type expiryMetrics struct {
+	witnessed   atomic.Int64
+	unreachable *metrics.Counter
+	notReady    *metrics.Counter
+}
+
+func (s *Server) initExpiryMetrics() {
+	m := s.cfg.Metrics
+	s.expiry.unreachable = m.NewCounter(`fogmesh_control_node_expiries_total{to="unreachable"}`)
+	s.expiry.notReady = m.NewCounter(`fogmesh_control_node_expiries_total{to="not_ready"}`)
+	m.NewGauge(`fogmesh_control_nodes_unreachable`, func() float64 {
+		if fd := s.reg.feed(); fd != nil {
+			return float64(fd.unreachableNodes())
+		}
+		return 0
+	})
+	m.NewGauge(`fogmesh_control_nodes_unreachable_witnessed`, func() float64 { return float64(s.expiry.witnessed.Load()) })
+}
+
+// expireNode applies the verdict for node n (owned here, as listed); kept
+// says it is unreachable after it and still ready because a peer
+// witnessed it within NodeTimeout.
+func (s *Server) expireNode(n *api.Node, last time.Time, others map[string]time.Time, now time.Time) (kept bool) {
 	name := n.Meta.Name
-	switch expiryVerdict(n.Status, now.Sub(last), s.sinceWitnessed(name, others, now), s.cfg.NodeTimeout, s.cfg.NodeExpiry) {
+	witnessed := s.sinceWitnessed(name, others, now)
+	switch expiryVerdict(n.Status, now.Sub(last), witnessed, s.cfg.NodeTimeout, s.cfg.NodeExpiry) {
 	case expiryUnreachable:
 		s.log.Warn("control: node missed heartbeats; marking it unreachable, its endpoints stay routable until it has been silent for node-timeout + node-expiry and no peer reports traffic from it",
 			"node", name, "last", last, "expiry", s.cfg.NodeExpiry)
 		if err := s.reg.setNodeStatus(name, true, true, last); err != nil {
 			s.log.Error("control: mark unreachable", "node", name, "err", err)
+			return false
 		}
+		s.expiry.unreachable.Inc()
 	case expiryNotReady:
 		s.log.Warn("control: node silent past node-timeout + node-expiry and witnessed by no peer, marking not ready", "node", name, "last", last)
 		if err := s.reg.setNodeReady(name, false); err != nil {
 			s.log.Error("control: mark not ready", "node", name, "err", err)
+			return false
 		}
+		s.expiry.notReady.Inc()
+		return false
 	}
+	return witnessed <= s.cfg.NodeTimeout
 }

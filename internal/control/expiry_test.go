@@ -1,9 +1,11 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -143,4 +145,58 @@ func TestReplicasShareWitnesses(t *testing.T) {
 	grow.Store(true)
 	reporter(t, dialAgent(t, follower, "peer"), "silent", &grow, 12) // more than a few: the map
 	checkWitnessedStaysReady(t, leader, &grow)
+}
+
+// TestExpiryMetrics: /metrics shows a silent node as unreachable, and as
+// kept routable by a peer's witness, while the rule keeps it ready; once
+// no peer reports traffic it is expired, the gauges fall back to 0 and the
+// counters name both transitions.
+func TestExpiryMetrics(t *testing.T) {
+	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.55.0.1:0", SyncAddr: "127.55.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond, NodeTimeout: 600 * time.Millisecond, NodeExpiry: 400 * time.Millisecond, Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	const (
+		unreachable = "fogmesh_control_nodes_unreachable"
+		witnessed   = "fogmesh_control_nodes_unreachable_witnessed"
+		toUnreach   = `fogmesh_control_node_expiries_total{to="unreachable"}`
+		toNotReady  = `fogmesh_control_node_expiries_total{to="not_ready"}`
+	)
+	dialAgent(t, s, "silent")
+	var grow atomic.Bool
+	grow.Store(true)
+	reporter(t, dialAgent(t, s, "peer"), "silent", &grow, 0)
+	var buf bytes.Buffer
+	s.cfg.Metrics.WritePrometheus(&buf)
+	for _, m := range []string{unreachable, witnessed, toUnreach, toNotReady} {
+		if !strings.Contains("\n"+buf.String(), "\n"+m+" ") {
+			t.Fatalf("/metrics has no %s:\n%s", m, buf.String())
+		}
+		if v := metricValue(t, s, m); v != 0 {
+			t.Fatalf("%s = %v before any node went silent, want 0", m, v)
+		}
+	}
+	testenv.WaitFor(t, 10*time.Second, "silent unreachable and witnessed in /metrics", func() bool {
+		return metricValue(t, s, unreachable) == 1 && metricValue(t, s, witnessed) == 1
+	})
+	if st := nodeStatus(t, s, "silent"); !st.Ready || !st.Unreachable {
+		t.Fatalf("the gauges say unreachable and ready, the store says %+v", st)
+	}
+	if v := metricValue(t, s, toUnreach); v != 1 {
+		t.Fatalf("%s = %v, want 1", toUnreach, v)
+	}
+	grow.Store(false)
+	testenv.WaitFor(t, 10*time.Second, "silent expired in /metrics", func() bool {
+		return metricValue(t, s, toNotReady) == 1 && metricValue(t, s, unreachable) == 0 && metricValue(t, s, witnessed) == 0
+	})
+	if st := nodeStatus(t, s, "silent"); st.Ready {
+		t.Fatalf("not_ready counted, the store says %+v", st)
+	}
+	if v := metricValue(t, s, toUnreach); v != 1 {
+		t.Fatalf("%s = %v after the expiry, want still 1", toUnreach, v)
+	}
 }

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -356,6 +357,14 @@ func newFeedEntry(ch store.Change, upTo uint64) (*feedEntry, error) {
 	if e.enc, err = json.Marshal(e.res); err != nil {
 		return nil, fmt.Errorf("encode %s: %w", ch.Key, err)
 	}
+	// The body is the end of the encoding (wire.Resource's last field,
+	// compact either way): share it rather than keep a second copy of
+	// every object (≈ 15 MB of live heap at 50,000 endpoints).
+	if b := e.res.Body; len(e.enc) > len(b) {
+		if tail := e.enc[len(e.enc)-1-len(b) : len(e.enc)-1]; bytes.Equal(tail, b) {
+			e.res.Body = tail[:len(tail):len(tail)]
+		}
+	}
 	e.obj, e.ref = o, e.res.ResourceRef
 	e.svc, _ = syncproto.ServiceOf(o)
 	if ep, ok := o.(*api.Endpoint); ok {
@@ -635,6 +644,20 @@ func (f *feed) nodeReady(node string, rev uint64) (ready, unreachable, ok bool) 
 		return false, false, false
 	}
 	return n.Status.Ready, n.Status.Unreachable, true
+}
+
+// unreachableNodes counts the nodes the feed holds marked unreachable and
+// still ready (expiry.go).
+func (f *feed) unreachableNodes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, e := range f.nodes {
+		if nd, ok := e.obj.(*api.Node); ok && nd.Status.Ready && nd.Status.Unreachable {
+			n++
+		}
+	}
+	return n
 }
 
 // snapCount is how many full snapshots the feed built (tests).

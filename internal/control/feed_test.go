@@ -502,3 +502,36 @@ func TestReusedSnapshotIsFollowedByTheRest(t *testing.T) {
 		t.Fatalf("after the snapshot: update %d with %v, want %d with the endpoint", m.Version, names(m), rev)
 	}
 }
+
+// TestFeedEntrySharesTheBody: an entry keeps one copy of its object's
+// JSON, its encoding; the resource's body is the end of it, the same bytes
+// as encoding the object on its own, and the whole still decodes as the
+// resource.
+func TestFeedEntrySharesTheBody(t *testing.T) {
+	ep := epObj("demo", "w1", "web", "n1", 9500)
+	v, err := json.Marshal(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := newFeedEntry(store.Change{Key: "Endpoint/demo/w1", Rev: 7, Value: v}, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := wire.NewResource(e.obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(e.res.Body, want.Body) {
+		t.Fatalf("body %s, want %s", e.res.Body, want.Body)
+	}
+	if len(e.res.Body) == 0 || &e.res.Body[0] != &e.enc[len(e.enc)-1-len(e.res.Body)] {
+		t.Fatal("the body is a copy, not the end of the encoding")
+	}
+	if cap(e.res.Body) != len(e.res.Body) {
+		t.Fatalf("the body's capacity %d reaches past it (%d): an append would overwrite the encoding", cap(e.res.Body), len(e.res.Body))
+	}
+	var got wire.Resource
+	if err := json.Unmarshal(e.enc, &got); err != nil || !bytes.Equal(got.Body, want.Body) || got.ResourceRef != want.ResourceRef {
+		t.Fatalf("encoding %s decodes as %+v (%v)", e.enc, got, err)
+	}
+}

@@ -262,6 +262,7 @@ type Server struct {
 	// witness is when a peer's heartbeat last showed traffic from a node
 	// (expiry.go).
 	witness map[string]time.Time
+	expiry  expiryMetrics // the rule's figures in /metrics (expiry.go)
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -381,6 +382,7 @@ func (s *Server) initMetrics() {
 	s.mAuditUp = m.NewCounter(`fogmesh_control_region_audit_batches_sent_total`)
 	s.mAuditUpRecords = m.NewCounter(`fogmesh_control_region_audit_records_sent_total`)
 	s.initTiming()
+	s.initExpiryMetrics()
 	// The largest frame sent on a sync stream: with chunked updates it
 	// stays near wire.ChunkBytes however large the snapshot.
 	m.NewGauge(`fogmesh_control_sync_frame_bytes_max`, func() float64 { return float64(s.maxFrame.Load()) })
@@ -527,7 +529,8 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 			}
 		}
 		if !s.st.Leader() {
-			continue // the leader expires nodes (ha.go)
+			s.expiry.witnessed.Store(0) // the leader's figure
+			continue                    // the leader expires nodes (ha.go)
 		}
 		nodes, _, err := s.reg.list(api.KindNode)
 		if err != nil {
@@ -535,15 +538,19 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 			continue
 		}
 		now := time.Now()
+		kept := 0 // unreachable, kept routable by a peer's witness
 		for _, o := range nodes {
 			n := o.(*api.Node)
 			if !n.Status.Ready || n.Meta.Owner != s.reg.owner {
 				continue // another control plane's node: its readiness is the owner's
 			}
 			if last := s.lastSign(n.Meta.Name, heardAny, leaderSince); now.Sub(last) > s.cfg.NodeTimeout {
-				s.expireNode(n, last, witnessed, now) // unreachable, then not ready (expiry.go)
+				if s.expireNode(n, last, witnessed, now) { // unreachable, then not ready (expiry.go)
+					kept++
+				}
 			}
 		}
+		s.expiry.witnessed.Store(int64(kept))
 	}
 }
 
