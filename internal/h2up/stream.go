@@ -468,12 +468,15 @@ func (b *body) Read(p []byte) (int, error) {
 // UpstreamEnded reports whether the response has ended (END_STREAM read):
 // what is left of the body is buffered, and reads return it, then EOF,
 // without waiting. The agent's HTTP/2 server skips a flush then, so the
-// last DATA frame and the trailers leave in one write.
+// last DATA frame and the trailers leave in one write. A body closed after
+// its end still reports it: ReverseProxy closes the body before the flush
+// it makes for a response with trailers (gRPC's), which cost every unary
+// call a write of its own for the trailers.
 func (b *body) UpstreamEnded() bool {
 	s := b.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.eof && !s.closed
+	return s.eof
 }
 
 // Close ends the stream: if the response has not ended, RST_STREAM(CANCEL).
