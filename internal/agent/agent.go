@@ -93,6 +93,8 @@ type Agent struct {
 	topicCount  atomic.Int64
 	// reqMetrics caches request series per endpoint (l7metrics.go).
 	reqMetrics sync.Map // metricsKey -> *endpointMetrics
+	// grpcCounters caches gRPC response counters (l7metrics.go).
+	grpcCounters sync.Map // grpcCounterKey -> *metrics.Counter
 	// svcCounters count in-flight connections/requests per service for
 	// circuit breaking.
 	svcCounters sync.Map // "ns/name|conn" or "|req" -> *atomic.Int64

@@ -193,9 +193,10 @@ func newL7(a *Agent) *l7 {
 			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 		}
 		if r.ProtoMajor == 2 {
-			up := &upstreamBody{}
-			r = r.WithContext(context.WithValue(r.Context(), upstreamBodyKey{}, up))
-			w = &lazyFlushWriter{ResponseWriter: w, up: up}
+			lw := &lazyFlushWriter{ResponseWriter: w} // and its upstreamBody: one allocation
+			lw.up = &lw.body
+			r = r.WithContext(context.WithValue(r.Context(), upstreamBodyKey{}, lw.up))
+			w = lw
 			// A slow reader stalls its stream's flow control, not the
 			// connection's writes (taggedConn.Write): bound the
 			// stream's writes too.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/textproto"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -90,6 +91,24 @@ type conn struct {
 	// sees the data and the end together).
 	br        *bufio.Reader
 	wakeLater []*stream
+	canon     map[string]string // header name -> canonical form (canonical)
+}
+
+// canonical is the canonical form of a header name (lower case on the
+// wire), cached per connection: CanonicalMIMEHeaderKey allocates a new
+// string for every lower-case name. Read loop only.
+func (c *conn) canonical(name string) string {
+	if k, ok := c.canon[name]; ok {
+		return k
+	}
+	k := textproto.CanonicalMIMEHeaderKey(name)
+	if c.canon == nil {
+		c.canon = map[string]string{}
+	}
+	if len(c.canon) < 64 {
+		c.canon[name] = k
+	}
+	return k
 }
 
 func newConn(p *Pool, nc net.Conn) (*conn, error) {

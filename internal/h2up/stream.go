@@ -324,7 +324,7 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		}
 		tr := make(http.Header, len(f.Fields))
 		for _, hf := range f.RegularFields() {
-			k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+			k := c.canonical(hf.Name)
 			tr[k] = append(tr[k], hf.Value)
 		}
 		c.mu.Lock()
@@ -350,7 +350,7 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 	regular := f.RegularFields()
 	h := make(http.Header, len(regular))
 	for _, hf := range regular {
-		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+		k := c.canonical(hf.Name)
 		h[k] = append(h[k], hf.Value)
 	}
 	resp := &http.Response{Status: statusText(code), StatusCode: code, Proto: "HTTP/2.0", ProtoMajor: 2,
