@@ -97,7 +97,6 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 		defer nc.Close()
 	}
 	out.Close = false
-	out.RequestURI = ""
 	h := out.Header
 	httpproxy.ScrubRequestHeader(h, nil) // no Connection header (forwardH2Eligible)
 	delete(h, "Http2-Settings")
