@@ -99,6 +99,8 @@ type Agent struct {
 	// (l7metrics.go), srvSeries counts them.
 	srvMetrics sync.Map // serverKey -> *endpointMetrics
 	srvSeries  atomic.Int64
+	// grpcCounters caches gRPC response counters (l7metrics.go).
+	grpcCounters sync.Map // grpcCounterKey -> *metrics.Counter
 	// svcCounters count in-flight connections/requests per service for
 	// circuit breaking.
 	svcCounters sync.Map // "ns/name|conn" or "|req" -> *atomic.Int64

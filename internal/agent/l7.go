@@ -166,7 +166,18 @@ func newL7(a *Agent) *l7 {
 		ErrorHandler: s.errorHandler,
 		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
-	norm := a.normalizingHandler(rp) // one normalised path for routing, authorization and upstream
+	// HTTP/2 requests of h2c and gRPC ports skip ReverseProxy's copies
+	// where it would do nothing else (l7h2fwd.go).
+	proxy := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 {
+			if t, ok := r.Context().Value(targetKey{}).(listenTarget); ok && forwardH2Eligible(r, t) {
+				s.forwardH2(w, r, t, rp.Transport)
+				return
+			}
+		}
+		rp.ServeHTTP(w, r)
+	})
+	norm := a.normalizingHandler(proxy) // one normalised path for routing, authorization and upstream
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body != nil && r.Body != http.NoBody {
 			// The body is read under httpproxy.TimedBody's bounds, set
@@ -182,9 +193,10 @@ func newL7(a *Agent) *l7 {
 			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 		}
 		if r.ProtoMajor == 2 {
-			up := &upstreamBody{}
-			r = r.WithContext(context.WithValue(r.Context(), upstreamBodyKey{}, up))
-			w = &lazyFlushWriter{ResponseWriter: w, up: up}
+			lw := &lazyFlushWriter{ResponseWriter: w} // and its upstreamBody: one allocation
+			lw.up = &lw.body
+			r = r.WithContext(context.WithValue(r.Context(), upstreamBodyKey{}, lw.up))
+			w = lw
 			// A slow reader stalls its stream's flow control, not the
 			// connection's writes (taggedConn.Write): bound the
 			// stream's writes too.

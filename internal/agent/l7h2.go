@@ -40,7 +40,8 @@ func upstreamEnded(r io.Reader) bool {
 // lazyFlushWriter skips flushes while the upstream response has ended.
 type lazyFlushWriter struct {
 	http.ResponseWriter
-	up *upstreamBody
+	up   *upstreamBody
+	body upstreamBody // what up points to when the handler made both
 }
 
 func (w *lazyFlushWriter) FlushError() error {

@@ -92,7 +92,7 @@ spec:
 }
 
 // vipOf returns the IPv4 VIP of service key (ns/name) in a's routes.
-func vipOf(t *testing.T, a *Agent, key string) string {
+func vipOf(t testing.TB, a *Agent, key string) string {
 	t.Helper()
 	for _, r := range a.Routes() {
 		if r.Service == key && r.VIP != "" {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -169,9 +170,10 @@ type endpointMetrics struct {
 // grpc-status trailer, or the header of a trailers-only response.
 type grpcStatusBody struct {
 	io.ReadCloser
-	resp   *http.Response
-	record func(code string)
-	once   sync.Once
+	resp          *http.Response
+	a             *Agent
+	svc, endpoint string
+	once          sync.Once
 }
 
 func (b *grpcStatusBody) UpstreamEnded() bool { return upstreamEnded(b.ReadCloser) }
@@ -187,8 +189,27 @@ func (b *grpcStatusBody) Read(p []byte) (int, error) {
 			if code == "" {
 				code = "unknown"
 			}
-			b.record(code)
+			b.a.grpcCounter(b.svc, b.endpoint, code).Inc()
 		})
 	}
 	return n, err
+}
+
+// grpcCounterKey names one fogmesh_grpc_responses_total series.
+type grpcCounterKey struct{ svc, endpoint, code string }
+
+// grpcCounter returns the counter of gRPC responses of an endpoint with a
+// status. The series are cached, so a call costs no formatting; a status
+// that is no gRPC code (an upstream may send anything) is looked up
+// without caching, so the cache stays bounded by endpoints × 18.
+func (a *Agent) grpcCounter(svc, endpoint, code string) *metrics.Counter {
+	k := grpcCounterKey{svc, endpoint, code}
+	if c, ok := a.grpcCounters.Load(k); ok {
+		return c.(*metrics.Counter)
+	}
+	c := a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_grpc_responses_total{service=%q,endpoint=%q,grpc_status=%q}`, svc, endpoint, code))
+	if n, err := strconv.Atoi(code); code == "unknown" || err == nil && n >= 0 && n <= 16 && strconv.Itoa(n) == code {
+		a.grpcCounters.Store(k, c)
+	}
+	return c
 }

@@ -189,10 +189,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			a.requestMetrics(src, t.svc, route, ev, resp.StatusCode, time.Since(start))
 			grpc := strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc")
 			if grpc && resp.StatusCode != http.StatusSwitchingProtocols {
-				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, record: func(code string) {
-					a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_grpc_responses_total{service=%q,endpoint=%q,grpc_status=%q}`,
-						t.svc, ev.ep.Meta.Name, code)).Inc()
-				}}
+				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, a: a, svc: t.svc, endpoint: ev.ep.Meta.Name}
 			}
 			a.outcome(sv, ev, resp.StatusCode, false)
 			o := retry.Outcome{Status: resp.StatusCode, RateLimited: resp.Header.Get("X-Envoy-Ratelimited") != ""}

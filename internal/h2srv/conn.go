@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/textproto"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,9 @@ type conn struct {
 	hbuf    bytes.Buffer
 	werr    error
 	dirty   bool // bw holds frames not yet flushed
+	// flushing: a writer yields before its flush (writeFrames); writers
+	// meanwhile leave their frames to it.
+	flushing bool
 	// flushTimer flushes writeControl's frames if no response does first.
 	flushTimer *time.Timer
 	flushArmed bool
@@ -99,7 +103,22 @@ func (sc *conn) writeFrames(fn func() error) error {
 		return err
 	}
 	sc.dirty = true
-	if sc.waiting.Load() == 0 {
+	if sc.waiting.Load() > 0 || sc.flushing {
+		return nil // the writer in line, or the one yielding, flushes
+	}
+	// Yield once before the flush: the handlers the read loop has just
+	// woken (h2load's ten streams, read in one read) run first and add
+	// their frames to this write instead of a write each. With nothing
+	// else to run Gosched returns at once.
+	sc.flushing = true
+	sc.wmu.Unlock()
+	runtime.Gosched()
+	sc.wmu.Lock()
+	sc.flushing = false
+	if sc.werr != nil {
+		return sc.werr
+	}
+	if sc.dirty && sc.waiting.Load() == 0 {
 		if err := sc.bw.Flush(); err != nil {
 			sc.werr = err
 			return err

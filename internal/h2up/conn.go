@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/textproto"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +60,9 @@ type conn struct {
 	werr    error
 	// owed: a writer left its frames to the next one in line to flush.
 	owed bool
+	// flushing: a writer yields before its flush (writeFlush); writers
+	// meanwhile leave their frames to it.
+	flushing bool
 	// ctlTimer flushes writeControl's frames if no request's write does
 	// first; ctlArmed: it is running.
 	ctlTimer *time.Timer
@@ -86,6 +91,24 @@ type conn struct {
 	// sees the data and the end together).
 	br        *bufio.Reader
 	wakeLater []*stream
+	canon     map[string]string // header name -> canonical form (canonical)
+}
+
+// canonical is the canonical form of a header name (lower case on the
+// wire), cached per connection: CanonicalMIMEHeaderKey allocates a new
+// string for every lower-case name. Read loop only.
+func (c *conn) canonical(name string) string {
+	if k, ok := c.canon[name]; ok {
+		return k
+	}
+	k := textproto.CanonicalMIMEHeaderKey(name)
+	if c.canon == nil {
+		c.canon = map[string]string{}
+	}
+	if len(c.canon) < 64 {
+		c.canon[name] = k
+	}
+	return k
 }
 
 func newConn(p *Pool, nc net.Conn) (*conn, error) {
@@ -144,11 +167,28 @@ func (c *conn) writeFlush(fn func() error, flush bool) error {
 	}
 	err := fn()
 	if err == nil && (flush || c.owed) {
-		if c.waiting.Load() == 0 {
-			err = c.bw.Flush()
-			c.owed = false
-		} else {
-			c.owed = true // the next writer in line flushes, even one that would not
+		switch {
+		case c.waiting.Load() > 0 || c.flushing:
+			c.owed = true // the next writer in line (or the one yielding) flushes, even one that would not
+		default:
+			// Yield once before the flush: requests of streams the agent's
+			// server has just handed out (several read in one read) write
+			// their HEADERS first and share this write. With nothing else
+			// to run Gosched returns at once.
+			c.flushing = true
+			c.wmu.Unlock()
+			runtime.Gosched()
+			c.wmu.Lock()
+			c.flushing = false
+			if c.werr != nil {
+				return c.werr
+			}
+			if c.waiting.Load() == 0 {
+				err = c.bw.Flush()
+				c.owed = false
+			} else {
+				c.owed = true
+			}
 		}
 	}
 	if err != nil {

@@ -110,6 +110,14 @@ var commonLower = func() map[string]string {
 
 // statusText is ":status" with its reason phrase, as http.Response.Status.
 func statusText(code int) string {
+	switch code {
+	case http.StatusOK:
+		return "200 OK"
+	case http.StatusNoContent:
+		return "204 No Content"
+	case http.StatusNotFound:
+		return "404 Not Found"
+	}
 	return strconv.Itoa(code) + " " + http.StatusText(code)
 }
 

@@ -324,7 +324,7 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		}
 		tr := make(http.Header, len(f.Fields))
 		for _, hf := range f.RegularFields() {
-			k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+			k := c.canonical(hf.Name)
 			tr[k] = append(tr[k], hf.Value)
 		}
 		c.mu.Lock()
@@ -350,7 +350,7 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 	regular := f.RegularFields()
 	h := make(http.Header, len(regular))
 	for _, hf := range regular {
-		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+		k := c.canonical(hf.Name)
 		h[k] = append(h[k], hf.Value)
 	}
 	resp := &http.Response{Status: statusText(code), StatusCode: code, Proto: "HTTP/2.0", ProtoMajor: 2,
@@ -468,12 +468,15 @@ func (b *body) Read(p []byte) (int, error) {
 // UpstreamEnded reports whether the response has ended (END_STREAM read):
 // what is left of the body is buffered, and reads return it, then EOF,
 // without waiting. The agent's HTTP/2 server skips a flush then, so the
-// last DATA frame and the trailers leave in one write.
+// last DATA frame and the trailers leave in one write. A body closed after
+// its end still reports it: ReverseProxy closes the body before the flush
+// it makes for a response with trailers (gRPC's), which cost every unary
+// call a write of its own for the trailers.
 func (b *body) UpstreamEnded() bool {
 	s := b.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.eof && !s.closed
+	return s.eof
 }
 
 // Close ends the stream: if the response has not ended, RST_STREAM(CANCEL).

@@ -1,0 +1,319 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// The HTTP/2 path through one agent, measured with a raw client and a raw
+// backend (x/net/http2's Framer, header blocks encoded once) that cost
+// little themselves, so that a profile of the benchmark is mostly the
+// agent's: h2c GETs as h2load sends them (one connection, 10 streams in
+// flight) and unary gRPC calls as fortio's ping does (16 connections, one
+// call in flight each).
+
+// neverIndexed encodes fields as literals the peer does not index, so the
+// block is valid on every stream of any connection.
+func neverIndexed(fields ...string) []byte {
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	for i := 0; i+1 < len(fields); i += 2 {
+		enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1], Sensitive: true})
+	}
+	return buf.Bytes()
+}
+
+// grpcMessage is a length-prefixed gRPC message of n bytes.
+func grpcMessage(n int) []byte {
+	m := make([]byte, 5+n)
+	m[4] = byte(n)
+	for i := 5; i < len(m); i++ {
+		m[i] = 'x'
+	}
+	return m
+}
+
+// startRawH2Backend answers every request when its END_STREAM arrives:
+// grpc false, HEADERS (200, content-length 2) and DATA "ok"; grpc true,
+// HEADERS, one gRPC message and the trailers (grpc-status 0).
+func startRawH2Backend(t testing.TB, grpc bool) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	head := neverIndexed(":status", "200", "content-type", "text/plain", "content-length", "2")
+	body := []byte("ok")
+	var trailers []byte
+	if grpc {
+		head = neverIndexed(":status", "200", "content-type", "application/grpc")
+		body = grpcMessage(16)
+		trailers = neverIndexed("grpc-status", "0", "grpc-message", "")
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var conns sync.WaitGroup
+		defer conns.Wait()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() { // rawH2BackendConn
+				defer conns.Done()
+				defer c.Close()
+				br := bufio.NewReaderSize(c, 16<<10)
+				bw := bufio.NewWriterSize(c, 16<<10)
+				if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+					return
+				}
+				fr := http2.NewFramer(bw, br)
+				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+				fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
+				fr.WriteWindowUpdate(0, 1<<30)
+				recv := 0
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					end := false
+					switch f := f.(type) {
+					case *http2.SettingsFrame:
+						if !f.IsAck() {
+							fr.WriteSettingsAck()
+						}
+					case *http2.PingFrame:
+						if !f.IsAck() {
+							fr.WritePing(true, f.Data)
+						}
+					case *http2.MetaHeadersFrame:
+						end = f.StreamEnded()
+					case *http2.DataFrame:
+						end = f.StreamEnded()
+						if recv += int(f.Length); recv > 1<<20 {
+							fr.WriteWindowUpdate(0, uint32(recv))
+							recv = 0
+						}
+					}
+					if end {
+						id := f.Header().StreamID
+						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: head, EndHeaders: true})
+						fr.WriteData(id, trailers == nil, body)
+						if trailers != nil {
+							fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: trailers, EndHeaders: true, EndStream: true})
+						}
+					}
+					if br.Buffered() == 0 && bw.Buffered() > 0 {
+						if bw.Flush() != nil {
+							return
+						}
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// rawH2Client keeps streams requests in flight on one connection to addr
+// until left runs out, as h2load does: a new request as soon as one ends.
+func rawH2Client(addr string, streams int, grpc bool, left *atomic.Int64) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	br := bufio.NewReaderSize(c, 16<<10)
+	bw := bufio.NewWriterSize(c, 16<<10)
+	bw.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(bw, br)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
+	fr.WriteWindowUpdate(0, 1<<30)
+	head := neverIndexed(":method", "GET", ":scheme", "http", ":path", "/", ":authority", "bench.demo", "user-agent", "bench")
+	var msg []byte
+	if grpc {
+		head = neverIndexed(":method", "POST", ":scheme", "http", ":path", "/fgrpc.PingServer/Ping", ":authority", "bench.demo",
+			"content-type", "application/grpc", "te", "trailers", "user-agent", "bench")
+		msg = grpcMessage(16)
+	}
+	id := uint32(1)
+	send := func() bool {
+		if left.Add(-1) < 0 {
+			return false
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: head, EndHeaders: true, EndStream: msg == nil})
+		if msg != nil {
+			fr.WriteData(id, true, msg)
+		}
+		id += 2
+		return true
+	}
+	open := 0
+	for range streams {
+		if send() {
+			open++
+		}
+	}
+	recv := 0
+	for open > 0 {
+		if br.Buffered() == 0 {
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+		}
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return err
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				fr.WritePing(true, f.Data)
+			}
+		case *http2.RSTStreamFrame:
+			return fmt.Errorf("stream %d reset: %v", f.StreamID, f.ErrCode)
+		case *http2.GoAwayFrame:
+			return fmt.Errorf("GOAWAY %v", f.ErrCode)
+		case *http2.MetaHeadersFrame:
+			if s := f.PseudoValue("status"); s != "" && s != "200" {
+				return fmt.Errorf("status %s", s)
+			}
+			if grpc && f.StreamEnded() || !grpc && f.PseudoValue("status") == "" {
+				ok := false
+				for _, v := range f.Fields {
+					ok = ok || v.Name == "grpc-status" && v.Value == "0"
+				}
+				if !ok {
+					return fmt.Errorf("trailers %v", f.Fields)
+				}
+			}
+			if f.StreamEnded() {
+				open--
+				if send() {
+					open++
+				}
+			}
+		case *http2.DataFrame:
+			if recv += int(f.Length); recv > 1<<20 {
+				fr.WriteWindowUpdate(0, uint32(recv))
+				recv = 0
+			}
+			if f.StreamEnded() {
+				if grpc {
+					return errors.New("gRPC response without trailers")
+				}
+				open--
+				if send() {
+					open++
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// processSyscalls is the read and write system calls (syscr + syscw of
+// /proc/self/io) the process has made so far: client, agent and backend.
+func processSyscalls(b *testing.B) int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n int64
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, ": "); ok && (k == "syscr" || k == "syscw") {
+			c, _ := strconv.ParseInt(v, 10, 64)
+			n += c
+		}
+	}
+	return n
+}
+
+// BenchmarkL7H2 proxies HTTP/2 requests through one agent to a
+// node-local h2c endpoint on loopback: h2c, GETs on one connection with 10
+// streams in flight (h2load -c 1 -m 10); grpc, unary calls (a 16-byte
+// message each way, trailers) on 16 connections, one in flight each
+// (fortio's gRPC ping). ns/op is wall time per request with client, agent
+// and backend in one process; cpu-ns/op the process's CPU time (user and
+// system) per request; rw-syscalls/op its reads and writes per request.
+// Profile the agent's share with -cpuprofile and look below h2srv and
+// lbTransport.
+func BenchmarkL7H2(b *testing.B) {
+	cp := startControl(b, b.TempDir(), "")
+	apply(b, cp, httpSvcDoc("benchh2", 19600, "http2"))
+	apply(b, cp, httpSvcDoc("benchgrpc", 19601, "grpc"))
+	a := startAgent(b, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: 60, control: []string{cp.SyncAddr()},
+		stateDir: b.TempDir(), workloads: []Workload{
+			webWorkload("benchh2", "benchh2-1", startRawH2Backend(b, false)),
+			webWorkload("benchgrpc", "benchgrpc-1", startRawH2Backend(b, true)),
+		}})
+	waitFor(b, "endpoints", func() bool {
+		return len(endpointsOf(a, "demo/benchh2")) == 1 && len(endpointsOf(a, "demo/benchgrpc")) == 1
+	})
+	for _, tc := range []struct {
+		name           string
+		addr           string
+		conns, streams int
+		grpc           bool
+	}{
+		{"h2c", vipOf(b, a, "demo/benchh2") + ":19600", 1, 10, false},
+		{"grpc", vipOf(b, a, "demo/benchgrpc") + ":19601", 16, 1, true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			waitFor(b, "the VIP answering", func() bool {
+				var one atomic.Int64
+				one.Store(1)
+				return rawH2Client(tc.addr, 1, tc.grpc, &one) == nil
+			})
+			var left atomic.Int64
+			left.Store(int64(b.N))
+			errs := make(chan error, tc.conns)
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu0, sys0 := processCPU(b), processSyscalls(b)
+			var wg sync.WaitGroup
+			for range tc.conns {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := rawH2Client(tc.addr, tc.streams, tc.grpc, &left); err != nil {
+						errs <- err
+					}
+				}()
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64(processSyscalls(b)-sys0)/float64(b.N), "rw-syscalls/op")
+			close(errs)
+			for err := range errs {
+				b.Fatal(err)
+			}
+		})
+	}
+}
