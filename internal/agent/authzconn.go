@@ -116,6 +116,17 @@ func (a *Agent) mqttChecker(ctx context.Context, v *view, sv *serviceView, port,
 func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzMode, error) {
 	v := a.view.Load()
 	sv := v.services[h.Namespace+"/"+h.Service]
+	if sv == nil && a.ident != nil {
+		// Secure mode authorizes what it forwards: a stream for a service
+		// this agent does not hold yet (a peer learnt of this node's
+		// endpoint while this agent still applies its first configuration,
+		// or a scoped agent learns it now) waits for it, and is refused if
+		// it does not come: its policies are unknown until then.
+		if v, sv = a.awaitService(ctx, h.Namespace+"/"+h.Service); sv == nil {
+			a.m.streamsUnknownService.Inc()
+			return modeNone, fmt.Errorf("%w: %s/%s is not known here yet, so it cannot be authorized", transport.ErrUnknownDestination, h.Namespace, h.Service)
+		}
+	}
 	if sv == nil {
 		return modeNone, nil
 	}
@@ -297,4 +308,15 @@ func writeAll(local net.Conn, toLocal []byte, stream net.Conn, toStream []byte) 
 func protoOf(sv *serviceView, port string) string {
 	_, p := portOf(sv, port)
 	return p
+}
+
+// awaitService waits up to scopeWait for the view to hold service key and
+// returns that view and the service (nil if it did not come).
+func (a *Agent) awaitService(ctx context.Context, key string) (*view, *serviceView) {
+	a.scope.add(key) // a scoped agent asks the control plane for it
+	ctx, cancel := context.WithTimeout(ctx, scopeWait)
+	defer cancel()
+	_ = a.scope.wait(ctx, func() bool { return a.view.Load().services[key] != nil })
+	v := a.view.Load()
+	return v, v.services[key]
 }

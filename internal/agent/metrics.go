@@ -33,6 +33,9 @@ func (a *Agent) initMetrics() {
 		certExpired:      m.NewCounter(`fogmesh_agent_node_certificate_expired_total`),
 		unvouched:        m.NewCounter(`fogmesh_agent_authz_unvouched_source_total`),
 		scopeMisses:      m.NewCounter(`fogmesh_agent_scope_lookup_timeouts_total`),
+		// mesh streams refused in secure mode for a service this agent
+		// did not hold within scopeWait (authzconn.go).
+		streamsUnknownService: m.NewCounter(`fogmesh_agent_streams_unknown_service_total`),
 	}
 	// VIP:ports the agent cannot bind now (another process holds them).
 	m.NewGauge(`fogmesh_agent_vip_bind_failures`, func() float64 { return float64(len(a.VIPBindFailures())) })
@@ -81,5 +84,5 @@ func (a *Agent) initMetrics() {
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
 	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals, unvouched      *metrics.Counter
-	certExpired, scopeMisses, vipBindFailures                                                                   *metrics.Counter
+	certExpired, scopeMisses, vipBindFailures, streamsUnknownService                                            *metrics.Counter
 }

@@ -197,10 +197,11 @@ func (s *scopeSet) answer(keys []string, everything bool) {
 }
 
 // viewChanged wakes the waiters to check again: a service they wait for
-// may have got a ready endpoint (rebuildLocked calls it after publishing a
-// view; a.mu held, the scope's lock is a leaf).
+// may have got a ready endpoint (FetchService), or may be known now
+// (awaitService, also on an agent without a scope). rebuildLocked calls
+// it after publishing a view; a.mu held, the scope's lock is a leaf.
 func (s *scopeSet) viewChanged() {
-	if !s.on || s.waiters.Load() == 0 {
+	if s.waiters.Load() == 0 {
 		return
 	}
 	s.mu.Lock()

@@ -14,6 +14,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/transport"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // UDP flows across the mesh (udpmesh.go): two and three agents, the
@@ -227,6 +228,25 @@ func TestUDPStreamBeforeServiceIsKnown(t *testing.T) {
 	n, err := c.Read(buf)
 	if err != nil || string(buf[:n]) != "e: early" {
 		t.Fatalf("the workload's answer: %q, %v", buf[:n], err)
+	}
+	// Secure mode authorizes what it forwards: without the service its
+	// policies are unknown, so the same stream waits for the service
+	// (scopeWait) and is refused, counted.
+	a.ident = &nodeIdentity{td: spiffeid.RequireTrustDomainFromString("fogmesh.local")}
+	defer func() { a.ident = nil }()
+	start := time.Now()
+	c2, err := a.DialLocal(ctx, transport.Header{Namespace: "demo", Service: "coap", Endpoint: "coap-e", Port: "udp", Source: "peer", UDP: true})
+	if !errors.Is(err, transport.ErrUnknownDestination) {
+		if c2 != nil {
+			c2.Close()
+		}
+		t.Fatalf("secure mode, service not held: %v, want it refused", err)
+	}
+	if took := time.Since(start); took < scopeWait {
+		t.Fatalf("refused after %v, before waiting %v for the service", took, scopeWait)
+	}
+	if got := a.m.streamsUnknownService.Get(); got != 1 {
+		t.Fatalf("fogmesh_agent_streams_unknown_service_total = %d, want 1", got)
 	}
 }
 
