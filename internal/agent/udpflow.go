@@ -308,13 +308,6 @@ func (f *udpFlow) open(v *view, sv *serviceView, port, clientID string) (upstrea
 	return nil, nil, "dial_failed"
 }
 
-// pinned logs the endpoint a flow keeps while it is busy and why: its
-// tier, and how many candidates before it failed (each logged itself).
-func (f *udpFlow) pinned(sv *serviceView, ev *endpointView, failedOver, cands int) {
-	f.p.a.log.Debug("agent: udp flow pinned", "service", sv.svc.Meta.Key(), "client", f.client, "endpoint", ev.key,
-		"tier", ev.tier, "failedOver", failedOver, "candidates", cands)
-}
-
 // dialUDPStream opens a mesh stream for one flow to a remote endpoint
 // (dialStream's timeouts and node watch; the header says udp).
 func (a *Agent) dialUDPStream(ctx context.Context, sv *serviceView, ev *endpointView, port, sourceID string) (net.Conn, error) {

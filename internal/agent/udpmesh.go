@@ -169,3 +169,10 @@ func (a *Agent) relayUDP(ctx context.Context, h transport.Header, stream net.Con
 	wg.Wait()
 	a.log.Debug("agent: udp mesh flow ended", "dest", h.String())
 }
+
+// pinned logs the endpoint a flow keeps while it is busy and why: its
+// tier, and how many candidates before it failed (each logged itself).
+func (f *udpFlow) pinned(sv *serviceView, ev *endpointView, failedOver, cands int) {
+	f.p.a.log.Debug("agent: udp flow pinned", "service", sv.svc.Meta.Key(), "client", f.client, "endpoint", ev.key,
+		"tier", ev.tier, "failedOver", failedOver, "candidates", cands)
+}

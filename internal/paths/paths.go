@@ -106,8 +106,11 @@ type Config struct {
 	// DirectHeadStart is how long a first direct attempt runs alone
 	// before the relay is tried beside it (default 300 ms).
 	DirectHeadStart time.Duration
-	// RetryAfter is how long a peer whose direct attempt or punch failed
-	// is not tried that way again (default 30 s).
+	// RetryAfter is how long a peer whose direct attempt failed is not
+	// tried that way again (default 30 s). A failed punch is tried again
+	// after a sixth of it, doubling with each failure in a row up to it:
+	// a first punch often meets a peer whose NAT mapping or agent is not
+	// ready yet.
 	RetryAfter time.Duration
 	// RelayUDP: after a punch to a peer fails, bind a UDP channel through
 	// the relay and run the mesh over QUIC on it instead of the relayed
@@ -158,6 +161,7 @@ type peerState struct {
 	since      time.Time
 	punched    *punch.Path // a working punched path, if any
 	punchAt    time.Time   // earliest next punch attempt
+	punchFails int         // punches failed in a row (punchBackoff)
 	punchOn    bool        // a punch is in progress
 	answerAt   time.Time   // earliest next answer to its introductions
 	relUDP     *udpRelayed // a relayed path over UDP, if any (relayudp.go)

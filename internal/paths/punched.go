@@ -227,9 +227,10 @@ func (m *Manager) startAnswer(u *udpSide, in relay.PoolIntroduced) {
 }
 
 // maybePunch starts a punch to st in the background when its path is not
-// direct and none is running or punched; after a failed one it waits
-// until RetryAfter has passed since (so a relayed peer is tried again
-// every RetryAfter while it is dialed).
+// direct and none is running or punched; after failed ones it waits
+// punchBackoff (so a relayed peer, over TCP or the relay's UDP, is tried
+// again while it is dialed: after 5 s, 10 s, 20 s, then every RetryAfter
+// with the defaults).
 func (m *Manager) maybePunch(st *peerState) {
 	m.mu.Lock()
 	u := m.udp
@@ -265,7 +266,10 @@ func (m *Manager) maybePunch(st *peerState) {
 		m.mu.Lock()
 		st.punchOn = false
 		if err != nil {
-			st.punchAt = time.Now().Add(m.cfg.RetryAfter)
+			st.punchFails++
+			st.punchAt = time.Now().Add(punchBackoff(m.cfg.RetryAfter, st.punchFails))
+		} else {
+			st.punchFails = 0
 		}
 		m.mu.Unlock()
 		if err != nil {
@@ -376,4 +380,14 @@ func (m *Manager) dialPunched(ctx context.Context, st *peerState, h transport.He
 	u.client.DropSession(pa.MeshAddr())
 	pa.Close()
 	return nil, nil, false
+}
+
+// punchBackoff is the wait after fails punches failed in a row: a sixth of
+// retryAfter, doubling, at most retryAfter.
+func punchBackoff(retryAfter time.Duration, fails int) time.Duration {
+	d := retryAfter / 6
+	for i := 1; i < fails && d < retryAfter; i++ {
+		d *= 2
+	}
+	return min(d, retryAfter)
 }

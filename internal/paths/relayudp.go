@@ -211,6 +211,7 @@ func (m *Manager) dialUDPRelayed(ctx context.Context, st *peerState, h transport
 	c, err := r.client.Dial(ctx, r.addr(), h)
 	if err == nil || peerAnswered(err) {
 		m.mDials[Relayed].Inc()
+		m.maybePunch(st) // a relayed path is tried again for a punched one
 		return c, err, true
 	}
 	if gaveUp(ctx) || (r.alive() && r.client.Alive(r.addr())) {
