@@ -121,7 +121,15 @@ func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzM
 		// this agent does not hold yet (a peer learnt of this node's
 		// endpoint while this agent still applies its first configuration,
 		// or a scoped agent learns it now) waits for it, and is refused if
-		// it does not come: its policies are unknown until then.
+		// it does not come: its policies are unknown until then. Only for
+		// a workload of that service here: a peer's made-up names neither
+		// wait nor widen a scoped agent's subscription.
+		a.mu.Lock()
+		ws := a.workloads[h.Endpoint]
+		a.mu.Unlock()
+		if ws == nil || ws.w.Service != h.Service || ws.w.Namespace != h.Namespace {
+			return modeNone, fmt.Errorf("%w: %s/%s endpoint %s", transport.ErrUnknownDestination, h.Namespace, h.Service, h.Endpoint)
+		}
 		if v, sv = a.awaitService(ctx, h.Namespace+"/"+h.Service); sv == nil {
 			a.m.streamsUnknownService.Inc()
 			return modeNone, fmt.Errorf("%w: %s/%s is not known here yet, so it cannot be authorized", transport.ErrUnknownDestination, h.Namespace, h.Service)

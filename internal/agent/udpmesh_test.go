@@ -248,6 +248,18 @@ func TestUDPStreamBeforeServiceIsKnown(t *testing.T) {
 	if got := a.m.streamsUnknownService.Get(); got != 1 {
 		t.Fatalf("fogmesh_agent_streams_unknown_service_total = %d, want 1", got)
 	}
+	// A name no workload here has is refused at once: it neither waits
+	// nor widens a scoped agent's subscription.
+	start = time.Now()
+	if c3, err := a.DialLocal(ctx, transport.Header{Namespace: "demo", Service: "made-up", Endpoint: "coap-e", Port: "udp", Source: "peer", UDP: true}); !errors.Is(err, transport.ErrUnknownDestination) {
+		if c3 != nil {
+			c3.Close()
+		}
+		t.Fatalf("secure mode, a service with no workload here: %v, want it refused", err)
+	}
+	if took := time.Since(start); took >= scopeWait {
+		t.Fatalf("a made-up service waited %v", took)
+	}
 }
 
 // TestUDPDestinationIdle: the endpoint's agent ends a udp mesh stream

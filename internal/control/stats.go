@@ -41,6 +41,10 @@ type statEntry struct {
 	bounds []float64 // of row.Buckets
 }
 
+// statsForget is how long after a node's stale point (scrapes' fresh)
+// its tables are dropped.
+const statsForget = 10 * time.Minute
+
 // nodeStats is a node's last two tables.
 type nodeStats struct{ prev, cur *statTable }
 
@@ -64,9 +68,12 @@ func (st *statsState) note(node string, rep *wire.StatsReport, now time.Time) {
 	}
 	t := &statTable{heard: now, dropped: rep.Dropped, droppedReqs: rep.DroppedRequests}
 	old := ns.cur
-	if old != nil && !rep.Full {
+	switch {
+	case old != nil && !rep.Full && len(rep.Rows) == 0:
+		t.rows = old.rows // tables are never changed once made: share it
+	case old != nil && !rep.Full:
 		t.rows = maps.Clone(old.rows)
-	} else {
+	default:
 		t.rows = make(map[statRowKey]statEntry, len(rep.Rows))
 	}
 	for _, r := range rep.Rows {
@@ -94,18 +101,30 @@ func (st *statsState) note(node string, rep *wire.StatsReport, now time.Time) {
 // the nodes reported as dropped.
 func (st *statsState) scrapes(fresh time.Time, sites map[string]string) (prev, cur map[string]meshstat.Scrape, dropped map[string]uint64) {
 	prev, cur, dropped = map[string]meshstat.Scrape{}, map[string]meshstat.Scrape{}, map[string]uint64{}
+	// Take the tables under the lock (they are never changed once made)
+	// and render them outside it: every heartbeat waits on st.mu. A node
+	// not heard for statsForget is forgotten, so churn does not grow the
+	// map.
+	type pair struct{ prev, cur *statTable }
+	live := map[string]pair{}
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	for node, ns := range st.nodes {
-		if ns.cur == nil || ns.cur.heard.Before(fresh) {
+		if ns.cur == nil || ns.cur.heard.Before(fresh.Add(-statsForget)) {
+			delete(st.nodes, node)
 			continue
 		}
-		cur[node] = ns.cur.scrape(node, sites[node])
-		if ns.prev != nil {
-			prev[node] = ns.prev.scrape(node, sites[node])
+		if !ns.cur.heard.Before(fresh) {
+			live[node] = pair{ns.prev, ns.cur}
 		}
-		if ns.cur.dropped > 0 {
-			dropped[node] = ns.cur.dropped
+	}
+	st.mu.Unlock()
+	for node, p := range live {
+		cur[node] = p.cur.scrape(node, sites[node])
+		if p.prev != nil {
+			prev[node] = p.prev.scrape(node, sites[node])
+		}
+		if p.cur.dropped > 0 {
+			dropped[node] = p.cur.dropped
 		}
 	}
 	return prev, cur, dropped

@@ -71,4 +71,17 @@ func TestHeartbeatStatsRates(t *testing.T) {
 	if _, cur, _ = st.scrapes(now.Add(14*time.Second), nil); len(cur) != 0 {
 		t.Fatalf("stale node still counted: %v", cur)
 	}
+	if len(st.nodes) != 1 {
+		t.Fatalf("a node stale for less than statsForget forgotten: %d nodes", len(st.nodes))
+	}
+	// An empty partial report keeps the rows (shared, not copied).
+	st.note("a", &wire.StatsReport{At: now.Add(20 * time.Second).UnixMilli()}, now.Add(20*time.Second))
+	if _, cur, _ = st.scrapes(now.Add(19*time.Second), nil); len(cur["a"].Samples) == 0 {
+		t.Fatalf("an empty partial report lost the rows: %+v", cur["a"])
+	}
+	// Gone for statsForget: forgotten, so node churn does not grow the map.
+	st.scrapes(now.Add(20*time.Second+statsForget+time.Second), nil)
+	if len(st.nodes) != 0 {
+		t.Fatalf("a node gone for statsForget kept: %d nodes", len(st.nodes))
+	}
 }
