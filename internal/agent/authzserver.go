@@ -331,18 +331,25 @@ func isDialFailure(err error) bool {
 	return errors.As(err, &oe) && oe.Op == "dial"
 }
 
+// grpcDeadline reports whether a failed gRPC request ran out of its
+// deadline: a grpc-go server resets a stream with CANCEL when the call's
+// grpc-timeout runs out, which is DEADLINE_EXCEEDED to the caller (as
+// UNAVAILABLE it reached a client whose own deadline was a moment away).
+func grpcDeadline(r *http.Request, err error) bool {
+	var se *h2up.StreamError
+	return errors.As(err, &se) && se.Code == http2.ErrCodeCancel && r.Header.Get("Grpc-Timeout") != ""
+}
+
 // grpcUpstreamError answers a failed gRPC request as gRPC does, trailers
-// only, rather than with a bare 502 a gRPC client cannot read: a grpc-go
-// server resets a stream with CANCEL when the call's grpc-timeout runs
-// out, which is DEADLINE_EXCEEDED to the caller (a 502 reached a client
-// whose own deadline was a moment away); any other failure is UNAVAILABLE.
+// only, rather than with a bare 502 a gRPC client cannot read:
+// DEADLINE_EXCEEDED when the call ran out of its deadline (grpcDeadline),
+// any other failure UNAVAILABLE.
 func grpcUpstreamError(w http.ResponseWriter, r *http.Request, err error) bool {
 	if !strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 		return false
 	}
 	code := "14"
-	var se *h2up.StreamError
-	if errors.As(err, &se) && se.Code == http2.ErrCodeCancel && r.Header.Get("Grpc-Timeout") != "" {
+	if grpcDeadline(r, err) {
 		code = "4"
 	}
 	w.Header().Set("Content-Type", "application/grpc")

@@ -314,6 +314,9 @@ func errorCodes(r *http.Request, err error) (code int, grpcCode string) {
 	case errors.Is(err, errClientLimit):
 		code = http.StatusTooManyRequests
 	}
+	if grpcDeadline(r, err) {
+		grpcCode = "4"
+	}
 	if errors.Is(err, httpproxy.ErrBodyTimeout) || httpproxy.BodyTimedOut(r) {
 		// The client was too slow with its body, whatever the upstream
 		// error that caused: 408. An HTTP/1.1 connection is closed (its
