@@ -146,7 +146,7 @@ func (s *Server) serveRegion(ctx context.Context, c net.Conn, r *wire.Reader, he
 
 	rev, _ := s.st.Rev()
 	if err := rc.write(&wire.Message{Type: wire.TypeWelcome, Version: rev, StoreID: s.st.ID(),
-		HeartbeatMillis: s.cfg.HeartbeatInterval.Milliseconds()}); err != nil {
+		HeartbeatMillis: s.cfg.HeartbeatInterval.Milliseconds(), Features: []string{wire.FeatureRegionStats}}); err != nil {
 		return err
 	}
 	sub, err := rc.read()
@@ -190,6 +190,10 @@ func (s *Server) serveRegion(ctx context.Context, c net.Conn, r *wire.Reader, he
 		}
 		switch m.Type {
 		case wire.TypeHeartbeat:
+			if n := s.takeRegionStats(region, m.NodeStats); n > 0 {
+				s.mBadFrames.Inc()
+				s.log.Warn("control: region stats refused: not the region's nodes, or over their bounds", "region", region, "refused", n)
+			}
 			if err := rc.write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
 				return err
 			}

@@ -54,8 +54,12 @@ type statsState struct {
 	nodes map[string]*nodeStats
 }
 
-// note takes a node's report, received now.
-func (st *statsState) note(node string, rep *wire.StatsReport, now time.Time) {
+// note takes a node's report, received now. A report over the bounds of
+// wire.StatsReport is ignored (false).
+func (st *statsState) note(node string, rep *wire.StatsReport, now time.Time) bool {
+	if len(rep.Rows) > wire.MaxStatRows || len(rep.Bounds) > wire.MaxStatBounds {
+		return false
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.nodes == nil {
@@ -93,6 +97,7 @@ func (st *statsState) note(node string, rep *wire.StatsReport, now time.Time) {
 		}
 	}
 	ns.prev, ns.cur = old, t
+	return true
 }
 
 // scrapes returns the two last tables of every node heard since fresh as

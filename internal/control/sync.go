@@ -411,8 +411,9 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 		s.log.Warn("control: agent rejected update", "node", st.node, "version", e.Version, "nonce", e.Nonce, "err", e.Error)
 	case syncproto.Heartbeat:
 		s.heartbeat(st.node, e.Load, e.EndpointLoad, e.Paths, e.VIPBindFailures)
-		if e.Stats != nil {
-			s.stats.note(st.node, e.Stats, time.Now())
+		if e.Stats != nil && !s.stats.note(st.node, e.Stats, time.Now()) {
+			s.mBadFrames.Inc()
+			s.log.Debug("control: heartbeat stats over their bounds ignored", "node", st.node, "rows", len(e.Stats.Rows), "bounds", len(e.Stats.Bounds))
 		}
 		// Answer, so the agent can tell a silent link from a quiet one,
 		// with the load the other agents put on each endpoint.

@@ -12,6 +12,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,7 +219,7 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 	senderDone := make(chan error, 1)
 	acks := make(chan *wire.Message, 1) // auditAcks, to the sender
 	go func() {
-		err := u.sendOwn(ctx, rc, hb, acks)
+		err := u.sendOwn(ctx, rc, hb, acks, slices.Contains(w.Features, wire.FeatureRegionStats))
 		if err != nil {
 			c.Close()
 		}
@@ -294,8 +295,9 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 // changed after every commit, and a heartbeat every hb. After each update
 // and heartbeat it ships what the upstream lacks of the audit chains of
 // the nodes sent so far and of this control plane (auditup.go).
-func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration, acks <-chan *wire.Message) error {
+func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration, acks <-chan *wire.Message, stats bool) error {
 	s := u.s
+	statsSent := map[string]*statTable{} // stats.go, statsup.go
 	tick := time.NewTicker(hb)
 	defer tick.Stop()
 	var sent uint64
@@ -332,7 +334,11 @@ func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration, 
 			case <-ctx.Done():
 				return nil
 			case <-tick.C:
-				if err := rc.write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
+				hbm := &wire.Message{Type: wire.TypeHeartbeat}
+				if stats {
+					hbm.NodeStats = s.stats.upReports(statsSent, wire.MaxNodeStatRows)
+				}
+				if err := rc.write(hbm); err != nil {
 					return err
 				}
 				if again, err = u.shipAudit(ctx, rc, acks, ships, nodes); err != nil {

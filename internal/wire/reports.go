@@ -29,7 +29,17 @@ type PathReport struct {
 const (
 	MaxStatRows   = 256
 	MaxStatBounds = 32
+	// MaxNodeStatRows bounds the rows of one region heartbeat's NodeStats
+	// (about 1.7 MB); nodes left out go in a later heartbeat.
+	MaxNodeStatRows = 8192
 )
+
+// NodeStatsReport is one node's StatsReport as a regional control plane
+// passes it up.
+type NodeStatsReport struct {
+	Node   string      `json:"node"`
+	Report StatsReport `json:"report"`
+}
 
 // StatsReport is an agent's cumulative golden request counters as its
 // client side records them (fogmesh_http_requests_total and

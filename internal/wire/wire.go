@@ -131,6 +131,11 @@ const (
 	// older one would ignore the field, so an agent sends it only when
 	// this is listed.
 	FeatureStats = "stats"
+	// FeatureRegionStats: a global control plane takes a region link's
+	// heartbeat.nodeStats (the golden counters of the region's nodes), so
+	// its stat, top and web UI show the whole mesh. It is listed in the
+	// welcome of a region link.
+	FeatureRegionStats = "regionStats"
 )
 
 // Bounds of an SVID batch (svidIssued): at most MaxSVIDBatch chains of at
@@ -218,6 +223,12 @@ type Message struct {
 	// are the agent's golden request counters, so the control plane shows
 	// rates of agents whose admin API it cannot reach.
 	Stats *StatsReport `json:"stats,omitempty"`
+	// NodeStats, region to global control plane on a region link's
+	// heartbeats (only if welcome lists FeatureRegionStats), are the
+	// golden counters of the region's nodes as their agents reported
+	// them: a node's first entry on a link is full, later ones carry the
+	// rows that changed; at most MaxNodeStatRows rows in all.
+	NodeStats []NodeStatsReport `json:"nodeStats,omitempty"`
 
 	// Local
 	Endpoints []api.Endpoint `json:"endpoints,omitempty"`
