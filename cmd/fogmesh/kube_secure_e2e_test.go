@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -86,7 +87,8 @@ func kubePod(t *testing.T, c kubernetes.Interface, ns, name, node, sa string, la
 // client pod's account and denies the other's (and an unknown caller).
 // A node relabelled into another site than its certificate's is reported
 // (get cluster, log, metrics) and keeps working in its certificate's
-// site; joining again with a token of the new site moves it.
+// site; joining again with a token of the new site moves it and
+// deny-lists its identity at the old one.
 func TestKubeRegistrySecure(t *testing.T) {
 	if !inNetns(t) {
 		return
@@ -259,6 +261,10 @@ func TestKubeRegistrySecure(t *testing.T) {
 		t.Fatalf("kn-b's certificate after joining again: %s", id)
 	}
 	waitAnswersFrom(t, okCli, url, "kn-b joined again in s1, the client's site", "pod-b "+okID)
+	// Its certificate of s2, valid still, is deny-listed: agents refuse it.
+	testenv.WaitFor(t, 20*time.Second, "kn-b's identity at s2 on the deny list", func() bool {
+		return slices.Contains(readTrust(t, dirB).Revoked, "spiffe://fogmesh.local/site/s2/node/kn-b")
+	})
 	waitAnswersFrom(t, okCli, "http://"+web.Spec.ClusterIP+"/", "kn-b in s1, by the ClusterIP", "pod-b "+okID)
 	testenv.WaitFor(t, 20*time.Second, "no site mismatch left", func() bool {
 		out, _ := run(t, append([]string{"get", "cluster"}, admin...)...)

@@ -2,11 +2,13 @@ package control
 
 import (
 	"crypto/tls"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -94,5 +96,64 @@ func TestJoinCannotTakeOverNodeOfAnotherSite(t *testing.T) {
 	tok2, _ := s.CreateToken(identity.TokenJoin, "s2", "", time.Minute)
 	if m := joinAs(t, s, tok2, "victim", "s2"); m.Type != wire.TypeJoined {
 		t.Fatalf("re-join at its own site: %+v", m)
+	}
+}
+
+// TestLabelMoveDenyListsTheOldIdentity: a node of a cluster source whose
+// labels name another site joins there with a token of that site; its
+// certificate of the old site, still valid, is deny-listed then (the
+// control plane refuses it, agents get it in their trust), and the move is
+// audited. Moving back lifts the record of the site it returns to.
+func TestLabelMoveDenyListsTheOldIdentity(t *testing.T) {
+	s := startSecure(t)
+	oldCert := signNode(t, s.CA(), "s2", "mover", 0)
+	if m, err := syncDial(t, s, oldCert, "s2", "mover"); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("mover at s2: %v %+v", err, m)
+	}
+	waitCount(t, "mover offline", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.live["mover"] == nil || s.live["mover"].conns == 0
+	})
+	setSite := func(site string) {
+		s.cluster.mu.Lock()
+		s.cluster.topo = map[string]NodeTopology{"mover": {Site: site}}
+		s.cluster.mu.Unlock()
+	}
+	denied := func() []string {
+		tr, _ := s.sec.currentTrust()
+		return tr.Revoked
+	}
+	oldID := "spiffe://" + s.CA().TrustDomain().Name() + "/site/s2/node/mover"
+	newID := "spiffe://" + s.CA().TrustDomain().Name() + "/site/s1/node/mover"
+	setSite("s1")
+	tok, _ := s.CreateToken(identity.TokenJoin, "s1", "", time.Minute)
+	if m := joinAs(t, s, tok, "mover", "s1"); m.Type != wire.TypeJoined {
+		t.Fatalf("join at the labelled site: %+v", m)
+	}
+	if d := denied(); !slices.Contains(d, oldID) || slices.Contains(d, newID) {
+		t.Fatalf("deny list after the move: %v, want %s and not %s", d, oldID, newID)
+	}
+	if m, err := syncDial(t, s, oldCert, "s2", "mover"); err == nil && m.Type == wire.TypeWelcome {
+		t.Fatal("the certificate of the old site still streams after the move")
+	}
+	if m, err := syncDial(t, s, signNode(t, s.CA(), "s1", "mover", 0), "s1", "mover"); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("mover at s1 after its move: %v %+v", err, m)
+	}
+	if !slices.ContainsFunc(ownRecords(s), func(r audit.Record) bool { return r.Action == "node moved site" && r.Object == "mover" }) {
+		t.Error("the move is not in the audit chain")
+	}
+	waitCount(t, "mover offline again", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.live["mover"] == nil || s.live["mover"].conns == 0
+	})
+	setSite("s2")
+	tok2, _ := s.CreateToken(identity.TokenJoin, "s2", "", time.Minute)
+	if m := joinAs(t, s, tok2, "mover", "s2"); m.Type != wire.TypeJoined {
+		t.Fatalf("join back at s2: %+v", m)
+	}
+	if d := denied(); slices.Contains(d, oldID) || !slices.Contains(d, newID) {
+		t.Fatalf("deny list after moving back: %v, want %s and not %s", d, newID, oldID)
 	}
 }

@@ -563,7 +563,8 @@ func (sec *security) serveJoin(c net.Conn) error {
 	if sec.revoked(node) {
 		return refuse(fmt.Errorf("node %s is revoked", node))
 	}
-	if err := sec.s.checkNodeSite(node, site); err != nil {
+	movedFrom, err := sec.s.checkNodeSite(node, site)
+	if err != nil {
 		return refuse(err)
 	}
 	// A token of the node's own site must not take over a node that is
@@ -596,10 +597,32 @@ func (sec *security) serveJoin(c net.Conn) error {
 		}
 		r.UsedBy = node
 		nb, _ := json.Marshal(r)
+		if movedFrom != "" {
+			old, err := identity.NodeID(sec.ca.TrustDomain(), movedFrom, node)
+			if err != nil {
+				return err
+			}
+			b, _ := json.Marshal(revokedRecord{ID: old.String(), Site: movedFrom, At: now.UTC()})
+			if err := tx.Put(movedKey(movedFrom, node), b); err != nil {
+				return err
+			}
+			if err := tx.Delete(movedKey(site, node)); err != nil {
+				return err
+			}
+		}
 		return tx.Put(keyToken+tok.ID, nb)
 	})
 	if err != nil {
 		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
+	}
+	if movedFrom != "" {
+		if err := sec.refreshTrust(); err != nil {
+			sec.s.log.Error("control: deny list after a node's move", "node", node, "err", err)
+		}
+		sec.s.Audit(audit.Record{Kind: audit.KindAdmin, Action: "node moved site", Actor: "control", Object: node,
+			Reason: fmt.Sprintf("cluster labels: from site %s to %s; the identity at %s is deny-listed", movedFrom, site, movedFrom)})
+		sec.s.log.Warn("control: node joined in the site its cluster labels name; its identity at the old site is deny-listed",
+			"node", node, "from", movedFrom, "to", site)
 	}
 	sec.issued("node", certs[0])
 	t, _ := sec.currentTrust()
@@ -650,21 +673,34 @@ func (sec *security) issued(kind string, cert *x509.Certificate) {
 // cluster source (-kube), by joining with a token of the site its cluster
 // labels name: the cluster, which the control plane trusts for its
 // registry, says it is there (certSiteLocked).
-func (s *Server) checkNodeSite(node, site string) error {
+//
+// It returns the site the node moves from ("" if it does not move).
+func (s *Server) checkNodeSite(node, site string) (from string, err error) {
 	kv, ok, err := s.st.Get(api.KindNode + "/" + node)
 	if err != nil {
-		return fmt.Errorf("node %s: %w", node, err)
+		return "", fmt.Errorf("node %s: %w", node, err)
 	}
 	var cur api.Node
 	if ok && json.Unmarshal(kv.Value, &cur) == nil && cur.Spec.Site != site {
 		if s.clusterSite(node) == site {
 			s.log.Info("control: node moves to the site its cluster labels name", "node", node, "from", cur.Spec.Site, "to", site)
-			return nil
+			return cur.Spec.Site, nil
 		}
-		return fmt.Errorf("node %s is registered at site %s, not %s (delete it first to move it)", node, cur.Spec.Site, site)
+		return "", fmt.Errorf("node %s is registered at site %s, not %s (delete it first to move it)", node, cur.Spec.Site, site)
 	}
-	return nil
+	return "", nil
 }
+
+// movedKey is the deny-list record of a node's identity at a site it moved
+// away from (keyRevoked + "moved:SITE:NODE": no node name has a ':'). A
+// node that moved by its cluster labels (checkNodeSite) leaves behind
+// certificates of its old site that are still valid: whoever holds one,
+// the node's old agent or a thief of its state, would keep speaking as
+// the node there. Joining in the new site deny-lists the old identity;
+// moving back to a site lifts that site's record, so certificates of it
+// issued before the first move are admitted again until they expire
+// (docs/security.md).
+func movedKey(site, node string) string { return keyRevoked + "moved:" + site + ":" + node }
 
 // renew answers a node's renewal on its mutually authenticated stream.
 func (s *Server) renew(st *stream, peer spiffeid.ID, m *wire.Message) error {

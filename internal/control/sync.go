@@ -266,7 +266,7 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 		if s.sec.revoked(st.node) {
 			return nil, nil, reject("node "+st.node+" is revoked", fmt.Errorf("node %s is revoked", st.node))
 		}
-		if err := s.checkNodeSite(st.node, pn.Site); err != nil {
+		if _, err := s.checkNodeSite(st.node, pn.Site); err != nil {
 			s.sec.tlsFailure(identity.ReasonUnauthorized)
 			return nil, nil, reject(err.Error(), err)
 		}
