@@ -95,9 +95,14 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			// Verified in the handshake (adminTLS): an admin identity.
 			// Checked again per request: a connection (or a resumed TLS
 			// session) outlives a revocation.
-			if id, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]); err == nil && identity.IsAdminID(s.sec.ca.TrustDomain(), id) &&
-				!s.sec.src.Denied(id.String()) && s.sec.adminIssuer(id, r.TLS.PeerCertificates) == nil {
-				role = RoleAdmin
+			if id, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]); err == nil && !s.sec.src.Denied(id.String()) &&
+				s.sec.adminIssuer(id, r.TLS.PeerCertificates) == nil {
+				switch {
+				case identity.IsAdminID(s.sec.ca.TrustDomain(), id):
+					role = RoleAdmin
+				case id == identity.ControlID(s.sec.ca.TrustDomain()):
+					role = RoleReplica // a peer replica (statsha.go)
+				}
 			}
 		} else if h := r.Header.Get("Authorization"); h != "" {
 			tok, ok := strings.CutPrefix(h, "Bearer ")
@@ -129,6 +134,9 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			return
 		case role == RoleReadOnly && r.Method != http.MethodGet && r.Method != http.MethodHead:
 			writeError(w, http.StatusForbidden, errors.New("read-only token: only GET is allowed"))
+			return
+		case role == RoleReplica && (r.Method != http.MethodGet || r.URL.Path != "/v1/stats/local"):
+			writeError(w, http.StatusForbidden, errors.New("a peer replica's certificate may only GET /v1/stats/local"))
 			return
 		}
 		next.ServeHTTP(w, withRole(r, role))

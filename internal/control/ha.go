@@ -49,6 +49,10 @@ type haState struct {
 	caHash      [32]byte // of the keyCAFiles record last applied
 	published   []byte   // the node list last published under keyReplicaLive
 	witnessed   []byte   // the witnessed list last published (expiry.go)
+	admin       string   // the admin URL last published (statsha.go)
+	// peers are the other live replicas' admin URLs (replica → URL), as
+	// the last tick read them.
+	peers map[string]string
 }
 
 func (s *Server) initHA() {
@@ -285,9 +289,11 @@ func (s *Server) replicaHeartbeats() (heard, witnessed map[string]time.Time, lea
 	slices.Sort(seen)
 	wit, _ := json.Marshal(seen)
 	at, _ := now.UTC().MarshalText()
+	admin := s.adminURL()
 	s.ha.mu.Lock()
 	same := bytes.Equal(nodes, s.ha.published)
 	sameWit := bytes.Equal(wit, s.ha.witnessed)
+	sameAdmin := admin == s.ha.admin
 	s.ha.mu.Unlock()
 	prefix := keyReplicaLive + s.cfg.Name + "/"
 	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
@@ -301,12 +307,17 @@ func (s *Server) replicaHeartbeats() (heard, witnessed map[string]time.Time, lea
 				return err
 			}
 		}
+		if !sameAdmin {
+			if err := tx.Put(prefix+"admin", []byte(admin)); err != nil {
+				return err
+			}
+		}
 		return tx.Put(prefix+"at", at)
 	}); err != nil {
 		s.log.Debug("control: publish this replica's nodes", "err", err)
 	} else {
 		s.ha.mu.Lock()
-		s.ha.published, s.ha.witnessed = nodes, wit
+		s.ha.published, s.ha.witnessed, s.ha.admin = nodes, wit, admin
 		s.ha.mu.Unlock()
 	}
 	kvs, err := s.st.ListSecure(keyReplicaLive)
@@ -316,6 +327,7 @@ func (s *Server) replicaHeartbeats() (heard, witnessed map[string]time.Time, lea
 	ats := map[string]time.Time{}
 	lists := map[string][]string{}
 	witLists := map[string][]string{}
+	admins := map[string]string{}
 	for _, kv := range kvs {
 		replica, what, _ := strings.Cut(strings.TrimPrefix(kv.Key, keyReplicaLive), "/")
 		switch what {
@@ -334,12 +346,18 @@ func (s *Server) replicaHeartbeats() (heard, witnessed map[string]time.Time, lea
 			if json.Unmarshal(kv.Value, &l) == nil {
 				witLists[replica] = l
 			}
+		case "admin":
+			admins[replica] = string(kv.Value)
 		}
 	}
 	heard, witnessed = map[string]time.Time{}, map[string]time.Time{}
+	peers := map[string]string{}
 	for replica, t := range ats {
 		if now.Sub(t) > s.cfg.NodeTimeout {
 			continue // that replica is gone: its streams are too
+		}
+		if replica != s.cfg.Name && admins[replica] != "" {
+			peers[replica] = admins[replica]
 		}
 		for _, n := range lists[replica] {
 			if t.After(heard[n]) {
@@ -351,6 +369,11 @@ func (s *Server) replicaHeartbeats() (heard, witnessed map[string]time.Time, lea
 				witnessed[n] = t
 			}
 		}
+	}
+	if err == nil {
+		s.ha.mu.Lock()
+		s.ha.peers = peers
+		s.ha.mu.Unlock()
 	}
 	return heard, witnessed, since
 }

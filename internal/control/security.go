@@ -227,7 +227,8 @@ func (sec *security) authorizeNode(id spiffeid.ID, _ [][]*x509.Certificate) erro
 // admin identity (spiffe://<td>/admin/<name>) is the admin role.
 func (sec *security) adminTLS() *tls.Config {
 	verify := tlsconfig.VerifyPeerCertificate(sec.src, func(id spiffeid.ID, chains [][]*x509.Certificate) error {
-		if !identity.IsAdminID(sec.ca.TrustDomain(), id) {
+		// An admin, or a peer replica (its serving certificate: RoleReplica).
+		if !identity.IsAdminID(sec.ca.TrustDomain(), id) && id != identity.ControlID(sec.ca.TrustDomain()) {
 			return fmt.Errorf("%s is not an admin identity", id)
 		}
 		if sec.src.Denied(id.String()) {

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"maps"
 	"net/http"
 	"strconv"
@@ -184,10 +185,14 @@ type StatsResponse struct {
 	Unreported map[string]string `json:"unreported,omitempty"`
 	// Dropped is the rows a node does not report (past wire.MaxStatRows).
 	Dropped map[string]uint64 `json:"dropped,omitempty"`
+	// ReplicaErrors are the other replicas (shared store) whose counters
+	// could not be read (replica → why): their agents are unreported.
+	ReplicaErrors map[string]string `json:"replicaErrors,omitempty"`
 }
 
-// heartbeatStats computes rates from the agents' heartbeats.
-func (s *Server) heartbeatStats() (*StatsResponse, error) {
+// heartbeatStats computes rates from the agents' heartbeats (on a shared
+// store, those of every live replica: statsha.go).
+func (s *Server) heartbeatStats(ctx context.Context) (*StatsResponse, error) {
 	objs, _, err := s.reg.list(api.KindNode)
 	if err != nil {
 		return nil, err
@@ -197,10 +202,14 @@ func (s *Server) heartbeatStats() (*StatsResponse, error) {
 		n := o.(*api.Node)
 		sites[n.Meta.Name] = n.Spec.Site
 	}
-	prev, cur, dropped := s.stats.scrapes(time.Now().Add(-s.cfg.NodeTimeout), sites)
+	view, peerErrs := s.statsView(ctx)
+	prev, cur, dropped := view.scrapes(time.Now().Add(-s.cfg.NodeTimeout), sites)
 	svcs, edges := meshstat.Compute(prev, cur)
 	out := &StatsResponse{Time: time.Now().UTC(), Services: meshstat.Clean(svcs), Edges: meshstat.Clean(edges),
 		Nodes: sortedKeys(cur), Dropped: dropped}
+	if len(peerErrs) > 0 {
+		out.ReplicaErrors = peerErrs
+	}
 	for _, o := range objs {
 		n := o.(*api.Node)
 		if _, ok := cur[n.Meta.Name]; ok || !n.Status.Ready {
@@ -209,14 +218,22 @@ func (s *Server) heartbeatStats() (*StatsResponse, error) {
 		if out.Unreported == nil {
 			out.Unreported = map[string]string{}
 		}
-		out.Unreported[n.Meta.Name] = "no request counters in its heartbeats (an agent older than this control plane, or connected to another replica)"
+		why := "no request counters in its heartbeats (an agent older than this control plane)"
+		if len(peerErrs) > 0 {
+			why = "no request counters in its heartbeats (an agent older than this control plane, or connected to a replica that did not answer: see replicaErrors)"
+		}
+		out.Unreported[n.Meta.Name] = why
 	}
 	return out, nil
 }
 
 func (s *Server) statsRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/stats/local", func(w http.ResponseWriter, r *http.Request) {
+		now := time.Now()
+		writeJSON(w, http.StatusOK, &LocalStats{Replica: s.cfg.Name, Nodes: s.stats.local(now.Add(-s.cfg.NodeTimeout), now)})
+	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
-		st, err := s.heartbeatStats()
+		st, err := s.heartbeatStats(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"fmt"
 	"reflect"
 	"slices"
@@ -116,7 +117,7 @@ func TestRegionStatsReachGlobal(t *testing.T) {
 		n := uint64(i * 10)
 		a.send(&wire.Message{Type: wire.TypeHeartbeat, Stats: &wire.StatsReport{At: t0.Add(time.Duration(i) * 100 * time.Millisecond).UnixMilli(),
 			Full: i == 0, Bounds: bounds, Rows: []wire.StatRow{statRow("demo/web", "e1", n, 0, n, 0, 0, 0)}}})
-		st, err := g.heartbeatStats()
+		st, err := g.heartbeatStats(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,7 +143,7 @@ func TestRegionStatsReachGlobal(t *testing.T) {
 	if n := g.takeRegionStats("east", []wire.NodeStatsReport{{Node: "e1", Report: bad}}); n != 0 {
 		t.Errorf("a report with bad rows refused whole (%d), want them dropped", n)
 	}
-	if st, _ := g.heartbeatStats(); st.Dropped["e1"] != 1 {
+	if st, _ := g.heartbeatStats(context.Background()); st.Dropped["e1"] != 1 {
 		t.Errorf("the nameless row was not dropped and counted: dropped %v", st.Dropped)
 	}
 	many := make([]wire.NodeStatsReport, 3)

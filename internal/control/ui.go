@@ -308,7 +308,8 @@ func (s *Server) uiSnapshot(ctx context.Context) (*UIState, error) {
 		}
 		st.Regions = append(st.Regions, ur)
 	}
-	prev, cur, _ := s.stats.scrapes(time.Now().Add(-s.cfg.NodeTimeout), sites)
+	view, peerErrs := s.statsView(ctx)
+	prev, cur, _ := view.scrapes(time.Now().Add(-s.cfg.NodeTimeout), sites)
 	targets := map[string]string{}
 	for _, o := range objs {
 		n := o.(*api.Node)
@@ -345,6 +346,12 @@ func (s *Server) uiSnapshot(ctx context.Context) (*UIState, error) {
 	meshstat.Clean(st.Services)
 	meshstat.Clean(st.Edges)
 	st.Scrape = s.ui.errs
+	for replica, err := range peerErrs {
+		if st.Scrape == nil {
+			st.Scrape = map[string]string{}
+		}
+		st.Scrape["replica "+replica] = err
+	}
 	s.ui.dmu.Lock()
 	for i := len(s.ui.denials) - 1; i >= 0; i-- {
 		st.Denials = append(st.Denials, s.ui.denials[i])

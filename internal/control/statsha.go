@@ -1,0 +1,210 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// Golden counters across replicas (HA): an agent heartbeats to the replica
+// it streams to, so each replica holds the tables of its own agents only.
+// GET /v1/stats on any replica asks the other live replicas for theirs
+// (GET /v1/stats/local, their admin API, at the URL each publishes under
+// live/NAME/admin) and computes rates over all of them: the operator's
+// `stat`, `top` and web UI see every node through whichever replica a
+// load balancer picks. Nothing more is stored in the shared store than
+// the URL.
+//
+// In secure mode a replica calls its peers with its own serving
+// certificate (the control plane's identity, issued by this control
+// plane's CA: not by a region's intermediate), which the admin API admits
+// for GET /v1/stats/local only (RoleReplica), and checks that the peer
+// presents the same identity.
+
+// RoleReplica is a peer replica's role on the admin API: GET
+// /v1/stats/local only.
+const RoleReplica = "replica"
+
+// statsPeerTimeout bounds a peer's answer; a slower peer's nodes show as
+// unreported.
+const statsPeerTimeout = 2 * time.Second
+
+// LocalStats is the body of GET /v1/stats/local: this replica's tables.
+type LocalStats struct {
+	Replica string           `json:"replica"`
+	Nodes   []LocalNodeStats `json:"nodes"`
+}
+
+// LocalNodeStats is one node's last two tables as full reports.
+type LocalNodeStats struct {
+	Node string `json:"node"`
+	// HeardAgoMs is how long ago the replica heard the last report (its
+	// clock: the asker's "heard" is its now minus this).
+	HeardAgoMs int64             `json:"heardAgoMs"`
+	PrevAgoMs  int64             `json:"prevAgoMs,omitempty"`
+	Prev       *wire.StatsReport `json:"prev,omitempty"`
+	Cur        wire.StatsReport  `json:"cur"`
+}
+
+// adminURL is where peer replicas reach this one's admin API: the bound
+// address, or with a wildcard host the first -server-name ("" if none).
+func (s *Server) adminURL() string {
+	scheme := "https"
+	if s.sec == nil {
+		scheme = "http"
+	}
+	host, port, err := net.SplitHostPort(s.AdminAddr())
+	if err != nil {
+		return ""
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+		if len(s.cfg.ServerNames) == 0 {
+			return ""
+		}
+		host = s.cfg.ServerNames[0]
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
+}
+
+// local returns the tables of the nodes heard since fresh.
+func (st *statsState) local(fresh, now time.Time) []LocalNodeStats {
+	st.mu.Lock()
+	type pair struct{ prev, cur *statTable }
+	live := map[string]pair{}
+	for node, ns := range st.nodes {
+		if ns.cur != nil && !ns.cur.heard.Before(fresh) {
+			live[node] = pair{ns.prev, ns.cur}
+		}
+	}
+	st.mu.Unlock()
+	out := make([]LocalNodeStats, 0, len(live))
+	for _, node := range slices.Sorted(maps.Keys(live)) {
+		p := live[node]
+		n := LocalNodeStats{Node: node, HeardAgoMs: now.Sub(p.cur.heard).Milliseconds(), Cur: p.cur.since(nil)}
+		if p.prev != nil {
+			r := p.prev.since(nil)
+			n.Prev, n.PrevAgoMs = &r, now.Sub(p.prev.heard).Milliseconds()
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// peerStats asks the other live replicas for their tables and returns them
+// in a statsState of their own (nil without peers), and why a peer did not
+// answer (replica → error).
+func (s *Server) peerStats(ctx context.Context) (*statsState, map[string]string) {
+	s.ha.mu.Lock()
+	peers := maps.Clone(s.ha.peers)
+	s.ha.mu.Unlock()
+	if len(peers) == 0 {
+		return nil, nil
+	}
+	client := s.peerClient()
+	type answer struct {
+		replica string
+		body    *LocalStats
+		err     error
+	}
+	answers := make(chan answer, len(peers))
+	var wg sync.WaitGroup
+	for replica, url := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body, err := fetchLocalStats(ctx, client, url)
+			answers <- answer{replica, body, err}
+		}()
+	}
+	wg.Wait()
+	close(answers)
+	var st statsState
+	failed := map[string]string{}
+	now := time.Now()
+	for a := range answers {
+		if a.err != nil {
+			failed[a.replica] = a.err.Error()
+			continue
+		}
+		for i := range a.body.Nodes {
+			n := &a.body.Nodes[i]
+			if n.Prev != nil {
+				st.note(n.Node, n.Prev, now.Add(-time.Duration(n.PrevAgoMs)*time.Millisecond))
+			}
+			st.note(n.Node, &n.Cur, now.Add(-time.Duration(n.HeardAgoMs)*time.Millisecond))
+		}
+	}
+	return &st, failed
+}
+
+// peerClient calls peer replicas: in secure mode with this control plane's
+// serving certificate, checking the peer's.
+func (s *Server) peerClient() *http.Client {
+	tr := &http.Transport{DisableKeepAlives: true, ResponseHeaderTimeout: statsPeerTimeout}
+	if s.sec != nil {
+		tr.TLSClientConfig = s.sec.src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.sec.ca.TrustDomain())))
+	}
+	return &http.Client{Transport: tr, Timeout: statsPeerTimeout}
+}
+
+func fetchLocalStats(ctx context.Context, c *http.Client, base string) (*LocalStats, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/stats/local", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	var ls LocalStats
+	// A replica holds at most 2 tables of wire.MaxStatRows rows per node;
+	// the bound is generous but finite.
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&ls); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	return &ls, nil
+}
+
+// statsView is what GET /v1/stats and the web UI compute rates from: this
+// replica's tables and, on a shared store, the other live replicas' (a
+// node in both, its agent having moved, keeps the tables heard last), and
+// why a peer did not answer (replica → error).
+func (s *Server) statsView(ctx context.Context) (*statsState, map[string]string) {
+	if !s.st.Shared() {
+		return &s.stats, nil
+	}
+	peers, failed := s.peerStats(ctx)
+	if peers == nil {
+		return &s.stats, failed
+	}
+	// Tables are never changed once made: the view shares them, but not
+	// the nodeStats that note() updates.
+	view := &statsState{nodes: map[string]*nodeStats{}}
+	s.stats.mu.Lock()
+	for node, ns := range s.stats.nodes {
+		view.nodes[node] = &nodeStats{prev: ns.prev, cur: ns.cur}
+	}
+	s.stats.mu.Unlock()
+	for node, ns := range peers.nodes {
+		if mine := view.nodes[node]; mine == nil || mine.cur == nil || ns.cur.heard.After(mine.cur.heard) {
+			view.nodes[node] = ns
+		}
+	}
+	return view, failed
+}
