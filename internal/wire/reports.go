@@ -30,8 +30,9 @@ const (
 	MaxStatRows   = 256
 	MaxStatBounds = 32
 	// MaxNodeStatRows bounds the rows of one region heartbeat's NodeStats
-	// (about 1.7 MB); nodes left out go in a later heartbeat.
-	MaxNodeStatRows = 8192
+	// (about 220 KB: a region link may be slow); nodes left out go in a
+	// later heartbeat.
+	MaxNodeStatRows = 1024
 )
 
 // NodeStatsReport is one node's StatsReport as a regional control plane
