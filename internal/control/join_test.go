@@ -156,4 +156,17 @@ func TestLabelMoveDenyListsTheOldIdentity(t *testing.T) {
 	if d := denied(); slices.Contains(d, oldID) || !slices.Contains(d, newID) {
 		t.Fatalf("deny list after moving back: %v, want %s and not %s", d, newID, oldID)
 	}
+	// Without labels, a node moves by being deleted and joining again: a
+	// join at s1 lifts s1's record too (its new certificate names it).
+	setSite("")
+	if _, err := s.reg.deleteObj(api.KindNode, "", "mover"); err != nil {
+		t.Fatal(err)
+	}
+	tok3, _ := s.CreateToken(identity.TokenJoin, "s1", "", time.Minute)
+	if m := joinAs(t, s, tok3, "mover", "s1"); m.Type != wire.TypeJoined {
+		t.Fatalf("join at s1 after a delete: %+v", m)
+	}
+	if d := denied(); slices.Contains(d, newID) {
+		t.Fatalf("deny list after a delete and a join at s1: %v still has %s", d, newID)
+	}
 }

@@ -591,7 +591,9 @@ func (sec *security) serveJoin(c net.Conn) error {
 	if err != nil {
 		return refuse(err)
 	}
+	lifted := false
 	err = sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		lifted = false
 		r, err := checkJoinToken(tx.Get(keyToken+tok.ID), tok, node, site, now)
 		if err != nil {
 			return err
@@ -607,19 +609,27 @@ func (sec *security) serveJoin(c net.Conn) error {
 			if err := tx.Put(movedKey(movedFrom, node), b); err != nil {
 				return err
 			}
+		}
+		// A join at a site the node once moved away from (by its labels,
+		// or deleted and joined again) lifts that site's record: the
+		// certificate issued now names that identity.
+		if tx.Get(movedKey(site, node)) != nil {
 			if err := tx.Delete(movedKey(site, node)); err != nil {
 				return err
 			}
+			lifted = true
 		}
 		return tx.Put(keyToken+tok.ID, nb)
 	})
 	if err != nil {
 		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
 	}
-	if movedFrom != "" {
+	if movedFrom != "" || lifted {
 		if err := sec.refreshTrust(); err != nil {
 			sec.s.log.Error("control: deny list after a node's move", "node", node, "err", err)
 		}
+	}
+	if movedFrom != "" {
 		sec.s.Audit(audit.Record{Kind: audit.KindAdmin, Action: "node moved site", Actor: "control", Object: node,
 			Reason: fmt.Sprintf("cluster labels: from site %s to %s; the identity at %s is deny-listed", movedFrom, site, movedFrom)})
 		sec.s.log.Warn("control: node joined in the site its cluster labels name; its identity at the old site is deny-listed",

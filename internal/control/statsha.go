@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,7 +14,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -129,21 +133,35 @@ func (s *Server) peerStats(ctx context.Context) (*statsState, map[string]string)
 	}
 	wg.Wait()
 	close(answers)
-	var st statsState
 	failed := map[string]string{}
-	now := time.Now()
+	// A node in several answers (its agent moved between replicas) keeps
+	// the one heard last: both tables from one replica.
+	best := map[string]*LocalNodeStats{}
 	for a := range answers {
-		if a.err != nil {
+		switch {
+		case a.err != nil:
 			failed[a.replica] = a.err.Error()
+			continue
+		case a.body.Replica != a.replica:
+			// Its published address reached another replica (a default
+			// loopback -admin-addr on every host, or a shared name).
+			failed[a.replica] = fmt.Sprintf("its admin address %s answered as replica %q: give each replica an -admin-addr (or first -server-name) that reaches it alone", peers[a.replica], a.body.Replica)
 			continue
 		}
 		for i := range a.body.Nodes {
 			n := &a.body.Nodes[i]
-			if n.Prev != nil {
-				st.note(n.Node, n.Prev, now.Add(-time.Duration(n.PrevAgoMs)*time.Millisecond))
+			if b := best[n.Node]; b == nil || n.HeardAgoMs < b.HeardAgoMs {
+				best[n.Node] = n
 			}
-			st.note(n.Node, &n.Cur, now.Add(-time.Duration(n.HeardAgoMs)*time.Millisecond))
 		}
+	}
+	var st statsState
+	now := time.Now()
+	for node, n := range best {
+		if n.Prev != nil {
+			st.note(node, syncproto.ValidStats(n.Prev), now.Add(-time.Duration(n.PrevAgoMs)*time.Millisecond))
+		}
+		st.note(node, syncproto.ValidStats(&n.Cur), now.Add(-time.Duration(n.HeardAgoMs)*time.Millisecond))
 	}
 	return &st, failed
 }
@@ -153,7 +171,21 @@ func (s *Server) peerStats(ctx context.Context) (*statsState, map[string]string)
 func (s *Server) peerClient() *http.Client {
 	tr := &http.Transport{DisableKeepAlives: true, ResponseHeaderTimeout: statsPeerTimeout}
 	if s.sec != nil {
-		tr.TLSClientConfig = s.sec.src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.sec.ca.TrustDomain())))
+		// A peer presents the control plane's identity from this control
+		// plane's CA, not from another region's intermediate (as the
+		// admin API checks a caller: adminIssuer).
+		want := identity.ControlID(s.sec.ca.TrustDomain())
+		tr.TLSClientConfig = s.sec.src.ClientConfig(func(id spiffeid.ID, chains [][]*x509.Certificate) error {
+			if id != want {
+				return fmt.Errorf("%s is not a replica of this control plane", id)
+			}
+			for _, ch := range chains {
+				if err := s.sec.adminIssuer(id, ch); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}
 	return &http.Client{Transport: tr, Timeout: statsPeerTimeout}
 }
@@ -189,6 +221,9 @@ func (s *Server) statsView(ctx context.Context) (*statsState, map[string]string)
 	if !s.st.Shared() {
 		return &s.stats, nil
 	}
+	// scrapes forgets stale nodes of the state it reads: the view is a
+	// copy, so this replica's own state is pruned here.
+	s.stats.forget(time.Now().Add(-s.cfg.NodeTimeout - statsForget))
 	peers, failed := s.peerStats(ctx)
 	if peers == nil {
 		return &s.stats, failed
@@ -207,4 +242,15 @@ func (s *Server) statsView(ctx context.Context) (*statsState, map[string]string)
 		}
 	}
 	return view, failed
+}
+
+// forget drops the tables of nodes not heard since before.
+func (st *statsState) forget(before time.Time) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for node, ns := range st.nodes {
+		if ns.cur == nil || ns.cur.heard.Before(before) {
+			delete(st.nodes, node)
+		}
+	}
 }

@@ -18,20 +18,34 @@ import (
 // reports keep the agents' clocks (StatsReport.At), so the global one's
 // rates are measured as the region's are.
 
+// sentStats is what a region link sent of a node: the table, and when it
+// last sent the node's report full.
+type sentStats struct {
+	t      *statTable
+	fullAt time.Time
+}
+
+// statsFullEvery is how often a region link sends a node's report full
+// although rows are unchanged: the global plane forgets a node silent for
+// a while (statsForget), after which only a full report restores rows
+// that did not change.
+const statsFullEvery = time.Minute
+
 // upReports returns the reports of the nodes whose tables changed since
-// sent (node → the table last sent on this link; updated), with at most
+// sent (node → what was last sent on this link; updated), with at most
 // maxRows rows in all: nodes left out, those sent longest ago first, go
 // next time.
-func (st *statsState) upReports(sent map[string]*statTable, maxRows int) []wire.NodeStatsReport {
+func (st *statsState) upReports(sent map[string]*sentStats, maxRows int, now time.Time) []wire.NodeStatsReport {
 	type change struct {
-		node     string
-		old, cur *statTable
+		node string
+		old  *sentStats
+		cur  *statTable
 	}
 	var changed []change
 	st.mu.Lock()
 	for node, ns := range st.nodes {
-		if ns.cur != nil && ns.cur != sent[node] {
-			changed = append(changed, change{node, sent[node], ns.cur})
+		if old := sent[node]; ns.cur != nil && (old == nil || ns.cur != old.t) {
+			changed = append(changed, change{node, old, ns.cur})
 		}
 	}
 	for node := range sent {
@@ -50,17 +64,25 @@ func (st *statsState) upReports(sent map[string]*statTable, maxRows int) []wire.
 		case b.old == nil:
 			return 1
 		}
-		return a.old.heard.Compare(b.old.heard)
+		return a.old.t.heard.Compare(b.old.t.heard)
 	})
 	var out []wire.NodeStatsReport
 	rows := 0
 	for _, c := range changed {
-		rep := c.cur.since(c.old)
+		var base *statTable
+		fullAt := now
+		if c.old != nil && now.Sub(c.old.fullAt) < statsFullEvery {
+			base, fullAt = c.old.t, c.old.fullAt
+		}
+		rep := c.cur.since(base)
 		if rows > 0 && rows+len(rep.Rows) > maxRows {
 			continue
 		}
 		rows += len(rep.Rows)
-		sent[c.node] = c.cur
+		if rep.Full {
+			fullAt = now
+		}
+		sent[c.node] = &sentStats{t: c.cur, fullAt: fullAt}
 		out = append(out, wire.NodeStatsReport{Node: c.node, Report: rep})
 	}
 	return out
@@ -105,7 +127,8 @@ func (s *Server) takeRegionStats(region string, reps []wire.NodeStatsReport) int
 	}
 	objs, _, err := s.reg.list(api.KindNode)
 	if err != nil {
-		return 0
+		s.log.Warn("control: region stats dropped: cannot list nodes", "region", region, "err", err)
+		return len(reps)
 	}
 	owned := map[string]bool{}
 	for _, o := range objs {

@@ -27,16 +27,17 @@ func computed(st *statsState, now time.Time) (svcs, edges []meshstat.Row) {
 // What a regional plane passes up gives the global one the rows the
 // region computes: a node's first report full, then only the rows that
 // changed and only nodes heard since; a new stream at the agent (a row
-// gone) is passed as full; the row bound leaves nodes for the next
+// gone) is passed as full, and so is every node's report a minute after
+// its last full one; the row bound leaves nodes for the next
 // heartbeat, those sent longest ago first.
 func TestRegionStatsUp(t *testing.T) {
 	var region, global statsState
 	bounds := []float64{0.001, 0.01, 0.1}
 	t0 := time.Unix(1700000000, 0)
 	now := time.Now()
-	sent := map[string]*statTable{}
+	sent := map[string]*sentStats{}
 	pass := func(at time.Time, maxRows int) []wire.NodeStatsReport {
-		reps := region.upReports(sent, maxRows)
+		reps := region.upReports(sent, maxRows, at)
 		for i := range reps {
 			if !global.note(reps[i].Node, &reps[i].Report, at) {
 				t.Fatalf("global refused %+v", reps[i])
@@ -98,6 +99,13 @@ func TestRegionStatsUp(t *testing.T) {
 		t.Fatalf("bound 1, next: %+v", reps)
 	}
 	same(now.Add(5 * time.Second))
+	// A minute after its last full report a node's next one is full again
+	// (the global plane may have forgotten it), changed rows or not.
+	region.note("a", &wire.StatsReport{At: t0.Add(70 * time.Second).UnixMilli()}, now.Add(70*time.Second))
+	reps = pass(now.Add(70*time.Second), wire.MaxNodeStatRows)
+	if len(reps) != 1 || reps[0].Node != "a" || !reps[0].Report.Full || len(reps[0].Report.Rows) != 1 {
+		t.Fatalf("a minute on: %+v", reps)
+	}
 }
 
 // TestRegionStatsReachGlobal: an agent of region east reports counters to

@@ -10,6 +10,7 @@ import (
 	"html/template"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -346,11 +347,14 @@ func (s *Server) uiSnapshot(ctx context.Context) (*UIState, error) {
 	meshstat.Clean(st.Services)
 	meshstat.Clean(st.Edges)
 	st.Scrape = s.ui.errs
-	for replica, err := range peerErrs {
+	if len(peerErrs) > 0 {
+		st.Scrape = maps.Clone(s.ui.errs) // s.ui.errs is shared with other requests
 		if st.Scrape == nil {
 			st.Scrape = map[string]string{}
 		}
-		st.Scrape["replica "+replica] = err
+		for replica, err := range peerErrs {
+			st.Scrape["replica "+replica] = err
+		}
 	}
 	s.ui.dmu.Lock()
 	for i := len(s.ui.denials) - 1; i >= 0; i-- {

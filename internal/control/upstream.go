@@ -297,7 +297,7 @@ func (u *upLink) once(ctx context.Context, addr string) (welcomed bool, err erro
 // the nodes sent so far and of this control plane (auditup.go).
 func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration, acks <-chan *wire.Message, stats bool) error {
 	s := u.s
-	statsSent := map[string]*statTable{} // stats.go, statsup.go
+	statsSent := map[string]*sentStats{} // stats.go, statsup.go
 	tick := time.NewTicker(hb)
 	defer tick.Stop()
 	var sent uint64
@@ -336,7 +336,7 @@ func (u *upLink) sendOwn(ctx context.Context, rc *regionConn, hb time.Duration, 
 			case <-tick.C:
 				hbm := &wire.Message{Type: wire.TypeHeartbeat}
 				if stats {
-					hbm.NodeStats = s.stats.upReports(statsSent, wire.MaxNodeStatRows)
+					hbm.NodeStats = s.stats.upReports(statsSent, wire.MaxNodeStatRows, time.Now())
 				}
 				if err := rc.write(hbm); err != nil {
 					return err
