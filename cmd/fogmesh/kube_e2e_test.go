@@ -371,7 +371,7 @@ const netnsEnv = "FOGMESH_E2E_NETNS"
 // podAddrs are the "pod IPs" of the Kubernetes tests: the apiserver
 // refuses loopback addresses in EndpointSlices, so the tests run in a
 // network namespace of their own whose lo also has these.
-var podAddrs = []string{"10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.0.4"}
+var podAddrs = []string{"10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.0.4", "10.244.0.5"}
 
 // inNetns reports whether the test runs in a network namespace it made
 // for itself, with podAddrs on its loopback interface. If not, it runs

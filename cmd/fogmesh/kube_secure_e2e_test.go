@@ -80,7 +80,8 @@ func kubePod(t *testing.T, c kubernetes.Interface, ns, name, node, sa string, la
 // TestKubeRegistrySecure is TestKubeRegistry in secure mode, the default:
 // a secure control plane watching a real kube-apiserver, agents joined
 // with join tokens of their nodes' sites. Pods' service accounts are
-// their SPIFFE identities: a client pod's requests, through its node's
+// their SPIFFE identities (also of a pod in no Service): a client pod's
+// requests, through its node's
 // agent by the service's virtual IP and by its captured ClusterIP, reach
 // the web pods on two other nodes over mutual TLS with the client's
 // identity, and an Istio AuthorizationPolicy from the cluster allows one
@@ -141,6 +142,17 @@ func TestKubeRegistrySecure(t *testing.T) {
 	// node's agent knows them by their addresses.
 	kubePod(t, c, "shop", "client-ok", "kn-a", "client-ok", map[string]string{"app": "client"}, 8080)
 	kubePod(t, c, "shop", "client-bad", "kn-a", "client-bad", map[string]string{"app": "client"}, 8080)
+	// A pod of client-ok's account in no Service (a batch job, say): its
+	// node's agent knows it by the address in the pod's status.
+	kubePod(t, c, "shop", "client-lone", "kn-a", "client-ok", map[string]string{"app": "batch"}, 8080)
+	lone, err := c.CoreV1().Pods("shop").Get(ctx, "client-lone", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lone.Status.Phase, lone.Status.PodIP, lone.Status.PodIPs = corev1.PodRunning, podAddrs[4], []corev1.PodIP{{IP: podAddrs[4]}}
+	if _, err := c.CoreV1().Pods("shop").UpdateStatus(ctx, lone, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	web := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"}, Spec: corev1.ServiceSpec{
 		Selector: map[string]string{"app": "web"},
 		Ports:    []corev1.ServicePort{{Name: "http", Port: 80, AppProtocol: ptrTo("http"), TargetPort: intstr.FromString("http")}}}}
@@ -192,9 +204,10 @@ func TestKubeRegistrySecure(t *testing.T) {
 		return strings.HasPrefix(vip, "127.16.")
 	})
 	const okID, badID = "spiffe://fogmesh.local/ns/shop/sa/client-ok", "spiffe://fogmesh.local/ns/shop/sa/client-bad"
-	okCli, badCli := clientFrom(podAddrs[2]), clientFrom(podAddrs[3])
+	okCli, badCli, loneCli := clientFrom(podAddrs[2]), clientFrom(podAddrs[3]), clientFrom(podAddrs[4])
 	for _, u := range []struct{ how, url string }{{"virtual IP", "http://" + vip + "/"}, {"captured ClusterIP", "http://" + web.Spec.ClusterIP + "/"}} {
 		waitAnswersFrom(t, okCli, u.url, "client-ok by the "+u.how+": both pods, over mTLS, with its identity", "pod-b "+okID, "pod-c "+okID)
+		waitAnswersFrom(t, loneCli, u.url, "client-lone (in no Service) by the "+u.how+": its account's identity", "pod-b "+okID, "pod-c "+okID)
 		if got := answersFrom(badCli, u.url, 6); len(got) != 1 || got["status 403"] != 6 {
 			t.Fatalf("client-bad by the %s: %v, want only 403 (its account %s is not allowed)", u.how, got, badID)
 		}

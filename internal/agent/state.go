@@ -431,6 +431,7 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		}
 		v.nodeIDs[e.Spec.Node][api.EndpointID(td, e)] = true
 	}
+	podIdentities(v, res, self.Meta.Name, td)
 	for _, sv := range v.services {
 		sort.Slice(sv.endpoints, func(i, j int) bool {
 			a, b := sv.endpoints[i], sv.endpoints[j]
@@ -453,4 +454,34 @@ func accountOf(e *api.Endpoint) string {
 		return e.Spec.ServiceAccount
 	}
 	return e.Spec.Service
+}
+
+// podIdentities adds the pods a cluster source runs on each node
+// (api.NodeSpec.Pods, set by the control plane from the cluster only): a
+// node may vouch for its pods' accounts, and this node's agent knows a
+// client connection from a pod's address as its account's identity. An
+// address that a local endpoint or another pod names with another
+// identity is unknown ("").
+func podIdentities(v *view, res *resources, self, td string) {
+	for name, n := range res.nodes {
+		for _, p := range n.Spec.Pods {
+			id := api.WorkloadID(td, p.Namespace, p.ServiceAccount)
+			if v.nodeIDs[name] == nil {
+				v.nodeIDs[name] = map[string]bool{}
+			}
+			v.nodeIDs[name][id] = true
+			if name != self {
+				continue
+			}
+			addr, err := netip.ParseAddr(p.Address)
+			if err != nil {
+				continue
+			}
+			addr = addr.Unmap()
+			if old, ok := v.ids[addr]; ok && old != id {
+				id = ""
+			}
+			v.ids[addr] = id
+		}
+	}
 }

@@ -79,6 +79,24 @@ type NodeSpec struct {
 	// Capacity is a relative capacity weight (default 1).
 	Capacity    float64      `json:"capacity,omitempty"`
 	Coordinates *Coordinates `json:"coordinates,omitempty"`
+	// Pods are the pods a cluster source (-kube) runs on this node, with
+	// their addresses and service accounts: the node's agent knows a
+	// client connection from such an address as that account's identity,
+	// and peers accept that claim from this node only. Set by the control
+	// plane from the cluster, never taken from an agent's registration;
+	// at most MaxNodePods.
+	Pods []PodIdentity `json:"pods,omitempty"`
+}
+
+// MaxNodePods bounds NodeSpec.Pods (Kubernetes runs at most 110 pods a
+// node by default).
+const MaxNodePods = 1024
+
+// PodIdentity is a pod's address and service account.
+type PodIdentity struct {
+	Address        string `json:"address"`
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"serviceAccount"`
 }
 
 // Coordinates place a node on the map (degrees).

@@ -28,6 +28,10 @@ func fieldErr(field, format string, args ...any) error {
 // label of at most 63 characters.
 func ValidLabel(s string) bool { return nameRE.MatchString(s) }
 
+// ValidName reports whether s is a DNS label (what names of namespaces,
+// services, sites and nodes must be).
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
 func validName(field, s string) error {
 	if s == "" {
 		return fieldErr(field, "required")
@@ -104,6 +108,21 @@ func (n *Node) Validate() error {
 	for i, a := range n.Spec.Addresses {
 		if _, err := netip.ParseAddr(a); err != nil {
 			return fieldErr(fmt.Sprintf("spec.addresses[%d]", i), "%q is not an IP address", a)
+		}
+	}
+	if len(n.Spec.Pods) > MaxNodePods {
+		return fieldErr("spec.pods", "%d pods, at most %d", len(n.Spec.Pods), MaxNodePods)
+	}
+	for i, p := range n.Spec.Pods {
+		f := fmt.Sprintf("spec.pods[%d]", i)
+		if _, err := netip.ParseAddr(p.Address); err != nil {
+			return fieldErr(f+".address", "%q is not an IP address", p.Address)
+		}
+		if err := validName(f+".namespace", p.Namespace); err != nil {
+			return err
+		}
+		if err := validName(f+".serviceAccount", p.ServiceAccount); err != nil {
+			return err
 		}
 	}
 	if n.Spec.Capacity < 0 {

@@ -29,6 +29,9 @@ type NodeTopology struct {
 	Site   string `json:"site,omitempty"`
 	Region string `json:"region,omitempty"`
 	Zone   string `json:"zone,omitempty"`
+	// Pods are the pods the cluster runs on the node (api.NodeSpec.Pods),
+	// sorted by address.
+	Pods []api.PodIdentity `json:"pods,omitempty"`
 }
 
 // ClusterState is everything a source maps from its cluster.
@@ -226,7 +229,12 @@ func same(o, old api.Object, owner string) bool {
 // its node's from the cluster, and reports a difference. certified: the
 // agent's site is the one its certificate names (secure mode), which
 // labels cannot change (certSiteLocked).
+//
+// A node's pods (api.NodeSpec.Pods) come from the cluster only: whatever
+// the agent registered there is dropped (a node naming pods could vouch
+// for any identity).
 func (s *Server) topology(n *api.Node, certified bool) {
+	n.Spec.Pods = nil
 	s.cluster.mu.Lock()
 	t, ok := s.cluster.topo[n.Meta.Name]
 	if ok && certified {
@@ -236,6 +244,7 @@ func (s *Server) topology(n *api.Node, certified bool) {
 	if !ok {
 		return
 	}
+	n.Spec.Pods = t.Pods
 	if d := placeDiff(n, t); d != "" {
 		s.log.Warn("control: node registers another place than its cluster labels; the labels are used", "node", n.Meta.Name, "diff", d)
 		s.cfg.Metrics.GetOrCreateCounter(`fogmesh_control_cluster_node_place_overrides_total`).Inc()
@@ -320,6 +329,26 @@ func (s *Server) applyTopology(topo map[string]NodeTopology, have map[string]api
 			delete(s.cluster.mismatch, name) // deleted, or no site label any more
 		}
 	}
+	for key, o := range have {
+		// A node the cluster no longer has keeps no pods.
+		n, ok := o.(*api.Node)
+		if !ok || len(n.Spec.Pods) == 0 || n.Meta.Owner != s.reg.owner {
+			continue
+		}
+		if _, inCluster := topo[n.Meta.Name]; inCluster {
+			continue
+		}
+		if _, err := s.st.Update(func(tx *store.Tx) error {
+			n, ok := getLocked(tx, key, new(api.Node))
+			if !ok || n.Meta.Owner != s.reg.owner {
+				return nil
+			}
+			n.Spec.Pods = nil
+			return putLocked(tx, n)
+		}); err != nil {
+			return fmt.Errorf("cluster sync: node %s: %w", n.Meta.Name, err)
+		}
+	}
 	for name, t := range topo {
 		o, ok := have[api.KindNode+"/"+name]
 		if !ok {
@@ -328,7 +357,8 @@ func (s *Server) applyTopology(topo map[string]NodeTopology, have map[string]api
 		if secure {
 			t = s.certSiteLocked(name, o.(*api.Node).Spec.Site, t)
 		}
-		if placeDiff(o.(*api.Node), t) == "" {
+		diff := placeDiff(o.(*api.Node), t)
+		if diff == "" && slices.Equal(o.(*api.Node).Spec.Pods, t.Pods) {
 			continue
 		}
 		_, err := s.st.Update(func(tx *store.Tx) error {
@@ -337,12 +367,15 @@ func (s *Server) applyTopology(topo map[string]NodeTopology, have map[string]api
 				return nil
 			}
 			place(n, t)
+			n.Spec.Pods = t.Pods
 			return putLocked(tx, n)
 		})
 		if err != nil {
 			return fmt.Errorf("cluster sync: node %s: %w", name, err)
 		}
-		s.log.Info("control: node placed by its cluster labels", "node", name, "site", t.Site, "region", t.Region, "zone", t.Zone)
+		if diff != "" {
+			s.log.Info("control: node placed by its cluster labels", "node", name, "site", t.Site, "region", t.Region, "zone", t.Zone)
+		}
 	}
 	s.cfg.Metrics.GetOrCreateGauge(`fogmesh_control_cluster_node_site_mismatches`, nil).Set(float64(len(s.cluster.mismatch)))
 	return nil

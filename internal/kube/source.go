@@ -402,6 +402,13 @@ func (s *Source) mapAll() (control.ClusterState, []string) {
 			c.Pods[p.Namespace+"/"+p.Name] = p
 		}
 	}
+	podsOf, w := PodIdentities(c.Pods, c.Nodes)
+	warns = append(warns, w...)
+	for node, pods := range podsOf {
+		t := st.Nodes[node]
+		t.Pods = pods
+		st.Nodes[node] = t
+	}
 	slicesOf := map[string][]*discoveryv1.EndpointSlice{}
 	for _, o := range s.slice.GetStore().List() {
 		sl, ok := o.(*discoveryv1.EndpointSlice)

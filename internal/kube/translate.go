@@ -11,6 +11,7 @@
 package kube
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
@@ -401,4 +402,54 @@ func (m *Mapper) Custom(raw []byte) ([]api.Object, []string, error) {
 		md.Labels[api.LabelSource] = api.SourceKubernetes
 	}
 	return objs, warns, nil
+}
+
+// PodIdentities returns, per node of nodes, the addresses and service
+// accounts of the pods the cluster runs there (api.NodeSpec.Pods), sorted
+// by address: pods with an IP of their own (not hostNetwork, which share
+// the node's), not finished (a finished pod's IP may be given to another).
+// A pod whose namespace or account is not a DNS label, or past
+// api.MaxNodePods on its node, is left out with a warning.
+func PodIdentities(pods map[string]*corev1.Pod, nodes map[string]bool) (map[string][]api.PodIdentity, []string) {
+	out := map[string][]api.PodIdentity{}
+	var warns []string
+	for key, p := range pods {
+		if !nodes[p.Spec.NodeName] || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		sa := p.Spec.ServiceAccountName
+		if sa == "" {
+			sa = "default"
+		}
+		if !api.ValidName(p.Namespace) || !api.ValidName(sa) {
+			warns = append(warns, fmt.Sprintf("pod %s: namespace or service account %q is not a DNS label; the pod has no identity in the mesh", key, sa))
+			continue
+		}
+		ips := map[string]bool{}
+		if p.Status.PodIP != "" {
+			ips[p.Status.PodIP] = true
+		}
+		for _, ip := range p.Status.PodIPs {
+			ips[ip.IP] = true
+		}
+		for ip := range ips {
+			a, err := netip.ParseAddr(ip)
+			if err != nil {
+				warns = append(warns, fmt.Sprintf("pod %s: address %q is not an IP address; skipped", key, ip))
+				continue
+			}
+			out[p.Spec.NodeName] = append(out[p.Spec.NodeName], api.PodIdentity{Address: a.Unmap().String(), Namespace: p.Namespace, ServiceAccount: sa})
+		}
+	}
+	for node, l := range out {
+		slices.SortFunc(l, func(a, b api.PodIdentity) int {
+			return cmp.Or(strings.Compare(a.Address, b.Address), strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.ServiceAccount, b.ServiceAccount))
+		})
+		if len(l) > api.MaxNodePods {
+			warns = append(warns, fmt.Sprintf("node %s: %d pods, at most %d have an identity in the mesh", node, len(l), api.MaxNodePods))
+			l = l[:api.MaxNodePods]
+		}
+		out[node] = l
+	}
+	return out, warns
 }
