@@ -180,13 +180,13 @@ func TestRegionAuditChainsGoUp(t *testing.T) {
 	}
 	sameChain(t, "east's own chain at the global plane", heldRecords(t, g, "control-east"), own)
 	verifyAt(t, g, "control-east", uint64(len(own)), false)
-	// Bounded batches: at most 4 records each. The region counts a batch
-	// when its ack is back, after the global plane holds it: wait for that.
-	testenv.WaitFor(t, 10*time.Second, "east to count the batches acked", func() bool {
-		return east.mAuditUpRecords.Get() >= uint64(len(recs)+len(own))
-	})
-	if b, r := east.mAuditUp.Get(), east.mAuditUpRecords.Get(); b == 0 || r > 4*b || r < uint64(len(recs)+len(own)) {
-		t.Fatalf("%d records sent in %d batches; want at most 4 a batch, at least %d records", r, b, len(recs)+len(own))
+	// Bounded batches: at most 4 records each. A batch counts when its ack
+	// is back; one the global plane applied just before the cut, whose ack
+	// the cut lost, is not counted (the region learns on the next link that
+	// it is held there and does not send it again), so the count may stay
+	// below the records held: only the bound per batch is checked.
+	if b, r := east.mAuditUp.Get(), east.mAuditUpRecords.Get(); b == 0 || r > 4*b {
+		t.Fatalf("%d records sent in %d batches; want at most 4 a batch", r, b)
 	}
 	for _, c := range east.Upstream().Audit {
 		if c.Error != "" {
