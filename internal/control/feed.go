@@ -65,18 +65,32 @@ type feed struct {
 	pushHist *metrics.Histogram // commit to written at every stream woken (push.go); nil: not measured
 }
 
-// feedSub is one stream's wake-up: a token in ch means "look again".
+// feedSub is one stream's wake-up: a token in ch means "look again";
+// with notify set (an agent stream's sender), notify is called instead, with
+// feed.mu held, so it must not block nor call the feed.
 type feedSub struct {
-	f     syncproto.Filter
-	ch    chan struct{}
-	nodes map[string]bool // scoped: the nodes it holds (under feed.mu)
-	owed  []*pushBatch    // batches it was woken for and has not written yet (under feed.mu)
+	f      syncproto.Filter
+	ch     chan struct{}
+	notify func()
+	nodes  map[string]bool // scoped: the nodes it holds (under feed.mu)
+	owed   []*pushBatch    // batches it was woken for and has not written yet (under feed.mu)
 }
 
 // subscribe registers a stream's filter; it is woken (sub.ch) after the
 // commits that may concern it.
 func (f *feed) subscribe(fl syncproto.Filter) *feedSub {
-	sub := &feedSub{f: fl, ch: make(chan struct{}, 1)}
+	return f.register(&feedSub{f: fl, ch: make(chan struct{}, 1)})
+}
+
+// subscribeNotify is subscribe for a subscriber woken by a call of notify
+// rather than on a channel it waits on (sender.go: no goroutine per stream
+// waits for commits).
+func (f *feed) subscribeNotify(fl syncproto.Filter, notify func()) *feedSub {
+	return f.register(&feedSub{f: fl, notify: notify})
+}
+
+func (f *feed) register(sub *feedSub) *feedSub {
+	fl := sub.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.subsAll == nil {
@@ -174,6 +188,10 @@ func (f *feed) holdNodes(sub *feedSub, add, drop []string) {
 }
 
 func (sub *feedSub) wake() {
+	if sub.notify != nil {
+		sub.notify()
+		return
+	}
 	select {
 	case sub.ch <- struct{}{}:
 	default:

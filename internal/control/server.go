@@ -262,7 +262,10 @@ type Server struct {
 	// witness is when a peer's heartbeat last showed traffic from a node
 	// (expiry.go).
 	witness map[string]time.Time
-	expiry  expiryMetrics // the rule's figures in /metrics (expiry.go)
+	// trustStreams are the agent streams that take the trust message
+	// (sender.go).
+	trustStreams trustStreams
+	expiry       expiryMetrics // the rule's figures in /metrics (expiry.go)
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once

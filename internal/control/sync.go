@@ -36,6 +36,13 @@ func (s *Server) acceptSync(ctx context.Context) error {
 		defer s.wg.Done()
 		fd.run(ctx)
 	}()
+	if s.sec != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watchTrust(ctx)
+		}()
+	}
 	for {
 		c, err := s.syncLn.Accept()
 		if err != nil {
@@ -140,19 +147,14 @@ type stream struct {
 	mu sync.Mutex // serialises the machine's steps and the writes of their frames
 	sm *syncproto.Control
 
-	sub chan syncproto.Subscribed // the subscription, handed to the sender
-	// pending holds the scope entries of later subscribes
-	// (FeatureScopeAdd), oldest first, for the sender to answer; addSig
-	// tells it there are some. A slice rather than a buffered channel:
-	// a channel of maxPendingAdds slots cost 1.5 KiB on every stream
-	// (15 MB at 10,000 agents), and most streams never widen.
-	addMu   sync.Mutex
-	pending [][]string
-	addSig  chan struct{}
+	// The sender (sender.go) has no goroutine of its own while it has
+	// nothing to send: it is kicked by what gives it work and a goroutine
+	// runs only while it sends. snd guards its bookkeeping and what the
+	// reader hands it (the subscription, later subscribes).
+	snd sender
 
 	// trust: the agent takes trust messages; the sender sends them (now
-	// and after every change) besides updates, so a stream costs two
-	// goroutines (reader, sender), not three.
+	// and after every change) besides updates.
 	trust bool
 }
 
@@ -224,8 +226,7 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 		site, node, _ := identity.ParseNodeID(peer)
 		pn = &syncproto.PeerNode{Site: site, Node: node}
 	}
-	st := &stream{s: s, c: c, sm: syncproto.NewControl(pn, s.cfg.HeartbeatInterval), sub: make(chan syncproto.Subscribed, 1),
-		addSig: make(chan struct{}, 1)}
+	st := &stream{s: s, c: c, sm: syncproto.NewControl(pn, s.cfg.HeartbeatInterval)}
 	// A small read buffer: agents' frames are mostly heartbeats and acks,
 	// longer ones are read past it, and there is one per agent.
 	r := wire.NewReaderSize(c, streamReadBuffer)
@@ -319,9 +320,8 @@ func (s *Server) runStream(ctx context.Context, st *stream, r *wire.Reader, peer
 	c := st.c
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	senderDone := make(chan error, 1)
-	go st.runSender(ctx, senderDone)
-	defer func() { cancel(); c.Close(); <-senderDone }()
+	st.startSender(ctx)
+	defer func() { cancel(); c.Close(); st.stopSender() }()
 
 	readTimeout := st.sm.ReadTimeout()
 	for {
@@ -355,17 +355,6 @@ func (st *stream) received(m *wire.Message, peer spiffeid.ID) error {
 	return err
 }
 
-// runSender runs sendLoop and reports how it ended on done.
-func (st *stream) runSender(ctx context.Context, done chan<- error) {
-	err := st.sendLoop(ctx)
-	if err != nil {
-		// A stream that can no longer send updates must not look alive.
-		st.s.log.Error("control: cannot send updates, closing stream", "node", st.node, "err", err)
-		st.c.Close()
-	}
-	done <- err
-}
-
 // count records the counters the machine's effects name.
 func (st *stream) count(e syncproto.Effect) {
 	switch e.(type) {
@@ -384,25 +373,25 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 	s := st.s
 	switch e := e.(type) {
 	case syncproto.Subscribed:
-		st.sub <- e // the machine allows one subscribe per stream, and sub holds one
+		st.snd.mu.Lock()
+		st.snd.subscription = &e // the machine allows one subscribe per stream
+		st.snd.mu.Unlock()
+		st.kick()
 	case syncproto.ScopeAdd:
-		st.addMu.Lock()
+		st.snd.mu.Lock()
 		n := len(e.Services)
-		for _, p := range st.pending {
+		for _, p := range st.snd.pending {
 			n += len(p)
 		}
-		full := len(st.pending) >= maxPendingAdds || n > syncproto.MaxScopeServices
+		full := len(st.snd.pending) >= maxPendingAdds || n > syncproto.MaxScopeServices
 		if !full {
-			st.pending = append(st.pending, e.Services)
+			st.snd.pending = append(st.snd.pending, e.Services)
 		}
-		st.addMu.Unlock()
+		st.snd.mu.Unlock()
 		if full {
 			return fmt.Errorf("node %s: more than %d scope additions or %d entries waiting", st.node, maxPendingAdds, syncproto.MaxScopeServices)
 		}
-		select {
-		case st.addSig <- struct{}{}:
-		default: // signalled already
-		}
+		st.kick()
 	case syncproto.Acked:
 		s.mu.Lock()
 		s.liveLocked(st.node).acked = e.Version
@@ -501,104 +490,13 @@ func (u *update) addRemoved(e *feedEntry) {
 	u.rem = append(u.rem, e.refEnc)
 }
 
-// sendLoop waits for the subscription, sends the first update (snapshot or
-// delta since the subscriber's version), then a delta after every commit,
-// taken from the shared feed. A stream that is behind (busy writing) gets
-// one delta covering every commit since its version.
-//
-// It also sends the trust message, if the agent takes it, at once and
-// after every change.
-func (st *stream) sendLoop(ctx context.Context) error {
-	// The waiting frames are kept small (the work is in sendOnce, the
-	// setup in startSending): a stack is halved only while under a
-	// quarter of it is in use, and there is one sender per agent.
-	tr := trustSender{st: st}
-	if st.trust {
-		if err := tr.send(); err != nil {
-			return err
-		}
-	}
-	sub, err := st.awaitSubscription(ctx, &tr)
-	if sub == nil {
-		return err
-	}
-	ss := st.startSending(ctx, sub)
-	if ss == nil {
-		return nil
-	}
-	defer ss.fd.unsubscribe(ss.sub)
-	// A scoped stream is woken only for its scope; a timer tells it, at
-	// most every emptyEvery, the version it was not told meanwhile.
-	var timer *time.Timer
-	if ss.f.Scoped() {
-		timer = time.NewTimer(emptyEvery)
-		defer timer.Stop()
-	}
-	for {
-		again, err := st.sendOnce(ss)
-		if err != nil {
-			return err
-		}
-		if again {
-			// A busy feed must not hold back what the select below
-			// serves: a later subscribe's answer (a DNS query waits for
-			// it) and a trust change.
-			if err := st.pollSide(ss, &tr); err != nil {
-				return err
-			}
-			continue
-		}
-		var fire <-chan time.Time
-		if timer != nil {
-			next := time.Until(ss.lastSent.Add(emptyEvery))
-			if next <= 0 { // nothing held back: look again in a while
-				next = emptyEvery
-			}
-			timer.Reset(next)
-			fire = timer.C
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ss.sub.ch:
-		case <-fire:
-		case <-tr.ch:
-			if err := tr.send(); err != nil {
-				return err
-			}
-		case <-st.addSig:
-			if err := st.answerAdds(ss); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-// pollSide sends what the sender's select would, without waiting: the
-// answers to later subscribes and a changed trust message.
-func (st *stream) pollSide(ss *sendState, tr *trustSender) error {
-	select {
-	case <-st.addSig:
-		if err := st.answerAdds(ss); err != nil {
-			return err
-		}
-	default:
-	}
-	select {
-	case <-tr.ch:
-		return tr.send()
-	default:
-	}
-	return nil
-}
-
 // answerAdds answers the later subscribes waiting, each at once, even when
 // nothing enters: the agent holds a DNS query until it knows.
 func (st *stream) answerAdds(ss *sendState) error {
-	st.addMu.Lock()
-	adds := st.pending
-	st.pending = nil
-	st.addMu.Unlock()
+	st.snd.mu.Lock()
+	adds := st.snd.pending
+	st.snd.pending = nil
+	st.snd.mu.Unlock()
 	for _, add := range adds {
 		u := ss.widen(ss.fd, add, ss.scanned)
 		if err := st.writeUpdate(u); err != nil {
@@ -664,39 +562,10 @@ func (ss *sendState) widen(fd *feed, entries []string, rev uint64) *update {
 	return u
 }
 
-// trustSender sends the trust message; ch is closed when it changes (nil
-// until sent: no trust messages).
-type trustSender struct {
-	st *stream
-	ch <-chan struct{}
-}
-
-func (tr *trustSender) send() error {
-	t, watch := tr.st.s.sec.currentTrust()
-	tr.ch = watch
-	return tr.st.write(&wire.Message{Type: wire.TypeTrust, Trust: t})
-}
-
-// awaitSubscription waits for the subscription, sending trust changes
-// meanwhile; nil when the stream ends first.
-func (st *stream) awaitSubscription(ctx context.Context, tr *trustSender) (*syncproto.Subscribed, error) {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, nil
-		case <-tr.ch:
-			if err := tr.send(); err != nil {
-				return nil, err
-			}
-		case sub := <-st.sub:
-			return &sub, nil
-		}
-	}
-}
-
-// startSending registers the subscription with the feed and waits until
-// the feed holds what the welcome named; nil when the stream ends first.
-func (st *stream) startSending(ctx context.Context, sub *syncproto.Subscribed) *sendState {
+// startSending registers the subscription with the feed, whose commits
+// then kick the sender; it sends once the feed holds what the welcome
+// named (sender.step).
+func (st *stream) startSending(sub *syncproto.Subscribed) *sendState {
 	s := st.s
 	fd := s.reg.feed()
 	ss := newSendState(sub.Filter, st.node, s.st.ID())
@@ -728,13 +597,7 @@ func (st *stream) startSending(ctx context.Context, sub *syncproto.Subscribed) *
 		s.mu.Unlock()
 	}
 	// Register before the first look, so no commit after it is missed.
-	ss.sub = fd.subscribe(ss.f)
-	// The first update holds at least what the welcome said is committed
-	// (the feed follows the store a moment behind).
-	if err := fd.waitFor(ctx, st.welcome); err != nil {
-		fd.unsubscribe(ss.sub)
-		return nil
-	}
+	ss.sub = fd.subscribeNotify(ss.f, st.kick)
 	return ss
 }
 
