@@ -367,6 +367,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.cancel, a.runCtx = cancel, ctx
 	a.reconcileListenersLocked(a.view.Load())
+	a.syncCaptureLocked(a.view.Load()) // its UDP sockets need runCtx
 	a.serving.Store(true)
 	for _, ws := range a.workloads {
 		a.startCheckLocked(ctx, ws)

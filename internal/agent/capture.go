@@ -86,6 +86,9 @@ type captureState struct {
 	rules  *capture.Rules
 	status CaptureStatus
 	note6  string // why IPv6 ClusterIPs are not captured ("" when they are)
+	// udp are the sockets of the captured UDP ClusterIP:ports, one each
+	// (the map of the rules sends each to its own port).
+	udp map[netip.AddrPort]*udpPort
 }
 
 // initCapture installs the rules and binds the listener (New). In auto
@@ -156,12 +159,68 @@ func (a *Agent) syncCaptureLocked(v *view) {
 		a.log.Error("agent: capture rules not updated", "err", err)
 		return
 	}
-	a.capture.status.Destinations = len(dests) - len(skipped)
+	udpPorts := a.syncCaptureUDPLocked(v)
+	skippedUDP, err := a.capture.rules.SyncUDP(udpPorts)
+	if err != nil {
+		a.m.listenErrors.Inc()
+		a.log.Error("agent: capture rules (udp) not updated", "err", err)
+		return
+	}
+	skipped = append(skipped, skippedUDP...)
+	a.capture.status.Destinations = len(dests) + len(udpPorts) - len(skipped)
 	a.capture.status.Note = a.capture.note6
 	if len(skipped) > 0 {
 		slices.SortFunc(skipped, netip.AddrPort.Compare)
 		a.capture.status.Note = fmt.Sprintf("IPv6 ClusterIPs are not captured (%d, e.g. %s: no IPv6 listener): use the virtual IPs", len(skipped), skipped[0])
 	}
+}
+
+// syncCaptureUDPLocked binds a socket for every captured UDP
+// ClusterIP:port of v (on the capture listener's address, IPv6 ones on the
+// IPv6 listener's: none without it), closes those no longer there, and
+// returns the ports the rules redirect each to. A datagram on such a
+// socket is one to the service's VIP:port, from the same client: it goes
+// through the UDP flow code of the virtual IPs (udp.go), and the replies
+// leave from the address the datagram came to.
+func (a *Agent) syncCaptureUDPLocked(v *view) map[netip.AddrPort]uint16 {
+	if a.capture.udp == nil {
+		a.capture.udp = map[netip.AddrPort]*udpPort{}
+	}
+	for d, p := range a.capture.udp {
+		if vip, ok := v.udpClusterIP[d]; !ok || vip != p.ap {
+			p.close()
+			delete(a.capture.udp, d)
+		}
+	}
+	ports := map[netip.AddrPort]uint16{}
+	for d, vip := range v.udpClusterIP {
+		if p := a.capture.udp[d]; p != nil {
+			ports[d] = uint16(p.conn.LocalAddr().(*net.UDPAddr).Port)
+			continue
+		}
+		network, ln := "udp4", a.capture.ln
+		if d.Addr().Is6() {
+			network, ln = "udp6", a.capture.ln6
+		}
+		if ln == nil || a.runCtx == nil {
+			continue // no IPv6 capture; or not running yet (start syncs again)
+		}
+		host, _, _ := net.SplitHostPort(ln.Addr().String())
+		pc, err := capture.ListenPkt(a.runCtx, network, net.JoinHostPort(host, "0"))
+		if err != nil {
+			a.m.listenErrors.Inc()
+			a.log.Error("agent: capture: udp socket", "clusterIP", d, "err", err)
+			continue
+		}
+		p := &udpPort{a: a, ap: vip, conn: pc.UDPConn, pkt: pc, lim: a.cfg.UDP.withDefaults(), flows: map[netip.AddrPort]*udpFlow{}}
+		p.ctx, p.cancel = context.WithCancel(a.runCtx)
+		a.capture.udp[d] = p
+		a.udpm()
+		a.wg.Add(1)
+		go p.readLoop()
+		ports[d] = uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	}
+	return ports
 }
 
 // CaptureStatus returns the state of transparent capture.
@@ -233,5 +292,9 @@ func (a *Agent) closeCapture() {
 	}
 	a.mu.Lock()
 	a.capture.status.Active = false
+	for d, p := range a.capture.udp {
+		p.close()
+		delete(a.capture.udp, d)
+	}
 	a.mu.Unlock()
 }

@@ -123,6 +123,24 @@ func newCaptureNode(t *testing.T, octet int, mode string) *captureNode {
 			}()
 		}
 	}()
+	// A UDP workload: answers each datagram with "workload got DATA".
+	uw, err := ns.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	udone := make(chan struct{})
+	t.Cleanup(func() { uw.Close(); <-udone })
+	go func() {
+		defer close(udone)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := uw.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			uw.WriteTo(append([]byte("workload got "), buf[:n]...), from)
+		}
+	}()
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "state")
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
@@ -131,8 +149,12 @@ func newCaptureNode(t *testing.T, octet int, mode string) *captureNode {
 	svc := &api.Service{APIVersion: api.APIVersion, Kind: api.KindService, Meta: api.Meta{Name: "web", Namespace: "demo"},
 		Spec:   api.ServiceSpec{Ports: []api.ServicePort{{Name: "tcp", Port: 80, Protocol: "tcp"}}, ClusterIPs: []string{"10.96.0.10", "fd00::10"}},
 		Status: api.ServiceStatus{VIPIndex: 7}}
+	dns := &api.Service{APIVersion: api.APIVersion, Kind: api.KindService, Meta: api.Meta{Name: "dns", Namespace: "demo"},
+		Spec:   api.ServiceSpec{Ports: []api.ServicePort{{Name: "dns", Port: 53, Protocol: "udp"}}, ClusterIPs: []string{captureUDPClusterIP}},
+		Status: api.ServiceStatus{VIPIndex: 8}}
 	res := newResources()
 	res.put(svc)
+	res.put(dns)
 	c, err := res.toConfig("store", 1)
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +170,9 @@ func newCaptureNode(t *testing.T, octet int, mode string) *captureNode {
 		Insecure: true, WorkloadAPISocket: "off", PunchAddr: "off",
 		Capture: CaptureConfig{Mode: mode, Addr: "0.0.0.0:0", Addr6: "[::]:0"},
 		Workloads: []Workload{{Name: "web-1", Service: "web", Namespace: "demo", Address: "127.0.0.1",
-			Ports: []api.EndpointPort{{Name: "tcp", Port: wlPort}}}},
+			Ports: []api.EndpointPort{{Name: "tcp", Port: wlPort}}},
+			{Name: "dns-1", Service: "dns", Namespace: "demo", Address: "127.0.0.1",
+				Ports: []api.EndpointPort{{Name: "dns", Port: uw.LocalAddr().(*net.UDPAddr).Port}}, Check: Check{Type: "none"}}},
 	}
 	b, err := json.Marshal(cfg)
 	if err != nil {
@@ -245,6 +269,26 @@ func (n *captureNode) call(addr string) (string, error) {
 	return strings.TrimSuffix(line, "\n"), err
 }
 
+// callUDP sends "hello" from inside the namespace over a connected UDP
+// socket (it takes replies from addr only) and returns the reply.
+func (n *captureNode) callUDP(addr string) (string, error) {
+	c, err := n.ns.DialContext(context.Background(), "udp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte("hello")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 2048)
+	k, err := c.Read(buf)
+	return string(buf[:k]), err
+}
+
+// captureUDPClusterIP is the ClusterIP of the UDP service of a capture node.
+const captureUDPClusterIP = "10.96.0.20"
+
 // getJSON reads the agent's local API from inside the namespace.
 func (n *captureNode) getJSON(t *testing.T, p *agentProc, path string, v any) {
 	t.Helper()
@@ -286,14 +330,22 @@ func TestCaptureClusterIP(t *testing.T) {
 			t.Fatalf("call ClusterIP %s: %q, %v", ip, got, err)
 		}
 	}
+	// UDP: the datagram reaches the workload through the agent, and the
+	// reply comes back from the ClusterIP (the client's socket is
+	// connected to it).
+	if got, err := n.callUDP(captureUDPClusterIP + ":53"); err != nil || got != "workload got hello" {
+		t.Fatalf("udp to ClusterIP %s:53: %q, %v", captureUDPClusterIP, got, err)
+	}
 	var st struct{ Capture CaptureStatus }
 	n.getJSON(t, p, "/v1/status", &st)
-	if !st.Capture.Active || st.Capture.Destinations != 2 || st.Capture.Note != "" {
+	if !st.Capture.Active || st.Capture.Destinations != 3 || st.Capture.Note != "" {
 		t.Errorf("status capture: %+v", st.Capture)
 	}
 	var routes []RouteStatus
 	n.getJSON(t, p, "/v1/routes", &routes)
-	if len(routes) != 1 || !routes[0].Captured || !slices.Equal(routes[0].ClusterIPs, []string{"10.96.0.10", "fd00::10"}) {
+	slices.SortFunc(routes, func(a, b RouteStatus) int { return strings.Compare(a.Service, b.Service) })
+	if len(routes) != 2 || !routes[1].Captured || !slices.Equal(routes[1].ClusterIPs, []string{"10.96.0.10", "fd00::10"}) ||
+		!routes[0].Captured || !slices.Equal(routes[0].ClusterIPs, []string{captureUDPClusterIP}) {
 		t.Errorf("routes: %+v", routes)
 	}
 	p.stop(t)
@@ -331,8 +383,8 @@ func TestCaptureClusterIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ch := range chains {
-		if rules, err := conn.GetRules(ch.Table, ch); err != nil || len(rules) != 2 {
-			t.Errorf("chain %s: %d rules (%v), want 2 (IPv4, IPv6)", ch.Name, len(rules), err)
+		if rules, err := conn.GetRules(ch.Table, ch); err != nil || len(rules) != 4 {
+			t.Errorf("chain %s: %d rules (%v), want 4 (TCP and UDP, IPv4 and IPv6)", ch.Name, len(rules), err)
 		}
 	}
 	if len(chains) != 2 {
@@ -379,7 +431,7 @@ func TestCaptureFallsBack(t *testing.T) {
 	}
 	var routes []RouteStatus
 	n.getJSON(t, p, "/v1/routes", &routes)
-	if len(routes) != 1 || routes[0].Captured || len(routes[0].ClusterIPs) != 2 {
+	if len(routes) != 2 || routes[0].Captured || routes[1].Captured || len(routes[0].ClusterIPs)+len(routes[1].ClusterIPs) != 3 {
 		t.Errorf("routes (describe's source): %+v, want the ClusterIPs listed as not captured", routes)
 	}
 	if got, err := n.call("127.21.0.7:80"); err != nil || got != "workload got hello" {

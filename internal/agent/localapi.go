@@ -224,6 +224,9 @@ func (a *Agent) Routes() []RouteStatus {
 			rs.ClusterIPs = append(rs.ClusterIPs, ip.String())
 			for _, p := range sv.svc.Spec.Ports {
 				_, ok := v.byClusterIP[netip.AddrPortFrom(ip, uint16(p.Port))]
+				if p.Protocol == "udp" {
+					_, ok = v.udpClusterIP[netip.AddrPortFrom(ip, uint16(p.Port))]
+				}
 				rs.Captured = rs.Captured || capturing && ok && (ip.Is4() || a.capture.ln6 != nil)
 			}
 		}

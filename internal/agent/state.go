@@ -199,8 +199,9 @@ type view struct {
 	services map[string]*serviceView // ns/name
 	byVIP    map[netip.AddrPort]listenTarget
 	// byClusterIP maps each captured ClusterIP:port (TCP ports of services
-	// with a virtual IP) to the VIP:port of byVIP it stands for.
-	byClusterIP map[netip.AddrPort]netip.AddrPort
+	// with a virtual IP) to the VIP:port of byVIP it stands for;
+	// udpClusterIP the same for UDP ports.
+	byClusterIP, udpClusterIP map[netip.AddrPort]netip.AddrPort
 	// authz is the compiled AuthorizationPolicies (nil: none, allow all).
 	authz *authz.Engine
 	// authzInvalid: the policies that did not compile and fail closed
@@ -289,7 +290,7 @@ type endpointView struct {
 // on its own workloads, also while offline).
 func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 netip.Prefix, td string) *view {
 	v := &view{services: map[string]*serviceView{}, byVIP: map[netip.AddrPort]listenTarget{},
-		byClusterIP: map[netip.AddrPort]netip.AddrPort{}}
+		byClusterIP: map[netip.AddrPort]netip.AddrPort{}, udpClusterIP: map[netip.AddrPort]netip.AddrPort{}}
 	for key, s := range res.services {
 		sv := &serviceView{svc: s, limitKey: key}
 		// A headless service gets no virtual IP here, whatever index the
@@ -306,10 +307,12 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 				if sv.vip6.IsValid() {
 					v.byVIP[netip.AddrPortFrom(sv.vip6, uint16(p.Port))] = lt
 				}
-				if p.Protocol != "udp" {
-					for _, ip := range s.ClusterAddrs() {
-						v.byClusterIP[netip.AddrPortFrom(ip, uint16(p.Port))] = netip.AddrPortFrom(sv.vip4, uint16(p.Port))
-					}
+				captured := v.byClusterIP
+				if p.Protocol == "udp" {
+					captured = v.udpClusterIP
+				}
+				for _, ip := range s.ClusterAddrs() {
+					captured[netip.AddrPortFrom(ip, uint16(p.Port))] = netip.AddrPortFrom(sv.vip4, uint16(p.Port))
 				}
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"golang.org/x/sys/unix"
 
+	"github.com/fogmesh/fogmesh/internal/capture"
 	"github.com/fogmesh/fogmesh/internal/udpframe"
 )
 
@@ -163,6 +164,9 @@ type udpPort struct {
 
 	mu    sync.Mutex
 	flows map[netip.AddrPort]*udpFlow
+	// pkt, for a port of transparent capture (capture.go): conn learns
+	// the address each datagram came to, and flows reply from it.
+	pkt *capture.PktConn
 }
 
 // reconcileUDPLocked binds a UDP socket for every udp VIP:port of v and
@@ -246,7 +250,15 @@ func (p *udpPort) readLoop() {
 	m := &a.udpm().src
 	buf := make([]byte, p.lim.MaxDatagram+1) // one byte more: tells oversize
 	for {
-		n, client, err := p.conn.ReadFromUDPAddrPort(buf)
+		var n int
+		var client netip.AddrPort
+		var local netip.Addr
+		var err error
+		if p.pkt != nil {
+			n, client, local, err = p.pkt.ReadFromTo(buf)
+		} else {
+			n, client, err = p.conn.ReadFromUDPAddrPort(buf)
+		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || p.ctx.Err() != nil {
 				p.closeFlows()
@@ -271,7 +283,7 @@ func (p *udpPort) readLoop() {
 				m.drop("flow_limit")
 				continue
 			}
-			f = p.newFlowLocked(client)
+			f = p.newFlowLocked(client, local)
 		}
 		reason := f.enqueueLocked(buf[:n])
 		p.mu.Unlock()

@@ -35,6 +35,7 @@ import (
 type udpFlow struct {
 	p      *udpPort
 	client netip.AddrPort
+	local  netip.Addr // the address the client sent to (a capture port's)
 	ctx    context.Context
 	cancel context.CancelFunc
 	// q holds the datagrams to send; qBytes their size. Guarded for
@@ -67,8 +68,8 @@ func putDgram(b []byte) {
 }
 
 // newFlowLocked creates and starts the flow of client (p.mu held).
-func (p *udpPort) newFlowLocked(client netip.AddrPort) *udpFlow {
-	f := &udpFlow{p: p, client: client, q: make(chan []byte, p.lim.QueueDatagrams)}
+func (p *udpPort) newFlowLocked(client netip.AddrPort, local netip.Addr) *udpFlow {
+	f := &udpFlow{p: p, client: client, local: local, q: make(chan []byte, p.lim.QueueDatagrams)}
 	f.ctx, f.cancel = context.WithCancel(p.ctx)
 	f.touch()
 	p.flows[client] = f
@@ -446,7 +447,13 @@ func (f *udpFlow) downLoop(up upstream, sv *serviceView, ev *endpointView) error
 			a.connectOK(sv, ev)
 		}
 		f.touch()
-		if _, err := f.p.conn.WriteToUDPAddrPort(buf[:n], f.client); err != nil {
+		var werr error
+		if f.p.pkt != nil {
+			_, werr = f.p.pkt.WriteToFrom(buf[:n], f.client, f.local)
+		} else {
+			_, werr = f.p.conn.WriteToUDPAddrPort(buf[:n], f.client)
+		}
+		if werr != nil {
 			m.drop("send_error")
 			continue
 		}

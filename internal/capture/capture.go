@@ -8,18 +8,24 @@
 // Everything lives in one table the agent owns, inet fogmesh:
 //
 //	table inet fogmesh {
-//		set dst4 { type ipv4_addr . inet_service }   # ClusterIP . port
+//		set dst4 { type ipv4_addr . inet_service }   # ClusterIP . port (TCP)
 //		set dst6 { type ipv6_addr . inet_service }   # with Config.Port6
+//		map udp4 { type ipv4_addr . inet_service : inet_service }   # UDP: ClusterIP . port : the agent's port
+//		map udp6 { type ipv6_addr . inet_service : inet_service }   # with Config.Port6
 //		chain output     { type nat hook output     priority dstnat - 10; ... }
 //		chain prerouting { type nat hook prerouting priority dstnat - 10; ... }
 //	}
 //
-// Both chains hold a rule per family: a TCP packet whose destination
-// address and port are in dst4 (dst6) is redirected to the agent's capture
-// port for IPv4 (IPv6) (output: the node's own processes, to 127.0.0.1 or
-// ::1; prerouting: pods behind a bridge or veth, to the address of the
-// interface it came in on). The agent reads the
-// original destination back with SO_ORIGINAL_DST (OriginalDst).
+// Both chains hold a TCP and a UDP rule per family. A TCP packet whose
+// destination address and port are in dst4 (dst6) is redirected to the
+// agent's capture port for IPv4 (IPv6) (output: the node's own processes,
+// to 127.0.0.1 or ::1; prerouting: pods behind a bridge or veth, to the
+// address of the interface it came in on). The agent reads the original
+// destination back with SO_ORIGINAL_DST (OriginalDst). A UDP socket
+// cannot read it back, so a UDP packet is redirected to the port the map
+// names for its destination, one per captured ClusterIP:port, where the
+// agent holds a socket (PktConn) that replies from the address the
+// datagram came to, which conntrack maps back to the ClusterIP.
 //
 // # Living beside kube-proxy
 //
@@ -46,6 +52,7 @@ package capture
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -95,6 +102,9 @@ type Rules struct {
 	set6  *nftables.Set    // nil without Port6
 	dests []netip.AddrPort // in dst4 and dst6 now, sorted
 	gone  bool             // Remove was called
+	// UDP: maps of ClusterIP . port to the agent's port for it.
+	udp4, udp6 *nftables.Set // udp6 nil without Port6
+	udpDests   map[netip.AddrPort]uint16
 }
 
 // Install removes a leftover table of a previous run and installs the
@@ -126,6 +136,18 @@ func Install(cfg Config) (*Rules, error) {
 			return nil, fmt.Errorf("capture: install: set: %w", err)
 		}
 	}
+	r.udp4 = &nftables.Set{Table: r.table, Name: "udp4", Concatenation: true, IsMap: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService), DataType: nftables.TypeInetService}
+	if err := conn.AddSet(r.udp4, nil); err != nil {
+		return nil, fmt.Errorf("capture: install: map: %w", err)
+	}
+	if cfg.Port6 != 0 {
+		r.udp6 = &nftables.Set{Table: r.table, Name: "udp6", Concatenation: true, IsMap: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService), DataType: nftables.TypeInetService}
+		if err := conn.AddSet(r.udp6, nil); err != nil {
+			return nil, fmt.Errorf("capture: install: map: %w", err)
+		}
+	}
 	prio := nftables.ChainPriority(Priority)
 	for _, hook := range []*nftables.ChainHook{nftables.ChainHookOutput, nftables.ChainHookPrerouting} {
 		name := "output"
@@ -137,6 +159,10 @@ func Install(cfg Config) (*Rules, error) {
 		conn.AddRule(&nftables.Rule{Table: r.table, Chain: ch, Exprs: redirect(unix.NFPROTO_IPV4, r.set4, cfg.Port)})
 		if r.set6 != nil {
 			conn.AddRule(&nftables.Rule{Table: r.table, Chain: ch, Exprs: redirect(unix.NFPROTO_IPV6, r.set6, cfg.Port6)})
+		}
+		conn.AddRule(&nftables.Rule{Table: r.table, Chain: ch, Exprs: redirectUDP(unix.NFPROTO_IPV4, r.udp4)})
+		if r.udp6 != nil {
+			conn.AddRule(&nftables.Rule{Table: r.table, Chain: ch, Exprs: redirectUDP(unix.NFPROTO_IPV6, r.udp6)})
 		}
 	}
 	if err := conn.Flush(); err != nil {
@@ -169,6 +195,80 @@ func redirect(family byte, set *nftables.Set, port uint16) []expr.Any {
 		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
 		&expr.Redir{RegisterProtoMin: 1},
 	}
+}
+
+// redirectUDP is, for IPv4: meta nfproto ipv4 meta l4proto udp
+// redirect to : ip daddr . udp dport map @udp4 — each captured UDP
+// ClusterIP:port has a port of its own at the agent, since a redirected
+// datagram's original destination cannot be read back from a UDP socket.
+func redirectUDP(family byte, m *nftables.Set) []expr.Any {
+	daddr := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}
+	portReg := uint32(9)
+	if family == unix.NFPROTO_IPV6 {
+		daddr = &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}
+		portReg = 12
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{family}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		daddr,
+		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
+		&expr.Redir{RegisterProtoMin: 1},
+	}
+}
+
+// SyncUDP makes dests the captured UDP destinations, each redirected to
+// its port at the agent, replacing the maps' elements in one transaction.
+// Without Config.Port6, IPv6 destinations are skipped and returned.
+func (r *Rules) SyncUDP(dests map[netip.AddrPort]uint16) (skipped []netip.AddrPort, err error) {
+	keep := map[netip.AddrPort]uint16{}
+	for d, port := range dests {
+		d = netip.AddrPortFrom(d.Addr().Unmap(), d.Port())
+		if d.Addr().Is6() && r.udp6 == nil {
+			skipped = append(skipped, d)
+			continue
+		}
+		keep[d] = port
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gone {
+		return skipped, errors.New("capture: sync: rules removed")
+	}
+	if maps.Equal(keep, r.udpDests) {
+		return skipped, nil
+	}
+	var e4, e6 []nftables.SetElement
+	for d, port := range keep {
+		val := binaryutil.BigEndian.PutUint16(port)
+		if d.Addr().Is4() {
+			e4 = append(e4, nftables.SetElement{Key: key4(d), Val: val})
+		} else {
+			e6 = append(e6, nftables.SetElement{Key: key6(d), Val: val})
+		}
+	}
+	for _, s := range []struct {
+		set   *nftables.Set
+		elems []nftables.SetElement
+	}{{r.udp4, e4}, {r.udp6, e6}} {
+		if s.set == nil {
+			continue
+		}
+		r.conn.FlushSet(s.set)
+		if len(s.elems) > 0 {
+			if err := r.conn.SetAddElements(s.set, s.elems); err != nil {
+				return skipped, fmt.Errorf("capture: sync udp: %w", err)
+			}
+		}
+	}
+	if err := r.conn.Flush(); err != nil {
+		return skipped, fmt.Errorf("capture: sync %d udp destinations: %w", len(keep), err)
+	}
+	r.udpDests = keep
+	return skipped, nil
 }
 
 // Sync makes dests the captured destinations, replacing the sets'

@@ -147,8 +147,8 @@ func TestInstallReplacesLeftovers(t *testing.T) {
 	}
 	for _, ch := range chains {
 		rules, err := conn.GetRules(ch.Table, ch)
-		if err != nil || len(rules) != 1 {
-			t.Errorf("chain %s: %d rules (%v), want 1", ch.Name, len(rules), err)
+		if err != nil || len(rules) != 2 {
+			t.Errorf("chain %s: %d rules (%v), want 2 (TCP and UDP, IPv4)", ch.Name, len(rules), err)
 		}
 	}
 	if len(chains) != 2 {

@@ -1,0 +1,142 @@
+package capture_test
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/capture"
+	"github.com/fogmesh/fogmesh/internal/netlab"
+)
+
+// udpEcho serves a PktConn: it answers each datagram with "NAME to ADDR:
+// DATA" (ADDR: the local address the datagram came to), from that address.
+func udpEcho(t *testing.T, pc *capture.PktConn, name string) {
+	done := make(chan struct{})
+	t.Cleanup(func() { pc.Close(); <-done })
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, from, to, err := pc.ReadFromTo(buf)
+			if err != nil {
+				if ne, ok := err.(net.Error); ok && !ne.Timeout() || err == net.ErrClosed {
+					return
+				}
+				continue
+			}
+			pc.WriteToFrom([]byte(name+" to "+to.String()+": "+string(buf[:n])), from, to)
+		}
+	}()
+}
+
+// udpCall sends msg to addr from inside ns over a connected UDP socket (it
+// takes replies from addr only, as a DNS client does) and returns the reply.
+func udpCall(t *testing.T, ns *netlab.Netns, addr, msg string) (string, error) {
+	t.Helper()
+	c, err := ns.DialContext(context.Background(), "udp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 2048)
+	n, err := c.Read(buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+// TestRedirectUDP: a UDP ClusterIP:port in the map reaches the agent's
+// socket for it, and the reply, sent from the address the datagram came
+// to, reaches the client as coming from the ClusterIP (conntrack maps it
+// back); each captured destination has its own socket; a destination taken
+// out of the map is no longer redirected.
+func TestRedirectUDP(t *testing.T) {
+	ns, fd, port := setup(t)
+	var dns, syslog *capture.PktConn
+	if err := ns.Do(func() (err error) {
+		if dns, err = capture.ListenPkt(context.Background(), "udp4", "0.0.0.0:0"); err != nil {
+			return err
+		}
+		syslog, err = capture.ListenPkt(context.Background(), "udp4", "0.0.0.0:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	udpEcho(t, dns, "dns")
+	udpEcho(t, syslog, "syslog")
+	r, err := capture.Install(capture.Config{Port: port, NetNSFd: fd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Remove() })
+	lport := func(pc *capture.PktConn) uint16 { return uint16(pc.LocalAddr().(*net.UDPAddr).Port) }
+	m := map[netip.AddrPort]uint16{
+		netip.MustParseAddrPort("10.96.0.10:53"):  lport(dns),
+		netip.MustParseAddrPort("10.96.0.11:514"): lport(syslog),
+		netip.MustParseAddrPort("[fd00::10]:53"):  lport(dns),
+	}
+	if skipped, err := r.SyncUDP(m); err != nil || len(skipped) != 1 {
+		t.Fatalf("SyncUDP: skipped %v, %v", skipped, err)
+	}
+	for addr, want := range map[string]string{"10.96.0.10:53": "dns to 127.0.0.1: q1", "10.96.0.11:514": "syslog to 127.0.0.1: q1"} {
+		if got, err := udpCall(t, ns, addr, "q1"); err != nil || got != want {
+			t.Errorf("udp %s: %q, %v; want %q", addr, got, err, want)
+		}
+	}
+	// The TCP set is another matter: a TCP connection to a UDP-only
+	// destination is not redirected (no listener answers at the ClusterIP).
+	if c, err := ns.DialContext(context.Background(), "tcp", "10.96.0.10:53"); err == nil {
+		c.Close()
+		t.Error("a TCP connection to a UDP ClusterIP:port was redirected")
+	}
+	// Out of the map: not redirected any more.
+	delete(m, netip.MustParseAddrPort("10.96.0.11:514"))
+	if _, err := r.SyncUDP(m); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := udpCall(t, ns, "10.96.0.11:514", "q2"); err == nil {
+		t.Errorf("udp to a destination taken out of the map answered %q", got)
+	}
+	if got, err := udpCall(t, ns, "10.96.0.10:53", "q3"); err != nil || got != "dns to 127.0.0.1: q3" {
+		t.Errorf("udp 10.96.0.10:53 after the sync: %q, %v", got, err)
+	}
+}
+
+// TestRedirectUDPFromPod: a pod's datagram to a UDP ClusterIP (prerouting)
+// arrives at the address of the node's interface it came in on, and the
+// reply from that address reaches the pod as coming from the ClusterIP.
+func TestRedirectUDPFromPod(t *testing.T) {
+	node, fd, port := setup(t)
+	pod := netlab.NewPod(t, node, "pod")
+	var pc *capture.PktConn
+	if err := node.Do(func() (err error) {
+		pc, err = capture.ListenPkt(context.Background(), "udp4", "0.0.0.0:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	udpEcho(t, pc, "dns")
+	r, err := capture.Install(capture.Config{Port: port, NetNSFd: fd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Remove() })
+	if _, err := r.SyncUDP(map[netip.AddrPort]uint16{netip.MustParseAddrPort("10.96.0.10:53"): uint16(pc.LocalAddr().(*net.UDPAddr).Port)}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := udpCall(t, pod, "10.96.0.10:53", "q")
+	if err != nil || len(got) < 4 || got[:7] != "dns to " || got[len(got)-3:] != ": q" {
+		t.Fatalf("udp from the pod: %q, %v", got, err)
+	}
+	if got == "dns to 127.0.0.1: q" {
+		t.Fatalf("a pod's datagram arrived at loopback: %q", got)
+	}
+}
