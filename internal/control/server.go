@@ -258,10 +258,7 @@ type Server struct {
 	// streams are open sync connections (with their node once known),
 	// closed on shutdown or when their node is revoked.
 	streams map[net.Conn]string
-	// handshakes bounds the sync port's TLS handshakes in progress
-	// (handshakeSync).
-	handshakes chan struct{}
-	loads      loadSum // the agents' endpoint loads summed (load.go)
+	loads   loadSum // the agents' endpoint loads summed (load.go)
 	// witness is when a peer's heartbeat last showed traffic from a node
 	// (expiry.go).
 	witness map[string]time.Time
@@ -310,10 +307,9 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, log: cfg.Logger, st: st,
 		reg: &registry{st: st, vipBase: netip.MustParsePrefix(cfg.VIPRange), owner: cfg.Region,
 			vipMin: cfg.VIPIndexMin, vipMax: cfg.VIPIndexMax},
-		live:       map[string]*liveNode{},
-		streams:    map[net.Conn]string{},
-		handshakes: make(chan struct{}, maxHandshakes),
-		started:    time.Now(),
+		live:    map[string]*liveNode{},
+		streams: map[net.Conn]string{},
+		started: time.Now(),
 	}
 	s.initMetrics()
 	if cfg.Mode == ModeRegional {

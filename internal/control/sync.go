@@ -86,9 +86,6 @@ func (s *Server) acceptSync(ctx context.Context) error {
 	}
 }
 
-// maxHandshakes bounds the sync port's TLS handshakes in progress.
-const maxHandshakes = 128
-
 // handshakeSync runs the TLS handshake of an accepted sync connection (in
 // secure mode) and serves the protocols that are not an agent's stream
 // (join, region, relay); agent is true when the connection is an agent
@@ -97,17 +94,7 @@ func (s *Server) handshakeSync(ctx context.Context, c net.Conn) (conn net.Conn, 
 	if s.sec == nil {
 		return c, peer, true
 	}
-	// At most maxHandshakes at once: the CPU does no more of them per
-	// second whatever their number, and each in progress holds buffers and
-	// a grown stack (a reconnect storm of 10,000 agents put the control
-	// plane's memory peak there). The others wait here, small, in turn.
-	select {
-	case s.handshakes <- struct{}{}:
-	case <-ctx.Done():
-		return nil, peer, false
-	}
 	tc, err := identity.ServerHandshake(ctx, c, s.sec.syncTLS, 10*time.Second)
-	<-s.handshakes
 	if err != nil {
 		reason := identity.HandshakeReason(err)
 		s.sec.tlsFailure(reason)
