@@ -250,21 +250,7 @@ func (r *Rules) SyncUDP(dests map[netip.AddrPort]uint16) (skipped []netip.AddrPo
 			e6 = append(e6, nftables.SetElement{Key: key6(d), Val: val})
 		}
 	}
-	for _, s := range []struct {
-		set   *nftables.Set
-		elems []nftables.SetElement
-	}{{r.udp4, e4}, {r.udp6, e6}} {
-		if s.set == nil {
-			continue
-		}
-		r.conn.FlushSet(s.set)
-		if len(s.elems) > 0 {
-			if err := r.conn.SetAddElements(s.set, s.elems); err != nil {
-				return skipped, fmt.Errorf("capture: sync udp: %w", err)
-			}
-		}
-	}
-	if err := r.conn.Flush(); err != nil {
+	if err := r.replaceLocked(setElems{r.udp4, e4}, setElems{r.udp6, e6}); err != nil {
 		return skipped, fmt.Errorf("capture: sync %d udp destinations: %w", len(keep), err)
 	}
 	r.udpDests = keep
@@ -302,25 +288,34 @@ func (r *Rules) Sync(dests []netip.AddrPort) (skipped []netip.AddrPort, err erro
 			e6 = append(e6, nftables.SetElement{Key: key6(d)})
 		}
 	}
-	for _, s := range []struct {
-		set   *nftables.Set
-		elems []nftables.SetElement
-	}{{r.set4, e4}, {r.set6, e6}} {
+	if err := r.replaceLocked(setElems{r.set4, e4}, setElems{r.set6, e6}); err != nil {
+		return skipped, fmt.Errorf("capture: sync %d destinations: %w", len(keep), err)
+	}
+	r.dests = keep
+	return skipped, nil
+}
+
+// setElems is a set (nil: not installed) and the elements it is to hold.
+type setElems struct {
+	set   *nftables.Set
+	elems []nftables.SetElement
+}
+
+// replaceLocked makes each set hold its elements, in one transaction.
+// r.mu is held.
+func (r *Rules) replaceLocked(sets ...setElems) error {
+	for _, s := range sets {
 		if s.set == nil {
 			continue
 		}
 		r.conn.FlushSet(s.set)
 		if len(s.elems) > 0 {
 			if err := r.conn.SetAddElements(s.set, s.elems); err != nil {
-				return skipped, fmt.Errorf("capture: sync: %w", err)
+				return err
 			}
 		}
 	}
-	if err := r.conn.Flush(); err != nil {
-		return skipped, fmt.Errorf("capture: sync %d destinations: %w", len(keep), err)
-	}
-	r.dests = keep
-	return skipped, nil
+	return r.conn.Flush()
 }
 
 // key4 is a dst4 element: the address, then the port padded to 4 bytes.

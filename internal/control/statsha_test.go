@@ -46,6 +46,8 @@ func TestReplicasShareStats(t *testing.T) {
 	bounds := []float64{0.001, 0.01}
 	t0 := time.Now()
 	var st *StatsResponse
+	beat := time.NewTicker(100 * time.Millisecond) // the simulated agent heartbeats
+	defer beat.Stop()
 	for i := range 100 {
 		n := uint64(i * 5)
 		ag.send(&wire.Message{Type: wire.TypeHeartbeat, Stats: &wire.StatsReport{At: t0.Add(time.Duration(i) * 100 * time.Millisecond).UnixMilli(),
@@ -59,7 +61,7 @@ func TestReplicasShareStats(t *testing.T) {
 		if i == 99 {
 			t.Fatalf("replica b never showed the rate of a's agent: %+v", st)
 		}
-		time.Sleep(100 * time.Millisecond) // the agent's heartbeat period here
+		<-beat.C // the agent's heartbeat period here
 	}
 	// 5 requests every 100 ms of the agent's clock.
 	if rps := st.Services[0].RPS; rps < 49 || rps > 51 || len(st.ReplicaErrors) != 0 {

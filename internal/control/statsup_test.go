@@ -121,6 +121,8 @@ func TestRegionStatsReachGlobal(t *testing.T) {
 	waitHeld(t, g, "Node/e1", "east", nil)
 	bounds := []float64{0.001, 0.01, 0.1}
 	t0 := time.Now()
+	beat := time.NewTicker(100 * time.Millisecond) // the simulated agent heartbeats
+	defer beat.Stop()
 	for i := range 40 {
 		n := uint64(i * 10)
 		a.send(&wire.Message{Type: wire.TypeHeartbeat, Stats: &wire.StatsReport{At: t0.Add(time.Duration(i) * 100 * time.Millisecond).UnixMilli(),
@@ -139,7 +141,7 @@ func TestRegionStatsReachGlobal(t *testing.T) {
 		if i == 39 {
 			t.Fatalf("the global plane never showed east's rate: %+v", st)
 		}
-		time.Sleep(100 * time.Millisecond) // the agent's heartbeat period here
+		<-beat.C // the agent's heartbeat period here
 	}
 	rep := wire.StatsReport{At: time.Now().UnixMilli(), Full: true}
 	if n := g.takeRegionStats("west", []wire.NodeStatsReport{{Node: "e1", Report: rep}}); n != 1 {
