@@ -710,7 +710,7 @@ func (s *Server) checkNodeSite(node, site string) (from string, err error) {
 // the node there. Joining in the new site deny-lists the old identity;
 // moving back to a site lifts that site's record, so certificates of it
 // issued before the first move are admitted again until they expire
-// (docs/security.md).
+// (README, "Moving a node to another site").
 func movedKey(site, node string) string { return keyRevoked + "moved:" + site + ":" + node }
 
 // renew answers a node's renewal on its mutually authenticated stream.
