@@ -166,7 +166,12 @@ func TestGrafanaDashboardMetrics(t *testing.T) {
 			}
 		}
 	}
-	testenv.WaitFor(t, 30*time.Second, "request metrics on every agent", func() bool {
+	// Client-side request metrics on every agent, and the destination
+	// side's on some agent (a request another node's agent sent it over
+	// the mesh): the first requests may all have gone to the local
+	// endpoint.
+	testenv.WaitFor(t, 30*time.Second, "request metrics on every agent, and a destination's", func() bool {
+		served := false
 		for _, a := range m.agents {
 			resp, err := http.Get("http://" + a.addrs["admin"] + "/metrics")
 			if err != nil {
@@ -177,8 +182,9 @@ func TestGrafanaDashboardMetrics(t *testing.T) {
 			if err != nil || !slices.ContainsFunc(ss, func(s promtext.Sample) bool { return s.Name == "fogmesh_http_requests_total" && s.Value > 0 }) {
 				return false
 			}
+			served = served || slices.ContainsFunc(ss, func(s promtext.Sample) bool { return s.Name == "fogmesh_http_server_requests_total" && s.Value > 0 })
 		}
-		return true
+		return served
 	})
 	close(stop)
 	wait()

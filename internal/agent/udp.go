@@ -313,3 +313,20 @@ func (a *Agent) udpClientIdentity(v *view, client netip.AddrPort) string {
 	}
 	return identityOf(v, client.Addr())
 }
+
+// dgramPool recycles the copies of small datagrams queued on flows.
+var dgramPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+func getDgram(p []byte) []byte {
+	if len(p) > 2048 {
+		return append([]byte(nil), p...)
+	}
+	b := dgramPool.Get().(*[]byte)
+	return append((*b)[:0], p...)
+}
+
+func putDgram(b []byte) {
+	if cap(b) == 2048 {
+		dgramPool.Put(&b)
+	}
+}

@@ -50,23 +50,6 @@ type udpFlow struct {
 	replies atomic.Int64
 }
 
-// dgramPool recycles the copies of small datagrams queued on flows.
-var dgramPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
-
-func getDgram(p []byte) []byte {
-	if len(p) > 2048 {
-		return append([]byte(nil), p...)
-	}
-	b := dgramPool.Get().(*[]byte)
-	return append((*b)[:0], p...)
-}
-
-func putDgram(b []byte) {
-	if cap(b) == 2048 {
-		dgramPool.Put(&b)
-	}
-}
-
 // newFlowLocked creates and starts the flow of client (p.mu held).
 func (p *udpPort) newFlowLocked(client netip.AddrPort, local netip.Addr) *udpFlow {
 	f := &udpFlow{p: p, client: client, local: local, q: make(chan []byte, p.lim.QueueDatagrams)}
