@@ -175,26 +175,10 @@ func Install(cfg Config) (*Rules, error) {
 // ip daddr . tcp dport @dst4 redirect to :port; for IPv6 the same with
 // ip6 daddr and @dst6.
 func redirect(family byte, set *nftables.Set, port uint16) []expr.Any {
-	// The concatenation's fields sit in consecutive 32-bit registers from
-	// NFT_REG32_00 (8, register 1's first word): an IPv4 address in 8 and
-	// the port in 9; an IPv6 address in 8 to 11 and the port in 12.
-	daddr := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}
-	portReg := uint32(9)
-	if family == unix.NFPROTO_IPV6 {
-		daddr = &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}
-		portReg = 12
-	}
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{family}},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-		daddr,
-		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+	return append(matchDst(family, unix.IPPROTO_TCP),
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
 		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
-		&expr.Redir{RegisterProtoMin: 1},
-	}
+		&expr.Redir{RegisterProtoMin: 1})
 }
 
 // redirectUDP is, for IPv4: meta nfproto ipv4 meta l4proto udp
@@ -202,6 +186,17 @@ func redirect(family byte, set *nftables.Set, port uint16) []expr.Any {
 // ClusterIP:port has a port of its own at the agent, since a redirected
 // datagram's original destination cannot be read back from a UDP socket.
 func redirectUDP(family byte, m *nftables.Set) []expr.Any {
+	return append(matchDst(family, unix.IPPROTO_UDP),
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
+		&expr.Redir{RegisterProtoMin: 1})
+}
+
+// matchDst matches family and l4proto and loads the destination address
+// and port as the key of a set or map of address . port. The
+// concatenation's fields sit in consecutive 32-bit registers from
+// NFT_REG32_00 (8, register 1's first word): an IPv4 address in 8 and the
+// port in 9; an IPv6 address in 8 to 11 and the port in 12.
+func matchDst(family, l4proto byte) []expr.Any {
 	daddr := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}
 	portReg := uint32(9)
 	if family == unix.NFPROTO_IPV6 {
@@ -212,11 +207,9 @@ func redirectUDP(family byte, m *nftables.Set) []expr.Any {
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{family}},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l4proto}},
 		daddr,
 		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
-		&expr.Redir{RegisterProtoMin: 1},
 	}
 }
 

@@ -2,14 +2,12 @@ package control
 
 import (
 	"encoding/json"
-	"net"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/testenv"
-	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // A node's pods (api.NodeSpec.Pods) come from the cluster only: an agent
@@ -25,17 +23,7 @@ func TestClusterPodsOnNodes(t *testing.T) {
 	}
 	forged := []api.PodIdentity{{Address: "10.0.0.9", Namespace: "bank", ServiceAccount: "teller"}}
 	register := func(node string) {
-		c, err := net.Dial("tcp", s.SyncAddr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		a := &agentConn{t: t, c: c, r: wire.NewReader(c)}
-		a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2}, Node: &api.Node{
-			Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: "shop-1", Region: "east", MeshAddress: "127.0.0.1:7072", Pods: forged}}})
-		if m := a.recv(); m.Type != wire.TypeWelcome {
-			t.Fatalf("%s: want welcome, got %+v", node, m)
-		}
+		dialAgentAs(t, s, &api.Node{Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: "shop-1", Region: "east", MeshAddress: "127.0.0.1:7072", Pods: forged}})
 	}
 	pods := func(node string) []api.PodIdentity {
 		kv, ok, _ := s.st.Get(api.KindNode + "/" + node)

@@ -57,14 +57,19 @@ type agentConn struct {
 
 func dialAgent(t *testing.T, s *Server, node string) *agentConn {
 	t.Helper()
+	return dialAgentAs(t, s, &api.Node{Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: "shop-1", Region: "east", MeshAddress: "127.0.0.1:7072"}})
+}
+
+// dialAgentAs is dialAgent registering n as it is.
+func dialAgentAs(t *testing.T, s *Server, n *api.Node) *agentConn {
+	t.Helper()
 	c, err := net.Dial("tcp", s.SyncAddr())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	a := &agentConn{t: t, c: c, r: wire.NewReader(c)}
-	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2}, Node: &api.Node{
-		Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: "shop-1", Region: "east", MeshAddress: "127.0.0.1:7072"}}})
+	a.send(&wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2}, Node: n})
 	if m := a.recv(); m.Type != wire.TypeWelcome {
 		t.Fatalf("want welcome, got %+v", m)
 	}
