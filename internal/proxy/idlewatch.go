@@ -23,6 +23,26 @@ func RelayIdle(ctx context.Context, a, b net.Conn, d time.Duration) (aToB, bToA 
 		return Relay(ctx, a, b)
 	}
 	a, b, w := idleConns(a, b, d)
+	return relayWatched(ctx, a, b, w)
+}
+
+// RelayIdleTCP is RelayIdle over a and b, which wrap the TCP connections ta
+// and tb (a wrapper that counts or hooks writes, say), with the idle time
+// read from ta and tb: bytes the kernel moves on ta and tb without passing
+// through a and b (a BPF redirect) count as activity too. Where the kernel
+// does not report idle times, it falls back to RelayIdle's wrappers.
+func RelayIdleTCP(ctx context.Context, a, b net.Conn, ta, tb *net.TCPConn, d time.Duration) (aToB, bToA int64, err error) {
+	if d <= 0 {
+		return Relay(ctx, a, b)
+	}
+	if _, err := tcpIdle(ta); err != nil {
+		return RelayIdle(ctx, a, b, d)
+	}
+	return relayWatched(ctx, a, b, &idleWatch{conns: [2]*net.TCPConn{ta, tb}, d: d})
+}
+
+// relayWatched is Relay with w (nil: none) ending an idle pair.
+func relayWatched(ctx context.Context, a, b net.Conn, w *idleWatch) (aToB, bToA int64, err error) {
 	if w == nil {
 		return Relay(ctx, a, b)
 	}

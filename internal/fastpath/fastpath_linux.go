@@ -1,0 +1,423 @@
+package fastpath
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/fogmesh/fogmesh/internal/proxy"
+)
+
+// Map sizes. A full sockhash or link map only means new pairs stay on the
+// userspace path.
+const (
+	maxPorts   = 4096
+	maxSockets = 65536
+)
+
+// FastPath is the loaded and attached BPF side. Its methods are safe for
+// concurrent use.
+type FastPath struct {
+	ports, sockhash, links, counts *ebpf.Map
+	sockOps, skMsg                 *ebpf.Program
+	cgLink                         link.Link
+	cgroup                         string
+
+	mu     sync.Mutex // guards the following
+	closed bool
+	eps    map[netip.AddrPort]int // registered endpoints: pairs using each
+}
+
+// Open loads the programs and attaches them: sock_ops to the cgroup v2
+// hierarchy at cgroupDir ("" finds the mounted one; with none mounted, one
+// is mounted at mountDir), sk_msg to the sockhash. It needs root (or
+// CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN) and a kernel with sockmap
+// (5.10 or later). Close detaches everything.
+func Open(cgroupDir, mountDir string) (*FastPath, error) {
+	if cgroupDir == "" {
+		var err error
+		if cgroupDir, err = cgroup2Dir(mountDir); err != nil {
+			return nil, err
+		}
+	}
+	_ = rlimit.RemoveMemlock() // kernels before 5.11 count BPF memory there
+	f := &FastPath{cgroup: cgroupDir, eps: map[netip.AddrPort]int{}}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+		}
+	}()
+	var err error
+	if f.ports, err = newMap("fm_ports", ebpf.Hash, 8, 4, maxPorts); err != nil {
+		return nil, err
+	}
+	if f.sockhash, err = newMap("fm_socks", ebpf.SockHash, tupleSize, 8, maxSockets); err != nil {
+		return nil, err
+	}
+	if f.links, err = newMap("fm_links", ebpf.Hash, tupleSize, linkSize, maxSockets); err != nil {
+		return nil, err
+	}
+	if f.counts, err = newMap("fm_counts", ebpf.LRUHash, tupleSize, 16, maxSockets); err != nil {
+		return nil, err
+	}
+	if f.skMsg, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "fm_sk_msg", Type: ebpf.SkMsg, License: "Apache-2.0",
+		Instructions: skMsgProgram(f.links.FD(), f.counts.FD(), f.sockhash.FD()),
+	}); err != nil {
+		return nil, fmt.Errorf("fastpath: load sk_msg program: %w", err)
+	}
+	if f.sockOps, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "fm_sock_ops", Type: ebpf.SockOps, License: "Apache-2.0",
+		Instructions: sockOpsProgram(f.ports.FD(), f.sockhash.FD(), f.counts.FD()),
+	}); err != nil {
+		return nil, fmt.Errorf("fastpath: load sock_ops program: %w", err)
+	}
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target: f.sockhash.FD(), Program: f.skMsg, Attach: ebpf.AttachSkMsgVerdict,
+	}); err != nil {
+		return nil, fmt.Errorf("fastpath: attach sk_msg to the sockhash: %w", err)
+	}
+	if f.cgLink, err = link.AttachCgroup(link.CgroupOptions{
+		Path: cgroupDir, Attach: ebpf.AttachCGroupSockOps, Program: f.sockOps,
+	}); err != nil {
+		return nil, fmt.Errorf("fastpath: attach sock_ops to cgroup %s: %w", cgroupDir, err)
+	}
+	ok = true
+	return f, nil
+}
+
+func newMap(name string, typ ebpf.MapType, key, value, max uint32) (*ebpf.Map, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: typ, KeySize: key, ValueSize: value, MaxEntries: max})
+	if err != nil {
+		return nil, fmt.Errorf("fastpath: create map %s: %w", name, err)
+	}
+	return m, nil
+}
+
+// Cgroup is the cgroup v2 directory the sock_ops program is attached to.
+func (f *FastPath) Cgroup() string { return f.cgroup }
+
+// Close detaches the programs and frees the maps; sockets in the sockhash
+// go back to the kernel's plain TCP. Pairs still relaying keep working on
+// the userspace path. Close is idempotent.
+func (f *FastPath) Close() error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil
+	}
+	f.closed = true
+	f.mu.Unlock()
+	if f.cgLink != nil {
+		f.cgLink.Close()
+	}
+	if f.skMsg != nil && f.sockhash != nil {
+		_ = link.RawDetachProgram(link.RawDetachProgramOptions{
+			Target: f.sockhash.FD(), Program: f.skMsg, Attach: ebpf.AttachSkMsgVerdict,
+		})
+	}
+	for _, c := range []interface{ Close() error }{f.sockOps, f.skMsg, f.ports, f.sockhash, f.links, f.counts} {
+		if c != nil && !isNilCloser(c) {
+			c.Close()
+		}
+	}
+	return nil
+}
+
+func isNilCloser(c interface{ Close() error }) bool {
+	switch v := c.(type) {
+	case *ebpf.Map:
+		return v == nil
+	case *ebpf.Program:
+		return v == nil
+	}
+	return false
+}
+
+// AddListener makes clients' connections to ap candidates for the fast path
+// (only connections opened after this call). IPv6 addresses are ignored.
+func (f *FastPath) AddListener(ap netip.AddrPort) error {
+	return f.setPort(ap, kindListener)
+}
+
+// RemoveListener undoes AddListener.
+func (f *FastPath) RemoveListener(ap netip.AddrPort) {
+	if k, ok := portKey(ap); ok {
+		_ = f.ports.Delete(k[:])
+	}
+}
+
+func (f *FastPath) setPort(ap netip.AddrPort, kind uint32) error {
+	k, ok := portKey(ap)
+	if !ok {
+		return nil
+	}
+	var v [4]byte
+	binary.NativeEndian.PutUint32(v[:], kind)
+	if err := f.ports.Put(k[:], v[:]); err != nil {
+		return fmt.Errorf("fastpath: register %s: %w", ap, err)
+	}
+	return nil
+}
+
+// PrepareEndpoint registers a local endpoint before the agent dials it, so
+// the endpoint's end of that connection is tracked. Call done when the
+// connection is over (the address stays registered while any pair uses it).
+func (f *FastPath) PrepareEndpoint(ap netip.AddrPort) (done func(), err error) {
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	if !ap.Addr().Is4() {
+		return func() {}, nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.eps[ap] == 0 {
+		if err := f.setPort(ap, kindEndpoint); err != nil {
+			return nil, err
+		}
+	}
+	f.eps[ap]++
+	return func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.eps[ap]--; f.eps[ap] == 0 {
+			delete(f.eps, ap)
+			if k, ok := portKey(ap); ok {
+				_ = f.ports.Delete(k[:])
+			}
+		}
+	}, nil
+}
+
+// Result is what Relay did.
+type Result struct {
+	ClientToUp, UpToClient             int64 // bytes relayed through the agent
+	Kernel                             bool  // the pair was linked in the kernel
+	KernelClientToUp, KernelUpToClient int64 // bytes the kernel sent past the agent
+}
+
+// Relay relays client (accepted from a local client on a listener given to
+// AddListener) and up (dialed to an endpoint given to PrepareEndpoint) as
+// proxy.RelayIdleTCP does, and links them in the kernel: once the agent has
+// forwarded every byte a side sent, that side's next sends leave from the
+// agent's socket toward the other side directly, never waking the agent.
+// sent is the number of the client's bytes already written to up (a
+// replayed prefix). When either far socket is not tracked (a client in
+// another network namespace or cgroup hierarchy, a remote endpoint, a
+// connection opened before the fast path), the pair stays on the
+// userspace path and Result.Kernel is false.
+func (f *FastPath) Relay(ctx context.Context, client, up *net.TCPConn, sent int64, idle time.Duration) (Result, error) {
+	p, ok := f.link(client, up, sent)
+	if !ok {
+		a, b, err := proxy.RelayIdle(ctx, client, up, idle)
+		return Result{ClientToUp: a, UpToClient: b}, err
+	}
+	defer p.unlink()
+	cw := &publishConn{Conn: client, f: f, key: p.e, peer: p.a1}
+	uw := &publishConn{Conn: up, f: f, key: p.c, peer: p.a2, n: sent}
+	a, b, err := proxy.RelayIdleTCP(ctx, cw, uw, client, up, idle)
+	r := Result{ClientToUp: a, UpToClient: b, Kernel: true}
+	r.KernelClientToUp, r.KernelUpToClient = p.redirected()
+	return r, err
+}
+
+// pair is one linked client/endpoint pair: the client's socket (c), the
+// agent's accepted socket (a1), the agent's socket to the endpoint (a2) and
+// the endpoint's (e).
+type pair struct {
+	f            *FastPath
+	c, a1, a2, e tuple
+}
+
+// link inserts the agent's sockets and links the far ones to them.
+func (f *FastPath) link(client, up *net.TCPConn, sent int64) (*pair, bool) {
+	a1, ok1 := tupleOf(client)
+	a2, ok2 := tupleOf(up)
+	if !ok1 || !ok2 {
+		return nil, false
+	}
+	p := &pair{f: f, a1: a1, c: a1.reverse(), a2: a2, e: a2.reverse()}
+	var cookie [8]byte
+	if f.sockhash.Lookup(p.c[:], cookie[:]) != nil || f.sockhash.Lookup(p.e[:], cookie[:]) != nil {
+		return nil, false // a far socket is not tracked
+	}
+	if putSocket(f.sockhash, p.a1, client) != nil || putSocket(f.sockhash, p.a2, up) != nil {
+		f.sockhash.Delete(p.a1[:])
+		return nil, false
+	}
+	if f.links.Put(p.c[:], linkValue(p.a2, uint64(sent))) != nil || f.links.Put(p.e[:], linkValue(p.a1, 0)) != nil {
+		p.unlink()
+		return nil, false
+	}
+	return p, true
+}
+
+// unlink ends the pair in the kernel: no send is redirected after it.
+func (p *pair) unlink() {
+	p.f.links.Delete(p.c[:])
+	p.f.links.Delete(p.e[:])
+	p.f.sockhash.Delete(p.a1[:])
+	p.f.sockhash.Delete(p.a2[:])
+}
+
+// redirected is the bytes the kernel sent past the agent from the client
+// and from the endpoint, and forgets the far sockets' counters.
+func (p *pair) redirected() (fromClient, fromEndpoint int64) {
+	var n [2]int64
+	for i, k := range []tuple{p.c, p.e} {
+		var v [16]byte
+		if p.f.counts.Lookup(k[:], v[:]) == nil {
+			n[i] = int64(binary.NativeEndian.Uint64(v[8:]))
+		}
+		p.f.counts.Delete(k[:])
+	}
+	return n[0], n[1]
+}
+
+// publishConn is an agent socket of a linked pair, without ReadFrom or
+// WriteTo so every write goes through Write: after each write it publishes
+// how many of the far socket key's bytes the agent has forwarded, which is
+// what lets the kernel take over once they are all through.
+type publishConn struct {
+	net.Conn
+	f         *FastPath
+	key, peer tuple // the far socket whose bytes this conn writes; the socket they go out of
+	n         int64
+}
+
+func (c *publishConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		c.n += int64(n)
+		if perr := c.f.links.Update(c.key[:], linkValue(c.peer, uint64(c.n)), ebpf.UpdateExist); perr != nil && err == nil {
+			err = fmt.Errorf("fastpath: publish forwarded bytes: %w", perr)
+		}
+	}
+	return n, err
+}
+
+// CloseWrite half-closes the underlying TCP connection.
+func (c *publishConn) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite() }
+
+// tuple is a socket's key in the maps: local IPv4, remote IPv4 (network
+// order), local port, remote port (host order, native-endian u32).
+type tuple [tupleSize]byte
+
+const (
+	tupleSize = 16
+	linkSize  = tupleSize + 8
+)
+
+func tupleOf(c *net.TCPConn) (tuple, bool) {
+	l, ok1 := c.LocalAddr().(*net.TCPAddr)
+	r, ok2 := c.RemoteAddr().(*net.TCPAddr)
+	if !ok1 || !ok2 {
+		return tuple{}, false
+	}
+	return makeTuple(l.AddrPort(), r.AddrPort())
+}
+
+func makeTuple(local, remote netip.AddrPort) (tuple, bool) {
+	la, ra := local.Addr().Unmap(), remote.Addr().Unmap()
+	if !la.Is4() || !ra.Is4() {
+		return tuple{}, false
+	}
+	var t tuple
+	l4, r4 := la.As4(), ra.As4()
+	copy(t[0:4], l4[:])
+	copy(t[4:8], r4[:])
+	binary.NativeEndian.PutUint32(t[8:], uint32(local.Port()))
+	binary.NativeEndian.PutUint32(t[12:], uint32(remote.Port()))
+	return t, true
+}
+
+func (t tuple) reverse() tuple {
+	var r tuple
+	copy(r[0:4], t[4:8])
+	copy(r[4:8], t[0:4])
+	copy(r[8:12], t[12:16])
+	copy(r[12:16], t[8:12])
+	return r
+}
+
+func portKey(ap netip.AddrPort) ([8]byte, bool) {
+	a := ap.Addr().Unmap()
+	if !a.Is4() {
+		return [8]byte{}, false
+	}
+	var k [8]byte
+	a4 := a.As4()
+	copy(k[:4], a4[:])
+	binary.NativeEndian.PutUint32(k[4:], uint32(ap.Port()))
+	return k, true
+}
+
+func linkValue(peer tuple, forwarded uint64) []byte {
+	v := make([]byte, linkSize)
+	copy(v, peer[:])
+	binary.NativeEndian.PutUint64(v[tupleSize:], forwarded)
+	return v
+}
+
+// putSocket inserts c's socket into the sockhash under t.
+func putSocket(m *ebpf.Map, t tuple, c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var perr error
+	if err := rc.Control(func(fd uintptr) {
+		perr = m.Put(t[:], uint64(fd))
+	}); err != nil {
+		return err
+	}
+	return perr
+}
+
+// cgroup2Dir finds the cgroup v2 hierarchy's mount point, or mounts one at
+// mountDir (as root) when none is mounted.
+func cgroup2Dir(mountDir string) (string, error) {
+	if dir, err := mountedCgroup2(); err != nil || dir != "" {
+		return dir, err
+	}
+	if mountDir == "" {
+		return "", errors.New("fastpath: no cgroup v2 hierarchy is mounted and no directory was given to mount one")
+	}
+	if err := os.MkdirAll(mountDir, 0o755); err != nil {
+		return "", fmt.Errorf("fastpath: %w", err)
+	}
+	if err := syscall.Mount("none", mountDir, "cgroup2", 0, ""); err != nil {
+		return "", fmt.Errorf("fastpath: mount cgroup2 at %s: %w", mountDir, err)
+	}
+	return mountDir, nil
+}
+
+// mountedCgroup2 returns the first cgroup2 mount point in /proc/self/mounts.
+func mountedCgroup2() (string, error) {
+	f, err := os.Open("/proc/self/mounts")
+	if err != nil {
+		return "", fmt.Errorf("fastpath: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 3 && fields[2] == "cgroup2" {
+			return fields[1], nil
+		}
+	}
+	return "", sc.Err()
+}

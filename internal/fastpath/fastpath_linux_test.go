@@ -1,0 +1,310 @@
+package fastpath
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+)
+
+// openForTest loads the fast path, skipping without root.
+func openForTest(t *testing.T) *FastPath {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("fastpath: needs root to load BPF programs (CI runs as root)")
+	}
+	f, err := Open("", t.TempDir())
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// echoServer echoes every connection's bytes and half-closes after EOF.
+func echoServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// agentPair is one relayed connection: the client's end, and Relay's result.
+type agentPair struct {
+	client net.Conn
+	result chan Result
+}
+
+// relayOne accepts one connection on ln, dials ep and relays them with f
+// as the agent would.
+func relayOne(t *testing.T, f *FastPath, ln net.Listener, ep netip.AddrPort) agentPair {
+	t.Helper()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	a1, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := f.PrepareEndpoint(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, err := net.Dial("tcp4", ep.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan Result, 1)
+	go func() {
+		defer done()
+		r, err := f.Relay(context.Background(), a1.(*net.TCPConn), a2.(*net.TCPConn), 0, time.Minute)
+		if err != nil {
+			t.Errorf("Relay: %v", err)
+		}
+		res <- r
+	}()
+	return agentPair{client: client, result: res}
+}
+
+func listen(t *testing.T, f *FastPath) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	if f != nil {
+		if err := f.AddListener(ln.Addr().(*net.TCPAddr).AddrPort()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ln
+}
+
+// exchange sends n messages of random sizes and checks each echo.
+func exchange(t *testing.T, c net.Conn, n int, rng *rand.Rand) int64 {
+	t.Helper()
+	var total int64
+	buf := make([]byte, 256<<10)
+	got := make([]byte, len(buf))
+	for i := range n {
+		size := 1 + rng.IntN(len(buf))
+		if i%3 == 0 {
+			size = 1 + rng.IntN(200) // small messages: requests, acks
+		}
+		for j := range size {
+			buf[j] = byte(rng.Uint32())
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		wrote := make(chan error, 1)
+		go func() { _, err := c.Write(buf[:size]); wrote <- err }()
+		if _, err := io.ReadFull(c, got[:size]); err != nil {
+			t.Fatalf("message %d (%d bytes): %v", i, size, err)
+		}
+		if err := <-wrote; err != nil {
+			t.Fatalf("message %d: write: %v", i, err)
+		}
+		if !bytes.Equal(got[:size], buf[:size]) {
+			t.Fatalf("message %d (%d bytes): echo differs", i, size)
+		}
+		total += int64(size)
+	}
+	return total
+}
+
+// TestKernelPathCarriesTheBytes relays request/response traffic and a bulk
+// transfer through a linked pair: every byte arrives, in order, the kernel
+// carried most of them, and a half-close reaches the endpoint after the
+// last byte.
+func TestKernelPathCarriesTheBytes(t *testing.T) {
+	f := openForTest(t)
+	ep := echoServer(t)
+	ln := listen(t, f)
+	p := relayOne(t, f, ln, ep)
+	rng := rand.New(rand.NewPCG(1, 2))
+	total := exchange(t, p.client, 300, rng)
+
+	// Bulk both ways at once: 32 MiB out, echoed back, then a half-close
+	// right after the last write.
+	const bulk = 32 << 20
+	sum := make(chan [32]byte, 1)
+	go func() {
+		h := sha256.New()
+		chunk := make([]byte, 100_000)
+		for sent := 0; sent < bulk; {
+			n := min(len(chunk), bulk-sent)
+			for j := range n {
+				chunk[j] = byte(rng.Uint32())
+			}
+			h.Write(chunk[:n])
+			if _, err := p.client.Write(chunk[:n]); err != nil {
+				t.Errorf("bulk write: %v", err)
+				break
+			}
+			sent += n
+		}
+		p.client.(*net.TCPConn).CloseWrite()
+		sum <- [32]byte(h.Sum(nil))
+	}()
+	p.client.SetDeadline(time.Now().Add(60 * time.Second))
+	h := sha256.New()
+	n, err := io.Copy(h, p.client) // ends at the endpoint's half-close
+	if err != nil || n != bulk {
+		t.Fatalf("bulk echo: %d bytes, %v; want %d", n, err, bulk)
+	}
+	if want := <-sum; [32]byte(h.Sum(nil)) != want {
+		t.Fatal("bulk echo differs")
+	}
+	p.client.Close()
+	var r Result
+	select {
+	case r = <-p.result:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Relay did not end after both sides closed")
+	}
+	total = 2 * (total + bulk)
+	through := r.ClientToUp + r.UpToClient
+	kernel := r.KernelClientToUp + r.KernelUpToClient
+	t.Logf("%+v, %d in all", r, total)
+	if !r.Kernel {
+		t.Fatal("the pair was not linked in the kernel")
+	}
+	if kernel+through != total {
+		t.Fatalf("kernel %d + agent %d bytes = %d, want %d", kernel, through, kernel+through, total)
+	}
+	if kernel < total/2 {
+		t.Fatalf("the kernel carried %d of %d bytes: the pair stayed on the agent's path", kernel, total)
+	}
+}
+
+// TestUntrackedClientStaysInUserspace: a connection opened before its
+// listener was registered is not tracked; it is relayed by the agent.
+func TestUntrackedClientStaysInUserspace(t *testing.T) {
+	f := openForTest(t)
+	ep := echoServer(t)
+	ln := listen(t, nil) // not registered
+	p := relayOne(t, f, ln, ep)
+	total := exchange(t, p.client, 20, rand.New(rand.NewPCG(3, 4)))
+	p.client.Close()
+	r := <-p.result
+	if r.Kernel || r.KernelClientToUp+r.KernelUpToClient != 0 {
+		t.Fatalf("untracked pair: %+v", r)
+	}
+	if r.ClientToUp != total || r.UpToClient != total {
+		t.Fatalf("relayed %d/%d, want %d both ways", r.ClientToUp, r.UpToClient, total)
+	}
+}
+
+// TestHandoverUnderLoad: the client writes without pause from the moment
+// it connects and the endpoint greets first, so bytes are in flight on the
+// agent's path while the pair is linked. Whatever part the kernel takes,
+// the endpoint must see the stream whole and in order.
+func TestHandoverUnderLoad(t *testing.T) {
+	f := openForTest(t)
+	ln := listen(t, f)
+	sink, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	got := make(chan [32]byte, 8)
+	go func() {
+		for {
+			c, err := sink.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Write([]byte("hello\n")) // a greeting before any request
+				h := sha256.New()
+				io.Copy(h, c)
+				sum := [32]byte(h.Sum(nil))
+				c.Write(sum[:])
+				got <- sum
+			}()
+		}
+	}()
+	ep := sink.Addr().(*net.TCPAddr).AddrPort()
+	for round := range 4 {
+		rng := rand.New(rand.NewPCG(uint64(round), 9))
+		client, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make(chan [32]byte, 1)
+		go func() { // writes start before the agent has even accepted
+			h := sha256.New()
+			chunk := make([]byte, 1+rng.IntN(64<<10))
+			for range 200 {
+				for j := range chunk {
+					chunk[j] = byte(rng.Uint32())
+				}
+				h.Write(chunk)
+				if _, err := client.Write(chunk); err != nil {
+					t.Errorf("write: %v", err)
+					break
+				}
+			}
+			client.(*net.TCPConn).CloseWrite()
+			want <- [32]byte(h.Sum(nil))
+		}()
+		a1, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		done, err := f.PrepareEndpoint(ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a2, err := net.Dial("tcp4", ep.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := make(chan Result, 1)
+		go func() {
+			defer done()
+			r, _ := f.Relay(context.Background(), a1.(*net.TCPConn), a2.(*net.TCPConn), 0, time.Minute)
+			res <- r
+		}()
+		client.SetDeadline(time.Now().Add(30 * time.Second))
+		reply, err := io.ReadAll(client)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		w := <-want
+		if string(reply) != "hello\n"+string(w[:]) {
+			t.Fatalf("round %d: reply %q, want the greeting and the stream's hash", round, reply)
+		}
+		if g := <-got; g != w {
+			t.Fatalf("round %d: the endpoint hashed a different stream", round)
+		}
+		client.Close()
+		r := <-res
+		t.Logf("round %d: %+v", round, r)
+	}
+}
