@@ -18,7 +18,7 @@ var agentPackages = []string{
 	// audit log, API types), held to the same rule.
 	"api", "mqtt", "authz", "mask", "audit", "audit/ship", "syncproto", "netseam",
 	"transport", "proxy", "gossip", "meshdns", "identity", "wire", "pathnorm", "sockowner",
-	"workloadapi", "atomicfile",
+	"workloadapi", "atomicfile", "fastpath",
 }
 
 // maxFileLines is the size above which a file of the agent's packages

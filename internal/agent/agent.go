@@ -101,16 +101,14 @@ type Agent struct {
 	srvSeries  atomic.Int64
 	// grpcCounters caches gRPC response counters (l7metrics.go).
 	grpcCounters sync.Map // grpcCounterKey -> *metrics.Counter
-	// svcCounters count in-flight connections/requests per service for
-	// circuit breaking.
+	// svcCounters count in-flight connections/requests per service (circuit breaking).
 	svcCounters sync.Map // "ns/name|conn" or "|req" -> *atomic.Int64
 	active      atomic.Int64
 	l7Inflight  atomic.Int64 // L7 requests being proxied (traffic-class admission)
-	// localChanged wakes the sync loop to send local endpoints.
-	localChanged chan struct{}
-	// sessionsChanged wakes the sync loop to send session bindings.
-	sessionsChanged chan struct{}
-	connected       atomic.Bool
+	// localChanged and sessionsChanged wake the sync loop to send local
+	// endpoints and session bindings.
+	localChanged, sessionsChanged chan struct{}
+	connected                     atomic.Bool
 	// scope is what a scoped agent subscribes to (scope.go).
 	scope *scopeSet
 	// observeUpdate, when set before Run, sees every update the agent
@@ -151,7 +149,8 @@ type Agent struct {
 	watchMu     sync.Mutex
 	nodeWatches map[string]map[*int]context.CancelCauseFunc
 	retries     *retry.Budget
-	capture     captureState // transparent capture (capture.go)
+	capture     captureState  // transparent capture (capture.go)
+	fast        fastPathState // kernel fast path (fastpath.go)
 	dns         *meshdns.Server
 	mesh        *transport.Server
 	peers       *paths.Manager
@@ -274,7 +273,7 @@ func New(cfg Config) (*Agent, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			a.closeCapture()
+			a.closeKernelPaths()
 			a.closeListeners()
 			a.audit.Close()
 			if a.peers != nil {
@@ -294,7 +293,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("agent: admin listen: %w", err)
 	}
-	if err := a.initCapture(); err != nil {
+	if err := a.initKernelPaths(); err != nil { // fastpath.go
 		return nil, err
 	}
 	a.self.Spec.AdminAddress = advertisedAdmin(a.adminLn.Addr().String(), cfg.MeshAdvertise)
@@ -465,6 +464,7 @@ func (a *Agent) shutdown() {
 			a.gateway.Close()
 		}
 		a.wg.Wait()
+		a.closeFastPath() // after the relays: none uses it any more
 		if err := a.audit.Close(); err != nil {
 			a.log.Error("agent: audit log close", "err", err)
 		}

@@ -56,6 +56,9 @@ type Config struct {
 	// Capture redirects connections to services' ClusterIPs into the
 	// agent with nftables (off by default; see CaptureConfig).
 	Capture CaptureConfig `json:"capture,omitzero"`
+	// FastPath hands same-node TCP pairs to a BPF sockmap once they are
+	// authorized (off by default; see FastPathConfig).
+	FastPath FastPathConfig `json:"fastPath,omitzero"`
 	// AdminAddr serves /healthz, /metrics and the local API (default
 	// 127.0.0.1:7073).
 	AdminAddr string `json:"adminAddr,omitempty"`
@@ -284,6 +287,9 @@ func (c *Config) validate() error {
 	c.ClusterDomain = strings.ToLower(strings.TrimSuffix(c.ClusterDomain, "."))
 	if err := (meshdns.Config{Zone: c.MeshDomain, ClusterDomain: c.ClusterDomain}).Check(); err != nil {
 		return fmt.Errorf("meshDomain, clusterDomain: %w", err)
+	}
+	if err := c.FastPath.validate(); err != nil {
+		return err
 	}
 	if err := c.Capture.validate(); err != nil {
 		return err

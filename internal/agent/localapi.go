@@ -130,7 +130,7 @@ func (a *Agent) adminHandler() http.Handler {
 		a.mu.Lock()
 		st := map[string]any{"node": a.self, "controlConnected": a.connected.Load(),
 			"configVersion": a.cfgVersion, "storeId": a.storeID, "activeConnections": a.active.Load(),
-			"capture": a.capture.status, "dnsAddr": a.DNSAddr(), "time": time.Now().UTC()}
+			"capture": a.capture.status, "fastPath": a.fast.status, "dnsAddr": a.DNSAddr(), "time": time.Now().UTC()}
 		a.mu.Unlock()
 		writeJSON(w, http.StatusOK, st)
 	})

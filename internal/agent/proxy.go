@@ -67,6 +67,7 @@ func (a *Agent) openListenersLocked(v *view) {
 			continue
 		}
 		a.noteBoundLocked(ap)
+		a.fastListen(ap, t)
 		l := &vipListener{ln: ln, done: make(chan struct{})}
 		a.listeners[ap] = l
 		a.wg.Add(1)
@@ -82,6 +83,7 @@ func (a *Agent) closeStaleListenersLocked(v *view) {
 	}
 	for ap, l := range a.listeners {
 		if t, ok := v.byVIP[ap]; !ok || t.proto == "udp" {
+			a.fastUnlisten(ap)
 			go l.close()
 			delete(a.listeners, ap)
 		}
@@ -243,6 +245,8 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 				}
 			}
 		}
+		fast := a.fastPrepare(t, ev, t.port) // before the dial: the endpoint's end is tracked from its accept
+		defer fast.release()
 		dialStart := time.Now()
 		up, err := a.dialStream(ctx, sv, ev, t.port, false)
 		if err == nil {
@@ -270,12 +274,11 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		a.connectOK(sv, ev)
 		counter := a.endpointActive(ev.key)
 		counter.Add(1)
-		// timeouts.idle: RelayIdle keeps bare TCP conns bare (splice, no deadline per read).
 		idle := time.Duration(sv.svc.Spec.Timeouts.Idle)
 		if t.proto == "mqtt" && (sv.svc.Spec.MQTTInspect || mqttCheck != nil) {
 			c, u := proxy.WithIdleTimeout(client, up, idle) // d <= 0: the conns themselves
 			a.relayMQTT(ctx, c, u, mqttConn, t.svc, sv.svc.Spec.MQTTInspect, mqttCheck)
-		} else if _, _, err := proxy.RelayIdle(ctx, client, up, idle); errors.Is(err, proxy.ErrIdle) {
+		} else if err := a.relayTCP(ctx, client, up, fast, len(prefix), idle); errors.Is(err, proxy.ErrIdle) {
 			a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_idle_timeouts_total{service=%q}`, t.svc)).Inc()
 		}
 		counter.Add(-1)

@@ -222,6 +222,8 @@ type Result struct {
 func (f *FastPath) Relay(ctx context.Context, client, up *net.TCPConn, sent int64, idle time.Duration) (Result, error) {
 	p, ok := f.link(client, up, sent)
 	if !ok {
+		f.Untrack(client)
+		f.Untrack(up)
 		a, b, err := proxy.RelayIdle(ctx, client, up, idle)
 		return Result{ClientToUp: a, UpToClient: b}, err
 	}
@@ -232,6 +234,18 @@ func (f *FastPath) Relay(ctx context.Context, client, up *net.TCPConn, sent int6
 	r := Result{ClientToUp: a, UpToClient: b, Kernel: true}
 	r.KernelClientToUp, r.KernelUpToClient = p.redirected()
 	return r, err
+}
+
+// Untrack takes the far end of the agent's connection c (a local client's
+// or endpoint's socket) out of the sockhash, if sock_ops put it there: a
+// connection the agent relays itself pays nothing for the fast path after
+// this.
+func (f *FastPath) Untrack(c *net.TCPConn) {
+	if t, ok := tupleOf(c); ok {
+		far := t.reverse()
+		_ = f.sockhash.Delete(far[:])
+		_ = f.counts.Delete(far[:])
+	}
 }
 
 // pair is one linked client/endpoint pair: the client's socket (c), the

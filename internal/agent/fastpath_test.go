@@ -1,0 +1,110 @@
+package agent
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
+)
+
+// TestFastPathSameNodeTCP: with fastPath required, a local client's
+// connection to a tcp port whose endpoint is on this node is linked in the
+// kernel: its exchanges keep working, most bytes pass the agent by, the
+// idle timeout still ends an idle connection and still spares a busy one
+// (the kernel's per-socket idle times see the bytes the agent does not),
+// and the status and metrics say so.
+func TestFastPathSameNodeTCP(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("fast path: needs root to load BPF programs (CI runs as root)")
+	}
+	e := startEcho(t, "e1", "127.0.0.1:0")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"fast","namespace":"demo"},
+	"spec":{"ports":[{"name":"tcp","port":19150}],"timeouts":{"idle":"400ms"}}}`)
+	a := startAgentWith(t, agentOpts{name: "fp", site: "s1", region: "r1", vipOctet: 39, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{wlFor("fast", e)}},
+		func(c *Config) { c.FastPath = FastPathConfig{Mode: FastPathRequired} })
+	if st := a.FastPathStatus(); !st.Active || st.Cgroup == "" {
+		t.Fatalf("status %+v, want active with a cgroup", st)
+	}
+	addr := "127.39.0.1:19150"
+	waitFor(t, "listener", func() bool { _, err := roundTrip(addr); return err == nil })
+
+	idle, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	busy, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	if got, err := talk(idle); err != nil || got != "e1: ping" {
+		t.Fatalf("idle conn first exchange: %q %v", got, err)
+	}
+	start := time.Now()
+	closed := make(chan time.Duration, 1)
+	go func() {
+		idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := idle.Read(make([]byte, 1))
+		if n == 0 && err == io.EOF {
+			closed <- time.Since(start)
+		} else {
+			closed <- -1
+		}
+	}()
+	br := bufio.NewReader(busy)
+	long := strings.Repeat("x", 50_000)
+	var sent int
+	for i := range 15 { // 1.5 s: well past the idle timeout
+		busy.SetDeadline(time.Now().Add(3 * time.Second))
+		msg := fmt.Sprintf("ping %d %s", i, long)
+		fmt.Fprintf(busy, "%s\n", msg)
+		line, err := br.ReadString('\n')
+		if err != nil || strings.TrimSpace(line) != "e1: "+msg {
+			t.Fatalf("busy conn, exchange %d after %v: %.40q %v", i, time.Since(start), line, err)
+		}
+		sent += len(msg) + 1
+		time.Sleep(100 * time.Millisecond)
+	}
+	if d := <-closed; d < 350*time.Millisecond || d > 1500*time.Millisecond {
+		t.Fatalf("idle connection closed after %v, want about 400ms (-1: not closed by the agent)", d)
+	}
+	busy.Close()
+
+	metric := func(name string) int {
+		var buf strings.Builder
+		a.cfg.Metrics.WritePrometheus(&buf)
+		for _, l := range strings.Split(buf.String(), "\n") {
+			if v, ok := strings.CutPrefix(l, name+" "); ok {
+				var n int
+				fmt.Sscan(v, &n)
+				return n
+			}
+		}
+		return 0
+	}
+	kernelConns := `fogmesh_agent_fastpath_connections_total{path="kernel"}`
+	testenv.WaitFor(t, 5*time.Second, "the three connections counted on the kernel path", func() bool {
+		return metric(kernelConns) == 3 // the probe, idle and busy
+	})
+	up := metric(`fogmesh_agent_fastpath_bytes_total{direction="client_to_endpoint"}`)
+	down := metric(`fogmesh_agent_fastpath_bytes_total{direction="endpoint_to_client"}`)
+	t.Logf("kernel carried %d bytes up and %d down of %d each way on the busy connection", up, down, sent)
+	if up < sent/2 || down < sent/2 {
+		t.Fatalf("kernel carried %d up, %d down; the busy connection alone sent %d each way", up, down, sent)
+	}
+	if n := metric(`fogmesh_agent_fastpath_connections_total{path="agent"}`); n != 0 {
+		t.Fatalf("%d connections fell back to the agent's relay", n)
+	}
+	if metric(`fogmesh_agent_idle_timeouts_total{service="demo/fast"}`) != 1 {
+		t.Fatal("the idle close was not counted")
+	}
+}
