@@ -56,6 +56,13 @@
 # dir), as rows (b7-t100), (b7-t1) and (b7-log) next to (b7), in both the
 # latency and the maximum-rate lists (ports BASE+70..82, VIPs
 # 127.234-236.0.0/16).
+# FASTPATH=1 (the default when root): also row (b-bpf), one agent with the
+# kernel fast path (fastPath: required; a BPF sockmap links a local client's
+# socket to the endpoint's once the agent has authorized the pair), on a
+# control plane of its own (ports BASE+83..87, VIPs 127.238.0.0/16) serving
+# the bulk and web services from the same backends, in the throughput and
+# latency lists next to (b); its kernel-path counters are reported.
+# FASTPATH=0, or not root: no such row.
 # PPROF=1: builds the binaries with -tags fogmesh_pprof
 # and takes a CPU profile of the srv agent (and of the baseline agent, if
 # its build has the tag too) over each of its fortio runs of section 2, into
@@ -87,6 +94,7 @@ PERFSTAT=${PERFSTAT:-0}
 CAPTURE=${CAPTURE:-$([ "$(id -u)" = 0 ] && echo 1 || echo 0)}
 CAP_CLUSTER_IP=127.237.0.10 # loopback: with capture off nothing leaves the machine
 OBS=${OBS:-0}
+FASTPATH=${FASTPATH:-$([ "$(id -u)" = 0 ] && echo 1 || echo 0)}
 declare -A PS_CPU PS_CS PS_MIG
 [ "$ONLY_L4LAT" != 1 ] || ONLY_L7=1 # and less: see the engine lists
 [ "$ONLY_L7" != 1 ] || { SKIP_ARM64=1; SKIP_GOBENCH=1; }
@@ -107,6 +115,9 @@ P_OCTL_ADMIN=$((BASE + 70)); P_OCTL_SYNC=$((BASE + 71)); P_OTLP=$((BASE + 72))
 P_OT100_MESH=$((BASE + 73)); P_OT100_DNS=$((BASE + 74)); P_OT100_ADMIN=$((BASE + 75))
 P_OT1_MESH=$((BASE + 76)); P_OT1_DNS=$((BASE + 77)); P_OT1_ADMIN=$((BASE + 78))
 P_OLOG_MESH=$((BASE + 79)); P_OLOG_DNS=$((BASE + 80)); P_OLOG_ADMIN=$((BASE + 81))
+# The fast path row's control plane and agent (FASTPATH=1 only).
+P_FCTL_ADMIN=$((BASE + 83)); P_FCTL_SYNC=$((BASE + 84))
+P_FP_MESH=$((BASE + 85)); P_FP_DNS=$((BASE + 86)); P_FP_ADMIN=$((BASE + 87))
 # Service ports (on the agents' VIPs).
 S_BULK=15201; S_WEB=18080; S_HOLD=19000; S_GRPC=18079
 
@@ -169,6 +180,7 @@ ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DN
   "$P_REL_BULK" "$P_REL_WEB"
 [ "$CAPTURE" != 1 ] || ports_free BENCH_BASE_PORT "$P_SRV_CAP"
 [ -z "$BASELINE_BIN" ] || ports_free BENCH_BASE_PORT "$P_BCTL_ADMIN" "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN"
+[ "$FASTPATH" != 1 ] || ports_free BENCH_BASE_PORT "$P_FCTL_ADMIN" "$P_FCTL_SYNC" "$P_FP_MESH" "$P_FP_DNS" "$P_FP_ADMIN"
 
 # ---------------------------------------------------------------- build
 log "building (CGO_ENABLED=0 -trimpath -ldflags '-s -w') into $TMP/bin"
@@ -337,6 +349,21 @@ if [ "$OBS" = 1 ]; then
   for p in "$P_OT100_ADMIN" "$P_OT1_ADMIN" "$P_OLOG_ADMIN"; do wait_port 127.0.0.1 "$p" obs-agent; done
 fi
 
+# FASTPATH=1: one agent with the kernel fast path, on a control plane of its
+# own (so the other rows' agents see none of its endpoints).
+if [ "$FASTPATH" = 1 ]; then
+  log "starting the fast path row's control plane and agent"
+  start_control ctlfp "$TMP/ctlfp" "$P_FCTL_ADMIN" "$P_FCTL_SYNC" -insecure
+  wait_port 127.0.0.1 "$P_FCTL_ADMIN" ctlfp
+  services_yaml "bulk:tcp:$S_BULK" "web:http:$S_WEB" >"$TMP/services-fp.yaml"
+  "$BIN/fogmesh" apply -server "http://127.0.0.1:$P_FCTL_ADMIN" -f "$TMP/services-fp.yaml" >&2
+  agent_config fp "$P_FCTL_SYNC" "$P_FP_MESH" "$P_FP_DNS" "$P_FP_ADMIN" 127.238.0.0/16 \
+    "bulk:tcp:$P_IPERF" "web:http:$P_HTTP" >"$TMP/fp.yaml"
+  echo "fastPath: {mode: required}" >>"$TMP/fp.yaml"
+  start fp "$BIN/fogmesh-agent" -insecure -config "$TMP/fp.yaml"
+  wait_port 127.0.0.1 "$P_FP_ADMIN" fp
+fi
+
 wait_port 127.0.0.1 "$P_IPERF" iperf
 wait_port 127.0.0.1 "$P_HTTP" httpd
 wait_port 127.0.0.1 "$P_GRPC" httpd
@@ -349,8 +376,9 @@ wait_port 127.0.0.1 "$P_CLI_ADMIN" cli
 [ -z "$BASELINE_BIN" ] || wait_port 127.0.0.1 "$P_BSRV_ADMIN" srvbase
 
 SRV_VIP_BULK= SRV_VIP_WEB= SRV_VIP_WEBL7= SRV_VIP_HOLD= CLI_VIP_BULK= CLI_VIP_WEB= CLI_VIP_WEBL7= CLI_VIP_HOLD=
-SRV_VIP_WEBH2= SRV_VIP_GRPC= BASE_VIP_WEBL7= BASE_VIP_WEB= OT100_VIP= OT1_VIP= OLOG_VIP=
+SRV_VIP_WEBH2= SRV_VIP_GRPC= BASE_VIP_WEBL7= BASE_VIP_WEB= OT100_VIP= OT1_VIP= OLOG_VIP= FP_VIP_BULK= FP_VIP_WEB=
 all_vips() {
+  { [ "$FASTPATH" != 1 ] || { [ -n "$FP_VIP_BULK" ] && [ -n "$FP_VIP_WEB" ]; }; } &&
   { [ "$OBS" != 1 ] || { [ -n "$OT100_VIP" ] && [ -n "$OT1_VIP" ] && [ -n "$OLOG_VIP" ]; }; } &&
   [ -n "$SRV_VIP_BULK" ] && [ -n "$SRV_VIP_WEB" ] && [ -n "$SRV_VIP_WEBL7" ] && [ -n "$SRV_VIP_HOLD" ] &&
     [ -n "$SRV_VIP_WEBH2" ] && [ -n "$SRV_VIP_GRPC" ] &&
@@ -369,6 +397,7 @@ for i in $(seq 1 150); do
   if [ "$OBS" = 1 ]; then
     OT100_VIP=$(vip "$P_OT100_ADMIN" webl7 node); OT1_VIP=$(vip "$P_OT1_ADMIN" webl7 node); OLOG_VIP=$(vip "$P_OLOG_ADMIN" webl7 node)
   fi
+  [ "$FASTPATH" != 1 ] || { FP_VIP_BULK=$(vip "$P_FP_ADMIN" bulk node); FP_VIP_WEB=$(vip "$P_FP_ADMIN" web node); }
   all_vips && break
   sleep 0.1
 done
@@ -404,6 +433,13 @@ if [ "$ONLY_L4LAT" = 1 ]; then
   LATENGINES=(direct agent1 haproxy relay); L7ENGINES=()
   [ -z "$BASELINE_BIN" ] || LATENGINES=(direct agent1 agent1base haproxy relay)
 fi
+# FASTPATH: the (b) path with the kernel fast path, after (b), in both lists.
+if [ "$FASTPATH" = 1 ]; then
+  for i in "${!LATENGINES[@]}"; do
+    [ "${LATENGINES[$i]}" = agent1 ] && LATENGINES=("${LATENGINES[@]:0:i+1}" agent1bpf "${LATENGINES[@]:i+1}") && break
+  done
+  ENGINES=(direct agent1 agent1bpf agent2 haproxy relay)
+fi
 # CAPTURE: the (b) path through the captured ClusterIP, after (b).
 if [ "$CAPTURE" = 1 ]; then
   for i in "${!LATENGINES[@]}"; do
@@ -415,6 +451,7 @@ LABEL[agent1]="(b) one agent (node tier)";  BULK[agent1]="$SRV_VIP_BULK $S_BULK"
 LABEL[agent2]="(c) two agents (mesh port)"; BULK[agent2]="$CLI_VIP_BULK $S_BULK";       WEB[agent2]="http://$CLI_VIP_WEB:$S_WEB/"
 LABEL[haproxy]="(d) HAProxy $HAPROXY_VERSION (tcp, splice-auto, 1 thread)"; BULK[haproxy]="127.0.0.1 $P_HAP_BULK"; WEB[haproxy]="http://127.0.0.1:$P_HAP_WEB/"
 LABEL[relay]="(e) minimal Go splice relay"; BULK[relay]="127.0.0.1 $P_REL_BULK";       WEB[relay]="http://127.0.0.1:$P_REL_WEB/"
+LABEL[agent1bpf]="(b-bpf) one agent (node tier), kernel fast path (BPF sockmap)"; BULK[agent1bpf]="$FP_VIP_BULK $S_BULK"; WEB[agent1bpf]="http://$FP_VIP_WEB:$S_WEB/"
 LABEL[agent1cap]="(b-cap) one agent (node tier) through its ClusterIP, transparent capture (nftables)"; WEB[agent1cap]="http://$CAP_CLUSTER_IP:$S_WEB/"
 LABEL[agent1l7]="(b7) one agent, port declared http (L7)";  WEB[agent1l7]="http://$SRV_VIP_WEBL7:$S_WEB/"
 LABEL[agent1base]="(b-base) one agent (node tier), baseline build $BASELINE_NAME"; WEB[agent1base]="http://$BASE_VIP_WEB:$S_WEB/"
@@ -433,7 +470,7 @@ LABEL[h2lagent1]="(b2l) h2c, one agent, port declared http2, h2load"; WEB[h2lage
 KIND[h2direct]=h2; KIND[h2agent1]=h2; KIND[grpcdirect]=grpc; KIND[grpcagent1]=grpc
 KIND[h2ldirect]=h2load; KIND[h2lagent1]=h2load
 CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent1cap]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
-CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"
+CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"; CPUPIDS[agent1bpf]="${PID_fp:-}"
 CPUPIDS[agent1l7]="$PID_srv"; CPUPIDS[agent2l7]="$PID_cli $PID_srv"
 CPUPIDS[agent1l7t100]="${PID_ot100:-}"; CPUPIDS[agent1l7t1]="${PID_ot1:-}"; CPUPIDS[agent1l7log]="${PID_olog:-}"
 CPUPIDS[agent1l7base]="${PID_srvbase:-}"; CPUPIDS[agent1base]="${PID_srvbase:-}"
@@ -527,6 +564,14 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 [ "$PPROF" != 1 ] || log "CPU profiles in $PPROF_DIR (go tool pprof -top FILE)"
+# The fast path agent's own count of what the kernel took (sections 1 and 2).
+FP_KCONNS=0 FP_ACONNS=0 FP_KBYTES=0
+if [ "$FASTPATH" = 1 ]; then
+  FP_KCONNS=$(metric "$P_FP_ADMIN" 'fogmesh_agent_fastpath_connections_total{path="kernel"}')
+  FP_ACONNS=$(metric "$P_FP_ADMIN" 'fogmesh_agent_fastpath_connections_total{path="agent"}')
+  FP_KBYTES=$(metric "$P_FP_ADMIN" 'fogmesh_agent_fastpath_bytes_total')
+  FP_KBYTES=$(printf '%.0f' "$FP_KBYTES")
+fi
 
 # ---------------------------------------------------------------- 6. L7 request rate
 # max_rate ENGINE ROUND: closed loop, CONNS connections, LAT_SECONDS: wrk for
@@ -727,6 +772,7 @@ echo "|---|---|"
 echo "| (b) one agent / (e) splice relay | $(calc "%.2f" "${TPM[agent1]}" "${TPM[relay]}" "a / b") |"
 echo "| (b) one agent / (d) HAProxy | $(calc "%.2f" "${TPM[agent1]}" "${TPM[haproxy]}" "a / b") |"
 echo "| (b) one agent / (a) direct | $(calc "%.2f" "${TPM[agent1]}" "${TPM[direct]}" "a / b") |"
+[ "$FASTPATH" != 1 ] || echo "| (b-bpf) one agent, kernel fast path / (a) direct | $(calc "%.2f" "${TPM[agent1bpf]}" "${TPM[direct]}" "a / b") |"
 echo "| (c) two agents / (e) splice relay | $(calc "%.2f" "${TPM[agent2]}" "${TPM[relay]}" "a / b") |"
 echo "| (c) two agents / (d) HAProxy | $(calc "%.2f" "${TPM[agent2]}" "${TPM[haproxy]}" "a / b") |"
 echo "| (c) two agents / (b) one agent | $(calc "%.2f" "${TPM[agent2]}" "${TPM[agent1]}" "a / b") |"
@@ -749,6 +795,7 @@ echo "|---|---|---|"
 echo "| HAProxy (1 hop) | $(add50 haproxy) | $(add99 haproxy) |"
 echo "| splice relay (1 hop) | $(add50 relay) | $(add99 relay) |"
 echo "| one agent (1 hop) | $(add50 agent1) | $(add99 agent1) |"
+[ "$FASTPATH" != 1 ] || echo "| one agent, kernel fast path (b-bpf, 1 hop) | $(add50 agent1bpf) | $(add99 agent1bpf) |"
 [ "$CAPTURE" != 1 ] || echo "| transparent capture: (b-cap) ClusterIP minus (b) virtual IP | $(calc "%+.3f" "${L50[agent1cap]}" "${L50[agent1]}" "a - b") | $(calc "%+.3f" "${L99[agent1cap]}" "${L99[agent1]}" "a - b") |"
 [ -z "$BASELINE_BIN" ] || [ "$ONLY_L4LAT" != 1 ] || echo "| one agent, baseline build (b-base, 1 hop) | $(add50 agent1base) | $(add99 agent1base) |"
 echo "| one agent / splice relay (added) | $(ratio "$(add50 agent1)" "$(add50 relay)") | $(ratio "$(add99 agent1)" "$(add99 relay)") |"
@@ -886,6 +933,11 @@ fi
 echo "| added p50 per agent hop <= HAProxy's (one agent) | $(add50 agent1) vs $(add50 haproxy) ms | $(met "$(calc "%d" "$(add50 agent1)" "$(add50 haproxy)" "a <= b")") |"
 echo "| added p99 per agent hop <= HAProxy's (one agent) | $(add99 agent1) vs $(add99 haproxy) ms | $(met "$(calc "%d" "$(add99 agent1)" "$(add99 haproxy)" "a <= b")") |"
 echo "| added p50 per agent hop within 10% of the splice relay's (one agent) | $(add50 agent1) vs $(add50 relay) ms | $(met "$(calc "%d" "$(add50 agent1)" "$(add50 relay)" "a <= b + 0.1 * (b < 0 ? -b : b)")") |"
+if [ "$FASTPATH" = 1 ]; then
+echo "| kernel fast path (b-bpf): added p50 <= 0.05 ms (stretch) | $(add50 agent1bpf) ms | $(met "$(calc "%d" "$(add50 agent1bpf)" 0 "a <= 0.05")") |"
+[ "$ONLY_L7" = 1 ] || echo "| kernel fast path (b-bpf): bulk >= 0.8x direct (stretch) | (b-bpf)/(a) = $(calc "%.2f" "${TPM[agent1bpf]}" "${TPM[direct]}" "a / b") | $(met "$(calc "%d" "${TPM[agent1bpf]}" "${TPM[direct]}" "a >= 0.8 * b")") |"
+echo "| (b-bpf) pairs the kernel took / relayed by the agent; bytes past the agent | $FP_KCONNS / $FP_ACONNS; $(mb $((FP_KBYTES / 1024))) MB | |"
+fi
 if [ "$ONLY_L4LAT" != 1 ]; then
 echo "| added p50 per agent hop <= HAProxy's (two agents / 2) | $(calc "%+.3f" "$(add50 agent2)" 0 "a / 2") vs $(add50 haproxy) ms | $(met "$(calc "%d" "$(add50 agent2)" "$(add50 haproxy)" "a / 2 <= b")") |"
 echo "| added p99 per agent hop <= HAProxy's (two agents / 2) | $(calc "%+.3f" "$(add99 agent2)" 0 "a / 2") vs $(add99 haproxy) ms | $(met "$(calc "%d" "$(add99 agent2)" "$(add99 haproxy)" "a / 2 <= b")") |"

@@ -11,12 +11,12 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 
 	"github.com/fogmesh/fogmesh/internal/proxy"
 )
@@ -80,9 +80,13 @@ func Open(cgroupDir, mountDir string) (*FastPath, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("fastpath: load sk_msg program: %w", err)
 	}
+	netns, err := netnsCookie()
+	if err != nil {
+		return nil, err
+	}
 	if f.sockOps, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "fm_sock_ops", Type: ebpf.SockOps, License: "Apache-2.0",
-		Instructions: sockOpsProgram(f.ports.FD(), f.sockhash.FD(), f.counts.FD()),
+		Instructions: sockOpsProgram(f.ports.FD(), f.sockhash.FD(), f.counts.FD(), netns),
 	}); err != nil {
 		return nil, fmt.Errorf("fastpath: load sock_ops program: %w", err)
 	}
@@ -323,6 +327,14 @@ func (c *publishConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// Close ends the link whose bytes leave from this socket before it closes,
+// so a late send of the far side is not sent to a closed socket (which
+// would fail the far side's write with EACCES instead of a reset).
+func (c *publishConn) Close() error {
+	_ = c.f.links.Delete(c.key[:])
+	return c.Conn.Close()
+}
+
 // CloseWrite half-closes the underlying TCP connection.
 func (c *publishConn) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite() }
 
@@ -401,6 +413,21 @@ func putSocket(m *ebpf.Map, t tuple, c *net.TCPConn) error {
 	return perr
 }
 
+// netnsCookie is the kernel's cookie of this process's network namespace
+// (SO_NETNS_COOKIE, Linux 5.14 and later).
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("fastpath: netns cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("fastpath: netns cookie (SO_NETNS_COOKIE needs Linux 5.14): %w", err)
+	}
+	return c, nil
+}
+
 // cgroup2Dir finds the cgroup v2 hierarchy's mount point, or mounts one at
 // mountDir (as root) when none is mounted.
 func cgroup2Dir(mountDir string) (string, error) {
@@ -413,7 +440,7 @@ func cgroup2Dir(mountDir string) (string, error) {
 	if err := os.MkdirAll(mountDir, 0o755); err != nil {
 		return "", fmt.Errorf("fastpath: %w", err)
 	}
-	if err := syscall.Mount("none", mountDir, "cgroup2", 0, ""); err != nil {
+	if err := unix.Mount("none", mountDir, "cgroup2", 0, ""); err != nil {
 		return "", fmt.Errorf("fastpath: mount cgroup2 at %s: %w", mountDir, err)
 	}
 	return mountDir, nil

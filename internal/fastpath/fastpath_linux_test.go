@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/netlab"
 )
 
 // openForTest loads the fast path, skipping without root.
@@ -306,5 +310,54 @@ func TestHandoverUnderLoad(t *testing.T) {
 		client.Close()
 		r := <-res
 		t.Logf("round %d: %+v", round, r)
+	}
+}
+
+// TestOtherNetnsNotTracked: the maps' tuples carry no namespace, so a
+// socket of another network namespace with a registered listener's
+// address must not be tracked (it could be taken for a host client and
+// have its bytes sent out of the agent's socket); a host client is.
+func TestOtherNetnsNotTracked(t *testing.T) {
+	f := openForTest(t)
+	name := fmt.Sprintf("fmfp%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v: %s", err, out)
+	}
+	ns := &netlab.Netns{Name: name}
+	host := listen(t, f)
+	ap := host.Addr().(*net.TCPAddr).AddrPort()
+	inner, err := ns.Listen("tcp4", ap.String()) // the same address, in the other namespace
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inner.Close()
+
+	tracked := func(c net.Conn) bool {
+		k, ok := makeTuple(c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		if !ok {
+			t.Fatal("not IPv4")
+		}
+		var cookie [8]byte
+		return f.sockhash.Lookup(k[:], cookie[:]) == nil
+	}
+	nc, err := ns.DialContext(context.Background(), "tcp4", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	hc, err := net.Dial("tcp4", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.Close()
+	if tracked(nc) {
+		t.Fatal("a client in another network namespace was tracked")
+	}
+	if !tracked(hc) {
+		t.Fatal("a host client of a registered listener was not tracked")
 	}
 }

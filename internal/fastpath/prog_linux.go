@@ -73,10 +73,17 @@ func loadTuple(localIP, remoteIP, localPort, remotePort int16) asm.Instructions 
 	}
 }
 
-// sockOpsProgram builds the sock_ops program over the maps with the given fds.
-func sockOpsProgram(ports, sockhash, counts int) asm.Instructions {
+// sockOpsProgram builds the sock_ops program over the maps with the given
+// fds. Only sockets of the network namespace with cookie netns are tracked:
+// the maps' tuples carry no namespace, and the cgroup hierarchy spans them
+// all (a pod's socket must never be taken for a host socket with the same
+// addresses).
+func sockOpsProgram(ports, sockhash, counts int, netns uint64) asm.Instructions {
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.FnGetNetnsCookie.Call(), // R1: the context
+		asm.LoadImm(asm.R1, int64(netns), asm.DWord),
+		asm.JNE.Reg(asm.R0, asm.R1, "out"),
 		asm.LoadMem(asm.R2, asm.R6, sockOpsOp, asm.Word),
 		asm.JEq.Imm(asm.R2, opActiveEstablished, "established"),
 		asm.JEq.Imm(asm.R2, opPassiveEstablished, "established"),
