@@ -43,6 +43,7 @@ func RunAgent(prog string, args []string) error {
 		meshDomain = fs.String("mesh-domain", "", "DNS domain of mesh names, <svc>.<ns>.DOMAIN (default mesh)")
 		clusterDom = fs.String("cluster-domain", "", "Kubernetes cluster domain: DNS also answers <svc>.<ns>.svc.DOMAIN (default cluster.local; - for off)")
 		captureM   = fs.String("capture", "", "transparent capture of ClusterIP traffic with nftables: off (default), auto (fall back to virtual IPs when not permitted), required")
+		fastPathM  = fs.String("fast-path", "", "kernel fast path for same-node tcp ports (BPF sockmap, root): off (default), auto (relay in the agent when the kernel does not allow it), required")
 		captureA   = fs.String("capture-addr", "", "capture listener, every IPv4 address (default 0.0.0.0:15001)")
 		captureA6  = fs.String("capture-addr6", "", "IPv6 capture listener (default [::]:15001; off: IPv6 ClusterIPs not captured)")
 		scope      = fs.String("scope", "", "services this node's workloads use, comma separated (ns/name or ns/*): receive only these, the node's own and those asked for on a miss (default: every service)")
@@ -89,6 +90,7 @@ func RunAgent(prog string, args []string) error {
 	override("mesh-domain", &cfg.MeshDomain, *meshDomain)
 	override("cluster-domain", &cfg.ClusterDomain, *clusterDom)
 	override("capture", &cfg.Capture.Mode, *captureM)
+	override("fast-path", &cfg.FastPath.Mode, *fastPathM)
 	override("capture-addr", &cfg.Capture.Addr, *captureA)
 	override("capture-addr6", &cfg.Capture.Addr6, *captureA6)
 	if set["path-normalization"] {
