@@ -71,7 +71,7 @@ func Open(cgroupDir, mountDir string) (*FastPath, error) {
 	if f.links, err = newMap("fm_links", ebpf.Hash, tupleSize, linkSize, maxSockets); err != nil {
 		return nil, err
 	}
-	if f.counts, err = newMap("fm_counts", ebpf.LRUHash, tupleSize, 16, maxSockets); err != nil {
+	if f.counts, err = newMap("fm_counts", ebpf.LRUHash, tupleSize, countSize, maxSockets); err != nil {
 		return nil, err
 	}
 	if f.skMsg, err = ebpf.NewProgram(&ebpf.ProgramSpec{
@@ -232,8 +232,8 @@ func (f *FastPath) Relay(ctx context.Context, client, up *net.TCPConn, sent int6
 		return Result{ClientToUp: a, UpToClient: b}, err
 	}
 	defer p.unlink()
-	cw := &publishConn{Conn: client, f: f, key: p.e, peer: p.a1}
-	uw := &publishConn{Conn: up, f: f, key: p.c, peer: p.a2, n: sent}
+	cw := &publishConn{Conn: client, f: f, key: p.e, peer: p.a1, cookie: p.cookieE}
+	uw := &publishConn{Conn: up, f: f, key: p.c, peer: p.a2, cookie: p.cookieC, n: sent}
 	a, b, err := proxy.RelayIdleTCP(ctx, cw, uw, client, up, idle)
 	r := Result{ClientToUp: a, UpToClient: b, Kernel: true}
 	r.KernelClientToUp, r.KernelUpToClient = p.redirected()
@@ -256,8 +256,9 @@ func (f *FastPath) Untrack(c *net.TCPConn) {
 // agent's accepted socket (a1), the agent's socket to the endpoint (a2) and
 // the endpoint's (e).
 type pair struct {
-	f            *FastPath
-	c, a1, a2, e tuple
+	f                *FastPath
+	c, a1, a2, e     tuple
+	cookieC, cookieE uint64 // the far sockets' cookies
 }
 
 // link inserts the agent's sockets and links the far ones to them.
@@ -272,11 +273,16 @@ func (f *FastPath) link(client, up *net.TCPConn, sent int64) (*pair, bool) {
 	if f.sockhash.Lookup(p.c[:], cookie[:]) != nil || f.sockhash.Lookup(p.e[:], cookie[:]) != nil {
 		return nil, false // a far socket is not tracked
 	}
+	var cc, ce [countSize]byte
+	if f.counts.Lookup(p.c[:], cc[:]) != nil || f.counts.Lookup(p.e[:], ce[:]) != nil {
+		return nil, false
+	}
+	p.cookieC, p.cookieE = binary.NativeEndian.Uint64(cc[16:]), binary.NativeEndian.Uint64(ce[16:])
 	if putSocket(f.sockhash, p.a1, client) != nil || putSocket(f.sockhash, p.a2, up) != nil {
 		f.sockhash.Delete(p.a1[:])
 		return nil, false
 	}
-	if f.links.Put(p.c[:], linkValue(p.a2, uint64(sent))) != nil || f.links.Put(p.e[:], linkValue(p.a1, 0)) != nil {
+	if f.links.Put(p.c[:], linkValue(p.a2, uint64(sent), p.cookieC)) != nil || f.links.Put(p.e[:], linkValue(p.a1, 0, p.cookieE)) != nil {
 		p.unlink()
 		return nil, false
 	}
@@ -296,7 +302,7 @@ func (p *pair) unlink() {
 func (p *pair) redirected() (fromClient, fromEndpoint int64) {
 	var n [2]int64
 	for i, k := range []tuple{p.c, p.e} {
-		var v [16]byte
+		var v [countSize]byte
 		if p.f.counts.Lookup(k[:], v[:]) == nil {
 			n[i] = int64(binary.NativeEndian.Uint64(v[8:]))
 		}
@@ -312,7 +318,8 @@ func (p *pair) redirected() (fromClient, fromEndpoint int64) {
 type publishConn struct {
 	net.Conn
 	f         *FastPath
-	key, peer tuple // the far socket whose bytes this conn writes; the socket they go out of
+	key, peer tuple  // the far socket whose bytes this conn writes; the socket they go out of
+	cookie    uint64 // the far socket's cookie
 	n         int64
 }
 
@@ -320,7 +327,7 @@ func (c *publishConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if n > 0 {
 		c.n += int64(n)
-		if perr := c.f.links.Update(c.key[:], linkValue(c.peer, uint64(c.n)), ebpf.UpdateExist); perr != nil && err == nil {
+		if perr := c.f.links.Update(c.key[:], linkValue(c.peer, uint64(c.n), c.cookie), ebpf.UpdateExist); perr != nil && err == nil {
 			err = fmt.Errorf("fastpath: publish forwarded bytes: %w", perr)
 		}
 	}
@@ -344,7 +351,8 @@ type tuple [tupleSize]byte
 
 const (
 	tupleSize = 16
-	linkSize  = tupleSize + 8
+	linkSize  = tupleSize + 16 // peer, forwarded, cookie
+	countSize = 24             // passed, redirected, cookie
 )
 
 func tupleOf(c *net.TCPConn) (tuple, bool) {
@@ -391,10 +399,11 @@ func portKey(ap netip.AddrPort) ([8]byte, bool) {
 	return k, true
 }
 
-func linkValue(peer tuple, forwarded uint64) []byte {
+func linkValue(peer tuple, forwarded, cookie uint64) []byte {
 	v := make([]byte, linkSize)
 	copy(v, peer[:])
 	binary.NativeEndian.PutUint64(v[tupleSize:], forwarded)
+	binary.NativeEndian.PutUint64(v[tupleSize+8:], cookie)
 	return v
 }
 

@@ -11,10 +11,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/netlab"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // openForTest loads the fast path, skipping without root.
@@ -360,4 +362,94 @@ func TestOtherNetnsNotTracked(t *testing.T) {
 	if !tracked(hc) {
 		t.Fatal("a host client of a registered listener was not tracked")
 	}
+}
+
+// TestLinkNamesItsSocket: a link stays until the agent ends it, and a new
+// socket can take a closed one's tuple before that (a client that resets
+// its connection and connects again from the same port). The new socket's
+// bytes must go to its own connection, never down the old link.
+func TestLinkNamesItsSocket(t *testing.T) {
+	f := openForTest(t)
+	ln := listen(t, f)
+	sink, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	ep := sink.Addr().(*net.TCPAddr).AddrPort()
+	got := make(chan []byte, 4)
+	go func() {
+		for {
+			c, err := sink.Accept()
+			if err != nil {
+				return
+			}
+			go func() { b, _ := io.ReadAll(c); got <- b }()
+		}
+	}()
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	d := net.Dialer{LocalAddr: local, Control: reuseAddr}
+	c, err := d.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a1.Close()
+	done, err := f.PrepareEndpoint(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	a2, err := net.Dial("tcp4", ep.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := f.link(a1.(*net.TCPConn), a2.(*net.TCPConn), 0) // linked, never relayed or unlinked
+	if !ok {
+		t.Fatal("not linked")
+	}
+	defer p.unlink()
+	c.(*net.TCPConn).SetLinger(0) // a reset: no TIME_WAIT keeps the port
+	port := c.LocalAddr().(*net.TCPAddr).Port
+	c.Close()
+
+	d.LocalAddr = &net.TCPAddr{IP: local.IP, Port: port}
+	var c2 net.Conn
+	testenv.WaitFor(t, 5*time.Second, "a new connection from the same port", func() bool {
+		c2, err = d.Dial("tcp4", ln.Addr().String())
+		return err == nil
+	})
+	defer c2.Close()
+	a1b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a1b.Close()
+	if _, err := c2.Write([]byte("for the new connection")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	a1b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	n, err := a1b.Read(buf)
+	if err != nil || string(buf[:n]) != "for the new connection" {
+		t.Fatalf("the new connection read %q, %v", buf[:n], err)
+	}
+	a2.Close()
+	if b := <-got; len(b) != 0 {
+		t.Fatalf("the old link's endpoint got %q", b)
+	}
+}
+
+func reuseAddr(network, address string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }

@@ -24,8 +24,10 @@ import "github.com/cilium/ebpf/asm"
 //
 //	tuple  (16 B): local IPv4, remote IPv4, local port, remote port (host order)
 //	portKey (8 B): IPv4, port (host order)       -> u32 kind (kindListener, kindEndpoint)
-//	link   (24 B): peer tuple (the agent socket to send from), u64 forwarded
-//	count  (16 B): u64 passed (bytes the socket sent the normal way), u64 redirected
+//	link   (32 B): peer tuple (the agent socket to send from), u64 forwarded,
+//	               u64 cookie of the socket linked
+//	count  (24 B): u64 passed (bytes the socket sent the normal way), u64
+//	               redirected, u64 the socket's cookie
 
 // Kinds of address in the ports map.
 const (
@@ -116,15 +118,20 @@ func sockOpsProgram(ports, sockhash, counts int, netns uint64) asm.Instructions 
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
 		asm.JNE.Reg(asm.R1, asm.R7, "out"),
 
-		// Zero the counters first: a send can follow the insertion at once.
+		// Zero the counters first (a send can follow the insertion at
+		// once), with the socket's cookie: a link names the socket it was
+		// made for, not only its tuple, which a new socket may reuse.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.FnGetSocketCookie.Call(),
+		asm.StoreMem(asm.RFP, -32, asm.R0, asm.DWord),
 		asm.Mov.Imm(asm.R1, 0),
+		asm.StoreMem(asm.RFP, -48, asm.R1, asm.DWord),
 		asm.StoreMem(asm.RFP, -40, asm.R1, asm.DWord),
-		asm.StoreMem(asm.RFP, -32, asm.R1, asm.DWord),
 		asm.LoadMapPtr(asm.R1, counts),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -16),
 		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, -40),
+		asm.Add.Imm(asm.R3, -48),
 		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
 		asm.FnMapUpdateElem.Call(),
 
@@ -167,6 +174,9 @@ func skMsgProgram(links, counts, sockhash int) asm.Instructions {
 		asm.JEq.Imm(asm.R0, 0, "count"),
 		asm.Mov.Reg(asm.R7, asm.R0), // link
 
+		asm.LoadMem(asm.R1, asm.R8, 16, asm.DWord), // the socket's cookie
+		asm.LoadMem(asm.R2, asm.R7, 24, asm.DWord), // the linked socket's
+		asm.JNE.Reg(asm.R1, asm.R2, "count"),
 		asm.LoadMem(asm.R1, asm.R8, 0, asm.DWord),  // passed
 		asm.LoadMem(asm.R2, asm.R7, 16, asm.DWord), // forwarded
 		asm.JNE.Reg(asm.R1, asm.R2, "count"),
