@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -124,15 +126,25 @@ func (a *Agent) closeFastPath() {
 // FastPathStatus returns the state of the kernel fast path.
 func (a *Agent) FastPathStatus() FastPathStatus { return a.fast.status }
 
-// fastListen registers a plain TCP port's listener with the fast path, so
-// local clients' connections to it are tracked from their first byte.
+// fastListen registers a plain TCP (or detected) port's listener with the
+// fast path, so local clients' connections to it are tracked from their
+// first byte.
 func (a *Agent) fastListen(ap netip.AddrPort, t listenTarget) {
-	if a.fast.fp == nil || t.proto != "tcp" {
+	if a.fast.fp == nil || (t.proto != "tcp" && t.proto != "auto") {
 		return
 	}
 	if err := a.fast.fp.AddListener(ap); err != nil {
 		a.log.Warn("agent: fast path: listener not tracked", "addr", ap, "err", err)
 	}
+}
+
+// replayDetected gives a connection detected as L7 or MQTT on an auto
+// port its first bytes back, and untracks it: the agent serves it itself.
+func (a *Agent) replayDetected(client net.Conn, peeked []byte) (net.Conn, []byte) {
+	if tc, ok := client.(*net.TCPConn); ok && a.fast.fp != nil {
+		a.fast.fp.Untrack(tc)
+	}
+	return &prefixConn{Conn: client, r: io.MultiReader(bytes.NewReader(peeked), client)}, nil
 }
 
 // fastUnlisten undoes fastListen.

@@ -108,3 +108,44 @@ func TestFastPathSameNodeTCP(t *testing.T) {
 		t.Fatal("the idle close was not counted")
 	}
 }
+
+// TestFastPathAutoPort: on a port whose protocol is detected, a connection
+// found to be plain TCP takes the kernel path (the bytes read for detection
+// are replayed and counted as forwarded).
+func TestFastPathAutoPort(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("fast path: needs root to load BPF programs (CI runs as root)")
+	}
+	e := startEcho(t, "e1", "127.0.0.1:0")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"auto","namespace":"demo"},
+	"spec":{"ports":[{"name":"tcp","port":19151,"protocol":"auto"}]}}`)
+	a := startAgentWith(t, agentOpts{name: "fpa", site: "s1", region: "r1", vipOctet: 41, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{wlFor("auto", e)}},
+		func(c *Config) { c.FastPath = FastPathConfig{Mode: FastPathRequired} })
+	addr := "127.41.0.1:19151"
+	waitFor(t, "listener", func() bool { _, err := roundTrip(addr); return err == nil })
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for i := range 20 {
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprintf(c, "line %d\n", i)
+		if line, err := br.ReadString('\n'); err != nil || line != fmt.Sprintf("e1: line %d\n", i) {
+			t.Fatalf("exchange %d: %q %v", i, line, err)
+		}
+	}
+	c.Close()
+	var buf strings.Builder
+	testenv.WaitFor(t, 5*time.Second, "the plain TCP connections on the kernel path", func() bool {
+		buf.Reset()
+		a.cfg.Metrics.WritePrometheus(&buf)
+		return strings.Contains(buf.String(), `fogmesh_agent_fastpath_connections_total{path="kernel"} 2`) // the probe and c
+	})
+	if !strings.Contains(buf.String(), `fogmesh_agent_fastpath_connections_total{path="agent"} 0`) {
+		t.Fatalf("a connection fell back to the agent's relay:\n%s", buf.String())
+	}
+}

@@ -143,9 +143,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 	if ok && t.proto == "auto" {
 		t.proto, peeked = detect(client)
 		if len(peeked) > 0 && t.proto != "tcp" {
-			// L7 and MQTT read from the connection: give them the bytes back.
-			client = &prefixConn{Conn: client, r: io.MultiReader(bytes.NewReader(peeked), client)}
-			peeked = nil
+			client, peeked = a.replayDetected(client, peeked) // L7 and MQTT read from the connection
 		}
 	}
 	var clientID string
