@@ -31,10 +31,11 @@ const (
 // FastPath is the loaded and attached BPF side. Its methods are safe for
 // concurrent use.
 type FastPath struct {
-	ports, sockhash, links, counts *ebpf.Map
-	sockOps, skMsg                 *ebpf.Program
-	cgLink                         link.Link
-	cgroup                         string
+	ports, sockhash, links, counts, acks *ebpf.Map
+	sockOps, skMsg                       *ebpf.Program
+	cgLink                               link.Link
+	cgroup                               string
+	mounted                              bool // cgroup was mounted by Open
 
 	mu     sync.Mutex // guards the following
 	closed bool
@@ -47,14 +48,15 @@ type FastPath struct {
 // CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN) and a kernel with sockmap
 // (5.10 or later). Close detaches everything.
 func Open(cgroupDir, mountDir string) (*FastPath, error) {
+	mounted := false
 	if cgroupDir == "" {
 		var err error
-		if cgroupDir, err = cgroup2Dir(mountDir); err != nil {
+		if cgroupDir, mounted, err = cgroup2Dir(mountDir); err != nil {
 			return nil, err
 		}
 	}
 	_ = rlimit.RemoveMemlock() // kernels before 5.11 count BPF memory there
-	f := &FastPath{cgroup: cgroupDir, eps: map[netip.AddrPort]int{}}
+	f := &FastPath{cgroup: cgroupDir, mounted: mounted, eps: map[netip.AddrPort]int{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -74,9 +76,13 @@ func Open(cgroupDir, mountDir string) (*FastPath, error) {
 	if f.counts, err = newMap("fm_counts", ebpf.LRUHash, tupleSize, countSize, maxSockets); err != nil {
 		return nil, err
 	}
+	if f.acks, err = newMap("fm_acks", ebpf.LRUHash, tupleSize, 16, maxSockets); err != nil {
+		return nil, err
+	}
+	m := progMaps{ports: f.ports.FD(), sockhash: f.sockhash.FD(), links: f.links.FD(), counts: f.counts.FD(), acks: f.acks.FD()}
 	if f.skMsg, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "fm_sk_msg", Type: ebpf.SkMsg, License: "Apache-2.0",
-		Instructions: skMsgProgram(f.links.FD(), f.counts.FD(), f.sockhash.FD()),
+		Instructions: skMsgProgram(m),
 	}); err != nil {
 		return nil, fmt.Errorf("fastpath: load sk_msg program: %w", err)
 	}
@@ -86,7 +92,7 @@ func Open(cgroupDir, mountDir string) (*FastPath, error) {
 	}
 	if f.sockOps, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "fm_sock_ops", Type: ebpf.SockOps, License: "Apache-2.0",
-		Instructions: sockOpsProgram(f.ports.FD(), f.sockhash.FD(), f.counts.FD(), netns),
+		Instructions: sockOpsProgram(m, netns),
 	}); err != nil {
 		return nil, fmt.Errorf("fastpath: load sock_ops program: %w", err)
 	}
@@ -115,9 +121,10 @@ func newMap(name string, typ ebpf.MapType, key, value, max uint32) (*ebpf.Map, e
 // Cgroup is the cgroup v2 directory the sock_ops program is attached to.
 func (f *FastPath) Cgroup() string { return f.cgroup }
 
-// Close detaches the programs and frees the maps; sockets in the sockhash
-// go back to the kernel's plain TCP. Pairs still relaying keep working on
-// the userspace path. Close is idempotent.
+// Close detaches the programs and frees the maps (and unmounts the cgroup
+// v2 hierarchy Open mounted); sockets in the sockhash go back to the
+// kernel's plain TCP. Call it after the last Relay has returned: a Relay
+// still running ends with an error. Close is idempotent.
 func (f *FastPath) Close() error {
 	f.mu.Lock()
 	if f.closed {
@@ -134,10 +141,13 @@ func (f *FastPath) Close() error {
 			Target: f.sockhash.FD(), Program: f.skMsg, Attach: ebpf.AttachSkMsgVerdict,
 		})
 	}
-	for _, c := range []interface{ Close() error }{f.sockOps, f.skMsg, f.ports, f.sockhash, f.links, f.counts} {
+	for _, c := range []interface{ Close() error }{f.sockOps, f.skMsg, f.ports, f.sockhash, f.links, f.counts, f.acks} {
 		if c != nil && !isNilCloser(c) {
 			c.Close()
 		}
+	}
+	if f.mounted {
+		_ = unix.Unmount(f.cgroup, unix.MNT_DETACH)
 	}
 	return nil
 }
@@ -277,6 +287,13 @@ func (f *FastPath) link(client, up *net.TCPConn, sent int64) (*pair, bool) {
 	if f.counts.Lookup(p.c[:], cc[:]) != nil || f.counts.Lookup(p.e[:], ce[:]) != nil {
 		return nil, false
 	}
+	var ack [16]byte
+	if f.acks.Lookup(p.a1[:], ack[:]) != nil || f.acks.Lookup(p.a2[:], ack[:]) != nil {
+		return nil, false // the agent's sockets are not watched: the queue bound cannot hold
+	}
+	if synData(client) || setSndBuf(client) != nil || setSndBuf(up) != nil {
+		return nil, false
+	}
 	p.cookieC, p.cookieE = binary.NativeEndian.Uint64(cc[16:]), binary.NativeEndian.Uint64(ce[16:])
 	if putSocket(f.sockhash, p.a1, client) != nil || putSocket(f.sockhash, p.a2, up) != nil {
 		f.sockhash.Delete(p.a1[:])
@@ -335,8 +352,8 @@ func (c *publishConn) Write(b []byte) (int, error) {
 }
 
 // Close ends the link whose bytes leave from this socket before it closes,
-// so a late send of the far side is not sent to a closed socket (which
-// would fail the far side's write with EACCES instead of a reset).
+// so the far side's later sends go to the agent's path (and meet the
+// closed connection there) instead of a socket leaving the sockhash.
 func (c *publishConn) Close() error {
 	_ = c.f.links.Delete(c.key[:])
 	return c.Conn.Close()
@@ -407,6 +424,47 @@ func linkValue(peer tuple, forwarded, cookie uint64) []byte {
 	return v
 }
 
+// sndBufForce is the send buffer of the agent's linked sockets: room for
+// maxQueued bytes (and their overhead) redirected into them, and one
+// message beyond, so a redirect never finds them full.
+const sndBufForce = 4 * maxQueued
+
+// setSndBuf gives c's socket sndBufForce (SO_SNDBUFFORCE: above wmem_max;
+// the kernel doubles it for overhead).
+func setSndBuf(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sndBufForce)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// synData reports whether the client sent data in its SYN (TCP Fast Open):
+// the tracked socket was not established when it sent them, so they are
+// not counted, and linking would let later bytes overtake them.
+func synData(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return true
+	}
+	var info *unix.TCPInfo
+	if err := rc.Control(func(fd uintptr) {
+		info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil || info == nil {
+		return true
+	}
+	return info.Options&tcpiOptSynData != 0
+}
+
+// tcpiOptSynData is TCPI_OPT_SYN_DATA (linux/tcp.h): the SYN carried data.
+const tcpiOptSynData = 32
+
 // putSocket inserts c's socket into the sockhash under t.
 func putSocket(m *ebpf.Map, t tuple, c *net.TCPConn) error {
 	rc, err := c.SyscallConn()
@@ -438,21 +496,21 @@ func netnsCookie() (uint64, error) {
 }
 
 // cgroup2Dir finds the cgroup v2 hierarchy's mount point, or mounts one at
-// mountDir (as root) when none is mounted.
-func cgroup2Dir(mountDir string) (string, error) {
+// mountDir (as root) when none is mounted (mounted true).
+func cgroup2Dir(mountDir string) (dir string, mounted bool, err error) {
 	if dir, err := mountedCgroup2(); err != nil || dir != "" {
-		return dir, err
+		return dir, false, err
 	}
 	if mountDir == "" {
-		return "", errors.New("fastpath: no cgroup v2 hierarchy is mounted and no directory was given to mount one")
+		return "", false, errors.New("fastpath: no cgroup v2 hierarchy is mounted and no directory was given to mount one")
 	}
 	if err := os.MkdirAll(mountDir, 0o755); err != nil {
-		return "", fmt.Errorf("fastpath: %w", err)
+		return "", false, fmt.Errorf("fastpath: %w", err)
 	}
 	if err := unix.Mount("none", mountDir, "cgroup2", 0, ""); err != nil {
-		return "", fmt.Errorf("fastpath: mount cgroup2 at %s: %w", mountDir, err)
+		return "", false, fmt.Errorf("fastpath: mount cgroup2 at %s: %w", mountDir, err)
 	}
-	return mountDir, nil
+	return mountDir, true, nil
 }
 
 // mountedCgroup2 returns the first cgroup2 mount point in /proc/self/mounts.
