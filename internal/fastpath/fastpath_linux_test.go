@@ -453,3 +453,109 @@ func reuseAddr(network, address string, rc syscall.RawConn) error {
 	}
 	return serr
 }
+
+// TestOneWayAndSlowReaders: bulk bytes one way only, to a reader that
+// keeps up, to one that starts late, and back to a client that reads late.
+// A sender whose bytes the kernel takes never waits on its own socket, so
+// a redirect into a full agent socket would leave it waiting forever; the
+// queue bound must keep every transfer moving to its end.
+func TestOneWayAndSlowReaders(t *testing.T) {
+	f := openForTest(t)
+	ln := listen(t, f)
+	const total = 24 << 20
+	for _, tc := range []struct {
+		name        string
+		upload      bool
+		readerDelay time.Duration
+	}{
+		{"upload, fast reader", true, 0},
+		{"upload, reader starts after 1s", true, time.Second},
+		{"download, client reads after 500ms", false, 500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, err := net.Listen("tcp4", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			data := make([]byte, total)
+			rng := rand.New(rand.NewPCG(7, 7))
+			for i := range data {
+				data[i] = byte(rng.Uint32())
+			}
+			want := sha256.Sum256(data)
+			srvSum := make(chan [32]byte, 1)
+			go func() {
+				c, err := srv.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				// A greeting first, as most protocols have: the pair is
+				// linked and drained when the bulk bytes start.
+				if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+					return
+				}
+				c.Write([]byte("ok"))
+				if tc.upload {
+					time.Sleep(tc.readerDelay)
+					h := sha256.New()
+					io.Copy(h, c)
+					srvSum <- [32]byte(h.Sum(nil))
+					return
+				}
+				c.Write(data)
+				c.(*net.TCPConn).CloseWrite()
+				io.Copy(io.Discard, c)
+			}()
+			ep := srv.Addr().(*net.TCPAddr).AddrPort()
+			p := relayOne(t, f, ln, ep)
+			p.client.SetDeadline(time.Now().Add(30 * time.Second))
+			p.client.Write([]byte("hello"))
+			if _, err := io.ReadFull(p.client, make([]byte, 2)); err != nil {
+				t.Fatalf("greeting: %v", err)
+			}
+			if tc.upload {
+				if _, err := p.client.Write(data); err != nil {
+					t.Fatalf("upload stalled or failed: %v", err)
+				}
+				p.client.(*net.TCPConn).CloseWrite()
+				select {
+				case got := <-srvSum:
+					if got != want {
+						t.Fatal("the endpoint received a different stream")
+					}
+				case <-time.After(30 * time.Second):
+					t.Fatal("the endpoint never saw the end of the upload")
+				}
+			} else {
+				time.Sleep(tc.readerDelay)
+				h := sha256.New()
+				if n, err := io.Copy(h, p.client); err != nil || n != total {
+					t.Fatalf("download: %d bytes, %v", n, err)
+				}
+				if [32]byte(h.Sum(nil)) != want {
+					t.Fatal("the client received a different stream")
+				}
+			}
+			p.client.Close()
+			var r Result
+			select {
+			case r = <-p.result:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Relay did not end")
+			}
+			t.Logf("%+v", r)
+			kernel := r.KernelClientToUp
+			if !tc.upload {
+				kernel = r.KernelUpToClient
+			}
+			if !r.Kernel || kernel == 0 {
+				t.Fatalf("the kernel carried none of it: %+v", r)
+			}
+			if moved := r.KernelClientToUp + r.KernelUpToClient + r.ClientToUp + r.UpToClient; moved != total+7 {
+				t.Fatalf("%+v: %d bytes moved, want %d (and the greeting's 7)", r, moved, total)
+			}
+		})
+	}
+}
