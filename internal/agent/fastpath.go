@@ -60,8 +60,9 @@ type FastPathStatus struct {
 
 // fastPathState is the agent's fast path: nil fp when off or unavailable.
 type fastPathState struct {
-	fp     *fastpath.FastPath
-	status FastPathStatus
+	fp        *fastpath.FastPath
+	status    FastPathStatus
+	listening map[netip.AddrPort]bool // VIP:ports registered with fp (a.mu)
 
 	kernelConns, agentConns *metrics.Counter // tcp pairs to local endpoints, by path
 	kernelUp, kernelDown    *metrics.Counter // bytes the kernel moved past the agent
@@ -96,7 +97,7 @@ func (a *Agent) initFastPath() error {
 		a.log.Warn("agent: kernel fast path off, relaying same-node TCP in the agent", "err", err)
 		return nil
 	}
-	st.fp = fp
+	st.fp, st.listening = fp, map[netip.AddrPort]bool{}
 	st.status = FastPathStatus{Active: true, Mode: cfg.Mode, Cgroup: fp.Cgroup()}
 	a.log.Info("agent: kernel fast path on", "cgroup", fp.Cgroup())
 	return nil
@@ -126,16 +127,26 @@ func (a *Agent) closeFastPath() {
 // FastPathStatus returns the state of the kernel fast path.
 func (a *Agent) FastPathStatus() FastPathStatus { return a.fast.status }
 
-// fastListen registers a plain TCP (or detected) port's listener with the
-// fast path, so local clients' connections to it are tracked from their
-// first byte.
+// fastListen registers a plain TCP (or detected) port's VIP with the fast
+// path, so local clients' connections to it are tracked from their first
+// byte, and unregisters one whose protocol became another (a.mu held).
 func (a *Agent) fastListen(ap netip.AddrPort, t listenTarget) {
-	if a.fast.fp == nil || (t.proto != "tcp" && t.proto != "auto") {
+	if a.fast.fp == nil {
+		return
+	}
+	want := t.proto == "tcp" || t.proto == "auto"
+	if a.fast.listening[ap] == want {
+		return
+	}
+	if !want {
+		a.fastUnlisten(ap)
 		return
 	}
 	if err := a.fast.fp.AddListener(ap); err != nil {
 		a.log.Warn("agent: fast path: listener not tracked", "addr", ap, "err", err)
+		return
 	}
+	a.fast.listening[ap] = true
 }
 
 // replayDetected gives a connection detected as L7 or MQTT on an auto
@@ -147,10 +158,11 @@ func (a *Agent) replayDetected(client net.Conn, peeked []byte) (net.Conn, []byte
 	return &prefixConn{Conn: client, r: io.MultiReader(bytes.NewReader(peeked), client)}, nil
 }
 
-// fastUnlisten undoes fastListen.
+// fastUnlisten undoes fastListen (a.mu held).
 func (a *Agent) fastUnlisten(ap netip.AddrPort) {
-	if a.fast.fp != nil {
+	if a.fast.fp != nil && a.fast.listening[ap] {
 		a.fast.fp.RemoveListener(ap)
+		delete(a.fast.listening, ap)
 	}
 }
 

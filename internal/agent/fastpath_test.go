@@ -148,4 +148,14 @@ func TestFastPathAutoPort(t *testing.T) {
 	if !strings.Contains(buf.String(), `fogmesh_agent_fastpath_connections_total{path="agent"} 0`) {
 		t.Fatalf("a connection fell back to the agent's relay:\n%s", buf.String())
 	}
+	// The kernel took over after the replayed bytes: most lines went past the agent.
+	var up int
+	for _, l := range strings.Split(buf.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, `fogmesh_agent_fastpath_bytes_total{direction="client_to_endpoint"} `); ok {
+			fmt.Sscan(v, &up)
+		}
+	}
+	if up < 100 {
+		t.Fatalf("the kernel carried %d bytes from the client; the 20 lines are about 160", up)
+	}
 }

@@ -58,6 +58,7 @@ func (a *Agent) openListenersLocked(v *view) {
 	}
 	a.reconcileUDPLocked(v) // udp ports: udp.go
 	for ap, t := range v.byVIP {
+		a.fastListen(ap, t) // and again when the port's protocol changes
 		if a.listeners[ap] != nil || t.proto == "udp" {
 			continue
 		}
@@ -67,7 +68,6 @@ func (a *Agent) openListenersLocked(v *view) {
 			continue
 		}
 		a.noteBoundLocked(ap)
-		a.fastListen(ap, t)
 		l := &vipListener{ln: ln, done: make(chan struct{})}
 		a.listeners[ap] = l
 		a.wg.Add(1)

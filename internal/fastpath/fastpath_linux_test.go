@@ -86,8 +86,8 @@ func relayOne(t *testing.T, f *FastPath, ln net.Listener, ep netip.AddrPort) age
 	}
 	res := make(chan Result, 1)
 	go func() {
-		defer done()
 		r, err := f.Relay(context.Background(), a1.(*net.TCPConn), a2.(*net.TCPConn), 0, time.Minute)
+		done() // before the result: the test closes f once it has it
 		if err != nil {
 			t.Errorf("Relay: %v", err)
 		}
@@ -293,8 +293,8 @@ func TestHandoverUnderLoad(t *testing.T) {
 		}
 		res := make(chan Result, 1)
 		go func() {
-			defer done()
 			r, _ := f.Relay(context.Background(), a1.(*net.TCPConn), a2.(*net.TCPConn), 0, time.Minute)
+			done()
 			res <- r
 		}()
 		client.SetDeadline(time.Now().Add(30 * time.Second))
@@ -438,8 +438,13 @@ func TestLinkNamesItsSocket(t *testing.T) {
 		t.Fatalf("the new connection read %q, %v", buf[:n], err)
 	}
 	a2.Close()
-	if b := <-got; len(b) != 0 {
-		t.Fatalf("the old link's endpoint got %q", b)
+	select {
+	case b := <-got:
+		if len(b) != 0 {
+			t.Fatalf("the old link's endpoint got %q", b)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the endpoint's connection did not end")
 	}
 }
 
