@@ -129,7 +129,11 @@ func readReady(r io.Reader) bool {
 
 // sendReady reads the body once (readReady said it does not wait) and
 // writes what the send windows take of it at once, with END_STREAM if
-// that was all of it. Under wmu, right after the request's HEADERS.
+// that was all of it. Under wmu, right after the request's HEADERS: the
+// read must not block on anything else either, or every stream of the
+// connection would wait (h2srv's body returns window credit to its
+// client with a write only after 256 KiB were read, never on a first
+// read of at most 16 KiB; it is not ready while 100 Continue is owed).
 func (s *stream) sendReady(p *pending, hasTrailer bool) error {
 	c := s.c
 	p.bp = bufPool.Get().(*[]byte)
