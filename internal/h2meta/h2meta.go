@@ -122,6 +122,12 @@ func validWireName(v string) bool {
 	return true
 }
 
+// maxKeptFields is the most field slots a Reader keeps for the next block:
+// typical blocks reuse storage, and one block of many fields (up to the
+// header list limit, a megabyte and more of slots) is not held for the
+// connection's life.
+const maxKeptFields = 128
+
 // readMeta decodes the block hf starts, as the Framer's readMetaFrame.
 func (r *Reader) readMeta(hf *http2.HeadersFrame) (http2.Frame, error) {
 	clear(r.fields) // the last block's strings are not kept alive
@@ -151,6 +157,9 @@ func (r *Reader) readMeta(hf *http2.HeadersFrame) (http2.Frame, error) {
 		frag, ended = cf.HeaderBlockFragment(), cf.HeadersEnded()
 	}
 	r.fields = r.mh.Fields
+	if cap(r.fields) > maxKeptFields {
+		r.fields = nil // a rare large block's storage goes with its frame, not the connection
+	}
 	if err := r.dec.Close(); err != nil {
 		return nil, http2.ConnectionError(http2.ErrCodeCompression)
 	}

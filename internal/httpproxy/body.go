@@ -179,7 +179,11 @@ func (b *TimedBody) ReadReady() bool {
 }
 
 // ReadReady reports whether a Read of r returns without waiting, as r
-// says (a ReadReady method: h2srv's request body and the wrappers of it);
+// says (a ReadReady method: h2srv's request body and the wrappers of it).
+// The rule for a ReadReady method: when it says true, the next Read never
+// blocks, on the network or on anything else (a flow-control update it
+// would write, a lock held over I/O): h2up reads a ready body while it
+// holds the upstream connection's write lock;
 // false if it cannot tell. h2up sends a body that is ready on the
 // caller's goroutine.
 func ReadReady(r io.Reader) bool {
