@@ -241,3 +241,6 @@ func (b *noopCloseBody) Read(p []byte) (int, error) {
 }
 
 func (b *noopCloseBody) Close() error { b.closed.Store(true); return nil }
+
+// ReadReady reports whether a Read returns without waiting (h2up).
+func (b *noopCloseBody) ReadReady() bool { return b.closed.Load() || httpproxy.ReadReady(b.r) }

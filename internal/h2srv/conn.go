@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/fogmesh/fogmesh/internal/h2meta"
 )
 
 // conn is one client connection. The read loop (serve) owns fr's reads;
@@ -29,6 +31,7 @@ type conn struct {
 	remote string
 	br     *bufio.Reader
 	fr     *http2.Framer
+	meta   *h2meta.Reader    // fr's frames, header blocks decoded; read loop only
 	canon  map[string]string // header name -> canonical, read loop only
 
 	wmu     sync.Mutex   // guards bw, fr's writes, henc, hbuf, werr
@@ -73,8 +76,7 @@ func newConn(s *Server, c net.Conn, o ConnOptions) *conn {
 	sc.br = bufio.NewReaderSize(c, 16<<10)
 	sc.bw = bufio.NewWriterSize(c, 16<<10)
 	sc.fr = http2.NewFramer(sc.bw, sc.br)
-	sc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	sc.fr.MaxHeaderListSize = DefaultMaxHeaderList
+	sc.meta = h2meta.New(sc.fr, DefaultMaxHeaderList) // header blocks decoded as ReadMetaHeaders would
 	sc.fr.SetReuseFrames()
 	sc.fr.SetMaxReadFrameSize(16384) // SETTINGS_MAX_FRAME_SIZE left at its initial value
 	sc.henc = hpack.NewEncoder(&sc.hbuf)
@@ -310,7 +312,7 @@ func (sc *conn) serve(prefaceRead bool) {
 		return
 	}
 	// RFC 9113 §3.4: the client's preface ends with a SETTINGS frame.
-	f, err := sc.fr.ReadFrame()
+	f, err := sc.meta.ReadFrame()
 	if err != nil {
 		if errors.Is(err, http2.ErrFrameTooLarge) {
 			err = http2.ConnectionError(http2.ErrCodeFrameSize)
@@ -329,7 +331,7 @@ func (sc *conn) serve(prefaceRead bool) {
 	sc.nc.SetReadDeadline(time.Time{})
 	sc.armIdle()
 	for {
-		f, err := sc.fr.ReadFrame()
+		f, err := sc.meta.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {

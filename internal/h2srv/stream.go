@@ -273,6 +273,22 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	}
 }
 
+// ReadReady reports whether a Read returns without waiting: bytes are
+// buffered, or the body has ended (h2up then sends a unary call's body
+// on the handler's goroutine, with its HEADERS).
+func (b *requestBody) ReadReady() bool {
+	st := b.st
+	if b.closed {
+		return true
+	}
+	if st.needsContinue {
+		return false // the read writes 100 Continue and waits
+	}
+	st.sc.mu.Lock()
+	defer st.sc.mu.Unlock()
+	return st.body.len() > 0 || st.recvDone
+}
+
 // Close: the handler reads no more; the rest is discarded, and a stream
 // the client still sends on is reset when the handler returns.
 func (b *requestBody) Close() error {

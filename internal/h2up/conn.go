@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/textproto"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/fogmesh/fogmesh/internal/h2meta"
 )
 
 // One connection: its writes (any goroutine, serialised by wmu, flushed by
@@ -48,10 +49,11 @@ func (e *StreamError) Error() string {
 }
 
 type conn struct {
-	p  *Pool
-	nc net.Conn
-	bw *bufio.Writer
-	fr *http2.Framer
+	p    *Pool
+	nc   net.Conn
+	bw   *bufio.Writer
+	fr   *http2.Framer
+	meta *h2meta.Reader // reads fr's frames, header blocks decoded (read loop only)
 
 	wmu     sync.Mutex   // guards bw, the framer's writes, henc, hbuf, werr
 	waiting atomic.Int32 // writers waiting for wmu: the last one flushes
@@ -94,31 +96,13 @@ type conn struct {
 	canon     map[string]string // header name -> canonical form (canonical)
 }
 
-// canonical is the canonical form of a header name (lower case on the
-// wire), cached per connection: CanonicalMIMEHeaderKey allocates a new
-// string for every lower-case name. Read loop only.
-func (c *conn) canonical(name string) string {
-	if k, ok := c.canon[name]; ok {
-		return k
-	}
-	k := textproto.CanonicalMIMEHeaderKey(name)
-	if c.canon == nil {
-		c.canon = map[string]string{}
-	}
-	if len(c.canon) < 64 {
-		c.canon[name] = k
-	}
-	return k
-}
-
 func newConn(p *Pool, nc net.Conn) (*conn, error) {
 	c := &conn{p: p, nc: nc, bw: bufio.NewWriterSize(nc, 16<<10), streams: map[uint32]*stream{},
 		nextID: 1, maxConc: defaultMaxConc, peerWin: 65535, sendWin: 65535, maxFrame: 16384, recvWin: connWindow}
 	c.cond.L = &c.mu
 	c.br = bufio.NewReaderSize(nc, 16<<10)
 	c.fr = http2.NewFramer(c.bw, c.br)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = maxHeaderList
+	c.meta = h2meta.New(c.fr, maxHeaderList) // header blocks decoded as ReadMetaHeaders would
 	c.fr.SetMaxReadFrameSize(16384)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.bw.Write(clientPreface)
@@ -389,7 +373,7 @@ func (c *conn) readLoop() {
 			c.wakeStreams() // before a read that may wait
 		}
 		var f http2.Frame
-		f, err = c.fr.ReadFrame()
+		f, err = c.meta.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 
@@ -152,4 +153,21 @@ func checkRequest(req *http.Request) error {
 		}
 	}
 	return nil
+}
+
+// canonical is the canonical form of a header name (lower case on the
+// wire), cached per connection: CanonicalMIMEHeaderKey allocates a new
+// string for every lower-case name. Read loop only.
+func (c *conn) canonical(name string) string {
+	if k, ok := c.canon[name]; ok {
+		return k
+	}
+	k := textproto.CanonicalMIMEHeaderKey(name)
+	if c.canon == nil {
+		c.canon = map[string]string{}
+	}
+	if len(c.canon) < 64 {
+		c.canon[name] = k
+	}
+	return k
 }

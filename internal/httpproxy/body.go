@@ -170,6 +170,27 @@ func (b *TimedBody) Read(p []byte) (int, error) {
 
 func (b *TimedBody) Close() error { return b.r.Close() }
 
+// ReadReady reports whether a Read returns without waiting (ReadReady).
+func (b *TimedBody) ReadReady() bool {
+	b.mu.Lock()
+	expired := b.expired
+	b.mu.Unlock()
+	return expired || ReadReady(b.r)
+}
+
+// ReadReady reports whether a Read of r returns without waiting, as r
+// says (a ReadReady method: h2srv's request body and the wrappers of it).
+// The rule for a ReadReady method: when it says true, the next Read never
+// blocks, on the network or on anything else (a flow-control update it
+// would write, a lock held over I/O): h2up reads a ready body while it
+// holds the upstream connection's write lock;
+// false if it cannot tell. h2up sends a body that is ready on the
+// caller's goroutine.
+func ReadReady(r io.Reader) bool {
+	rr, ok := r.(interface{ ReadReady() bool })
+	return ok && rr.ReadReady()
+}
+
 // IsTimeout: a deadline passed (os.ErrDeadlineExceeded on TCP and HTTP/2
 // streams; yamux's own timeout error on mesh streams).
 func IsTimeout(err error) bool {

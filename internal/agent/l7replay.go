@@ -1,0 +1,145 @@
+package agent
+
+import (
+	"errors"
+	"io"
+	"sync"
+
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
+)
+
+// The request body of a proxied request, as lbTransport.roundTrip hands it
+// to its attempts: kept for a retry (replayBody), or shielded from the
+// transport's Close (noCloseBody).
+
+// noCloseBody ignores Close; see roundTrip.
+type noCloseBody struct{ io.Reader }
+
+func (noCloseBody) Close() error { return nil }
+
+// ReadReady reports whether a Read returns without waiting (h2up).
+func (b noCloseBody) ReadReady() bool { return httpproxy.ReadReady(b.Reader) }
+
+// errBodyGone: an attempt read a request body that a later attempt took
+// over, or that no longer fits the retry buffer.
+var errBodyGone = errors.New("request body taken over by a retry")
+
+// replayBody keeps the first limit bytes of a request body as attempts
+// read it, so a retry can send the body again from its start. Each
+// attempt reads through its own reader (attempt); a new attempt ends the
+// previous one's reads. Once more than limit bytes were read the body
+// is no longer replayable: the current attempt reads on, no retry
+// follows.
+type replayBody struct {
+	src   io.Reader
+	limit int
+
+	mu       sync.Mutex // guards the following
+	cond     *sync.Cond // signalled when a read of src ends
+	buf      []byte     // src's bytes so far (nil once over)
+	consumed int        // bytes read from src
+	over     bool       // more than limit read: buf dropped
+	eof      bool
+	err      error // src's read error
+	gen      int   // the current attempt
+	reading  bool  // a read of src is in progress
+}
+
+func newReplayBody(src io.Reader, limit int) *replayBody {
+	rb := &replayBody{src: src, limit: limit}
+	rb.cond = sync.NewCond(&rb.mu)
+	return rb
+}
+
+// attempt returns the body for the next attempt, from its start.
+func (rb *replayBody) attempt() io.ReadCloser {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	rb.gen++
+	rb.cond.Broadcast()
+	return &replayReader{rb: rb, gen: rb.gen}
+}
+
+// replayable reports whether another attempt can send the whole body.
+func (rb *replayBody) replayable() bool {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	return !rb.over && rb.err == nil
+}
+
+type replayReader struct {
+	rb       *replayBody
+	gen, pos int
+}
+
+func (r *replayReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	rb := r.rb
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	for {
+		switch {
+		case r.gen != rb.gen:
+			return 0, errBodyGone
+		case r.pos < len(rb.buf):
+			n := copy(p, rb.buf[r.pos:])
+			r.pos += n
+			return n, nil
+		case r.pos < rb.consumed:
+			return 0, errBodyGone // past the buffer: these bytes were not kept
+		case rb.eof:
+			return 0, io.EOF
+		case rb.err != nil:
+			return 0, rb.err
+		case rb.reading:
+			rb.cond.Wait() // an earlier attempt's read: its bytes are kept for this one
+			continue
+		}
+		rb.reading = true
+		rb.mu.Unlock()
+		n, err := rb.src.Read(p)
+		rb.mu.Lock()
+		rb.reading = false
+		rb.cond.Broadcast()
+		if n > 0 {
+			if !rb.over && len(rb.buf)+n <= rb.limit {
+				rb.buf = append(rb.buf, p[:n]...)
+			} else {
+				rb.over, rb.buf = true, nil
+			}
+			rb.consumed += n
+		}
+		if err == io.EOF {
+			rb.eof = true
+		} else if err != nil {
+			rb.err = err
+		}
+		if r.gen != rb.gen {
+			return 0, errBodyGone
+		}
+		r.pos += n
+		// (n, io.EOF) passes as it came: h2up then sends the last bytes
+		// with END_STREAM (h2srv reads a body's end with its last bytes).
+		return n, err
+	}
+}
+
+// ReadReady reports whether a Read returns without waiting (h2up): from
+// the kept bytes, with an outcome known, or from src if it is ready and
+// no other attempt reads it.
+func (r *replayReader) ReadReady() bool {
+	rb := r.rb
+	rb.mu.Lock()
+	if r.gen != rb.gen || r.pos < rb.consumed || rb.eof || rb.err != nil {
+		rb.mu.Unlock()
+		return true
+	}
+	reading := rb.reading
+	rb.mu.Unlock()
+	return !reading && httpproxy.ReadReady(rb.src)
+}
+
+// Close does nothing: the server closes the client's body.
+func (r *replayReader) Close() error { return nil }
