@@ -1,0 +1,213 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// The lean parses (lean.go) against net/http's: whatever a lean parse
+// accepts, net/http accepts and reads the same (every field of the message,
+// the body, the bytes left after it); whatever it declines, it leaves
+// unread.
+
+var leanResponseSeeds = []string{
+	"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok",
+	"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+	"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nx-a: 1\r\nX-A:  2 \r\n\r\n",
+	"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhel",
+	"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, Close\r\n\r\nhello",
+	"HTTP/1.1 200 \r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 007\r\nRetry-After: 1\r\n\r\n1234567",
+	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+	"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n folded\r\n\r\nok",
+	"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+	"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+	"HTTP/1.1 200 OK\r\nBad Name: 1\r\nContent-Length: 2\r\n\r\nok",
+	"HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 2\r\n\r\nok",
+	"HTTP/1.1 200 OK\r\nX: caf\xc3\xa9\r\nContent-Length: 2\r\n\r\nok",
+	"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n",
+	"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+	"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+	"HTTP/1.1 200 OK\r\nPragma: no-cache\r\nContent-Length: 2\r\n\r\nok",
+	"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",
+	"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+	"HTTP/1.1 200 O\rK\r\nContent-Length: 2\r\n\r\nok",
+}
+
+func FuzzLeanResponse(f *testing.F) {
+	for _, s := range leanResponseSeeds {
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, head bool) {
+		req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+		if head {
+			req.Method = http.MethodHead
+		}
+		pc := &poolConn{br: bufio.NewReaderSize(bytes.NewReader(data), BufSize)}
+		pc.br.Peek(1)
+		buffered := pc.br.Buffered()
+		got := pc.leanResponse(req)
+		if got == nil {
+			if pc.br.Buffered() != buffered {
+				t.Fatalf("declined %q but consumed %d bytes", data, buffered-pc.br.Buffered())
+			}
+			return
+		}
+		ref := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
+		want, err := http.ReadResponse(ref, req)
+		if err != nil {
+			t.Fatalf("lean read %q, net/http refuses it: %v", data, err)
+		}
+		for _, r := range []*http.Response{got, want} {
+			if r.Body == http.NoBody {
+				r.Body = nil
+			}
+		}
+		gb, gerr := readAllKeep(got.Body)
+		wb, werr := readAllKeep(want.Body)
+		got.Body, want.Body = nil, nil
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q:\nlean     %+v\nnet/http %+v", data, got, want)
+		}
+		if !bytes.Equal(gb, wb) || (gerr == nil) != (werr == nil) {
+			t.Fatalf("%q: body %q (%v), net/http %q (%v)", data, gb, gerr, wb, werr)
+		}
+		grest, _ := io.ReadAll(pc.br)
+		wrest, _ := io.ReadAll(ref)
+		if !bytes.Equal(grest, wrest) {
+			t.Fatalf("%q: left %q, net/http %q", data, grest, wrest)
+		}
+	})
+}
+
+type leanKey struct{}
+
+func readAllKeep(r io.Reader) ([]byte, error) {
+	if r == nil {
+		return nil, nil
+	}
+	return io.ReadAll(r)
+}
+
+var leanRequestSeeds = []string{
+	"GET / HTTP/1.1\r\nHost: bench.demo\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n",
+	"GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\n",
+	"DELETE /a%20b/%2F HTTP/1.1\r\nhost: h:80\r\nconnection: Close\r\naccept: a\r\nAccept: b\r\n\r\n",
+	"GET //x/y HTTP/1.1\r\nHost: h\r\n\r\n",
+	"GET /x HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
+	"GET /x HTTP/1.1\r\n\r\n",
+	"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
+	"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+	"GET /x HTTP/1.0\r\nHost: h\r\n\r\n",
+	"GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n",
+	"get /x HTTP/1.1\r\nHost: h\r\n\r\n",
+	"GET /x\x7f HTTP/1.1\r\nHost: h\r\n\r\n",
+	"GET /x HTTP/1.1\r\nHost: h\r\n X: folded\r\n\r\n",
+	"GET /x HTTP/1.1\nHost: h\n\n",
+	"GET /x HTTP/1.1\r\nHost: h\r\nPragma: no-cache\r\n\r\n",
+	"GET /x  HTTP/1.1\r\nHost: h\r\n\r\n",
+	"GET /x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nX: \t v \t\r\n\r\n",
+	"GET /x HTTP/1.1\r\nHost:\r\n\r\n",
+	"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+	"CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n",
+}
+
+func FuzzLeanRequest(f *testing.F) {
+	for _, s := range leanRequestSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// A header kept from an earlier request, reused.
+		var hb HeaderBuf
+		prev := bufio.NewReader(strings.NewReader(leanRequestSeeds[2]))
+		prev.Peek(1)
+		if LeanRequest(context.Background(), prev, &hb) == nil {
+			t.Fatal("declined the earlier request")
+		}
+		ctx := context.WithValue(context.Background(), leanKey{}, 1)
+		br := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
+		br.Peek(1)
+		buffered := br.Buffered()
+		got := LeanRequest(ctx, br, &hb)
+		if got == nil {
+			if br.Buffered() != buffered {
+				t.Fatalf("declined %q but consumed %d bytes", data, buffered-br.Buffered())
+			}
+			return
+		}
+		ref := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
+		want, err := http.ReadRequest(ref)
+		if err != nil {
+			t.Fatalf("lean read %q, net/http refuses it: %v", data, err)
+		}
+		want = want.WithContext(ctx)
+		if got.Body != http.NoBody || want.Body != http.NoBody {
+			t.Fatalf("%q: bodies %v, net/http %v; want none", data, got.Body, want.Body)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q:\nlean     %+v\nnet/http %+v", data, got, want)
+		}
+		grest, _ := io.ReadAll(br)
+		wrest, _ := io.ReadAll(ref)
+		if !bytes.Equal(grest, wrest) {
+			t.Fatalf("%q: left %q, net/http %q", data, grest, wrest)
+		}
+	})
+}
+
+// TestLeanParsesTaken: the plain heads of the benchmarks take the lean
+// parses (a change that declined them would still pass the fuzz tests).
+func TestLeanParsesTaken(t *testing.T) {
+	br := bufio.NewReaderSize(bytes.NewReader([]byte(leanRequestSeeds[0])), BufSize)
+	br.Peek(1)
+	if LeanRequest(context.Background(), br, nil) == nil {
+		t.Errorf("declined %q", leanRequestSeeds[0])
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+	pc := &poolConn{br: bufio.NewReaderSize(bytes.NewReader([]byte(leanResponseSeeds[0])), BufSize)}
+	pc.br.Peek(1)
+	if pc.leanResponse(req) == nil {
+		t.Errorf("declined %q", leanResponseSeeds[0])
+	}
+}
+
+// TestResponseHeaderBufHeld: a response holding its connection's
+// HeaderBuf keeps its header while later responses (a retry's) are read;
+// once released, the next response reuses it.
+func TestResponseHeaderBufHeld(t *testing.T) {
+	var hb HeaderBuf
+	req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+	req = req.WithContext(WithResponseHeaderBuf(context.Background(), &hb))
+	read := func(id string) *http.Response {
+		t.Helper()
+		pc := &poolConn{br: bufio.NewReaderSize(strings.NewReader("HTTP/1.1 503 No\r\nX-Id: "+id+"\r\nContent-Length: 0\r\n\r\n"), BufSize)}
+		pc.br.Peek(1)
+		resp := pc.leanResponse(req)
+		if resp == nil {
+			t.Fatal("declined")
+		}
+		return resp
+	}
+	first := read("1")
+	second := read("2") // first still held: a header of its own
+	if got := first.Header.Get("X-Id"); got != "1" {
+		t.Errorf("the first response's X-Id is %q after the second was read", got)
+	}
+	hb.ReleaseResponse()
+	third := read("3")
+	if reflect.ValueOf(third.Header).UnsafePointer() != reflect.ValueOf(first.Header).UnsafePointer() {
+		t.Errorf("the released header was not reused")
+	}
+	if second.Header.Get("X-Id") != "2" || third.Header.Get("X-Id") != "3" {
+		t.Errorf("X-Id %q, %q; want 2, 3", second.Header.Get("X-Id"), third.Header.Get("X-Id"))
+	}
+}
