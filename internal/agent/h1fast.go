@@ -72,15 +72,10 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}()
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
-	cs := &h1ClientConn{
-		// Cancelled only by watch (a client gone mid-stream) and when the
-		// connection ends: the pools hook only streaming bodies to it.
-		ctx:    httpproxy.WithStreamCancel(withConnIdentity(connCtx, tc.clientID)),
-		remote: c.RemoteAddr().String(),
-		conn:   c,
-		br:     br,
-		gone:   gone,
-	}
+	cs := &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone}
+	// Cancelled only by watch (a client gone mid-stream) and when the
+	// connection ends: the pools hook only streaming bodies to it.
+	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withConnIdentity(connCtx, tc.clientID), &cs.resp))
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
 	}
@@ -129,10 +124,12 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 		if err != nil {
 			return // incomplete header: client gone or header timeout, as net/http
 		}
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			httpproxy.WriteStatus(bw, httpproxy.ReadRequestStatus(err), err.Error())
-			return
+		req := httpproxy.LeanRequest(cs.ctx, br, &cs.hb) // a plain head; else net/http's parse
+		if req == nil {
+			if req, err = http.ReadRequest(br); err != nil {
+				httpproxy.WriteStatus(bw, httpproxy.ReadRequestStatus(err), err.Error())
+				return
+			}
 		}
 		lastPost = req.Method == http.MethodPost
 		if clte {
@@ -146,6 +143,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			c.SetReadDeadline(time.Time{})
 			req.Body = httpproxy.NewTimedBody(req.Body, c.SetReadDeadline) // bounded per read (httpproxy.TimedBody)
 		}
+		cs.resp.ReleaseResponse() // the last request and response are done with
 		if !s.h1.forward(cs, bw, req) {
 			return
 		}
@@ -174,6 +172,13 @@ type h1ClientConn struct {
 	conn net.Conn
 	br   *bufio.Reader
 	gone context.CancelFunc
+	// hb is the header of the last request read by httpproxy.LeanRequest,
+	// reused for the next one: nothing holds a request's header once
+	// forward has returned (a mirror sends a clone).
+	hb httpproxy.HeaderBuf
+	// resp is the header of a lean response to the request being
+	// forwarded (httpproxy.WithResponseHeaderBuf), reused likewise.
+	resp httpproxy.HeaderBuf
 }
 
 // watch notices the client closing its connection while a response
@@ -239,7 +244,11 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 		in.URL.Host = t.svc[strings.IndexByte(t.svc, '/')+1:]
 	}
 
-	resp, err := p.rt.RoundTrip(in.WithContext(cs.ctx))
+	out := in // a lean request has its context already (and no body)
+	if in.Context() != cs.ctx || hasBody {
+		out = in.WithContext(cs.ctx)
+	}
+	resp, err := p.rt.RoundTrip(out)
 	if err != nil {
 		var cbe *httpproxy.ClientBodyError
 		if errors.As(err, &cbe) && !httpproxy.BodyTimedOut(in) {
