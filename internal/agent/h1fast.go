@@ -16,11 +16,11 @@ import (
 )
 
 // The HTTP/1.1 fast path. A client connection to a service port declared
-// http is served on the goroutine that accepted it: read a request with
-// http.ReadRequest, balance and retry it with the same lbTransport as the
-// ReverseProxy path, forward it over a pooled persistent upstream
-// connection on the same goroutine (httpproxy.Pool), and write the response back
-// with one write. The net/http server and transport it replaces cost three
+// http is served on the goroutine that accepted it: read a request
+// (httpproxy.LeanRequest, else http.ReadRequest), balance and retry it
+// with the same lbTransport as the ReverseProxy path, forward it over a
+// pooled persistent upstream connection on the same goroutine
+// (httpproxy.Pool), and write the response back with one write. The net/http server and transport it replaces cost three
 // goroutine hand-offs, a background read and two header maps per request;
 // that was most of the ~130 µs of CPU a request cost (BENCHMARKS.md §6).
 //
@@ -33,9 +33,12 @@ import (
 // not origin-form, and headers larger than httpproxy.BufSize.
 //
 // What the fast path serves it parses with http.ReadRequest, the parser of
-// net/http's server, and then checks as that server does (httpproxy.CheckRequest),
-// so it accepts no request the server would refuse and frames every body
-// as the server would (FuzzH1Differential holds it to that).
+// net/http's server, or for a plain bodyless head with
+// httpproxy.LeanRequest, which reads only heads that http.ReadRequest reads
+// the same (FuzzLeanRequest), and then checks as that server does
+// (httpproxy.CheckRequest), so it accepts no request the server would
+// refuse and frames every body as the server would (FuzzH1Differential
+// holds it to that).
 
 // aLongTimeAgo as a deadline makes a blocked read return at once.
 var aLongTimeAgo = time.Unix(1, 0)
