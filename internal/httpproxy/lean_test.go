@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"reflect"
 	"strings"
@@ -47,46 +48,49 @@ func FuzzLeanResponse(f *testing.F) {
 		f.Add([]byte(s), false)
 		f.Add([]byte(s), true)
 	}
-	f.Fuzz(func(t *testing.T, data []byte, head bool) {
-		req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
-		if head {
-			req.Method = http.MethodHead
+	f.Fuzz(func(t *testing.T, data []byte, head bool) { fuzzLeanResponse(t, data, head) })
+}
+
+func fuzzLeanResponse(t *testing.T, data []byte, head bool) (took bool) {
+	req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+	if head {
+		req.Method = http.MethodHead
+	}
+	pc := &poolConn{br: bufio.NewReaderSize(bytes.NewReader(data), BufSize)}
+	pc.br.Peek(1)
+	buffered := pc.br.Buffered()
+	got := pc.leanResponse(req)
+	if got == nil {
+		if pc.br.Buffered() != buffered {
+			t.Fatalf("declined %q but consumed %d bytes", data, buffered-pc.br.Buffered())
 		}
-		pc := &poolConn{br: bufio.NewReaderSize(bytes.NewReader(data), BufSize)}
-		pc.br.Peek(1)
-		buffered := pc.br.Buffered()
-		got := pc.leanResponse(req)
-		if got == nil {
-			if pc.br.Buffered() != buffered {
-				t.Fatalf("declined %q but consumed %d bytes", data, buffered-pc.br.Buffered())
-			}
-			return
+		return false
+	}
+	ref := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
+	want, err := http.ReadResponse(ref, req)
+	if err != nil {
+		t.Fatalf("lean read %q, net/http refuses it: %v", data, err)
+	}
+	for _, r := range []*http.Response{got, want} {
+		if r.Body == http.NoBody {
+			r.Body = nil
 		}
-		ref := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
-		want, err := http.ReadResponse(ref, req)
-		if err != nil {
-			t.Fatalf("lean read %q, net/http refuses it: %v", data, err)
-		}
-		for _, r := range []*http.Response{got, want} {
-			if r.Body == http.NoBody {
-				r.Body = nil
-			}
-		}
-		gb, gerr := readAllKeep(got.Body)
-		wb, werr := readAllKeep(want.Body)
-		got.Body, want.Body = nil, nil
-		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("%q:\nlean     %+v\nnet/http %+v", data, got, want)
-		}
-		if !bytes.Equal(gb, wb) || (gerr == nil) != (werr == nil) {
-			t.Fatalf("%q: body %q (%v), net/http %q (%v)", data, gb, gerr, wb, werr)
-		}
-		grest, _ := io.ReadAll(pc.br)
-		wrest, _ := io.ReadAll(ref)
-		if !bytes.Equal(grest, wrest) {
-			t.Fatalf("%q: left %q, net/http %q", data, grest, wrest)
-		}
-	})
+	}
+	gb, gerr := readAllKeep(got.Body)
+	wb, werr := readAllKeep(want.Body)
+	got.Body, want.Body = nil, nil
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%q:\nlean     %+v\nnet/http %+v", data, got, want)
+	}
+	if !bytes.Equal(gb, wb) || (gerr == nil) != (werr == nil) {
+		t.Fatalf("%q: body %q (%v), net/http %q (%v)", data, gb, gerr, wb, werr)
+	}
+	grest, _ := io.ReadAll(pc.br)
+	wrest, _ := io.ReadAll(ref)
+	if !bytes.Equal(grest, wrest) {
+		t.Fatalf("%q: left %q, net/http %q", data, grest, wrest)
+	}
+	return true
 }
 
 type leanKey struct{}
@@ -125,43 +129,46 @@ func FuzzLeanRequest(f *testing.F) {
 	for _, s := range leanRequestSeeds {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		// A header kept from an earlier request, reused.
-		var hb HeaderBuf
-		prev := bufio.NewReader(strings.NewReader(leanRequestSeeds[2]))
-		prev.Peek(1)
-		if LeanRequest(context.Background(), prev, &hb) == nil {
-			t.Fatal("declined the earlier request")
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzLeanRequest(t, data) })
+}
+
+func fuzzLeanRequest(t *testing.T, data []byte) (took bool) {
+	// A header kept from an earlier request, reused.
+	var hb HeaderBuf
+	prev := bufio.NewReader(strings.NewReader(leanRequestSeeds[2]))
+	prev.Peek(1)
+	if LeanRequest(context.Background(), prev, &hb) == nil {
+		t.Fatal("declined the earlier request")
+	}
+	ctx := context.WithValue(context.Background(), leanKey{}, 1)
+	br := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
+	br.Peek(1)
+	buffered := br.Buffered()
+	got := LeanRequest(ctx, br, &hb)
+	if got == nil {
+		if br.Buffered() != buffered {
+			t.Fatalf("declined %q but consumed %d bytes", data, buffered-br.Buffered())
 		}
-		ctx := context.WithValue(context.Background(), leanKey{}, 1)
-		br := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
-		br.Peek(1)
-		buffered := br.Buffered()
-		got := LeanRequest(ctx, br, &hb)
-		if got == nil {
-			if br.Buffered() != buffered {
-				t.Fatalf("declined %q but consumed %d bytes", data, buffered-br.Buffered())
-			}
-			return
-		}
-		ref := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
-		want, err := http.ReadRequest(ref)
-		if err != nil {
-			t.Fatalf("lean read %q, net/http refuses it: %v", data, err)
-		}
-		want = want.WithContext(ctx)
-		if got.Body != http.NoBody || want.Body != http.NoBody {
-			t.Fatalf("%q: bodies %v, net/http %v; want none", data, got.Body, want.Body)
-		}
-		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("%q:\nlean     %+v\nnet/http %+v", data, got, want)
-		}
-		grest, _ := io.ReadAll(br)
-		wrest, _ := io.ReadAll(ref)
-		if !bytes.Equal(grest, wrest) {
-			t.Fatalf("%q: left %q, net/http %q", data, grest, wrest)
-		}
-	})
+		return false
+	}
+	ref := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
+	want, err := http.ReadRequest(ref)
+	if err != nil {
+		t.Fatalf("lean read %q, net/http refuses it: %v", data, err)
+	}
+	want = want.WithContext(ctx)
+	if got.Body != http.NoBody || want.Body != http.NoBody {
+		t.Fatalf("%q: bodies %v, net/http %v; want none", data, got.Body, want.Body)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%q:\nlean     %+v\nnet/http %+v", data, got, want)
+	}
+	grest, _ := io.ReadAll(br)
+	wrest, _ := io.ReadAll(ref)
+	if !bytes.Equal(grest, wrest) {
+		t.Fatalf("%q: left %q, net/http %q", data, grest, wrest)
+	}
+	return true
 }
 
 // TestLeanParsesTaken: the plain heads of the benchmarks take the lean
@@ -209,5 +216,93 @@ func TestResponseHeaderBufHeld(t *testing.T) {
 	}
 	if second.Header.Get("X-Id") != "2" || third.Header.Get("X-Id") != "3" {
 		t.Errorf("X-Id %q, %q; want 2, 3", second.Header.Get("X-Id"), third.Header.Get("X-Id"))
+	}
+}
+
+// TestLeanGenerated runs both differential checks over heads built from
+// the pieces the lean parses decide on (names in any case, values with
+// edge bytes, framing fields, request lines and status lines near the
+// subset's edges), mostly plain: random bytes rarely make a head the lean
+// parses take.
+func TestLeanGenerated(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	pick := func(s ...string) string { return s[rng.IntN(len(s))] }
+	odd := func() bool { return rng.IntN(12) == 0 } // the edge case, else the plain one
+	field := func() string {
+		switch {
+		case odd():
+			return pick(" folded", "\tx", "noColon", ":v", "X A: v", "X-A : v", "X-\xc3\x9c: v")
+		case odd():
+			return pick("Host", "host", "Content-Length", "Transfer-Encoding", "Pragma", "Trailer", "Upgrade", "Expect") + ": " +
+				pick("", "1", "chunked", "no-cache", "h", "websocket", "100-continue")
+		case odd():
+			return "X-A:" + pick("", " ", "  v", "v ", "\tv\t", "caf\xc3\xa9", "a\x01b", "a\x7fb", "a\rb", "a,b")
+		}
+		return pick("X-A", "x-a", "Accept", "user-agent", "Cache-Control", "X_b", "Connection", "connection") + ": " +
+			pick("v", "*/*", "close", "Close, keep-alive", "keep-alive", "max-age=0", "1")
+	}
+	eol := func() string {
+		if odd() {
+			return pick("\n", "\r", "\r\r\n")
+		}
+		return "\r\n"
+	}
+	head := func(first, must string) string {
+		s := first + eol()
+		lines := []string{}
+		for range rng.IntN(5) {
+			lines = append(lines, field())
+		}
+		if !odd() {
+			lines = append(lines, must)
+		}
+		if odd() {
+			lines = append(lines, must)
+		}
+		rng.Shuffle(len(lines), func(i, j int) { lines[i], lines[j] = lines[j], lines[i] })
+		for _, l := range lines {
+			s += l + eol()
+		}
+		return s + eol() + pick("", "ok", "hello world", "HTTP/1.1 200 OK\r\n")
+	}
+	accepted := [2]int{}
+	for range 20000 {
+		status := "HTTP/1.1 200 OK"
+		if odd() {
+			status = pick("HTTP/1.1 200", "HTTP/1.1 200 ", "HTTP/1.1 204 No Content", "HTTP/1.1 304 Not Modified", "HTTP/1.1 101 Switching",
+				"HTTP/1.1 599 x", "HTTP/1.1 600 x", "HTTP/1.0 200 OK", "HTTP/1.1  200 OK", "HTTP/1.1 20 OK", "HTTP/1.1 2000 OK",
+				"http/1.1 200 OK", "HTTP/1.1 200 O\tK", "HTTP/1.1 404 Not Found")
+		}
+		cl := "Content-Length: " + pick("0", "2", "5", "11", "007")
+		if odd() {
+			cl = "content-length:" + pick("", " +2", "-1", " 99999999999999999999", " 2 ", " 1 2")
+		}
+		resp := []byte(head(status, cl))
+		line := "GET / HTTP/1.1"
+		if odd() {
+			line = pick("POST", "get", "DELETE", "OPTIONS", "CONNECT", "PRI", "G@T") + " " +
+				pick("/", "/a?b=c", "//x", "/a%zz", "*", "http://h/x", "/a b", "/\x7f", "/\xc3\xa9", "/a%20b") + " " +
+				pick("HTTP/1.1", "HTTP/1.0", "HTTP/1.1 ", "HTTP/2.0")
+		}
+		host := "Host: " + pick("h", "h:80", "[::1]:80", "")
+		if odd() {
+			host = pick("host:h", "HOST:   h  ", "Host: h h", "Host: h\x01")
+		}
+		req := []byte(head(line, host))
+		t.Run("", func(t *testing.T) {
+			if fuzzLeanResponse(t, resp, odd()) {
+				accepted[0]++
+			}
+			if fuzzLeanRequest(t, req) {
+				accepted[1]++
+			}
+		})
+		if t.Failed() {
+			return
+		}
+	}
+	t.Logf("the lean parses took %d of the responses, %d of the requests", accepted[0], accepted[1])
+	if accepted[0] < 5000 || accepted[1] < 5000 {
+		t.Errorf("the lean parses took %d of the responses, %d of the requests; the generator is to make mostly plain heads", accepted[0], accepted[1])
 	}
 }
