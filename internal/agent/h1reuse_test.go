@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
 // TestH1HeaderReuse: the fast path reuses a client connection's request
@@ -165,5 +168,65 @@ spec:
 		if got := copies[id]; got != http.CanonicalHeaderKey("X-Only-"+id) {
 			t.Errorf("the copy of request %s has X-Only fields %q", id, got)
 		}
+	}
+}
+
+// TestKeptResponseDetached: a retried response whose body stalls is read
+// on in the background after keepResponse gives up on it, so it keeps its
+// header (httpproxy.DetachResponseHeader): the client connection's next
+// response does not reuse it.
+func TestKeptResponseDetached(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for n := 1; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			go func() {
+				br := bufio.NewReader(c)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if line == "\r\n" { // the first answer stalls in its body, the second is whole
+						fmt.Fprintf(c, "HTTP/1.1 503 No\r\nX-Id: %d\r\nContent-Length: 20\r\n\r\n", n)
+						if n > 1 {
+							io.WriteString(c, strings.Repeat("x", 20))
+						}
+					}
+				}
+			}()
+		}
+	}()
+	pool := httpproxy.NewPool(httpproxy.PoolConfig{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", ln.Addr().String())
+	}})
+	defer pool.Close(true)
+	var hb httpproxy.HeaderBuf
+	req, _ := http.NewRequestWithContext(httpproxy.WithResponseHeaderBuf(context.Background(), &hb), "GET", "http://x/", nil)
+	stalled, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keepResponse(stalled, 50*time.Millisecond) != nil {
+		t.Fatal("a stalled body was kept")
+	}
+	hb.ReleaseResponse() // the request is over; the connection's next one
+	next, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, next.Body)
+	next.Body.Close()
+	if got, want := stalled.Header.Get("X-Id"), "1"; got != want || next.Header.Get("X-Id") != "2" {
+		t.Errorf("X-Id %q, then %q; want 1, then 2", got, next.Header.Get("X-Id"))
 	}
 }

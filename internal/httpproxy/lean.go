@@ -232,6 +232,15 @@ type respHeaderKey struct{}
 // holds the one it gave out any more.
 func (hb *HeaderBuf) ReleaseResponse() { hb.busy = false }
 
+// DetachResponseHeader gives up the header ctx's HeaderBuf (if any) lent
+// to a response, for a response that outlives its request (its body read
+// on in the background): the next response gets a header of its own.
+func DetachResponseHeader(ctx context.Context) {
+	if hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf); hb != nil {
+		hb.h, hb.strs, hb.busy = nil, nil, false
+	}
+}
+
 // responseHeader returns the header for a lean response of n fields: ctx's
 // HeaderBuf's unless a response (a retried attempt's, kept) holds it.
 func responseHeader(ctx context.Context, n int) (http.Header, []string) {

@@ -306,3 +306,31 @@ func TestLeanGenerated(t *testing.T) {
 		t.Errorf("the lean parses took %d of the responses, %d of the requests; the generator is to make mostly plain heads", accepted[0], accepted[1])
 	}
 }
+
+// TestDetachResponseHeader: a response detached from its connection's
+// HeaderBuf (read on in the background after its request) keeps its header
+// through the connection's next responses.
+func TestDetachResponseHeader(t *testing.T) {
+	var hb HeaderBuf
+	ctx := WithResponseHeaderBuf(context.Background(), &hb)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://x/", nil)
+	read := func(id string) *http.Response {
+		t.Helper()
+		pc := &poolConn{br: bufio.NewReaderSize(strings.NewReader("HTTP/1.1 503 No\r\nX-Id: "+id+"\r\nContent-Length: 0\r\n\r\n"), BufSize)}
+		pc.br.Peek(1)
+		resp := pc.leanResponse(req)
+		if resp == nil {
+			t.Fatal("declined")
+		}
+		return resp
+	}
+	bg := read("1")
+	DetachResponseHeader(ctx)
+	hb.ReleaseResponse() // the request ends; the next one's response
+	read("2")
+	hb.ReleaseResponse()
+	read("3")
+	if got := bg.Header.Get("X-Id"); got != "1" {
+		t.Errorf("the detached response's X-Id is %q after two more responses", got)
+	}
+}
