@@ -79,6 +79,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	// Cancelled only by watch (a client gone mid-stream) and when the
 	// connection ends: the pools hook only streaming bodies to it.
 	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withConnIdentity(connCtx, tc.clientID), &cs.resp))
+	defer cs.headersDone()
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
 	}
@@ -146,8 +147,9 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			c.SetReadDeadline(time.Time{})
 			req.Body = httpproxy.NewTimedBody(req.Body, c.SetReadDeadline) // bounded per read (httpproxy.TimedBody)
 		}
-		cs.resp.ReleaseResponse() // the last request and response are done with
-		if !s.h1.forward(cs, bw, req) {
+		ok := s.h1.forward(cs, bw, req)
+		cs.headersDone()
+		if !ok {
 			return
 		}
 	}
@@ -175,13 +177,17 @@ type h1ClientConn struct {
 	conn net.Conn
 	br   *bufio.Reader
 	gone context.CancelFunc
-	// hb is the header of the last request read by httpproxy.LeanRequest,
-	// reused for the next one: nothing holds a request's header once
-	// forward has returned (a mirror sends a clone).
-	hb httpproxy.HeaderBuf
-	// resp is the header of a lean response to the request being
-	// forwarded (httpproxy.WithResponseHeaderBuf), reused likewise.
-	resp httpproxy.HeaderBuf
+	// hb lends the header of a request read by httpproxy.LeanRequest, resp
+	// that of a lean response to it (httpproxy.WithResponseHeaderBuf),
+	// until headersDone: nothing holds a request's header or its
+	// response's once forward has returned (a mirror sends a clone).
+	hb, resp httpproxy.HeaderBuf
+}
+
+// headersDone gives the headers lent to the last request back to their pool.
+func (cs *h1ClientConn) headersDone() {
+	cs.hb.Done()
+	cs.resp.Done()
 }
 
 // watch notices the client closing its connection while a response

@@ -15,8 +15,8 @@ import (
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
-// TestH1HeaderReuse: the fast path reuses a client connection's request
-// and response headers (httpproxy.HeaderBuf) from one request to the next.
+// TestH1HeaderReuse: the fast path reuses request and response headers
+// (httpproxy.HeaderBuf, pooled) from one request to the next.
 // Over one keep-alive connection, requests with different fields each
 // reach the endpoint with their own fields only, each client gets its own
 // response's fields only, a retried request's last response (kept while
@@ -219,7 +219,7 @@ func TestKeptResponseDetached(t *testing.T) {
 	if keepResponse(stalled, 50*time.Millisecond) != nil {
 		t.Fatal("a stalled body was kept")
 	}
-	hb.ReleaseResponse() // the request is over; the connection's next one
+	hb.Done() // the request is over; the connection's next one
 	next, err := pool.RoundTrip(req)
 	if err != nil {
 		t.Fatal(err)

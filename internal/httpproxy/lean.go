@@ -8,6 +8,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"sync"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -194,50 +195,72 @@ func (b *lengthBody) Read(p []byte) (int, error) {
 
 func (b *lengthBody) Close() error { return nil }
 
-// HeaderBuf is a header map and the slice its values are cut from, kept by
-// a client connection for the header of its next request (LeanRequest):
-// nothing may hold a request's header once the next one is read.
+// HeaderBuf lends a client connection a header map, and the slice its
+// values are cut from, for one request (LeanRequest) or the response to it
+// (WithResponseHeaderBuf) at a time, from a pool shared by all
+// connections: Done gives it back once nothing holds the request or the
+// response any more (an idle connection holds none).
 type HeaderBuf struct {
-	h    http.Header
-	strs []string
-	busy bool // a response holds h (WithResponseHeaderBuf)
+	m    *headerMem // lent; nil: none
+	busy bool       // a response holds m's header (WithResponseHeaderBuf)
 }
 
-// take returns hb's header emptied and n values to cut, if it has them,
-// else a new header it keeps if it is small.
+type headerMem struct {
+	h    http.Header
+	strs []string
+}
+
+var headerMems sync.Pool // *headerMem
+
+// take returns a header emptied and n values to cut: hb's (borrowed from
+// the pool if need be), else a new one hb keeps if it is small.
 func (hb *HeaderBuf) take(n int) (http.Header, []string) {
-	if hb != nil && hb.h != nil && n <= cap(hb.strs) {
-		clear(hb.h)
-		return hb.h, hb.strs[:n]
+	if hb == nil {
+		return make(http.Header, n), make([]string, n)
+	}
+	if hb.m == nil {
+		if hb.m, _ = headerMems.Get().(*headerMem); hb.m == nil {
+			hb.m = &headerMem{}
+		}
+	}
+	m := hb.m
+	if m.h != nil && n <= cap(m.strs) {
+		clear(m.h)
+		return m.h, m.strs[:n]
 	}
 	h, strs := make(http.Header, n), make([]string, n)
-	if hb != nil && n <= maxKeptFields {
-		hb.h, hb.strs = h, strs
+	if n <= maxKeptFields {
+		m.h, m.strs = h, strs
 	}
 	return h, strs
 }
 
-// WithResponseHeaderBuf returns ctx carrying hb, the header a pool reuses
+// Done gives hb's header back to the pool: the request or response it was
+// lent to is over, and nothing holds it any more.
+func (hb *HeaderBuf) Done() {
+	if hb.m != nil {
+		headerMems.Put(hb.m)
+		hb.m = nil
+	}
+	hb.busy = false
+}
+
+// WithResponseHeaderBuf returns ctx carrying hb, whose header a pool uses
 // for one lean response (leanResponse) of the requests with that context
-// until ReleaseResponse: the fast path's client connection, whose requests
-// and their responses are done one after the other, each done with when
-// the next is read.
+// until hb.Done: the fast path's client connection, whose requests and
+// their responses are done one after the other.
 func WithResponseHeaderBuf(ctx context.Context, hb *HeaderBuf) context.Context {
 	return context.WithValue(ctx, respHeaderKey{}, hb)
 }
 
 type respHeaderKey struct{}
 
-// ReleaseResponse makes hb's header free for the next response: nothing
-// holds the one it gave out any more.
-func (hb *HeaderBuf) ReleaseResponse() { hb.busy = false }
-
 // DetachResponseHeader gives up the header ctx's HeaderBuf (if any) lent
 // to a response, for a response that outlives its request (its body read
 // on in the background): the next response gets a header of its own.
 func DetachResponseHeader(ctx context.Context) {
 	if hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf); hb != nil {
-		hb.h, hb.strs, hb.busy = nil, nil, false
+		hb.m, hb.busy = nil, false // not back to the pool: the response keeps it
 	}
 }
 
@@ -252,8 +275,7 @@ func responseHeader(ctx context.Context, n int) (http.Header, []string) {
 	return hb.take(n)
 }
 
-// maxKeptFields: a HeaderBuf keeps no more (a head of many fields costs
-// an idle connection no memory after it).
+// maxKeptFields: the pool keeps no header of more fields.
 const maxKeptFields = 32
 
 // LeanRequest reads the request head at the start of br's buffer when it
@@ -261,8 +283,8 @@ const maxKeptFields = 32
 // origin-form target, one Host field, no Content-Length, Transfer-Encoding,
 // Trailer or Pragma (no body). Else it returns nil and consumes nothing:
 // http.ReadRequest is to read it. Like http.ReadRequest, it leaves Host out
-// of the header. The request has context ctx, and its header reuses hb's
-// (nil: a new one).
+// of the header. The request has context ctx, and its header is hb's
+// (nil: a new one) until hb.Done.
 func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Request {
 	head, line, fields, ok := leanHead(br)
 	if !ok {
