@@ -10,14 +10,16 @@ import (
 
 // h1FastAllocBudget is what one keep-alive GET through the fast path may
 // allocate, counted over the whole process (agent, and the test's own
-// client and backend, which allocate nothing per request): net/http's
-// request and response parse (about 16), the request's context and
-// body wrappers. It was 29 before issue 14's cuts (the per-connection
-// header values, the cancel hook made once, the copy-buffer pool without
-// a header per Put, the attempt without a request copy, the pick of a
-// single endpoint without the balancer, no cancel hook for a body that
-// came whole with its header).
-const h1FastAllocBudget = 20.5
+// client and backend, which allocate nothing per request): the lean parses
+// of the request and response heads (the head strings, the request, its
+// URL and the response), the response body wrappers and the candidate
+// list. It was 29 before issue 14's cuts (the per-connection header
+// values, the cancel hook made once, the copy-buffer pool without a header
+// per Put, the attempt without a request copy, the pick of a single
+// endpoint without the balancer, no cancel hook for a body that came whole
+// with its header), then 20 with net/http's parses (about 16 of them), 8
+// with the lean ones and each connection's headers reused.
+const h1FastAllocBudget = 8.5
 
 // TestH1FastPathAllocs: the allocations per request of the HTTP/1.1 fast
 // path stay within h1FastAllocBudget (the CPU per request follows them:

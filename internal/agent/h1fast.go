@@ -16,11 +16,11 @@ import (
 )
 
 // The HTTP/1.1 fast path. A client connection to a service port declared
-// http is served on the goroutine that accepted it: read a request with
-// http.ReadRequest, balance and retry it with the same lbTransport as the
-// ReverseProxy path, forward it over a pooled persistent upstream
-// connection on the same goroutine (httpproxy.Pool), and write the response back
-// with one write. The net/http server and transport it replaces cost three
+// http is served on the goroutine that accepted it: read a request
+// (httpproxy.LeanRequest, else http.ReadRequest), balance and retry it
+// with the same lbTransport as the ReverseProxy path, forward it over a
+// pooled persistent upstream connection on the same goroutine
+// (httpproxy.Pool), and write the response back with one write. The net/http server and transport it replaces cost three
 // goroutine hand-offs, a background read and two header maps per request;
 // that was most of the ~130 µs of CPU a request cost (BENCHMARKS.md §6).
 //
@@ -33,9 +33,12 @@ import (
 // not origin-form, and headers larger than httpproxy.BufSize.
 //
 // What the fast path serves it parses with http.ReadRequest, the parser of
-// net/http's server, and then checks as that server does (httpproxy.CheckRequest),
-// so it accepts no request the server would refuse and frames every body
-// as the server would (FuzzH1Differential holds it to that).
+// net/http's server, or for a plain bodyless head with
+// httpproxy.LeanRequest, which reads only heads that http.ReadRequest reads
+// the same (FuzzLeanRequest), and then checks as that server does
+// (httpproxy.CheckRequest), so it accepts no request the server would
+// refuse and frames every body as the server would (FuzzH1Differential
+// holds it to that).
 
 // aLongTimeAgo as a deadline makes a blocked read return at once.
 var aLongTimeAgo = time.Unix(1, 0)
@@ -72,15 +75,11 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}()
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
-	cs := &h1ClientConn{
-		// Cancelled only by watch (a client gone mid-stream) and when the
-		// connection ends: the pools hook only streaming bodies to it.
-		ctx:    httpproxy.WithStreamCancel(withConnIdentity(connCtx, tc.clientID)),
-		remote: c.RemoteAddr().String(),
-		conn:   c,
-		br:     br,
-		gone:   gone,
-	}
+	cs := &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone}
+	// Cancelled only by watch (a client gone mid-stream) and when the
+	// connection ends: the pools hook only streaming bodies to it.
+	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withConnIdentity(connCtx, tc.clientID), &cs.resp))
+	defer cs.headersDone()
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
 	}
@@ -129,10 +128,12 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 		if err != nil {
 			return // incomplete header: client gone or header timeout, as net/http
 		}
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			httpproxy.WriteStatus(bw, httpproxy.ReadRequestStatus(err), err.Error())
-			return
+		req := httpproxy.LeanRequest(cs.ctx, br, &cs.hb) // a plain head; else net/http's parse
+		if req == nil {
+			if req, err = http.ReadRequest(br); err != nil {
+				httpproxy.WriteStatus(bw, httpproxy.ReadRequestStatus(err), err.Error())
+				return
+			}
 		}
 		lastPost = req.Method == http.MethodPost
 		if clte {
@@ -146,7 +147,9 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			c.SetReadDeadline(time.Time{})
 			req.Body = httpproxy.NewTimedBody(req.Body, c.SetReadDeadline) // bounded per read (httpproxy.TimedBody)
 		}
-		if !s.h1.forward(cs, bw, req) {
+		ok := s.h1.forward(cs, bw, req)
+		cs.headersDone()
+		if !ok {
 			return
 		}
 	}
@@ -174,6 +177,17 @@ type h1ClientConn struct {
 	conn net.Conn
 	br   *bufio.Reader
 	gone context.CancelFunc
+	// hb lends the header of a request read by httpproxy.LeanRequest, resp
+	// that of a lean response to it (httpproxy.WithResponseHeaderBuf),
+	// until headersDone: nothing holds a request's header or its
+	// response's once forward has returned (a mirror sends a clone).
+	hb, resp httpproxy.HeaderBuf
+}
+
+// headersDone gives the headers lent to the last request back to their pool.
+func (cs *h1ClientConn) headersDone() {
+	cs.hb.Done()
+	cs.resp.Done()
 }
 
 // watch notices the client closing its connection while a response
@@ -239,7 +253,11 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 		in.URL.Host = t.svc[strings.IndexByte(t.svc, '/')+1:]
 	}
 
-	resp, err := p.rt.RoundTrip(in.WithContext(cs.ctx))
+	out := in // a lean request has its context already (and no body)
+	if in.Context() != cs.ctx || hasBody {
+		out = in.WithContext(cs.ctx)
+	}
+	resp, err := p.rt.RoundTrip(out)
 	if err != nil {
 		var cbe *httpproxy.ClientBodyError
 		if errors.As(err, &cbe) && !httpproxy.BodyTimedOut(in) {

@@ -118,3 +118,13 @@ func (hp *h1Path) closeAll() {
 		p.Close(true)
 	}
 }
+
+// detachHeader: resp's body is read on in the background after its request
+// (keepResponse gave up waiting for it), so its header stays its own: the
+// fast path's client connection lends the next response another one
+// (httpproxy.DetachResponseHeader).
+func detachHeader(resp *http.Response) {
+	if resp.Request != nil {
+		httpproxy.DetachResponseHeader(resp.Request.Context())
+	}
+}

@@ -334,6 +334,7 @@ func keepResponse(resp *http.Response, wait time.Duration) *http.Response {
 		kept.Body = io.NopCloser(bytes.NewReader(r.b))
 		return &kept
 	case <-t.C:
+		detachHeader(resp)
 		go resp.Body.Close() // unblocks the read; Close may wait for it
 		return nil
 	}

@@ -92,6 +92,9 @@ type poolConn struct {
 	// poison unblocks the connection's reads and writes for good (a
 	// cancelled request); made once, not a closure per request.
 	poison func()
+	// body is the last lean response's body (leanResponse), reused: a
+	// respBody stops reading it once done, before the connection is reused.
+	body lengthBody
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -349,9 +352,12 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	for {
-		resp, err := http.ReadResponse(pc.br, req)
-		if err != nil {
-			return nil, err
+		resp := pc.leanResponse(req)
+		if resp == nil {
+			var err error
+			if resp, err = http.ReadResponse(pc.br, req); err != nil {
+				return nil, err
+			}
 		}
 		switch {
 		case resp.StatusCode == http.StatusSwitchingProtocols:

@@ -1,19 +1,24 @@
 package httpproxy
 
-import "io"
+import (
+	"io"
+	"sync/atomic"
+)
 
 // respBody returns its connection to the pool once read to the end; closed
-// early, the connection is closed.
+// early, the connection is closed. Close may come from another goroutine
+// than a Read (a retried response given up while read in the background):
+// done makes the first of them finish.
 type respBody struct {
 	pc    *poolConn
 	body  io.ReadCloser
 	stop  func() bool
 	close bool // the response said Connection: close
-	done  bool
+	done  atomic.Bool
 }
 
 func (b *respBody) Read(p []byte) (int, error) {
-	if b.done {
+	if b.done.Load() {
 		return 0, io.EOF
 	}
 	n, err := b.body.Read(p)
@@ -31,17 +36,16 @@ func (b *respBody) Close() error {
 }
 
 func (b *respBody) BufferedUpstream() int {
-	if b.done {
+	if b.done.Load() {
 		return 0
 	}
 	return b.pc.br.Buffered()
 }
 
 func (b *respBody) finish(eof bool) {
-	if b.done {
+	if !b.done.CompareAndSwap(false, true) {
 		return
 	}
-	b.done = true
 	// Reused only if the response was framed exactly: read to its end and
 	// nothing after it (a body on a HEAD response, bytes beyond its
 	// length) would be read as the next client's response.

@@ -1,0 +1,334 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"sync"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// Lean parses of the plain heads most requests and responses have: a
+// whole head already in the buffer, every line ending in CRLF, fields
+// "Name: value" with a token name and no obs-fold, nothing in the framing
+// but one Content-Length (responses) or no body at all (requests). One
+// string holds the head, and the values are its substrings: about half of
+// net/http's allocations and work. Whatever falls outside that subset is
+// left in the buffer for http.ReadRequest or http.ReadResponse, so the lean
+// parses accept nothing net/http refuses and read what they accept as
+// net/http does (FuzzLeanResponse, FuzzLeanRequest).
+
+// leanFields parses the field lines of s (each "Name: value\r\n", the blank
+// line excluded) into h as textproto.ReadMIMEHeader does, its values in
+// strs (at least one per line), or reports false for a line outside the
+// subset. Values and already canonical names are substrings of s. With
+// host, Host fields are counted and the first one's value returned instead
+// of being added to h (http.ReadRequest removes them).
+func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, hostValue string, ok bool) {
+	for len(s) > 0 {
+		i := strings.IndexByte(s, '\n')
+		if i < 1 || s[i-1] != '\r' {
+			return 0, "", false
+		}
+		line := s[:i-1]
+		s = s[i+1:]
+		colon := strings.IndexByte(line, ':')
+		if colon <= 0 || !httpguts.ValidHeaderFieldName(line[:colon]) {
+			return 0, "", false
+		}
+		v := line[colon+1:]
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return 0, "", false
+		}
+		for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+			v = v[1:]
+		}
+		for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+			v = v[:len(v)-1]
+		}
+		key := textproto.CanonicalMIMEHeaderKey(line[:colon])
+		if host && key == "Host" {
+			if hosts == 0 {
+				hostValue = v
+			}
+			hosts++
+			continue
+		}
+		if vv := h[key]; vv != nil {
+			h[key] = append(vv, v)
+		} else {
+			vv, strs = strs[:1:1], strs[1:]
+			vv[0] = v
+			h[key] = vv
+		}
+	}
+	return hosts, hostValue, true
+}
+
+// leanHead returns the head at the start of br's buffer as a string, its
+// first line (CR excluded) and its field lines, or false if the buffer
+// holds no whole head whose lines all end in CRLF.
+func leanHead(br *bufio.Reader) (head, first, fields string, ok bool) {
+	b, _ := br.Peek(br.Buffered())
+	n := headEnd(b)
+	if n < 4 || b[n-2] != '\r' {
+		return "", "", "", false
+	}
+	i := indexByte(b[:n], '\n')
+	if i < 1 || b[i-1] != '\r' {
+		return "", "", "", false
+	}
+	head = string(b[:n])
+	return head, head[:i-1], head[i+1 : n-2], true
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// leanResponse reads the response head at the start of pc's buffer when it
+// is plain: HTTP/1.1, a status 200–599 but 204 and 304, one Content-Length,
+// no Transfer-Encoding, Trailer or Pragma, not the answer to a HEAD. Else
+// it returns nil and consumes nothing.
+func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
+	if req.Method == http.MethodHead {
+		return nil
+	}
+	head, line, fields, ok := leanHead(pc.br)
+	if !ok || len(line) < 12 || line[:9] != "HTTP/1.1 " {
+		return nil
+	}
+	status := line[9:]
+	if status[0] < '2' || status[0] > '5' || !isDigit(status[1]) || !isDigit(status[2]) ||
+		len(status) > 3 && (status[3] != ' ' || !httpguts.ValidHeaderFieldValue(status[4:])) {
+		return nil
+	}
+	code := int(status[0]-'0')*100 + int(status[1]-'0')*10 + int(status[2]-'0')
+	if code == http.StatusNoContent || code == http.StatusNotModified {
+		return nil
+	}
+	h, strs := responseHeader(req.Context(), strings.Count(fields, "\n"))
+	if _, _, ok := leanFields(fields, h, strs, false); !ok {
+		return nil
+	}
+	if _, ok := h["Transfer-Encoding"]; ok {
+		return nil
+	}
+	if _, ok := h["Trailer"]; ok {
+		return nil
+	}
+	if _, ok := h["Pragma"]; ok {
+		return nil
+	}
+	length, ok := leanLength(h["Content-Length"])
+	if !ok {
+		return nil
+	}
+	close := httpguts.HeaderValuesContainsToken(h["Connection"], "close")
+	if close {
+		delete(h, "Connection") // as ReadResponse
+	}
+	resp := &http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, ContentLength: length, Close: close, Request: req, Body: http.NoBody}
+	if length > 0 {
+		pc.body = lengthBody{r: pc.br, n: length}
+		resp.Body = &pc.body
+	}
+	pc.br.Discard(len(head))
+	return resp
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// leanLength parses the one Content-Length value of a lean head (already
+// trimmed): 1 to 18 digits.
+func leanLength(vv []string) (int64, bool) {
+	if len(vv) != 1 || len(vv[0]) == 0 || len(vv[0]) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(vv[0]); i++ {
+		c := vv[0][i]
+		if !isDigit(c) {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// lengthBody is a body of n bytes read from r, as net/http reads one with
+// a Content-Length: EOF with its last bytes, io.ErrUnexpectedEOF if r ends
+// first. Close is the wrapper's (respBody).
+type lengthBody struct {
+	r *bufio.Reader
+	n int64
+}
+
+func (b *lengthBody) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.r.Read(p)
+	b.n -= int64(n)
+	if b.n == 0 {
+		return n, io.EOF
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func (b *lengthBody) Close() error { return nil }
+
+// HeaderBuf lends a client connection a header map, and the slice its
+// values are cut from, for one request (LeanRequest) or the response to it
+// (WithResponseHeaderBuf) at a time, from a pool shared by all
+// connections: Done gives it back once nothing holds the request or the
+// response any more (an idle connection holds none).
+type HeaderBuf struct {
+	m    *headerMem // lent; nil: none
+	busy bool       // a response holds m's header (WithResponseHeaderBuf)
+}
+
+type headerMem struct {
+	h    http.Header
+	strs []string
+}
+
+var headerMems sync.Pool // *headerMem
+
+// take returns a header emptied and n values to cut: hb's (borrowed from
+// the pool if need be), else a new one hb keeps if it is small.
+func (hb *HeaderBuf) take(n int) (http.Header, []string) {
+	if hb == nil {
+		return make(http.Header, n), make([]string, n)
+	}
+	if hb.m == nil {
+		if hb.m, _ = headerMems.Get().(*headerMem); hb.m == nil {
+			hb.m = &headerMem{}
+		}
+	}
+	m := hb.m
+	if m.h != nil && n <= cap(m.strs) {
+		clear(m.h)
+		return m.h, m.strs[:n]
+	}
+	h, strs := make(http.Header, n), make([]string, n)
+	if n <= maxKeptFields {
+		m.h, m.strs = h, strs
+	}
+	return h, strs
+}
+
+// Done gives hb's header back to the pool: the request or response it was
+// lent to is over, and nothing holds it any more.
+func (hb *HeaderBuf) Done() {
+	if hb.m != nil {
+		headerMems.Put(hb.m)
+		hb.m = nil
+	}
+	hb.busy = false
+}
+
+// WithResponseHeaderBuf returns ctx carrying hb, whose header a pool uses
+// for one lean response (leanResponse) of the requests with that context
+// until hb.Done: the fast path's client connection, whose requests and
+// their responses are done one after the other.
+func WithResponseHeaderBuf(ctx context.Context, hb *HeaderBuf) context.Context {
+	return context.WithValue(ctx, respHeaderKey{}, hb)
+}
+
+type respHeaderKey struct{}
+
+// DetachResponseHeader gives up the header ctx's HeaderBuf (if any) lent
+// to a response, for a response that outlives its request (its body read
+// on in the background): the next response gets a header of its own.
+func DetachResponseHeader(ctx context.Context) {
+	if hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf); hb != nil {
+		hb.m, hb.busy = nil, false // not back to the pool: the response keeps it
+	}
+}
+
+// responseHeader returns the header for a lean response of n fields: ctx's
+// HeaderBuf's unless a response (a retried attempt's, kept) holds it.
+func responseHeader(ctx context.Context, n int) (http.Header, []string) {
+	hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf)
+	if hb == nil || hb.busy {
+		return make(http.Header, n), make([]string, n)
+	}
+	hb.busy = true
+	return hb.take(n)
+}
+
+// maxKeptFields: the pool keeps no header of more fields.
+const maxKeptFields = 32
+
+// LeanRequest reads the request head at the start of br's buffer when it
+// is plain: an HTTP/1.1 request line with an upper-case method and an
+// origin-form target, one Host field, no Content-Length, Transfer-Encoding,
+// Trailer or Pragma (no body). Else it returns nil and consumes nothing:
+// http.ReadRequest is to read it. Like http.ReadRequest, it leaves Host out
+// of the header. The request has context ctx, and its header is hb's
+// (nil: a new one) until hb.Done.
+func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Request {
+	head, line, fields, ok := leanHead(br)
+	if !ok {
+		return nil
+	}
+	sp := strings.IndexByte(line, ' ')
+	if sp <= 0 {
+		return nil
+	}
+	method, rest := line[:sp], line[sp+1:]
+	for i := 0; i < len(method); i++ {
+		if method[i] < 'A' || method[i] > 'Z' {
+			return nil
+		}
+	}
+	if method == "CONNECT" || method == "PRI" {
+		return nil
+	}
+	sp = strings.IndexByte(rest, ' ')
+	if sp <= 0 || rest[0] != '/' || rest[sp+1:] != "HTTP/1.1" {
+		return nil
+	}
+	target := rest[:sp]
+	n := strings.Count(fields, "\n")
+	h, strs := hb.take(n)
+	hosts, host, ok := leanFields(fields, h, strs, true)
+	if !ok || hosts != 1 {
+		return nil
+	}
+	for _, k := range [...]string{"Content-Length", "Transfer-Encoding", "Trailer", "Pragma"} {
+		if _, ok := h[k]; ok {
+			return nil
+		}
+	}
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return nil // http.ReadRequest's to refuse
+	}
+	if u.Host != "" {
+		host = u.Host
+	}
+	req := http.Request{Method: method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Body: http.NoBody, Host: host, RequestURI: target,
+		Close: httpguts.HeaderValuesContainsToken(h["Connection"], "close")}
+	br.Discard(len(head))
+	return req.WithContext(ctx) // the one copy on the heap
+}
