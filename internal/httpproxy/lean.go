@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -239,10 +240,33 @@ func (hb *HeaderBuf) take(n int) (http.Header, []string) {
 // lent to is over, and nothing holds it any more.
 func (hb *HeaderBuf) Done() {
 	if hb.m != nil {
-		headerMems.Put(hb.m)
+		if poisonHeaders && poisonTurn.Add(1)%2 == 0 {
+			hb.m.poison() // every other one: the pool's reuse is tested too
+		} else {
+			headerMems.Put(hb.m)
+		}
 		hb.m = nil
 	}
 	hb.busy = false
+}
+
+// poisonTurn alternates poisoning and pooling in race builds.
+var poisonTurn atomic.Uint64
+
+// poisonValue replaces every value of a header lent and given back, in
+// race builds (poisonHeaders).
+const poisonValue = "fogmesh-poisoned: header read after its request ended"
+
+// poison overwrites m's values (race builds), which is not pooled again.
+func (m *headerMem) poison() {
+	for _, vv := range m.h {
+		for i := range vv {
+			vv[i] = poisonValue
+		}
+	}
+	for i := range m.strs {
+		m.strs[i] = poisonValue
+	}
 }
 
 // WithResponseHeaderBuf returns ctx carrying hb, whose header a pool uses
