@@ -177,14 +177,13 @@ type h1ClientConn struct {
 	conn net.Conn
 	br   *bufio.Reader
 	gone context.CancelFunc
-	// hb lends the header of a request read by httpproxy.LeanRequest, resp
+	// hb holds the header of a request read by httpproxy.LeanRequest, resp
 	// that of a lean response to it (httpproxy.WithResponseHeaderBuf),
-	// until headersDone: nothing holds a request's header or its
-	// response's once forward has returned (a mirror sends a clone).
+	// until headersDone; they are never reused for another request.
 	hb, resp httpproxy.HeaderBuf
 }
 
-// headersDone gives the headers lent to the last request back to their pool.
+// headersDone ends the last request's headers: the next request gets new ones.
 func (cs *h1ClientConn) headersDone() {
 	cs.hb.Done()
 	cs.resp.Done()

@@ -8,8 +8,6 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -196,13 +194,19 @@ func (b *lengthBody) Read(p []byte) (int, error) {
 
 func (b *lengthBody) Close() error { return nil }
 
-// HeaderBuf lends a client connection a header map, and the slice its
+// HeaderBuf holds a client connection's header map, and the slice its
 // values are cut from, for one request (LeanRequest) or the response to it
-// (WithResponseHeaderBuf) at a time, from a pool shared by all
-// connections: Done gives it back once nothing holds the request or the
-// response any more (an idle connection holds none).
+// (WithResponseHeaderBuf) at a time. Each request gets new ones: a header
+// is never reused for another request, on this connection or another,
+// because parts of the agent may still read it after the request ended
+// (net/http's Transport writes a request on its own goroutine and can
+// return the response before it is done; per-connection caches keep value
+// slices). A pool tried here (branch h/h1cpu2) leaked exactly that way:
+// with its storage poisoned on return in race builds, the agent's tests
+// read poisoned headers in egress requests and in a cached identity
+// header, so the pool is not kept.
 type HeaderBuf struct {
-	m    *headerMem // lent; nil: none
+	m    *headerMem // the current request's; nil: none
 	busy bool       // a response holds m's header (WithResponseHeaderBuf)
 }
 
@@ -211,18 +215,14 @@ type headerMem struct {
 	strs []string
 }
 
-var headerMems sync.Pool // *headerMem
-
-// take returns a header emptied and n values to cut: hb's (borrowed from
-// the pool if need be), else a new one hb keeps if it is small.
+// take returns an empty header and n values to cut: hb's current ones
+// while a request lasts, else new ones hb keeps until Done.
 func (hb *HeaderBuf) take(n int) (http.Header, []string) {
 	if hb == nil {
 		return make(http.Header, n), make([]string, n)
 	}
 	if hb.m == nil {
-		if hb.m, _ = headerMems.Get().(*headerMem); hb.m == nil {
-			hb.m = &headerMem{}
-		}
+		hb.m = &headerMem{}
 	}
 	m := hb.m
 	if m.h != nil && n <= cap(m.strs) {
@@ -236,42 +236,16 @@ func (hb *HeaderBuf) take(n int) (http.Header, []string) {
 	return h, strs
 }
 
-// Done gives hb's header back to the pool: the request or response it was
-// lent to is over, and nothing holds it any more.
+// Done ends hb's current request: its header is left to whoever still
+// holds it, and the next request gets a new one.
 func (hb *HeaderBuf) Done() {
-	if hb.m != nil {
-		if poisonHeaders && poisonTurn.Add(1)%2 == 0 {
-			hb.m.poison() // every other one: the pool's reuse is tested too
-		} else {
-			headerMems.Put(hb.m)
-		}
-		hb.m = nil
-	}
+	hb.m = nil
 	hb.busy = false
 }
 
-// poisonTurn alternates poisoning and pooling in race builds.
-var poisonTurn atomic.Uint64
-
-// poisonValue replaces every value of a header lent and given back, in
-// race builds (poisonHeaders).
-const poisonValue = "fogmesh-poisoned: header read after its request ended"
-
-// poison overwrites m's values (race builds), which is not pooled again.
-func (m *headerMem) poison() {
-	for _, vv := range m.h {
-		for i := range vv {
-			vv[i] = poisonValue
-		}
-	}
-	for i := range m.strs {
-		m.strs[i] = poisonValue
-	}
-}
-
-// WithResponseHeaderBuf returns ctx carrying hb, whose header a pool uses
-// for one lean response (leanResponse) of the requests with that context
-// until hb.Done: the fast path's client connection, whose requests and
+// WithResponseHeaderBuf returns ctx carrying hb, whose header the upstream
+// pool uses for one lean response (leanResponse) of the requests with that
+// context until hb.Done: the fast path's client connection, whose requests and
 // their responses are done one after the other.
 func WithResponseHeaderBuf(ctx context.Context, hb *HeaderBuf) context.Context {
 	return context.WithValue(ctx, respHeaderKey{}, hb)
@@ -284,7 +258,7 @@ type respHeaderKey struct{}
 // on in the background): the next response gets a header of its own.
 func DetachResponseHeader(ctx context.Context) {
 	if hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf); hb != nil {
-		hb.m, hb.busy = nil, false // not back to the pool: the response keeps it
+		hb.m, hb.busy = nil, false // the response keeps it
 	}
 }
 
@@ -299,7 +273,8 @@ func responseHeader(ctx context.Context, n int) (http.Header, []string) {
 	return hb.take(n)
 }
 
-// maxKeptFields: the pool keeps no header of more fields.
+// maxKeptFields: a HeaderBuf keeps no header of more fields for a second
+// take within one request.
 const maxKeptFields = 32
 
 // LeanRequest reads the request head at the start of br's buffer when it

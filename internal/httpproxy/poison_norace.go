@@ -1,6 +1,0 @@
-//go:build !race
-
-package httpproxy
-
-// poisonHeaders: see poison_race.go.
-const poisonHeaders = false
