@@ -308,6 +308,8 @@ func (p *pair) unlink() {
 	p.f.links.Delete(p.e[:])
 	p.f.sockhash.Delete(p.a1[:])
 	p.f.sockhash.Delete(p.a2[:])
+	p.f.acks.Delete(p.a1[:]) // the entries would otherwise wait for the LRU
+	p.f.acks.Delete(p.a2[:])
 }
 
 // redirected is the bytes the kernel sent past the agent from the client
