@@ -198,8 +198,9 @@ func (a *Agent) fastPrepare(t listenTarget, ev *endpointView, port string) fastD
 // relayTCP relays an authorized client connection and its endpoint
 // connection: through the fast path when fastPrepare took the endpoint
 // (sent is how many client bytes were already written to up), else
-// proxy.RelayIdle. Either way the idle timeout (timeouts.idle) is read from
-// the kernel's per-socket idle times, with the conns left bare for splice.
+// proxy.RelayIdle. Either way timeouts.idle is enforced from the kernel's
+// per-socket idle times (TCP_INFO), which also see the bytes the kernel
+// moves past the agent.
 func (a *Agent) relayTCP(ctx context.Context, client, up net.Conn, fast fastDone, sent int, idle time.Duration) error {
 	tc, ok1 := client.(*net.TCPConn)
 	tu, ok2 := up.(*net.TCPConn)
