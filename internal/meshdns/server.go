@@ -92,36 +92,38 @@ func New(cfg Config, r Resolver) (*Server, error) {
 	}, nil
 }
 
-// listen binds UDP and TCP on addr. If addr's port is 0, it binds UDP to a
-// free port first and then TCP to the same port, trying again with another
-// port if that one is taken for TCP.
+// listen binds UDP and TCP on addr. If addr's port is 0, it binds TCP to a
+// free port first and then UDP to the same port, trying again with another
+// port if that one is taken for UDP. TCP goes first because its ports are
+// the busy ones: a UDP port picked first is often some TCP connection's
+// local port on a machine with many of them (10 tries in a row failed so
+// in a CI run), while few UDP sockets hold the port a TCP listen got.
 func listen(addr string) (*net.UDPConn, net.Listener, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
-	// A UDP port whose TCP twin is taken stays bound until we are done,
+	// A TCP port whose UDP twin is taken stays bound until we are done,
 	// so the kernel does not hand it out again on the next try.
-	var taken []net.PacketConn
+	var taken []net.Listener
 	defer func() {
-		for _, pc := range taken {
-			pc.Close()
+		for _, ln := range taken {
+			ln.Close()
 		}
 	}()
 	for attempt := 1; ; attempt++ {
-		pc, err := net.ListenPacket("udp", addr)
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			return nil, nil, fmt.Errorf("listen udp %s: %w", addr, err)
+			return nil, nil, fmt.Errorf("listen tcp %s: %w", addr, err)
 		}
-		udp := pc.(*net.UDPConn)
-		tcpAddr := net.JoinHostPort(host, strconv.Itoa(udp.LocalAddr().(*net.UDPAddr).Port))
-		ln, err := net.Listen("tcp", tcpAddr)
+		udpAddr := net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+		pc, err := net.ListenPacket("udp", udpAddr)
 		if err == nil {
-			return udp, ln, nil
+			return pc.(*net.UDPConn), ln, nil
 		}
-		taken = append(taken, udp)
+		taken = append(taken, ln)
 		if port != "0" || attempt >= maxBindAttempts || !errors.Is(err, syscall.EADDRINUSE) {
-			return nil, nil, fmt.Errorf("listen tcp %s (attempt %d): %w", tcpAddr, attempt, err)
+			return nil, nil, fmt.Errorf("listen udp %s (attempt %d): %w", udpAddr, attempt, err)
 		}
 	}
 }
