@@ -3,7 +3,6 @@ package agent
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strings"
@@ -36,48 +35,7 @@ func TestFastPathSameNodeTCP(t *testing.T) {
 	addr := "127.39.0.1:19150"
 	waitFor(t, "listener", func() bool { _, err := roundTrip(addr); return err == nil })
 
-	idle, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	busy, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	if got, err := talk(idle); err != nil || got != "e1: ping" {
-		t.Fatalf("idle conn first exchange: %q %v", got, err)
-	}
-	start := time.Now()
-	closed := make(chan time.Duration, 1)
-	go func() {
-		idle.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := idle.Read(make([]byte, 1))
-		if n == 0 && err == io.EOF {
-			closed <- time.Since(start)
-		} else {
-			closed <- -1
-		}
-	}()
-	br := bufio.NewReader(busy)
-	long := strings.Repeat("x", 50_000)
-	var sent int
-	for i := range 15 { // 1.5 s: well past the idle timeout
-		busy.SetDeadline(time.Now().Add(3 * time.Second))
-		msg := fmt.Sprintf("ping %d %s", i, long)
-		fmt.Fprintf(busy, "%s\n", msg)
-		line, err := br.ReadString('\n')
-		if err != nil || strings.TrimSpace(line) != "e1: "+msg {
-			t.Fatalf("busy conn, exchange %d after %v: %.40q %v", i, time.Since(start), line, err)
-		}
-		sent += len(msg) + 1
-		time.Sleep(100 * time.Millisecond)
-	}
-	if d := <-closed; d < 350*time.Millisecond || d > 1500*time.Millisecond {
-		t.Fatalf("idle connection closed after %v, want about 400ms (-1: not closed by the agent)", d)
-	}
-	busy.Close()
+	sent := idleAndBusy(t, addr, " "+strings.Repeat("x", 50_000))
 
 	metric := func(name string) int {
 		var buf strings.Builder

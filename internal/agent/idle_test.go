@@ -25,45 +25,7 @@ func TestIdleTimeoutL4(t *testing.T) {
 	addr := "127.211.0.1:19120"
 	waitFor(t, "listener", func() bool { _, err := roundTrip(addr); return err == nil })
 
-	idle, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	busy, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	if got, err := talk(idle); err != nil || got != "e1: ping" {
-		t.Fatalf("idle conn first exchange: %q %v", got, err)
-	}
-	start := time.Now()
-	closed := make(chan time.Duration, 1)
-	go func() {
-		idle.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := idle.Read(make([]byte, 1))
-		if n == 0 && err == io.EOF {
-			closed <- time.Since(start)
-		} else {
-			closed <- -1
-		}
-	}()
-	br := bufio.NewReader(busy)
-	for i := 0; i < 15; i++ {
-		busy.SetDeadline(time.Now().Add(3 * time.Second))
-		fmt.Fprintf(busy, "ping %d\n", i)
-		line, err := br.ReadString('\n')
-		if err != nil || strings.TrimSpace(line) != fmt.Sprintf("e1: ping %d", i) {
-			t.Fatalf("busy conn, exchange %d after %v: %q %v", i, time.Since(start), line, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	d := <-closed
-	if d < 350*time.Millisecond || d > 1500*time.Millisecond {
-		t.Fatalf("idle connection closed after %v, want about 400ms (-1: not closed by the agent)", d)
-	}
-	t.Logf("idle connection closed after %v; busy one served 15 exchanges over %v", d, time.Since(start))
+	idleAndBusy(t, addr, "")
 	var buf strings.Builder
 	a.cfg.Metrics.WritePrometheus(&buf)
 	if !strings.Contains(buf.String(), `fogmesh_agent_idle_timeouts_total{service="demo/idle"} 1`) {
@@ -107,4 +69,55 @@ func TestIdleTimeoutL7Downstream(t *testing.T) {
 	if d := time.Since(start); d > 1500*time.Millisecond {
 		t.Fatalf("closed after %v, want about 500ms", d)
 	}
+}
+
+// idleAndBusy opens two connections to addr, a tcp port with timeouts.idle
+// 400ms in front of an echo server e1: one that talks once and goes idle,
+// which the agent must close after about 400ms, and one that exchanges a
+// line (ping N, then pad) every 100 ms for 1.5 s, which must live through
+// it. It returns the bytes the busy connection sent.
+func idleAndBusy(t *testing.T, addr, pad string) (sent int) {
+	t.Helper()
+	idle, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	busy, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	if got, err := talk(idle); err != nil || got != "e1: ping" {
+		t.Fatalf("idle conn first exchange: %q %v", got, err)
+	}
+	start := time.Now()
+	closed := make(chan time.Duration, 1)
+	go func() {
+		idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := idle.Read(make([]byte, 1))
+		if n == 0 && err == io.EOF {
+			closed <- time.Since(start)
+		} else {
+			closed <- -1
+		}
+	}()
+	br := bufio.NewReader(busy)
+	for i := range 15 { // 1.5 s: well past the idle timeout
+		busy.SetDeadline(time.Now().Add(3 * time.Second))
+		msg := fmt.Sprintf("ping %d", i) + pad
+		fmt.Fprintf(busy, "%s\n", msg)
+		line, err := br.ReadString('\n')
+		if err != nil || strings.TrimSpace(line) != "e1: "+msg {
+			t.Fatalf("busy conn, exchange %d after %v: %.40q %v", i, time.Since(start), line, err)
+		}
+		sent += len(msg) + 1
+		time.Sleep(100 * time.Millisecond) // pacing: the busy connection's gaps stay under the timeout
+	}
+	d := <-closed
+	if d < 350*time.Millisecond || d > 1500*time.Millisecond {
+		t.Fatalf("idle connection closed after %v, want about 400ms (-1: not closed by the agent)", d)
+	}
+	t.Logf("idle connection closed after %v; busy one served 15 exchanges over %v", d, time.Since(start))
+	return sent
 }

@@ -336,13 +336,15 @@ type publishConn struct {
 	key, peer tuple  // the far socket whose bytes this conn writes; the socket they go out of
 	cookie    uint64 // the far socket's cookie
 	n         int64
+	val       [linkSize]byte // the link value Write publishes
 }
 
 func (c *publishConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if n > 0 {
 		c.n += int64(n)
-		if perr := c.f.links.Update(c.key[:], linkValue(c.peer, uint64(c.n), c.cookie), ebpf.UpdateExist); perr != nil && err == nil {
+		putLink(c.val[:], c.peer, uint64(c.n), c.cookie) // no allocation per write
+		if perr := c.f.links.Update(c.key[:], c.val[:], ebpf.UpdateExist); perr != nil && err == nil {
 			err = fmt.Errorf("fastpath: publish forwarded bytes: %w", perr)
 		}
 	}

@@ -72,6 +72,13 @@ func relayOne(t *testing.T, f *FastPath, ln net.Listener, ep netip.AddrPort) age
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { client.Close() })
+	return agentPair{client: client, result: relayAccepted(t, f, ln, ep)}
+}
+
+// relayAccepted accepts the next connection on ln, dials ep and relays
+// them with f as the agent would; Relay's result comes on the channel.
+func relayAccepted(t *testing.T, f *FastPath, ln net.Listener, ep netip.AddrPort) chan Result {
+	t.Helper()
 	a1, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +100,7 @@ func relayOne(t *testing.T, f *FastPath, ln net.Listener, ep netip.AddrPort) age
 		}
 		res <- r
 	}()
-	return agentPair{client: client, result: res}
+	return res
 }
 
 func listen(t *testing.T, f *FastPath) net.Listener {
@@ -279,24 +286,7 @@ func TestHandoverUnderLoad(t *testing.T) {
 			client.(*net.TCPConn).CloseWrite()
 			want <- [32]byte(h.Sum(nil))
 		}()
-		a1, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		done, err := f.PrepareEndpoint(ep)
-		if err != nil {
-			t.Fatal(err)
-		}
-		a2, err := net.Dial("tcp4", ep.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		res := make(chan Result, 1)
-		go func() {
-			r, _ := f.Relay(context.Background(), a1.(*net.TCPConn), a2.(*net.TCPConn), 0, time.Minute)
-			done()
-			res <- r
-		}()
+		res := relayAccepted(t, f, ln, ep)
 		client.SetDeadline(time.Now().Add(30 * time.Second))
 		reply, err := io.ReadAll(client)
 		if err != nil {

@@ -73,10 +73,15 @@ func portKey(ap netip.AddrPort) ([8]byte, bool) {
 
 func linkValue(peer tuple, forwarded, cookie uint64) []byte {
 	v := make([]byte, linkSize)
+	putLink(v, peer, forwarded, cookie)
+	return v
+}
+
+// putLink writes a link value into v (linkSize bytes).
+func putLink(v []byte, peer tuple, forwarded, cookie uint64) {
 	copy(v, peer[:])
 	binary.NativeEndian.PutUint64(v[tupleSize:], forwarded)
 	binary.NativeEndian.PutUint64(v[tupleSize+8:], cookie)
-	return v
 }
 
 // sndBufForce is the send buffer of the agent's linked sockets: room for
