@@ -24,6 +24,14 @@ import (
 func relayBytes(ctx context.Context, stream, local net.Conn) {
 	defer stream.Close()
 	defer local.Close()
+	if mc, ok := local.(*meshConn); ok {
+		if tc, ok := mc.Conn.(*net.TCPConn); ok {
+			// The socket itself: a direct stream (a TCP connection from
+			// the peer agent) splices to it. local.Close still counts.
+			proxy.Relay(ctx, stream, tc)
+			return
+		}
+	}
 	proxy.Relay(ctx, stream, local)
 }
 

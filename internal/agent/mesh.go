@@ -25,7 +25,7 @@ func (a *Agent) initMesh(cfg Config) error {
 	pcfg := paths.Config{Self: cfg.Node.Name, Dialer: a, Network: cfg.Network, Logger: a.log.With("sub", "mesh"),
 		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,
 		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive), RelayUDP: cfg.RelayUDP,
-		StreamWindow: cfg.MeshStreamWindow}
+		StreamWindow: cfg.MeshStreamWindow, DirectStreams: cfg.MeshDirectStreams == nil || *cfg.MeshDirectStreams}
 	if a.ident != nil {
 		pcfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
 		pcfg.ServerTLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)

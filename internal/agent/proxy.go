@@ -475,8 +475,8 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 }
 
 // countedConn decrements the active count when closed. It is only used on
-// the mesh-side of a relay, whose other end is a yamux stream, so hiding the
-// *net.TCPConn costs no splice there.
+// the mesh side of a relay; where the other end is a TCP connection (a
+// direct stream), relayBytes relays the *net.TCPConn it wraps.
 type countedConn struct {
 	net.Conn
 	once sync.Once

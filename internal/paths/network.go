@@ -52,6 +52,41 @@ func (n *pathNetwork) Dial(ctx context.Context, _, key string) (net.Conn, error)
 	return &countConn{Conn: c, b: st.bytes}, nil
 }
 
+// DialDirect connects a direct stream's own connection to the peer of a
+// direct key (transport.DirectDialer); a relayed key carries none. The
+// connection is not wrapped, so that the agents splice it: its bytes are
+// counted when it closes (directBytes).
+func (n *pathNetwork) DialDirect(ctx context.Context, key string) (net.Conn, error) {
+	m := (*Manager)(n)
+	kind, name := keyPeer(key)
+	if kind != Direct {
+		return nil, transport.ErrNoDirect
+	}
+	m.mu.Lock()
+	st := m.peers[name]
+	var addr string
+	if st != nil {
+		addr = st.Addr
+	}
+	m.mu.Unlock()
+	if st == nil {
+		return nil, fmt.Errorf("paths: unknown peer %q", name)
+	}
+	return m.cfg.Network.Dial(ctx, "tcp", addr)
+}
+
+// directBytes adds a closed direct stream's bytes to its peer's count.
+func (m *Manager) directBytes(key string, in, out uint64) {
+	_, name := keyPeer(key)
+	m.mu.Lock()
+	st := m.peers[name]
+	m.mu.Unlock()
+	if st != nil {
+		st.bytes.in.Add(in)
+		st.bytes.out.Add(out)
+	}
+}
+
 // Listen is not used: peers reach this agent through Manager.Listener.
 func (n *pathNetwork) Listen(context.Context, string, string) (net.Listener, error) {
 	return nil, fmt.Errorf("paths: listen through the agent's mesh listener")

@@ -83,6 +83,10 @@ type Config struct {
 	// client's (transport.ClientConfig).
 	PingInterval, DialTimeout time.Duration
 	StreamWindow              int
+	// DirectStreams gives each relayed TCP connection on a direct path
+	// its own TCP connection to the peer in insecure mode
+	// (transport.ClientConfig.DirectStreams).
+	DirectStreams bool
 	// PeerCheck and OnCut go to every carrier's client and server
 	// (transport.ClientConfig): sessions of revoked or expired peers are
 	// cut, on every kind of path.
@@ -200,7 +204,8 @@ func New(cfg Config) (*Manager, error) {
 		peers: map[string]*peerState{}, byUDP: map[string]string{}, mDials: map[Kind]*metrics.Counter{}}
 	m.tcp = transport.NewClient(transport.ClientConfig{SourceNode: cfg.Self, Network: (*pathNetwork)(m),
 		Logger: cfg.Logger, Metrics: cfg.Metrics, PingInterval: cfg.PingInterval, DialTimeout: cfg.DialTimeout,
-		TLS: cfg.TLS, PeerID: m.expectedID, StreamWindow: cfg.StreamWindow, PeerCheck: cfg.PeerCheck, OnCut: cfg.OnCut})
+		TLS: cfg.TLS, PeerID: m.expectedID, StreamWindow: cfg.StreamWindow, PeerCheck: cfg.PeerCheck, OnCut: cfg.OnCut,
+		DirectStreams: cfg.DirectStreams, DirectBytes: m.directBytes})
 	for _, k := range []Kind{Direct, Punched, Relayed} {
 		m.mDials[k] = cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_path_streams_total{kind=%q}`, k))
 		cfg.Metrics.GetOrCreateGauge(fmt.Sprintf(`fogmesh_paths{kind=%q}`, k), func() float64 { return float64(m.count(k)) })

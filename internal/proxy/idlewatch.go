@@ -12,11 +12,11 @@ import (
 // direction for d, it closes both connections and returns ErrIdle (d <= 0:
 // no timeout, plain Relay).
 //
-// When a and b are both *net.TCPConn on Linux, the connections stay bare,
-// so splice(2) keeps moving the bytes, and nothing is done per read: a
-// timer per pair asks the kernel (TCP_INFO: time since the last data
-// received and sent, per socket) how long the pair has been idle, about
-// once per d. Otherwise the connections are wrapped (WithIdleTimeout), which
+// When a and b are both *net.TCPConn (or TCPWrapper) on Linux, the
+// connections stay bare, so splice(2) keeps moving the bytes, and nothing
+// is done per read: a timer per pair asks the kernel (TCP_INFO: time since
+// the last data received and sent, per socket) how long the pair has been
+// idle, about once per d. Otherwise the connections are wrapped (WithIdleTimeout), which
 // costs a read deadline per read and the splice fast path.
 func RelayIdle(ctx context.Context, a, b net.Conn, d time.Duration) (aToB, bToA int64, err error) {
 	if d <= 0 {
@@ -24,6 +24,26 @@ func RelayIdle(ctx context.Context, a, b net.Conn, d time.Duration) (aToB, bToA 
 	}
 	a, b, w := idleConns(a, b, d)
 	return relayWatched(ctx, a, b, w)
+}
+
+// TCPWrapper is a connection whose reads and writes are those of the TCP
+// connection TCP returns, unchanged (it may do something on Close): a mesh
+// stream with its own socket, say. RelayIdle reads idle times from the
+// socket, as for a bare *net.TCPConn.
+type TCPWrapper interface {
+	net.Conn
+	TCP() *net.TCPConn
+}
+
+// asTCP returns the TCP connection c is or wraps (TCPWrapper).
+func asTCP(c net.Conn) (*net.TCPConn, bool) {
+	switch t := c.(type) {
+	case *net.TCPConn:
+		return t, true
+	case TCPWrapper:
+		return t.TCP(), true
+	}
+	return nil, false
 }
 
 // RelayIdleTCP is RelayIdle over a and b, which wrap the TCP connections ta
@@ -57,8 +77,8 @@ func relayWatched(ctx context.Context, a, b net.Conn, w *idleWatch) (aToB, bToA 
 // and a watch over them when the kernel can tell their idle time, else
 // WithIdleTimeout's wrappers and no watch.
 func idleConns(a, b net.Conn, d time.Duration) (net.Conn, net.Conn, *idleWatch) {
-	ta, okA := a.(*net.TCPConn)
-	tb, okB := b.(*net.TCPConn)
+	ta, okA := asTCP(a)
+	tb, okB := asTCP(b)
 	if okA && okB {
 		if _, err := tcpIdle(ta); err == nil {
 			return a, b, &idleWatch{conns: [2]*net.TCPConn{ta, tb}, d: d}

@@ -130,6 +130,19 @@ type plainFrameConn struct {
 	net.Conn
 	hdr  [yamuxHeaderLen]byte
 	held bool // hdr holds a data header: the next Write is its body
+	// first is the session's first byte, read by the server to tell a
+	// direct stream from a session; replay says it is still to be read.
+	first  byte
+	replay bool
+}
+
+func (c *plainFrameConn) Read(p []byte) (int, error) {
+	if c.replay && len(p) > 0 {
+		c.replay = false
+		p[0] = c.first
+		return 1, nil
+	}
+	return c.Conn.Read(p)
 }
 
 func (c *plainFrameConn) Write(p []byte) (int, error) {

@@ -64,6 +64,14 @@ type ClientConfig struct {
 	// stream buffers here (default DefaultStreamWindow; values outside
 	// MinStreamWindow..MaxStreamWindow are clamped to that range).
 	StreamWindow int
+	// DirectStreams gives every stream whose header has neither L7 nor
+	// UDP set a TCP connection of its own in insecure mode (TLS nil), so
+	// that both agents splice its bytes (direct.go). Ignored with TLS.
+	DirectStreams bool
+	// DirectBytes, if set, is told the bytes a direct stream's connection
+	// received and sent (the kernel's count, header and status included)
+	// when it closes.
+	DirectBytes func(meshAddr string, in, out uint64)
 	// PeerCheck and OnCut are as in ServerConfig: a session whose peer
 	// fails PeerCheck or whose peer chain expired is cut, and no stream
 	// opens on it. A session is also retired (no new streams; its open
@@ -104,6 +112,7 @@ type Client struct {
 	closed  bool
 	peers   map[string]*peer                  // by mesh address
 	retired map[*yamux.Session]retiredSession // draining: no new streams (Retire)
+	directs map[*directTrack]struct{}         // open direct streams (direct.go)
 
 	rtts sync.Map // mesh address -> *peer, for RTT without mu (read per request)
 	// retiredSet holds the sessions in retired, for streamConn.Retired
@@ -124,6 +133,23 @@ type peer struct {
 	id      spiffeid.ID    // guarded by Client.mu; the TLS peer of sess
 	auth    *peerAuth      // guarded by Client.mu; what sess authenticated
 	rtt     atomic.Int64   // smoothed round-trip time in ns; 0 = not measured
+	// directUp is whether the last connection of a direct stream to the
+	// peer got through (direct.go): the path is live, as with a session.
+	directUp atomic.Bool
+}
+
+// observeRTT folds one RTT sample into the smoothed RTT: an EWMA
+// (α = 1/4), so one slow sample moves it little.
+func (p *peer) observeRTT(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	old := p.rtt.Load()
+	if old == 0 {
+		p.rtt.Store(int64(d))
+	} else {
+		p.rtt.Store(old + (int64(d)-old)/4)
+	}
 }
 
 // NewClient returns a client with no sessions.
@@ -176,6 +202,11 @@ func (c *Client) Dial(ctx context.Context, meshAddr string, h Header) (net.Conn,
 }
 
 func (c *Client) dial(ctx context.Context, meshAddr string, h Header) (net.Conn, error) {
+	if c.direct(h) {
+		if conn, ok, err := c.dialDirect(ctx, meshAddr, h); ok {
+			return conn, err
+		}
+	}
 	sess, auth, fresh, err := c.session(ctx, meshAddr, nil)
 	if err != nil {
 		return nil, err
@@ -357,14 +388,8 @@ func (c *Client) watchSession(meshAddr string, p *peer, sess *yamux.Session, aut
 				expire = time.After(10 * time.Millisecond)
 			}
 		case <-t.C:
-			if d, err := sess.Ping(); err == nil && d > 0 {
-				// EWMA over pings (α = 1/4), so one slow ping moves it little.
-				old := p.rtt.Load()
-				if old == 0 {
-					p.rtt.Store(int64(d))
-				} else {
-					p.rtt.Store(old + (int64(d)-old)/4)
-				}
+			if d, err := sess.Ping(); err == nil {
+				p.observeRTT(d)
 			}
 		}
 	}
@@ -377,8 +402,8 @@ func (c *Client) watchSession(meshAddr string, p *peer, sess *yamux.Session, aut
 }
 
 // RTT is the smoothed round-trip time to the peer agent at meshAddr,
-// measured by pinging its session; false before a session exists and its
-// first ping answered.
+// measured by pinging its session and from the kernel's RTT of each direct
+// stream's connection; false before either was measured.
 func (c *Client) RTT(meshAddr string) (time.Duration, bool) {
 	v, ok := c.rtts.Load(meshAddr)
 	if !ok {
@@ -457,10 +482,17 @@ func (c *Client) Close() error {
 	for sess := range c.retired {
 		sessions = append(sessions, sess)
 	}
+	directs := make([]net.Conn, 0, len(c.directs))
+	for t := range c.directs {
+		directs = append(directs, t.closer)
+	}
 	c.mu.Unlock()
 
 	for _, sess := range sessions {
 		sess.Close()
+	}
+	for _, d := range directs {
+		d.Close()
 	}
 	c.wg.Wait()
 	return nil
@@ -479,12 +511,13 @@ func (c *Client) Sessions() int {
 	return n
 }
 
-// Live reports whether the session to meshAddr is open: a Dial on it
-// that failed without the peer's answer (its deadline passed while the
-// peer connected a slow workload) says nothing against the path.
+// Live reports whether the session to meshAddr is open, or the last
+// direct stream's connection to it got through: a Dial on it that failed
+// without the peer's answer (its deadline passed while the peer connected
+// a slow workload) says nothing against the path.
 func (c *Client) Live(meshAddr string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.peers[meshAddr]
-	return p != nil && p.sess != nil && !p.sess.IsClosed()
+	return p != nil && (p.sess != nil && !p.sess.IsClosed() || p.directUp.Load())
 }

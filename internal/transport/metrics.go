@@ -22,6 +22,7 @@ type meshMetrics struct {
 	streams  map[string]*metrics.Counter // by result
 	sessions *metrics.Gauge              // open yamux sessions
 	bad      *metrics.Counter            // streams rejected for a bad header (in only)
+	direct   *metrics.Counter            // streams with a TCP connection of their own (direct.go)
 	set      *metrics.Set
 	dir      string
 }
@@ -46,6 +47,7 @@ func newMeshMetrics(set *metrics.Set, dir string) *meshMetrics {
 		streams:  make(map[string]*metrics.Counter),
 		sessions: set.GetOrCreateGauge(fmt.Sprintf(`fogmesh_mesh_sessions{dir=%q}`, dir), nil),
 		bad:      set.GetOrCreateCounter(`fogmesh_mesh_bad_streams_total`),
+		direct:   set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mesh_direct_streams_total{dir=%q}`, dir)),
 		set:      set,
 		dir:      dir,
 	}

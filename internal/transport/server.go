@@ -1,10 +1,12 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -325,7 +327,30 @@ func (s *Server) serveConn(conn net.Conn) {
 		conn = &tlsFrameConn{Conn: tc, batch: batch}
 		log = log.With("peerId", id.String())
 	} else {
-		conn = &plainFrameConn{Conn: conn}
+		// A direct stream (direct.go) starts with Magic, a yamux session
+		// with its version, 0.
+		var first [1]byte
+		conn.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+		if _, err := io.ReadFull(conn, first[:]); err != nil {
+			conn.Close()
+			log.Debug("mesh: connection sent nothing", "err", err)
+			return
+		}
+		conn.SetReadDeadline(time.Time{})
+		if first[0] == Magic[0] {
+			ms, ok := conn.(meshStream)
+			if !ok { // a relayed session's carrier: never a direct stream
+				conn.Close()
+				return
+			}
+			s.m.direct.Inc()
+			stop := context.AfterFunc(s.ctx, func() { conn.Close() }) // Close ends a header read too
+			defer stop()
+			s.wg.Add(1) // the counter is > 0: serveConn holds one
+			s.serveStreamFrom(s.ctx, ms, first[:])
+			return
+		}
+		conn = &plainFrameConn{Conn: conn, first: first[0], replay: true}
 	}
 
 	sess, err := yamux.Server(conn, yamuxConfig(s.cfg.StreamWindow))
@@ -402,12 +427,18 @@ type meshStream interface {
 // serveStream reads one stream's header, connects it to the local workload
 // and relays until both sides are done.
 func (s *Server) serveStream(ctx context.Context, c meshStream) {
+	s.serveStreamFrom(ctx, c, nil)
+}
+
+// serveStreamFrom is serveStream on a stream whose first bytes, pre, were
+// read already.
+func (s *Server) serveStreamFrom(ctx context.Context, c meshStream, pre []byte) {
 	defer s.wg.Done()
 	s.active.Add(1)
 	defer s.active.Add(-1)
 	defer c.Close()
 
-	local, h, err := s.open(ctx, c)
+	local, h, err := s.open(ctx, c, pre)
 	if err != nil {
 		s.log.Debug("mesh: stream refused", "peer", c.RemoteAddr().String(), "err", err)
 		return
@@ -445,11 +476,15 @@ func (s *Server) checkSource(ctx context.Context, h Header) error {
 
 // open runs the server side of the stream handshake: header in, local dial,
 // status out. It returns the local conn after StatusOK was sent.
-func (s *Server) open(ctx context.Context, c meshStream) (net.Conn, Header, error) {
+func (s *Server) open(ctx context.Context, c meshStream, pre []byte) (net.Conn, Header, error) {
 	deadline := time.Now().Add(s.cfg.HeaderTimeout)
 	c.SetReadDeadline(deadline)
 	c.SetWriteDeadline(deadline)
-	h, err := ReadHeader(c)
+	var r io.Reader = c
+	if len(pre) > 0 {
+		r = io.MultiReader(bytes.NewReader(pre), c)
+	}
+	h, err := ReadHeader(r)
 	if err != nil {
 		s.m.bad.Inc()
 		s.m.streams[resultRefused].Inc()
