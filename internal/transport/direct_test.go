@@ -155,6 +155,8 @@ func TestDirectStreamsEndWithClientAndServer(t *testing.T) {
 		t.Fatalf("read after Client.Close: %v, want the conn closed", err)
 	}
 
+	eventually(t, "the server's end of the closed stream ends", func() bool { return ts.ActiveStreams() == 0 })
+
 	raw, err := net.Dial("tcp", ts.addr)
 	if err != nil {
 		t.Fatal(err)
