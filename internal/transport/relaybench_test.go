@@ -12,13 +12,16 @@ import (
 // iperf3 drives it through the agents: a TCP client writes 128 KiB chunks
 // to a "source agent" socket, proxy.Relay copies them into a mesh stream
 // (as the agent's TCP proxy does), the mesh server relays the stream to a
-// TCP sink workload. Sub-benchmarks: plaintext mesh and mTLS mesh.
+// TCP sink workload. Sub-benchmarks: plaintext mesh (a yamux stream),
+// plaintext with a direct stream (its own TCP connection, spliced on both
+// sides) and mTLS mesh.
 func BenchmarkTwoAgentRelay(b *testing.B) {
-	b.Run("plain", func(b *testing.B) { benchTwoAgentRelay(b, false) })
-	b.Run("mtls", func(b *testing.B) { benchTwoAgentRelay(b, true) })
+	b.Run("plain", func(b *testing.B) { benchTwoAgentRelay(b, false, false) })
+	b.Run("direct", func(b *testing.B) { benchTwoAgentRelay(b, false, true) })
+	b.Run("mtls", func(b *testing.B) { benchTwoAgentRelay(b, true, false) })
 }
 
-func benchTwoAgentRelay(b *testing.B, mtls bool) {
+func benchTwoAgentRelay(b *testing.B, mtls, direct bool) {
 	const chunk = 128 << 10
 	sink, sunk := startSink(b)
 	d := mapDialer{"sink": sink}
@@ -30,7 +33,11 @@ func benchTwoAgentRelay(b *testing.B, mtls bool) {
 		client, _ = tlsClient(b, testSource(testSVID(b, ca, "s", "node-a"), ca.Bundle()), "node-a")
 	} else {
 		srv = startServer(b, listen(b, "127.0.0.1:0"), d, nil)
-		client, _ = newClient(b)
+		if direct {
+			client, _, _ = newDirectClient(b)
+		} else {
+			client, _ = newClient(b)
+		}
 	}
 
 	// The source agent: one accepted connection relayed into one stream.
