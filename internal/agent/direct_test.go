@@ -1,0 +1,131 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+)
+
+// TestDirectStreamsThroughBothAgents: in insecure mode a relayed TCP
+// connection to a remote endpoint crosses the mesh on a TCP connection of
+// its own (no yamux session): bulk bytes arrive whole and in order, a
+// half-close reaches the workload and its answer comes back, and the path
+// counts the bytes once the connection closed. With meshDirectStreams
+// false the same connection is a stream of the shared session.
+func TestDirectStreamsThroughBothAgents(t *testing.T) {
+	// The workload reads to EOF, then answers with the byte count and a
+	// checksum of what it read, and closes.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var sum, n uint64
+				buf := make([]byte, 64<<10)
+				for {
+					m, err := c.Read(buf)
+					for _, b := range buf[:m] {
+						sum = sum*31 + uint64(b)
+					}
+					n += uint64(m)
+					if err != nil {
+						break
+					}
+				}
+				fmt.Fprintf(c, "%d %d\n", n, sum)
+			}()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, svcDoc("bulk", 19301))
+	wl := Workload{Name: "bulk-a", Service: "bulk", Namespace: "demo", Ports: []api.EndpointPort{{Name: "tcp", Port: port}}}
+	startAgent(t, agentOpts{name: "da", site: "s1", region: "r1", vipOctet: 42, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{wl}})
+	b := startAgent(t, agentOpts{name: "db", site: "s1", region: "r1", vipOctet: 43, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	off := false
+	c := startAgentWith(t, agentOpts{name: "dc", site: "s1", region: "r1", vipOctet: 44, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()},
+		func(cfg *Config) { cfg.MeshDirectStreams = &off })
+	for _, x := range []*Agent{b, c} {
+		waitFor(t, x.cfg.Node.Name+" to learn the remote endpoint", func() bool {
+			eps := endpointsOf(x, "demo/bulk")
+			return len(eps) == 1 && eps[0].Healthy
+		})
+	}
+
+	payload := make([]byte, 8<<20)
+	var want uint64
+	for i := range payload {
+		payload[i] = byte(i*7 + i>>12)
+		want = want*31 + uint64(payload[i])
+	}
+	send := func(vip string) {
+		t.Helper()
+		conn, err := net.DialTimeout("tcp", vip, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.Copy(conn, bytes.NewReader(payload)); err != nil {
+			t.Fatalf("via %s: write: %v", vip, err)
+		}
+		if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		answer, err := io.ReadAll(conn)
+		if got, wantAnswer := string(answer), fmt.Sprintf("%d %d\n", len(payload), want); err != nil || got != wantAnswer {
+			t.Fatalf("via %s: workload answered %q, %v; want %q", vip, got, err, wantAnswer)
+		}
+	}
+	metric := func(a *Agent, name string) string {
+		var buf strings.Builder
+		a.cfg.Metrics.WritePrometheus(&buf)
+		for _, line := range strings.Split(buf.String(), "\n") {
+			if strings.HasPrefix(line, name+" ") {
+				return strings.TrimPrefix(line, name+" ")
+			}
+		}
+		return ""
+	}
+
+	send("127.43.0.1:19301")
+	send("127.43.0.1:19301")
+	if got := metric(b, `fogmesh_mesh_direct_streams_total{dir="out"}`); got != "2" {
+		t.Errorf("b opened %s direct streams, want 2", got)
+	}
+	if got := metric(b, `fogmesh_mesh_sessions{dir="out"}`); got != "0" {
+		t.Errorf("b has %s yamux sessions, want 0", got)
+	}
+	waitFor(t, "the path to count the closed streams' bytes", func() bool {
+		for _, p := range b.peers.Status().Paths {
+			if p.Peer == "da" && p.BytesOut >= 2*uint64(len(payload)) {
+				return true
+			}
+		}
+		return false
+	})
+
+	send("127.44.0.1:19301")
+	if got := metric(c, `fogmesh_mesh_direct_streams_total{dir="out"}`); got != "0" {
+		t.Errorf("with meshDirectStreams false, c opened %s direct streams", got)
+	}
+	if got := metric(c, `fogmesh_mesh_sessions{dir="out"}`); got != "1" {
+		t.Errorf("with meshDirectStreams false, c has %s yamux sessions, want 1", got)
+	}
+}
