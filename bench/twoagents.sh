@@ -168,8 +168,8 @@ if [ -n "$BASELINE_REV" ]; then
   add_mesh f0 "$BASE_BIN" 0 "" "(f0) two agents, plaintext mesh, baseline $BASE_NAME"
   [ "$MTLS" = 1 ] && add_mesh fm0 "$BASE_BIN" 1 "" "(fm0) two agents, mTLS mesh, baseline $BASE_NAME"
 fi
-add_mesh f "$BIN" 0 "" "(f) two agents, plaintext mesh, this tree (16 MiB window)"
-[ "$MTLS" = 1 ] && add_mesh fm "$BIN" 1 "" "(fm) two agents, mTLS mesh, this tree (16 MiB window)"
+add_mesh f "$BIN" 0 "" "(f) two agents, plaintext mesh, this tree (default: direct streams)"
+[ "$MTLS" = 1 ] && add_mesh fm "$BIN" 1 "" "(fm) two agents, mTLS mesh, this tree (default window)"
 for w in $WINDOWS; do
   wl="$((w / 1024)) KiB"; [ $((w % 1048576)) = 0 ] && wl="$((w / 1048576)) MiB"
   add_mesh "f-$w" "$BIN" 0 "$w" "(f-$wl) two agents, plaintext mesh, this tree, meshStreamWindow $wl"
