@@ -83,16 +83,80 @@ func echoServerB(b *testing.B) string {
 	return ln.Addr().String()
 }
 
+// BenchmarkOneWay: a client streams 128 KiB writes to a sink that reads
+// and discards them (as iperf3 does, once the sink said it is ready), directly, through the agent's
+// userspace relay and through the kernel path. kernel-% is the share of
+// the bytes the kernel sent past the agent: what falls back to the agent
+// when the queue bound trips.
+func BenchmarkOneWay(b *testing.B) {
+	if testing.Short() {
+		b.Skip("short")
+	}
+	f := openForBench(b)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	sunk := make(chan int64, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Write([]byte{1}) // ready: as iperf3, stream once the path is up
+				n, _ := io.Copy(io.Discard, c)
+				sunk <- n
+			}()
+		}
+	}()
+	for _, mode := range []string{"direct", "agent", "kernel"} {
+		b.Run(mode, func(b *testing.B) {
+			c, result := dialPathResult(b, f, ln.Addr().String(), mode)
+			buf := make([]byte, 128<<10)
+			if _, err := io.ReadFull(c, buf[:1]); err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(buf)))
+			b.ResetTimer()
+			for range b.N {
+				if _, err := c.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+			c.(*net.TCPConn).CloseWrite()
+			if n := <-sunk; n != int64(b.N)*int64(len(buf)) {
+				b.Fatalf("sink read %d bytes, want %d", n, b.N*len(buf))
+			}
+			b.StopTimer()
+			c.Close()
+			if r := result(); r.ClientToUp+r.KernelClientToUp > 0 {
+				b.ReportMetric(100*float64(r.KernelClientToUp)/float64(r.ClientToUp+r.KernelClientToUp), "kernel-%")
+			}
+		})
+	}
+}
+
 // dialPath returns a client connection to the echo server at ep: direct,
 // or through a relay of the given mode.
 func dialPath(b *testing.B, f *FastPath, ep, mode string) net.Conn {
+	c, _ := dialPathResult(b, f, ep, mode)
+	return c
+}
+
+// dialPathResult is dialPath, and a function that waits for the relay's
+// end and returns its result (zero for the direct path and the agent's).
+func dialPathResult(b *testing.B, f *FastPath, ep, mode string) (net.Conn, func() Result) {
 	if mode == "direct" {
 		c, err := net.Dial("tcp4", ep)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { c.Close() })
-		return c
+		return c, func() Result { return Result{} }
 	}
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -125,13 +189,16 @@ func dialPath(b *testing.B, f *FastPath, ep, mode string) net.Conn {
 	if err != nil {
 		b.Fatal(err)
 	}
+	results := make(chan Result, 1)
 	go func() {
 		defer done()
+		var r Result
 		if mode == "kernel" {
-			f.Relay(context.Background(), a1.(*net.TCPConn), a2.(*net.TCPConn), 0, time.Minute)
+			r, _ = f.Relay(context.Background(), a1.(*net.TCPConn), a2.(*net.TCPConn), 0, time.Minute)
 		} else {
 			proxy.RelayIdle(context.Background(), a1, a2, time.Minute)
 		}
+		results <- r
 	}()
-	return c
+	return c, func() Result { return <-results }
 }
