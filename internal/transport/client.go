@@ -136,6 +136,9 @@ type peer struct {
 	// directUp is whether the last connection of a direct stream to the
 	// peer got through (direct.go): the path is live, as with a session.
 	directUp atomic.Bool
+	// noDirectUntil (Unix ns): until then the peer gets yamux streams
+	// only (it closed a direct stream without an answer).
+	noDirectUntil atomic.Int64
 }
 
 // observeRTT folds one RTT sample into the smoothed RTT: an EWMA

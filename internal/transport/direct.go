@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"time"
 )
 
 // Direct streams (insecure mode only). A relayed TCP connection carried as
@@ -21,7 +22,9 @@ import (
 // A direct stream costs one TCP handshake with the peer per connection
 // relayed (on loopback about 30 µs; across a WAN, one round trip) where a
 // yamux stream reuses the session, and one socket per stream on each
-// agent.
+// agent. An agent that predates direct streams closes such a connection
+// unanswered (its yamux session refuses the magic); the client then opens
+// its streams to that peer on the session for noDirectFor.
 
 // ErrNoDirect is what a DirectDialer returns for a path that cannot carry
 // a direct stream (a relayed session): the stream opens on the session.
@@ -43,6 +46,13 @@ func (c *Client) direct(h Header) bool {
 // dialDirect opens a direct stream to meshAddr for h. ok is false when the
 // path cannot carry one: the caller opens a yamux stream instead.
 func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (conn net.Conn, ok bool, err error) {
+	p, err := c.peerEntry(meshAddr)
+	if err != nil {
+		return nil, true, err
+	}
+	if time.Now().UnixNano() < p.noDirectUntil.Load() {
+		return nil, false, nil
+	}
 	var carrier net.Conn
 	if dd, isDD := c.cfg.Network.(DirectDialer); isDD {
 		carrier, err = dd.DialDirect(ctx, meshAddr)
@@ -51,13 +61,6 @@ func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (con
 		}
 	} else {
 		carrier, err = c.cfg.Network.Dial(ctx, "tcp", meshAddr)
-	}
-	p, perr := c.peerEntry(meshAddr)
-	if perr != nil {
-		if carrier != nil {
-			carrier.Close()
-		}
-		return nil, true, perr
 	}
 	// As a session would: the path is live while its last connection
 	// attempt got through (Live), whatever the peer answers later.
@@ -81,13 +84,25 @@ func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (con
 	}
 	c.m.direct.Inc()
 	conn, err = streamHandshake(ctx, ms, h)
-	if err == nil {
+	switch {
+	case err == nil:
 		if rtt, ok := tcpRTT(carrier); ok {
 			p.observeRTT(rtt)
 		}
+	case ctx.Err() == nil && !errors.Is(err, ErrRefused) && !errors.Is(err, ErrDialFailed) && !errors.Is(err, ErrDenied):
+		// The peer closed the connection without a status: an agent
+		// that predates direct streams (its yamux session refused the
+		// magic). Its streams open on the session for a while.
+		p.noDirectUntil.Store(time.Now().Add(noDirectFor).UnixNano())
+		c.log.Info("mesh: peer agent takes no direct streams, using its session", "peer", meshAddr, "err", err, "retry_in", noDirectFor)
+		return nil, false, nil
 	}
 	return conn, true, err
 }
+
+// noDirectFor is how long a peer that closed a direct stream without an
+// answer gets yamux streams only.
+const noDirectFor = time.Minute
 
 // peerEntry returns the peer for meshAddr, creating it.
 func (c *Client) peerEntry(meshAddr string) (*peer, error) {

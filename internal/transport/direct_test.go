@@ -7,10 +7,12 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/yamux"
 )
 
 // directBytesLog collects what a client's DirectBytes reports.
@@ -216,4 +218,67 @@ func TestDirectStreamHostileBytes(t *testing.T) {
 	roundTrip(t, conn, "still")
 	conn.Close()
 	wantMetric(t, ts.metrics, `fogmesh_mesh_bad_streams_total 5`)
+}
+
+// TestDirectStreamToOlderAgent: a peer whose mesh port knows only yamux
+// (an agent that predates direct streams) closes a direct stream
+// unanswered; the Dial then opens its stream on the session and works,
+// and the next Dial goes to the session at once.
+func TestDirectStreamToOlderAgent(t *testing.T) {
+	echoAddr := serveWorkload(t, "127.0.0.1:0", echo)
+	ln := listen(t, "127.0.0.1:0")
+	var accepted atomic.Int64
+	go func() { // the older agent: every connection is a yamux session
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			sess, err := yamux.Server(conn, yamuxConfig(DefaultStreamWindow))
+			if err != nil {
+				conn.Close()
+				continue
+			}
+			go func() {
+				defer sess.Close()
+				for {
+					st, err := sess.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer st.Close()
+						if _, err := ReadHeader(st); err != nil {
+							return
+						}
+						local, err := net.Dial("tcp", echoAddr)
+						if err != nil {
+							return
+						}
+						defer local.Close()
+						WriteStatus(st, StatusOK, "")
+						go func() { io.Copy(local, st); local.Close() }()
+						io.Copy(st, local)
+					}()
+				}
+			}()
+		}
+	}()
+	c, _, _ := newDirectClient(t)
+	for i := range 2 {
+		conn, err := c.Dial(context.Background(), ln.Addr().String(), header("ep"))
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		roundTrip(t, conn, "old")
+		conn.Close()
+	}
+	// One refused direct connection, then one session for both streams.
+	if n := accepted.Load(); n != 2 {
+		t.Errorf("the older agent accepted %d connections, want 2 (a direct try, a session)", n)
+	}
+	if n := c.Sessions(); n != 1 {
+		t.Errorf("%d sessions, want 1", n)
+	}
 }
