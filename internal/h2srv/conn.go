@@ -125,9 +125,21 @@ func (sc *conn) writeFrames(fn func() error) error {
 			sc.werr = err
 			return err
 		}
-		sc.dirty = false
+		sc.flushed()
 	}
 	return nil
+}
+
+// flushed records a flush of bw (under wmu): writeControl's frames went
+// with it, so its timer is stopped. A gRPC client pings after every
+// response; the timer fired (a goroutine each time) after the next
+// response had taken the acknowledgement along.
+func (sc *conn) flushed() {
+	sc.dirty = false
+	if sc.flushArmed {
+		sc.flushArmed = false
+		sc.flushTimer.Stop()
+	}
 }
 
 // writeControl writes frames of the read loop's (PING and SETTINGS
@@ -148,19 +160,25 @@ func (sc *conn) writeControl(fn func() error) error {
 	sc.dirty = true
 	if !sc.flushArmed {
 		sc.flushArmed = true
+		d := time.Duration(flushDelay.Load())
 		if sc.flushTimer == nil {
-			sc.flushTimer = time.AfterFunc(flushDelay, sc.flushPending)
+			sc.flushTimer = time.AfterFunc(d, sc.flushPending)
 		} else {
-			sc.flushTimer.Reset(flushDelay)
+			sc.flushTimer.Reset(d)
 		}
 	}
 	return nil
 }
 
 // flushDelay bounds how long writeControl's frames wait for a response's
-// flush.
-const flushDelay = time.Millisecond
+// flush; nanoseconds (tests change it).
+var flushDelay atomic.Int64
 
+func init() { flushDelay.Store(int64(time.Millisecond)) }
+
+// flushPending is the timer's flush. flushArmed may be stale (a flush
+// stopped the timer after it fired, or writeControl reset it since): a
+// flush here leaves nothing behind either way.
 func (sc *conn) flushPending() {
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
@@ -262,7 +280,7 @@ func (sc *conn) closeAfterGoAway() {
 	sc.wmu.Lock()
 	if sc.dirty && sc.werr == nil {
 		sc.bw.Flush()
-		sc.dirty = false
+		sc.flushed()
 	}
 	sc.wmu.Unlock()
 	if cw, ok := sc.nc.(interface{ CloseWrite() error }); ok {

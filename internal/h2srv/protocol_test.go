@@ -529,3 +529,49 @@ func TestReaderAndWriterWaitApart(t *testing.T) {
 		}
 	}
 }
+
+// TestAckFlushStopsTimer: a PING's acknowledgement that leaves with a
+// response's flush stops writeControl's timer (it used to fire anyway, a
+// goroutine per gRPC call). The delay is an hour: the timer cannot be
+// what flushes here.
+func TestAckFlushStopsTimer(t *testing.T) {
+	old := flushDelay.Swap(int64(time.Hour))
+	defer flushDelay.Store(old)
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	addr := serve(t, s)
+	rc := newRawClient(t, addr)
+	armed := func() (armed, found bool) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for sc := range s.conns {
+			sc.wmu.Lock()
+			armed, found = sc.flushArmed, true
+			sc.wmu.Unlock()
+		}
+		return armed, found
+	}
+	rc.fr.WritePing(false, [8]byte{7})
+	waitCond(t, "the acknowledgement waiting for a flush", func() bool { a, _ := armed(); return a })
+	rc.headers(1, true)
+	var acked, ended bool
+	for !acked || !ended {
+		switch f := rc.next().(type) {
+		case *http2.PingFrame:
+			acked = acked || f.IsAck() && f.Data == [8]byte{7}
+		case *http2.DataFrame:
+			ended = ended || f.StreamEnded()
+		}
+	}
+	waitCond(t, "the timer stopped", func() bool { a, found := armed(); return found && !a })
+}
+
+// waitCond waits up to 10 s for cond.
+func waitCond(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
