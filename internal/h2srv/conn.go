@@ -44,6 +44,7 @@ type conn struct {
 	// flushing: a writer yields before its flush (writeFrames); writers
 	// meanwhile leave their frames to it.
 	flushing bool
+	yields   int // flushes that yielded first (tests)
 	// flushTimer flushes writeControl's frames if no response does first.
 	flushTimer *time.Timer
 	flushArmed bool
@@ -111,14 +112,20 @@ func (sc *conn) writeFrames(fn func() error) error {
 	// Yield once before the flush: the handlers the read loop has just
 	// woken (h2load's ten streams, read in one read) run first and add
 	// their frames to this write instead of a write each. With nothing
-	// else to run Gosched returns at once.
-	sc.flushing = true
-	sc.wmu.Unlock()
-	runtime.Gosched()
-	sc.wmu.Lock()
-	sc.flushing = false
-	if sc.werr != nil {
-		return sc.werr
+	// else to run Gosched returns at once. Not when at most one stream
+	// is open (a gRPC client's one call in flight): no other handler
+	// would add frames, and the response would wait behind the other
+	// connections' goroutines.
+	if sc.openStreams() > 1 {
+		sc.yields++
+		sc.flushing = true
+		sc.wmu.Unlock()
+		runtime.Gosched()
+		sc.wmu.Lock()
+		sc.flushing = false
+		if sc.werr != nil {
+			return sc.werr
+		}
 	}
 	if sc.dirty && sc.waiting.Load() == 0 {
 		if err := sc.bw.Flush(); err != nil {
@@ -218,6 +225,12 @@ func (sc *conn) writeHeaderBlock(id uint32, endStream bool, encode func(enc *hpa
 		}
 	}
 	return nil
+}
+
+func (sc *conn) openStreams() int {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return len(sc.streams)
 }
 
 func (sc *conn) frameSize() uint32 {

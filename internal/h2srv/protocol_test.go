@@ -575,3 +575,48 @@ func waitCond(t *testing.T, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestLoneStreamFlushesAtOnce: a response flushes without yielding to
+// other goroutines first while its stream is the connection's only open
+// one, and yields while another is open (its handler may add frames).
+func TestLoneStreamFlushesAtOnce(t *testing.T) {
+	release := make(chan struct{})
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" {
+			<-release
+		}
+		io.WriteString(w, "ok")
+	})}
+	addr := serve(t, s)
+	defer close(release)
+	rc := newRawClient(t, addr)
+	yields := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for sc := range s.conns {
+			sc.wmu.Lock()
+			defer sc.wmu.Unlock()
+			return sc.yields
+		}
+		return -1
+	}
+	answered := func(id uint32) {
+		t.Helper()
+		for {
+			if f := rc.next(); f.Header().StreamID == id && f.Header().Flags.Has(http2.FlagDataEndStream) {
+				return
+			}
+		}
+	}
+	rc.headers(1, true)
+	answered(1)
+	if n := yields(); n != 0 {
+		t.Fatalf("%d yields for a lone stream's response, want 0", n)
+	}
+	rc.headers(3, true, ":path", "/wait")
+	rc.headers(5, true)
+	answered(5)
+	if n := yields(); n != 1 {
+		t.Fatalf("%d yields for a response with another stream open, want 1", n)
+	}
+}
