@@ -620,3 +620,24 @@ func TestLoneStreamFlushesAtOnce(t *testing.T) {
 		t.Fatalf("%d yields for a response with another stream open, want 1", n)
 	}
 }
+
+// TestHeaderValuesApart: a request's header values share one array, but
+// an append to one key's values leaves the next key's alone, and a
+// repeated key keeps all its values in order.
+func TestHeaderValuesApart(t *testing.T) {
+	got := make(chan string, 1)
+	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Header["X-A"] = append(r.Header["X-A"], "appended")
+		got <- fmt.Sprint(r.Header["X-A"], r.Header["X-B"], r.Header["X-C"])
+	})})
+	rc := newRawClient(t, addr)
+	rc.headers(1, true, "x-a", "1", "x-b", "2", "x-c", "3", "x-b", "4")
+	select {
+	case s := <-got:
+		if s != "[1 appended] [2 4] [3]" {
+			t.Fatalf("header values %s, want [1 appended] [2 4] [3]", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no request")
+	}
+}
