@@ -49,8 +49,9 @@ func grpcMessage(n int) []byte {
 
 // startRawH2Backend answers every request when its END_STREAM arrives:
 // grpc false, HEADERS (200, content-length 2) and DATA "ok"; grpc true,
-// HEADERS, one gRPC message and the trailers (grpc-status 0).
-func startRawH2Backend(t testing.TB, grpc bool) int {
+// HEADERS, one gRPC message and the trailers (grpc-status 0). bdp: it
+// pings as a grpc-go server does (bdpPing).
+func startRawH2Backend(t testing.TB, grpc, bdp bool) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -90,6 +91,7 @@ func startRawH2Backend(t testing.TB, grpc bool) int {
 				fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
 				fr.WriteWindowUpdate(0, 1<<30)
 				recv := 0
+				var ping bdpPing
 				for {
 					f, err := fr.ReadFrame()
 					if err != nil {
@@ -105,11 +107,16 @@ func startRawH2Backend(t testing.TB, grpc bool) int {
 						if !f.IsAck() {
 							fr.WritePing(true, f.Data)
 						}
+						ping.acked(f)
 					case *http2.MetaHeadersFrame:
 						end = f.StreamEnded()
 					case *http2.DataFrame:
 						end = f.StreamEnded()
-						if recv += int(f.Length); recv > 1<<20 {
+						recv += int(f.Length)
+						if bdp && ping.send(fr, bw, &recv) != nil {
+							return
+						}
+						if recv > 1<<20 {
 							fr.WriteWindowUpdate(0, uint32(recv))
 							recv = 0
 						}
@@ -134,9 +141,34 @@ func startRawH2Backend(t testing.TB, grpc bool) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// bdpPing is what grpc-go's peers send for their bandwidth estimate: on
+// a DATA frame with no PING outstanding, a WINDOW_UPDATE of the bytes
+// received and a PING, written at once by their writer goroutine (ahead of
+// the next call's frames, in a write of their own). With one call in
+// flight that is once per call.
+type bdpPing struct{ out bool }
+
+func (p *bdpPing) send(fr *http2.Framer, bw *bufio.Writer, recv *int) error {
+	if p.out || *recv == 0 {
+		return nil
+	}
+	p.out = true
+	fr.WriteWindowUpdate(0, uint32(*recv))
+	*recv = 0
+	fr.WritePing(false, [8]byte{'b', 'd', 'p'})
+	return bw.Flush()
+}
+
+func (p *bdpPing) acked(f *http2.PingFrame) {
+	if f.IsAck() && f.Data == [8]byte{'b', 'd', 'p'} {
+		p.out = false
+	}
+}
+
 // rawH2Client keeps streams requests in flight on one connection to addr
 // until left runs out, as h2load does: a new request as soon as one ends.
-func rawH2Client(addr string, streams int, grpc bool, left *atomic.Int64) error {
+// bdp: it pings as a grpc-go client does (bdpPing).
+func rawH2Client(addr string, streams int, grpc, bdp bool, left *atomic.Int64) error {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		return err
@@ -169,6 +201,7 @@ func rawH2Client(addr string, streams int, grpc bool, left *atomic.Int64) error 
 		id += 2
 		return true
 	}
+	var ping bdpPing
 	open := 0
 	for range streams {
 		if send() {
@@ -195,6 +228,7 @@ func rawH2Client(addr string, streams int, grpc bool, left *atomic.Int64) error 
 			if !f.IsAck() {
 				fr.WritePing(true, f.Data)
 			}
+			ping.acked(f)
 		case *http2.RSTStreamFrame:
 			return fmt.Errorf("stream %d reset: %v", f.StreamID, f.ErrCode)
 		case *http2.GoAwayFrame:
@@ -219,7 +253,13 @@ func rawH2Client(addr string, streams int, grpc bool, left *atomic.Int64) error 
 				}
 			}
 		case *http2.DataFrame:
-			if recv += int(f.Length); recv > 1<<20 {
+			recv += int(f.Length)
+			if bdp {
+				if err := ping.send(fr, bw, &recv); err != nil {
+					return err
+				}
+			}
+			if recv > 1<<20 {
 				fr.WriteWindowUpdate(0, uint32(recv))
 				recv = 0
 			}
@@ -258,7 +298,9 @@ func processSyscalls(b *testing.B) int64 {
 // node-local h2c endpoint on loopback: h2c, GETs on one connection with 10
 // streams in flight (h2load -c 1 -m 10); grpc, unary calls (a 16-byte
 // message each way, trailers) on 16 connections, one in flight each
-// (fortio's gRPC ping). ns/op is wall time per request with client, agent
+// (fortio's gRPC ping); grpc-bdp, those calls with client and backend
+// pinging as grpc-go's do (bdpPing: a PING and a WINDOW_UPDATE each way per
+// call). ns/op is wall time per request with client, agent
 // and backend in one process; cpu-ns/op the process's CPU time (user and
 // system) per request; rw-syscalls/op its reads and writes per request.
 // Profile the agent's share with -cpuprofile and look below h2srv and
@@ -267,28 +309,32 @@ func BenchmarkL7H2(b *testing.B) {
 	cp := startControl(b, b.TempDir(), "")
 	apply(b, cp, httpSvcDoc("benchh2", 19600, "http2"))
 	apply(b, cp, httpSvcDoc("benchgrpc", 19601, "grpc"))
+	apply(b, cp, httpSvcDoc("benchgrpcbdp", 19602, "grpc"))
 	a := startAgent(b, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: 60, control: []string{cp.SyncAddr()},
 		stateDir: b.TempDir(), workloads: []Workload{
-			webWorkload("benchh2", "benchh2-1", startRawH2Backend(b, false)),
-			webWorkload("benchgrpc", "benchgrpc-1", startRawH2Backend(b, true)),
+			webWorkload("benchh2", "benchh2-1", startRawH2Backend(b, false, false)),
+			webWorkload("benchgrpc", "benchgrpc-1", startRawH2Backend(b, true, false)),
+			webWorkload("benchgrpcbdp", "benchgrpcbdp-1", startRawH2Backend(b, true, true)),
 		}})
 	waitFor(b, "endpoints", func() bool {
-		return len(endpointsOf(a, "demo/benchh2")) == 1 && len(endpointsOf(a, "demo/benchgrpc")) == 1
+		return len(endpointsOf(a, "demo/benchh2")) == 1 && len(endpointsOf(a, "demo/benchgrpc")) == 1 &&
+			len(endpointsOf(a, "demo/benchgrpcbdp")) == 1
 	})
 	for _, tc := range []struct {
 		name           string
 		addr           string
 		conns, streams int
-		grpc           bool
+		grpc, bdp      bool
 	}{
-		{"h2c", vipOf(b, a, "demo/benchh2") + ":19600", 1, 10, false},
-		{"grpc", vipOf(b, a, "demo/benchgrpc") + ":19601", 16, 1, true},
+		{"h2c", vipOf(b, a, "demo/benchh2") + ":19600", 1, 10, false, false},
+		{"grpc", vipOf(b, a, "demo/benchgrpc") + ":19601", 16, 1, true, false},
+		{"grpc-bdp", vipOf(b, a, "demo/benchgrpcbdp") + ":19602", 16, 1, true, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			waitFor(b, "the VIP answering", func() bool {
 				var one atomic.Int64
 				one.Store(1)
-				return rawH2Client(tc.addr, 1, tc.grpc, &one) == nil
+				return rawH2Client(tc.addr, 1, tc.grpc, tc.bdp, &one) == nil
 			})
 			var left atomic.Int64
 			left.Store(int64(b.N))
@@ -301,7 +347,7 @@ func BenchmarkL7H2(b *testing.B) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					if err := rawH2Client(tc.addr, tc.streams, tc.grpc, &left); err != nil {
+					if err := rawH2Client(tc.addr, tc.streams, tc.grpc, tc.bdp, &left); err != nil {
 						errs <- err
 					}
 				}()

@@ -43,3 +43,13 @@ func TestLazyFlushSkipsOnlyEndedUpstreams(t *testing.T) {
 		}
 	}
 }
+
+// TestTrailerKey: the keys of unannounced trailers are ReverseProxy's
+// (http.TrailerPrefix and the name), gRPC's as any other's.
+func TestTrailerKey(t *testing.T) {
+	for _, k := range []string{"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin", "X-Other"} {
+		if got := trailerKey(k); got != http.TrailerPrefix+k {
+			t.Errorf("trailerKey(%q) = %q", k, got)
+		}
+	}
+}

@@ -134,7 +134,8 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 	}
 	announced := len(res.Trailer)
 	if announced > 0 {
-		keys := make([]string, 0, announced)
+		var arr [4]string // on the stack for a few keys (gRPC's two)
+		keys := arr[:0]
 		for k := range res.Trailer {
 			keys = append(keys, k)
 		}
@@ -171,11 +172,30 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 		return
 	}
 	for k, vv := range res.Trailer {
-		k = http.TrailerPrefix + k
-		for _, v := range vv {
-			dst.Add(k, v)
+		if len(vv) == 0 {
+			continue
+		}
+		k = trailerKey(k)
+		if len(dst[k]) == 0 {
+			dst[k] = vv // ours, as the header's values above
+		} else {
+			dst[k] = append(dst[k], vv...)
 		}
 	}
+}
+
+// trailerKey is k with http.TrailerPrefix (ReverseProxy's key for a
+// trailer not announced); gRPC's are not built per call.
+func trailerKey(k string) string {
+	switch k {
+	case "Grpc-Status":
+		return http.TrailerPrefix + "Grpc-Status"
+	case "Grpc-Message":
+		return http.TrailerPrefix + "Grpc-Message"
+	case "Grpc-Status-Details-Bin":
+		return http.TrailerPrefix + "Grpc-Status-Details-Bin"
+	}
+	return http.TrailerPrefix + k
 }
 
 // isEventStream reports whether a Content-Type is text/event-stream (as

@@ -44,6 +44,7 @@ type conn struct {
 	// flushing: a writer yields before its flush (writeFrames); writers
 	// meanwhile leave their frames to it.
 	flushing bool
+	yields   int // flushes that yielded first (tests)
 	// flushTimer flushes writeControl's frames if no response does first.
 	flushTimer *time.Timer
 	flushArmed bool
@@ -111,23 +112,41 @@ func (sc *conn) writeFrames(fn func() error) error {
 	// Yield once before the flush: the handlers the read loop has just
 	// woken (h2load's ten streams, read in one read) run first and add
 	// their frames to this write instead of a write each. With nothing
-	// else to run Gosched returns at once.
-	sc.flushing = true
-	sc.wmu.Unlock()
-	runtime.Gosched()
-	sc.wmu.Lock()
-	sc.flushing = false
-	if sc.werr != nil {
-		return sc.werr
+	// else to run Gosched returns at once. Not when at most one stream
+	// is open (a gRPC client's one call in flight): no other handler
+	// would add frames, and the response would wait behind the other
+	// connections' goroutines.
+	if sc.openStreams() > 1 {
+		sc.yields++
+		sc.flushing = true
+		sc.wmu.Unlock()
+		runtime.Gosched()
+		sc.wmu.Lock()
+		sc.flushing = false
+		if sc.werr != nil {
+			return sc.werr
+		}
 	}
 	if sc.dirty && sc.waiting.Load() == 0 {
 		if err := sc.bw.Flush(); err != nil {
 			sc.werr = err
 			return err
 		}
-		sc.dirty = false
+		sc.flushed()
 	}
 	return nil
+}
+
+// flushed records a flush of bw (under wmu): writeControl's frames went
+// with it, so its timer is stopped. A gRPC client pings after every
+// response; the timer fired (a goroutine each time) after the next
+// response had taken the acknowledgement along.
+func (sc *conn) flushed() {
+	sc.dirty = false
+	if sc.flushArmed {
+		sc.flushArmed = false
+		sc.flushTimer.Stop()
+	}
 }
 
 // writeControl writes frames of the read loop's (PING and SETTINGS
@@ -148,19 +167,25 @@ func (sc *conn) writeControl(fn func() error) error {
 	sc.dirty = true
 	if !sc.flushArmed {
 		sc.flushArmed = true
+		d := time.Duration(flushDelay.Load())
 		if sc.flushTimer == nil {
-			sc.flushTimer = time.AfterFunc(flushDelay, sc.flushPending)
+			sc.flushTimer = time.AfterFunc(d, sc.flushPending)
 		} else {
-			sc.flushTimer.Reset(flushDelay)
+			sc.flushTimer.Reset(d)
 		}
 	}
 	return nil
 }
 
 // flushDelay bounds how long writeControl's frames wait for a response's
-// flush.
-const flushDelay = time.Millisecond
+// flush; nanoseconds (tests change it).
+var flushDelay atomic.Int64
 
+func init() { flushDelay.Store(int64(time.Millisecond)) }
+
+// flushPending is the timer's flush. flushArmed may be stale (a flush
+// stopped the timer after it fired, or writeControl reset it since): a
+// flush here leaves nothing behind either way.
 func (sc *conn) flushPending() {
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
@@ -200,6 +225,12 @@ func (sc *conn) writeHeaderBlock(id uint32, endStream bool, encode func(enc *hpa
 		}
 	}
 	return nil
+}
+
+func (sc *conn) openStreams() int {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return len(sc.streams)
 }
 
 func (sc *conn) frameSize() uint32 {
@@ -262,7 +293,7 @@ func (sc *conn) closeAfterGoAway() {
 	sc.wmu.Lock()
 	if sc.dirty && sc.werr == nil {
 		sc.bw.Flush()
-		sc.dirty = false
+		sc.flushed()
 	}
 	sc.wmu.Unlock()
 	if cw, ok := sc.nc.(interface{ CloseWrite() error }); ok {

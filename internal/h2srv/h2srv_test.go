@@ -233,3 +233,45 @@ func TestShutdownDrains(t *testing.T) {
 		t.Fatalf("Shutdown: %v", err)
 	}
 }
+
+// TestTrailersNotCarriedOver: writers are pooled with their trailer keys'
+// storage; a response after one with trailers (declared, and set with
+// http.TrailerPrefix) has none of them.
+func TestTrailersNotCarriedOver(t *testing.T) {
+	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/with" {
+			w.Header().Set("Trailer", "X-Declared, X-Other")
+			io.WriteString(w, "a")
+			w.Header().Set("X-Declared", "1")
+			w.Header().Set(http.TrailerPrefix+"X-Late", "2")
+			return
+		}
+		io.WriteString(w, "b")
+	})})
+	client, _ := h2cClient(t)
+	for i := range 20 {
+		path := "/with"
+		if i%2 == 1 {
+			path = "/without"
+		}
+		resp, err := client.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadAll(resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		set := 0
+		for _, vv := range resp.Trailer {
+			set += len(vv)
+		}
+		ok := set == 0
+		if path == "/with" {
+			ok = set == 2 && resp.Trailer.Get("X-Declared") == "1" && resp.Trailer.Get("X-Late") == "2"
+		}
+		if !ok {
+			t.Fatalf("%s (request %d): trailers %v", path, i, resp.Trailer)
+		}
+	}
+}

@@ -529,3 +529,115 @@ func TestReaderAndWriterWaitApart(t *testing.T) {
 		}
 	}
 }
+
+// TestAckFlushStopsTimer: a PING's acknowledgement that leaves with a
+// response's flush stops writeControl's timer (it used to fire anyway, a
+// goroutine per gRPC call). The delay is an hour: the timer cannot be
+// what flushes here.
+func TestAckFlushStopsTimer(t *testing.T) {
+	old := flushDelay.Swap(int64(time.Hour))
+	defer flushDelay.Store(old)
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	addr := serve(t, s)
+	rc := newRawClient(t, addr)
+	armed := func() (armed, found bool) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for sc := range s.conns {
+			sc.wmu.Lock()
+			armed, found = sc.flushArmed, true
+			sc.wmu.Unlock()
+		}
+		return armed, found
+	}
+	rc.fr.WritePing(false, [8]byte{7})
+	waitCond(t, "the acknowledgement waiting for a flush", func() bool { a, _ := armed(); return a })
+	rc.headers(1, true)
+	var acked, ended bool
+	for !acked || !ended {
+		switch f := rc.next().(type) {
+		case *http2.PingFrame:
+			acked = acked || f.IsAck() && f.Data == [8]byte{7}
+		case *http2.DataFrame:
+			ended = ended || f.StreamEnded()
+		}
+	}
+	waitCond(t, "the timer stopped", func() bool { a, found := armed(); return found && !a })
+}
+
+// waitCond waits up to 10 s for cond.
+func waitCond(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestLoneStreamFlushesAtOnce: a response flushes without yielding to
+// other goroutines first while its stream is the connection's only open
+// one, and yields while another is open (its handler may add frames).
+func TestLoneStreamFlushesAtOnce(t *testing.T) {
+	release := make(chan struct{})
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" {
+			<-release
+		}
+		io.WriteString(w, "ok")
+	})}
+	addr := serve(t, s)
+	defer close(release)
+	rc := newRawClient(t, addr)
+	yields := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for sc := range s.conns {
+			sc.wmu.Lock()
+			defer sc.wmu.Unlock()
+			return sc.yields
+		}
+		return -1
+	}
+	answered := func(id uint32) {
+		t.Helper()
+		for {
+			if f := rc.next(); f.Header().StreamID == id && f.Header().Flags.Has(http2.FlagDataEndStream) {
+				return
+			}
+		}
+	}
+	rc.headers(1, true)
+	answered(1)
+	if n := yields(); n != 0 {
+		t.Fatalf("%d yields for a lone stream's response, want 0", n)
+	}
+	rc.headers(3, true, ":path", "/wait")
+	rc.headers(5, true)
+	answered(5)
+	if n := yields(); n != 1 {
+		t.Fatalf("%d yields for a response with another stream open, want 1", n)
+	}
+}
+
+// TestHeaderValuesApart: a request's header values share one array, but
+// an append to one key's values leaves the next key's alone, and a
+// repeated key keeps all its values in order.
+func TestHeaderValuesApart(t *testing.T) {
+	got := make(chan string, 1)
+	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Header["X-A"] = append(r.Header["X-A"], "appended")
+		got <- fmt.Sprint(r.Header["X-A"], r.Header["X-B"], r.Header["X-C"])
+	})})
+	rc := newRawClient(t, addr)
+	rc.headers(1, true, "x-a", "1", "x-b", "2", "x-c", "3", "x-b", "4")
+	select {
+	case s := <-got:
+		if s != "[1 appended] [2 4] [3]" {
+			t.Fatalf("header values %s, want [1 appended] [2 4] [3]", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no request")
+	}
+}

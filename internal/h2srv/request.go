@@ -56,9 +56,17 @@ func newRequest(f *http2.MetaHeadersFrame, canon func(string) string) (req *http
 	}
 	regular := f.RegularFields()
 	header := make(http.Header, len(regular))
-	for _, hf := range regular {
+	// A key's first value is a slice of vals (capacity 1: an append
+	// copies): one allocation for the values instead of one per key.
+	vals := make([]string, len(regular))
+	for i, hf := range regular {
 		k := canon(hf.Name)
-		header[k] = append(header[k], hf.Value)
+		if vv, ok := header[k]; ok {
+			header[k] = append(vv, hf.Value)
+			continue
+		}
+		vals[i] = hf.Value
+		header[k] = vals[i : i+1 : i+1]
 	}
 	if authority == "" {
 		authority = header.Get("Host")

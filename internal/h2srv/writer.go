@@ -33,6 +33,7 @@ type responseWriter struct {
 	done        bool // the handler returned
 	head        bool
 	declared    []string // trailer keys declared by the Trailer header
+	trailers    []string // trailerKeys' result (its storage kept with the writer)
 	contentLen  int64    // -1: none declared
 	written     int64
 	buf         []byte
@@ -51,7 +52,9 @@ func getWriter(st *stream) *responseWriter {
 
 func putWriter(w *responseWriter) {
 	clear(w.header)
-	*w = responseWriter{header: w.header, buf: w.buf[:0]}
+	clear(w.declared)
+	clear(w.trailers)
+	*w = responseWriter{header: w.header, buf: w.buf[:0], declared: w.declared[:0], trailers: w.trailers[:0]}
 	writerPool.Put(w)
 }
 
@@ -251,7 +254,9 @@ func (w *responseWriter) headerFields(end bool, buffered int) func(enc hpackEnco
 		clen = strconv.Itoa(buffered)
 	}
 	for _, v := range h["Trailer"] {
-		for _, k := range strings.Split(v, ",") {
+		for v != "" {
+			var k string
+			k, v, _ = strings.Cut(v, ",")
 			if k = http.CanonicalHeaderKey(strings.TrimSpace(k)); k != "" && httpguts.ValidTrailerHeader(k) {
 				w.declared = append(w.declared, k)
 			}
@@ -281,7 +286,7 @@ func (w *responseWriter) fail(err error) error {
 // trailerKeys are the trailers to send: declared ones with a value, and
 // those set with http.TrailerPrefix (promoted into the header map).
 func (w *responseWriter) trailerKeys() []string {
-	var keys []string
+	keys := w.trailers[:0]
 	for k, vv := range w.header {
 		if strings.HasPrefix(k, http.TrailerPrefix) {
 			tk := http.CanonicalHeaderKey(k[len(http.TrailerPrefix):])
@@ -296,6 +301,7 @@ func (w *responseWriter) trailerKeys() []string {
 			keys = append(keys, k)
 		}
 	}
+	w.trailers = keys
 	return keys
 }
 

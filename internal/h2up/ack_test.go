@@ -224,3 +224,151 @@ func TestLastDataCarriesTheEnd(t *testing.T) {
 		t.Fatalf("request frames %q, want HEADERS and one DATA with END_STREAM", frames)
 	}
 }
+
+// TestAckFlushStopsTimer: an acknowledgement that leaves with a request's
+// flush stops writeControl's timer (it used to fire anyway). The delay is
+// an hour: the timer cannot be what flushes here.
+func TestAckFlushStopsTimer(t *testing.T) {
+	defer h2up.SetControlFlushDelay(time.Hour)()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, br)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
+		var b bytesBuffer
+		hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "204"})
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f, ok := f.(*http2.MetaHeadersFrame); ok {
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: b, EndHeaders: true, EndStream: true})
+				if f.StreamID == 1 {
+					fr.WritePing(false, [8]byte{7}) // after the first answer: acknowledged with the second request
+				}
+			}
+		}
+	}()
+	var lc *writeLogConn
+	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
+		if err != nil {
+			return nil, err
+		}
+		lc = &writeLogConn{Conn: c}
+		return lc, nil
+	}})
+	defer pool.Close()
+	roundTrip := func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/", nil)
+		resp, err := pool.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	roundTrip() // the server's PING follows its answer
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if armed, _ := h2up.ControlFlushArmed(pool); armed {
+			break // the acknowledgement waits
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no acknowledgement waiting; writes %v", lc.log())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	roundTrip()
+	// The request's write returned before RoundTrip did.
+	if armed, found := h2up.ControlFlushArmed(pool); !found || armed {
+		t.Fatalf("timer armed %v (connection found %v) after the acknowledgement left; writes %v", armed, found, lc.log())
+	}
+}
+
+// TestResponseHeaderValuesApart: a response's header (and trailer) values
+// share one array, but an append to one key's values leaves the next
+// key's alone, and a repeated key keeps all its values in order.
+func TestResponseHeaderValuesApart(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, br)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
+		block := func(fields ...string) []byte {
+			var b bytesBuffer
+			enc := hpack.NewEncoder(&b)
+			for i := 0; i+1 < len(fields); i += 2 {
+				enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+			}
+			return b
+		}
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f, ok := f.(*http2.MetaHeadersFrame); ok {
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, EndHeaders: true,
+					BlockFragment: block(":status", "200", "x-a", "1", "x-b", "2", "x-c", "3", "x-b", "4")})
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, EndHeaders: true, EndStream: true,
+					BlockFragment: block("t-a", "1", "t-b", "2")})
+			}
+		}
+	}()
+	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", ln.Addr().String())
+	}})
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/", nil)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := resp.Header
+	h["X-A"] = append(h["X-A"], "appended")
+	if s := fmt.Sprint(h["X-A"], h["X-B"], h["X-C"]); s != "[1 appended] [2 4] [3]" {
+		t.Fatalf("header values %s, want [1 appended] [2 4] [3]", s)
+	}
+	if _, err := io.ReadAll(resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	tr := resp.Trailer
+	tr["T-A"] = append(tr["T-A"], "appended")
+	if s := fmt.Sprint(tr["T-A"], tr["T-B"]); s != "[1 appended] [2]" {
+		t.Fatalf("trailer values %s, want [1 appended] [2]", s)
+	}
+}

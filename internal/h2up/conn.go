@@ -170,6 +170,11 @@ func (c *conn) writeFlush(fn func() error, flush bool) error {
 			if c.waiting.Load() == 0 {
 				err = c.bw.Flush()
 				c.owed = false
+				if c.ctlArmed {
+					// writeControl's frames went with this flush.
+					c.ctlArmed = false
+					c.ctlTimer.Stop()
+				}
 			} else {
 				c.owed = true
 			}
@@ -196,7 +201,7 @@ func (c *conn) writeControl(fn func() error) error {
 		return err
 	}
 	c.wmu.Lock()
-	if !c.ctlArmed && c.werr == nil {
+	if !c.ctlArmed && c.werr == nil && c.bw.Buffered() > 0 {
 		c.ctlArmed = true
 		d := time.Duration(controlFlushDelay.Load())
 		if c.ctlTimer == nil {

@@ -8,3 +8,16 @@ func SetControlFlushDelay(d time.Duration) (restore func()) {
 	old := controlFlushDelay.Swap(int64(d))
 	return func() { controlFlushDelay.Store(old) }
 }
+
+// ControlFlushArmed reports whether a connection of p has writeControl's
+// timer armed, and whether p has a connection.
+func ControlFlushArmed(p *Pool) (armed, found bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.wmu.Lock()
+		armed, found = armed || c.ctlArmed, true
+		c.wmu.Unlock()
+	}
+	return armed, found
+}

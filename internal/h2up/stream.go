@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // One stream: the request's HEADERS (on the caller's goroutine), its body
@@ -236,11 +237,7 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 			s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": trailers without END_STREAM"}, true)
 			return
 		}
-		tr := make(http.Header, len(f.Fields))
-		for _, hf := range f.RegularFields() {
-			k := c.canonical(hf.Name)
-			tr[k] = append(tr[k], hf.Value)
-		}
+		tr := c.header(f.RegularFields())
 		c.mu.Lock()
 		s.recvEnd = true
 		c.mu.Unlock()
@@ -261,12 +258,7 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		}
 		return // 100 Continue and friends: the final response follows
 	}
-	regular := f.RegularFields()
-	h := make(http.Header, len(regular))
-	for _, hf := range regular {
-		k := c.canonical(hf.Name)
-		h[k] = append(h[k], hf.Value)
-	}
+	h := c.header(f.RegularFields())
 	resp := &http.Response{Status: statusText(code), StatusCode: code, Proto: "HTTP/2.0", ProtoMajor: 2,
 		Header: h, Request: s.req, ContentLength: -1}
 	if cl := h["Content-Length"]; len(cl) == 1 {
@@ -309,6 +301,24 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 	if ended {
 		s.end(nil)
 	}
+}
+
+// header is the fields as a header map. A key's first value is a slice
+// of one array (capacity 1: an append copies): one allocation for the
+// values instead of one per key. Read loop.
+func (c *conn) header(fields []hpack.HeaderField) http.Header {
+	h := make(http.Header, len(fields))
+	vals := make([]string, len(fields))
+	for i, hf := range fields {
+		k := c.canonical(hf.Name)
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, hf.Value)
+			continue
+		}
+		vals[i] = hf.Value
+		h[k] = vals[i : i+1 : i+1]
+	}
+	return h
 }
 
 // push appends received body bytes; false if the body was closed. wake:
