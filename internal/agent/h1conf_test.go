@@ -565,3 +565,80 @@ spec: {service: hyg, rules: [{to: [{methods: [GET]}]}]}
 		})
 	}
 }
+
+// TestReleaseIdleShrinksH1Pools: after a burst, the fast path's upstream
+// pool holds a connection per request of the burst until the idle timeout
+// (90 s here); ReleaseIdle (the memory trim's hook) closes all but
+// idlePoolKeep of them, and the next request reuses a kept one.
+func TestReleaseIdleShrinksH1Pools(t *testing.T) {
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	var inflight sync.WaitGroup
+	const burst = 6
+	inflight.Add(burst)
+	be := startCaptureBackend(t, func(r *http.Request) string {
+		if r.URL.Path == "/burst" {
+			inflight.Done()
+			<-gate // hold every burst request until all are in: one connection each
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"shrink","namespace":"demo"},
+	"spec":{"ports":[{"name":"web","port":19364,"protocol":"http"}]}}`)
+	a := startAgent(t, agentOpts{name: "r", site: "s1", region: "r1", vipOctet: 243, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload("shrink", "shrink-1", be.port())}})
+	base := "http://127.243.0.1:19364"
+	tr := &http.Transport{MaxIdleConnsPerHost: burst}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	get := func(path string) error {
+		resp, err := c.Get(base + path)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	waitFor(t, "listener", func() bool { return get("/") == nil })
+	errs := make(chan error, burst)
+	for range burst {
+		wg.Go(func() {
+			if err := get("/burst"); err != nil {
+				errs <- err
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		close(gate)
+		t.Fatal("the burst did not reach the endpoint")
+	}
+	close(gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	open := be.openConns()
+	if open < burst {
+		t.Fatalf("%d upstream connections open after the burst, want %d (pooled)", open, burst)
+	}
+	if n := a.ReleaseIdle(); n != open-idlePoolKeep {
+		t.Fatalf("ReleaseIdle closed %d connections of %d, want all but %d", n, open, idlePoolKeep)
+	}
+	waitFor(t, "the pool to keep idlePoolKeep connections", func() bool { return be.openConns() == idlePoolKeep })
+	if err := get("/"); err != nil {
+		t.Fatal(err)
+	}
+	if n := be.openConns(); n != idlePoolKeep {
+		t.Fatalf("%d upstream connections after a request, want %d (a kept one reused)", n, idlePoolKeep)
+	}
+}

@@ -106,6 +106,27 @@ func (hp *h1Path) prune(v *view) {
 	}
 }
 
+// idlePoolKeep is how many idle connections each upstream pool keeps when
+// the agent goes idle (ReleaseIdle): enough for requests that come one or
+// two at a time, without the rest of a burst's connections.
+const idlePoolKeep = 2
+
+// shrinkIdle closes the idle connections of every pool but the keep most
+// recently used of each, and returns how many it closed.
+func (hp *h1Path) shrinkIdle(keep int) int {
+	hp.mu.Lock()
+	pools := make([]*httpproxy.Pool, 0, len(hp.pools))
+	for _, p := range hp.pools {
+		pools = append(pools, p)
+	}
+	hp.mu.Unlock()
+	n := 0
+	for _, p := range pools {
+		n += p.ShrinkIdle(keep)
+	}
+	return n
+}
+
 // closeAll closes every pool and every connection, also those in use (a
 // request waiting on one fails), so shutdown does not wait on endpoints.
 func (hp *h1Path) closeAll() {

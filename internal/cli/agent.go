@@ -10,7 +10,6 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/agent"
 	"github.com/fogmesh/fogmesh/internal/memtrim"
-	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // RunAgent runs `fogmesh agent`: flags override the config file.
@@ -157,11 +156,12 @@ func RunAgent(prog string, args []string) error {
 	ctx, stop := SignalContext()
 	defer stop()
 	// Give the heap a load left behind back to the OS once the agent is
-	// idle again (internal/memtrim); FOGMESH_MEMTRIM=off leaves it to the
+	// idle again (internal/memtrim), with the idle connections and buffers
+	// the load left (Agent.ReleaseIdle); FOGMESH_MEMTRIM=off leaves it to the
 	// runtime (for comparisons).
 	if os.Getenv("FOGMESH_MEMTRIM") != "off" {
 		tctx, stopTrim := context.WithCancel(ctx)
-		waitTrim := memtrim.Start(tctx, memtrim.Config{Release: transport.ShrinkIdleStreams})
+		waitTrim := memtrim.Start(tctx, memtrim.Config{Release: func() { a.ReleaseIdle() }})
 		defer func() { stopTrim(); waitTrim() }()
 	}
 	fmt.Fprintf(os.Stderr, "fogmesh agent %s: dns %s, mesh %s, admin %s\n", cfg.Node.Name, a.DNSAddr(), a.MeshAddr(), a.AdminAddr())

@@ -123,6 +123,26 @@ func (p *Pool) Close(busy bool) {
 	}
 }
 
+// ShrinkIdle closes the idle connections but the keep most recently used
+// and returns how many it closed; connections in use are left alone. An
+// idle owner (the agent's memory trim) calls it: a pool sized by a burst of
+// concurrent requests holds a connection, its buffers and, on a mesh
+// stream, the far agent's relay for each until IdleTimeout.
+func (p *Pool) ShrinkIdle(keep int) int {
+	keep = max(keep, 0)
+	p.mu.Lock()
+	n := max(len(p.idle)-keep, 0)
+	old := make([]*poolConn, n)
+	copy(old, p.idle[:n])
+	p.idle = append(p.idle[:0], p.idle[n:]...)
+	clear(p.idle[len(p.idle):cap(p.idle)])
+	p.mu.Unlock()
+	for _, pc := range old {
+		pc.close()
+	}
+	return n
+}
+
 // get returns an idle connection, checked first if it has been idle longer
 // than checkAfter, or a new one.
 func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*poolConn, error) {

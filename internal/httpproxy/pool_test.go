@@ -224,6 +224,78 @@ func TestPoolMaxIdle(t *testing.T) {
 	}
 }
 
+// TestPoolShrinkIdle: ShrinkIdle closes the idle connections but the most
+// recently used ones it keeps, and leaves a connection in use alone; the
+// next request reuses a kept one.
+func TestPoolShrinkIdle(t *testing.T) {
+	const n = 4
+	var arrived sync.WaitGroup
+	arrived.Add(n)
+	var busy atomic.Bool
+	release := make(chan struct{})
+	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+		if req.URL.Path == "/slow" {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsl")
+			<-release
+			io.WriteString(c, "ow")
+			return true
+		}
+		if !busy.Load() {
+			arrived.Done()
+			arrived.Wait() // n requests hold a connection at once
+		}
+		return ok(c, req)
+	})
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", "http://svc/", nil)
+			resp, err := p.RoundTrip(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		})
+	}
+	wg.Wait()
+	if u.accepted.Load() != n {
+		t.Fatalf("%d connections, want %d", u.accepted.Load(), n)
+	}
+	// One connection goes in use (a body half read); the other three
+	// stay idle.
+	busy.Store(true)
+	req, _ := http.NewRequest("GET", "http://svc/slow", nil)
+	resp, err := p.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.ShrinkIdle(1); got != n-2 {
+		t.Fatalf("ShrinkIdle(1) closed %d, want %d", got, n-2)
+	}
+	waitFor(t, "two connections to close", func() bool { return u.open.Load() == 2 })
+	close(release)
+	if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "slow" {
+		t.Fatalf("body of the request in use: %q, %v; want slow", b, err)
+	}
+	resp.Body.Close()
+	if got := p.ShrinkIdle(1); got != 1 {
+		t.Fatalf("ShrinkIdle(1) with two idle closed %d, want 1", got)
+	}
+	waitFor(t, "one connection left", func() bool { return u.open.Load() == 1 })
+	get(t, p, "GET", "")
+	if u.accepted.Load() != n {
+		t.Fatalf("%d connections after the shrink, want %d (the kept one reused)", u.accepted.Load(), n)
+	}
+	if got := p.ShrinkIdle(0); got != 1 {
+		t.Fatalf("ShrinkIdle(0) closed %d, want 1", got)
+	}
+	waitFor(t, "no connection left", func() bool { return u.open.Load() == 0 })
+}
+
 // TestPoolIdleTimeout: a connection idle for IdleTimeout is closed by the
 // pool itself (not left to the next request to find).
 func TestPoolIdleTimeout(t *testing.T) {

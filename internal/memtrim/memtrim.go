@@ -10,7 +10,9 @@
 // back to back. memtrim instead watches the runtime's own counters and the
 // process's CPU time and, once allocation and CPU have stayed low for a few
 // ticks while the heap holds much more than it needs at rest, collects and
-// returns the free memory (debug.FreeOSMemory).
+// returns the free memory (debug.FreeOSMemory). It reads the counters four
+// times a second and trims after one idle second: a reading taken a few
+// seconds after a load meets the trimmed heap, not the load's.
 // Under load it does nothing; at rest it runs about once per load.
 package memtrim
 
@@ -24,14 +26,17 @@ import (
 
 // Config tunes a Trimmer. The zero value works.
 type Config struct {
-	// Interval is how often the runtime's counters are read (default 1 s).
+	// Interval is how often the runtime's counters are read (default
+	// 250 ms).
 	Interval time.Duration
 	// IdleTicks is how many ticks in a row must allocate less than
-	// IdleAlloc before the process counts as idle (default 3).
+	// IdleAlloc before the process counts as idle (default 4: one second
+	// at the default Interval).
 	IdleTicks int
 	// IdleAlloc is the most bytes a tick may allocate and still count as
-	// idle (default 1 MiB per tick): an idle agent's keepalives, health
-	// checks and metrics allocate far less; a loaded one far more.
+	// idle (default 1 MiB a second: 256 KiB a tick at the default
+	// Interval): an idle agent's keepalives, health checks and metrics
+	// allocate far less; a loaded one far more.
 	IdleAlloc uint64
 	// IdleCPU is the most CPU time (user and system) the process may use
 	// in a tick and still count as idle (default Interval/20: 5 % of a
@@ -48,15 +53,18 @@ type Config struct {
 	Slack uint64
 }
 
+// DefaultInterval is Config.Interval's default.
+const DefaultInterval = 250 * time.Millisecond
+
 func (c Config) withDefaults() Config {
 	if c.Interval <= 0 {
-		c.Interval = time.Second
+		c.Interval = DefaultInterval
 	}
 	if c.IdleTicks <= 0 {
-		c.IdleTicks = 3
+		c.IdleTicks = 4
 	}
 	if c.IdleAlloc == 0 {
-		c.IdleAlloc = 1 << 20
+		c.IdleAlloc = max(uint64(c.Interval.Seconds()*(1<<20)), 1)
 	}
 	if c.IdleCPU <= 0 {
 		c.IdleCPU = c.Interval / 20
@@ -96,7 +104,8 @@ type Trimmer struct {
 }
 
 // maxBackoff caps the backoff: an idle process whose live heap stays high
-// (connections held open) is still trimmed every 64 IdleTicks.
+// (connections held open) is still trimmed every 64 IdleTicks (64 s at the
+// defaults).
 const maxBackoff = 64
 
 // NewTrimmer returns a Trimmer with cfg's values (defaults for zeros).

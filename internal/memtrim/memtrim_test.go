@@ -246,3 +246,51 @@ func TestRunReturnsFreedHeap(t *testing.T) {
 		t.Fatalf("Release ran %d times for %d trims, want once per trim", n, trims)
 	}
 }
+
+// TestTrimmerDefaultsTrimOneSecondAfterLoad: the zero Config reads every
+// 250 ms and trims on the fourth quiet tick (one second after the load),
+// not before; a process allocating 1.2 MiB a second or using 6 % of a core
+// is under load and never trimmed.
+func TestTrimmerDefaultsTrimOneSecondAfterLoad(t *testing.T) {
+	if d := (Config{}).withDefaults(); d.Interval != 250*time.Millisecond || d.IdleTicks != 4 ||
+		d.IdleAlloc != 256<<10 || d.IdleCPU != 12500*time.Microsecond {
+		t.Fatalf("defaults %+v, want 250 ms, 4 ticks, 256 KiB and 12.5 ms a tick", d)
+	}
+	tr := NewTrimmer(Config{})
+	tr.Step(Sample{Held: 10 * mib})
+	var allocs uint64
+	var cpu time.Duration
+	for i := range 40 { // ten seconds of load
+		allocs += 10 * mib
+		cpu += 100 * time.Millisecond
+		if tr.Step(Sample{Allocs: allocs, CPU: cpu, Held: 40 * mib}) {
+			t.Fatalf("tick %d: trimmed under load", i)
+		}
+	}
+	for i := range 3 {
+		allocs += 10 << 10
+		cpu += time.Millisecond
+		if tr.Step(Sample{Allocs: allocs, CPU: cpu, Held: 40 * mib}) {
+			t.Fatalf("quiet tick %d: trimmed before one idle second", i+1)
+		}
+	}
+	if !tr.Step(Sample{Allocs: allocs, CPU: cpu, Held: 40 * mib}) {
+		t.Fatal("no trim on the fourth quiet tick")
+	}
+	tr.Trimmed(Sample{Allocs: allocs, CPU: cpu, Held: 10 * mib})
+
+	// Light load: 300 KiB a tick (1.2 MiB/s) with no CPU, then 13 ms of
+	// CPU a tick with no allocation.
+	for i := range 40 {
+		allocs += 300 << 10
+		if tr.Step(Sample{Allocs: allocs, CPU: cpu, Held: 40 * mib}) {
+			t.Fatalf("tick %d: trimmed a process allocating 1.2 MiB a second", i)
+		}
+	}
+	for i := range 40 {
+		cpu += 13 * time.Millisecond
+		if tr.Step(Sample{Allocs: allocs, CPU: cpu, Held: 40 * mib}) {
+			t.Fatalf("tick %d: trimmed a process using 5.2 %% of a core", i)
+		}
+	}
+}
