@@ -107,7 +107,7 @@ func BenchmarkOneWay(b *testing.B) {
 			}
 			go func() {
 				defer c.Close()
-				c.Write([]byte{1}) // ready: as iperf3, stream once the path is up
+				c.Write([]byte{1})           // ready: as iperf3, stream once the path is up
 				buf := make([]byte, 128<<10) // iperf3's read size (io.Discard reads 8 KiB)
 				var n int64
 				for {
