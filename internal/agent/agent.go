@@ -426,19 +426,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	return err
 }
 
-// ReleaseIdle drops what idle users hold, for a memory trim once the agent
-// is idle (internal/memtrim's Release): the HTTP/1.1 upstream pools keep
-// their idlePoolKeep most recently used idle connections and close the
-// rest (each holds buffers here and, over the mesh, a relay on the far
-// agent), and mesh streams shrink their receive buffers
-// (transport.ShrinkIdleStreams). It returns how many pooled connections it
-// closed.
-func (a *Agent) ReleaseIdle() int {
-	n := a.l7.h1.shrinkIdle(idlePoolKeep)
-	transport.ShrinkIdleStreams()
-	return n
-}
-
 // Close stops the agent; idempotent, waits for its goroutines.
 func (a *Agent) Close() error {
 	a.shutdown() // cancels Run's context first

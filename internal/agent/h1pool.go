@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // The fast path's upstream pools (httpproxy.Pool), one per endpoint port,
@@ -104,6 +105,19 @@ func (hp *h1Path) prune(v *view) {
 	for _, p := range dead {
 		p.Close(false)
 	}
+}
+
+// ReleaseIdle drops what idle users hold, for a memory trim once the agent
+// is idle (internal/memtrim's Release): the HTTP/1.1 upstream pools keep
+// their idlePoolKeep most recently used idle connections and close the
+// rest (each holds buffers here and, over the mesh, a relay on the far
+// agent), and mesh streams shrink their receive buffers
+// (transport.ShrinkIdleStreams). It returns how many pooled connections it
+// closed.
+func (a *Agent) ReleaseIdle() int {
+	n := a.l7.h1.shrinkIdle(idlePoolKeep)
+	transport.ShrinkIdleStreams()
+	return n
 }
 
 // idlePoolKeep is how many idle connections each upstream pool keeps when

@@ -3,6 +3,8 @@ package transport
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
@@ -177,4 +179,34 @@ type directConn struct {
 func (d *directConn) Close() error {
 	d.track.done(d.meshStream)
 	return d.meshStream.Close()
+}
+
+// plainConn tells a direct stream from a yamux session on a plaintext
+// connection by its first byte: Magic's 'F', or yamux's version 0. It
+// serves a direct stream to its end (served true), or returns the conn a
+// session runs on. A conn that sends nothing within HeaderTimeout is
+// closed (served true).
+func (s *Server) plainConn(conn net.Conn, log *slog.Logger) (_ net.Conn, served bool) {
+	var first [1]byte
+	conn.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	if _, err := io.ReadFull(conn, first[:]); err != nil {
+		conn.Close()
+		log.Debug("mesh: connection sent nothing", "err", err)
+		return nil, true
+	}
+	conn.SetReadDeadline(time.Time{})
+	if first[0] != Magic[0] {
+		return &plainFrameConn{Conn: conn, first: first[0], replay: true}, false
+	}
+	ms, ok := conn.(meshStream)
+	if !ok { // a relayed session's carrier: never a direct stream
+		conn.Close()
+		return nil, true
+	}
+	s.m.direct.Inc()
+	stop := context.AfterFunc(s.ctx, func() { conn.Close() }) // Close ends a header read too
+	defer stop()
+	s.wg.Add(1) // the counter is > 0: serveConn holds one
+	s.serveStreamFrom(s.ctx, ms, first[:])
+	return nil, true
 }

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -223,4 +224,26 @@ func cutQUIC(conn *quic.Conn, pa *peerAuth, dir string, pc PeerCheck, log *slog.
 		reportCut(log, m, onCut, Cut{Dir: dir, Peer: pa.id, Reason: reason, Err: err, Streams: -1})
 		conn.CloseWithError(quicCodeDropped, msg)
 	})
+}
+
+// checkSource refuses a header that claims another source node than the
+// TLS peer, or a SourceID of a trust domain this agent does not trust.
+func (s *Server) checkSource(ctx context.Context, h Header) error {
+	p, ok := PeerFromContext(ctx)
+	if !ok {
+		return nil
+	}
+	if h.Source != p.Node {
+		return fmt.Errorf("header source %q is not the authenticated peer %s", h.Source, p.ID)
+	}
+	if h.SourceID != "" {
+		id, err := spiffeid.FromString(h.SourceID)
+		if err != nil {
+			return fmt.Errorf("sourceId: %w", err)
+		}
+		if s.cfg.TrustedSourceID != nil && !s.cfg.TrustedSourceID(id) {
+			return fmt.Errorf("sourceId %s: trust domain not trusted", id)
+		}
+	}
+	return nil
 }

@@ -327,30 +327,10 @@ func (s *Server) serveConn(conn net.Conn) {
 		conn = &tlsFrameConn{Conn: tc, batch: batch}
 		log = log.With("peerId", id.String())
 	} else {
-		// A direct stream (direct.go) starts with Magic, a yamux session
-		// with its version, 0.
-		var first [1]byte
-		conn.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-		if _, err := io.ReadFull(conn, first[:]); err != nil {
-			conn.Close()
-			log.Debug("mesh: connection sent nothing", "err", err)
+		var served bool
+		if conn, served = s.plainConn(conn, log); served {
 			return
 		}
-		conn.SetReadDeadline(time.Time{})
-		if first[0] == Magic[0] {
-			ms, ok := conn.(meshStream)
-			if !ok { // a relayed session's carrier: never a direct stream
-				conn.Close()
-				return
-			}
-			s.m.direct.Inc()
-			stop := context.AfterFunc(s.ctx, func() { conn.Close() }) // Close ends a header read too
-			defer stop()
-			s.wg.Add(1) // the counter is > 0: serveConn holds one
-			s.serveStreamFrom(s.ctx, ms, first[:])
-			return
-		}
-		conn = &plainFrameConn{Conn: conn, first: first[0], replay: true}
 	}
 
 	sess, err := yamux.Server(conn, yamuxConfig(s.cfg.StreamWindow))
@@ -450,28 +430,6 @@ func (s *Server) serveStreamFrom(ctx context.Context, c meshStream, pre []byte) 
 	if _, _, err := proxy.Relay(ctx, c, local); err != nil && ctx.Err() == nil {
 		s.log.Debug("mesh: relay", "peer", c.RemoteAddr().String(), "dest", h.String(), "err", err)
 	}
-}
-
-// checkSource refuses a header that claims another source node than the
-// TLS peer, or a SourceID of a trust domain this agent does not trust.
-func (s *Server) checkSource(ctx context.Context, h Header) error {
-	p, ok := PeerFromContext(ctx)
-	if !ok {
-		return nil
-	}
-	if h.Source != p.Node {
-		return fmt.Errorf("header source %q is not the authenticated peer %s", h.Source, p.ID)
-	}
-	if h.SourceID != "" {
-		id, err := spiffeid.FromString(h.SourceID)
-		if err != nil {
-			return fmt.Errorf("sourceId: %w", err)
-		}
-		if s.cfg.TrustedSourceID != nil && !s.cfg.TrustedSourceID(id) {
-			return fmt.Errorf("sourceId %s: trust domain not trusted", id)
-		}
-	}
-	return nil
 }
 
 // open runs the server side of the stream handshake: header in, local dial,
