@@ -70,6 +70,7 @@ func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (con
 	if err != nil {
 		return nil, true, err
 	}
+	watchPeer(carrier)
 	var ms meshStream
 	switch cc := carrier.(type) {
 	case *net.TCPConn:
@@ -204,6 +205,7 @@ func (s *Server) plainConn(conn net.Conn, log *slog.Logger) (_ net.Conn, served 
 		return nil, true
 	}
 	s.m.direct.Inc()
+	watchPeer(conn)
 	stop := context.AfterFunc(s.ctx, func() { conn.Close() }) // Close ends a header read too
 	defer stop()
 	s.wg.Add(1) // the counter is > 0: serveConn holds one
