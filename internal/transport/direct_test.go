@@ -139,8 +139,9 @@ func TestDirectStreamAnswers(t *testing.T) {
 	}
 }
 
-// TestDirectStreamsEndWithClientAndServer: closing the client ends its
-// open direct streams; closing the server ends a direct stream still in
+// TestDirectStreamsEndWithClientAndServer: closing the client, or
+// dropping the peer's session, ends its open direct streams; closing the
+// server ends a direct stream still in
 // its header, long before the header timeout.
 func TestDirectStreamsEndWithClientAndServer(t *testing.T) {
 	ts := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"ep": serveWorkload(t, "127.0.0.1:0", echo)},
@@ -158,6 +159,22 @@ func TestDirectStreamsEndWithClientAndServer(t *testing.T) {
 	}
 
 	eventually(t, "the server's end of the closed stream ends", func() bool { return ts.ActiveStreams() == 0 })
+
+	// DropSession (gossip declared the peer dead) ends its direct streams.
+	c2, _, _ := newDirectClient(t)
+	conn, err = c2.Dial(context.Background(), ts.addr, header("ep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, conn, "y")
+	if !c2.DropSession(ts.addr) {
+		t.Error("DropSession found nothing to drop")
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read after DropSession: %v, want the conn closed", err)
+	}
+	eventually(t, "the server's end of the dropped stream ends", func() bool { return ts.ActiveStreams() == 0 })
 
 	raw, err := net.Dial("tcp", ts.addr)
 	if err != nil {

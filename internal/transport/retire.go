@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -109,8 +110,8 @@ func (c *Client) DropPeer(id spiffeid.ID) int {
 	return len(drop)
 }
 
-// DropSession closes the session to meshAddr, so its streams fail at once.
-// The agent calls it when gossip declares the peer dead: a peer that froze
+// DropSession closes the session to meshAddr, so its streams fail at once,
+// and every direct stream to meshAddr. The agent calls it when gossip declares the peer dead: a peer that froze
 // or lost power sends no RST, and its streams would otherwise hang until
 // TCP gives up. A session to meshAddr that Retire took out of use is
 // closed too. The next Dial opens a fresh session.
@@ -126,11 +127,23 @@ func (c *Client) DropSession(meshAddr string) bool {
 			drop = append(drop, sess)
 		}
 	}
+	var directs []net.Conn
+	for t := range c.directs {
+		if t.meshAddr == meshAddr {
+			directs = append(directs, t.closer)
+		}
+	}
+	if p := c.peers[meshAddr]; p != nil {
+		p.directUp.Store(false)
+	}
 	c.mu.Unlock()
 	for _, sess := range drop {
 		sess.Close()
 	}
-	return len(drop) > 0
+	for _, d := range directs {
+		d.Close()
+	}
+	return len(drop)+len(directs) > 0
 }
 
 // isRetired reports whether sess is retired and not yet closed.
