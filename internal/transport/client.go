@@ -296,7 +296,7 @@ func (c *Client) lookup(meshAddr string, broken *yamux.Session) (*peer, *yamux.S
 	}
 	p := c.peers[meshAddr]
 	if p == nil {
-		p = &peer{dialing: make(chan struct{}, 1)}
+		p = newPeer()
 		c.peers[meshAddr] = p
 		c.rtts.Store(meshAddr, p)
 	}

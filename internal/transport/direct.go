@@ -22,9 +22,9 @@ import (
 // kernel. With TLS every connection carries a yamux session, as before.
 //
 // A direct stream costs one TCP handshake with the peer per connection
-// relayed (on loopback about 30 µs; across a WAN, one round trip) where a
-// yamux stream reuses the session, and one socket per stream on each
-// agent. An agent that predates direct streams closes such a connection
+// relayed (on loopback about 40 µs, BenchmarkMeshDial; across a WAN, one
+// round trip) where a yamux stream reuses the session, one socket per
+// stream on each agent, and a socket in TIME_WAIT after it (directRate). An agent that predates direct streams closes such a connection
 // unanswered (its yamux session refuses the magic); the client then opens
 // its streams to that peer on the session for noDirectFor.
 
@@ -52,7 +52,7 @@ func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (con
 	if err != nil {
 		return nil, true, err
 	}
-	if time.Now().UnixNano() < p.noDirectUntil.Load() {
+	if time.Now().UnixNano() < p.noDirectUntil.Load() || !p.directRate.Allow() {
 		return nil, false, nil
 	}
 	var carrier net.Conn
@@ -102,6 +102,15 @@ func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (con
 	}
 	return conn, true, err
 }
+
+// directRate caps the direct streams opened to one peer: each leaves a
+// socket in TIME_WAIT for a minute on whichever agent closes first, and
+// the client agent has about 28,000 ephemeral ports toward one mesh port.
+// At most directPerSecond a second (bursts of as many) keep that under a
+// quarter of them; streams over the rate open on the session, which
+// costs no port. Short connections at high rates are what goes over it;
+// a bulk connection is rarely one of many a second.
+const directPerSecond = 100
 
 // noDirectFor is how long a peer that closed a direct stream without an
 // answer gets yamux streams only.

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/yamux"
+	"golang.org/x/time/rate"
 )
 
 // directBytesLog collects what a client's DirectBytes reports.
@@ -297,5 +299,30 @@ func TestDirectStreamToOlderAgent(t *testing.T) {
 	}
 	if n := c.Sessions(); n != 1 {
 		t.Errorf("%d sessions, want 1", n)
+	}
+}
+
+// TestDirectStreamRate: direct streams to a peer are capped (directRate):
+// past the cap a stream opens on the session and works the same.
+func TestDirectStreamRate(t *testing.T) {
+	ts := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"ep": serveWorkload(t, "127.0.0.1:0", echo)}, nil)
+	c, set, _ := newDirectClient(t)
+	p, err := c.peerEntry(ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.directRate = rate.NewLimiter(0, 3) // three, and no refill
+	for i := range 5 {
+		conn, err := c.Dial(context.Background(), ts.addr, header("ep"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		roundTrip(t, conn, fmt.Sprint(i))
+		conn.Close()
+	}
+	wantMetric(t, set, `fogmesh_mesh_direct_streams_total{dir="out"} 3`)
+	wantMetric(t, set, `fogmesh_mesh_streams_total{dir="out",result="ok"} 5`)
+	if n := c.Sessions(); n != 1 {
+		t.Errorf("%d sessions after the cap, want 1", n)
 	}
 }

@@ -9,7 +9,7 @@ func (c *Client) InjectSessionForTest(meshAddr string, sess *yamux.Session) {
 	defer c.mu.Unlock()
 	p := c.peers[meshAddr]
 	if p == nil {
-		p = &peer{dialing: make(chan struct{}, 1)}
+		p = newPeer()
 		c.peers[meshAddr] = p
 	}
 	p.sess = sess

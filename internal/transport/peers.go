@@ -6,6 +6,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/time/rate"
 )
 
 // A Client's view of its peers: the session to each, what it measured of
@@ -26,6 +27,11 @@ type peer struct {
 	// noDirectUntil (Unix ns): until then the peer gets yamux streams
 	// only (it closed a direct stream without an answer).
 	noDirectUntil atomic.Int64
+	directRate    *rate.Limiter // direct streams opened (directPerSecond)
+}
+
+func newPeer() *peer {
+	return &peer{dialing: make(chan struct{}, 1), directRate: rate.NewLimiter(directPerSecond, directPerSecond)}
 }
 
 // observeRTT folds one RTT sample into the smoothed RTT: an EWMA

@@ -70,3 +70,38 @@ func benchTwoAgentRelay(b *testing.B, mtls, direct bool) {
 		b.Fatalf("relay: %v", err)
 	}
 }
+
+// BenchmarkMeshDial is a short connection through the mesh port: Dial, one
+// byte echoed, Close; on a yamux stream of the shared session, and on a
+// direct stream (a TCP connection of its own: one more handshake).
+func BenchmarkMeshDial(b *testing.B) {
+	for _, direct := range []bool{false, true} {
+		name := "session"
+		if direct {
+			name = "direct"
+		}
+		b.Run(name, func(b *testing.B) {
+			srv := startServer(b, listen(b, "127.0.0.1:0"), mapDialer{"ep": serveWorkload(b, "127.0.0.1:0", echo)}, nil)
+			var client *Client
+			if direct {
+				client, _, _ = newDirectClient(b)
+			} else {
+				client, _ = newClient(b)
+			}
+			buf := []byte{1}
+			for b.Loop() {
+				conn, err := client.Dial(context.Background(), srv.addr, header("ep"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := conn.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := conn.Read(buf); err != nil {
+					b.Fatal(err)
+				}
+				conn.Close()
+			}
+		})
+	}
+}
