@@ -63,7 +63,11 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	c := tc.Conn
 	stop := context.AfterFunc(ctx, func() { c.Close() }) // agent shutdown
 	// Writes go through tc, which bounds each (taggedConn.Write).
-	br, bw := httpproxy.GetReader(c), httpproxy.GetWriter(tc)
+	var r io.Reader = c
+	if tc.raw = httpproxy.NewRawIO(c); tc.raw != nil {
+		r = tc.raw
+	}
+	br, bw := httpproxy.GetReader(r), httpproxy.GetWriter(tc)
 	handedOff := false
 	defer func() {
 		stop()
@@ -112,6 +116,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			rest := make([]byte, br.Buffered())
 			br.Read(rest)
 			tc.Conn = &prefixConn{Conn: c, r: io.MultiReader(bytes.NewReader(rest), c)}
+			tc.raw = nil
 			if !stop() {
 				return // shutting down: tc is closed below
 			}

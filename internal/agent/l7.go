@@ -72,6 +72,10 @@ type taggedConn struct {
 	buffered bool
 	br       *bufio.Reader
 
+	// raw, while the HTTP/1.1 fast path serves the connection, writes to
+	// Conn without the scheduler's system call state (httpproxy.RawIO).
+	raw *httpproxy.RawIO
+
 	send     time.Duration    // bound on each write to the client (sendTimeout); 0: none
 	sendSet  atomic.Int64     // the write deadline last set, Unix ns
 	timeouts *metrics.Counter // writes cut off by send
@@ -88,7 +92,13 @@ func (c *taggedConn) Write(p []byte) (int, error) {
 			c.sendSet.Store(d)
 		}
 	}
-	n, err := c.Conn.Write(p)
+	var n int
+	var err error
+	if c.raw != nil {
+		n, err = c.raw.Write(p)
+	} else {
+		n, err = c.Conn.Write(p)
+	}
 	if err != nil && c.timeouts != nil && httpproxy.IsTimeout(err) {
 		c.timeouts.Inc()
 	}

@@ -166,7 +166,11 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 	if err != nil {
 		return nil, p.cfg.DialError(err)
 	}
-	pc := &poolConn{p: p, c: c, br: bufio.NewReaderSize(c, BufSize), bw: bufio.NewWriterSize(c, BufSize),
+	var rw io.ReadWriter = c
+	if raw := NewRawIO(c); raw != nil { // no system call state per read and write
+		rw = raw
+	}
+	pc := &poolConn{p: p, c: c, br: bufio.NewReaderSize(rw, BufSize), bw: bufio.NewWriterSize(rw, BufSize),
 		poison: func() { c.SetDeadline(aLongTimeAgo) }}
 	p.mu.Lock()
 	closed := p.closed
