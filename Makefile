@@ -33,6 +33,8 @@ dev:
 test: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	# httpproxy.RawIO reads and writes otherwise outside race builds: test that too.
+	$(GO) test -count=1 -timeout 5m ./internal/httpproxy/
 
 test-deps:
 	@scripts/install-deps.sh test
