@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // rawConn dials addr and sends the client preface and b.
@@ -551,7 +553,7 @@ func TestAckFlushStopsTimer(t *testing.T) {
 		return armed, found
 	}
 	rc.fr.WritePing(false, [8]byte{7})
-	waitCond(t, "the acknowledgement waiting for a flush", func() bool { a, _ := armed(); return a })
+	testenv.WaitFor(t, 10*time.Second, "the acknowledgement waiting for a flush", func() bool { a, _ := armed(); return a })
 	rc.headers(1, true)
 	var acked, ended bool
 	for !acked || !ended {
@@ -562,18 +564,7 @@ func TestAckFlushStopsTimer(t *testing.T) {
 			ended = ended || f.StreamEnded()
 		}
 	}
-	waitCond(t, "the timer stopped", func() bool { a, found := armed(); return found && !a })
-}
-
-// waitCond waits up to 10 s for cond.
-func waitCond(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the timer stopped", func() bool { a, found := armed(); return found && !a })
 }
 
 // TestLoneStreamFlushesAtOnce: a response flushes without yielding to
