@@ -129,3 +129,33 @@ func TestDirectStreamsThroughBothAgents(t *testing.T) {
 		t.Errorf("with meshDirectStreams false, c has %s yamux sessions, want 1", got)
 	}
 }
+
+// TestIdleTimeoutThroughDirectStream: timeouts.idle holds for a connection
+// relayed to a remote endpoint on a direct stream: the client's agent reads
+// the idle time of both sockets from the kernel (the stream's socket
+// through proxy.TCPWrapper), closes the idle connection after about
+// 400ms, and keeps the busy one.
+func TestIdleTimeoutThroughDirectStream(t *testing.T) {
+	e := startEcho(t, "e1", "127.0.0.1:0")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"idlex","namespace":"demo"},
+	"spec":{"ports":[{"name":"tcp","port":19302}],"timeouts":{"idle":"400ms"}}}`)
+	startAgent(t, agentOpts{name: "ia", site: "s1", region: "r1", vipOctet: 45, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{wlFor("idlex", e)}})
+	b := startAgent(t, agentOpts{name: "ib", site: "s1", region: "r1", vipOctet: 46, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	waitFor(t, "b to learn the remote endpoint", func() bool {
+		eps := endpointsOf(b, "demo/idlex")
+		return len(eps) == 1 && eps[0].Healthy
+	})
+	addr := "127.46.0.1:19302"
+	waitFor(t, "listener", func() bool { _, err := roundTrip(addr); return err == nil })
+	idleAndBusy(t, addr, "")
+	var buf strings.Builder
+	b.cfg.Metrics.WritePrometheus(&buf)
+	if !strings.Contains(buf.String(), `fogmesh_agent_idle_timeouts_total{service="demo/idlex"} 1`) {
+		t.Fatalf("idle close not counted by the client's agent:\n%s", buf.String())
+	}
+	if !strings.Contains(buf.String(), `fogmesh_mesh_direct_streams_total{dir="out"} 3`) {
+		t.Fatalf("the connections did not take direct streams:\n%s", buf.String())
+	}
+}
