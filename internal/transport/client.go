@@ -172,17 +172,26 @@ func (c *Client) Dial(ctx context.Context, meshAddr string, h Header) (net.Conn,
 	return conn, nil
 }
 
-func (c *Client) dial(ctx context.Context, meshAddr string, h Header) (net.Conn, error) {
+func (c *Client) dial(ctx context.Context, meshAddr string, h Header) (conn net.Conn, err error) {
 	if c.direct(h) {
-		if conn, ok, err := c.dialDirect(ctx, meshAddr, h); ok {
-			return conn, err
+		dc, ok, derr := c.dialDirect(ctx, meshAddr, h)
+		if ok {
+			return dc, derr
+		}
+		var noStatus errNoStatus
+		if errors.As(derr, &noStatus) {
+			defer func() {
+				if err == nil { // the session answered: the peer predates direct streams
+					c.noDirect(meshAddr, noStatus)
+				}
+			}()
 		}
 	}
 	sess, auth, fresh, err := c.session(ctx, meshAddr, nil)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := c.openStream(ctx, sess, auth, h)
+	conn, err = c.openStream(ctx, sess, auth, h)
 	if err != nil && !fresh && ctx.Err() == nil && brokenSession(err, sess) {
 		c.log.Debug("mesh: session broken, redialing", "peer", meshAddr, "err", err)
 		if sess, auth, _, err = c.session(ctx, meshAddr, sess); err != nil {
@@ -443,6 +452,7 @@ func (c *Client) Close() error {
 	}
 	directs := make([]net.Conn, 0, len(c.directs))
 	for t := range c.directs {
+		t.closedByUs.Store(true)
 		directs = append(directs, t.closer)
 	}
 	c.mu.Unlock()

@@ -3,10 +3,12 @@ package transport
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -71,19 +73,20 @@ func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (con
 		return nil, true, err
 	}
 	watchPeer(carrier)
+	t := &directTrack{c: c, meshAddr: meshAddr}
 	var ms meshStream
 	switch cc := carrier.(type) {
 	case *net.TCPConn:
-		d := &directTCP{TCPConn: cc}
-		d.track = c.track(meshAddr, d)
-		ms = d
+		ms = &directTCP{TCPConn: cc, track: t}
 	case meshStream:
-		d := &directConn{meshStream: cc}
-		d.track = c.track(meshAddr, d)
-		ms = d
+		ms = &directConn{meshStream: cc, track: t}
 	default: // an in-memory conn without half-close: no direct stream
 		carrier.Close()
 		return nil, false, nil
+	}
+	if !c.track(t, ms) {
+		ms.Close()
+		return nil, true, fmt.Errorf("client: %w", net.ErrClosed)
 	}
 	c.m.direct.Inc()
 	conn, err = streamHandshake(ctx, ms, h)
@@ -92,15 +95,34 @@ func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (con
 		if rtt, ok := tcpRTT(carrier); ok {
 			p.observeRTT(rtt)
 		}
-	case ctx.Err() == nil && !errors.Is(err, ErrRefused) && !errors.Is(err, ErrDialFailed) && !errors.Is(err, ErrDenied):
+	case ctx.Err() == nil && !t.closedByUs.Load() &&
+		!errors.Is(err, ErrRefused) && !errors.Is(err, ErrDialFailed) && !errors.Is(err, ErrDenied):
 		// The peer closed the connection without a status: an agent
 		// that predates direct streams (its yamux session refused the
-		// magic). Its streams open on the session for a while.
-		p.noDirectUntil.Store(time.Now().Add(noDirectFor).UnixNano())
-		c.log.Info("mesh: peer agent takes no direct streams, using its session", "peer", meshAddr, "err", err, "retry_in", noDirectFor)
-		return nil, false, nil
+		// magic), or one that went down. The caller tries the session
+		// (dial), which tells the two apart.
+		return nil, false, errNoStatus{err}
 	}
 	return conn, true, err
+}
+
+// errNoStatus is dialDirect's error for a direct stream the peer closed
+// unanswered; dial opens the stream on the session instead.
+type errNoStatus struct{ err error }
+
+func (e errNoStatus) Error() string { return e.err.Error() }
+func (e errNoStatus) Unwrap() error { return e.err }
+
+// noDirect records that the peer at meshAddr, which closed a direct stream
+// unanswered, answered on its session: it predates direct streams, and
+// gets session streams only for noDirectFor.
+func (c *Client) noDirect(meshAddr string, why error) {
+	p, err := c.peerEntry(meshAddr)
+	if err != nil {
+		return
+	}
+	p.noDirectUntil.Store(time.Now().Add(noDirectFor).UnixNano())
+	c.log.Info("mesh: peer agent takes no direct streams, using its session", "peer", meshAddr, "err", why, "retry_in", noDirectFor)
 }
 
 // directRate caps the direct streams opened to one peer: each leaves a
@@ -129,22 +151,25 @@ type directTrack struct {
 	c        *Client
 	meshAddr string
 	closer   net.Conn
+	// closedByUs: Client.Close or DropSession closed the conn (its
+	// handshake's error says nothing of the peer).
+	closedByUs atomic.Bool
 }
 
-// track registers conn, a direct stream's conn, until it is closed.
-func (c *Client) track(meshAddr string, conn net.Conn) *directTrack {
-	t := &directTrack{c: c, meshAddr: meshAddr, closer: conn}
+// track registers t, whose conn is conn, until conn is closed; false if
+// the client is closed.
+func (c *Client) track(t *directTrack, conn net.Conn) bool {
+	t.closer = conn
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
 	if c.directs == nil {
 		c.directs = make(map[*directTrack]struct{})
 	}
 	c.directs[t] = struct{}{}
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
-		conn.Close()
-	}
-	return t
+	return true
 }
 
 // done untracks the conn and reports its bytes (read from raw, the
@@ -197,6 +222,10 @@ func (d *directConn) Close() error {
 // session runs on. A conn that sends nothing within HeaderTimeout is
 // closed (served true).
 func (s *Server) plainConn(conn net.Conn, log *slog.Logger) (_ net.Conn, served bool) {
+	// Server.Close ends the wait for the first byte and a direct
+	// stream's header and relay; a session is closed by Close itself.
+	stop := context.AfterFunc(s.ctx, func() { conn.Close() })
+	defer stop()
 	var first [1]byte
 	conn.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 	if _, err := io.ReadFull(conn, first[:]); err != nil {
@@ -208,15 +237,16 @@ func (s *Server) plainConn(conn net.Conn, log *slog.Logger) (_ net.Conn, served 
 	if first[0] != Magic[0] {
 		return &plainFrameConn{Conn: conn, first: first[0], replay: true}, false
 	}
+	// Clients send direct streams on direct paths only (ErrNoDirect), but
+	// a relayed carrier that sends one is served the same: it is a stream
+	// like any other.
 	ms, ok := conn.(meshStream)
-	if !ok { // a relayed session's carrier: never a direct stream
+	if !ok { // no half-close: it cannot carry a stream's end
 		conn.Close()
 		return nil, true
 	}
 	s.m.direct.Inc()
 	watchPeer(conn)
-	stop := context.AfterFunc(s.ctx, func() { conn.Close() }) // Close ends a header read too
-	defer stop()
 	s.wg.Add(1) // the counter is > 0: serveConn holds one
 	s.serveStreamFrom(s.ctx, ms, first[:])
 	return nil, true

@@ -6,9 +6,10 @@ import (
 	"testing"
 )
 
-// TestDirectStreamWatchesPeer: a direct stream's socket ends when its peer
-// is gone for deadPeerTimeout (TCP_USER_TIMEOUT, keepalive), as a session
-// would notice: without it, bytes to a dead peer retry for minutes.
+// TestDirectStreamWatchesPeer: a direct stream's socket probes its peer
+// after keepAliveInterval of silence, as a session pings it, and has no
+// TCP_USER_TIMEOUT: the kernel would apply it to zero-window probes and
+// reset a stream whose reader paused that long (found in review).
 func TestDirectStreamWatchesPeer(t *testing.T) {
 	ts := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"ep": serveWorkload(t, "127.0.0.1:0", echo)}, nil)
 	c, _, _ := newDirectClient(t)
@@ -17,7 +18,7 @@ func TestDirectStreamWatchesPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if d, ok := userTimeout(conn.(interface{ TCP() *net.TCPConn }).TCP()); !ok || d != deadPeerTimeout {
-		t.Errorf("direct stream's TCP_USER_TIMEOUT %v (%v), want %v", d, ok, deadPeerTimeout)
+	if idle, user, ok := keepIdle(conn.(interface{ TCP() *net.TCPConn }).TCP()); !ok || idle != keepAliveInterval || user != 0 {
+		t.Errorf("direct stream's keepalive idle %v, user timeout %v (%v); want %v and none", idle, user, ok, keepAliveInterval)
 	}
 }

@@ -326,3 +326,67 @@ func TestDirectStreamRate(t *testing.T) {
 		t.Errorf("%d sessions after the cap, want 1", n)
 	}
 }
+
+// closeRaceNet dials TCP once Client.Close has returned (closed is closed).
+type closeRaceNet struct {
+	dialing chan struct{}
+	closed  chan struct{}
+}
+
+func (n closeRaceNet) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	close(n.dialing)
+	<-n.closed
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
+
+func (n closeRaceNet) Listen(ctx context.Context, network, addr string) (net.Listener, error) {
+	return nil, errors.New("not used")
+}
+
+// TestDirectDialRacesClose: a client closed while a direct stream's
+// connection is being dialed fails that Dial (net.ErrClosed) and closes the
+// connection; it does not panic (found in review).
+func TestDirectDialRacesClose(t *testing.T) {
+	ts := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"ep": serveWorkload(t, "127.0.0.1:0", echo)}, nil)
+	n := closeRaceNet{dialing: make(chan struct{}), closed: make(chan struct{})}
+	c := NewClient(ClientConfig{SourceNode: "node-a", DirectStreams: true, Network: n})
+	errc := make(chan error, 1)
+	go func() {
+		conn, err := c.Dial(context.Background(), ts.addr, header("ep"))
+		if conn != nil {
+			conn.Close()
+		}
+		errc <- err
+	}()
+	<-n.dialing
+	c.Close()
+	close(n.closed)
+	if err := <-errc; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Dial after Close: %v, want net.ErrClosed", err)
+	}
+	eventually(t, "the server to see the connection go", func() bool { return ts.ActiveStreams() == 0 })
+}
+
+// TestServerCloseWithSilentPlainConn: Server.Close does not wait for a
+// plaintext connection that has not sent its first byte (found in
+// review: it waited out HeaderTimeout).
+func TestServerCloseWithSilentPlainConn(t *testing.T) {
+	ts := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(cfg *ServerConfig) { cfg.HeaderTimeout = time.Minute })
+	raw, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	eventually(t, "the server to accept it", func() bool { return ts.ln.accepted.Load() == 1 })
+	closed := make(chan error, 1)
+	go func() { closed <- ts.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Server.Close waits for a silent connection's first byte")
+	}
+}

@@ -130,6 +130,7 @@ func (c *Client) DropSession(meshAddr string) bool {
 	var directs []net.Conn
 	for t := range c.directs {
 		if t.meshAddr == meshAddr {
+			t.closedByUs.Store(true)
 			directs = append(directs, t.closer)
 		}
 	}

@@ -46,44 +46,39 @@ func tcpBytes(c net.Conn) (in, out uint64, ok bool) {
 	return info.Bytes_received, info.Bytes_acked, true
 }
 
-// deadPeerTimeout is how long a direct stream's socket may go without an
-// answer from the peer (keepalive probes unanswered, or sent bytes not
-// acknowledged) before the kernel ends it: about as long as a session
-// takes to notice a dead peer (keepAliveInterval + connWriteTimeout).
-const deadPeerTimeout = keepAliveInterval + connWriteTimeout
-
-// watchPeer makes the kernel end c once its peer is gone for
-// deadPeerTimeout (a yamux session pings its peer; a direct stream's
-// socket has only TCP to tell): keepalive probes after keepAliveInterval
-// of silence, and TCP_USER_TIMEOUT for bytes that go unacknowledged.
+// watchPeer makes the kernel probe c's peer after keepAliveInterval of
+// silence and end c when connWriteTimeout of probes go unanswered, as a
+// session's pings notice a dead peer (a direct stream's socket has only
+// TCP to tell). Not TCP_USER_TIMEOUT: the kernel applies it to zero-window
+// probes too, and would reset a stream whose reader paused that long.
+// Bytes sent to a peer that died are retransmitted for minutes; gossip
+// declaring the peer dead closes its direct streams first (DropSession).
 func watchPeer(c net.Conn) {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return
-	}
-	tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: keepAliveInterval, Interval: keepAliveInterval,
-		Count: int(connWriteTimeout / keepAliveInterval)})
-	if rc, err := tc.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) {
-			unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(deadPeerTimeout/time.Millisecond))
-		})
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetKeepAliveConfig(peerKeepAlive)
 	}
 }
 
-// userTimeout is c's TCP_USER_TIMEOUT (tests).
-func userTimeout(c net.Conn) (time.Duration, bool) {
+var peerKeepAlive = net.KeepAliveConfig{Enable: true, Idle: keepAliveInterval, Interval: keepAliveInterval,
+	Count: int(connWriteTimeout / keepAliveInterval)}
+
+// keepIdle is c's TCP_KEEPIDLE and TCP_USER_TIMEOUT (tests).
+func keepIdle(c net.Conn) (idle, user time.Duration, ok bool) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return 0, false
+		return 0, 0, false
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
-	var v int
-	var gerr error
-	if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT) }); err != nil || gerr != nil {
-		return 0, false
+	var i, u int
+	var ierr, uerr error
+	if err := rc.Control(func(fd uintptr) {
+		i, ierr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+		u, uerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT)
+	}); err != nil || ierr != nil || uerr != nil {
+		return 0, 0, false
 	}
-	return time.Duration(v) * time.Millisecond, true
+	return time.Duration(i) * time.Second, time.Duration(u) * time.Millisecond, true
 }
