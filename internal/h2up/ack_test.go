@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/fogmesh/fogmesh/internal/h2up"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // writeLogConn records the frames of each write to the connection.
@@ -286,15 +287,10 @@ func TestAckFlushStopsTimer(t *testing.T) {
 		resp.Body.Close()
 	}
 	roundTrip() // the server's PING follows its answer
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if armed, _ := h2up.ControlFlushArmed(pool); armed {
-			break // the acknowledgement waits
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no acknowledgement waiting; writes %v", lc.log())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the acknowledgement waiting for a flush", func() bool {
+		armed, _ := h2up.ControlFlushArmed(pool)
+		return armed
+	})
 	roundTrip()
 	// The request's write returned before RoundTrip did.
 	if armed, found := h2up.ControlFlushArmed(pool); !found || armed {

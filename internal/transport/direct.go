@@ -251,3 +251,19 @@ func (s *Server) plainConn(conn net.Conn, log *slog.Logger) (_ net.Conn, served 
 	s.serveStreamFrom(s.ctx, ms, first[:])
 	return nil, true
 }
+
+// watchPeer makes the kernel probe c's peer after keepAliveInterval of
+// silence and end c when connWriteTimeout of probes go unanswered, as a
+// session's pings notice a dead peer (a direct stream's socket has only
+// TCP to tell). Not TCP_USER_TIMEOUT: the kernel applies it to zero-window
+// probes too, and would reset a stream whose reader paused that long.
+// Bytes sent to a peer that died are retransmitted for minutes; gossip
+// declaring the peer dead closes its direct streams first (DropSession).
+func watchPeer(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetKeepAliveConfig(peerKeepAlive)
+	}
+}
+
+var peerKeepAlive = net.KeepAliveConfig{Enable: true, Idle: keepAliveInterval, Interval: keepAliveInterval,
+	Count: int(connWriteTimeout / keepAliveInterval)}

@@ -46,22 +46,6 @@ func tcpBytes(c net.Conn) (in, out uint64, ok bool) {
 	return info.Bytes_received, info.Bytes_acked, true
 }
 
-// watchPeer makes the kernel probe c's peer after keepAliveInterval of
-// silence and end c when connWriteTimeout of probes go unanswered, as a
-// session's pings notice a dead peer (a direct stream's socket has only
-// TCP to tell). Not TCP_USER_TIMEOUT: the kernel applies it to zero-window
-// probes too, and would reset a stream whose reader paused that long.
-// Bytes sent to a peer that died are retransmitted for minutes; gossip
-// declaring the peer dead closes its direct streams first (DropSession).
-func watchPeer(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetKeepAliveConfig(peerKeepAlive)
-	}
-}
-
-var peerKeepAlive = net.KeepAliveConfig{Enable: true, Idle: keepAliveInterval, Interval: keepAliveInterval,
-	Count: int(connWriteTimeout / keepAliveInterval)}
-
 // keepIdle is c's TCP_KEEPIDLE and TCP_USER_TIMEOUT (tests).
 func keepIdle(c net.Conn) (idle, user time.Duration, ok bool) {
 	tc, ok := c.(*net.TCPConn)

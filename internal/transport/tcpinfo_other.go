@@ -10,10 +10,3 @@ import (
 func tcpRTT(net.Conn) (time.Duration, bool) { return 0, false }
 
 func tcpBytes(net.Conn) (in, out uint64, ok bool) { return 0, 0, false }
-
-func watchPeer(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: keepAliveInterval, Interval: keepAliveInterval,
-			Count: int(connWriteTimeout / keepAliveInterval)})
-	}
-}
