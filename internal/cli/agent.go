@@ -161,7 +161,18 @@ func RunAgent(prog string, args []string) error {
 	// runtime (for comparisons).
 	if os.Getenv("FOGMESH_MEMTRIM") != "off" {
 		tctx, stopTrim := context.WithCancel(ctx)
-		waitTrim := memtrim.Start(tctx, memtrim.Config{Release: func() { a.ReleaseIdle() }})
+		waitTrim := memtrim.Start(tctx, memtrim.Config{
+			Release: func() { a.ReleaseIdle() },
+			Settled: func() {
+				// Start-up's code pages (config parse, first sync) are
+				// not used again: unmap them once.
+				if n, err := memtrim.ReleaseCode(); err != nil {
+					log.Warn("agent: start-up's code pages stay mapped", "err", err)
+				} else {
+					log.Debug("agent: start-up's code pages unmapped", "bytes", n)
+				}
+			},
+		})
 		defer func() { stopTrim(); waitTrim() }()
 	}
 	fmt.Fprintf(os.Stderr, "fogmesh agent %s: dns %s, mesh %s, admin %s\n", cfg.Node.Name, a.DNSAddr(), a.MeshAddr(), a.AdminAddr())

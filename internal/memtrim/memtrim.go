@@ -47,6 +47,10 @@ type Config struct {
 	// outside the runtime drop what idle users hold (the mesh streams'
 	// receive buffers, transport.ShrinkIdleStreams).
 	Release func()
+	// Settled, if not nil, runs once, the first time the process counts
+	// as idle (IdleTicks quiet ticks in a row): its start-up is over. The
+	// agent unmaps the code pages start-up used then (ReleaseCode).
+	Settled func()
 	// Slack is how many bytes the heap may hold above the least it held
 	// after a trim before an idle process returns them (default 2 MiB):
 	// below it a collection costs more than the memory is worth.
@@ -101,6 +105,7 @@ type Trimmer struct {
 	floor   uint64 // the least Held seen after a trim (or at the first sample)
 	backoff int    // IdleTicks multiplier: doubles while trims give little back
 	gAtTrim uint64 // Goroutines after the last trim
+	settled bool   // the process has counted as idle once
 }
 
 // maxBackoff caps the backoff: an idle process whose live heap stays high
@@ -137,12 +142,19 @@ func (t *Trimmer) Step(s Sample) bool {
 		t.backoff = 1
 	}
 	t.quiet++
+	if t.quiet >= t.cfg.IdleTicks {
+		t.settled = true
+	}
 	if t.quiet < t.cfg.IdleTicks*t.backoff || s.Held <= t.floor+t.cfg.Slack {
 		return false
 	}
 	t.quiet = 0
 	return true
 }
+
+// Settled reports whether the process has counted as idle (IdleTicks quiet
+// ticks in a row) at least once since the Trimmer started.
+func (t *Trimmer) Settled() bool { return t.settled }
 
 // Trimmed takes the sample read right after a trim. A trim that got the
 // heap back near the floor keeps the idle wait at IdleTicks; one that could
@@ -207,7 +219,7 @@ func Start(ctx context.Context, cfg Config) (wait func() int) {
 	t := NewTrimmer(cfg)
 	t.Step(Read())
 	done := make(chan int, 1)
-	go func() { done <- t.run(ctx) }()
+	go func() { done <- t.run(ctx, Read) }()
 	return func() int {
 		n := <-done
 		done <- n
@@ -215,24 +227,30 @@ func Start(ctx context.Context, cfg Config) (wait func() int) {
 	}
 }
 
-// run is Start's goroutine.
-func (t *Trimmer) run(ctx context.Context) int {
+// run is Start's goroutine; read samples the process (Read).
+func (t *Trimmer) run(ctx context.Context, read func() Sample) int {
 	tick := time.NewTicker(t.cfg.Interval)
 	defer tick.Stop()
 	trims := 0
+	settled := t.cfg.Settled
 	for {
 		select {
 		case <-ctx.Done():
 			return trims
 		case <-tick.C:
 		}
-		if t.Step(Read()) {
+		trim := t.Step(read())
+		if settled != nil && t.Settled() {
+			settled()
+			settled = nil
+		}
+		if trim {
 			if t.cfg.Release != nil {
 				t.cfg.Release()
 			}
 			Trim()
 			trims++
-			t.Trimmed(Read())
+			t.Trimmed(read())
 		}
 	}
 }

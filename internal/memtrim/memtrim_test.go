@@ -294,3 +294,63 @@ func TestTrimmerDefaultsTrimOneSecondAfterLoad(t *testing.T) {
 		}
 	}
 }
+
+// TestTrimmerSettlesAtTheFirstIdleSpell: Settled turns true at the first
+// IdleTicks quiet ticks in a row, whatever the heap holds, and stays true
+// through later load; a load tick before that starts the count again.
+func TestTrimmerSettlesAtTheFirstIdleSpell(t *testing.T) {
+	tr := NewTrimmer(Config{IdleTicks: 3, IdleAlloc: mib})
+	seq := []struct {
+		allocs uint64
+		want   bool
+	}{
+		{0, false},              // first sample
+		{1000, false},           // quiet 1
+		{2000, false},           // quiet 2
+		{100 * mib, false},      // load: start again
+		{100*mib + 1, false},    // quiet 1
+		{100*mib + 2, false},    // quiet 2
+		{100*mib + 3, true},     // quiet 3: settled
+		{300 * mib, true},       // load: still settled
+		{300*mib + 1000, true},  // quiet
+		{900 * mib, true},       // load
+		{900*mib + 1000, true},  // quiet
+		{1900 * mib, true},      // load
+		{1900*mib + 1000, true}, // quiet
+	}
+	for i, st := range seq {
+		tr.Step(Sample{Allocs: st.allocs, Held: 10 * mib})
+		if got := tr.Settled(); got != st.want {
+			t.Fatalf("tick %d: settled %v, want %v", i, got, st.want)
+		}
+	}
+}
+
+// TestRunCallsSettledOnce: the trimming goroutine runs Config.Settled
+// once, when the process first counts as idle, and never again however
+// many quiet ticks follow.
+func TestRunCallsSettledOnce(t *testing.T) {
+	var calls, reads, readsAtSettle atomic.Int64
+	tr := NewTrimmer(Config{
+		Interval: time.Millisecond, IdleTicks: 2,
+		Settled: func() { calls.Add(1); readsAtSettle.Store(reads.Load()) },
+	})
+	// Quiet samples: the same counters every tick.
+	read := func() Sample { reads.Add(1); return Sample{Allocs: 1, Held: mib} }
+	ctx, cancel := context.WithCancel(context.Background())
+	tr.Step(read()) // as Start does: the floor
+	done := make(chan int)
+	go func() { done <- tr.run(ctx, read) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for (calls.Load() == 0 || reads.Load() < readsAtSettle.Load()+50) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+	if n, r := calls.Load(), reads.Load()-readsAtSettle.Load(); n != 1 || r < 50 {
+		t.Fatalf("Settled ran %d times (want 1), %d ticks after it (want 50 or more)", n, r)
+	}
+	if at := readsAtSettle.Load(); at != 3 {
+		t.Fatalf("Settled ran after %d samples, want 3 (the floor, then IdleTicks quiet ticks)", at)
+	}
+}
