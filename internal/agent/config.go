@@ -104,11 +104,11 @@ type Config struct {
 	// single streams over long fat links.
 	MeshStreamWindow int `json:"meshStreamWindow,omitempty"`
 	// MeshDirectStreams, in insecure mode, gives each relayed TCP
-	// connection to a remote endpoint a TCP connection of its own to the
-	// peer agent instead of a stream of the shared yamux session, so
-	// that both agents splice its bytes in the kernel (default true; one
-	// TCP handshake per connection). Secure mode always multiplexes
-	// inside mutual TLS.
+	// connection to a remote endpoint, and each pooled upstream connection
+	// of the HTTP proxy, a TCP connection of its own to the peer agent
+	// instead of a stream of the shared yamux session, so that both agents
+	// relay it socket to socket (default true; one TCP handshake per
+	// connection). Secure mode always multiplexes inside mutual TLS.
 	MeshDirectStreams *bool `json:"meshDirectStreams,omitempty"`
 	// Relays are relay addresses (host:port; each answers reflexive UDP
 	// requests on the same address), e.g. one per region. With relays the

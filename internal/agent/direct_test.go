@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -93,24 +94,13 @@ func TestDirectStreamsThroughBothAgents(t *testing.T) {
 			t.Fatalf("via %s: workload answered %q, %v; want %q", vip, got, err, wantAnswer)
 		}
 	}
-	metric := func(a *Agent, name string) string {
-		var buf strings.Builder
-		a.cfg.Metrics.WritePrometheus(&buf)
-		for _, line := range strings.Split(buf.String(), "\n") {
-			if strings.HasPrefix(line, name+" ") {
-				return strings.TrimPrefix(line, name+" ")
-			}
-		}
-		return ""
-	}
-
 	send("127.43.0.1:19301")
 	send("127.43.0.1:19301")
-	if got := metric(b, `fogmesh_mesh_direct_streams_total{dir="out"}`); got != "2" {
-		t.Errorf("b opened %s direct streams, want 2", got)
+	if got := agentMetric(t, b, `fogmesh_mesh_direct_streams_total{dir="out"}`); got != 2 {
+		t.Errorf("b opened %v direct streams, want 2", got)
 	}
-	if got := metric(b, `fogmesh_mesh_sessions{dir="out"}`); got != "0" {
-		t.Errorf("b has %s yamux sessions, want 0", got)
+	if got := agentMetric(t, b, `fogmesh_mesh_sessions{dir="out"}`); got != 0 {
+		t.Errorf("b has %v yamux sessions, want 0", got)
 	}
 	waitFor(t, "the path to count the closed streams' bytes", func() bool {
 		for _, p := range b.peers.Status().Paths {
@@ -122,11 +112,11 @@ func TestDirectStreamsThroughBothAgents(t *testing.T) {
 	})
 
 	send("127.44.0.1:19301")
-	if got := metric(c, `fogmesh_mesh_direct_streams_total{dir="out"}`); got != "0" {
-		t.Errorf("with meshDirectStreams false, c opened %s direct streams", got)
+	if got := agentMetric(t, c, `fogmesh_mesh_direct_streams_total{dir="out"}`); got != 0 {
+		t.Errorf("with meshDirectStreams false, c opened %v direct streams", got)
 	}
-	if got := metric(c, `fogmesh_mesh_sessions{dir="out"}`); got != "1" {
-		t.Errorf("with meshDirectStreams false, c has %s yamux sessions, want 1", got)
+	if got := agentMetric(t, c, `fogmesh_mesh_sessions{dir="out"}`); got != 1 {
+		t.Errorf("with meshDirectStreams false, c has %v yamux sessions, want 1", got)
 	}
 }
 
@@ -157,5 +147,87 @@ func TestIdleTimeoutThroughDirectStream(t *testing.T) {
 	}
 	if !strings.Contains(buf.String(), `fogmesh_mesh_direct_streams_total{dir="out"} 3`) {
 		t.Fatalf("the connections did not take direct streams:\n%s", buf.String())
+	}
+}
+
+// TestHTTPThroughBothAgentsOnDirectStreams: in insecure mode the HTTP
+// proxy's pooled upstream connections to a remote endpoint are direct
+// streams too (header L7). Requests and their bodies cross them whole, on
+// kept-alive connections; the destination agent still takes the source
+// agent's X-Forwarded-For from them (the header's L7 flag arrives); and
+// with meshDirectStreams false the same requests share a yamux session.
+func TestHTTPThroughBothAgentsOnDirectStreams(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%d %s", len(body), r.Header.Get("X-Forwarded-For"))
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc("webdirect", 19302, "http"))
+	startAgent(t, agentOpts{name: "ha", site: "s1", region: "r1", vipOctet: 25, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload("webdirect", "webdirect-a", ln.Addr().(*net.TCPAddr).Port)}})
+	b := startAgent(t, agentOpts{name: "hb", site: "s1", region: "r1", vipOctet: 26, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
+	off := false
+	c := startAgentWith(t, agentOpts{name: "hc", site: "s1", region: "r1", vipOctet: 27, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()},
+		func(cfg *Config) { cfg.MeshDirectStreams = &off })
+	for _, x := range []*Agent{b, c} {
+		waitFor(t, x.cfg.Node.Name+" to learn the remote endpoint", func() bool {
+			eps := endpointsOf(x, "demo/webdirect")
+			return len(eps) == 1 && eps[0].Healthy
+		})
+	}
+
+	body := strings.Repeat("0123456789abcdef", 64<<10/16) // 64 KiB
+	run := func(url string) {
+		t.Helper()
+		cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 2}}
+		defer cl.CloseIdleConnections()
+		for i := range 40 {
+			var resp *http.Response
+			var err error
+			if i%2 == 0 {
+				resp, err = cl.Get(url)
+			} else {
+				resp, err = cl.Post(url, "text/plain", strings.NewReader(body))
+			}
+			if err != nil {
+				t.Fatalf("request %d via %s: %v", i, url, err)
+			}
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			want := "0 127.0.0.1"
+			if i%2 == 1 {
+				want = fmt.Sprintf("%d 127.0.0.1", len(body))
+			}
+			if err != nil || resp.StatusCode != http.StatusOK || string(got) != want {
+				t.Fatalf("request %d via %s: %d %q, %v; want 200 %q", i, url, resp.StatusCode, got, err, want)
+			}
+		}
+	}
+
+	run("http://127.26.0.1:19302/")
+	if got := agentMetric(t, b, `fogmesh_mesh_direct_streams_total{dir="out"}`); got < 1 {
+		t.Errorf("hb carried its HTTP requests on %v direct streams, want some", got)
+	}
+	if got := agentMetric(t, b, `fogmesh_mesh_sessions{dir="out"}`); got != 0 {
+		t.Errorf("hb has %v yamux sessions, want 0", got)
+	}
+
+	run("http://127.27.0.1:19302/")
+	if got := agentMetric(t, c, `fogmesh_mesh_direct_streams_total{dir="out"}`); got > 0 {
+		t.Errorf("with meshDirectStreams false, hc opened %v direct streams", got)
+	}
+	if got := agentMetric(t, c, `fogmesh_mesh_sessions{dir="out"}`); got != 1 {
+		t.Errorf("with meshDirectStreams false, hc has %v yamux sessions, want 1", got)
 	}
 }

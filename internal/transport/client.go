@@ -63,9 +63,11 @@ type ClientConfig struct {
 	// stream buffers here (default DefaultStreamWindow; values outside
 	// MinStreamWindow..MaxStreamWindow are clamped to that range).
 	StreamWindow int
-	// DirectStreams gives every stream whose header has neither L7 nor
-	// UDP set a TCP connection of its own in insecure mode (TLS nil), so
-	// that both agents splice its bytes (direct.go). Ignored with TLS.
+	// DirectStreams gives every stream whose header does not have UDP set
+	// (relayed TCP connections, and the HTTP proxy's pooled upstream
+	// connections) a TCP connection of its own in insecure mode (TLS nil),
+	// so that the agents relay it socket to socket (direct.go). Ignored
+	// with TLS.
 	DirectStreams bool
 	// DirectBytes, if set, is told the bytes a direct stream's connection
 	// received and sent (the kernel's count, header and status included)
