@@ -3,7 +3,9 @@ package memtrim
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,48 +26,23 @@ import (
 // Call it once, after start-up: a page the process still uses costs a
 // minor fault to map again.
 func ReleaseCode() (int64, error) {
-	var exe syscall.Stat_t
-	if err := syscall.Stat("/proc/self/exe", &exe); err != nil {
-		return 0, fmt.Errorf("memtrim: stat /proc/self/exe: %w", err)
-	}
 	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		return 0, fmt.Errorf("memtrim: %w", err)
 	}
 	defer f.Close()
-	type span struct {
-		start, end uintptr
-		anon       bool // some pages are private copies: not the file's
-	}
-	var spans []span
-	var cur *span
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if k, v, ok := strings.Cut(line, ":"); ok && !strings.Contains(k, " ") {
-			// A field of the mapping above. Pages of it that were written
-			// (relocated data made read-only afterwards, as in a PIE or
-			// a program linked with C) are not the file's: dropping
-			// them would lose the writes.
-			if cur != nil && k == "Anonymous" && strings.TrimSpace(v) != "0 kB" {
-				cur.anon = true
-			}
-			continue
-		}
-		cur = nil
-		if s, e, ok := exeReadOnlySpan(line, exe.Ino); ok {
-			spans = append(spans, span{start: s, end: e})
-			cur = &spans[len(spans)-1]
-		}
-	}
-	if err := sc.Err(); err != nil {
+	maps, err := readMappings(f)
+	if err != nil {
 		return 0, fmt.Errorf("memtrim: reading /proc/self/smaps: %w", err)
 	}
+	// The executable is the file mapped where this function's code is:
+	// its device and inode as the mappings name them (a stat of
+	// /proc/self/exe may name another inode on an overlay file system,
+	// as in a container).
+	pc, _, _, _ := runtime.Caller(0)
+	spans := codeSpans(maps, uintptr(pc))
 	var total int64
 	for _, sp := range spans {
-		if sp.anon {
-			continue
-		}
 		n := sp.end - sp.start
 		if _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, sp.start, n, syscall.MADV_DONTNEED); errno != 0 {
 			return total, fmt.Errorf("memtrim: madvise(MADV_DONTNEED) %#x+%d: %w", sp.start, n, errno)
@@ -73,34 +50,84 @@ func ReleaseCode() (int64, error) {
 		total += int64(n)
 	}
 	if total == 0 {
-		return 0, fmt.Errorf("memtrim: no read-only mapping of the executable (inode %d) holds only its file's pages", exe.Ino)
+		return 0, fmt.Errorf("memtrim: no read-only mapping of the executable holds only its file's pages")
 	}
 	return total, nil
 }
 
-// exeReadOnlySpan parses one mapping's line of /proc/self/maps or smaps ("start-end perms
-// offset dev inode path") and reports the range of a private mapping of the
-// file with inode ino that can be neither written nor shared: the
-// executable's code or read-only data.
-func exeReadOnlySpan(line string, ino uint64) (start, end uintptr, ok bool) {
+// mapping is one entry of /proc/self/smaps.
+type mapping struct {
+	start, end uintptr
+	perms      string // "r-xp"
+	file       string // device and inode, "fe:00 10461657"; "" for anonymous memory
+	anon       bool   // some pages are the process's own copies, not the file's
+}
+
+// readMappings parses /proc/self/smaps: a header line per mapping ("start-end
+// perms offset dev inode [path]"), then its fields ("Anonymous: 0 kB").
+func readMappings(r io.Reader) ([]mapping, error) {
+	var out []mapping
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		if k, v, ok := strings.Cut(line, ":"); ok && !strings.Contains(k, " ") {
+			// A field of the mapping above. Pages of it that were written
+			// (relocated data made read-only afterwards, as in a PIE or
+			// a program linked with C) are not the file's: dropping
+			// them would lose the writes.
+			if len(out) > 0 && k == "Anonymous" && strings.TrimSpace(v) != "0 kB" {
+				out[len(out)-1].anon = true
+			}
+			continue
+		}
+		if m, ok := parseMapping(line); ok {
+			out = append(out, m)
+		}
+	}
+	return out, sc.Err()
+}
+
+// parseMapping parses a mapping's header line.
+func parseMapping(line string) (mapping, bool) {
 	f := strings.Fields(line)
-	if len(f) < 6 {
-		return 0, 0, false
-	}
-	if f[1] != "r-xp" && f[1] != "r--p" {
-		return 0, 0, false
-	}
-	if n, err := strconv.ParseUint(f[4], 10, 64); err != nil || n != ino || n == 0 {
-		return 0, 0, false
+	if len(f) < 5 {
+		return mapping{}, false
 	}
 	lo, hi, found := strings.Cut(f[0], "-")
 	if !found {
-		return 0, 0, false
+		return mapping{}, false
 	}
 	s, err1 := strconv.ParseUint(lo, 16, 64)
 	e, err2 := strconv.ParseUint(hi, 16, 64)
-	if err1 != nil || err2 != nil || e <= s {
-		return 0, 0, false
+	ino, err3 := strconv.ParseUint(f[4], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || e <= s || len(f[1]) != 4 {
+		return mapping{}, false
 	}
-	return uintptr(s), uintptr(e), true
+	m := mapping{start: uintptr(s), end: uintptr(e), perms: f[1]}
+	if ino != 0 {
+		m.file = f[3] + " " + f[4]
+	}
+	return m, true
+}
+
+// codeSpans picks, from maps, the private mappings of the file mapped at
+// pc that cannot be written: its code (r-xp) and read-only data (r--p),
+// less any holding pages the process wrote.
+func codeSpans(maps []mapping, pc uintptr) []mapping {
+	file := ""
+	for _, m := range maps {
+		if m.start <= pc && pc < m.end {
+			file = m.file
+		}
+	}
+	if file == "" {
+		return nil
+	}
+	var out []mapping
+	for _, m := range maps {
+		if m.file == file && (m.perms == "r-xp" || m.perms == "r--p") && !m.anon {
+			out = append(out, m)
+		}
+	}
+	return out
 }

@@ -2,38 +2,84 @@ package memtrim
 
 import (
 	"bufio"
+	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 )
 
-func TestExeReadOnlySpan(t *testing.T) {
-	const ino = 10461657
-	for _, tc := range []struct {
-		line       string
-		start, end uintptr
-		ok         bool
-	}{
-		{"00400000-00b46000 r-xp 00000000 fe:00 10461657 /bin/fogmesh-agent", 0x400000, 0xb46000, true},
-		{"00b46000-01321000 r--p 00746000 fe:00 10461657 /bin/fogmesh-agent", 0xb46000, 0x1321000, true},
-		// The binary's data: written by the program, never dropped.
-		{"01321000-01399000 rw-p 00f21000 fe:00 10461657 /bin/fogmesh-agent", 0, 0, false},
-		// Another file, a shared mapping, anonymous memory, bad lines.
-		{"7f0000000000-7f0000001000 r--p 00000000 fe:00 99 /lib/x.so", 0, 0, false},
-		{"00400000-00b46000 r--s 00000000 fe:00 10461657 /bin/fogmesh-agent", 0, 0, false},
-		{"c000000000-c000400000 rw-p 00000000 00:00 0", 0, 0, false},
-		{"00b46000-00400000 r--p 00746000 fe:00 10461657 /bin/fogmesh-agent", 0, 0, false},
-		{"zz-01 r--p 0 fe:00 10461657 /bin/fogmesh-agent", 0, 0, false},
-		{"00400000-00b46000 r-xp", 0, 0, false},
-		{"", 0, 0, false},
-	} {
-		s, e, ok := exeReadOnlySpan(tc.line, ino)
-		if ok != tc.ok || s != tc.start || e != tc.end {
-			t.Errorf("%q: %#x-%#x %v, want %#x-%#x %v", tc.line, s, e, ok, tc.start, tc.end, tc.ok)
+func TestCodeSpans(t *testing.T) {
+	smaps := `00400000-00b46000 r-xp 00000000 fe:00 10461657 /bin/fogmesh-agent
+Rss:                3840 kB
+Anonymous:             0 kB
+00b46000-01321000 r--p 00746000 fe:00 10461657 /bin/fogmesh-agent
+Anonymous:             0 kB
+01321000-01399000 rw-p 00f21000 fe:00 10461657 /bin/fogmesh-agent
+Anonymous:           128 kB
+01399000-013a0000 r--p 00f99000 fe:00 10461657 /bin/fogmesh-agent
+Anonymous:             8 kB
+013a0000-013b0000 r--s 00fa0000 fe:00 10461657 /bin/fogmesh-agent
+Anonymous:             0 kB
+c000000000-c000400000 rw-p 00000000 00:00 0
+Anonymous:          4096 kB
+7f0000000000-7f0000001000 r--p 00000000 fe:00 99 /lib/x.so
+Anonymous:             0 kB
+7f0000001000-7f0000002000 r-xp 00000000 fe:01 10461657 /other/fs/same-inode
+Anonymous:             0 kB
+zz-01 r--p 0 fe:00 10461657 /bin/fogmesh-agent
+00b46000-00400000 r--p 00746000 fe:00 10461657 /bin/fogmesh-agent
+00400000-00b46000 r-xp
+`
+	maps, err := readMappings(strings.NewReader(smaps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(maps) != 8 {
+		t.Fatalf("parsed %d mappings, want 8 (three bad lines skipped): %+v", len(maps), maps)
+	}
+	// From the executable's code: its code and read-only data, not its
+	// data, not its relocated read-only data (written), not a shared
+	// mapping, not another device's file with the same inode.
+	got := codeSpans(maps, 0x400123)
+	want := []mapping{
+		{start: 0x400000, end: 0xb46000, perms: "r-xp", file: "fe:00 10461657"},
+		{start: 0xb46000, end: 0x1321000, perms: "r--p", file: "fe:00 10461657"},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("codeSpans = %+v, want %+v", got, want)
+	}
+	// A pc in anonymous memory, or nowhere: nothing.
+	if got := codeSpans(maps, 0xc000000100); got != nil {
+		t.Errorf("from anonymous memory: %+v", got)
+	}
+	if got := codeSpans(maps, 0x10); got != nil {
+		t.Errorf("from an unmapped pc: %+v", got)
+	}
+}
+
+// exeFile is the device and inode of the file this test's code runs from,
+// as /proc/self/smaps names them.
+func exeFile(t *testing.T) string {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no smaps: %v", err)
+	}
+	defer f.Close()
+	maps, err := readMappings(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, _, _, _ := runtime.Caller(0)
+	for _, m := range maps {
+		if m.start <= uintptr(pc) && uintptr(pc) < m.end && m.file != "" {
+			return m.file
 		}
 	}
+	t.Fatal("no file mapping holds this test's code")
+	return ""
 }
 
 // exeRSS is the kilobytes of the executable's read-only mappings that are
@@ -41,10 +87,7 @@ func TestExeReadOnlySpan(t *testing.T) {
 // those the process's own copies (Anonymous: relocated data in a PIE).
 func exeRSS(t *testing.T) (rss, anon int64) {
 	t.Helper()
-	var exe syscall.Stat_t
-	if err := syscall.Stat("/proc/self/exe", &exe); err != nil {
-		t.Fatal(err)
-	}
+	exe := exeFile(t)
 	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		t.Skipf("no smaps: %v", err)
@@ -68,7 +111,8 @@ func exeRSS(t *testing.T) (rss, anon int64) {
 			}
 			continue
 		}
-		_, _, in = exeReadOnlySpan(line, exe.Ino) // a mapping's header line
+		m, ok := parseMapping(line) // a mapping's header line
+		in = ok && m.file == exe && (m.perms == "r-xp" || m.perms == "r--p")
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
