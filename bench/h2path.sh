@@ -26,10 +26,11 @@ set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# Before lib.sh, which defaults ROUNDS to 2 for the others.
+ROUNDS=${ROUNDS:-3}
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
-ROUNDS=${ROUNDS:-3}
 LAT_SECONDS=${LAT_SECONDS:-4}
 H2LOAD_N=${H2LOAD_N:-50000}
 H2_CONNS=${H2_CONNS:-1}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -32,6 +34,10 @@ type FastPath struct {
 	cgLink                               link.Link
 	cgroup                               string
 	mounted                              bool // cgroup was mounted by Open
+	// When a pair leaves the kernel path (giveUpAfter, giveUpTime; tests
+	// shrink them). Set before the first Relay.
+	giveUpAfter int64
+	giveUpTime  time.Duration
 
 	mu     sync.Mutex // guards the following
 	closed bool
@@ -52,7 +58,8 @@ func Open(cgroupDir, mountDir string) (*FastPath, error) {
 		}
 	}
 	_ = rlimit.RemoveMemlock() // kernels before 5.11 count BPF memory there
-	f := &FastPath{cgroup: cgroupDir, mounted: mounted, eps: map[netip.AddrPort]int{}}
+	f := &FastPath{cgroup: cgroupDir, mounted: mounted, eps: map[netip.AddrPort]int{},
+		giveUpAfter: giveUpAfter, giveUpTime: giveUpTime}
 	ok := false
 	defer func() {
 		if !ok {
@@ -217,6 +224,11 @@ type Result struct {
 	ClientToUp, UpToClient             int64 // bytes relayed through the agent
 	Kernel                             bool  // the pair was linked in the kernel
 	KernelClientToUp, KernelUpToClient int64 // bytes the kernel sent past the agent
+	// GaveUp: the pair left the kernel path while open, the agent having
+	// forwarded most of one side's bytes for giveUpTime (a sender that
+	// never pauses, faster than its reader), and the agent spliced the
+	// rest.
+	GaveUp bool
 }
 
 // Relay relays client (accepted from a local client on a listener given to
@@ -238,10 +250,10 @@ func (f *FastPath) Relay(ctx context.Context, client, up *net.TCPConn, sent int6
 		return Result{ClientToUp: a, UpToClient: b}, err
 	}
 	defer p.unlink()
-	cw := &publishConn{Conn: client, f: f, key: p.e, peer: p.a1, cookie: p.cookieE}
-	uw := &publishConn{Conn: up, f: f, key: p.c, peer: p.a2, cookie: p.cookieC, n: sent}
+	cw := &publishConn{Conn: client, p: p, key: p.e, peer: p.a1, cookie: p.cookieE}
+	uw := &publishConn{Conn: up, p: p, key: p.c, peer: p.a2, cookie: p.cookieC, n: sent}
 	a, b, err := proxy.RelayIdleTCP(ctx, cw, uw, client, up, idle)
-	r := Result{ClientToUp: a, UpToClient: b, Kernel: true}
+	r := Result{ClientToUp: a, UpToClient: b, Kernel: true, GaveUp: p.gaveUp.Load()}
 	r.KernelClientToUp, r.KernelUpToClient = p.redirected()
 	return r, err
 }
@@ -265,6 +277,10 @@ type pair struct {
 	f                *FastPath
 	c, a1, a2, e     tuple
 	cookieC, cookieE uint64 // the far sockets' cookies
+
+	gaveUp     atomic.Bool // set before giveUp takes the pair out of the maps
+	giveUpOnce sync.Once
+	kernel     [2]int64 // redirected's answer, kept by giveUp
 }
 
 // link inserts the agent's sockets and links the far ones to them.
@@ -315,6 +331,10 @@ func (p *pair) unlink() {
 // redirected is the bytes the kernel sent past the agent from the client
 // and from the endpoint, and forgets the far sockets' counters.
 func (p *pair) redirected() (fromClient, fromEndpoint int64) {
+	if p.gaveUp.Load() {
+		p.giveUpOnce.Do(func() {}) // wait for giveUp to have kept them
+		return p.kernel[0], p.kernel[1]
+	}
 	var n [2]int64
 	for i, k := range []tuple{p.c, p.e} {
 		var v [countSize]byte
@@ -326,36 +346,124 @@ func (p *pair) redirected() (fromClient, fromEndpoint int64) {
 	return n[0], n[1]
 }
 
-// publishConn is an agent socket of a linked pair, without ReadFrom or
-// WriteTo so every write goes through Write: after each write it publishes
-// how many of the far socket key's bytes the agent has forwarded, which is
-// what lets the kernel take over once they are all through.
+// Leaving the kernel path. A sender that never pauses and outruns its
+// reader fills the agent's socket past maxQueued; its bytes then go the
+// agent's way, and the kernel can take them again only at a send that
+// finds every earlier byte forwarded, which such a sender allows only when
+// it pauses. Until then the agent relays them itself, through user space,
+// with a map update per write and the programs still running on every
+// send and ACK: slower than its plain splice relay (bench/fastpath.sh,
+// with a busy core: 0.30x direct against 0.45x). So each direction keeps
+// score in windows of at least giveUpTime, looking at the kernel's count
+// every eighth of giveUpAfter the agent forwards: a window in which the agent
+// forwarded giveUpAfter bytes or more and the kernel under a fifth as
+// many gives up the pair. It leaves the maps (the programs no longer see
+// its sockets) and both directions splice from then on. Short spells (a
+// reader that fell behind for a moment: the bulk runs of a quiet machine
+// have them) keep the kernel path; a reader that stays behind, with the
+// kernel taking a burst now and then while the sender pauses, does not.
+const (
+	giveUpAfter = 64 << 20
+	giveUpTime  = 3 * time.Second
+)
+
+// giveUp takes the pair out of the kernel path for good, keeping the
+// bytes the kernel carried so far for Result. Sends already redirected
+// went out in order (the program redirects only when the agent has
+// forwarded every earlier byte); every later send goes the agent's way.
+func (p *pair) giveUp() {
+	p.giveUpOnce.Do(func() {
+		var n [2]int64
+		for i, k := range []tuple{p.c, p.e} {
+			var v [countSize]byte
+			if p.f.counts.Lookup(k[:], v[:]) == nil {
+				n[i] = int64(binary.NativeEndian.Uint64(v[8:]))
+			}
+		}
+		p.kernel = n
+		p.gaveUp.Store(true)
+		p.unlink()
+		p.f.sockhash.Delete(p.c[:])
+		p.f.sockhash.Delete(p.e[:])
+		p.f.counts.Delete(p.c[:])
+		p.f.counts.Delete(p.e[:])
+	})
+}
+
+// kernelSent is the bytes the kernel has redirected from the far socket
+// with key k so far (0 once the pair gave up).
+func (p *pair) kernelSent(k tuple) int64 {
+	var v [countSize]byte
+	if p.f.counts.Lookup(k[:], v[:]) != nil {
+		return 0
+	}
+	return int64(binary.NativeEndian.Uint64(v[8:]))
+}
+
+// publishConn is an agent socket of a linked pair. Its writes go through
+// Write: after each one it publishes how many of the far socket key's
+// bytes the agent has forwarded, which is what lets the kernel take over
+// once they are all through. Once the pair gave up the kernel path,
+// ReadFrom splices instead.
 type publishConn struct {
 	net.Conn
-	f         *FastPath
+	p         *pair
 	key, peer tuple  // the far socket whose bytes this conn writes; the socket they go out of
 	cookie    uint64 // the far socket's cookie
 	n         int64
 	val       [linkSize]byte // the link value Write publishes
+
+	sinceCheck int64     // bytes written since the last look at the kernel's count
+	winAt      time.Time // the score's window: when it began (zero: at the next look),
+	winN, winK int64     // and n and the kernel's count then
 }
 
 func (c *publishConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
-	if n > 0 {
-		c.n += int64(n)
-		putLink(c.val[:], c.peer, uint64(c.n), c.cookie) // no allocation per write
-		if perr := c.f.links.Update(c.key[:], c.val[:], ebpf.UpdateExist); perr != nil && err == nil {
-			err = fmt.Errorf("fastpath: publish forwarded bytes: %w", perr)
+	if n <= 0 || c.p.gaveUp.Load() {
+		return n, err
+	}
+	c.n += int64(n)
+	putLink(c.val[:], c.peer, uint64(c.n), c.cookie) // no allocation per write
+	if perr := c.p.f.links.Update(c.key[:], c.val[:], ebpf.UpdateExist); perr != nil && err == nil && !c.p.gaveUp.Load() {
+		err = fmt.Errorf("fastpath: publish forwarded bytes: %w", perr)
+	}
+	if c.sinceCheck += int64(n); c.sinceCheck >= c.p.f.giveUpAfter/8 {
+		c.sinceCheck = 0
+		now, k := time.Now(), c.p.kernelSent(c.key)
+		switch {
+		case c.winAt.IsZero():
+			c.winAt, c.winN, c.winK = now, c.n, k
+		case now.Sub(c.winAt) >= c.p.f.giveUpTime:
+			if agent := c.n - c.winN; agent >= c.p.f.giveUpAfter && 5*(k-c.winK) < agent {
+				c.p.giveUp()
+			}
+			c.winAt, c.winN, c.winK = now, c.n, k
 		}
 	}
 	return n, err
+}
+
+// ReadFrom copies r (the other agent socket of the pair, or its
+// publishConn) here: through Write while the pair is linked, then, once it
+// gave up the kernel path, with splice(2) between the two sockets.
+func (c *publishConn) ReadFrom(r io.Reader) (int64, error) {
+	n, stopped, err := proxy.CopyWhile(c, r, func() bool { return !c.p.gaveUp.Load() })
+	if !stopped {
+		return n, err
+	}
+	if pc, ok := r.(*publishConn); ok {
+		r = pc.Conn
+	}
+	m, err := c.Conn.(*net.TCPConn).ReadFrom(r)
+	return n + m, err
 }
 
 // Close ends the link whose bytes leave from this socket before it closes,
 // so the far side's later sends go to the agent's path (and meet the
 // closed connection there) instead of a socket leaving the sockhash.
 func (c *publishConn) Close() error {
-	_ = c.f.links.Delete(c.key[:])
+	_ = c.p.f.links.Delete(c.key[:])
 	return c.Conn.Close()
 }
 

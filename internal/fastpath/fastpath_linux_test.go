@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/fogmesh/fogmesh/internal/netlab"
 	"github.com/fogmesh/fogmesh/internal/testenv"
@@ -552,5 +555,98 @@ func TestOneWayAndSlowReaders(t *testing.T) {
 				t.Fatalf("%+v: %d bytes moved, want %d (and the greeting's 7)", r, moved, total)
 			}
 		})
+	}
+}
+
+// TestNeverPausingSenderGivesUp: a client that uploads without pausing to
+// a reader slower than it fills the agent's socket past the bound; its
+// bytes go the agent's way and cannot come back to the kernel, so once the
+// agent has carried most of them for a while the pair leaves the kernel
+// path and the agent splices the rest. Every byte arrives, in order, and
+// Result says so. (The thresholds are shrunk to keep the test short: 8 MiB
+// in windows of 300 ms, where the reader takes about 18 MB.)
+func TestNeverPausingSenderGivesUp(t *testing.T) {
+	f := openForTest(t)
+	f.giveUpAfter, f.giveUpTime = 8<<20, 300*time.Millisecond
+	ln := listen(t, f)
+	const total = 96 << 20
+	srv, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	srvSum := make(chan [32]byte, 1)
+	go func() {
+		c, err := srv.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+			return
+		}
+		c.Write([]byte("ok"))
+		// A slow reader: 64 KiB a millisecond at most.
+		h := sha256.New()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			h.Write(buf[:n])
+			if err != nil {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		srvSum <- [32]byte(h.Sum(nil))
+	}()
+	p := relayOne(t, f, ln, srv.Addr().(*net.TCPAddr).AddrPort())
+	p.client.SetDeadline(time.Now().Add(60 * time.Second))
+	p.client.Write([]byte("hello"))
+	if _, err := io.ReadFull(p.client, make([]byte, 2)); err != nil {
+		t.Fatalf("greeting: %v", err)
+	}
+	// The upload: pseudo-random 1 MiB chunks, written back to back.
+	h := sha256.New()
+	rng := rand.New(rand.NewPCG(9, 9))
+	chunk := make([]byte, 1<<20)
+	for sent := 0; sent < total; sent += len(chunk) {
+		for i := 0; i < len(chunk); i += 8 {
+			binary.LittleEndian.PutUint64(chunk[i:], rng.Uint64())
+		}
+		h.Write(chunk)
+		if _, err := p.client.Write(chunk); err != nil {
+			t.Fatalf("upload at %d: %v", sent, err)
+		}
+	}
+	want := [32]byte(h.Sum(nil))
+	p.client.(*net.TCPConn).CloseWrite()
+	select {
+	case got := <-srvSum:
+		if got != want {
+			t.Fatal("the endpoint received a different stream")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the endpoint never saw the end of the upload")
+	}
+	p.client.Close()
+	var r Result
+	select {
+	case r = <-p.result:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Relay did not end")
+	}
+	t.Logf("%+v", r)
+	if !r.Kernel || !r.GaveUp {
+		t.Fatalf("the pair did not give up the kernel path: %+v", r)
+	}
+	if moved := r.KernelClientToUp + r.KernelUpToClient + r.ClientToUp + r.UpToClient; moved != total+7 {
+		t.Fatalf("%+v: %d bytes moved, want %d (and the greeting's 7)", r, moved, total)
+	}
+	// The pair's entries left the maps when it gave up.
+	for _, m := range []*ebpf.Map{f.links, f.counts} {
+		var k, v []byte
+		if it := m.Iterate(); it.Next(&k, &v) {
+			t.Errorf("map %v still holds an entry after the pair gave up and ended", m)
+		}
 	}
 }

@@ -47,6 +47,16 @@ func copyConn(dst io.Writer, src io.Reader) (int64, error) {
 // lazyCopy is io.Copy whose buffer is small while src is idle and large
 // only during bursts (see smallCopyBuf).
 func lazyCopy(dst io.Writer, src io.Reader) (written int64, err error) {
+	written, _, err = CopyWhile(dst, src, nil)
+	return written, err
+}
+
+// CopyWhile copies src to dst as the relays do for connections that
+// cannot copy by themselves (a small buffer while src is idle, a large
+// pooled one during bursts), until src ends, a read or write fails, or,
+// after a write, more (if not nil) reports false: then stopped is true and
+// the caller may go on copying another way.
+func CopyWhile(dst io.Writer, src io.Reader, more func() bool) (written int64, stopped bool, err error) {
 	var small [smallCopyBuf]byte
 	buf := small[:]
 	var large *[]byte
@@ -64,17 +74,20 @@ func lazyCopy(dst io.Writer, src io.Reader) (written int64, err error) {
 			}
 			written += int64(m)
 			if werr != nil {
-				return written, werr
+				return written, false, werr
 			}
 			if m != n {
-				return written, io.ErrShortWrite
+				return written, false, io.ErrShortWrite
 			}
 		}
 		if rerr != nil {
 			if rerr == io.EOF {
-				return written, nil
+				return written, false, nil
 			}
-			return written, rerr
+			return written, false, rerr
+		}
+		if more != nil && !more() {
+			return written, true, nil
 		}
 		switch {
 		case large == nil && n == len(buf):
