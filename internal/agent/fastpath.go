@@ -65,6 +65,7 @@ type fastPathState struct {
 	listening map[netip.AddrPort]bool // VIP:ports registered with fp (a.mu)
 
 	kernelConns, agentConns *metrics.Counter // tcp pairs to local endpoints, by path
+	gaveUp                  *metrics.Counter // kernel pairs that left the kernel path while open
 	kernelUp, kernelDown    *metrics.Counter // bytes the kernel moved past the agent
 }
 
@@ -76,6 +77,7 @@ func (a *Agent) initFastPath() error {
 	m := a.cfg.Metrics
 	st.kernelConns = m.NewCounter(`fogmesh_agent_fastpath_connections_total{path="kernel"}`)
 	st.agentConns = m.NewCounter(`fogmesh_agent_fastpath_connections_total{path="agent"}`)
+	st.gaveUp = m.NewCounter(`fogmesh_agent_fastpath_gave_up_total`)
 	st.kernelUp = m.NewCounter(`fogmesh_agent_fastpath_bytes_total{direction="client_to_endpoint"}`)
 	st.kernelDown = m.NewCounter(`fogmesh_agent_fastpath_bytes_total{direction="endpoint_to_client"}`)
 	m.NewGauge(`fogmesh_agent_fastpath_active`, func() float64 {
@@ -216,6 +218,9 @@ func (a *Agent) relayTCP(ctx context.Context, client, up net.Conn, fast fastDone
 		a.fast.kernelConns.Inc()
 		a.fast.kernelUp.Add(int(r.KernelClientToUp))
 		a.fast.kernelDown.Add(int(r.KernelUpToClient))
+		if r.GaveUp {
+			a.fast.gaveUp.Inc()
+		}
 	} else {
 		a.fast.agentConns.Inc()
 	}

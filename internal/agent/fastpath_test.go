@@ -62,6 +62,9 @@ func TestFastPathSameNodeTCP(t *testing.T) {
 	if n := metric(`fogmesh_agent_fastpath_connections_total{path="agent"}`); n != 0 {
 		t.Fatalf("%d connections fell back to the agent's relay", n)
 	}
+	if n := metric(`fogmesh_agent_fastpath_gave_up_total`); n != 0 {
+		t.Fatalf("%d kernel pairs of a request-response exchange gave up the kernel path", n)
+	}
 	if metric(`fogmesh_agent_idle_timeouts_total{service="demo/fast"}`) != 1 {
 		t.Fatal("the idle close was not counted")
 	}
