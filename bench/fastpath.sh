@@ -80,12 +80,16 @@ kernel_bytes() { # the bytes the kernel carried past the agent so far, both ways
   curl -fsS "http://127.0.0.1:$P_ADM/metrics" |
     awk '/^fogmesh_agent_fastpath_bytes_total/ {s += $2} END {printf "%.0f", s}'
 }
-declare -A SET_TP SET_KB SET_SENT
+gave_up() { # pairs that left the kernel path so far
+  curl -fsS "http://127.0.0.1:$P_ADM/metrics" | awk '/^fogmesh_agent_fastpath_gave_up_total/ {print $2}'
+}
+declare -A SET_TP SET_KB SET_SENT SET_GAVE
 run_set() { # NAME: ROUNDS rounds of both engines; the medians and the kernel's share
-  local name=$1 k0 k1 r sent=0
-  k0=$(kernel_bytes)
+  local name=$1 k0 k1 g0 g1 r sent=0
+  k0=$(kernel_bytes); g0=$(gave_up)
   iperf_rounds direct bpf user
-  k1=$(kernel_bytes)
+  k1=$(kernel_bytes); g1=$(gave_up)
+  SET_GAVE[$name]=$((g1 - g0))
   for r in $(seq 1 "$ROUNDS"); do
     case ${TP[bpf,$r]} in fail) ;; *) sent=$(awk -v s="$sent" -v g="${TP[bpf,$r]}" -v t="$IPERF_SECONDS" 'BEGIN {printf "%.0f", s + g * 1e9 / 8 * t}') ;; esac
   done
@@ -117,14 +121,14 @@ mkdir -p "$ROOT/bench/out"
   echo
   echo "iperf3 1 stream ${IPERF_SECONDS}s, $ROUNDS rounds per set, engines interleaved; Gbit/s median (per round)."
   echo
-  echo "| set | (a) direct | (b-bpf) one agent, kernel fast path | ratio | kernel carried of the bytes through the agent | (b) one agent, userspace | ratio |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| set | (a) direct | (b-bpf) one agent, kernel fast path | ratio | kernel carried of the bytes through the agent | pairs that gave up the kernel path | (b) one agent, userspace | ratio |"
+  echo "|---|---|---|---|---|---|---|---|"
   for s in quiet busy; do
     [ -n "${SET_TP[$s,direct]:-}" ] || continue
     share=$(calc "%.0f %%" "${SET_KB[$s]}" "${SET_SENT[$s]}" "b > 0 ? 100 * a / b : 0")
     label=$s; [ "$s" = busy ] && label="one busy loop beside"
     [ "$s" = quiet ] && label="machine left alone"
-    echo "| $label | ${SET_TP[$s,direct]} | ${SET_TP[$s,bpf]} | ${SET_TP[$s,ratio]} | $share | ${SET_TP[$s,user]} | ${SET_TP[$s,uratio]} |"
+    echo "| $label | ${SET_TP[$s,direct]} | ${SET_TP[$s,bpf]} | ${SET_TP[$s,ratio]} | $share | ${SET_GAVE[$s]} of $((2 * ROUNDS)) | ${SET_TP[$s,user]} | ${SET_TP[$s,uratio]} |"
   done
   echo
   echo "The kernel's share comes from the agent's fogmesh_agent_fastpath_bytes_total against iperf3's received"

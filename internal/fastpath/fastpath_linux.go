@@ -280,7 +280,6 @@ type pair struct {
 
 	gaveUp     atomic.Bool // set before giveUp takes the pair out of the maps
 	giveUpOnce sync.Once
-	kernel     [2]int64 // redirected's answer, kept by giveUp
 }
 
 // link inserts the agent's sockets and links the far ones to them.
@@ -331,10 +330,6 @@ func (p *pair) unlink() {
 // redirected is the bytes the kernel sent past the agent from the client
 // and from the endpoint, and forgets the far sockets' counters.
 func (p *pair) redirected() (fromClient, fromEndpoint int64) {
-	if p.gaveUp.Load() {
-		p.giveUpOnce.Do(func() {}) // wait for giveUp to have kept them
-		return p.kernel[0], p.kernel[1]
-	}
 	var n [2]int64
 	for i, k := range []tuple{p.c, p.e} {
 		var v [countSize]byte
@@ -367,37 +362,34 @@ const (
 	giveUpTime  = 3 * time.Second
 )
 
-// giveUp takes the pair out of the kernel path for good, keeping the
-// bytes the kernel carried so far for Result. Sends already redirected
-// went out in order (the program redirects only when the agent has
-// forwarded every earlier byte); every later send goes the agent's way.
+// giveUp takes the pair out of the kernel path for good. Sends already
+// redirected went out in order (the program redirects only when the agent
+// has forwarded every earlier byte); once the links are gone every later
+// send goes the agent's way, and once the far sockets leave the sockhash
+// the programs no longer run on their sends. The agent's own sockets stay
+// in the sockhash until Relay ends: a send whose verdict read the link
+// just before it was deleted still finds its target there (the kernel
+// looks the target's state up after the verdict; missing, the bytes would
+// be lost or the sender get EPIPE). The counters stay too, for Result.
 func (p *pair) giveUp() {
 	p.giveUpOnce.Do(func() {
-		var n [2]int64
-		for i, k := range []tuple{p.c, p.e} {
-			var v [countSize]byte
-			if p.f.counts.Lookup(k[:], v[:]) == nil {
-				n[i] = int64(binary.NativeEndian.Uint64(v[8:]))
-			}
-		}
-		p.kernel = n
 		p.gaveUp.Store(true)
-		p.unlink()
+		p.f.links.Delete(p.c[:])
+		p.f.links.Delete(p.e[:])
 		p.f.sockhash.Delete(p.c[:])
 		p.f.sockhash.Delete(p.e[:])
-		p.f.counts.Delete(p.c[:])
-		p.f.counts.Delete(p.e[:])
 	})
 }
 
 // kernelSent is the bytes the kernel has redirected from the far socket
-// with key k so far (0 once the pair gave up).
-func (p *pair) kernelSent(k tuple) int64 {
+// with key k so far; ok is false when its counter is gone (the map is an
+// LRU).
+func (p *pair) kernelSent(k tuple) (n int64, ok bool) {
 	var v [countSize]byte
 	if p.f.counts.Lookup(k[:], v[:]) != nil {
-		return 0
+		return 0, false
 	}
-	return int64(binary.NativeEndian.Uint64(v[8:]))
+	return int64(binary.NativeEndian.Uint64(v[8:])), true
 }
 
 // publishConn is an agent socket of a linked pair. Its writes go through
@@ -430,8 +422,11 @@ func (c *publishConn) Write(b []byte) (int, error) {
 	}
 	if c.sinceCheck += int64(n); c.sinceCheck >= c.p.f.giveUpAfter/8 {
 		c.sinceCheck = 0
-		now, k := time.Now(), c.p.kernelSent(c.key)
+		now := time.Now()
+		k, ok := c.p.kernelSent(c.key)
 		switch {
+		case !ok:
+			// No counter to judge by: keep the kernel path.
 		case c.winAt.IsZero():
 			c.winAt, c.winN, c.winK = now, c.n, k
 		case now.Sub(c.winAt) >= c.p.f.giveUpTime:

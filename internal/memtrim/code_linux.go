@@ -75,7 +75,9 @@ func readMappings(r io.Reader) ([]mapping, error) {
 			// (relocated data made read-only afterwards, as in a PIE or
 			// a program linked with C) are not the file's: dropping
 			// them would lose the writes.
-			if len(out) > 0 && k == "Anonymous" && strings.TrimSpace(v) != "0 kB" {
+			// Such pages count under Anonymous while resident and under
+			// Swap once swapped out.
+			if len(out) > 0 && (k == "Anonymous" || k == "Swap") && strings.TrimSpace(v) != "0 kB" {
 				out[len(out)-1].anon = true
 			}
 			continue

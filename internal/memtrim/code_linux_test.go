@@ -20,7 +20,10 @@ Anonymous:             0 kB
 Anonymous:           128 kB
 01399000-013a0000 r--p 00f99000 fe:00 10461657 /bin/fogmesh-agent
 Anonymous:             8 kB
-013a0000-013b0000 r--s 00fa0000 fe:00 10461657 /bin/fogmesh-agent
+013a0000-013a8000 r--p 00fa0000 fe:00 10461657 /bin/fogmesh-agent
+Anonymous:             0 kB
+Swap:                 28 kB
+013a8000-013b0000 r--s 00fa8000 fe:00 10461657 /bin/fogmesh-agent
 Anonymous:             0 kB
 c000000000-c000400000 rw-p 00000000 00:00 0
 Anonymous:          4096 kB
@@ -36,12 +39,13 @@ zz-01 r--p 0 fe:00 10461657 /bin/fogmesh-agent
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(maps) != 8 {
-		t.Fatalf("parsed %d mappings, want 8 (three bad lines skipped): %+v", len(maps), maps)
+	if len(maps) != 9 {
+		t.Fatalf("parsed %d mappings, want 9 (three bad lines skipped): %+v", len(maps), maps)
 	}
 	// From the executable's code: its code and read-only data, not its
-	// data, not its relocated read-only data (written), not a shared
-	// mapping, not another device's file with the same inode.
+	// data, not its relocated read-only data (written: resident, or
+	// swapped out), not a shared mapping, not another device's file with
+	// the same inode.
 	got := codeSpans(maps, 0x400123)
 	want := []mapping{
 		{start: 0x400000, end: 0xb46000, perms: "r-xp", file: "fe:00 10461657"},
