@@ -75,6 +75,13 @@ func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (con
 	// attempt got through (Live), whatever the peer answers later.
 	p.directUp.Store(err == nil)
 	if err != nil {
+		if ctx.Err() == nil {
+			// The connection could not be made (no local port free, a
+			// lost SYN): the session, if one is up or can be dialed,
+			// still carries the stream.
+			c.log.Debug("mesh: direct stream not connected, opening it on the session", "peer", meshAddr, "err", err)
+			return nil, false, nil
+		}
 		return nil, true, err
 	}
 	watchPeer(carrier)

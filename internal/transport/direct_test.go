@@ -9,12 +9,15 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/yamux"
 	"golang.org/x/time/rate"
+
+	"github.com/fogmesh/fogmesh/internal/netseam"
 )
 
 // directBytesLog collects what a client's DirectBytes reports.
@@ -389,5 +392,31 @@ func TestServerCloseWithSilentPlainConn(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Server.Close waits for a silent connection's first byte")
+	}
+}
+
+// failDirectNet is the OS network whose DirectDialer always fails, as a
+// connect does when no local port is free: sessions still dial.
+type failDirectNet struct{ netseam.OS }
+
+func (failDirectNet) DialDirect(context.Context, string) (net.Conn, error) {
+	return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.EADDRNOTAVAIL}
+}
+
+// TestDirectStreamNotConnectedUsesSession: when a direct stream's own
+// connection cannot be made, the stream opens on the session instead of
+// failing.
+func TestDirectStreamNotConnectedUsesSession(t *testing.T) {
+	ts := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"ep": serveWorkload(t, "127.0.0.1:0", echo)}, nil)
+	c := NewClient(ClientConfig{SourceNode: "node-a", Metrics: metrics.NewSet(), DirectStreams: true, Network: failDirectNet{}})
+	t.Cleanup(func() { c.Close() })
+	conn, err := c.Dial(context.Background(), ts.addr, header("ep"))
+	if err != nil {
+		t.Fatalf("Dial with the direct connection failing: %v", err)
+	}
+	roundTrip(t, conn, "via the session")
+	conn.Close()
+	if n := c.Sessions(); n != 1 {
+		t.Errorf("%d sessions, want the one that carried the stream", n)
 	}
 }
