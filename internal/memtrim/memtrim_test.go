@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 const mib = 1 << 20
@@ -341,10 +343,9 @@ func TestRunCallsSettledOnce(t *testing.T) {
 	tr.Step(read()) // as Start does: the floor
 	done := make(chan int)
 	go func() { done <- tr.run(ctx, read) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for (calls.Load() == 0 || reads.Load() < readsAtSettle.Load()+50) && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "Settled, then 50 more ticks", func() bool {
+		return calls.Load() > 0 && reads.Load() >= readsAtSettle.Load()+50
+	})
 	cancel()
 	<-done
 	if n, r := calls.Load(), reads.Load()-readsAtSettle.Load(); n != 1 || r < 50 {
