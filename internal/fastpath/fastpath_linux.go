@@ -352,8 +352,8 @@ func (p *pair) redirected() (fromClient, fromEndpoint int64) {
 // score in windows of at least giveUpTime, looking at the kernel's count
 // every eighth of giveUpAfter the agent forwards: a window in which the agent
 // forwarded giveUpAfter bytes or more and the kernel under a fifth as
-// many gives up the pair. It leaves the maps (the programs no longer see
-// its sockets) and both directions splice from then on. Short spells (a
+// many gives up the pair (giveUp): the kernel redirects none of its bytes
+// and both directions splice from then on. Short spells (a
 // reader that fell behind for a moment: the bulk runs of a quiet machine
 // have them) keep the kernel path; a reader that stays behind, with the
 // kernel taking a burst now and then while the sender pauses, does not.
