@@ -456,6 +456,39 @@ func reuseAddr(network, address string, rc syscall.RawConn) error {
 // keeps up, to one that starts late, and back to a client that reads late.
 // A sender whose bytes the kernel takes never waits on its own socket, so
 // a redirect into a full agent socket would leave it waiting forever; the
+// greetedPair starts an endpoint that reads the client's 5-byte greeting,
+// answers "ok" and hands the connection to serve, relays a client to it
+// through f as the agent would, and exchanges the greeting: the pair is
+// linked and drained when the test's bulk bytes start, as with most
+// protocols.
+func greetedPair(t *testing.T, f *FastPath, ln net.Listener, serve func(c net.Conn)) agentPair {
+	t.Helper()
+	srv, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	go func() {
+		c, err := srv.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+			return
+		}
+		c.Write([]byte("ok"))
+		serve(c)
+	}()
+	p := relayOne(t, f, ln, srv.Addr().(*net.TCPAddr).AddrPort())
+	p.client.SetDeadline(time.Now().Add(60 * time.Second))
+	p.client.Write([]byte("hello"))
+	if _, err := io.ReadFull(p.client, make([]byte, 2)); err != nil {
+		t.Fatalf("greeting: %v", err)
+	}
+	return p
+}
+
 // queue bound must keep every transfer moving to its end.
 func TestOneWayAndSlowReaders(t *testing.T) {
 	f := openForTest(t)
@@ -471,11 +504,6 @@ func TestOneWayAndSlowReaders(t *testing.T) {
 		{"download, client reads after 500ms", false, 500 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv, err := net.Listen("tcp4", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
 			data := make([]byte, total)
 			rng := rand.New(rand.NewPCG(7, 7))
 			for i := range data {
@@ -483,18 +511,7 @@ func TestOneWayAndSlowReaders(t *testing.T) {
 			}
 			want := sha256.Sum256(data)
 			srvSum := make(chan [32]byte, 1)
-			go func() {
-				c, err := srv.Accept()
-				if err != nil {
-					return
-				}
-				defer c.Close()
-				// A greeting first, as most protocols have: the pair is
-				// linked and drained when the bulk bytes start.
-				if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
-					return
-				}
-				c.Write([]byte("ok"))
+			p := greetedPair(t, f, ln, func(c net.Conn) {
 				if tc.upload {
 					time.Sleep(tc.readerDelay)
 					h := sha256.New()
@@ -505,14 +522,7 @@ func TestOneWayAndSlowReaders(t *testing.T) {
 				c.Write(data)
 				c.(*net.TCPConn).CloseWrite()
 				io.Copy(io.Discard, c)
-			}()
-			ep := srv.Addr().(*net.TCPAddr).AddrPort()
-			p := relayOne(t, f, ln, ep)
-			p.client.SetDeadline(time.Now().Add(30 * time.Second))
-			p.client.Write([]byte("hello"))
-			if _, err := io.ReadFull(p.client, make([]byte, 2)); err != nil {
-				t.Fatalf("greeting: %v", err)
-			}
+			})
 			if tc.upload {
 				if _, err := p.client.Write(data); err != nil {
 					t.Fatalf("upload stalled or failed: %v", err)
@@ -570,22 +580,8 @@ func TestNeverPausingSenderGivesUp(t *testing.T) {
 	f.giveUpAfter, f.giveUpTime = 8<<20, 300*time.Millisecond
 	ln := listen(t, f)
 	const total = 96 << 20
-	srv, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
 	srvSum := make(chan [32]byte, 1)
-	go func() {
-		c, err := srv.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
-			return
-		}
-		c.Write([]byte("ok"))
+	p := greetedPair(t, f, ln, func(c net.Conn) {
 		// A slow reader: 64 KiB a millisecond at most.
 		h := sha256.New()
 		buf := make([]byte, 64<<10)
@@ -598,13 +594,7 @@ func TestNeverPausingSenderGivesUp(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		srvSum <- [32]byte(h.Sum(nil))
-	}()
-	p := relayOne(t, f, ln, srv.Addr().(*net.TCPAddr).AddrPort())
-	p.client.SetDeadline(time.Now().Add(60 * time.Second))
-	p.client.Write([]byte("hello"))
-	if _, err := io.ReadFull(p.client, make([]byte, 2)); err != nil {
-		t.Fatalf("greeting: %v", err)
-	}
+	})
 	// The upload: pseudo-random 1 MiB chunks, written back to back.
 	h := sha256.New()
 	rng := rand.New(rand.NewPCG(9, 9))

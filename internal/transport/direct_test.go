@@ -191,16 +191,7 @@ func TestDirectStreamsEndWithClientAndServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the server reads the direct stream's header", func() bool { return ts.ActiveStreams() == 1 })
-	closed := make(chan error, 1)
-	go func() { closed <- ts.Close() }()
-	select {
-	case err := <-closed:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Server.Close waits for a direct stream's header")
-	}
+	closeWithin(t, ts, 5*time.Second, "Server.Close waits for a direct stream's header")
 }
 
 // TestDirectStreamHostileBytes: on the plaintext mesh port, a connection
@@ -383,6 +374,13 @@ func TestServerCloseWithSilentPlainConn(t *testing.T) {
 	}
 	defer raw.Close()
 	eventually(t, "the server to accept it", func() bool { return ts.ln.accepted.Load() == 1 })
+	closeWithin(t, ts, 5*time.Second, "Server.Close waits for a silent connection's first byte")
+}
+
+// closeWithin closes ts and fails the test with what if that takes longer
+// than d, or with Close's error.
+func closeWithin(t *testing.T, ts *testServer, d time.Duration, what string) {
+	t.Helper()
 	closed := make(chan error, 1)
 	go func() { closed <- ts.Close() }()
 	select {
@@ -390,8 +388,8 @@ func TestServerCloseWithSilentPlainConn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Server.Close waits for a silent connection's first byte")
+	case <-time.After(d):
+		t.Fatal(what)
 	}
 }
 
