@@ -66,6 +66,21 @@ type agentPair struct {
 	result chan Result
 }
 
+// end closes the client's end and returns Relay's result (logged), failing
+// the test if Relay does not end within 10 s.
+func (p agentPair) end(t *testing.T) Result {
+	t.Helper()
+	p.client.Close()
+	select {
+	case r := <-p.result:
+		t.Logf("%+v", r)
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("Relay did not end")
+		return Result{}
+	}
+}
+
 // relayOne accepts one connection on ln, dials ep and relays them with f
 // as the agent would.
 func relayOne(t *testing.T, f *FastPath, ln net.Listener, ep netip.AddrPort) agentPair {
@@ -546,14 +561,7 @@ func TestOneWayAndSlowReaders(t *testing.T) {
 					t.Fatal("the client received a different stream")
 				}
 			}
-			p.client.Close()
-			var r Result
-			select {
-			case r = <-p.result:
-			case <-time.After(10 * time.Second):
-				t.Fatal("Relay did not end")
-			}
-			t.Logf("%+v", r)
+			r := p.end(t)
 			kernel := r.KernelClientToUp
 			if !tc.upload {
 				kernel = r.KernelUpToClient
@@ -618,14 +626,7 @@ func TestNeverPausingSenderGivesUp(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the endpoint never saw the end of the upload")
 	}
-	p.client.Close()
-	var r Result
-	select {
-	case r = <-p.result:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Relay did not end")
-	}
-	t.Logf("%+v", r)
+	r := p.end(t)
 	if !r.Kernel || !r.GaveUp {
 		t.Fatalf("the pair did not give up the kernel path: %+v", r)
 	}
