@@ -114,9 +114,27 @@ func running() []Instance {
 		if err != nil || json.Unmarshal(b, &in) != nil || in.PID != pid {
 			continue
 		}
+		if !stateHeld(in.StateDir) {
+			// A demo that was killed left its file, and its PID now
+			// names another process: not a running demo.
+			os.Remove(filepath.Join(registryDir(), e.Name()))
+			continue
+		}
 		out = append(out, in)
 	}
 	return out
+}
+
+// stateHeld reports whether a running demo holds the lock of state
+// directory dir: a shared lock that cannot be taken at once.
+func stateHeld(dir string) bool {
+	f, err := os.Open(filepath.Join(dir, lockFile))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+	return errors.Is(err, syscall.EWOULDBLOCK)
 }
 
 // alive reports whether process pid exists (EPERM: it does, another user's).
