@@ -181,7 +181,17 @@ func New(cfg Config) (*Puncher, error) {
 	if ua, ok := cfg.Transport.Conn.LocalAddr().(*net.UDPAddr); ok {
 		p.bound = ua.AddrPort().Addr().Unmap()
 	}
-	go p.readLoop()
+	// quic-go drops non-QUIC datagrams until ReadNonQUICPacket is first
+	// called, and the read loop's first call may come after the first
+	// answers arrive on a busy machine. One call with a context already
+	// done makes the transport queue them from now on.
+	now, stop := context.WithCancel(ctx)
+	stop()
+	buf := make([]byte, 1500)
+	if n, from, err := cfg.Transport.ReadNonQUICPacket(now, buf); err == nil {
+		p.dispatch(buf[:n], from)
+	}
+	go p.readLoop(buf)
 	return p, nil
 }
 
@@ -393,9 +403,8 @@ func (p *Puncher) probe(s *session, c netip.AddrPort) {
 }
 
 // readLoop dispatches the socket's non-QUIC datagrams until Close.
-func (p *Puncher) readLoop() {
+func (p *Puncher) readLoop(buf []byte) {
 	defer close(p.done)
-	buf := make([]byte, 1500)
 	for {
 		n, from, err := p.cfg.Transport.ReadNonQUICPacket(p.ctx, buf)
 		if err != nil {
@@ -404,12 +413,15 @@ func (p *Puncher) readLoop() {
 			}
 			return
 		}
-		ua, ok := from.(*net.UDPAddr)
-		if !ok {
-			continue
-		}
+		p.dispatch(buf[:n], from)
+	}
+}
+
+// dispatch handles one datagram from a UDP address.
+func (p *Puncher) dispatch(b []byte, from net.Addr) {
+	if ua, ok := from.(*net.UDPAddr); ok {
 		ap := ua.AddrPort()
-		p.handle(buf[:n], netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		p.handle(b, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 	}
 }
 

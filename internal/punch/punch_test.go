@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -364,4 +365,38 @@ func TestPunchLogsRefusals(t *testing.T) {
 	if got := logs.matching("reason=bad_mac"); len(got) != 1 {
 		t.Fatalf("log lines about the forged probes: %q, want exactly one", got)
 	}
+}
+
+// TestDatagramsRightAfterNewAreCounted: a datagram that arrives right after
+// New, once the transport reads its socket (a Punch's first probe starts
+// it) but before the read loop has run, is still read. quic-go drops
+// non-QUIC datagrams until ReadNonQUICPacket is first called; with one
+// processor the transport's reader runs before the read loop, so without
+// New's own first call the datagram is lost.
+func TestDatagramsRightAfterNewAreCounted(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	tr := transport.NewQUICTransport(pc)
+	defer tr.Close()
+	p, err := New(Config{Transport: tr, Self: idA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := tr.WriteTo([]byte("\x00hello"), peer.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := peer.WriteTo([]byte("\x00not a probe"), pc.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	waitStats(t, p, "the datagram counted", func(s Stats) bool { return s.NotProbe+s.Malformed == 1 })
 }
