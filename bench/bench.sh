@@ -42,7 +42,9 @@
 # splice relay; with BASELINE_BIN also (b-base), the baseline agent's tcp
 # port) and their targets, for a focused before/after run of the per-hop
 # latency (issue 14). PERFSTAT=1: perf stat (task-clock, context switches)
-# of each proxy over its fortio runs of section 2, reported per request.
+# of each proxy over its fortio runs of section 2, reported per request,
+# and its system calls and context switches per request over each maximum
+# rate run of section 6 (not the h2load rows).
 # CAPTURE=1 (the default when root): also row (b-cap), the (b) path reached
 # through a ClusterIP: service webcap (tcp, the same backend) with clusterIP
 # 127.237.0.10, which the srv agent captures with nftables (-capture
@@ -577,13 +579,20 @@ fi
 # max_rate ENGINE ROUND: closed loop, CONNS connections, LAT_SECONDS: wrk for
 # HTTP/1.1 when installed, else (and for h2c and gRPC) fortio -qps 0. Also the
 # proxy's CPU over the run.
-declare -A MAXQ MAXERR MAXCPU
+declare -A MAXQ MAXERR MAXCPU MS_SYS MS_CS MS_USR MS_KRN
 if [ -n "$WRK" ]; then MAXTOOL="wrk $WRK_VERSION -t $WRK_THREADS -c $CONNS -d ${LAT_SECONDS}s"
 else MAXTOOL="fortio load -qps 0 -c $CONNS -t ${LAT_SECONDS}s"; fi
 max_rate() {
-  local e=$1 r=$2 out="$TMP/max-$e-$r" v= c0 c1 t0 t1
+  local e=$1 r=$2 out="$TMP/max-$e-$r" v= c0 c1 k0 k1 t0 t1
   log "max rate round $r: $e (closed loop, $CONNS conns, ${LAT_SECONDS}s)"
-  c0=$(cpu_ticks ${CPUPIDS[$e]}); t0=$(date +%s.%N)
+  local spid= sw=$((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1))
+  if [ "$PERFSTAT" = 1 ] && [ -n "${CPUPIDS[$e]:-}" ] && [ "${KIND[$e]:-}" != h2load ]; then
+    # shellcheck disable=SC2086 # CPUPIDS is a list of PIDs
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$(echo ${CPUPIDS[$e]} | tr ' ' ,)" \
+      -o "$TMP/perfmax-$e-$r.csv" -- sleep "$sw" >/dev/null 2>&1 &
+    spid=$!
+  fi
+  c0=$(cpu_ticks ${CPUPIDS[$e]}); k0=$(sys_ticks ${CPUPIDS[$e]}); t0=$(date +%s.%N)
   if [ "${KIND[$e]:-}" = h2load ]; then
     # "finished in 2.01s, 24875.12 req/s, ..."; errors: failed + errored +
     # timeout requests and non-2xx statuses.
@@ -599,10 +608,25 @@ max_rate() {
     fortio_load "$e" 0 "$out.json" "$out.log" && v=$("$BIN/benchjson" fortio "$out.json" 2>&1) &&
       v=$(awk '{print $4, $5}' <<<"$v")
   fi
-  t1=$(date +%s.%N); c1=$(cpu_ticks ${CPUPIDS[$e]})
+  t1=$(date +%s.%N); c1=$(cpu_ticks ${CPUPIDS[$e]}); k1=$(sys_ticks ${CPUPIDS[$e]})
   if [ -n "$v" ]; then
     read -r MAXQ[$e,$r] MAXERR[$e,$r] <<<"$v"
     MAXCPU[$e,$r]=$(cpu_pct "$c0" "$c1" "$t0" "$t1")
+    if [ -n "$spid" ]; then
+      # The proxy's CPU split into user space and kernel (utime and stime
+      # over the whole run), and its system calls and context switches over
+      # the first LAT_SECONDS-1 s, per request at the run's rate.
+      read -r "MS_USR[$e,$r]" "MS_KRN[$e,$r]" < <(awk -v c=$((c1 - c0)) -v k=$((k1 - k0)) -v hz="$CLK_TCK" \
+        -v q="${MAXQ[$e,$r]}" -v a="$t0" -v b="$t1" \
+        'BEGIN {n = q * (b - a); if (n > 0) printf "%.1f %.1f\n", (c - k) * 1e6 / hz / n, k * 1e6 / hz / n; else print "fail fail"}')
+      if wait "$spid"; then
+        read -r "MS_SYS[$e,$r]" "MS_CS[$e,$r]" < <(awk -F, -v q="${MAXQ[$e,$r]}" -v s="$sw" \
+          '$3 ~ /sys_enter/ {y = $1} $3 == "context-switches" {c = $1}
+           END {n = q * s; if (n > 0) printf "%.2f %.2f\n", y / n, c / n; else print "fail fail"}' "$TMP/perfmax-$e-$r.csv")
+      else
+        log "perf stat of $e round $r failed"; MS_SYS[$e,$r]=fail; MS_CS[$e,$r]=fail
+      fi
+    fi
     [ "${MAXERR[$e,$r]}" = 0 ] || failed "$e" "max rate $e round $r: ${MAXERR[$e,$r]} errors or non-OK responses"
   else
     log "max rate $e round $r FAILED: $(tail -n 3 "$out.log")"
@@ -898,6 +922,19 @@ for e in "${L7ENGINES[@]}" "${XENGINES[@]}" "${H2LENGINES[@]}"; do
   if [ "${KIND[$e]:-}" = h2load ]; then l50="—"; l99="—"; ad50="—"; ad99="—"; hp="—"; fi
   echo "| ${LABEL[$e]} | $(calc "%.0f" "${MQ[$e]}" 0 a) | $(rounds_of MAXQ "$e" "${NR[$e]}") | $cpu | $l50 | $l99 | $ad50 | $ad99 | $hp |"
 done
+if [ "$PERFSTAT" = 1 ]; then
+echo
+echo "PERFSTAT=1: the proxy's CPU per request at the maximum rate split into user space and kernel (utime, stime"
+echo "over the run), and its system calls (all kinds) and context switches per request (perf stat over the first"
+echo "$((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1)) s of each run); per round:"
+echo
+echo "| path | user µs per request | kernel µs per request | system calls per request | context switches per request |"
+echo "|---|---|---|---|---|"
+for e in "${L7ENGINES[@]}" "${XENGINES[@]}"; do
+  [ "${HOPS[$e]}" = 0 ] && continue
+  echo "| ${LABEL[$e]} | $(rounds_of MS_USR "$e" "${NR[$e]}") | $(rounds_of MS_KRN "$e" "${NR[$e]}") | $(rounds_of MS_SYS "$e" "${NR[$e]}") | $(rounds_of MS_CS "$e" "${NR[$e]}") |"
+done
+fi
 echo
 echo "| max req/s ratio | value |"
 echo "|---|---|"
