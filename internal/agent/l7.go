@@ -72,8 +72,9 @@ type taggedConn struct {
 	buffered bool
 	br       *bufio.Reader
 
-	// raw, while the HTTP/1.1 fast path serves the connection, writes to
-	// Conn without the scheduler's system call state (httpproxy.RawIO).
+	// raw, while the HTTP/1.1 fast path or the HTTP/2 server serves the
+	// connection, writes to Conn without the scheduler's system call state
+	// (httpproxy.RawIO); for the HTTP/2 server it reads too (Read).
 	raw *httpproxy.RawIO
 
 	send     time.Duration    // bound on each write to the client (sendTimeout); 0: none
@@ -107,6 +108,9 @@ func (c *taggedConn) Write(p []byte) (int, error) {
 
 func (c *taggedConn) Read(p []byte) (int, error) {
 	if !c.buffered {
+		if c.raw != nil {
+			return c.raw.Read(p)
+		}
 		return c.Conn.Read(p)
 	}
 	if c.br == nil {
@@ -243,6 +247,8 @@ func newL7(a *Agent) *l7 {
 func (s *l7) serveH2(tc *taggedConn, prefaceRead bool) {
 	defer tc.Close()
 	ctx := withConnIdentity(context.WithValue(context.Background(), targetKey{}, tc.target), tc.clientID)
+	// The server reads on one goroutine and serialises its writes.
+	tc.raw = httpproxy.NewRawIO(tc.Conn)
 	s.h2.ServeConn(tc, h2srv.ConnOptions{Context: ctx, IdleTimeout: s.h1IdleTimeout(tc.target), Preface: prefaceRead})
 }
 
@@ -430,7 +436,9 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 				// session the path manager retires (a punched path
 				// replaced the relay) is drained, so that new requests
 				// take the new path.
-				return httpproxy.DrainOnRetire(c, pool.CloseIdleConnections), nil
+				// The pool reads on one goroutine and serialises its
+				// writes.
+				return httpproxy.DrainOnRetire(httpproxy.RawTCP(c), pool.CloseIdleConnections), nil
 			},
 			DialError:   func(err error) error { return &dialError{err} },
 			IdleTimeout: l7IdleTimeout(sv),

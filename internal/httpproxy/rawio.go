@@ -113,3 +113,27 @@ func (r *RawIO) opError(op string, e syscall.Errno) error {
 	return &net.OpError{Op: op, Net: r.c.LocalAddr().Network(), Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(),
 		Err: os.NewSyscallError(op, e)}
 }
+
+// rawTCPConn is a TCP connection whose Read and Write go through its RawIO;
+// its other methods (deadlines, Close, CloseWrite) are the connection's.
+type rawTCPConn struct {
+	*net.TCPConn
+	raw *RawIO
+}
+
+func (c *rawTCPConn) Read(p []byte) (int, error)  { return c.raw.Read(p) }
+func (c *rawTCPConn) Write(p []byte) (int, error) { return c.raw.Write(p) }
+
+// RawTCP returns c reading and writing without the scheduler's system call
+// state (RawIO) if it is a TCP connection, else c. Its Reads must not run
+// concurrently with each other, nor its Writes.
+func RawTCP(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	if raw := NewRawIO(tc); raw != nil {
+		return &rawTCPConn{TCPConn: tc, raw: raw}
+	}
+	return c
+}

@@ -133,3 +133,40 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	t.Cleanup(func() { c.Close(); s.Close() })
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
+
+// TestRawTCP: a TCP connection comes back reading and writing through its
+// RawIO, deadlines and CloseWrite still its own; anything else comes back
+// as it is.
+func TestRawTCP(t *testing.T) {
+	c, peer := tcpPair(t)
+	other := struct{ net.Conn }{c}
+	if got := RawTCP(other); got != net.Conn(other) {
+		t.Fatalf("RawTCP wrapped a connection that is not TCP: %T", got)
+	}
+	rc := RawTCP(c)
+	if _, ok := rc.(*rawTCPConn); !ok {
+		t.Fatalf("RawTCP(TCP) = %T", rc)
+	}
+	if _, err := peer.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	if n, err := rc.Read(buf); err != nil || string(buf[:n]) != "ping" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	rc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if _, err := rc.Read(buf); !IsTimeout(err) {
+		t.Fatalf("read past the deadline: %v, want a timeout", err)
+	}
+	rc.SetReadDeadline(time.Time{})
+	if _, err := rc.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(peer)
+	if err != nil || string(got) != "pong" {
+		t.Fatalf("peer read %q, %v; want pong then EOF", got, err)
+	}
+}
