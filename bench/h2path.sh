@@ -125,12 +125,12 @@ done
 
 syscalls() { awk '/^syscr/ {r = $2} /^syscw/ {w = $2} END {print r + w}' "/proc/$1/io"; }
 # per ARRAY ENGINE ROUND DELTA N: ARRAY[ENGINE,ROUND] = DELTA / N
-declare -A HQ HCPU HSC GQ GCPU GSC
+declare -A HQ HCPU HKRN HSC GQ GCPU GKRN GSC
 run_h2load() { # ENGINE ROUND
-  local e=$1 r=$2 h g c0 c1 s0=0 s1=0 out="$TMP/h2load-$e-$r.log" q
+  local e=$1 r=$2 h g c0 c1 k0 k1 s0=0 s1=0 out="$TMP/h2load-$e-$r.log" q
   read -r h g <<<"${WEB[$e]}"
   log "h2load round $r: $e ($h)"
-  c0=$(cpu_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
+  c0=$(cpu_ticks ${CPUPIDS[$e]}); k0=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
   local ppid=
   if [ "$PPROF" = 1 ] && [ "$e" = agent ]; then
     curl -fsS --max-time 15 -o "$PPROF_DIR/h2load-$e-r$r.pprof" \
@@ -140,21 +140,22 @@ run_h2load() { # ENGINE ROUND
   if timeout 120 h2load -n "$H2LOAD_N" -c "$H2_CONNS" -m "$H2_STREAMS" -t 1 "$h" >"$out" 2>&1 &&
      q=$(awk '/^finished in/ {q = $4} /^requests:/ {b += $10 + $12 + $14} /^status codes:/ {b += $5 + $7 + $9}
               END {if (q == "" || b > 0) exit 1; printf "%.0f\n", q}' "$out"); then
-    c1=$(cpu_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls "${CPUPIDS[$e]}")
+    c1=$(cpu_ticks ${CPUPIDS[$e]}); k1=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls "${CPUPIDS[$e]}")
     HQ[$e,$r]=$q
     HCPU[$e,$r]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$H2LOAD_N" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+    HKRN[$e,$r]=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v n="$H2LOAD_N" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     HSC[$e,$r]=$(awk -v s=$((s1 - s0)) -v n="$H2LOAD_N" 'BEGIN {printf "%.2f", s / n}')
     [ -z "$ppid" ] || wait "$ppid" || log "pprof of round $r failed"
   else
-    log "h2load $e round $r FAILED: $(tail -n 3 "$out")"; HQ[$e,$r]=fail; HCPU[$e,$r]=fail; HSC[$e,$r]=fail
+    log "h2load $e round $r FAILED: $(tail -n 3 "$out")"; HQ[$e,$r]=fail; HCPU[$e,$r]=fail; HKRN[$e,$r]=fail; HSC[$e,$r]=fail
     FAILED+=("h2load $e round $r")
   fi
 }
 run_grpc() { # ENGINE ROUND
-  local e=$1 r=$2 h g c0 c1 s0=0 s1=0 out="$TMP/grpc-$e-$r" v n
+  local e=$1 r=$2 h g c0 c1 k0 k1 s0=0 s1=0 out="$TMP/grpc-$e-$r" v n
   read -r h g <<<"${WEB[$e]}"
   log "gRPC ping round $r: $e ($g)"
-  c0=$(cpu_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
+  c0=$(cpu_ticks ${CPUPIDS[$e]}); k0=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
   local ppid=
   if [ "$PPROF" = 1 ] && [ "$e" = agent ]; then
     curl -fsS --max-time $((LAT_SECONDS + 10)) -o "$PPROF_DIR/grpc-$e-r$r.pprof" \
@@ -164,16 +165,17 @@ run_grpc() { # ENGINE ROUND
   if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -grpc -ping -qps 0 -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
        -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
      v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
-    c1=$(cpu_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls "${CPUPIDS[$e]}")
+    c1=$(cpu_ticks ${CPUPIDS[$e]}); k1=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls "${CPUPIDS[$e]}")
     read -r _ _ _ q bad _ <<<"$v"
     n=$(awk -v q="$q" -v s="$LAT_SECONDS" 'BEGIN {printf "%d", q * s}')
     GQ[$e,$r]=$(printf '%.0f' "$q")
     [ "$bad" = 0 ] || FAILED+=("gRPC $e round $r: $bad non-OK")
     GCPU[$e,$r]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+    GKRN[$e,$r]=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     GSC[$e,$r]=$(awk -v s=$((s1 - s0)) -v n="$n" 'BEGIN {printf "%.2f", s / n}')
     [ -z "$ppid" ] || wait "$ppid" || log "pprof of round $r failed"
   else
-    log "gRPC $e round $r FAILED: $(tail -n 3 "$out.log") ${v:-}"; GQ[$e,$r]=fail; GCPU[$e,$r]=fail; GSC[$e,$r]=fail
+    log "gRPC $e round $r FAILED: $(tail -n 3 "$out.log") ${v:-}"; GQ[$e,$r]=fail; GCPU[$e,$r]=fail; GKRN[$e,$r]=fail; GSC[$e,$r]=fail
     FAILED+=("gRPC $e round $r")
   fi
 }
@@ -202,16 +204,16 @@ report_file h2path
   echo
   echo "h2load -n $H2LOAD_N -c $H2_CONNS -m $H2_STREAMS; fortio load -grpc -ping -qps 0 -c $GRPC_CONNS -t ${LAT_SECONDS}s;"
   echo "$ROUNDS rounds, engines interleaved. Per round, a / b / c; the ratio is to direct in the same round."
-  echo "CPU and system calls (read + write) are the agent's, per request."
+  echo "CPU (of it, the kernel's share: stime) and system calls (read + write) are the agent's, per request."
   echo
-  echo "| path | h2load req/s | ratio | CPU µs/req | syscalls/req | gRPC ping req/s | ratio | CPU µs/req | syscalls/req |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| path | h2load req/s | ratio | CPU µs/req | of it kernel | syscalls/req | gRPC ping req/s | ratio | CPU µs/req | of it kernel | syscalls/req |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
   for e in "${ENGINES[@]}"; do
     if [ "$e" = direct ]; then
-      echo "| ${LABEL[$e]} | $(rounds_of HQ "$e") | 1 | — | — | $(rounds_of GQ "$e") | 1 | — | — |"
+      echo "| ${LABEL[$e]} | $(rounds_of HQ "$e") | 1 | — | — | — | $(rounds_of GQ "$e") | 1 | — | — | — |"
     else
-      echo "| ${LABEL[$e]} | $(rounds_of HQ "$e") | $(ratios HQ "$e") | $(rounds_of HCPU "$e") | $(rounds_of HSC "$e") |" \
-        "$(rounds_of GQ "$e") | $(ratios GQ "$e") | $(rounds_of GCPU "$e") | $(rounds_of GSC "$e") |"
+      echo "| ${LABEL[$e]} | $(rounds_of HQ "$e") | $(ratios HQ "$e") | $(rounds_of HCPU "$e") | $(rounds_of HKRN "$e") | $(rounds_of HSC "$e") |" \
+        "$(rounds_of GQ "$e") | $(ratios GQ "$e") | $(rounds_of GCPU "$e") | $(rounds_of GKRN "$e") | $(rounds_of GSC "$e") |"
     fi
   done
   echo
