@@ -258,8 +258,14 @@ func TestAckFlushStopsTimer(t *testing.T) {
 			}
 			if f, ok := f.(*http2.MetaHeadersFrame); ok {
 				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: b, EndHeaders: true, EndStream: true})
-				if f.StreamID == 1 {
-					fr.WritePing(false, [8]byte{7}) // after the first answer: acknowledged with the second request
+				if f.StreamID == 3 {
+					// After the second answer: acknowledged with the third
+					// request. Not after the first: the acknowledgement of
+					// the server's SETTINGS may still wait then (the first
+					// request's write can go before the read loop reads
+					// them), and the test would take its timer for the
+					// PING's.
+					fr.WritePing(false, [8]byte{7})
 				}
 			}
 		}
@@ -286,7 +292,8 @@ func TestAckFlushStopsTimer(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
-	roundTrip() // the server's PING follows its answer
+	roundTrip()
+	roundTrip() // takes the SETTINGS acknowledgement along; the server's PING follows its answer
 	testenv.WaitFor(t, 10*time.Second, "the acknowledgement waiting for a flush", func() bool {
 		armed, _ := h2up.ControlFlushArmed(pool)
 		return armed
