@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/tracing"
 	"github.com/fogmesh/fogmesh/internal/tracing/otlptest"
 )
@@ -24,6 +25,12 @@ func TestDevTraceEndpoint(t *testing.T) {
 	recv := otlptest.NewHTTP(t)
 	_, addrs := startAddrs(t, "dev", "-trace-endpoint", recv.URL, "-base-port", "-1", "-vip-range", "127.36.0.0/16",
 		"-hello-port", "18136", "-state-dir", t.TempDir())
+	// shop-1-a must know shop-1-b's instance before its own stops, or the
+	// request goes to the next tier's (shop-2-a): a CI run saw that.
+	testenv.WaitFor(t, 30*time.Second, "shop-1-a to know hello on shop-1-b", func() bool {
+		out, code := run(t, "describe", "service", "hello", "-n", "demo", "-agent", "http://"+addrs["shop-1-a.admin"])
+		return code == 0 && strings.Contains(out, "hello-shop-1-b  shop-1-b")
+	})
 	if out, code := run(t, "demo", "-demo", "http://"+addrs["demo"], "stop", "shop-1-a"); code != 0 {
 		t.Fatal(out)
 	}
