@@ -124,21 +124,29 @@ func (a *Agent) mqttChecker(ctx context.Context, v *view, sv *serviceView, port,
 func (a *Agent) authorizeStream(ctx context.Context, h transport.Header) (authzMode, error) {
 	v := a.view.Load()
 	sv := v.services[h.Namespace+"/"+h.Service]
-	if sv == nil && a.ident != nil {
-		// Secure mode authorizes what it forwards: a stream for a service
-		// this agent does not hold yet (a peer learnt of this node's
-		// endpoint while this agent still applies its first configuration,
-		// or a scoped agent learns it now) waits for it, and is refused if
-		// it does not come: its policies are unknown until then. Only for
-		// a workload of that service here: a peer's made-up names neither
-		// wait nor widen a scoped agent's subscription.
+	if sv == nil && (a.ident != nil || v.authz != nil || a.obs != nil) {
+		// A stream for a service this agent does not hold yet (a peer
+		// learnt of this node's endpoint while this agent still applies
+		// its first configuration, or a scoped agent learns it now) waits
+		// for it, for its mode depends on it: secure mode and policies
+		// authorize what they forward, and are refused if it does not
+		// come (its policies are unknown until then); traces and access
+		// logs serve its HTTP ports per request. A stream decided as bytes
+		// stays so: an HTTP upstream connection pooled at the source
+		// carries every later request the same way. Only for a workload
+		// of that service here: a peer's made-up names neither wait nor
+		// widen a scoped agent's subscription.
 		a.mu.Lock()
 		ws := a.workloads[h.Endpoint]
 		a.mu.Unlock()
+		mustKnow := a.ident != nil || v.authz != nil
 		if ws == nil || ws.w.Service != h.Service || ws.w.Namespace != h.Namespace {
-			return modeNone, fmt.Errorf("%w: %s/%s endpoint %s", transport.ErrUnknownDestination, h.Namespace, h.Service, h.Endpoint)
+			if mustKnow {
+				return modeNone, fmt.Errorf("%w: %s/%s endpoint %s", transport.ErrUnknownDestination, h.Namespace, h.Service, h.Endpoint)
+			}
+			return modeNone, nil
 		}
-		if v, sv = a.awaitService(ctx, h.Namespace+"/"+h.Service); sv == nil {
+		if v, sv = a.awaitService(ctx, h.Namespace+"/"+h.Service); sv == nil && mustKnow {
 			a.m.streamsUnknownService.Inc()
 			return modeNone, fmt.Errorf("%w: %s/%s is not known here yet, so it cannot be authorized", transport.ErrUnknownDestination, h.Namespace, h.Service)
 		}

@@ -1,0 +1,75 @@
+package agent
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/transport"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// TestObservedStreamWaitsForItsService: an insecure agent with an access
+// log (or traces) serves its HTTP ports per request, for the endpoint
+// side's log line and span. A mesh stream for a workload here whose
+// service the agent does not hold yet waits for it and is then served per
+// request, not decided as bytes: the source pools that connection, and
+// every later request on it would go unlogged and untraced (a CI run of
+// TestTraceTwoAgents lost every HTTP/1.1 server span so). Without traces,
+// logs, policies or secure mode the answer is bytes either way: no wait.
+func TestObservedStreamWaitsForItsService(t *testing.T) {
+	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.51.0.0/16", Insecure: true,
+		AccessLog: AccessLogConfig{Path: filepath.Join(t.TempDir(), "access.log")},
+		Workloads: []Workload{webWorkload("late", "late-1", 1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	if hasService(a, "demo/late") || a.obs == nil {
+		t.Fatal("the agent holds demo/late without a control plane, or observes nothing: the test shows nothing")
+	}
+	h := transport.Header{Namespace: "demo", Service: "late", Endpoint: "late-1", Port: "web", Source: "peer"}
+
+	obs := a.obs
+	a.obs = nil
+	start := time.Now()
+	if mode, err := a.authorizeStream(context.Background(), h); err != nil || mode != modeNone {
+		t.Fatalf("unobserved: mode %v, %v; want bytes", mode, err)
+	}
+	if took := time.Since(start); took >= scopeWait {
+		t.Fatalf("unobserved: waited %v for the service", took)
+	}
+	a.obs = obs
+
+	type result struct {
+		mode authzMode
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		m, err := a.authorizeStream(context.Background(), h)
+		done <- result{m, err}
+	}()
+	// Only once the stream waits does the service come: without the wait
+	// it would have been decided as bytes by then.
+	waitFor(t, "the stream to wait for its service", func() bool { return a.scope.waiters.Load() == 1 })
+	svc, err := wire.NewResource(&api.Service{APIVersion: api.APIVersion, Kind: api.KindService, Meta: api.Meta{Namespace: "demo", Name: "late"},
+		Spec: api.ServiceSpec{Ports: []api.ServicePort{{Name: "web", Port: 18080, Protocol: "http"}}}, Status: api.ServiceStatus{VIPIndex: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.applyUpdate(&wire.Message{Type: wire.TypeUpdate, Version: 1, Resources: []wire.Resource{svc}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil || r.mode != modeHTTP {
+			t.Fatalf("mode %v, %v once the service came; want it served per request", r.mode, r.err)
+		}
+	case <-time.After(2 * scopeWait):
+		t.Fatal("the stream still waits after its service came")
+	}
+}
