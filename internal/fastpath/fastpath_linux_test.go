@@ -501,6 +501,23 @@ func greetedPair(t *testing.T, f *FastPath, ln net.Listener, serve func(c net.Co
 	if _, err := io.ReadFull(p.client, make([]byte, 2)); err != nil {
 		t.Fatalf("greeting: %v", err)
 	}
+	// The endpoint answered once the agent wrote the greeting to it (if
+	// the kernel did not take it), but the agent publishes that count just
+	// after its write: on a loaded machine the test's first bulk send
+	// could still find the greeting in flight and take the agent's path,
+	// where a sender that never pauses stays (a CI run: the kernel carried
+	// none of a 24 MiB upload). Wait until the client's bytes that went the
+	// agent's way are all published as forwarded, as the program checks. A
+	// pair not linked has no link: the test's own checks report it.
+	key, _ := tupleOf(p.client.(*net.TCPConn))
+	testenv.WaitFor(t, 10*time.Second, "the greeting published as forwarded", func() bool {
+		var l [linkSize]byte
+		var c [countSize]byte
+		if f.links.Lookup(key[:], l[:]) != nil || f.counts.Lookup(key[:], c[:]) != nil {
+			return true
+		}
+		return binary.NativeEndian.Uint64(c[:]) == binary.NativeEndian.Uint64(l[tupleSize:])
+	})
 	return p
 }
 
