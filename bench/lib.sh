@@ -95,22 +95,17 @@ ports_free() {
   done
   return 0
 }
-cpu_ticks() { # sum of utime+stime over the given PIDs
-  local t=0 pid v
+stat_ticks() { # AWK-EXPR PID...: sum of AWK-EXPR over the PIDs' /proc/PID/stat ($14 utime, $15 stime)
+  local expr=$1 t=0 pid v
+  shift
   for pid in "$@"; do
-    v=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    v=$(awk "{print $expr}" "/proc/$pid/stat" 2>/dev/null || echo 0)
     t=$((t + v))
   done
   echo "$t"
 }
-sys_ticks() { # sum of stime (the kernel's share) over the given PIDs
-  local t=0 pid v
-  for pid in "$@"; do
-    v=$(awk '{print $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    t=$((t + v))
-  done
-  echo "$t"
-}
+cpu_ticks() { stat_ticks '$14 + $15' "$@"; } # utime+stime over the given PIDs
+sys_ticks() { stat_ticks '$15' "$@"; }       # stime (the kernel's share) over the given PIDs
 cpu_pct() { # TICKS0 TICKS1 T0 T1: CPU % over the wall time T0..T1 (100 = one core)
   awk -v d="$(($2 - $1))" -v hz="$CLK_TCK" -v a="$3" -v b="$4" 'BEGIN {printf "%.0f", 100 * d / hz / (b - a)}'
 }
