@@ -43,8 +43,9 @@
 # port) and their targets, for a focused before/after run of the per-hop
 # latency (issue 14). PERFSTAT=1: perf stat (task-clock, context switches)
 # of each proxy over its fortio runs of section 2, reported per request,
-# and its system calls and context switches per request over each maximum
-# rate run of section 6 (not the h2load rows).
+# and its CPU split into user and kernel time, its system calls and its
+# context switches per request over each maximum rate run of section 6
+# (not the h2load rows).
 # CAPTURE=1 (the default when root): also row (b-cap), the (b) path reached
 # through a ClusterIP: service webcap (tcp, the same backend) with clusterIP
 # 127.237.0.10, which the srv agent captures with nftables (-capture
