@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -19,6 +20,8 @@ import (
 // every later request on it would go unlogged and untraced (a CI run of
 // TestTraceTwoAgents lost every HTTP/1.1 server span so). Without traces,
 // logs, policies or secure mode the answer is bytes either way: no wait.
+// With a policy (another service's) and the service never coming, the
+// stream is refused after the wait, counted, as in secure mode.
 func TestObservedStreamWaitsForItsService(t *testing.T) {
 	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
 		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.51.0.0/16", Insecure: true,
@@ -71,5 +74,33 @@ func TestObservedStreamWaitsForItsService(t *testing.T) {
 		}
 	case <-time.After(2 * scopeWait):
 		t.Fatal("the stream still waits after its service came")
+	}
+
+	// Policies, no traces or logs: a stream for a service that never
+	// comes waits scopeWait and is refused: its policies are unknown.
+	a.obs = nil
+	defer func() { a.obs = obs }()
+	a.mu.Lock()
+	a.res.put(&api.AuthorizationPolicy{APIVersion: api.APIVersion, Kind: api.KindAuthorizationPolicy,
+		Meta: api.Meta{Namespace: "demo", Name: "other-api"}, Spec: api.AuthorizationPolicySpec{Service: "other", Action: api.ActionAllow,
+			Rules: []api.AuthzRule{{To: []api.AuthzOperation{{Paths: []string{"/api/*"}}}}}}})
+	a.rebuildLocked()
+	a.mu.Unlock()
+	if a.view.Load().authz == nil {
+		t.Fatal("no policies in the view: the check below shows nothing")
+	}
+	never := transport.Header{Namespace: "demo", Service: "never", Endpoint: "never-1", Port: "web", Source: "peer"}
+	a.mu.Lock()
+	a.workloads["never-1"] = &workloadState{w: Workload{Name: "never-1", Service: "never", Namespace: "demo"}, healthy: true}
+	a.mu.Unlock()
+	start = time.Now()
+	if mode, err := a.authorizeStream(context.Background(), never); !errors.Is(err, transport.ErrUnknownDestination) {
+		t.Fatalf("policies, service never held: mode %v, %v; want it refused", mode, err)
+	}
+	if took := time.Since(start); took < scopeWait {
+		t.Fatalf("refused after %v, before waiting %v for the service", took, scopeWait)
+	}
+	if got := a.m.streamsUnknownService.Get(); got != 1 {
+		t.Fatalf("fogmesh_agent_streams_unknown_service_total = %d, want 1", got)
 	}
 }
