@@ -36,14 +36,22 @@ func openForTest(t *testing.T) *FastPath {
 	return f
 }
 
-// echoServer echoes every connection's bytes and half-closes after EOF.
-func echoServer(t *testing.T) netip.AddrPort {
+// loopbackListener listens on a fresh 127.0.0.1 port, closed at the
+// test's end.
+func loopbackListener(t *testing.T) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// echoServer echoes every connection's bytes and half-closes after EOF.
+func echoServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln := loopbackListener(t)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -123,11 +131,7 @@ func relayAccepted(t *testing.T, f *FastPath, ln net.Listener, ep netip.AddrPort
 
 func listen(t *testing.T, f *FastPath) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := loopbackListener(t)
 	if f != nil {
 		if err := f.AddListener(ln.Addr().(*net.TCPAddr).AddrPort()); err != nil {
 			t.Fatal(err)
@@ -257,11 +261,7 @@ func TestUntrackedClientStaysInUserspace(t *testing.T) {
 func TestHandoverUnderLoad(t *testing.T) {
 	f := openForTest(t)
 	ln := listen(t, f)
-	sink, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
+	sink := loopbackListener(t)
 	got := make(chan [32]byte, 8)
 	go func() {
 		for {
@@ -379,11 +379,7 @@ func TestOtherNetnsNotTracked(t *testing.T) {
 func TestLinkNamesItsSocket(t *testing.T) {
 	f := openForTest(t)
 	ln := listen(t, f)
-	sink, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
+	sink := loopbackListener(t)
 	ep := sink.Addr().(*net.TCPAddr).AddrPort()
 	got := make(chan []byte, 4)
 	go func() {
@@ -478,11 +474,7 @@ func reuseAddr(network, address string, rc syscall.RawConn) error {
 // protocols.
 func greetedPair(t *testing.T, f *FastPath, ln net.Listener, serve func(c net.Conn)) agentPair {
 	t.Helper()
-	srv, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	srv := loopbackListener(t)
 	go func() {
 		c, err := srv.Accept()
 		if err != nil {
