@@ -125,7 +125,7 @@ done
 
 syscalls() { awk '/^syscr/ {r = $2} /^syscw/ {w = $2} END {print r + w}' "/proc/$1/io"; }
 # per ARRAY ENGINE ROUND DELTA N: ARRAY[ENGINE,ROUND] = DELTA / N
-declare -A HQ HCPU HKRN HSC GQ GCPU GKRN GSC
+declare -A HQ HCPU HKRN HSC GQ GCPU GKRN GSC GBUSY GMCH
 run_h2load() { # ENGINE ROUND
   local e=$1 r=$2 h g c0 c1 k0 k1 s0=0 s1=0 out="$TMP/h2load-$e-$r.log" q
   read -r h g <<<"${WEB[$e]}"
@@ -152,10 +152,11 @@ run_h2load() { # ENGINE ROUND
   fi
 }
 run_grpc() { # ENGINE ROUND
-  local e=$1 r=$2 h g c0 c1 k0 k1 s0=0 s1=0 out="$TMP/grpc-$e-$r" v n
+  local e=$1 r=$2 h g c0 c1 k0 k1 m0 m1 t0 t1 s0=0 s1=0 out="$TMP/grpc-$e-$r" v n
   read -r h g <<<"${WEB[$e]}"
   log "gRPC ping round $r: $e ($g)"
   c0=$(cpu_ticks ${CPUPIDS[$e]}); k0=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
+  m0=$(machine_ticks); t0=$(date +%s.%N)
   local ppid=
   if [ "$PPROF" = 1 ] && [ "$e" = agent ]; then
     curl -fsS --max-time $((LAT_SECONDS + 10)) -o "$PPROF_DIR/grpc-$e-r$r.pprof" \
@@ -165,6 +166,7 @@ run_grpc() { # ENGINE ROUND
   if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -grpc -ping -qps 0 -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
        -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
      v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
+    m1=$(machine_ticks); t1=$(date +%s.%N)
     c1=$(cpu_ticks ${CPUPIDS[$e]}); k1=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls "${CPUPIDS[$e]}")
     read -r _ _ _ q bad _ <<<"$v"
     n=$(awk -v q="$q" -v s="$LAT_SECONDS" 'BEGIN {printf "%d", q * s}')
@@ -173,9 +175,15 @@ run_grpc() { # ENGINE ROUND
     GCPU[$e,$r]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     GKRN[$e,$r]=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     GSC[$e,$r]=$(awk -v s=$((s1 - s0)) -v n="$n" 'BEGIN {printf "%.2f", s / n}')
+    # The whole machine (client, backend, agent and whatever else runs):
+    # busy % of all cores over the run (fortio's own start and end
+    # included), and its CPU per call.
+    GBUSY[$e,$r]=$(awk -v m=$((m1 - m0)) -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" -v c="$(nproc)" 'BEGIN {printf "%.0f", 100 * m / hz / (b - a) / c}')
+    GMCH[$e,$r]=$(awk -v m=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", m / hz * 1e6 / n}')
     [ -z "$ppid" ] || wait "$ppid" || log "pprof of round $r failed"
   else
     log "gRPC $e round $r FAILED: $(tail -n 3 "$out.log") ${v:-}"; GQ[$e,$r]=fail; GCPU[$e,$r]=fail; GKRN[$e,$r]=fail; GSC[$e,$r]=fail
+    GBUSY[$e,$r]=fail; GMCH[$e,$r]=fail
     FAILED+=("gRPC $e round $r")
   fi
 }
@@ -204,16 +212,18 @@ report_file h2path
   echo
   echo "h2load -n $H2LOAD_N -c $H2_CONNS -m $H2_STREAMS; fortio load -grpc -ping -qps 0 -c $GRPC_CONNS -t ${LAT_SECONDS}s;"
   echo "$ROUNDS rounds, engines interleaved. Per round, a / b / c; the ratio is to direct in the same round."
-  echo "CPU (of it, the kernel's share: stime) and system calls (read + write) are the agent's, per request."
+  echo "CPU (of it, the kernel's share: stime) and system calls (read + write) are the agent's, per request;"
+  echo "machine busy is all cores' (100 = every core busy) over a gRPC run, machine CPU per call all processes' (client, backend, agent)."
   echo
-  echo "| path | h2load req/s | ratio | CPU µs/req | of it kernel | syscalls/req | gRPC ping req/s | ratio | CPU µs/req | of it kernel | syscalls/req |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| path | h2load req/s | ratio | CPU µs/req | of it kernel | syscalls/req | gRPC ping req/s | ratio | CPU µs/req | of it kernel | syscalls/req | machine busy % | machine CPU µs/call |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for e in "${ENGINES[@]}"; do
     if [ "$e" = direct ]; then
-      echo "| ${LABEL[$e]} | $(rounds_of HQ "$e") | 1 | — | — | — | $(rounds_of GQ "$e") | 1 | — | — | — |"
+      echo "| ${LABEL[$e]} | $(rounds_of HQ "$e") | 1 | — | — | — | $(rounds_of GQ "$e") | 1 | — | — | — | $(rounds_of GBUSY "$e") | $(rounds_of GMCH "$e") |"
     else
       echo "| ${LABEL[$e]} | $(rounds_of HQ "$e") | $(ratios HQ "$e") | $(rounds_of HCPU "$e") | $(rounds_of HKRN "$e") | $(rounds_of HSC "$e") |" \
-        "$(rounds_of GQ "$e") | $(ratios GQ "$e") | $(rounds_of GCPU "$e") | $(rounds_of GKRN "$e") | $(rounds_of GSC "$e") |"
+        "$(rounds_of GQ "$e") | $(ratios GQ "$e") | $(rounds_of GCPU "$e") | $(rounds_of GKRN "$e") | $(rounds_of GSC "$e") |" \
+        "$(rounds_of GBUSY "$e") | $(rounds_of GMCH "$e") |"
     fi
   done
   echo

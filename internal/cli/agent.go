@@ -8,8 +8,11 @@ import (
 	"os"
 	"strings"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/fogmesh/fogmesh/internal/agent"
 	"github.com/fogmesh/fogmesh/internal/memtrim"
+	"github.com/fogmesh/fogmesh/internal/procs"
 )
 
 // RunAgent runs `fogmesh agent`: flags override the config file.
@@ -145,6 +148,9 @@ func RunAgent(prog string, args []string) error {
 		return err
 	}
 	cfg.Logger = log
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewSet() // the agent's /metrics; the pacer counts into it too
+	}
 	a, err := agent.New(cfg)
 	if err != nil {
 		var ce *agent.ConfigError
@@ -174,6 +180,20 @@ func RunAgent(prog string, args []string) error {
 			},
 		})
 		defer func() { stopTrim(); waitTrim() }()
+	}
+	// One scheduler P while the agent uses well under a core, every P
+	// as soon as it needs more (internal/procs); GOMAXPROCS in the
+	// environment or FOGMESH_PROCS=fixed keeps the runtime's own.
+	if why := procs.Disabled(); why == "" {
+		changes := cfg.Metrics.NewCounter("fogmesh_agent_procs_changes_total")
+		pctx, stopProcs := context.WithCancel(ctx)
+		waitProcs := procs.Start(pctx, procs.Config{OnChange: func(from, to int) {
+			changes.Inc()
+			log.Debug("agent: scheduler processors (GOMAXPROCS) paced to the load", "from", from, "to", to)
+		}})
+		defer func() { stopProcs(); waitProcs() }()
+	} else {
+		log.Debug("agent: GOMAXPROCS stays as the runtime set it", "why", why)
 	}
 	fmt.Fprintf(os.Stderr, "fogmesh agent %s: dns %s, mesh %s, admin %s\n", cfg.Node.Name, a.DNSAddr(), a.MeshAddr(), a.AdminAddr())
 	if cs := a.CaptureStatus(); cs.Active {

@@ -4,5 +4,5 @@ package memtrim
 
 import "time"
 
-// processCPU: not read here; allocation alone tells load.
-func processCPU() time.Duration { return 0 }
+// ProcessCPU: not read here (0); allocation alone tells memtrim load.
+func ProcessCPU() time.Duration { return 0 }

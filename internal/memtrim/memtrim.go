@@ -198,7 +198,7 @@ func Read() Sample {
 		}
 		return ms[i].Value.Uint64()
 	}
-	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4), Goroutines: v(5), CPU: processCPU()}
+	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4), Goroutines: v(5), CPU: ProcessCPU()}
 }
 
 // Trim collects twice and returns the freed memory to the OS: the first

@@ -1,0 +1,150 @@
+package procs
+
+import (
+	"context"
+	"runtime"
+	"runtime/metrics"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const tick = 100 * time.Millisecond
+
+// feed steps p with a tick of the given CPU use (cores) and scheduling
+// counts, after the sample before it.
+type feed struct {
+	p *Pacer
+	s Sample
+}
+
+func newFeed(p *Pacer) *feed {
+	f := &feed{p: p}
+	p.Step(f.s)
+	return f
+}
+
+func (f *feed) tick(cores float64, runnable, slow uint64) int {
+	f.s.At += tick
+	f.s.CPU += time.Duration(cores * float64(tick))
+	f.s.Runnable += runnable
+	f.s.Slow += slow
+	return f.p.Step(f.s)
+}
+
+func TestPacerScalesUpOnCPU(t *testing.T) {
+	f := newFeed(NewPacer(Config{Max: 4}, 1))
+	if got := f.tick(0.69, 100, 0); got != 1 {
+		t.Fatalf("0.69 cores with one P: %d Ps, want 1", got)
+	}
+	if got := f.tick(0.71, 100, 0); got != 4 {
+		t.Fatalf("0.71 cores with one P: %d Ps, want all 4", got)
+	}
+}
+
+func TestPacerScalesUpOnSchedulingLatency(t *testing.T) {
+	f := newFeed(NewPacer(Config{Max: 2}, 1))
+	if got := f.tick(0.1, 1000, 10); got != 1 {
+		t.Fatalf("1 %% of goroutines waited: %d Ps, want 1 (the share must be exceeded)", got)
+	}
+	if got := f.tick(0.1, 1000, 11); got != 2 {
+		t.Fatalf("1.1 %% of goroutines waited over 1 ms: %d Ps, want 2", got)
+	}
+}
+
+func TestPacerScalesDownAfterAQuietSpell(t *testing.T) {
+	f := newFeed(NewPacer(Config{Max: 2}, 2))
+	for i := range 19 {
+		if got := f.tick(0.44, 0, 0); got != 2 {
+			t.Fatalf("quiet tick %d: %d Ps, want 2 until 20 in a row", i+1, got)
+		}
+	}
+	// A busy tick starts the count again.
+	if got := f.tick(0.5, 0, 0); got != 2 {
+		t.Fatalf("busy tick: %d Ps", got)
+	}
+	for i := range 19 {
+		if got := f.tick(0.2, 0, 0); got != 2 {
+			t.Fatalf("quiet tick %d after the busy one: %d Ps, want 2", i+1, got)
+		}
+	}
+	if got := f.tick(0.2, 0, 0); got != 1 {
+		t.Fatalf("20th quiet tick: %d Ps, want 1", got)
+	}
+	// Slow goroutines with every P are not a reason to change.
+	if got := f.tick(0.2, 10, 10); got != 2 {
+		t.Fatalf("slow goroutines with one P: %d Ps, want 2", got)
+	}
+}
+
+func TestPacerIgnoresCountersGoingBack(t *testing.T) {
+	p := NewPacer(Config{Max: 2}, 1)
+	p.Step(Sample{At: time.Second, CPU: 10 * time.Second, Runnable: 100, Slow: 50})
+	// A clock or counter that went back (a restarted reading) is no load.
+	if got := p.Step(Sample{At: 2 * time.Second, CPU: time.Second, Runnable: 200, Slow: 150}); got != 1 {
+		t.Fatalf("CPU time going back: %d Ps, want 1", got)
+	}
+	if got := p.Step(Sample{At: 3 * time.Second, CPU: time.Second, Runnable: 10, Slow: 10}); got != 1 {
+		t.Fatalf("scheduling counts going back: %d Ps, want 1", got)
+	}
+	if got := p.Step(Sample{At: 3 * time.Second, CPU: 2 * time.Second}); got != 1 {
+		t.Fatalf("no time passed: %d Ps, want 1", got)
+	}
+}
+
+func TestCountAbove(t *testing.T) {
+	h := &metrics.Float64Histogram{
+		Counts:  []uint64{5, 7, 11, 13},
+		Buckets: []float64{0, 1e-4, 1e-3, 1e-2, 1e-1},
+	}
+	total, above := countAbove(h, 1e-3)
+	if total != 36 || above != 24 {
+		t.Fatalf("countAbove(1 ms) = %d, %d; want 36, 24", total, above)
+	}
+}
+
+// TestStartPacesTheProcess runs the real loop: one P at start, every P
+// under a load of more than a core, what it was after the context ends.
+func TestStartPacesTheProcess(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs two cores")
+	}
+	orig := runtime.GOMAXPROCS(2)
+	defer runtime.GOMAXPROCS(orig)
+	var changes atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	wait := Start(ctx, Config{Interval: 20 * time.Millisecond, OnChange: func(from, to int) { changes.Add(1) }})
+	defer func() { cancel(); wait() }()
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Fatalf("GOMAXPROCS after Start: %d, want 1", got)
+	}
+	// Two goroutines that spin until every P is back (bounded: 10 s).
+	stop := make(chan struct{})
+	deadline := time.Now().Add(10 * time.Second)
+	for range 2 {
+		go func() {
+			for time.Now().Before(deadline) {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+			}
+		}()
+	}
+	for runtime.GOMAXPROCS(0) != 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(stop)
+	if got := runtime.GOMAXPROCS(0); got != 2 {
+		t.Fatalf("GOMAXPROCS under two spinning goroutines: %d, want 2", got)
+	}
+	cancel()
+	wait()
+	if got := runtime.GOMAXPROCS(0); got != 2 {
+		t.Fatalf("GOMAXPROCS after the context ended: %d, want 2 (as before Start)", got)
+	}
+	if changes.Load() < 2 {
+		t.Fatalf("OnChange called %d times, want at least 2 (to 1, back to 2)", changes.Load())
+	}
+}
