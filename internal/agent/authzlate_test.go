@@ -20,8 +20,9 @@ import (
 // every later request on it would go unlogged and untraced (a CI run of
 // TestTraceTwoAgents lost every HTTP/1.1 server span so). Without traces,
 // logs, policies or secure mode the answer is bytes either way: no wait.
-// With a policy (another service's) and the service never coming, the
-// stream is refused after the wait, counted, as in secure mode.
+// With traces or logs only and the service never coming, the stream is
+// relayed as bytes after the wait; with a policy (another service's), it
+// is refused after the wait, counted, as in secure mode.
 func TestObservedStreamWaitsForItsService(t *testing.T) {
 	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
 		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", VIPRange: "127.51.0.0/16", Insecure: true,
@@ -76,6 +77,24 @@ func TestObservedStreamWaitsForItsService(t *testing.T) {
 		t.Fatal("the stream still waits after its service came")
 	}
 
+	// Traces or logs only (insecure, no policies): a stream for a service
+	// that never comes waits scopeWait, then is relayed as bytes, not
+	// refused (the README's claim): nothing here needs to authorize it.
+	never := transport.Header{Namespace: "demo", Service: "never", Endpoint: "never-1", Port: "web", Source: "peer"}
+	a.mu.Lock()
+	a.workloads["never-1"] = &workloadState{w: Workload{Name: "never-1", Service: "never", Namespace: "demo"}, healthy: true}
+	a.mu.Unlock()
+	start = time.Now()
+	if mode, err := a.authorizeStream(context.Background(), never); err != nil || mode != modeNone {
+		t.Fatalf("observed, service never held: mode %v, %v; want bytes after the wait", mode, err)
+	}
+	if took := time.Since(start); took < scopeWait {
+		t.Fatalf("observed, service never held: decided after %v, before waiting %v for it", took, scopeWait)
+	}
+	if got := a.m.streamsUnknownService.Get(); got != 0 {
+		t.Fatalf("fogmesh_agent_streams_unknown_service_total = %d after a relayed stream, want 0", got)
+	}
+
 	// Policies, no traces or logs: a stream for a service that never
 	// comes waits scopeWait and is refused: its policies are unknown.
 	a.obs = nil
@@ -89,10 +108,6 @@ func TestObservedStreamWaitsForItsService(t *testing.T) {
 	if a.view.Load().authz == nil {
 		t.Fatal("no policies in the view: the check below shows nothing")
 	}
-	never := transport.Header{Namespace: "demo", Service: "never", Endpoint: "never-1", Port: "web", Source: "peer"}
-	a.mu.Lock()
-	a.workloads["never-1"] = &workloadState{w: Workload{Name: "never-1", Service: "never", Namespace: "demo"}, healthy: true}
-	a.mu.Unlock()
 	start = time.Now()
 	if mode, err := a.authorizeStream(context.Background(), never); !errors.Is(err, transport.ErrUnknownDestination) {
 		t.Fatalf("policies, service never held: mode %v, %v; want it refused", mode, err)

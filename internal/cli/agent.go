@@ -181,10 +181,9 @@ func RunAgent(prog string, args []string) error {
 		})
 		defer func() { stopTrim(); waitTrim() }()
 	}
-	// One scheduler P while the agent uses well under a core, every P
-	// as soon as it needs more (internal/procs); GOMAXPROCS in the
-	// environment or FOGMESH_PROCS=fixed keeps the runtime's own.
-	if why := procs.Disabled(); why == "" {
+	// FOGMESH_PROCS=auto: one scheduler P while the agent uses well
+	// under a core, every P as soon as it needs more (internal/procs).
+	if on, why := procs.Wanted(); on {
 		changes := cfg.Metrics.NewCounter("fogmesh_agent_procs_changes_total")
 		pctx, stopProcs := context.WithCancel(ctx)
 		waitProcs := procs.Start(pctx, procs.Config{OnChange: func(from, to int) {
@@ -192,8 +191,8 @@ func RunAgent(prog string, args []string) error {
 			log.Debug("agent: scheduler processors (GOMAXPROCS) paced to the load", "from", from, "to", to)
 		}})
 		defer func() { stopProcs(); waitProcs() }()
-	} else {
-		log.Debug("agent: GOMAXPROCS stays as the runtime set it", "why", why)
+	} else if v := os.Getenv("FOGMESH_PROCS"); v != "" && v != "fixed" {
+		log.Warn("agent: GOMAXPROCS not paced", "why", why)
 	}
 	fmt.Fprintf(os.Stderr, "fogmesh agent %s: dns %s, mesh %s, admin %s\n", cfg.Node.Name, a.DNSAddr(), a.MeshAddr(), a.AdminAddr())
 	if cs := a.CaptureStatus(); cs.Active {

@@ -20,6 +20,7 @@ package procs
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"runtime"
@@ -140,25 +141,28 @@ func (p *Pacer) Step(s Sample) int {
 	return p.procs
 }
 
-// Disabled says why Start would not pace the process, or "" if it would:
-// GOMAXPROCS set in the environment (the operator's choice stands),
-// FOGMESH_PROCS=fixed, a single P to begin with, or no CPU clock.
-func Disabled() string {
-	switch {
-	case memtrim.ProcessCPU() == 0:
-		return "the process's CPU time is not known here"
+// Wanted reports whether the process asked to be paced
+// (FOGMESH_PROCS=auto) and can be; if not, why. GOMAXPROCS set in the
+// environment wins (the operator's number stands), and a process with one
+// P to begin with or without a CPU clock is not paced.
+func Wanted() (bool, string) {
+	switch v := os.Getenv("FOGMESH_PROCS"); {
+	case v == "" || v == "fixed":
+		return false, "FOGMESH_PROCS is not auto"
+	case v != "auto":
+		return false, fmt.Sprintf("FOGMESH_PROCS=%q is neither auto nor fixed", v)
 	case os.Getenv("GOMAXPROCS") != "":
-		return "GOMAXPROCS is set"
-	case os.Getenv("FOGMESH_PROCS") == "fixed":
-		return "FOGMESH_PROCS=fixed"
+		return false, "GOMAXPROCS is set"
 	case runtime.GOMAXPROCS(0) < 2:
-		return "one P to begin with"
+		return false, "one P to begin with"
+	case memtrim.ProcessCPU() == 0:
+		return false, "the process's CPU time is not known here"
 	}
-	return ""
+	return true, ""
 }
 
 // Start paces GOMAXPROCS until ctx ends, then restores what it was; wait
-// returns after that. It starts at one P. Call it only if Disabled says "".
+// returns after that. It starts at one P. Call it only if Wanted says so.
 func Start(ctx context.Context, cfg Config) (wait func()) {
 	cfg = cfg.withDefaults()
 	r := newReader(cfg.SlowRun)
