@@ -6,12 +6,12 @@
 // request to its handler, a response waking the handler) finds an idle P
 // and wakes a second thread to run it: a futex wake, a thread that spins
 // for work it rarely finds, and a futex sleep again. On the 2-core bench
-// machine that cost an L7 request 14 to 25 % of the agent's CPU
-// (BENCHMARKS.md, session 10: GOMAXPROCS=1 against the default); the
-// kernel's context switches were a sixth of the agent's samples under
-// gRPC load. An agent on an edge node mostly carries far less than a
-// core, so one P serves it with less CPU; a load that needs more gets
-// every P back within one tick.
+// machine one P saved the agent 15 to 30 % of its CPU per h2c request and
+// gRPC call (BENCHMARKS.md, sessions 10 and 11). It costs latency: with
+// one P a goroutine made runnable waits for the one thread, and an
+// HTTP/1.1 request at 2,000 req/s took 0.06 to 0.12 ms more at p50. So the
+// agent paces only when asked (FOGMESH_PROCS=auto), for boards where the
+// CPU it leaves to the workloads counts more.
 //
 // The decision core (Pacer) does no I/O: Start feeds it samples of the
 // process's CPU time and of the scheduler's latency histogram; tests
