@@ -178,7 +178,7 @@ run_grpc() { # ENGINE ROUND
     # The whole machine (client, backend, agent and whatever else runs):
     # busy % of all cores over the run (fortio's own start and end
     # included), and its CPU per call.
-    GBUSY[$e,$r]=$(awk -v m=$((m1 - m0)) -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" -v c="$(nproc)" 'BEGIN {printf "%.0f", 100 * m / hz / (b - a) / c}')
+    GBUSY[$e,$r]=$(awk -v m=$((m1 - m0)) -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" -v c="$(machine_cpus)" 'BEGIN {printf "%.0f", 100 * m / hz / (b - a) / c}')
     GMCH[$e,$r]=$(awk -v m=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", m / hz * 1e6 / n}')
     [ -z "$ppid" ] || wait "$ppid" || log "pprof of round $r failed"
   else

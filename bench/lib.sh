@@ -106,9 +106,10 @@ stat_ticks() { # AWK-EXPR PID...: sum of AWK-EXPR over the PIDs' /proc/PID/stat 
 }
 cpu_ticks() { stat_ticks '$14 + $15' "$@"; } # utime+stime over the given PIDs
 sys_ticks() { stat_ticks '$15' "$@"; }       # stime (the kernel's share) over the given PIDs
-machine_ticks() { # busy ticks of the whole machine so far (/proc/stat: all but idle and iowait)
-  awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat
+machine_ticks() { # busy ticks of the whole machine so far (/proc/stat: user nice system irq softirq; not idle, iowait or steal)
+  awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat
 }
+machine_cpus() { grep -c '^cpu[0-9]' /proc/stat; } # the CPUs /proc/stat counts (nproc follows affinity)
 cpu_pct() { # TICKS0 TICKS1 T0 T1: CPU % over the wall time T0..T1 (100 = one core)
   awk -v d="$(($2 - $1))" -v hz="$CLK_TCK" -v a="$3" -v b="$4" 'BEGIN {printf "%.0f", 100 * d / hz / (b - a)}'
 }

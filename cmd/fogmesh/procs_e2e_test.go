@@ -39,8 +39,8 @@ func TestAgentPacesGOMAXPROCS(t *testing.T) {
 		return p, url + "/metrics"
 	}
 
-	paced, pacedMetrics := agentAt("187", "FOGMESH_PROCS=auto")
-	_, plainMetrics := agentAt("188")
+	paced, pacedMetrics := agentAt("47", "FOGMESH_PROCS=auto")
+	_, plainMetrics := agentAt("48")
 	if n := metric(t, nil, pacedMetrics, "fogmesh_agent_procs_changes_total"); n < 1 {
 		t.Errorf("FOGMESH_PROCS=auto: fogmesh_agent_procs_changes_total %v, want at least 1 (set to one P at start)", n)
 	}

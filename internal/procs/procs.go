@@ -33,7 +33,10 @@ import (
 // Config tunes the Pacer; zero values take the defaults.
 type Config struct {
 	// Max is the most Ps (default: GOMAXPROCS when Start is called: the
-	// core count, or the container's CPU limit).
+	// core count, or the container's CPU limit). It is read once: a CPU
+	// limit changed while the process is paced is not followed (the
+	// runtime's own updates stop at the first GOMAXPROCS call, and come
+	// back when Start ends).
 	Max int
 	// Interval between samples (100 ms).
 	Interval time.Duration
@@ -42,12 +45,16 @@ type Config struct {
 	// one core is a P that is never idle: requests queue behind each
 	// other.
 	Up float64
-	// SlowRun and SlowShare: with one P, a tick in which more than
-	// SlowShare (1 %) of the goroutines that became runnable waited at
-	// least SlowRun (1 ms) for a P gives back every P too (a burst, or
-	// long-running work, delays the rest before the CPU use shows it).
+	// SlowRun, SlowShare and SlowMin: with one P, a tick in which more
+	// than SlowShare (1 %) of the goroutines that became runnable, and at
+	// least SlowMin (4) of them, waited SlowRun (1 ms) or more for a P
+	// gives back every P too (a burst, or long-running work, delays the
+	// rest before the CPU use shows it). The runtime samples one
+	// transition in eight: a quiet process records a few a tick, and one
+	// delay by the OS alone is no reason for more Ps.
 	SlowRun   time.Duration
 	SlowShare float64
+	SlowMin   uint64
 	// Down: with more than one P, DownTicks ticks in a row (20: two
 	// seconds) under Down cores (0.45) go back to one P. The hysteresis
 	// against Up is wide: the same load costs about a fifth more CPU with
@@ -74,6 +81,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SlowShare <= 0 {
 		c.SlowShare = 0.01
+	}
+	if c.SlowMin == 0 {
+		c.SlowMin = 4
 	}
 	if c.Down <= 0 {
 		c.Down = 0.45
@@ -125,7 +135,7 @@ func (p *Pacer) Step(s Sample) int {
 		if s.Runnable < prev.Runnable || s.Slow < prev.Slow {
 			runnable, slow = 0, 0
 		}
-		if cores >= p.cfg.Up || runnable > 0 && float64(slow) > p.cfg.SlowShare*float64(runnable) {
+		if cores >= p.cfg.Up || slow >= p.cfg.SlowMin && float64(slow) > p.cfg.SlowShare*float64(runnable) {
 			p.procs, p.quiet = p.cfg.Max, 0
 		}
 		return p.procs
@@ -161,8 +171,10 @@ func Wanted() (bool, string) {
 	return true, ""
 }
 
-// Start paces GOMAXPROCS until ctx ends, then restores what it was; wait
-// returns after that. It starts at one P. Call it only if Wanted says so.
+// Start paces GOMAXPROCS until ctx ends, then gives it back to the
+// runtime (its default, and its updates when the CPU limit changes); wait
+// returns after that. It starts at one P. Call it only if Wanted says so:
+// with GOMAXPROCS set in the environment, the runtime's default is that.
 func Start(ctx context.Context, cfg Config) (wait func()) {
 	cfg = cfg.withDefaults()
 	r := newReader(cfg.SlowRun)
@@ -180,7 +192,7 @@ func Start(ctx context.Context, cfg Config) (wait func()) {
 		for {
 			select {
 			case <-ctx.Done():
-				runtime.GOMAXPROCS(orig)
+				runtime.SetDefaultGOMAXPROCS()
 				return
 			case <-tick.C:
 			}

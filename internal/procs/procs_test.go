@@ -47,8 +47,16 @@ func TestPacerScalesUpOnSchedulingLatency(t *testing.T) {
 	if got := f.tick(0.1, 1000, 10); got != 1 {
 		t.Fatalf("1 %% of goroutines waited: %d Ps, want 1 (the share must be exceeded)", got)
 	}
+	if got := f.tick(0.1, 3, 3); got != 1 {
+		t.Fatalf("3 of 3 sampled goroutines waited: %d Ps, want 1 (fewer than 4 slow ones say little)", got)
+	}
 	if got := f.tick(0.1, 1000, 11); got != 2 {
 		t.Fatalf("1.1 %% of goroutines waited over 1 ms: %d Ps, want 2", got)
+	}
+	// With every P, slow goroutines are no reason to change (the OS,
+	// not the Ps, delayed them); only a quiet spell is.
+	if got := f.tick(0.5, 1000, 500); got != 2 {
+		t.Fatalf("slow goroutines with every P: %d Ps, want 2", got)
 	}
 }
 
@@ -71,7 +79,7 @@ func TestPacerScalesDownAfterAQuietSpell(t *testing.T) {
 	if got := f.tick(0.2, 0, 0); got != 1 {
 		t.Fatalf("20th quiet tick: %d Ps, want 1", got)
 	}
-	// Slow goroutines with every P are not a reason to change.
+	// Back on one P, goroutines waiting for it bring every P back.
 	if got := f.tick(0.2, 10, 10); got != 2 {
 		t.Fatalf("slow goroutines with one P: %d Ps, want 2", got)
 	}
@@ -104,22 +112,40 @@ func TestCountAbove(t *testing.T) {
 }
 
 // TestStartPacesTheProcess runs the real loop: one P at start, every P
-// under a load of more than a core, what it was after the context ends.
+// under a load of more than a core, the runtime's default after the
+// context ends (also when it ends on one P).
 func TestStartPacesTheProcess(t *testing.T) {
-	if runtime.NumCPU() < 2 {
-		t.Skip("needs two cores")
+	runtime.SetDefaultGOMAXPROCS()
+	def := runtime.GOMAXPROCS(0)
+	if def < 2 {
+		t.Skip("one P by default here (cores, CPU limit or GOMAXPROCS): nothing to pace")
 	}
-	orig := runtime.GOMAXPROCS(2)
-	defer runtime.GOMAXPROCS(orig)
-	var changes atomic.Int32
+	defer runtime.SetDefaultGOMAXPROCS()
+
+	// Ended while on one P: the default comes back.
 	ctx, cancel := context.WithCancel(context.Background())
+	var first [2]int
+	var firstSet atomic.Bool
+	wait := Start(ctx, Config{Interval: time.Hour, OnChange: func(from, to int) {
+		if firstSet.CompareAndSwap(false, true) {
+			first = [2]int{from, to}
+		}
+	}})
+	if first != [2]int{def, 1} {
+		t.Fatalf("Start's first change: %v, want %d to 1", first, def)
+	}
+	cancel()
+	wait()
+	if got := runtime.GOMAXPROCS(0); got != def {
+		t.Fatalf("GOMAXPROCS after a Start ended on one P: %d, want the default %d", got, def)
+	}
+
+	var changes atomic.Int32
+	ctx, cancel = context.WithCancel(context.Background())
 	// Up at 0.3 of a core: with other test binaries on the machine the
 	// two spinning goroutines may get half a core between them.
-	wait := Start(ctx, Config{Interval: 20 * time.Millisecond, Up: 0.3, OnChange: func(from, to int) { changes.Add(1) }})
+	wait = Start(ctx, Config{Interval: 20 * time.Millisecond, Up: 0.3, OnChange: func(from, to int) { changes.Add(1) }})
 	defer func() { cancel(); wait() }()
-	if got := runtime.GOMAXPROCS(0); got != 1 {
-		t.Fatalf("GOMAXPROCS after Start: %d, want 1", got)
-	}
 	// Two goroutines that spin until every P is back (bounded: 10 s).
 	stop := make(chan struct{})
 	deadline := time.Now().Add(10 * time.Second)
@@ -134,19 +160,19 @@ func TestStartPacesTheProcess(t *testing.T) {
 			}
 		}()
 	}
-	for runtime.GOMAXPROCS(0) != 2 && time.Now().Before(deadline) {
+	for runtime.GOMAXPROCS(0) != def && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	close(stop)
-	if got := runtime.GOMAXPROCS(0); got != 2 {
-		t.Fatalf("GOMAXPROCS under two spinning goroutines: %d, want 2", got)
+	if got := runtime.GOMAXPROCS(0); got != def {
+		t.Fatalf("GOMAXPROCS under two spinning goroutines: %d, want every P (%d)", got, def)
 	}
 	cancel()
 	wait()
-	if got := runtime.GOMAXPROCS(0); got != 2 {
-		t.Fatalf("GOMAXPROCS after the context ended: %d, want 2 (as before Start)", got)
+	if got := runtime.GOMAXPROCS(0); got != def {
+		t.Fatalf("GOMAXPROCS after the context ended: %d, want the default %d", got, def)
 	}
 	if changes.Load() < 2 {
-		t.Fatalf("OnChange called %d times, want at least 2 (to 1, back to 2)", changes.Load())
+		t.Fatalf("OnChange called %d times, want at least 2 (to 1, back to every P)", changes.Load())
 	}
 }
