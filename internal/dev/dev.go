@@ -473,14 +473,8 @@ func (d *Demo) startRelay() error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", d.opts.port(3))
+	ln, pc, err := listenTwin(d.opts.port(3), d.opts.BasePort < 0)
 	if err != nil {
-		srv.Close()
-		return err
-	}
-	pc, err := net.ListenPacket("udp", ln.Addr().String())
-	if err != nil {
-		ln.Close()
 		srv.Close()
 		return err
 	}
@@ -489,6 +483,30 @@ func (d *Demo) startRelay() error {
 	go func() { defer d.relayWG.Done(); srv.Serve(ln) }()
 	go func() { defer d.relayWG.Done(); srv.ServeUDP(pc) }()
 	return nil
+}
+
+// listenTCP is net.Listen (tests take the first pick).
+var listenTCP = net.Listen
+
+// listenTwin listens on TCP addr and on UDP at the same address: the
+// relay takes both on one port. With any free port (addr's port 0) the
+// kernel picks the TCP port, and its UDP twin may be another socket's (a
+// QUIC endpoint's): then another pick, up to 20.
+func listenTwin(addr string, anyPort bool) (net.Listener, net.PacketConn, error) {
+	for try := 1; ; try++ {
+		ln, err := listenTCP("tcp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		pc, err := net.ListenPacket("udp", ln.Addr().String())
+		if err == nil {
+			return ln, pc, nil
+		}
+		ln.Close()
+		if !anyPort || !errors.Is(err, syscall.EADDRINUSE) || try == 20 {
+			return nil, nil, err
+		}
+	}
 }
 
 // Close stops everything and waits.
