@@ -29,6 +29,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/relay"
 	"github.com/fogmesh/fogmesh/internal/tracing"
 )
@@ -473,7 +474,7 @@ func (d *Demo) startRelay() error {
 	if err != nil {
 		return err
 	}
-	ln, pc, err := listenTwin(d.opts.port(3), d.opts.BasePort < 0)
+	pc, ln, err := netseam.ListenTwin(d.opts.port(3))
 	if err != nil {
 		srv.Close()
 		return err
@@ -483,30 +484,6 @@ func (d *Demo) startRelay() error {
 	go func() { defer d.relayWG.Done(); srv.Serve(ln) }()
 	go func() { defer d.relayWG.Done(); srv.ServeUDP(pc) }()
 	return nil
-}
-
-// listenTCP is net.Listen (tests take the first pick).
-var listenTCP = net.Listen
-
-// listenTwin listens on TCP addr and on UDP at the same address: the
-// relay takes both on one port. With any free port (addr's port 0) the
-// kernel picks the TCP port, and its UDP twin may be another socket's (a
-// QUIC endpoint's): then another pick, up to 20.
-func listenTwin(addr string, anyPort bool) (net.Listener, net.PacketConn, error) {
-	for try := 1; ; try++ {
-		ln, err := listenTCP("tcp", addr)
-		if err != nil {
-			return nil, nil, err
-		}
-		pc, err := net.ListenPacket("udp", ln.Addr().String())
-		if err == nil {
-			return ln, pc, nil
-		}
-		ln.Close()
-		if !anyPort || !errors.Is(err, syscall.EADDRINUSE) || try == 20 {
-			return nil, nil, err
-		}
-	}
 }
 
 // Close stops everything and waits.

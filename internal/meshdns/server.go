@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/fogmesh/fogmesh/internal/netseam"
 )
 
 const (
@@ -26,10 +26,6 @@ const (
 	// TODO: cap concurrent TCP connections. The timeouts above bound how
 	// long each is held, which is enough on a loopback address; a cap waits
 	// until the agent listens on addresses other workloads' pods can reach.
-
-	// maxBindAttempts bounds the tries to find a port free for both UDP
-	// and TCP when Config.Addr has port 0.
-	maxBindAttempts = 10
 )
 
 // Server is the DNS server. Create it with New, run it with Serve, stop it
@@ -69,7 +65,7 @@ func New(cfg Config, r Resolver) (*Server, error) {
 			cfg.Logger.Warn("meshdns: no upstream resolvers, names outside the zone will fail", "zone", cfg.Zone, "err", err)
 		}
 	}
-	pc, ln, err := listen(cfg.Addr)
+	pc, ln, err := netseam.ListenTwin(cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("meshdns: %w", err)
 	}
@@ -90,42 +86,6 @@ func New(cfg Config, r Resolver) (*Server, error) {
 		idleTimeout:  tcpIdleTimeout,
 		closing:      make(chan struct{}),
 	}, nil
-}
-
-// listen binds UDP and TCP on addr. If addr's port is 0, it binds TCP to a
-// free port first and then UDP to the same port, trying again with another
-// port if that one is taken for UDP. TCP goes first because its ports are
-// the busy ones: a UDP port picked first is often some TCP connection's
-// local port on a machine with many of them (10 tries in a row failed so
-// in a CI run), while few UDP sockets hold the port a TCP listen got.
-func listen(addr string) (*net.UDPConn, net.Listener, error) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("listen %s: %w", addr, err)
-	}
-	// A TCP port whose UDP twin is taken stays bound until we are done,
-	// so the kernel does not hand it out again on the next try.
-	var taken []net.Listener
-	defer func() {
-		for _, ln := range taken {
-			ln.Close()
-		}
-	}()
-	for attempt := 1; ; attempt++ {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return nil, nil, fmt.Errorf("listen tcp %s: %w", addr, err)
-		}
-		udpAddr := net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
-		pc, err := net.ListenPacket("udp", udpAddr)
-		if err == nil {
-			return pc.(*net.UDPConn), ln, nil
-		}
-		taken = append(taken, ln)
-		if port != "0" || attempt >= maxBindAttempts || !errors.Is(err, syscall.EADDRINUSE) {
-			return nil, nil, fmt.Errorf("listen udp %s (attempt %d): %w", udpAddr, attempt, err)
-		}
-	}
 }
 
 // Addr returns the host:port the server listens on, for UDP and TCP.

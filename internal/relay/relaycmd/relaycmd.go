@@ -20,6 +20,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/cli/base"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/relay"
 )
 
@@ -170,19 +171,25 @@ func Run(prog string, args []string) error {
 	}
 	defer srv.Close()
 
-	ln, err := net.Listen("tcp", fc.Addr)
-	if err != nil {
-		return fmt.Errorf("relay: %w", err)
-	}
+	var ln net.Listener
 	var pc net.PacketConn
-	if fc.UDPAddr != "off" {
-		ua := fc.UDPAddr
-		if ua == "" {
-			ua = ln.Addr().String() // the same port number as TCP
+	switch fc.UDPAddr {
+	case "":
+		// The same port number as TCP (with port 0, one free for both).
+		var upc *net.UDPConn
+		if upc, ln, err = netseam.ListenTwin(fc.Addr); err != nil {
+			return fmt.Errorf("relay: %w", err)
 		}
-		if pc, err = net.ListenPacket("udp", ua); err != nil {
-			ln.Close()
-			return fmt.Errorf("relay: udp: %w", err)
+		pc = upc
+	default:
+		if ln, err = net.Listen("tcp", fc.Addr); err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+		if fc.UDPAddr != "off" {
+			if pc, err = net.ListenPacket("udp", fc.UDPAddr); err != nil {
+				ln.Close()
+				return fmt.Errorf("relay: udp: %w", err)
+			}
 		}
 	}
 	aln, err := net.Listen("tcp", fc.AdminAddr)

@@ -1,4 +1,4 @@
-package dev
+package netseam
 
 import (
 	"errors"
@@ -8,9 +8,10 @@ import (
 )
 
 // TestListenTwinTakesAnotherPick: with any free port, a TCP port whose
-// UDP twin another socket holds is given back and another taken (a CI
-// run's second demo failed so: "relay: listen udp ...: address already in
-// use"); with a fixed port the clash is the error.
+// UDP twin another socket holds is set aside and another taken (a CI
+// run's second dev demo failed so, when its relay still bound the twin
+// itself: "relay: listen udp ...: address already in use"); with a fixed
+// port the clash is the error, at once.
 func TestListenTwinTakesAnotherPick(t *testing.T) {
 	held, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -34,7 +35,7 @@ func TestListenTwinTakesAnotherPick(t *testing.T) {
 	}
 	defer func() { listenTCP = net.Listen }()
 
-	ln, pc, err := listenTwin("127.0.0.1:0", true)
+	pc, ln, err := ListenTwin("127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("any free port: %v", err)
 	}
@@ -45,7 +46,13 @@ func TestListenTwinTakesAnotherPick(t *testing.T) {
 	}
 
 	calls = 0
-	if _, _, err := listenTwin(busy, false); !errors.Is(err, syscall.EADDRINUSE) || calls != 1 {
+	if _, _, err := ListenTwin(busy); !errors.Is(err, syscall.EADDRINUSE) || calls != 1 {
 		t.Fatalf("fixed port whose UDP twin is taken: %v after %d picks; want address in use at once", err, calls)
+	}
+	// The TCP port it took is given back.
+	if ln, err := net.Listen("tcp", busy); err != nil {
+		t.Fatalf("TCP %s still held after the failed ListenTwin: %v", busy, err)
+	} else {
+		ln.Close()
 	}
 }
