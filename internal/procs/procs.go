@@ -173,8 +173,9 @@ func Wanted() (bool, string) {
 
 // Start paces GOMAXPROCS until ctx ends, then gives it back to the
 // runtime (its default, and its updates when the CPU limit changes); wait
-// returns after that. It starts at one P. Call it only if Wanted says so:
-// with GOMAXPROCS set in the environment, the runtime's default is that.
+// returns after that. It starts at one P. Call it only if Wanted says so
+// (the runtime's default it gives back ignores GOMAXPROCS in the
+// environment, which Wanted refuses).
 func Start(ctx context.Context, cfg Config) (wait func()) {
 	cfg = cfg.withDefaults()
 	r := newReader(cfg.SlowRun)
