@@ -193,6 +193,10 @@ func newL7(a *Agent) *l7 {
 	})
 	norm := a.normalizingHandler(proxy) // one normalised path for routing, authorization and upstream
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// One copy of the request for both context values below (a gRPC
+		// call has both).
+		ctx := r.Context()
+		var tb *httpproxy.TimedBody
 		if r.Body != nil && r.Body != http.NoBody {
 			// The body is read under httpproxy.TimedBody's bounds, set
 			// on the request's own read deadline (HTTP/1.1: the
@@ -201,15 +205,14 @@ func newL7(a *Agent) *l7 {
 			// closes a connection whose body was not read to the end.
 			// ReverseProxy wraps the body it forwards: the context
 			// carries it to lbTransport.
-			tb := httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
-			r = r.WithContext(httpproxy.WithTimedBody(r.Context(), tb))
-			r.Body = tb
+			tb = httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+			ctx = httpproxy.WithTimedBody(ctx, tb)
 			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 		}
 		if r.ProtoMajor == 2 {
 			lw := &lazyFlushWriter{ResponseWriter: w} // and its upstreamBody: one allocation
 			lw.up = &lw.body
-			r = r.WithContext(context.WithValue(r.Context(), upstreamBodyKey{}, lw.up))
+			ctx = context.WithValue(ctx, upstreamBodyKey{}, lw.up)
 			w = lw
 			// A slow reader stalls its stream's flow control, not the
 			// connection's writes (taggedConn.Write): bound the
@@ -219,6 +222,12 @@ func newL7(a *Agent) *l7 {
 					w = httpproxy.NewSendTimedWriter(w, d)
 				}
 			}
+		}
+		if ctx != r.Context() {
+			r = r.WithContext(ctx) // the copy; the server's request keeps its body
+		}
+		if tb != nil {
+			r.Body = tb
 		}
 		norm.ServeHTTP(w, r)
 	})
