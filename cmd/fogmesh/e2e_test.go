@@ -150,6 +150,21 @@ func start(t *testing.T, args ...string) *proc {
 	return startCmd(t, fogmeshBin, args...)
 }
 
+// stopsOnSIGTERM sends p SIGTERM and fails the test unless it exits 0
+// within d (graceful shutdown: the exit code means success).
+func (p *proc) stopsOnSIGTERM(t *testing.T, what string, d time.Duration) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		t.Fatalf("%s still running %v after SIGTERM:\n%s", what, d, p.out)
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("%s exit %d after SIGTERM:\n%s", what, code, p.out)
+	}
+}
+
 // startCmd runs any program; the test's cleanup kills it if still running.
 func startCmd(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
@@ -354,15 +369,7 @@ func TestSIGTERMIsGraceful(t *testing.T) {
 	if !strings.Contains(string(m), "fogmesh_control_store_revision") {
 		t.Fatalf("metrics: %s", m)
 	}
-	cp.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-cp.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("control did not stop on SIGTERM")
-	}
-	if code := cp.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("exit code %d after SIGTERM; output:\n%s", code, cp.out)
-	}
+	cp.stopsOnSIGTERM(t, "control", 10*time.Second)
 }
 
 func TestBadConfigAndInputExitCodes(t *testing.T) {
@@ -588,15 +595,7 @@ func TestAgentRegisterCLIAndSIGTERM(t *testing.T) {
 			t.Errorf("metrics lack %s", name)
 		}
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("agent did not stop on SIGTERM")
-	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("agent exit %d after SIGTERM:\n%s", code, p.out)
-	}
+	p.stopsOnSIGTERM(t, "agent", 10*time.Second)
 }
 
 // TestControlAdminHostileInput: garbage and a slow sender on the admin port

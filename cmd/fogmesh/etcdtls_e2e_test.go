@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -209,15 +208,7 @@ func TestControlWaitingForEtcdStopsOnSIGTERM(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusServiceUnavailable
 	})
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		t.Fatalf("still running 15 s after SIGTERM:\n%s", p.out)
-	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("exit %d after SIGTERM while waiting:\n%s", code, p.out)
-	}
+	p.stopsOnSIGTERM(t, "control waiting for etcd", 15*time.Second)
 	for _, a := range []string{addrs["admin"], addrs["sync"]} {
 		ln, err := net.Listen("tcp", a)
 		if err != nil {

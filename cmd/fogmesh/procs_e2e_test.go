@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -56,13 +55,5 @@ func TestAgentPacesGOMAXPROCS(t *testing.T) {
 		t.Errorf("default agent: go_gomaxprocs %v, want the runtime's %d", n, runtime.GOMAXPROCS(0))
 	}
 
-	paced.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-paced.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("paced agent did not stop on SIGTERM")
-	}
-	if code := paced.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("paced agent exit %d after SIGTERM:\n%s", code, paced.out)
-	}
+	paced.stopsOnSIGTERM(t, "paced agent", 10*time.Second)
 }

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -109,13 +108,5 @@ func TestRelayCommand(t *testing.T) {
 		t.Fatal("revoked node reconnected")
 	}
 
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("relay did not stop on SIGTERM")
-	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("exit %d after SIGTERM\n%s", code, p.out)
-	}
+	p.stopsOnSIGTERM(t, "relay", 20*time.Second)
 }

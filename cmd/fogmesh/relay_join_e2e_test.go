@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -170,15 +169,7 @@ func TestRelayJoinsMesh(t *testing.T) {
 	}
 
 	// A restart needs no token; the name must match the certificate.
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("relay did not stop on SIGTERM")
-	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("exit %d after SIGTERM\n%s", code, p.out)
-	}
+	p.stopsOnSIGTERM(t, "relay", 20*time.Second)
 	if out, code := run(t, relayArgs(dir, "-name", "r2")...); code != 2 || !strings.Contains(out, `for relay "r1"`) {
 		t.Fatalf("restart under another name: exit %d\n%s", code, out)
 	}
