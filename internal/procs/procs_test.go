@@ -2,11 +2,15 @@ package procs
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"runtime/metrics"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 const tick = 100 * time.Millisecond
@@ -148,6 +152,9 @@ func TestStartPacesTheProcess(t *testing.T) {
 	defer func() { cancel(); wait() }()
 	// Two goroutines that spin until every P is back (bounded: 10 s).
 	stop := make(chan struct{})
+	var stopOnce sync.Once
+	stopSpin := func() { stopOnce.Do(func() { close(stop) }) }
+	defer stopSpin()
 	deadline := time.Now().Add(10 * time.Second)
 	for range 2 {
 		go func() {
@@ -160,13 +167,9 @@ func TestStartPacesTheProcess(t *testing.T) {
 			}
 		}()
 	}
-	for runtime.GOMAXPROCS(0) != def && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	close(stop)
-	if got := runtime.GOMAXPROCS(0); got != def {
-		t.Fatalf("GOMAXPROCS under two spinning goroutines: %d, want every P (%d)", got, def)
-	}
+	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("every P (%d) back under two spinning goroutines", def),
+		func() bool { return runtime.GOMAXPROCS(0) == def })
+	stopSpin()
 	cancel()
 	wait()
 	if got := runtime.GOMAXPROCS(0); got != def {
