@@ -170,3 +170,115 @@ func TestRawTCP(t *testing.T) {
 		t.Fatalf("peer read %q, %v; want pong then EOF", got, err)
 	}
 }
+
+// TestRawIOSendBeforeRead: a write kept for the next read goes out from
+// inside it, and that read waits for the answer without first reading an
+// empty socket; the answer arrives whether it comes at once or later, a
+// write the socket cannot take at once is finished as any write, and a
+// peer that is gone shows as an error or EOF, not a hang.
+func TestRawIOSendBeforeRead(t *testing.T) {
+	c, peer := tcpPair(t)
+	r := NewRawIO(c)
+	// The peer answers each request, at once or after a pause: a pause
+	// means the first look at the socket would have found it empty.
+	answer := func(pause time.Duration) chan error {
+		done := make(chan error, 1)
+		go func() {
+			buf := make([]byte, 64)
+			n, err := peer.Read(buf)
+			if err == nil && string(buf[:n]) != "request" {
+				err = errors.New("peer read " + string(buf[:n]))
+			}
+			time.Sleep(pause)
+			if err == nil {
+				_, err = peer.Write([]byte("answer"))
+			}
+			done <- err
+		}()
+		return done
+	}
+	for _, pause := range []time.Duration{0, 50 * time.Millisecond, 0, 20 * time.Millisecond} {
+		done := answer(pause)
+		before := r.emptyReads
+		r.SendBeforeRead()
+		req := []byte("request")
+		if n, err := r.Write(req); n != len(req) || err != nil {
+			t.Fatal(n, err)
+		}
+		buf := make([]byte, 64)
+		if n, err := r.Read(buf); err != nil || string(buf[:n]) != "answer" {
+			t.Fatalf("pause %v: read %q %v", pause, buf[:n], err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if r.emptyReads != before {
+			t.Fatalf("pause %v: %d reads found the socket empty", pause, r.emptyReads-before)
+		}
+	}
+	// Without SendBeforeRead the same exchange reads the empty socket
+	// first: the counter can tell.
+	done := answer(50 * time.Millisecond)
+	before := r.emptyReads
+	r.Write([]byte("request"))
+	buf := make([]byte, 64)
+	if n, err := r.Read(buf); err != nil || string(buf[:n]) != "answer" {
+		t.Fatalf("read %q %v", buf[:n], err)
+	}
+	<-done
+	if r.emptyReads == before {
+		t.Fatal("a plain read of an empty socket was not counted")
+	}
+
+	// A kept write larger than the socket buffers: what the socket does
+	// not take inside the read goes out as any write, then the read.
+	big := bytes.Repeat([]byte("0123456789abcdef"), 8<<20/16)
+	got := make(chan error, 1)
+	go func() {
+		b, err := io.ReadAll(io.LimitReader(peer, int64(len(big))))
+		if err == nil && !bytes.Equal(b, big) {
+			err = errors.New("peer got other bytes")
+		}
+		if err == nil {
+			_, err = peer.Write([]byte("big answer"))
+		}
+		got <- err
+	}()
+	r.SendBeforeRead()
+	if n, err := r.Write(big); n != len(big) || err != nil {
+		t.Fatal(n, err)
+	}
+	if n, err := r.Read(buf); err != nil || string(buf[:n]) != "big answer" {
+		t.Fatalf("read %q %v", buf[:n], err)
+	}
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+
+	// The peer closes: the kept write and read end in EOF or an error.
+	peer.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r.SendBeforeRead()
+	r.Write([]byte("request"))
+	if n, err := r.Read(buf); err == nil || os.IsTimeout(err) {
+		t.Fatalf("read %q %v from a closed peer", buf[:n], err)
+	}
+}
+
+// TestRawIOSendBeforeReadDeadline: a kept write whose read has passed its
+// deadline is not written, and the read times out.
+func TestRawIOSendBeforeReadDeadline(t *testing.T) {
+	c, peer := tcpPair(t)
+	r := NewRawIO(c)
+	c.SetReadDeadline(time.Now().Add(-time.Second))
+	r.SendBeforeRead()
+	r.Write([]byte("request"))
+	buf := make([]byte, 16)
+	if _, err := r.Read(buf); !os.IsTimeout(err) {
+		t.Fatalf("read past its deadline: %v", err)
+	}
+	peer.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := peer.Read(buf); n != 0 || !os.IsTimeout(err) {
+		t.Fatalf("peer read %q %v: the write went out", buf[:n], err)
+	}
+}
