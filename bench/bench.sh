@@ -10,8 +10,11 @@
 #   6. L7 request proxying (service ports declared http/http2/grpc): the
 #      maximum request rate (closed loop, 16 connections: wrk, or fortio
 #      -qps 0 without wrk) and p50/p99 at a fixed 2,000 req/s for HTTP/1.1
-#      direct, through one agent, through two agents and through nginx (HTTP
-#      reverse proxy, upstream keepalive pool, 1 worker); h2c (fortio -h2,
+#      direct, through one agent, through two agents, through nginx (HTTP
+#      reverse proxy, upstream keepalive pool, 1 worker) and through the
+#      smallest Go HTTP/1.1 proxies (bench/h1bare: a goroutine per
+#      connection, and one epoll loop), the ceilings of the agent's HTTP/1.1
+#      path in Go; h2c (fortio -h2,
 #      prior knowledge) and gRPC (fortio -grpc -ping) direct and through one
 #      agent; h2c also with h2load (-n requests over -c connections, -m
 #      streams each) direct and through one agent.
@@ -109,7 +112,7 @@ P_SRV_CAP=$((BASE + 14)) # the srv agent's capture listener (CAPTURE=1)
 P_CLI_MESH=$((BASE + 20)); P_CLI_DNS=$((BASE + 21)); P_CLI_ADMIN=$((BASE + 22))
 P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_SINK=$((BASE + 32)); P_GRPC=$((BASE + 33))
 P_HAP_BULK=$((BASE + 40)); P_HAP_WEB=$((BASE + 41)); P_NGINX=$((BASE + 42))
-P_REL_BULK=$((BASE + 50)); P_REL_WEB=$((BASE + 51))
+P_REL_BULK=$((BASE + 50)); P_REL_WEB=$((BASE + 51)); P_BAREG=$((BASE + 52)); P_BAREE=$((BASE + 53))
 # The baseline build's control plane and agent (BASELINE_BIN only).
 P_BCTL_ADMIN=$((BASE + 60)); P_BCTL_SYNC=$((BASE + 61))
 P_BSRV_MESH=$((BASE + 62)); P_BSRV_DNS=$((BASE + 63)); P_BSRV_ADMIN=$((BASE + 64)); P_BSRV_PPROF=$((BASE + 65))
@@ -208,7 +211,7 @@ if [ "${SKIP_ARM64:-0}" != 1 ]; then
 else
   SIZE_ARM64_AGENT=0; SIZE_ARM64_FULL=0
 fi
-build_helpers splicerelay holdconns benchjson
+build_helpers splicerelay holdconns benchjson h1bare
 [ "$OBS" != 1 ] || build_helpers otlpsink
 
 # ---------------------------------------------------------------- machine
@@ -243,6 +246,11 @@ EOF
 haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy rejects its config"
 start haproxy "$(command -v haproxy)" -db -f "$TMP/haproxy.cfg"
 start relay "$BIN/splicerelay" "127.0.0.1:$P_REL_BULK=127.0.0.1:$P_IPERF" "127.0.0.1:$P_REL_WEB=127.0.0.1:$P_HTTP"
+# The smallest HTTP/1.1 keep-alive proxies in Go (bench/h1bare), as
+# ceilings for the agent's HTTP/1.1 path: a goroutine per connection, and
+# one epoll loop (as nginx's one worker).
+start bareg "$BIN/h1bare" -model go "127.0.0.1:$P_BAREG=127.0.0.1:$P_HTTP"
+start baree "$BIN/h1bare" -model epoll -loops 1 "127.0.0.1:$P_BAREE=127.0.0.1:$P_HTTP"
 
 # nginx as an HTTP/1.1 reverse proxy with an upstream keepalive pool: one
 # worker, in the foreground (daemon off; its master is the PID we stop), pid,
@@ -374,6 +382,8 @@ wait_port 127.0.0.1 "$P_GRPC" httpd
 wait_port 127.0.0.1 "$P_SINK" sink
 wait_port 127.0.0.1 "$P_HAP_BULK" haproxy
 wait_port 127.0.0.1 "$P_REL_BULK" relay
+wait_port 127.0.0.1 "$P_BAREG" bareg
+wait_port 127.0.0.1 "$P_BAREE" baree
 wait_port 127.0.0.1 "$P_SRV_ADMIN" srv
 wait_port 127.0.0.1 "$P_CLI_ADMIN" cli
 [ -z "$BASELINE_BIN" ] || wait_port 127.0.0.1 "$P_BSRV_ADMIN" srvbase
@@ -427,6 +437,8 @@ if [ -n "$BASELINE_BIN" ]; then
   LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent1l7base agent2l7 nginx)
   L7ENGINES=(direct agent1l7 agent1l7base agent2l7 nginx)
 fi
+# The bare Go HTTP/1.1 proxies, in both lists.
+LATENGINES+=(bareg baree); L7ENGINES+=(bareg baree)
 # OBS=1: the observability rows next to (b7).
 if [ "$OBS" = 1 ]; then
   LATENGINES+=(agent1l7t100 agent1l7t1 agent1l7log); L7ENGINES+=(agent1l7t100 agent1l7t1 agent1l7log)
@@ -464,6 +476,8 @@ LABEL[agent1l7t1]="(b7-t1) one agent, L7, traces sampled 1 %"; WEB[agent1l7t1]="
 LABEL[agent1l7log]="(b7-log) one agent, L7, access log of every request"; WEB[agent1l7log]="http://$OLOG_VIP:$S_WEB/"
 LABEL[agent2l7]="(c7) two agents, port declared http (L7 on the cli agent, mesh to srv)"; WEB[agent2l7]="http://$CLI_VIP_WEBL7:$S_WEB/"
 LABEL[nginx]="(n) nginx $NGINX_VERSION (HTTP reverse proxy, upstream keepalive 64, 1 worker)"; WEB[nginx]="http://127.0.0.1:$P_NGINX/"
+LABEL[bareg]="(g7) minimal Go HTTP/1.1 proxy, a goroutine per connection (h1bare -model go)"; WEB[bareg]="http://127.0.0.1:$P_BAREG/"
+LABEL[baree]="(e7) minimal Go HTTP/1.1 proxy, one epoll loop (h1bare -model epoll)"; WEB[baree]="http://127.0.0.1:$P_BAREE/"
 LABEL[h2direct]="(a2) h2c direct";          WEB[h2direct]="http://127.0.0.1:$P_HTTP/"
 LABEL[h2agent1]="(b2) h2c, one agent, port declared http2"; WEB[h2agent1]="http://$SRV_VIP_WEBH2:$S_WEB/"
 LABEL[grpcdirect]="(ag) gRPC ping direct";  WEB[grpcdirect]="127.0.0.1:$P_GRPC"
@@ -473,6 +487,7 @@ LABEL[h2lagent1]="(b2l) h2c, one agent, port declared http2, h2load"; WEB[h2lage
 KIND[h2direct]=h2; KIND[h2agent1]=h2; KIND[grpcdirect]=grpc; KIND[grpcagent1]=grpc
 KIND[h2ldirect]=h2load; KIND[h2lagent1]=h2load
 CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent1cap]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
+CPUPIDS[bareg]="$PID_bareg"; CPUPIDS[baree]="$PID_baree"
 CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"; CPUPIDS[agent1bpf]="${PID_fp:-}"
 CPUPIDS[agent1l7]="$PID_srv"; CPUPIDS[agent2l7]="$PID_cli $PID_srv"
 CPUPIDS[agent1l7t100]="${PID_ot100:-}"; CPUPIDS[agent1l7t1]="${PID_ot1:-}"; CPUPIDS[agent1l7log]="${PID_olog:-}"
@@ -495,7 +510,7 @@ FAILED=() WARNED=()
 for e in "${LATENGINES[@]}"; do
   if ! curl -fsS -o /dev/null --max-time 5 "${WEB[$e]}"; then
     case $e in
-      *l7|*l7base|nginx) log "HTTP path $e (${WEB[$e]}) does not answer"; failed "$e" "HTTP path $e does not answer" ;;
+      *l7|*l7base|nginx|bare?) log "HTTP path $e (${WEB[$e]}) does not answer"; failed "$e" "HTTP path $e does not answer" ;;
       *) die "HTTP path $e (${WEB[$e]}) does not answer" ;;
     esac
   fi
@@ -737,6 +752,7 @@ REF[direct]=direct; REF[agent1l7]=direct; REF[agent2l7]=direct; REF[nginx]=direc
 REF[h2direct]=h2direct; REF[h2agent1]=h2direct; REF[grpcdirect]=grpcdirect; REF[grpcagent1]=grpcdirect
 HOPS[direct]=0; HOPS[agent1l7]=1; HOPS[agent2l7]=2; HOPS[nginx]=1
 REF[agent1l7base]=direct; HOPS[agent1l7base]=1
+REF[bareg]=direct; HOPS[bareg]=1; REF[baree]=direct; HOPS[baree]=1
 for e in agent1l7t100 agent1l7t1 agent1l7log; do REF[$e]=direct; HOPS[$e]=1; done
 HOPS[h2direct]=0; HOPS[h2agent1]=1; HOPS[grpcdirect]=0; HOPS[grpcagent1]=1
 REF[h2ldirect]=h2ldirect; REF[h2lagent1]=h2ldirect; HOPS[h2ldirect]=0; HOPS[h2lagent1]=1
@@ -944,6 +960,10 @@ echo "| (c7) two agents / (n) nginx | $(calc "%.2f" "${MQ[agent2l7]}" "${MQ[ngin
 echo "| (b7) one agent / (a) direct | $(calc "%.2f" "${MQ[agent1l7]}" "${MQ[direct]}" "a / b") |"
 echo "| (n) nginx / (a) direct | $(calc "%.2f" "${MQ[nginx]}" "${MQ[direct]}" "a / b") |"
 echo "| (c7) two agents / (b7) one agent | $(calc "%.2f" "${MQ[agent2l7]}" "${MQ[agent1l7]}" "a / b") |"
+echo "| (g7) minimal Go proxy, goroutines / (n) nginx | $(calc "%.2f" "${MQ[bareg]}" "${MQ[nginx]}" "a / b") |"
+echo "| (e7) minimal Go proxy, epoll loop / (n) nginx | $(calc "%.2f" "${MQ[baree]}" "${MQ[nginx]}" "a / b") |"
+echo "| (b7) one agent / (g7) minimal Go proxy, goroutines | $(calc "%.2f" "${MQ[agent1l7]}" "${MQ[bareg]}" "a / b") |"
+echo "| proxy CPU µs per request at max rate: (b7) agent, (g7) goroutines, (e7) epoll loop, (n) nginx | $(cpureq agent1l7), $(cpureq bareg), $(cpureq baree), $(cpureq nginx) |"
 if [ -n "$BASELINE_BIN" ]; then
 echo "| (b7) new / (b7-base) baseline: max req/s | $(ratio "${MQ[agent1l7]}" "${MQ[agent1l7base]}") ($(calc "%.0f" "${MQ[agent1l7]}" 0 a) vs $(calc "%.0f" "${MQ[agent1l7base]}" 0 a) req/s) |"
 echo "| (b7) new / (b7-base) baseline: agent CPU per request at max rate | $(ratio "$(cpureq agent1l7)" "$(cpureq agent1l7base)") ($(cpureq agent1l7) vs $(cpureq agent1l7base) µs) |"
