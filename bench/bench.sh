@@ -46,9 +46,9 @@
 # port) and their targets, for a focused before/after run of the per-hop
 # latency (issue 14). PERFSTAT=1: perf stat (task-clock, context switches)
 # of each proxy over its fortio runs of section 2, reported per request,
-# and its CPU split into user and kernel time, its system calls and its
-# context switches per request over each maximum rate run of section 6
-# (not the h2load rows).
+# and its CPU split into user and kernel time, its system calls, its
+# context switches and its page faults per request over each maximum rate
+# run of section 6 (not the h2load rows).
 # CAPTURE=1 (the default when root): also row (b-cap), the (b) path reached
 # through a ClusterIP: service webcap (tcp, the same backend) with clusterIP
 # 127.237.0.10, which the srv agent captures with nftables (-capture
@@ -595,7 +595,7 @@ fi
 # max_rate ENGINE ROUND: closed loop, CONNS connections, LAT_SECONDS: wrk for
 # HTTP/1.1 when installed, else (and for h2c and gRPC) fortio -qps 0. Also the
 # proxy's CPU over the run.
-declare -A MAXQ MAXERR MAXCPU MS_SYS MS_CS MS_USR MS_KRN
+declare -A MAXQ MAXERR MAXCPU MS_SYS MS_CS MS_PF MS_USR MS_KRN
 if [ -n "$WRK" ]; then MAXTOOL="wrk $WRK_VERSION -t $WRK_THREADS -c $CONNS -d ${LAT_SECONDS}s"
 else MAXTOOL="fortio load -qps 0 -c $CONNS -t ${LAT_SECONDS}s"; fi
 max_rate() {
@@ -604,7 +604,7 @@ max_rate() {
   local spid= sw=$((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1))
   if [ "$PERFSTAT" = 1 ] && [ -n "${CPUPIDS[$e]:-}" ] && [ "${KIND[$e]:-}" != h2load ]; then
     # shellcheck disable=SC2086 # CPUPIDS is a list of PIDs
-    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$(echo ${CPUPIDS[$e]} | tr ' ' ,)" \
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches,page-faults -p "$(echo ${CPUPIDS[$e]} | tr ' ' ,)" \
       -o "$TMP/perfmax-$e-$r.csv" -- sleep "$sw" >/dev/null 2>&1 &
     spid=$!
   fi
@@ -636,11 +636,11 @@ max_rate() {
         -v q="${MAXQ[$e,$r]}" -v a="$t0" -v b="$t1" \
         'BEGIN {n = q * (b - a); if (n > 0) printf "%.1f %.1f\n", (c - k) * 1e6 / hz / n, k * 1e6 / hz / n; else print "fail fail"}')
       if wait "$spid"; then
-        read -r "MS_SYS[$e,$r]" "MS_CS[$e,$r]" < <(awk -F, -v q="${MAXQ[$e,$r]}" -v s="$sw" \
-          '$3 ~ /sys_enter/ {y = $1} $3 == "context-switches" {c = $1}
-           END {n = q * s; if (n > 0) printf "%.2f %.2f\n", y / n, c / n; else print "fail fail"}' "$TMP/perfmax-$e-$r.csv")
+        read -r "MS_SYS[$e,$r]" "MS_CS[$e,$r]" "MS_PF[$e,$r]" < <(awk -F, -v q="${MAXQ[$e,$r]}" -v s="$sw" \
+          '$3 ~ /sys_enter/ {y = $1} $3 == "context-switches" {c = $1} $3 == "page-faults" {f = $1}
+           END {n = q * s; if (n > 0) printf "%.2f %.2f %.3f\n", y / n, c / n, f / n; else print "fail fail fail"}' "$TMP/perfmax-$e-$r.csv")
       else
-        log "perf stat of $e round $r failed"; MS_SYS[$e,$r]=fail; MS_CS[$e,$r]=fail
+        log "perf stat of $e round $r failed"; MS_SYS[$e,$r]=fail; MS_CS[$e,$r]=fail; MS_PF[$e,$r]=fail
       fi
     fi
     [ "${MAXERR[$e,$r]}" = 0 ] || failed "$e" "max rate $e round $r: ${MAXERR[$e,$r]} errors or non-OK responses"
@@ -942,14 +942,14 @@ done
 if [ "$PERFSTAT" = 1 ]; then
 echo
 echo "PERFSTAT=1: the proxy's CPU per request at the maximum rate split into user space and kernel (utime, stime"
-echo "over the run), and its system calls (all kinds) and context switches per request (perf stat over the first"
+echo "over the run), and its system calls (all kinds), context switches and page faults per request (perf stat over the first"
 echo "$((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1)) s of each run); per round:"
 echo
-echo "| path | user µs per request | kernel µs per request | system calls per request | context switches per request |"
-echo "|---|---|---|---|---|"
+echo "| path | user µs per request | kernel µs per request | system calls per request | context switches per request | page faults per request |"
+echo "|---|---|---|---|---|---|"
 for e in "${L7ENGINES[@]}" "${XENGINES[@]}"; do
   [ "${HOPS[$e]}" = 0 ] && continue
-  echo "| ${LABEL[$e]} | $(rounds_of MS_USR "$e" "${NR[$e]}") | $(rounds_of MS_KRN "$e" "${NR[$e]}") | $(rounds_of MS_SYS "$e" "${NR[$e]}") | $(rounds_of MS_CS "$e" "${NR[$e]}") |"
+  echo "| ${LABEL[$e]} | $(rounds_of MS_USR "$e" "${NR[$e]}") | $(rounds_of MS_KRN "$e" "${NR[$e]}") | $(rounds_of MS_SYS "$e" "${NR[$e]}") | $(rounds_of MS_CS "$e" "${NR[$e]}") | $(rounds_of MS_PF "$e" "${NR[$e]}") |"
 done
 fi
 echo
