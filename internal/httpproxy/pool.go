@@ -80,7 +80,6 @@ func NewPool(cfg PoolConfig) *Pool {
 type poolConn struct {
 	p      *Pool
 	c      net.Conn
-	raw    *RawIO // c's, or nil: br and bw read and write through it
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
@@ -168,11 +167,10 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 		return nil, p.cfg.DialError(err)
 	}
 	var rw io.ReadWriter = c
-	raw := NewRawIO(c) // no system call state per read and write
-	if raw != nil {
+	if raw := NewRawIO(c); raw != nil { // no system call state per read and write
 		rw = raw
 	}
-	pc := &poolConn{p: p, c: c, raw: raw, br: bufio.NewReaderSize(rw, BufSize), bw: bufio.NewWriterSize(rw, BufSize),
+	pc := &poolConn{p: p, c: c, br: bufio.NewReaderSize(rw, BufSize), bw: bufio.NewWriterSize(rw, BufSize),
 		poison: func() { c.SetDeadline(aLongTimeAgo) }}
 	p.mu.Lock()
 	closed := p.closed
@@ -462,13 +460,6 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 			// none; response trailers pass.
 			endChunked(bw, cw, nil)
 		}
-	}
-	if !hasBody && pc.raw != nil && pc.br.Buffered() == 0 {
-		// exchange reads the response next: the write goes with that
-		// read, which then waits without a read that finds nothing. Not
-		// with a body: an endpoint may answer before it has read all of
-		// it (and then wait), so its answer may be in before the write.
-		pc.raw.SendBeforeRead()
 	}
 	return bw.Flush()
 }
