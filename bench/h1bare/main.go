@@ -3,8 +3,7 @@
 //
 //   - go: a goroutine per client connection, with its own upstream
 //     connection, reading and writing with httpproxy.RawIO as the agent
-//     does (the request written from inside the read of its response,
-//     RawIO.SendBeforeRead);
+//     does;
 //   - epoll: one event loop (or -loops of them) over raw descriptors taken
 //     out of Go's poller, reading and writing with read(2) and write(2) as
 //     nginx's worker does; level-triggered, one epoll_wait per batch.
@@ -164,7 +163,6 @@ func serve(c net.Conn, target string) {
 		if end < 0 {
 			return
 		}
-		ur.SendBeforeRead()
 		if _, err := ur.Write(in[:end]); err != nil {
 			return
 		}

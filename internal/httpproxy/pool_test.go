@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // upstream is a real HTTP/1.1 server on a loopback port that answers
@@ -156,6 +157,65 @@ func TestPoolReplaysOnStaleConnection(t *testing.T) {
 	}
 	if n := u.accepted.Load(); n != 2 {
 		t.Fatalf("%d connections; want 2", n)
+	}
+}
+
+// TestPoolReplaysOnHalfClosedConnection: the upstream answers, then shuts
+// its side of the idle connection down but goes on reading (a relay whose
+// far side is gone: the agent's own, on a direct stream), so a request
+// sent there gets neither an answer nor a reset. The pool's read finds the
+// end of the stream that came before the request, and a GET goes again
+// on a new connection at once. (A read that waits for the answer without
+// reading first, skipping the read that finds nothing, hangs here.)
+func TestPoolReplaysOnHalfClosedConnection(t *testing.T) {
+	var mu sync.Mutex
+	halfClosed := map[net.Conn]bool{}
+	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if halfClosed[c] {
+			return true // read on, answer nothing
+		}
+		ok(c, req)
+		if len(halfClosed) == 0 { // the first connection only
+			c.(*net.TCPConn).CloseWrite()
+			halfClosed[c] = true
+		}
+		return true
+	})
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	if code, _ := get(t, p, "GET", ""); code != 200 {
+		t.Fatal(code)
+	}
+	// The end of the stream has reached the pooled socket (a peek that
+	// leaves the poller alone).
+	p.mu.Lock()
+	pc := p.idle[0]
+	p.mu.Unlock()
+	rc, err := pc.c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the upstream's end of stream", func() bool {
+		eof := false
+		rc.Control(func(fd uintptr) {
+			var b [1]byte
+			n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			eof = n == 0 && err == nil
+		})
+		return eof
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc/x", nil)
+	resp, err := p.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("a GET after the upstream half-closed: %v", err)
+	}
+	resp.Body.Close()
+	if n := u.accepted.Load(); resp.StatusCode != 200 || n != 2 {
+		t.Fatalf("%d over %d connections; want 200 over 2", resp.StatusCode, n)
 	}
 }
 
