@@ -206,13 +206,9 @@ func (b *lengthBody) Close() error { return nil }
 // read poisoned headers in egress requests and in a cached identity
 // header, so the pool is not kept.
 type HeaderBuf struct {
-	m    *headerMem // the current request's; nil: none
-	busy bool       // a response holds m's header (WithResponseHeaderBuf)
-}
-
-type headerMem struct {
-	h    http.Header
+	h    http.Header // the current request's, and the slice its values are cut from; nil: none
 	strs []string
+	busy bool // a response holds h (WithResponseHeaderBuf)
 }
 
 // take returns an empty header and n values to cut: hb's current ones
@@ -221,17 +217,13 @@ func (hb *HeaderBuf) take(n int) (http.Header, []string) {
 	if hb == nil {
 		return make(http.Header, n), make([]string, n)
 	}
-	if hb.m == nil {
-		hb.m = &headerMem{}
-	}
-	m := hb.m
-	if m.h != nil && n <= cap(m.strs) {
-		clear(m.h)
-		return m.h, m.strs[:n]
+	if hb.h != nil && n <= cap(hb.strs) {
+		clear(hb.h)
+		return hb.h, hb.strs[:n]
 	}
 	h, strs := make(http.Header, n), make([]string, n)
 	if n <= maxKeptFields {
-		m.h, m.strs = h, strs
+		hb.h, hb.strs = h, strs
 	}
 	return h, strs
 }
@@ -239,8 +231,7 @@ func (hb *HeaderBuf) take(n int) (http.Header, []string) {
 // Done ends hb's current request: its header is left to whoever still
 // holds it, and the next request gets a new one.
 func (hb *HeaderBuf) Done() {
-	hb.m = nil
-	hb.busy = false
+	hb.h, hb.strs, hb.busy = nil, nil, false
 }
 
 // WithResponseHeaderBuf returns ctx carrying hb, whose header the upstream
@@ -258,7 +249,7 @@ type respHeaderKey struct{}
 // on in the background): the next response gets a header of its own.
 func DetachResponseHeader(ctx context.Context) {
 	if hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf); hb != nil {
-		hb.m, hb.busy = nil, false // the response keeps it
+		hb.h, hb.strs, hb.busy = nil, nil, false // the response keeps them
 	}
 }
 
