@@ -3,8 +3,10 @@
 # h2load (-n H2LOAD_N requests, -c H2_CONNS connections, -m H2_STREAMS
 # streams each) and fortio's gRPC ping (-qps 0, GRPC_CONNS connections,
 # LAT_SECONDS), each direct to the fortio backend and through one agent
-# (ports declared http2 and grpc), and through a baseline build's agent
-# when BASELINE_BIN (a full fogmesh binary, as in bench.sh) is set; the
+# (ports declared http2 and grpc), through the smallest Go HTTP/2 proxy
+# (bench/h2bare: the ceiling of the agent's paths in Go), and through a
+# baseline build's agent when BASELINE_BIN (a full fogmesh binary, as in
+# bench.sh) is set; the
 # engines interleaved in every round, ROUNDS rounds. Besides the rates it
 # reports, per request, the agent's CPU time (utime+stime from /proc) and
 # its read and write system calls (/proc/PID/io): on this shared 2-core
@@ -49,13 +51,15 @@ P_SRV_MESH=$((BASE + 10)); P_SRV_DNS=$((BASE + 11)); P_SRV_ADMIN=$((BASE + 12))
 P_BCTL_ADMIN=$((BASE + 2)); P_BCTL_SYNC=$((BASE + 3))
 P_BSRV_MESH=$((BASE + 20)); P_BSRV_DNS=$((BASE + 21)); P_BSRV_ADMIN=$((BASE + 22))
 P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_GRPC=$((BASE + 33)); P_SRV_PPROF=$((BASE + 40))
+P_BARE_H2=$((BASE + 34)); P_BARE_GRPC=$((BASE + 35))
 S_WEB=18080; S_GRPC=18079
 
 bench_init h2path
 FAILED=()
 need_tools go curl h2load
 find_fortio
-ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_GRPC"
+ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_GRPC" \
+  "$P_BARE_H2" "$P_BARE_GRPC"
 if [ -n "$BASELINE_BIN" ]; then
   [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not executable"
   BASELINE_NAME=${BASELINE_REV:+$(git describe --always --tags "$BASELINE_REV" 2>/dev/null)}
@@ -68,10 +72,15 @@ mkdir -p "$BIN"
 [ "$PPROF" != 1 ] || export GOFLAGS="${GOFLAGS:+$GOFLAGS }-tags=fogmesh_pprof"
 build_host "$BIN/fogmesh" ./cmd/fogmesh
 build_host "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
+build_helpers h2bare
 machine_info
 
 start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "127.0.0.1:$P_GRPC" \
   -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
+# The smallest HTTP/2 proxy in Go (bench/h2bare): the ceiling of the
+# agent's h2c and gRPC paths, one instance in front of each port.
+start bareh2 "$BIN/h2bare" "127.0.0.1:$P_BARE_H2=127.0.0.1:$P_HTTP"
+start baregrpc "$BIN/h2bare" "127.0.0.1:$P_BARE_GRPC=127.0.0.1:$P_GRPC"
 start_control ctl "$TMP/ctl" "$P_CTL_ADMIN" "$P_CTL_SYNC" -insecure
 wait_port 127.0.0.1 "$P_CTL_ADMIN" ctl
 services_yaml "webh2:http:$S_WEB:http2" "webgrpc:grpc:$S_GRPC:grpc" >"$TMP/services.yaml"
@@ -96,6 +105,8 @@ fi
 wait_port 127.0.0.1 "$P_SRV_ADMIN" srv
 wait_port 127.0.0.1 "$P_HTTP" httpd
 wait_port 127.0.0.1 "$P_GRPC" httpd
+wait_port 127.0.0.1 "$P_BARE_H2" bareh2
+wait_port 127.0.0.1 "$P_BARE_GRPC" baregrpc
 
 H2=() GR=()
 for i in $(seq 1 100); do
@@ -108,8 +119,10 @@ for i in $(seq 1 100); do
 done
 [ -n "${H2[0]}" ] && [ -n "${GR[0]}" ] || die "the agent routes no VIP to the backend"
 
-ENGINES=(direct agent)
+ENGINES=(direct agent bare)
 LABEL[direct]="direct"; LABEL[agent]="one agent ($GIT_REV)"
+LABEL[bare]="minimal Go HTTP/2 proxy (h2bare)"; WEB[bare]="http://127.0.0.1:$P_BARE_H2/ 127.0.0.1:$P_BARE_GRPC"
+CPUPIDS[bare]="$PID_bareh2 $PID_baregrpc"
 WEB[direct]="http://127.0.0.1:$P_HTTP/ 127.0.0.1:$P_GRPC"
 WEB[agent]="http://${H2[0]}:$S_WEB/ ${GR[0]}:$S_GRPC"
 CPUPIDS[direct]=""; CPUPIDS[agent]=$PID_srv
@@ -123,14 +136,18 @@ for e in "${ENGINES[@]}"; do
   timeout 10 "$FORTIO" grpcping -n 1 -loglevel Error "$g" >/dev/null 2>&1 || die "gRPC path $e ($g) does not answer"
 done
 
-syscalls() { awk '/^syscr/ {r = $2} /^syscw/ {w = $2} END {print r + w}' "/proc/$1/io"; }
+syscalls() { # PID...: their read and write system calls so far
+  local p n=0
+  for p in "$@"; do n=$((n + $(awk '/^syscr/ {r = $2} /^syscw/ {w = $2} END {print r + w}' "/proc/$p/io"))); done
+  echo "$n"
+}
 # per ARRAY ENGINE ROUND DELTA N: ARRAY[ENGINE,ROUND] = DELTA / N
 declare -A HQ HCPU HKRN HSC GQ GCPU GKRN GSC GBUSY GMCH
 run_h2load() { # ENGINE ROUND
   local e=$1 r=$2 h g c0 c1 k0 k1 s0=0 s1=0 out="$TMP/h2load-$e-$r.log" q
   read -r h g <<<"${WEB[$e]}"
   log "h2load round $r: $e ($h)"
-  c0=$(cpu_ticks ${CPUPIDS[$e]}); k0=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
+  c0=$(cpu_ticks ${CPUPIDS[$e]}); k0=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls ${CPUPIDS[$e]})
   local ppid=
   if [ "$PPROF" = 1 ] && [ "$e" = agent ]; then
     curl -fsS --max-time 15 -o "$PPROF_DIR/h2load-$e-r$r.pprof" \
@@ -140,7 +157,7 @@ run_h2load() { # ENGINE ROUND
   if timeout 120 h2load -n "$H2LOAD_N" -c "$H2_CONNS" -m "$H2_STREAMS" -t 1 "$h" >"$out" 2>&1 &&
      q=$(awk '/^finished in/ {q = $4} /^requests:/ {b += $10 + $12 + $14} /^status codes:/ {b += $5 + $7 + $9}
               END {if (q == "" || b > 0) exit 1; printf "%.0f\n", q}' "$out"); then
-    c1=$(cpu_ticks ${CPUPIDS[$e]}); k1=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls "${CPUPIDS[$e]}")
+    c1=$(cpu_ticks ${CPUPIDS[$e]}); k1=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls ${CPUPIDS[$e]})
     HQ[$e,$r]=$q
     HCPU[$e,$r]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$H2LOAD_N" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     HKRN[$e,$r]=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v n="$H2LOAD_N" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
@@ -155,7 +172,7 @@ run_grpc() { # ENGINE ROUND
   local e=$1 r=$2 h g c0 c1 k0 k1 m0 m1 t0 t1 s0=0 s1=0 out="$TMP/grpc-$e-$r" v n
   read -r h g <<<"${WEB[$e]}"
   log "gRPC ping round $r: $e ($g)"
-  c0=$(cpu_ticks ${CPUPIDS[$e]}); k0=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls "${CPUPIDS[$e]}")
+  c0=$(cpu_ticks ${CPUPIDS[$e]}); k0=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s0=$(syscalls ${CPUPIDS[$e]})
   m0=$(machine_ticks); t0=$(date +%s.%N)
   local ppid=
   if [ "$PPROF" = 1 ] && [ "$e" = agent ]; then
@@ -167,7 +184,7 @@ run_grpc() { # ENGINE ROUND
        -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
      v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
     m1=$(machine_ticks); t1=$(date +%s.%N)
-    c1=$(cpu_ticks ${CPUPIDS[$e]}); k1=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls "${CPUPIDS[$e]}")
+    c1=$(cpu_ticks ${CPUPIDS[$e]}); k1=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls ${CPUPIDS[$e]})
     read -r _ _ _ q bad _ <<<"$v"
     n=$(awk -v q="$q" -v s="$LAT_SECONDS" 'BEGIN {printf "%d", q * s}')
     GQ[$e,$r]=$(printf '%.0f' "$q")
@@ -229,6 +246,7 @@ report_file h2path
   echo
   echo "Medians: h2load ratio $(calc "%.2f" "$(median_of HQ agent "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b")," \
     "gRPC ratio $(calc "%.2f" "$(median_of GQ agent "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b")" \
+    "(h2bare: h2load $(calc "%.2f" "$(median_of HQ bare "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ bare "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))" \
     "${BASELINE_BIN:+(baseline: h2load $(calc "%.2f" "$(median_of HQ base "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ base "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}"
   list_section "Failures:" "${FAILED[@]}"
 } | tee "$REPORT"
