@@ -6,7 +6,8 @@
 // Framer. Header blocks are decoded (HPACK) and encoded again for the
 // other connection, as a proxy must; stream IDs stay as the client chose
 // them (one upstream connection per client connection); received DATA is
-// credited back to its sender at once (WINDOW_UPDATE); SETTINGS and PING
+// credited back to its sender (WINDOW_UPDATE) once half a window has come,
+// per connection and per stream, as the agent does; SETTINGS and PING
 // are answered on the connection they came on, not relayed. No routing,
 // header rewriting, per-request balancing, metrics or policy, no goroutine
 // per stream: the difference to the agent is what those cost. A receiver
@@ -71,10 +72,15 @@ type side struct {
 	enc *hpack.Encoder // under mu: header blocks written to this side
 	hb  bytes.Buffer   // under mu
 	br  *bufio.Reader
+
+	// Read side only (its relay goroutine): DATA received and not yet
+	// credited back, on the connection and per open stream.
+	owedConn uint32
+	owed     map[uint32]uint32
 }
 
 func newSide(c net.Conn) *side {
-	s := &side{c: c, bw: bufio.NewWriterSize(c, 16<<10), br: bufio.NewReaderSize(c, 16<<10)}
+	s := &side{c: c, bw: bufio.NewWriterSize(c, 16<<10), br: bufio.NewReaderSize(c, 16<<10), owed: map[uint32]uint32{}}
 	s.fr = http2.NewFramer(s.bw, s.br)
 	s.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	s.fr.MaxHeaderListSize = 1 << 20
@@ -164,6 +170,9 @@ func relayFrame(src, dst *side, f http2.Frame) bool {
 	var err error
 	switch f := f.(type) {
 	case *http2.MetaHeadersFrame:
+		if f.StreamEnded() {
+			delete(src.owed, id)
+		}
 		err = dst.write(src, func() error {
 			dst.hb.Reset()
 			for _, hf := range f.Fields {
@@ -175,13 +184,8 @@ func relayFrame(src, dst *side, f http2.Frame) bool {
 	case *http2.DataFrame:
 		data := f.Data()
 		err = dst.write(src, func() error { return dst.fr.WriteData(id, f.StreamEnded(), data) })
-		if err == nil && f.Length > 0 {
-			err = src.write(nil, func() error {
-				if !f.StreamEnded() {
-					src.fr.WriteWindowUpdate(id, f.Length)
-				}
-				return src.fr.WriteWindowUpdate(0, f.Length)
-			})
+		if err == nil {
+			err = src.credit(id, f.Length, f.StreamEnded())
 		}
 	case *http2.SettingsFrame:
 		if !f.IsAck() {
@@ -192,6 +196,7 @@ func relayFrame(src, dst *side, f http2.Frame) bool {
 			err = src.write(nil, func() error { return src.fr.WritePing(true, f.Data) })
 		}
 	case *http2.RSTStreamFrame:
+		delete(src.owed, id)
 		err = dst.write(src, func() error { return dst.fr.WriteRSTStream(id, f.ErrCode) })
 	case *http2.GoAwayFrame:
 		return false
@@ -202,4 +207,36 @@ func relayFrame(src, dst *side, f http2.Frame) bool {
 		return false // PUSH_PROMISE (refused in SETTINGS by clients) or unknown
 	}
 	return err == nil
+}
+
+// credit counts n bytes of DATA received on stream id and sends the
+// WINDOW_UPDATEs that are due: half a window on the connection, or on a
+// stream that goes on.
+func (s *side) credit(id, n uint32, ended bool) error {
+	if n == 0 {
+		return nil
+	}
+	s.owedConn += n
+	var stream uint32
+	if ended {
+		delete(s.owed, id)
+	} else if s.owed[id] += n; s.owed[id] >= window/2 {
+		stream, s.owed[id] = s.owed[id], 0
+	}
+	var conn uint32
+	if s.owedConn >= window/2 {
+		conn, s.owedConn = s.owedConn, 0
+	}
+	if stream == 0 && conn == 0 {
+		return nil
+	}
+	return s.write(nil, func() error {
+		if stream > 0 {
+			s.fr.WriteWindowUpdate(id, stream)
+		}
+		if conn > 0 {
+			return s.fr.WriteWindowUpdate(0, conn)
+		}
+		return nil
+	})
 }

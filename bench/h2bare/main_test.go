@@ -10,7 +10,9 @@ import (
 )
 
 // TestRelay: h2c requests with bodies from several goroutines over one
-// client connection come back with their own bodies and trailers.
+// client connection come back with their own bodies and trailers; with
+// several MiB each way, and one body of 3 MiB, the windows must be
+// credited back on the connection and on a stream.
 func TestRelay(t *testing.T) {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
@@ -39,7 +41,10 @@ func TestRelay(t *testing.T) {
 	for g := range 4 {
 		go func() {
 			for i := range 50 {
-				path, body := fmt.Sprintf("/g%d/r%d", g, i), strings.Repeat("x", i*100)
+				path, body := fmt.Sprintf("/g%d/r%d", g, i), strings.Repeat("x", i*1000)
+				if g == 0 && i == 49 {
+					body = strings.Repeat("y", 3<<20)
+				}
 				resp, err := client.Post("http://"+ln.Addr().String()+path, "text/plain", strings.NewReader(body))
 				if err != nil {
 					errs <- err
