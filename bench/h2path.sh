@@ -4,7 +4,8 @@
 # streams each) and fortio's gRPC ping (-qps 0, GRPC_CONNS connections,
 # LAT_SECONDS), each direct to the fortio backend and through one agent
 # (ports declared http2 and grpc), through the smallest Go HTTP/2 proxy
-# (bench/h2bare: the ceiling of the agent's paths in Go), and through a
+# (bench/h2bare: what a Go proxy costs without the agent's per-request
+# work), and through a
 # baseline build's agent when BASELINE_BIN (a full fogmesh binary, as in
 # bench.sh) is set; the
 # engines interleaved in every round, ROUNDS rounds. Besides the rates it
@@ -77,8 +78,8 @@ machine_info
 
 start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "127.0.0.1:$P_GRPC" \
   -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
-# The smallest HTTP/2 proxy in Go (bench/h2bare): the ceiling of the
-# agent's h2c and gRPC paths, one instance in front of each port.
+# The smallest HTTP/2 proxy in Go (bench/h2bare), for comparison with the
+# agent's h2c and gRPC paths: one instance in front of each port.
 start bareh2 "$BIN/h2bare" "127.0.0.1:$P_BARE_H2=127.0.0.1:$P_HTTP"
 start baregrpc "$BIN/h2bare" "127.0.0.1:$P_BARE_GRPC=127.0.0.1:$P_GRPC"
 start_control ctl "$TMP/ctl" "$P_CTL_ADMIN" "$P_CTL_SYNC" -insecure
@@ -229,7 +230,7 @@ report_file h2path
   echo
   echo "h2load -n $H2LOAD_N -c $H2_CONNS -m $H2_STREAMS; fortio load -grpc -ping -qps 0 -c $GRPC_CONNS -t ${LAT_SECONDS}s;"
   echo "$ROUNDS rounds, engines interleaved. Per round, a / b / c; the ratio is to direct in the same round."
-  echo "CPU (of it, the kernel's share: stime) and system calls (read + write) are the agent's, per request;"
+  echo "CPU (of it, the kernel's share: stime) and system calls (read + write) are the proxy's, per request;"
   echo "machine busy is all cores' (100 = every core busy) over a gRPC run, machine CPU per call all processes' (client, backend, agent)."
   echo
   echo "| path | h2load req/s | ratio | CPU µs/req | of it kernel | syscalls/req | gRPC ping req/s | ratio | CPU µs/req | of it kernel | syscalls/req | machine busy % | machine CPU µs/call |"

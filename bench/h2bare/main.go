@@ -1,6 +1,6 @@
 // Command h2bare is the smallest HTTP/2 (h2c, prior knowledge) reverse
-// proxy in Go that still does an HTTP/2 proxy's per-request work, as a
-// ceiling for the agent's h2c and gRPC paths (issue 14): each client
+// proxy in Go that still does an HTTP/2 proxy's per-request work, to set
+// against the agent's h2c and gRPC paths (issue 14): each client
 // connection gets its own upstream connection, and two goroutines relay
 // between them, one each way, frame by frame with golang.org/x/net/http2's
 // Framer. Header blocks are decoded (HPACK) and encoded again for the
