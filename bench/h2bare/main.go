@@ -59,13 +59,12 @@ func proxy(ln net.Listener, target string) error {
 }
 
 // window is what each side is offered: the connection's and every
-// stream's receive window (credited back as DATA arrives).
+// stream's receive window (credited back once half of it has come).
 const window = 1 << 20
 
 // side is one connection: its reader, and its writer shared by both
 // relay goroutines under mu.
 type side struct {
-	c   net.Conn
 	fr  *http2.Framer // reads (the owning relay goroutine) and writes (under mu)
 	bw  *bufio.Writer
 	mu  sync.Mutex
@@ -80,7 +79,7 @@ type side struct {
 }
 
 func newSide(c net.Conn) *side {
-	s := &side{c: c, bw: bufio.NewWriterSize(c, 16<<10), br: bufio.NewReaderSize(c, 16<<10), owed: map[uint32]uint32{}}
+	s := &side{bw: bufio.NewWriterSize(c, 16<<10), br: bufio.NewReaderSize(c, 16<<10), owed: map[uint32]uint32{}}
 	s.fr = http2.NewFramer(s.bw, s.br)
 	s.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	s.fr.MaxHeaderListSize = 1 << 20
