@@ -12,6 +12,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
 	"github.com/fogmesh/fogmesh/internal/paths"
 )
 
@@ -184,7 +185,7 @@ func (b *grpcStatusBody) Read(p []byte) (int, error) {
 		b.once.Do(func() {
 			code := b.resp.Trailer.Get("Grpc-Status")
 			if code == "" {
-				code = b.resp.Header.Get("Grpc-Status")
+				code = httpproxy.ResponseField(b.resp, "Grpc-Status")
 			}
 			if code == "" {
 				code = "unknown"

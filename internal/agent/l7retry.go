@@ -160,7 +160,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			case errPerTryTimeout:
 				err = errPerTryTimeout
 			}
-		} else if ev.mesh != "" && resp.Header.Get(hdrWorkloadRefused) != "" && a.ident != nil &&
+		} else if ev.mesh != "" && httpproxy.ResponseField(resp, hdrWorkloadRefused) != "" && a.ident != nil &&
 			resp.StatusCode == http.StatusServiceUnavailable && (bodyless || rb != nil && rb.replayable()) {
 			// The endpoint's agent (mTLS: no workload can speak for it;
 			// it strips the field from workload answers) could not
@@ -183,17 +183,19 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			resp.Body = &releaseOnClose{ReadCloser: resp.Body, release: release}
 		}
 		if err == nil {
-			resp.Header.Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
+			if httpproxy.ResponseField(resp, hdrWorkloadRefused) != "" {
+				httpproxy.ResponseHeader(resp).Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
+			}
 			a.stats(ev.key).observe(time.Since(start))
 			a.requestMetrics(src, t.svc, route, ev, resp.StatusCode, time.Since(start))
-			grpc := strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc")
+			grpc := strings.HasPrefix(httpproxy.ResponseField(resp, "Content-Type"), "application/grpc")
 			if grpc && resp.StatusCode != http.StatusSwitchingProtocols {
 				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, a: a, svc: t.svc, endpoint: ev.ep.Meta.Name}
 			}
 			a.outcome(sv, ev, resp.StatusCode, false)
-			o := retry.Outcome{Status: resp.StatusCode, RateLimited: resp.Header.Get("X-Envoy-Ratelimited") != ""}
+			o := retry.Outcome{Status: resp.StatusCode, RateLimited: httpproxy.ResponseField(resp, "X-Envoy-Ratelimited") != ""}
 			if grpc {
-				o.GRPCStatus = resp.Header.Get("Grpc-Status") // a trailers-only response
+				o.GRPCStatus = httpproxy.ResponseField(resp, "Grpc-Status") // a trailers-only response
 			}
 			if resp.StatusCode == http.StatusSwitchingProtocols || !lt.mayRetry(t, pol, req.Method, replayable(), o, retries) {
 				return resp, nil
@@ -304,6 +306,7 @@ func (lt *lbTransport) exhausted(last *http.Response, err error) (*http.Response
 // a body that stalls must not hold up the retry (the read is abandoned
 // and the body closed, which ends it).
 func keepResponse(resp *http.Response, wait time.Duration) *http.Response {
+	httpproxy.ResponseHeader(resp) // a map of its own, which outlives the request (and is copied)
 	if resp.ContentLength < 0 || resp.ContentLength > keptResponseLimit {
 		resp.Body.Close()
 		return nil

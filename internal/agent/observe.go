@@ -297,7 +297,7 @@ func pathOnly(uri string) string {
 // endOnBody finishes rec when resp's body is done (read to its end,
 // failed, or closed); an upgraded or bodyless response finishes it now.
 func (rec *reqObs) endOnBody(resp *http.Response) {
-	grpc := strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc")
+	grpc := strings.HasPrefix(httpproxy.ResponseField(resp, "Content-Type"), "application/grpc")
 	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody {
 		rec.end(resp.StatusCode, grpcStatusOf(resp, grpc), nil)
 		return
@@ -312,7 +312,7 @@ func grpcStatusOf(resp *http.Response, grpc bool) string {
 	if s := resp.Trailer.Get("Grpc-Status"); s != "" {
 		return s
 	}
-	return resp.Header.Get("Grpc-Status")
+	return httpproxy.ResponseField(resp, "Grpc-Status")
 }
 
 // obsBody ends its request's record when the body is done. It forwards

@@ -320,7 +320,14 @@ func WriteResponse(bw *bufio.Writer, resp *http.Response, in *http.Request, keep
 	bodyAllowed := in.Method != http.MethodHead && resp.StatusCode != http.StatusNoContent &&
 		resp.StatusCode != http.StatusNotModified && resp.StatusCode >= 200
 	chunked := bodyAllowed && resp.ContentLength < 0
-	writeFields(bw, h)
+	fields, raw := rawOf(resp)
+	if raw {
+		// As the endpoint sent them: no hop-by-hop field, one
+		// Content-Length (rawFields).
+		bw.WriteString(fields)
+	} else {
+		writeFields(bw, h)
+	}
 	if chunked {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 		if len(resp.Trailer) > 0 {
@@ -330,7 +337,7 @@ func WriteResponse(bw *bufio.Writer, resp *http.Response, in *http.Request, keep
 			}
 			bw.WriteString("Trailer: " + strings.Join(keys, ", ") + "\r\n")
 		}
-	} else if bodyAllowed && len(h["Content-Length"]) == 0 {
+	} else if bodyAllowed && !raw && len(h["Content-Length"]) == 0 {
 		bw.WriteString("Content-Length: " + strconv.FormatInt(resp.ContentLength, 10) + "\r\n")
 	}
 	if !keep {

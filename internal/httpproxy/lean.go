@@ -44,12 +44,7 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 		if !httpguts.ValidHeaderFieldValue(v) {
 			return 0, "", false
 		}
-		for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
-			v = v[1:]
-		}
-		for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
-			v = v[:len(v)-1]
-		}
+		v = trimOWS(v)
 		key := textproto.CanonicalMIMEHeaderKey(line[:colon])
 		if host && key == "Host" {
 			if hosts == 0 {
@@ -116,7 +111,19 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if code == http.StatusNoContent || code == http.StatusNotModified {
 		return nil
 	}
-	h, strs := responseHeader(req.Context(), strings.Count(fields, "\n"))
+	ctx := req.Context()
+	if hb := rawHeaderBuf(ctx); hb != nil {
+		if length, ok := rawFields(fields); ok {
+			// Kept raw: read through ResponseField, written as it came
+			// (WriteResponse), made a map only if asked (ResponseHeader).
+			resp := &http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+				ContentLength: length, Request: req, Body: http.NoBody}
+			hb.busy, hb.raw, hb.rawFields = true, resp, fields
+			pc.respond(resp, len(head), length)
+			return resp
+		}
+	}
+	h, strs := responseHeader(ctx, strings.Count(fields, "\n"))
 	if _, _, ok := leanFields(fields, h, strs, false); !ok {
 		return nil
 	}
@@ -139,12 +146,74 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	}
 	resp := &http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, ContentLength: length, Close: close, Request: req, Body: http.NoBody}
+	pc.respond(resp, len(head), length)
+	return resp
+}
+
+// respond consumes a lean response's head of n bytes and gives resp its
+// body of length bytes.
+func (pc *poolConn) respond(resp *http.Response, n int, length int64) {
 	if length > 0 {
 		pc.body = lengthBody{r: pc.br, n: length}
 		resp.Body = &pc.body
 	}
-	pc.br.Discard(len(head))
-	return resp
+	pc.br.Discard(n)
+}
+
+// rawFields reports whether the field lines of a lean response head can
+// be left raw and passed on as they came: every line as leanFields takes
+// it, exactly one Content-Length (returned), and no field the proxy acts
+// on as it passes (the hop-by-hop ones, Connection among them) or that
+// takes a head out of the lean subset (Transfer-Encoding, Trailer,
+// Pragma). Anything else is for leanFields and a map: rawFields only
+// takes heads that parse takes too, with the same length and no
+// Connection: close (FuzzLeanResponse holds it to that).
+func rawFields(s string) (length int64, ok bool) {
+	lengths := 0
+	for len(s) > 0 {
+		i := strings.IndexByte(s, '\n')
+		if i < 1 || s[i-1] != '\r' {
+			return 0, false
+		}
+		line := s[:i-1]
+		s = s[i+1:]
+		colon := strings.IndexByte(line, ':')
+		if colon <= 0 {
+			return 0, false
+		}
+		name, v := line[:colon], line[colon+1:]
+		if !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(v) {
+			return 0, false
+		}
+		if len(name) == len("Content-Length") && strings.EqualFold(name, "Content-Length") {
+			lengths++
+			var ok bool
+			if length, ok = parseLength(trimOWS(v)); !ok || lengths > 1 {
+				return 0, false
+			}
+			continue
+		}
+		for _, r := range rawRefused {
+			if len(name) == len(r) && strings.EqualFold(name, r) {
+				return 0, false
+			}
+		}
+	}
+	return length, lengths == 1
+}
+
+// rawRefused: the names rawFields leaves to leanFields.
+var rawRefused = append([]string{"Pragma"}, hopHeaders...)
+
+// trimOWS trims the spaces and tabs around a field value.
+func trimOWS(v string) string {
+	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
@@ -152,12 +221,20 @@ func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 // leanLength parses the one Content-Length value of a lean head (already
 // trimmed): 1 to 18 digits.
 func leanLength(vv []string) (int64, bool) {
-	if len(vv) != 1 || len(vv[0]) == 0 || len(vv[0]) > 18 {
+	if len(vv) != 1 {
+		return 0, false
+	}
+	return parseLength(vv[0])
+}
+
+// parseLength parses a Content-Length value of 1 to 18 digits.
+func parseLength(v string) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
 		return 0, false
 	}
 	var n int64
-	for i := 0; i < len(vv[0]); i++ {
-		c := vv[0][i]
+	for i := 0; i < len(v); i++ {
+		c := v[i]
 		if !isDigit(c) {
 			return 0, false
 		}
@@ -208,7 +285,12 @@ func (b *lengthBody) Close() error { return nil }
 type HeaderBuf struct {
 	h    http.Header // the current request's, and the slice its values are cut from; nil: none
 	strs []string
-	busy bool // a response holds h (WithResponseHeaderBuf)
+	busy bool // a response holds h, or is raw (WithResponseHeaderBuf)
+	// raw is the lean response (if any) whose header is still its field
+	// lines as the endpoint sent them, rawFields: its Header is nil until
+	// ResponseHeader makes it.
+	raw       *http.Response
+	rawFields string
 }
 
 // take returns an empty header and n values to cut: hb's current ones
@@ -232,6 +314,7 @@ func (hb *HeaderBuf) take(n int) (http.Header, []string) {
 // holds it, and the next request gets a new one.
 func (hb *HeaderBuf) Done() {
 	hb.h, hb.strs, hb.busy = nil, nil, false
+	hb.raw, hb.rawFields = nil, ""
 }
 
 // WithResponseHeaderBuf returns ctx carrying hb, whose header the upstream
@@ -249,8 +332,72 @@ type respHeaderKey struct{}
 // on in the background): the next response gets a header of its own.
 func DetachResponseHeader(ctx context.Context) {
 	if hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf); hb != nil {
+		if hb.raw != nil {
+			ResponseHeader(hb.raw) // a map of its own: hb's fields are reset
+		}
 		hb.h, hb.strs, hb.busy = nil, nil, false // the response keeps them
 	}
+}
+
+// rawHeaderBuf returns ctx's HeaderBuf if a lean response may be left raw
+// in it: the fast path's, and no response holds it.
+func rawHeaderBuf(ctx context.Context) *HeaderBuf {
+	hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf)
+	if hb == nil || hb.busy {
+		return nil
+	}
+	return hb
+}
+
+// rawOf returns the field lines of resp if its header is still raw.
+func rawOf(resp *http.Response) (string, bool) {
+	if resp.Header != nil || resp.Request == nil {
+		return "", false
+	}
+	hb, _ := resp.Request.Context().Value(respHeaderKey{}).(*HeaderBuf)
+	if hb == nil || hb.raw != resp {
+		return "", false
+	}
+	return hb.rawFields, true
+}
+
+// ResponseHeader returns resp's header, made from its field lines first if
+// the pool left them raw (the fast path's lean responses): what a caller
+// that changes the header, or keeps the response beyond its request,
+// calls first. A response with no header gets an empty one.
+func ResponseHeader(resp *http.Response) http.Header {
+	if resp.Header != nil {
+		return resp.Header
+	}
+	fields, raw := rawOf(resp)
+	n := strings.Count(fields, "\n")
+	h, strs := make(http.Header, n), make([]string, n)
+	if raw {
+		leanFields(fields, h, strs, false) // taken by rawFields: cannot fail
+		hb := resp.Request.Context().Value(respHeaderKey{}).(*HeaderBuf)
+		hb.raw, hb.rawFields = nil, ""
+	}
+	resp.Header = h
+	return h
+}
+
+// ResponseField returns the first value of the field name (canonical) in
+// resp's header, raw or not, as http.Header.Get does.
+func ResponseField(resp *http.Response, name string) string {
+	fields, raw := rawOf(resp)
+	if !raw {
+		return resp.Header.Get(name)
+	}
+	for len(fields) > 0 {
+		i := strings.IndexByte(fields, '\n')
+		line := fields[:i-1]
+		fields = fields[i+1:]
+		colon := strings.IndexByte(line, ':')
+		if colon == len(name) && strings.EqualFold(line[:colon], name) {
+			return trimOWS(line[colon+1:])
+		}
+	}
+	return ""
 }
 
 // responseHeader returns the header for a lean response of n fields: ctx's

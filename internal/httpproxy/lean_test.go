@@ -90,7 +90,131 @@ func fuzzLeanResponse(t *testing.T, data []byte, head bool) (took bool) {
 	if !bytes.Equal(grest, wrest) {
 		t.Fatalf("%q: left %q, net/http %q", data, grest, wrest)
 	}
+	fuzzRawResponse(t, data, want.Header)
 	return true
+}
+
+// fuzzRawResponse checks a head the lean parse took (data) read as the
+// fast path reads it, where a plain head's fields may stay raw: it is read
+// the same (want, net/http's header), looked up the same, made the same
+// map, and what WriteResponse passes on reads back, in net/http, as the
+// header the map path writes.
+func fuzzRawResponse(t *testing.T, data []byte, want http.Header) {
+	t.Helper()
+	read := func(raw bool) *http.Response {
+		t.Helper()
+		var hb HeaderBuf
+		ctx := context.Background()
+		if raw {
+			ctx = WithResponseHeaderBuf(ctx, &hb)
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://x/", nil)
+		pc := &poolConn{br: bufio.NewReaderSize(bytes.NewReader(data), BufSize)}
+		pc.br.Peek(1)
+		resp := pc.leanResponse(req)
+		if resp == nil {
+			t.Fatalf("%q: taken without a HeaderBuf, declined with one (raw %v)", data, raw)
+		}
+		return resp
+	}
+	written := func(resp *http.Response) *http.Response {
+		t.Helper()
+		var out bytes.Buffer
+		bw := bufio.NewWriter(&out)
+		resp.Body = http.NoBody // the header is what is compared; data may lack the body
+		if err := WriteResponse(bw, resp, resp.Request, true, nil); err != nil {
+			t.Fatalf("%q: WriteResponse: %v", data, err)
+		}
+		back, err := http.ReadResponse(bufio.NewReader(&out), resp.Request)
+		if err != nil {
+			t.Fatalf("%q: net/http refuses what WriteResponse wrote (%q): %v", data, out.Bytes(), err)
+		}
+		back.Body.Close()
+		return back
+	}
+	resp := read(true)
+	if _, raw := rawOf(resp); !raw {
+		if resp.Header == nil {
+			t.Fatalf("%q: neither a header nor raw fields", data)
+		}
+		return // not plain (hop-by-hop fields, Connection): the map path, checked above
+	}
+	for k := range want {
+		if got := ResponseField(resp, k); got != want.Get(k) {
+			t.Fatalf("%q: raw field %s is %q, net/http's %q", data, k, got, want.Get(k))
+		}
+	}
+	if got := ResponseField(resp, "X-Absent"); got != "" {
+		t.Fatalf("%q: raw field X-Absent is %q", data, got)
+	}
+	passed := written(resp)
+	viaMap := written(read(false))
+	if !reflect.DeepEqual(passed.Header, viaMap.Header) || passed.ContentLength != viaMap.ContentLength ||
+		passed.StatusCode != viaMap.StatusCode || passed.Status != viaMap.Status {
+		t.Fatalf("%q: passed on raw reads back as %d %+v, written from the map as %d %+v",
+			data, passed.ContentLength, passed.Header, viaMap.ContentLength, viaMap.Header)
+	}
+	if h := ResponseHeader(resp); !reflect.DeepEqual(h, want) {
+		t.Fatalf("%q: raw fields made %+v, net/http's header %+v", data, h, want)
+	}
+	if _, raw := rawOf(resp); raw {
+		t.Fatalf("%q: still raw after ResponseHeader", data)
+	}
+	rawTaken++
+}
+
+// rawTaken counts the heads fuzzRawResponse saw left raw.
+var rawTaken int
+
+// TestRawResponse: a plain head's fields are passed on byte for byte
+// (names as the endpoint spelt them); a head with a hop-by-hop field is
+// parsed into a map and written without it; a retry's response read while
+// a raw one is held gets a map, and the held one still reads right.
+func TestRawResponse(t *testing.T) {
+	var hb HeaderBuf
+	req, _ := http.NewRequestWithContext(WithResponseHeaderBuf(context.Background(), &hb), http.MethodGet, "http://x/", nil)
+	read := func(head string) *http.Response {
+		t.Helper()
+		pc := &poolConn{br: bufio.NewReaderSize(strings.NewReader(head), BufSize)}
+		pc.br.Peek(1)
+		resp := pc.leanResponse(req)
+		if resp == nil {
+			t.Fatalf("declined %q", head)
+		}
+		return resp
+	}
+	write := func(resp *http.Response) string {
+		t.Helper()
+		var out bytes.Buffer
+		bw := bufio.NewWriter(&out)
+		if err := WriteResponse(bw, resp, req, true, nil); err != nil {
+			t.Fatal(err)
+		}
+		return out.String()
+	}
+	const plain = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nX-Id:  1 \r\nContent-Length: 2\r\n\r\nok"
+	first := read(plain)
+	if first.Header != nil {
+		t.Fatalf("a plain head was parsed into a map: %v", first.Header)
+	}
+	retry := read("HTTP/1.1 503 No\r\nX-Id: 2\r\nContent-Length: 0\r\n\r\n")
+	if retry.Header.Get("X-Id") != "2" {
+		t.Errorf("the retry's response, read while a raw one is held: header %v", retry.Header)
+	}
+	if got := ResponseField(first, "X-Id"); got != "1" {
+		t.Errorf("the held raw response's X-Id is %q", got)
+	}
+	if got := write(first); got != plain {
+		t.Errorf("passed on %q, want %q", got, plain)
+	}
+	hb.Done()
+	hop := read("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok")
+	if hop.Header == nil {
+		t.Fatal("a head with a hop-by-hop field was left raw")
+	}
+	if got := write(hop); strings.Contains(strings.ToLower(got), "keep-alive") {
+		t.Errorf("the hop-by-hop field was passed on: %q", got)
+	}
 }
 
 type leanKey struct{}
@@ -190,14 +314,15 @@ func TestLeanParsesTaken(t *testing.T) {
 // TestResponseHeaderBufHeld: a response holding its connection's
 // HeaderBuf keeps its header while later responses (a retry's) are read;
 // once the request is done, the next response gets a header of its own:
-// a header is never reused for another request (HeaderBuf).
+// a header is never reused for another request (HeaderBuf). The heads
+// have a Connection field, so they are parsed into maps (not left raw).
 func TestResponseHeaderBufHeld(t *testing.T) {
 	var hb HeaderBuf
 	req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
 	req = req.WithContext(WithResponseHeaderBuf(context.Background(), &hb))
 	read := func(id string) *http.Response {
 		t.Helper()
-		pc := &poolConn{br: bufio.NewReaderSize(strings.NewReader("HTTP/1.1 503 No\r\nX-Id: "+id+"\r\nContent-Length: 0\r\n\r\n"), BufSize)}
+		pc := &poolConn{br: bufio.NewReaderSize(strings.NewReader("HTTP/1.1 503 No\r\nX-Id: "+id+"\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"), BufSize)}
 		pc.br.Peek(1)
 		resp := pc.leanResponse(req)
 		if resp == nil {
@@ -267,6 +392,7 @@ func TestLeanGenerated(t *testing.T) {
 		return s + eol() + pick("", "ok", "hello world", "HTTP/1.1 200 OK\r\n")
 	}
 	accepted := [2]int{}
+	raw0 := rawTaken
 	for range 20000 {
 		status := "HTTP/1.1 200 OK"
 		if odd() {
@@ -302,7 +428,10 @@ func TestLeanGenerated(t *testing.T) {
 			return
 		}
 	}
-	t.Logf("the lean parses took %d of the responses, %d of the requests", accepted[0], accepted[1])
+	t.Logf("the lean parses took %d of the responses (%d left raw), %d of the requests", accepted[0], rawTaken-raw0, accepted[1])
+	if rawTaken-raw0 < 2000 {
+		t.Errorf("%d responses left raw; the generator is to make mostly plain heads", rawTaken-raw0)
+	}
 	if accepted[0] < 5000 || accepted[1] < 5000 {
 		t.Errorf("the lean parses took %d of the responses, %d of the requests; the generator is to make mostly plain heads", accepted[0], accepted[1])
 	}
