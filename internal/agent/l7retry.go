@@ -183,19 +183,23 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			resp.Body = &releaseOnClose{ReadCloser: resp.Body, release: release}
 		}
 		if err == nil {
-			if httpproxy.ResponseField(resp, hdrWorkloadRefused) != "" {
+			f := httpproxy.ResponseFields(resp)
+			if f.Get(hdrWorkloadRefused) != "" {
 				httpproxy.ResponseHeader(resp).Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
+				f = httpproxy.ResponseFields(resp)
 			}
-			a.stats(ev.key).observe(time.Since(start))
-			a.requestMetrics(src, t.svc, route, ev, resp.StatusCode, time.Since(start))
-			grpc := strings.HasPrefix(httpproxy.ResponseField(resp, "Content-Type"), "application/grpc")
+			end := time.Now()
+			took := end.Sub(start)
+			a.stats(ev.key).Observe(end, took)
+			a.requestMetrics(src, t.svc, route, ev, resp.StatusCode, took)
+			grpc := strings.HasPrefix(f.Get("Content-Type"), "application/grpc")
 			if grpc && resp.StatusCode != http.StatusSwitchingProtocols {
 				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, a: a, svc: t.svc, endpoint: ev.ep.Meta.Name}
 			}
 			a.outcome(sv, ev, resp.StatusCode, false)
-			o := retry.Outcome{Status: resp.StatusCode, RateLimited: httpproxy.ResponseField(resp, "X-Envoy-Ratelimited") != ""}
+			o := retry.Outcome{Status: resp.StatusCode, RateLimited: f.Get("X-Envoy-Ratelimited") != ""}
 			if grpc {
-				o.GRPCStatus = httpproxy.ResponseField(resp, "Grpc-Status") // a trailers-only response
+				o.GRPCStatus = f.Get("Grpc-Status") // a trailers-only response
 			}
 			if resp.StatusCode == http.StatusSwitchingProtocols || !lt.mayRetry(t, pol, req.Method, replayable(), o, retries) {
 				return resp, nil

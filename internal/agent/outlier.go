@@ -62,7 +62,7 @@ func outlierConfig(od *api.OutlierDetection) outlier.Config {
 // outlier detection of sv's destination (a service, subset or port: each
 // has a detector of its own, as each is an Envoy cluster under Istio).
 func (a *Agent) isEjected(sv *serviceView, key string) bool {
-	return a.outliers.Ejected(sv.outlierKey(), key, time.Now())
+	return a.outliers.EjectedNow(sv.outlierKey(), key, time.Now)
 }
 
 // isEjectedAnywhere reports whether an endpoint is quarantined or ejected

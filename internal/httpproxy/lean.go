@@ -384,14 +384,37 @@ func ResponseHeader(resp *http.Response) http.Header {
 // ResponseField returns the first value of the field name (canonical) in
 // resp's header, raw or not, as http.Header.Get does.
 func ResponseField(resp *http.Response, name string) string {
-	fields, raw := rawOf(resp)
-	if !raw {
-		return resp.Header.Get(name)
+	return ResponseFields(resp).Get(name)
+}
+
+// Fields is a response's header to read from, raw or a map: what
+// ResponseFields found, for several lookups with one search of the
+// request's context. A change to the header (ResponseHeader) leaves it
+// stale.
+type Fields struct {
+	h     http.Header
+	raw   string
+	isRaw bool
+}
+
+// ResponseFields returns resp's header to read from.
+func ResponseFields(resp *http.Response) Fields {
+	if raw, ok := rawOf(resp); ok {
+		return Fields{raw: raw, isRaw: true}
 	}
-	for len(fields) > 0 {
-		i := strings.IndexByte(fields, '\n')
-		line := fields[:i-1]
-		fields = fields[i+1:]
+	return Fields{h: resp.Header}
+}
+
+// Get returns the first value of the field name (canonical), as
+// http.Header.Get does.
+func (f Fields) Get(name string) string {
+	if !f.isRaw {
+		return f.h.Get(name)
+	}
+	for s := f.raw; len(s) > 0; {
+		i := strings.IndexByte(s, '\n')
+		line := s[:i-1]
+		s = s[i+1:]
 		colon := strings.IndexByte(line, ':')
 		if colon == len(name) && strings.EqualFold(line[:colon], name) {
 			return trimOWS(line[colon+1:])

@@ -352,12 +352,18 @@ func (d *Detector) ejectionTime(backoff int) time.Duration {
 // Ejected reports whether endpoint key is out of load balancing now: it is
 // ejected and the pool is not below MinHealthPercent.
 func (d *Detector) Ejected(key string, now time.Time) bool {
+	return d.ejectedNow(key, func() time.Time { return now })
+}
+
+// ejectedNow is Ejected reading the time from clock only if an endpoint
+// is ejected.
+func (d *Detector) ejectedNow(key string, clock func() time.Time) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ejected == 0 {
 		return false
 	}
-	d.sweepLocked(now)
+	d.sweepLocked(clock())
 	h := d.hosts[key]
 	if h == nil || !h.ejected {
 		return false

@@ -77,9 +77,9 @@ func (s *Set) Quarantine(key string, until time.Time) {
 	s.quarantine.Store(key, until)
 }
 
-func (s *Set) quarantined(key string, now time.Time) bool {
+func (s *Set) quarantined(key string, now func() time.Time) bool {
 	if v, ok := s.quarantine.Load(key); ok {
-		if now.Before(v.(time.Time)) {
+		if now().Before(v.(time.Time)) {
 			return true
 		}
 		s.quarantine.CompareAndDelete(key, v)
@@ -90,17 +90,24 @@ func (s *Set) quarantined(key string, now time.Time) bool {
 // Ejected reports whether endpoint key is skipped now by requests to
 // destination dest: quarantined, or ejected by dest's detector.
 func (s *Set) Ejected(dest, key string, now time.Time) bool {
-	if s.quarantined(key, now) {
+	return s.EjectedNow(dest, key, func() time.Time { return now })
+}
+
+// EjectedNow is Ejected with the time read from clock (time.Now) only if
+// an ejection or quarantine is there to compare it with: the request
+// path asks for every candidate.
+func (s *Set) EjectedNow(dest, key string, clock func() time.Time) bool {
+	if s.quarantined(key, clock) {
 		return true
 	}
 	d := s.detector(dest)
-	return d != nil && d.Ejected(key, now)
+	return d != nil && d.ejectedNow(key, clock)
 }
 
 // EjectedAnywhere reports whether endpoint key is quarantined or ejected
 // by any destination's detector (for status pages).
 func (s *Set) EjectedAnywhere(key string, now time.Time) bool {
-	if s.quarantined(key, now) {
+	if s.quarantined(key, func() time.Time { return now }) {
 		return true
 	}
 	for _, d := range s.all() {
