@@ -282,6 +282,14 @@ func (b *lengthBody) Close() error { return nil }
 // with its storage poisoned on return in race builds, the agent's tests
 // read poisoned headers in egress requests and in a cached identity
 // header, so the pool is not kept.
+//
+// A plain lean response (rawFields) gets no map at all: HeaderBuf keeps its
+// field lines, resp.Header stays nil, and whoever reads the response's
+// fields does so with ResponseFields or ResponseField, whoever changes them
+// or keeps the response past its request (a retry's kept answer) calls
+// ResponseHeader first, and WriteResponse passes the lines on as they came.
+// A raw header lasts until Done: a response used after its request has
+// none.
 type HeaderBuf struct {
 	h    http.Header // the current request's, and the slice its values are cut from; nil: none
 	strs []string
