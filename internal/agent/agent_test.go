@@ -193,6 +193,23 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	testenv.WaitFor(t, 10*time.Second, what, cond)
 }
 
+// waitGet200 waits until a GET of url through c (nil: http.DefaultClient)
+// answers 200: the agent listens and knows the route's endpoints.
+func waitGet200(t testing.TB, c *http.Client, url string) {
+	t.Helper()
+	if c == nil {
+		c = http.DefaultClient
+	}
+	waitFor(t, "a 200 from "+url, func() bool {
+		resp, err := c.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+}
+
 func endpointsOf(a *Agent, svc string) []EndpointStatus {
 	for _, r := range a.Routes() {
 		if r.Service == svc {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"net"
-	"net/http"
 	"testing"
 )
 
@@ -35,14 +34,7 @@ func TestH1FastPathAllocs(t *testing.T) {
 	startAgent(t, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: 206, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload("alloc", "alloc-1", port)}})
 	addr := "127.206.0.1:19206"
-	waitFor(t, "listener", func() bool {
-		resp, err := http.Get("http://" + addr + "/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitGet200(t, nil, "http://"+addr+"/")
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -90,14 +82,7 @@ func TestH1ForwardedHostPerRequest(t *testing.T) {
 	startAgent(t, agentOpts{name: "x", site: "s1", region: "r1", vipOctet: 206, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload("xfh", "xfh-1", be.port())}})
 	addr := "127.206.0.1:19207"
-	waitFor(t, "listener", func() bool {
-		resp, err := http.Get("http://" + addr + "/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitGet200(t, nil, "http://"+addr+"/")
 	be.take()
 	spoof := SourceIDHeader + ": spiffe://evil\r\n"
 	out := exchangeH1(t, addr, "GET /1 HTTP/1.1\r\nHost: one.example\r\n"+spoof+"\r\n"+

@@ -365,14 +365,7 @@ func TestH1PoolUnreadBytes(t *testing.T) {
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload("pool", "pool-1", be.port())}})
 	base := "http://127.237.0.1:19361"
 	c := &http.Client{Timeout: 10 * time.Second}
-	waitFor(t, "listener", func() bool {
-		resp, err := c.Get(base + "/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitGet200(t, c, base+"/")
 	for _, first := range []string{"HEAD /head", "GET /nocontent", "GET /extra"} {
 		method, path, _ := strings.Cut(first, " ")
 		for i := range 3 {
@@ -421,14 +414,7 @@ func TestH1PoolIdleClose(t *testing.T) {
 	tr := &http.Transport{MaxIdleConnsPerHost: burst}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
-	waitFor(t, "listener", func() bool {
-		resp, err := c.Get(base + "/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitGet200(t, c, base+"/")
 	errs := make(chan error, burst)
 	for range burst {
 		wg.Add(1)

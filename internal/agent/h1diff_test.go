@@ -93,14 +93,7 @@ func startH1DiffHarness(t testing.TB) *h1DiffHarness {
 		}
 		return h.vip != ""
 	})
-	waitFor(t, "listener", func() bool {
-		resp, err := http.Get("http://" + h.vip + "/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitGet200(t, nil, "http://"+h.vip+"/")
 	h.be.take()
 	return h
 }

@@ -127,14 +127,7 @@ func TestH1FastPath(t *testing.T) {
 	base := "http://" + addr
 	tr := &http.Transport{ExpectContinueTimeout: 5 * time.Second}
 	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	waitFor(t, "listener", func() bool {
-		resp, err := c.Get(base + "/echo")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitGet200(t, c, base+"/echo")
 	time.Sleep(100 * time.Millisecond) // the goroutines of the start settle
 	goroutines := runtime.NumGoroutine()
 

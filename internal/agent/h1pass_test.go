@@ -66,14 +66,7 @@ func TestH1ResponsePassThrough(t *testing.T) {
 	startAgent(t, agentOpts{name: "passn", site: "s1", region: "r1", vipOctet: 125, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload("pass", "pass-1", ln.Addr().(*net.TCPAddr).Port)}})
 	const addr = "127.125.0.1:19145"
-	waitFor(t, "the listener", func() bool {
-		resp, err := http.Get("http://" + addr + "/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitGet200(t, nil, "http://"+addr+"/")
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

@@ -104,14 +104,7 @@ spec:
 	a := startAgent(t, agentOpts{name: "reusen", site: "s1", region: "r1", vipOctet: 213, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
 		workloads: []Workload{w1, w2}})
 	waitFor(t, "endpoints", func() bool { return len(endpointsOf(a, "demo/reuse")) == 2 })
-	waitFor(t, "route", func() bool {
-		resp, err := http.Get("http://127.213.0.1:19139/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitGet200(t, nil, "http://127.213.0.1:19139/")
 
 	c, err := net.Dial("tcp", "127.213.0.1:19139")
 	if err != nil {

@@ -100,14 +100,7 @@ func benchL7HTTP1(b *testing.B, octet int, tweak func(*Config)) {
 	startAgentWith(b, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: octet, control: []string{cp.SyncAddr()},
 		stateDir: b.TempDir(), workloads: []Workload{webWorkload("bench", "bench-1", port)}}, tweak)
 	addr := fmt.Sprintf("127.%d.0.1:19200", octet)
-	waitFor(b, "listener", func() bool {
-		resp, err := http.Get("http://" + addr + "/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitGet200(b, nil, "http://"+addr+"/")
 	const conns = 16
 	req := []byte("GET / HTTP/1.1\r\nHost: bench.demo\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
 	var left atomic.Int64
