@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -26,45 +25,16 @@ func TestH1ResponsePassThrough(t *testing.T) {
 		"/hop":     "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n",
 		"/refused": "HTTP/1.1 503 Service Unavailable\r\nX-Fogmesh-Workload-Refused: 1\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n",
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() { // the workload: answers each request by its path
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					head, ok := heads[req.URL.Path]
-					if !ok {
-						head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
-					}
-					if _, err := io.WriteString(c, head+"ok"); err != nil {
-						return
-					}
-				}
-			}()
+	be := startCaptureBackend(t, func(r *http.Request) string { // answers each request by its path
+		if head, ok := heads[r.URL.Path]; ok {
+			return head + "ok"
 		}
-	}()
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, httpSvcDoc("pass", 19145, "http"))
 	startAgent(t, agentOpts{name: "passn", site: "s1", region: "r1", vipOctet: 125, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("pass", "pass-1", ln.Addr().(*net.TCPAddr).Port)}})
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload("pass", "pass-1", be.port())}})
 	const addr = "127.125.0.1:19145"
 	waitGet200(t, nil, "http://"+addr+"/")
 	c, err := net.Dial("tcp", addr)
