@@ -23,7 +23,11 @@
 # takes CPU profiles of the agent over each of its gRPC runs (the profile
 # ends a second before the run) and the first 2 s of its h2load runs into PPROF_DIR (default
 # bench/out/pprof-h2path-<date>); its overhead touches those runs, so take
-# the rates from a run without it. Needs go, curl, h2load (nghttp2-client)
+# the rates from a run without it. PERF=1: records the agent's and h2bare's
+# gRPC runs with perf (cpu-clock samples with kernel and Go stacks, the
+# run's first LAT_SECONDS-1 s) into PPROF_DIR as grpc-ENGINE-rN.perf: where
+# a system call's time goes in the kernel, which pprof cannot show (perf
+# report -i FILE --no-children). Needs go, curl, h2load (nghttp2-client)
 # and fortio (installed as in bench.sh).
 set -Eeuo pipefail
 
@@ -42,6 +46,7 @@ GRPC_CONNS=${GRPC_CONNS:-16}
 BASE=${BENCH_BASE_PORT:-29300}
 BASELINE_BIN=${BASELINE_BIN:-}
 PPROF=${PPROF:-0}
+PERF=${PERF:-0}
 # The agents' VIP ranges (127.X.0.0/16): another bench's agents on the
 # same range would answer in their place.
 VIP_OCTET=${VIP_OCTET:-236}
@@ -71,6 +76,9 @@ fi
 log "building into $TMP/bin"
 mkdir -p "$BIN"
 [ "$PPROF" != 1 ] || export GOFLAGS="${GOFLAGS:+$GOFLAGS }-tags=fogmesh_pprof"
+# perf resolves Go symbols from an unstripped binary, which it keeps in its
+# build-id cache (~/.debug) once the binary has a GNU build ID.
+[ "$PERF" != 1 ] || BUILD_LDFLAGS="-B gobuildid"
 build_host "$BIN/fogmesh" ./cmd/fogmesh
 build_host "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
 build_helpers h2bare
@@ -181,6 +189,11 @@ run_grpc() { # ENGINE ROUND
       "http://127.0.0.1:$P_SRV_PPROF/debug/pprof/profile?seconds=$((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1))" &
     ppid=$!
   fi
+  if [ "$PERF" = 1 ] && [ -n "${CPUPIDS[$e]}" ]; then
+    perf record -q -e cpu-clock -F 1999 -g -p "$(tr ' ' , <<<"${CPUPIDS[$e]}")" -o "$PPROF_DIR/grpc-$e-r$r.perf" \
+      -- sleep $((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1)) >/dev/null 2>&1 &
+    ppid="$ppid $!"
+  fi
   if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -grpc -ping -qps 0 -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
        -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
      v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
@@ -198,7 +211,8 @@ run_grpc() { # ENGINE ROUND
     # included), and its CPU per call.
     GBUSY[$e,$r]=$(awk -v m=$((m1 - m0)) -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" -v c="$(machine_cpus)" 'BEGIN {printf "%.0f", 100 * m / hz / (b - a) / c}')
     GMCH[$e,$r]=$(awk -v m=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", m / hz * 1e6 / n}')
-    [ -z "$ppid" ] || wait "$ppid" || log "pprof of round $r failed"
+    # shellcheck disable=SC2086 # one PID or two
+    [ -z "$ppid" ] || wait $ppid || log "profile of round $r failed"
   else
     log "gRPC $e round $r FAILED: $(tail -n 3 "$out.log") ${v:-}"; GQ[$e,$r]=fail; GCPU[$e,$r]=fail; GKRN[$e,$r]=fail; GSC[$e,$r]=fail
     GBUSY[$e,$r]=fail; GMCH[$e,$r]=fail
@@ -207,7 +221,8 @@ run_grpc() { # ENGINE ROUND
 }
 go build -o "$BIN/benchjson" ./bench/benchjson
 PPROF_DIR=${PPROF_DIR:-$ROOT/bench/out/pprof-h2path-$(date +%Y%m%d-%H%M%S)}
-[ "$PPROF" != 1 ] || mkdir -p "$PPROF_DIR"
+[ "$PPROF" != 1 ] && [ "$PERF" != 1 ] || mkdir -p "$PPROF_DIR"
+[ "$PERF" != 1 ] || command -v perf >/dev/null || die "PERF=1 needs perf (Debian: linux-perf)"
 for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${ENGINES[@]}"); do run_h2load "$e" "$r"; sleep 0.5; done
   for e in $(order "$r" "${ENGINES[@]}"); do run_grpc "$e" "$r"; sleep 0.5; done
@@ -253,4 +268,5 @@ report_file h2path
 } | tee "$REPORT"
 log "report: $REPORT"
 [ "$PPROF" != 1 ] || log "CPU profiles in $PPROF_DIR (go tool pprof -top FILE)"
+[ "$PERF" != 1 ] || log "perf recordings in $PPROF_DIR (perf report -i FILE --no-children)"
 [ ${#FAILED[@]} -eq 0 ]

@@ -134,12 +134,12 @@ find_fortio() {
 build() { # GOARCH OUT PKG: static, stripped linux/GOARCH binary
   CGO_ENABLED=0 GOOS=linux GOARCH=$1 go build -trimpath -ldflags "-s -w" -o "$2" "$3"
 }
-build_host() { # OUT PKG: the same for the host
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$1" "$2"
+build_host() { # OUT PKG: the same for the host (BUILD_LDFLAGS: "-s -w" unless set)
+  CGO_ENABLED=0 go build -trimpath -ldflags "${BUILD_LDFLAGS:--s -w}" -o "$1" "$2"
 }
 build_helpers() { # NAME...: the plain go builds of ./bench/NAME into $BIN
   local n
-  for n in "$@"; do go build -o "$BIN/$n" "./bench/$n"; done
+  for n in "$@"; do go build ${BUILD_LDFLAGS:+-ldflags "$BUILD_LDFLAGS"} -o "$BIN/$n" "./bench/$n"; done
 }
 # machine_info: sets CPU_MODEL, GIT_REV, IPERF_VERSION, FORTIO_V, LOAD_START.
 machine_info() {
