@@ -5,7 +5,8 @@
 # LAT_SECONDS), each direct to the fortio backend and through one agent
 # (ports declared http2 and grpc), through the smallest Go HTTP/2 proxy
 # (bench/h2bare: what a Go proxy costs without the agent's per-request
-# work), and through a
+# work), through nginx and HAProxy (mature proxies in C, one worker or
+# thread each; PEERS=0 leaves them out), and through a
 # baseline build's agent when BASELINE_BIN (a full fogmesh binary, as in
 # bench.sh) is set; the
 # engines interleaved in every round, ROUNDS rounds. Besides the rates it
@@ -58,6 +59,8 @@ P_BCTL_ADMIN=$((BASE + 2)); P_BCTL_SYNC=$((BASE + 3))
 P_BSRV_MESH=$((BASE + 20)); P_BSRV_DNS=$((BASE + 21)); P_BSRV_ADMIN=$((BASE + 22))
 P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_GRPC=$((BASE + 33)); P_SRV_PPROF=$((BASE + 40))
 P_BARE_H2=$((BASE + 34)); P_BARE_GRPC=$((BASE + 35))
+P_NGX_H2=$((BASE + 36)); P_NGX_GRPC=$((BASE + 37)); P_HAP_H2=$((BASE + 38)); P_HAP_GRPC=$((BASE + 39))
+PEERS=${PEERS:-1}
 S_WEB=18080; S_GRPC=18079
 
 bench_init h2path
@@ -66,6 +69,15 @@ need_tools go curl h2load
 find_fortio
 ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_GRPC" \
   "$P_BARE_H2" "$P_BARE_GRPC"
+NGINX= HAPROXY=
+if [ "$PEERS" = 1 ]; then
+  NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
+  HAPROXY=$(command -v haproxy || { [ -x /usr/sbin/haproxy ] && echo /usr/sbin/haproxy; } || true)
+  [ -n "$NGINX" ] || log "nginx not found: no nginx rows (scripts/install-deps.sh bench installs it)"
+  [ -n "$HAPROXY" ] || log "haproxy not found: no HAProxy rows (scripts/install-deps.sh bench installs it)"
+  [ -z "$NGINX" ] || ports_free BENCH_BASE_PORT "$P_NGX_H2" "$P_NGX_GRPC"
+  [ -z "$HAPROXY" ] || ports_free BENCH_BASE_PORT "$P_HAP_H2" "$P_HAP_GRPC"
+fi
 if [ -n "$BASELINE_BIN" ]; then
   [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not executable"
   BASELINE_NAME=${BASELINE_REV:+$(git describe --always --tags "$BASELINE_REV" 2>/dev/null)}
@@ -90,6 +102,64 @@ start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "127.0.0.
 # agent's h2c and gRPC paths: one instance in front of each port.
 start bareh2 "$BIN/h2bare" "127.0.0.1:$P_BARE_H2=127.0.0.1:$P_HTTP"
 start baregrpc "$BIN/h2bare" "127.0.0.1:$P_BARE_GRPC=127.0.0.1:$P_GRPC"
+# Two mature proxies in C, for what this machine allows a proxy: nginx
+# (one worker; h2c in, HTTP/1.1 with a keep-alive pool to the h2c
+# backend, as nginx proxies plain HTTP; gRPC with grpc_pass) and HAProxy
+# (one thread; HTTP/2 on both sides, as its gRPC proxying does).
+if [ -n "$NGINX" ]; then
+  mkdir -p "$TMP/nginx"
+  cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_requests 1000000;
+    http2_max_requests 1000000;
+    upstream web { server 127.0.0.1:$P_HTTP; keepalive 64; keepalive_requests 1000000; }
+    upstream grpcb { server 127.0.0.1:$P_GRPC; keepalive 64; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$P_NGX_H2 http2;
+        location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+    server {
+        listen 127.0.0.1:$P_NGX_GRPC http2;
+        location / { grpc_pass grpc://grpcb; }
+    }
+}
+EOF
+  "$NGINX" -t -q -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf" >"$TMP/nginx-t.log" 2>&1 ||
+    die "nginx rejects its config: $(cat "$TMP/nginx-t.log")"
+  start nginx "$NGINX" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
+fi
+if [ -n "$HAPROXY" ]; then
+  cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+listen h2
+    bind 127.0.0.1:$P_HAP_H2 proto h2
+    server s1 127.0.0.1:$P_HTTP proto h2
+listen grpc
+    bind 127.0.0.1:$P_HAP_GRPC proto h2
+    server s1 127.0.0.1:$P_GRPC proto h2
+EOF
+  "$HAPROXY" -c -q -f "$TMP/haproxy.cfg" || die "haproxy rejects its config"
+  start haproxy "$HAPROXY" -db -f "$TMP/haproxy.cfg"
+fi
 start_control ctl "$TMP/ctl" "$P_CTL_ADMIN" "$P_CTL_SYNC" -insecure
 wait_port 127.0.0.1 "$P_CTL_ADMIN" ctl
 services_yaml "webh2:http:$S_WEB:http2" "webgrpc:grpc:$S_GRPC:grpc" >"$TMP/services.yaml"
@@ -116,6 +186,8 @@ wait_port 127.0.0.1 "$P_HTTP" httpd
 wait_port 127.0.0.1 "$P_GRPC" httpd
 wait_port 127.0.0.1 "$P_BARE_H2" bareh2
 wait_port 127.0.0.1 "$P_BARE_GRPC" baregrpc
+[ -z "$NGINX" ] || { wait_port 127.0.0.1 "$P_NGX_H2" nginx; wait_port 127.0.0.1 "$P_NGX_GRPC" nginx; }
+[ -z "$HAPROXY" ] || { wait_port 127.0.0.1 "$P_HAP_H2" haproxy; wait_port 127.0.0.1 "$P_HAP_GRPC" haproxy; }
 
 H2=() GR=()
 for i in $(seq 1 100); do
@@ -135,6 +207,15 @@ CPUPIDS[bare]="$PID_bareh2 $PID_baregrpc"
 WEB[direct]="http://127.0.0.1:$P_HTTP/ 127.0.0.1:$P_GRPC"
 WEB[agent]="http://${H2[0]}:$S_WEB/ ${GR[0]}:$S_GRPC"
 CPUPIDS[direct]=""; CPUPIDS[agent]=$PID_srv
+if [ -n "$NGINX" ]; then
+  ENGINES+=(nginx); LABEL[nginx]="nginx $("$NGINX" -v 2>&1 | awk -F/ 'NR==1 {print $2}') (1 worker; h2c in, HTTP/1.1 out; grpc_pass)"
+  WEB[nginx]="http://127.0.0.1:$P_NGX_H2/ 127.0.0.1:$P_NGX_GRPC"
+  CPUPIDS[nginx]="$PID_nginx $(ps -o pid= --ppid "$PID_nginx" 2>/dev/null | tr '\n' ' ')"
+fi
+if [ -n "$HAPROXY" ]; then
+  ENGINES+=(haproxy); LABEL[haproxy]="HAProxy $("$HAPROXY" -v 2>/dev/null | awk 'NR==1 {print $3}') (1 thread; HTTP/2 both sides)"
+  WEB[haproxy]="http://127.0.0.1:$P_HAP_H2/ 127.0.0.1:$P_HAP_GRPC"; CPUPIDS[haproxy]=$PID_haproxy
+fi
 if [ -n "$BASELINE_BIN" ]; then
   ENGINES+=(base); LABEL[base]="one agent, baseline $BASELINE_NAME"
   WEB[base]="http://${H2[1]}:$S_WEB/ ${GR[1]}:$S_GRPC"; CPUPIDS[base]=$PID_srvbase
@@ -171,6 +252,7 @@ run_h2load() { # ENGINE ROUND
     HCPU[$e,$r]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$H2LOAD_N" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     HKRN[$e,$r]=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v n="$H2LOAD_N" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     HSC[$e,$r]=$(awk -v s=$((s1 - s0)) -v n="$H2LOAD_N" 'BEGIN {printf "%.2f", s / n}')
+    [ "$e" != haproxy ] || HSC[$e,$r]=n/a
     [ -z "$ppid" ] || wait "$ppid" || log "pprof of round $r failed"
   else
     log "h2load $e round $r FAILED: $(tail -n 3 "$out")"; HQ[$e,$r]=fail; HCPU[$e,$r]=fail; HKRN[$e,$r]=fail; HSC[$e,$r]=fail
@@ -206,6 +288,7 @@ run_grpc() { # ENGINE ROUND
     GCPU[$e,$r]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     GKRN[$e,$r]=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     GSC[$e,$r]=$(awk -v s=$((s1 - s0)) -v n="$n" 'BEGIN {printf "%.2f", s / n}')
+    [ "$e" != haproxy ] || GSC[$e,$r]=n/a
     # The whole machine (client, backend, agent and whatever else runs):
     # busy % of all cores over the run (fortio's own start and end
     # included), and its CPU per call.
@@ -241,11 +324,12 @@ report_file h2path
   echo
   machine_rows
   echo "| load (1/5/15 min) at start, end | $LOAD_START; $LOAD_END |"
-  echo "| peers | h2load $(h2load --version 2>/dev/null | awk 'NR==1 {print $2}'), fortio $FORTIO_V |"
+  echo "| peers | h2load $(h2load --version 2>/dev/null | awk 'NR==1 {print $2}'), fortio $FORTIO_V${NGINX:+, nginx $("$NGINX" -v 2>&1 | awk -F/ 'NR==1 {print $2}')}${HAPROXY:+, HAProxy $("$HAPROXY" -v 2>/dev/null | awk 'NR==1 {print $3}')} |"
   echo
   echo "h2load -n $H2LOAD_N -c $H2_CONNS -m $H2_STREAMS; fortio load -grpc -ping -qps 0 -c $GRPC_CONNS -t ${LAT_SECONDS}s;"
   echo "$ROUNDS rounds, engines interleaved. Per round, a / b / c; the ratio is to direct in the same round."
-  echo "CPU (of it, the kernel's share: stime) and system calls (read + write) are the proxy's, per request;"
+  echo "CPU (of it, the kernel's share: stime) and system calls (read + write) are the proxy's, per request"
+  echo "(/proc/PID/io counts the read and write families, not send and recv: HAProxy's read n/a);"
   echo "machine busy is all cores' (100 = every core busy) over a gRPC run, machine CPU per call all processes' (client, backend, agent)."
   echo
   echo "| path | h2load req/s | ratio | CPU µs/req | of it kernel | syscalls/req | gRPC ping req/s | ratio | CPU µs/req | of it kernel | syscalls/req | machine busy % | machine CPU µs/call |"
@@ -263,6 +347,8 @@ report_file h2path
   echo "Medians: h2load ratio $(calc "%.2f" "$(median_of HQ agent "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b")," \
     "gRPC ratio $(calc "%.2f" "$(median_of GQ agent "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b")" \
     "(h2bare: h2load $(calc "%.2f" "$(median_of HQ bare "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ bare "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))" \
+    "${NGINX:+(nginx: h2load $(calc "%.2f" "$(median_of HQ nginx "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ nginx "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}" \
+    "${HAPROXY:+(HAProxy: h2load $(calc "%.2f" "$(median_of HQ haproxy "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ haproxy "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}" \
     "${BASELINE_BIN:+(baseline: h2load $(calc "%.2f" "$(median_of HQ base "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ base "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}"
   list_section "Failures:" "${FAILED[@]}"
 } | tee "$REPORT"
