@@ -17,7 +17,8 @@
 #
 # Exits non-zero if a run failed or returned errors. Knobs: ROUNDS (3),
 # H2LOAD_N (50000), H2_CONNS (1), H2_STREAMS (10),
-# GRPC_CONNS (16), LAT_SECONDS (4), BENCH_BASE_PORT (29300: below the
+# GRPC_CONNS (16), LAT_SECONDS (4), LAT_QPS (2000: a gRPC run at that
+# fixed rate per engine for p50 and p99; 0: none), BENCH_BASE_PORT (29300: below the
 # ephemeral port range, where a client's source port cannot take it),
 # BASELINE_BIN, BASELINE_REV, VIP_OCTET (236) and BASE_VIP_OCTET (237):
 # the agents' VIP ranges 127.X.0.0/16. PPROF=1: builds with -tags fogmesh_pprof and
@@ -44,6 +45,7 @@ H2LOAD_N=${H2LOAD_N:-50000}
 H2_CONNS=${H2_CONNS:-1}
 H2_STREAMS=${H2_STREAMS:-10}
 GRPC_CONNS=${GRPC_CONNS:-16}
+LAT_QPS=${LAT_QPS:-2000}
 BASE=${BENCH_BASE_PORT:-29300}
 BASELINE_BIN=${BASELINE_BIN:-}
 PPROF=${PPROF:-0}
@@ -302,6 +304,22 @@ run_grpc() { # ENGINE ROUND
     FAILED+=("gRPC $e round $r")
   fi
 }
+declare -A GP50 GP99
+run_grpc_lat() { # ENGINE ROUND: gRPC ping at a fixed rate, its p50 and p99 (ms)
+  local e=$1 r=$2 h g out="$TMP/grpclat-$1-$2" v p50 p99 bad
+  read -r h g <<<"${WEB[$e]}"
+  log "gRPC ping at $LAT_QPS/s round $r: $e ($g)"
+  if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -grpc -ping -qps "$LAT_QPS" -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
+       -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
+     v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
+    read -r p50 p99 _ _ bad _ <<<"$v"
+    GP50[$e,$r]=$p50; GP99[$e,$r]=$p99
+    [ "$bad" = 0 ] || FAILED+=("gRPC at $LAT_QPS/s $e round $r: $bad non-OK")
+  else
+    log "gRPC at $LAT_QPS/s $e round $r FAILED: $(tail -n 3 "$out.log") ${v:-}"; GP50[$e,$r]=fail; GP99[$e,$r]=fail
+    FAILED+=("gRPC at $LAT_QPS/s $e round $r")
+  fi
+}
 go build -o "$BIN/benchjson" ./bench/benchjson
 PPROF_DIR=${PPROF_DIR:-$ROOT/bench/out/pprof-h2path-$(date +%Y%m%d-%H%M%S)}
 [ "$PPROF" != 1 ] && [ "$PERF" != 1 ] || mkdir -p "$PPROF_DIR"
@@ -309,6 +327,9 @@ PPROF_DIR=${PPROF_DIR:-$ROOT/bench/out/pprof-h2path-$(date +%Y%m%d-%H%M%S)}
 for r in $(seq 1 "$ROUNDS"); do
   for e in $(order "$r" "${ENGINES[@]}"); do run_h2load "$e" "$r"; sleep 0.5; done
   for e in $(order "$r" "${ENGINES[@]}"); do run_grpc "$e" "$r"; sleep 0.5; done
+  if [ "$LAT_QPS" != 0 ]; then
+    for e in $(order "$r" "${ENGINES[@]}"); do run_grpc_lat "$e" "$r"; sleep 0.5; done
+  fi
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 stop_pids "${PIDS[@]}"
@@ -350,6 +371,23 @@ report_file h2path
     "${NGINX:+(nginx: h2load $(calc "%.2f" "$(median_of HQ nginx "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ nginx "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}" \
     "${HAPROXY:+(HAProxy: h2load $(calc "%.2f" "$(median_of HQ haproxy "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ haproxy "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}" \
     "${BASELINE_BIN:+(baseline: h2load $(calc "%.2f" "$(median_of HQ base "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ base "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}"
+  if [ "$LAT_QPS" != 0 ]; then
+    echo
+    echo "gRPC ping at a fixed $LAT_QPS req/s (fortio load -grpc -ping -qps $LAT_QPS -c $GRPC_CONNS -t ${LAT_SECONDS}s); times in ms,"
+    echo "added: the medians over the rounds minus direct's."
+    echo
+    echo "| path | p50 per round | p99 per round | added p50 | added p99 |"
+    echo "|---|---|---|---|---|"
+    for e in "${ENGINES[@]}"; do
+      if [ "$e" = direct ]; then
+        echo "| ${LABEL[$e]} | $(rounds_of GP50 "$e") | $(rounds_of GP99 "$e") | — | — |"
+      else
+        echo "| ${LABEL[$e]} | $(rounds_of GP50 "$e") | $(rounds_of GP99 "$e") |" \
+          "$(calc "%+.3f" "$(median_of GP50 "$e" "$ROUNDS")" "$(median_of GP50 direct "$ROUNDS")" "a - b") |" \
+          "$(calc "%+.3f" "$(median_of GP99 "$e" "$ROUNDS")" "$(median_of GP99 direct "$ROUNDS")" "a - b") |"
+      fi
+    done
+  fi
   list_section "Failures:" "${FAILED[@]}"
 } | tee "$REPORT"
 log "report: $REPORT"
