@@ -111,7 +111,7 @@ P_SRV_MESH=$((BASE + 10)); P_SRV_DNS=$((BASE + 11)); P_SRV_ADMIN=$((BASE + 12));
 P_SRV_CAP=$((BASE + 14)) # the srv agent's capture listener (CAPTURE=1)
 P_CLI_MESH=$((BASE + 20)); P_CLI_DNS=$((BASE + 21)); P_CLI_ADMIN=$((BASE + 22))
 P_IPERF=$((BASE + 30)); P_HTTP=$((BASE + 31)); P_SINK=$((BASE + 32)); P_GRPC=$((BASE + 33))
-P_HAP_BULK=$((BASE + 40)); P_HAP_WEB=$((BASE + 41)); P_NGINX=$((BASE + 42))
+P_HAP_BULK=$((BASE + 40)); P_HAP_WEB=$((BASE + 41)); P_NGINX=$((BASE + 42)); P_HAP_WEBL7=$((BASE + 43))
 P_REL_BULK=$((BASE + 50)); P_REL_WEB=$((BASE + 51)); P_BAREG=$((BASE + 52)); P_BAREE=$((BASE + 53))
 # The baseline build's control plane and agent (BASELINE_BIN only).
 P_BCTL_ADMIN=$((BASE + 60)); P_BCTL_SYNC=$((BASE + 61))
@@ -182,7 +182,7 @@ if [ -n "$BASELINE_BIN" ]; then
 fi
 
 ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_CLI_MESH" \
-  "$P_CLI_DNS" "$P_CLI_ADMIN" "$P_IPERF" "$P_HTTP" "$P_SINK" "$P_GRPC" "$P_HAP_BULK" "$P_HAP_WEB" "$P_NGINX" \
+  "$P_CLI_DNS" "$P_CLI_ADMIN" "$P_IPERF" "$P_HTTP" "$P_SINK" "$P_GRPC" "$P_HAP_BULK" "$P_HAP_WEB" "$P_NGINX" "$P_HAP_WEBL7" \
   "$P_REL_BULK" "$P_REL_WEB"
 [ "$CAPTURE" != 1 ] || ports_free BENCH_BASE_PORT "$P_SRV_CAP"
 [ -z "$BASELINE_BIN" ] || ports_free BENCH_BASE_PORT "$P_BCTL_ADMIN" "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN"
@@ -241,6 +241,13 @@ listen bulk
     server s1 127.0.0.1:$P_IPERF
 listen web
     bind 127.0.0.1:$P_HAP_WEB
+    server s1 127.0.0.1:$P_HTTP
+# (h7): HAProxy as an HTTP/1.1 reverse proxy (its HTTP mode, keep-alive both
+# sides), beside nginx.
+listen webl7
+    mode http
+    http-reuse always
+    bind 127.0.0.1:$P_HAP_WEBL7
     server s1 127.0.0.1:$P_HTTP
 EOF
 haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy rejects its config"
@@ -424,18 +431,18 @@ log "srv agent VIPs: bulk $SRV_VIP_BULK web $SRV_VIP_WEB webl7 $SRV_VIP_WEBL7 we
 # Engines: name, label, bulk address, web URL. LATENGINES adds the agents'
 # L7 path (the same backend behind a service port declared protocol: http)
 # and nginx (HTTP reverse proxy): the L4 targets use the L4 rows (b)-(e), the
-# L7 targets the rows (b7), (c7) and (n). L7ENGINES are measured for the
+# L7 targets the rows (b7), (c7), (n) and (h7). L7ENGINES are measured for the
 # maximum request rate too; XENGINES (h2c, gRPC) for both, XROUNDS rounds.
 ENGINES=(direct agent1 agent2 haproxy relay)
-LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent2l7 nginx)
-L7ENGINES=(direct agent1l7 agent2l7 nginx)
+LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent2l7 nginx haproxy7)
+L7ENGINES=(direct agent1l7 agent2l7 nginx haproxy7)
 XENGINES=(h2direct h2agent1 grpcdirect grpcagent1)
 H2LENGINES=(h2ldirect h2lagent1) # h2load: maximum rate only
 if [ "$ONLY_L7" = 1 ]; then XENGINES=(); H2LENGINES=(); fi
 # BASELINE_BIN: the baseline build's (b7) path, in both lists.
 if [ -n "$BASELINE_BIN" ]; then
-  LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent1l7base agent2l7 nginx)
-  L7ENGINES=(direct agent1l7 agent1l7base agent2l7 nginx)
+  LATENGINES=(direct agent1 agent2 haproxy relay agent1l7 agent1l7base agent2l7 nginx haproxy7)
+  L7ENGINES=(direct agent1l7 agent1l7base agent2l7 nginx haproxy7)
 fi
 # The bare Go HTTP/1.1 proxies, in both lists.
 LATENGINES+=(bareg baree); L7ENGINES+=(bareg baree)
@@ -476,6 +483,7 @@ LABEL[agent1l7t1]="(b7-t1) one agent, L7, traces sampled 1 %"; WEB[agent1l7t1]="
 LABEL[agent1l7log]="(b7-log) one agent, L7, access log of every request"; WEB[agent1l7log]="http://$OLOG_VIP:$S_WEB/"
 LABEL[agent2l7]="(c7) two agents, port declared http (L7 on the cli agent, mesh to srv)"; WEB[agent2l7]="http://$CLI_VIP_WEBL7:$S_WEB/"
 LABEL[nginx]="(n) nginx $NGINX_VERSION (HTTP reverse proxy, upstream keepalive 64, 1 worker)"; WEB[nginx]="http://127.0.0.1:$P_NGINX/"
+LABEL[haproxy7]="(h7) HAProxy $HAPROXY_VERSION (HTTP mode, keep-alive both sides, 1 thread)"; WEB[haproxy7]="http://127.0.0.1:$P_HAP_WEBL7/"
 LABEL[bareg]="(g7) minimal Go HTTP/1.1 proxy, a goroutine per connection (h1bare -model go)"; WEB[bareg]="http://127.0.0.1:$P_BAREG/"
 LABEL[baree]="(e7) minimal Go HTTP/1.1 proxy, one epoll loop (h1bare -model epoll)"; WEB[baree]="http://127.0.0.1:$P_BAREE/"
 LABEL[h2direct]="(a2) h2c direct";          WEB[h2direct]="http://127.0.0.1:$P_HTTP/"
@@ -488,7 +496,7 @@ KIND[h2direct]=h2; KIND[h2agent1]=h2; KIND[grpcdirect]=grpc; KIND[grpcagent1]=gr
 KIND[h2ldirect]=h2load; KIND[h2lagent1]=h2load
 CPUPIDS[direct]=""; CPUPIDS[agent1]="$PID_srv"; CPUPIDS[agent1cap]="$PID_srv"; CPUPIDS[agent2]="$PID_cli $PID_srv"
 CPUPIDS[bareg]="$PID_bareg"; CPUPIDS[baree]="$PID_baree"
-CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"; CPUPIDS[agent1bpf]="${PID_fp:-}"
+CPUPIDS[haproxy]="$PID_haproxy"; CPUPIDS[haproxy7]="$PID_haproxy"; CPUPIDS[relay]="$PID_relay"; CPUPIDS[agent1bpf]="${PID_fp:-}"
 CPUPIDS[agent1l7]="$PID_srv"; CPUPIDS[agent2l7]="$PID_cli $PID_srv"
 CPUPIDS[agent1l7t100]="${PID_ot100:-}"; CPUPIDS[agent1l7t1]="${PID_ot1:-}"; CPUPIDS[agent1l7log]="${PID_olog:-}"
 CPUPIDS[agent1l7base]="${PID_srvbase:-}"; CPUPIDS[agent1base]="${PID_srvbase:-}"
@@ -510,7 +518,7 @@ FAILED=() WARNED=()
 for e in "${LATENGINES[@]}"; do
   if ! curl -fsS -o /dev/null --max-time 5 "${WEB[$e]}"; then
     case $e in
-      *l7|*l7base|nginx|bare?) log "HTTP path $e (${WEB[$e]}) does not answer"; failed "$e" "HTTP path $e does not answer" ;;
+      *l7|*l7base|nginx|haproxy7|bare?) log "HTTP path $e (${WEB[$e]}) does not answer"; failed "$e" "HTTP path $e does not answer" ;;
       *) die "HTTP path $e (${WEB[$e]}) does not answer" ;;
     esac
   fi
@@ -750,7 +758,7 @@ add99() { calc "%+.3f" "${L99[$1]}" "${L99[${2:-direct}]}" "a - b"; }
 declare -A REF HOPS
 REF[direct]=direct; REF[agent1l7]=direct; REF[agent2l7]=direct; REF[nginx]=direct
 REF[h2direct]=h2direct; REF[h2agent1]=h2direct; REF[grpcdirect]=grpcdirect; REF[grpcagent1]=grpcdirect
-HOPS[direct]=0; HOPS[agent1l7]=1; HOPS[agent2l7]=2; HOPS[nginx]=1
+HOPS[direct]=0; HOPS[agent1l7]=1; HOPS[agent2l7]=2; HOPS[nginx]=1; REF[haproxy7]=direct; HOPS[haproxy7]=1
 REF[agent1l7base]=direct; HOPS[agent1l7base]=1
 REF[bareg]=direct; HOPS[bareg]=1; REF[baree]=direct; HOPS[baree]=1
 for e in agent1l7t100 agent1l7t1 agent1l7log; do REF[$e]=direct; HOPS[$e]=1; done
@@ -874,6 +882,7 @@ echo "| one agent, L7: new (b7) minus baseline (b7-base) | $(calc "%+.3f" "$(add
 echo "| one agent, L7: new (b7) / baseline (b7-base) | $(ratio "$(add50 agent1l7)" "$(add50 agent1l7base)") | $(ratio "$(add99 agent1l7)" "$(add99 agent1l7base)") |"
 fi
 echo "| nginx, HTTP reverse proxy (1 hop) | $(add50 nginx) | $(add99 nginx) |"
+echo "| HAProxy, HTTP mode (1 hop) | $(add50 haproxy7) | $(add99 haproxy7) |"
 echo "| two agents per hop minus HAProxy | $(calc "%+.3f" "$(add50 agent2)" "$(add50 haproxy)" "a / 2 - b") | $(calc "%+.3f" "$(add99 agent2)" "$(add99 haproxy)" "a / 2 - b") |"
 fi
 echo
@@ -962,8 +971,10 @@ echo "| (n) nginx / (a) direct | $(calc "%.2f" "${MQ[nginx]}" "${MQ[direct]}" "a
 echo "| (c7) two agents / (b7) one agent | $(calc "%.2f" "${MQ[agent2l7]}" "${MQ[agent1l7]}" "a / b") |"
 echo "| (g7) minimal Go proxy, goroutines / (n) nginx | $(calc "%.2f" "${MQ[bareg]}" "${MQ[nginx]}" "a / b") |"
 echo "| (e7) minimal Go proxy, epoll loop / (n) nginx | $(calc "%.2f" "${MQ[baree]}" "${MQ[nginx]}" "a / b") |"
+echo "| (h7) HAProxy, HTTP mode / (n) nginx | $(calc "%.2f" "${MQ[haproxy7]}" "${MQ[nginx]}" "a / b") |"
+echo "| (b7) one agent / (h7) HAProxy, HTTP mode | $(calc "%.2f" "${MQ[agent1l7]}" "${MQ[haproxy7]}" "a / b") |"
 echo "| (b7) one agent / (g7) minimal Go proxy, goroutines | $(calc "%.2f" "${MQ[agent1l7]}" "${MQ[bareg]}" "a / b") |"
-echo "| proxy CPU µs per request at max rate: (b7) agent, (g7) goroutines, (e7) epoll loop, (n) nginx | $(cpureq agent1l7), $(cpureq bareg), $(cpureq baree), $(cpureq nginx) |"
+echo "| proxy CPU µs per request at max rate: (b7) agent, (g7) goroutines, (e7) epoll loop, (n) nginx, (h7) HAProxy | $(cpureq agent1l7), $(cpureq bareg), $(cpureq baree), $(cpureq nginx), $(cpureq haproxy7) |"
 if [ -n "$BASELINE_BIN" ]; then
 echo "| (b7) new / (b7-base) baseline: max req/s | $(ratio "${MQ[agent1l7]}" "${MQ[agent1l7base]}") ($(calc "%.0f" "${MQ[agent1l7]}" 0 a) vs $(calc "%.0f" "${MQ[agent1l7base]}" 0 a) req/s) |"
 echo "| (b7) new / (b7-base) baseline: agent CPU per request at max rate | $(ratio "$(cpureq agent1l7)" "$(cpureq agent1l7base)") ($(cpureq agent1l7) vs $(cpureq agent1l7base) µs) |"
