@@ -756,9 +756,9 @@ add50() { calc "%+.3f" "${L50[$1]}" "${L50[${2:-direct}]}" "a - b"; }
 add99() { calc "%+.3f" "${L99[$1]}" "${L99[${2:-direct}]}" "a - b"; }
 # The direct row each L7 row compares with, and its number of agent hops.
 declare -A REF HOPS
-REF[direct]=direct; REF[agent1l7]=direct; REF[agent2l7]=direct; REF[nginx]=direct
+REF[direct]=direct; REF[agent1l7]=direct; REF[agent2l7]=direct; REF[nginx]=direct; REF[haproxy7]=direct
 REF[h2direct]=h2direct; REF[h2agent1]=h2direct; REF[grpcdirect]=grpcdirect; REF[grpcagent1]=grpcdirect
-HOPS[direct]=0; HOPS[agent1l7]=1; HOPS[agent2l7]=2; HOPS[nginx]=1; REF[haproxy7]=direct; HOPS[haproxy7]=1
+HOPS[direct]=0; HOPS[agent1l7]=1; HOPS[agent2l7]=2; HOPS[nginx]=1; HOPS[haproxy7]=1
 REF[agent1l7base]=direct; HOPS[agent1l7base]=1
 REF[bareg]=direct; HOPS[bareg]=1; REF[baree]=direct; HOPS[baree]=1
 for e in agent1l7t100 agent1l7t1 agent1l7log; do REF[$e]=direct; HOPS[$e]=1; done

@@ -25,8 +25,8 @@
 # takes CPU profiles of the agent over each of its gRPC runs (the profile
 # ends a second before the run) and the first 2 s of its h2load runs into PPROF_DIR (default
 # bench/out/pprof-h2path-<date>); its overhead touches those runs, so take
-# the rates from a run without it. PERF=1: records the agent's and h2bare's
-# gRPC runs with perf (cpu-clock samples with kernel and Go stacks, the
+# the rates from a run without it. PERF=1: records each proxy's gRPC
+# runs (the agent's, h2bare's, nginx's, HAProxy's) with perf (cpu-clock samples with kernel and Go stacks, the
 # run's first LAT_SECONDS-1 s) into PPROF_DIR as grpc-ENGINE-rN.perf: where
 # a system call's time goes in the kernel, which pprof cannot show (perf
 # report -i FILE --no-children). Needs go, curl, h2load (nghttp2-client)
