@@ -18,7 +18,8 @@
 # Exits non-zero if a run failed or returned errors. Knobs: ROUNDS (3),
 # H2LOAD_N (50000), H2_CONNS (1), H2_STREAMS (10),
 # GRPC_CONNS (16), LAT_SECONDS (4), LAT_QPS (2000: a gRPC run at that
-# fixed rate per engine for p50 and p99; 0: none), BENCH_BASE_PORT (29300: below the
+# fixed rate per engine for p50 and p99; 0: none), PIN (0; 1: load and
+# backend on CPU 0, proxies on CPU 1), BENCH_BASE_PORT (29300: below the
 # ephemeral port range, where a client's source port cannot take it),
 # BASELINE_BIN, BASELINE_REV, VIP_OCTET (236) and BASE_VIP_OCTET (237):
 # the agents' VIP ranges 127.X.0.0/16. PPROF=1: builds with -tags fogmesh_pprof and
@@ -50,6 +51,17 @@ BASE=${BENCH_BASE_PORT:-29300}
 BASELINE_BIN=${BASELINE_BIN:-}
 PPROF=${PPROF:-0}
 PERF=${PERF:-0}
+# PIN=1: the load generators (h2load, fortio's client) and the backend
+# (fortio's server) on CPU 0, every proxy on CPU 1 (taskset): a proxy with
+# a core of its own, as on a machine where the workloads are not on the
+# proxy's cores.
+PIN=${PIN:-0}
+PIN_LOAD=() PIN_PROXY=()
+if [ "$PIN" = 1 ]; then
+  command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
+  [ "$(nproc)" -ge 2 ] || die "PIN=1 needs two CPUs"
+  PIN_LOAD=(taskset -c 0) PIN_PROXY=(taskset -c 1)
+fi
 # The agents' VIP ranges (127.X.0.0/16): another bench's agents on the
 # same range would answer in their place.
 VIP_OCTET=${VIP_OCTET:-236}
@@ -98,12 +110,12 @@ build_host "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
 build_helpers h2bare
 machine_info
 
-start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "127.0.0.1:$P_GRPC" \
+start httpd "${PIN_LOAD[@]}" "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "127.0.0.1:$P_GRPC" \
   -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
 # The smallest HTTP/2 proxy in Go (bench/h2bare), for comparison with the
 # agent's h2c and gRPC paths: one instance in front of each port.
-start bareh2 "$BIN/h2bare" "127.0.0.1:$P_BARE_H2=127.0.0.1:$P_HTTP"
-start baregrpc "$BIN/h2bare" "127.0.0.1:$P_BARE_GRPC=127.0.0.1:$P_GRPC"
+start bareh2 "${PIN_PROXY[@]}" "$BIN/h2bare" "127.0.0.1:$P_BARE_H2=127.0.0.1:$P_HTTP"
+start baregrpc "${PIN_PROXY[@]}" "$BIN/h2bare" "127.0.0.1:$P_BARE_GRPC=127.0.0.1:$P_GRPC"
 # Two mature proxies in C, for what this machine allows a proxy: nginx
 # (one worker; h2c in, HTTP/1.1 with a keep-alive pool to the h2c
 # backend, as nginx proxies plain HTTP; gRPC with grpc_pass) and HAProxy
@@ -139,7 +151,7 @@ http {
 EOF
   "$NGINX" -t -q -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf" >"$TMP/nginx-t.log" 2>&1 ||
     die "nginx rejects its config: $(cat "$TMP/nginx-t.log")"
-  start nginx "$NGINX" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
+  start nginx "${PIN_PROXY[@]}" "$NGINX" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
 fi
 if [ -n "$HAPROXY" ]; then
   cat >"$TMP/haproxy.cfg" <<EOF
@@ -160,7 +172,7 @@ listen grpc
     server s1 127.0.0.1:$P_GRPC proto h2
 EOF
   "$HAPROXY" -c -q -f "$TMP/haproxy.cfg" || die "haproxy rejects its config"
-  start haproxy "$HAPROXY" -db -f "$TMP/haproxy.cfg"
+  start haproxy "${PIN_PROXY[@]}" "$HAPROXY" -db -f "$TMP/haproxy.cfg"
 fi
 start_control ctl "$TMP/ctl" "$P_CTL_ADMIN" "$P_CTL_SYNC" -insecure
 wait_port 127.0.0.1 "$P_CTL_ADMIN" ctl
@@ -170,7 +182,7 @@ agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "127.$V
   "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" >"$TMP/srv.yaml"
 PPENV_SRV=()
 [ "$PPROF" != 1 ] || PPENV_SRV=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_SRV_PPROF")
-start srv env "${PPENV_SRV[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
+start srv "${PIN_PROXY[@]}" env "${PPENV_SRV[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
 if [ -n "$BASELINE_BIN" ]; then
   # The baseline agent: its own control plane (the same services) and VIP
   # range, the same backend.
@@ -180,7 +192,7 @@ if [ -n "$BASELINE_BIN" ]; then
   "$BASELINE_BIN" apply -server "http://127.0.0.1:$P_BCTL_ADMIN" -f "$TMP/services.yaml" >&2
   agent_config srvbase "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN" "127.$BASE_VIP_OCTET.0.0/16" \
     "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" >"$TMP/srvbase.yaml"
-  start srvbase "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
+  start srvbase "${PIN_PROXY[@]}" "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
   wait_port 127.0.0.1 "$P_BSRV_ADMIN" srvbase
 fi
 wait_port 127.0.0.1 "$P_SRV_ADMIN" srv
@@ -246,7 +258,7 @@ run_h2load() { # ENGINE ROUND
       "http://127.0.0.1:$P_SRV_PPROF/debug/pprof/profile?seconds=2" &
     ppid=$!
   fi
-  if timeout 120 h2load -n "$H2LOAD_N" -c "$H2_CONNS" -m "$H2_STREAMS" -t 1 "$h" >"$out" 2>&1 &&
+  if timeout 120 "${PIN_LOAD[@]}" h2load -n "$H2LOAD_N" -c "$H2_CONNS" -m "$H2_STREAMS" -t 1 "$h" >"$out" 2>&1 &&
      q=$(awk '/^finished in/ {q = $4} /^requests:/ {b += $10 + $12 + $14} /^status codes:/ {b += $5 + $7 + $9}
               END {if (q == "" || b > 0) exit 1; printf "%.0f\n", q}' "$out"); then
     c1=$(cpu_ticks ${CPUPIDS[$e]}); k1=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls ${CPUPIDS[$e]})
@@ -278,7 +290,7 @@ run_grpc() { # ENGINE ROUND
       -- sleep $((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1)) >/dev/null 2>&1 &
     ppid="$ppid $!"
   fi
-  if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -grpc -ping -qps 0 -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
+  if timeout $((LAT_SECONDS + 30)) "${PIN_LOAD[@]}" "$FORTIO" load -grpc -ping -qps 0 -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
        -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
      v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
     m1=$(machine_ticks); t1=$(date +%s.%N)
@@ -309,7 +321,7 @@ run_grpc_lat() { # ENGINE ROUND: gRPC ping at a fixed rate, its p50 and p99 (ms)
   local e=$1 r=$2 h g out="$TMP/grpclat-$1-$2" v p50 p99 bad
   read -r h g <<<"${WEB[$e]}"
   log "gRPC ping at $LAT_QPS/s round $r: $e ($g)"
-  if timeout $((LAT_SECONDS + 30)) "$FORTIO" load -grpc -ping -qps "$LAT_QPS" -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
+  if timeout $((LAT_SECONDS + 30)) "${PIN_LOAD[@]}" "$FORTIO" load -grpc -ping -qps "$LAT_QPS" -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
        -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
      v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
     read -r p50 p99 _ _ bad _ <<<"$v"
@@ -349,6 +361,7 @@ report_file h2path
   echo
   echo "h2load -n $H2LOAD_N -c $H2_CONNS -m $H2_STREAMS; fortio load -grpc -ping -qps 0 -c $GRPC_CONNS -t ${LAT_SECONDS}s;"
   echo "$ROUNDS rounds, engines interleaved. Per round, a / b / c; the ratio is to direct in the same round."
+  [ "$PIN" != 1 ] || echo "PIN=1: load generators and backend on CPU 0, each proxy on CPU 1."
   echo "CPU (of it, the kernel's share: stime) and system calls (read + write) are the proxy's, per request"
   echo "(/proc/PID/io counts the read and write families, not send and recv: HAProxy's read n/a);"
   echo "machine busy is all cores' (100 = every core busy) over a gRPC run, machine CPU per call all processes' (client, backend, agent)."
