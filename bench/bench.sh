@@ -40,7 +40,9 @@
 # the label (default: the binary's `version` output). ONLY_L7=1: only
 # sections 2 and 6 (HTTP/1.1 rows), for a short before/after run; skips the
 # iperf3 runs, RSS and held connections, binary sizes and the arm64 build,
-# the Go benchmarks and the h2c, gRPC and h2load rows.
+# the Go benchmarks and the h2c, gRPC and h2load rows. PIN=1: the load
+# generators and backends on CPU 0, every proxy (agents, control planes,
+# HAProxy, nginx, the bare relays) on CPU 1 (taskset; lib.sh pin_setup).
 # ONLY_L4LAT=1: only the L4 rows of section 2 (direct, one agent, HAProxy,
 # splice relay; with BASELINE_BIN also (b-base), the baseline agent's tcp
 # port) and their targets, for a focused before/after run of the per-hop
@@ -94,6 +96,7 @@ CLI_VIP_RANGE=127.232.0.0/16
 BASE_VIP_RANGE=127.233.0.0/16
 BASELINE_BIN=${BASELINE_BIN:-}
 ONLY_L7=${ONLY_L7:-0}
+pin_setup
 ONLY_L4LAT=${ONLY_L4LAT:-0}
 PPROF=${PPROF:-0}
 PERFSTAT=${PERFSTAT:-0}
@@ -224,7 +227,7 @@ WRK_VERSION=$([ -n "$WRK" ] && { "$WRK" -v 2>&1 || true; } | awk 'NR==1 {print $
 # ---------------------------------------------------------------- backends and proxies
 log "starting backends, HAProxy, splice relay, control plane and two agents"
 start_backends "127.0.0.1:$P_GRPC"
-start sink "$BIN/holdconns" -serve "127.0.0.1:$P_SINK"
+start sink "${PIN_LOAD[@]}" "$BIN/holdconns" -serve "127.0.0.1:$P_SINK"
 
 cat >"$TMP/haproxy.cfg" <<EOF
 global
@@ -251,13 +254,13 @@ listen webl7
     server s1 127.0.0.1:$P_HTTP
 EOF
 haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy rejects its config"
-start haproxy "$(command -v haproxy)" -db -f "$TMP/haproxy.cfg"
-start relay "$BIN/splicerelay" "127.0.0.1:$P_REL_BULK=127.0.0.1:$P_IPERF" "127.0.0.1:$P_REL_WEB=127.0.0.1:$P_HTTP"
+start haproxy "${PIN_PROXY[@]}" "$(command -v haproxy)" -db -f "$TMP/haproxy.cfg"
+start relay "${PIN_PROXY[@]}" "$BIN/splicerelay" "127.0.0.1:$P_REL_BULK=127.0.0.1:$P_IPERF" "127.0.0.1:$P_REL_WEB=127.0.0.1:$P_HTTP"
 # The smallest HTTP/1.1 keep-alive proxies in Go (bench/h1bare), as
 # ceilings for the agent's HTTP/1.1 path: a goroutine per connection, and
 # one epoll loop (as nginx's one worker).
-start bareg "$BIN/h1bare" -model go "127.0.0.1:$P_BAREG=127.0.0.1:$P_HTTP"
-start baree "$BIN/h1bare" -model epoll -loops 1 "127.0.0.1:$P_BAREE=127.0.0.1:$P_HTTP"
+start bareg "${PIN_PROXY[@]}" "$BIN/h1bare" -model go "127.0.0.1:$P_BAREG=127.0.0.1:$P_HTTP"
+start baree "${PIN_PROXY[@]}" "$BIN/h1bare" -model epoll -loops 1 "127.0.0.1:$P_BAREE=127.0.0.1:$P_HTTP"
 
 # nginx as an HTTP/1.1 reverse proxy with an upstream keepalive pool: one
 # worker, in the foreground (daemon off; its master is the PID we stop), pid,
@@ -296,7 +299,7 @@ http {
 EOF
   "$NGINX" -t -q -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf" >"$TMP/nginx-t.log" 2>&1 ||
     die "nginx rejects its config: $(cat "$TMP/nginx-t.log")"
-  start nginx "$NGINX" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
+  start nginx "${PIN_PROXY[@]}" "$NGINX" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
 fi
 
 # Plaintext on purpose (-insecure on the control plane and both agents): these
@@ -324,8 +327,8 @@ agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$SRV_V
 agent_config cli "$P_CTL_SYNC" "$P_CLI_MESH" "$P_CLI_DNS" "$P_CLI_ADMIN" "$CLI_VIP_RANGE" >"$TMP/cli.yaml"
 PPENV_SRV=() PPENV_BSRV=()
 [ "$PPROF" != 1 ] || { PPENV_SRV=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_SRV_PPROF"); PPENV_BSRV=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_BSRV_PPROF"); }
-start srv env "${PPENV_SRV[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml" "${SRV_CAPTURE[@]}"
-start cli "$BIN/fogmesh-agent" -insecure -config "$TMP/cli.yaml"
+start srv "${PIN_PROXY[@]}" env "${PPENV_SRV[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml" "${SRV_CAPTURE[@]}"
+start cli "${PIN_PROXY[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/cli.yaml"
 
 # The baseline build (BASELINE_BIN): its own control plane and one agent,
 # plaintext like the rows above, with only the webl7 service and the srv
@@ -333,21 +336,21 @@ start cli "$BIN/fogmesh-agent" -insecure -config "$TMP/cli.yaml"
 # path of the older build.
 if [ -n "$BASELINE_BIN" ]; then
   log "starting the baseline build's control plane and agent ($BASELINE_NAME)"
-  start ctlbase "$BASELINE_BIN" control -state-dir "$TMP/ctlbase" -admin-addr "127.0.0.1:$P_BCTL_ADMIN" \
+  start ctlbase "${PIN_PROXY[@]}" "$BASELINE_BIN" control -state-dir "$TMP/ctlbase" -admin-addr "127.0.0.1:$P_BCTL_ADMIN" \
     -sync-addr "127.0.0.1:$P_BCTL_SYNC" -insecure
   wait_port 127.0.0.1 "$P_BCTL_ADMIN" ctlbase
   services_yaml "webl7:http:$S_WEB:http" "web:http:$S_WEB" >"$TMP/services-base.yaml"
   "$BASELINE_BIN" apply -server "http://127.0.0.1:$P_BCTL_ADMIN" -f "$TMP/services-base.yaml" >&2
   agent_config srvbase "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN" "$BASE_VIP_RANGE" \
     "webl7:http:$P_HTTP" "web:http:$P_HTTP" >"$TMP/srvbase.yaml"
-  start srvbase env "${PPENV_BSRV[@]}" "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
+  start srvbase "${PIN_PROXY[@]}" env "${PPENV_BSRV[@]}" "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
 fi
 
 # OBS=1: the observability rows' agents, one per setting, on a control plane
 # of their own (so the other rows' agents see none of their endpoints).
 if [ "$OBS" = 1 ]; then
   log "starting the observability rows' control plane, OTLP sink and three agents"
-  start otlpsink "$BIN/otlpsink" -addr "127.0.0.1:$P_OTLP"
+  start otlpsink "${PIN_LOAD[@]}" "$BIN/otlpsink" -addr "127.0.0.1:$P_OTLP"
   start_control ctlobs "$TMP/ctlobs" "$P_OCTL_ADMIN" "$P_OCTL_SYNC" -insecure
   wait_port 127.0.0.1 "$P_OCTL_ADMIN" ctlobs
   services_yaml "webl7:http:$S_WEB:http" >"$TMP/services-obs.yaml"
@@ -361,9 +364,9 @@ if [ "$OBS" = 1 ]; then
   # One endpoint name per node: the control plane refuses a second node's
   # endpoint of the same name.
   for n in ot100 ot1 olog; do sed -i "s/name: webl7-srv,/name: webl7-$n,/" "$TMP/$n.yaml"; done
-  start ot100 "$BIN/fogmesh-agent" -insecure -config "$TMP/ot100.yaml"
-  start ot1 "$BIN/fogmesh-agent" -insecure -config "$TMP/ot1.yaml"
-  start olog "$BIN/fogmesh-agent" -insecure -config "$TMP/olog.yaml"
+  start ot100 "${PIN_PROXY[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/ot100.yaml"
+  start ot1 "${PIN_PROXY[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/ot1.yaml"
+  start olog "${PIN_PROXY[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/olog.yaml"
   for p in "$P_OT100_ADMIN" "$P_OT1_ADMIN" "$P_OLOG_ADMIN"; do wait_port 127.0.0.1 "$p" obs-agent; done
 fi
 
@@ -378,7 +381,7 @@ if [ "$FASTPATH" = 1 ]; then
   agent_config fp "$P_FCTL_SYNC" "$P_FP_MESH" "$P_FP_DNS" "$P_FP_ADMIN" 127.238.0.0/16 \
     "bulk:tcp:$P_IPERF" "web:http:$P_HTTP" >"$TMP/fp.yaml"
   echo "fastPath: {mode: required}" >>"$TMP/fp.yaml"
-  start fp "$BIN/fogmesh-agent" -insecure -config "$TMP/fp.yaml"
+  start fp "${PIN_PROXY[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/fp.yaml"
   wait_port 127.0.0.1 "$P_FP_ADMIN" fp
 fi
 
@@ -620,11 +623,11 @@ max_rate() {
   if [ "${KIND[$e]:-}" = h2load ]; then
     # "finished in 2.01s, 24875.12 req/s, ..."; errors: failed + errored +
     # timeout requests and non-2xx statuses.
-    [ -n "$H2LOAD" ] && timeout $((LAT_SECONDS + 60)) "$H2LOAD" -n "$H2LOAD_N" -c "$CONNS" -m "$H2_STREAMS" -t 1 "${WEB[$e]}" >"$out.log" 2>&1 &&
+    [ -n "$H2LOAD" ] && timeout $((LAT_SECONDS + 60)) "${PIN_LOAD[@]}" "$H2LOAD" -n "$H2LOAD_N" -c "$CONNS" -m "$H2_STREAMS" -t 1 "${WEB[$e]}" >"$out.log" 2>&1 &&
       v=$(awk '/^finished in/ {q = $4} /^requests:/ {b += $10 + $12 + $14} /^status codes:/ {b += $5 + $7 + $9}
                END {if (q == "") exit 1; printf "%.0f %d\n", q, b}' "$out.log")
   elif [ -n "$WRK" ] && [ -z "${KIND[$e]:-}" ]; then
-    timeout $((LAT_SECONDS + 20)) "$WRK" -t "$WRK_THREADS" -c "$CONNS" -d "${LAT_SECONDS}s" "${WEB[$e]}" >"$out.log" 2>&1 &&
+    timeout $((LAT_SECONDS + 20)) "${PIN_LOAD[@]}" "$WRK" -t "$WRK_THREADS" -c "$CONNS" -d "${LAT_SECONDS}s" "${WEB[$e]}" >"$out.log" 2>&1 &&
       v=$(awk '/^Requests\/sec:/ {q = $2} /Non-2xx or 3xx responses:/ {b += $NF}
                /Socket errors:/ {gsub(",", ""); b += $4 + $6 + $8 + $10}
                END {if (q == "") exit 1; printf "%.0f %d\n", q, b}' "$out.log")
@@ -687,7 +690,7 @@ RSS_SRV_IDLE1=$(rss_kb "$PID_srv"); RSS_CLI_IDLE1=$(rss_kb "$PID_cli")
 hold() {
   local addr=$1 name=$2 i
   HOLD_SRV=fail HOLD_CLI=fail HOLD_UP= HOLD_ACTIVE_SRV= HOLD_ACTIVE_CLI=
-  start "$name" "$BIN/holdconns" -n "$HOLD_N" -hold 60s -timeout 30s "$addr"
+  start "$name" "${PIN_LOAD[@]}" "$BIN/holdconns" -n "$HOLD_N" -hold 60s -timeout 30s "$addr"
   local pid; pid=$(pid_of "$name")
   for i in $(seq 1 350); do
     grep -q '^up ' "$TMP/$name.log" 2>/dev/null && break
@@ -798,7 +801,11 @@ echo "| load average (1/5/15 min) before the run | $LOAD_START (other jobs on th
 echo "| peers | HAProxy $HAPROXY_VERSION, nginx $NGINX_VERSION, iperf3 $IPERF_VERSION, fortio $FORTIO_V, wrk $WRK_VERSION, h2load $H2LOAD_VERSION |"
 [ -z "$BASELINE_BIN" ] || echo "| baseline build (b7-base) | $BASELINE_NAME (\`$BASELINE_BIN agent\`, its own control plane) |"
 echo
-echo "Everything on loopback, no CPU pinning (load generator, backend and proxies share all cores); agents with default GOMAXPROCS/GOGC."
+if [ "$PIN" = 1 ]; then
+  echo "Everything on loopback; PIN=1: load generators and backends on CPU 0, every proxy on CPU 1 (taskset); agents with default GOMAXPROCS/GOGC."
+else
+  echo "Everything on loopback, no CPU pinning (load generator, backend and proxies share all cores); agents with default GOMAXPROCS/GOGC."
+fi
 echo "$ROUNDS rounds, engines interleaved (order rotated each round); the figure is the median of the rounds, per-round values follow."
 if [ "$ONLY_L4LAT" = 1 ]; then echo "ONLY_L4LAT=1: only the L4 rows of section 2 (and their targets); every other section is skipped."
 elif [ "$ONLY_L7" = 1 ]; then echo "ONLY_L7=1: sections 1 (iperf3), 3 (RSS), 4 (binary sizes), 5 (Go benchmarks) and the h2c, gRPC and h2load rows are skipped."; fi

@@ -51,17 +51,7 @@ BASE=${BENCH_BASE_PORT:-29300}
 BASELINE_BIN=${BASELINE_BIN:-}
 PPROF=${PPROF:-0}
 PERF=${PERF:-0}
-# PIN=1: the load generators (h2load, fortio's client) and the backend
-# (fortio's server) on CPU 0, every proxy on CPU 1 (taskset): a proxy with
-# a core of its own, as on a machine where the workloads are not on the
-# proxy's cores.
-PIN=${PIN:-0}
-PIN_LOAD=() PIN_PROXY=()
-if [ "$PIN" = 1 ]; then
-  command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
-  [ "$(nproc)" -ge 2 ] || die "PIN=1 needs two CPUs"
-  PIN_LOAD=(taskset -c 0) PIN_PROXY=(taskset -c 1)
-fi
+pin_setup # PIN=1: load and backend on CPU 0, proxies on CPU 1 (lib.sh)
 # The agents' VIP ranges (127.X.0.0/16): another bench's agents on the
 # same range would answer in their place.
 VIP_OCTET=${VIP_OCTET:-236}

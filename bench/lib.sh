@@ -152,18 +152,33 @@ machine_info() {
   LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 }
 
+# pin_setup: PIN=1 puts the load generators and the backends on CPU 0 and
+# every proxy (agents, their control planes, HAProxy, nginx, the bare
+# relays) on CPU 1 with taskset: a proxy with a core of its own, as where
+# the workloads are not on the proxy's cores. Sets PIN_LOAD and PIN_PROXY
+# (command prefixes, empty without PIN=1).
+PIN_LOAD=() PIN_PROXY=() # without pin_setup: no pinning
+pin_setup() {
+  PIN=${PIN:-0}
+  PIN_LOAD=() PIN_PROXY=()
+  [ "$PIN" = 1 ] || return 0
+  command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
+  [ "$(nproc)" -ge 2 ] || die "PIN=1 needs two CPUs"
+  PIN_LOAD=(taskset -c 0) PIN_PROXY=(taskset -c 1)
+}
+
 # ---------------------------------------------------------------- backends and meshes
 # start_backends GRPC_PORT: iperf3 on 127.0.0.1:P_IPERF and the fortio server
 # on 127.0.0.1:P_HTTP (its gRPC port: GRPC_PORT, an address or "disabled").
 start_backends() {
-  start iperf "$(command -v iperf3)" -s -B 127.0.0.1 -p "$P_IPERF"
-  start httpd "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "$1" \
+  start iperf "${PIN_LOAD[@]}" "$(command -v iperf3)" -s -B 127.0.0.1 -p "$P_IPERF"
+  start httpd "${PIN_LOAD[@]}" "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "$1" \
     -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
 }
 # start_control NAME STATE_DIR ADMIN_PORT SYNC_PORT [FLAG...]: a control plane.
 start_control() {
   local name=$1 state=$2 adm=$3 sync=$4; shift 4
-  start "$name" "$BIN/fogmesh" control -state-dir "$state" -admin-addr "127.0.0.1:$adm" \
+  start "$name" "${PIN_PROXY[@]}" "$BIN/fogmesh" control -state-dir "$state" -admin-addr "127.0.0.1:$adm" \
     -sync-addr "127.0.0.1:$sync" "$@"
 }
 # services_yaml SERVICE... : the Services (namespace MESH_NS), each given as
@@ -239,7 +254,7 @@ iperf_run() {
   out="$TMP/iperf-$e-$r.json"
   # shellcheck disable=SC2086 # CPUPIDS is a list of PIDs
   c0=$(cpu_ticks ${CPUPIDS[$e]}); t0=$(date +%s.%N)
-  if timeout $((IPERF_SECONDS + 20)) iperf3 -c "$host" -p "$port" -t "$IPERF_SECONDS" -J >"$out" 2>&1 &&
+  if timeout $((IPERF_SECONDS + 20)) "${PIN_LOAD[@]}" iperf3 -c "$host" -p "$port" -t "$IPERF_SECONDS" -J >"$out" 2>&1 &&
      v=$("$BIN/benchjson" iperf3 "$out" 2>&1); then
     # shellcheck disable=SC2086
     t1=$(date +%s.%N); c1=$(cpu_ticks ${CPUPIDS[$e]})
@@ -255,7 +270,7 @@ iperf_run() {
 fortio_load() {
   local e=$1 qps=$2 extra=()
   case ${KIND[$e]:-h1} in h2) extra=(-h2) ;; grpc) extra=(-grpc -ping) ;; esac
-  timeout $((LAT_SECONDS + 30)) "$FORTIO" load "${extra[@]}" -qps "$qps" -c "$CONNS" -t "${LAT_SECONDS}s" \
+  timeout $((LAT_SECONDS + 30)) "${PIN_LOAD[@]}" "$FORTIO" load "${extra[@]}" -qps "$qps" -c "$CONNS" -t "${LAT_SECONDS}s" \
     -p "50,99,99.9" -loglevel Error -json "$3" "${WEB[$e]}" >"$4" 2>&1
 }
 # fixed_rate ENGINE ROUND [ROUNDS]: QPS req/s over CONNS connections;
