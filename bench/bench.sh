@@ -262,26 +262,10 @@ start relay "${PIN_PROXY[@]}" "$BIN/splicerelay" "127.0.0.1:$P_REL_BULK=127.0.0.
 start bareg "${PIN_PROXY[@]}" "$BIN/h1bare" -model go "127.0.0.1:$P_BAREG=127.0.0.1:$P_HTTP"
 start baree "${PIN_PROXY[@]}" "$BIN/h1bare" -model epoll -loops 1 "127.0.0.1:$P_BAREE=127.0.0.1:$P_HTTP"
 
-# nginx as an HTTP/1.1 reverse proxy with an upstream keepalive pool: one
-# worker, in the foreground (daemon off; its master is the PID we stop), pid,
-# logs and temp files in $TMP, no access log, keep-alive not capped at 1,000
-# requests per connection on either side.
+# nginx as an HTTP/1.1 reverse proxy with an upstream keepalive pool (one
+# worker; lib.sh start_nginx), keep-alive not capped on either side.
 if [ -n "$NGINX" ]; then
-  mkdir -p "$TMP/nginx"
-  cat >"$TMP/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    keepalive_requests 1000000;
+  start_nginx "$NGINX" "
     upstream backend {
         server 127.0.0.1:$P_HTTP;
         keepalive 64;
@@ -292,14 +276,9 @@ http {
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
         }
-    }
-}
-EOF
-  "$NGINX" -t -q -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf" >"$TMP/nginx-t.log" 2>&1 ||
-    die "nginx rejects its config: $(cat "$TMP/nginx-t.log")"
-  start nginx "${PIN_PROXY[@]}" "$NGINX" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
+    }"
 fi
 
 # Plaintext on purpose (-insecure on the control plane and both agents): these

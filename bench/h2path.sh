@@ -111,37 +111,18 @@ start baregrpc "${PIN_PROXY[@]}" "$BIN/h2bare" "127.0.0.1:$P_BARE_GRPC=127.0.0.1
 # backend, as nginx proxies plain HTTP; gRPC with grpc_pass) and HAProxy
 # (one thread; HTTP/2 on both sides, as its gRPC proxying does).
 if [ -n "$NGINX" ]; then
-  mkdir -p "$TMP/nginx"
-  cat >"$TMP/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    keepalive_requests 1000000;
+  start_nginx "$NGINX" "
     http2_max_requests 1000000;
     upstream web { server 127.0.0.1:$P_HTTP; keepalive 64; keepalive_requests 1000000; }
     upstream grpcb { server 127.0.0.1:$P_GRPC; keepalive 64; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$P_NGX_H2 http2;
-        location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
     }
     server {
         listen 127.0.0.1:$P_NGX_GRPC http2;
         location / { grpc_pass grpc://grpcb; }
-    }
-}
-EOF
-  "$NGINX" -t -q -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf" >"$TMP/nginx-t.log" 2>&1 ||
-    die "nginx rejects its config: $(cat "$TMP/nginx-t.log")"
-  start nginx "${PIN_PROXY[@]}" "$NGINX" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
+    }"
 fi
 if [ -n "$HAPROXY" ]; then
   cat >"$TMP/haproxy.cfg" <<EOF

@@ -167,6 +167,34 @@ pin_setup() {
   PIN_LOAD=(taskset -c 0) PIN_PROXY=(taskset -c 1)
 }
 
+# start_nginx NGINX HTTP_BLOCK: nginx with one worker, in the foreground
+# (daemon off; its master is the PID we stop), pid, logs and temp files in
+# $TMP/nginx, no access log, keep-alive not capped at 1,000 requests per
+# connection; HTTP_BLOCK (its upstreams and servers) goes inside http {}.
+start_nginx() {
+  mkdir -p "$TMP/nginx"
+  cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_requests 1000000;
+$2
+}
+EOF
+  "$1" -t -q -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf" >"$TMP/nginx-t.log" 2>&1 ||
+    die "nginx rejects its config: $(cat "$TMP/nginx-t.log")"
+  start nginx "${PIN_PROXY[@]}" "$1" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
+}
+
 # ---------------------------------------------------------------- backends and meshes
 # start_backends GRPC_PORT: iperf3 on 127.0.0.1:P_IPERF and the fortio server
 # on 127.0.0.1:P_HTTP (its gRPC port: GRPC_PORT, an address or "disabled").
