@@ -115,7 +115,7 @@ func TestRawIOWriteDeadline(t *testing.T) {
 }
 
 // tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -169,4 +169,51 @@ func TestRawTCP(t *testing.T) {
 	if err != nil || string(got) != "pong" {
 		t.Fatalf("peer read %q, %v; want pong then EOF", got, err)
 	}
+}
+
+// BenchmarkSyscallCost: what a system call costs on this machine, the floor
+// under every read and write of the HTTP/1.1 path (bench/h1prof.sh runs it
+// beside its profiles). getpid is the bare entry and exit; emptyRead is the
+// read that finds a socket empty (EAGAIN), which a Go proxy makes about
+// twice per request before it parks (RawIO, as net.Conn) and nginx does
+// not make (it reads when epoll says readable); a one-byte write and read
+// is the smallest exchange over loopback TCP.
+func BenchmarkSyscallCost(b *testing.B) {
+	b.Run("getpid", func(b *testing.B) {
+		for b.Loop() {
+			syscall.Getpid()
+		}
+	})
+	c, s := tcpPair(b)
+	rc, err := s.SyscallConn()
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, BufSize)
+	b.Run("emptyRead", func(b *testing.B) {
+		var rerr error
+		if err := rc.Control(func(fd uintptr) {
+			for b.Loop() {
+				if _, rerr = syscall.Read(int(fd), buf); rerr != syscall.EAGAIN {
+					return
+				}
+			}
+			rerr = nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+		if rerr != nil {
+			b.Fatalf("read of an empty socket: %v, want EAGAIN", rerr)
+		}
+	})
+	b.Run("writeRead1", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.Write(buf[:1]); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(s, buf[:1]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Where an HTTP/1.1 request's CPU goes (issue 14): one agent (plaintext, a
+# port declared http, as bench.sh's row b7), the smallest Go proxy
+# (bench/h1bare, a goroutine per connection, row g7) and nginx (one worker,
+# row n) in front of the same fortio backend, each at its maximum rate under
+# wrk (-c CONNS, SECS seconds), the engines interleaved, ROUNDS rounds.
+# Per request and engine it reports:
+#   - user and kernel CPU time (utime and stime from /proc);
+#   - system calls of each kind, context switches and migrations
+#     (perf stat with the kernel's syscall tracepoints);
+#   - what a system call costs on this machine (BenchmarkSyscallCost);
+#   - from a perf recording of each Go proxy (cpu-clock samples), the
+#     microseconds spent in each part: the kernel, the system-call stubs,
+#     the scheduler, allocation and GC, clock reads, maps and interface
+#     hashing, bufio and strings, the poller, the agent's own packages.
+# A recording's overhead touches its round's rates and CPU; compare the
+# engines within a round. Prints a markdown report and writes it to
+# bench/out/h1prof-<date>.md, the recordings into PPROF_DIR (default
+# bench/out/perf-h1prof-<date>; perf report -i FILE --no-children).
+#
+# Knobs: ROUNDS (2), SECS (6), CONNS (16), PIN (0; 1: wrk and the backend
+# on CPU 0, the proxies on CPU 1), BENCH_BASE_PORT (29500), VIP_OCTET
+# (235: the agent's VIP range 127.X.0.0/16), AGENT_ENV (environment for
+# the agent, e.g. GOGC=200). Needs root or perf_event_paranoid <= 1 for the
+# tracepoints, perf (Debian: linux-perf), wrk, nginx, go and fortio
+# (installed as in bench.sh). Exits non-zero if a run fails.
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+
+SECS=${SECS:-6}
+BASE=${BENCH_BASE_PORT:-29500}
+VIP_OCTET=${VIP_OCTET:-235}
+AGENT_ENV=${AGENT_ENV:-}
+pin_setup
+MESH_NS=bench
+P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
+P_SRV_MESH=$((BASE + 2)); P_SRV_DNS=$((BASE + 3)); P_SRV_ADMIN=$((BASE + 4))
+P_HTTP=$((BASE + 5)); P_GRPC=$((BASE + 6)); P_BAREG=$((BASE + 7)); P_NGINX=$((BASE + 8))
+S_WEB=$((BASE + 20))
+STAMP=$(date +%Y%m%d-%H%M%S)
+PPROF_DIR=${PPROF_DIR:-$ROOT/bench/out/perf-h1prof-$STAMP}
+
+bench_init h1prof
+need_tools wrk perf curl
+NGINX=$(command -v nginx || true)
+[ -n "$NGINX" ] || die "needs nginx (Debian: nginx-light)"
+find_fortio
+ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_GRPC" "$P_BAREG" "$P_NGINX"
+perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 || die "perf cannot read the syscall tracepoints (root, or kernel.perf_event_paranoid <= 1)"
+mkdir -p "$BIN" "$PPROF_DIR"
+
+log "building unstripped binaries (symbols for perf) into $BIN"
+BUILD_LDFLAGS="-B gobuildid"
+build_host "$BIN/fogmesh" ./cmd/fogmesh
+build_host "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
+build_helpers h1bare
+machine_info
+# What a system call costs here (internal/httpproxy BenchmarkSyscallCost), the
+# floor under each read and write counted below.
+SYSCOST=$(go test -run '^$' -bench SyscallCost -benchtime 200000x ./internal/httpproxy/ 2>&1 |
+  awk '/^BenchmarkSyscallCost\// {n = $1; sub(/^BenchmarkSyscallCost\//, "", n); sub(/-[0-9]+$/, "", n); printf "%s%s %.0f ns", sep, n, $3; sep = ", "}')
+[ -n "$SYSCOST" ] || die "BenchmarkSyscallCost did not run"
+
+start httpd "${PIN_LOAD[@]}" "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "127.0.0.1:$P_GRPC" \
+  -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
+start bareg "${PIN_PROXY[@]}" "$BIN/h1bare" -model go "127.0.0.1:$P_BAREG=127.0.0.1:$P_HTTP"
+start_nginx "$NGINX" "
+    upstream backend { server 127.0.0.1:$P_HTTP; keepalive 64; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$P_NGINX;
+        location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }"
+start_control ctl "$TMP/ctl" "$P_CTL_ADMIN" "$P_CTL_SYNC" -insecure
+wait_port 127.0.0.1 "$P_CTL_ADMIN" ctl
+services_yaml "webl7:http:$S_WEB:http" >"$TMP/services.yaml"
+"$BIN/fogmesh" apply -server "http://127.0.0.1:$P_CTL_ADMIN" -f "$TMP/services.yaml" >&2
+agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "127.$VIP_OCTET.0.0/16" "webl7:http:$P_HTTP" >"$TMP/srv.yaml"
+# Plaintext, as bench.sh's HTTP/1.1 rows: nginx and h1bare do not encrypt.
+# shellcheck disable=SC2086 # AGENT_ENV: words on purpose
+start srv "${PIN_PROXY[@]}" env $AGENT_ENV "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
+for p in "$P_HTTP" "$P_BAREG" "$P_NGINX"; do wait_port 127.0.0.1 "$p" "port $p"; done
+V=
+for _ in $(seq 1 100); do V=$(vip "$P_SRV_ADMIN" webl7 node) && [ -n "$V" ] && break; sleep 0.1; done
+[ -n "$V" ] || die "the agent does not route webl7"
+# nginx's worker: the process that serves (its master only waits).
+NPID=
+for _ in $(seq 1 50); do NPID=$(pgrep -P "$(pid_of nginx)" | head -n 1 || true); [ -n "$NPID" ] && break; sleep 0.1; done
+[ -n "$NPID" ] || die "no nginx worker"
+
+ENGINES=(agent h1bare nginx)
+declare -A URL=([agent]="http://$V:$S_WEB/" [h1bare]="http://127.0.0.1:$P_BAREG/" [nginx]="http://127.0.0.1:$P_NGINX/")
+declare -A PID=([agent]="$(pid_of srv)" [h1bare]="$(pid_of bareg)" [nginx]="$NPID")
+for e in "${ENGINES[@]}"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${URL[$e]}" || true)
+  [ "$code" = 200 ] || die "$e answers $code at ${URL[$e]}"
+done
+
+# The parts of a Go proxy's profile (awk regular expressions over perf's
+# symbol names, tried in order; the rest is "other").
+PARTS=(kernel syscall-stub scheduler alloc+gc clock maps+iface net+poll bufio+strings agent-code other)
+SYSCALLS=read,write,readv,writev,recvfrom,sendto,futex,epoll_wait,epoll_pwait,nanosleep,sched_yield,getpid,tgkill,rt_sigreturn,mmap,madvise
+EVENTS="raw_syscalls:sys_enter,context-switches,cpu-migrations"
+for s in ${SYSCALLS//,/ }; do EVENTS+=",syscalls:sys_enter_$s"; done
+
+# part_us FILE US_PER_REQ: "part us" lines, each part's share of the
+# recording times the CPU microseconds per request.
+part_us() {
+  perf report -i "$1" --no-children -g none --sort dso,sym 2>/dev/null | awk -v t="$2" '
+    /^#/ || !/%/ { next }
+    { p = $1; sub(/%/, "", p); s = $0
+      c = "other"
+      if (s ~ /\[kernel|\[k\]/) c = "kernel"
+      else if (s ~ /vdso|clock_gettime|nanotime|walltime|time\.now|runtimeNow/) c = "clock"
+      else if (s ~ /Syscall6|RawSyscall|entersyscall|exitsyscall/) c = "syscall-stub"
+      else if (s ~ /malloc|memclr|newobject|makeslice|growslice|scanObject|gcDrain|gcBgMark|greyobject|findObject|sweep|heapBits|HeapBits|tryDeferToSpanScan|mspan|mcache|mcentral|nextFree|gcWriteBarrier|wbBuf|markBits|spanOf|scanblock|typePointers|gcAssist|mheap|fixalloc|makemap|concatstring|slicebytetostring|rawstring|moveInlineMarks/) c = "alloc+gc"
+      else if (s ~ /findRunnable|netpoll|schedule|park_m|gopark|goready|ready|casgstatus|futex|lock2|unlock2|mcall|runq|wakep|startm|stopm|notesleep|notewakeup|procyield|usleep|osyield|execute|gogo|stealWork|checkTimers|sysmon|retake|Gosched|pollWait|pollReset|pollDesc|resetspinning|acquirep|releasep|injectglist|sema/) c = "scheduler"
+      else if (s ~ /maps\.|mapaccess|mapassign|mapdelete|aeshash|memhash|strhash|typehash|HashTrieMap|efaceeq|ifaceeq|interhash|mapclear/) c = "maps+iface"
+      else if (s ~ /internal\/poll|net\.\(|syscall\./) c = "net+poll"
+      else if (s ~ /bufio|bytes\.|strings\.|indexbyte|memmove|memeqbody|cmpbody|countbody/) c = "bufio+strings"
+      else if (s ~ /fogmesh\/fogmesh\//) c = "agent-code"
+      us[c] += p * t / 100 }
+    END { for (c in us) printf "%s %.2f\n", c, us[c] }'
+}
+
+declare -A RPS USER SYS CALLS PARTUS
+round() { # ROUND ENGINE
+  local r=$1 e=$2 pid=${PID[$2]} out n u0 s0 u1 s1 rec=""
+  "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s "${URL[$e]}" >/dev/null # warm-up
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  perf stat -e "$EVENTS" -p "$pid" -x, -o "$TMP/$e-$r.stat" -- sleep "$SECS" &
+  local waits=($!)
+  if [ "$e" != nginx ]; then
+    rec="$PPROF_DIR/$e-r$r.perf"
+    perf record -q -F 2999 -g -p "$pid" -o "$rec" -- sleep "$SECS" >/dev/null 2>&1 &
+    waits+=($!)
+  fi
+  out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"$SECS"s "${URL[$e]}")
+  wait "${waits[@]}" || true
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  if [ -z "$n" ] || [ "$n" = 0 ] || grep -q "Non-2xx\|Socket errors" <<<"$out"; then
+    failed "$e" "round $r: $(tr '\n' ' ' <<<"$out")"
+    return 0
+  fi
+  RPS[$e,$r]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+  USER[$e,$r]=$(awk -v d=$((u1 - u0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
+  SYS[$e,$r]=$(awk -v d=$((s1 - s0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
+  # perf stat -x,: value,unit,event,...; per request.
+  CALLS[$e,$r]=$(awk -F, -v n="$n" '$1 ~ /^[0-9]+$/ && $1 > 0 {e = $3; sub(/^syscalls:sys_enter_/, "", e); sub(/^raw_syscalls:sys_enter$/, "all", e); printf "%s=%.2f ", e, $1 / n}' "$TMP/$e-$r.stat")
+  if [ -n "$rec" ]; then
+    PARTUS[$e,$r]=$(part_us "$rec" "$(awk -v a="${USER[$e,$r]}" -v b="${SYS[$e,$r]}" 'BEGIN {print a + b}')" | tr '\n' ';')
+  fi
+  log "$e round $r: ${RPS[$e,$r]} req/s, user ${USER[$e,$r]} + kernel ${SYS[$e,$r]} us/req"
+}
+
+FAILED=()
+for r in $(seq 1 "$ROUNDS"); do
+  for e in $(order "$r" "${ENGINES[@]}"); do round "$r" "$e"; done
+done
+
+# The agent's memory after the rounds: RSS now and its peak (VmHWM).
+AGENT_RSS=$(awk '/^VmRSS:/ {r = $2} /^VmHWM:/ {h = $2} END {printf "%.1f MB (peak %.1f MB)", r / 1024, h / 1024}' "/proc/${PID[agent]}/status")
+
+# ---------------------------------------------------------------- report
+REPORT=$ROOT/bench/out/h1prof-$STAMP.md
+mkdir -p "$ROOT/bench/out"
+partcell() { # ENGINE ROUND PART
+  local v
+  v=$(tr ';' '\n' <<<"${PARTUS[$1,$2]:-}" | awk -v p="$3" '$1 == p {print $2}')
+  echo "${v:-0.00}"
+}
+{
+  echo "# HTTP/1.1 per-request CPU: agent, h1bare, nginx ($STAMP)"
+  echo
+  echo "\`ROUNDS=$ROUNDS SECS=$SECS CONNS=$CONNS PIN=$PIN${AGENT_ENV:+ AGENT_ENV=\"$AGENT_ENV\"} bench/h1prof.sh\` at $GIT_REV; $CPU_MODEL, $(nproc) CPUs, load at start $LOAD_START."
+  echo "wrk -t1 -c$CONNS at the maximum rate; CPU from /proc (utime, stime) over the run, system calls and"
+  echo "switches from perf stat (syscall tracepoints) over the same window; the Go proxies were also recorded"
+  echo "with perf (-F 2999), which touches their rounds' figures."
+  echo
+  echo "| engine | round | req/s | user µs/req | kernel µs/req | per request (perf stat) |"
+  echo "|---|---|---|---|---|---|"
+  for e in "${ENGINES[@]}"; do
+    for r in $(seq 1 "$ROUNDS"); do
+      echo "| $e | $r | ${RPS[$e,$r]:-fail} | ${USER[$e,$r]:-} | ${SYS[$e,$r]:-} | ${CALLS[$e,$r]:-} |"
+    done
+  done
+  echo
+  echo "The agent's RSS after the rounds: $AGENT_RSS."
+  echo
+  echo "A system call here (BenchmarkSyscallCost: getpid; a read that finds a socket empty; a 1-byte write"
+  echo "and the read that takes it over loopback): $SYSCOST."
+  echo
+  echo "Where the Go proxies' CPU goes, µs per request by part of the perf recording (the share of samples"
+  echo "times user+kernel µs per request; \"syscall-stub\" is time a VM's sampling puts on the instruction after"
+  echo "a system call):"
+  echo
+  printf '| part |'; for e in agent h1bare; do for r in $(seq 1 "$ROUNDS"); do printf ' %s r%s |' "$e" "$r"; done; done; echo
+  printf '|---|'; for _ in $(seq 1 $((2 * ROUNDS))); do printf -- '---|'; done; echo
+  for p in "${PARTS[@]}"; do
+    printf '| %s |' "$p"
+    for e in agent h1bare; do for r in $(seq 1 "$ROUNDS"); do printf ' %s |' "$(partcell "$e" "$r" "$p")"; done; done
+    echo
+  done
+  echo
+  echo "Recordings: $PPROF_DIR (perf report -i FILE --no-children)."
+  [ ${#FAILED[@]} -eq 0 ] || { echo; echo "Failed:"; printf -- '- %s\n' "${FAILED[@]}"; }
+} | tee "$REPORT"
+log "report: $REPORT"
+[ ${#FAILED[@]} -eq 0 ]
