@@ -39,7 +39,7 @@ pin_setup
 MESH_NS=bench
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
 P_SRV_MESH=$((BASE + 2)); P_SRV_DNS=$((BASE + 3)); P_SRV_ADMIN=$((BASE + 4))
-P_HTTP=$((BASE + 5)); P_GRPC=$((BASE + 6)); P_BAREG=$((BASE + 7)); P_NGINX=$((BASE + 8))
+P_HTTP=$((BASE + 5)); P_BAREG=$((BASE + 7)); P_NGINX=$((BASE + 8))
 S_WEB=$((BASE + 20))
 STAMP=$(date +%Y%m%d-%H%M%S)
 PPROF_DIR=${PPROF_DIR:-$ROOT/bench/out/perf-h1prof-$STAMP}
@@ -49,7 +49,7 @@ need_tools wrk perf curl
 NGINX=$(command -v nginx || true)
 [ -n "$NGINX" ] || die "needs nginx (Debian: nginx-light)"
 find_fortio
-ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_GRPC" "$P_BAREG" "$P_NGINX"
+ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_BAREG" "$P_NGINX"
 perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 || die "perf cannot read the syscall tracepoints (root, or kernel.perf_event_paranoid <= 1)"
 mkdir -p "$BIN" "$PPROF_DIR"
 
@@ -65,7 +65,7 @@ SYSCOST=$(go test -run '^$' -bench SyscallCost -benchtime 200000x ./internal/htt
   awk '/^BenchmarkSyscallCost\// {n = $1; sub(/^BenchmarkSyscallCost\//, "", n); sub(/-[0-9]+$/, "", n); printf "%s%s %.0f ns", sep, n, $3; sep = ", "}')
 [ -n "$SYSCOST" ] || die "BenchmarkSyscallCost did not run"
 
-start httpd "${PIN_LOAD[@]}" "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port "127.0.0.1:$P_GRPC" \
+start httpd "${PIN_LOAD[@]}" "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port disabled \
   -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
 start bareg "${PIN_PROXY[@]}" "$BIN/h1bare" -model go "127.0.0.1:$P_BAREG=127.0.0.1:$P_HTTP"
 start_nginx "$NGINX" "
