@@ -9,12 +9,14 @@
 #   - system calls of each kind, context switches and migrations
 #     (perf stat with the kernel's syscall tracepoints);
 #   - what a system call costs on this machine (BenchmarkSyscallCost);
-#   - from a perf recording of each Go proxy (cpu-clock samples), the
-#     microseconds spent in each part: the kernel, the system-call stubs,
-#     the scheduler, allocation and GC, clock reads, maps and interface
-#     hashing, bufio and strings, the poller, the agent's own packages.
-# A recording's overhead touches its round's rates and CPU; compare the
-# engines within a round. Prints a markdown report and writes it to
+#   - from a perf recording of each proxy (cpu-clock samples), the
+#     microseconds spent in each part: the kernel, and for the Go proxies
+#     the system-call stubs, the scheduler, allocation and GC, clock reads,
+#     maps and interface hashing, bufio and strings, the poller, the
+#     agent's own packages (nginx's own code is "other").
+# Every engine is recorded, and the recording's overhead (more for more
+# system calls: the tracepoints) touches every round's rates and CPU;
+# compare the engines within one run. Prints a markdown report and writes it to
 # bench/out/h1prof-<date>.md, the recordings into PPROF_DIR (default
 # bench/out/perf-h1prof-<date>; perf report -i FILE --no-children).
 #
@@ -128,16 +130,15 @@ part_us() {
 
 declare -A RPS USER SYS CALLS PARTUS
 round() { # ROUND ENGINE
-  local r=$1 e=$2 pid=${PID[$2]} out n u0 s0 u1 s1 rec=""
+  local r=$1 e=$2 pid=${PID[$2]} out n u0 s0 u1 s1 rec
   "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s "${URL[$e]}" >/dev/null # warm-up
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   perf stat -e "$EVENTS" -p "$pid" -x, -o "$TMP/$e-$r.stat" -- sleep "$SECS" &
   local waits=($!)
-  if [ "$e" != nginx ]; then
-    rec="$PPROF_DIR/$e-r$r.perf"
-    perf record -q -F 2999 -g -p "$pid" -o "$rec" -- sleep "$SECS" >/dev/null 2>&1 &
-    waits+=($!)
-  fi
+  # Every engine is recorded, so each carries the same overhead.
+  rec="$PPROF_DIR/$e-r$r.perf"
+  perf record -q -F 2999 -g -p "$pid" -o "$rec" -- sleep "$SECS" >/dev/null 2>&1 &
+  waits+=($!)
   out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"$SECS"s "${URL[$e]}")
   wait "${waits[@]}" || true
   read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
@@ -151,9 +152,7 @@ round() { # ROUND ENGINE
   SYS[$e,$r]=$(awk -v d=$((s1 - s0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
   # perf stat -x,: value,unit,event,...; per request.
   CALLS[$e,$r]=$(awk -F, -v n="$n" '$1 ~ /^[0-9]+$/ && $1 > 0 {e = $3; sub(/^syscalls:sys_enter_/, "", e); sub(/^raw_syscalls:sys_enter$/, "all", e); printf "%s=%.2f ", e, $1 / n}' "$TMP/$e-$r.stat")
-  if [ -n "$rec" ]; then
-    PARTUS[$e,$r]=$(part_us "$rec" "$(awk -v a="${USER[$e,$r]}" -v b="${SYS[$e,$r]}" 'BEGIN {print a + b}')" | tr '\n' ';')
-  fi
+  PARTUS[$e,$r]=$(part_us "$rec" "$(awk -v a="${USER[$e,$r]}" -v b="${SYS[$e,$r]}" 'BEGIN {print a + b}')" | tr '\n' ';')
   log "$e round $r: ${RPS[$e,$r]} req/s, user ${USER[$e,$r]} + kernel ${SYS[$e,$r]} us/req"
 }
 
@@ -178,8 +177,8 @@ partcell() { # ENGINE ROUND PART
   echo
   echo "\`ROUNDS=$ROUNDS SECS=$SECS CONNS=$CONNS PIN=$PIN${AGENT_ENV:+ AGENT_ENV=\"$AGENT_ENV\"} bench/h1prof.sh\` at $GIT_REV; $CPU_MODEL, $(nproc) CPUs, load at start $LOAD_START."
   echo "wrk -t1 -c$CONNS at the maximum rate; CPU from /proc (utime, stime) over the run, system calls and"
-  echo "switches from perf stat (syscall tracepoints) over the same window; the Go proxies were also recorded"
-  echo "with perf (-F 2999), which touches their rounds' figures."
+  echo "switches from perf stat (syscall tracepoints) over the same window; every engine was also recorded"
+  echo "with perf (-F 2999), which touches every round's figures alike."
   echo
   echo "| engine | round | req/s | user µs/req | kernel µs/req | per request (perf stat) |"
   echo "|---|---|---|---|---|---|"
@@ -194,15 +193,15 @@ partcell() { # ENGINE ROUND PART
   echo "A system call here (BenchmarkSyscallCost: getpid; a read that finds a socket empty; a 1-byte write"
   echo "and the read that takes it over loopback): $SYSCOST."
   echo
-  echo "Where the Go proxies' CPU goes, µs per request by part of the perf recording (the share of samples"
+  echo "Where the proxies' CPU goes, µs per request by part of the perf recording (the share of samples"
   echo "times user+kernel µs per request; \"syscall-stub\" is time a VM's sampling puts on the instruction after"
   echo "a system call):"
   echo
-  printf '| part |'; for e in agent h1bare; do for r in $(seq 1 "$ROUNDS"); do printf ' %s r%s |' "$e" "$r"; done; done; echo
-  printf '|---|'; for _ in $(seq 1 $((2 * ROUNDS))); do printf -- '---|'; done; echo
+  printf '| part |'; for e in "${ENGINES[@]}"; do for r in $(seq 1 "$ROUNDS"); do printf ' %s r%s |' "$e" "$r"; done; done; echo
+  printf '|---|'; for _ in $(seq 1 $((${#ENGINES[@]} * ROUNDS))); do printf -- '---|'; done; echo
   for p in "${PARTS[@]}"; do
     printf '| %s |' "$p"
-    for e in agent h1bare; do for r in $(seq 1 "$ROUNDS"); do printf ' %s |' "$(partcell "$e" "$r" "$p")"; done; done
+    for e in "${ENGINES[@]}"; do for r in $(seq 1 "$ROUNDS"); do printf ' %s |' "$(partcell "$e" "$r" "$p")"; done; done
     echo
   done
   echo
