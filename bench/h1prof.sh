@@ -194,8 +194,8 @@ partcell() { # ENGINE ROUND PART
   echo "and the read that takes it over loopback): $SYSCOST."
   echo
   echo "Where the proxies' CPU goes, µs per request by part of the perf recording (the share of samples"
-  echo "times user+kernel µs per request; \"syscall-stub\" is time a VM's sampling puts on the instruction after"
-  echo "a system call):"
+  echo "times user+kernel µs per request; \"syscall-stub\": samples in user mode in Go's system-call functions,"
+  echo "where this VM's sampling puts much of a system call's return):"
   echo
   printf '| part |'; for e in "${ENGINES[@]}"; do for r in $(seq 1 "$ROUNDS"); do printf ' %s r%s |' "$e" "$r"; done; done; echo
   printf '|---|'; for _ in $(seq 1 $((${#ENGINES[@]} * ROUNDS))); do printf -- '---|'; done; echo
