@@ -487,7 +487,7 @@ CPUPIDS[h2direct]=""; CPUPIDS[h2agent1]="$PID_srv"; CPUPIDS[grpcdirect]=""; CPUP
 # nginx: the master and its worker(s) (the worker does the proxying).
 CPUPIDS[nginx]=""
 if [ -n "$NGINX" ]; then
-  CPUPIDS[nginx]="$PID_nginx $(ps -o pid= --ppid "$PID_nginx" 2>/dev/null | tr '\n' ' ')"
+  CPUPIDS[nginx]=$(nginx_pids)
 fi
 
 # The captured ClusterIP answers once the srv agent has the webcap service.

@@ -88,14 +88,13 @@ for p in "$P_HTTP" "$P_BAREG" "$P_NGINX"; do wait_port 127.0.0.1 "$p" "port $p";
 V=
 for _ in $(seq 1 100); do V=$(vip "$P_SRV_ADMIN" webl7 node) && [ -n "$V" ] && break; sleep 0.1; done
 [ -n "$V" ] || die "the agent does not route webl7"
-# nginx's worker: the process that serves (its master only waits).
-NPID=
-for _ in $(seq 1 50); do NPID=$(pgrep -P "$(pid_of nginx)" | head -n 1 || true); [ -n "$NPID" ] && break; sleep 0.1; done
-[ -n "$NPID" ] || die "no nginx worker"
+# nginx: its master and worker (the worker serves).
+NPIDS=$(nginx_pids)
+[ "$(wc -w <<<"$NPIDS")" -ge 2 ] || die "no nginx worker"
 
 ENGINES=(agent h1bare nginx)
 declare -A URL=([agent]="http://$V:$S_WEB/" [h1bare]="http://127.0.0.1:$P_BAREG/" [nginx]="http://127.0.0.1:$P_NGINX/")
-declare -A PID=([agent]="$(pid_of srv)" [h1bare]="$(pid_of bareg)" [nginx]="$NPID")
+declare -A PID=([agent]="$(pid_of srv)" [h1bare]="$(pid_of bareg)" [nginx]="$NPIDS") # PIDs, space-separated
 for e in "${ENGINES[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${URL[$e]}" || true)
   [ "$code" = 200 ] || die "$e answers $code at ${URL[$e]}"
@@ -130,25 +129,27 @@ part_us() {
 
 declare -A RPS USER SYS CALLS PARTUS
 round() { # ROUND ENGINE
-  local r=$1 e=$2 pid=${PID[$2]} out n u0 s0 u1 s1 rec
+  local r=$1 e=$2 out n c0 s0 c1 s1 rec pids
+  read -ra pids <<<"${PID[$2]}"
+  local plist=${PID[$2]// /,}
   "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s "${URL[$e]}" >/dev/null # warm-up
-  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  perf stat -e "$EVENTS" -p "$pid" -x, -o "$TMP/$e-$r.stat" -- sleep "$SECS" &
+  c0=$(cpu_ticks "${pids[@]}"); s0=$(sys_ticks "${pids[@]}")
+  perf stat -e "$EVENTS" -p "$plist" -x, -o "$TMP/$e-$r.stat" -- sleep "$SECS" &
   local waits=($!)
   # Every engine is recorded, so each carries the same overhead.
   rec="$PPROF_DIR/$e-r$r.perf"
-  perf record -q -F 2999 -g -p "$pid" -o "$rec" -- sleep "$SECS" >/dev/null 2>&1 &
+  perf record -q -F 2999 -g -p "$plist" -o "$rec" -- sleep "$SECS" >/dev/null 2>&1 &
   waits+=($!)
   out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"$SECS"s "${URL[$e]}")
   wait "${waits[@]}" || true
-  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  c1=$(cpu_ticks "${pids[@]}"); s1=$(sys_ticks "${pids[@]}")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   if [ -z "$n" ] || [ "$n" = 0 ] || grep -q "Non-2xx\|Socket errors" <<<"$out"; then
     failed "$e" "round $r: $(tr '\n' ' ' <<<"$out")"
     return 0
   fi
   RPS[$e,$r]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-  USER[$e,$r]=$(awk -v d=$((u1 - u0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
+  USER[$e,$r]=$(awk -v d=$((c1 - c0 - (s1 - s0))) -v n="$n" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
   SYS[$e,$r]=$(awk -v d=$((s1 - s0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
   # perf stat -x,: value,unit,event,...; per request.
   CALLS[$e,$r]=$(awk -F, -v n="$n" '$1 ~ /^[0-9]+$/ && $1 > 0 {e = $3; sub(/^syscalls:sys_enter_/, "", e); sub(/^raw_syscalls:sys_enter$/, "all", e); printf "%s=%.2f ", e, $1 / n}' "$TMP/$e-$r.stat")

@@ -195,7 +195,7 @@ CPUPIDS[direct]=""; CPUPIDS[agent]=$PID_srv
 if [ -n "$NGINX" ]; then
   ENGINES+=(nginx); LABEL[nginx]="nginx $("$NGINX" -v 2>&1 | awk -F/ 'NR==1 {print $2}') (1 worker; h2c in, HTTP/1.1 out; grpc_pass)"
   WEB[nginx]="http://127.0.0.1:$P_NGX_H2/ 127.0.0.1:$P_NGX_GRPC"
-  CPUPIDS[nginx]="$PID_nginx $(ps -o pid= --ppid "$PID_nginx" 2>/dev/null | tr '\n' ' ')"
+  CPUPIDS[nginx]=$(nginx_pids)
 fi
 if [ -n "$HAPROXY" ]; then
   ENGINES+=(haproxy); LABEL[haproxy]="HAProxy $("$HAPROXY" -v 2>/dev/null | awk 'NR==1 {print $3}') (1 thread; HTTP/2 both sides)"

@@ -194,6 +194,18 @@ EOF
     die "nginx rejects its config: $(cat "$TMP/nginx-t.log")"
   start nginx "${PIN_PROXY[@]}" "$1" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
 }
+# nginx_pids: the started nginx's master and worker PIDs, space-separated (the
+# worker does the proxying), once a worker is up (up to 5 s; the master alone
+# after that).
+nginx_pids() {
+  local w= _
+  for _ in $(seq 1 50); do
+    w=$(ps -o pid= --ppid "$PID_nginx" 2>/dev/null | xargs)
+    [ -n "$w" ] && break
+    sleep 0.1
+  done
+  echo "$PID_nginx${w:+ $w}"
+}
 
 # ---------------------------------------------------------------- backends and meshes
 # start_backends GRPC_PORT: iperf3 on 127.0.0.1:P_IPERF and the fortio server
