@@ -82,9 +82,13 @@ func Open(cgroupDir, mountDir string) (*FastPath, error) {
 	if f.acks, err = newMap("fm_acks", ebpf.LRUHash, tupleSize, 16, maxSockets); err != nil {
 		return nil, err
 	}
-	m := progMaps{ports: f.ports.FD(), sockhash: f.sockhash.FD(), links: f.links.FD(), counts: f.counts.FD(), acks: f.acks.FD()}
+	writeSeq, err := tcpSockWriteSeq()
+	if err != nil {
+		return nil, err
+	}
+	m := progMaps{ports: f.ports.FD(), sockhash: f.sockhash.FD(), links: f.links.FD(), counts: f.counts.FD(), acks: f.acks.FD(), writeSeq: writeSeq}
 	if f.skMsg, err = ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "fm_sk_msg", Type: ebpf.SkMsg, License: "Apache-2.0",
+		Name: "fm_sk_msg", Type: ebpf.SkMsg, License: progLicense,
 		Instructions: skMsgProgram(m),
 	}); err != nil {
 		return nil, fmt.Errorf("fastpath: load sk_msg program: %w", err)
@@ -94,7 +98,7 @@ func Open(cgroupDir, mountDir string) (*FastPath, error) {
 		return nil, err
 	}
 	if f.sockOps, err = ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "fm_sock_ops", Type: ebpf.SockOps, License: "Apache-2.0",
+		Name: "fm_sock_ops", Type: ebpf.SockOps, License: progLicense,
 		Instructions: sockOpsProgram(m, netns),
 	}); err != nil {
 		return nil, fmt.Errorf("fastpath: load sock_ops program: %w", err)

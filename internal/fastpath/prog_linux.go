@@ -1,6 +1,15 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0-only
+// (the BPF programs: see progLicense)
+
 package fastpath
 
-import "github.com/cilium/ebpf/asm"
+import (
+	"fmt"
+	"math"
+
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+)
 
 // The BPF side, written with cilium/ebpf's assembler so that building the
 // agent needs no C compiler. Two programs:
@@ -17,17 +26,29 @@ import "github.com/cilium/ebpf/asm"
 //     watched: their acknowledged bytes are kept in the acks map, updated
 //     on every RTT sample (BPF_SOCK_OPS_RTT_CB), so the sk_msg program can
 //     tell how much is queued in them.
-//   - skMsg (BPF_SK_MSG_VERDICT, on the sockhash): runs on every sendmsg of
-//     a tracked socket. A socket the agent has linked to one of its own
-//     (the link map) has its bytes sent straight out of that agent socket
-//     (the client's into the agent's connection to the endpoint, the
-//     endpoint's into the agent's accepted connection) when the agent has
-//     forwarded every byte the socket sent before (counts.passed ==
-//     links.forwarded), and when the agent socket then holds at most
-//     maxQueued bytes not yet acknowledged. The bound matters: a redirect
-//     into a full socket fails, and the sender, whose own socket is empty,
-//     would never hear that there is room again. Otherwise the bytes pass
-//     to the agent (and are counted), which forwards them in order.
+//   - skMsg (BPF_SK_MSG_VERDICT, on the sockhash): runs on sendmsg of a
+//     tracked socket. A socket the agent has linked to one of its own (the
+//     link map) has its bytes sent straight out of that agent socket (the
+//     client's into the agent's connection to the endpoint, the endpoint's
+//     into the agent's accepted connection) when the agent has forwarded
+//     every byte the socket sent the normal way (its write_seq less its
+//     sequence when established == links.forwarded), and when the agent
+//     socket then holds at most maxQueued bytes not yet acknowledged. The
+//     bound matters: a redirect into a full socket fails, and the sender,
+//     whose own socket is empty, would never hear that there is room
+//     again. Otherwise the bytes pass to the agent, which forwards them in
+//     order.
+//
+//     The socket's own sequence, not a count the program keeps, says what
+//     went the normal way: when a pass fails part-way (the socket's send
+//     buffer full, a non-blocking sender), the kernel keeps the verdict
+//     and applies it to the socket's next send without running the
+//     program, so a count kept here misses those bytes. Such a count once
+//     fell megabytes behind in a 24 MiB upload, and where the agent's
+//     forwarded count met it again the program redirected while bytes were
+//     still on their way to the agent: the endpoint got the stream out of
+//     order. write_seq is read through the kernel's BTF (tcp_sock), its
+//     offset found at load time (Open).
 //
 // Map layouts (all integers native-endian, IPs as the kernel stores them,
 // in network order):
@@ -36,9 +57,17 @@ import "github.com/cilium/ebpf/asm"
 //	portKey (8 B): IPv4, port (host order)       -> u32 kind (kindListener, kindEndpoint)
 //	link   (32 B): peer tuple (the agent socket to send from), u64 forwarded,
 //	               u64 cookie of the socket linked
-//	count  (24 B): u64 passed (bytes the socket sent the normal way), u64
-//	               redirected, u64 the socket's cookie
+//	count  (24 B): u64 the socket's sequence when established (snd_nxt,
+//	               the low 32 bits), u64 redirected, u64 the socket's cookie
 //	ack    (16 B): u64 bytes_acked when established, u64 bytes_acked now
+
+// progLicense is the license the programs declare to the kernel. Reading
+// a socket's write_seq through BTF is open only to GPL-compatible
+// programs, so the BPF programs built here (this file) are offered under
+// the MIT license or the GPL, version 2, as the kernel's "Dual MIT/GPL"
+// says; the rest of fogmesh is unaffected (the userspace code only loads
+// them, as any loader of a GPL BPF program does).
+const progLicense = "Dual MIT/GPL"
 
 // Kinds of address in the ports map.
 const (
@@ -59,6 +88,7 @@ const (
 	sockOpsLocalIP4   = 28
 	sockOpsRemotePort = 64 // network order, in the upper 16 bits on little endian
 	sockOpsLocalPort  = 68
+	sockOpsSndNxt     = 104
 	sockOpsBytesAcked = 176
 
 	msgFamily     = 16
@@ -67,6 +97,7 @@ const (
 	msgRemotePort = 60 // as in bpf_sock_ops
 	msgLocalPort  = 64
 	msgSize       = 68
+	msgSk         = 72 // struct bpf_sock *
 
 	opActiveEstablished  = 4  // BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
 	opPassiveEstablished = 5  // BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
@@ -125,9 +156,11 @@ func update(m int, key, value int32) asm.Instructions {
 	}
 }
 
-// progMaps are the fds of the maps the programs use.
+// progMaps are the fds of the maps the programs use, and the offset of
+// write_seq in the kernel's struct tcp_sock.
 type progMaps struct {
 	ports, sockhash, links, counts, acks int
+	writeSeq                             int16
 }
 
 // sockOpsProgram builds the sock_ops program. Only sockets of the network
@@ -201,14 +234,16 @@ func sockOpsProgram(m progMaps, netns uint64) asm.Instructions {
 	insns = append(insns,
 		asm.Ja.Label("out"),
 
-		// Track: zero the counters first (a send can follow the insertion
-		// at once), with the socket's cookie: a link names the socket it
-		// was made for, not only its tuple, which a new socket may reuse.
+		// Track: the counters first (a send can follow the insertion at
+		// once): the socket's sequence before its first byte, nothing
+		// redirected, and its cookie: a link names the socket it was made
+		// for, not only its tuple, which a new socket may reuse.
 		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("track"),
 		asm.FnGetSocketCookie.Call(),
 		asm.StoreMem(asm.RFP, -32, asm.R0, asm.DWord),
-		asm.Mov.Imm(asm.R1, 0),
+		asm.LoadMem(asm.R1, asm.R6, sockOpsSndNxt, asm.Word),
 		asm.StoreMem(asm.RFP, -48, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R1, 0),
 		asm.StoreMem(asm.RFP, -40, asm.R1, asm.DWord),
 	)
 	insns = append(insns, update(m.counts, -16, -48)...)
@@ -233,8 +268,6 @@ func skMsgProgram(m progMaps) asm.Instructions {
 		asm.Mov.Reg(asm.R6, asm.R1),
 	}
 	insns = append(insns, loadTuple(msgFamily, msgLocalIP4, msgRemoteIP4, msgLocalPort, msgRemotePort, "pass")...)
-	// Every send of a tracked socket is counted, linked or not yet: the
-	// agent forwards the bytes sent before the link too.
 	insns = append(insns, lookup(m.counts, -16)...)
 	insns = append(insns,
 		asm.JEq.Imm(asm.R0, 0, "pass"),
@@ -243,15 +276,24 @@ func skMsgProgram(m progMaps) asm.Instructions {
 	)
 	insns = append(insns, lookup(m.links, -16)...)
 	insns = append(insns,
-		asm.JEq.Imm(asm.R0, 0, "count"),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.Mov.Reg(asm.R7, asm.R0), // link
 
 		asm.LoadMem(asm.R1, asm.R8, 16, asm.DWord), // the socket's cookie
 		asm.LoadMem(asm.R2, asm.R7, 24, asm.DWord), // the linked socket's
-		asm.JNE.Reg(asm.R1, asm.R2, "count"),
-		asm.LoadMem(asm.R1, asm.R8, 0, asm.DWord),  // passed
+		asm.JNE.Reg(asm.R1, asm.R2, "pass"),
+
+		// What the socket sent the normal way, modulo 2^32: write_seq
+		// less its sequence when established; all of it forwarded?
+		asm.LoadMem(asm.R1, asm.R6, msgSk, asm.DWord),
+		asm.FnSkcToTcpSock.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R1, asm.R0, m.writeSeq, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.DWord), // the sequence when established
+		asm.Sub.Reg32(asm.R1, asm.R2),
 		asm.LoadMem(asm.R2, asm.R7, 16, asm.DWord), // forwarded
-		asm.JNE.Reg(asm.R1, asm.R2, "count"),
+		asm.Mov.Reg32(asm.R2, asm.R2),
+		asm.JNE.Reg(asm.R1, asm.R2, "pass"),
 
 		// Drained. The agent socket's tuple, on the stack for the helpers.
 		asm.LoadMem(asm.R1, asm.R7, 0, asm.DWord),
@@ -261,7 +303,7 @@ func skMsgProgram(m progMaps) asm.Instructions {
 	)
 	insns = append(insns, lookup(m.acks, -32)...)
 	insns = append(insns,
-		asm.JEq.Imm(asm.R0, 0, "count"),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
 		// Unacknowledged in the agent socket after this message: what went
 		// into it (forwarded by the agent, redirected) less what was acked.
 		asm.LoadMem(asm.R1, asm.R8, 8, asm.DWord),  // redirected
@@ -272,7 +314,7 @@ func skMsgProgram(m progMaps) asm.Instructions {
 		asm.Sub.Reg(asm.R2, asm.R3),
 		asm.Sub.Reg(asm.R1, asm.R2),
 		asm.Add.Reg(asm.R1, asm.R9),
-		asm.JSGT.Imm(asm.R1, maxQueued, "count"),
+		asm.JSGT.Imm(asm.R1, maxQueued, "pass"),
 
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.LoadMapPtr(asm.R2, m.sockhash),
@@ -280,16 +322,65 @@ func skMsgProgram(m progMaps) asm.Instructions {
 		asm.Add.Imm(asm.R3, -32),
 		asm.Mov.Imm(asm.R4, 0), // egress
 		asm.FnMsgRedirectHash.Call(),
-		asm.JNE.Imm(asm.R0, skPass, "count"), // the agent socket is gone: pass, in order
+		asm.JNE.Imm(asm.R0, skPass, "pass"), // the agent socket is gone: pass, in order
 		asm.Mov.Reg(asm.R1, asm.R8),
 		asm.Add.Imm(asm.R1, 8),
 		asm.StoreXAdd(asm.R1, asm.R9, asm.DWord), // redirected += size
 		asm.Mov.Imm(asm.R0, skPass),
 		asm.Return(),
 
-		asm.StoreXAdd(asm.R8, asm.R9, asm.DWord).WithSymbol("count"), // passed += size
 		asm.Mov.Imm(asm.R0, skPass).WithSymbol("pass"),
 		asm.Return(),
 	)
 	return insns
+}
+
+// tcpSockWriteSeq is the byte offset of write_seq in the running kernel's
+// struct tcp_sock, from its BTF (/sys/kernel/btf/vmlinux), looking into
+// anonymous members too (the BTF is mapped, decoded lazily and not kept).
+func tcpSockWriteSeq() (int16, error) {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return 0, fmt.Errorf("fastpath: the kernel's BTF (needed to read a socket's write_seq): %w", err)
+	}
+	var ts *btf.Struct
+	if err := spec.TypeByName("tcp_sock", &ts); err != nil {
+		return 0, fmt.Errorf("fastpath: struct tcp_sock in the kernel's BTF: %w", err)
+	}
+	off, ok := memberOffset(ts.Members, "write_seq", 0)
+	if !ok || off > math.MaxInt16 {
+		return 0, fmt.Errorf("fastpath: no usable write_seq in the kernel's struct tcp_sock")
+	}
+	return int16(off), nil
+}
+
+// memberOffset finds the 4-byte member name in members (of a struct at
+// byte base), descending into anonymous structs and unions.
+func memberOffset(members []btf.Member, name string, base uint32) (uint32, bool) {
+	for _, m := range members {
+		if m.BitfieldSize != 0 || m.Offset%8 != 0 {
+			continue
+		}
+		at := base + m.Offset.Bytes()
+		if m.Name == name {
+			if size, err := btf.Sizeof(m.Type); err != nil || size != 4 {
+				return 0, false
+			}
+			return at, true
+		}
+		if m.Name != "" {
+			continue
+		}
+		switch t := btf.UnderlyingType(m.Type).(type) {
+		case *btf.Struct:
+			if off, ok := memberOffset(t.Members, name, at); ok {
+				return off, true
+			}
+		case *btf.Union:
+			if off, ok := memberOffset(t.Members, name, at); ok {
+				return off, true
+			}
+		}
+	}
+	return 0, false
 }

@@ -24,7 +24,7 @@ type tuple [tupleSize]byte
 const (
 	tupleSize = 16
 	linkSize  = tupleSize + 16 // peer, forwarded, cookie
-	countSize = 24             // passed, redirected, cookie
+	countSize = 24             // sequence when established, redirected, cookie
 )
 
 func tupleOf(c *net.TCPConn) (tuple, bool) {
