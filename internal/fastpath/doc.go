@@ -9,6 +9,6 @@
 // not take: IPv6, clients outside the cgroup hierarchy or in other network
 // namespaces, connections opened before the fast path was loaded.
 //
-// Linux only (BPF sock_ops and sk_msg, kernel 5.15 or later, root); Open
-// returns an error elsewhere.
+// Linux only (BPF sock_ops and sk_msg, kernel 5.15 or later with its BTF
+// at /sys/kernel/btf/vmlinux, root); Open returns an error elsewhere.
 package fastpath

@@ -47,8 +47,10 @@ type FastPath struct {
 // Open loads the programs and attaches them: sock_ops to the cgroup v2
 // hierarchy at cgroupDir ("" finds the mounted one; with none mounted, one
 // is mounted at mountDir), sk_msg to the sockhash. It needs root (or
-// CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN) and a kernel with sockmap
-// (5.10 or later). Close detaches everything.
+// CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_ADMIN), a kernel with
+// sockmap (5.15 or later) and the kernel's BTF (/sys/kernel/btf/vmlinux:
+// the sk_msg program reads the sending socket's struct tcp_sock). Close
+// detaches everything.
 func Open(cgroupDir, mountDir string) (*FastPath, error) {
 	mounted := false
 	if cgroupDir == "" {
@@ -73,7 +75,11 @@ func Open(cgroupDir, mountDir string) (*FastPath, error) {
 	if f.sockhash, err = newMap("fm_socks", ebpf.SockHash, tupleSize, 8, maxSockets); err != nil {
 		return nil, err
 	}
-	if f.links, err = newMap("fm_links", ebpf.Hash, tupleSize, linkSize, maxSockets); err != nil {
+	// Not preallocated: the agent replaces a link's value on every write,
+	// and a preallocated map recycles the replaced element at once, under
+	// a program still reading it (its forwarded count from one value, its
+	// peer from another). Freed after an RCU grace period, it stays whole.
+	if f.links, err = newMap("fm_links", ebpf.Hash, tupleSize, linkSize, maxSockets, unix.BPF_F_NO_PREALLOC); err != nil {
 		return nil, err
 	}
 	if f.counts, err = newMap("fm_counts", ebpf.LRUHash, tupleSize, countSize, maxSockets); err != nil {
@@ -82,11 +88,11 @@ func Open(cgroupDir, mountDir string) (*FastPath, error) {
 	if f.acks, err = newMap("fm_acks", ebpf.LRUHash, tupleSize, 16, maxSockets); err != nil {
 		return nil, err
 	}
-	writeSeq, err := tcpSockWriteSeq()
+	tcpSock, err := loadTCPSockOffsets()
 	if err != nil {
 		return nil, err
 	}
-	m := progMaps{ports: f.ports.FD(), sockhash: f.sockhash.FD(), links: f.links.FD(), counts: f.counts.FD(), acks: f.acks.FD(), writeSeq: writeSeq}
+	m := progMaps{ports: f.ports.FD(), sockhash: f.sockhash.FD(), links: f.links.FD(), counts: f.counts.FD(), acks: f.acks.FD(), tcpSock: tcpSock}
 	if f.skMsg, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "fm_sk_msg", Type: ebpf.SkMsg, License: progLicense,
 		Instructions: skMsgProgram(m),
@@ -117,8 +123,12 @@ func Open(cgroupDir, mountDir string) (*FastPath, error) {
 	return f, nil
 }
 
-func newMap(name string, typ ebpf.MapType, key, value, max uint32) (*ebpf.Map, error) {
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: typ, KeySize: key, ValueSize: value, MaxEntries: max})
+func newMap(name string, typ ebpf.MapType, key, value, max uint32, flags ...uint32) (*ebpf.Map, error) {
+	spec := &ebpf.MapSpec{Name: name, Type: typ, KeySize: key, ValueSize: value, MaxEntries: max}
+	for _, f := range flags {
+		spec.Flags |= f
+	}
+	m, err := ebpf.NewMap(spec)
 	if err != nil {
 		return nil, fmt.Errorf("fastpath: create map %s: %w", name, err)
 	}

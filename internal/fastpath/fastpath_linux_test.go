@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/fogmesh/fogmesh/internal/netlab"
 	"github.com/fogmesh/fogmesh/internal/testenv"
@@ -498,7 +499,7 @@ func greetedPair(t *testing.T, f *FastPath, ln net.Listener, serve func(c net.Co
 	// redirected by the kernel or published as forwarded by the agent. A
 	// pair not linked has no link: the test's own checks report it.
 	key, _ := tupleOf(p.client.(*net.TCPConn))
-	testenv.WaitFor(t, 10*time.Second, "the greeting published as forwarded", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "the greeting redirected or published as forwarded", func() bool {
 		var l [linkSize]byte
 		var c [countSize]byte
 		if f.links.Lookup(key[:], l[:]) != nil || f.counts.Lookup(key[:], c[:]) != nil {
@@ -657,5 +658,107 @@ func TestNeverPausingSenderGivesUp(t *testing.T) {
 		if it := m.Iterate(); it.Next(&k, &v) {
 			t.Errorf("map %v still holds an entry after the pair gave up and ended", m)
 		}
+	}
+}
+
+// TestFastOpenClient: a client whose SYN carries its first bytes (TCP Fast
+// Open without a cookie). The agent's listener does not take them, so the
+// client sends them again after the handshake: they are in the client's
+// stream although its sequence when established (snd_nxt) is past them.
+// Counted from there, the agent would have forwarded 5 bytes more than
+// the client sent, and the kernel would never (a client that waits for
+// answers) or too early (one that streams) take over. The pair must link,
+// the kernel carry the request-answer rounds after the greeting, and the
+// endpoint get the stream whole.
+func TestFastOpenClient(t *testing.T) {
+	f := openForTest(t)
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_fastopen"); err != nil || len(b) == 0 || (b[0]-'0')&1 == 0 {
+		t.Skip("fastpath: client TCP Fast Open is off (net.ipv4.tcp_fastopen)")
+	}
+	ln := listen(t, f)
+	const rounds, size = 32, 64 << 10
+	srv := loopbackListener(t)
+	srvSum := make(chan [32]byte, 1)
+	go func() {
+		c, err := srv.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		buf := make([]byte, size)
+		if _, err := io.ReadFull(c, buf[:5]); err != nil {
+			return
+		}
+		h.Write(buf[:5])
+		c.Write([]byte("ok"))
+		for range rounds {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			h.Write(buf)
+			c.Write([]byte{1})
+		}
+		srvSum <- [32]byte(h.Sum(nil))
+	}()
+	d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			if serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1); serr == nil {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	client, err := d.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	client.SetDeadline(time.Now().Add(60 * time.Second))
+	// The SYN leaves with the first write; the agent accepts after it.
+	if _, err := client.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	p := agentPair{client: client, result: relayAccepted(t, f, ln, srv.Addr().(*net.TCPAddr).AddrPort())}
+	if _, err := io.ReadFull(client, make([]byte, 2)); err != nil {
+		t.Fatalf("greeting: %v", err)
+	}
+	rc, _ := client.(*net.TCPConn).SyscallConn()
+	var info *unix.TCPInfo
+	rc.Control(func(fd uintptr) { info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+	if info == nil || info.Total_retrans == 0 {
+		t.Fatalf("the client's SYN carried no data the agent then asked for again (tcp_info %+v)", info)
+	}
+	h := sha256.New()
+	h.Write([]byte("hello"))
+	rng := rand.New(rand.NewPCG(3, 3))
+	buf := make([]byte, size)
+	for range rounds {
+		for i := range buf {
+			buf[i] = byte(rng.Uint32())
+		}
+		h.Write(buf)
+		if _, err := client.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, buf[:1]); err != nil {
+			t.Fatalf("round's answer: %v", err)
+		}
+	}
+	select {
+	case got := <-srvSum:
+		if got != [32]byte(h.Sum(nil)) {
+			t.Fatal("the endpoint received a different stream")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the endpoint did not get every round")
+	}
+	r := p.end(t)
+	if !r.Kernel || r.KernelClientToUp < rounds*size/2 {
+		t.Fatalf("the kernel carried under half of the rounds' bytes: %+v", r)
 	}
 }

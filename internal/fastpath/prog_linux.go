@@ -3,13 +3,7 @@
 
 package fastpath
 
-import (
-	"fmt"
-	"math"
-
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/btf"
-)
+import "github.com/cilium/ebpf/asm"
 
 // The BPF side, written with cilium/ebpf's assembler so that building the
 // agent needs no C compiler. Two programs:
@@ -20,7 +14,8 @@ import (
 //     - a local client's socket (an active open to an agent listener) and
 //     a local endpoint's accepted socket (a passive open to a registered
 //     endpoint) are tracked: put into the sockhash under their tuple, with
-//     zeroed counters and their cookie;
+//     their counters (the sequence before their first byte, nothing
+//     redirected yet) and their cookie;
 //     - the agent's own sockets of such connections (the accepted end of a
 //     listener's connection, the agent's end of one to an endpoint) are
 //     watched: their acknowledged bytes are kept in the acks map, updated
@@ -89,6 +84,7 @@ const (
 	sockOpsRemotePort = 64 // network order, in the upper 16 bits on little endian
 	sockOpsLocalPort  = 68
 	sockOpsSndNxt     = 104
+	sockOpsSndUna     = 108
 	sockOpsBytesAcked = 176
 
 	msgFamily     = 16
@@ -156,11 +152,11 @@ func update(m int, key, value int32) asm.Instructions {
 	}
 }
 
-// progMaps are the fds of the maps the programs use, and the offset of
-// write_seq in the kernel's struct tcp_sock.
+// progMaps are the fds of the maps the programs use, and where the sk_msg
+// program reads the kernel's struct tcp_sock.
 type progMaps struct {
 	ports, sockhash, links, counts, acks int
-	writeSeq                             int16
+	tcpSock                              tcpSockOffsets
 }
 
 // sockOpsProgram builds the sock_ops program. Only sockets of the network
@@ -238,11 +234,23 @@ func sockOpsProgram(m progMaps, netns uint64) asm.Instructions {
 		// once): the socket's sequence before its first byte, nothing
 		// redirected, and its cookie: a link names the socket it was made
 		// for, not only its tuple, which a new socket may reuse.
+		//
+		// The sequence before the first byte is ISN+1. A passive open's
+		// snd_nxt is that when established. An active open's may be past
+		// data its SYN carried (TCP Fast Open) whether or not the peer
+		// took it (the agent's listeners do not: the client sends it
+		// again), so it is taken from the ACK instead: snd_una less
+		// bytes_acked, which counts the SYN, is the ISN.
 		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("track"),
 		asm.FnGetSocketCookie.Call(),
 		asm.StoreMem(asm.RFP, -32, asm.R0, asm.DWord),
 		asm.LoadMem(asm.R1, asm.R6, sockOpsSndNxt, asm.Word),
-		asm.StoreMem(asm.RFP, -48, asm.R1, asm.DWord),
+		asm.JEq.Imm(asm.R8, opPassiveEstablished, "base"),
+		asm.LoadMem(asm.R1, asm.R6, sockOpsSndUna, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, sockOpsBytesAcked, asm.DWord),
+		asm.Sub.Reg32(asm.R1, asm.R2),
+		asm.Add.Imm32(asm.R1, 1),
+		asm.StoreMem(asm.RFP, -48, asm.R1, asm.DWord).WithSymbol("base"),
 		asm.Mov.Imm(asm.R1, 0),
 		asm.StoreMem(asm.RFP, -40, asm.R1, asm.DWord),
 	)
@@ -283,12 +291,16 @@ func skMsgProgram(m progMaps) asm.Instructions {
 		asm.LoadMem(asm.R2, asm.R7, 24, asm.DWord), // the linked socket's
 		asm.JNE.Reg(asm.R1, asm.R2, "pass"),
 
-		// What the socket sent the normal way, modulo 2^32: write_seq
-		// less its sequence when established; all of it forwarded?
+		// A socket with an upper layer (kernel TLS) is never redirected:
+		// the program sees its plaintext, the agent forwards its records.
 		asm.LoadMem(asm.R1, asm.R6, msgSk, asm.DWord),
 		asm.FnSkcToTcpSock.Call(),
 		asm.JEq.Imm(asm.R0, 0, "pass"),
-		asm.LoadMem(asm.R1, asm.R0, m.writeSeq, asm.Word),
+		asm.LoadMem(asm.R1, asm.R0, m.tcpSock.ulpOps, asm.DWord),
+		asm.JNE.Imm(asm.R1, 0, "pass"),
+		// What the socket sent the normal way, modulo 2^32: write_seq
+		// less its sequence when established; all of it forwarded?
+		asm.LoadMem(asm.R1, asm.R0, m.tcpSock.writeSeq, asm.Word),
 		asm.LoadMem(asm.R2, asm.R8, 0, asm.DWord), // the sequence when established
 		asm.Sub.Reg32(asm.R1, asm.R2),
 		asm.LoadMem(asm.R2, asm.R7, 16, asm.DWord), // forwarded
@@ -325,7 +337,12 @@ func skMsgProgram(m progMaps) asm.Instructions {
 		asm.JNE.Imm(asm.R0, skPass, "pass"), // the agent socket is gone: pass, in order
 		asm.Mov.Reg(asm.R1, asm.R8),
 		asm.Add.Imm(asm.R1, 8),
-		asm.StoreXAdd(asm.R1, asm.R9, asm.DWord), // redirected += size
+		// redirected += size, at the verdict: a redirect that then fails
+		// part-way (the agent's socket full or gone) returns a short
+		// write and the sender sends the rest again, so the count can run
+		// above what the kernel carried; the queue bound then errs toward
+		// passing, and Result's kernel figures are at most that high.
+		asm.StoreXAdd(asm.R1, asm.R9, asm.DWord),
 		asm.Mov.Imm(asm.R0, skPass),
 		asm.Return(),
 
@@ -333,54 +350,4 @@ func skMsgProgram(m progMaps) asm.Instructions {
 		asm.Return(),
 	)
 	return insns
-}
-
-// tcpSockWriteSeq is the byte offset of write_seq in the running kernel's
-// struct tcp_sock, from its BTF (/sys/kernel/btf/vmlinux), looking into
-// anonymous members too (the BTF is mapped, decoded lazily and not kept).
-func tcpSockWriteSeq() (int16, error) {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return 0, fmt.Errorf("fastpath: the kernel's BTF (needed to read a socket's write_seq): %w", err)
-	}
-	var ts *btf.Struct
-	if err := spec.TypeByName("tcp_sock", &ts); err != nil {
-		return 0, fmt.Errorf("fastpath: struct tcp_sock in the kernel's BTF: %w", err)
-	}
-	off, ok := memberOffset(ts.Members, "write_seq", 0)
-	if !ok || off > math.MaxInt16 {
-		return 0, fmt.Errorf("fastpath: no usable write_seq in the kernel's struct tcp_sock")
-	}
-	return int16(off), nil
-}
-
-// memberOffset finds the 4-byte member name in members (of a struct at
-// byte base), descending into anonymous structs and unions.
-func memberOffset(members []btf.Member, name string, base uint32) (uint32, bool) {
-	for _, m := range members {
-		if m.BitfieldSize != 0 || m.Offset%8 != 0 {
-			continue
-		}
-		at := base + m.Offset.Bytes()
-		if m.Name == name {
-			if size, err := btf.Sizeof(m.Type); err != nil || size != 4 {
-				return 0, false
-			}
-			return at, true
-		}
-		if m.Name != "" {
-			continue
-		}
-		switch t := btf.UnderlyingType(m.Type).(type) {
-		case *btf.Struct:
-			if off, ok := memberOffset(t.Members, name, at); ok {
-				return off, true
-			}
-		case *btf.Union:
-			if off, ok := memberOffset(t.Members, name, at); ok {
-				return off, true
-			}
-		}
-	}
-	return 0, false
 }

@@ -105,9 +105,11 @@ func setSndBuf(c *net.TCPConn) error {
 	return serr
 }
 
-// synData reports whether the client sent data in its SYN (TCP Fast Open):
-// the tracked socket was not established when it sent them, so they are
-// not counted, and linking would let later bytes overtake them.
+// synData reports whether the agent's socket took data in the client's SYN
+// (TCP Fast Open; the agent's listeners do not enable it). The program's
+// base is the client's ISN+1 (prog_linux.go), so such bytes would be
+// accounted for; the check stays as a guard for a case no test covers:
+// the pair stays with the agent.
 func synData(c *net.TCPConn) bool {
 	rc, err := c.SyscallConn()
 	if err != nil {
