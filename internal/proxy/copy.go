@@ -26,6 +26,16 @@ var largeCopyBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
+// bulkCopyBuf is CopyWhileBulk's burst buffer: for a copy whose every
+// write costs more than the write (the kernel fast path publishes a count
+// after each), eight times io.Copy's.
+const bulkCopyBuf = 256 << 10
+
+var bulkCopyBufs = sync.Pool{New: func() any {
+	b := make([]byte, bulkCopyBuf)
+	return &b
+}}
+
 // errInvalidWrite is io's errInvalidWrite: a Write that claimed more bytes
 // than it was given.
 var errInvalidWrite = errors.New("invalid write result")
@@ -57,12 +67,24 @@ func lazyCopy(dst io.Writer, src io.Reader) (written int64, err error) {
 // after a write, more (if not nil) reports false: then stopped is true and
 // the caller may go on copying another way.
 func CopyWhile(dst io.Writer, src io.Reader, more func() bool) (written int64, stopped bool, err error) {
+	return copyWhile(dst, src, more, &largeCopyBufs)
+}
+
+// CopyWhileBulk is CopyWhile with 256 KiB burst buffers (bulkCopyBuf), for
+// copies with a cost per write beyond the write itself: fewer, larger
+// writes. BenchmarkOneWay (internal/fastpath), a sender that never pauses
+// on the fast path's agent leg: 1.8–2.1 GB/s against 1.0–1.3 with 32 KiB.
+func CopyWhileBulk(dst io.Writer, src io.Reader, more func() bool) (written int64, stopped bool, err error) {
+	return copyWhile(dst, src, more, &bulkCopyBufs)
+}
+
+func copyWhile(dst io.Writer, src io.Reader, more func() bool, pool *sync.Pool) (written int64, stopped bool, err error) {
 	var small [smallCopyBuf]byte
 	buf := small[:]
 	var large *[]byte
 	defer func() {
 		if large != nil {
-			largeCopyBufs.Put(large)
+			pool.Put(large)
 		}
 	}()
 	for {
@@ -92,11 +114,11 @@ func CopyWhile(dst io.Writer, src io.Reader, more func() bool) (written int64, s
 		switch {
 		case large == nil && n == len(buf):
 			// A full small read: more is likely waiting.
-			large = largeCopyBufs.Get().(*[]byte)
+			large = pool.Get().(*[]byte)
 			buf = *large
 		case large != nil && n <= smallCopyBuf:
 			// The burst is over: wait in the small buffer again.
-			largeCopyBufs.Put(large)
+			pool.Put(large)
 			large = nil
 			buf = small[:]
 		}
