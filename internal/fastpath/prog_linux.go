@@ -27,7 +27,7 @@ import "github.com/cilium/ebpf/asm"
 //     client's into the agent's connection to the endpoint, the endpoint's
 //     into the agent's accepted connection) when the agent has forwarded
 //     every byte the socket sent the normal way (its write_seq less its
-//     sequence when established == links.forwarded), and when the agent
+//     ISN+1 == links.forwarded), and when the agent
 //     socket then holds at most maxQueued bytes not yet acknowledged. The
 //     bound matters: a redirect into a full socket fails, and the sender,
 //     whose own socket is empty, would never hear that there is room
@@ -52,8 +52,8 @@ import "github.com/cilium/ebpf/asm"
 //	portKey (8 B): IPv4, port (host order)       -> u32 kind (kindListener, kindEndpoint)
 //	link   (32 B): peer tuple (the agent socket to send from), u64 forwarded,
 //	               u64 cookie of the socket linked
-//	count  (24 B): u64 the socket's sequence when established (snd_nxt,
-//	               the low 32 bits), u64 redirected, u64 the socket's cookie
+//	count  (24 B): u64 the socket's ISN+1 (the sequence of its first byte,
+//	               32 bits), u64 redirected, u64 the socket's cookie
 //	ack    (16 B): u64 bytes_acked when established, u64 bytes_acked now
 
 // progLicense is the license the programs declare to the kernel. Reading
