@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -672,8 +674,12 @@ func TestNeverPausingSenderGivesUp(t *testing.T) {
 // endpoint get the stream whole.
 func TestFastOpenClient(t *testing.T) {
 	f := openForTest(t)
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_fastopen"); err != nil || len(b) == 0 || (b[0]-'0')&1 == 0 {
-		t.Skip("fastpath: client TCP Fast Open is off (net.ipv4.tcp_fastopen)")
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_fastopen")
+	if err != nil {
+		t.Skipf("fastpath: no TCP Fast Open setting: %v", err)
+	}
+	if mode, err := strconv.Atoi(strings.TrimSpace(string(b))); err != nil || mode&1 == 0 {
+		t.Skipf("fastpath: client TCP Fast Open is off (net.ipv4.tcp_fastopen = %q)", strings.TrimSpace(string(b)))
 	}
 	ln := listen(t, f)
 	const rounds, size = 32, 64 << 10
@@ -757,8 +763,12 @@ func TestFastOpenClient(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the endpoint did not get every round")
 	}
+	// A round whose first send comes before the agent published the last
+	// round's bytes goes the agent's way (the race greetedPair waits out
+	// for the greeting); with the base past the SYN's data, every round
+	// did.
 	r := p.end(t)
-	if !r.Kernel || r.KernelClientToUp < rounds*size/2 {
-		t.Fatalf("the kernel carried under half of the rounds' bytes: %+v", r)
+	if !r.Kernel || r.KernelClientToUp < rounds*size/4 {
+		t.Fatalf("the kernel carried under a quarter of the rounds' bytes: %+v", r)
 	}
 }
