@@ -130,6 +130,11 @@ func (c *conn) Write(b []byte) (int, error) {
 			b, n = b[k:], n+k
 			p.signalLocked()
 			p.mu.Unlock()
+			if len(b) == 0 {
+				// All written: a peer that reads it and closes before
+				// this Write returns must not turn it into EPIPE.
+				return n, nil
+			}
 			continue
 		}
 		ch := p.changed
