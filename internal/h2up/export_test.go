@@ -1,6 +1,12 @@
 package h2up
 
-import "time"
+import (
+	"errors"
+	"net/http"
+	"time"
+
+	"golang.org/x/net/http2"
+)
 
 // SetControlFlushDelay sets how long acknowledgements wait for a
 // request's flush, and returns the old delay's restore.
@@ -20,4 +26,24 @@ func ControlFlushArmed(p *Pool) (armed, found bool) {
 		c.wmu.Unlock()
 	}
 	return armed, found
+}
+
+// RoundTripReserved sends req on p's connection the way RoundTrip does,
+// with something happening between the slot's reservation and the
+// request's write: goaway, the connection takes a GOAWAY that leaves its
+// open streams be (a request that picked the connection just before the
+// server's GOAWAY arrived); otherwise nothing (req's context may be
+// cancelled already: a caller that gave up meanwhile).
+func RoundTripReserved(p *Pool, req *http.Request, goaway bool) (*http.Response, error) {
+	p.mu.Lock()
+	c := p.conns[0]
+	reserved := c.reserve()
+	p.mu.Unlock()
+	if !reserved {
+		return nil, errors.New("no slot on the connection")
+	}
+	if goaway {
+		c.onGoAway(&http2.GoAwayFrame{LastStreamID: 1<<31 - 1})
+	}
+	return c.roundTrip(req)
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -264,4 +265,45 @@ func TestReadyBodyCancelledMidBody(t *testing.T) {
 		t.Fatalf("server got %q, reset %v; want the first bytes and CANCEL", ev.body, ev.reset)
 	}
 	body.add("", true) // the body writer's goroutine, blocked in Read, ends
+}
+
+// TestRefusedOpenKeepsConnection: a request that reserved a slot on a
+// connection but could not open its stream there (a GOAWAY came in
+// between, or its caller gave up) fails alone: the streams open on the
+// connection go on. It closed the connection, and the in-flight stream
+// with it (a gRPC stream failed with EOF while its server drained).
+func TestRefusedOpenKeepsConnection(t *testing.T) {
+	for _, goaway := range []bool{false, true} {
+		t.Run(fmt.Sprintf("goaway=%v", goaway), func(t *testing.T) {
+			pool, events := readyPool(t, 65535)
+			body := newReadyBody("first,", false)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "POST", "http://x/", body)
+			resp, err := pool.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+
+			octx, ocancel := context.WithCancel(ctx)
+			if !goaway {
+				ocancel()
+			}
+			defer ocancel()
+			other, _ := http.NewRequestWithContext(octx, "GET", "http://x/", nil)
+			if _, err := h2up.RoundTripReserved(pool, other, goaway); err == nil {
+				t.Fatal("a request sent where it could not be opened succeeded")
+			}
+
+			body.add("last", true)
+			got, err := io.ReadAll(resp.Body)
+			if err != nil || string(got) != "first,last" {
+				t.Fatalf("the stream in flight read %q, %v; want the echo", got, err)
+			}
+			if ev := nextEvent(t, events); ev.body != "first,last" || ev.reset != 0 {
+				t.Fatalf("server got %q, reset %v", ev.body, ev.reset)
+			}
+		})
+	}
 }

@@ -74,17 +74,27 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	if ready {
 		pre = &pending{}
 	}
+	// refused: the stream was not opened (its caller gave up, or the
+	// connection went away since the slot was reserved). Not a write's
+	// error: returned by fn, it would close the connection and fail the
+	// streams open on it.
+	var refused error
 	err := c.writeFlush(func() error {
 		ran = true
 		c.mu.Lock()
 		c.reserved--
 		if s.gone || ctx.Err() != nil { // cancelled already
 			c.mu.Unlock()
-			return ctx.Err()
+			refused = ctx.Err()
+			if refused == nil {
+				refused = context.Canceled
+			}
+			return nil
 		}
 		if c.closed || c.goaway {
 			c.mu.Unlock()
-			return errConnGone
+			refused = errConnGone
+			return nil
 		}
 		s.id = c.nextID
 		c.nextID += 2
@@ -101,13 +111,13 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return s.sendReady(pre, hasTrailer)
 	}, !hasBody || ready)
+	if refused != nil { // whatever the flush of others' frames did
+		c.streamDone()
+		return nil, refused
+	}
 	if err != nil {
 		if !ran {
 			c.unreserve()
-			return nil, errConnGone
-		}
-		if errors.Is(err, errConnGone) {
-			c.streamDone()
 			return nil, errConnGone
 		}
 		s.reset(http2.ErrCodeCancel, err, false)
