@@ -308,7 +308,10 @@ func (c *conn) streamDone() {
 		c.mu.Unlock()
 		return
 	}
-	done := c.goaway || c.p.cfg.MaxStreams > 0 && c.opened >= c.p.cfg.MaxStreams
+	// done: it takes no more streams (a server's MAX_CONCURRENT_STREAMS
+	// of 0 too: a connection kept for its idle timeout would be one more
+	// per request while the server says so).
+	done := c.goaway || c.maxConc == 0 || c.p.cfg.MaxStreams > 0 && c.opened >= c.p.cfg.MaxStreams
 	if !done {
 		if c.idle == nil {
 			c.idle = time.AfterFunc(c.p.cfg.IdleTimeout, c.closeIfIdle)
@@ -462,7 +465,15 @@ func (c *conn) process(f http2.Frame) error {
 		if err := c.onSettings(f); err != nil {
 			return err
 		}
-		return c.writeControl(func() error { return c.fr.WriteSettingsAck() })
+		if err := c.writeControl(func() error { return c.fr.WriteSettingsAck() }); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		none := c.maxConc == 0
+		c.mu.Unlock()
+		if none {
+			c.streamDone() // closes it if it carries no stream
+		}
 	case *http2.PingFrame:
 		if !f.IsAck() {
 			return c.writeControl(func() error { return c.fr.WritePing(true, f.Data) })

@@ -132,6 +132,14 @@ func (p *Pool) get(ctx context.Context) (*conn, error) {
 		if ok {
 			return c, nil
 		}
+		// A connection just made that takes no stream (closed at once,
+		// GOAWAY, or MAX_CONCURRENT_STREAMS 0 read already): as a dial
+		// that failed, not another dial in a loop.
+		err = errors.New("h2up: the endpoint's new connection takes no streams")
+		if p.cfg.DialError != nil {
+			err = p.cfg.DialError(err)
+		}
+		return nil, err
 	}
 }
 

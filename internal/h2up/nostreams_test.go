@@ -1,0 +1,102 @@
+package h2up_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/fogmesh/fogmesh/internal/h2up"
+)
+
+// TestServerAllowingNoStreams: a server that says SETTINGS_MAX_CONCURRENT_STREAMS
+// 0 (RFC 9113 §6.5.2 allows it: no new streams for now) and refuses what
+// comes anyway. Every request fails as refused, and the pool does not keep
+// the connections it cannot use: it kept each one for its idle timeout
+// (90 s), so every request left a connection open behind it, and a busy
+// client's requests ran the agent out of file descriptors.
+func TestServerAllowingNoStreams(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var open atomic.Int32 // connections the server holds
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			open.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer open.Add(-1)
+				defer c.Close()
+				serveNoStreams(c)
+			}()
+		}
+	}()
+	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", ln.Addr().String())
+	}})
+	defer pool.Close()
+	const requests = 20
+	for range requests {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/", nil)
+		resp, err := pool.RoundTrip(req)
+		cancel()
+		if err == nil {
+			resp.Body.Close()
+			t.Fatal("a request succeeded on a server that takes no streams")
+		}
+	}
+	// The connections the pool cannot use close: wait (bounded) for the
+	// server to see them go.
+	deadline := time.Now().Add(5 * time.Second)
+	for open.Load() > 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := open.Load(); n > 1 {
+		t.Fatalf("%d connections left open after %d refused requests, want at most 1", n, requests)
+	}
+}
+
+// serveNoStreams: SETTINGS with MAX_CONCURRENT_STREAMS 0 at once, then
+// REFUSED_STREAM for every stream, until the client closes.
+func serveNoStreams(c net.Conn) {
+	br := bufio.NewReader(c)
+	if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		return
+	}
+	fr := http2.NewFramer(c, br)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+		}
+	}
+}
