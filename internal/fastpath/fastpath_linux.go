@@ -3,6 +3,7 @@ package fastpath
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -288,9 +289,16 @@ func (f *FastPath) Untrack(c *net.TCPConn) {
 // agent's accepted socket (a1), the agent's socket to the endpoint (a2) and
 // the endpoint's (e).
 type pair struct {
-	f                *FastPath
-	c, a1, a2, e     tuple
-	cookieC, cookieE uint64 // the far sockets' cookies
+	f                  *FastPath
+	c, a1, a2, e       tuple
+	cookieC, cookieE   uint64 // the far sockets' cookies
+	cookieA1, cookieA2 uint64 // the agent's sockets' cookies
+
+	// The maps are keyed by tuple, and a tuple outlives its socket: a
+	// client that resets its connection can connect again from the same
+	// port while the old pair's Relay is still ending, and its new pair
+	// then uses the same keys. So the pair deletes only entries that still
+	// name its own sockets (by cookie); the new pair's are left alone.
 
 	gaveUp     atomic.Bool // set before giveUp takes the pair out of the maps
 	giveUpOnce sync.Once
@@ -324,6 +332,13 @@ func (f *FastPath) link(client, up *net.TCPConn, sent int64) (*pair, bool) {
 		f.sockhash.Delete(p.a1[:])
 		return nil, false
 	}
+	var k1, k2 [8]byte // the agent's sockets' cookies, as the sockhash gives them
+	if f.sockhash.Lookup(p.a1[:], k1[:]) != nil || f.sockhash.Lookup(p.a2[:], k2[:]) != nil {
+		f.sockhash.Delete(p.a1[:])
+		f.sockhash.Delete(p.a2[:])
+		return nil, false
+	}
+	p.cookieA1, p.cookieA2 = binary.NativeEndian.Uint64(k1[:]), binary.NativeEndian.Uint64(k2[:])
 	if f.links.Put(p.c[:], linkValue(p.a2, uint64(sent), p.cookieC)) != nil || f.links.Put(p.e[:], linkValue(p.a1, 0, p.cookieE)) != nil {
 		p.unlink()
 		return nil, false
@@ -333,12 +348,41 @@ func (f *FastPath) link(client, up *net.TCPConn, sent int64) (*pair, bool) {
 
 // unlink ends the pair in the kernel: no send is redirected after it.
 func (p *pair) unlink() {
-	p.f.links.Delete(p.c[:])
-	p.f.links.Delete(p.e[:])
-	p.f.sockhash.Delete(p.a1[:])
-	p.f.sockhash.Delete(p.a2[:])
-	p.f.acks.Delete(p.a1[:]) // the entries would otherwise wait for the LRU
-	p.f.acks.Delete(p.a2[:])
+	p.deleteLink(p.c, p.cookieC)
+	p.deleteLink(p.e, p.cookieE)
+	for _, s := range []struct {
+		k      tuple
+		cookie uint64
+	}{{p.a1, p.cookieA1}, {p.a2, p.cookieA2}} {
+		// The agent's socket leaves the sockhash when it closes; a socket
+		// there now under its tuple is a new pair's, as are its acks.
+		var v [8]byte
+		if err := p.f.sockhash.Lookup(s.k[:], v[:]); err == nil && binary.NativeEndian.Uint64(v[:]) != s.cookie {
+			continue
+		}
+		p.f.sockhash.Delete(s.k[:])
+		p.f.acks.Delete(s.k[:]) // the entries would otherwise wait for the LRU
+	}
+}
+
+// ownedBy looks k up in m and reports whether the value's cookie at off
+// (the socket the entry was made for) is cookie; it returns the value.
+func ownedBy(m *ebpf.Map, k tuple, off int, cookie uint64) ([]byte, bool) {
+	v := make([]byte, m.ValueSize())
+	if m.Lookup(k[:], v) != nil {
+		return nil, false
+	}
+	return v, binary.NativeEndian.Uint64(v[off:]) == cookie
+}
+
+// deleteLink deletes the link of the far socket k if it is still the one
+// made for the socket with cookie (a lookup then a delete: a new pair
+// linked in between would lose its link, which only keeps it on the
+// agent's path).
+func (p *pair) deleteLink(k tuple, cookie uint64) {
+	if _, ok := ownedBy(p.f.links, k, tupleSize+8, cookie); ok {
+		p.f.links.Delete(k[:])
+	}
 }
 
 // redirected is the bytes the kernel sent past the agent from the client
@@ -346,11 +390,11 @@ func (p *pair) unlink() {
 func (p *pair) redirected() (fromClient, fromEndpoint int64) {
 	var n [2]int64
 	for i, k := range []tuple{p.c, p.e} {
-		var v [countSize]byte
-		if p.f.counts.Lookup(k[:], v[:]) == nil {
+		cookie := []uint64{p.cookieC, p.cookieE}[i]
+		if v, ok := ownedBy(p.f.counts, k, 16, cookie); ok {
 			n[i] = int64(binary.NativeEndian.Uint64(v[8:]))
+			p.f.counts.Delete(k[:])
 		}
-		p.f.counts.Delete(k[:])
 	}
 	return n[0], n[1]
 }
@@ -388,19 +432,23 @@ const (
 func (p *pair) giveUp() {
 	p.giveUpOnce.Do(func() {
 		p.gaveUp.Store(true)
-		p.f.links.Delete(p.c[:])
-		p.f.links.Delete(p.e[:])
-		p.f.sockhash.Delete(p.c[:])
-		p.f.sockhash.Delete(p.e[:])
+		p.deleteLink(p.c, p.cookieC)
+		p.deleteLink(p.e, p.cookieE)
+		if _, ok := ownedBy(p.f.sockhash, p.c, 0, p.cookieC); ok {
+			p.f.sockhash.Delete(p.c[:])
+		}
+		if _, ok := ownedBy(p.f.sockhash, p.e, 0, p.cookieE); ok {
+			p.f.sockhash.Delete(p.e[:])
+		}
 	})
 }
 
 // kernelSent is the bytes the kernel has redirected from the far socket
 // with key k so far; ok is false when its counter is gone (the map is an
 // LRU).
-func (p *pair) kernelSent(k tuple) (n int64, ok bool) {
+func (p *pair) kernelSent(k tuple, cookie uint64) (n int64, ok bool) {
 	var v [countSize]byte
-	if p.f.counts.Lookup(k[:], v[:]) != nil {
+	if p.f.counts.Lookup(k[:], v[:]) != nil || binary.NativeEndian.Uint64(v[16:]) != cookie {
 		return 0, false
 	}
 	return int64(binary.NativeEndian.Uint64(v[8:])), true
@@ -431,13 +479,15 @@ func (c *publishConn) Write(b []byte) (int, error) {
 	}
 	c.n += int64(n)
 	putLink(c.val[:], c.peer, uint64(c.n), c.cookie) // no allocation per write
-	if perr := c.p.f.links.Update(c.key[:], c.val[:], ebpf.UpdateExist); perr != nil && err == nil && !c.p.gaveUp.Load() {
+	// A link gone (a stale pair with the same tuples ended and took it)
+	// only keeps this direction on the agent's path: not an error.
+	if perr := c.p.f.links.Update(c.key[:], c.val[:], ebpf.UpdateExist); perr != nil && !errors.Is(perr, ebpf.ErrKeyNotExist) && err == nil && !c.p.gaveUp.Load() {
 		err = fmt.Errorf("fastpath: publish forwarded bytes: %w", perr)
 	}
 	if c.sinceCheck += int64(n); c.sinceCheck >= c.p.f.giveUpAfter/8 {
 		c.sinceCheck = 0
 		now := time.Now()
-		k, ok := c.p.kernelSent(c.key)
+		k, ok := c.p.kernelSent(c.key, c.cookie)
 		switch {
 		case !ok:
 			// No counter to judge by: keep the kernel path.
@@ -477,7 +527,7 @@ func (c *publishConn) ReadFrom(r io.Reader) (int64, error) {
 // so the far side's later sends go to the agent's path (and meet the
 // closed connection there) instead of a socket leaving the sockhash.
 func (c *publishConn) Close() error {
-	_ = c.p.f.links.Delete(c.key[:])
+	c.p.deleteLink(c.key, c.cookie)
 	return c.Conn.Close()
 }
 

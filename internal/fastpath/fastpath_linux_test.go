@@ -772,3 +772,176 @@ func TestFastOpenClient(t *testing.T) {
 		t.Fatalf("the kernel carried under a quarter of the rounds' bytes: %+v", r)
 	}
 }
+
+// queued is the SIOCOUTQ figure of c's socket (bytes not yet acknowledged),
+// or -1. (Not SIOCINQ: a socket in the sockhash reports none received.)
+func queued(c net.Conn) int {
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return -1
+	}
+	n := -1
+	rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
+			n = v
+		}
+	})
+	return n
+}
+
+// TestStaleRelayLeavesNewPairAlone: a client resets its connection while
+// the agent's relay of it is stuck writing to an endpoint that does not
+// read, and connects again from the same port, so its new socket has the
+// old one's tuple; the new pair is linked while the old relay still runs.
+// When the old relay finally ends, its cleanup must not take the new
+// pair's entries out of the maps (keyed by the same tuples): the new
+// pair's relay would then fail to publish its forwarded count and tear
+// down a healthy connection.
+func TestStaleRelayLeavesNewPairAlone(t *testing.T) {
+	f := openForTest(t)
+	ln := listen(t, f)
+	srv := loopbackListener(t)
+	ep := srv.Addr().(*net.TCPAddr).AddrPort()
+	release := make(chan struct{})
+	go func() {
+		for i := 0; ; i++ {
+			c, err := srv.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if i == 0 { // the old pair's endpoint: reads nothing until released
+					<-release
+					io.Copy(io.Discard, c)
+					return
+				}
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	type relayed struct {
+		r   Result
+		err error
+	}
+	relay := func(a1 net.Conn) chan relayed {
+		done, err := f.PrepareEndpoint(ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a2, err := net.Dial("tcp4", ep.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch := make(chan relayed, 1)
+		go func() {
+			r, err := f.Relay(context.Background(), a1.(*net.TCPConn), a2.(*net.TCPConn), 0, time.Minute)
+			done()
+			ch <- relayed{r, err}
+		}()
+		return ch
+	}
+
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	d := net.Dialer{LocalAddr: local, Control: reuseAddr}
+	c1, err := d.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	a1, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := relay(a1)
+
+	// The old client uploads until everything is full: the endpoint reads
+	// nothing, so the agent ends up blocked writing to it.
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := c1.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	key, _ := tupleOf(c1.(*net.TCPConn))
+	forwarded := func() uint64 {
+		var l [linkSize]byte
+		if f.links.Lookup(key[:], l[:]) != nil {
+			return 0
+		}
+		return binary.NativeEndian.Uint64(l[tupleSize:])
+	}
+	var last uint64
+	still := 0
+	testenv.WaitFor(t, 30*time.Second, "the old relay blocked writing to its endpoint", func() bool {
+		fw := forwarded()
+		if fw == 0 || fw != last || queued(c1) <= 0 {
+			last, still = fw, 0
+			return false
+		}
+		still++
+		return still >= 20 // no write finished for 200 ms, with the client's bytes waiting
+	})
+
+	// The client resets and connects again from the same port.
+	port := c1.LocalAddr().(*net.TCPAddr).Port
+	c1.(*net.TCPConn).SetLinger(0)
+	c1.Close()
+	d.LocalAddr = &net.TCPAddr{IP: local.IP, Port: port}
+	var c2 net.Conn
+	testenv.WaitFor(t, 5*time.Second, "a new connection from the same port", func() bool {
+		c2, err = d.Dial("tcp4", ln.Addr().String())
+		return err == nil
+	})
+	defer c2.Close()
+	a1b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := relay(a1b)
+	rng := rand.New(rand.NewPCG(5, 5))
+	exchange(t, c2, 10, rng)
+	select {
+	case <-old:
+		t.Fatal("the old relay ended before the new pair was linked: the test proves nothing")
+	default:
+	}
+
+	// The old relay ends now: its endpoint reads, it meets the reset.
+	close(release)
+	select {
+	case o := <-old:
+		t.Logf("old relay: %+v, %v", o.r, o.err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old relay did not end")
+	}
+	c2.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c2.Write([]byte("again")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if _, err := io.ReadFull(c2, make([]byte, 5)); err != nil {
+		select {
+		case n := <-cur:
+			t.Fatalf("the new pair's echo: %v; its relay ended: %+v, %v", err, n.r, n.err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the new pair's echo: %v", err)
+		}
+	}
+	exchange(t, c2, 50, rng)
+	c2.Close()
+	select {
+	case n := <-cur:
+		t.Logf("new relay: %+v", n.r)
+		if n.err != nil {
+			t.Fatalf("the new relay failed: %v", n.err)
+		}
+		if !n.r.Kernel {
+			t.Fatal("the new pair was not linked")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new relay did not end")
+	}
+}
