@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -60,7 +61,15 @@ type PoolConfig struct {
 	// MaxUses closes a connection after this many requests (0: no limit;
 	// Envoy's max_requests_per_connection).
 	MaxUses int
+	// MaxResponseHeadBytes bounds what one request's response heads may
+	// read, 1xx ones included (default 10 MiB, as http.Transport's
+	// MaxResponseHeaderBytes): past it the request fails and the
+	// connection closes.
+	MaxResponseHeadBytes int64
 }
+
+// defaultMaxResponseHead is http.Transport's default MaxResponseHeaderBytes.
+const defaultMaxResponseHead = 10 << 20
 
 // NewPool returns an empty pool; connections are dialed on demand.
 func NewPool(cfg PoolConfig) *Pool {
@@ -73,6 +82,9 @@ func NewPool(cfg PoolConfig) *Pool {
 	if cfg.DialError == nil {
 		cfg.DialError = func(err error) error { return err }
 	}
+	if cfg.MaxResponseHeadBytes <= 0 {
+		cfg.MaxResponseHeadBytes = defaultMaxResponseHead
+	}
 	return &Pool{cfg: cfg, all: map[*poolConn]struct{}{}}
 }
 
@@ -80,7 +92,8 @@ func NewPool(cfg PoolConfig) *Pool {
 type poolConn struct {
 	p      *Pool
 	c      net.Conn
-	br     *bufio.Reader
+	br     *bufio.Reader // reads head
+	head   headLimit
 	bw     *bufio.Writer
 	idleAt time.Time
 	reused bool
@@ -170,8 +183,9 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 	if raw := NewRawIO(c); raw != nil { // no system call state per read and write
 		rw = raw
 	}
-	pc := &poolConn{p: p, c: c, br: bufio.NewReaderSize(rw, BufSize), bw: bufio.NewWriterSize(rw, BufSize),
-		poison: func() { c.SetDeadline(aLongTimeAgo) }}
+	pc := &poolConn{p: p, c: c, bw: bufio.NewWriterSize(rw, BufSize), poison: func() { c.SetDeadline(aLongTimeAgo) }}
+	pc.head = headLimit{r: rw, left: noHeadLimit}
+	pc.br = bufio.NewReaderSize(&pc.head, BufSize)
 	p.mu.Lock()
 	closed := p.closed
 	if !closed {
@@ -369,6 +383,10 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
+	// The heads below read at most MaxResponseHeadBytes (and what the
+	// buffer held already); the body after them is not bounded.
+	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
+	defer func() { pc.head.left = noHeadLimit }()
 	if _, err := pc.br.Peek(1); err != nil {
 		if pc.reused {
 			return nil, fmt.Errorf("%w: %w", errStale, err)
@@ -391,6 +409,33 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 		}
 		return resp, nil
 	}
+}
+
+// headLimit is the reader under a pool connection's bufio.Reader: while
+// a response head is read, left bounds what may come in.
+type headLimit struct {
+	r    io.Reader
+	left int64
+}
+
+const noHeadLimit = math.MaxInt64
+
+// errHeadTooLarge: the endpoint's response head went past
+// MaxResponseHeadBytes.
+var errHeadTooLarge = errors.New("httpproxy: the endpoint's response head is too large")
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, errHeadTooLarge
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	if l.left != noHeadLimit {
+		l.left -= int64(n)
+	}
+	return n, err
 }
 
 // writeRequest writes the request line, header and body, then flushes:

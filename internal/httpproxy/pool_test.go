@@ -544,3 +544,52 @@ func TestPoolStreamCancel(t *testing.T) {
 		t.Fatal("the request still waits for its header 10 s after its derived context was cancelled")
 	}
 }
+
+// TestPoolBoundsResponseHead: an endpoint that sends a response head
+// without end (one header line that never stops, or 1xx responses one
+// after another) is read no further than MaxResponseHeadBytes, as
+// net/http's Transport bounds it (MaxResponseHeaderBytes, 10 MiB by
+// default): the request fails and the connection closes. The pool read
+// it all, holding the growing line in memory.
+func TestPoolBoundsResponseHead(t *testing.T) {
+	const limit = 4 << 20    // PoolConfig.MaxResponseHeadBytes here
+	const offered = 64 << 20 // what the endpoint tries to send
+	for name, unit := range map[string]string{
+		"one long line": strings.Repeat("a", 64<<10),
+		"1xx after 1xx": strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", 1<<10),
+	} {
+		t.Run(name, func(t *testing.T) {
+			var sent atomic.Int64
+			u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+				if name == "one long line" {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Long: ")
+				}
+				for sent.Load() < offered {
+					n, err := io.WriteString(c, unit)
+					sent.Add(int64(n))
+					if err != nil {
+						break
+					}
+				}
+				return false
+			})
+			p := u.pool(PoolConfig{MaxResponseHeadBytes: limit})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc/x", nil)
+			resp, err := p.RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+				t.Fatal("a response head without end was taken")
+			}
+			if !strings.Contains(err.Error(), "response head") {
+				t.Errorf("error %q does not say the head was too large", err)
+			}
+			waitFor(t, "the endpoint's writes to end", func() bool { return u.open.Load() == 0 })
+			// The kernel's socket buffers hold a few MiB past what the pool read.
+			if n := sent.Load(); n >= offered {
+				t.Fatalf("the endpoint wrote all %d MiB: the pool read past its limit", n>>20)
+			}
+		})
+	}
+}
