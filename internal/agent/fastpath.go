@@ -102,6 +102,14 @@ func (a *Agent) initFastPath() error {
 	st.fp, st.listening = fp, map[netip.AddrPort]bool{}
 	st.status = FastPathStatus{Active: true, Mode: cfg.Mode, Cgroup: fp.Cgroup()}
 	a.log.Info("agent: kernel fast path on", "cgroup", fp.Cgroup())
+	// A kernel whose sockmap hides a tracked socket's bytes from FIONREAD
+	// (fastpath.ReadableCountWorks): said at start and in /v1/status.
+	if works, err := fp.ReadableCountWorks(); err != nil {
+		a.log.Warn("agent: kernel fast path: FIONREAD probe failed", "err", err)
+	} else if !works {
+		st.status.Note = "on this kernel a local client's or endpoint's socket that the fast path tracks reads 0 from FIONREAD (SIOCINQ) while bytes wait; reads are not affected, but a workload that sizes its reads by it (Java's available()) should not use the fast path"
+		a.log.Warn("agent: kernel fast path: tracked sockets read 0 from FIONREAD on this kernel; workloads that size reads by it (Java's available()) should not use the fast path")
+	}
 	return nil
 }
 

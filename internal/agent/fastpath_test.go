@@ -31,6 +31,10 @@ func TestFastPathSameNodeTCP(t *testing.T) {
 		func(c *Config) { c.FastPath = FastPathConfig{Mode: FastPathRequired} })
 	if st := a.FastPathStatus(); !st.Active || st.Cgroup == "" {
 		t.Fatalf("status %+v, want active with a cgroup", st)
+	} else if works, err := a.fast.fp.ReadableCountWorks(); err != nil {
+		t.Fatal(err)
+	} else if strings.Contains(st.Note, "FIONREAD") == works {
+		t.Fatalf("status note %q, but FIONREAD on a tracked socket works: %v", st.Note, works)
 	}
 	addr := "127.39.0.1:19150"
 	waitFor(t, "listener", func() bool { _, err := roundTrip(addr); return err == nil })

@@ -945,3 +945,50 @@ func TestStaleRelayLeavesNewPairAlone(t *testing.T) {
 		t.Fatal("the new relay did not end")
 	}
 }
+
+// TestReadableCountProbe: the probe of FIONREAD on a tracked socket agrees
+// with the same ioctl on a connection to another listener the test
+// registers itself, and leaves no port registered behind it.
+func TestReadableCountProbe(t *testing.T) {
+	f := openForTest(t)
+	works, err := f.ReadableCountWorks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("FIONREAD counts a tracked socket's bytes on this kernel: %v", works)
+	var k [8]byte
+	if err := f.ports.NextKey(nil, &k); err == nil {
+		t.Fatalf("the probe left a port registered: %x", k)
+	}
+	ln := loopbackListener(t)
+	ap := ln.Addr().(*net.TCPAddr).AddrPort()
+	if err := f.AddListener(ap); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp4", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.Write([]byte("hello"))
+	rc, _ := c.(*net.TCPConn).SyscallConn()
+	got := 0
+	testenv.WaitFor(t, 5*time.Second, "the bytes to be readable", func() bool {
+		var buf [5]byte
+		var n int
+		rc.Read(func(fd uintptr) bool { n, _, _ = unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT); return true })
+		if n < 5 {
+			return false
+		}
+		rc.Control(func(fd uintptr) { got, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		return true
+	})
+	if (got == 5) != works {
+		t.Fatalf("FIONREAD read %d of 5 bytes on a tracked socket, but the probe said %v", got, works)
+	}
+}

@@ -33,3 +33,5 @@ func (f *FastPath) PrepareEndpoint(netip.AddrPort) (func(), error) { return nil,
 func (f *FastPath) Relay(context.Context, *net.TCPConn, *net.TCPConn, int64, time.Duration) (Result, error) {
 	return Result{}, errUnsupported
 }
+
+func (f *FastPath) ReadableCountWorks() (bool, error) { return false, errUnsupported }
