@@ -981,7 +981,10 @@ func TestReadableCountProbe(t *testing.T) {
 	testenv.WaitFor(t, 5*time.Second, "the bytes to be readable", func() bool {
 		var buf [5]byte
 		var n int
-		rc.Read(func(fd uintptr) bool { n, _, _ = unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT); return true })
+		rc.Read(func(fd uintptr) bool {
+			n, _, _ = unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			return true
+		})
 		if n < 5 {
 			return false
 		}
