@@ -92,7 +92,7 @@ func NewPool(cfg PoolConfig) *Pool {
 type poolConn struct {
 	p      *Pool
 	c      net.Conn
-	br     *bufio.Reader // reads head
+	br     *bufio.Reader // reads through head
 	head   headLimit
 	bw     *bufio.Writer
 	idleAt time.Time
