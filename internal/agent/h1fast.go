@@ -186,6 +186,77 @@ type h1ClientConn struct {
 	// that of a lean response to it (httpproxy.WithResponseHeaderBuf),
 	// until headersDone; they are never reused for another request.
 	hb, resp httpproxy.HeaderBuf
+
+	// The watch of a request whose response head is slow (watchHead).
+	headTimer *time.Timer
+	headMu    sync.Mutex // guards the following
+	headArmed bool       // watchHead was called for the request
+	headStop  bool       // the head came: the watch must not start
+	headDone  chan struct{}
+}
+
+// headWatchAfter is how long a request's response head may take before
+// the fast path watches its client (a goroutine's cost, not paid by a
+// prompt response).
+var headWatchAfter = time.Second
+
+// watchHead arms a watch of the client while the request's response head
+// is awaited (its body, if any, read to the end: the watch reads the
+// client's connection): once the client closes its connection, the
+// request is cancelled and the upstream connection closed
+// (httpproxy.CancelHeadWait), as net/http's server cancels a request whose
+// client went away. An endpoint that never answers would otherwise keep
+// the request, its goroutine and both connections for good: services have
+// no request timeout by default. stop ends the watch.
+func (cs *h1ClientConn) watchHead() {
+	cs.headMu.Lock()
+	cs.headArmed, cs.headStop, cs.headDone = true, false, nil
+	cs.headMu.Unlock()
+	if cs.headTimer == nil {
+		cs.headTimer = time.AfterFunc(headWatchAfter, cs.headWatch)
+	} else {
+		cs.headTimer.Reset(headWatchAfter)
+	}
+}
+
+func (cs *h1ClientConn) headWatch() {
+	cs.headMu.Lock()
+	if cs.headStop {
+		cs.headMu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	cs.headDone = done
+	cs.conn.SetReadDeadline(time.Time{})
+	cs.headMu.Unlock()
+	defer close(done)
+	if _, err := cs.br.Peek(1); err != nil && !httpproxy.IsTimeout(err) {
+		cs.gone() // EOF, reset or shutdown: the request's context ends first
+		httpproxy.CancelHeadWait(cs.ctx)
+	}
+}
+
+// stopHead ends watchHead's watch (if it was armed): the head came, or
+// the request failed. The connection's read deadline is the next
+// request's to set.
+func (cs *h1ClientConn) stopHead() {
+	cs.headMu.Lock()
+	armed := cs.headArmed
+	cs.headArmed = false
+	cs.headMu.Unlock()
+	if !armed || cs.headTimer.Stop() {
+		return
+	}
+	cs.headMu.Lock()
+	cs.headStop = true
+	done := cs.headDone
+	if done != nil {
+		cs.conn.SetReadDeadline(aLongTimeAgo)
+	}
+	cs.headMu.Unlock()
+	if done != nil {
+		<-done
+	}
 }
 
 // headersDone ends the last request's headers: the next request gets new ones.
@@ -230,6 +301,9 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	hasBody := in.Body != nil && in.Body != http.NoBody
 	body := in.Body
 	if hasBody {
+		if tb, ok := body.(*httpproxy.TimedBody); ok {
+			tb.OnEnd(cs.watchHead) // the client's connection is free to watch once the body is read
+		}
 		in.Body = httpproxy.ClientBody{R: body}
 	}
 	// The request sent on, as ReverseProxy's Rewrite makes it.
@@ -261,7 +335,14 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	if in.Context() != cs.ctx || hasBody {
 		out = in.WithContext(cs.ctx)
 	}
+	if !hasBody {
+		cs.watchHead()
+	}
 	resp, err := p.rt.RoundTrip(out)
+	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody {
+		tb.OnEnd(nil) // a body read to its end later (drained) arms no watch
+	}
+	cs.stopHead()
 	if err != nil {
 		var cbe *httpproxy.ClientBodyError
 		if errors.As(err, &cbe) && !httpproxy.BodyTimedOut(in) {

@@ -44,6 +44,7 @@ type TimedBody struct {
 	set      time.Time     // the read deadline last set
 	off      bool          // no more deadlines: response header arrived or body ended
 	expired  bool          // a read ran out of time
+	onEnd    func()        // OnEnd's
 }
 
 // NewTimedBody bounds reads of r through setDeadline (a connection's or
@@ -51,6 +52,15 @@ type TimedBody struct {
 // reads until Arm says otherwise.
 func NewTimedBody(r io.ReadCloser, setDeadline func(time.Time) error) *TimedBody {
 	return &TimedBody{r: r, setDeadline: setDeadline, gap: DefaultBodyTimeout}
+}
+
+// OnEnd has f called once, when a read returns the body's end (the fast
+// path then watches its client while the response head is awaited); nil
+// takes it back.
+func (b *TimedBody) OnEnd(f func()) {
+	b.mu.Lock()
+	b.onEnd = f
+	b.mu.Unlock()
 }
 
 // Arm applies a service's bounds: gap between reads (0: the default) and
@@ -153,6 +163,13 @@ func (b *TimedBody) Read(p []byte) (int, error) {
 		// after the body (to notice the client leaving), and a timeout
 		// there would cancel the response.
 		b.Stop()
+		b.mu.Lock()
+		f := b.onEnd
+		b.onEnd = nil
+		b.mu.Unlock()
+		if f != nil {
+			f()
+		}
 	case err != nil && IsTimeout(err):
 		b.mu.Lock()
 		expired := !b.off // else Stop cleared the deadline as it passed

@@ -332,19 +332,27 @@ var aLongTimeAgo = time.Unix(1, 0)
 func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	var stop func() bool
-	lazy := false // hook the body only, if it streams (WithStreamCancel)
+	var mark *streamCancelMark // hook the body only, if it streams (WithStreamCancel)
 	if ctx.Done() != nil {
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
 		}
 		// A cancelled request (its timeout, a dead upstream) ends the attempt: the deadline
 		// unblocks the read or write, and the connection is not reused.
-		if lazy = cancelsOnlyStreams(ctx); !lazy {
+		if mark = cancelsOnlyStreams(ctx); mark == nil {
 			stop = context.AfterFunc(ctx, pc.poison)
+		} else if !mark.await(pc) { // CancelHeadWait ends the exchange
+			return nil, context.Cause(ctx)
 		}
 	}
 	resp, err := pc.exchange(req)
+	if mark != nil && !mark.await(nil) && err == nil {
+		err = context.Cause(ctx) // the client went away as the head came: pc may be poisoned (RoundTrip closes it)
+	}
 	if err != nil {
+		if mark != nil && ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
 		if stop != nil {
 			stop()
 			if ctx.Err() != nil {
@@ -367,7 +375,7 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 		b.finish(true)
 		return resp, nil
 	}
-	if lazy && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
+	if mark != nil && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
 		b.stop = context.AfterFunc(ctx, pc.poison) // reads of the body may block: a client gone mid-stream ends them
 	}
 	resp.Body = b

@@ -1,6 +1,9 @@
 package httpproxy
 
-import "context"
+import (
+	"context"
+	"sync"
+)
 
 // WithStreamCancel returns ctx marked as cancelled only while a response
 // body streams (the fast path's client connection, which its watch
@@ -16,10 +19,50 @@ func WithStreamCancel(ctx context.Context) context.Context {
 
 type streamCancelKey struct{}
 
-type streamCancelMark struct{ ctx context.Context }
+type streamCancelMark struct {
+	ctx context.Context
 
-// cancelsOnlyStreams reports whether ctx is one of WithStreamCancel's.
-func cancelsOnlyStreams(ctx context.Context) bool {
+	mu      sync.Mutex
+	waiting *poolConn // the connection a request on ctx waits on for its response head
+	gone    bool      // CancelHeadWait was called
+}
+
+// CancelHeadWait ends the wait for a response head of the request on
+// ctx, one of WithStreamCancel's (its pool connection is closed), and of
+// every later one: the fast path calls it once it saw its client go away
+// (ctx cancelled first), as net/http's server cancels a request whose
+// client closed its connection. The pools do not hook such a context while
+// a request is sent and its head awaited (one hook per request cost
+// allocations on every request); the fast path watches its client only
+// when a head is slow to come.
+func CancelHeadWait(ctx context.Context) {
 	m, _ := ctx.Value(streamCancelKey{}).(*streamCancelMark)
-	return m != nil && m.ctx == ctx
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	m.gone = true
+	pc := m.waiting
+	m.mu.Unlock()
+	if pc != nil {
+		pc.poison()
+	}
+}
+
+// await records pc as the connection waited on for a head (nil: none
+// now); false if CancelHeadWait was called.
+func (m *streamCancelMark) await(pc *poolConn) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.waiting = pc
+	return !m.gone
+}
+
+// cancelsOnlyStreams returns ctx's mark if ctx is one of WithStreamCancel's.
+func cancelsOnlyStreams(ctx context.Context) *streamCancelMark {
+	m, _ := ctx.Value(streamCancelKey{}).(*streamCancelMark)
+	if m != nil && m.ctx == ctx {
+		return m
+	}
+	return nil
 }
