@@ -36,7 +36,8 @@ type stream struct {
 	respReady chan struct{} // closed once resp or respErr is set
 	resp      *http.Response
 	respErr   error
-	gotHeader bool // read loop only
+	gotHeader bool  // read loop only
+	infoBytes int64 // the 1xx header blocks' size so far (read loop only)
 
 	mu       sync.Mutex // guards the following
 	respDone bool       // respReady closed
@@ -266,7 +267,17 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		if f.StreamEnded() || code == 101 {
 			s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": bad informational response"}, true)
 		}
-		return // 100 Continue and friends: the final response follows
+		// 100 Continue and friends: the final response follows. Their
+		// blocks add up to at most the header list limit, as x/net's
+		// transport counts them (totalHeaderSize): a server sending 1xx
+		// for ever would keep the request waiting for ever.
+		for _, hf := range f.Fields {
+			s.infoBytes += int64(hf.Size())
+		}
+		if s.infoBytes > maxHeaderList {
+			s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": informational responses past the header list limit"}, true)
+		}
+		return
 	}
 	h := c.header(f.RegularFields())
 	resp := &http.Response{Status: statusText(code), StatusCode: code, Proto: "HTTP/2.0", ProtoMajor: 2,
