@@ -22,7 +22,15 @@ import (
 // the last writer in line) and its read loop (frames to streams).
 
 const (
-	streamWindow   = 4 << 20 // what each stream may have in flight to us, as net/http's transport
+	// streamWindow: what each stream may have in flight to us, and so what
+	// a response nobody reads holds in the agent (the agent's HTTP/2
+	// server lets a client open 250 streams; net/http's transport's 4 MiB
+	// made that 1 GiB for one client connection). 1 MiB is the mesh
+	// stream's window (agent Config.MeshStreamWindow), which bounds a
+	// remote endpoint's rate anyway in secure mode (the default), and far
+	// above a local endpoint's bandwidth-delay product
+	// (BenchmarkLargeResponse).
+	streamWindow   = 1 << 20
 	connWindow     = 1 << 30 // the connection's, as net/http's transport: streams' windows bound it
 	connUpdateAt   = 1 << 20 // connection credit is returned in steps of at least this
 	maxHeaderList  = 10 << 20

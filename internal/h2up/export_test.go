@@ -47,3 +47,26 @@ func RoundTripReserved(p *Pool, req *http.Request, goaway bool) (*http.Response,
 	}
 	return c.roundTrip(req)
 }
+
+// Buffered returns the streams open on p's connections and the response
+// bytes they hold unread.
+func Buffered(p *Pool) (streams, bytes int) {
+	p.mu.Lock()
+	conns := append([]*conn(nil), p.conns...)
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		ss := make([]*stream, 0, len(c.streams))
+		for _, s := range c.streams {
+			ss = append(ss, s)
+		}
+		c.mu.Unlock()
+		for _, s := range ss {
+			s.mu.Lock()
+			bytes += s.buf.Len()
+			s.mu.Unlock()
+		}
+		streams += len(ss)
+	}
+	return streams, bytes
+}
