@@ -88,10 +88,12 @@ func idleAndBusy(t *testing.T, addr, pad string) (sent int) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
+	// start: before the idle connection's last bytes, so that a delay
+	// of this goroutine after them cannot shorten what it measures.
+	start := time.Now()
 	if got, err := talk(idle); err != nil || got != "e1: ping" {
 		t.Fatalf("idle conn first exchange: %q %v", got, err)
 	}
-	start := time.Now()
 	closed := make(chan time.Duration, 1)
 	go func() {
 		idle.SetReadDeadline(time.Now().Add(5 * time.Second))
