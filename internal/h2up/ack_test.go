@@ -1,7 +1,6 @@
 package h2up_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -77,12 +76,10 @@ func TestPingAckRidesTheNextRequest(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		br := bufio.NewReader(c)
-		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		fr, err := serverFramer(c)
+		if err != nil {
 			return
 		}
-		fr := http2.NewFramer(c, br)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 		fr.WriteSettings()
 		var b bytesBuffer
 		hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "204"})
@@ -175,12 +172,10 @@ func TestLastDataCarriesTheEnd(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		br := bufio.NewReader(c)
-		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		fr, err := serverFramer(c)
+		if err != nil {
 			return
 		}
-		fr := http2.NewFramer(c, br)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 		fr.WriteSettings()
 		var b bytesBuffer
 		hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "204"})
@@ -242,12 +237,10 @@ func TestAckFlushStopsTimer(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		br := bufio.NewReader(c)
-		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		fr, err := serverFramer(c)
+		if err != nil {
 			return
 		}
-		fr := http2.NewFramer(c, br)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 		fr.WriteSettings()
 		var b bytesBuffer
 		hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "204"})
@@ -320,12 +313,10 @@ func TestResponseHeaderValuesApart(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		br := bufio.NewReader(c)
-		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		fr, err := serverFramer(c)
+		if err != nil {
 			return
 		}
-		fr := http2.NewFramer(c, br)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 		fr.WriteSettings()
 		block := func(fields ...string) []byte {
 			var b bytesBuffer

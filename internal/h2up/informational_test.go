@@ -1,7 +1,6 @@
 package h2up_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -35,12 +34,10 @@ func TestEndlessInformationalResponses(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		br := bufio.NewReader(c)
-		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		fr, err := serverFramer(c)
+		if err != nil {
 			return
 		}
-		fr := http2.NewFramer(c, br)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 		fr.WriteSettings()
 		var block bytes.Buffer
 		enc := hpack.NewEncoder(&block)

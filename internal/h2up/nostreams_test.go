@@ -1,10 +1,8 @@
 package h2up_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -13,7 +11,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/testenv"
@@ -74,12 +71,10 @@ func TestServerAllowingNoStreams(t *testing.T) {
 // serveNoStreams: SETTINGS with MAX_CONCURRENT_STREAMS 0 at once, then
 // REFUSED_STREAM for every stream, until the client closes.
 func serveNoStreams(c net.Conn) {
-	br := bufio.NewReader(c)
-	if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+	fr, err := serverFramer(c)
+	if err != nil {
 		return
 	}
-	fr := http2.NewFramer(c, br)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
 	for {
 		f, err := fr.ReadFrame()

@@ -1,7 +1,6 @@
 package h2up_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -82,12 +81,10 @@ func serveEcho(ln net.Listener, win uint32, events chan<- serverEvent) {
 		return
 	}
 	defer c.Close()
-	br := bufio.NewReader(c)
-	if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+	fr, err := serverFramer(c)
+	if err != nil {
 		return
 	}
-	fr := http2.NewFramer(c, br)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: win})
 	var ok bytesBuffer
 	hpack.NewEncoder(&ok).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})

@@ -1,7 +1,6 @@
 package h2up_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -69,12 +68,10 @@ func serveResetAfterResponse(ln net.Listener, settingsFirst bool) error {
 		return err
 	}
 	defer c.Close()
-	br := bufio.NewReader(c)
-	if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+	fr, err := serverFramer(c)
+	if err != nil {
 		return err
 	}
-	fr := http2.NewFramer(c, br)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	if settingsFirst {
 		if err := fr.WriteSettings(); err != nil {
 			return err
@@ -165,12 +162,10 @@ func TestHeaderListOverLimitIsRefused(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		br := bufio.NewReader(c)
-		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		fr, err := serverFramer(c)
+		if err != nil {
 			return
 		}
-		fr := http2.NewFramer(c, br)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 		fr.WriteSettings()
 		for {
 			f, err := fr.ReadFrame()

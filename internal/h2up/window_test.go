@@ -1,7 +1,6 @@
 package h2up_test
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -73,12 +72,10 @@ func serveUntilBlocked(ln net.Listener, size int64, blocked chan<- int64) {
 		return
 	}
 	defer c.Close()
-	br := bufio.NewReader(c)
-	if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+	fr, err := serverFramer(c)
+	if err != nil {
 		return
 	}
-	fr := http2.NewFramer(c, br)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	fr.WriteSettings()
 	connWin, streamWin := int64(65535), int64(65535)
 	var id uint32
