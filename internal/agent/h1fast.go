@@ -80,6 +80,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
 	cs := &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone}
+	cs.watchHeadFn = cs.watchHead // one func value for the connection, not one per request with a body
 	// Cancelled only by watch (a client gone mid-stream) and when the
 	// connection ends: the pools hook only streaming bodies to it.
 	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withConnIdentity(connCtx, tc.clientID), &cs.resp))
@@ -188,11 +189,12 @@ type h1ClientConn struct {
 	hb, resp httpproxy.HeaderBuf
 
 	// The watch of a request whose response head is slow (watchHead).
-	headTimer *time.Timer
-	headMu    sync.Mutex // guards the following
-	headArmed bool       // watchHead was called for the request
-	headStop  bool       // the head came: the watch must not start
-	headDone  chan struct{}
+	watchHeadFn func() // cs.watchHead
+	headTimer   *time.Timer
+	headMu      sync.Mutex // guards the following
+	headArmed   bool       // watchHead was called for the request
+	headStop    bool       // the head came: the watch must not start
+	headDone    chan struct{}
 }
 
 // headWatchAfter is how long a request's response head may take before
@@ -207,7 +209,7 @@ var headWatchAfter = time.Second
 // (httpproxy.CancelHeadWait), as net/http's server cancels a request whose
 // client went away. An endpoint that never answers would otherwise keep
 // the request, its goroutine and both connections for good: services have
-// no request timeout by default. stop ends the watch.
+// no request timeout by default. stopHead ends the watch.
 func (cs *h1ClientConn) watchHead() {
 	cs.headMu.Lock()
 	cs.headArmed, cs.headStop, cs.headDone = true, false, nil
@@ -302,7 +304,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 	body := in.Body
 	if hasBody {
 		if tb, ok := body.(*httpproxy.TimedBody); ok {
-			tb.OnEnd(cs.watchHead) // the client's connection is free to watch once the body is read
+			tb.OnEnd(cs.watchHeadFn) // the client's connection is free to watch once the body is read
 		}
 		in.Body = httpproxy.ClientBody{R: body}
 	}
