@@ -39,6 +39,15 @@ func (f *FastPath) ReadableCountWorks() (bool, error) {
 		return false, fmt.Errorf("fastpath: probe: %w", err)
 	}
 	defer a.Close()
+	// The probe means something only if sock_ops tracked the client's
+	// socket (the agent inside the cgroup hierarchy it is attached to).
+	if t, ok := tupleOf(a.(*net.TCPConn)); ok {
+		far := t.reverse()
+		var cookie [8]byte
+		if f.sockhash.Lookup(far[:], cookie[:]) != nil {
+			return false, errors.New("fastpath: probe: its socket was not tracked (is the agent outside the cgroup hierarchy the programs are attached to?)")
+		}
+	}
 	if _, err := a.Write([]byte{1}); err != nil {
 		return false, fmt.Errorf("fastpath: probe: %w", err)
 	}
