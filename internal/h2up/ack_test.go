@@ -339,10 +339,7 @@ func TestResponseHeaderValuesApart(t *testing.T) {
 			}
 		}
 	}()
-	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", ln.Addr().String())
-	}})
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -63,10 +63,7 @@ func TestEndlessInformationalResponses(t *testing.T) {
 			}
 		}
 	}()
-	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", ln.Addr().String())
-	}})
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
 	defer pool.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

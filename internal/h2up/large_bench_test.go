@@ -1,7 +1,6 @@
 package h2up_test
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -40,10 +39,7 @@ func BenchmarkLargeResponse(b *testing.B) {
 			go srv.ServeConn(c, &http2.ServeConnOpts{Handler: h})
 		}
 	}()
-	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", ln.Addr().String())
-	}})
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
 	defer pool.Close()
 	b.SetBytes(size)
 	b.ResetTimer()

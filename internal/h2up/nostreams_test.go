@@ -47,10 +47,7 @@ func TestServerAllowingNoStreams(t *testing.T) {
 			}()
 		}
 	}()
-	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", ln.Addr().String())
-	}})
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
 	defer pool.Close()
 	const requests = 20
 	for range requests {

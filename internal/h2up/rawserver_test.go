@@ -2,6 +2,7 @@ package h2up_test
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 
@@ -20,4 +21,12 @@ func serverFramer(c net.Conn) (*http2.Framer, error) {
 	fr := http2.NewFramer(c, br)
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	return fr, nil
+}
+
+// dialTo is a pool's Dial to addr over TCP.
+func dialTo(addr string) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
 }

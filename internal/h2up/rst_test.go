@@ -31,10 +31,7 @@ func TestResetNoErrorAfterResponseKeepsBody(t *testing.T) {
 	defer ln.Close()
 	acked := make(chan error, 1)
 	go func() { acked <- serveResetAfterResponse(ln, true) }()
-	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", ln.Addr().String())
-	}})
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
 	defer pool.Close()
 	pr, pw := io.Pipe() // a request body still open
 	defer pw.Close()
@@ -130,10 +127,7 @@ func TestHeadersGoOutBeforeTheBody(t *testing.T) {
 	}
 	defer ln.Close()
 	go serveResetAfterResponse(ln, false) // nothing sent before the request's HEADERS
-	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", ln.Addr().String())
-	}})
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
 	defer pool.Close()
 	pr, pw := io.Pipe() // nothing written until the response is in
 	defer pw.Close()
@@ -195,10 +189,7 @@ func TestHeaderListOverLimitIsRefused(t *testing.T) {
 			}
 		}
 	}()
-	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", ln.Addr().String())
-	}})
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -1,7 +1,6 @@
 package h2up_test
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -37,10 +36,7 @@ func TestDataAndEndSeenTogether(t *testing.T) {
 		}
 	}()
 	defer srv.Close()
-	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", ln.Addr().String())
-	}})
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
 	defer pool.Close()
 	for i := range 100 {
 		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/s/M", nil)

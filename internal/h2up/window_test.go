@@ -30,10 +30,7 @@ func TestUnreadResponseHoldsAtMostItsWindow(t *testing.T) {
 	defer ln.Close()
 	sent := make(chan int64, 1)
 	go serveUntilBlocked(ln, 8<<20, sent)
-	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", ln.Addr().String())
-	}})
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
