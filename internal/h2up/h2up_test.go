@@ -6,10 +6,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -32,7 +34,12 @@ func (d *dialer) dial(ctx context.Context) (net.Conn, error) {
 }
 
 // startProxy serves h2c (and HTTP/1.1) on a loopback port and forwards
-// every request through pool, as the agent's L7 path does.
+// every request through pool, as the agent's L7 path does. A failed gRPC
+// request is answered as the agent answers it (trailers only): a stream
+// the server cancelled after the call's grpc-timeout is
+// DEADLINE_EXCEEDED, anything else UNAVAILABLE. (With ReverseProxy's bare
+// 502, a call whose deadline the server's timer ends a moment before the
+// client's ends Unavailable.)
 func startProxy(t *testing.T, pool *h2up.Pool) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -48,10 +55,27 @@ func startProxy(t *testing.T, pool *h2up.Pool) string {
 		},
 		Transport:     pool,
 		FlushInterval: -1,
+		ErrorHandler:  grpcErrorHandler,
 	}}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close(); pool.Close() })
 	return ln.Addr().String()
+}
+
+func grpcErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	if !strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	code := "14"
+	var se *h2up.StreamError
+	if errors.As(err, &se) && se.Code == http2.ErrCodeCancel && r.Header.Get("Grpc-Timeout") != "" {
+		code = "4"
+	}
+	w.Header().Set("Content-Type", "application/grpc")
+	w.Header().Set("Grpc-Status", code)
+	w.Header().Set("Grpc-Message", err.Error())
+	w.WriteHeader(http.StatusOK)
 }
 
 // TestGRPCThroughPool: grpc-go calls through a ReverseProxy whose upstream
