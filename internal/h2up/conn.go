@@ -22,20 +22,50 @@ import (
 // the last writer in line) and its read loop (frames to streams).
 
 const (
-	// streamWindow: what each stream may have in flight to us, and so what
-	// a response nobody reads holds in the agent (the agent's HTTP/2
-	// server lets a client open 250 streams; net/http's transport's 4 MiB
-	// made that 1 GiB for one client connection). 1 MiB is the mesh
-	// stream's window (agent Config.MeshStreamWindow), which bounds a
-	// remote endpoint's rate anyway in secure mode (the default), and far
-	// above a local endpoint's bandwidth-delay product
-	// (BenchmarkLargeResponse).
-	streamWindow   = 1 << 20
-	connWindow     = 1 << 30 // the connection's, as net/http's transport: streams' windows bound it
-	connUpdateAt   = 1 << 20 // connection credit is returned in steps of at least this
-	maxHeaderList  = 10 << 20
-	defaultMaxConc = 100 // streams assumed allowed before the server's SETTINGS say
+	// A stream's receive window starts at initialStreamWindow, which is
+	// what a response nobody reads holds in the agent (the agent's
+	// HTTP/2 server lets a client open 250 streams, and a client may have
+	// maxRequestsPerClient in flight), and doubles up to maxStreamWindow
+	// each time its reader has emptied the buffer while the server has
+	// used three quarters of the window: the window, not the reader,
+	// limits the rate (grow). The growth of all streams together is drawn
+	// from windowBudget. 1 MiB is the mesh stream's window (agent
+	// Config.MeshStreamWindow), which bounds a remote endpoint's rate
+	// anyway in secure mode (the default), and above a local endpoint's
+	// bandwidth-delay product (BenchmarkLargeResponse).
+	initialStreamWindow = 64 << 10
+	maxStreamWindow     = 1 << 20
+	connWindow          = 1 << 30 // the connection's, as net/http's transport: streams' windows bound it
+	connUpdateAt        = 1 << 20 // connection credit is returned in steps of at least this
+	maxHeaderList       = 10 << 20
+	defaultMaxConc      = 100 // streams assumed allowed before the server's SETTINGS say
 )
+
+// windowBudget is how far the process's streams may together grow their
+// receive windows beyond initialStreamWindow, in bytes: the response
+// bytes held in h2up are at most initialStreamWindow per open stream plus
+// this, however their readers behave (a reader that read quickly and then
+// stopped keeps its grown window). A stream gives its growth back when it
+// ends. 32 MiB lets 32 streams run at the full window at once; the others
+// stay at the initial window.
+var windowBudget atomic.Int64
+
+const defaultWindowBudget = 32 << 20
+
+func init() { windowBudget.Store(defaultWindowBudget) }
+
+// takeWindow draws n bytes of window growth from windowBudget.
+func takeWindow(n int64) bool {
+	for {
+		left := windowBudget.Load()
+		if left < n {
+			return false
+		}
+		if windowBudget.CompareAndSwap(left, left-n) {
+			return true
+		}
+	}
+}
 
 var clientPreface = []byte(http2.ClientPreface)
 
@@ -115,7 +145,7 @@ func newConn(p *Pool, nc net.Conn) (*conn, error) {
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.bw.Write(clientPreface)
 	c.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: initialStreamWindow},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList})
 	c.fr.WriteWindowUpdate(0, connWindow-65535)
 	if err := c.bw.Flush(); err != nil {
@@ -273,6 +303,9 @@ func (c *conn) close(err error) {
 	c.closed, c.err = true, err
 	streams := c.streams
 	c.streams = map[uint32]*stream{}
+	for _, s := range streams {
+		s.giveBackWindow()
+	}
 	if c.idle != nil {
 		c.idle.Stop()
 	}
@@ -342,8 +375,9 @@ func (c *conn) unreserve() {
 }
 
 // credit returns n consumed bytes to the connection's window (and s's,
-// if still receiving) once enough have added up.
-func (c *conn) credit(s *stream, n int) {
+// if still receiving) once enough have added up. drained: the stream's
+// reader has just emptied its buffer, which may grow its window.
+func (c *conn) credit(s *stream, n int, drained bool) {
 	if n <= 0 {
 		return
 	}
@@ -357,9 +391,19 @@ func (c *conn) credit(s *stream, n int) {
 	}
 	if s != nil && !s.recvEnd {
 		s.credit += n
-		if s.credit >= streamWindow/4 {
-			streamInc = uint32(s.credit)
-			s.recvWin += int64(s.credit)
+		s.consumed += int64(n)
+		grow := drained && s.consumed >= s.win && s.win < maxStreamWindow && !s.gone && !c.closed && takeWindow(s.win)
+		var extra int64
+		if grow {
+			extra = s.win
+			s.consumed = 0
+			s.grown += extra
+			s.win *= 2
+		}
+		if int64(s.credit) >= s.win/4 || grow {
+			inc := int64(s.credit) + extra
+			streamInc = uint32(inc)
+			s.recvWin += inc
 			s.credit = 0
 		}
 	}
@@ -573,19 +617,19 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		if unopened {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
-		c.credit(nil, n) // a stream we reset: its bytes go back at once
+		c.credit(nil, n, false) // a stream we reset: its bytes go back at once
 		return nil
 	}
 	if s.recvEnd || s.resp == nil {
 		c.mu.Unlock()
-		c.credit(nil, n)
+		c.credit(nil, n, false)
 		s.reset(http2.ErrCodeStreamClosed, &StreamError{ID: id, Code: http2.ErrCodeProtocol, Why: ": DATA before response headers or after the end"}, true)
 		return nil
 	}
 	s.recvWin -= int64(n)
 	if s.recvWin < 0 {
 		c.mu.Unlock()
-		c.credit(nil, n)
+		c.credit(nil, n, false)
 		s.reset(http2.ErrCodeFlowControl, &StreamError{ID: id, Code: http2.ErrCodeFlowControl}, true)
 		return nil
 	}
@@ -596,14 +640,14 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	c.mu.Unlock()
 	data := f.Data()
 	if pad := n - len(data); pad > 0 {
-		c.credit(s, pad)
+		c.credit(s, pad, false)
 	}
 	later := len(data) > 0 && !ended && c.nextFrameBuffered()
 	if later {
 		c.wakeLater = append(c.wakeLater, s)
 	}
 	if len(data) > 0 && !s.push(data, !later) {
-		c.credit(nil, len(data)) // the body was closed: nobody reads it
+		c.credit(nil, len(data), false) // the body was closed: nobody reads it
 	}
 	if ended {
 		if !s.checkLength() {

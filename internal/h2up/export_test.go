@@ -70,3 +70,26 @@ func Buffered(p *Pool) (streams, bytes int) {
 	}
 	return streams, bytes
 }
+
+// WindowBudget returns what is left of the process's window growth
+// budget, and SetWindowBudget sets it, returning the old value's restore.
+func WindowBudget() int64 { return windowBudget.Load() }
+
+func SetWindowBudget(n int64) (restore func()) {
+	old := windowBudget.Swap(n)
+	return func() { windowBudget.Store(old) }
+}
+
+// StreamWindows returns the receive windows of the streams open on p.
+func StreamWindows(p *Pool) (wins []int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.mu.Lock()
+		for _, s := range c.streams {
+			wins = append(wins, s.win)
+		}
+		c.mu.Unlock()
+	}
+	return wins
+}

@@ -13,8 +13,17 @@ import (
 
 // BenchmarkLargeResponse: one 64 MiB response from x/net's HTTP/2 server
 // over loopback, read as it comes: the stream window's cost to a local
-// endpoint's bulk rate.
-func BenchmarkLargeResponse(b *testing.B) {
+// endpoint's bulk rate (the window grows from 64 KiB to 1 MiB).
+func BenchmarkLargeResponse(b *testing.B) { benchLargeResponse(b) }
+
+// BenchmarkLargeResponseNoGrowth: the same with the process's window
+// budget spent, so that the stream keeps its initial 64 KiB window.
+func BenchmarkLargeResponseNoGrowth(b *testing.B) {
+	defer h2up.SetWindowBudget(0)()
+	benchLargeResponse(b)
+}
+
+func benchLargeResponse(b *testing.B) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

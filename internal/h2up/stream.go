@@ -26,12 +26,15 @@ type stream struct {
 	req *http.Request
 
 	// Under c.mu.
-	sendWin int64
-	recvWin int64
-	credit  int  // consumed bytes not yet returned to the stream's window
-	sentEnd bool // END_STREAM or RST_STREAM sent
-	recvEnd bool // END_STREAM or RST_STREAM received (or sent)
-	gone    bool // left c.streams
+	sendWin  int64
+	recvWin  int64 // what the server may still send
+	win      int64 // the receive window's size (credit)
+	grown    int64 // what win took from windowBudget, given back when the stream leaves c.streams
+	credit   int   // consumed bytes not yet returned to the stream's window
+	consumed int64 // bytes read since the window last grew
+	sentEnd  bool  // END_STREAM or RST_STREAM sent
+	recvEnd  bool  // END_STREAM or RST_STREAM received (or sent)
+	gone     bool  // left c.streams
 
 	respReady chan struct{} // closed once resp or respErr is set
 	resp      *http.Response
@@ -59,7 +62,7 @@ type stream struct {
 func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	hasTrailer := len(req.Trailer) > 0 && hasBody
-	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: streamWindow}
+	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: initialStreamWindow, win: initialStreamWindow}
 	s.cond.L = &s.mu
 	ctx := req.Context()
 	ran := false
@@ -156,6 +159,7 @@ func (s *stream) afterEnd() {
 	if done {
 		s.gone = true
 		delete(c.streams, s.id)
+		s.giveBackWindow()
 	}
 	stop := s.stop
 	c.mu.Unlock()
@@ -204,6 +208,7 @@ func (s *stream) reset(code http2.ErrCode, err error, send bool) {
 	if id != 0 {
 		delete(c.streams, id)
 	}
+	s.giveBackWindow()
 	c.cond.Broadcast()
 	stop := s.stop
 	c.mu.Unlock()
@@ -237,7 +242,7 @@ func (s *stream) fail(err error) {
 		close(s.respReady)
 	}
 	s.mu.Unlock()
-	s.c.credit(nil, left)
+	s.c.credit(nil, left, false)
 }
 
 // onHeaders takes the response headers, or the trailers. Read loop.
@@ -342,6 +347,15 @@ func (c *conn) header(fields []hpack.HeaderField) http.Header {
 	return h
 }
 
+// giveBackWindow returns the stream's window growth to windowBudget
+// (under c.mu, as it leaves c.streams).
+func (s *stream) giveBackWindow() {
+	if s.grown > 0 {
+		windowBudget.Add(s.grown)
+		s.grown = 0
+	}
+}
+
 // push appends received body bytes; false if the body was closed. wake:
 // the reader is woken now (else by the read loop's wakeStreams).
 func (s *stream) push(p []byte, wake bool) bool {
@@ -402,8 +416,9 @@ func (b *body) Read(p []byte) (int, error) {
 	}
 	if s.buf.Len() > 0 {
 		n, _ := s.buf.Read(p)
+		drained := s.buf.Len() == 0
 		s.mu.Unlock()
-		s.c.credit(s, n)
+		s.c.credit(s, n, drained)
 		return n, nil
 	}
 	if s.err != nil {
@@ -446,7 +461,7 @@ func (b *body) Close() error {
 	s.buf.Reset()
 	s.cond.Broadcast()
 	s.mu.Unlock()
-	s.c.credit(nil, left)
+	s.c.credit(nil, left, false)
 	if !done {
 		s.reset(http2.ErrCodeCancel, errors.New("h2up: response body closed"), true)
 	}

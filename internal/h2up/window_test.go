@@ -16,12 +16,10 @@ import (
 )
 
 // TestUnreadResponseHoldsAtMostItsWindow: a response nobody reads (the
-// agent's client stopped reading) holds at most the stream's receive
-// window in the agent, 1 MiB. It was 4 MiB, and the agent's HTTP/2
-// server lets one client open 250 streams (1 GiB held for one client
-// connection, measured through h2srv). 1 MiB is the mesh stream's window
-// (MeshStreamWindow), which bounds a remote endpoint's throughput anyway,
-// and far above a local endpoint's bandwidth-delay product.
+// agent's client stopped reading) holds at most the stream's initial
+// receive window in the agent, 64 KiB. It was 4 MiB, then 1 MiB, and the
+// agent's HTTP/2 server lets one client open 250 streams (1 GiB, then
+// 250 MiB held for one client connection, measured through h2srv).
 func TestUnreadResponseHoldsAtMostItsWindow(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -50,8 +48,8 @@ func TestUnreadResponseHoldsAtMostItsWindow(t *testing.T) {
 		_, b := h2up.Buffered(pool)
 		return int64(b) == n
 	})
-	if n > 1<<20 {
-		t.Fatalf("a response nobody reads holds %d KiB in the agent, want at most 1024", n>>10)
+	if n > 64<<10 {
+		t.Fatalf("a response nobody reads holds %d KiB in the agent, want at most 64", n>>10)
 	}
 	// Reading it lets the rest come.
 	if got, err := io.Copy(io.Discard, resp.Body); err != nil || got != 8<<20 {
@@ -117,4 +115,110 @@ func serveUntilBlocked(ln net.Listener, size int64, blocked chan<- int64) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb, EndHeaders: true})
 		}
 	}
+}
+
+// TestWindowGrowsForAReaderThatKeepsUp: a response read as it comes
+// grows its stream's window from 64 KiB to 1 MiB (the bulk rate a local
+// endpoint needs: BenchmarkLargeResponse), and the growth goes back to
+// the process's budget when the stream ends.
+func TestWindowGrowsForAReaderThatKeepsUp(t *testing.T) {
+	if got := readWithBudget(t, 1<<30); got != 1<<20 {
+		t.Fatalf("the stream's window reached %d KiB, want 1024", got>>10)
+	}
+}
+
+// TestWindowBudgetBoundsGrowth: the streams' growth together stays within
+// the process's budget (a reader that read quickly and then stopped keeps
+// its grown window; the budget bounds what all of them hold).
+func TestWindowBudgetBoundsGrowth(t *testing.T) {
+	// 64 KiB → 128 KiB takes 64 KiB of the budget; 256 KiB would take 128 more.
+	if got := readWithBudget(t, 100<<10); got != 128<<10 {
+		t.Fatalf("with 100 KiB of budget the stream's window reached %d KiB, want 128", got>>10)
+	}
+}
+
+// readWithBudget reads half of a 16 MiB response as it comes, with the
+// process's window budget set to budget, and returns the stream's receive
+// window then; it reads the rest and checks that the budget is whole
+// again once the stream has ended.
+func readWithBudget(t *testing.T, budget int64) int64 {
+	t.Helper()
+	defer h2up.SetWindowBudget(budget)()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const size = 16 << 20
+	go serveUntilBlocked(ln, size, make(chan int64, 1))
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/big", nil)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if got, err := io.CopyN(io.Discard, resp.Body, size/2); err != nil {
+		t.Fatalf("read %d bytes, %v", got, err)
+	}
+	// At most a window (1 MiB) past what was read has come: the stream is open.
+	wins := h2up.StreamWindows(pool)
+	if len(wins) != 1 {
+		t.Fatalf("%d streams open halfway through the response, want 1", len(wins))
+	}
+	if got, err := io.Copy(io.Discard, resp.Body); err != nil || got != size/2 {
+		t.Fatalf("read %d bytes of the second half, %v", got, err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the stream's growth to go back to the budget", func() bool {
+		return h2up.WindowBudget() == budget
+	})
+	return wins[0]
+}
+
+// TestWindowBudgetBackAfterConnectionLoss: a stream whose window grew
+// gives the growth back when its connection is lost mid-response, not
+// only when it ends.
+func TestWindowBudgetBackAfterConnectionLoss(t *testing.T) {
+	const budget = 1 << 30
+	defer h2up.SetWindowBudget(budget)()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveUntilBlocked(ln, 64<<20, make(chan int64, 1))
+	conns := make(chan net.Conn, 1)
+	dial := dialTo(ln.Addr().String())
+	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+		c, err := dial(ctx)
+		if err == nil {
+			conns <- c
+		}
+		return c, err
+	}})
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/big", nil)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.CopyN(io.Discard, resp.Body, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	if h2up.WindowBudget() == budget {
+		t.Fatal("the stream's window did not grow")
+	}
+	(<-conns).Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err == nil {
+		t.Fatal("the body ended without an error after its connection was lost")
+	}
+	testenv.WaitFor(t, 10*time.Second, "the lost stream's growth to go back to the budget", func() bool {
+		return h2up.WindowBudget() == budget
+	})
 }
