@@ -295,7 +295,12 @@ func TestDisconnectWithWill(t *testing.T) {
 	for _, c := range []struct {
 		in   []byte
 		will bool
-	}{{[]byte{0xe0, 0}, false}, {[]byte{0xe0, 1, 0}, false}, {[]byte{0xe0, 2, 4, 0}, true}} {
+	}{{[]byte{0xe0, 0}, false}, {[]byte{0xe0, 1, 0}, false}, {[]byte{0xe0, 2, 4, 0}, true},
+		// A reason string (0x1f) and a user property: it was read as a
+		// one-byte property, and the DISCONNECT refused as a protocol error
+		// (the relay then closed without it, and the broker published the will).
+		{[]byte{0xe0, 15, 0, 13, 0x1f, 0, 3, 'b', 'y', 'e', 0x26, 0, 1, 'k', 0, 1, 'v'}, false},
+		{[]byte{0xe0, 8, 4, 6, 0x1f, 0, 3, 'b', 'y', 'e'}, true}} {
 		h, _, body, _ := ReadPacket(bytes.NewReader(c.in), 16)
 		a, err := s.Inspect(h, body)
 		if err != nil || a.Kind != KindDisconnect || a.WillAsked != c.will {

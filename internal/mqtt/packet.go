@@ -22,17 +22,30 @@ var propType = map[byte]uint8{
 	0x09: propBinary, // correlation data
 	0x0b: propVarint, // subscription identifier
 	0x11: propUint32, // session expiry interval
+	0x12: propString, // assigned client identifier (CONNACK)
+	0x13: propUint16, // server keep alive (CONNACK)
 	0x15: propString, // authentication method
 	0x16: propBinary, // authentication data
 	0x17: propByte,   // request problem information
 	0x18: propUint32, // will delay interval
 	0x19: propByte,   // request response information
+	0x1a: propString, // response information (CONNACK)
+	0x1c: propString, // server reference (CONNACK, a server's DISCONNECT)
+	0x1f: propString, // reason string
 	0x21: propUint16, // receive maximum
 	0x22: propUint16, // topic alias maximum
 	0x23: propUint16, // topic alias
+	0x24: propByte,   // maximum QoS (CONNACK)
+	0x25: propByte,   // retain available (CONNACK)
 	0x26: propPair,   // user property
 	0x27: propUint32, // maximum packet size
+	0x28: propByte,   // wildcard subscription available (CONNACK)
+	0x29: propByte,   // subscription identifiers available (CONNACK)
+	0x2a: propByte,   // shared subscription available (CONNACK)
 }
+
+// connackProps are the properties a broker's CONNACK may carry.
+var connackProps = []byte{0x11, 0x12, 0x13, 0x15, 0x16, 0x1a, 0x1c, 0x1f, 0x21, 0x22, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2a}
 
 // Properties a client may send, per packet.
 var (
