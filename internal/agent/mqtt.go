@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/fogmesh/fogmesh/internal/mqtt"
 	"github.com/fogmesh/fogmesh/internal/mqtt/relay"
@@ -26,6 +27,9 @@ func (a *Agent) mqttRelay(svc string, count bool, check func(kind string, topics
 	r := &relay.Relay{Authorize: check, Bad: func(err error) {
 		a.m.mqttBad.Inc()
 		a.log.Debug("agent: bad MQTT packet", "service", svc, "err", err)
+	}, Expired: func() {
+		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mqtt_keepalive_timeouts_total{service=%q}`, svc)).Inc()
+		a.log.Debug("agent: MQTT connection ended at its keep alive limit", "service", svc)
 	}}
 	if count {
 		r.Count = func(kind, topic string) { a.countTopic(svc, kind, topic) }
@@ -43,6 +47,25 @@ func (a *Agent) serveMQTTStream(ctx context.Context, stream, local net.Conn, svc
 // (relay.Relay.Run).
 func (a *Agent) relayMQTT(ctx context.Context, client, up net.Conn, cn mqtt.Connect, svc string, count bool, check func(kind string, topics []string) bool) {
 	a.mqttRelay(svc, count, check).Run(ctx, client, up, cn)
+}
+
+// spliceIdle is the idle timeout of a spliced connection: the service's
+// (0: none); on an mqtt port (proto), 1.5 times the CONNECT cn's keep
+// alive if shorter (the inspecting relay keeps the keep alive itself). A
+// client that sends nothing for that long is one a broker disconnects
+// (MQTT 3.1.1 §3.1.2.10), and a splice that moved no byte either way for
+// that long had a silent client. Only for MQTT 3.1 and 3.1.1: an MQTT 5
+// broker may replace the keep alive in its CONNACK, which a splice does
+// not read (the inspecting relay does: relay.Relay).
+func spliceIdle(idle time.Duration, proto string, cn mqtt.Connect) time.Duration {
+	limit := mqtt.KeepAliveLimit(cn.Keepalive)
+	if proto != "mqtt" || cn.Version == 5 || limit == 0 {
+		return idle
+	}
+	if idle <= 0 || limit < idle {
+		return limit
+	}
+	return idle
 }
 
 func (a *Agent) countTopic(svc, kind, topic string) {

@@ -23,6 +23,14 @@ import (
 // startMosquitto runs a real mosquitto broker on a free loopback port.
 func startMosquitto(t *testing.T) int {
 	t.Helper()
+	port, _ := startMosquittoProc(t)
+	return port
+}
+
+// startMosquittoProc is startMosquitto, also returning the broker's
+// process (a test may stop it).
+func startMosquittoProc(t *testing.T) (int, *os.Process) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +51,7 @@ func startMosquitto(t *testing.T) int {
 		}
 		return err == nil
 	})
-	return port
+	return port, cmd.Process
 }
 
 // subscribe runs mosquitto_sub directly against a broker and returns a func

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -436,6 +437,34 @@ func Connack(version byte, why int) []byte {
 		code = 0x05 // not authorized
 	}
 	return []byte{0x20, 2, 0, code}
+}
+
+// ServerKeepAlive reads the Server Keep Alive of an MQTT 5 CONNACK's body
+// (MQTT 5 §3.2.2.3.14): the keep alive, in seconds, that the client must
+// use instead of the one it asked for. ok is false when the CONNACK has
+// none, or its properties cannot be read.
+func ServerKeepAlive(body []byte) (secs uint16, ok bool) {
+	if len(body) < 2 {
+		return 0, false
+	}
+	d := &decoder{b: body[2:]} // acknowledge flags, reason code
+	d.properties("CONNACK", connackProps, func(id byte, v uint32) {
+		if id == 0x13 {
+			secs, ok = uint16(v), true
+		}
+	})
+	if d.err != nil {
+		return 0, false
+	}
+	return secs, ok
+}
+
+// KeepAliveLimit is how long a server lets a client with a keep alive of
+// secs seconds stay silent before it closes the connection: one and a
+// half times the keep alive (MQTT 3.1.1 §3.1.2.10, MQTT 5 §3.1.2.10); 0
+// (keep alive 0): no limit.
+func KeepAliveLimit(secs uint16) time.Duration {
+	return time.Duration(secs) * 1500 * time.Millisecond
 }
 
 // RefuseConnect returns what to answer a client whose CONNECT ReadConnect

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // pkt builds a packet from its first byte and body.
@@ -380,4 +381,41 @@ func TestReadPacketLarge(t *testing.T) {
 	if err == nil || !bytes.Equal(raw, cut) || cap(raw) > 1<<20 {
 		t.Fatalf("cut packet: %d bytes (cap %d), %v", len(raw), cap(raw), err)
 	}
+}
+
+// TestServerKeepAlive: the Server Keep Alive of an MQTT 5 CONNACK, among
+// its other properties; none in a CONNACK without it, in a 3.1.1 CONNACK,
+// or in one whose properties overrun it.
+func TestServerKeepAlive(t *testing.T) {
+	for _, c := range []struct {
+		body []byte
+		secs uint16
+		ok   bool
+	}{
+		{[]byte{0, 0, 3, 0x13, 0, 5}, 5, true},
+		{[]byte{0, 0, 3, 0x13, 0, 0}, 0, true},
+		{[]byte{0, 0, 16, 0x21, 0, 20, 0x22, 0, 10, 0x1f, 0, 2, 'o', 'k', 0x13, 1, 0x2c, 0x2a, 1}, 300, true},
+		{[]byte{0, 0, 0}, 0, false},
+		{[]byte{0, 0}, 0, false},                // MQTT 3.1.1
+		{[]byte{0, 0, 5, 0x13, 0, 5}, 0, false}, // properties overrun the packet
+		{[]byte{0, 0, 3, 0x17, 0, 5}, 0, false}, // not a CONNACK property
+	} {
+		secs, ok := ServerKeepAlive(c.body)
+		if secs != c.secs || ok != c.ok {
+			t.Errorf("% x: %d %v, want %d %v", c.body, secs, ok, c.secs, c.ok)
+		}
+	}
+	if KeepAliveLimit(10) != 15*time.Second || KeepAliveLimit(0) != 0 {
+		t.Errorf("KeepAliveLimit(10) = %v, (0) = %v", KeepAliveLimit(10), KeepAliveLimit(0))
+	}
+}
+
+// FuzzServerKeepAlive: a broker's CONNACK body never crashes the reader.
+func FuzzServerKeepAlive(f *testing.F) {
+	f.Add([]byte{0, 0, 3, 0x13, 0, 5})
+	f.Add([]byte{0, 0, 16, 0x21, 0, 20, 0x22, 0, 10, 0x1f, 0, 2, 'o', 'k', 0x13, 1, 0x2c, 0x2a, 1})
+	f.Add([]byte{0, 0, 0x80, 0x80, 0x80, 0x80, 0x01})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		ServerKeepAlive(body)
+	})
 }

@@ -42,22 +42,46 @@ func wrapIdle(c net.Conn, act *activity, d time.Duration) net.Conn {
 	return ic
 }
 
-// idleConn times out reads after d of shared inactivity.
+// idleConn times out reads after d of shared inactivity, and at the read
+// deadline its user sets (the MQTT relay's keep alive limit), whichever
+// comes first.
 type idleConn struct {
 	net.Conn
 	act *activity
 	d   time.Duration
+	rdl atomic.Int64 // the user's read deadline (Unix ns; 0: none)
+}
+
+// readDeadline is the deadline of the next read: the pair's idle limit, or
+// the user's if earlier.
+func (c *idleConn) readDeadline() time.Time {
+	dl := time.Now().Add(c.d - c.act.since())
+	if u := c.rdl.Load(); u != 0 && u < dl.UnixNano() {
+		return time.Unix(0, u)
+	}
+	return dl
+}
+
+func (c *idleConn) SetReadDeadline(t time.Time) error {
+	var u int64
+	if !t.IsZero() {
+		u = t.UnixNano()
+	}
+	c.rdl.Store(u)
+	return c.Conn.SetReadDeadline(c.readDeadline()) // a read in progress waits for the new one
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
 	for {
-		// Wait at most until the pair has been idle for d.
-		c.Conn.SetReadDeadline(time.Now().Add(c.d - c.act.since()))
+		c.Conn.SetReadDeadline(c.readDeadline())
 		n, err := c.Conn.Read(p)
 		if n > 0 {
 			c.act.touch()
 		}
 		if err != nil && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			if u := c.rdl.Load(); u != 0 && time.Now().UnixNano() >= u {
+				return 0, err // the user's deadline
+			}
 			if c.act.since() < c.d {
 				continue // the other direction moved bytes meanwhile
 			}

@@ -171,3 +171,48 @@ func TestWithIdleTimeoutZeroIsNone(t *testing.T) {
 		}
 	}
 }
+
+// TestWithIdleTimeoutHonoursReadDeadline: a read deadline its user sets
+// (the MQTT relay's keep alive limit) ends a read on a wrapped conn with
+// a timeout when it comes before the idle limit, also when set while the
+// read waits; the idle limit still ends it (ErrIdle) when that comes
+// first; a deadline cleared leaves the idle limit alone.
+func TestWithIdleTimeoutHonoursReadDeadline(t *testing.T) {
+	a, peer := net.Pipe()
+	defer a.Close()
+	defer peer.Close()
+	b, peerB := net.Pipe()
+	defer b.Close()
+	defer peerB.Close()
+	buf := make([]byte, 1)
+	isTimeout := func(err error) bool {
+		var ne net.Error
+		return errors.As(err, &ne) && ne.Timeout()
+	}
+
+	wa, _ := WithIdleTimeout(a, b, time.Hour)
+	wa.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := wa.Read(buf); !isTimeout(err) || errors.Is(err, ErrIdle) {
+		t.Fatalf("read past the user's deadline: %v, want a timeout", err)
+	}
+
+	wa, _ = WithIdleTimeout(a, b, time.Hour)
+	wa.SetReadDeadline(time.Time{})
+	go func() { wa.SetReadDeadline(time.Now().Add(50 * time.Millisecond)) }()
+	if _, err := wa.Read(buf); !isTimeout(err) || errors.Is(err, ErrIdle) {
+		t.Fatalf("read with a deadline set while it waited: %v, want a timeout", err)
+	}
+
+	wa, _ = WithIdleTimeout(a, b, 100*time.Millisecond)
+	wa.SetReadDeadline(time.Now().Add(time.Hour))
+	if _, err := wa.Read(buf); !errors.Is(err, ErrIdle) {
+		t.Fatalf("read past the idle limit with a later deadline: %v, want ErrIdle", err)
+	}
+
+	wa, _ = WithIdleTimeout(a, b, 100*time.Millisecond)
+	wa.SetReadDeadline(time.Now().Add(time.Millisecond))
+	wa.SetReadDeadline(time.Time{})
+	if _, err := wa.Read(buf); !errors.Is(err, ErrIdle) {
+		t.Fatalf("read after the deadline was cleared: %v, want ErrIdle", err)
+	}
+}

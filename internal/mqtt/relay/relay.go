@@ -33,12 +33,14 @@ package relay
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/mqtt"
+	"github.com/fogmesh/fogmesh/internal/proxy"
 )
 
 // Relay holds the decisions of one relayed connection. Its hooks are
@@ -55,6 +57,10 @@ type Relay struct {
 	// Bad, if set, is called for a malformed CONNECT or a malformed or
 	// protocol-breaking client packet, before the connection ends.
 	Bad func(err error)
+	// Expired, if set, is called when the relay ends a connection at its
+	// keep alive limit: the client sent nothing, or the broker took none
+	// of the client's bytes, for 1.5 times the keep alive.
+	Expired func()
 }
 
 func (r *Relay) bad(err error) {
@@ -105,6 +111,14 @@ func (r *Relay) ServeConnect(ctx context.Context, stream, local net.Conn) {
 // denied one (MQTT 5: DISCONNECT 0x87 Not authorized; MQTT 3.1.1 has no
 // way to say why).
 //
+// The keep alive is enforced as a broker does (MQTT 3.1.1 and 5
+// §3.1.2.10): a client that sends nothing for 1.5 times its keep alive
+// (the CONNECT's, or the Server Keep Alive of an MQTT 5 CONNACK) is
+// disconnected (MQTT 5: DISCONNECT 0x8D Keep Alive timeout), and so is one
+// whose broker takes none of its bytes for as long; a client that
+// vanished does not hold the relay and its broker connection while the
+// broker hangs or its path is down. Keep alive 0 turns this off.
+//
 // When the relay ends a connection, the broker's side is closed first,
 // then the client hears of it: a client that has seen its connection end
 // knows the broker has too (and has published its will, if it does).
@@ -115,14 +129,27 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { client.Close(); up.Close() })
 	connacked := make(chan struct{})
+	serverKeep := int32(-1) // the CONNACK's Server Keep Alive (-1: none), set before connacked is closed
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { // brokerToClient
 		defer wg.Done()
 		defer cancel()
-		relayUntilConnack(client, up, connacked)
+		relayUntilConnack(client, up, connacked, &serverKeep)
+		if serverKeep >= 0 {
+			// The loop may be waiting for the client's next packet with a
+			// deadline from the CONNECT's keep alive: the broker's replaces
+			// it (after connacked is closed, so the loop sets no older one
+			// after this).
+			d := time.Time{}
+			if l := mqtt.KeepAliveLimit(uint16(serverKeep)); l > 0 {
+				d = time.Now().Add(l)
+			}
+			client.SetReadDeadline(d)
+		}
 		io.Copy(client, up)
 	}()
+	limit, limitFinal := mqtt.KeepAliveLimit(cn.Keepalive), false // final once the CONNACK is read
 	var reason byte // the DISCONNECT reason for an MQTT 5 client, 0 for none
 	defer func() {  // closeRelay
 		defer wg.Wait()
@@ -155,9 +182,30 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 	sess := mqtt.Session{Version: cn.Version}
 	in := bufio.NewReader(client) // the relay reads the client to the end: buffering is safe
 	for {
+		if !limitFinal {
+			select {
+			case <-connacked:
+				limitFinal = true
+				if serverKeep >= 0 {
+					limit = mqtt.KeepAliveLimit(uint16(serverKeep))
+					if limit == 0 {
+						up.SetWriteDeadline(time.Time{}) // the client's read deadline: brokerToClient
+					}
+				}
+			default:
+			}
+		}
+		if limit > 0 {
+			client.SetReadDeadline(time.Now().Add(limit))
+		}
 		h, raw, body, err := mqtt.ReadPacket(in, mqtt.MaxPacketSize)
 		if err != nil {
-			if err != io.EOF && ctx.Err() == nil {
+			if limit > 0 && isTimeout(err) && ctx.Err() == nil {
+				r.expired()
+				reason = 0x8d // keep alive timeout
+				return
+			}
+			if err != io.EOF && ctx.Err() == nil && !errors.Is(err, proxy.ErrIdle) {
 				r.bad(err)
 				if len(raw) > 0 {
 					reason = mqtt.DisconnectReason(err)
@@ -196,19 +244,42 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 				r.Count(kind, topic)
 			}
 		}
+		if limit > 0 {
+			up.SetWriteDeadline(time.Now().Add(limit))
+		}
 		if _, err := up.Write(raw); err != nil {
+			if limit > 0 && isTimeout(err) && ctx.Err() == nil {
+				r.expired()
+			}
 			return
 		}
 	}
 }
 
+func (r *Relay) expired() {
+	if r.Expired != nil {
+		r.Expired()
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // relayUntilConnack copies the broker's packets to the client up to and
-// including its CONNACK (MQTT 5 AUTH packets may come first), then closes
+// including its CONNACK (MQTT 5 AUTH packets may come first), sets
+// serverKeep to the CONNACK's Server Keep Alive if it has one, then closes
 // connacked. Bytes it cannot frame are copied as they are.
-func relayUntilConnack(client, up net.Conn, connacked chan struct{}) {
+func relayUntilConnack(client, up net.Conn, connacked chan struct{}, serverKeep *int32) {
 	defer close(connacked)
 	for i := 0; i < 64; i++ { // an authentication exchange is a few packets
-		h, raw, _, err := mqtt.ReadPacket(up, mqtt.MaxPacketSize)
+		h, raw, body, err := mqtt.ReadPacket(up, mqtt.MaxPacketSize)
+		if err == nil && h.Type == mqtt.TypeConnack {
+			if secs, ok := mqtt.ServerKeepAlive(body); ok {
+				*serverKeep = int32(secs)
+			}
+		}
 		if len(raw) > 0 {
 			if _, werr := client.Write(raw); werr != nil {
 				return

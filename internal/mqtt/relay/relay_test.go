@@ -251,3 +251,102 @@ func TestWillDeniedSinceIsDiscarded(t *testing.T) {
 		t.Fatalf("broker got % x, want a DISCONNECT", got)
 	}
 }
+
+// connect5Keep is an MQTT 5 CONNECT with a keep alive of secs seconds.
+func connect5Keep(secs byte) []byte {
+	return pkt(0x10, str("MQTT"), []byte{5, 0x02, 0, secs, 0}, str("cid"))
+}
+
+// connack5Keep is an MQTT 5 CONNACK with a Server Keep Alive of secs.
+func connack5Keep(secs byte) []byte { return []byte{0x20, 6, 0, 0, 3, 0x13, 0, secs} }
+
+var pingreq = []byte{0xc0, 0}
+
+// TestKeepAliveLimit: a client that sends nothing for 1.5 times its keep
+// alive is disconnected as a broker would (MQTT 5: DISCONNECT 0x8D), also
+// when the broker hangs; the CONNACK's Server Keep Alive replaces the
+// CONNECT's; a client that pings in time stays; keep alive 0 is no limit.
+func TestKeepAliveLimit(t *testing.T) {
+	expiry := func(t *testing.T, connect, connack []byte) {
+		var expired atomic.Int32
+		s := start(t, &Relay{Expired: func() { expired.Add(1) }})
+		began := time.Now()
+		s.client.Write(connect)
+		read(t, s.broker, len(connect))
+		s.broker.Write(connack) // and the broker says no more
+		if got := rest(t, s.broker); len(got) != 0 {
+			t.Fatalf("broker got % x", got)
+		}
+		took := time.Since(began)
+		want := append(slices.Clone(connack), 0xe0, 1, 0x8d)
+		if got := rest(t, s.client); !bytes.Equal(got, want) {
+			t.Fatalf("client got % x, want % x", got, want)
+		}
+		if took < 1500*time.Millisecond {
+			t.Fatalf("a client with a keep alive of 1 s was disconnected after %v, before 1.5 s", took)
+		}
+		if expired.Load() != 1 {
+			t.Fatalf("Expired called %d times", expired.Load())
+		}
+	}
+	stays := func(t *testing.T, connect, connack []byte, every time.Duration, pings int) {
+		s := start(t, &Relay{Expired: func() { t.Error("Expired called") }})
+		s.client.Write(connect)
+		read(t, s.broker, len(connect))
+		s.broker.Write(connack)
+		read(t, s.client, len(connack))
+		for range pings {
+			time.Sleep(every) // the client's pace, the behaviour under test
+			if _, err := s.client.Write(pingreq); err != nil {
+				t.Fatal(err)
+			}
+			read(t, s.broker, len(pingreq))
+		}
+	}
+	t.Run("silent client", func(t *testing.T) {
+		t.Parallel()
+		expiry(t, connect5Keep(1), connack5)
+	})
+	t.Run("server keep alive shortens it", func(t *testing.T) {
+		t.Parallel()
+		expiry(t, connect5Keep(60), connack5Keep(1))
+	})
+	t.Run("pinging client stays", func(t *testing.T) {
+		t.Parallel()
+		stays(t, connect5Keep(1), connack5, time.Second, 3) // 3 s: twice the limit
+	})
+	t.Run("server keep alive 0 lifts it", func(t *testing.T) {
+		t.Parallel()
+		stays(t, connect5Keep(1), connack5Keep(0), 2*time.Second, 1)
+	})
+	t.Run("server keep alive lengthens it", func(t *testing.T) {
+		t.Parallel()
+		// The CONNECT's 1 s would end it at 1.5 s; the broker's 2 s allows 3 s.
+		stays(t, connect5Keep(1), connack5Keep(2), 2*time.Second, 1)
+	})
+}
+
+// TestKeepAliveLimitBrokerNotReading: a broker that takes none of the
+// client's bytes for 1.5 times the keep alive ends the connection too.
+func TestKeepAliveLimitBrokerNotReading(t *testing.T) {
+	var expired atomic.Int32
+	s := start(t, &Relay{Expired: func() { expired.Add(1) }})
+	connect := pkt(0x10, str("MQTT"), []byte{4, 0x02, 0, 1}, str("cid"))
+	s.client.Write(connect)
+	read(t, s.broker, len(connect))
+	s.broker.Write(connack4)
+	read(t, s.client, len(connack4))
+	big := pkt(0x30, str("a/b"), make([]byte, 64<<10))
+	s.client.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	for i := 0; ; i++ { // the socket buffers fill, then the relay gives up
+		if _, err := s.client.Write(big); err != nil {
+			break
+		}
+		if i == 10000 {
+			t.Fatal("the relay took 640 MiB for a broker that reads nothing")
+		}
+	}
+	if expired.Load() != 1 {
+		t.Fatalf("Expired called %d times", expired.Load())
+	}
+}
