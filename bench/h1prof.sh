@@ -104,7 +104,7 @@ done
 # symbol names, tried in order; the rest is "other").
 PARTS=(kernel syscall-stub scheduler alloc+gc clock maps+iface net+poll bufio+strings agent-code other)
 SYSCALLS=read,write,readv,writev,recvfrom,sendto,futex,epoll_wait,epoll_pwait,nanosleep,sched_yield,getpid,tgkill,rt_sigreturn,mmap,madvise
-EVENTS="raw_syscalls:sys_enter,context-switches,cpu-migrations"
+EVENTS="raw_syscalls:sys_enter,context-switches,cpu-migrations,page-faults"
 for s in ${SYSCALLS//,/ }; do EVENTS+=",syscalls:sys_enter_$s"; done
 
 # part_us FILE US_PER_REQ: "part us" lines, each part's share of the
