@@ -43,11 +43,12 @@ const (
 
 // windowBudget is how far the process's streams may together grow their
 // receive windows beyond initialStreamWindow, in bytes: the response
-// bytes held in h2up are at most initialStreamWindow per open stream plus
-// this, however their readers behave (a reader that read quickly and then
-// stopped keeps its grown window). A stream gives its growth back when it
-// ends. 32 MiB lets 32 streams run at the full window at once; the others
-// stay at the initial window.
+// bytes held in h2up are at most initialStreamWindow per response body
+// not yet done plus this, however their readers behave (a reader that
+// read quickly and then stopped keeps its grown window). A stream gives
+// its growth back when its buffer is let go (stream.giveBackWindow). 32
+// MiB lets 32 streams run at the full window at once; the others stay at
+// the initial window.
 var windowBudget atomic.Int64
 
 const defaultWindowBudget = 32 << 20
@@ -303,9 +304,6 @@ func (c *conn) close(err error) {
 	c.closed, c.err = true, err
 	streams := c.streams
 	c.streams = map[uint32]*stream{}
-	for _, s := range streams {
-		s.giveBackWindow()
-	}
 	if c.idle != nil {
 		c.idle.Stop()
 	}
@@ -397,7 +395,7 @@ func (c *conn) credit(s *stream, n int, drained bool) {
 		if grow {
 			extra = s.win
 			s.consumed = 0
-			s.grown += extra
+			s.grown.Add(extra)
 			s.win *= 2
 		}
 		if int64(s.credit) >= s.win/4 || grow {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -29,7 +30,7 @@ type stream struct {
 	sendWin  int64
 	recvWin  int64 // what the server may still send
 	win      int64 // the receive window's size (credit)
-	grown    int64 // what win took from windowBudget, given back when the stream leaves c.streams
+	grown    atomic.Int64 // what win took from windowBudget, given back when the buffer is let go (giveBackWindow)
 	credit   int   // consumed bytes not yet returned to the stream's window
 	consumed int64 // bytes read since the window last grew
 	sentEnd  bool  // END_STREAM or RST_STREAM sent
@@ -159,7 +160,6 @@ func (s *stream) afterEnd() {
 	if done {
 		s.gone = true
 		delete(c.streams, s.id)
-		s.giveBackWindow()
 	}
 	stop := s.stop
 	c.mu.Unlock()
@@ -208,7 +208,6 @@ func (s *stream) reset(code http2.ErrCode, err error, send bool) {
 	if id != 0 {
 		delete(c.streams, id)
 	}
-	s.giveBackWindow()
 	c.cond.Broadcast()
 	stop := s.stop
 	c.mu.Unlock()
@@ -235,6 +234,7 @@ func (s *stream) fail(err error) {
 		s.err = err
 		left = s.buf.Len()
 		s.buf.Reset()
+		s.giveBackWindow()
 	}
 	s.cond.Broadcast()
 	if !s.respDone {
@@ -347,12 +347,14 @@ func (c *conn) header(fields []hpack.HeaderField) http.Header {
 	return h
 }
 
-// giveBackWindow returns the stream's window growth to windowBudget
-// (under c.mu, as it leaves c.streams).
+// giveBackWindow returns the stream's window growth to windowBudget, once
+// its buffer is let go: the body read to its end or its error, closed, or
+// failed (the bytes a grown window let in are held until then, also after
+// the stream has left c.streams). No growth follows: the stream has
+// ended, or is gone, or its connection closed (credit).
 func (s *stream) giveBackWindow() {
-	if s.grown > 0 {
-		windowBudget.Add(s.grown)
-		s.grown = 0
+	if g := s.grown.Swap(0); g > 0 {
+		windowBudget.Add(g)
 	}
 }
 
@@ -421,6 +423,7 @@ func (b *body) Read(p []byte) (int, error) {
 		s.c.credit(s, n, drained)
 		return n, nil
 	}
+	s.giveBackWindow()
 	if s.err != nil {
 		err := s.err
 		s.mu.Unlock()
@@ -465,5 +468,6 @@ func (b *body) Close() error {
 	if !done {
 		s.reset(http2.ErrCodeCancel, errors.New("h2up: response body closed"), true)
 	}
+	s.giveBackWindow() // after reset: no growth follows
 	return nil
 }

@@ -222,3 +222,46 @@ func TestWindowBudgetBackAfterConnectionLoss(t *testing.T) {
 		return h2up.WindowBudget() == budget
 	})
 }
+
+// TestWindowBudgetHeldUntilBodyDone: a grown window's growth stays taken
+// while the bytes it let in are buffered, also after the response has
+// ended (END_STREAM read, the stream gone from its connection), and comes
+// back when the body is read to its end.
+func TestWindowBudgetHeldUntilBodyDone(t *testing.T) {
+	const budget = 1 << 30
+	defer h2up.SetWindowBudget(budget)()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const size = 4 << 20
+	go serveUntilBlocked(ln, size, make(chan int64, 1))
+	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/big", nil)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// The window is 1 MiB long before 3.5 MiB are read, and credit goes
+	// back in quarters of it: the last 512 KiB and the end come.
+	if _, err := io.CopyN(io.Discard, resp.Body, size-512<<10); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the response's end", func() bool {
+		return len(h2up.StreamWindows(pool)) == 0
+	})
+	if h2up.WindowBudget() == budget {
+		t.Fatal("the growth came back while the bytes it let in are still buffered")
+	}
+	if got, err := io.Copy(io.Discard, resp.Body); err != nil || got != 512<<10 {
+		t.Fatalf("read %d bytes of the last 512 KiB, %v", got, err)
+	}
+	if h2up.WindowBudget() != budget {
+		t.Fatalf("budget %d after the body's end, want %d", h2up.WindowBudget(), budget)
+	}
+}
