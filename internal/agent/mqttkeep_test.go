@@ -74,12 +74,12 @@ spec:
 		}
 		return c
 	}
+	began := time.Now() // before the last byte either client sends or gets
 	plain, insp := connected("18861", 4), connected("18862", 5)
 	if err := broker.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { broker.Signal(syscall.SIGCONT) })
-	began := time.Now()
 	// Both clients now say nothing; the broker cannot end either.
 	for _, c := range []struct {
 		name string

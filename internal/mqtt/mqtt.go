@@ -146,7 +146,7 @@ func ReadPacket(r io.Reader, max int) (Header, []byte, []byte, error) {
 			return h, hdr[:i], nil, malformed("remaining length longer than four bytes")
 		}
 		if _, err := io.ReadFull(r, hdr[i:i+1]); err != nil {
-			return h, hdr[:i], nil, fmt.Errorf("mqtt: read remaining length: %w", io.ErrUnexpectedEOF)
+			return h, hdr[:i], nil, cutShort("read remaining length", err)
 		}
 		n |= int(hdr[i]&0x7f) << shift
 		shift += 7
@@ -165,7 +165,7 @@ func ReadPacket(r io.Reader, max int) (Header, []byte, []byte, error) {
 		var buf bytes.Buffer
 		buf.Write(hdr[:i])
 		if _, err := io.CopyN(&buf, r, int64(n)); err != nil {
-			return h, buf.Bytes(), nil, fmt.Errorf("mqtt: read packet: %w", io.ErrUnexpectedEOF)
+			return h, buf.Bytes(), nil, cutShort("read packet", err)
 		}
 		raw := buf.Bytes()
 		return h, raw, raw[i:], nil
@@ -173,9 +173,18 @@ func ReadPacket(r io.Reader, max int) (Header, []byte, []byte, error) {
 	raw := make([]byte, i+n)
 	copy(raw, hdr[:i])
 	if m, err := io.ReadFull(r, raw[i:]); err != nil {
-		return h, raw[:i+m], nil, fmt.Errorf("mqtt: read packet: %w", io.ErrUnexpectedEOF)
+		return h, raw[:i+m], nil, cutShort("read packet", err)
 	}
 	return h, raw, raw[i:], nil
+}
+
+// cutShort is the error of a packet cut short by err: io.ErrUnexpectedEOF,
+// and err itself unless it is the end of the input (a timeout stays one).
+func cutShort(what string, err error) error {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return fmt.Errorf("mqtt: %s: %w", what, io.ErrUnexpectedEOF)
+	}
+	return fmt.Errorf("mqtt: %s: %w: %w", what, io.ErrUnexpectedEOF, err)
 }
 
 // decoder reads the fields of a packet body. The first error sticks; every

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -49,37 +50,40 @@ type idleConn struct {
 	net.Conn
 	act *activity
 	d   time.Duration
-	rdl atomic.Int64 // the user's read deadline (Unix ns; 0: none)
+
+	mu  sync.Mutex // orders setReadDeadline's calls: a read's never overwrites a newer user deadline
+	rdl time.Time  // the user's read deadline (zero: none)
 }
 
-// readDeadline is the deadline of the next read: the pair's idle limit, or
-// the user's if earlier.
-func (c *idleConn) readDeadline() time.Time {
+// setReadDeadline sets the conn's read deadline to the pair's idle limit,
+// or the user's deadline if earlier, and returns the user's.
+func (c *idleConn) setReadDeadline() (time.Time, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	dl := time.Now().Add(c.d - c.act.since())
-	if u := c.rdl.Load(); u != 0 && u < dl.UnixNano() {
-		return time.Unix(0, u)
+	if !c.rdl.IsZero() && c.rdl.Before(dl) {
+		dl = c.rdl
 	}
-	return dl
+	return c.rdl, c.Conn.SetReadDeadline(dl)
 }
 
 func (c *idleConn) SetReadDeadline(t time.Time) error {
-	var u int64
-	if !t.IsZero() {
-		u = t.UnixNano()
-	}
-	c.rdl.Store(u)
-	return c.Conn.SetReadDeadline(c.readDeadline()) // a read in progress waits for the new one
+	c.mu.Lock()
+	c.rdl = t
+	c.mu.Unlock()
+	_, err := c.setReadDeadline() // a read in progress waits for the new one
+	return err
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
 	for {
-		c.Conn.SetReadDeadline(c.readDeadline())
+		user, _ := c.setReadDeadline()
 		n, err := c.Conn.Read(p)
 		if n > 0 {
 			c.act.touch()
 		}
 		if err != nil && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-			if u := c.rdl.Load(); u != 0 && time.Now().UnixNano() >= u {
+			if !user.IsZero() && !time.Now().Before(user) {
 				return 0, err // the user's deadline
 			}
 			if c.act.since() < c.d {

@@ -129,27 +129,15 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { client.Close(); up.Close() })
 	connacked := make(chan struct{})
-	serverKeep := int32(-1) // the CONNACK's Server Keep Alive (-1: none), set before connacked is closed
+	keep := &keepAlive{client: client, up: up, limit: mqtt.KeepAliveLimit(cn.Keepalive)}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { // brokerToClient
 		defer wg.Done()
 		defer cancel()
-		relayUntilConnack(client, up, connacked, &serverKeep)
-		if serverKeep >= 0 {
-			// The loop may be waiting for the client's next packet with a
-			// deadline from the CONNECT's keep alive: the broker's replaces
-			// it (after connacked is closed, so the loop sets no older one
-			// after this).
-			d := time.Time{}
-			if l := mqtt.KeepAliveLimit(uint16(serverKeep)); l > 0 {
-				d = time.Now().Add(l)
-			}
-			client.SetReadDeadline(d)
-		}
+		relayUntilConnack(client, up, connacked, keep)
 		io.Copy(client, up)
 	}()
-	limit, limitFinal := mqtt.KeepAliveLimit(cn.Keepalive), false // final once the CONNACK is read
 	var reason byte // the DISCONNECT reason for an MQTT 5 client, 0 for none
 	defer func() {  // closeRelay
 		defer wg.Wait()
@@ -169,6 +157,7 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 		// The connection ends without the client's DISCONNECT reaching the
 		// broker: keep the broker from publishing a will denied by now.
 		if cn.Will && check != nil && !WillAllowed(cn, check) {
+			up.SetWriteDeadline(time.Now().Add(2 * time.Second)) // not the keep alive's, which may have passed
 			up.Write([]byte{mqtt.TypeDisconnect << 4, 0})
 		}
 		up.Close()
@@ -180,27 +169,11 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 		client.Close()
 	}()
 	sess := mqtt.Session{Version: cn.Version}
-	in := bufio.NewReader(client) // the relay reads the client to the end: buffering is safe
+	in := bufio.NewReader(keep) // the relay reads the client to the end: buffering is safe
 	for {
-		if !limitFinal {
-			select {
-			case <-connacked:
-				limitFinal = true
-				if serverKeep >= 0 {
-					limit = mqtt.KeepAliveLimit(uint16(serverKeep))
-					if limit == 0 {
-						up.SetWriteDeadline(time.Time{}) // the client's read deadline: brokerToClient
-					}
-				}
-			default:
-			}
-		}
-		if limit > 0 {
-			client.SetReadDeadline(time.Now().Add(limit))
-		}
 		h, raw, body, err := mqtt.ReadPacket(in, mqtt.MaxPacketSize)
 		if err != nil {
-			if limit > 0 && isTimeout(err) && ctx.Err() == nil {
+			if isTimeout(err) && ctx.Err() == nil {
 				r.expired()
 				reason = 0x8d // keep alive timeout
 				return
@@ -244,16 +217,69 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 				r.Count(kind, topic)
 			}
 		}
-		if limit > 0 {
-			up.SetWriteDeadline(time.Now().Add(limit))
-		}
-		if _, err := up.Write(raw); err != nil {
-			if limit > 0 && isTimeout(err) && ctx.Err() == nil {
+		if err := keep.write(raw); err != nil {
+			if isTimeout(err) && ctx.Err() == nil {
 				r.expired()
 			}
 			return
 		}
 	}
+}
+
+// keepAlive enforces a relayed connection's keep alive limit (0: none):
+// it reads the client, each read waiting at most the limit, and writes to
+// the broker, in pieces that each must leave within the limit. So a large
+// packet that keeps moving is not cut off, and a silent client or a
+// broker that takes nothing is. The limit changes once, when the broker's
+// CONNACK carries a Server Keep Alive; mu orders that change against the
+// deadlines being set, so that an older limit never overwrites it.
+type keepAlive struct {
+	client, up net.Conn
+
+	mu    sync.Mutex
+	limit time.Duration
+}
+
+// writePiece is how much of a packet goes to the broker under one deadline.
+const writePiece = 64 << 10
+
+func (k *keepAlive) Read(p []byte) (int, error) {
+	k.mu.Lock()
+	if k.limit > 0 {
+		k.client.SetReadDeadline(time.Now().Add(k.limit))
+	}
+	k.mu.Unlock()
+	return k.client.Read(p)
+}
+
+func (k *keepAlive) write(b []byte) error {
+	for len(b) > 0 {
+		n := min(len(b), writePiece)
+		k.mu.Lock()
+		if k.limit > 0 {
+			k.up.SetWriteDeadline(time.Now().Add(k.limit))
+		}
+		k.mu.Unlock()
+		if _, err := k.up.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// set makes limit the keep alive limit, also for a read or write waiting
+// now.
+func (k *keepAlive) set(limit time.Duration) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.limit = limit
+	if limit > 0 {
+		k.client.SetReadDeadline(time.Now().Add(limit))
+		return
+	}
+	k.client.SetReadDeadline(time.Time{})
+	k.up.SetWriteDeadline(time.Time{})
 }
 
 func (r *Relay) expired() {
@@ -268,16 +294,16 @@ func isTimeout(err error) bool {
 }
 
 // relayUntilConnack copies the broker's packets to the client up to and
-// including its CONNACK (MQTT 5 AUTH packets may come first), sets
-// serverKeep to the CONNACK's Server Keep Alive if it has one, then closes
+// including its CONNACK (MQTT 5 AUTH packets may come first), makes the
+// CONNACK's Server Keep Alive keep's limit if it has one, then closes
 // connacked. Bytes it cannot frame are copied as they are.
-func relayUntilConnack(client, up net.Conn, connacked chan struct{}, serverKeep *int32) {
+func relayUntilConnack(client, up net.Conn, connacked chan struct{}, keep *keepAlive) {
 	defer close(connacked)
 	for i := 0; i < 64; i++ { // an authentication exchange is a few packets
 		h, raw, body, err := mqtt.ReadPacket(up, mqtt.MaxPacketSize)
 		if err == nil && h.Type == mqtt.TypeConnack {
 			if secs, ok := mqtt.ServerKeepAlive(body); ok {
-				*serverKeep = int32(secs)
+				keep.set(mqtt.KeepAliveLimit(secs))
 			}
 		}
 		if len(raw) > 0 {

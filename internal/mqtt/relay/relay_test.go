@@ -350,3 +350,64 @@ func TestKeepAliveLimitBrokerNotReading(t *testing.T) {
 		t.Fatalf("Expired called %d times", expired.Load())
 	}
 }
+
+// TestKeepAliveEdges: a client cut off in the middle of a packet at its
+// keep alive limit is expired, not malformed (MQTT 5: DISCONNECT 0x8D);
+// the broker still gets the DISCONNECT that discards a will denied since
+// the CONNECT, though the keep alive's write deadline has passed; a
+// client that sends packets before the CONNACK takes the Server Keep
+// Alive of 0 that comes in it.
+func TestKeepAliveEdges(t *testing.T) {
+	t.Run("cut off mid-packet", func(t *testing.T) {
+		t.Parallel()
+		var expired atomic.Int32
+		s := start(t, &Relay{Expired: func() { expired.Add(1) }})
+		s.client.Write(connect5Keep(1))
+		read(t, s.broker, len(connect5Keep(1)))
+		s.broker.Write(connack5)
+		read(t, s.client, len(connack5))
+		s.client.Write(publishAB[:3])
+		if got := rest(t, s.broker); len(got) != 0 {
+			t.Fatalf("broker got % x", got)
+		}
+		if got := rest(t, s.client); !bytes.Equal(got, []byte{0xe0, 1, 0x8d}) {
+			t.Fatalf("client got % x, want DISCONNECT 0x8D", got)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if expired.Load() != 1 || len(s.bad) != 0 {
+			t.Fatalf("Expired called %d times, Bad with %v", expired.Load(), s.bad)
+		}
+	})
+	t.Run("will denied since", func(t *testing.T) {
+		t.Parallel()
+		var deny atomic.Bool
+		s := start(t, &Relay{Authorize: func(_ string, topics []string) bool {
+			return !deny.Load() || !slices.Contains(topics, "w/t")
+		}})
+		withWill := pkt(0x10, str("MQTT"), []byte{4, 0x06, 0, 1}, str("cid"), str("w/t"), str("gone"))
+		s.client.Write(withWill)
+		read(t, s.broker, len(withWill))
+		s.broker.Write(connack4)
+		read(t, s.client, len(connack4))
+		s.client.Write(pingreq)
+		read(t, s.broker, len(pingreq))
+		deny.Store(true)
+		if got := rest(t, s.broker); !bytes.Equal(got, []byte{0xe0, 0}) {
+			t.Fatalf("broker got % x at the keep alive limit, want the DISCONNECT that discards the will", got)
+		}
+	})
+	t.Run("server keep alive 0 after pipelined packets", func(t *testing.T) {
+		t.Parallel()
+		s := start(t, &Relay{Expired: func() { t.Error("Expired called") }})
+		s.client.Write(append(connect5Keep(1), pingreq...))
+		read(t, s.broker, len(connect5Keep(1))+len(pingreq))
+		s.broker.Write(connack5Keep(0))
+		read(t, s.client, len(connack5Keep(0)))
+		time.Sleep(2 * time.Second) // silent past the CONNECT's limit: the client's pace under test
+		if _, err := s.client.Write(pingreq); err != nil {
+			t.Fatal(err)
+		}
+		read(t, s.broker, len(pingreq))
+	})
+}
