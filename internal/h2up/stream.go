@@ -28,14 +28,14 @@ type stream struct {
 
 	// Under c.mu.
 	sendWin  int64
-	recvWin  int64 // what the server may still send
-	win      int64 // the receive window's size (credit)
+	recvWin  int64        // what the server may still send
+	win      int64        // the receive window's size (credit)
 	grown    atomic.Int64 // what win took from windowBudget, given back when the buffer is let go (giveBackWindow)
-	credit   int   // consumed bytes not yet returned to the stream's window
-	consumed int64 // bytes read since the window last grew
-	sentEnd  bool  // END_STREAM or RST_STREAM sent
-	recvEnd  bool  // END_STREAM or RST_STREAM received (or sent)
-	gone     bool  // left c.streams
+	credit   int          // consumed bytes not yet returned to the stream's window
+	consumed int64        // bytes read since the window last grew
+	sentEnd  bool         // END_STREAM or RST_STREAM sent
+	recvEnd  bool         // END_STREAM or RST_STREAM received (or sent)
+	gone     bool         // left c.streams
 
 	respReady chan struct{} // closed once resp or respErr is set
 	resp      *http.Response
