@@ -55,6 +55,13 @@ const defaultWindowBudget = 32 << 20
 
 func init() { windowBudget.Store(defaultWindowBudget) }
 
+// WindowBudgetLeft returns what is left of the process's window growth
+// budget, in bytes (a gauge of the agent's): at 0, new streams keep their
+// initial window. A stream keeps its growth while its body is not done
+// (HTTP/2 cannot take credit back), so long-lived streams that once
+// carried bulk hold it.
+func WindowBudgetLeft() int64 { return windowBudget.Load() }
+
 // takeWindow draws n bytes of window growth from windowBudget.
 func takeWindow(n int64) bool {
 	for {

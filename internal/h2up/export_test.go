@@ -71,10 +71,8 @@ func Buffered(p *Pool) (streams, bytes int) {
 	return streams, bytes
 }
 
-// WindowBudget returns what is left of the process's window growth
-// budget, and SetWindowBudget sets it, returning the old value's restore.
-func WindowBudget() int64 { return windowBudget.Load() }
-
+// SetWindowBudget sets what is left of the process's window growth budget,
+// returning the old value's restore.
 func SetWindowBudget(n int64) (restore func()) {
 	old := windowBudget.Swap(n)
 	return func() { windowBudget.Store(old) }
