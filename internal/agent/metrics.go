@@ -5,7 +5,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
-	"github.com/fogmesh/fogmesh/internal/h2up"
+	"github.com/fogmesh/fogmesh/internal/flowwin"
 )
 
 // The agent's own metrics: the counters of agentMetrics and the gauges
@@ -42,9 +42,9 @@ func (a *Agent) initMetrics() {
 	// VIP:ports the agent cannot bind now (another process holds them).
 	m.NewGauge(`fogmesh_agent_vip_bind_failures`, func() float64 { return float64(len(a.VIPBindFailures())) })
 	m.NewGauge(`fogmesh_agent_active_connections`, func() float64 { return float64(a.active.Load()) })
-	// What the HTTP/2 upstream streams' receive windows may still grow by
-	// (h2up.WindowBudgetLeft; process-wide).
-	m.NewGauge(`fogmesh_agent_h2_window_budget_free_bytes`, func() float64 { return float64(h2up.WindowBudgetLeft()) })
+	// What the HTTP/2 streams' receive windows (upstream responses, client
+	// request bodies) may still grow by (flowwin.Process; process-wide).
+	m.NewGauge(`fogmesh_agent_h2_window_budget_free_bytes`, func() float64 { return float64(flowwin.Process.Left()) })
 	m.NewGauge(`fogmesh_agent_control_connected`, func() float64 {
 		if a.connected.Load() {
 			return 1

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/fogmesh/fogmesh/internal/flowwin"
 	"github.com/fogmesh/fogmesh/internal/h2meta"
 )
 
@@ -333,7 +334,7 @@ func (sc *conn) serve(prefaceRead bool) {
 	if err := sc.writeFrames(func() error {
 		if err := sc.fr.WriteSettings(
 			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: sc.maxStreams()},
-			http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: flowwin.Initial},
 			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: DefaultMaxHeaderList},
 		); err != nil {
 			return err

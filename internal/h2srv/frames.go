@@ -160,6 +160,7 @@ func (sc *conn) removeLocked(st *stream) {
 	if n := st.body.discard(); n > 0 {
 		sc.creditLocked(n)
 	}
+	st.win.Release()
 	if len(sc.streams) == 0 {
 		if sc.goingAway {
 			go sc.closeAfterGoAway()

@@ -24,7 +24,7 @@ import (
 )
 
 // serve starts s on a loopback listener and returns its address.
-func serve(t *testing.T, s *Server) string {
+func serve(t testing.TB, s *Server) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -55,7 +55,7 @@ func serve(t *testing.T, s *Server) string {
 }
 
 // h2cClient is x/net's HTTP/2 transport speaking prior knowledge to addr.
-func h2cClient(t *testing.T) (*http.Client, *http2.Transport) {
+func h2cClient(t testing.TB) (*http.Client, *http2.Transport) {
 	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/fogmesh/fogmesh/internal/flowwin"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
@@ -178,7 +179,7 @@ func TestClientOverrunsWindow(t *testing.T) {
 	rc := newRawClient(t, addr)
 	rc.headers(1, false, ":method", "POST")
 	chunk := make([]byte, 16384)
-	for sent := 0; sent <= streamWindow; sent += len(chunk) {
+	for sent := 0; sent <= flowwin.Initial; sent += len(chunk) {
 		if err := rc.fr.WriteData(1, false, chunk); err != nil {
 			break
 		}

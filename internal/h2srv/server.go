@@ -27,8 +27,7 @@ const (
 	// SETTINGS_MAX_HEADER_LIST_SIZE), as net/http's server by default:
 	// http.DefaultMaxHeaderBytes and 32 bytes per field's overhead.
 	DefaultMaxHeaderList = http.DefaultMaxHeaderBytes + 32<<10
-	streamWindow         = 1 << 20 // a stream's receive window, as net/http's server
-	connWindow           = 1 << 20 // the connection's
+	connWindow           = 1 << 20 // the connection's receive window; a stream's starts at 64 KiB and grows while its handler keeps up (package flowwin)
 	initialWindow        = 65535
 	prefaceTimeout       = 10 * time.Second
 )

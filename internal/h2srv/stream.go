@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
+
+	"github.com/fogmesh/fogmesh/internal/flowwin"
 )
 
 // One stream: its request body (filled by the read loop, read by the
@@ -41,11 +43,12 @@ type stream struct {
 
 	// Guarded by sc.mu.
 	body       chunkBuf
-	bodyErr    error // io.EOF at END_STREAM; else why the body ends
-	recvDone   bool  // END_STREAM received (or reset)
-	recvWin    int64 // what the client may still send on this stream
-	credit     int   // consumed, not yet returned to the client
-	declLen    int64 // Content-Length, -1: none
+	bodyErr    error          // io.EOF at END_STREAM; else why the body ends
+	recvDone   bool           // END_STREAM received (or reset)
+	recvWin    int64          // what the client may still send on this stream
+	win        flowwin.Window // its size; its growth is given back when the body's buffer is let go
+	credit     int            // consumed, not yet returned to the client
+	declLen    int64          // Content-Length, -1: none
 	got        int64
 	sendWin    int64
 	waitingWin bool
@@ -60,7 +63,7 @@ type stream struct {
 }
 
 func newStream(sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue bool) *stream {
-	st := &stream{sc: sc, id: id, req: req, readCh: make(chan struct{}, 1), winCh: make(chan struct{}, 1), recvWin: streamWindow, declLen: -1}
+	st := &stream{sc: sc, id: id, req: req, readCh: make(chan struct{}, 1), winCh: make(chan struct{}, 1), recvWin: flowwin.Initial, declLen: -1}
 	st.ctx, st.cancel = context.WithCancel(sc.opts.Context)
 	sc.mu.Lock()
 	st.sendWin = int64(sc.peerWin)
@@ -217,12 +220,13 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		if st.body.len() > 0 && len(p) > 0 {
 			n := st.body.read(p)
 			sc.creditLocked(n)
-			if !st.recvDone {
+			if !st.recvDone && !st.removed {
 				st.credit += n
-				if st.credit >= streamWindow/4 {
-					c := st.credit
+				extra := st.win.Consumed(n, st.body.len() == 0, flowwin.Process)
+				if int64(st.credit) >= st.win.Size()/4 || extra > 0 {
+					c := int64(st.credit) + extra
 					st.credit = 0
-					st.recvWin += int64(c)
+					st.recvWin += c
 					id := st.id
 					sc.mu.Unlock()
 					sc.writeFrames(func() error { return sc.fr.WriteWindowUpdate(id, uint32(c)) })
@@ -241,6 +245,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		}
 		if st.recvDone {
 			err := st.bodyErr
+			st.win.Release() // the body is done
 			sc.mu.Unlock()
 			if err != io.EOF {
 				err = errStreamGone
@@ -299,6 +304,7 @@ func (b *requestBody) Close() error {
 	if n := b.st.body.discard(); n > 0 {
 		sc.creditLocked(n)
 	}
+	b.st.win.Release()
 	sc.mu.Unlock()
 	return nil
 }

@@ -15,65 +15,23 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/fogmesh/fogmesh/internal/flowwin"
 	"github.com/fogmesh/fogmesh/internal/h2meta"
 )
 
 // One connection: its writes (any goroutine, serialised by wmu, flushed by
 // the last writer in line) and its read loop (frames to streams).
 
+// A stream's receive window starts at 64 KiB and grows to 1 MiB while its
+// reader keeps up (package flowwin): a response nobody reads holds 64 KiB
+// in the agent (the agent's HTTP/2 server lets a client open 250 streams,
+// and a client may have maxRequestsPerClient in flight).
 const (
-	// A stream's receive window starts at initialStreamWindow, which is
-	// what a response nobody reads holds in the agent (the agent's
-	// HTTP/2 server lets a client open 250 streams, and a client may have
-	// maxRequestsPerClient in flight), and doubles up to maxStreamWindow
-	// each time its reader has emptied the buffer while the server has
-	// used three quarters of the window: the window, not the reader,
-	// limits the rate (grow). The growth of all streams together is drawn
-	// from windowBudget. 1 MiB is the mesh stream's window (agent
-	// Config.MeshStreamWindow), which bounds a remote endpoint's rate
-	// anyway in secure mode (the default), and above a local endpoint's
-	// bandwidth-delay product (BenchmarkLargeResponse).
-	initialStreamWindow = 64 << 10
-	maxStreamWindow     = 1 << 20
-	connWindow          = 1 << 30 // the connection's, as net/http's transport: streams' windows bound it
-	connUpdateAt        = 1 << 20 // connection credit is returned in steps of at least this
-	maxHeaderList       = 10 << 20
-	defaultMaxConc      = 100 // streams assumed allowed before the server's SETTINGS say
+	connWindow     = 1 << 30 // the connection's, as net/http's transport: streams' windows bound it
+	connUpdateAt   = 1 << 20 // connection credit is returned in steps of at least this
+	maxHeaderList  = 10 << 20
+	defaultMaxConc = 100 // streams assumed allowed before the server's SETTINGS say
 )
-
-// windowBudget is how far the process's streams may together grow their
-// receive windows beyond initialStreamWindow, in bytes: the response
-// bytes held in h2up are at most initialStreamWindow per response body
-// not yet done plus this, however their readers behave (a reader that
-// read quickly and then stopped keeps its grown window). A stream gives
-// its growth back when its buffer is let go (stream.giveBackWindow). 32
-// MiB lets 32 streams run at the full window at once; the others stay at
-// the initial window.
-var windowBudget atomic.Int64
-
-const defaultWindowBudget = 32 << 20
-
-func init() { windowBudget.Store(defaultWindowBudget) }
-
-// WindowBudgetLeft returns what is left of the process's window growth
-// budget, in bytes (a gauge of the agent's): at 0, new streams keep their
-// initial window. A stream keeps its growth while its body is not done
-// (HTTP/2 cannot take credit back), so long-lived streams that once
-// carried bulk hold it.
-func WindowBudgetLeft() int64 { return windowBudget.Load() }
-
-// takeWindow draws n bytes of window growth from windowBudget.
-func takeWindow(n int64) bool {
-	for {
-		left := windowBudget.Load()
-		if left < n {
-			return false
-		}
-		if windowBudget.CompareAndSwap(left, left-n) {
-			return true
-		}
-	}
-}
 
 var clientPreface = []byte(http2.ClientPreface)
 
@@ -153,7 +111,7 @@ func newConn(p *Pool, nc net.Conn) (*conn, error) {
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.bw.Write(clientPreface)
 	c.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: initialStreamWindow},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: flowwin.Initial},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList})
 	c.fr.WriteWindowUpdate(0, connWindow-65535)
 	if err := c.bw.Flush(); err != nil {
@@ -396,16 +354,11 @@ func (c *conn) credit(s *stream, n int, drained bool) {
 	}
 	if s != nil && !s.recvEnd {
 		s.credit += n
-		s.consumed += int64(n)
-		grow := drained && s.consumed >= s.win && s.win < maxStreamWindow && !s.gone && !c.closed && takeWindow(s.win)
 		var extra int64
-		if grow {
-			extra = s.win
-			s.consumed = 0
-			s.grown.Add(extra)
-			s.win *= 2
+		if !s.gone && !c.closed {
+			extra = s.win.Consumed(n, drained, flowwin.Process)
 		}
-		if int64(s.credit) >= s.win/4 || grow {
+		if int64(s.credit) >= s.win.Size()/4 || extra > 0 {
 			inc := int64(s.credit) + extra
 			streamInc = uint32(inc)
 			s.recvWin += inc

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/fogmesh/fogmesh/internal/flowwin"
 )
 
 // SetControlFlushDelay sets how long acknowledgements wait for a
@@ -74,8 +76,8 @@ func Buffered(p *Pool) (streams, bytes int) {
 // SetWindowBudget sets what is left of the process's window growth budget,
 // returning the old value's restore.
 func SetWindowBudget(n int64) (restore func()) {
-	old := windowBudget.Swap(n)
-	return func() { windowBudget.Store(old) }
+	old := flowwin.Process.Swap(n)
+	return func() { flowwin.Process.Swap(old) }
 }
 
 // StreamWindows returns the receive windows of the streams open on p.
@@ -85,7 +87,7 @@ func StreamWindows(p *Pool) (wins []int64) {
 	for _, c := range p.conns {
 		c.mu.Lock()
 		for _, s := range c.streams {
-			wins = append(wins, s.win)
+			wins = append(wins, s.win.Size())
 		}
 		c.mu.Unlock()
 	}

@@ -10,11 +10,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/fogmesh/fogmesh/internal/flowwin"
 )
 
 // One stream: the request's HEADERS (on the caller's goroutine), its body
@@ -27,15 +28,13 @@ type stream struct {
 	req *http.Request
 
 	// Under c.mu.
-	sendWin  int64
-	recvWin  int64        // what the server may still send
-	win      int64        // the receive window's size (credit)
-	grown    atomic.Int64 // what win took from windowBudget, given back when the buffer is let go (giveBackWindow)
-	credit   int          // consumed bytes not yet returned to the stream's window
-	consumed int64        // bytes read since the window last grew
-	sentEnd  bool         // END_STREAM or RST_STREAM sent
-	recvEnd  bool         // END_STREAM or RST_STREAM received (or sent)
-	gone     bool         // left c.streams
+	sendWin int64
+	recvWin int64          // what the server may still send
+	win     flowwin.Window // its size; its growth is given back when the buffer is let go (giveBackWindow)
+	credit  int            // consumed bytes not yet returned to the stream's window
+	sentEnd bool           // END_STREAM or RST_STREAM sent
+	recvEnd bool           // END_STREAM or RST_STREAM received (or sent)
+	gone    bool           // left c.streams
 
 	respReady chan struct{} // closed once resp or respErr is set
 	resp      *http.Response
@@ -63,7 +62,7 @@ type stream struct {
 func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	hasTrailer := len(req.Trailer) > 0 && hasBody
-	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: initialStreamWindow, win: initialStreamWindow}
+	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: flowwin.Initial}
 	s.cond.L = &s.mu
 	ctx := req.Context()
 	ran := false
@@ -347,16 +346,12 @@ func (c *conn) header(fields []hpack.HeaderField) http.Header {
 	return h
 }
 
-// giveBackWindow returns the stream's window growth to windowBudget, once
+// giveBackWindow returns the stream's window growth to its budget, once
 // its buffer is let go: the body read to its end or its error, closed, or
 // failed (the bytes a grown window let in are held until then, also after
 // the stream has left c.streams). No growth follows: the stream has
 // ended, or is gone, or its connection closed (credit).
-func (s *stream) giveBackWindow() {
-	if g := s.grown.Swap(0); g > 0 {
-		windowBudget.Add(g)
-	}
-}
+func (s *stream) giveBackWindow() { s.win.Release() }
 
 // push appends received body bytes; false if the body was closed. wake:
 // the reader is woken now (else by the read loop's wakeStreams).

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/fogmesh/fogmesh/internal/flowwin"
 	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
@@ -173,7 +174,7 @@ func readWithBudget(t *testing.T, budget int64) int64 {
 		t.Fatalf("read %d bytes of the second half, %v", got, err)
 	}
 	testenv.WaitFor(t, 10*time.Second, "the stream's growth to go back to the budget", func() bool {
-		return h2up.WindowBudgetLeft() == budget
+		return flowwin.Process.Left() == budget
 	})
 	return wins[0]
 }
@@ -211,7 +212,7 @@ func TestWindowBudgetBackAfterConnectionLoss(t *testing.T) {
 	if _, err := io.CopyN(io.Discard, resp.Body, 4<<20); err != nil {
 		t.Fatal(err)
 	}
-	if h2up.WindowBudgetLeft() == budget {
+	if flowwin.Process.Left() == budget {
 		t.Fatal("the stream's window did not grow")
 	}
 	(<-conns).Close()
@@ -219,7 +220,7 @@ func TestWindowBudgetBackAfterConnectionLoss(t *testing.T) {
 		t.Fatal("the body ended without an error after its connection was lost")
 	}
 	testenv.WaitFor(t, 10*time.Second, "the lost stream's growth to go back to the budget", func() bool {
-		return h2up.WindowBudgetLeft() == budget
+		return flowwin.Process.Left() == budget
 	})
 }
 
@@ -255,13 +256,13 @@ func TestWindowBudgetHeldUntilBodyDone(t *testing.T) {
 	testenv.WaitFor(t, 10*time.Second, "the response's end", func() bool {
 		return len(h2up.StreamWindows(pool)) == 0
 	})
-	if h2up.WindowBudgetLeft() == budget {
+	if flowwin.Process.Left() == budget {
 		t.Fatal("the growth came back while the bytes it let in are still buffered")
 	}
 	if got, err := io.Copy(io.Discard, resp.Body); err != nil || got != 512<<10 {
 		t.Fatalf("read %d bytes of the last 512 KiB, %v", got, err)
 	}
-	if h2up.WindowBudgetLeft() != budget {
-		t.Fatalf("budget %d after the body's end, want %d", h2up.WindowBudgetLeft(), budget)
+	if flowwin.Process.Left() != budget {
+		t.Fatalf("budget %d after the body's end, want %d", flowwin.Process.Left(), budget)
 	}
 }
