@@ -278,8 +278,17 @@ func (sc *conn) processData(f *http2.DataFrame) error {
 	st.recvWin -= int64(n)
 	data := f.Data()
 	if pad := n - len(data); pad > 0 {
-		sc.creditLocked(pad) // padding is flow-controlled but never read
-		st.recvWin += int64(pad)
+		// Padding is flow-controlled but never read: it goes back to the
+		// client at once, in the stream's WINDOW_UPDATE steps (kept here
+		// without one, it shrank the client's window for good: RFC 9113
+		// §6.9.1).
+		sc.creditLocked(pad)
+		st.credit += pad
+		if c := st.credit; int64(c) >= st.win.Size()/4 && !st.recvDone {
+			st.credit = 0
+			st.recvWin += int64(c)
+			go sc.writeFrames(func() error { return sc.fr.WriteWindowUpdate(id, uint32(c)) })
+		}
 	}
 	st.got += int64(len(data))
 	if st.declLen >= 0 && st.got > st.declLen {

@@ -237,8 +237,11 @@ func (b *requestBody) Read(p []byte) (int, error) {
 			// that a proxy sends the last bytes with the end (h2up: one
 			// DATA frame with END_STREAM).
 			var err error
-			if st.recvDone && st.body.len() == 0 && st.bodyErr == io.EOF {
-				err = io.EOF
+			if st.recvDone && st.body.len() == 0 {
+				st.win.Release() // the body is done: no next Read need come
+				if st.bodyErr == io.EOF {
+					err = io.EOF
+				}
 			}
 			sc.mu.Unlock()
 			return n, err

@@ -15,17 +15,21 @@ import (
 // TestRequestWindowGrowsWhileHandlerReads: a request body the handler
 // reads as it comes grows its stream's window from 64 KiB to 1 MiB (one
 // WINDOW_UPDATE gives more than 512 KiB, which only a 1 MiB window can),
-// and the growth goes back to the budget once the handler is done. A body
-// nobody reads gets 64 KiB (TestClientOverrunsWindow).
+// and the growth goes back to the budget once the body has been read to
+// its end, while the handler goes on. A body nobody reads gets 64 KiB
+// (TestClientOverrunsWindow).
 func TestRequestWindowGrowsWhileHandlerReads(t *testing.T) {
 	const budget = 1 << 30
 	old := flowwin.Process.Swap(budget)
 	defer flowwin.Process.Swap(old)
 	const size = 8 << 20
 	got := make(chan int64, 1)
+	handlerDone := make(chan struct{})
+	defer close(handlerDone)
 	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
 		got <- n
+		<-handlerDone // a response that goes on after the body (a stream, say)
 	})})
 	rc := newRawClient(t, addr)
 	rc.c.SetDeadline(time.Now().Add(20 * time.Second))
@@ -79,7 +83,67 @@ func TestRequestWindowGrowsWhileHandlerReads(t *testing.T) {
 	if maxInc <= 512<<10 {
 		t.Fatalf("largest stream WINDOW_UPDATE %d KiB: the window did not reach 1 MiB", maxInc>>10)
 	}
-	testenv.WaitFor(t, 10*time.Second, "the growth to go back to the budget", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "the growth to go back to the budget, the handler still running", func() bool {
 		return flowwin.Process.Left() == budget
 	})
+}
+
+// TestPaddingGoesBackToTheClient: padded DATA frames (one byte of data,
+// 255 of padding) count against the stream's window, and the server gives
+// the padding back: a body of many of them goes through a 64 KiB window.
+// The padding was credited locally only, so the client's window shrank
+// by 255 bytes a frame until the stream stalled.
+func TestPaddingGoesBackToTheClient(t *testing.T) {
+	got := make(chan int64, 1)
+	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		got <- n
+	})})
+	rc := newRawClient(t, addr)
+	rc.c.SetDeadline(time.Now().Add(20 * time.Second))
+	rc.headers(1, false, ":method", "POST")
+	const frames = 1024 // 256 KiB of flow-controlled bytes, four times the initial window
+	connWin, streamWin := int64(65535), int64(65535)
+	pad := make([]byte, 255)
+	for sent := 0; sent < frames; {
+		for sent < frames && connWin >= 257 && streamWin >= 257 {
+			if err := rc.fr.WriteDataPadded(1, sent == frames-1, []byte{'x'}, pad); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+			connWin -= 257 // the pad length byte, the data, the padding
+			streamWin -= 257
+		}
+		if sent == frames {
+			break
+		}
+		f, err := rc.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d frames: %v (the stream's window was not given back)", sent, err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if f.IsAck() {
+				break
+			}
+			if v, ok := f.Value(http2.SettingInitialWindowSize); ok {
+				streamWin += int64(v) - 65535
+			}
+			rc.fr.WriteSettingsAck()
+		case *http2.WindowUpdateFrame:
+			if f.StreamID == 0 {
+				connWin += int64(f.Increment)
+			} else {
+				streamWin += int64(f.Increment)
+			}
+		}
+	}
+	select {
+	case n := <-got:
+		if n != frames {
+			t.Fatalf("handler read %d bytes, want %d", n, frames)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("handler did not read the body")
+	}
 }

@@ -56,33 +56,35 @@ type idleConn struct {
 }
 
 // setReadDeadline sets the conn's read deadline to the pair's idle limit,
-// or the user's deadline if earlier, and returns the user's.
-func (c *idleConn) setReadDeadline() (time.Time, error) {
+// or the user's deadline if earlier.
+func (c *idleConn) setReadDeadline() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	dl := time.Now().Add(c.d - c.act.since())
 	if !c.rdl.IsZero() && c.rdl.Before(dl) {
 		dl = c.rdl
 	}
-	return c.rdl, c.Conn.SetReadDeadline(dl)
+	return c.Conn.SetReadDeadline(dl)
 }
 
 func (c *idleConn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.rdl = t
 	c.mu.Unlock()
-	_, err := c.setReadDeadline() // a read in progress waits for the new one
-	return err
+	return c.setReadDeadline() // a read in progress waits for the new one
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
 	for {
-		user, _ := c.setReadDeadline()
+		c.setReadDeadline()
 		n, err := c.Conn.Read(p)
 		if n > 0 {
 			c.act.touch()
 		}
 		if err != nil && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			c.mu.Lock()
+			user := c.rdl // as it is now: the user may have moved it while the read waited
+			c.mu.Unlock()
 			if !user.IsZero() && !time.Now().Before(user) {
 				return 0, err // the user's deadline
 			}

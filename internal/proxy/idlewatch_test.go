@@ -216,3 +216,56 @@ func TestWithIdleTimeoutHonoursReadDeadline(t *testing.T) {
 		t.Fatalf("read after the deadline was cleared: %v, want ErrIdle", err)
 	}
 }
+
+// TestWithIdleTimeoutUserDeadlineMovedLater: a read waiting under the
+// user's deadline, which the user then moves later (the MQTT relay when
+// the broker's CONNACK lengthens the keep alive), ends at the new
+// deadline, not at the old one or at an idle limit that activity the
+// other way keeps putting off.
+func TestWithIdleTimeoutUserDeadlineMovedLater(t *testing.T) {
+	a, peer := net.Pipe()
+	defer a.Close()
+	defer peer.Close()
+	b, peerB := net.Pipe()
+	defer b.Close()
+	defer peerB.Close()
+	go io.Copy(io.Discard, peerB)
+	wa, wb := WithIdleTimeout(a, b, 200*time.Millisecond)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // the other direction moves bytes
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				wb.Write([]byte{1})
+			}
+		}
+	}()
+	for attempt := 0; ; attempt++ {
+		began := time.Now()
+		wa.SetReadDeadline(began.Add(50 * time.Millisecond))
+		moved := make(chan time.Time, 1)
+		go func() {
+			wa.SetReadDeadline(time.Now().Add(600 * time.Millisecond))
+			moved <- time.Now()
+		}()
+		_, err := wa.Read(make([]byte, 1))
+		took := time.Since(began)
+		if at := <-moved; at.Sub(began) >= 50*time.Millisecond {
+			if attempt < 3 {
+				continue // the move came after the old deadline: not the case under test
+			}
+			t.Skip("the deadline could not be moved within 50 ms on this machine")
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || errors.Is(err, ErrIdle) {
+			t.Fatalf("read ended with %v, want the user's timeout", err)
+		}
+		if took < 600*time.Millisecond {
+			t.Fatalf("read ended after %v, before the user's new deadline (600 ms)", took)
+		}
+		return
+	}
+}

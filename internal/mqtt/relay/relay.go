@@ -157,8 +157,11 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 		// The connection ends without the client's DISCONNECT reaching the
 		// broker: keep the broker from publishing a will denied by now.
 		if cn.Will && check != nil && !WillAllowed(cn, check) {
-			up.SetWriteDeadline(time.Now().Add(2 * time.Second)) // not the keep alive's, which may have passed
-			up.Write([]byte{mqtt.TypeDisconnect << 4, 0})
+			// After the rest of a packet cut off by the keep alive's write
+			// deadline (else the broker would read the DISCONNECT as part
+			// of it), under a deadline of its own.
+			up.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			up.Write(append(keep.unsent, mqtt.TypeDisconnect<<4, 0))
 		}
 		up.Close()
 		if reason != 0 && cn.Version == 5 {
@@ -238,6 +241,8 @@ type keepAlive struct {
 
 	mu    sync.Mutex
 	limit time.Duration
+
+	unsent []byte // what write left of a packet it could not finish (the relay's goroutine only)
 }
 
 // writePiece is how much of a packet goes to the broker under one deadline.
@@ -260,7 +265,8 @@ func (k *keepAlive) write(b []byte) error {
 			k.up.SetWriteDeadline(time.Now().Add(k.limit))
 		}
 		k.mu.Unlock()
-		if _, err := k.up.Write(b[:n]); err != nil {
+		if m, err := k.up.Write(b[:n]); err != nil {
+			k.unsent = b[m:]
 			return err
 		}
 		b = b[n:]
@@ -276,6 +282,7 @@ func (k *keepAlive) set(limit time.Duration) {
 	k.limit = limit
 	if limit > 0 {
 		k.client.SetReadDeadline(time.Now().Add(limit))
+		k.up.SetWriteDeadline(time.Now().Add(limit))
 		return
 	}
 	k.client.SetReadDeadline(time.Time{})

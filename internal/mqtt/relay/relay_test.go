@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/mqtt"
 )
 
 // pkt builds an MQTT packet from its first byte and body fields.
@@ -410,4 +413,59 @@ func TestKeepAliveEdges(t *testing.T) {
 		}
 		read(t, s.broker, len(pingreq))
 	})
+}
+
+// TestKeepAliveCutPacketThenWillDisconnect: when the broker took none of
+// a packet's bytes for the keep alive limit and the client's will has been
+// denied since its CONNECT, the relay finishes the packet it cut off
+// before the DISCONNECT that discards the will: the broker reads whole
+// packets, the DISCONNECT last, not the DISCONNECT's bytes inside a
+// PUBLISH (and then a connection that ends without one).
+func TestKeepAliveCutPacketThenWillDisconnect(t *testing.T) {
+	var deny atomic.Bool
+	expired := make(chan struct{}, 1)
+	s := start(t, &Relay{
+		Authorize: func(_ string, topics []string) bool { return !deny.Load() || !slices.Contains(topics, "w/t") },
+		Expired:   func() { expired <- struct{}{} },
+	})
+	withWill := pkt(0x10, str("MQTT"), []byte{4, 0x06, 0, 1}, str("cid"), str("w/t"), str("gone"))
+	s.client.Write(withWill)
+	read(t, s.broker, len(withWill))
+	s.broker.Write(connack4)
+	read(t, s.client, len(connack4))
+	deny.Store(true)
+	big := pkt(0x30, str("a/b"), make([]byte, 200<<10)) // several write pieces
+	go func() {
+		s.client.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		for i := 0; i < 1000; i++ { // until the relay gives up on the broker
+			if _, err := s.client.Write(big); err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-expired:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the relay did not give up on a broker that reads nothing")
+	}
+	// The broker reads again: everything it gets is whole packets.
+	s.broker.SetReadDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(s.broker)
+	var last []byte
+	for {
+		h, raw, _, err := mqtt.ReadPacket(br, 1<<20)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("broker read a broken packet after %d bytes of one: %v", len(raw), err)
+		}
+		if h.Type != mqtt.TypePublish && h.Type != mqtt.TypeDisconnect {
+			t.Fatalf("broker got packet type %d", h.Type)
+		}
+		last = raw
+	}
+	if !bytes.Equal(last, []byte{0xe0, 0}) {
+		t.Fatalf("broker's last packet % x, want the DISCONNECT that discards the will", last)
+	}
 }
