@@ -34,44 +34,16 @@ func TestRequestWindowGrowsWhileHandlerReads(t *testing.T) {
 	rc := newRawClient(t, addr)
 	rc.c.SetDeadline(time.Now().Add(20 * time.Second))
 	rc.headers(1, false, ":method", "POST")
-	connWin, streamWin := int64(65535), int64(65535)
-	var sent, maxInc int64
+	var sent int64
 	chunk := make([]byte, 16384)
-	for sent < size {
-		for sent < size && connWin > 0 && streamWin > 0 {
-			k := min(int64(len(chunk)), connWin, streamWin, size-sent)
-			if err := rc.fr.WriteData(1, sent+k == size, chunk[:k]); err != nil {
-				t.Fatal(err)
-			}
-			sent += k
-			connWin -= k
-			streamWin -= k
+	maxInc := rc.sendWithinWindows(func(room int64) (int64, bool) {
+		k := min(int64(len(chunk)), room, size-sent)
+		if err := rc.fr.WriteData(1, sent+k == size, chunk[:k]); err != nil {
+			t.Fatal(err)
 		}
-		if sent == size {
-			break
-		}
-		f, err := rc.fr.ReadFrame()
-		if err != nil {
-			t.Fatalf("after %d bytes sent: %v", sent, err)
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if f.IsAck() {
-				break
-			}
-			if v, ok := f.Value(http2.SettingInitialWindowSize); ok {
-				streamWin += int64(v) - 65535
-			}
-			rc.fr.WriteSettingsAck()
-		case *http2.WindowUpdateFrame:
-			if f.StreamID == 0 {
-				connWin += int64(f.Increment)
-				break
-			}
-			streamWin += int64(f.Increment)
-			maxInc = max(maxInc, int64(f.Increment))
-		}
-	}
+		sent += k
+		return k, sent == size
+	})
 	select {
 	case n := <-got:
 		if n != size {
@@ -103,23 +75,51 @@ func TestPaddingGoesBackToTheClient(t *testing.T) {
 	rc.c.SetDeadline(time.Now().Add(20 * time.Second))
 	rc.headers(1, false, ":method", "POST")
 	const frames = 1024 // 256 KiB of flow-controlled bytes, four times the initial window
-	connWin, streamWin := int64(65535), int64(65535)
 	pad := make([]byte, 255)
-	for sent := 0; sent < frames; {
-		for sent < frames && connWin >= 257 && streamWin >= 257 {
-			if err := rc.fr.WriteDataPadded(1, sent == frames-1, []byte{'x'}, pad); err != nil {
-				t.Fatal(err)
-			}
-			sent++
-			connWin -= 257 // the pad length byte, the data, the padding
-			streamWin -= 257
+	sent := 0
+	rc.sendWithinWindows(func(room int64) (int64, bool) {
+		if room < 257 { // the pad length byte, the data, the padding
+			return 0, false
 		}
-		if sent == frames {
-			break
+		if err := rc.fr.WriteDataPadded(1, sent == frames-1, []byte{'x'}, pad); err != nil {
+			t.Fatal(err)
+		}
+		sent++
+		return 257, sent == frames
+	})
+	select {
+	case n := <-got:
+		if n != frames {
+			t.Fatalf("handler read %d bytes, want %d", n, frames)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("handler did not read the body")
+	}
+}
+
+// sendWithinWindows sends stream 1's DATA within the connection's and the
+// stream's send windows, as the server's SETTINGS and WINDOW_UPDATEs give
+// them: send writes one frame of at most room flow-controlled bytes and
+// returns how many it used (0: none fits, wait for credit) and whether it
+// was the last. It returns the largest stream WINDOW_UPDATE seen.
+func (rc *rawClient) sendWithinWindows(send func(room int64) (used int64, last bool)) (maxInc int64) {
+	rc.t.Helper()
+	connWin, streamWin := int64(65535), int64(65535)
+	for {
+		for connWin > 0 && streamWin > 0 {
+			used, last := send(min(connWin, streamWin))
+			connWin -= used
+			streamWin -= used
+			if last {
+				return maxInc
+			}
+			if used == 0 {
+				break
+			}
 		}
 		f, err := rc.fr.ReadFrame()
 		if err != nil {
-			t.Fatalf("after %d frames: %v (the stream's window was not given back)", sent, err)
+			rc.t.Fatalf("waiting for window: %v (the stream's window was not given back)", err)
 		}
 		switch f := f.(type) {
 		case *http2.SettingsFrame:
@@ -133,17 +133,10 @@ func TestPaddingGoesBackToTheClient(t *testing.T) {
 		case *http2.WindowUpdateFrame:
 			if f.StreamID == 0 {
 				connWin += int64(f.Increment)
-			} else {
-				streamWin += int64(f.Increment)
+				break
 			}
+			streamWin += int64(f.Increment)
+			maxInc = max(maxInc, int64(f.Increment))
 		}
-	}
-	select {
-	case n := <-got:
-		if n != frames {
-			t.Fatalf("handler read %d bytes, want %d", n, frames)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("handler did not read the body")
 	}
 }

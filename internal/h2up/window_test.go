@@ -22,27 +22,12 @@ import (
 // agent's HTTP/2 server lets one client open 250 streams (1 GiB, then
 // 250 MiB held for one client connection, measured through h2srv).
 func TestUnreadResponseHoldsAtMostItsWindow(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	sent := make(chan int64, 1)
-	go serveUntilBlocked(ln, 8<<20, sent)
-	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
-	defer pool.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/big", nil)
-	resp, err := pool.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	pool, resp := getBig(t, 8<<20, sent, nil)
 	var n int64
 	select {
 	case n = <-sent:
-	case <-ctx.Done():
+	case <-time.After(20 * time.Second):
 		t.Fatal("the server never ran out of window")
 	}
 	testenv.WaitFor(t, 10*time.Second, "the bytes sent to arrive", func() bool {
@@ -56,6 +41,35 @@ func TestUnreadResponseHoldsAtMostItsWindow(t *testing.T) {
 	if got, err := io.Copy(io.Discard, resp.Body); err != nil || got != 8<<20 {
 		t.Fatalf("read %d bytes, %v; want the 8 MiB", got, err)
 	}
+}
+
+// getBig answers a GET with size bytes from serveUntilBlocked (blocked
+// gets what it sent when the windows first stopped it) through a new
+// pool, whose connections go through wrap if not nil (which gets the
+// loopback dial). All is closed when the test ends.
+func getBig(t *testing.T, size int64, blocked chan<- int64, wrap func(dial func(context.Context) (net.Conn, error)) func(context.Context) (net.Conn, error)) (*h2up.Pool, *http.Response) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go serveUntilBlocked(ln, size, blocked)
+	dial := dialTo(ln.Addr().String())
+	if wrap != nil {
+		dial = wrap(dial)
+	}
+	pool := h2up.New(h2up.Config{Dial: dial})
+	t.Cleanup(pool.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/big", nil)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return pool, resp
 }
 
 // serveUntilBlocked answers one request with size bytes, sending DATA only
@@ -145,23 +159,8 @@ func TestWindowBudgetBoundsGrowth(t *testing.T) {
 func readWithBudget(t *testing.T, budget int64) int64 {
 	t.Helper()
 	defer h2up.SetWindowBudget(budget)()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	const size = 16 << 20
-	go serveUntilBlocked(ln, size, make(chan int64, 1))
-	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
-	defer pool.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/big", nil)
-	resp, err := pool.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	pool, resp := getBig(t, size, make(chan int64, 1), nil)
 	if got, err := io.CopyN(io.Discard, resp.Body, size/2); err != nil {
 		t.Fatalf("read %d bytes, %v", got, err)
 	}
@@ -185,30 +184,16 @@ func readWithBudget(t *testing.T, budget int64) int64 {
 func TestWindowBudgetBackAfterConnectionLoss(t *testing.T) {
 	const budget = 1 << 30
 	defer h2up.SetWindowBudget(budget)()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go serveUntilBlocked(ln, 64<<20, make(chan int64, 1))
 	conns := make(chan net.Conn, 1)
-	dial := dialTo(ln.Addr().String())
-	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-		c, err := dial(ctx)
-		if err == nil {
-			conns <- c
+	_, resp := getBig(t, 64<<20, make(chan int64, 1), func(dial func(context.Context) (net.Conn, error)) func(context.Context) (net.Conn, error) {
+		return func(ctx context.Context) (net.Conn, error) {
+			c, err := dial(ctx)
+			if err == nil {
+				conns <- c
+			}
+			return c, err
 		}
-		return c, err
-	}})
-	defer pool.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/big", nil)
-	resp, err := pool.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	})
 	if _, err := io.CopyN(io.Discard, resp.Body, 4<<20); err != nil {
 		t.Fatal(err)
 	}
@@ -231,23 +216,8 @@ func TestWindowBudgetBackAfterConnectionLoss(t *testing.T) {
 func TestWindowBudgetHeldUntilBodyDone(t *testing.T) {
 	const budget = 1 << 30
 	defer h2up.SetWindowBudget(budget)()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	const size = 4 << 20
-	go serveUntilBlocked(ln, size, make(chan int64, 1))
-	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
-	defer pool.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/big", nil)
-	resp, err := pool.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	pool, resp := getBig(t, size, make(chan int64, 1), nil)
 	// The window is 1 MiB long before 3.5 MiB are read, and credit goes
 	// back in quarters of it: the last 512 KiB and the end come.
 	if _, err := io.CopyN(io.Discard, resp.Body, size-512<<10); err != nil {
