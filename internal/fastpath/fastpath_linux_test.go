@@ -112,6 +112,28 @@ func relayAccepted(t *testing.T, f *FastPath, ln net.Listener, ep netip.AddrPort
 	if err != nil {
 		t.Fatal(err)
 	}
+	in := relayTo(t, f, a1, ep)
+	res := make(chan Result, 1)
+	go func() {
+		r := <-in
+		if r.err != nil {
+			t.Errorf("Relay: %v", r.err)
+		}
+		res <- r.r
+	}()
+	return res
+}
+
+// relayed is what Relay returned.
+type relayed struct {
+	r   Result
+	err error
+}
+
+// relayTo dials ep and relays a1 to it with f as the agent would;
+// Relay's result and error come on the channel.
+func relayTo(t *testing.T, f *FastPath, a1 net.Conn, ep netip.AddrPort) chan relayed {
+	t.Helper()
 	done, err := f.PrepareEndpoint(ep)
 	if err != nil {
 		t.Fatal(err)
@@ -120,16 +142,13 @@ func relayAccepted(t *testing.T, f *FastPath, ln net.Listener, ep netip.AddrPort
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := make(chan Result, 1)
+	ch := make(chan relayed, 1)
 	go func() {
 		r, err := f.Relay(context.Background(), a1.(*net.TCPConn), a2.(*net.TCPConn), 0, time.Minute)
 		done() // before the result: the test closes f once it has it
-		if err != nil {
-			t.Errorf("Relay: %v", err)
-		}
-		res <- r
+		ch <- relayed{r, err}
 	}()
-	return res
+	return ch
 }
 
 func listen(t *testing.T, f *FastPath) net.Listener {
@@ -831,28 +850,6 @@ func TestStaleRelayLeavesNewPairAlone(t *testing.T) {
 			}()
 		}
 	}()
-	type relayed struct {
-		r   Result
-		err error
-	}
-	relay := func(a1 net.Conn) chan relayed {
-		done, err := f.PrepareEndpoint(ep)
-		if err != nil {
-			t.Fatal(err)
-		}
-		a2, err := net.Dial("tcp4", ep.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ch := make(chan relayed, 1)
-		go func() {
-			r, err := f.Relay(context.Background(), a1.(*net.TCPConn), a2.(*net.TCPConn), 0, time.Minute)
-			done()
-			ch <- relayed{r, err}
-		}()
-		return ch
-	}
-
 	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
 	d := net.Dialer{LocalAddr: local, Control: reuseAddr}
 	c1, err := d.Dial("tcp4", ln.Addr().String())
@@ -864,7 +861,7 @@ func TestStaleRelayLeavesNewPairAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := relay(a1)
+	old := relayTo(t, f, a1, ep)
 
 	// The old client uploads until everything is full: the endpoint reads
 	// nothing, so the agent ends up blocked writing to it.
@@ -911,7 +908,7 @@ func TestStaleRelayLeavesNewPairAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cur := relay(a1b)
+	cur := relayTo(t, f, a1b, ep)
 	rng := rand.New(rand.NewPCG(5, 5))
 	exchange(t, c2, 10, rng)
 	select {
