@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/fogmesh/fogmesh/internal/flowwin"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
@@ -104,12 +102,11 @@ func TestPaddingGoesBackToTheClient(t *testing.T) {
 // was the last. It returns the largest stream WINDOW_UPDATE seen.
 func (rc *rawClient) sendWithinWindows(send func(room int64) (used int64, last bool)) (maxInc int64) {
 	rc.t.Helper()
-	connWin, streamWin := int64(65535), int64(65535)
+	win := testenv.NewH2Windows()
 	for {
-		for connWin > 0 && streamWin > 0 {
-			used, last := send(min(connWin, streamWin))
-			connWin -= used
-			streamWin -= used
+		for win.Room() > 0 {
+			used, last := send(win.Room())
+			win.Sent(used)
 			if last {
 				return maxInc
 			}
@@ -121,22 +118,6 @@ func (rc *rawClient) sendWithinWindows(send func(room int64) (used int64, last b
 		if err != nil {
 			rc.t.Fatalf("waiting for window: %v (the stream's window was not given back)", err)
 		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if f.IsAck() {
-				break
-			}
-			if v, ok := f.Value(http2.SettingInitialWindowSize); ok {
-				streamWin += int64(v) - 65535
-			}
-			rc.fr.WriteSettingsAck()
-		case *http2.WindowUpdateFrame:
-			if f.StreamID == 0 {
-				connWin += int64(f.Increment)
-				break
-			}
-			streamWin += int64(f.Increment)
-			maxInc = max(maxInc, int64(f.Increment))
-		}
+		maxInc = max(maxInc, win.Take(f, rc.fr))
 	}
 }

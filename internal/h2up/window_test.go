@@ -87,18 +87,17 @@ func serveUntilBlocked(ln net.Listener, size int64, blocked chan<- int64) {
 		return
 	}
 	fr.WriteSettings()
-	connWin, streamWin := int64(65535), int64(65535)
+	win := testenv.NewH2Windows()
 	var id uint32
 	var sent int64
 	reported := false
 	chunk := make([]byte, 16<<10)
 	for {
-		for id != 0 && sent < size && connWin > 0 && streamWin > 0 {
-			k := min(int64(len(chunk)), connWin, streamWin, size-sent)
+		for id != 0 && sent < size && win.Room() > 0 {
+			k := min(int64(len(chunk)), win.Room(), size-sent)
 			fr.WriteData(id, sent+k == size, chunk[:k])
 			sent += k
-			connWin -= k
-			streamWin -= k
+			win.Sent(k)
 		}
 		if id != 0 && sent < size && !reported {
 			reported = true
@@ -108,22 +107,8 @@ func serveUntilBlocked(ln net.Listener, size int64, blocked chan<- int64) {
 		if err != nil {
 			return
 		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if f.IsAck() {
-				break
-			}
-			if v, ok := f.Value(http2.SettingInitialWindowSize); ok {
-				streamWin += int64(v) - 65535
-			}
-			fr.WriteSettingsAck()
-		case *http2.WindowUpdateFrame:
-			if f.StreamID == 0 {
-				connWin += int64(f.Increment)
-			} else {
-				streamWin += int64(f.Increment)
-			}
-		case *http2.MetaHeadersFrame:
+		win.Take(f, fr)
+		if f, ok := f.(*http2.MetaHeadersFrame); ok {
 			id = f.StreamID
 			var hb bytesBuffer
 			hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})

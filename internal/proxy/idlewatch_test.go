@@ -178,12 +178,8 @@ func TestWithIdleTimeoutZeroIsNone(t *testing.T) {
 // read waits; the idle limit still ends it (ErrIdle) when that comes
 // first; a deadline cleared leaves the idle limit alone.
 func TestWithIdleTimeoutHonoursReadDeadline(t *testing.T) {
-	a, peer := net.Pipe()
-	defer a.Close()
-	defer peer.Close()
-	b, peerB := net.Pipe()
-	defer b.Close()
-	defer peerB.Close()
+	a, _ := pipeEnds(t)
+	b, _ := pipeEnds(t)
 	buf := make([]byte, 1)
 	isTimeout := func(err error) bool {
 		var ne net.Error
@@ -223,12 +219,8 @@ func TestWithIdleTimeoutHonoursReadDeadline(t *testing.T) {
 // deadline, not at the old one or at an idle limit that activity the
 // other way keeps putting off.
 func TestWithIdleTimeoutUserDeadlineMovedLater(t *testing.T) {
-	a, peer := net.Pipe()
-	defer a.Close()
-	defer peer.Close()
-	b, peerB := net.Pipe()
-	defer b.Close()
-	defer peerB.Close()
+	a, _ := pipeEnds(t)
+	b, peerB := pipeEnds(t)
 	go io.Copy(io.Discard, peerB)
 	wa, wb := WithIdleTimeout(a, b, 200*time.Millisecond)
 	stop := make(chan struct{})
@@ -268,4 +260,11 @@ func TestWithIdleTimeoutUserDeadlineMovedLater(t *testing.T) {
 		}
 		return
 	}
+}
+
+// pipeEnds returns the two ends of a net.Pipe, closed when the test ends.
+func pipeEnds(t *testing.T) (net.Conn, net.Conn) {
+	x, y := net.Pipe()
+	t.Cleanup(func() { x.Close(); y.Close() })
+	return x, y
 }
