@@ -194,6 +194,7 @@ type h1ClientConn struct {
 	headMu      sync.Mutex // guards the following
 	headArmed   bool       // watchHead was called for the request
 	headStop    bool       // the head came: the watch must not start
+	headSkip    int        // timer callbacks that fired for requests already done, not yet run: each returns at once
 	headDone    chan struct{}
 }
 
@@ -223,7 +224,10 @@ func (cs *h1ClientConn) watchHead() {
 
 func (cs *h1ClientConn) headWatch() {
 	cs.headMu.Lock()
-	if cs.headStop {
+	if cs.headSkip > 0 || cs.headStop {
+		if cs.headSkip > 0 {
+			cs.headSkip--
+		}
 		cs.headMu.Unlock()
 		return
 	}
@@ -254,6 +258,12 @@ func (cs *h1ClientConn) stopHead() {
 	done := cs.headDone
 	if done != nil {
 		cs.conn.SetReadDeadline(aLongTimeAgo)
+	} else {
+		// The timer fired and its callback has not run yet: the next
+		// request's watchHead clears headStop, so the callback must skip
+		// by count, or it would watch (and read the client) beside the
+		// next request's own.
+		cs.headSkip++
 	}
 	cs.headMu.Unlock()
 	if done != nil {
