@@ -190,7 +190,10 @@ type h1ClientConn struct {
 
 	// The watch of a request whose response head is slow (watchHead).
 	watchHeadFn func() // cs.watchHead
-	headTimer   *time.Timer
+	headTimer   stoppableTimer
+	// afterFunc makes headTimer: time.AfterFunc when nil (a test's own
+	// timer otherwise, to run its callback late at will).
+	afterFunc func(time.Duration, func()) stoppableTimer
 	headMu      sync.Mutex // guards the following
 	headArmed   bool       // watchHead was called for the request
 	headStop    bool       // the head came: the watch must not start
@@ -215,11 +218,20 @@ func (cs *h1ClientConn) watchHead() {
 	cs.headMu.Lock()
 	cs.headArmed, cs.headStop, cs.headDone = true, false, nil
 	cs.headMu.Unlock()
-	if cs.headTimer == nil {
-		cs.headTimer = time.AfterFunc(headWatchAfter, cs.headWatch)
-	} else {
+	switch {
+	case cs.headTimer != nil:
 		cs.headTimer.Reset(headWatchAfter)
+	case cs.afterFunc != nil:
+		cs.headTimer = cs.afterFunc(headWatchAfter, cs.headWatch)
+	default:
+		cs.headTimer = time.AfterFunc(headWatchAfter, cs.headWatch)
 	}
+}
+
+// stoppableTimer is what watchHead needs of its timer (*time.Timer).
+type stoppableTimer interface {
+	Reset(time.Duration) bool
+	Stop() bool
 }
 
 func (cs *h1ClientConn) headWatch() {
