@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -50,22 +51,75 @@ func (a *Agent) relayMQTT(ctx context.Context, client, up net.Conn, cn mqtt.Conn
 }
 
 // spliceIdle is the idle timeout of a spliced connection: the service's
-// (0: none); on an mqtt port (proto), 1.5 times the CONNECT cn's keep
-// alive if shorter (the inspecting relay keeps the keep alive itself). A
-// client that sends nothing for that long is one a broker disconnects
-// (MQTT 3.1.1 §3.1.2.10), and a splice that moved no byte either way for
-// that long had a silent client. Only for MQTT 3.1 and 3.1.1: an MQTT 5
-// broker may replace the keep alive in its CONNACK, which a splice does
-// not read (the inspecting relay does: relay.Relay).
-func spliceIdle(idle time.Duration, proto string, cn mqtt.Connect) time.Duration {
-	limit := mqtt.KeepAliveLimit(cn.Keepalive)
-	if proto != "mqtt" || cn.Version == 5 || limit == 0 {
-		return idle
+// (idle; 0: none), and on an mqtt port (t) 1.5 times the keep alive
+// in force if shorter (the inspecting relay keeps the keep alive itself).
+// A client that sends nothing for that long is one a broker disconnects
+// (MQTT 3.1.1 and 5 §3.1.2.10), and a splice that moved no byte either way
+// for that long had a silent client. The keep alive in force is the
+// CONNECT cn's, or for MQTT 5 the Server Keep Alive of the broker's
+// CONNACK, which spliceIdle relays to the client first (connackFirst). An
+// error ends the connection.
+func (a *Agent) spliceIdle(ctx context.Context, client, up net.Conn, idle time.Duration, t listenTarget, cn mqtt.Connect) (time.Duration, error) {
+	if t.proto != "mqtt" {
+		return idle, nil
 	}
-	if idle <= 0 || limit < idle {
-		return limit
+	keep := cn.Keepalive
+	if cn.Version == 5 {
+		secs, ok, err := connackFirst(ctx, client, up, cn, shorterIdle(idle, mqtt.KeepAliveLimit(cn.Keepalive)))
+		if err != nil {
+			a.log.Debug("agent: MQTT connection ended before the broker's CONNACK", "service", t.svc, "err", err)
+		}
+		if err != nil || !ok {
+			return idle, err
+		}
+		keep = secs
 	}
-	return idle
+	return shorterIdle(idle, mqtt.KeepAliveLimit(keep)), nil
+}
+
+// shorterIdle is the shorter of two timeouts, where 0 is none.
+func shorterIdle(a, b time.Duration) time.Duration {
+	if a <= 0 || (b > 0 && b < a) {
+		return b
+	}
+	return a
+}
+
+// connackFirst relays the broker's first packet on up to the client of a
+// spliced MQTT 5 connection whose CONNECT cn was sent, and returns the keep
+// alive in force after it: the CONNACK's Server Keep Alive, else cn's
+// (MQTT 5 §3.2.2.3.14). ok is false when that packet is no CONNACK (an
+// enhanced authentication's AUTH comes first) or its bytes cannot be
+// framed: the splice then carries the rest as it is. The client's packets
+// wait in its socket meanwhile, as a broker answers a CONNECT without
+// them. err (the broker closed, or sent nothing within wait; 0: no limit)
+// ends the connection.
+func connackFirst(ctx context.Context, client, up net.Conn, cn mqtt.Connect, wait time.Duration) (keep uint16, ok bool, err error) {
+	if wait > 0 {
+		up.SetReadDeadline(time.Now().Add(wait))
+	}
+	stop := context.AfterFunc(ctx, func() { up.SetReadDeadline(aLongTimeAgo) }) // agent shutdown
+	h, raw, body, err := mqtt.ReadPacket(up, mqtt.MaxPacketSize)
+	stop()
+	up.SetReadDeadline(time.Time{})
+	if len(raw) > 0 {
+		if _, werr := client.Write(raw); werr != nil {
+			return 0, false, werr
+		}
+	}
+	var pe *mqtt.ProtocolError
+	switch {
+	case errors.As(err, &pe):
+		return 0, false, nil // not framed here: the splice forwards the rest
+	case err != nil:
+		return 0, false, fmt.Errorf("agent: waiting for the broker's CONNACK: %w", err)
+	case h.Type != mqtt.TypeConnack:
+		return 0, false, nil
+	}
+	if secs, ok := mqtt.ServerKeepAlive(body); ok {
+		return secs, true, nil
+	}
+	return cn.Keepalive, true, nil
 }
 
 func (a *Agent) countTopic(svc, kind, topic string) {

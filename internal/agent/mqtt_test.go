@@ -29,7 +29,7 @@ func startMosquitto(t *testing.T) int {
 
 // startMosquittoProc is startMosquitto, also returning the broker's
 // process (a test may stop it).
-func startMosquittoProc(t *testing.T) (int, *os.Process) {
+func startMosquittoProc(t *testing.T, conf ...string) (int, *os.Process) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -37,9 +37,10 @@ func startMosquittoProc(t *testing.T) (int, *os.Process) {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n", port)), 0o644)
-	cmd := exec.Command("mosquitto", "-c", conf)
+	file := filepath.Join(t.TempDir(), "mosquitto.conf")
+	lines := append([]string{fmt.Sprintf("listener %d 127.0.0.1", port), "allow_anonymous true", "persistence false"}, conf...)
+	os.WriteFile(file, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+	cmd := exec.Command("mosquitto", "-c", file)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -276,7 +276,9 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		if t.proto == "mqtt" && (sv.svc.Spec.MQTTInspect || mqttCheck != nil) {
 			c, u := proxy.WithIdleTimeout(client, up, idle) // d <= 0: the conns themselves
 			a.relayMQTT(ctx, c, u, mqttConn, t.svc, sv.svc.Spec.MQTTInspect, mqttCheck)
-		} else if err := a.relayTCP(ctx, client, up, fast, len(prefix), spliceIdle(idle, t.proto, mqttConn)); errors.Is(err, proxy.ErrIdle) {
+		} else if sidle, err := a.spliceIdle(ctx, client, up, idle, t, mqttConn); err != nil {
+			up.Close() // no CONNACK: the client's connection ends with it
+		} else if err := a.relayTCP(ctx, client, up, fast, len(prefix), sidle); errors.Is(err, proxy.ErrIdle) {
 			a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_idle_timeouts_total{service=%q}`, t.svc)).Inc()
 		}
 		counter.Add(-1)
