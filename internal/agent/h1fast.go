@@ -194,11 +194,11 @@ type h1ClientConn struct {
 	// afterFunc makes headTimer: time.AfterFunc when nil (a test's own
 	// timer otherwise, to run its callback late at will).
 	afterFunc func(time.Duration, func()) stoppableTimer
-	headMu      sync.Mutex // guards the following
-	headArmed   bool       // watchHead was called for the request
-	headStop    bool       // the head came: the watch must not start
-	headSkip    int        // timer callbacks that fired for requests already done, not yet run: each returns at once
-	headDone    chan struct{}
+	headMu    sync.Mutex // guards the following
+	headArmed bool       // watchHead was called for the request
+	headStop  bool       // the head came: the watch must not start
+	headSkip  int        // timer callbacks that fired for requests already done, not yet run: each returns at once
+	headDone  chan struct{}
 }
 
 // headWatchAfter is how long a request's response head may take before
