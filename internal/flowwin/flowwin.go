@@ -49,6 +49,14 @@ func (b *Budget) Left() int64 { return b.left.Load() }
 // Swap sets what is left and returns the old value (tests).
 func (b *Budget) Swap(n int64) int64 { return b.left.Swap(n) }
 
+// Take draws n bytes from the budget, if it has them; Give returns them.
+// For bytes other than a window's growth held against the same memory
+// (h2srv: connection credit lent ahead of a slow reader).
+func (b *Budget) Take(n int64) bool { return b.take(n) }
+
+// Give returns n bytes that Take drew.
+func (b *Budget) Give(n int64) { b.left.Add(n) }
+
 func (b *Budget) take(n int64) bool {
 	for {
 		left := b.left.Load()

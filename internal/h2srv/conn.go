@@ -61,6 +61,8 @@ type conn struct {
 	peerWin     int32  // the client's initial stream window
 	peerFrame   uint32 // the client's max frame size
 	connCredit  int    // consumed bytes not yet returned to the client
+	held        int    // request body bytes buffered for handlers
+	lent        int    // of them, credited to the client on receipt (heldLocked)
 	recvWin     int64  // what the client may still send on the connection
 	handlers    int    // handlers running
 	unackedSets int    // SETTINGS sent, not acknowledged

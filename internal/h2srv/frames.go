@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/fogmesh/fogmesh/internal/flowwin"
 	"golang.org/x/net/http2"
 )
 
@@ -158,7 +159,7 @@ func (sc *conn) removeLocked(st *stream) {
 	delete(sc.streams, st.id)
 	st.removed = true
 	if n := st.body.discard(); n > 0 {
-		sc.creditLocked(n)
+		sc.consumedLocked(n)
 	}
 	st.win.Release()
 	if len(sc.streams) == 0 {
@@ -171,6 +172,35 @@ func (sc *conn) removeLocked(st *stream) {
 				sc.idle.Reset(sc.opts.IdleTimeout)
 			}
 		}
+	}
+}
+
+// heldLocked records n bytes of request body buffered for a handler.
+// Beyond half the connection's window held, they go back to the client at
+// once, lent from the process's window budget (at most maxLent per
+// connection) until a handler consumes them: streams whose handlers do
+// not read (their endpoint is slow) then hold their own windows, not the
+// whole connection's, and the client's other streams keep moving (as
+// grpc-go's server, which credits the connection on receipt).
+func (sc *conn) heldLocked(n int) {
+	sc.held += n
+	if sc.held > connWindow/2 && sc.lent+n <= maxLent && flowwin.Process.Take(int64(n)) {
+		sc.lent += n
+		sc.creditLocked(n)
+	}
+}
+
+// consumedLocked records n held bytes read or discarded: they repay what
+// was lent first, and the rest goes back to the client.
+func (sc *conn) consumedLocked(n int) {
+	sc.held -= n
+	if r := min(n, sc.lent); r > 0 {
+		sc.lent -= r
+		flowwin.Process.Give(int64(r))
+		n -= r
+	}
+	if n > 0 {
+		sc.creditLocked(n)
 	}
 }
 
@@ -300,6 +330,7 @@ func (sc *conn) processData(f *http2.DataFrame) error {
 			sc.creditLocked(len(data))
 		} else {
 			st.body.write(data)
+			sc.heldLocked(len(data))
 		}
 	}
 	if f.StreamEnded() {

@@ -28,6 +28,7 @@ const (
 	// http.DefaultMaxHeaderBytes and 32 bytes per field's overhead.
 	DefaultMaxHeaderList = http.DefaultMaxHeaderBytes + 32<<10
 	connWindow           = 1 << 20 // the connection's receive window; a stream's starts at 64 KiB and grows while its handler keeps up (package flowwin)
+	maxLent              = 4 << 20 // connection credit lent ahead of handlers per connection (heldLocked)
 	initialWindow        = 65535
 	prefaceTimeout       = 10 * time.Second
 )

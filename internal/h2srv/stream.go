@@ -219,7 +219,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		sc.mu.Lock()
 		if st.body.len() > 0 && len(p) > 0 {
 			n := st.body.read(p)
-			sc.creditLocked(n)
+			sc.consumedLocked(n)
 			if !st.recvDone && !st.removed {
 				st.credit += n
 				extra := st.win.Consumed(n, st.body.len() == 0, flowwin.Process)
@@ -305,7 +305,7 @@ func (b *requestBody) Close() error {
 	sc.mu.Lock()
 	b.st.bodyClosed = true
 	if n := b.st.body.discard(); n > 0 {
-		sc.creditLocked(n)
+		sc.consumedLocked(n)
 	}
 	b.st.win.Release()
 	sc.mu.Unlock()
