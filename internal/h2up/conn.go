@@ -35,6 +35,22 @@ const (
 
 var clientPreface = []byte(http2.ClientPreface)
 
+// wlock is a mutex whose Lock may be given up (lockDone).
+type wlock chan struct{}
+
+func (l wlock) Lock()   { l <- struct{}{} }
+func (l wlock) Unlock() { <-l }
+
+// lockDone locks l unless done is closed first (nil: never).
+func (l wlock) lockDone(done <-chan struct{}) bool {
+	select {
+	case l <- struct{}{}:
+		return true
+	case <-done:
+		return false
+	}
+}
+
 // errConnGone: the connection closed or went away before the stream was
 // opened on it; RoundTrip tries another.
 var errConnGone = errors.New("h2up: connection no longer takes streams")
@@ -59,7 +75,7 @@ type conn struct {
 	fr   *http2.Framer
 	meta *h2meta.Reader // reads fr's frames, header blocks decoded (read loop only)
 
-	wmu     sync.Mutex   // guards bw, the framer's writes, henc, hbuf, werr
+	wmu     wlock        // guards bw, the framer's writes, henc, hbuf, werr
 	waiting atomic.Int32 // writers waiting for wmu: the last one flushes
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
@@ -101,7 +117,7 @@ type conn struct {
 }
 
 func newConn(p *Pool, nc net.Conn) (*conn, error) {
-	c := &conn{p: p, nc: nc, bw: bufio.NewWriterSize(nc, 16<<10), streams: map[uint32]*stream{},
+	c := &conn{p: p, nc: nc, wmu: make(wlock, 1), bw: bufio.NewWriterSize(nc, 16<<10), streams: map[uint32]*stream{},
 		nextID: 1, maxConc: defaultMaxConc, peerWin: 65535, sendWin: 65535, maxFrame: 16384, recvWin: connWindow}
 	c.cond.L = &c.mu
 	c.br = bufio.NewReaderSize(nc, 16<<10)
@@ -146,8 +162,22 @@ func (c *conn) write(fn func() error) error { return c.writeFlush(fn, true) }
 // writeFlush is write; flush false leaves the frames buffered for the
 // next write's flush (or a timer's: see roundTrip).
 func (c *conn) writeFlush(fn func() error, flush bool) error {
+	return c.writeFlushCtx(nil, fn, flush)
+}
+
+// errWaitDone: writeFlushCtx's done was closed before the write lock was
+// taken (fn did not run).
+var errWaitDone = errors.New("h2up: gave up waiting for the connection's writer")
+
+// writeFlushCtx is writeFlush giving up, before fn runs, once done is
+// closed: a writer blocked in a write to an endpoint that does not read
+// holds the lock.
+func (c *conn) writeFlushCtx(done <-chan struct{}, fn func() error, flush bool) error {
 	c.waiting.Add(1)
-	c.wmu.Lock()
+	if !c.wmu.lockDone(done) {
+		c.waiting.Add(-1)
+		return errWaitDone
+	}
 	c.waiting.Add(-1)
 	defer c.wmu.Unlock()
 	if c.werr != nil {

@@ -73,8 +73,15 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		resp, err := c.roundTrip(req)
-		if errors.Is(err, errConnGone) && attempt < 3 {
-			continue // the connection went away before the stream was opened
+		if errors.Is(err, errConnGone) {
+			if attempt < 3 {
+				continue // the connection went away before the stream was opened
+			}
+			// Nothing was sent, on any of the connections: as a dial
+			// that failed.
+			if p.cfg.DialError != nil {
+				err = p.cfg.DialError(err)
+			}
 		}
 		return resp, err
 	}

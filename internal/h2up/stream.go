@@ -83,7 +83,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	// error: returned by fn, it would close the connection and fail the
 	// streams open on it.
 	var refused error
-	err := c.writeFlush(func() error {
+	err := c.writeFlushCtx(ctx.Done(), func() error {
 		ran = true
 		c.mu.Lock()
 		c.reserved--
@@ -122,6 +122,9 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		if !ran {
 			c.unreserve()
+			if err == errWaitDone {
+				return nil, ctx.Err()
+			}
 			return nil, errConnGone
 		}
 		s.reset(http2.ErrCodeCancel, err, false)
@@ -142,7 +145,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	select {
 	case <-s.respReady:
 	case <-ctx.Done():
-		s.reset(http2.ErrCodeCancel, ctx.Err(), true)
+		s.resetAsync(http2.ErrCodeCancel, ctx.Err(), true, true)
 		<-s.respReady // closed by reset, or by the response that came first
 	}
 	if s.respErr != nil {
@@ -193,6 +196,12 @@ func (s *stream) watch() {
 // body's reads fail with it. send: an RST_STREAM with code goes to the
 // server (the read loop passes false for the server's own).
 func (s *stream) reset(code http2.ErrCode, err error, send bool) {
+	s.resetAsync(code, err, send, false)
+}
+
+// resetAsync is reset; async: the RST_STREAM is written by a goroutine of
+// its own (the caller must not wait behind a stalled write).
+func (s *stream) resetAsync(code http2.ErrCode, err error, send, async bool) {
 	c := s.c
 	c.mu.Lock()
 	if s.gone {
@@ -211,7 +220,11 @@ func (s *stream) reset(code http2.ErrCode, err error, send bool) {
 	stop := s.stop
 	c.mu.Unlock()
 	if send && wasOpen && id != 0 {
-		c.write(func() error { return c.fr.WriteRSTStream(id, code) })
+		if async {
+			go c.write(func() error { return c.fr.WriteRSTStream(id, code) })
+		} else {
+			c.write(func() error { return c.fr.WriteRSTStream(id, code) })
+		}
 	}
 	s.fail(err)
 	if stop != nil {
@@ -425,7 +438,15 @@ func (b *body) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	if s.trailer != nil {
-		s.resp.Trailer = s.trailer // as net/http: the map is set before EOF
+		// As net/http's copyTrailers: merged into the map the Trailer
+		// header declared, declared keys not sent stay (nil), before EOF.
+		if s.resp.Trailer == nil {
+			s.resp.Trailer = s.trailer
+		} else {
+			for k, vv := range s.trailer {
+				s.resp.Trailer[k] = vv
+			}
+		}
 	}
 	s.mu.Unlock()
 	return 0, io.EOF
