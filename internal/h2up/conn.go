@@ -290,9 +290,13 @@ func (c *conn) writeHeaderBlock(id uint32, endStream bool, maxFrame uint32) erro
 }
 
 // close fails every stream with err and closes the connection.
-func (c *conn) close(err error) {
+func (c *conn) close(err error) { c.closeIf(err, nil) }
+
+// closeIf is close if cond (nil: always) holds, checked under mu with
+// the close: a stream opened in between keeps the connection.
+func (c *conn) closeIf(err error, cond func() bool) {
 	c.mu.Lock()
-	if c.closed {
+	if c.closed || cond != nil && !cond() {
 		c.mu.Unlock()
 		return
 	}
@@ -318,13 +322,10 @@ func (c *conn) close(err error) {
 
 // closeIfIdle closes the connection if it carries no stream.
 func (c *conn) closeIfIdle() {
-	c.mu.Lock()
-	idle := len(c.streams) == 0 && c.reserved == 0
-	c.mu.Unlock()
-	if idle {
-		c.close(errors.New("h2up: idle connection closed"))
-	}
+	c.closeIf(errIdleClosed, func() bool { return len(c.streams) == 0 && c.reserved == 0 })
 }
+
+var errIdleClosed = errors.New("h2up: idle connection closed")
 
 // drain takes no new streams and closes once the streams in flight are done.
 func (c *conn) drain() {

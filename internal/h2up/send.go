@@ -57,7 +57,7 @@ func (s *stream) writeBody(hasTrailer bool, headers *time.Timer, pre *pending) {
 			}
 			part := chunk[sent : sent+k]
 			last := endWithData && sent+k == n
-			if last && !s.markSentEnd() {
+			if last && !s.markSentEnd(k) {
 				return
 			}
 			if err := c.write(func() error { return c.fr.WriteData(s.id, last, part) }); err != nil {
@@ -76,7 +76,7 @@ func (s *stream) writeBody(hasTrailer bool, headers *time.Timer, pre *pending) {
 			s.reset(http2.ErrCodeCancel, fmt.Errorf("h2up: reading the request body: %w", rerr), true)
 			return
 		}
-		if !s.markSentEnd() {
+		if !s.markSentEnd(0) {
 			return
 		}
 		var trailer http.Header
@@ -196,12 +196,17 @@ func (s *stream) abortSend() {
 }
 
 // markSentEnd records the END_STREAM about to be sent; false if the stream
-// no longer sends.
-func (s *stream) markSentEnd() bool {
+// no longer sends: then the connection window taken for the frame
+// (reserved, from awaitSend) goes back, as the frame is not written.
+func (s *stream) markSentEnd(reserved int) bool {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s.sentEnd || c.closed {
+		if reserved > 0 && !c.closed {
+			c.sendWin += int64(reserved)
+			c.cond.Broadcast()
+		}
 		return false
 	}
 	s.sentEnd = true
