@@ -57,15 +57,17 @@ type conn struct {
 	lastID      uint32 // the GOAWAY's last stream id
 	closed      bool
 	closeErr    error
-	sendWin     int64  // connection send window
-	peerWin     int32  // the client's initial stream window
-	peerFrame   uint32 // the client's max frame size
-	connCredit  int    // consumed bytes not yet returned to the client
-	held        int    // request body bytes buffered for handlers
-	lent        int    // of them, credited to the client on receipt (heldLocked)
-	recvWin     int64  // what the client may still send on the connection
-	handlers    int    // handlers running
-	unackedSets int    // SETTINGS sent, not acknowledged
+	sendWin     int64          // connection send window
+	peerWin     int32          // the client's initial stream window
+	peerFrame   uint32         // the client's max frame size
+	connCredit  int            // consumed bytes not yet returned to the client
+	held        int            // request body bytes buffered for handlers
+	lent        int            // of them, credited to the client on receipt (heldLocked)
+	recvWin     int64          // what the client may still send on the connection
+	updates     map[uint32]int // WINDOW_UPDATE increments queued, by stream (0: the connection)
+	updating    bool           // writeWindowUpdates runs
+	handlers    int            // handlers running
+	unackedSets int            // SETTINGS sent, not acknowledged
 	idle        *time.Timer
 	done        chan struct{} // closed when the read loop ends
 }
@@ -278,6 +280,12 @@ func (sc *conn) goAway(code http2.ErrCode, debug []byte) {
 	sc.lastID = sc.maxID
 	last, open := sc.lastID, len(sc.streams)
 	sc.mu.Unlock()
+	if code != http2.ErrCodeNo {
+		// The connection ends whether the client reads the GOAWAY or not:
+		// a write held up by a client that does not read is cut.
+		t := time.AfterFunc(time.Second, func() { sc.closeConn(http2.ConnectionError(code)) })
+		defer t.Stop()
+	}
 	sc.writeFrames(func() error { return sc.fr.WriteGoAway(last, code, debug) })
 	if code != http2.ErrCodeNo {
 		sc.closeConn(http2.ConnectionError(code))

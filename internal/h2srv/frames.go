@@ -13,6 +13,25 @@ import (
 )
 
 func (sc *conn) processFrame(f http2.Frame) error {
+	if id := f.Header().StreamID; id != 0 {
+		// RFC 9113 §6.8: after GOAWAY, frames of streams above its last
+		// stream id are discarded (their DATA's connection window given
+		// back).
+		sc.mu.Lock()
+		discard := sc.goingAway && id > sc.lastID
+		if d, ok := f.(*http2.DataFrame); ok && discard {
+			if int64(d.Length) > sc.recvWin {
+				sc.mu.Unlock()
+				return http2.ConnectionError(http2.ErrCodeFlowControl)
+			}
+			sc.recvWin -= int64(d.Length)
+			sc.creditLocked(int(d.Length))
+		}
+		sc.mu.Unlock()
+		if discard {
+			return nil
+		}
+	}
 	switch f := f.(type) {
 	case *http2.MetaHeadersFrame:
 		return sc.processHeaders(f)
@@ -68,6 +87,7 @@ func (sc *conn) processSettings(f *http2.SettingsFrame) error {
 	if f.NumSettings() > 100 {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
+	tableSize, setTable := uint32(0), false
 	if err := f.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
 			return err
@@ -87,12 +107,19 @@ func (sc *conn) processSettings(f *http2.SettingsFrame) error {
 			}
 		case http2.SettingMaxFrameSize:
 			sc.peerFrame = s.Val
+		case http2.SettingHeaderTableSize:
+			tableSize, setTable = s.Val, true
 		}
 		return nil
 	}); err != nil {
 		return err
 	}
-	return sc.writeControl(func() error { return sc.fr.WriteSettingsAck() })
+	return sc.writeControl(func() error {
+		if setTable { // under wmu: every header block encoded from now on
+			sc.henc.SetMaxDynamicTableSizeLimit(tableSize)
+		}
+		return sc.fr.WriteSettingsAck()
+	})
 }
 
 func (sc *conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
@@ -119,7 +146,11 @@ func (sc *conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	}
 	st.sendWin += int64(f.Increment)
 	if st.sendWin > 1<<31-1 {
-		go sc.resetStream(f.StreamID, http2.ErrCodeFlowControl)
+		// Forgotten here, so the updates that follow find no stream: one
+		// RST_STREAM written for it, not one goroutine per frame.
+		st.abortLocked(http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeFlowControl})
+		sc.removeLocked(st)
+		go sc.writeFrames(func() error { return sc.fr.WriteRSTStream(f.StreamID, http2.ErrCodeFlowControl) })
 		return nil
 	}
 	st.wake()
@@ -213,7 +244,45 @@ func (sc *conn) creditLocked(n int) {
 	c := sc.connCredit
 	sc.connCredit = 0
 	sc.recvWin += int64(c)
-	go sc.writeFrames(func() error { return sc.fr.WriteWindowUpdate(0, uint32(c)) })
+	sc.windowUpdateLocked(0, c)
+}
+
+// windowUpdateLocked queues a WINDOW_UPDATE of n for stream id (0: the
+// connection). One goroutine per connection writes what is queued,
+// increments to one stream summed: a client that sends (padding, bodies
+// credited on receipt) but does not read holds up that goroutine, not one
+// parked goroutine per update.
+func (sc *conn) windowUpdateLocked(id uint32, n int) {
+	if sc.updates == nil {
+		sc.updates = map[uint32]int{}
+	}
+	sc.updates[id] += n
+	if !sc.updating {
+		sc.updating = true
+		go sc.writeWindowUpdates()
+	}
+}
+
+func (sc *conn) writeWindowUpdates() {
+	for {
+		sc.mu.Lock()
+		updates := sc.updates
+		sc.updates = nil
+		if len(updates) == 0 || sc.closed {
+			sc.updating = false
+			sc.mu.Unlock()
+			return
+		}
+		sc.mu.Unlock()
+		sc.writeFrames(func() error {
+			for id, n := range updates {
+				if err := sc.fr.WriteWindowUpdate(id, uint32(n)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
 }
 
 func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
@@ -231,9 +300,28 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		sc.mu.Unlock()
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
+	sc.mu.Unlock()
+	// The request is built before the stream is recorded: maxID and the
+	// stream's entry change together below, so a GOAWAY (Shutdown, the
+	// idle timer) either counts the stream as open or takes it for one
+	// above its last stream id, never promises it and closes.
+	req, cont, err := newRequest(f, sc.canonical)
+	var bad *errBadRequest
+	malformed := err != nil && !errors.As(err, &bad)
+	var st *stream
+	if !malformed {
+		st = newStream(sc, id, req, !f.StreamEnded(), cont)
+	}
+	drop := func() {
+		if st != nil {
+			st.cancel()
+		}
+	}
+	sc.mu.Lock()
 	sc.maxID = id
 	if sc.goingAway {
 		sc.mu.Unlock()
+		drop()
 		return nil // above the GOAWAY's last stream: ignored
 	}
 	if uint32(len(sc.streams)) >= sc.maxStreams() {
@@ -242,6 +330,7 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 			code = http2.ErrCodeRefusedStream
 		}
 		sc.mu.Unlock()
+		drop()
 		sc.resetStream(id, code)
 		return nil
 	}
@@ -249,26 +338,24 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		// Handlers of reset streams still running: a client resetting
 		// streams as fast as it opens them (CVE-2023-44487).
 		sc.mu.Unlock()
+		drop()
 		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
 	}
 	if f.HasPriority() && f.Priority.StreamDep == id {
 		sc.mu.Unlock()
+		drop()
 		sc.resetStream(id, http2.ErrCodeProtocol)
 		return nil
 	}
-	sc.mu.Unlock()
-	req, cont, err := newRequest(f, sc.canonical)
-	var bad *errBadRequest
-	if err != nil && !errors.As(err, &bad) {
+	if malformed {
+		sc.mu.Unlock()
 		sc.s.logf("h2srv: refused request", "remote", sc.remote, "err", err)
 		sc.resetStream(id, http2.ErrCodeProtocol)
 		return nil
 	}
-	st := newStream(sc, id, req, !f.StreamEnded(), cont)
-	sc.mu.Lock()
 	if sc.closed {
 		sc.mu.Unlock()
-		st.cancel()
+		drop()
 		return nil
 	}
 	sc.streams[id] = st
@@ -286,24 +373,34 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 }
 
 func (sc *conn) processData(f *http2.DataFrame) error {
+	reset, code, err := sc.processDataLocked(f)
+	if reset {
+		// From the read loop, not a goroutine per frame: a client that
+		// does not read is held up here (its frames pile up in its own
+		// socket), not in parked goroutines.
+		sc.resetStream(f.StreamID, code)
+	}
+	return err
+}
+
+func (sc *conn) processDataLocked(f *http2.DataFrame) (reset bool, code http2.ErrCode, err error) {
 	id, n := f.StreamID, int(f.Length)
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	if int64(n) > sc.recvWin {
-		return http2.ConnectionError(http2.ErrCodeFlowControl)
+		return false, 0, http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
 	sc.recvWin -= int64(n)
 	st := sc.streams[id]
 	if st == nil || st.recvDone {
 		sc.creditLocked(n) // the connection's window is the client's to use again
 		if id > sc.maxID {
-			return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
+			return false, 0, http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
 		}
-		go sc.resetStream(id, http2.ErrCodeStreamClosed)
-		return nil
+		return true, http2.ErrCodeStreamClosed, nil
 	}
 	if int64(n) > st.recvWin {
-		return http2.ConnectionError(http2.ErrCodeFlowControl)
+		return false, 0, http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
 	st.recvWin -= int64(n)
 	data := f.Data()
@@ -317,13 +414,13 @@ func (sc *conn) processData(f *http2.DataFrame) error {
 		if c := st.credit; int64(c) >= st.win.Size()/4 && !st.recvDone {
 			st.credit = 0
 			st.recvWin += int64(c)
-			go sc.writeFrames(func() error { return sc.fr.WriteWindowUpdate(id, uint32(c)) })
+			sc.windowUpdateLocked(id, c)
 		}
 	}
 	st.got += int64(len(data))
 	if st.declLen >= 0 && st.got > st.declLen {
-		go sc.resetStream(id, http2.ErrCodeProtocol) // more than its Content-Length
-		return nil
+		sc.creditLocked(len(data))              // not buffered: the connection's window goes back
+		return true, http2.ErrCodeProtocol, nil // more than its Content-Length
 	}
 	if len(data) > 0 {
 		if st.bodyClosed {
@@ -335,11 +432,10 @@ func (sc *conn) processData(f *http2.DataFrame) error {
 	}
 	if f.StreamEnded() {
 		if st.declLen >= 0 && st.got != st.declLen {
-			go sc.resetStream(id, http2.ErrCodeProtocol)
-			return nil
+			return true, http2.ErrCodeProtocol, nil
 		}
 		st.endBodyLocked(io.EOF)
 	}
 	st.wake()
-	return nil
+	return false, 0, nil
 }

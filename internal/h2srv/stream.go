@@ -119,7 +119,11 @@ func (st *stream) endBodyLocked(err error) {
 // trailersLocked takes a second HEADERS block: the request's trailers.
 func (st *stream) trailersLocked(f *http2.MetaHeadersFrame, canon func(string) string) error {
 	if st.recvDone {
-		go st.sc.resetStream(st.id, http2.ErrCodeStreamClosed)
+		// Forgotten here, so further HEADERS on it are a connection
+		// error: one RST_STREAM, not one goroutine per frame.
+		st.abortLocked(http2.StreamError{StreamID: st.id, Code: http2.ErrCodeStreamClosed})
+		st.sc.removeLocked(st)
+		go st.sc.writeFrames(func() error { return st.sc.fr.WriteRSTStream(st.id, http2.ErrCodeStreamClosed) })
 		return nil
 	}
 	if st.gotTrailer {
@@ -164,11 +168,13 @@ func (st *stream) run(h http.Handler) {
 		if e != nil && e != http.ErrAbortHandler {
 			sc.s.logf("h2srv: handler panic", "remote", sc.remote, "panic", e)
 		}
+		failed := false
 		if e == nil {
 			rw.finish()
+			failed = rw.err != nil // the response did not end (a write timed out, or failed)
 		}
 		sc.mu.Lock()
-		reset := e != nil || (!st.removed && !st.recvDone)
+		reset := e != nil || failed || (!st.removed && !st.recvDone)
 		wasRemoved := st.removed
 		st.cancel()
 		sc.mu.Unlock()
@@ -177,7 +183,7 @@ func (st *stream) run(h http.Handler) {
 			// A body the handler did not wait for: NO_ERROR asks the
 			// client to stop sending it (RFC 9113 §8.1).
 			code := http2.ErrCodeNo
-			if e != nil {
+			if e != nil || failed {
 				code = http2.ErrCodeInternal
 			}
 			sc.resetStream(st.id, code)
@@ -193,15 +199,17 @@ func (st *stream) run(h http.Handler) {
 
 // requestBody is the handler's view of the request body.
 type requestBody struct {
-	st     *stream
-	closed bool
+	st *stream
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
 	st := b.st
 	sc := st.sc
-	if b.closed {
-		return 0, errors.New("h2srv: read on closed body")
+	sc.mu.Lock()
+	closed := st.bodyClosed
+	sc.mu.Unlock()
+	if closed {
+		return 0, errBodyClosed
 	}
 	if st.needsContinue {
 		st.needsContinue = false
@@ -217,6 +225,10 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	}()
 	for {
 		sc.mu.Lock()
+		if st.bodyClosed { // closed by another goroutine while this Read waited
+			sc.mu.Unlock()
+			return 0, errBodyClosed
+		}
 		if st.body.len() > 0 && len(p) > 0 {
 			n := st.body.read(p)
 			sc.consumedLocked(n)
@@ -286,21 +298,20 @@ func (b *requestBody) Read(p []byte) (int, error) {
 // on the handler's goroutine, with its HEADERS).
 func (b *requestBody) ReadReady() bool {
 	st := b.st
-	if b.closed {
+	st.sc.mu.Lock()
+	defer st.sc.mu.Unlock()
+	if st.bodyClosed {
 		return true
 	}
 	if st.needsContinue {
 		return false // the read writes 100 Continue and waits
 	}
-	st.sc.mu.Lock()
-	defer st.sc.mu.Unlock()
 	return st.body.len() > 0 || st.recvDone
 }
 
 // Close: the handler reads no more; the rest is discarded, and a stream
 // the client still sends on is reset when the handler returns.
 func (b *requestBody) Close() error {
-	b.closed = true
 	sc := b.st.sc
 	sc.mu.Lock()
 	b.st.bodyClosed = true
@@ -308,9 +319,12 @@ func (b *requestBody) Close() error {
 		sc.consumedLocked(n)
 	}
 	b.st.win.Release()
+	b.st.wake() // a Read waiting on another goroutine returns
 	sc.mu.Unlock()
 	return nil
 }
+
+var errBodyClosed = errors.New("h2srv: read on closed body")
 
 // chunkBuf is a body buffer of pooled 16 KiB chunks.
 type chunkBuf struct {

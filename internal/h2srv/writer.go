@@ -3,6 +3,7 @@ package h2srv
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -266,7 +267,14 @@ func (w *responseWriter) headerFields(end bool, buffered int) func(enc hpackEnco
 	status := w.status
 	return func(enc hpackEncoder) {
 		encodeField(enc, ":status", strconv.Itoa(status))
-		encodeHeader(enc, h, nil)
+		// Trailers are not header fields: declared ones, and those
+		// promoted from http.TrailerPrefix by trailerKeys when header
+		// and trailers leave in one flush.
+		for k, vv := range h {
+			if !slices.Contains(w.declared, k) && !slices.Contains(w.trailers, k) {
+				encodeValues(enc, k, vv)
+			}
+		}
 		if clen != "" {
 			encodeField(enc, "content-length", clen)
 		}
