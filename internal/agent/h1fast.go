@@ -69,17 +69,21 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}
 	br, bw := httpproxy.GetReader(r), httpproxy.GetWriter(tc)
 	handedOff := false
+	var cs *h1ClientConn
 	defer func() {
 		stop()
 		httpproxy.PutReader(br)
 		httpproxy.PutWriter(bw)
 		if !handedOff {
+			if cs != nil && cs.linger {
+				lingerClose(c)
+			}
 			tc.Close()
 		}
 	}()
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
-	cs := &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone}
+	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone}
 	cs.watchHeadFn = cs.watchHead // one func value for the connection, not one per request with a body
 	// Cancelled only by watch (a client gone mid-stream) and when the
 	// connection ends: the pools hook only streaming bodies to it.
@@ -187,6 +191,9 @@ type h1ClientConn struct {
 	// that of a lean response to it (httpproxy.WithResponseHeaderBuf),
 	// until headersDone; they are never reused for another request.
 	hb, resp httpproxy.HeaderBuf
+	// linger: a request body was left unread; the connection is closed
+	// lingering (lingerClose).
+	linger bool
 
 	// The watch of a request whose response head is slow (watchHead).
 	watchHeadFn func() // cs.watchHead
@@ -378,9 +385,9 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 			return false
 		}
 		if hasBody {
-			keep = keep && httpproxy.DrainBody(body)
+			keep = keep && cs.drain(body)
 		}
-		w.Send(bw, keep)
+		w.Send(bw, keep, in.Method == http.MethodHead)
 		return bw.Flush() == nil && keep
 	}
 	werr := httpproxy.WriteResponse(bw, resp, in, keep, cs.watch)
@@ -389,7 +396,39 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 		return false
 	}
 	if hasBody {
-		keep = keep && httpproxy.DrainBody(body)
+		keep = keep && cs.drain(body)
 	}
 	return keep
+}
+
+// drain reads the rest of a request body no endpoint took
+// (httpproxy.DrainBody); if it cannot, the connection is closed
+// lingering (lingerClose).
+func (cs *h1ClientConn) drain(body io.Reader) bool {
+	if httpproxy.DrainBody(body) {
+		return true
+	}
+	cs.linger = true
+	return false
+}
+
+// lingerFor and lingerMax bound lingerClose.
+const (
+	lingerFor = 500 * time.Millisecond
+	lingerMax = 4 << 20
+)
+
+// lingerClose readies the close of a client connection whose request
+// body was left unread (an endpoint answered 413 or 401 before taking
+// it), as net/http's server does: the response goes out with a FIN, and
+// what the client still sends is read and dropped for a while. Closed at
+// once with unread bytes, the connection would get a reset, and the
+// client's kernel could drop the response before the client read it.
+func lingerClose(c net.Conn) {
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(lingerFor))
+	io.CopyN(io.Discard, c, lingerMax)
 }

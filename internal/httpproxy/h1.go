@@ -276,8 +276,9 @@ func (w *ErrorWriter) Write(b []byte) (int, error) {
 }
 
 // Send writes the collected response to bw (not flushed), with
-// "Connection: close" unless keep.
-func (w *ErrorWriter) Send(bw *bufio.Writer, keep bool) {
+// "Connection: close" unless keep, and without its body if head (the
+// answer to a HEAD request has none, RFC 9110 §9.3.2).
+func (w *ErrorWriter) Send(bw *bufio.Writer, keep, head bool) {
 	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\n", w.code, http.StatusText(w.code))
 	w.h.Del("Content-Length")
 	writeFields(bw, w.h)
@@ -285,7 +286,9 @@ func (w *ErrorWriter) Send(bw *bufio.Writer, keep bool) {
 		bw.WriteString("Connection: close\r\n")
 	}
 	fmt.Fprintf(bw, "Content-Length: %d\r\n\r\n", w.body.Len())
-	bw.Write(w.body.Bytes())
+	if !head {
+		bw.Write(w.body.Bytes())
+	}
 }
 
 func writeFields(bw *bufio.Writer, h http.Header) {
@@ -309,7 +312,7 @@ type UpstreamBuffered interface{ BufferedUpstream() int }
 // (if not nil) from its first part on.
 func WriteResponse(bw *bufio.Writer, resp *http.Response, in *http.Request, keep bool, watch func() (stop func())) error {
 	bw.WriteString("HTTP/1.1 ")
-	if resp.Status != "" {
+	if validStatus(resp) {
 		bw.WriteString(resp.Status)
 	} else {
 		bw.WriteString(strconv.Itoa(resp.StatusCode) + " " + http.StatusText(resp.StatusCode))
@@ -402,4 +405,21 @@ func endChunked(bw *bufio.Writer, cw io.WriteCloser, trailer http.Header) {
 		}
 	}
 	bw.WriteString("\r\n")
+}
+
+// validStatus reports whether resp.Status can be sent as it is: its code,
+// then nothing or a space and a reason phrase of HTAB, SP, VCHAR and
+// obs-text (RFC 9112 §4): no CR, LF or other control byte that
+// http.ReadResponse lets through.
+func validStatus(resp *http.Response) bool {
+	s := resp.Status
+	if len(s) < 3 || resp.StatusCode < 100 || resp.StatusCode > 999 {
+		return false
+	}
+	for i, d := 0, 100; i < 3; i, d = i+1, d/10 {
+		if s[i] != byte('0'+resp.StatusCode/d%10) {
+			return false
+		}
+	}
+	return len(s) == 3 || s[3] == ' ' && httpguts.ValidHeaderFieldValue(s[4:])
 }

@@ -173,7 +173,7 @@ func TestErrorWriter(t *testing.T) {
 		http.Error(&w, "fogmesh: no healthy endpoint", http.StatusServiceUnavailable)
 		var out bytes.Buffer
 		bw := bufio.NewWriter(&out)
-		w.Send(bw, keep)
+		w.Send(bw, keep, false)
 		bw.Flush()
 		resp, err := http.ReadResponse(bufio.NewReader(&out), nil)
 		if err != nil {

@@ -105,6 +105,8 @@ type poolConn struct {
 	// body is the last lean response's body (leanResponse), reused: a
 	// respBody stops reading it once done, before the connection is reused.
 	body lengthBody
+	// writing is the context of the request being written (onStall).
+	writing context.Context
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -177,10 +179,14 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 		return nil, p.cfg.DialError(err)
 	}
 	var rw io.ReadWriter = c
-	if raw := NewRawIO(c); raw != nil { // no system call state per read and write
+	raw := NewRawIO(c) // no system call state per read and write
+	if raw != nil {
 		rw = raw
 	}
 	pc := &poolConn{p: p, c: c, bw: bufio.NewWriterSize(rw, BufSize), poison: func() { c.SetDeadline(aLongTimeAgo) }}
+	if raw != nil {
+		raw.OnStall, raw.StallAfter = pc.onStall, earlyResponseWait
+	}
 	pc.head = headLimit{r: rw, left: noHeadLimit}
 	pc.br = bufio.NewReaderSize(&pc.head, BufSize)
 	p.mu.Lock()
@@ -379,10 +385,40 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// errAnsweredEarly ends the write of a request whose endpoint answered
+// (or closed) before it took the whole body.
+var errAnsweredEarly = errors.New("the endpoint answered before it took the whole request")
+
+// onStall is called while a write of the request waits for an endpoint
+// that takes none of it (RawIO.OnStall): one that answered already (413,
+// 401 before reading the body) and holds the connection open would
+// otherwise be written to for good; exchange reads its answer.
+func (pc *poolConn) onStall() error {
+	if ctx := pc.writing; ctx != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if !pc.alive() {
+		return errAnsweredEarly // bytes (or the end) came in: the answer
+	}
+	return nil
+}
+
 // exchange writes req and reads the response header.
 func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
-	if err := pc.writeRequest(req); err != nil {
+	pc.writing = req.Context()
+	err := pc.writeRequest(req)
+	pc.writing = nil
+	if err != nil {
 		var cbe *ClientBodyError
+		if !errors.As(err, &cbe) {
+			// The endpoint may have answered before it stopped reading
+			// the body (413, 401), and closed or held the connection
+			// (onStall): its answer wins, as with net/http's Transport.
+			// The connection is not reused.
+			if resp := pc.earlyResponse(req); resp != nil {
+				return resp, nil
+			}
+		}
 		if pc.reused && !errors.As(err, &cbe) {
 			return nil, fmt.Errorf("%w: %w", errStale, err)
 		}
@@ -413,5 +449,36 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 			continue // informational (103 Early Hints): dropped
 		}
 		return resp, nil
+	}
+}
+
+// earlyResponseWait bounds the look for an answer that came before a
+// request body could be written whole.
+const earlyResponseWait = 100 * time.Millisecond
+
+// earlyResponse returns a final response the endpoint sent before the
+// write of the request failed, if there is one, marked to close the
+// connection; nil otherwise.
+func (pc *poolConn) earlyResponse(req *http.Request) *http.Response {
+	pc.c.SetReadDeadline(time.Now().Add(earlyResponseWait))
+	defer pc.c.SetReadDeadline(time.Time{})
+	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
+	defer func() { pc.head.left = noHeadLimit }()
+	for {
+		resp, err := http.ReadResponse(pc.br, req)
+		if err != nil {
+			return nil
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 {
+			if resp.StatusCode == http.StatusSwitchingProtocols {
+				return nil
+			}
+			continue
+		}
+		if req.Context().Err() != nil {
+			return nil // cancelled meanwhile: its poisoned deadline was just cleared
+		}
+		resp.Close = true
+		return resp
 	}
 }

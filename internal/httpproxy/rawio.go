@@ -1,10 +1,12 @@
 package httpproxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
 	"syscall"
+	"time"
 )
 
 // RawIO reads and writes a socket with syscall.RawSyscall inside the
@@ -25,6 +27,16 @@ type RawIO struct {
 	rp, wp         []byte
 	rn, wn         int
 	rerrno, werrno syscall.Errno
+
+	// OnStall, if set, is called every StallAfter while a Write waits for
+	// a full socket (the peer reads slowly or not at all): an error ends
+	// the Write with it, nil lets it wait on. Set before the first Write.
+	// The write deadline that times it is armed only once a write finds
+	// the socket full, and cleared after: a Write that never waits pays
+	// nothing.
+	OnStall    func() error
+	StallAfter time.Duration
+	armed      bool // the stall's write deadline is set
 }
 
 // NewRawIO returns the RawIO of c, or nil if c has no file descriptor.
@@ -83,6 +95,17 @@ func (r *RawIO) Write(p []byte) (int, error) {
 	}
 	r.wp, r.wn, r.werrno = p, 0, 0
 	err := r.rc.Write(r.writef)
+	for err != nil && r.armed && errors.Is(err, os.ErrDeadlineExceeded) {
+		if err = r.OnStall(); err != nil {
+			break
+		}
+		r.armed = false // re-armed by the next write that finds the socket full
+		err = r.rc.Write(r.writef)
+	}
+	if r.armed {
+		r.armed = false
+		r.c.SetWriteDeadline(time.Time{})
+	}
 	r.wp = nil
 	if err == nil && r.werrno != 0 {
 		err = r.opError("write", r.werrno)
@@ -100,6 +123,10 @@ func (r *RawIO) writeFunc(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			if r.OnStall != nil && !r.armed {
+				r.armed = true
+				r.c.SetWriteDeadline(time.Now().Add(r.StallAfter))
+			}
 			return false // park until writable
 		}
 		r.werrno = e

@@ -1,0 +1,189 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Bugs a review of the HTTP/1.1 path found (session 19): each test's
+// comment says what went wrong before its fix, and each fails without it.
+
+// zeros is an endless reader of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// earlyUpstream answers every connection's first request with 413 as soon
+// as its head is read, without reading the body; then holds the
+// connection open (hold) or closes it.
+func earlyUpstream(t *testing.T, hold bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done); ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+				if hold {
+					<-done
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func earlyAnswer(t *testing.T, rt http.RoundTripper, addr string) {
+	req, _ := http.NewRequest("POST", "http://"+addr+"/upload", io.LimitReader(zeros{}, 64<<20))
+	req.ContentLength = 64 << 20
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		resp, err := rt.RoundTrip(req)
+		ch <- result{resp, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("the endpoint's early 413 was lost: %v", r.err)
+		}
+		if r.resp.StatusCode != 413 {
+			t.Fatalf("status %d, want 413", r.resp.StatusCode)
+		}
+		r.resp.Body.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("RoundTrip still blocked 5 s after the endpoint answered 413 (writing a body nobody reads)")
+	}
+}
+
+func poolTo(addr string) *Pool {
+	return NewPool(PoolConfig{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}})
+}
+
+// TestPoolEarlyResponse: an endpoint that answers before reading
+// the request body (413, 401) and keeps the connection open: net/http's
+// Transport returns the answer; the pool writes the whole body first and
+// blocks for good once the socket buffers are full.
+func TestPoolEarlyResponseHeld(t *testing.T) {
+	t.Run("net/http", func(t *testing.T) {
+		tr := &http.Transport{}
+		defer tr.CloseIdleConnections()
+		earlyAnswer(t, tr, earlyUpstream(t, true))
+	})
+	t.Run("pool", func(t *testing.T) {
+		addr := earlyUpstream(t, true)
+		p := poolTo(addr)
+		defer p.Close(true)
+		earlyAnswer(t, p, addr)
+	})
+}
+
+// rejectingServer is net/http's server answering 413 to every request
+// without reading its body (it then closes the connection, past 256 KiB
+// of unread body, after a half-close and a linger).
+func rejectingServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "too big!", http.StatusRequestEntityTooLarge)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// TestPoolEarlyResponseClosed: the endpoint is net/http's server,
+// which answers 413 without reading the body and then closes the
+// connection: net/http's Transport returns the 413; the pool fails the
+// write and reports an upstream failure (502 to the client).
+func TestPoolEarlyResponseClosed(t *testing.T) {
+	t.Run("net/http", func(t *testing.T) {
+		tr := &http.Transport{}
+		defer tr.CloseIdleConnections()
+		earlyAnswer(t, tr, rejectingServer(t))
+	})
+	t.Run("pool", func(t *testing.T) {
+		addr := rejectingServer(t)
+		p := poolTo(addr)
+		defer p.Close(true)
+		earlyAnswer(t, p, addr)
+	})
+}
+
+// strayUpstream answers its first request with "ok", then (once told)
+// writes a second, unsolicited response on the same connection: an
+// endpoint bug, or a server's 408 on an idle connection. It reports when
+
+// TestStatusLineBareCR: a status line whose reason phrase holds a
+// bare CR (an endpoint's doing) is refused by the lean parse but taken by
+// http.ReadResponse, which does not check the reason phrase, and
+// WriteResponse passes resp.Status on as it came: the agent sends a bare
+// CR in a status line, which RFC 9112 §2.2 forbids (MUST NOT) and which a
+// lenient client reads as a line end, seeing a header the agent never
+// saw (here a second Content-Length). net/http's ReverseProxy writes its
+// own reason phrase.
+func TestStatusLineBareCR(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\rContent-Length: 0\r\nContent-Length: 2\r\n\r\nok")
+		br.Peek(1) // until the pool closes
+	}()
+	p := poolTo(ln.Addr().String())
+	defer p.Close(true)
+	in, _ := http.NewRequest("GET", "http://svc/", nil)
+	resp, err := p.RoundTrip(in)
+	if err != nil {
+		t.Fatalf("the pool refused the response (fine): %v", err)
+	}
+	defer resp.Body.Close()
+	var out bytes.Buffer
+	bw := bufio.NewWriter(&out)
+	if err := WriteResponse(bw, resp, in, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(out.String(), "\n")
+	if strings.Contains(strings.TrimSuffix(line, "\r"), "\r") {
+		t.Fatalf("status line sent to the client holds a bare CR: %q", line)
+	}
+}
