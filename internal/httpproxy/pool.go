@@ -418,6 +418,12 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 			if resp := pc.earlyResponse(req); resp != nil {
 				return resp, nil
 			}
+			if errors.Is(err, errAnsweredEarly) {
+				// Bytes that are no answer, or the end: the endpoint's
+				// failure (failover, outlier detection), as the broken
+				// write it spared would have been.
+				err = fmt.Errorf("%w: %w", err, io.ErrUnexpectedEOF)
+			}
 		}
 		if pc.reused && !errors.As(err, &cbe) {
 			return nil, fmt.Errorf("%w: %w", errStale, err)
