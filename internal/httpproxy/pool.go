@@ -107,6 +107,11 @@ type poolConn struct {
 	body lengthBody
 	// writing is the context of the request being written (onStall).
 	writing context.Context
+	// rc and peekFn are alive's (nil: no file descriptor); peeked its
+	// result.
+	rc     syscall.RawConn
+	peekFn func(uintptr) bool
+	peeked bool
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -186,6 +191,7 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 	pc := &poolConn{p: p, c: c, bw: bufio.NewWriterSize(rw, BufSize), poison: func() { c.SetDeadline(aLongTimeAgo) }}
 	if raw != nil {
 		raw.OnStall, raw.StallAfter = pc.onStall, earlyResponseWait
+		pc.rc, pc.peekFn = raw.rc, pc.peek
 	}
 	pc.head = headLimit{r: rw, left: noHeadLimit}
 	pc.br = bufio.NewReaderSize(&pc.head, BufSize)
@@ -262,22 +268,22 @@ func (pc *poolConn) alive() bool {
 	if pc.br.Buffered() > 0 {
 		return false // bytes nobody asked for
 	}
-	sc, ok := pc.c.(syscall.Conn)
-	if !ok {
+	if pc.rc == nil {
 		return true
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	pc.peeked = false
+	if pc.rc.Read(pc.peekFn) != nil {
 		return false
 	}
-	alive := false
+	return pc.peeked
+}
+
+// peek is alive's look at the socket (made once: peekFn).
+func (pc *poolConn) peek(fd uintptr) bool {
 	var b [1]byte
-	rc.Read(func(fd uintptr) bool {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		alive = err == unix.EAGAIN
-		return true
-	})
-	return alive
+	_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	pc.peeked = err == unix.EAGAIN
+	return true
 }
 
 // ErrPoolClosed: the pool was closed (Close) before a new connection
