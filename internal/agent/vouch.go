@@ -73,7 +73,26 @@ func identityOf(v *view, addr netip.Addr) string {
 // the claimed identity's namespace asks for it first (learnCaller, up to
 // scopeWait).
 func (a *Agent) vouch(ctx context.Context, h transport.Header, claimed string) (sourceID, sourceNode string) {
-	if claimed == "" || a.ident == nil {
+	if a.ident == nil {
+		return claimed, h.Source
+	}
+	if p, ok := transport.PeerFromContext(ctx); ok && p.ID.TrustDomain() != a.ident.td {
+		// A node of a federated trust domain is not one of this domain's
+		// nodes, whatever its name: it is named by its full ID (node rules
+		// naming a local node do not match it) and vouched for its own
+		// domain's identities only.
+		node := p.ID.String()
+		if claimed == "" {
+			return "", node
+		}
+		if id, err := spiffeid.FromString(claimed); err == nil && id.TrustDomain() == p.ID.TrustDomain() {
+			return claimed, node
+		}
+		a.m.unvouched.Inc()
+		a.log.Warn("agent: source identity not vouched for by its node; treated as unknown", "node", node, "claimed", claimed)
+		return "", node
+	}
+	if claimed == "" {
 		return claimed, h.Source
 	}
 	if a.view.Load().nodeIDs[h.Source][claimed] {
@@ -83,11 +102,6 @@ func (a *Agent) vouch(ctx context.Context, h transport.Header, claimed string) (
 	// claimed identity's namespace, then checks the claim the same way.
 	if a.learnCaller(ctx, h.Source, claimed) {
 		return claimed, h.Source
-	}
-	if p, ok := transport.PeerFromContext(ctx); ok && p.ID.TrustDomain() != a.ident.td {
-		if id, err := spiffeid.FromString(claimed); err == nil && id.TrustDomain() == p.ID.TrustDomain() {
-			return claimed, h.Source
-		}
 	}
 	a.m.unvouched.Inc()
 	a.log.Warn("agent: source identity not vouched for by its node; treated as unknown", "node", h.Source, "claimed", claimed)

@@ -290,9 +290,10 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 	}
 	p.sess, p.id, p.auth = sess, peerID, &auth
 	c.m.sessions.Inc()
-	c.wg.Add(1)
+	c.wg.Add(2)
 	c.mu.Unlock()
 	go c.watchSession(meshAddr, p, sess, &auth)
+	go c.refuseStreams(meshAddr, sess)
 	c.log.Debug("mesh: session opened", "peer", meshAddr)
 	return sess, &auth, true, nil
 }
@@ -385,7 +386,7 @@ func (c *Client) watchSession(meshAddr string, p *peer, sess *yamux.Session, aut
 
 // openStream runs the client side of the stream handshake on sess.
 func (c *Client) openStream(ctx context.Context, sess *yamux.Session, auth *peerAuth, h Header) (net.Conn, error) {
-	st, err := sess.OpenStream()
+	st, err := openStreamContext(ctx, sess)
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
@@ -395,6 +396,48 @@ func (c *Client) openStream(ctx context.Context, sess *yamux.Session, auth *peer
 		sc.cause = auth.cause
 	}
 	return streamHandshake(ctx, sc, h)
+}
+
+// openStreamContext is sess.OpenStream bounded by ctx: yamux's OpenStream
+// takes no context and blocks while AcceptBacklog SYNs are unacknowledged
+// (a peer that stopped taking streams), for up to StreamCloseTimeout.
+func openStreamContext(ctx context.Context, sess *yamux.Session) (*yamux.Stream, error) {
+	type opened struct {
+		st  *yamux.Stream
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		st, err := sess.OpenStream()
+		ch <- opened{st, err}
+	}()
+	select {
+	case o := <-ch:
+		return o.st, o.err
+	case <-ctx.Done():
+		go func() { // the open ends with a slot or the session
+			if o := <-ch; o.st != nil {
+				o.st.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+// refuseStreams closes a client session whose peer opens a stream on it:
+// only the client opens mesh streams, and an unaccepted stream would sit
+// in yamux's backlog with up to its window of buffered data for the
+// session's life (yamux v0.1.2 cannot reset one stream, and a closed one
+// lingers until the peer closes it too).
+func (c *Client) refuseStreams(meshAddr string, sess *yamux.Session) {
+	defer c.wg.Done()
+	st, err := sess.AcceptStream()
+	if err != nil {
+		return // the session ended
+	}
+	c.log.Warn("mesh: peer opened a stream on our session; closing it", "peer", meshAddr)
+	st.Close()
+	sess.Close()
 }
 
 // streamHandshake runs the client side of the stream handshake on a newly

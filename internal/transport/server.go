@@ -125,6 +125,10 @@ func PeerFromContext(ctx context.Context) (Peer, bool) {
 	return p, ok
 }
 
+// maxOpening bounds the streams of one yamux session that wait for their
+// header at once (serveConn).
+const maxOpening = 256
+
 const (
 	defaultHeaderTimeout = 5 * time.Second
 	defaultDialTimeout   = 5 * time.Second
@@ -357,6 +361,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		ctx = ContextWithPeer(ctx, peer)
 	}
 
+	opening := make(chan struct{}, maxOpening)
 	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HeaderTimeout)
 	st, err := sess.AcceptStreamWithContext(hctx)
 	hcancel()
@@ -369,8 +374,24 @@ func (s *Server) serveConn(conn net.Conn) {
 		}
 		sc := newStreamConn(st)
 		sc.cause = auth.cause
+		// At most maxOpening streams of the session wait for their
+		// header at once: a peer that opens streams and sends nothing
+		// (12 bytes of SYN each) then fills yamux's backlog and its opens
+		// block, instead of the agent holding a goroutine and a stream
+		// for each. Streams past their header are not counted.
+		select {
+		case opening <- struct{}{}:
+		case <-ctx.Done():
+			st.Close()
+			err = ctx.Err()
+			continue
+		case <-sess.CloseChan():
+			st.Close()
+			err = yamux.ErrSessionShutdown
+			continue
+		}
 		s.wg.Add(1) // the counter is > 0: serveConn holds one
-		go s.serveStream(ctx, sc)
+		go s.serveStreamThen(ctx, sc, nil, func() { <-opening })
 		st, err = sess.AcceptStreamWithContext(ctx)
 	}
 	if ctx.Err() == nil || errors.Is(err, context.DeadlineExceeded) {
@@ -413,12 +434,21 @@ func (s *Server) serveStream(ctx context.Context, c meshStream) {
 // serveStreamFrom is serveStream on a stream whose first bytes, pre, were
 // read already.
 func (s *Server) serveStreamFrom(ctx context.Context, c meshStream, pre []byte) {
+	s.serveStreamThen(ctx, c, pre, nil)
+}
+
+// serveStreamThen is serveStreamFrom calling opened (if not nil) once the
+// stream's handshake is over, whatever its outcome.
+func (s *Server) serveStreamThen(ctx context.Context, c meshStream, pre []byte, opened func()) {
 	defer s.wg.Done()
 	s.active.Add(1)
 	defer s.active.Add(-1)
 	defer c.Close()
 
 	local, h, err := s.open(ctx, c, pre)
+	if opened != nil {
+		opened()
+	}
 	if err != nil {
 		s.log.Debug("mesh: stream refused", "peer", c.RemoteAddr().String(), "err", err)
 		return
