@@ -17,8 +17,6 @@ import (
 
 const (
 	defaultMaxIdle     = 64                   // idle connections per pool, as MaxIdleConnsPerHost
-	checkIdleAfter     = time.Second          // a pooled connection idle this long is checked before use
-	checkIdleAfterBody = 5 * time.Millisecond // the same for requests that cannot be sent twice
 )
 
 // Pool is a pool of persistent HTTP/1.1 connections to one upstream
@@ -95,10 +93,6 @@ type poolConn struct {
 	idleAt time.Time
 	reused bool
 	uses   int // requests sent on it
-	// peekNext: the last response had no body by rule (HEAD, 204, 304)
-	// although the endpoint may have sent one; the connection is checked
-	// for stray bytes before it is used again.
-	peekNext bool
 	// poison unblocks the connection's reads and writes for good (a
 	// cancelled request); made once, not a closure per request.
 	poison func()
@@ -160,9 +154,11 @@ func (p *Pool) ShrinkIdle(keep int) int {
 	return n
 }
 
-// get returns an idle connection, checked first if it has been idle longer
-// than checkAfter, or a new one.
-func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*poolConn, error) {
+// get returns an idle connection, checked first (alive: one MSG_PEEK,
+// which also finds bytes the endpoint sent unasked, as a duplicate
+// response: read as the next request's answer they would reach another
+// client, so no connection is reused unchecked), or a new one.
+func (p *Pool) get(ctx context.Context, fresh bool) (*poolConn, error) {
 	if !fresh {
 		now := time.Now()
 		p.mu.Lock()
@@ -170,8 +166,8 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 			pc := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
-			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
-				pc.reused, pc.peekNext = true, false
+			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && pc.alive() {
+				pc.reused = true
 				return pc, nil
 			}
 			pc.close()
@@ -300,14 +296,7 @@ var errStale = errors.New("reused connection closed by the endpoint")
 func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	replayable := (req.Body == nil || req.Body == http.NoBody) && isIdempotent(req.Method)
 	for attempt := 0; ; attempt++ {
-		// A replayable request is sent again if its connection was stale,
-		// so only long-idle connections are checked first; others are
-		// checked after a few idle milliseconds (one MSG_PEEK).
-		checkAfter := checkIdleAfter
-		if !replayable {
-			checkAfter = checkIdleAfterBody
-		}
-		pc, err := p.get(req.Context(), attempt > 0, checkAfter)
+		pc, err := p.get(req.Context(), attempt > 0)
 		if err != nil {
 			return nil, err
 		}
@@ -373,10 +362,9 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 	b := &respBody{pc: pc, body: resp.Body, stop: stop, close: resp.Close}
 	if resp.Body == http.NoBody {
 		// A response without a body by rule may still have been sent
-		// one: check before reuse (over a connection that cannot be
-		// peeked, do not reuse).
+		// one: every reuse is checked (get), but over a connection that
+		// cannot be peeked, do not reuse.
 		if req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
-			pc.peekNext = true
 			if _, ok := pc.c.(syscall.Conn); !ok {
 				b.close = true
 			}
