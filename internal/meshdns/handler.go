@@ -82,6 +82,10 @@ func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	h.metrics.count(res)
 	if _, isUDP := w.RemoteAddr().(*net.UDPAddr); isUDP {
 		resp.Truncate(clientUDPSize(req))
+	} else {
+		// Compresses a reply that would not fit a TCP message, and cuts
+		// it (TC) if even that is too large: an unpackable reply is none.
+		resp.Truncate(dns.MaxMsgSize)
 	}
 	if err := w.WriteMsg(resp); err != nil {
 		h.log.Debug("meshdns: write reply", "client", w.RemoteAddr(), "err", err)
@@ -122,6 +126,22 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 		resp.SetRcodeFormatError(req)
 		return resp, resultFormErr
 	}
+	opts := 0
+	for _, rr := range req.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			opts++
+		}
+	}
+	if opts > 1 { // RFC 6891 §6.1.1
+		resp.SetRcodeFormatError(req)
+		return resp, resultFormErr
+	}
+	if opt := req.IsEdns0(); opt != nil && opt.Version() != 0 { // RFC 6891 §6.1.3
+		resp.SetReply(req)
+		resp.SetEdns0(ednsUDPSize, opt.Do())
+		resp.Rcode = dns.RcodeBadVers
+		return resp, resultFormErr
+	}
 	q := req.Question[0]
 	q.Name = dns.Fqdn(q.Name)
 	name := strings.ToLower(q.Name)
@@ -156,7 +176,7 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 	resp.Authoritative = true
 
 	if name == zone {
-		if q.Qtype == dns.TypeSOA {
+		if q.Qtype == dns.TypeSOA || q.Qtype == dns.TypeANY {
 			resp.Answer = []dns.RR{h.soa(zone)}
 			return resp, resultAnswer
 		}
@@ -194,6 +214,15 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 			opt.Option = append(opt.Option, &dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeNotReady, ExtraText: truncate(rec.Unavailable, 200)})
 		}
 		return resp, resultServFail
+	}
+	if n.ent {
+		// _tcp.<svc>: an empty non-terminal when a port name is below it.
+		for _, p := range rec.Ports {
+			if isLabel(strings.ToLower(p.Name)) && p.Port > 0 && p.Port <= 0xffff {
+				return h.noData(resp, zone)
+			}
+		}
+		return h.nxDomain(resp, zone)
 	}
 	if n.host != "" {
 		// An instance of a headless service, by its hostname.
@@ -278,6 +307,8 @@ func (h *handler) answer(req *dns.Msg) (*dns.Msg, result) {
 		}
 	case n.port == "" && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA):
 		resp.Answer = h.addrs(q.Name, addrs, q.Qtype)
+	case n.port == "" && q.Qtype == dns.TypeANY: // a subset: RFC 8482 §4.1
+		resp.Answer = append(h.addrs(q.Name, addrs, dns.TypeA), h.addrs(q.Name, addrs, dns.TypeAAAA)...)
 	}
 	if len(resp.Answer) == 0 {
 		return h.noData(resp, zone)
@@ -290,6 +321,7 @@ type meshName struct {
 	svc, ns string
 	port    string // from _<port>._tcp; empty if none
 	host    string // an instance's hostname (<host>.<svc>.<ns>); empty if none
+	ent     bool   // _tcp.<svc>[.<ns>], the empty non-terminal above the port names
 }
 
 // parseName parses rel, a lowercase name relative to the zone without a
@@ -303,6 +335,8 @@ func (h *handler) parseName(rel string) (meshName, bool) {
 			return meshName{}, false
 		}
 		labels = labels[2:]
+	} else if (len(labels) == 2 || len(labels) == 3) && labels[0] == "_tcp" {
+		n.ent, labels = true, labels[1:]
 	}
 	switch len(labels) {
 	case 1:
@@ -310,7 +344,7 @@ func (h *handler) parseName(rel string) (meshName, bool) {
 	case 2:
 		n.svc, n.ns = labels[0], labels[1]
 	case 3:
-		if n.port != "" || !isLabel(labels[0]) {
+		if n.port != "" || n.ent || !isLabel(labels[0]) {
 			return meshName{}, false
 		}
 		n.host, n.svc, n.ns = labels[0], labels[1], labels[2]

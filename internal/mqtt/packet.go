@@ -240,6 +240,7 @@ const (
 	KindPublish           // Topics holds the PUBLISH's topic (an alias resolved)
 	KindSubscribe         // Topics holds the filters the broker will match (SubscribedFilter)
 	KindDisconnect        // the client ends the connection; WillAsked reports a v5 "disconnect with will"
+	KindRelease           // a PUBREL: Topics holds the topic of the QoS 2 PUBLISH it releases (the broker may deliver it only now)
 )
 
 // Action is what a client packet asks of the broker.
@@ -266,6 +267,10 @@ type Session struct {
 	Version    byte
 	aliases    map[uint16]string
 	aliasBytes int
+	// qos2 holds the topics of the QoS 2 PUBLISH packets not released yet,
+	// by packet identifier.
+	qos2      map[uint16]string
+	qos2Bytes int
 }
 
 // Inspect decodes one client packet of the session (after CONNECT) and
@@ -337,7 +342,29 @@ func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 				s.aliases[p.Alias] = topic
 			}
 		}
+		if p.QoS == 2 {
+			if s.qos2 == nil {
+				s.qos2 = map[uint16]string{}
+			}
+			s.qos2Bytes += len(topic) - len(s.qos2[p.PacketID])
+			if s.qos2Bytes > maxAliasBytes {
+				return Action{}, protocolErr(0x93, "PUBLISH: unreleased QoS 2 messages hold more than %d bytes of topics", maxAliasBytes)
+			}
+			s.qos2[p.PacketID] = topic
+		}
 		return Action{Kind: KindPublish, Topics: []string{topic}}, nil
+	case TypePubrel:
+		if len(body) < 2 {
+			return Action{}, malformed("PUBREL without a packet identifier")
+		}
+		id := uint16(body[0])<<8 | uint16(body[1])
+		topic, ok := s.qos2[id]
+		if !ok {
+			return Action{}, nil
+		}
+		delete(s.qos2, id)
+		s.qos2Bytes -= len(topic)
+		return Action{Kind: KindRelease, Topics: []string{topic}}, nil
 	case TypeSubscribe:
 		sub, err := ParseSubscribe(body, s.Version)
 		if err != nil {

@@ -127,9 +127,13 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 	check := r.Authorize
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { client.Close(); up.Close() })
 	connacked := make(chan struct{})
 	keep := &keepAlive{client: client, up: up, limit: mqtt.KeepAliveLimit(cn.Keepalive)}
+	// Ended by the broker, the agent or the idle timeout: the client is
+	// closed, the broker's side only stopped, so that closeRelay can still
+	// keep the broker from publishing a will denied by now.
+	aborted := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { defer close(aborted); client.Close(); keep.abort() })
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { // brokerToClient
@@ -142,7 +146,8 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 	defer func() {  // closeRelay
 		defer wg.Wait()
 		if !stop() {
-			return // ended by the broker or the agent: both sides are closed
+			<-aborted
+			reason = 0 // the client is closed
 		}
 		if reason != 0 {
 			// Not before the broker's CONNACK: the client must get it first.
@@ -201,9 +206,22 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 			kind = "publish"
 		case mqtt.KindSubscribe:
 			kind = "subscribe"
+		case mqtt.KindRelease:
+			// The broker may deliver a QoS 2 message only at its PUBREL:
+			// its topic must still be allowed then.
+			if check != nil && !check("publish", act.Topics) {
+				reason = 0x87 // not authorized
+				return
+			}
 		case mqtt.KindDisconnect:
-			if act.WillAsked && cn.Will && check != nil && !WillAllowed(cn, check) {
-				raw = []byte{mqtt.TypeDisconnect << 4, 0} // normal disconnection: the will is discarded
+			if cn.Will && check != nil && !WillAllowed(cn, check) {
+				// Normal disconnection, which the broker cannot refuse: the
+				// will is discarded. Not only for a v5 "disconnect with
+				// will": a DISCONNECT this package reads as well-formed may
+				// still be one the broker refuses (a session expiry the
+				// CONNECT did not allow, a reason string with control
+				// characters), and it then publishes the will.
+				raw = []byte{mqtt.TypeDisconnect << 4, 0}
 			}
 			cn.Will = false // the broker has its answer; nothing to keep from it
 		}
@@ -243,6 +261,20 @@ type keepAlive struct {
 	limit time.Duration
 
 	unsent []byte // what write left of a packet it could not finish (the relay's goroutine only)
+
+	aborted bool // abort was called: deadlines are no longer set
+}
+
+// abort stops the reads and writes of the relay for good: the client's and
+// the broker's reads and the writes to the broker fail at once.
+func (k *keepAlive) abort() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.aborted = true
+	past := time.Unix(1, 0)
+	k.client.SetReadDeadline(past)
+	k.up.SetReadDeadline(past)
+	k.up.SetWriteDeadline(past)
 }
 
 // writePiece is how much of a packet goes to the broker under one deadline.
@@ -250,7 +282,7 @@ const writePiece = 64 << 10
 
 func (k *keepAlive) Read(p []byte) (int, error) {
 	k.mu.Lock()
-	if k.limit > 0 {
+	if k.limit > 0 && !k.aborted {
 		k.client.SetReadDeadline(time.Now().Add(k.limit))
 	}
 	k.mu.Unlock()
@@ -261,7 +293,7 @@ func (k *keepAlive) write(b []byte) error {
 	for len(b) > 0 {
 		n := min(len(b), writePiece)
 		k.mu.Lock()
-		if k.limit > 0 {
+		if k.limit > 0 && !k.aborted {
 			k.up.SetWriteDeadline(time.Now().Add(k.limit))
 		}
 		k.mu.Unlock()
@@ -280,6 +312,9 @@ func (k *keepAlive) set(limit time.Duration) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.limit = limit
+	if k.aborted {
+		return
+	}
 	if limit > 0 {
 		k.client.SetReadDeadline(time.Now().Add(limit))
 		k.up.SetWriteDeadline(time.Now().Add(limit))
