@@ -71,21 +71,7 @@ func TestHeaderTableSizeHonoured(t *testing.T) {
 // unbounded goroutines and memory. (Kept under the race detector's 8128
 // goroutine limit; without -race any count goes.)
 func TestDataOnClosedStreamBounded(t *testing.T) {
-	big := make([]byte, 1<<20)
-	var written atomic.Int64
-	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for i := 0; i < 1024; i++ { // 1 GiB: more than any socket buffers
-			if _, err := w.Write(big); err != nil {
-				return
-			}
-			written.Add(int64(len(big)))
-		}
-	})})
-	rc := newRawClient(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
-	rc.c.SetDeadline(time.Now().Add(30 * time.Second))
-	rc.fr.WriteWindowUpdate(0, 1<<31-1-65535)
-	rc.headers(1, true) // the big response: the client reads none of it
-	waitWritesBlocked(t, &written)
+	rc := clientNotReading(t)
 	base := runtime.NumGoroutine()
 	frames := 6000 // under the race detector's goroutine limit
 	if n, err := strconv.Atoi(os.Getenv("H2SRV_CLOSED_FRAMES")); err == nil {
@@ -99,17 +85,7 @@ func TestDataOnClosedStreamBounded(t *testing.T) {
 	if _, err := rc.c.Write(buf.Bytes()); err != nil {
 		t.Fatalf("writing the frames: %v", err)
 	}
-	// Wait until the count settles (20 polls without change).
-	deadline := time.Now().Add(10 * time.Second)
-	n, still := -1, 0
-	for still < 20 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // polling, bounded by the deadline
-		if m := runtime.NumGoroutine() - base; m == n {
-			still++
-		} else {
-			n, still = m, 0
-		}
-	}
+	n := goroutinesSettled(base, 10*time.Second)
 	if n > frames/2 {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
@@ -550,25 +526,7 @@ func waitWritesBlocked(t *testing.T, written *atomic.Int64) {
 // for the connection), parked for as long as the client reads nothing.
 // One goroutine per connection writes them now.
 func TestPaddingFromAClientThatDoesNotRead(t *testing.T) {
-	big := make([]byte, 1<<20)
-	var written atomic.Int64
-	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost {
-			io.Copy(io.Discard, r.Body) // gets no data: the frames are all padding
-			return
-		}
-		for i := 0; i < 1024; i++ { // 1 GiB: more than any socket buffers
-			if _, err := w.Write(big); err != nil {
-				return
-			}
-			written.Add(int64(len(big)))
-		}
-	})})
-	rc := newRawClient(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
-	rc.c.SetDeadline(time.Now().Add(60 * time.Second))
-	rc.fr.WriteWindowUpdate(0, 1<<31-1-65535)
-	rc.headers(1, true) // the big response: the client reads none of it
-	waitWritesBlocked(t, &written)
+	rc := clientNotReading(t)
 	base := runtime.NumGoroutine()
 	rc.headers(3, false, ":method", "POST")
 	// 1,500 stream updates' worth: frames of no data and 255 bytes of
@@ -585,8 +543,44 @@ func TestPaddingFromAClientThatDoesNotRead(t *testing.T) {
 	if _, err := rc.c.Write(buf.Bytes()); err != nil {
 		t.Fatalf("writing %d padded frames: %v", frames, err)
 	}
-	// Wait until the count settles (20 polls without change).
-	deadline := time.Now().Add(20 * time.Second)
+	n := goroutinesSettled(base, 20*time.Second)
+	if n > 50 {
+		t.Fatalf("%d goroutines more after %d padded frames (%d window updates owed)", n, frames, updates)
+	}
+	t.Logf("%d goroutines more", n)
+}
+
+// clientNotReading connects a client that asks for a 1 GiB response on
+// stream 1 and reads none of it, and returns once the server's writes are
+// held up by its full socket. The server drains POST bodies.
+func clientNotReading(t *testing.T) *rawClient {
+	t.Helper()
+	big := make([]byte, 1<<20)
+	var written atomic.Int64
+	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			io.Copy(io.Discard, r.Body)
+			return
+		}
+		for i := 0; i < 1024; i++ { // 1 GiB: more than any socket buffers
+			if _, err := w.Write(big); err != nil {
+				return
+			}
+			written.Add(int64(len(big)))
+		}
+	})})
+	rc := newRawClient(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	rc.c.SetDeadline(time.Now().Add(60 * time.Second))
+	rc.fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	rc.headers(1, true)
+	waitWritesBlocked(t, &written)
+	return rc
+}
+
+// goroutinesSettled waits until the goroutine count has not changed over
+// 20 polls (or d passed) and returns it less base.
+func goroutinesSettled(base int, d time.Duration) int {
+	deadline := time.Now().Add(d)
 	n, still := -1, 0
 	for still < 20 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond) // polling, bounded by the deadline
@@ -596,8 +590,5 @@ func TestPaddingFromAClientThatDoesNotRead(t *testing.T) {
 			n, still = m, 0
 		}
 	}
-	if n > 50 {
-		t.Fatalf("%d goroutines more after %d padded frames (%d window updates owed)", n, frames, updates)
-	}
-	t.Logf("%d goroutines more", n)
+	return n
 }

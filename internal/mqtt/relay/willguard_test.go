@@ -96,22 +96,7 @@ func TestWillDeniedSinceDisconnectBrokerRefuses(t *testing.T) {
 			topic := "w/" + fmt.Sprint(time.Now().UnixNano())
 			sub := rawSubscriber(t, addr, topic)
 
-			var deny atomic.Bool
-			r := &Relay{Authorize: func(_ string, topics []string) bool {
-				return !deny.Load() || !slices.Contains(topics, topic)
-			}}
-			client, relayClient := pipe(t)
-			up, err := net.Dial("tcp", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				r.ServeConnect(context.Background(), relayClient, up)
-				relayClient.Close()
-				up.Close()
-			}()
+			deny, client, done := relayTo(t, addr, topic)
 			// MQTT 5 CONNECT, clean start, no properties (session expiry 0), will on topic.
 			cn := pkt(0x10, str("MQTT"), []byte{5, 0x02 | 0x04, 0, 60, 0}, str("review-will"), []byte{0}, str(topic), str("gone"))
 			client.Write(cn)
@@ -154,22 +139,7 @@ func TestQoS2ReleasedAfterDenied(t *testing.T) {
 	topic := "q2/" + fmt.Sprint(time.Now().UnixNano())
 	sub := rawSubscriber(t, addr, topic)
 
-	var deny atomic.Bool
-	r := &Relay{Authorize: func(_ string, topics []string) bool {
-		return !deny.Load() || !slices.Contains(topics, topic)
-	}}
-	client, relayClient := pipe(t)
-	up, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		r.ServeConnect(context.Background(), relayClient, up)
-		relayClient.Close()
-		up.Close()
-	}()
+	deny, client, done := relayTo(t, addr, topic)
 	t.Cleanup(func() {
 		client.Close()
 		select {
@@ -271,4 +241,27 @@ func TestWillGuardOnEveryEnd(t *testing.T) {
 			t.Fatalf("the idle timeout ended the connection without the will's DISCONNECT in %d of %d runs", misses, runs)
 		}
 	})
+}
+
+// relayTo runs a relay from a client (returned) to the broker at addr
+// whose policies deny topic once deny is set; done closes when it ends.
+func relayTo(t *testing.T, addr, topic string) (deny *atomic.Bool, client net.Conn, done chan struct{}) {
+	t.Helper()
+	deny = &atomic.Bool{}
+	r := &Relay{Authorize: func(_ string, topics []string) bool {
+		return !deny.Load() || !slices.Contains(topics, topic)
+	}}
+	client, relayClient := pipe(t)
+	up, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done = make(chan struct{})
+	go func() {
+		defer close(done)
+		r.ServeConnect(context.Background(), relayClient, up)
+		relayClient.Close()
+		up.Close()
+	}()
+	return deny, client, done
 }
