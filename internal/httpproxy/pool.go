@@ -16,7 +16,7 @@ import (
 )
 
 const (
-	defaultMaxIdle     = 64                   // idle connections per pool, as MaxIdleConnsPerHost
+	defaultMaxIdle = 64 // idle connections per pool, as MaxIdleConnsPerHost
 )
 
 // Pool is a pool of persistent HTTP/1.1 connections to one upstream
