@@ -385,7 +385,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 			return false
 		}
 		if hasBody {
-			keep = keep && cs.drain(body)
+			keep = cs.drainOrLinger(body, keep)
 		}
 		w.Send(bw, keep, in.Method == http.MethodHead)
 		return bw.Flush() == nil && keep
@@ -396,9 +396,19 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 		return false
 	}
 	if hasBody {
-		keep = keep && cs.drain(body)
+		keep = cs.drainOrLinger(body, keep)
 	}
 	return keep
+}
+
+// drainOrLinger is drain for a connection kept; one that closes anyway
+// (the client asked for it) is closed lingering: its body may be unread.
+func (cs *h1ClientConn) drainOrLinger(body io.Reader, keep bool) bool {
+	if !keep {
+		cs.linger = true
+		return false
+	}
+	return cs.drain(body)
 }
 
 // drain reads the rest of a request body no endpoint took

@@ -77,6 +77,7 @@ type conn struct {
 
 	wmu     wlock        // guards bw, the framer's writes, henc, hbuf, werr
 	waiting atomic.Int32 // writers waiting for wmu: the last one flushes
+	handoff atomic.Bool  // a flush of what a writer that gave up was owed is on its way (writeFlushCtx)
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
 	werr    error
@@ -176,6 +177,12 @@ func (c *conn) writeFlushCtx(done <-chan struct{}, fn func() error, flush bool) 
 	c.waiting.Add(1)
 	if !c.wmu.lockDone(done) {
 		c.waiting.Add(-1)
+		// A writer that saw this one waiting may have left its frames
+		// to this one's flush (owed): one goroutine per connection at a
+		// time takes the lock and flushes what is owed.
+		if c.handoff.CompareAndSwap(false, true) {
+			go c.writeFlush(func() error { c.handoff.Store(false); return nil }, false)
+		}
 		return errWaitDone
 	}
 	c.waiting.Add(-1)

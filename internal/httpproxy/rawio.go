@@ -99,7 +99,9 @@ func (r *RawIO) Write(p []byte) (int, error) {
 		if err = r.OnStall(); err != nil {
 			break
 		}
-		r.armed = false // re-armed by the next write that finds the socket full
+		// The deadline that fired stays expired (the poller fails every
+		// write at once until it is set again): armed anew.
+		r.c.SetWriteDeadline(time.Now().Add(r.StallAfter))
 		err = r.rc.Write(r.writef)
 	}
 	if r.armed {
