@@ -277,10 +277,9 @@ func TestH1FastPath(t *testing.T) {
 		for _, method := range []string{"GET", "POST"} {
 			for range 3 {
 				closeIdle()
-				// Not a wait for a condition: the pool peeks every
-				// connection before reuse, and this lets the endpoint's FIN
-				// reach the pooled connection first (a POST written before
-				// it arrives cannot be sent again).
+				// Not a wait for a condition: the pool peeks a connection
+				// before a POST only once it has been idle 5 ms
+				// (httpproxy.checkIdleAfterBody); this passes that bound.
 				time.Sleep(10 * time.Millisecond)
 				// GET without a body is sent again on a new connection;
 				// POST's connection is checked before use.

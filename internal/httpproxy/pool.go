@@ -16,7 +16,9 @@ import (
 )
 
 const (
-	defaultMaxIdle = 64 // idle connections per pool, as MaxIdleConnsPerHost
+	defaultMaxIdle     = 64                   // idle connections per pool, as MaxIdleConnsPerHost
+	checkIdleAfter     = time.Second          // a pooled connection idle this long is checked before use
+	checkIdleAfterBody = 5 * time.Millisecond // the same for requests that cannot be sent twice
 )
 
 // Pool is a pool of persistent HTTP/1.1 connections to one upstream
@@ -93,6 +95,10 @@ type poolConn struct {
 	idleAt time.Time
 	reused bool
 	uses   int // requests sent on it
+	// peekNext: the last response had no body by rule (HEAD, 204, 304)
+	// although the endpoint may have sent one; the connection is checked
+	// for stray bytes before it is used again.
+	peekNext bool
 	// poison unblocks the connection's reads and writes for good (a
 	// cancelled request); made once, not a closure per request.
 	poison func()
@@ -154,11 +160,14 @@ func (p *Pool) ShrinkIdle(keep int) int {
 	return n
 }
 
-// get returns an idle connection, checked first (alive: one MSG_PEEK,
-// which also finds bytes the endpoint sent unasked, as a duplicate
-// response: read as the next request's answer they would reach another
-// client, so no connection is reused unchecked), or a new one.
-func (p *Pool) get(ctx context.Context, fresh bool) (*poolConn, error) {
+// get returns an idle connection, checked first if it has been idle longer
+// than checkAfter, or a new one. Known gap: bytes an endpoint sends unasked
+// on a connection idle for less than that (a duplicate response, a body
+// past its length, in a later segment) are read as the next request's
+// answer. Checking every reuse (one MSG_PEEK) closes it, but cost 9 % of
+// the HTTP/1.1 rate and 7 µs of CPU per request in bench.sh (session 19,
+// BENCHMARKS.md), so it was reverted.
+func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*poolConn, error) {
 	if !fresh {
 		now := time.Now()
 		p.mu.Lock()
@@ -166,8 +175,8 @@ func (p *Pool) get(ctx context.Context, fresh bool) (*poolConn, error) {
 			pc := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
-			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && pc.alive() {
-				pc.reused = true
+			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
+				pc.reused, pc.peekNext = true, false
 				return pc, nil
 			}
 			pc.close()
@@ -296,7 +305,14 @@ var errStale = errors.New("reused connection closed by the endpoint")
 func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	replayable := (req.Body == nil || req.Body == http.NoBody) && isIdempotent(req.Method)
 	for attempt := 0; ; attempt++ {
-		pc, err := p.get(req.Context(), attempt > 0)
+		// A replayable request is sent again if its connection was stale,
+		// so only long-idle connections are checked first; others are
+		// checked after a few idle milliseconds (one MSG_PEEK).
+		checkAfter := checkIdleAfter
+		if !replayable {
+			checkAfter = checkIdleAfterBody
+		}
+		pc, err := p.get(req.Context(), attempt > 0, checkAfter)
 		if err != nil {
 			return nil, err
 		}
@@ -362,9 +378,10 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 	b := &respBody{pc: pc, body: resp.Body, stop: stop, close: resp.Close}
 	if resp.Body == http.NoBody {
 		// A response without a body by rule may still have been sent
-		// one: every reuse is checked (get), but over a connection that
-		// cannot be peeked, do not reuse.
+		// one: check before reuse (over a connection that cannot be
+		// peeked, do not reuse).
 		if req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
+			pc.peekNext = true
 			if _, ok := pc.c.(syscall.Conn); !ok {
 				b.close = true
 			}
