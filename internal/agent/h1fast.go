@@ -390,6 +390,15 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 		w.Send(bw, keep, in.Method == http.MethodHead)
 		return bw.Flush() == nil && keep
 	}
+	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody && in.ContentLength-tb.Consumed() > httpproxy.MaxDrain {
+		// More body left than a drain takes (an endpoint answered before
+		// taking it): the response says "Connection: close", so the
+		// client does not send its next request on a connection about to
+		// close, as net/http's server. (A body that can be drained is
+		// drained after the response: a client may wait for the answer
+		// before it sends the rest.)
+		keep, cs.linger = false, true
+	}
 	werr := httpproxy.WriteResponse(bw, resp, in, keep, cs.watch)
 	resp.Body.Close()
 	if werr != nil {
@@ -422,11 +431,8 @@ func (cs *h1ClientConn) drain(body io.Reader) bool {
 	return false
 }
 
-// lingerFor and lingerMax bound lingerClose.
-const (
-	lingerFor = 500 * time.Millisecond
-	lingerMax = 4 << 20
-)
+// lingerFor bounds lingerClose.
+const lingerFor = 500 * time.Millisecond
 
 // lingerClose readies the close of a client connection whose request
 // body was left unread (an endpoint answered 413 or 401 before taking
@@ -440,5 +446,5 @@ func lingerClose(c net.Conn) {
 		return
 	}
 	c.SetReadDeadline(time.Now().Add(lingerFor))
-	io.CopyN(io.Discard, c, lingerMax)
+	io.Copy(io.Discard, c) // until the client closes, or lingerFor: not by size (a reset while it still sends could drop the answer)
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -45,7 +46,12 @@ type TimedBody struct {
 	off      bool          // no more deadlines: response header arrived or body ended
 	expired  bool          // a read ran out of time
 	onEnd    func()        // OnEnd's
+
+	consumed atomic.Int64 // bytes read
 }
+
+// Consumed returns how many bytes of the body have been read.
+func (b *TimedBody) Consumed() int64 { return b.consumed.Load() }
 
 // NewTimedBody bounds reads of r through setDeadline (a connection's or
 // http.ResponseController's SetReadDeadline), DefaultBodyTimeout between
@@ -157,6 +163,7 @@ func (b *TimedBody) Read(p []byte) (int, error) {
 	}
 	b.mu.Unlock()
 	n, err := b.r.Read(p)
+	b.consumed.Add(int64(n))
 	switch {
 	case err == io.EOF:
 		// Clear the deadline: net/http's server reads on in the background
