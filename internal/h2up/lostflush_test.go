@@ -66,11 +66,17 @@ func TestWriterGivingUpLeavesNoFrameUnflushed(t *testing.T) {
 		t.Logf("B took the lock (%v): the interleaving did not happen", err)
 		return
 	}
-	time.Sleep(100 * time.Millisecond)
-	c.wmu.Lock()
-	buffered, owed := c.bw.Buffered(), c.owed
-	c.wmu.Unlock()
-	if buffered > 0 {
-		t.Fatalf("%d bytes (A's frames) left unflushed with no writer left (owed=%v): B gave up the flush A left to it", buffered, owed)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.wmu.Lock()
+		buffered, owed := c.bw.Buffered(), c.owed
+		c.wmu.Unlock()
+		if buffered == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes (A's frames) left unflushed 5 s on, with no writer left (owed=%v): B gave up the flush A left to it", buffered, owed)
+		}
+		time.Sleep(time.Millisecond) // polling, bounded by the deadline
 	}
 }
