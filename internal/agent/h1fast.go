@@ -385,7 +385,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 			return false
 		}
 		if hasBody {
-			keep = cs.drainOrLinger(body, keep)
+			keep = cs.drainOrLinger(in, body, keep)
 		}
 		w.Send(bw, keep, in.Method == http.MethodHead)
 		return bw.Flush() == nil && keep
@@ -405,19 +405,35 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) b
 		return false
 	}
 	if hasBody {
-		keep = cs.drainOrLinger(body, keep)
+		keep = cs.drainOrLinger(in, body, keep)
 	}
 	return keep
 }
 
 // drainOrLinger is drain for a connection kept; one that closes anyway
-// (the client asked for it) is closed lingering: its body may be unread.
-func (cs *h1ClientConn) drainOrLinger(body io.Reader, keep bool) bool {
+// (the client asked for it) is closed lingering if its body has bytes
+// left unread, as net/http's server (a body read to its end needs no
+// lingering: nothing the client sends is left to reset the connection).
+func (cs *h1ClientConn) drainOrLinger(in *http.Request, body io.Reader, keep bool) bool {
 	if !keep {
-		cs.linger = true
+		cs.linger = cs.linger || bodyLeft(in, body)
 		return false
 	}
 	return cs.drain(body)
+}
+
+// bodyLeft reports whether a request body may have bytes the client sent
+// (or still sends) that nobody read: not known to be read to its end.
+func bodyLeft(in *http.Request, body io.Reader) bool {
+	tb, ok := body.(*httpproxy.TimedBody)
+	switch {
+	case !ok:
+		return true
+	case in.ContentLength >= 0 && tb.Consumed() >= in.ContentLength:
+		return false
+	default:
+		return !tb.Ended() // chunked: read to its last chunk
+	}
 }
 
 // drain reads the rest of a request body no endpoint took

@@ -46,12 +46,20 @@ type TimedBody struct {
 	off      bool          // no more deadlines: response header arrived or body ended
 	expired  bool          // a read ran out of time
 	onEnd    func()        // OnEnd's
+	ended    bool          // a read returned io.EOF
 
 	consumed atomic.Int64 // bytes read
 }
 
 // Consumed returns how many bytes of the body have been read.
 func (b *TimedBody) Consumed() int64 { return b.consumed.Load() }
+
+// Ended reports whether a read returned the body's end (io.EOF).
+func (b *TimedBody) Ended() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ended
+}
 
 // NewTimedBody bounds reads of r through setDeadline (a connection's or
 // http.ResponseController's SetReadDeadline), DefaultBodyTimeout between
@@ -172,7 +180,7 @@ func (b *TimedBody) Read(p []byte) (int, error) {
 		b.Stop()
 		b.mu.Lock()
 		f := b.onEnd
-		b.onEnd = nil
+		b.onEnd, b.ended = nil, true
 		b.mu.Unlock()
 		if f != nil {
 			f()
