@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -361,6 +362,17 @@ func runTaskStep(t *testing.T, app *taskApp, step, proto string, st taskStep) {
 		defer app.mu.Unlock()
 		return app.hits[b] - before[b]
 	}
+	defer func() {
+		if t.Failed() { // what the copies became (a wait that ran out says only how many came)
+			var buf bytes.Buffer
+			app.cli.Load().cfg.Metrics.WritePrometheus(&buf)
+			for _, l := range strings.Split(buf.String(), "\n") {
+				if strings.HasPrefix(l, "fogmesh_http_mirror_requests_total") {
+					t.Logf("%s: %s", desc, l)
+				}
+			}
+		}
+	}()
 	for b, want := range st.mirrored {
 		if want > 0 {
 			waitFor(t, fmt.Sprintf("%d requests at %s", want, b), func() bool { return delta(b) >= want })
