@@ -490,7 +490,7 @@ func (a *Agent) rebuildLocked() {
 	a.noteInvalidPolicies(a.view.Swap(v), v)
 	a.scope.viewChanged() // a DNS query may wait for an endpoint of v (FetchService)
 	a.syncCaptureLocked(v)
-	a.closeStaleListenersLocked(v)
+	a.serveListenersLocked(v)
 	a.svids.SetWorkloads(svidHolders(a.workloads))
 	if a.retries != nil { // nil while New builds the first view
 		a.retries.Forget(func(svc string) bool { return v.services[svc] != nil })
