@@ -69,30 +69,7 @@ func TestStalledEndpointLeavesOtherRequestsTheirDeadlines(t *testing.T) {
 	}
 	defer ln.Close()
 	srvConn := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		srvConn <- c
-		fr, err := serverFramer(c)
-		if err != nil {
-			return
-		}
-		fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
-		fr.WriteWindowUpdate(0, 1<<31-1-65535)
-		// Read the client's SETTINGS and its first request's HEADERS,
-		// then never read again (a stalled endpoint).
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if _, ok := f.(*http2.MetaHeadersFrame); ok {
-				return
-			}
-		}
-	}()
+	go serveStalling(ln, srvConn)
 	var sc *stallConn
 	scSet := make(chan struct{})
 	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
