@@ -75,9 +75,10 @@ type conn struct {
 	fr   *http2.Framer
 	meta *h2meta.Reader // reads fr's frames, header blocks decoded (read loop only)
 
-	wmu     wlock        // guards bw, the framer's writes, henc, hbuf, werr
-	waiting atomic.Int32 // writers waiting for wmu: the last one flushes
-	handoff atomic.Bool  // a flush of what a writer that gave up was owed is on its way (writeFlushCtx)
+	wmu     wlock         // guards bw, the framer's writes, henc, hbuf, werr
+	waiting atomic.Int32  // writers waiting for wmu: the last one flushes
+	wseq    atomic.Uint64 // Writes to nc begun and ended (progressWriter): odd while one is in progress
+	handoff atomic.Bool   // a flush of what a writer that gave up was owed is on its way (writeFlushCtx)
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
 	werr    error
@@ -107,6 +108,13 @@ type conn struct {
 	connCredit int   // received bytes consumed, not yet returned in a WINDOW_UPDATE
 	recvWin    int64 // the connection's receive window left
 	idle       *time.Timer
+	// The stall watchdog (stallwatch.go): wd ticks while wdArmed; wdSeen
+	// is wseq at its last tick, wdSame the ticks in a row that saw that
+	// Write in progress.
+	wd      *time.Timer
+	wdArmed bool
+	wdSeen  uint64
+	wdSame  int
 
 	// Read loop only: br is the framer's reader; wakeLater, streams whose
 	// readers were not yet woken for data because the next frame was
@@ -118,9 +126,10 @@ type conn struct {
 }
 
 func newConn(p *Pool, nc net.Conn) (*conn, error) {
-	c := &conn{p: p, nc: nc, wmu: make(wlock, 1), bw: bufio.NewWriterSize(nc, 16<<10), streams: map[uint32]*stream{},
+	c := &conn{p: p, nc: nc, wmu: make(wlock, 1), streams: map[uint32]*stream{},
 		nextID: 1, maxConc: defaultMaxConc, peerWin: 65535, sendWin: 65535, maxFrame: 16384, recvWin: connWindow}
 	c.cond.L = &c.mu
+	c.bw = bufio.NewWriterSize(progressWriter{c}, 16<<10)
 	c.br = bufio.NewReaderSize(nc, 16<<10)
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.meta = h2meta.New(c.fr, maxHeaderList) // header blocks decoded as ReadMetaHeaders would
@@ -152,6 +161,7 @@ func (c *conn) reserve() bool {
 	if c.idle != nil {
 		c.idle.Stop()
 	}
+	c.watchStallsLocked()
 	return true
 }
 
@@ -312,6 +322,9 @@ func (c *conn) closeIf(err error, cond func() bool) {
 	c.streams = map[uint32]*stream{}
 	if c.idle != nil {
 		c.idle.Stop()
+	}
+	if c.wd != nil {
+		c.wd.Stop()
 	}
 	c.cond.Broadcast()
 	c.mu.Unlock()

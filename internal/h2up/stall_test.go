@@ -19,12 +19,14 @@ import (
 	"github.com/fogmesh/fogmesh/internal/h2up"
 )
 
-// stallConn records whether a Write is in progress and since when.
+// stallConn records whether a Write is in progress and since when, and
+// how long the longest Write that returned took.
 type stallConn struct {
 	net.Conn
 	mu      sync.Mutex
 	inWrite bool
 	since   time.Time
+	longest time.Duration
 }
 
 func (c *stallConn) Write(p []byte) (int, error) {
@@ -34,8 +36,15 @@ func (c *stallConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.mu.Lock()
 	c.inWrite = false
+	c.longest = max(c.longest, time.Since(c.since))
 	c.mu.Unlock()
 	return n, err
+}
+
+func (c *stallConn) longestWrite() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.longest
 }
 
 func (c *stallConn) blockedFor() time.Duration {
