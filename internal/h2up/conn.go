@@ -20,7 +20,7 @@ import (
 )
 
 // One connection: its writes (any goroutine, serialised by wmu, flushed by
-// the last writer in line) and its read loop (frames to streams).
+// the last writer in line) and its read loop (frames to streams, read.go).
 
 // A stream's receive window starts at 64 KiB and grows to 1 MiB while its
 // reader keeps up (package flowwin): a response nobody reads holds 64 KiB
@@ -75,9 +75,10 @@ type conn struct {
 	fr   *http2.Framer
 	meta *h2meta.Reader // reads fr's frames, header blocks decoded (read loop only)
 
-	wmu     wlock        // guards bw, the framer's writes, henc, hbuf, werr
-	waiting atomic.Int32 // writers waiting for wmu: the last one flushes
-	handoff atomic.Bool  // a flush of what a writer that gave up was owed is on its way (writeFlushCtx)
+	wmu     wlock         // guards bw, the framer's writes, henc, hbuf, werr
+	waiting atomic.Int32  // writers waiting for wmu: the last one flushes
+	wseq    atomic.Uint64 // Writes to nc begun and ended (progressWriter): odd while one is in progress
+	handoff atomic.Bool   // a flush of what a writer that gave up was owed is on its way (writeFlushCtx)
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
 	werr    error
@@ -107,6 +108,13 @@ type conn struct {
 	connCredit int   // received bytes consumed, not yet returned in a WINDOW_UPDATE
 	recvWin    int64 // the connection's receive window left
 	idle       *time.Timer
+	// The stall watchdog (stallwatch.go): wd ticks while wdArmed; wdSeen
+	// is wseq at its last tick, wdSame the ticks in a row that saw that
+	// Write in progress.
+	wd      *time.Timer
+	wdArmed bool
+	wdSeen  uint64
+	wdSame  int
 
 	// Read loop only: br is the framer's reader; wakeLater, streams whose
 	// readers were not yet woken for data because the next frame was
@@ -118,9 +126,10 @@ type conn struct {
 }
 
 func newConn(p *Pool, nc net.Conn) (*conn, error) {
-	c := &conn{p: p, nc: nc, wmu: make(wlock, 1), bw: bufio.NewWriterSize(nc, 16<<10), streams: map[uint32]*stream{},
+	c := &conn{p: p, nc: nc, wmu: make(wlock, 1), streams: map[uint32]*stream{},
 		nextID: 1, maxConc: defaultMaxConc, peerWin: 65535, sendWin: 65535, maxFrame: 16384, recvWin: connWindow}
 	c.cond.L = &c.mu
+	c.bw = bufio.NewWriterSize(progressWriter{c}, 16<<10)
 	c.br = bufio.NewReaderSize(nc, 16<<10)
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.meta = h2meta.New(c.fr, maxHeaderList) // header blocks decoded as ReadMetaHeaders would
@@ -152,6 +161,7 @@ func (c *conn) reserve() bool {
 	if c.idle != nil {
 		c.idle.Stop()
 	}
+	c.watchStallsLocked()
 	return true
 }
 
@@ -313,6 +323,9 @@ func (c *conn) closeIf(err error, cond func() bool) {
 	if c.idle != nil {
 		c.idle.Stop()
 	}
+	if c.wd != nil {
+		c.wd.Stop()
+	}
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.p.remove(c)
@@ -419,240 +432,6 @@ func (c *conn) credit(s *stream, n int, drained bool) {
 		}
 		return nil
 	})
-}
-
-// readLoop reads frames until the connection fails.
-func (c *conn) readLoop() {
-	var err error
-	for {
-		if len(c.wakeLater) > 0 && !c.nextFrameBuffered() {
-			c.wakeStreams() // before a read that may wait
-		}
-		var f http2.Frame
-		f, err = c.meta.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				c.streamProtocolError(se.StreamID, se.Code, se.Error())
-				continue
-			}
-			break
-		}
-		if err = c.process(f); err != nil {
-			break
-		}
-	}
-	c.wakeStreams()
-	var ce http2.ConnectionError
-	if errors.As(err, &ce) {
-		c.write(func() error { return c.fr.WriteGoAway(0, http2.ErrCode(ce), nil) })
-	}
-	c.close(fmt.Errorf("h2up: connection lost: %w", err))
-}
-
-// nextFrameBuffered reports whether a whole frame is buffered: reading it
-// does not wait.
-func (c *conn) nextFrameBuffered() bool {
-	n := c.br.Buffered()
-	if n < 9 {
-		return false
-	}
-	h, _ := c.br.Peek(9)
-	return n >= 9+(int(h[0])<<16|int(h[1])<<8|int(h[2]))
-}
-
-func (c *conn) wakeStreams() {
-	for i, s := range c.wakeLater {
-		s.mu.Lock()
-		s.held = false
-		s.cond.Broadcast()
-		s.mu.Unlock()
-		c.wakeLater[i] = nil
-	}
-	c.wakeLater = c.wakeLater[:0]
-}
-
-func (c *conn) stream(id uint32) *stream {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.streams[id]
-}
-
-// streamProtocolError resets a stream the server broke the rules on.
-func (c *conn) streamProtocolError(id uint32, code http2.ErrCode, why string) {
-	if s := c.stream(id); s != nil {
-		s.reset(code, &StreamError{ID: id, Code: code, Why: ": " + why}, true)
-	}
-}
-
-func (c *conn) process(f http2.Frame) error {
-	id := f.Header().StreamID
-	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
-		s := c.stream(id)
-		if s == nil {
-			c.mu.Lock()
-			unopened := id >= c.nextID
-			c.mu.Unlock()
-			if unopened || id%2 == 0 {
-				return http2.ConnectionError(http2.ErrCodeProtocol)
-			}
-			return nil // a stream we reset
-		}
-		s.onHeaders(f)
-	case *http2.DataFrame:
-		return c.onData(f)
-	case *http2.RSTStreamFrame:
-		if s := c.stream(id); s != nil {
-			s.reset(f.ErrCode, &StreamError{ID: id, Code: f.ErrCode}, false)
-		}
-	case *http2.SettingsFrame:
-		if f.IsAck() {
-			return nil
-		}
-		if err := c.onSettings(f); err != nil {
-			return err
-		}
-		if err := c.writeControl(func() error { return c.fr.WriteSettingsAck() }); err != nil {
-			return err
-		}
-		c.mu.Lock()
-		none := c.maxConc == 0
-		c.mu.Unlock()
-		if none {
-			c.streamDone() // closes it if it carries no stream
-		}
-	case *http2.PingFrame:
-		if !f.IsAck() {
-			return c.writeControl(func() error { return c.fr.WritePing(true, f.Data) })
-		}
-	case *http2.WindowUpdateFrame:
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if id == 0 {
-			c.sendWin += int64(f.Increment)
-			if c.sendWin > 1<<31-1 {
-				return http2.ConnectionError(http2.ErrCodeFlowControl)
-			}
-		} else if s := c.streams[id]; s != nil {
-			s.sendWin += int64(f.Increment)
-			if s.sendWin > 1<<31-1 {
-				go s.reset(http2.ErrCodeFlowControl, &StreamError{ID: id, Code: http2.ErrCodeFlowControl}, true)
-			}
-		}
-		c.cond.Broadcast()
-	case *http2.GoAwayFrame:
-		c.onGoAway(f)
-	case *http2.PushPromiseFrame:
-		return http2.ConnectionError(http2.ErrCodeProtocol) // push is disabled
-	}
-	return nil
-}
-
-func (c *conn) onSettings(f *http2.SettingsFrame) error {
-	return f.ForeachSetting(func(st http2.Setting) error {
-		if err := st.Valid(); err != nil {
-			return err
-		}
-		switch st.ID {
-		case http2.SettingMaxConcurrentStreams:
-			c.mu.Lock()
-			c.maxConc = st.Val
-			c.mu.Unlock()
-		case http2.SettingInitialWindowSize:
-			c.mu.Lock()
-			delta := int64(st.Val) - int64(c.peerWin)
-			c.peerWin = int32(st.Val)
-			for _, s := range c.streams {
-				s.sendWin += delta
-			}
-			c.cond.Broadcast()
-			c.mu.Unlock()
-		case http2.SettingMaxFrameSize:
-			c.mu.Lock()
-			c.maxFrame = st.Val
-			c.mu.Unlock()
-		case http2.SettingHeaderTableSize:
-			c.wmu.Lock()
-			c.henc.SetMaxDynamicTableSizeLimit(st.Val)
-			c.wmu.Unlock()
-		}
-		return nil
-	})
-}
-
-func (c *conn) onGoAway(f *http2.GoAwayFrame) {
-	c.mu.Lock()
-	c.goaway = true
-	var refused []*stream
-	for id, s := range c.streams {
-		if id > f.LastStreamID {
-			refused = append(refused, s)
-		}
-	}
-	c.mu.Unlock()
-	c.p.remove(c)
-	for _, s := range refused {
-		s.reset(http2.ErrCodeRefusedStream, &StreamError{ID: s.id, Code: http2.ErrCodeRefusedStream, Why: " (GOAWAY: not processed)"}, false)
-	}
-	c.streamDone()
-}
-
-func (c *conn) onData(f *http2.DataFrame) error {
-	id, n := f.StreamID, int(f.Length)
-	c.mu.Lock()
-	c.recvWin -= int64(n)
-	if c.recvWin < 0 {
-		c.mu.Unlock()
-		return http2.ConnectionError(http2.ErrCodeFlowControl)
-	}
-	s := c.streams[id]
-	if s == nil {
-		unopened := id >= c.nextID
-		c.mu.Unlock()
-		if unopened {
-			return http2.ConnectionError(http2.ErrCodeProtocol)
-		}
-		c.credit(nil, n, false) // a stream we reset: its bytes go back at once
-		return nil
-	}
-	if s.recvEnd || s.resp == nil {
-		c.mu.Unlock()
-		c.credit(nil, n, false)
-		s.reset(http2.ErrCodeStreamClosed, &StreamError{ID: id, Code: http2.ErrCodeProtocol, Why: ": DATA before response headers or after the end"}, true)
-		return nil
-	}
-	s.recvWin -= int64(n)
-	if s.recvWin < 0 {
-		c.mu.Unlock()
-		c.credit(nil, n, false)
-		s.reset(http2.ErrCodeFlowControl, &StreamError{ID: id, Code: http2.ErrCodeFlowControl}, true)
-		return nil
-	}
-	ended := f.StreamEnded()
-	if ended {
-		s.recvEnd = true
-	}
-	c.mu.Unlock()
-	data := f.Data()
-	if pad := n - len(data); pad > 0 {
-		c.credit(s, pad, false)
-	}
-	later := len(data) > 0 && !ended && c.nextFrameBuffered()
-	if later {
-		c.wakeLater = append(c.wakeLater, s)
-	}
-	if len(data) > 0 && !s.push(data, !later) {
-		c.credit(nil, len(data), false) // the body was closed: nobody reads it
-	}
-	if ended {
-		if !s.checkLength() {
-			s.reset(http2.ErrCodeProtocol, &StreamError{ID: id, Code: http2.ErrCodeProtocol, Why: ": body length differs from content-length"}, true)
-			return nil
-		}
-		s.end(nil)
-	}
-	return nil
 }
 
 var _ io.ReadCloser = (*body)(nil)

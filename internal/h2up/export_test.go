@@ -93,3 +93,10 @@ func StreamWindows(p *Pool) (wins []int64) {
 	}
 	return wins
 }
+
+// Conns returns the number of connections in p.
+func Conns(p *Pool) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}

@@ -11,7 +11,9 @@
 // goroutine per connection reads, and a response body is read straight
 // from the stream's buffer. Flow control, trailers (both ways), RST_STREAM,
 // GOAWAY (streams the server did not take fail as refused, so they may be
-// retried), PING and SETTINGS are handled; server push is refused.
+// retried), PING and SETTINGS are handled; server push is refused. A
+// connection whose write to the endpoint makes no progress (the endpoint
+// stopped reading) is closed after Config.StallTimeout (stallwatch.go).
 package h2up
 
 import (
@@ -36,6 +38,10 @@ type Config struct {
 	// MaxStreams is the most streams one connection carries in its life
 	// (0: no limit; 1: a connection per request).
 	MaxStreams int
+	// StallTimeout closes a connection whose write to the endpoint made
+	// no progress for this long, to at most half as long again (0: 10 s):
+	// an endpoint that stopped reading (stallwatch.go).
+	StallTimeout time.Duration
 }
 
 // ErrPoolClosed: the pool was closed before the request was sent.
@@ -55,6 +61,9 @@ type Pool struct {
 func New(cfg Config) *Pool {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 90 * time.Second
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = defaultStallTimeout
 	}
 	return &Pool{cfg: cfg}
 }

@@ -23,6 +23,40 @@ func serverFramer(c net.Conn) (*http2.Framer, error) {
 	return fr, nil
 }
 
+// serveStalling accepts connections on ln until it is closed, sending
+// each to conns. On each it grants the largest send windows, then reads
+// the client's frames up to its first request's HEADERS and never reads
+// again: an endpoint that stopped reading, whose socket fills. conns
+// must have room for every connection the test expects.
+func serveStalling(ln net.Listener, conns chan<- net.Conn) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		conns <- c
+		go stallAfterHeaders(c)
+	}
+}
+
+func stallAfterHeaders(c net.Conn) {
+	fr, err := serverFramer(c)
+	if err != nil {
+		return
+	}
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		if _, ok := f.(*http2.MetaHeadersFrame); ok {
+			return
+		}
+	}
+}
+
 // dialTo is a pool's Dial to addr over TCP.
 func dialTo(addr string) func(context.Context) (net.Conn, error) {
 	return func(ctx context.Context) (net.Conn, error) {

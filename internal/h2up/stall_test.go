@@ -19,12 +19,14 @@ import (
 	"github.com/fogmesh/fogmesh/internal/h2up"
 )
 
-// stallConn records whether a Write is in progress and since when.
+// stallConn records whether a Write is in progress and since when, and
+// how long the longest Write that returned took.
 type stallConn struct {
 	net.Conn
 	mu      sync.Mutex
 	inWrite bool
 	since   time.Time
+	longest time.Duration
 }
 
 func (c *stallConn) Write(p []byte) (int, error) {
@@ -34,8 +36,15 @@ func (c *stallConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.mu.Lock()
 	c.inWrite = false
+	c.longest = max(c.longest, time.Since(c.since))
 	c.mu.Unlock()
 	return n, err
+}
+
+func (c *stallConn) longestWrite() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.longest
 }
 
 func (c *stallConn) blockedFor() time.Duration {
@@ -69,30 +78,7 @@ func TestStalledEndpointLeavesOtherRequestsTheirDeadlines(t *testing.T) {
 	}
 	defer ln.Close()
 	srvConn := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		srvConn <- c
-		fr, err := serverFramer(c)
-		if err != nil {
-			return
-		}
-		fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
-		fr.WriteWindowUpdate(0, 1<<31-1-65535)
-		// Read the client's SETTINGS and its first request's HEADERS,
-		// then never read again (a stalled endpoint).
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if _, ok := f.(*http2.MetaHeadersFrame); ok {
-				return
-			}
-		}
-	}()
+	go serveStalling(ln, srvConn)
 	var sc *stallConn
 	scSet := make(chan struct{})
 	pool := h2up.New(h2up.Config{Dial: func(ctx context.Context) (net.Conn, error) {
