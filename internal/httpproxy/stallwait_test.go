@@ -1,7 +1,6 @@
 package httpproxy
 
 import (
-	"bufio"
 	"io"
 	"net"
 	"net/http"
@@ -54,34 +53,14 @@ func TestRawIOStallWaitsOn(t *testing.T) {
 // before reading a large request body (and then reads it all) must get
 // the request; the pool's stall hook must not fail it.
 func TestPoolSlowEndpointUpload(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				time.Sleep(500 * time.Millisecond) // busy before reading the body
-				n, _ := io.Copy(io.Discard, req.Body)
-				s := strconv.FormatInt(n, 10)
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(s))+"\r\n\r\n"+s)
-			}()
-		}
-	}()
-	p := poolTo(ln.Addr().String())
 	const size = 32 << 20
-	req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/upload", io.LimitReader(zeros{}, size))
+	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+		time.Sleep(500 * time.Millisecond) // busy before reading the body
+		return countBody(c, req, 0)
+	})
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	req, _ := http.NewRequest("POST", "http://svc/upload", io.LimitReader(zeros{}, size))
 	req.ContentLength = size
 	resp, err := p.RoundTrip(req)
 	if err != nil {
@@ -92,4 +71,13 @@ func TestPoolSlowEndpointUpload(t *testing.T) {
 	if resp.StatusCode != 200 || string(b) != strconv.Itoa(size) {
 		t.Fatalf("status %d body %q", resp.StatusCode, b)
 	}
+}
+
+// countBody reads the rest of req's body and answers 200 with the length
+// of the whole body, read bytes of it read already.
+func countBody(c net.Conn, req *http.Request, read int64) bool {
+	n, _ := io.Copy(io.Discard, req.Body)
+	s := strconv.FormatInt(read+n, 10)
+	io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(s))+"\r\n\r\n"+s)
+	return true
 }
