@@ -229,3 +229,97 @@ func TestStatusLineBareCR(t *testing.T) {
 		t.Fatalf("status line sent to the client holds a bare CR: %q", line)
 	}
 }
+
+func TestInterimHead(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in      string
+		n       int // the length taken, if whole
+		interim bool
+	}{
+		{"102", "HTTP/1.1 102 Processing\r\n\r\n", 27, true},
+		{"100 then a final head", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", 25, true},
+		{"103 with fields", "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", 57, true},
+		{"no reason phrase", "HTTP/1.1 102\r\n\r\n", 16, true},
+		{"bare LF", "HTTP/1.0 100 Continue\n\nrest", 23, true},
+		{"start of the protocol", "HTT", 0, true},
+		{"start of a 1xx code", "HTTP/1.1 1", 0, true},
+		{"status line not whole", "HTTP/1.1 102 Proc", 0, true},
+		{"fields not whole", "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n", 0, true},
+		{"CR not followed by LF yet", "HTTP/1.1 102 Processing\r\n\r", 0, true},
+		{"final", "HTTP/1.1 200 OK\r\n\r\n", 0, false},
+		{"final, status line not whole", "HTTP/1.1 4", 0, false},
+		{"101", "HTTP/1.1 101 Switching Protocols\r\n\r\n", 0, false},
+		{"code of four digits", "HTTP/1.1 1020\r\n\r\n", 0, false},
+		{"code not a number", "HTTP/1.1 1x2\r\n\r\n", 0, false},
+		{"HTTP/2", "HTTP/2 100\r\n\r\n", 0, false},
+		{"no response", "SSH-2.0-OpenSSH_9.6\r\n", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, interim := interimHead([]byte(tc.in))
+			if n != tc.n || interim != tc.interim {
+				t.Fatalf("interimHead(%q) = %d, %v; want %d, %v", tc.in, n, interim, tc.n, tc.interim)
+			}
+		})
+	}
+}
+
+// noMore gives b, then fails the test if read again: a read the stall
+// hook would block on.
+type noMore struct {
+	t *testing.T
+	b []byte
+}
+
+func (r *noMore) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		r.t.Fatal("http.ReadResponse read past the interim head interimHead took as whole")
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+// FuzzInterimHead holds interimHead to http.ReadResponse: a head it
+// takes as whole is read by ReadResponse without a read past it and,
+// if taken, is the same interim response; a head ReadResponse takes as
+// final is never waited on; every start of a whole one is waited on.
+func FuzzInterimHead(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 102 Processing\r\n\r\n",
+		"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n folded\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+		"HTTP/1.0 100\n\n",
+		"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1  102 x\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n, interim := interimHead(b)
+		if resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(b)), nil); err == nil &&
+			(resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == 101) && interim {
+			t.Fatalf("interimHead(%q) = %d, true: ReadResponse takes it as a final %d", b, n, resp.StatusCode)
+		}
+		if n == 0 {
+			return
+		}
+		if !interim || n > len(b) {
+			t.Fatalf("interimHead(%q) = %d, %v", b, n, interim)
+		}
+		br := bufio.NewReader(&noMore{t: t, b: b[:n]})
+		if resp, err := http.ReadResponse(br, nil); err == nil {
+			if resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == 101 {
+				t.Fatalf("interimHead(%q) = %d: ReadResponse reads status %d", b, n, resp.StatusCode)
+			}
+			if br.Buffered() != 0 {
+				t.Fatalf("interimHead(%q) = %d: ReadResponse left %d bytes of it", b, n, br.Buffered())
+			}
+		}
+		for k := range n {
+			if m, ok := interimHead(b[:k]); m != 0 || !ok {
+				t.Fatalf("interimHead(%q) = %d, %v: the start of an interim head %q not waited on", b[:k], m, ok, b[:n])
+			}
+		}
+	})
+}
