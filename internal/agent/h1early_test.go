@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -127,39 +128,16 @@ func TestH1HeadErrorBody(t *testing.T) {
 // the request hangs (the pool writes the whole body before it reads any
 // response, and the socket buffers are full).
 func TestH1EarlyRejectionHeld(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { close(done); ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if req.URL.Path != "/upload" {
-						io.Copy(io.Discard, req.Body)
-						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-						continue
-					}
-					io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
-					<-done // reads nothing more
-					return
-				}
-			}()
+	ln, port := rawEndpoint(t, func(c net.Conn, req *http.Request) bool {
+		if req.URL.Path != "/upload" {
+			io.Copy(io.Discard, req.Body)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			return true
 		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+		io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+		<-t.Context().Done() // reads nothing more
+		return false
+	})
 
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, httpSvcDoc("held", 19773, "http"))
@@ -189,5 +167,75 @@ func TestH1EarlyRejectionHeld(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 413 {
 		t.Fatalf("through the agent: %d, want the endpoint's 413", resp.StatusCode)
+	}
+}
+
+// rawEndpoint is an HTTP/1.1 endpoint on a loopback port that answers
+// each request of each connection with serve, which writes the response
+// and reads the body as it likes, until serve returns false.
+func rawEndpoint(t *testing.T, serve func(c net.Conn, req *http.Request) (keep bool)) (net.Listener, int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil || !serve(c, req) {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln, ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestH1InterimDuringUpload: an endpoint that sends 102 Processing and
+// then takes a while before it reads a large upload must get all of it,
+// and the client the endpoint's final answer (the interim one is dropped,
+// as the fast path drops 1xx answers). The pool's stall hook took the 102
+// for an early answer and ended the upload: the client got a 502.
+func TestH1InterimDuringUpload(t *testing.T) {
+	const size = 32 << 20
+	_, port := rawEndpoint(t, func(c net.Conn, req *http.Request) bool {
+		if req.URL.Path == "/upload" {
+			io.WriteString(c, "HTTP/1.1 102 Processing\r\n\r\n")
+			time.Sleep(300 * time.Millisecond) // busy: the agent's writes stall
+		}
+		n, _ := io.Copy(io.Discard, req.Body)
+		s := strconv.FormatInt(n, 10)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(s))+"\r\n\r\n"+s)
+		return true
+	})
+
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc("interim", 19774, "http"))
+	startAgent(t, agentOpts{name: "i", site: "s1", region: "r1", vipOctet: 209, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload("interim", "interim-1", port)}})
+	base := "http://127.209.0.1:19774"
+	c := &http.Client{Timeout: 10 * time.Second}
+	waitGet200(t, c, base+"/")
+
+	req, _ := http.NewRequest("POST", base+"/upload", io.LimitReader(endlessZeros{}, size))
+	req.ContentLength = size
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("through the agent: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != strconv.Itoa(size) {
+		t.Fatalf("through the agent: %d %q, want 200 %q", resp.StatusCode, b, strconv.Itoa(size))
 	}
 }

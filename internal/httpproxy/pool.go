@@ -61,7 +61,8 @@ type PoolConfig struct {
 	// MaxResponseHeadBytes bounds what one request's response heads may
 	// read, 1xx ones included (default 10 MiB, as http.Transport's
 	// MaxResponseHeaderBytes): past it the request fails and the
-	// connection closes.
+	// connection closes. 1xx heads dropped while a stalled request body
+	// waits are not counted (skipInterim).
 	MaxResponseHeadBytes int64
 }
 
@@ -273,17 +274,20 @@ func (pc *poolConn) alive() bool {
 	if pc.br.Buffered() > 0 {
 		return false // bytes nobody asked for
 	}
-	if pc.rc == nil {
-		return true
-	}
-	pc.peeked = false
-	if pc.rc.Read(pc.peekFn) != nil {
-		return false
-	}
-	return pc.peeked
+	return !pc.pending()
 }
 
-// peek is alive's look at the socket (made once: peekFn).
+// pending reports whether bytes, the end or an error wait on the socket
+// (false without a file descriptor).
+func (pc *poolConn) pending() bool {
+	if pc.rc == nil {
+		return false
+	}
+	pc.peeked = false
+	return pc.rc.Read(pc.peekFn) != nil || !pc.peeked
+}
+
+// peek is pending's look at the socket (made once: peekFn).
 func (pc *poolConn) peek(fd uintptr) bool {
 	var b [1]byte
 	_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
