@@ -88,9 +88,8 @@ type Agent struct {
 	// peerLoads is the other agents' in-flight counts per endpoint, from
 	// the control plane's last heartbeat answer.
 	peerLoads atomic.Pointer[peerLoads]
-	// topicSeries/topicCount: MQTT per-topic counters (mqtt.go).
-	topicSeries sync.Map
-	topicCount  atomic.Int64
+	// mq: MQTT per-topic counters and unreleased QoS 2 topics (mqtt.go).
+	mq mqttState
 	// reqMetrics caches request series per endpoint (l7metrics.go).
 	reqMetrics sync.Map // metricsKey -> *endpointMetrics
 	// goldenRows sums them per row of the heartbeat's stats (statsreport.go).

@@ -228,7 +228,7 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 	src, node := a.vouch(ctx, h, h.SourceID)
 	switch mc.mode {
 	case modeMQTT:
-		a.serveMQTTStream(ctx, stream, local, h.Namespace+"/"+h.Service, a.mqttChecker(ctx, v, sv, h.Port, src, node))
+		a.serveMQTTStream(ctx, stream, local, h.Namespace+"/"+h.Service, src, a.mqttChecker(ctx, v, sv, h.Port, src, node))
 	case modeHTTP:
 		if proto == "" {
 			proto = protoOf(sv, h.Port)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/mqtt"
@@ -16,16 +18,30 @@ import (
 // topics are counted under topic="other".
 const maxTopicSeries = 200
 
+// mqttState is the agent's MQTT state beyond one connection.
+type mqttState struct {
+	// topicSeries/topicCount: the per-topic counters (countTopic).
+	topicSeries sync.Map
+	topicCount  atomic.Int64
+	// sessions keeps the topics of unreleased QoS 2 messages for the later
+	// connections of persistent sessions (relay.Relay.Sessions).
+	sessions mqtt.Releases
+}
+
 // willAllowed authorizes the will topic of a CONNECT as a PUBLISH.
 func willAllowed(cn mqtt.Connect, check func(kind string, topics []string) bool) bool {
 	return relay.WillAllowed(cn, check)
 }
 
-// mqttRelay is the relay of one connection to service svc: check (the
-// topic rules of the policies selecting the service; nil: none), per-topic
-// counting when count (mqttInspect), and the agent's bad-packet counter.
-func (a *Agent) mqttRelay(svc string, count bool, check func(kind string, topics []string) bool) *relay.Relay {
-	r := &relay.Relay{Authorize: check, Bad: func(err error) {
+// mqttRelay is the relay of one connection to service svc from a client
+// of workload identity source ("" if none): check (the topic rules of the
+// policies selecting the service; nil: none), per-topic counting when
+// count (mqttInspect), and the agent's bad-packet counter.
+func (a *Agent) mqttRelay(svc, source string, count bool, check func(kind string, topics []string) bool) *relay.Relay {
+	r := &relay.Relay{Authorize: check, Sessions: &a.mq.sessions, Identity: svc + "\x00" + source, Withheld: func(id uint16) {
+		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mqtt_pubrel_withheld_total{service=%q}`, svc)).Inc()
+		a.log.Info("agent: MQTT PUBREL of a QoS 2 message whose topic is unknown here kept from the broker", "service", svc, "source", source, "packet_id", id)
+	}, Bad: func(err error) {
 		a.m.mqttBad.Inc()
 		a.log.Debug("agent: bad MQTT packet", "service", svc, "err", err)
 	}, Expired: func() {
@@ -40,14 +56,14 @@ func (a *Agent) mqttRelay(svc string, count bool, check func(kind string, topics
 
 // serveMQTTStream serves a mesh stream to a local broker whose topics are
 // authorized here, the destination agent (relay.Relay.ServeConnect).
-func (a *Agent) serveMQTTStream(ctx context.Context, stream, local net.Conn, svc string, check func(kind string, topics []string) bool) {
-	a.mqttRelay(svc, false, check).ServeConnect(ctx, stream, local)
+func (a *Agent) serveMQTTStream(ctx context.Context, stream, local net.Conn, svc, source string, check func(kind string, topics []string) bool) {
+	a.mqttRelay(svc, source, false, check).ServeConnect(ctx, stream, local)
 }
 
 // relayMQTT relays a client whose CONNECT cn was read and forwarded
 // (relay.Relay.Run).
-func (a *Agent) relayMQTT(ctx context.Context, client, up net.Conn, cn mqtt.Connect, svc string, count bool, check func(kind string, topics []string) bool) {
-	a.mqttRelay(svc, count, check).Run(ctx, client, up, cn)
+func (a *Agent) relayMQTT(ctx context.Context, client, up net.Conn, cn mqtt.Connect, svc, source string, count bool, check func(kind string, topics []string) bool) {
+	a.mqttRelay(svc, source, count, check).Run(ctx, client, up, cn)
 }
 
 // spliceIdle is the idle timeout of a spliced connection: the service's
@@ -124,13 +140,13 @@ func connackFirst(ctx context.Context, client, up net.Conn, cn mqtt.Connect, wai
 
 func (a *Agent) countTopic(svc, kind, topic string) {
 	key := svc + "\x00" + kind + "\x00" + topic
-	c, ok := a.topicSeries.Load(key)
+	c, ok := a.mq.topicSeries.Load(key)
 	if !ok {
-		if a.topicCount.Add(1) > maxTopicSeries {
-			a.topicCount.Add(-1)
+		if a.mq.topicCount.Add(1) > maxTopicSeries {
+			a.mq.topicCount.Add(-1)
 			topic, key = "other", svc+"\x00"+kind+"\x00\x00other"
 		}
-		c, _ = a.topicSeries.LoadOrStore(key, a.cfg.Metrics.GetOrCreateCounter(
+		c, _ = a.mq.topicSeries.LoadOrStore(key, a.cfg.Metrics.GetOrCreateCounter(
 			fmt.Sprintf(`fogmesh_mqtt_messages_total{service=%q,kind=%q,topic=%q}`, svc, kind, topic)))
 	}
 	c.(interface{ Inc() }).Inc()

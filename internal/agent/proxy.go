@@ -167,7 +167,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		idle := time.Duration(sv.svc.Spec.Timeouts.Idle)
 		if t.proto == "mqtt" && (sv.svc.Spec.MQTTInspect || mqttCheck != nil) {
 			c, u := proxy.WithIdleTimeout(client, up, idle) // d <= 0: the conns themselves
-			a.relayMQTT(ctx, c, u, mqttConn, t.svc, sv.svc.Spec.MQTTInspect, mqttCheck)
+			a.relayMQTT(ctx, c, u, mqttConn, t.svc, clientID, sv.svc.Spec.MQTTInspect, mqttCheck)
 		} else if sidle, err := a.spliceIdle(ctx, client, up, idle, t, mqttConn); err != nil {
 			up.Close() // no CONNACK: the client's connection ends with it
 		} else if err := a.relayTCP(ctx, client, up, fast, len(prefix), sidle); errors.Is(err, proxy.ErrIdle) {

@@ -293,7 +293,10 @@ type Connect struct {
 	ClientID     string
 	Keepalive    uint16
 	CleanStart   bool
-	Username     string
+	// SessionExpiry is an MQTT 5 CONNECT's Session Expiry Interval in
+	// seconds (0 when absent: the session ends with the connection).
+	SessionExpiry uint32
+	Username      string
 	// Will is set when the client asked for a Last Will: WillTopic is the
 	// topic the broker publishes to if the connection ends without a
 	// DISCONNECT.
@@ -392,6 +395,9 @@ func ParseConnect(body []byte) (Connect, error) {
 	}
 	if c.Version == 5 {
 		d.properties("CONNECT", connectProps, func(id byte, v uint32) {
+			if id == 0x11 {
+				c.SessionExpiry = v
+			}
 			if v == 0 && (id == 0x21 || id == 0x27) { // receive maximum, maximum packet size
 				d.fail(protocolErr(0x82, "CONNECT property %#x is 0", id)) // MQTT 5 §3.1.2.11.3, §3.1.2.11.4
 			}

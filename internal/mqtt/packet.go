@@ -241,6 +241,10 @@ const (
 	KindSubscribe         // Topics holds the filters the broker will match (SubscribedFilter)
 	KindDisconnect        // the client ends the connection; WillAsked reports a v5 "disconnect with will"
 	KindRelease           // a PUBREL: Topics holds the topic of the QoS 2 PUBLISH it releases (the broker may deliver it only now)
+	// KindUnknownRelease is a PUBREL for a QoS 2 PUBLISH the session has
+	// no topic of: sent on an earlier connection that was not Resumed, or
+	// whose topic was dropped (Releases' bounds). PacketID is its id.
+	KindUnknownRelease
 )
 
 // Action is what a client packet asks of the broker.
@@ -252,6 +256,8 @@ type Action struct {
 	// WillAsked: an MQTT 5 DISCONNECT with reason 0x04, which makes the
 	// broker publish the will.
 	WillAsked bool
+	// PacketID is a PUBREL's packet identifier.
+	PacketID uint16
 }
 
 // maxAliasBytes bounds the topics a connection's topic aliases hold (the
@@ -261,16 +267,21 @@ const maxAliasBytes = 1 << 20
 
 // Session follows the client side of one connection after its CONNECT:
 // its MQTT 5 topic aliases, so a PUBLISH that names its topic by alias is
-// authorized against the topic the alias stands for. Not safe for
-// concurrent use.
+// authorized against the topic the alias stands for, and the topics of its
+// QoS 2 messages until their PUBREL. Not safe for concurrent use.
 type Session struct {
 	Version    byte
 	aliases    map[uint16]string
 	aliasBytes int
 	// qos2 holds the topics of the QoS 2 PUBLISH packets not released yet,
-	// by packet identifier.
+	// by packet identifier, when the session keeps them on this connection
+	// only (store is nil).
 	qos2      map[uint16]string
 	qos2Bytes int
+	// store keeps them instead under key, for the later connections of a
+	// persistent session (Resume).
+	store *Releases
+	key   string
 }
 
 // Inspect decodes one client packet of the session (after CONNECT) and
@@ -342,7 +353,11 @@ func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 				s.aliases[p.Alias] = topic
 			}
 		}
-		if p.QoS == 2 {
+		if p.QoS == 2 && s.store != nil {
+			if !s.store.hold(s.key, p.PacketID, topic) {
+				return Action{}, protocolErr(0x93, "PUBLISH: unreleased QoS 2 messages hold more than %d bytes of topics", maxAliasBytes)
+			}
+		} else if p.QoS == 2 {
 			if s.qos2 == nil {
 				s.qos2 = map[uint16]string{}
 			}
@@ -358,13 +373,18 @@ func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 			return Action{}, malformed("PUBREL without a packet identifier")
 		}
 		id := uint16(body[0])<<8 | uint16(body[1])
-		topic, ok := s.qos2[id]
-		if !ok {
-			return Action{}, nil
+		var topic string
+		var ok bool
+		if s.store != nil {
+			topic, ok = s.store.release(s.key, id)
+		} else if topic, ok = s.qos2[id]; ok {
+			delete(s.qos2, id)
+			s.qos2Bytes -= len(topic)
 		}
-		delete(s.qos2, id)
-		s.qos2Bytes -= len(topic)
-		return Action{Kind: KindRelease, Topics: []string{topic}}, nil
+		if !ok {
+			return Action{Kind: KindUnknownRelease, PacketID: id}, nil
+		}
+		return Action{Kind: KindRelease, Topics: []string{topic}, PacketID: id}, nil
 	case TypeSubscribe:
 		sub, err := ParseSubscribe(body, s.Version)
 		if err != nil {

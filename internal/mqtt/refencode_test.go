@@ -111,7 +111,7 @@ func TestAcceptsReferenceEncodings(t *testing.T) {
 				TopicName: "a/b", PacketID: 1, Payload: []byte("hi"), Properties: pubProps}, want{KindPublish, []string{"a/b"}}},
 			{"PUBACK", packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 2, ReasonCode: 0x10, Properties: props}, want{KindOther, nil}},
 			{"PUBREC", packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: 3, ReasonCode: 0x10, Properties: props}, want{KindOther, nil}},
-			{"PUBREL", packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 3, ReasonCode: 0x92, Properties: props}, want{KindOther, nil}},
+			{"PUBREL", packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 3, ReasonCode: 0x92, Properties: props}, want{KindUnknownRelease, nil}}, // no QoS 2 PUBLISH 3 came
 			{"PUBCOMP", packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: 3, ReasonCode: 0x92, Properties: props}, want{KindOther, nil}},
 			{"SUBSCRIBE", packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 4, Properties: subProps,
 				Filters: packets.Subscriptions{{Filter: "x/#", Qos: 1}, {Filter: "y/+/z", Qos: 2}}}, want{KindSubscribe, []string{"x/#", "y/+/z"}}},

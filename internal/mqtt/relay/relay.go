@@ -17,7 +17,13 @@
 //     was set to on this connection (an alias never set ends the
 //     connection: DISCONNECT 0x82, as mosquitto does);
 //   - each SUBSCRIBE filter, a shared subscription $share/{group}/{filter}
-//     as the {filter} it receives.
+//     as the {filter} it receives;
+//   - each PUBREL, against the topic of the QoS 2 PUBLISH it releases (a
+//     broker may deliver the message only then): denied, it ends the
+//     connection (MQTT 5: DISCONNECT 0x87). Relay.Sessions keeps those
+//     topics across the connections of a persistent session, whose client
+//     sends the PUBREL again on its next connection. A PUBREL whose topic
+//     the relay does not know cannot be authorized: see Run.
 //
 // A denied PUBLISH or SUBSCRIBE is not forwarded and ends the connection
 // (closing also covers QoS 0, which has no answer to carry a refusal). The
@@ -61,6 +67,18 @@ type Relay struct {
 	// keep alive limit: the client sent nothing, or the broker took none
 	// of the client's bytes, for 1.5 times the keep alive.
 	Expired func()
+	// Sessions, if set (with Authorize), keeps the topics of unreleased
+	// QoS 2 messages for the later connections of a persistent session,
+	// keyed by Identity and the client id (nil: this connection's only).
+	// The relays of an agent share one.
+	Sessions *mqtt.Releases
+	// Identity is who the client is, as the caller knows it: the workload
+	// identity it authenticated ("" if none) and what else sets sessions
+	// apart, such as the service.
+	Identity string
+	// Withheld, if set, is called with the packet id of each PUBREL the
+	// relay keeps from the broker and answers itself (see Run).
+	Withheld func(packetID uint16)
 }
 
 func (r *Relay) bad(err error) {
@@ -111,6 +129,17 @@ func (r *Relay) ServeConnect(ctx context.Context, stream, local net.Conn) {
 // denied one (MQTT 5: DISCONNECT 0x87 Not authorized; MQTT 3.1.1 has no
 // way to say why).
 //
+// A PUBREL whose QoS 2 PUBLISH the relay has no topic of (it came on a
+// connection before the agent restarted, or Sessions dropped it at its
+// bounds, or a denied PUBREL's retry) is not forwarded: the broker could
+// deliver a message on any topic. The relay answers it itself with a
+// PUBCOMP, MQTT 5 reason 0x92 Packet Identifier not found (MQTT 3.1.1: a
+// plain PUBCOMP), and calls Withheld. Ending the connection instead would
+// not help the client: it must send that PUBREL again on each new
+// connection of its session until it gets a PUBCOMP. The broker keeps the
+// message unreleased until the session ends; the client takes it as
+// delivered (3.1.1) or not found (MQTT 5).
+//
 // The keep alive is enforced as a broker does (MQTT 3.1.1 and 5
 // §3.1.2.10): a client that sends nothing for 1.5 times its keep alive
 // (the CONNECT's, or the Server Keep Alive of an MQTT 5 CONNACK) is
@@ -129,6 +158,7 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 	defer cancel()
 	connacked := make(chan struct{})
 	keep := &keepAlive{client: client, up: up, limit: mqtt.KeepAliveLimit(cn.Keepalive)}
+	out := &toClient{c: client}
 	// Ended by the broker, the agent or the idle timeout: the client is
 	// closed, the broker's side only stopped, so that closeRelay can still
 	// keep the broker from publishing a will denied by now.
@@ -139,8 +169,8 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 	go func() { // brokerToClient
 		defer wg.Done()
 		defer cancel()
-		relayUntilConnack(client, up, connacked, keep)
-		io.Copy(client, up)
+		relayUntilConnack(out, up, connacked, keep)
+		io.Copy(out, up)
 	}()
 	var reason byte // the DISCONNECT reason for an MQTT 5 client, 0 for none
 	defer func() {  // closeRelay
@@ -177,6 +207,9 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 		client.Close()
 	}()
 	sess := mqtt.Session{Version: cn.Version}
+	if check != nil && r.Sessions != nil {
+		sess.Resume(r.Sessions, r.Identity, cn)
+	}
 	in := bufio.NewReader(keep) // the relay reads the client to the end: buffering is safe
 	for {
 		h, raw, body, err := mqtt.ReadPacket(in, mqtt.MaxPacketSize)
@@ -212,6 +245,14 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 			if check != nil && !check("publish", act.Topics) {
 				reason = 0x87 // not authorized
 				return
+			}
+		case mqtt.KindUnknownRelease:
+			if check != nil {
+				if r.Withheld != nil {
+					r.Withheld(act.PacketID)
+				}
+				out.answer(mqtt.Pubcomp(cn.Version, act.PacketID))
+				continue
 			}
 		case mqtt.KindDisconnect:
 			if cn.Will && check != nil && !WillAllowed(cn, check) {
@@ -337,9 +378,10 @@ func isTimeout(err error) bool {
 
 // relayUntilConnack copies the broker's packets to the client up to and
 // including its CONNACK (MQTT 5 AUTH packets may come first), makes the
-// CONNACK's Server Keep Alive keep's limit if it has one, then closes
-// connacked. Bytes it cannot frame are copied as they are.
-func relayUntilConnack(client, up net.Conn, connacked chan struct{}, keep *keepAlive) {
+// CONNACK's Server Keep Alive keep's limit if it has one, lets the relay's
+// own answers follow, then closes connacked. Bytes it cannot frame are
+// copied as they are.
+func relayUntilConnack(client *toClient, up net.Conn, connacked chan struct{}, keep *keepAlive) {
 	defer close(connacked)
 	for i := 0; i < 64; i++ { // an authentication exchange is a few packets
 		h, raw, body, err := mqtt.ReadPacket(up, mqtt.MaxPacketSize)
@@ -352,6 +394,9 @@ func relayUntilConnack(client, up net.Conn, connacked chan struct{}, keep *keepA
 			if _, werr := client.Write(raw); werr != nil {
 				return
 			}
+		}
+		if err == nil && h.Type == mqtt.TypeConnack {
+			client.connacked()
 		}
 		if err != nil || h.Type == mqtt.TypeConnack {
 			return
