@@ -34,15 +34,10 @@ func TestH1EarlyRejection(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	port := ln.Addr().(*net.TCPAddr).Port
 
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("early", 19770, "http"))
-	startAgent(t, agentOpts{name: "e", site: "s1", region: "r1", vipOctet: 208, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("early", "early-1", port)}})
-	base := "http://127.208.0.1:19770"
 	c := &http.Client{Timeout: 10 * time.Second}
-	waitGet200(t, c, base+"/")
+	base := agentInFront(t, inFront{node: "e", octet: 208, svc: "early", vipPort: 19770,
+		port: ln.Addr().(*net.TCPAddr).Port, client: c}).base
 
 	direct, err := http.Post("http://"+ln.Addr().String()+"/upload", "application/octet-stream", io.LimitReader(endlessZeros{}, 8<<20))
 	if err != nil {
@@ -86,15 +81,10 @@ func TestH1HeadErrorBody(t *testing.T) {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
 	go srv.Serve(ln)
-	port := ln.Addr().(*net.TCPAddr).Port
 
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("headerr", 19772, "http"))
-	startAgent(t, agentOpts{name: "h", site: "s1", region: "r1", vipOctet: 216, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("headerr", "headerr-1", port)}})
-	addr := "127.216.0.1:19772"
 	c := &http.Client{Timeout: 10 * time.Second}
-	waitGet200(t, c, "http://"+addr+"/")
+	addr := agentInFront(t, inFront{node: "h", octet: 216, svc: "headerr", vipPort: 19772,
+		port: ln.Addr().(*net.TCPAddr).Port, client: c}).addr
 	srv.Close() // the endpoint goes: the agent answers with its own error
 	c.CloseIdleConnections()
 
@@ -159,15 +149,10 @@ func TestH1EarlyRejectionHeld(t *testing.T) {
 			}()
 		}
 	}()
-	port := ln.Addr().(*net.TCPAddr).Port
 
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("held", 19773, "http"))
-	startAgent(t, agentOpts{name: "hd", site: "s1", region: "r1", vipOctet: 217, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("held", "held-1", port)}})
-	base := "http://127.217.0.1:19773"
 	c := &http.Client{Timeout: 5 * time.Second}
-	waitGet200(t, c, base+"/")
+	base := agentInFront(t, inFront{node: "hd", octet: 217, svc: "held", vipPort: 19773,
+		port: ln.Addr().(*net.TCPAddr).Port, client: c}).base
 
 	post := func(url string) (*http.Response, error) {
 		req, _ := http.NewRequest("POST", url, io.LimitReader(endlessZeros{}, 64<<20))

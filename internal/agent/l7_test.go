@@ -72,6 +72,47 @@ func webWorkload(service, name string, port int) Workload {
 		Ports: []api.EndpointPort{{Name: "web", Port: port}}}
 }
 
+// inFront says what agentInFront starts.
+type inFront struct {
+	node    string       // the agent's node name
+	octet   int          // the agent's VIP range, 127.<octet>.0.0/16: each test has its own
+	svc     string       // the service, in namespace demo
+	vipPort int          // the service's port on its VIP
+	port    int          // the endpoint's port on 127.0.0.1; its workload is svc+"-1"
+	doc     string       // the service's config; "" is httpSvcDoc(svc, vipPort, "http")
+	client  *http.Client // what waits for the first 200; nil is http.DefaultClient
+	ready   string       // the path of that first 200; "" is "/"
+}
+
+// front is an agent in front of one HTTP endpoint, as agentInFront
+// returns it.
+type front struct {
+	agent *Agent
+	addr  string // the service's VIP and port: "127.<octet>.0.1:<vipPort>"
+	base  string // "http://" + addr
+}
+
+// agentInFront starts a control plane that knows the service o.svc and an
+// agent whose one workload is the endpoint on o.port, and returns once a GET
+// of o.ready through the service's VIP answers 200 (waitGet200).
+func agentInFront(t testing.TB, o inFront) front {
+	t.Helper()
+	if o.doc == "" {
+		o.doc = httpSvcDoc(o.svc, o.vipPort, "http")
+	}
+	if o.ready == "" {
+		o.ready = "/"
+	}
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, o.doc)
+	a := startAgent(t, agentOpts{name: o.node, site: "s1", region: "r1", vipOctet: o.octet, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload(o.svc, o.svc+"-1", o.port)}})
+	f := front{agent: a, addr: fmt.Sprintf("127.%d.0.1:%d", o.octet, o.vipPort)}
+	f.base = "http://" + f.addr
+	waitGet200(t, o.client, f.base+o.ready)
+	return f
+}
+
 // l7Setup: endpoints "near-1" and "near-2" on node a (same site as the
 // client node c, reached over the mesh), "far" on node b in another region.
 func l7Setup(t *testing.T, svc string, vipPort int, proto string, octet int) (client *Agent, stops map[string]func()) {
