@@ -359,13 +359,8 @@ func TestH1PoolUnreadBytes(t *testing.T) {
 		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"
 	})
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("pool", 19361, "http"))
-	startAgent(t, agentOpts{name: "p", site: "s1", region: "r1", vipOctet: 237, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("pool", "pool-1", be.port())}})
-	base := "http://127.237.0.1:19361"
 	c := &http.Client{Timeout: 10 * time.Second}
-	waitGet200(t, c, base+"/")
+	base := agentInFront(t, inFront{node: "p", octet: 237, svc: "pool", vipPort: 19361, port: be.port(), client: c}).base
 	for _, first := range []string{"HEAD /head", "GET /nocontent", "GET /extra"} {
 		method, path, _ := strings.Cut(first, " ")
 		for i := range 3 {
@@ -405,16 +400,12 @@ func TestH1PoolIdleClose(t *testing.T) {
 		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"idle","namespace":"demo"},
-	"spec":{"ports":[{"name":"web","port":19362,"protocol":"http"}],"timeouts":{"idle":"300ms"}}}`)
-	startAgent(t, agentOpts{name: "i", site: "s1", region: "r1", vipOctet: 238, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("idle", "idle-1", be.port())}})
-	base := "http://127.238.0.1:19362"
 	tr := &http.Transport{MaxIdleConnsPerHost: burst}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
-	waitGet200(t, c, base+"/")
+	base := agentInFront(t, inFront{node: "i", octet: 238, svc: "idle", vipPort: 19362, port: be.port(), client: c,
+		doc: `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"idle","namespace":"demo"},
+	"spec":{"ports":[{"name":"web","port":19362,"protocol":"http"}],"timeouts":{"idle":"300ms"}}}`}).base
 	errs := make(chan error, burst)
 	for range burst {
 		wg.Add(1)

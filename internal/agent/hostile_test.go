@@ -68,12 +68,8 @@ func isTimeout(err error) bool {
 // good (services have no request timeout by default).
 func TestH1ClientGoneBeforeResponseHead(t *testing.T) {
 	port, got, gone := silentBackend(t)
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("silent", 19301, "http"))
-	startAgent(t, agentOpts{name: "f", site: "s1", region: "r1", vipOctet: 250, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("silent", "silent-1", port)}})
-	addr := "127.250.0.1:19301"
-	waitGet200(t, &http.Client{Timeout: 5 * time.Second}, "http://"+addr+"/ok")
+	addr := agentInFront(t, inFront{node: "f", octet: 250, svc: "silent", vipPort: 19301, port: port,
+		client: &http.Client{Timeout: 5 * time.Second}, ready: "/ok"}).addr
 
 	for _, req := range []string{
 		"GET /hang HTTP/1.1\r\nHost: silent\r\n\r\n",
