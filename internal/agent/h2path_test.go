@@ -23,19 +23,6 @@ import (
 // The HTTP/2 path through one agent (h2up upstream, buffered reads),
 // with real clients: grpc-go and h2load.
 
-// waitVIP waits until the agent listens on addr.
-func waitVIP(t *testing.T, addr string) {
-	t.Helper()
-	waitFor(t, "VIP listener "+addr, func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	})
-}
-
 // TestGRPCThroughOneAgent: grpc-go through one agent (a port declared
 // grpc) to a node-local endpoint: unary with headers and trailers, an
 // error status, messages past every flow-control window, client, server
@@ -52,7 +39,7 @@ func TestGRPCThroughOneAgent(t *testing.T) {
 	a := startAgent(t, agentOpts{name: "g1", site: "s1", region: "r1", vipOctet: 207, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload("gsvc", "gsvc-1", p)}})
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/gsvc")) == 1 })
-	waitVIP(t, "127.207.0.1:19401")
+	waitListening(t, "127.207.0.1:19401")
 	grpcsvc.Exercise(t, "127.207.0.1:19401", s)
 }
 
@@ -82,7 +69,7 @@ func TestH2LoadThroughOneAgent(t *testing.T) {
 	a := startAgent(t, agentOpts{name: "h1", site: "s1", region: "r1", vipOctet: 182, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload("hsvc", "hsvc-1", ln.Addr().(*net.TCPAddr).Port)}})
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/hsvc")) == 1 })
-	waitVIP(t, "127.182.0.1:19402")
+	waitListening(t, "127.182.0.1:19402")
 	out, err := exec.Command(h2load, "-n", "2000", "-c", "2", "-m", "10", "-t", "1", "http://127.182.0.1:19402/").CombinedOutput()
 	if err != nil {
 		t.Fatalf("h2load: %v\n%s", err, out)
@@ -128,7 +115,7 @@ func TestGRPCMaxRequestsPerConnection(t *testing.T) {
 	a := startAgent(t, agentOpts{name: "g2", site: "s1", region: "r1", vipOctet: 207, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{w}})
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/gmax")) == 1 })
-	waitVIP(t, "127.207.0.1:19404")
+	waitListening(t, "127.207.0.1:19404")
 	conn, err := grpc.NewClient("127.207.0.1:19404", grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

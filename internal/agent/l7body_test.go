@@ -74,7 +74,7 @@ func (b *countingBackend) counts() (accepted, busy int) {
 
 // waitListening waits until addr accepts TCP connections (no request is
 // sent, so no upstream connection is opened).
-func waitListening(t *testing.T, addr string) {
+func waitListening(t testing.TB, addr string) {
 	t.Helper()
 	waitFor(t, "listener "+addr, func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
