@@ -53,20 +53,8 @@ func TestH2CUpgradeNotTunnelled(t *testing.T) {
 			}()
 		}
 	}()
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("h2cup", 19140, "http"))
-	a := startAgent(t, agentOpts{name: "h2cup", site: "s1", region: "r1", vipOctet: 246, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("h2cup", "h2cup-1", ln.Addr().(*net.TCPAddr).Port)}})
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/h2cup")) == 1 })
-	vip := "127.246.0.1:19140"
-	waitFor(t, "listener", func() bool {
-		c, err := net.Dial("tcp", vip)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	})
+	vip := agentInFront(t, inFront{node: "h2cup", octet: 246, svc: "h2cup", vipPort: 19140, port: ln.Addr().(*net.TCPAddr).Port,
+		noRequest: true}).addr
 	for _, up := range []string{"h2c", "H2C", "websocket, h2c", "HTTP/2.0"} {
 		c, err := net.Dial("tcp", vip)
 		if err != nil {

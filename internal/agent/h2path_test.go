@@ -34,12 +34,7 @@ func TestGRPCThroughOneAgent(t *testing.T) {
 	_, port, _ := net.SplitHostPort(s.Addr)
 	var p int
 	fmt.Sscan(port, &p)
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("gsvc", 19401, "grpc"))
-	a := startAgent(t, agentOpts{name: "g1", site: "s1", region: "r1", vipOctet: 207, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("gsvc", "gsvc-1", p)}})
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/gsvc")) == 1 })
-	waitListening(t, "127.207.0.1:19401")
+	agentInFront(t, inFront{node: "g1", octet: 207, svc: "gsvc", vipPort: 19401, port: p, proto: "grpc", noRequest: true})
 	grpcsvc.Exercise(t, "127.207.0.1:19401", s)
 }
 
@@ -64,12 +59,8 @@ func TestH2LoadThroughOneAgent(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("hsvc", 19402, "http2"))
-	a := startAgent(t, agentOpts{name: "h1", site: "s1", region: "r1", vipOctet: 182, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("hsvc", "hsvc-1", ln.Addr().(*net.TCPAddr).Port)}})
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/hsvc")) == 1 })
-	waitListening(t, "127.182.0.1:19402")
+	agentInFront(t, inFront{node: "h1", octet: 182, svc: "hsvc", vipPort: 19402, port: ln.Addr().(*net.TCPAddr).Port,
+		proto: "http2", noRequest: true})
 	out, err := exec.Command(h2load, "-n", "2000", "-c", "2", "-m", "10", "-t", "1", "http://127.182.0.1:19402/").CombinedOutput()
 	if err != nil {
 		t.Fatalf("h2load: %v\n%s", err, out)

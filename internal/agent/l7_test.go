@@ -79,9 +79,14 @@ type inFront struct {
 	svc     string       // the service, in namespace demo
 	vipPort int          // the service's port on its VIP
 	port    int          // the endpoint's port on 127.0.0.1; its workload is svc+"-1"
-	doc     string       // the service's config; "" is httpSvcDoc(svc, vipPort, "http")
+	proto   string       // the port's protocol in httpSvcDoc; "" is "http"
+	doc     string       // the service's config; "" is httpSvcDoc(svc, vipPort, proto)
 	client  *http.Client // what waits for the first 200; nil is http.DefaultClient
 	ready   string       // the path of that first 200; "" is "/"
+	// noRequest: wait instead until the agent lists the endpoint and the
+	// VIP accepts a connection (waitListening): no request reaches the
+	// endpoint before the test's own.
+	noRequest bool
 }
 
 // front is an agent in front of one HTTP endpoint, as agentInFront
@@ -94,11 +99,15 @@ type front struct {
 
 // agentInFront starts a control plane that knows the service o.svc and an
 // agent whose one workload is the endpoint on o.port, and returns once a GET
-// of o.ready through the service's VIP answers 200 (waitGet200).
+// of o.ready through the service's VIP answers 200 (waitGet200), or with
+// o.noRequest once the VIP listens.
 func agentInFront(t testing.TB, o inFront) front {
 	t.Helper()
+	if o.proto == "" {
+		o.proto = "http"
+	}
 	if o.doc == "" {
-		o.doc = httpSvcDoc(o.svc, o.vipPort, "http")
+		o.doc = httpSvcDoc(o.svc, o.vipPort, o.proto)
 	}
 	if o.ready == "" {
 		o.ready = "/"
@@ -109,6 +118,11 @@ func agentInFront(t testing.TB, o inFront) front {
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload(o.svc, o.svc+"-1", o.port)}})
 	f := front{agent: a, addr: fmt.Sprintf("127.%d.0.1:%d", o.octet, o.vipPort)}
 	f.base = "http://" + f.addr
+	if o.noRequest {
+		waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/"+o.svc)) == 1 })
+		waitListening(t, f.addr)
+		return f
+	}
 	waitGet200(t, o.client, f.base+o.ready)
 	return f
 }
