@@ -117,49 +117,28 @@ func TestH1HeadErrorBody(t *testing.T) {
 // the request hangs (the pool writes the whole body before it reads any
 // response, and the socket buffers are full).
 func TestH1EarlyRejectionHeld(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	done := make(chan struct{})
-	t.Cleanup(func() { close(done); ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if req.URL.Path != "/upload" {
-						io.Copy(io.Discard, req.Body)
-						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-						continue
-					}
-					io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
-					<-done // reads nothing more
-					return
-				}
-			}()
+	be := serveH1(t, func(c net.Conn, _ *bufio.Reader, req *http.Request) bool {
+		if req.URL.Path != "/upload" {
+			io.Copy(io.Discard, req.Body)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			return true
 		}
-	}()
+		io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+		<-done // reads nothing more
+		return false
+	})
+	t.Cleanup(func() { close(done) }) // before the listener closes, as cleanups run last first
 
 	c := &http.Client{Timeout: 5 * time.Second}
-	base := agentInFront(t, inFront{node: "hd", octet: 217, svc: "held", vipPort: 19773,
-		port: ln.Addr().(*net.TCPAddr).Port, client: c}).base
+	base := agentInFront(t, inFront{node: "hd", octet: 217, svc: "held", vipPort: 19773, port: be.Port, client: c}).base
 
 	post := func(url string) (*http.Response, error) {
 		req, _ := http.NewRequest("POST", url, io.LimitReader(endlessZeros{}, 64<<20))
 		req.ContentLength = 64 << 20
 		return c.Do(req)
 	}
-	direct, err := post("http://" + ln.Addr().String() + "/upload")
+	direct, err := post("http://" + be.String() + "/upload")
 	if err != nil {
 		t.Fatalf("directly: %v", err)
 	}

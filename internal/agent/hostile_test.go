@@ -16,42 +16,21 @@ import (
 // connection.
 func silentBackend(t *testing.T) (port int, got, gone chan struct{}) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	got, gone = make(chan struct{}, 64), make(chan struct{}, 64)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if req.URL.Path == "/ok" {
-						c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
-						continue
-					}
-					io.Copy(io.Discard, req.Body)
-					got <- struct{}{}
-					c.SetReadDeadline(time.Now().Add(20 * time.Second))
-					if _, err := br.ReadByte(); err != nil && !isTimeout(err) {
-						gone <- struct{}{} // the agent closed it
-					}
-					return
-				}
-			}()
+	addr := serveH1(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		if req.URL.Path == "/ok" {
+			c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+			return true
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port, got, gone
+		io.Copy(io.Discard, req.Body)
+		got <- struct{}{}
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := br.ReadByte(); err != nil && !isTimeout(err) {
+			gone <- struct{}{} // the agent closed it
+		}
+		return false
+	})
+	return addr.Port, got, gone
 }
 
 func isTimeout(err error) bool {
