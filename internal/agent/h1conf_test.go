@@ -84,37 +84,22 @@ func startCaptureBackend(t testing.TB, respond func(r *http.Request) string) *ca
 	return b
 }
 
-// serveH1 is an HTTP/1.1 endpoint on a loopback port, for a test that
-// answers by hand: it reads each connection's requests with
+// serveH1 is an HTTP/1.1 endpoint on a loopback port (serveConns), for a
+// test that answers by hand: it reads each connection's requests with
 // http.ReadRequest and hands each to handle, which writes its answer to c
-// and returns false to close the connection. The listener closes at the
-// test's end.
+// and returns false to close the connection.
 func serveH1(t testing.TB, handle func(c net.Conn, br *bufio.Reader, req *http.Request) (more bool)) *net.TCPAddr {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return serveConns(t, func(c net.Conn) { // serveH1Conn
+		defer c.Close()
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			req, err := http.ReadRequest(br)
+			if err != nil || !handle(c, br, req) {
 				return
 			}
-			go func() { // serveH1Conn
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil || !handle(c, br, req) {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr)
+	})
 }
 
 type recordingReader struct {

@@ -420,30 +420,17 @@ func TestEdgeAwareAvoidsSlowEndpoint(t *testing.T) {
 // retry: Go's transport only retries on reused connections); a POST with a
 // body reached the endpoint, so it is not retried and fails with 502.
 func TestRetryIdempotentOnly(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 4096)
-				c.Read(buf) // the request arrives...
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close() // ...and the endpoint dies without answering
-			}()
-		}
-	}()
+	bad := serveConns(t, func(c net.Conn) {
+		buf := make([]byte, 4096)
+		c.Read(buf) // the request arrives...
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close() // ...and the endpoint dies without answering
+	}).Port
 	good, _ := startHTTP(t, "good")
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, httpSvcDoc("flaky", 19031, "http"))
 	a := startAgent(t, agentOpts{name: "rt", site: "s1", region: "r1", vipOctet: 178, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("flaky", "flaky-bad", ln.Addr().(*net.TCPAddr).Port), webWorkload("flaky", "flaky-good", good)}})
+		workloads: []Workload{webWorkload("flaky", "flaky-bad", bad), webWorkload("flaky", "flaky-good", good)}})
 	url := "http://127.178.0.1:19031/"
 	waitFor(t, "service", func() bool { return len(endpointsOf(a, "demo/flaky")) == 2 })
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
