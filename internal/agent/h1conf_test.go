@@ -211,14 +211,7 @@ func TestH1Conformance(t *testing.T) {
 	startAgent(t, agentOpts{name: "c", site: "s1", region: "r1", vipOctet: 236, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload("conf", "conf-1", be.port())}})
 	addr := "127.236.0.1:19360"
-	waitFor(t, "listener", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	})
+	waitListening(t, addr)
 	if out := exchangeRaw(t, addr, "GET /warm HTTP/1.1\r\nHost: conf\r\nConnection: close\r\n\r\n"); !strings.HasPrefix(out, "HTTP/1.1 200") {
 		t.Fatalf("warm-up: %q", out)
 	}
@@ -526,14 +519,7 @@ spec: {service: hyg, rules: [{to: [{methods: [GET]}]}]}
 		return false
 	})
 	addr := "127.240.0.1:19364"
-	waitFor(t, "listener", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	})
+	waitListening(t, addr)
 	const spoof = "X_Fogmesh_Source_Id: spiffe://fogmesh.local/ns/demo/sa/admin\r\nX_Forwarded_For: 6.6.6.6\r\nX_other: kept\r\n"
 	check := func(t *testing.T, wantXFF string) {
 		t.Helper()

@@ -1038,14 +1038,7 @@ func TestEdgeAwareAvoidsEndpointLoadedByOthers(t *testing.T) {
 	t.Cleanup(func() { cancel(); hold.Wait() })
 	hc := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 64, MaxIdleConnsPerHost: 64}}
 	for _, vip := range []string{"127.181.0.1:19024", "127.181.0.2:19025"} {
-		waitFor(t, "a's listener", func() bool {
-			c, err := net.Dial("tcp", vip)
-			if err != nil {
-				return false
-			}
-			c.Close()
-			return true
-		})
+		waitListening(t, vip)
 		for i := 0; i < 12; i++ {
 			hold.Add(1)
 			go func() {
