@@ -75,7 +75,7 @@ func webWorkload(service, name string, port int) Workload {
 // inFront says what agentInFront starts.
 type inFront struct {
 	node    string       // the agent's node name
-	octet   int          // the agent's VIP range, 127.<octet>.0.0/16: each test has its own
+	octet   int          // the agent's VIP range: 127.<octet>.0.0/16
 	svc     string       // the service, in namespace demo
 	vipPort int          // the service's port on its VIP
 	port    int          // the endpoint's port on 127.0.0.1; its workload is svc+"-1"
