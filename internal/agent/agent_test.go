@@ -69,6 +69,28 @@ func startEcho(t *testing.T, name, addr string) *echoServer {
 	return e
 }
 
+// serveConns listens on a loopback port until the test's end and runs
+// handle on each connection it accepts, in a goroutine of its own; handle
+// closes the connection.
+func serveConns(t testing.TB, handle func(c net.Conn)) *net.TCPAddr {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr)
+}
+
 func (e *echoServer) stop() { e.ln.Close() }
 
 func (e *echoServer) port() int { return e.ln.Addr().(*net.TCPAddr).Port }

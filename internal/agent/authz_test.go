@@ -247,13 +247,7 @@ spec: {}
 		return cli.view.Load().authz.Len() == 7 && srv.view.Load().authz.Len() == 7
 	})
 	web, rpc, dbAddr := vip("demo", "web", 19601), vip("demo", "rpc", 19602), vip("demo", "db", 19603)
-	waitFor(t, "VIP listeners", func() bool {
-		c, err := net.Dial("tcp", dbAddr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, dbAddr)
 
 	t.Run("http", func(t *testing.T) {
 		if code, body := httpGetFrom(t, frontendIP, "http://"+web+"/api/orders"); code != 200 || body != "web HTTP/1.1" {

@@ -195,7 +195,7 @@ spec: {service: g2svc, rules: [{to: [{paths: ["/*"]}]}]}
 		eps := endpointsOf(cli, "demo/g2svc")
 		return len(eps) == 1 && eps[0].Healthy && cli.view.Load().authz.Len() == 1
 	})
-	waitVIP(t, "127.33.0.1:19635")
+	waitListening(t, "127.33.0.1:19635")
 	grpcsvc.Exercise(t, "127.33.0.1:19635", s)
 	if srv.authzHTTP.h2Streams.Load() == 0 {
 		t.Error("no mesh stream served by the destination's HTTP/2 server")

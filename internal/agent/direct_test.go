@@ -22,36 +22,22 @@ import (
 func TestDirectStreamsThroughBothAgents(t *testing.T) {
 	// The workload reads to EOF, then answers with the byte count and a
 	// checksum of what it read, and closes.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	port := serveConns(t, func(c net.Conn) {
+		defer c.Close()
+		var sum, n uint64
+		buf := make([]byte, 64<<10)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+			m, err := c.Read(buf)
+			for _, b := range buf[:m] {
+				sum = sum*31 + uint64(b)
 			}
-			go func() {
-				defer c.Close()
-				var sum, n uint64
-				buf := make([]byte, 64<<10)
-				for {
-					m, err := c.Read(buf)
-					for _, b := range buf[:m] {
-						sum = sum*31 + uint64(b)
-					}
-					n += uint64(m)
-					if err != nil {
-						break
-					}
-				}
-				fmt.Fprintf(c, "%d %d\n", n, sum)
-			}()
+			n += uint64(m)
+			if err != nil {
+				break
+			}
 		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+		fmt.Fprintf(c, "%d %d\n", n, sum)
+	}).Port
 
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, svcDoc("bulk", 19301))

@@ -30,13 +30,7 @@ func TestH1FastPathAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("sync.Pool drops items at random under -race")
 	}
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("alloc", 19206, "http"))
-	port := startRawBackend(t)
-	startAgent(t, agentOpts{name: "n", site: "s1", region: "r1", vipOctet: 206, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("alloc", "alloc-1", port)}})
-	addr := "127.206.0.1:19206"
-	waitGet200(t, nil, "http://"+addr+"/")
+	addr := agentInFront(t, inFront{node: "n", octet: 206, svc: "alloc", vipPort: 19206, port: startRawBackend(t)}).addr
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -79,12 +73,7 @@ func TestH1FastPathAllocs(t *testing.T) {
 // identity header is the agent's on every one of them, never the client's.
 func TestH1ForwardedHostPerRequest(t *testing.T) {
 	be := startCaptureBackend(t, nil)
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("xfh", 19207, "http"))
-	startAgent(t, agentOpts{name: "x", site: "s1", region: "r1", vipOctet: 206, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("xfh", "xfh-1", be.port())}})
-	addr := "127.206.0.1:19207"
-	waitGet200(t, nil, "http://"+addr+"/")
+	addr := agentInFront(t, inFront{node: "x", octet: 206, svc: "xfh", vipPort: 19207, port: be.port()}).addr
 	be.take()
 	spoof := SourceIDHeader + ": spiffe://evil\r\n"
 	out := exchangeH1(t, addr, "GET /1 HTTP/1.1\r\nHost: one.example\r\n"+spoof+"\r\n"+

@@ -84,6 +84,24 @@ func startCaptureBackend(t testing.TB, respond func(r *http.Request) string) *ca
 	return b
 }
 
+// serveH1 is an HTTP/1.1 endpoint on a loopback port (serveConns), for a
+// test that answers by hand: it reads each connection's requests with
+// http.ReadRequest and hands each to handle, which writes its answer to c
+// and returns false to close the connection.
+func serveH1(t testing.TB, handle func(c net.Conn, br *bufio.Reader, req *http.Request) (more bool)) *net.TCPAddr {
+	t.Helper()
+	return serveConns(t, func(c net.Conn) { // serveH1Conn
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil || !handle(c, br, req) {
+				return
+			}
+		}
+	})
+}
+
 type recordingReader struct {
 	r io.Reader
 	b *captureBackend
@@ -193,14 +211,7 @@ func TestH1Conformance(t *testing.T) {
 	startAgent(t, agentOpts{name: "c", site: "s1", region: "r1", vipOctet: 236, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload("conf", "conf-1", be.port())}})
 	addr := "127.236.0.1:19360"
-	waitFor(t, "listener", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	})
+	waitListening(t, addr)
 	if out := exchangeRaw(t, addr, "GET /warm HTTP/1.1\r\nHost: conf\r\nConnection: close\r\n\r\n"); !strings.HasPrefix(out, "HTTP/1.1 200") {
 		t.Fatalf("warm-up: %q", out)
 	}
@@ -359,13 +370,8 @@ func TestH1PoolUnreadBytes(t *testing.T) {
 		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"
 	})
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("pool", 19361, "http"))
-	startAgent(t, agentOpts{name: "p", site: "s1", region: "r1", vipOctet: 237, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("pool", "pool-1", be.port())}})
-	base := "http://127.237.0.1:19361"
 	c := &http.Client{Timeout: 10 * time.Second}
-	waitGet200(t, c, base+"/")
+	base := agentInFront(t, inFront{node: "p", octet: 237, svc: "pool", vipPort: 19361, port: be.port(), client: c}).base
 	for _, first := range []string{"HEAD /head", "GET /nocontent", "GET /extra"} {
 		method, path, _ := strings.Cut(first, " ")
 		for i := range 3 {
@@ -389,63 +395,91 @@ func TestH1PoolUnreadBytes(t *testing.T) {
 	}
 }
 
+// gatedBurst is a burst of n requests for /burst that its endpoint (a
+// captureBackend answering with respond) holds until all n are in, so that
+// the burst takes n upstream connections at once.
+type gatedBurst struct {
+	n        int
+	gate     chan struct{}
+	inflight sync.WaitGroup // the requests yet to reach the endpoint
+	wg       sync.WaitGroup // the requests yet to be answered
+	errs     chan error
+}
+
+func newGatedBurst(n int) *gatedBurst {
+	g := &gatedBurst{n: n, gate: make(chan struct{}), errs: make(chan error, n)}
+	g.inflight.Add(n)
+	return g
+}
+
+// respond answers 200 "ok", a request for /burst once the whole burst is in.
+func (g *gatedBurst) respond(r *http.Request) string {
+	if r.URL.Path == "/burst" {
+		g.inflight.Done()
+		<-g.gate // hold every burst request until all are in: one connection each
+	}
+	return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+}
+
+// start sends the burst, each request with get, and returns once all of
+// them reached the endpoint; it fails the test after 10 s.
+func (g *gatedBurst) start(t *testing.T, get func() error) {
+	t.Helper()
+	for range g.n {
+		g.wg.Go(func() {
+			if err := get(); err != nil {
+				g.errs <- err
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { g.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		close(g.gate)
+		t.Fatal("the burst did not reach the endpoint")
+	}
+}
+
+// finish lets the endpoint answer the burst and fails the test on the
+// errors of its requests.
+func (g *gatedBurst) finish(t *testing.T) {
+	t.Helper()
+	close(g.gate)
+	g.wg.Wait()
+	close(g.errs)
+	for err := range g.errs {
+		t.Fatal(err)
+	}
+}
+
 // TestH1PoolIdleClose: idle upstream connections of the fast path close
 // after the service's timeouts.idle (issue 9, finding 14), also those the
 // LIFO pool never reuses.
 func TestH1PoolIdleClose(t *testing.T) {
-	var wg sync.WaitGroup
-	gate := make(chan struct{})
-	var inflight sync.WaitGroup
 	const burst = 6
-	inflight.Add(burst)
-	be := startCaptureBackend(t, func(r *http.Request) string {
-		if r.URL.Path == "/burst" {
-			inflight.Done()
-			<-gate // hold every burst request until all are in: one connection each
-		}
-		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-	})
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"idle","namespace":"demo"},
-	"spec":{"ports":[{"name":"web","port":19362,"protocol":"http"}],"timeouts":{"idle":"300ms"}}}`)
-	startAgent(t, agentOpts{name: "i", site: "s1", region: "r1", vipOctet: 238, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("idle", "idle-1", be.port())}})
-	base := "http://127.238.0.1:19362"
+	g := newGatedBurst(burst)
+	be := startCaptureBackend(t, g.respond)
 	tr := &http.Transport{MaxIdleConnsPerHost: burst}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
-	waitGet200(t, c, base+"/")
-	errs := make(chan error, burst)
-	for range burst {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, err := c.Get(base + "/burst")
-			if err != nil {
-				errs <- err
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}()
-	}
-	done := make(chan struct{})
-	go func() { inflight.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		close(gate)
-		t.Fatal("the burst did not reach the endpoint")
-	}
+	base := agentInFront(t, inFront{node: "i", octet: 238, svc: "idle", vipPort: 19362, port: be.port(), client: c,
+		doc: `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"idle","namespace":"demo"},
+	"spec":{"ports":[{"name":"web","port":19362,"protocol":"http"}],"timeouts":{"idle":"300ms"}}}`}).base
+	g.start(t, func() error {
+		resp, err := c.Get(base + "/burst")
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return nil
+	})
 	if n := be.openConns(); n < burst {
 		t.Fatalf("%d connections open during the burst, want %d", n, burst)
 	}
-	close(gate)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	g.finish(t)
 	tr.CloseIdleConnections()
 	// timeouts.idle is 300 ms: all close without a request to pop them
 	// (waitFor gives them 10 s).
@@ -485,14 +519,7 @@ spec: {service: hyg, rules: [{to: [{methods: [GET]}]}]}
 		return false
 	})
 	addr := "127.240.0.1:19364"
-	waitFor(t, "listener", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	})
+	waitListening(t, addr)
 	const spoof = "X_Fogmesh_Source_Id: spiffe://fogmesh.local/ns/demo/sa/admin\r\nX_Forwarded_For: 6.6.6.6\r\nX_other: kept\r\n"
 	check := func(t *testing.T, wantXFF string) {
 		t.Helper()
@@ -557,18 +584,9 @@ spec: {service: hyg, rules: [{to: [{methods: [GET]}]}]}
 // (90 s here); ReleaseIdle (the memory trim's hook) closes all but
 // idlePoolKeep of them, and the next request reuses a kept one.
 func TestReleaseIdleShrinksH1Pools(t *testing.T) {
-	var wg sync.WaitGroup
-	gate := make(chan struct{})
-	var inflight sync.WaitGroup
 	const burst = 6
-	inflight.Add(burst)
-	be := startCaptureBackend(t, func(r *http.Request) string {
-		if r.URL.Path == "/burst" {
-			inflight.Done()
-			<-gate // hold every burst request until all are in: one connection each
-		}
-		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-	})
+	g := newGatedBurst(burst)
+	be := startCaptureBackend(t, g.respond)
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"shrink","namespace":"demo"},
 	"spec":{"ports":[{"name":"web","port":19364,"protocol":"http"}]}}`)
@@ -591,28 +609,8 @@ func TestReleaseIdleShrinksH1Pools(t *testing.T) {
 		return nil
 	}
 	waitFor(t, "listener", func() bool { return get("/") == nil })
-	errs := make(chan error, burst)
-	for range burst {
-		wg.Go(func() {
-			if err := get("/burst"); err != nil {
-				errs <- err
-			}
-		})
-	}
-	done := make(chan struct{})
-	go func() { inflight.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		close(gate)
-		t.Fatal("the burst did not reach the endpoint")
-	}
-	close(gate)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	g.start(t, func() error { return get("/burst") })
+	g.finish(t)
 	open := be.openConns()
 	if open < burst {
 		t.Fatalf("%d upstream connections open after the burst, want %d (pooled)", open, burst)

@@ -35,15 +35,10 @@ func TestH1EarlyRejection(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	port := ln.Addr().(*net.TCPAddr).Port
 
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("early", 19770, "http"))
-	startAgent(t, agentOpts{name: "e", site: "s1", region: "r1", vipOctet: 208, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("early", "early-1", port)}})
-	base := "http://127.208.0.1:19770"
 	c := &http.Client{Timeout: 10 * time.Second}
-	waitGet200(t, c, base+"/")
+	base := agentInFront(t, inFront{node: "e", octet: 208, svc: "early", vipPort: 19770,
+		port: ln.Addr().(*net.TCPAddr).Port, client: c}).base
 
 	direct, err := http.Post("http://"+ln.Addr().String()+"/upload", "application/octet-stream", io.LimitReader(endlessZeros{}, 8<<20))
 	if err != nil {
@@ -87,15 +82,10 @@ func TestH1HeadErrorBody(t *testing.T) {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
 	go srv.Serve(ln)
-	port := ln.Addr().(*net.TCPAddr).Port
 
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("headerr", 19772, "http"))
-	startAgent(t, agentOpts{name: "h", site: "s1", region: "r1", vipOctet: 216, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("headerr", "headerr-1", port)}})
-	addr := "127.216.0.1:19772"
 	c := &http.Client{Timeout: 10 * time.Second}
-	waitGet200(t, c, "http://"+addr+"/")
+	addr := agentInFront(t, inFront{node: "h", octet: 216, svc: "headerr", vipPort: 19772,
+		port: ln.Addr().(*net.TCPAddr).Port, client: c}).addr
 	srv.Close() // the endpoint goes: the agent answers with its own error
 	c.CloseIdleConnections()
 
@@ -128,31 +118,28 @@ func TestH1HeadErrorBody(t *testing.T) {
 // the request hangs (the pool writes the whole body before it reads any
 // response, and the socket buffers are full).
 func TestH1EarlyRejectionHeld(t *testing.T) {
-	ln, port := rawEndpoint(t, func(c net.Conn, req *http.Request) bool {
+	done := make(chan struct{})
+	be := serveH1(t, func(c net.Conn, _ *bufio.Reader, req *http.Request) bool {
 		if req.URL.Path != "/upload" {
 			io.Copy(io.Discard, req.Body)
 			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 			return true
 		}
 		io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
-		<-t.Context().Done() // reads nothing more
+		<-done // reads nothing more
 		return false
 	})
+	t.Cleanup(func() { close(done) }) // before the listener closes, as cleanups run last first
 
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("held", 19773, "http"))
-	startAgent(t, agentOpts{name: "hd", site: "s1", region: "r1", vipOctet: 217, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("held", "held-1", port)}})
-	base := "http://127.217.0.1:19773"
 	c := &http.Client{Timeout: 5 * time.Second}
-	waitGet200(t, c, base+"/")
+	base := agentInFront(t, inFront{node: "hd", octet: 217, svc: "held", vipPort: 19773, port: be.Port, client: c}).base
 
 	post := func(url string) (*http.Response, error) {
 		req, _ := http.NewRequest("POST", url, io.LimitReader(endlessZeros{}, 64<<20))
 		req.ContentLength = 64 << 20
 		return c.Do(req)
 	}
-	direct, err := post("http://" + ln.Addr().String() + "/upload")
+	direct, err := post("http://" + be.String() + "/upload")
 	if err != nil {
 		t.Fatalf("directly: %v", err)
 	}
@@ -170,37 +157,6 @@ func TestH1EarlyRejectionHeld(t *testing.T) {
 	}
 }
 
-// rawEndpoint is an HTTP/1.1 endpoint on a loopback port that answers
-// each request of each connection with serve, which writes the response
-// and reads the body as it likes, until serve returns false.
-func rawEndpoint(t *testing.T, serve func(c net.Conn, req *http.Request) (keep bool)) (net.Listener, int) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil || !serve(c, req) {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln, ln.Addr().(*net.TCPAddr).Port
-}
-
 // TestH1InterimDuringUpload: an endpoint that sends 102 Processing and
 // then takes a while before it reads a large upload must get all of it,
 // and the client the endpoint's final answer (the interim one is dropped,
@@ -208,7 +164,7 @@ func rawEndpoint(t *testing.T, serve func(c net.Conn, req *http.Request) (keep b
 // for an early answer and ended the upload: the client got a 502.
 func TestH1InterimDuringUpload(t *testing.T) {
 	const size = 32 << 20
-	_, port := rawEndpoint(t, func(c net.Conn, req *http.Request) bool {
+	be := serveH1(t, func(c net.Conn, _ *bufio.Reader, req *http.Request) bool {
 		if req.URL.Path == "/upload" {
 			io.WriteString(c, "HTTP/1.1 102 Processing\r\n\r\n")
 			time.Sleep(300 * time.Millisecond) // busy: the agent's writes stall
@@ -219,13 +175,8 @@ func TestH1InterimDuringUpload(t *testing.T) {
 		return true
 	})
 
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("interim", 19774, "http"))
-	startAgent(t, agentOpts{name: "i", site: "s1", region: "r1", vipOctet: 209, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("interim", "interim-1", port)}})
-	base := "http://127.209.0.1:19774"
 	c := &http.Client{Timeout: 10 * time.Second}
-	waitGet200(t, c, base+"/")
+	base := agentInFront(t, inFront{node: "i", octet: 209, svc: "interim", vipPort: 19774, port: be.Port, client: c}).base
 
 	req, _ := http.NewRequest("POST", base+"/upload", io.LimitReader(endlessZeros{}, size))
 	req.ContentLength = size

@@ -119,15 +119,10 @@ func h1Backend(t *testing.T, bodyErrs *atomic.Int32) (port int, closeIdle func()
 func TestH1FastPath(t *testing.T) {
 	var bodyErrs atomic.Int32
 	port, closeIdle := h1Backend(t, &bodyErrs)
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("fast", 19300, "http"))
-	a := startAgent(t, agentOpts{name: "f", site: "s1", region: "r1", vipOctet: 241, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("fast", "fast-1", port)}})
-	addr := "127.241.0.1:19300"
-	base := "http://" + addr
 	tr := &http.Transport{ExpectContinueTimeout: 5 * time.Second}
 	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	waitGet200(t, c, base+"/echo")
+	f := agentInFront(t, inFront{node: "f", octet: 241, svc: "fast", vipPort: 19300, port: port, client: c, ready: "/echo"})
+	a, addr, base := f.agent, f.addr, f.base
 	time.Sleep(100 * time.Millisecond) // the goroutines of the start settle
 	goroutines := runtime.NumGoroutine()
 

@@ -31,12 +31,7 @@ func TestH1ResponsePassThrough(t *testing.T) {
 		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("pass", 19145, "http"))
-	startAgent(t, agentOpts{name: "passn", site: "s1", region: "r1", vipOctet: 125, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("pass", "pass-1", be.port())}})
-	const addr = "127.125.0.1:19145"
-	waitGet200(t, nil, "http://"+addr+"/")
+	addr := agentInFront(t, inFront{node: "passn", octet: 125, svc: "pass", vipPort: 19145, port: be.port()}).addr
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

@@ -18,55 +18,23 @@ import (
 // client, every request past the agent's routing, path normalisation,
 // authorization and identity headers.
 func TestH2CUpgradeNotTunnelled(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var mu sync.Mutex
 	var seen []string // the Upgrade headers the workload received
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					up := req.Header.Get("Upgrade")
-					mu.Lock()
-					seen = append(seen, up)
-					mu.Unlock()
-					if up != "" { // switch on the header alone
-						io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+up+"\r\n\r\nTUNNEL")
-						return
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
-				}
-			}()
-		}
-	}()
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("h2cup", 19140, "http"))
-	a := startAgent(t, agentOpts{name: "h2cup", site: "s1", region: "r1", vipOctet: 246, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("h2cup", "h2cup-1", ln.Addr().(*net.TCPAddr).Port)}})
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/h2cup")) == 1 })
-	vip := "127.246.0.1:19140"
-	waitFor(t, "listener", func() bool {
-		c, err := net.Dial("tcp", vip)
-		if err != nil {
+	be := serveH1(t, func(c net.Conn, _ *bufio.Reader, req *http.Request) bool {
+		io.Copy(io.Discard, req.Body)
+		up := req.Header.Get("Upgrade")
+		mu.Lock()
+		seen = append(seen, up)
+		mu.Unlock()
+		if up != "" { // switch on the header alone
+			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+up+"\r\n\r\nTUNNEL")
 			return false
 		}
-		c.Close()
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
 		return true
 	})
+	vip := agentInFront(t, inFront{node: "h2cup", octet: 246, svc: "h2cup", vipPort: 19140, port: be.Port,
+		noRequest: true}).addr
 	for _, up := range []string{"h2c", "H2C", "websocket, h2c", "HTTP/2.0"} {
 		c, err := net.Dial("tcp", vip)
 		if err != nil {

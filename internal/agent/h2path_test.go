@@ -23,19 +23,6 @@ import (
 // The HTTP/2 path through one agent (h2up upstream, buffered reads),
 // with real clients: grpc-go and h2load.
 
-// waitVIP waits until the agent listens on addr.
-func waitVIP(t *testing.T, addr string) {
-	t.Helper()
-	waitFor(t, "VIP listener "+addr, func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	})
-}
-
 // TestGRPCThroughOneAgent: grpc-go through one agent (a port declared
 // grpc) to a node-local endpoint: unary with headers and trailers, an
 // error status, messages past every flow-control window, client, server
@@ -47,12 +34,7 @@ func TestGRPCThroughOneAgent(t *testing.T) {
 	_, port, _ := net.SplitHostPort(s.Addr)
 	var p int
 	fmt.Sscan(port, &p)
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("gsvc", 19401, "grpc"))
-	a := startAgent(t, agentOpts{name: "g1", site: "s1", region: "r1", vipOctet: 207, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("gsvc", "gsvc-1", p)}})
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/gsvc")) == 1 })
-	waitVIP(t, "127.207.0.1:19401")
+	agentInFront(t, inFront{node: "g1", octet: 207, svc: "gsvc", vipPort: 19401, port: p, proto: "grpc", noRequest: true})
 	grpcsvc.Exercise(t, "127.207.0.1:19401", s)
 }
 
@@ -77,12 +59,8 @@ func TestH2LoadThroughOneAgent(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("hsvc", 19402, "http2"))
-	a := startAgent(t, agentOpts{name: "h1", site: "s1", region: "r1", vipOctet: 182, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("hsvc", "hsvc-1", ln.Addr().(*net.TCPAddr).Port)}})
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/hsvc")) == 1 })
-	waitVIP(t, "127.182.0.1:19402")
+	agentInFront(t, inFront{node: "h1", octet: 182, svc: "hsvc", vipPort: 19402, port: ln.Addr().(*net.TCPAddr).Port,
+		proto: "http2", noRequest: true})
 	out, err := exec.Command(h2load, "-n", "2000", "-c", "2", "-m", "10", "-t", "1", "http://127.182.0.1:19402/").CombinedOutput()
 	if err != nil {
 		t.Fatalf("h2load: %v\n%s", err, out)
@@ -128,7 +106,7 @@ func TestGRPCMaxRequestsPerConnection(t *testing.T) {
 	a := startAgent(t, agentOpts{name: "g2", site: "s1", region: "r1", vipOctet: 207, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{w}})
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/gmax")) == 1 })
-	waitVIP(t, "127.207.0.1:19404")
+	waitListening(t, "127.207.0.1:19404")
 	conn, err := grpc.NewClient("127.207.0.1:19404", grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -16,42 +16,21 @@ import (
 // connection.
 func silentBackend(t *testing.T) (port int, got, gone chan struct{}) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	got, gone = make(chan struct{}, 64), make(chan struct{}, 64)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if req.URL.Path == "/ok" {
-						c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
-						continue
-					}
-					io.Copy(io.Discard, req.Body)
-					got <- struct{}{}
-					c.SetReadDeadline(time.Now().Add(20 * time.Second))
-					if _, err := br.ReadByte(); err != nil && !isTimeout(err) {
-						gone <- struct{}{} // the agent closed it
-					}
-					return
-				}
-			}()
+	addr := serveH1(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		if req.URL.Path == "/ok" {
+			c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+			return true
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port, got, gone
+		io.Copy(io.Discard, req.Body)
+		got <- struct{}{}
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := br.ReadByte(); err != nil && !isTimeout(err) {
+			gone <- struct{}{} // the agent closed it
+		}
+		return false
+	})
+	return addr.Port, got, gone
 }
 
 func isTimeout(err error) bool {
@@ -68,12 +47,8 @@ func isTimeout(err error) bool {
 // good (services have no request timeout by default).
 func TestH1ClientGoneBeforeResponseHead(t *testing.T) {
 	port, got, gone := silentBackend(t)
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("silent", 19301, "http"))
-	startAgent(t, agentOpts{name: "f", site: "s1", region: "r1", vipOctet: 250, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload("silent", "silent-1", port)}})
-	addr := "127.250.0.1:19301"
-	waitGet200(t, &http.Client{Timeout: 5 * time.Second}, "http://"+addr+"/ok")
+	addr := agentInFront(t, inFront{node: "f", octet: 250, svc: "silent", vipPort: 19301, port: port,
+		client: &http.Client{Timeout: 5 * time.Second}, ready: "/ok"}).addr
 
 	for _, req := range []string{
 		"GET /hang HTTP/1.1\r\nHost: silent\r\n\r\n",

@@ -72,6 +72,61 @@ func webWorkload(service, name string, port int) Workload {
 		Ports: []api.EndpointPort{{Name: "web", Port: port}}}
 }
 
+// inFront says what agentInFront starts.
+type inFront struct {
+	node    string       // the agent's node name
+	octet   int          // the agent's VIP range: 127.<octet>.0.0/16
+	svc     string       // the service, in namespace demo
+	vipPort int          // the service's port on its VIP
+	port    int          // the endpoint's port on 127.0.0.1; its workload is svc+"-1"
+	proto   string       // the port's protocol in httpSvcDoc; "" is "http"
+	doc     string       // the service's config; "" is httpSvcDoc(svc, vipPort, proto)
+	client  *http.Client // what waits for the first 200; nil is http.DefaultClient
+	ready   string       // the path of that first 200; "" is "/"
+	// noRequest: wait instead until the agent lists the endpoint and the
+	// VIP accepts a connection (waitListening): no request reaches the
+	// endpoint before the test's own.
+	noRequest bool
+}
+
+// front is an agent in front of one HTTP endpoint, as agentInFront
+// returns it.
+type front struct {
+	agent *Agent
+	addr  string // the service's VIP and port: "127.<octet>.0.1:<vipPort>"
+	base  string // "http://" + addr
+}
+
+// agentInFront starts a control plane that knows the service o.svc and an
+// agent whose one workload is the endpoint on o.port, and returns once a GET
+// of o.ready through the service's VIP answers 200 (waitGet200), or with
+// o.noRequest once the VIP listens.
+func agentInFront(t testing.TB, o inFront) front {
+	t.Helper()
+	if o.proto == "" {
+		o.proto = "http"
+	}
+	if o.doc == "" {
+		o.doc = httpSvcDoc(o.svc, o.vipPort, o.proto)
+	}
+	if o.ready == "" {
+		o.ready = "/"
+	}
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, o.doc)
+	a := startAgent(t, agentOpts{name: o.node, site: "s1", region: "r1", vipOctet: o.octet, control: []string{cp.SyncAddr()},
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload(o.svc, o.svc+"-1", o.port)}})
+	f := front{agent: a, addr: fmt.Sprintf("127.%d.0.1:%d", o.octet, o.vipPort)}
+	f.base = "http://" + f.addr
+	if o.noRequest {
+		waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/"+o.svc)) == 1 })
+		waitListening(t, f.addr)
+		return f
+	}
+	waitGet200(t, o.client, f.base+o.ready)
+	return f
+}
+
 // l7Setup: endpoints "near-1" and "near-2" on node a (same site as the
 // client node c, reached over the mesh), "far" on node b in another region.
 func l7Setup(t *testing.T, svc string, vipPort int, proto string, octet int) (client *Agent, stops map[string]func()) {
@@ -365,30 +420,17 @@ func TestEdgeAwareAvoidsSlowEndpoint(t *testing.T) {
 // retry: Go's transport only retries on reused connections); a POST with a
 // body reached the endpoint, so it is not retried and fails with 502.
 func TestRetryIdempotentOnly(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 4096)
-				c.Read(buf) // the request arrives...
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close() // ...and the endpoint dies without answering
-			}()
-		}
-	}()
+	bad := serveConns(t, func(c net.Conn) {
+		buf := make([]byte, 4096)
+		c.Read(buf) // the request arrives...
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close() // ...and the endpoint dies without answering
+	}).Port
 	good, _ := startHTTP(t, "good")
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, httpSvcDoc("flaky", 19031, "http"))
 	a := startAgent(t, agentOpts{name: "rt", site: "s1", region: "r1", vipOctet: 178, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("flaky", "flaky-bad", ln.Addr().(*net.TCPAddr).Port), webWorkload("flaky", "flaky-good", good)}})
+		workloads: []Workload{webWorkload("flaky", "flaky-bad", bad), webWorkload("flaky", "flaky-good", good)}})
 	url := "http://127.178.0.1:19031/"
 	waitFor(t, "service", func() bool { return len(endpointsOf(a, "demo/flaky")) == 2 })
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -996,14 +1038,7 @@ func TestEdgeAwareAvoidsEndpointLoadedByOthers(t *testing.T) {
 	t.Cleanup(func() { cancel(); hold.Wait() })
 	hc := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 64, MaxIdleConnsPerHost: 64}}
 	for _, vip := range []string{"127.181.0.1:19024", "127.181.0.2:19025"} {
-		waitFor(t, "a's listener", func() bool {
-			c, err := net.Dial("tcp", vip)
-			if err != nil {
-				return false
-			}
-			c.Close()
-			return true
-		})
+		waitListening(t, vip)
 		for i := 0; i < 12; i++ {
 			hold.Add(1)
 			go func() {

@@ -74,7 +74,7 @@ func (b *countingBackend) counts() (accepted, busy int) {
 
 // waitListening waits until addr accepts TCP connections (no request is
 // sent, so no upstream connection is opened).
-func waitListening(t *testing.T, addr string) {
+func waitListening(t testing.TB, addr string) {
 	t.Helper()
 	waitFor(t, "listener "+addr, func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -619,19 +619,15 @@ func TestSlowReaderReleasesUpstream(t *testing.T) {
 			}
 		}
 	}))
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+	f := agentInFront(t, inFront{node: "sr", octet: 231, svc: "slowread", vipPort: 19438, port: b.port, noRequest: true,
+		doc: `apiVersion: fogmesh.io/v1alpha1
 kind: Service
 metadata: {name: slowread, namespace: demo}
 spec:
   ports: [{name: web, port: 19438, protocol: http}]
   timeouts: {send: 300ms}
-`)
-	a := startAgent(t, agentOpts{name: "sr", site: "s1", region: "r1", vipOctet: 231, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("slowread", "slowread-1", b.port)}})
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/slowread")) == 1 })
-	addr := "127.231.0.1:19438"
-	waitListening(t, addr)
+`})
+	a, addr := f.agent, f.addr
 	small := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })

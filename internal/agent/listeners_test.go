@@ -21,8 +21,8 @@ import (
 func TestNewVIPServedOnlyOnceItsViewIsPublished(t *testing.T) {
 	port, _ := startHTTP(t, "late-1")
 	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("early", 19774, "http"))
-	a := startAgent(t, agentOpts{name: "v", site: "s1", region: "r1", vipOctet: 209, control: []string{cp.SyncAddr()},
+	apply(t, cp, httpSvcDoc("early", 19775, "http"))
+	a := startAgent(t, agentOpts{name: "v", site: "s1", region: "r1", vipOctet: 219, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{webWorkload("late", "late-1", port)}})
 	waitFor(t, "the agent's view of early", func() bool { return a.view.Load().services["demo/early"] != nil })
 
@@ -70,7 +70,7 @@ func TestNewVIPServedOnlyOnceItsViewIsPublished(t *testing.T) {
 	}
 	testHookListening.Store(&hook)
 	t.Cleanup(func() { testHookListening.Store(nil) })
-	apply(t, cp, httpSvcDoc("late", 19774, "http"))
+	apply(t, cp, httpSvcDoc("late", 19775, "http"))
 	select {
 	case <-hooked:
 	case <-time.After(10 * time.Second):

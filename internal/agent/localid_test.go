@@ -99,13 +99,7 @@ spec: {service: wdb, rules: [{from: [{principals: ["`+attestID+`"]}]}]}
 		return fmt.Sprintf("%s:%d", r.V4, port)
 	}
 	who, wdb := vip("who", 19661), vip("wdb", 19662)
-	waitFor(t, "VIP listeners", func() bool {
-		c, err := net.Dial("tcp", who)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, who)
 	register := func(at *Attest) {
 		t.Helper()
 		if err := a.Register(Workload{Name: "client-1", Service: "client", Namespace: "demo", Address: attestIP,

@@ -69,13 +69,7 @@ spec: {service: amir, action: DENY, rules: [{to: [{paths: ["/secret*"]}]}]}
 		return len(endpointsOf(a, "demo/amir")) == 2 && a.view.Load().authz.Len() == 1 && a.view.Load().services["demo/amir"].route != nil
 	})
 	vip := "http://127.249.0.1:19691"
-	waitFor(t, "VIP listener", func() bool {
-		c, err := net.Dial("tcp", "127.249.0.1:19691")
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, "127.249.0.1:19691")
 	c := &http.Client{Timeout: 5 * time.Second}
 	for _, p := range []struct {
 		path string

@@ -132,13 +132,7 @@ func TestMQTTClientIDPinning(t *testing.T) {
 	client := startAgent(t, agentOpts{name: "mqc", site: "s1", region: "r1", vipOctet: 173, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
 	waitFor(t, "endpoints", func() bool { return len(endpointsOf(client, "demo/broker")) == 2 })
 	vip := "127.173.0.1"
-	waitFor(t, "listener", func() bool {
-		c, err := net.Dial("tcp", vip+":18830")
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, vip+":18830")
 
 	ids := []string{"sensor-1", "sensor-2", "sensor-3", "sensor-4", "sensor-5", "sensor-6"}
 	w1, w2 := subscribe(t, b1, "t/#"), subscribe(t, b2, "t/#")
@@ -201,13 +195,7 @@ spec:
 		workloads: []Workload{webWorkload("telemetry", "telemetry-b", b)}})
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/telemetry")) == 1 })
 	vip := "127.198.0.1"
-	waitFor(t, "listener", func() bool {
-		c, err := net.Dial("tcp", vip+":18831")
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, vip+":18831")
 	sub := subscribeAt(t, vip, 18831, 20, "-V", "mqttv5", "-t", "sensors/#", "-C", "2")
 	for i, topic := range []string{"sensors/temp", "sensors/temp"} {
 		if o, err := exec.Command("mosquitto_pub", "-h", vip, "-p", "18831", "-t", topic, "-m", fmt.Sprint(i)).CombinedOutput(); err != nil {
@@ -340,13 +328,7 @@ func TestMQTTRefusalsLikeMosquitto(t *testing.T) {
 		workloads: []Workload{webWorkload("refusals", "refusals-b", b)}})
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/refusals")) == 1 })
 	vip := "127.248.0.1:18850"
-	waitFor(t, "listener", func() bool {
-		c, err := net.Dial("tcp", vip)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, vip)
 	connect := func(name string, level, flags byte, fields ...[]byte) []byte {
 		return mqttPkt(0x10, append([][]byte{mqttStr(name), {level, flags, 0, 30}}, fields...)...)
 	}

@@ -96,13 +96,7 @@ spec: {service: broker, rules: [{to: [{publish: ["sensors/+/temp"]}]}]}`,
 		return fmt.Sprintf("%s:%d", r.V4, port)
 	}
 	web, dbAddr := vip("web", 19681), vip("db", 19682)
-	waitFor(t, "VIP listeners", func() bool {
-		c, err := net.Dial("tcp", dbAddr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, dbAddr)
 
 	t.Run("http", func(t *testing.T) {
 		for _, c := range []struct {
