@@ -35,6 +35,9 @@ test: test-deps
 	$(GO) test -race -count=1 -timeout 20m ./...
 	# httpproxy.RawIO reads and writes otherwise outside race builds: test that too.
 	$(GO) test -count=1 -timeout 5m ./internal/httpproxy/
+	# Tests of allocations, heap and stacks that the race detector skews (skipped or loosened under it).
+	$(GO) test -count=1 -timeout 5m -run 'TestH1FastPathAllocs|TestRelayIdleSessionHeap|TestSessionStreamsAwaitingHeaderBounded|TestStreamCostsOneGoroutine' \
+		./internal/agent/ ./internal/relay/ ./internal/transport/ ./internal/control/
 	# memtrim.ReleaseCode must skip a PIE's relocated read-only data: run it in one.
 	$(GO) test -buildmode=pie -count=1 -timeout 2m -run 'ReleaseCode' ./internal/memtrim/
 

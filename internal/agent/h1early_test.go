@@ -103,13 +103,18 @@ func TestH1HeadErrorBody(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	t.Logf("HEAD: %s (Content-Length %d)", resp.Status, resp.ContentLength)
+	if resp.StatusCode != http.StatusBadGateway && resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("HEAD: %s, want the agent's own 502 or 503 (its endpoint is gone)", resp.Status)
+	}
 	resp2, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("the response after the HEAD's: %v (the HEAD answer's body is in the stream)", err)
 	}
+	b, _ := io.ReadAll(resp2.Body)
 	resp2.Body.Close()
-	t.Logf("GET: %s", resp2.Status)
+	if resp2.StatusCode != http.StatusBadGateway && resp2.StatusCode != http.StatusServiceUnavailable || len(b) == 0 {
+		t.Fatalf("GET after the HEAD: %s %q, want the agent's own 502 or 503 with its error text", resp2.Status, b)
+	}
 }
 
 // TestH1EarlyRejectionHeld: as TestH1EarlyRejection, but the

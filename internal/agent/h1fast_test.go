@@ -123,8 +123,7 @@ func TestH1FastPath(t *testing.T) {
 	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	f := agentInFront(t, inFront{node: "f", octet: 241, svc: "fast", vipPort: 19300, port: port, client: c, ready: "/echo"})
 	a, addr, base := f.agent, f.addr, f.base
-	time.Sleep(100 * time.Millisecond) // the goroutines of the start settle
-	goroutines := runtime.NumGoroutine()
+	goroutines := settledGoroutines(t) // those of the start, once they stop coming and going
 
 	dial := func(t *testing.T) (net.Conn, *bufio.Reader) {
 		conn, err := net.Dial("tcp", addr)
@@ -348,4 +347,20 @@ func TestH1FastPath(t *testing.T) {
 	tr.CloseIdleConnections()
 	waitFor(t, "client connections released", func() bool { return a.active.Load() == 0 })
 	waitFor(t, "request goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
+}
+
+// settledGoroutines returns the number of goroutines once it held for five
+// polls 10 ms apart (at most 5 s of polls; then the last count).
+func settledGoroutines(t testing.TB) int {
+	t.Helper()
+	n, same := runtime.NumGoroutine(), 0
+	for deadline := time.Now().Add(5 * time.Second); same < 5 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond) // poll interval
+		if m := runtime.NumGoroutine(); m == n {
+			same++
+		} else {
+			n, same = m, 0
+		}
+	}
+	return n
 }
