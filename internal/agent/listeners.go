@@ -81,6 +81,7 @@ func (a *Agent) openListenersLocked(v *view) {
 // the same hold of the agent's mu as openListenersLocked: shutdown closes
 // only listeners that are served (vipListener.close waits for the loop).
 func (a *Agent) serveListenersLocked(v *view) {
+	a.serveUDPLocked()
 	for ap, l := range a.listeners {
 		if !l.served {
 			l.served = true

@@ -167,6 +167,9 @@ type udpPort struct {
 	// pkt, for a port of transparent capture (capture.go): conn learns
 	// the address each datagram came to, and flows reply from it.
 	pkt *capture.PktConn
+	// served: its readLoop runs (a.mu), started once the view that knows
+	// the port is published (serveListenersLocked).
+	served bool
 }
 
 // reconcileUDPLocked binds a UDP socket for every udp VIP:port of v and
@@ -196,8 +199,20 @@ func (a *Agent) reconcileUDPLocked(v *view) {
 		p.ctx, p.cancel = context.WithCancel(a.runCtx)
 		a.udp.ports[ap] = p
 		a.udpm()
-		a.wg.Add(1)
-		go p.readLoop()
+	}
+}
+
+// serveUDPLocked starts reading the UDP ports reconcileUDPLocked bound,
+// once their view is published: a datagram read before would open a flow
+// on the view before, which does not know the port, and the flow would
+// drop its client's datagrams for udpRetryAfter.
+func (a *Agent) serveUDPLocked() {
+	for _, p := range a.udp.ports {
+		if !p.served {
+			p.served = true
+			a.wg.Add(1)
+			go p.readLoop()
+		}
 	}
 }
 
