@@ -102,18 +102,21 @@ func (c *ClientConfig) validate() {
 }
 
 // Client opens streams to peer agents. It keeps one yamux session per peer
-// address, created on first use and replaced when it breaks.
+// address, created on first use and replaced when it breaks, and forgets a
+// peer with nothing open that was not dialed for 5 minutes (peers.go).
 type Client struct {
 	cfg ClientConfig
 	log *slog.Logger
 	m   *meshMetrics
 	wg  sync.WaitGroup // watchSession goroutines
 
-	mu      sync.Mutex // guards the following, and every peer's sess
-	closed  bool
-	peers   map[string]*peer                  // by mesh address
-	retired map[*yamux.Session]retiredSession // draining: no new streams (Retire)
-	directs map[*directTrack]struct{}         // open direct streams (direct.go)
+	mu       sync.Mutex // guards the following, and every peer's sess
+	closed   bool
+	peers    map[string]*peer                  // by mesh address; idle ones pruned (peers.go)
+	peerIdle time.Duration                     // how long an idle peer is kept (defaultPeerIdle)
+	swept    time.Time                         // the last sweep of idle peers
+	retired  map[*yamux.Session]retiredSession // draining: no new streams (Retire)
+	directs  map[*directTrack]struct{}         // open direct streams (direct.go)
 
 	rtts sync.Map // mesh address -> *peer, for RTT without mu (read per request)
 	// retiredSet holds the sessions in retired, for streamConn.Retired
@@ -129,11 +132,12 @@ type Client struct {
 func NewClient(cfg ClientConfig) *Client {
 	cfg.validate()
 	return &Client{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		m:       newMeshMetrics(cfg.Metrics, "out"),
-		peers:   make(map[string]*peer),
-		retired: make(map[*yamux.Session]retiredSession),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		m:        newMeshMetrics(cfg.Metrics, "out"),
+		peers:    make(map[string]*peer),
+		peerIdle: defaultPeerIdle,
+		retired:  make(map[*yamux.Session]retiredSession),
 	}
 }
 
@@ -175,8 +179,13 @@ func (c *Client) Dial(ctx context.Context, meshAddr string, h Header) (net.Conn,
 }
 
 func (c *Client) dial(ctx context.Context, meshAddr string, h Header) (conn net.Conn, err error) {
+	p, err := c.holdPeer(meshAddr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.releasePeer(p)
 	if c.direct(h) {
-		dc, ok, derr := c.dialDirect(ctx, meshAddr, h)
+		dc, ok, derr := c.dialDirect(ctx, p, meshAddr, h)
 		if ok {
 			return dc, derr
 		}
@@ -184,19 +193,19 @@ func (c *Client) dial(ctx context.Context, meshAddr string, h Header) (conn net.
 		if errors.As(derr, &noStatus) {
 			defer func() {
 				if err == nil { // the session answered: the peer predates direct streams
-					c.noDirect(meshAddr, noStatus)
+					c.noDirect(p, meshAddr, noStatus)
 				}
 			}()
 		}
 	}
-	sess, auth, fresh, err := c.session(ctx, meshAddr, nil)
+	sess, auth, fresh, err := c.session(ctx, p, meshAddr, nil)
 	if err != nil {
 		return nil, err
 	}
 	conn, err = c.openStream(ctx, sess, auth, h)
 	if err != nil && !fresh && ctx.Err() == nil && brokenSession(err, sess) {
 		c.log.Debug("mesh: session broken, redialing", "peer", meshAddr, "err", err)
-		if sess, auth, _, err = c.session(ctx, meshAddr, sess); err != nil {
+		if sess, auth, _, err = c.session(ctx, p, meshAddr, sess); err != nil {
 			return nil, err
 		}
 		conn, err = c.openStream(ctx, sess, auth, h)
@@ -226,11 +235,12 @@ func brokenSession(err error, sess *yamux.Session) bool {
 	}
 }
 
-// session returns a live session to meshAddr, creating it if needed. broken,
-// if not nil, is a session the caller saw fail; it is closed and replaced.
-// fresh reports whether this call created the session.
-func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Session) (sess *yamux.Session, pa *peerAuth, fresh bool, err error) {
-	p, sess, pa, err := c.lookup(meshAddr, broken)
+// session returns a live session to p, the peer at meshAddr (held by the
+// caller), creating it if needed. broken, if not nil, is a session the
+// caller saw fail; it is closed and replaced. fresh reports whether this
+// call created the session.
+func (c *Client) session(ctx context.Context, p *peer, meshAddr string, broken *yamux.Session) (sess *yamux.Session, pa *peerAuth, fresh bool, err error) {
+	sess, pa, err = c.lookup(p, broken)
 	if err != nil || sess != nil {
 		return sess, pa, false, err
 	}
@@ -243,7 +253,7 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 	defer func() { <-p.dialing }()
 
 	// Another Dial may have created the session while we waited.
-	if _, sess, pa, err = c.lookup(meshAddr, nil); err != nil || sess != nil {
+	if sess, pa, err = c.lookup(p, nil); err != nil || sess != nil {
 		return sess, pa, false, err
 	}
 
@@ -298,19 +308,13 @@ func (c *Client) session(ctx context.Context, meshAddr string, broken *yamux.Ses
 	return sess, &auth, true, nil
 }
 
-// lookup returns the peer for meshAddr and its live session, nil if there
-// is none. A session that is closed or is broken is closed and forgotten.
-func (c *Client) lookup(meshAddr string, broken *yamux.Session) (*peer, *yamux.Session, *peerAuth, error) {
+// lookup returns p's live session, nil if there is none. A session that is
+// closed or is broken is closed and forgotten.
+func (c *Client) lookup(p *peer, broken *yamux.Session) (*yamux.Session, *peerAuth, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, nil, nil, fmt.Errorf("client: %w", net.ErrClosed)
-	}
-	p := c.peers[meshAddr]
-	if p == nil {
-		p = newPeer()
-		c.peers[meshAddr] = p
-		c.rtts.Store(meshAddr, p)
+		return nil, nil, fmt.Errorf("client: %w", net.ErrClosed)
 	}
 	var stale, invalid *yamux.Session
 	var auth, bad *peerAuth
@@ -336,7 +340,7 @@ func (c *Client) lookup(meshAddr string, broken *yamux.Session) (*peer, *yamux.S
 	if invalid != nil {
 		c.cutIfInvalid(invalid, bad)
 	}
-	return p, sess, auth, nil
+	return sess, auth, nil
 }
 
 // watchSession pings sess every PingInterval to measure the RTT to the

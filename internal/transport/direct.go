@@ -52,13 +52,10 @@ func (c *Client) direct(h Header) bool {
 	return c.cfg.DirectStreams && c.cfg.TLS == nil && !h.UDP
 }
 
-// dialDirect opens a direct stream to meshAddr for h. ok is false when the
-// path cannot carry one: the caller opens a yamux stream instead.
-func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (conn net.Conn, ok bool, err error) {
-	p, err := c.peerEntry(meshAddr)
-	if err != nil {
-		return nil, true, err
-	}
+// dialDirect opens a direct stream to p, the peer at meshAddr (held by the
+// caller), for h. ok is false when the path cannot carry one: the caller
+// opens a yamux stream instead.
+func (c *Client) dialDirect(ctx context.Context, p *peer, meshAddr string, h Header) (conn net.Conn, ok bool, err error) {
 	if time.Now().UnixNano() < p.noDirectUntil.Load() || !p.directRate.Allow() {
 		return nil, false, nil
 	}
@@ -85,7 +82,7 @@ func (c *Client) dialDirect(ctx context.Context, meshAddr string, h Header) (con
 		return nil, true, err
 	}
 	watchPeer(carrier)
-	t := &directTrack{c: c, meshAddr: meshAddr}
+	t := &directTrack{c: c, p: p, meshAddr: meshAddr}
 	var ms meshStream
 	switch cc := carrier.(type) {
 	case *net.TCPConn:
@@ -125,14 +122,10 @@ type errNoStatus struct{ err error }
 func (e errNoStatus) Error() string { return e.err.Error() }
 func (e errNoStatus) Unwrap() error { return e.err }
 
-// noDirect records that the peer at meshAddr, which closed a direct stream
-// unanswered, answered on its session: it predates direct streams, and
-// gets session streams only for noDirectFor.
-func (c *Client) noDirect(meshAddr string, why error) {
-	p, err := c.peerEntry(meshAddr)
-	if err != nil {
-		return
-	}
+// noDirect records that p, the peer at meshAddr, which closed a direct
+// stream unanswered, answered on its session: it predates direct streams,
+// and gets session streams only for noDirectFor.
+func (c *Client) noDirect(p *peer, meshAddr string, why error) {
 	p.noDirectUntil.Store(time.Now().Add(noDirectFor).UnixNano())
 	c.log.Info("mesh: peer agent takes no direct streams, using its session", "peer", meshAddr, "err", why, "retry_in", noDirectFor)
 }
@@ -150,17 +143,13 @@ const directPerSecond = 100
 // answer gets yamux streams only.
 const noDirectFor = time.Minute
 
-// peerEntry returns the peer for meshAddr, creating it.
-func (c *Client) peerEntry(meshAddr string) (*peer, error) {
-	p, _, _, err := c.lookup(meshAddr, nil)
-	return p, err
-}
-
 // directTrack is what a direct stream's conn shares with its client: it
 // is closed with the client, and its bytes are reported once it closes.
+// While tracked it holds its peer (refs): the peer is not pruned.
 type directTrack struct {
 	once     sync.Once
 	c        *Client
+	p        *peer
 	meshAddr string
 	closer   net.Conn
 	// closedByUs: Client.Close or DropSession closed the conn (its
@@ -181,6 +170,7 @@ func (c *Client) track(t *directTrack, conn net.Conn) bool {
 		c.directs = make(map[*directTrack]struct{})
 	}
 	c.directs[t] = struct{}{}
+	t.p.refs++
 	return true
 }
 
@@ -189,7 +179,10 @@ func (c *Client) track(t *directTrack, conn net.Conn) bool {
 func (t *directTrack) done(raw net.Conn) {
 	t.once.Do(func() {
 		t.c.mu.Lock()
-		delete(t.c.directs, t)
+		if _, tracked := t.c.directs[t]; tracked {
+			delete(t.c.directs, t)
+			t.p.refs--
+		}
 		t.c.mu.Unlock()
 		if t.c.cfg.DirectBytes != nil {
 			if in, out, ok := tcpBytes(raw); ok {

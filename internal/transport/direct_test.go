@@ -302,7 +302,7 @@ func TestDirectStreamToOlderAgent(t *testing.T) {
 func TestDirectStreamRate(t *testing.T) {
 	ts := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"ep": serveWorkload(t, "127.0.0.1:0", echo)}, nil)
 	c, set, _ := newDirectClient(t)
-	p, err := c.peerEntry(ts.addr)
+	p, err := c.peerForTest(ts.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,22 +375,6 @@ func TestServerCloseWithSilentPlainConn(t *testing.T) {
 	defer raw.Close()
 	eventually(t, "the server to accept it", func() bool { return ts.ln.accepted.Load() == 1 })
 	closeWithin(t, ts, 5*time.Second, "Server.Close waits for a silent connection's first byte")
-}
-
-// closeWithin closes ts and fails the test with what if that takes longer
-// than d, or with Close's error.
-func closeWithin(t *testing.T, ts *testServer, d time.Duration, what string) {
-	t.Helper()
-	closed := make(chan error, 1)
-	go func() { closed <- ts.Close() }()
-	select {
-	case err := <-closed:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(d):
-		t.Fatal(what)
-	}
 }
 
 // failDirectNet is the OS network whose DirectDialer always fails, as a

@@ -1,6 +1,11 @@
 package transport
 
-import "github.com/hashicorp/yamux"
+import (
+	"slices"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
 
 // InjectSessionForTest makes sess the cached session for meshAddr, as if a
 // Dial had created it.
@@ -11,6 +16,7 @@ func (c *Client) InjectSessionForTest(meshAddr string, sess *yamux.Session) {
 	if p == nil {
 		p = newPeer()
 		c.peers[meshAddr] = p
+		c.rtts.Store(meshAddr, p)
 	}
 	p.sess = sess
 	c.m.sessions.Inc()
@@ -20,3 +26,37 @@ func (c *Client) InjectSessionForTest(meshAddr string, sess *yamux.Session) {
 
 // YamuxConfigForTest is the session config both ends use.
 func YamuxConfigForTest() *yamux.Config { return yamuxConfig(DefaultStreamWindow) }
+
+// peerForTest returns the peer for meshAddr, creating it as a Dial does.
+func (c *Client) peerForTest(meshAddr string) (*peer, error) {
+	p, err := c.holdPeer(meshAddr)
+	if err == nil {
+		c.releasePeer(p)
+	}
+	return p, err
+}
+
+// SetPeerIdleForTest sets how long a peer with nothing open is kept after
+// its last Dial (defaultPeerIdle); a Dial sweeps every d/sweepsPerIdle.
+func (c *Client) SetPeerIdleForTest(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.peerIdle = d
+}
+
+// PeersForTest returns the mesh addresses the client keeps a peer for, in
+// its map and in rtts (RTT's lock-free index), sorted.
+func (c *Client) PeersForTest() (peers, rtts []string) {
+	c.mu.Lock()
+	for addr := range c.peers {
+		peers = append(peers, addr)
+	}
+	c.mu.Unlock()
+	c.rtts.Range(func(k, _ any) bool {
+		rtts = append(rtts, k.(string))
+		return true
+	})
+	slices.Sort(peers)
+	slices.Sort(rtts)
+	return peers, rtts
+}

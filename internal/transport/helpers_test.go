@@ -93,6 +93,22 @@ func waitGoroutines(t *testing.T, before int) {
 	}
 }
 
+// closeWithin closes c and fails the test with what if that takes longer
+// than d, or with Close's error.
+func closeWithin(t *testing.T, c io.Closer, d time.Duration, what string) {
+	t.Helper()
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(d):
+		t.Fatal(what)
+	}
+}
+
 // mapDialer is the test Dialer: endpoint name -> workload address. Any
 // other endpoint is an unknown destination.
 type mapDialer map[string]string

@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"fmt"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -11,6 +13,26 @@ import (
 
 // A Client's view of its peers: the session to each, what it measured of
 // the path (RTT), and whether the path is live.
+//
+// A Client learns a peer per mesh address it dials, and on a long-running
+// agent peers come and go (nodes replaced, addresses that NAT, hole
+// punching or relays change). So a peer is forgotten, from peers and rtts,
+// once nothing holds it (refs: no Dial in progress, retired session or
+// direct stream) and it has no live session and was last dialed more than
+// peerIdle ago. Only a Dial adds a peer, so a Dial's end sweeps, at most
+// every peerIdle/sweepsPerIdle: no goroutine or timer per peer, and RTT,
+// read per request, stays a lock-free load.
+
+// defaultPeerIdle is how long a peer with nothing open is kept after its
+// last Dial: longer than noDirectFor, so a peer that takes no direct
+// streams is not tried again early, and long enough that a peer dialed
+// now and then keeps its RTT between dials.
+const defaultPeerIdle = 5 * time.Minute
+
+// sweepsPerIdle is how many sweeps for idle peers a Dial may run per
+// peerIdle: an idle peer is forgotten within 1¼ peerIdle of its last Dial
+// if Dials go on.
+const sweepsPerIdle = 4
 
 // peer is the session to one peer agent.
 type peer struct {
@@ -28,6 +50,12 @@ type peer struct {
 	// only (it closed a direct stream without an answer).
 	noDirectUntil atomic.Int64
 	directRate    *rate.Limiter // direct streams opened (directPerSecond)
+	// refs counts what holds the peer: Dials in progress, its retired
+	// sessions still open and its direct streams. Guarded by Client.mu.
+	// A held peer is not pruned, so a session or stream is never made for
+	// a peer the client forgot (Close would miss it).
+	refs   int
+	dialed time.Time // guarded by Client.mu; when the last Dial to it ended
 }
 
 func newPeer() *peer {
@@ -82,4 +110,47 @@ func (c *Client) Live(meshAddr string) bool {
 	defer c.mu.Unlock()
 	p := c.peers[meshAddr]
 	return p != nil && (p.sess != nil && !p.sess.IsClosed() || p.directUp.Load())
+}
+
+// holdPeer returns the peer for meshAddr, creating it, and holds it for a
+// Dial until releasePeer.
+func (c *Client) holdPeer(meshAddr string) (*peer, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, fmt.Errorf("client: %w", net.ErrClosed)
+	}
+	p := c.peers[meshAddr]
+	if p == nil {
+		p = newPeer()
+		c.peers[meshAddr] = p
+		c.rtts.Store(meshAddr, p)
+	}
+	p.refs++
+	return p, nil
+}
+
+// releasePeer ends a Dial's hold on p, and sweeps idle peers when a sweep
+// is due.
+func (c *Client) releasePeer(p *peer) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.refs--
+	p.dialed = now
+	if now.Sub(c.swept) >= c.peerIdle/sweepsPerIdle {
+		c.sweepLocked(now)
+	}
+}
+
+// sweepLocked forgets the peers that nothing holds, with no live session,
+// last dialed peerIdle or more before now.
+func (c *Client) sweepLocked(now time.Time) {
+	c.swept = now
+	for addr, p := range c.peers {
+		if p.refs == 0 && (p.sess == nil || p.sess.IsClosed()) && now.Sub(p.dialed) >= c.peerIdle {
+			delete(c.peers, addr)
+			c.rtts.CompareAndDelete(addr, p)
+		}
+	}
 }

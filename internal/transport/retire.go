@@ -65,6 +65,7 @@ func (c *Client) retireSession(meshAddr string, only *yamux.Session) bool {
 	p.sess = nil
 	c.retired[sess] = retiredSession{addr: meshAddr, id: p.id, auth: p.auth}
 	c.retiredSet.Store(sess, struct{}{})
+	p.refs++ // the session's streams go to p: it is not pruned until they end
 	c.wg.Add(1)
 	c.mu.Unlock()
 	c.signalRetire()
@@ -81,6 +82,7 @@ func (c *Client) retireSession(meshAddr string, only *yamux.Session) bool {
 		sess.Close()
 		c.mu.Lock()
 		delete(c.retired, sess)
+		p.refs--
 		c.mu.Unlock()
 		c.retiredSet.Delete(sess)
 	}()
