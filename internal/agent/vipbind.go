@@ -124,7 +124,7 @@ func (a *Agent) retryBinds(ctx context.Context) {
 		delay = min(2*delay, bindRetryMax)
 		a.mu.Lock()
 		if ctx.Err() == nil {
-			a.openListenersLocked(a.view.Load())
+			a.reconcileListenersLocked(a.view.Load()) // bound and served: the view is published
 		}
 		a.mu.Unlock()
 		select { // the kicks of this round's own failures
