@@ -130,6 +130,10 @@ func (s *Server) refuse(w http.ResponseWriter, code int, msg string, args ...any
 	s.mRefused.Inc()
 	s.cfg.Logger.Info("gateway: refused", append([]any{"why", msg}, args...)...)
 	w.Header().Set("Connection", "close") // one request per connection
+	// Nor wait for a body it declared: after the answer net/http reads up
+	// to 256 KiB of it with no deadline, so a client that declares one and
+	// sends nothing would hold the connection, outside every bound, for good.
+	http.NewResponseController(w).SetReadDeadline(time.Unix(1, 0))
 	http.Error(w, msg, code)
 }
 
