@@ -16,7 +16,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -252,10 +254,17 @@ func (n Network) Dial(ctx context.Context, network, addr string) (net.Conn, erro
 		c.Close()
 		return nil, fmt.Errorf("gateway %s: %w", n.Gateway, err)
 	}
-	br := bufio.NewReader(c)
+	// The answer's head is bounded as net/http's Transport bounds a
+	// proxy's: whoever answers at the gateway's address is not
+	// authenticated, and a head without end would be read into memory.
+	lr := &io.LimitedReader{R: c, N: maxAnswerHead}
+	br := bufio.NewReader(lr)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
 		c.Close()
+		if lr.N <= 0 {
+			return nil, fmt.Errorf("gateway %s: CONNECT %s: answer head over %d bytes", n.Gateway, addr, maxAnswerHead)
+		}
 		return nil, fmt.Errorf("gateway %s: %w", n.Gateway, err)
 	}
 	// A 200's "body" is the tunnel: it is read through br, not Body.
@@ -265,10 +274,14 @@ func (n Network) Dial(ctx context.Context, network, addr string) (net.Conn, erro
 	}
 	c.SetDeadline(time.Time{})
 	if br.Buffered() > 0 {
+		lr.N = math.MaxInt64 // what follows the head is the tunnel's
 		return &bufConn{Conn: c, r: br}, nil
 	}
 	return c, nil
 }
+
+// maxAnswerHead bounds the gateway's answer to a CONNECT.
+const maxAnswerHead = http.DefaultMaxHeaderBytes
 
 // Listen is Base's.
 func (n Network) Listen(ctx context.Context, network, addr string) (net.Listener, error) {

@@ -2,11 +2,13 @@ package gateway
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -46,5 +48,49 @@ func TestGatewayRefusedBodyNotAwaited(t *testing.T) {
 		if _, err := br.ReadByte(); errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Errorf("%.30q: answered %d, then the connection stayed open waiting for the body", raw, resp.StatusCode)
 		}
+	}
+}
+
+// TestNetworkBoundsGatewayAnswer: a gateway (or whoever answers at its
+// address: it is not authenticated) that sends an endless answer head is
+// cut off once the head passes its bound, rather than read into memory
+// until the dial's deadline.
+func TestNetworkBoundsGatewayAnswer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "HTTP/1.1 200 Connection Established\r\nX-Pad: ")
+		pad := make([]byte, 64<<10)
+		for i := range pad {
+			pad[i] = 'a'
+		}
+		for range 64 { // 4 MiB of one header line, then silence
+			if _, err := c.Write(pad); err != nil {
+				return
+			}
+		}
+		io.Copy(io.Discard, c)
+	}()
+	n := Network{Gateway: ln.Addr().String(), Via: []string{"192.0.2.1:443"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := n.Dial(ctx, "tcp", "192.0.2.1:443")
+	if err == nil {
+		c.Close()
+		t.Fatal("an answer head without end was taken for a tunnel")
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil {
+		t.Fatalf("read the answer head until the dial's deadline: %v", err)
+	}
+	if !strings.Contains(err.Error(), "answer head over") {
+		t.Fatalf("dial: %v, want the head's bound named", err)
 	}
 }
