@@ -130,6 +130,11 @@ func (s *Server) Close() error {
 
 func (s *Server) refuse(w http.ResponseWriter, code int, msg string, args ...any) {
 	s.mRefused.Inc()
+	for i, a := range args { // the client's words: a target or method may be 1 MiB long
+		if v, ok := a.(string); ok && len(v) > maxLogged {
+			args[i] = v[:maxLogged] + "…"
+		}
+	}
 	s.cfg.Logger.Info("gateway: refused", append([]any{"why", msg}, args...)...)
 	w.Header().Set("Connection", "close") // one request per connection
 	// Nor wait for a body it declared: after the answer net/http reads up
@@ -138,6 +143,9 @@ func (s *Server) refuse(w http.ResponseWriter, code int, msg string, args ...any
 	http.NewResponseController(w).SetReadDeadline(time.Unix(1, 0))
 	http.Error(w, msg, code)
 }
+
+// maxLogged bounds each string a refusal logs.
+const maxLogged = 256
 
 // connect serves one CONNECT: an allowed address, a free slot, the dial;
 // then 200 and the bytes both ways.

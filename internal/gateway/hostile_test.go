@@ -2,15 +2,20 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // TestGatewayRefusedBodyNotAwaited: a refused request that declares a
@@ -92,5 +97,57 @@ func TestNetworkBoundsGatewayAnswer(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "answer head over") {
 		t.Fatalf("dial: %v, want the head's bound named", err)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer a logger may write from many goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestGatewayRefusalLogBounded: what a refused client sent (its target,
+// its method: each up to net/http's 1 MiB head) is logged cut short, so
+// a client cannot make the gateway write a megabyte of log per request.
+func TestGatewayRefusalLogBounded(t *testing.T) {
+	allowed := echo(t)
+	var logs lockedBuffer
+	_, gw := startGateway(t, Config{Allow: []string{allowed}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	long := strings.Repeat("a", 70000)
+	for _, raw := range []string{
+		"CONNECT " + long + ":1 HTTP/1.1\r\nHost: " + long + ":1\r\n\r\n",
+		long + " / HTTP/1.1\r\nHost: " + allowed + "\r\n\r\n",
+	} {
+		c, err := net.Dial("tcp", gw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, raw)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		c.Close()
+		if err != nil || resp.StatusCode == http.StatusOK {
+			t.Fatalf("%.20q: %v, %v", raw, resp, err)
+		}
+	}
+	testenv.WaitFor(t, 5*time.Second, "two refusals logged", func() bool {
+		return strings.Count(logs.String(), "gateway: refused") == 2
+	})
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if len(line) > 2048 {
+			t.Errorf("a refusal logged in %d bytes: %.120s…", len(line), line)
+		}
 	}
 }
