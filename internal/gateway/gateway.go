@@ -16,7 +16,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -128,10 +130,22 @@ func (s *Server) Close() error {
 
 func (s *Server) refuse(w http.ResponseWriter, code int, msg string, args ...any) {
 	s.mRefused.Inc()
+	for i, a := range args { // the client's words: a target or method may be 1 MiB long
+		if v, ok := a.(string); ok && len(v) > maxLogged {
+			args[i] = v[:maxLogged] + "…"
+		}
+	}
 	s.cfg.Logger.Info("gateway: refused", append([]any{"why", msg}, args...)...)
 	w.Header().Set("Connection", "close") // one request per connection
+	// Nor wait for a body it declared: after the answer net/http reads up
+	// to 256 KiB of it with no deadline, so a client that declares one and
+	// sends nothing would hold the connection, outside every bound, for good.
+	http.NewResponseController(w).SetReadDeadline(time.Unix(1, 0))
 	http.Error(w, msg, code)
 }
+
+// maxLogged bounds each string a refusal logs.
+const maxLogged = 256
 
 // connect serves one CONNECT: an allowed address, a free slot, the dial;
 // then 200 and the bytes both ways.
@@ -248,10 +262,17 @@ func (n Network) Dial(ctx context.Context, network, addr string) (net.Conn, erro
 		c.Close()
 		return nil, fmt.Errorf("gateway %s: %w", n.Gateway, err)
 	}
-	br := bufio.NewReader(c)
+	// The answer's head is bounded as net/http's Transport bounds a
+	// proxy's: whoever answers at the gateway's address is not
+	// authenticated, and a head without end would be read into memory.
+	lr := &io.LimitedReader{R: c, N: maxAnswerHead}
+	br := bufio.NewReader(lr)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
 		c.Close()
+		if lr.N <= 0 {
+			return nil, fmt.Errorf("gateway %s: CONNECT %s: answer head over %d bytes", n.Gateway, addr, maxAnswerHead)
+		}
 		return nil, fmt.Errorf("gateway %s: %w", n.Gateway, err)
 	}
 	// A 200's "body" is the tunnel: it is read through br, not Body.
@@ -261,10 +282,14 @@ func (n Network) Dial(ctx context.Context, network, addr string) (net.Conn, erro
 	}
 	c.SetDeadline(time.Time{})
 	if br.Buffered() > 0 {
+		lr.N = math.MaxInt64 // what follows the head is the tunnel's
 		return &bufConn{Conn: c, r: br}, nil
 	}
 	return c, nil
 }
+
+// maxAnswerHead bounds the gateway's answer to a CONNECT.
+const maxAnswerHead = http.DefaultMaxHeaderBytes
 
 // Listen is Base's.
 func (n Network) Listen(ctx context.Context, network, addr string) (net.Listener, error) {
