@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -201,10 +202,10 @@ type Server struct {
 	mu        sync.RWMutex // guards the following; read-locked per UDP channel datagram
 	closed    bool
 	listeners map[io.Closer]struct{}
-	conns     map[net.Conn]string // every open connection → peer ID ("" before the handshake)
-	nodes     map[string]*node    // by SPIFFE ID
-	pending   map[string]*session // dialed sessions waiting for Accept
-	active    int                 // spliced sessions
+	conns     map[net.Conn]connPeer // every open connection → its peer (zero before the handshake)
+	nodes     map[string]*node      // by SPIFFE ID
+	pending   map[string]*session   // dialed sessions waiting for Accept
+	active    int                   // spliced sessions
 	nonces    map[string]time.Time
 	nonceUse  nonceUse          // per node, in nonces (refuse.go)
 	tokens    map[string]string // UDP token → node ID
@@ -236,7 +237,7 @@ func New(cfg Config) (*Server, error) {
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 		mRefused:   map[string]*metrics.Counter{},
 		listeners:  map[io.Closer]struct{}{},
-		conns:      map[net.Conn]string{},
+		conns:      map[net.Conn]connPeer{},
 		nodes:      map[string]*node{},
 		pending:    map[string]*session{},
 		nonces:     map[string]time.Time{},
@@ -312,7 +313,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("relay: accept: %w", err)
 		}
-		if !s.trackConn(c, "") {
+		if !s.trackConn(c) {
 			c.Close()
 			return nil
 		}
@@ -345,13 +346,21 @@ func (s *Server) untrack(l io.Closer) {
 	l.Close()
 }
 
-func (s *Server) trackConn(c net.Conn, id string) bool {
+// connPeer is who an open connection authenticated as: its SPIFFE ID and
+// the certificates it presented (leaf first), so a deny list that names
+// the node or a CA of its chain (a revoked region) closes it.
+type connPeer struct {
+	id    spiffeid.ID
+	certs []*x509.Certificate
+}
+
+func (s *Server) trackConn(c net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
-	s.conns[c] = id
+	s.conns[c] = connPeer{}
 	return true
 }
 
@@ -384,14 +393,15 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// SetDenied replaces the deny list of revoked node IDs: new handshakes of
-// those nodes are refused, and their open connections are closed now.
+// SetDenied replaces the deny list of revoked IDs: new handshakes of those
+// nodes, or of nodes a listed CA (a region) certified, are refused, and
+// their open connections are closed now.
 func (s *Server) SetDenied(ids []string) {
 	s.cfg.Source.SetDenied(ids)
 	s.mu.Lock()
 	var victims []net.Conn
-	for c, id := range s.conns {
-		if id != "" && s.cfg.Source.Denied(id) {
+	for c, p := range s.conns {
+		if !p.id.IsZero() && s.cfg.Source.CheckPeer(p.id, p.certs) != nil {
 			victims = append(victims, c)
 		}
 	}
@@ -430,7 +440,7 @@ func (s *Server) serveConn(raw net.Conn) {
 	// Wrap tc under raw's key: closing raw closes the TLS connection too.
 	s.mu.Lock()
 	if _, ok := s.conns[raw]; ok {
-		s.conns[raw] = id.String()
+		s.conns[raw] = connPeer{id: id, certs: cs.PeerCertificates}
 	}
 	s.mu.Unlock()
 	switch cs.NegotiatedProtocol {
