@@ -335,8 +335,8 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 			ev.tier = TierNode
 		case e.Spec.Node != "":
 			n := res.nodes[e.Spec.Node]
-			if n == nil || n.Spec.MeshAddress == "" {
-				return // cannot reach it
+			if n == nil || n.Spec.MeshAddress == "" || !sv.svc.AllowsSite(n.Spec.Site) {
+				return // cannot reach it, or its site may not run the service (stored before the service said so)
 			}
 			ev.mesh = n.Spec.MeshAddress
 			ev.healthy = ev.healthy && n.Status.Ready
@@ -423,10 +423,15 @@ func buildView(self *api.Node, res *resources, local []api.Endpoint, vip4, vip6 
 		if e.Spec.Node == "" {
 			continue
 		}
-		// Only identities the endpoint's service allows (the control
-		// plane also checks agents' endpoints against it).
+		// Only identities the endpoint's service allows, on a site it
+		// allows (the control plane also checks agents' endpoints against
+		// it, but only when they are registered).
 		sv := v.services[api.NamespaceOr(e.Meta.Namespace)+"/"+e.Spec.Service]
-		if sv == nil || !sv.svc.AllowsAccount(accountOf(e)) {
+		var site string
+		if n := res.nodes[e.Spec.Node]; n != nil {
+			site = n.Spec.Site
+		}
+		if sv == nil || !sv.svc.AllowsAccount(accountOf(e)) || !sv.svc.AllowsSite(site) {
 			continue
 		}
 		if v.nodeIDs[e.Spec.Node] == nil {

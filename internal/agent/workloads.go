@@ -21,19 +21,26 @@ func (a *Agent) Register(w Workload) error {
 		return err
 	}
 	a.mu.Lock()
-	if old := a.workloads[w.Name]; old != nil {
-		if old.fromConfig {
-			a.mu.Unlock()
-			return fmt.Errorf("workload %q comes from the config file", w.Name)
-		}
-		old.stop()
+	old := a.workloads[w.Name]
+	if old != nil && old.fromConfig {
+		a.mu.Unlock()
+		return fmt.Errorf("workload %q comes from the config file", w.Name)
 	}
 	ws := &workloadState{w: w, healthy: true}
 	a.workloads[w.Name] = ws
 	if err := a.saveRegisteredLocked(); err != nil {
-		delete(a.workloads, w.Name)
+		// Not saved: the registration stays as it was, the previous
+		// workload (still checked) included.
+		if old != nil {
+			a.workloads[w.Name] = old
+		} else {
+			delete(a.workloads, w.Name)
+		}
 		a.mu.Unlock()
 		return err
+	}
+	if old != nil && old.stop != nil { // no check runs before Run
+		old.stop()
 	}
 	if a.runCtx != nil {
 		a.startCheckLocked(a.runCtx, ws)
@@ -57,15 +64,19 @@ func (a *Agent) Deregister(name string) error {
 		a.mu.Unlock()
 		return fmt.Errorf("workload %q comes from the config file", name)
 	}
+	delete(a.workloads, name)
+	if err := a.saveRegisteredLocked(); err != nil {
+		a.workloads[name] = ws // not saved: still registered, also after a restart
+		a.mu.Unlock()
+		return err
+	}
 	if ws.stop != nil {
 		ws.stop()
 	}
-	delete(a.workloads, name)
-	err := a.saveRegisteredLocked()
 	a.rebuildLocked()
 	a.mu.Unlock()
 	a.notifyLocal()
-	return err
+	return nil
 }
 
 var errNotFound = errors.New("not found")

@@ -412,3 +412,23 @@ func TestOldAgentRefused(t *testing.T) {
 		t.Fatalf("old agents counted %d, want 1", s.mOldAgents.Get())
 	}
 }
+
+// TestAgentEndpointsSiteUnknownNode: an agent served while the store could
+// not record its node (openStream goes on when the store is unavailable)
+// has no stored site when its endpoints arrive; a service that bounds
+// its sites must refuse them rather than skip the check.
+func TestAgentEndpointsSiteUnknownNode(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	if code, body := applyDoc(t, s, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"pay","namespace":"prod"},
+	"spec":{"ports":[{"name":"http","port":80}],"identity":{"sites":["s1"]}}}`); code != 200 {
+		t.Fatalf("apply: %d %s", code, body)
+	}
+	ep := api.Endpoint{Meta: api.Meta{Name: "pay-x", Namespace: "prod"}, Spec: api.EndpointSpec{Service: "pay", Address: "10.0.0.1",
+		Ports: []api.EndpointPort{{Name: "http", Port: 8080}}}}
+	if err := s.reg.syncLocalEndpoints("unrecorded", []api.Endpoint{ep}); err == nil || !strings.Contains(err.Error(), "spec.identity.sites") {
+		t.Fatalf("endpoint of a node with no stored site: err %v, want a refusal naming spec.identity.sites", err)
+	}
+	if objs, _, _ := s.reg.list(api.KindEndpoint); len(objs) != 0 {
+		t.Fatalf("stored %d endpoints of a node whose site is unknown", len(objs))
+	}
+}

@@ -471,7 +471,9 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 	localWrites.Add(1)
 	_, err := r.st.Update(func(tx *store.Tx) error {
 		want := map[string]bool{}
-		n, nodeKnown := getLocked(tx, api.KindNode+"/"+node, new(api.Node))
+		// A node not stored (served while the store could not record it)
+		// has no site: a service that bounds its sites refuses it.
+		n, _ := getLocked(tx, api.KindNode+"/"+node, new(api.Node))
 		for i := range eps {
 			key := api.ObjectKey(&eps[i])
 			if old, ok := getLocked(tx, key, new(api.Endpoint)); ok && old.Spec.Node != node {
@@ -485,7 +487,7 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 					return fmt.Errorf("endpoint %s: service account %q is not allowed by service %s (spec.identity.serviceAccounts)",
 						e.Meta.Key(), e.Spec.ServiceAccount, svc.Meta.Key())
 				}
-				if nodeKnown && !svc.AllowsSite(n.Spec.Site) {
+				if !svc.AllowsSite(n.Spec.Site) {
 					return fmt.Errorf("endpoint %s: site %q is not allowed by service %s (spec.identity.sites)", e.Meta.Key(), n.Spec.Site, svc.Meta.Key())
 				}
 			}
