@@ -88,6 +88,12 @@ func (s *Server) serveControl(raw net.Conn, tc *tls.Conn, id spiffeid.ID) {
 			}
 			return
 		}
+		s.mu.Lock()
+		replaced := n.ctrl != c
+		s.mu.Unlock()
+		if replaced {
+			return // a reconnect replaced it: frames still buffered in its TLS reader act no more
+		}
 		switch f.Type {
 		case TypeCandidates:
 			var m Candidates
@@ -168,6 +174,11 @@ func (s *Server) introduce(xc *ctrlConn, x spiffeid.ID, m *Introduce) {
 	}
 	s.rememberNonceLocked(x.String(), m.Nonce, now)
 	xn := s.nodes[x.String()]
+	if xn == nil || xn.ctrl != xc {
+		s.mu.Unlock()
+		refuse(ReasonNotConnected, "this control connection was replaced by another of the node's")
+		return
+	}
 	yn := s.nodes[y.String()]
 	var yc *ctrlConn
 	var xCands, yCands []string
