@@ -280,6 +280,10 @@ func (n Network) Dial(ctx context.Context, network, addr string) (net.Conn, erro
 		c.Close()
 		return nil, fmt.Errorf("gateway %s: CONNECT %s: %s", n.Gateway, addr, resp.Status)
 	}
+	if !stop() { // cancelled as the answer came: its past deadline may land after the clear below
+		c.Close()
+		return nil, fmt.Errorf("gateway %s: %w", n.Gateway, context.Cause(ctx))
+	}
 	c.SetDeadline(time.Time{})
 	if br.Buffered() > 0 {
 		lr.N = math.MaxInt64 // what follows the head is the tunnel's
