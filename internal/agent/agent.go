@@ -70,11 +70,11 @@ type Agent struct {
 	bindFailSnap atomic.Pointer[[]api.VIPBindFailure]
 	bindKick     chan struct{}
 	udp          udpState // udp service ports (udp.go); its ports guarded by mu
-	// localSessions are session bindings this agent decided (service key +
-	// "\x00" + session key -> endpoint), used until the control plane has
-	// one; pendingSessions are those not yet sent upstream (by ns/name).
-	localSessions   map[string]string
-	pendingSessions map[string]api.Session
+	// localSessions are session bindings this agent decided, used until
+	// the control plane has one; pendingSessions are those not yet sent
+	// upstream. Both bounded, zero values empty (session.go).
+	localSessions   localBindings
+	pendingSessions pendingBindings
 
 	// outliers: outlier detection and the quarantine of unreachable
 	// endpoints (outlier.go).
@@ -194,9 +194,7 @@ func New(cfg Config) (*Agent, error) {
 		bindKick:        make(chan struct{}, 1),
 		localChanged:    make(chan struct{}, 1),
 		sessionsChanged: make(chan struct{}, 1),
-		localSessions:   map[string]string{},
 		nodeWatches:     map[string]map[*int]context.CancelCauseFunc{},
-		pendingSessions: map[string]api.Session{},
 		svids:           svid.NewStore(cfg.Logger),
 	}
 	a.vip4 = netip.MustParsePrefix(cfg.VIPRange)

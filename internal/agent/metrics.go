@@ -29,6 +29,10 @@ func (a *Agent) initMetrics() {
 		ejectionsSkipped: m.NewCounter(`fogmesh_agent_outlier_ejections_skipped_total`),
 		overflows:        m.NewCounter(`fogmesh_agent_circuit_breaker_overflows_total`),
 		sessionBinds:     m.NewCounter(`fogmesh_agent_session_binds_total`),
+		// this agent's own session bindings evicted past their bound, and
+		// bindings dropped before they were sent upstream (session.go).
+		sessionEvictions: m.NewCounter(`fogmesh_agent_session_evictions_total`),
+		sessionsDropped:  m.NewCounter(`fogmesh_agent_sessions_dropped_total`),
 		gossipDeaths:     m.NewCounter(`fogmesh_agent_gossip_peer_deaths_total`),
 		panics:           m.NewCounter(`fogmesh_agent_panics_total`),
 		renewals:         m.NewCounter(`fogmesh_agent_certificate_renewals_total`),
@@ -89,5 +93,5 @@ func (a *Agent) initMetrics() {
 type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
 	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals, unvouched      *metrics.Counter
-	certExpired, scopeMisses, vipBindFailures, streamsUnknownService                                            *metrics.Counter
+	certExpired, scopeMisses, vipBindFailures, streamsUnknownService, sessionEvictions, sessionsDropped         *metrics.Counter
 }

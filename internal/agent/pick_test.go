@@ -33,8 +33,9 @@ func testView(t *testing.T, balancer string) (*Agent, *serviceView) {
 func TestSessionPolicies(t *testing.T) {
 	for _, c := range []struct{ policy, want string }{{"stay", "d"}, {"nearest", "ab"}} {
 		a, sv := testView(t, "round-robin")
-		a.localSessions, a.pendingSessions, a.sessionsChanged = map[string]string{}, map[string]api.Session{}, make(chan struct{}, 1)
-		a.m.sessionBinds = metrics.NewSet().NewCounter("x")
+		a.sessionsChanged = make(chan struct{}, 1)
+		set := metrics.NewSet()
+		a.m.sessionBinds, a.m.sessionEvictions, a.m.sessionsDropped = set.NewCounter("x"), set.NewCounter("y"), set.NewCounter("z")
 		svc := *sv.svc
 		svc.Spec.Session = &api.SessionAffinity{Header: "x-s", Policy: c.policy}
 		sv.svc = &svc
@@ -43,7 +44,7 @@ func TestSessionPolicies(t *testing.T) {
 		if !strings.Contains(c.want, got[0].ep.Spec.Node) {
 			t.Errorf("policy %s: first %s, want %s", c.policy, got[0].ep.Spec.Node, c.want)
 		}
-		if c.policy == "nearest" && len(a.pendingSessions) != 1 {
+		if c.policy == "nearest" && a.pendingSessions.order.Len() != 1 {
 			t.Errorf("nearest did not report the rebinding")
 		}
 	}
