@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/store"
 )
@@ -45,6 +47,11 @@ type registry struct {
 	// byNode maps a node to the keys of endpoints stored with it: a
 	// superset (each key is checked in the transaction that uses it).
 	byNode map[string]map[string]bool
+	// sessCount counts the stored sessions this control plane owns per
+	// service (ns/name; nil: rebuild), an estimate (sessions.go).
+	sessCount map[string]int
+
+	mSessionEvictions *metrics.Counter // nil in tests without a server
 }
 
 // feed is the store's feed (nil before Serve).
@@ -124,10 +131,14 @@ func (r *registry) apply(objs []api.Object) (uint64, error) { return r.applyFrom
 func (r *registry) applyAdmin(objs []api.Object) (uint64, error) { return r.applyFrom(objs, true) }
 
 func (r *registry) applyFrom(objs []api.Object, checkSessions bool) (uint64, error) {
+	objs = newestSessions(objs)
+	counts := r.sessionCounts(objs)
 	runs := 0
+	var sb sessionBatch
 	rev, err := r.st.Update(func(tx *store.Tx) error {
 		runs++
-		for _, o := range objs {
+		sb = sessionBatch{}
+		for i, o := range objs {
 			if err := r.claimLocked(tx, o); err != nil {
 				return err
 			}
@@ -146,6 +157,8 @@ func (r *registry) applyFrom(objs []api.Object, checkSessions bool) (uint64, err
 				} else {
 					r.noteEndpointLocked(tx, v.Spec.Node, api.ObjectKey(v))
 				}
+			case *api.Session:
+				sb.noteSessionLocked(tx, v, i)
 			}
 			if err := putLocked(tx, o); err != nil {
 				return fmt.Errorf("%s: %w", api.ObjectKey(o), err)
@@ -158,12 +171,15 @@ func (r *registry) applyFrom(objs []api.Object, checkSessions bool) (uint64, err
 				}
 			}
 		}
-		return nil
+		return r.trimSessionsLocked(tx, &sb, counts)
 	})
 	if err != nil || runs > 1 {
 		// An index taken in a failed transaction, or in a first run of a
 		// group commit that was rolled back, is free again.
 		r.forgetVIPs()
+	}
+	if err == nil {
+		r.sessionsWritten(&sb)
 	}
 	return rev, err
 }

@@ -378,6 +378,8 @@ func (s *Server) initMetrics() {
 	s.mBadFrames = m.NewCounter(`fogmesh_control_sync_bad_frames_total`)
 	s.mOldAgents = m.NewCounter(`fogmesh_control_sync_old_agents_total`)
 	s.mApplies = m.NewCounter(`fogmesh_control_applies_total`)
+	// sessions evicted past maxSessionsPerService (sessions.go)
+	s.reg.mSessionEvictions = m.NewCounter(`fogmesh_control_session_evictions_total`)
 	s.mUpdates = m.NewCounter(`fogmesh_control_updates_sent_total`)
 	s.mSnapshots = m.NewCounter(`fogmesh_control_sync_snapshots_sent_total`)
 	s.mDeltas = m.NewCounter(`fogmesh_control_sync_deltas_sent_total`)
