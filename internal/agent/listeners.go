@@ -102,10 +102,17 @@ func (a *Agent) serveListenersLocked(v *view) {
 	a.forgetBindFailsLocked(v)
 }
 
-// listenVIP listens on a virtual IP. IPv6 VIPs are not assigned to any
-// interface (the operator routes the range to lo with a local route); Linux
-// binds IPv6 only to assigned addresses unless the socket is IPV6_FREEBIND.
+// listenVIP listens on a virtual IP.
 func listenVIP(ctx context.Context, ap netip.AddrPort) (net.Listener, error) {
+	lc := vipListenConfig(ap)
+	return lc.Listen(ctx, "tcp", ap.String())
+}
+
+// vipListenConfig binds a socket on a virtual IP. IPv6 VIPs are not
+// assigned to any interface (the operator routes the range to lo with a
+// local route); Linux binds IPv6 only to assigned addresses unless the
+// socket is IPV6_FREEBIND.
+func vipListenConfig(ap netip.AddrPort) net.ListenConfig {
 	var lc net.ListenConfig
 	if ap.Addr().Is6() {
 		lc.Control = func(network, address string, c syscall.RawConn) error {
@@ -119,7 +126,7 @@ func listenVIP(ctx context.Context, ap netip.AddrPort) (net.Listener, error) {
 			return serr
 		}
 	}
-	return lc.Listen(ctx, "tcp", ap.String())
+	return lc
 }
 
 func (a *Agent) acceptLoop(ctx context.Context, ap netip.AddrPort, l *vipListener) {

@@ -8,11 +8,9 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	"golang.org/x/sys/unix"
 
 	"github.com/fogmesh/fogmesh/internal/capture"
 	"github.com/fogmesh/fogmesh/internal/udpframe"
@@ -234,19 +232,7 @@ func (p *udpPort) close() {
 // listenUDPVIP binds a UDP socket on a virtual IP (IPv6: IPV6_FREEBIND, as
 // listenVIP), with a receive buffer for bursts.
 func listenUDPVIP(ctx context.Context, ap netip.AddrPort) (*net.UDPConn, error) {
-	var lc net.ListenConfig
-	if ap.Addr().Is6() {
-		lc.Control = func(network, address string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
-			})
-			if err != nil {
-				return err
-			}
-			return serr
-		}
-	}
+	lc := vipListenConfig(ap)
 	pc, err := lc.ListenPacket(ctx, "udp", ap.String())
 	if err != nil {
 		return nil, err
