@@ -60,3 +60,22 @@ func (c *Client) PeersForTest() (peers, rtts []string) {
 	slices.Sort(rtts)
 	return peers, rtts
 }
+
+// SetPeerIdleForTest is Client.SetPeerIdleForTest's for QUIC.
+func (c *QUICClient) SetPeerIdleForTest(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.peerIdle = d
+}
+
+// PeersForTest returns the mesh addresses the client keeps a peer for, sorted.
+func (c *QUICClient) PeersForTest() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	peers := make([]string, 0, len(c.peers))
+	for addr := range c.peers {
+		peers = append(peers, addr)
+	}
+	slices.Sort(peers)
+	return peers
+}

@@ -54,10 +54,12 @@ type QUICClient struct {
 	m     *meshMetrics
 	wg    sync.WaitGroup // watchConn goroutines
 
-	mu      sync.Mutex // guards the following, and every peer's conn and id
-	closed  bool
-	peers   map[string]*quicPeer     // by mesh address
-	retired map[*quic.Conn]*peerAuth // no new streams; closed at expiry or when idle
+	mu       sync.Mutex // guards the following, and every peer's conn, id, refs and dialed
+	closed   bool
+	peers    map[string]*quicPeer     // by mesh address; idle ones pruned, as Client's (peers.go)
+	peerIdle time.Duration            // how long an idle peer is kept (defaultPeerIdle)
+	swept    time.Time                // the last sweep of idle peers
+	retired  map[*quic.Conn]*peerAuth // no new streams; closed at expiry or when idle
 }
 
 // quicPeer is the connection to one peer agent.
@@ -66,6 +68,8 @@ type quicPeer struct {
 	conn    *quic.Conn
 	id      spiffeid.ID
 	auth    *peerAuth
+	refs    int       // Dials in progress: a held peer is not pruned (its conn would escape Close)
+	dialed  time.Time // when the last Dial to it ended
 }
 
 // NewQUICClient checks cfg and returns a client with no connections.
@@ -88,13 +92,14 @@ func NewQUICClient(cfg QUICClientConfig) (*QUICClient, error) {
 		return nil, fmt.Errorf("transport: QUIC client config: %w", err)
 	}
 	return &QUICClient{
-		cfg:     cfg,
-		tls:     tlsConf,
-		qconf:   quicConfig(cfg.Timers, cfg.DialTimeout),
-		log:     cfg.Logger,
-		m:       m,
-		peers:   make(map[string]*quicPeer),
-		retired: make(map[*quic.Conn]*peerAuth),
+		cfg:      cfg,
+		tls:      tlsConf,
+		qconf:    quicConfig(cfg.Timers, cfg.DialTimeout),
+		log:      cfg.Logger,
+		m:        m,
+		peers:    make(map[string]*quicPeer),
+		peerIdle: defaultPeerIdle,
+		retired:  make(map[*quic.Conn]*peerAuth),
 	}, nil
 }
 
@@ -133,6 +138,10 @@ func (c *QUICClient) Dial(ctx context.Context, meshAddr string, h Header) (net.C
 }
 
 func (c *QUICClient) dial(ctx context.Context, meshAddr string, h Header) (net.Conn, error) {
+	if err := c.holdPeer(meshAddr); err != nil {
+		return nil, err
+	}
+	defer c.releasePeer(meshAddr)
 	qc, _, fresh, err := c.connection(ctx, meshAddr, nil)
 	if err != nil {
 		return nil, err
@@ -443,4 +452,43 @@ func (c *QUICClient) DropSession(meshAddr string) bool {
 		qc.CloseWithError(quicCodeDropped, "peer dropped")
 	}
 	return qc != nil
+}
+
+// holdPeer holds the peer at meshAddr (created if new) for a Dial: the
+// peer lookup finds stays in peers until releasePeer.
+func (c *QUICClient) holdPeer(meshAddr string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return fmt.Errorf("client: %w", net.ErrClosed)
+	}
+	p := c.peers[meshAddr]
+	if p == nil {
+		p = &quicPeer{dialing: make(chan struct{}, 1)}
+		c.peers[meshAddr] = p
+	}
+	p.refs++
+	return nil
+}
+
+// releasePeer ends a Dial's hold, and forgets the peers with nothing held
+// and no live connection, last dialed peerIdle ago, when a sweep is due
+// (as Client.releasePeer).
+func (c *QUICClient) releasePeer(meshAddr string) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.peers[meshAddr]; p != nil {
+		p.refs--
+		p.dialed = now
+	}
+	if now.Sub(c.swept) < c.peerIdle/sweepsPerIdle {
+		return
+	}
+	c.swept = now
+	for addr, p := range c.peers {
+		if p.refs == 0 && (p.conn == nil || p.conn.Context().Err() != nil) && now.Sub(p.dialed) >= c.peerIdle {
+			delete(c.peers, addr)
+		}
+	}
 }
