@@ -37,9 +37,10 @@ import (
 // Caller is the process on the other end of the socket.
 type Caller struct {
 	PID, UID, GID int32
-	// Exe is the caller's executable (/proc/<pid>/exe) read when it
-	// connected, so a process cannot connect first and exec an allowed
-	// binary afterwards; "" if unreadable.
+	// Exe is the caller's executable (/proc/<pid>/exe) read when its
+	// connection is accepted (not when it connected: a process that execs
+	// between its connect and the agent's accept is read after the exec);
+	// "" if unreadable or the connecting process is gone.
 	Exe string
 	// Known is false when the peer's credentials could not be read (not a
 	// Unix socket); a Source should then hand out nothing.
@@ -165,9 +166,24 @@ func peerCred(c net.Conn) Caller {
 	}); err != nil || cerr != nil {
 		return Caller{}
 	}
+	// The pid is the connecting process's, but that process may have
+	// exited since and its pid gone to another: read the executable only
+	// while a pidfd of the connecting process (SO_PEERPIDFD, Linux 6.5+)
+	// shows it alive. Older kernels: read by pid alone.
+	pidfd, perr := -1, error(nil)
+	raw.Control(func(fd uintptr) { pidfd, perr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD) })
+	if perr == nil {
+		defer unix.Close(pidfd)
+	}
 	exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(cred.Pid)) + "/exe")
+	if perr == nil && unix.PidfdSendSignal(pidfd, 0, nil, 0) != nil || perr != nil && !errors.Is(perr, unix.ENOPROTOOPT) {
+		exe = "" // the connecting process is gone: its pid names another
+	}
 	return Caller{PID: cred.Pid, UID: int32(cred.Uid), GID: int32(cred.Gid), Exe: exe, Known: true}
 }
+
+// soPeerPIDFD is SO_PEERPIDFD (asm-generic; golang.org/x/sys lacks it).
+const soPeerPIDFD = 77
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ProtoMajor != 2 || r.Method != http.MethodPost {
