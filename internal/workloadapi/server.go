@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,9 +38,10 @@ import (
 // Caller is the process on the other end of the socket.
 type Caller struct {
 	PID, UID, GID int32
-	// Exe is the caller's executable (/proc/<pid>/exe) read when it
-	// connected, so a process cannot connect first and exec an allowed
-	// binary afterwards; "" if unreadable.
+	// Exe is the caller's executable (/proc/<pid>/exe) read when its
+	// connection is accepted (not when it connected: a process that execs
+	// between its connect and the agent's accept is read after the exec);
+	// "" if unreadable or the connecting process is gone.
 	Exe string
 	// Known is false when the peer's credentials could not be read (not a
 	// Unix socket); a Source should then hand out nothing.
@@ -82,6 +84,15 @@ const (
 // maxRequest bounds a request message; every Workload API request is tiny.
 const maxRequest = 64 << 10
 
+// Bounds on what one local user holds open, so no local process can grow
+// the agent's memory without end: connections per uid (the one past it is
+// closed at accept) and streams per connection (a SPIFFE client watches
+// with one or two).
+const (
+	maxConnsPerUID = 128
+	maxStreams     = 16
+)
+
 // Server is a Workload API server. The zero value is not usable; use New.
 type Server struct {
 	src  Source
@@ -106,8 +117,9 @@ func New(src Source, log *slog.Logger) *Server {
 		Handler:           http.HandlerFunc(s.serveHTTP),
 		Protocols:         p,
 		ReadHeaderTimeout: 10 * time.Second,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxStreams},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, callerKey{}, peerCred(c))
+			return context.WithValue(ctx, callerKey{}, c.(*credConn).caller)
 		},
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
@@ -139,7 +151,7 @@ func Listen(path string) (net.Listener, error) {
 
 // Serve answers connections on ln until Close. It returns nil after Close.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.http.Serve(ln)
+	err := s.http.Serve(&uidLimitListener{Listener: ln, open: map[int32]int{}})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -148,6 +160,53 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Close stops the server and ends open streams.
 func (s *Server) Close() error { return s.http.Close() }
+
+// uidLimitListener reads each connection's caller at accept and closes
+// the ones past maxConnsPerUID open connections of that caller's uid.
+type uidLimitListener struct {
+	net.Listener
+	mu   sync.Mutex    // guards the following
+	open map[int32]int // uid -> open connections
+}
+
+func (l *uidLimitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		caller := peerCred(c)
+		l.mu.Lock()
+		if l.open[caller.UID] >= maxConnsPerUID {
+			l.mu.Unlock()
+			c.Close()
+			continue
+		}
+		l.open[caller.UID]++
+		l.mu.Unlock()
+		return &credConn{Conn: c, caller: caller, l: l}, nil
+	}
+}
+
+// credConn is an accepted connection with its caller; Close gives its
+// place back.
+type credConn struct {
+	net.Conn
+	caller Caller
+	l      *uidLimitListener
+	once   sync.Once
+}
+
+func (c *credConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		if c.l.open[c.caller.UID]--; c.l.open[c.caller.UID] == 0 {
+			delete(c.l.open, c.caller.UID)
+		}
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
 
 func peerCred(c net.Conn) Caller {
 	uc, ok := c.(*net.UnixConn)
@@ -165,9 +224,24 @@ func peerCred(c net.Conn) Caller {
 	}); err != nil || cerr != nil {
 		return Caller{}
 	}
+	// The pid is the connecting process's, but that process may have
+	// exited since and its pid gone to another: read the executable only
+	// while a pidfd of the connecting process (SO_PEERPIDFD, Linux 6.5+)
+	// shows it alive. Older kernels: read by pid alone.
+	pidfd, perr := -1, error(nil)
+	raw.Control(func(fd uintptr) { pidfd, perr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD) })
+	if perr == nil {
+		defer unix.Close(pidfd)
+	}
 	exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(cred.Pid)) + "/exe")
+	if perr == nil && unix.PidfdSendSignal(pidfd, 0, nil, 0) != nil || perr != nil && !errors.Is(perr, unix.ENOPROTOOPT) {
+		exe = "" // the connecting process is gone: its pid names another
+	}
 	return Caller{PID: cred.Pid, UID: int32(cred.Uid), GID: int32(cred.Gid), Exe: exe, Known: true}
 }
+
+// soPeerPIDFD is SO_PEERPIDFD (asm-generic; golang.org/x/sys lacks it).
+const soPeerPIDFD = 77
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ProtoMajor != 2 || r.Method != http.MethodPost {
