@@ -82,6 +82,7 @@ type MaskConfig struct {
 
 // MaskPathRule names JSON values: "$" then .name, ['name'], .* (every member),
 // [n] or [*] (every element), e.g. $.customer.idNumber, $.items[*].card.
+// Member names match in any case, as many backends bind them.
 type MaskPathRule struct {
 	Path   string `json:"path"`
 	Action string `json:"action,omitempty"` // mask (default) or drop

@@ -514,9 +514,10 @@ func (o *operation) matches(r *Request, deny bool) bool {
 	return true
 }
 
-// headerMatches: v matches one of values (if given) and none of notValues.
+// headerMatches: v, a value the header was sent with, matches one of
+// values (if given) and none of notValues.
 func (c *condition) headerMatches(v string) bool {
-	return c.values.allows(v) && c.notValues.refuses(v)
+	return (len(c.values) == 0 || c.values.anyHeader(v)) && !c.notValues.anyHeader(v)
 }
 
 func (c *condition) matches(r *Request, srcNS string, deny bool) bool {

@@ -65,6 +65,20 @@ func (ps patterns) any(v string) bool {
 	return false
 }
 
+// anyHeader is any for a header's value: a header sent empty is present,
+// so it matches "*" (Istio's presence match, Envoy's present_match).
+func (ps patterns) anyHeader(v string) bool {
+	if v != "" {
+		return ps.any(v)
+	}
+	for _, p := range ps {
+		if p.kind == present {
+			return true
+		}
+	}
+	return false
+}
+
 // allows: not given, or v matches one.
 func (ps patterns) allows(v string) bool { return len(ps) == 0 || ps.any(v) }
 

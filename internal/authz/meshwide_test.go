@@ -72,3 +72,30 @@ func TestHeaderConditionJoinsValues(t *testing.T) {
 		}
 	}
 }
+
+// TestHeaderPresenceMatchesEmptyValue: "*" in a header condition is
+// Istio's presence match (Envoy present_match), which a header sent with an
+// empty value satisfies: "X-Debug:" must not walk around a DENY on the
+// header's presence, nor pass an ALLOW that requires its absence.
+func TestHeaderPresenceMatchesEmptyValue(t *testing.T) {
+	deny := compile(t, pol("shop", "dbg", `{service: orders, action: DENY, rules: [{when: [{key: "request.headers[x-debug]", values: ["*"]}]}]}`))
+	allowAbsent := compile(t, pol("shop", "dbg", `{service: orders, rules: [{when: [{key: "request.headers[x-debug]", notValues: ["*"]}]}]}`))
+	for _, c := range []struct {
+		name  string
+		e     *Engine
+		hdr   []string
+		allow bool
+	}{
+		{"deny present", deny, []string{"X-Debug", "1"}, false},
+		{"deny present, empty", deny, []string{"X-Debug", ""}, false},
+		{"deny absent", deny, nil, true},
+		{"allow absent", allowAbsent, nil, true},
+		{"allow absent: present, empty", allowAbsent, []string{"X-Debug", ""}, false},
+		{"allow absent: present", allowAbsent, []string{"X-Debug", "1"}, false},
+	} {
+		d := c.e.Decide(httpReq(frontend, "GET", "/", c.hdr...))
+		if d.Allow != c.allow {
+			t.Errorf("%s: %+v, want allow=%v", c.name, d, c.allow)
+		}
+	}
+}

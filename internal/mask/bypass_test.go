@@ -454,3 +454,25 @@ func TestDecodeCompressed(t *testing.T) {
 		t.Errorf("empty: %q, %v", out, err)
 	}
 }
+
+// TestPathMemberCase: a JSON path names its members in any case, as the
+// backends that read them do (Go's encoding/json, ASP.NET Core's web
+// defaults and Jackson's ACCEPT_CASE_INSENSITIVE_PROPERTIES bind "Name"
+// and "NAME" to a field called name): {"NAME": ...} must not leave
+// unmasked past a rule for $.customer.name.
+func TestPathMemberCase(t *testing.T) {
+	m := mustCompile(t, Config{JSONPaths: []PathRule{{Path: "$.customer.name"}, {Path: "$.items[*].cvv", Action: ActionDrop}}})
+	for _, c := range []struct{ in, want string }{
+		{`{"customer":{"name":"Bob"}}`, `{"customer":{"name":"***"}}`},
+		{`{"customer":{"Name":"Bob"}}`, `{"customer":{"Name":"***"}}`},
+		{`{"CUSTOMER":{"NAME":"Bob"}}`, `{"CUSTOMER":{"NAME":"***"}}`},
+		{`{"customer":{"na\u004De":"Bob"}}`, `{"customer":{"na\u004De":"***"}}`},
+		{`{"items":[{"CVV":"123","n":1}]}`, `{"items":[{"n":1}]}`},
+		{`{"customer":{"names":"Bob"}}`, `{"customer":{"names":"Bob"}}`},
+	} {
+		out, _, err := maskRun(t, m, KindJSON, c.in)
+		if err != nil || out != c.want {
+			t.Errorf("%s: got %s, %v; want %s", c.in, out, err, c.want)
+		}
+	}
+}

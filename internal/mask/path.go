@@ -1,6 +1,7 @@
 package mask
 
 import (
+	"bytes"
 	"errors"
 	"strconv"
 	"strings"
@@ -18,7 +19,7 @@ const (
 
 type pathSeg struct {
 	kind  segKind
-	name  string
+	name  []byte // matched in any case (bytes.EqualFold), as backends bind members
 	index int
 }
 
@@ -63,7 +64,7 @@ func parsePath(p string) (compiledPath, error) {
 			if strings.ContainsAny(name, "]'\"*() ") {
 				return cp, errors.New(`member name ` + strconv.Quote(name) + ` needs the ['...'] form`)
 			}
-			cp.segs = append(cp.segs, pathSeg{kind: segName, name: name})
+			cp.segs = append(cp.segs, pathSeg{kind: segName, name: []byte(name)})
 			s = s[end:]
 		case '[':
 			end := strings.IndexByte(s, ']')
@@ -79,7 +80,7 @@ func parsePath(p string) (compiledPath, error) {
 				if strings.ContainsAny(name, `'"\`) {
 					return cp, errors.New("quoted member names may not contain quotes or backslashes")
 				}
-				cp.segs = append(cp.segs, pathSeg{kind: segName, name: name})
+				cp.segs = append(cp.segs, pathSeg{kind: segName, name: []byte(name)})
 			default:
 				n, err := strconv.Atoi(in)
 				if err != nil || n < 0 || in != strconv.Itoa(n) {
@@ -108,7 +109,9 @@ func (cp *compiledPath) matches(stack []frame) bool {
 		f := &stack[i]
 		switch sg.kind {
 		case segName:
-			if !f.obj || string(f.key) != sg.name {
+			// Any case: Go's encoding/json, ASP.NET Core and lenient
+			// Jackson bind "NAME" to a member called name.
+			if !f.obj || !bytes.EqualFold(f.key, sg.name) {
 				return false
 			}
 		case segAnyName:
