@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -377,24 +377,6 @@ func TestRegionalControlPlane(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log sink for a test to read while the server writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // waitFor polls f every 20 ms until it holds or d passes.
 func waitFor(t *testing.T, d time.Duration, what string, f func() bool) {
 	t.Helper()
@@ -519,7 +501,7 @@ func TestRegionIdentityRefused(t *testing.T) {
 func TestRegionRevoked(t *testing.T) {
 	g := startSecure(t)
 	tok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
-	var logs lockedBuffer
+	var logs testenv.Buffer
 	r, err := startRegionalLog(t, t.TempDir(), "east", g.SyncAddr(), tok, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)

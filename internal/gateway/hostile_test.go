@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -61,17 +59,7 @@ func TestGatewayRefusedBodyNotAwaited(t *testing.T) {
 // cut off once the head passes its bound, rather than read into memory
 // until the dial's deadline.
 func TestNetworkBoundsGatewayAnswer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	gw := testenv.AcceptOne(t, func(c net.Conn) {
 		io.WriteString(c, "HTTP/1.1 200 Connection Established\r\nX-Pad: ")
 		pad := make([]byte, 64<<10)
 		for i := range pad {
@@ -83,8 +71,8 @@ func TestNetworkBoundsGatewayAnswer(t *testing.T) {
 			}
 		}
 		io.Copy(io.Discard, c)
-	}()
-	n := Network{Gateway: ln.Addr().String(), Via: []string{"192.0.2.1:443"}}
+	})
+	n := Network{Gateway: gw, Via: []string{"192.0.2.1:443"}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, err := n.Dial(ctx, "tcp", "192.0.2.1:443")
@@ -100,30 +88,12 @@ func TestNetworkBoundsGatewayAnswer(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer a logger may write from many goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestGatewayRefusalLogBounded: what a refused client sent (its target,
 // its method: each up to net/http's 1 MiB head) is logged cut short, so
 // a client cannot make the gateway write a megabyte of log per request.
 func TestGatewayRefusalLogBounded(t *testing.T) {
 	allowed := echo(t)
-	var logs lockedBuffer
+	var logs testenv.Buffer
 	_, gw := startGateway(t, Config{Allow: []string{allowed}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	long := strings.Repeat("a", 70000)
 	for _, raw := range []string{

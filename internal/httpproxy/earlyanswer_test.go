@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // Bugs a review of the HTTP/1.1 path found (session 19): each test's
@@ -193,25 +195,15 @@ func TestPoolEarlyResponseClosed(t *testing.T) {
 // saw (here a second Content-Length). net/http's ReverseProxy writes its
 // own reason phrase.
 func TestStatusLineBareCR(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	addr := testenv.AcceptOne(t, func(c net.Conn) {
 		br := bufio.NewReader(c)
 		if _, err := http.ReadRequest(br); err != nil {
 			return
 		}
 		io.WriteString(c, "HTTP/1.1 200 OK\rContent-Length: 0\r\nContent-Length: 2\r\n\r\nok")
 		br.Peek(1) // until the pool closes
-	}()
-	p := poolTo(ln.Addr().String())
+	})
+	p := poolTo(addr)
 	defer p.Close(true)
 	in, _ := http.NewRequest("GET", "http://svc/", nil)
 	resp, err := p.RoundTrip(in)

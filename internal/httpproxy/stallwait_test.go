@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // Bugs a review of session 19's own changes found: each test fails
@@ -17,21 +19,11 @@ import (
 // wait on; a reader that pauses longer than StallAfter then reads
 // everything must not fail the write.
 func TestRawIOStallWaitsOn(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	addr := testenv.AcceptOne(t, func(c net.Conn) {
 		time.Sleep(300 * time.Millisecond) // a slow endpoint
 		io.Copy(io.Discard, c)
-	}()
-	c, err := net.Dial("tcp", "127.0.0.1"+ln.Addr().String()[len("127.0.0.1"):])
+	})
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@
 package testenv
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -85,4 +86,25 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(10 * time.Millisecond) // poll interval
 	}
+}
+
+// AcceptOne listens on a loopback port, serves the first connection it
+// accepts with handle (closing it after), and returns the address. The
+// listener is closed when the test ends.
+func AcceptOne(t testing.TB, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		handle(c)
+	}()
+	return ln.Addr().String()
 }
