@@ -422,6 +422,19 @@ func (s *Server) StoreID() string { return s.st.ID() }
 // shutdown.
 func (s *Server) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
+	// Every goroutine below is counted before Close can wait for them
+	// (under mu, with the closed check): an Add racing shutdown's Wait
+	// (Close right as Serve starts) could be missed by it.
+	n := 3
+	if s.sec != nil {
+		n++
+		if s.sec.region != nil {
+			n++
+		}
+	}
+	if s.up != nil {
+		n++
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -429,18 +442,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		return nil // Close ran first: nothing to serve, nothing would end it
 	}
 	s.cancel = cancel
+	s.wg.Add(n)
 	s.mu.Unlock()
 	defer cancel()
 	s.log.Info("control: serving", "admin", s.AdminAddr(), "sync", s.SyncAddr(), "store", s.st.ID())
 	errc := make(chan error, 2)
 	if s.sec != nil {
-		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			s.sec.maintain(ctx)
 		}()
 		if s.sec.region != nil {
-			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
 				s.sec.region.run(ctx)
@@ -448,13 +460,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	if s.up != nil {
-		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			s.up.run(ctx)
 		}()
 	}
-	s.wg.Add(3)
 	go func() {
 		defer s.wg.Done()
 		if err := s.admin.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
