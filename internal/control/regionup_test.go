@@ -27,7 +27,7 @@ func TestRegionSessionBindingsGoUp(t *testing.T) {
 	g := startPlane(t, nil)
 	proxy := startCutProxy(t, g.SyncAddr())
 	east := startPlane(t, func(c *Config) { inRegion("east", proxy.addr())(c); c.VIPIndexMin, c.VIPIndexMax = 100, 199 })
-	mustApply(t, east, svcDoc("web", "", 80))
+	mustApply(t, east, svcDoc("web", `,"session":{"header":"x-s"}`, 80)) // agents bind sessions only of services that pin them
 	a := regionAgent(t, east, "e1", "east", "web/web-e1", "web/web-e2")
 
 	key := "Session/demo/" + api.SessionName("web", "alice")

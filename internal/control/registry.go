@@ -52,6 +52,7 @@ type registry struct {
 	sessCount map[string]int
 
 	mSessionEvictions *metrics.Counter // nil in tests without a server
+	mSessionsDropped  *metrics.Counter // agents' sessions dropped (agentSessions)
 }
 
 // feed is the store's feed (nil before Serve).

@@ -380,6 +380,8 @@ func (s *Server) initMetrics() {
 	s.mApplies = m.NewCounter(`fogmesh_control_applies_total`)
 	// sessions evicted past maxSessionsPerService (sessions.go)
 	s.reg.mSessionEvictions = m.NewCounter(`fogmesh_control_session_evictions_total`)
+	// agents' sessions of services that do not exist or pin none (sessions.go)
+	s.reg.mSessionsDropped = m.NewCounter(`fogmesh_control_agent_sessions_dropped_total`)
 	s.mUpdates = m.NewCounter(`fogmesh_control_updates_sent_total`)
 	s.mSnapshots = m.NewCounter(`fogmesh_control_sync_snapshots_sent_total`)
 	s.mDeltas = m.NewCounter(`fogmesh_control_sync_deltas_sent_total`)

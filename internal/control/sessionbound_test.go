@@ -109,3 +109,38 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// An agent's sessions are stored only for services that exist and pin
+// sessions: invented service names would each get their own bound.
+func TestAgentSessionsOnlyForSessionServices(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	const doc = `{"apiVersion":"fogmesh.io/v1alpha1","kind":"List","items":[
+	{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"hello","namespace":"demo"},"spec":{"ports":[{"name":"http","port":8080}],"session":{"header":"x-s"}}},
+	{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"plain","namespace":"demo"},"spec":{"ports":[{"name":"http","port":8080}]}},
+	{"apiVersion":"fogmesh.io/v1alpha1","kind":"Endpoint","metadata":{"name":"hello-1","namespace":"demo"},"spec":{"service":"hello","address":"127.0.0.1","ports":[{"name":"http","port":1}]}}]}`
+	if code, body := applyDoc(t, s, doc); code != http.StatusOK {
+		t.Fatalf("apply: %d %s", code, body)
+	}
+	a := dialAgent(t, s, "n1")
+	sess := func(ns, svc, key string) api.Session {
+		return api.Session{Meta: api.Meta{Namespace: ns}, Spec: api.SessionSpec{Service: svc, Key: key, Endpoint: "hello-1"}}
+	}
+	stored := func(ns, svc, key string) bool {
+		_, ok, err := s.st.Get("Session/" + ns + "/" + api.SessionName(svc, key))
+		return err == nil && ok
+	}
+	a.send(&wire.Message{Type: wire.TypeSessions, Sessions: []api.Session{
+		sess("demo", "invented", "k1"), sess("demo", "plain", "k2"), sess("other", "hello", "k3"), sess("demo", "hello", "k4"),
+	}})
+	testenv.WaitFor(t, 10*time.Second, "hello's session stored", func() bool { return stored("demo", "hello", "k4") })
+	for _, c := range []struct{ ns, svc, key string }{{"demo", "invented", "k1"}, {"demo", "plain", "k2"}, {"other", "hello", "k3"}} {
+		if stored(c.ns, c.svc, c.key) {
+			t.Errorf("session %s of %s/%s (no such service, or no session affinity) was stored", c.key, c.ns, c.svc)
+		}
+	}
+	var b bytes.Buffer
+	s.cfg.Metrics.WritePrometheus(&b)
+	if !strings.Contains(b.String(), "fogmesh_control_agent_sessions_dropped_total 3\n") {
+		t.Errorf("want 3 dropped sessions counted:\n%s", grepLines(b.String(), "session"))
+	}
+}

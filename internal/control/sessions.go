@@ -191,3 +191,32 @@ func (r *registry) sessionsWritten(b *sessionBatch) {
 		}
 	}
 }
+
+// agentSessions returns the sessions of an agent's batch whose service
+// exists here and pins sessions (spec.session), and how many it dropped.
+// An agent binds keys only of services its view gives session affinity,
+// so the others are an agent's error or a compromised agent inventing
+// service names, each of which would otherwise get its own
+// maxSessionsPerService in the store and in every agent's view.
+func (r *registry) agentSessions(in []api.Session) (objs []api.Object, dropped int) {
+	pins := map[string]bool{} // service key -> it exists and pins sessions
+	objs = make([]api.Object, 0, len(in))
+	for i := range in {
+		ss := &in[i]
+		svc := sessionService(ss)
+		pin, seen := pins[svc]
+		if !seen {
+			var s api.Service
+			if kv, ok, err := r.st.Get(api.KindService + "/" + svc); err == nil && ok && json.Unmarshal(kv.Value, &s) == nil {
+				pin = s.Spec.Session != nil
+			}
+			pins[svc] = pin
+		}
+		if !pin {
+			dropped++
+			continue
+		}
+		objs = append(objs, ss)
+	}
+	return objs, dropped
+}

@@ -411,9 +411,10 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 		for _, err := range e.Refused {
 			s.log.Warn("control: agent session refused", "node", st.node, "err", err)
 		}
-		objs := make([]api.Object, 0, len(e.Valid))
-		for i := range e.Valid {
-			objs = append(objs, &e.Valid[i])
+		objs, dropped := s.reg.agentSessions(e.Valid)
+		if dropped > 0 {
+			s.reg.mSessionsDropped.Add(dropped)
+			s.log.Warn("control: agent sessions of services without session affinity dropped", "node", st.node, "dropped", dropped)
 		}
 		if _, err := s.reg.apply(objs); err != nil {
 			s.log.Warn("control: store sessions", "node", st.node, "err", err)
