@@ -36,6 +36,7 @@ authenticate with -token or $FOGMESH_TOKEN or -cert/-key, verify it with -ca or 
   fogmesh token create -kind region -region R         a one-time token for the regional control plane of R
   fogmesh node revoke NAME         deny-list a node: its mesh and sync connections are refused
   fogmesh region revoke NAME       deny-list a region: every certificate its intermediate CA issued is refused
+  fogmesh relay revoke NAME        deny-list a relay: agents refuse it, its renewals and control stream end
   fogmesh ca rotate                new root; the old one stays trusted for the overlap window
   fogmesh trust add -domain D -bundle FILE            federate another trust domain
   fogmesh trust remove D                              stop trusting it

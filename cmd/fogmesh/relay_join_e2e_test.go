@@ -48,6 +48,7 @@ func joinNode(t *testing.T, syncAddr, token, site, name string) *identity.Source
 	src := identity.NewSource()
 	src.SetSVID(svid)
 	src.SetBundles(x509bundle.FromX509Authorities(svid.ID.TrustDomain(), roots))
+	src.SetDenied(resp.Trust.Revoked) // as an agent starts from the trust it joined with
 	return src
 }
 
@@ -205,5 +206,25 @@ func TestRelayJoinsMesh(t *testing.T) {
 	}
 	if got := tc.ConnectionState().PeerCertificates[0]; got.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
 		t.Fatalf("the relay still presents its first certificate (serial %s)", got.SerialNumber)
+	}
+
+	// Revoked (its key stolen, say): the control plane closes its stream
+	// and refuses it when it redials (it could renew for good otherwise),
+	// and a node that knows the deny list refuses the relay.
+	ended := func() int { return strings.Count(p.out.String(), "relay: control plane stream ended") }
+	before := ended()
+	out, code := run(t, append([]string{"relay", "revoke", "r1"}, flags...)...)
+	if code != 0 || !strings.Contains(out, "spiffe://fogmesh.local/relay/r1") {
+		t.Fatalf("relay revoke: exit %d\n%s", code, out)
+	}
+	eventually(t, 30*time.Second, "the revoked relay's stream did not end and fail again on its redial", func() bool {
+		return ended() >= before+2 && metric(t, nil, metricsURL, "fogmesh_relay_control_connected") == 0
+	})
+	z := joinNode(t, syncAddr, token("-site", "s1"), "s1", "z")
+	if _, err := relay.DialClient(ctx, addrs["relay"], z.ClientConfig(relay.AuthorizeRelay(td))); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("a node that knows the deny list to the revoked relay: %v, want a refusal naming the revocation", err)
+	}
+	if out, code := run(t, append([]string{"relay", "revoke", "no such/relay"}, flags...)...); code == 0 {
+		t.Fatalf("relay revoke of an invalid name: exit 0\n%s", out)
 	}
 }

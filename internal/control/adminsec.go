@@ -20,8 +20,9 @@ import (
 // a read-only token may only GET):
 //
 //	POST   /v1/tokens                {kind: join|relay|region|admin, site, region, role, ttl}  -> TokenResponse
-//	POST   /v1/nodes/{name}/revoke                                        -> {id}
+//	POST   /v1/nodes/{name}/revoke                                        -> {revoked: id}
 //	POST   /v1/regions/{name}/revoke                                      -> {revoked: id}
+//	POST   /v1/relays/{name}/revoke                                       -> {revoked: id}
 //	POST   /v1/ca/rotate                                                  -> {pin}
 //	GET    /v1/bundle                the trust bundle (PEM)
 //	GET    /v1/trust                 federated trust domains
@@ -167,6 +168,14 @@ func (s *Server) securityRoutes(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("POST /v1/regions/{name}/revoke", need(func(w http.ResponseWriter, r *http.Request) {
 		id, err := s.revokeRegion(r.PathValue("name"))
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"revoked": id})
+	}))
+	mux.HandleFunc("POST /v1/relays/{name}/revoke", need(func(w http.ResponseWriter, r *http.Request) {
+		id, err := s.revokeRelay(r.PathValue("name"))
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return

@@ -274,11 +274,7 @@ func (s *Server) revokeRegion(name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	b, _ := json.Marshal(revokedRecord{ID: id.String(), At: time.Now().UTC()})
-	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put(keyRevoked+"region:"+name, b) }); err != nil {
-		return "", err
-	}
-	if err := s.sec.refreshTrust(); err != nil {
+	if err := s.denyID("region:"+name, id); err != nil {
 		return "", err
 	}
 	// The region's own link, and the sync streams of nodes whose

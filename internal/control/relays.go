@@ -12,6 +12,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -121,6 +122,14 @@ func (s *Server) serveRelay(ctx context.Context, c net.Conn, peer spiffeid.ID) e
 	if !ok {
 		return fmt.Errorf("%s is not a relay identity", peer)
 	}
+	s.mu.Lock()
+	s.streams[c] = "relay:" + name // revokeRelay closes it
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, c)
+		s.mu.Unlock()
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	write := s.pushTrust(ctx, c)
@@ -190,4 +199,49 @@ func (s *Server) pushTrust(ctx context.Context, c net.Conn) (write func(*wire.Me
 		}
 	}()
 	return write
+}
+
+// revokeRelay puts a relay on the deny list (`fogmesh relay revoke`): agents
+// refuse its handshakes from then on, it can no longer renew, and its
+// stream to this control plane is closed (and refused when it redials).
+// The record's key ("relay:NAME") cannot be a node name.
+func (s *Server) revokeRelay(name string) (string, error) {
+	if !siteRE.MatchString(name) {
+		return "", fmt.Errorf("relay %q is not a DNS label", name)
+	}
+	id, err := identity.RelayID(s.sec.ca.TrustDomain(), name)
+	if err != nil {
+		return "", err
+	}
+	if err := s.denyID("relay:"+name, id); err != nil {
+		return "", err
+	}
+	n := s.closeStreams("relay:" + name)
+	s.Audit(audit.Record{Kind: audit.KindAdmin, Action: "revoke relay", Actor: "admin", Object: id.String()})
+	s.log.Warn("control: relay revoked", "relay", name, "id", id.String(), "closedStreams", n)
+	return id.String(), nil
+}
+
+// denyID stores id's deny-list record under key and pushes the new trust
+// document to every verifier that follows this control plane.
+func (s *Server) denyID(key string, id spiffeid.ID) error {
+	b, _ := json.Marshal(revokedRecord{ID: id.String(), At: time.Now().UTC()})
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put(keyRevoked+key, b) }); err != nil {
+		return err
+	}
+	return s.sec.refreshTrust()
+}
+
+// closeStreams closes the streams registered as who and returns how many.
+func (s *Server) closeStreams(who string) int {
+	n := 0
+	s.mu.Lock()
+	for c, w := range s.streams {
+		if w == who {
+			c.Close()
+			n++
+		}
+	}
+	s.mu.Unlock()
+	return n
 }

@@ -746,11 +746,7 @@ func (s *Server) revokeAdmin(name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	b, _ := json.Marshal(revokedRecord{ID: id.String(), At: time.Now().UTC()})
-	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put(keyRevoked+"admin:"+name, b) }); err != nil {
-		return "", err
-	}
-	if err := s.sec.refreshTrust(); err != nil {
+	if err := s.denyID("admin:"+name, id); err != nil {
 		return "", err
 	}
 	s.Audit(audit.Record{Kind: audit.KindAdmin, Action: "revoke admin", Actor: "admin", Object: id.String()})
