@@ -29,6 +29,13 @@ type Config struct {
 	// MaxSessionsPerNode bounds the relayed sessions (pending or open) a
 	// node takes part in, as either end (default 64).
 	MaxSessionsPerNode int
+	// MaxSessionsPerPair bounds the relayed sessions (pending or open) one
+	// node dials to one other node (default 16, a quarter of the default
+	// MaxSessionsPerNode), so a single node dialing a peer in a loop
+	// cannot take all of that peer's slots and cut it off from its other
+	// peers. An agent carries all its streams to a peer in one relayed
+	// session (yamux), so it needs one or two per peer and relay.
+	MaxSessionsPerPair int
 	// BytesPerSecond limits the bytes per second each node may send
 	// through the relay, over all its sessions (token bucket; default
 	// 64 MiB/s; negative: unlimited). Burst is the bucket's size in bytes
@@ -77,6 +84,7 @@ type Config struct {
 // Defaults of Config.
 const (
 	DefaultMaxSessionsPerNode = 64
+	DefaultMaxSessionsPerPair = 16
 	DefaultBytesPerSecond     = 64 << 20
 	DefaultIdleTimeout        = 2 * time.Minute
 	DefaultAcceptTimeout      = 10 * time.Second
@@ -95,7 +103,7 @@ func (c *Config) validate() error {
 	if c.Source == nil || c.Source.SVID() == nil {
 		return errors.New("relay: config: no certificate (Source with an SVID)")
 	}
-	if c.MaxSessionsPerNode < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
+	if c.MaxSessionsPerNode < 0 || c.MaxSessionsPerPair < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
 		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 ||
 		c.MaxUDPChannelsPerNode < 0 || c.UDPIdleTimeout < 0 {
 		return errors.New("relay: config: negative limit or duration")
@@ -119,6 +127,7 @@ func (c *Config) validate() error {
 	if c.MaxSessionsPerNode == 0 {
 		c.MaxSessionsPerNode = DefaultMaxSessionsPerNode
 	}
+	c.MaxSessionsPerPair = cmp.Or(c.MaxSessionsPerPair, DefaultMaxSessionsPerPair)
 	if c.BytesPerSecond == 0 {
 		c.BytesPerSecond = DefaultBytesPerSecond
 	}

@@ -29,7 +29,7 @@ const (
 	ReasonOtherDomain     = "other_trust_domain" // the peer is in another trust domain
 	ReasonDenied          = "denied"             // Config.Policy refused
 	ReasonNotConnected    = "peer_not_connected" // the peer has no control connection
-	ReasonSessionLimit    = "session_limit"      // MaxSessionsPerNode reached
+	ReasonSessionLimit    = "session_limit"      // MaxSessionsPerNode or MaxSessionsPerPair reached
 	ReasonAcceptTimeout   = "accept_timeout"     // the peer did not open its side
 	ReasonUnknownSession  = "unknown_session"    // Accept of a session that is not yours or gone
 	ReasonSlowReader      = "slow_reader"        // a control frame could not be written in WriteTimeout
@@ -67,6 +67,7 @@ type Server struct {
 	mReloadErrors                   *metrics.Counter
 	mUDPBytes, mUDPWrites, mUDPSent *metrics.Counter // payload forwarded; the UDP port's socket writes, their datagrams
 	mUDPChannels                    *metrics.Counter
+	mPairLimit                      *metrics.Counter // sessions refused by MaxSessionsPerPair (pairs.go)
 
 	handshakes chan struct{} // a slot per connection being authenticated
 	refusals   refusalLog    // when each reason was last logged
@@ -79,6 +80,7 @@ type Server struct {
 	conns     map[net.Conn]connPeer // every open connection → its peer (zero before the handshake)
 	nodes     map[string]*node      // by SPIFFE ID
 	pending   map[string]*session   // dialed sessions waiting for Accept
+	pairs     map[pair]int          // sessions (pending or open) per dialer and dialed node (pairs.go)
 	active    int                   // spliced sessions
 	nonces    map[string]time.Time
 	nonceUse  nonceUse          // per node, in nonces (refuse.go)
@@ -114,6 +116,7 @@ func New(cfg Config) (*Server, error) {
 		conns:      map[net.Conn]connPeer{},
 		nodes:      map[string]*node{},
 		pending:    map[string]*session{},
+		pairs:      map[pair]int{},
 		nonces:     map[string]time.Time{},
 		tokens:     map[string]string{},
 		udpChans:   map[[udpChanIDLen]byte]*udpChan{},
@@ -127,6 +130,7 @@ func New(cfg Config) (*Server, error) {
 	s.mIntroductions = m.NewCounter(`fogmesh_relay_introductions_total`)
 	s.mUDPAnswers = m.NewCounter(`fogmesh_relay_udp_reflexive_total`)
 	s.mReloadErrors = m.NewCounter(`fogmesh_relay_reload_errors_total`)
+	s.mPairLimit = m.NewCounter(`fogmesh_relay_pair_session_limit_total`)
 	s.udpMetrics(m)
 	m.NewGauge(`fogmesh_relay_nodes_connected`, func() float64 { return float64(s.ConnectedNodes()) })
 	m.NewGauge(`fogmesh_relay_sessions_active`, func() float64 {
