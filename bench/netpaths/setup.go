@@ -168,6 +168,7 @@ func (b *bench) startRelay(ctx context.Context, ca *identity.CA, bin, tmp string
 		"-cert", filepath.Join(tmp, "cert.pem"), "-key", filepath.Join(tmp, "key.pem"),
 		"-bundle", filepath.Join(tmp, "bundle.pem"),
 		"-bytes-per-second", "-1", "-max-sessions-per-node", strconv.Itoa(b.holdLimit),
+		"-max-sessions-per-pair", strconv.Itoa(b.holdLimit),
 		"-idle-timeout", "30m", "-log-level", "warn")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.WaitDelay = 5 * time.Second

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"testing"
-	"time"
 )
 
 const (
@@ -160,7 +159,7 @@ func FuzzPuncherCheck(f *testing.F) {
 	f.Add([]byte("\x00FMP\x01\x01\x01\x00"))
 	f.Add(make([]byte, 1500))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		p := &Puncher{sessions: map[[8]byte]*session{}, nonces: map[string]time.Time{}, log: slog.New(slog.DiscardHandler)}
+		p := &Puncher{sessions: map[[8]byte]*session{}, log: slog.New(slog.DiscardHandler)}
 		s := &session{key: k, role: 0, peer: idB, sent: map[uint64]sentProbe{}, won: make(chan struct{})}
 		p.sessions[k.Session()] = s
 		from := netip.MustParseAddrPort("192.0.2.1:9")

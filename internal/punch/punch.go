@@ -57,7 +57,6 @@ const (
 const (
 	maxCandidates  = 32  // per session, the relay's and triggered ones together
 	maxOutstanding = 512 // unanswered requests remembered per session
-	maxNonces      = 4096
 )
 
 // Errors of Punch and Gather.
@@ -103,6 +102,10 @@ type Stats struct {
 	Reflected      uint64 // our own probe came back (overlapping subnets)
 	Unsolicited    uint64 // a response to no outstanding request of ours
 	IntroReplayed  uint64 // introductions refused as replays
+	// NoncesEvicted counts introductions' nonces forgotten before
+	// nonceTTL to make room for newer ones (nonceStore): a peer
+	// introduced in a loop.
+	NoncesEvicted uint64
 
 	// CandidateRefused counts introduced addresses not probed (loopback,
 	// link-local, multicast, unspecified: refuseCandidate).
@@ -125,7 +128,7 @@ type Puncher struct {
 
 	mu       sync.Mutex // guards the following and every session
 	sessions map[[8]byte]*session
-	nonces   map[string]time.Time
+	nonces   nonceStore // of the introductions punched (nonces.go)
 	stats    Stats
 	loggedAt time.Time  // of the last refusal logged (noteRefusalLocked)
 	rate     rateBudget // probes of punches in this second
@@ -177,7 +180,7 @@ func New(cfg Config) (*Puncher, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Puncher{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, done: make(chan struct{}),
-		sessions: map[[8]byte]*session{}, nonces: map[string]time.Time{}}
+		sessions: map[[8]byte]*session{}}
 	if ua, ok := cfg.Transport.Conn.LocalAddr().(*net.UDPAddr); ok {
 		p.bound = ua.AddrPort().Addr().Unmap()
 	}
@@ -306,22 +309,13 @@ func (p *Puncher) register(nonce string, s *session, now time.Time) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !now.IsZero() {
-		if _, seen := p.nonces[nonce]; seen {
+		replay, evicted := p.nonces.add(s.peer, nonce, now)
+		if replay {
 			p.stats.IntroReplayed++
 			p.noteRefusalLocked("introduction_replayed", s.peer)
 			return fmt.Errorf("%w: nonce %s from %s", ErrIntroReplay, nonce, s.peer)
 		}
-		if len(p.nonces) >= maxNonces {
-			for n, t := range p.nonces {
-				if now.Sub(t) > 10*time.Minute {
-					delete(p.nonces, n)
-				}
-			}
-			if len(p.nonces) >= maxNonces {
-				return fmt.Errorf("punch: %d introductions in 10 minutes; refusing more", maxNonces)
-			}
-		}
-		p.nonces[nonce] = now
+		p.stats.NoncesEvicted += uint64(evicted)
 	}
 	p.sessions[s.key.Session()] = s
 	return nil

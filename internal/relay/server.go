@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -21,131 +20,6 @@ import (
 	"github.com/fogmesh/fogmesh/internal/identity"
 )
 
-// Config configures a Server. The zero value of every field but Source
-// works.
-type Config struct {
-	// Source holds the relay's own certificate (any SPIFFE ID of the mesh
-	// CA), the trust bundles it accepts agents from and the deny list of
-	// revoked nodes. It is read at every handshake, so a renewed
-	// certificate or bundle applies to the next connection. Required.
-	Source *identity.Source
-	// Policy decides whether node from may reach node to (introductions
-	// and relayed sessions); a non-nil error refuses with reason "denied".
-	// It is only asked about two nodes of the same trust domain: other
-	// pairs are refused before. nil allows every such pair. It must be
-	// safe for concurrent use and not block.
-	Policy func(from, to spiffeid.ID) error
-	// MaxSessionsPerNode bounds the relayed sessions (pending or open) a
-	// node takes part in, as either end (default 64).
-	MaxSessionsPerNode int
-	// BytesPerSecond limits the bytes per second each node may send
-	// through the relay, over all its sessions (token bucket; default
-	// 64 MiB/s; negative: unlimited). Burst is the bucket's size in bytes
-	// (default BytesPerSecond/10, at least 64 KiB).
-	BytesPerSecond int64
-	Burst          int64
-	// IdleTimeout closes a relayed session after this long with no byte
-	// either way (default 2m).
-	IdleTimeout time.Duration
-	// MaxUDPChannelsPerNode bounds the UDP channels (udpchan.go) a node
-	// is either end of (default 16); their bytes count in BytesPerSecond.
-	MaxUDPChannelsPerNode int
-	// UDPIdleTimeout closes a UDP channel with no valid datagram for this
-	// long (default 60s); one a side never used, after AcceptTimeout.
-	UDPIdleTimeout time.Duration
-	// AcceptTimeout is how long a dialed session waits for the peer to
-	// open its side (default 10s).
-	AcceptTimeout time.Duration
-	// HandshakeTimeout bounds the TLS handshake and the first frame of a
-	// data connection (default 10s).
-	HandshakeTimeout time.Duration
-	// MaxHandshakes bounds the connections being authenticated at once
-	// (default 1024): beyond it, new connections are closed at once with
-	// reason "busy", so unauthenticated peers cannot hold unbounded
-	// goroutines and memory.
-	MaxHandshakes int
-	// WriteTimeout bounds a frame written to an agent; an agent that does
-	// not read its control connection is disconnected (default 10s).
-	WriteTimeout time.Duration
-	// ControlTimeout closes a control connection on which the agent sent
-	// nothing (not even a Ping) for this long (default 90s; agents ping
-	// more often to hold their NAT mapping).
-	ControlTimeout time.Duration
-	// ReplayWindow: an Introduce whose Time is further than this from the
-	// relay's clock is refused as a replay; nonces are remembered for
-	// twice as long (default 2m).
-	ReplayWindow time.Duration
-	// Logger receives the relay's few log lines (default: discard).
-	Logger *slog.Logger
-	// Metrics receives the relay's metrics (default: a private set).
-	Metrics *metrics.Set
-	// Now is the clock (default time.Now).
-	Now func() time.Time
-}
-
-// Defaults of Config.
-const (
-	DefaultMaxSessionsPerNode = 64
-	DefaultBytesPerSecond     = 64 << 20
-	DefaultIdleTimeout        = 2 * time.Minute
-	DefaultAcceptTimeout      = 10 * time.Second
-	DefaultHandshakeTimeout   = 10 * time.Second
-	DefaultMaxHandshakes      = 1024
-	DefaultWriteTimeout       = 10 * time.Second
-	DefaultReplayWindow       = 2 * time.Minute
-	DefaultControlTimeout     = 90 * time.Second
-	DefaultMaxUDPChannels     = 16
-	DefaultUDPIdleTimeout     = 60 * time.Second
-	minBurst                  = 64 << 10
-	maxNonces                 = 1 << 16
-)
-
-func (c *Config) validate() error {
-	if c.Source == nil || c.Source.SVID() == nil {
-		return errors.New("relay: config: no certificate (Source with an SVID)")
-	}
-	if c.MaxSessionsPerNode < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
-		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 ||
-		c.MaxUDPChannelsPerNode < 0 || c.UDPIdleTimeout < 0 {
-		return errors.New("relay: config: negative limit or duration")
-	}
-	def := func(p *time.Duration, d time.Duration) {
-		if *p == 0 {
-			*p = d
-		}
-	}
-	def(&c.IdleTimeout, DefaultIdleTimeout)
-	def(&c.AcceptTimeout, DefaultAcceptTimeout)
-	def(&c.HandshakeTimeout, DefaultHandshakeTimeout)
-	def(&c.WriteTimeout, DefaultWriteTimeout)
-	def(&c.ReplayWindow, DefaultReplayWindow)
-	def(&c.ControlTimeout, DefaultControlTimeout)
-	def(&c.UDPIdleTimeout, DefaultUDPIdleTimeout)
-	c.MaxUDPChannelsPerNode = cmp.Or(c.MaxUDPChannelsPerNode, DefaultMaxUDPChannels)
-	if c.MaxHandshakes == 0 {
-		c.MaxHandshakes = DefaultMaxHandshakes
-	}
-	if c.MaxSessionsPerNode == 0 {
-		c.MaxSessionsPerNode = DefaultMaxSessionsPerNode
-	}
-	if c.BytesPerSecond == 0 {
-		c.BytesPerSecond = DefaultBytesPerSecond
-	}
-	if c.BytesPerSecond > 0 && c.Burst == 0 {
-		c.Burst = max(c.BytesPerSecond/10, minBurst)
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.Metrics == nil {
-		c.Metrics = metrics.NewSet()
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	return nil
-}
-
 // Refusal reasons besides identity's handshake reasons and the frame
 // reasons: the reason label of fogmesh_relay_refused_total.
 const (
@@ -155,7 +29,7 @@ const (
 	ReasonOtherDomain     = "other_trust_domain" // the peer is in another trust domain
 	ReasonDenied          = "denied"             // Config.Policy refused
 	ReasonNotConnected    = "peer_not_connected" // the peer has no control connection
-	ReasonSessionLimit    = "session_limit"      // MaxSessionsPerNode reached
+	ReasonSessionLimit    = "session_limit"      // MaxSessionsPerNode or MaxSessionsPerPair reached
 	ReasonAcceptTimeout   = "accept_timeout"     // the peer did not open its side
 	ReasonUnknownSession  = "unknown_session"    // Accept of a session that is not yours or gone
 	ReasonSlowReader      = "slow_reader"        // a control frame could not be written in WriteTimeout
@@ -193,6 +67,7 @@ type Server struct {
 	mReloadErrors                   *metrics.Counter
 	mUDPBytes, mUDPWrites, mUDPSent *metrics.Counter // payload forwarded; the UDP port's socket writes, their datagrams
 	mUDPChannels                    *metrics.Counter
+	mPairLimit                      *metrics.Counter // sessions refused by MaxSessionsPerPair (pairs.go)
 
 	handshakes chan struct{} // a slot per connection being authenticated
 	refusals   refusalLog    // when each reason was last logged
@@ -205,6 +80,7 @@ type Server struct {
 	conns     map[net.Conn]connPeer // every open connection → its peer (zero before the handshake)
 	nodes     map[string]*node      // by SPIFFE ID
 	pending   map[string]*session   // dialed sessions waiting for Accept
+	pairs     map[pair]int          // sessions (pending or open) per dialer and dialed node (pairs.go)
 	active    int                   // spliced sessions
 	nonces    map[string]time.Time
 	nonceUse  nonceUse          // per node, in nonces (refuse.go)
@@ -240,6 +116,7 @@ func New(cfg Config) (*Server, error) {
 		conns:      map[net.Conn]connPeer{},
 		nodes:      map[string]*node{},
 		pending:    map[string]*session{},
+		pairs:      map[pair]int{},
 		nonces:     map[string]time.Time{},
 		tokens:     map[string]string{},
 		udpChans:   map[[udpChanIDLen]byte]*udpChan{},
@@ -253,6 +130,7 @@ func New(cfg Config) (*Server, error) {
 	s.mIntroductions = m.NewCounter(`fogmesh_relay_introductions_total`)
 	s.mUDPAnswers = m.NewCounter(`fogmesh_relay_udp_reflexive_total`)
 	s.mReloadErrors = m.NewCounter(`fogmesh_relay_reload_errors_total`)
+	s.mPairLimit = m.NewCounter(`fogmesh_relay_pair_session_limit_total`)
 	s.udpMetrics(m)
 	m.NewGauge(`fogmesh_relay_nodes_connected`, func() float64 { return float64(s.ConnectedNodes()) })
 	m.NewGauge(`fogmesh_relay_sessions_active`, func() float64 {

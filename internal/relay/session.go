@@ -93,9 +93,16 @@ func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) bool {
 		s.dataRefuse(raw, tc, &Error{Reason: ReasonSessionLimit, Message: "too many relayed sessions"})
 		return false
 	}
+	if e := s.pairRefusalLocked(xn, yn); e != nil {
+		s.gcLocked(xn)
+		s.mu.Unlock()
+		s.dataRefuse(raw, tc, e)
+		return false
+	}
 	ss := &session{id: newID(), x: xn, y: yn, accept: make(chan acceptedConn, 1)}
 	xn.sessions++
 	yn.sessions++
+	s.pairAddLocked(xn, yn, 1)
 	s.pending[ss.id] = ss
 	yc := yn.ctrl
 	s.mu.Unlock()
@@ -112,6 +119,7 @@ func (s *Server) dial(raw net.Conn, tc *tls.Conn, x spiffeid.ID, m *Dial) bool {
 		delete(s.pending, ss.id)
 		xn.sessions--
 		yn.sessions--
+		s.pairAddLocked(xn, yn, -1)
 		s.gcLocked(xn)
 		s.gcLocked(yn)
 	}

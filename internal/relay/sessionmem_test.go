@@ -31,6 +31,7 @@ func TestRelayIdleSessionHeap(t *testing.T) {
 	f := newFixture(t, func(c *Config) {
 		c.BytesPerSecond = -1
 		c.MaxSessionsPerNode = 2 * n
+		c.MaxSessionsPerPair = 2 * n
 	})
 	x := f.node("site-a", "x")
 	y := f.node("site-b", "y")

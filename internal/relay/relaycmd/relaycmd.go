@@ -38,6 +38,7 @@ type relayFile struct {
 	Name               string        `json:"name,omitempty"`
 	ReloadInterval     base.Duration `json:"reloadInterval,omitempty"`
 	MaxSessionsPerNode int           `json:"maxSessionsPerNode,omitempty"`
+	MaxSessionsPerPair int           `json:"maxSessionsPerPair,omitempty"`
 	BytesPerSecond     int64         `json:"bytesPerSecond,omitempty"`
 	IdleTimeout        base.Duration `json:"idleTimeout,omitempty"`
 }
@@ -63,6 +64,7 @@ func Run(prog string, args []string) error {
 		joinToken  = fs.String("join-token", os.Getenv("FOGMESH_JOIN_TOKEN"), "with -control: a relay token from 'fogmesh token create -kind relay' ($FOGMESH_JOIN_TOKEN); needed once, when the state dir holds no certificate")
 		reload     = fs.Duration("reload-interval", 0, "how often the certificate, bundle and deny files are checked for changes (default 5s)")
 		maxSess    = fs.Int("max-sessions-per-node", 0, "relayed sessions one node may take part in (default 64)")
+		maxPair    = fs.Int("max-sessions-per-pair", 0, "relayed sessions one node may dial to one other node (default 16), so one node cannot take all of another's slots")
 		bps        = fs.Int64("bytes-per-second", 0, "bytes per second one node may send through the relay (default 64 MiB; -1 unlimited)")
 		idle       = fs.Duration("idle-timeout", 0, "close a relayed session after this long without a byte (default 2m)")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (relay, udp, admin) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
@@ -117,6 +119,9 @@ func Run(prog string, args []string) error {
 	if set["max-sessions-per-node"] {
 		fc.MaxSessionsPerNode = *maxSess
 	}
+	if set["max-sessions-per-pair"] {
+		fc.MaxSessionsPerPair = *maxPair
+	}
 	if set["bytes-per-second"] {
 		fc.BytesPerSecond = *bps
 	}
@@ -165,7 +170,7 @@ func Run(prog string, args []string) error {
 		src.SetDenied(denied)
 	}
 	srv, err := relay.New(relay.Config{Source: src, Logger: log, Metrics: ms,
-		MaxSessionsPerNode: fc.MaxSessionsPerNode, BytesPerSecond: fc.BytesPerSecond, IdleTimeout: time.Duration(fc.IdleTimeout)})
+		MaxSessionsPerNode: fc.MaxSessionsPerNode, MaxSessionsPerPair: fc.MaxSessionsPerPair, BytesPerSecond: fc.BytesPerSecond, IdleTimeout: time.Duration(fc.IdleTimeout)})
 	if err != nil {
 		return &base.UsageError{Err: err}
 	}
