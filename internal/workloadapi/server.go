@@ -128,27 +128,6 @@ func New(src Source, log *slog.Logger) *Server {
 
 type callerKey struct{}
 
-// Listen opens the Unix socket at path, replacing a stale socket file left
-// by an earlier run, and makes it reachable by every local user: callers are
-// told apart by their credentials, not by file permissions.
-func Listen(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("workload API socket %s: exists and is not a socket", path)
-		}
-		os.Remove(path)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("workload API socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o666); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("workload API socket: %w", err)
-	}
-	return ln, nil
-}
-
 // Serve answers connections on ln until Close. It returns nil after Close.
 func (s *Server) Serve(ln net.Listener) error {
 	err := s.http.Serve(&uidLimitListener{Listener: ln, open: map[int32]int{}})
