@@ -26,7 +26,8 @@ var testHookAfterBind func(path string)
 // following a symlink (O_PATH|O_NOFOLLOW), the open file must be a socket
 // owned by this process's uid, and the mode is set on that open file
 // (fchmodat2 with AT_EMPTY_PATH, or /proc/self/fd on kernels before 6.6).
-// A replaced path fails Listen.
+// A replaced path fails Listen. Sockets in a directory only the agent may
+// write (PrepareDir) cannot be replaced at all.
 func Listen(path string) (net.Listener, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
@@ -77,6 +78,33 @@ func chmodSocket(path string, mode uint32) error {
 	}
 	if err != nil {
 		return fmt.Errorf("chmod: %w", err)
+	}
+	return nil
+}
+
+// PrepareDir makes dir, the directory of the default socket, a directory
+// every local user may traverse and only this process's uid may write
+// (mode 0755, missing parents made 0755): no other user can then place
+// anything at the socket's path. An existing dir must be a real
+// directory (not a symlink) owned by this uid; its mode is set to 0755.
+func PrepareDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("workload API socket directory: %w", err)
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("workload API socket directory %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("workload API socket directory %s: %w", dir, err)
+	}
+	if st.Uid != uint32(os.Geteuid()) {
+		return fmt.Errorf("workload API socket directory %s: owned by uid %d, not by this agent's %d", dir, st.Uid, os.Geteuid())
+	}
+	if err := unix.Fchmod(fd, 0o755); err != nil {
+		return fmt.Errorf("workload API socket directory %s: %w", dir, err)
 	}
 	return nil
 }

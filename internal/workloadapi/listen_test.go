@@ -62,3 +62,38 @@ func TestListenSetsSocketMode(t *testing.T) {
 		t.Fatalf("socket mode %v, want a socket with 0666", fi.Mode())
 	}
 }
+
+// TestPrepareDir: the default socket's directory is made 0755 (any user
+// may reach the socket, only the agent may write there); a symlink in its
+// place is refused.
+func TestPrepareDir(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "a", "public")
+	if err := PrepareDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o755 {
+			t.Errorf("%s: %v, %v; want mode 0755", d, fi, err)
+		}
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := PrepareDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o755 {
+		t.Errorf("existing dir left %v, want 0755", fi.Mode().Perm())
+	}
+	other := filepath.Join(base, "elsewhere")
+	os.Mkdir(other, 0o700)
+	link := filepath.Join(base, "link")
+	os.Symlink(other, link)
+	if err := PrepareDir(link); err == nil {
+		t.Error("PrepareDir accepted a symlink")
+	}
+	if fi, _ := os.Stat(other); fi.Mode().Perm() != 0o700 {
+		t.Errorf("symlink target's mode changed to %v", fi.Mode().Perm())
+	}
+}
