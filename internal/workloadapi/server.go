@@ -41,7 +41,10 @@ type Caller struct {
 	// Exe is the caller's executable (/proc/<pid>/exe) read when its
 	// connection is accepted (not when it connected: a process that execs
 	// between its connect and the agent's accept is read after the exec);
-	// "" if unreadable or the connecting process is gone.
+	// "" if unreadable, if the connecting process is gone, or if the agent
+	// cannot see it: PID 0 (the caller is outside the agent's pid
+	// namespace) or a /proc of another pid namespace than the agent's. A
+	// path selector then fails; uid and gid (SO_PEERCRED) still count.
 	Exe string
 	// Known is false when the peer's credentials could not be read (not a
 	// Unix socket); a Source should then hand out nothing.
@@ -206,13 +209,16 @@ func peerCred(c net.Conn) Caller {
 	// The pid is the connecting process's, but that process may have
 	// exited since and its pid gone to another: read the executable only
 	// while a pidfd of the connecting process (SO_PEERPIDFD, Linux 6.5+)
-	// shows it alive. Older kernels: read by pid alone.
+	// shows it alive. Older kernels: read by pid alone. callerExe also
+	// makes sure /proc shows that process at all (callerproc.go).
 	pidfd, perr := -1, error(nil)
 	raw.Control(func(fd uintptr) { pidfd, perr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD) })
 	if perr == nil {
 		defer unix.Close(pidfd)
+	} else {
+		pidfd = -1
 	}
-	exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(cred.Pid)) + "/exe")
+	exe := callerExe("/proc", os.Getpid(), cred.Pid, pidfd)
 	if perr == nil && unix.PidfdSendSignal(pidfd, 0, nil, 0) != nil || perr != nil && !errors.Is(perr, unix.ENOPROTOOPT) {
 		exe = "" // the connecting process is gone: its pid names another
 	}
