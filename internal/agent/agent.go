@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -180,7 +179,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, &ConfigError{Err: fmt.Errorf("agent: config: %w", err)}
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+	if err := makeStateDir(cfg.StateDir); err != nil { // wlsocket.go
 		return nil, fmt.Errorf("agent: state dir: %w", err)
 	}
 	a := &Agent{
@@ -312,7 +311,7 @@ func New(cfg Config) (*Agent, error) {
 		a.self.Spec.GossipAddress = a.gossip.Addr()
 	}
 	if cfg.WorkloadAPISocket != "off" {
-		if a.wlLn, err = workloadapi.Listen(cfg.WorkloadAPISocket); err != nil {
+		if a.wlLn, err = a.listenWorkloadAPI(); err != nil { // wlsocket.go
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 		a.wlAPI = workloadapi.New(a.svids, a.log.With("sub", "workloadapi"))

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -169,7 +168,10 @@ type Config struct {
 	JoinToken string `json:"joinToken,omitempty"`
 	// WorkloadAPISocket is the Unix socket of the SPIFFE Workload API,
 	// where attested local processes fetch their SVIDs (default
-	// <StateDir>/workload.sock; "off" disables it).
+	// <StateDir>-public/workload.sock, see DefaultWorkloadAPISocket; "off"
+	// disables it). The socket is mode 0666: attestation, not file
+	// permissions, decides who gets what; a custom path's directory must
+	// let the workloads reach it.
 	WorkloadAPISocket string `json:"workloadAPISocket,omitempty"`
 	// SVIDIssuer signs workload SVIDs (set by the control plane client;
 	// nil: workloads get no SVIDs).
@@ -284,7 +286,7 @@ func (c *Config) validate() error {
 	def(&c.AdminAddr, "127.0.0.1:7073")
 	def(&c.VIPRange, "127.77.0.0/16")
 	def(&c.StateDir, "/var/lib/fogmesh/agent")
-	def(&c.WorkloadAPISocket, filepath.Join(c.StateDir, "workload.sock"))
+	def(&c.WorkloadAPISocket, DefaultWorkloadAPISocket(c.StateDir))
 	if err := c.UDP.validate(); err != nil {
 		return err
 	}

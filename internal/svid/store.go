@@ -58,7 +58,8 @@ type Issuer interface {
 type Attest struct {
 	UID *int `json:"uid,omitempty"`
 	GID *int `json:"gid,omitempty"`
-	// Path is the caller's executable (/proc/<pid>/exe).
+	// Path is the caller's executable (/proc/<pid>/exe). It never matches
+	// a caller the agent cannot see in its /proc (workloadapi.Caller.Exe).
 	Path string `json:"path,omitempty"`
 }
 

@@ -41,7 +41,10 @@ type Caller struct {
 	// Exe is the caller's executable (/proc/<pid>/exe) read when its
 	// connection is accepted (not when it connected: a process that execs
 	// between its connect and the agent's accept is read after the exec);
-	// "" if unreadable or the connecting process is gone.
+	// "" if unreadable, if the connecting process is gone, or if the agent
+	// cannot see it: PID 0 (the caller is outside the agent's pid
+	// namespace) or a /proc of another pid namespace than the agent's. A
+	// path selector then fails; uid and gid (SO_PEERCRED) still count.
 	Exe string
 	// Known is false when the peer's credentials could not be read (not a
 	// Unix socket); a Source should then hand out nothing.
@@ -128,27 +131,6 @@ func New(src Source, log *slog.Logger) *Server {
 
 type callerKey struct{}
 
-// Listen opens the Unix socket at path, replacing a stale socket file left
-// by an earlier run, and makes it reachable by every local user: callers are
-// told apart by their credentials, not by file permissions.
-func Listen(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("workload API socket %s: exists and is not a socket", path)
-		}
-		os.Remove(path)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("workload API socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o666); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("workload API socket: %w", err)
-	}
-	return ln, nil
-}
-
 // Serve answers connections on ln until Close. It returns nil after Close.
 func (s *Server) Serve(ln net.Listener) error {
 	err := s.http.Serve(&uidLimitListener{Listener: ln, open: map[int32]int{}})
@@ -227,13 +209,16 @@ func peerCred(c net.Conn) Caller {
 	// The pid is the connecting process's, but that process may have
 	// exited since and its pid gone to another: read the executable only
 	// while a pidfd of the connecting process (SO_PEERPIDFD, Linux 6.5+)
-	// shows it alive. Older kernels: read by pid alone.
+	// shows it alive. Older kernels: read by pid alone. callerExe also
+	// makes sure /proc shows that process at all (callerproc.go).
 	pidfd, perr := -1, error(nil)
 	raw.Control(func(fd uintptr) { pidfd, perr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD) })
 	if perr == nil {
 		defer unix.Close(pidfd)
+	} else {
+		pidfd = -1
 	}
-	exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(cred.Pid)) + "/exe")
+	exe := callerExe("/proc", os.Getpid(), cred.Pid, pidfd)
 	if perr == nil && unix.PidfdSendSignal(pidfd, 0, nil, 0) != nil || perr != nil && !errors.Is(perr, unix.ENOPROTOOPT) {
 		exe = "" // the connecting process is gone: its pid names another
 	}
