@@ -64,9 +64,13 @@ type Server struct {
 	slots chan struct{}
 	mu    sync.Mutex
 	per   map[string]int // forwarded connections per client IP
-	ctx   context.Context
-	stop  context.CancelFunc
-	wg    sync.WaitGroup
+	// closed is set by Close under mu; a handler counts itself in wg
+	// under mu only while it is false, so every wg.Add happens before
+	// Close's Wait or is refused.
+	closed bool
+	ctx    context.Context
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
 
 	mForwarded, mRefused, mBytes *metrics.Counter
 }
@@ -122,6 +126,9 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Close stops accepting, ends every forwarded connection and waits.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	s.stop()
 	err := s.srv.Close()
 	s.wg.Wait()
@@ -150,6 +157,19 @@ const maxLogged = 256
 // connect serves one CONNECT: an allowed address, a free slot, the dial;
 // then 200 and the bytes both ways.
 func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
+	// The handler is counted before Close can wait (under mu, with the
+	// closed check): a handler still dialing when Close came would
+	// otherwise Add its tunnel to wg after Close's Wait had returned, and
+	// the tunnel would outlive Close.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.refuse(w, http.StatusServiceUnavailable, "gateway closing")
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
 	if r.Method != http.MethodConnect {
 		s.refuse(w, http.StatusMethodNotAllowed, "only CONNECT", "method", r.Method)
 		return
@@ -213,7 +233,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mForwarded.Inc()
-	s.wg.Add(1)
+	s.wg.Add(1) // the handler's own count is held: wg is not zero
 	go func() {
 		defer s.wg.Done()
 		defer release()
