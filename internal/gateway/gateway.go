@@ -36,6 +36,7 @@ const (
 	DefaultMaxConns          = 1024
 	DefaultMaxConnsPerClient = 64
 	DefaultDialTimeout       = 5 * time.Second
+	DefaultIdleTimeout       = 5 * time.Minute
 )
 
 // Config configures a Server.
@@ -52,8 +53,13 @@ type Config struct {
 	// so one host of the site cannot hold every slot.
 	MaxConnsPerClient int
 	DialTimeout       time.Duration // default 5s
-	Logger            *slog.Logger
-	Metrics           *metrics.Set
+	// IdleTimeout closes a forwarded connection that moved no byte in
+	// either direction for this long, freeing its slot (default 5m;
+	// negative: never). What the site's agents keep through the gateway
+	// (sync streams, relay connections) pings far more often.
+	IdleTimeout time.Duration
+	Logger      *slog.Logger
+	Metrics     *metrics.Set
 }
 
 // Server is a site gateway.
@@ -72,7 +78,7 @@ type Server struct {
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
-	mForwarded, mRefused, mBytes *metrics.Counter
+	mForwarded, mRefused, mBytes, mIdle *metrics.Counter
 }
 
 // New checks cfg.
@@ -92,6 +98,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
 	if cfg.MaxConnsPerClient <= 0 {
 		cfg.MaxConnsPerClient = DefaultMaxConnsPerClient
 	}
@@ -105,7 +114,8 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, allow: map[string]bool{}, slots: make(chan struct{}, cfg.MaxConns), per: map[string]int{}, ctx: ctx, stop: stop,
 		mForwarded: cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_connections_total`),
 		mRefused:   cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_refused_total`),
-		mBytes:     cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_bytes_total`)}
+		mBytes:     cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_bytes_total`),
+		mIdle:      cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_idle_closed_total`)}
 	for _, a := range cfg.Allow {
 		s.allow[a] = true
 	}
@@ -241,8 +251,12 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		if n := brw.Reader.Buffered(); n > 0 { // the node wrote ahead of our answer
 			c = &bufConn{Conn: down, r: brw.Reader}
 		}
-		a, b, _ := proxy.Relay(s.ctx, c, up)
+		a, b, err := proxy.RelayIdle(s.ctx, c, up, max(s.cfg.IdleTimeout, 0))
 		s.mBytes.Add(int(a + b))
+		if errors.Is(err, proxy.ErrIdle) {
+			s.mIdle.Inc()
+			s.cfg.Logger.Debug("gateway: idle connection closed", "target", target, "client", client, "idle", s.cfg.IdleTimeout)
+		}
 	}()
 }
 
