@@ -552,6 +552,7 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 			s.log.Error("control: list nodes", "err", err)
 			continue
 		}
+		s.pruneLive(nodes)
 		now := time.Now()
 		kept := 0 // unreachable, kept routable by a peer's witness
 		for _, o := range nodes {
