@@ -53,6 +53,10 @@ type controlFile struct {
 	// IstioRootNamespace: see control.Config.
 	IstioRootNamespace string `json:"istioRootNamespace,omitempty"`
 
+	// MaxEndpointsPerNode bounds the endpoints one node's agent registers
+	// (default 1024): see control.Config.
+	MaxEndpointsPerNode int `json:"maxEndpointsPerNode,omitempty"`
+
 	// Kube is a kubeconfig file, or "in-cluster": the Kubernetes API
 	// (or KubeEdge metaServer, OpenYurt yurthub) whose Services,
 	// EndpointSlices, Nodes, Pods and Istio and fogmesh custom resources
@@ -303,7 +307,7 @@ func runControl(args []string) error {
 		NodeTTL: time.Duration(fc.NodeTTL), WorkloadTTL: time.Duration(fc.WorkloadTTL), AutonomyWindow: time.Duration(fc.AutonomyWindow),
 		RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
 		Mode: fc.Mode, Region: fc.Region, Upstreams: fc.Upstreams, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
-		VIPIndexMin: vipMin, VIPIndexMax: vipMax, Metrics: ms,
+		VIPIndexMin: vipMin, VIPIndexMax: vipMax, Metrics: ms, MaxEndpointsPerNode: fc.MaxEndpointsPerNode,
 	})
 	var refused *enroll.Error
 	if errors.As(err, &refused) { // a refused region join: retrying cannot help

@@ -198,7 +198,7 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, name string) {
 	ph := s.adminPhases()
-	rev, err := s.reg.deleteObj(kind, ns, name)
+	rev, err := s.deleteObj(kind, ns, name)
 	ph.mark("store")
 	switch {
 	case errors.Is(err, ErrNotFound):

@@ -157,7 +157,7 @@ func (s *Server) SyncCluster(st ClusterState) ([]string, error) {
 			continue
 		}
 		md := o.GetMeta()
-		if _, err := s.reg.deleteObj(o.GetKind(), md.Namespace, md.Name); err != nil && !errors.Is(err, ErrNotFound) {
+		if _, err := s.deleteObj(o.GetKind(), md.Namespace, md.Name); err != nil && !errors.Is(err, ErrNotFound) {
 			conflicts = append(conflicts, fmt.Sprintf("%s: not deleted: %v", key, err))
 		}
 	}

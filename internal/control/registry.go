@@ -53,6 +53,11 @@ type registry struct {
 
 	mSessionEvictions *metrics.Counter // nil in tests without a server
 	mSessionsDropped  *metrics.Counter // agents' sessions dropped (agentSessions)
+
+	// maxPerNode bounds one node's endpoints (0: DefaultMaxEndpointsPerNode);
+	// mEndpointsRefused counts those refused past it (endpointcap.go).
+	maxPerNode        int
+	mEndpointsRefused *metrics.Counter // nil in tests without a server
 }
 
 // feed is the store's feed (nil before Serve).
@@ -486,19 +491,22 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 		}
 	}
 	localWrites.Add(1)
+	var left []string // past the bound (endpointcap.go)
 	_, err := r.st.Update(func(tx *store.Tx) error {
 		want := map[string]bool{}
 		// A node not stored (served while the store could not record it)
 		// has no site: a service that bounds its sites refuses it.
 		n, _ := getLocked(tx, api.KindNode+"/"+node, new(api.Node))
-		for i := range eps {
-			key := api.ObjectKey(&eps[i])
+		var keep []api.Endpoint
+		keep, left = r.capLocked(tx, node, eps)
+		for i := range keep {
+			key := api.ObjectKey(&keep[i])
 			if old, ok := getLocked(tx, key, new(api.Endpoint)); ok && old.Spec.Node != node {
-				return fmt.Errorf("endpoint %s belongs to node %q", eps[i].Meta.Key(), old.Spec.Node)
+				return fmt.Errorf("endpoint %s belongs to node %q", keep[i].Meta.Key(), old.Spec.Node)
 			}
 			// An agent's endpoint claims a workload identity: only one the
 			// service allows, on a site it allows.
-			e := &eps[i]
+			e := &keep[i]
 			if svc, ok := getLocked(tx, api.KindService+"/"+e.Meta.Namespace+"/"+e.Spec.Service, new(api.Service)); ok {
 				if !svc.AllowsAccount(e.Spec.ServiceAccount) {
 					return fmt.Errorf("endpoint %s: service account %q is not allowed by service %s (spec.identity.serviceAccounts)",
@@ -513,7 +521,7 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 				return err
 			}
 			r.noteEndpointLocked(tx, node, key)
-			if err := putLocked(tx, &eps[i]); err != nil {
+			if err := putLocked(tx, &keep[i]); err != nil {
 				return err
 			}
 		}
@@ -538,6 +546,9 @@ func (r *registry) syncLocalEndpoints(node string, eps []api.Endpoint) error {
 		}
 		return nil
 	})
+	if err == nil && len(left) > 0 {
+		err = r.tooMany(node, len(eps), left)
+	}
 	return err
 }
 

@@ -67,6 +67,11 @@ type Config struct {
 	// writes per node in the storm and a flap of their endpoints for every
 	// agent (default 30s).
 	ReconnectGrace time.Duration
+	// MaxEndpointsPerNode bounds the endpoints one node's agent may
+	// register (its workloads; default 1024): past it the rest of its
+	// list is refused (endpointcap.go). Only the 32 MiB frame bounded it,
+	// and every endpoint is stored and sent to every agent.
+	MaxEndpointsPerNode int
 	// IstioRootNamespace is Istio's root namespace for the Istio documents
 	// applied (default api.IstioRootNamespace): an AuthorizationPolicy
 	// there applies mesh-wide.
@@ -175,6 +180,9 @@ func (c *Config) validate() error {
 	}
 	if c.ReconnectGrace <= 0 {
 		c.ReconnectGrace = 30 * time.Second
+	}
+	if c.MaxEndpointsPerNode <= 0 {
+		c.MaxEndpointsPerNode = DefaultMaxEndpointsPerNode
 	}
 	if c.VIPRange == "" {
 		c.VIPRange = "127.77.0.0/16"
@@ -306,7 +314,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, st: st,
 		reg: &registry{st: st, vipBase: netip.MustParsePrefix(cfg.VIPRange), owner: cfg.Region,
-			vipMin: cfg.VIPIndexMin, vipMax: cfg.VIPIndexMax},
+			vipMin: cfg.VIPIndexMin, vipMax: cfg.VIPIndexMax, maxPerNode: cfg.MaxEndpointsPerNode},
 		live:    map[string]*liveNode{},
 		streams: map[net.Conn]string{},
 		started: time.Now(),
@@ -382,6 +390,8 @@ func (s *Server) initMetrics() {
 	s.reg.mSessionEvictions = m.NewCounter(`fogmesh_control_session_evictions_total`)
 	// agents' sessions of services that do not exist or pin none (sessions.go)
 	s.reg.mSessionsDropped = m.NewCounter(`fogmesh_control_agent_sessions_dropped_total`)
+	// endpoints refused past MaxEndpointsPerNode (endpointcap.go)
+	s.reg.mEndpointsRefused = m.NewCounter(`fogmesh_control_endpoints_refused_total`)
 	s.mUpdates = m.NewCounter(`fogmesh_control_updates_sent_total`)
 	s.mSnapshots = m.NewCounter(`fogmesh_control_sync_snapshots_sent_total`)
 	s.mDeltas = m.NewCounter(`fogmesh_control_sync_deltas_sent_total`)
@@ -554,6 +564,7 @@ func (s *Server) watchHeartbeats(ctx context.Context) {
 			s.log.Error("control: list nodes", "err", err)
 			continue
 		}
+		s.pruneLive(nodes)
 		now := time.Now()
 		kept := 0 // unreachable, kept routable by a peer's witness
 		for _, o := range nodes {

@@ -310,9 +310,14 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 // closeStream undoes openStream's bookkeeping of an admitted stream.
 func (s *Server) closeStream(st *stream) {
 	s.mu.Lock()
-	s.live[st.node].conns--
+	l := s.live[st.node]
+	l.conns--
+	last := l.conns == 0
 	delete(s.streams, st.c)
 	s.mu.Unlock()
+	if last {
+		s.liveEnded(st.node)
+	}
 }
 
 // runStream runs an admitted stream: the sender, and the reader loop here.

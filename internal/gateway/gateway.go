@@ -36,6 +36,7 @@ const (
 	DefaultMaxConns          = 1024
 	DefaultMaxConnsPerClient = 64
 	DefaultDialTimeout       = 5 * time.Second
+	DefaultIdleTimeout       = 5 * time.Minute
 )
 
 // Config configures a Server.
@@ -52,8 +53,13 @@ type Config struct {
 	// so one host of the site cannot hold every slot.
 	MaxConnsPerClient int
 	DialTimeout       time.Duration // default 5s
-	Logger            *slog.Logger
-	Metrics           *metrics.Set
+	// IdleTimeout closes a forwarded connection that moved no byte in
+	// either direction for this long, freeing its slot (default 5m;
+	// negative: never). What the site's agents keep through the gateway
+	// (sync streams, relay connections) pings far more often.
+	IdleTimeout time.Duration
+	Logger      *slog.Logger
+	Metrics     *metrics.Set
 }
 
 // Server is a site gateway.
@@ -64,11 +70,15 @@ type Server struct {
 	slots chan struct{}
 	mu    sync.Mutex
 	per   map[string]int // forwarded connections per client IP
-	ctx   context.Context
-	stop  context.CancelFunc
-	wg    sync.WaitGroup
+	// closed is set by Close under mu; a handler counts itself in wg
+	// under mu only while it is false, so every wg.Add happens before
+	// Close's Wait or is refused.
+	closed bool
+	ctx    context.Context
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
 
-	mForwarded, mRefused, mBytes *metrics.Counter
+	mForwarded, mRefused, mBytes, mIdle *metrics.Counter
 }
 
 // New checks cfg.
@@ -88,6 +98,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
 	if cfg.MaxConnsPerClient <= 0 {
 		cfg.MaxConnsPerClient = DefaultMaxConnsPerClient
 	}
@@ -101,7 +114,8 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, allow: map[string]bool{}, slots: make(chan struct{}, cfg.MaxConns), per: map[string]int{}, ctx: ctx, stop: stop,
 		mForwarded: cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_connections_total`),
 		mRefused:   cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_refused_total`),
-		mBytes:     cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_bytes_total`)}
+		mBytes:     cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_bytes_total`),
+		mIdle:      cfg.Metrics.GetOrCreateCounter(`fogmesh_gateway_idle_closed_total`)}
 	for _, a := range cfg.Allow {
 		s.allow[a] = true
 	}
@@ -122,6 +136,9 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Close stops accepting, ends every forwarded connection and waits.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	s.stop()
 	err := s.srv.Close()
 	s.wg.Wait()
@@ -150,6 +167,19 @@ const maxLogged = 256
 // connect serves one CONNECT: an allowed address, a free slot, the dial;
 // then 200 and the bytes both ways.
 func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
+	// The handler is counted before Close can wait (under mu, with the
+	// closed check): a handler still dialing when Close came would
+	// otherwise Add its tunnel to wg after Close's Wait had returned, and
+	// the tunnel would outlive Close.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.refuse(w, http.StatusServiceUnavailable, "gateway closing")
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
 	if r.Method != http.MethodConnect {
 		s.refuse(w, http.StatusMethodNotAllowed, "only CONNECT", "method", r.Method)
 		return
@@ -213,7 +243,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mForwarded.Inc()
-	s.wg.Add(1)
+	s.wg.Add(1) // the handler's own count is held: wg is not zero
 	go func() {
 		defer s.wg.Done()
 		defer release()
@@ -221,8 +251,12 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		if n := brw.Reader.Buffered(); n > 0 { // the node wrote ahead of our answer
 			c = &bufConn{Conn: down, r: brw.Reader}
 		}
-		a, b, _ := proxy.Relay(s.ctx, c, up)
+		a, b, err := proxy.RelayIdle(s.ctx, c, up, max(s.cfg.IdleTimeout, 0))
 		s.mBytes.Add(int(a + b))
+		if errors.Is(err, proxy.ErrIdle) {
+			s.mIdle.Inc()
+			s.cfg.Logger.Debug("gateway: idle connection closed", "target", target, "client", client, "idle", s.cfg.IdleTimeout)
+		}
 	}()
 }
 
