@@ -58,7 +58,7 @@ func (r *registry) capLocked(tx *store.Tx, node string, eps []api.Endpoint) ([]a
 	}
 	slices.SortStableFunc(order, func(a, b int) int {
 		ka, kb := keys[a], keys[b]
-		return cmp.Or(cmpFalseFirst(stored[ka], stored[kb]), strings.Compare(ka, kb))
+		return cmp.Or(storedFirst(stored[ka], stored[kb]), strings.Compare(ka, kb))
 	})
 	kept := make(map[string]bool, limit)
 	out := make([]api.Endpoint, 0, limit)
@@ -79,8 +79,8 @@ func (r *registry) capLocked(tx *store.Tx, node string, eps []api.Endpoint) ([]a
 	return out, left
 }
 
-// cmpFalseFirst orders the stored (true) before the new.
-func cmpFalseFirst(a, b bool) int {
+// storedFirst orders the stored (true) before the new.
+func storedFirst(a, b bool) int {
 	switch {
 	case a == b:
 		return 0
