@@ -277,7 +277,7 @@ func (a *Agent) authorizeLocalRequest(req *http.Request, t listenTarget) *http.R
 	}
 	num, _ := portOf(sv, t.port)
 	r := authz.Request{SourceID: req.Header.Get(SourceIDHeader), SourceNode: a.cfg.Node.Name, Namespace: sv.svc.Meta.Namespace,
-		Service: sv.svc.Meta.Name, Port: t.port, PortNumber: num, Proto: authz.HTTP, Method: req.Method, Path: authzPath(req), Header: req.Header}
+		Service: sv.svc.Meta.Name, Port: t.port, PortNumber: num, Proto: authz.HTTP, Method: req.Method, Path: authzPath(req), Host: req.Host, Header: req.Header}
 	if a.decide(req.Context(), v.authz, &r).Allow {
 		return nil
 	}

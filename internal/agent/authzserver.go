@@ -293,7 +293,7 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 
 	num, _ := portOf(sv, ms.h.Port)
 	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
-		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: authzPath(r), Header: r.Header}
+		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: authzPath(r), Host: r.Host, Header: r.Header}
 	if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
 		writeDenied(w, r.Header)
 		return

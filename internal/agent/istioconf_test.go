@@ -289,14 +289,24 @@ func TestIstioConformance(t *testing.T) {
 }
 
 func runIstioConformance(t *testing.T, cases []istioCase) {
+	runIstioConformanceOn(t, confNet{srvOctet: 244, cliOctet: 245, basePort: 19400}, cases)
+}
+
+// confNet keeps a run's listeners apart from other tests': the agents'
+// VIP ranges (127.<octet>.0.0/16) and the services' ports (basePort+i).
+type confNet struct{ srvOctet, cliOctet, basePort int }
+
+func runIstioConformanceOn(t *testing.T, cn confNet, cases []istioCase) {
 	p1, _ := startHTTP(t, "v1")
 	p2, _ := startHTTP(t, "v2")
 	cp := startControl(t, t.TempDir(), "")
 	var workloads []Workload
 	obs := make([]*confObs, len(cases))
+	policies := 0
 	for i, c := range cases {
 		svc := fmt.Sprintf("conf%d", i)
-		apply(t, cp, httpSvcDocLB(svc, 19400+i, "http", "round-robin"))
+		policies += strings.Count(c.docs, "kind: AuthorizationPolicy")
+		apply(t, cp, httpSvcDocLB(svc, cn.basePort+i, "http", "round-robin"))
 		apply(t, cp, strings.ReplaceAll(c.docs, "SVC", svc))
 		obs[i] = &confObs{v2Key: "demo/" + svc + "-v2"}
 		v2 := p2
@@ -307,10 +317,10 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 		w1.Labels, w2.Labels = map[string]string{"version": "v1"}, map[string]string{"version": "v2"}
 		workloads = append(workloads, w1, w2)
 	}
-	srv := startAgent(t, agentOpts{name: "srv", site: "s1", region: "r1", vipOctet: 244, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+	srv := startAgent(t, agentOpts{name: "srv", site: "s1", region: "r1", vipOctet: cn.srvOctet, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
 		workloads: workloads})
 	apply(t, cp, `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"productpage","namespace":"demo"},"spec":{"ports":[{"name":"x","port":19499}]}}`)
-	client := startAgent(t, agentOpts{name: "cli", site: "s1", region: "r1", vipOctet: 245, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+	client := startAgent(t, agentOpts{name: "cli", site: "s1", region: "r1", vipOctet: cn.cliOctet, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
 		workloads: []Workload{{Name: "productpage-1", Service: "productpage", Namespace: "demo", Address: callerIP,
 			Labels: map[string]string{"app": "productpage", "version": "v1"}, Ports: []api.EndpointPort{{Name: "x", Port: 1}}, Check: Check{Type: "none"}}}})
 	waitFor(t, "every service's endpoints and the policies", func() bool {
@@ -320,7 +330,7 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 				return false
 			}
 		}
-		return srv.view.Load().authz.Len() == 2
+		return srv.view.Load().authz.Len() == policies
 	})
 	waitFor(t, "the caller's identity", func() bool { return client.view.Load().ids[netip.MustParseAddr(callerIP)] != "" })
 	// One client per protocol and source address.
@@ -347,8 +357,8 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 	c := clientFor("HTTP/1.1", "")
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			vip := api.VIPFor(netip.MustParsePrefix("127.245.0.0/16"), client.view.Load().services[fmt.Sprintf("demo/conf%d", i)].svc.Status.VIPIndex)
-			base := fmt.Sprintf("http://%s:%d", vip, 19400+i)
+			vip := api.VIPFor(netip.MustParsePrefix(fmt.Sprintf("127.%d.0.0/16", cn.cliOctet)), client.view.Load().services[fmt.Sprintf("demo/conf%d", i)].svc.Status.VIPIndex)
+			base := fmt.Sprintf("http://%s:%d", vip, cn.basePort+i)
 			waitFor(t, "listener", func() bool {
 				resp, err := c.Get(base + "/")
 				if err == nil {
@@ -381,6 +391,9 @@ func runIstioConformance(t *testing.T, cases []istioCase) {
 						}
 						for k, vs := range rq.header {
 							req.Header[k] = vs
+						}
+						if h := rq.header.Get("Host"); h != "" { // net/http sends req.Host, not Header["Host"]
+							req.Host = h
 						}
 						resp, err := cl.Do(req)
 						if err != nil {

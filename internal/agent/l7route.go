@@ -79,13 +79,13 @@ func matches(m *api.RouteMatch, req *http.Request, host string) bool {
 		return false
 	}
 	for name, sm := range m.Headers {
-		v, ok := req.Header[http.CanonicalHeaderKey(name)]
-		if !ok || !sm.Matches(strings.Join(v, ",")) {
+		v, ok := headerValue(req, name)
+		if !ok || !sm.Matches(v) {
 			return false
 		}
 	}
 	for name, sm := range m.WithoutHeaders {
-		if v, ok := req.Header[http.CanonicalHeaderKey(name)]; ok && sm.Matches(strings.Join(v, ",")) {
+		if v, ok := headerValue(req, name); ok && sm.Matches(v) {
 			return false
 		}
 	}
@@ -100,6 +100,24 @@ func matches(m *api.RouteMatch, req *http.Request, host string) bool {
 		}
 	}
 	return true
+}
+
+// headerValue is a match's view of the request header name (lower case):
+// its lines joined with ",", and whether it was sent. host (also
+// :authority, which the route's validation renames) is the request's
+// authority as received, port included, which net/http keeps in req.Host.
+func headerValue(req *http.Request, name string) (string, bool) {
+	if name == "host" {
+		return req.Host, req.Host != ""
+	}
+	v, ok := req.Header[http.CanonicalHeaderKey(name)]
+	if !ok {
+		return "", false
+	}
+	if len(v) == 1 {
+		return v[0], true
+	}
+	return strings.Join(v, ","), true
 }
 
 // weightedBackend draws a backend index with probability ∝ weight (a

@@ -3,9 +3,11 @@ package agent
 import (
 	"fmt"
 	"net"
+	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
@@ -62,7 +64,7 @@ spec: {service: web, rules: [{from: [{principals: ["` + frontendID + `"]}], to: 
 apiVersion: fogmesh.io/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: web-no-admin, namespace: legacy}
-spec: {service: web, action: DENY, rules: [{to: [{paths: ["/api/admin/*"]}]}]}
+spec: {service: web, action: DENY, rules: [{to: [{paths: ["/api/admin/*"]}]}, {when: [{key: "request.headers[host]", values: ["admin.legacy*"]}]}]}
 ---
 apiVersion: fogmesh.io/v1alpha1
 kind: AuthorizationPolicy
@@ -113,6 +115,22 @@ spec: {service: broker, rules: [{to: [{publish: ["sensors/+/temp"]}]}]}`,
 				t.Errorf("%s GET %s: %d %q, want %d", c.ip, c.path, code, body, c.code)
 			}
 		}
+		// The DENY rule on request.headers[host], decided by this agent
+		// for the static endpoint (before, it never matched).
+		for host, want := range map[string]int{"admin.legacy": 403, "admin.legacy:8080": 403, "web.legacy": 200} {
+			req, _ := http.NewRequest("GET", "http://"+web+"/api/orders", nil)
+			req.Host = host
+			c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialFrom(frontendIP)}}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("Host %s: %v", host, err)
+			}
+			resp.Body.Close()
+			c.CloseIdleConnections()
+			if resp.StatusCode != want {
+				t.Errorf("frontend GET /api/orders, Host %s: %d, want %d", host, resp.StatusCode, want)
+			}
+		}
 	})
 
 	t.Run("tcp", func(t *testing.T) {
@@ -152,7 +170,7 @@ spec: {service: broker, rules: [{to: [{publish: ["sensors/+/temp"]}]}]}`,
 	var m strings.Builder
 	cli.cfg.Metrics.WritePrometheus(&m)
 	for _, want := range []string{
-		`fogmesh_authz_decisions_total{decision="deny",service="legacy/web",policy="legacy/web-no-admin"} 1`,
+		`fogmesh_authz_decisions_total{decision="deny",service="legacy/web",policy="legacy/web-no-admin"} 3`, // /api/admin, and two on Host
 		`fogmesh_authz_decisions_total{decision="deny",service="legacy/db",policy="none"}`,
 	} {
 		if !strings.Contains(m.String(), want) {

@@ -117,7 +117,11 @@ type AuthzOperation struct {
 // it matches when the attribute matches one of Values (if given) and none of
 // NotValues. Keys: request.headers[<name>] (HTTP), source.principal,
 // source.namespace, source.node, destination.port. Values match like
-// AuthzSource's.
+// AuthzSource's. request.headers[host] and request.headers[:authority]
+// are one header, the request's authority (HTTP/1.1 Host, HTTP/2
+// :authority), port included, matched without regard to case; no other
+// pseudo-header (:method, :path, :scheme) may be named: to.methods and
+// to.paths match those.
 type AuthzCondition struct {
 	Key       string   `json:"key"`
 	Values    []string `json:"values,omitempty"`
@@ -127,16 +131,26 @@ type AuthzCondition struct {
 func (p *AuthorizationPolicy) GetMeta() *Meta { return &p.Meta }
 func (*AuthorizationPolicy) GetKind() string  { return KindAuthorizationPolicy }
 
-var headerKeyRE = regexp.MustCompile(`^request\.headers\[([!#$%&'*+.^_` + "`" + `|~0-9A-Za-z-]+)\]$`)
+var headerKeyRE = regexp.MustCompile(`^request\.headers\[(:?[!#$%&'*+.^_` + "`" + `|~0-9A-Za-z-]+)\]$`)
+
+// AuthorityHeader is the name HeaderConditionName gives both
+// request.headers[host] and request.headers[:authority].
+const AuthorityHeader = ":authority"
 
 // HeaderConditionName returns the header name of a request.headers[<name>]
-// condition key, lower case, and whether key is one.
+// condition key, lower case, and whether key is one. The Host header is
+// AuthorityHeader (Envoy's one header for both); another pseudo-header is
+// returned as it is, for Validate to refuse.
 func HeaderConditionName(key string) (string, bool) {
 	m := headerKeyRE.FindStringSubmatch(key)
 	if m == nil {
 		return "", false
 	}
-	return strings.ToLower(m[1]), true
+	name := strings.ToLower(m[1])
+	if name == "host" {
+		name = AuthorityHeader
+	}
+	return name, true
 }
 
 // Validate checks an authorization policy and fills defaults.
@@ -218,8 +232,12 @@ func (p *AuthorizationPolicy) Validate() error {
 			switch c.Key {
 			case "source.principal", "source.namespace", "source.node", "destination.port":
 			default:
-				if _, ok := HeaderConditionName(c.Key); !ok {
+				name, ok := HeaderConditionName(c.Key)
+				if !ok {
 					return fieldErr(cf+".key", "%q is not one of request.headers[<name>], source.principal, source.namespace, source.node, destination.port", c.Key)
+				}
+				if name != AuthorityHeader && strings.HasPrefix(name, ":") {
+					return fieldErr(cf+".key", "%q: pseudo-header %s is not supported (only :authority, the same as host); match methods and paths with to.operation methods and paths", c.Key, name)
 				}
 			}
 			if len(c.Values) == 0 && len(c.NotValues) == 0 {

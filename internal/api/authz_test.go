@@ -42,11 +42,30 @@ func TestAuthorizationPolicyValidation(t *testing.T) {
 		{`{"rules":[{"when":[{"key":"source.ip","values":["1.2.3.4"]}]}]}`, "spec.rules[0].when[0].key"},
 		{`{"rules":[{"when":[{"key":"request.headers[x]"}]}]}`, "spec.rules[0].when[0].values"},
 		{`{"rules":[{"form":[]}]}`, "spec.rules[0].form"}, // the full path (issue 16)
+		// Pseudo-headers other than :authority (host) are refused, not
+		// left to never match: methods and paths have their own fields.
+		{`{"rules":[{"when":[{"key":"request.headers[:method]","values":["GET"]}]}]}`, "spec.rules[0].when[0].key"},
+		{`{"rules":[{"when":[{"key":"request.headers[:path]","values":["/x"]}]}]}`, "spec.rules[0].when[0].key"},
+		{`{"rules":[{"when":[{"key":"request.headers[:scheme]","values":["https"]}]}]}`, "spec.rules[0].when[0].key"},
 	} {
 		_, err := Decode([]byte(doc(c.spec)))
 		var fe *FieldError
 		if !errors.As(err, &fe) || fe.Field != c.field {
 			t.Errorf("%s: got %v, want an error naming %s", c.spec, err, c.field)
+		}
+	}
+}
+
+// TestAuthorityConditionKeys: request.headers[host] and [:authority], in
+// any case, are valid and name one header.
+func TestAuthorityConditionKeys(t *testing.T) {
+	for _, key := range []string{"request.headers[host]", "request.headers[HOST]", "request.headers[:authority]", "request.headers[:Authority]"} {
+		doc := `{"apiVersion":"fogmesh.io/v1alpha1","kind":"AuthorizationPolicy","metadata":{"name":"p","namespace":"shop"},"spec":{"action":"DENY","rules":[{"when":[{"key":"` + key + `","values":["a.example.com"]}]}]}}`
+		if _, err := Decode([]byte(doc)); err != nil {
+			t.Errorf("%s: %v", key, err)
+		}
+		if name, ok := HeaderConditionName(key); !ok || name != AuthorityHeader {
+			t.Errorf("%s: HeaderConditionName gives %q %v", key, name, ok)
 		}
 	}
 }

@@ -286,6 +286,12 @@ func (w *walker) istioMatch(mp string, mm map[string]any, warn bool) (rm RouteMa
 		hs := obj(mm[f.key])
 		delete(mm, f.key)
 		for _, hn := range sortedKeys(hs) {
+			if f.key != "queryParams" && strings.HasPrefix(hn, ":") && !strings.EqualFold(hn, ":authority") {
+				// A Route refuses it (only :authority is evaluated);
+				// ignoring it would widen the match.
+				warnf("%s is skipped: %s.%s.%s: pseudo-header matches other than :authority are not supported", mp, mp, f.key, hn)
+				return rm, false, nil
+			}
 			hv := obj(hs[hn])
 			sm, err := stringMatch(mp+"."+f.key+"."+hn, hv)
 			if err != nil {

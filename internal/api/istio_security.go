@@ -202,7 +202,10 @@ func (w *walker) authzRule(path string, r map[string]any, ns string, deny bool) 
 				}
 			}
 		}
-		_, header := HeaderConditionName(key)
+		name, header := HeaderConditionName(key)
+		if header && name != AuthorityHeader && strings.HasPrefix(name, ":") {
+			header = false // :method, :path, :scheme: not evaluated (Validate refuses them)
+		}
 		switch {
 		case header, key == "source.principal", key == "source.namespace", key == "destination.port":
 			rule.When = append(rule.When, AuthzCondition{Key: key, Values: values, NotValues: notValues})

@@ -298,7 +298,9 @@ func (r *Route) Validate() error {
 }
 
 // compileMatchMap compiles each StringMatch of a map, lower-casing the
-// names of headers (nil stays nil).
+// names of headers (nil stays nil). :authority is host, the request's
+// authority (HTTP/1.1 Host, HTTP/2 :authority, port included); other
+// pseudo-headers are refused rather than left to never match.
 func compileMatchMap(field string, ms map[string]StringMatch, header bool) (map[string]StringMatch, error) {
 	if len(ms) == 0 {
 		return nil, nil
@@ -313,6 +315,15 @@ func compileMatchMap(field string, ms map[string]StringMatch, header bool) (map[
 		}
 		if header {
 			name = strings.ToLower(name)
+			switch {
+			case name == ":authority":
+				name = "host" // one header (Envoy's :authority): the request's authority
+			case strings.HasPrefix(name, ":"):
+				return nil, fieldErr(field+name, "pseudo-header %s is not supported (only :authority, the same as host); match the method and path with method and path", name)
+			}
+			if _, dup := out[name]; dup {
+				return nil, fieldErr(field+name, "host and :authority are one header; give one")
+			}
 		}
 		out[name] = sm
 	}

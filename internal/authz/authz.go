@@ -66,8 +66,11 @@ type Request struct {
 	PortNumber int
 	Proto      Proto
 	// HTTP only. Header keys are canonical (as net/http gives them).
-	Method, Path string
-	Header       http.Header
+	// Host is the authority (HTTP/1.1 Host, HTTP/2 :authority, which
+	// net/http keeps out of Header), as received: conditions on
+	// request.headers[host] and request.headers[:authority] match it.
+	Method, Path, Host string
+	Header             http.Header
 	// MQTT only.
 	MQTT  MQTTAction
 	Topic string
@@ -340,6 +343,7 @@ const (
 	condNamespace
 	condNode
 	condPort
+	condAuthority // request.headers[host] or [:authority]: Request.Host
 )
 
 type condition struct {
@@ -404,7 +408,14 @@ func compilePolicy(ap *api.AuthorizationPolicy) (*policy, error) {
 				if !ok {
 					return nil, fmt.Errorf("spec.rules[%d].when[%d].key %q is not supported", i, j, c.Key)
 				}
-				cd.kind, cd.header = condHeader, http.CanonicalHeaderKey(name)
+				switch {
+				case name == api.AuthorityHeader:
+					cd.kind = condAuthority
+				case strings.HasPrefix(name, ":"):
+					return nil, fmt.Errorf("spec.rules[%d].when[%d].key %q: pseudo-header %s is not supported", i, j, c.Key, name)
+				default:
+					cd.kind, cd.header = condHeader, http.CanonicalHeaderKey(name)
+				}
 				p.http = true
 			}
 			r.when = append(r.when, cd)
@@ -532,6 +543,18 @@ func (c *condition) matches(r *Request, srcNS string, deny bool) bool {
 	case condPort:
 		return (len(c.values) == 0 || c.values.allows(r.Port) || c.values.allows(strconv.Itoa(r.PortNumber))) &&
 			c.notValues.refuses(r.Port) && c.notValues.refuses(strconv.Itoa(r.PortNumber))
+	case condAuthority:
+		if r.Proto != HTTP {
+			return unknown(deny, true)
+		}
+		// One value (net/http refuses a request with two Host lines); a
+		// request without one (HTTP/1.0) has no such header. Host names
+		// are case-insensitive (RFC 4343): a DENY on example.com also
+		// refuses EXAMPLE.com.
+		if r.Host == "" {
+			return len(c.values) == 0
+		}
+		return (len(c.values) == 0 || c.values.anyFold(r.Host)) && !c.notValues.anyFold(r.Host)
 	case condHeader:
 		if r.Proto != HTTP {
 			return unknown(deny, true)

@@ -65,6 +65,33 @@ func (ps patterns) any(v string) bool {
 	return false
 }
 
+// anyFold is any, ignoring case (host names, RFC 4343). It does not
+// allocate.
+func (ps patterns) anyFold(v string) bool {
+	if v == "" {
+		return false
+	}
+	for _, p := range ps {
+		switch n := len(p.s); p.kind {
+		case exact:
+			if strings.EqualFold(v, p.s) {
+				return true
+			}
+		case prefix:
+			if len(v) >= n && strings.EqualFold(v[:n], p.s) {
+				return true
+			}
+		case suffix:
+			if len(v) >= n && strings.EqualFold(v[len(v)-n:], p.s) {
+				return true
+			}
+		default:
+			return true
+		}
+	}
+	return false
+}
+
 // anyHeader is any for a header's value: a header sent empty is present,
 // so it matches "*" (Istio's presence match, Envoy's present_match).
 func (ps patterns) anyHeader(v string) bool {

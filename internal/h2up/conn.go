@@ -108,13 +108,12 @@ type conn struct {
 	connCredit int   // received bytes consumed, not yet returned in a WINDOW_UPDATE
 	recvWin    int64 // the connection's receive window left
 	idle       *time.Timer
-	// The stall watchdog (stallwatch.go): wd ticks while wdArmed; wdSeen
-	// is wseq at its last tick, wdSame the ticks in a row that saw that
-	// Write in progress.
-	wd      *time.Timer
-	wdArmed bool
-	wdSeen  uint64
-	wdSame  int
+	// The stall watchdog (stallwatch.go): wd ticks unless wseq holds
+	// wdOff; wdSeen is wseq at its last tick, wdSame the ticks in a row
+	// that saw that Write in progress.
+	wd     *time.Timer
+	wdSeen uint64
+	wdSame int
 
 	// Read loop only: br is the framer's reader; wakeLater, streams whose
 	// readers were not yet woken for data because the next frame was
@@ -144,6 +143,10 @@ func newConn(p *Pool, nc net.Conn) (*conn, error) {
 		nc.Close()
 		return nil, fmt.Errorf("h2up: preface: %w", err)
 	}
+	// The watchdog starts stopped (wdOff), once the preface is sent.
+	c.wd = time.AfterFunc(time.Hour, c.watchdogTick)
+	c.wd.Stop()
+	c.wseq.Or(wdOff)
 	go c.readLoop()
 	return c, nil
 }
@@ -323,9 +326,7 @@ func (c *conn) closeIf(err error, cond func() bool) {
 	if c.idle != nil {
 		c.idle.Stop()
 	}
-	if c.wd != nil {
-		c.wd.Stop()
-	}
+	c.wd.Stop()
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.p.remove(c)

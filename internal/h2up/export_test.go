@@ -100,3 +100,16 @@ func Conns(p *Pool) int {
 	defer p.mu.Unlock()
 	return len(p.conns)
 }
+
+// WatchdogStopped reports whether p has a connection and the stall
+// watchdogs of all its connections are stopped (their connections idle).
+func WatchdogStopped(p *Pool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		if c.wseq.Load()&wdOff == 0 {
+			return false
+		}
+	}
+	return len(p.conns) > 0
+}
