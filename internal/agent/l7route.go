@@ -16,7 +16,13 @@ import (
 // hashKeyOf returns the request's consistent-hash key ("" if none).
 func hashKeyOf(req *http.Request, hk *api.HashKey) string {
 	if hk.Header != "" {
-		if v := req.Header.Get(hk.Header); v != "" {
+		v := ""
+		if strings.EqualFold(hk.Header, "host") || strings.EqualFold(hk.Header, ":authority") {
+			v = req.Host // Go keeps Host out of the header map; Envoy hashes the authority
+		} else {
+			v = req.Header.Get(hk.Header)
+		}
+		if v != "" {
 			return v
 		}
 	}
