@@ -52,6 +52,30 @@ spec:
 		{target: "/", header: http.Header{"Host": {"shop.example.com"}}, n: 3, want: "200"},
 		{target: "/", n: 3, want: "200"},
 	}},
+	// to.operation.hosts and notHosts (Istio's): the authority as sent,
+	// port included, case ignored. They used to be skipped: the ALLOW rule
+	// was dropped (denying everything), the DENY's condition ignored.
+	{name: "ALLOW on operation.hosts, DENY on operation.notHosts", docs: `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: SVC-hosts, namespace: demo}
+spec:
+  selector: {matchLabels: {app: SVC}}
+  rules: [{to: [{operation: {hosts: ["shop.example.com", "shop.example.com:*", "*.shop.example.com"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: SVC-not-hosts, namespace: demo}
+spec:
+  selector: {matchLabels: {app: SVC}}
+  action: DENY
+  rules: [{to: [{operation: {notHosts: ["*.example.com", "shop.example.com:*"]}}]}]
+`, reqs: []istioReq{
+		{target: "/", header: http.Header{"Host": {"shop.example.com"}}, n: 3, want: "200"},
+		{target: "/", header: http.Header{"Host": {"SHOP.example.com:8080"}}, n: 3, want: "200"},
+		{target: "/", header: http.Header{"Host": {"eu.shop.example.com"}}, n: 3, want: "200"},
+		{target: "/", header: http.Header{"Host": {"admin.example.com"}}, n: 3, want: "403"},
+		{target: "/", header: http.Header{"Host": {"shop.example.org"}}, n: 3, want: "403"},
+	}},
 }
 
 // TestIstioHostHeader runs hostHeaderCases through a client and a server

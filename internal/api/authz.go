@@ -103,6 +103,13 @@ type AuthzOperation struct {
 	// "*". gRPC paths are /package.Service/Method.
 	Paths    []string `json:"paths,omitempty"`
 	NotPaths []string `json:"notPaths,omitempty"`
+	// Hosts are the request's authority (HTTP/1.1 Host, HTTP/2
+	// :authority) as sent, port included, matched without regard to case:
+	// exact, prefix ("api.*"), suffix ("*.example.com") or "*", as Istio's
+	// operation.hosts. List "example.com:*" beside "example.com" to match
+	// it with any port.
+	Hosts    []string `json:"hosts,omitempty"`
+	NotHosts []string `json:"notHosts,omitempty"`
 	// Publish and Subscribe are MQTT topic filters (+ one level, # the
 	// rest). A PUBLISH matches when its topic matches one of Publish; a
 	// SUBSCRIBE filter matches when one of Subscribe covers it (every
@@ -198,7 +205,7 @@ func (p *AuthorizationPolicy) Validate() error {
 				name string
 				vs   []string
 			}{{"ports", o.Ports}, {"notPorts", o.NotPorts}, {"methods", o.Methods}, {"notMethods", o.NotMethods},
-				{"paths", o.Paths}, {"notPaths", o.NotPaths}} {
+				{"paths", o.Paths}, {"notPaths", o.NotPaths}, {"hosts", o.Hosts}, {"notHosts", o.NotHosts}} {
 				if err := validPatterns(of+"."+l.name, l.vs); err != nil {
 					return err
 				}

@@ -118,12 +118,14 @@ func TestIstioAuthorizationForms(t *testing.T) {
 	p := objs[0].(*AuthorizationPolicy)
 	// notMethods [delete]: Istio matches methods case-sensitively, so
 	// "delete" excludes no request; upper-casing it would deny less.
+	// hosts [a]: translated (the request's authority), no longer ignored.
 	if p.Spec.Action != ActionDeny || len(p.Spec.Rules) != 1 || len(p.Spec.Rules[0].To[0].NotMethods) != 0 ||
+		strings.Join(p.Spec.Rules[0].To[0].Hosts, ",") != "a" ||
 		p.Spec.Rules[0].When[0].Values[0] != "spiffe://fogmesh.local/ns/a/sa/b" || p.Spec.Service != "" {
 		t.Fatalf("%+v", p)
 	}
-	if all := strings.Join(warns, "\n"); len(warns) != 4 || !strings.Contains(all, "ipBlocks is not supported and is ignored") ||
-		!strings.Contains(all, "operation.hosts") || !strings.Contains(all, `"source.ip"`) ||
+	if all := strings.Join(warns, "\n"); len(warns) != 3 || !strings.Contains(all, "ipBlocks is not supported and is ignored") ||
+		strings.Contains(all, "operation.hosts") || !strings.Contains(all, `"source.ip"`) ||
 		!strings.Contains(all, `spec.rules[0].to[0].operation.notMethods "delete" is not upper case`) {
 		t.Fatalf("warnings:\n%s", all)
 	}

@@ -10,7 +10,7 @@ import (
 // documents become fogmesh AuthorizationPolicies, PeerAuthentication is
 // checked against what fogmesh always does (mutual TLS between agents).
 //
-// A condition fogmesh cannot evaluate (requestPrincipals, ipBlocks, hosts,
+// A condition fogmesh cannot evaluate (requestPrincipals, ipBlocks,
 // a when key it does not know) is never silently dropped: it is warned
 // about, and the translation fails closed. In an ALLOW policy the rule
 // holding it is dropped (it can never match, so it opens nothing; an ALLOW
@@ -158,7 +158,7 @@ func (w *walker) authzRule(path string, r map[string]any, ns string, deny bool) 
 			key string
 			dst *[]string
 		}{{"methods", &o.Methods}, {"notMethods", &o.NotMethods}, {"paths", &o.Paths}, {"notPaths", &o.NotPaths},
-			{"ports", &o.Ports}, {"notPorts", &o.NotPorts}} {
+			{"ports", &o.Ports}, {"notPorts", &o.NotPorts}, {"hosts", &o.Hosts}, {"notHosts", &o.NotHosts}} {
 			vs, err := stringList(tp+".operation."+f.key, op, f.key)
 			if err != nil {
 				return rule, false, err
@@ -166,7 +166,7 @@ func (w *walker) authzRule(path string, r map[string]any, ns string, deny bool) 
 			*f.dst = vs
 		}
 		for _, k := range sortedKeys(op) {
-			unsupported(tp + ".operation." + k) // hosts, notHosts
+			unsupported(tp + ".operation." + k)
 		}
 		methodsGiven := len(o.Methods) > 0
 		o.Methods = w.istioMethods(tp+".operation.methods", o.Methods)

@@ -331,6 +331,7 @@ type source struct {
 type operation struct {
 	ports, notPorts                      []portMatch
 	methods, notMethods, paths, notPaths patterns
+	hosts, notHosts                      patterns   // matched ignoring case (anyFold)
 	publish, subscribe                   [][]string // topic filters, split in levels
 	http, mqtt                           bool
 }
@@ -373,8 +374,9 @@ func compilePolicy(ap *api.AuthorizationPolicy) (*policy, error) {
 			op := operation{
 				ports: compilePorts(o.Ports), notPorts: compilePorts(o.NotPorts),
 				methods: compilePatterns(o.Methods), notMethods: compilePatterns(o.NotMethods),
-				paths: compilePatterns(o.Paths), notPaths: compilePatterns(o.NotPaths)}
-			op.http = len(op.methods)+len(op.notMethods)+len(op.paths)+len(op.notPaths) > 0
+				paths: compilePatterns(o.Paths), notPaths: compilePatterns(o.NotPaths),
+				hosts: compilePatterns(o.Hosts), notHosts: compilePatterns(o.NotHosts)}
+			op.http = len(op.methods)+len(op.notMethods)+len(op.paths)+len(op.notPaths)+len(op.hosts)+len(op.notHosts) > 0
 			for k, f := range o.Publish {
 				if err := api.ValidTopicFilter(f); err != nil {
 					return nil, fmt.Errorf("spec.rules[%d].to[%d].publish[%d]: %w", i, j, k, err)
@@ -496,7 +498,8 @@ func (o *operation) matches(r *Request, deny bool) bool {
 				return false
 			}
 		} else if !(o.methods.allows(r.Method) && o.notMethods.refuses(r.Method) &&
-			o.paths.allows(r.Path) && o.notPaths.refuses(r.Path)) {
+			o.paths.allows(r.Path) && o.notPaths.refuses(r.Path) &&
+			(len(o.hosts) == 0 || o.hosts.anyFold(r.Host)) && !o.notHosts.anyFold(r.Host)) {
 			return false
 		}
 	}

@@ -71,3 +71,33 @@ func TestHostDecisionDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocs per decision", n)
 	}
 }
+
+// TestOperationHosts: to.hosts and to.notHosts match the request's
+// authority as sent (port included), ignoring case, as Istio's
+// operation.hosts.
+func TestOperationHosts(t *testing.T) {
+	allow := compile(t, pol("shop", "hosts", `{service: orders, rules: [{to: [{hosts: ["shop.example.com", "shop.example.com:*", "*.eu.example.com"]}]}]}`))
+	deny := compile(t,
+		pol("shop", "allow-all", `{service: orders, rules: [{}]}`),
+		pol("shop", "not-hosts", `{service: orders, action: DENY, rules: [{to: [{notHosts: ["*.example.com"]}]}]}`))
+	for _, c := range []struct {
+		e     *Engine
+		name  string
+		req   *Request
+		allow bool
+	}{
+		{allow, "listed host", hostReq("shop.example.com"), true},
+		{allow, "listed host, other case, port", hostReq("Shop.Example.com:8080"), true},
+		{allow, "suffix", hostReq("a.EU.example.com"), true},
+		{allow, "suffix with a port is another string", hostReq("a.eu.example.com:80"), false},
+		{allow, "other host", hostReq("admin.example.com"), false},
+		{allow, "no host", hostReq(""), false},
+		{allow, "tcp", tcpReq(other), false},
+		{deny, "in notHosts' complement", hostReq("shop.example.org"), false},
+		{deny, "in notHosts", hostReq("shop.EXAMPLE.com"), true},
+	} {
+		if d := c.e.Decide(c.req); d.Allow != c.allow {
+			t.Errorf("%s: got %+v, want allow=%v", c.name, d, c.allow)
+		}
+	}
+}
