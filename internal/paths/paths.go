@@ -216,6 +216,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Metrics.GetOrCreateGauge(fmt.Sprintf(`fogmesh_punch_refused_total{reason=%q}`, r.reason),
 			func() float64 { return float64(r.count(m.punchStats())) })
 	}
+	cfg.Metrics.GetOrCreateGauge(`fogmesh_punch_nonces_evicted_total`, func() float64 { return float64(m.punchStats().NoncesEvicted) })
 	m.punch.reason = "no relays configured"
 	if len(cfg.Relays) > 0 {
 		pool, err := relay.NewPool(relay.PoolConfig{Relays: cfg.Relays, TLS: cfg.RelayTLS, KeepAlive: cfg.KeepAlive,

@@ -91,6 +91,9 @@ func TestPunchRefusalsInMetrics(t *testing.T) {
 			t.Errorf("no fogmesh_punch_refused_total{reason=%q}", r)
 		}
 	}
+	if !strings.Contains(sb.String(), "fogmesh_punch_nonces_evicted_total 0") {
+		t.Error("no fogmesh_punch_nonces_evicted_total (the nonce store's evictions, internal/punch nonces.go)")
+	}
 }
 
 // TestIntroductionFromUnknownNodeDropped: an introduction from a node the
