@@ -131,14 +131,21 @@ func openSegments(dir, base string, maxBytes int64, maxFiles int, noSync bool) (
 }
 
 // lastGood returns the length of the prefix of b that ends with the last
-// line holding a valid record, that record, and the seq of the first line.
+// line holding a valid record, that record, and the seq of the first valid
+// record (a damaged first line must not leave the file without a first
+// seq: it would be rotated to a name the rotated-file listing skips).
 // A valid record here is one that decodes with a correct hash; whether it
 // chains is Verify's business.
 func lastGood(b []byte) (n int, last *Record, first uint64) {
-	if i := bytes.IndexByte(b, '\n'); i >= 0 {
-		if r, err := DecodeLine(b[:i]); err == nil {
+	for rest := b; first == 0; {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			break
+		}
+		if r, err := DecodeLine(rest[:i]); err == nil {
 			first = r.Seq
 		}
+		rest = rest[i+1:]
 	}
 	end := len(b)
 	for end > 0 {

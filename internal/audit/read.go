@@ -55,9 +55,11 @@ func (s *segments) readFrom(seq uint64, max int) ([]Record, error) {
 	for _, f := range files {
 		br := bufio.NewReaderSize(f, 64<<10)
 		for len(out) < max {
-			line, err := br.ReadSlice('\n')
-			if err == bufio.ErrBufferFull {
-				return nil, fmt.Errorf("audit: %s: line too long", f.Name())
+			// readLine, not ReadSlice: a record's line may be longer
+			// than the buffer (up to maxLine, as DecodeLine takes).
+			line, err := readLine(br)
+			if errors.Is(err, errLongLine) {
+				return nil, fmt.Errorf("audit: %s: %w", f.Name(), err)
 			}
 			if err != nil {
 				break // EOF, or a line still being written

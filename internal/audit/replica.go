@@ -118,32 +118,9 @@ func (r *Replica) Append(recs []Record) (uint64, error) {
 			}
 			continue
 		}
-		if rec.Seq != seq+1 {
-			return r.seq, fmt.Errorf("%w: got seq %d, want %d", ErrGap, rec.Seq, seq+1)
-		}
-		if err := rec.checkFields(); err != nil {
-			return r.seq, fmt.Errorf("%w: %v", ErrInvalid, err)
-		}
-		if err := rec.checkHash(); err != nil {
-			return r.seq, fmt.Errorf("%w: seq %d: %v", ErrInvalid, rec.Seq, err)
-		}
-		if rec.Prev != hash {
-			return r.seq, fmt.Errorf("%w: seq %d does not chain to seq %d", ErrFork, rec.Seq, seq)
-		}
-		if rec.Kind == KindCheckpoint && r.pub != nil {
-			if err := VerifySignature(r.pub, rec); err != nil {
-				return r.seq, fmt.Errorf("%w: %v", ErrInvalid, err)
-			}
-		}
-		line, err := rec.MarshalLine()
+		line, err := checkNext(rec, seq, hash, r.pub)
 		if err != nil {
-			return r.seq, fmt.Errorf("%w: seq %d: %v", ErrInvalid, rec.Seq, err)
-		}
-		if _, err := DecodeLine(line); err != nil {
-			// Decoded from JSON into a form that does not re-encode the
-			// same (a non-UTC time, say): its hash cannot be checked
-			// from the stored line later.
-			return r.seq, fmt.Errorf("%w: seq %d: %v", ErrInvalid, rec.Seq, err)
+			return r.seq, err
 		}
 		if first == 0 {
 			first = rec.Seq
@@ -170,6 +147,59 @@ func (r *Replica) Append(recs []Record) (uint64, error) {
 	}
 	r.seq, r.hash = seq, hash
 	return r.seq, nil
+}
+
+// checkNext checks that rec, a well-formed record, follows seq (whose
+// hash is hash) and returns its line; pub, if set, checks a checkpoint's
+// signature. An error wraps ErrGap, ErrFork or ErrInvalid.
+func checkNext(rec *Record, seq uint64, hash string, pub crypto.PublicKey) ([]byte, error) {
+	if rec.Seq != seq+1 {
+		return nil, fmt.Errorf("%w: got seq %d, want %d", ErrGap, rec.Seq, seq+1)
+	}
+	if err := rec.checkFields(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := rec.checkHash(); err != nil {
+		return nil, fmt.Errorf("%w: seq %d: %v", ErrInvalid, rec.Seq, err)
+	}
+	if rec.Prev != hash {
+		return nil, fmt.Errorf("%w: seq %d does not chain to seq %d", ErrFork, rec.Seq, seq)
+	}
+	if rec.Kind == KindCheckpoint && pub != nil {
+		if err := VerifySignature(pub, rec); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+	}
+	line, err := rec.MarshalLine()
+	if err != nil {
+		return nil, fmt.Errorf("%w: seq %d: %v", ErrInvalid, rec.Seq, err)
+	}
+	if _, err := DecodeLine(line); err != nil {
+		// Decoded from JSON into a form that does not re-encode the
+		// same (a non-UTC time, say): its hash cannot be checked
+		// from the stored line later.
+		return nil, fmt.Errorf("%w: seq %d: %v", ErrInvalid, rec.Seq, err)
+	}
+	return line, nil
+}
+
+// CheckStart checks, writing nothing, that recs begin a chain of node
+// from seq 1 as Append would take them into an empty replica (pub, if
+// set, checks checkpoint signatures): what a restart must pass before the
+// chain held is archived for it.
+func CheckStart(node string, pub crypto.PublicKey, recs []Record) error {
+	seq, hash := uint64(0), Genesis
+	for i := range recs {
+		rec := &recs[i]
+		if rec.Node != node {
+			return fmt.Errorf("%w: seq %d is a record of node %q", ErrInvalid, rec.Seq, rec.Node)
+		}
+		if _, err := checkNext(rec, seq, hash, pub); err != nil {
+			return err
+		}
+		seq, hash = rec.Seq, rec.Hash
+	}
+	return nil
 }
 
 // Verify verifies the replica's files with v.

@@ -411,6 +411,14 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if got, err := r.ReadFrom(1, 1); err == nil && len(got) == 1 && got[0].Hash == recs[0].Hash {
 		return nil
 	}
+	// Check the new chain's batch before the old chain is moved aside: a
+	// refused restart leaves the chain held as it was.
+	s.mu.Lock()
+	key := s.audit.keys[node]
+	s.mu.Unlock()
+	if err := audit.CheckStart(node, key, recs); err != nil {
+		return err
+	}
 	om := s.audit.openLock(node) // no replica() opens the directory while it is archived
 	om.Lock()
 	defer om.Unlock()

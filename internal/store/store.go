@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -101,6 +102,13 @@ type Change struct {
 func Open(path string, opts Options) (*Store, error) {
 	if opts.LogRetention <= 0 {
 		opts.LogRetention = 10000
+	}
+	// bbolt makes a new database in a file of zero bytes. One that exists
+	// empty was cut (a restore gone wrong, a damaged disk): opening it
+	// would start from nothing and forget, without a word, the deny list,
+	// the used tokens and the audit heads.
+	if fi, err := os.Stat(path); err == nil && fi.Size() == 0 {
+		return nil, fmt.Errorf("store: %s is empty (0 bytes): the store was truncated or damaged; not starting with an empty store, which would forget revocations, tokens and audit heads: restore it from a backup, or remove it to start a new store", path)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
