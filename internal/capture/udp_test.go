@@ -140,3 +140,47 @@ func TestRedirectUDPFromPod(t *testing.T) {
 		t.Fatalf("a pod's datagram arrived at loopback: %q", got)
 	}
 }
+
+// TestUDPDirectRefused: a capture UDP socket binds every address (a pod's
+// redirected datagram arrives at its interface's), so without a rule any
+// host that reaches the node could send to it directly, from anywhere,
+// and be proxied into the mesh as if it had sent to the ClusterIP. Only
+// redirected datagrams may reach it: a datagram sent straight to the
+// socket's port is dropped, a redirected one still answered.
+func TestUDPDirectRefused(t *testing.T) {
+	ns, fd, port := setup(t)
+	var pc *capture.PktConn
+	if err := ns.Do(func() (err error) {
+		pc, err = capture.ListenPkt(context.Background(), "udp4", "0.0.0.0:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	udpEcho(t, pc, "dns")
+	lport := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	direct := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), lport).String()
+	if got, err := udpCall(t, ns, direct, "before"); err != nil || got != "dns to 127.0.0.1: before" {
+		t.Fatalf("the socket before any rule: %q, %v", got, err)
+	}
+	r, err := capture.Install(capture.Config{Port: port, NetNSFd: fd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Remove() })
+	if _, err := r.SyncUDP(map[netip.AddrPort]uint16{netip.MustParseAddrPort("10.96.0.10:53"): lport}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := udpCall(t, ns, "10.96.0.10:53", "q"); err != nil || got != "dns to 127.0.0.1: q" {
+		t.Fatalf("redirected: %q, %v", got, err)
+	}
+	if got, err := udpCall(t, ns, direct, "direct"); err == nil {
+		t.Fatalf("a datagram sent straight to the capture socket %s was answered: %q", direct, got)
+	}
+	// Out of the map, the port is no longer the agent's to guard.
+	if _, err := r.SyncUDP(nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := udpCall(t, ns, direct, "after"); err != nil || got != "dns to 127.0.0.1: after" {
+		t.Fatalf("the socket after its destination left the map: %q, %v", got, err)
+	}
+}
