@@ -256,7 +256,7 @@ func (f *udpFlow) open(v *view, sv *serviceView, port, clientID string) (upstrea
 			}
 		}
 		if ev.mesh == "" { // local or static: UDP to the workload
-			addr, err := ev.ep.AddrPort(port)
+			addr, err := a.endpointAddr(ev.ep, port, true)
 			if err != nil {
 				continue
 			}
