@@ -388,7 +388,7 @@ func TestCaptureClusterIP(t *testing.T) {
 	for _, ch := range chains {
 		want := 4 // TCP and UDP, IPv4 and IPv6
 		if ch.Name == "input" {
-			want = 1 // drop UDP to the capture ports not redirected there
+			want = 2 // drop UDP to the capture ports not redirected there, per family
 		}
 		if rules, err := conn.GetRules(ch.Table, ch); err != nil || len(rules) != want {
 			t.Errorf("chain %s: %d rules (%v), want %d", ch.Name, len(rules), err, want)

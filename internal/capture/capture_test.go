@@ -148,7 +148,7 @@ func TestInstallReplacesLeftovers(t *testing.T) {
 	for _, ch := range chains {
 		want := 2 // TCP and UDP, IPv4
 		if ch.Name == "input" {
-			want = 1 // drop UDP to the agent's ports not redirected there
+			want = 1 // drop UDP to the agent's ports not redirected there (IPv4)
 		}
 		rules, err := conn.GetRules(ch.Table, ch)
 		if err != nil || len(rules) != want {
