@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/capture"
 )
 
@@ -221,6 +222,35 @@ func (a *Agent) syncCaptureUDPLocked(v *view) map[netip.AddrPort]uint16 {
 		ports[d] = uint16(pc.LocalAddr().(*net.UDPAddr).Port)
 	}
 	return ports
+}
+
+// errLoopsBack refuses an endpoint address that leads back into this
+// agent: one of its own virtual IP:ports, or, with capture on, a captured
+// ClusterIP:port. Dialed, it would be accepted here and dialed again,
+// without end, until the agent has no file descriptor left (a
+// selectorless Kubernetes Service whose EndpointSlice names its own
+// ClusterIP is enough).
+var errLoopsBack = errors.New("endpoint address leads back into this agent")
+
+// endpointAddr is e's address for port, to dial directly (TCP, or UDP
+// when udp); errLoopsBack when that would come back here.
+func (a *Agent) endpointAddr(e *api.Endpoint, port string, udp bool) (netip.AddrPort, error) {
+	addr, err := e.AddrPort(port)
+	if err != nil {
+		return addr, err
+	}
+	if v := a.view.Load(); v != nil {
+		t, vip := v.byVIP[addr]
+		captured := v.byClusterIP
+		if udp {
+			captured = v.udpClusterIP
+		}
+		_, isClusterIP := captured[addr]
+		if vip && (t.proto == "udp") == udp || isClusterIP && a.capture.rules != nil {
+			return netip.AddrPort{}, fmt.Errorf("%w: %s", errLoopsBack, addr)
+		}
+	}
+	return addr, nil
 }
 
 // CaptureStatus returns the state of transparent capture.

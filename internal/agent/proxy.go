@@ -210,7 +210,7 @@ func (a *Agent) dialStream(ctx context.Context, sv *serviceView, ev *endpointVie
 			Namespace: sv.svc.Meta.Namespace, Service: sv.svc.Meta.Name,
 			Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name, SourceID: clientIdentityFrom(ctx), L7: l7})
 	}
-	addr, err := ev.ep.AddrPort(port)
+	addr, err := a.endpointAddr(ev.ep, port, false)
 	if err != nil {
 		return nil, err
 	}
@@ -345,7 +345,7 @@ func (a *Agent) DialLocal(ctx context.Context, h transport.Header) (net.Conn, er
 	if !ok {
 		return nil, fmt.Errorf("%w: %s/%s endpoint %s", transport.ErrUnknownDestination, h.Namespace, h.Service, h.Endpoint)
 	}
-	addr, err := e.AddrPort(h.Port)
+	addr, err := a.endpointAddr(&e, h.Port, false)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", transport.ErrUnknownDestination, err)
 	}

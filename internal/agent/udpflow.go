@@ -256,7 +256,7 @@ func (f *udpFlow) open(v *view, sv *serviceView, port, clientID string) (upstrea
 			}
 		}
 		if ev.mesh == "" { // local or static: UDP to the workload
-			addr, err := ev.ep.AddrPort(port)
+			addr, err := a.endpointAddr(ev.ep, port, true)
 			if err != nil {
 				continue
 			}
@@ -347,6 +347,12 @@ func (f *udpFlow) pump(up upstream, sv *serviceView, ev *endpointView, idle time
 		up.close()
 		<-downErr
 		return err
+	}
+	// A send blocked on a mesh stream its peer does not read stops the
+	// select below: ctx closes up, and a send blocks for idle at most.
+	defer context.AfterFunc(f.ctx, up.close)()
+	if mu, ok := up.(*meshUpstream); ok {
+		mu.idle = idle
 	}
 	timer := time.NewTimer(idle)
 	defer timer.Stop()
@@ -461,13 +467,21 @@ func (u *udpUpstream) close()                       { u.c.Close() }
 
 // meshUpstream is a mesh stream carrying one flow's framed datagrams.
 type meshUpstream struct {
-	s   net.Conn
-	r   *udpframe.Reader
-	buf []byte
+	s    net.Conn
+	r    *udpframe.Reader
+	buf  []byte
+	idle time.Duration // a send blocks this long at most (write deadline)
+	dl   time.Time     // when the deadline was last moved on (every idle/4)
 }
 
 // send writes the batch as frames in one write.
 func (u *meshUpstream) send(batch [][]byte) error {
+	if u.idle > 0 {
+		if now := time.Now(); now.Sub(u.dl) > u.idle/4 {
+			u.s.SetWriteDeadline(now.Add(u.idle))
+			u.dl = now
+		}
+	}
 	u.buf = u.buf[:0]
 	for _, d := range batch {
 		var err error

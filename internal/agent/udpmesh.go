@@ -65,7 +65,7 @@ func (a *Agent) dialLocalUDP(ctx context.Context, h transport.Header) (udp bool,
 		return true, nil, fmt.Errorf("%w: %s/%s endpoint %s", transport.ErrUnknownDestination, h.Namespace, h.Service, h.Endpoint)
 	}
 	e := ws.w.endpoint(a.cfg.Node.Name, true)
-	addr, err := e.AddrPort(h.Port)
+	addr, err := a.endpointAddr(&e, h.Port, true)
 	if err != nil {
 		return true, nil, fmt.Errorf("%w: %v", transport.ErrUnknownDestination, err)
 	}

@@ -12,8 +12,13 @@
 //		set dst6 { type ipv6_addr . inet_service }   # with Config.Port6
 //		map udp4 { type ipv4_addr . inet_service : inet_service }   # UDP: ClusterIP . port : the agent's port
 //		map udp6 { type ipv6_addr . inet_service : inet_service }   # with Config.Port6
+//		set uports4 { type inet_service }   # the agent's ports in udp4
+//		set uports6 { type inet_service }   # and in udp6, with Config.Port6
 //		chain output     { type nat hook output     priority dstnat - 10; ... }
 //		chain prerouting { type nat hook prerouting priority dstnat - 10; ... }
+//		chain input { type filter hook input priority filter;
+//			meta nfproto ipv4 meta l4proto udp udp dport @uports4 ct status & dnat == 0 drop
+//			(and ipv6, @uports6) }
 //	}
 //
 // Both chains hold a TCP and a UDP rule per family. A TCP packet whose
@@ -25,7 +30,12 @@
 // cannot read it back, so a UDP packet is redirected to the port the map
 // names for its destination, one per captured ClusterIP:port, where the
 // agent holds a socket (PktConn) that replies from the address the
-// datagram came to, which conntrack maps back to the ClusterIP.
+// datagram came to, which conntrack maps back to the ClusterIP. Such a
+// socket binds every address (a pod's datagram arrives at the address of
+// its interface) and cannot tell a redirected datagram from one sent
+// straight to its port, by any host that reaches the node: the input
+// chain drops a datagram to one of those ports that no redirect rewrote
+// (the TCP listener tells them apart itself: Redirected).
 //
 // # Living beside kube-proxy
 //
@@ -105,6 +115,9 @@ type Rules struct {
 	// UDP: maps of ClusterIP . port to the agent's port for it.
 	udp4, udp6 *nftables.Set // udp6 nil without Port6
 	udpDests   map[netip.AddrPort]uint16
+	// The ports udpDests map to, per family (another family's socket may
+	// hold the same number): only redirected datagrams reach them.
+	uports4, uports6 *nftables.Set // uports6 nil without Port6
 }
 
 // Install removes a leftover table of a previous run and installs the
@@ -148,6 +161,21 @@ func Install(cfg Config) (*Rules, error) {
 			return nil, fmt.Errorf("capture: install: map: %w", err)
 		}
 	}
+	in := conn.AddChain(&nftables.Chain{Name: "input", Table: r.table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
+	r.uports4 = &nftables.Set{Table: r.table, Name: "uports4", KeyType: nftables.TypeInetService}
+	if cfg.Port6 != 0 {
+		r.uports6 = &nftables.Set{Table: r.table, Name: "uports6", KeyType: nftables.TypeInetService}
+	}
+	for fam, set := range map[byte]*nftables.Set{unix.NFPROTO_IPV4: r.uports4, unix.NFPROTO_IPV6: r.uports6} {
+		if set == nil {
+			continue
+		}
+		if err := conn.AddSet(set, nil); err != nil {
+			return nil, fmt.Errorf("capture: install: set: %w", err)
+		}
+		conn.AddRule(&nftables.Rule{Table: r.table, Chain: in, Exprs: dropDirectUDP(fam, set)})
+	}
 	prio := nftables.ChainPriority(Priority)
 	for _, hook := range []*nftables.ChainHook{nftables.ChainHookOutput, nftables.ChainHookPrerouting} {
 		name := "output"
@@ -189,6 +217,27 @@ func redirectUDP(family byte, m *nftables.Set) []expr.Any {
 	return append(matchDst(family, unix.IPPROTO_UDP),
 		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
 		&expr.Redir{RegisterProtoMin: 1})
+}
+
+// dropDirectUDP is, for IPv4: meta nfproto ipv4 meta l4proto udp
+// udp dport @uports4 ct status & dnat == 0 drop — a datagram to one of the
+// agent's capture UDP ports that was not redirected there (IPS_DST_NAT:
+// set by redirect).
+func dropDirectUDP(family byte, ports *nftables.Set) []expr.Any {
+	const ipsDstNAT = 1 << 5 // enum ip_conntrack_status, IPS_DST_NAT_BIT 5
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{family}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: ports.Name, SetID: ports.ID},
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
 }
 
 // matchDst matches family and l4proto and loads the destination address
@@ -234,16 +283,27 @@ func (r *Rules) SyncUDP(dests map[netip.AddrPort]uint16) (skipped []netip.AddrPo
 	if maps.Equal(keep, r.udpDests) {
 		return skipped, nil
 	}
-	var e4, e6 []nftables.SetElement
+	var e4, e6, p4, p6 []nftables.SetElement
+	ports := map[netip.AddrPort]bool{} // family (the zero address of it) and port
 	for d, port := range keep {
 		val := binaryutil.BigEndian.PutUint16(port)
+		fam := netip.AddrPortFrom(netip.IPv4Unspecified(), port)
 		if d.Addr().Is4() {
 			e4 = append(e4, nftables.SetElement{Key: key4(d), Val: val})
 		} else {
 			e6 = append(e6, nftables.SetElement{Key: key6(d), Val: val})
+			fam = netip.AddrPortFrom(netip.IPv6Unspecified(), port)
+		}
+		if !ports[fam] {
+			ports[fam] = true
+			if d.Addr().Is4() {
+				p4 = append(p4, nftables.SetElement{Key: val})
+			} else {
+				p6 = append(p6, nftables.SetElement{Key: val})
+			}
 		}
 	}
-	if err := r.replaceLocked(setElems{r.udp4, e4}, setElems{r.udp6, e6}); err != nil {
+	if err := r.replaceLocked(setElems{r.udp4, e4}, setElems{r.udp6, e6}, setElems{r.uports4, p4}, setElems{r.uports6, p6}); err != nil {
 		return skipped, fmt.Errorf("capture: sync %d udp destinations: %w", len(keep), err)
 	}
 	r.udpDests = keep

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -138,5 +139,99 @@ func TestRedirectUDPFromPod(t *testing.T) {
 	}
 	if got == "dns to 127.0.0.1: q" {
 		t.Fatalf("a pod's datagram arrived at loopback: %q", got)
+	}
+}
+
+// TestUDPDirectRefused: a capture UDP socket binds every address (a pod's
+// redirected datagram arrives at its interface's), so without a rule any
+// host that reaches the node could send to it directly, from anywhere,
+// and be proxied into the mesh as if it had sent to the ClusterIP. Only
+// redirected datagrams may reach it: a datagram sent straight to the
+// socket's port is dropped, a redirected one still answered.
+func TestUDPDirectRefused(t *testing.T) {
+	ns, fd, port := setup(t)
+	var pc *capture.PktConn
+	if err := ns.Do(func() (err error) {
+		pc, err = capture.ListenPkt(context.Background(), "udp4", "0.0.0.0:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	udpEcho(t, pc, "dns")
+	lport := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	direct := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), lport).String()
+	if got, err := udpCall(t, ns, direct, "before"); err != nil || got != "dns to 127.0.0.1: before" {
+		t.Fatalf("the socket before any rule: %q, %v", got, err)
+	}
+	r, err := capture.Install(capture.Config{Port: port, NetNSFd: fd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Remove() })
+	if _, err := r.SyncUDP(map[netip.AddrPort]uint16{netip.MustParseAddrPort("10.96.0.10:53"): lport}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := udpCall(t, ns, "10.96.0.10:53", "q"); err != nil || got != "dns to 127.0.0.1: q" {
+		t.Fatalf("redirected: %q, %v", got, err)
+	}
+	if got, err := udpCall(t, ns, direct, "direct"); err == nil {
+		t.Fatalf("a datagram sent straight to the capture socket %s was answered: %q", direct, got)
+	}
+	// Out of the map, the port is no longer the agent's to guard.
+	if _, err := r.SyncUDP(nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := udpCall(t, ns, direct, "after"); err != nil || got != "dns to 127.0.0.1: after" {
+		t.Fatalf("the socket after its destination left the map: %q, %v", got, err)
+	}
+}
+
+// TestUDPDirectRefusedPerFamily: the guard of the capture UDP ports is per
+// family. An IPv6 capture socket (IPV6_V6ONLY) may share its port number
+// with another program's IPv4 socket (a DNS client's ephemeral port, say),
+// whose datagrams are not the agent's to drop.
+func TestUDPDirectRefusedPerFamily(t *testing.T) {
+	ns, fd, port := setup(t)
+	var pc6 *capture.PktConn
+	var other net.PacketConn
+	if err := ns.Do(func() (err error) {
+		if pc6, err = capture.ListenPkt(context.Background(), "udp6", "[::]:0"); err != nil {
+			return err
+		}
+		other, err = net.ListenPacket("udp4", net.JoinHostPort("0.0.0.0", strconv.Itoa(pc6.LocalAddr().(*net.UDPAddr).Port)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	udpEcho(t, pc6, "dns6")
+	done := make(chan struct{})
+	t.Cleanup(func() { other.Close(); <-done })
+	go func() { // the other program: answers "other: DATA"
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := other.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			other.WriteTo(append([]byte("other: "), buf[:n]...), from)
+		}
+	}()
+	r, err := capture.Install(capture.Config{Port: port, Port6: port, NetNSFd: fd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Remove() })
+	p := uint16(pc6.LocalAddr().(*net.UDPAddr).Port)
+	if _, err := r.SyncUDP(map[netip.AddrPort]uint16{netip.MustParseAddrPort("[fd00::10]:53"): p}); err != nil {
+		t.Fatal(err)
+	}
+	direct4 := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(p)))
+	if got, err := udpCall(t, ns, direct4, "v4"); err != nil || got != "other: v4" {
+		t.Fatalf("IPv4 to another program's port %s, the number of an IPv6 capture socket: %q, %v", direct4, got, err)
+	}
+	direct6 := net.JoinHostPort("::1", strconv.Itoa(int(p)))
+	if got, err := udpCall(t, ns, direct6, "v6"); err == nil {
+		t.Fatalf("a datagram sent straight to the IPv6 capture socket %s was answered: %q", direct6, got)
 	}
 }
