@@ -339,9 +339,27 @@ func (l *Logger) Append(b []byte, r *Record) []byte {
 
 const hexDigits = "0123456789abcdef"
 
+// MaxValueLen bounds a string value of a line (bytes of the value, before
+// escaping): a client's path, Host or User-Agent may each be as long as
+// the header limit (a megabyte), and QueueSize lines of that would take
+// gigabytes while the disk is slow. A longer value is cut, on a rune
+// boundary, and ends with truncMark.
+const MaxValueLen = 4096
+
+const truncMark = "...(truncated)"
+
 // appendString appends s as a JSON string: control characters escaped,
 // invalid UTF-8 replaced by U+FFFD (a client's bytes cannot break a line).
+// A value longer than MaxValueLen is cut.
 func appendString(b []byte, s string) []byte {
+	mark := ""
+	if len(s) > MaxValueLen {
+		cut := MaxValueLen
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s, mark = s[:cut], truncMark
+	}
 	b = append(b, '"')
 	for i := 0; i < len(s); {
 		c := s[i]
@@ -368,5 +386,6 @@ func appendString(b []byte, s string) []byte {
 		}
 		i += size
 	}
+	b = append(b, mark...)
 	return append(b, '"')
 }

@@ -177,3 +177,32 @@ func FuzzAppendString(f *testing.F) {
 		}
 	})
 }
+
+// TestHugeValuesBounded: a client's path, Host and User-Agent may each be
+// about a megabyte (the header limit); a line carried them whole, so the
+// queue (QueueSize lines) could hold gigabytes while the disk is slow.
+// Each value is cut at MaxValueLen, on a rune boundary, and says so.
+func TestHugeValuesBounded(t *testing.T) {
+	l := &Logger{}
+	var err error
+	if l.fields, err = CheckFields(nil); err != nil {
+		t.Fatal(err)
+	}
+	r := record(1)
+	big := strings.Repeat("é", 1<<19) // 1 MiB of two-byte runes
+	r.Path, r.Authority, r.UserAgent, r.Error, r.Method = "/"+big, big, "\n"+big, big, big
+	b := l.Append(nil, r)
+	if len(b) > 8*(MaxValueLen+64)+1024 {
+		t.Fatalf("line of %d bytes", len(b))
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil || b[len(b)-1] != '\n' {
+		t.Fatalf("line is not one JSON object: %v", err)
+	}
+	for _, f := range []string{"path", "authority", "user_agent", "error", "method"} {
+		s, _ := m[f].(string)
+		if !utf8.ValidString(s) || !strings.HasSuffix(s, truncMark) || len(s) > MaxValueLen+len(truncMark) {
+			t.Errorf("%s: %d bytes, ends %q", f, len(s), s[max(0, len(s)-20):])
+		}
+	}
+}
