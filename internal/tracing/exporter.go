@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/VictoriaMetrics/metrics"
 )
@@ -178,11 +179,33 @@ func NewExporter(cfg ExporterConfig) (*Exporter, error) {
 // Export queues s, or drops it (counted) if the queue is full. It never
 // blocks.
 func (e *Exporter) Export(s *Span) {
+	s.Name, s.StatusMsg = cut(s.Name), cut(s.StatusMsg)
+	for i := range s.Attrs {
+		s.Attrs[i].Str = cut(s.Attrs[i].Str)
+	}
 	select {
 	case e.ch <- s:
 	default:
 		e.dropped[DropQueueFull].Inc()
 	}
+}
+
+// MaxValueLen bounds a span's name, status message and string
+// attributes (bytes): a client's path or method may be as long as the
+// header limit (a megabyte), and QueueSize spans of that would take
+// gigabytes while the collector is away. A longer value is cut on a rune
+// boundary and ends with "...".
+const MaxValueLen = 4096
+
+func cut(s string) string {
+	if len(s) <= MaxValueLen {
+		return s
+	}
+	n := MaxValueLen - 3
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 // Close sends what is queued (bounded by the export timeout), then stops.

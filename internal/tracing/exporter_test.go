@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -166,5 +167,33 @@ func TestExporterConfigErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("NewExporter(%q, %q) = %v, want %q", tc.endpoint, tc.proto, err, tc.want)
 		}
+	}
+}
+
+// TestExporterHugeValuesBounded: a client's path (url.path), method (in
+// the span's name) and an error text quoting them may be about a megabyte
+// each; spans carried them whole, so the queue (QueueSize spans) held
+// gigabytes while the collector was away, and one export request was
+// hundreds of megabytes. Each string is cut at MaxValueLen.
+func TestExporterHugeValuesBounded(t *testing.T) {
+	r := otlptest.NewHTTP(t)
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Endpoint: r.URL, Interval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	big := strings.Repeat("é", 1<<19) // 1 MiB of two-byte runes
+	s := testSpan(big, tracing.NewSpanID())
+	s.StatusMsg = big
+	s.Attrs = append(s.Attrs, tracing.String("url.path", "/"+big))
+	e.Export(s)
+	got := r.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) == 1 })[0]
+	for what, v := range map[string]string{"name": got.Name, "status message": got.Status.GetMessage(), "url.path": got.Attr("url.path")} {
+		if len(v) > tracing.MaxValueLen || !utf8.ValidString(v) || !strings.HasPrefix(v, big[:100]) && !strings.HasPrefix(v, "/"+big[:100]) {
+			t.Errorf("%s: %d bytes", what, len(v))
+		}
+	}
+	if got.Attr("fogmesh.service") != "demo/hello" {
+		t.Errorf("attributes %v", got.Attributes)
 	}
 }
