@@ -390,10 +390,23 @@ func (m *Mapper) Custom(raw []byte) ([]api.Object, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// Whoever may write custom resources in a namespace configures that
+	// namespace only: an Istio host of another namespace, or a mesh-wide
+	// policy outside the root namespace, would route or deny another
+	// namespace's services.
+	ns, _ := keep["namespace"].(string)
+	ns = api.NamespaceOr(ns)
+	root := cmp.Or(m.IstioRootNamespace, api.IstioRootNamespace)
 	for _, o := range objs {
 		switch o.GetKind() {
 		case api.KindNode, api.KindService, api.KindEndpoint:
 			return nil, nil, fmt.Errorf("kind %s does not come from custom resources (Nodes, Services and EndpointSlices do)", o.GetKind())
+		}
+		if on := api.NamespaceOr(o.GetMeta().Namespace); on != ns {
+			return nil, nil, fmt.Errorf("translated %s %s is in namespace %s: a cluster resource of namespace %s configures its own namespace only", o.GetKind(), o.GetMeta().Name, on, ns)
+		}
+		if p, ok := o.(*api.AuthorizationPolicy); ok && p.Spec.MeshWide && ns != root {
+			return nil, nil, fmt.Errorf("meshWide: a cluster resource of namespace %s configures its own namespace only (mesh-wide policies live in the root namespace %s)", ns, root)
 		}
 		md := o.GetMeta()
 		if md.Labels == nil {

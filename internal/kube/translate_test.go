@@ -259,3 +259,45 @@ func TestServiceClusterIPs(t *testing.T) {
 		t.Fatalf("contradictory clusterIP and clusterIPs: %v", err)
 	}
 }
+
+// TestCustomStaysInItsNamespace: a custom resource written by a user of
+// namespace tenant configures tenant only. An Istio VirtualService or
+// DestinationRule naming a host of another namespace, or a fogmesh
+// AuthorizationPolicy claiming meshWide outside the root namespace, would
+// otherwise route, or deny, another namespace's service for every client.
+func TestCustomStaysInItsNamespace(t *testing.T) {
+	var m Mapper
+	for name, doc := range map[string]string{
+		"VirtualService for another namespace": `{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"steal","namespace":"tenant"},
+		"spec":{"hosts":["pay.bank.svc.cluster.local"],"http":[{"match":[{"uri":{"exact":"/none"}}],"route":[{"destination":{"host":"pay.bank.svc.cluster.local"}}]}]}}`,
+		"DestinationRule for another namespace": `{"apiVersion":"networking.istio.io/v1","kind":"DestinationRule","metadata":{"name":"dr","namespace":"tenant"},
+		"spec":{"host":"pay.bank.svc.cluster.local","subsets":[{"name":"none","labels":{"no":"such"}}]}}`,
+		"meshWide fogmesh AuthorizationPolicy": `{"apiVersion":"fogmesh.io/v1alpha1","kind":"AuthorizationPolicy","metadata":{"name":"deny-all","namespace":"tenant"},
+		"spec":{"meshWide":true,"action":"ALLOW"}}`,
+	} {
+		objs, _, err := m.Custom([]byte(doc))
+		if err == nil {
+			var keys []string
+			for _, o := range objs {
+				keys = append(keys, api.ObjectKey(o))
+			}
+			t.Errorf("%s: accepted as %v", name, keys)
+			continue
+		}
+		if !strings.Contains(err.Error(), "namespace") {
+			t.Errorf("%s: the refusal does not say why: %v", name, err)
+		}
+	}
+	// The same kinds within their own namespace, and a root namespace
+	// policy (mesh-wide, as in Istio), still map.
+	for _, doc := range []string{
+		`{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"web","namespace":"tenant"},
+		"spec":{"hosts":["web.tenant.svc.cluster.local"],"http":[{"route":[{"destination":{"host":"web"}}]}]}}`,
+		`{"apiVersion":"security.istio.io/v1","kind":"AuthorizationPolicy","metadata":{"name":"all","namespace":"istio-system"},"spec":{"action":"DENY","rules":[{"to":[{"operation":{"paths":["/admin"]}}]}]}}`,
+		`{"apiVersion":"fogmesh.io/v1alpha1","kind":"AuthorizationPolicy","metadata":{"name":"own","namespace":"tenant"},"spec":{"action":"ALLOW","rules":[{}]}}`,
+	} {
+		if _, _, err := m.Custom([]byte(doc)); err != nil {
+			t.Errorf("refused: %v\n%s", err, doc)
+		}
+	}
+}
