@@ -402,6 +402,7 @@ func (s *Source) mapAll() (control.ClusterState, []string) {
 			c.Pods[p.Namespace+"/"+p.Name] = p
 		}
 	}
+	c.PodsByIP = PodsByIP(c.Pods)
 	podsOf, w := PodIdentities(c.Pods, c.Nodes)
 	warns = append(warns, w...)
 	for node, pods := range podsOf {
