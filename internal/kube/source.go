@@ -102,6 +102,8 @@ type Source struct {
 	goodSvc map[string]*corev1.Service // last good version of each Service
 	linkErr string
 	linkAt  time.Time
+
+	warned map[string]bool // the last sync's warnings (syncOnce's)
 }
 
 // goodObject is the last good mapping of a cluster object, kept while a
@@ -339,9 +341,16 @@ func (s *Source) customSynced() bool {
 // syncOnce maps the informers' caches and hands the result to the sink.
 func (s *Source) syncOnce() error {
 	st, warns := s.mapAll()
+	// Each sync maps the whole cluster again: a warning is logged when
+	// it appears, not at every sync (the status lists it meanwhile).
+	now := make(map[string]bool, len(warns))
 	for _, w := range warns {
-		s.log.Warn("kube: bad input", "warning", w)
+		if !s.warned[w] && !now[w] {
+			s.log.Warn("kube: bad input", "warning", w)
+		}
+		now[w] = true
 	}
+	s.warned = now
 	st.Warnings = warns
 	st.Link = s.link()
 	conflicts, err := s.sink.SyncCluster(st)
