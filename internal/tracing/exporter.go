@@ -179,7 +179,7 @@ func NewExporter(cfg ExporterConfig) (*Exporter, error) {
 // Export queues s, or drops it (counted) if the queue is full. It never
 // blocks.
 func (e *Exporter) Export(s *Span) {
-	s.Name, s.StatusMsg = cut(s.Name), cut(s.StatusMsg)
+	s.Name, s.StatusMsg, s.Context.State = cut(s.Name), cut(s.StatusMsg), validUTF8(s.Context.State)
 	for i := range s.Attrs {
 		s.Attrs[i].Str = cut(s.Attrs[i].Str)
 	}
@@ -197,7 +197,20 @@ func (e *Exporter) Export(s *Span) {
 // boundary and ends with "...".
 const MaxValueLen = 4096
 
+// validUTF8 makes s valid UTF-8, as OTLP's protobuf strings must be: a
+// collector that checks refuses the whole batch otherwise, and a client's
+// tracestate or method may carry any byte (invalid ones become U+FFFD).
+// The tracestate is bounded already (maxTracestate) and exported whole.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// cut bounds s (MaxValueLen) and makes it valid UTF-8.
 func cut(s string) string {
+	s = validUTF8(s)
 	if len(s) <= MaxValueLen {
 		return s
 	}

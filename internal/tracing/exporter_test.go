@@ -197,3 +197,34 @@ func TestExporterHugeValuesBounded(t *testing.T) {
 		t.Errorf("attributes %v", got.Attributes)
 	}
 }
+
+// TestExporterInvalidUTF8: OTLP's strings are protobuf strings, valid
+// UTF-8; a client's tracestate (passed on and exported unchanged) or
+// method may carry any byte above 0x7f, and a collector that checks (any
+// using the protobuf library's Unmarshal) refused the whole batch, so one
+// request with tracestate: k=\xff cost the spans of up to BatchSize
+// others. Invalid bytes become U+FFFD.
+func TestExporterInvalidUTF8(t *testing.T) {
+	r := otlptest.NewHTTP(t)
+	set := metrics.NewSet()
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Endpoint: r.URL, Interval: 20 * time.Millisecond, Metrics: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	bad := testSpan("G\xffT demo/hello", tracing.NewSpanID())
+	bad.Context.State = "k=\xff"
+	bad.StatusMsg = "upstream said \xfe"
+	bad.Attrs = append(bad.Attrs, tracing.String("url.path", "/\xff"))
+	e.Export(bad)
+	e.Export(testSpan("innocent", tracing.NewSpanID()))
+	spans := r.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) == 2 })
+	for _, s := range spans {
+		if s.Name != "innocent" && (s.Name != "G\uFFFDT demo/hello" || s.TraceState != "k=\uFFFD" || s.Attr("url.path") != "/\uFFFD") {
+			t.Errorf("span %q: state %q, url.path %q", s.Name, s.TraceState, s.Attr("url.path"))
+		}
+	}
+	if n := counter(set, `fogmesh_trace_spans_dropped_total{reason="export_failed"}`); n != 0 {
+		t.Errorf("%d spans dropped", n)
+	}
+}
