@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -67,6 +68,10 @@ type Config struct {
 	MaxFiles int
 	// QueueSize bounds the lines waiting to be written (default 4096).
 	QueueSize int
+	// QueueBytes bounds their bytes (default 16 MiB): behind a stalled
+	// disk, QueueSize lines of clients' longest values would take far
+	// more.
+	QueueBytes int64
 	// FlushInterval is the longest a written line stays in the buffer
 	// (default 200ms).
 	FlushInterval time.Duration
@@ -91,6 +96,7 @@ type Logger struct {
 	once    sync.Once
 	lines   *metrics.Counter
 	dropped map[string]*metrics.Counter
+	queued  atomic.Int64 // bytes in ch
 
 	f    *os.File // the writer goroutine's
 	w    *bufio.Writer
@@ -109,6 +115,9 @@ func (c *Config) validate() ([]int, error) {
 	}
 	if c.QueueSize <= 0 {
 		c.QueueSize = 4096
+	}
+	if c.QueueBytes <= 0 {
+		c.QueueBytes = 16 << 20
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = 200 * time.Millisecond
@@ -185,12 +194,20 @@ func (l *Logger) open() error {
 	return nil
 }
 
-// Log queues r's line; it never blocks (a full queue drops the line, counted).
+// Log queues r's line; it never blocks (a full queue, in lines or bytes,
+// drops the line, counted).
 func (l *Logger) Log(r *Record) {
 	b := l.Append(make([]byte, 0, 512), r)
+	n := int64(len(b))
+	if l.queued.Add(n) > l.cfg.QueueBytes {
+		l.queued.Add(-n)
+		l.dropped[DropQueueFull].Inc()
+		return
+	}
 	select {
 	case l.ch <- b:
 	default:
+		l.queued.Add(-n)
 		l.dropped[DropQueueFull].Inc()
 	}
 }
@@ -220,6 +237,7 @@ func (l *Logger) run() {
 			if !ok {
 				return
 			}
+			l.queued.Add(-int64(len(b)))
 			l.write(b)
 			if !pending && l.w.Buffered() > 0 {
 				pending = true
