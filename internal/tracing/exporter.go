@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -36,6 +37,10 @@ type ExporterConfig struct {
 	// QueueSize bounds the spans waiting for export (default 2048); a span
 	// that finds the queue full is dropped and counted.
 	QueueSize int
+	// QueueBytes bounds the queued spans' strings (default 8 MiB): with
+	// the collector away, QueueSize spans of clients' longest values
+	// (MaxValueLen each, the tracestate up to 8 KiB) would take far more.
+	QueueBytes int64
 	// BatchSize is the most spans per export request (default 512).
 	BatchSize int
 	// Interval is the longest a span waits for its batch (default 1s).
@@ -74,6 +79,7 @@ type Exporter struct {
 	done     chan struct{}
 	once     sync.Once
 	exported *metrics.Counter
+	queued   atomic.Int64 // spanBytes of the spans in ch
 	dropped  map[string]*metrics.Counter
 }
 
@@ -90,6 +96,9 @@ func (c *ExporterConfig) validate() error {
 	}
 	if c.QueueSize <= 0 {
 		c.QueueSize = 2048
+	}
+	if c.QueueBytes <= 0 {
+		c.QueueBytes = 8 << 20
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 512
@@ -176,18 +185,34 @@ func NewExporter(cfg ExporterConfig) (*Exporter, error) {
 	return e, nil
 }
 
-// Export queues s, or drops it (counted) if the queue is full. It never
-// blocks.
+// Export queues s, or drops it (counted) if the queue is full (in spans
+// or bytes, QueueBytes). It never blocks.
 func (e *Exporter) Export(s *Span) {
 	s.Name, s.StatusMsg, s.Context.State = cut(s.Name), cut(s.StatusMsg), validUTF8(s.Context.State)
 	for i := range s.Attrs {
 		s.Attrs[i].Str = cut(s.Attrs[i].Str)
 	}
+	n := spanBytes(s)
+	if e.queued.Add(n) > e.cfg.QueueBytes {
+		e.queued.Add(-n)
+		e.dropped[DropQueueFull].Inc()
+		return
+	}
 	select {
 	case e.ch <- s:
 	default:
+		e.queued.Add(-n)
 		e.dropped[DropQueueFull].Inc()
 	}
+}
+
+// spanBytes is about what s holds in memory (QueueBytes).
+func spanBytes(s *Span) int64 {
+	n := 256 + len(s.Name) + len(s.StatusMsg) + len(s.Context.State)
+	for _, a := range s.Attrs {
+		n += 48 + len(a.Key) + len(a.Str)
+	}
+	return int64(n)
 }
 
 // MaxValueLen bounds a span's name, status message and string
@@ -251,6 +276,7 @@ func (e *Exporter) run() {
 	for {
 		select {
 		case s := <-e.ch:
+			e.queued.Add(-spanBytes(s))
 			batch = append(batch, s)
 			if len(batch) >= e.cfg.BatchSize {
 				flush(context.Background())
@@ -264,6 +290,7 @@ func (e *Exporter) run() {
 			for {
 				select {
 				case s := <-e.ch:
+					e.queued.Add(-spanBytes(s))
 					batch = append(batch, s)
 					if len(batch) >= e.cfg.BatchSize {
 						flush(ctx)

@@ -228,3 +228,58 @@ func TestExporterInvalidUTF8(t *testing.T) {
 		t.Errorf("%d spans dropped", n)
 	}
 }
+
+// TestExporterQueueBytesBounded: the queue was bounded in spans only, so
+// with a collector that hangs (or is away, the usual case at a cut-off
+// site) QueueSize spans of a client's longest values stayed in memory:
+// 2048 spans of 12 KiB and more (the tracestate alone may be 8 KiB) are
+// tens of MiB of an agent limited to 256 MiB. The queued bytes are
+// bounded too (QueueBytes), past which spans are dropped as queue_full.
+func TestExporterQueueBytesBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 64)
+	defer func() {
+		ln.Close()
+		for len(accepted) > 0 {
+			(<-accepted).Close()
+		}
+	}()
+	go func() { // a collector that accepts and never answers
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case accepted <- c:
+			default:
+				c.Close()
+			}
+		}
+	}()
+	set := metrics.NewSet()
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Endpoint: "http://" + ln.Addr().String(), Interval: time.Millisecond,
+		BatchSize: 16, Timeout: 2 * time.Second, QueueBytes: 1 << 20, Metrics: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("a", tracing.MaxValueLen)
+	size := 0
+	for range 2048 {
+		s := testSpan(long, tracing.NewSpanID())
+		s.StatusMsg = long
+		s.Attrs = append(s.Attrs, tracing.String("url.path", "/"+long))
+		size = len(s.Name) + len(s.StatusMsg) + len(long)
+		e.Export(s)
+	}
+	dropped := counter(set, `fogmesh_trace_spans_dropped_total{reason="queue_full"}`)
+	// Held: QueueBytes, and the batch the hanging export holds.
+	if kept := (2048 - int(dropped)) * size; kept > 1<<20+16*size {
+		t.Errorf("%d spans (%d KiB) held for a hanging collector, %d dropped", 2048-dropped, kept>>10, dropped)
+	}
+	e.Close()
+}
