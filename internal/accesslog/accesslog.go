@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -67,6 +68,10 @@ type Config struct {
 	MaxFiles int
 	// QueueSize bounds the lines waiting to be written (default 4096).
 	QueueSize int
+	// QueueBytes bounds their bytes (default 16 MiB): behind a stalled
+	// disk, QueueSize lines of clients' longest values would take far
+	// more.
+	QueueBytes int64
 	// FlushInterval is the longest a written line stays in the buffer
 	// (default 200ms).
 	FlushInterval time.Duration
@@ -91,6 +96,7 @@ type Logger struct {
 	once    sync.Once
 	lines   *metrics.Counter
 	dropped map[string]*metrics.Counter
+	queued  atomic.Int64 // bytes in ch
 
 	f    *os.File // the writer goroutine's
 	w    *bufio.Writer
@@ -109,6 +115,9 @@ func (c *Config) validate() ([]int, error) {
 	}
 	if c.QueueSize <= 0 {
 		c.QueueSize = 4096
+	}
+	if c.QueueBytes <= 0 {
+		c.QueueBytes = 16 << 20
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = 200 * time.Millisecond
@@ -185,12 +194,20 @@ func (l *Logger) open() error {
 	return nil
 }
 
-// Log queues r's line; it never blocks (a full queue drops the line, counted).
+// Log queues r's line; it never blocks (a full queue, in lines or bytes,
+// drops the line, counted).
 func (l *Logger) Log(r *Record) {
 	b := l.Append(make([]byte, 0, 512), r)
+	n := int64(len(b))
+	if l.queued.Add(n) > l.cfg.QueueBytes {
+		l.queued.Add(-n)
+		l.dropped[DropQueueFull].Inc()
+		return
+	}
 	select {
 	case l.ch <- b:
 	default:
+		l.queued.Add(-n)
 		l.dropped[DropQueueFull].Inc()
 	}
 }
@@ -220,6 +237,7 @@ func (l *Logger) run() {
 			if !ok {
 				return
 			}
+			l.queued.Add(-int64(len(b)))
 			l.write(b)
 			if !pending && l.w.Buffered() > 0 {
 				pending = true
@@ -339,9 +357,27 @@ func (l *Logger) Append(b []byte, r *Record) []byte {
 
 const hexDigits = "0123456789abcdef"
 
+// MaxValueLen bounds a string value of a line (bytes of the value, before
+// escaping): a client's path, Host or User-Agent may each be as long as
+// the header limit (a megabyte), and QueueSize lines of that would take
+// gigabytes while the disk is slow. A longer value is cut, on a rune
+// boundary, and ends with truncMark.
+const MaxValueLen = 4096
+
+const truncMark = "...(truncated)"
+
 // appendString appends s as a JSON string: control characters escaped,
 // invalid UTF-8 replaced by U+FFFD (a client's bytes cannot break a line).
+// A value longer than MaxValueLen is cut.
 func appendString(b []byte, s string) []byte {
+	mark := ""
+	if len(s) > MaxValueLen {
+		cut := MaxValueLen
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s, mark = s[:cut], truncMark
+	}
 	b = append(b, '"')
 	for i := 0; i < len(s); {
 		c := s[i]
@@ -368,5 +404,6 @@ func appendString(b []byte, s string) []byte {
 		}
 		i += size
 	}
+	b = append(b, mark...)
 	return append(b, '"')
 }

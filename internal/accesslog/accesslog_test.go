@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -176,4 +178,74 @@ func FuzzAppendString(f *testing.F) {
 			t.Fatalf("%q round-tripped to %q", s, got)
 		}
 	})
+}
+
+// TestHugeValuesBounded: a client's path, Host and User-Agent may each be
+// about a megabyte (the header limit); a line carried them whole, so the
+// queue (QueueSize lines) could hold gigabytes while the disk is slow.
+// Each value is cut at MaxValueLen, on a rune boundary, and says so.
+func TestHugeValuesBounded(t *testing.T) {
+	l := &Logger{}
+	var err error
+	if l.fields, err = CheckFields(nil); err != nil {
+		t.Fatal(err)
+	}
+	r := record(1)
+	big := strings.Repeat("é", 1<<19) // 1 MiB of two-byte runes
+	r.Path, r.Authority, r.UserAgent, r.Error, r.Method = "/"+big, big, "\n"+big, big, big
+	b := l.Append(nil, r)
+	if len(b) > 8*(MaxValueLen+64)+1024 {
+		t.Fatalf("line of %d bytes", len(b))
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil || b[len(b)-1] != '\n' {
+		t.Fatalf("line is not one JSON object: %v", err)
+	}
+	for _, f := range []string{"path", "authority", "user_agent", "error", "method"} {
+		s, _ := m[f].(string)
+		if !utf8.ValidString(s) || !strings.HasSuffix(s, truncMark) || len(s) > MaxValueLen+len(truncMark) {
+			t.Errorf("%s: %d bytes, ends %q", f, len(s), s[max(0, len(s)-20):])
+		}
+	}
+}
+
+// TestQueueBytesBounded: the queue was bounded in lines only, so behind a
+// stalled disk (or a full one, an NFS mount gone away) QueueSize lines of
+// clients' longest values stayed in memory: 4096 lines of 16 KiB are 64
+// MiB, a quarter of the agent's memory limit in deploy/agent.yaml. The
+// queued bytes are bounded too (QueueBytes), past which lines are dropped
+// and counted as queue_full.
+func TestQueueBytesBounded(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("a FIFO stands for the stalled disk")
+	}
+	path := filepath.Join(t.TempDir(), "stalled")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A reader that never reads: writes stall once the pipe is full.
+	rd, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := metrics.NewSet()
+	l, err := New(Config{Path: path, MaxSize: 1 << 40, QueueBytes: 4 << 20, Metrics: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := record(1)
+	long := strings.Repeat("a", MaxValueLen)
+	r.Path, r.Authority, r.UserAgent, r.Error = "/"+long, long, long, long
+	line := len(l.Append(nil, r))
+	for range 4096 {
+		l.Log(r)
+	}
+	dropped := set.GetOrCreateCounter(`fogmesh_access_log_dropped_total{reason="queue_full"}`).Get()
+	// What may be queued: QueueBytes, plus what the writer took (its
+	// 64 KiB buffer and the pipe's).
+	if kept := (4096 - int(dropped)) * line; kept > 4<<20+1<<20 {
+		t.Errorf("%d lines of %d bytes (%d MiB) held behind a stalled disk, %d dropped", 4096-dropped, line, kept>>20, dropped)
+	}
+	rd.Close() // the writer's next write fails: Close returns
+	l.Close()
 }

@@ -102,6 +102,8 @@ type Source struct {
 	goodSvc map[string]*corev1.Service // last good version of each Service
 	linkErr string
 	linkAt  time.Time
+
+	warned map[string]bool // the last sync's warnings (syncOnce's)
 }
 
 // goodObject is the last good mapping of a cluster object, kept while a
@@ -339,9 +341,16 @@ func (s *Source) customSynced() bool {
 // syncOnce maps the informers' caches and hands the result to the sink.
 func (s *Source) syncOnce() error {
 	st, warns := s.mapAll()
+	// Each sync maps the whole cluster again: a warning is logged when
+	// it appears, not at every sync (the status lists it meanwhile).
+	now := make(map[string]bool, len(warns))
 	for _, w := range warns {
-		s.log.Warn("kube: bad input", "warning", w)
+		if !s.warned[w] && !now[w] {
+			s.log.Warn("kube: bad input", "warning", w)
+		}
+		now[w] = true
 	}
+	s.warned = now
 	st.Warnings = warns
 	st.Link = s.link()
 	conflicts, err := s.sink.SyncCluster(st)
@@ -402,6 +411,7 @@ func (s *Source) mapAll() (control.ClusterState, []string) {
 			c.Pods[p.Namespace+"/"+p.Name] = p
 		}
 	}
+	c.PodsByIP = PodsByIP(c.Pods)
 	podsOf, w := PodIdentities(c.Pods, c.Nodes)
 	warns = append(warns, w...)
 	for node, pods := range podsOf {
@@ -469,13 +479,23 @@ func (s *Source) mapAll() (control.ClusterState, []string) {
 		gvrs = append(gvrs, g)
 	}
 	sort.Slice(gvrs, func(i, j int) bool { return gvrs[i].String() < gvrs[j].String() })
+	// Two resources may translate to one key (an Istio and a fogmesh kind
+	// of one name, or VirtualService a with host x and a-x): the first by
+	// kind, namespace and name is used, the same at every sync (the
+	// stores' order is a map's).
+	from := map[string]string{}
 	for _, g := range gvrs {
-		items := custom[g].GetStore().List()
-		for _, o := range items {
-			u, ok := o.(*unstructured.Unstructured)
-			if !ok {
-				continue
+		var items []*unstructured.Unstructured
+		for _, o := range custom[g].GetStore().List() {
+			if u, ok := o.(*unstructured.Unstructured); ok {
+				items = append(items, u)
 			}
+		}
+		sort.Slice(items, func(i, j int) bool {
+			a, b := items[i], items[j]
+			return a.GetNamespace() < b.GetNamespace() || a.GetNamespace() == b.GetNamespace() && a.GetName() < b.GetName()
+		})
+		for _, u := range items {
 			key := g.Resource + "." + g.Group + "/" + u.GetNamespace() + "/" + u.GetName()
 			seen[key] = true
 			where := fmt.Sprintf("%s %s/%s", u.GetKind(), u.GetNamespace(), u.GetName())
@@ -495,7 +515,15 @@ func (s *Source) mapAll() (control.ClusterState, []string) {
 			if w2 != "" {
 				warns = append(warns, w2)
 			}
-			st.Objects = append(st.Objects, objs...)
+			for _, o := range objs {
+				ok := api.ObjectKey(o)
+				if first, dup := from[ok]; dup {
+					warns = append(warns, fmt.Sprintf("%s: translated %s %s is also %s's; that one is used", where, o.GetKind(), o.GetMeta().Key(), first))
+					continue
+				}
+				from[ok] = where
+				st.Objects = append(st.Objects, o)
+			}
 		}
 	}
 	// Forget the last good mapping of objects the cluster deleted.

@@ -198,6 +198,32 @@ type Cluster struct {
 	Nodes map[string]bool
 	// Pods by "namespace/name".
 	Pods map[string]*corev1.Pod
+	// PodsByIP are Pods by their own addresses (func PodsByIP; nil:
+	// Endpoints makes it).
+	PodsByIP map[netip.Addr]*corev1.Pod
+}
+
+// ownIP reports whether p has an address of its own, one no other pod
+// holds meanwhile: not hostNetwork (the node's), not finished (given to
+// another).
+func ownIP(p *corev1.Pod) bool {
+	return !p.Spec.HostNetwork && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
+}
+
+// PodsByIP indexes pods by their own addresses.
+func PodsByIP(pods map[string]*corev1.Pod) map[netip.Addr]*corev1.Pod {
+	out := map[netip.Addr]*corev1.Pod{}
+	for _, p := range pods {
+		if !ownIP(p) {
+			continue
+		}
+		for _, ip := range append([]corev1.PodIP{{IP: p.Status.PodIP}}, p.Status.PodIPs...) {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				out[a.Unmap()] = p
+			}
+		}
+	}
+	return out
 }
 
 // EndpointName is the fogmesh name of the endpoint of service svc at
@@ -226,6 +252,9 @@ func Endpoints(k *corev1.Service, svc *api.Service, slices_ []*discoveryv1.Endpo
 			targetName[portName(p.Name, p.Port)] = p.TargetPort.StrVal
 		}
 	}
+	if c.PodsByIP == nil {
+		c.PodsByIP = PodsByIP(c.Pods)
+	}
 	sort.Slice(slices_, func(i, j int) bool { return slices_[i].Name < slices_[j].Name })
 	for _, sl := range slices_ {
 		where := "endpointslice " + sl.Namespace + "/" + sl.Name
@@ -252,13 +281,21 @@ func Endpoints(k *corev1.Service, svc *api.Service, slices_ []*discoveryv1.Endpo
 				warns = append(warns, fmt.Sprintf("%s: endpoint %s names node %q, which the cluster does not have; skipped", where, addr, node))
 				continue
 			}
+			// A slice written by hand (a Service without selector) may
+			// name any pod; one of another namespace is not this
+			// namespace's to serve: its authorization policies would be
+			// bypassed through this Service.
+			if p := c.PodsByIP[addr.Unmap()]; p != nil && p.Namespace != sl.Namespace {
+				warns = append(warns, fmt.Sprintf("%s: endpoint %s is the address of pod %s/%s of another namespace; skipped", where, addr, p.Namespace, p.Name))
+				continue
+			}
 			var pod *corev1.Pod
 			if r := e.TargetRef; r != nil && r.Kind == "Pod" {
-				ns := r.Namespace
-				if ns == "" {
-					ns = sl.Namespace
+				if r.Namespace != "" && r.Namespace != sl.Namespace {
+					warns = append(warns, fmt.Sprintf("%s: endpoint %s refers to pod %s/%s of another namespace; skipped", where, addr, r.Namespace, r.Name))
+					continue
 				}
-				pod = c.Pods[ns+"/"+r.Name]
+				pod = c.Pods[sl.Namespace+"/"+r.Name]
 			}
 			ep := &api.Endpoint{APIVersion: api.APIVersion, Kind: api.KindEndpoint,
 				Meta: api.Meta{Name: EndpointName(svc.Meta.Name, addr.String()), Namespace: svc.Meta.Namespace,
@@ -390,10 +427,23 @@ func (m *Mapper) Custom(raw []byte) ([]api.Object, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// Whoever may write custom resources in a namespace configures that
+	// namespace only: an Istio host of another namespace, or a mesh-wide
+	// policy outside the root namespace, would route or deny another
+	// namespace's services.
+	ns, _ := keep["namespace"].(string)
+	ns = api.NamespaceOr(ns)
+	root := cmp.Or(m.IstioRootNamespace, api.IstioRootNamespace)
 	for _, o := range objs {
 		switch o.GetKind() {
 		case api.KindNode, api.KindService, api.KindEndpoint:
 			return nil, nil, fmt.Errorf("kind %s does not come from custom resources (Nodes, Services and EndpointSlices do)", o.GetKind())
+		}
+		if on := api.NamespaceOr(o.GetMeta().Namespace); on != ns {
+			return nil, nil, fmt.Errorf("translated %s %s is in namespace %s: a cluster resource of namespace %s configures its own namespace only", o.GetKind(), o.GetMeta().Name, on, ns)
+		}
+		if p, ok := o.(*api.AuthorizationPolicy); ok && p.Spec.MeshWide && ns != root {
+			return nil, nil, fmt.Errorf("meshWide: a cluster resource of namespace %s configures its own namespace only (mesh-wide policies live in the root namespace %s)", ns, root)
 		}
 		md := o.GetMeta()
 		if md.Labels == nil {
@@ -414,7 +464,7 @@ func PodIdentities(pods map[string]*corev1.Pod, nodes map[string]bool) (map[stri
 	out := map[string][]api.PodIdentity{}
 	var warns []string
 	for key, p := range pods {
-		if !nodes[p.Spec.NodeName] || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if !nodes[p.Spec.NodeName] || !ownIP(p) {
 			continue
 		}
 		sa := p.Spec.ServiceAccountName

@@ -259,3 +259,99 @@ func TestServiceClusterIPs(t *testing.T) {
 		t.Fatalf("contradictory clusterIP and clusterIPs: %v", err)
 	}
 }
+
+// TestCustomStaysInItsNamespace: a custom resource written by a user of
+// namespace tenant configures tenant only. An Istio VirtualService or
+// DestinationRule naming a host of another namespace, or a fogmesh
+// AuthorizationPolicy claiming meshWide outside the root namespace, would
+// otherwise route, or deny, another namespace's service for every client.
+func TestCustomStaysInItsNamespace(t *testing.T) {
+	var m Mapper
+	for name, doc := range map[string]string{
+		"VirtualService for another namespace": `{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"steal","namespace":"tenant"},
+		"spec":{"hosts":["pay.bank.svc.cluster.local"],"http":[{"match":[{"uri":{"exact":"/none"}}],"route":[{"destination":{"host":"pay.bank.svc.cluster.local"}}]}]}}`,
+		"DestinationRule for another namespace": `{"apiVersion":"networking.istio.io/v1","kind":"DestinationRule","metadata":{"name":"dr","namespace":"tenant"},
+		"spec":{"host":"pay.bank.svc.cluster.local","subsets":[{"name":"none","labels":{"no":"such"}}]}}`,
+		"meshWide fogmesh AuthorizationPolicy": `{"apiVersion":"fogmesh.io/v1alpha1","kind":"AuthorizationPolicy","metadata":{"name":"deny-all","namespace":"tenant"},
+		"spec":{"meshWide":true,"action":"ALLOW"}}`,
+	} {
+		objs, _, err := m.Custom([]byte(doc))
+		if err == nil {
+			var keys []string
+			for _, o := range objs {
+				keys = append(keys, api.ObjectKey(o))
+			}
+			t.Errorf("%s: accepted as %v", name, keys)
+			continue
+		}
+		if !strings.Contains(err.Error(), "namespace") {
+			t.Errorf("%s: the refusal does not say why: %v", name, err)
+		}
+	}
+	// The same kinds within their own namespace, and a root namespace
+	// policy (mesh-wide, as in Istio), still map.
+	for _, doc := range []string{
+		`{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"web","namespace":"tenant"},
+		"spec":{"hosts":["web.tenant.svc.cluster.local"],"http":[{"route":[{"destination":{"host":"web"}}]}]}}`,
+		`{"apiVersion":"security.istio.io/v1","kind":"AuthorizationPolicy","metadata":{"name":"all","namespace":"istio-system"},"spec":{"action":"DENY","rules":[{"to":[{"operation":{"paths":["/admin"]}}]}]}}`,
+		`{"apiVersion":"fogmesh.io/v1alpha1","kind":"AuthorizationPolicy","metadata":{"name":"own","namespace":"tenant"},"spec":{"action":"ALLOW","rules":[{}]}}`,
+	} {
+		if _, _, err := m.Custom([]byte(doc)); err != nil {
+			t.Errorf("refused: %v\n%s", err, doc)
+		}
+	}
+}
+
+// TestEndpointsStayInTheirNamespace: a hand-written EndpointSlice (a
+// Service without selector) of namespace tenant that names a pod of
+// namespace bank, by targetRef or by its address, made bank's pod an
+// endpoint of tenant's Service: tenant's clients reached it through a
+// service whose authorization policies tenant writes, not bank's, and the
+// endpoint took the pod's labels and account.
+func TestEndpointsStayInTheirNamespace(t *testing.T) {
+	var m Mapper
+	k := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "proxy", Namespace: "tenant"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}
+	svc, _, err := m.Service(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bank := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "pay-1", Namespace: "bank", Labels: map[string]string{"app": "pay"}},
+		Spec:   corev1.PodSpec{NodeName: "n1", ServiceAccountName: "pay"},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.7", PodIPs: []corev1.PodIP{{IP: "10.0.0.7"}, {IP: "fd00::7"}}}}
+	own := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "own-1", Namespace: "tenant"},
+		Spec:   corev1.PodSpec{NodeName: "n1", ServiceAccountName: "own"},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.8"}}
+	hostNet := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "agent", Namespace: "kube-system"},
+		Spec:   corev1.PodSpec{NodeName: "n1", HostNetwork: true},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "192.168.1.1"}}
+	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "proxy-manual", Namespace: "tenant"}, AddressType: discoveryv1.AddressTypeIPv4,
+		Ports: []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}},
+		Endpoints: []discoveryv1.Endpoint{
+			{Addresses: []string{"10.0.0.7"}, NodeName: ptr("n1")},
+			{Addresses: []string{"::ffff:10.0.0.7"}, NodeName: ptr("n1")},
+			{Addresses: []string{"10.0.0.9"}, NodeName: ptr("n1"), TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "bank", Name: "pay-1"}},
+			{Addresses: []string{"10.0.0.8"}, NodeName: ptr("n1"), TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "own-1"}},
+			{Addresses: []string{"192.168.1.1"}, NodeName: ptr("n1")}, // the node's address: not bank's pod
+			{Addresses: []string{"10.0.0.50"}, NodeName: ptr("n1")},   // outside any pod: a selectorless Service's own choice
+		}}
+	c := Cluster{Nodes: map[string]bool{"n1": true}, Pods: map[string]*corev1.Pod{"bank/pay-1": bank, "tenant/own-1": own, "kube-system/agent": hostNet}}
+	eps, warns := Endpoints(k, svc, []*discoveryv1.EndpointSlice{sl}, c)
+	var got []string
+	for _, e := range eps {
+		got = append(got, e.Spec.Address)
+		if e.Spec.ServiceAccount == "pay" || e.Meta.Labels["app"] == "pay" {
+			t.Errorf("endpoint %s took bank's pod's account or labels: %+v", e.Spec.Address, e)
+		}
+	}
+	slices.Sort(got)
+	if strings.Join(got, ",") != "10.0.0.50,10.0.0.8,192.168.1.1" {
+		t.Errorf("endpoints %v, want 10.0.0.50, 10.0.0.8 and 192.168.1.1\nwarnings: %v", got, warns)
+	}
+	if w := strings.Join(warns, "\n"); strings.Count(w, "bank/pay-1") != 3 {
+		t.Errorf("warnings do not name bank's pod thrice:\n%s", w)
+	}
+	if strings.Join(svc.Spec.Identity.ServiceAccounts, ",") != "default,own" {
+		t.Errorf("identity %v", svc.Spec.Identity.ServiceAccounts)
+	}
+}

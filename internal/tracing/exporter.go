@@ -12,7 +12,9 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/VictoriaMetrics/metrics"
 )
@@ -35,6 +37,10 @@ type ExporterConfig struct {
 	// QueueSize bounds the spans waiting for export (default 2048); a span
 	// that finds the queue full is dropped and counted.
 	QueueSize int
+	// QueueBytes bounds the queued spans' strings (default 8 MiB): with
+	// the collector away, QueueSize spans of clients' longest values
+	// (MaxValueLen each, the tracestate up to 8 KiB) would take far more.
+	QueueBytes int64
 	// BatchSize is the most spans per export request (default 512).
 	BatchSize int
 	// Interval is the longest a span waits for its batch (default 1s).
@@ -73,6 +79,7 @@ type Exporter struct {
 	done     chan struct{}
 	once     sync.Once
 	exported *metrics.Counter
+	queued   atomic.Int64 // spanBytes of the spans in ch
 	dropped  map[string]*metrics.Counter
 }
 
@@ -89,6 +96,9 @@ func (c *ExporterConfig) validate() error {
 	}
 	if c.QueueSize <= 0 {
 		c.QueueSize = 2048
+	}
+	if c.QueueBytes <= 0 {
+		c.QueueBytes = 8 << 20
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 512
@@ -175,14 +185,65 @@ func NewExporter(cfg ExporterConfig) (*Exporter, error) {
 	return e, nil
 }
 
-// Export queues s, or drops it (counted) if the queue is full. It never
-// blocks.
+// Export queues s, or drops it (counted) if the queue is full (in spans
+// or bytes, QueueBytes). It never blocks.
 func (e *Exporter) Export(s *Span) {
+	s.Name, s.StatusMsg, s.Context.State = cut(s.Name), cut(s.StatusMsg), validUTF8(s.Context.State)
+	for i := range s.Attrs {
+		s.Attrs[i].Str = cut(s.Attrs[i].Str)
+	}
+	n := spanBytes(s)
+	if e.queued.Add(n) > e.cfg.QueueBytes {
+		e.queued.Add(-n)
+		e.dropped[DropQueueFull].Inc()
+		return
+	}
 	select {
 	case e.ch <- s:
 	default:
+		e.queued.Add(-n)
 		e.dropped[DropQueueFull].Inc()
 	}
+}
+
+// spanBytes is about what s holds in memory (QueueBytes).
+func spanBytes(s *Span) int64 {
+	n := 256 + len(s.Name) + len(s.StatusMsg) + len(s.Context.State)
+	for _, a := range s.Attrs {
+		n += 48 + len(a.Key) + len(a.Str)
+	}
+	return int64(n)
+}
+
+// MaxValueLen bounds a span's name, status message and string
+// attributes (bytes): a client's path or method may be as long as the
+// header limit (a megabyte), and QueueSize spans of that would take
+// gigabytes while the collector is away. A longer value is cut on a rune
+// boundary and ends with "...".
+const MaxValueLen = 4096
+
+// validUTF8 makes s valid UTF-8, as OTLP's protobuf strings must be: a
+// collector that checks refuses the whole batch otherwise, and a client's
+// tracestate or method may carry any byte (invalid ones become U+FFFD).
+// The tracestate is bounded already (maxTracestate) and exported whole.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// cut bounds s (MaxValueLen) and makes it valid UTF-8.
+func cut(s string) string {
+	s = validUTF8(s)
+	if len(s) <= MaxValueLen {
+		return s
+	}
+	n := MaxValueLen - 3
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 // Close sends what is queued (bounded by the export timeout), then stops.
@@ -215,6 +276,7 @@ func (e *Exporter) run() {
 	for {
 		select {
 		case s := <-e.ch:
+			e.queued.Add(-spanBytes(s))
 			batch = append(batch, s)
 			if len(batch) >= e.cfg.BatchSize {
 				flush(context.Background())
@@ -228,6 +290,7 @@ func (e *Exporter) run() {
 			for {
 				select {
 				case s := <-e.ch:
+					e.queued.Add(-spanBytes(s))
 					batch = append(batch, s)
 					if len(batch) >= e.cfg.BatchSize {
 						flush(ctx)

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -167,4 +168,118 @@ func TestExporterConfigErrors(t *testing.T) {
 			t.Errorf("NewExporter(%q, %q) = %v, want %q", tc.endpoint, tc.proto, err, tc.want)
 		}
 	}
+}
+
+// TestExporterHugeValuesBounded: a client's path (url.path), method (in
+// the span's name) and an error text quoting them may be about a megabyte
+// each; spans carried them whole, so the queue (QueueSize spans) held
+// gigabytes while the collector was away, and one export request was
+// hundreds of megabytes. Each string is cut at MaxValueLen.
+func TestExporterHugeValuesBounded(t *testing.T) {
+	r := otlptest.NewHTTP(t)
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Endpoint: r.URL, Interval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	big := strings.Repeat("é", 1<<19) // 1 MiB of two-byte runes
+	s := testSpan(big, tracing.NewSpanID())
+	s.StatusMsg = big
+	s.Attrs = append(s.Attrs, tracing.String("url.path", "/"+big))
+	e.Export(s)
+	got := r.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) == 1 })[0]
+	for what, v := range map[string]string{"name": got.Name, "status message": got.Status.GetMessage(), "url.path": got.Attr("url.path")} {
+		if len(v) > tracing.MaxValueLen || !utf8.ValidString(v) || !strings.HasPrefix(v, big[:100]) && !strings.HasPrefix(v, "/"+big[:100]) {
+			t.Errorf("%s: %d bytes", what, len(v))
+		}
+	}
+	if got.Attr("fogmesh.service") != "demo/hello" {
+		t.Errorf("attributes %v", got.Attributes)
+	}
+}
+
+// TestExporterInvalidUTF8: OTLP's strings are protobuf strings, valid
+// UTF-8; a client's tracestate (passed on and exported unchanged) or
+// method may carry any byte above 0x7f, and a collector that checks (any
+// using the protobuf library's Unmarshal) refused the whole batch, so one
+// request with tracestate: k=\xff cost the spans of up to BatchSize
+// others. Invalid bytes become U+FFFD.
+func TestExporterInvalidUTF8(t *testing.T) {
+	r := otlptest.NewHTTP(t)
+	set := metrics.NewSet()
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Endpoint: r.URL, Interval: 20 * time.Millisecond, Metrics: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	bad := testSpan("G\xffT demo/hello", tracing.NewSpanID())
+	bad.Context.State = "k=\xff"
+	bad.StatusMsg = "upstream said \xfe"
+	bad.Attrs = append(bad.Attrs, tracing.String("url.path", "/\xff"))
+	e.Export(bad)
+	e.Export(testSpan("innocent", tracing.NewSpanID()))
+	spans := r.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) == 2 })
+	for _, s := range spans {
+		if s.Name != "innocent" && (s.Name != "G\uFFFDT demo/hello" || s.TraceState != "k=\uFFFD" || s.Attr("url.path") != "/\uFFFD") {
+			t.Errorf("span %q: state %q, url.path %q", s.Name, s.TraceState, s.Attr("url.path"))
+		}
+	}
+	if n := counter(set, `fogmesh_trace_spans_dropped_total{reason="export_failed"}`); n != 0 {
+		t.Errorf("%d spans dropped", n)
+	}
+}
+
+// TestExporterQueueBytesBounded: the queue was bounded in spans only, so
+// with a collector that hangs (or is away, the usual case at a cut-off
+// site) QueueSize spans of a client's longest values stayed in memory:
+// 2048 spans of 12 KiB and more (the tracestate alone may be 8 KiB) are
+// tens of MiB of an agent limited to 256 MiB. The queued bytes are
+// bounded too (QueueBytes), past which spans are dropped as queue_full.
+func TestExporterQueueBytesBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 64)
+	defer func() {
+		ln.Close()
+		for len(accepted) > 0 {
+			(<-accepted).Close()
+		}
+	}()
+	go func() { // a collector that accepts and never answers
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case accepted <- c:
+			default:
+				c.Close()
+			}
+		}
+	}()
+	set := metrics.NewSet()
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Endpoint: "http://" + ln.Addr().String(), Interval: time.Millisecond,
+		BatchSize: 16, Timeout: 2 * time.Second, QueueBytes: 1 << 20, Metrics: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("a", tracing.MaxValueLen)
+	size := 0
+	for range 2048 {
+		s := testSpan(long, tracing.NewSpanID())
+		s.StatusMsg = long
+		s.Attrs = append(s.Attrs, tracing.String("url.path", "/"+long))
+		size = len(s.Name) + len(s.StatusMsg) + len(long)
+		e.Export(s)
+	}
+	dropped := counter(set, `fogmesh_trace_spans_dropped_total{reason="queue_full"}`)
+	// Held: QueueBytes, and the batch the hanging export holds.
+	if kept := (2048 - int(dropped)) * size; kept > 1<<20+16*size {
+		t.Errorf("%d spans (%d KiB) held for a hanging collector, %d dropped", 2048-dropped, kept>>10, dropped)
+	}
+	e.Close()
 }
