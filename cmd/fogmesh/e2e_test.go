@@ -26,6 +26,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/fogmesh/fogmesh/internal/agent"
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
@@ -1220,7 +1221,7 @@ workloads:
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+filepath.Join(dir, "workload.sock")))
+	c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+agent.DefaultWorkloadAPISocket(dir)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/fogmesh/fogmesh/internal/agent"
 	"github.com/fogmesh/fogmesh/internal/identity"
 )
 
@@ -136,7 +137,7 @@ func TestRegionalControlPlaneProcesses(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	wc, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+filepath.Join(dir, "workload.sock")))
+	wc, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+agent.DefaultWorkloadAPISocket(dir)))
 	if err != nil {
 		t.Fatal(err)
 	}
