@@ -12,6 +12,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/fogmesh/fogmesh/internal/h2up"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // answerThenFlood answers c's first request (200, no body), waits for
@@ -99,13 +100,7 @@ func TestIdleConnectionStalledControlWriteCloses(t *testing.T) {
 	sc := <-dialed
 	// Idle, and the watchdog stopped: nothing but the connection's own
 	// writes can start it now.
-	deadline := time.Now().Add(10 * time.Second)
-	for !h2up.WatchdogStopped(pool) {
-		if time.Now().After(deadline) {
-			t.Fatal("the idle connection's watchdog did not stop within 10 s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the idle connection's watchdog to stop", func() bool { return h2up.WatchdogStopped(pool) })
 	start := time.Now()
 	close(flood)
 	select {
@@ -118,11 +113,5 @@ func TestIdleConnectionStalledControlWriteCloses(t *testing.T) {
 	if d := sc.longestWrite(); d < stall {
 		t.Errorf("the longest write waited %v, less than StallTimeout %v: the connection ended for another reason", d, stall)
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for h2up.Conns(pool) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the closed connection is still in the pool")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the closed connection to leave the pool", func() bool { return h2up.Conns(pool) == 0 })
 }
