@@ -26,18 +26,13 @@ func answerThenFlood(c net.Conn, flood <-chan struct{}, ended chan<- time.Time) 
 		return
 	}
 	fr.WriteSettings()
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			return
-		}
-		if h, ok := f.(*http2.MetaHeadersFrame); ok {
-			var hb bytes.Buffer
-			hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
-			break
-		}
+	h := firstHeaders(fr)
+	if h == nil {
+		return
 	}
+	var hb bytes.Buffer
+	hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
 	<-flood
 	var pings bytes.Buffer
 	pf := http2.NewFramer(&pings, nil)

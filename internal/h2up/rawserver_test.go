@@ -46,13 +46,19 @@ func stallAfterHeaders(c net.Conn) {
 	}
 	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
 	fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	firstHeaders(fr)
+}
+
+// firstHeaders reads the client's frames up to its first request's
+// HEADERS and returns them (nil if the connection ended first).
+func firstHeaders(fr *http2.Framer) *http2.MetaHeadersFrame {
 	for {
 		f, err := fr.ReadFrame()
 		if err != nil {
-			return
+			return nil
 		}
-		if _, ok := f.(*http2.MetaHeadersFrame); ok {
-			return
+		if h, ok := f.(*http2.MetaHeadersFrame); ok {
+			return h
 		}
 	}
 }

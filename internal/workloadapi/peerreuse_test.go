@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // TestHelperConnectAndExit is not a test: TestPeerPIDReusedBeforeAccept
@@ -79,16 +81,10 @@ func TestPeerPIDReusedBeforeAccept(t *testing.T) {
 		c.Wait()
 	}
 	defer func() { reuser.Process.Kill(); reuser.Wait() }()
-	for {
+	testenv.WaitFor(t, time.Until(deadline), "the reusing process to exec", func() bool {
 		exe, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-		if exe != "" && exe != os.Args[0] {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("reusing process did not exec")
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return exe != "" && exe != os.Args[0]
+	})
 	c, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
