@@ -293,7 +293,7 @@ run_grpc_lat() { # ENGINE ROUND: gRPC ping at a fixed rate, its p50 and p99 (ms)
   read -r h g <<<"${WEB[$e]}"
   log "gRPC ping at $LAT_QPS/s round $r: $e ($g)"
   if timeout $((LAT_SECONDS + 30)) "${PIN_LOAD[@]}" "$FORTIO" load -grpc -ping -qps "$LAT_QPS" -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
-       -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
+       -r "$FORTIO_RES" -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
      v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
     read -r p50 p99 _ _ bad _ <<<"$v"
     GP50[$e,$r]=$p50; GP99[$e,$r]=$p99

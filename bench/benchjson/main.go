@@ -49,6 +49,7 @@ func main() {
 			RetCodes          map[string]int64
 			DurationHistogram struct {
 				Count       int64
+				Data        []bucket
 				Percentiles []struct {
 					Percentile float64
 					Value      float64
@@ -67,6 +68,15 @@ func main() {
 				fail(fmt.Errorf("fortio: no p%v in %s", want, os.Args[2]))
 			}
 		}
+		// A percentile read from a bucket as wide as the values in it is a
+		// straight line through the bucket, not a measurement (fortio's
+		// default 1 ms resolution puts a whole loopback run in one).
+		for _, want := range []float64{50, 99} {
+			if b, ok := coarse(r.DurationHistogram.Data, want); ok {
+				fail(fmt.Errorf("fortio: p%v of %s falls in the bucket [%.3f, %.3f) ms: too coarse to read; run fortio with a finer -r",
+					want, os.Args[2], b.Start*1000, b.End*1000))
+			}
+		}
 		var bad int64
 		for code, n := range r.RetCodes {
 			// HTTP: 200; fortio's gRPC ping and health runs count SERVING.
@@ -78,6 +88,25 @@ func main() {
 	default:
 		fail(fmt.Errorf("unknown kind %q", os.Args[1]))
 	}
+}
+
+// bucket is one bar of fortio's duration histogram: [Start, End)
+// seconds, Percent the share of requests up to End.
+type bucket struct {
+	Start, End, Percent float64
+}
+
+// coarse returns the bucket that holds percentile p when it is wider than
+// half its upper edge and than 20 µs: a value interpolated in it says
+// little about where the requests were.
+func coarse(data []bucket, p float64) (bucket, bool) {
+	for _, b := range data {
+		if b.Percent >= p {
+			w := b.End - b.Start
+			return b, w > b.End/2 && w > 20e-6
+		}
+	}
+	return bucket{}, false
 }
 
 func fail(err error) {
