@@ -262,7 +262,7 @@ run_grpc() { # ENGINE ROUND
     ppid="$ppid $!"
   fi
   if timeout $((LAT_SECONDS + 30)) "${PIN_LOAD[@]}" "$FORTIO" load -grpc -ping -qps 0 -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
-       -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
+       -r "$FORTIO_RES" -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
      v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
     m1=$(machine_ticks); t1=$(date +%s.%N)
     c1=$(cpu_ticks ${CPUPIDS[$e]}); k1=$(sys_ticks ${CPUPIDS[$e]}); [ -z "${CPUPIDS[$e]}" ] || s1=$(syscalls ${CPUPIDS[$e]})
