@@ -75,6 +75,9 @@ func TestCheck(t *testing.T) {
 			t.Errorf("%s: verdict %d with %d holders (err %v), want %d (holders scanned: %v)",
 				c.name, r.Verdict, len(r.Owner.Procs), r.Err, c.want, c.wantProcs)
 		}
+		if r.Unmapped {
+			t.Errorf("%s: Result.Unmapped for this process's own socket (uid %d)", c.name, uid)
+		}
 		if r.Verdict == Attested && r.Owner.Procs[0].PID != int32(os.Getpid()) {
 			t.Errorf("%s: holder pid %d, want this process %d", c.name, r.Owner.Procs[0].PID, os.Getpid())
 		}

@@ -53,7 +53,7 @@ func TestHelperUserNSCheck(t *testing.T) {
 		at   *svid.Attest
 	}{{"uid", &svid.Attest{UID: &uid}}, {"gid", &svid.Attest{GID: &gid}}, {"path", &svid.Attest{Path: exe}}} {
 		r := Check([]*svid.Attest{s.at}, remote, local)
-		fmt.Printf("verdict: %s %d socket_uid=%d holders=%+v err=%v\n", s.name, r.Verdict, r.Owner.UID, r.Owner.Procs, r.Err)
+		fmt.Printf("verdict: %s %d %v socket_uid=%d holders=%+v err=%v\n", s.name, r.Verdict, r.Unmapped, r.Owner.UID, r.Owner.Procs, r.Err)
 	}
 }
 
@@ -78,9 +78,13 @@ func TestCheckClientOfUnmappedUID(t *testing.T) {
 	for line := range strings.Lines(string(out)) {
 		var name string
 		var v Verdict
-		if _, err := fmt.Sscanf(line, "verdict: %s %d", &name, &v); err == nil {
+		var unmapped bool
+		if _, err := fmt.Sscanf(line, "verdict: %s %d %t", &name, &v, &unmapped); err == nil {
 			t.Log(strings.TrimSpace(line))
 			got[name] = v
+			if !unmapped {
+				t.Errorf("%s selector: Result.Unmapped false; the socket's ids are the overflow ids", name)
+			}
 		}
 	}
 	if len(got) != 3 {
