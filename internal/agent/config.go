@@ -448,6 +448,9 @@ func (w *Workload) normalize(node string) error {
 	if w.Check.Timeout <= 0 {
 		w.Check.Timeout = Duration(time.Second)
 	}
+	if err := w.Attest.Validate(); err != nil {
+		return fmt.Errorf("attest.%w", err)
+	}
 	e := w.endpoint(node, true)
 	if err := e.Validate(); err != nil {
 		return err

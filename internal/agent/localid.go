@@ -18,7 +18,9 @@ import (
 // Metrics:
 //
 //	fogmesh_agent_local_identity_attested_total                 connections whose owner matched
-//	fogmesh_agent_local_identity_refused_total{reason}          reason: mismatch (owner found, selectors not met), unknown_owner (not determinable: non-Linux, gone, no permission)
+//	fogmesh_agent_local_identity_refused_total{reason}          reason: mismatch (owner found, selectors not met), unmapped_id (a mismatch where the
+//	                                                            client's uid or gid is one the agent's user namespace does not map), unknown_owner
+//	                                                            (not determinable: non-Linux, gone, no permission)
 
 // localAttestations maps the addresses of this node's workloads to the
 // attest selectors the workloads there declare (none: identity by address
@@ -48,11 +50,15 @@ func (a *Agent) attestedIdentity(v *view, id string, remote, local netip.AddrPor
 	}
 	r := localid.Check(ats, remote, local)
 	o := r.Owner
+	mismatch := `fogmesh_agent_local_identity_refused_total{reason="mismatch"}`
+	if r.Unmapped {
+		mismatch = `fogmesh_agent_local_identity_refused_total{reason="unmapped_id"}`
+	}
 	switch {
 	case r.Verdict == localid.Mismatch && len(o.Procs) == 0:
-		a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_local_identity_refused_total{reason="mismatch"}`).Inc()
+		a.cfg.Metrics.GetOrCreateCounter(mismatch).Inc()
 		a.log.Warn("agent: local client does not match the attest selectors of its address's workload; treated as unknown",
-			"client", remote, "identity", id, "socket_uid", o.UID)
+			"client", remote, "identity", id, "socket_uid", o.UID, "ids_unmapped", r.Unmapped)
 		return ""
 	case r.Verdict == localid.UnknownOwner:
 		a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_local_identity_refused_total{reason="unknown_owner"}`).Inc()
@@ -60,11 +66,11 @@ func (a *Agent) attestedIdentity(v *view, id string, remote, local netip.AddrPor
 			"client", remote, "identity", id, "err", r.Err, "took", r.Took)
 		return ""
 	case r.Verdict == localid.Mismatch:
-		a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_local_identity_refused_total{reason="mismatch"}`).Inc()
+		a.cfg.Metrics.GetOrCreateCounter(mismatch).Inc()
 		p := o.Procs[0]
 		a.log.Warn("agent: local client does not match the attest selectors of its address's workload; treated as unknown",
 			"client", remote, "identity", id, "socket_uid", o.UID, "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.Exe,
-			"holders", len(o.Procs))
+			"holders", len(o.Procs), "ids_unmapped", r.Unmapped)
 		return ""
 	}
 	a.cfg.Metrics.GetOrCreateCounter(`fogmesh_agent_local_identity_attested_total`).Inc()

@@ -173,7 +173,10 @@ spec: {service: wdb, rules: [{from: [{principals: ["`+attestID+`"]}]}]}
 	})
 	// A non-root workload, run as a real client (curl) under another uid.
 	t.Run("curl as another user", func(t *testing.T) {
-		testenv.NeedRoot(t) // to run curl as uid 65534
+		testenv.NeedRoot(t) // to run curl as uid 4321
+		// Not nobody (65534): that is the overflow uid, which no
+		// selector may name.
+		const other = 4321
 		curl, err := filepath.EvalSymlinks(testenv.NeedTool(t, "curl"))
 		if err != nil {
 			t.Fatal(err)
@@ -189,13 +192,13 @@ spec: {service: wdb, rules: [{from: [{principals: ["`+attestID+`"]}]}]}
 			}
 			return strings.TrimSpace(string(out))
 		}
-		register(&Attest{UID: intp(65534), Path: curl})
-		if got := run(&syscall.Credential{Uid: 65534, Gid: 65534}); got != "id="+attestID {
-			t.Errorf("curl as uid 65534: %q, want id=%s", got, attestID)
+		register(&Attest{UID: intp(other), Path: curl})
+		if got := run(&syscall.Credential{Uid: other, Gid: other}); got != "id="+attestID {
+			t.Errorf("curl as uid %d: %q, want id=%s", other, got, attestID)
 		}
 		if got := run(nil); got != "id=" {
 			t.Errorf("curl as root: %q, want no identity", got)
 		}
-		expect(t, "") // and this process is neither curl nor uid 65534
+		expect(t, "") // and this process is neither curl nor uid 4321
 	})
 }

@@ -40,13 +40,14 @@ func TestHelperFetchSVIDAsOtherUser(t *testing.T) {
 
 // TestWorkloadAPIDefaultSocketNonRoot: an agent run as root with the
 // Workload API at its default location hands a workload attested by uid
-// 65534 its SVID when a process of that uid asks. With the socket inside
+// 4321 its SVID when a process of that uid asks (not nobody's 65534: that
+// is the overflow uid, which no selector may name). With the socket inside
 // the 0700 state directory, that process could not even connect (EACCES).
 func TestWorkloadAPIDefaultSocketNonRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: the agent runs as root and the workload as uid 65534")
+		t.Skip("needs root: the agent runs as root and the workload as uid 4321")
 	}
-	const uid, gid = 65534, 65534
+	const uid, gid = 4321, 4321
 	// A base directory any user may traverse, as /var/lib/fogmesh is
 	// (t.TempDir's parent is 0700).
 	base, err := os.MkdirTemp("", "fogmesh-wlsock-")
@@ -57,7 +58,7 @@ func TestWorkloadAPIDefaultSocketNonRoot(t *testing.T) {
 	if err := os.Chmod(base, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// The test binary, where uid 65534 may run it (go test builds it in a
+	// The test binary, where uid 4321 may run it (go test builds it in a
 	// 0700 directory).
 	helper := filepath.Join(base, "helper.test")
 	copyExecutable(t, helper)

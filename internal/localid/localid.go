@@ -38,6 +38,11 @@ type Result struct {
 	Owner sockowner.Owner
 	Err   error // why the owner is unknown
 	Took  time.Duration
+	// Unmapped: the owner was found, and the kernel could not map its
+	// uid or a holder's uid or gid into the agent's user namespace (the
+	// client is in another one); those ids matched no uid or gid
+	// selector.
+	Unmapped bool
 }
 
 // Check attests the client socket client→server (as seen from the
@@ -48,12 +53,12 @@ func Check(ats []*svid.Attest, client, server netip.AddrPort) Result {
 	if err == nil && !uidPossible(ats, o.UID) {
 		// Refused on the socket's creator alone: no /proc scan, so a
 		// flood of impostor connections costs one netlink query each.
-		return Result{Verdict: Mismatch, Owner: o, Took: time.Since(start)}
+		return Result{Verdict: Mismatch, Owner: o, Unmapped: unmapped(o), Took: time.Since(start)}
 	}
 	if err == nil {
 		o.Procs, err = sockowner.Holders(o.Inode)
 	}
-	r := Result{Owner: o, Err: err, Took: time.Since(start)}
+	r := Result{Owner: o, Err: err, Took: time.Since(start), Unmapped: err == nil && unmapped(o)}
 	switch {
 	case err != nil || len(o.Procs) == 0:
 		r.Verdict = UnknownOwner
@@ -68,13 +73,15 @@ func Check(ats []*svid.Attest, client, server netip.AddrPort) Result {
 // ownerMatches reports whether the processes holding a client socket are
 // all described by one of the selectors: a process that execs an allowed
 // binary while keeping a copy of the socket does not pass. A uid selector
-// must also match the socket's creator.
+// must also match the socket's creator. The holders' ids and the
+// creator's uid are as the agent's user namespace sees them: the overflow
+// ids (unmapped) match no uid or gid selector, as on the Workload API.
 func ownerMatches(ats []*svid.Attest, o sockowner.Owner) bool {
 	if len(o.Procs) == 0 {
 		return false
 	}
 	for _, at := range ats {
-		if at.UID != nil && uint32(*at.UID) != o.UID {
+		if at.UID != nil && !uidMatches(*at.UID, o.UID) {
 			continue
 		}
 		all := true
@@ -95,7 +102,29 @@ func ownerMatches(ats []*svid.Attest, o sockowner.Owner) bool {
 // the selectors (ownerMatches then checks its processes).
 func uidPossible(ats []*svid.Attest, uid uint32) bool {
 	for _, at := range ats {
-		if at.UID == nil || uint32(*at.UID) == uid {
+		if at.UID == nil || uidMatches(*at.UID, uid) {
+			return true
+		}
+	}
+	return false
+}
+
+// uidMatches reports whether a uid selector names the socket creator's
+// uid, which the overflow uid (unmapped: unknown) never is.
+func uidMatches(sel int, uid uint32) bool {
+	return uid != workloadapi.Overflow().UID && uint32(sel) == uid
+}
+
+// unmapped reports whether the kernel could not map the socket creator's
+// uid or a holder's uid or gid into the agent's user namespace (they show
+// as the overflow ids).
+func unmapped(o sockowner.Owner) bool {
+	ov := workloadapi.Overflow()
+	if o.UID == ov.UID {
+		return true
+	}
+	for _, p := range o.Procs {
+		if uint32(p.UID) == ov.UID || uint32(p.GID) == ov.GID {
 			return true
 		}
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/sockowner"
 	"github.com/fogmesh/fogmesh/internal/svid"
+	"github.com/fogmesh/fogmesh/internal/workloadapi"
 )
 
 func intp(v int) *int { return &v }
@@ -74,6 +75,9 @@ func TestCheck(t *testing.T) {
 			t.Errorf("%s: verdict %d with %d holders (err %v), want %d (holders scanned: %v)",
 				c.name, r.Verdict, len(r.Owner.Procs), r.Err, c.want, c.wantProcs)
 		}
+		if r.Unmapped {
+			t.Errorf("%s: Result.Unmapped for this process's own socket (uid %d)", c.name, uid)
+		}
 		if r.Verdict == Attested && r.Owner.Procs[0].PID != int32(os.Getpid()) {
 			t.Errorf("%s: holder pid %d, want this process %d", c.name, r.Owner.Procs[0].PID, os.Getpid())
 		}
@@ -112,5 +116,40 @@ func TestOwnerMatches(t *testing.T) {
 		if got := ownerMatches(c.ats, c.o); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+// TestUnmappedIDsMatchNoIDSelector: a uid or gid the kernel reports as the
+// overflow id (the agent's user namespace does not map it) matches no uid
+// or gid selector, even one naming that id, whether it is the socket
+// creator's or a holder's; the socket is refused on its creator alone
+// when only uid selectors could pass. A path selector still matches.
+func TestUnmappedIDsMatchNoIDSelector(t *testing.T) {
+	ov := workloadapi.Overflow()
+	ou, og := int(ov.UID), int(ov.GID)
+	unmapped := sockowner.Process{PID: 10, UID: int32(ov.UID), GID: int32(ov.GID), Exe: "/usr/bin/app"}
+	halfMapped := sockowner.Process{PID: 11, UID: 1000, GID: int32(ov.GID), Exe: "/usr/bin/app"}
+	cases := []struct {
+		name string
+		ats  []*svid.Attest
+		o    sockowner.Owner
+		want bool
+	}{
+		{"overflow uid", []*svid.Attest{{UID: &ou}}, sockowner.Owner{UID: ov.UID, Procs: []sockowner.Process{unmapped}}, false},
+		{"overflow gid", []*svid.Attest{{GID: &og}}, sockowner.Owner{UID: ov.UID, Procs: []sockowner.Process{unmapped}}, false},
+		{"overflow gid, mapped uid", []*svid.Attest{{UID: intp(1000), GID: &og}}, sockowner.Owner{UID: 1000, Procs: []sockowner.Process{halfMapped}}, false},
+		{"mapped uid of a half-mapped holder", []*svid.Attest{{UID: intp(1000)}}, sockowner.Owner{UID: 1000, Procs: []sockowner.Process{halfMapped}}, true},
+		{"path alone", []*svid.Attest{{Path: "/usr/bin/app"}}, sockowner.Owner{UID: ov.UID, Procs: []sockowner.Process{unmapped}}, true},
+	}
+	for _, c := range cases {
+		if got := ownerMatches(c.ats, c.o); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+	if uidPossible([]*svid.Attest{{UID: &ou}}, ov.UID) {
+		t.Error("a socket made by the overflow uid can pass a uid selector naming it: it would be scanned, not refused at once")
+	}
+	if !uidPossible([]*svid.Attest{{UID: &ou}, {Path: "/usr/bin/app"}}, ov.UID) {
+		t.Error("a socket made by the overflow uid is refused before a path selector is tried")
 	}
 }

@@ -37,6 +37,10 @@ import (
 
 // Caller is the process on the other end of the socket.
 type Caller struct {
+	// PID, UID and GID are as the agent's namespaces number them. A uid
+	// or gid the agent's user namespace does not map (a caller in
+	// another one) is the overflow id (65534, see Overflow): it names no
+	// one, and HasUID or HasGID is false.
 	PID, UID, GID int32
 	// Exe is the caller's executable (/proc/<pid>/exe) read when its
 	// connection is accepted (not when it connected: a process that execs
@@ -284,7 +288,8 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, next func() ([]b
 		msg, ok := next()
 		if !ok {
 			s.Denied.Add(1)
-			s.log.Info("workloadapi: no identity for caller", "pid", caller.PID, "uid", caller.UID, "path", r.URL.Path)
+			s.log.Info("workloadapi: no identity for caller", "pid", caller.PID, "uid", caller.UID, "gid", caller.GID,
+				"ids_unmapped", !caller.HasUID() || !caller.HasGID(), "path", r.URL.Path)
 			if !started {
 				w.Header().Del("Trailer")
 			}
