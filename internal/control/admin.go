@@ -97,7 +97,23 @@ func (s *Server) adminHandler() http.Handler {
 	s.debugRoutes(mux)
 	s.uiRoutes(mux)
 	s.statsRoutes(mux)
-	return s.authenticate(mux)
+	return sameOrigin(s.authenticate(mux))
+}
+
+// sameOrigin refuses a request that changes state (any method but GET,
+// HEAD and OPTIONS) when a browser marks it cross-origin: Sec-Fetch-Site
+// other than same-origin or none, else an Origin whose host is not the
+// request's Host. Credentials do not help it: a browser with an admin
+// client certificate presents it on the requests any page makes it send
+// (a form posting text/plain "JSON" to /v1/apply, or nothing at all to
+// /v1/ca/rotate), and in insecure mode there are none to present. The
+// CLI and other clients send neither header and pass.
+func sameOrigin(next http.Handler) http.Handler {
+	p := http.NewCrossOriginProtection()
+	p.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusForbidden, errors.New("cross-origin request refused: a browser page of another origin may not change state here"))
+	}))
+	return p.Handler(next)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

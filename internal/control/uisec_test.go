@@ -1,0 +1,108 @@
+package control
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/identity"
+)
+
+// adminCertHTTP is an HTTPS client of s's admin API presenting an admin
+// client certificate, as a browser with one installed does on every
+// request to the control plane, whichever site made it.
+func adminCertHTTP(t *testing.T, s *Server) *http.Client {
+	t.Helper()
+	key, _ := identity.NewKey()
+	id, _ := identity.AdminID(s.CA().TrustDomain(), "browser")
+	certs, err := s.CA().Sign(key.Public(), id, identity.IssueOptions{TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(s.CA().Roots()[0])
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots,
+		Certificates: []tls.Certificate{{Certificate: identity.DERs(certs), PrivateKey: key}}}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+// TestAdminAPIRefusesCrossSiteWrites: a browser holding an admin client
+// certificate presents it on a request any web page makes it send, such
+// as a form posting text/plain "JSON" to /v1/apply, so a change of state
+// that a browser marks cross-site (Sec-Fetch-Site, or an Origin that is
+// not the control plane's) is refused whatever its credentials; the same
+// request same-origin, or from a client that is no browser (the CLI sends
+// neither header), goes through, and a cross-site GET still reads.
+func TestAdminAPIRefusesCrossSiteWrites(t *testing.T) {
+	s := startSecure(t)
+	c := adminCertHTTP(t, s)
+	base := "https://" + s.AdminAddr()
+	doc := func(name string) string {
+		// A form's text/plain body is NAME=VALUE: the '=' hides in a label.
+		return `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"` + name +
+			`","namespace":"csrf","labels":{"f":"="}},"spec":{"ports":[{"name":"http","port":80,"protocol":"http"}]}}` + "\r\n"
+	}
+	do := func(method, path, body string, hdr map[string]string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "text/plain") // what a cross-site form can send
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	stored := func(name string) bool {
+		objs, _, err := s.reg.list(api.KindService)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range objs {
+			if o.GetMeta().Name == name {
+				return true
+			}
+		}
+		return false
+	}
+	for _, tc := range []struct {
+		name string
+		hdr  map[string]string
+	}{
+		{"cross-site", map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}},
+		{"same-site", map[string]string{"Sec-Fetch-Site": "same-site", "Origin": "https://other." + s.AdminAddr()}},
+		{"foreign-origin", map[string]string{"Origin": "https://evil.example"}},
+		{"null-origin", map[string]string{"Origin": "null"}},
+	} {
+		if code, body := do("POST", "/v1/apply", doc("evil-"+tc.name), tc.hdr); code != http.StatusForbidden || stored("evil-"+tc.name) {
+			t.Errorf("%s POST /v1/apply: %d %s, stored %v; want 403, nothing stored", tc.name, code, body, stored("evil-"+tc.name))
+		}
+		if code, body := do("POST", "/ui/login", "token=x", tc.hdr); code != http.StatusForbidden {
+			t.Errorf("%s POST /ui/login: %d %s; want 403", tc.name, code, body)
+		}
+	}
+	if code, body := do("GET", "/v1/services", "", map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}); code != http.StatusOK {
+		t.Errorf("cross-site GET /v1/services: %d %s", code, body)
+	}
+	for _, tc := range []struct {
+		name string
+		hdr  map[string]string
+	}{
+		{"same-origin", map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": base}},
+		{"origin-only", map[string]string{"Origin": base}},
+		{"cli", nil},
+	} {
+		if code, body := do("POST", "/v1/apply", doc("ok-"+tc.name), tc.hdr); code != http.StatusOK || !stored("ok-"+tc.name) {
+			t.Errorf("%s POST /v1/apply: %d %s, stored %v; want 200", tc.name, code, body, stored("ok-"+tc.name))
+		}
+	}
+}
