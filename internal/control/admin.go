@@ -97,7 +97,17 @@ func (s *Server) adminHandler() http.Handler {
 	s.debugRoutes(mux)
 	s.uiRoutes(mux)
 	s.statsRoutes(mux)
-	return sameOrigin(s.authenticate(mux))
+	return nosniff(sameOrigin(s.authenticate(mux)))
+}
+
+// nosniff: a browser takes every answer of the admin port as the type it
+// says (an error's JSON may quote what a client sent; it must never be
+// read as HTML or script).
+func nosniff(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		next.ServeHTTP(w, r)
+	})
 }
 
 // sameOrigin refuses a request that changes state (any method but GET,

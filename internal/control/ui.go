@@ -244,11 +244,14 @@ func (s *Server) handleUI(w http.ResponseWriter, r *http.Request) {
 	w.Write(b.Bytes())
 }
 
-// uiHeaders: nothing but this origin's own files may run or load.
+// uiHeaders: nothing but this origin's own files may run or load, and
+// no other page may frame the UI (X-Content-Type-Options: nosniff is set
+// on every admin answer, adminHandler).
 func uiHeaders(w http.ResponseWriter) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Frame-Options", "DENY") // frame-ancestors for browsers without CSP 2
+	w.Header().Set("Referrer-Policy", "no-referrer")
 	w.Header().Set("Cache-Control", "no-store")
 }
 

@@ -106,3 +106,37 @@ func TestAdminAPIRefusesCrossSiteWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminHeaders: every answer of the admin port tells a browser not to
+// sniff its type (an error's JSON may quote what a client sent), and the
+// UI's pages may not be framed by another page (clickjacking: a browser
+// with an admin client certificate would render them for it).
+func TestAdminHeaders(t *testing.T) {
+	s := startSecure(t)
+	c := adminCertHTTP(t, s)
+	for _, tc := range []struct {
+		path  string
+		code  int
+		frame bool // an HTML page: no framing
+	}{
+		{"/ui", http.StatusOK, true},
+		{"/ui/login", http.StatusOK, true},
+		{"/ui/api/state", http.StatusOK, false},
+		{"/ui/static/ui.js", http.StatusOK, false},
+		{"/v1/services", http.StatusOK, false},
+		{"/v1/nosuch<b>", http.StatusNotFound, false},
+	} {
+		resp, err := c.Get("https://" + s.AdminAddr() + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		h := resp.Header
+		if resp.StatusCode != tc.code || h.Get("X-Content-Type-Options") != "nosniff" {
+			t.Errorf("GET %s: %d, X-Content-Type-Options %q; want %d, nosniff", tc.path, resp.StatusCode, h.Get("X-Content-Type-Options"), tc.code)
+		}
+		if tc.frame && (h.Get("X-Frame-Options") != "DENY" || !strings.Contains(h.Get("Content-Security-Policy"), "frame-ancestors 'none'")) {
+			t.Errorf("GET %s: X-Frame-Options %q, CSP %q; want DENY and frame-ancestors 'none'", tc.path, h.Get("X-Frame-Options"), h.Get("Content-Security-Policy"))
+		}
+	}
+}
