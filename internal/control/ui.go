@@ -370,8 +370,11 @@ func (s *Server) uiSnapshot(ctx context.Context) (*UIState, error) {
 // maxScrapes bounds the agents scraped at once.
 const maxScrapes = 64
 
-// uiHTTP scrapes agents: plain HTTP, short timeouts.
-var uiHTTP = &http.Client{Timeout: 2 * time.Second}
+// uiHTTP scrapes agents: plain HTTP, short timeouts, and no redirect
+// followed: the address is the one a node registered itself, and the
+// control plane must not fetch whatever URL the node points it to.
+var uiHTTP = &http.Client{Timeout: 2 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
 // scrapeMetrics scrapes every target (node → URL) at once.
 func scrapeMetrics(ctx context.Context, targets map[string]string) (map[string]meshstat.Scrape, map[string]string) {

@@ -3,14 +3,20 @@ package control
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // adminCertHTTP is an HTTPS client of s's admin API presenting an admin
@@ -138,5 +144,61 @@ func TestAdminHeaders(t *testing.T) {
 		if tc.frame && (h.Get("X-Frame-Options") != "DENY" || !strings.Contains(h.Get("Content-Security-Policy"), "frame-ancestors 'none'")) {
 			t.Errorf("GET %s: X-Frame-Options %q, CSP %q; want DENY and frame-ancestors 'none'", tc.path, h.Get("X-Frame-Options"), h.Get("Content-Security-Policy"))
 		}
+	}
+}
+
+// TestUIScrapeFollowsNoRedirect: the UI scrapes a node whose heartbeats
+// carry no counters at the adminAddress the node registered itself. A
+// node (a compromised agent) must not turn that into requests of the
+// control plane to wherever it likes: a redirect is a failed scrape, not
+// followed.
+func TestUIScrapeFollowsNoRedirect(t *testing.T) {
+	s := startSecure(t)
+	var hits atomic.Int64
+	inside := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1) // say, a cloud metadata endpoint only the control plane reaches
+	}))
+	defer inside.Close()
+	var asked atomic.Int64
+	agentAdmin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		http.Redirect(w, r, inside.URL+"/latest/meta-data", http.StatusFound)
+	}))
+	defer agentAdmin.Close()
+
+	svid := signNode(t, s.CA(), "s1", "n1", time.Hour)
+	src := identity.NewSource()
+	src.SetBundles(s.CA().Bundle())
+	src.SetSVID(svid)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.SyncAddr(),
+		src.ClientConfig(identity.AuthorizeID(identity.ControlID(s.CA().TrustDomain())), identity.ALPNSync))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	n := &api.Node{Meta: api.Meta{Name: "n1"}, Spec: api.NodeSpec{Site: "s1", Region: "east", MeshAddress: "127.0.0.1:1",
+		AdminAddress: strings.TrimPrefix(agentAdmin.URL, "http://")}}
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Capabilities: []string{wire.CapPolicy2}, Node: n}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := wire.NewReader(c).Read(); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("welcome: %v %+v", err, m)
+	}
+
+	ui := adminCertHTTP(t, s)
+	var st UIState
+	testenv.WaitFor(t, 20*time.Second, "the node scraped", func() bool {
+		resp, err := ui.Get("https://" + s.AdminAddr() + "/ui/api/state")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		st = UIState{}
+		json.NewDecoder(resp.Body).Decode(&st)
+		return asked.Load() > 0 // the scrape is done when the answer comes
+	})
+	if hits.Load() != 0 || !strings.Contains(st.Scrape["n1"], "302") {
+		t.Fatalf("the control plane followed the node's redirect (%d requests); scrape error %q", hits.Load(), st.Scrape["n1"])
 	}
 }
