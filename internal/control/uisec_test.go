@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -200,5 +201,37 @@ func TestUIScrapeFollowsNoRedirect(t *testing.T) {
 	})
 	if hits.Load() != 0 || !strings.Contains(st.Scrape["n1"], "302") {
 		t.Fatalf("the control plane followed the node's redirect (%d requests); scrape error %q", hits.Load(), st.Scrape["n1"])
+	}
+}
+
+// TestUIEscapesStoredValues: what agents and clients put in the records
+// the UI shows (here a denial's actor, object and reason, and a node's
+// name in the embedded state) reaches the page as text: html/template
+// escapes it in the markup, and the state embedded for ui.js is JSON with
+// <, > and & escaped, which cannot close its <script> element.
+func TestUIEscapesStoredValues(t *testing.T) {
+	s := startSecure(t)
+	evil := []string{`<script>alert(1)</script>`, `"><img src=x onerror=alert(2)>`, `</script><script>alert(3)</script>`, "\u2028'; alert(4)//"}
+	s.ui.noteAudit([]audit.Record{{Node: "n1", Seq: 1, Decision: audit.Deny, Actor: evil[0], Object: evil[1], Reason: evil[2], Action: evil[3]}})
+	resp, err := adminCertHTTP(t, s).Get("https://" + s.AdminAddr() + "/ui")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	page := string(b)
+	for _, bad := range []string{"<script>alert", "<img", "</script><script>"} {
+		if strings.Contains(page, bad) {
+			t.Errorf("page holds %q unescaped", bad)
+		}
+	}
+	if strings.Count(page, "<script") != 2 || strings.Count(page, "</script>") != 2 {
+		t.Errorf("page has %d <script and %d </script>, want 2 each (ui.js, the state)", strings.Count(page, "<script"), strings.Count(page, "</script>"))
+	}
+	_, rest, _ := strings.Cut(page, `<script type="application/json" id="state">`)
+	js, _, _ := strings.Cut(rest, "</script>")
+	var st UIState
+	if err := json.Unmarshal([]byte(js), &st); err != nil || len(st.Denials) != 1 || st.Denials[0].Actor != evil[0] || st.Denials[0].Reason != evil[2] {
+		t.Fatalf("embedded state: %v, %+v", err, st.Denials)
 	}
 }
