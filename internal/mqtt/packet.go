@@ -187,8 +187,17 @@ type Subscribe struct {
 	Filters  []Filter
 }
 
+// MaxSubscribeFilters bounds the topic filters of one SUBSCRIBE. MQTT sets
+// no bound, but each filter is decoded, authorized and counted: a 16 MiB
+// SUBSCRIBE of one-byte filters (four million) would cost over a gigabyte
+// of allocations and as many decisions, for one packet. Clients that
+// subscribe to more send several SUBSCRIBE packets.
+const MaxSubscribeFilters = 4096
+
 // ParseSubscribe decodes the body of a SUBSCRIBE packet (MQTT 3.1.1 §3.8,
-// MQTT 5 §3.8) of a connection at protocol level version.
+// MQTT 5 §3.8) of a connection at protocol level version. More than
+// MaxSubscribeFilters filters is a *ProtocolError with reason 0x97 (quota
+// exceeded), returned before the rest is decoded.
 func ParseSubscribe(body []byte, version byte) (Subscribe, error) {
 	var s Subscribe
 	d := &decoder{b: body}
@@ -204,6 +213,9 @@ func ParseSubscribe(body []byte, version byte) (Subscribe, error) {
 		})
 	}
 	for d.err == nil && len(d.b) > 0 {
+		if len(s.Filters) == MaxSubscribeFilters {
+			return s, protocolErr(0x97, "SUBSCRIBE with more than %d topic filters", MaxSubscribeFilters)
+		}
 		f := Filter{Filter: d.str("topic filter"), Options: d.byte1("subscription options")}
 		if d.err != nil {
 			break
@@ -289,7 +301,8 @@ type Session struct {
 // DisconnectReason is the MQTT 5 reason code to close with: 0x81
 // (malformed) or 0x82 (protocol error, which is also what an alias that
 // was never set is: MQTT 5 §3.3.4, and mosquitto's answer), 0x94 for topic
-// alias 0 (§3.3.2.3.4), 0x97 when the aliases outgrow maxAliasBytes.
+// alias 0 (§3.3.2.3.4), 0x97 when the aliases outgrow maxAliasBytes or a
+// SUBSCRIBE carries more than MaxSubscribeFilters filters.
 func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 	switch h.Type {
 	case TypeConnect:
