@@ -1,8 +1,12 @@
 package mqtt
 
 import (
+	"bytes"
+	"errors"
+	"io"
 	"runtime"
 	"testing"
+	"testing/iotest"
 )
 
 // subscribeBody is the body of an MQTT 3.1.1 SUBSCRIBE with n one-byte
@@ -42,3 +46,46 @@ func TestSubscribeFilterCap(t *testing.T) {
 		t.Fatalf("a %d MiB SUBSCRIBE of one-byte filters: %v, %d MiB allocated; want refused, under 8 MiB", len(huge)>>20, err, alloc>>20)
 	}
 }
+
+// TestReadPacketPieces: a packet that arrives a byte per read (a CONNECT
+// split over many segments) reads as the same packet, and no byte past it
+// is taken; one that declares more than the limit (256 MiB here) is
+// refused at its length with reason 0x95, before a byte of its body is
+// waited for; one whose sender vanishes mid-packet is cut short.
+func TestReadPacketPieces(t *testing.T) {
+	for name, p := range captured(t) {
+		after := []byte{0xc0, 0} // a PINGREQ
+		r := io.MultiReader(iotest.OneByteReader(bytes.NewReader(p)), bytes.NewReader(after))
+		c, raw, err := ReadConnect(r)
+		if err != nil || !bytes.Equal(raw, p[:len(raw)]) {
+			t.Fatalf("%s: %+v %v", name, c, err)
+		}
+		if left, _ := io.ReadAll(r); !bytes.Equal(left, append(p[len(raw):len(p):len(p)], after...)) {
+			t.Fatalf("%s: %d bytes left after the CONNECT, want %d", name, len(left), len(p)-len(raw)+len(after))
+		}
+		want, _, _ := ReadConnect(bytes.NewReader(p))
+		if c != want {
+			t.Fatalf("%s: read a byte at a time as %+v, whole as %+v", name, c, want)
+		}
+	}
+	// A reader that fails the test if asked for more than the header.
+	huge := []byte{0x30, 0xff, 0xff, 0xff, 0x7f}
+	_, raw, _, err := ReadPacket(io.MultiReader(bytes.NewReader(huge), readerFunc(func([]byte) (int, error) {
+		t.Fatal("read past the length of a packet over the limit")
+		return 0, nil
+	})), MaxPacketSize)
+	if DisconnectReason(err) != 0x95 || !bytes.Equal(raw, huge) {
+		t.Fatalf("256 MiB packet: %v (reason %#x), raw % x", err, DisconnectReason(err), raw)
+	}
+	cut := pkt(0x10, s16("MQTT"), []byte{4, 2, 0, 30}, s16("client"))
+	for i := 1; i < len(cut); i++ {
+		_, _, err := ReadConnect(bytes.NewReader(cut[:i]))
+		if !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("CONNECT cut after %d bytes: %v", i, err)
+		}
+	}
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
