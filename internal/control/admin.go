@@ -192,6 +192,9 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	objs, warnings, err := api.DecodeWithOptions(body, api.DecodeOptions{IstioRootNamespace: s.cfg.IstioRootNamespace})
+	if err == nil {
+		err = admitTopics(objs)
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -220,6 +223,37 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 	ph.mark("answer")
 	ph.done("apply")
+}
+
+// admitTopics refuses an authorization policy whose MQTT topic filters
+// name a shared subscription ($share/GROUP/FILTER): the agents authorize
+// one as the FILTER it receives, so such a rule would never match (a DENY
+// that denies nothing). Checked at apply only, not in api's validation:
+// a policy stored before still decodes everywhere, as the no-op it was.
+func admitTopics(objs []api.Object) error {
+	for _, o := range objs {
+		p, ok := o.(*api.AuthorizationPolicy)
+		if !ok {
+			continue
+		}
+		for i, r := range p.Spec.Rules {
+			for j, op := range r.To {
+				for _, fs := range []struct {
+					field   string
+					filters []string
+				}{{"publish", op.Publish}, {"subscribe", op.Subscribe}} {
+					for k, f := range fs.filters {
+						if rest, ok := strings.CutPrefix(f, "$share/"); ok {
+							_, filter, _ := strings.Cut(rest, "/")
+							return fmt.Errorf("AuthorizationPolicy %s: spec.rules[%d].to[%d].%s[%d]: %q is a shared subscription, which the agents match as the filter it receives: write %q",
+								p.Meta.Key(), i, j, fs.field, k, f, filter)
+						}
+					}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, name string) {

@@ -235,3 +235,29 @@ func TestUIEscapesStoredValues(t *testing.T) {
 		t.Fatalf("embedded state: %v, %+v", err, st.Denials)
 	}
 }
+
+// TestApplyRefusesSharedSubscriptionTopics: the agents authorize a shared
+// subscription $share/GROUP/FILTER as the FILTER it receives, so a policy
+// naming a $share/... filter would never match: a DENY that denies
+// nothing. Apply refuses it, naming the field.
+func TestApplyRefusesSharedSubscriptionTopics(t *testing.T) {
+	s := startSecure(t)
+	c := adminCertHTTP(t, s)
+	for _, to := range []string{`{"subscribe":["alerts/#","$share/g/secret/#"]}`, `{"publish":["$share/g/a"]}`} {
+		doc := `{"apiVersion":"fogmesh.io/v1alpha1","kind":"AuthorizationPolicy","metadata":{"name":"p","namespace":"shop"},` +
+			`"spec":{"service":"broker","action":"DENY","rules":[{"to":[` + to + `]}]}}`
+		resp, err := c.Post("https://"+s.AdminAddr()+"/v1/apply", "application/json", strings.NewReader(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "$share") || !strings.Contains(string(b), "spec.rules[0].to[0]") {
+			t.Errorf("%s: %d %s; want 400 naming the filter", to, resp.StatusCode, b)
+		}
+	}
+	objs, _, _ := s.reg.list(api.KindAuthorizationPolicy)
+	if len(objs) != 0 {
+		t.Fatalf("%d policies stored", len(objs))
+	}
+}
