@@ -89,3 +89,25 @@ func TestReadPacketPieces(t *testing.T) {
 type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// TestPropertiesDoNotAllocate: an MQTT 5 PUBLISH of 16 MiB made of user
+// properties (over two million, each two strings) is checked string by
+// string without copying them: the agent keeps none of them.
+func TestPropertiesDoNotAllocate(t *testing.T) {
+	var props []byte
+	for len(props)+7 < MaxPacketSize-64 {
+		props = append(props, 0x26, 0, 1, 'k', 0, 1, 'v')
+	}
+	n := len(props)
+	length := []byte{byte(n&0x7f | 0x80), byte(n>>7&0x7f | 0x80), byte(n>>14&0x7f | 0x80), byte(n >> 21)}
+	body := append(append(append([]byte{0, 1, 't'}, length...), props...), 'x')
+	s := Session{Version: 5}
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	a, err := s.Inspect(Header{Type: TypePublish, Remaining: len(body)}, body)
+	runtime.ReadMemStats(&m1)
+	if alloc := m1.TotalAlloc - m0.TotalAlloc; err != nil || len(a.Topics) != 1 || a.Topics[0] != "t" || alloc > 1<<20 {
+		t.Fatalf("%v %q, %d KiB allocated for a %d MiB PUBLISH; want under 1 MiB", err, a.Topics, alloc>>10, len(body)>>20)
+	}
+}
