@@ -97,7 +97,33 @@ func (s *Server) adminHandler() http.Handler {
 	s.debugRoutes(mux)
 	s.uiRoutes(mux)
 	s.statsRoutes(mux)
-	return s.authenticate(mux)
+	return nosniff(sameOrigin(s.authenticate(mux)))
+}
+
+// nosniff: a browser takes every answer of the admin port as the type it
+// says (an error's JSON may quote what a client sent; it must never be
+// read as HTML or script).
+func nosniff(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// sameOrigin refuses a request that changes state (any method but GET,
+// HEAD and OPTIONS) when a browser marks it cross-origin: Sec-Fetch-Site
+// other than same-origin or none, else an Origin whose host is not the
+// request's Host. Credentials do not help it: a browser with an admin
+// client certificate presents it on the requests any page makes it send
+// (a form posting text/plain "JSON" to /v1/apply, or nothing at all to
+// /v1/ca/rotate), and in insecure mode there are none to present. The
+// CLI and other clients send neither header and pass.
+func sameOrigin(next http.Handler) http.Handler {
+	p := http.NewCrossOriginProtection()
+	p.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusForbidden, errors.New("cross-origin request refused: a browser page of another origin may not change state here"))
+	}))
+	return p.Handler(next)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -166,6 +192,9 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	objs, warnings, err := api.DecodeWithOptions(body, api.DecodeOptions{IstioRootNamespace: s.cfg.IstioRootNamespace})
+	if err == nil {
+		err = admitTopics(objs)
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -194,6 +223,37 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 	ph.mark("answer")
 	ph.done("apply")
+}
+
+// admitTopics refuses an authorization policy whose MQTT topic filters
+// name a shared subscription ($share/GROUP/FILTER): the agents authorize
+// one as the FILTER it receives, so such a rule would never match (a DENY
+// that denies nothing). Checked at apply only, not in api's validation:
+// a policy stored before still decodes everywhere, as the no-op it was.
+func admitTopics(objs []api.Object) error {
+	for _, o := range objs {
+		p, ok := o.(*api.AuthorizationPolicy)
+		if !ok {
+			continue
+		}
+		for i, r := range p.Spec.Rules {
+			for j, op := range r.To {
+				for _, fs := range []struct {
+					field   string
+					filters []string
+				}{{"publish", op.Publish}, {"subscribe", op.Subscribe}} {
+					for k, f := range fs.filters {
+						if rest, ok := strings.CutPrefix(f, "$share/"); ok {
+							_, filter, _ := strings.Cut(rest, "/")
+							return fmt.Errorf("AuthorizationPolicy %s: spec.rules[%d].to[%d].%s[%d]: %q is a shared subscription, which the agents match as the filter it receives: write %q",
+								p.Meta.Key(), i, j, fs.field, k, f, filter)
+						}
+					}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, name string) {

@@ -244,11 +244,14 @@ func (s *Server) handleUI(w http.ResponseWriter, r *http.Request) {
 	w.Write(b.Bytes())
 }
 
-// uiHeaders: nothing but this origin's own files may run or load.
+// uiHeaders: nothing but this origin's own files may run or load, and
+// no other page may frame the UI (X-Content-Type-Options: nosniff is set
+// on every admin answer, adminHandler).
 func uiHeaders(w http.ResponseWriter) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Frame-Options", "DENY") // frame-ancestors for browsers without CSP 2
+	w.Header().Set("Referrer-Policy", "no-referrer")
 	w.Header().Set("Cache-Control", "no-store")
 }
 
@@ -367,8 +370,11 @@ func (s *Server) uiSnapshot(ctx context.Context) (*UIState, error) {
 // maxScrapes bounds the agents scraped at once.
 const maxScrapes = 64
 
-// uiHTTP scrapes agents: plain HTTP, short timeouts.
-var uiHTTP = &http.Client{Timeout: 2 * time.Second}
+// uiHTTP scrapes agents: plain HTTP, short timeouts, and no redirect
+// followed: the address is the one a node registered itself, and the
+// control plane must not fetch whatever URL the node points it to.
+var uiHTTP = &http.Client{Timeout: 2 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
 // scrapeMetrics scrapes every target (node → URL) at once.
 func scrapeMetrics(ctx context.Context, targets map[string]string) (map[string]meshstat.Scrape, map[string]string) {

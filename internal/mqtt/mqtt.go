@@ -24,7 +24,6 @@ import (
 	"io"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // Control packet types (MQTT 3.1.1 §2.2.1, MQTT 5 §2.1.2).
@@ -274,17 +273,7 @@ func (d *decoder) binary(what string) []byte {
 
 // str reads a UTF-8 Encoded String: well-formed UTF-8 without U+0000
 // (MQTT 3.1.1 §1.5.3, MQTT 5 §1.5.4).
-func (d *decoder) str(what string) string {
-	b := d.binary(what)
-	if d.err != nil {
-		return ""
-	}
-	if !utf8.Valid(b) || bytes.IndexByte(b, 0) >= 0 {
-		d.fail(malformed("%s: not a valid UTF-8 string", what))
-		return ""
-	}
-	return string(b)
-}
+func (d *decoder) str(what string) string { return string(d.strBytes(what)) }
 
 // Connect is what the agent uses of a CONNECT packet.
 type Connect struct {

@@ -1,6 +1,10 @@
 package mqtt
 
-import "fmt"
+import (
+	"bytes"
+	"fmt"
+	"unicode/utf8"
+)
 
 // MQTT 5 properties (§2.2.2.2): identifier, the type of its value and the
 // packets it may appear in.
@@ -68,6 +72,20 @@ var disconnectReasons = func() (m [256]bool) {
 	return m
 }()
 
+// strBytes reads a UTF-8 Encoded String as str does, without copying it
+// (properties are checked, not kept).
+func (d *decoder) strBytes(what string) []byte {
+	b := d.binary(what)
+	if d.err != nil {
+		return nil
+	}
+	if !utf8.Valid(b) || bytes.IndexByte(b, 0) >= 0 {
+		d.fail(malformed("%s: not a valid UTF-8 string", what))
+		return nil
+	}
+	return b
+}
+
 // properties reads an MQTT 5 property list, which must hold only the
 // allowed properties, each at most once (user properties excepted), and
 // end exactly at its declared length. seen, when not nil, gets each
@@ -84,8 +102,9 @@ func (d *decoder) properties(what string, allowed []byte, seen func(id byte, v u
 	p := &decoder{b: d.b[:n]}
 	d.b = d.b[n:]
 	var once [256]bool
+	prop, user := what+" property", what+" user property" // once: a packet may hold millions
 	for len(p.b) > 0 && p.err == nil {
-		id := p.byte1(what + " property")
+		id := p.byte1(prop)
 		ok := false
 		for _, a := range allowed {
 			ok = ok || a == id
@@ -104,24 +123,24 @@ func (d *decoder) properties(what string, allowed []byte, seen func(id byte, v u
 		var v uint32
 		switch propType[id] {
 		case propByte:
-			v = uint32(p.byte1(what + " property"))
+			v = uint32(p.byte1(prop))
 			if v > 1 { // every byte property a client sends is 0 or 1
 				d.fail(protocolErr(0x82, "%s: property %#x = %d", what, id, v))
 				return
 			}
 		case propUint16:
-			v = uint32(p.uint16(what + " property"))
+			v = uint32(p.uint16(prop))
 		case propUint32:
-			v = p.uint32(what + " property")
+			v = p.uint32(prop)
 		case propVarint:
-			v = uint32(p.varint(what + " property"))
+			v = uint32(p.varint(prop))
 		case propString:
-			p.str(what + " property")
+			p.strBytes(prop)
 		case propBinary:
-			p.binary(what + " property")
+			p.binary(prop)
 		case propPair:
-			p.str(what + " user property")
-			p.str(what + " user property")
+			p.strBytes(user)
+			p.strBytes(user)
 		}
 		if p.err == nil && seen != nil {
 			seen(id, v)
@@ -187,8 +206,17 @@ type Subscribe struct {
 	Filters  []Filter
 }
 
+// MaxSubscribeFilters bounds the topic filters of one SUBSCRIBE. MQTT sets
+// no bound, but each filter is decoded, authorized and counted: a 16 MiB
+// SUBSCRIBE of one-byte filters (four million) would cost over a gigabyte
+// of allocations and as many decisions, for one packet. Clients that
+// subscribe to more send several SUBSCRIBE packets.
+const MaxSubscribeFilters = 4096
+
 // ParseSubscribe decodes the body of a SUBSCRIBE packet (MQTT 3.1.1 §3.8,
-// MQTT 5 §3.8) of a connection at protocol level version.
+// MQTT 5 §3.8) of a connection at protocol level version. More than
+// MaxSubscribeFilters filters is a *ProtocolError with reason 0x97 (quota
+// exceeded), returned before the rest is decoded.
 func ParseSubscribe(body []byte, version byte) (Subscribe, error) {
 	var s Subscribe
 	d := &decoder{b: body}
@@ -204,6 +232,9 @@ func ParseSubscribe(body []byte, version byte) (Subscribe, error) {
 		})
 	}
 	for d.err == nil && len(d.b) > 0 {
+		if len(s.Filters) == MaxSubscribeFilters {
+			return s, protocolErr(0x97, "SUBSCRIBE with more than %d topic filters", MaxSubscribeFilters)
+		}
 		f := Filter{Filter: d.str("topic filter"), Options: d.byte1("subscription options")}
 		if d.err != nil {
 			break
@@ -289,7 +320,8 @@ type Session struct {
 // DisconnectReason is the MQTT 5 reason code to close with: 0x81
 // (malformed) or 0x82 (protocol error, which is also what an alias that
 // was never set is: MQTT 5 §3.3.4, and mosquitto's answer), 0x94 for topic
-// alias 0 (§3.3.2.3.4), 0x97 when the aliases outgrow maxAliasBytes.
+// alias 0 (§3.3.2.3.4), 0x97 when the aliases outgrow maxAliasBytes or a
+// SUBSCRIBE carries more than MaxSubscribeFilters filters.
 func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 	switch h.Type {
 	case TypeConnect:

@@ -184,6 +184,7 @@ func TestRelayDisconnectReasons(t *testing.T) {
 	}{
 		{"denied publish", pkt(0x30, str("secret"), []byte{0}, []byte("x")), 0x87, false},
 		{"unset topic alias", pkt(0x30, str(""), []byte{3, 0x23, 0, 7}, []byte("x")), 0x82, true},
+		{"too many filters", pkt(0x82, []byte{0, 1, 0}, bytes.Repeat(append(str("f"), 0), mqtt.MaxSubscribeFilters+1)), 0x97, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := start(t, &Relay{Authorize: denyTopic("secret")})
