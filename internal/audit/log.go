@@ -302,7 +302,8 @@ func (l *Log) VerifyAnchored(v Verifier) (*Report, error) { return l.seg.verifyA
 
 // ReadFrom returns up to max records from seq on, as written to disk (a
 // record still in the buffer is not returned yet). It returns ErrNotFound
-// (wrapped) if seq is no longer in the files.
+// (wrapped) if seq is no longer in the files, and a *DamageError if the
+// record at seq is on a line that does not read (see DamageMarker).
 func (l *Log) ReadFrom(seq uint64, max int) ([]Record, error) {
 	if seq == 0 {
 		seq = 1

@@ -82,6 +82,7 @@ type auditState struct {
 	mRecords                  *metrics.Counter
 	mGap, mFork, mInvalid     *metrics.Counter
 	mStoreErrors, mOwnDropped *metrics.Counter
+	mDamaged                  *metrics.Counter // records nodes reported lost to damage on their disks
 }
 
 func (s *Server) auditNodesDir() string { return filepath.Join(s.cfg.StateDir, "audit", "nodes") }
@@ -133,6 +134,7 @@ func (s *Server) openAudit() error {
 	s.audit.mFork = m.NewCounter(`fogmesh_control_audit_refused_total{reason="fork"}`)
 	s.audit.mInvalid = m.NewCounter(`fogmesh_control_audit_refused_total{reason="invalid"}`)
 	s.audit.mStoreErrors = m.NewCounter(`fogmesh_control_audit_store_errors_total`)
+	s.audit.mDamaged = m.NewCounter(`fogmesh_control_audit_damaged_total`)
 	m.NewGauge(`fogmesh_control_audit_own_lost_total`, func() float64 { return float64(l.Dropped()) })
 	return nil
 }
@@ -393,7 +395,11 @@ func (s *Server) auditLast(node string) (uint64, string, error) {
 // the node's chain anew: seq 1 after genesis, sent by an agent whose state
 // was reset. The restart is itself recorded in the control plane's chain.
 func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
-	if len(recs) == 0 || recs[0].Seq != 1 || recs[0].Prev != audit.Genesis {
+	if len(recs) == 0 {
+		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
+	}
+	from, _, _ := audit.DamagedSpan(&recs[0]) // a damage marker can start a chain
+	if (recs[0].Seq != 1 && from != 1) || recs[0].Prev != audit.Genesis {
 		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
 	}
 	mu := s.chainLock(node) // a verification sees the chain before or after, not between
@@ -476,6 +482,11 @@ func (s *Server) ingestAudit(node string, recs []audit.Record) (uint64, error) {
 	for _, rec := range recs {
 		if rec.Seq > before && rec.Seq <= last {
 			added = append(added, rec)
+			if from, to, ok := audit.DamagedSpan(&rec); ok {
+				s.audit.mDamaged.Add(int(to - from + 1))
+				s.log.Warn("control: node's audit records were unreadable on its disk; it sent a damage marker in their place",
+					"node", node, "from", from, "to", to, "detail", rec.Reason)
+			}
 		}
 	}
 	s.ui.noteAudit(added)
