@@ -213,3 +213,35 @@ func readTail(path string, n int64) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// RecordAt returns the first whole, well-formed record with seq in files
+// (a chain's, as ChainFiles lists them), nil if none: for example to tell
+// which of two chains a stored head belongs to. It does not verify the
+// chain.
+func RecordAt(files []string, seq uint64) (*Record, error) {
+	for _, name := range files {
+		f, err := os.Open(name)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+		br := bufio.NewReaderSize(f, 64<<10)
+		for {
+			line, err := readLine(br)
+			if errors.Is(err, errLongLine) {
+				continue
+			}
+			if err != nil {
+				break // EOF, a partial last line, or unreadable: the next file
+			}
+			if r, derr := DecodeLine(line); derr == nil && r.Seq == seq {
+				f.Close()
+				return r, nil
+			}
+		}
+		f.Close()
+	}
+	return nil, nil
+}

@@ -69,6 +69,10 @@ type auditState struct {
 	openMu [64]sync.Mutex
 	// testHookOpen, if set, runs where a replica's files are opened.
 	testHookOpen func(node string)
+	// testHookArchived, if set, runs right after a chain's directory is
+	// renamed to its archive; an error stops restartAuditChain there, as
+	// a crash would.
+	testHookArchived func(archive string) error
 
 	// chainLocks: node -> *sync.Mutex, held across an ingest's append and
 	// head update, and across a verification of the node's chain, so a
@@ -126,6 +130,7 @@ func (s *Server) openAudit() error {
 		s.audit.keys[node] = pub
 	}
 	s.checkOwnHead()
+	s.repairArchives()
 	s.audit.ownWritten, s.audit.ownStop, s.audit.ownDone = written, make(chan struct{}), make(chan struct{})
 	go s.ownHeadLoop()
 	m := s.cfg.Metrics
@@ -394,6 +399,8 @@ func (s *Server) auditLast(node string) (uint64, string, error) {
 // <node>.archived-<unix time>, nothing deleted) before a batch that starts
 // the node's chain anew: seq 1 after genesis, sent by an agent whose state
 // was reset. The restart is itself recorded in the control plane's chain.
+// It renames first and moves the head after: a crash between the two is
+// completed at the next start (repairArchives, auditarchive.go).
 func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if len(recs) == 0 {
 		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
@@ -441,6 +448,11 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	archived := fmt.Sprintf("%s.archived-%d", dir, time.Now().Unix())
 	if err := os.Rename(dir, archived); err != nil {
 		return fmt.Errorf("archive audit chain of %s: %w", node, err)
+	}
+	if h := s.audit.testHookArchived; h != nil {
+		if err := h(archived); err != nil {
+			return err
+		}
 	}
 	// The old chain's head goes with it (to verify the archive by), and
 	// the new chain's is stored from its first batch on.
