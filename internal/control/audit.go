@@ -87,6 +87,7 @@ type auditState struct {
 	mGap, mFork, mInvalid     *metrics.Counter
 	mStoreErrors, mOwnDropped *metrics.Counter
 	mDamaged                  *metrics.Counter // records nodes reported lost to damage on their disks
+	mArchives                 *metrics.Counter // restarts refused past Config.AuditArchivesPerNode
 }
 
 func (s *Server) auditNodesDir() string { return filepath.Join(s.cfg.StateDir, "audit", "nodes") }
@@ -140,6 +141,7 @@ func (s *Server) openAudit() error {
 	s.audit.mInvalid = m.NewCounter(`fogmesh_control_audit_refused_total{reason="invalid"}`)
 	s.audit.mStoreErrors = m.NewCounter(`fogmesh_control_audit_store_errors_total`)
 	s.audit.mDamaged = m.NewCounter(`fogmesh_control_audit_damaged_total`)
+	s.audit.mArchives = m.NewCounter(`fogmesh_control_audit_refused_total{reason="archives"}`)
 	m.NewGauge(`fogmesh_control_audit_own_lost_total`, func() float64 { return float64(l.Dropped()) })
 	return nil
 }
@@ -430,6 +432,9 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	key := s.audit.keys[node]
 	s.mu.Unlock()
 	if err := audit.CheckStart(node, key, recs); err != nil {
+		return err
+	}
+	if err := s.archiveRoom(node); err != nil {
 		return err
 	}
 	om := s.audit.openLock(node) // no replica() opens the directory while it is archived

@@ -2,7 +2,9 @@ package control
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -110,4 +112,78 @@ func (s *Server) repairArchive(name string) error {
 		s.log.Error("control: audit the chain restart", "err", err)
 	}
 	return nil
+}
+
+// DefaultAuditArchivesPerNode is Config.AuditArchivesPerNode's default.
+const DefaultAuditArchivesPerNode = 16
+
+// errArchives refuses a restart of a node's chain past
+// Config.AuditArchivesPerNode.
+var errArchives = errors.New("too many archived chains")
+
+// archiveRoom returns errArchives (counted and logged) if node has
+// Config.AuditArchivesPerNode archives already.
+func (s *Server) archiveRoom(node string) error {
+	bound := s.cfg.AuditArchivesPerNode
+	if bound < 0 {
+		return nil
+	}
+	ents, err := os.ReadDir(s.auditNodesDir())
+	if err != nil {
+		return fmt.Errorf("audit archives: %w", err)
+	}
+	n := 0
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), node+".archived-") {
+			n++
+		}
+	}
+	if n < bound {
+		return nil
+	}
+	s.audit.mArchives.Inc()
+	s.log.Error("control: node restarted its audit chain, but the control plane keeps no more archives of it; its new chain waits on the node until archives are removed (DELETE /v1/audit/{archive})",
+		"node", node, "archives", n, "auditArchivesPerNode", bound)
+	return fmt.Errorf("%w: node %s has %d archived chains, the bound is %d; an operator must remove one (DELETE /v1/audit/%s.archived-TIME) before this chain can be taken",
+		errArchives, node, n, bound, node)
+}
+
+// handleAuditArchiveDelete serves DELETE /v1/audit/{archive}: it removes
+// an archived chain (<node>.archived-<time>: its files and its stored
+// head), after recording the removal, with the archive's head, as an admin
+// change in the control plane's own chain. Only archives: a node's current
+// chain is never removed through the API.
+func (s *Server) handleAuditArchiveDelete(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("node")
+	if !audit.ValidNodeName(name) || !isArchive(name) {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("%q is not an archived chain (NODE.archived-TIME): only those can be removed", name))
+		return
+	}
+	mu := s.chainLock(name)
+	mu.Lock()
+	defer mu.Unlock()
+	dir := filepath.Join(s.auditNodesDir(), name)
+	h, err := s.storedHead(keyAuditHead + name)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	if _, serr := os.Stat(dir); os.IsNotExist(serr) && h == nil {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no archived chain %q", name))
+		return
+	}
+	what := "no stored head"
+	if h != nil {
+		what = fmt.Sprintf("head seq %d, hash %s", h.Seq, h.Hash)
+	}
+	s.auditAdmin(r, "delete", []string{"audit/" + name}, "archived audit chain removed ("+what+")")
+	if err := os.RemoveAll(dir); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove %s: %w", name, err))
+		return
+	}
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Delete(keyAuditHead + name) }); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove the head of %s: %w", name, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
 }
