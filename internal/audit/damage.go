@@ -31,6 +31,11 @@ import (
 // ActionDamaged is the action of a damage marker (see above).
 const ActionDamaged = "damaged"
 
+// errReserved refuses, in Log.Append, a record that would read as a
+// damage marker: in the log's own files it would break shipping (a
+// replica takes a marker only in place of unreadable records).
+var errReserved = fmt.Errorf("audit: kind %q, action %q is reserved for damage markers", KindAudit, ActionDamaged)
+
 // DamageError is returned (wrapped, see errors.As) by ReadFrom when the
 // record asked for is on a line that does not read: seq From..To are
 // lost; the records go on at To+1.

@@ -277,3 +277,16 @@ func mustLine(t *testing.T, r *Record) []byte {
 	}
 	return b
 }
+
+// TestAppendRefusesDamageMarkers: a caller of Append cannot write a record
+// that reads as a damage marker into a log's own files (a replica would
+// refuse it there, and shipping would stop at it).
+func TestAppendRefusesDamageMarkers(t *testing.T) {
+	l := openLog(t, t.TempDir(), nil)
+	if err := l.Append(Record{Kind: KindAudit, Action: ActionDamaged, Object: "seq 1..1"}); err == nil {
+		t.Fatal("Append took a damage marker")
+	}
+	if err := l.Append(Record{Kind: KindAudit, Action: "lost"}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -200,6 +200,9 @@ func Open(cfg Config) (*Log, error) {
 // data path: the loss is counted, logged at error level (at most once a
 // second), and recorded in the chain as soon as the writer catches up.
 func (l *Log) Append(rec Record) error {
+	if rec.Kind == KindAudit && rec.Action == ActionDamaged {
+		return errReserved // only the shipper makes damage markers (damage.go)
+	}
 	rec.normalize(l.cfg.Now())
 	l.mu.RLock()
 	defer l.mu.RUnlock()
