@@ -203,6 +203,9 @@ func printReports(out io.Writer, format string, chains []control.AuditChain, key
 			for _, u := range r.Unanchored {
 				fmt.Fprintf(out, "  unanchored: %s\n", u)
 			}
+			if r.Damaged > 0 {
+				fmt.Fprintf(out, "  damaged: %d records lost to damage on the node's disk\n", r.Damaged)
+			}
 			switch {
 			case r.Tampered():
 				fmt.Fprintf(out, "  TAMPERED: %d problems\n", len(r.Problems))

@@ -56,6 +56,9 @@ type controlFile struct {
 	// MaxEndpointsPerNode bounds the endpoints one node's agent registers
 	// (default 1024): see control.Config.
 	MaxEndpointsPerNode int `json:"maxEndpointsPerNode,omitempty"`
+	// AuditArchivesPerNode bounds the archived audit chains kept of one
+	// node (default 16, negative: no bound): see control.Config.
+	AuditArchivesPerNode int `json:"auditArchivesPerNode,omitempty"`
 
 	// Kube is a kubeconfig file, or "in-cluster": the Kubernetes API
 	// (or KubeEdge metaServer, OpenYurt yurthub) whose Services,
@@ -308,6 +311,7 @@ func runControl(args []string) error {
 		RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
 		Mode: fc.Mode, Region: fc.Region, Upstreams: fc.Upstreams, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
 		VIPIndexMin: vipMin, VIPIndexMax: vipMax, Metrics: ms, MaxEndpointsPerNode: fc.MaxEndpointsPerNode,
+		AuditArchivesPerNode: fc.AuditArchivesPerNode,
 	})
 	var refused *enroll.Error
 	if errors.As(err, &refused) { // a refused region join: retrying cannot help

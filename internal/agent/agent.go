@@ -120,6 +120,7 @@ type Agent struct {
 	auditWritten chan struct{}
 	auditShipped atomic.Uint64
 	auditRefused *metrics.Counter
+	auditDamaged *metrics.Counter // records unreadable on disk, skipped (a damage marker shipped instead)
 
 	ident *nodeIdentity // nil in insecure mode
 	l7    *l7

@@ -87,6 +87,7 @@ func (a *Agent) openAudit() error {
 	a.audit = l
 	m := a.cfg.Metrics
 	a.auditRefused = m.NewCounter(`fogmesh_agent_audit_refused_total`)
+	a.auditDamaged = m.NewCounter(`fogmesh_agent_audit_damaged_total`)
 	m.NewGauge(`fogmesh_agent_audit_lost_total`, func() float64 { return float64(l.Dropped()) })
 	m.NewGauge(`fogmesh_agent_audit_seq`, func() float64 { s, _ := l.Last(); return float64(s) })
 	m.NewGauge(`fogmesh_agent_audit_shipped_seq`, func() float64 { return float64(a.auditShipped.Load()) })
@@ -154,6 +155,7 @@ func (a *Agent) shipAudit(ctx context.Context, cpSeq uint64, cpHash string, writ
 		Shipped: func(seq uint64) {
 			a.auditShipped.Store(seq)
 			a.audit.Prune(seq) // only when the log takes over half its bound
-		}, Refused: a.auditRefused.Inc}
+		}, Refused: a.auditRefused.Inc,
+		Damaged: func(n uint64) { a.auditDamaged.Add(int(n)) }}
 	return s.Run(ctx, cpSeq, cpHash, write, acks)
 }

@@ -143,7 +143,7 @@ func lastGood(b []byte) (n int, last *Record, first uint64) {
 			break
 		}
 		if r, err := DecodeLine(rest[:i]); err == nil {
-			first = r.Seq
+			first = lowSeq(r)
 		}
 		rest = rest[i+1:]
 	}
@@ -275,7 +275,6 @@ func (s *segments) write(lines []byte, firstSeq uint64, last Head) (n int, err e
 	if s.idle {
 		defer s.closeIdleLocked()
 	}
-	seq := firstSeq
 	for n < len(lines) {
 		rest := lines[n:]
 		// The whole lines of rest that fit; at least one in an empty file.
@@ -309,11 +308,15 @@ func (s *segments) write(lines []byte, firstSeq uint64, last Head) (n int, err e
 			}
 		}
 		if s.size == 0 {
-			s.first = seq
+			// From the line, not counted from firstSeq: a damage
+			// marker (in a replica) skips seqs.
+			s.first = firstSeq
+			if r, err := DecodeLine(chunk[:bytes.IndexByte(chunk, '\n')+1]); err == nil {
+				s.first = lowSeq(r)
+			}
 		}
 		s.size += int64(fit)
 		n += fit
-		seq += uint64(bytes.Count(chunk, []byte{'\n'}))
 	}
 	s.last = last
 	return n, nil

@@ -200,6 +200,9 @@ func Open(cfg Config) (*Log, error) {
 // data path: the loss is counted, logged at error level (at most once a
 // second), and recorded in the chain as soon as the writer catches up.
 func (l *Log) Append(rec Record) error {
+	if rec.Kind == KindAudit && rec.Action == ActionDamaged {
+		return errReserved // only the shipper makes damage markers (damage.go)
+	}
 	rec.normalize(l.cfg.Now())
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -302,7 +305,8 @@ func (l *Log) VerifyAnchored(v Verifier) (*Report, error) { return l.seg.verifyA
 
 // ReadFrom returns up to max records from seq on, as written to disk (a
 // record still in the buffer is not returned yet). It returns ErrNotFound
-// (wrapped) if seq is no longer in the files.
+// (wrapped) if seq is no longer in the files, and a *DamageError if the
+// record at seq is on a line that does not read (see DamageMarker).
 func (l *Log) ReadFrom(seq uint64, max int) ([]Record, error) {
 	if seq == 0 {
 		seq = 1

@@ -15,7 +15,10 @@ import (
 var ErrNotFound = errors.New("audit: records not in the log")
 
 // readFrom returns up to max whole records from seq on, in order. Fewer
-// (or none) means the log has no more yet.
+// (or none) means the log has no more yet. Lines that do not read are
+// skipped: if the record at seq is on one, it returns a *DamageError
+// naming the seqs lost up to the next record that reads (and nothing
+// else); a batch stops before a later one, so the next call reports it.
 func (s *segments) readFrom(seq uint64, max int) ([]Record, error) {
 	s.mu.Lock()
 	rot, err := s.rotated()
@@ -24,14 +27,19 @@ func (s *segments) readFrom(seq uint64, max int) ([]Record, error) {
 		return nil, err
 	}
 	paths := append(rot, filepath.Join(s.dir, s.base))
-	// Start in the last file whose first seq is ≤ seq.
+	// Start in the last file whose first seq is ≤ seq-1: the record
+	// before seq is what a damage marker for seq chains to.
+	want := seq - 1
+	if seq <= 1 {
+		want = seq
+	}
 	start := 0
 	for i, p := range rot {
-		if v, _ := s.rotatedSeq(filepath.Base(p)); v <= seq {
+		if v, _ := s.rotatedSeq(filepath.Base(p)); v <= want {
 			start = i
 		}
 	}
-	if s.first > 0 && s.first <= seq {
+	if s.first > 0 && s.first <= want {
 		start = len(rot)
 	}
 	// Open while holding mu: a rotation cannot rename a file between
@@ -52,35 +60,88 @@ func (s *segments) readFrom(seq uint64, max int) ([]Record, error) {
 	s.mu.Unlock()
 	defer closeAll(files)
 	var out []Record
-	for _, f := range files {
-		br := bufio.NewReaderSize(f, 64<<10)
+	var dmg damageSpan
+	prev := ""
+	if seq == 1 {
+		prev = Genesis
+	}
+	for i, f := range files {
+		cr := &countReader{r: f}
+		br := bufio.NewReaderSize(cr, 64<<10)
 		for len(out) < max {
 			// readLine, not ReadSlice: a record's line may be longer
 			// than the buffer (up to maxLine, as DecodeLine takes).
+			at := cr.n - int64(br.Buffered())
 			line, err := readLine(br)
-			if errors.Is(err, errLongLine) {
+			end := cr.n - int64(br.Buffered())
+			var r *Record
+			var derr error
+			switch {
+			case errors.Is(err, errLongLine):
+				derr = err
+			case err == io.EOF && len(line) == 0:
+			case err == io.EOF && i == len(files)-1:
+				return out, nil // a line still being written
+			case err == io.EOF:
+				derr = errors.New("the file's last line is cut short")
+			case err != nil:
 				return nil, fmt.Errorf("audit: %s: %w", f.Name(), err)
+			default:
+				r, derr = DecodeLine(line)
 			}
-			if err != nil {
-				break // EOF, or a line still being written
+			if err == io.EOF && len(line) == 0 {
+				break
 			}
-			r, derr := DecodeLine(line)
 			if derr != nil {
-				return nil, fmt.Errorf("audit: %s: %w", f.Name(), derr)
-			}
-			if r.Seq < seq {
+				dmg.add(f.Name(), at, end, derr)
+				if err == io.EOF {
+					break
+				}
 				continue
 			}
-			if len(out) == 0 && r.Seq != seq {
-				return nil, fmt.Errorf("%w: want seq %d, the log goes on at %d", ErrNotFound, seq, r.Seq)
+			// A damage marker (in a replica) stands in for the seqs
+			// from its span's start: it follows the record before them.
+			first := r.Seq
+			if from, _, ok := DamagedSpan(r); ok {
+				first = from
 			}
-			if len(out) > 0 && r.Seq != out[len(out)-1].Seq+1 {
+			switch {
+			case len(out) == 0 && first <= seq && seq <= r.Seq:
+				// The record asked for, or the marker in its place.
+			case r.Seq < seq:
+				dmg = damageSpan{}
+				if r.Seq == seq-1 {
+					prev = r.Hash
+				}
+				continue
+			case len(out) == 0 && r.Seq > seq && dmg.lines > 0:
+				return nil, dmg.error(seq, r.Seq-1, prev)
+			case len(out) == 0 && r.Seq != seq:
+				return nil, fmt.Errorf("%w: want seq %d, the log goes on at %d", ErrNotFound, seq, r.Seq)
+			case len(out) > 0 && first > out[len(out)-1].Seq+1 && dmg.lines > 0:
+				return out, nil // the next read reports the damage
+			case len(out) > 0 && first != out[len(out)-1].Seq+1:
 				return nil, fmt.Errorf("audit: %s: seq %d after %d", f.Name(), r.Seq, out[len(out)-1].Seq)
 			}
+			// A line that did not read between two records that follow
+			// each other lost nothing: junk, which Verify reports.
+			dmg = damageSpan{}
 			out = append(out, *r)
 		}
 	}
 	return out, nil
+}
+
+// countReader counts the bytes read through it.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func closeAll(fs []*os.File) {
@@ -151,4 +212,36 @@ func readTail(path string, n int64) ([]byte, error) {
 		b = b[i+1:]
 	}
 	return b, nil
+}
+
+// RecordAt returns the first whole, well-formed record with seq in files
+// (a chain's, as ChainFiles lists them), nil if none: for example to tell
+// which of two chains a stored head belongs to. It does not verify the
+// chain.
+func RecordAt(files []string, seq uint64) (*Record, error) {
+	for _, name := range files {
+		f, err := os.Open(name)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+		br := bufio.NewReaderSize(f, 64<<10)
+		for {
+			line, err := readLine(br)
+			if errors.Is(err, errLongLine) {
+				continue
+			}
+			if err != nil {
+				break // EOF, a partial last line, or unreadable: the next file
+			}
+			if r, derr := DecodeLine(line); derr == nil && r.Seq == seq {
+				f.Close()
+				return r, nil
+			}
+		}
+		f.Close()
+	}
+	return nil, nil
 }

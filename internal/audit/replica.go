@@ -35,7 +35,10 @@ type Replica struct {
 	mu   sync.Mutex // guards the following
 	seq  uint64
 	hash string
-	pub  crypto.PublicKey
+	// damaged: the last record held is a damage marker, so the next
+	// record's prev cannot be checked.
+	damaged bool
+	pub     crypto.PublicKey
 }
 
 // ValidNodeName reports whether name can name a replica directory: a
@@ -61,6 +64,7 @@ func OpenReplica(dir, node string) (*Replica, error) {
 			return nil, fmt.Errorf("audit: %s holds the chain of node %q, not %q", dir, t.last.Node, node)
 		}
 		r.seq, r.hash = t.last.Seq, t.last.Hash
+		_, _, r.damaged = DamagedSpan(t.last)
 	}
 	// The control plane holds a replica per node it has heard from: one
 	// open file each would double its fds (and at 10,000 agents reach the
@@ -104,7 +108,7 @@ func (r *Replica) Files() ([]string, error) { return r.seg.files() }
 func (r *Replica) Append(recs []Record) (uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	seq, hash := r.seq, r.hash
+	seq, hash, damaged := r.seq, r.hash, r.damaged
 	var buf []byte
 	var first uint64
 	for i := range recs {
@@ -118,7 +122,7 @@ func (r *Replica) Append(recs []Record) (uint64, error) {
 			}
 			continue
 		}
-		line, err := checkNext(rec, seq, hash, r.pub)
+		line, err := checkNext(rec, seq, hash, damaged, r.pub)
 		if err != nil {
 			return r.seq, err
 		}
@@ -127,6 +131,7 @@ func (r *Replica) Append(recs []Record) (uint64, error) {
 		}
 		buf = append(buf, line...)
 		seq, hash = rec.Seq, rec.Hash
+		_, _, damaged = DamagedSpan(rec)
 	}
 	if len(buf) == 0 {
 		return r.seq, nil
@@ -135,25 +140,35 @@ func (r *Replica) Append(recs []Record) (uint64, error) {
 		if n > 0 {
 			// Some records are on disk: hold them, so the chain state
 			// matches the files.
+			// A marker's seq skips the seqs it stands in for: find the
+			// last record written by its line.
 			part := bytes.Count(buf[:n], []byte{'\n'})
-			r.seq = first + uint64(part) - 1
 			for i := range recs {
-				if recs[i].Seq == r.seq {
-					r.hash = recs[i].Hash
+				if recs[i].Seq > r.seq && part > 0 {
+					part--
+					r.seq, r.hash = recs[i].Seq, recs[i].Hash
+					_, _, r.damaged = DamagedSpan(&recs[i])
 				}
 			}
 		}
 		return r.seq, err
 	}
-	r.seq, r.hash = seq, hash
+	r.seq, r.hash, r.damaged = seq, hash, damaged
 	return r.seq, nil
 }
 
 // checkNext checks that rec, a well-formed record, follows seq (whose
-// hash is hash) and returns its line; pub, if set, checks a checkpoint's
-// signature. An error wraps ErrGap, ErrFork or ErrInvalid.
-func checkNext(rec *Record, seq uint64, hash string, pub crypto.PublicKey) ([]byte, error) {
-	if rec.Seq != seq+1 {
+// hash is hash) and returns its line; pub, if set, checks the signature of
+// a checkpoint or a damage marker. A damage marker for seq+1..rec.Seq may
+// skip seqs; after one (afterDamage) rec's prev is not checked: it is the
+// hash of a record lost to the damage. An error wraps ErrGap, ErrFork or
+// ErrInvalid.
+func checkNext(rec *Record, seq uint64, hash string, afterDamage bool, pub crypto.PublicKey) ([]byte, error) {
+	from, _, marker := DamagedSpan(rec)
+	switch {
+	case marker && from != seq+1:
+		return nil, fmt.Errorf("%w: damage marker for seq %d..%d, want one from seq %d", ErrGap, from, rec.Seq, seq+1)
+	case !marker && rec.Seq != seq+1:
 		return nil, fmt.Errorf("%w: got seq %d, want %d", ErrGap, rec.Seq, seq+1)
 	}
 	if err := rec.checkFields(); err != nil {
@@ -162,10 +177,10 @@ func checkNext(rec *Record, seq uint64, hash string, pub crypto.PublicKey) ([]by
 	if err := rec.checkHash(); err != nil {
 		return nil, fmt.Errorf("%w: seq %d: %v", ErrInvalid, rec.Seq, err)
 	}
-	if rec.Prev != hash {
+	if rec.Prev != hash && !afterDamage {
 		return nil, fmt.Errorf("%w: seq %d does not chain to seq %d", ErrFork, rec.Seq, seq)
 	}
-	if rec.Kind == KindCheckpoint && pub != nil {
+	if (rec.Kind == KindCheckpoint || marker) && pub != nil {
 		if err := VerifySignature(pub, rec); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 		}
@@ -188,16 +203,17 @@ func checkNext(rec *Record, seq uint64, hash string, pub crypto.PublicKey) ([]by
 // set, checks checkpoint signatures): what a restart must pass before the
 // chain held is archived for it.
 func CheckStart(node string, pub crypto.PublicKey, recs []Record) error {
-	seq, hash := uint64(0), Genesis
+	seq, hash, damaged := uint64(0), Genesis, false
 	for i := range recs {
 		rec := &recs[i]
 		if rec.Node != node {
 			return fmt.Errorf("%w: seq %d is a record of node %q", ErrInvalid, rec.Seq, rec.Node)
 		}
-		if _, err := checkNext(rec, seq, hash, pub); err != nil {
+		if _, err := checkNext(rec, seq, hash, damaged, pub); err != nil {
 			return err
 		}
 		seq, hash = rec.Seq, rec.Hash
+		_, _, damaged = DamagedSpan(rec)
 	}
 	return nil
 }

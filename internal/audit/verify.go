@@ -28,6 +28,7 @@ const (
 	ProblemSignature = "signature" // a checkpoint whose signature does not verify
 	ProblemHead      = "head"      // the chain does not reach the trusted head, or holds another record there
 	ProblemMisnamed  = "misnamed"  // a rotated file whose name says it starts at another seq than its first record
+	ProblemDamaged   = "damaged"   // a damage marker: records unreadable on the node's disk, lost (damage.go)
 )
 
 // Verdicts of a Report.
@@ -110,6 +111,9 @@ type Report struct {
 	// end not pinned by a head, records after the head and after the last
 	// signed checkpoint. Any of them makes the verdict VerdictUnanchored.
 	Unanchored []string `json:"unanchored,omitempty"`
+	// Damaged counts the records lost to damage on the node's disk, as
+	// its damage markers declare (each is also a ProblemDamaged).
+	Damaged int `json:"damaged,omitempty"`
 	// Notes are facts that are neither (no key to check signatures with).
 	Notes []string `json:"notes,omitempty"`
 	// Verdict is VerdictIntact, VerdictTampered or VerdictUnanchored.
@@ -310,6 +314,7 @@ func (v Verifier) check(rep *Report, all []line) {
 	type pos struct {
 		hash, prev string
 		i          int
+		damaged    bool // a damage marker: the next record's prev is a lost record's hash
 	}
 	seen := map[uint64]pos{}
 	var maxSeq uint64
@@ -342,6 +347,17 @@ func (v Verifier) check(rep *Report, all []line) {
 		if r.Kind == KindAudit && r.Action == ActionPastHead {
 			rep.Unanchored = append(rep.Unanchored, fmt.Sprintf("recorded by the chain's owner at seq %d: %s", r.Seq, r.Reason))
 		}
+		from, _, marker := DamagedSpan(r)
+		if marker {
+			rep.Damaged += int(r.Seq - from + 1)
+			add(l, r.Seq, ProblemDamaged, "seq %d..%d were unreadable on the node and are lost; this marker stands in for them, and the link from it to seq %d cannot be checked: %s",
+				from, r.Seq, r.Seq+1, r.Reason)
+			if v.PublicKey != nil && l.err == nil && r.Sig != "" {
+				if err := VerifySignature(v.PublicKey, r); err != nil {
+					add(l, r.Seq, ProblemSignature, "damage marker: %v", err)
+				}
+			}
+		}
 		if r.Kind == KindCheckpoint {
 			rep.Checkpoints++
 			if v.PublicKey != nil && l.err == nil {
@@ -362,34 +378,45 @@ func (v Verifier) check(rep *Report, all []line) {
 			}
 			continue
 		}
-		seen[r.Seq] = pos{hash: r.Hash, prev: r.Prev, i: i}
-		// Links to the records on either side, wherever they are.
-		if p, ok := seen[r.Seq-1]; ok && r.Seq > 1 && r.Prev != p.hash {
-			o := all[p.i]
-			add(l, r.Seq, ProblemBroken, "prev does not match the hash of seq %d at %s:%d (this record or that one was edited and rehashed, or replaced)", r.Seq-1, o.file, o.n)
+		seen[r.Seq] = pos{hash: r.Hash, prev: r.Prev, i: i, damaged: marker}
+		// Links to the records on either side, wherever they are (a
+		// damage marker's to the record before its span).
+		below := r.Seq - 1
+		if marker {
+			below = from - 1
 		}
-		if p, ok := seen[r.Seq+1]; ok && p.prev != r.Hash {
+		if p, ok := seen[below]; ok && below > 0 && !p.damaged && r.Prev != p.hash {
+			o := all[p.i]
+			add(l, r.Seq, ProblemBroken, "prev does not match the hash of seq %d at %s:%d (this record or that one was edited and rehashed, or replaced)", below, o.file, o.n)
+		}
+		if p, ok := seen[r.Seq+1]; ok && !marker && p.prev != r.Hash {
 			o := all[p.i]
 			add(o, r.Seq+1, ProblemBroken, "prev does not match the hash of seq %d at %s:%d (this record or that one was edited and rehashed, or replaced)", r.Seq, l.file, l.n)
 		}
+		lo := r.Seq // the lowest seq the record holds or stands in for
+		if marker {
+			lo = from
+		}
 		switch {
 		case last == nil:
-			rep.FirstSeq = r.Seq
+			rep.FirstSeq = lo
 		case r.Seq < maxSeq:
 			add(l, r.Seq, ProblemReordered, "seq %d comes after seq %d", r.Seq, maxSeq)
+		case marker && from == maxSeq+1:
+			// The seqs it stands in for: reported above.
 		case r.Seq > maxSeq+1:
 			missing := maxSeq + 1
 			if later := laterThan(at[missing], i); later >= 0 {
 				add(l, r.Seq, ProblemReordered, "seq %d comes before seq %d, which is at %s:%d", r.Seq, missing, all[later].file, all[later].n)
 			} else {
-				add(l, r.Seq, ProblemRemoved, "seq %d..%d missing before this record", missing, r.Seq-1)
+				add(l, r.Seq, ProblemRemoved, "seq %d..%d missing before this record", missing, lo-1)
 			}
 		}
 		if r.Seq > maxSeq {
 			maxSeq, last = r.Seq, r
 		}
-		if rep.FirstSeq == 0 || r.Seq < rep.FirstSeq {
-			rep.FirstSeq = r.Seq
+		if rep.FirstSeq == 0 || lo < rep.FirstSeq {
+			rep.FirstSeq = lo
 		}
 	}
 	if last != nil {

@@ -26,6 +26,7 @@ import (
 //	DELETE /v1/nodes/{name}
 //	DELETE /v1/{services|endpoints|routes|destinationpolicies|authorizationpolicies}/{namespace}/{name}
 //	GET    /v1/audit[/{node}]                         ?verify=1 (audit.go)
+//	DELETE /v1/audit/{node}.archived-{time}           an archived chain (auditarchive.go)
 //	GET    /debug/pprof/...                           profiles, admin role (debug.go)
 //	GET    /ui, /ui/api/state, /ui/static/...         the web UI (ui.go); /ui/login needs no authentication
 //
@@ -81,6 +82,7 @@ func (s *Server) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/audit", s.handleAudit)
 	mux.HandleFunc("GET /v1/audit/{node}", s.handleAudit)
+	mux.HandleFunc("DELETE /v1/audit/{node}", s.handleAuditArchiveDelete)
 	mux.HandleFunc("POST /v1/apply", s.handleApply)
 	mux.HandleFunc("DELETE /v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
 		s.handleDelete(w, r, api.KindNode, "", r.PathValue("name"))

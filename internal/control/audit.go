@@ -69,6 +69,10 @@ type auditState struct {
 	openMu [64]sync.Mutex
 	// testHookOpen, if set, runs where a replica's files are opened.
 	testHookOpen func(node string)
+	// testHookArchived, if set, runs right after a chain's directory is
+	// renamed to its archive; an error stops restartAuditChain there, as
+	// a crash would.
+	testHookArchived func(archive string) error
 
 	// chainLocks: node -> *sync.Mutex, held across an ingest's append and
 	// head update, and across a verification of the node's chain, so a
@@ -82,6 +86,8 @@ type auditState struct {
 	mRecords                  *metrics.Counter
 	mGap, mFork, mInvalid     *metrics.Counter
 	mStoreErrors, mOwnDropped *metrics.Counter
+	mDamaged                  *metrics.Counter // records nodes reported lost to damage on their disks
+	mArchives                 *metrics.Counter // restarts refused past Config.AuditArchivesPerNode
 }
 
 func (s *Server) auditNodesDir() string { return filepath.Join(s.cfg.StateDir, "audit", "nodes") }
@@ -125,6 +131,7 @@ func (s *Server) openAudit() error {
 		s.audit.keys[node] = pub
 	}
 	s.checkOwnHead()
+	s.repairArchives()
 	s.audit.ownWritten, s.audit.ownStop, s.audit.ownDone = written, make(chan struct{}), make(chan struct{})
 	go s.ownHeadLoop()
 	m := s.cfg.Metrics
@@ -133,6 +140,8 @@ func (s *Server) openAudit() error {
 	s.audit.mFork = m.NewCounter(`fogmesh_control_audit_refused_total{reason="fork"}`)
 	s.audit.mInvalid = m.NewCounter(`fogmesh_control_audit_refused_total{reason="invalid"}`)
 	s.audit.mStoreErrors = m.NewCounter(`fogmesh_control_audit_store_errors_total`)
+	s.audit.mDamaged = m.NewCounter(`fogmesh_control_audit_damaged_total`)
+	s.audit.mArchives = m.NewCounter(`fogmesh_control_audit_refused_total{reason="archives"}`)
 	m.NewGauge(`fogmesh_control_audit_own_lost_total`, func() float64 { return float64(l.Dropped()) })
 	return nil
 }
@@ -392,8 +401,14 @@ func (s *Server) auditLast(node string) (uint64, string, error) {
 // <node>.archived-<unix time>, nothing deleted) before a batch that starts
 // the node's chain anew: seq 1 after genesis, sent by an agent whose state
 // was reset. The restart is itself recorded in the control plane's chain.
+// It renames first and moves the head after: a crash between the two is
+// completed at the next start (repairArchives, auditarchive.go).
 func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
-	if len(recs) == 0 || recs[0].Seq != 1 || recs[0].Prev != audit.Genesis {
+	if len(recs) == 0 {
+		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
+	}
+	from, _, _ := audit.DamagedSpan(&recs[0]) // a damage marker can start a chain
+	if (recs[0].Seq != 1 && from != 1) || recs[0].Prev != audit.Genesis {
 		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
 	}
 	mu := s.chainLock(node) // a verification sees the chain before or after, not between
@@ -419,6 +434,9 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if err := audit.CheckStart(node, key, recs); err != nil {
 		return err
 	}
+	if err := s.archiveRoom(node); err != nil {
+		return err
+	}
 	om := s.audit.openLock(node) // no replica() opens the directory while it is archived
 	om.Lock()
 	defer om.Unlock()
@@ -435,6 +453,11 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	archived := fmt.Sprintf("%s.archived-%d", dir, time.Now().Unix())
 	if err := os.Rename(dir, archived); err != nil {
 		return fmt.Errorf("archive audit chain of %s: %w", node, err)
+	}
+	if h := s.audit.testHookArchived; h != nil {
+		if err := h(archived); err != nil {
+			return err
+		}
 	}
 	// The old chain's head goes with it (to verify the archive by), and
 	// the new chain's is stored from its first batch on.
@@ -476,6 +499,11 @@ func (s *Server) ingestAudit(node string, recs []audit.Record) (uint64, error) {
 	for _, rec := range recs {
 		if rec.Seq > before && rec.Seq <= last {
 			added = append(added, rec)
+			if from, to, ok := audit.DamagedSpan(&rec); ok {
+				s.audit.mDamaged.Add(int(to - from + 1))
+				s.log.Warn("control: node's audit records were unreadable on its disk; it sent a damage marker in their place",
+					"node", node, "from", from, "to", to, "detail", rec.Reason)
+			}
 		}
 	}
 	s.ui.noteAudit(added)

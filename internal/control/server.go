@@ -72,6 +72,14 @@ type Config struct {
 	// list is refused (endpointcap.go). Only the 32 MiB frame bounded it,
 	// and every endpoint is stored and sent to every agent.
 	MaxEndpointsPerNode int
+	// AuditArchivesPerNode bounds the archived audit chains kept of one
+	// node (default 16; negative: no bound). A node restarts its chain at
+	// will (a reset state dir), at most one archive a second; past the
+	// bound its restart is refused and nothing held is deleted (a node must
+	// not push the records it reported out by restarting): its new chain
+	// waits on the node until an operator removes archives
+	// (DELETE /v1/audit/{archive}, auditarchive.go).
+	AuditArchivesPerNode int
 	// IstioRootNamespace is Istio's root namespace for the Istio documents
 	// applied (default api.IstioRootNamespace): an AuthorizationPolicy
 	// there applies mesh-wide.
@@ -183,6 +191,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxEndpointsPerNode <= 0 {
 		c.MaxEndpointsPerNode = DefaultMaxEndpointsPerNode
+	}
+	if c.AuditArchivesPerNode == 0 {
+		c.AuditArchivesPerNode = DefaultAuditArchivesPerNode
 	}
 	if c.VIPRange == "" {
 		c.VIPRange = "127.77.0.0/16"

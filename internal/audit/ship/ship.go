@@ -8,6 +8,7 @@ package ship
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -34,6 +35,10 @@ type Shipper struct {
 	Shipped func(seq uint64)
 	// Refused, if set, is called when the control plane refuses a batch.
 	Refused func()
+	// Damaged, if set, is told how many records were unreadable on disk
+	// (audit.DamageError) and skipped, once the control plane holds the
+	// damage marker sent in their place.
+	Damaged func(records uint64)
 	// AckTimeout is how long an ack may take before the stream is given
 	// up (default 30s).
 	AckTimeout time.Duration
@@ -84,6 +89,12 @@ func (s *Shipper) Run(ctx context.Context, cpSeq uint64, cpHash string, write fu
 	}
 	s.shipped(cpSeq)
 	next := cpSeq + 1
+	// held is the hash of seq next-1 as the control plane holds it ("" if
+	// not known): what a damage marker must chain to.
+	held := cpHash
+	if cpSeq == 0 {
+		held = audit.Genesis
+	}
 	backoff := time.Second
 	wait := func(d time.Duration) bool {
 		t := time.NewTimer(d)
@@ -97,6 +108,10 @@ func (s *Shipper) Run(ctx context.Context, cpSeq uint64, cpHash string, write fu
 	}
 	for ctx.Err() == nil {
 		recs, err := s.Log.ReadFrom(next, Batch)
+		var dmg *audit.DamageError
+		if errors.As(err, &dmg) {
+			recs, err = s.skipDamage(dmg, held)
+		}
 		if err != nil {
 			s.log().Error("agent: read audit log for shipping", "from", next, "err", err)
 			if !wait(backoff) {
@@ -117,7 +132,7 @@ func (s *Shipper) Run(ctx context.Context, cpSeq uint64, cpHash string, write fu
 		if err != nil {
 			return fmt.Errorf("send audit: %w", err)
 		}
-		if err := write(&wire.Message{Type: wire.TypeAudit, Audit: batch, AuditRestart: restart && recs[0].Seq == 1}); err != nil {
+		if err := write(&wire.Message{Type: wire.TypeAudit, Audit: batch, AuditRestart: restart && (recs[0].Seq == 1 || dmg != nil && dmg.From == 1)}); err != nil {
 			return fmt.Errorf("send audit: %w", err)
 		}
 		t := time.NewTimer(ackTimeout)
@@ -129,6 +144,17 @@ func (s *Shipper) Run(ctx context.Context, cpSeq uint64, cpHash string, write fu
 			return fmt.Errorf("no auditAck within %s", ackTimeout)
 		case m := <-acks:
 			t.Stop()
+			if m.AuditSeq != next-1 {
+				held = ""
+				for i := range recs {
+					if recs[i].Seq == m.AuditSeq {
+						held = recs[i].Hash
+					}
+				}
+			}
+			if dmg != nil && m.AuditSeq >= dmg.To && s.Damaged != nil {
+				s.Damaged(dmg.To - dmg.From + 1)
+			}
 			next = m.AuditSeq + 1
 			s.shipped(m.AuditSeq)
 			if m.Error == "" {
@@ -147,4 +173,27 @@ func (s *Shipper) Run(ctx context.Context, cpSeq uint64, cpHash string, write fu
 		}
 	}
 	return nil
+}
+
+// skipDamage returns the batch that ships past records unreadable on disk:
+// a damage marker in their place, chained to held (the hash of the record
+// before them the control plane holds, or as read from the files), then
+// the records after them. The damage is logged at warning level each time
+// it is sent.
+func (s *Shipper) skipDamage(d *audit.DamageError, held string) ([]audit.Record, error) {
+	prev := held
+	if prev == "" {
+		prev = d.Prev
+	}
+	s.log().Warn("agent: audit records unreadable on disk (damaged); shipping a damage marker in their place and the records after them",
+		"from", d.From, "to", d.To, "file", d.File, "offset", d.Start, "lines", d.Lines, "bytes", d.Bytes)
+	mk, err := s.Log.DamageMarker(d, prev)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%w)", d, err)
+	}
+	rest, err := s.Log.ReadFrom(d.To+1, Batch-1)
+	if err != nil {
+		rest = nil // the marker alone; the next read goes on from there
+	}
+	return append([]audit.Record{mk}, rest...), nil
 }

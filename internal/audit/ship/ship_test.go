@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -220,5 +221,68 @@ func TestShipDropsStream(t *testing.T) {
 		st.done <- nil
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run kept waiting for an ack past AckTimeout")
+	}
+}
+
+// TestShipSkipsDamagedRecords: records damaged on disk in the middle of
+// the log (seq 4 and 5 of 10) must not stop shipping: the shipper sends
+// the records before them, then a damage marker in their place (the node's
+// record, at seq 5, chained to seq 3, naming seq 4..5 and the bytes
+// skipped) followed by seq 6 on.
+func TestShipSkipsDamagedRecords(t *testing.T) {
+	n := openNode(t)
+	n.add(t, 10)
+	files, err := n.log.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	damageLines(t, files[len(files)-1], 4, 5)
+	third, err := n.log.ReadFrom(3, 1)
+	if err != nil || len(third) != 1 {
+		t.Fatalf("read seq 3: %v", err)
+	}
+	st := run(t, n, 0, "", nil, nil)
+	if f, l, _ := st.batch(t); f != 1 || l != 3 {
+		t.Fatalf("first batch %d..%d, want 1..3", f, l)
+	}
+	st.ack(3, "")
+	var m *wire.Message
+	select {
+	case m = <-st.sent:
+	case <-time.After(10 * time.Second):
+		t.Fatal("shipping stopped at the damaged records")
+	}
+	recs, err := audit.DecodeBatch(m.Audit)
+	if err != nil || len(recs) != 6 {
+		t.Fatalf("batch after the damage: %d records, %v; want the marker and seq 6..10", len(recs), err)
+	}
+	mk := recs[0]
+	if mk.Seq != 5 || mk.Kind != audit.KindAudit || mk.Action != "damaged" || mk.Object != "seq 4..5" ||
+		mk.Prev != third[0].Hash || !strings.Contains(mk.Reason, "bytes") || recs[1].Seq != 6 || recs[5].Seq != 10 {
+		t.Fatalf("marker %+v, then seq %d..%d", mk, recs[1].Seq, recs[5].Seq)
+	}
+	if h, err := mk.ComputeHash(); err != nil || h != mk.Hash {
+		t.Fatalf("marker hash %s, want %s (%v)", mk.Hash, h, err)
+	}
+}
+
+// damageLines overwrites lines from..to (1-based) of path in place with
+// '#' bytes, keeping their newlines.
+func damageLines(t *testing.T, path string, from, to int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := 1
+	for i := range b {
+		if b[i] == '\n' {
+			line++
+		} else if line >= from && line <= to {
+			b[i] = '#'
+		}
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,0 +1,189 @@
+package control
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/store"
+)
+
+// Archived chains (restartAuditChain): a node that starts its chain anew
+// has the chain held for it renamed to <node>.archived-<unix time>, and
+// its stored head moved to the archive's name. The rename and the move
+// cannot be one atomic step (one is the file system, the other the
+// store), so a crash between them is repaired at start by
+// repairArchives.
+
+// repairArchives completes, at start, what a crash left of a chain's
+// archiving: the directory renamed to its archive, but the head still
+// stored under the node's name. That archive would verify unanchored (no
+// head), and the node's next chain would be checked against the old
+// chain's head (and, shorter, never store its own: heads only move
+// forward), so it would look cut.
+//
+// The node's head moves to an archive without a head when the archive
+// holds the head's record (its seq with exactly its hash) and the node's
+// current directory does not: the hash pins the chain the head was stored
+// for, so nothing is trusted from the files that the store did not
+// already say. Several archives of a node: the newest first. The
+// completed restart is written into the control plane's own chain, as
+// restartAuditChain does. Runs before any stream is served.
+func (s *Server) repairArchives() {
+	ents, err := os.ReadDir(s.auditNodesDir())
+	if err != nil {
+		if !os.IsNotExist(err) {
+			s.log.Error("control: audit archives", "err", err)
+		}
+		return
+	}
+	var archives []string
+	for _, e := range ents {
+		if e.IsDir() && isArchive(e.Name()) && audit.ValidNodeName(e.Name()) {
+			archives = append(archives, e.Name())
+		}
+	}
+	// Newest first: <node>.archived-<unix time>, ten digits until 2286.
+	slices.SortFunc(archives, func(a, b string) int { return strings.Compare(b, a) })
+	for _, name := range archives {
+		if err := s.repairArchive(name); err != nil {
+			s.log.Error("control: audit archive without its head not repaired; it verifies unanchored", "archive", name, "err", err)
+		}
+	}
+}
+
+// repairArchive moves the node's head to archive name if it belongs there
+// (see repairArchives).
+func (s *Server) repairArchive(name string) error {
+	node := name[:strings.Index(name, ".archived-")]
+	if h, err := s.storedHead(keyAuditHead + name); err != nil || h != nil {
+		return err // it has its head
+	}
+	raw, err := s.st.GetSecure(keyAuditHead + node)
+	if err != nil || raw == nil {
+		return err // no head to move: the archive stays unanchored
+	}
+	nh, err := s.storedHead(keyAuditHead + node)
+	if err != nil {
+		return err
+	}
+	holds := func(dir string) (bool, error) {
+		files, err := audit.ChainFiles(filepath.Join(s.auditNodesDir(), dir), "")
+		if err != nil {
+			if _, serr := os.Stat(filepath.Join(s.auditNodesDir(), dir)); os.IsNotExist(serr) {
+				return false, nil
+			}
+			return false, err
+		}
+		r, err := audit.RecordAt(files, nh.Seq)
+		return r != nil && r.Hash == nh.Hash, err
+	}
+	if cur, err := holds(node); err != nil || cur {
+		return err // the head is the node's current chain's
+	}
+	if ok, err := holds(name); err != nil || !ok {
+		return err // another chain's head
+	}
+	moved := false
+	err = s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		if !bytes.Equal(tx.Get(keyAuditHead+node), raw) || tx.Get(keyAuditHead+name) != nil {
+			return nil // changed meanwhile
+		}
+		if err := tx.Put(keyAuditHead+name, raw); err != nil {
+			return err
+		}
+		moved = true
+		return tx.Delete(keyAuditHead + node)
+	})
+	if err != nil || !moved {
+		return err
+	}
+	s.log.Warn("control: completed the archiving of a node's audit chain (the control plane stopped between renaming it and moving its head)",
+		"node", node, "archive", name, "lastSeq", nh.Seq)
+	if err := s.Audit(audit.Record{Kind: audit.KindAudit, Action: "restart chain", Actor: node, Object: node,
+		Reason: fmt.Sprintf("previous chain archived at %s, last seq %d, hash %s (completed at start: the control plane stopped between archiving the chain and moving its head)",
+			name, nh.Seq, nh.Hash)}); err != nil {
+		s.log.Error("control: audit the chain restart", "err", err)
+	}
+	return nil
+}
+
+// DefaultAuditArchivesPerNode is Config.AuditArchivesPerNode's default.
+const DefaultAuditArchivesPerNode = 16
+
+// errArchives refuses a restart of a node's chain past
+// Config.AuditArchivesPerNode.
+var errArchives = errors.New("too many archived chains")
+
+// archiveRoom returns errArchives (counted and logged) if node has
+// Config.AuditArchivesPerNode archives already.
+func (s *Server) archiveRoom(node string) error {
+	bound := s.cfg.AuditArchivesPerNode
+	if bound < 0 {
+		return nil
+	}
+	ents, err := os.ReadDir(s.auditNodesDir())
+	if err != nil {
+		return fmt.Errorf("audit archives: %w", err)
+	}
+	n := 0
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), node+".archived-") {
+			n++
+		}
+	}
+	if n < bound {
+		return nil
+	}
+	s.audit.mArchives.Inc()
+	s.log.Error("control: node restarted its audit chain, but the control plane keeps no more archives of it; its new chain waits on the node until archives are removed (DELETE /v1/audit/{archive})",
+		"node", node, "archives", n, "auditArchivesPerNode", bound)
+	return fmt.Errorf("%w: node %s has %d archived chains, the bound is %d; an operator must remove one (DELETE /v1/audit/%s.archived-TIME) before this chain can be taken",
+		errArchives, node, n, bound, node)
+}
+
+// handleAuditArchiveDelete serves DELETE /v1/audit/{archive}: it removes
+// an archived chain (<node>.archived-<time>: its files and its stored
+// head), after recording the removal, with the archive's head, as an admin
+// change in the control plane's own chain. Only archives: a node's current
+// chain is never removed through the API.
+func (s *Server) handleAuditArchiveDelete(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("node")
+	if !audit.ValidNodeName(name) || !isArchive(name) {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("%q is not an archived chain (NODE.archived-TIME): only those can be removed", name))
+		return
+	}
+	mu := s.chainLock(name)
+	mu.Lock()
+	defer mu.Unlock()
+	dir := filepath.Join(s.auditNodesDir(), name)
+	h, err := s.storedHead(keyAuditHead + name)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	if _, serr := os.Stat(dir); os.IsNotExist(serr) && h == nil {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no archived chain %q", name))
+		return
+	}
+	what := "no stored head"
+	if h != nil {
+		what = fmt.Sprintf("head seq %d, hash %s", h.Seq, h.Hash)
+	}
+	s.auditAdmin(r, "delete", []string{"audit/" + name}, "archived audit chain removed ("+what+")")
+	if err := os.RemoveAll(dir); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove %s: %w", name, err))
+		return
+	}
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Delete(keyAuditHead + name) }); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove the head of %s: %w", name, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
+}
