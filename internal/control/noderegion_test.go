@@ -3,6 +3,10 @@ package control
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/testenv"
@@ -155,4 +160,169 @@ func TestHelloCannotClaimAnotherRegion(t *testing.T) {
 		kv, ok, _ := s.st.Get(api.KindNode + "/w1")
 		return ok && strings.Contains(string(kv.Value), `"region":"west"`)
 	})
+}
+
+// offline waits until node has no stream at s (a join needs that).
+func offline(t *testing.T, s *Server, node string) {
+	t.Helper()
+	testenv.WaitFor(t, 5*time.Second, node+" offline", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.live[node] == nil || s.live[node].conns == 0
+	})
+}
+
+// TestJoinTokenRegion: a join token that names a region (POST /v1/tokens,
+// as `fogmesh token create -site S -region R`) joins only a node declaring
+// that region, without being used up by a refusal; the node is bound to
+// it, across a restart of the control plane.
+func TestJoinTokenRegion(t *testing.T) {
+	dir := t.TempDir()
+	s := startSecureIn(t, dir)
+	putEastObjects(t, s)
+	admin, err := os.ReadFile(filepath.Join(dir, AdminTokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "https://"+s.AdminAddr()+"/v1/tokens",
+		strings.NewReader(`{"kind":"join","site":"s1","region":"east","ttl":"1m"}`))
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
+	resp, err := adminHTTP(t, s).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tr TokenResponse
+	if err := json.NewDecoder(resp.Body).Decode(&tr); err != nil || resp.StatusCode != http.StatusOK || tr.Region != "east" {
+		t.Fatalf("token create: %d %v %+v", resp.StatusCode, err, tr)
+	}
+	resp.Body.Close()
+	if m, _ := joinIn(t, s, tr.Token, "e2", "s1", "west"); m.Type != wire.TypeError ||
+		!strings.Contains(m.Error, "token is for region east, node e2 claims region west") {
+		t.Fatalf("join declaring west with an east token: %+v", m)
+	}
+	m, svid := joinIn(t, s, tr.Token, "e2", "s1", "east")
+	if svid == nil {
+		t.Fatalf("join declaring east: %+v", m)
+	}
+	if _, m := helloIn(t, s, svid, "e2", "s1", "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "node e2 is in region east, its hello names region west") {
+		t.Fatalf("hello as west: %+v", m)
+	}
+	a, m := helloIn(t, s, svid, "e2", "s1", "east")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("hello as east: %+v", m)
+	}
+	if got := viewOf(a); !slices.Contains(got, "Service demo/secret") {
+		t.Fatalf("e2 in east holds %v, without east's secret", got)
+	}
+	a.c.Close()
+	s.Close()
+
+	s = startSecureIn(t, dir)
+	if _, m := helloIn(t, s, svid, "e2", "s1", "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "in region east") {
+		t.Fatalf("hello as west after a restart: %+v", m)
+	}
+	if _, m := helloIn(t, s, svid, "e2", "s1", "east"); m.Type != wire.TypeWelcome {
+		t.Fatalf("hello as east after a restart: %+v", m)
+	}
+}
+
+// TestNodeMovesRegionByJoiningAgain: a node of west moves to east by
+// joining again (offline) with a token of east: it is then bound to east,
+// gets east's view, and its hello as west is refused; the move is
+// audited. A region a regional control plane does not serve cannot be
+// named by its tokens.
+func TestNodeMovesRegionByJoiningAgain(t *testing.T) {
+	s := startSecure(t)
+	putEastObjects(t, s)
+	tok, _ := s.CreateJoinToken("s1", "west", time.Minute)
+	_, svid := joinIn(t, s, tok, "mover", "s1", "west")
+	a, m := helloIn(t, s, svid, "mover", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("mover in west: %+v", m)
+	}
+	a.c.Close()
+	offline(t, s, "mover")
+	tok, _ = s.CreateJoinToken("s1", "east", time.Minute)
+	m, svid = joinIn(t, s, tok, "mover", "s1", "east")
+	if svid == nil {
+		t.Fatalf("join again in east: %+v", m)
+	}
+	if !slices.ContainsFunc(ownRecords(s), func(r audit.Record) bool { return r.Action == "node moved region" && r.Object == "mover" }) {
+		t.Error("the move is not in the audit chain")
+	}
+	if _, m := helloIn(t, s, svid, "mover", "s1", "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "in region east") {
+		t.Fatalf("hello as west after the move: %+v", m)
+	}
+	a, m = helloIn(t, s, svid, "mover", "s1", "east")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("hello as east after the move: %+v", m)
+	}
+	if got := viewOf(a); !slices.Contains(got, "Service demo/secret") {
+		t.Fatalf("mover in east holds %v, without east's secret", got)
+	}
+}
+
+// TestUnboundNodeTakesItsRegisteredRegion: a node with no binding (it
+// joined before bindings were kept) is bound to the region of its stored
+// record at its next hello, and a hello naming another is refused; a
+// node neither bound nor stored is bound to the region its first hello
+// names.
+func TestUnboundNodeTakesItsRegisteredRegion(t *testing.T) {
+	s := startSecure(t)
+	putEastObjects(t, s)
+	if err := s.reg.registerNode(&api.Node{Meta: api.Meta{Name: "old"}, Spec: api.NodeSpec{Site: "s1", Region: "west", MeshAddress: "127.0.0.1:1"}}); err != nil {
+		t.Fatal(err)
+	}
+	cert := signNode(t, s.CA(), "s1", "old", 0)
+	if _, m := helloIn(t, s, cert, "old", "s1", "east"); m.Type != wire.TypeError || !strings.Contains(m.Error, "node old is in region west") {
+		t.Fatalf("hello of a west node as east: %+v", m)
+	}
+	if _, m := helloIn(t, s, cert, "old", "s1", "west"); m.Type != wire.TypeWelcome {
+		t.Fatalf("hello as west: %+v", m)
+	}
+	fresh := signNode(t, s.CA(), "s1", "fresh", 0)
+	a, m := helloIn(t, s, fresh, "fresh", "s1", "north")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("first hello of an unknown node: %+v", m)
+	}
+	a.c.Close()
+	offline(t, s, "fresh")
+	if _, m := helloIn(t, s, fresh, "fresh", "s1", "east"); m.Type != wire.TypeError || !strings.Contains(m.Error, "in region north") {
+		t.Fatalf("second hello naming another region: %+v", m)
+	}
+}
+
+// TestClusterLabelsPlaceTheRegion: cluster labels naming a region place
+// the node there whatever its hello names (the control plane trusts its
+// cluster source for the registry), and its view is that region's.
+// Before, the stream's view took the hello's region even when the labels
+// placed the node elsewhere.
+func TestClusterLabelsPlaceTheRegion(t *testing.T) {
+	s := startSecure(t)
+	putEastObjects(t, s)
+	tok, _ := s.CreateJoinToken("s1", "west", time.Minute)
+	_, svid := joinIn(t, s, tok, "k1", "s1", "west")
+	setRegion := func(region string) {
+		s.cluster.mu.Lock()
+		s.cluster.topo = map[string]NodeTopology{"k1": {Region: region}}
+		s.cluster.mu.Unlock()
+	}
+	setRegion("west")
+	a, m := helloIn(t, s, svid, "k1", "s1", "east")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("labelled node: %+v", m)
+	}
+	if got := viewOf(a); slices.Contains(got, "Service demo/secret") || !slices.Contains(got, "Service demo/shared") {
+		t.Fatalf("k1, labelled west, hello east, holds %v; want west's view", got)
+	}
+	a.c.Close()
+	offline(t, s, "k1")
+	setRegion("east")
+	a, m = helloIn(t, s, svid, "k1", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("labelled node: %+v", m)
+	}
+	if got := viewOf(a); !slices.Contains(got, "Service demo/secret") {
+		t.Fatalf("k1, labelled east, holds %v; want east's view", got)
+	}
 }
