@@ -326,3 +326,29 @@ func TestClusterLabelsPlaceTheRegion(t *testing.T) {
 		t.Fatalf("k1, labelled east, holds %v; want east's view", got)
 	}
 }
+
+// TestRegionalPlaneJoinsItsRegionOnly: a regional control plane's join
+// tokens cannot name another region, and a join declaring another region
+// is refused there (before, the node joined and only its hello was
+// refused).
+func TestRegionalPlaneJoinsItsRegionOnly(t *testing.T) {
+	g := startSecure(t)
+	rtok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
+	r, err := startRegional(t, t.TempDir(), "east", g.SyncAddr(), rtok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CreateJoinToken("s1", "west", time.Minute); err == nil || !strings.Contains(err.Error(), "serves region east") {
+		t.Fatalf("a west token at east's plane: %v", err)
+	}
+	tok, err := r.CreateJoinToken("s1", "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := joinIn(t, r, tok, "n1", "s1", "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "this control plane serves region east") {
+		t.Fatalf("join declaring west at east's plane: %+v", m)
+	}
+	if m, svid := joinIn(t, r, tok, "n1", "s1", "east"); svid == nil {
+		t.Fatalf("join declaring east: %+v", m)
+	}
+}
