@@ -35,7 +35,7 @@ import (
 type TokenRequest struct {
 	Kind   string `json:"kind"`             // join (default), relay, region or admin
 	Site   string `json:"site,omitempty"`   // join tokens: the site the node must claim
-	Region string `json:"region,omitempty"` // region tokens: the region the regional control plane must claim
+	Region string `json:"region,omitempty"` // region tokens: the region the regional control plane must claim; join tokens: the node's region (optional)
 	Role   string `json:"role,omitempty"`   // admin tokens: admin (default) or read-only
 	TTL    string `json:"ttl,omitempty"`    // Go duration; join default 1h, admin default none
 }
@@ -265,18 +265,21 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	site := req.Site
-	if req.Kind == identity.TokenRegion {
+	site, region := req.Site, ""
+	switch {
+	case req.Kind == identity.TokenRegion:
 		if req.Site != "" {
 			writeError(w, http.StatusBadRequest, errors.New("a region token names a region, not a site"))
 			return
 		}
 		site = req.Region
-	} else if req.Region != "" {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("region is for region tokens, not %s tokens", req.Kind))
+	case req.Kind == identity.TokenJoin:
+		region = req.Region // the joining node's region
+	case req.Region != "":
+		writeError(w, http.StatusBadRequest, fmt.Errorf("region is for region and join tokens, not %s tokens", req.Kind))
 		return
 	}
-	tok, rec, err := s.sec.createToken(req.Kind, site, req.Role, ttl)
+	tok, rec, err := s.sec.createToken(req.Kind, site, region, req.Role, ttl)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return

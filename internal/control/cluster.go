@@ -294,6 +294,14 @@ func (s *Server) clusterSite(node string) string {
 	return s.cluster.topo[node].Site
 }
 
+// clusterRegion is the region the cluster's labels give node ("" if
+// none).
+func (s *Server) clusterRegion(node string) string {
+	s.cluster.mu.Lock()
+	defer s.cluster.mu.Unlock()
+	return s.cluster.topo[node].Region
+}
+
 // placeDiff describes where n's place differs from t's set fields.
 func placeDiff(n *api.Node, t NodeTopology) string {
 	var d []string

@@ -521,8 +521,12 @@ func TestRegionRevoked(t *testing.T) {
 	if cerr, serr := mtls(t, regional, agent); cerr != nil || serr != nil {
 		t.Fatalf("before the revocation: %v / %v", cerr, serr)
 	}
-	if m, err := syncDial(t, g, regional.SVID(), "s1", "rn"); err != nil || m.Type != wire.TypeWelcome {
-		t.Fatalf("global sync port before the revocation: %v %+v", err, m)
+	// (In region east, as agentStream's hello says: a node's region is
+	// bound at its first hello, noderegion.go.)
+	if a, m := helloIn(t, g, regional.SVID(), "rn", "s1", "east"); m.Type != wire.TypeWelcome {
+		t.Fatalf("global sync port before the revocation: %+v", m)
+	} else {
+		a.c.Close()
 	}
 	// A node of the region on its open sync stream to the global plane.
 	open, ord, _ := agentStream(t, g, regional.SVID(), g.CA().Bundle(), "s1", "rn")

@@ -62,7 +62,7 @@ type tokenRecord struct {
 	Kind    string    `json:"kind"`
 	Hash    string    `json:"hash"`
 	Site    string    `json:"site,omitempty"`   // join tokens
-	Region  string    `json:"region,omitempty"` // region tokens
+	Region  string    `json:"region,omitempty"` // region tokens; join tokens: the node's region, if given
 	Role    string    `json:"role,omitempty"`   // admin tokens
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires,omitzero"` // zero: never (admin tokens only)
@@ -411,7 +411,7 @@ func (sec *security) bootstrapAdminToken() error {
 			return nil
 		}
 	}
-	tok, _, err := sec.createToken(identity.TokenAdmin, "", RoleAdmin, 0)
+	tok, _, err := sec.createToken(identity.TokenAdmin, "", "", RoleAdmin, 0)
 	if err != nil {
 		return err
 	}
@@ -423,8 +423,9 @@ func (sec *security) bootstrapAdminToken() error {
 	return nil
 }
 
-// createToken stores a new token and returns its wire form.
-func (sec *security) createToken(kind, site, role string, ttl time.Duration) (string, tokenRecord, error) {
+// createToken stores a new token and returns its wire form. region is a
+// join token's region ("": the joining node declares it).
+func (sec *security) createToken(kind, site, region, role string, ttl time.Duration) (string, tokenRecord, error) {
 	now := time.Now().UTC()
 	rec := tokenRecord{Kind: kind, Created: now}
 	switch kind {
@@ -432,10 +433,16 @@ func (sec *security) createToken(kind, site, role string, ttl time.Duration) (st
 		if !siteRE.MatchString(site) {
 			return "", rec, fmt.Errorf("site %q is not a DNS label", site)
 		}
+		if region != "" && !regionRE.MatchString(region) {
+			return "", rec, fmt.Errorf("region %q is not a DNS label", region)
+		}
+		if s := sec.s.cfg; s.Mode == ModeRegional && region != "" && region != s.Region {
+			return "", rec, fmt.Errorf("this control plane serves region %s: its join tokens cannot name region %s", s.Region, region)
+		}
 		if ttl <= 0 {
 			ttl = time.Hour
 		}
-		rec.Site = site
+		rec.Site, rec.Region = site, region
 	case identity.TokenRelay:
 		if ttl <= 0 {
 			ttl = time.Hour
@@ -556,7 +563,10 @@ func (sec *security) serveJoin(c net.Conn) error {
 	if err := m.Node.Validate(); err != nil {
 		return refuse(fmt.Errorf("node: %w", err))
 	}
-	node, site := m.Node.Meta.Name, m.Node.Spec.Site
+	if err := sec.s.admitRegion(m.Node); err != nil {
+		return refuse(err)
+	}
+	node, site, region := m.Node.Meta.Name, m.Node.Spec.Site, m.Node.Spec.Region
 	csr, err := identity.ParseCSR(m.CSR)
 	if err != nil {
 		return refuse(err)
@@ -584,18 +594,21 @@ func (sec *security) serveJoin(c net.Conn) error {
 	if err != nil {
 		return refuse(err)
 	}
-	if _, err := checkJoinToken(rec, tok, node, site, now); err != nil {
+	if _, err := checkJoinToken(rec, tok, node, site, region, now); err != nil {
 		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
 	}
 	certs, err := sec.ca.SignNodeCSR(csr, site, node)
 	if err != nil {
 		return refuse(err)
 	}
-	lifted := false
+	lifted, regionFrom := false, ""
 	err = sec.s.st.UpdateSecure(func(tx *store.SecureTx) error {
 		lifted = false
-		r, err := checkJoinToken(tx.Get(keyToken+tok.ID), tok, node, site, now)
+		r, err := checkJoinToken(tx.Get(keyToken+tok.ID), tok, node, site, region, now)
 		if err != nil {
+			return err
+		}
+		if regionFrom, err = bindJoinRegionLocked(tx, node, region, tok.ID, now); err != nil { // noderegion.go
 			return err
 		}
 		r.UsedBy = node
@@ -635,16 +648,19 @@ func (sec *security) serveJoin(c net.Conn) error {
 		sec.s.log.Warn("control: node joined in the site its cluster labels name; its identity at the old site is deny-listed",
 			"node", node, "from", movedFrom, "to", site)
 	}
+	if regionFrom != "" {
+		sec.s.regionMoved(node, regionFrom, region)
+	}
 	sec.issued("node", certs[0])
 	t, _ := sec.currentTrust()
 	sec.mJoins["ok"].Inc()
-	sec.s.log.Info("control: node joined", "node", node, "site", site, "token", tok.ID, "serial", certs[0].SerialNumber.Text(16))
+	sec.s.log.Info("control: node joined", "node", node, "site", site, "region", region, "token", tok.ID, "serial", certs[0].SerialNumber.Text(16))
 	return wire.Write(c, &wire.Message{Type: wire.TypeJoined, Certificates: identity.DERs(certs), Trust: t})
 }
 
 // checkJoinToken checks a stored token record b against the presented
-// token for a node joining at site.
-func checkJoinToken(b []byte, tok identity.Token, node, site string, now time.Time) (tokenRecord, error) {
+// token for a node joining at site in region.
+func checkJoinToken(b []byte, tok identity.Token, node, site, region string, now time.Time) (tokenRecord, error) {
 	var r tokenRecord
 	switch {
 	case b == nil, json.Unmarshal(b, &r) != nil, r.Kind != identity.TokenJoin, !tok.MatchesHash(r.Hash):
@@ -655,6 +671,8 @@ func checkJoinToken(b []byte, tok identity.Token, node, site string, now time.Ti
 		return r, errors.New("token expired")
 	case r.Site != site:
 		return r, fmt.Errorf("token is for site %s, node %s claims site %s", r.Site, node, site)
+	case r.Region != "" && r.Region != region:
+		return r, fmt.Errorf("token is for region %s, node %s claims region %s (run its agent with -region %s)", r.Region, node, region, r.Region)
 	}
 	return r, nil
 }
@@ -799,7 +817,18 @@ func (s *Server) CreateToken(kind, site, role string, ttl time.Duration) (string
 	if s.sec == nil {
 		return "", errors.New("control: tokens need the CA (insecure mode)")
 	}
-	tok, _, err := s.sec.createToken(kind, site, role, ttl)
+	tok, _, err := s.sec.createToken(kind, site, "", role, ttl)
+	return tok, err
+}
+
+// CreateJoinToken makes a join token for a node of site in region (""
+// lets the node declare its region when it joins; either way it is bound
+// to it, see noderegion.go), valid for ttl (0: 1h).
+func (s *Server) CreateJoinToken(site, region string, ttl time.Duration) (string, error) {
+	if s.sec == nil {
+		return "", errors.New("control: tokens need the CA (insecure mode)")
+	}
+	tok, _, err := s.sec.createToken(identity.TokenJoin, site, region, "", ttl)
 	return tok, err
 }
 

@@ -264,6 +264,8 @@ type Server struct {
 	ha    haState // replicas on a shared store (ha.go)
 	// cluster is the last state a cluster source synced (cluster.go).
 	cluster clusterState
+	// regions binds nodes to their regions (noderegion.go).
+	regions nodeRegions
 
 	mu   sync.Mutex // guards the following
 	live map[string]*liveNode
@@ -395,6 +397,7 @@ func (s *Server) initMetrics() {
 	m := s.cfg.Metrics
 	s.mStreams = m.NewCounter(`fogmesh_control_sync_streams_total`)
 	s.mBadFrames = m.NewCounter(`fogmesh_control_sync_bad_frames_total`)
+	s.regions.mRefused = m.NewCounter(`fogmesh_control_node_region_refusals_total`)
 	s.mOldAgents = m.NewCounter(`fogmesh_control_sync_old_agents_total`)
 	s.mApplies = m.NewCounter(`fogmesh_control_applies_total`)
 	// sessions evicted past maxSessionsPerService (sessions.go)

@@ -254,7 +254,7 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 	if err != nil {
 		return nil, nil, err
 	}
-	st.node, st.region = admit.Node.Meta.Name, admit.Node.Spec.Region
+	st.node = admit.Node.Meta.Name
 	if err := s.admitRegion(admit.Node); err != nil { // export.go
 		_, err = st.step(syncproto.Reject{Reason: err.Error(), Err: err})
 		return nil, nil, err
@@ -271,8 +271,16 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 			s.sec.tlsFailure(identity.ReasonUnauthorized)
 			return nil, nil, reject(err.Error(), err)
 		}
+		// The node's region is bound (noderegion.go), unless its
+		// cluster labels place it.
+		if s.clusterRegion(st.node) == "" {
+			if err := s.checkNodeRegion(st.node, admit.Node.Spec.Region); err != nil {
+				return nil, nil, reject(err.Error(), err)
+			}
+		}
 	}
 	s.topology(admit.Node, pn != nil)
+	st.region = admit.Node.Spec.Region // where the labels place it, if they do
 	if err := s.reg.registerNode(admit.Node); errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrWrite) {
 		// etcd down or without quorum, or the store cannot write (a full
 		// disk, etcd out of space): serve the agent what the store last

@@ -266,7 +266,7 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 		}
 		d.hello[n.Name] = h
 		ap := netip.MustParseAddrPort(h.Addr)
-		tok, err := d.Control.CreateToken(identity.TokenJoin, n.Site, "", time.Hour)
+		tok, err := d.Control.CreateJoinToken(n.Site, n.Region, time.Hour)
 		if err != nil {
 			return nil, err
 		}
