@@ -96,7 +96,8 @@ type Config struct {
 	// open here at once, over all its paths (each holds a connection to a
 	// workload; a udp flow a UDP socket and its buffers); more are
 	// refused at once and the peer tries another endpoint (default 1024;
-	// negative: no limit). In insecure mode a peer is an IP address.
+	// negative: no limit, nor on its 64 sessions). In insecure mode a
+	// peer is an IP address.
 	MaxStreamsPerPeer int `json:"maxStreamsPerPeer,omitempty"`
 	// MeshPingInterval is how often the agent pings each peer agent it has
 	// a mesh session with, to measure the RTT the edge-aware balancer

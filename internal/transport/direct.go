@@ -255,7 +255,7 @@ func (s *Server) plainConn(conn net.Conn, log *slog.Logger) (_ net.Conn, served 
 	watchPeer(conn)
 	key := peerStreamsKey(conn, Peer{})
 	pc := s.limit.join(key)
-	defer s.limit.leave(key, pc)
+	defer s.limit.leave(key, pc, false)
 	if !s.limit.acquire(pc) {
 		// Its header is read first: a socket closed with unread bytes
 		// is reset, and the peer could lose the status.

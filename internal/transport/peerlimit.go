@@ -33,8 +33,20 @@ import (
 // (defaultQUICMaxStreams), over all of the peer's carriers.
 const DefaultMaxStreamsPerPeer = 1024
 
-// errPeerStreams is why a stream past its peer's cap was refused.
-var errPeerStreams = errors.New("too many streams from this peer")
+// maxSessionsPerPeer bounds the yamux sessions and QUIC connections one
+// peer may have open here at once, whatever they carry: each holds read
+// buffers (64 KiB over TLS) and goroutines even without a stream. A peer
+// needs one per path and a few more while retired ones drain (a relay
+// allows 16 per pair); the next is closed at once. Lifted with the stream
+// cap (a negative max).
+const maxSessionsPerPeer = 64
+
+// errPeerStreams is why a stream past its peer's cap was refused, and
+// errPeerSessions why a session or QUIC connection was.
+var (
+	errPeerStreams  = errors.New("too many streams from this peer")
+	errPeerSessions = fmt.Errorf("too many sessions from this peer (at most %d)", maxSessionsPerPeer)
+)
 
 // PeerStreams counts the inbound streams each peer agent has open at the
 // mesh servers that share it (ServerConfig.PeerStreams), and refuses a
@@ -42,9 +54,10 @@ var errPeerStreams = errors.New("too many streams from this peer")
 // insecure mode its IP address (agents that share an address share the
 // cap). It is safe for concurrent use.
 type PeerStreams struct {
-	max     int64            // <= 0: no cap
-	refused *metrics.Counter // fogmesh_agent_peer_stream_limit_rejections_total
-	msg     string           // the refusal's status message
+	max      int64            // <= 0: no cap (on sessions either)
+	refused  *metrics.Counter // fogmesh_agent_peer_stream_limit_rejections_total
+	sessions *metrics.Counter // fogmesh_agent_peer_session_limit_rejections_total
+	msg      string           // the refusal's status message
 
 	mu    sync.Mutex // guards the following
 	peers map[string]*peerCount
@@ -52,8 +65,9 @@ type PeerStreams struct {
 
 // peerCount is one peer's open streams.
 type peerCount struct {
-	open atomic.Int64 // streams from their accept to their end
-	refs int          // guarded by PeerStreams.mu: its sessions, connections and direct streams
+	open     atomic.Int64 // streams from their accept to their end
+	refs     int          // guarded by PeerStreams.mu: its sessions, connections and direct streams
+	sessions int          // guarded by PeerStreams.mu: its sessions and QUIC connections
 }
 
 // NewPeerStreams returns a cap of max streams per peer (0:
@@ -68,16 +82,33 @@ func NewPeerStreams(max int, set *metrics.Set) *PeerStreams {
 		set = metrics.NewSet()
 	}
 	return &PeerStreams{
-		max:     int64(max),
-		refused: set.GetOrCreateCounter(`fogmesh_agent_peer_stream_limit_rejections_total`),
-		msg:     fmt.Sprintf("%v: at most %d open at once", errPeerStreams, max),
-		peers:   make(map[string]*peerCount),
+		max:      int64(max),
+		refused:  set.GetOrCreateCounter(`fogmesh_agent_peer_stream_limit_rejections_total`),
+		sessions: set.GetOrCreateCounter(`fogmesh_agent_peer_session_limit_rejections_total`),
+		msg:      fmt.Sprintf("%v: at most %d open at once", errPeerStreams, max),
+		peers:    make(map[string]*peerCount),
 	}
 }
 
-// join returns the count of peer key, held by a session, connection or
-// direct stream of the peer until leave.
+// join returns the count of peer key, held by a direct stream of the
+// peer until leave.
 func (l *PeerStreams) join(key string) *peerCount {
+	pc, _ := l.joinAs(key, false)
+	return pc
+}
+
+// joinSession is join for a session or QUIC connection: nil (counted)
+// when the peer has maxSessionsPerPeer open.
+func (l *PeerStreams) joinSession(key string) *peerCount {
+	pc, ok := l.joinAs(key, true)
+	if !ok {
+		l.sessions.Inc()
+		return nil
+	}
+	return pc
+}
+
+func (l *PeerStreams) joinAs(key string, session bool) (*peerCount, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	pc := l.peers[key]
@@ -85,14 +116,24 @@ func (l *PeerStreams) join(key string) *peerCount {
 		pc = &peerCount{}
 		l.peers[key] = pc
 	}
+	if session {
+		if l.max > 0 && pc.sessions >= maxSessionsPerPeer {
+			return pc, false
+		}
+		pc.sessions++
+	}
 	pc.refs++
-	return pc
+	return pc, true
 }
 
-// leave ends a join; the last one forgets the peer.
-func (l *PeerStreams) leave(key string, pc *peerCount) {
+// leave ends a join (session: a joinSession); the last one forgets the
+// peer.
+func (l *PeerStreams) leave(key string, pc *peerCount, session bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if session {
+		pc.sessions--
+	}
 	if pc.refs--; pc.refs == 0 {
 		delete(l.peers, key)
 	}

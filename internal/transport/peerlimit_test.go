@@ -168,3 +168,59 @@ func TestPeerStreamCapDirect(t *testing.T) {
 	}
 	wantCapRefusal(t, c, ts.addr)
 }
+
+// TestPeerSessionCap: one peer may have at most maxSessionsPerPeer
+// sessions open at once (each holds buffers and goroutines whether or not
+// it carries a stream); the next is closed at once, another peer's is not,
+// and a session that ends frees its place.
+func TestPeerSessionCap(t *testing.T) {
+	ca := testCA(t, "", nil)
+	work := serveWorkload(t, "127.0.0.1:0", echo)
+	ts := startTLSServer(t, testSource(testSVID(t, ca, "s", "node-b"), ca.Bundle()), mapDialer{"web-1": work})
+	srcA := testSource(testSVID(t, ca, "s", "node-a"), ca.Bundle())
+	const maxSessions = 64
+	clients := make([]*Client, maxSessions)
+	for i := range clients {
+		clients[i], _ = tlsClient(t, srcA, "node-a")
+		dialRoundTrip(t, clients[i], ts.addr, "web-1", "one session")
+	}
+	over, _ := tlsClient(t, srcA, "node-a")
+	if conn, err := over.Dial(context.Background(), ts.addr, header("web-1")); err == nil {
+		conn.Close()
+		t.Fatalf("session %d of one peer was accepted; want it closed (at most %d)", maxSessions+1, maxSessions)
+	}
+	wantMetric(t, ts.metrics, `fogmesh_agent_peer_session_limit_rejections_total 1`)
+	other, _ := tlsClient(t, testSource(testSVID(t, ca, "s", "node-c"), ca.Bundle()), "node-c")
+	dialRoundTrip(t, other, ts.addr, "web-1", "another peer is served")
+
+	clients[0].Close()
+	eventually(t, "a place freed by a closed session", func() bool {
+		conn, err := over.Dial(context.Background(), ts.addr, header("web-1"))
+		if err == nil {
+			conn.Close()
+		}
+		return err == nil
+	})
+}
+
+// TestPeerSessionCapQUIC: QUIC connections count as sessions; the one
+// over the cap is closed with the reason.
+func TestPeerSessionCapQUIC(t *testing.T) {
+	p := newQUICPair(t)
+	work := serveWorkload(t, "127.0.0.1:0", echo)
+	ts := startQUICServer(t, nil, p.srvSrc, mapDialer{"web-1": work}, nil)
+	for range 64 {
+		c, _ := quicClient(t, p.cli, "node-a", nil)
+		dialRoundTrip(t, c, ts.addr, "web-1", "one connection")
+	}
+	over, _ := quicClient(t, p.cli, "node-a", nil)
+	conn, err := over.Dial(context.Background(), ts.addr, header("web-1"))
+	if err == nil {
+		conn.Close()
+		t.Fatal("QUIC connection 65 of one peer was accepted; want it closed (at most 64)")
+	}
+	if !strings.Contains(err.Error(), "too many sessions") {
+		t.Errorf("QUIC connection over the cap: %v; want it to say too many sessions", err)
+	}
+	wantMetric(t, ts.metrics, `fogmesh_agent_peer_session_limit_rejections_total 1`)
+}

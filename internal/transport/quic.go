@@ -127,6 +127,7 @@ const (
 	quicCodeNotNode    quic.ApplicationErrorCode = 1 // the peer is not a node identity
 	quicCodeWrongPeer  quic.ApplicationErrorCode = 2 // the peer is not the node expected at that address
 	quicCodeDropped    quic.ApplicationErrorCode = 3 // dropped: revoked, or declared dead by gossip
+	quicCodeTooMany    quic.ApplicationErrorCode = 4 // the peer has maxSessionsPerPeer open here
 	quicStreamCanceled quic.StreamErrorCode      = 0 // a stream closed before the peer finished sending
 )
 

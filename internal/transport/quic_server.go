@@ -160,6 +160,14 @@ func (s *QUICServer) serveConn(conn *quic.Conn) {
 		log.Warn("mesh: QUIC peer is not a node", "id", id.String(), "err", err)
 		return
 	}
+	key := id.String()
+	pc := s.core.limit.joinSession(key)
+	if pc == nil {
+		conn.CloseWithError(quicCodeTooMany, errPeerSessions.Error())
+		log.Warn("mesh: QUIC connection refused", "peerId", key, "err", errPeerSessions)
+		return
+	}
+	defer s.core.limit.leave(key, pc, true)
 	auth := authOf(id, conn.ConnectionState().TLS)
 	if !s.track(conn, &auth) {
 		conn.CloseWithError(quicCodeClosed, "server closing")
@@ -174,9 +182,6 @@ func (s *QUICServer) serveConn(conn *quic.Conn) {
 	ctx, cancel := context.WithCancel(s.core.ctx)
 	defer cancel()
 	ctx = ContextWithPeer(ctx, Peer{ID: id, Site: site, Node: node})
-	key := id.String()
-	pc := s.core.limit.join(key)
-	defer s.core.limit.leave(key, pc)
 	for {
 		st, err := conn.AcceptStream(ctx)
 		if err != nil {

@@ -343,6 +343,15 @@ func (s *Server) serveConn(conn net.Conn) {
 		}
 	}
 
+	key := peerStreamsKey(conn, peer)
+	pc := s.limit.joinSession(key)
+	if pc == nil {
+		conn.Close()
+		log.Warn("mesh: session refused", "err", errPeerSessions)
+		return
+	}
+	defer s.limit.leave(key, pc, true)
+
 	sess, err := yamux.Server(conn, yamuxConfig(s.cfg.StreamWindow))
 	if err != nil { // only for a bad config
 		conn.Close()
@@ -366,9 +375,6 @@ func (s *Server) serveConn(conn net.Conn) {
 	if s.cfg.TLS != nil {
 		ctx = ContextWithPeer(ctx, peer)
 	}
-	key := peerStreamsKey(conn, peer)
-	pc := s.limit.join(key)
-	defer s.limit.leave(key, pc)
 
 	opening := make(chan struct{}, maxOpening)
 	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HeaderTimeout)
