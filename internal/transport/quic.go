@@ -84,6 +84,16 @@ func quicConfig(t QUICTimers, handshake time.Duration) *quic.Config {
 	}
 }
 
+// quicClientConfig is quicConfig for the connections a client dials: the
+// peer opens no streams on them (its own streams go over the connection
+// it dials itself), so none are allowed, and a peer cannot park data in
+// streams nothing here would ever read.
+func quicClientConfig(t QUICTimers, handshake time.Duration) *quic.Config {
+	c := quicConfig(t, handshake)
+	c.MaxIncomingStreams = -1
+	return c
+}
+
 // NewQUICTransport returns the QUIC endpoint of a UDP socket, to pass to a
 // QUICServer and a QUICClient both (one per socket: it is the socket's
 // only reader). Closing it ends its connections but leaves pc open: the
