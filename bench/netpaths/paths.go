@@ -145,7 +145,7 @@ func (b *bench) direct(ctx context.Context, l1, l2 *node) error {
 		return err
 	}
 	srv, err := transport.NewServer(transport.ServerConfig{Listener: ln, Dialer: w,
-		TLS: l2.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)})
+		TLS: l2.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh), PeerStreams: holdAny()})
 	if err != nil {
 		ln.Close()
 		return err
@@ -247,7 +247,7 @@ func (b *bench) punched(ctx context.Context, l1n, a1n *node) error {
 		return err
 	}
 	srv, err := transport.NewQUICServer(transport.QUICServerConfig{Transport: server.tr, Dialer: w,
-		TLS: server.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)})
+		TLS: server.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh), PeerStreams: holdAny()})
 	if err != nil {
 		return err
 	}
@@ -279,7 +279,7 @@ func (b *bench) relayed(ctx context.Context, a1, c1 *node) error {
 	}
 	ln := newChanListener()
 	srv, err := transport.NewServer(transport.ServerConfig{Listener: ln, Dialer: w,
-		TLS: c1.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)})
+		TLS: c1.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh), PeerStreams: holdAny()})
 	if err != nil {
 		return err
 	}
@@ -379,7 +379,7 @@ func (b *bench) relayedUDP(ctx context.Context, a1, b1 *node) error {
 		return err
 	}
 	srv, err := transport.NewQUICServer(transport.QUICServerConfig{Transport: trb, Dialer: w,
-		TLS: b1.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)})
+		TLS: b1.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh), PeerStreams: holdAny()})
 	if err != nil {
 		return err
 	}
@@ -403,3 +403,7 @@ func (b *bench) relayedUDP(ctx context.Context, a1, b1 *node) error {
 		dial: func(ctx context.Context, svc string) (net.Conn, error) { return cli.Dial(ctx, addr, header(svc)) }})
 	return nil
 }
+
+// holdAny is the mesh servers' per-peer stream cap: none, so that -hold
+// can open up to 10,000 streams between the bench's one pair of nodes.
+func holdAny() *transport.PeerStreams { return transport.NewPeerStreams(-1, nil) }

@@ -92,6 +92,13 @@ type Config struct {
 	// more are answered 429 (default 256; negative: no limit). It keeps
 	// one client from holding the upstream connections everyone shares.
 	MaxRequestsPerClient int `json:"maxRequestsPerClient,omitempty"`
+	// MaxStreamsPerPeer is how many mesh streams one peer agent may have
+	// open here at once, over all its paths (each holds a connection to a
+	// workload; a udp flow a UDP socket and its buffers); more are
+	// refused at once and the peer tries another endpoint (default 1024;
+	// negative: no limit, nor on its 64 sessions). In insecure mode a
+	// peer is an IP address.
+	MaxStreamsPerPeer int `json:"maxStreamsPerPeer,omitempty"`
 	// MeshPingInterval is how often the agent pings each peer agent it has
 	// a mesh session with, to measure the RTT the edge-aware balancer
 	// counts as distance (default 5s).

@@ -25,7 +25,8 @@ func (a *Agent) initMesh(cfg Config) error {
 	pcfg := paths.Config{Self: cfg.Node.Name, Dialer: a, Network: cfg.Network, Logger: a.log.With("sub", "mesh"),
 		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,
 		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive), RelayUDP: cfg.RelayUDP,
-		StreamWindow: cfg.MeshStreamWindow, DirectStreams: cfg.MeshDirectStreams == nil || *cfg.MeshDirectStreams}
+		StreamWindow: cfg.MeshStreamWindow, DirectStreams: cfg.MeshDirectStreams == nil || *cfg.MeshDirectStreams,
+		PeerStreams: transport.NewPeerStreams(cfg.MaxStreamsPerPeer, cfg.Metrics)} // shared by every mesh server
 	if a.ident != nil {
 		pcfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
 		pcfg.ServerTLS = a.ident.src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
@@ -39,7 +40,8 @@ func (a *Agent) initMesh(cfg Config) error {
 		return &ConfigError{Err: fmt.Errorf("agent: %w", err)}
 	}
 	scfg := transport.ServerConfig{Listener: a.peers.Listener(a.meshLn), Dialer: a,
-		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, TLS: pcfg.ServerTLS, StreamWindow: cfg.MeshStreamWindow}
+		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, TLS: pcfg.ServerTLS, StreamWindow: cfg.MeshStreamWindow,
+		PeerStreams: pcfg.PeerStreams}
 	if a.ident != nil {
 		scfg.TrustedSourceID = a.trustedSourceID
 		scfg.PeerCheck, scfg.OnCut = a.ident.src.CheckPeer, a.meshCut

@@ -95,7 +95,18 @@ func (b *recordBatcher) flush() error {
 type tlsFrameConn struct {
 	*tls.Conn
 	batch    *recordBatcher
-	bodyNext bool // the last Write was a held data header: this one is its body
+	bodyNext bool      // the last Write was a held data header: this one is its body
+	guard    pingGuard // the pings the peer is owed (pingguard.go)
+}
+
+// Read reads the session's bytes, and fails once the peer asked for too
+// many pings unanswered (pingGuard).
+func (c *tlsFrameConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if gerr := c.guard.read(p[:n]); gerr != nil {
+		return 0, gerr
+	}
+	return n, err
 }
 
 // yamux frame header: version, type, flags (2), stream ID (4), length (4).
@@ -105,6 +116,9 @@ const (
 )
 
 func (c *tlsFrameConn) Write(p []byte) (int, error) {
+	if !c.bodyNext {
+		c.guard.wroteHeader(p)
+	}
 	header := !c.bodyNext && isDataHeader(p)
 	c.bodyNext = false
 	c.batch.hold()
@@ -134,15 +148,25 @@ type plainFrameConn struct {
 	// direct stream from a session; replay says it is still to be read.
 	first  byte
 	replay bool
+	guard  pingGuard // the pings the peer is owed (pingguard.go)
 }
 
+// Read reads the session's bytes, and fails once the peer asked for too
+// many pings unanswered (pingGuard).
 func (c *plainFrameConn) Read(p []byte) (int, error) {
+	var n int
+	var err error
 	if c.replay && len(p) > 0 {
 		c.replay = false
 		p[0] = c.first
-		return 1, nil
+		n = 1
+	} else {
+		n, err = c.Conn.Read(p)
 	}
-	return c.Conn.Read(p)
+	if gerr := c.guard.read(p[:n]); gerr != nil {
+		return 0, gerr
+	}
+	return n, err
 }
 
 func (c *plainFrameConn) Write(p []byte) (int, error) {
@@ -158,6 +182,7 @@ func (c *plainFrameConn) Write(p []byte) (int, error) {
 		}
 		return int(max(n-yamuxHeaderLen, 0)), err
 	}
+	c.guard.wroteHeader(p)
 	if isDataHeader(p) {
 		copy(c.hdr[:], p)
 		c.held = true

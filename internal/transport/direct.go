@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -252,8 +253,19 @@ func (s *Server) plainConn(conn net.Conn, log *slog.Logger) (_ net.Conn, served 
 	}
 	s.m.direct.Inc()
 	watchPeer(conn)
+	key := peerStreamsKey(conn, Peer{})
+	pc := s.limit.join(key)
+	defer s.limit.leave(key, pc, false)
+	if !s.limit.acquire(pc) {
+		// Its header is read first: a socket closed with unread bytes
+		// is reset, and the peer could lose the status.
+		conn.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+		ReadHeader(io.MultiReader(bytes.NewReader(first[:]), conn))
+		s.refuseOverCap(ms)
+		return nil, true
+	}
 	s.wg.Add(1) // the counter is > 0: serveConn holds one
-	s.serveStreamFrom(s.ctx, ms, first[:])
+	s.serveStreamFrom(s.ctx, ms, first[:], pc)
 	return nil, true
 }
 

@@ -84,6 +84,16 @@ func quicConfig(t QUICTimers, handshake time.Duration) *quic.Config {
 	}
 }
 
+// quicClientConfig is quicConfig for the connections a client dials: the
+// peer opens no streams on them (its own streams go over the connection
+// it dials itself), so none are allowed, and a peer cannot park data in
+// streams nothing here would ever read.
+func quicClientConfig(t QUICTimers, handshake time.Duration) *quic.Config {
+	c := quicConfig(t, handshake)
+	c.MaxIncomingStreams = -1
+	return c
+}
+
 // NewQUICTransport returns the QUIC endpoint of a UDP socket, to pass to a
 // QUICServer and a QUICClient both (one per socket: it is the socket's
 // only reader). Closing it ends its connections but leaves pc open: the
@@ -127,6 +137,7 @@ const (
 	quicCodeNotNode    quic.ApplicationErrorCode = 1 // the peer is not a node identity
 	quicCodeWrongPeer  quic.ApplicationErrorCode = 2 // the peer is not the node expected at that address
 	quicCodeDropped    quic.ApplicationErrorCode = 3 // dropped: revoked, or declared dead by gossip
+	quicCodeTooMany    quic.ApplicationErrorCode = 4 // the peer has maxSessionsPerPeer open here
 	quicStreamCanceled quic.StreamErrorCode      = 0 // a stream closed before the peer finished sending
 )
 

@@ -94,7 +94,7 @@ func NewQUICClient(cfg QUICClientConfig) (*QUICClient, error) {
 	return &QUICClient{
 		cfg:      cfg,
 		tls:      tlsConf,
-		qconf:    quicConfig(cfg.Timers, cfg.DialTimeout),
+		qconf:    quicClientConfig(cfg.Timers, cfg.DialTimeout),
 		log:      cfg.Logger,
 		m:        m,
 		peers:    make(map[string]*quicPeer),

@@ -44,9 +44,12 @@ type QUICServerConfig struct {
 	TrustedSourceID func(spiffeid.ID) bool
 	// Timers are the keepalive and idle timeout of accepted connections.
 	Timers QUICTimers
-	// PeerCheck and OnCut are as in ServerConfig.
-	PeerCheck PeerCheck
-	OnCut     func(Cut)
+	// PeerCheck, OnCut and PeerStreams are as in ServerConfig: pass the
+	// TLS server's PeerStreams so that a peer's streams over both count
+	// together.
+	PeerCheck   PeerCheck
+	OnCut       func(Cut)
+	PeerStreams *PeerStreams
 }
 
 // QUICServer accepts QUIC connections from peer agents and relays each
@@ -77,6 +80,7 @@ func NewQUICServer(cfg QUICServerConfig) (*QUICServer, error) {
 		TrustedSourceID: cfg.TrustedSourceID,
 		PeerCheck:       cfg.PeerCheck,
 		OnCut:           cfg.OnCut,
+		PeerStreams:     cfg.PeerStreams,
 	}
 	if err := scfg.validateStreams(); err != nil {
 		return nil, fmt.Errorf("transport: QUIC server config: %w", err)
@@ -88,6 +92,7 @@ func NewQUICServer(cfg QUICServerConfig) (*QUICServer, error) {
 	core := &Server{
 		cfg:    scfg,
 		log:    scfg.Logger,
+		limit:  scfg.PeerStreams,
 		m:      newMeshMetrics(scfg.Metrics, "in"),
 		ctx:    ctx,
 		cancel: cancel,
@@ -155,6 +160,14 @@ func (s *QUICServer) serveConn(conn *quic.Conn) {
 		log.Warn("mesh: QUIC peer is not a node", "id", id.String(), "err", err)
 		return
 	}
+	key := id.String()
+	pc := s.core.limit.joinSession(key)
+	if pc == nil {
+		conn.CloseWithError(quicCodeTooMany, errPeerSessions.Error())
+		log.Warn("mesh: QUIC connection refused", "peerId", key, "err", errPeerSessions)
+		return
+	}
+	defer s.core.limit.leave(key, pc, true)
 	auth := authOf(id, conn.ConnectionState().TLS)
 	if !s.track(conn, &auth) {
 		conn.CloseWithError(quicCodeClosed, "server closing")
@@ -180,15 +193,19 @@ func (s *QUICServer) serveConn(conn *quic.Conn) {
 		if s.cutIfInvalid(conn, &auth) { // as in Server.serveConn
 			return
 		}
+		if !s.core.limit.acquire(pc) {
+			s.core.refuseOverCap(newQUICStreamConn(st, conn))
+			continue
+		}
 		s.core.wg.Add(1) // the counter is > 0: serveConn holds one
-		go s.serveStream(ctx, st, conn)
+		go s.serveStream(ctx, st, conn, pc)
 	}
 }
 
 // serveStream serves one stream as Server does, and also ends it when the
 // peer aborts it (Close sends STOP_SENDING): a relay waiting on a silent
 // workload would otherwise outlive the stream.
-func (s *QUICServer) serveStream(ctx context.Context, st *quic.Stream, conn *quic.Conn) {
+func (s *QUICServer) serveStream(ctx context.Context, st *quic.Stream, conn *quic.Conn, pc *peerCount) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(st.Context(), func() {
@@ -198,7 +215,7 @@ func (s *QUICServer) serveStream(ctx context.Context, st *quic.Stream, conn *qui
 		}
 	})
 	defer stop()
-	s.core.serveStream(ctx, newQUICStreamConn(st, conn))
+	s.core.serveStream(ctx, newQUICStreamConn(st, conn), pc)
 }
 
 func (s *QUICServer) track(conn *quic.Conn, auth *peerAuth) bool {

@@ -97,6 +97,10 @@ type ServerConfig struct {
 	PeerCheck PeerCheck
 	// OnCut, if set, is told of every cut session (the agent audits it).
 	OnCut func(Cut)
+	// PeerStreams caps the streams each peer may have open here at once,
+	// shared with the agent's other mesh servers (peerlimit.go). Default:
+	// a cap of DefaultMaxStreamsPerPeer for this server alone.
+	PeerStreams *PeerStreams
 }
 
 // Peer is the authenticated agent at the other end of a mesh connection.
@@ -160,6 +164,9 @@ func (c *ServerConfig) validateStreams() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.PeerStreams == nil {
+		c.PeerStreams = NewPeerStreams(0, c.Metrics)
+	}
 	return nil
 }
 
@@ -168,6 +175,7 @@ func (c *ServerConfig) validateStreams() error {
 type Server struct {
 	cfg    ServerConfig
 	log    *slog.Logger
+	limit  *PeerStreams // cfg.PeerStreams
 	m      *meshMetrics
 	ctx    context.Context // canceled by Close; parent of every stream's
 	cancel context.CancelFunc
@@ -190,6 +198,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	return &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
+		limit:    cfg.PeerStreams,
 		m:        newMeshMetrics(cfg.Metrics, "in"),
 		ctx:      ctx,
 		cancel:   cancel,
@@ -334,6 +343,15 @@ func (s *Server) serveConn(conn net.Conn) {
 		}
 	}
 
+	key := peerStreamsKey(conn, peer)
+	pc := s.limit.joinSession(key)
+	if pc == nil {
+		conn.Close()
+		log.Warn("mesh: session refused", "err", errPeerSessions)
+		return
+	}
+	defer s.limit.leave(key, pc, true)
+
 	sess, err := yamux.Server(conn, yamuxConfig(s.cfg.StreamWindow))
 	if err != nil { // only for a bad config
 		conn.Close()
@@ -371,6 +389,11 @@ func (s *Server) serveConn(conn net.Conn) {
 		}
 		sc := newStreamConn(st)
 		sc.cause = auth.cause
+		if !s.limit.acquire(pc) {
+			s.refuseOverCap(sc)
+			st, err = sess.AcceptStreamWithContext(ctx)
+			continue
+		}
 		// At most maxOpening streams of the session wait for their
 		// header at once: a peer that opens streams and sends nothing
 		// (12 bytes of SYN each) then fills yamux's backlog and its opens
@@ -379,16 +402,18 @@ func (s *Server) serveConn(conn net.Conn) {
 		select {
 		case opening <- struct{}{}:
 		case <-ctx.Done():
+			s.limit.release(pc)
 			st.Close()
 			err = ctx.Err()
 			continue
 		case <-sess.CloseChan():
+			s.limit.release(pc)
 			st.Close()
 			err = yamux.ErrSessionShutdown
 			continue
 		}
 		s.wg.Add(1) // the counter is > 0: serveConn holds one
-		go s.serveStreamThen(ctx, sc, nil, func() { <-opening })
+		go s.serveStreamThen(ctx, sc, nil, pc, func() { <-opening })
 		st, err = sess.AcceptStreamWithContext(ctx)
 	}
 	if ctx.Err() == nil || errors.Is(err, context.DeadlineExceeded) {

@@ -21,20 +21,23 @@ type meshStream interface {
 
 // serveStream reads one stream's header, connects it to the local workload
 // and relays until both sides are done.
-func (s *Server) serveStream(ctx context.Context, c meshStream) {
-	s.serveStreamFrom(ctx, c, nil)
+// It gives back the place pc's peer had for it (PeerStreams.acquire) when
+// it ends.
+func (s *Server) serveStream(ctx context.Context, c meshStream, pc *peerCount) {
+	s.serveStreamFrom(ctx, c, nil, pc)
 }
 
 // serveStreamFrom is serveStream on a stream whose first bytes, pre, were
 // read already.
-func (s *Server) serveStreamFrom(ctx context.Context, c meshStream, pre []byte) {
-	s.serveStreamThen(ctx, c, pre, nil)
+func (s *Server) serveStreamFrom(ctx context.Context, c meshStream, pre []byte, pc *peerCount) {
+	s.serveStreamThen(ctx, c, pre, pc, nil)
 }
 
 // serveStreamThen is serveStreamFrom calling opened (if not nil) once the
 // stream's handshake is over, whatever its outcome.
-func (s *Server) serveStreamThen(ctx context.Context, c meshStream, pre []byte, opened func()) {
+func (s *Server) serveStreamThen(ctx context.Context, c meshStream, pre []byte, pc *peerCount, opened func()) {
 	defer s.wg.Done()
+	defer s.limit.release(pc)
 	s.active.Add(1)
 	defer s.active.Add(-1)
 	defer c.Close()
