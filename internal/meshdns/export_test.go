@@ -96,3 +96,6 @@ func ParseClusterNameForTest(rel string) (host, svc, ns, port string, ok bool) {
 	n, ok := parseClusterName(rel)
 	return n.host, n.svc, n.ns, n.port, ok
 }
+
+// MaxTCPConnsForTest is the cap on TCP connections served at once.
+const MaxTCPConnsForTest = maxTCPConns

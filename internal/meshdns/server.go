@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/miekg/dns"
 
 	"github.com/fogmesh/fogmesh/internal/netseam"
@@ -23,9 +24,14 @@ const (
 	tcpWriteTimeout = 5 * time.Second
 	tcpIdleTimeout  = 10 * time.Second
 
-	// TODO: cap concurrent TCP connections. The timeouts above bound how
-	// long each is held, which is enough on a loopback address; a cap waits
-	// until the agent listens on addresses other workloads' pods can reach.
+	// maxTCPConns bounds the TCP connections served at once; one accepted
+	// past it is closed at once. The timeouts above bound how long each is
+	// held, but not how many: each costs a goroutine and a read buffer of
+	// the size its length prefix announces (up to 64 KiB), so a client
+	// opening connections that announce 65535 bytes and send nothing
+	// would hold memory without bound. Stub resolvers use TCP only after a
+	// truncated UDP reply, one query at a time.
+	maxTCPConns = 256
 )
 
 // Server is the DNS server. Create it with New, run it with Serve, stop it
@@ -123,7 +129,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		UDPSize:    udpReadSize,
 	}))
 	tcp := newDNSRunner(common(&dns.Server{
-		Listener:      &timeoutListener{Listener: s.ln, writeTimeout: s.writeTimeout},
+		Listener: &timeoutListener{Listener: s.ln, writeTimeout: s.writeTimeout,
+			slots: make(chan struct{}, maxTCPConns), refused: s.h.metrics.tcpRefused},
 		ReadTimeout:   s.readTimeout,
 		IdleTimeout:   func() time.Duration { return s.idleTimeout },
 		MaxTCPQueries: -1,
@@ -233,23 +240,36 @@ func (r *dnsRunner) errOrStopped() error {
 
 // timeoutListener gives each accepted connection a deadline for every
 // write; dns.Server sets read deadlines but no write deadline, so a client
-// that never reads its replies would hold a connection forever.
+// that never reads its replies would hold a connection forever. It also
+// holds at most cap(slots) connections open: it closes those accepted
+// beyond, counting them in refused.
 type timeoutListener struct {
 	net.Listener
 	writeTimeout time.Duration
+	slots        chan struct{} // one token per connection open
+	refused      *metrics.Counter
 }
 
 func (l *timeoutListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.slots <- struct{}{}:
+			return &timeoutConn{Conn: c, writeTimeout: l.writeTimeout, release: sync.OnceFunc(func() { <-l.slots })}, nil
+		default:
+			l.refused.Inc()
+			c.Close()
+		}
 	}
-	return &timeoutConn{Conn: c, writeTimeout: l.writeTimeout}, nil
 }
 
 type timeoutConn struct {
 	net.Conn
 	writeTimeout time.Duration
+	release      func() // frees the connection's slot; idempotent
 }
 
 func (c *timeoutConn) Write(b []byte) (int, error) {
@@ -257,4 +277,9 @@ func (c *timeoutConn) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	return c.Conn.Write(b)
+}
+
+func (c *timeoutConn) Close() error {
+	defer c.release()
+	return c.Conn.Close()
 }
