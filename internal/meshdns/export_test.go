@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/miekg/dns"
@@ -99,3 +100,9 @@ func ParseClusterNameForTest(rel string) (host, svc, ns, port string, ok bool) {
 
 // MaxTCPConnsForTest is the cap on TCP connections served at once.
 const MaxTCPConnsForTest = maxTCPConns
+
+// IsSelfForTest exposes isSelf with a fixed list of local addresses.
+func IsSelfForTest(upstream, bound string, local []netip.Addr) bool {
+	ap := netip.MustParseAddrPort(bound)
+	return isSelf(upstream, net.TCPAddrFromAddrPort(ap), func() []netip.Addr { return local })
+}

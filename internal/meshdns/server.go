@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -78,7 +81,13 @@ func New(cfg Config, r Resolver) (*Server, error) {
 	addr := ln.Addr().String()
 	// Forwarding to ourselves would loop until the forward limit is hit,
 	// as happens when resolv.conf names this server.
-	ups = slices.DeleteFunc(slices.Clone(ups), func(u string) bool { return u == addr })
+	ups = slices.DeleteFunc(slices.Clone(ups), func(u string) bool {
+		if isSelf(u, ln.Addr().(*net.TCPAddr), localAddrs) {
+			cfg.Logger.Warn("meshdns: not forwarding to this server itself", "upstream", u, "addr", addr)
+			return true
+		}
+		return false
+	})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
@@ -282,4 +291,49 @@ func (c *timeoutConn) Write(b []byte) (int, error) {
 func (c *timeoutConn) Close() error {
 	defer c.release()
 	return c.Conn.Close()
+}
+
+// isSelf reports whether upstream (host:port) reaches the server bound to
+// bound: the same port, and the bound address or, for a server bound to the
+// wildcard address, a loopback or wildcard address or one of the host's
+// own (localAddrs). "localhost" is a loopback address. A name other than
+// localhost is not resolved and never counts as self.
+func isSelf(upstream string, bound *net.TCPAddr, localAddrs func() []netip.Addr) bool {
+	host, port, err := net.SplitHostPort(upstream)
+	if err != nil || port != strconv.Itoa(bound.Port) {
+		return false
+	}
+	var ip netip.Addr
+	if strings.EqualFold(host, "localhost") {
+		ip = netip.MustParseAddr("127.0.0.1")
+	} else if ip, err = netip.ParseAddr(host); err != nil {
+		return false
+	}
+	ip = ip.Unmap().WithZone("")
+	b, _ := netip.AddrFromSlice(bound.IP)
+	b = b.Unmap()
+	switch {
+	case !b.IsUnspecified():
+		return ip == b || strings.EqualFold(host, "localhost") && b.IsLoopback()
+	case ip.IsLoopback() || ip.IsUnspecified():
+		return true
+	default:
+		return slices.Contains(localAddrs(), ip)
+	}
+}
+
+// localAddrs returns the addresses of the host's interfaces; nil if they
+// cannot be read.
+func localAddrs() []netip.Addr {
+	ifas, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range ifas {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out
 }
