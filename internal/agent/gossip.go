@@ -3,7 +3,55 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/fogmesh/fogmesh/internal/gossip"
 )
+
+// initGossip starts the liveness gossip member if Config.GossipAddr is set.
+func (a *Agent) initGossip() error {
+	if a.cfg.GossipAddr == "" {
+		return nil
+	}
+	gc := gossip.Config{Name: a.cfg.Node.Name, BindAddr: a.cfg.GossipAddr,
+		OnChange: a.onGossip, Allow: a.allowGossip, Logger: a.log.With("sub", "gossip")}
+	if a.ident != nil {
+		if gc.SecretKey = a.ident.gossipKey; gc.SecretKey == nil {
+			a.log.Warn("agent: the control plane sent no gossip key; liveness gossip runs unencrypted")
+		}
+	}
+	g, err := gossip.New(gc)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.gossip = g
+	a.self.Spec.GossipAddress = g.Addr()
+	return nil
+}
+
+// allowGossip is gossip's Allow: a member is heard only if it is a node of
+// this site (as joinSitePeers last saw the control plane's or the cache's
+// nodes) announced at the gossip address that node registered. Whoever can
+// send gossip (any holder of the mesh-wide key) could otherwise add members
+// without end, decide here the liveness of another site's nodes, or speak
+// for a site peer that is down from another address. A node not known yet
+// is heard once it is: joinSitePeers then joins it.
+func (a *Agent) allowGossip(name string, addr netip.AddrPort) error {
+	want, ok := "", false
+	if peers := a.sitePeers.Load(); peers != nil {
+		want, ok = (*peers)[name]
+	}
+	if !ok {
+		a.m.gossipIgnored.Inc()
+		return fmt.Errorf("%q is not a node of this site", name)
+	}
+	if reg, err := netip.ParseAddrPort(want); err == nil && (reg.Addr().Unmap() != addr.Addr() || reg.Port() != addr.Port()) {
+		a.m.gossipIgnored.Inc()
+		return fmt.Errorf("node %q announced at %s, registered at %s", name, addr, want)
+	}
+	return nil
+}
 
 // onGossip learns a site peer's liveness. A dead peer's endpoints leave the
 // candidate lists at once, and its mesh session is dropped so requests in
@@ -46,14 +94,19 @@ func (a *Agent) joinSitePeers() {
 		members[m] = true
 	}
 	var addrs []string
+	peers := map[string]string{}
 	a.mu.Lock()
 	for _, n := range a.res.nodes {
-		if n.Meta.Name != a.cfg.Node.Name && !members[n.Meta.Name] && n.Spec.GossipAddress != "" &&
+		if n.Meta.Name != a.cfg.Node.Name && n.Spec.GossipAddress != "" &&
 			n.Spec.Site == a.self.Spec.Site && n.Spec.Region == a.self.Spec.Region {
-			addrs = append(addrs, n.Spec.GossipAddress)
+			peers[n.Meta.Name] = n.Spec.GossipAddress
+			if !members[n.Meta.Name] {
+				addrs = append(addrs, n.Spec.GossipAddress)
+			}
 		}
 	}
 	a.mu.Unlock()
+	a.sitePeers.Store(&peers) // before Join: the peers' answers are heard
 	if len(addrs) == 0 {
 		return
 	}

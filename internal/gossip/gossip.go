@@ -14,6 +14,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -33,7 +34,17 @@ type Config struct {
 	// every gossip packet (AES-GCM): members without the key are not
 	// heard. Nil: plaintext (insecure mode).
 	SecretKey []byte
-	Logger    *slog.Logger // nil = discard
+	// Allow, if set, is asked about every other member announced alive —
+	// by itself when it joins or refutes, or by any member passing on what
+	// it knows — with the name and the address:port it gossips on. A
+	// member it returns an error for is not heard: not added, not updated,
+	// never reported to OnChange, never probed. Without it any process
+	// that can send to BindAddr (with SecretKey: any holder of the key)
+	// adds members of any name at any address. It is called from
+	// memberlist's goroutines, must be safe for concurrent use and must
+	// not block. Nil allows every member.
+	Allow  func(name string, addr netip.AddrPort) error
+	Logger *slog.Logger // nil = discard
 }
 
 // Gossip is one member.
@@ -58,6 +69,23 @@ type events struct{ f func(string, bool) }
 func (e events) NotifyJoin(n *memberlist.Node)   { e.f(n.Name, true) }
 func (e events) NotifyLeave(n *memberlist.Node)  { e.f(n.Name, false) }
 func (e events) NotifyUpdate(n *memberlist.Node) {}
+
+// allowAlive is the memberlist.AliveDelegate asking Config.Allow.
+type allowAlive struct {
+	self  string
+	allow func(string, netip.AddrPort) error
+}
+
+func (d allowAlive) NotifyAlive(n *memberlist.Node) error {
+	if n.Name == d.self {
+		return nil // memberlist refutes or ignores claims about us
+	}
+	ip, ok := netip.AddrFromSlice(n.Addr)
+	if !ok {
+		return fmt.Errorf("member %q: address %v", n.Name, n.Addr)
+	}
+	return d.allow(n.Name, netip.AddrPortFrom(ip.Unmap(), n.Port))
+}
 
 // New starts a member; it knows no peers until Join.
 func New(cfg Config) (*Gossip, error) {
@@ -90,6 +118,9 @@ func New(cfg Config) (*Gossip, error) {
 		cfg.OnChange = func(string, bool) {}
 	}
 	mc.Events = events{cfg.OnChange}
+	if cfg.Allow != nil {
+		mc.Alive = allowAlive{self: cfg.Name, allow: cfg.Allow}
+	}
 	if cfg.Logger != nil {
 		mc.Logger = slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)
 	} else {

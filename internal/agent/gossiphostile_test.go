@@ -1,0 +1,68 @@
+package agent
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/gossip"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+)
+
+// TestGossipHearsOnlySitePeers: the agent's gossip hears only the nodes of
+// its site at the gossip address the control plane has for them. A member
+// that knows the key (or any process, with gossip unencrypted) could
+// otherwise join under any name, at any address: names without end (kept
+// by memberlist, and in gossipDead once they "die"), a node of another site
+// (gossip would then decide its liveness here), or a site peer that is down,
+// spoken for from another address (its endpoints would be picked again).
+// VIP range 127.214/16.
+func TestGossipHearsOnlySitePeers(t *testing.T) {
+	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", VIPRange: "127.214.0.0/16", Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	member := func(name string) *gossip.Gossip {
+		g, err := gossip.New(gossip.Config{Name: name, BindAddr: "127.0.0.1:0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Close() })
+		return g
+	}
+	b := member("b")             // a site peer
+	x := member("x")             // a node of another site
+	impostor := member("c")      // speaks for c, which is down
+	stranger := member("evil-1") // no node at all
+	node := func(name, site, gossipAddr string) *api.Node {
+		return &api.Node{Meta: api.Meta{Name: name}, Spec: api.NodeSpec{Site: site, Region: "r", GossipAddress: gossipAddr}}
+	}
+	a.mu.Lock()
+	a.res.nodes["b"] = node("b", "s", b.Addr())
+	a.res.nodes["c"] = node("c", "s", "127.0.0.1:1") // nothing listens there
+	a.res.nodes["x"] = node("x", "s2", x.Addr())
+	a.mu.Unlock()
+	a.joinSitePeers()
+	testenv.WaitFor(t, 10*time.Second, "a's gossip to hear b", func() bool { return slices.Contains(a.gossip.Members(), "b") })
+
+	hostile := []string{"x", "c", "evil-1"}
+	for i, g := range []*gossip.Gossip{x, impostor, stranger} {
+		if _, err := g.Join([]string{a.GossipAddr()}); err != nil {
+			t.Fatalf("%s joins a: %v", hostile[i], err)
+		}
+	}
+	// a merges a joiner's state after answering it; wait until it has
+	// ignored each (or, the bug, taken one in).
+	testenv.WaitFor(t, 10*time.Second, "a to ignore x, c's impostor and evil-1", func() bool {
+		if m := a.gossip.Members(); slices.ContainsFunc(hostile, func(n string) bool { return slices.Contains(m, n) }) {
+			t.Fatalf("a's gossip members %v: a member it must not hear got in", m)
+		}
+		return a.m.gossipIgnored.Get() >= uint64(len(hostile))
+	})
+	if m := a.gossip.Members(); !slices.Equal(slices.Sorted(slices.Values(m)), []string{"b", "n"}) {
+		t.Fatalf("a's gossip members %v, want [b n]", m)
+	}
+}
