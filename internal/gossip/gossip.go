@@ -195,9 +195,14 @@ func (g *Gossip) Members() []string {
 	return out
 }
 
-// Close leaves the group (so peers learn at once) and stops.
+// Close leaves the group (so peers learn at once) and stops. It is safe to
+// call more than once.
 func (g *Gossip) Close() error {
 	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil
+	}
 	g.closed = true
 	if g.retire != nil {
 		g.retire.Stop()

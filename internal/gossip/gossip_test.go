@@ -214,3 +214,17 @@ func TestAllow(t *testing.T) {
 		t.Errorf("Allow got evil at %s, want %s", got, evil.Addr())
 	}
 }
+
+// TestCloseTwice: Close is idempotent (a second one panicked in
+// memberlist's Leave: "leave after shutdown").
+func TestCloseTwice(t *testing.T) {
+	g, err := New(Config{Name: "a", BindAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := g.Close(); err != nil {
+			t.Fatalf("Close %d: %v", i+1, err)
+		}
+	}
+}
