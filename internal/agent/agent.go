@@ -141,9 +141,9 @@ type Agent struct {
 	gateway     *gateway.Server // nil unless GatewayAddr
 	gatewayLn   net.Listener
 	// gossipDead holds nodes gossip says are dead (node name -> true);
-	// sitePeers, the nodes gossip may name (gossip.go).
+	// gv, how gossip's word is checked (gossip.go).
 	gossipDead sync.Map
-	sitePeers  atomic.Pointer[map[string]string]
+	gv         gossipVerdicts
 	// nodeWatches: attempts in flight per remote node, cancelled when gossip
 	// declares the node dead (gossip.go).
 	watchMu     sync.Mutex
@@ -434,6 +434,7 @@ func (a *Agent) shutdown() {
 		a.mu.Unlock()
 		if a.gossip != nil {
 			a.gossip.Close() // peers learn at once that this node leaves
+			a.gv.close()
 		}
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()

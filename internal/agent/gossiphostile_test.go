@@ -66,3 +66,51 @@ func TestGossipHearsOnlySitePeers(t *testing.T) {
 		t.Fatalf("a's gossip members %v, want [b n]", m)
 	}
 }
+
+// TestGossipForgedDeathIsIgnored: a member that knows the key can declare
+// any node dead (SWIM accusations carry no proof; here an impostor joins
+// as b from another address, which a ignores, and leaves, which
+// broadcasts b's death). a acts on a death only once its own ping of the
+// node's registered gossip address goes unanswered: a healthy b is kept,
+// not skipped site-wide and its sessions dropped.
+func TestGossipForgedDeathIsIgnored(t *testing.T) {
+	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", VIPRange: "127.214.0.0/16", Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	b, err := gossip.New(gossip.Config{Name: "b", BindAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	a.mu.Lock()
+	a.res.nodes["b"] = &api.Node{Meta: api.Meta{Name: "b"}, Spec: api.NodeSpec{Site: "s", Region: "r", GossipAddress: b.Addr()}}
+	a.mu.Unlock()
+	a.joinSitePeers()
+	testenv.WaitFor(t, 10*time.Second, "a's gossip to hear b", func() bool { return slices.Contains(a.gossip.Members(), "b") })
+
+	impostor, err := gossip.New(gossip.Config{Name: "b", BindAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := impostor.Join([]string{a.GossipAddr()}); err != nil {
+		t.Fatal(err)
+	}
+	impostor.Close() // broadcasts "b left"
+	testenv.WaitFor(t, 10*time.Second, "a to check the forged death of b", func() bool {
+		if a.m.gossipDeaths.Get() > 0 || a.isGossipDead("b") {
+			t.Fatalf("a took b, which answers, for dead")
+		}
+		return a.m.gossipDisproved.Get() >= 1
+	})
+	// b refutes the accusation and is a member again; when it does
+	// leave, it no longer answers, and a believes it.
+	testenv.WaitFor(t, 10*time.Second, "b to refute its death", func() bool { return slices.Contains(a.gossip.Members(), "b") })
+	b.Close()
+	testenv.WaitFor(t, 10*time.Second, "a to take b for dead once it has left", func() bool { return a.isGossipDead("b") })
+	if n := a.m.gossipDeaths.Get(); n != 1 {
+		t.Fatalf("%d deaths counted, want 1", n)
+	}
+}

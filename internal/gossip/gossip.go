@@ -186,6 +186,20 @@ func (g *Gossip) Addr() string { return g.ml.LocalNode().FullAddress().Addr }
 // Join contacts peers; it returns how many answered.
 func (g *Gossip) Join(addrs []string) (int, error) { return g.ml.Join(addrs) }
 
+// Ping sends one ping to the member name at addr (an IP address and port)
+// and waits for its answer, at most the probe timeout (75 ms). It returns
+// nil if the member answered.
+func (g *Gossip) Ping(name, addr string) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return fmt.Errorf("gossip: ping %s: %w", name, err)
+	}
+	if _, err := g.ml.Ping(name, net.UDPAddrFromAddrPort(ap)); err != nil {
+		return fmt.Errorf("gossip: ping %s at %s: %w", name, addr, err)
+	}
+	return nil
+}
+
 // Members returns the names of the members known alive.
 func (g *Gossip) Members() []string {
 	var out []string
