@@ -25,7 +25,8 @@ import (
 // Config configures a member.
 type Config struct {
 	Name string // node name, unique in the site
-	// BindAddr is host:port for UDP and TCP (port 0 picks one).
+	// BindAddr is host:port for UDP and TCP (port 0 picks one), and the
+	// address the member gossips as: not a wildcard address.
 	BindAddr string
 	// OnChange is called when a member joins (alive) or leaves or dies. It
 	// is called from one goroutine at a time and must not block.
@@ -96,6 +97,11 @@ func New(cfg Config) (*Gossip, error) {
 	p, err := strconv.Atoi(port)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: bind port %q: %w", port, err)
+	}
+	// The member gossips as the address it binds: a wildcard one would
+	// have its peers probe 0.0.0.0, themselves, and take it for dead.
+	if ip, err := netip.ParseAddr(host); host == "" || err == nil && ip.IsUnspecified() {
+		return nil, fmt.Errorf("gossip: bind address %q: give the address the site's peers reach this node at, not a wildcard", cfg.BindAddr)
 	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name

@@ -228,3 +228,16 @@ func TestCloseTwice(t *testing.T) {
 		}
 	}
 }
+
+// TestWildcardBindRejected: the bind address is also the address the
+// member gossips as; a wildcard one would have every peer probe 0.0.0.0 or
+// [::], that is itself, and take the member for dead.
+func TestWildcardBindRejected(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:0", "[::]:0", ":0"} {
+		g, err := New(Config{Name: "w", BindAddr: addr})
+		if err == nil {
+			defer g.Close()
+			t.Errorf("New(%s) advertises %s, an address no peer can reach it at", addr, g.Addr())
+		}
+	}
+}
