@@ -1,9 +1,13 @@
 package agent
 
 import (
+	"io"
+	"log"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/gossip"
@@ -91,14 +95,24 @@ func TestGossipForgedDeathIsIgnored(t *testing.T) {
 	a.joinSitePeers()
 	testenv.WaitFor(t, 10*time.Second, "a's gossip to hear b", func() bool { return slices.Contains(a.gossip.Members(), "b") })
 
-	impostor, err := gossip.New(gossip.Config{Name: "b", BindAddr: "127.0.0.1:0"})
+	// The impostor's incarnation must not be older than a's record of b
+	// (b refutes any suspicion a loaded machine may cause): each
+	// UpdateNode takes the next one.
+	mc := memberlist.DefaultLANConfig()
+	mc.Name, mc.BindAddr, mc.BindPort = "b", "127.0.0.1", 0
+	mc.Logger = log.New(io.Discard, "", 0)
+	impostor, err := memberlist.Create(mc)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { impostor.Shutdown() })
 	if _, err := impostor.Join([]string{a.GossipAddr()}); err != nil {
 		t.Fatal(err)
 	}
-	impostor.Close() // broadcasts "b left"
+	for range 100 {
+		impostor.UpdateNode(5 * time.Millisecond) // a times out: it ignores the impostor's alive
+	}
+	impostor.Leave(time.Second) // broadcasts "b left"
 	testenv.WaitFor(t, 10*time.Second, "a to check the forged death of b", func() bool {
 		if a.m.gossipDeaths.Get() > 0 || a.isGossipDead("b") {
 			t.Fatalf("a took b, which answers, for dead")
