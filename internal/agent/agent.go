@@ -141,8 +141,10 @@ type Agent struct {
 	gossip      *gossip.Gossip  // nil when off
 	gateway     *gateway.Server // nil unless GatewayAddr
 	gatewayLn   net.Listener
-	// gossipDead holds nodes gossip says are dead (node name -> true).
+	// gossipDead holds nodes gossip says are dead (node name -> true);
+	// gv, how gossip's word is checked (gossip.go).
 	gossipDead sync.Map
+	gv         gossipVerdicts
 	// nodeWatches: attempts in flight per remote node, cancelled when gossip
 	// declares the node dead (gossip.go).
 	watchMu     sync.Mutex
@@ -297,19 +299,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.AdminAdvertise != "" {
 		a.self.Spec.AdminAddress = cfg.AdminAdvertise
 	}
-	if cfg.GossipAddr != "" {
-		gc := gossip.Config{Name: cfg.Node.Name, BindAddr: cfg.GossipAddr,
-			OnChange: a.onGossip, Logger: a.log.With("sub", "gossip")}
-		if a.ident != nil {
-			if gc.SecretKey = a.ident.gossipKey; gc.SecretKey == nil {
-				a.log.Warn("agent: the control plane sent no gossip key; liveness gossip runs unencrypted")
-			}
-		}
-		a.gossip, err = gossip.New(gc)
-		if err != nil {
-			return nil, fmt.Errorf("agent: %w", err)
-		}
-		a.self.Spec.GossipAddress = a.gossip.Addr()
+	if err := a.initGossip(); err != nil { // gossip.go
+		return nil, err
 	}
 	if cfg.WorkloadAPISocket != "off" {
 		if a.wlLn, err = a.listenWorkloadAPI(); err != nil { // wlsocket.go
@@ -444,6 +435,7 @@ func (a *Agent) shutdown() {
 		a.mu.Unlock()
 		if a.gossip != nil {
 			a.gossip.Close() // peers learn at once that this node leaves
+			a.gv.close()
 		}
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()

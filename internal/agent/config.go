@@ -41,7 +41,9 @@ type Config struct {
 	MeshAdvertise string `json:"meshAdvertise,omitempty"`
 	// GossipAddr, if set, runs liveness gossip with the agents of this
 	// node's site on this host:port (UDP and TCP), so a dead peer is routed
-	// around in under a second without the control plane. Off by default.
+	// around in under a second without the control plane. The host is the
+	// address the site's peers reach this node at: not a wildcard. Off by
+	// default.
 	GossipAddr string `json:"gossipAddr,omitempty"`
 	// DNSAddr is where mesh DNS listens, UDP and TCP (default 127.0.0.1:5353).
 	DNSAddr string `json:"dnsAddr,omitempty"`

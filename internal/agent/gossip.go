@@ -3,12 +3,180 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/gossip"
 )
 
-// onGossip learns a site peer's liveness. A dead peer's endpoints leave the
-// candidate lists at once, and its mesh session is dropped so requests in
-// flight on it fail now (idempotent ones are retried elsewhere) instead of
-// hanging on a peer that will never answer.
+// initGossip starts the liveness gossip member if Config.GossipAddr is set.
+func (a *Agent) initGossip() error {
+	if a.cfg.GossipAddr == "" {
+		return nil
+	}
+	gc := gossip.Config{Name: a.cfg.Node.Name, BindAddr: a.cfg.GossipAddr,
+		OnChange: a.onGossipEvent, Allow: a.allowGossip, Logger: a.log.With("sub", "gossip")}
+	if a.ident != nil {
+		if gc.SecretKey = a.ident.gossipKey; gc.SecretKey == nil {
+			a.log.Warn("agent: the control plane sent no gossip key; liveness gossip runs unencrypted")
+		}
+	}
+	g, err := gossip.New(gc)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.gossip = g
+	a.gv.mu.Lock()
+	a.gv.g = g
+	a.gv.mu.Unlock()
+	a.self.Spec.GossipAddress = g.Addr()
+	return nil
+}
+
+// gossipVerdicts checks gossip's word on the site's peers. Whoever holds
+// the gossip key can declare any member dead or gone: SWIM accusations and
+// leave messages carry no proof, and memberlist believes one whose
+// incarnation is not older than what it knows (one with the largest
+// incarnation even keeps a live node dead until it is reaped, 30 s later).
+// So the agent acts on a death only once the node stops answering its own
+// pings at its registered gossip address (confirmDeath): a node that is
+// gone is believed dead at most one ping timeout (75 ms) later, one that
+// leaves once it has shut its gossip down; a node still answering after
+// confirmWindow is kept.
+type gossipVerdicts struct {
+	peers atomic.Pointer[map[string]string] // site peer name -> registered gossip address (joinSitePeers)
+
+	mu         sync.Mutex      // guards the following
+	g          *gossip.Gossip  // nil until initGossip has it
+	saidDead   map[string]bool // gossip's last word on a node: dead
+	confirming map[string]bool // a confirmDeath runs for the node
+	closed     bool            // close was called: no more confirmations start
+	done       chan struct{}   // closed by close: confirmations stop
+	wg         sync.WaitGroup  // confirmDeath goroutines
+}
+
+const (
+	// confirmWindow is how long a node declared dead by gossip may go on
+	// answering pings before the declaration is ignored; longer than a
+	// leaving member's Leave (gossip.Close: 500 ms).
+	confirmWindow = time.Second
+	// confirmEvery spaces the pings of one confirmation.
+	confirmEvery = 100 * time.Millisecond
+)
+
+// close stops the confirmations and waits for them.
+func (v *gossipVerdicts) close() {
+	v.mu.Lock()
+	if !v.closed {
+		v.closed = true
+		if v.done != nil {
+			close(v.done)
+		}
+	}
+	v.mu.Unlock()
+	v.wg.Wait()
+}
+
+// onGossipEvent is gossip's OnChange: alive is believed at once, a death
+// once confirmDeath confirms it.
+func (a *Agent) onGossipEvent(name string, alive bool) {
+	if name == a.cfg.Node.Name {
+		return
+	}
+	v := &a.gv
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.saidDead == nil {
+		v.saidDead, v.confirming, v.done = map[string]bool{}, map[string]bool{}, make(chan struct{})
+	}
+	v.saidDead[name] = !alive
+	if alive {
+		a.onGossip(name, true)
+		return
+	}
+	if v.closed || v.confirming[name] {
+		return
+	}
+	var addr string
+	if peers := v.peers.Load(); peers != nil {
+		addr = (*peers)[name]
+	}
+	v.confirming[name] = true
+	v.wg.Add(1)
+	go a.confirmDeath(v.g, name, addr, v.done)
+}
+
+// confirmDeath pings node at its registered gossip address until it does
+// not answer, and then takes it for dead if gossip still says so. If it
+// answers for confirmWindow, the death is ignored (and counted). A node
+// that cannot be pinged (no gossip address known) is dead at once.
+func (a *Agent) confirmDeath(g *gossip.Gossip, node, addr string, done <-chan struct{}) {
+	v := &a.gv
+	defer v.wg.Done()
+	dead := g == nil || addr == ""
+	for start := time.Now(); !dead && time.Since(start) < confirmWindow; {
+		if dead = g.Ping(node, addr) != nil; dead {
+			break
+		}
+		select {
+		case <-done:
+			return
+		case <-time.After(confirmEvery):
+		}
+		v.mu.Lock()
+		stillDead := v.saidDead[node]
+		v.mu.Unlock()
+		if !stillDead {
+			break // gossip says alive again
+		}
+	}
+	v.mu.Lock()
+	v.confirming[node] = false
+	saidDead := v.saidDead[node]
+	if dead && saidDead {
+		a.gossipDead.Store(node, true)
+	}
+	v.mu.Unlock()
+	switch {
+	case dead && saidDead:
+		a.nodeDied(node)
+	case !dead: // it answered until gossip took the death back, or for confirmWindow
+		a.m.gossipDisproved.Inc()
+		a.log.Warn("agent: gossip said a site peer is dead but it answers; ignored", "node", node, "stillSaidDead", saidDead)
+	}
+}
+
+// allowGossip is gossip's Allow: a member is heard only if it is a node of
+// this site (as joinSitePeers last saw the control plane's or the cache's
+// nodes) announced at the gossip address that node registered. Whoever can
+// send gossip (any holder of the mesh-wide key) could otherwise add members
+// without end, decide here the liveness of another site's nodes, or speak
+// for a site peer that is down from another address. A node not known yet
+// is heard once it is: joinSitePeers then joins it.
+func (a *Agent) allowGossip(name string, addr netip.AddrPort) error {
+	want, ok := "", false
+	if peers := a.gv.peers.Load(); peers != nil {
+		want, ok = (*peers)[name]
+	}
+	if !ok {
+		a.m.gossipIgnored.Inc()
+		return fmt.Errorf("%q is not a node of this site", name)
+	}
+	if reg, err := netip.ParseAddrPort(want); err == nil && (reg.Addr().Unmap() != addr.Addr() || reg.Port() != addr.Port()) {
+		a.m.gossipIgnored.Inc()
+		return fmt.Errorf("node %q announced at %s, registered at %s", name, addr, want)
+	}
+	return nil
+}
+
+// onGossip learns a site peer's liveness (gossip's verdict, checked by
+// onGossipEvent). A dead peer's endpoints leave the candidate lists at
+// once, and its mesh session is dropped so requests in flight on it fail
+// now (idempotent ones are retried elsewhere) instead of hanging on a peer
+// that will never answer.
 func (a *Agent) onGossip(name string, alive bool) {
 	if name == a.cfg.Node.Name {
 		return
@@ -18,6 +186,11 @@ func (a *Agent) onGossip(name string, alive bool) {
 		return
 	}
 	a.gossipDead.Store(name, true)
+	a.nodeDied(name)
+}
+
+// nodeDied acts on the death of name, already in gossipDead.
+func (a *Agent) nodeDied(name string) {
 	a.m.gossipDeaths.Inc()
 	cancelled := a.cancelNode(name)
 	if a.peers != nil {
@@ -46,14 +219,19 @@ func (a *Agent) joinSitePeers() {
 		members[m] = true
 	}
 	var addrs []string
+	peers := map[string]string{}
 	a.mu.Lock()
 	for _, n := range a.res.nodes {
-		if n.Meta.Name != a.cfg.Node.Name && !members[n.Meta.Name] && n.Spec.GossipAddress != "" &&
+		if n.Meta.Name != a.cfg.Node.Name && n.Spec.GossipAddress != "" &&
 			n.Spec.Site == a.self.Spec.Site && n.Spec.Region == a.self.Spec.Region {
-			addrs = append(addrs, n.Spec.GossipAddress)
+			peers[n.Meta.Name] = n.Spec.GossipAddress
+			if !members[n.Meta.Name] {
+				addrs = append(addrs, n.Spec.GossipAddress)
+			}
 		}
 	}
 	a.mu.Unlock()
+	a.gv.peers.Store(&peers) // before Join: the peers' answers are heard
 	if len(addrs) == 0 {
 		return
 	}

@@ -34,11 +34,17 @@ func (a *Agent) initMetrics() {
 		sessionEvictions: m.NewCounter(`fogmesh_agent_session_evictions_total`),
 		sessionsDropped:  m.NewCounter(`fogmesh_agent_sessions_dropped_total`),
 		gossipDeaths:     m.NewCounter(`fogmesh_agent_gossip_peer_deaths_total`),
-		panics:           m.NewCounter(`fogmesh_agent_panics_total`),
-		renewals:         m.NewCounter(`fogmesh_agent_certificate_renewals_total`),
-		certExpired:      m.NewCounter(`fogmesh_agent_node_certificate_expired_total`),
-		unvouched:        m.NewCounter(`fogmesh_agent_authz_unvouched_source_total`),
-		scopeMisses:      m.NewCounter(`fogmesh_agent_scope_lookup_timeouts_total`),
+		// announcements of members that are no site peer at their
+		// registered address, ignored (gossip.go, allowGossip).
+		gossipIgnored: m.NewCounter(`fogmesh_agent_gossip_ignored_members_total`),
+		// deaths gossip reported of peers that answered this agent's
+		// ping, ignored (gossip.go, confirmDeath).
+		gossipDisproved: m.NewCounter(`fogmesh_agent_gossip_deaths_disproved_total`),
+		panics:          m.NewCounter(`fogmesh_agent_panics_total`),
+		renewals:        m.NewCounter(`fogmesh_agent_certificate_renewals_total`),
+		certExpired:     m.NewCounter(`fogmesh_agent_node_certificate_expired_total`),
+		unvouched:       m.NewCounter(`fogmesh_agent_authz_unvouched_source_total`),
+		scopeMisses:     m.NewCounter(`fogmesh_agent_scope_lookup_timeouts_total`),
 		// mesh streams refused in secure mode for a service this agent
 		// did not hold within scopeWait (authzconn.go).
 		streamsUnknownService: m.NewCounter(`fogmesh_agent_streams_unknown_service_total`),
@@ -94,4 +100,5 @@ type agentMetrics struct {
 	connOK, connNoEP, connFailed, dialFailures, failovers, updates, nacks, listenErrors, mqttBad, retriesDenied *metrics.Counter
 	outlierEjections, ejectionsSkipped, overflows, sessionBinds, gossipDeaths, panics, renewals, unvouched      *metrics.Counter
 	certExpired, scopeMisses, vipBindFailures, streamsUnknownService, sessionEvictions, sessionsDropped         *metrics.Counter
+	gossipIgnored, gossipDisproved                                                                              *metrics.Counter
 }

@@ -14,6 +14,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -24,7 +25,8 @@ import (
 // Config configures a member.
 type Config struct {
 	Name string // node name, unique in the site
-	// BindAddr is host:port for UDP and TCP (port 0 picks one).
+	// BindAddr is host:port for UDP and TCP (port 0 picks one), and the
+	// address the member gossips as: not a wildcard address.
 	BindAddr string
 	// OnChange is called when a member joins (alive) or leaves or dies. It
 	// is called from one goroutine at a time and must not block.
@@ -33,7 +35,17 @@ type Config struct {
 	// every gossip packet (AES-GCM): members without the key are not
 	// heard. Nil: plaintext (insecure mode).
 	SecretKey []byte
-	Logger    *slog.Logger // nil = discard
+	// Allow, if set, is asked about every other member announced alive —
+	// by itself when it joins or refutes, or by any member passing on what
+	// it knows — with the name and the address:port it gossips on. A
+	// member it returns an error for is not heard: not added, not updated,
+	// never reported to OnChange, never probed. Without it any process
+	// that can send to BindAddr (with SecretKey: any holder of the key)
+	// adds members of any name at any address. It is called from
+	// memberlist's goroutines, must be safe for concurrent use and must
+	// not block. Nil allows every member.
+	Allow  func(name string, addr netip.AddrPort) error
+	Logger *slog.Logger // nil = discard
 }
 
 // Gossip is one member.
@@ -59,6 +71,23 @@ func (e events) NotifyJoin(n *memberlist.Node)   { e.f(n.Name, true) }
 func (e events) NotifyLeave(n *memberlist.Node)  { e.f(n.Name, false) }
 func (e events) NotifyUpdate(n *memberlist.Node) {}
 
+// allowAlive is the memberlist.AliveDelegate asking Config.Allow.
+type allowAlive struct {
+	self  string
+	allow func(string, netip.AddrPort) error
+}
+
+func (d allowAlive) NotifyAlive(n *memberlist.Node) error {
+	if n.Name == d.self {
+		return nil // memberlist refutes or ignores claims about us
+	}
+	ip, ok := netip.AddrFromSlice(n.Addr)
+	if !ok {
+		return fmt.Errorf("member %q: address %v", n.Name, n.Addr)
+	}
+	return d.allow(n.Name, netip.AddrPortFrom(ip.Unmap(), n.Port))
+}
+
 // New starts a member; it knows no peers until Join.
 func New(cfg Config) (*Gossip, error) {
 	host, port, err := net.SplitHostPort(cfg.BindAddr)
@@ -68,6 +97,11 @@ func New(cfg Config) (*Gossip, error) {
 	p, err := strconv.Atoi(port)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: bind port %q: %w", port, err)
+	}
+	// The member gossips as the address it binds: a wildcard one would
+	// have its peers probe 0.0.0.0, themselves, and take it for dead.
+	if ip, err := netip.ParseAddr(host); host == "" || err == nil && ip.IsUnspecified() {
+		return nil, fmt.Errorf("gossip: bind address %q: give the address the site's peers reach this node at, not a wildcard", cfg.BindAddr)
 	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -90,6 +124,9 @@ func New(cfg Config) (*Gossip, error) {
 		cfg.OnChange = func(string, bool) {}
 	}
 	mc.Events = events{cfg.OnChange}
+	if cfg.Allow != nil {
+		mc.Alive = allowAlive{self: cfg.Name, allow: cfg.Allow}
+	}
 	if cfg.Logger != nil {
 		mc.Logger = slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)
 	} else {
@@ -155,6 +192,20 @@ func (g *Gossip) Addr() string { return g.ml.LocalNode().FullAddress().Addr }
 // Join contacts peers; it returns how many answered.
 func (g *Gossip) Join(addrs []string) (int, error) { return g.ml.Join(addrs) }
 
+// Ping sends one ping to the member name at addr (an IP address and port)
+// and waits for its answer, at most the probe timeout (75 ms). It returns
+// nil if the member answered.
+func (g *Gossip) Ping(name, addr string) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return fmt.Errorf("gossip: ping %s: %w", name, err)
+	}
+	if _, err := g.ml.Ping(name, net.UDPAddrFromAddrPort(ap)); err != nil {
+		return fmt.Errorf("gossip: ping %s at %s: %w", name, addr, err)
+	}
+	return nil
+}
+
 // Members returns the names of the members known alive.
 func (g *Gossip) Members() []string {
 	var out []string
@@ -164,9 +215,14 @@ func (g *Gossip) Members() []string {
 	return out
 }
 
-// Close leaves the group (so peers learn at once) and stops.
+// Close leaves the group (so peers learn at once) and stops. It is safe to
+// call more than once.
 func (g *Gossip) Close() error {
 	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil
+	}
 	g.closed = true
 	if g.retire != nil {
 		g.retire.Stop()

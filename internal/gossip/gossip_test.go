@@ -2,10 +2,14 @@ package gossip
 
 import (
 	"bytes"
+	"errors"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // TestDeathIsSeenWithinASecond: three members on loopback; one shuts down
@@ -154,5 +158,86 @@ func TestSetKeyRetiresPreviousKey(t *testing.T) {
 	}
 	if !bytes.Equal(a.kr.GetKeys()[0], k2) {
 		t.Fatal("the new key was retired")
+	}
+}
+
+// TestAllow: a member with Allow hears only the members it allows, also
+// when another member passes on what it knows of one it does not: here
+// evil joins b, which allows all and gossips evil on to a. a never adds
+// evil nor reports it to OnChange, and still hears b.
+func TestAllow(t *testing.T) {
+	var mu sync.Mutex
+	asked := map[string]netip.AddrPort{}
+	var changes []string
+	a, err := New(Config{Name: "a", BindAddr: "127.0.0.1:0",
+		OnChange: func(n string, alive bool) { mu.Lock(); changes = append(changes, n); mu.Unlock() },
+		Allow: func(n string, addr netip.AddrPort) error {
+			mu.Lock()
+			defer mu.Unlock()
+			asked[n] = addr
+			if n != "b" {
+				return errors.New("not allowed")
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	mk := func(name string) *Gossip {
+		g, err := New(Config{Name: name, BindAddr: "127.0.0.1:0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Close() })
+		return g
+	}
+	b, evil := mk("b"), mk("evil")
+	if _, err := evil.Join([]string{b.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Join([]string{a.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "a to hear b and be asked about evil", func() bool {
+		mu.Lock()
+		_, askedEvil := asked["evil"]
+		mu.Unlock()
+		return askedEvil && slices.Contains(a.Members(), "b")
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if m := a.Members(); slices.Contains(m, "evil") || slices.Contains(changes, "evil") {
+		t.Fatalf("a's members %v, OnChange for %v: evil got in", m, changes)
+	}
+	if got := asked["evil"].String(); got != evil.Addr() {
+		t.Errorf("Allow got evil at %s, want %s", got, evil.Addr())
+	}
+}
+
+// TestCloseTwice: Close is idempotent (a second one panicked in
+// memberlist's Leave: "leave after shutdown").
+func TestCloseTwice(t *testing.T) {
+	g, err := New(Config{Name: "a", BindAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := g.Close(); err != nil {
+			t.Fatalf("Close %d: %v", i+1, err)
+		}
+	}
+}
+
+// TestWildcardBindRejected: the bind address is also the address the
+// member gossips as; a wildcard one would have every peer probe 0.0.0.0 or
+// [::], that is itself, and take the member for dead.
+func TestWildcardBindRejected(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:0", "[::]:0", ":0"} {
+		g, err := New(Config{Name: "w", BindAddr: addr})
+		if err == nil {
+			defer g.Close()
+			t.Errorf("New(%s) advertises %s, an address no peer can reach it at", addr, g.Addr())
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/miekg/dns"
@@ -95,4 +96,13 @@ func (w *recorder) Hijack()                   {}
 func ParseClusterNameForTest(rel string) (host, svc, ns, port string, ok bool) {
 	n, ok := parseClusterName(rel)
 	return n.host, n.svc, n.ns, n.port, ok
+}
+
+// MaxTCPConnsForTest is the cap on TCP connections served at once.
+const MaxTCPConnsForTest = maxTCPConns
+
+// IsSelfForTest exposes isSelf with a fixed list of local addresses.
+func IsSelfForTest(upstream, bound string, local []netip.Addr) bool {
+	ap := netip.MustParseAddrPort(bound)
+	return isSelf(upstream, net.TCPAddrFromAddrPort(ap), func() []netip.Addr { return local })
 }

@@ -14,6 +14,7 @@ import (
 func FuzzHandle(f *testing.F) {
 	r := staticResolver{"demo/db": {Headless: true, Ports: []meshdns.Port{{Name: "pg", Port: 5432}},
 		Endpoints: []meshdns.Endpoint{{Addr: netip.MustParseAddr("10.1.0.5"), Hostname: "db-0"}, {Addr: netip.MustParseAddr("fd01::6")}}}}
+	r["demo/many"] = manyAddrs(300) // answers larger than any UDP reply may be
 	for k, v := range testServices {
 		r[k] = v
 	}
@@ -42,9 +43,25 @@ func FuzzHandle(f *testing.F) {
 		if len(b) > 65535 {
 			t.Fatalf("reply of %d bytes", len(b))
 		}
+		// The handler answers as to a UDP client: never more than the
+		// server advertises (1232), nor than a client without EDNS takes.
+		if max := udpLimit(packet); len(b) > max {
+			t.Fatalf("UDP reply of %d bytes, more than the %d allowed", len(b), max)
+		}
 		var back dns.Msg
 		if err := back.Unpack(b); err != nil {
 			t.Fatalf("reply does not unpack: %v", err)
 		}
 	})
+}
+
+// udpLimit is the largest UDP reply the server may send to packet: 1232
+// with an OPT record, 512 without one (or for a packet that does not
+// unpack).
+func udpLimit(packet []byte) int {
+	var m dns.Msg
+	if m.Unpack(packet) == nil && m.IsEdns0() != nil && m.IsEdns0().UDPSize() > 512 {
+		return 1232
+	}
+	return 512
 }

@@ -472,10 +472,15 @@ func (h *handler) nxDomain(resp *dns.Msg, zone string) (*dns.Msg, result) {
 	return resp, resultNXDomain
 }
 
-// clientUDPSize is the largest UDP reply the sender of req accepts.
+// clientUDPSize is the largest UDP reply the server sends to the sender of
+// req: what its OPT record accepts, but never more than the ednsUDPSize the
+// server advertises (RFC 6891 §6.2.5 leaves the cap to the responder). A
+// query of 40 bytes claiming 65535 would otherwise draw a reply of up to
+// 64 KiB to whatever source address it bears (amplification), and one
+// that fragments; a client wanting more asks again over TCP (TC).
 func clientUDPSize(req *dns.Msg) int {
 	if opt := req.IsEdns0(); opt != nil && int(opt.UDPSize()) > dns.MinMsgSize {
-		return int(opt.UDPSize())
+		return min(int(opt.UDPSize()), ednsUDPSize)
 	}
 	return dns.MinMsgSize
 }

@@ -45,11 +45,16 @@ func (r result) String() string {
 //
 //	fogmesh_dns_invalid_packets_total
 //
+//	fogmesh_dns_tcp_refused_total
+//
 // The second counts packets that did not unpack as a DNS message; the
-// server answers some with FORMERR and drops the rest. Servers sharing a metrics.Set share the counters.
+// server answers some with FORMERR and drops the rest. The third counts
+// TCP connections closed unserved because maxTCPConns were open. Servers
+// sharing a metrics.Set share the counters.
 type serverMetrics struct {
-	queries [numResults]*metrics.Counter
-	invalid *metrics.Counter
+	queries    [numResults]*metrics.Counter
+	invalid    *metrics.Counter
+	tcpRefused *metrics.Counter
 }
 
 func newServerMetrics(set *metrics.Set) *serverMetrics {
@@ -58,6 +63,7 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 		m.queries[r] = set.GetOrCreateCounter(fmt.Sprintf("fogmesh_dns_queries_total{result=%q}", r.String()))
 	}
 	m.invalid = set.GetOrCreateCounter("fogmesh_dns_invalid_packets_total")
+	m.tcpRefused = set.GetOrCreateCounter("fogmesh_dns_tcp_refused_total")
 	return m
 }
 

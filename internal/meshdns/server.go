@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/miekg/dns"
 
 	"github.com/fogmesh/fogmesh/internal/netseam"
@@ -23,9 +27,14 @@ const (
 	tcpWriteTimeout = 5 * time.Second
 	tcpIdleTimeout  = 10 * time.Second
 
-	// TODO: cap concurrent TCP connections. The timeouts above bound how
-	// long each is held, which is enough on a loopback address; a cap waits
-	// until the agent listens on addresses other workloads' pods can reach.
+	// maxTCPConns bounds the TCP connections served at once; one accepted
+	// past it is closed at once. The timeouts above bound how long each is
+	// held, but not how many: each costs a goroutine and a read buffer of
+	// the size its length prefix announces (up to 64 KiB), so a client
+	// opening connections that announce 65535 bytes and send nothing
+	// would hold memory without bound. Stub resolvers use TCP only after a
+	// truncated UDP reply, one query at a time.
+	maxTCPConns = 256
 )
 
 // Server is the DNS server. Create it with New, run it with Serve, stop it
@@ -72,7 +81,13 @@ func New(cfg Config, r Resolver) (*Server, error) {
 	addr := ln.Addr().String()
 	// Forwarding to ourselves would loop until the forward limit is hit,
 	// as happens when resolv.conf names this server.
-	ups = slices.DeleteFunc(slices.Clone(ups), func(u string) bool { return u == addr })
+	ups = slices.DeleteFunc(slices.Clone(ups), func(u string) bool {
+		if isSelf(u, ln.Addr().(*net.TCPAddr), localAddrs) {
+			cfg.Logger.Warn("meshdns: not forwarding to this server itself", "upstream", u, "addr", addr)
+			return true
+		}
+		return false
+	})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
@@ -123,7 +138,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		UDPSize:    udpReadSize,
 	}))
 	tcp := newDNSRunner(common(&dns.Server{
-		Listener:      &timeoutListener{Listener: s.ln, writeTimeout: s.writeTimeout},
+		Listener: &timeoutListener{Listener: s.ln, writeTimeout: s.writeTimeout,
+			slots: make(chan struct{}, maxTCPConns), refused: s.h.metrics.tcpRefused},
 		ReadTimeout:   s.readTimeout,
 		IdleTimeout:   func() time.Duration { return s.idleTimeout },
 		MaxTCPQueries: -1,
@@ -233,23 +249,36 @@ func (r *dnsRunner) errOrStopped() error {
 
 // timeoutListener gives each accepted connection a deadline for every
 // write; dns.Server sets read deadlines but no write deadline, so a client
-// that never reads its replies would hold a connection forever.
+// that never reads its replies would hold a connection forever. It also
+// holds at most cap(slots) connections open: it closes those accepted
+// beyond, counting them in refused.
 type timeoutListener struct {
 	net.Listener
 	writeTimeout time.Duration
+	slots        chan struct{} // one token per connection open
+	refused      *metrics.Counter
 }
 
 func (l *timeoutListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.slots <- struct{}{}:
+			return &timeoutConn{Conn: c, writeTimeout: l.writeTimeout, release: sync.OnceFunc(func() { <-l.slots })}, nil
+		default:
+			l.refused.Inc()
+			c.Close()
+		}
 	}
-	return &timeoutConn{Conn: c, writeTimeout: l.writeTimeout}, nil
 }
 
 type timeoutConn struct {
 	net.Conn
 	writeTimeout time.Duration
+	release      func() // frees the connection's slot; idempotent
 }
 
 func (c *timeoutConn) Write(b []byte) (int, error) {
@@ -257,4 +286,54 @@ func (c *timeoutConn) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	return c.Conn.Write(b)
+}
+
+func (c *timeoutConn) Close() error {
+	defer c.release()
+	return c.Conn.Close()
+}
+
+// isSelf reports whether upstream (host:port) reaches the server bound to
+// bound: the same port, and the bound address or, for a server bound to the
+// wildcard address, a loopback or wildcard address or one of the host's
+// own (localAddrs). "localhost" is a loopback address. A name other than
+// localhost is not resolved and never counts as self.
+func isSelf(upstream string, bound *net.TCPAddr, localAddrs func() []netip.Addr) bool {
+	host, port, err := net.SplitHostPort(upstream)
+	if err != nil || port != strconv.Itoa(bound.Port) {
+		return false
+	}
+	var ip netip.Addr
+	if strings.EqualFold(host, "localhost") {
+		ip = netip.MustParseAddr("127.0.0.1")
+	} else if ip, err = netip.ParseAddr(host); err != nil {
+		return false
+	}
+	ip = ip.Unmap().WithZone("")
+	b, _ := netip.AddrFromSlice(bound.IP)
+	b = b.Unmap()
+	switch {
+	case !b.IsUnspecified():
+		return ip == b || strings.EqualFold(host, "localhost") && b.IsLoopback()
+	case ip.IsLoopback() || ip.IsUnspecified():
+		return true
+	default:
+		return slices.Contains(localAddrs(), ip)
+	}
+}
+
+// localAddrs returns the addresses of the host's interfaces; nil if they
+// cannot be read.
+func localAddrs() []netip.Addr {
+	ifas, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range ifas {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out
 }
