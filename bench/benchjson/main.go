@@ -3,6 +3,11 @@
 //
 //	benchjson iperf3 FILE   ->  <Gbit/s received> <retransmits>
 //	benchjson fortio FILE   ->  <p50 ms> <p99 ms> <p99.9 ms> <actual req/s> <non-OK count> <requests>
+//	benchjson fortio-pool FILE...  ->  <p50 ms> <p99 ms> <p99.9 ms> <requests>
+//
+// fortio-pool reads the percentiles of every request of several runs
+// (rounds) together: their histograms summed, each bucket's requests
+// spread evenly over it, as fortio reads one run's.
 package main
 
 import (
@@ -12,8 +17,12 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == "fortio-pool" {
+		pool(os.Args[2:])
+		return
+	}
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: benchjson iperf3|fortio FILE")
+		fmt.Fprintln(os.Stderr, "usage: benchjson iperf3|fortio FILE | fortio-pool FILE...")
 		os.Exit(2)
 	}
 	b, err := os.ReadFile(os.Args[2])
@@ -91,9 +100,70 @@ func main() {
 }
 
 // bucket is one bar of fortio's duration histogram: [Start, End)
-// seconds, Percent the share of requests up to End.
+// seconds, Percent the share of requests up to End, Count the requests
+// in it.
 type bucket struct {
 	Start, End, Percent float64
+	Count               int64
+}
+
+// pool prints the p50, p99 and p99.9 (ms) of the requests of every file,
+// and how many there were.
+func pool(files []string) {
+	var all []bucket
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			fail(err)
+		}
+		var r struct{ DurationHistogram struct{ Data []bucket } }
+		if err := json.Unmarshal(b, &r); err != nil {
+			fail(fmt.Errorf("%s: %w", f, err))
+		}
+		all = append(all, r.DurationHistogram.Data...)
+	}
+	var n int64
+	for _, b := range all {
+		n += b.Count
+	}
+	if n == 0 {
+		fail(fmt.Errorf("fortio-pool: no requests in %d files", len(files)))
+	}
+	fmt.Printf("%.3f %.3f %.3f %d\n", pooled(all, 50)*1000, pooled(all, 99)*1000, pooled(all, 99.9)*1000, n)
+}
+
+// pooled returns the value under which p % of the requests in buckets
+// (of several histograms, overlapping) fall, each bucket's requests
+// spread evenly over [Start, End).
+func pooled(buckets []bucket, p float64) float64 {
+	var n int64
+	lo, hi := buckets[0].Start, buckets[0].End
+	for _, b := range buckets {
+		n += b.Count
+		lo, hi = min(lo, b.Start), max(hi, b.End)
+	}
+	want := p / 100 * float64(n)
+	below := func(x float64) float64 { // requests under x
+		var c float64
+		for _, b := range buckets {
+			switch {
+			case x >= b.End:
+				c += float64(b.Count)
+			case x > b.Start:
+				c += float64(b.Count) * (x - b.Start) / (b.End - b.Start)
+			}
+		}
+		return c
+	}
+	for range 100 { // bisection: far below a microsecond
+		mid := (lo + hi) / 2
+		if below(mid) < want {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return hi
 }
 
 // coarse returns the bucket that holds percentile p when it is wider than

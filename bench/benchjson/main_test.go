@@ -35,3 +35,36 @@ func TestCoarse(t *testing.T) {
 		t.Error("a 14 µs bucket refused as coarse")
 	}
 }
+
+// TestPooled holds fortio-pool to fortio's own reading of one histogram
+// (the requests of a bucket spread evenly over it) and to reading two
+// rounds as one set of requests, not as the mean of their percentiles.
+func TestPooled(t *testing.T) {
+	ms := func(v float64) float64 { return v / 1000 }
+	near := func(name string, got, want float64) {
+		t.Helper()
+		if d := got - want; d > 1e-9 || d < -1e-9 {
+			t.Errorf("%s: %.6f ms, want %.6f ms", name, got*1000, want*1000)
+		}
+	}
+	one := []bucket{
+		{Start: ms(0.2), End: ms(0.3), Count: 40},
+		{Start: ms(0.3), End: ms(0.4), Count: 40},
+		{Start: ms(0.4), End: ms(2), Count: 20},
+	}
+	near("one round's p50", pooled(one, 50), ms(0.325)) // 10 of the second bucket's 40
+	near("one round's p99", pooled(one, 99), ms(1.92))  // 19 of the last bucket's 20
+	// Two rounds: a quick one and a slow one, 100 requests each. Their
+	// p50s are 0.15 and 3.5 ms; over the 200 requests the median is
+	// where the quick round ends.
+	quick := []bucket{{Start: ms(0.1), End: ms(0.2), Count: 100}}
+	slow := []bucket{{Start: ms(3), End: ms(4), Count: 100}}
+	both := append(append([]bucket{}, quick...), slow...)
+	near("two rounds' p50", pooled(both, 50), ms(0.2))
+	near("two rounds' p99", pooled(both, 99), ms(3.98))
+	// Overlapping buckets of two rounds (their first and last buckets
+	// start and end at their own fastest and slowest requests).
+	a := []bucket{{Start: ms(0.05), End: ms(0.1), Count: 50}, {Start: ms(0.1), End: ms(0.2), Count: 50}}
+	b := []bucket{{Start: ms(0.08), End: ms(0.1), Count: 50}, {Start: ms(0.1), End: ms(0.2), Count: 50}}
+	near("overlapping rounds' p50", pooled(append(a, b...), 50), ms(0.1))
+}
