@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -199,6 +200,61 @@ func TestReplicaTakesDamageMarker(t *testing.T) {
 	}
 }
 
+// TestVerifyChecksUnsignedMarker: with the node's key, a damage marker
+// without a signature is a signature problem. The signature is outside the
+// hash, so whoever edits a replica could otherwise stand one (unsigned) in
+// for records already held and have their removal read as damage on the
+// node's disk.
+func TestVerifyChecksUnsignedMarker(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	dir := t.TempDir()
+	files := writeN(t, dir, 8, nil)
+	damage(t, files[len(files)-1], 4, 5)
+	l := openLog(t, dir, func(c *Config) { c.Signer = key })
+	before, err := l.ReadFrom(1, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = l.ReadFrom(4, 100)
+	var d *DamageError
+	if !errors.As(err, &d) {
+		t.Fatal(err)
+	}
+	after, err := l.ReadFrom(d.To+1, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk, err := l.DamageMarker(d, before[len(before)-1].Hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, err := OpenReplica(t.TempDir(), "edge-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rp.Close()
+	rp.SetPublicKey(key.Public())
+	if _, err := rp.Append(append(append(before, mk), after...)); err != nil {
+		t.Fatal(err)
+	}
+	rfiles, _ := rp.Files()
+	tamper(t, rfiles[len(rfiles)-1], func(lines []string) []string {
+		for i, line := range lines {
+			if strings.Contains(line, `"damaged"`) {
+				lines[i] = regexp.MustCompile(`,?"sig":"[^"]*"`).ReplaceAllString(line, "")
+			}
+		}
+		return lines
+	})
+	rep, err := rp.Verify(Verifier{PublicKey: key.Public(), FromGenesis: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(rep.Problems, func(p Problem) bool { return p.Kind == ProblemSignature && p.Seq == mk.Seq }) {
+		t.Fatalf("an unsigned damage marker: problems %v, want a signature problem at seq %d", rep.Problems, mk.Seq)
+	}
+}
+
 // TestReplicaRotatesAfterDamageMarker: a file rotated right after a damage
 // marker (whose seq skips the seqs it stands in for) is named by the seq
 // of its first record, so the chain reads and verifies across it.
@@ -288,5 +344,27 @@ func TestAppendRefusesDamageMarkers(t *testing.T) {
 	}
 	if err := l.Append(Record{Kind: KindAudit, Action: "lost"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReadFromPrunedNotDamaged: unreadable lines at the very start of what
+// a log keeps (its older files pruned) do not read as damage of the seqs
+// asked for before them: those may be pruned records, and a marker would
+// tell the control plane they were lost on the node's disk.
+func TestReadFromPrunedNotDamaged(t *testing.T) {
+	dir := t.TempDir()
+	files := writeN(t, dir, 30, func(c *Config) { c.MaxFileBytes = 2 << 10 })
+	if len(files) < 3 {
+		t.Fatalf("%d files; want 3 or more", len(files))
+	}
+	if err := os.Remove(files[0]); err != nil { // pruned
+		t.Fatal(err)
+	}
+	damage(t, files[1], 1, 1)
+	l := openLog(t, dir, nil)
+	_, err := l.ReadFrom(2, 100)
+	var d *DamageError
+	if errors.As(err, &d) || !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ReadFrom a pruned seq before an unreadable first line: %v, want ErrNotFound", err)
 	}
 }

@@ -65,6 +65,10 @@ func (s *segments) readFrom(seq uint64, max int) ([]Record, error) {
 	if seq == 1 {
 		prev = Genesis
 	}
+	// before: a record before seq was read, so damage found before seq's
+	// record is in the middle of the log. Unreadable lines at the very
+	// start of what is kept may follow records pruned, not lost.
+	before := seq == 1
 	for i, f := range files {
 		cr := &countReader{r: f}
 		br := bufio.NewReaderSize(cr, 64<<10)
@@ -109,12 +113,12 @@ func (s *segments) readFrom(seq uint64, max int) ([]Record, error) {
 			case len(out) == 0 && first <= seq && seq <= r.Seq:
 				// The record asked for, or the marker in its place.
 			case r.Seq < seq:
-				dmg = damageSpan{}
+				dmg, before = damageSpan{}, true
 				if r.Seq == seq-1 {
 					prev = r.Hash
 				}
 				continue
-			case len(out) == 0 && r.Seq > seq && dmg.lines > 0:
+			case len(out) == 0 && r.Seq > seq && dmg.lines > 0 && before:
 				return nil, dmg.error(seq, r.Seq-1, prev)
 			case len(out) == 0 && r.Seq != seq:
 				return nil, fmt.Errorf("%w: want seq %d, the log goes on at %d", ErrNotFound, seq, r.Seq)

@@ -352,7 +352,11 @@ func (v Verifier) check(rep *Report, all []line) {
 			rep.Damaged += int(r.Seq - from + 1)
 			add(l, r.Seq, ProblemDamaged, "seq %d..%d were unreadable on the node and are lost; this marker stands in for them, and the link from it to seq %d cannot be checked: %s",
 				from, r.Seq, r.Seq+1, r.Reason)
-			if v.PublicKey != nil && l.err == nil && r.Sig != "" {
+			// With a key every marker must be signed: a genuine one always is
+			// (the node signs it, a replica refuses one unsigned), and the
+			// signature is outside the hash, so a marker made from records
+			// already held would otherwise pass as damage on the node.
+			if v.PublicKey != nil && l.err == nil {
 				if err := VerifySignature(v.PublicKey, r); err != nil {
 					add(l, r.Seq, ProblemSignature, "damage marker: %v", err)
 				}
