@@ -36,9 +36,15 @@ func Write(path string, b []byte, perm os.FileMode) error {
 	if err != nil {
 		return fmt.Errorf("atomicfile: write %s: %w", path, err)
 	}
+	SyncDir(dir)
+	return nil
+}
+
+// SyncDir fsyncs directory dir, so that a rename or a new file in it
+// survives a power cut (best effort: errors are ignored).
+func SyncDir(dir string) {
 	if d, err := os.Open(dir); err == nil {
 		d.Sync()
 		d.Close()
 	}
-	return nil
 }

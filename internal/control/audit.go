@@ -22,6 +22,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/fogmesh/fogmesh/internal/atomicfile"
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
@@ -454,6 +455,9 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if err := os.Rename(dir, archived); err != nil {
 		return fmt.Errorf("archive audit chain of %s: %w", node, err)
 	}
+	// On disk before the head moves after it: a head under the archive's
+	// name with no such directory is beyond what the start-up repair mends.
+	atomicfile.SyncDir(s.auditNodesDir())
 	if h := s.audit.testHookArchived; h != nil {
 		if err := h(archived); err != nil {
 			return err
