@@ -434,8 +434,8 @@ func (a *Agent) shutdown() {
 		a.closeUDPLocked()
 		a.mu.Unlock()
 		if a.gossip != nil {
+			a.gv.close()     // before gossip stops: a ping that fails then is not a death
 			a.gossip.Close() // peers learn at once that this node leaves
-			a.gv.close()
 		}
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()

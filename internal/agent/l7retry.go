@@ -259,7 +259,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			}
 		}
 		if o.Failure == retry.ConnectFailure && !nodeDead {
-			a.connectFailed(sv, ev) // resets and timeouts only count (outcome above)
+			a.dialFailed(sv, ev, err) // resets and timeouts only count (outcome above)
 		}
 		a.log.Info("agent: endpoint failed", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
 		if o.Failure == retry.ConnectFailure && dials < maxAttempts-1 && next < len(cands) {

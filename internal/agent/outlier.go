@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"errors"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/transport"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/outlier"
@@ -109,6 +112,18 @@ func (a *Agent) reportOutcome(sv *serviceView, ev *endpointView, o outlier.Outco
 // L4 proxying that is the whole outcome, a success.
 func (a *Agent) connectOK(sv *serviceView, ev *endpointView) {
 	a.reportOutcome(sv, ev, outlier.Outcome{Local: outlier.ConnectedFinal})
+}
+
+// dialFailed is connectFailed for a connect that failed with err, but a
+// stream the endpoint's agent refused for its per-peer cap
+// (transport.ErrPeerBusy: this agent has as many streams open there as
+// that agent allows one peer) is no failure of the endpoint: the caller
+// fails over, and the endpoint is neither ejected nor counted against.
+func (a *Agent) dialFailed(sv *serviceView, ev *endpointView, err error) {
+	if errors.Is(err, transport.ErrPeerBusy) {
+		return
+	}
+	a.connectFailed(sv, ev)
 }
 
 // connectFailed feeds outlier detection a failed connect (a local-origin

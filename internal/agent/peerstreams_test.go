@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fogmesh/fogmesh/internal/transport"
 	"github.com/fogmesh/fogmesh/internal/udpframe"
@@ -86,4 +87,51 @@ func askFlow(t *testing.T, f net.Conn, msg string) {
 	if err != nil || !bytes.Contains(buf[:n], []byte(msg)) {
 		t.Fatalf("answer to %q: %q, %v", msg, buf[:n], err)
 	}
+}
+
+// TestPeerCapRefusalEjectsNothing: a stream the endpoint's agent refuses
+// for its per-peer cap (this agent holds as many streams there as it
+// allows one peer) fails over like any refusal, but is no failure of the
+// endpoint: it is not ejected, and the next connection once a place is
+// free reaches it at once. VIP octets 30 (source) and 31 (destination),
+// port 19697.
+func TestPeerCapRefusalEjectsNothing(t *testing.T) {
+	e := startEcho(t, "b", "127.0.0.1:0")
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, svcDoc("capped", 19697))
+	ctl := []string{cp.SyncAddr()}
+	startAgentWith(t, agentOpts{name: "b", site: "s1", region: "r1", vipOctet: 31, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{wlFor("capped", e)}}, func(c *Config) { c.MaxStreamsPerPeer = 1 })
+	a := startAgentWith(t, agentOpts{name: "a", site: "s1", region: "r1", vipOctet: 30, control: ctl, stateDir: t.TempDir(),
+		ejectFor: time.Minute}, nil)
+	waitFor(t, "a to learn b's endpoint", func() bool {
+		for _, ep := range endpointsOf(a, "demo/capped") {
+			if ep.Node == "b" && ep.Healthy {
+				return true
+			}
+		}
+		return false
+	})
+	vip := "127.30.0.1:19697"
+	held, err := net.DialTimeout("tcp", vip, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if got, err := talk(held); err != nil || got != "b: ping" {
+		t.Fatalf("the first connection: %q, %v", got, err)
+	}
+	if got, err := roundTrip(vip); err == nil {
+		t.Fatalf("a second connection past b's cap of 1 stream per peer was answered: %q", got)
+	}
+	held.Close()
+	for _, ep := range endpointsOf(a, "demo/capped") {
+		if ep.Ejected {
+			t.Fatalf("b's endpoint ejected after b refused a stream for its per-peer cap: %+v", ep)
+		}
+	}
+	waitFor(t, "a connection once the held one's place is free", func() bool {
+		got, err := roundTrip(vip)
+		return err == nil && got == "b: ping"
+	})
 }

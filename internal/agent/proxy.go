@@ -156,7 +156,7 @@ func (a *Agent) handleConn(ctx context.Context, ap netip.AddrPort, client net.Co
 		}
 		if err != nil {
 			a.m.dialFailures.Inc()
-			a.connectFailed(sv, ev)
+			a.dialFailed(sv, ev, err)
 			a.log.Info("agent: endpoint failed, trying next", "service", t.svc, "endpoint", ev.key, "tier", ev.tier, "err", err)
 			continue
 		}

@@ -280,7 +280,7 @@ func (f *udpFlow) open(v *view, sv *serviceView, port, clientID string) (upstrea
 				return nil, nil, "no_flow"
 			}
 			a.m.dialFailures.Inc()
-			a.connectFailed(sv, ev)
+			a.dialFailed(sv, ev, err)
 			a.log.Info("agent: endpoint failed, trying next", "service", sv.svc.Meta.Key(), "endpoint", ev.key, "proto", "udp", "err", err)
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,11 @@ var (
 	// endpoint on that node (StatusRefused) or the header was rejected
 	// (StatusBadHeader). Retrying the same peer will not help.
 	ErrRefused = errors.New("refused by peer agent")
+	// ErrPeerBusy, wrapped with ErrRefused, means the peer refused the
+	// stream because this agent has as many streams open there as the
+	// peer allows one agent (its maxStreamsPerPeer): the load of this
+	// pair of agents, not a failure of the endpoint.
+	ErrPeerBusy = errors.New("the peer agent holds as many of this agent's streams as it allows")
 	// ErrDialFailed means the peer agent could not connect to the workload
 	// (StatusDialFailed). The endpoint may be down.
 	ErrDialFailed = errors.New("peer agent could not reach the workload")
@@ -426,6 +432,9 @@ func streamHandshake(ctx context.Context, conn meshStream, h Header) (net.Conn, 
 		err = ErrDenied
 	default:
 		err = ErrRefused
+		if strings.HasPrefix(msg, errPeerStreams.Error()) { // refuseOverCap's answer
+			err = fmt.Errorf("%w (%w)", ErrRefused, ErrPeerBusy)
+		}
 	}
 	conn.Close()
 	return nil, fmt.Errorf("%w: %v: %s", err, code, msg)

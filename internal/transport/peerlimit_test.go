@@ -69,8 +69,8 @@ func wantCapRefusal(t *testing.T, c meshClient, addr string) {
 		conn.Close()
 		t.Fatalf("stream %d of one peer was accepted; want it refused (per-peer cap %d)", capTestStreams+1, capTestStreams)
 	}
-	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "too many streams") {
-		t.Fatalf("stream over the cap: %v; want ErrRefused saying too many streams", err)
+	if !errors.Is(err, ErrRefused) || !errors.Is(err, ErrPeerBusy) || !strings.Contains(err.Error(), "too many streams") {
+		t.Fatalf("stream over the cap: %v; want ErrRefused and ErrPeerBusy saying too many streams", err)
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("refusal took %s; want it at once", d)
