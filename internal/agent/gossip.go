@@ -4,11 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/atomicfile"
 	"github.com/fogmesh/fogmesh/internal/gossip"
 )
 
@@ -24,16 +30,67 @@ func (a *Agent) initGossip() error {
 			a.log.Warn("agent: the control plane sent no gossip key; liveness gossip runs unencrypted")
 		}
 	}
+	kept := a.keptGossipAddr()
+	if kept != "" {
+		gc.BindAddr = kept
+	}
 	g, err := gossip.New(gc)
+	if err != nil && kept != "" { // the port kept is taken: any
+		a.log.Warn("agent: the gossip port of the last run is taken; gossiping on another", "addr", kept, "err", err)
+		gc.BindAddr = a.cfg.GossipAddr
+		g, err = gossip.New(gc)
+	}
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	a.keepGossipAddr(g.Addr())
 	a.gossip = g
 	a.gv.mu.Lock()
 	a.gv.g = g
 	a.gv.mu.Unlock()
 	a.self.Spec.GossipAddress = g.Addr()
 	return nil
+}
+
+// gossipPortFile keeps, in the state dir, the port an agent whose
+// gossipAddr asks for any port (":0") gossips on, for its next run: its
+// peers hear a member only at its registered gossip address
+// (allowGossip), so on a new port a restarted agent would go unheard,
+// and stay dead to them, until the control plane registered the new one:
+// for as long as the site is cut off from it.
+const gossipPortFile = "gossip-port"
+
+// keptGossipAddr returns gossipAddr with the port of the last run if
+// gossipAddr asks for any port and the state dir kept one ("" if not).
+func (a *Agent) keptGossipAddr() string {
+	host, port, err := net.SplitHostPort(a.cfg.GossipAddr)
+	if err != nil || port != "0" || a.cfg.StateDir == "" {
+		return ""
+	}
+	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, gossipPortFile))
+	if err != nil {
+		return ""
+	}
+	p, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 16)
+	if err != nil || p == 0 {
+		return ""
+	}
+	return net.JoinHostPort(host, strconv.FormatUint(p, 10))
+}
+
+// keepGossipAddr keeps the port of addr, where gossip runs, for the next
+// run (when gossipAddr asks for any port).
+func (a *Agent) keepGossipAddr(addr string) {
+	if _, port, err := net.SplitHostPort(a.cfg.GossipAddr); err != nil || port != "0" || a.cfg.StateDir == "" {
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return
+	}
+	if err := atomicfile.Write(filepath.Join(a.cfg.StateDir, gossipPortFile), []byte(port+"\n"), 0o600); err != nil {
+		a.log.Warn("agent: the gossip port is not kept for the next run", "err", err)
+	}
 }
 
 // gossipVerdicts checks gossip's word on the site's peers. Whoever holds

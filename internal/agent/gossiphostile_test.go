@@ -128,3 +128,27 @@ func TestGossipForgedDeathIsIgnored(t *testing.T) {
 		t.Fatalf("%d deaths counted, want 1", n)
 	}
 }
+
+// TestGossipPortKeptAcrossRestart: an agent whose gossipAddr asks for any
+// port (":0") gossips on the same port after a restart from the same state
+// dir. Its peers hear a member only at its registered gossip address, so
+// on a new port it would go unheard (and stay dead to them) until the
+// control plane registers the new one: for good while the site is cut off.
+func TestGossipPortKeptAcrossRestart(t *testing.T) {
+	cfg := Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", VIPRange: "127.52.0.0/16", Insecure: true}
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := a.GossipAddr()
+	a.Close()
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if got := b.GossipAddr(); got != first {
+		t.Fatalf("gossip at %s after a restart, at %s before: its peers do not hear it there until the control plane tells them", got, first)
+	}
+}
