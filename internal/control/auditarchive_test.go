@@ -24,32 +24,14 @@ import (
 // both chains verify intact, each against its own head.
 func TestAuditArchiveCrashRepairedAtStart(t *testing.T) {
 	dir := t.TempDir()
-	s := startServer(t, dir)
-	old := nodeRecords(t, "edge-1", 6)
-	a := dialAgentWelcome(t, s, "edge-1", 0)
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, old)})
-	if m := a.recv(); m.AuditSeq != 6 || m.Error != "" {
-		t.Fatalf("ack %+v", m)
-	}
-	a.c.Close()
-
-	crash := errors.New("crash (test)")
-	var archive string
-	s.audit.testHookArchived = func(path string) error { archive = path; return crash }
 	fresh := nodeRecords(t, "edge-1", 3)
-	a = dialAgentWelcome(t, s, "edge-1", 6)
-	a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: encodeBatch(t, fresh)})
-	if m := a.recv(); !strings.Contains(m.Error, "crash (test)") {
-		t.Fatalf("ack %+v, want the simulated crash", m)
-	}
-	a.c.Close()
-	s.Close()
+	archive := crashAfterArchive(t, dir, fresh)
 	if archive == "" {
 		t.Fatal("the chain was not archived")
 	}
 
-	s = startServer(t, dir)
-	a = dialAgentWelcome(t, s, "edge-1", 0) // the new chain goes on from nothing
+	s := startServer(t, dir)
+	a := dialAgentWelcome(t, s, "edge-1", 0) // the new chain goes on from nothing
 	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, fresh)})
 	if m := a.recv(); m.AuditSeq != 3 || m.Error != "" {
 		t.Fatalf("ack %+v", m)
@@ -107,25 +89,8 @@ func TestAuditArchiveCrashRepairedAtStart(t *testing.T) {
 // node's chain stores its own head with its next batch.
 func TestAuditHeadlessArchiveRepairedAfterOlderVersion(t *testing.T) {
 	dir := t.TempDir()
-	s := startServer(t, dir)
-	old := nodeRecords(t, "edge-1", 6)
-	a := dialAgentWelcome(t, s, "edge-1", 0)
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, old)})
-	if m := a.recv(); m.AuditSeq != 6 || m.Error != "" {
-		t.Fatalf("ack %+v", m)
-	}
-	a.c.Close()
-	crash := errors.New("crash (test)")
-	var archive string
-	s.audit.testHookArchived = func(path string) error { archive = path; return crash }
 	fresh := nodeRecords(t, "edge-1", 4)
-	a = dialAgentWelcome(t, s, "edge-1", 6)
-	a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: encodeBatch(t, fresh[:3])})
-	if m := a.recv(); !strings.Contains(m.Error, "crash (test)") {
-		t.Fatalf("ack %+v, want the simulated crash", m)
-	}
-	a.c.Close()
-	s.Close()
+	archive := crashAfterArchive(t, dir, fresh[:3])
 	// What the older version then did: the new chain's first batch taken
 	// into a new directory, its head not stored past the old one.
 	rp, err := audit.OpenReplica(filepath.Join(dir, "audit", "nodes", "edge-1"), "edge-1")
@@ -137,8 +102,8 @@ func TestAuditHeadlessArchiveRepairedAfterOlderVersion(t *testing.T) {
 	}
 	rp.Close()
 
-	s = startServer(t, dir)
-	a = dialAgentWelcome(t, s, "edge-1", 3)
+	s := startServer(t, dir)
+	a := dialAgentWelcome(t, s, "edge-1", 3)
 	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, fresh[3:])})
 	if m := a.recv(); m.AuditSeq != 4 || m.Error != "" {
 		t.Fatalf("ack %+v", m)
@@ -246,4 +211,31 @@ func TestAuditArchivesBoundedPerNode(t *testing.T) {
 	if len(names) != 4 { // control, edge-1, the kept fake archive, the new archive
 		t.Errorf("chains %v", names)
 	}
+}
+
+// crashAfterArchive ships 6 records of edge-1's chain to a control plane on
+// dir, then a restart of the chain with the records fresh, which a hook
+// stops right after the old chain's directory is renamed (a crash before
+// its head moves); the control plane is closed. It returns the archive's
+// path.
+func crashAfterArchive(t *testing.T, dir string, fresh []audit.Record) (archive string) {
+	t.Helper()
+	s := startServer(t, dir)
+	old := nodeRecords(t, "edge-1", 6)
+	a := dialAgentWelcome(t, s, "edge-1", 0)
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, old)})
+	if m := a.recv(); m.AuditSeq != 6 || m.Error != "" {
+		t.Fatalf("ack %+v", m)
+	}
+	a.c.Close()
+	crash := errors.New("crash (test)")
+	s.audit.testHookArchived = func(path string) error { archive = path; return crash }
+	a = dialAgentWelcome(t, s, "edge-1", 6)
+	a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: encodeBatch(t, fresh)})
+	if m := a.recv(); !strings.Contains(m.Error, "crash (test)") {
+		t.Fatalf("ack %+v, want the simulated crash", m)
+	}
+	a.c.Close()
+	s.Close()
+	return archive
 }
