@@ -105,6 +105,10 @@ func TestIdleConnectionStalledControlWriteCloses(t *testing.T) {
 		t.Fatalf("the connection is still open 15 s into the flood (StallTimeout %v), its write blocked for %v: not closed by the watchdog",
 			stall, sc.blockedFor())
 	}
+	// The endpoint sees its writes fail as soon as the watchdog closes the
+	// connection; the write it unblocked records how long it waited only
+	// once it has returned.
+	testenv.WaitFor(t, 5*time.Second, "the blocked write to return", func() bool { return sc.blockedFor() == 0 })
 	if d := sc.longestWrite(); d < stall {
 		t.Errorf("the longest write waited %v, less than StallTimeout %v: the connection ended for another reason", d, stall)
 	}
