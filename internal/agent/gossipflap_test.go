@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
@@ -132,4 +134,84 @@ func TestWatchOfADeadNode(t *testing.T) {
 	if live.Err() != nil || again.Err() != nil {
 		t.Fatalf("watches of live nodes cancelled: %v, %v", context.Cause(live), context.Cause(again))
 	}
+}
+
+// TestDialCancelledByDeathEjectsNothing: a dial to a node gossip declares
+// dead while it waits (a frozen peer: its mesh port accepts and never
+// answers) fails with errNodeDead, and that failure ejects nothing. It
+// failed as the context's "operation was canceled", which the HTTP pool
+// handed to an attempt gossip had not cancelled (its watch came after the
+// refutation): the attempt took it for b's connect failure and ejected b
+// for EjectFor, and TestGossipFlapDoesNotEject saw b serve nothing.
+func TestDialCancelledByDeathEjectsNothing(t *testing.T) {
+	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", VIPRange: "127.52.0.0/16", Insecure: true,
+		EjectFor: Duration(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	silent := frozenPeer(t)
+	svc := &api.Service{Meta: api.Meta{Namespace: "demo", Name: "frozen"}}
+	sv := &serviceView{svc: svc}
+	ev := &endpointView{key: "demo/frozen-1", ep: &api.Endpoint{Meta: api.Meta{Namespace: "demo", Name: "frozen-1"},
+		Spec: api.EndpointSpec{Service: "frozen", Node: "frozen"}}, mesh: silent, healthy: true}
+	errc := make(chan error, 1)
+	go func() {
+		c, err := a.dialStream(context.Background(), sv, ev, "tcp", false)
+		if c != nil {
+			c.Close()
+		}
+		errc <- err
+	}()
+	testenv.WaitFor(t, 5*time.Second, "the dial to watch its node", func() bool {
+		a.watchMu.Lock()
+		defer a.watchMu.Unlock()
+		return len(a.nodeWatches["frozen"]) > 0
+	})
+	a.onGossip("frozen", false)
+	a.onGossip("frozen", true) // refuted at once
+	err = <-errc
+	if !errors.Is(err, errNodeDead) {
+		t.Fatalf("a dial gossip cancelled failed with %v, want errNodeDead", err)
+	}
+	a.dialFailed(sv, ev, err)
+	if a.isEjectedAnywhere(ev.key) {
+		t.Fatal("a dial gossip cancelled ejected its endpoint")
+	}
+}
+
+// frozenPeer is a mesh address that accepts connections and never
+// answers on them, as a frozen node's agent does.
+func frozenPeer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return ln.Addr().String()
 }

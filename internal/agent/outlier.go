@@ -119,8 +119,11 @@ func (a *Agent) connectOK(sv *serviceView, ev *endpointView) {
 // (transport.ErrPeerBusy: this agent has as many streams open there as
 // that agent allows one peer) is no failure of the endpoint: the caller
 // fails over, and the endpoint is neither ejected nor counted against.
+// Nor is a dial gossip cancelled (errNodeDead): gossip keeps a dead node
+// out while it is dead, and one that refuted a false death serves again
+// at once (TestGossipFlapDoesNotEject).
 func (a *Agent) dialFailed(sv *serviceView, ev *endpointView, err error) {
-	if errors.Is(err, transport.ErrPeerBusy) {
+	if errors.Is(err, transport.ErrPeerBusy) || errors.Is(err, errNodeDead) {
 		return
 	}
 	a.connectFailed(sv, ev)

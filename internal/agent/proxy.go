@@ -193,29 +193,47 @@ func (a *Agent) dialEndpoint(ctx context.Context, sv *serviceView, ev *endpointV
 // relayed client connection (the TCP proxy) must dial with l7 false: its
 // bytes are the client's, whatever they look like.
 func (a *Agent) dialStream(ctx context.Context, sv *serviceView, ev *endpointView, port string, l7 bool) (net.Conn, error) {
-	timeout := time.Duration(sv.svc.Spec.Timeouts.Connect)
-	if timeout <= 0 {
-		timeout = 3 * time.Second
-	}
-	ctx, release := a.watchNode(ctx, remoteNode(ev))
-	defer release()
-	dctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	if ev.mesh != "" {
-		p, err := a.peerOf(ev)
-		if err != nil {
-			return nil, err
-		}
-		return a.peers.Dial(dctx, p, transport.Header{
-			Namespace: sv.svc.Meta.Namespace, Service: sv.svc.Meta.Name,
-			Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name, SourceID: clientIdentityFrom(ctx), L7: l7})
+		return a.dialMesh(ctx, sv, ev, transport.Header{Port: port, SourceID: clientIdentityFrom(ctx), L7: l7})
 	}
 	addr, err := a.endpointAddr(ev.ep, port, false)
 	if err != nil {
 		return nil, err
 	}
+	dctx, cancel := context.WithTimeout(ctx, connectTimeout(sv))
+	defer cancel()
 	d := net.Dialer{KeepAliveConfig: keepAliveConfig(sv.svc.Spec.CircuitBreaker.TCPKeepalive)}
 	return d.DialContext(dctx, "tcp", addr.String())
+}
+
+// dialMesh opens a mesh stream to a remote endpoint's agent with header
+// h (this endpoint's names and this node filled in), within the
+// service's connect timeout, cancelled if gossip declares the node dead
+// meanwhile: that failure wraps errNodeDead, the gossip's verdict and no
+// connect failure of the endpoint (dialFailed).
+func (a *Agent) dialMesh(ctx context.Context, sv *serviceView, ev *endpointView, h transport.Header) (net.Conn, error) {
+	ctx, release := a.watchNode(ctx, remoteNode(ev))
+	defer release()
+	dctx, cancel := context.WithTimeout(ctx, connectTimeout(sv))
+	defer cancel()
+	p, err := a.peerOf(ev)
+	if err != nil {
+		return nil, err
+	}
+	h.Namespace, h.Service, h.Endpoint, h.Source = sv.svc.Meta.Namespace, sv.svc.Meta.Name, ev.ep.Meta.Name, a.cfg.Node.Name
+	c, err := a.peers.Dial(dctx, p, h)
+	if err != nil && context.Cause(ctx) == errNodeDead {
+		return nil, fmt.Errorf("%w (%w)", errNodeDead, err)
+	}
+	return c, err
+}
+
+// connectTimeout is the service's connect timeout, 3 s if it sets none.
+func connectTimeout(sv *serviceView) time.Duration {
+	if d := time.Duration(sv.svc.Spec.Timeouts.Connect); d > 0 {
+		return d
+	}
+	return 3 * time.Second
 }
 
 // detect reads the client's first bytes (at most 500 ms) and names the

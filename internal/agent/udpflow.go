@@ -295,21 +295,7 @@ func (f *udpFlow) open(v *view, sv *serviceView, port, clientID string) (upstrea
 // dialUDPStream opens a mesh stream for one flow to a remote endpoint
 // (dialStream's timeouts and node watch; the header says udp).
 func (a *Agent) dialUDPStream(ctx context.Context, sv *serviceView, ev *endpointView, port, sourceID string) (net.Conn, error) {
-	timeout := time.Duration(sv.svc.Spec.Timeouts.Connect)
-	if timeout <= 0 {
-		timeout = 3 * time.Second
-	}
-	ctx, release := a.watchNode(ctx, remoteNode(ev))
-	defer release()
-	dctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	p, err := a.peerOf(ev)
-	if err != nil {
-		return nil, err
-	}
-	return a.peers.Dial(dctx, p, transport.Header{
-		Namespace: sv.svc.Meta.Namespace, Service: sv.svc.Meta.Name,
-		Endpoint: ev.ep.Meta.Name, Port: port, Source: a.cfg.Node.Name, SourceID: sourceID, UDP: true})
+	return a.dialMesh(ctx, sv, ev, transport.Header{Port: port, SourceID: sourceID, UDP: true})
 }
 
 // errUnusable ends a pump whose endpoint was ejected, turned unhealthy
