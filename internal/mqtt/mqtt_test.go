@@ -251,12 +251,32 @@ func TestSession(t *testing.T) {
 		"shared subscription 3.1.1": {4, []step{{sub(4, "$share/g/secrets/#"), "secrets/#", 0}}},
 		"shared, no filter":         {4, []step{{sub(4, "$share/g"), "", 0x81}}},
 		"bad filter":                {4, []step{{sub(4, "a/#/b"), "", 0x81}}},
-		"no filter":                 {4, []step{{sub(4), "", 0x82}}},
-		"reserved option bits":      {4, []step{{pkt(0x82, []byte{0, 1}, s16("a"), []byte{0x05}), "", 0x81}}},
-		"v5 reserved option bits":   {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x41}), "", 0x81}}},
-		"v5 retain handling 3":      {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x31}), "", 0x82}}},
-		"v5 options":                {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x2e}), "a", 0}}},
-		"PINGREQ and DISCONNECT":    {4, []step{{[]byte{0xc0, 0}, "", 0}, {[]byte{0xe0, 0}, "", 0}}},
+		// EMQX's shared subscription without a group and its exclusive
+		// subscription receive what the filter after the prefix does.
+		"EMQX $queue":            {4, []step{{sub(4, "$queue/secrets/#", "$queue"), "secrets/# $queue", 0}}},
+		"EMQX $exclusive":        {5, []step{{sub(5, "$exclusive/secrets/+"), "secrets/+", 0}}},
+		"$queue, no filter":      {4, []step{{sub(4, "$queue/"), "", 0x81}}},
+		"$queue, bad filter":     {4, []step{{sub(4, "$queue/a/#/b"), "", 0x81}}},
+		"no local on $exclusive": {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("$exclusive/a"), []byte{0x05}), "a", 0}}},
+		// EMQX's delayed publish delivers to the topic after its delay,
+		// also when a QoS 2 message is released; an alias holds the topic
+		// as sent.
+		"EMQX $delayed": {5, []step{
+			{pub5("$delayed/15/secrets/a", 0x23, 0, 1), "secrets/a", 0},
+			{pub5("", 0x23, 0, 1), "secrets/a", 0},
+			{pub5("$delayed/15"), "$delayed/15", 0},
+			{pub5("$delayed/15/"), "$delayed/15/", 0},
+		}},
+		"EMQX $delayed QoS 2": {4, []step{
+			{pkt(0x34, s16("$delayed/1/secrets/a"), []byte{0, 7}, []byte("x")), "secrets/a", 0},
+			{pkt(0x62, []byte{0, 7}), "secrets/a", 0},
+		}},
+		"no filter":               {4, []step{{sub(4), "", 0x82}}},
+		"reserved option bits":    {4, []step{{pkt(0x82, []byte{0, 1}, s16("a"), []byte{0x05}), "", 0x81}}},
+		"v5 reserved option bits": {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x41}), "", 0x81}}},
+		"v5 retain handling 3":    {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x31}), "", 0x82}}},
+		"v5 options":              {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("a"), []byte{0x2e}), "a", 0}}},
+		"PINGREQ and DISCONNECT":  {4, []step{{[]byte{0xc0, 0}, "", 0}, {[]byte{0xe0, 0}, "", 0}}},
 		// A DISCONNECT the broker would refuse would make it publish the
 		// will: refused here first.
 		"DISCONNECT with a body 3.1.1":     {4, []step{{[]byte{0xe0, 1, 0}, "", 0x81}}},

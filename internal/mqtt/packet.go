@@ -3,6 +3,7 @@ package mqtt
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -251,7 +252,7 @@ func ParseSubscribe(body []byte, version byte) (Subscribe, error) {
 			return s, malformed("SUBSCRIBE: reserved bits set") // [MQTT-3.8.3-5]
 		case version == 5 && f.Options>>4&3 == 3:
 			return s, protocolErr(0x82, "SUBSCRIBE: retain handling 3")
-		case version == 5 && f.Options&4 != 0 && f.Filter != SubscribedFilter(f.Filter):
+		case version == 5 && f.Options&4 != 0 && strings.HasPrefix(f.Filter, "$share/"):
 			return s, protocolErr(0x82, "SUBSCRIBE: no local on a shared subscription") // [MQTT-3.8.3-4]
 		}
 		s.Filters = append(s.Filters, f)
@@ -385,6 +386,7 @@ func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 				s.aliases[p.Alias] = topic
 			}
 		}
+		topic = PublishedTopic(topic) // what is authorized, now and at the PUBREL
 		if p.QoS == 2 && s.store != nil {
 			if !s.store.hold(s.key, p.PacketID, topic) {
 				return Action{}, protocolErr(0x93, "PUBLISH: unreleased QoS 2 messages hold more than %d bytes of topics", maxAliasBytes)

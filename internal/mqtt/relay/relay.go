@@ -90,7 +90,7 @@ func (r *Relay) bad(err error) {
 // WillAllowed authorizes the will topic of a CONNECT as a PUBLISH (a nil
 // check allows it).
 func WillAllowed(cn mqtt.Connect, check func(kind string, topics []string) bool) bool {
-	return !cn.Will || check == nil || check("publish", []string{cn.WillTopic})
+	return !cn.Will || check == nil || check("publish", []string{mqtt.PublishedTopic(cn.WillTopic)})
 }
 
 // ServeConnect serves a connection whose CONNECT has not been read yet
