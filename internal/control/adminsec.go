@@ -111,9 +111,12 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 				writeError(w, http.StatusUnauthorized, errors.New("authorization: want Bearer <token>"))
 				return
 			}
+			if s.refuseThrottled(w, r) {
+				return
+			}
 			var err error
 			if role, err = s.sec.adminRole(tok); err != nil {
-				s.log.Warn("control: admin token refused", "remote", r.RemoteAddr, "err", err)
+				s.authFailed(r, "admin token", err)
 				writeError(w, http.StatusUnauthorized, fmt.Errorf("token refused: %w", err))
 				return
 			}
@@ -121,7 +124,12 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		if role == "" && r.Header.Get("Authorization") == "" && isUIRead(r) {
 			// The web UI's cookie (ui.go), for reading the UI only.
 			if c, err := r.Cookie(uiCookie); err == nil {
-				role, _ = s.sec.adminRole(c.Value)
+				if s.refuseThrottled(w, r) {
+					return
+				}
+				if role, err = s.sec.adminRole(c.Value); err != nil {
+					s.authFailed(r, "ui cookie", err)
+				}
 			}
 			if role == "" {
 				http.Redirect(w, r, "/ui/login", http.StatusSeeOther)

@@ -303,8 +303,12 @@ type Server struct {
 	mChunks             *metrics.Counter // frames of updates sent in chunks
 	mAuditUp            *metrics.Counter // audit batches a regional plane sent up
 	mAuditUpRecords     *metrics.Counter // and their records
-	maxFrame            atomic.Int64     // the largest sync frame body written to an agent
-	timing              timing           // write path histograms (timing.go)
+	// authFails throttles clients whose admin credentials were refused
+	// (authlimit.go); mAuthThrottled counts the requests it answered 429.
+	authFails      *authLimiter
+	mAuthThrottled *metrics.Counter
+	maxFrame       atomic.Int64 // the largest sync frame body written to an agent
+	timing         timing       // write path histograms (timing.go)
 }
 
 // New opens the store and binds both listeners; Serve starts serving.
@@ -328,9 +332,10 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, log: cfg.Logger, st: st,
 		reg: &registry{st: st, vipBase: netip.MustParsePrefix(cfg.VIPRange), owner: cfg.Region,
 			vipMin: cfg.VIPIndexMin, vipMax: cfg.VIPIndexMax, maxPerNode: cfg.MaxEndpointsPerNode},
-		live:    map[string]*liveNode{},
-		streams: map[net.Conn]string{},
-		started: time.Now(),
+		live:      map[string]*liveNode{},
+		streams:   map[net.Conn]string{},
+		started:   time.Now(),
+		authFails: newAuthLimiter(),
 	}
 	s.initMetrics()
 	if cfg.Mode == ModeRegional {
@@ -400,6 +405,7 @@ func (s *Server) initMetrics() {
 	s.regions.mRefused = m.NewCounter(`fogmesh_control_node_region_refusals_total`)
 	s.mOldAgents = m.NewCounter(`fogmesh_control_sync_old_agents_total`)
 	s.mApplies = m.NewCounter(`fogmesh_control_applies_total`)
+	s.mAuthThrottled = m.NewCounter(`fogmesh_control_admin_auth_throttled_total`)
 	// sessions evicted past maxSessionsPerService (sessions.go)
 	s.reg.mSessionEvictions = m.NewCounter(`fogmesh_control_session_evictions_total`)
 	// agents' sessions of services that do not exist or pin none (sessions.go)
