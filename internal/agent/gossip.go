@@ -108,8 +108,8 @@ type gossipVerdicts struct {
 
 	mu         sync.Mutex      // guards the following
 	g          *gossip.Gossip  // nil until initGossip has it
-	saidDead   map[string]bool // gossip's last word on a node: dead
-	confirming map[string]bool // a confirmDeath runs for the node
+	saidDead   map[string]bool // gossip's last word on a node: dead (only dead ones are held)
+	confirming map[string]bool // a confirmDeath runs for the node (only true is held)
 	closed     bool            // close was called: no more confirmations start
 	done       chan struct{}   // closed by close: confirmations stop
 	wg         sync.WaitGroup  // confirmDeath goroutines
@@ -149,11 +149,19 @@ func (a *Agent) onGossipEvent(name string, alive bool) {
 	if v.saidDead == nil {
 		v.saidDead, v.confirming, v.done = map[string]bool{}, map[string]bool{}, make(chan struct{})
 	}
-	v.saidDead[name] = !alive
 	if alive {
+		delete(v.saidDead, name)
 		a.onGossip(name, true)
 		return
 	}
+	// memberlist keeps a member that left the registry until it is reaped
+	// and reports its death then: forgetNode has dropped it; keep nothing.
+	if peers := v.peers.Load(); peers != nil {
+		if _, ok := (*peers)[name]; !ok {
+			return
+		}
+	}
+	v.saidDead[name] = true
 	if v.closed || v.confirming[name] {
 		return
 	}
@@ -191,7 +199,7 @@ func (a *Agent) confirmDeath(g *gossip.Gossip, node, addr string, done <-chan st
 		}
 	}
 	v.mu.Lock()
-	v.confirming[node] = false
+	delete(v.confirming, node)
 	saidDead := v.saidDead[node]
 	if dead && saidDead {
 		a.gossipDead.Store(node, true)
@@ -244,6 +252,20 @@ func (a *Agent) onGossip(name string, alive bool) {
 	}
 	a.gossipDead.Store(name, true)
 	a.nodeDied(name)
+}
+
+// forgetNode drops gossip's word on a node that left the registry: with
+// node churn (vehicles, short-lived edge nodes) it would pile up, and a
+// new node registered under the name would start out dead. Called once
+// joinSitePeers has dropped the node from the site peers, so a death
+// gossip reports later is not kept (onGossipEvent); a confirmDeath still
+// running finds gossip's word gone and marks nothing.
+func (a *Agent) forgetNode(name string) {
+	v := &a.gv
+	v.mu.Lock()
+	delete(v.saidDead, name)
+	a.gossipDead.Delete(name)
+	v.mu.Unlock()
 }
 
 // nodeDied acts on the death of name, already in gossipDead.
@@ -327,7 +349,9 @@ func (a *Agent) watchNode(ctx context.Context, node string) (context.Context, fu
 	}
 	return ctx, func() {
 		a.watchMu.Lock()
-		delete(a.nodeWatches[node], token)
+		if delete(a.nodeWatches[node], token); len(a.nodeWatches[node]) == 0 {
+			delete(a.nodeWatches, node) // else every node ever dialled stays
+		}
 		a.watchMu.Unlock()
 		cancel(nil)
 	}

@@ -363,6 +363,9 @@ func (a *Agent) applyUpdate(m *wire.Message) error {
 	a.m.updates.Inc()
 	a.l7.pruneTransports(a.view.Load())
 	a.joinSitePeers()
+	for _, name := range gone {
+		a.forgetNode(name) // after joinSitePeers: gossip's later word on it is not kept
+	}
 	a.log.Debug("agent: applied update", "version", m.Version, "full", m.Full,
 		"resources", len(m.Resources), "removed", len(m.Removed))
 	return nil

@@ -6,7 +6,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -226,35 +225,13 @@ func joinWithKey(t *testing.T, s *Server, node, site string, key *ecdsa.PrivateK
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, _ := identity.ParseToken(tok)
-	jc, err := tls.Dial("tcp", s.SyncAddr(), identity.JoinClientConfig(p.Pin, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer jc.Close()
-	jc.SetDeadline(time.Now().Add(5 * time.Second))
 	csr, _ := identity.NewCSR(key)
-	if err := wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: tok, CSR: csr,
-		Node: &api.Node{Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: site, Region: "r"}}}); err != nil {
-		t.Fatal(err)
+	m := dialJoin(t, s, &wire.Message{Token: tok, CSR: csr,
+		Node: &api.Node{Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: site, Region: "r"}}})
+	if m.Type != wire.TypeJoined {
+		t.Fatalf("join: %+v", m)
 	}
-	m, err := wire.NewReader(jc).Read()
-	if err != nil || m.Type != wire.TypeJoined {
-		t.Fatalf("join: %v %+v", err, m)
-	}
-	var certs []*x509.Certificate
-	for _, der := range m.Certificates {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certs = append(certs, c)
-	}
-	svid, err := identity.NewSVID(certs, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return svid
+	return joinedSVID(t, m, key)
 }
 
 // dialSecureAgent opens node's mutually authenticated sync stream.

@@ -1,11 +1,14 @@
 package control
 
 import (
+	"crypto/ecdsa"
 	"crypto/tls"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
@@ -13,10 +16,12 @@ import (
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
-// joinAs runs a join with tok for node name at site and returns the answer.
-func joinAs(t *testing.T, s *Server, tok, name, site string) *wire.Message {
+// dialJoin sends join (its Type set to TypeJoin) on a join connection to
+// s, pinned by join.Token as a joining client pins it, and returns the
+// answer.
+func dialJoin(t *testing.T, s *Server, join *wire.Message) *wire.Message {
 	t.Helper()
-	p, err := identity.ParseToken(tok)
+	p, err := identity.ParseToken(join.Token)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,11 +30,9 @@ func joinAs(t *testing.T, s *Server, tok, name, site string) *wire.Message {
 		t.Fatal(err)
 	}
 	defer jc.Close()
-	jc.SetDeadline(time.Now().Add(3 * time.Second))
-	key, _ := identity.NewKey()
-	csr, _ := identity.NewCSR(key)
-	if err := wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: tok, CSR: csr,
-		Node: &api.Node{Meta: api.Meta{Name: name}, Spec: api.NodeSpec{Site: site, Region: "r"}}}); err != nil {
+	jc.SetDeadline(time.Now().Add(5 * time.Second))
+	join.Type = wire.TypeJoin
+	if err := wire.Write(jc, join); err != nil {
 		t.Fatal(err)
 	}
 	m, err := wire.NewReader(jc).Read()
@@ -37,6 +40,29 @@ func joinAs(t *testing.T, s *Server, tok, name, site string) *wire.Message {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// joinedSVID is the SVID of key with the certificates of join answer m.
+func joinedSVID(t *testing.T, m *wire.Message, key *ecdsa.PrivateKey) *x509svid.SVID {
+	t.Helper()
+	certs, err := identity.ParseDERs(m.Certificates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := identity.NewSVID(certs, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid
+}
+
+// joinAs runs a join with tok for node name at site and returns the answer.
+func joinAs(t *testing.T, s *Server, tok, name, site string) *wire.Message {
+	t.Helper()
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	return dialJoin(t, s, &wire.Message{Token: tok, CSR: csr,
+		Node: &api.Node{Meta: api.Meta{Name: name}, Spec: api.NodeSpec{Site: site, Region: "r"}}})
 }
 
 // TestJoinCannotTakeOverNodeOfAnotherSite: a join token is bound to a

@@ -2,7 +2,6 @@ package control
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -27,41 +26,13 @@ import (
 func joinIn(t *testing.T, s *Server, tok, node, site, region string) (*wire.Message, *x509svid.SVID) {
 	t.Helper()
 	key, _ := identity.NewKey()
-	p, err := identity.ParseToken(tok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jc, err := tls.Dial("tcp", s.SyncAddr(), identity.JoinClientConfig(p.Pin, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer jc.Close()
-	jc.SetDeadline(time.Now().Add(5 * time.Second))
 	csr, _ := identity.NewCSR(key)
-	if err := wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: tok, CSR: csr,
-		Node: &api.Node{Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: site, Region: region}}}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := wire.NewReader(jc).Read()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := dialJoin(t, s, &wire.Message{Token: tok, CSR: csr,
+		Node: &api.Node{Meta: api.Meta{Name: node}, Spec: api.NodeSpec{Site: site, Region: region}}})
 	if m.Type != wire.TypeJoined {
 		return m, nil
 	}
-	var certs []*x509.Certificate
-	for _, der := range m.Certificates {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certs = append(certs, c)
-	}
-	svid, err := identity.NewSVID(certs, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m, svid
+	return m, joinedSVID(t, m, key)
 }
 
 // helloIn opens node's mutually authenticated sync stream with a hello

@@ -36,28 +36,11 @@ func regionJoin(t *testing.T, s *Server, tok, region string) *wire.Message {
 // regionJoinKey is regionJoin that also returns the client and CA keys.
 func regionJoinKey(t *testing.T, s *Server, tok, region string) (*wire.Message, *ecdsa.PrivateKey, *ecdsa.PrivateKey) {
 	t.Helper()
-	p, err := identity.ParseToken(tok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jc, err := tls.Dial("tcp", s.SyncAddr(), identity.JoinClientConfig(p.Pin, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer jc.Close()
-	jc.SetDeadline(time.Now().Add(5 * time.Second))
 	k1, _ := identity.NewKey()
 	k2, _ := identity.NewKey()
 	csr, _ := identity.NewCSR(k1)
 	caCSR, _ := identity.NewCSR(k2)
-	if err := wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: tok, Region: region, CSR: csr, CACSR: caCSR}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := wire.NewReader(jc).Read()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m, k1, k2
+	return dialJoin(t, s, &wire.Message{Token: tok, Region: region, CSR: csr, CACSR: caCSR}), k1, k2
 }
 
 // startRegional starts a regional control plane for region in dir with

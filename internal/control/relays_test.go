@@ -19,37 +19,13 @@ import (
 // the answer and the key.
 func relayJoin(t *testing.T, s *Server, tok, name string) (*wire.Message, *x509svid.SVID) {
 	t.Helper()
-	p, err := identity.ParseToken(tok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jc, err := tls.Dial("tcp", s.SyncAddr(), identity.JoinClientConfig(p.Pin, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer jc.Close()
-	jc.SetDeadline(time.Now().Add(3 * time.Second))
 	key, _ := identity.NewKey()
 	csr, _ := identity.NewCSR(key)
-	if err := wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: tok, CSR: csr, Relay: name}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := wire.NewReader(jc).Read()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := dialJoin(t, s, &wire.Message{Token: tok, CSR: csr, Relay: name})
 	if m.Type != wire.TypeJoined {
 		return m, nil
 	}
-	certs, err := identity.ParseDERs(m.Certificates)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svid, err := identity.NewSVID(certs, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m, svid
+	return m, joinedSVID(t, m, key)
 }
 
 // TestRelayJoinTokenKinds: the control plane itself (whatever the client
