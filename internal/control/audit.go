@@ -403,7 +403,8 @@ func (s *Server) auditLast(node string) (uint64, string, error) {
 // the node's chain anew: seq 1 after genesis, sent by an agent whose state
 // was reset. The restart is itself recorded in the control plane's chain.
 // It renames first and moves the head after: a crash between the two is
-// completed at the next start (repairArchives, auditarchive.go).
+// completed at the next start (repairArchives, auditarchive.go); a failed
+// head move renames the archive back and refuses the restart (undoArchive).
 func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if len(recs) == 0 {
 		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
@@ -474,7 +475,9 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 		return tx.Delete(keyAuditHead + node)
 	})
 	if err != nil {
-		s.log.Error("control: move the audit head of a restarted chain", "node", node, "err", err)
+		if err := s.undoArchive(node, dir, archived, err); err != nil {
+			return err
+		}
 	}
 	s.log.Warn("control: node restarted its audit chain; the old one is archived", "node", node,
 		"oldLastSeq", oldSeq, "archive", archived)
@@ -483,6 +486,28 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 		s.log.Error("control: audit the chain restart", "err", err)
 	}
 	return nil
+}
+
+// undoArchive undoes the archiving of node's chain (dir renamed to
+// archived) whose head move failed with err, so the chain held stays as
+// it was, and returns the error for the restart. Unless the write went
+// through after all (a shared store can fail a write it made): then the
+// archive stays, as a restart that succeeded. If the rename back fails
+// too, the archive is left as a crash between the two steps leaves it,
+// which the next start completes (repairArchives).
+func (s *Server) undoArchive(node, dir, archived string, err error) error {
+	if b, gerr := s.st.GetSecure(keyAuditHead + filepath.Base(archived)); gerr == nil && b != nil {
+		s.log.Warn("control: the move of a restarted audit chain's head reported an error but was stored", "node", node, "err", err)
+		return nil
+	}
+	if rerr := os.Rename(archived, dir); rerr != nil {
+		s.log.Error("control: the audit head of a restarted chain was not moved, nor could its archive be renamed back; the next start completes the archiving",
+			"node", node, "archive", archived, "err", err, "renameErr", rerr)
+		return fmt.Errorf("archive audit chain of %s: move its head: %w (the archive stays and is completed at the next start: rename back: %w)", node, err, rerr)
+	}
+	atomicfile.SyncDir(s.auditNodesDir())
+	s.log.Error("control: the audit head of a restarted chain was not moved; the archive is renamed back and the restart refused", "node", node, "err", err)
+	return fmt.Errorf("archive audit chain of %s: move its head: %w (the chain held is kept)", node, err)
 }
 
 // ingestAudit stores a batch of node's records if it continues the chain
