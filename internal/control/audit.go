@@ -74,6 +74,10 @@ type auditState struct {
 	// renamed to its archive; an error stops restartAuditChain there, as
 	// a crash would.
 	testHookArchived func(archive string) error
+	// testHookRemove, if set, runs after each step of the removal of an
+	// archive (handleAuditArchiveDelete); an error stops it there, as a
+	// crash would.
+	testHookRemove func(step string) error
 
 	// chainLocks: node -> *sync.Mutex, held across an ingest's append and
 	// head update, and across a verification of the node's chain, so a
@@ -658,7 +662,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if own && r.PathValue("node") != "" {
 		// Only the control plane's own chain was asked for.
 	} else if node != "" {
-		if !audit.ValidNodeName(node) {
+		if !audit.ValidNodeName(node) || isRemoving(node) {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("bad node name %q", node))
 			return
 		}
@@ -677,7 +681,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, e := range ents {
-			if e.IsDir() && audit.ValidNodeName(e.Name()) {
+			if e.IsDir() && audit.ValidNodeName(e.Name()) && !isRemoving(e.Name()) {
 				nodes = append(nodes, e.Name())
 			}
 		}
@@ -698,6 +702,13 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, n := range nodes {
 		c, err := s.nodeChain(n, verify)
+		if errors.Is(err, errChainGone) {
+			if r.PathValue("node") != "" {
+				writeError(w, http.StatusNotFound, fmt.Errorf("no audit records of node %q: %w", n, err))
+				return
+			}
+			continue
+		}
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, fmt.Errorf("node %s: %w", n, err))
 			return
@@ -714,7 +725,8 @@ func (s *Server) chainLock(node string) *sync.Mutex {
 }
 
 // nodeChain answers for one directory of the nodes' audit directory: a
-// node's replica or an archived chain.
+// node's replica or an archived chain; errChainGone for an archive being
+// removed (see removingPrefix) or removed since it was listed.
 func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 	mu := s.chainLock(n)
 	mu.Lock()
@@ -723,7 +735,11 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 	if err != nil {
 		return AuditChain{}, err
 	}
-	if _, err := os.Stat(filepath.Join(s.auditNodesDir(), n)); os.IsNotExist(err) && head != nil {
+	_, serr := os.Stat(filepath.Join(s.auditNodesDir(), n))
+	if os.IsNotExist(serr) && isArchive(n) && (head == nil || s.removingOf(n)) {
+		return AuditChain{}, errChainGone
+	}
+	if os.IsNotExist(serr) && head != nil {
 		// The store knows the chain, its directory is gone: every record
 		// was removed. Not opened as a replica (that would create it).
 		c := AuditChain{Node: n, Source: "removed", LastSeq: head.Seq, LastHash: head.Hash}
