@@ -74,6 +74,10 @@ type auditState struct {
 	// renamed to its archive; an error stops restartAuditChain there, as
 	// a crash would.
 	testHookArchived func(archive string) error
+	// testHookRemove, if set, runs after each step of the removal of an
+	// archive (handleAuditArchiveDelete); an error stops it there, as a
+	// crash would.
+	testHookRemove func(step string) error
 
 	// chainLocks: node -> *sync.Mutex, held across an ingest's append and
 	// head update, and across a verification of the node's chain, so a
@@ -403,7 +407,8 @@ func (s *Server) auditLast(node string) (uint64, string, error) {
 // the node's chain anew: seq 1 after genesis, sent by an agent whose state
 // was reset. The restart is itself recorded in the control plane's chain.
 // It renames first and moves the head after: a crash between the two is
-// completed at the next start (repairArchives, auditarchive.go).
+// completed at the next start (repairArchives, auditarchive.go); a failed
+// head move renames the archive back and refuses the restart (undoArchive).
 func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if len(recs) == 0 {
 		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
@@ -474,7 +479,9 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 		return tx.Delete(keyAuditHead + node)
 	})
 	if err != nil {
-		s.log.Error("control: move the audit head of a restarted chain", "node", node, "err", err)
+		if err := s.undoArchive(node, dir, archived, err); err != nil {
+			return err
+		}
 	}
 	s.log.Warn("control: node restarted its audit chain; the old one is archived", "node", node,
 		"oldLastSeq", oldSeq, "archive", archived)
@@ -483,6 +490,28 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 		s.log.Error("control: audit the chain restart", "err", err)
 	}
 	return nil
+}
+
+// undoArchive undoes the archiving of node's chain (dir renamed to
+// archived) whose head move failed with err, so the chain held stays as
+// it was, and returns the error for the restart. Unless the write went
+// through after all (a shared store can fail a write it made): then the
+// archive stays, as a restart that succeeded. If the rename back fails
+// too, the archive is left as a crash between the two steps leaves it,
+// which the next start completes (repairArchives).
+func (s *Server) undoArchive(node, dir, archived string, err error) error {
+	if b, gerr := s.st.GetSecure(keyAuditHead + filepath.Base(archived)); gerr == nil && b != nil {
+		s.log.Warn("control: the move of a restarted audit chain's head reported an error but was stored", "node", node, "err", err)
+		return nil
+	}
+	if rerr := os.Rename(archived, dir); rerr != nil {
+		s.log.Error("control: the audit head of a restarted chain was not moved, nor could its archive be renamed back; the next start completes the archiving",
+			"node", node, "archive", archived, "err", err, "renameErr", rerr)
+		return fmt.Errorf("archive audit chain of %s: move its head: %w (the archive stays and is completed at the next start: rename back: %w)", node, err, rerr)
+	}
+	atomicfile.SyncDir(s.auditNodesDir())
+	s.log.Error("control: the audit head of a restarted chain was not moved; the archive is renamed back and the restart refused", "node", node, "err", err)
+	return fmt.Errorf("archive audit chain of %s: move its head: %w (the chain held is kept)", node, err)
 }
 
 // ingestAudit stores a batch of node's records if it continues the chain
@@ -633,7 +662,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if own && r.PathValue("node") != "" {
 		// Only the control plane's own chain was asked for.
 	} else if node != "" {
-		if !audit.ValidNodeName(node) {
+		if !audit.ValidNodeName(node) || isRemoving(node) {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("bad node name %q", node))
 			return
 		}
@@ -652,7 +681,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, e := range ents {
-			if e.IsDir() && audit.ValidNodeName(e.Name()) {
+			if e.IsDir() && audit.ValidNodeName(e.Name()) && !isRemoving(e.Name()) {
 				nodes = append(nodes, e.Name())
 			}
 		}
@@ -673,6 +702,13 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, n := range nodes {
 		c, err := s.nodeChain(n, verify)
+		if errors.Is(err, errChainGone) {
+			if r.PathValue("node") != "" {
+				writeError(w, http.StatusNotFound, fmt.Errorf("no audit records of node %q: %w", n, err))
+				return
+			}
+			continue
+		}
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, fmt.Errorf("node %s: %w", n, err))
 			return
@@ -689,7 +725,8 @@ func (s *Server) chainLock(node string) *sync.Mutex {
 }
 
 // nodeChain answers for one directory of the nodes' audit directory: a
-// node's replica or an archived chain.
+// node's replica or an archived chain; errChainGone for an archive being
+// removed (see removingPrefix) or removed since it was listed.
 func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 	mu := s.chainLock(n)
 	mu.Lock()
@@ -698,7 +735,11 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 	if err != nil {
 		return AuditChain{}, err
 	}
-	if _, err := os.Stat(filepath.Join(s.auditNodesDir(), n)); os.IsNotExist(err) && head != nil {
+	_, serr := os.Stat(filepath.Join(s.auditNodesDir(), n))
+	if os.IsNotExist(serr) && isArchive(n) && (head == nil || s.removingOf(n)) {
+		return AuditChain{}, errChainGone
+	}
+	if os.IsNotExist(serr) && head != nil {
 		// The store knows the chain, its directory is gone: every record
 		// was removed. Not opened as a replica (that would create it).
 		c := AuditChain{Node: n, Source: "removed", LastSeq: head.Seq, LastHash: head.Hash}

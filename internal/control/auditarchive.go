@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/fogmesh/fogmesh/internal/atomicfile"
 	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/store"
 )
@@ -19,7 +20,9 @@ import (
 // its stored head moved to the archive's name. The rename and the move
 // cannot be one atomic step (one is the file system, the other the
 // store), so a crash between them is repaired at start by
-// repairArchives.
+// repairArchives; a failed move renames the archive back (undoArchive).
+// Their removal (DELETE) is made crash-safe the same way: see
+// removingPrefix.
 
 // repairArchives completes, at start, what a crash left of a chain's
 // archiving: the directory renamed to its archive, but the head still
@@ -34,7 +37,8 @@ import (
 // for, so nothing is trusted from the files that the store did not
 // already say. Several archives of a node: the newest first. The
 // completed restart is written into the control plane's own chain, as
-// restartAuditChain does. Runs before any stream is served.
+// restartAuditChain does. Removals of archives a crash stopped are
+// completed first (repairRemovals). Runs before any stream is served.
 func (s *Server) repairArchives() {
 	ents, err := os.ReadDir(s.auditNodesDir())
 	if err != nil {
@@ -43,9 +47,10 @@ func (s *Server) repairArchives() {
 		}
 		return
 	}
+	s.repairRemovals(ents)
 	var archives []string
 	for _, e := range ents {
-		if e.IsDir() && isArchive(e.Name()) && audit.ValidNodeName(e.Name()) {
+		if e.IsDir() && isArchive(e.Name()) && !isRemoving(e.Name()) && audit.ValidNodeName(e.Name()) {
 			archives = append(archives, e.Name())
 		}
 	}
@@ -148,27 +153,119 @@ func (s *Server) archiveRoom(node string) error {
 		errArchives, node, n, bound, node)
 }
 
+// An archive is removed (handleAuditArchiveDelete) in three steps, each
+// of which leaves a state that a listing and the next start take as the
+// archive fully there or fully gone:
+//
+//  1. its directory is renamed to removingPrefix+<archive> (and the nodes'
+//     directory synced): from then on it is gone for GET /v1/audit, which
+//     lists neither that directory nor a stored head whose archive has one;
+//  2. its stored head is deleted (if this fails, the rename is undone);
+//  3. the renamed directory is removed (and the nodes' directory synced).
+//
+// A crash after 1 or 2 is completed at the next start (repairRemovals),
+// or by a second DELETE of the archive.
+const removingPrefix = ".removing-"
+
+// isRemoving reports whether a directory under the nodes' audit directory
+// is an archive being removed (removingPrefix+<archive>).
+func isRemoving(name string) bool { return strings.HasPrefix(name, removingPrefix) }
+
+// errChainGone: the chain asked for is an archive being removed, or gone
+// since it was listed.
+var errChainGone = errors.New("archived chain removed")
+
+// removingOf reports whether the archive name is being removed: its
+// directory renamed to removingPrefix+name.
+func (s *Server) removingOf(name string) bool {
+	_, err := os.Stat(filepath.Join(s.auditNodesDir(), removingPrefix+name))
+	return err == nil
+}
+
+// repairRemovals completes, at start, the removals of archives a crash
+// stopped (see removingPrefix): the head stored under the archive's name
+// is deleted unless an archive of that name is there again (then the head
+// is that one's), and the renamed directory is removed. The removal was
+// recorded in the control plane's own chain before it began.
+func (s *Server) repairRemovals(ents []os.DirEntry) {
+	nodes := s.auditNodesDir()
+	removed := false
+	for _, e := range ents {
+		name := strings.TrimPrefix(e.Name(), removingPrefix)
+		if !e.IsDir() || !isRemoving(e.Name()) || !isArchive(name) || !audit.ValidNodeName(name) {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(nodes, name)); os.IsNotExist(err) {
+			if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Delete(keyAuditHead + name) }); err != nil {
+				s.log.Error("control: removal of an archived audit chain not completed; it stays out of the listing and is retried at the next start", "archive", name, "err", err)
+				continue
+			}
+		}
+		if err := os.RemoveAll(filepath.Join(nodes, e.Name())); err != nil {
+			s.log.Error("control: files of a removed audit archive not removed; retried at the next start", "archive", name, "err", err)
+			continue
+		}
+		removed = true
+		s.log.Warn("control: completed the removal of an archived audit chain (the control plane stopped during its DELETE)", "archive", name)
+	}
+	if removed {
+		atomicfile.SyncDir(nodes)
+	}
+}
+
+// removeHead deletes the head stored under key if it is still raw (not
+// another archive's of that name, stored meanwhile). A write that failed
+// but went through after all (a shared store can fail one it made) is
+// not an error.
+func (s *Server) removeHead(key string, raw []byte) error {
+	if raw == nil {
+		return nil
+	}
+	err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		if !bytes.Equal(tx.Get(key), raw) {
+			return nil
+		}
+		return tx.Delete(key)
+	})
+	if err != nil {
+		if b, gerr := s.st.GetSecure(key); gerr == nil && !bytes.Equal(b, raw) {
+			return nil
+		}
+	}
+	return err
+}
+
 // handleAuditArchiveDelete serves DELETE /v1/audit/{archive}: it removes
 // an archived chain (<node>.archived-<time>: its files and its stored
 // head), after recording the removal, with the archive's head, as an admin
 // change in the control plane's own chain. Only archives: a node's current
-// chain is never removed through the API.
+// chain is never removed through the API. The steps, and what a crash
+// between them leaves: see removingPrefix.
 func (s *Server) handleAuditArchiveDelete(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("node")
-	if !audit.ValidNodeName(name) || !isArchive(name) {
+	if !audit.ValidNodeName(name) || !isArchive(name) || isRemoving(name) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("%q is not an archived chain (NODE.archived-TIME): only those can be removed", name))
 		return
 	}
 	mu := s.chainLock(name)
 	mu.Lock()
 	defer mu.Unlock()
-	dir := filepath.Join(s.auditNodesDir(), name)
-	h, err := s.storedHead(keyAuditHead + name)
+	nodes := s.auditNodesDir()
+	dir := filepath.Join(nodes, name)
+	removing := filepath.Join(nodes, removingPrefix+name)
+	key := keyAuditHead + name
+	raw, err := s.st.GetSecure(key)
+	var h *auditHead
+	if err == nil {
+		h, err = s.storedHead(key)
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
-	if _, serr := os.Stat(dir); os.IsNotExist(serr) && h == nil {
+	_, derr := os.Stat(dir)
+	hasDir := derr == nil
+	if !hasDir && h == nil && !s.removingOf(name) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no archived chain %q", name))
 		return
 	}
@@ -177,13 +274,53 @@ func (s *Server) handleAuditArchiveDelete(w http.ResponseWriter, r *http.Request
 		what = fmt.Sprintf("head seq %d, hash %s", h.Seq, h.Hash)
 	}
 	s.auditAdmin(r, "delete", []string{"audit/" + name}, "archived audit chain removed ("+what+")")
-	if err := os.RemoveAll(dir); err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove %s: %w", name, err))
+	hook := func(step string) bool {
+		if hk := s.audit.testHookRemove; hk != nil {
+			if err := hk(step); err != nil {
+				writeError(w, http.StatusInternalServerError, err)
+				return false
+			}
+		}
+		return true
+	}
+	if hasDir {
+		// A directory left by an earlier removal of an archive of that
+		// name (its files could not all be removed) goes first; the head
+		// stored now is this archive's.
+		if err := os.RemoveAll(removing); err != nil {
+			writeError(w, http.StatusInternalServerError, fmt.Errorf("remove %s: %w", name, err))
+			return
+		}
+		if err := os.Rename(dir, removing); err != nil {
+			writeError(w, http.StatusInternalServerError, fmt.Errorf("remove %s: %w", name, err))
+			return
+		}
+		atomicfile.SyncDir(nodes)
+		if !hook("renamed") {
+			return
+		}
+	}
+	if err := s.removeHead(key, raw); err != nil {
+		// Not removed: the archive stays, whole.
+		if hasDir {
+			if rerr := os.Rename(removing, dir); rerr != nil {
+				s.log.Error("control: the head of an archived audit chain was not removed, nor could its files be renamed back; it is left out of the listing and its removal completed at the next start",
+					"archive", name, "err", err, "renameErr", rerr)
+				writeError(w, http.StatusInternalServerError, fmt.Errorf("remove the head of %s: %w (its removal is completed at the next start: rename back: %w)", name, err, rerr))
+				return
+			}
+			atomicfile.SyncDir(nodes)
+		}
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove the head of %s: %w (the archive is kept)", name, err))
 		return
 	}
-	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Delete(keyAuditHead + name) }); err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove the head of %s: %w", name, err))
+	if !hook("head removed") {
 		return
 	}
+	if err := os.RemoveAll(removing); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove the files of %s: %w (the archive is gone from the listing; its files are removed at the next start)", name, err))
+		return
+	}
+	atomicfile.SyncDir(nodes)
 	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
 }

@@ -1,0 +1,183 @@
+package control
+
+import (
+	"errors"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fogmesh/fogmesh/internal/store"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// deleteArchive sends DELETE /v1/audit/name and returns the status.
+func deleteArchive(t *testing.T, s *Server, name string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodDelete, "http://"+s.AdminAddr()+"/v1/audit/"+name, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// archiveEdge1 ships 6 records of edge-1's chain to s, then restarts the
+// chain with 3: it returns the archive's name.
+func archiveEdge1(t *testing.T, s *Server, dir string) string {
+	t.Helper()
+	a := dialAgentWelcome(t, s, "edge-1", 0)
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, nodeRecords(t, "edge-1", 6))})
+	if m := a.recv(); m.AuditSeq != 6 || m.Error != "" {
+		t.Fatalf("ack %+v", m)
+	}
+	a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: encodeBatch(t, nodeRecords(t, "edge-1", 3))})
+	if m := a.recv(); m.AuditSeq != 3 || m.Error != "" {
+		t.Fatalf("restart: ack %+v", m)
+	}
+	a.c.Close()
+	archives, _ := filepath.Glob(filepath.Join(dir, "audit", "nodes", "edge-1.archived-*"))
+	if len(archives) != 1 {
+		t.Fatalf("archives %v, want one", archives)
+	}
+	return filepath.Base(archives[0])
+}
+
+// TestAuditArchiveDeleteCrashSafe: a control plane that stops at any point
+// of an archive's removal (DELETE /v1/audit/{archive}) leaves, after its
+// next start, the archive fully gone: no files, no stored head, not
+// listed (not even as a chain whose records were removed), and a second
+// DELETE finds nothing. The crash is simulated by a hook that stops the
+// removal after each of its steps.
+func TestAuditArchiveDeleteCrashSafe(t *testing.T) {
+	for _, step := range []string{"renamed", "head removed"} {
+		t.Run(strings.ReplaceAll(step, " ", "_"), func(t *testing.T) {
+			dir := t.TempDir()
+			s := startServer(t, dir)
+			archive := archiveEdge1(t, s, dir)
+			reached := false
+			s.audit.testHookRemove = func(at string) error {
+				if at != step {
+					return nil
+				}
+				reached = true
+				return errors.New("crash (test)")
+			}
+			if code := deleteArchive(t, s, archive); code != http.StatusInternalServerError || !reached {
+				t.Fatalf("DELETE %s: %d (crash at %q reached: %v), want the simulated crash", archive, code, step, reached)
+			}
+			// Before the start: not listed, not even as a chain whose
+			// records were removed.
+			checkVerdicts(t, auditVerdicts(t, s), map[string]string{
+				"control " + s.cfg.Name: "intact",
+				"node edge-1":           "intact",
+			})
+			if code, _ := getAudit(t, s, "/v1/audit/"+archive+"?verify=1"); code != http.StatusNotFound {
+				t.Errorf("GET /v1/audit/%s: %d, want 404", archive, code)
+			}
+			s.Close()
+
+			s = startServer(t, dir)
+			if got := nodeDirs(t, dir); len(got) != 1 || got[0] != "edge-1" {
+				t.Errorf("audit/nodes holds %v after the start, want only edge-1", got)
+			}
+			if h := storedHeadOf(t, s, archive); h != nil {
+				t.Errorf("the archive's head is still stored: %+v", h)
+			}
+			checkVerdicts(t, auditVerdicts(t, s), map[string]string{
+				"control " + s.cfg.Name: "intact",
+				"node edge-1":           "intact",
+			})
+			if code := deleteArchive(t, s, archive); code != http.StatusNotFound {
+				t.Errorf("second DELETE %s: %d, want 404", archive, code)
+			}
+			// The removal is in the control plane's own chain.
+			own, err := s.audit.log.ReadFrom(1, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, r := range own {
+				found = found || r.Action == "delete" && r.Object == "audit/"+archive
+			}
+			if !found {
+				t.Errorf("the removal of %s is not in the control plane's chain", archive)
+			}
+		})
+	}
+}
+
+// TestAuditArchiveDeleteCompletedByDelete: a removal stopped after any of
+// its steps is completed by a second DELETE of the archive, without a
+// restart.
+func TestAuditArchiveDeleteCompletedByDelete(t *testing.T) {
+	for _, step := range []string{"renamed", "head removed"} {
+		t.Run(strings.ReplaceAll(step, " ", "_"), func(t *testing.T) {
+			dir := t.TempDir()
+			s := startServer(t, dir)
+			archive := archiveEdge1(t, s, dir)
+			s.audit.testHookRemove = func(at string) error {
+				if at == step {
+					return errors.New("crash (test)")
+				}
+				return nil
+			}
+			if code := deleteArchive(t, s, archive); code != http.StatusInternalServerError {
+				t.Fatalf("DELETE %s: %d, want the simulated crash", archive, code)
+			}
+			s.audit.testHookRemove = nil
+			if code := deleteArchive(t, s, archive); code != http.StatusOK {
+				t.Fatalf("second DELETE %s: %d, want 200", archive, code)
+			}
+			if got := nodeDirs(t, dir); len(got) != 1 || got[0] != "edge-1" {
+				t.Errorf("audit/nodes holds %v, want only edge-1", got)
+			}
+			if h := storedHeadOf(t, s, archive); h != nil {
+				t.Errorf("the archive's head is still stored: %+v", h)
+			}
+			if code := deleteArchive(t, s, archive); code != http.StatusNotFound {
+				t.Errorf("third DELETE %s: %d, want 404", archive, code)
+			}
+		})
+	}
+}
+
+// TestAuditArchiveDeleteHeadFailureUndone: when the store write that
+// removes an archive's head fails, DELETE answers 500 and the archive is
+// fully there (its files, its head, listed intact); a second DELETE
+// removes it.
+func TestAuditArchiveDeleteHeadFailureUndone(t *testing.T) {
+	dir := t.TempDir()
+	s, fs := startFaultServer(t, dir)
+	archive := archiveEdge1(t, s, dir)
+	fs.failWhen(func(tx *store.SecureTx) error {
+		if tx.Get(keyAuditHead+archive) == nil {
+			return errStoreFault
+		}
+		return nil
+	})
+	if code := deleteArchive(t, s, archive); code != http.StatusInternalServerError {
+		t.Fatalf("DELETE %s whose head removal failed: %d, want 500", archive, code)
+	}
+	fs.failWhen(nil)
+	if got := nodeDirs(t, dir); len(got) != 2 || got[0] != "edge-1" || got[1] != archive {
+		t.Errorf("audit/nodes holds %v, want edge-1 and %s", got, archive)
+	}
+	checkVerdicts(t, auditVerdicts(t, s), map[string]string{
+		"control " + s.cfg.Name: "intact",
+		"node edge-1":           "intact",
+		"archived " + archive:   "intact",
+	})
+
+	if code := deleteArchive(t, s, archive); code != http.StatusOK {
+		t.Fatalf("DELETE %s again: %d, want 200", archive, code)
+	}
+	if got := nodeDirs(t, dir); len(got) != 1 || got[0] != "edge-1" {
+		t.Errorf("audit/nodes holds %v, want only edge-1", got)
+	}
+	checkVerdicts(t, auditVerdicts(t, s), map[string]string{
+		"control " + s.cfg.Name: "intact",
+		"node edge-1":           "intact",
+	})
+}
