@@ -49,7 +49,7 @@ func newClientLimits(perSecond, max int) *clientLimits {
 	if perSecond <= 0 {
 		return nil
 	}
-	return newClientLimitsAt(perSecond, 2*min(perSecond, math.MaxInt32), max, time.Now)
+	return newClientLimitsAt(perSecond, 2*min(perSecond, math.MaxInt/2), max, time.Now)
 }
 
 func newClientLimitsAt(perSecond, burst, max int, now func() time.Time) *clientLimits {
