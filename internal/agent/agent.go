@@ -281,7 +281,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}()
 	a.dns, err = meshdns.New(meshdns.Config{Addr: cfg.DNSAddr, Upstreams: cfg.Upstreams,
-		Zone: cfg.MeshDomain, ClusterDomain: cfg.ClusterDomain,
+		Zone: cfg.MeshDomain, ClusterDomain: cfg.ClusterDomain, ForwardRate: cfg.DNSForwardRate,
 		Logger: a.log.With("sub", "dns"), Metrics: cfg.Metrics}, a)
 	if err != nil {
 		return nil, fmt.Errorf("agent: dns: %w", err)

@@ -82,6 +82,10 @@ type Config struct {
 	StateDir string `json:"stateDir,omitempty"`
 	// Upstreams resolve non-mesh names (default: /etc/resolv.conf).
 	Upstreams []string `json:"upstreams,omitempty"`
+	// DNSForwardRate: queries/s one client IP may have forwarded to the
+	// upstreams, bursts of twice that; beyond, REFUSED (default 100;
+	// negative: no limit). Mesh names are not limited.
+	DNSForwardRate int `json:"dnsForwardRate,omitempty"`
 	// Workloads are local service instances registered from the config file.
 	Workloads []Workload `json:"workloads,omitempty"`
 	// HealthInterval is the active health check period (default 2s).

@@ -106,3 +106,34 @@ func IsSelfForTest(upstream, bound string, local []netip.Addr) bool {
 	ap := netip.MustParseAddrPort(bound)
 	return isSelf(upstream, net.TCPAddrFromAddrPort(ap), func() []netip.Addr { return local })
 }
+
+// SetForwardClientsForTest sets the cap on the clients whose forwarding
+// rate is tracked. Call it before Serve.
+func (s *Server) SetForwardClientsForTest(n int) {
+	if s.h.limits != nil {
+		s.h.limits.max = n
+	}
+}
+
+// ForwardClientsForTest returns the number of clients tracked.
+func (s *Server) ForwardClientsForTest() int { return s.h.limits.len() }
+
+// ForwardClientTrackedForTest reports whether client has a bucket.
+func (s *Server) ForwardClientTrackedForTest(client netip.Addr) bool {
+	return s.h.limits.tracked(client)
+}
+
+// MaxForwardClientsForTest is the cap on the clients tracked.
+const MaxForwardClientsForTest = maxForwardClients
+
+// ClientLimitsForTest exposes the per-client buckets with a clock of the
+// test's.
+type ClientLimitsForTest struct{ l *clientLimits }
+
+func NewClientLimitsForTest(perSecond, burst, max int, now func() time.Time) ClientLimitsForTest {
+	return ClientLimitsForTest{newClientLimitsAt(perSecond, burst, max, now)}
+}
+
+func (t ClientLimitsForTest) Allow(client netip.Addr) bool   { return t.l.allow(client) }
+func (t ClientLimitsForTest) Len() int                       { return t.l.len() }
+func (t ClientLimitsForTest) Tracked(client netip.Addr) bool { return t.l.tracked(client) }

@@ -3,6 +3,7 @@ package meshdns
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	"github.com/miekg/dns"
 )
@@ -10,10 +11,18 @@ import (
 // forward sends req unchanged to the upstreams in order and returns the
 // first usable answer, with req's ID. An upstream answering SERVFAIL or
 // REFUSED is passed over for the next one; if all do, the last such answer
-// is relayed. If no upstream answers at all, forward returns SERVFAIL.
-func (h *handler) forward(ctx context.Context, req *dns.Msg) (*dns.Msg, result) {
+// is relayed. If no upstream answers at all, forward returns SERVFAIL. A
+// client over its rate (h.limits) gets REFUSED at once.
+func (h *handler) forward(ctx context.Context, client netip.Addr, req *dns.Msg) (*dns.Msg, result) {
 	if len(h.upstreams) == 0 {
 		return serverFailure(req), resultServFail
+	}
+	if !h.limits.allow(client) {
+		// Per query, so debug only: a flood is seen in the counter.
+		h.log.Debug("meshdns: client over its forwarding rate", "client", client, "name", req.Question[0].Name)
+		resp := new(dns.Msg)
+		resp.SetRcode(req, dns.RcodeRefused)
+		return resp, resultRateLimited
 	}
 	select {
 	case h.forwardSem <- struct{}{}:

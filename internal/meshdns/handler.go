@@ -46,6 +46,7 @@ type handler struct {
 	upstreams       []string // host:port, tried in order
 	upstreamTimeout time.Duration
 	forwardSem      chan struct{} // one token per forward in flight
+	limits          *clientLimits // forwarded queries per client; nil: no limit
 
 	// ctx is canceled when the server shuts down; it aborts forwards so
 	// that shutdown does not wait for silent upstreams.
@@ -65,6 +66,7 @@ func newHandler(ctx context.Context, cfg *Config, r Resolver, upstreams []string
 		upstreams:       upstreams,
 		upstreamTimeout: defaultUpstreamTimeout,
 		forwardSem:      make(chan struct{}, maxForwards),
+		limits:          newClientLimits(cfg.ForwardRate, maxForwardClients),
 		ctx:             ctx,
 	}
 }
@@ -77,7 +79,7 @@ var _ dns.Handler = (*handler)(nil)
 func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	resp, res := h.answer(req)
 	if res == resultForward {
-		resp, res = h.forward(h.ctx, req)
+		resp, res = h.forward(h.ctx, clientAddr(w.RemoteAddr()), req)
 	}
 	h.metrics.count(res)
 	if _, isUDP := w.RemoteAddr().(*net.UDPAddr); isUDP {

@@ -62,6 +62,14 @@
 // in order (UDP, then TCP if the answer was truncated), and the first usable
 // answer is relayed. If no upstream answers, or none is configured, the
 // client gets SERVFAIL.
+//
+// Each client (source IP address) may have Config.ForwardRate queries per
+// second forwarded, in bursts of twice as many; a query beyond is answered
+// REFUSED at once and counted (result="ratelimited"), so that one
+// workload flooding names outside the zone neither takes the forwarding
+// capacity of the others nor hammers the upstreams. Names the server
+// answers itself are never limited. At most maxForwardClients clients are
+// tracked (ratelimit.go).
 package meshdns
 
 import (
@@ -164,6 +172,12 @@ type Config struct {
 	// Default "default".
 	DefaultNamespace string
 
+	// ForwardRate is how many queries per second one client (source IP
+	// address) may have forwarded upstream, in bursts of up to twice as
+	// many; a query beyond is answered REFUSED at once. Names the server
+	// answers itself are not limited. Default 100; negative: no limit.
+	ForwardRate int
+
 	// Logger receives the server's few log lines. Nil discards them.
 	Logger *slog.Logger
 
@@ -181,7 +195,10 @@ const (
 	NoClusterDomain  = "-"
 	defaultTTL       = 5
 	defaultNamespace = "default"
-	resolvConfPath   = "/etc/resolv.conf"
+	// defaultForwardRate is Config.ForwardRate's default, in queries per
+	// second per client; the burst is twice the rate (ratelimit.go).
+	defaultForwardRate = 100
+	resolvConfPath     = "/etc/resolv.conf"
 )
 
 // Check reports whether c would be accepted by New, without binding or
@@ -231,6 +248,9 @@ func (c *Config) validate() error {
 	}
 	if c.DefaultNamespace == "" {
 		c.DefaultNamespace = defaultNamespace
+	}
+	if c.ForwardRate == 0 {
+		c.ForwardRate = defaultForwardRate
 	}
 	c.DefaultNamespace = strings.ToLower(c.DefaultNamespace)
 	if !isLabel(c.DefaultNamespace) {
