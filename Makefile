@@ -38,6 +38,8 @@ test: test-deps
 	# Tests of allocations, heap and stacks that the race detector skews (skipped or loosened under it).
 	$(GO) test -count=1 -timeout 5m -run 'TestH1FastPathAllocs|TestRelayIdleSessionHeap|TestSessionStreamsAwaitingHeaderBounded|TestStreamCostsOneGoroutine' \
 		./internal/agent/ ./internal/relay/ ./internal/transport/ ./internal/control/
+	# The agent builds for 32-bit ARM boards too (an int that held a uid overflowed there).
+	GOARCH=arm GOARM=7 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/fogmesh-agent
 	# memtrim.ReleaseCode must skip a PIE's relocated read-only data: run it in one.
 	$(GO) test -buildmode=pie -count=1 -timeout 2m -run 'ReleaseCode' ./internal/memtrim/
 

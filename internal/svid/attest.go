@@ -57,7 +57,7 @@ func (at *Attest) Validate() error {
 		switch {
 		case id == nil:
 			return nil
-		case *id < 0 || *id >= 1<<32-1:
+		case *id < 0 || int64(*id) >= 1<<32-1:
 			return fmt.Errorf("%s: %d is not a %s (0 to 4294967294)", field, *id, kind)
 		case uint32(*id) == overflow:
 			return fmt.Errorf("%s: %d is the overflow %s (/proc/sys/kernel/overflow%s), which the kernel reports for any "+
