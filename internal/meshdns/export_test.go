@@ -137,3 +137,13 @@ func NewClientLimitsForTest(perSecond, burst, max int, now func() time.Time) Cli
 func (t ClientLimitsForTest) Allow(client netip.Addr) bool   { return t.l.allow(client) }
 func (t ClientLimitsForTest) Len() int                       { return t.l.len() }
 func (t ClientLimitsForTest) Tracked(client netip.Addr) bool { return t.l.tracked(client) }
+
+// ForwardsInFlightForTest returns client's forwards in flight.
+func (s *Server) ForwardsInFlightForTest(client netip.Addr) int {
+	s.h.inFlight.mu.Lock()
+	defer s.h.inFlight.mu.Unlock()
+	return s.h.inFlight.n[client]
+}
+
+// MaxForwardsForTest is the cap on forwards in flight.
+const MaxForwardsForTest = maxForwards

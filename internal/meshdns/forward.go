@@ -24,6 +24,13 @@ func (h *handler) forward(ctx context.Context, client netip.Addr, req *dns.Msg) 
 		resp.SetRcode(req, dns.RcodeRefused)
 		return resp, resultRateLimited
 	}
+	if !h.inFlight.acquire(client, maxForwards/4) {
+		h.log.Debug("meshdns: client has its share of forwards in flight", "client", client, "name", req.Question[0].Name)
+		resp := new(dns.Msg)
+		resp.SetRcode(req, dns.RcodeRefused)
+		return resp, resultRateLimited
+	}
+	defer h.inFlight.release(client)
 	select {
 	case h.forwardSem <- struct{}{}:
 		defer func() { <-h.forwardSem }()

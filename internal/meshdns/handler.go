@@ -45,8 +45,9 @@ type handler struct {
 
 	upstreams       []string // host:port, tried in order
 	upstreamTimeout time.Duration
-	forwardSem      chan struct{} // one token per forward in flight
-	limits          *clientLimits // forwarded queries per client; nil: no limit
+	forwardSem      chan struct{}  // one token per forward in flight
+	limits          *clientLimits  // forwarded queries per client; nil: no limit
+	inFlight        clientInFlight // forwards in flight per client, at most maxForwards/4
 
 	// ctx is canceled when the server shuts down; it aborts forwards so
 	// that shutdown does not wait for silent upstreams.

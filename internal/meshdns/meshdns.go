@@ -69,7 +69,9 @@
 // workload flooding names outside the zone neither takes the forwarding
 // capacity of the others nor hammers the upstreams. Names the server
 // answers itself are never limited. At most maxForwardClients clients are
-// tracked (ratelimit.go).
+// tracked (ratelimit.go). Within its rate, one client may have at most a
+// quarter of the forwards in flight (maxForwards/4): a flood of names a
+// slow upstream takes seconds to answer leaves the rest to the others.
 package meshdns
 
 import (
@@ -175,7 +177,7 @@ type Config struct {
 	// ForwardRate is how many queries per second one client (source IP
 	// address) may have forwarded upstream, in bursts of up to twice as
 	// many; a query beyond is answered REFUSED at once. Names the server
-	// answers itself are not limited. Default 100; negative: no limit.
+	// answers itself are not limited. Default 1000; negative: no limit.
 	ForwardRate int
 
 	// Logger receives the server's few log lines. Nil discards them.
@@ -197,7 +199,7 @@ const (
 	defaultNamespace = "default"
 	// defaultForwardRate is Config.ForwardRate's default, in queries per
 	// second per client; the burst is twice the rate (ratelimit.go).
-	defaultForwardRate = 100
+	defaultForwardRate = 1000
 	resolvConfPath     = "/etc/resolv.conf"
 )
 

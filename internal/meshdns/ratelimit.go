@@ -121,3 +121,32 @@ func clientAddr(a net.Addr) netip.Addr {
 	}
 	return ap.Addr().Unmap().WithZone("")
 }
+
+// clientInFlight counts each client's forwards in flight. A client is
+// held only while it has one, so it holds at most maxForwards entries.
+type clientInFlight struct {
+	mu sync.Mutex
+	n  map[netip.Addr]int
+}
+
+// acquire counts a forward of client unless it has max in flight.
+func (c *clientInFlight) acquire(client netip.Addr, max int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[client] >= max {
+		return false
+	}
+	if c.n == nil {
+		c.n = map[netip.Addr]int{}
+	}
+	c.n[client]++
+	return true
+}
+
+func (c *clientInFlight) release(client netip.Addr) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[client]--; c.n[client] <= 0 {
+		delete(c.n, client)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/fogmesh/fogmesh/internal/meshdns"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // queryFrom sends one query from the local address src (any port) and
@@ -191,5 +192,51 @@ func TestClientLimitsBounded(t *testing.T) {
 	}
 	if !l.Allow(a) || !l.Allow(a) || l.Allow(a) {
 		t.Fatal("a forgotten client must start with a full bucket of 2")
+	}
+}
+
+// TestForwardInFlightShare: a client within its rate that floods names a
+// silent upstream never answers holds at most a quarter of the forwards
+// in flight; its next query is REFUSED at once, and another client's
+// query is still forwarded (it got SERVFAIL at once, every slot taken by
+// the flood, before the share).
+func TestForwardInFlightShare(t *testing.T) {
+	const flooder, other = "127.64.2.1", "127.64.2.2"
+	silent := silentUpstream(t)
+	s := startServer(t, meshdns.Config{Upstreams: []string{silent}, ForwardRate: -1}, func(s *meshdns.Server) {
+		s.SetTimeoutsForTest(5*time.Second, 5*time.Second, 5*time.Second, 3*time.Second)
+	})
+	pc, err := net.ListenPacket("udp", net.JoinHostPort(flooder, "0"))
+	if err != nil {
+		t.Skipf("cannot use %s as a client address: %v", flooder, err)
+	}
+	defer pc.Close()
+	to, _ := net.ResolveUDPAddr("udp", s.Addr())
+	flood := func(n int) {
+		for i := range n {
+			b, _ := new(dns.Msg).SetQuestion(fmt.Sprintf("n%d.flood.test.", i), dns.TypeA).Pack()
+			if _, err := pc.WriteTo(b, to); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	share := meshdns.MaxForwardsForTest / 4
+	flood(meshdns.MaxForwardsForTest + 16) // more than every slot
+	client := netip.MustParseAddr(flooder)
+	testenv.WaitFor(t, 10*time.Second, "the flooder's share of forwards in flight", func() bool {
+		return s.ForwardsInFlightForTest(client) == share
+	})
+	if r := queryFrom(t, "udp", flooder, s.Addr(), "one.more.test."); r.Rcode != dns.RcodeRefused {
+		t.Fatalf("the flooder's query past its share: %s, want REFUSED", dns.RcodeToString[r.Rcode])
+	}
+	if n := s.ForwardsInFlightForTest(client); n > share {
+		t.Fatalf("the flooder has %d forwards in flight, more than its share %d", n, share)
+	}
+	// The other client's query is forwarded: the silent upstream makes it
+	// SERVFAIL after the upstream timeout, not at once for want of a slot.
+	start := time.Now()
+	r := queryFrom(t, "udp", other, s.Addr(), "other.test.")
+	if r.Rcode != dns.RcodeServerFailure || time.Since(start) < 2*time.Second {
+		t.Fatalf("another client's query: %s after %v, want SERVFAIL after the upstream's 3 s timeout (forwarded)", dns.RcodeToString[r.Rcode], time.Since(start))
 	}
 }
