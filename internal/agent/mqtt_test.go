@@ -596,11 +596,16 @@ spec: {service: vault, action: DENY, rules: [{to: [{subscribe: ["secrets/#"]}]}]
 			if first := firstPackets(t, vault, append(connect5, subscribe("public/#")...), 2); first[1] != 0x90 {
 				t.Errorf("subscription no DENY rule names: answer type %#x, want SUBACK", first[1])
 			}
-			// EMQX's $queue/ and $exclusive/ receive the filter after them.
+			// EMQX's $queue/ and $exclusive/ receive the filter after them:
+			// a DENY of that filter denies them, and an ALLOW of it alone
+			// does not allow them (both forms are authorized).
 			for _, f := range []string{"$share/g/secrets/#", "$queue/secrets/#", "$exclusive/secrets/+"} {
 				if got := exchange(t, vault, append(connect5, subscribe(f)...)); len(got) < 6 || got[0] != 0x20 || !bytes.HasSuffix(got, []byte{0xe0, 1, 0x87}) {
 					t.Errorf("%s, a shared or exclusive subscription to a denied filter: got % x, want DISCONNECT 0x87 after the CONNACK", f, got)
 				}
+			}
+			if got := exchange(t, plant, append(connect5, subscribe("$queue/alerts/#")...)); len(got) < 6 || got[0] != 0x20 || !bytes.HasSuffix(got, []byte{0xe0, 1, 0x87}) {
+				t.Errorf("$queue/alerts/# where only alerts/# is allowed: got % x, want DISCONNECT 0x87 after the CONNACK", got)
 			}
 
 			// A will allowed at CONNECT and denied by a policy change while

@@ -13,7 +13,6 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
-	"github.com/fogmesh/fogmesh/internal/mqtt"
 	"github.com/fogmesh/fogmesh/internal/store"
 )
 
@@ -229,13 +228,10 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 }
 
 // admitTopics refuses an authorization policy whose MQTT topic filters
-// carry a prefix the agents authorize as what it receives: a shared
-// subscription ($share/GROUP/FILTER, EMQX's $queue/FILTER), an EMQX
-// exclusive subscription ($exclusive/FILTER) or delayed publish
-// ($delayed/SECONDS/TOPIC) is matched as the FILTER or TOPIC after it, so
-// such a rule would never match (a DENY that denies nothing). Checked at
-// apply only, not in api's validation: a policy stored before still
-// decodes everywhere, as the no-op it was.
+// name a shared subscription ($share/GROUP/FILTER): the agents authorize
+// one as the FILTER it receives, so such a rule would never match (a DENY
+// that denies nothing). Checked at apply only, not in api's validation:
+// a policy stored before still decodes everywhere, as the no-op it was.
 func admitTopics(objs []api.Object) error {
 	for _, o := range objs {
 		p, ok := o.(*api.AuthorizationPolicy)
@@ -249,9 +245,10 @@ func admitTopics(objs []api.Object) error {
 					filters []string
 				}{{"publish", op.Publish}, {"subscribe", op.Subscribe}} {
 					for k, f := range fs.filters {
-						if as := matchedAs(fs.field, f); as != f {
-							return fmt.Errorf("AuthorizationPolicy %s: spec.rules[%d].to[%d].%s[%d]: %q has a shared, exclusive or delayed prefix, which the agents match as the filter after it: write %q",
-								p.Meta.Key(), i, j, fs.field, k, f, as)
+						if rest, ok := strings.CutPrefix(f, "$share/"); ok {
+							_, filter, _ := strings.Cut(rest, "/")
+							return fmt.Errorf("AuthorizationPolicy %s: spec.rules[%d].to[%d].%s[%d]: %q is a shared subscription, which the agents match as the filter it receives: write %q",
+								p.Meta.Key(), i, j, fs.field, k, f, filter)
 						}
 					}
 				}
@@ -259,19 +256,6 @@ func admitTopics(objs []api.Object) error {
 		}
 	}
 	return nil
-}
-
-// matchedAs is what the agents authorize a rule's filter f of field
-// (publish or subscribe) as: the filter after a broker prefix.
-func matchedAs(field, f string) string {
-	if rest, ok := strings.CutPrefix(f, "$share/"); ok { // in either field: no publish has it on purpose
-		_, filter, _ := strings.Cut(rest, "/")
-		return filter
-	}
-	if field == "publish" {
-		return mqtt.PublishedTopic(f)
-	}
-	return mqtt.SubscribedFilter(f)
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, kind, ns, name string) {

@@ -237,19 +237,13 @@ func TestUIEscapesStoredValues(t *testing.T) {
 }
 
 // TestApplyRefusesSharedSubscriptionTopics: the agents authorize a shared
-// subscription $share/GROUP/FILTER as the FILTER it receives (and EMQX's
-// $queue/FILTER, $exclusive/FILTER and delayed publish
-// $delayed/SECONDS/TOPIC likewise), so a policy naming such a filter would
-// never match: a DENY that denies nothing. Apply refuses it, naming the
-// field and the filter to write.
+// subscription $share/GROUP/FILTER as the FILTER it receives, so a policy
+// naming a $share/... filter would never match: a DENY that denies
+// nothing. Apply refuses it, naming the field.
 func TestApplyRefusesSharedSubscriptionTopics(t *testing.T) {
 	s := startSecure(t)
 	c := adminCertHTTP(t, s)
-	for to, want := range map[string]string{
-		`{"subscribe":["alerts/#","$share/g/secret/#"]}`: `write \"secret/#\"`, `{"publish":["$share/g/a"]}`: `write \"a\"`,
-		`{"subscribe":["$queue/secret/#"]}`: `write \"secret/#\"`, `{"subscribe":["$exclusive/secret/+"]}`: `write \"secret/+\"`,
-		`{"publish":["$delayed/10/secret/a"]}`: `write \"secret/a\"`,
-	} {
+	for _, to := range []string{`{"subscribe":["alerts/#","$share/g/secret/#"]}`, `{"publish":["$share/g/a"]}`} {
 		doc := `{"apiVersion":"fogmesh.io/v1alpha1","kind":"AuthorizationPolicy","metadata":{"name":"p","namespace":"shop"},` +
 			`"spec":{"service":"broker","action":"DENY","rules":[{"to":[` + to + `]}]}}`
 		resp, err := c.Post("https://"+s.AdminAddr()+"/v1/apply", "application/json", strings.NewReader(doc))
@@ -258,7 +252,7 @@ func TestApplyRefusesSharedSubscriptionTopics(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), want) || !strings.Contains(string(b), "spec.rules[0].to[0]") {
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "$share") || !strings.Contains(string(b), "spec.rules[0].to[0]") {
 			t.Errorf("%s: %d %s; want 400 naming the filter", to, resp.StatusCode, b)
 		}
 	}

@@ -509,8 +509,7 @@ func ValidTopicName(t string) error {
 }
 
 // ValidTopicFilter checks a subscription filter (MQTT 3.1.1 §4.7.1, MQTT 5
-// §4.7.1 and §4.8.2 for shared subscriptions). A filter with a prefix
-// SubscribedFilter strips must have a filter after it.
+// §4.7.1 and §4.8.2 for shared subscriptions).
 func ValidTopicFilter(f string) error {
 	if f == "" {
 		return errors.New("empty topic filter")
@@ -519,11 +518,6 @@ func ValidTopicFilter(f string) error {
 		group, rest, ok := strings.Cut(f[len("$share/"):], "/")
 		if !ok || group == "" || strings.ContainsAny(group, "+#") || rest == "" {
 			return fmt.Errorf("shared subscription %q is not $share/{group}/{filter}", f)
-		}
-		f = rest
-	} else if prefix, rest, ok := brokerPrefix(f); ok {
-		if rest == "" {
-			return fmt.Errorf("subscription %q names no filter after %s", f, prefix)
 		}
 		f = rest
 	}
@@ -539,50 +533,63 @@ func ValidTopicFilter(f string) error {
 	return nil
 }
 
-// subscribePrefixes are brokers' subscription prefixes that receive what
-// the filter after them does: EMQX's shared subscription without a group
-// ($queue/{filter}) and its exclusive subscription ($exclusive/{filter}).
-// On a broker that knows neither they are ordinary filters (of topics
-// starting with '$', which only a literal publish reaches).
-var subscribePrefixes = []string{"$queue/", "$exclusive/"}
-
-// brokerPrefix splits f after one of subscribePrefixes.
-func brokerPrefix(f string) (prefix, rest string, ok bool) {
-	for _, p := range subscribePrefixes {
-		if rest, ok := strings.CutPrefix(f, p); ok {
-			return p, rest, true
-		}
-	}
-	return "", f, false
-}
-
 // SubscribedFilter is the filter a broker matches messages against for a
 // SUBSCRIBE filter: a shared subscription $share/{group}/{filter} receives
 // what {filter} does (MQTT 5 §4.8.2; mosquitto also honours it on 3.1.1),
-// and so do EMQX's $queue/{filter} and $exclusive/{filter}, so that is
-// the filter to authorize. Where the broker takes a prefix literally,
-// authorizing the filter after it is the stricter reading: a DENY of the
-// filter also denies the literal one.
+// so that is the filter to authorize.
 func SubscribedFilter(f string) string {
 	if strings.HasPrefix(f, "$share/") {
 		if _, rest, ok := strings.Cut(f[len("$share/"):], "/"); ok {
 			return rest
 		}
 	}
-	if _, rest, ok := brokerPrefix(f); ok && rest != "" {
-		return rest
-	}
 	return f
 }
 
-// PublishedTopic is the topic a broker delivers a PUBLISH to (and the one
-// to authorize): EMQX's delayed publish $delayed/{seconds}/{topic}
-// delivers to {topic} later, so a DENY of {topic} must deny it too.
-func PublishedTopic(t string) string {
-	if rest, ok := strings.CutPrefix(t, "$delayed/"); ok {
-		if _, topic, ok := strings.Cut(rest, "/"); ok && topic != "" {
-			return topic
+// emqxSubscribePrefixes are EMQX's subscription prefixes that receive what
+// the filter after them does: its shared subscription without a group
+// ($queue/{filter}) and its exclusive subscription ($exclusive/{filter}).
+// A broker that knows neither takes them as ordinary filters (of topics
+// starting with '$', which only a literal publish reaches).
+var emqxSubscribePrefixes = []string{"$queue/", "$exclusive/"}
+
+// SubscribedForms are the filters to authorize for a SUBSCRIBE filter f:
+// what the broker matches messages against (SubscribedFilter), and, for
+// an EMQX prefix, both the filter after it (what EMQX delivers) and the
+// filter as sent (what another broker matches), so that a DENY of either
+// denies it and an ALLOW must allow both (allowing alerts/# does not
+// allow $queue/alerts/#).
+func SubscribedForms(f string) []string {
+	f = SubscribedFilter(f)
+	for _, p := range emqxSubscribePrefixes {
+		if rest, ok := strings.CutPrefix(f, p); ok && rest != "" {
+			return []string{rest, f}
 		}
 	}
-	return t
+	return []string{f}
+}
+
+// PublishedForms are the topics to authorize for a PUBLISH (or will) to
+// t: the topic as sent, and for EMQX's delayed publish
+// $delayed/{seconds}/{topic} also {topic}, where EMQX delivers it later
+// (first; with every $delayed/ level stripped: EMQX publishes the message
+// again, so a nested one is delayed twice and then delivered). A DENY of
+// either denies it; an ALLOW must allow both.
+func PublishedForms(t string) []string {
+	d := t
+	for {
+		rest, ok := strings.CutPrefix(d, "$delayed/")
+		if !ok {
+			break
+		}
+		_, topic, ok := strings.Cut(rest, "/")
+		if !ok || topic == "" {
+			break
+		}
+		d = topic
+	}
+	if d == t {
+		return []string{t}
+	}
+	return []string{d, t}
 }

@@ -252,24 +252,27 @@ func TestSession(t *testing.T) {
 		"shared, no filter":         {4, []step{{sub(4, "$share/g"), "", 0x81}}},
 		"bad filter":                {4, []step{{sub(4, "a/#/b"), "", 0x81}}},
 		// EMQX's shared subscription without a group and its exclusive
-		// subscription receive what the filter after the prefix does.
-		"EMQX $queue":            {4, []step{{sub(4, "$queue/secrets/#", "$queue"), "secrets/# $queue", 0}}},
-		"EMQX $exclusive":        {5, []step{{sub(5, "$exclusive/secrets/+"), "secrets/+", 0}}},
-		"$queue, no filter":      {4, []step{{sub(4, "$queue/"), "", 0x81}}},
-		"$queue, bad filter":     {4, []step{{sub(4, "$queue/a/#/b"), "", 0x81}}},
-		"no local on $exclusive": {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("$exclusive/a"), []byte{0x05}), "a", 0}}},
-		// EMQX's delayed publish delivers to the topic after its delay,
-		// also when a QoS 2 message is released; an alias holds the topic
-		// as sent.
+		// subscription receive what the filter after the prefix does: both
+		// forms are authorized (a DENY of either denies, an ALLOW must
+		// allow both).
+		"EMQX $queue":            {4, []step{{sub(4, "$queue/secrets/#", "$queue"), "secrets/# $queue/secrets/# $queue", 0}}},
+		"EMQX $exclusive":        {5, []step{{sub(5, "$exclusive/secrets/+"), "secrets/+ $exclusive/secrets/+", 0}}},
+		"$queue, no filter":      {4, []step{{sub(4, "$queue/"), "$queue/", 0}}},
+		"shared $queue":          {5, []step{{sub(5, "$share/g/$queue/a"), "a $queue/a", 0}}},
+		"no local on $exclusive": {5, []step{{pkt(0x82, []byte{0, 1, 0}, s16("$exclusive/a"), []byte{0x05}), "a $exclusive/a", 0}}},
+		// EMQX's delayed publish delivers to the topic after its delay
+		// (after every delay, nested), also when a QoS 2 message is
+		// released; an alias holds the topic as sent.
 		"EMQX $delayed": {5, []step{
-			{pub5("$delayed/15/secrets/a", 0x23, 0, 1), "secrets/a", 0},
-			{pub5("", 0x23, 0, 1), "secrets/a", 0},
+			{pub5("$delayed/15/secrets/a", 0x23, 0, 1), "secrets/a $delayed/15/secrets/a", 0},
+			{pub5("", 0x23, 0, 1), "secrets/a $delayed/15/secrets/a", 0},
+			{pub5("$delayed/0/$delayed/0/secrets/a"), "secrets/a $delayed/0/$delayed/0/secrets/a", 0},
 			{pub5("$delayed/15"), "$delayed/15", 0},
 			{pub5("$delayed/15/"), "$delayed/15/", 0},
 		}},
 		"EMQX $delayed QoS 2": {4, []step{
-			{pkt(0x34, s16("$delayed/1/secrets/a"), []byte{0, 7}, []byte("x")), "secrets/a", 0},
-			{pkt(0x62, []byte{0, 7}), "secrets/a", 0},
+			{pkt(0x34, s16("$delayed/1/secrets/a"), []byte{0, 7}, []byte("x")), "secrets/a $delayed/1/secrets/a", 0},
+			{pkt(0x62, []byte{0, 7}), "secrets/a $delayed/1/secrets/a", 0},
 		}},
 		"no filter":               {4, []step{{sub(4), "", 0x82}}},
 		"reserved option bits":    {4, []step{{pkt(0x82, []byte{0, 1}, s16("a"), []byte{0x05}), "", 0x81}}},

@@ -269,8 +269,8 @@ func ParseSubscribe(body []byte, version byte) (Subscribe, error) {
 // Kinds of packets Session.Inspect reports.
 const (
 	KindOther      = iota // nothing to authorize
-	KindPublish           // Topics holds the PUBLISH's topic (an alias resolved)
-	KindSubscribe         // Topics holds the filters the broker will match (SubscribedFilter)
+	KindPublish           // Topics holds the PUBLISH's topic (an alias resolved) to authorize, delivered one first (PublishedForms)
+	KindSubscribe         // Topics holds the filters to authorize (SubscribedForms)
 	KindDisconnect        // the client ends the connection; WillAsked reports a v5 "disconnect with will"
 	KindRelease           // a PUBREL: Topics holds the topic of the QoS 2 PUBLISH it releases (the broker may deliver it only now)
 	// KindUnknownRelease is a PUBREL for a QoS 2 PUBLISH the session has
@@ -386,7 +386,6 @@ func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 				s.aliases[p.Alias] = topic
 			}
 		}
-		topic = PublishedTopic(topic) // what is authorized, now and at the PUBREL
 		if p.QoS == 2 && s.store != nil {
 			if !s.store.hold(s.key, p.PacketID, topic) {
 				return Action{}, protocolErr(0x93, "PUBLISH: unreleased QoS 2 messages hold more than %d bytes of topics", maxAliasBytes)
@@ -401,7 +400,7 @@ func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 			}
 			s.qos2[p.PacketID] = topic
 		}
-		return Action{Kind: KindPublish, Topics: []string{topic}}, nil
+		return Action{Kind: KindPublish, Topics: PublishedForms(topic)}, nil
 	case TypePubrel:
 		if len(body) < 2 {
 			return Action{}, malformed("PUBREL without a packet identifier")
@@ -418,7 +417,7 @@ func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 		if !ok {
 			return Action{Kind: KindUnknownRelease, PacketID: id}, nil
 		}
-		return Action{Kind: KindRelease, Topics: []string{topic}, PacketID: id}, nil
+		return Action{Kind: KindRelease, Topics: PublishedForms(topic), PacketID: id}, nil
 	case TypeSubscribe:
 		sub, err := ParseSubscribe(body, s.Version)
 		if err != nil {
@@ -426,7 +425,7 @@ func (s *Session) Inspect(h Header, body []byte) (Action, error) {
 		}
 		a := Action{Kind: KindSubscribe}
 		for _, f := range sub.Filters {
-			a.Topics = append(a.Topics, SubscribedFilter(f.Filter))
+			a.Topics = append(a.Topics, SubscribedForms(f.Filter)...)
 			a.Filters = append(a.Filters, f.Filter)
 		}
 		return a, nil

@@ -90,7 +90,7 @@ func (r *Relay) bad(err error) {
 // WillAllowed authorizes the will topic of a CONNECT as a PUBLISH (a nil
 // check allows it).
 func WillAllowed(cn mqtt.Connect, check func(kind string, topics []string) bool) bool {
-	return !cn.Will || check == nil || check("publish", []string{mqtt.PublishedTopic(cn.WillTopic)})
+	return !cn.Will || check == nil || check("publish", mqtt.PublishedForms(cn.WillTopic))
 }
 
 // ServeConnect serves a connection whose CONNECT has not been read yet
@@ -271,7 +271,7 @@ func (r *Relay) Run(ctx context.Context, client, up net.Conn, cn mqtt.Connect) {
 			return
 		}
 		if r.Count != nil && kind != "" {
-			counted := act.Topics
+			counted := act.Topics[:1] // a PUBLISH as the topic it is delivered to
 			if act.Kind == mqtt.KindSubscribe {
 				counted = act.Filters
 			}
