@@ -111,24 +111,24 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 				writeError(w, http.StatusUnauthorized, errors.New("authorization: want Bearer <token>"))
 				return
 			}
-			if s.refuseThrottled(w, r) {
-				return
-			}
 			var err error
 			if role, err = s.sec.adminRole(tok); err != nil {
-				s.authFailed(r, "admin token", err)
-				writeError(w, http.StatusUnauthorized, fmt.Errorf("token refused: %w", err))
+				if !s.refusedCredential(w, r, "admin token", err) {
+					writeError(w, http.StatusUnauthorized, fmt.Errorf("token refused: %w", err))
+				}
 				return
 			}
 		}
 		if role == "" && r.Header.Get("Authorization") == "" && isUIRead(r) {
 			// The web UI's cookie (ui.go), for reading the UI only.
 			if c, err := r.Cookie(uiCookie); err == nil {
-				if s.refuseThrottled(w, r) {
-					return
-				}
 				if role, err = s.sec.adminRole(c.Value); err != nil {
-					s.authFailed(r, "ui cookie", err)
+					// Cleared, so that an open UI tab polling with an
+					// expired token counts once, not every 3 s.
+					http.SetCookie(w, &http.Cookie{Name: uiCookie, Path: "/ui", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil})
+					if s.refusedCredential(w, r, "ui cookie", err) {
+						return
+					}
 				}
 			}
 			if role == "" {

@@ -15,10 +15,12 @@ import (
 // Failed admin authentication is throttled per client address: each
 // refused token (a Bearer header, a UI login, a UI cookie) takes one of
 // authFailBurst tokens, which come back one per authFailEvery. A client
-// with none left gets 429 for every credential it offers, right or wrong,
-// without the token being looked at or a line logged, until one comes
-// back: guessing (and the warning each guess wrote) is bounded, and an
-// admin certificate, checked in the TLS handshake, is never throttled.
+// with none left gets 429 for every wrong credential, without a line
+// logged, until one comes back: the warning each refusal wrote is
+// bounded. The right token is still served (a shared address, behind a
+// NAT or a proxy, must not lock its admins out; a token has 128 random
+// bits, which no rate of guessing finds), and an admin certificate,
+// checked in the TLS handshake, is never counted.
 const (
 	authFailBurst = 10
 	authFailEvery = 10 * time.Second
@@ -106,23 +108,42 @@ func (l *authLimiter) evictLocked(now time.Time) {
 	}
 }
 
-// refuseThrottled answers a throttled client 429 and reports whether it
-// did.
-func (s *Server) refuseThrottled(w http.ResponseWriter, r *http.Request) bool {
+// errTokenStore marks a token that could not be checked for a store
+// error: no refused credential, not counted.
+var errTokenStore = errors.New("token store")
+
+// throttle reports whether a credential refused with err comes from a
+// throttled address, setting Retry-After and counting it if so: the
+// caller answers 429 and logs nothing.
+func (s *Server) throttle(w http.ResponseWriter, r *http.Request, err error) bool {
+	if errors.Is(err, errTokenStore) {
+		return false
+	}
 	wait, ok := s.authFails.throttled(clientAddr(r))
 	if !ok {
 		return false
 	}
 	s.mAuthThrottled.Inc()
 	w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
-	writeError(w, http.StatusTooManyRequests, errAuthThrottled)
 	return true
 }
 
-// authFailed counts a refused credential, logging the refusal only until
-// the client is throttled.
+// refusedCredential handles a credential refused with err: from a
+// throttled address it answers 429 and reports true; else it counts and
+// logs the refusal (authFailed) and the caller answers.
+func (s *Server) refusedCredential(w http.ResponseWriter, r *http.Request, what string, err error) bool {
+	if s.throttle(w, r, err) {
+		writeError(w, http.StatusTooManyRequests, errAuthThrottled)
+		return true
+	}
+	s.authFailed(r, what, err)
+	return false
+}
+
+// authFailed counts a refused credential (not a store error), logging the
+// refusal only until the client is throttled.
 func (s *Server) authFailed(r *http.Request, what string, err error) {
-	if s.authFails.failed(clientAddr(r)) {
+	if !errors.Is(err, errTokenStore) && s.authFails.failed(clientAddr(r)) {
 		s.log.Warn("control: admin authentication throttled: too many refused credentials", "remote", r.RemoteAddr,
 			"for", authFailEvery.String()+" per further attempt")
 		return

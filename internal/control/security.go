@@ -505,7 +505,7 @@ func (sec *security) adminRole(s string) (string, error) {
 	}
 	kvs, err := sec.s.st.ListSecure(keyToken + tok.ID)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%w: %w", errTokenStore, err)
 	}
 	for _, kv := range kvs {
 		var r tokenRecord

@@ -268,16 +268,15 @@ func (s *Server) handleUILogin(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/ui", http.StatusSeeOther)
 		return
 	}
-	if _, throttled := s.authFails.throttled(clientAddr(r)); throttled {
-		s.mAuthThrottled.Inc()
-		uiHeaders(w)
-		w.WriteHeader(http.StatusTooManyRequests)
-		uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Error": errAuthThrottled.Error(), "Insecure": false})
-		return
-	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	tok := strings.TrimSpace(r.PostFormValue("token"))
 	if _, err := s.sec.adminRole(tok); err != nil {
+		if s.throttle(w, r, err) {
+			uiHeaders(w)
+			w.WriteHeader(http.StatusTooManyRequests)
+			uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Error": errAuthThrottled.Error(), "Insecure": false})
+			return
+		}
 		s.authFailed(r, "ui login", err)
 		s.renderLogin(w, "token refused: "+err.Error())
 		return
