@@ -48,7 +48,7 @@ func TestDNSForwardRateConfig(t *testing.T) {
 	}
 
 	up := startTestResolver(t)
-	a := startAgentWith(t, agentOpts{name: "dnsrate", site: "s1", region: "r1", vipOctet: 251, stateDir: t.TempDir()},
+	a := startAgentWith(t, agentOpts{name: "dnsrate", site: "s1", region: "r1", vipOctet: 57, stateDir: t.TempDir()},
 		func(c *Config) { c.Upstreams, c.DNSForwardRate = []string{up}, 1 })
 	ask := func(name string) *dns.Msg {
 		t.Helper()

@@ -145,7 +145,7 @@ func TestWatchOfADeadNode(t *testing.T) {
 // for EjectFor, and TestGossipFlapDoesNotEject saw b serve nothing.
 func TestDialCancelledByDeathEjectsNothing(t *testing.T) {
 	a, err := New(Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), MeshAddr: "127.0.0.1:0",
-		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", VIPRange: "127.52.0.0/16", Insecure: true,
+		DNSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", VIPRange: "127.56.0.0/16", Insecure: true,
 		EjectFor: Duration(time.Minute)})
 	if err != nil {
 		t.Fatal(err)
