@@ -83,7 +83,7 @@ type Config struct {
 	// Upstreams resolve non-mesh names (default: /etc/resolv.conf).
 	Upstreams []string `json:"upstreams,omitempty"`
 	// DNSForwardRate: queries/s one client IP may have forwarded to the
-	// upstreams, bursts of twice that; beyond, REFUSED (default 1000;
+	// upstreams, bursts of twice that; beyond, TC or REFUSED (default 1000;
 	// negative: no limit). Mesh names are not limited.
 	DNSForwardRate int `json:"dnsForwardRate,omitempty"`
 	// Workloads are local service instances registered from the config file.

@@ -110,17 +110,19 @@ func IsSelfForTest(upstream, bound string, local []netip.Addr) bool {
 // SetForwardClientsForTest sets the cap on the clients whose forwarding
 // rate is tracked. Call it before Serve.
 func (s *Server) SetForwardClientsForTest(n int) {
-	if s.h.limits != nil {
-		s.h.limits.max = n
+	for i := range s.h.lim {
+		if r := s.h.lim[i].rate; r != nil {
+			r.max = n
+		}
 	}
 }
 
 // ForwardClientsForTest returns the number of clients tracked.
-func (s *Server) ForwardClientsForTest() int { return s.h.limits.len() }
+func (s *Server) ForwardClientsForTest() int { return s.h.lim[0].rate.len() }
 
 // ForwardClientTrackedForTest reports whether client has a bucket.
 func (s *Server) ForwardClientTrackedForTest(client netip.Addr) bool {
-	return s.h.limits.tracked(client)
+	return s.h.lim[0].rate.tracked(client)
 }
 
 // MaxForwardClientsForTest is the cap on the clients tracked.
@@ -140,9 +142,9 @@ func (t ClientLimitsForTest) Tracked(client netip.Addr) bool { return t.l.tracke
 
 // ForwardsInFlightForTest returns client's forwards in flight.
 func (s *Server) ForwardsInFlightForTest(client netip.Addr) int {
-	s.h.inFlight.mu.Lock()
-	defer s.h.inFlight.mu.Unlock()
-	return s.h.inFlight.n[client]
+	s.h.lim[0].inFlight.mu.Lock()
+	defer s.h.lim[0].inFlight.mu.Unlock()
+	return s.h.lim[0].inFlight.n[client]
 }
 
 // MaxForwardsForTest is the cap on forwards in flight.

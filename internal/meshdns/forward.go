@@ -3,7 +3,7 @@ package meshdns
 import (
 	"context"
 	"fmt"
-	"net/netip"
+	"net"
 
 	"github.com/miekg/dns"
 )
@@ -12,25 +12,34 @@ import (
 // first usable answer, with req's ID. An upstream answering SERVFAIL or
 // REFUSED is passed over for the next one; if all do, the last such answer
 // is relayed. If no upstream answers at all, forward returns SERVFAIL. A
-// client over its rate (h.limits) gets REFUSED at once.
-func (h *handler) forward(ctx context.Context, client netip.Addr, req *dns.Msg) (*dns.Msg, result) {
+// client over its rate or its share of forwards in flight (h.lim) gets at
+// once an empty truncated reply over UDP, REFUSED over TCP.
+func (h *handler) forward(ctx context.Context, from net.Addr, req *dns.Msg) (*dns.Msg, result) {
 	if len(h.upstreams) == 0 {
 		return serverFailure(req), resultServFail
 	}
-	if !h.limits.allow(client) {
+	client := clientAddr(from)
+	_, tcp := from.(*net.TCPAddr)
+	l := &h.lim[0]
+	if tcp {
+		l = &h.lim[1]
+	}
+	if !l.rate.allow(client) || !l.inFlight.acquire(client, maxForwards/4) {
 		// Per query, so debug only: a flood is seen in the counter.
-		h.log.Debug("meshdns: client over its forwarding rate", "client", client, "name", req.Question[0].Name)
+		h.log.Debug("meshdns: client over its forwarding rate or share", "client", client, "tcp", tcp, "name", req.Question[0].Name)
 		resp := new(dns.Msg)
-		resp.SetRcode(req, dns.RcodeRefused)
+		if tcp {
+			resp.SetRcode(req, dns.RcodeRefused)
+		} else {
+			// Truncated and empty: a real client asks again over TCP,
+			// whose source cannot be spoofed and whose budget is apart,
+			// so spoofed UDP floods cannot deny it names (RRL's "slip").
+			resp.SetReply(req)
+			resp.Truncated = true
+		}
 		return resp, resultRateLimited
 	}
-	if !h.inFlight.acquire(client, maxForwards/4) {
-		h.log.Debug("meshdns: client has its share of forwards in flight", "client", client, "name", req.Question[0].Name)
-		resp := new(dns.Msg)
-		resp.SetRcode(req, dns.RcodeRefused)
-		return resp, resultRateLimited
-	}
-	defer h.inFlight.release(client)
+	defer l.inFlight.release(client)
 	select {
 	case h.forwardSem <- struct{}{}:
 		defer func() { <-h.forwardSem }()

@@ -45,9 +45,10 @@ type handler struct {
 
 	upstreams       []string // host:port, tried in order
 	upstreamTimeout time.Duration
-	forwardSem      chan struct{}  // one token per forward in flight
-	limits          *clientLimits  // forwarded queries per client; nil: no limit
-	inFlight        clientInFlight // forwards in flight per client, at most maxForwards/4
+	forwardSem      chan struct{} // one token per forward in flight
+	// lim holds the per-client limits on forwards, apart for UDP (0) and
+	// TCP (1): a spoofed UDP source cannot use up a client's TCP budget.
+	lim [2]forwardLimits
 
 	// ctx is canceled when the server shuts down; it aborts forwards so
 	// that shutdown does not wait for silent upstreams.
@@ -67,8 +68,9 @@ func newHandler(ctx context.Context, cfg *Config, r Resolver, upstreams []string
 		upstreams:       upstreams,
 		upstreamTimeout: defaultUpstreamTimeout,
 		forwardSem:      make(chan struct{}, maxForwards),
-		limits:          newClientLimits(cfg.ForwardRate, maxForwardClients),
-		ctx:             ctx,
+		lim: [2]forwardLimits{{rate: newClientLimits(cfg.ForwardRate, maxForwardClients)},
+			{rate: newClientLimits(cfg.ForwardRate, maxForwardClients)}},
+		ctx: ctx,
 	}
 }
 
@@ -80,7 +82,7 @@ var _ dns.Handler = (*handler)(nil)
 func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	resp, res := h.answer(req)
 	if res == resultForward {
-		resp, res = h.forward(h.ctx, clientAddr(w.RemoteAddr()), req)
+		resp, res = h.forward(h.ctx, w.RemoteAddr(), req)
 	}
 	h.metrics.count(res)
 	if _, isUDP := w.RemoteAddr().(*net.UDPAddr); isUDP {

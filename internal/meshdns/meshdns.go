@@ -65,7 +65,9 @@
 //
 // Each client (source IP address) may have Config.ForwardRate queries per
 // second forwarded, in bursts of twice as many; a query beyond is answered
-// REFUSED at once and counted (result="ratelimited"), so that one
+// at once (over UDP empty with TC set, so that a spoofed flood cannot deny
+// a client names it then asks over TCP, which has a budget of its own;
+// over TCP REFUSED) and counted (result="ratelimited"), so that one
 // workload flooding names outside the zone neither takes the forwarding
 // capacity of the others nor hammers the upstreams. Names the server
 // answers itself are never limited. At most maxForwardClients clients are
@@ -176,7 +178,8 @@ type Config struct {
 
 	// ForwardRate is how many queries per second one client (source IP
 	// address) may have forwarded upstream, in bursts of up to twice as
-	// many; a query beyond is answered REFUSED at once. Names the server
+	// many; a query beyond is answered at once, over UDP empty with TC
+	// set, over TCP REFUSED. Names the server
 	// answers itself are not limited. Default 1000; negative: no limit.
 	ForwardRate int
 

@@ -122,6 +122,12 @@ func clientAddr(a net.Addr) netip.Addr {
 	return ap.Addr().Unmap().WithZone("")
 }
 
+// forwardLimits are the limits on one transport's forwards per client.
+type forwardLimits struct {
+	rate     *clientLimits  // queries per second; nil: no limit
+	inFlight clientInFlight // forwards in flight, at most maxForwards/4
+}
+
 // clientInFlight counts each client's forwards in flight. A client is
 // held only while it has one, so it holds at most maxForwards entries.
 type clientInFlight struct {
