@@ -496,11 +496,22 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 // archived) whose head move failed with err, so the chain held stays as
 // it was, and returns the error for the restart. Unless the write went
 // through after all (a shared store can fail a write it made): then the
-// archive stays, as a restart that succeeded. If the rename back fails
-// too, the archive is left as a crash between the two steps leaves it,
-// which the next start completes (repairArchives).
+// archive stays, as a restart that succeeded. If that cannot be told (the
+// store cannot be read back), or the rename back fails too, the archive is
+// left as a crash between the two steps leaves it, which the next start
+// completes (repairArchives).
 func (s *Server) undoArchive(node, dir, archived string, err error) error {
-	if b, gerr := s.st.GetSecure(keyAuditHead + filepath.Base(archived)); gerr == nil && b != nil {
+	b, gerr := s.st.GetSecure(keyAuditHead + filepath.Base(archived))
+	if gerr != nil {
+		// Whether the move went through is unknown: renamed back, a head
+		// stored under the archive's name would have no directory. Left
+		// as a crash between the two steps leaves it, which the next
+		// start completes if the move did not go through.
+		s.log.Error("control: the audit head of a restarted chain may not have been moved, and the store could not be read to tell; the archive stays and is completed at the next start",
+			"node", node, "archive", archived, "err", err, "readErr", gerr)
+		return fmt.Errorf("archive audit chain of %s: move its head: %w (the archive stays and is completed at the next start: read back: %w)", node, err, gerr)
+	}
+	if b != nil {
 		s.log.Warn("control: the move of a restarted audit chain's head reported an error but was stored", "node", node, "err", err)
 		return nil
 	}
