@@ -47,6 +47,11 @@ const (
 	keyAuditKey = "audit-key/"
 	// keyAuditOwnHead: auditHead of the control plane's own chain.
 	keyAuditOwnHead = "audit-own-head"
+	// keyAuditRemoving + "<node>.archived-<time>": the marker of an
+	// archive's removal under way (DELETE, see removingPrefix): the raw
+	// head it removes (noHeadMarker if it had none). Only it, not a
+	// directory's name, makes an archive being removed.
+	keyAuditRemoving = "audit-removing/"
 )
 
 // auditHead is a stored head of a chain: what verification anchors its
@@ -747,8 +752,18 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 		return AuditChain{}, err
 	}
 	_, serr := os.Stat(filepath.Join(s.auditNodesDir(), n))
-	if os.IsNotExist(serr) && isArchive(n) && (head == nil || s.removingOf(n)) {
-		return AuditChain{}, errChainGone
+	if os.IsNotExist(serr) && isArchive(n) {
+		// Gone only if the store says so: no head, or a removal marked.
+		// A directory named as its removal is no proof (see removingPrefix).
+		gone := head == nil
+		if !gone {
+			if gone, err = s.removingOf(n); err != nil {
+				return AuditChain{}, err
+			}
+		}
+		if gone {
+			return AuditChain{}, errChainGone
+		}
 	}
 	if os.IsNotExist(serr) && head != nil {
 		// The store knows the chain, its directory is gone: every record
@@ -758,6 +773,9 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 			rep := &audit.Report{Node: n, Head: head, Verdict: audit.VerdictTampered, Problems: []audit.Problem{{
 				File: filepath.Join(s.auditNodesDir(), n), Kind: audit.ProblemHead,
 				Msg: fmt.Sprintf("every record was removed: the stored head is seq %d", head.Seq)}}}
+			if _, err := os.Stat(filepath.Join(s.auditNodesDir(), removingPrefix+n)); err == nil {
+				rep.Problems[0].Msg += fmt.Sprintf(" (a directory %s%s is there, but the store holds no removal of it: not made by DELETE)", removingPrefix, n)
+			}
 			c.Report, c.Intact = rep, ptr(false)
 		}
 		return c, nil
