@@ -171,8 +171,9 @@ func (s *Server) archiveRoom(node string) error {
 //     this fails, the rename is undone and the marker dropped);
 //  4. the renamed directory is removed (and the nodes' directory synced).
 //
-// A crash after 1, 2 or 3 is completed at the next start (repairRemovals),
-// or by a second DELETE of the archive. A removingPrefix directory without
+// A crash after 1 leaves the archive whole (the next start drops the
+// marker); one after 2 or 3 is completed at the next start
+// (repairRemovals), or by a second DELETE of the archive. A removingPrefix directory without
 // a marker is no removal: an archive whose head is stored and whose
 // directory is gone is listed as a chain whose records were removed
 // (tampered), whatever other directory is there.
