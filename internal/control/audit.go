@@ -47,6 +47,11 @@ const (
 	keyAuditKey = "audit-key/"
 	// keyAuditOwnHead: auditHead of the control plane's own chain.
 	keyAuditOwnHead = "audit-own-head"
+	// keyAuditRemoving + "<node>.archived-<time>": the marker of an
+	// archive's removal under way (DELETE, see removingPrefix): the raw
+	// head it removes (noHeadMarker if it had none). Only it, not a
+	// directory's name, makes an archive being removed.
+	keyAuditRemoving = "audit-removing/"
 )
 
 // auditHead is a stored head of a chain: what verification anchors its
@@ -496,11 +501,22 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 // archived) whose head move failed with err, so the chain held stays as
 // it was, and returns the error for the restart. Unless the write went
 // through after all (a shared store can fail a write it made): then the
-// archive stays, as a restart that succeeded. If the rename back fails
-// too, the archive is left as a crash between the two steps leaves it,
-// which the next start completes (repairArchives).
+// archive stays, as a restart that succeeded. If that cannot be told (the
+// store cannot be read back), or the rename back fails too, the archive is
+// left as a crash between the two steps leaves it, which the next start
+// completes (repairArchives).
 func (s *Server) undoArchive(node, dir, archived string, err error) error {
-	if b, gerr := s.st.GetSecure(keyAuditHead + filepath.Base(archived)); gerr == nil && b != nil {
+	b, gerr := s.st.GetSecure(keyAuditHead + filepath.Base(archived))
+	if gerr != nil {
+		// Whether the move went through is unknown: renamed back, a head
+		// stored under the archive's name would have no directory. Left
+		// as a crash between the two steps leaves it, which the next
+		// start completes if the move did not go through.
+		s.log.Error("control: the audit head of a restarted chain may not have been moved, and the store could not be read to tell; the archive stays and is completed at the next start",
+			"node", node, "archive", archived, "err", err, "readErr", gerr)
+		return fmt.Errorf("archive audit chain of %s: move its head: %w (the archive stays and is completed at the next start: read back: %w)", node, err, gerr)
+	}
+	if b != nil {
 		s.log.Warn("control: the move of a restarted audit chain's head reported an error but was stored", "node", node, "err", err)
 		return nil
 	}
@@ -736,8 +752,18 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 		return AuditChain{}, err
 	}
 	_, serr := os.Stat(filepath.Join(s.auditNodesDir(), n))
-	if os.IsNotExist(serr) && isArchive(n) && (head == nil || s.removingOf(n)) {
-		return AuditChain{}, errChainGone
+	if os.IsNotExist(serr) && isArchive(n) {
+		// Gone only if the store says so: no head, or a removal marked.
+		// A directory named as its removal is no proof (see removingPrefix).
+		gone := head == nil
+		if !gone {
+			if gone, err = s.removingOf(n); err != nil {
+				return AuditChain{}, err
+			}
+		}
+		if gone {
+			return AuditChain{}, errChainGone
+		}
 	}
 	if os.IsNotExist(serr) && head != nil {
 		// The store knows the chain, its directory is gone: every record
@@ -747,6 +773,9 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 			rep := &audit.Report{Node: n, Head: head, Verdict: audit.VerdictTampered, Problems: []audit.Problem{{
 				File: filepath.Join(s.auditNodesDir(), n), Kind: audit.ProblemHead,
 				Msg: fmt.Sprintf("every record was removed: the stored head is seq %d", head.Seq)}}}
+			if _, err := os.Stat(filepath.Join(s.auditNodesDir(), removingPrefix+n)); err == nil {
+				rep.Problems[0].Msg += fmt.Sprintf(" (a directory %s%s is there, but the store holds no removal of it: not made by DELETE)", removingPrefix, n)
+			}
 			c.Report, c.Intact = rep, ptr(false)
 		}
 		return c, nil

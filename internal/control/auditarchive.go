@@ -44,10 +44,14 @@ func (s *Server) repairArchives() {
 	if err != nil {
 		if !os.IsNotExist(err) {
 			s.log.Error("control: audit archives", "err", err)
+			return
 		}
-		return
+		ents = nil
 	}
 	s.repairRemovals(ents)
+	if ents == nil {
+		return
+	}
 	var archives []string
 	for _, e := range ents {
 		if e.IsDir() && isArchive(e.Name()) && !isRemoving(e.Name()) && audit.ValidNodeName(e.Name()) {
@@ -153,53 +157,136 @@ func (s *Server) archiveRoom(node string) error {
 		errArchives, node, n, bound, node)
 }
 
-// An archive is removed (handleAuditArchiveDelete) in three steps, each
+// An archive is removed (handleAuditArchiveDelete) in four steps, each
 // of which leaves a state that a listing and the next start take as the
 // archive fully there or fully gone:
 //
-//  1. its directory is renamed to removingPrefix+<archive> (and the nodes'
+//  1. a removal marker is written to the store (keyAuditRemoving+<archive>,
+//     holding the head it removes): the store, not a name on disk, says
+//     that the archive is being removed;
+//  2. its directory is renamed to removingPrefix+<archive> (and the nodes'
 //     directory synced): from then on it is gone for GET /v1/audit, which
-//     lists neither that directory nor a stored head whose archive has one;
-//  2. its stored head is deleted (if this fails, the rename is undone);
-//  3. the renamed directory is removed (and the nodes' directory synced).
+//     lists neither that directory nor a stored head whose marker matches;
+//  3. its stored head and the marker are deleted in one store write (if
+//     this fails, the rename is undone and the marker dropped);
+//  4. the renamed directory is removed (and the nodes' directory synced).
 //
-// A crash after 1 or 2 is completed at the next start (repairRemovals),
-// or by a second DELETE of the archive.
+// A crash after 1 leaves the archive whole (the next start drops the
+// marker); one after 2 or 3 is completed at the next start
+// (repairRemovals), or by a second DELETE of the archive. A removingPrefix directory without
+// a marker is no removal: an archive whose head is stored and whose
+// directory is gone is listed as a chain whose records were removed
+// (tampered), whatever other directory is there.
 const removingPrefix = ".removing-"
 
+// noHeadMarker is the removal marker of an archive that has no stored head.
+var noHeadMarker = []byte("no head")
+
 // isRemoving reports whether a directory under the nodes' audit directory
-// is an archive being removed (removingPrefix+<archive>).
+// is named as an archive being removed (removingPrefix+<archive>).
 func isRemoving(name string) bool { return strings.HasPrefix(name, removingPrefix) }
 
 // errChainGone: the chain asked for is an archive being removed, or gone
 // since it was listed.
 var errChainGone = errors.New("archived chain removed")
 
-// removingOf reports whether the archive name is being removed: its
-// directory renamed to removingPrefix+name.
-func (s *Server) removingOf(name string) bool {
-	_, err := os.Stat(filepath.Join(s.auditNodesDir(), removingPrefix+name))
-	return err == nil
+// markerMatches reports whether the removal marker m is of the head raw
+// (nil: no head stored).
+func markerMatches(m, raw []byte) bool {
+	if m == nil {
+		return false
+	}
+	if raw == nil {
+		return bytes.Equal(m, noHeadMarker)
+	}
+	return bytes.Equal(m, raw)
+}
+
+// removingOf reports whether the archive name is being removed: the store
+// holds its removal marker, of the head stored now.
+func (s *Server) removingOf(name string) (bool, error) {
+	m, err := s.st.GetSecure(keyAuditRemoving + name)
+	if err != nil || m == nil {
+		return false, err
+	}
+	raw, err := s.st.GetSecure(keyAuditHead + name)
+	if err != nil {
+		return false, err
+	}
+	return markerMatches(m, raw), nil
 }
 
 // repairRemovals completes, at start, the removals of archives a crash
-// stopped (see removingPrefix): the head stored under the archive's name
-// is deleted unless an archive of that name is there again (then the head
-// is that one's), and the renamed directory is removed. The removal was
-// recorded in the control plane's own chain before it began.
+// stopped (see removingPrefix). For each marker in the store: if the
+// archive's directory is there under its own name, the removal had not
+// begun on disk (or was undone) and the marker is dropped; else the head
+// it names and the marker are deleted together (a head that is not the
+// marker's is kept, and the marker dropped) and the renamed directory is
+// removed. A removingPrefix directory without a marker is removed only if
+// the store holds no head of its archive (the removal got past step 3);
+// else it is tampering, logged and left alone. The removal was recorded in
+// the control plane's own chain before it began.
 func (s *Server) repairRemovals(ents []os.DirEntry) {
 	nodes := s.auditNodesDir()
+	marks, err := s.st.ListSecure(keyAuditRemoving)
+	if err != nil {
+		s.log.Error("control: audit archive removals", "err", err)
+		return
+	}
 	removed := false
+	for _, kv := range marks {
+		name := strings.TrimPrefix(kv.Key, keyAuditRemoving)
+		_, serr := os.Stat(filepath.Join(nodes, name))
+		whole := serr == nil
+		completed := false
+		err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
+			completed = false
+			m := tx.Get(kv.Key)
+			if !bytes.Equal(m, kv.Value) {
+				return nil // changed meanwhile
+			}
+			if !whole && markerMatches(m, tx.Get(keyAuditHead+name)) {
+				if err := tx.Delete(keyAuditHead + name); err != nil {
+					return err
+				}
+				completed = true
+			}
+			return tx.Delete(kv.Key)
+		})
+		if err != nil {
+			s.log.Error("control: removal of an archived audit chain not completed; retried at the next start", "archive", name, "err", err)
+			continue
+		}
+		if !completed {
+			s.log.Warn("control: dropped the marker of an archived audit chain's removal that had not begun (or was undone); the archive is kept", "archive", name)
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(nodes, removingPrefix+name)); err != nil {
+			s.log.Error("control: files of a removed audit archive not removed; retried at the next start", "archive", name, "err", err)
+			continue
+		}
+		removed = true
+		s.log.Warn("control: completed the removal of an archived audit chain (the control plane stopped during its DELETE)", "archive", name)
+	}
 	for _, e := range ents {
 		name := strings.TrimPrefix(e.Name(), removingPrefix)
 		if !e.IsDir() || !isRemoving(e.Name()) || !isArchive(name) || !audit.ValidNodeName(name) {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(nodes, name)); os.IsNotExist(err) {
-			if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Delete(keyAuditHead + name) }); err != nil {
-				s.log.Error("control: removal of an archived audit chain not completed; it stays out of the listing and is retried at the next start", "archive", name, "err", err)
-				continue
+		if slices.ContainsFunc(marks, func(kv store.KV) bool { return kv.Key == keyAuditRemoving+name }) {
+			continue // done above
+		}
+		raw, err := s.st.GetSecure(keyAuditHead + name)
+		if err != nil {
+			s.log.Error("control: audit archive removals", "archive", name, "err", err)
+			continue
+		}
+		if raw != nil {
+			if _, serr := os.Stat(filepath.Join(nodes, name)); os.IsNotExist(serr) {
+				s.log.Error("control: a directory is named as the removal of an archived audit chain, but the store holds no such removal: the archive's files were removed or moved by hand; its head is kept and the chain listed as tampered",
+					"archive", name, "dir", e.Name())
 			}
+			continue
 		}
 		if err := os.RemoveAll(filepath.Join(nodes, e.Name())); err != nil {
 			s.log.Error("control: files of a removed audit archive not removed; retried at the next start", "archive", name, "err", err)
@@ -213,22 +300,25 @@ func (s *Server) repairRemovals(ents []os.DirEntry) {
 	}
 }
 
-// removeHead deletes the head stored under key if it is still raw (not
-// another archive's of that name, stored meanwhile). A write that failed
-// but went through after all (a shared store can fail one it made) is
-// not an error.
-func (s *Server) removeHead(key string, raw []byte) error {
-	if raw == nil {
-		return nil
-	}
+// removeHead deletes the head stored under the archive name's key if it
+// is still raw (not another archive's of that name, stored meanwhile),
+// and its removal marker, in one write. A write that failed but went
+// through after all (a shared store can fail one it made) is not an
+// error.
+func (s *Server) removeHead(name string, raw []byte) error {
+	key := keyAuditHead + name
 	err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
-		if !bytes.Equal(tx.Get(key), raw) {
-			return nil
+		if raw != nil && bytes.Equal(tx.Get(key), raw) {
+			if err := tx.Delete(key); err != nil {
+				return err
+			}
 		}
-		return tx.Delete(key)
+		return tx.Delete(keyAuditRemoving + name)
 	})
 	if err != nil {
-		if b, gerr := s.st.GetSecure(key); gerr == nil && !bytes.Equal(b, raw) {
+		b, gerr := s.st.GetSecure(key)
+		m, merr := s.st.GetSecure(keyAuditRemoving + name)
+		if gerr == nil && merr == nil && m == nil && (raw == nil || !bytes.Equal(b, raw)) {
 			return nil
 		}
 	}
@@ -265,7 +355,8 @@ func (s *Server) handleAuditArchiveDelete(w http.ResponseWriter, r *http.Request
 	}
 	_, derr := os.Stat(dir)
 	hasDir := derr == nil
-	if !hasDir && h == nil && !s.removingOf(name) {
+	_, rerr := os.Stat(removing)
+	if !hasDir && h == nil && rerr != nil {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no archived chain %q", name))
 		return
 	}
@@ -283,15 +374,28 @@ func (s *Server) handleAuditArchiveDelete(w http.ResponseWriter, r *http.Request
 		}
 		return true
 	}
+	marker := raw
+	if marker == nil {
+		marker = noHeadMarker
+	}
+	if err := s.st.UpdateSecure(func(tx *store.SecureTx) error { return tx.Put(keyAuditRemoving+name, marker) }); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove %s: mark its removal: %w (the archive is kept)", name, err))
+		return
+	}
+	if !hook("marked") {
+		return
+	}
 	if hasDir {
 		// A directory left by an earlier removal of an archive of that
 		// name (its files could not all be removed) goes first; the head
 		// stored now is this archive's.
 		if err := os.RemoveAll(removing); err != nil {
+			s.unmark(name, marker)
 			writeError(w, http.StatusInternalServerError, fmt.Errorf("remove %s: %w", name, err))
 			return
 		}
 		if err := os.Rename(dir, removing); err != nil {
+			s.unmark(name, marker)
 			writeError(w, http.StatusInternalServerError, fmt.Errorf("remove %s: %w", name, err))
 			return
 		}
@@ -300,7 +404,7 @@ func (s *Server) handleAuditArchiveDelete(w http.ResponseWriter, r *http.Request
 			return
 		}
 	}
-	if err := s.removeHead(key, raw); err != nil {
+	if err := s.removeHead(name, raw); err != nil {
 		// Not removed: the archive stays, whole.
 		if hasDir {
 			if rerr := os.Rename(removing, dir); rerr != nil {
@@ -311,6 +415,7 @@ func (s *Server) handleAuditArchiveDelete(w http.ResponseWriter, r *http.Request
 			}
 			atomicfile.SyncDir(nodes)
 		}
+		s.unmark(name, marker)
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove the head of %s: %w (the archive is kept)", name, err))
 		return
 	}
@@ -323,4 +428,19 @@ func (s *Server) handleAuditArchiveDelete(w http.ResponseWriter, r *http.Request
 	}
 	atomicfile.SyncDir(nodes)
 	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
+}
+
+// unmark drops the removal marker of archive name if it is still marker:
+// its removal was not begun on disk, or was undone. If that fails too,
+// the next start drops it (the archive's directory is there).
+func (s *Server) unmark(name string, marker []byte) {
+	err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		if !bytes.Equal(tx.Get(keyAuditRemoving+name), marker) {
+			return nil
+		}
+		return tx.Delete(keyAuditRemoving + name)
+	})
+	if err != nil {
+		s.log.Error("control: the marker of an archived audit chain's removal that was undone is not dropped; the next start drops it", "archive", name, "err", err)
+	}
 }

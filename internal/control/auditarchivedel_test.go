@@ -1,8 +1,10 @@
 package control
 
 import (
+	"bytes"
 	"errors"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -179,5 +181,113 @@ func TestAuditArchiveDeleteHeadFailureUndone(t *testing.T) {
 	checkVerdicts(t, auditVerdicts(t, s), map[string]string{
 		"control " + s.cfg.Name: "intact",
 		"node edge-1":           "intact",
+	})
+}
+
+// TestAuditArchiveForgedRemovingDirIsTampering: a ".removing-" directory
+// made by hand (the archive's files deleted, a directory of the removal's
+// name made in their place) is not a removal: the store holds no marker
+// of one. The archive stays listed, as a chain whose records were
+// removed (tampered), with its head; the next start leaves its head in
+// the store and the directory alone.
+func TestAuditArchiveForgedRemovingDirIsTampering(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	archive := archiveEdge1(t, s, dir)
+	head := storedHeadOf(t, s, archive)
+	if head == nil {
+		t.Fatal("the archive has no stored head")
+	}
+	nodes := filepath.Join(dir, "audit", "nodes")
+	if err := os.RemoveAll(filepath.Join(nodes, archive)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(nodes, removingPrefix+archive), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	check := func(s *Server) {
+		t.Helper()
+		got := auditVerdicts(t, s)
+		if v := got["removed "+archive]; !strings.HasPrefix(v, "tampered") {
+			t.Errorf("the archive whose directory was replaced by a forged removal: %q, want listed tampered (all: %v)", v, got)
+		}
+		code, ar := getAudit(t, s, "/v1/audit/"+archive+"?verify=1")
+		if code != http.StatusOK || len(ar.Chains) != 1 || ar.Chains[0].LastSeq != head.Seq || ar.Chains[0].LastHash != head.Hash {
+			t.Errorf("GET /v1/audit/%s: %d %+v, want its head seq %d", archive, code, ar.Chains, head.Seq)
+		}
+	}
+	check(s)
+	s.Close()
+
+	s = startServer(t, dir)
+	if h := storedHeadOf(t, s, archive); h == nil || *h != *head {
+		t.Fatalf("the archive's head after the start: %+v, want %+v", h, head)
+	}
+	if _, err := os.Stat(filepath.Join(nodes, removingPrefix+archive)); err != nil {
+		t.Errorf("the forged directory was not left alone: %v", err)
+	}
+	check(s)
+}
+
+// TestAuditArchiveDeleteMarker: a removal stopped after its directory was
+// renamed has its marker in the store (the head it removes), which hides
+// the archive and lets the next start complete the removal; the start
+// removes head and marker. Stopped after the marker but before the
+// rename, the archive stays whole and the start drops the marker.
+func TestAuditArchiveDeleteMarker(t *testing.T) {
+	t.Run("renamed", func(t *testing.T) {
+		dir := t.TempDir()
+		s := startServer(t, dir)
+		archive := archiveEdge1(t, s, dir)
+		raw, _ := s.st.GetSecure(keyAuditHead + archive)
+		s.audit.testHookRemove = func(at string) error {
+			if at == "renamed" {
+				return errors.New("crash (test)")
+			}
+			return nil
+		}
+		if code := deleteArchive(t, s, archive); code != http.StatusInternalServerError {
+			t.Fatalf("DELETE %s: %d, want the simulated crash", archive, code)
+		}
+		if m, err := s.st.GetSecure(keyAuditRemoving + archive); err != nil || m == nil || !bytes.Equal(m, raw) {
+			t.Fatalf("removal marker %q %v, want the archive's head %q", m, err, raw)
+		}
+		s.Close()
+
+		s = startServer(t, dir)
+		if got := nodeDirs(t, dir); len(got) != 1 || got[0] != "edge-1" {
+			t.Errorf("audit/nodes holds %v after the start, want only edge-1", got)
+		}
+		if h := storedHeadOf(t, s, archive); h != nil {
+			t.Errorf("the archive's head is still stored: %+v", h)
+		}
+		if m, _ := s.st.GetSecure(keyAuditRemoving + archive); m != nil {
+			t.Errorf("the removal marker is still stored: %q", m)
+		}
+	})
+	t.Run("marked", func(t *testing.T) {
+		dir := t.TempDir()
+		s := startServer(t, dir)
+		archive := archiveEdge1(t, s, dir)
+		s.audit.testHookRemove = func(at string) error {
+			if at == "marked" {
+				return errors.New("crash (test)")
+			}
+			return nil
+		}
+		if code := deleteArchive(t, s, archive); code != http.StatusInternalServerError {
+			t.Fatalf("DELETE %s: %d, want the simulated crash", archive, code)
+		}
+		s.Close()
+
+		s = startServer(t, dir)
+		if m, _ := s.st.GetSecure(keyAuditRemoving + archive); m != nil {
+			t.Errorf("the removal marker is still stored: %q", m)
+		}
+		checkVerdicts(t, auditVerdicts(t, s), map[string]string{
+			"control " + s.cfg.Name: "intact",
+			"node edge-1":           "intact",
+			"archived " + archive:   "intact",
+		})
 	})
 }

@@ -23,18 +23,41 @@ var errStoreFault = errors.New("store write failed (test)")
 type faultStore struct {
 	store.Backend
 	fail atomic.Pointer[func(tx *store.SecureTx) error]
+	// lie: a security write it says so is stored, then reported failed
+	// (a shared store can fail a write it made).
+	lie atomic.Pointer[func(tx *store.SecureTx) bool]
+	// getFail: reads of the security records it says so fail.
+	getFail atomic.Pointer[func(key string) bool]
 }
 
 func (f *faultStore) UpdateSecure(fn func(*store.SecureTx) error) error {
-	return f.Backend.UpdateSecure(func(tx *store.SecureTx) error {
+	lied := false
+	err := f.Backend.UpdateSecure(func(tx *store.SecureTx) error {
+		lied = false
 		if err := fn(tx); err != nil {
 			return err
 		}
 		if fail := f.fail.Load(); fail != nil {
-			return (*fail)(tx)
+			if err := (*fail)(tx); err != nil {
+				return err
+			}
+		}
+		if lie := f.lie.Load(); lie != nil {
+			lied = (*lie)(tx)
 		}
 		return nil
 	})
+	if err == nil && lied {
+		return errStoreFault
+	}
+	return err
+}
+
+func (f *faultStore) GetSecure(key string) ([]byte, error) {
+	if g := f.getFail.Load(); g != nil && (*g)(key) {
+		return nil, errStoreFault
+	}
+	return f.Backend.GetSecure(key)
 }
 
 // failWhen makes the security writes that fail says so fail; nil: none.
@@ -243,4 +266,43 @@ func TestAuditArchiveHeadMoveAndUndoFailRepairedAtStart(t *testing.T) {
 		"node edge-1":                        "intact",
 		"archived " + filepath.Base(archive): "intact",
 	})
+}
+
+// TestAuditArchiveHeadMoveUnconfirmedKept: the store write that moves the
+// head of a restarted chain to its archive goes through but reports an
+// error, and the store cannot be read to tell: the archive is not renamed
+// back (that would leave a head under its name with no directory, listed
+// as tampered for ever). The restart is refused; the archive keeps its
+// directory and its head and verifies intact.
+func TestAuditArchiveHeadMoveUnconfirmedKept(t *testing.T) {
+	dir := t.TempDir()
+	s, fs := startFaultServer(t, dir)
+	old := nodeRecords(t, "edge-1", 6)
+	a := dialAgentWelcome(t, s, "edge-1", 0)
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, old)})
+	if m := a.recv(); m.AuditSeq != 6 || m.Error != "" {
+		t.Fatalf("ack %+v", m)
+	}
+	lie := func(tx *store.SecureTx) bool { return failArchiveHeadMove(tx) != nil }
+	fs.lie.Store(&lie)
+	getFail := func(key string) bool { return strings.HasPrefix(key, keyAuditHead) && isArchive(key) }
+	fs.getFail.Store(&getFail)
+	a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: encodeBatch(t, nodeRecords(t, "edge-1", 3))})
+	if m := a.recv(); !strings.Contains(m.Error, errStoreFault.Error()) {
+		t.Fatalf("restart whose head move was not confirmed: ack %+v, want the store's error", m)
+	}
+	fs.lie.Store(nil)
+	fs.getFail.Store(nil)
+	a.c.Close()
+	archives, _ := filepath.Glob(filepath.Join(dir, "audit", "nodes", "edge-1.archived-*"))
+	if len(archives) != 1 {
+		t.Fatalf("archives %v, want one (not renamed back)", archives)
+	}
+	archive := filepath.Base(archives[0])
+	if h := storedHeadOf(t, s, archive); h == nil || h.Seq != 6 || h.Hash != old[5].Hash {
+		t.Fatalf("the archive's head %+v, want seq 6", h)
+	}
+	if v := auditVerdicts(t, s)["archived "+archive]; v != "intact" {
+		t.Errorf("the archive: %q, want intact", v)
+	}
 }
