@@ -40,7 +40,7 @@ const (
 	ReasonNotNodeIdentity = "not_node_identity"       // authenticated, but not a node
 	ReasonWrongALPN       = "wrong_alpn"              // no or unknown ALPN
 	ReasonBusy            = identity.ReasonBusy       // MaxHandshakes connections were being authenticated
-	ReasonSourceBusy      = identity.ReasonSourceBusy // MaxHandshakesPerSource from the connection's address were
+	ReasonSourceBusy      = identity.ReasonSourceBusy // MaxHandshakesPerSource of them were from its address
 	ReasonControlTimeout  = "control_timeout"         // a control connection silent for ControlTimeout
 )
 

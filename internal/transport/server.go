@@ -148,6 +148,9 @@ func (c *ServerConfig) validate() error {
 	if c.Listener == nil {
 		return errors.New("no Listener")
 	}
+	if c.MaxHandshakes < 0 || c.MaxHandshakesPerSource < 0 {
+		return errors.New("negative handshake bound")
+	}
 	var err error
 	if c.StreamWindow, err = checkStreamWindow(c.StreamWindow); err != nil {
 		return err
@@ -163,9 +166,6 @@ func (c *ServerConfig) validateStreams() error {
 	}
 	if c.HeaderTimeout < 0 || c.DialTimeout < 0 {
 		return errors.New("negative timeout")
-	}
-	if c.MaxHandshakes < 0 || c.MaxHandshakesPerSource < 0 {
-		return errors.New("negative handshake bound")
 	}
 	if c.HeaderTimeout == 0 {
 		c.HeaderTimeout = defaultHeaderTimeout
