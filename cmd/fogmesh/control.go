@@ -59,6 +59,11 @@ type controlFile struct {
 	// AuditArchivesPerNode bounds the archived audit chains kept of one
 	// node (default 16, negative: no bound): see control.Config.
 	AuditArchivesPerNode int `json:"auditArchivesPerNode,omitempty"`
+	// SyncMaxHandshakes and SyncMaxHandshakesPerSource bound the sync
+	// port's TLS handshakes in progress, in all and from one IP address
+	// (default 1024 and 32): see control.Config.
+	SyncMaxHandshakes          int `json:"syncMaxHandshakes,omitempty"`
+	SyncMaxHandshakesPerSource int `json:"syncMaxHandshakesPerSource,omitempty"`
 
 	// Kube is a kubeconfig file, or "in-cluster": the Kubernetes API
 	// (or KubeEdge metaServer, OpenYurt yurthub) whose Services,
@@ -312,6 +317,7 @@ func runControl(args []string) error {
 		Mode: fc.Mode, Region: fc.Region, Upstreams: fc.Upstreams, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
 		VIPIndexMin: vipMin, VIPIndexMax: vipMax, Metrics: ms, MaxEndpointsPerNode: fc.MaxEndpointsPerNode,
 		AuditArchivesPerNode: fc.AuditArchivesPerNode,
+		SyncMaxHandshakes:    fc.SyncMaxHandshakes, SyncMaxHandshakesPerSource: fc.SyncMaxHandshakesPerSource,
 	})
 	var refused *enroll.Error
 	if errors.As(err, &refused) { // a refused region join: retrying cannot help

@@ -105,6 +105,10 @@ type Config struct {
 	// negative: no limit, nor on its 64 sessions). In insecure mode a
 	// peer is an IP address.
 	MaxStreamsPerPeer int `json:"maxStreamsPerPeer,omitempty"`
+	// MeshMaxHandshakes(PerSource) bound the mesh port's TLS handshakes in progress, in all and from one
+	// IP address (default 256, 32; transport.ServerConfig): more connections are closed at once.
+	MeshMaxHandshakes          int `json:"meshMaxHandshakes,omitempty"`
+	MeshMaxHandshakesPerSource int `json:"meshMaxHandshakesPerSource,omitempty"`
 	// MeshPingInterval is how often the agent pings each peer agent it has
 	// a mesh session with, to measure the RTT the edge-aware balancer
 	// counts as distance (default 5s).

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -21,6 +22,9 @@ import (
 // the mesh listener and the relayed sessions, and the site gateway when
 // this agent is one.
 func (a *Agent) initMesh(cfg Config) error {
+	if cfg.MeshMaxHandshakes < 0 || cfg.MeshMaxHandshakesPerSource < 0 {
+		return &ConfigError{Err: errors.New("agent: meshMaxHandshakes, meshMaxHandshakesPerSource: negative")}
+	}
 	var err error
 	pcfg := paths.Config{Self: cfg.Node.Name, Dialer: a, Network: cfg.Network, Logger: a.log.With("sub", "mesh"),
 		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,
@@ -41,7 +45,7 @@ func (a *Agent) initMesh(cfg Config) error {
 	}
 	scfg := transport.ServerConfig{Listener: a.peers.Listener(a.meshLn), Dialer: a,
 		Logger: a.log.With("sub", "mesh"), Metrics: cfg.Metrics, TLS: pcfg.ServerTLS, StreamWindow: cfg.MeshStreamWindow,
-		PeerStreams: pcfg.PeerStreams}
+		PeerStreams: pcfg.PeerStreams, MaxHandshakes: cfg.MeshMaxHandshakes, MaxHandshakesPerSource: cfg.MeshMaxHandshakesPerSource}
 	if a.ident != nil {
 		scfg.TrustedSourceID = a.trustedSourceID
 		scfg.PeerCheck, scfg.OnCut = a.ident.src.CheckPeer, a.meshCut

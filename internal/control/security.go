@@ -83,6 +83,8 @@ type security struct {
 	src *identity.Source // serving SVID; own bundle; deny list
 
 	syncTLS *tls.Config
+	// gate bounds the sync port's handshakes in progress (sync.go).
+	gate *identity.HandshakeGate
 	// region is the regional control plane's identity and upstream link
 	// (region_link.go); nil on a global control plane.
 	region *regional
@@ -128,6 +130,8 @@ func newSecurity(s *Server) (*security, error) {
 		sec.mJoins[r] = m.NewCounter(fmt.Sprintf(`fogmesh_control_joins_total{result=%q}`, r))
 	}
 	sec.mIssued = m.NewCounter(`fogmesh_control_certificates_issued_total`)
+	sec.gate = identity.NewHandshakeGate(s.cfg.SyncMaxHandshakes, s.cfg.SyncMaxHandshakesPerSource)
+	m.NewGauge(`fogmesh_tls_handshakes_in_progress{port="sync"}`, func() float64 { return float64(sec.gate.InProgress()) })
 	if reg != nil {
 		reg.refresh = sec.refreshTrust
 		m.NewGauge(`fogmesh_control_region_linked`, func() float64 {

@@ -26,6 +26,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/syncproto"
@@ -72,6 +73,16 @@ type Config struct {
 	// list is refused (endpointcap.go). Only the 32 MiB frame bounded it,
 	// and every endpoint is stored and sent to every agent.
 	MaxEndpointsPerNode int
+	// SyncMaxHandshakes and SyncMaxHandshakesPerSource bound the sync
+	// port's TLS handshakes in progress at once, in all and from one
+	// source IP address (an IPv6 /64): a connection over either is closed
+	// at once, before any TLS work, and counted as reason "busy" or
+	// "source_busy" of fogmesh_tls_handshake_failures_total{port="sync"}
+	// (identity.HandshakeGate); the agent retries after its backoff.
+	// Authenticated streams do not count. Default
+	// DefaultSyncMaxHandshakes (1024) and
+	// identity.DefaultMaxHandshakesPerSource (32).
+	SyncMaxHandshakes, SyncMaxHandshakesPerSource int
 	// AuditArchivesPerNode bounds the archived audit chains kept of one
 	// node (default 16; negative: no bound). A node restarts its chain at
 	// will (a reset state dir), at most one archive a second; past the
@@ -192,6 +203,15 @@ func (c *Config) validate() error {
 	if c.MaxEndpointsPerNode <= 0 {
 		c.MaxEndpointsPerNode = DefaultMaxEndpointsPerNode
 	}
+	if c.SyncMaxHandshakes < 0 || c.SyncMaxHandshakesPerSource < 0 {
+		return errors.New("control: negative syncMaxHandshakes")
+	}
+	if c.SyncMaxHandshakes == 0 {
+		c.SyncMaxHandshakes = DefaultSyncMaxHandshakes
+	}
+	if c.SyncMaxHandshakesPerSource == 0 {
+		c.SyncMaxHandshakesPerSource = identity.DefaultMaxHandshakesPerSource
+	}
 	if c.AuditArchivesPerNode == 0 {
 		c.AuditArchivesPerNode = DefaultAuditArchivesPerNode
 	}
@@ -228,6 +248,13 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// DefaultSyncMaxHandshakes is Config.SyncMaxHandshakes's default: the sync
+// port serves the whole fleet, which reconnects at once after a restart
+// (jittered over 15 s, see ReconnectGrace), so it allows as many
+// handshakes at once as the relay; each holds a goroutine, buffers and a
+// signature until done or timed out, a few tens of MiB at most.
+const DefaultSyncMaxHandshakes = 1024
 
 // The default listen addresses.
 const (

@@ -58,6 +58,18 @@ func (s *Server) acceptSync(ctx context.Context) error {
 			}
 			continue
 		}
+		release := func() {}
+		if s.sec != nil {
+			var reason string
+			if release, reason = s.sec.gate.Enter(c.RemoteAddr()); release == nil {
+				// No goroutine, no TLS work; Debug: an attack must not
+				// flood the log.
+				c.Close()
+				s.sec.tlsFailure(reason)
+				s.log.Debug("control: sync connection refused before its handshake", "remote", c.RemoteAddr(), "reason", reason)
+				continue
+			}
+		}
 		s.mu.Lock()
 		s.streams[c] = ""
 		s.mu.Unlock()
@@ -75,7 +87,7 @@ func (s *Server) acceptSync(ctx context.Context) error {
 			// stream's reader for its whole life is small, so its stack,
 			// grown by the handshake, shrinks back (a stack is halved only
 			// while under a quarter of it is in use; one per agent).
-			conn, peer, agent := s.handshakeSync(ctx, c)
+			conn, peer, agent := s.handshakeSync(ctx, c, release)
 			if !agent {
 				return
 			}
@@ -89,12 +101,14 @@ func (s *Server) acceptSync(ctx context.Context) error {
 // handshakeSync runs the TLS handshake of an accepted sync connection (in
 // secure mode) and serves the protocols that are not an agent's stream
 // (join, region, relay); agent is true when the connection is an agent
-// stream, for serveStream.
-func (s *Server) handshakeSync(ctx context.Context, c net.Conn) (conn net.Conn, peer spiffeid.ID, agent bool) {
+// stream, for serveStream. release frees c's handshake slot (security.gate)
+// once the handshake has finished or failed.
+func (s *Server) handshakeSync(ctx context.Context, c net.Conn, release func()) (conn net.Conn, peer spiffeid.ID, agent bool) {
 	if s.sec == nil {
 		return c, peer, true
 	}
 	tc, err := identity.ServerHandshake(ctx, c, s.sec.syncTLS, 10*time.Second)
+	release()
 	if err != nil {
 		reason := identity.HandshakeReason(err)
 		s.sec.tlsFailure(reason)

@@ -137,9 +137,11 @@ const (
 	ReasonOther            = "other"
 )
 
-// Reasons lists every reason, for pre-registering metric series.
+// Reasons lists every reason, for pre-registering metric series, with the
+// HandshakeGate's refusals (gate.go).
 var Reasons = []string{ReasonNotTLS, ReasonNoCertificate, ReasonUnknownAuthority, ReasonExpired,
-	ReasonRevoked, ReasonUnauthorized, ReasonBadCertificate, ReasonPeerRejected, ReasonTimeout, ReasonOther}
+	ReasonRevoked, ReasonUnauthorized, ReasonBadCertificate, ReasonPeerRejected, ReasonTimeout, ReasonOther,
+	ReasonBusy, ReasonSourceBusy}
 
 // HandshakeError is a refused TLS handshake with its reason.
 type HandshakeError struct {

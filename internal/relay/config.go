@@ -60,8 +60,12 @@ type Config struct {
 	// MaxHandshakes bounds the connections being authenticated at once
 	// (default 1024): beyond it, new connections are closed at once with
 	// reason "busy", so unauthenticated peers cannot hold unbounded
-	// goroutines and memory.
-	MaxHandshakes int
+	// goroutines and memory. MaxHandshakesPerSource bounds those of one
+	// source IP address, an IPv6 one's /64 (default 32,
+	// identity.DefaultMaxHandshakesPerSource; at most MaxHandshakes):
+	// beyond it its new connections are closed with reason
+	// "source_busy", so one source cannot take the whole budget.
+	MaxHandshakes, MaxHandshakesPerSource int
 	// WriteTimeout bounds a frame written to an agent; an agent that does
 	// not read its control connection is disconnected (default 10s).
 	WriteTimeout time.Duration
@@ -104,7 +108,7 @@ func (c *Config) validate() error {
 		return errors.New("relay: config: no certificate (Source with an SVID)")
 	}
 	if c.MaxSessionsPerNode < 0 || c.MaxSessionsPerPair < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
-		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 ||
+		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 || c.MaxHandshakesPerSource < 0 ||
 		c.MaxUDPChannelsPerNode < 0 || c.UDPIdleTimeout < 0 {
 		return errors.New("relay: config: negative limit or duration")
 	}
@@ -124,6 +128,7 @@ func (c *Config) validate() error {
 	if c.MaxHandshakes == 0 {
 		c.MaxHandshakes = DefaultMaxHandshakes
 	}
+	c.MaxHandshakesPerSource = min(cmp.Or(c.MaxHandshakesPerSource, identity.DefaultMaxHandshakesPerSource), c.MaxHandshakes)
 	if c.MaxSessionsPerNode == 0 {
 		c.MaxSessionsPerNode = DefaultMaxSessionsPerNode
 	}

@@ -23,31 +23,32 @@ import (
 // Refusal reasons besides identity's handshake reasons and the frame
 // reasons: the reason label of fogmesh_relay_refused_total.
 const (
-	ReasonBadRequest      = "bad_request"        // a well-formed frame with a bad value (peer ID)
-	ReasonUnexpected      = "unexpected_frame"   // a frame type not allowed here
-	ReasonReplay          = "replay"             // reused nonce or stale Introduce
-	ReasonOtherDomain     = "other_trust_domain" // the peer is in another trust domain
-	ReasonDenied          = "denied"             // Config.Policy refused
-	ReasonNotConnected    = "peer_not_connected" // the peer has no control connection
-	ReasonSessionLimit    = "session_limit"      // MaxSessionsPerNode or MaxSessionsPerPair reached
-	ReasonAcceptTimeout   = "accept_timeout"     // the peer did not open its side
-	ReasonUnknownSession  = "unknown_session"    // Accept of a session that is not yours or gone
-	ReasonSlowReader      = "slow_reader"        // a control frame could not be written in WriteTimeout
-	ReasonRevokedLive     = "revoked_live"       // an open connection closed by a new revocation
-	ReasonUDPShort        = "udp_short"          // UDP request shorter than the answer would be
-	ReasonUDPBadToken     = "udp_bad_token"      // UDP request with an unknown token
-	ReasonNonceStoreFull  = "nonce_store_full"   // too many remembered nonces
-	ReasonNotNodeIdentity = "not_node_identity"  // authenticated, but not a node
-	ReasonWrongALPN       = "wrong_alpn"         // no or unknown ALPN
-	ReasonBusy            = "busy"               // MaxHandshakes connections were being authenticated
-	ReasonControlTimeout  = "control_timeout"    // a control connection silent for ControlTimeout
+	ReasonBadRequest      = "bad_request"             // a well-formed frame with a bad value (peer ID)
+	ReasonUnexpected      = "unexpected_frame"        // a frame type not allowed here
+	ReasonReplay          = "replay"                  // reused nonce or stale Introduce
+	ReasonOtherDomain     = "other_trust_domain"      // the peer is in another trust domain
+	ReasonDenied          = "denied"                  // Config.Policy refused
+	ReasonNotConnected    = "peer_not_connected"      // the peer has no control connection
+	ReasonSessionLimit    = "session_limit"           // MaxSessionsPerNode or MaxSessionsPerPair reached
+	ReasonAcceptTimeout   = "accept_timeout"          // the peer did not open its side
+	ReasonUnknownSession  = "unknown_session"         // Accept of a session that is not yours or gone
+	ReasonSlowReader      = "slow_reader"             // a control frame could not be written in WriteTimeout
+	ReasonRevokedLive     = "revoked_live"            // an open connection closed by a new revocation
+	ReasonUDPShort        = "udp_short"               // UDP request shorter than the answer would be
+	ReasonUDPBadToken     = "udp_bad_token"           // UDP request with an unknown token
+	ReasonNonceStoreFull  = "nonce_store_full"        // too many remembered nonces
+	ReasonNotNodeIdentity = "not_node_identity"       // authenticated, but not a node
+	ReasonWrongALPN       = "wrong_alpn"              // no or unknown ALPN
+	ReasonBusy            = identity.ReasonBusy       // MaxHandshakes connections were being authenticated
+	ReasonSourceBusy      = identity.ReasonSourceBusy // MaxHandshakesPerSource of them were from its address
+	ReasonControlTimeout  = "control_timeout"         // a control connection silent for ControlTimeout
 )
 
 var refusalReasons = append(append([]string{}, identity.Reasons...),
 	ReasonFrameTooLarge, ReasonFrameTrunc, ReasonFrameType, ReasonFrameBad,
 	ReasonBadRequest, ReasonUnexpected, ReasonReplay, ReasonOtherDomain, ReasonDenied, ReasonNotConnected,
 	ReasonSessionLimit, ReasonAcceptTimeout, ReasonUnknownSession, ReasonSlowReader, ReasonRevokedLive,
-	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout, ReasonBusy)
+	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout, ReasonBusy, ReasonSourceBusy)
 
 // Server is a relay. New does not listen: connections come in through
 // Serve and ServeUDP, so tests and the command choose the sockets.
@@ -69,8 +70,8 @@ type Server struct {
 	mUDPChannels                    *metrics.Counter
 	mPairLimit                      *metrics.Counter // sessions refused by MaxSessionsPerPair (pairs.go)
 
-	handshakes chan struct{} // a slot per connection being authenticated
-	refusals   refusalLog    // when each reason was last logged
+	handshakes *identity.HandshakeGate // a slot per connection being authenticated
+	refusals   refusalLog              // when each reason was last logged
 	// tap, if set (tests), sees every byte the relay forwards.
 	tap func(session string, p []byte)
 
@@ -110,7 +111,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, ctx: ctx, stop: stop,
 		tls:        cfg.Source.ServerConfig(identity.AuthorizeNode(), ALPNControl, ALPNData),
-		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		handshakes: identity.NewHandshakeGate(cfg.MaxHandshakes, cfg.MaxHandshakesPerSource),
 		mRefused:   map[string]*metrics.Counter{},
 		listeners:  map[io.Closer]struct{}{},
 		conns:      map[net.Conn]connPeer{},
@@ -138,7 +139,7 @@ func New(cfg Config) (*Server, error) {
 		defer s.mu.Unlock()
 		return float64(s.active)
 	})
-	m.NewGauge(`fogmesh_relay_handshakes_in_progress`, func() float64 { return float64(len(s.handshakes)) })
+	m.NewGauge(`fogmesh_relay_handshakes_in_progress`, func() float64 { return float64(s.handshakes.InProgress()) })
 	m.NewGauge(`fogmesh_relay_sessions_pending`, func() float64 {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -195,15 +196,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			c.Close()
 			return nil
 		}
-		select {
-		case s.handshakes <- struct{}{}:
-		default:
-			s.refuse(ReasonBusy)
+		release, reason := s.handshakes.Enter(c.RemoteAddr())
+		if release == nil { // closed before any TLS work
+			s.refuseLogged(slog.LevelDebug, reason, "remote", c.RemoteAddr().String(), "too many handshakes in progress")
 			s.closeConn(c)
 			continue
 		}
 		s.wg.Add(1)
-		go s.serveConn(c)
+		go s.serveConn(c, release)
 	}
 }
 
@@ -294,8 +294,8 @@ func (s *Server) SetDenied(ids []string) {
 }
 
 // serveConn authenticates one connection and runs it as a control or a
-// data connection.
-func (s *Server) serveConn(raw net.Conn) {
+// data connection. release frees its handshake slot.
+func (s *Server) serveConn(raw net.Conn, release func()) {
 	defer s.wg.Done()
 	handedOff := false
 	defer func() {
@@ -304,7 +304,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		}
 	}()
 	tc, err := identity.ServerHandshake(s.ctx, raw, s.tls, s.cfg.HandshakeTimeout)
-	<-s.handshakes
+	release()
 	if err != nil {
 		s.refuseConn(identity.HandshakeReason(err), raw.RemoteAddr().String(), err.Error())
 		return

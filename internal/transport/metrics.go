@@ -23,8 +23,11 @@ type meshMetrics struct {
 	sessions *metrics.Gauge              // open yamux sessions
 	bad      *metrics.Counter            // streams rejected for a bad header (in only)
 	direct   *metrics.Counter            // streams with a TCP connection of their own (direct.go)
-	set      *metrics.Set
-	dir      string
+	// handshakes in progress, each holding a slot of the server's
+	// identity.HandshakeGate (in only)
+	handshakes *metrics.Gauge
+	set        *metrics.Set
+	dir        string
 }
 
 // tlsFailure counts a refused TLS handshake:
@@ -50,6 +53,9 @@ func newMeshMetrics(set *metrics.Set, dir string) *meshMetrics {
 		direct:   set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mesh_direct_streams_total{dir=%q}`, dir)),
 		set:      set,
 		dir:      dir,
+	}
+	if dir == "in" {
+		m.handshakes = set.GetOrCreateGauge(`fogmesh_tls_handshakes_in_progress{port="mesh"}`, nil)
 	}
 	for _, r := range []string{resultOK, resultRefused, resultDialFailed, resultError, resultDenied} {
 		m.streams[r] = set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mesh_streams_total{dir=%q,result=%q}`, dir, r))

@@ -101,6 +101,15 @@ type ServerConfig struct {
 	// shared with the agent's other mesh servers (peerlimit.go). Default:
 	// a cap of DefaultMaxStreamsPerPeer for this server alone.
 	PeerStreams *PeerStreams
+	// MaxHandshakes and MaxHandshakesPerSource bound the TLS handshakes
+	// in progress at once, in all and from one source IP address (an
+	// IPv6 /64): a connection over either is closed at once, before any
+	// TLS work, and counted as reason "busy" or "source_busy" of
+	// fogmesh_tls_handshake_failures_total (identity.HandshakeGate).
+	// Authenticated connections do not count. Default
+	// identity.DefaultMaxHandshakes (256) and
+	// identity.DefaultMaxHandshakesPerSource (32).
+	MaxHandshakes, MaxHandshakesPerSource int
 }
 
 // Peer is the authenticated agent at the other end of a mesh connection.
@@ -139,6 +148,9 @@ func (c *ServerConfig) validate() error {
 	if c.Listener == nil {
 		return errors.New("no Listener")
 	}
+	if c.MaxHandshakes < 0 || c.MaxHandshakesPerSource < 0 {
+		return errors.New("negative handshake bound")
+	}
 	var err error
 	if c.StreamWindow, err = checkStreamWindow(c.StreamWindow); err != nil {
 		return err
@@ -176,6 +188,7 @@ type Server struct {
 	cfg    ServerConfig
 	log    *slog.Logger
 	limit  *PeerStreams // cfg.PeerStreams
+	gate   *identity.HandshakeGate
 	m      *meshMetrics
 	ctx    context.Context // canceled by Close; parent of every stream's
 	cancel context.CancelFunc
@@ -199,6 +212,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		limit:    cfg.PeerStreams,
+		gate:     identity.NewHandshakeGate(cfg.MaxHandshakes, cfg.MaxHandshakesPerSource),
 		m:        newMeshMetrics(cfg.Metrics, "in"),
 		ctx:      ctx,
 		cancel:   cancel,
@@ -249,15 +263,31 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		backoff = 0
 
+		release := func() {}
+		if s.cfg.TLS != nil {
+			var reason string
+			if release, reason = s.gate.Enter(conn.RemoteAddr()); release == nil {
+				// No goroutine, no TLS work; Debug: an attack must not
+				// flood the log.
+				conn.Close()
+				s.m.tlsFailure(reason)
+				s.log.Debug("mesh: connection refused before its handshake", "peer", conn.RemoteAddr().String(), "reason", reason)
+				continue
+			}
+			s.m.handshakes.Inc()
+			free := release
+			release = sync.OnceFunc(func() { free(); s.m.handshakes.Dec() })
+		}
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
+			release()
 			conn.Close()
 			continue
 		}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go s.serveConn(conn)
+		go s.serveConn(conn, release)
 	}
 }
 
@@ -308,7 +338,9 @@ func (s *Server) ActiveStreams() int64 {
 // serveConn runs one peer's yamux session until it ends. The first stream
 // must arrive within HeaderTimeout; a peer that sends anything but yamux
 // frames ends its own session.
-func (s *Server) serveConn(conn net.Conn) {
+//
+// release frees the connection's handshake slot (Server.gate).
+func (s *Server) serveConn(conn net.Conn, release func()) {
 	defer s.wg.Done()
 	log := s.log.With("peer", conn.RemoteAddr().String())
 
@@ -317,6 +349,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	if s.cfg.TLS != nil {
 		batch := newRecordBatcher(conn)
 		tc, err := identity.ServerHandshake(s.ctx, batch, s.cfg.TLS, s.cfg.HeaderTimeout)
+		release()
 		if err != nil {
 			conn.Close()
 			reason := identity.HandshakeReason(err)

@@ -41,6 +41,9 @@ type relayFile struct {
 	MaxSessionsPerPair int           `json:"maxSessionsPerPair,omitempty"`
 	BytesPerSecond     int64         `json:"bytesPerSecond,omitempty"`
 	IdleTimeout        base.Duration `json:"idleTimeout,omitempty"`
+	// MaxHandshakes and MaxHandshakesPerSource: see relay.Config.
+	MaxHandshakes          int `json:"maxHandshakes,omitempty"`
+	MaxHandshakesPerSource int `json:"maxHandshakesPerSource,omitempty"`
 }
 
 // Run runs the relay with the command line args until SIGINT or SIGTERM.
@@ -67,6 +70,8 @@ func Run(prog string, args []string) error {
 		maxPair    = fs.Int("max-sessions-per-pair", 0, "relayed sessions one node may dial to one other node (default 16), so one node cannot take all of another's slots")
 		bps        = fs.Int64("bytes-per-second", 0, "bytes per second one node may send through the relay (default 64 MiB; -1 unlimited)")
 		idle       = fs.Duration("idle-timeout", 0, "close a relayed session after this long without a byte (default 2m)")
+		maxHs      = fs.Int("max-handshakes", 0, "TLS handshakes in progress at once (default 1024); more connections are closed at once as busy")
+		maxHsSrc   = fs.Int("max-handshakes-per-source", 0, "TLS handshakes in progress at once from one IP address (default 32); more are closed at once as source_busy")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (relay, udp, admin) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		logf       base.LogFlags
 	)
@@ -128,6 +133,12 @@ func Run(prog string, args []string) error {
 	if set["idle-timeout"] {
 		fc.IdleTimeout = base.Duration(*idle)
 	}
+	if set["max-handshakes"] {
+		fc.MaxHandshakes = *maxHs
+	}
+	if set["max-handshakes-per-source"] {
+		fc.MaxHandshakesPerSource = *maxHsSrc
+	}
 	if fc.Addr == "" {
 		fc.Addr = "0.0.0.0:7074"
 	}
@@ -170,7 +181,8 @@ func Run(prog string, args []string) error {
 		src.SetDenied(denied)
 	}
 	srv, err := relay.New(relay.Config{Source: src, Logger: log, Metrics: ms,
-		MaxSessionsPerNode: fc.MaxSessionsPerNode, MaxSessionsPerPair: fc.MaxSessionsPerPair, BytesPerSecond: fc.BytesPerSecond, IdleTimeout: time.Duration(fc.IdleTimeout)})
+		MaxSessionsPerNode: fc.MaxSessionsPerNode, MaxSessionsPerPair: fc.MaxSessionsPerPair, BytesPerSecond: fc.BytesPerSecond, IdleTimeout: time.Duration(fc.IdleTimeout),
+		MaxHandshakes: fc.MaxHandshakes, MaxHandshakesPerSource: fc.MaxHandshakesPerSource})
 	if err != nil {
 		return &base.UsageError{Err: err}
 	}

@@ -1,0 +1,72 @@
+package control
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// syncHandshakes reads fogmesh_tls_handshakes_in_progress{port="sync"}
+// (-1 when absent).
+func syncHandshakes(s *Server) int {
+	var b bytes.Buffer
+	s.cfg.Metrics.WritePrometheus(&b)
+	const name = `fogmesh_tls_handshakes_in_progress{port="sync"} `
+	for line := range strings.Lines(b.String()) {
+		if v, ok := strings.CutPrefix(line, name); ok {
+			var n int
+			fmt.Sscan(v, &n)
+			return n
+		}
+	}
+	return -1
+}
+
+// TestSyncHandshakeSourceBound: connections from one source that send
+// nothing hold at most the per-source bound of the sync port's handshake
+// slots; the extra ones are closed at once and counted as source_busy, an
+// agent from another address is still welcomed, and the slots come back
+// when the silent connections close.
+func TestSyncHandshakeSourceBound(t *testing.T) {
+	s := startSecure(t)
+	per := identity.DefaultMaxHandshakesPerSource
+	silent := testenv.DialSilent(t, per+4, "127.63.3.1", s.SyncAddr())
+	testenv.WaitFor(t, 5*time.Second, "4 connections over the source's bound closed", func() bool {
+		return silent.ClosedByPeer() == 4 && s.TLSFailures(identity.ReasonSourceBusy) == 4
+	})
+	if m, err := syncDial(t, s, signNode(t, s.CA(), "s1", "good", 0), "s1", "good"); err != nil || m.Type != wire.TypeWelcome {
+		t.Fatalf("an agent during the flood: %v %+v", err, m)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the agent's slot freed", func() bool { return syncHandshakes(s) == per })
+	if silent.ClosedByPeer() != 4 {
+		t.Fatalf("%d silent connections closed, want still 4", silent.ClosedByPeer())
+	}
+
+	silent.Close()
+	testenv.WaitFor(t, 5*time.Second, "the silent connections' slots freed", func() bool { return syncHandshakes(s) == 0 })
+	again := testenv.DialSilent(t, per, "127.63.3.1", s.SyncAddr())
+	testenv.WaitFor(t, 5*time.Second, "the source's slots taken again", func() bool { return syncHandshakes(s) == per })
+	if again.ClosedByPeer() != 0 || s.TLSFailures(identity.ReasonSourceBusy) != 4 {
+		t.Fatalf("after the slots came back: %d closed, %d refused", again.ClosedByPeer(), s.TLSFailures(identity.ReasonSourceBusy))
+	}
+}
+
+// TestSyncHandshakeConfig: the bounds default, and a negative one is
+// refused.
+func TestSyncHandshakeConfig(t *testing.T) {
+	c := Config{StateDir: t.TempDir()}
+	if err := c.validate(); err != nil || c.SyncMaxHandshakes != DefaultSyncMaxHandshakes ||
+		c.SyncMaxHandshakesPerSource != identity.DefaultMaxHandshakesPerSource {
+		t.Fatalf("defaults: %v %d %d", err, c.SyncMaxHandshakes, c.SyncMaxHandshakesPerSource)
+	}
+	c = Config{StateDir: t.TempDir(), SyncMaxHandshakesPerSource: -1}
+	if err := c.validate(); err == nil {
+		t.Fatal("a negative SyncMaxHandshakesPerSource was accepted")
+	}
+}

@@ -1,0 +1,104 @@
+package transport
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+)
+
+// startGatedServer runs a mutual-TLS mesh server whose silent connections
+// outlive the test (HeaderTimeout, the handshake's timeout, is a minute).
+func startGatedServer(t *testing.T, ca *identity.CA, tweak func(*ServerConfig)) *testServer {
+	work := serveWorkload(t, "127.0.0.1:0", echo)
+	src := testSource(testSVID(t, ca, "s", "node-b"), ca.Bundle())
+	return startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"web-1": work}, func(c *ServerConfig) {
+		c.TLS = src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		c.HeaderTimeout = time.Minute
+		if tweak != nil {
+			tweak(c)
+		}
+	})
+}
+
+// handshakesInProgress reads fogmesh_tls_handshakes_in_progress{port="mesh"}
+// (-1 when absent).
+func handshakesInProgress(ts *testServer) int {
+	const name = `fogmesh_tls_handshakes_in_progress{port="mesh"} `
+	for line := range strings.Lines(metricsText(ts.metrics)) {
+		if v, ok := strings.CutPrefix(line, name); ok {
+			var n int
+			fmt.Sscan(v, &n)
+			return n
+		}
+	}
+	return -1
+}
+
+// TestMeshHandshakeSourceBound: one source opening more connections than
+// the per-source bound, sending nothing, gets the extra ones closed at once
+// (counted as source_busy) while the rest wait for their handshake; an
+// agent from another address still authenticates and streams, and does not
+// hold a slot; once the silent connections close their slots come back.
+func TestMeshHandshakeSourceBound(t *testing.T) {
+	ca := testCA(t, "", nil)
+	ts := startGatedServer(t, ca, nil)
+	per := identity.DefaultMaxHandshakesPerSource
+	refused := func() uint64 { return TLSFailures(ts.metrics, "in", identity.ReasonSourceBusy) }
+
+	silent := testenv.DialSilent(t, per+8, "127.63.1.1", ts.addr)
+	eventually(t, "8 connections over the source's bound closed", func() bool {
+		return silent.ClosedByPeer() == 8 && refused() == 8
+	})
+	for i := range per { // in order: the first ones took the slots
+		if silent.IsClosed(i) {
+			t.Fatalf("connection %d, under the bound, was closed", i)
+		}
+	}
+
+	c, _ := tlsClient(t, testSource(testSVID(t, ca, "s", "node-a"), ca.Bundle()), "node-a")
+	dialRoundTrip(t, c, ts.addr, "web-1", "authenticated past the flood")
+	if n := handshakesInProgress(ts); n != per {
+		t.Fatalf("%d handshakes in progress with an authenticated session, want %d", n, per)
+	}
+	if silent.ClosedByPeer() != 8 {
+		t.Fatalf("%d silent connections closed, want still 8", silent.ClosedByPeer())
+	}
+
+	silent.Close()
+	eventually(t, "the silent connections' slots freed", func() bool { return handshakesInProgress(ts) == 0 })
+	again := testenv.DialSilent(t, per, "127.63.1.1", ts.addr)
+	eventually(t, "the source's slots taken again", func() bool { return handshakesInProgress(ts) == per })
+	if again.ClosedByPeer() != 0 || refused() != 8 {
+		t.Fatalf("after the slots came back: %d closed, %d refused", again.ClosedByPeer(), refused())
+	}
+	dialRoundTrip(t, c, ts.addr, "web-1", "still served")
+}
+
+// TestMeshHandshakeListenerBound: past MaxHandshakes every source is
+// refused (busy), an agent too, until a handshake ends.
+func TestMeshHandshakeListenerBound(t *testing.T) {
+	ca := testCA(t, "", nil)
+	ts := startGatedServer(t, ca, func(c *ServerConfig) { c.MaxHandshakes, c.MaxHandshakesPerSource = 4, 2 })
+	a := testenv.DialSilent(t, 2, "127.63.2.1", ts.addr)
+	testenv.DialSilent(t, 2, "127.63.2.2", ts.addr)
+	eventually(t, "4 handshakes in progress", func() bool { return handshakesInProgress(ts) == 4 })
+	late := testenv.DialSilent(t, 1, "127.63.2.3", ts.addr)
+	eventually(t, "a fifth source refused as busy", func() bool {
+		return late.ClosedByPeer() == 1 && TLSFailures(ts.metrics, "in", identity.ReasonBusy) == 1
+	})
+
+	a.Close()
+	eventually(t, "two slots freed", func() bool { return handshakesInProgress(ts) == 2 })
+	c, _ := tlsClient(t, testSource(testSVID(t, ca, "s", "node-a"), ca.Bundle()), "node-a")
+	dialRoundTrip(t, c, ts.addr, "web-1", "in a freed slot")
+	if n := handshakesInProgress(ts); n != 2 {
+		t.Fatalf("%d handshakes in progress, want 2 (the agent's finished)", n)
+	}
+	if _, err := NewServer(ServerConfig{Listener: ts.ln, Dialer: mapDialer{}, MaxHandshakes: -1}); err == nil {
+		t.Fatal("a negative MaxHandshakes was accepted")
+	}
+}
