@@ -51,7 +51,13 @@ func (p *childPlane) pid() int { return int(p.curPID.Load()) }
 func (p *childPlane) start(ctx context.Context) (string, string, error) {
 	p.n++
 	addrFile := filepath.Join(p.dir, fmt.Sprintf("addrs-%d.json", p.n))
-	args := []string{"control", "-state-dir", filepath.Join(p.dir, "state"), "-admin-addr", "127.0.0.1:0",
+	// Every simulated agent dials from 127.0.0.1: the sync port's bound
+	// on handshakes from one source is lifted to what the bench opens.
+	cfgFile := filepath.Join(p.dir, "control.json")
+	if err := os.WriteFile(cfgFile, []byte(benchHandshakeBounds), 0o600); err != nil {
+		return "", "", err
+	}
+	args := []string{"control", "-config", cfgFile, "-state-dir", filepath.Join(p.dir, "state"), "-admin-addr", "127.0.0.1:0",
 		"-sync-addr", "127.0.0.1:0", "-addr-file", addrFile, "-heartbeat-interval", p.hb.String()}
 	if p.insecure {
 		args = append(args, "-insecure")
@@ -123,7 +129,8 @@ func (p *inProcPlane) pid() int { return 0 }
 
 func (p *inProcPlane) start(ctx context.Context) (string, string, error) {
 	s, err := control.New(control.Config{StateDir: filepath.Join(p.dir, "state"), AdminAddr: "127.0.0.1:0",
-		SyncAddr: "127.0.0.1:0", HeartbeatInterval: p.hb, Insecure: p.insecure})
+		SyncAddr: "127.0.0.1:0", HeartbeatInterval: p.hb, Insecure: p.insecure,
+		SyncMaxHandshakes: benchMaxHandshakes, SyncMaxHandshakesPerSource: benchMaxHandshakes})
 	if err != nil {
 		return "", "", err
 	}
@@ -288,3 +295,10 @@ func (ad *admin) list(ctx context.Context, plural, kind string) (map[string]uint
 	}
 	return out, resp.Version, nil
 }
+
+// benchMaxHandshakes bounds the sync port's handshakes in all and from one
+// source in the bench: every agent dials from 127.0.0.1, and the bench
+// measures the control plane's sync, not that bound.
+const benchMaxHandshakes = 1 << 16
+
+var benchHandshakeBounds = fmt.Sprintf(`{"syncMaxHandshakes": %d, "syncMaxHandshakesPerSource": %d}`, benchMaxHandshakes, benchMaxHandshakes)

@@ -26,7 +26,6 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fogmesh/fogmesh/internal/api"
-	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/syncproto"
@@ -80,8 +79,8 @@ type Config struct {
 	// "source_busy" of fogmesh_tls_handshake_failures_total{port="sync"}
 	// (identity.HandshakeGate); the agent retries after its backoff.
 	// Authenticated streams do not count. Default
-	// DefaultSyncMaxHandshakes (1024) and
-	// identity.DefaultMaxHandshakesPerSource (32).
+	// DefaultSyncMaxHandshakes (1024) and DefaultSyncMaxHandshakesPerSource
+	// (256).
 	SyncMaxHandshakes, SyncMaxHandshakesPerSource int
 	// AuditArchivesPerNode bounds the archived audit chains kept of one
 	// node (default 16; negative: no bound). A node restarts its chain at
@@ -210,7 +209,7 @@ func (c *Config) validate() error {
 		c.SyncMaxHandshakes = DefaultSyncMaxHandshakes
 	}
 	if c.SyncMaxHandshakesPerSource == 0 {
-		c.SyncMaxHandshakesPerSource = identity.DefaultMaxHandshakesPerSource
+		c.SyncMaxHandshakesPerSource = DefaultSyncMaxHandshakesPerSource
 	}
 	if c.AuditArchivesPerNode == 0 {
 		c.AuditArchivesPerNode = DefaultAuditArchivesPerNode
@@ -255,6 +254,12 @@ func (c *Config) validate() error {
 // handshakes at once as the relay; each holds a goroutine, buffers and a
 // signature until done or timed out, a few tens of MiB at most.
 const DefaultSyncMaxHandshakes = 1024
+
+// DefaultSyncMaxHandshakesPerSource is Config.SyncMaxHandshakesPerSource's
+// default: a site's nodes behind one NAT share its address and reconnect
+// together, over links where a handshake takes a few round trips of
+// hundreds of milliseconds; a quarter of the port's handshakes.
+const DefaultSyncMaxHandshakesPerSource = 256
 
 // The default listen addresses.
 const (

@@ -35,7 +35,7 @@ func syncHandshakes(s *Server) int {
 // when the silent connections close.
 func TestSyncHandshakeSourceBound(t *testing.T) {
 	s := startSecure(t)
-	per := identity.DefaultMaxHandshakesPerSource
+	per := DefaultSyncMaxHandshakesPerSource
 	silent := testenv.DialSilent(t, per+4, "127.63.3.1", s.SyncAddr())
 	testenv.WaitFor(t, 5*time.Second, "4 connections over the source's bound closed", func() bool {
 		return silent.ClosedByPeer() == 4 && s.TLSFailures(identity.ReasonSourceBusy) == 4
@@ -62,7 +62,7 @@ func TestSyncHandshakeSourceBound(t *testing.T) {
 func TestSyncHandshakeConfig(t *testing.T) {
 	c := Config{StateDir: t.TempDir()}
 	if err := c.validate(); err != nil || c.SyncMaxHandshakes != DefaultSyncMaxHandshakes ||
-		c.SyncMaxHandshakesPerSource != identity.DefaultMaxHandshakesPerSource {
+		c.SyncMaxHandshakesPerSource != DefaultSyncMaxHandshakesPerSource {
 		t.Fatalf("defaults: %v %d %d", err, c.SyncMaxHandshakes, c.SyncMaxHandshakesPerSource)
 	}
 	c = Config{StateDir: t.TempDir(), SyncMaxHandshakesPerSource: -1}
