@@ -136,12 +136,7 @@ func TestAuditArchivesBoundedPerNode(t *testing.T) {
 	go func() { s.Serve(context.Background()); close(done) }()
 	t.Cleanup(func() { s.Close(); <-done })
 
-	old := nodeRecords(t, "edge-1", 4)
-	a := dialAgentWelcome(t, s, "edge-1", 0)
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, old)})
-	if m := a.recv(); m.AuditSeq != 4 || m.Error != "" {
-		t.Fatalf("ack %+v", m)
-	}
+	a, _ := agentWithChain(t, s, "edge-1", 4)
 	// Two archives of earlier restarts, as earlier restarts left them.
 	nodes := filepath.Join(dir, "audit", "nodes")
 	b, err := os.ReadFile(filepath.Join(nodes, "edge-1", "audit.log"))
@@ -221,12 +216,7 @@ func TestAuditArchivesBoundedPerNode(t *testing.T) {
 func crashAfterArchive(t *testing.T, dir string, fresh []audit.Record) (archive string) {
 	t.Helper()
 	s := startServer(t, dir)
-	old := nodeRecords(t, "edge-1", 6)
-	a := dialAgentWelcome(t, s, "edge-1", 0)
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, old)})
-	if m := a.recv(); m.AuditSeq != 6 || m.Error != "" {
-		t.Fatalf("ack %+v", m)
-	}
+	a, _ := agentWithChain(t, s, "edge-1", 6)
 	a.c.Close()
 	crash := errors.New("crash (test)")
 	s.audit.testHookArchived = func(path string) error { archive = path; return crash }

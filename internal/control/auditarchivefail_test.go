@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/audit"
 	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -169,12 +170,7 @@ func failArchiveHeadMove(tx *store.SecureTx) error {
 func TestAuditArchiveHeadMoveFailureUndone(t *testing.T) {
 	dir := t.TempDir()
 	s, fs := startFaultServer(t, dir)
-	old := nodeRecords(t, "edge-1", 6)
-	a := dialAgentWelcome(t, s, "edge-1", 0)
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, old)})
-	if m := a.recv(); m.AuditSeq != 6 || m.Error != "" {
-		t.Fatalf("ack %+v", m)
-	}
+	a, old := agentWithChain(t, s, "edge-1", 6)
 
 	fs.failWhen(failArchiveHeadMove)
 	fresh := nodeRecords(t, "edge-1", 3)
@@ -221,12 +217,7 @@ func TestAuditArchiveHeadMoveFailureUndone(t *testing.T) {
 func TestAuditArchiveHeadMoveAndUndoFailRepairedAtStart(t *testing.T) {
 	dir := t.TempDir()
 	s, fs := startFaultServer(t, dir)
-	old := nodeRecords(t, "edge-1", 6)
-	a := dialAgentWelcome(t, s, "edge-1", 0)
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, old)})
-	if m := a.recv(); m.AuditSeq != 6 || m.Error != "" {
-		t.Fatalf("ack %+v", m)
-	}
+	a, old := agentWithChain(t, s, "edge-1", 6)
 	a.c.Close()
 
 	var archive string
@@ -277,12 +268,7 @@ func TestAuditArchiveHeadMoveAndUndoFailRepairedAtStart(t *testing.T) {
 func TestAuditArchiveHeadMoveUnconfirmedKept(t *testing.T) {
 	dir := t.TempDir()
 	s, fs := startFaultServer(t, dir)
-	old := nodeRecords(t, "edge-1", 6)
-	a := dialAgentWelcome(t, s, "edge-1", 0)
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, old)})
-	if m := a.recv(); m.AuditSeq != 6 || m.Error != "" {
-		t.Fatalf("ack %+v", m)
-	}
+	a, old := agentWithChain(t, s, "edge-1", 6)
 	lie := func(tx *store.SecureTx) bool { return failArchiveHeadMove(tx) != nil }
 	fs.lie.Store(&lie)
 	getFail := func(key string) bool { return strings.HasPrefix(key, keyAuditHead) && isArchive(key) }
@@ -305,4 +291,17 @@ func TestAuditArchiveHeadMoveUnconfirmedKept(t *testing.T) {
 	if v := auditVerdicts(t, s)["archived "+archive]; v != "intact" {
 		t.Errorf("the archive: %q, want intact", v)
 	}
+}
+
+// agentWithChain connects an agent of node to s and has its first n
+// records stored; it returns the agent and the records.
+func agentWithChain(t *testing.T, s *Server, node string, n int) (*agentConn, []audit.Record) {
+	t.Helper()
+	recs := nodeRecords(t, node, n)
+	a := dialAgentWelcome(t, s, node, 0)
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, recs)})
+	if m := a.recv(); m.AuditSeq != uint64(n) || m.Error != "" {
+		t.Fatalf("ack %+v", m)
+	}
+	return a, recs
 }
