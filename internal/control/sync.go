@@ -102,25 +102,32 @@ func (s *Server) acceptSync(ctx context.Context) error {
 // secure mode) and serves the protocols that are not an agent's stream
 // (join, region, relay); agent is true when the connection is an agent
 // stream, for serveStream. release frees c's handshake slot (security.gate)
-// once the handshake has finished or failed.
+// once the handshake has finished or failed, or for a join (whose peer has
+// no certificate) once the join is served.
 func (s *Server) handshakeSync(ctx context.Context, c net.Conn, release func()) (conn net.Conn, peer spiffeid.ID, agent bool) {
 	if s.sec == nil {
 		return c, peer, true
 	}
 	tc, err := identity.ServerHandshake(ctx, c, s.sec.syncTLS, 10*time.Second)
-	release()
 	if err != nil {
+		release()
 		reason := identity.HandshakeReason(err)
 		s.sec.tlsFailure(reason)
 		s.log.Warn("control: sync TLS handshake refused", "remote", c.RemoteAddr(), "reason", reason, "err", err)
 		return nil, peer, false
 	}
 	if tc.ConnectionState().NegotiatedProtocol == identity.ALPNJoin {
-		if err := s.sec.serveJoin(tc); err != nil {
+		// A joining node has no certificate: it holds its slot until its
+		// join is served (at most 10 s), else anyone could hold join
+		// connections without bound past their handshakes.
+		err := s.sec.serveJoin(tc)
+		release()
+		if err != nil {
 			s.log.Warn("control: join refused", "remote", c.RemoteAddr(), "err", err)
 		}
 		return nil, peer, false
 	}
+	release()
 	if peer, err = identity.PeerID(tc.ConnectionState()); err != nil {
 		return nil, peer, false
 	}

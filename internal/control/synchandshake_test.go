@@ -2,7 +2,10 @@ package control
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -69,4 +72,34 @@ func TestSyncHandshakeConfig(t *testing.T) {
 	if err := c.validate(); err == nil {
 		t.Fatal("a negative SyncMaxHandshakesPerSource was accepted")
 	}
+}
+
+// TestSyncJoinHoldsItsSlot: a join connection (its node has no certificate)
+// keeps its handshake slot until its join is served, so connections that
+// finish the handshake and then send nothing cannot pile up past the bound:
+// with two such joins open from one source, a third connection from it is
+// refused as source_busy.
+func TestSyncJoinHoldsItsSlot(t *testing.T) {
+	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond, SyncMaxHandshakesPerSource: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	const src = "127.63.4.1"
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	for range 2 {
+		jc, err := tls.DialWithDialer(d, "tcp", s.SyncAddr(), &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true,
+			NextProtos: []string{identity.ALPNJoin}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer jc.Close()
+	}
+	third := testenv.DialSilent(t, 1, src, s.SyncAddr())
+	testenv.WaitFor(t, 5*time.Second, "a third connection from the source refused", func() bool {
+		return third.ClosedByPeer() == 1 && s.TLSFailures(identity.ReasonSourceBusy) == 1
+	})
 }

@@ -17,11 +17,12 @@ const (
 // other agents, each keeping one session, so 256 handshakes at once is far
 // above a reconnect storm while bounding what unauthenticated connections
 // hold (a goroutine, buffers, a signature each) to a few tens of MiB. A
-// source (an agent, or a NAT in front of a site) gets an eighth of it, so
-// one cannot take the whole budget.
+// source (an agent, a NAT in front of a site, a relay) gets a part of it, so
+// one cannot take the whole budget: a quarter of it, since every peer
+// reaching the agent through one relay (or one NAT) shares that address.
 const (
 	DefaultMaxHandshakes          = 256
-	DefaultMaxHandshakesPerSource = 32
+	DefaultMaxHandshakesPerSource = 64
 )
 
 // HandshakeGate bounds the TLS handshakes a listener runs at once before

@@ -61,8 +61,8 @@ type Config struct {
 	// (default 1024): beyond it, new connections are closed at once with
 	// reason "busy", so unauthenticated peers cannot hold unbounded
 	// goroutines and memory. MaxHandshakesPerSource bounds those of one
-	// source IP address, an IPv6 one's /64 (default 32,
-	// identity.DefaultMaxHandshakesPerSource; at most MaxHandshakes):
+	// source IP address, an IPv6 one's /64 (default
+	// DefaultMaxHandshakesPerSource, 256; at most MaxHandshakes):
 	// beyond it its new connections are closed with reason
 	// "source_busy", so one source cannot take the whole budget.
 	MaxHandshakes, MaxHandshakesPerSource int
@@ -94,13 +94,18 @@ const (
 	DefaultAcceptTimeout      = 10 * time.Second
 	DefaultHandshakeTimeout   = 10 * time.Second
 	DefaultMaxHandshakes      = 1024
-	DefaultWriteTimeout       = 10 * time.Second
-	DefaultReplayWindow       = 2 * time.Minute
-	DefaultControlTimeout     = 90 * time.Second
-	DefaultMaxUDPChannels     = 16
-	DefaultUDPIdleTimeout     = 60 * time.Second
-	minBurst                  = 64 << 10
-	maxNonces                 = 1 << 16
+	// DefaultMaxHandshakesPerSource: a relay's clients are mostly NATed
+	// agents, a site's all from its NAT's one address (a gateway site's
+	// from the gateway's), reconnecting together after a relay restart:
+	// a quarter of the handshakes.
+	DefaultMaxHandshakesPerSource = 256
+	DefaultWriteTimeout           = 10 * time.Second
+	DefaultReplayWindow           = 2 * time.Minute
+	DefaultControlTimeout         = 90 * time.Second
+	DefaultMaxUDPChannels         = 16
+	DefaultUDPIdleTimeout         = 60 * time.Second
+	minBurst                      = 64 << 10
+	maxNonces                     = 1 << 16
 )
 
 func (c *Config) validate() error {
@@ -128,7 +133,7 @@ func (c *Config) validate() error {
 	if c.MaxHandshakes == 0 {
 		c.MaxHandshakes = DefaultMaxHandshakes
 	}
-	c.MaxHandshakesPerSource = min(cmp.Or(c.MaxHandshakesPerSource, identity.DefaultMaxHandshakesPerSource), c.MaxHandshakes)
+	c.MaxHandshakesPerSource = min(cmp.Or(c.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource), c.MaxHandshakes)
 	if c.MaxSessionsPerNode == 0 {
 		c.MaxSessionsPerNode = DefaultMaxSessionsPerNode
 	}

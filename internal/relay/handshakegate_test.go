@@ -3,7 +3,6 @@ package relay
 import (
 	"testing"
 
-	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
@@ -13,7 +12,7 @@ import (
 // the slots come back when the silent connections close.
 func TestRelayHandshakeSourceLimit(t *testing.T) {
 	f := newFixture(t, nil)
-	per := identity.DefaultMaxHandshakesPerSource
+	per := DefaultMaxHandshakesPerSource
 	silent := testenv.DialSilent(t, per+4, "127.63.4.1", f.addr)
 	waitFor(t, "4 connections over the source's bound closed", func() bool {
 		return silent.ClosedByPeer() == 4 && f.metric(refused(ReasonSourceBusy)) == 4

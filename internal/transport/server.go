@@ -108,7 +108,7 @@ type ServerConfig struct {
 	// fogmesh_tls_handshake_failures_total (identity.HandshakeGate).
 	// Authenticated connections do not count. Default
 	// identity.DefaultMaxHandshakes (256) and
-	// identity.DefaultMaxHandshakesPerSource (32).
+	// identity.DefaultMaxHandshakesPerSource (64).
 	MaxHandshakes, MaxHandshakesPerSource int
 }
 
