@@ -112,7 +112,10 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 				return
 			}
 			var err error
-			if role, err = s.sec.adminRole(tok); err != nil {
+			if role, err = s.sec.adminRole(tok); errors.Is(err, errTokenStore) {
+				writeError(w, http.StatusServiceUnavailable, err) // the token may be right: not its refusal
+				return
+			} else if err != nil {
 				if !s.refusedCredential(w, r, "admin token", err) {
 					writeError(w, http.StatusUnauthorized, fmt.Errorf("token refused: %w", err))
 				}
@@ -122,7 +125,10 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		if role == "" && r.Header.Get("Authorization") == "" && isUIRead(r) {
 			// The web UI's cookie (ui.go), for reading the UI only.
 			if c, err := r.Cookie(uiCookie); err == nil {
-				if role, err = s.sec.adminRole(c.Value); err != nil {
+				if role, err = s.sec.adminRole(c.Value); errors.Is(err, errTokenStore) {
+					writeError(w, http.StatusServiceUnavailable, err)
+					return
+				} else if err != nil {
 					// Cleared, so that an open UI tab polling with an
 					// expired token counts once, not every 3 s.
 					http.SetCookie(w, &http.Cookie{Name: uiCookie, Path: "/ui", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil})
