@@ -237,6 +237,12 @@ func (s *Server) repairRemovals(ents []os.DirEntry) {
 	for _, kv := range marks {
 		name := strings.TrimPrefix(kv.Key, keyAuditRemoving)
 		_, serr := os.Stat(filepath.Join(nodes, name))
+		if serr != nil && !os.IsNotExist(serr) {
+			// Not "gone": an unreadable or not yet mounted directory must not
+			// cost the archive its head.
+			s.log.Error("control: removal of an archived audit chain not completed; retried at the next start", "archive", name, "err", serr)
+			continue
+		}
 		whole := serr == nil
 		completed := false
 		err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
