@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
@@ -570,14 +571,14 @@ func SubscribedForms(f string) []string {
 }
 
 // PublishedForms are the topics to authorize for a PUBLISH (or will) to
-// t: the topic as sent, and for EMQX's delayed publish
-// $delayed/{seconds}/{topic} also {topic}, where EMQX delivers it later
-// (first; with every $delayed/ level stripped: EMQX publishes the message
-// again, so a nested one is delayed twice and then delivered). A DENY of
-// either denies it; an ALLOW must allow both.
+// t: for EMQX's delayed publish $delayed/{seconds}/{topic}, {topic}, where
+// EMQX delivers it later, first; every form with fewer $delayed/ levels
+// (EMQX publishes the message again, so a nested one is delayed again and
+// then delivered); and t as sent, last. A DENY of any denies it; an ALLOW
+// must allow all.
 func PublishedForms(t string) []string {
-	d := t
-	for {
+	forms := []string{t}
+	for d := t; ; {
 		rest, ok := strings.CutPrefix(d, "$delayed/")
 		if !ok {
 			break
@@ -587,9 +588,8 @@ func PublishedForms(t string) []string {
 			break
 		}
 		d = topic
+		forms = append(forms, d)
 	}
-	if d == t {
-		return []string{t}
-	}
-	return []string{d, t}
+	slices.Reverse(forms)
+	return forms
 }

@@ -266,7 +266,7 @@ func TestSession(t *testing.T) {
 		"EMQX $delayed": {5, []step{
 			{pub5("$delayed/15/secrets/a", 0x23, 0, 1), "secrets/a $delayed/15/secrets/a", 0},
 			{pub5("", 0x23, 0, 1), "secrets/a $delayed/15/secrets/a", 0},
-			{pub5("$delayed/0/$delayed/0/secrets/a"), "secrets/a $delayed/0/$delayed/0/secrets/a", 0},
+			{pub5("$delayed/0/$delayed/0/secrets/a"), "secrets/a $delayed/0/secrets/a $delayed/0/$delayed/0/secrets/a", 0},
 			{pub5("$delayed/15"), "$delayed/15", 0},
 			{pub5("$delayed/15/"), "$delayed/15/", 0},
 		}},
