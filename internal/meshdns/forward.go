@@ -24,7 +24,7 @@ func (h *handler) forward(ctx context.Context, from net.Addr, req *dns.Msg) (*dn
 	if tcp {
 		l = &h.lim[1]
 	}
-	if !l.rate.allow(client) || !l.inFlight.acquire(client, maxForwards/4) {
+	if !l.rate.allow(client) || !l.inFlight.acquire(client, maxForwards/8) {
 		// Per query, so debug only: a flood is seen in the counter.
 		h.log.Debug("meshdns: client over its forwarding rate or share", "client", client, "tcp", tcp, "name", req.Question[0].Name)
 		resp := new(dns.Msg)

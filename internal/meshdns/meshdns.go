@@ -72,8 +72,9 @@
 // capacity of the others nor hammers the upstreams. Names the server
 // answers itself are never limited. At most maxForwardClients clients are
 // tracked (ratelimit.go). Within its rate, one client may have at most a
-// quarter of the forwards in flight (maxForwards/4): a flood of names a
-// slow upstream takes seconds to answer leaves the rest to the others.
+// quarter of the forwards in flight (maxForwards/8 over UDP and as many
+// over TCP): a flood of names a slow upstream takes seconds to answer
+// leaves the rest to the others.
 package meshdns
 
 import (

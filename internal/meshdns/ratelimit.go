@@ -125,7 +125,7 @@ func clientAddr(a net.Addr) netip.Addr {
 // forwardLimits are the limits on one transport's forwards per client.
 type forwardLimits struct {
 	rate     *clientLimits  // queries per second; nil: no limit
-	inFlight clientInFlight // forwards in flight, at most maxForwards/4
+	inFlight clientInFlight // forwards in flight, at most maxForwards/8 (per transport: a client's quarter)
 }
 
 // clientInFlight counts each client's forwards in flight. A client is

@@ -225,7 +225,7 @@ func TestForwardInFlightShare(t *testing.T) {
 			}
 		}
 	}
-	share := meshdns.MaxForwardsForTest / 4
+	share := meshdns.MaxForwardsForTest / 8
 	flood(meshdns.MaxForwardsForTest + 16) // more than every slot
 	client := netip.MustParseAddr(flooder)
 	testenv.WaitFor(t, 10*time.Second, "the flooder's share of forwards in flight", func() bool {
