@@ -36,34 +36,11 @@ func TestAuditArchiveCrashRepairedAtStart(t *testing.T) {
 	if m := a.recv(); m.AuditSeq != 3 || m.Error != "" {
 		t.Fatalf("ack %+v", m)
 	}
-	code, ar := getAudit(t, s, "/v1/audit?verify=1")
-	if code != 200 {
-		t.Fatal(code)
-	}
-	got := map[string]string{}
-	for _, c := range ar.Chains {
-		v := c.Report.Verdict
-		for _, p := range c.Report.Problems {
-			v += "; " + p.String()
-		}
-		for _, u := range c.Report.Unanchored {
-			v += "; " + u
-		}
-		got[c.Source+" "+c.Node] = v
-	}
-	want := map[string]string{
+	checkVerdicts(t, auditVerdicts(t, s), map[string]string{
 		"control " + s.cfg.Name:              "intact",
 		"node edge-1":                        "intact",
 		"archived " + filepath.Base(archive): "intact",
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s: %q, want %q", k, got[k], v)
-		}
-	}
-	if len(got) != len(want) {
-		t.Errorf("chains %v, want %v", got, want)
-	}
+	})
 	// The restart is in the control plane's own chain, completed at start.
 	recs, err := s.audit.log.ReadFrom(1, 100)
 	if err != nil {
