@@ -81,12 +81,7 @@ func TestAuditArchiveDeleteCrashSafe(t *testing.T) {
 			s.Close()
 
 			s = startServer(t, dir)
-			if got := nodeDirs(t, dir); len(got) != 1 || got[0] != "edge-1" {
-				t.Errorf("audit/nodes holds %v after the start, want only edge-1", got)
-			}
-			if h := storedHeadOf(t, s, archive); h != nil {
-				t.Errorf("the archive's head is still stored: %+v", h)
-			}
+			checkArchiveGone(t, s, dir, archive)
 			checkVerdicts(t, auditVerdicts(t, s), map[string]string{
 				"control " + s.cfg.Name: "intact",
 				"node edge-1":           "intact",
@@ -132,12 +127,7 @@ func TestAuditArchiveDeleteCompletedByDelete(t *testing.T) {
 			if code := deleteArchive(t, s, archive); code != http.StatusOK {
 				t.Fatalf("second DELETE %s: %d, want 200", archive, code)
 			}
-			if got := nodeDirs(t, dir); len(got) != 1 || got[0] != "edge-1" {
-				t.Errorf("audit/nodes holds %v, want only edge-1", got)
-			}
-			if h := storedHeadOf(t, s, archive); h != nil {
-				t.Errorf("the archive's head is still stored: %+v", h)
-			}
+			checkArchiveGone(t, s, dir, archive)
 			if code := deleteArchive(t, s, archive); code != http.StatusNotFound {
 				t.Errorf("third DELETE %s: %d, want 404", archive, code)
 			}
@@ -255,12 +245,7 @@ func TestAuditArchiveDeleteMarker(t *testing.T) {
 		s.Close()
 
 		s = startServer(t, dir)
-		if got := nodeDirs(t, dir); len(got) != 1 || got[0] != "edge-1" {
-			t.Errorf("audit/nodes holds %v after the start, want only edge-1", got)
-		}
-		if h := storedHeadOf(t, s, archive); h != nil {
-			t.Errorf("the archive's head is still stored: %+v", h)
-		}
+		checkArchiveGone(t, s, dir, archive)
 		if m, _ := s.st.GetSecure(keyAuditRemoving + archive); m != nil {
 			t.Errorf("the removal marker is still stored: %q", m)
 		}
@@ -290,4 +275,16 @@ func TestAuditArchiveDeleteMarker(t *testing.T) {
 			"archived " + archive:   "intact",
 		})
 	})
+}
+
+// checkArchiveGone checks that only edge-1's chain is left in dir's
+// audit/nodes and that the store holds no head of archive.
+func checkArchiveGone(t *testing.T, s *Server, dir, archive string) {
+	t.Helper()
+	if got := nodeDirs(t, dir); len(got) != 1 || got[0] != "edge-1" {
+		t.Errorf("audit/nodes holds %v, want only edge-1", got)
+	}
+	if h := storedHeadOf(t, s, archive); h != nil {
+		t.Errorf("the archive's head is still stored: %+v", h)
+	}
 }

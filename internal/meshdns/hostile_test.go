@@ -26,7 +26,9 @@ func serve(t *testing.T, cfg meshdns.Config, r meshdns.Resolver, setup func(*mes
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(context.Background()) }()
 	t.Cleanup(func() {
-		s.Close()
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}

@@ -59,24 +59,7 @@ func startServer(t *testing.T, cfg meshdns.Config, setup func(*meshdns.Server)) 
 	if cfg.Upstreams == nil {
 		cfg.Upstreams = []string{}
 	}
-	s, err := meshdns.New(cfg, testServices)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	if setup != nil {
-		setup(s)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return s
+	return serve(t, cfg, testServices, setup)
 }
 
 func query(t *testing.T, network, addr, name string, qtype uint16) *dns.Msg {
