@@ -178,3 +178,24 @@ func TestTracker(t *testing.T) {
 		t.Fatalf("resync %d %d %v %v", subs, synced, lastSub, lastSync)
 	}
 }
+
+// TestLogFromTwoGoroutines: the watchdog's progress lines and a phase's
+// lines go to one writer (a strings.Builder in the test above) at once.
+func TestLogFromTwoGoroutines(t *testing.T) {
+	var log strings.Builder
+	r := &run{cfg: config{Log: &log}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 100 {
+			r.logf("progress %d", i)
+		}
+	}()
+	for i := range 100 {
+		r.logf("phase %d", i)
+	}
+	<-done
+	if n := strings.Count(log.String(), "\n"); n != 200 {
+		t.Fatalf("%d lines logged, want 200", n)
+	}
+}

@@ -116,6 +116,8 @@ type run struct {
 	agents []*simAgent
 	state  string
 
+	logMu sync.Mutex // the watchdog logs progress beside the phases
+
 	mu      sync.Mutex
 	epRev   []uint64 // store revision of each endpoint's last write
 	epPort  []int
@@ -124,6 +126,8 @@ type run struct {
 
 func (r *run) logf(format string, args ...any) {
 	if r.cfg.Log != nil {
+		r.logMu.Lock()
+		defer r.logMu.Unlock()
 		fmt.Fprintf(r.cfg.Log, time.Now().Format("15:04:05.000 ")+format+"\n", args...)
 	}
 }
@@ -177,7 +181,11 @@ func runLoad(ctx context.Context, cfg config) (res result, err error) {
 			err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
 		}
 	}()
-	go r.watchdog(ctx, cancel)
+	// The watchdog writes to cfg.Log, which the caller reads once
+	// runLoad has returned: it ends before that (defers run last first).
+	watched := make(chan struct{})
+	defer func() { cancel(nil); <-watched }()
+	go func() { defer close(watched); r.watchdog(ctx, cancel) }()
 	if err := r.startPlane(ctx); err != nil {
 		return res, err
 	}
