@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -44,11 +45,15 @@ const (
 	ReasonControlTimeout  = "control_timeout"         // a control connection silent for ControlTimeout
 )
 
-var refusalReasons = append(append([]string{}, identity.Reasons...),
+// refusalReasons is every reason label of fogmesh_relay_refused_total,
+// each once, built once: New ranges over it and nothing appends to it.
+var refusalReasons = slices.Clip(slices.Concat(identity.Reasons, []string{
 	ReasonFrameTooLarge, ReasonFrameTrunc, ReasonFrameType, ReasonFrameBad,
 	ReasonBadRequest, ReasonUnexpected, ReasonReplay, ReasonOtherDomain, ReasonDenied, ReasonNotConnected,
 	ReasonSessionLimit, ReasonAcceptTimeout, ReasonUnknownSession, ReasonSlowReader, ReasonRevokedLive,
-	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout, ReasonBusy, ReasonSourceBusy)
+	ReasonUDPShort, ReasonUDPBadToken, ReasonNonceStoreFull, ReasonNotNodeIdentity, ReasonWrongALPN, ReasonControlTimeout,
+	ReasonIntroductionLimit,
+}, udpReasons))
 
 // Server is a relay. New does not listen: connections come in through
 // Serve and ServeUDP, so tests and the command choose the sockets.
@@ -123,7 +128,7 @@ func New(cfg Config) (*Server, error) {
 		udpChans:   map[[udpChanIDLen]byte]*udpChan{},
 	}
 	m := cfg.Metrics
-	for _, r := range append(append(refusalReasons, udpReasons...), ReasonIntroductionLimit) {
+	for _, r := range refusalReasons {
 		s.mRefused[r] = m.GetOrCreateCounter(fmt.Sprintf(`fogmesh_relay_refused_total{reason=%q}`, r))
 	}
 	s.mSessionsTotal = m.NewCounter(`fogmesh_relay_sessions_total`)
