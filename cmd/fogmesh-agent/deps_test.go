@@ -50,10 +50,12 @@ func TestLayering(t *testing.T) {
 		// The network seam, and memnet (the tests' network) built on it.
 		"netseam":        nil,
 		"netseam/memnet": {"netseam"},
+		// The per-client key of limits (IPv6 by /64).
+		"clientip": nil,
 		// The model packages.
 		"api":      nil,
 		"wire":     {"api"},
-		"identity": {"api"},
+		"identity": {"api", "clientip"},
 		// The HTTP machinery knows no service, endpoint or agent.
 		"httpproxy": nil,
 		// Traces and access logs know no service, endpoint or agent.

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/fogmesh/fogmesh/internal/clientip"
 )
 
 // Failed admin authentication is throttled per client address: each
@@ -42,7 +44,7 @@ func newAuthLimiter() *authLimiter {
 }
 
 // clientAddr is the address a request's failures count against (IPv6 by
-// /64: one host has many).
+// /64: one host has many; clientip.Key).
 func clientAddr(r *http.Request) netip.Addr {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
@@ -52,12 +54,7 @@ func clientAddr(r *http.Request) netip.Addr {
 	if err != nil {
 		return netip.Addr{}
 	}
-	a = a.Unmap()
-	if a.Is6() {
-		p, _ := a.Prefix(64)
-		return p.Addr()
-	}
-	return a
+	return clientip.Key(a)
 }
 
 // throttled reports whether a has no failures left, and for how long.

@@ -4,6 +4,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+
+	"github.com/fogmesh/fogmesh/internal/clientip"
 )
 
 // Handshake gate refusals, reasons of the handshake failure metrics: a
@@ -91,7 +93,7 @@ func (g *HandshakeGate) InProgress() int {
 func (g *HandshakeGate) Limits() (max, perSource int) { return g.max, g.perSource }
 
 // sourceKey is the source a connection counts against: its IP address
-// (an IPv6 one's /64), or the whole address when it has none (an
+// (an IPv6 one's /64: clientip.Key), or the whole address when it has none (an
 // in-memory network's).
 func sourceKey(a net.Addr) string {
 	if a == nil {
@@ -108,11 +110,5 @@ func sourceKey(a net.Addr) string {
 		}
 		ip = ap.Addr()
 	}
-	ip = ip.Unmap()
-	if ip.Is6() {
-		if p, err := ip.Prefix(64); err == nil {
-			return p.String()
-		}
-	}
-	return ip.String()
+	return clientip.Key(ip).String()
 }

@@ -149,3 +149,6 @@ func (s *Server) ForwardsInFlightForTest(client netip.Addr) int {
 
 // MaxForwardsForTest is the cap on forwards in flight.
 const MaxForwardsForTest = maxForwards
+
+// ClientKeyForTest is the key of a query's sender in the per-client limits.
+func ClientKeyForTest(from net.Addr) netip.Addr { return clientAddr(from) }

@@ -63,8 +63,9 @@
 // answer is relayed. If no upstream answers, or none is configured, the
 // client gets SERVFAIL.
 //
-// Each client (source IP address) may have Config.ForwardRate queries per
-// second forwarded, in bursts of twice as many; a query beyond is answered
+// Each client (source IP address, an IPv6 one's /64) may have
+// Config.ForwardRate queries per second forwarded, in bursts of twice as
+// many; a query beyond is answered
 // at once (over UDP empty with TC set, so that a spoofed flood cannot deny
 // a client names it then asks over TCP, which has a budget of its own;
 // over TCP REFUSED) and counted (result="ratelimited"), so that one
@@ -178,7 +179,7 @@ type Config struct {
 	DefaultNamespace string
 
 	// ForwardRate is how many queries per second one client (source IP
-	// address) may have forwarded upstream, in bursts of up to twice as
+	// address, an IPv6 one's /64) may have forwarded upstream, in bursts of up to twice as
 	// many; a query beyond is answered at once, over UDP empty with TC
 	// set, over TCP REFUSED. Names the server
 	// answers itself are not limited. Default 1000; negative: no limit.

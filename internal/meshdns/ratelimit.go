@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/fogmesh/fogmesh/internal/clientip"
 )
 
 // maxForwardClients bounds the clients whose forwarding rate is tracked.
@@ -17,7 +19,7 @@ import (
 // clients (its workloads, or the one caching resolver in front of them).
 const maxForwardClients = 4096
 
-// clientLimits is a token bucket per client (source IP address) for the
+// clientLimits is a token bucket per client (clientAddr) for the
 // queries the server forwards. It tracks at most max clients, the most
 // recently used: a new client past the cap makes it forget the least
 // recently used one. A client unused for idle (the time an empty bucket
@@ -109,8 +111,10 @@ func (l *clientLimits) tracked(client netip.Addr) bool {
 	return ok
 }
 
-// clientAddr is the IP address of a query's sender, the key of its bucket;
-// the zero Addr for an address that is neither UDP nor TCP.
+// clientAddr is the client a query's sender counts as, the key of its
+// limits: its IPv4 address, or its IPv6 address's /64 (clientip.Key: the
+// pods of a node share one, and a host could rotate through its own); the
+// zero Addr for an address that is neither UDP nor TCP.
 func clientAddr(a net.Addr) netip.Addr {
 	var ap netip.AddrPort
 	switch a := a.(type) {
@@ -119,7 +123,7 @@ func clientAddr(a net.Addr) netip.Addr {
 	case *net.TCPAddr:
 		ap = a.AddrPort()
 	}
-	return ap.Addr().Unmap().WithZone("")
+	return clientip.Key(ap.Addr())
 }
 
 // forwardLimits are the limits on one transport's forwards per client.
