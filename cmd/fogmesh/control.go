@@ -61,7 +61,7 @@ type controlFile struct {
 	AuditArchivesPerNode int `json:"auditArchivesPerNode,omitempty"`
 	// SyncMaxHandshakes and SyncMaxHandshakesPerSource bound the sync
 	// port's TLS handshakes in progress, in all and from one IP address
-	// (default 1024 and 256): see control.Config.
+	// (default 1024 and 256; negative: no bound): see control.Config.
 	SyncMaxHandshakes          int `json:"syncMaxHandshakes,omitempty"`
 	SyncMaxHandshakesPerSource int `json:"syncMaxHandshakesPerSource,omitempty"`
 

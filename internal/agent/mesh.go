@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -22,9 +21,6 @@ import (
 // the mesh listener and the relayed sessions, and the site gateway when
 // this agent is one.
 func (a *Agent) initMesh(cfg Config) error {
-	if cfg.MeshMaxHandshakes < 0 || cfg.MeshMaxHandshakesPerSource < 0 {
-		return &ConfigError{Err: errors.New("agent: meshMaxHandshakes, meshMaxHandshakesPerSource: negative")}
-	}
 	var err error
 	pcfg := paths.Config{Self: cfg.Node.Name, Dialer: a, Network: cfg.Network, Logger: a.log.With("sub", "mesh"),
 		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,

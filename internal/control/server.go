@@ -78,9 +78,9 @@ type Config struct {
 	// at once, before any TLS work, and counted as reason "busy" or
 	// "source_busy" of fogmesh_tls_handshake_failures_total{port="sync"}
 	// (identity.HandshakeGate); the agent retries after its backoff.
-	// Authenticated streams do not count. Default
+	// Authenticated streams do not count. 0: the default,
 	// DefaultSyncMaxHandshakes (1024) and DefaultSyncMaxHandshakesPerSource
-	// (256).
+	// (256); negative: no bound (as AuditArchivesPerNode).
 	SyncMaxHandshakes, SyncMaxHandshakesPerSource int
 	// AuditArchivesPerNode bounds the archived audit chains kept of one
 	// node (default 16; negative: no bound). A node restarts its chain at
@@ -201,9 +201,6 @@ func (c *Config) validate() error {
 	}
 	if c.MaxEndpointsPerNode <= 0 {
 		c.MaxEndpointsPerNode = DefaultMaxEndpointsPerNode
-	}
-	if c.SyncMaxHandshakes < 0 || c.SyncMaxHandshakesPerSource < 0 {
-		return errors.New("control: negative syncMaxHandshakes")
 	}
 	if c.SyncMaxHandshakes == 0 {
 		c.SyncMaxHandshakes = DefaultSyncMaxHandshakes

@@ -60,17 +60,38 @@ func TestSyncHandshakeSourceBound(t *testing.T) {
 	}
 }
 
-// TestSyncHandshakeConfig: the bounds default, and a negative one is
-// refused.
+// TestSyncHandshakeConfig: 0 is the default bound, a negative one none
+// (as AuditArchivesPerNode's), kept negative for the gate.
 func TestSyncHandshakeConfig(t *testing.T) {
 	c := Config{StateDir: t.TempDir()}
 	if err := c.validate(); err != nil || c.SyncMaxHandshakes != DefaultSyncMaxHandshakes ||
 		c.SyncMaxHandshakesPerSource != DefaultSyncMaxHandshakesPerSource {
 		t.Fatalf("defaults: %v %d %d", err, c.SyncMaxHandshakes, c.SyncMaxHandshakesPerSource)
 	}
-	c = Config{StateDir: t.TempDir(), SyncMaxHandshakesPerSource: -1}
-	if err := c.validate(); err == nil {
-		t.Fatal("a negative SyncMaxHandshakesPerSource was accepted")
+	c = Config{StateDir: t.TempDir(), SyncMaxHandshakes: -1, SyncMaxHandshakesPerSource: -1}
+	if err := c.validate(); err != nil || c.SyncMaxHandshakes >= 0 || c.SyncMaxHandshakesPerSource >= 0 {
+		t.Fatalf("negative bounds: %v %d %d, want accepted as none", err, c.SyncMaxHandshakes, c.SyncMaxHandshakesPerSource)
+	}
+}
+
+// TestSyncHandshakeNegativeUnbounded: with SyncMaxHandshakesPerSource
+// negative, more silent connections from one source than the default
+// per-source bound all wait for their handshake, none closed.
+func TestSyncHandshakeNegativeUnbounded(t *testing.T) {
+	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond, SyncMaxHandshakesPerSource: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	n := DefaultSyncMaxHandshakesPerSource + 4
+	silent := testenv.DialSilent(t, n, "127.63.3.2", s.SyncAddr())
+	testenv.WaitFor(t, 10*time.Second, "every silent connection in its handshake", func() bool { return syncHandshakes(s) == n })
+	if silent.ClosedByPeer() != 0 || s.TLSFailures(identity.ReasonSourceBusy) != 0 || s.TLSFailures(identity.ReasonBusy) != 0 {
+		t.Fatalf("with no per-source bound: %d closed, %d source_busy, %d busy", silent.ClosedByPeer(),
+			s.TLSFailures(identity.ReasonSourceBusy), s.TLSFailures(identity.ReasonBusy))
 	}
 }
 

@@ -34,7 +34,7 @@ const (
 // with the returned release once the handshake has finished or failed; a
 // connection Enter refuses is closed at once. Safe for concurrent use.
 type HandshakeGate struct {
-	max, perSource int
+	max, perSource int // -1: no bound
 
 	mu       sync.Mutex
 	total    int
@@ -42,16 +42,26 @@ type HandshakeGate struct {
 }
 
 // NewHandshakeGate returns a gate of max handshakes at once, perSource of
-// them from one source; zero means DefaultMaxHandshakes and
-// DefaultMaxHandshakesPerSource, and perSource is at most max.
+// them from one source. Zero means DefaultMaxHandshakes and
+// DefaultMaxHandshakesPerSource, a negative bound none (as fogmesh's other
+// negative limits), and perSource is at most max when both are bounds.
 func NewHandshakeGate(max, perSource int) *HandshakeGate {
-	if max <= 0 {
+	if max == 0 {
 		max = DefaultMaxHandshakes
 	}
-	if perSource <= 0 {
+	if perSource == 0 {
 		perSource = DefaultMaxHandshakesPerSource
 	}
-	return &HandshakeGate{max: max, perSource: min(perSource, max), bySource: map[string]int{}}
+	if max < 0 {
+		max = -1
+	}
+	if perSource < 0 {
+		perSource = -1
+	}
+	if max >= 0 && perSource >= 0 {
+		perSource = min(perSource, max)
+	}
+	return &HandshakeGate{max: max, perSource: perSource, bySource: map[string]int{}}
 }
 
 // Enter takes a slot for a connection from remote. It returns a release
@@ -62,9 +72,9 @@ func (g *HandshakeGate) Enter(remote net.Addr) (release func(), reason string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	switch {
-	case g.total >= g.max:
+	case g.max >= 0 && g.total >= g.max:
 		return nil, ReasonBusy
-	case g.bySource[src] >= g.perSource:
+	case g.perSource >= 0 && g.bySource[src] >= g.perSource:
 		return nil, ReasonSourceBusy
 	}
 	g.total++
@@ -89,7 +99,7 @@ func (g *HandshakeGate) InProgress() int {
 	return g.total
 }
 
-// Limits returns the gate's bounds, in all and per source.
+// Limits returns the gate's bounds, in all and per source; -1 is none.
 func (g *HandshakeGate) Limits() (max, perSource int) { return g.max, g.perSource }
 
 // sourceKey is the source a connection counts against: its IP address

@@ -51,3 +51,50 @@ func TestHandshakeGateBounds(t *testing.T) {
 		t.Fatalf("default limits %d, %d", max, per)
 	}
 }
+
+// TestHandshakeGateNegativeUnbounded: a negative bound is none, 0 the
+// default: more than the default handshakes proceed from one source with
+// both negative; with only the total negative, the per-source default
+// still holds while sources together pass the default total.
+func TestHandshakeGateNegativeUnbounded(t *testing.T) {
+	g := NewHandshakeGate(-1, -1)
+	for i := range DefaultMaxHandshakes + 8 {
+		if r, reason := g.Enter(tcpAddr("127.63.9.1")); r == nil {
+			t.Fatalf("unbounded gate: handshake %d refused as %s", i+1, reason)
+		}
+	}
+	if max, per := g.Limits(); max >= 0 || per >= 0 {
+		t.Fatalf("unbounded gate's limits %d, %d, want negative (none)", max, per)
+	}
+
+	g = NewHandshakeGate(-1, 0)
+	if max, per := g.Limits(); max >= 0 || per != DefaultMaxHandshakesPerSource {
+		t.Fatalf("limits %d, %d, want none and the default %d", max, per, DefaultMaxHandshakesPerSource)
+	}
+	sources := DefaultMaxHandshakes/DefaultMaxHandshakesPerSource + 2
+	for s := range sources {
+		ip := net.IPv4(127, 63, 10, byte(s+1)).String()
+		for i := range DefaultMaxHandshakesPerSource {
+			if r, reason := g.Enter(tcpAddr(ip)); r == nil {
+				t.Fatalf("source %d, handshake %d refused as %s with no total bound", s, i+1, reason)
+			}
+		}
+		if _, reason := g.Enter(tcpAddr(ip)); reason != ReasonSourceBusy {
+			t.Fatalf("source %d past the default per-source bound: %q, want %q", s, reason, ReasonSourceBusy)
+		}
+	}
+	if n := g.InProgress(); n != sources*DefaultMaxHandshakesPerSource || n <= DefaultMaxHandshakes {
+		t.Fatalf("%d in progress, want %d, past the default total", n, sources*DefaultMaxHandshakesPerSource)
+	}
+
+	// A total bound with no per-source one: one source may take it all.
+	g = NewHandshakeGate(4, -1)
+	for i := range 4 {
+		if r, reason := g.Enter(tcpAddr("127.63.9.2")); r == nil {
+			t.Fatalf("handshake %d refused as %s", i+1, reason)
+		}
+	}
+	if _, reason := g.Enter(tcpAddr("127.63.9.3")); reason != ReasonBusy {
+		t.Fatalf("past the total: %q, want %q", reason, ReasonBusy)
+	}
+}

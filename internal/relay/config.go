@@ -64,7 +64,8 @@ type Config struct {
 	// source IP address, an IPv6 one's /64 (default
 	// DefaultMaxHandshakesPerSource, 256; at most MaxHandshakes):
 	// beyond it its new connections are closed with reason
-	// "source_busy", so one source cannot take the whole budget.
+	// "source_busy", so one source cannot take the whole budget. A
+	// negative bound is none (as BytesPerSecond's).
 	MaxHandshakes, MaxHandshakesPerSource int
 	// WriteTimeout bounds a frame written to an agent; an agent that does
 	// not read its control connection is disconnected (default 10s).
@@ -113,7 +114,7 @@ func (c *Config) validate() error {
 		return errors.New("relay: config: no certificate (Source with an SVID)")
 	}
 	if c.MaxSessionsPerNode < 0 || c.MaxSessionsPerPair < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
-		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 || c.MaxHandshakes < 0 || c.MaxHandshakesPerSource < 0 ||
+		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 ||
 		c.MaxUDPChannelsPerNode < 0 || c.UDPIdleTimeout < 0 {
 		return errors.New("relay: config: negative limit or duration")
 	}
@@ -130,10 +131,11 @@ func (c *Config) validate() error {
 	def(&c.ControlTimeout, DefaultControlTimeout)
 	def(&c.UDPIdleTimeout, DefaultUDPIdleTimeout)
 	c.MaxUDPChannelsPerNode = cmp.Or(c.MaxUDPChannelsPerNode, DefaultMaxUDPChannels)
-	if c.MaxHandshakes == 0 {
-		c.MaxHandshakes = DefaultMaxHandshakes
+	c.MaxHandshakes = cmp.Or(c.MaxHandshakes, DefaultMaxHandshakes)
+	c.MaxHandshakesPerSource = cmp.Or(c.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource)
+	if c.MaxHandshakes > 0 && c.MaxHandshakesPerSource > 0 {
+		c.MaxHandshakesPerSource = min(c.MaxHandshakesPerSource, c.MaxHandshakes)
 	}
-	c.MaxHandshakesPerSource = min(cmp.Or(c.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource), c.MaxHandshakes)
 	if c.MaxSessionsPerNode == 0 {
 		c.MaxSessionsPerNode = DefaultMaxSessionsPerNode
 	}

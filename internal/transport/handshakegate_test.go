@@ -98,7 +98,20 @@ func TestMeshHandshakeListenerBound(t *testing.T) {
 	if n := handshakesInProgress(ts); n != 2 {
 		t.Fatalf("%d handshakes in progress, want 2 (the agent's finished)", n)
 	}
-	if _, err := NewServer(ServerConfig{Listener: ts.ln, Dialer: mapDialer{}, MaxHandshakes: -1}); err == nil {
-		t.Fatal("a negative MaxHandshakes was accepted")
+}
+
+// TestMeshHandshakeNegativeUnbounded: negative bounds are none, as the
+// agent's other negative bounds: more silent connections from one source
+// than the default total bound all wait for their handshake, none closed.
+func TestMeshHandshakeNegativeUnbounded(t *testing.T) {
+	ca := testCA(t, "", nil)
+	ts := startGatedServer(t, ca, func(c *ServerConfig) { c.MaxHandshakes, c.MaxHandshakesPerSource = -1, -1 })
+	n := identity.DefaultMaxHandshakes + 8
+	silent := testenv.DialSilent(t, n, "127.63.5.1", ts.addr)
+	eventually(t, "every silent connection in its handshake", func() bool { return handshakesInProgress(ts) == n })
+	if silent.ClosedByPeer() != 0 || TLSFailures(ts.metrics, "in", identity.ReasonBusy) != 0 ||
+		TLSFailures(ts.metrics, "in", identity.ReasonSourceBusy) != 0 {
+		t.Fatalf("with no bounds: %d closed, %d busy, %d source_busy", silent.ClosedByPeer(),
+			TLSFailures(ts.metrics, "in", identity.ReasonBusy), TLSFailures(ts.metrics, "in", identity.ReasonSourceBusy))
 	}
 }

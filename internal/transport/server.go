@@ -106,9 +106,9 @@ type ServerConfig struct {
 	// IPv6 /64): a connection over either is closed at once, before any
 	// TLS work, and counted as reason "busy" or "source_busy" of
 	// fogmesh_tls_handshake_failures_total (identity.HandshakeGate).
-	// Authenticated connections do not count. Default
+	// Authenticated connections do not count. 0: the default,
 	// identity.DefaultMaxHandshakes (256) and
-	// identity.DefaultMaxHandshakesPerSource (64).
+	// identity.DefaultMaxHandshakesPerSource (64); negative: no bound.
 	MaxHandshakes, MaxHandshakesPerSource int
 }
 
@@ -147,9 +147,6 @@ const (
 func (c *ServerConfig) validate() error {
 	if c.Listener == nil {
 		return errors.New("no Listener")
-	}
-	if c.MaxHandshakes < 0 || c.MaxHandshakesPerSource < 0 {
-		return errors.New("negative handshake bound")
 	}
 	var err error
 	if c.StreamWindow, err = checkStreamWindow(c.StreamWindow); err != nil {

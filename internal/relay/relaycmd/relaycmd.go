@@ -70,8 +70,8 @@ func Run(prog string, args []string) error {
 		maxPair    = fs.Int("max-sessions-per-pair", 0, "relayed sessions one node may dial to one other node (default 16), so one node cannot take all of another's slots")
 		bps        = fs.Int64("bytes-per-second", 0, "bytes per second one node may send through the relay (default 64 MiB; -1 unlimited)")
 		idle       = fs.Duration("idle-timeout", 0, "close a relayed session after this long without a byte (default 2m)")
-		maxHs      = fs.Int("max-handshakes", 0, "TLS handshakes in progress at once (default 1024); more connections are closed at once as busy")
-		maxHsSrc   = fs.Int("max-handshakes-per-source", 0, "TLS handshakes in progress at once from one IP address (default 256); more are closed at once as source_busy")
+		maxHs      = fs.Int("max-handshakes", 0, "TLS handshakes in progress at once (default 1024; -1 unbounded); more connections are closed at once as busy")
+		maxHsSrc   = fs.Int("max-handshakes-per-source", 0, "TLS handshakes in progress at once from one IP address (default 256; -1 unbounded); more are closed at once as source_busy")
 		addrFile   = fs.String("addr-file", "", "write the bound addresses (relay, udp, admin) as JSON to this file once listening; with port 0 in an address, this is how to learn the port")
 		logf       base.LogFlags
 	)
