@@ -199,7 +199,7 @@ func (s *Server) uiRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, st)
 	})
 	mux.HandleFunc("GET /ui/login", func(w http.ResponseWriter, r *http.Request) {
-		s.renderLogin(w, "")
+		s.renderLogin(w, 0, "")
 	})
 	mux.HandleFunc("POST /ui/login", s.handleUILogin)
 }
@@ -255,10 +255,11 @@ func uiHeaders(w http.ResponseWriter) {
 	w.Header().Set("Cache-Control", "no-store")
 }
 
-func (s *Server) renderLogin(w http.ResponseWriter, msg string) {
+// renderLogin writes the login page, with msg and code (0: 200) if not "".
+func (s *Server) renderLogin(w http.ResponseWriter, code int, msg string) {
 	uiHeaders(w)
 	if msg != "" {
-		w.WriteHeader(http.StatusUnauthorized)
+		w.WriteHeader(code)
 	}
 	uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Error": msg, "Insecure": s.sec == nil})
 }
@@ -270,7 +271,13 @@ func (s *Server) handleUILogin(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	tok := strings.TrimSpace(r.PostFormValue("token"))
-	if _, err := s.sec.adminRole(tok); err != nil {
+	if _, err := s.sec.adminRole(tok); errors.Is(err, errTokenStore) {
+		// The token may be right: not its refusal, not counted (as the
+		// Bearer header's and the cookie's 503).
+		s.log.Warn("control: ui login: token not checked", "remote", r.RemoteAddr, "err", err)
+		s.renderLogin(w, http.StatusServiceUnavailable, "the token could not be checked, try again: "+err.Error())
+		return
+	} else if err != nil {
 		if s.throttle(w, r, err) {
 			uiHeaders(w)
 			w.WriteHeader(http.StatusTooManyRequests)
@@ -278,7 +285,7 @@ func (s *Server) handleUILogin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.authFailed(r, "ui login", err)
-		s.renderLogin(w, "token refused: "+err.Error())
+		s.renderLogin(w, http.StatusUnauthorized, "token refused: "+err.Error())
 		return
 	}
 	http.SetCookie(w, &http.Cookie{Name: uiCookie, Value: tok, Path: "/ui", HttpOnly: true, Secure: r.TLS != nil,
