@@ -64,6 +64,10 @@ type controlFile struct {
 	// (default 1024 and 256; negative: no bound): see control.Config.
 	SyncMaxHandshakes          int `json:"syncMaxHandshakes,omitempty"`
 	SyncMaxHandshakesPerSource int `json:"syncMaxHandshakesPerSource,omitempty"`
+	// AdminMaxHandshakes and AdminMaxHandshakesPerSource bound the admin
+	// API's TLS handshakes in progress likewise (default 256 and 64).
+	AdminMaxHandshakes          int `json:"adminMaxHandshakes,omitempty"`
+	AdminMaxHandshakesPerSource int `json:"adminMaxHandshakesPerSource,omitempty"`
 
 	// Kube is a kubeconfig file, or "in-cluster": the Kubernetes API
 	// (or KubeEdge metaServer, OpenYurt yurthub) whose Services,
@@ -318,6 +322,7 @@ func runControl(args []string) error {
 		VIPIndexMin: vipMin, VIPIndexMax: vipMax, Metrics: ms, MaxEndpointsPerNode: fc.MaxEndpointsPerNode,
 		AuditArchivesPerNode: fc.AuditArchivesPerNode,
 		SyncMaxHandshakes:    fc.SyncMaxHandshakes, SyncMaxHandshakesPerSource: fc.SyncMaxHandshakesPerSource,
+		AdminMaxHandshakes: fc.AdminMaxHandshakes, AdminMaxHandshakesPerSource: fc.AdminMaxHandshakesPerSource,
 	})
 	var refused *enroll.Error
 	if errors.As(err, &refused) { // a refused region join: retrying cannot help

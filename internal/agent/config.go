@@ -106,7 +106,8 @@ type Config struct {
 	// peer is an IP address.
 	MaxStreamsPerPeer int `json:"maxStreamsPerPeer,omitempty"`
 	// MeshMaxHandshakes(PerSource) bound the mesh port's TLS handshakes in progress, in all and from one
-	// IP address (default 256, 64; negative: no bound; transport.ServerConfig): more are closed at once.
+	// IP address (default 256, 64; negative: no bound; transport.ServerConfig): more connections are closed at once. Each
+	// QUIC mesh server (punched and relayed UDP paths) has the same bounds (transport.QUICServerConfig).
 	MeshMaxHandshakes          int `json:"meshMaxHandshakes,omitempty"`
 	MeshMaxHandshakesPerSource int `json:"meshMaxHandshakesPerSource,omitempty"`
 	// MeshPingInterval is how often the agent pings each peer agent it has

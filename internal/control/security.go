@@ -85,6 +85,8 @@ type security struct {
 	syncTLS *tls.Config
 	// gate bounds the sync port's handshakes in progress (sync.go).
 	gate *identity.HandshakeGate
+	// adminGate bounds the admin API's (adminhandshake.go).
+	adminGate *identity.HandshakeGate
 	// region is the regional control plane's identity and upstream link
 	// (region_link.go); nil on a global control plane.
 	region *regional
@@ -97,6 +99,7 @@ type security struct {
 	servedFor string        // the root pin it was issued under
 
 	mTLS    map[string]*metrics.Counter
+	mAdmin  map[string]*metrics.Counter // the admin API's refused handshakes, by reason
 	mJoins  map[string]*metrics.Counter
 	mIssued *metrics.Counter
 	// onIssue, if set, is called for every certificate issued (the audit
@@ -121,10 +124,11 @@ func newSecurity(s *Server) (*security, error) {
 		return nil, fmt.Errorf("control: %w", err)
 	}
 	sec := &security{s: s, ca: ca, region: reg, src: identity.NewSource(), watch: make(chan struct{}),
-		mTLS: map[string]*metrics.Counter{}, mJoins: map[string]*metrics.Counter{}}
+		mTLS: map[string]*metrics.Counter{}, mAdmin: map[string]*metrics.Counter{}, mJoins: map[string]*metrics.Counter{}}
 	m := s.cfg.Metrics
 	for _, r := range identity.Reasons {
 		sec.mTLS[r] = m.NewCounter(fmt.Sprintf(`fogmesh_tls_handshake_failures_total{port="sync",reason=%q}`, r))
+		sec.mAdmin[r] = m.NewCounter(fmt.Sprintf(`fogmesh_tls_handshake_failures_total{port="admin",reason=%q}`, r))
 	}
 	for _, r := range []string{"ok", "refused"} {
 		sec.mJoins[r] = m.NewCounter(fmt.Sprintf(`fogmesh_control_joins_total{result=%q}`, r))
@@ -132,6 +136,8 @@ func newSecurity(s *Server) (*security, error) {
 	sec.mIssued = m.NewCounter(`fogmesh_control_certificates_issued_total`)
 	sec.gate = identity.NewHandshakeGate(s.cfg.SyncMaxHandshakes, s.cfg.SyncMaxHandshakesPerSource)
 	m.NewGauge(`fogmesh_tls_handshakes_in_progress{port="sync"}`, func() float64 { return float64(sec.gate.InProgress()) })
+	sec.adminGate = identity.NewHandshakeGate(s.cfg.AdminMaxHandshakes, s.cfg.AdminMaxHandshakesPerSource)
+	m.NewGauge(`fogmesh_tls_handshakes_in_progress{port="admin"}`, func() float64 { return float64(sec.adminGate.InProgress()) })
 	if reg != nil {
 		reg.refresh = sec.refreshTrust
 		m.NewGauge(`fogmesh_control_region_linked`, func() float64 {
@@ -182,6 +188,13 @@ func (sec *security) gossipKey(renew bool) ([]byte, error) {
 
 func (sec *security) tlsFailure(reason string) {
 	if c := sec.mTLS[reason]; c != nil {
+		c.Inc()
+	}
+}
+
+// adminTLSFailure counts a refused or failed handshake of the admin API.
+func (sec *security) adminTLSFailure(reason string) {
+	if c := sec.mAdmin[reason]; c != nil {
 		c.Inc()
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"cmp"
 	"context"
 	"crypto"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,6 +81,16 @@ type Config struct {
 	// DefaultSyncMaxHandshakes (1024) and DefaultSyncMaxHandshakesPerSource
 	// (256); negative: no bound (as AuditArchivesPerNode).
 	SyncMaxHandshakes, SyncMaxHandshakesPerSource int
+	// AdminMaxHandshakes and AdminMaxHandshakesPerSource bound the admin
+	// API's TLS handshakes in progress at once (HTTPS; not in Insecure
+	// mode), in all and from one source IP address (an IPv6 /64), as the
+	// Sync ones bound the sync port's: a connection over either is closed
+	// at once, before any TLS work, and counted as reason "busy" or
+	// "source_busy" of fogmesh_tls_handshake_failures_total{port="admin"};
+	// a handshake not done within adminHandshakeTimeout (5 s) is closed.
+	// 0: the default, DefaultAdminMaxHandshakes (256) and
+	// DefaultAdminMaxHandshakesPerSource (64); negative: no bound.
+	AdminMaxHandshakes, AdminMaxHandshakesPerSource int
 	// AuditArchivesPerNode bounds the archived audit chains kept of one
 	// node (default 16; negative: no bound). A node restarts its chain at
 	// will (a reset state dir), at most one archive a second; past the
@@ -208,6 +217,12 @@ func (c *Config) validate() error {
 	if c.SyncMaxHandshakesPerSource == 0 {
 		c.SyncMaxHandshakesPerSource = DefaultSyncMaxHandshakesPerSource
 	}
+	if c.AdminMaxHandshakes == 0 {
+		c.AdminMaxHandshakes = DefaultAdminMaxHandshakes
+	}
+	if c.AdminMaxHandshakesPerSource == 0 {
+		c.AdminMaxHandshakesPerSource = DefaultAdminMaxHandshakesPerSource
+	}
 	if c.AuditArchivesPerNode == 0 {
 		c.AuditArchivesPerNode = DefaultAuditArchivesPerNode
 	}
@@ -257,6 +272,23 @@ const DefaultSyncMaxHandshakes = 1024
 // together, over links where a handshake takes a few round trips of
 // hundreds of milliseconds; a quarter of the port's handshakes.
 const DefaultSyncMaxHandshakesPerSource = 256
+
+// DefaultAdminMaxHandshakes and DefaultAdminMaxHandshakesPerSource are
+// Config.AdminMaxHandshakes(PerSource)'s defaults. The admin API has few
+// clients (the CLI, browsers on the web UI with a handful of connections
+// each, a Prometheus scraper, peer replicas), far fewer than the sync
+// port's fleet: the mesh port's bounds, 256 in all and 64 from one
+// address, are well above what they open at once.
+const (
+	DefaultAdminMaxHandshakes          = 256
+	DefaultAdminMaxHandshakesPerSource = 64
+)
+
+// adminHandshakeTimeout bounds an admin connection's TLS handshake: it is
+// what net/http allowed before (the least of the admin server's read
+// header, read and write timeouts), now applied by the gated listener
+// that runs the handshake (adminhandshake.go).
+const adminHandshakeTimeout = 5 * time.Second
 
 // The default listen addresses.
 const (
@@ -414,7 +446,8 @@ func New(cfg Config) (*Server, error) {
 			st.Close()
 			return nil, err
 		}
-		s.adminLn = tls.NewListener(s.adminLn, s.sec.adminTLS())
+		s.adminLn = newGatedTLSListener(s.adminLn, s.sec.adminTLS(), s.sec.adminGate, adminHandshakeTimeout,
+			s.sec.adminTLSFailure, s.log)
 	}
 	s.admin = &http.Server{
 		Handler:           s.adminHandler(),

@@ -99,6 +99,16 @@ func (g *HandshakeGate) InProgress() int {
 	return g.total
 }
 
+// Load returns the handshakes holding a slot, in all and from remote's
+// source: a server may ask more of a peer (QUIC address validation)
+// before the gate is full.
+func (g *HandshakeGate) Load(remote net.Addr) (total, source int) {
+	src := sourceKey(remote)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.total, g.bySource[src]
+}
+
 // Limits returns the gate's bounds, in all and per source; -1 is none.
 func (g *HandshakeGate) Limits() (max, perSource int) { return g.max, g.perSource }
 

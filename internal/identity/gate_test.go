@@ -34,6 +34,9 @@ func TestHandshakeGateBounds(t *testing.T) {
 	if g.InProgress() != 5 {
 		t.Fatalf("InProgress = %d, want 5", g.InProgress())
 	}
+	if total, src := g.Load(tcpAddr("2001:db8::9")); total != 5 || src != 2 { // ::1 and ::2's /64
+		t.Fatalf("Load = %d, %d, want 5, 2", total, src)
+	}
 	rel[4]() // 2001:db8::2
 	rel[4]() // idempotent: frees one slot only
 	if g.InProgress() != 4 {

@@ -48,6 +48,10 @@ type Config struct {
 	// mesh port (transport.ServerConfig.PeerStreams). nil: each QUIC
 	// server has a default cap of its own.
 	PeerStreams *transport.PeerStreams
+	// MaxHandshakes and MaxHandshakesPerSource bound each QUIC server's
+	// handshakes in progress (transport.QUICServerConfig; the agent's
+	// meshMaxHandshakes and meshMaxHandshakesPerSource).
+	MaxHandshakes, MaxHandshakesPerSource int
 
 	// Relays are the relays' addresses (host:port, TCP; a relay answers
 	// reflexive UDP requests on the same address). Several: the nearest

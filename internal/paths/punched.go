@@ -150,7 +150,8 @@ func (m *Manager) quicMesh(tr *quic.Transport, peerID func(string) spiffeid.ID) 
 	}
 	srv, err := transport.NewQUICServer(transport.QUICServerConfig{Transport: tr, Dialer: m.cfg.Dialer,
 		TLS: m.cfg.ServerTLS, Logger: m.log, Metrics: m.cfg.Metrics, TrustedSourceID: m.cfg.TrustedSourceID,
-		Timers: timers, PeerCheck: m.cfg.PeerCheck, OnCut: m.cfg.OnCut, PeerStreams: m.cfg.PeerStreams})
+		Timers: timers, PeerCheck: m.cfg.PeerCheck, OnCut: m.cfg.OnCut, PeerStreams: m.cfg.PeerStreams,
+		MaxHandshakes: m.cfg.MaxHandshakes, MaxHandshakesPerSource: m.cfg.MaxHandshakesPerSource})
 	if err != nil {
 		cli.Close()
 		return nil, nil, nil, err

@@ -26,8 +26,11 @@ type meshMetrics struct {
 	// handshakes in progress, each holding a slot of the server's
 	// identity.HandshakeGate (in only)
 	handshakes *metrics.Gauge
-	set        *metrics.Set
-	dir        string
+	// QUIC Initials answered by a Retry, past half a QUIC server's
+	// handshake bound (quichandshake.go; in only)
+	retries *metrics.Counter
+	set     *metrics.Set
+	dir     string
 }
 
 // tlsFailure counts a refused TLS handshake:
@@ -56,6 +59,7 @@ func newMeshMetrics(set *metrics.Set, dir string) *meshMetrics {
 	}
 	if dir == "in" {
 		m.handshakes = set.GetOrCreateGauge(`fogmesh_tls_handshakes_in_progress{port="mesh"}`, nil)
+		m.retries = set.GetOrCreateCounter(`fogmesh_mesh_quic_retries_total`)
 	}
 	for _, r := range []string{resultOK, resultRefused, resultDialFailed, resultError, resultDenied} {
 		m.streams[r] = set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mesh_streams_total{dir=%q,result=%q}`, dir, r))

@@ -50,6 +50,11 @@ type QUICServerConfig struct {
 	PeerCheck   PeerCheck
 	OnCut       func(Cut)
 	PeerStreams *PeerStreams
+	// MaxHandshakes and MaxHandshakesPerSource bound the QUIC handshakes
+	// in progress, in all and from one source IP address (an IPv6 /64),
+	// as ServerConfig's bound the TLS mesh port's (the same defaults, a
+	// gate of this server's own): see quichandshake.go.
+	MaxHandshakes, MaxHandshakesPerSource int
 }
 
 // QUICServer accepts QUIC connections from peer agents and relays each
@@ -58,6 +63,7 @@ type QUICServerConfig struct {
 type QUICServer struct {
 	core *Server // stream handling shared with Server; never Serve'd
 	ln   *quic.Listener
+	tr   *quic.Transport // its handshake hooks are the server's (quichandshake.go)
 
 	mu      sync.Mutex // guards the following
 	serving bool
@@ -99,16 +105,21 @@ func NewQUICServer(cfg QUICServerConfig) (*QUICServer, error) {
 		done:   make(chan struct{}),
 	}
 	tlsConf, err := quicTLS(cfg.TLS, core.m)
+	if err == nil {
+		g := &quicGate{gate: identity.NewHandshakeGate(cfg.MaxHandshakes, cfg.MaxHandshakesPerSource), m: core.m, s: core}
+		err = g.hook(cfg.Transport)
+	}
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("transport: QUIC server config: %w", err)
 	}
 	ln, err := cfg.Transport.Listen(tlsConf, quicConfig(cfg.Timers, scfg.HeaderTimeout))
 	if err != nil {
+		unhook(cfg.Transport)
 		cancel()
 		return nil, fmt.Errorf("transport: QUIC listen: %w", err)
 	}
-	return &QUICServer{core: core, ln: ln, conns: make(map[*quic.Conn]*peerAuth)}, nil
+	return &QUICServer{core: core, ln: ln, tr: cfg.Transport, conns: make(map[*quic.Conn]*peerAuth)}, nil
 }
 
 // Serve accepts connections until ctx is done or Close is called, then
@@ -134,6 +145,7 @@ func (s *QUICServer) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("transport: QUIC accept: %w", err)
 		}
+		releaseSlot(conn) // its handshake is done (quichandshake.go)
 		s.core.mu.Lock()
 		if s.core.closing {
 			s.core.mu.Unlock()
@@ -254,6 +266,7 @@ func (s *QUICServer) Close() error {
 	s.core.mu.Unlock()
 
 	err := s.ln.Close()
+	unhook(s.tr)
 	s.mu.Lock()
 	conns := make([]*quic.Conn, 0, len(s.conns))
 	for c := range s.conns {

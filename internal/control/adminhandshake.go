@@ -1,0 +1,179 @@
+package control
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+)
+
+// gatedTLSListener serves the admin API's TLS: it runs each accepted
+// connection's handshake itself, holding a slot of gate for it, and hands
+// net/http only connections whose handshake is done (net/http's own
+// HandshakeContext on them returns at once). net/http would run the
+// handshake in its per-connection goroutine, after Accept, where nothing
+// bounds how many are in progress. A connection over a bound of gate is
+// closed at once, before any TLS work; a handshake not done within timeout
+// (a peer that never sends its ClientHello) is closed, freeing its slot.
+type gatedTLSListener struct {
+	net.Listener // the TCP listener
+	cfg          *tls.Config
+	gate         *identity.HandshakeGate
+	timeout      time.Duration
+	failure      func(reason string) // counts a refused or failed handshake
+	log          *slog.Logger
+
+	start sync.Once
+	ready chan net.Conn // handshaken connections, for Accept
+	errc  chan error    // the TCP listener's errors, for Accept
+	done  chan struct{} // closed by Close
+	close sync.Once
+	wg    sync.WaitGroup // the accept loop and the handshakes
+
+	mu      sync.Mutex
+	pending map[net.Conn]struct{} // connections in their handshake
+}
+
+func newGatedTLSListener(ln net.Listener, cfg *tls.Config, gate *identity.HandshakeGate, timeout time.Duration,
+	failure func(string), log *slog.Logger) *gatedTLSListener {
+	return &gatedTLSListener{Listener: ln, cfg: cfg, gate: gate, timeout: timeout, failure: failure, log: log,
+		ready: make(chan net.Conn), errc: make(chan error), done: make(chan struct{}),
+		pending: map[net.Conn]struct{}{}}
+}
+
+// Accept returns the next connection whose handshake is done (a
+// *tls.Conn), or the TCP listener's error.
+func (l *gatedTLSListener) Accept() (net.Conn, error) {
+	l.start.Do(func() {
+		l.wg.Add(1)
+		go l.acceptLoop()
+	})
+	select {
+	case c := <-l.ready:
+		return c, nil
+	case err := <-l.errc:
+		return nil, err
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *gatedTLSListener) acceptLoop() {
+	defer l.wg.Done()
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			select { // net/http backs off from a temporary error and calls Accept again
+			case l.errc <- err:
+			case <-l.done:
+				return
+			}
+			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
+				continue
+			}
+			return
+		}
+		release, reason := l.gate.Enter(c.RemoteAddr())
+		if release == nil {
+			// No goroutine, no TLS work; Debug: an attack must not flood
+			// the log.
+			c.Close()
+			l.failure(reason)
+			l.log.Debug("control: admin connection refused before its handshake", "remote", c.RemoteAddr(), "reason", reason)
+			continue
+		}
+		l.mu.Lock()
+		select {
+		case <-l.done:
+			l.mu.Unlock()
+			release()
+			c.Close()
+			return
+		default:
+		}
+		l.pending[c] = struct{}{}
+		l.wg.Add(1)
+		l.mu.Unlock()
+		go l.handshake(c, release)
+	}
+}
+
+// handshake runs c's TLS handshake within the timeout, frees its slot
+// when the handshake has finished or failed, and hands c to Accept.
+func (l *gatedTLSListener) handshake(c net.Conn, release func()) {
+	defer l.wg.Done()
+	tc, err := l.runHandshake(c)
+	release()
+	l.mu.Lock()
+	delete(l.pending, c)
+	l.mu.Unlock()
+	if err != nil {
+		c.Close()
+		return
+	}
+	select {
+	case l.ready <- tc:
+	case <-l.done:
+		tc.Close()
+	}
+}
+
+func (l *gatedTLSListener) runHandshake(c net.Conn) (*tls.Conn, error) {
+	c.SetDeadline(time.Now().Add(l.timeout))
+	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+	defer cancel()
+	tc := tls.Server(c, l.cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		var rhe tls.RecordHeaderError
+		reason := identity.HandshakeReason(err)
+		if errors.As(err, &rhe) {
+			reason = identity.ReasonNotTLS
+			if rhe.Conn != nil && looksLikeHTTP(rhe.RecordHeader) {
+				// As net/http answers plaintext on its TLS port.
+				io.WriteString(rhe.Conn, "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+			}
+		}
+		select {
+		case <-l.done: // closed by Close
+		default:
+			l.failure(reason)
+		}
+		l.log.Debug("control: admin TLS handshake failed", "remote", c.RemoteAddr(), "reason", reason, "err", err)
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return tc, nil
+}
+
+// looksLikeHTTP is net/http's test of a TLS record header that is the
+// start of a plaintext request.
+func looksLikeHTTP(hdr [5]byte) bool {
+	switch string(hdr[:]) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO":
+		return true
+	}
+	return false
+}
+
+// Close closes the TCP listener and the connections in their handshake,
+// and waits for the handshakes to end.
+func (l *gatedTLSListener) Close() error {
+	var err error
+	l.close.Do(func() {
+		l.mu.Lock()
+		close(l.done)
+		for c := range l.pending {
+			c.Close()
+		}
+		l.mu.Unlock()
+		err = l.Listener.Close()
+		l.wg.Wait()
+	})
+	return err
+}
