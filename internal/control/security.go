@@ -249,8 +249,9 @@ func (sec *security) adminTLS() *tls.Config {
 			return fmt.Errorf("%s is not an admin identity", id)
 		}
 		if sec.src.Denied(id.String()) {
-			sec.tlsFailure("revoked")
-			return fmt.Errorf("%s is revoked", id)
+			// The admin listener counts it, under port="admin", by this
+			// reason (adminhandshake.go).
+			return &identity.HandshakeError{Reason: identity.ReasonRevoked, Err: fmt.Errorf("%s is revoked", id)}
 		}
 		for _, ch := range chains {
 			if err := sec.adminIssuer(id, ch); err != nil {
