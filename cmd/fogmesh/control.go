@@ -303,7 +303,7 @@ func runControl(args []string) error {
 			syncLn.Close()
 			return err
 		}
-		st, err = waitStore(ctx, log, adminLn, syncLn, fc.Insecure, func() (store.Backend, error) { return openEtcd(eo, &fc) })
+		st, err = waitStore(ctx, log, adminLn, syncLn, &fc, func() (store.Backend, error) { return openEtcd(eo, &fc) })
 		if err != nil || st == nil {
 			adminLn.Close()
 			syncLn.Close()

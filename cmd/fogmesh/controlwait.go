@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/store"
 )
 
@@ -37,13 +38,14 @@ const (
 // waitStore calls open until it returns a store, an *etcdConfigError, or
 // ctx ends (nil, nil: a signal while waiting is a clean exit). Meanwhile
 // adminLn serves /healthz as not ready (with a throwaway self-signed
-// certificate unless insecure: nothing but the health answer is served)
-// and connections to syncLn are closed at once. Both listeners are open
-// and idle when it returns.
-func waitStore(ctx context.Context, log *slog.Logger, adminLn, syncLn net.Listener, insecure bool, open func() (store.Backend, error)) (store.Backend, error) {
+// certificate unless fc.Insecure: nothing but the health answer is served;
+// its TLS handshakes under the admin API's gate, of fc's admin bounds) and
+// connections to syncLn are closed at once. Both listeners are open and
+// idle when it returns.
+func waitStore(ctx context.Context, log *slog.Logger, adminLn, syncLn net.Listener, fc *controlFile, open func() (store.Backend, error)) (store.Backend, error) {
 	// The gate answers from the start: one attempt can take the store's
 	// whole timeout.
-	g, err := startGate(log, adminLn, syncLn, insecure)
+	g, err := startGate(log, adminLn, syncLn, fc)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +103,7 @@ type paused struct{ deadliner }
 
 func (p paused) Close() error { return p.SetDeadline(time.Unix(1, 0)) }
 
-func startGate(log *slog.Logger, adminLn, syncLn net.Listener, insecure bool) (*gate, error) {
+func startGate(log *slog.Logger, adminLn, syncLn net.Listener, fc *controlFile) (*gate, error) {
 	a, ok1 := adminLn.(deadliner)
 	s, ok2 := syncLn.(deadliner)
 	if !ok1 || !ok2 {
@@ -110,12 +112,18 @@ func startGate(log *slog.Logger, adminLn, syncLn net.Listener, insecure bool) (*
 	g := &gate{admin: a, sync: s, stopSync: make(chan struct{})}
 	g.reason.Store("not ready: waiting for the store")
 	var ln net.Listener = paused{a}
-	if !insecure {
+	if !fc.Insecure {
 		cert, err := selfSigned()
 		if err != nil {
 			return nil, err
 		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		// As the admin API's: a bound on the handshakes in progress (in
+		// all and from one source) and a deadline on each, so that
+		// connections that never send a ClientHello cannot pile up while
+		// the store is down. Refusals are logged at Debug; no metrics are
+		// served yet.
+		ln = control.NewAdminTLSListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+			fc.AdminMaxHandshakes, fc.AdminMaxHandshakesPerSource, nil, log)
 	}
 	g.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

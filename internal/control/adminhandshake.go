@@ -47,6 +47,39 @@ func newGatedTLSListener(ln net.Listener, cfg *tls.Config, gate *identity.Handsh
 		pending: map[net.Conn]struct{}{}}
 }
 
+// NewAdminTLSListener returns ln (a TCP listener) serving TLS with cfg as
+// the admin API's does: under a handshake gate of the admin bounds
+// maxHandshakes and perSource (as Config.AdminMaxHandshakes and
+// AdminMaxHandshakesPerSource: 0 the default, negative no bound), each
+// handshake done within 5 s, net/http given only connections whose
+// handshake is done. cmd/fogmesh serves /healthz on it while the control
+// plane waits for its store. failure, if not nil, counts a refused or
+// failed handshake by reason (identity.Reason*). Close closes ln and the
+// connections in their handshake.
+func NewAdminTLSListener(ln net.Listener, cfg *tls.Config, maxHandshakes, perSource int,
+	failure func(reason string), log *slog.Logger) net.Listener {
+	if failure == nil {
+		failure = func(string) {}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return newGatedTLSListener(ln, cfg, newAdminGate(maxHandshakes, perSource), adminHandshakeTimeout, failure, log)
+}
+
+// newAdminGate is the admin API's handshake gate: bounds as
+// Config.AdminMaxHandshakes and AdminMaxHandshakesPerSource (0: the
+// default, negative: no bound).
+func newAdminGate(maxHandshakes, perSource int) *identity.HandshakeGate {
+	if maxHandshakes == 0 {
+		maxHandshakes = DefaultAdminMaxHandshakes
+	}
+	if perSource == 0 {
+		perSource = DefaultAdminMaxHandshakesPerSource
+	}
+	return identity.NewHandshakeGate(maxHandshakes, perSource)
+}
+
 // Accept returns the next connection whose handshake is done (a
 // *tls.Conn), or the TCP listener's error.
 func (l *gatedTLSListener) Accept() (net.Conn, error) {

@@ -128,3 +128,31 @@ func TestAdminHandshakeConfig(t *testing.T) {
 		t.Fatal("a connection holding a slot was closed")
 	}
 }
+
+// TestAdminRevokedCertCounted: a revoked admin client certificate refused
+// by the admin API (HTTPS) is counted once, as the admin port's
+// (port="admin",reason="revoked"), not as the sync port's nor as "other".
+func TestAdminRevokedCertCounted(t *testing.T) {
+	s := startSecure(t)
+	if code, body := adminGet(t, adminCertHTTP(t, s), s, "/v1/trust", ""); code != http.StatusOK {
+		t.Fatalf("the admin certificate before its revocation: %d %s", code, body)
+	}
+	if _, err := s.revokeAdmin("browser"); err != nil {
+		t.Fatal(err)
+	}
+	c := adminCertHTTP(t, s) // a new connection: a new handshake
+	resp, err := c.Get("https://" + s.AdminAddr() + "/v1/trust")
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("a revoked admin certificate was served: %d", resp.StatusCode)
+	}
+	waitFor(t, 5*time.Second, `the refusal counted as port="admin",reason="revoked"`, func() bool {
+		return adminRefused(t, s, identity.ReasonRevoked) == 1
+	})
+	if n := s.TLSFailures(identity.ReasonRevoked); n != 0 {
+		t.Fatalf(`%d refusals counted as port="sync",reason="revoked", want 0`, n)
+	}
+	if n := adminRefused(t, s, identity.ReasonOther); n != 0 {
+		t.Fatalf(`%d refusals counted as port="admin",reason="other", want 0`, n)
+	}
+}

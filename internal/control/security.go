@@ -136,7 +136,7 @@ func newSecurity(s *Server) (*security, error) {
 	sec.mIssued = m.NewCounter(`fogmesh_control_certificates_issued_total`)
 	sec.gate = identity.NewHandshakeGate(s.cfg.SyncMaxHandshakes, s.cfg.SyncMaxHandshakesPerSource)
 	m.NewGauge(`fogmesh_tls_handshakes_in_progress{port="sync"}`, func() float64 { return float64(sec.gate.InProgress()) })
-	sec.adminGate = identity.NewHandshakeGate(s.cfg.AdminMaxHandshakes, s.cfg.AdminMaxHandshakesPerSource)
+	sec.adminGate = newAdminGate(s.cfg.AdminMaxHandshakes, s.cfg.AdminMaxHandshakesPerSource)
 	m.NewGauge(`fogmesh_tls_handshakes_in_progress{port="admin"}`, func() float64 { return float64(sec.adminGate.InProgress()) })
 	if reg != nil {
 		reg.refresh = sec.refreshTrust
@@ -249,8 +249,9 @@ func (sec *security) adminTLS() *tls.Config {
 			return fmt.Errorf("%s is not an admin identity", id)
 		}
 		if sec.src.Denied(id.String()) {
-			sec.tlsFailure("revoked")
-			return fmt.Errorf("%s is revoked", id)
+			// The admin listener counts it, under port="admin", by this
+			// reason (adminhandshake.go).
+			return &identity.HandshakeError{Reason: identity.ReasonRevoked, Err: fmt.Errorf("%s is revoked", id)}
 		}
 		for _, ch := range chains {
 			if err := sec.adminIssuer(id, ch); err != nil {
