@@ -82,7 +82,7 @@ type Config struct {
 	StateDir string `json:"stateDir,omitempty"`
 	// Upstreams resolve non-mesh names (default: /etc/resolv.conf).
 	Upstreams []string `json:"upstreams,omitempty"`
-	// DNSForwardRate: queries/s one client IP (IPv6: /64) may forward to the
+	// DNSForwardRate: queries/s one client IP address may forward to the
 	// upstreams, bursts of twice that; beyond, TC or REFUSED (default 1000;
 	// negative: no limit). Mesh names are not limited.
 	DNSForwardRate int `json:"dnsForwardRate,omitempty"`

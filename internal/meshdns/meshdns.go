@@ -63,7 +63,7 @@
 // answer is relayed. If no upstream answers, or none is configured, the
 // client gets SERVFAIL.
 //
-// Each client (source IP address, an IPv6 one's /64) may have
+// Each client (source IP address: a pod's own, not its node's IPv6 /64) may have
 // Config.ForwardRate queries per second forwarded, in bursts of twice as
 // many; a query beyond is answered
 // at once (over UDP empty with TC set, so that a spoofed flood cannot deny
@@ -179,7 +179,7 @@ type Config struct {
 	DefaultNamespace string
 
 	// ForwardRate is how many queries per second one client (source IP
-	// address, an IPv6 one's /64) may have forwarded upstream, in bursts of up to twice as
+	// address) may have forwarded upstream, in bursts of up to twice as
 	// many; a query beyond is answered at once, over UDP empty with TC
 	// set, over TCP REFUSED. Names the server
 	// answers itself are not limited. Default 1000; negative: no limit.

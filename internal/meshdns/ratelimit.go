@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
-
-	"github.com/fogmesh/fogmesh/internal/clientip"
 )
 
 // maxForwardClients bounds the clients whose forwarding rate is tracked.
@@ -112,9 +110,14 @@ func (l *clientLimits) tracked(client netip.Addr) bool {
 }
 
 // clientAddr is the client a query's sender counts as, the key of its
-// limits: its IPv4 address, or its IPv6 address's /64 (clientip.Key: the
-// pods of a node share one, and a host could rotate through its own); the
-// zero Addr for an address that is neither UDP nor TCP.
+// limits: its IP address (IPv4-mapped as IPv4, without a zone); the zero
+// Addr for an address that is neither UDP nor TCP. Not by an IPv6 /64, as
+// the admin API's and handshakes' limits (clientip.Key) count their remote
+// clients: the agent's DNS clients are its node's workloads, and the pods
+// of a node share the node's /64, each with an address it cannot choose,
+// so a /64 would make one noisy pod its neighbours' limit. A sender that
+// can pick addresses (host network, CAP_NET_ADMIN) is bounded by the
+// server's forwards in flight in all and by maxForwardClients.
 func clientAddr(a net.Addr) netip.Addr {
 	var ap netip.AddrPort
 	switch a := a.(type) {
@@ -123,7 +126,7 @@ func clientAddr(a net.Addr) netip.Addr {
 	case *net.TCPAddr:
 		ap = a.AddrPort()
 	}
-	return clientip.Key(ap.Addr())
+	return ap.Addr().Unmap().WithZone("")
 }
 
 // forwardLimits are the limits on one transport's forwards per client.
