@@ -20,7 +20,9 @@ import (
 // handshake in its per-connection goroutine, after Accept, where nothing
 // bounds how many are in progress. A connection over a bound of gate is
 // closed at once, before any TLS work; a handshake not done within timeout
-// (a peer that never sends its ClientHello) is closed, freeing its slot.
+// (a peer that never sends its ClientHello) is closed, freeing its slot;
+// so is one the gate evicts when it is full (its source the busiest, the
+// newcomer's holding fewer slots: identity.HandshakeGate).
 type gatedTLSListener struct {
 	net.Listener // the TCP listener
 	cfg          *tls.Config
@@ -112,7 +114,8 @@ func (l *gatedTLSListener) acceptLoop() {
 			}
 			return
 		}
-		release, reason := l.gate.Enter(c.RemoteAddr())
+		ev := identity.NewEvictable(c)
+		release, reason := l.gate.Enter(c.RemoteAddr(), ev.Evict)
 		if release == nil {
 			// No goroutine, no TLS work; Debug: an attack must not flood
 			// the log.
@@ -133,15 +136,15 @@ func (l *gatedTLSListener) acceptLoop() {
 		l.pending[c] = struct{}{}
 		l.wg.Add(1)
 		l.mu.Unlock()
-		go l.handshake(c, release)
+		go l.handshake(c, release, ev)
 	}
 }
 
 // handshake runs c's TLS handshake within the timeout, frees its slot
 // when the handshake has finished or failed, and hands c to Accept.
-func (l *gatedTLSListener) handshake(c net.Conn, release func()) {
+func (l *gatedTLSListener) handshake(c net.Conn, release func(), ev *identity.Evictable) {
 	defer l.wg.Done()
-	tc, err := l.runHandshake(c)
+	tc, err := l.runHandshake(c, ev)
 	release()
 	l.mu.Lock()
 	delete(l.pending, c)
@@ -157,7 +160,7 @@ func (l *gatedTLSListener) handshake(c net.Conn, release func()) {
 	}
 }
 
-func (l *gatedTLSListener) runHandshake(c net.Conn) (*tls.Conn, error) {
+func (l *gatedTLSListener) runHandshake(c net.Conn, ev *identity.Evictable) (*tls.Conn, error) {
 	c.SetDeadline(time.Now().Add(l.timeout))
 	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	defer cancel()
@@ -165,7 +168,9 @@ func (l *gatedTLSListener) runHandshake(c net.Conn) (*tls.Conn, error) {
 	if err := tc.HandshakeContext(ctx); err != nil {
 		var rhe tls.RecordHeaderError
 		reason := identity.HandshakeReason(err)
-		if errors.As(err, &rhe) {
+		if ev.Evicted() { // closed by the gate for a fairer newcomer
+			reason = identity.ReasonEvicted
+		} else if errors.As(err, &rhe) {
 			reason = identity.ReasonNotTLS
 			if rhe.Conn != nil && looksLikeHTTP(rhe.RecordHeader) {
 				// As net/http answers plaintext on its TLS port.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"slices"
 	"sort"
@@ -59,9 +60,11 @@ func (s *Server) acceptSync(ctx context.Context) error {
 			continue
 		}
 		release := func() {}
+		var ev *identity.Evictable
 		if s.sec != nil {
 			var reason string
-			if release, reason = s.sec.gate.Enter(c.RemoteAddr()); release == nil {
+			ev = identity.NewEvictable(c)
+			if release, reason = s.sec.gate.Enter(c.RemoteAddr(), ev.Evict); release == nil {
 				// No goroutine, no TLS work; Debug: an attack must not
 				// flood the log.
 				c.Close()
@@ -87,7 +90,7 @@ func (s *Server) acceptSync(ctx context.Context) error {
 			// stream's reader for its whole life is small, so its stack,
 			// grown by the handshake, shrinks back (a stack is halved only
 			// while under a quarter of it is in use; one per agent).
-			conn, peer, agent := s.handshakeSync(ctx, c, release)
+			conn, peer, agent := s.handshakeSync(ctx, c, release, ev)
 			if !agent {
 				return
 			}
@@ -103,17 +106,23 @@ func (s *Server) acceptSync(ctx context.Context) error {
 // (join, region, relay); agent is true when the connection is an agent
 // stream, for serveStream. release frees c's handshake slot (security.gate)
 // once the handshake has finished or failed, or for a join (whose peer has
-// no certificate) once the join is served.
-func (s *Server) handshakeSync(ctx context.Context, c net.Conn, release func()) (conn net.Conn, peer spiffeid.ID, agent bool) {
+// no certificate) once the join is served. ev is c's gate entry's
+// Evictable: a handshake or join the gate evicted (closed) is counted as
+// identity.ReasonEvicted.
+func (s *Server) handshakeSync(ctx context.Context, c net.Conn, release func(), ev *identity.Evictable) (conn net.Conn, peer spiffeid.ID, agent bool) {
 	if s.sec == nil {
 		return c, peer, true
 	}
 	tc, err := identity.ServerHandshake(ctx, c, s.sec.syncTLS, 10*time.Second)
 	if err != nil {
 		release()
-		reason := identity.HandshakeReason(err)
+		reason := ev.Reason(identity.HandshakeReason(err))
 		s.sec.tlsFailure(reason)
-		s.log.Warn("control: sync TLS handshake refused", "remote", c.RemoteAddr(), "reason", reason, "err", err)
+		level := slog.LevelWarn
+		if reason == identity.ReasonEvicted { // Debug: an attack must not flood the log
+			level = slog.LevelDebug
+		}
+		s.log.Log(ctx, level, "control: sync TLS handshake refused", "remote", c.RemoteAddr(), "reason", reason, "err", err)
 		return nil, peer, false
 	}
 	if tc.ConnectionState().NegotiatedProtocol == identity.ALPNJoin {
@@ -122,6 +131,9 @@ func (s *Server) handshakeSync(ctx context.Context, c net.Conn, release func()) 
 		// connections without bound past their handshakes.
 		err := s.sec.serveJoin(tc)
 		release()
+		if ev.Evicted() {
+			s.sec.tlsFailure(identity.ReasonEvicted)
+		}
 		if err != nil {
 			s.log.Warn("control: join refused", "remote", c.RemoteAddr(), "err", err)
 		}

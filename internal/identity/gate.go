@@ -1,18 +1,23 @@
 package identity
 
 import (
+	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/fogmesh/fogmesh/internal/clientip"
 )
 
 // Handshake gate refusals, reasons of the handshake failure metrics: a
-// connection over a HandshakeGate bound is closed before any TLS work.
+// connection over a HandshakeGate bound is closed before any TLS work; an
+// evicted one (the gate full, its source the busiest) is closed in its
+// handshake.
 const (
 	ReasonBusy       = "busy"        // the listener's bound of handshakes in progress
 	ReasonSourceBusy = "source_busy" // the bound of one source address
+	ReasonEvicted    = "evicted"     // in its handshake, its slot given to a source holding fewer
 )
 
 // Defaults of HandshakeGate: a mesh port's peers are the site's and mesh's
@@ -33,12 +38,62 @@ const (
 // slot with Enter before it starts a connection's handshake and frees it
 // with the returned release once the handshake has finished or failed; a
 // connection Enter refuses is closed at once. Safe for concurrent use.
+//
+// A full gate is shared fairly rather than first come, first served: a few
+// sources opening connections that never send a ClientHello would
+// otherwise hold every slot (max/perSource sources suffice) and lock every
+// other client out until their handshakes time out. So when the total
+// bound is reached, a newcomer whose source holds fewer slots than the
+// busiest source minus one evicts that source's oldest handshake (its
+// cancel closes the connection, counted as ReasonEvicted) and enters in
+// its place; at equal shares (within one) nobody is evicted, so two
+// sources never evict each other in turn.
 type HandshakeGate struct {
 	max, perSource int // -1: no bound
 
-	mu       sync.Mutex
-	total    int
-	bySource map[string]int
+	mu      sync.Mutex
+	total   int
+	sources map[string]*gateSource
+}
+
+// gateSource is one source's slots: held counts them all; the entries a
+// server can cancel are also on a list, oldest first, for eviction.
+type gateSource struct {
+	key        string
+	held       int
+	head, tail *gateEntry
+}
+
+// gateEntry is one slot.
+type gateEntry struct {
+	src        *gateSource
+	cancel     func() // nil: cannot be evicted (not on src's list)
+	prev, next *gateEntry
+	gone       bool // released or evicted: its release is a no-op
+}
+
+func (s *gateSource) push(e *gateEntry) {
+	e.prev = s.tail
+	if s.tail != nil {
+		s.tail.next = e
+	} else {
+		s.head = e
+	}
+	s.tail = e
+}
+
+func (s *gateSource) unlink(e *gateEntry) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		s.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		s.tail = e.prev
+	}
+	e.prev, e.next = nil, nil
 }
 
 // NewHandshakeGate returns a gate of max handshakes at once, perSource of
@@ -61,35 +116,97 @@ func NewHandshakeGate(max, perSource int) *HandshakeGate {
 	if max >= 0 && perSource >= 0 {
 		perSource = min(perSource, max)
 	}
-	return &HandshakeGate{max: max, perSource: perSource, bySource: map[string]int{}}
+	return &HandshakeGate{max: max, perSource: perSource, sources: map[string]*gateSource{}}
 }
 
 // Enter takes a slot for a connection from remote. It returns a release
 // func (idempotent) and "", or nil and the refusal reason: ReasonBusy or
-// ReasonSourceBusy.
-func (g *HandshakeGate) Enter(remote net.Addr) (release func(), reason string) {
-	src := sourceKey(remote)
+// ReasonSourceBusy. cancel, if not nil, makes the slot evictable: the gate
+// calls it (once, not under its lock, possibly before Enter returns to its
+// caller's other goroutines) to end the connection's handshake when a
+// fairer newcomer takes the slot (see HandshakeGate); the slot is then
+// already counted as free, and release is a no-op. A server's cancel
+// closes the raw connection and counts the handshake's failure as
+// ReasonEvicted (Evictable). With a nil cancel the slot is never evicted.
+func (g *HandshakeGate) Enter(remote net.Addr, cancel func()) (release func(), reason string) {
+	key := sourceKey(remote)
 	g.mu.Lock()
-	defer g.mu.Unlock()
+	src := g.sources[key]
+	held := 0
+	if src != nil {
+		held = src.held
+	}
+	var victim *gateEntry
 	switch {
 	case g.max >= 0 && g.total >= g.max:
-		return nil, ReasonBusy
-	case g.perSource >= 0 && g.bySource[src] >= g.perSource:
+		if victim = g.evictable(held); victim == nil {
+			g.mu.Unlock()
+			return nil, ReasonBusy
+		}
+	case g.perSource >= 0 && held >= g.perSource:
+		g.mu.Unlock()
 		return nil, ReasonSourceBusy
 	}
-	g.total++
-	g.bySource[src]++
-	var once sync.Once
-	return func() { once.Do(func() { g.leave(src) }) }, ""
+	if victim != nil {
+		// Its slot is the newcomer's: the total stays.
+		victim.gone = true
+		g.drop(victim)
+	} else {
+		g.total++
+	}
+	if src == nil { // (the victim's source is another: it held more)
+		src = &gateSource{key: key}
+		g.sources[key] = src
+	}
+	e := &gateEntry{src: src, cancel: cancel}
+	src.held++
+	if cancel != nil {
+		src.push(e)
+	}
+	g.mu.Unlock()
+	if victim != nil {
+		victim.cancel()
+	}
+	return func() { g.leave(e) }, ""
 }
 
-func (g *HandshakeGate) leave(src string) {
+// evictable returns the oldest evictable entry of the busiest source that
+// has one, if evicting it makes the gate fairer to a newcomer whose source
+// holds held slots: held+1 < the busiest's count. O(sources), at most max.
+func (g *HandshakeGate) evictable(held int) *gateEntry {
+	var busiest *gateSource
+	for _, s := range g.sources {
+		if s.head != nil && (busiest == nil || s.held > busiest.held) {
+			busiest = s
+		}
+	}
+	if busiest == nil || held+1 >= busiest.held {
+		return nil
+	}
+	return busiest.head
+}
+
+// drop takes e's slot off its source; g.mu is held. It does not change
+// the total.
+func (g *HandshakeGate) drop(e *gateEntry) {
+	s := e.src
+	if e.cancel != nil {
+		s.unlink(e)
+	}
+	if s.held--; s.held <= 0 {
+		delete(g.sources, s.key)
+	}
+}
+
+func (g *HandshakeGate) leave(e *gateEntry) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.total--
-	if g.bySource[src]--; g.bySource[src] <= 0 {
-		delete(g.bySource, src)
+	if e.gone { // released before, or evicted
+		return
 	}
+	e.gone = true
+	g.drop(e)
+	g.total--
 }
 
 // InProgress returns the handshakes holding a slot.
@@ -103,14 +220,48 @@ func (g *HandshakeGate) InProgress() int {
 // source: a server may ask more of a peer (QUIC address validation)
 // before the gate is full.
 func (g *HandshakeGate) Load(remote net.Addr) (total, source int) {
-	src := sourceKey(remote)
+	key := sourceKey(remote)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.total, g.bySource[src]
+	if s := g.sources[key]; s != nil {
+		source = s.held
+	}
+	return g.total, source
 }
 
 // Limits returns the gate's bounds, in all and per source; -1 is none.
 func (g *HandshakeGate) Limits() (max, perSource int) { return g.max, g.perSource }
+
+// Evictable is the cancel of a connection's HandshakeGate slot: Evict
+// marks the connection evicted and closes it, so its handshake fails and
+// the server counts that failure as ReasonEvicted (Reason) rather than
+// what the closed connection's error looks like.
+type Evictable struct {
+	c       io.Closer
+	evicted atomic.Bool
+}
+
+// NewEvictable returns the Evictable of c (the raw connection).
+func NewEvictable(c io.Closer) *Evictable { return &Evictable{c: c} }
+
+// Evict marks the connection evicted and closes it; Enter's cancel.
+func (e *Evictable) Evict() {
+	e.evicted.Store(true)
+	e.c.Close()
+}
+
+// Evicted reports whether the gate evicted the connection (false for a
+// nil Evictable).
+func (e *Evictable) Evicted() bool { return e != nil && e.evicted.Load() }
+
+// Reason returns ReasonEvicted if the connection was evicted, else reason
+// (its handshake's failure).
+func (e *Evictable) Reason(reason string) string {
+	if e.Evicted() {
+		return ReasonEvicted
+	}
+	return reason
+}
 
 // sourceKey is the source a connection counts against: its IP address
 // (an IPv6 one's /64: clientip.Key), or the whole address when it has none (an

@@ -1,7 +1,10 @@
 package identity
 
 import (
+	"fmt"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -15,7 +18,7 @@ func TestHandshakeGateBounds(t *testing.T) {
 	var rel []func()
 	enter := func(ip, want string) {
 		t.Helper()
-		r, reason := g.Enter(tcpAddr(ip))
+		r, reason := g.Enter(tcpAddr(ip), nil)
 		if reason != want {
 			t.Fatalf("Enter(%s) = %q, want %q", ip, reason, want)
 		}
@@ -47,8 +50,8 @@ func TestHandshakeGateBounds(t *testing.T) {
 	for _, r := range rel {
 		r()
 	}
-	if g.InProgress() != 0 || len(g.bySource) != 0 {
-		t.Fatalf("after every release: %d in progress, sources %v", g.InProgress(), g.bySource)
+	if g.InProgress() != 0 || len(g.sources) != 0 {
+		t.Fatalf("after every release: %d in progress, sources %v", g.InProgress(), g.sources)
 	}
 	if max, per := NewHandshakeGate(0, 0).Limits(); max != DefaultMaxHandshakes || per != DefaultMaxHandshakesPerSource {
 		t.Fatalf("default limits %d, %d", max, per)
@@ -62,7 +65,7 @@ func TestHandshakeGateBounds(t *testing.T) {
 func TestHandshakeGateNegativeUnbounded(t *testing.T) {
 	g := NewHandshakeGate(-1, -1)
 	for i := range DefaultMaxHandshakes + 8 {
-		if r, reason := g.Enter(tcpAddr("127.63.9.1")); r == nil {
+		if r, reason := g.Enter(tcpAddr("127.63.9.1"), func() {}); r == nil {
 			t.Fatalf("unbounded gate: handshake %d refused as %s", i+1, reason)
 		}
 	}
@@ -78,11 +81,11 @@ func TestHandshakeGateNegativeUnbounded(t *testing.T) {
 	for s := range sources {
 		ip := net.IPv4(127, 63, 10, byte(s+1)).String()
 		for i := range DefaultMaxHandshakesPerSource {
-			if r, reason := g.Enter(tcpAddr(ip)); r == nil {
+			if r, reason := g.Enter(tcpAddr(ip), nil); r == nil {
 				t.Fatalf("source %d, handshake %d refused as %s with no total bound", s, i+1, reason)
 			}
 		}
-		if _, reason := g.Enter(tcpAddr(ip)); reason != ReasonSourceBusy {
+		if _, reason := g.Enter(tcpAddr(ip), nil); reason != ReasonSourceBusy {
 			t.Fatalf("source %d past the default per-source bound: %q, want %q", s, reason, ReasonSourceBusy)
 		}
 	}
@@ -90,14 +93,149 @@ func TestHandshakeGateNegativeUnbounded(t *testing.T) {
 		t.Fatalf("%d in progress, want %d, past the default total", n, sources*DefaultMaxHandshakesPerSource)
 	}
 
-	// A total bound with no per-source one: one source may take it all.
+	// A total bound with no per-source one: one source may take it all
+	// (here entries that cannot be evicted).
 	g = NewHandshakeGate(4, -1)
 	for i := range 4 {
-		if r, reason := g.Enter(tcpAddr("127.63.9.2")); r == nil {
+		if r, reason := g.Enter(tcpAddr("127.63.9.2"), nil); r == nil {
 			t.Fatalf("handshake %d refused as %s", i+1, reason)
 		}
 	}
-	if _, reason := g.Enter(tcpAddr("127.63.9.3")); reason != ReasonBusy {
+	if _, reason := g.Enter(tcpAddr("127.63.9.3"), func() {}); reason != ReasonBusy {
 		t.Fatalf("past the total: %q, want %q", reason, ReasonBusy)
+	}
+}
+
+// gateSlots enters n handshakes from ip, each evictable: the returned
+// counters count how often each one's cancel was called.
+func gateSlots(t *testing.T, g *HandshakeGate, ip string, n int) (rel []func(), cancels []*int) {
+	t.Helper()
+	for i := range n {
+		c := new(int)
+		r, reason := g.Enter(tcpAddr(ip), func() { *c++ })
+		if r == nil {
+			t.Fatalf("Enter(%s) #%d refused as %s", ip, i+1, reason)
+		}
+		rel = append(rel, r)
+		cancels = append(cancels, c)
+	}
+	return rel, cancels
+}
+
+// TestHandshakeGateEvictsBusiest: with the gate full, a newcomer from a
+// source holding fewer slots than the busiest one minus one takes the
+// busiest source's oldest slot: its cancel is called (once), the newcomer
+// enters at once, the total never passes max, and the evicted entry's
+// release frees nothing.
+func TestHandshakeGateEvictsBusiest(t *testing.T) {
+	g := NewHandshakeGate(6, 4)
+	ra, ca := gateSlots(t, g, "127.68.200.1", 4) // a: 4, the busiest
+	if r, reason := g.Enter(tcpAddr("127.68.200.1"), func() {}); r != nil || reason != ReasonSourceBusy {
+		t.Fatalf("a at its per-source bound: %q, want %q", reason, ReasonSourceBusy)
+	}
+	_, cb := gateSlots(t, g, "127.68.200.2", 2) // b: 2; full
+	if r, reason := g.Enter(tcpAddr("127.68.200.1"), func() {}); r != nil || reason != ReasonBusy {
+		t.Fatalf("a, the busiest, with the gate full: %q, want %q", reason, ReasonBusy)
+	}
+	rc, cc := gateSlots(t, g, "127.68.200.3", 1) // c: 0+1 < 4: evicts a's oldest
+	if *ca[0] != 1 || *ca[1] != 0 || *cb[0] != 0 || *cb[1] != 0 {
+		t.Fatalf("cancels a %d %d, b %d %d: want a's oldest only", *ca[0], *ca[1], *cb[0], *cb[1])
+	}
+	if n := g.InProgress(); n != 6 {
+		t.Fatalf("%d in progress after an eviction, want 6", n)
+	}
+	if _, src := g.Load(tcpAddr("127.68.200.1")); src != 3 {
+		t.Fatalf("a holds %d after an eviction, want 3", src)
+	}
+	ra[0]() // the evicted entry's release: a no-op
+	ra[0]()
+	if total, src := g.Load(tcpAddr("127.68.200.1")); total != 6 || src != 3 {
+		t.Fatalf("after the evicted entry's release: %d in progress, a %d, want 6, 3", total, src)
+	}
+	// c (1) again: 2 < 3 holds, a's next oldest goes.
+	gateSlots(t, g, "127.68.200.3", 1)
+	if *ca[1] != 1 || *ca[0] != 1 {
+		t.Fatalf("second eviction: cancels a %d %d, want 1 1", *ca[0], *ca[1])
+	}
+	// Now a 2, b 2, c 2: equal shares, nobody is evicted.
+	for _, ip := range []string{"127.68.200.1", "127.68.200.2", "127.68.200.3"} {
+		if r, reason := g.Enter(tcpAddr(ip), func() {}); r != nil || reason != ReasonBusy {
+			t.Fatalf("equal shares, Enter(%s) = %q, want %q", ip, reason, ReasonBusy)
+		}
+	}
+	if *ca[2] != 0 || *ca[3] != 0 || *cb[0] != 0 || *cb[1] != 0 || *cc[0] != 0 {
+		t.Fatal("an entry was cancelled at equal shares")
+	}
+	if n := g.InProgress(); n != 6 {
+		t.Fatalf("%d in progress, want 6", n)
+	}
+	rc[0]()
+	ra[2]()
+	if total, src := g.Load(tcpAddr("127.68.200.1")); total != 4 || src != 1 {
+		t.Fatalf("after two releases: %d in progress, a %d, want 4, 1", total, src)
+	}
+}
+
+// TestHandshakeGateEvictionSkipsUncancellable: an entry entered with a nil
+// cancel (a QUIC handshake) is never evicted; a source holding only such
+// entries is passed over for the busiest one that has an evictable entry.
+func TestHandshakeGateEvictionSkipsUncancellable(t *testing.T) {
+	g := NewHandshakeGate(6, -1)
+	for range 4 {
+		if r, _ := g.Enter(tcpAddr("127.68.201.1"), nil); r == nil {
+			t.Fatal("refused")
+		}
+	}
+	_, cb := gateSlots(t, g, "127.68.201.2", 2)
+	// d (0): a (4, none evictable) is passed over; b (2) > 0+1: its oldest goes.
+	gateSlots(t, g, "127.68.201.4", 1)
+	if *cb[0] != 1 || *cb[1] != 0 {
+		t.Fatalf("cancels b %d %d, want 1 0", *cb[0], *cb[1])
+	}
+	// d (1), b (1), a (4, none evictable): refused.
+	if r, reason := g.Enter(tcpAddr("127.68.201.5"), func() {}); r != nil || reason != ReasonBusy {
+		t.Fatalf("only uncancellable entries above: %q, want %q", reason, ReasonBusy)
+	}
+	if n := g.InProgress(); n != 6 {
+		t.Fatalf("%d in progress, want 6", n)
+	}
+}
+
+// TestHandshakeGateEvictionStorm: sources entering and releasing at once,
+// with evictions, never hold more than max slots, and every slot comes
+// back (run with -race).
+func TestHandshakeGateEvictionStorm(t *testing.T) {
+	const max = 8
+	g := NewHandshakeGate(max, 4)
+	var wg sync.WaitGroup
+	var over atomic.Int32
+	for s := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var rel []func()
+			for i := range 300 {
+				if r, _ := g.Enter(tcpAddr(fmt.Sprintf("127.68.202.%d", s+1)), func() {}); r != nil {
+					rel = append(rel, r)
+				}
+				if n := g.InProgress(); n > max {
+					over.Store(int32(n))
+				}
+				if i%3 == 2 && len(rel) > 0 {
+					rel[0]()
+					rel = rel[1:]
+				}
+			}
+			for _, r := range rel {
+				r()
+			}
+		}()
+	}
+	wg.Wait()
+	if n := over.Load(); n != 0 {
+		t.Fatalf("%d handshakes in progress, over the bound %d", n, max)
+	}
+	if g.InProgress() != 0 || len(g.sources) != 0 {
+		t.Fatalf("after every release: %d in progress, %d sources", g.InProgress(), len(g.sources))
 	}
 }

@@ -141,7 +141,7 @@ const (
 // HandshakeGate's refusals (gate.go).
 var Reasons = []string{ReasonNotTLS, ReasonNoCertificate, ReasonUnknownAuthority, ReasonExpired,
 	ReasonRevoked, ReasonUnauthorized, ReasonBadCertificate, ReasonPeerRejected, ReasonTimeout, ReasonOther,
-	ReasonBusy, ReasonSourceBusy}
+	ReasonBusy, ReasonSourceBusy, ReasonEvicted}
 
 // HandshakeError is a refused TLS handshake with its reason.
 type HandshakeError struct {

@@ -42,6 +42,7 @@ const (
 	ReasonWrongALPN       = "wrong_alpn"              // no or unknown ALPN
 	ReasonBusy            = identity.ReasonBusy       // MaxHandshakes connections were being authenticated
 	ReasonSourceBusy      = identity.ReasonSourceBusy // MaxHandshakesPerSource of them were from its address
+	ReasonEvicted         = identity.ReasonEvicted    // in its handshake, its slot given to a source holding fewer
 	ReasonControlTimeout  = "control_timeout"         // a control connection silent for ControlTimeout
 )
 
@@ -201,14 +202,15 @@ func (s *Server) Serve(ln net.Listener) error {
 			c.Close()
 			return nil
 		}
-		release, reason := s.handshakes.Enter(c.RemoteAddr())
+		ev := identity.NewEvictable(c)
+		release, reason := s.handshakes.Enter(c.RemoteAddr(), ev.Evict)
 		if release == nil { // closed before any TLS work
 			s.refuseLogged(slog.LevelDebug, reason, "remote", c.RemoteAddr().String(), "too many handshakes in progress")
 			s.closeConn(c)
 			continue
 		}
 		s.wg.Add(1)
-		go s.serveConn(c, release)
+		go s.serveConn(c, release, ev)
 	}
 }
 
@@ -300,7 +302,7 @@ func (s *Server) SetDenied(ids []string) {
 
 // serveConn authenticates one connection and runs it as a control or a
 // data connection. release frees its handshake slot.
-func (s *Server) serveConn(raw net.Conn, release func()) {
+func (s *Server) serveConn(raw net.Conn, release func(), ev *identity.Evictable) {
 	defer s.wg.Done()
 	handedOff := false
 	defer func() {
@@ -311,7 +313,7 @@ func (s *Server) serveConn(raw net.Conn, release func()) {
 	tc, err := identity.ServerHandshake(s.ctx, raw, s.tls, s.cfg.HandshakeTimeout)
 	release()
 	if err != nil {
-		s.refuseConn(identity.HandshakeReason(err), raw.RemoteAddr().String(), err.Error())
+		s.refuseConn(ev.Reason(identity.HandshakeReason(err)), raw.RemoteAddr().String(), err.Error())
 		return
 	}
 	cs := tc.ConnectionState()

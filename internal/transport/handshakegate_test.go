@@ -78,26 +78,56 @@ func TestMeshHandshakeSourceBound(t *testing.T) {
 	dialRoundTrip(t, c, ts.addr, "web-1", "still served")
 }
 
-// TestMeshHandshakeListenerBound: past MaxHandshakes every source is
+// TestMeshHandshakeListenerBound: past MaxHandshakes, with every source
+// holding an equal share (nobody to evict fairly), every source is
 // refused (busy), an agent too, until a handshake ends.
 func TestMeshHandshakeListenerBound(t *testing.T) {
 	ca := testCA(t, "", nil)
 	ts := startGatedServer(t, ca, func(c *ServerConfig) { c.MaxHandshakes, c.MaxHandshakesPerSource = 4, 2 })
-	a := testenv.DialSilent(t, 2, "127.63.2.1", ts.addr)
-	testenv.DialSilent(t, 2, "127.63.2.2", ts.addr)
+	a := testenv.DialSilent(t, 1, "127.63.2.1", ts.addr)
+	for i := range 3 {
+		testenv.DialSilent(t, 1, fmt.Sprintf("127.63.2.%d", i+2), ts.addr)
+	}
 	eventually(t, "4 handshakes in progress", func() bool { return handshakesInProgress(ts) == 4 })
-	late := testenv.DialSilent(t, 1, "127.63.2.3", ts.addr)
+	late := testenv.DialSilent(t, 1, "127.63.2.5", ts.addr)
 	eventually(t, "a fifth source refused as busy", func() bool {
 		return late.ClosedByPeer() == 1 && TLSFailures(ts.metrics, "in", identity.ReasonBusy) == 1
 	})
 
 	a.Close()
-	eventually(t, "two slots freed", func() bool { return handshakesInProgress(ts) == 2 })
+	eventually(t, "a slot freed", func() bool { return handshakesInProgress(ts) == 3 })
 	c, _ := tlsClient(t, testSource(testSVID(t, ca, "s", "node-a"), ca.Bundle()), "node-a")
 	dialRoundTrip(t, c, ts.addr, "web-1", "in a freed slot")
-	if n := handshakesInProgress(ts); n != 2 {
-		t.Fatalf("%d handshakes in progress, want 2 (the agent's finished)", n)
+	if n := handshakesInProgress(ts); n != 3 {
+		t.Fatalf("%d handshakes in progress, want 3 (the agent's finished)", n)
 	}
+	if n := TLSFailures(ts.metrics, "in", identity.ReasonEvicted); n != 0 {
+		t.Fatalf("%d evicted at equal shares, want 0", n)
+	}
+}
+
+// TestMeshHandshakeEvictsBusiest: two sources holding every slot with
+// silent connections do not lock an agent from a third address out: the
+// oldest silent connection of one of them is closed (counted as evicted)
+// and the agent's handshake takes its slot.
+func TestMeshHandshakeEvictsBusiest(t *testing.T) {
+	ca := testCA(t, "", nil)
+	ts := startGatedServer(t, ca, func(c *ServerConfig) { c.MaxHandshakes, c.MaxHandshakesPerSource = 4, 2 })
+	a := testenv.DialSilent(t, 2, "127.68.3.1", ts.addr)
+	b := testenv.DialSilent(t, 2, "127.68.3.2", ts.addr)
+	eventually(t, "4 handshakes in progress", func() bool { return handshakesInProgress(ts) == 4 })
+	c, _ := tlsClient(t, testSource(testSVID(t, ca, "s", "node-a"), ca.Bundle()), "node-a")
+	dialRoundTrip(t, c, ts.addr, "web-1", "past a full gate")
+	eventually(t, "one silent connection evicted", func() bool {
+		return a.ClosedByPeer()+b.ClosedByPeer() == 1 && TLSFailures(ts.metrics, "in", identity.ReasonEvicted) == 1
+	})
+	if !a.IsClosed(0) && !b.IsClosed(0) {
+		t.Fatal("the evicted connection is not its source's oldest")
+	}
+	if n := TLSFailures(ts.metrics, "in", identity.ReasonBusy); n != 0 {
+		t.Fatalf("%d refused as busy, want 0", n)
+	}
+	eventually(t, "the agent's slot freed", func() bool { return handshakesInProgress(ts) == 3 })
 }
 
 // TestMeshHandshakeNegativeUnbounded: negative bounds are none, as the

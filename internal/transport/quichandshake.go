@@ -23,7 +23,8 @@ import (
 //     nothing). The slot is freed when Serve accepts the connection (its
 //     handshake is done) or when its context ends: the handshake failed or
 //     timed out (HandshakeIdleTimeout, the server's HeaderTimeout), or the
-//     connection was closed.
+//     connection was closed. A QUIC slot is never evicted by a fairer
+//     newcomer (as the TCP ports' are: identity.HandshakeGate), see enter.
 //   - VerifySourceAddress makes a source prove its address with a Retry
 //     round trip (RFC 9000 §8.1.2; stateless) once the handshakes in
 //     progress reach half of either bound. The address on an Initial may
@@ -77,7 +78,14 @@ func (g *quicGate) needsRetry(addr net.Addr) bool {
 // enter takes a slot for a new connection, freed by release(ctx) at
 // Accept or when ctx ends.
 func (g *quicGate) enter(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
-	release, reason := g.gate.Enter(info.RemoteAddr)
+	// A nil cancel: the gate never evicts a QUIC handshake. quic-go
+	// (v0.65) gives no handle on a connection before Accept, and ending
+	// the context returned here does not close it: its run loop does not
+	// watch that context, and crypto/tls (QUIC mode) reads it only when
+	// more handshake data arrives, which a silent peer never sends; the
+	// connection would live on to its HandshakeIdleTimeout while its slot
+	// counted as free. The Retry below bounds unvalidated sources instead.
+	release, reason := g.gate.Enter(info.RemoteAddr, nil)
 	if release == nil {
 		g.m.tlsFailure(reason)
 		g.s.log.Debug("mesh: QUIC connection refused before its handshake", "peer", info.RemoteAddr.String(),

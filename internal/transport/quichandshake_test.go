@@ -223,7 +223,7 @@ func TestQUICRetryUnbounded(t *testing.T) {
 	} {
 		g := &quicGate{gate: identity.NewHandshakeGate(tc.max, tc.per), m: newMeshMetrics(metrics.NewSet(), "in")}
 		for range tc.held {
-			if release, reason := g.gate.Enter(src); release == nil {
+			if release, reason := g.gate.Enter(src, nil); release == nil {
 				t.Fatalf("bounds %d, %d: slot refused (%s)", tc.max, tc.per, reason)
 			}
 		}

@@ -261,9 +261,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		backoff = 0
 
 		release := func() {}
+		var ev *identity.Evictable
 		if s.cfg.TLS != nil {
 			var reason string
-			if release, reason = s.gate.Enter(conn.RemoteAddr()); release == nil {
+			ev = identity.NewEvictable(conn)
+			if release, reason = s.gate.Enter(conn.RemoteAddr(), ev.Evict); release == nil {
 				// No goroutine, no TLS work; Debug: an attack must not
 				// flood the log.
 				conn.Close()
@@ -284,7 +286,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go s.serveConn(conn, release)
+		go s.serveConn(conn, release, ev)
 	}
 }
 
@@ -337,7 +339,7 @@ func (s *Server) ActiveStreams() int64 {
 // frames ends its own session.
 //
 // release frees the connection's handshake slot (Server.gate).
-func (s *Server) serveConn(conn net.Conn, release func()) {
+func (s *Server) serveConn(conn net.Conn, release func(), ev *identity.Evictable) {
 	defer s.wg.Done()
 	log := s.log.With("peer", conn.RemoteAddr().String())
 
@@ -349,9 +351,13 @@ func (s *Server) serveConn(conn net.Conn, release func()) {
 		release()
 		if err != nil {
 			conn.Close()
-			reason := identity.HandshakeReason(err)
+			reason := ev.Reason(identity.HandshakeReason(err))
 			s.m.tlsFailure(reason)
-			log.Warn("mesh: TLS handshake refused", "reason", reason, "err", err)
+			level := slog.LevelWarn
+			if reason == identity.ReasonEvicted { // its slot given to a fairer source; Debug: an attack must not flood the log
+				level = slog.LevelDebug
+			}
+			log.Log(s.ctx, level, "mesh: TLS handshake refused", "reason", reason, "err", err)
 			return
 		}
 		id, err := identity.PeerID(tc.ConnectionState())
