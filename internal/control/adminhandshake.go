@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -144,7 +146,7 @@ func (l *gatedTLSListener) acceptLoop() {
 // when the handshake has finished or failed, and hands c to Accept.
 func (l *gatedTLSListener) handshake(c net.Conn, release func(), ev *identity.Evictable) {
 	defer l.wg.Done()
-	tc, err := l.runHandshake(c, ev)
+	tc, err := l.safeHandshake(c, ev)
 	release()
 	l.mu.Lock()
 	delete(l.pending, c)
@@ -158,6 +160,23 @@ func (l *gatedTLSListener) handshake(c net.Conn, release func(), ev *identity.Ev
 	case <-l.done:
 		tc.Close()
 	}
+}
+
+// safeHandshake is runHandshake with a panic in it (in a handshake
+// callback: GetCertificate, VerifyPeerCertificate) recovered, logged,
+// counted as "other" and returned as an error, so that one connection is
+// dropped (and its slot freed) as net/http's conn.serve did when it ran the
+// handshake, rather than the control plane.
+func (l *gatedTLSListener) safeHandshake(c net.Conn, ev *identity.Evictable) (tc *tls.Conn, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			l.failure(identity.ReasonOther)
+			l.log.Error("control: panic in an admin TLS handshake", "remote", c.RemoteAddr(), "panic", p,
+				"stack", string(debug.Stack()))
+			tc, err = nil, fmt.Errorf("control: panic in the admin TLS handshake: %v", p)
+		}
+	}()
+	return l.runHandshake(c, ev)
 }
 
 func (l *gatedTLSListener) runHandshake(c net.Conn, ev *identity.Evictable) (*tls.Conn, error) {
