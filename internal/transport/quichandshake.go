@@ -27,7 +27,7 @@ import (
 //     newcomer (as the TCP ports' are: identity.HandshakeGate), see enter.
 //   - VerifySourceAddress makes a source prove its address with a Retry
 //     round trip (RFC 9000 §8.1.2; stateless) once the handshakes in
-//     progress reach half of either bound. The address on an Initial may
+//     progress reach half of either bound (rounded down). The address on an Initial may
 //     be spoofed, so an unvalidated source holds at most half the slots,
 //     of its address and in all: a flood of spoofed Initials cannot fill
 //     a real peer's share, which answers the Retry and takes the rest.
@@ -63,12 +63,14 @@ func unhook(tr *quic.Transport) {
 }
 
 // needsRetry reports whether an Initial from an unvalidated addr must be
-// answered by a Retry: half of either bound is in use (a negative bound
-// is none).
+// answered by a Retry: half of either bound, rounded down, is in use (a
+// negative bound is none). Rounded down, so that unvalidated Initials
+// hold at most half of an odd bound too: a bound of 1 asks a Retry of the
+// first one, which would otherwise take the only slot.
 func (g *quicGate) needsRetry(addr net.Addr) bool {
 	max, per := g.gate.Limits()
 	total, src := g.gate.Load(addr)
-	if (max >= 0 && total*2 >= max) || (per >= 0 && src*2 >= per) {
+	if (max >= 0 && total*2 >= max-max%2) || (per >= 0 && src*2 >= per-per%2) {
 		g.m.retries.Inc()
 		return true
 	}

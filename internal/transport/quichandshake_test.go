@@ -207,7 +207,7 @@ func TestQUICUnvalidatedHandshakesRetry(t *testing.T) {
 
 // TestQUICRetryUnbounded: with no bounds (negative) an unvalidated source
 // needs no Retry, however many handshakes are in progress; with bounds,
-// half of either asks for one.
+// half of either asks for one (rounded down: a bound of 1 at once).
 func TestQUICRetryUnbounded(t *testing.T) {
 	src := &net.UDPAddr{IP: net.IPv4(127, 65, 9, 1), Port: 1}
 	for _, tc := range []struct {
@@ -220,6 +220,17 @@ func TestQUICRetryUnbounded(t *testing.T) {
 		{-1, 8, 4, true},
 		{8, -1, 4, true},
 		{16, 8, 3, false},
+		// Odd bounds: half rounded down, so a bound of 1 asks a Retry of the
+		// first unvalidated Initial (its only slot), 3 of the second.
+		{-1, 1, 0, true},
+		{1, -1, 0, true},
+		{1, 1, 0, true},
+		{-1, 3, 0, false},
+		{-1, 3, 1, true},
+		{5, -1, 1, false},
+		{5, -1, 2, true},
+		{7, 5, 2, true},
+		{9, 5, 1, false},
 	} {
 		g := &quicGate{gate: identity.NewHandshakeGate(tc.max, tc.per), m: newMeshMetrics(metrics.NewSet(), "in")}
 		for range tc.held {
