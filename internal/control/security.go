@@ -245,12 +245,12 @@ func (sec *security) authorizeNode(id spiffeid.ID, _ [][]*x509.Certificate) erro
 func (sec *security) adminTLS() *tls.Config {
 	verify := tlsconfig.VerifyPeerCertificate(sec.src, func(id spiffeid.ID, chains [][]*x509.Certificate) error {
 		// An admin, or a peer replica (its serving certificate: RoleReplica).
+		// The admin listener counts a refusal under port="admin" by its
+		// identity.HandshakeError's reason (adminhandshake.go).
 		if !identity.IsAdminID(sec.ca.TrustDomain(), id) && id != identity.ControlID(sec.ca.TrustDomain()) {
-			return fmt.Errorf("%s is not an admin identity", id)
+			return &identity.HandshakeError{Reason: identity.ReasonUnauthorized, Err: fmt.Errorf("%s is not an admin identity", id)}
 		}
 		if sec.src.Denied(id.String()) {
-			// The admin listener counts it, under port="admin", by this
-			// reason (adminhandshake.go).
 			return &identity.HandshakeError{Reason: identity.ReasonRevoked, Err: fmt.Errorf("%s is revoked", id)}
 		}
 		for _, ch := range chains {
@@ -273,13 +273,14 @@ func (sec *security) adminTLS() *tls.Config {
 // adminIssuer refuses an admin certificate (chain: leaf first) that a
 // revoked CA issued, or that another region's intermediate issued: a
 // regional CA's key must not grant admin rights on the global plane or on
-// another region's plane.
+// another region's plane (reason unauthorized; a revoked CA: revoked).
 func (sec *security) adminIssuer(id spiffeid.ID, chain []*x509.Certificate) error {
 	if err := identity.CheckChains(id, [][]*x509.Certificate{chain}, sec.src.Denied); err != nil {
 		return err
 	}
 	if r := identity.IssuingRegion(chain); r != "" && (sec.region == nil || sec.region.name != r) {
-		return fmt.Errorf("%s was issued by region %s's intermediate CA: admin certificates come from this control plane's own CA", id, r)
+		return &identity.HandshakeError{Reason: identity.ReasonUnauthorized,
+			Err: fmt.Errorf("%s was issued by region %s's intermediate CA: admin certificates come from this control plane's own CA", id, r)}
 	}
 	return nil
 }

@@ -27,8 +27,9 @@ import (
 //     newcomer (as the TCP ports' are: identity.HandshakeGate), see enter.
 //   - VerifySourceAddress makes a source prove its address with a Retry
 //     round trip (RFC 9000 §8.1.2; stateless) once the handshakes in
-//     progress reach half of either bound (rounded down). The address on an Initial may
-//     be spoofed, so an unvalidated source holds at most half the slots,
+//     progress reach half of either bound (rounded down). The address on
+//     an Initial may be spoofed, so an unvalidated source holds at most
+//     half the slots,
 //     of its address and in all: a flood of spoofed Initials cannot fill
 //     a real peer's share, which answers the Retry and takes the rest.
 
