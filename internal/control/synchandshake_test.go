@@ -124,3 +124,32 @@ func TestSyncJoinHoldsItsSlot(t *testing.T) {
 		return third.ClosedByPeer() == 1 && s.TLSFailures(identity.ReasonSourceBusy) == 1
 	})
 }
+
+// TestSyncHandshakeEvictsBusiest: with the sync port's gate full of two
+// sources' silent connections, a connection from a third address takes
+// the place of the oldest one of one of them (closed, counted as evicted)
+// instead of being refused as busy.
+func TestSyncHandshakeEvictsBusiest(t *testing.T) {
+	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond, SyncMaxHandshakes: 4, SyncMaxHandshakesPerSource: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	a := testenv.DialSilent(t, 2, "127.68.4.1", s.SyncAddr())
+	b := testenv.DialSilent(t, 2, "127.68.4.2", s.SyncAddr())
+	testenv.WaitFor(t, 5*time.Second, "the gate full", func() bool { return syncHandshakes(s) == 4 })
+	late := testenv.DialSilent(t, 1, "127.68.4.3", s.SyncAddr())
+	testenv.WaitFor(t, 5*time.Second, "one silent connection evicted", func() bool {
+		return a.ClosedByPeer()+b.ClosedByPeer() == 1 && s.TLSFailures(identity.ReasonEvicted) == 1
+	})
+	if !a.IsClosed(0) && !b.IsClosed(0) {
+		t.Fatal("the evicted connection is not its source's oldest")
+	}
+	if late.ClosedByPeer() != 0 || s.TLSFailures(identity.ReasonBusy) != 0 || syncHandshakes(s) != 4 {
+		t.Fatalf("the newcomer: closed %d, %d busy, %d in progress; want 0, 0, 4",
+			late.ClosedByPeer(), s.TLSFailures(identity.ReasonBusy), syncHandshakes(s))
+	}
+}
