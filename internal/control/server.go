@@ -76,7 +76,9 @@ type Config struct {
 	// source IP address (an IPv6 /64): a connection over either is closed
 	// at once, before any TLS work, and counted as reason "busy" or
 	// "source_busy" of fogmesh_tls_handshake_failures_total{port="sync"}
-	// (identity.HandshakeGate); the agent retries after its backoff.
+	// (identity.HandshakeGate); the agent retries after its backoff. A
+	// full gate gives the busiest source's oldest handshake to a source
+	// holding fewer (minus one), closing it as reason "evicted".
 	// Authenticated streams do not count. 0: the default,
 	// DefaultSyncMaxHandshakes (1024) and DefaultSyncMaxHandshakesPerSource
 	// (256); negative: no bound (as AuditArchivesPerNode).
@@ -86,8 +88,9 @@ type Config struct {
 	// mode), in all and from one source IP address (an IPv6 /64), as the
 	// Sync ones bound the sync port's: a connection over either is closed
 	// at once, before any TLS work, and counted as reason "busy" or
-	// "source_busy" of fogmesh_tls_handshake_failures_total{port="admin"};
-	// a handshake not done within adminHandshakeTimeout (5 s) is closed.
+	// "source_busy" of fogmesh_tls_handshake_failures_total{port="admin"}
+	// (a full gate evicts as the sync port's does: "evicted"); a
+	// handshake not done within adminHandshakeTimeout (5 s) is closed.
 	// 0: the default, DefaultAdminMaxHandshakes (256) and
 	// DefaultAdminMaxHandshakesPerSource (64); negative: no bound.
 	AdminMaxHandshakes, AdminMaxHandshakesPerSource int

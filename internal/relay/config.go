@@ -64,8 +64,11 @@ type Config struct {
 	// source IP address, an IPv6 one's /64 (default
 	// DefaultMaxHandshakesPerSource, 256; at most MaxHandshakes):
 	// beyond it its new connections are closed with reason
-	// "source_busy", so one source cannot take the whole budget. A
-	// negative bound is none (as BytesPerSecond's).
+	// "source_busy", so one source cannot take the whole budget. When
+	// MaxHandshakes are taken, a source holding fewer than the busiest
+	// minus one takes the place of the busiest one's oldest handshake
+	// (closed, reason "evicted"; identity.HandshakeGate). A negative
+	// bound is none (as BytesPerSecond's).
 	MaxHandshakes, MaxHandshakesPerSource int
 	// WriteTimeout bounds a frame written to an agent; an agent that does
 	// not read its control connection is disconnected (default 10s).

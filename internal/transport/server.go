@@ -105,7 +105,9 @@ type ServerConfig struct {
 	// in progress at once, in all and from one source IP address (an
 	// IPv6 /64): a connection over either is closed at once, before any
 	// TLS work, and counted as reason "busy" or "source_busy" of
-	// fogmesh_tls_handshake_failures_total (identity.HandshakeGate).
+	// fogmesh_tls_handshake_failures_total (identity.HandshakeGate); a
+	// full gate closes the busiest source's oldest handshake ("evicted")
+	// for a source holding fewer (minus one).
 	// Authenticated connections do not count. 0: the default,
 	// identity.DefaultMaxHandshakes (256) and
 	// identity.DefaultMaxHandshakesPerSource (64); negative: no bound.
