@@ -50,7 +50,10 @@ func sweepPast(t *testing.T, c *Client, trigger, idle string) {
 func TestIdlePeersPruned(t *testing.T) {
 	d := mapDialer{"echo": serveWorkload(t, "127.0.0.1:0", echo)}
 	up := startServer(t, listen(t, "127.0.0.1:0"), d, nil)
-	c := newPruningClient(t, ClientConfig{}, testPeerIdle)
+	// Kept for an hour while the peers are dialed: a CI run took over
+	// testPeerIdle to start, dial and stop them all, and a dial swept the
+	// first ones before they were counted.
+	c := newPruningClient(t, ClientConfig{}, time.Hour)
 
 	const n = 8
 	for range n {
@@ -62,6 +65,7 @@ func TestIdlePeersPruned(t *testing.T) {
 	if peers, rtts := c.PeersForTest(); len(peers) != n || len(rtts) != n {
 		t.Fatalf("%d peers, %d RTT entries before the sweep; want %d", len(peers), len(rtts), n)
 	}
+	c.SetPeerIdleForTest(testPeerIdle)
 	// A Dial sweeps once the bound has passed.
 	eventually(t, "only the peer still up to be kept", func() bool {
 		dialRoundTrip(t, c, up.addr, "echo", "sweep")
