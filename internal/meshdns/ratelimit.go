@@ -116,8 +116,9 @@ func (l *clientLimits) tracked(client netip.Addr) bool {
 // clients: the agent's DNS clients are its node's workloads, and the pods
 // of a node share the node's /64, each with an address it cannot choose,
 // so a /64 would make one noisy pod its neighbours' limit. A sender that
-// can pick addresses (host network, CAP_NET_ADMIN) is bounded by the
-// server's forwards in flight in all and by maxForwardClients.
+// can pick addresses (host network, CAP_NET_ADMIN) gets a fresh bucket per
+// address (the tracker forgets its least recently used client when full):
+// only the server's bound on forwards in flight in all holds it.
 func clientAddr(a net.Addr) netip.Addr {
 	var ap netip.AddrPort
 	switch a := a.(type) {
