@@ -101,7 +101,13 @@ func FuzzReplicaAppend(f *testing.F) {
 		}
 		for _, batch := range batches {
 			seq0, hash0 := rp.Last()
+			startErr := CheckStart("edge-1", pub, batch)
 			got, err := rp.Append(batch)
+			// CheckStart (what a restarted chain must pass) takes a
+			// batch exactly when an empty replica takes all of it.
+			if seq0 == 0 && (startErr == nil) != (err == nil && (len(batch) == 0 || got == batch[len(batch)-1].Seq)) {
+				t.Fatalf("CheckStart: %v, but an empty replica's Append: %d, %v", startErr, got, err)
+			}
 			seq, hash := rp.Last()
 			if got != seq {
 				t.Fatalf("Append returned seq %d, the replica holds %d", got, seq)
