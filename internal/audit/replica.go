@@ -103,7 +103,8 @@ func (r *Replica) Files() ([]string, error) { return r.seg.files() }
 // Append checks that recs (in seq order) continue the chain and writes
 // them, fsynced, all or none. Records the replica already holds are
 // skipped (a batch resent after a lost ack), but the one at its last seq
-// must carry the same hash. It returns the last seq held afterwards; an
+// must carry the same hash; once the batch goes past them, a record that
+// goes back is refused (ErrInvalid), as is seq 0. It returns the last seq held afterwards; an
 // error wraps ErrGap, ErrFork or ErrInvalid when the batch is refused.
 func (r *Replica) Append(recs []Record) (uint64, error) {
 	r.mu.Lock()
@@ -116,7 +117,15 @@ func (r *Replica) Append(recs []Record) (uint64, error) {
 		if rec.Node != r.node {
 			return r.seq, fmt.Errorf("%w: seq %d is a record of node %q", ErrInvalid, rec.Seq, rec.Node)
 		}
+		if rec.Seq == 0 {
+			return r.seq, fmt.Errorf("%w: seq 0", ErrInvalid)
+		}
 		if rec.Seq <= seq {
+			if first != 0 {
+				// Not a record held before the batch: the batch goes
+				// back, and this record would be dropped unchecked.
+				return r.seq, fmt.Errorf("%w: seq %d after seq %d: the batch is not in seq order", ErrInvalid, rec.Seq, seq)
+			}
 			if rec.Seq == seq && rec.Hash != hash {
 				return r.seq, fmt.Errorf("%w: seq %d has hash %.12s…, the stored record has %.12s…", ErrFork, rec.Seq, rec.Hash, hash)
 			}

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,6 +79,29 @@ const (
 type TrustRequest struct {
 	TrustDomain string `json:"trustDomain"`
 	Bundle      string `json:"bundle"` // PEM CA certificates
+}
+
+// decodeBody decodes the JSON body of an admin call, of at most limit
+// bytes, into v, strictly: one JSON value, no field v does not have. A
+// misspelt field is refused, not dropped: {"kind":"admin","rol":"read-only"}
+// would otherwise make an admin token of the default role, admin.
+func decodeBody(r *http.Request, limit int64, v any) error {
+	b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return err
+	}
+	if int64(len(b)) > limit {
+		return fmt.Errorf("longer than %d bytes", limit)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("data after the JSON value")
+	}
+	return nil
 }
 
 // authenticate enforces admin authentication and roles.
@@ -264,7 +288,7 @@ func (s *Server) securityRoutes(mux *http.ServeMux) {
 
 func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	var req TokenRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+	if err := decodeBody(r, 4096, &req); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
 		return
 	}
@@ -305,7 +329,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleTrustAdd(w http.ResponseWriter, r *http.Request) {
 	var req TrustRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 2<<20)).Decode(&req); err != nil {
+	if err := decodeBody(r, 2<<20, &req); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
 		return
 	}
@@ -341,7 +365,7 @@ func (s *Server) handleTrustAdd(w http.ResponseWriter, r *http.Request) {
 // its key lives (only the admin role gets here: the call is a POST).
 func (s *Server) handleAdminCert(w http.ResponseWriter, r *http.Request) {
 	var req AdminCertRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+	if err := decodeBody(r, 64<<10, &req); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
 		return
 	}

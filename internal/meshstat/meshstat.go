@@ -90,6 +90,9 @@ func Compute(prev, cur map[string]Scrape) (services, edges []Row) {
 		}
 		old := index(p.Samples)
 		for _, s := range c.Samples {
+			if !isCount(s.Value) {
+				continue
+			}
 			name, isReq := s.Name, s.Name == RequestsMetric
 			var bk bucket
 			isBucket := false
@@ -175,17 +178,29 @@ func seriesID(s promtext.Sample) string {
 	return b.String()
 }
 
+// maxCount bounds a counter read from a scrape: past 2^53 a float64 no
+// longer counts by one, and sums of up to promtext.MaxSamples such counts
+// stay finite.
+const maxCount = 1 << 53
+
+// isCount reports whether v can be a counter's value: a scrape comes
+// from another program, and a negative, NaN, infinite or huge value
+// would make rates and ratios of every row it adds to meaningless.
+func isCount(v float64) bool { return v >= 0 && v <= maxCount }
+
 func index(ss []promtext.Sample) map[string]float64 {
 	m := make(map[string]float64, len(ss))
 	for _, s := range ss {
-		if s.Name == RequestsMetric || s.Name == DurationMetric+"_bucket" {
+		if (s.Name == RequestsMetric || s.Name == DurationMetric+"_bucket") && isCount(s.Value) {
 			m[seriesID(s)] = s.Value
 		}
 	}
 	return m
 }
 
-// bucketOf reads a vmrange ("1.000e-03...1.136e-03") or le bucket.
+// bucketOf reads a vmrange ("1.000e-03...1.136e-03") or le bucket. Its
+// bounds are durations: not negative, and finite but for an upper bound
+// +Inf (the last bucket), whose requests are reported at its lower bound.
 func bucketOf(l map[string]string) (bucket, bool) {
 	if vr, ok := l["vmrange"]; ok {
 		lo, hi, ok := strings.Cut(vr, "...")
@@ -194,17 +209,14 @@ func bucketOf(l map[string]string) (bucket, bool) {
 		}
 		a, err1 := strconv.ParseFloat(lo, 64)
 		b, err2 := strconv.ParseFloat(hi, 64)
-		if err1 != nil || err2 != nil || b < a {
+		if err1 != nil || err2 != nil || !(a >= 0) || math.IsInf(a, 0) || !(b >= a) {
 			return bucket{}, false
 		}
 		return bucket{lo: a, hi: b}, true
 	}
 	if le, ok := l["le"]; ok {
 		v, err := strconv.ParseFloat(le, 64)
-		if le == "+Inf" {
-			v, err = math.Inf(1), nil
-		}
-		if err != nil {
+		if err != nil || !(v >= 0) {
 			return bucket{}, false
 		}
 		return bucket{hi: v, le: true}, true
@@ -219,9 +231,12 @@ func quantile(m map[bucket]float64, q float64) float64 {
 	var rs []rng
 	var les []bucket
 	for b, n := range m {
-		if b.le {
+		switch {
+		case b.le:
 			les = append(les, b)
-		} else if n > 0 {
+		case n > 0 && math.IsInf(b.hi, 1):
+			rs = append(rs, rng{b.lo, b.lo, n}) // beyond the last bound: report it
+		case n > 0:
 			rs = append(rs, rng{b.lo, b.hi, n})
 		}
 	}
@@ -238,7 +253,13 @@ func quantile(m map[bucket]float64, q float64) float64 {
 		}
 		prevHi, prevN = b.hi, m[b]
 	}
-	slices.SortFunc(rs, func(a, b rng) int { return cmp.Compare(a.hi, b.hi) })
+	slices.SortFunc(rs, func(a, b rng) int { return cmp.Or(cmp.Compare(a.hi, b.hi), cmp.Compare(a.lo, b.lo)) })
+	// Ranges that overlap (a scrape's buckets are another program's) are
+	// cut to start where the one before ends, so that a higher quantile is
+	// never a lower duration.
+	for i := 1; i < len(rs); i++ {
+		rs[i].lo = max(rs[i].lo, rs[i-1].hi)
+	}
 	total := 0.0
 	for _, r := range rs {
 		total += r.n

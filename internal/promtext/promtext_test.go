@@ -1,7 +1,10 @@
 package promtext
 
 import (
+	"maps"
 	"math"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -58,6 +61,9 @@ func FuzzParse(f *testing.F) {
 		f.Add(l)
 	}
 	f.Add("m{a=\"\\\"\"} NaN")
+	f.Add("m{a=\"x\\ny\",b=\"\\\\\"} -Inf 123")
+	f.Add("m:x{ a = \"\" , } 0x1p-2")
+	f.Add("m{a=\"1\",a=\"2\"} 1")
 	f.Fuzz(func(t *testing.T, in string) {
 		ss, err := Parse(strings.NewReader(in))
 		if err != nil {
@@ -67,6 +73,40 @@ func FuzzParse(f *testing.F) {
 			if s.Name == "" {
 				t.Fatalf("empty name from %q", in)
 			}
+			// Written back in the exposition format, the sample reads
+			// the same: no name, label or value is taken that its own
+			// format cannot say.
+			line := format(s)
+			back, err := ParseLine(line)
+			if err != nil || back.Name != s.Name || !maps.Equal(back.Labels, s.Labels) ||
+				back.Value != s.Value && !(math.IsNaN(back.Value) && math.IsNaN(s.Value)) {
+				t.Fatalf("%q read as %+v, written %q, read back as %+v, %v", in, s, line, back, err)
+			}
 		}
 	})
+}
+
+// format writes s as an exposition line.
+func format(s Sample) string {
+	var b strings.Builder
+	b.WriteString(s.Name)
+	keys := slices.Sorted(maps.Keys(s.Labels))
+	if len(keys) > 0 {
+		b.WriteByte('{')
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(k + `="` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s.Labels[k]) + `"`)
+		}
+		b.WriteByte('}')
+	}
+	v := strconv.FormatFloat(s.Value, 'g', -1, 64)
+	switch {
+	case math.IsInf(s.Value, 1):
+		v = "+Inf"
+	case math.IsInf(s.Value, -1):
+		v = "-Inf"
+	}
+	return b.String() + " " + v
 }

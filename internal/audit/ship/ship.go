@@ -144,6 +144,18 @@ func (s *Shipper) Run(ctx context.Context, cpSeq uint64, cpHash string, write fu
 			return fmt.Errorf("no auditAck within %s", ackTimeout)
 		case m := <-acks:
 			t.Stop()
+			if sent := recs[len(recs)-1].Seq; m.AuditSeq > sent {
+				// An ack past what this stream sent (another stream of
+				// this node raced it, or the control plane is wrong) is
+				// taken as far as the batch only: believing the rest
+				// would skip records never sent here, and the agent
+				// prunes its log up to what is shipped. Records the
+				// control plane does hold are sent again and skipped
+				// there.
+				s.log().Warn("agent: auditAck past the last audit record sent; taken as holding the batch only",
+					"ackSeq", m.AuditSeq, "sent", sent)
+				m = &wire.Message{Type: m.Type, AuditSeq: sent, Error: m.Error}
+			}
 			if m.AuditSeq != next-1 {
 				held = ""
 				for i := range recs {
