@@ -542,7 +542,10 @@ func (sec *security) adminRole(s string) (string, error) {
 // serveJoin answers one join: a token, a node and a CSR in; a node
 // certificate and the trust bundle out. Nothing is stored unless every
 // check passes; the token is then marked used in the same transaction.
-func (sec *security) serveJoin(c net.Conn) error {
+//
+// slot is c's handshake slot: evictable until the join's token checks out,
+// then pinned.
+func (sec *security) serveJoin(c net.Conn, slot *identity.GateSlot) error {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	m, err := wire.NewReader(c).Read()
@@ -551,6 +554,7 @@ func (sec *security) serveJoin(c net.Conn) error {
 		wire.Write(c, &wire.Message{Type: wire.TypeError, Error: "join refused: " + err.Error()})
 		return err
 	}
+	pin := slot.Pin
 	if err != nil {
 		return refuse(fmt.Errorf("read: %w", err))
 	}
@@ -563,13 +567,13 @@ func (sec *security) serveJoin(c net.Conn) error {
 	}
 	switch {
 	case m.Region != "" && tok.Kind == identity.TokenRegion:
-		return sec.serveRegionJoin(c, m, tok, refuse)
+		return sec.serveRegionJoin(c, m, tok, refuse, pin)
 	case m.Region != "":
 		return refuse(errors.New("a regional control plane joins with a region token ('fogmesh token create -kind region -region NAME'), not a " + tok.Kind + " token"))
 	case tok.Kind == identity.TokenRegion:
 		return refuse(errors.New("a region token is for 'fogmesh control --mode regional --join-token', not for a node or relay"))
 	case m.Relay != "" && tok.Kind == identity.TokenRelay:
-		return sec.serveRelayJoin(c, m, tok, refuse)
+		return sec.serveRelayJoin(c, m, tok, refuse, pin)
 	case m.Relay != "":
 		return refuse(errors.New("a relay joins with a relay token ('fogmesh token create -kind relay'), not a " + tok.Kind + " token"))
 	case tok.Kind == identity.TokenRelay:
@@ -615,6 +619,13 @@ func (sec *security) serveJoin(c net.Conn) error {
 	}
 	if _, err := checkJoinToken(rec, tok, node, site, region, now); err != nil {
 		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
+	}
+	// The token checks out: the gate may no longer evict this join (an
+	// eviction from here on would burn the single-use token for a
+	// certificate the node never gets). A connection that sends no valid
+	// token stays evictable.
+	if !pin() {
+		return refuse(identity.ErrEvicted)
 	}
 	certs, err := sec.ca.SignNodeCSR(csr, site, node)
 	if err != nil {

@@ -106,10 +106,11 @@ func (s *Server) acceptSync(ctx context.Context) error {
 // (join, region, relay); agent is true when the connection is an agent
 // stream, for serveStream. slot is c's handshake slot (security.gate),
 // released once the handshake has finished or failed, or for a join (whose
-// peer has no certificate) once the join is served. ev is c's gate entry's
-// Evictable: a handshake or join the gate evicted (closed) is counted as
-// identity.ReasonEvicted, and a connection whose slot was evicted is not
-// served even if its handshake finished.
+// peer has no certificate) once the join is served; a join pins it once its
+// token checks out. ev is c's gate entry's Evictable: a handshake or join
+// the gate evicted (closed) is counted as identity.ReasonEvicted, and a
+// connection whose slot was evicted is not served even if its handshake
+// finished.
 func (s *Server) handshakeSync(ctx context.Context, c net.Conn, slot *identity.GateSlot, ev *identity.Evictable) (conn net.Conn, peer spiffeid.ID, agent bool) {
 	if s.sec == nil {
 		return c, peer, true
@@ -135,8 +136,9 @@ func (s *Server) handshakeSync(ctx context.Context, c net.Conn, slot *identity.G
 	if join {
 		// A joining node has no certificate: it holds its slot until its
 		// join is served (at most 10 s), else anyone could hold join
-		// connections without bound past their handshakes.
-		err := s.sec.serveJoin(tc)
+		// connections without bound past their handshakes. serveJoin pins
+		// it once the token checks out; until then the gate may evict it.
+		err := s.sec.serveJoin(tc, slot)
 		if !slot.Release() {
 			s.sec.tlsFailure(identity.ReasonEvicted)
 		}
