@@ -124,3 +124,28 @@ func mustTokenID(t *testing.T, tok string) string {
 	}
 	return p.ID
 }
+
+// TestEvictedSilentJoinNotRefused: a join connection that finished TLS and
+// sends nothing stays evictable; evicted, it is counted once, as a sync
+// handshake failure of reason evicted, not as a refused join too (it was).
+func TestEvictedSilentJoinNotRefused(t *testing.T) {
+	s := startGated(t)
+	tok, err := s.CreateToken(identity.TokenJoin, "s1", "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const a = "127.69.9.11"
+	jc := joinConn(t, s, a, tok)
+	testenv.DialSilent(t, 1, a, s.SyncAddr())             // a: 2, the join its oldest
+	testenv.DialSilent(t, 1, "127.69.9.12", s.SyncAddr()) // b: 1; full
+	testenv.WaitFor(t, 5*time.Second, "the gate full", func() bool { return syncHandshakes(s) == 3 })
+	testenv.DialSilent(t, 1, "127.69.9.13", s.SyncAddr()) // c: 0+1 < 2 evicts the join
+	jc.SetDeadline(time.Now().Add(5 * time.Second))
+	if m, err := wire.NewReader(jc).Read(); err == nil {
+		t.Fatalf("the evicted join connection was answered: %+v", m)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the join evicted", func() bool { return s.TLSFailures(identity.ReasonEvicted) == 1 })
+	if n := counter(s, `fogmesh_control_joins_total{result="refused"}`); n != 0 {
+		t.Fatalf("joins_total{result=\"refused\"} = %d after an eviction, want 0", n)
+	}
+}

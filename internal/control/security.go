@@ -544,12 +544,17 @@ func (sec *security) adminRole(s string) (string, error) {
 // check passes; the token is then marked used in the same transaction.
 //
 // slot is c's handshake slot: evictable until the join's token checks out,
-// then pinned.
+// then pinned. A join the gate evicted is not counted as refused (the
+// caller counts it as a handshake failure, ReasonEvicted); its error wraps
+// identity.ErrEvicted.
 func (sec *security) serveJoin(c net.Conn, slot *identity.GateSlot) error {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	m, err := wire.NewReader(c).Read()
 	refuse := func(err error) error {
+		if slot.Evicted() { // closed by the gate: nobody to answer
+			return errors.Join(err, identity.ErrEvicted)
+		}
 		sec.mJoins["refused"].Inc()
 		wire.Write(c, &wire.Message{Type: wire.TypeError, Error: "join refused: " + err.Error()})
 		return err

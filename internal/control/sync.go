@@ -139,8 +139,10 @@ func (s *Server) handshakeSync(ctx context.Context, c net.Conn, slot *identity.G
 		// connections without bound past their handshakes. serveJoin pins
 		// it once the token checks out; until then the gate may evict it.
 		err := s.sec.serveJoin(tc, slot)
-		if !slot.Release() {
+		if !slot.Release() { // evicted: counted once, here, not as a refused join
 			s.sec.tlsFailure(identity.ReasonEvicted)
+			s.log.Debug("control: join evicted", "remote", c.RemoteAddr(), "err", err)
+			return nil, peer, false
 		}
 		if err != nil {
 			s.log.Warn("control: join refused", "remote", c.RemoteAddr(), "err", err)
