@@ -72,13 +72,20 @@ func TestEvictedJoinKeepsToken(t *testing.T) {
 			close(unblock)
 		}
 	}()
+	pinned := make(chan struct{})
+	hook := func() { close(pinned) }
+	s.sec.joinPinned.Store(&hook)
 	key, _ := identity.NewKey()
 	csr, _ := identity.NewCSR(key)
 	node := &api.Node{Meta: api.Meta{Name: "n1"}, Spec: api.NodeSpec{Site: "s1", Region: "r"}}
 	if err := wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: tok, CSR: csr, Node: node}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond) // join message read, token checked (pinned), commit pending
+	select { // join message read, token checked, slot pinned; its commit will wait
+	case <-pinned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the join was not pinned")
+	}
 
 	// c (0+1 < 2) evicts a's oldest evictable connection: the silent one,
 	// not the pinned join.

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -87,6 +88,9 @@ type security struct {
 	gate *identity.HandshakeGate
 	// adminGate bounds the admin API's (adminhandshake.go).
 	adminGate *identity.HandshakeGate
+	// joinPinned, a test hook, is called once a join's slot is pinned
+	// (serveJoin: a node's, a region's or a relay's).
+	joinPinned atomic.Pointer[func()]
 	// region is the regional control plane's identity and upstream link
 	// (region_link.go); nil on a global control plane.
 	region *regional
@@ -559,7 +563,15 @@ func (sec *security) serveJoin(c net.Conn, slot *identity.GateSlot) error {
 		wire.Write(c, &wire.Message{Type: wire.TypeError, Error: "join refused: " + err.Error()})
 		return err
 	}
-	pin := slot.Pin
+	pin := func() bool {
+		if !slot.Pin() {
+			return false
+		}
+		if f := sec.joinPinned.Load(); f != nil {
+			(*f)()
+		}
+		return true
+	}
 	if err != nil {
 		return refuse(fmt.Errorf("read: %w", err))
 	}
