@@ -156,3 +156,52 @@ func TestEvictedSilentJoinNotRefused(t *testing.T) {
 		t.Fatalf("joins_total{result=\"refused\"} = %d after an eviction, want 0", n)
 	}
 }
+
+// TestEvictedRelayJoinPinned: a relay's join whose token checks out is
+// pinned as a node's is: while it is served, a newcomer from a fairer
+// source evicts its source's silent connection instead, and the relay
+// gets its certificate.
+func TestEvictedRelayJoinPinned(t *testing.T) {
+	s := startGated(t)
+	tok, err := s.CreateToken(identity.TokenRelay, "", "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const a = "127.69.9.21"
+	jc := joinConn(t, s, a, tok)
+	sa := testenv.DialSilent(t, 1, a, s.SyncAddr())             // a: 2, the join its oldest
+	sb := testenv.DialSilent(t, 1, "127.69.9.22", s.SyncAddr()) // b: 1; full
+	testenv.WaitFor(t, 5*time.Second, "the gate full", func() bool { return syncHandshakes(s) == 3 })
+	pinned, unblock := make(chan struct{}), make(chan struct{})
+	hook := func() { close(pinned); <-unblock } // holds the pinned join in serveJoin
+	s.sec.joinPinned.Store(&hook)
+	unblocked := false
+	defer func() {
+		if !unblocked {
+			close(unblock)
+		}
+	}()
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	if err := wire.Write(jc, &wire.Message{Type: wire.TypeJoin, Token: tok, CSR: csr, Relay: "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-pinned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay's join was not pinned")
+	}
+	sc := testenv.DialSilent(t, 1, "127.69.9.23", s.SyncAddr()) // c: 0+1 < 2 evicts a's silent one
+	testenv.WaitFor(t, 5*time.Second, "a's silent connection evicted", func() bool {
+		return sa.ClosedByPeer() == 1 && s.TLSFailures(identity.ReasonEvicted) == 1
+	})
+	close(unblock)
+	unblocked = true
+	jc.SetDeadline(time.Now().Add(5 * time.Second))
+	if m, err := wire.NewReader(jc).Read(); err != nil || m.Type != wire.TypeJoined {
+		t.Fatalf("the pinned relay join: %v %+v, want joined", err, m)
+	}
+	if sb.ClosedByPeer() != 0 || sc.ClosedByPeer() != 0 {
+		t.Fatalf("b %d, c %d closed, want 0, 0", sb.ClosedByPeer(), sc.ClosedByPeer())
+	}
+}
