@@ -117,8 +117,8 @@ func (l *gatedTLSListener) acceptLoop() {
 			return
 		}
 		ev := identity.NewEvictable(c)
-		release, reason := l.gate.Enter(c.RemoteAddr(), ev.Evict)
-		if release == nil {
+		slot, reason := l.gate.Enter(c.RemoteAddr(), ev.Evict)
+		if slot == nil {
 			// No goroutine, no TLS work; Debug: an attack must not flood
 			// the log.
 			c.Close()
@@ -130,7 +130,7 @@ func (l *gatedTLSListener) acceptLoop() {
 		select {
 		case <-l.done:
 			l.mu.Unlock()
-			release()
+			slot.Release()
 			c.Close()
 			return
 		default:
@@ -138,19 +138,29 @@ func (l *gatedTLSListener) acceptLoop() {
 		l.pending[c] = struct{}{}
 		l.wg.Add(1)
 		l.mu.Unlock()
-		go l.handshake(c, release, ev)
+		go l.handshake(c, slot.Release, ev)
 	}
 }
 
 // handshake runs c's TLS handshake within the timeout, frees its slot
-// when the handshake has finished or failed, and hands c to Accept.
-func (l *gatedTLSListener) handshake(c net.Conn, release func(), ev *identity.Evictable) {
+// when the handshake has finished or failed, and hands c to Accept unless
+// release reports that the gate evicted it.
+func (l *gatedTLSListener) handshake(c net.Conn, release func() bool, ev *identity.Evictable) {
 	defer l.wg.Done()
 	tc, err := l.safeHandshake(c, ev)
-	release()
+	held := release()
 	l.mu.Lock()
 	delete(l.pending, c)
 	l.mu.Unlock()
+	if err == nil && !held { // evicted as it finished: its cancel closes c now or soon
+		select {
+		case <-l.done: // closed by Close
+		default:
+			l.failure(identity.ReasonEvicted)
+		}
+		l.log.Debug("control: admin TLS handshake failed", "remote", c.RemoteAddr(), "reason", identity.ReasonEvicted, "err", identity.ErrEvicted)
+		err = identity.ErrEvicted
+	}
 	if err != nil {
 		c.Close()
 		return

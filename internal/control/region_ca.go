@@ -131,7 +131,7 @@ func (sec *security) signRegion(name string, csrDER, caCSRDER []byte, want *regi
 // region token): its intermediate, its client certificate and the trust
 // document. The token is marked used in the same transaction that checks
 // it.
-func (sec *security) serveRegionJoin(c net.Conn, m *wire.Message, tok identity.Token, refuse func(error) error) error {
+func (sec *security) serveRegionJoin(c net.Conn, m *wire.Message, tok identity.Token, refuse func(error) error, pin func() bool) error {
 	name := m.Region
 	if !siteRE.MatchString(name) {
 		return refuse(fmt.Errorf("region name %q is not a DNS label", name))
@@ -153,6 +153,13 @@ func (sec *security) serveRegionJoin(c net.Conn, m *wire.Message, tok identity.T
 	}
 	if _, err := checkRegionToken(rec, tok, name, now); err != nil {
 		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
+	}
+	// The token checks out: the gate may no longer evict this join (an
+	// eviction from here on would burn the single-use token for a
+	// certificate the node never gets). A connection that sends no valid
+	// token stays evictable.
+	if !pin() {
+		return refuse(identity.ErrEvicted)
 	}
 	client, inter, err := sec.signRegion(name, m.CSR, m.CACSR, nil)
 	if err != nil {

@@ -51,7 +51,7 @@ func relayTrust(t *wire.Trust) *wire.Trust {
 // serveRelayJoin answers a relay's join (the token is a relay token): a
 // relay certificate for m.Relay and the trust document. The token is
 // marked used in the same transaction that checks it.
-func (sec *security) serveRelayJoin(c net.Conn, m *wire.Message, tok identity.Token, refuse func(error) error) error {
+func (sec *security) serveRelayJoin(c net.Conn, m *wire.Message, tok identity.Token, refuse func(error) error, pin func() bool) error {
 	name := m.Relay
 	if !siteRE.MatchString(name) {
 		return refuse(fmt.Errorf("relay name %q is not a DNS label", name))
@@ -74,6 +74,13 @@ func (sec *security) serveRelayJoin(c net.Conn, m *wire.Message, tok identity.To
 	}
 	if _, err := checkRelayToken(rec, tok, now); err != nil {
 		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
+	}
+	// The token checks out: the gate may no longer evict this join (an
+	// eviction from here on would burn the single-use token for a
+	// certificate the node never gets). A connection that sends no valid
+	// token stays evictable.
+	if !pin() {
+		return refuse(identity.ErrEvicted)
 	}
 	certs, err := sec.ca.SignRelayCSR(csr, name)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -87,6 +88,9 @@ type security struct {
 	gate *identity.HandshakeGate
 	// adminGate bounds the admin API's (adminhandshake.go).
 	adminGate *identity.HandshakeGate
+	// joinPinned, a test hook, is called once a join's slot is pinned
+	// (serveJoin: a node's, a region's or a relay's).
+	joinPinned atomic.Pointer[func()]
 	// region is the regional control plane's identity and upstream link
 	// (region_link.go); nil on a global control plane.
 	region *regional
@@ -542,14 +546,31 @@ func (sec *security) adminRole(s string) (string, error) {
 // serveJoin answers one join: a token, a node and a CSR in; a node
 // certificate and the trust bundle out. Nothing is stored unless every
 // check passes; the token is then marked used in the same transaction.
-func (sec *security) serveJoin(c net.Conn) error {
+//
+// slot is c's handshake slot: evictable until the join's token checks out,
+// then pinned. A join the gate evicted is not counted as refused (the
+// caller counts it as a handshake failure, ReasonEvicted); its error wraps
+// identity.ErrEvicted.
+func (sec *security) serveJoin(c net.Conn, slot *identity.GateSlot) error {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	m, err := wire.NewReader(c).Read()
 	refuse := func(err error) error {
+		if slot.Evicted() { // closed by the gate: nobody to answer
+			return errors.Join(err, identity.ErrEvicted)
+		}
 		sec.mJoins["refused"].Inc()
 		wire.Write(c, &wire.Message{Type: wire.TypeError, Error: "join refused: " + err.Error()})
 		return err
+	}
+	pin := func() bool {
+		if !slot.Pin() {
+			return false
+		}
+		if f := sec.joinPinned.Load(); f != nil {
+			(*f)()
+		}
+		return true
 	}
 	if err != nil {
 		return refuse(fmt.Errorf("read: %w", err))
@@ -563,13 +584,13 @@ func (sec *security) serveJoin(c net.Conn) error {
 	}
 	switch {
 	case m.Region != "" && tok.Kind == identity.TokenRegion:
-		return sec.serveRegionJoin(c, m, tok, refuse)
+		return sec.serveRegionJoin(c, m, tok, refuse, pin)
 	case m.Region != "":
 		return refuse(errors.New("a regional control plane joins with a region token ('fogmesh token create -kind region -region NAME'), not a " + tok.Kind + " token"))
 	case tok.Kind == identity.TokenRegion:
 		return refuse(errors.New("a region token is for 'fogmesh control --mode regional --join-token', not for a node or relay"))
 	case m.Relay != "" && tok.Kind == identity.TokenRelay:
-		return sec.serveRelayJoin(c, m, tok, refuse)
+		return sec.serveRelayJoin(c, m, tok, refuse, pin)
 	case m.Relay != "":
 		return refuse(errors.New("a relay joins with a relay token ('fogmesh token create -kind relay'), not a " + tok.Kind + " token"))
 	case tok.Kind == identity.TokenRelay:
@@ -615,6 +636,13 @@ func (sec *security) serveJoin(c net.Conn) error {
 	}
 	if _, err := checkJoinToken(rec, tok, node, site, region, now); err != nil {
 		return refuse(fmt.Errorf("token %s: %w", tok.ID, err))
+	}
+	// The token checks out: the gate may no longer evict this join (an
+	// eviction from here on would burn the single-use token for a
+	// certificate the node never gets). A connection that sends no valid
+	// token stays evictable.
+	if !pin() {
+		return refuse(identity.ErrEvicted)
 	}
 	certs, err := sec.ca.SignNodeCSR(csr, site, node)
 	if err != nil {

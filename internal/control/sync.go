@@ -59,12 +59,12 @@ func (s *Server) acceptSync(ctx context.Context) error {
 			}
 			continue
 		}
-		release := func() {}
+		var slot *identity.GateSlot // nil: held
 		var ev *identity.Evictable
 		if s.sec != nil {
 			var reason string
 			ev = identity.NewEvictable(c)
-			if release, reason = s.sec.gate.Enter(c.RemoteAddr(), ev.Evict); release == nil {
+			if slot, reason = s.sec.gate.Enter(c.RemoteAddr(), ev.Evict); slot == nil {
 				// No goroutine, no TLS work; Debug: an attack must not
 				// flood the log.
 				c.Close()
@@ -90,7 +90,7 @@ func (s *Server) acceptSync(ctx context.Context) error {
 			// stream's reader for its whole life is small, so its stack,
 			// grown by the handshake, shrinks back (a stack is halved only
 			// while under a quarter of it is in use; one per agent).
-			conn, peer, agent := s.handshakeSync(ctx, c, release, ev)
+			conn, peer, agent := s.handshakeSync(ctx, c, slot, ev)
 			if !agent {
 				return
 			}
@@ -104,19 +104,27 @@ func (s *Server) acceptSync(ctx context.Context) error {
 // handshakeSync runs the TLS handshake of an accepted sync connection (in
 // secure mode) and serves the protocols that are not an agent's stream
 // (join, region, relay); agent is true when the connection is an agent
-// stream, for serveStream. release frees c's handshake slot (security.gate)
-// once the handshake has finished or failed, or for a join (whose peer has
-// no certificate) once the join is served. ev is c's gate entry's
-// Evictable: a handshake or join the gate evicted (closed) is counted as
-// identity.ReasonEvicted.
-func (s *Server) handshakeSync(ctx context.Context, c net.Conn, release func(), ev *identity.Evictable) (conn net.Conn, peer spiffeid.ID, agent bool) {
+// stream, for serveStream. slot is c's handshake slot (security.gate),
+// released once the handshake has finished or failed, or for a join (whose
+// peer has no certificate) once the join is served; a join pins it once its
+// token checks out. ev is c's gate entry's Evictable: a handshake or join
+// the gate evicted (closed) is counted as identity.ReasonEvicted, and a
+// connection whose slot was evicted is not served even if its handshake
+// finished.
+func (s *Server) handshakeSync(ctx context.Context, c net.Conn, slot *identity.GateSlot, ev *identity.Evictable) (conn net.Conn, peer spiffeid.ID, agent bool) {
 	if s.sec == nil {
 		return c, peer, true
 	}
 	tc, err := identity.ServerHandshake(ctx, c, s.sec.syncTLS, 10*time.Second)
+	join := err == nil && tc.ConnectionState().NegotiatedProtocol == identity.ALPNJoin
+	if held := join || slot.Release(); !held { // evicted, maybe as it finished: its cancel closes c now or soon
+		err = errors.Join(err, identity.ErrEvicted)
+	}
 	if err != nil {
-		release()
 		reason := ev.Reason(identity.HandshakeReason(err))
+		if errors.Is(err, identity.ErrEvicted) {
+			reason = identity.ReasonEvicted
+		}
 		s.sec.tlsFailure(reason)
 		level := slog.LevelWarn
 		if reason == identity.ReasonEvicted { // Debug: an attack must not flood the log
@@ -125,21 +133,22 @@ func (s *Server) handshakeSync(ctx context.Context, c net.Conn, release func(), 
 		s.log.Log(ctx, level, "control: sync TLS handshake refused", "remote", c.RemoteAddr(), "reason", reason, "err", err)
 		return nil, peer, false
 	}
-	if tc.ConnectionState().NegotiatedProtocol == identity.ALPNJoin {
+	if join {
 		// A joining node has no certificate: it holds its slot until its
 		// join is served (at most 10 s), else anyone could hold join
-		// connections without bound past their handshakes.
-		err := s.sec.serveJoin(tc)
-		release()
-		if ev.Evicted() {
+		// connections without bound past their handshakes. serveJoin pins
+		// it once the token checks out; until then the gate may evict it.
+		err := s.sec.serveJoin(tc, slot)
+		if !slot.Release() { // evicted: counted once, here, not as a refused join
 			s.sec.tlsFailure(identity.ReasonEvicted)
+			s.log.Debug("control: join evicted", "remote", c.RemoteAddr(), "err", err)
+			return nil, peer, false
 		}
 		if err != nil {
 			s.log.Warn("control: join refused", "remote", c.RemoteAddr(), "err", err)
 		}
 		return nil, peer, false
 	}
-	release()
 	if peer, err = identity.PeerID(tc.ConnectionState()); err != nil {
 		return nil, peer, false
 	}

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -20,6 +21,11 @@ const (
 	ReasonEvicted    = "evicted"     // in its handshake, its slot given to a source holding fewer
 )
 
+// ErrEvicted is the error of a connection whose slot the gate evicted
+// (ReasonEvicted): a server that finds its slot's Release or Pin false
+// ends the connection with it, whatever its handshake's outcome.
+var ErrEvicted = errors.New("evicted: its handshake slot given to a source holding fewer")
+
 // Defaults of HandshakeGate: a mesh port's peers are the site's and mesh's
 // other agents, each keeping one session, so 256 handshakes at once is far
 // above a reconnect storm while bounding what unauthenticated connections
@@ -36,7 +42,7 @@ const (
 // its peers are authenticated: in all, and per source address (an IPv4
 // address, or an IPv6 /64, which one host may hold whole). A server takes a
 // slot with Enter before it starts a connection's handshake and frees it
-// with the returned release once the handshake has finished or failed; a
+// with its Release once the handshake has finished or failed; a
 // connection Enter refuses is closed at once. Safe for concurrent use.
 //
 // A full gate is shared fairly rather than first come, first served: a few
@@ -67,9 +73,10 @@ type gateSource struct {
 // gateEntry is one slot.
 type gateEntry struct {
 	src        *gateSource
-	cancel     func() // nil: cannot be evicted (not on src's list)
+	cancel     func() // nil: cannot be evicted (not on src's list): entered so, or pinned
 	prev, next *gateEntry
 	gone       bool // released or evicted: its release is a no-op
+	evicted    bool // its slot given to a newcomer: its release reports false
 }
 
 func (s *gateSource) push(e *gateEntry) {
@@ -119,16 +126,21 @@ func NewHandshakeGate(max, perSource int) *HandshakeGate {
 	return &HandshakeGate{max: max, perSource: perSource, sources: map[string]*gateSource{}}
 }
 
-// Enter takes a slot for a connection from remote. It returns a release
-// func (idempotent) and "", or nil and the refusal reason: ReasonBusy or
-// ReasonSourceBusy. cancel, if not nil, makes the slot evictable: the gate
-// calls it (once, not under its lock, possibly before Enter returns to its
-// caller's other goroutines) to end the connection's handshake when a
-// fairer newcomer takes the slot (see HandshakeGate); the slot is then
-// already counted as free, and release is a no-op. A server's cancel
-// closes the raw connection and counts the handshake's failure as
-// ReasonEvicted (Evictable). With a nil cancel the slot is never evicted.
-func (g *HandshakeGate) Enter(remote net.Addr, cancel func()) (release func(), reason string) {
+// Enter takes a slot for a connection from remote. It returns the slot
+// and "", or nil and the refusal reason: ReasonBusy or ReasonSourceBusy.
+// cancel, if not nil, makes the slot evictable: the gate calls it (once,
+// not under its lock, possibly before Enter returns to its caller's other
+// goroutines) to end the connection's handshake when a fairer newcomer
+// takes the slot (see HandshakeGate); the slot is then already counted as
+// free, and its Release reports false. A server's cancel closes the raw
+// connection and counts the handshake's failure as ReasonEvicted
+// (Evictable). With a nil cancel the slot is never evicted.
+//
+// The slot is evicted under the gate's lock and its cancel runs after, so
+// a connection whose handshake finishes meanwhile may still be closed: a
+// server must serve a connection only if its Release (or Pin) reported
+// the slot held, and treat false as evicted.
+func (g *HandshakeGate) Enter(remote net.Addr, cancel func()) (*GateSlot, string) {
 	key := sourceKey(remote)
 	g.mu.Lock()
 	src := g.sources[key]
@@ -147,9 +159,11 @@ func (g *HandshakeGate) Enter(remote net.Addr, cancel func()) (release func(), r
 		g.mu.Unlock()
 		return nil, ReasonSourceBusy
 	}
+	var evict func()
 	if victim != nil {
 		// Its slot is the newcomer's: the total stays.
-		victim.gone = true
+		victim.gone, victim.evicted = true, true
+		evict = victim.cancel
 		g.drop(victim)
 	} else {
 		g.total++
@@ -164,10 +178,62 @@ func (g *HandshakeGate) Enter(remote net.Addr, cancel func()) (release func(), r
 		src.push(e)
 	}
 	g.mu.Unlock()
-	if victim != nil {
-		victim.cancel()
+	if evict != nil {
+		evict()
 	}
-	return func() { g.leave(e) }, ""
+	return &GateSlot{g: g, e: e}, ""
+}
+
+// GateSlot is a connection's slot in a HandshakeGate. The methods of a nil
+// GateSlot (a server with no gate) report the slot held.
+type GateSlot struct {
+	g *HandshakeGate
+	e *gateEntry
+}
+
+// Release frees the slot (idempotent) and reports whether the connection
+// kept it until then: false if the gate evicted it, whose cancel has run
+// or is about to. A server serves the connection only on true; on false it
+// closes it and counts ReasonEvicted.
+func (s *GateSlot) Release() bool {
+	if s == nil {
+		return true
+	}
+	return s.g.leave(s.e)
+}
+
+// Evicted reports whether the gate evicted the slot (false for a nil
+// one). Unlike Evictable.Evicted it is true as soon as the newcomer took
+// the slot, before the cancel has closed the connection.
+func (s *GateSlot) Evicted() bool {
+	if s == nil {
+		return false
+	}
+	s.g.mu.Lock()
+	defer s.g.mu.Unlock()
+	return s.e.evicted
+}
+
+// Pin makes the slot unevictable from now on, keeping it counted against
+// its source until Release, and reports whether the connection still held
+// it (false: it was evicted, or released). A server pins a slot once the
+// connection has shown it deserves to finish (a join with a valid token),
+// so the gate cannot close it half done.
+func (s *GateSlot) Pin() bool {
+	if s == nil {
+		return true
+	}
+	g, e := s.g, s.e
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if e.gone {
+		return false
+	}
+	if e.cancel != nil {
+		e.src.unlink(e)
+		e.cancel = nil
+	}
+	return true
 }
 
 // evictable returns the oldest evictable entry of the busiest source that
@@ -198,15 +264,18 @@ func (g *HandshakeGate) drop(e *gateEntry) {
 	}
 }
 
-func (g *HandshakeGate) leave(e *gateEntry) {
+// leave frees e's slot unless it is gone; it reports whether e was not
+// evicted.
+func (g *HandshakeGate) leave(e *gateEntry) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if e.gone { // released before, or evicted
-		return
+		return !e.evicted
 	}
 	e.gone = true
 	g.drop(e)
 	g.total--
+	return true
 }
 
 // InProgress returns the handshakes holding a slot.

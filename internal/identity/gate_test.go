@@ -15,7 +15,7 @@ func tcpAddr(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port
 // source is refused as busy; released slots come back, once each.
 func TestHandshakeGateBounds(t *testing.T) {
 	g := NewHandshakeGate(5, 2)
-	var rel []func()
+	var rel []func() bool
 	enter := func(ip, want string) {
 		t.Helper()
 		r, reason := g.Enter(tcpAddr(ip), nil)
@@ -23,7 +23,7 @@ func TestHandshakeGateBounds(t *testing.T) {
 			t.Fatalf("Enter(%s) = %q, want %q", ip, reason, want)
 		}
 		if r != nil {
-			rel = append(rel, r)
+			rel = append(rel, r.Release)
 		}
 	}
 	enter("127.63.0.1", "")
@@ -108,7 +108,7 @@ func TestHandshakeGateNegativeUnbounded(t *testing.T) {
 
 // gateSlots enters n handshakes from ip, each evictable: the returned
 // counters count how often each one's cancel was called.
-func gateSlots(t *testing.T, g *HandshakeGate, ip string, n int) (rel []func(), cancels []*int) {
+func gateSlots(t *testing.T, g *HandshakeGate, ip string, n int) (rel []func() bool, cancels []*int) {
 	t.Helper()
 	for i := range n {
 		c := new(int)
@@ -116,7 +116,7 @@ func gateSlots(t *testing.T, g *HandshakeGate, ip string, n int) (rel []func(), 
 		if r == nil {
 			t.Fatalf("Enter(%s) #%d refused as %s", ip, i+1, reason)
 		}
-		rel = append(rel, r)
+		rel = append(rel, r.Release)
 		cancels = append(cancels, c)
 	}
 	return rel, cancels
@@ -147,8 +147,9 @@ func TestHandshakeGateEvictsBusiest(t *testing.T) {
 	if _, src := g.Load(tcpAddr("127.68.200.1")); src != 3 {
 		t.Fatalf("a holds %d after an eviction, want 3", src)
 	}
-	ra[0]() // the evicted entry's release: a no-op
-	ra[0]()
+	if ra[0]() || ra[0]() { // the evicted entry's release: a no-op, reporting it evicted
+		t.Fatal("the evicted entry's release reported its slot held")
+	}
 	if total, src := g.Load(tcpAddr("127.68.200.1")); total != 6 || src != 3 {
 		t.Fatalf("after the evicted entry's release: %d in progress, a %d, want 6, 3", total, src)
 	}
@@ -169,8 +170,9 @@ func TestHandshakeGateEvictsBusiest(t *testing.T) {
 	if n := g.InProgress(); n != 6 {
 		t.Fatalf("%d in progress, want 6", n)
 	}
-	rc[0]()
-	ra[2]()
+	if !rc[0]() || !ra[2]() {
+		t.Fatal("a release of a slot not evicted reported it evicted")
+	}
 	if total, src := g.Load(tcpAddr("127.68.200.1")); total != 4 || src != 1 {
 		t.Fatalf("after two releases: %d in progress, a %d, want 4, 1", total, src)
 	}
@@ -213,10 +215,10 @@ func TestHandshakeGateEvictionStorm(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var rel []func()
+			var rel []func() bool
 			for i := range 300 {
 				if r, _ := g.Enter(tcpAddr(fmt.Sprintf("127.68.202.%d", s+1)), func() {}); r != nil {
-					rel = append(rel, r)
+					rel = append(rel, r.Release)
 				}
 				if n := g.InProgress(); n > max {
 					over.Store(int32(n))
@@ -237,5 +239,92 @@ func TestHandshakeGateEvictionStorm(t *testing.T) {
 	}
 	if g.InProgress() != 0 || len(g.sources) != 0 {
 		t.Fatalf("after every release: %d in progress, %d sources", g.InProgress(), len(g.sources))
+	}
+}
+
+// TestGateCancelAfterRelease: an eviction racing with the victim's release
+// (its handshake just finished): if Release reported the slot held, the
+// victim's cancel is never called after it; if the cancel is called,
+// Release reports false, so the server does not serve a connection the
+// gate is about to close (it did: a cancel after a release that returned).
+func TestGateCancelAfterRelease(t *testing.T) {
+	var bad, evicted atomic.Int32
+	for range 10000 {
+		g := NewHandshakeGate(2, 2)
+		var held, cancelled atomic.Bool
+		var releasedHeld atomic.Bool // Release returned true
+		ra, _ := g.Enter(tcpAddr("127.69.0.1"), func() {
+			cancelled.Store(true)
+			if releasedHeld.Load() {
+				bad.Add(1)
+			}
+		})
+		g.Enter(tcpAddr("127.69.0.1"), func() {})
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			ok := ra.Release()
+			held.Store(ok)
+			releasedHeld.Store(ok)
+		}()
+		go func() { defer wg.Done(); g.Enter(tcpAddr("127.69.0.2"), func() {}) }()
+		wg.Wait()
+		if cancelled.Load() {
+			evicted.Add(1)
+			if held.Load() {
+				bad.Add(1)
+			}
+		}
+		if ra.Release() != held.Load() {
+			t.Fatal("a second Release reported otherwise than the first")
+		}
+	}
+	if n := bad.Load(); n > 0 {
+		t.Fatalf("%d cancels of a slot whose Release reported it held", n)
+	}
+	t.Logf("%d of 10000 evicted", evicted.Load())
+}
+
+// TestGateSlotPin: a pinned slot is never evicted and still counts against
+// its source; the busiest source's next evictable one goes instead, and
+// with none left the newcomer is refused as busy. Pin reports false for a
+// slot already evicted.
+func TestGateSlotPin(t *testing.T) {
+	g := NewHandshakeGate(4, 3)
+	var ca [3]int
+	var sa [3]*GateSlot
+	for i := range sa {
+		sa[i], _ = g.Enter(tcpAddr("127.69.1.1"), func() { ca[i]++ })
+	}
+	if !sa[0].Pin() || !sa[0].Pin() {
+		t.Fatal("Pin of a held slot reported false")
+	}
+	gateSlots(t, g, "127.69.1.2", 1) // b: 1; full
+	gateSlots(t, g, "127.69.1.3", 1) // c: 0+1 < 3: a's oldest evictable (sa[1]) goes
+	if ca != [3]int{0, 1, 0} {
+		t.Fatalf("cancels of a %v, want [0 1 0]: the pinned oldest kept", ca)
+	}
+	if sa[1].Pin() || sa[1].Release() {
+		t.Fatal("Pin or Release of an evicted slot reported it held")
+	}
+	if _, src := g.Load(tcpAddr("127.69.1.1")); src != 2 {
+		t.Fatalf("a holds %d, want 2 (the pinned one counts)", src)
+	}
+	// a 2 (one pinned), b 1, c 1: d (0+1 < 2) evicts sa[2]; then a holds
+	// only its pinned slot and e (0+1 < 1 fails) is refused.
+	gateSlots(t, g, "127.69.1.4", 1)
+	if ca != [3]int{0, 1, 1} {
+		t.Fatalf("cancels of a %v, want [0 1 1]", ca)
+	}
+	if r, reason := g.Enter(tcpAddr("127.69.1.5"), func() {}); r != nil || reason != ReasonBusy {
+		t.Fatalf("only equal shares and a pinned slot: %q, want %q", reason, ReasonBusy)
+	}
+	if !sa[0].Release() || g.InProgress() != 3 {
+		t.Fatalf("the pinned slot's release: %d in progress, want 3", g.InProgress())
+	}
+	var nilSlot *GateSlot
+	if !nilSlot.Pin() || !nilSlot.Release() {
+		t.Fatal("a nil slot reported evicted")
 	}
 }

@@ -203,14 +203,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			return nil
 		}
 		ev := identity.NewEvictable(c)
-		release, reason := s.handshakes.Enter(c.RemoteAddr(), ev.Evict)
-		if release == nil { // closed before any TLS work
+		slot, reason := s.handshakes.Enter(c.RemoteAddr(), ev.Evict)
+		if slot == nil { // closed before any TLS work
 			s.refuseLogged(slog.LevelDebug, reason, "remote", c.RemoteAddr().String(), "too many handshakes in progress")
 			s.closeConn(c)
 			continue
 		}
 		s.wg.Add(1)
-		go s.serveConn(c, release, ev)
+		go s.serveConn(c, slot.Release, ev)
 	}
 }
 
@@ -301,8 +301,10 @@ func (s *Server) SetDenied(ids []string) {
 }
 
 // serveConn authenticates one connection and runs it as a control or a
-// data connection. release frees its handshake slot.
-func (s *Server) serveConn(raw net.Conn, release func(), ev *identity.Evictable) {
+// data connection. release frees its handshake slot and reports false if
+// the gate evicted it: the connection is then closed, even when its
+// handshake succeeded.
+func (s *Server) serveConn(raw net.Conn, release func() bool, ev *identity.Evictable) {
 	defer s.wg.Done()
 	handedOff := false
 	defer func() {
@@ -311,7 +313,10 @@ func (s *Server) serveConn(raw net.Conn, release func(), ev *identity.Evictable)
 		}
 	}()
 	tc, err := identity.ServerHandshake(s.ctx, raw, s.tls, s.cfg.HandshakeTimeout)
-	release()
+	if !release() { // evicted, its cancel closing raw now or soon
+		s.refuseConn(ReasonEvicted, raw.RemoteAddr().String(), errors.Join(err, identity.ErrEvicted).Error())
+		return
+	}
 	if err != nil {
 		s.refuseConn(ev.Reason(identity.HandshakeReason(err)), raw.RemoteAddr().String(), err.Error())
 		return

@@ -88,15 +88,15 @@ func (g *quicGate) enter(ctx context.Context, info *quic.ClientInfo) (context.Co
 	// more handshake data arrives, which a silent peer never sends; the
 	// connection would live on to its HandshakeIdleTimeout while its slot
 	// counted as free. The Retry below bounds unvalidated sources instead.
-	release, reason := g.gate.Enter(info.RemoteAddr, nil)
-	if release == nil {
+	slot, reason := g.gate.Enter(info.RemoteAddr, nil)
+	if slot == nil {
 		g.m.tlsFailure(reason)
 		g.s.log.Debug("mesh: QUIC connection refused before its handshake", "peer", info.RemoteAddr.String(),
 			"reason", reason, "validated", info.AddrVerified)
 		return nil, errHandshakeRefused
 	}
 	g.m.handshakes.Inc()
-	free := sync.OnceFunc(func() { release(); g.m.handshakes.Dec() })
+	free := sync.OnceFunc(func() { slot.Release(); g.m.handshakes.Dec() }) // never evicted: held
 	ctx = context.WithValue(ctx, slotKey{}, free)
 	context.AfterFunc(ctx, free)
 	return ctx, nil

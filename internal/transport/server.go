@@ -262,12 +262,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		backoff = 0
 
-		release := func() {}
+		release := func() bool { return true }
 		var ev *identity.Evictable
 		if s.cfg.TLS != nil {
-			var reason string
 			ev = identity.NewEvictable(conn)
-			if release, reason = s.gate.Enter(conn.RemoteAddr(), ev.Evict); release == nil {
+			slot, reason := s.gate.Enter(conn.RemoteAddr(), ev.Evict)
+			if slot == nil {
 				// No goroutine, no TLS work; Debug: an attack must not
 				// flood the log.
 				conn.Close()
@@ -276,8 +276,7 @@ func (s *Server) Serve(ctx context.Context) error {
 				continue
 			}
 			s.m.handshakes.Inc()
-			free := release
-			release = sync.OnceFunc(func() { free(); s.m.handshakes.Dec() })
+			release = sync.OnceValue(func() bool { held := slot.Release(); s.m.handshakes.Dec(); return held })
 		}
 		s.mu.Lock()
 		if s.closing {
@@ -340,8 +339,10 @@ func (s *Server) ActiveStreams() int64 {
 // must arrive within HeaderTimeout; a peer that sends anything but yamux
 // frames ends its own session.
 //
-// release frees the connection's handshake slot (Server.gate).
-func (s *Server) serveConn(conn net.Conn, release func(), ev *identity.Evictable) {
+// release frees the connection's handshake slot (Server.gate) and reports
+// false if the gate evicted it: the connection is then closed, even when
+// its handshake succeeded.
+func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evictable) {
 	defer s.wg.Done()
 	log := s.log.With("peer", conn.RemoteAddr().String())
 
@@ -350,10 +351,15 @@ func (s *Server) serveConn(conn net.Conn, release func(), ev *identity.Evictable
 	if s.cfg.TLS != nil {
 		batch := newRecordBatcher(conn)
 		tc, err := identity.ServerHandshake(s.ctx, batch, s.cfg.TLS, s.cfg.HeaderTimeout)
-		release()
+		if !release() { // evicted, its cancel closing conn now or soon
+			err = errors.Join(err, identity.ErrEvicted)
+		}
 		if err != nil {
 			conn.Close()
 			reason := ev.Reason(identity.HandshakeReason(err))
+			if errors.Is(err, identity.ErrEvicted) {
+				reason = identity.ReasonEvicted
+			}
 			s.m.tlsFailure(reason)
 			level := slog.LevelWarn
 			if reason == identity.ReasonEvicted { // its slot given to a fairer source; Debug: an attack must not flood the log
