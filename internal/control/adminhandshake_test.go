@@ -2,7 +2,6 @@ package control
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -109,14 +108,8 @@ func TestAdminHandshakeConfig(t *testing.T) {
 		t.Fatalf("negative admin bounds give a gate of %d, %d; want none (-1, -1)", max, per)
 	}
 
-	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+	s := serveControl(t, Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, AdminMaxHandshakes: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 	a := testenv.DialSilent(t, 1, "127.65.2.1", s.AdminAddr())
 	b := testenv.DialSilent(t, 1, "127.65.2.2", s.AdminAddr())
 	testenv.WaitFor(t, 3*time.Second, "two slots taken", func() bool { return adminHandshakes(t, s) == 2 })

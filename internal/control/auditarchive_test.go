@@ -2,7 +2,6 @@ package control
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"net/http"
 	"os"
@@ -104,14 +103,8 @@ func TestAuditHeadlessArchiveRepairedAfterOlderVersion(t *testing.T) {
 // and the restart is then taken.
 func TestAuditArchivesBoundedPerNode(t *testing.T) {
 	dir := t.TempDir()
-	s, err := New(Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+	s := serveControl(t, Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, Insecure: true, AuditArchivesPerNode: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 
 	a, _ := agentWithChain(t, s, "edge-1", 4)
 	// Two archives of earlier restarts, as earlier restarts left them.

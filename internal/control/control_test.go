@@ -19,14 +19,8 @@ import (
 
 func startServer(t *testing.T, dir string) *Server {
 	t.Helper()
-	s, err := New(Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+	s := serveControl(t, Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, NodeExpiry: 600 * time.Millisecond, Insecure: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 	return s
 }
 
@@ -431,4 +425,17 @@ func TestAgentEndpointsSiteUnknownNode(t *testing.T) {
 	if objs, _, _ := s.reg.list(api.KindEndpoint); len(objs) != 0 {
 		t.Fatalf("stored %d endpoints of a node whose site is unknown", len(objs))
 	}
+}
+
+// serveControl starts a control plane of cfg, serving until the test ends.
+func serveControl(t testing.TB, cfg Config) *Server {
+	t.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { s.Close(); <-done })
+	return s
 }

@@ -112,14 +112,8 @@ func checkWitnessedStaysReady(t *testing.T, leader *Server, grow *atomic.Bool) {
 // TestPeerTrafficKeepsASilentNodeRoutable: the witness rule of expiry.go
 // on one control plane.
 func TestPeerTrafficKeepsASilentNodeRoutable(t *testing.T) {
-	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+	s := serveControl(t, Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, NodeTimeout: 600 * time.Millisecond, NodeExpiry: 400 * time.Millisecond, Insecure: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 	dialAgent(t, s, "silent")
 	var grow atomic.Bool
 	grow.Store(true)
@@ -152,14 +146,8 @@ func TestReplicasShareWitnesses(t *testing.T) {
 // no peer reports traffic it is expired, the gauges fall back to 0 and the
 // counters name both transitions.
 func TestExpiryMetrics(t *testing.T) {
-	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.55.0.1:0", SyncAddr: "127.55.0.1:0",
+	s := serveControl(t, Config{StateDir: t.TempDir(), AdminAddr: "127.55.0.1:0", SyncAddr: "127.55.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, NodeTimeout: 600 * time.Millisecond, NodeExpiry: 400 * time.Millisecond, Insecure: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 	const (
 		unreachable = "fogmesh_control_nodes_unreachable"
 		witnessed   = "fogmesh_control_nodes_unreachable_witnessed"

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -17,14 +16,8 @@ import (
 // writes per node in the storm (issue 13). A node that connected and went
 // silent is still marked not ready after NodeTimeout.
 func TestUnseenNodesGetAReconnectGrace(t *testing.T) {
-	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+	s := serveControl(t, Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 100 * time.Millisecond, NodeTimeout: 300 * time.Millisecond, NodeExpiry: time.Millisecond, ReconnectGrace: 4 * time.Second, Insecure: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 	// ghost: registered as a previous run of the control plane would have
 	// left it, never heard from since this start.
 	if err := s.reg.registerNode(&api.Node{APIVersion: api.APIVersion, Kind: api.KindNode, Meta: api.Meta{Name: "ghost"},

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"context"
 	"crypto/tls"
 	"net"
 	"testing"
@@ -18,14 +17,8 @@ import (
 // handshakes at once, 2 from one source.
 func startGated(t *testing.T) *Server {
 	t.Helper()
-	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+	s := serveControl(t, Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, SyncMaxHandshakes: 3, SyncMaxHandshakesPerSource: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 	return s
 }
 

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -45,14 +44,8 @@ func TestApplyWarnsAboutRoutesOfOneService(t *testing.T) {
 // TestIstioRootNamespaceSetting: the control plane's IstioRootNamespace
 // decides which Istio AuthorizationPolicies apply mesh-wide.
 func TestIstioRootNamespaceSetting(t *testing.T) {
-	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+	s := serveControl(t, Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, Insecure: true, IstioRootNamespace: "mesh-root"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 	for _, ns := range []string{"mesh-root", "istio-system"} {
 		doc := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: " + ns + "}\nspec: {action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n"
 		if code, body := applyDoc(t, s, doc); code != 200 {

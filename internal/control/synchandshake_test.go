@@ -2,7 +2,6 @@ package control
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -78,14 +77,8 @@ func TestSyncHandshakeConfig(t *testing.T) {
 // negative, more silent connections from one source than the default
 // per-source bound all wait for their handshake, none closed.
 func TestSyncHandshakeNegativeUnbounded(t *testing.T) {
-	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+	s := serveControl(t, Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, SyncMaxHandshakesPerSource: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 	n := DefaultSyncMaxHandshakesPerSource + 4
 	silent := testenv.DialSilent(t, n, "127.63.3.2", s.SyncAddr())
 	testenv.WaitFor(t, 10*time.Second, "every silent connection in its handshake", func() bool { return syncHandshakes(s) == n })
@@ -101,14 +94,8 @@ func TestSyncHandshakeNegativeUnbounded(t *testing.T) {
 // with two such joins open from one source, a third connection from it is
 // refused as source_busy.
 func TestSyncJoinHoldsItsSlot(t *testing.T) {
-	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+	s := serveControl(t, Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, SyncMaxHandshakesPerSource: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 	const src = "127.63.4.1"
 	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 	for range 2 {
@@ -130,14 +117,8 @@ func TestSyncJoinHoldsItsSlot(t *testing.T) {
 // the place of the oldest one of one of them (closed, counted as evicted)
 // instead of being refused as busy.
 func TestSyncHandshakeEvictsBusiest(t *testing.T) {
-	s, err := New(Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+	s := serveControl(t, Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		HeartbeatInterval: 200 * time.Millisecond, SyncMaxHandshakes: 4, SyncMaxHandshakesPerSource: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
 	a := testenv.DialSilent(t, 2, "127.68.4.1", s.SyncAddr())
 	b := testenv.DialSilent(t, 2, "127.68.4.2", s.SyncAddr())
 	testenv.WaitFor(t, 5*time.Second, "the gate full", func() bool { return syncHandshakes(s) == 4 })
