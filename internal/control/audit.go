@@ -552,6 +552,11 @@ func (s *Server) ingestAudit(node string, recs []audit.Record) (uint64, error) {
 // from seq 1 (ship.Shipper), which is taken as a new chain. Refusing it
 // instead would refuse every later batch. A batch whose own records do
 // not chain is refused only.
+// errAuditChainArchived wraps ingestNodeAudit's refusal of a batch that
+// forked below the head held once that chain is archived: the ack says
+// so (AuditRestart), and the node ships its chain from seq 1.
+var errAuditChainArchived = errors.New("the chain held is archived")
+
 func (s *Server) ingestNodeAudit(node string, recs []audit.Record) (uint64, error) {
 	return s.ingest(node, recs, true)
 }
@@ -605,7 +610,7 @@ func (s *Server) ingest(node string, recs []audit.Record, archiveFork bool) (uin
 		if aerr := s.archiveChain(node, r, "node's audit chain forked below the head held (its state restored from a backup?)", why); aerr != nil {
 			return 0, fmt.Errorf("%w (the chain held could not be archived for the node's: %w)", err, aerr)
 		}
-		return 0, fmt.Errorf("%w: the chain held is archived; ship the chain from seq 1", err)
+		return 0, fmt.Errorf("%w: %w; ship the chain from seq 1", err, errAuditChainArchived)
 	}
 	return last, err
 }

@@ -90,10 +90,10 @@ func TestAuditForkBelowHeadRestartsChain(t *testing.T) {
 			forked = restored
 		}
 		a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: tc.restart, Audit: encodeBatch(t, forked)})
-		if m := a.recv(); m.Type != wire.TypeAuditAck || m.AuditSeq != 0 || !strings.Contains(m.Error, "fork") {
-			t.Fatalf("%s: forked batch: ack %+v; want a fork refused with seq 0", tc.node, m)
+		if m := a.recv(); m.Type != wire.TypeAuditAck || m.AuditSeq != 0 || !m.AuditRestart || !strings.Contains(m.Error, "fork") {
+			t.Fatalf("%s: forked batch: ack %+v; want a fork refused with seq 0 and a restart asked", tc.node, m)
 		}
-		// The shipper answers seq 0 by shipping its chain from seq 1 as a
+		// The shipper answers AuditRestart by shipping its chain from seq 1 as a
 		// restart.
 		a.send(&wire.Message{Type: wire.TypeAudit, AuditRestart: true, Audit: encodeBatch(t, restored)})
 		if m := a.recv(); m.Type != wire.TypeAuditAck || m.AuditSeq != uint64(len(restored)) || m.Error != "" {

@@ -487,6 +487,7 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 		if err != nil {
 			s.log.Warn("control: audit batch refused", "node", st.node, "records", len(m.Audit), "err", err)
 			ack.Error = "audit: " + err.Error()
+			ack.AuditRestart = errors.Is(err, errAuditChainArchived) // ship from seq 1
 		}
 		return st.write(ack)
 	case syncproto.RenewIn:

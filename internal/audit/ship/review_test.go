@@ -134,7 +134,7 @@ func testRolledBackLog(t *testing.T, stale bool) {
 			ack.Error = err.Error()
 			if errors.Is(err, audit.ErrDiverged) {
 				archive() // as ingestNodeAudit does
-				ack.AuditSeq, forked = 0, true
+				ack.AuditSeq, ack.AuditRestart, forked = 0, true, true
 			}
 		}
 		acks <- ack

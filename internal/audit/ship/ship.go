@@ -177,12 +177,13 @@ func (s *Shipper) Run(ctx context.Context, cpSeq uint64, cpHash string, write fu
 			if s.Refused != nil {
 				s.Refused()
 			}
-			if m.AuditSeq == 0 {
-				// Refused, and none of this chain is held: the
-				// control plane holds another chain of this node
-				// (a batch refused as a fork: this node's state was
-				// restored from a backup), which it archives, or
-				// none. Ship this chain from seq 1 as a restart.
+			if m.AuditRestart {
+				// Refused as a fork below the head the control plane
+				// held (this node's state was restored from a
+				// backup), whose chain it has archived: ship this
+				// chain from seq 1 as a restart. Not on any other
+				// refusal (a store error, say): a log pruned since
+				// could not restart.
 				restart, held = true, audit.Genesis
 			}
 			s.log().Error("agent: control plane refused audit records", "from", recs[0].Seq, "to", recs[len(recs)-1].Seq, "err", m.Error)
