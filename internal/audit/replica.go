@@ -19,6 +19,12 @@ var (
 	// prev differs), or a record the replica holds was sent with another
 	// hash: the sender's chain was rewritten.
 	ErrFork = errors.New("fork")
+	// ErrDiverged, wrapped with ErrFork, says the fork is with the chain
+	// held: a record at or below the replica's head differs from the one
+	// held, or the first record past the head does not chain to it (not
+	// a batch whose own records do not chain). The sender's chain and the
+	// one held share at most the records before the batch's.
+	ErrDiverged = errors.New("the chain held differs")
 	// ErrInvalid: a record is malformed, has a wrong hash or signature,
 	// or belongs to another node.
 	ErrInvalid = errors.New("invalid record")
@@ -102,14 +108,20 @@ func (r *Replica) Files() ([]string, error) { return r.seg.files() }
 
 // Append checks that recs (in seq order) continue the chain and writes
 // them, fsynced, all or none. Records the replica already holds are
-// skipped (a batch resent after a lost ack), but the one at its last seq
-// must carry the same hash; once the batch goes past them, a record that
+// skipped (a batch resent after a lost ack), but the last of them must
+// carry the hash stored at its seq (ErrFork if not: the sender's chain
+// differs from the one held; hashes chain, so the records before it
+// match too); once the batch goes past them, a record that
 // goes back is refused (ErrInvalid), as is seq 0. It returns the last seq held afterwards; an
-// error wraps ErrGap, ErrFork or ErrInvalid when the batch is refused.
+// error wraps ErrGap, ErrFork (with ErrDiverged if the fork is with the
+// chain held) or ErrInvalid when the batch is refused.
 func (r *Replica) Append(recs []Record) (uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	seq, hash, damaged := r.seq, r.hash, r.damaged
+	if err := r.checkHeld(recs); err != nil {
+		return r.seq, err
+	}
 	var buf []byte
 	var first uint64
 	for i := range recs {
@@ -127,12 +139,16 @@ func (r *Replica) Append(recs []Record) (uint64, error) {
 				return r.seq, fmt.Errorf("%w: seq %d after seq %d: the batch is not in seq order", ErrInvalid, rec.Seq, seq)
 			}
 			if rec.Seq == seq && rec.Hash != hash {
-				return r.seq, fmt.Errorf("%w: seq %d has hash %.12s…, the stored record has %.12s…", ErrFork, rec.Seq, rec.Hash, hash)
+				return r.seq, fmt.Errorf("%w: seq %d has hash %.12s…, the stored record has %.12s… (%w)", ErrFork, rec.Seq, rec.Hash, hash, ErrDiverged)
 			}
 			continue
 		}
 		line, err := checkNext(rec, seq, hash, damaged, r.pub)
 		if err != nil {
+			if first == 0 && errors.Is(err, ErrFork) {
+				// The first record past the head does not chain to it.
+				err = fmt.Errorf("%w (%w)", err, ErrDiverged)
+			}
 			return r.seq, err
 		}
 		if first == 0 {
@@ -164,6 +180,38 @@ func (r *Replica) Append(recs []Record) (uint64, error) {
 	}
 	r.seq, r.hash, r.damaged = seq, hash, damaged
 	return r.seq, nil
+}
+
+// checkHeld checks the records at the start of recs that the replica
+// holds already (seq at or below its head): the last of them must be the
+// record stored at its seq. The one at the head is checked against the
+// hash in memory (by Append); one below it costs one read. Called with
+// r.mu held.
+func (r *Replica) checkHeld(recs []Record) error {
+	last := -1
+	for i := range recs {
+		if recs[i].Seq == 0 || recs[i].Seq > r.seq {
+			break
+		}
+		last = i
+	}
+	if last < 0 || recs[last].Seq == r.seq {
+		return nil
+	}
+	rec := &recs[last]
+	got, err := r.seg.readFrom(rec.Seq, 1)
+	if err != nil {
+		return fmt.Errorf("audit: read the record held at seq %d to check a resent one: %w", rec.Seq, err)
+	}
+	if len(got) != 1 {
+		return fmt.Errorf("audit: the record held at seq %d (head %d) could not be read to check a resent one", rec.Seq, r.seq)
+	}
+	// A damage marker held stands in for the seqs of its span: a record
+	// of that span sent now differs from it too.
+	if got[0].Seq != rec.Seq || got[0].Hash != rec.Hash {
+		return fmt.Errorf("%w: seq %d has hash %.12s…, the stored record (seq %d) has %.12s… (%w)", ErrFork, rec.Seq, rec.Hash, got[0].Seq, got[0].Hash, ErrDiverged)
+	}
+	return nil
 }
 
 // checkNext checks that rec, a well-formed record, follows seq (whose
