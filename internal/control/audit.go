@@ -429,7 +429,8 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if err != nil {
 		return err
 	}
-	if oldSeq, _ := r.Last(); oldSeq == 0 {
+	oldSeq, oldHash := r.Last()
+	if oldSeq == 0 {
 		return nil // nothing held: the batch simply starts the chain
 	}
 	// The same first record already held: a resend, not a restart.
@@ -444,14 +445,6 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if err := audit.CheckStart(node, key, recs); err != nil {
 		return err
 	}
-	return s.archiveChain(node, r, "node restarted its audit chain", "")
-}
-
-// archiveChain archives the chain held in r for node, as restartAuditChain
-// describes; what (logged) and why (recorded, before what the archive
-// holds) say what made it. Called with node's chainLock held.
-func (s *Server) archiveChain(node string, r *audit.Replica, what, why string) error {
-	oldSeq, oldHash := r.Last()
 	if err := s.archiveRoom(node); err != nil {
 		return err
 	}
@@ -482,7 +475,7 @@ func (s *Server) archiveChain(node string, r *audit.Replica, what, why string) e
 	}
 	// The old chain's head goes with it (to verify the archive by), and
 	// the new chain's is stored from its first batch on.
-	err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
+	err = s.st.UpdateSecure(func(tx *store.SecureTx) error {
 		if b := tx.Get(keyAuditHead + node); b != nil {
 			if err := tx.Put(keyAuditHead+filepath.Base(archived), b); err != nil {
 				return err
@@ -495,10 +488,10 @@ func (s *Server) archiveChain(node string, r *audit.Replica, what, why string) e
 			return err
 		}
 	}
-	s.log.Warn("control: "+what+"; the old one is archived", "node", node,
+	s.log.Warn("control: node restarted its audit chain; the old one is archived", "node", node,
 		"oldLastSeq", oldSeq, "archive", archived)
 	if err := s.Audit(audit.Record{Kind: audit.KindAudit, Action: "restart chain", Actor: node, Object: node,
-		Reason: why + fmt.Sprintf("previous chain archived at %s, last seq %d, hash %s", filepath.Base(archived), oldSeq, oldHash)}); err != nil {
+		Reason: fmt.Sprintf("previous chain archived at %s, last seq %d, hash %s", filepath.Base(archived), oldSeq, oldHash)}); err != nil {
 		s.log.Error("control: audit the chain restart", "err", err)
 	}
 	return nil
@@ -540,28 +533,6 @@ func (s *Server) undoArchive(node, dir, archived string, err error) error {
 // ingestAudit stores a batch of node's records if it continues the chain
 // held; refusals are counted by cause.
 func (s *Server) ingestAudit(node string, recs []audit.Record) (uint64, error) {
-	return s.ingest(node, recs, false)
-}
-
-// ingestNodeAudit is ingestAudit for a batch the node itself sent. A
-// batch refused as a fork of the chain held (audit.ErrDiverged: a record
-// differs from the one held at its seq, or does not chain to the head: the
-// node's state was restored from a backup, and the records it wrote since
-// differ from those held) archives the chain held, as a restart does, and
-// answers seq 0: none of the node's chain is held, so it ships its chain
-// from seq 1 (ship.Shipper), which is taken as a new chain. Refusing it
-// instead would refuse every later batch. A batch whose own records do
-// not chain is refused only.
-// errAuditChainArchived wraps ingestNodeAudit's refusal of a batch that
-// forked below the head held once that chain is archived: the ack says
-// so (AuditRestart), and the node ships its chain from seq 1.
-var errAuditChainArchived = errors.New("the chain held is archived")
-
-func (s *Server) ingestNodeAudit(node string, recs []audit.Record) (uint64, error) {
-	return s.ingest(node, recs, true)
-}
-
-func (s *Server) ingest(node string, recs []audit.Record, archiveFork bool) (uint64, error) {
 	r, err := s.replica(node)
 	if err != nil {
 		s.audit.mStoreErrors.Inc()
@@ -604,13 +575,6 @@ func (s *Server) ingest(node string, recs []audit.Record, archiveFork bool) (uin
 		s.audit.mInvalid.Inc()
 	default:
 		s.audit.mStoreErrors.Inc()
-	}
-	if archiveFork && errors.Is(err, audit.ErrDiverged) {
-		why := fmt.Sprintf("node's audit chain forked at or below seq %d held (%v); ", before, err)
-		if aerr := s.archiveChain(node, r, "node's audit chain forked below the head held (its state restored from a backup?)", why); aerr != nil {
-			return 0, fmt.Errorf("%w (the chain held could not be archived for the node's: %w)", err, aerr)
-		}
-		return 0, fmt.Errorf("%w: %w; ship the chain from seq 1", err, errAuditChainArchived)
 	}
 	return last, err
 }

@@ -482,12 +482,11 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 			err = s.restartAuditChain(st.node, recs)
 		}
 		if err == nil {
-			ack.AuditSeq, err = s.ingestNodeAudit(st.node, recs)
+			ack.AuditSeq, err = s.ingestAudit(st.node, recs)
 		}
 		if err != nil {
 			s.log.Warn("control: audit batch refused", "node", st.node, "records", len(m.Audit), "err", err)
 			ack.Error = "audit: " + err.Error()
-			ack.AuditRestart = errors.Is(err, errAuditChainArchived) // ship from seq 1
 		}
 		return st.write(ack)
 	case syncproto.RenewIn:

@@ -248,8 +248,8 @@ type Message struct {
 	// continues the one held.
 	AuditHash string `json:"auditHash,omitempty"`
 	// AuditRestart (audit) says the batch starts the node's chain anew
-	// from seq 1 (its state was reset): the control plane archives the one
-	// it holds. On an auditAck: a fork below the head, that chain archived.
+	// from seq 1 (its state was reset): the control plane archives the
+	// chain it holds and keeps the new one.
 	AuditRestart bool `json:"auditRestart,omitempty"`
 	// AuditChain (audit and auditAck on a region link) names the chain a
 	// regional control plane ships up: a node of its region, or its own

@@ -177,15 +177,6 @@ func (s *Shipper) Run(ctx context.Context, cpSeq uint64, cpHash string, write fu
 			if s.Refused != nil {
 				s.Refused()
 			}
-			if m.AuditRestart {
-				// Refused as a fork below the head the control plane
-				// held (this node's state was restored from a
-				// backup), whose chain it has archived: ship this
-				// chain from seq 1 as a restart. Not on any other
-				// refusal (a store error, say): a log pruned since
-				// could not restart.
-				restart, held = true, audit.Genesis
-			}
 			s.log().Error("agent: control plane refused audit records", "from", recs[0].Seq, "to", recs[len(recs)-1].Seq, "err", m.Error)
 			if !wait(backoff) {
 				return nil
