@@ -31,15 +31,7 @@ func TestAuditArchiveCrashRepairedAtStart(t *testing.T) {
 
 	s := startServer(t, dir)
 	a := dialAgentWelcome(t, s, "edge-1", 0) // the new chain goes on from nothing
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, fresh)})
-	if m := a.recv(); m.AuditSeq != 3 || m.Error != "" {
-		t.Fatalf("ack %+v", m)
-	}
-	checkVerdicts(t, auditVerdicts(t, s), map[string]string{
-		"control " + s.cfg.Name:              "intact",
-		"node edge-1":                        "intact",
-		"archived " + filepath.Base(archive): "intact",
-	})
+	shipFreshChain(t, s, a, archive, fresh)
 	// The restart is in the control plane's own chain, completed at start.
 	recs, err := s.audit.log.ReadFrom(1, 100)
 	if err != nil {
@@ -198,4 +190,20 @@ func crashAfterArchive(t *testing.T, dir string, fresh []audit.Record) (archive 
 	a.c.Close()
 	s.Close()
 	return archive
+}
+
+// shipFreshChain sends edge-1's fresh three-record chain over a and checks
+// it is taken, with the server's own chain, edge-1's and the archive
+// intact.
+func shipFreshChain(t *testing.T, s *Server, a *agentConn, archive string, fresh []audit.Record) {
+	t.Helper()
+	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, fresh)})
+	if m := a.recv(); m.AuditSeq != 3 || m.Error != "" {
+		t.Fatalf("ack %+v", m)
+	}
+	checkVerdicts(t, auditVerdicts(t, s), map[string]string{
+		"control " + s.cfg.Name:              "intact",
+		"node edge-1":                        "intact",
+		"archived " + filepath.Base(archive): "intact",
+	})
 }

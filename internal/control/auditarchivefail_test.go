@@ -248,15 +248,7 @@ func TestAuditArchiveHeadMoveAndUndoFailRepairedAtStart(t *testing.T) {
 		t.Fatalf("the archive's head after the start %+v, want seq 6", h)
 	}
 	a = dialAgentWelcome(t, s, "edge-1", 0)
-	a.send(&wire.Message{Type: wire.TypeAudit, Audit: encodeBatch(t, fresh)})
-	if m := a.recv(); m.AuditSeq != 3 || m.Error != "" {
-		t.Fatalf("ack %+v", m)
-	}
-	checkVerdicts(t, auditVerdicts(t, s), map[string]string{
-		"control " + s.cfg.Name:              "intact",
-		"node edge-1":                        "intact",
-		"archived " + filepath.Base(archive): "intact",
-	})
+	shipFreshChain(t, s, a, archive, fresh)
 }
 
 // TestAuditArchiveHeadMoveUnconfirmedKept: the store write that moves the

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -27,14 +26,7 @@ func startPlane(t *testing.T, tweak func(*Config)) *Server {
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { s.Close(); <-done })
-	return s
+	return serveControl(t, cfg)
 }
 
 // inRegion configures a regional plane of region linked to upstreams.
