@@ -68,7 +68,8 @@ type result struct {
 	AllMax          time.Duration
 	AgentP50        []time.Duration // per agent
 	AgentP99        []time.Duration
-	Missed          int // (change, agent) pairs not seen within ChangeTimeout
+	Missed          int      // (change, agent) pairs not seen within ChangeTimeout
+	Misses          []string // what each such agent answered, its route and log
 	ControlSyncs    float64
 	ControlSyncP50  string
 	CaptureRounds   int

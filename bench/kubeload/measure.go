@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,6 +91,7 @@ func measureChanges(ctx context.Context, c kubernetes.Interface, cfg config, sls
 	tick := time.NewTicker(time.Duration(float64(time.Second) / cfg.Rate))
 	defer tick.Stop()
 	var wg sync.WaitGroup
+	var missMu sync.Mutex
 	want := strconv.Itoa(portB)
 	for n, i := range order {
 		select {
@@ -114,13 +117,17 @@ func measureChanges(ctx context.Context, c kubernetes.Interface, cfg config, sls
 				defer wg.Done()
 				for {
 					sent := time.Now()
-					body, _ := a.get(ctx, i)
+					body, err := a.get(ctx, i)
 					if body == want {
 						per[j][n] = sent.Sub(committed)
 						return
 					}
 					if time.Since(committed) > cfg.ChangeTimeout || ctx.Err() != nil {
 						per[j][n] = -1
+						miss := a.describeMiss(ctx, cfg, i, body, err)
+						missMu.Lock()
+						res.Misses = append(res.Misses, miss)
+						missMu.Unlock()
 						return
 					}
 					time.Sleep(cfg.ProbeEvery)
@@ -152,6 +159,37 @@ func measureChanges(ctx context.Context, c kubernetes.Interface, cfg config, sls
 		res.AgentP99 = append(res.AgentP99, pct(seen, 99))
 	}
 	return nil
+}
+
+// describeMiss says what agent a answered for svc-i when it never routed by
+// a change: the last probe's body or error, the agent's route for the
+// Service (its admin API) and the tail of its log.
+func (a *agent) describeMiss(ctx context.Context, cfg config, i int, body string, err error) string {
+	svc := fmt.Sprintf("svc-%d", i)
+	var b strings.Builder
+	fmt.Fprintf(&b, "agent %s, %s (virtual IP %s): last probe %q, %v\n", a.name, svc, a.vip[i], body, err)
+	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	routes, rerr := getBody(c, http.DefaultClient, "http://"+a.addrs["admin"]+"/v1/routes")
+	var rs []json.RawMessage
+	if rerr == nil {
+		rerr = json.Unmarshal([]byte(routes), &rs)
+	}
+	if rerr != nil {
+		fmt.Fprintf(&b, "  routes: %v\n", rerr)
+	}
+	for _, r := range rs {
+		if strings.Contains(string(r), `"`+svc+`.`) || strings.Contains(string(r), `/`+svc+`"`) {
+			fmt.Fprintf(&b, "  route: %s\n", r)
+		}
+	}
+	if lg, lerr := os.ReadFile(filepath.Join(cfg.Dir, a.name+".log")); lerr == nil {
+		if len(lg) > 6000 {
+			lg = lg[len(lg)-6000:]
+		}
+		fmt.Fprintf(&b, "  log tail:\n%s", lg)
+	}
+	return b.String()
 }
 
 // pct is the p-th percentile (nearest rank) of ds; 0 for none.
@@ -246,6 +284,9 @@ func printResult(r result) {
 			r.Changes, r.Rate, r.ProbeEvery, us(r.AllP50), us(r.AllP99), us(r.AllMax), r.Missed, us(r.UpdateP50), r.ControlSyncs)
 		for j := range r.AgentP50 {
 			fmt.Printf("  agent %s: p50 %v p99 %v\n", nodeName(j), us(r.AgentP50[j]), us(r.AgentP99[j]))
+		}
+		for _, m := range r.Misses {
+			fmt.Printf("  missed: %s", m)
 		}
 	}
 	fmt.Printf("control plane RSS: %s after the first sync, %s after the changes (peak %s)\n", mib(r.ControlRSSLoaded), mib(r.ControlRSS), mib(r.ControlHWM))
