@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -462,5 +463,35 @@ func TestDetachResponseHeader(t *testing.T) {
 	read("3")
 	if got := bg.Header.Get("X-Id"); got != "1" {
 		t.Errorf("the detached response's X-Id is %q after two more responses", got)
+	}
+}
+
+// TestLeanTarget: every target leanTarget takes, url.ParseRequestURI
+// parses the same (each byte in a path and in a query, and the query's
+// edge cases); the targets it declines are url.ParseRequestURI's to parse.
+func TestLeanTarget(t *testing.T) {
+	targets := []string{"/", "/a", "//a", "/a?", "/a??", "/a?b?", "/a?b", "/?", "/a/../b", "/a%20b", "/a#b"}
+	for c := 0; c < 256; c++ {
+		b := string([]byte{byte(c)})
+		targets = append(targets, "/a"+b+"z", "/a?q"+b+"z", "/a"+b+"?", "/"+b)
+	}
+	took := 0
+	for _, target := range targets {
+		var got url.URL
+		if !leanTarget(&got, target) {
+			continue
+		}
+		took++
+		want, err := url.ParseRequestURI(target)
+		if err != nil {
+			t.Errorf("%q: taken, url.ParseRequestURI refuses it: %v", target, err)
+			continue
+		}
+		if !reflect.DeepEqual(&got, want) {
+			t.Errorf("%q: lean %#v, url %#v", target, got, *want)
+		}
+	}
+	if took < 200 {
+		t.Errorf("took only %d targets", took)
 	}
 }

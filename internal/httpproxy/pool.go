@@ -113,6 +113,9 @@ type poolConn struct {
 	rc     syscall.RawConn
 	peekFn func(uintptr) bool
 	peeked bool
+	// lean is the last lean response (newLeanResponse) until roundTrip
+	// takes its body (bodyFor).
+	lean *leanResp
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -379,7 +382,8 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	b := &respBody{pc: pc, body: resp.Body, stop: stop, close: resp.Close}
+	b := pc.bodyFor(resp)
+	b.pc, b.body, b.stop, b.close = pc, resp.Body, stop, resp.Close
 	if resp.Body == http.NoBody {
 		// A response without a body by rule may still have been sent
 		// one: check before reuse (over a connection that cannot be
@@ -402,6 +406,7 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 
 // exchange writes req and reads the response header.
 func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
+	pc.lean = nil
 	pc.writing = req.Context()
 	err := pc.writeRequest(req)
 	pc.writing = nil
