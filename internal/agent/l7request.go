@@ -129,7 +129,8 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs) (resp *http.Respons
 	// The destination's traffic policy from here on: balancer, outlier
 	// detection, circuit breaker, pools (policy.go).
 	sv = effectivePolicy(sv, subset, t.port)
-	cands := a.pickSubset(sv, t.port, subset, subsetLabels)
+	var candBuf [4]*endpointView // the candidates of a service of up to 4 endpoints: no allocation
+	cands := a.pickSubsetInto(candBuf[:0], sv, t.port, subset, subsetLabels)
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint
