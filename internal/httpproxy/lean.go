@@ -8,7 +8,6 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
-	"unsafe"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -68,9 +67,7 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 // leanHead returns the head at the start of br's buffer as a string, its
 // first line (CR excluded) and its field lines, or false if the buffer
 // holds no whole head whose lines all end in CRLF.
-// The head's string is cut from buf() (headString), called once the
-// buffer is found to hold a whole head, and only then.
-func leanHead(br *bufio.Reader, buf func() *[leanHeadKeep]byte) (head, first, fields string, ok bool) {
+func leanHead(br *bufio.Reader) (head, first, fields string, ok bool) {
 	b, _ := br.Peek(br.Buffered())
 	n := headEnd(b)
 	if n < 4 || b[n-2] != '\r' {
@@ -80,24 +77,8 @@ func leanHead(br *bufio.Reader, buf func() *[leanHeadKeep]byte) (head, first, fi
 	if i < 1 || b[i-1] != '\r' {
 		return "", "", "", false
 	}
-	head = headString(b[:n], buf())
+	head = string(b[:n])
 	return head, head[:i-1], head[i+1 : n-2], true
-}
-
-// leanHeadKeep is the longest head a lean request or response keeps in its
-// own allocation (leanReq, leanResp); a longer one is a string of its own.
-const leanHeadKeep = 512
-
-// headString returns b as a string: its bytes copied into buf when they
-// fit, else a new string. buf is part of a new leanReq or leanResp, written
-// here once and never again (the string is immutable as Go requires), and
-// the strings cut from it keep that whole allocation alive.
-func headString(b []byte, buf *[leanHeadKeep]byte) string {
-	if len(b) == 0 || len(b) > len(buf) {
-		return string(b)
-	}
-	n := copy(buf[:], b)
-	return unsafe.String(&buf[0], n)
 }
 
 func indexByte(b []byte, c byte) int {
@@ -117,8 +98,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if req.Method == http.MethodHead {
 		return nil
 	}
-	var lr *leanResp
-	head, line, fields, ok := leanHead(pc.br, func() *[leanHeadKeep]byte { lr = new(leanResp); return &lr.head })
+	head, line, fields, ok := leanHead(pc.br)
 	if !ok || len(line) < 12 || line[:9] != "HTTP/1.1 " {
 		return nil
 	}
@@ -136,7 +116,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 		if length, ok := rawFields(fields); ok {
 			// Kept raw: read through ResponseField, written as it came
 			// (WriteResponse), made a map only if asked (ResponseHeader).
-			resp := pc.newLeanResponse(lr, http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			resp := pc.newLeanResponse(http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 				ContentLength: length, Request: req, Body: http.NoBody})
 			hb.busy, hb.raw, hb.rawFields = true, resp, fields
 			pc.respond(resp, len(head), length)
@@ -164,7 +144,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if close {
 		delete(h, "Connection") // as ReadResponse
 	}
-	resp := pc.newLeanResponse(lr, http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+	resp := pc.newLeanResponse(http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, ContentLength: length, Close: close, Request: req, Body: http.NoBody})
 	pc.respond(resp, len(head), length)
 	return resp
@@ -175,13 +155,12 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 type leanResp struct {
 	resp http.Response
 	body respBody
-	head [leanHeadKeep]byte // the head's bytes (headString)
 }
 
-// newLeanResponse returns lr's response, r, whose respBody comes with it
+// newLeanResponse returns a new response r, whose respBody comes with it
 // (bodyFor).
-func (pc *poolConn) newLeanResponse(lr *leanResp, r http.Response) *http.Response {
-	lr.resp = r
+func (pc *poolConn) newLeanResponse(r http.Response) *http.Response {
+	lr := &leanResp{resp: r}
 	pc.lean = lr
 	return &lr.resp
 }
@@ -378,10 +357,7 @@ const maxKeptFields = 32
 // of the header. The request has context ctx, and its header is hb's
 // (nil: a new one) until hb.Done.
 func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Request {
-	// The request, its URL, its header's values and its head's bytes in
-	// one allocation.
-	var lr *leanReq
-	head, line, fields, ok := leanHead(br, func() *[leanHeadKeep]byte { lr = new(leanReq); return &lr.head })
+	head, line, fields, ok := leanHead(br)
 	if !ok {
 		return nil
 	}
@@ -404,6 +380,8 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 	}
 	target := rest[:sp]
 	n := strings.Count(fields, "\n")
+	// The request, its URL and its header's values in one allocation.
+	lr := new(leanReq)
 	h, strs := hb.take(n, lr.strs[:0])
 	hosts, host, ok := leanFields(fields, h, strs, true)
 	if !ok || hosts != 1 {
@@ -439,14 +417,12 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 }
 
 // leanReq is what LeanRequest allocates for a request: the request, its
-// URL (leanTarget), the values of a header of up to len(strs) fields and
-// the bytes of a head of up to leanHeadKeep.
+// URL (leanTarget) and the values of a header of up to len(strs) fields.
 // It is never reused: the header's values live as long as it does.
 type leanReq struct {
 	req  http.Request
 	url  url.URL
 	strs [16]string
-	head [leanHeadKeep]byte // the head's bytes (headString)
 }
 
 // leanTarget parses an origin-form target as url.ParseRequestURI does when
