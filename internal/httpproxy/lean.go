@@ -417,12 +417,17 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 }
 
 // leanReq is what LeanRequest allocates for a request: the request, its
-// URL (leanTarget) and the values of a header of up to len(strs) fields.
-// It is never reused: the header's values live as long as it does.
+// URL (leanTarget) and the values of a header of up to len(strs) fields
+// (curl's, Go's client's and most API clients' heads). It is never reused:
+// the header's values live as long as it does. It must stay within 512
+// bytes (TestLeanAllocSizes): a larger object takes the allocator's slower
+// path with a malloc header, and fewer fit a span; with 16 values here
+// (and a head's bytes kept here too) BenchmarkLeanExchange was slower with
+// half the allocations.
 type leanReq struct {
 	req  http.Request
 	url  url.URL
-	strs [16]string
+	strs [4]string
 }
 
 // leanTarget parses an origin-form target as url.ParseRequestURI does when

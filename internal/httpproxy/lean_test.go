@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // The lean parses (lean.go) against net/http's: whatever a lean parse
@@ -493,5 +494,17 @@ func TestLeanTarget(t *testing.T) {
 	}
 	if took < 200 {
 		t.Errorf("took only %d targets", took)
+	}
+}
+
+// TestLeanAllocSizes: what a lean request and response allocate stays
+// within 512 bytes, the largest objects the allocator serves without a
+// malloc header (leanReq).
+func TestLeanAllocSizes(t *testing.T) {
+	if n := unsafe.Sizeof(leanReq{}); n > 512 {
+		t.Errorf("leanReq is %d bytes, above 512", n)
+	}
+	if n := unsafe.Sizeof(leanResp{}); n > 512 {
+		t.Errorf("leanResp is %d bytes, above 512", n)
 	}
 }
