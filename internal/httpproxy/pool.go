@@ -173,13 +173,14 @@ func (p *Pool) ShrinkIdle(keep int) int {
 // BENCHMARKS.md), so it was reverted.
 func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*poolConn, error) {
 	if !fresh {
-		now := time.Now()
 		p.mu.Lock()
 		for len(p.idle) > 0 {
 			pc := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
-			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
+			// time.Since reads the monotonic clock only (idleAt has it):
+			// one vDSO call, not time.Now's two.
+			if idle := time.Since(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
 				pc.reused, pc.peekNext = true, false
 				return pc, nil
 			}
