@@ -97,7 +97,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}
 	lastPost := false
 	for {
-		c.SetReadDeadline(time.Now().Add(s.h1IdleTimeout(tc.target)))
+		c.SetReadDeadline(monoTime().Add(s.h1IdleTimeout(tc.target)))
 		if _, err := br.Peek(1); err != nil {
 			return // closed by the client, idle timeout or shutdown
 		}
