@@ -72,8 +72,12 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs) (resp *http.Respons
 			h.release()
 		} else {
 			h.onDone(resp)
-			if ub, ok := req.Context().Value(upstreamBodyKey{}).(*upstreamBody); ok {
-				ub.body.Store(&resp.Body)
+			// Only the HTTP/2 handler sets one (newL7): a fast-path
+			// request's context is not searched for it.
+			if !lt.h1 {
+				if ub, ok := req.Context().Value(upstreamBodyKey{}).(*upstreamBody); ok {
+					ub.body.Store(&resp.Body)
+				}
 			}
 		}
 	}()
