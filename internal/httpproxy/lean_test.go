@@ -277,6 +277,9 @@ func fuzzLeanRequest(t *testing.T, data []byte) (took bool) {
 		}
 		return false
 	}
+	if c, l := CheckRequest(got), CheckLeanRequest(got); c != l {
+		t.Fatalf("%q: CheckRequest %q, CheckLeanRequest %q", data, c, l)
+	}
 	ref := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
 	want, err := http.ReadRequest(ref)
 	if err != nil {
