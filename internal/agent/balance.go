@@ -169,7 +169,16 @@ func (a *Agent) pick(sv *serviceView, port string) []*endpointView {
 // labels), so the balancer orders, and round robin rotates, over the
 // subset alone.
 func (a *Agent) pickSubset(sv *serviceView, port, subset string, labels map[string]string) []*endpointView {
-	evs := make([]*endpointView, 0, len(sv.endpoints))
+	return a.pickSubsetInto(nil, sv, port, subset, labels)
+}
+
+// pickSubsetInto is pickSubset into buf's array when it has room for every
+// endpoint of sv (a caller's array on its stack: no allocation).
+func (a *Agent) pickSubsetInto(buf []*endpointView, sv *serviceView, port, subset string, labels map[string]string) []*endpointView {
+	evs := buf[:0]
+	if cap(evs) < len(sv.endpoints) {
+		evs = make([]*endpointView, 0, len(sv.endpoints))
+	}
 	for _, ev := range sv.endpoints {
 		if _, ok := ev.ep.Port(port); ok && hasLabels(ev, labels) {
 			evs = append(evs, ev)

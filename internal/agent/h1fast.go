@@ -97,7 +97,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}
 	lastPost := false
 	for {
-		c.SetReadDeadline(time.Now().Add(s.h1IdleTimeout(tc.target)))
+		c.SetReadDeadline(monoTime().Add(cs.idleTimeout(s, tc.target)))
 		if _, err := br.Peek(1); err != nil {
 			return // closed by the client, idle timeout or shutdown
 		}
@@ -139,6 +139,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			return // incomplete header: client gone or header timeout, as net/http
 		}
 		req := httpproxy.LeanRequest(cs.ctx, br, &cs.hb) // a plain head; else net/http's parse
+		lean := req != nil
 		if req == nil {
 			if req, err = http.ReadRequest(br); err != nil {
 				httpproxy.WriteStatus(bw, httpproxy.ReadRequestStatus(err), err.Error())
@@ -157,7 +158,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			c.SetReadDeadline(time.Time{})
 			req.Body = httpproxy.NewTimedBody(req.Body, c.SetReadDeadline) // bounded per read (httpproxy.TimedBody)
 		}
-		ok := s.h1.forward(cs, bw, req)
+		ok := s.h1.forward(cs, bw, req, lean)
 		cs.headersDone()
 		if !ok {
 			return
@@ -169,10 +170,24 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 // request: the service's timeouts.idle, capped by the server's
 // IdleTimeout, as connState does for the net/http server.
 func (s *l7) h1IdleTimeout(t listenTarget) time.Duration {
-	if sv := s.a.view.Load().services[t.svc]; sv != nil {
+	return h1IdleTimeoutIn(s.a.view.Load(), t)
+}
+
+func h1IdleTimeoutIn(v *view, t listenTarget) time.Duration {
+	if sv := v.services[t.svc]; sv != nil {
 		return min(l7IdleTimeout(sv), defaultL7Idle)
 	}
 	return defaultL7Idle
+}
+
+// idleTimeout is h1IdleTimeout, worked out again only when the view
+// changed (a view is never changed once published: a configuration
+// change publishes a new one).
+func (cs *h1ClientConn) idleTimeout(s *l7, t listenTarget) time.Duration {
+	if v := s.a.view.Load(); v != cs.idleView {
+		cs.idleView, cs.idle = v, h1IdleTimeoutIn(v, t)
+	}
+	return cs.idle
 }
 
 // h1ClientConn is what the fast path keeps per client connection.
@@ -187,6 +202,9 @@ type h1ClientConn struct {
 	conn net.Conn
 	br   *bufio.Reader
 	gone context.CancelFunc
+	// idle is the idle timeout for view idleView (idleTimeout).
+	idleView *view
+	idle     time.Duration
 	// hb holds the header of a request read by httpproxy.LeanRequest, resp
 	// that of a lean response to it (httpproxy.WithResponseHeaderBuf),
 	// until headersDone; they are never reused for another request.
@@ -321,9 +339,15 @@ func (cs *h1ClientConn) watch() (stop func()) {
 }
 
 // forward proxies one request and writes its response; it reports whether
-// the connection may carry another request.
-func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request) bool {
-	if msg := httpproxy.CheckRequest(in); msg != "" {
+// the connection may carry another request. lean: in was read by
+// httpproxy.LeanRequest, whose parse checked every header field's name and
+// value as CheckRequest does (only its Host is left to check).
+func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, lean bool) bool {
+	check := httpproxy.CheckRequest
+	if lean {
+		check = httpproxy.CheckLeanRequest
+	}
+	if msg := check(in); msg != "" {
 		httpproxy.WriteStatus(bw, http.StatusBadRequest, msg)
 		return false
 	}

@@ -78,19 +78,21 @@ type taggedConn struct {
 	raw *httpproxy.RawIO
 
 	send     time.Duration    // bound on each write to the client (sendTimeout); 0: none
-	sendSet  atomic.Int64     // the write deadline last set, Unix ns
+	sendSet  atomic.Int64     // when the write deadline was last set (monoNow); 0: never
 	timeouts *metrics.Counter // writes cut off by send
 }
 
 // Write bounds each write to the client by the service's send timeout: a
 // client that reads nothing (a slow reader) cannot keep the response's
 // upstream connection and request slots for ever. The deadline moves only
-// when it would move by more than send/16.
+// when it would move by more than send/16. (Only then is the wall clock
+// read: a write reads the monotonic clock, one vDSO call, not time.Now's
+// two.)
 func (c *taggedConn) Write(p []byte) (int, error) {
 	if c.send > 0 {
-		if d := time.Now().Add(c.send).UnixNano(); d-c.sendSet.Load() > int64(c.send/16) {
-			c.Conn.SetWriteDeadline(time.Unix(0, d))
-			c.sendSet.Store(d)
+		if now, set := monoNow(), c.sendSet.Load(); set == 0 || now-set > int64(c.send/16) {
+			c.Conn.SetWriteDeadline(time.Now().Add(c.send))
+			c.sendSet.Store(now)
 		}
 	}
 	var n int
@@ -105,6 +107,17 @@ func (c *taggedConn) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// monoEpoch, monoNow and monoTime: the monotonic clock alone (one vDSO
+// call, not time.Now's two), as nanoseconds (at least 1) since the agent's
+// package started, or as a time for a deadline (its wall reading is
+// monoEpoch's moved on by the monotonic clock; deadlines and Sub read the
+// monotonic one).
+var monoEpoch = time.Now()
+
+func monoNow() int64 { return int64(time.Since(monoEpoch)) + 1 }
+
+func monoTime() time.Time { return monoEpoch.Add(time.Since(monoEpoch)) }
 
 func (c *taggedConn) Read(p []byte) (int, error) {
 	if !c.buffered {

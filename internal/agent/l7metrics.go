@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -29,6 +30,54 @@ func (a *Agent) requestMetrics(src, svc, route string, ev *endpointView, code in
 		class = code / 100
 	}
 	k := metricsKey{src, svc, route, ev.ep.Meta.Name, ev.ep.Spec.Node, ev.tier, a.pathKind(ev)}
+	var m *endpointMetrics
+	if c := ev.metrics.Load(); c != nil && c.k == k {
+		m = c.m
+	} else {
+		m = a.endpointMetrics(k, ev)
+		if c == nil { // the first key of the view's endpoint: most requests have it
+			ev.metrics.Store(&keyedMetrics{k, m})
+		}
+	}
+	m.byClass[class].Inc()
+	m.duration.Update(d.Seconds())
+	if m.row != nil {
+		m.row.observe(class, d.Seconds())
+	} else {
+		a.goldenRows.droppedReqs.Add(1)
+	}
+}
+
+// epHandles are what requests to an endpoint view look up in the agent's
+// maps, kept with the view (a new view has new endpoint views, so nothing
+// outlives a configuration change): its statistics (stats: statsByEP
+// never drops an entry) and the request series of its first metricsKey
+// (reqMetrics never drops one either). A request with another key (another
+// source, route or path kind) looks its series up as before.
+type epHandles struct {
+	stats   atomic.Pointer[epStats]
+	metrics atomic.Pointer[keyedMetrics]
+}
+
+type keyedMetrics struct {
+	k metricsKey
+	m *endpointMetrics
+}
+
+// epStats returns a.stats(ev.key), cached with ev.
+func (a *Agent) epStats(ev *endpointView) *epStats {
+	if s := ev.stats.Load(); s != nil {
+		return s
+	}
+	s := a.stats(ev.key)
+	ev.stats.Store(s)
+	return s
+}
+
+// endpointMetrics returns the series of key k (of endpoint ev), made on
+// first use.
+func (a *Agent) endpointMetrics(k metricsKey, ev *endpointView) *endpointMetrics {
+	svc, src, route := k.svc, k.src, k.route
 	v, ok := a.reqMetrics.Load(k)
 	if !ok {
 		labels := fmt.Sprintf(`service=%q,endpoint=%q,node=%q,site=%q,tier=%q,route=%q,source_node=%q,source_site=%q,source_service=%q,path=%q`,
@@ -44,14 +93,7 @@ func (a *Agent) requestMetrics(src, svc, route string, ev *endpointView, code in
 		}
 		v, _ = a.reqMetrics.LoadOrStore(k, m)
 	}
-	m := v.(*endpointMetrics)
-	m.byClass[class].Inc()
-	m.duration.Update(d.Seconds())
-	if m.row != nil {
-		m.row.observe(class, d.Seconds())
-	} else {
-		a.goldenRows.droppedReqs.Add(1)
-	}
+	return v.(*endpointMetrics)
 }
 
 // maxServerSeries bounds the destination side's request series: past it,

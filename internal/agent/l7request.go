@@ -72,8 +72,12 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs) (resp *http.Respons
 			h.release()
 		} else {
 			h.onDone(resp)
-			if ub, ok := req.Context().Value(upstreamBodyKey{}).(*upstreamBody); ok {
-				ub.body.Store(&resp.Body)
+			// Only the HTTP/2 handler sets one (newL7): a fast-path
+			// request's context is not searched for it.
+			if !lt.h1 {
+				if ub, ok := req.Context().Value(upstreamBodyKey{}).(*upstreamBody); ok {
+					ub.body.Store(&resp.Body)
+				}
 			}
 		}
 	}()
@@ -129,7 +133,8 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs) (resp *http.Respons
 	// The destination's traffic policy from here on: balancer, outlier
 	// detection, circuit breaker, pools (policy.go).
 	sv = effectivePolicy(sv, subset, t.port)
-	cands := a.pickSubset(sv, t.port, subset, subsetLabels)
+	var candBuf [4]*endpointView // the candidates of a service of up to 4 endpoints: no allocation
+	cands := a.pickSubsetInto(candBuf[:0], sv, t.port, subset, subsetLabels)
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
 		return nil, errNoEndpoint

@@ -127,7 +127,8 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			}
 		}
 		start := time.Now()
-		active := a.endpointActive(ev.key)
+		st := a.epStats(ev)
+		active := &st.Active
 		active.Add(1)
 		attemptCtx, release := a.watchNode(req.Context(), remoteNode(ev))
 		var perTryTimer *time.Timer
@@ -188,15 +189,15 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				httpproxy.ResponseHeader(resp).Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
 				f = httpproxy.ResponseFields(resp)
 			}
-			end := time.Now()
-			took := end.Sub(start)
-			a.stats(ev.key).Observe(end, took)
+			took := time.Since(start) // the monotonic clock: one vDSO call, not time.Now's two
+			end := start.Add(took)
+			st.Observe(end, took)
 			a.requestMetrics(src, t.svc, route, ev, resp.StatusCode, took)
 			grpc := strings.HasPrefix(f.Get("Content-Type"), "application/grpc")
 			if grpc && resp.StatusCode != http.StatusSwitchingProtocols {
 				resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, a: a, svc: t.svc, endpoint: ev.ep.Meta.Name}
 			}
-			a.outcome(sv, ev, resp.StatusCode, false)
+			a.outcomeAt(sv, ev, resp.StatusCode, false, end)
 			o := retry.Outcome{Status: resp.StatusCode, RateLimited: f.Get("X-Envoy-Ratelimited") != ""}
 			if grpc {
 				o.GRPCStatus = f.Get("Grpc-Status") // a trailers-only response

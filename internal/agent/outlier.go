@@ -89,15 +89,24 @@ func (sv *serviceView) outlierKey() string {
 // outcome feeds outlier detection one attempt's result: the response's
 // status code, or a broken exchange (a reset: a local-origin failure).
 func (a *Agent) outcome(sv *serviceView, ev *endpointView, code int, broken bool) {
+	a.outcomeAt(sv, ev, code, broken, time.Now())
+}
+
+// outcomeAt is outcome at now (a clock read of the caller's).
+func (a *Agent) outcomeAt(sv *serviceView, ev *endpointView, code int, broken bool, now time.Time) {
 	o := outlier.Outcome{Status: code}
 	if broken {
 		o = outlier.Outcome{Local: outlier.Reset}
 	}
-	a.reportOutcome(sv, ev, o)
+	a.reportOutcomeAt(sv, ev, o, now)
 }
 
 func (a *Agent) reportOutcome(sv *serviceView, ev *endpointView, o outlier.Outcome) {
-	e := a.outliers.Report(sv.outlierKey(), ev.key, o, time.Now())
+	a.reportOutcomeAt(sv, ev, o, time.Now())
+}
+
+func (a *Agent) reportOutcomeAt(sv *serviceView, ev *endpointView, o outlier.Outcome, now time.Time) {
+	e := a.outliers.Report(sv.outlierKey(), ev.key, o, now)
 	switch {
 	case e.Ejected:
 		a.m.outlierEjections.Inc()

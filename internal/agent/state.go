@@ -281,7 +281,8 @@ type endpointView struct {
 	site    string // the endpoint's node's site (metrics, egress rules)
 	// peer is the remote endpoint's agent for the path manager, made at
 	// its first dial (peerOf) and kept with this view.
-	peer atomic.Pointer[paths.Peer]
+	peer      atomic.Pointer[paths.Peer]
+	epHandles // per-request handles resolved once per view (l7metrics.go)
 }
 
 // buildView derives the routing table. self is this node; local holds this

@@ -191,6 +191,16 @@ func CheckRequest(req *http.Request) string {
 	return ""
 }
 
+// CheckLeanRequest is CheckRequest for a request LeanRequest read: its
+// parse checked every field's name and value as CheckRequest does (its
+// fuzz test holds it to that), so only the Host is checked here.
+func CheckLeanRequest(req *http.Request) string {
+	if !httpguts.ValidHostHeader(req.Host) {
+		return "malformed Host header"
+	}
+	return ""
+}
+
 // NumLeadingCRorLF counts the CR and LF bytes b starts with.
 func NumLeadingCRorLF(b []byte) int {
 	n := 0

@@ -116,8 +116,8 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 		if length, ok := rawFields(fields); ok {
 			// Kept raw: read through ResponseField, written as it came
 			// (WriteResponse), made a map only if asked (ResponseHeader).
-			resp := &http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-				ContentLength: length, Request: req, Body: http.NoBody}
+			resp := pc.newLeanResponse(http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+				ContentLength: length, Request: req, Body: http.NoBody})
 			hb.busy, hb.raw, hb.rawFields = true, resp, fields
 			pc.respond(resp, len(head), length)
 			return resp
@@ -144,10 +144,36 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if close {
 		delete(h, "Connection") // as ReadResponse
 	}
-	resp := &http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: h, ContentLength: length, Close: close, Request: req, Body: http.NoBody}
+	resp := pc.newLeanResponse(http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, ContentLength: length, Close: close, Request: req, Body: http.NoBody})
 	pc.respond(resp, len(head), length)
 	return resp
+}
+
+// leanResp is a lean response and the body the pool wraps it in
+// (poolConn.bodyFor): one allocation. It is never reused.
+type leanResp struct {
+	resp http.Response
+	body respBody
+}
+
+// newLeanResponse returns a new response r, whose respBody comes with it
+// (bodyFor).
+func (pc *poolConn) newLeanResponse(r http.Response) *http.Response {
+	lr := &leanResp{resp: r}
+	pc.lean = lr
+	return &lr.resp
+}
+
+// bodyFor returns a new respBody for resp: the one allocated with it if
+// it is the connection's last lean response.
+func (pc *poolConn) bodyFor(resp *http.Response) *respBody {
+	lr := pc.lean
+	pc.lean = nil
+	if lr != nil && &lr.resp == resp {
+		return &lr.body
+	}
+	return new(respBody)
 }
 
 // respond consumes a lean response's head of n bytes and gives resp its
@@ -243,23 +269,40 @@ type HeaderBuf struct {
 	// ResponseHeader makes it.
 	raw       *http.Response
 	rawFields string
+	// req is base's; Done keeps it (it holds no header).
+	req *http.Request
 }
 
 // take returns an empty header and n values to cut: hb's current ones
 // while a request lasts, else new ones hb keeps until Done.
-func (hb *HeaderBuf) take(n int) (http.Header, []string) {
-	if hb == nil {
-		return make(http.Header, n), make([]string, n)
-	}
-	if hb.h != nil && n <= cap(hb.strs) {
+// The values are cut from buf when it has room for them (a buffer as new
+// as the header, or nil).
+func (hb *HeaderBuf) take(n int, buf []string) (http.Header, []string) {
+	if hb != nil && hb.h != nil && n <= cap(hb.strs) {
 		clear(hb.h)
 		return hb.h, hb.strs[:n]
 	}
-	h, strs := make(http.Header, n), make([]string, n)
-	if n <= maxKeptFields {
+	h, strs := make(http.Header, n), buf[:0]
+	if n <= cap(strs) {
+		strs = strs[:n]
+	} else {
+		strs = make([]string, n)
+	}
+	if hb != nil && n <= maxKeptFields {
 		hb.h, hb.strs = h, strs
 	}
 	return h, strs
+}
+
+// base returns a request with context ctx and nothing else, kept for the
+// requests of one context (the fast path's client connection) so that
+// LeanRequest copies it instead of calling WithContext, which would
+// allocate a second request. It is only ever copied, never handed out.
+func (hb *HeaderBuf) base(ctx context.Context) *http.Request {
+	if hb.req == nil || hb.req.Context() != ctx {
+		hb.req = new(http.Request).WithContext(ctx)
+	}
+	return hb.req
 }
 
 // Done ends hb's current request: its header is left to whoever still
@@ -299,7 +342,7 @@ func responseHeader(ctx context.Context, n int) (http.Header, []string) {
 		return make(http.Header, n), make([]string, n)
 	}
 	hb.busy = true
-	return hb.take(n)
+	return hb.take(n, nil)
 }
 
 // maxKeptFields: a HeaderBuf keeps no header of more fields for a second
@@ -337,7 +380,9 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 	}
 	target := rest[:sp]
 	n := strings.Count(fields, "\n")
-	h, strs := hb.take(n)
+	// The request, its URL and its header's values in one allocation.
+	lr := new(leanReq)
+	h, strs := hb.take(n, lr.strs[:0])
 	hosts, host, ok := leanFields(fields, h, strs, true)
 	if !ok || hosts != 1 {
 		return nil
@@ -347,16 +392,78 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 			return nil
 		}
 	}
-	u, err := url.ParseRequestURI(target)
-	if err != nil {
-		return nil // http.ReadRequest's to refuse
+	u := &lr.url
+	if !leanTarget(u, target) {
+		var err error
+		if u, err = url.ParseRequestURI(target); err != nil {
+			return nil // http.ReadRequest's to refuse
+		}
 	}
 	if u.Host != "" {
 		host = u.Host
 	}
-	req := http.Request{Method: method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: h, Body: http.NoBody, Host: host, RequestURI: target,
-		Close: httpguts.HeaderValuesContainsToken(h["Connection"], "close")}
+	req := &lr.req
+	if hb == nil {
+		*req = http.Request{}
+		req = req.WithContext(ctx)
+	} else {
+		*req = *hb.base(ctx) // ctx set without WithContext's copy
+	}
+	req.Method, req.URL, req.Proto, req.ProtoMajor, req.ProtoMinor = method, u, "HTTP/1.1", 1, 1
+	req.Header, req.Body, req.Host, req.RequestURI = h, http.NoBody, host, target
+	req.Close = httpguts.HeaderValuesContainsToken(h["Connection"], "close")
 	br.Discard(len(head))
-	return req.WithContext(ctx) // the one copy on the heap
+	return req
+}
+
+// leanReq is what LeanRequest allocates for a request: the request, its
+// URL (leanTarget) and the values of a header of up to len(strs) fields
+// (curl's, Go's client's and most API clients' heads). It is never reused:
+// the header's values live as long as it does. It must stay within 512
+// bytes (TestLeanAllocSizes): a larger object takes the allocator's slower
+// path with a malloc header, and fewer fit a span; with 16 values here
+// (and a head's bytes kept here too) BenchmarkLeanExchange was slower with
+// half the allocations.
+type leanReq struct {
+	req  http.Request
+	url  url.URL
+	strs [4]string
+}
+
+// leanTarget parses an origin-form target as url.ParseRequestURI does when
+// it needs no unescaping and no RawPath: a path of bytes that
+// url.URL.EscapedPath leaves as they are, and a query without control or
+// non-ASCII bytes (TestLeanTarget holds it to url.ParseRequestURI). Else
+// it reports false and url.ParseRequestURI is to parse it.
+func leanTarget(u *url.URL, target string) bool {
+	path, query, hasQuery := strings.Cut(target, "?")
+	if len(path) == 0 || path[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(path); i++ {
+		if !leanPathByte(path[i]) {
+			return false
+		}
+	}
+	for i := 0; i < len(query); i++ {
+		if c := query[i]; c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	*u = url.URL{Path: path, RawQuery: query, ForceQuery: hasQuery && query == ""}
+	return true
+}
+
+// leanPathByte: c is kept as it is in a path by url's escaping: letters,
+// digits and -._~/$&+,:;=@.
+func leanPathByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	switch c {
+	case '-', '.', '_', '~', '/', '$', '&', '+', ',', ':', ';', '=', '@':
+		return true
+	}
+	return false
 }

@@ -7,9 +7,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // The lean parses (lean.go) against net/http's: whatever a lean parse
@@ -275,6 +277,9 @@ func fuzzLeanRequest(t *testing.T, data []byte) (took bool) {
 		}
 		return false
 	}
+	if c, l := CheckRequest(got), CheckLeanRequest(got); c != l {
+		t.Fatalf("%q: CheckRequest %q, CheckLeanRequest %q", data, c, l)
+	}
 	ref := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
 	want, err := http.ReadRequest(ref)
 	if err != nil {
@@ -462,5 +467,47 @@ func TestDetachResponseHeader(t *testing.T) {
 	read("3")
 	if got := bg.Header.Get("X-Id"); got != "1" {
 		t.Errorf("the detached response's X-Id is %q after two more responses", got)
+	}
+}
+
+// TestLeanTarget: every target leanTarget takes, url.ParseRequestURI
+// parses the same (each byte in a path and in a query, and the query's
+// edge cases); the targets it declines are url.ParseRequestURI's to parse.
+func TestLeanTarget(t *testing.T) {
+	targets := []string{"/", "/a", "//a", "/a?", "/a??", "/a?b?", "/a?b", "/?", "/a/../b", "/a%20b", "/a#b"}
+	for c := 0; c < 256; c++ {
+		b := string([]byte{byte(c)})
+		targets = append(targets, "/a"+b+"z", "/a?q"+b+"z", "/a"+b+"?", "/"+b)
+	}
+	took := 0
+	for _, target := range targets {
+		var got url.URL
+		if !leanTarget(&got, target) {
+			continue
+		}
+		took++
+		want, err := url.ParseRequestURI(target)
+		if err != nil {
+			t.Errorf("%q: taken, url.ParseRequestURI refuses it: %v", target, err)
+			continue
+		}
+		if !reflect.DeepEqual(&got, want) {
+			t.Errorf("%q: lean %#v, url %#v", target, got, *want)
+		}
+	}
+	if took < 200 {
+		t.Errorf("took only %d targets", took)
+	}
+}
+
+// TestLeanAllocSizes: what a lean request and response allocate stays
+// within 512 bytes, the largest objects the allocator serves without a
+// malloc header (leanReq).
+func TestLeanAllocSizes(t *testing.T) {
+	if n := unsafe.Sizeof(leanReq{}); n > 512 {
+		t.Errorf("leanReq is %d bytes, above 512", n)
+	}
+	if n := unsafe.Sizeof(leanResp{}); n > 512 {
+		t.Errorf("leanResp is %d bytes, above 512", n)
 	}
 }

@@ -113,6 +113,9 @@ type poolConn struct {
 	rc     syscall.RawConn
 	peekFn func(uintptr) bool
 	peeked bool
+	// lean is the last lean response (newLeanResponse) until roundTrip
+	// takes its body (bodyFor).
+	lean *leanResp
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -170,13 +173,14 @@ func (p *Pool) ShrinkIdle(keep int) int {
 // BENCHMARKS.md), so it was reverted.
 func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*poolConn, error) {
 	if !fresh {
-		now := time.Now()
 		p.mu.Lock()
 		for len(p.idle) > 0 {
 			pc := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
-			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
+			// time.Since reads the monotonic clock only (idleAt has it):
+			// one vDSO call, not time.Now's two.
+			if idle := time.Since(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
 				pc.reused, pc.peekNext = true, false
 				return pc, nil
 			}
@@ -379,7 +383,8 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	b := &respBody{pc: pc, body: resp.Body, stop: stop, close: resp.Close}
+	b := pc.bodyFor(resp)
+	b.pc, b.body, b.stop, b.close = pc, resp.Body, stop, resp.Close
 	if resp.Body == http.NoBody {
 		// A response without a body by rule may still have been sent
 		// one: check before reuse (over a connection that cannot be
@@ -402,6 +407,7 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 
 // exchange writes req and reads the response header.
 func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
+	pc.lean = nil
 	pc.writing = req.Context()
 	err := pc.writeRequest(req)
 	pc.writing = nil

@@ -2,6 +2,7 @@ package outlier
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,6 +27,9 @@ type Set struct {
 	detectors map[string]*Detector // destination key -> its pool's detector
 
 	quarantine sync.Map // endpoint key -> time.Time until which it is skipped
+	// anyQuarantine: Quarantine was ever called. Until then the request
+	// path's check of every candidate skips the map.
+	anyQuarantine atomic.Bool
 }
 
 // Sync sets one destination's configuration and pool (its endpoints'
@@ -74,10 +78,14 @@ func (s *Set) Report(dest, key string, o Outcome, now time.Time) Event {
 
 // Quarantine skips endpoint key until the given time.
 func (s *Set) Quarantine(key string, until time.Time) {
+	s.anyQuarantine.Store(true)
 	s.quarantine.Store(key, until)
 }
 
 func (s *Set) quarantined(key string, now func() time.Time) bool {
+	if !s.anyQuarantine.Load() {
+		return false
+	}
 	if v, ok := s.quarantine.Load(key); ok {
 		if now().Before(v.(time.Time)) {
 			return true
