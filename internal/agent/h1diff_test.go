@@ -172,6 +172,16 @@ func (h *h1DiffHarness) run(t testing.TB, raw []byte) (forwarded, accepted int) 
 			delete(gh, k)
 			delete(wh, k)
 		}
+		// A value net/http reads with a space at its end (an obs-fold of
+		// only spaces: "0:0000\n  \n" reads "0000 ") is forwarded so, and
+		// no parser at the endpoint keeps the optional whitespace around
+		// a field value (RFC 9110 §5.5): compare what the endpoint can see.
+		for k, vs := range wh {
+			for j, v := range vs {
+				vs[j] = strings.Trim(v, " \t")
+			}
+			wh[k] = vs
+		}
 		if !maps.EqualFunc(gh, wh, slices.Equal) {
 			t.Fatalf("%q: request %d forwarded with header\n%q\nwant (net/http's, after the hygiene)\n%q", raw, i, gh, wh)
 		}
