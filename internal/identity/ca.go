@@ -169,9 +169,15 @@ func OpenCA(cfg CAConfig) (*CA, error) {
 	return ca, nil
 }
 
-func (ca *CA) statePath() string { return filepath.Join(ca.cfg.Dir, "ca.json") }
+func (ca *CA) statePath() string { return filepath.Join(ca.cfg.Dir, CAStateFile) }
 
 func (ca *CA) load(b []byte) error {
+	return ca.loadWith(b, func(name string) (crypto.Signer, error) { return readKey(filepath.Join(ca.cfg.Dir, name)) })
+}
+
+// loadWith loads the CA state b, reading the key file it names (a base
+// name) with readKey.
+func (ca *CA) loadWith(b []byte, readKey func(name string) (crypto.Signer, error)) error {
 	var st caState
 	if err := json.Unmarshal(b, &st); err != nil {
 		return err
@@ -183,7 +189,7 @@ func (ca *CA) load(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("active root: %w", err)
 	}
-	key, err := readKey(filepath.Join(ca.cfg.Dir, filepath.Base(st.KeyFile)))
+	key, err := readKey(filepath.Base(st.KeyFile))
 	if err != nil {
 		return err
 	}

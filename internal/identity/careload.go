@@ -1,9 +1,42 @@
 package identity
 
 import (
+	"crypto"
+	"errors"
 	"fmt"
 	"os"
 )
+
+// CAStateFile is the CA state in a CA directory (the active and previous
+// roots, the key file's name).
+const CAStateFile = "ca.json"
+
+// CheckCAFiles checks a CA directory's files (file name → content, as
+// control plane replicas share them) before they replace the ones on
+// disk: the CA state loads for the trust domain (default when ""), with
+// the key it names among the files.
+func CheckCAFiles(trustDomain string, files map[string][]byte) error {
+	td, err := ParseTrustDomain(trustDomain)
+	if err != nil {
+		return fmt.Errorf("identity: %w", err)
+	}
+	st, ok := files[CAStateFile]
+	if !ok {
+		return errors.New("identity: CA files: no " + CAStateFile)
+	}
+	next := &CA{td: td}
+	return next.loadWith(st, func(name string) (crypto.Signer, error) {
+		b, ok := files[name]
+		if !ok {
+			return nil, fmt.Errorf("identity: CA files: no key file %q", name)
+		}
+		k, err := ParseKeyPEM(b)
+		if err != nil {
+			return nil, fmt.Errorf("identity: key %s: %w", name, err)
+		}
+		return k, nil
+	})
+}
 
 // Reload reads the CA state from Dir again, after another control plane
 // replica rotated the CA and its files were written here. An
