@@ -189,6 +189,9 @@ func (ca *CA) loadWith(b []byte, readKey func(name string) (crypto.Signer, error
 	if err != nil {
 		return fmt.Errorf("active root: %w", err)
 	}
+	if !isCACert(cert) {
+		return errors.New("active root: not a CA (basic constraints and keyCertSign)")
+	}
 	key, err := readKey(filepath.Base(st.KeyFile))
 	if err != nil {
 		return err
@@ -203,10 +206,19 @@ func (ca *CA) loadWith(b []byte, readKey func(name string) (crypto.Signer, error
 		if err != nil {
 			return fmt.Errorf("previous root %d: %w", i, err)
 		}
+		if !isCACert(c) {
+			return fmt.Errorf("previous root %d: not a CA (basic constraints and keyCertSign)", i)
+		}
 		ca.roots = append(ca.roots, c)
 		ca.until = append(ca.until, p.Until)
 	}
 	return nil
+}
+
+// isCACert reports whether c may issue: a CA by its basic constraints,
+// with keyCertSign.
+func isCACert(c *x509.Certificate) bool {
+	return c.BasicConstraintsValid && c.IsCA && c.KeyUsage&x509.KeyUsageCertSign != 0
 }
 
 func (ca *CA) loadExternal() error {
