@@ -144,7 +144,7 @@ func runControl(args []string) error {
 		timeout    = fs.Duration("node-timeout", 0, "mark a node unreachable after this long without heartbeat, not ready -node-expiry later (default 3 × interval)")
 		expiry     = fs.Duration("node-expiry", 0, "how long past -node-timeout an unreachable node keeps its endpoints routable when no peer reports traffic from it (default 5m)")
 		grace      = fs.Duration("reconnect-grace", 0, "after a start, give nodes not heard from yet this long more than node-timeout to reconnect (default 30s)")
-		vipRange   = fs.String("vip-range", "", "default service virtual IP range (default 127.77.0.0/16)")
+		vipRange   = fs.String("vip-range", "", "default service virtual IPv4 range (default 127.77.0.0/16)")
 		insecure   = fs.Bool("insecure", false, "plaintext sync and admin API, no authentication: tests and local experiments only")
 		td         = fs.String("trust-domain", "", "SPIFFE trust domain (default fogmesh.local)")
 		caCert     = fs.String("ca-cert", "", "operator-provided CA certificate (PEM; with -ca-key); default: a CA in the state dir")
