@@ -290,11 +290,11 @@ func getTrust(server, out string) error {
 		if td == v.TrustDomain {
 			kind = "own"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\n", td, v.Bundles[td], kind)
+		tfprintf(tw, "%s\t%d\t%s\n", td, v.Bundles[td], kind)
 	}
 	tw.Flush()
 	for _, id := range v.Revoked {
-		fmt.Printf("revoked: %s\n", id)
+		tfprintf(os.Stdout, "revoked: %s\n", id)
 	}
 	return nil
 }
@@ -323,7 +323,7 @@ func getPaths(server, out string) error {
 		if p.RTTMillis > 0 {
 			rtt = fmt.Sprintf("%.2fms", p.RTTMillis)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Node, p.Peer, p.Kind, orDash(p.Carrier), orDash(p.Relay), orDash(p.Remote),
+		tfprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Node, p.Peer, p.Kind, orDash(p.Carrier), orDash(p.Relay), orDash(p.Remote),
 			rtt, p.BytesOut, p.BytesIn, sinceAgo(p.Since, time.Now()))
 	}
 	return nil
@@ -367,16 +367,16 @@ func getCluster(server, out string) error {
 		fmt.Println("no cluster source (fogmesh control -kube)")
 		return nil
 	}
-	fmt.Printf("source: %s\nobjects: %d\nnodes: %d\nlast sync: %s\nlink: %s\n", st.Source, st.Objects, st.Nodes,
+	tfprintf(os.Stdout, "source: %s\nobjects: %d\nnodes: %d\nlast sync: %s\nlink: %s\n", st.Source, st.Objects, st.Nodes,
 		sinceAgo(st.LastSync, time.Now()), cmpOr(st.Link, "ok"))
 	for _, c := range st.Conflicts {
-		fmt.Println("CONFLICT", c)
+		tfprintf(os.Stdout, "CONFLICT %s\n", c)
 	}
 	for _, w := range st.Warnings {
-		fmt.Println("WARNING", w)
+		tfprintf(os.Stdout, "WARNING %s\n", w)
 	}
 	for _, m := range st.SiteMismatches {
-		fmt.Println("SITE", m)
+		tfprintf(os.Stdout, "SITE %s\n", m)
 	}
 	return nil
 }
