@@ -100,7 +100,32 @@ type controlFile struct {
 	EtcdPasswordFile string `json:"etcdPasswordFile,omitempty"`
 }
 
+// controlConfig is the control.Config fc asks for, with the VIP index
+// block parsed from fc.VIPIndexes (the store, listeners, logger, metrics
+// and region join token are not in the file).
+func (fc *controlFile) controlConfig(vipMin, vipMax uint32) control.Config {
+	return control.Config{Name: fc.Name,
+		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
+		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout), NodeExpiry: time.Duration(fc.NodeExpiry),
+		ReconnectGrace: time.Duration(fc.ReconnectGrace),
+		VIPRange:       fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace,
+		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
+		NodeTTL: time.Duration(fc.NodeTTL), WorkloadTTL: time.Duration(fc.WorkloadTTL), AutonomyWindow: time.Duration(fc.AutonomyWindow),
+		RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
+		Mode: fc.Mode, Region: fc.Region, Upstreams: fc.Upstreams, RegionCATTL: time.Duration(fc.RegionCATTL),
+		VIPIndexMin: vipMin, VIPIndexMax: vipMax, MaxEndpointsPerNode: fc.MaxEndpointsPerNode,
+		AuditArchivesPerNode: fc.AuditArchivesPerNode,
+		SyncMaxHandshakes:    fc.SyncMaxHandshakes, SyncMaxHandshakesPerSource: fc.SyncMaxHandshakesPerSource,
+		AdminMaxHandshakes: fc.AdminMaxHandshakes, AdminMaxHandshakesPerSource: fc.AdminMaxHandshakesPerSource,
+	}
+}
+
+// durationValue is a duration in the config file, written as Go writes
+// durations ("5s", "1m30s").
 type durationValue time.Duration
+
+// MarshalText writes d as UnmarshalText reads it.
+func (d durationValue) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
 func (d *durationValue) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
@@ -119,7 +144,7 @@ func runControl(args []string) error {
 		timeout    = fs.Duration("node-timeout", 0, "mark a node unreachable after this long without heartbeat, not ready -node-expiry later (default 3 × interval)")
 		expiry     = fs.Duration("node-expiry", 0, "how long past -node-timeout an unreachable node keeps its endpoints routable when no peer reports traffic from it (default 5m)")
 		grace      = fs.Duration("reconnect-grace", 0, "after a start, give nodes not heard from yet this long more than node-timeout to reconnect (default 30s)")
-		vipRange   = fs.String("vip-range", "", "default service virtual IP range (default 127.77.0.0/16)")
+		vipRange   = fs.String("vip-range", "", "default service virtual IPv4 range (default 127.77.0.0/16)")
 		insecure   = fs.Bool("insecure", false, "plaintext sync and admin API, no authentication: tests and local experiments only")
 		td         = fs.String("trust-domain", "", "SPIFFE trust domain (default fogmesh.local)")
 		caCert     = fs.String("ca-cert", "", "operator-provided CA certificate (PEM; with -ca-key); default: a CA in the state dir")
@@ -310,20 +335,10 @@ func runControl(args []string) error {
 			return err // nil: a signal while waiting
 		}
 	}
-	s, err := control.New(control.Config{Name: fc.Name, Store: st, AdminListener: adminLn, SyncListener: syncLn,
-		StateDir: fc.StateDir, AdminAddr: fc.AdminAddr, SyncAddr: fc.SyncAddr,
-		HeartbeatInterval: time.Duration(fc.HeartbeatInterval), NodeTimeout: time.Duration(fc.NodeTimeout), NodeExpiry: time.Duration(fc.NodeExpiry),
-		ReconnectGrace: time.Duration(fc.ReconnectGrace),
-		VIPRange:       fc.VIPRange, IstioRootNamespace: fc.IstioRootNamespace, Logger: log,
-		Insecure: fc.Insecure, TrustDomain: fc.TrustDomain, CACertFile: fc.CACertFile, CAKeyFile: fc.CAKeyFile,
-		NodeTTL: time.Duration(fc.NodeTTL), WorkloadTTL: time.Duration(fc.WorkloadTTL), AutonomyWindow: time.Duration(fc.AutonomyWindow),
-		RotationOverlap: time.Duration(fc.RotationOverlap), ServerNames: fc.ServerNames,
-		Mode: fc.Mode, Region: fc.Region, Upstreams: fc.Upstreams, RegionJoinToken: *rf.joinToken, RegionCATTL: time.Duration(fc.RegionCATTL),
-		VIPIndexMin: vipMin, VIPIndexMax: vipMax, Metrics: ms, MaxEndpointsPerNode: fc.MaxEndpointsPerNode,
-		AuditArchivesPerNode: fc.AuditArchivesPerNode,
-		SyncMaxHandshakes:    fc.SyncMaxHandshakes, SyncMaxHandshakesPerSource: fc.SyncMaxHandshakesPerSource,
-		AdminMaxHandshakes: fc.AdminMaxHandshakes, AdminMaxHandshakesPerSource: fc.AdminMaxHandshakesPerSource,
-	})
+	cc := fc.controlConfig(vipMin, vipMax)
+	cc.Store, cc.AdminListener, cc.SyncListener = st, adminLn, syncLn
+	cc.Logger, cc.Metrics, cc.RegionJoinToken = log, ms, *rf.joinToken
+	s, err := control.New(cc)
 	var refused *enroll.Error
 	if errors.As(err, &refused) { // a refused region join: retrying cannot help
 		if st != nil {

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"reflect"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -86,7 +88,13 @@ func runGet(args []string) error {
 	default:
 		return cli.Usagef("get: -o %q is not table, json or yaml", *out)
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	return printList(os.Stdout, kind, resp.Items)
+}
+
+// printList prints the items of kind (GET /v1/KIND's answer) as a table;
+// every text of the answer goes through termSafe.
+func printList(w io.Writer, kind string, items []json.RawMessage) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
 	switch kind {
 	case "nodes":
@@ -95,10 +103,10 @@ func runGet(args []string) error {
 		defer func() {
 			tw.Flush()
 			for _, u := range unbound { // after the table: what to fix
-				fmt.Println(u)
+				fmt.Fprintln(w, u)
 			}
 		}()
-		for _, raw := range resp.Items {
+		for _, raw := range items {
 			var n api.Node
 			if err := json.Unmarshal(raw, &n); err != nil {
 				return err
@@ -111,16 +119,16 @@ func runGet(args []string) error {
 			if n.Status.Unreachable {
 				ready += " (unreachable)" // no heartbeat; still routed (README: stale nodes)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%g\t%s\t%d\t%s\n", n.Meta.Name, n.Spec.Site, n.Spec.Region,
+			tfprintf(tw, "%s\t%s\t%s\t%s\t%v\t%g\t%s\t%d\t%s\n", n.Meta.Name, n.Spec.Site, n.Spec.Region,
 				ready, n.Status.Connected, n.Status.Load, n.Spec.MeshAddress, n.Status.AckedVersion, hb)
 			for _, f := range n.Status.VIPBindFailures {
-				unbound = append(unbound, fmt.Sprintf("node %s cannot bind %s of service %s (first failed %s): %s; another process holds it",
+				unbound = append(unbound, tsprintf("node %s cannot bind %s of service %s (first failed %s): %s; another process holds it",
 					n.Meta.Name, f.Address, f.Service, sinceAgo(f.Since, time.Now()), f.Error))
 			}
 		}
 	case "services":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tVIP\tPORTS\tBALANCER")
-		for _, raw := range resp.Items {
+		for _, raw := range items {
 			var s api.Service
 			if err := json.Unmarshal(raw, &s); err != nil {
 				return err
@@ -129,11 +137,11 @@ func runGet(args []string) error {
 			for _, p := range s.Spec.Ports {
 				ports = append(ports, fmt.Sprintf("%s:%d/%s", p.Name, p.Port, p.Protocol))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Meta.Namespace, s.Meta.Name, s.Status.VIP, strings.Join(ports, ","), s.Spec.Balancer)
+			tfprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Meta.Namespace, s.Meta.Name, s.Status.VIP, strings.Join(ports, ","), s.Spec.Balancer)
 		}
 	case "routes":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tRULES")
-		for _, raw := range resp.Items {
+		for _, raw := range items {
 			var r api.Route
 			if err := json.Unmarshal(raw, &r); err != nil {
 				return err
@@ -157,20 +165,20 @@ func runGet(args []string) error {
 			if r.Spec.Unmatched == api.UnmatchedReject {
 				rules = append(rules, "else -> 404")
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Meta.Namespace, r.Meta.Name, r.Spec.Service, strings.Join(rules, "; "))
+			tfprintf(tw, "%s\t%s\t%s\t%s\n", r.Meta.Namespace, r.Meta.Name, r.Spec.Service, strings.Join(rules, "; "))
 		}
 	case "sessions":
 		fmt.Fprintln(tw, "NAMESPACE\tSERVICE\tKEY\tENDPOINT")
-		for _, raw := range resp.Items {
+		for _, raw := range items {
 			var ss api.Session
 			if err := json.Unmarshal(raw, &ss); err != nil {
 				return err
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ss.Meta.Namespace, ss.Spec.Service, ss.Spec.Key, ss.Spec.Endpoint)
+			tfprintf(tw, "%s\t%s\t%s\t%s\n", ss.Meta.Namespace, ss.Spec.Service, ss.Spec.Key, ss.Spec.Endpoint)
 		}
 	case "destinationpolicies":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tSUBSETS\tBALANCER")
-		for _, raw := range resp.Items {
+		for _, raw := range items {
 			var p api.DestinationPolicy
 			if err := json.Unmarshal(raw, &p); err != nil {
 				return err
@@ -179,11 +187,11 @@ func runGet(args []string) error {
 			for _, s := range p.Spec.Subsets {
 				ss = append(ss, s.Name)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Meta.Namespace, p.Meta.Name, p.Spec.Service, strings.Join(ss, ","), p.Spec.Balancer)
+			tfprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Meta.Namespace, p.Meta.Name, p.Spec.Service, strings.Join(ss, ","), p.Spec.Balancer)
 		}
 	case "authorizationpolicies":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tACTION\tRULES")
-		for _, raw := range resp.Items {
+		for _, raw := range items {
 			var p api.AuthorizationPolicy
 			if err := json.Unmarshal(raw, &p); err != nil {
 				return err
@@ -195,12 +203,12 @@ func runGet(args []string) error {
 			if p.Spec.MeshWide {
 				svc = "*/" + svc // in every namespace
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", p.Meta.Namespace, p.Meta.Name, svc, p.Spec.Action, len(p.Spec.Rules))
+			tfprintf(tw, "%s\t%s\t%s\t%s\t%d\n", p.Meta.Namespace, p.Meta.Name, svc, p.Spec.Action, len(p.Spec.Rules))
 		}
 	case "endpoints":
 		fmt.Fprintln(tw, "NAMESPACE\tNAME\tSERVICE\tNODE\tADDRESS\tPORTS\tHEALTHY")
 		var eps []api.Endpoint
-		for _, raw := range resp.Items {
+		for _, raw := range items {
 			var e api.Endpoint
 			if err := json.Unmarshal(raw, &e); err != nil {
 				return err
@@ -217,10 +225,26 @@ func runGet(args []string) error {
 			if node == "" {
 				node = "(static)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", e.Meta.Namespace, e.Meta.Name, e.Spec.Service, node, e.Spec.Address, strings.Join(ports, ","), e.Status.Healthy)
+			tfprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", e.Meta.Namespace, e.Meta.Name, e.Spec.Service, node, e.Spec.Address, strings.Join(ports, ","), e.Status.Healthy)
 		}
 	}
 	return nil
+}
+
+// tsprintf is fmt.Sprintf with every string argument (of any string
+// type) through termSafe: the text of an answer, not the format's.
+func tsprintf(format string, args ...any) string {
+	for i, a := range args {
+		if v := reflect.ValueOf(a); v.Kind() == reflect.String {
+			args[i] = termSafe(v.String())
+		}
+	}
+	return fmt.Sprintf(format, args...)
+}
+
+// tfprintf writes tsprintf's line to w.
+func tfprintf(w io.Writer, format string, args ...any) {
+	io.WriteString(w, tsprintf(format, args...))
 }
 
 // trustView is the answer of GET /v1/trust.
@@ -266,11 +290,11 @@ func getTrust(server, out string) error {
 		if td == v.TrustDomain {
 			kind = "own"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\n", td, v.Bundles[td], kind)
+		tfprintf(tw, "%s\t%d\t%s\n", td, v.Bundles[td], kind)
 	}
 	tw.Flush()
 	for _, id := range v.Revoked {
-		fmt.Printf("revoked: %s\n", id)
+		tfprintf(os.Stdout, "revoked: %s\n", id)
 	}
 	return nil
 }
@@ -299,7 +323,7 @@ func getPaths(server, out string) error {
 		if p.RTTMillis > 0 {
 			rtt = fmt.Sprintf("%.2fms", p.RTTMillis)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Node, p.Peer, p.Kind, orDash(p.Carrier), orDash(p.Relay), orDash(p.Remote),
+		tfprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Node, p.Peer, p.Kind, orDash(p.Carrier), orDash(p.Relay), orDash(p.Remote),
 			rtt, p.BytesOut, p.BytesIn, sinceAgo(p.Since, time.Now()))
 	}
 	return nil
@@ -343,16 +367,16 @@ func getCluster(server, out string) error {
 		fmt.Println("no cluster source (fogmesh control -kube)")
 		return nil
 	}
-	fmt.Printf("source: %s\nobjects: %d\nnodes: %d\nlast sync: %s\nlink: %s\n", st.Source, st.Objects, st.Nodes,
+	tfprintf(os.Stdout, "source: %s\nobjects: %d\nnodes: %d\nlast sync: %s\nlink: %s\n", st.Source, st.Objects, st.Nodes,
 		sinceAgo(st.LastSync, time.Now()), cmpOr(st.Link, "ok"))
 	for _, c := range st.Conflicts {
-		fmt.Println("CONFLICT", c)
+		tfprintf(os.Stdout, "CONFLICT %s\n", c)
 	}
 	for _, w := range st.Warnings {
-		fmt.Println("WARNING", w)
+		tfprintf(os.Stdout, "WARNING %s\n", w)
 	}
 	for _, m := range st.SiteMismatches {
-		fmt.Println("SITE", m)
+		tfprintf(os.Stdout, "SITE %s\n", m)
 	}
 	return nil
 }

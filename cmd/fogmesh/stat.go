@@ -9,9 +9,12 @@ import (
 	"io"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/fogmesh/fogmesh/internal/cli"
 	"github.com/fogmesh/fogmesh/internal/control"
@@ -151,7 +154,7 @@ func printStats(w io.Writer, out string, services, edges []meshstat.Row, withEdg
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tRPS\tSUCCESS\tP50\tP95\tP99\tREQUESTS")
 	for _, r := range services {
-		fmt.Fprintf(tw, "%s\t%.2f\t%s\t%s\t%s\t%s\t%.0f\n", r.Service, r.RPS, pct(r.Success), ms(r.P50), ms(r.P95), ms(r.P99), r.Requests)
+		fmt.Fprintf(tw, "%s\t%.2f\t%s\t%s\t%s\t%s\t%.0f\n", termSafe(r.Service), r.RPS, pct(r.Success), ms(r.P50), ms(r.P95), ms(r.P99), r.Requests)
 	}
 	if len(services) == 0 {
 		fmt.Fprintln(tw, "(no HTTP requests through the mesh yet)\t\t\t\t\t\t")
@@ -160,17 +163,31 @@ func printStats(w io.Writer, out string, services, edges []meshstat.Row, withEdg
 		fmt.Fprintln(tw, "\t\t\t\t\t\t\t")
 		fmt.Fprintln(tw, "SOURCE\tSERVICE\tDESTINATION\tTIER\tPATH\tRPS\tSUCCESS\tP99")
 		for _, r := range edges {
-			src := r.SourceNode
+			src := termSafe(r.SourceNode)
 			if r.SourceService != "" {
-				src = r.SourceService + "@" + r.SourceNode
+				src = termSafe(r.SourceService) + "@" + src
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\n", src, r.Service, r.Node, r.Tier, orDash(r.Path), r.RPS, pct(r.Success), ms(r.P99))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\n", src, termSafe(r.Service), termSafe(r.Node), termSafe(r.Tier), termSafe(orDash(r.Path)), r.RPS, pct(r.Success), ms(r.P99))
 		}
 	}
 	for _, n := range sortedKeys(missing) {
-		fmt.Fprintf(tw, "(%s %s: %s)\t\t\t\t\t\t\n", n, missingKey, missing[n])
+		fmt.Fprintf(tw, "(%s %s: %s)\t\t\t\t\t\t\n", termSafe(n), missingKey, termSafe(missing[n]))
 	}
 	return tw.Flush()
+}
+
+// termSafe is s as the CLI prints a name or message of the control
+// plane's answer in a table: as is when every rune of it is graphic
+// (spaces included), else quoted with Go escapes, so that no answer can
+// move the cursor, recolour or clear the operator's terminal (escape
+// sequences), add rows (newlines) or shift columns (tabs).
+func termSafe(s string) string {
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsGraphic(r) {
+			return strconv.QuoteToGraphic(s)
+		}
+	}
+	return s
 }
 
 func pct(f float64) string {

@@ -135,6 +135,41 @@ func (a *Agent) useNodeCert(certs []*x509.Certificate) error {
 	return nil
 }
 
+// checkTrust checks a trust document (a trust message, or trust.json read
+// back at start) before any of it applies: its trust domain (own's, once
+// the node has one), each bundle's trust domain and roots, roots for its
+// own trust domain, and a gossip key memberlist takes (16, 24 or 32
+// bytes: another would be kept, saved, and refused by the gossip at the
+// next start, which then fails).
+func checkTrust(t *wire.Trust, own spiffeid.TrustDomain) (spiffeid.TrustDomain, []*x509bundle.Bundle, error) {
+	td, err := identity.ParseTrustDomain(t.TrustDomain)
+	if err != nil || t.TrustDomain == "" {
+		return td, nil, fmt.Errorf("trust: trust domain %q: %v", t.TrustDomain, err)
+	}
+	if !own.IsZero() && td != own {
+		return td, nil, fmt.Errorf("trust: control plane is in trust domain %s, this node in %s", td, own)
+	}
+	var bundles []*x509bundle.Bundle
+	for name, ders := range t.Bundles {
+		btd, err := identity.ParseTrustDomain(name)
+		if err != nil {
+			return td, nil, fmt.Errorf("trust: %w", err)
+		}
+		certs, err := identity.ParseDERs(ders)
+		if err != nil {
+			return td, nil, fmt.Errorf("trust: bundle %s: %w", name, err)
+		}
+		bundles = append(bundles, x509bundle.FromX509Authorities(btd, certs))
+	}
+	if len(t.Bundles[td.Name()]) == 0 {
+		return td, nil, errors.New("trust: no roots for the own trust domain")
+	}
+	if n := len(t.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
+		return td, nil, fmt.Errorf("trust: gossip key of %d bytes (16, 24 or 32)", n)
+	}
+	return td, bundles, nil
+}
+
 func (a *Agent) saveNodeCert(certs []*x509.Certificate) error {
 	return atomicfile.Write(a.statePath(nodeCertFile), identity.EncodeCertificatesPEM(certs...), 0o644)
 }
@@ -144,27 +179,9 @@ func (a *Agent) saveNodeCert(certs []*x509.Certificate) error {
 // is in the peer's chain) and, if save, writes the trust file.
 func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 	ni := a.ident
-	td, err := identity.ParseTrustDomain(t.TrustDomain)
-	if err != nil || t.TrustDomain == "" {
-		return fmt.Errorf("trust: trust domain %q: %v", t.TrustDomain, err)
-	}
-	if !ni.td.IsZero() && td != ni.td {
-		return fmt.Errorf("trust: control plane is in trust domain %s, this node in %s", td, ni.td)
-	}
-	var bundles []*x509bundle.Bundle
-	for name, ders := range t.Bundles {
-		btd, err := identity.ParseTrustDomain(name)
-		if err != nil {
-			return fmt.Errorf("trust: %w", err)
-		}
-		certs, err := identity.ParseDERs(ders)
-		if err != nil {
-			return fmt.Errorf("trust: bundle %s: %w", name, err)
-		}
-		bundles = append(bundles, x509bundle.FromX509Authorities(btd, certs))
-	}
-	if len(t.Bundles[td.Name()]) == 0 {
-		return errors.New("trust: no roots for the own trust domain")
+	td, bundles, err := checkTrust(t, ni.td)
+	if err != nil {
+		return err
 	}
 	if ni.td != td { // set once (New); the mesh dials read it unlocked
 		ni.td = td

@@ -88,9 +88,15 @@ const LocalTokenFile = "local-api.token"
 // initLocalToken loads or makes the local API token (secure mode only).
 func (a *Agent) initLocalToken() error {
 	path := filepath.Join(a.cfg.StateDir, LocalTokenFile)
-	if b, err := os.ReadFile(path); err == nil && len(bytes.TrimSpace(b)) >= 32 {
-		a.localToken = string(bytes.TrimSpace(b))
-		return nil
+	if b, err := os.ReadFile(path); err == nil {
+		tok := bytes.TrimSpace(b)
+		// A token a client can send ("Authorization: Bearer TOKEN"):
+		// a control character (a damaged file) could never be matched.
+		if len(tok) >= 32 && !bytes.ContainsFunc(tok, func(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }) {
+			a.localToken = string(tok)
+			return nil
+		}
+		a.log.Warn("agent: local API token file unusable (under 32 bytes, or a control character); a new token is made", "file", path)
 	}
 	var raw [24]byte
 	if _, err := rand.Read(raw[:]); err != nil {

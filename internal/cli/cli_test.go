@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/fogmesh/fogmesh/internal/agent"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 func TestDecodeConfigNamesTheField(t *testing.T) {
@@ -30,7 +31,9 @@ func TestDecodeConfigNamesTheField(t *testing.T) {
 	}
 }
 
-// FuzzAgentConfig: no config file crashes decoding or validation.
+// FuzzAgentConfig: no config file crashes decoding or validation, and an
+// accepted config is what it says: written back as JSON or YAML it reads
+// the same, and validation gives the same verdict on what was read back.
 func FuzzAgentConfig(f *testing.F) {
 	f.Add([]byte("node: {name: edge-1, site: shop-1, region: east}\ncontrol: [\"127.0.0.1:7071\"]\nworkloads: [{service: a, ports: [{port: 80}]}]\n"))
 	f.Add([]byte(`{"node":{"name":"n1","site":"s","region":"r"},"vipRange":"127.1.0.0/16","vip6Range":"fd00::/64","healthInterval":"1s"}`))
@@ -38,11 +41,20 @@ func FuzzAgentConfig(f *testing.F) {
 	f.Add([]byte("workloads: [{service: a, ports: [{port: 80}], check: {type: http, port: nope}}]\n"))
 	f.Add([]byte("{{{"))
 	f.Add([]byte("workloads: [{service: a, ports: [{port: 80, bogus: 1}], check: {type: tcp, timeout: 3 s}}]\nhealthInterval: soon\n"))
+	f.Add([]byte("node: {name: n1, site: s, region: r, labels: {}, coordinates: {lat: 1.5, lon: -3}}\npathNormalization: {normalization: MERGE_SLASHES}\nmeshDirectStreams: false\n"))
+	f.Add([]byte("node: {name: n1, site: s, region: r}\nscope: [default/*, a/b]\nrelays: [\"r:1\"]\nmeshPingInterval: 1h2m3.5s\nejectFor: 0s\naudit: {}\nudp: {}\n"))
+	f.Add([]byte("node: {name: \"yes\", site: \"0x1\", region: \"~\"}\nstateDir: \"null\"\njoinToken: \"- a\"\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var cfg agent.Config
 		if DecodeConfig(b, &cfg) != nil {
 			return
 		}
-		agent.CheckConfig(cfg)
+		back := testenv.ConfigRoundTrip(t, &cfg, DecodeConfig)
+		// CheckConfig may fill defaults in what cfg shares: check after
+		// the round trip.
+		err, errBack := agent.CheckConfig(cfg), agent.CheckConfig(*back)
+		if (err == nil) != (errBack == nil) {
+			t.Fatalf("config %q: validation %v, of the same read back %v", b, err, errBack)
+		}
 	})
 }

@@ -175,25 +175,47 @@ func (s *Server) pullCA(dir string) (bool, error) {
 	if same {
 		return false, nil
 	}
-	var files map[string][]byte
-	if err := json.Unmarshal(b, &files); err != nil {
-		return false, fmt.Errorf("control: shared CA record: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return false, fmt.Errorf("control: CA dir: %w", err)
-	}
-	for name, content := range files {
-		if name != filepath.Base(name) || strings.HasPrefix(name, ".") {
-			return false, fmt.Errorf("control: shared CA record names file %q", name)
-		}
-		if err := identity.WriteFileAtomic(filepath.Join(dir, name), content, 0o600); err != nil {
-			return false, fmt.Errorf("control: write shared CA: %w", err)
-		}
+	if err := writeCARecord(dir, s.cfg.TrustDomain, b); err != nil {
+		return false, err
 	}
 	s.ha.mu.Lock()
 	s.ha.caHash = h
 	s.ha.mu.Unlock()
 	return true, nil
+}
+
+// writeCARecord writes the CA files of a shared CA record (keyCAFiles)
+// into dir, the CA state last so that a crash leaves the old state with
+// its key or the new one with its key. A record that does not hold a CA
+// of trust domain td (a damaged or foreign one) is refused before
+// anything is written: the CA on disk stays usable.
+func writeCARecord(dir, td string, b []byte) error {
+	var files map[string][]byte
+	if err := json.Unmarshal(b, &files); err != nil {
+		return fmt.Errorf("control: shared CA record: %w", err)
+	}
+	names := make([]string, 0, len(files))
+	for name := range files {
+		if name == "" || name != filepath.Base(name) || strings.HasPrefix(name, ".") || strings.ContainsRune(name, 0) {
+			return fmt.Errorf("control: shared CA record names file %q", name)
+		}
+		if name != identity.CAStateFile {
+			names = append(names, name)
+		}
+	}
+	if err := identity.CheckCAFiles(td, files); err != nil {
+		return fmt.Errorf("control: shared CA record: %w", err)
+	}
+	slices.Sort(names)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("control: CA dir: %w", err)
+	}
+	for _, name := range append(names, identity.CAStateFile) {
+		if err := identity.WriteFileAtomic(filepath.Join(dir, name), files[name], 0o600); err != nil {
+			return fmt.Errorf("control: write shared CA: %w", err)
+		}
+	}
+	return nil
 }
 
 func readCAFiles(dir string) ([]byte, error) {

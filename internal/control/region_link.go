@@ -273,10 +273,21 @@ func (r *regional) load() error {
 	return nil
 }
 
-// roots returns the own trust domain's roots of a trust document.
+// roots returns the own trust domain's roots of a trust document, once
+// every bundle of it is one an agent takes (a trust domain name, parsed
+// roots): the document goes on to the region's agents (mergeTrust), which
+// refuse it whole otherwise.
 func (r *regional) roots(t *wire.Trust) ([]*x509.Certificate, error) {
 	if t.TrustDomain != r.td.Name() {
 		return nil, fmt.Errorf("region: the upstream's trust document is for trust domain %q, not %s", t.TrustDomain, r.td.Name())
+	}
+	for name, ders := range t.Bundles {
+		if _, err := identity.ParseTrustDomain(name); err != nil {
+			return nil, fmt.Errorf("region: the upstream's trust document: %w", err)
+		}
+		if _, err := identity.ParseDERs(ders); err != nil {
+			return nil, fmt.Errorf("region: the upstream's trust document: bundle %s: %w", name, err)
+		}
 	}
 	roots, err := identity.ParseDERs(t.Bundles[r.td.Name()])
 	if err != nil {

@@ -236,7 +236,11 @@ func (c *Config) validate() error {
 	if err != nil {
 		return fmt.Errorf("control: vipRange: %w", err)
 	}
-	if p.Addr().Is4() && p.Bits() > 30 || p.Addr().Is6() && p.Bits() > 126 {
+	if !p.Addr().Is4() {
+		// VIP indexes map into 32 bits, as agents' ranges (IPv4 only).
+		return fmt.Errorf("control: vipRange %s is not an IPv4 prefix", p)
+	}
+	if p.Bits() > 30 {
 		return fmt.Errorf("control: vipRange %s is too small", p)
 	}
 	if c.Name == "" {
@@ -261,6 +265,14 @@ func (c *Config) validate() error {
 		c.Metrics = metrics.NewSet()
 	}
 	return nil
+}
+
+// CheckConfig validates a config as New would, without opening or binding
+// anything (it may read the first line of the state dir's own audit chain).
+func CheckConfig(cfg Config) error {
+	cfg.ServerNames = slices.Clone(cfg.ServerNames)
+	cfg.Upstreams = slices.Clone(cfg.Upstreams)
+	return cfg.validate()
 }
 
 // DefaultSyncMaxHandshakes is Config.SyncMaxHandshakes's default: the sync

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/syncproto"
 	"github.com/fogmesh/fogmesh/internal/wire"
@@ -134,36 +135,43 @@ func (s *Server) peerStats(ctx context.Context) (*statsState, map[string]string)
 	wg.Wait()
 	close(answers)
 	failed := map[string]string{}
-	// A node in several answers (its agent moved between replicas) keeps
-	// the one heard last: both tables from one replica.
-	best := map[string]*LocalNodeStats{}
+	var bodies []*LocalStats
 	for a := range answers {
 		switch {
 		case a.err != nil:
 			failed[a.replica] = a.err.Error()
-			continue
 		case a.body.Replica != a.replica:
 			// Its published address reached another replica (a default
 			// loopback -admin-addr on every host, or a shared name).
 			failed[a.replica] = fmt.Sprintf("its admin address %s answered as replica %q: give each replica an -admin-addr (or first -server-name) that reaches it alone", peers[a.replica], a.body.Replica)
-			continue
+		default:
+			bodies = append(bodies, a.body)
 		}
-		for i := range a.body.Nodes {
-			n := &a.body.Nodes[i]
+	}
+	return mergePeerStats(bodies, time.Now()), failed
+}
+
+// mergePeerStats puts the peers' tables in a statsState of their own, as
+// heard by now. A node in several answers (its agent moved between
+// replicas) keeps the one heard last: both tables from one replica.
+func mergePeerStats(bodies []*LocalStats, now time.Time) *statsState {
+	best := map[string]*LocalNodeStats{}
+	for _, body := range bodies {
+		for i := range body.Nodes {
+			n := &body.Nodes[i]
 			if b := best[n.Node]; b == nil || n.HeardAgoMs < b.HeardAgoMs {
 				best[n.Node] = n
 			}
 		}
 	}
 	var st statsState
-	now := time.Now()
 	for node, n := range best {
 		if n.Prev != nil {
 			st.note(node, syncproto.ValidStats(n.Prev), now.Add(-time.Duration(n.PrevAgoMs)*time.Millisecond))
 		}
 		st.note(node, syncproto.ValidStats(&n.Cur), now.Add(-time.Duration(n.HeardAgoMs)*time.Millisecond))
 	}
-	return &st, failed
+	return &st
 }
 
 // peerClient calls peer replicas: in secure mode with this control plane's
@@ -204,11 +212,39 @@ func fetchLocalStats(ctx context.Context, c *http.Client, base string) (*LocalSt
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return nil, fmt.Errorf("%s: %s", resp.Status, b)
 	}
-	var ls LocalStats
 	// A replica holds at most 2 tables of wire.MaxStatRows rows per node;
 	// the bound is generous but finite.
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&ls); err != nil {
+	return decodeLocalStats(io.LimitReader(resp.Body, 256<<20))
+}
+
+// maxPeerAgoMs bounds how long ago a peer replica may say it heard a
+// table: far more than a replica keeps one (statsForget past the node
+// timeout), far less than would overflow a time.Duration.
+const maxPeerAgoMs = int64(30 * 24 * time.Hour / time.Millisecond)
+
+// decodeLocalStats reads a peer replica's GET /v1/stats/local answer. One
+// whose node entries are not what a replica sends (a name that is not a
+// node's, a node twice, a table heard in the future or past
+// maxPeerAgoMs, a previous table heard after the current one) is refused
+// whole: the peer's nodes show as unreported, with why.
+func decodeLocalStats(r io.Reader) (*LocalStats, error) {
+	var ls LocalStats
+	if err := json.NewDecoder(r).Decode(&ls); err != nil {
 		return nil, fmt.Errorf("decode: %w", err)
+	}
+	seen := make(map[string]bool, len(ls.Nodes))
+	for i, n := range ls.Nodes {
+		switch {
+		case !api.ValidName(n.Node):
+			return nil, fmt.Errorf("decode: nodes[%d]: %q is not a node name", i, n.Node)
+		case seen[n.Node]:
+			return nil, fmt.Errorf("decode: nodes[%d]: node %s twice", i, n.Node)
+		case n.HeardAgoMs < 0 || n.HeardAgoMs > maxPeerAgoMs:
+			return nil, fmt.Errorf("decode: nodes[%d]: heard %d ms ago (0 to %d)", i, n.HeardAgoMs, maxPeerAgoMs)
+		case n.Prev != nil && (n.PrevAgoMs < n.HeardAgoMs || n.PrevAgoMs > maxPeerAgoMs):
+			return nil, fmt.Errorf("decode: nodes[%d]: previous table heard %d ms ago, the current one %d ms ago", i, n.PrevAgoMs, n.HeardAgoMs)
+		}
+		seen[n.Node] = true
 	}
 	return &ls, nil
 }

@@ -169,39 +169,7 @@ func OpenCA(cfg CAConfig) (*CA, error) {
 	return ca, nil
 }
 
-func (ca *CA) statePath() string { return filepath.Join(ca.cfg.Dir, "ca.json") }
-
-func (ca *CA) load(b []byte) error {
-	var st caState
-	if err := json.Unmarshal(b, &st); err != nil {
-		return err
-	}
-	if st.TrustDomain != ca.td.Name() {
-		return fmt.Errorf("holds trust domain %q, configured %q (the trust domain cannot change)", st.TrustDomain, ca.td.Name())
-	}
-	cert, err := parseOneCert([]byte(st.Active))
-	if err != nil {
-		return fmt.Errorf("active root: %w", err)
-	}
-	key, err := readKey(filepath.Join(ca.cfg.Dir, filepath.Base(st.KeyFile)))
-	if err != nil {
-		return err
-	}
-	if !publicKeyEqual(key.Public(), cert.PublicKey) {
-		return errors.New("active root and key do not match")
-	}
-	ca.signer, ca.cert, ca.keyFile = key, cert, filepath.Base(st.KeyFile)
-	ca.roots, ca.until = []*x509.Certificate{cert}, []time.Time{{}}
-	for i, p := range st.Previous {
-		c, err := parseOneCert([]byte(p.Cert))
-		if err != nil {
-			return fmt.Errorf("previous root %d: %w", i, err)
-		}
-		ca.roots = append(ca.roots, c)
-		ca.until = append(ca.until, p.Until)
-	}
-	return nil
-}
+func (ca *CA) statePath() string { return filepath.Join(ca.cfg.Dir, CAStateFile) }
 
 func (ca *CA) loadExternal() error {
 	cb, err := os.ReadFile(ca.cfg.CertFile)

@@ -1,9 +1,46 @@
 package identity
 
 import (
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"time"
 )
+
+// CAStateFile is the CA state in a CA directory (the active and previous
+// roots, the key file's name).
+const CAStateFile = "ca.json"
+
+// CheckCAFiles checks a CA directory's files (file name → content, as
+// control plane replicas share them) before they replace the ones on
+// disk: the CA state loads for the trust domain (default when ""), with
+// the key it names among the files.
+func CheckCAFiles(trustDomain string, files map[string][]byte) error {
+	td, err := ParseTrustDomain(trustDomain)
+	if err != nil {
+		return fmt.Errorf("identity: %w", err)
+	}
+	st, ok := files[CAStateFile]
+	if !ok {
+		return errors.New("identity: CA files: no " + CAStateFile)
+	}
+	next := &CA{td: td}
+	return next.loadWith(st, func(name string) (crypto.Signer, error) {
+		b, ok := files[name]
+		if !ok {
+			return nil, fmt.Errorf("identity: CA files: no key file %q", name)
+		}
+		k, err := ParseKeyPEM(b)
+		if err != nil {
+			return nil, fmt.Errorf("identity: key %s: %w", name, err)
+		}
+		return k, nil
+	})
+}
 
 // Reload reads the CA state from Dir again, after another control plane
 // replica rotated the CA and its files were written here. An
@@ -25,4 +62,54 @@ func (ca *CA) Reload() error {
 	ca.signer, ca.cert, ca.chain, ca.keyFile = next.signer, next.cert, next.chain, next.keyFile
 	ca.roots, ca.until = next.roots, next.until
 	return nil
+}
+
+func (ca *CA) load(b []byte) error {
+	return ca.loadWith(b, func(name string) (crypto.Signer, error) { return readKey(filepath.Join(ca.cfg.Dir, name)) })
+}
+
+// loadWith loads the CA state b, reading the key file it names (a base
+// name) with readKey.
+func (ca *CA) loadWith(b []byte, readKey func(name string) (crypto.Signer, error)) error {
+	var st caState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return err
+	}
+	if st.TrustDomain != ca.td.Name() {
+		return fmt.Errorf("holds trust domain %q, configured %q (the trust domain cannot change)", st.TrustDomain, ca.td.Name())
+	}
+	cert, err := parseOneCert([]byte(st.Active))
+	if err != nil {
+		return fmt.Errorf("active root: %w", err)
+	}
+	if !isCACert(cert) {
+		return errors.New("active root: not a CA (basic constraints and keyCertSign)")
+	}
+	key, err := readKey(filepath.Base(st.KeyFile))
+	if err != nil {
+		return err
+	}
+	if !publicKeyEqual(key.Public(), cert.PublicKey) {
+		return errors.New("active root and key do not match")
+	}
+	ca.signer, ca.cert, ca.keyFile = key, cert, filepath.Base(st.KeyFile)
+	ca.roots, ca.until = []*x509.Certificate{cert}, []time.Time{{}}
+	for i, p := range st.Previous {
+		c, err := parseOneCert([]byte(p.Cert))
+		if err != nil {
+			return fmt.Errorf("previous root %d: %w", i, err)
+		}
+		if !isCACert(c) {
+			return fmt.Errorf("previous root %d: not a CA (basic constraints and keyCertSign)", i)
+		}
+		ca.roots = append(ca.roots, c)
+		ca.until = append(ca.until, p.Until)
+	}
+	return nil
+}
+
+// isCACert reports whether c may issue: a CA by its basic constraints,
+// with keyCertSign.
+func isCACert(c *x509.Certificate) bool {
+	return c.BasicConstraintsValid && c.IsCA && c.KeyUsage&x509.KeyUsageCertSign != 0
 }

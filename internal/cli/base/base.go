@@ -172,6 +172,9 @@ func WriteAddrFile(path string, addrs map[string]string) error {
 // durations ("5s", "1m30s").
 type Duration time.Duration
 
+// MarshalText writes d as UnmarshalText reads it.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	*d = Duration(v)

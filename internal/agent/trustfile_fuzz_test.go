@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/svid"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// trustSeed is a trust.json as an agent saves it: the own roots, a
+// federated bundle, a revoked node and the gossip key.
+func trustSeed(t testing.TB) []byte {
+	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fed, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir(), TrustDomain: "other.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.MarshalIndent(&wire.Trust{TrustDomain: "fogmesh.local",
+		Bundles: map[string][][]byte{"fogmesh.local": identity.DERs(ca.Roots()), "other.example": identity.DERs(fed.Roots())},
+		Revoked: []string{"spiffe://fogmesh.local/site/s1/node/gone"}, GossipKey: bytes.Repeat([]byte{7}, 32)}, "", " ")
+	return b
+}
+
+// TestTrustFileBadGossipKeyRefused: a trust document whose gossip key
+// memberlist does not take (not 16, 24 or 32 bytes) is refused before any
+// of it applies. Before, the agent kept and saved the key, and at its
+// next start with gossip on, New failed: the gossip refused the key from
+// trust.json ("agent: invalid key size").
+func TestTrustFileBadGossipKeyRefused(t *testing.T) {
+	var tr wire.Trust
+	if err := json.Unmarshal(trustSeed(t), &tr); err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{ident: &nodeIdentity{src: identity.NewSource()}, svids: svid.NewStore(slog.New(slog.DiscardHandler)), log: slog.New(slog.DiscardHandler)}
+	if err := a.applyTrust(&tr, false); err != nil {
+		t.Fatalf("a good trust document: %v", err)
+	}
+	for _, n := range []int{5, 31, 64} {
+		bad := tr
+		bad.GossipKey = bytes.Repeat([]byte{1}, n)
+		if err := a.applyTrust(&bad, false); err == nil || !strings.Contains(err.Error(), "gossip key") {
+			t.Errorf("gossip key of %d bytes: %v, want refused", n, err)
+		}
+		if len(a.ident.gossipKey) != 32 {
+			t.Errorf("gossip key of %d bytes: the agent holds a key of %d bytes", n, len(a.ident.gossipKey))
+		}
+	}
+}
+
+// FuzzTrustFile: trust.json, read back at start (and each trust message
+// the agent saves as it), is applied only as a whole valid document: its
+// trust domain with roots, parsed bundles, a usable gossip key; what is
+// taken saves (as saveJSON writes it) and reads back to the same trust;
+// a document of another trust domain than the node's is refused.
+func FuzzTrustFile(f *testing.F) {
+	seed := trustSeed(f)
+	f.Add(seed)
+	var tr wire.Trust
+	json.Unmarshal(seed, &tr)
+	for _, mut := range []func(t *wire.Trust){
+		func(t *wire.Trust) { t.GossipKey = []byte("short") },
+		func(t *wire.Trust) { t.TrustDomain = "" },
+		func(t *wire.Trust) { t.TrustDomain = "Fogmesh.Local" },
+		func(t *wire.Trust) { t.Bundles["bad td!"] = t.Bundles["fogmesh.local"] },
+		func(t *wire.Trust) { t.Bundles["fogmesh.local"] = [][]byte{{0x30, 0x03, 1, 2, 3}} },
+		func(t *wire.Trust) { t.Bundles["fogmesh.local"] = nil },
+		func(t *wire.Trust) { t.Revoked = []string{"", "spiffe://fogmesh.local/a#b", "x\ny"} },
+	} {
+		c := tr
+		c.Bundles = map[string][][]byte{}
+		for k, v := range tr.Bundles {
+			c.Bundles[k] = v
+		}
+		mut(&c)
+		b, _ := json.Marshal(&c)
+		f.Add(b)
+	}
+	f.Add([]byte(`{"trustDomain":"fogmesh.local","bundles":{"fogmesh.local":[]}}`))
+	f.Add([]byte(`{"trustDomain":"fogmesh.local","bundles":null,"gossipKey":"AAAA"}`))
+	f.Add([]byte(`{`))
+	f.Add([]byte(`null`))
+	other := spiffeid.RequireTrustDomainFromString("other.example")
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var tr wire.Trust
+		if json.Unmarshal(b, &tr) != nil {
+			return
+		}
+		td, bundles, err := checkTrust(&tr, spiffeid.TrustDomain{})
+		if err != nil {
+			return
+		}
+		if td.Name() != tr.TrustDomain || len(tr.Bundles[td.Name()]) == 0 || len(bundles) != len(tr.Bundles) {
+			t.Fatalf("trust of %q taken with %d bundles (%d roots of its own)", tr.TrustDomain, len(bundles), len(tr.Bundles[td.Name()]))
+		}
+		if n := len(tr.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
+			t.Fatalf("gossip key of %d bytes taken", n)
+		}
+		if td != other {
+			if _, _, err := checkTrust(&tr, other); err == nil {
+				t.Fatalf("trust of %s taken by a node of %s", td, other)
+			}
+		}
+		saved, err := json.MarshalIndent(&tr, "", " ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back wire.Trust
+		if err := json.Unmarshal(saved, &back); err != nil {
+			t.Fatalf("saved trust does not read back: %v", err)
+		}
+		td2, bundles2, err := checkTrust(&back, td)
+		if err != nil || td2 != td || len(bundles2) != len(bundles) || !bytes.Equal(back.GossipKey, tr.GossipKey) ||
+			strings.Join(back.Revoked, "\n") != strings.Join(tr.Revoked, "\n") {
+			t.Fatalf("saved trust reads back otherwise: %v", err)
+		}
+	})
+}

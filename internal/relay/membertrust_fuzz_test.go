@@ -1,0 +1,75 @@
+package relay
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// FuzzMemberTrustFile: a joined relay's trust.json (read back at start,
+// and each trust message it saves as it) applies only whole and valid:
+// its trust domain with roots, each bundle parsed; what applies saves
+// (without the gossip key, never on a relay's disk) and applies again,
+// from the file, to the same trust domain, bundles and deny list.
+func FuzzMemberTrustFile(f *testing.F) {
+	ca, err := identity.OpenCA(identity.CAConfig{Dir: f.TempDir()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	good := wire.Trust{TrustDomain: "fogmesh.local", Bundles: map[string][][]byte{"fogmesh.local": identity.DERs(ca.Roots())},
+		Revoked: []string{"spiffe://fogmesh.local/site/a/node/x"}, GossipKey: bytes.Repeat([]byte{1}, 32)}
+	b, _ := json.Marshal(&good)
+	f.Add(b)
+	f.Add(bytes.Replace(b, []byte(`"bundles":{`), []byte(`"bundles":{"bad td!":[],`), 1))
+	f.Add(bytes.Replace(b, []byte(`"bundles":{`), []byte(`"bundles":{"other.example":["MAMBAgM="],`), 1))
+	f.Add([]byte(`{"trustDomain":"fogmesh.local","bundles":{"fogmesh.local":[]}}`))
+	f.Add([]byte(`{"trustDomain":"","bundles":null}`))
+	f.Add([]byte(`{`))
+	dir := f.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var tr wire.Trust
+		if json.Unmarshal(b, &tr) != nil {
+			return
+		}
+		m := &Member{cfg: MemberConfig{StateDir: dir}, log: log, src: identity.NewSource()}
+		os.Remove(filepath.Join(dir, MemberTrustFile))
+		if err := m.applyTrust(&tr, nil, true); err != nil {
+			if _, err := os.Stat(filepath.Join(dir, MemberTrustFile)); err == nil {
+				t.Fatalf("refused trust %q saved", b)
+			}
+			return
+		}
+		if m.td.Name() != tr.TrustDomain || len(tr.Bundles[m.td.Name()]) == 0 {
+			t.Fatalf("trust %q applied as %s", b, m.td)
+		}
+		for name, ders := range tr.Bundles {
+			if _, err := identity.ParseDERs(ders); err != nil {
+				t.Fatalf("trust %q applied with bundle %q: %v", b, name, err)
+			}
+		}
+		saved, err := os.ReadFile(filepath.Join(dir, MemberTrustFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back wire.Trust
+		if err := json.Unmarshal(saved, &back); err != nil {
+			t.Fatalf("saved trust does not read: %v", err)
+		}
+		if len(back.GossipKey) != 0 {
+			t.Fatal("gossip key on the relay's disk")
+		}
+		m2 := &Member{cfg: MemberConfig{StateDir: dir}, log: log, src: identity.NewSource()}
+		if err := m2.applyTrust(&back, nil, false); err != nil || m2.td != m.td || !slices.Equal(m2.denied, m.denied) ||
+			m2.src.Bundles().Len() != m.src.Bundles().Len() {
+			t.Fatalf("saved trust applies otherwise: %v", err)
+		}
+	})
+}
