@@ -57,6 +57,21 @@ func TestTrustFileBadGossipKeyRefused(t *testing.T) {
 	}
 }
 
+// TestTrustBundleNameAsWritten: a bundle is taken only under its trust
+// domain's name as written. Before, a bundle named "" passed (it parses as
+// the default trust domain), so the agent held two bundles for its own
+// trust domain and verified with whichever of them came last in map order.
+func TestTrustBundleNameAsWritten(t *testing.T) {
+	var tr wire.Trust
+	if err := json.Unmarshal(trustSeed(t), &tr); err != nil {
+		t.Fatal(err)
+	}
+	tr.Bundles[""] = tr.Bundles["other.example"]
+	if _, _, err := checkTrust(&tr, spiffeid.TrustDomain{}); err == nil {
+		t.Fatal(`a bundle named "" taken beside the own trust domain's`)
+	}
+}
+
 // FuzzTrustFile: trust.json, read back at start (and each trust message
 // the agent saves as it), is applied only as a whole valid document: its
 // trust domain with roots, parsed bundles, a usable gossip key; what is
@@ -72,6 +87,7 @@ func FuzzTrustFile(f *testing.F) {
 		func(t *wire.Trust) { t.TrustDomain = "" },
 		func(t *wire.Trust) { t.TrustDomain = "Fogmesh.Local" },
 		func(t *wire.Trust) { t.Bundles["bad td!"] = t.Bundles["fogmesh.local"] },
+		func(t *wire.Trust) { t.Bundles[""] = t.Bundles["other.example"] },
 		func(t *wire.Trust) { t.Bundles["fogmesh.local"] = [][]byte{{0x30, 0x03, 1, 2, 3}} },
 		func(t *wire.Trust) { t.Bundles["fogmesh.local"] = nil },
 		func(t *wire.Trust) { t.Revoked = []string{"", "spiffe://fogmesh.local/a#b", "x\ny"} },
@@ -104,6 +120,14 @@ func FuzzTrustFile(f *testing.F) {
 		}
 		if n := len(tr.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
 			t.Fatalf("gossip key of %d bytes taken", n)
+		}
+		seen := map[string]bool{}
+		for _, bd := range bundles {
+			if n := bd.TrustDomain().Name(); seen[n] {
+				t.Fatalf("two bundles for trust domain %s taken", n)
+			} else {
+				seen[n] = true
+			}
 		}
 		if td != other {
 			if _, _, err := checkTrust(&tr, other); err == nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/fogmesh/fogmesh/internal/identity"
@@ -60,7 +61,11 @@ func TestDamagedSharedCARecordKeepsCA(t *testing.T) {
 	_, foreign := caRecordDir(t, "other.example")
 	noKey := map[string][]byte{identity.CAStateFile: files[identity.CAStateFile]}
 	garbage := map[string][]byte{identity.CAStateFile: []byte("{not json")}
-	for name, bad := range map[string]any{"garbage ca.json": garbage, "no key": noKey, "empty": map[string][]byte{}} {
+	_, rec3 := caRecordDir(t, "")
+	longName := map[string][]byte{}
+	json.Unmarshal(rec3, &longName)
+	longName[strings.Repeat("z", 250)] = []byte("x") // its temporary name is over NAME_MAX
+	for name, bad := range map[string]any{"garbage ca.json": garbage, "no key": noKey, "empty": map[string][]byte{}, "long name": longName} {
 		b, _ := json.Marshal(bad)
 		if err := writeCARecord(dir, "", b); err == nil {
 			t.Errorf("%s: record taken", name)
@@ -117,7 +122,7 @@ func FuzzSharedCARecord(f *testing.F) {
 		variant("keyFile", "../ca.json"), variant("keyFile", ""), variant("trustDomain", "x"), variant("active", "junk"),
 		variant("previous", []map[string]any{{"cert": st["active"], "until": "2030-01-01T00:00:00Z"}}),
 		variant("previous", []map[string]any{{"cert": "", "until": "x"}}),
-		[]byte(`{"ca.json":"e30=","../x":""}`), []byte(`{"":""}`), []byte(`{"a\u0000b":""}`), []byte(`{}`), []byte(`null`), []byte(`[`),
+		[]byte(`{"ca.json":"e30=","../x":""}`), []byte(`{"ca.json":"e30=","` + strings.Repeat("z", 250) + `":""}`), []byte(`{"":""}`), []byte(`{"a\u0000b":""}`), []byte(`{}`), []byte(`null`), []byte(`[`),
 	} {
 		f.Add(b)
 	}

@@ -190,13 +190,17 @@ func (s *Server) pullCA(dir string) (bool, error) {
 // of trust domain td (a damaged or foreign one) is refused before
 // anything is written: the CA on disk stays usable.
 func writeCARecord(dir, td string, b []byte) error {
+	const maxCAFileName = 128 // a CA's own are ca.json and ca-key-<serial>.pem
 	var files map[string][]byte
 	if err := json.Unmarshal(b, &files); err != nil {
 		return fmt.Errorf("control: shared CA record: %w", err)
 	}
 	names := make([]string, 0, len(files))
 	for name := range files {
-		if name == "" || name != filepath.Base(name) || strings.HasPrefix(name, ".") || strings.ContainsRune(name, 0) {
+		// A name as long as a file name may be would still fail to write
+		// (the atomic write's temporary name is longer) after the files
+		// before it were written: refused here, as the rest.
+		if name == "" || len(name) > maxCAFileName || name != filepath.Base(name) || strings.HasPrefix(name, ".") || strings.ContainsRune(name, 0) {
 			return fmt.Errorf("control: shared CA record names file %q", name)
 		}
 		if name != identity.CAStateFile {

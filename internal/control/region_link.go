@@ -273,20 +273,32 @@ func (r *regional) load() error {
 	return nil
 }
 
-// roots returns the own trust domain's roots of a trust document, once
-// every bundle of it is one an agent takes (a trust domain name, parsed
-// roots): the document goes on to the region's agents (mergeTrust), which
-// refuse it whole otherwise.
+// roots returns the own trust domain's roots of a trust document. A
+// federated bundle an agent would refuse (a name that is not a trust
+// domain's as it writes it, roots that do not parse, none) is dropped from
+// t with a warning: the document goes on to the region's agents
+// (mergeTrust), which refuse a document whole for one such bundle, and
+// refusing it here instead would stop the plane's start or its link to the
+// global plane for a bundle of another trust domain.
 func (r *regional) roots(t *wire.Trust) ([]*x509.Certificate, error) {
 	if t.TrustDomain != r.td.Name() {
 		return nil, fmt.Errorf("region: the upstream's trust document is for trust domain %q, not %s", t.TrustDomain, r.td.Name())
 	}
 	for name, ders := range t.Bundles {
-		if _, err := identity.ParseTrustDomain(name); err != nil {
-			return nil, fmt.Errorf("region: the upstream's trust document: %w", err)
+		if name == r.td.Name() {
+			continue
 		}
-		if _, err := identity.ParseDERs(ders); err != nil {
-			return nil, fmt.Errorf("region: the upstream's trust document: bundle %s: %w", name, err)
+		btd, err := identity.ParseTrustDomain(name)
+		if err == nil && btd.Name() != name {
+			err = fmt.Errorf("trust domain %q is written %q", name, btd.Name())
+		}
+		if err == nil {
+			_, err = identity.ParseDERs(ders)
+		}
+		if err != nil {
+			r.s.log.Warn("control: a federated bundle of the upstream's trust document is dropped: agents would refuse the document with it",
+				"region", r.name, "bundle", name, "err", err)
+			delete(t.Bundles, name)
 		}
 	}
 	roots, err := identity.ParseDERs(t.Bundles[r.td.Name()])
