@@ -13,7 +13,8 @@ import (
 // read back at start by loadRegistered) is a list of workloads each
 // normalized again as it loads: what normalizes is what was saved, so a
 // workload saved and loaded again (as JSON or YAML) is the same workload,
-// and an entry that does not normalize is an error, never a panic.
+// and an entry that does not normalize is skipped with a warning
+// (loadRegistered), never a panic.
 func FuzzRegisteredWorkloads(f *testing.F) {
 	f.Add([]byte(`[{"name":"orders-n1","service":"orders","namespace":"shop","serviceAccount":"orders","labels":{"version":"v2"},"address":"127.0.0.1","ports":[{"name":"http","port":8080}],"check":{"type":"http","path":"/healthz","port":"http","timeout":"1s"}}]`))
 	f.Add([]byte(`[{"service":"x","address":"::1","ports":[{"port":1},{"name":"b","port":2,"protocol":"udp"}],"check":{"type":"grpc","grpcService":"x.v1"},"attest":{"uid":0}}]`))
