@@ -241,8 +241,13 @@ func decodeLocalStats(r io.Reader) (*LocalStats, error) {
 			return nil, fmt.Errorf("decode: nodes[%d]: node %s twice", i, n.Node)
 		case n.HeardAgoMs < 0 || n.HeardAgoMs > maxPeerAgoMs:
 			return nil, fmt.Errorf("decode: nodes[%d]: heard %d ms ago (0 to %d)", i, n.HeardAgoMs, maxPeerAgoMs)
-		case n.Prev != nil && (n.PrevAgoMs < n.HeardAgoMs || n.PrevAgoMs > maxPeerAgoMs):
+		case n.Prev != nil && n.PrevAgoMs < n.HeardAgoMs:
 			return nil, fmt.Errorf("decode: nodes[%d]: previous table heard %d ms ago, the current one %d ms ago", i, n.PrevAgoMs, n.HeardAgoMs)
+		case n.Prev != nil && n.PrevAgoMs > maxPeerAgoMs:
+			// A node back after a month offline: its replica keeps the
+			// previous table however old (local never prunes). No rate
+			// comes from so long a span: the current table alone.
+			ls.Nodes[i].Prev, ls.Nodes[i].PrevAgoMs = nil, 0
 		}
 		seen[n.Node] = true
 	}

@@ -2,6 +2,7 @@ package control
 
 import (
 	"bytes"
+	"encoding/json"
 	"math"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/meshstat"
+	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // A peer replica's GET /v1/stats/local answer with n1's two tables, as
@@ -40,6 +42,36 @@ func TestPeerStatsOutOfRangeRefused(t *testing.T) {
 		if _, err := decodeLocalStats(strings.NewReader(in)); err == nil {
 			t.Errorf("%s: taken", c.to)
 		}
+	}
+}
+
+// TestPeerStatsOldPreviousDropped: a replica sends a node's previous table
+// however old it is (local never prunes), so a node back after more than
+// maxPeerAgoMs offline has a previous table past the bound. Its replica's
+// answer is taken with that table dropped; before, it was refused whole
+// and every node of that replica showed as unreported.
+func TestPeerStatsOldPreviousDropped(t *testing.T) {
+	var st statsState
+	now := time.Now()
+	rep := func() *wire.StatsReport { return &wire.StatsReport{At: now.UnixMilli(), Full: true} }
+	st.note("n1", rep(), now.Add(-31*24*time.Hour)) // before the node went offline
+	st.note("n1", rep(), now)                       // back
+	st.note("n2", rep(), now)
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(&LocalStats{Replica: "b", Nodes: st.local(now.Add(-time.Minute), now)}); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := decodeLocalStats(&buf)
+	if err != nil {
+		t.Fatalf("a replica's own answer refused: %v", err)
+	}
+	for _, n := range ls.Nodes {
+		if n.Prev != nil {
+			t.Errorf("node %s: a previous table heard %d ms ago kept", n.Node, n.PrevAgoMs)
+		}
+	}
+	if len(ls.Nodes) != 2 {
+		t.Errorf("%d nodes, want 2", len(ls.Nodes))
 	}
 }
 
