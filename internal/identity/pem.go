@@ -10,12 +10,14 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // maxPEM bounds what the parsers here accept: a bundle of a few dozen roots
@@ -138,23 +140,68 @@ func EncodeKeyPEM(key crypto.Signer) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: b}), nil
 }
 
-// ParseKeyPEM parses a PKCS #8, EC or PKCS #1 private key.
+// ParseKeyPEM parses a PEM file holding exactly one private key: PKCS #8
+// ("PRIVATE KEY"), EC ("EC PRIVATE KEY") or PKCS #1 ("RSA PRIVATE KEY").
+// "EC PARAMETERS" blocks (what `openssl ecparam -genkey` writes before the
+// key) are skipped, but must name the key's curve. Text before the first
+// block is ignored (as for certificates); a second key block, any other
+// block type or non-PEM data after the last block is an error.
 func ParseKeyPEM(b []byte) (crypto.Signer, error) {
-	blk, _ := pem.Decode(b)
-	if blk == nil {
+	if len(b) > maxPEM {
+		return nil, fmt.Errorf("key file of %d bytes, max %d", len(b), maxPEM)
+	}
+	var (
+		key     *pem.Block
+		params  []asn1.ObjectIdentifier
+		nblocks int
+	)
+	rest := b
+	for {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		nblocks++
+		switch blk.Type {
+		case "EC PARAMETERS":
+			var oid asn1.ObjectIdentifier
+			if tail, err := asn1.Unmarshal(blk.Bytes, &oid); err != nil || len(tail) > 0 {
+				return nil, errors.New("EC PARAMETERS block is not a named curve")
+			}
+			params = append(params, oid)
+		case "PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY":
+			if key != nil {
+				return nil, fmt.Errorf("more than one private key (a %q block after a %q block); want exactly one", blk.Type, key.Type)
+			}
+			key = blk
+		case "ENCRYPTED PRIVATE KEY":
+			return nil, errors.New("encrypted private key (ENCRYPTED PRIVATE KEY) not supported; decrypt it first")
+		default:
+			return nil, fmt.Errorf("unexpected PEM block %q", blk.Type)
+		}
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		if nblocks == 0 {
+			return nil, errors.New("no PEM private key (not PEM)")
+		}
+		return nil, errors.New("trailing data after the last PEM block")
+	}
+	if key == nil {
 		return nil, errors.New("no PEM private key")
+	}
+	if strings.Contains(key.Headers["Proc-Type"], "ENCRYPTED") {
+		return nil, fmt.Errorf("encrypted %s (Proc-Type header) not supported; decrypt it first", key.Type)
 	}
 	var k any
 	var err error
-	switch blk.Type {
+	switch key.Type {
 	case "PRIVATE KEY":
-		k, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
+		k, err = x509.ParsePKCS8PrivateKey(key.Bytes)
 	case "EC PRIVATE KEY":
-		k, err = x509.ParseECPrivateKey(blk.Bytes)
+		k, err = x509.ParseECPrivateKey(key.Bytes)
 	case "RSA PRIVATE KEY":
-		k, err = x509.ParsePKCS1PrivateKey(blk.Bytes)
-	default:
-		return nil, fmt.Errorf("unexpected PEM block %q", blk.Type)
+		k, err = x509.ParsePKCS1PrivateKey(key.Bytes)
 	}
 	if err != nil {
 		return nil, err
@@ -163,7 +210,40 @@ func ParseKeyPEM(b []byte) (crypto.Signer, error) {
 	if !ok {
 		return nil, fmt.Errorf("unsupported key type %T", k)
 	}
+	for _, oid := range params {
+		if err := curveMatches(oid, s.Public()); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// namedCurves maps the named-curve OIDs (RFC 5480) to Go's curves.
+var namedCurves = []struct {
+	oid   asn1.ObjectIdentifier
+	curve elliptic.Curve
+}{
+	{asn1.ObjectIdentifier{1, 3, 132, 0, 33}, elliptic.P224()},
+	{asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}, elliptic.P256()},
+	{asn1.ObjectIdentifier{1, 3, 132, 0, 34}, elliptic.P384()},
+	{asn1.ObjectIdentifier{1, 3, 132, 0, 35}, elliptic.P521()},
+}
+
+// curveMatches checks that an EC PARAMETERS block's curve is the key's.
+func curveMatches(oid asn1.ObjectIdentifier, pub crypto.PublicKey) error {
+	ec, ok := pub.(*ecdsa.PublicKey)
+	if !ok {
+		return fmt.Errorf("EC PARAMETERS block (curve %s) with a non-EC key", oid)
+	}
+	for _, c := range namedCurves {
+		if c.oid.Equal(oid) {
+			if c.curve != ec.Curve {
+				return fmt.Errorf("EC PARAMETERS block names curve %s but the key is on %s", c.curve.Params().Name, ec.Curve.Params().Name)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("EC PARAMETERS block names curve %s, not the key's %s", oid, ec.Curve.Params().Name)
 }
 
 // readKey reads a private key file, refusing one that others can read.

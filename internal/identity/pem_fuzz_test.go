@@ -65,7 +65,8 @@ func FuzzParseCertificatesPEM(f *testing.F) {
 // the relay's, the CA's key) gives a key or an error, never a panic; what
 // parses signs what its public key verifies (the key a certificate is
 // matched against is the one that signs), and writes back as PKCS #8 to
-// the same key.
+// the same key. A file that parses is refused with a second key block or
+// non-PEM data after it.
 func FuzzParseKeyPEM(f *testing.F) {
 	ec, _ := NewKey()
 	p8, _ := EncodeKeyPEM(ec)
@@ -86,6 +87,12 @@ func FuzzParseKeyPEM(f *testing.F) {
 	f.Add(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Headers: map[string]string{"Proc-Type": "4,ENCRYPTED", "DEK-Info": "AES-128-CBC,00"}, Bytes: ecDER}))
 	f.Add(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ecDER}))
 	f.Add(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: ecDER[:len(ecDER)-3]}))
+	ecPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: ecDER})
+	f.Add(append(ecParamsPEM(f, oidP256), ecPEM...))                 // openssl ecparam -genkey
+	f.Add(append(ecParamsPEM(f, oidP384), ecPEM...))                 // a curve not the key's
+	f.Add(append(append(ecParamsPEM(f, oidP256), ecPEM...), "x"...)) // trailing garbage
+	f.Add(append(append([]byte{}, ecPEM...), p8...))
+	f.Add(pem.EncodeToMemory(&pem.Block{Type: "EC PARAMETERS", Bytes: []byte{0x30, 0}}))
 	f.Add([]byte("not a key"))
 	f.Add([]byte{})
 	digest := sha256.Sum256([]byte("fogmesh"))
@@ -124,6 +131,12 @@ func FuzzParseKeyPEM(f *testing.F) {
 		back, err := ParseKeyPEM(p)
 		if err != nil || !publicKeyEqual(back.Public(), k.Public()) {
 			t.Fatalf("key written back does not read the same: %v", err)
+		}
+		if _, err := ParseKeyPEM(append(bytes.Clone(b), "\nx"...)); err == nil {
+			t.Fatal("trailing data after the key accepted")
+		}
+		if _, err := ParseKeyPEM(append(append(bytes.Clone(b), '\n'), p...)); err == nil {
+			t.Fatal("a second key block accepted")
 		}
 	})
 }
