@@ -2,6 +2,7 @@ package main
 
 import (
 	"testing"
+	"time"
 
 	"github.com/fogmesh/fogmesh/internal/cli"
 	"github.com/fogmesh/fogmesh/internal/control"
@@ -12,7 +13,7 @@ import (
 // strictly; what it accepts is what it says (written back as JSON or YAML
 // it reads the same, testenv.ConfigRoundTrip), and the control.Config it
 // makes is validated or refused with an error, never a panic, the same
-// way for what was read back.
+// way for what was read back; a negative duration is refused.
 func FuzzControlConfig(f *testing.F) {
 	for _, s := range []string{
 		"stateDir: /var/lib/fogmesh/control\nadminAddr: 0.0.0.0:7070\nsyncAddr: 0.0.0.0:7071\nheartbeatInterval: 5s\nnodeTimeout: 15s\nserverNames: [cp.example, 10.0.0.1]\n",
@@ -29,6 +30,9 @@ func FuzzControlConfig(f *testing.F) {
 		"kube: in-cluster\nkubeSiteLabels: [fogmesh.io/site]\nkubeMaxServicePorts: -1\n",
 		"maxEndpointsPerNode: -1\nauditArchivesPerNode: -1\nsyncMaxHandshakes: -1\nadminMaxHandshakesPerSource: 0\n",
 		"trustDomain: \"yes\"\nname: \"null\"\nregion: \"~\"\n",
+		"heartbeatInterval: -5s\nnodeTimeout: 15s\n",
+		"reconnectGrace: -1ns\n",
+		"insecure: true\nregionCATTL: -720h\n",
 		"heartbeatInterval: soon\n", "bogus: 1\n", "", "null", "{", "[]",
 	} {
 		f.Add([]byte(s))
@@ -48,6 +52,12 @@ func FuzzControlConfig(f *testing.F) {
 		err, errBack := control.CheckConfig(fc.controlConfig(vipMin, vipMax)), control.CheckConfig(back.controlConfig(vipMin, vipMax))
 		if (err == nil) != (errBack == nil) {
 			t.Fatalf("config %q: validation %v, of the same read back %v", b, err, errBack)
+		}
+		for _, d := range []durationValue{fc.HeartbeatInterval, fc.NodeTimeout, fc.NodeExpiry, fc.ReconnectGrace,
+			fc.NodeTTL, fc.WorkloadTTL, fc.AutonomyWindow, fc.RotationOverlap, fc.RegionCATTL} {
+			if d < 0 && err == nil {
+				t.Fatalf("config %q: negative duration %s accepted", b, time.Duration(d))
+			}
 		}
 	})
 }

@@ -199,6 +199,9 @@ func (c *Config) validate() error {
 		c.SyncAddr = DefaultSyncAddr
 	}
 	c.Network = netseam.Or(c.Network)
+	if err := c.checkNegativeDurations(); err != nil {
+		return err
+	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = 5 * time.Second
 	}
@@ -263,6 +266,32 @@ func (c *Config) validate() error {
 	}
 	if c.Metrics == nil {
 		c.Metrics = metrics.NewSet()
+	}
+	return nil
+}
+
+// checkNegativeDurations refuses a negative duration, naming its field as
+// the config file does: 0 is the default, and no duration here gives a
+// negative one a meaning (a negative limit, as AuditArchivesPerNode's, is
+// a count, not a duration).
+func (c *Config) checkNegativeDurations() error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"heartbeatInterval", c.HeartbeatInterval},
+		{"nodeTimeout", c.NodeTimeout},
+		{"nodeExpiry", c.NodeExpiry},
+		{"reconnectGrace", c.ReconnectGrace},
+		{"nodeTTL", c.NodeTTL},
+		{"workloadTTL", c.WorkloadTTL},
+		{"autonomyWindow", c.AutonomyWindow},
+		{"rotationOverlap", c.RotationOverlap},
+		{"regionCATTL", c.RegionCATTL},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("control: %s %s is negative (0 or unset: the default)", d.name, d.v)
+		}
 	}
 	return nil
 }
