@@ -9,7 +9,7 @@ import (
 
 // FuzzRelayConfig: the relay's config file (-config) is decoded strictly,
 // and what it accepts is what it says: written back as JSON or YAML it
-// reads the same (testenv.ConfigRoundTrip).
+// reads the same (testenv.ConfigRoundTrip); a negative duration is refused.
 func FuzzRelayConfig(f *testing.F) {
 	for _, s := range []string{
 		"addr: 0.0.0.0:7074\nadminAddr: 127.0.0.1:7075\ncertFile: /etc/relay/cert.pem\nkeyFile: /etc/relay/key.pem\nbundleFile: b.pem\ndenyFile: trust.json\n",
@@ -17,6 +17,7 @@ func FuzzRelayConfig(f *testing.F) {
 		`{"addr":":7074","udpAddr":"off","reloadInterval":"5s","idleTimeout":"2m0s","maxSessionsPerNode":64,"maxSessionsPerPair":16,"bytesPerSecond":-1,"maxHandshakes":-1,"maxHandshakesPerSource":256}`,
 		"reloadInterval: -1h30m\nidleTimeout: 1.5us\n",
 		"idleTimeout: 2 minutes\n",
+		"idleTimeout: -1ns\n",
 		"bytesPerSecond: 9223372036854775807\n",
 		"bytesPerSecond: 1e3\n",
 		"maxSessionsPerNode: 1.5\n",
@@ -32,5 +33,8 @@ func FuzzRelayConfig(f *testing.F) {
 			return
 		}
 		testenv.ConfigRoundTrip(t, &fc, base.DecodeConfig)
+		if err := fc.checkDurations(); (err != nil) != (fc.ReloadInterval < 0 || fc.IdleTimeout < 0) {
+			t.Fatalf("config %q: reloadInterval %v, idleTimeout %v: check %v", b, fc.ReloadInterval, fc.IdleTimeout, err)
+		}
 	})
 }

@@ -46,6 +46,19 @@ type relayFile struct {
 	MaxHandshakesPerSource int `json:"maxHandshakesPerSource,omitempty"`
 }
 
+// checkDurations refuses a negative duration, naming its field: 0 (unset)
+// is the default, and a negative one means nothing (before, a negative
+// reloadInterval fell back to the default without a word).
+func (fc *relayFile) checkDurations() error {
+	if fc.ReloadInterval < 0 {
+		return fmt.Errorf("relay: reloadInterval %s is negative (0 or unset: the default, 5s)", time.Duration(fc.ReloadInterval))
+	}
+	if fc.IdleTimeout < 0 {
+		return fmt.Errorf("relay: idleTimeout %s is negative (0 or unset: the default, 2m)", time.Duration(fc.IdleTimeout))
+	}
+	return nil
+}
+
 // Run runs the relay with the command line args until SIGINT or SIGTERM.
 // prog names the command in flag errors and the first log line. Errors
 // that are the caller's (flags, config, refused joins) are
@@ -138,6 +151,9 @@ func Run(prog string, args []string) error {
 	}
 	if set["max-handshakes-per-source"] {
 		fc.MaxHandshakesPerSource = *maxHsSrc
+	}
+	if err := fc.checkDurations(); err != nil {
+		return &base.UsageError{Err: err}
 	}
 	if fc.Addr == "" {
 		fc.Addr = "0.0.0.0:7074"
