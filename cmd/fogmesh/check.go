@@ -81,12 +81,16 @@ func runCheck(args []string) error {
 	return nil
 }
 
+// printChecks prints the results as lines. A detail or hint holds text of
+// the control plane's and agents' answers (node names, error bodies) and
+// of files: it goes through termSafe, as in fogmesh get and stat, so no
+// answer can move the cursor, recolour or clear the terminal, or add lines.
 func printChecks(w io.Writer, results []checkResult) {
 	mark := map[string]string{"ok": "✔", "warn": "‼", "fail": "✖"}
 	for _, r := range results {
-		fmt.Fprintf(w, "%s %s: %s\n", mark[r.Status], r.Name, r.Detail)
+		fmt.Fprintf(w, "%s %s: %s\n", mark[r.Status], termSafe(r.Name), termSafe(r.Detail))
 		if r.Hint != "" && r.Status != "ok" {
-			fmt.Fprintf(w, "    hint: %s\n", r.Hint)
+			fmt.Fprintf(w, "    hint: %s\n", termSafe(r.Hint))
 		}
 	}
 	failed, warned := 0, 0
