@@ -143,9 +143,10 @@ func EncodeKeyPEM(key crypto.Signer) ([]byte, error) {
 // ParseKeyPEM parses a PEM file holding exactly one private key: PKCS #8
 // ("PRIVATE KEY"), EC ("EC PRIVATE KEY") or PKCS #1 ("RSA PRIVATE KEY").
 // "EC PARAMETERS" blocks (what `openssl ecparam -genkey` writes before the
-// key) are skipped, but must name the key's curve. Text before the first
-// block is ignored (as for certificates); a second key block, any other
-// block type or non-PEM data after the last block is an error.
+// key) are skipped, but must name the key's curve, and so are CERTIFICATE
+// blocks (a combined key and chain file). Text before the first block is
+// ignored (as for certificates); a second key block, any other block type
+// or non-PEM data after the last block is an error.
 func ParseKeyPEM(b []byte) (crypto.Signer, error) {
 	if len(b) > maxPEM {
 		return nil, fmt.Errorf("key file of %d bytes, max %d", len(b), maxPEM)
@@ -175,6 +176,10 @@ func ParseKeyPEM(b []byte) (crypto.Signer, error) {
 				return nil, fmt.Errorf("more than one private key (a %q block after a %q block); want exactly one", blk.Type, key.Type)
 			}
 			key = blk
+		case "CERTIFICATE":
+			// A combined file (key and certificate chain, as some servers
+			// take): the key file's first block was the key, and what came
+			// after it was not read.
 		case "ENCRYPTED PRIVATE KEY":
 			return nil, errors.New("encrypted private key (ENCRYPTED PRIVATE KEY) not supported; decrypt it first")
 		default:

@@ -66,6 +66,8 @@ func TestParseKeyPEMForms(t *testing.T) {
 		"ec parameters first":  cat(ecParamsPEM(t, oidP256), ecKeyPEM(t, ec)),
 		"ec parameters after":  cat(ecKeyPEM(t, ec), ecParamsPEM(t, oidP256)),
 		"ec parameters pkcs8":  cat(ecParamsPEM(t, oidP256), p8),
+		"key then certificate": cat(p8, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1}})),
+		"certificate then key": cat(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1}}), ecKeyPEM(t, ec)),
 		"crlf":                 bytes.ReplaceAll(cat(ecParamsPEM(t, oidP256), ecKeyPEM(t, ec)), []byte("\n"), []byte("\r\n")),
 	} {
 		k, err := ParseKeyPEM(b)
@@ -102,7 +104,8 @@ func TestParseKeyPEMRefuses(t *testing.T) {
 		{"params with ed25519", cat(ecParamsPEM(t, oidP256), edPEM), "non-EC key"},
 		{"explicit params", cat(pem.EncodeToMemory(&pem.Block{Type: "EC PARAMETERS", Bytes: badParams}), ecKeyPEM(t, ec)), "not a named curve"},
 		{"params only", ecParamsPEM(t, oidP256), "no PEM private key"},
-		{"certificate", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1}}), `unexpected PEM block "CERTIFICATE"`},
+		{"certificate only", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1}}), "no PEM private key"},
+		{"other block", cat(p8, pem.EncodeToMemory(&pem.Block{Type: "DH PARAMETERS", Bytes: []byte{1}})), `unexpected PEM block "DH PARAMETERS"`},
 		{"encrypted pkcs8", pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte{1}}), "encrypted"},
 		{"not pem", []byte("not a key"), "not PEM"},
 		{"empty", nil, "no PEM private key"},
