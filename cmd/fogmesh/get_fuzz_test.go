@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/control"
@@ -29,14 +27,7 @@ func checkGetOutput(t *testing.T, kind string, items []json.RawMessage) {
 		return // an item that does not decode: the command fails
 	}
 	out := buf.String()
-	if !utf8.ValidString(out) {
-		t.Fatalf("table is not UTF-8: %q", out)
-	}
-	for _, r := range out {
-		if r != '\n' && !unicode.IsGraphic(r) {
-			t.Fatalf("table holds %U: %q", r, out)
-		}
-	}
+	checkTerminalText(t, out)
 	lines := 1 + len(items)
 	if kind == "nodes" {
 		for _, raw := range items {

@@ -16,6 +16,20 @@ const statsAnswer = `{"time":"2026-12-06T10:00:00Z","services":[{"service":"shop
 	`"edges":[{"service":"shop/orders","sourceService":"shop/web","sourceNode":"n1","node":"n2","tier":"site","path":"same_site","requests":120,"rps":2,"success":-1,"p50":-1,"p95":-1,"p99":-1,"window":60}],` +
 	`"nodes":["n1"],"unreported":{"n3":"no request counters in its heartbeats"},"dropped":{"n1":2}}`
 
+// checkTerminalText fails t unless out, a table for the terminal, is
+// valid UTF-8 of graphic runes and newlines only (no escape sequence).
+func checkTerminalText(t *testing.T, out string) {
+	t.Helper()
+	if !utf8.ValidString(out) {
+		t.Fatalf("table is not UTF-8: %q", out)
+	}
+	for _, r := range out {
+		if r != '\n' && !unicode.IsGraphic(r) {
+			t.Fatalf("table holds %U: %q", r, out)
+		}
+	}
+}
+
 // checkStatsOutput: the table has a line per row (and its headers), only
 // graphic runes, and is valid UTF-8; JSON output is valid JSON.
 func checkStatsOutput(t *testing.T, st *control.StatsResponse) {
@@ -25,14 +39,7 @@ func checkStatsOutput(t *testing.T, st *control.StatsResponse) {
 		t.Fatal(err)
 	}
 	out := tb.String()
-	if !utf8.ValidString(out) {
-		t.Fatalf("table is not UTF-8: %q", out)
-	}
-	for _, r := range out {
-		if r != '\n' && !unicode.IsGraphic(r) {
-			t.Fatalf("table holds %U: %q", r, out)
-		}
-	}
+	checkTerminalText(t, out)
 	lines := 1 + max(1, len(st.Services)) + len(st.Unreported)
 	if len(st.Edges) > 0 {
 		lines += 2 + len(st.Edges)
