@@ -15,6 +15,7 @@ case "${1:-test}" in
     need etcd etcd-server
     need h2load nghttp2-client
     need chromium chromium
+    need openssl openssl
     ;;
   bench)
     need dig dnsutils
