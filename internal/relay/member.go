@@ -254,6 +254,9 @@ func (m *Member) applyTrust(t *wire.Trust, setDenied func([]string), save bool) 
 		if err != nil {
 			return fmt.Errorf("trust: %w", err)
 		}
+		if btd.Name() != name { // "" is the default domain's: two bundles for one domain
+			return fmt.Errorf("trust: bundle %q: trust domain %s is written %q", name, btd.Name(), btd.Name())
+		}
 		certs, err := identity.ParseDERs(ders)
 		if err != nil {
 			return fmt.Errorf("trust: bundle %s: %w", name, err)

@@ -13,6 +13,32 @@ import (
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
+// TestMemberTrustBundleNameAsWritten: a joined relay takes a bundle only
+// under its trust domain's name as written. Before, a bundle named ""
+// passed (it parses as the default trust domain): the relay held two
+// bundles for its own trust domain and verified with whichever came last
+// in map order.
+func TestMemberTrustBundleNameAsWritten(t *testing.T) {
+	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := wire.Trust{TrustDomain: "fogmesh.local", Bundles: map[string][][]byte{
+		"fogmesh.local": identity.DERs(ca.Roots()), "": identity.DERs(other.Roots())}}
+	m := &Member{cfg: MemberConfig{StateDir: t.TempDir()}, log: slog.New(slog.DiscardHandler), src: identity.NewSource()}
+	if err := m.applyTrust(&tr, nil, false); err == nil {
+		t.Fatal(`a bundle named "" taken beside the own trust domain's`)
+	}
+	delete(tr.Bundles, "")
+	if err := m.applyTrust(&tr, nil, false); err != nil {
+		t.Fatalf("the trust without it: %v", err)
+	}
+}
+
 // FuzzMemberTrustFile: a joined relay's trust.json (read back at start,
 // and each trust message it saves as it) applies only whole and valid:
 // its trust domain with roots, each bundle parsed; what applies saves
@@ -29,6 +55,7 @@ func FuzzMemberTrustFile(f *testing.F) {
 	f.Add(b)
 	f.Add(bytes.Replace(b, []byte(`"bundles":{`), []byte(`"bundles":{"bad td!":[],`), 1))
 	f.Add(bytes.Replace(b, []byte(`"bundles":{`), []byte(`"bundles":{"other.example":["MAMBAgM="],`), 1))
+	f.Add(bytes.Replace(b, []byte(`"bundles":{`), []byte(`"bundles":{"":["MAMBAgM="],`), 1))
 	f.Add([]byte(`{"trustDomain":"fogmesh.local","bundles":{"fogmesh.local":[]}}`))
 	f.Add([]byte(`{"trustDomain":"","bundles":null}`))
 	f.Add([]byte(`{`))
@@ -51,6 +78,9 @@ func FuzzMemberTrustFile(f *testing.F) {
 			t.Fatalf("trust %q applied as %s", b, m.td)
 		}
 		for name, ders := range tr.Bundles {
+			if td, err := identity.ParseTrustDomain(name); err != nil || td.Name() != name {
+				t.Fatalf("trust %q applied with bundle %q: %v", b, name, err)
+			}
 			if _, err := identity.ParseDERs(ders); err != nil {
 				t.Fatalf("trust %q applied with bundle %q: %v", b, name, err)
 			}
