@@ -27,17 +27,12 @@ const maxPEM = 1 << 20
 // ParseCertificatesPEM parses one or more PEM CERTIFICATE blocks. Anything
 // else (other block types, trailing garbage, no certificate) is an error.
 func ParseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
-	if len(b) > maxPEM {
-		return nil, fmt.Errorf("%w: %d bytes, max %d", ErrBadBundle, len(b), maxPEM)
+	blocks, err := pemBlocks(b, "certificate")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadBundle, err)
 	}
 	var out []*x509.Certificate
-	rest := b
-	for {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
+	for _, blk := range blocks {
 		if blk.Type != "CERTIFICATE" {
 			return nil, fmt.Errorf("%w: unexpected PEM block %q", ErrBadBundle, blk.Type)
 		}
@@ -47,16 +42,35 @@ func ParseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
 		}
 		out = append(out, c)
 	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		if len(out) == 0 {
-			return nil, fmt.Errorf("%w: no PEM certificate (not PEM)", ErrBadBundle)
-		}
-		return nil, fmt.Errorf("%w: trailing data after the last PEM block", ErrBadBundle)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%w: no PEM certificate", ErrBadBundle)
-	}
 	return out, nil
+}
+
+// pemBlocks decodes every PEM block of b, a file of at most maxPEM bytes
+// holding nothing but blocks after them (text before the first is
+// ignored, as pem.Decode does); what names the blocks looked for in its
+// errors, one of which there must be at least.
+func pemBlocks(b []byte, what string) ([]*pem.Block, error) {
+	if len(b) > maxPEM {
+		return nil, fmt.Errorf("%s file of %d bytes, max %d", what, len(b), maxPEM)
+	}
+	var blocks []*pem.Block
+	rest := b
+	for {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		blocks = append(blocks, blk)
+	}
+	switch {
+	case len(bytes.TrimSpace(rest)) > 0 && len(blocks) == 0:
+		return nil, fmt.Errorf("no PEM %s (not PEM)", what)
+	case len(bytes.TrimSpace(rest)) > 0:
+		return nil, errors.New("trailing data after the last PEM block")
+	case len(blocks) == 0:
+		return nil, fmt.Errorf("no PEM %s", what)
+	}
+	return blocks, nil
 }
 
 // ParseBundlePEM parses a trust bundle file: PEM CA certificates. Every
@@ -148,22 +162,15 @@ func EncodeKeyPEM(key crypto.Signer) ([]byte, error) {
 // ignored (as for certificates); a second key block, any other block type
 // or non-PEM data after the last block is an error.
 func ParseKeyPEM(b []byte) (crypto.Signer, error) {
-	if len(b) > maxPEM {
-		return nil, fmt.Errorf("key file of %d bytes, max %d", len(b), maxPEM)
+	blocks, err := pemBlocks(b, "private key")
+	if err != nil {
+		return nil, err
 	}
 	var (
-		key     *pem.Block
-		params  []asn1.ObjectIdentifier
-		nblocks int
+		key    *pem.Block
+		params []asn1.ObjectIdentifier
 	)
-	rest := b
-	for {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
-		nblocks++
+	for _, blk := range blocks {
 		switch blk.Type {
 		case "EC PARAMETERS":
 			var oid asn1.ObjectIdentifier
@@ -186,12 +193,6 @@ func ParseKeyPEM(b []byte) (crypto.Signer, error) {
 			return nil, fmt.Errorf("unexpected PEM block %q", blk.Type)
 		}
 	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		if nblocks == 0 {
-			return nil, errors.New("no PEM private key (not PEM)")
-		}
-		return nil, errors.New("trailing data after the last PEM block")
-	}
 	if key == nil {
 		return nil, errors.New("no PEM private key")
 	}
@@ -199,7 +200,6 @@ func ParseKeyPEM(b []byte) (crypto.Signer, error) {
 		return nil, fmt.Errorf("encrypted %s (Proc-Type header) not supported; decrypt it first", key.Type)
 	}
 	var k any
-	var err error
 	switch key.Type {
 	case "PRIVATE KEY":
 		k, err = x509.ParsePKCS8PrivateKey(key.Bytes)
