@@ -288,10 +288,7 @@ func (r *regional) roots(t *wire.Trust) ([]*x509.Certificate, error) {
 		if name == r.td.Name() {
 			continue
 		}
-		btd, err := identity.ParseTrustDomain(name)
-		if err == nil && btd.Name() != name {
-			err = fmt.Errorf("trust domain %q is written %q", name, btd.Name())
-		}
+		_, err := identity.ParseBundleName(name)
 		if err == nil {
 			_, err = identity.ParseDERs(ders)
 		}

@@ -62,6 +62,18 @@ func ParseTrustDomain(name string) (spiffeid.TrustDomain, error) {
 	return td, nil
 }
 
+// ParseBundleName parses the name a trust document keys a bundle by: a
+// trust domain's name exactly as it is written ("" is no name here, though
+// ParseTrustDomain reads it as the default domain: a bundle under "" beside
+// the default domain's would be a second bundle for one domain).
+func ParseBundleName(name string) (spiffeid.TrustDomain, error) {
+	td, err := ParseTrustDomain(name)
+	if err == nil && td.Name() != name {
+		return spiffeid.TrustDomain{}, fmt.Errorf("bundle %q: trust domain %s is written %q", name, td.Name(), td.Name())
+	}
+	return td, err
+}
+
 // NodeID returns the SPIFFE ID of a node's agent.
 func NodeID(td spiffeid.TrustDomain, site, node string) (spiffeid.ID, error) {
 	return spiffeid.FromString(api.NodeID(td.Name(), site, node))

@@ -250,12 +250,9 @@ func (m *Member) applyTrust(t *wire.Trust, setDenied func([]string), save bool) 
 	}
 	var bundles []*x509bundle.Bundle
 	for name, ders := range t.Bundles {
-		btd, err := identity.ParseTrustDomain(name)
+		btd, err := identity.ParseBundleName(name)
 		if err != nil {
 			return fmt.Errorf("trust: %w", err)
-		}
-		if btd.Name() != name { // "" is the default domain's: two bundles for one domain
-			return fmt.Errorf("trust: bundle %q: trust domain %s is written %q", name, btd.Name(), btd.Name())
 		}
 		certs, err := identity.ParseDERs(ders)
 		if err != nil {
