@@ -206,67 +206,29 @@ func checkRegionToken(b []byte, tok identity.Token, name string, now time.Time) 
 	return r, nil
 }
 
-// serveRegionTrust runs a region's trust stream (ALPN fogmesh-region/1):
-// the trust document now and after
-// every change; both certificates again for each renewal; an answer to
-// each heartbeat. It ends when the region is silent for 4 ×
-// wire.RelayHeartbeat, on a bad frame, when the region is revoked or when
-// the control plane stops.
+// serveRegionTrust runs a region's trust stream (ALPN fogmesh-region/1,
+// serveMemberStream): both certificates again for each renewal.
 func (s *Server) serveRegionTrust(ctx context.Context, c net.Conn, peer spiffeid.ID) error {
 	name, ok := identity.ParseRegionID(peer)
 	if !ok {
 		return fmt.Errorf("%s is not a region identity", peer)
 	}
-	s.mu.Lock()
-	s.streams[c] = "region:" + name // revokeRegion closes it
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.streams, c)
-		s.mu.Unlock()
-	}()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	write := s.pushTrust(ctx, c)
-	s.log.Info("control: region connected", "region", name, "remote", c.RemoteAddr())
-	r := wire.NewReader(c)
-	for {
-		c.SetReadDeadline(time.Now().Add(4 * wire.RelayHeartbeat))
-		m, err := r.Read()
+	return s.serveMemberStream(ctx, c, peer, "region", name, func(m *wire.Message, write func(*wire.Message) error) error {
+		var rec regionRecord
+		b, err := s.st.GetSecure(keyRegion + name)
+		if err != nil || b == nil || json.Unmarshal(b, &rec) != nil {
+			write(&wire.Message{Type: wire.TypeError, Error: "renew: this control plane has no record of region " + name})
+			return fmt.Errorf("region %s: no record: %v", name, err)
+		}
+		client, inter, err := s.sec.signRegion(name, m.CSR, m.CACSR, &rec)
 		if err != nil {
+			write(&wire.Message{Type: wire.TypeError, Error: "renew: " + err.Error()})
 			return err
 		}
-		switch m.Type {
-		case wire.TypeHeartbeat:
-			if err := write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
-				return err
-			}
-		case wire.TypeRenew:
-			if s.sec.src.Denied(peer.String()) {
-				write(&wire.Message{Type: wire.TypeError, Error: "region is revoked"})
-				return fmt.Errorf("region %s is revoked", name)
-			}
-			var rec regionRecord
-			b, err := s.st.GetSecure(keyRegion + name)
-			if err != nil || b == nil || json.Unmarshal(b, &rec) != nil {
-				write(&wire.Message{Type: wire.TypeError, Error: "renew: this control plane has no record of region " + name})
-				return fmt.Errorf("region %s: no record: %v", name, err)
-			}
-			client, inter, err := s.sec.signRegion(name, m.CSR, m.CACSR, &rec)
-			if err != nil {
-				write(&wire.Message{Type: wire.TypeError, Error: "renew: " + err.Error()})
-				return err
-			}
-			s.log.Info("control: region certificates renewed", "region", name,
-				"intermediate", inter.SerialNumber.Text(16), "notAfter", inter.NotAfter)
-			if err := write(&wire.Message{Type: wire.TypeCert, Certificates: identity.DERs(client), CACertificates: [][]byte{inter.Raw}}); err != nil {
-				return err
-			}
-		default:
-			write(&wire.Message{Type: wire.TypeError, Error: "unexpected " + m.Type + " on a region stream"})
-			return fmt.Errorf("region %s: unexpected %s", name, m.Type)
-		}
-	}
+		s.log.Info("control: region certificates renewed", "region", name,
+			"intermediate", inter.SerialNumber.Text(16), "notAfter", inter.NotAfter)
+		return write(&wire.Message{Type: wire.TypeCert, Certificates: identity.DERs(client), CACertificates: [][]byte{inter.Raw}})
+	})
 }
 
 // revokeRegion puts a region on the deny list: its intermediate and every

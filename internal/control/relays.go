@@ -120,17 +120,40 @@ func checkRelayToken(b []byte, tok identity.Token, now time.Time) (tokenRecord, 
 	return r, nil
 }
 
-// serveRelay runs a relay's stream: the trust document now and after every
-// change; a certificate for each renewal; an answer to each heartbeat. It
-// ends when the relay is silent for 4 × wire.RelayHeartbeat, on a bad
-// frame, or when the control plane stops.
+// serveRelay runs a relay's stream (serveMemberStream): a certificate for
+// each renewal.
 func (s *Server) serveRelay(ctx context.Context, c net.Conn, peer spiffeid.ID) error {
 	name, ok := identity.ParseRelayID(peer)
 	if !ok {
 		return fmt.Errorf("%s is not a relay identity", peer)
 	}
+	return s.serveMemberStream(ctx, c, peer, "relay", name, func(m *wire.Message, write func(*wire.Message) error) error {
+		csr, err := identity.ParseCSR(m.CSR)
+		if err != nil {
+			write(&wire.Message{Type: wire.TypeError, Error: "renew: " + err.Error()})
+			return err
+		}
+		certs, err := s.sec.ca.SignRelayCSR(csr, name)
+		if err != nil {
+			return err
+		}
+		s.sec.issued("relay", certs[0])
+		s.log.Info("control: relay certificate renewed", "relay", name, "serial", certs[0].SerialNumber.Text(16), "notAfter", certs[0].NotAfter)
+		return write(&wire.Message{Type: wire.TypeCert, Certificates: identity.DERs(certs)})
+	})
+}
+
+// serveMemberStream runs the stream of a relay or a region (kind) named
+// name: the trust document now and after every change (pushTrust), an
+// answer to each heartbeat, and renew's answer to each renewal of a peer
+// not revoked. It ends when the peer is silent for 4 ×
+// wire.RelayHeartbeat, on a bad frame or a failed renewal, when the peer
+// is revoked (revokeRelay, revokeRegion close the stream) or when the
+// control plane stops.
+func (s *Server) serveMemberStream(ctx context.Context, c net.Conn, peer spiffeid.ID, kind, name string,
+	renew func(m *wire.Message, write func(*wire.Message) error) error) error {
 	s.mu.Lock()
-	s.streams[c] = "relay:" + name // revokeRelay closes it
+	s.streams[c] = kind + ":" + name
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -140,7 +163,7 @@ func (s *Server) serveRelay(ctx context.Context, c net.Conn, peer spiffeid.ID) e
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	write := s.pushTrust(ctx, c)
-	s.log.Info("control: relay connected", "relay", name, "remote", c.RemoteAddr())
+	s.log.Info("control: "+kind+" connected", kind, name, "remote", c.RemoteAddr())
 	r := wire.NewReader(c)
 	for {
 		c.SetReadDeadline(time.Now().Add(4 * wire.RelayHeartbeat))
@@ -150,31 +173,19 @@ func (s *Server) serveRelay(ctx context.Context, c net.Conn, peer spiffeid.ID) e
 		}
 		switch m.Type {
 		case wire.TypeHeartbeat:
-			if err := write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
-				return err
-			}
+			err = write(&wire.Message{Type: wire.TypeHeartbeat})
 		case wire.TypeRenew:
 			if s.sec.src.Denied(peer.String()) {
-				write(&wire.Message{Type: wire.TypeError, Error: "relay is revoked"})
-				return fmt.Errorf("relay %s is revoked", name)
+				write(&wire.Message{Type: wire.TypeError, Error: kind + " is revoked"})
+				return fmt.Errorf("%s %s is revoked", kind, name)
 			}
-			csr, err := identity.ParseCSR(m.CSR)
-			if err != nil {
-				write(&wire.Message{Type: wire.TypeError, Error: "renew: " + err.Error()})
-				return err
-			}
-			certs, err := s.sec.ca.SignRelayCSR(csr, name)
-			if err != nil {
-				return err
-			}
-			s.sec.issued("relay", certs[0])
-			s.log.Info("control: relay certificate renewed", "relay", name, "serial", certs[0].SerialNumber.Text(16), "notAfter", certs[0].NotAfter)
-			if err := write(&wire.Message{Type: wire.TypeCert, Certificates: identity.DERs(certs)}); err != nil {
-				return err
-			}
+			err = renew(m, write)
 		default:
-			write(&wire.Message{Type: wire.TypeError, Error: "unexpected " + m.Type + " on a relay stream"})
-			return fmt.Errorf("relay %s: unexpected %s", name, m.Type)
+			write(&wire.Message{Type: wire.TypeError, Error: "unexpected " + m.Type + " on a " + kind + " stream"})
+			return fmt.Errorf("%s %s: unexpected %s", kind, name, m.Type)
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
