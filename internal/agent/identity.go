@@ -187,7 +187,11 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 		ni.td = td
 	}
 	ni.src.SetBundles(bundles...)
-	ni.src.SetDenied(t.Revoked)
+	denied, err := identity.CanonicalIDs(t.Revoked)
+	if err != nil { // it would deny no one: the rest of the trust applies
+		a.log.Warn("agent: trust: revoked entries dropped", "err", err)
+	}
+	ni.src.SetDenied(denied)
 	// The Workload API hands out the same bundles, by trust domain name.
 	wb := make(map[string][]*x509.Certificate, len(bundles))
 	for _, b := range bundles {

@@ -149,3 +149,30 @@ func FuzzTrustFile(f *testing.F) {
 		}
 	})
 }
+
+// TestTrustRevokedCanonical: the agent takes a revoked entry only as a
+// SPIFFE ID written canonically (identity.CanonicalIDs, as a joined relay
+// does): another entry is dropped with a warning and the rest of the trust
+// applies. Before, every entry was taken as it came.
+func TestTrustRevokedCanonical(t *testing.T) {
+	var tr wire.Trust
+	if err := json.Unmarshal(trustSeed(t), &tr); err != nil {
+		t.Fatal(err)
+	}
+	good := tr.Revoked[0]
+	tr.Revoked = append(tr.Revoked, "", good+"#x", "SPIFFE://fogmesh.local/site/s1/node/gone")
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	a := &Agent{ident: &nodeIdentity{src: identity.NewSource()}, svids: svid.NewStore(log), log: log}
+	if err := a.applyTrust(&tr, false); err != nil {
+		t.Fatalf("trust with damaged revoked entries: %v", err)
+	}
+	for _, s := range tr.Revoked {
+		if a.ident.src.Denied(s) != (s == good) {
+			t.Errorf("%q denied: %v", s, a.ident.src.Denied(s))
+		}
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), `gone#x`) {
+		t.Errorf("no warning naming the dropped entries: %s", logs.String())
+	}
+}
