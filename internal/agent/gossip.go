@@ -67,12 +67,22 @@ func (a *Agent) keptGossipAddr() string {
 	if err != nil || port != "0" || a.cfg.StateDir == "" {
 		return ""
 	}
-	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, gossipPortFile))
-	if err != nil {
+	path := filepath.Join(a.cfg.StateDir, gossipPortFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) { // a first run
 		return ""
 	}
-	p, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 16)
-	if err != nil || p == 0 {
+	var p uint64
+	if err == nil && len(b) > 32 { // a port and a newline; not logged whole
+		err = fmt.Errorf("%d bytes", len(b))
+	}
+	if err == nil {
+		if p, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 16); err == nil && p == 0 {
+			err = errors.New("port 0")
+		}
+	}
+	if err != nil {
+		a.log.Warn("agent: the gossip port of the last run is unreadable; gossiping on another", "file", path, "err", err)
 		return ""
 	}
 	return net.JoinHostPort(host, strconv.FormatUint(p, 10))
