@@ -70,8 +70,9 @@ func runCheck(args []string) error {
 		}
 	}
 	if *out == "json" {
-		b, _ := json.MarshalIndent(map[string]any{"ok": failed == 0, "checks": results}, "", "  ")
-		fmt.Println(string(b))
+		if err := printChecksJSON(os.Stdout, results); err != nil {
+			return err
+		}
 	} else {
 		printChecks(os.Stdout, results)
 	}
@@ -107,6 +108,23 @@ func printChecks(w io.Writer, results []checkResult) {
 	} else {
 		fmt.Fprintf(w, "\nStatus: ✖ %d of %d checks failed\n", failed, len(results))
 	}
+}
+
+// printChecksJSON prints the results as JSON (-o json), every string of
+// it terminal-safe (jsonTermSafe).
+func printChecksJSON(w io.Writer, results []checkResult) error {
+	failed := 0
+	for _, r := range results {
+		if r.Status == "fail" {
+			failed++
+		}
+	}
+	b, err := json.MarshalIndent(map[string]any{"ok": failed == 0, "checks": results}, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", jsonTermSafe(b))
+	return err
 }
 
 func checkOK(name, detail string) checkResult {

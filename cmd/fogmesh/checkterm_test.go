@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -37,5 +38,35 @@ func TestCheckPrintsAnswersTermSafe(t *testing.T) {
 	printChecks(&b, []checkResult{checkFail("agents connected", "1 of 2 nodes down: shop-1-a", "see its log")})
 	if want := "✖ agents connected: 1 of 2 nodes down: shop-1-a\n    hint: see its log\n"; !strings.HasPrefix(b.String(), want) {
 		t.Errorf("plain result printed as %q, want %q", b.String(), want)
+	}
+}
+
+// TestCheckJSONEscapesC1: -o json prints a C1 control character of a
+// check's text (U+009B is CSI, which terminals take as ESC [) as a \u
+// escape, as it prints every C0 one, so the terminal never receives it
+// raw; the JSON decodes back to the same text. Before, encoding/json left
+// U+0080-U+009F as they were.
+func TestCheckJSONEscapesC1(t *testing.T) {
+	detail := "degraded\u009b2J\u0085next\u007f and café ✔"
+	var b bytes.Buffer
+	if err := printChecksJSON(&b, []checkResult{checkFail("control plane", detail, "hint\u009b")}); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, r := range out {
+		if r >= 0x7f && r <= 0x9f {
+			t.Fatalf("raw U+%04X printed:\n%q", r, out)
+		}
+	}
+	if !strings.Contains(out, `\u009b2J\u0085next\u007f`) {
+		t.Errorf("not escaped as \\u00XX:\n%s", out)
+	}
+	var back struct {
+		OK     bool          `json:"ok"`
+		Checks []checkResult `json:"checks"`
+	}
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil || back.OK || len(back.Checks) != 1 ||
+		back.Checks[0].Detail != detail || back.Checks[0].Hint != "hint\u009b" {
+		t.Errorf("JSON %s decodes as %+v (%v)", out, back, err)
 	}
 }

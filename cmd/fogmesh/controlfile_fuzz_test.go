@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"testing"
 	"time"
 
@@ -13,7 +14,8 @@ import (
 // strictly; what it accepts is what it says (written back as JSON or YAML
 // it reads the same, testenv.ConfigRoundTrip), and the control.Config it
 // makes is validated or refused with an error, never a panic, the same
-// way for what was read back; a negative duration is refused.
+// way for what was read back; a negative duration (etcdSessionTTL too,
+// whatever the store) is refused.
 func FuzzControlConfig(f *testing.F) {
 	for _, s := range []string{
 		"stateDir: /var/lib/fogmesh/control\nadminAddr: 0.0.0.0:7070\nsyncAddr: 0.0.0.0:7071\nheartbeatInterval: 5s\nnodeTimeout: 15s\nserverNames: [cp.example, 10.0.0.1]\n",
@@ -27,6 +29,7 @@ func FuzzControlConfig(f *testing.F) {
 		"workloadTTL: -1h\nnodeTTL: -5m\n",
 		"nodeExpiry: 1.5e3h\n",
 		"store: etcd\netcdEndpoints: [\"https://e1:2379\"]\netcdSessionTTL: 10s\netcdMaxTxnOps: 128\n",
+		"etcdSessionTTL: -10s\n",
 		"kube: in-cluster\nkubeSiteLabels: [fogmesh.io/site]\nkubeMaxServicePorts: -1\n",
 		"maxEndpointsPerNode: -1\nauditArchivesPerNode: -1\nsyncMaxHandshakes: -1\nadminMaxHandshakesPerSource: 0\n",
 		"trustDomain: \"yes\"\nname: \"null\"\nregion: \"~\"\n",
@@ -58,6 +61,12 @@ func FuzzControlConfig(f *testing.F) {
 			if d < 0 && err == nil {
 				t.Fatalf("config %q: negative duration %s accepted", b, time.Duration(d))
 			}
+		}
+		// Whatever the store (no file of the input read: no /dev/zero).
+		noFiles := fc
+		noFiles.EtcdCAFile, noFiles.EtcdCertFile, noFiles.EtcdKeyFile, noFiles.EtcdPasswordFile = "", "", "", ""
+		if _, err := etcdOptions(&noFiles, slog.New(slog.DiscardHandler)); fc.EtcdSessionTTL < 0 && err == nil {
+			t.Fatalf("config %q: negative etcdSessionTTL accepted", b)
 		}
 	})
 }

@@ -23,6 +23,9 @@ import (
 // etcdOptions checks the etcd flags of fc and reads the files they name;
 // nil options for the default bbolt file (control.New opens it).
 func etcdOptions(fc *controlFile, log *slog.Logger) (*etcdstore.Options, error) {
+	if fc.EtcdSessionTTL < 0 { // whatever the store, as control.Config's durations
+		return nil, cli.Usagef("etcdSessionTTL %s is negative (0 or unset: the default)", time.Duration(fc.EtcdSessionTTL))
+	}
 	switch fc.Store {
 	case "", "bbolt":
 		if len(fc.EtcdEndpoints) > 0 {
@@ -45,7 +48,7 @@ func etcdOptions(fc *controlFile, log *slog.Logger) (*etcdstore.Options, error) 
 	o := &etcdstore.Options{Endpoints: eps, Prefix: fc.EtcdPrefix, Name: fc.Name, Logger: log, Username: fc.EtcdUsername, MaxTxnOps: fc.EtcdMaxTxnOps}
 	if ttl := time.Duration(fc.EtcdSessionTTL); ttl != 0 {
 		if ttl < time.Second || ttl%time.Second != 0 {
-			return nil, cli.Usagef("etcd session TTL %v: want whole seconds, at least 1s", ttl)
+			return nil, cli.Usagef("etcdSessionTTL %v: want whole seconds, at least 1s", ttl)
 		}
 		o.LeaseTTL = int(ttl / time.Second)
 	}

@@ -190,6 +190,32 @@ func termSafe(s string) string {
 	return s
 }
 
+// jsonTermSafe is JSON b (as encoding/json writes it) with the control
+// characters it leaves raw in strings, DEL and C1 (U+007F to U+009F: U+009B
+// is CSI, which a terminal takes as ESC [), written as \u escapes, so that
+// JSON printed to a terminal carries no control character raw. Outside
+// strings JSON has none of them, so the replacement is JSON of the same
+// value.
+func jsonTermSafe(b []byte) []byte {
+	var out []byte
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r >= 0x7f && r <= 0x9f {
+			if out == nil {
+				out = append(make([]byte, 0, len(b)+16), b[:i]...)
+			}
+			out = fmt.Appendf(out, `\u%04x`, r)
+		} else if out != nil {
+			out = append(out, b[i:i+n]...)
+		}
+		i += n
+	}
+	if out == nil {
+		return b
+	}
+	return out
+}
+
 func pct(f float64) string {
 	if math.IsNaN(f) || f < 0 {
 		return "-"

@@ -26,7 +26,9 @@ func (a *Agent) initGossip() error {
 	gc := gossip.Config{Name: a.cfg.Node.Name, BindAddr: a.cfg.GossipAddr,
 		OnChange: a.onGossipEvent, Allow: a.allowGossip, Logger: a.log.With("sub", "gossip")}
 	if a.ident != nil {
-		if gc.SecretKey = a.ident.gossipKey; gc.SecretKey == nil {
+		if gc.SecretKey = a.ident.gossipKey; gc.SecretKey == nil && a.ident.gossipKeyErr != nil {
+			return fmt.Errorf("agent: gossip: the trust's gossip key is unusable (%v), and gossip does not run unencrypted in a mesh that encrypts it: start with gossip off until the control plane has sent its trust again (trust.json is rewritten), or join again", a.ident.gossipKeyErr)
+		} else if gc.SecretKey == nil {
 			a.log.Warn("agent: the control plane sent no gossip key; liveness gossip runs unencrypted")
 		}
 	}
@@ -67,12 +69,22 @@ func (a *Agent) keptGossipAddr() string {
 	if err != nil || port != "0" || a.cfg.StateDir == "" {
 		return ""
 	}
-	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, gossipPortFile))
-	if err != nil {
+	path := filepath.Join(a.cfg.StateDir, gossipPortFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) { // a first run
 		return ""
 	}
-	p, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 16)
-	if err != nil || p == 0 {
+	var p uint64
+	if err == nil && len(b) > 32 { // a port and a newline; not logged whole
+		err = fmt.Errorf("%d bytes", len(b))
+	}
+	if err == nil {
+		if p, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 16); err == nil && p == 0 {
+			err = errors.New("port 0")
+		}
+	}
+	if err != nil {
+		a.log.Warn("agent: the gossip port of the last run is unreadable; gossiping on another", "file", path, "err", err)
 		return ""
 	}
 	return net.JoinHostPort(host, strconv.FormatUint(p, 10))

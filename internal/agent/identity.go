@@ -45,6 +45,10 @@ type nodeIdentity struct {
 	cert *x509.Certificate // guarded by Agent.mu after New
 	// gossipKey is the mesh's gossip key from the last trust message.
 	gossipKey []byte
+	// gossipKeyErr says why the last trust's gossip key was dropped (nil:
+	// it was not): with no key held, gossip then does not start, rather
+	// than run unencrypted in a mesh that encrypts it (initGossip).
+	gossipKeyErr error
 }
 
 func (a *Agent) statePath(name string) string { return filepath.Join(a.cfg.StateDir, name) }
@@ -76,9 +80,15 @@ func (a *Agent) initIdentity(ctx context.Context) error {
 	a.ident = ni
 
 	if b, err := os.ReadFile(a.statePath(trustFile)); err == nil {
-		var t wire.Trust
-		if err := json.Unmarshal(b, &t); err != nil || a.applyTrust(&t, false) != nil {
-			a.log.Error("agent: trust file unreadable; join again if the certificate cannot be verified", "file", a.statePath(trustFile))
+		t, keyErr, err := readTrust(b)
+		if err == nil {
+			err = a.applyTrust(&t, false)
+		}
+		if err != nil {
+			a.log.Error("agent: trust file unreadable; join again if the certificate cannot be verified", "file", a.statePath(trustFile), "err", err)
+		} else if keyErr != nil {
+			a.log.Warn("agent: trust: gossip key dropped", "file", a.statePath(trustFile), "err", keyErr)
+			ni.gossipKeyErr = keyErr
 		}
 	}
 	if err := a.loadNodeCert(); err != nil {
@@ -135,12 +145,40 @@ func (a *Agent) useNodeCert(certs []*x509.Certificate) error {
 	return nil
 }
 
+// readTrust decodes trust.json b. A gossip key that does not decode (not
+// base64) is no reason to lose the rest of the trust: it is left out, and
+// keyErr says why.
+func readTrust(b []byte) (t wire.Trust, keyErr, err error) {
+	var doc struct {
+		wire.Trust
+		GossipKey json.RawMessage `json:"gossipKey"` // over the Trust's
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return t, nil, err
+	}
+	t = doc.Trust
+	if len(doc.GossipKey) > 0 {
+		if err := json.Unmarshal(doc.GossipKey, &t.GossipKey); err != nil {
+			return t, fmt.Errorf("gossip key: %w", err), nil
+		}
+	}
+	return t, nil, nil
+}
+
+// checkGossipKey reports whether memberlist takes key (none, or 16, 24 or
+// 32 bytes).
+func checkGossipKey(key []byte) error {
+	if n := len(key); n != 0 && n != 16 && n != 24 && n != 32 {
+		return fmt.Errorf("gossip key of %d bytes (16, 24 or 32)", n)
+	}
+	return nil
+}
+
 // checkTrust checks a trust document (a trust message, or trust.json read
 // back at start) before any of it applies: its trust domain (own's, once
-// the node has one), each bundle's trust domain and roots, roots for its
-// own trust domain, and a gossip key memberlist takes (16, 24 or 32
-// bytes: another would be kept, saved, and refused by the gossip at the
-// next start, which then fails).
+// the node has one), each bundle's trust domain and roots, and roots for
+// its own trust domain. Its gossip key is applyTrust's (checkGossipKey):
+// a bad one is dropped, not the trust.
 func checkTrust(t *wire.Trust, own spiffeid.TrustDomain) (spiffeid.TrustDomain, []*x509bundle.Bundle, error) {
 	td, err := identity.ParseTrustDomain(t.TrustDomain)
 	if err != nil || t.TrustDomain == "" {
@@ -164,9 +202,6 @@ func checkTrust(t *wire.Trust, own spiffeid.TrustDomain) (spiffeid.TrustDomain, 
 	if len(t.Bundles[td.Name()]) == 0 {
 		return td, nil, errors.New("trust: no roots for the own trust domain")
 	}
-	if n := len(t.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
-		return td, nil, fmt.Errorf("trust: gossip key of %d bytes (16, 24 or 32)", n)
-	}
 	return td, bundles, nil
 }
 
@@ -187,14 +222,23 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 		ni.td = td
 	}
 	ni.src.SetBundles(bundles...)
-	ni.src.SetDenied(t.Revoked)
+	denied, err := identity.CanonicalIDs(t.Revoked)
+	if err != nil { // it would deny no one: the rest of the trust applies
+		a.log.Warn("agent: trust: revoked entries dropped", "err", err)
+	}
+	ni.src.SetDenied(denied)
 	// The Workload API hands out the same bundles, by trust domain name.
 	wb := make(map[string][]*x509.Certificate, len(bundles))
 	for _, b := range bundles {
 		wb[b.TrustDomain().Name()] = b.X509Authorities()
 	}
 	a.svids.SetTrust(td.Name(), wb)
-	if len(t.GossipKey) > 0 && !bytes.Equal(t.GossipKey, ni.gossipKey) {
+	// A gossip key memberlist does not take is dropped: gossip keeps the
+	// key it has (none: it does not start, initGossip), and the file keeps
+	// it too (saved below), so a restart does not refuse it either.
+	if ni.gossipKeyErr = checkGossipKey(t.GossipKey); ni.gossipKeyErr != nil {
+		a.log.Warn("agent: trust: gossip key dropped", "err", ni.gossipKeyErr)
+	} else if len(t.GossipKey) > 0 && !bytes.Equal(t.GossipKey, ni.gossipKey) {
 		ni.gossipKey = t.GossipKey
 		if a.gossip != nil {
 			if err := a.gossip.SetKey(t.GossipKey); err != nil {
@@ -213,6 +257,11 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 		}
 	}
 	if save {
+		if ni.gossipKeyErr != nil && ni.gossipKey != nil {
+			c := *t
+			c.GossipKey = ni.gossipKey
+			t = &c
+		}
 		if err := saveJSON(a.statePath(trustFile), t); err != nil {
 			return fmt.Errorf("trust: save: %w", err)
 		}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -31,30 +33,47 @@ func trustSeed(t testing.TB) []byte {
 	return b
 }
 
-// TestTrustFileBadGossipKeyRefused: a trust document whose gossip key
-// memberlist does not take (not 16, 24 or 32 bytes) is refused before any
-// of it applies. Before, the agent kept and saved the key, and at its
-// next start with gossip on, New failed: the gossip refused the key from
-// trust.json ("agent: invalid key size").
-func TestTrustFileBadGossipKeyRefused(t *testing.T) {
+// TestTrustBadGossipKeyDropped: a trust document whose gossip key
+// memberlist does not take (not 16, 24 or 32 bytes) applies without it:
+// the agent keeps the key it holds, and saves that one with the rest.
+// Before, the whole document was refused (and before that, the key was
+// kept and saved, and refused by the gossip at the next start).
+func TestTrustBadGossipKeyDropped(t *testing.T) {
 	var tr wire.Trust
 	if err := json.Unmarshal(trustSeed(t), &tr); err != nil {
 		t.Fatal(err)
 	}
-	a := &Agent{ident: &nodeIdentity{src: identity.NewSource()}, svids: svid.NewStore(slog.New(slog.DiscardHandler)), log: slog.New(slog.DiscardHandler)}
+	dir := t.TempDir()
+	a := &Agent{cfg: Config{StateDir: dir}, ident: &nodeIdentity{src: identity.NewSource()}, svids: svid.NewStore(slog.New(slog.DiscardHandler)), log: slog.New(slog.DiscardHandler)}
 	if err := a.applyTrust(&tr, false); err != nil {
 		t.Fatalf("a good trust document: %v", err)
 	}
 	for _, n := range []int{5, 31, 64} {
 		bad := tr
 		bad.GossipKey = bytes.Repeat([]byte{1}, n)
-		if err := a.applyTrust(&bad, false); err == nil || !strings.Contains(err.Error(), "gossip key") {
-			t.Errorf("gossip key of %d bytes: %v, want refused", n, err)
+		bad.Revoked = []string{"spiffe://fogmesh.local/site/s1/node/other"}
+		if err := a.applyTrust(&bad, true); err != nil {
+			t.Errorf("gossip key of %d bytes: %v, want the key dropped", n, err)
 		}
-		if len(a.ident.gossipKey) != 32 {
-			t.Errorf("gossip key of %d bytes: the agent holds a key of %d bytes", n, len(a.ident.gossipKey))
+		if !bytes.Equal(a.ident.gossipKey, tr.GossipKey) || a.ident.gossipKeyErr == nil {
+			t.Errorf("gossip key of %d bytes: the agent holds a key of %d bytes (dropped: %v)", n, len(a.ident.gossipKey), a.ident.gossipKeyErr)
+		}
+		if !a.ident.src.Denied(bad.Revoked[0]) {
+			t.Errorf("gossip key of %d bytes: the rest of the trust not applied", n)
+		}
+		saved, _, err := readTrust(mustReadFile(t, filepath.Join(dir, trustFile)))
+		if err != nil || !bytes.Equal(saved.GossipKey, tr.GossipKey) {
+			t.Errorf("gossip key of %d bytes: saved with a key of %d bytes (%v)", n, len(saved.GossipKey), err)
 		}
 	}
+}
+
+func mustReadFile(t *testing.T, p string) []byte {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // TestTrustBundleNameAsWritten: a bundle is taken only under its trust
@@ -74,7 +93,8 @@ func TestTrustBundleNameAsWritten(t *testing.T) {
 
 // FuzzTrustFile: trust.json, read back at start (and each trust message
 // the agent saves as it), is applied only as a whole valid document: its
-// trust domain with roots, parsed bundles, a usable gossip key; what is
+// trust domain with roots, parsed bundles (a gossip key memberlist does
+// not take is dropped on its own, checkGossipKey); what is
 // taken saves (as saveJSON writes it) and reads back to the same trust;
 // a document of another trust domain than the node's is refused.
 func FuzzTrustFile(f *testing.F) {
@@ -118,8 +138,8 @@ func FuzzTrustFile(f *testing.F) {
 		if td.Name() != tr.TrustDomain || len(tr.Bundles[td.Name()]) == 0 || len(bundles) != len(tr.Bundles) {
 			t.Fatalf("trust of %q taken with %d bundles (%d roots of its own)", tr.TrustDomain, len(bundles), len(tr.Bundles[td.Name()]))
 		}
-		if n := len(tr.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
-			t.Fatalf("gossip key of %d bytes taken", n)
+		if n := len(tr.GossipKey); (checkGossipKey(tr.GossipKey) == nil) != (n == 0 || n == 16 || n == 24 || n == 32) {
+			t.Fatalf("gossip key of %d bytes: %v", n, checkGossipKey(tr.GossipKey))
 		}
 		seen := map[string]bool{}
 		for _, bd := range bundles {
@@ -148,4 +168,31 @@ func FuzzTrustFile(f *testing.F) {
 			t.Fatalf("saved trust reads back otherwise: %v", err)
 		}
 	})
+}
+
+// TestTrustRevokedCanonical: the agent takes a revoked entry only as a
+// SPIFFE ID written canonically (identity.CanonicalIDs, as a joined relay
+// does): another entry is dropped with a warning and the rest of the trust
+// applies. Before, every entry was taken as it came.
+func TestTrustRevokedCanonical(t *testing.T) {
+	var tr wire.Trust
+	if err := json.Unmarshal(trustSeed(t), &tr); err != nil {
+		t.Fatal(err)
+	}
+	good := tr.Revoked[0]
+	tr.Revoked = append(tr.Revoked, "", good+"#x", "SPIFFE://fogmesh.local/site/s1/node/gone")
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	a := &Agent{ident: &nodeIdentity{src: identity.NewSource()}, svids: svid.NewStore(log), log: log}
+	if err := a.applyTrust(&tr, false); err != nil {
+		t.Fatalf("trust with damaged revoked entries: %v", err)
+	}
+	for _, s := range tr.Revoked {
+		if a.ident.src.Denied(s) != (s == good) {
+			t.Errorf("%q denied: %v", s, a.ident.src.Denied(s))
+		}
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), `gone#x`) {
+		t.Errorf("no warning naming the dropped entries: %s", logs.String())
+	}
 }

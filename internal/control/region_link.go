@@ -106,6 +106,9 @@ func openRegional(s *Server) (*identity.CA, *regional, error) {
 		if info.Region != r.name {
 			return nil, nil, fmt.Errorf("region: %s holds the identity of region %q, not %q", r.dir, info.Region, r.name)
 		}
+		if info.TrustDomain == "" { // not the default domain's: the join wrote the name
+			return nil, nil, fmt.Errorf("region: %s names no trust domain", filepath.Join(r.dir, regionInfoFile))
+		}
 	}
 	td, err := identity.ParseTrustDomain(info.TrustDomain)
 	if err != nil {

@@ -85,6 +85,9 @@ func (ca *CA) loadWith(b []byte, readKey func(name string) (crypto.Signer, error
 	if !isCACert(cert) {
 		return errors.New("active root: not a CA (basic constraints and keyCertSign)")
 	}
+	if err := ca.checkRootTD(cert); err != nil {
+		return fmt.Errorf("active root: %w", err)
+	}
 	key, err := readKey(filepath.Base(st.KeyFile))
 	if err != nil {
 		return err
@@ -102,6 +105,9 @@ func (ca *CA) loadWith(b []byte, readKey func(name string) (crypto.Signer, error
 		if !isCACert(c) {
 			return fmt.Errorf("previous root %d: not a CA (basic constraints and keyCertSign)", i)
 		}
+		if err := ca.checkRootTD(c); err != nil {
+			return fmt.Errorf("previous root %d: %w", i, err)
+		}
 		ca.roots = append(ca.roots, c)
 		ca.until = append(ca.until, p.Until)
 	}
@@ -112,4 +118,19 @@ func (ca *CA) loadWith(b []byte, readKey func(name string) (crypto.Signer, error
 // with keyCertSign.
 func isCACert(c *x509.Certificate) bool {
 	return c.BasicConstraintsValid && c.IsCA && c.KeyUsage&x509.KeyUsageCertSign != 0
+}
+
+// checkRootTD reports whether root names the CA's trust domain as its only
+// URI SAN (spiffe://<td>, as rotateLocked makes a root): the roots of
+// another trust domain's state would sign this one's certificates.
+func (ca *CA) checkRootTD(root *x509.Certificate) error {
+	want := ca.td.ID().String()
+	if len(root.URIs) != 1 || root.URIs[0].String() != want {
+		names := make([]string, len(root.URIs))
+		for i, u := range root.URIs {
+			names[i] = u.String()
+		}
+		return fmt.Errorf("names %q, not trust domain %s", names, want)
+	}
+	return nil
 }

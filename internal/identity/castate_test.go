@@ -67,3 +67,43 @@ func mustRead(t *testing.T, p string) []byte {
 	}
 	return b
 }
+
+// TestCAStateOtherTrustDomainRefused: a CA state whose active or previous
+// root is not the root of the configured trust domain (its URI SAN
+// spiffe://<td>, as rotate writes it) is refused with an error naming it,
+// at start and as shared CA files. Before, another trust domain's root
+// and key loaded: the control plane issued certificates of its trust
+// domain under a root that names another.
+func TestCAStateOtherTrustDomainRefused(t *testing.T) {
+	dir, odir := t.TempDir(), t.TempDir()
+	if _, err := OpenCA(CAConfig{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenCA(CAConfig{Dir: odir, TrustDomain: "other.example"}); err != nil {
+		t.Fatal(err)
+	}
+	var st, ost caState
+	json.Unmarshal(mustRead(t, filepath.Join(dir, CAStateFile)), &st)
+	json.Unmarshal(mustRead(t, filepath.Join(odir, CAStateFile)), &ost)
+	okey := mustRead(t, filepath.Join(odir, ost.KeyFile))
+	if err := os.WriteFile(filepath.Join(dir, ost.KeyFile), okey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	active := st
+	active.Active, active.KeyFile = ost.Active, ost.KeyFile
+	prev := st
+	prev.Previous = []prevState{{Cert: ost.Active, Until: time.Now().Add(time.Hour)}}
+	for name, bad := range map[string]caState{"active": active, "previous": prev} {
+		b, _ := json.Marshal(&bad)
+		if err := os.WriteFile(filepath.Join(dir, CAStateFile), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := OpenCA(CAConfig{Dir: dir}); err == nil || !strings.Contains(err.Error(), "spiffe://other.example") {
+			t.Errorf("%s root of other.example: %v", name, err)
+		}
+		files := map[string][]byte{CAStateFile: b, ost.KeyFile: okey, st.KeyFile: mustRead(t, filepath.Join(dir, st.KeyFile))}
+		if err := CheckCAFiles("", files); err == nil {
+			t.Errorf("%s root of other.example: shared CA files taken", name)
+		}
+	}
+}

@@ -74,6 +74,24 @@ func ParseBundleName(name string) (spiffeid.TrustDomain, error) {
 	return td, err
 }
 
+// CanonicalIDs returns the entries of a deny list (a trust document's
+// revoked IDs) that are SPIFFE IDs written canonically, as spiffeid.ID's
+// String gives them, and an error naming each other entry: the deny list
+// matches a peer by its ID's string, so another spelling
+// ("spiffe://td/a#b", "SPIFFE://td/a", "") denies no one.
+func CanonicalIDs(ids []string) ([]string, error) {
+	kept := make([]string, 0, len(ids))
+	var errs []error
+	for i, s := range ids {
+		if id, err := spiffeid.FromString(s); err != nil || id.String() != s {
+			errs = append(errs, fmt.Errorf("revoked[%d] %q is not a SPIFFE ID written canonically", i, s))
+			continue
+		}
+		kept = append(kept, s)
+	}
+	return kept, errors.Join(errs...)
+}
+
 // NodeID returns the SPIFFE ID of a node's agent.
 func NodeID(td spiffeid.TrustDomain, site, node string) (spiffeid.ID, error) {
 	return spiffeid.FromString(api.NodeID(td.Name(), site, node))

@@ -157,10 +157,12 @@ func EncodeKeyPEM(key crypto.Signer) ([]byte, error) {
 // ParseKeyPEM parses a PEM file holding exactly one private key: PKCS #8
 // ("PRIVATE KEY"), EC ("EC PRIVATE KEY") or PKCS #1 ("RSA PRIVATE KEY").
 // "EC PARAMETERS" blocks (what `openssl ecparam -genkey` writes before the
-// key) are skipped, but must name the key's curve, and so are CERTIFICATE
-// blocks (a combined key and chain file). Text before the first block is
-// ignored (as for certificates); a second key block, any other block type
-// or non-PEM data after the last block is an error.
+// key) are skipped, but must name the key's curve, and so is every block
+// that is not a private key (its type not ending in "PRIVATE KEY"):
+// CERTIFICATE (a combined key and chain file), DH PARAMETERS, .... Text
+// before a block is ignored (as for certificates); a second key block,
+// another private key type or non-PEM data after the last block is an
+// error.
 func ParseKeyPEM(b []byte) (crypto.Signer, error) {
 	blocks, err := pemBlocks(b, "private key")
 	if err != nil {
@@ -183,14 +185,15 @@ func ParseKeyPEM(b []byte) (crypto.Signer, error) {
 				return nil, fmt.Errorf("more than one private key (a %q block after a %q block); want exactly one", blk.Type, key.Type)
 			}
 			key = blk
-		case "CERTIFICATE":
-			// A combined file (key and certificate chain, as some servers
-			// take): the key file's first block was the key, and what came
-			// after it was not read.
 		case "ENCRYPTED PRIVATE KEY":
 			return nil, errors.New("encrypted private key (ENCRYPTED PRIVATE KEY) not supported; decrypt it first")
 		default:
-			return nil, fmt.Errorf("unexpected PEM block %q", blk.Type)
+			if strings.HasSuffix(blk.Type, "PRIVATE KEY") { // OPENSSH, DSA, ...
+				return nil, fmt.Errorf("private key block %q not supported (PKCS #8, EC or PKCS #1)", blk.Type)
+			}
+			// Not a key: CERTIFICATE (a combined key and chain file), DH
+			// PARAMETERS, a CRL, ... The first-block parse of old read the
+			// key when it came first and nothing after it.
 		}
 	}
 	if key == nil {

@@ -92,6 +92,8 @@ func FuzzParseKeyPEM(f *testing.F) {
 	f.Add(append(ecParamsPEM(f, oidP384), ecPEM...))                 // a curve not the key's
 	f.Add(append(append(ecParamsPEM(f, oidP256), ecPEM...), "x"...)) // trailing garbage
 	f.Add(append(append([]byte{}, ecPEM...), p8...))
+	f.Add(cat(dhParamsPEM, ecPEM, dhParamsPEM))                                               // blocks that are not keys
+	f.Add(cat(p8, pem.EncodeToMemory(&pem.Block{Type: "OPENSSH PRIVATE KEY", Bytes: ecDER}))) // a key of another form
 	f.Add(pem.EncodeToMemory(&pem.Block{Type: "EC PARAMETERS", Bytes: []byte{0x30, 0}}))
 	f.Add([]byte("not a key"))
 	f.Add([]byte{})

@@ -105,7 +105,10 @@ func TestParseKeyPEMRefuses(t *testing.T) {
 		{"explicit params", cat(pem.EncodeToMemory(&pem.Block{Type: "EC PARAMETERS", Bytes: badParams}), ecKeyPEM(t, ec)), "not a named curve"},
 		{"params only", ecParamsPEM(t, oidP256), "no PEM private key"},
 		{"certificate only", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1}}), "no PEM private key"},
-		{"other block", cat(p8, pem.EncodeToMemory(&pem.Block{Type: "DH PARAMETERS", Bytes: []byte{1}})), `unexpected PEM block "DH PARAMETERS"`},
+		{"unsupported key beside", cat(p8, pem.EncodeToMemory(&pem.Block{Type: "OPENSSH PRIVATE KEY", Bytes: []byte{1}})), `private key block "OPENSSH PRIVATE KEY"`},
+		{"unsupported key alone", pem.EncodeToMemory(&pem.Block{Type: "DSA PRIVATE KEY", Bytes: []byte{1}}), `private key block "DSA PRIVATE KEY"`},
+		{"two keys among other blocks", cat(dhParamsPEM, p8, dhParamsPEM, p8o), "more than one private key"},
+		{"trailing garbage after other blocks", cat(p8, dhParamsPEM, []byte("junk\n")), "trailing data"},
 		{"encrypted pkcs8", pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte{1}}), "encrypted"},
 		{"not pem", []byte("not a key"), "not PEM"},
 		{"empty", nil, "no PEM private key"},
@@ -113,6 +116,45 @@ func TestParseKeyPEMRefuses(t *testing.T) {
 		_, err := ParseKeyPEM(c.b)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: err %v, want one containing %q", c.name, err, c.want)
+		}
+	}
+}
+
+// dhParamsPEM is a DH PARAMETERS block as `openssl dhparam` writes it
+// (SEQUENCE {p, g}; p shortened here), which some servers' key files carry
+// after the key.
+var dhParamsPEM = []byte(`-----BEGIN DH PARAMETERS-----
+MCYCIQD//////////8kP2qIhaMI0xMZiZYrcyrgIXDjkAU0sc+0AAgEC
+-----END DH PARAMETERS-----
+`)
+
+// TestParseKeyPEMSkipsOtherBlocks: a key file with blocks that are not
+// keys beside the key (DH PARAMETERS, as `openssl dhparam` writes them,
+// a CRL, a public key, text between blocks as openssl x509 -text writes
+// it) reads as its key, as the first-block parse of old read it when the
+// key came first. Before, any block type but the key's, EC PARAMETERS
+// and CERTIFICATE was refused ("unexpected PEM block").
+func TestParseKeyPEMSkipsOtherBlocks(t *testing.T) {
+	ec, _ := NewKey()
+	p8, _ := EncodeKeyPEM(ec)
+	pub, _ := x509.MarshalPKIXPublicKey(ec.Public())
+	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})
+	crl := pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: []byte{0x30, 0}})
+	for name, b := range map[string][]byte{
+		"dh parameters after":   cat(p8, dhParamsPEM),
+		"dh parameters before":  cat(dhParamsPEM, ecKeyPEM(t, ec)),
+		"ecparam, key, dhparam": cat(ecParamsPEM(t, oidP256), ecKeyPEM(t, ec), dhParamsPEM),
+		"public key after":      cat(p8, pubPEM),
+		"crl and certificate":   cat(p8, crl, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1}})),
+		"text between blocks":   cat(p8, []byte("Diffie-Hellman-Parameters: (256 bit)\n"), dhParamsPEM),
+	} {
+		k, err := ParseKeyPEM(b)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if !publicKeyEqual(k.Public(), ec.Public()) {
+			t.Errorf("%s: a different key", name)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"cmp"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -112,14 +113,49 @@ const (
 	maxNonces                     = 1 << 16
 )
 
+// checkNegative refuses a negative limit or duration, naming its field
+// (as the config file names it, where it has one): 0 is the default. The
+// bounds whose negative value means none (BytesPerSecond, MaxHandshakes,
+// MaxHandshakesPerSource) are not among them.
+func (c *Config) checkNegative() error {
+	for _, l := range []struct {
+		name string
+		v    int64
+	}{
+		{"maxSessionsPerNode", int64(c.MaxSessionsPerNode)},
+		{"maxSessionsPerPair", int64(c.MaxSessionsPerPair)},
+		{"burst", c.Burst},
+		{"maxUDPChannelsPerNode", int64(c.MaxUDPChannelsPerNode)},
+	} {
+		if l.v < 0 {
+			return fmt.Errorf("relay: config: %s %d is negative (0 or unset: the default)", l.name, l.v)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"idleTimeout", c.IdleTimeout},
+		{"udpIdleTimeout", c.UDPIdleTimeout},
+		{"acceptTimeout", c.AcceptTimeout},
+		{"handshakeTimeout", c.HandshakeTimeout},
+		{"writeTimeout", c.WriteTimeout},
+		{"controlTimeout", c.ControlTimeout},
+		{"replayWindow", c.ReplayWindow},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("relay: config: %s %s is negative (0 or unset: the default)", d.name, d.v)
+		}
+	}
+	return nil
+}
+
 func (c *Config) validate() error {
 	if c.Source == nil || c.Source.SVID() == nil {
 		return errors.New("relay: config: no certificate (Source with an SVID)")
 	}
-	if c.MaxSessionsPerNode < 0 || c.MaxSessionsPerPair < 0 || c.IdleTimeout < 0 || c.AcceptTimeout < 0 || c.HandshakeTimeout < 0 ||
-		c.WriteTimeout < 0 || c.ReplayWindow < 0 || c.Burst < 0 || c.ControlTimeout < 0 ||
-		c.MaxUDPChannelsPerNode < 0 || c.UDPIdleTimeout < 0 {
-		return errors.New("relay: config: negative limit or duration")
+	if err := c.checkNegative(); err != nil {
+		return err
 	}
 	def := func(p *time.Duration, d time.Duration) {
 		if *p == 0 {

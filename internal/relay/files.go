@@ -105,13 +105,9 @@ func ParseDenyList(b []byte) ([]string, error) {
 		// Each entry is one ID, as the control plane wrote it: not lines
 		// with comments ("spiffe://td/a#b" is no revocation of
 		// spiffe://td/a, nor one entry two).
-		ids := make([]string, 0, len(tr.Revoked))
-		for i, s := range tr.Revoked {
-			id, err := spiffeid.FromString(s)
-			if err != nil || id.String() != s {
-				return nil, fmt.Errorf("trust JSON: revoked[%d] %q is not a SPIFFE ID", i, s)
-			}
-			ids = append(ids, s)
+		ids, err := identity.CanonicalIDs(tr.Revoked)
+		if err != nil {
+			return nil, fmt.Errorf("trust JSON: %w", err)
 		}
 		return ids, nil
 	}

@@ -260,14 +260,21 @@ func (m *Member) applyTrust(t *wire.Trust, setDenied func([]string), save bool) 
 		}
 		bundles = append(bundles, x509bundle.FromX509Authorities(btd, certs))
 	}
+	// A revoked entry not written canonically would deny no one: it is
+	// dropped with a warning, not the whole trust (after a damaged
+	// trust.json the relay could not start without a token).
+	denied, err := identity.CanonicalIDs(t.Revoked)
+	if err != nil {
+		m.log.Warn("relay: trust: revoked entries dropped", "err", err)
+	}
 	m.src.SetBundles(bundles...)
 	if setDenied != nil {
-		setDenied(t.Revoked)
+		setDenied(denied)
 	} else {
-		m.src.SetDenied(t.Revoked)
+		m.src.SetDenied(denied)
 	}
 	m.mu.Lock()
-	m.td, m.denied = td, t.Revoked
+	m.td, m.denied = td, denied
 	m.mu.Unlock()
 	if save {
 		c := *t

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/fogmesh/fogmesh/internal/identity"
@@ -102,4 +103,34 @@ func FuzzMemberTrustFile(f *testing.F) {
 			t.Fatalf("saved trust applies otherwise: %v", err)
 		}
 	})
+}
+
+// TestMemberTrustRevokedCanonical: a joined relay takes a revoked entry
+// only as a SPIFFE ID written canonically (a deny list matches a peer by
+// its ID's string: another spelling denies no one), as its deny file's
+// trust JSON is read (ParseDenyList); another entry is dropped with a
+// warning naming it, and the rest of the trust applies. Before, every
+// entry was taken as it came.
+func TestMemberTrustRevokedCanonical(t *testing.T) {
+	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := "spiffe://fogmesh.local/site/a/node/x"
+	tr := wire.Trust{TrustDomain: "fogmesh.local", Bundles: map[string][][]byte{"fogmesh.local": identity.DERs(ca.Roots())},
+		Revoked: []string{"", good, "spiffe://fogmesh.local/site/a/node/y#z", "SPIFFE://fogmesh.local/site/a/node/y", "x\ny"}}
+	var logs bytes.Buffer
+	m := &Member{cfg: MemberConfig{StateDir: t.TempDir()}, log: slog.New(slog.NewTextHandler(&logs, nil)), src: identity.NewSource()}
+	if err := m.applyTrust(&tr, nil, false); err != nil {
+		t.Fatalf("trust with damaged revoked entries: %v", err)
+	}
+	if !slices.Equal(m.Denied(), []string{good}) {
+		t.Errorf("deny list %q, want only %q", m.Denied(), good)
+	}
+	if !m.src.Denied(good) || m.src.Bundles().Len() != 1 {
+		t.Errorf("the rest of the trust not applied (%s denied: %v)", good, m.src.Denied(good))
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), `node/y#z`) {
+		t.Errorf("no warning naming the dropped entries: %s", logs.String())
+	}
 }
