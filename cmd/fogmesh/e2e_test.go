@@ -37,6 +37,13 @@ import (
 var fogmeshBin string
 
 func TestMain(m *testing.M) {
+	// The race runtime sleeps 1 s before a process exits (GORACE's
+	// atexit_sleep_ms, for races at exit), and these tests start and end
+	// hundreds of race-built processes: a third of the package's time.
+	// A race found while a process runs is still reported.
+	if g := os.Getenv("GORACE"); !strings.Contains(g, "atexit_sleep_ms") {
+		os.Setenv("GORACE", strings.TrimSpace(g+" atexit_sleep_ms=0"))
+	}
 	dir, err := os.MkdirTemp("", "fogmesh-e2e")
 	if err != nil {
 		panic(err)
