@@ -17,20 +17,26 @@ import (
 // still gets its whole window.
 
 // fillStream writes the test stream to c until a write makes no progress
-// for stall, or limit bytes are written, and returns the bytes written.
-func fillStream(c net.Conn, stall time.Duration, limit int) (int, error) {
+// for stall after at least atLeast bytes went through (a stall before that
+// is a busy machine, retried for up to 20 s), or until limit bytes are
+// written, and returns the bytes written: fillUntilBlocked for a goroutine.
+func fillStream(c net.Conn, stall time.Duration, atLeast, limit int) (int, error) {
 	const chunk = 16 << 10
+	deadline := time.Now().Add(20 * time.Second)
 	written := 0
 	for written < limit {
 		c.SetWriteDeadline(time.Now().Add(stall))
 		n, err := c.Write(pattern(written, chunk))
 		written += n
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				break
-			}
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
 			return written, err
+		}
+		if written >= atLeast || time.Now().After(deadline) {
+			break
 		}
 	}
 	c.SetWriteDeadline(time.Time{})
@@ -90,7 +96,7 @@ func TestPeerBufferBoundsBufferedBytes(t *testing.T) {
 				}
 				return
 			}
-			n, err := fillStream(conn, 500*time.Millisecond, 4*window)
+			n, err := fillStream(conn, 500*time.Millisecond, window-headerRoom, 4*window)
 			mu.Lock()
 			defer mu.Unlock()
 			served = append(served, conn)
