@@ -147,3 +147,6 @@ func TestControlHandshakeTimeoutConfig(t *testing.T) {
 		t.Fatalf("negative: %v, want an error naming controlHandshakeTimeout", err)
 	}
 }
+
+// newTextLogger is a logger writing text lines to l.
+func newTextLogger(l *lockedLog) *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
