@@ -143,3 +143,33 @@ func TestPoolLongInterimUnfinished(t *testing.T) {
 		})
 	}
 }
+
+// TestPoolLongInterimBounded: a 1xx head longer than MaxResponseHeadBytes
+// that comes while the upload is stalled fails the request, as net/http's
+// Transport fails it past MaxResponseHeaderBytes; the pool does not
+// gather it on.
+func TestPoolLongInterimBounded(t *testing.T) {
+	const limit = 16 << 10
+	hints := longHints(40 << 10)
+	t.Run("net/http", func(t *testing.T) {
+		tr := &http.Transport{MaxResponseHeaderBytes: limit}
+		defer tr.CloseIdleConnections()
+		addr := earlyUpstream(t, hints, true)
+		if resp, err := upload(t, tr, addr); err == nil {
+			resp.Body.Close()
+			t.Fatalf("status %d, want an error", resp.StatusCode)
+		}
+	})
+	t.Run("pool", func(t *testing.T) {
+		addr := earlyUpstream(t, hints, true)
+		p := NewPool(PoolConfig{MaxResponseHeadBytes: limit, Dial: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}})
+		defer p.Close(true)
+		if resp, err := upload(t, p, addr); err == nil {
+			resp.Body.Close()
+			t.Fatalf("status %d, want an error", resp.StatusCode)
+		}
+	})
+}
