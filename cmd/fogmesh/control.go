@@ -64,6 +64,9 @@ type controlFile struct {
 	// (default 1024 and 256; negative: no bound): see control.Config.
 	SyncMaxHandshakes          int `json:"syncMaxHandshakes,omitempty"`
 	SyncMaxHandshakesPerSource int `json:"syncMaxHandshakesPerSource,omitempty"`
+	// SyncHandshakeTimeout bounds a sync port TLS handshake (default 10s;
+	// raise it for slow links): see control.Config.
+	SyncHandshakeTimeout durationValue `json:"syncHandshakeTimeout,omitempty"`
 	// AdminMaxHandshakes and AdminMaxHandshakesPerSource bound the admin
 	// API's TLS handshakes in progress likewise (default 256 and 64).
 	AdminMaxHandshakes          int `json:"adminMaxHandshakes,omitempty"`
@@ -116,7 +119,8 @@ func (fc *controlFile) controlConfig(vipMin, vipMax uint32) control.Config {
 		VIPIndexMin: vipMin, VIPIndexMax: vipMax, MaxEndpointsPerNode: fc.MaxEndpointsPerNode,
 		AuditArchivesPerNode: fc.AuditArchivesPerNode,
 		SyncMaxHandshakes:    fc.SyncMaxHandshakes, SyncMaxHandshakesPerSource: fc.SyncMaxHandshakesPerSource,
-		AdminMaxHandshakes: fc.AdminMaxHandshakes, AdminMaxHandshakesPerSource: fc.AdminMaxHandshakesPerSource,
+		SyncHandshakeTimeout: time.Duration(fc.SyncHandshakeTimeout),
+		AdminMaxHandshakes:   fc.AdminMaxHandshakes, AdminMaxHandshakesPerSource: fc.AdminMaxHandshakesPerSource,
 	}
 }
 
@@ -144,6 +148,7 @@ func runControl(args []string) error {
 		timeout    = fs.Duration("node-timeout", 0, "mark a node unreachable after this long without heartbeat, not ready -node-expiry later (default 3 × interval)")
 		expiry     = fs.Duration("node-expiry", 0, "how long past -node-timeout an unreachable node keeps its endpoints routable when no peer reports traffic from it (default 5m)")
 		grace      = fs.Duration("reconnect-grace", 0, "after a start, give nodes not heard from yet this long more than node-timeout to reconnect (default 30s)")
+		syncHSTime = fs.Duration("sync-handshake-timeout", 0, "close a sync port connection whose TLS handshake takes longer (default 10s; raise it for slow links)")
 		vipRange   = fs.String("vip-range", "", "default service virtual IPv4 range (default 127.77.0.0/16)")
 		insecure   = fs.Bool("insecure", false, "plaintext sync and admin API, no authentication: tests and local experiments only")
 		td         = fs.String("trust-domain", "", "SPIFFE trust domain (default fogmesh.local)")
@@ -217,6 +222,9 @@ func runControl(args []string) error {
 	}
 	if set["reconnect-grace"] {
 		fc.ReconnectGrace = durationValue(*grace)
+	}
+	if set["sync-handshake-timeout"] {
+		fc.SyncHandshakeTimeout = durationValue(*syncHSTime)
 	}
 	if set["node-timeout"] {
 		fc.NodeTimeout = durationValue(*timeout)

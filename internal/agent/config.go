@@ -27,6 +27,11 @@ type Config struct {
 	// Control lists control plane sync addresses (host:port), tried in order.
 	// Empty: the agent runs from its cache and local workloads only.
 	Control []string `json:"control,omitempty"`
+	// ControlHandshakeTimeout bounds the TLS handshake with a control
+	// plane and the wait for its welcome after the hello (default 10s).
+	// Raise it, with the control plane's syncHandshakeTimeout, on slow
+	// links (satellite, 2G) where a handshake takes longer.
+	ControlHandshakeTimeout Duration `json:"controlHandshakeTimeout,omitempty"`
 	// Scope lists the services this agent's workloads use, "namespace/name"
 	// or "namespace/*" (as the hosts of an Istio Sidecar's egress): the
 	// agent then receives only these, the services of its own workloads,
@@ -369,6 +374,12 @@ func (c *Config) validate() error {
 	}
 	if c.JoinToken != "" && len(c.Control) == 0 {
 		return errors.New("joinToken: needs a control plane address (control)")
+	}
+	if c.ControlHandshakeTimeout < 0 {
+		return fmt.Errorf("controlHandshakeTimeout: %s is negative (0 or unset: 10s)", time.Duration(c.ControlHandshakeTimeout))
+	}
+	if c.ControlHandshakeTimeout == 0 {
+		c.ControlHandshakeTimeout = Duration(10 * time.Second)
 	}
 	if c.HealthInterval <= 0 {
 		c.HealthInterval = Duration(2 * time.Second)

@@ -24,6 +24,7 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		return
 	}
 	sm := syncproto.NewAgent() // lives across streams: a NACK makes the next one resync in full
+	sm.SetWelcomeTimeout(time.Duration(a.cfg.ControlHandshakeTimeout))
 	backoff := 250 * time.Millisecond
 	for i := 0; ctx.Err() == nil; i++ {
 		addr := a.cfg.Control[i%len(a.cfg.Control)]
@@ -66,7 +67,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 	if a.ident != nil {
 		cfg := a.ident.src.ClientConfig(identity.AuthorizeID(identity.ControlID(a.ident.td)), identity.ALPNSync)
 		tc := tls.Client(c, cfg)
-		hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
+		hctx, hcancel := context.WithTimeout(ctx, time.Duration(a.cfg.ControlHandshakeTimeout))
 		err := tc.HandshakeContext(hctx)
 		hcancel()
 		if err != nil {

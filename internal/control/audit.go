@@ -433,9 +433,21 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if oldSeq == 0 {
 		return nil // nothing held: the batch simply starts the chain
 	}
-	// The same first record already held: a resend, not a restart.
+	// The same first record already held: this batch sent again after it
+	// was taken (its ack lost, or refused past its first records) if the
+	// chain held ends within it, on the same record; a resend, not a
+	// restart. A chain held that goes past the batch, or differs within
+	// it, is not the node's: its state was restored from a backup (its log
+	// a prefix of the chain held, or forked from it), and the records it
+	// wrote since differ from those held. Taken as a resend, its batches
+	// were refused as a fork for good; it is a restart, logged and
+	// recorded as a break.
+	rolledBack := false
 	if got, err := r.ReadFrom(1, 1); err == nil && len(got) == 1 && got[0].Hash == recs[0].Hash {
-		return nil
+		if heldWithin(recs, oldSeq, oldHash) {
+			return nil
+		}
+		rolledBack = true
 	}
 	// Check the new chain's batch before the old chain is moved aside: a
 	// refused restart leaves the chain held as it was.
@@ -488,13 +500,36 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 			return err
 		}
 	}
-	s.log.Warn("control: node restarted its audit chain; the old one is archived", "node", node,
-		"oldLastSeq", oldSeq, "archive", archived)
+	why := ""
+	if rolledBack {
+		why = "chain rolled back (state restored from a backup?): it shares its first records with the chain held and does not reach its head; "
+		s.log.Warn("control: node's audit chain went back to an earlier state (restored from a backup?); the chain held is archived and the node's taken from seq 1", "node", node,
+			"oldLastSeq", oldSeq, "archive", archived)
+	} else {
+		s.log.Warn("control: node restarted its audit chain; the old one is archived", "node", node,
+			"oldLastSeq", oldSeq, "archive", archived)
+	}
 	if err := s.Audit(audit.Record{Kind: audit.KindAudit, Action: "restart chain", Actor: node, Object: node,
-		Reason: fmt.Sprintf("previous chain archived at %s, last seq %d, hash %s", filepath.Base(archived), oldSeq, oldHash)}); err != nil {
+		Reason: why + fmt.Sprintf("previous chain archived at %s, last seq %d, hash %s", filepath.Base(archived), oldSeq, oldHash)}); err != nil {
 		s.log.Error("control: audit the chain restart", "err", err)
 	}
 	return nil
+}
+
+// heldWithin reports whether recs, a restart batch, ends the chain held
+// at seq with hash: it holds that seq with that hash (a damage marker
+// there is made anew for each send, so its hash is not compared).
+func heldWithin(recs []audit.Record, seq uint64, hash string) bool {
+	for i := range recs {
+		if recs[i].Seq != seq {
+			continue
+		}
+		if _, _, ok := audit.DamagedSpan(&recs[i]); ok {
+			return true
+		}
+		return recs[i].Hash == hash
+	}
+	return false
 }
 
 // undoArchive undoes the archiving of node's chain (dir renamed to

@@ -173,10 +173,12 @@ func (s *Server) archiveRoom(node string) error {
 //
 // A crash after 1 leaves the archive whole (the next start drops the
 // marker); one after 2 or 3 is completed at the next start
-// (repairRemovals), or by a second DELETE of the archive. A removingPrefix directory without
-// a marker is no removal: an archive whose head is stored and whose
-// directory is gone is listed as a chain whose records were removed
-// (tampered), whatever other directory is there.
+// (repairRemovals), or by a second DELETE of the archive. A failure of 4
+// leaves the directory: the next start or the next DELETE of any archive
+// removes it (sweepRemoval). A removingPrefix directory without a marker
+// is no removal: an archive whose head is stored and whose directory is
+// gone is listed as a chain whose records were removed (tampered),
+// whatever other directory is there.
 const removingPrefix = ".removing-"
 
 // noHeadMarker is the removal marker of an archive that has no stored head.
@@ -222,10 +224,10 @@ func (s *Server) removingOf(name string) (bool, error) {
 // begun on disk (or was undone) and the marker is dropped; else the head
 // it names and the marker are deleted together (a head that is not the
 // marker's is kept, and the marker dropped) and the renamed directory is
-// removed. A removingPrefix directory without a marker is removed only if
-// the store holds no head of its archive (the removal got past step 3);
-// else it is tampering, logged and left alone. The removal was recorded in
-// the control plane's own chain before it began.
+// removed. A removingPrefix directory without a marker is swept
+// (sweepRemoval: removed if its files are a leftover, left alone and
+// logged if they are in place of an archive whose head is stored). The
+// removal was recorded in the control plane's own chain before it began.
 func (s *Server) repairRemovals(ents []os.DirEntry) {
 	nodes := s.auditNodesDir()
 	marks, err := s.st.ListSecure(keyAuditRemoving)
@@ -274,36 +276,78 @@ func (s *Server) repairRemovals(ents []os.DirEntry) {
 		removed = true
 		s.log.Warn("control: completed the removal of an archived audit chain (the control plane stopped during its DELETE)", "archive", name)
 	}
-	for _, e := range ents {
-		name := strings.TrimPrefix(e.Name(), removingPrefix)
-		if !e.IsDir() || !isRemoving(e.Name()) || !isArchive(name) || !audit.ValidNodeName(name) {
-			continue
-		}
-		if slices.ContainsFunc(marks, func(kv store.KV) bool { return kv.Key == keyAuditRemoving+name }) {
-			continue // done above
-		}
-		raw, err := s.st.GetSecure(keyAuditHead + name)
-		if err != nil {
-			s.log.Error("control: audit archive removals", "archive", name, "err", err)
-			continue
-		}
-		if raw != nil {
-			if _, serr := os.Stat(filepath.Join(nodes, name)); os.IsNotExist(serr) {
-				s.log.Error("control: a directory is named as the removal of an archived audit chain, but the store holds no such removal: the archive's files were removed or moved by hand; its head is kept and the chain listed as tampered",
-					"archive", name, "dir", e.Name())
-			}
-			continue
-		}
-		if err := os.RemoveAll(filepath.Join(nodes, e.Name())); err != nil {
-			s.log.Error("control: files of a removed audit archive not removed; retried at the next start", "archive", name, "err", err)
-			continue
-		}
+	if s.sweepRemovals(ents, "") {
 		removed = true
-		s.log.Warn("control: completed the removal of an archived audit chain (the control plane stopped during its DELETE)", "archive", name)
 	}
 	if removed {
 		atomicfile.SyncDir(nodes)
 	}
+}
+
+// sweepRemovals removes the removingPrefix directories of ents that no
+// removal is in progress for (sweepRemoval), but the one of the archive
+// skip, whose removal the caller runs. It reports whether it removed one;
+// the caller syncs the nodes' directory.
+func (s *Server) sweepRemovals(ents []os.DirEntry, skip string) (removed bool) {
+	for _, e := range ents {
+		name := strings.TrimPrefix(e.Name(), removingPrefix)
+		if !e.IsDir() || !isRemoving(e.Name()) || !isArchive(name) || !audit.ValidNodeName(name) || name == skip {
+			continue
+		}
+		if s.sweepRemoval(name) {
+			removed = true
+		}
+	}
+	return removed
+}
+
+// sweepRemoval removes removingPrefix+name, the files an earlier removal
+// of the archive name left (its last step failed, or a crash came after
+// its head was deleted), when the store holds no marker of a removal of
+// name (one with a marker is completed at the next start or by a DELETE
+// of the archive) and either no head of name (the removal got past step
+// 3) or a head and the archive's own directory (an archive of that name
+// made since, after the clock went back: the leftover hides nothing of
+// it). With a head and no directory of its own, the directory is in place
+// of the archive's files: tampering, logged and left alone.
+func (s *Server) sweepRemoval(name string) bool {
+	mu := s.chainLock(name)
+	mu.Lock()
+	defer mu.Unlock()
+	nodes := s.auditNodesDir()
+	dir := filepath.Join(nodes, removingPrefix+name)
+	if _, err := os.Lstat(dir); err != nil {
+		return false // gone meanwhile
+	}
+	m, err := s.st.GetSecure(keyAuditRemoving + name)
+	var raw []byte
+	if err == nil {
+		raw, err = s.st.GetSecure(keyAuditHead + name)
+	}
+	if err != nil {
+		s.log.Error("control: audit archive removals", "archive", name, "err", err)
+		return false
+	}
+	if m != nil {
+		return false
+	}
+	what := "completed the removal of an archived audit chain (an earlier DELETE of it stopped or failed before its files were removed)"
+	if raw != nil {
+		if _, serr := os.Stat(filepath.Join(nodes, name)); serr != nil {
+			if os.IsNotExist(serr) {
+				s.log.Error("control: a directory is named as the removal of an archived audit chain, but the store holds no such removal: the archive's files were removed or moved by hand; its head is kept and the chain listed as tampered",
+					"archive", name, "dir", removingPrefix+name)
+			}
+			return false
+		}
+		what = "removed the files left by an earlier removal of an archived audit chain of the same name; the archive of that name now is kept"
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		s.log.Error("control: files of a removed audit archive not removed; retried at the next start or removal", "archive", name, "err", err)
+		return false
+	}
+	s.log.Warn("control: "+what, "archive", name, "dir", removingPrefix+name)
+	return true
 }
 
 // removeHead deletes the head stored under the archive name's key if it
@@ -343,10 +387,15 @@ func (s *Server) handleAuditArchiveDelete(w http.ResponseWriter, r *http.Request
 		writeError(w, http.StatusBadRequest, fmt.Errorf("%q is not an archived chain (NODE.archived-TIME): only those can be removed", name))
 		return
 	}
+	nodes := s.auditNodesDir()
+	// Files left by earlier removals of other archives (their last step
+	// failed) go first: else they stay until the next start.
+	if ents, err := os.ReadDir(nodes); err == nil && s.sweepRemovals(ents, name) {
+		atomicfile.SyncDir(nodes)
+	}
 	mu := s.chainLock(name)
 	mu.Lock()
 	defer mu.Unlock()
-	nodes := s.auditNodesDir()
 	dir := filepath.Join(nodes, name)
 	removing := filepath.Join(nodes, removingPrefix+name)
 	key := keyAuditHead + name

@@ -83,6 +83,15 @@ type Config struct {
 	// DefaultSyncMaxHandshakes (1024) and DefaultSyncMaxHandshakesPerSource
 	// (256); negative: no bound (as AuditArchivesPerNode).
 	SyncMaxHandshakes, SyncMaxHandshakesPerSource int
+	// SyncHandshakeTimeout bounds an agent's (or relay's, region's,
+	// joining node's) TLS handshake on the sync port, and the wait for an
+	// agent's hello after it (at least the stream's read timeout):
+	// a handshake not done within it is closed and counted as reason
+	// "timeout" (default DefaultSyncHandshakeTimeout, 10s). Raise it for
+	// slow links (satellite, 2G), where a handshake carrying a certificate
+	// chain takes longer; it also bounds how long a silent connection
+	// holds a handshake slot.
+	SyncHandshakeTimeout time.Duration
 	// AdminMaxHandshakes and AdminMaxHandshakesPerSource bound the admin
 	// API's TLS handshakes in progress at once (HTTPS; not in Insecure
 	// mode), in all and from one source IP address (an IPv6 /64), as the
@@ -223,6 +232,9 @@ func (c *Config) validate() error {
 	if c.SyncMaxHandshakesPerSource == 0 {
 		c.SyncMaxHandshakesPerSource = DefaultSyncMaxHandshakesPerSource
 	}
+	if c.SyncHandshakeTimeout == 0 {
+		c.SyncHandshakeTimeout = DefaultSyncHandshakeTimeout
+	}
 	if c.AdminMaxHandshakes == 0 {
 		c.AdminMaxHandshakes = DefaultAdminMaxHandshakes
 	}
@@ -288,6 +300,7 @@ func (c *Config) checkNegativeDurations() error {
 		{"autonomyWindow", c.AutonomyWindow},
 		{"rotationOverlap", c.RotationOverlap},
 		{"regionCATTL", c.RegionCATTL},
+		{"syncHandshakeTimeout", c.SyncHandshakeTimeout},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("control: %s %s is negative (0 or unset: the default)", d.name, d.v)
@@ -310,6 +323,10 @@ func CheckConfig(cfg Config) error {
 // handshakes at once as the relay; each holds a goroutine, buffers and a
 // signature until done or timed out, a few tens of MiB at most.
 const DefaultSyncMaxHandshakes = 1024
+
+// DefaultSyncHandshakeTimeout is Config.SyncHandshakeTimeout's default:
+// a handshake takes a few round trips, well under a second on most links.
+const DefaultSyncHandshakeTimeout = 10 * time.Second
 
 // DefaultSyncMaxHandshakesPerSource is Config.SyncMaxHandshakesPerSource's
 // default: a site's nodes behind one NAT share its address and reconnect

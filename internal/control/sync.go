@@ -115,7 +115,7 @@ func (s *Server) handshakeSync(ctx context.Context, c net.Conn, slot *identity.G
 	if s.sec == nil {
 		return c, peer, true
 	}
-	tc, err := identity.ServerHandshake(ctx, c, s.sec.syncTLS, 10*time.Second)
+	tc, err := identity.ServerHandshake(ctx, c, s.sec.syncTLS, s.cfg.SyncHandshakeTimeout)
 	join := err == nil && tc.ConnectionState().NegotiatedProtocol == identity.ALPNJoin
 	if held := join || slot.Release(); !held { // evicted, maybe as it finished: its cancel closes c now or soon
 		err = errors.Join(err, identity.ErrEvicted)
@@ -273,8 +273,9 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 	// longer ones are read past it, and there is one per agent.
 	r := wire.NewReaderSize(c, streamReadBuffer)
 	// Every message, heartbeats included, must arrive within the machine's
-	// read timeout, so a silent or slow sender is dropped.
-	c.SetReadDeadline(time.Now().Add(st.sm.ReadTimeout()))
+	// read timeout, so a silent or slow sender is dropped; the hello, the
+	// first frame after the handshake, within the handshake's bound too.
+	c.SetReadDeadline(time.Now().Add(max(st.sm.ReadTimeout(), s.cfg.SyncHandshakeTimeout)))
 	hello, err := r.Read()
 	if err != nil {
 		s.mBadFrames.Inc()

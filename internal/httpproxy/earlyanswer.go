@@ -21,6 +21,9 @@ var errAnsweredEarly = errors.New("the endpoint answered before it took the whol
 // 401 before reading the body) and holds the connection open would
 // otherwise be written to for good; exchange reads its answer.
 func (pc *poolConn) onStall() error {
+	if h := pc.p.testHookStall; h != nil {
+		defer h()
+	}
 	if ctx := pc.writing; ctx != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -32,15 +35,17 @@ func (pc *poolConn) onStall() error {
 
 // skipInterim reads and drops the interim (1xx but 101) response heads an
 // endpoint sent while its request body waits, as exchange drops those that
-// come after it (102 Processing while the endpoint works, 100 Continue):
-// they do not end the upload. It reports whether nothing else came: no
-// final head, no end, no error, at most the start of one more interim
-// head, and that no longer than the reader's buffer (BufSize) can hold,
-// which bounds the wait for the rest of one.
+// come after it (102 Processing while the endpoint works, 100 Continue,
+// 103 Early Hints): they do not end the upload. It reports whether nothing
+// else came: no final head, no end, no error, at most the start of one
+// more interim head. One longer than the reader's buffer (BufSize: a 103
+// with many Link fields) is gathered beside it, in pc.long, across calls
+// (gatherInterim), up to MaxResponseHeadBytes; exchange reads the rest of
+// one the write left unfinished (finishInterim).
 //
 // Each call reads the socket once at most, and RawIO calls it once every
 // StallAfter at most: interim heads read here are not counted against
-// MaxResponseHeadBytes.
+// MaxResponseHeadBytes (each is bounded by it).
 func (pc *poolConn) skipInterim() bool {
 	br := pc.br
 	if br.Buffered() == 0 || pc.pending() {
@@ -50,13 +55,26 @@ func (pc *poolConn) skipInterim() bool {
 		}
 	}
 	for br.Buffered() > 0 {
+		if pc.long != nil {
+			if pc.gatherInterim() != nil {
+				return false
+			}
+			continue
+		}
 		b, _ := br.Peek(br.Buffered())
 		n, interim := interimHead(b)
 		if !interim {
 			return false
 		}
 		if n == 0 {
-			return len(b) < br.Size() // the rest may come, and fit
+			if len(b) < br.Size() {
+				return true // the rest may come, and fit
+			}
+			if !longInterimStart(b) {
+				return false
+			}
+			pc.long = make([]byte, 0, 2*len(b))
+			continue
 		}
 		// Whole in the buffer: read without blocking.
 		if _, err := http.ReadResponse(br, nil); err != nil {
@@ -64,6 +82,74 @@ func (pc *poolConn) skipInterim() bool {
 		}
 	}
 	return true
+}
+
+// longInterimStart reports whether b, the start of a head that interimHead
+// takes for an interim one and that fills the reader's buffer, has an
+// interim status (1xx but 101) when its status line is not whole yet.
+func longInterimStart(b []byte) bool {
+	if bytes.IndexByte(b, '\n') >= 0 {
+		return true // interimHead read the status line
+	}
+	return len(b) > 12 && isDigit(b[10]) && isDigit(b[11]) && !(b[10] == '0' && b[11] == '1') && b[12] == ' '
+}
+
+// errLongInterim: a long interim head gathered across stalls is no
+// interim head after all.
+var errLongInterim = errors.New("httpproxy: the endpoint's 1xx response head is not one")
+
+// gatherInterim moves what the reader holds of the long interim head being
+// gathered (pc.long) to it, up to the head's end; once whole, the head is
+// parsed as exchange parses one (http.ReadResponse) and dropped, pc.long
+// back to nil. An error: the head is refused, no interim one, or longer
+// than MaxResponseHeadBytes.
+func (pc *poolConn) gatherInterim() error {
+	b, _ := pc.br.Peek(pc.br.Buffered())
+	from := len(pc.long)
+	pc.long = append(pc.long, b...)
+	// The blank line that ends it (LF, or CRLF, after an LF: headEnd) may
+	// begin in the bytes gathered before.
+	at := max(from-2, 0)
+	end := headEnd(pc.long[at:])
+	if end >= 0 {
+		end += at
+	}
+	if end < 0 {
+		pc.br.Discard(len(b))
+		if int64(len(pc.long)) > pc.p.cfg.MaxResponseHeadBytes {
+			return errHeadTooLarge
+		}
+		return nil
+	}
+	pc.br.Discard(len(b) - (len(pc.long) - end))
+	head := pc.long[:end]
+	pc.long = nil
+	if int64(len(head)) > pc.p.cfg.MaxResponseHeadBytes {
+		return errHeadTooLarge
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(head)), nil)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == http.StatusSwitchingProtocols {
+		return errLongInterim
+	}
+	return nil
+}
+
+// finishInterim reads the rest of a long interim head a stall began to
+// gather (gatherInterim) and drops it: the write of the request ended
+// meanwhile. Reads block, within the connection's deadlines.
+func (pc *poolConn) finishInterim() error {
+	for pc.long != nil {
+		if _, err := pc.br.Peek(1); err != nil {
+			return err
+		}
+		if err := pc.gatherInterim(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // interimHead reports whether b, the start of what an endpoint sent, is or
@@ -111,6 +197,9 @@ func (pc *poolConn) earlyResponse(req *http.Request) *http.Response {
 	defer pc.c.SetReadDeadline(time.Time{})
 	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
 	defer func() { pc.head.left = noHeadLimit }()
+	if pc.finishInterim() != nil {
+		return nil
+	}
 	for {
 		resp, err := http.ReadResponse(pc.br, req)
 		if err != nil {

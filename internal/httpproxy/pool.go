@@ -37,6 +37,8 @@ type Pool struct {
 	closed bool
 	reaper *time.Timer // closes idle connections after idleTimeout (reapIdle)
 	armed  bool        // reaper is scheduled
+
+	testHookStall func() // if set, called after each onStall
 }
 
 // PoolConfig is what a pool needs from its owner: how to reach the
@@ -62,7 +64,7 @@ type PoolConfig struct {
 	// read, 1xx ones included (default 10 MiB, as http.Transport's
 	// MaxResponseHeaderBytes): past it the request fails and the
 	// connection closes. 1xx heads dropped while a stalled request body
-	// waits are not counted (skipInterim).
+	// waits are not counted (skipInterim), but each is bounded by it.
 	MaxResponseHeadBytes int64
 }
 
@@ -116,6 +118,9 @@ type poolConn struct {
 	// lean is the last lean response (newLeanResponse) until roundTrip
 	// takes its body (bodyFor).
 	lean *leanResp
+	// long is an interim head longer than br that a stalled write began
+	// to read (skipInterim); nil: none.
+	long []byte
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -437,6 +442,11 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 	// buffer held already); the body after them is not bounded.
 	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
 	defer func() { pc.head.left = noHeadLimit }()
+	if pc.long != nil { // the write ended inside a long interim head
+		if err := pc.finishInterim(); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := pc.br.Peek(1); err != nil {
 		if pc.reused {
 			return nil, fmt.Errorf("%w: %w", errStale, err)

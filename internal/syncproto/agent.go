@@ -180,8 +180,9 @@ type Agent struct {
 	auditInFlight bool
 	subscribed    []string // the scope entries of this stream's first subscribe
 
-	limits Limits
-	asm    Assembler // the chunks of an update taken so far (Receiving)
+	limits  Limits
+	asm     Assembler     // the chunks of an update taken so far (Receiving)
+	welcome time.Duration // the wait for welcome (0: welcomeTimeout)
 }
 
 // NewAgent returns an idle machine.
@@ -189,6 +190,10 @@ func NewAgent() *Agent { return &Agent{limits: DefaultLimits} }
 
 // SetLimits replaces the bounds of chunked updates (DefaultLimits).
 func (a *Agent) SetLimits(l Limits) { a.limits, a.asm.Limits = l, l }
+
+// SetWelcomeTimeout sets how long the driver waits for the answer to hello
+// (0: the default, 10s); a slow link needs longer.
+func (a *Agent) SetWelcomeTimeout(d time.Duration) { a.welcome = d }
 
 // SetScope sets the scope every subscribe asks for (nil: everything; see
 // wire.Scope). A scoped subscriber gets a snapshot of its scope on every
@@ -233,7 +238,7 @@ func (a *Agent) ResyncFull() bool { return a.resyncFull }
 // Connect starts a stream: the hello frame for node with caps. known is
 // the configuration the agent holds, for the subscribe after welcome.
 func (a *Agent) Connect(node *api.Node, caps []string, known Known) Output {
-	*a = Agent{resyncFull: a.resyncFull, scope: a.scope, limits: a.limits, asm: Assembler{Limits: a.limits},
+	*a = Agent{resyncFull: a.resyncFull, scope: a.scope, limits: a.limits, asm: Assembler{Limits: a.limits}, welcome: a.welcome,
 		state: agentAwaitWelcome, known: known}
 	return Output{Send: []*wire.Message{{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: node, Capabilities: caps}}}
 }
@@ -241,6 +246,9 @@ func (a *Agent) Connect(node *api.Node, caps []string, known Known) Output {
 // ReadTimeout is how long the driver waits for the next frame.
 func (a *Agent) ReadTimeout() time.Duration {
 	if a.state == agentAwaitWelcome {
+		if a.welcome > 0 {
+			return a.welcome
+		}
 		return welcomeTimeout
 	}
 	return readTimeout(a.hb)

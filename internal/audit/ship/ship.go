@@ -83,7 +83,7 @@ func (s *Shipper) Run(ctx context.Context, cpSeq uint64, cpHash string, write fu
 		}
 	}
 	if restart {
-		s.log().Warn("agent: this node's audit chain does not continue the control plane's (state reset?); shipping it as a restart",
+		s.log().Warn("agent: this node's audit chain does not continue the control plane's (state reset, or restored from a backup?); shipping it as a restart",
 			"controlSeq", cpSeq)
 		cpSeq = 0
 	}

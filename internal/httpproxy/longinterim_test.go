@@ -1,0 +1,175 @@
+package httpproxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// longHints is a 103 Early Hints head of about size bytes: Link fields of
+// 100 bytes each.
+func longHints(size int) string {
+	var b strings.Builder
+	b.WriteString("HTTP/1.1 103 Early Hints\r\n")
+	for i := 0; b.Len() < size; i++ {
+		b.WriteString("Link: </static/" + strings.Repeat("a", 64) + strconv.Itoa(100000+i) + ".css>; rel=preload\r\n")
+	}
+	b.WriteString("\r\n")
+	return b.String()
+}
+
+// TestPoolLongInterimDuringUpload: an endpoint that sends a 1xx head
+// longer than the pool's read buffer (BufSize, 4 KiB: a 103 Early Hints
+// with many Link fields), whole or in parts, while the pool's write of a
+// large request body is stalled must get the whole body and the client
+// its final answer, as with net/http's Transport, which drops the 1xx
+// head and writes on. The stall hook took a head that did not fit its
+// buffer for an early answer and ended the upload: the client got "the
+// endpoint answered before it took the whole request: unexpected EOF".
+func TestPoolLongInterimDuringUpload(t *testing.T) {
+	const size = 8 << 20
+	for name, parts := range map[string]func() []string{
+		"6 KiB":                  func() []string { return []string{longHints(6 << 10)} },
+		"40 KiB":                 func() []string { return []string{longHints(40 << 10)} },
+		"6 KiB in parts":         func() []string { h := longHints(6 << 10); return []string{h[:3000], h[3000:5000], h[5000:]} },
+		"6 KiB split in its end": func() []string { h := longHints(6 << 10); return []string{h[:len(h)-3], h[len(h)-3:]} },
+		"6 KiB then a short one": func() []string { return []string{longHints(6<<10) + "HTTP/1.1 102 Processing\r\n\r\n"} },
+		"long status line, 6 KiB": func() []string {
+			return []string{"HTTP/1.1 103 " + strings.Repeat("x", 5000) + "\r\nLink: </a.css>\r\n\r\n"}
+		},
+		"a short one then 6 KiB": func() []string { return []string{"HTTP/1.1 100 Continue\r\n\r\n" + longHints(6<<10)} },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			heads := parts()
+			var stalls atomic.Int64
+			// afterStalls waits until the pool's stall hook ran twice after
+			// the call: the second of them began after it, and saw what the
+			// endpoint wrote before.
+			afterStalls := func() bool {
+				want := stalls.Load() + 2
+				deadline := time.Now().Add(10 * time.Second)
+				for stalls.Load() < want {
+					if time.Now().After(deadline) {
+						return false
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				return true
+			}
+			u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+				if req.Method == "GET" {
+					return ok(c, req)
+				}
+				c.(*net.TCPConn).SetReadBuffer(smallBuffers)
+				if !afterStalls() { // the pool's write stalls first
+					return false
+				}
+				for _, h := range heads {
+					io.WriteString(c, h)
+					if !afterStalls() {
+						return false // the pool gave up writing: the test fails
+					}
+				}
+				return countBody(c, req, 0)
+			})
+			p := stallingPool(u)
+			p.testHookStall = func() { stalls.Add(1) }
+			defer p.Close(true)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "POST", "http://svc/upload", io.LimitReader(zeros{}, size))
+			req.ContentLength = size
+			resp, err := p.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("upload to an endpoint that sent a %d-byte 1xx head while it did not read failed: %v", len(strings.Join(heads, "")), err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 || string(b) != strconv.Itoa(size) {
+				t.Fatalf("status %d body %q (%v), want 200 %q", resp.StatusCode, b, err, strconv.Itoa(size))
+			}
+			if code, body := get(t, p, "GET", ""); code != 200 || body != "ok" {
+				t.Fatalf("next request on the connection: %d %q", code, body)
+			}
+			if n := u.accepted.Load(); n != 1 {
+				t.Fatalf("%d connections, want 1 (reused)", n)
+			}
+		})
+	}
+}
+
+// TestPoolLongInterimUnfinished: an endpoint that sends the start of an
+// interim head longer than the pool's buffer, then neither ends it nor
+// reads the body, holds the upload until the request's context ends, as
+// it holds net/http's Transport's (which writes on, and reads the head on):
+// the error is the context's, not an answer made up from half a head.
+func TestPoolLongInterimUnfinished(t *testing.T) {
+	const start = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nLink: </"
+	partial := start + strings.Repeat("a", 2*BufSize)
+	for name, rt := range map[string]func(addr string) http.RoundTripper{
+		"net/http": func(string) http.RoundTripper { return &http.Transport{} },
+		"pool":     func(addr string) http.RoundTripper { return poolTo(addr) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			addr := earlyUpstream(t, partial, true)
+			rt := rt(addr)
+			defer func() {
+				if p, ok := rt.(*Pool); ok {
+					p.Close(true)
+				} else {
+					rt.(*http.Transport).CloseIdleConnections()
+				}
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/upload", io.LimitReader(zeros{}, 64<<20))
+			req.ContentLength = 64 << 20
+			resp, err := rt.RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("status %d, want the context's error", resp.StatusCode)
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("error %v, want the context's deadline", err)
+			}
+		})
+	}
+}
+
+// TestPoolLongInterimBounded: a 1xx head longer than MaxResponseHeadBytes
+// that comes while the upload is stalled fails the request, as net/http's
+// Transport fails it past MaxResponseHeaderBytes; the pool does not
+// gather it on.
+func TestPoolLongInterimBounded(t *testing.T) {
+	const limit = 16 << 10
+	hints := longHints(40 << 10)
+	t.Run("net/http", func(t *testing.T) {
+		tr := &http.Transport{MaxResponseHeaderBytes: limit}
+		defer tr.CloseIdleConnections()
+		addr := earlyUpstream(t, hints, true)
+		if resp, err := upload(t, tr, addr); err == nil {
+			resp.Body.Close()
+			t.Fatalf("status %d, want an error", resp.StatusCode)
+		}
+	})
+	t.Run("pool", func(t *testing.T) {
+		addr := earlyUpstream(t, hints, true)
+		p := NewPool(PoolConfig{MaxResponseHeadBytes: limit, Dial: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}})
+		defer p.Close(true)
+		if resp, err := upload(t, p, addr); err == nil {
+			resp.Body.Close()
+			t.Fatalf("status %d, want an error", resp.StatusCode)
+		}
+	})
+}
