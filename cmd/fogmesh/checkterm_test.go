@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode"
 )
 
 // TestCheckPrintsAnswersTermSafe: text of the control plane's answer in a
@@ -68,5 +69,28 @@ func TestCheckJSONEscapesC1(t *testing.T) {
 	if err := json.Unmarshal(b.Bytes(), &back); err != nil || back.OK || len(back.Checks) != 1 ||
 		back.Checks[0].Detail != detail || back.Checks[0].Hint != "hint\u009b" {
 		t.Errorf("JSON %s decodes as %+v (%v)", out, back, err)
+	}
+}
+
+// TestJSONTermSafeSameValue: jsonTermSafe's JSON decodes to the value
+// encoding/json wrote, for text with C1, bidirectional overrides, private
+// use and non-BMP characters, and holds none of them raw.
+func TestJSONTermSafeSameValue(t *testing.T) {
+	for _, s := range []string{"plain", "csi\u009b2J", "del\x7f", "rlo\u202etxt.exe", "pua\ue000\U000F0000", "emoji\U0001F600",
+		"tag\U000E0041", `back\slash\u009b`, "nel\u0085", "bom\ufeff", "zw\u200b\u2028"} {
+		b, err := json.Marshal(map[string]string{"k": s})
+		if err != nil {
+			t.Fatal(err)
+		}
+		safe := jsonTermSafe(b)
+		var got map[string]string
+		if err := json.Unmarshal(safe, &got); err != nil || got["k"] != s {
+			t.Errorf("%q: %s decodes to %q (%v)", s, safe, got["k"], err)
+		}
+		for _, r := range string(safe) {
+			if !unicode.IsGraphic(r) {
+				t.Errorf("%q: %s holds %U raw", s, safe, r)
+			}
+		}
 	}
 }

@@ -74,7 +74,7 @@ func runGet(args []string) error {
 	switch *out {
 	case "json":
 		b, _ := json.MarshalIndent(resp.Items, "", "  ")
-		fmt.Println(string(b))
+		fmt.Println(string(jsonTermSafe(b)))
 		return nil
 	case "yaml":
 		b, _ := json.Marshal(resp.Items)
@@ -271,6 +271,8 @@ func getTrust(server, out string) error {
 				return err
 			}
 			b = y
+		} else {
+			b = jsonTermSafe(b)
 		}
 		fmt.Println(strings.TrimSpace(string(b)))
 		return nil
@@ -309,7 +311,7 @@ func getPaths(server, out string) error {
 	switch out {
 	case "json":
 		b, _ := json.MarshalIndent(ps, "", "  ")
-		fmt.Println(string(b))
+		fmt.Println(string(jsonTermSafe(b)))
 		return nil
 	case "table":
 	default:
@@ -357,7 +359,7 @@ func getCluster(server, out string) error {
 	switch out {
 	case "json":
 		b, _ := json.MarshalIndent(st, "", "  ")
-		fmt.Println(string(b))
+		fmt.Println(string(jsonTermSafe(b)))
 		return nil
 	case "table":
 	default:

@@ -99,7 +99,7 @@ func runRoutes(args []string) error {
 	}
 	if *out == "json" {
 		b, _ := json.MarshalIndent(routes, "", "  ")
-		fmt.Println(string(b))
+		fmt.Println(string(jsonTermSafe(b)))
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
@@ -138,7 +138,7 @@ func runPaths(args []string) error {
 	}
 	if *out == "json" {
 		b, _ := json.MarshalIndent(st, "", "  ")
-		fmt.Println(string(b))
+		fmt.Println(string(jsonTermSafe(b)))
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)

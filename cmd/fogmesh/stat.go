@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/fogmesh/fogmesh/internal/cli"
@@ -148,7 +149,7 @@ func printStats(w io.Writer, out string, services, edges []meshstat.Row, withEdg
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(w, string(b))
+		fmt.Fprintln(w, string(jsonTermSafe(b)))
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -190,21 +191,26 @@ func termSafe(s string) string {
 	return s
 }
 
-// jsonTermSafe is JSON b (as encoding/json writes it) with the control
-// characters it leaves raw in strings, DEL and C1 (U+007F to U+009F: U+009B
-// is CSI, which a terminal takes as ESC [), written as \u escapes, so that
-// JSON printed to a terminal carries no control character raw. Outside
-// strings JSON has none of them, so the replacement is JSON of the same
-// value.
+// jsonTermSafe is JSON b (as encoding/json writes it) with every rune a
+// terminal would not show as text written as a \u escape: DEL and C1
+// (U+007F to U+009F: U+009B is CSI, which a terminal takes as ESC [),
+// bidirectional overrides (U+202E), other format and private-use
+// characters, which encoding/json leaves raw in strings. Outside strings
+// JSON has only spaces and newlines, so the result is JSON of the same
+// value, printed to a terminal as it is.
 func jsonTermSafe(b []byte) []byte {
 	var out []byte
 	for i := 0; i < len(b); {
 		r, n := utf8.DecodeRune(b[i:])
-		if r >= 0x7f && r <= 0x9f {
+		if r != '\n' && !unicode.IsGraphic(r) {
 			if out == nil {
 				out = append(make([]byte, 0, len(b)+16), b[:i]...)
 			}
-			out = fmt.Appendf(out, `\u%04x`, r)
+			if r1, r2 := utf16.EncodeRune(r); r1 != utf8.RuneError {
+				out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
+			} else {
+				out = fmt.Appendf(out, `\u%04x`, r)
+			}
 		} else if out != nil {
 			out = append(out, b[i:i+n]...)
 		}

@@ -53,6 +53,11 @@ func checkStatsOutput(t *testing.T, st *control.StatsResponse) {
 	if !json.Valid(jb.Bytes()) {
 		t.Fatalf("json output is not JSON: %q", jb.String())
 	}
+	for _, r := range jb.String() {
+		if r != '\n' && !unicode.IsGraphic(r) {
+			t.Fatalf("json output holds %U raw: %q", r, jb.String())
+		}
+	}
 }
 
 // TestStatsTableEscapesAnswer: names and messages of a control plane's
@@ -64,6 +69,7 @@ func TestStatsTableEscapesAnswer(t *testing.T) {
 		{`"service":"shop/orders"`, `"service":"shop/orders\u001b[2J\u001b[31m"`},
 		{`"sourceNode":"n1"`, `"sourceNode":"n1\nfake/row 99.00"`},
 		{`"tier":"site"`, `"tier":"si\tte"`},
+		{`"tier":"site"`, `"tier":"si\u009b2Jte"`},
 		{`"no request counters in its heartbeats"`, `"gone\r\u202etxt.exe"`},
 	} {
 		in := strings.Replace(statsAnswer, c.from, c.to, 1)

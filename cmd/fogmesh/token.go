@@ -44,7 +44,7 @@ func runToken(args []string) error {
 	}
 	if *out == "json" {
 		b, _ := json.MarshalIndent(resp, "", "  ")
-		fmt.Println(string(b))
+		fmt.Println(string(jsonTermSafe(b)))
 		return nil
 	}
 	fmt.Println(resp.Token)

@@ -27,7 +27,7 @@ func (a *Agent) initGossip() error {
 		OnChange: a.onGossipEvent, Allow: a.allowGossip, Logger: a.log.With("sub", "gossip")}
 	if a.ident != nil {
 		if gc.SecretKey = a.ident.gossipKey; gc.SecretKey == nil && a.ident.gossipKeyErr != nil {
-			return fmt.Errorf("agent: gossip: the trust's gossip key is unusable (%v), and gossip does not run unencrypted in a mesh that encrypts it: start with gossip off until the control plane has sent its trust again (trust.json is rewritten), or join again", a.ident.gossipKeyErr)
+			return &ConfigError{Err: fmt.Errorf("agent: gossip: the trust's gossip key is unusable (%v), and gossip does not run unencrypted in a mesh that encrypts it: start with gossip off until the control plane has sent its trust again (trust.json is rewritten), or join again", a.ident.gossipKeyErr)}
 		} else if gc.SecretKey == nil {
 			a.log.Warn("agent: the control plane sent no gossip key; liveness gossip runs unencrypted")
 		}

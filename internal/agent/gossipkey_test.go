@@ -83,3 +83,62 @@ func TestTrustFileDamagedGossipKey(t *testing.T) {
 		t.Errorf("the trust.json saved: gossip key %x, gossip running: %v", a.ident.gossipKey, a.gossip != nil)
 	}
 }
+
+// TestTrustSavedAsRun: what applyTrust saves is what the agent runs with,
+// so a restart starts the same way. A node gossiping without a key that is
+// sent a bad one saves no key (it saved the bad one, and then could not
+// restart with gossip on); a node holding a key that is sent a trust
+// without one keeps it in the file (the file lost it, and the restart
+// gossiped unencrypted); revoked entries it dropped are not saved.
+func TestTrustSavedAsRun(t *testing.T) {
+	start := func(dir string) *Agent {
+		t.Helper()
+		cfg := agentConfig(agentOpts{name: "n1", site: "s1", region: "r1", vipOctet: 98})
+		cfg.Insecure, cfg.Control, cfg.StateDir = false, []string{"127.74.0.1:1"}, dir
+		cfg.MeshAddr, cfg.DNSAddr, cfg.AdminAddr, cfg.WorkloadAPISocket, cfg.GossipAddr = "127.74.0.1:0", "127.74.0.1:0", "127.74.0.1:0", "off", "127.74.0.1:0"
+		a, err := New(cfg)
+		if err != nil {
+			t.Fatalf("start: %v", err)
+		}
+		return a
+	}
+	key := bytes.Repeat([]byte{7}, 32)
+	for _, tc := range []struct {
+		name     string
+		held     string // trust.json's gossip key at start (JSON)
+		sent     []byte // the next trust's key
+		wantHeld []byte
+	}{
+		{"none held, a bad one sent", `""`, []byte("short"), nil},
+		{"one held, none sent", `"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="`, nil, key},
+		{"one held, a bad one sent", `"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="`, []byte("short"), key},
+	} {
+		dir := damagedKeyStateDir(t, tc.held)
+		saved, err := os.ReadFile(filepath.Join(dir, trustFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, _, err := readTrust(saved)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.GossipKey, tr.Revoked = tc.sent, []string{"spiffe://fogmesh.local/site/s1/node/gone", "not an id"}
+		a := start(dir)
+		if err := a.applyTrust(&tr, true); err != nil {
+			t.Fatalf("%s: applyTrust: %v", tc.name, err)
+		}
+		a.Close()
+		a = start(dir) // with gossip on, as it ran
+		if !bytes.Equal(a.ident.gossipKey, tc.wantHeld) {
+			t.Errorf("%s: restarted holding gossip key %x, want %x", tc.name, a.ident.gossipKey, tc.wantHeld)
+		}
+		a.Close()
+		b, err := os.ReadFile(filepath.Join(dir, trustFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte("not an id")) || !bytes.Contains(b, []byte("node/gone")) {
+			t.Errorf("%s: trust.json's revoked entries: %s", tc.name, b)
+		}
+	}
+}

@@ -234,8 +234,9 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 	}
 	a.svids.SetTrust(td.Name(), wb)
 	// A gossip key memberlist does not take is dropped: gossip keeps the
-	// key it has (none: it does not start, initGossip), and the file keeps
-	// it too (saved below), so a restart does not refuse it either.
+	// key it has, and the file keeps it too (saved below). With none held,
+	// gossip goes on as it runs (unencrypted, as it started), and the file
+	// keeps no key, so a restart starts the same way.
 	if ni.gossipKeyErr = checkGossipKey(t.GossipKey); ni.gossipKeyErr != nil {
 		a.log.Warn("agent: trust: gossip key dropped", "err", ni.gossipKeyErr)
 	} else if len(t.GossipKey) > 0 && !bytes.Equal(t.GossipKey, ni.gossipKey) {
@@ -257,11 +258,15 @@ func (a *Agent) applyTrust(t *wire.Trust, save bool) error {
 		}
 	}
 	if save {
-		if ni.gossipKeyErr != nil && ni.gossipKey != nil {
-			c := *t
+		// The file holds what the agent runs with, so that a restart does
+		// the same: the revoked entries it took, and the gossip key it
+		// holds (none included) in place of a dropped or missing one.
+		c := *t
+		c.Revoked = denied
+		if ni.gossipKeyErr != nil || len(t.GossipKey) == 0 {
 			c.GossipKey = ni.gossipKey
-			t = &c
 		}
+		t = &c
 		if err := saveJSON(a.statePath(trustFile), t); err != nil {
 			return fmt.Errorf("trust: save: %w", err)
 		}
