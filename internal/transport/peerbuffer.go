@@ -43,11 +43,9 @@ import (
 // and a lock at its close; reads and writes cost nothing more. QUIC
 // connections have flow control of their own (quicMaxConnWindow each).
 
-// The default budget (0) is the stream cap's worth of windows
-// (maxStreamsPerPeer × the window: 1 GiB at the defaults), so that it
-// refuses no stream the cap would take, while streams yamux still holds
-// after they were closed here count against it; none with no stream cap.
-// A smaller budget is for nodes with little memory (README, "Memory").
+// DefaultPeerBuffer is the default budget of one peer's stream windows:
+// 256 streams at DefaultStreamWindow, 1,024 at MinStreamWindow.
+const DefaultPeerBuffer = 256 << 20
 
 // bufferPoll is the longest a session's accept loop waits, held past its
 // peer's budget, between two looks at the streams yamux holds (it has no
@@ -60,13 +58,16 @@ const bufferWarnEvery = 10 * time.Second
 
 // peerBuffer is PeerStreams' budget and its counters.
 type peerBuffer struct {
-	bytes   int              // the budget; 0: the stream cap's windows; < 0: none
+	bytes   int              // the budget; <= 0: none
 	refused *metrics.Counter // fogmesh_agent_peer_buffer_rejections_total
 	pauses  *metrics.Counter // fogmesh_agent_peer_buffer_pauses_total
 	warned  atomic.Int64     // when a refusal was last logged, Unix ns
 }
 
 func newPeerBuffer(bytes int, set *metrics.Set) peerBuffer {
+	if bytes == 0 {
+		bytes = DefaultPeerBuffer
+	}
 	return peerBuffer{
 		bytes:   bytes,
 		refused: set.GetOrCreateCounter(`fogmesh_agent_peer_buffer_rejections_total`),
@@ -161,11 +162,8 @@ func lingers(st *yamux.Stream, scratch []byte) bool {
 // bufferLimit returns how many streams pc's peer may have held at this
 // server's window: 0 without a budget.
 func (s *Server) bufferLimit() int {
-	switch b := s.limit.buf.bytes; {
-	case b > 0:
+	if b := s.limit.buf.bytes; b > 0 {
 		return max(1, b/s.cfg.StreamWindow)
-	case b == 0 && s.limit.max > 0:
-		return int(s.limit.max)
 	}
 	return 0
 }

@@ -164,25 +164,17 @@ func TestPeerBufferKeepsStreamWindow(t *testing.T) {
 // (a minute). A peer that opens streams, is refused and never closes them
 // made the agent hold as many as it opened in a minute. Now the agent
 // stops taking the peer's streams once it holds 9/8 of its budget, and
-// takes them again when the peer closes its streams. So it does with the
-// default budget, the stream cap's windows.
+// takes them again when the peer closes its streams.
 func TestPeerBufferLingeringStreamsBounded(t *testing.T) {
-	t.Run("budget", func(t *testing.T) { testLingeringStreamsBounded(t, 4, 16*MinStreamWindow, 16) })
-	t.Run("default", func(t *testing.T) { testLingeringStreamsBounded(t, 16, 0, 16) })
-}
-
-// testLingeringStreamsBounded: a peer fills a stream cap of caps, then
-// opens streams and leaves the refused ones open; the agent's yamux holds
-// at most 9/8 of limit, budget's streams (0: the default) and two more.
-func testLingeringStreamsBounded(t *testing.T, caps, budget, limit int) {
 	const (
 		window = MinStreamWindow
+		limit  = 16 // the budget in streams
 		opens  = 600
 	)
 	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(c *ServerConfig) {
 		c.HeaderTimeout = 30 * time.Second // the held streams below wait for their header all test long
 		c.StreamWindow = window
-		c.PeerStreams = NewPeerStreams(caps, budget, c.Metrics)
+		c.PeerStreams = NewPeerStreams(4, limit*window, c.Metrics)
 	})
 	raw, err := net.Dial("tcp", srv.addr)
 	if err != nil {
@@ -193,12 +185,12 @@ func testLingeringStreamsBounded(t *testing.T, caps, budget, limit int) {
 		t.Fatal(err)
 	}
 	defer sess.Close()
-	for range caps { // the cap's places, held by streams that send no header
+	for range 4 { // the cap's 4 places, held by streams that send no header
 		if _, err := sess.OpenStream(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the cap's streams awaiting their header", func() bool { return srv.ActiveStreams() == int64(caps) })
+	eventually(t, "4 streams awaiting their header", func() bool { return srv.ActiveStreams() == 4 })
 
 	var refused []*yamux.Stream
 	var pending *yamux.Stream // the first stream the agent did not answer

@@ -75,8 +75,8 @@ type peerCount struct {
 
 // NewPeerStreams returns a cap of max streams per peer (0:
 // DefaultMaxStreamsPerPeer; negative: no cap) and a budget of buffer
-// bytes of stream windows per peer over its yamux sessions (0: max
-// windows; negative: no budget; peerbuffer.go) that count their
+// bytes of stream windows per peer over its yamux sessions (0:
+// DefaultPeerBuffer; negative: no budget; peerbuffer.go) that count their
 // refusals in set's fogmesh_agent_peer_*_total (nil: a private set).
 func NewPeerStreams(max, buffer int, set *metrics.Set) *PeerStreams {
 	if max == 0 {
