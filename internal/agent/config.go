@@ -110,14 +110,6 @@ type Config struct {
 	// negative: no limit, nor on its 64 sessions). In insecure mode a
 	// peer is an IP address.
 	MaxStreamsPerPeer int `json:"maxStreamsPerPeer,omitempty"`
-	// MeshPeerBuffer is how many bytes one peer agent's mesh streams over
-	// TCP may hold buffered here, counted as its streams' receive windows
-	// (MeshStreamWindow each) over all its sessions (default 256 MiB:
-	// 256 streams at the default window; negative: no budget): a stream
-	// past it is refused as over MaxStreamsPerPeer, and while the peer
-	// keeps streams open past 9/8 of it none of its new streams is taken
-	// (transport.DefaultPeerBuffer).
-	MeshPeerBuffer int `json:"meshPeerBuffer,omitempty"`
 	// MeshMaxHandshakes(PerSource) bound the mesh port's TLS handshakes in progress, in all and from one
 	// IP address (default 256, 64; negative: no bound; transport.ServerConfig): more connections are closed at once. Each
 	// QUIC mesh server (punched and relayed UDP paths) has the same bounds (transport.QUICServerConfig).

@@ -58,7 +58,6 @@ type PeerStreams struct {
 	refused  *metrics.Counter // fogmesh_agent_peer_stream_limit_rejections_total
 	sessions *metrics.Counter // fogmesh_agent_peer_session_limit_rejections_total
 	msg      string           // the refusal's status message
-	buf      peerBuffer       // the budget of stream windows (peerbuffer.go)
 
 	mu    sync.Mutex // guards the following
 	peers map[string]*peerCount
@@ -69,16 +68,13 @@ type peerCount struct {
 	open     atomic.Int64 // streams from their accept to their end
 	refs     int          // guarded by PeerStreams.mu: its sessions, connections and direct streams
 	sessions int          // guarded by PeerStreams.mu: its sessions and QUIC connections
-
-	held peerHeld // its yamux streams, for the buffer budget (peerbuffer.go)
 }
 
 // NewPeerStreams returns a cap of max streams per peer (0:
-// DefaultMaxStreamsPerPeer; negative: no cap) and a budget of buffer
-// bytes of stream windows per peer over its yamux sessions (0:
-// DefaultPeerBuffer; negative: no budget; peerbuffer.go) that count their
-// refusals in set's fogmesh_agent_peer_*_total (nil: a private set).
-func NewPeerStreams(max, buffer int, set *metrics.Set) *PeerStreams {
+// DefaultMaxStreamsPerPeer; negative: no cap) that counts its refusals in
+// set's fogmesh_agent_peer_stream_limit_rejections_total (nil: a private
+// set).
+func NewPeerStreams(max int, set *metrics.Set) *PeerStreams {
 	if max == 0 {
 		max = DefaultMaxStreamsPerPeer
 	}
@@ -90,7 +86,6 @@ func NewPeerStreams(max, buffer int, set *metrics.Set) *PeerStreams {
 		refused:  set.GetOrCreateCounter(`fogmesh_agent_peer_stream_limit_rejections_total`),
 		sessions: set.GetOrCreateCounter(`fogmesh_agent_peer_session_limit_rejections_total`),
 		msg:      fmt.Sprintf("%v: at most %d open at once", errPeerStreams, max),
-		buf:      newPeerBuffer(buffer, set),
 		peers:    make(map[string]*peerCount),
 	}
 }
@@ -183,15 +178,9 @@ func peerStreamsKey(conn net.Conn, p Peer) string {
 // loop calls it: it must not wait on the peer). The write is bounded by
 // HeaderTimeout; it only waits if the peer stopped reading its session.
 func (s *Server) refuseOverCap(c meshStream) {
-	s.refuseBusy(c, s.limit.msg)
-}
-
-// refuseBusy is refuseOverCap with msg, which starts with errPeerStreams
-// (the client takes it for ErrPeerBusy).
-func (s *Server) refuseBusy(c meshStream, msg string) {
 	s.m.streams[resultRefused].Inc()
 	c.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	WriteStatus(c, StatusRefused, msg)
+	WriteStatus(c, StatusRefused, s.limit.msg)
 	c.Close()
-	s.log.Debug("mesh: stream refused", "peer", c.RemoteAddr().String(), "err", msg)
+	s.log.Debug("mesh: stream refused", "peer", c.RemoteAddr().String(), "err", errPeerStreams)
 }

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/fogmesh/fogmesh/internal/identity"
 )
 
 // The per-peer cap on inbound streams (peerlimit.go): one peer agent may
@@ -81,17 +79,11 @@ func wantCapRefusal(t *testing.T, c meshClient, addr string) {
 
 // TestPeerStreamCapTLS: a peer's streams over two yamux sessions (mTLS)
 // count together; the stream over the cap is refused, another peer is not,
-// and a closed stream frees its place. (The smallest window: the default
-// buffer budget holds 1,024 of them.)
+// and a closed stream frees its place.
 func TestPeerStreamCapTLS(t *testing.T) {
 	ca := testCA(t, "", nil)
 	work := serveWorkload(t, "127.0.0.1:0", echo) // ends a stream the peer closes
-	src := testSource(testSVID(t, ca, "s", "node-b"), ca.Bundle())
-	ts := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"web-1": work}, func(c *ServerConfig) {
-		c.TLS = src.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
-		c.HeaderTimeout = 2 * time.Second
-		c.StreamWindow = MinStreamWindow
-	})
+	ts := startTLSServer(t, testSource(testSVID(t, ca, "s", "node-b"), ca.Bundle()), mapDialer{"web-1": work})
 	srcA := testSource(testSVID(t, ca, "s", "node-a"), ca.Bundle())
 	c1, _ := tlsClient(t, srcA, "node-a")
 	c2, _ := tlsClient(t, srcA, "node-a")

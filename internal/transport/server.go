@@ -176,7 +176,7 @@ func (c *ServerConfig) validateStreams() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.PeerStreams == nil {
-		c.PeerStreams = NewPeerStreams(0, 0, c.Metrics)
+		c.PeerStreams = NewPeerStreams(0, c.Metrics)
 	}
 	return nil
 }
@@ -433,15 +433,8 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		}
 		sc := newStreamConn(st)
 		sc.cause = auth.cause
-		pc.held.accept(sc)
 		if !s.limit.acquire(pc) {
 			s.refuseOverCap(sc)
-			s.waitBuffered(ctx, sess, pc, log)
-			st, err = sess.AcceptStreamWithContext(ctx)
-			continue
-		}
-		if !s.admitBuffered(sc, pc, log) {
-			s.waitBuffered(ctx, sess, pc, log)
 			st, err = sess.AcceptStreamWithContext(ctx)
 			continue
 		}
@@ -454,12 +447,12 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		case opening <- struct{}{}:
 		case <-ctx.Done():
 			s.limit.release(pc)
-			sc.Close()
+			st.Close()
 			err = ctx.Err()
 			continue
 		case <-sess.CloseChan():
 			s.limit.release(pc)
-			sc.Close()
+			st.Close()
 			err = yamux.ErrSessionShutdown
 			continue
 		}

@@ -81,7 +81,6 @@ type streamConn struct {
 	cause  *atomic.Pointer[error]   // why the session was cut (peerauth.go), or nil
 	client *Client                  // that opened it, for Retired; nil on the server side
 	reg    weak.Pointer[streamConn] // its key in openStreams
-	held   *peerHeld                // its peer's streams, on the server side (peerbuffer.go)
 }
 
 // Retired reports whether the client retired the stream's session
@@ -185,9 +184,6 @@ func (c *streamConn) Close() error {
 	openStreams.Unlock()
 	err := c.Stream.Close()
 	c.Stream.SetReadDeadline(pastDeadline)
-	if c.held != nil {
-		c.held.closed(c.Stream)
-	}
 	return err
 }
 
