@@ -274,8 +274,13 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 	r := wire.NewReaderSize(c, streamReadBuffer)
 	// Every message, heartbeats included, must arrive within the machine's
 	// read timeout, so a silent or slow sender is dropped; the hello, the
-	// first frame after the handshake, within the handshake's bound too.
-	c.SetReadDeadline(time.Now().Add(max(st.sm.ReadTimeout(), s.cfg.SyncHandshakeTimeout)))
+	// first frame after a TLS handshake, within the handshake's bound too
+	// (a slow link's).
+	wait := st.sm.ReadTimeout()
+	if s.sec != nil {
+		wait = max(wait, s.cfg.SyncHandshakeTimeout)
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
 	hello, err := r.Read()
 	if err != nil {
 		s.mBadFrames.Inc()
