@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -824,10 +825,16 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 		}
 		if verify {
 			files, err := audit.ChainFiles(filepath.Join(s.auditNodesDir(), n), "")
-			if err != nil {
-				return c, err
+			var rep *audit.Report
+			if err == nil {
+				rep, err = audit.Verifier{Head: head, FromGenesis: true}.Verify(files...)
 			}
-			rep, err := audit.Verifier{Head: head, FromGenesis: true}.Verify(files...)
+			if errors.Is(err, fs.ErrNotExist) && head != nil {
+				// Its directory is there, its records are not.
+				rep, err = &audit.Report{Node: n, Head: head, Verdict: audit.VerdictTampered, Problems: []audit.Problem{{
+					File: filepath.Join(s.auditNodesDir(), n), Kind: audit.ProblemHead,
+					Msg: fmt.Sprintf("the archive's directory holds no records: the stored head is seq %d", head.Seq)}}}, nil
+			}
 			if err != nil {
 				return c, err
 			}

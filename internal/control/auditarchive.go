@@ -82,21 +82,10 @@ func (s *Server) repairArchive(name string) error {
 	if err != nil {
 		return err
 	}
-	holds := func(dir string) (bool, error) {
-		files, err := audit.ChainFiles(filepath.Join(s.auditNodesDir(), dir), "")
-		if err != nil {
-			if _, serr := os.Stat(filepath.Join(s.auditNodesDir(), dir)); os.IsNotExist(serr) {
-				return false, nil
-			}
-			return false, err
-		}
-		r, err := audit.RecordAt(files, nh.Seq)
-		return r != nil && r.Hash == nh.Hash, err
-	}
-	if cur, err := holds(node); err != nil || cur {
+	if cur, err := s.dirHolds(node, nh); err != nil || cur {
 		return err // the head is the node's current chain's
 	}
-	if ok, err := holds(name); err != nil || !ok {
+	if ok, err := s.dirHolds(name, nh); err != nil || !ok {
 		return err // another chain's head
 	}
 	moved := false
@@ -121,6 +110,21 @@ func (s *Server) repairArchive(name string) error {
 		s.log.Error("control: audit the chain restart", "err", err)
 	}
 	return nil
+}
+
+// dirHolds reports whether the chain in the directory dir of the nodes'
+// audit directory holds head h's record (its seq and hash); false if dir
+// does not exist.
+func (s *Server) dirHolds(dir string, h *auditHead) (bool, error) {
+	files, err := audit.ChainFiles(filepath.Join(s.auditNodesDir(), dir), "")
+	if err != nil {
+		if _, serr := os.Stat(filepath.Join(s.auditNodesDir(), dir)); os.IsNotExist(serr) {
+			return false, nil
+		}
+		return false, err
+	}
+	r, err := audit.RecordAt(files, h.Seq)
+	return r != nil && r.Hash == h.Hash, err
 }
 
 // DefaultAuditArchivesPerNode is Config.AuditArchivesPerNode's default.
@@ -333,11 +337,16 @@ func (s *Server) sweepRemoval(name string) bool {
 	}
 	what := "completed the removal of an archived audit chain (an earlier DELETE of it stopped or failed before its files were removed)"
 	if raw != nil {
-		if _, serr := os.Stat(filepath.Join(nodes, name)); serr != nil {
-			if os.IsNotExist(serr) {
-				s.log.Error("control: a directory is named as the removal of an archived audit chain, but the store holds no such removal: the archive's files were removed or moved by hand; its head is kept and the chain listed as tampered",
-					"archive", name, "dir", removingPrefix+name)
-			}
+		// Only next to an archive of that name whose own files hold its
+		// stored head: else the directory may be in place of its files.
+		h, err := s.storedHead(keyAuditHead + name)
+		ok := false
+		if err == nil && h != nil {
+			ok, err = s.dirHolds(name, h)
+		}
+		if err != nil || !ok {
+			s.log.Error("control: a directory is named as the removal of an archived audit chain, but the store holds no such removal and the archive of that name does not hold its head: the archive's files were removed or moved by hand; its head and the directory are kept and the chain listed as tampered",
+				"archive", name, "dir", removingPrefix+name, "err", err)
 			return false
 		}
 		what = "removed the files left by an earlier removal of an archived audit chain of the same name; the archive of that name now is kept"

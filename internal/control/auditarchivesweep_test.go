@@ -81,3 +81,34 @@ func TestAuditArchiveLeftoverOfSameNameSweptAtStart(t *testing.T) {
 		t.Errorf("the leftover's removal is not logged:\n%s", l)
 	}
 }
+
+// TestAuditArchiveMovedFilesKeptAtStart: an archive's files moved by hand
+// to its removal's name, with an empty directory left under its own name,
+// are no leftover of a removal: the archive's own directory does not hold
+// its stored head. They are kept, and the chain listed as tampered.
+func TestAuditArchiveMovedFilesKeptAtStart(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	archive := archiveEdge1(t, s, dir)
+	s.Close()
+	nodes := filepath.Join(dir, "audit", "nodes")
+	moved := filepath.Join(nodes, removingPrefix+archive)
+	if err := os.Rename(filepath.Join(nodes, archive), moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(nodes, archive), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	var log syncLog
+	s = startLoggedServer(t, dir, &log)
+	if ents, err := os.ReadDir(moved); err != nil || len(ents) == 0 {
+		t.Fatalf("the archive's moved files after the start: %v, %d files; want kept", err, len(ents))
+	}
+	if l := log.String(); !strings.Contains(l, "does not hold its head") || !strings.Contains(l, archive) {
+		t.Errorf("the moved files are not logged as tampering:\n%s", l)
+	}
+	if v := auditVerdicts(t, s)["archived "+archive]; v == "intact" {
+		t.Errorf("the archive whose files were moved is listed %q", v)
+	}
+}
