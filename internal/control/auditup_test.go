@@ -541,3 +541,51 @@ func TestRegionalNameKeepsOldChain(t *testing.T) {
 		t.Fatalf("names %q and %q, want control (an old chain) and control-west", old.cfg.Name, fresh.cfg.Name)
 	}
 }
+
+// TestRegionRollbackKeepsGlobalChain: a regional plane whose copy of a
+// chain was cut ships it from seq 1 as a restart that does not reach the
+// chain the global plane holds. That is taken as a resend (the region
+// learns from the ack that its copy was cut and says so), not as a node
+// restored from a backup: the global plane's longer copy stays, and is not
+// archived. From a node's own stream the same batch restarts the chain.
+func TestRegionRollbackKeepsGlobalChain(t *testing.T) {
+	for _, rollbacks := range []bool{false, true} {
+		g := startPlane(t, nil)
+		key := newKey(t)
+		g.SetAuditKey("e1", &key.PublicKey)
+		chain := signedChain(t, t.TempDir(), "e1", key, 6)
+		if _, err := g.ingestAudit("e1", chain); err != nil {
+			t.Fatal(err)
+		}
+		if rollbacks { // the node's stream (sync.go)
+			if err := g.restartAuditChain("e1", chain[:3], true); err != nil {
+				t.Fatal(err)
+			}
+		} else { // a region's uplink
+			a, err := decodeRegionAudit(&wire.Message{Type: wire.TypeAudit, AuditChain: "e1", AuditRestart: true, Audit: encode(t, chain[:3]...)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := g.takeChain(a); err != nil {
+				t.Fatalf("from a region: %v", err)
+			}
+		}
+		seq, hash, _ := g.heldChain("e1")
+		ents, err := os.ReadDir(g.auditNodesDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		archives := 0
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "e1.archived-") {
+				archives++
+			}
+		}
+		switch {
+		case !rollbacks && (seq != uint64(len(chain)) || hash != chain[len(chain)-1].Hash || archives != 0):
+			t.Errorf("from a region: the global plane holds seq %d, %d archives; want its chain of %d kept, none archived", seq, archives, len(chain))
+		case rollbacks && (seq != 0 || archives != 1):
+			t.Errorf("from the node: the global plane holds seq %d, %d archives; want the chain restarted, the old one archived", seq, archives)
+		}
+	}
+}
