@@ -288,7 +288,7 @@ func (a *Agent) join(ctx context.Context) error {
 		return err
 	}
 	node := *a.self
-	resp, err := enroll.Join(ctx, a.dialControlTLS, a.cfg.Control, tok, &wire.Message{Node: &node, CSR: csr}, a.log, "agent")
+	resp, err := enroll.Join(ctx, a.dialControlTLS, a.cfg.Control, tok, &wire.Message{Node: &node, CSR: csr}, a.log, "agent", time.Duration(a.cfg.ControlHandshakeTimeout))
 	if err != nil {
 		var je *JoinError
 		if errors.As(err, &je) {

@@ -81,6 +81,12 @@ func (l *lockedLog) has(s string) bool {
 // links to cp hold each connection's first write for hold, with
 // ControlHandshakeTimeout timeout.
 func startSlowAgent(t *testing.T, cp *control.Server, hold, timeout time.Duration) *lockedLog {
+	return startSlowAgentJoin(t, cp, hold, timeout, false)
+}
+
+// startSlowAgentJoin is startSlowAgent; with slowJoin, its join goes over
+// the slow link too.
+func startSlowAgentJoin(t *testing.T, cp *control.Server, hold, timeout time.Duration, slowJoin bool) *lockedLog {
 	t.Helper()
 	tok, err := cp.CreateToken(identity.TokenJoin, "s1", "", time.Minute)
 	if err != nil {
@@ -92,6 +98,7 @@ func startSlowAgent(t *testing.T, cp *control.Server, hold, timeout time.Duratio
 	cfg.Insecure, cfg.JoinToken, cfg.WorkloadAPISocket = false, tok, "off"
 	cfg.Network, cfg.ControlHandshakeTimeout = nw, Duration(timeout)
 	cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
+	nw.slow.Store(slowJoin)
 	a, err := New(cfg) // joins
 	if err != nil {
 		t.Fatal(err)
@@ -122,6 +129,22 @@ func TestControlHandshakeTimeoutSlowLink(t *testing.T) {
 	if log.has("TLS handshake (timeout)") {
 		t.Fatal("a handshake timed out within the configured bound")
 	}
+}
+
+// TestControlHandshakeTimeoutSlowJoin: the join, too, takes the agent's
+// ControlHandshakeTimeout: over a link where its handshake takes longer
+// than 10 s, a new node joins (it failed every attempt at a fixed 10 s).
+func TestControlHandshakeTimeoutSlowJoin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("holds a handshake past the default 10 s bound")
+	}
+	cp := startControlWith(t, t.TempDir(), "", func(c *control.Config) {
+		c.Insecure, c.SyncHandshakeTimeout = false, 3*control.DefaultSyncHandshakeTimeout
+	})
+	log := startSlowAgentJoin(t, cp, control.DefaultSyncHandshakeTimeout+time.Second, 3*control.DefaultSyncHandshakeTimeout, true)
+	testenv.WaitFor(t, 25*time.Second, "the agent connected over the slow link", func() bool {
+		return log.has("agent: connected to control plane")
+	})
 }
 
 // TestControlHandshakeTimeoutExceeded: a handshake longer than the agent's

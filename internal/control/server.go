@@ -90,7 +90,8 @@ type Config struct {
 	// "timeout" (default DefaultSyncHandshakeTimeout, 10s). Raise it for
 	// slow links (satellite, 2G), where a handshake carrying a certificate
 	// chain takes longer; it also bounds how long a silent connection
-	// holds a handshake slot.
+	// holds a handshake slot. A regional plane's join, its link to the
+	// global plane and the wait for a region's hello take it too.
 	SyncHandshakeTimeout time.Duration
 	// AdminMaxHandshakes and AdminMaxHandshakesPerSource bound the admin
 	// API's TLS handshakes in progress at once (HTTPS; not in Insecure

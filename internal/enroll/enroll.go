@@ -96,14 +96,19 @@ func ParseToken(s, want string) (identity.Token, error) {
 // control planes at addrs in turn until one answers, backing off between
 // rounds (8 rounds, 250ms doubling to 4s, jittered). who prefixes errors
 // and log lines ("agent", "relay"). A refusal is an *Error at once; the
-// answer is a wire.TypeJoined message.
-func Join(ctx context.Context, dial Dialer, addrs []string, tok identity.Token, m *wire.Message, log *slog.Logger, who string) (*wire.Message, error) {
+// answer is a wire.TypeJoined message. Each attempt (dial, TLS handshake,
+// request and answer) is bounded by timeout (0: 10 s; a slow link's may
+// need more).
+func Join(ctx context.Context, dial Dialer, addrs []string, tok identity.Token, m *wire.Message, log *slog.Logger, who string, timeout time.Duration) (*wire.Message, error) {
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
 	m.Type, m.Token = wire.TypeJoin, tok.String()
 	backoff := 250 * time.Millisecond
 	var last error
 	for attempt := 0; attempt < 8; attempt++ {
 		for _, addr := range addrs {
-			resp, err := joinOnce(ctx, dial, addr, tok, m, who)
+			resp, err := joinOnce(ctx, dial, addr, tok, m, who, timeout)
 			if err == nil {
 				return resp, nil
 			}
@@ -124,8 +129,8 @@ func Join(ctx context.Context, dial Dialer, addrs []string, tok identity.Token, 
 	return nil, fmt.Errorf("%s: join: no control plane answered: %w", who, last)
 }
 
-func joinOnce(ctx context.Context, dial Dialer, addr string, tok identity.Token, m *wire.Message, who string) (*wire.Message, error) {
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+func joinOnce(ctx context.Context, dial Dialer, addr string, tok identity.Token, m *wire.Message, who string, timeout time.Duration) (*wire.Message, error) {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, err := dial(dctx, addr, identity.JoinClientConfig(tok.Pin, nil))
 	if err != nil {
@@ -135,7 +140,7 @@ func joinOnce(ctx context.Context, dial Dialer, addr string, tok identity.Token,
 		return nil, &Error{Msg: who + ": join: " + err.Error()}
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.SetDeadline(time.Now().Add(timeout))
 	if err := wire.Write(c, m); err != nil {
 		return nil, err
 	}

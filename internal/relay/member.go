@@ -306,7 +306,7 @@ func (m *Member) join(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := enroll.Join(ctx, m.cfg.Dial, m.cfg.Control, tok, &wire.Message{Relay: name, CSR: csr}, m.log, "relay")
+	resp, err := enroll.Join(ctx, m.cfg.Dial, m.cfg.Control, tok, &wire.Message{Relay: name, CSR: csr}, m.log, "relay", 0)
 	if err != nil {
 		var je *enroll.Error
 		if errors.As(err, &je) {
