@@ -173,3 +173,59 @@ func TestPoolLongInterimBounded(t *testing.T) {
 		}
 	})
 }
+
+// sideBySide runs check against net/http's Transport and against the pool,
+// each with MaxResponseHeaderBytes (MaxResponseHeadBytes) limit (0: the
+// default), for an endpoint that answers every upload with answer and
+// holds the connection (earlyUpstream).
+func sideBySide(t *testing.T, answer string, limit int64, check func(t *testing.T, resp *http.Response, err error)) {
+	t.Helper()
+	t.Run("net/http", func(t *testing.T) {
+		tr := &http.Transport{MaxResponseHeaderBytes: limit}
+		defer tr.CloseIdleConnections()
+		addr := earlyUpstream(t, answer, true)
+		resp, err := upload(t, tr, addr)
+		check(t, resp, err)
+	})
+	t.Run("pool", func(t *testing.T) {
+		addr := earlyUpstream(t, answer, true)
+		p := NewPool(PoolConfig{MaxResponseHeadBytes: limit, Dial: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}})
+		defer p.Close(true)
+		resp, err := upload(t, p, addr)
+		check(t, resp, err)
+	})
+}
+
+// wantError fails t unless the exchange failed.
+func wantError(t *testing.T, resp *http.Response, err error) {
+	t.Helper()
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("status %d, want an error", resp.StatusCode)
+	}
+}
+
+// TestPoolBadInterimDuringUpload: a 1xx head that http.ReadResponse
+// refuses (a header line without a colon, an unknown transfer coding),
+// sent while the upload is stalled, fails the exchange, as net/http's
+// Transport fails it; the answer after it is not read. The stall hook
+// dropped the refused head (gathered whole, if longer than the pool's
+// buffer, or read in part) and the pool returned the 413 after it.
+func TestPoolBadInterimDuringUpload(t *testing.T) {
+	long := strings.TrimSuffix(longHints(6<<10), "\r\n")
+	for name, head := range map[string]string{
+		"long, malformed line":       long + "Link </b.css>; rel=preload\r\n\r\n",
+		"long, Transfer-Encoding":    long + "Transfer-Encoding: foo\r\n\r\n",
+		"short, malformed line":      "HTTP/1.1 103 Early Hints\r\nLink </b.css>; rel=preload\r\n\r\n",
+		"short, Transfer-Encoding":   "HTTP/1.1 103 Early Hints\r\nTransfer-Encoding: foo\r\n\r\n",
+		"102 then long, bad line":    "HTTP/1.1 102 Processing\r\n\r\n" + long + "Link </b.css>\r\n\r\n",
+		"long, bad line, then a 102": long + "Link </b.css>\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			sideBySide(t, head+tooBig, 0, wantError)
+		})
+	}
+}

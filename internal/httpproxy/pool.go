@@ -121,6 +121,9 @@ type poolConn struct {
 	// long is an interim head longer than br that a stalled write began
 	// to read (skipInterim); nil: none.
 	long []byte
+	// bad is why an interim head a stalled write read was refused
+	// (skipInterim): the exchange fails with it.
+	bad error
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -417,13 +420,24 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 	err := pc.writeRequest(req)
 	pc.writing = nil
 	if err != nil {
+		if bad := pc.bad; bad != nil {
+			// A refused 1xx head: the exchange's failure, not the
+			// endpoint's answer to read after it (net/http's Transport).
+			pc.bad = nil
+			return nil, bad
+		}
 		var cbe *ClientBodyError
 		if !errors.As(err, &cbe) {
 			// The endpoint may have answered before it stopped reading
 			// the body (413, 401), and closed or held the connection
 			// (onStall): its answer wins, as with net/http's Transport.
 			// The connection is not reused.
-			if resp := pc.earlyResponse(req); resp != nil {
+			resp, rerr := pc.earlyResponse(req)
+			if rerr != nil {
+				pc.bad = nil
+				return nil, rerr
+			}
+			if resp != nil {
 				return resp, nil
 			}
 			if errors.Is(err, errAnsweredEarly) {
