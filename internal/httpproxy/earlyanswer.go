@@ -50,8 +50,11 @@ func (pc *poolConn) onStall() error {
 // net/http's Transport: it is recorded in pc.bad.
 //
 // Each call reads the socket once at most, and RawIO calls it once every
-// StallAfter at most: interim heads read here are not counted against
-// MaxResponseHeadBytes (each is bounded by it).
+// StallAfter at most. What it reads counts against the request's
+// MaxResponseHeadBytes (exchange sets pc.head before the write), as
+// net/http's Transport counts every 1xx head and the final one against
+// one MaxResponseHeaderBytes: past it the read fails (errHeadTooLarge) and
+// so does the exchange (earlyResponse).
 func (pc *poolConn) skipInterim() bool {
 	br := pc.br
 	if br.Buffered() == 0 || pc.pending() {
@@ -213,14 +216,13 @@ const earlyResponseWait = 100 * time.Millisecond
 // write of the request failed, if there is one, marked to close the
 // connection; nil otherwise. An error: the exchange fails with it rather
 // than with the write's, as with net/http's Transport: a 1xx head was
-// refused (pc.bad).
+// refused (pc.bad), or the heads went past MaxResponseHeadBytes (the
+// count exchange began before the write goes on).
 func (pc *poolConn) earlyResponse(req *http.Request) (*http.Response, error) {
 	pc.c.SetReadDeadline(time.Now().Add(earlyResponseWait))
 	defer pc.c.SetReadDeadline(time.Time{})
-	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
-	defer func() { pc.head.left = noHeadLimit }()
 	if err := pc.finishInterim(); err != nil {
-		if pc.bad != nil {
+		if pc.bad != nil || errors.Is(err, errHeadTooLarge) {
 			return nil, err
 		}
 		return nil, nil
@@ -228,6 +230,9 @@ func (pc *poolConn) earlyResponse(req *http.Request) (*http.Response, error) {
 	for {
 		resp, err := http.ReadResponse(pc.br, req)
 		if err != nil {
+			if errors.Is(err, errHeadTooLarge) {
+				return nil, err
+			}
 			return nil, nil
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 {

@@ -229,3 +229,100 @@ func TestPoolBadInterimDuringUpload(t *testing.T) {
 		})
 	}
 }
+
+// TestPoolInterimTotalBounded: an endpoint that sends 1xx heads on and on
+// (here past a small MaxResponseHeadBytes) while it reads none of the
+// request body fails the exchange, as net/http's Transport fails it: it
+// counts every 1xx head of a response, and the final head, against one
+// MaxResponseHeaderBytes. The pool counted no 1xx head read while the
+// upload was stalled, and held the upload for as long as they came.
+func TestPoolInterimTotalBounded(t *testing.T) {
+	const limit = 16 << 10
+	for name, head := range map[string]string{
+		"short":       "HTTP/1.1 102 Processing\r\n\r\n",
+		"6 KiB":       longHints(6 << 10),
+		"3 KiB":       longHints(3 << 10),
+		"with fields": "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			heads := strings.Repeat(head, 2*limit/len(head)+1) // twice the limit
+			sideBySide(t, heads, limit, wantError)
+		})
+	}
+}
+
+// TestPoolInterimTotalAcrossStall: the 1xx heads read while the upload is
+// stalled and those read after it share one MaxResponseHeadBytes with the
+// final head, as in net/http's Transport: each part fits, their sum does
+// not, and the exchange fails. The pool counted only the heads read after
+// the write, and returned the 200.
+func TestPoolInterimTotalAcrossStall(t *testing.T) {
+	const limit, size = 8 << 10, 8 << 20
+	processing := "HTTP/1.1 102 Processing\r\n\r\n"
+	during := strings.Repeat(processing, 6<<10/len(processing)) // 6 KiB
+	after := strings.Repeat(processing, 4<<10/len(processing))  // 4 KiB
+	var stalls atomic.Int64
+	// stalled waits until the pool's stall hook ran four times after the
+	// call: enough for it to read the heads sent before (4 KiB each).
+	stalled := func() bool {
+		want := stalls.Load() + 4
+		deadline := time.Now().Add(10 * time.Second)
+		for stalls.Load() < want {
+			if time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return true
+	}
+	for name, rt := range map[string]func(addr string) http.RoundTripper{
+		"net/http": func(string) http.RoundTripper { return &http.Transport{MaxResponseHeaderBytes: limit} },
+		"pool": func(addr string) http.RoundTripper {
+			p := NewPool(PoolConfig{MaxResponseHeadBytes: limit, Dial: func(ctx context.Context) (net.Conn, error) {
+				var d net.Dialer
+				c, err := d.DialContext(ctx, "tcp", addr)
+				if err == nil {
+					c.(*net.TCPConn).SetWriteBuffer(smallBuffers)
+				}
+				return c, err
+			}})
+			p.testHookStall = func() { stalls.Add(1) }
+			return p
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+				c.(*net.TCPConn).SetReadBuffer(smallBuffers)
+				io.WriteString(c, during)
+				if name == "pool" && !stalled() { // read while the write waits
+					return false
+				}
+				if _, err := io.Copy(io.Discard, req.Body); err != nil {
+					return false
+				}
+				io.WriteString(c, after+"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				return false
+			})
+			rt := rt(u.ln.Addr().String())
+			defer func() {
+				if p, ok := rt.(*Pool); ok {
+					p.Close(true)
+				} else {
+					rt.(*http.Transport).CloseIdleConnections()
+				}
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+u.ln.Addr().String()+"/upload", io.LimitReader(zeros{}, size))
+			req.ContentLength = size
+			resp, err := rt.RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("status %d, want an error: %d bytes of 1xx heads, past the %d-byte limit", resp.StatusCode, len(during)+len(after), limit)
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("error %v: the endpoint timed out, not the limit", err)
+			}
+		})
+	}
+}

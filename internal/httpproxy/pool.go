@@ -61,10 +61,10 @@ type PoolConfig struct {
 	// Envoy's max_requests_per_connection).
 	MaxUses int
 	// MaxResponseHeadBytes bounds what one request's response heads may
-	// read, 1xx ones included (default 10 MiB, as http.Transport's
-	// MaxResponseHeaderBytes): past it the request fails and the
-	// connection closes. 1xx heads dropped while a stalled request body
-	// waits are not counted (skipInterim), but each is bounded by it.
+	// read, 1xx ones included, those read while a stalled request body
+	// waits too (default 10 MiB, as http.Transport's
+	// MaxResponseHeaderBytes, which counts them the same way): past it the
+	// request fails and the connection closes.
 	MaxResponseHeadBytes int64
 }
 
@@ -417,6 +417,12 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 	pc.lean = nil
 	pc.writing = req.Context()
+	// The heads of the response read at most MaxResponseHeadBytes (and
+	// what the buffer held already), the 1xx ones a stalled write reads
+	// (onStall) included, as net/http's Transport counts them; the body
+	// after them is not bounded.
+	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
+	defer func() { pc.head.left = noHeadLimit }()
 	err := pc.writeRequest(req)
 	pc.writing = nil
 	if err != nil {
@@ -452,10 +458,6 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	// The heads below read at most MaxResponseHeadBytes (and what the
-	// buffer held already); the body after them is not bounded.
-	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
-	defer func() { pc.head.left = noHeadLimit }()
 	if pc.long != nil { // the write ended inside a long interim head
 		if err := pc.finishInterim(); err != nil {
 			return nil, err
