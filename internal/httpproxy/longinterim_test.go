@@ -1,6 +1,8 @@
 package httpproxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -325,4 +327,88 @@ func TestPoolInterimTotalAcrossStall(t *testing.T) {
 			}
 		})
 	}
+}
+
+// chunks reads b in pieces of the sizes cuts gives in turn (each byte plus
+// one; none: all at once).
+type chunks struct {
+	b    []byte
+	cuts []byte
+	i    int
+}
+
+func (r *chunks) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := len(p)
+	if len(r.cuts) > 0 {
+		n = min(n, int(r.cuts[r.i%len(r.cuts)])+1)
+		r.i++
+	}
+	n = copy(p, r.b[:min(n, len(r.b))])
+	r.b = r.b[n:]
+	return n, nil
+}
+
+// FuzzLongInterimSplit holds the gathering of a long interim head across
+// reads (gatherInterim, finishInterim) to headEnd and http.ReadResponse on
+// the whole: however the bytes are split, it ends the head where headEnd
+// ends it, leaves what follows unread, and refuses or drops the head as
+// ReadResponse reads it.
+func FuzzLongInterimSplit(f *testing.F) {
+	long := longHints(6 << 10)
+	for _, tc := range []struct {
+		head string
+		cuts []byte
+	}{
+		{long + "HTTP/1.1 200 OK\r\n\r\n", nil},
+		{long, []byte{255, 17, 3}},
+		{long, []byte{0}},
+		{"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nrest", []byte{43, 0, 0}},     // CR LF CR LF split at each byte
+		{"HTTP/1.1 103 Early Hints\nLink: </a.css>\n\nrest", []byte{38, 0}},              // LF LF split
+		{"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\n\r\nrest", []byte{39, 0, 0}},       // LF CR LF split
+		{"HTTP/1.1 103 Early Hints\r\nLink </a.css>\r\n\r\nHTTP/1.1 413 x\r\n\r\n", nil}, // malformed line
+		{"HTTP/1.1 103 Early Hints\r\nTransfer-Encoding: foo\r\n\r\n", []byte{5}},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", []byte{1}},
+		{"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n", []byte{7}}, // no end
+	} {
+		f.Add([]byte(tc.head), tc.cuts)
+	}
+	f.Fuzz(func(t *testing.T, b, cuts []byte) {
+		pc := &poolConn{
+			p:    &Pool{cfg: PoolConfig{MaxResponseHeadBytes: 1 << 30}},
+			br:   bufio.NewReaderSize(&chunks{b: b, cuts: cuts}, 16),
+			long: []byte{},
+		}
+		err := pc.finishInterim()
+		end := headEnd(b)
+		if end < 0 {
+			if err != io.EOF || !bytes.Equal(pc.long, b) {
+				t.Fatalf("%q with no head end: error %v, gathered %q", b, err, pc.long)
+			}
+			return
+		}
+		if pc.long != nil {
+			t.Fatalf("%q: still gathering after its head", b)
+		}
+		if rest, _ := io.ReadAll(pc.br); !bytes.Equal(rest, b[end:]) {
+			t.Fatalf("%q: left %q after the head, want %q", b, rest, b[end:])
+		}
+		resp, rerr := http.ReadResponse(bufio.NewReader(bytes.NewReader(b[:end])), nil)
+		switch {
+		case rerr != nil:
+			if !errors.Is(err, errBadInterim) || pc.bad != err {
+				t.Fatalf("%q: ReadResponse refuses it (%v), gathering gave %v (bad %v)", b[:end], rerr, err, pc.bad)
+			}
+		case resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols:
+			if err != nil {
+				t.Fatalf("%q: an interim head, gathering gave %v", b[:end], err)
+			}
+		default:
+			if !errors.Is(err, errLongInterim) {
+				t.Fatalf("%q: a final %d, gathering gave %v", b[:end], resp.StatusCode, err)
+			}
+		}
+	})
 }
