@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 )
@@ -30,6 +31,9 @@ func (pc *poolConn) onStall() error {
 	if pc.alive() || pc.skipInterim() {
 		return nil
 	}
+	if pc.bad != nil {
+		return pc.bad // exchange fails with it
+	}
 	return errAnsweredEarly // a final head, the end, or bytes that are no response: the answer
 }
 
@@ -41,11 +45,16 @@ func (pc *poolConn) onStall() error {
 // more interim head. One longer than the reader's buffer (BufSize: a 103
 // with many Link fields) is gathered beside it, in pc.long, across calls
 // (gatherInterim), up to MaxResponseHeadBytes; exchange reads the rest of
-// one the write left unfinished (finishInterim).
+// one the write left unfinished (finishInterim). A head http.ReadResponse
+// refuses is no answer to return but the exchange's failure, as with
+// net/http's Transport: it is recorded in pc.bad.
 //
 // Each call reads the socket once at most, and RawIO calls it once every
-// StallAfter at most: interim heads read here are not counted against
-// MaxResponseHeadBytes (each is bounded by it).
+// StallAfter at most. What it reads counts against the request's
+// MaxResponseHeadBytes (exchange sets pc.head before the write), as
+// net/http's Transport counts every 1xx head and the final one against
+// one MaxResponseHeaderBytes: past it the read fails (errHeadTooLarge) and
+// so does the exchange (earlyResponse).
 func (pc *poolConn) skipInterim() bool {
 	br := pc.br
 	if br.Buffered() == 0 || pc.pending() {
@@ -78,6 +87,7 @@ func (pc *poolConn) skipInterim() bool {
 		}
 		// Whole in the buffer: read without blocking.
 		if _, err := http.ReadResponse(br, nil); err != nil {
+			pc.bad = fmt.Errorf("%w: %w", errBadInterim, err)
 			return false
 		}
 	}
@@ -94,6 +104,10 @@ func longInterimStart(b []byte) bool {
 	return len(b) > 12 && isDigit(b[10]) && isDigit(b[11]) && !(b[10] == '0' && b[11] == '1') && b[12] == ' '
 }
 
+// errBadInterim: http.ReadResponse refused an interim head a stalled
+// write read.
+var errBadInterim = errors.New("httpproxy: the endpoint's 1xx response head is malformed")
+
 // errLongInterim: a long interim head gathered across stalls is no
 // interim head after all.
 var errLongInterim = errors.New("httpproxy: the endpoint's 1xx response head is not one")
@@ -101,9 +115,18 @@ var errLongInterim = errors.New("httpproxy: the endpoint's 1xx response head is 
 // gatherInterim moves what the reader holds of the long interim head being
 // gathered (pc.long) to it, up to the head's end; once whole, the head is
 // parsed as exchange parses one (http.ReadResponse) and dropped, pc.long
-// back to nil. An error: the head is refused, no interim one, or longer
-// than MaxResponseHeadBytes.
+// back to nil. An error (recorded in pc.bad too): the head is refused, no
+// interim one, or longer than MaxResponseHeadBytes.
 func (pc *poolConn) gatherInterim() error {
+	err := pc.gatherLong()
+	if err != nil {
+		pc.bad = err
+	}
+	return err
+}
+
+// gatherLong is gatherInterim but for pc.bad.
+func (pc *poolConn) gatherLong() error {
 	b, _ := pc.br.Peek(pc.br.Buffered())
 	from := len(pc.long)
 	pc.long = append(pc.long, b...)
@@ -129,7 +152,7 @@ func (pc *poolConn) gatherInterim() error {
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(head)), nil)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errBadInterim, err)
 	}
 	if resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == http.StatusSwitchingProtocols {
 		return errLongInterim
@@ -191,30 +214,37 @@ const earlyResponseWait = 100 * time.Millisecond
 
 // earlyResponse returns a final response the endpoint sent before the
 // write of the request failed, if there is one, marked to close the
-// connection; nil otherwise.
-func (pc *poolConn) earlyResponse(req *http.Request) *http.Response {
+// connection; nil otherwise. An error: the exchange fails with it rather
+// than with the write's, as with net/http's Transport: a 1xx head was
+// refused (pc.bad), or the heads went past MaxResponseHeadBytes (the
+// count exchange began before the write goes on).
+func (pc *poolConn) earlyResponse(req *http.Request) (*http.Response, error) {
 	pc.c.SetReadDeadline(time.Now().Add(earlyResponseWait))
 	defer pc.c.SetReadDeadline(time.Time{})
-	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
-	defer func() { pc.head.left = noHeadLimit }()
-	if pc.finishInterim() != nil {
-		return nil
+	if err := pc.finishInterim(); err != nil {
+		if pc.bad != nil || errors.Is(err, errHeadTooLarge) {
+			return nil, err
+		}
+		return nil, nil
 	}
 	for {
 		resp, err := http.ReadResponse(pc.br, req)
 		if err != nil {
-			return nil
+			if errors.Is(err, errHeadTooLarge) {
+				return nil, err
+			}
+			return nil, nil
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 {
 			if resp.StatusCode == http.StatusSwitchingProtocols {
-				return nil
+				return nil, nil
 			}
 			continue
 		}
 		if req.Context().Err() != nil {
-			return nil // cancelled meanwhile: its poisoned deadline was just cleared
+			return nil, nil // cancelled meanwhile: its poisoned deadline was just cleared
 		}
 		resp.Close = true
-		return resp
+		return resp, nil
 	}
 }

@@ -1,6 +1,8 @@
 package httpproxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -170,6 +172,243 @@ func TestPoolLongInterimBounded(t *testing.T) {
 		if resp, err := upload(t, p, addr); err == nil {
 			resp.Body.Close()
 			t.Fatalf("status %d, want an error", resp.StatusCode)
+		}
+	})
+}
+
+// sideBySide runs check against net/http's Transport and against the pool,
+// each with MaxResponseHeaderBytes (MaxResponseHeadBytes) limit (0: the
+// default), for an endpoint that answers every upload with answer and
+// holds the connection (earlyUpstream).
+func sideBySide(t *testing.T, answer string, limit int64, check func(t *testing.T, resp *http.Response, err error)) {
+	t.Helper()
+	t.Run("net/http", func(t *testing.T) {
+		tr := &http.Transport{MaxResponseHeaderBytes: limit}
+		defer tr.CloseIdleConnections()
+		addr := earlyUpstream(t, answer, true)
+		resp, err := upload(t, tr, addr)
+		check(t, resp, err)
+	})
+	t.Run("pool", func(t *testing.T) {
+		addr := earlyUpstream(t, answer, true)
+		p := NewPool(PoolConfig{MaxResponseHeadBytes: limit, Dial: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}})
+		defer p.Close(true)
+		resp, err := upload(t, p, addr)
+		check(t, resp, err)
+	})
+}
+
+// wantError fails t unless the exchange failed.
+func wantError(t *testing.T, resp *http.Response, err error) {
+	t.Helper()
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("status %d, want an error", resp.StatusCode)
+	}
+}
+
+// TestPoolBadInterimDuringUpload: a 1xx head that http.ReadResponse
+// refuses (a header line without a colon, an unknown transfer coding),
+// sent while the upload is stalled, fails the exchange, as net/http's
+// Transport fails it; the answer after it is not read. The stall hook
+// dropped the refused head (gathered whole, if longer than the pool's
+// buffer, or read in part) and the pool returned the 413 after it.
+func TestPoolBadInterimDuringUpload(t *testing.T) {
+	long := strings.TrimSuffix(longHints(6<<10), "\r\n")
+	for name, head := range map[string]string{
+		"long, malformed line":       long + "Link </b.css>; rel=preload\r\n\r\n",
+		"long, Transfer-Encoding":    long + "Transfer-Encoding: foo\r\n\r\n",
+		"short, malformed line":      "HTTP/1.1 103 Early Hints\r\nLink </b.css>; rel=preload\r\n\r\n",
+		"short, Transfer-Encoding":   "HTTP/1.1 103 Early Hints\r\nTransfer-Encoding: foo\r\n\r\n",
+		"102 then long, bad line":    "HTTP/1.1 102 Processing\r\n\r\n" + long + "Link </b.css>\r\n\r\n",
+		"long, bad line, then a 102": long + "Link </b.css>\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			sideBySide(t, head+tooBig, 0, wantError)
+		})
+	}
+}
+
+// TestPoolInterimTotalBounded: an endpoint that sends 1xx heads on and on
+// (here past a small MaxResponseHeadBytes) while it reads none of the
+// request body fails the exchange, as net/http's Transport fails it: it
+// counts every 1xx head of a response, and the final head, against one
+// MaxResponseHeaderBytes. The pool counted no 1xx head read while the
+// upload was stalled, and held the upload for as long as they came.
+func TestPoolInterimTotalBounded(t *testing.T) {
+	const limit = 16 << 10
+	for name, head := range map[string]string{
+		"short":       "HTTP/1.1 102 Processing\r\n\r\n",
+		"6 KiB":       longHints(6 << 10),
+		"3 KiB":       longHints(3 << 10),
+		"with fields": "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			heads := strings.Repeat(head, 2*limit/len(head)+1) // twice the limit
+			sideBySide(t, heads, limit, wantError)
+		})
+	}
+}
+
+// TestPoolInterimTotalAcrossStall: the 1xx heads read while the upload is
+// stalled and those read after it share one MaxResponseHeadBytes with the
+// final head, as in net/http's Transport: each part fits, their sum does
+// not, and the exchange fails. The pool counted only the heads read after
+// the write, and returned the 200.
+func TestPoolInterimTotalAcrossStall(t *testing.T) {
+	const limit, size = 8 << 10, 8 << 20
+	processing := "HTTP/1.1 102 Processing\r\n\r\n"
+	during := strings.Repeat(processing, 6<<10/len(processing)) // 6 KiB
+	after := strings.Repeat(processing, 4<<10/len(processing))  // 4 KiB
+	var stalls atomic.Int64
+	// stalled waits until the pool's stall hook ran four times after the
+	// call: enough for it to read the heads sent before (4 KiB each).
+	stalled := func() bool {
+		want := stalls.Load() + 4
+		deadline := time.Now().Add(10 * time.Second)
+		for stalls.Load() < want {
+			if time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return true
+	}
+	for name, rt := range map[string]func(addr string) http.RoundTripper{
+		"net/http": func(string) http.RoundTripper { return &http.Transport{MaxResponseHeaderBytes: limit} },
+		"pool": func(addr string) http.RoundTripper {
+			p := NewPool(PoolConfig{MaxResponseHeadBytes: limit, Dial: func(ctx context.Context) (net.Conn, error) {
+				var d net.Dialer
+				c, err := d.DialContext(ctx, "tcp", addr)
+				if err == nil {
+					c.(*net.TCPConn).SetWriteBuffer(smallBuffers)
+				}
+				return c, err
+			}})
+			p.testHookStall = func() { stalls.Add(1) }
+			return p
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+				c.(*net.TCPConn).SetReadBuffer(smallBuffers)
+				io.WriteString(c, during)
+				if name == "pool" && !stalled() { // read while the write waits
+					return false
+				}
+				if _, err := io.Copy(io.Discard, req.Body); err != nil {
+					return false
+				}
+				io.WriteString(c, after+"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				return false
+			})
+			rt := rt(u.ln.Addr().String())
+			defer func() {
+				if p, ok := rt.(*Pool); ok {
+					p.Close(true)
+				} else {
+					rt.(*http.Transport).CloseIdleConnections()
+				}
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+u.ln.Addr().String()+"/upload", io.LimitReader(zeros{}, size))
+			req.ContentLength = size
+			resp, err := rt.RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("status %d, want an error: %d bytes of 1xx heads, past the %d-byte limit", resp.StatusCode, len(during)+len(after), limit)
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("error %v: the endpoint timed out, not the limit", err)
+			}
+		})
+	}
+}
+
+// chunks reads b in pieces of the sizes cuts gives in turn (each byte plus
+// one; none: all at once).
+type chunks struct {
+	b    []byte
+	cuts []byte
+	i    int
+}
+
+func (r *chunks) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := len(p)
+	if len(r.cuts) > 0 {
+		n = min(n, int(r.cuts[r.i%len(r.cuts)])+1)
+		r.i++
+	}
+	n = copy(p, r.b[:min(n, len(r.b))])
+	r.b = r.b[n:]
+	return n, nil
+}
+
+// FuzzLongInterimSplit holds the gathering of a long interim head across
+// reads (gatherInterim, finishInterim) to headEnd and http.ReadResponse on
+// the whole: however the bytes are split, it ends the head where headEnd
+// ends it, leaves what follows unread, and refuses or drops the head as
+// ReadResponse reads it.
+func FuzzLongInterimSplit(f *testing.F) {
+	long := longHints(6 << 10)
+	for _, tc := range []struct {
+		head string
+		cuts []byte
+	}{
+		{long + "HTTP/1.1 200 OK\r\n\r\n", nil},
+		{long, []byte{255, 17, 3}},
+		{long, []byte{0}},
+		{"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nrest", []byte{43, 0, 0}},     // CR LF CR LF split at each byte
+		{"HTTP/1.1 103 Early Hints\nLink: </a.css>\n\nrest", []byte{38, 0}},              // LF LF split
+		{"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\n\r\nrest", []byte{39, 0, 0}},       // LF CR LF split
+		{"HTTP/1.1 103 Early Hints\r\nLink </a.css>\r\n\r\nHTTP/1.1 413 x\r\n\r\n", nil}, // malformed line
+		{"HTTP/1.1 103 Early Hints\r\nTransfer-Encoding: foo\r\n\r\n", []byte{5}},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", []byte{1}},
+		{"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n", []byte{7}}, // no end
+	} {
+		f.Add([]byte(tc.head), tc.cuts)
+	}
+	f.Fuzz(func(t *testing.T, b, cuts []byte) {
+		pc := &poolConn{
+			p:    &Pool{cfg: PoolConfig{MaxResponseHeadBytes: 1 << 30}},
+			br:   bufio.NewReaderSize(&chunks{b: b, cuts: cuts}, 16),
+			long: []byte{},
+		}
+		err := pc.finishInterim()
+		end := headEnd(b)
+		if end < 0 {
+			if err != io.EOF || !bytes.Equal(pc.long, b) {
+				t.Fatalf("%q with no head end: error %v, gathered %q", b, err, pc.long)
+			}
+			return
+		}
+		if pc.long != nil {
+			t.Fatalf("%q: still gathering after its head", b)
+		}
+		if rest, _ := io.ReadAll(pc.br); !bytes.Equal(rest, b[end:]) {
+			t.Fatalf("%q: left %q after the head, want %q", b, rest, b[end:])
+		}
+		resp, rerr := http.ReadResponse(bufio.NewReader(bytes.NewReader(b[:end])), nil)
+		switch {
+		case rerr != nil:
+			if !errors.Is(err, errBadInterim) || pc.bad != err {
+				t.Fatalf("%q: ReadResponse refuses it (%v), gathering gave %v (bad %v)", b[:end], rerr, err, pc.bad)
+			}
+		case resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols:
+			if err != nil {
+				t.Fatalf("%q: an interim head, gathering gave %v", b[:end], err)
+			}
+		default:
+			if !errors.Is(err, errLongInterim) {
+				t.Fatalf("%q: a final %d, gathering gave %v", b[:end], resp.StatusCode, err)
+			}
 		}
 	})
 }

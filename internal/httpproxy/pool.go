@@ -61,10 +61,10 @@ type PoolConfig struct {
 	// Envoy's max_requests_per_connection).
 	MaxUses int
 	// MaxResponseHeadBytes bounds what one request's response heads may
-	// read, 1xx ones included (default 10 MiB, as http.Transport's
-	// MaxResponseHeaderBytes): past it the request fails and the
-	// connection closes. 1xx heads dropped while a stalled request body
-	// waits are not counted (skipInterim), but each is bounded by it.
+	// read, 1xx ones included, those read while a stalled request body
+	// waits too (default 10 MiB, as http.Transport's
+	// MaxResponseHeaderBytes, which counts them the same way): past it the
+	// request fails and the connection closes.
 	MaxResponseHeadBytes int64
 }
 
@@ -121,6 +121,9 @@ type poolConn struct {
 	// long is an interim head longer than br that a stalled write began
 	// to read (skipInterim); nil: none.
 	long []byte
+	// bad is why an interim head a stalled write read was refused
+	// (skipInterim): the exchange fails with it.
+	bad error
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -414,16 +417,33 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 	pc.lean = nil
 	pc.writing = req.Context()
+	// The heads of the response read at most MaxResponseHeadBytes (and
+	// what the buffer held already), the 1xx ones a stalled write reads
+	// (onStall) included, as net/http's Transport counts them; the body
+	// after them is not bounded.
+	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
+	defer func() { pc.head.left = noHeadLimit }()
 	err := pc.writeRequest(req)
 	pc.writing = nil
 	if err != nil {
+		if bad := pc.bad; bad != nil {
+			// A refused 1xx head: the exchange's failure, not the
+			// endpoint's answer to read after it (net/http's Transport).
+			pc.bad = nil
+			return nil, bad
+		}
 		var cbe *ClientBodyError
 		if !errors.As(err, &cbe) {
 			// The endpoint may have answered before it stopped reading
 			// the body (413, 401), and closed or held the connection
 			// (onStall): its answer wins, as with net/http's Transport.
 			// The connection is not reused.
-			if resp := pc.earlyResponse(req); resp != nil {
+			resp, rerr := pc.earlyResponse(req)
+			if rerr != nil {
+				pc.bad = nil
+				return nil, rerr
+			}
+			if resp != nil {
 				return resp, nil
 			}
 			if errors.Is(err, errAnsweredEarly) {
@@ -438,10 +458,6 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	// The heads below read at most MaxResponseHeadBytes (and what the
-	// buffer held already); the body after them is not bounded.
-	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
-	defer func() { pc.head.left = noHeadLimit }()
 	if pc.long != nil { // the write ended inside a long interim head
 		if err := pc.finishInterim(); err != nil {
 			return nil, err
