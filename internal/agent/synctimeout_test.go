@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -60,22 +59,9 @@ func (c *heldConn) Close() error {
 }
 
 // lockedLog is a Logger's output, safe to read while the agent writes it.
-type lockedLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+type lockedLog struct{ testenv.Buffer }
 
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) has(s string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Contains(l.b.String(), s)
-}
+func (l *lockedLog) has(s string) bool { return strings.Contains(l.String(), s) }
 
 // startSlowAgent joins cp (at full speed) and then runs an agent whose
 // links to cp hold each connection's first write for hold, with

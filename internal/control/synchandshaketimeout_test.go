@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -74,22 +74,7 @@ func slowSyncDial(t *testing.T, s *Server, svid *x509svid.SVID, hold time.Durati
 }
 
 // syncLog is a Logger's output, safe to read while the server writes it.
-type syncLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type syncLog = testenv.Buffer
 
 // TestSyncHandshakeTimeoutSlowLink: an agent whose handshake takes longer
 // than the default bound (its first flight held past 10 s) is welcomed by

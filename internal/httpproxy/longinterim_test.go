@@ -55,17 +55,7 @@ func TestPoolLongInterimDuringUpload(t *testing.T) {
 			// afterStalls waits until the pool's stall hook ran twice after
 			// the call: the second of them began after it, and saw what the
 			// endpoint wrote before.
-			afterStalls := func() bool {
-				want := stalls.Load() + 2
-				deadline := time.Now().Add(10 * time.Second)
-				for stalls.Load() < want {
-					if time.Now().After(deadline) {
-						return false
-					}
-					time.Sleep(5 * time.Millisecond)
-				}
-				return true
-			}
+			afterStalls := func() bool { return moreStalls(&stalls, 2) }
 			u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
 				if req.Method == "GET" {
 					return ok(c, req)
@@ -266,17 +256,7 @@ func TestPoolInterimTotalAcrossStall(t *testing.T) {
 	var stalls atomic.Int64
 	// stalled waits until the pool's stall hook ran four times after the
 	// call: enough for it to read the heads sent before (4 KiB each).
-	stalled := func() bool {
-		want := stalls.Load() + 4
-		deadline := time.Now().Add(10 * time.Second)
-		for stalls.Load() < want {
-			if time.Now().After(deadline) {
-				return false
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		return true
-	}
+	stalled := func() bool { return moreStalls(&stalls, 4) }
 	for name, rt := range map[string]func(addr string) http.RoundTripper{
 		"net/http": func(string) http.RoundTripper { return &http.Transport{MaxResponseHeaderBytes: limit} },
 		"pool": func(addr string) http.RoundTripper {
@@ -411,4 +391,18 @@ func FuzzLongInterimSplit(f *testing.F) {
 			}
 		}
 	})
+}
+
+// moreStalls waits until stalls (a pool's stall hook's count) grew by n,
+// for at most 10 s: false if it did not.
+func moreStalls(stalls *atomic.Int64, n int64) bool {
+	want := stalls.Load() + n
+	deadline := time.Now().Add(10 * time.Second)
+	for stalls.Load() < want {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+	return true
 }
