@@ -35,7 +35,7 @@ func joinNode(t *testing.T, syncAddr, token, site, name string) *identity.Source
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	node := &api.Node{Meta: api.Meta{Name: name}, Spec: api.NodeSpec{Site: site, Region: "r", MeshAddress: "127.0.0.1:1"}}
-	resp, err := enroll.Join(ctx, enroll.DialTLS, []string{syncAddr}, tok, &wire.Message{Node: node, CSR: csr}, slog.New(slog.DiscardHandler), "test")
+	resp, err := enroll.Join(ctx, enroll.DialTLS, []string{syncAddr}, tok, &wire.Message{Node: node, CSR: csr}, slog.New(slog.DiscardHandler), "test", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
