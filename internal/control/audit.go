@@ -415,14 +415,7 @@ func (s *Server) auditLast(node string) (uint64, string, error) {
 // It renames first and moves the head after: a crash between the two is
 // completed at the next start (repairArchives, auditarchive.go); a failed
 // head move renames the archive back and refuses the restart (undoArchive).
-//
-// rollbacks: a batch whose first record is held but that does not reach
-// the chain held's head is the node's state restored from a backup, and
-// restarts the chain (the agent's stream); else it is taken as a resend,
-// and the sender learns from the ack that the chain held goes past its
-// own (a regional plane, whose copy was cut: it says so and stops
-// shipping the chain rather than have its longer copy here archived).
-func (s *Server) restartAuditChain(node string, recs []audit.Record, rollbacks bool) error {
+func (s *Server) restartAuditChain(node string, recs []audit.Record) error {
 	if len(recs) == 0 {
 		return fmt.Errorf("%w: a restart must begin at seq 1 after genesis", audit.ErrInvalid)
 	}
@@ -452,7 +445,7 @@ func (s *Server) restartAuditChain(node string, recs []audit.Record, rollbacks b
 	// recorded as a break.
 	rolledBack := false
 	if got, err := r.ReadFrom(1, 1); err == nil && len(got) == 1 && got[0].Hash == recs[0].Hash {
-		if !rollbacks || heldWithin(recs, oldSeq, oldHash) {
+		if heldWithin(recs, oldSeq, oldHash) {
 			return nil
 		}
 		rolledBack = true

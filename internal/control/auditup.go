@@ -150,7 +150,7 @@ func (s *Server) takeChain(a *regionAudit) (err error) {
 		}
 	}
 	if a.restart {
-		if err := s.restartAuditChain(a.chain, a.recs, false); err != nil {
+		if err := s.restartAuditChain(a.chain, a.recs); err != nil {
 			return err
 		}
 	}

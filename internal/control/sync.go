@@ -485,7 +485,7 @@ func (st *stream) do(e syncproto.Effect, peer spiffeid.ID) error {
 		ack := &wire.Message{Type: wire.TypeAuditAck}
 		recs, err := audit.DecodeBatch(m.Audit)
 		if err == nil && m.AuditRestart {
-			err = s.restartAuditChain(st.node, recs, true)
+			err = s.restartAuditChain(st.node, recs)
 		}
 		if err == nil {
 			ack.AuditSeq, err = s.ingestAudit(st.node, recs)
