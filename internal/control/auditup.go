@@ -353,9 +353,11 @@ func (u *upLink) shipAudit(ctx context.Context, rc *regionConn, acks <-chan *wir
 		if sh.acked > 0 {
 			// Does our chain continue the one held there? Not if it is
 			// shorter or holds another record at its seq: this chain was
-			// started anew here (the node's state was reset), so it goes
-			// up from seq 1 as a restart, and the global plane archives
-			// its copy (or refuses a fork of the same chain).
+			// started anew here (the node's state was reset or restored
+			// from a backup, or this plane's copy was cut), so it goes up
+			// from seq 1 as a restart, and the global plane archives its
+			// copy unless it ends within the batch (a resend): the break
+			// is recorded there ("chain rolled back"), nothing is lost.
 			got, err := src.read(sh.acked, 1)
 			if sh.acked > last || err != nil || len(got) != 1 || got[0].Hash != sh.hash {
 				restart, sh.acked = true, 0
