@@ -169,9 +169,11 @@ func printReports(out io.Writer, format string, chains []control.AuditChain, key
 		}
 	}
 	if format == "json" {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		enc.Encode(chains)
+		b, err := json.MarshalIndent(chains, "", "  ")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s\n", jsonTermSafe(b))
 	} else {
 		for _, c := range chains {
 			r := c.Report

@@ -94,3 +94,13 @@ func TestJSONTermSafeSameValue(t *testing.T) {
 		}
 	}
 }
+
+// TestJSONTermSafeRawBytes: a byte that is not UTF-8 in JSON a command
+// passes on as it came (a json.RawMessage item) is written as \ufffd, not
+// raw: a lone 0x9b would be CSI on a terminal.
+func TestJSONTermSafeRawBytes(t *testing.T) {
+	got := string(jsonTermSafe([]byte("{\"k\":\"a\x9b2Jb\"}")))
+	if want := `{"k":"a\ufffd2Jb"}`; got != want {
+		t.Errorf("jsonTermSafe = %q, want %q", got, want)
+	}
+}

@@ -202,7 +202,7 @@ func jsonTermSafe(b []byte) []byte {
 	var out []byte
 	for i := 0; i < len(b); {
 		r, n := utf8.DecodeRune(b[i:])
-		if r != '\n' && !unicode.IsGraphic(r) {
+		if r != '\n' && (!unicode.IsGraphic(r) || r == utf8.RuneError && n == 1) { // a byte not UTF-8 (json.RawMessage) as U+FFFD
 			if out == nil {
 				out = append(make([]byte, 0, len(b)+16), b[:i]...)
 			}

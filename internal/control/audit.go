@@ -833,7 +833,7 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 				// Its directory is there, its records are not.
 				rep, err = &audit.Report{Node: n, Head: head, Verdict: audit.VerdictTampered, Problems: []audit.Problem{{
 					File: filepath.Join(s.auditNodesDir(), n), Kind: audit.ProblemHead,
-					Msg: fmt.Sprintf("the archive's directory holds no records: the stored head is seq %d", head.Seq)}}}, nil
+					Msg: fmt.Sprintf("a file of the archive's records is missing (%v): the stored head is seq %d", err, head.Seq)}}}, nil
 			}
 			if err != nil {
 				return c, err

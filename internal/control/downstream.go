@@ -88,7 +88,7 @@ func (s *Server) serveRegionSync(ctx context.Context, raw net.Conn, c net.Conn, 
 	s.streams[raw] = "region:" + name // revokeRegion closes it
 	s.mu.Unlock()
 	r := wire.NewReader(c)
-	c.SetReadDeadline(time.Now().Add(s.cfg.SyncHandshakeTimeout))
+	c.SetReadDeadline(time.Now().Add(s.outboundHandshake()))
 	hello, err := r.Read()
 	if err != nil {
 		s.mBadFrames.Inc()

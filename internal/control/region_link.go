@@ -149,7 +149,7 @@ func (r *regional) join() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	resp, err := enroll.Join(ctx, enroll.DialTLS, r.s.cfg.Upstreams, tok,
-		&wire.Message{Region: r.name, CSR: csr, CACSR: caCSR}, r.s.log, "region", r.s.cfg.SyncHandshakeTimeout)
+		&wire.Message{Region: r.name, CSR: csr, CACSR: caCSR}, r.s.log, "region", r.s.outboundHandshake())
 	if err != nil {
 		return err
 	}
@@ -437,7 +437,7 @@ func (r *regional) run(ctx context.Context) {
 
 // link runs one region stream.
 func (r *regional) link(ctx context.Context, addr string) error {
-	dctx, cancel := context.WithTimeout(ctx, r.s.cfg.SyncHandshakeTimeout) // a slow link's may be raised
+	dctx, cancel := context.WithTimeout(ctx, r.s.outboundHandshake()) // a slow link's may be raised
 	c, err := enroll.DialTLS(dctx, addr, r.clientConfig(identity.ALPNRegion))
 	cancel()
 	if err != nil {

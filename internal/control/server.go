@@ -91,7 +91,9 @@ type Config struct {
 	// slow links (satellite, 2G), where a handshake carrying a certificate
 	// chain takes longer; it also bounds how long a silent connection
 	// holds a handshake slot. A regional plane's join, its link to the
-	// global plane and the wait for a region's hello take it too.
+	// global plane and the wait for a region's hello take it too, but never
+	// less than the default (outboundHandshake): a bound lowered to free
+	// slots sooner does not cut a region's link over a WAN.
 	SyncHandshakeTimeout time.Duration
 	// AdminMaxHandshakes and AdminMaxHandshakesPerSource bound the admin
 	// API's TLS handshakes in progress at once (HTTPS; not in Insecure
@@ -831,4 +833,11 @@ func (s *Server) fillLive(n *api.Node) {
 			n.Status.VIPBindFailures = l.vipFailures
 		}
 	}
+}
+
+// outboundHandshake bounds a regional plane's join and link to the global
+// plane and the global plane's wait for a region's hello:
+// SyncHandshakeTimeout, at least DefaultSyncHandshakeTimeout.
+func (s *Server) outboundHandshake() time.Duration {
+	return max(s.cfg.SyncHandshakeTimeout, DefaultSyncHandshakeTimeout)
 }
