@@ -243,15 +243,17 @@ spec:
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: slow\r\nContent-Length: 12\r\n\r\n")
-	for range 12 {
-		time.Sleep(50 * time.Millisecond) // the pace of the client under test, not synchronisation
+	// 30 bytes 20 ms apart: twice the timeout in all, a fifteenth of it
+	// between two (a loaded machine may delay a write by far more than 20 ms).
+	fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: slow\r\nContent-Length: 30\r\n\r\n")
+	for range 30 {
+		time.Sleep(20 * time.Millisecond) // the pace of the client under test, not synchronisation
 		c.Write([]byte("x"))
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("a body sent a byte per 50 ms under a 300 ms body timeout: %v %v %+v", resp, err, endpointsOf(a, "demo/sbgap"))
+		t.Fatalf("a body sent a byte per 20 ms under a 300 ms body timeout: %v %v %+v", resp, err, endpointsOf(a, "demo/sbgap"))
 	}
 }
 
