@@ -830,7 +830,7 @@ func (s *Server) nodeChain(n string, verify bool) (AuditChain, error) {
 				rep, err = audit.Verifier{Head: head, FromGenesis: true}.Verify(files...)
 			}
 			if errors.Is(err, fs.ErrNotExist) && head != nil {
-				// Its directory is there, its records are not.
+				// Its directory is there, a file of its records is not.
 				rep, err = &audit.Report{Node: n, Head: head, Verdict: audit.VerdictTampered, Problems: []audit.Problem{{
 					File: filepath.Join(s.auditNodesDir(), n), Kind: audit.ProblemHead,
 					Msg: fmt.Sprintf("a file of the archive's records is missing (%v): the stored head is seq %d", err, head.Seq)}}}, nil
