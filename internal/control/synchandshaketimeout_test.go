@@ -126,3 +126,20 @@ func TestSyncHandshakeTimeoutConfig(t *testing.T) {
 		t.Fatalf("negative: %v, want an error naming syncHandshakeTimeout", err)
 	}
 }
+
+// TestOutboundHandshakeAtLeastDefault: a regional plane's join and link,
+// and the wait for a region's hello, take syncHandshakeTimeout when it is
+// raised (a slow link), but never less than the default: a bound lowered
+// to free the sync port's handshake slots sooner does not cut a WAN link.
+func TestOutboundHandshakeAtLeastDefault(t *testing.T) {
+	for set, want := range map[time.Duration]time.Duration{
+		300 * time.Millisecond:          DefaultSyncHandshakeTimeout,
+		DefaultSyncHandshakeTimeout:     DefaultSyncHandshakeTimeout,
+		3 * DefaultSyncHandshakeTimeout: 3 * DefaultSyncHandshakeTimeout,
+	} {
+		s := &Server{cfg: Config{SyncHandshakeTimeout: set}}
+		if got := s.outboundHandshake(); got != want {
+			t.Errorf("syncHandshakeTimeout %v: outbound bound %v, want %v", set, got, want)
+		}
+	}
+}

@@ -83,17 +83,7 @@ func TestPoolLongInterimDuringUpload(t *testing.T) {
 			if err != nil {
 				t.Fatalf("upload to an endpoint that sent a %d-byte 1xx head while it did not read failed: %v", len(strings.Join(heads, "")), err)
 			}
-			b, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil || resp.StatusCode != 200 || string(b) != strconv.Itoa(size) {
-				t.Fatalf("status %d body %q (%v), want 200 %q", resp.StatusCode, b, err, strconv.Itoa(size))
-			}
-			if code, body := get(t, p, "GET", ""); code != 200 || body != "ok" {
-				t.Fatalf("next request on the connection: %d %q", code, body)
-			}
-			if n := u.accepted.Load(); n != 1 {
-				t.Fatalf("%d connections, want 1 (reused)", n)
-			}
+			uploadedOnOneConn(t, p, u, resp, size)
 		})
 	}
 }
@@ -405,4 +395,23 @@ func moreStalls(stalls *atomic.Int64, n int64) bool {
 		time.Sleep(5 * time.Millisecond) // poll interval
 	}
 	return true
+}
+
+// uploadedOnOneConn checks resp, the answer to an upload of size bytes to
+// an endpoint that answers with their count: 200 and that count; and that
+// nothing of the interim heads before it is left to be read as the next
+// answer: the connection is reused, and the next answer is its own.
+func uploadedOnOneConn(t *testing.T, p *Pool, u *upstream, resp *http.Response, size int) {
+	t.Helper()
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || string(b) != strconv.Itoa(size) {
+		t.Fatalf("status %d body %q (%v), want 200 %q", resp.StatusCode, b, err, strconv.Itoa(size))
+	}
+	if code, body := get(t, p, "GET", ""); code != 200 || body != "ok" {
+		t.Fatalf("next request on the connection: %d %q", code, body)
+	}
+	if n := u.accepted.Load(); n != 1 {
+		t.Fatalf("%d connections, want 1 (reused)", n)
+	}
 }

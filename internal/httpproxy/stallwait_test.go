@@ -139,19 +139,7 @@ func TestPoolInterimDuringUpload(t *testing.T) {
 			if err != nil {
 				t.Fatalf("upload to an endpoint that sent %q while it read failed: %v", parts, err)
 			}
-			b, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil || resp.StatusCode != 200 || string(b) != strconv.Itoa(size) {
-				t.Fatalf("status %d body %q (%v), want 200 %q", resp.StatusCode, b, err, strconv.Itoa(size))
-			}
-			// Nothing of the interim heads is left to be read as the next
-			// answer: the connection is reused and the next answer is its own.
-			if code, body := get(t, p, "GET", ""); code != 200 || body != "ok" {
-				t.Fatalf("next request on the connection: %d %q", code, body)
-			}
-			if n := u.accepted.Load(); n != 1 {
-				t.Fatalf("%d connections, want 1 (reused)", n)
-			}
+			uploadedOnOneConn(t, p, u, resp, size)
 		})
 	}
 }
