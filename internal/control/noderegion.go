@@ -1,30 +1,40 @@
 package control
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/audit"
+	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
 )
 
 // A node's region decides what a global control plane shows it of other
 // regions (agentGate, regionRule): their services and endpoints not
 // exported to it stay out. Its site is bound by its certificate
-// (spiffe://TD/site/SITE/node/NAME); its region is bound here, per node,
-// when it joins: the join token's region if the operator gave one
-// (`fogmesh token create -site S -region R`), else the region its join
-// declared. The binding is in the store's secure bucket, so it survives a
-// restart and the node's record being deleted (a stale node's, say). A
-// hello naming another region is refused; a node moves region by joining
-// again. Cluster labels that name a region place the node there, as
-// before (topology): the control plane trusts its cluster source for the
-// registry. Insecure mode has no identities, so nothing to bind to.
+// (spiffe://TD/site/SITE/node/NAME). Its region is the region of the
+// intermediate CA that issued its certificate, where one did (a regional
+// plane's node: the root put spiffe://TD/region/R in that CA, region_ca.go),
+// whatever plane it connects to and whatever its hello or cluster labels
+// say; else it is bound here, per node, when it joins: the join token's
+// region if the operator gave one (`fogmesh token create -site S -region
+// R`), else the region its join declared. The binding is in the store's
+// secure bucket, so it survives a restart and the node's record being
+// deleted (a stale node's, say); a regional CA's node is bound to its
+// region too, so a certificate the global plane renews for it from the
+// root keeps it there. A hello naming another region is refused; a node
+// moves region by joining again. Cluster labels that name a region place
+// a root-issued node there, as before (topology): the control plane
+// trusts its cluster source for the registry. Insecure mode has no
+// identities, so nothing to bind to.
 
 // keyNodeRegion + node name: nodeRegionRecord (secure bucket).
 const keyNodeRegion = "node-region/"
@@ -44,41 +54,140 @@ type nodeRegions struct {
 	refused map[string]string // node → the claim last logged
 }
 
-// checkNodeRegion refuses the hello of node naming region claimed when
-// the node is bound to another region. A node without a binding (it
-// joined before bindings were kept, or at another control plane) is bound
-// now, to the region of its stored record if it has one, else to the one
-// it names. An unreadable binding refuses.
-func (s *Server) checkNodeRegion(node, claimed string) error {
-	b, err := s.st.GetSecure(keyNodeRegion + node)
+// checkNodeRegion refuses the hello of node, on connection c, naming
+// region claimed when the node is in another region: its certificate's
+// issuing regional CA's (nodeIssuer), else the one it is bound to. A
+// node with no such CA is not checked where its cluster labels place it
+// (topology does). A node without a binding (it joined before bindings
+// were kept, or at another control plane) is bound now: to its CA's
+// region, else to the region of its stored record if it has one, else to
+// the one it names. An unreadable binding refuses a node without a CA
+// region.
+func (s *Server) checkNodeRegion(c net.Conn, node, claimed string) error {
+	issuer, err := s.nodeIssuer(c)
 	if err != nil {
-		return fmt.Errorf("node %s: region binding: %w", node, err)
+		return fmt.Errorf("node %s: %w", node, err)
 	}
+	labels := s.clusterRegion(node)
 	var rec nodeRegionRecord
-	if b == nil {
-		rec = s.bindFirstRegion(node, claimed)
-	} else if json.Unmarshal(b, &rec) != nil || rec.Region == "" {
-		return fmt.Errorf("node %s: region binding unreadable; join again with a token (fogmesh token create -site SITE -region REGION)", node)
+	switch {
+	case issuer != "":
+		rec = s.bindIssuerRegion(node, issuer)
+		if labels != "" && labels != issuer {
+			return s.refuseRegion(node, "labels "+labels, rec, fmt.Errorf("node %s is in region %s (its certificate was issued by region %s's CA), "+
+				"its cluster labels place it in region %s: correct the labels, or join it again in region %s", node, issuer, issuer, labels, labels))
+		}
+		if labels != "" {
+			claimed = labels // they place it (topology), whatever its hello names
+		}
+	case labels != "":
+		return nil
+	default:
+		b, err := s.st.GetSecure(keyNodeRegion + node)
+		if err != nil {
+			return fmt.Errorf("node %s: region binding: %w", node, err)
+		}
+		if b == nil {
+			rec = s.bindFirstRegion(node, claimed)
+		} else if json.Unmarshal(b, &rec) != nil || rec.Region == "" {
+			return fmt.Errorf("node %s: region binding unreadable; join again with a token (fogmesh token create -site SITE -region REGION)", node)
+		}
 	}
+	if rec.Region == claimed {
+		s.regions.mu.Lock()
+		delete(s.regions.refused, node)
+		s.regions.mu.Unlock()
+		return nil
+	}
+	if issuer != "" {
+		return s.refuseRegion(node, claimed, rec, fmt.Errorf("node %s is in region %s (its certificate was issued by region %s's CA), its hello names region %s: "+
+			"run its agent with -region %s, or move it by joining again in region %s (at its control plane, or with fogmesh token create -site SITE -region %s at the global one; remove the agent's node-cert.pem first)",
+			node, issuer, issuer, claimed, issuer, claimed, claimed))
+	}
+	return s.refuseRegion(node, claimed, rec, fmt.Errorf("node %s is in region %s, its hello names region %s: run its agent with -region %s, "+
+		"or move it by joining again with a token of the new region (fogmesh token create -site SITE -region %s; remove the agent's node-cert.pem first)",
+		node, rec.Region, claimed, rec.Region, claimed))
+}
+
+// refuseRegion counts the refusal err of node's hello, whose claim (its
+// hello's region, or its labels') is not rec's region, logs it once per
+// node and claim, and returns err.
+func (s *Server) refuseRegion(node, claim string, rec nodeRegionRecord, err error) error {
 	r := &s.regions
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if rec.Region == claimed {
-		delete(r.refused, node)
-		return nil
-	}
 	r.mRefused.Inc()
-	if r.refused[node] != claimed {
+	if r.refused[node] != claim {
 		if r.refused == nil {
 			r.refused = map[string]string{}
 		}
-		r.refused[node] = claimed
-		s.log.Warn("control: node's hello names another region than the one it is bound to; refused",
-			"node", node, "hello", claimed, "bound", rec.Region, "by", rec.By)
+		r.refused[node] = claim
+		s.log.Warn("control: node's hello or labels name another region than its own; refused",
+			"node", node, "claim", claim, "region", rec.Region, "by", rec.By)
 	}
-	return fmt.Errorf("node %s is in region %s, its hello names region %s: run its agent with -region %s, "+
-		"or move it by joining again with a token of the new region (fogmesh token create -site SITE -region %s; remove the agent's node-cert.pem first)",
-		node, rec.Region, claimed, rec.Region, claimed)
+	return err
+}
+
+// nodeIssuer returns the region whose intermediate CA issued the
+// certificate of c's peer: "" for the root's, or for a connection that is
+// not TLS (insecure mode). The certificates the peer sent are verified
+// again, as its handshake verified them (the connection does not keep the
+// verified chains): the region is the one of the CA on the chain to a
+// root, not of any CA certificate a peer may send besides.
+func (s *Server) nodeIssuer(c net.Conn) (string, error) {
+	tc, ok := c.(*tls.Conn)
+	if !ok || s.sec == nil {
+		return "", nil
+	}
+	_, chains, err := x509svid.Verify(tc.ConnectionState().PeerCertificates, s.sec.src)
+	if err != nil {
+		return "", fmt.Errorf("certificate: %w", err)
+	}
+	region := ""
+	for i, ch := range chains {
+		r := identity.IssuingRegion(ch)
+		if i > 0 && r != region {
+			return "", fmt.Errorf("certificate chains to the CAs of region %q and of region %q", region, r)
+		}
+		region = r
+	}
+	return region, nil
+}
+
+// bindIssuerRegion binds node to region, its certificate's issuing CA's,
+// unless it is bound there already (a store that cannot be read or
+// written leaves it as it is, logged: the certificate decides this
+// stream's region anyway), and returns the binding. A binding to another
+// region is replaced, as a move: the node joined again at region's
+// control plane.
+func (s *Server) bindIssuerRegion(node, region string) nodeRegionRecord {
+	rec := nodeRegionRecord{Region: region, By: "regional CA " + region, At: time.Now().UTC()}
+	var had nodeRegionRecord
+	if b, err := s.st.GetSecure(keyNodeRegion + node); err != nil {
+		s.log.Warn("control: node's region binding not read", "node", node, "region", region, "err", err)
+		return rec
+	} else if b != nil && json.Unmarshal(b, &had) == nil && had.Region == region {
+		return had
+	}
+	err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		had = nodeRegionRecord{}
+		if b := tx.Get(keyNodeRegion + node); b != nil && json.Unmarshal(b, &had) == nil && had.Region == region {
+			return nil
+		}
+		b, _ := json.Marshal(rec)
+		return tx.Put(keyNodeRegion+node, b)
+	})
+	switch {
+	case err != nil:
+		s.log.Warn("control: node's region not recorded", "node", node, "region", region, "err", err)
+	case had.Region == region:
+		return had // bound meanwhile
+	case had.Region != "":
+		s.regionMoved(node, had.Region, region, "its certificate was issued by region "+region+"'s CA")
+	default:
+		s.log.Info("control: node bound to a region", "node", node, "region", region, "by", rec.By)
+	}
+	return rec
 }
 
 // bindFirstRegion records the region of a node that has no binding and
@@ -127,9 +236,10 @@ func bindJoinRegionLocked(tx *store.SecureTx, node, region, tokID string, now ti
 	return from, tx.Put(keyNodeRegion+node, b)
 }
 
-// regionMoved audits and logs a node's move to another region by a join.
-func (s *Server) regionMoved(node, from, to string) {
+// regionMoved audits and logs a node's move to another region, for why
+// ("joined again", or its certificate's CA).
+func (s *Server) regionMoved(node, from, to, why string) {
 	s.Audit(audit.Record{Kind: audit.KindAdmin, Action: "node moved region", Actor: "control", Object: node,
-		Reason: fmt.Sprintf("joined again: from region %s to %s", from, to)})
-	s.log.Warn("control: node joined again in another region", "node", node, "from", from, "to", to)
+		Reason: fmt.Sprintf("%s: from region %s to %s", why, from, to)})
+	s.log.Warn("control: node moved to another region", "node", node, "from", from, "to", to, "why", why)
 }

@@ -323,3 +323,198 @@ func TestRegionalPlaneJoinsItsRegionOnly(t *testing.T) {
 		t.Fatalf("join declaring east: %+v", m)
 	}
 }
+
+// TestRegionalCertificateFixesTheRegion: a node enrolled at region
+// west's control plane (its certificate issued by west's intermediate CA)
+// that connects straight to the global plane naming region east is
+// refused, with an error naming west's CA; it is bound to west, not to
+// the region its first hello names, so as west it gets west's view, and a
+// certificate the global plane renews for it (issued by the root, which
+// names no region) keeps it in west. Before, its first hello bound it to
+// east: it held east's unexported service, and so did every certificate
+// renewed for it.
+func TestRegionalCertificateFixesTheRegion(t *testing.T) {
+	g := startSecure(t)
+	putEastObjects(t, g)
+	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
+	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := w.CreateJoinToken("s1", "", time.Minute)
+	m, svid := joinIn(t, w, tok, "w1", "s1", "west")
+	if svid == nil || identity.IssuingRegion(svid.Certificates) != "west" {
+		t.Fatalf("join at west's plane: %+v", m)
+	}
+	a, m := helloIn(t, g, svid, "w1", "s1", "east")
+	if m.Type == wire.TypeWelcome {
+		got := viewOf(a)
+		t.Fatalf("w1, of west's CA, named east at the global plane and was admitted; it holds %v (secret: %v)", got,
+			slices.Contains(got, "Service demo/secret") || slices.Contains(got, "Endpoint demo/secret-1"))
+	}
+	if m.Type != wire.TypeError || !strings.Contains(m.Error, "node w1 is in region west (its certificate was issued by region west's CA), its hello names region east") ||
+		!strings.Contains(m.Error, "-region west") {
+		t.Fatalf("refusal: %+v", m)
+	}
+	if v := metricValue(t, g, "fogmesh_control_node_region_refusals_total"); v != 1 {
+		t.Errorf("refusals counted: %v, want 1", v)
+	}
+
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	a, m = helloIn(t, g, svid, "w1", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("w1 as west: %+v", m)
+	}
+	a.send(&wire.Message{Type: wire.TypeRenew, CSR: csr})
+	cm := readUntil(t, a.r, "renewed certificate", func(m *wire.Message) bool { return m.Type == wire.TypeCert || m.Type == wire.TypeError })
+	certs, _ := identity.ParseDERs(cm.Certificates)
+	if cm.Type != wire.TypeCert || len(certs) == 0 {
+		t.Fatalf("renewal at the global plane: %+v", cm)
+	}
+	a.c.Close()
+	offline(t, g, "w1")
+	renewed, err := identity.NewSVID(certs, key)
+	if err != nil || identity.IssuingRegion(renewed.Certificates) != "" {
+		t.Fatalf("the global plane's renewal: %v, issued by region %q", err, identity.IssuingRegion(renewed.Certificates))
+	}
+	if _, m := helloIn(t, g, renewed, "w1", "s1", "east"); m.Type != wire.TypeError || !strings.Contains(m.Error, "node w1 is in region west") {
+		t.Fatalf("hello as east with the root's renewal: %+v", m)
+	}
+	a, m = helloIn(t, g, renewed, "w1", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("hello as west with the root's renewal: %+v", m)
+	}
+	if got := viewOf(a); slices.Contains(got, "Service demo/secret") || !slices.Contains(got, "Service demo/shared") {
+		t.Fatalf("w1 as west holds %v; want shared, not secret", got)
+	}
+}
+
+// TestRegionalPlaneRefusesAnotherRegionsNode: a node of west's CA
+// that connects to east's regional plane naming east is refused there: a
+// regional plane's nodes are in its region, and this one's certificate
+// says west. Before, east's plane admitted it (its hello named east) with
+// east's view, east's unexported service in it.
+func TestRegionalPlaneRefusesAnotherRegionsNode(t *testing.T) {
+	g := startSecure(t)
+	etok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
+	e, err := startRegional(t, t.TempDir(), "east", g.SyncAddr(), etok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
+	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), wtok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := api.Decode([]byte(svcDoc("orders", "", 80)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.apply(objs); err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := w.CreateJoinToken("s1", "", time.Minute)
+	m, svid := joinIn(t, w, tok, "w2", "s1", "west")
+	if svid == nil {
+		t.Fatalf("join at west's plane: %+v", m)
+	}
+	a, m := helloIn(t, e, svid, "w2", "s1", "east")
+	if m.Type == wire.TypeWelcome {
+		t.Fatalf("w2, of west's CA, was admitted at east's plane as east; it holds %v", viewOf(a))
+	}
+	if m.Type != wire.TypeError || !strings.Contains(m.Error, "node w2 is in region west (its certificate was issued by region west's CA)") {
+		t.Fatalf("refusal: %+v", m)
+	}
+}
+
+// TestRegionalCertificateOverridesClusterLabels: cluster labels that
+// place a node of west's CA in east refuse its hello (its certificate
+// says west), whatever the hello names; labels placing it in west admit
+// it with west's view. Before, the labels placed it in east, with east's
+// unexported service.
+func TestRegionalCertificateOverridesClusterLabels(t *testing.T) {
+	g := startSecure(t)
+	putEastObjects(t, g)
+	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
+	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := w.CreateJoinToken("s1", "", time.Minute)
+	_, svid := joinIn(t, w, tok, "k2", "s1", "west")
+	if svid == nil {
+		t.Fatal("k2 did not join at west's plane")
+	}
+	setRegion := func(region string) {
+		g.cluster.mu.Lock()
+		g.cluster.topo = map[string]NodeTopology{"k2": {Region: region}}
+		g.cluster.mu.Unlock()
+	}
+	setRegion("east")
+	a, m := helloIn(t, g, svid, "k2", "s1", "west")
+	if m.Type == wire.TypeWelcome {
+		t.Fatalf("k2, of west's CA, labelled east, was admitted; it holds %v", viewOf(a))
+	}
+	if m.Type != wire.TypeError || !strings.Contains(m.Error, "its cluster labels place it in region east") {
+		t.Fatalf("refusal: %+v", m)
+	}
+	setRegion("west")
+	a, m = helloIn(t, g, svid, "k2", "s1", "east")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("k2 labelled west: %+v", m)
+	}
+	if got := viewOf(a); slices.Contains(got, "Service demo/secret") || !slices.Contains(got, "Service demo/shared") {
+		t.Fatalf("k2 labelled west holds %v; want west's view", got)
+	}
+}
+
+// TestIssuingRegionIsTheVerifiedChains: the region of a node's CA is
+// read from the chain its certificate verifies on. A root-issued node of
+// east that sends west's intermediate besides its chain stays in east
+// (its hello as west refused); the same node enrolled again at west's
+// plane (a certificate of west's CA) is moved to west by its hello there
+// (audited), and its old certificate from the root is then west's too.
+func TestIssuingRegionIsTheVerifiedChains(t *testing.T) {
+	g := startSecure(t)
+	putEastObjects(t, g)
+	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
+	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := g.CreateJoinToken("s1", "east", time.Minute)
+	_, old := joinIn(t, g, tok, "m1", "s1", "east")
+	if old == nil {
+		t.Fatal("m1 did not join in east")
+	}
+	padded := &x509svid.SVID{ID: old.ID, PrivateKey: old.PrivateKey,
+		Certificates: append(slices.Clip(old.Certificates), w.CA().Certificate())}
+	if identity.IssuingRegion(padded.Certificates) != "west" {
+		t.Fatal("the padded chain does not name west's CA")
+	}
+	if _, m := helloIn(t, g, padded, "m1", "s1", "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "node m1 is in region east, its hello names region west") {
+		t.Fatalf("hello as west with west's CA sent besides a root chain: %+v", m)
+	}
+
+	wtok, _ := w.CreateJoinToken("s1", "", time.Minute)
+	_, moved := joinIn(t, w, wtok, "m1", "s1", "west")
+	if moved == nil {
+		t.Fatal("m1 did not join at west's plane")
+	}
+	a, m := helloIn(t, g, moved, "m1", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("m1 of west's CA as west: %+v", m)
+	}
+	// The audit log writes its records on its own goroutine.
+	testenv.WaitFor(t, 5*time.Second, "the move in the audit chain", func() bool {
+		return slices.ContainsFunc(ownRecords(g), func(r audit.Record) bool {
+			return r.Action == "node moved region" && r.Object == "m1" && strings.Contains(r.Reason, "region west's CA")
+		})
+	})
+	a.c.Close()
+	offline(t, g, "m1")
+	if _, m := helloIn(t, g, old, "m1", "s1", "east"); m.Type != wire.TypeError || !strings.Contains(m.Error, "node m1 is in region west") {
+		t.Fatalf("the root's certificate of m1 as east after the move: %+v", m)
+	}
+}

@@ -696,7 +696,7 @@ func (sec *security) serveJoin(c net.Conn, slot *identity.GateSlot) error {
 			"node", node, "from", movedFrom, "to", site)
 	}
 	if regionFrom != "" {
-		sec.s.regionMoved(node, regionFrom, region)
+		sec.s.regionMoved(node, regionFrom, region, "joined again")
 	}
 	sec.issued("node", certs[0])
 	t, _ := sec.currentTrust()

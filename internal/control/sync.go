@@ -319,12 +319,10 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 			s.sec.tlsFailure(identity.ReasonUnauthorized)
 			return nil, nil, reject(err.Error(), err)
 		}
-		// The node's region is bound (noderegion.go), unless its
-		// cluster labels place it.
-		if s.clusterRegion(st.node) == "" {
-			if err := s.checkNodeRegion(st.node, admit.Node.Spec.Region); err != nil {
-				return nil, nil, reject(err.Error(), err)
-			}
+		// The node's region is its certificate's regional CA's, else
+		// bound, unless its cluster labels place it (noderegion.go).
+		if err := s.checkNodeRegion(c, st.node, admit.Node.Spec.Region); err != nil {
+			return nil, nil, reject(err.Error(), err)
 		}
 	}
 	s.topology(admit.Node, pn != nil)
