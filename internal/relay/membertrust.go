@@ -14,7 +14,7 @@ import (
 
 // applyTrust installs the bundles and the deny list (through setDenied
 // when set, so that open connections of newly revoked nodes close) and, if
-// save, writes the trust file.
+// save, writes the trust file with the revoked IDs it applied.
 func (m *Member) applyTrust(t *wire.Trust, setDenied func([]string), save bool) error {
 	td, err := identity.ParseTrustDomain(t.TrustDomain)
 	if err != nil || t.TrustDomain == "" {
@@ -60,6 +60,9 @@ func (m *Member) applyTrust(t *wire.Trust, setDenied func([]string), save bool) 
 	if save {
 		c := *t
 		c.GossipKey = nil // never on a relay's disk
+		// What applied, not what came: a restart takes the same deny
+		// list without dropping (and warning of) the same entries again.
+		c.Revoked = denied
 		b, _ := json.MarshalIndent(&c, "", "  ")
 		if err := atomicfile.Write(m.path(MemberTrustFile), b, 0o644); err != nil {
 			return fmt.Errorf("trust: save: %w", err)
