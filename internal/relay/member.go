@@ -48,6 +48,12 @@ type MemberConfig struct {
 	// JoinToken is a relay token ('fogmesh token create -kind relay'),
 	// used only when the state directory has no usable certificate.
 	JoinToken string
+	// ControlHandshakeTimeout bounds each attempt of the join and each
+	// dial of the stream to a control plane, its TLS handshake included
+	// (default 10s; 0 is the default, negative is refused). Raise it, with
+	// the control plane's syncHandshakeTimeout, on slow links (satellite,
+	// 2G) where a handshake takes longer: the agent's setting of that name.
+	ControlHandshakeTimeout time.Duration
 	// Dial opens TLS connections to the control plane (default
 	// enroll.DialTLS).
 	Dial    enroll.Dialer
@@ -89,6 +95,12 @@ type Member struct {
 func OpenMember(ctx context.Context, cfg MemberConfig) (*Member, error) {
 	if cfg.StateDir == "" || len(cfg.Control) == 0 {
 		return nil, &ConfigError{errors.New("relay: a state directory and a control plane address are required")}
+	}
+	if cfg.ControlHandshakeTimeout < 0 {
+		return nil, &ConfigError{fmt.Errorf("relay: controlHandshakeTimeout %s is negative (0 or unset: the default, 10s)", cfg.ControlHandshakeTimeout)}
+	}
+	if cfg.ControlHandshakeTimeout == 0 {
+		cfg.ControlHandshakeTimeout = 10 * time.Second
 	}
 	if cfg.Dial == nil {
 		cfg.Dial = enroll.DialTLS
@@ -249,7 +261,7 @@ func (m *Member) join(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := enroll.Join(ctx, m.cfg.Dial, m.cfg.Control, tok, &wire.Message{Relay: name, CSR: csr}, m.log, "relay", 0)
+	resp, err := enroll.Join(ctx, m.cfg.Dial, m.cfg.Control, tok, &wire.Message{Relay: name, CSR: csr}, m.log, "relay", m.cfg.ControlHandshakeTimeout)
 	if err != nil {
 		var je *enroll.Error
 		if errors.As(err, &je) {
@@ -317,7 +329,7 @@ func (m *Member) stream(ctx context.Context, addr string, setDenied func([]strin
 	m.mu.Lock()
 	td := m.td
 	m.mu.Unlock()
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, m.cfg.ControlHandshakeTimeout)
 	c, err := m.cfg.Dial(dctx, addr, m.src.ClientConfig(identity.AuthorizeID(identity.ControlID(td)), identity.ALPNRelay))
 	cancel()
 	if err != nil {

@@ -26,7 +26,7 @@ import (
 
 // TestOpenMemberRefusals: what cannot work is a *ConfigError (exit 2)
 // before any connection: no state dir or control plane, no certificate and
-// no token, a token of another kind. The key is made once, mode 0600.
+// no token, a token of another kind, a negative handshake bound. The key is made once, mode 0600.
 func TestOpenMemberRefusals(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -42,6 +42,7 @@ func TestOpenMemberRefusals(t *testing.T) {
 		{"no token", MemberConfig{StateDir: dir, Control: []string{"127.0.0.1:1"}}, "no usable relay certificate"},
 		{"agent token", MemberConfig{StateDir: dir, Control: []string{"127.0.0.1:1"}, Name: "r1", JoinToken: join.String()}, "not a relay token"},
 		{"malformed token", MemberConfig{StateDir: dir, Control: []string{"127.0.0.1:1"}, Name: "r1", JoinToken: "fmr1.x"}, "bad token"},
+		{"negative handshake bound", MemberConfig{StateDir: dir, Control: []string{"127.0.0.1:1"}, ControlHandshakeTimeout: -time.Second}, "controlHandshakeTimeout"},
 	} {
 		_, err := OpenMember(ctx, c.cfg)
 		var ce *ConfigError
