@@ -3,60 +3,14 @@ package agent
 import (
 	"context"
 	"log/slog"
-	"net"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/control"
 	"github.com/fogmesh/fogmesh/internal/identity"
-	"github.com/fogmesh/fogmesh/internal/netseam"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
-
-// slowNet dials TCP; once slow is set, each connection's first write is
-// held for hold (or until the connection is closed): a slow link to the
-// control plane, where a handshake takes longer than on a LAN.
-type slowNet struct {
-	netseam.OS
-	hold time.Duration
-	slow atomic.Bool
-}
-
-func (n *slowNet) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	c, err := n.OS.Dial(ctx, network, addr)
-	if err != nil || !n.slow.Load() {
-		return c, err
-	}
-	return &heldConn{Conn: c, until: time.Now().Add(n.hold), closed: make(chan struct{})}, nil
-}
-
-type heldConn struct {
-	net.Conn
-	until  time.Time
-	once   sync.Once
-	closed chan struct{}
-}
-
-func (c *heldConn) Write(p []byte) (int, error) {
-	if d := time.Until(c.until); d > 0 {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-c.closed:
-			return 0, net.ErrClosed
-		}
-	}
-	return c.Conn.Write(p)
-}
-
-func (c *heldConn) Close() error {
-	c.once.Do(func() { close(c.closed) })
-	return c.Conn.Close()
-}
 
 // lockedLog is a Logger's output, safe to read while the agent writes it.
 type lockedLog struct{ testenv.Buffer }
@@ -79,17 +33,17 @@ func startSlowAgentJoin(t *testing.T, cp *control.Server, hold, timeout time.Dur
 		t.Fatal(err)
 	}
 	var log lockedLog
-	nw := &slowNet{hold: hold}
+	nw := &testenv.SlowNet{Hold: hold}
 	cfg := agentConfig(agentOpts{name: "slow", site: "s1", region: "r1", vipOctet: 149, control: []string{cp.SyncAddr()}, stateDir: t.TempDir()})
 	cfg.Insecure, cfg.JoinToken, cfg.WorkloadAPISocket = false, tok, "off"
 	cfg.Network, cfg.ControlHandshakeTimeout = nw, Duration(timeout)
 	cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
-	nw.slow.Store(slowJoin)
+	nw.Slow.Store(slowJoin)
 	a, err := New(cfg) // joins
 	if err != nil {
 		t.Fatal(err)
 	}
-	nw.slow.Store(true)
+	nw.Slow.Store(true)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { a.Run(ctx); close(done) }()

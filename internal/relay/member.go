@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -49,6 +48,12 @@ type MemberConfig struct {
 	// JoinToken is a relay token ('fogmesh token create -kind relay'),
 	// used only when the state directory has no usable certificate.
 	JoinToken string
+	// ControlHandshakeTimeout bounds each attempt of the join and each
+	// dial of the stream to a control plane, its TLS handshake included
+	// (default 10s; 0 is the default, negative is refused). Raise it, with
+	// the control plane's syncHandshakeTimeout, on slow links (satellite,
+	// 2G) where a handshake takes longer: the agent's setting of that name.
+	ControlHandshakeTimeout time.Duration
 	// Dial opens TLS connections to the control plane (default
 	// enroll.DialTLS).
 	Dial    enroll.Dialer
@@ -90,6 +95,12 @@ type Member struct {
 func OpenMember(ctx context.Context, cfg MemberConfig) (*Member, error) {
 	if cfg.StateDir == "" || len(cfg.Control) == 0 {
 		return nil, &ConfigError{errors.New("relay: a state directory and a control plane address are required")}
+	}
+	if cfg.ControlHandshakeTimeout < 0 {
+		return nil, &ConfigError{fmt.Errorf("relay: controlHandshakeTimeout %s is negative (0 or unset: the default, 10s)", cfg.ControlHandshakeTimeout)}
+	}
+	if cfg.ControlHandshakeTimeout == 0 {
+		cfg.ControlHandshakeTimeout = 10 * time.Second
 	}
 	if cfg.Dial == nil {
 		cfg.Dial = enroll.DialTLS
@@ -231,62 +242,6 @@ func (m *Member) saveCert(certs []*x509.Certificate) error {
 	return atomicfile.Write(m.path(MemberCertFile), identity.EncodeCertificatesPEM(certs...), 0o644)
 }
 
-// applyTrust installs the bundles and the deny list (through setDenied
-// when set, so that open connections of newly revoked nodes close) and, if
-// save, writes the trust file.
-func (m *Member) applyTrust(t *wire.Trust, setDenied func([]string), save bool) error {
-	td, err := identity.ParseTrustDomain(t.TrustDomain)
-	if err != nil || t.TrustDomain == "" {
-		return fmt.Errorf("trust: trust domain %q: %v", t.TrustDomain, err)
-	}
-	m.mu.Lock()
-	cur := m.td
-	m.mu.Unlock()
-	if !cur.IsZero() && td != cur {
-		return fmt.Errorf("trust: control plane is in trust domain %s, this relay in %s", td, cur)
-	}
-	if len(t.Bundles[td.Name()]) == 0 {
-		return errors.New("trust: no roots for the own trust domain")
-	}
-	var bundles []*x509bundle.Bundle
-	for name, ders := range t.Bundles {
-		btd, err := identity.ParseBundleName(name)
-		if err != nil {
-			return fmt.Errorf("trust: %w", err)
-		}
-		certs, err := identity.ParseDERs(ders)
-		if err != nil {
-			return fmt.Errorf("trust: bundle %s: %w", name, err)
-		}
-		bundles = append(bundles, x509bundle.FromX509Authorities(btd, certs))
-	}
-	// A revoked entry not written canonically would deny no one: it is
-	// dropped with a warning, not the whole trust (after a damaged
-	// trust.json the relay could not start without a token).
-	denied, err := identity.CanonicalIDs(t.Revoked)
-	if err != nil {
-		m.log.Warn("relay: trust: revoked entries dropped", "err", err)
-	}
-	m.src.SetBundles(bundles...)
-	if setDenied != nil {
-		setDenied(denied)
-	} else {
-		m.src.SetDenied(denied)
-	}
-	m.mu.Lock()
-	m.td, m.denied = td, denied
-	m.mu.Unlock()
-	if save {
-		c := *t
-		c.GossipKey = nil // never on a relay's disk
-		b, _ := json.MarshalIndent(&c, "", "  ")
-		if err := atomicfile.Write(m.path(MemberTrustFile), b, 0o644); err != nil {
-			return fmt.Errorf("trust: save: %w", err)
-		}
-	}
-	return nil
-}
-
 // join gets the relay certificate with the relay token (enroll.Join, as
 // an agent joins). A refusal is a *ConfigError.
 func (m *Member) join(ctx context.Context) error {
@@ -306,7 +261,7 @@ func (m *Member) join(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := enroll.Join(ctx, m.cfg.Dial, m.cfg.Control, tok, &wire.Message{Relay: name, CSR: csr}, m.log, "relay", 0)
+	resp, err := enroll.Join(ctx, m.cfg.Dial, m.cfg.Control, tok, &wire.Message{Relay: name, CSR: csr}, m.log, "relay", m.cfg.ControlHandshakeTimeout)
 	if err != nil {
 		var je *enroll.Error
 		if errors.As(err, &je) {
@@ -374,7 +329,7 @@ func (m *Member) stream(ctx context.Context, addr string, setDenied func([]strin
 	m.mu.Lock()
 	td := m.td
 	m.mu.Unlock()
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, m.cfg.ControlHandshakeTimeout)
 	c, err := m.cfg.Dial(dctx, addr, m.src.ClientConfig(identity.AuthorizeID(identity.ControlID(td)), identity.ALPNRelay))
 	cancel()
 	if err != nil {

@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,12 +20,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // TestOpenMemberRefusals: what cannot work is a *ConfigError (exit 2)
 // before any connection: no state dir or control plane, no certificate and
-// no token, a token of another kind. The key is made once, mode 0600.
+// no token, a token of another kind, a negative handshake bound. The key is made once, mode 0600.
 func TestOpenMemberRefusals(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -39,6 +42,7 @@ func TestOpenMemberRefusals(t *testing.T) {
 		{"no token", MemberConfig{StateDir: dir, Control: []string{"127.0.0.1:1"}}, "no usable relay certificate"},
 		{"agent token", MemberConfig{StateDir: dir, Control: []string{"127.0.0.1:1"}, Name: "r1", JoinToken: join.String()}, "not a relay token"},
 		{"malformed token", MemberConfig{StateDir: dir, Control: []string{"127.0.0.1:1"}, Name: "r1", JoinToken: "fmr1.x"}, "bad token"},
+		{"negative handshake bound", MemberConfig{StateDir: dir, Control: []string{"127.0.0.1:1"}, ControlHandshakeTimeout: -time.Second}, "controlHandshakeTimeout"},
 	} {
 		_, err := OpenMember(ctx, c.cfg)
 		var ce *ConfigError
@@ -171,21 +175,8 @@ func TestMemberRestartsRenewsAndRedials(t *testing.T) {
 	}
 	td := ca.TrustDomain()
 	fc := newFakeControl(t, ca)
-	dir := t.TempDir()
-	key, _ := identity.NewKey()
-	keyPEM, _ := identity.EncodeKeyPEM(key)
-	os.WriteFile(filepath.Join(dir, MemberKeyFile), keyPEM, 0o600)
-	rid, _ := identity.RelayID(td, "r1")
-	first, err := ca.Sign(key.Public(), rid, identity.IssueOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(dir, MemberCertFile), identity.EncodeCertificatesPEM(first...), 0o644)
-	trust := func(revoked ...string) *wire.Trust {
-		return &wire.Trust{TrustDomain: td.Name(), Bundles: map[string][][]byte{td.Name(): identity.DERs(ca.Roots())}, Revoked: revoked}
-	}
-	b, _ := json.Marshal(trust())
-	os.WriteFile(filepath.Join(dir, MemberTrustFile), b, 0o644)
+	dir, rid, first := memberStateDir(t, ca, "r1")
+	trust := func(revoked ...string) *wire.Trust { return caTrust(ca, revoked...) }
 
 	ms := metrics.NewSet()
 	m, err := OpenMember(context.Background(), MemberConfig{StateDir: dir, Control: []string{fc.ln.Addr().String()}, Name: "r1", Metrics: ms})
@@ -260,6 +251,99 @@ func TestMemberRestartsRenewsAndRedials(t *testing.T) {
 		case <-deadline:
 			t.Fatal("the revocation on the new stream was not applied")
 		}
+	}
+}
+
+// memberStateDir is the state directory of relay name, joined before to
+// ca's trust domain: its key, its certificate and the trust document
+// (without revocations). It returns the relay's ID and certificate.
+func memberStateDir(t *testing.T, ca *identity.CA, name string) (string, spiffeid.ID, []*x509.Certificate) {
+	t.Helper()
+	dir := t.TempDir()
+	key, _ := identity.NewKey()
+	keyPEM, _ := identity.EncodeKeyPEM(key)
+	rid, _ := identity.RelayID(ca.TrustDomain(), name)
+	certs, err := ca.Sign(key.Public(), rid, identity.IssueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(caTrust(ca))
+	for file, data := range map[string][]byte{MemberKeyFile: keyPEM, MemberCertFile: identity.EncodeCertificatesPEM(certs...), MemberTrustFile: b} {
+		if err := os.WriteFile(filepath.Join(dir, file), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, rid, certs
+}
+
+// caTrust is the trust document of ca's trust domain revoking revoked.
+func caTrust(ca *identity.CA, revoked ...string) *wire.Trust {
+	td := ca.TrustDomain().Name()
+	return &wire.Trust{TrustDomain: td, Bundles: map[string][][]byte{td: identity.DERs(ca.Roots())}, Revoked: revoked}
+}
+
+// TestMemberSavesRevokedAsApplied: a joined relay saves the revoked IDs
+// it applies, not the entries CanonicalIDs drops: pushed a trust document
+// whose revoked list holds a dot segment, an upper-case scheme and a
+// trailing slash beside a canonical ID, it saves the canonical ID alone,
+// and a restart from that file takes the same deny list without a
+// warning. Before, the document was saved as it came, and every restart
+// dropped the same entries again.
+func TestMemberSavesRevokedAsApplied(t *testing.T) {
+	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := ca.TrustDomain().Name()
+	fc := newFakeControl(t, ca)
+	dir, _, _ := memberStateDir(t, ca, "r1")
+	good := "spiffe://" + td + "/site/a/node/b"
+	dropped := []string{"spiffe://" + td + "/site/a/node/../node/b", "SPIFFE://" + td + "/site/a/node/c", good + "/"}
+	var logs testenv.Buffer
+	cfg := MemberConfig{StateDir: dir, Control: []string{fc.ln.Addr().String()}, Name: "r1", Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	m, err := OpenMember(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := make(chan []string, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx, func(ids []string) { denied <- ids }) }()
+	defer func() { cancel(); <-done }()
+	if err := wire.Write(fc.next(t), &wire.Message{Type: wire.TypeTrust, Trust: caTrust(ca, append(dropped, good)...)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ids := <-denied:
+		if !slices.Equal(ids, []string{good}) {
+			t.Fatalf("applied deny list %q, want %q", ids, good)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the pushed trust was not applied")
+	}
+	// Saved just after the deny list is set: wait for the file.
+	var saved wire.Trust
+	waitFor(t, "the pushed trust saved", func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, MemberTrustFile))
+		return err == nil && json.Unmarshal(b, &saved) == nil && len(saved.Revoked) > 0
+	})
+	if !slices.Equal(saved.Revoked, []string{good}) {
+		t.Errorf("saved revoked %q, want only %q", saved.Revoked, good)
+	}
+	cancel()
+	<-done
+
+	var again testenv.Buffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&again, nil))
+	m2, err := OpenMember(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("restart from the saved trust: %v", err)
+	}
+	if !slices.Equal(m2.Denied(), []string{good}) || !m2.Source().Denied(good) {
+		t.Errorf("after the restart the deny list is %q, want %q", m2.Denied(), good)
+	}
+	if strings.Contains(again.String(), "dropped") {
+		t.Errorf("the restart dropped saved entries: %s", again.String())
 	}
 }
 

@@ -43,8 +43,9 @@ func TestMemberTrustBundleNameAsWritten(t *testing.T) {
 // FuzzMemberTrustFile: a joined relay's trust.json (read back at start,
 // and each trust message it saves as it) applies only whole and valid:
 // its trust domain with roots, each bundle parsed; what applies saves
-// (without the gossip key, never on a relay's disk) and applies again,
-// from the file, to the same trust domain, bundles and deny list.
+// (without the gossip key, never on a relay's disk, and with the revoked
+// IDs as applied) and applies again, from the file, to the same trust
+// domain, bundles and deny list.
 func FuzzMemberTrustFile(f *testing.F) {
 	ca, err := identity.OpenCA(identity.CAConfig{Dir: f.TempDir()})
 	if err != nil {
@@ -57,6 +58,7 @@ func FuzzMemberTrustFile(f *testing.F) {
 	f.Add(bytes.Replace(b, []byte(`"bundles":{`), []byte(`"bundles":{"bad td!":[],`), 1))
 	f.Add(bytes.Replace(b, []byte(`"bundles":{`), []byte(`"bundles":{"other.example":["MAMBAgM="],`), 1))
 	f.Add(bytes.Replace(b, []byte(`"bundles":{`), []byte(`"bundles":{"":["MAMBAgM="],`), 1))
+	f.Add(bytes.Replace(b, []byte(`"revoked":[`), []byte(`"revoked":["spiffe://fogmesh.local/site/a/node/../node/b",`), 1))
 	f.Add([]byte(`{"trustDomain":"fogmesh.local","bundles":{"fogmesh.local":[]}}`))
 	f.Add([]byte(`{"trustDomain":"","bundles":null}`))
 	f.Add([]byte(`{`))
@@ -96,6 +98,9 @@ func FuzzMemberTrustFile(f *testing.F) {
 		}
 		if len(back.GossipKey) != 0 {
 			t.Fatal("gossip key on the relay's disk")
+		}
+		if !slices.Equal(back.Revoked, m.denied) {
+			t.Fatalf("saved revoked %q, applied %q", back.Revoked, m.denied)
 		}
 		m2 := &Member{cfg: MemberConfig{StateDir: dir}, log: log, src: identity.NewSource()}
 		if err := m2.applyTrust(&back, nil, false); err != nil || m2.td != m.td || !slices.Equal(m2.denied, m.denied) ||

@@ -44,6 +44,8 @@ type relayFile struct {
 	// MaxHandshakes and MaxHandshakesPerSource: see relay.Config.
 	MaxHandshakes          int `json:"maxHandshakes,omitempty"`
 	MaxHandshakesPerSource int `json:"maxHandshakesPerSource,omitempty"`
+	// ControlHandshakeTimeout: see relay.MemberConfig (with control only).
+	ControlHandshakeTimeout base.Duration `json:"controlHandshakeTimeout,omitempty"`
 }
 
 // checkDurations refuses a negative duration, naming its field: 0 (unset)
@@ -55,6 +57,9 @@ func (fc *relayFile) checkDurations() error {
 	}
 	if fc.IdleTimeout < 0 {
 		return fmt.Errorf("relay: idleTimeout %s is negative (0 or unset: the default, 2m)", time.Duration(fc.IdleTimeout))
+	}
+	if fc.ControlHandshakeTimeout < 0 {
+		return fmt.Errorf("relay: controlHandshakeTimeout %s is negative (0 or unset: the default, 10s)", time.Duration(fc.ControlHandshakeTimeout))
 	}
 	return nil
 }
@@ -77,6 +82,7 @@ func Run(prog string, args []string) error {
 		control    = fs.String("control", "", "control plane sync addresses, comma separated: the relay joins the mesh and follows renewals and revocations through it (instead of -cert/-key/-bundle/-deny-file)")
 		stateDir   = fs.String("state-dir", "", "with -control: where the relay keeps its key, certificate and trust (default /var/lib/fogmesh-relay)")
 		name       = fs.String("name", "", "with -control: the relay's name, its identity spiffe://<td>/relay/<name> (default: the hostname)")
+		ctlHsTime  = fs.Duration("control-handshake-timeout", 0, "with -control: give up a join attempt or a dial of the control plane whose TLS handshake takes longer (default 10s; raise it, with the control plane's -sync-handshake-timeout, for slow links)")
 		joinToken  = fs.String("join-token", os.Getenv("FOGMESH_JOIN_TOKEN"), "with -control: a relay token from 'fogmesh token create -kind relay' ($FOGMESH_JOIN_TOKEN); needed once, when the state dir holds no certificate")
 		reload     = fs.Duration("reload-interval", 0, "how often the certificate, bundle and deny files are checked for changes (default 5s)")
 		maxSess    = fs.Int("max-sessions-per-node", 0, "relayed sessions one node may take part in (default 64)")
@@ -116,6 +122,9 @@ func Run(prog string, args []string) error {
 	str("deny-file", &fc.DenyFile, *deny)
 	str("state-dir", &fc.StateDir, *stateDir)
 	str("name", &fc.Name, *name)
+	if set["control-handshake-timeout"] {
+		fc.ControlHandshakeTimeout = base.Duration(*ctlHsTime)
+	}
 	if set["control"] {
 		fc.Control = nil
 		for _, a := range strings.Split(*control, ",") {
@@ -128,8 +137,8 @@ func Run(prog string, args []string) error {
 	if member && (fc.CertFile != "" || fc.KeyFile != "" || fc.BundleFile != "" || fc.DenyFile != "") {
 		return base.Usagef("relay: -control (the relay joins the mesh) and -cert/-key/-bundle/-deny-file (the relay runs from files) do not go together")
 	}
-	if !member && (fc.StateDir != "" || fc.Name != "" || set["join-token"]) {
-		return base.Usagef("relay: -state-dir, -name and -join-token need -control")
+	if !member && (fc.StateDir != "" || fc.Name != "" || set["join-token"] || fc.ControlHandshakeTimeout != 0) {
+		return base.Usagef("relay: -state-dir, -name, -join-token and -control-handshake-timeout need -control")
 	}
 	if set["reload-interval"] {
 		fc.ReloadInterval = base.Duration(*reload)
@@ -179,7 +188,7 @@ func Run(prog string, args []string) error {
 			fc.StateDir = "/var/lib/fogmesh-relay"
 		}
 		mem, err = relay.OpenMember(ctx, relay.MemberConfig{StateDir: fc.StateDir, Control: fc.Control, Name: fc.Name,
-			JoinToken: *joinToken, Logger: log, Metrics: ms})
+			JoinToken: *joinToken, ControlHandshakeTimeout: time.Duration(fc.ControlHandshakeTimeout), Logger: log, Metrics: ms})
 		var ce *relay.ConfigError
 		if errors.As(err, &ce) {
 			return &base.UsageError{Err: err}

@@ -2,6 +2,7 @@ package relaycmd
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,14 +11,17 @@ import (
 	"github.com/fogmesh/fogmesh/internal/cli/base"
 )
 
-// TestNegativeDurationRefused: a negative reloadInterval or idleTimeout,
-// in the config file or as a flag, is a usage error naming the field, before
-// anything is read or bound; a negative reloadInterval fell back to 5s
-// without a word.
+// TestNegativeDurationRefused: a negative reloadInterval, idleTimeout or
+// controlHandshakeTimeout, in the config file or as a flag, is a usage
+// error naming the field, before anything is read or bound; a negative
+// reloadInterval fell back to 5s without a word. controlHandshakeTimeout,
+// a bound of the join and the control plane stream, needs -control.
 func TestNegativeDurationRefused(t *testing.T) {
 	dir := t.TempDir()
+	n := 0
 	cfg := func(body string) string {
-		p := filepath.Join(dir, strings.NewReplacer(":", "", " ", "", "\n", "").Replace(body)+".yaml")
+		n++
+		p := filepath.Join(dir, fmt.Sprintf("relay%d.yaml", n))
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -31,6 +35,9 @@ func TestNegativeDurationRefused(t *testing.T) {
 		{[]string{"-config", cfg("idleTimeout: -2m\n")}, "idleTimeout -2m0s is negative"},
 		{[]string{"-reload-interval=-1s"}, "reloadInterval -1s is negative"},
 		{[]string{"-idle-timeout=-1ns"}, "idleTimeout -1ns is negative"},
+		{[]string{"-config", cfg("controlHandshakeTimeout: -1s\ncontrol: [\"127.0.0.1:1\"]\nstateDir: " + dir + "\n")}, "controlHandshakeTimeout -1s is negative"},
+		{[]string{"-control", "127.0.0.1:1", "-state-dir", dir, "-control-handshake-timeout=-1ms"}, "controlHandshakeTimeout -1ms is negative"},
+		{[]string{"-control-handshake-timeout=30s"}, "need -control"},
 	} {
 		err := Run("fogmesh relay", append(c.args, "-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"))
 		var ue *base.UsageError
