@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,8 +43,35 @@ const keyNodeRegion = "node-region/"
 // nodeRegionRecord is a node's bound region.
 type nodeRegionRecord struct {
 	Region string    `json:"region"`
-	By     string    `json:"by"` // "join token ID", "registered region", "first hello"
+	By     string    `json:"by"` // "join token ID", "regional CA R", "registered region", "first hello"
 	At     time.Time `json:"at"`
+	// Issued is when the certificate of a binding by a regional CA was
+	// issued (zero for the others: a join's certificate is issued at At).
+	Issued time.Time `json:"issued,omitzero"`
+}
+
+// since returns when the certificate that made rec was issued, and
+// whether rec is an operator's decision (a join with a token, or a
+// certificate of a regional CA), which a certificate issued before it
+// does not undo; a binding by the node's own claim (its first hello, its
+// registered region) is not.
+func (rec nodeRegionRecord) since() (time.Time, bool) {
+	switch {
+	case !rec.Issued.IsZero():
+		return rec.Issued, true
+	case strings.HasPrefix(rec.By, "join token "), strings.HasPrefix(rec.By, "regional CA "):
+		return rec.At, true
+	}
+	return time.Time{}, false
+}
+
+// staleFor reports whether a certificate issued at issued, from another
+// region's CA, predates rec, an operator's decision. Certificates carry
+// whole seconds, so the comparison is in whole seconds: a certificate
+// issued in the same second is not stale.
+func (rec nodeRegionRecord) staleFor(issued time.Time) bool {
+	since, ok := rec.since()
+	return ok && issued.Before(since.Truncate(time.Second))
 }
 
 // nodeRegions counts and logs (once per node and claim) refused hellos.
@@ -64,7 +92,7 @@ type nodeRegions struct {
 // the one it names. An unreadable binding refuses a node without a CA
 // region.
 func (s *Server) checkNodeRegion(c net.Conn, node, claimed string) error {
-	issuer, err := s.nodeIssuer(c)
+	issuer, issued, err := s.nodeIssuer(c)
 	if err != nil {
 		return fmt.Errorf("node %s: %w", node, err)
 	}
@@ -72,7 +100,9 @@ func (s *Server) checkNodeRegion(c net.Conn, node, claimed string) error {
 	var rec nodeRegionRecord
 	switch {
 	case issuer != "":
-		rec = s.bindIssuerRegion(node, issuer)
+		if rec, err = s.bindIssuerRegion(node, issuer, issued); err != nil {
+			return s.refuseRegion(node, "CA "+issuer, rec, err)
+		}
 		if labels != "" && labels != issuer {
 			return s.refuseRegion(node, "labels "+labels, rec, fmt.Errorf("node %s is in region %s (its certificate was issued by region %s's CA), "+
 				"its cluster labels place it in region %s: correct the labels, or join it again in region %s", node, issuer, issuer, labels, labels))
@@ -134,45 +164,67 @@ func (s *Server) refuseRegion(node, claim string, rec nodeRegionRecord, err erro
 // again, as its handshake verified them (the connection does not keep the
 // verified chains): the region is the one of the CA on the chain to a
 // root, not of any CA certificate a peer may send besides.
-func (s *Server) nodeIssuer(c net.Conn) (string, error) {
+func (s *Server) nodeIssuer(c net.Conn) (region string, issued time.Time, err error) {
 	tc, ok := c.(*tls.Conn)
 	if !ok || s.sec == nil {
-		return "", nil
+		return "", time.Time{}, nil
 	}
 	_, chains, err := x509svid.Verify(tc.ConnectionState().PeerCertificates, s.sec.src)
 	if err != nil {
-		return "", fmt.Errorf("certificate: %w", err)
+		return "", time.Time{}, fmt.Errorf("certificate: %w", err)
 	}
-	region := ""
 	for i, ch := range chains {
 		r := identity.IssuingRegion(ch)
 		if i > 0 && r != region {
-			return "", fmt.Errorf("certificate chains to the CAs of region %q and of region %q", region, r)
+			return "", time.Time{}, fmt.Errorf("certificate chains to the CAs of region %q and of region %q", region, r)
 		}
 		region = r
 	}
-	return region, nil
+	// Every certificate a fogmesh CA issues starts ClockSkew before it
+	// was issued (identity.CA).
+	return region, tc.ConnectionState().PeerCertificates[0].NotBefore.Add(identity.ClockSkew), nil
 }
 
-// bindIssuerRegion binds node to region, its certificate's issuing CA's,
-// unless it is bound there already (a store that cannot be read or
-// written leaves it as it is, logged: the certificate decides this
-// stream's region anyway), and returns the binding. A binding to another
-// region is replaced, as a move: the node joined again at region's
-// control plane.
-func (s *Server) bindIssuerRegion(node, region string) nodeRegionRecord {
-	rec := nodeRegionRecord{Region: region, By: "regional CA " + region, At: time.Now().UTC()}
+// bindIssuerRegion binds node to region, its certificate's issuing CA's
+// (the certificate issued at issued), unless it is bound there already (a
+// store that cannot be read or written leaves it as it is, logged: the
+// certificate decides this stream's region anyway), and returns the
+// binding. A binding to another region is replaced, as a move (the node
+// joined again at region's control plane), unless an operator's decision
+// made it after the certificate was issued (a join with a token, or a
+// newer certificate of another regional CA; nodeRegionRecord.staleFor):
+// then the certificate is stale and refused, else a node moved out of a
+// region would move itself back with the certificate it had there.
+func (s *Server) bindIssuerRegion(node, region string, issued time.Time) (nodeRegionRecord, error) {
+	rec := nodeRegionRecord{Region: region, By: "regional CA " + region, At: time.Now().UTC(), Issued: issued.UTC()}
+	stale := func(had nodeRegionRecord) error {
+		return fmt.Errorf("node %s was moved to region %s (%s, %s), after its certificate from region %s's CA was issued (%s): "+
+			"connect with its current certificate, or move it back by joining again in region %s (remove the agent's node-cert.pem first)",
+			node, had.Region, had.By, had.At.Format(time.RFC3339), region, issued.UTC().Format(time.RFC3339), region)
+	}
 	var had nodeRegionRecord
 	if b, err := s.st.GetSecure(keyNodeRegion + node); err != nil {
 		s.log.Warn("control: node's region binding not read", "node", node, "region", region, "err", err)
-		return rec
-	} else if b != nil && json.Unmarshal(b, &had) == nil && had.Region == region {
-		return had
+		return rec, nil
+	} else if b != nil && json.Unmarshal(b, &had) == nil && had.Region != "" {
+		if had.Region == region {
+			return had, nil
+		}
+		if had.staleFor(issued) {
+			return had, stale(had)
+		}
 	}
+	var refused error
 	err := s.st.UpdateSecure(func(tx *store.SecureTx) error {
-		had = nodeRegionRecord{}
-		if b := tx.Get(keyNodeRegion + node); b != nil && json.Unmarshal(b, &had) == nil && had.Region == region {
-			return nil
+		had, refused = nodeRegionRecord{}, nil
+		if b := tx.Get(keyNodeRegion + node); b != nil && json.Unmarshal(b, &had) == nil && had.Region != "" {
+			if had.Region == region {
+				return nil
+			}
+			if had.staleFor(issued) {
+				refused = stale(had)
+				return nil
+			}
 		}
 		b, _ := json.Marshal(rec)
 		return tx.Put(keyNodeRegion+node, b)
@@ -180,14 +232,16 @@ func (s *Server) bindIssuerRegion(node, region string) nodeRegionRecord {
 	switch {
 	case err != nil:
 		s.log.Warn("control: node's region not recorded", "node", node, "region", region, "err", err)
+	case refused != nil:
+		return had, refused // moved meanwhile
 	case had.Region == region:
-		return had // bound meanwhile
+		return had, nil // bound meanwhile
 	case had.Region != "":
 		s.regionMoved(node, had.Region, region, "its certificate was issued by region "+region+"'s CA")
 	default:
 		s.log.Info("control: node bound to a region", "node", node, "region", region, "by", rec.By)
 	}
-	return rec
+	return rec, nil
 }
 
 // bindFirstRegion records the region of a node that has no binding and

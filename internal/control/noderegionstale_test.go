@@ -1,0 +1,80 @@
+package control
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+	"github.com/fogmesh/fogmesh/internal/wire"
+)
+
+// TestStaleRegionalCertificateCannotUndoAMove: a node of west's CA that
+// the operator moves to east (it joins again at the global plane with a
+// token of east) cannot move itself back with the certificate west's CA
+// issued it before the move: that hello is refused, and its new
+// certificate keeps working as east. Before, the old certificate's hello
+// moved the binding back to west (admitted with west's view, where the
+// operator had taken it out), and the node's current certificate was then
+// refused as east: the operator's move was undone by the node, and a
+// renewal on that stream kept it in west for good.
+func TestStaleRegionalCertificateCannotUndoAMove(t *testing.T) {
+	g := startSecure(t)
+	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
+	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := w.CreateJoinToken("s1", "", time.Minute)
+	_, old := joinIn(t, w, tok, "n1", "s1", "west")
+	if old == nil || identity.IssuingRegion(old.Certificates) != "west" {
+		t.Fatal("n1 did not join at west's plane")
+	}
+	a, m := helloIn(t, g, old, "n1", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("n1 of west's CA as west: %+v", m)
+	}
+	a.c.Close()
+	offline(t, g, "n1")
+	// Certificates carry whole seconds: the move comes a second after
+	// the old certificate was issued.
+	issued := old.Certificates[0].NotBefore.Add(identity.ClockSkew)
+	testenv.WaitFor(t, 5*time.Second, "a second past the old certificate", func() bool {
+		return time.Now().After(issued.Add(time.Second))
+	})
+	etok, _ := g.CreateJoinToken("s1", "east", time.Minute)
+	_, moved := joinIn(t, g, etok, "n1", "s1", "east")
+	if moved == nil {
+		t.Fatal("n1 did not join again in east")
+	}
+
+	a, m = helloIn(t, g, old, "n1", "s1", "west")
+	if m.Type == wire.TypeWelcome {
+		t.Fatal("n1's certificate from before its move to east was admitted as west")
+	}
+	if m.Type != wire.TypeError || !strings.Contains(m.Error, "node n1 was moved to region east") {
+		t.Fatalf("refusal: %+v", m)
+	}
+	a.c.Close()
+	a, m = helloIn(t, g, moved, "n1", "s1", "east")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("n1's current certificate as east: %+v", m)
+	}
+	a.c.Close()
+	offline(t, g, "n1")
+
+	// Joined again at west's plane after the move: its new certificate
+	// moves it back.
+	testenv.WaitFor(t, 5*time.Second, "a second past the move", func() bool {
+		return time.Now().After(moved.Certificates[0].NotBefore.Add(identity.ClockSkew + time.Second))
+	})
+	tok, _ = w.CreateJoinToken("s1", "", time.Minute)
+	_, back := joinIn(t, w, tok, "n1", "s1", "west")
+	if back == nil {
+		t.Fatal("n1 did not join again at west's plane")
+	}
+	if _, m := helloIn(t, g, back, "n1", "s1", "west"); m.Type != wire.TypeWelcome {
+		t.Fatalf("n1's certificate from west's CA after the move back: %+v", m)
+	}
+}
