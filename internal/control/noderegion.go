@@ -297,3 +297,33 @@ func (s *Server) regionMoved(node, from, to, why string) {
 		Reason: fmt.Sprintf("%s: from region %s to %s", why, from, to)})
 	s.log.Warn("control: node moved to another region", "node", node, "from", from, "to", to, "why", why)
 }
+
+// checkRenewalRegion refuses to renew, from this plane's root, the
+// certificate of node (on connection c) that a regional CA issued until
+// its binding to that region is recorded: the renewed certificate names
+// no region, so from then on the binding is what holds the node there
+// (without it, and without its node record, its next hello would bind it
+// to the region it names). The node keeps its certificate meanwhile and
+// asks again.
+func (s *Server) checkRenewalRegion(c net.Conn, node string) error {
+	if !s.sec.ca.IsRoot() {
+		return nil // a regional plane renews from its own CA: the region stays in the chain
+	}
+	issuer, issued, err := s.nodeIssuer(c)
+	if err != nil || issuer == "" {
+		return err
+	}
+	if _, err := s.bindIssuerRegion(node, issuer, issued); err != nil {
+		return err
+	}
+	var rec nodeRegionRecord
+	b, err := s.st.GetSecure(keyNodeRegion + node)
+	if err == nil && (b == nil || json.Unmarshal(b, &rec) != nil || rec.Region != issuer) {
+		err = fmt.Errorf("bound to %q", rec.Region)
+	}
+	if err != nil {
+		return fmt.Errorf("node %s: its binding to region %s, its certificate's CA's, is not recorded (%v), and a certificate renewed here names no region: "+
+			"renewal refused until it is (or renew at region %s's control plane)", node, issuer, err, issuer)
+	}
+	return nil
+}

@@ -1,11 +1,14 @@
 package control
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/store"
 	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -76,5 +79,70 @@ func TestStaleRegionalCertificateCannotUndoAMove(t *testing.T) {
 	}
 	if _, m := helloIn(t, g, back, "n1", "s1", "west"); m.Type != wire.TypeWelcome {
 		t.Fatalf("n1's certificate from west's CA after the move back: %+v", m)
+	}
+}
+
+// TestRenewalWaitsForTheRegionalBinding: the global plane renews a node
+// of west's CA from the root (a certificate naming no region) only once
+// the node's binding to west is recorded. While the store cannot record
+// it, the hello is served (its certificate says west) but the renewal is
+// refused, so the node keeps its certificate from west's CA. Before, the
+// renewal went through, and once its node record was gone (deleted as a
+// stale node's is) the node's next hello, with the root's certificate and
+// no binding, bound it to whatever region it named.
+func TestRenewalWaitsForTheRegionalBinding(t *testing.T) {
+	dir := t.TempDir()
+	bst, err := store.Open(filepath.Join(dir, "fogmesh.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := &faultStore{Backend: bst}
+	g := serveControl(t, Config{StateDir: dir, AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+		HeartbeatInterval: 200 * time.Millisecond, Store: fs})
+	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
+	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := w.CreateJoinToken("s1", "", time.Minute)
+	_, svid := joinIn(t, w, tok, "n2", "s1", "west")
+	if svid == nil {
+		t.Fatal("n2 did not join at west's plane")
+	}
+	fs.failWhen(func(tx *store.SecureTx) error {
+		if tx.Get(keyNodeRegion+"n2") != nil {
+			return errStoreFault
+		}
+		return nil
+	})
+	a, m := helloIn(t, g, svid, "n2", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("n2 of west's CA as west, its binding not recorded: %+v", m)
+	}
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	a.send(&wire.Message{Type: wire.TypeRenew, CSR: csr})
+	cm := readUntil(t, a.r, "the renewal's answer", func(m *wire.Message) bool { return m.Type == wire.TypeCert || m.Type == wire.TypeError })
+	if cm.Type == wire.TypeCert {
+		certs, _ := identity.ParseDERs(cm.Certificates)
+		renewed, _ := identity.NewSVID(certs, key)
+		a.c.Close()
+		offline(t, g, "n2")
+		fs.failWhen(nil)
+		if _, err := g.st.Update(func(tx *store.Tx) error { return tx.Delete(api.KindNode + "/n2") }); err != nil {
+			t.Fatal(err)
+		}
+		_, m := helloIn(t, g, renewed, "n2", "s1", "east")
+		t.Fatalf("renewed from the root without n2's binding to west; its hello as east then: %s %s", m.Type, m.Error)
+	}
+	if !strings.Contains(cm.Error, "region west") {
+		t.Fatalf("renewal refusal: %+v", cm)
+	}
+	// Once the store records it, the renewal goes through.
+	fs.failWhen(nil)
+	a.send(&wire.Message{Type: wire.TypeRenew, CSR: csr})
+	cm = readUntil(t, a.r, "the renewal's answer", func(m *wire.Message) bool { return m.Type == wire.TypeCert || m.Type == wire.TypeError })
+	if cm.Type != wire.TypeCert {
+		t.Fatalf("renewal with the store back: %+v", cm)
 	}
 }

@@ -786,6 +786,9 @@ func (s *Server) renew(st *stream, peer spiffeid.ID, m *wire.Message) error {
 	if s.sec.revoked(st.node) {
 		return errRevoked
 	}
+	if err := s.checkRenewalRegion(st.c, st.node); err != nil {
+		return err
+	}
 	csr, err := identity.ParseCSR(m.CSR)
 	if err != nil {
 		return err
