@@ -111,6 +111,9 @@ func (s *Server) checkNodeRegion(c net.Conn, node, claimed string) error {
 			claimed = labels // they place it (topology), whatever its hello names
 		}
 	case labels != "":
+		if b, err := s.st.GetSecure(keyNodeRegion + node); err == nil && b != nil && json.Unmarshal(b, &rec) == nil {
+			return s.revokedCA(node, rec)
+		}
 		return nil
 	default:
 		b, err := s.st.GetSecure(keyNodeRegion + node)
@@ -121,6 +124,9 @@ func (s *Server) checkNodeRegion(c net.Conn, node, claimed string) error {
 			rec = s.bindFirstRegion(node, claimed)
 		} else if json.Unmarshal(b, &rec) != nil || rec.Region == "" {
 			return fmt.Errorf("node %s: region binding unreadable; join again with a token (fogmesh token create -site SITE -region REGION)", node)
+		}
+		if err := s.revokedCA(node, rec); err != nil {
+			return err
 		}
 	}
 	if rec.Region == claimed {
@@ -310,8 +316,15 @@ func (s *Server) checkRenewalRegion(c net.Conn, node string) error {
 		return nil // a regional plane renews from its own CA: the region stays in the chain
 	}
 	issuer, issued, err := s.nodeIssuer(c)
-	if err != nil || issuer == "" {
+	if err != nil {
 		return err
+	}
+	if issuer == "" {
+		var rec nodeRegionRecord
+		if b, err := s.st.GetSecure(keyNodeRegion + node); err == nil && b != nil && json.Unmarshal(b, &rec) == nil {
+			return s.revokedCA(node, rec)
+		}
+		return nil
 	}
 	if _, err := s.bindIssuerRegion(node, issuer, issued); err != nil {
 		return err
@@ -326,4 +339,41 @@ func (s *Server) checkRenewalRegion(c net.Conn, node string) error {
 			"renewal refused until it is (or renew at region %s's control plane)", node, issuer, err, issuer)
 	}
 	return nil
+}
+
+// revokedCA refuses node, bound by rec, when a regional CA's certificate
+// made rec (the node's certificate now, a root's, was renewed from it at
+// this plane) and that region is revoked: the node descends from the
+// revoked CA as much as the certificates it issued do, else a node minted
+// by a compromised regional CA and renewed here once would outlive the
+// region's revocation. A join with a token rebinds it.
+func (s *Server) revokedCA(node string, rec nodeRegionRecord) error {
+	r, ok := strings.CutPrefix(rec.By, "regional CA ")
+	if !ok {
+		return nil
+	}
+	id, err := identity.RegionID(s.sec.ca.TrustDomain(), r)
+	if err != nil || !s.sec.src.Denied(id.String()) {
+		return nil
+	}
+	return fmt.Errorf("node %s: its certificate was renewed from one issued by region %s's CA, which is revoked: "+
+		"join it again (fogmesh token create -site SITE -region REGION; remove the agent's node-cert.pem first)", node, r)
+}
+
+// nodesOfRegionCA returns the nodes a certificate of region's CA bound
+// (revokeRegion closes their streams, whatever certificate they hold now).
+func (s *Server) nodesOfRegionCA(region string) map[string]bool {
+	kvs, err := s.st.ListSecure(keyNodeRegion)
+	if err != nil {
+		s.log.Warn("control: region bindings not listed", "region", region, "err", err)
+		return nil
+	}
+	nodes := map[string]bool{}
+	for _, kv := range kvs {
+		var rec nodeRegionRecord
+		if json.Unmarshal(kv.Value, &rec) == nil && rec.By == "regional CA "+region {
+			nodes[strings.TrimPrefix(kv.Key, keyNodeRegion)] = true
+		}
+	}
+	return nodes
 }

@@ -146,3 +146,79 @@ func TestRenewalWaitsForTheRegionalBinding(t *testing.T) {
 		t.Fatalf("renewal with the store back: %+v", cm)
 	}
 }
+
+// TestRevokedRegionTakesItsRenewedNodes: a node of west's CA whose
+// certificate the global plane renewed from the root still descends from
+// west's CA (its binding says so): once region west is revoked, its hello
+// and its renewal are refused, and it can come back only by joining again.
+// Before, the root's certificate outlived the revocation and was renewed
+// for good: a node minted by a compromised regional CA, renewed once at
+// the global plane, survived the region's revocation.
+func TestRevokedRegionTakesItsRenewedNodes(t *testing.T) {
+	// Heartbeats far apart: a stream that ends within the test's wait was
+	// closed, not dropped as silent.
+	g := serveControl(t, Config{StateDir: t.TempDir(), AdminAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
+		HeartbeatInterval: 10 * time.Second})
+	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
+	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := w.CreateJoinToken("s1", "", time.Minute)
+	_, svid := joinIn(t, w, tok, "n3", "s1", "west")
+	if svid == nil {
+		t.Fatal("n3 did not join at west's plane")
+	}
+	a, m := helloIn(t, g, svid, "n3", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("n3 of west's CA as west: %+v", m)
+	}
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	a.send(&wire.Message{Type: wire.TypeRenew, CSR: csr})
+	cm := readUntil(t, a.r, "renewed certificate", func(m *wire.Message) bool { return m.Type == wire.TypeCert || m.Type == wire.TypeError })
+	certs, _ := identity.ParseDERs(cm.Certificates)
+	renewed, err := identity.NewSVID(certs, key)
+	if cm.Type != wire.TypeCert || err != nil {
+		t.Fatalf("renewal at the global plane: %+v %v", cm, err)
+	}
+	a.c.Close()
+	offline(t, g, "n3")
+	a, m = helloIn(t, g, renewed, "n3", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("n3's renewed certificate as west: %+v", m)
+	}
+
+	if _, err := g.revokeRegion("west"); err != nil {
+		t.Fatal(err)
+	}
+	// Its open stream is closed.
+	a.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		if _, err := a.r.Read(); err != nil {
+			if ne, ok := err.(interface{ Timeout() bool }); ok && ne.Timeout() {
+				t.Fatal("n3's stream, of a certificate renewed from west's, still open after west was revoked")
+			}
+			break
+		}
+	}
+	offline(t, g, "n3")
+	a, m = helloIn(t, g, renewed, "n3", "s1", "west")
+	if m.Type == wire.TypeWelcome {
+		a.send(&wire.Message{Type: wire.TypeRenew, CSR: csr})
+		cm := readUntil(t, a.r, "renewal", func(m *wire.Message) bool { return m.Type == wire.TypeCert || m.Type == wire.TypeError })
+		t.Fatalf("n3's root certificate, renewed from west's, admitted after west was revoked (a renewal then: %s %s)", cm.Type, cm.Error)
+	}
+	if m.Type != wire.TypeError || !strings.Contains(m.Error, "region west's CA, which is revoked") {
+		t.Fatalf("refusal: %+v", m)
+	}
+	// A join with a token of the global plane takes it back.
+	gtok, _ := g.CreateJoinToken("s1", "east", time.Minute)
+	_, back := joinIn(t, g, gtok, "n3", "s1", "east")
+	if back == nil {
+		t.Fatal("n3 did not join again at the global plane")
+	}
+	if _, m := helloIn(t, g, back, "n3", "s1", "east"); m.Type != wire.TypeWelcome {
+		t.Fatalf("n3 joined again in east: %+v", m)
+	}
+}

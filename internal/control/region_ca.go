@@ -247,11 +247,13 @@ func (s *Server) revokeRegion(name string) (string, error) {
 		return "", err
 	}
 	// The region's own link, and the sync streams of nodes whose
-	// certificate its intermediate issued.
+	// certificate its intermediate issued, or was renewed here from one
+	// it issued.
+	nodes := s.nodesOfRegionCA(name)
 	n := 0
 	s.mu.Lock()
 	for c, who := range s.streams {
-		if who == "region:"+name || issuedByRegion(c, name) {
+		if who == "region:"+name || issuedByRegion(c, name) || nodes[who] {
 			c.Close()
 			n++
 		}
