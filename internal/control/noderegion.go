@@ -306,11 +306,13 @@ func (s *Server) regionMoved(node, from, to, why string) {
 
 // checkRenewalRegion refuses to renew, from this plane's root, the
 // certificate of node (on connection c) that a regional CA issued until
-// its binding to that region is recorded: the renewed certificate names
-// no region, so from then on the binding is what holds the node there
-// (without it, and without its node record, its next hello would bind it
-// to the region it names). The node keeps its certificate meanwhile and
-// asks again.
+// its binding to that region, by that CA, is recorded: the renewed
+// certificate names no region, so from then on the binding is what holds
+// the node there (without it, and without its node record, its next hello
+// would bind it to the region it names) and what ties it to the CA's
+// revocation (revokedCA). The node keeps its certificate meanwhile and
+// asks again. A root's certificate is not renewed for a node bound by a
+// revoked region's CA.
 func (s *Server) checkRenewalRegion(c net.Conn, node string) error {
 	if !s.sec.ca.IsRoot() {
 		return nil // a regional plane renews from its own CA: the region stays in the chain
@@ -329,11 +331,19 @@ func (s *Server) checkRenewalRegion(c net.Conn, node string) error {
 	if _, err := s.bindIssuerRegion(node, issuer, issued); err != nil {
 		return err
 	}
-	var rec nodeRegionRecord
-	b, err := s.st.GetSecure(keyNodeRegion + node)
-	if err == nil && (b == nil || json.Unmarshal(b, &rec) != nil || rec.Region != issuer) {
-		err = fmt.Errorf("bound to %q", rec.Region)
-	}
+	// Bound there by the CA (revokedCA), even if a join with a token
+	// bound it to that region before.
+	by := "regional CA " + issuer
+	err = s.st.UpdateSecure(func(tx *store.SecureTx) error {
+		var rec nodeRegionRecord
+		if b := tx.Get(keyNodeRegion + node); b == nil || json.Unmarshal(b, &rec) != nil || rec.Region != issuer {
+			return fmt.Errorf("bound to %q", rec.Region)
+		} else if rec.By == by {
+			return nil
+		}
+		b, _ := json.Marshal(nodeRegionRecord{Region: issuer, By: by, At: time.Now().UTC(), Issued: issued.UTC()})
+		return tx.Put(keyNodeRegion+node, b)
+	})
 	if err != nil {
 		return fmt.Errorf("node %s: its binding to region %s, its certificate's CA's, is not recorded (%v), and a certificate renewed here names no region: "+
 			"renewal refused until it is (or renew at region %s's control plane)", node, issuer, err, issuer)

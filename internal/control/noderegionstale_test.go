@@ -222,3 +222,49 @@ func TestRevokedRegionTakesItsRenewedNodes(t *testing.T) {
 		t.Fatalf("n3 joined again in east: %+v", m)
 	}
 }
+
+// TestRevokedRegionTakesRenewalsOfTokenBoundNodes: a node bound to west
+// by a join with a token at the global plane, that then holds a
+// certificate of west's CA (joined at west's plane, or minted there by
+// whoever holds that CA) and has it renewed at the global plane, is
+// refused once west is revoked, like any node renewed from west's CA.
+// Before, its binding by the token hid where the renewed certificate
+// came from.
+func TestRevokedRegionTakesRenewalsOfTokenBoundNodes(t *testing.T) {
+	g := startSecure(t)
+	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
+	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gtok, _ := g.CreateJoinToken("s1", "west", time.Minute)
+	if _, first := joinIn(t, g, gtok, "n4", "s1", "west"); first == nil {
+		t.Fatal("n4 did not join at the global plane")
+	}
+	tok, _ := w.CreateJoinToken("s1", "", time.Minute)
+	_, svid := joinIn(t, w, tok, "n4", "s1", "west")
+	if svid == nil {
+		t.Fatal("n4 did not join at west's plane")
+	}
+	a, m := helloIn(t, g, svid, "n4", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("n4 of west's CA as west: %+v", m)
+	}
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	a.send(&wire.Message{Type: wire.TypeRenew, CSR: csr})
+	cm := readUntil(t, a.r, "renewed certificate", func(m *wire.Message) bool { return m.Type == wire.TypeCert || m.Type == wire.TypeError })
+	certs, _ := identity.ParseDERs(cm.Certificates)
+	renewed, err := identity.NewSVID(certs, key)
+	if cm.Type != wire.TypeCert || err != nil {
+		t.Fatalf("renewal at the global plane: %+v %v", cm, err)
+	}
+	a.c.Close()
+	offline(t, g, "n4")
+	if _, err := g.revokeRegion("west"); err != nil {
+		t.Fatal(err)
+	}
+	if _, m := helloIn(t, g, renewed, "n4", "s1", "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "region west's CA, which is revoked") {
+		t.Fatalf("n4's certificate renewed from west's CA's, after west was revoked: %+v", m)
+	}
+}
