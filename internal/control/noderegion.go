@@ -135,6 +135,11 @@ func (s *Server) checkNodeRegion(c net.Conn, node, claimed string) error {
 		s.regions.mu.Unlock()
 		return nil
 	}
+	if issuer != "" && s.cfg.Mode == ModeRegional {
+		return s.refuseRegion(node, claimed, rec, fmt.Errorf("node %s is in region %s (its certificate was issued by region %s's CA); this control plane serves region %s: "+
+			"connect its agent to region %s's control plane or the global one, or move it by joining again here (remove the agent's node-cert.pem first)",
+			node, issuer, issuer, s.cfg.Region, issuer))
+	}
 	if issuer != "" {
 		return s.refuseRegion(node, claimed, rec, fmt.Errorf("node %s is in region %s (its certificate was issued by region %s's CA), its hello names region %s: "+
 			"run its agent with -region %s, or move it by joining again in region %s (at its control plane, or with fogmesh token create -site SITE -region %s at the global one; remove the agent's node-cert.pem first)",

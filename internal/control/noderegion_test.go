@@ -427,6 +427,11 @@ func TestRegionalPlaneRefusesAnotherRegionsNode(t *testing.T) {
 	if m.Type != wire.TypeError || !strings.Contains(m.Error, "node w2 is in region west (its certificate was issued by region west's CA)") {
 		t.Fatalf("refusal: %+v", m)
 	}
+	// What to do here: its agent with -region west would be refused by
+	// this plane as well.
+	if !strings.Contains(m.Error, "this control plane serves region east") || strings.Contains(m.Error, "run its agent with -region west") {
+		t.Fatalf("refusal at east's plane says: %s", m.Error)
+	}
 }
 
 // TestRegionalCertificateOverridesClusterLabels: cluster labels that
