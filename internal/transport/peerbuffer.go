@@ -20,10 +20,13 @@ import (
 // server sums NumStreams over the peer's live yamux sessions: yamux's own
 // count of the streams it holds (accepted, waiting in the accept backlog,
 // closed here but not by the peer). Past the budget, in windows, the
-// stream is refused as over the stream cap. Refused streams the peer
-// leaves open still count, so once a peer reaches the budget all its new
-// streams are refused until it closes some or yamux releases them: what
-// the peer holds stays bounded. The cost is one loop over the peer's
+// stream is refused as over the stream cap. A refused stream stays in
+// yamux too, with its whole window granted (AcceptStream sends the window
+// update), until the peer closes it: this agent's client does so as soon
+// as it reads the refusal, so a peer holding well past the budget
+// (bufferCutAt) leaves its refused streams open, and the session of its
+// next stream is cut, which frees all of that session's streams. Without
+// the cut, each refusal would add a lingering stream for a minute. The cost is one loop over the peer's
 // sessions (at most maxSessionsPerPeer) per accepted stream, under a
 // per-peer lock; nothing per read or write, and no stream is read or kept.
 // QUIC connections have their own connection-wide flow control.
@@ -38,6 +41,7 @@ type peerBuffer struct {
 	bytes    int64            // 0: twice the stream cap's windows; < 0: none
 	noCap    bool             // the stream cap is off: no default budget
 	rejected *metrics.Counter // fogmesh_agent_peer_buffer_rejections_total
+	cuts     *metrics.Counter // fogmesh_agent_peer_buffer_session_cuts_total
 	lastWarn atomic.Int64     // unix nanoseconds of the last warning
 }
 
@@ -46,6 +50,7 @@ func newPeerBuffer(bytes int, maxStreams int64, set *metrics.Set) peerBuffer {
 		bytes:    int64(bytes),
 		noCap:    maxStreams <= 0,
 		rejected: set.GetOrCreateCounter(`fogmesh_agent_peer_buffer_rejections_total`),
+		cuts:     set.GetOrCreateCounter(`fogmesh_agent_peer_buffer_session_cuts_total`),
 	}
 }
 
@@ -101,25 +106,46 @@ func (p *peerSessions) held() int {
 	return n
 }
 
-// overBuffer reports (and counts, and logs) whether a stream just
+// What overBuffer decides for a stream just accepted.
+const (
+	bufferOK     = iota
+	bufferRefuse // refuse the stream as over the stream cap
+	bufferCut    // close the stream's session
+)
+
+// bufferCutAt is how many streams yamux may hold for one peer, with a
+// budget of limit, before the session of its next stream is cut: a
+// refused stream stays in yamux (with its whole window granted) until the
+// peer closes it, which this agent's client does at once, so a peer past
+// this leaves its refused streams open. The slack is for refusals in
+// flight.
+func bufferCutAt(limit int) int { return limit + max(limit/4, 16) }
+
+// overBuffer decides (and counts, and logs) whether a stream just
 // accepted from pc's peer puts the streams yamux holds for it past the
-// budget of limit streams (0: none).
-func (s *Server) overBuffer(pc *peerCount, limit int, log *slog.Logger) bool {
+// budget of limit streams (0: none): refused past limit, its session cut
+// past bufferCutAt(limit).
+func (s *Server) overBuffer(pc *peerCount, limit int, log *slog.Logger) int {
 	if limit <= 0 {
-		return false
+		return bufferOK
 	}
 	held := pc.yamux.held() // the new stream included
 	if held <= limit {
-		return false
+		return bufferOK
 	}
 	b := &s.limit.buf
-	b.rejected.Inc()
+	verdict, msg := bufferRefuse, "mesh: stream refused over the peer's buffer budget"
+	if held > bufferCutAt(limit) {
+		verdict, msg = bufferCut, "mesh: session cut: its peer leaves refused streams open past its buffer budget"
+		b.cuts.Inc()
+	} else {
+		b.rejected.Inc()
+	}
 	level := slog.LevelDebug
 	now := time.Now().UnixNano()
 	if last := b.lastWarn.Load(); now-last >= int64(peerBufferWarnEvery) && b.lastWarn.CompareAndSwap(last, now) {
 		level = slog.LevelWarn
 	}
-	log.Log(s.ctx, level, "mesh: stream refused over the peer's buffer budget",
-		"held", held, "budget", fmt.Sprintf("%d streams of %d bytes", limit, s.cfg.StreamWindow))
-	return true
+	log.Log(s.ctx, level, msg, "held", held, "budget", fmt.Sprintf("%d streams of %d bytes", limit, s.cfg.StreamWindow))
+	return verdict
 }

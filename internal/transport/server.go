@@ -436,7 +436,12 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		}
 		sc := newStreamConn(st)
 		sc.cause = auth.cause
-		if s.overBuffer(pc, budget, log) || !s.limit.acquire(pc) {
+		v := s.overBuffer(pc, budget, log)
+		if v == bufferCut {
+			st.Close()
+			return
+		}
+		if v == bufferRefuse || !s.limit.acquire(pc) {
 			s.refuseOverCap(sc)
 			st, err = sess.AcceptStreamWithContext(ctx)
 			continue
