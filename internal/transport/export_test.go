@@ -79,3 +79,15 @@ func (c *QUICClient) PeersForTest() []string {
 	slices.Sort(peers)
 	return peers
 }
+
+// yamuxStreamsForTest returns the streams yamux holds in the server's
+// sessions: served, lingering after their end, and not yet accepted.
+func (s *Server) yamuxStreamsForTest() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for sess := range s.sessions {
+		n += sess.NumStreams()
+	}
+	return n
+}
