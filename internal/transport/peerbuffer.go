@@ -23,8 +23,9 @@ import (
 // stream is refused as over the stream cap. A refused stream stays in
 // yamux too, with its whole window granted (AcceptStream sends the window
 // update), until the peer closes it: this agent's client does so as soon
-// as it reads the refusal, so a peer holding well past the budget
-// (bufferCutAt) leaves its refused streams open, and the session of its
+// as it reads the refusal, so a peer holding well past the budget and
+// what a burst of streams explains (bufferCutAt) leaves its refused
+// streams open, and the session of its
 // next stream is cut, which frees all of that session's streams. Without
 // the cut, each refusal would add a lingering stream for a minute. The cost is one loop over the peer's
 // sessions (at most maxSessionsPerPeer) per accepted stream, under a
@@ -95,15 +96,15 @@ func (p *peerSessions) remove(s *yamux.Session) {
 	}
 }
 
-// held returns the streams yamux holds over the peer's sessions.
-func (p *peerSessions) held() int {
+// held returns the streams yamux holds over the peer's sessions, and how
+// many sessions.
+func (p *peerSessions) held() (streams, sessions int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	n := 0
 	for _, s := range p.list {
-		n += s.NumStreams()
+		streams += s.NumStreams()
 	}
-	return n
+	return streams, len(p.list)
 }
 
 // What overBuffer decides for a stream just accepted.
@@ -113,13 +114,21 @@ const (
 	bufferCut    // close the stream's session
 )
 
-// bufferCutAt is how many streams yamux may hold for one peer, with a
-// budget of limit, before the session of its next stream is cut: a
-// refused stream stays in yamux (with its whole window granted) until the
-// peer closes it, which this agent's client does at once, so a peer past
-// this leaves its refused streams open. The slack is for refusals in
-// flight.
-func bufferCutAt(limit int) int { return limit + max(limit/4, 16) }
+// bufferCutAt is how many streams yamux may hold for one peer with
+// sessions sessions, with a budget of limit, before the session of its
+// next stream is cut. A refused stream stays in yamux (with its whole
+// window granted) until the peer closes it, which this agent's client
+// does as soon as it reads the refusal; but a burst of streams holds more
+// than that for a while: each session's accept backlog (up to
+// AcceptBacklog streams not yet taken, which a client may have in flight
+// at once) and the refused ones whose close is on its way (as many
+// again). A peer past that leaves its refused streams open.
+func bufferCutAt(limit, sessions int) int {
+	return limit + max(limit/4, 16) + 2*yamuxAcceptBacklog*sessions
+}
+
+// yamuxAcceptBacklog is yamuxConfig's AcceptBacklog (yamux's default).
+var yamuxAcceptBacklog = yamux.DefaultConfig().AcceptBacklog
 
 // overBuffer decides (and counts, and logs) whether a stream just
 // accepted from pc's peer puts the streams yamux holds for it past the
@@ -129,13 +138,13 @@ func (s *Server) overBuffer(pc *peerCount, limit int, log *slog.Logger) int {
 	if limit <= 0 {
 		return bufferOK
 	}
-	held := pc.yamux.held() // the new stream included
+	held, sessions := pc.yamux.held() // the new stream included
 	if held <= limit {
 		return bufferOK
 	}
 	b := &s.limit.buf
 	verdict, msg := bufferRefuse, "mesh: stream refused over the peer's buffer budget"
-	if held > bufferCutAt(limit) {
+	if held > bufferCutAt(limit, sessions) {
 		verdict, msg = bufferCut, "mesh: session cut: its peer leaves refused streams open past its buffer budget"
 		b.cuts.Inc()
 	} else {

@@ -155,14 +155,16 @@ func TestPeerBufferBoundsServedStreams(t *testing.T) {
 // TestPeerBufferCutsPeerLeavingRefusedStreamsOpen: a refused stream stays
 // in yamux, its window granted, until the peer closes it too (or for a
 // minute). A peer that opens streams, is refused and never closes them
-// made the agent hold as many as it opened in a minute; now the streams
-// yamux holds for it stay within bufferCutAt of the budget: past it, its
-// session is cut, which frees them all, and the peer may start again.
+// made the agent hold as many as it opened in a minute (refusing them over
+// the budget alone does not help: each refusal lingers too); now the
+// streams yamux holds for it stay within bufferCutAt (the budget, and what
+// a burst on one session explains): past it, its session is cut, which
+// frees them all, and the peer may start again.
 func TestPeerBufferCutsPeerLeavingRefusedStreamsOpen(t *testing.T) {
 	const (
 		window = MinStreamWindow
 		limit  = 16 // the budget in windows
-		opens  = 600
+		opens  = 2000
 	)
 	work := serveWorkload(t, "127.0.0.1:0", echo)
 	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"web-1": work}, func(c *ServerConfig) {
@@ -186,7 +188,7 @@ func TestPeerBufferCutsPeerLeavingRefusedStreamsOpen(t *testing.T) {
 		maxHeld = max(maxHeld, srv.yamuxStreamsForTest())
 	}
 	t.Logf("%d refused streams left open (%d over the budget); the agent's yamux held at most %d streams", answered, busy, maxHeld)
-	if max := bufferCutAt(limit); maxHeld > max {
+	if max := bufferCutAt(limit, 1); maxHeld > max {
 		t.Errorf("the agent's yamux held %d streams of a peer that leaves refused ones open, want at most %d (a budget of %d)", maxHeld, max, limit)
 	}
 	if answered == opens {
@@ -198,6 +200,52 @@ func TestPeerBufferCutsPeerLeavingRefusedStreamsOpen(t *testing.T) {
 
 	c, _ := newClient(t)
 	dialRoundTrip(t, c, srv.addr, "web-1", "the peer is served again")
+}
+
+// TestPeerBufferBurstNotCut: a burst of 128 streams at once from this
+// agent's client, against a budget of 16 windows, fills the session's
+// accept backlog, which yamux counts as held: streams are refused, but
+// the session is not cut (refused streams are closed by the client at
+// once), and every stream is either served or refused as busy.
+func TestPeerBufferBurstNotCut(t *testing.T) {
+	const (
+		window = MinStreamWindow
+		limit  = 16
+		burst  = 128
+	)
+	work := serveWorkload(t, "127.0.0.1:0", echo)
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"web-1": work}, func(c *ServerConfig) {
+		c.StreamWindow = window
+		c.PeerStreams = NewPeerStreams(0, limit*window, c.Metrics)
+	})
+	c, _ := newClient(t)
+	var (
+		mu          sync.Mutex
+		served, bus int
+		wg          sync.WaitGroup
+	)
+	for range burst {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := c.Dial(t.Context(), srv.addr, header("web-1"))
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				served++
+				conn.Close()
+			case errors.Is(err, ErrPeerBusy):
+				bus++
+			default:
+				t.Errorf("stream of a burst: %v, want served or refused as busy", err)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d served, %d refused as busy", served, bus)
+	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 0`)
+	dialRoundTrip(t, c, srv.addr, "web-1", "the session still serves")
 }
 
 // TestPeerBufferDefaultWithinCap: with the default budget (twice the
