@@ -71,6 +71,8 @@ func (l *PeerStreams) bufferStreams(window int) int {
 // peerSessions is one peer's live server-side yamux sessions, each from
 // its setup to its end.
 type peerSessions struct {
+	served atomic.Int64 // its yamux streams being served (serveConn)
+
 	mu   sync.Mutex
 	list []*yamux.Session
 }
@@ -130,16 +132,21 @@ func bufferCutAt(limit, sessions int) int {
 // yamuxAcceptBacklog is yamuxConfig's AcceptBacklog (yamux's default).
 var yamuxAcceptBacklog = yamux.DefaultConfig().AcceptBacklog
 
-// overBuffer decides (and counts, and logs) whether a stream just
-// accepted from pc's peer puts the streams yamux holds for it past the
-// budget of limit streams (0: none): refused past limit, its session cut
-// past bufferCutAt(limit).
+// overBuffer decides (and counts, and logs) what to do with a stream just
+// accepted from pc's peer, with a budget of limit streams (0: none):
+// refuse it if the peer has limit yamux streams being served (an exact
+// count: streams in yamux's accept backlog must not count, or a burst of
+// streams would all be refused), and cut its session if yamux holds more
+// than bufferCutAt for the peer (the served ones, the backlog, and the
+// closed ones the peer keeps open). Checked per session, the served count
+// may pass limit by one per other session of the peer accepting at once.
 func (s *Server) overBuffer(pc *peerCount, limit int, log *slog.Logger) int {
 	if limit <= 0 {
 		return bufferOK
 	}
 	held, sessions := pc.yamux.held() // the new stream included
-	if held <= limit {
+	served := pc.yamux.served.Load()
+	if served < int64(limit) && held <= bufferCutAt(limit, sessions) {
 		return bufferOK
 	}
 	b := &s.limit.buf
@@ -155,6 +162,7 @@ func (s *Server) overBuffer(pc *peerCount, limit int, log *slog.Logger) int {
 	if last := b.lastWarn.Load(); now-last >= int64(peerBufferWarnEvery) && b.lastWarn.CompareAndSwap(last, now) {
 		level = slog.LevelWarn
 	}
-	log.Log(s.ctx, level, msg, "held", held, "budget", fmt.Sprintf("%d streams of %d bytes", limit, s.cfg.StreamWindow))
+	log.Log(s.ctx, level, msg, "served", served, "held", held,
+		"budget", fmt.Sprintf("%d streams of %d bytes", limit, s.cfg.StreamWindow))
 	return verdict
 }

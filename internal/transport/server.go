@@ -464,8 +464,9 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 			err = yamux.ErrSessionShutdown
 			continue
 		}
-		s.wg.Add(1) // the counter is > 0: serveConn holds one
-		go s.serveStreamThen(ctx, sc, nil, pc, func() { <-opening })
+		s.wg.Add(1)            // the counter is > 0: serveConn holds one
+		pc.yamux.served.Add(1) // for the buffer budget (peerbuffer.go)
+		go func() { defer pc.yamux.served.Add(-1); s.serveStreamThen(ctx, sc, nil, pc, func() { <-opening }) }()
 		st, err = sess.AcceptStreamWithContext(ctx)
 	}
 	if ctx.Err() == nil || errors.Is(err, context.DeadlineExceeded) {
