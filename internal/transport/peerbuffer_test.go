@@ -204,9 +204,10 @@ func TestPeerBufferCutsPeerLeavingRefusedStreamsOpen(t *testing.T) {
 
 // TestPeerBufferBurstNotCut: a burst of 128 streams at once from this
 // agent's client, against a budget of 16 windows, fills the session's
-// accept backlog, which yamux counts as held: streams are refused, but
-// the session is not cut (refused streams are closed by the client at
-// once), and every stream is either served or refused as busy.
+// accept backlog, which yamux counts as held: the budget's streams are
+// served (the backlog is not counted against it) and the rest refused as
+// busy, and the session is not cut (refused streams are closed by the
+// client at once).
 func TestPeerBufferBurstNotCut(t *testing.T) {
 	const (
 		window = MinStreamWindow
@@ -244,7 +245,11 @@ func TestPeerBufferBurstNotCut(t *testing.T) {
 	}
 	wg.Wait()
 	t.Logf("%d served, %d refused as busy", served, bus)
+	if served == 0 || served > limit {
+		t.Errorf("%d streams of the burst served, want 1 to %d", served, limit)
+	}
 	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 0`)
+	eventually(t, "the served streams ended", func() bool { return srv.ActiveStreams() == 0 })
 	dialRoundTrip(t, c, srv.addr, "web-1", "the session still serves")
 }
 
@@ -252,7 +257,7 @@ func TestPeerBufferBurstNotCut(t *testing.T) {
 // stream cap's windows) the cap decides alone, even while the agent's
 // ended streams linger in yamux: a peer holds its cap of streams the agent
 // closed (their header timed out) and not yet closed by the peer, and
-// still gets its cap of new streams; the next one is refused.
+// still gets its cap of new streams; the next one is refused by the cap.
 func TestPeerBufferDefaultWithinCap(t *testing.T) {
 	const maxStreams = 64
 	work := serveWorkload(t, "127.0.0.1:0", echo)
@@ -291,9 +296,8 @@ func TestPeerBufferDefaultWithinCap(t *testing.T) {
 	if err != nil || code != StatusRefused || !strings.HasPrefix(msg, errPeerStreams.Error()) {
 		t.Fatalf("stream over the cap: %v %v %q, want refused as too many streams", err, code, msg)
 	}
-	// The budget is checked first (so that a peer past it is cut even when
-	// the cap refuses all its streams): this one is past both.
-	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_rejections_total 1`)
+	wantMetric(t, srv.metrics, `fogmesh_agent_peer_stream_limit_rejections_total 1`)
+	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_rejections_total 0`)
 	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 0`)
 	for _, st := range lingering {
 		st.Close()
