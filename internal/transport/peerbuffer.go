@@ -15,22 +15,27 @@ import (
 // stream its whole receive window when it is accepted and has no
 // session-wide flow control, so a peer's streams may make the agent buffer
 // a window each; and a stream the agent closed (refused, or done) stays in
-// yamux, with whatever the peer sent on it, until the peer closes it too or
-// for StreamCloseTimeout (a minute). So at each stream it accepts, the
-// server sums NumStreams over the peer's live yamux sessions: yamux's own
-// count of the streams it holds (accepted, waiting in the accept backlog,
-// closed here but not by the peer). Past the budget, in windows, the
-// stream is refused as over the stream cap. A refused stream stays in
-// yamux too, with its whole window granted (AcceptStream sends the window
-// update), until the peer closes it: this agent's client does so as soon
-// as it reads the refusal, so a peer holding well past the budget and
-// what a burst of streams explains (bufferCutAt) leaves its refused
-// streams open, and the session of its
-// next stream is cut, which frees all of that session's streams. Without
-// the cut, each refusal would add a lingering stream for a minute. The cost is one loop over the peer's
-// sessions (at most maxSessionsPerPeer) per accepted stream, under a
-// per-peer lock; nothing per read or write, and no stream is read or kept.
-// QUIC connections have their own connection-wide flow control.
+// yamux, with its window granted and whatever the peer sent on it, until
+// the peer closes it too or for StreamCloseTimeout (a minute).
+//
+// So at each stream it accepts, the server checks two counts of the
+// peer's streams over its live yamux sessions (peerSessions):
+//   - served, the streams being served (an atomic count from accept to
+//     end): at the budget in windows, the stream is refused as over the
+//     stream cap. Not yamux's count, which includes the accept backlog: a
+//     burst of streams would then all be refused.
+//   - held, yamux's own count (the sum of NumStreams: accepted, in the
+//     accept backlog, closed here but not by the peer): past the budget
+//     and what a burst explains (bufferCutAt), the peer leaves its refused
+//     or ended streams open, which this agent's client never does, and the
+//     session of the new stream is cut, which frees all of its streams.
+//     Refusing alone would not bound them: each refused stream lingers too.
+//
+// The cost is two atomic adds per stream and, per accepted stream, one
+// loop over the peer's sessions (at most maxSessionsPerPeer) under a
+// per-peer lock; nothing per read or write, no stream is read, and no
+// session is kept past its end. QUIC connections have their own
+// connection-wide flow control.
 
 // peerBufferWarnEvery is how often at most a refusal over the budget is
 // logged as a warning (the others at debug).
