@@ -223,6 +223,7 @@ func TestPeerBufferBurstNotCut(t *testing.T) {
 	var (
 		mu          sync.Mutex
 		served, bus int
+		conns       []net.Conn
 		wg          sync.WaitGroup
 	)
 	for range burst {
@@ -235,7 +236,7 @@ func TestPeerBufferBurstNotCut(t *testing.T) {
 			switch {
 			case err == nil:
 				served++
-				conn.Close()
+				conns = append(conns, conn) // held until the burst is over
 			case errors.Is(err, ErrPeerBusy):
 				bus++
 			default:
@@ -244,6 +245,9 @@ func TestPeerBufferBurstNotCut(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	for _, conn := range conns {
+		conn.Close()
+	}
 	t.Logf("%d served, %d refused as busy", served, bus)
 	if served == 0 || served > limit {
 		t.Errorf("%d streams of the burst served, want 1 to %d", served, limit)
