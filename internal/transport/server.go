@@ -464,8 +464,8 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 			err = yamux.ErrSessionShutdown
 			continue
 		}
-		s.wg.Add(1)            // the counter is > 0: serveConn holds one
-		pc.yamux.served.Add(1) // for the buffer budget (peerbuffer.go)
+		s.wg.Add(1) // the counter is > 0: serveConn holds one
+		pc.yamux.served.Add(1)
 		go func() { defer pc.yamux.served.Add(-1); s.serveStreamThen(ctx, sc, nil, pc, func() { <-opening }) }()
 		st, err = sess.AcceptStreamWithContext(ctx)
 	}
