@@ -103,15 +103,15 @@ func (p *peerSessions) remove(s *yamux.Session) {
 	}
 }
 
-// held returns the streams yamux holds over the peer's sessions, and how
-// many sessions.
-func (p *peerSessions) held() (streams, sessions int) {
+// held returns the streams yamux holds over the peer's sessions.
+func (p *peerSessions) held() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	n := 0
 	for _, s := range p.list {
-		streams += s.NumStreams()
+		n += s.NumStreams()
 	}
-	return streams, len(p.list)
+	return n
 }
 
 // What overBuffer decides for a stream just accepted.
@@ -121,17 +121,18 @@ const (
 	bufferCut    // close the stream's session
 )
 
-// bufferCutAt is how many streams yamux may hold for one peer with
-// sessions sessions, with a budget of limit, before the session of its
-// next stream is cut. A refused stream stays in yamux (with its whole
-// window granted) until the peer closes it, which this agent's client
-// does as soon as it reads the refusal; but a burst of streams holds more
-// than that for a while: each session's accept backlog (up to
-// AcceptBacklog streams not yet taken, which a client may have in flight
-// at once) and the refused ones whose close is on its way (as many
-// again). A peer past that leaves its refused streams open.
-func bufferCutAt(limit, sessions int) int {
-	return limit + max(limit/4, 16) + 2*yamuxAcceptBacklog*sessions
+// bufferCutAt is how many streams yamux may hold for one peer, with a
+// budget of limit, before the session of its next stream is cut. A
+// refused stream stays in yamux (with its whole window granted) until the
+// peer closes it, which this agent's client does as soon as it reads the
+// refusal; but a burst of streams holds more than that for a while: the
+// session's accept backlog (up to AcceptBacklog streams not yet taken,
+// which is also how many opens a yamux client may have unanswered) and
+// the refused ones whose close is on its way (as many again). A peer past
+// that leaves its refused streams open. The allowance is per peer, not
+// per session: with many sessions a peer would hold that many times more.
+func bufferCutAt(limit int) int {
+	return limit + max(limit/4, 16) + 2*yamuxAcceptBacklog
 }
 
 // yamuxAcceptBacklog is yamuxConfig's AcceptBacklog (yamux's default).
@@ -149,14 +150,14 @@ func (s *Server) overBuffer(pc *peerCount, limit int, log *slog.Logger) int {
 	if limit <= 0 {
 		return bufferOK
 	}
-	held, sessions := pc.yamux.held() // the new stream included
+	held := pc.yamux.held() // the new stream included
 	served := pc.yamux.served.Load()
-	if served < int64(limit) && held <= bufferCutAt(limit, sessions) {
+	if served < int64(limit) && held <= bufferCutAt(limit) {
 		return bufferOK
 	}
 	b := &s.limit.buf
 	verdict, msg := bufferRefuse, "mesh: stream refused over the peer's buffer budget"
-	if held > bufferCutAt(limit, sessions) {
+	if held > bufferCutAt(limit) {
 		verdict, msg = bufferCut, "mesh: session cut: its peer leaves refused streams open past its buffer budget"
 		b.cuts.Inc()
 	} else {

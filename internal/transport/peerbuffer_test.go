@@ -158,7 +158,7 @@ func TestPeerBufferBoundsServedStreams(t *testing.T) {
 // made the agent hold as many as it opened in a minute (refusing them over
 // the budget alone does not help: each refusal lingers too); now the
 // streams yamux holds for it stay within bufferCutAt (the budget, and what
-// a burst on one session explains): past it, its session is cut, which
+// a burst explains): past it, its session is cut, which
 // frees them all, and the peer may start again.
 func TestPeerBufferCutsPeerLeavingRefusedStreamsOpen(t *testing.T) {
 	const (
@@ -188,7 +188,7 @@ func TestPeerBufferCutsPeerLeavingRefusedStreamsOpen(t *testing.T) {
 		maxHeld = max(maxHeld, srv.yamuxStreamsForTest())
 	}
 	t.Logf("%d refused streams left open (%d over the budget); the agent's yamux held at most %d streams", answered, busy, maxHeld)
-	if max := bufferCutAt(limit, 1); maxHeld > max {
+	if max := bufferCutAt(limit); maxHeld > max {
 		t.Errorf("the agent's yamux held %d streams of a peer that leaves refused ones open, want at most %d (a budget of %d)", maxHeld, max, limit)
 	}
 	if answered == opens {
