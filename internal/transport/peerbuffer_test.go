@@ -353,3 +353,41 @@ func TestPeerBufferStreams(t *testing.T) {
 		}
 	}
 }
+
+// TestPeerBufferCutBoundOverSessions: the streams yamux holds are counted
+// over all of a peer's sessions: a peer spreading refused streams it
+// leaves open over 4 sessions holds no more than over one, and each
+// session that takes a stream past the bound is cut.
+func TestPeerBufferCutBoundOverSessions(t *testing.T) {
+	const (
+		window = MinStreamWindow
+		limit  = 16
+		opens  = 4000
+	)
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(c *ServerConfig) {
+		c.StreamWindow = window
+		c.PeerStreams = NewPeerStreams(0, limit*window, c.Metrics)
+	})
+	var live []*yamux.Session
+	for range 4 {
+		live = append(live, rawPeer(t, srv, window))
+	}
+	maxHeld, cut := 0, 0
+	for i := 0; i < opens && len(live) > 0; i++ {
+		k := i % len(live)
+		if _, _, _, err := openTo(live[k], "nope"); err != nil {
+			live = append(live[:k], live[k+1:]...)
+			cut++
+			continue
+		}
+		maxHeld = max(maxHeld, srv.yamuxStreamsForTest())
+	}
+	t.Logf("%d sessions cut; the agent's yamux held at most %d streams", cut, maxHeld)
+	if max := bufferCutAt(limit); maxHeld > max {
+		t.Errorf("the agent's yamux held %d streams over 4 sessions, want at most %d", maxHeld, max)
+	}
+	if cut != 4 {
+		t.Errorf("%d of 4 sessions cut, want all", cut)
+	}
+	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 4`)
+}
