@@ -26,7 +26,7 @@ func (a *Agent) initMesh(cfg Config) error {
 		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,
 		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive), RelayUDP: cfg.RelayUDP,
 		StreamWindow: cfg.MeshStreamWindow, DirectStreams: cfg.MeshDirectStreams == nil || *cfg.MeshDirectStreams,
-		PeerStreams:   transport.NewPeerStreams(cfg.MaxStreamsPerPeer, cfg.Metrics), // shared by every mesh server
+		PeerStreams:   transport.NewPeerStreams(cfg.MaxStreamsPerPeer, cfg.MeshPeerBuffer, cfg.Metrics), // shared by every mesh server
 		MaxHandshakes: cfg.MeshMaxHandshakes, MaxHandshakesPerSource: cfg.MeshMaxHandshakesPerSource}
 	if a.ident != nil {
 		pcfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)

@@ -79,3 +79,18 @@ func (c *QUICClient) PeersForTest() []string {
 	slices.Sort(peers)
 	return peers
 }
+
+// yamuxStreamsForTest returns the streams yamux holds in the server's
+// sessions that are not closed (a closed one is being let go): served,
+// lingering after their end, and not yet accepted.
+func (s *Server) yamuxStreamsForTest() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for sess := range s.sessions {
+		if !sess.IsClosed() {
+			n += sess.NumStreams()
+		}
+	}
+	return n
+}

@@ -176,7 +176,7 @@ func (c *ServerConfig) validateStreams() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.PeerStreams == nil {
-		c.PeerStreams = NewPeerStreams(0, c.Metrics)
+		c.PeerStreams = NewPeerStreams(0, 0, c.Metrics)
 	}
 	return nil
 }
@@ -407,6 +407,9 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		return
 	}
 	defer s.untrackSession(sess)
+	pc.yamux.add(sess) // for the buffer budget, until the session ends
+	defer pc.yamux.remove(sess)
+	budget := s.limit.bufferStreams(s.cfg.StreamWindow)
 	if d := auth.untilExpiry(); d >= 0 {
 		t := time.AfterFunc(d, func() { s.cutIfInvalid(sess, &auth) })
 		defer t.Stop()
@@ -433,7 +436,12 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		}
 		sc := newStreamConn(st)
 		sc.cause = auth.cause
-		if !s.limit.acquire(pc) {
+		v := s.overBuffer(pc, budget, log)
+		if v == bufferCut {
+			st.Close()
+			return
+		}
+		if v == bufferRefuse || !s.limit.acquire(pc) {
 			s.refuseOverCap(sc)
 			st, err = sess.AcceptStreamWithContext(ctx)
 			continue
@@ -457,7 +465,8 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 			continue
 		}
 		s.wg.Add(1) // the counter is > 0: serveConn holds one
-		go s.serveStreamThen(ctx, sc, nil, pc, func() { <-opening })
+		pc.yamux.served.Add(1)
+		go func() { defer pc.yamux.served.Add(-1); s.serveStreamThen(ctx, sc, nil, pc, func() { <-opening }) }()
 		st, err = sess.AcceptStreamWithContext(ctx)
 	}
 	if ctx.Err() == nil || errors.Is(err, context.DeadlineExceeded) {

@@ -1,0 +1,174 @@
+package transport
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/yamux"
+)
+
+// The per-peer budget of buffered bytes over yamux. yamux grants each
+// stream its whole receive window when it is accepted and has no
+// session-wide flow control, so a peer's streams may make the agent buffer
+// a window each; and a stream the agent closed (refused, or done) stays in
+// yamux, with its window granted and whatever the peer sent on it, until
+// the peer closes it too or for StreamCloseTimeout (a minute).
+//
+// So at each stream it accepts, the server checks two counts of the
+// peer's streams over its live yamux sessions (peerSessions):
+//   - served, the streams being served (an atomic count from accept to
+//     end): at the budget in windows, the stream is refused as over the
+//     stream cap. Not yamux's count, which includes the accept backlog: a
+//     burst of streams would then all be refused.
+//   - held, yamux's own count (the sum of NumStreams: accepted, in the
+//     accept backlog, closed here but not by the peer): past the budget
+//     and what a burst explains (bufferCutAt), the peer leaves its refused
+//     or ended streams open, which this agent's client never does, and the
+//     session of the new stream is cut, which frees all of its streams.
+//     Refusing alone would not bound them: each refused stream lingers too.
+//
+// The cost is two atomic adds per stream and, per accepted stream, one
+// loop over the peer's sessions (at most maxSessionsPerPeer) under a
+// per-peer lock; nothing per read or write, no stream is read, and no
+// session is kept past its end. QUIC connections have their own
+// connection-wide flow control.
+
+// peerBufferWarnEvery is how often at most a refusal over the budget is
+// logged as a warning (the others at debug).
+const peerBufferWarnEvery = 10 * time.Second
+
+// peerBuffer is the budget's configuration, shared by the servers of a
+// PeerStreams.
+type peerBuffer struct {
+	bytes    int64            // 0: twice the stream cap's windows; < 0: none
+	noCap    bool             // the stream cap is off: no default budget
+	rejected *metrics.Counter // fogmesh_agent_peer_buffer_rejections_total
+	cuts     *metrics.Counter // fogmesh_agent_peer_buffer_session_cuts_total
+	lastWarn atomic.Int64     // unix nanoseconds of the last warning
+}
+
+func newPeerBuffer(bytes int, maxStreams int64, set *metrics.Set) peerBuffer {
+	return peerBuffer{
+		bytes:    int64(bytes),
+		noCap:    maxStreams <= 0,
+		rejected: set.GetOrCreateCounter(`fogmesh_agent_peer_buffer_rejections_total`),
+		cuts:     set.GetOrCreateCounter(`fogmesh_agent_peer_buffer_session_cuts_total`),
+	}
+}
+
+// bufferStreams returns how many streams of window bytes each one peer
+// may have held by yamux here (at least one), or 0 for no budget.
+func (l *PeerStreams) bufferStreams(window int) int {
+	b := l.buf.bytes
+	switch {
+	case b < 0, b == 0 && l.buf.noCap:
+		return 0
+	case b == 0: // room for the backlog and lingering closes past the cap
+		return int(2 * l.max)
+	}
+	return max(1, int(b/int64(window)))
+}
+
+// peerSessions is one peer's live server-side yamux sessions, each from
+// its setup to its end.
+type peerSessions struct {
+	served atomic.Int64 // its yamux streams being served (serveConn)
+
+	mu   sync.Mutex
+	list []*yamux.Session
+}
+
+func (p *peerSessions) add(s *yamux.Session) {
+	p.mu.Lock()
+	p.list = append(p.list, s)
+	p.mu.Unlock()
+}
+
+// remove forgets s, keeping no reference to it.
+func (p *peerSessions) remove(s *yamux.Session) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, x := range p.list {
+		if x == s {
+			last := len(p.list) - 1
+			p.list[i] = p.list[last]
+			p.list[last] = nil
+			p.list = p.list[:last]
+			return
+		}
+	}
+}
+
+// held returns the streams yamux holds over the peer's sessions.
+func (p *peerSessions) held() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, s := range p.list {
+		n += s.NumStreams()
+	}
+	return n
+}
+
+// What overBuffer decides for a stream just accepted.
+const (
+	bufferOK     = iota
+	bufferRefuse // refuse the stream as over the stream cap
+	bufferCut    // close the stream's session
+)
+
+// bufferCutAt is how many streams yamux may hold for one peer, with a
+// budget of limit, before the session of its next stream is cut. A
+// refused stream stays in yamux (with its whole window granted) until the
+// peer closes it, which this agent's client does as soon as it reads the
+// refusal; but a burst of streams holds more than that for a while: the
+// session's accept backlog (up to AcceptBacklog streams not yet taken,
+// which is also how many opens a yamux client may have unanswered) and
+// the refused ones whose close is on its way (as many again). A peer past
+// that leaves its refused streams open. The allowance is per peer, not
+// per session: with many sessions a peer would hold that many times more.
+func bufferCutAt(limit int) int {
+	return limit + max(limit/4, 16) + 2*yamuxAcceptBacklog
+}
+
+// yamuxAcceptBacklog is yamuxConfig's AcceptBacklog (yamux's default).
+var yamuxAcceptBacklog = yamux.DefaultConfig().AcceptBacklog
+
+// overBuffer decides (and counts, and logs) what to do with a stream just
+// accepted from pc's peer, with a budget of limit streams (0: none):
+// refuse it if the peer has limit yamux streams being served (an exact
+// count: streams in yamux's accept backlog must not count, or a burst of
+// streams would all be refused), and cut its session if yamux holds more
+// than bufferCutAt for the peer (the served ones, the backlog, and the
+// closed ones the peer keeps open). Checked per session, the served count
+// may pass limit by one per other session of the peer accepting at once.
+func (s *Server) overBuffer(pc *peerCount, limit int, log *slog.Logger) int {
+	if limit <= 0 {
+		return bufferOK
+	}
+	held := pc.yamux.held() // the new stream included
+	served := pc.yamux.served.Load()
+	if served < int64(limit) && held <= bufferCutAt(limit) {
+		return bufferOK
+	}
+	b := &s.limit.buf
+	verdict, msg := bufferRefuse, "mesh: stream refused over the peer's buffer budget"
+	if held > bufferCutAt(limit) {
+		verdict, msg = bufferCut, "mesh: session cut: its peer leaves refused streams open past its buffer budget"
+		b.cuts.Inc()
+	} else {
+		b.rejected.Inc()
+	}
+	level := slog.LevelDebug
+	now := time.Now().UnixNano()
+	if last := b.lastWarn.Load(); now-last >= int64(peerBufferWarnEvery) && b.lastWarn.CompareAndSwap(last, now) {
+		level = slog.LevelWarn
+	}
+	log.Log(s.ctx, level, msg, "served", served, "held", held,
+		"budget", fmt.Sprintf("%d streams of %d bytes", limit, s.cfg.StreamWindow))
+	return verdict
+}
