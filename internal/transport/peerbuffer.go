@@ -103,6 +103,20 @@ func (p *peerSessions) remove(s *yamux.Session) {
 	}
 }
 
+// serve takes a place among the peer's served streams, or reports false
+// (none taken) when limit (> 0) are taken. The add comes before the test:
+// sessions of the peer accepting at once would all pass a test made
+// before any of them added. unserve gives the place back.
+func (p *peerSessions) serve(limit int) bool {
+	if n := p.served.Add(1); limit > 0 && n > int64(limit) {
+		p.served.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (p *peerSessions) unserve() { p.served.Add(-1) }
+
 // held returns the streams yamux holds over the peer's sessions.
 func (p *peerSessions) held() int {
 	p.mu.Lock()
@@ -139,26 +153,31 @@ func bufferCutAt(limit int) int {
 var yamuxAcceptBacklog = yamux.DefaultConfig().AcceptBacklog
 
 // overBuffer decides (and counts, and logs) what to do with a stream just
-// accepted from pc's peer, with a budget of limit streams (0: none):
+// accepted from pc's peer, with a budget of limit streams (0: none): cut
+// its session if yamux holds more than bufferCutAt for the peer (the
+// served ones, the backlog, and the closed ones the peer keeps open), else
 // refuse it if the peer has limit yamux streams being served (an exact
 // count: streams in yamux's accept backlog must not count, or a burst of
-// streams would all be refused), and cut its session if yamux holds more
-// than bufferCutAt for the peer (the served ones, the backlog, and the
-// closed ones the peer keeps open). Checked per session, the served count
-// may pass limit by one per other session of the peer accepting at once.
+// streams would all be refused). bufferOK takes the stream's place among
+// the served (pc.yamux.serve), which the caller gives back (unserve) when
+// the stream ends or is not served after all.
 func (s *Server) overBuffer(pc *peerCount, limit int, log *slog.Logger) int {
 	if limit <= 0 {
+		pc.yamux.serve(0)
 		return bufferOK
 	}
 	held := pc.yamux.held() // the new stream included
-	served := pc.yamux.served.Load()
-	if served < int64(limit) && held <= bufferCutAt(limit) {
-		return bufferOK
+	verdict := bufferCut
+	if held <= bufferCutAt(limit) {
+		if pc.yamux.serve(limit) {
+			return bufferOK
+		}
+		verdict = bufferRefuse
 	}
 	b := &s.limit.buf
-	verdict, msg := bufferRefuse, "mesh: stream refused over the peer's buffer budget"
-	if held > bufferCutAt(limit) {
-		verdict, msg = bufferCut, "mesh: session cut: its peer leaves refused streams open past its buffer budget"
+	msg := "mesh: stream refused over the peer's buffer budget"
+	if verdict == bufferCut {
+		msg = "mesh: session cut: its peer leaves refused streams open past its buffer budget"
 		b.cuts.Inc()
 	} else {
 		b.rejected.Inc()
@@ -168,7 +187,7 @@ func (s *Server) overBuffer(pc *peerCount, limit int, log *slog.Logger) int {
 	if last := b.lastWarn.Load(); now-last >= int64(peerBufferWarnEvery) && b.lastWarn.CompareAndSwap(last, now) {
 		level = slog.LevelWarn
 	}
-	log.Log(s.ctx, level, msg, "served", served, "held", held,
+	log.Log(s.ctx, level, msg, "served", pc.yamux.served.Load(), "held", held,
 		"budget", fmt.Sprintf("%d streams of %d bytes", limit, s.cfg.StreamWindow))
 	return verdict
 }

@@ -391,3 +391,49 @@ func TestPeerBufferCutBoundOverSessions(t *testing.T) {
 	}
 	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 4`)
 }
+
+// TestPeerBufferServedExactAcrossSessions: the sessions of one peer
+// accepting streams at the same moment are held to the budget together.
+// Each session checks the served count as it accepts a stream: a check
+// that only read the count let every session that checked before any of
+// them counted its stream pass (up to one per session over the budget, 64
+// sessions over a budget of 16 windows: five times it). A verdict to serve
+// takes its place in the count as it is given.
+func TestPeerBufferServedExactAcrossSessions(t *testing.T) {
+	const (
+		limit    = 8
+		sessions = 64
+	)
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(c *ServerConfig) {
+		c.StreamWindow = MinStreamWindow
+		c.PeerStreams = NewPeerStreams(0, limit*MinStreamWindow, c.Metrics)
+	})
+	pc := &peerCount{}
+	var (
+		start sync.WaitGroup
+		done  sync.WaitGroup
+		mu    sync.Mutex
+		ok    int
+	)
+	start.Add(1)
+	for range sessions {
+		done.Add(1)
+		go func() { // one session's accept loop, at its check
+			defer done.Done()
+			start.Wait()
+			if srv.overBuffer(pc, limit, srv.log) == bufferOK {
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+		}()
+	}
+	start.Done()
+	done.Wait()
+	if ok != limit {
+		t.Errorf("%d streams given to serve by %d sessions at once, want the budget's %d", ok, sessions, limit)
+	}
+	if n := pc.yamux.served.Load(); n != limit {
+		t.Errorf("served count %d after %d verdicts to serve, want %d", n, ok, limit)
+	}
+}

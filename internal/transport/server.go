@@ -442,6 +442,9 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 			return
 		}
 		if v == bufferRefuse || !s.limit.acquire(pc) {
+			if v == bufferOK {
+				pc.yamux.unserve()
+			}
 			s.refuseOverCap(sc)
 			st, err = sess.AcceptStreamWithContext(ctx)
 			continue
@@ -455,18 +458,19 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		case opening <- struct{}{}:
 		case <-ctx.Done():
 			s.limit.release(pc)
+			pc.yamux.unserve()
 			st.Close()
 			err = ctx.Err()
 			continue
 		case <-sess.CloseChan():
 			s.limit.release(pc)
+			pc.yamux.unserve()
 			st.Close()
 			err = yamux.ErrSessionShutdown
 			continue
 		}
 		s.wg.Add(1) // the counter is > 0: serveConn holds one
-		pc.yamux.served.Add(1)
-		go func() { defer pc.yamux.served.Add(-1); s.serveStreamThen(ctx, sc, nil, pc, func() { <-opening }) }()
+		go func() { defer pc.yamux.unserve(); s.serveStreamThen(ctx, sc, nil, pc, func() { <-opening }) }()
 		st, err = sess.AcceptStreamWithContext(ctx)
 	}
 	if ctx.Err() == nil || errors.Is(err, context.DeadlineExceeded) {
