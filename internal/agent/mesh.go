@@ -63,8 +63,9 @@ func (a *Agent) initMesh(cfg Config) error {
 	return nil
 }
 
-// meshCut audits a mesh session cut because its peer was revoked or its
-// certificate expired (the transport logged and counted it).
+// meshCut audits a mesh session cut because its peer was revoked, its
+// certificate expired, or it held streams past its buffer budget (the
+// transport logged and counted it; the reason says which).
 func (a *Agent) meshCut(c transport.Cut) {
 	if a.audit == nil {
 		return

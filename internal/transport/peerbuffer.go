@@ -153,41 +153,53 @@ func bufferCutAt(limit int) int {
 var yamuxAcceptBacklog = yamux.DefaultConfig().AcceptBacklog
 
 // overBuffer decides (and counts, and logs) what to do with a stream just
-// accepted from pc's peer, with a budget of limit streams (0: none): cut
-// its session if yamux holds more than bufferCutAt for the peer (the
-// served ones, the backlog, and the closed ones the peer keeps open), else
-// refuse it if the peer has limit yamux streams being served (an exact
-// count: streams in yamux's accept backlog must not count, or a burst of
-// streams would all be refused). bufferOK takes the stream's place among
-// the served (pc.yamux.serve), which the caller gives back (unserve) when
-// the stream ends or is not served after all.
-func (s *Server) overBuffer(pc *peerCount, limit int, log *slog.Logger) int {
+// accepted on sess from pc's peer, with a budget of limit streams (0:
+// none): cut sess if yamux holds more than bufferCutAt for the peer (the
+// served ones, the backlog, and the closed ones the peer keeps open),
+// else refuse it if the peer has limit yamux streams being served (an
+// exact count: streams in yamux's accept backlog must not count, or a
+// burst of streams would all be refused). bufferOK takes the stream's
+// place among the served (pc.yamux.serve), which the caller gives back
+// (unserve) when the stream ends or is not served after all.
+func (s *Server) overBuffer(sess *yamux.Session, pa *peerAuth, pc *peerCount, limit int, log *slog.Logger) int {
 	if limit <= 0 {
 		pc.yamux.serve(0)
 		return bufferOK
 	}
 	held := pc.yamux.held() // the new stream included
-	verdict := bufferCut
-	if held <= bufferCutAt(limit) {
-		if pc.yamux.serve(limit) {
-			return bufferOK
-		}
-		verdict = bufferRefuse
+	if held > bufferCutAt(limit) {
+		s.cutOverBuffer(sess, pa, held, limit)
+		return bufferCut
+	}
+	if pc.yamux.serve(limit) {
+		return bufferOK
 	}
 	b := &s.limit.buf
-	msg := "mesh: stream refused over the peer's buffer budget"
-	if verdict == bufferCut {
-		msg = "mesh: session cut: its peer leaves refused streams open past its buffer budget"
-		b.cuts.Inc()
-	} else {
-		b.rejected.Inc()
-	}
+	b.rejected.Inc()
 	level := slog.LevelDebug
 	now := time.Now().UnixNano()
 	if last := b.lastWarn.Load(); now-last >= int64(peerBufferWarnEvery) && b.lastWarn.CompareAndSwap(last, now) {
 		level = slog.LevelWarn
 	}
-	log.Log(s.ctx, level, msg, "served", pc.yamux.served.Load(), "held", held,
+	log.Log(s.ctx, level, "mesh: stream refused over the peer's buffer budget", "served", pc.yamux.served.Load(), "held", held,
 		"budget", fmt.Sprintf("%d streams of %d bytes", limit, s.cfg.StreamWindow))
-	return verdict
+	return bufferRefuse
+}
+
+// cutOverBuffer closes sess, whose peer has held streams in yamux here,
+// past bufferCutAt(limit), and reports the cut as every mesh cut is
+// reported (reportCut: logged with the peer's identity and address,
+// counted with reason CutBuffer, audited by the agent through OnCut),
+// unless the session was cut for another cause first. Its streams fail
+// with an error wrapping ErrPeerBuffer.
+func (s *Server) cutOverBuffer(sess *yamux.Session, pa *peerAuth, held, limit int) {
+	s.limit.buf.cuts.Inc()
+	err := fmt.Errorf("%w: yamux holds %d of its streams, at most %d with a budget of %d streams of %d bytes",
+		ErrPeerBuffer, held, bufferCutAt(limit), limit, s.cfg.StreamWindow)
+	if pa.cause == nil || pa.setCause(err) { // nil: insecure mode, no identity
+		// Reported first: the cut is on record before the peer sees it.
+		reportCut(s.log.With("peer", sess.RemoteAddr().String()), s.m, s.cfg.OnCut,
+			Cut{Dir: "in", Peer: pa.id, Reason: CutBuffer, Err: err, Streams: sess.NumStreams()})
+	}
+	sess.Close()
 }

@@ -421,7 +421,7 @@ func TestPeerBufferServedExactAcrossSessions(t *testing.T) {
 		go func() { // one session's accept loop, at its check
 			defer done.Done()
 			start.Wait()
-			if srv.overBuffer(pc, limit, srv.log) == bufferOK {
+			if srv.overBuffer(nil, &peerAuth{}, pc, limit, srv.log) == bufferOK {
 				mu.Lock()
 				ok++
 				mu.Unlock()

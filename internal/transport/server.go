@@ -434,13 +434,13 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 			st.Close()
 			return
 		}
-		sc := newStreamConn(st)
-		sc.cause = auth.cause
-		v := s.overBuffer(pc, budget, log)
+		v := s.overBuffer(sess, &auth, pc, budget, log)
 		if v == bufferCut {
 			st.Close()
 			return
 		}
+		sc := newStreamConn(st)
+		sc.cause = auth.cause
 		if v == bufferRefuse || !s.limit.acquire(pc) {
 			if v == bufferOK {
 				pc.yamux.unserve()

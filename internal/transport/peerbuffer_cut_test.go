@@ -1,0 +1,84 @@
+package transport
+
+import (
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+	"github.com/fogmesh/fogmesh/internal/testenv"
+)
+
+// TestPeerBufferCutReportedAsMeshCut: a session cut over the buffer
+// budget is a mesh session cut like a revoked peer's: counted in
+// fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"}, reported to
+// OnCut (the agent audits it) with the peer's identity and a cause that
+// names the budget, and logged as a warning with the peer's identity.
+func TestPeerBufferCutReportedAsMeshCut(t *testing.T) {
+	const (
+		window = MinStreamWindow
+		limit  = 16
+	)
+	ca := testCA(t, "", nil)
+	srvSrc := testSource(testSVID(t, ca, "s", "b"), ca.Bundle())
+	cliSrc := testSource(testSVID(t, ca, "s", "a"), ca.Bundle())
+	var logs testenv.Buffer
+	cuts := &cutLog{}
+	ts := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(c *ServerConfig) {
+		c.TLS = srvSrc.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+		c.PeerCheck, c.OnCut = srvSrc.CheckPeer, cuts.add
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		c.StreamWindow = window
+		c.PeerStreams = NewPeerStreams(0, limit*window, c.Metrics)
+	})
+	wantMetric(t, ts.metrics, `fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"} 0`) // shown before the first cut
+
+	raw, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(raw, cliSrc.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh))
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	sess, err := yamux.Client(tc, yamuxConfig(window))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	opened := 0
+	for ; opened < 2000; opened++ { // refused streams, left open
+		if _, _, _, err := openTo(sess, "nope"); err != nil {
+			break
+		}
+	}
+	if opened == 2000 {
+		t.Fatal("the session was never cut")
+	}
+
+	aID := cliSrc.SVID().ID
+	got := cuts.get()
+	if len(got) != 1 || got[0].Dir != "in" || got[0].Peer != aID || got[0].Reason != CutBuffer ||
+		!errors.Is(got[0].Err, ErrPeerBuffer) || got[0].Streams < bufferCutAt(limit) {
+		t.Fatalf("cuts reported: %+v, want one of %s over the buffer budget", got, aID)
+	}
+	if n := SessionsCut(ts.metrics, "in", CutBuffer); n != 1 {
+		t.Errorf("fogmesh_mesh_sessions_cut_total{dir=in,reason=buffer} = %d, want 1", n)
+	}
+	wantMetric(t, ts.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 1`)
+	testenv.WaitFor(t, 5*time.Second, "the cut logged", func() bool {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, "level=WARN") && strings.Contains(line, "session cut") &&
+				strings.Contains(line, "peerId="+aID.String()) && strings.Contains(line, "reason=buffer") {
+				return true
+			}
+		}
+		return false
+	})
+}
