@@ -94,3 +94,10 @@ func (s *Server) yamuxStreamsForTest() int {
 	}
 	return n
 }
+
+// peersForTest returns how many peers l keeps a count for.
+func (l *PeerStreams) peersForTest() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.peers)
+}

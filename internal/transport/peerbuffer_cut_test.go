@@ -82,3 +82,61 @@ func TestPeerBufferCutReportedAsMeshCut(t *testing.T) {
 		return false
 	})
 }
+
+// TestPeerBufferForgetsEndedSessions: a peer's sessions count for the
+// budget only while they live. yamux still counts a closed session's
+// streams; a session cut over the budget, or closed by the peer, while
+// another of the peer's sessions lives on, must not count against that
+// one (its streams would all be cut), and once all have ended nothing of
+// the peer is left.
+func TestPeerBufferForgetsEndedSessions(t *testing.T) {
+	const (
+		window = MinStreamWindow
+		limit  = 16
+	)
+	work := serveWorkload(t, "127.0.0.1:0", echo)
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"web-1": work}, func(c *ServerConfig) {
+		c.StreamWindow = window
+		c.PeerStreams = NewPeerStreams(0, limit*window, c.Metrics)
+	})
+	keeper := rawPeer(t, srv, window) // lives through the others' ends
+	if st, code, _, err := openTo(keeper, "web-1"); err != nil || code != StatusOK {
+		t.Fatalf("first stream: %v %v", err, code)
+	} else {
+		st.Close()
+	}
+	var sessions []*yamux.Session
+	for range 4 {
+		sessions = append(sessions, rawPeer(t, srv, window))
+	}
+	for _, sess := range sessions[:2] { // left open past the budget: cut
+		for i := 0; ; i++ {
+			if _, _, _, err := openTo(sess, "nope"); err != nil {
+				break
+			}
+			if i > 4*bufferCutAt(limit) {
+				t.Fatal("a session leaving refused streams open was never cut")
+			}
+		}
+	}
+	for _, sess := range sessions[2:] { // served, then closed by the peer
+		st, code, _, err := openTo(sess, "web-1")
+		if err != nil || code != StatusOK {
+			t.Fatalf("stream on a session within the budget: %v %v", err, code)
+		}
+		st.Close()
+		sess.Close()
+	}
+	eventually(t, "the ended sessions let go", func() bool { return srv.yamuxStreamsForTest() <= 1 })
+
+	for i := range 2 * limit { // closed at once, as this agent's client does
+		st, code, msg, err := openTo(keeper, "web-1")
+		if err != nil || code != StatusOK {
+			t.Fatalf("stream %d of the peer's live session after the others ended: %v %v %q, want served", i, err, code, msg)
+		}
+		st.Close()
+	}
+	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 2`)
+	keeper.Close()
+	eventually(t, "the peer forgotten", func() bool { return srv.limit.peersForTest() == 0 })
+}
