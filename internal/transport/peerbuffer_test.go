@@ -437,3 +437,32 @@ func TestPeerBufferServedExactAcrossSessions(t *testing.T) {
 		t.Errorf("served count %d after %d verdicts to serve, want %d", n, ok, limit)
 	}
 }
+
+// BenchmarkPeerBufferCheck is the budget's cost per accepted stream (the
+// check and the served count's add and release), for a peer with one
+// session and with the most it may have (maxSessionsPerPeer).
+func BenchmarkPeerBufferCheck(b *testing.B) {
+	for _, n := range []int{1, maxSessionsPerPeer} {
+		b.Run(strconv.Itoa(n)+"sessions", func(b *testing.B) {
+			srv := startServer(b, listen(b, "127.0.0.1:0"), mapDialer{}, nil)
+			pc := &peerCount{}
+			for range n {
+				c1, c2 := net.Pipe()
+				sess, err := yamux.Server(c1, yamuxConfig(DefaultStreamWindow))
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { sess.Close(); c2.Close() })
+				pc.yamux.add(sess)
+			}
+			pa := &peerAuth{}
+			b.ReportAllocs()
+			for b.Loop() {
+				if srv.overBuffer(nil, pa, pc, 2*DefaultMaxStreamsPerPeer, srv.log) != bufferOK {
+					b.Fatal("refused")
+				}
+				pc.yamux.unserve()
+			}
+		})
+	}
+}
