@@ -115,7 +115,7 @@ type Config struct {
 	// stream while the peer has that many being served is refused as over
 	// MaxStreamsPerPeer, and a peer that leaves refused or ended streams
 	// open past it loses its session (default 0: twice MaxStreamsPerPeer's
-	// windows, none when that is negative; negative: no budget;
+	// windows, none when that is negative; negative: refused by validate;
 	// transport.NewPeerStreams).
 	MeshPeerBuffer int `json:"meshPeerBuffer,omitempty"`
 	// MeshMaxHandshakes(PerSource) bound the mesh port's TLS handshakes in progress, in all and from one
@@ -371,6 +371,9 @@ func (c *Config) validate() error {
 	}
 	if w := c.MeshStreamWindow; w != 0 && (w < transport.MinStreamWindow || w > transport.MaxStreamWindow) {
 		return fmt.Errorf("meshStreamWindow: %d bytes: want %d (256 KiB) to %d (16 MiB)", w, transport.MinStreamWindow, transport.MaxStreamWindow)
+	}
+	if c.MeshPeerBuffer < 0 { // a budget is lifted with the stream cap, not on its own
+		return fmt.Errorf("meshPeerBuffer: %d bytes is negative (0 or unset: 2 × maxStreamsPerPeer × meshStreamWindow)", c.MeshPeerBuffer)
 	}
 	if c.JoinToken != "" && len(c.Control) == 0 {
 		return errors.New("joinToken: needs a control plane address (control)")
