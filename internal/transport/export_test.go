@@ -101,3 +101,17 @@ func (l *PeerStreams) peersForTest() int {
 	defer l.mu.Unlock()
 	return len(l.peers)
 }
+
+// yamuxSessionsForTest returns how many yamux sessions l keeps for the
+// buffer budget, over all peers.
+func (l *PeerStreams) yamuxSessionsForTest() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, pc := range l.peers {
+		pc.yamux.mu.Lock()
+		n += len(pc.yamux.list)
+		pc.yamux.mu.Unlock()
+	}
+	return n
+}

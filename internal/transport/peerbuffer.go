@@ -117,13 +117,17 @@ func (p *peerSessions) serve(limit int) bool {
 
 func (p *peerSessions) unserve() { p.served.Add(-1) }
 
-// held returns the streams yamux holds over the peer's sessions.
+// held returns the streams yamux holds over the peer's live sessions. A
+// closed session is skipped: yamux still counts its streams, freed, and it
+// stays in the list until its serveConn returns.
 func (p *peerSessions) held() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
 	for _, s := range p.list {
-		n += s.NumStreams()
+		if !s.IsClosed() {
+			n += s.NumStreams()
+		}
 	}
 	return n
 }

@@ -127,7 +127,9 @@ func TestPeerBufferForgetsEndedSessions(t *testing.T) {
 		st.Close()
 		sess.Close()
 	}
-	eventually(t, "the ended sessions let go", func() bool { return srv.yamuxStreamsForTest() <= 1 })
+	eventually(t, "the ended sessions let go", func() bool {
+		return srv.yamuxStreamsForTest() <= 1 && srv.limit.yamuxSessionsForTest() == 1
+	})
 
 	for i := range 2 * limit { // closed at once, as this agent's client does
 		st, code, msg, err := openTo(keeper, "web-1")

@@ -466,3 +466,35 @@ func BenchmarkPeerBufferCheck(b *testing.B) {
 		})
 	}
 }
+
+// TestPeerBufferHeldSkipsClosedSessions: yamux keeps counting the streams
+// of a closed session (its map is not cleared), and a session is closed
+// (cut, dropped, its connection dead) a moment before its serveConn lets
+// it go; in that moment its streams, freed, must not count against the
+// peer's other sessions, which would be cut in turn.
+func TestPeerBufferHeldSkipsClosedSessions(t *testing.T) {
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, nil)
+	closed := rawPeer(t, srv, MinStreamWindow)
+	live := rawPeer(t, srv, MinStreamWindow)
+	for range 3 {
+		if _, err := closed.OpenStream(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := live.OpenStream(); err != nil {
+		t.Fatal(err)
+	}
+	var p peerSessions
+	p.add(closed)
+	p.add(live)
+	if n := p.held(); n != 4 {
+		t.Fatalf("held %d streams of two sessions, want 4", n)
+	}
+	closed.Close()
+	if n := closed.NumStreams(); n != 3 {
+		t.Fatalf("yamux counts %d streams of a closed session of 3: this test no longer tests anything", n)
+	}
+	if n := p.held(); n != 1 {
+		t.Errorf("held %d streams with one session closed, want its live session's 1", n)
+	}
+}
