@@ -49,6 +49,8 @@ type peerBuffer struct {
 	rejected *metrics.Counter // fogmesh_agent_peer_buffer_rejections_total
 	cuts     *metrics.Counter // fogmesh_agent_peer_buffer_session_cuts_total
 	lastWarn atomic.Int64     // unix nanoseconds of the last warning
+	lastCut  atomic.Int64     // unix nanoseconds of the last cut reported
+	unsaid   atomic.Int64     // cuts not reported since
 }
 
 func newPeerBuffer(bytes int, maxStreams int64, set *metrics.Set) peerBuffer {
@@ -196,14 +198,32 @@ func (s *Server) overBuffer(sess *yamux.Session, pa *peerAuth, pc *peerCount, li
 // counted with reason CutBuffer, audited by the agent through OnCut),
 // unless the session was cut for another cause first. Its streams fail
 // with an error wrapping ErrPeerBuffer.
+//
+// Unlike a revoked peer, which the handshake then refuses, a peer cut here
+// may connect and be cut again at once, tens of times a second: so a cut is
+// reported at most once every peerBufferWarnEvery by the servers sharing
+// the PeerStreams (the others are counted, and logged at debug), and the
+// next report says how many were not.
 func (s *Server) cutOverBuffer(sess *yamux.Session, pa *peerAuth, held, limit int) {
-	s.limit.buf.cuts.Inc()
+	b := &s.limit.buf
+	b.cuts.Inc()
 	err := fmt.Errorf("%w: yamux holds %d of its streams, at most %d with a budget of %d streams of %d bytes",
 		ErrPeerBuffer, held, bufferCutAt(limit), limit, s.cfg.StreamWindow)
-	if pa.cause == nil || pa.setCause(err) { // nil: insecure mode, no identity
+	log := s.log.With("peer", sess.RemoteAddr().String())
+	c := Cut{Dir: "in", Peer: pa.id, Reason: CutBuffer, Err: err, Streams: sess.NumStreams()}
+	now := time.Now().UnixNano()
+	switch last := b.lastCut.Load(); {
+	case pa.cause != nil && !pa.setCause(err): // nil: insecure mode, no identity
+	case now-last < int64(peerBufferWarnEvery) || !b.lastCut.CompareAndSwap(last, now):
+		b.unsaid.Add(1)
+		s.m.cut(c.Reason)
+		log.Debug("mesh: session cut", "dir", c.Dir, "peerId", c.Peer.String(), "reason", c.Reason, "streams", c.Streams, "err", err)
+	default:
+		if n := b.unsaid.Swap(0); n > 0 {
+			c.Err = fmt.Errorf("%w (and %d more cuts over buffer budgets since the last reported)", err, n)
+		}
 		// Reported first: the cut is on record before the peer sees it.
-		reportCut(s.log.With("peer", sess.RemoteAddr().String()), s.m, s.cfg.OnCut,
-			Cut{Dir: "in", Peer: pa.id, Reason: CutBuffer, Err: err, Streams: sess.NumStreams()})
+		reportCut(log, s.m, s.cfg.OnCut, c)
 	}
 	sess.Close()
 }

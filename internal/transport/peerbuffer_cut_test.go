@@ -142,3 +142,56 @@ func TestPeerBufferForgetsEndedSessions(t *testing.T) {
 	keeper.Close()
 	eventually(t, "the peer forgotten", func() bool { return srv.limit.peersForTest() == 0 })
 }
+
+// cutOnce opens a session to srv and streams on it, left open, until the
+// server cuts it.
+func cutOnce(t *testing.T, srv *testServer) {
+	t.Helper()
+	sess := rawPeer(t, srv, MinStreamWindow)
+	for i := 0; ; i++ {
+		if _, err := sess.OpenStream(); err != nil {
+			break
+		}
+		if i > 4*bufferCutAt(16) {
+			t.Fatal("a session leaving its streams open was never cut")
+		}
+	}
+	select {
+	case <-sess.CloseChan():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a session leaving its streams open was never cut")
+	}
+}
+
+// TestPeerBufferCutsReportedAtMostEvery: a peer can be cut over the budget
+// over and over (a new session, a few hundred streams, about 20 times a
+// second from one connection on this machine), unlike a revoked peer,
+// which is refused at the handshake. So a buffer cut is reported (logged
+// as a warning, audited through OnCut) at most once every
+// peerBufferWarnEvery, the next report saying how many were not; every
+// cut is counted.
+func TestPeerBufferCutsReportedAtMostEvery(t *testing.T) {
+	cuts := &cutLog{}
+	var ps *PeerStreams
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(c *ServerConfig) {
+		c.StreamWindow = MinStreamWindow
+		c.OnCut = cuts.add
+		ps = NewPeerStreams(0, 16*MinStreamWindow, c.Metrics)
+		c.PeerStreams = ps
+	})
+	for range 3 {
+		cutOnce(t, srv)
+	}
+	if got := cuts.get(); len(got) != 1 || got[0].Reason != CutBuffer {
+		t.Fatalf("cuts reported after 3 in a row: %+v, want the first only", got)
+	}
+	wantMetric(t, srv.metrics, `fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"} 3`)
+	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 3`)
+
+	ps.buf.lastCut.Store(0) // as if peerBufferWarnEvery had passed
+	cutOnce(t, srv)
+	got := cuts.get()
+	if len(got) != 2 || !strings.Contains(got[1].Err.Error(), "2 more") {
+		t.Fatalf("cuts reported: %+v, want a second that counts the 2 not reported", got)
+	}
+}
