@@ -3,6 +3,7 @@ package transport
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,7 +71,7 @@ func (l *PeerStreams) bufferStreams(window int) int {
 	case b < 0, b == 0 && l.buf.noCap:
 		return 0
 	case b == 0: // room for the backlog and lingering closes past the cap
-		return int(2 * l.max)
+		return int(min(l.max, math.MaxInt/2) * 2) // saturated: a wrap would be no budget
 	}
 	return max(1, int(b/int64(window)))
 }
@@ -152,7 +153,11 @@ const (
 // that leaves its refused streams open. The allowance is per peer, not
 // per session: with many sessions a peer would hold that many times more.
 func bufferCutAt(limit int) int {
-	return limit + max(limit/4, 16) + 2*yamuxAcceptBacklog
+	extra := max(limit/4, 16) + 2*yamuxAcceptBacklog
+	if limit > math.MaxInt-extra { // saturated: a wrap would cut at every stream
+		return math.MaxInt
+	}
+	return limit + extra
 }
 
 // yamuxAcceptBacklog is yamuxConfig's AcceptBacklog (yamux's default).

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"errors"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -337,7 +338,8 @@ func TestPeerBufferNoCapNoBudget(t *testing.T) {
 	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 0`)
 }
 
-// TestPeerBufferStreams: the budget in streams for each setting.
+// TestPeerBufferStreams: the budget in streams for each setting, and a cut
+// bound no lower than it (a sum past int wrapped to a cut at every stream).
 func TestPeerBufferStreams(t *testing.T) {
 	for _, tc := range []struct{ max, buffer, window, want int }{
 		{0, 0, 1 << 20, 2 * DefaultMaxStreamsPerPeer}, // default: twice the cap
@@ -346,10 +348,15 @@ func TestPeerBufferStreams(t *testing.T) {
 		{0, -1, 1 << 20, 0},       // negative: none
 		{-1, 8 << 20, 1 << 20, 8}, // a budget without a cap
 		{0, 8 << 20, 256 << 10, 32},
-		{0, 1, 1 << 20, 1}, // at least one stream
+		{0, 1, 1 << 20, 1},                             // at least one stream
+		{math.MaxInt, 0, 1 << 20, math.MaxInt / 2 * 2}, // twice a cap past half of int: saturates, not wraps to no budget
 	} {
-		if got := NewPeerStreams(tc.max, tc.buffer, nil).bufferStreams(tc.window); got != tc.want {
+		got := NewPeerStreams(tc.max, tc.buffer, nil).bufferStreams(tc.window)
+		if got != tc.want {
 			t.Errorf("max %d, buffer %d, window %d: %d streams, want %d", tc.max, tc.buffer, tc.window, got, tc.want)
+		}
+		if cut := bufferCutAt(got); got > 0 && cut < got {
+			t.Errorf("max %d, buffer %d, window %d: a budget of %d streams cuts past %d", tc.max, tc.buffer, tc.window, got, cut)
 		}
 	}
 }
