@@ -47,7 +47,7 @@ import (
 // The cost is two atomic adds per stream and, per accepted stream, one
 // loop over the peer's sessions (at most maxSessionsPerPeer) under a
 // per-peer lock (BenchmarkPeerBufferCheck: about 50 ns with one session,
-// 850 ns with 64, no allocation); nothing per read or write, no stream is
+// 1 µs with 64, no allocation); nothing per read or write, no stream is
 // read, and no session is kept past its end. NumStreams takes the
 // session's stream lock, which yamux holds while it sends a reset for a
 // stream past a full backlog (up to connWriteTimeout if the peer does not
