@@ -406,4 +406,4 @@ func (b *bench) relayedUDP(ctx context.Context, a1, b1 *node) error {
 
 // holdAny is the mesh servers' per-peer stream cap: none, so that -hold
 // can open up to 10,000 streams between the bench's one pair of nodes.
-func holdAny() *transport.PeerStreams { return transport.NewPeerStreams(-1, nil) }
+func holdAny() *transport.PeerStreams { return transport.NewPeerStreams(-1, -1, nil) }

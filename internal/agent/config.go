@@ -110,6 +110,14 @@ type Config struct {
 	// negative: no limit, nor on its 64 sessions). In insecure mode a
 	// peer is an IP address.
 	MaxStreamsPerPeer int `json:"maxStreamsPerPeer,omitempty"`
+	// MeshPeerBuffer bounds, in bytes, the stream windows (MeshStreamWindow
+	// each) one peer agent's mesh streams over TCP (yamux) may hold here: a
+	// stream while the peer has that many being served is refused as over
+	// MaxStreamsPerPeer, and a peer that leaves refused or ended streams
+	// open past it loses its session (default 0: twice MaxStreamsPerPeer's
+	// windows, none when that is negative; negative: refused by validate;
+	// transport.NewPeerStreams).
+	MeshPeerBuffer int `json:"meshPeerBuffer,omitempty"`
 	// MeshMaxHandshakes(PerSource) bound the mesh port's TLS handshakes in progress, in all and from one
 	// IP address (default 256, 64; negative: no bound; transport.ServerConfig): more connections are closed at once. Each
 	// QUIC mesh server (punched and relayed UDP paths) has the same bounds (transport.QUICServerConfig).
@@ -363,6 +371,9 @@ func (c *Config) validate() error {
 	}
 	if w := c.MeshStreamWindow; w != 0 && (w < transport.MinStreamWindow || w > transport.MaxStreamWindow) {
 		return fmt.Errorf("meshStreamWindow: %d bytes: want %d (256 KiB) to %d (16 MiB)", w, transport.MinStreamWindow, transport.MaxStreamWindow)
+	}
+	if c.MeshPeerBuffer < 0 { // a budget is lifted with the stream cap, not on its own
+		return fmt.Errorf("meshPeerBuffer: %d bytes is negative (0 or unset: 2 × maxStreamsPerPeer × meshStreamWindow)", c.MeshPeerBuffer)
 	}
 	if c.JoinToken != "" && len(c.Control) == 0 {
 		return errors.New("joinToken: needs a control plane address (control)")

@@ -30,3 +30,27 @@ func TestMeshStreamWindowConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestMeshPeerBufferConfig: meshPeerBuffer decodes from the config file;
+// 0 (the default) and a number of bytes are taken, a negative value is
+// refused with the field named.
+func TestMeshPeerBufferConfig(t *testing.T) {
+	base := func(b int) Config {
+		return Config{Node: NodeConfig{Name: "n", Site: "s", Region: "r"}, StateDir: t.TempDir(), Insecure: true,
+			VIPRange: "127.176.0.0/16", MeshPeerBuffer: b}
+	}
+	var c Config
+	if err := json.Unmarshal([]byte(`{"meshPeerBuffer": 67108864}`), &c); err != nil || c.MeshPeerBuffer != 64<<20 {
+		t.Fatalf("decoded %d, %v", c.MeshPeerBuffer, err)
+	}
+	for _, b := range []int{0, 1, 64 << 20} {
+		if err := CheckConfig(base(b)); err != nil {
+			t.Errorf("meshPeerBuffer %d: %v", b, err)
+		}
+	}
+	for _, b := range []int{-1, -64 << 20} {
+		if err := CheckConfig(base(b)); err == nil || !strings.Contains(err.Error(), "meshPeerBuffer") || !strings.Contains(err.Error(), "negative") {
+			t.Errorf("meshPeerBuffer %d: err = %v, want one naming meshPeerBuffer as negative", b, err)
+		}
+	}
+}

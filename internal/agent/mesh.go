@@ -26,7 +26,7 @@ func (a *Agent) initMesh(cfg Config) error {
 		Metrics: cfg.Metrics, PingInterval: time.Duration(cfg.MeshPingInterval), Relays: cfg.Relays,
 		UDPAddr: cfg.PunchAddr, KeepAlive: time.Duration(cfg.PathKeepAlive), RelayUDP: cfg.RelayUDP,
 		StreamWindow: cfg.MeshStreamWindow, DirectStreams: cfg.MeshDirectStreams == nil || *cfg.MeshDirectStreams,
-		PeerStreams:   transport.NewPeerStreams(cfg.MaxStreamsPerPeer, cfg.Metrics), // shared by every mesh server
+		PeerStreams:   transport.NewPeerStreams(cfg.MaxStreamsPerPeer, cfg.MeshPeerBuffer, cfg.Metrics), // shared by every mesh server
 		MaxHandshakes: cfg.MeshMaxHandshakes, MaxHandshakesPerSource: cfg.MeshMaxHandshakesPerSource}
 	if a.ident != nil {
 		pcfg.TLS = a.ident.src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh)
@@ -63,8 +63,9 @@ func (a *Agent) initMesh(cfg Config) error {
 	return nil
 }
 
-// meshCut audits a mesh session cut because its peer was revoked or its
-// certificate expired (the transport logged and counted it).
+// meshCut audits a mesh session cut because its peer was revoked, its
+// certificate expired, or it held streams past its buffer budget (the
+// transport logged and counted it; the reason says which).
 func (a *Agent) meshCut(c transport.Cut) {
 	if a.audit == nil {
 		return

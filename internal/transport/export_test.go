@@ -79,3 +79,39 @@ func (c *QUICClient) PeersForTest() []string {
 	slices.Sort(peers)
 	return peers
 }
+
+// yamuxStreamsForTest returns the streams yamux holds in the server's
+// sessions that are not closed (a closed one is being let go): served,
+// lingering after their end, and not yet accepted.
+func (s *Server) yamuxStreamsForTest() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for sess := range s.sessions {
+		if !sess.IsClosed() {
+			n += sess.NumStreams()
+		}
+	}
+	return n
+}
+
+// peersForTest returns how many peers l keeps a count for.
+func (l *PeerStreams) peersForTest() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.peers)
+}
+
+// yamuxSessionsForTest returns how many yamux sessions l keeps for the
+// buffer budget, over all peers.
+func (l *PeerStreams) yamuxSessionsForTest() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, pc := range l.peers {
+		pc.yamux.mu.Lock()
+		n += len(pc.yamux.list)
+		pc.yamux.mu.Unlock()
+	}
+	return n
+}

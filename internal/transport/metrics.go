@@ -64,7 +64,7 @@ func newMeshMetrics(set *metrics.Set, dir string) *meshMetrics {
 	for _, r := range []string{resultOK, resultRefused, resultDialFailed, resultError, resultDenied} {
 		m.streams[r] = set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mesh_streams_total{dir=%q,result=%q}`, dir, r))
 	}
-	for _, r := range []string{CutRevoked, CutExpired} { // shown at 0 before the first cut
+	for _, r := range []string{CutRevoked, CutExpired, CutBuffer} { // shown at 0 before the first cut
 		set.GetOrCreateCounter(fmt.Sprintf(`fogmesh_mesh_sessions_cut_total{dir=%q,reason=%q}`, dir, r))
 	}
 	return m

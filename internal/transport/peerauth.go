@@ -41,12 +41,16 @@ var (
 	ErrPeerRevoked = errors.New("peer revoked")
 	// ErrPeerExpired: a certificate of the peer's chain expired.
 	ErrPeerExpired = errors.New("peer certificate expired")
+	// ErrPeerBuffer: the peer left more streams open than its buffer
+	// budget allows (peerbuffer.go).
+	ErrPeerBuffer = errors.New("peer holds streams past its buffer budget")
 )
 
 // Reasons of a cut, the reason label of fogmesh_mesh_sessions_cut_total.
 const (
 	CutRevoked = "revoked"
 	CutExpired = "expired"
+	CutBuffer  = "buffer" // the peer left refused or ended streams open (peerbuffer.go)
 )
 
 // PeerCheck says whether an authenticated peer (its SPIFFE ID and the
@@ -55,12 +59,13 @@ const (
 // the transport itself.
 type PeerCheck func(id spiffeid.ID, certs []*x509.Certificate) error
 
-// Cut describes a session closed because its peer lost the right to it.
+// Cut describes a session closed because its peer lost the right to it,
+// or held more of this agent's memory than its buffer budget allows.
 type Cut struct {
 	Dir     string      // "in" (accepted) or "out" (dialed)
 	Peer    spiffeid.ID // the peer's node identity
-	Reason  string      // CutRevoked or CutExpired
-	Err     error       // the cause, wrapping ErrPeerRevoked or ErrPeerExpired
+	Reason  string      // CutRevoked, CutExpired or CutBuffer
+	Err     error       // the cause, wrapping ErrPeerRevoked, ErrPeerExpired or ErrPeerBuffer
 	Streams int         // streams open on it when it was cut (-1: unknown, QUIC)
 }
 
@@ -190,7 +195,7 @@ func SessionsCut(set *metrics.Set, dir, reason string) uint64 {
 // reportCut logs, counts and reports one cut.
 func reportCut(log *slog.Logger, m *meshMetrics, onCut func(Cut), c Cut) {
 	m.cut(c.Reason)
-	log.Warn("mesh: session cut: the peer may no longer use it", "dir", c.Dir, "peerId", c.Peer.String(),
+	log.Warn("mesh: session cut", "dir", c.Dir, "peerId", c.Peer.String(),
 		"reason", c.Reason, "streams", c.Streams, "err", c.Err)
 	if onCut != nil {
 		onCut(c)

@@ -58,6 +58,7 @@ type PeerStreams struct {
 	refused  *metrics.Counter // fogmesh_agent_peer_stream_limit_rejections_total
 	sessions *metrics.Counter // fogmesh_agent_peer_session_limit_rejections_total
 	msg      string           // the refusal's status message
+	buf      peerBuffer       // the budget of yamux stream windows (peerbuffer.go)
 
 	mu    sync.Mutex // guards the following
 	peers map[string]*peerCount
@@ -68,13 +69,16 @@ type peerCount struct {
 	open     atomic.Int64 // streams from their accept to their end
 	refs     int          // guarded by PeerStreams.mu: its sessions, connections and direct streams
 	sessions int          // guarded by PeerStreams.mu: its sessions and QUIC connections
+	yamux    peerSessions // its live yamux sessions, for the buffer budget (peerbuffer.go)
 }
 
 // NewPeerStreams returns a cap of max streams per peer (0:
-// DefaultMaxStreamsPerPeer; negative: no cap) that counts its refusals in
-// set's fogmesh_agent_peer_stream_limit_rejections_total (nil: a private
-// set).
-func NewPeerStreams(max int, set *metrics.Set) *PeerStreams {
+// DefaultMaxStreamsPerPeer; negative: no cap) and a budget of buffer
+// bytes per peer of stream windows held by its yamux sessions (0: twice
+// the cap's windows, none without a cap; negative: none; peerbuffer.go),
+// that count their refusals in set's fogmesh_agent_peer_*_total (nil: a
+// private set).
+func NewPeerStreams(max, buffer int, set *metrics.Set) *PeerStreams {
 	if max == 0 {
 		max = DefaultMaxStreamsPerPeer
 	}
@@ -86,6 +90,7 @@ func NewPeerStreams(max int, set *metrics.Set) *PeerStreams {
 		refused:  set.GetOrCreateCounter(`fogmesh_agent_peer_stream_limit_rejections_total`),
 		sessions: set.GetOrCreateCounter(`fogmesh_agent_peer_session_limit_rejections_total`),
 		msg:      fmt.Sprintf("%v: at most %d open at once", errPeerStreams, max),
+		buf:      newPeerBuffer(buffer, int64(max), set),
 		peers:    make(map[string]*peerCount),
 	}
 }

@@ -176,7 +176,7 @@ func (c *ServerConfig) validateStreams() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.PeerStreams == nil {
-		c.PeerStreams = NewPeerStreams(0, c.Metrics)
+		c.PeerStreams = NewPeerStreams(0, 0, c.Metrics)
 	}
 	return nil
 }
@@ -407,6 +407,9 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		return
 	}
 	defer s.untrackSession(sess)
+	pc.yamux.add(sess) // for the buffer budget, until the session ends
+	defer pc.yamux.remove(sess)
+	budget := s.limit.bufferStreams(s.cfg.StreamWindow)
 	if d := auth.untilExpiry(); d >= 0 {
 		t := time.AfterFunc(d, func() { s.cutIfInvalid(sess, &auth) })
 		defer t.Stop()
@@ -431,9 +434,17 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 			st.Close()
 			return
 		}
+		v := s.overBuffer(sess, &auth, pc, budget, log)
+		if v == bufferCut {
+			st.Close()
+			return
+		}
 		sc := newStreamConn(st)
 		sc.cause = auth.cause
-		if !s.limit.acquire(pc) {
+		if v == bufferRefuse || !s.limit.acquire(pc) {
+			if v == bufferOK {
+				pc.yamux.unserve()
+			}
 			s.refuseOverCap(sc)
 			st, err = sess.AcceptStreamWithContext(ctx)
 			continue
@@ -447,17 +458,19 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		case opening <- struct{}{}:
 		case <-ctx.Done():
 			s.limit.release(pc)
+			pc.yamux.unserve()
 			st.Close()
 			err = ctx.Err()
 			continue
 		case <-sess.CloseChan():
 			s.limit.release(pc)
+			pc.yamux.unserve()
 			st.Close()
 			err = yamux.ErrSessionShutdown
 			continue
 		}
 		s.wg.Add(1) // the counter is > 0: serveConn holds one
-		go s.serveStreamThen(ctx, sc, nil, pc, func() { <-opening })
+		go func() { defer pc.yamux.unserve(); s.serveStreamThen(ctx, sc, nil, pc, func() { <-opening }) }()
 		st, err = sess.AcceptStreamWithContext(ctx)
 	}
 	if ctx.Err() == nil || errors.Is(err, context.DeadlineExceeded) {

@@ -1,0 +1,250 @@
+package transport
+
+import (
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/yamux"
+)
+
+// The per-peer budget of buffered bytes over yamux. yamux grants each
+// stream its whole receive window when it is accepted and has no
+// session-wide flow control, so a peer's streams may make the agent buffer
+// a window each; and a stream the agent closed (refused, or done) stays in
+// yamux, with its window granted and whatever the peer sent on it, until
+// the peer closes it too or for StreamCloseTimeout (a minute).
+//
+// So at each stream it accepts, the server checks two counts of the
+// peer's streams over its live yamux sessions (peerSessions):
+//   - served, the streams being served (an atomic count from accept to
+//     end): at the budget in windows, the stream is refused as over the
+//     stream cap. Not yamux's count, which includes the accept backlog: a
+//     burst of streams would then all be refused.
+//   - held, yamux's own count (the sum of NumStreams: accepted, in the
+//     accept backlog, closed here but not by the peer): past the budget
+//     and what a burst explains (bufferCutAt), the peer leaves its refused
+//     or ended streams open, which this agent's client never does, and the
+//     session of the new stream is cut, which frees all of its streams.
+//     Refusing alone would not bound them: each refused stream lingers too.
+//
+// What it does not bound: every stream yamux holds may have been granted
+// its whole window (Accept grants it before the server can decide), so a
+// peer that fills the streams it leaves open holds up to bufferCutAt
+// windows, not the budget's, and is never cut if it then opens no more
+// (yamux lets them go after StreamCloseTimeout). For a small budget the
+// burst allowance dominates (a budget of 16 windows: 544). Streams in the
+// backlog of a session whose accept loop waits (maxOpening streams
+// without a header, or a refusal's write to a peer that does not read)
+// are only seen at the next stream some session of the peer accepts.
+// Bounding these needs yamux not to grant a window before the stream is
+// taken, or to reset a refused stream without losing the refusal.
+//
+// The cost is two atomic adds per stream and, per accepted stream, one
+// loop over the peer's sessions (at most maxSessionsPerPeer) under a
+// per-peer lock (BenchmarkPeerBufferCheck: about 50 ns with one session,
+// 1 µs with 64, no allocation); nothing per read or write, no stream is
+// read, and no session is kept past its end. NumStreams takes the
+// session's stream lock, which yamux holds while it sends a reset for a
+// stream past a full backlog (up to connWriteTimeout if the peer does not
+// read): only that peer's own accept loops wait. QUIC connections have
+// their own connection-wide flow control.
+
+// peerBufferWarnEvery is how often at most a refusal over the budget is
+// logged as a warning (the others at debug).
+const peerBufferWarnEvery = 10 * time.Second
+
+// peerBuffer is the budget's configuration, shared by the servers of a
+// PeerStreams.
+type peerBuffer struct {
+	bytes    int64            // 0: twice the stream cap's windows; < 0: none
+	noCap    bool             // the stream cap is off: no default budget
+	rejected *metrics.Counter // fogmesh_agent_peer_buffer_rejections_total
+	cuts     *metrics.Counter // fogmesh_agent_peer_buffer_session_cuts_total
+	lastWarn atomic.Int64     // unix nanoseconds of the last warning
+	lastCut  atomic.Int64     // unix nanoseconds of the last cut reported
+	unsaid   atomic.Int64     // cuts not reported since
+}
+
+func newPeerBuffer(bytes int, maxStreams int64, set *metrics.Set) peerBuffer {
+	return peerBuffer{
+		bytes:    int64(bytes),
+		noCap:    maxStreams <= 0,
+		rejected: set.GetOrCreateCounter(`fogmesh_agent_peer_buffer_rejections_total`),
+		cuts:     set.GetOrCreateCounter(`fogmesh_agent_peer_buffer_session_cuts_total`),
+	}
+}
+
+// bufferStreams returns how many streams of window bytes each one peer
+// may have held by yamux here (at least one), or 0 for no budget.
+func (l *PeerStreams) bufferStreams(window int) int {
+	b := l.buf.bytes
+	switch {
+	case b < 0, b == 0 && l.buf.noCap:
+		return 0
+	case b == 0: // room for the backlog and lingering closes past the cap
+		return int(min(l.max, math.MaxInt/2) * 2) // saturated: a wrap would be no budget
+	}
+	return max(1, int(b/int64(window)))
+}
+
+// peerSessions is one peer's live server-side yamux sessions, each from
+// its setup to its end.
+type peerSessions struct {
+	served atomic.Int64 // its yamux streams being served (serveConn)
+
+	mu   sync.Mutex
+	list []*yamux.Session
+}
+
+func (p *peerSessions) add(s *yamux.Session) {
+	p.mu.Lock()
+	p.list = append(p.list, s)
+	p.mu.Unlock()
+}
+
+// remove forgets s, keeping no reference to it.
+func (p *peerSessions) remove(s *yamux.Session) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, x := range p.list {
+		if x == s {
+			last := len(p.list) - 1
+			p.list[i] = p.list[last]
+			p.list[last] = nil
+			p.list = p.list[:last]
+			return
+		}
+	}
+}
+
+// serve takes a place among the peer's served streams, or reports false
+// (none taken) when limit (> 0) are taken. The add comes before the test:
+// sessions of the peer accepting at once would all pass a test made
+// before any of them added. unserve gives the place back.
+func (p *peerSessions) serve(limit int) bool {
+	if n := p.served.Add(1); limit > 0 && n > int64(limit) {
+		p.served.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (p *peerSessions) unserve() { p.served.Add(-1) }
+
+// held returns the streams yamux holds over the peer's live sessions. A
+// closed session is skipped: yamux still counts its streams, freed, and it
+// stays in the list until its serveConn returns.
+func (p *peerSessions) held() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, s := range p.list {
+		if !s.IsClosed() {
+			n += s.NumStreams()
+		}
+	}
+	return n
+}
+
+// What overBuffer decides for a stream just accepted.
+const (
+	bufferOK     = iota
+	bufferRefuse // refuse the stream as over the stream cap
+	bufferCut    // close the stream's session
+)
+
+// bufferCutAt is how many streams yamux may hold for one peer, with a
+// budget of limit, before the session of its next stream is cut. A
+// refused stream stays in yamux (with its whole window granted) until the
+// peer closes it, which this agent's client does as soon as it reads the
+// refusal; but a burst of streams holds more than that for a while: the
+// session's accept backlog (up to AcceptBacklog streams not yet taken,
+// which is also how many opens a yamux client may have unanswered) and
+// the refused ones whose close is on its way (as many again). A peer past
+// that leaves its refused streams open. The allowance is per peer, not
+// per session: with many sessions a peer would hold that many times more.
+func bufferCutAt(limit int) int {
+	extra := max(limit/4, 16) + 2*yamuxAcceptBacklog
+	if limit > math.MaxInt-extra { // saturated: a wrap would cut at every stream
+		return math.MaxInt
+	}
+	return limit + extra
+}
+
+// yamuxAcceptBacklog is yamuxConfig's AcceptBacklog (yamux's default).
+var yamuxAcceptBacklog = yamux.DefaultConfig().AcceptBacklog
+
+// overBuffer decides (and counts, and logs) what to do with a stream just
+// accepted on sess from pc's peer, with a budget of limit streams (0:
+// none): cut sess if yamux holds more than bufferCutAt for the peer (the
+// served ones, the backlog, and the closed ones the peer keeps open),
+// else refuse it if the peer has limit yamux streams being served (an
+// exact count: streams in yamux's accept backlog must not count, or a
+// burst of streams would all be refused). bufferOK takes the stream's
+// place among the served (pc.yamux.serve), which the caller gives back
+// (unserve) when the stream ends or is not served after all.
+func (s *Server) overBuffer(sess *yamux.Session, pa *peerAuth, pc *peerCount, limit int, log *slog.Logger) int {
+	if limit <= 0 {
+		pc.yamux.serve(0)
+		return bufferOK
+	}
+	held := pc.yamux.held() // the new stream included
+	if held > bufferCutAt(limit) {
+		s.cutOverBuffer(sess, pa, held, limit)
+		return bufferCut
+	}
+	if pc.yamux.serve(limit) {
+		return bufferOK
+	}
+	b := &s.limit.buf
+	b.rejected.Inc()
+	level := slog.LevelDebug
+	now := time.Now().UnixNano()
+	if last := b.lastWarn.Load(); now-last >= int64(peerBufferWarnEvery) && b.lastWarn.CompareAndSwap(last, now) {
+		level = slog.LevelWarn
+	}
+	log.Log(s.ctx, level, "mesh: stream refused over the peer's buffer budget", "served", pc.yamux.served.Load(), "held", held,
+		"budget", fmt.Sprintf("%d streams of %d bytes", limit, s.cfg.StreamWindow))
+	return bufferRefuse
+}
+
+// cutOverBuffer closes sess, whose peer has held streams in yamux here,
+// past bufferCutAt(limit), and reports the cut as every mesh cut is
+// reported (reportCut: logged with the peer's identity and address,
+// counted with reason CutBuffer, audited by the agent through OnCut),
+// unless the session was cut for another cause first. Its streams fail
+// with an error wrapping ErrPeerBuffer.
+//
+// Unlike a revoked peer, which the handshake then refuses, a peer cut here
+// may connect and be cut again at once, tens of times a second: so a cut is
+// reported at most once every peerBufferWarnEvery by the servers sharing
+// the PeerStreams (the others are counted, and logged at debug), and the
+// next report says how many were not.
+func (s *Server) cutOverBuffer(sess *yamux.Session, pa *peerAuth, held, limit int) {
+	b := &s.limit.buf
+	b.cuts.Inc()
+	err := fmt.Errorf("%w: yamux holds %d of its streams, at most %d with a budget of %d streams of %d bytes",
+		ErrPeerBuffer, held, bufferCutAt(limit), limit, s.cfg.StreamWindow)
+	log := s.log.With("peer", sess.RemoteAddr().String())
+	c := Cut{Dir: "in", Peer: pa.id, Reason: CutBuffer, Err: err, Streams: sess.NumStreams()}
+	now := time.Now().UnixNano()
+	switch last := b.lastCut.Load(); {
+	case pa.cause != nil && !pa.setCause(err): // nil: insecure mode, no identity
+	case now-last < int64(peerBufferWarnEvery) || !b.lastCut.CompareAndSwap(last, now):
+		b.unsaid.Add(1)
+		s.m.cut(c.Reason)
+		log.Debug("mesh: session cut", "dir", c.Dir, "peerId", c.Peer.String(), "reason", c.Reason, "streams", c.Streams, "err", err)
+	default:
+		if n := b.unsaid.Swap(0); n > 0 {
+			c.Err = fmt.Errorf("%w (and %d more cuts over buffer budgets since the last reported)", err, n)
+		}
+		// Reported first: the cut is on record before the peer sees it.
+		reportCut(log, s.m, s.cfg.OnCut, c)
+	}
+	sess.Close()
+}
