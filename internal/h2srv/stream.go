@@ -60,6 +60,8 @@ type stream struct {
 
 	readDeadline, writeDeadline time.Time // the handler's only
 	needsContinue               bool
+
+	reqBody requestBody // req.Body of a request with one: in the stream's allocation
 }
 
 func newStream(sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue bool) *stream {
@@ -71,7 +73,8 @@ func newStream(sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue b
 	req.RemoteAddr = sc.remote
 	if bodyOpen {
 		st.declLen = req.ContentLength
-		req.Body = &requestBody{st: st}
+		st.reqBody.st = st
+		req.Body = &st.reqBody
 		st.trailer = req.Trailer
 		st.needsContinue = needsContinue
 	} else {
