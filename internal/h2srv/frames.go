@@ -3,7 +3,6 @@ package h2srv
 // The read loop's handling of each frame type.
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -306,8 +305,8 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	// idle timer) either counts the stream as open or takes it for one
 	// above its last stream id, never promises it and closes.
 	req, cont, err := newRequest(f, sc.canonical)
-	var bad *errBadRequest
-	malformed := err != nil && !errors.As(err, &bad)
+	bad, _ := err.(*errBadRequest) // newRequest's errors are not wrapped; errors.As would move bad to the heap
+	malformed := err != nil && bad == nil
 	var st *stream
 	if !malformed {
 		st = newStream(sc, id, req, !f.StreamEnded(), cont)

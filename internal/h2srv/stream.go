@@ -332,7 +332,8 @@ var errBodyClosed = errors.New("h2srv: read on closed body")
 // chunkBuf is a body buffer of pooled 16 KiB chunks.
 type chunkBuf struct {
 	chunks []*[chunkSize]byte
-	r, w   int // read offset in chunks[0], write offset in the last chunk
+	first  [1]*[chunkSize]byte // chunks' storage while it holds one (most bodies)
+	r, w   int                 // read offset in chunks[0], write offset in the last chunk
 	n      int
 }
 
@@ -345,6 +346,9 @@ func (b *chunkBuf) len() int { return b.n }
 func (b *chunkBuf) write(p []byte) {
 	for len(p) > 0 {
 		if len(b.chunks) == 0 || b.w == chunkSize {
+			if b.chunks == nil {
+				b.chunks = b.first[:0]
+			}
 			b.chunks = append(b.chunks, chunkPool.Get().(*[chunkSize]byte))
 			b.w = 0
 		}
@@ -368,12 +372,12 @@ func (b *chunkBuf) read(p []byte) int {
 		n += c
 		p = p[c:]
 		if b.r == end {
+			chunkPool.Put(b.chunks[0])
+			b.chunks[0] = nil // the pool's now
 			if len(b.chunks) == 1 {
-				chunkPool.Put(b.chunks[0])
 				b.chunks = b.chunks[:0]
 				b.r, b.w = 0, 0
 			} else {
-				chunkPool.Put(b.chunks[0])
 				b.chunks = b.chunks[1:]
 				b.r = 0
 			}
@@ -388,6 +392,7 @@ func (b *chunkBuf) discard() int {
 	for _, c := range b.chunks {
 		chunkPool.Put(c)
 	}
+	clear(b.chunks)
 	b.chunks, b.r, b.w, b.n = nil, 0, 0, 0
 	return n
 }
