@@ -59,26 +59,38 @@ func (w *lazyFlushWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter
 
 // h2Call is what newL7's handler adds to an HTTP/2 request, in one
 // allocation (wrapH2): the body's TimedBody, the lazy-flush writer and its
-// upstreamBody, the send-timed writer, and the request's context.
+// upstreamBody, the send-timed writer, and the request's context; and
+// what forwardH2 adds (it finds the h2Call by h2CallKey): the body
+// shielded from the transport's Close, the X-Forwarded values.
 type h2Call struct {
 	ctx h2CallCtx
 	tb  httpproxy.TimedBody
 	lw  lazyFlushWriter
 	sw  httpproxy.SendTimedWriter
+
+	nc         noopCloseBody
+	xfFor      [1]string
+	xfHost     [1]string
+	forwarding bool // forwardH2 took nc and the values (once)
 }
+
+type h2CallKey struct{}
 
 // h2CallCtx carries the upstreamBody and the TimedBody (if the request has
 // a body), as two context.WithValue would.
 type h2CallCtx struct {
 	context.Context
-	up *upstreamBody
-	tb *httpproxy.TimedBody
+	up   *upstreamBody
+	tb   *httpproxy.TimedBody
+	call *h2Call
 }
 
 func (c *h2CallCtx) Value(key any) any {
 	switch key.(type) {
 	case upstreamBodyKey:
 		return c.up
+	case h2CallKey:
+		return c.call
 	case httpproxy.TimedBodyKey:
 		if c.tb != nil {
 			return c.tb
@@ -93,7 +105,7 @@ func (c *h2CallCtx) Value(key any) any {
 // (taggedConn.Write): the stream's writes are bounded too.
 func (s *l7) wrapH2(w http.ResponseWriter, r *http.Request, hasBody bool) (http.ResponseWriter, context.Context, *httpproxy.TimedBody) {
 	c := &h2Call{}
-	c.ctx.Context = r.Context()
+	c.ctx.Context, c.ctx.call = r.Context(), c
 	if hasBody {
 		c.tb.Init(r.Body, httpproxy.ReadDeadlinerOf(w)) // what http.NewResponseController(w) reaches
 		c.ctx.tb = &c.tb
