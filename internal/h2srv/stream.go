@@ -62,10 +62,15 @@ type stream struct {
 	needsContinue               bool
 
 	reqBody requestBody // req.Body of a request with one: in the stream's allocation
+	vals    [4]string   // the request header's values, if they fit (newRequest)
 }
 
-func newStream(sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue bool) *stream {
-	st := &stream{sc: sc, id: id, req: req, readCh: make(chan struct{}, 1), winCh: make(chan struct{}, 1), recvWin: flowwin.Initial, declLen: -1}
+// newStream sets up st (new, but for the header values newRequest may
+// have kept in its vals).
+func newStream(st *stream, sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue bool) *stream {
+	st.sc, st.id, st.req = sc, id, req
+	st.readCh, st.winCh = make(chan struct{}, 1), make(chan struct{}, 1)
+	st.recvWin, st.declLen = flowwin.Initial, -1
 	st.ctx, st.cancel = context.WithCancel(sc.opts.Context)
 	sc.mu.Lock()
 	st.sendWin = int64(sc.peerWin)
