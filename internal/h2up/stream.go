@@ -58,9 +58,12 @@ type stream struct {
 	watched bool
 	stop    func() bool
 
-	// In the stream's allocation: the response's body, the first bytes
-	// of its buffer (a unary gRPC call's message) and the values of
-	// small header and trailer blocks (header).
+	// In the stream's allocation (512 bytes at most: a larger one takes
+	// the allocator's slower path): the ready request body's read
+	// (sendReady), the response's body, the first bytes of its buffer (a
+	// unary gRPC call's message) and the values of small header and
+	// trailer blocks (header).
+	pre                 pending
 	respBody            body
 	small               [64]byte
 	headVals, trailVals [2]string
@@ -82,9 +85,9 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	// here, and what the windows take of it goes with the HEADERS; only
 	// what is left goes to writeBody's goroutine (sendReady).
 	ready := hasBody && readReady(req.Body)
-	var pre *pending // allocated only for a ready body: it outlives the call (writeBody)
+	var pre *pending // only for a ready body: it outlives the call (writeBody), as the stream does
 	if ready {
-		pre = &pending{}
+		pre = &s.pre
 	}
 	// refused: the stream was not opened (its caller gave up, or the
 	// connection went away since the slot was reserved). Not a write's
