@@ -36,12 +36,15 @@ type stream struct {
 	req    *http.Request
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// Guarded by sc.mu.
+	//
 	// readCh and winCh (cap 1) wake the body's reader and the response's
 	// writer: two goroutines may wait at once (a proxy reads the request
 	// body on one while the handler writes), each for its own condition.
+	// Each is made by its first waiter (waitCh): most streams never wait.
 	readCh, winCh chan struct{}
 
-	// Guarded by sc.mu.
 	body       chunkBuf
 	bodyErr    error          // io.EOF at END_STREAM; else why the body ends
 	recvDone   bool           // END_STREAM received (or reset)
@@ -69,7 +72,6 @@ type stream struct {
 // have kept in its vals).
 func newStream(st *stream, sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue bool) *stream {
 	st.sc, st.id, st.req = sc, id, req
-	st.readCh, st.winCh = make(chan struct{}, 1), make(chan struct{}, 1)
 	st.recvWin, st.declLen = flowwin.Initial, -1
 	st.ctx, st.cancel = context.WithCancel(sc.opts.Context)
 	sc.mu.Lock()
@@ -90,7 +92,8 @@ func newStream(st *stream, sc *conn, id uint32, req *http.Request, bodyOpen, nee
 }
 
 // wake signals the stream's waiters (body reader, window waiter); each
-// checks its own condition again.
+// checks its own condition again. Called with sc.mu held: a waiter makes
+// its channel under it (waitCh).
 func (st *stream) wake() {
 	select {
 	case st.readCh <- struct{}{}:
@@ -280,6 +283,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 			return 0, nil
 		}
 		dl := st.readDeadline
+		wakeCh := waitCh(&st.readCh)
 		sc.mu.Unlock()
 		if !dl.IsZero() {
 			d := time.Until(dl)
@@ -292,12 +296,12 @@ func (b *requestBody) Read(p []byte) (int, error) {
 				timer.Reset(d)
 			}
 			select {
-			case <-st.readCh:
+			case <-wakeCh:
 			case <-timer.C:
 			}
 			continue
 		}
-		<-st.readCh
+		<-wakeCh
 	}
 }
 
@@ -333,6 +337,15 @@ func (b *requestBody) Close() error {
 }
 
 var errBodyClosed = errors.New("h2srv: read on closed body")
+
+// waitCh returns *ch, made if nil, for a waiter about to let sc.mu go
+// (held): any change after that comes with a wake, which finds it.
+func waitCh(ch *chan struct{}) chan struct{} {
+	if *ch == nil {
+		*ch = make(chan struct{}, 1)
+	}
+	return *ch
+}
 
 // chunkBuf is a body buffer of pooled 16 KiB chunks.
 type chunkBuf struct {

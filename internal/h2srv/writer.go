@@ -156,8 +156,8 @@ func (w *responseWriter) SetReadDeadline(t time.Time) error {
 	sc := w.st.sc
 	sc.mu.Lock()
 	w.st.readDeadline = t
-	sc.mu.Unlock()
 	w.st.wake()
+	sc.mu.Unlock()
 	return nil
 }
 
@@ -166,8 +166,8 @@ func (w *responseWriter) SetWriteDeadline(t time.Time) error {
 	sc := w.st.sc
 	sc.mu.Lock()
 	w.st.writeDeadline = t
-	sc.mu.Unlock()
 	w.st.wake()
+	sc.mu.Unlock()
 	return nil
 }
 
@@ -362,9 +362,10 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 			}
 			st.waitingWin = true
 			dl := st.writeDeadline
+			wakeCh := waitCh(&st.winCh)
 			sc.mu.Unlock()
 			if dl.IsZero() {
-				<-st.winCh
+				<-wakeCh
 				continue
 			}
 			d := time.Until(dl)
@@ -377,7 +378,7 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 				timer.Reset(d)
 			}
 			select {
-			case <-st.winCh:
+			case <-wakeCh:
 			case <-timer.C:
 			}
 		}
