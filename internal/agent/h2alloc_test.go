@@ -115,7 +115,8 @@ func TestGRPCUnaryAllocs(t *testing.T) {
 // X-Forwarded values in the request's own storage (h2Call); concurrent
 // streams of one connection, each with its own :authority, reach the
 // endpoint each with its own X-Forwarded-Host, the client's address in
-// X-Forwarded-For (a spoofed one replaced) and its body.
+// X-Forwarded-For and the agent's identity header (spoofed ones replaced),
+// and its body.
 func TestH2ForwardedPerRequest(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -125,18 +126,20 @@ func TestH2ForwardedPerRequest(t *testing.T) {
 	protos.SetUnencryptedHTTP2(true)
 	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		fmt.Fprintf(w, "%s|%s|%s|%s|%s", r.Host, r.Header.Get("X-Forwarded-Host"), strings.Join(r.Header.Values("X-Forwarded-For"), ","),
-			r.Header.Get("X-Forwarded-Proto"), body)
+		fmt.Fprintf(w, "%s|%s|%s|%s|%s|%s", r.Host, r.Header.Get("X-Forwarded-Host"), strings.Join(r.Header.Values("X-Forwarded-For"), ","),
+			r.Header.Get("X-Forwarded-Proto"), strings.Join(r.Header.Values(SourceIDHeader), ","), body)
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	addr := agentInFront(t, inFront{node: "x", octet: 79, svc: "xfh2", vipPort: 19791, port: ln.Addr().(*net.TCPAddr).Port,
-		proto: "http2", noRequest: true}).addr
+	f := agentInFront(t, inFront{node: "x", octet: 79, svc: "xfh2", vipPort: 19791, port: ln.Addr().(*net.TCPAddr).Port,
+		proto: "http2", noRequest: true})
+	addr := f.addr
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	clientIP, _, _ := net.SplitHostPort(c.LocalAddr().String())
+
 	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
 	if err != nil {
 		t.Fatal(err)
@@ -144,6 +147,7 @@ func TestH2ForwardedPerRequest(t *testing.T) {
 	defer cc.Close()
 	const n = 16
 	errs := make(chan error, n)
+	ids := make(chan string, n)
 	for i := range n {
 		go func() {
 			host := fmt.Sprintf("h%d.example", i)
@@ -153,6 +157,7 @@ func TestH2ForwardedPerRequest(t *testing.T) {
 			req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/", strings.NewReader(body))
 			req.Host = host
 			req.Header.Set("X-Forwarded-For", "6.6.6.6")
+			req.Header.Set(SourceIDHeader, "spiffe://evil")
 			resp, err := cc.RoundTrip(req)
 			if err != nil {
 				errs <- err
@@ -160,10 +165,18 @@ func TestH2ForwardedPerRequest(t *testing.T) {
 			}
 			got, err := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if want := host + "|" + host + "|" + clientIP + "|http|" + body; err != nil || string(got) != want {
+			parts := strings.Split(string(got), "|")
+			if len(parts) != 6 {
+				errs <- fmt.Errorf("request %d: %d %q (%v)", i, resp.StatusCode, got, err)
+				return
+			}
+			id := parts[4]
+			parts[4] = ""
+			if want := host + "|" + host + "|" + clientIP + "|http||" + body; err != nil || strings.Join(parts, "|") != want {
 				errs <- fmt.Errorf("request %d: %d %q (%v), want %q", i, resp.StatusCode, got, err, want)
 				return
 			}
+			ids <- id
 			errs <- nil
 		}()
 	}
@@ -172,4 +185,16 @@ func TestH2ForwardedPerRequest(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	close(ids)
+	// The agent's own word on the client (here the test process, which
+	// also owns the workload's socket) replaces the client's, the same
+	// on every stream.
+	first, seen := "", false
+	for id := range ids {
+		if strings.Contains(id, "spiffe://evil") || seen && id != first {
+			t.Errorf("identity header %q (first stream's %q)", id, first)
+		}
+		first, seen = id, true
+	}
+	t.Logf("identity header %q", first)
 }

@@ -61,7 +61,8 @@ func (w *lazyFlushWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter
 // allocation (wrapH2): the body's TimedBody, the lazy-flush writer and its
 // upstreamBody, the send-timed writer, and the request's context; and
 // what forwardH2 adds (it finds the h2Call by h2CallKey): the body
-// shielded from the transport's Close, the X-Forwarded values.
+// shielded from the transport's Close, the X-Forwarded and identity
+// header values.
 type h2Call struct {
 	ctx h2CallCtx
 	tb  httpproxy.TimedBody
@@ -71,7 +72,8 @@ type h2Call struct {
 	nc         noopCloseBody
 	xfFor      [1]string
 	xfHost     [1]string
-	forwarding bool // forwardH2 took nc and the values (once)
+	srcID      [1]string // the identity header's value
+	forwarding bool      // forwardH2 took nc and the values (once)
 }
 
 type h2CallKey struct{}

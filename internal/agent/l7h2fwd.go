@@ -125,7 +125,11 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 	} else {
 		httpproxy.SetXForwarded(h, httpproxy.RemoteIP(in.RemoteAddr), in.Host)
 	}
-	s.a.setSourceIdentity(in.Context(), out)
+	if call != nil {
+		s.a.setSourceIdentityIn(in.Context(), out, &call.srcID)
+	} else {
+		s.a.setSourceIdentity(in.Context(), out)
+	}
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = emptyUA
 	}
