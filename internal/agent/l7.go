@@ -210,31 +210,21 @@ func newL7(a *Agent) *l7 {
 		// call has both).
 		ctx := r.Context()
 		var tb *httpproxy.TimedBody
-		if r.Body != nil && r.Body != http.NoBody {
-			// The body is read under httpproxy.TimedBody's bounds, set
-			// on the request's own read deadline (HTTP/1.1: the
-			// connection's; h2c: the stream's). A copy of the request
-			// carries it, so the server still sees its own body and
-			// closes a connection whose body was not read to the end.
-			// ReverseProxy wraps the body it forwards: the context
-			// carries it to lbTransport.
+		hasBody := r.Body != nil && r.Body != http.NoBody
+		// The body is read under httpproxy.TimedBody's bounds, set on the
+		// request's own read deadline (HTTP/1.1: the connection's; h2c:
+		// the stream's). A copy of the request carries it, so the server
+		// still sees its own body and closes a connection whose body was
+		// not read to the end. ReverseProxy wraps the body it forwards:
+		// the context carries it to lbTransport.
+		if r.ProtoMajor == 2 {
+			w, ctx, tb = s.wrapH2(w, r, hasBody) // and the upstream body's, in one allocation
+		} else if hasBody {
 			tb = httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
 			ctx = httpproxy.WithTimedBody(ctx, tb)
-			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 		}
-		if r.ProtoMajor == 2 {
-			lw := &lazyFlushWriter{ResponseWriter: w} // and its upstreamBody: one allocation
-			lw.up = &lw.body
-			ctx = context.WithValue(ctx, upstreamBodyKey{}, lw.up)
-			w = lw
-			// A slow reader stalls its stream's flow control, not the
-			// connection's writes (taggedConn.Write): bound the
-			// stream's writes too.
-			if t, ok := r.Context().Value(targetKey{}).(listenTarget); ok {
-				if d := s.sendTimeout(t); d > 0 {
-					w = httpproxy.NewSendTimedWriter(w, d)
-				}
-			}
+		if tb != nil {
+			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 		}
 		if ctx != r.Context() {
 			r = r.WithContext(ctx) // the copy; the server's request keeps its body

@@ -115,6 +115,12 @@ func (h *reqHold) onDone(resp *http.Response) {
 		h.release()
 		return
 	}
+	if g, ok := resp.Body.(*grpcStatusBody); ok && !g.doneUsed {
+		g.doneUsed = true // the gRPC response's wrappers: one allocation
+		g.done.ReadCloser, g.done.h = g, *h
+		resp.Body = &g.done
+		return
+	}
 	resp.Body = &doneBody{ReadCloser: resp.Body, h: *h}
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -55,6 +56,74 @@ func (w *lazyFlushWriter) Flush() { w.FlushError() }
 
 // Unwrap lets http.ResponseController reach the server's writer (deadlines).
 func (w *lazyFlushWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// h2Call is what newL7's handler adds to an HTTP/2 request, in one
+// allocation (wrapH2): the body's TimedBody, the lazy-flush writer and its
+// upstreamBody, the send-timed writer, and the request's context; and
+// what forwardH2 adds (it finds the h2Call by h2CallKey): the body
+// shielded from the transport's Close, the X-Forwarded and identity
+// header values.
+type h2Call struct {
+	ctx h2CallCtx
+	tb  httpproxy.TimedBody
+	lw  lazyFlushWriter
+	sw  httpproxy.SendTimedWriter
+
+	nc         noopCloseBody
+	xfFor      [1]string
+	xfHost     [1]string
+	srcID      [1]string // the identity header's value
+	forwarding bool      // forwardH2 took nc and the values (once)
+}
+
+type h2CallKey struct{}
+
+// h2CallCtx carries the upstreamBody and the TimedBody (if the request has
+// a body), as two context.WithValue would.
+type h2CallCtx struct {
+	context.Context
+	up   *upstreamBody
+	tb   *httpproxy.TimedBody
+	call *h2Call
+}
+
+func (c *h2CallCtx) Value(key any) any {
+	switch key.(type) {
+	case upstreamBodyKey:
+		return c.up
+	case h2CallKey:
+		return c.call
+	case httpproxy.TimedBodyKey:
+		if c.tb != nil {
+			return c.tb
+		}
+	}
+	return c.Context.Value(key)
+}
+
+// wrapH2 sets up r's h2Call: the writer and the context the handler goes
+// on with, and the body's TimedBody (nil: no body). A slow reader stalls
+// its stream's flow control, not the connection's writes
+// (taggedConn.Write): the stream's writes are bounded too.
+func (s *l7) wrapH2(w http.ResponseWriter, r *http.Request, hasBody bool) (http.ResponseWriter, context.Context, *httpproxy.TimedBody) {
+	c := &h2Call{}
+	c.ctx.Context, c.ctx.call = r.Context(), c
+	if hasBody {
+		c.tb.Init(r.Body, httpproxy.ReadDeadlinerOf(w)) // what http.NewResponseController(w) reaches
+		c.ctx.tb = &c.tb
+	}
+	c.lw = lazyFlushWriter{ResponseWriter: w}
+	c.lw.up = &c.lw.body
+	c.ctx.up = c.lw.up
+	var out http.ResponseWriter = &c.lw
+	if t, ok := r.Context().Value(targetKey{}).(listenTarget); ok {
+		if d := s.sendTimeout(t); d > 0 {
+			c.sw.Init(&c.lw, httpproxy.WriteDeadlinerOf(w), d) // lw's controller reaches w's
+			out = &c.sw
+		}
+	}
+	return out, &c.ctx, c.ctx.tb
+}
 
 // serveH2Port serves a client connection of an h2c or gRPC port: HTTP/2
 // with prior knowledge by the HTTP/2 server (package h2srv), anything else

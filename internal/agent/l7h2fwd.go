@@ -86,13 +86,27 @@ var emptyUA = []string{""}
 func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget, transport http.RoundTripper) {
 	// The request sent on: in itself (see above).
 	out := in
+	// What this adds per request lives in the handler's h2Call (one
+	// allocation) when there is one: a first forward of the request.
+	call, _ := in.Context().Value(h2CallKey{}).(*h2Call)
+	if call != nil && call.forwarding {
+		call = nil
+	} else if call != nil {
+		call.forwarding = true
+	}
 	if out.ContentLength == 0 {
 		out.Body = nil // Issue 16036, as ReverseProxy
 	}
 	if out.Body != nil {
 		// As ReverseProxy: the transport's Close does not reach the
 		// server's body, and no read follows the handler's return.
-		nc := &noopCloseBody{r: out.Body}
+		var nc *noopCloseBody
+		if call != nil {
+			nc = &call.nc
+			nc.r = out.Body
+		} else {
+			nc = &noopCloseBody{r: out.Body}
+		}
 		out.Body = nc
 		defer nc.Close()
 	}
@@ -105,8 +119,17 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 	if in.Host == "" {
 		out.URL.Host = t.svc[strings.IndexByte(t.svc, '/')+1:]
 	}
-	httpproxy.SetXForwarded(h, httpproxy.RemoteIP(in.RemoteAddr), in.Host)
-	s.a.setSourceIdentity(in.Context(), out)
+	if call != nil {
+		call.xfHost[0] = in.Host
+		httpproxy.SetXForwardedValues(h, httpproxy.RemoteIPIn(&call.xfFor, in.RemoteAddr), call.xfHost[:])
+	} else {
+		httpproxy.SetXForwarded(h, httpproxy.RemoteIP(in.RemoteAddr), in.Host)
+	}
+	if call != nil {
+		s.a.setSourceIdentityIn(in.Context(), out, &call.srcID)
+	} else {
+		s.a.setSourceIdentity(in.Context(), out)
+	}
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = emptyUA
 	}

@@ -217,6 +217,9 @@ type grpcStatusBody struct {
 	a             *Agent
 	svc, endpoint string
 	once          sync.Once
+
+	done     doneBody // reqHold.onDone's wrapper of this body, in its allocation
+	doneUsed bool
 }
 
 func (b *grpcStatusBody) UpstreamEnded() bool { return upstreamEnded(b.ReadCloser) }

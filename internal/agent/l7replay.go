@@ -35,19 +35,25 @@ type replayBody struct {
 	limit int
 
 	mu       sync.Mutex // guards the following
-	cond     *sync.Cond // signalled when a read of src ends
-	buf      []byte     // src's bytes so far (nil once over)
+	cond     sync.Cond  // signalled when a read of src ends
+	buf      []byte     // src's bytes so far (nil once over); small at first
 	consumed int        // bytes read from src
 	over     bool       // more than limit read: buf dropped
 	eof      bool
 	err      error // src's read error
 	gen      int   // the current attempt
 	reading  bool  // a read of src is in progress
+
+	// Kept in the body's own allocation: the first attempt's reader (most
+	// requests make one) and the first bytes (a unary gRPC call's message).
+	first replayReader
+	small [64]byte
 }
 
 func newReplayBody(src io.Reader, limit int) *replayBody {
 	rb := &replayBody{src: src, limit: limit}
-	rb.cond = sync.NewCond(&rb.mu)
+	rb.cond.L = &rb.mu
+	rb.buf = rb.small[:0]
 	return rb
 }
 
@@ -57,6 +63,10 @@ func (rb *replayBody) attempt() io.ReadCloser {
 	defer rb.mu.Unlock()
 	rb.gen++
 	rb.cond.Broadcast()
+	if rb.gen == 1 {
+		rb.first = replayReader{rb: rb, gen: 1}
+		return &rb.first
+	}
 	return &replayReader{rb: rb, gen: rb.gen}
 }
 

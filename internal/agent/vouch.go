@@ -130,8 +130,18 @@ func clientIdentityFrom(ctx context.Context) string {
 // client's connection, found at accept (clientIdentity; ctx is the
 // connection's), or removes it when unknown.
 func (a *Agent) setSourceIdentity(ctx context.Context, out *http.Request) {
+	a.setSourceIdentityIn(ctx, out, nil)
+}
+
+// setSourceIdentityIn is setSourceIdentity with the header's value slice
+// in dst (nil: a new one), which the caller keeps with the request.
+func (a *Agent) setSourceIdentityIn(ctx context.Context, out *http.Request, dst *[1]string) {
 	out.Header.Del(SourceIDHeader)
 	if id := connIdentityFrom(ctx); id != "" {
-		out.Header.Set(SourceIDHeader, id)
+		if dst == nil {
+			dst = new([1]string)
+		}
+		dst[0] = id
+		out.Header[SourceIDHeader] = dst[:] // the name is canonical, as Set would make it
 	}
 }

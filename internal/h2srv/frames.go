@@ -3,7 +3,6 @@ package h2srv
 // The read loop's handling of each frame type.
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -305,12 +304,14 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	// stream's entry change together below, so a GOAWAY (Shutdown, the
 	// idle timer) either counts the stream as open or takes it for one
 	// above its last stream id, never promises it and closes.
-	req, cont, err := newRequest(f, sc.canonical)
-	var bad *errBadRequest
-	malformed := err != nil && !errors.As(err, &bad)
-	var st *stream
-	if !malformed {
-		st = newStream(sc, id, req, !f.StreamEnded(), cont)
+	st := new(stream) // first: the header's values may go in it
+	req, cont, err := newRequest(f, sc.canonical, st.vals[:])
+	bad, _ := err.(*errBadRequest) // newRequest's errors are not wrapped; errors.As would move bad to the heap
+	malformed := err != nil && bad == nil
+	if malformed {
+		st = nil
+	} else {
+		newStream(st, sc, id, req, !f.StreamEnded(), cont)
 	}
 	drop := func() {
 		if st != nil {

@@ -41,7 +41,8 @@ var connHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Tran
 // already refused invalid field names and values, unknown, repeated and
 // misplaced pseudo-headers). A *errBadRequest comes with a request (the
 // handler's answer is a 400); an errMalformed without.
-func newRequest(f *http2.MetaHeadersFrame, canon func(string) string) (req *http.Request, needsContinue bool, err error) {
+// A header of at most len(spare) fields keeps its values in spare.
+func newRequest(f *http2.MetaHeadersFrame, canon func(string) string, spare []string) (req *http.Request, needsContinue bool, err error) {
 	method, scheme := f.PseudoValue("method"), f.PseudoValue("scheme")
 	authority, path := f.PseudoValue("authority"), f.PseudoValue("path")
 	if f.PseudoValue("protocol") != "" {
@@ -58,7 +59,12 @@ func newRequest(f *http2.MetaHeadersFrame, canon func(string) string) (req *http
 	header := make(http.Header, len(regular))
 	// A key's first value is a slice of vals (capacity 1: an append
 	// copies): one allocation for the values instead of one per key.
-	vals := make([]string, len(regular))
+	var vals []string
+	if len(regular) <= len(spare) {
+		vals = spare[:len(regular)]
+	} else {
+		vals = make([]string, len(regular))
+	}
 	for i, hf := range regular {
 		k := canon(hf.Name)
 		if vv, ok := header[k]; ok {

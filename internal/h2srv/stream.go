@@ -36,12 +36,15 @@ type stream struct {
 	req    *http.Request
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// Guarded by sc.mu.
+	//
 	// readCh and winCh (cap 1) wake the body's reader and the response's
 	// writer: two goroutines may wait at once (a proxy reads the request
 	// body on one while the handler writes), each for its own condition.
+	// Each is made by its first waiter (waitCh): most streams never wait.
 	readCh, winCh chan struct{}
 
-	// Guarded by sc.mu.
 	body       chunkBuf
 	bodyErr    error          // io.EOF at END_STREAM; else why the body ends
 	recvDone   bool           // END_STREAM received (or reset)
@@ -60,10 +63,16 @@ type stream struct {
 
 	readDeadline, writeDeadline time.Time // the handler's only
 	needsContinue               bool
+
+	reqBody requestBody // req.Body of a request with one: in the stream's allocation
+	vals    [4]string   // the request header's values, if they fit (newRequest)
 }
 
-func newStream(sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue bool) *stream {
-	st := &stream{sc: sc, id: id, req: req, readCh: make(chan struct{}, 1), winCh: make(chan struct{}, 1), recvWin: flowwin.Initial, declLen: -1}
+// newStream sets up st (new, but for the header values newRequest may
+// have kept in its vals).
+func newStream(st *stream, sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue bool) *stream {
+	st.sc, st.id, st.req = sc, id, req
+	st.recvWin, st.declLen = flowwin.Initial, -1
 	st.ctx, st.cancel = context.WithCancel(sc.opts.Context)
 	sc.mu.Lock()
 	st.sendWin = int64(sc.peerWin)
@@ -71,7 +80,8 @@ func newStream(sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue b
 	req.RemoteAddr = sc.remote
 	if bodyOpen {
 		st.declLen = req.ContentLength
-		req.Body = &requestBody{st: st}
+		st.reqBody.st = st
+		req.Body = &st.reqBody
 		st.trailer = req.Trailer
 		st.needsContinue = needsContinue
 	} else {
@@ -82,7 +92,8 @@ func newStream(sc *conn, id uint32, req *http.Request, bodyOpen, needsContinue b
 }
 
 // wake signals the stream's waiters (body reader, window waiter); each
-// checks its own condition again.
+// checks its own condition again. Called with sc.mu held: a waiter makes
+// its channel under it (waitCh).
 func (st *stream) wake() {
 	select {
 	case st.readCh <- struct{}{}:
@@ -272,6 +283,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 			return 0, nil
 		}
 		dl := st.readDeadline
+		wakeCh := waitCh(&st.readCh)
 		sc.mu.Unlock()
 		if !dl.IsZero() {
 			d := time.Until(dl)
@@ -284,12 +296,12 @@ func (b *requestBody) Read(p []byte) (int, error) {
 				timer.Reset(d)
 			}
 			select {
-			case <-st.readCh:
+			case <-wakeCh:
 			case <-timer.C:
 			}
 			continue
 		}
-		<-st.readCh
+		<-wakeCh
 	}
 }
 
@@ -326,10 +338,20 @@ func (b *requestBody) Close() error {
 
 var errBodyClosed = errors.New("h2srv: read on closed body")
 
+// waitCh returns *ch, made if nil, for a waiter about to let sc.mu go
+// (held): any change after that comes with a wake, which finds it.
+func waitCh(ch *chan struct{}) chan struct{} {
+	if *ch == nil {
+		*ch = make(chan struct{}, 1)
+	}
+	return *ch
+}
+
 // chunkBuf is a body buffer of pooled 16 KiB chunks.
 type chunkBuf struct {
 	chunks []*[chunkSize]byte
-	r, w   int // read offset in chunks[0], write offset in the last chunk
+	first  [1]*[chunkSize]byte // chunks' storage while it holds one (most bodies)
+	r, w   int                 // read offset in chunks[0], write offset in the last chunk
 	n      int
 }
 
@@ -342,6 +364,9 @@ func (b *chunkBuf) len() int { return b.n }
 func (b *chunkBuf) write(p []byte) {
 	for len(p) > 0 {
 		if len(b.chunks) == 0 || b.w == chunkSize {
+			if b.chunks == nil {
+				b.chunks = b.first[:0]
+			}
 			b.chunks = append(b.chunks, chunkPool.Get().(*[chunkSize]byte))
 			b.w = 0
 		}
@@ -365,12 +390,12 @@ func (b *chunkBuf) read(p []byte) int {
 		n += c
 		p = p[c:]
 		if b.r == end {
+			chunkPool.Put(b.chunks[0])
+			b.chunks[0] = nil // the pool's now
 			if len(b.chunks) == 1 {
-				chunkPool.Put(b.chunks[0])
 				b.chunks = b.chunks[:0]
 				b.r, b.w = 0, 0
 			} else {
-				chunkPool.Put(b.chunks[0])
 				b.chunks = b.chunks[1:]
 				b.r = 0
 			}
@@ -385,6 +410,7 @@ func (b *chunkBuf) discard() int {
 	for _, c := range b.chunks {
 		chunkPool.Put(c)
 	}
+	clear(b.chunks)
 	b.chunks, b.r, b.w, b.n = nil, 0, 0, 0
 	return n
 }

@@ -33,6 +33,8 @@ type responseWriter struct {
 	sentHeader  bool
 	done        bool // the handler returned
 	head        bool
+	hasDate     bool     // the header has a Date (prepareHeader)
+	clen        string   // the content length prepareHeader adds; "": none
 	declared    []string // trailer keys declared by the Trailer header
 	trailers    []string // trailerKeys' result (its storage kept with the writer)
 	contentLen  int64    // -1: none declared
@@ -154,8 +156,8 @@ func (w *responseWriter) SetReadDeadline(t time.Time) error {
 	sc := w.st.sc
 	sc.mu.Lock()
 	w.st.readDeadline = t
-	sc.mu.Unlock()
 	w.st.wake()
+	sc.mu.Unlock()
 	return nil
 }
 
@@ -164,8 +166,8 @@ func (w *responseWriter) SetWriteDeadline(t time.Time) error {
 	sc := w.st.sc
 	sc.mu.Lock()
 	w.st.writeDeadline = t
-	sc.mu.Unlock()
 	w.st.wake()
+	sc.mu.Unlock()
 	return nil
 }
 
@@ -182,29 +184,29 @@ func (w *responseWriter) flush(end bool) error {
 	st, sc := w.st, w.st.sc
 	data := w.buf
 	w.buf = w.buf[:0]
-	var header func(enc hpackEncoder)
-	if !w.sentHeader {
+	header := !w.sentHeader
+	if header {
 		w.sentHeader = true
-		header = w.headerFields(end, len(data))
+		w.prepareHeader(end, len(data))
 	}
 	var trailers []string
 	if end {
 		trailers = w.trailerKeys()
 	}
 	endData := end && len(trailers) == 0
-	if header == nil && len(data) == 0 && !end {
+	if !header && len(data) == 0 && !end {
 		return nil
 	}
 	n := w.take(len(data))
 	rest := data[n:]
 	h := w.header
 	err := sc.writeFrames(func() error {
-		if header != nil {
-			if err := sc.writeHeaderBlock(st.id, endData && len(data) == 0, header); err != nil {
+		if header {
+			if err := sc.writeHeaderBlock(st.id, endData && len(data) == 0, w.encodeHeaderFields); err != nil {
 				return err
 			}
 		}
-		if n > 0 || (header == nil && len(data) == 0 && endData) {
+		if n > 0 || (!header && len(data) == 0 && endData) {
 			if err := sc.fr.WriteData(st.id, endData && len(rest) == 0, data[:n]); err != nil {
 				return err
 			}
@@ -234,11 +236,12 @@ func (w *responseWriter) flush(end bool) error {
 	return nil
 }
 
-// headerFields prepares the response header (once): a Connection: close
+// prepareHeader prepares the response header (once): a Connection: close
 // drains the connection, a content length is added to a response whose
 // handler returned having written it all, a Date if there is none, and
-// the trailers are declared.
-func (w *responseWriter) headerFields(end bool, buffered int) func(enc hpackEncoder) {
+// the trailers are declared. encodeHeaderFields then encodes it, in the
+// flush's write (a method, not a closure made per response).
+func (w *responseWriter) prepareHeader(end bool, buffered int) {
 	h := w.header
 	if v, ok := h["Connection"]; ok {
 		delete(h, "Connection")
@@ -246,13 +249,13 @@ func (w *responseWriter) headerFields(end bool, buffered int) func(enc hpackEnco
 			go w.st.sc.goAway(http2.ErrCodeNo, nil)
 		}
 	}
-	clen := ""
+	w.clen = ""
 	if v := h.Get("Content-Length"); v != "" {
 		if _, err := strconv.ParseUint(v, 10, 63); err != nil {
 			delete(h, "Content-Length")
 		}
 	} else if end && bodyAllowed(w.status) && (buffered > 0 || !w.head) {
-		clen = strconv.Itoa(buffered)
+		w.clen = strconv.Itoa(buffered)
 	}
 	for _, v := range h["Trailer"] {
 		for v != "" {
@@ -263,24 +266,25 @@ func (w *responseWriter) headerFields(end bool, buffered int) func(enc hpackEnco
 			}
 		}
 	}
-	_, hasDate := h["Date"]
-	status := w.status
-	return func(enc hpackEncoder) {
-		encodeField(enc, ":status", strconv.Itoa(status))
-		// Trailers are not header fields: declared ones, and those
-		// promoted from http.TrailerPrefix by trailerKeys when header
-		// and trailers leave in one flush.
-		for k, vv := range h {
-			if !slices.Contains(w.declared, k) && !slices.Contains(w.trailers, k) {
-				encodeValues(enc, k, vv)
-			}
+	_, w.hasDate = h["Date"]
+}
+
+// encodeHeaderFields encodes what prepareHeader prepared.
+func (w *responseWriter) encodeHeaderFields(enc hpackEncoder) {
+	encodeField(enc, ":status", strconv.Itoa(w.status))
+	// Trailers are not header fields: declared ones, and those
+	// promoted from http.TrailerPrefix by trailerKeys when header
+	// and trailers leave in one flush.
+	for k, vv := range w.header {
+		if !slices.Contains(w.declared, k) && !slices.Contains(w.trailers, k) {
+			encodeValues(enc, k, vv)
 		}
-		if clen != "" {
-			encodeField(enc, "content-length", clen)
-		}
-		if !hasDate {
-			encodeField(enc, "date", httpDate())
-		}
+	}
+	if w.clen != "" {
+		encodeField(enc, "content-length", w.clen)
+	}
+	if !w.hasDate {
+		encodeField(enc, "date", httpDate())
 	}
 }
 
@@ -358,9 +362,10 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 			}
 			st.waitingWin = true
 			dl := st.writeDeadline
+			wakeCh := waitCh(&st.winCh)
 			sc.mu.Unlock()
 			if dl.IsZero() {
-				<-st.winCh
+				<-wakeCh
 				continue
 			}
 			d := time.Until(dl)
@@ -373,7 +378,7 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 				timer.Reset(d)
 			}
 			select {
-			case <-st.winCh:
+			case <-wakeCh:
 			case <-timer.C:
 			}
 		}

@@ -133,6 +133,7 @@ func newConn(p *Pool, nc net.Conn) (*conn, error) {
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.meta = h2meta.New(c.fr, maxHeaderList) // header blocks decoded as ReadMetaHeaders would
 	c.fr.SetMaxReadFrameSize(16384)
+	c.fr.SetReuseFrames() // one DATA frame per connection: onData is done with it before the next read
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.bw.Write(clientPreface)
 	c.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},

@@ -103,7 +103,9 @@ var commonLower = func() map[string]string {
 		"Grpc-Accept-Encoding", "Grpc-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout", "Host",
 		"If-Modified-Since", "If-None-Match", "Last-Modified", "Location", "Origin", "Referer", "Server",
 		"Set-Cookie", "Te", "Trailer", "User-Agent", "Vary", "Via", "X-Forwarded-For", "X-Forwarded-Host",
-		"X-Forwarded-Proto", "X-Request-Id"} {
+		"X-Forwarded-Proto", "X-Request-Id",
+		"X-Fogmesh-Source-Id", // the agent's identity header (httpproxy.IdentityHeader), on every request it forwards
+	} {
 		m[k] = strings.ToLower(k)
 	}
 	return m

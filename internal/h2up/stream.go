@@ -57,6 +57,16 @@ type stream struct {
 	// (watch) once something could wait for it; stop ends that.
 	watched bool
 	stop    func() bool
+
+	// In the stream's allocation (512 bytes at most: a larger one takes
+	// the allocator's slower path): the ready request body's read
+	// (sendReady), the response's body, the first bytes of its buffer (a
+	// unary gRPC call's message) and the values of small header and
+	// trailer blocks (header).
+	pre                 pending
+	respBody            body
+	small               [64]byte
+	headVals, trailVals [2]string
 }
 
 func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
@@ -64,6 +74,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	hasTrailer := len(req.Trailer) > 0 && hasBody
 	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: flowwin.Initial}
 	s.cond.L = &s.mu
+	s.buf = *bytes.NewBuffer(s.small[:0])
 	ctx := req.Context()
 	ran := false
 	// A request with a body: its HEADERS wait in the buffer for the first
@@ -74,9 +85,9 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	// here, and what the windows take of it goes with the HEADERS; only
 	// what is left goes to writeBody's goroutine (sendReady).
 	ready := hasBody && readReady(req.Body)
-	var pre *pending // allocated only for a ready body: it outlives the call (writeBody)
+	var pre *pending // only for a ready body: it outlives the call (writeBody), as the stream does
 	if ready {
-		pre = &pending{}
+		pre = &s.pre
 	}
 	// refused: the stream was not opened (its caller gave up, or the
 	// connection went away since the slot was reserved). Not a write's
@@ -265,7 +276,11 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 			s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": trailers without END_STREAM"}, true)
 			return
 		}
-		tr := c.header(f.RegularFields())
+		spare := s.trailVals[:]
+		if s.trailer != nil {
+			spare = nil // a second block (after END_STREAM): the first's values may be read
+		}
+		tr := c.header(f.RegularFields(), spare)
 		c.mu.Lock()
 		s.recvEnd = true
 		c.mu.Unlock()
@@ -296,7 +311,7 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		}
 		return
 	}
-	h := c.header(f.RegularFields())
+	h := c.header(f.RegularFields(), s.headVals[:])
 	resp := &http.Response{Status: statusText(code), StatusCode: code, Proto: "HTTP/2.0", ProtoMajor: 2,
 		Header: h, Request: s.req, ContentLength: -1}
 	if cl := h["Content-Length"]; len(cl) == 1 {
@@ -322,7 +337,8 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		}
 		resp.Body = http.NoBody
 	} else {
-		resp.Body = &body{s: s}
+		s.respBody.s = s
+		resp.Body = &s.respBody
 	}
 	c.mu.Lock()
 	s.resp = resp
@@ -343,10 +359,16 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 
 // header is the fields as a header map. A key's first value is a slice
 // of one array (capacity 1: an append copies): one allocation for the
-// values instead of one per key. Read loop.
-func (c *conn) header(fields []hpack.HeaderField) http.Header {
+// values instead of one per key, none when they fit in spare (the
+// stream's). Read loop.
+func (c *conn) header(fields []hpack.HeaderField, spare []string) http.Header {
 	h := make(http.Header, len(fields))
-	vals := make([]string, len(fields))
+	var vals []string
+	if len(fields) <= len(spare) {
+		vals = spare[:len(fields)]
+	} else {
+		vals = make([]string, len(fields))
+	}
 	for i, hf := range fields {
 		k := c.canonical(hf.Name)
 		if vv, ok := h[k]; ok {

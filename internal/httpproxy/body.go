@@ -36,8 +36,8 @@ var ErrBodyTimeout = fmt.Errorf("%w: timeout", ErrClientBody)
 // (http.ResponseController: HTTP/1.1 and h2c), so a blocked read fails at
 // once and the upstream connection it held is closed.
 type TimedBody struct {
-	r           io.ReadCloser
-	setDeadline func(time.Time) error
+	r  io.ReadCloser
+	dl ReadDeadliner
 
 	mu       sync.Mutex    // guards the following
 	gap      time.Duration // longest wait for the next bytes
@@ -65,7 +65,46 @@ func (b *TimedBody) Ended() bool {
 // http.ResponseController's SetReadDeadline), DefaultBodyTimeout between
 // reads until Arm says otherwise.
 func NewTimedBody(r io.ReadCloser, setDeadline func(time.Time) error) *TimedBody {
-	return &TimedBody{r: r, setDeadline: setDeadline, gap: DefaultBodyTimeout}
+	b := new(TimedBody)
+	b.Init(r, DeadlineFunc(setDeadline))
+	return b
+}
+
+// Init sets up a zero TimedBody as NewTimedBody does, with its deadlines
+// set through dl: a connection, or a server's response writer (h2srv's),
+// whose method needs no closure made per request, and a TimedBody kept in
+// its caller's allocation.
+func (b *TimedBody) Init(r io.ReadCloser, dl ReadDeadliner) {
+	b.r, b.dl, b.gap = r, dl, DefaultBodyTimeout
+}
+
+// ReadDeadliner sets a read deadline (net.Conn, http.ResponseController).
+type ReadDeadliner interface{ SetReadDeadline(time.Time) error }
+
+// DeadlineFunc is a function as a ReadDeadliner.
+type DeadlineFunc func(time.Time) error
+
+func (f DeadlineFunc) SetReadDeadline(t time.Time) error { return f(t) }
+
+// WriteDeadliner sets a write deadline (http.ResponseController).
+type WriteDeadliner interface{ SetWriteDeadline(time.Time) error }
+
+// ReadDeadlinerOf is what http.NewResponseController(w).SetReadDeadline
+// reaches: w itself when it has the method (the servers' own writers), else
+// the controller, which looks behind w's wrappers.
+func ReadDeadlinerOf(w http.ResponseWriter) ReadDeadliner {
+	if d, ok := w.(ReadDeadliner); ok {
+		return d
+	}
+	return http.NewResponseController(w)
+}
+
+// WriteDeadlinerOf is ReadDeadlinerOf for write deadlines.
+func WriteDeadlinerOf(w http.ResponseWriter) WriteDeadliner {
+	if d, ok := w.(WriteDeadliner); ok {
+		return d
+	}
+	return http.NewResponseController(w)
 }
 
 // OnEnd has f called once, when a read returns the body's end (the fast
@@ -96,7 +135,7 @@ func (b *TimedBody) Stop() {
 	b.mu.Lock()
 	if !b.off {
 		b.off = true
-		b.setDeadline(time.Time{})
+		b.dl.SetReadDeadline(time.Time{})
 	}
 	b.mu.Unlock()
 }
@@ -110,7 +149,7 @@ func (b *TimedBody) Stop() {
 func (b *TimedBody) Finish() {
 	b.mu.Lock()
 	b.off = true
-	b.setDeadline(time.Now().Add(b.gap))
+	b.dl.SetReadDeadline(time.Now().Add(b.gap))
 	b.mu.Unlock()
 }
 
@@ -139,7 +178,7 @@ func (b *TimedBody) Expire() bool {
 		return false
 	}
 	b.expired = true
-	b.setDeadline(aLongTimeAgo) // a read still waiting fails now
+	b.dl.SetReadDeadline(aLongTimeAgo) // a read still waiting fails now
 	return true
 }
 
@@ -165,7 +204,7 @@ func (b *TimedBody) Read(p []byte) (int, error) {
 		// HTTP/2 stream's deadline is a message to its connection's
 		// goroutine, and a fast body is read in many small parts.
 		if ahead := d.Sub(b.set); b.set.IsZero() || ahead < 0 || ahead > b.gap/16 {
-			b.setDeadline(d)
+			b.dl.SetReadDeadline(d)
 			b.set = d
 		}
 	}
@@ -246,18 +285,19 @@ func TimedBodyOf(req *http.Request) *TimedBody {
 	if tb, ok := b.(*TimedBody); ok {
 		return tb
 	}
-	tb, _ := req.Context().Value(timedBodyKey{}).(*TimedBody)
+	tb, _ := req.Context().Value(TimedBodyKey{}).(*TimedBody)
 	return tb
 }
 
-// timedBodyKey carries the server path's TimedBody in the request context
-// (ReverseProxy hides the body it forwards behind its own wrapper).
-type timedBodyKey struct{}
+// TimedBodyKey carries the server path's TimedBody in the request context
+// (ReverseProxy hides the body it forwards behind its own wrapper): a
+// context that answers it itself returns a *TimedBody.
+type TimedBodyKey struct{}
 
 // WithTimedBody returns ctx carrying tb, for TimedBodyOf to find behind a
 // body wrapped by ReverseProxy.
 func WithTimedBody(ctx context.Context, tb *TimedBody) context.Context {
-	return context.WithValue(ctx, timedBodyKey{}, tb)
+	return context.WithValue(ctx, TimedBodyKey{}, tb)
 }
 
 // ArmBody applies body bounds (TimedBody.Arm) to req's TimedBody, if the
@@ -277,19 +317,27 @@ func ArmBody(req *http.Request, gap, timeout time.Duration) *TimedBody {
 // write deadline (moved only when it would move by more than send/16).
 type SendTimedWriter struct {
 	http.ResponseWriter
-	rc   *http.ResponseController
+	dl   WriteDeadliner
 	send time.Duration
 	set  time.Time
 }
 
 // NewSendTimedWriter bounds each write to w by send.
 func NewSendTimedWriter(w http.ResponseWriter, send time.Duration) *SendTimedWriter {
-	return &SendTimedWriter{ResponseWriter: w, rc: http.NewResponseController(w), send: send}
+	return &SendTimedWriter{ResponseWriter: w, dl: http.NewResponseController(w), send: send}
+}
+
+// Init sets up a zero SendTimedWriter as NewSendTimedWriter does, its
+// deadlines set through dl (what a ResponseController of w reaches: the
+// server's writer behind w's wrappers), for one kept in its caller's
+// allocation.
+func (w *SendTimedWriter) Init(rw http.ResponseWriter, dl WriteDeadliner, send time.Duration) {
+	w.ResponseWriter, w.dl, w.send = rw, dl, send
 }
 
 func (w *SendTimedWriter) Write(p []byte) (int, error) {
 	if d := time.Now().Add(w.send); d.Sub(w.set) > w.send/16 {
-		w.rc.SetWriteDeadline(d)
+		w.dl.SetWriteDeadline(d)
 		w.set = d
 	}
 	return w.ResponseWriter.Write(p)

@@ -191,11 +191,17 @@ func ScrubProxyRequest(pr *httputil.ProxyRequest) {
 // RemoteIP is the X-Forwarded-For value of a client address (nil if it
 // has no IP).
 func RemoteIP(addr string) []string {
+	return RemoteIPIn(new([1]string), addr)
+}
+
+// RemoteIPIn is RemoteIP in the caller's storage.
+func RemoteIPIn(dst *[1]string, addr string) []string {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil
 	}
-	return []string{host}
+	dst[0] = host
+	return dst[:]
 }
 
 // trailerForbidden are fields a trailer must not carry (RFC 9110 §6.5.1:
