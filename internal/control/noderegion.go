@@ -46,7 +46,9 @@ type nodeRegionRecord struct {
 	By     string    `json:"by"` // "join token ID", "regional CA R", "registered region", "first hello"
 	At     time.Time `json:"at"`
 	// Issued is when the certificate of a binding by a regional CA was
-	// issued (zero for the others: a join's certificate is issued at At).
+	// issued, or, for one a renewal made (checkRenewalRegion), the
+	// operator's decision it replaced if that was later (zero for the
+	// others: a join's certificate is issued at At).
 	Issued time.Time `json:"issued,omitzero"`
 }
 
@@ -337,7 +339,11 @@ func (s *Server) checkRenewalRegion(c net.Conn, node string) error {
 		return err
 	}
 	// Bound there by the CA (revokedCA), even if a join with a token
-	// bound it to that region before.
+	// bound it to that region before. Dated by the later of its
+	// certificate and the binding it replaces: a certificate older than
+	// an operator's move into the region must not date the binding back
+	// to before it, or another region's certificate issued before the
+	// move would no longer be stale (nodeRegionRecord.staleFor).
 	by := "regional CA " + issuer
 	err = s.st.UpdateSecure(func(tx *store.SecureTx) error {
 		var rec nodeRegionRecord
@@ -346,7 +352,11 @@ func (s *Server) checkRenewalRegion(c net.Conn, node string) error {
 		} else if rec.By == by {
 			return nil
 		}
-		b, _ := json.Marshal(nodeRegionRecord{Region: issuer, By: by, At: time.Now().UTC(), Issued: issued.UTC()})
+		since := issued.UTC()
+		if t, ok := rec.since(); ok && t.After(since) {
+			since = t.UTC()
+		}
+		b, _ := json.Marshal(nodeRegionRecord{Region: issuer, By: by, At: time.Now().UTC(), Issued: since})
 		return tx.Put(keyNodeRegion+node, b)
 	})
 	if err != nil {

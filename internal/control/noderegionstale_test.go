@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/store"
@@ -267,4 +269,75 @@ func TestRevokedRegionTakesRenewalsOfTokenBoundNodes(t *testing.T) {
 	if _, m := helloIn(t, g, renewed, "n4", "s1", "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "region west's CA, which is revoked") {
 		t.Fatalf("n4's certificate renewed from west's CA's, after west was revoked: %+v", m)
 	}
+}
+
+// TestRenewalKeepsTheMoveTime: a renewal at the global plane with an old
+// certificate of the node's region does not take the binding back to
+// before the operator's last move. n5 was in west (west's CA), then in
+// east (east's CA), then moved back to west with a token at the global
+// plane. Both old certificates predate that move; the west one matches
+// its region and may be renewed, but the east one must stay refused.
+// Before, the renewal rewrote the binding as "regional CA west" dated by
+// the old west certificate, older than the east one, which then moved
+// the node to east: the operator's move undone with two stale
+// certificates.
+func TestRenewalKeepsTheMoveTime(t *testing.T) {
+	g := startSecure(t)
+	planes := map[string]*Server{}
+	for _, r := range []string{"west", "east"} {
+		rtok, _ := g.CreateToken(identity.TokenRegion, r, "", time.Minute)
+		p, err := startRegional(t, t.TempDir(), r, g.SyncAddr(), rtok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		planes[r] = p
+	}
+	after := func(svid *x509svid.SVID) {
+		t.Helper()
+		testenv.WaitFor(t, 5*time.Second, "a second past a certificate", func() bool {
+			return time.Now().After(svid.Certificates[0].NotBefore.Add(identity.ClockSkew + time.Second))
+		})
+	}
+	joinAt := func(region string) *x509svid.SVID {
+		t.Helper()
+		tok, _ := planes[region].CreateJoinToken("s1", "", time.Minute)
+		_, svid := joinIn(t, planes[region], tok, "n5", "s1", region)
+		if svid == nil || identity.IssuingRegion(svid.Certificates) != region {
+			t.Fatalf("n5 did not join at %s's plane", region)
+		}
+		a, m := helloIn(t, g, svid, "n5", "s1", region)
+		if m.Type != wire.TypeWelcome {
+			t.Fatalf("n5 of %s's CA as %s: %+v", region, region, m)
+		}
+		a.c.Close()
+		offline(t, g, "n5")
+		after(svid)
+		return svid
+	}
+	oldWest := joinAt("west")
+	oldEast := joinAt("east")
+	gtok, _ := g.CreateJoinToken("s1", "west", time.Minute)
+	if _, moved := joinIn(t, g, gtok, "n5", "s1", "west"); moved == nil {
+		t.Fatal("n5 did not join again in west")
+	}
+
+	a, m := helloIn(t, g, oldWest, "n5", "s1", "west")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("n5's old certificate of west's CA as west: %+v", m)
+	}
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	a.send(&wire.Message{Type: wire.TypeRenew, CSR: csr})
+	readUntil(t, a.r, "the renewal's answer", func(m *wire.Message) bool { return m.Type == wire.TypeCert || m.Type == wire.TypeError })
+	a.c.Close()
+	offline(t, g, "n5")
+
+	a, m = helloIn(t, g, oldEast, "n5", "s1", "east")
+	if m.Type == wire.TypeWelcome {
+		t.Fatal("n5's certificate of east's CA, from before its move to west, was admitted as east")
+	}
+	if m.Type != wire.TypeError || !strings.Contains(m.Error, "node n5 was moved to region west") {
+		t.Fatalf("refusal: %+v", m)
+	}
+	a.c.Close()
 }
