@@ -261,7 +261,7 @@ func (s *Server) plainConn(conn net.Conn, log *slog.Logger) (_ net.Conn, served 
 		// is reset, and the peer could lose the status.
 		conn.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 		ReadHeader(io.MultiReader(bytes.NewReader(first[:]), conn))
-		s.refuseOverCap(ms)
+		s.refuseOverCap(ms, s.limit.msg)
 		return nil, true
 	}
 	s.wg.Add(1) // the counter is > 0: serveConn holds one

@@ -213,6 +213,20 @@ func (s *Server) overBuffer(sess *yamux.Session, pa *peerAuth, pc *peerCount, li
 	return bufferRefuse
 }
 
+// refuseOverLimit refuses stream c of pc's peer, over its buffer budget
+// of limit streams if v (overBuffer's verdict) is bufferRefuse, else over
+// the stream cap (giving back the place overBuffer took). Each says which:
+// the source agent logs it, and the operator raises that setting.
+func (s *Server) refuseOverLimit(c meshStream, pc *peerCount, v, limit int) {
+	if v == bufferOK {
+		pc.yamux.unserve()
+		s.refuseOverCap(c, s.limit.msg)
+		return
+	}
+	s.refuseOverCap(c, fmt.Sprintf("%v: at most %d being served at once, its buffer budget (meshPeerBuffer: %d streams of %d bytes)",
+		errPeerStreams, limit, limit, s.cfg.StreamWindow))
+}
+
 // cutOverBuffer closes sess, whose peer has held streams in yamux here,
 // past bufferCutAt(limit), and reports the cut as every mesh cut is
 // reported (reportCut: logged with the peer's identity and address,

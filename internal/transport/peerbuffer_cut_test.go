@@ -195,3 +195,34 @@ func TestPeerBufferCutsReportedAtMostEvery(t *testing.T) {
 		t.Fatalf("cuts reported: %+v, want a second that counts the 2 not reported", got)
 	}
 }
+
+// TestPeerBufferRefusalNamesTheBudget: a stream refused over the buffer
+// budget says so, with the budget's count, to the source agent, which
+// logs it. Before, it read as a refusal over maxStreamsPerPeer, "at most
+// 1024 open at once", while the peer had two: the operator was sent to
+// the wrong setting.
+func TestPeerBufferRefusalNamesTheBudget(t *testing.T) {
+	const window = MinStreamWindow
+	d := pipeDialer{peer: make(chan net.Conn, 4)}
+	srv := startServer(t, listen(t, "127.0.0.1:0"), d, func(c *ServerConfig) {
+		c.StreamWindow = window
+		c.PeerStreams = NewPeerStreams(0, 2*window, c.Metrics)
+	})
+	c, _ := newClient(t)
+	for range 2 {
+		conn, err := c.Dial(t.Context(), srv.addr, header("web-1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		w := <-d.peer
+		t.Cleanup(func() { w.Close() })
+	}
+	_, err := c.Dial(t.Context(), srv.addr, header("web-1"))
+	if !errors.Is(err, ErrPeerBusy) {
+		t.Fatalf("third stream: %v, want refused as busy", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "meshPeerBuffer") || !strings.Contains(msg, "at most 2 ") || strings.Contains(msg, "1024") {
+		t.Errorf("refusal %q: want it to name the buffer budget of 2 streams, not the stream cap", msg)
+	}
+}

@@ -179,13 +179,14 @@ func peerStreamsKey(conn net.Conn, p Peer) string {
 }
 
 // refuseOverCap answers a stream past its peer's cap with StatusRefused
-// and the reason, and closes it, without reading its header (the accept
+// and msg (l.msg, or the buffer budget's: refuseOverLimit; it starts with
+// errPeerStreams, which the client recognizes), and closes it, without reading its header (the accept
 // loop calls it: it must not wait on the peer). The write is bounded by
 // HeaderTimeout; it only waits if the peer stopped reading its session.
-func (s *Server) refuseOverCap(c meshStream) {
+func (s *Server) refuseOverCap(c meshStream, msg string) {
 	s.m.streams[resultRefused].Inc()
 	c.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	WriteStatus(c, StatusRefused, s.limit.msg)
+	WriteStatus(c, StatusRefused, msg)
 	c.Close()
 	s.log.Debug("mesh: stream refused", "peer", c.RemoteAddr().String(), "err", errPeerStreams)
 }

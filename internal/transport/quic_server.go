@@ -206,7 +206,7 @@ func (s *QUICServer) serveConn(conn *quic.Conn) {
 			return
 		}
 		if !s.core.limit.acquire(pc) {
-			s.core.refuseOverCap(newQUICStreamConn(st, conn))
+			s.core.refuseOverCap(newQUICStreamConn(st, conn), s.core.limit.msg)
 			continue
 		}
 		s.core.wg.Add(1) // the counter is > 0: serveConn holds one

@@ -442,10 +442,7 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		sc := newStreamConn(st)
 		sc.cause = auth.cause
 		if v == bufferRefuse || !s.limit.acquire(pc) {
-			if v == bufferOK {
-				pc.yamux.unserve()
-			}
-			s.refuseOverCap(sc)
+			s.refuseOverLimit(sc, pc, v, budget)
 			st, err = sess.AcceptStreamWithContext(ctx)
 			continue
 		}
