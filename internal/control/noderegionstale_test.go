@@ -341,3 +341,57 @@ func TestRenewalKeepsTheMoveTime(t *testing.T) {
 	}
 	a.c.Close()
 }
+
+// TestMoveToRegionalPlaneSaysWhatHoldsIt: a node that registered at the
+// global plane and then joins a regional plane (a documented way to move
+// it) is refused at that plane's hello while the global plane owns its
+// record, which the region holds too. The agent is told why and what to
+// do: delete the node's record at the plane that owns it. Before, the
+// stream was closed with no answer (the agent saw EOF) and only the
+// regional plane's log, at info, said why.
+func TestMoveToRegionalPlaneSaysWhatHoldsIt(t *testing.T) {
+	g := startSecure(t)
+	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
+	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := g.CreateJoinToken("s1", "east", time.Minute)
+	_, first := joinIn(t, g, tok, "m7", "s1", "east")
+	if first == nil {
+		t.Fatal("m7 did not join at the global plane")
+	}
+	a, m := helloIn(t, g, first, "m7", "s1", "east")
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("m7 at the global plane: %+v", m)
+	}
+	a.c.Close()
+	offline(t, g, "m7")
+	testenv.WaitFor(t, 5*time.Second, "m7's record at west's plane", func() bool {
+		_, ok, err := w.st.Get(api.KindNode + "/m7")
+		return err == nil && ok
+	})
+
+	wtok, _ := w.CreateJoinToken("s1", "", time.Minute)
+	_, moved := joinIn(t, w, wtok, "m7", "s1", "west")
+	if moved == nil {
+		t.Fatal("m7 did not join at west's plane")
+	}
+	_, m = helloIn(t, w, moved, "m7", "s1", "west")
+	if m.Type != wire.TypeError || !strings.Contains(m.Error, "owned by another control plane, the global control plane") ||
+		!strings.Contains(m.Error, "fogmesh delete node m7") {
+		t.Fatalf("m7 at west's plane, its record the global plane's: %+v", m)
+	}
+
+	// As it says: deleted at the global plane, it registers at west's.
+	if _, err := g.reg.deleteObj(api.KindNode, "", "m7"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "m7's record gone from west's plane", func() bool {
+		_, ok, err := w.st.Get(api.KindNode + "/m7")
+		return err == nil && !ok
+	})
+	if _, m := helloIn(t, w, moved, "m7", "s1", "west"); m.Type != wire.TypeWelcome {
+		t.Fatalf("m7 at west's plane once its record was deleted at the global one: %+v", m)
+	}
+}

@@ -333,7 +333,16 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 		// showed; its registration is written when it reconnects.
 		s.log.Warn("control: store unavailable; agent served without recording its registration", "node", st.node, "err", err)
 	} else if err != nil {
-		return nil, nil, fmt.Errorf("register node %s: %w", st.node, err)
+		err = fmt.Errorf("register node %s: %w", st.node, err)
+		reason := err.Error()
+		if errors.Is(err, ErrOwned) {
+			// A node that moved here from the plane that holds its
+			// record (joined again at this region's plane): its old
+			// record goes first.
+			reason += fmt.Sprintf(" (a node moved here from that control plane: delete its record there, fogmesh delete node %s)", st.node)
+		}
+		_, err = st.step(syncproto.Reject{Reason: reason, Err: err})
+		return nil, nil, err
 	}
 	s.mu.Lock()
 	s.streams[c] = st.node // c may be the TLS conn over the accepted one: closing either ends both
