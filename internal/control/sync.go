@@ -339,7 +339,7 @@ func (s *Server) openStream(ctx context.Context, c net.Conn, peer spiffeid.ID) (
 			// A node that moved here from the plane that holds its
 			// record (joined again at this region's plane): its old
 			// record goes first.
-			reason += fmt.Sprintf(" (a node moved here from that control plane: delete its record there, fogmesh delete node %s)", st.node)
+			reason += fmt.Sprintf(" (if the node moved here from that control plane, delete its record there: fogmesh delete node %s)", st.node)
 		}
 		_, err = st.step(syncproto.Reject{Reason: reason, Err: err})
 		return nil, nil, err
