@@ -74,3 +74,59 @@ func TestKeptRequestsAndLazyWakes(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadlineWakesWaitingWriter: a write waiting for the client's window
+// without a deadline (its wake-up channel made by that wait) ends when
+// another goroutine then sets a deadline that has passed: SetWriteDeadline
+// wakes it, and SetReadDeadline a waiting body read the same way.
+func TestDeadlineWakesWaitingWriter(t *testing.T) {
+	writeErr, readErr := make(chan error, 1), make(chan error, 1)
+	handlerDone := make(chan struct{})
+	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(handlerDone)
+		rc := http.NewResponseController(w)
+		go func() { _, err := r.Body.Read(make([]byte, 10)); readErr <- err }()
+		go func() { _, err := w.Write(make([]byte, 100<<10)); writeErr <- err }() // past the 64 KiB window
+		st := w.(*responseWriter).st
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st.sc.mu.Lock()
+			waiting := st.waitingWin && st.winCh != nil && st.readCh != nil
+			st.sc.mu.Unlock()
+			if waiting && blockedInRead() {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Error("the write never waited for the window, or the read for the body")
+				break
+			}
+			time.Sleep(time.Millisecond) // polling, bounded by the deadline
+		}
+		// One at a time: a wake signals both waiters.
+		for i, set := range []func(time.Time) error{rc.SetWriteDeadline, rc.SetReadDeadline} {
+			set(time.Now())
+			select {
+			case err := <-[]chan error{writeErr, readErr}[i]:
+				if err == nil {
+					t.Error("a wait ended by a passed deadline returned no error")
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("wait %d did not end when its deadline was set to now", i)
+				return
+			}
+		}
+	})})
+	rc := newRawClient(t, addr)
+	rc.headers(1, false, ":method", "POST") // the body stays open; no WINDOW_UPDATE
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-handlerDone:
+			return
+		default:
+		}
+		rc.c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		rc.fr.ReadFrame() // read what the server sends until its handler is done
+	}
+	t.Fatal("the handler did not return")
+}
