@@ -3,6 +3,7 @@ package control
 import (
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -182,7 +183,22 @@ func (s *Server) nodeIssuer(c net.Conn) (region string, issued time.Time, err er
 	if !ok || s.sec == nil {
 		return "", time.Time{}, nil
 	}
-	_, chains, err := x509svid.Verify(tc.ConnectionState().PeerCertificates, s.sec.src)
+	// At a time inside every certificate's validity, the latest of their
+	// starts (the handshake's time was no earlier, and each was valid
+	// then): a stream outlives the certificate it was opened with, and its
+	// renewals come after that expired (a node renews twice in a
+	// lifetime), which a check at the current time refused.
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return "", time.Time{}, errors.New("certificate: none")
+	}
+	at := certs[0].NotBefore
+	for _, c := range certs[1:] {
+		if c.NotBefore.After(at) {
+			at = c.NotBefore
+		}
+	}
+	_, chains, err := x509svid.Verify(certs, s.sec.src, x509svid.WithTime(at))
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("certificate: %w", err)
 	}
@@ -195,7 +211,7 @@ func (s *Server) nodeIssuer(c net.Conn) (region string, issued time.Time, err er
 	}
 	// Every certificate a fogmesh CA issues starts ClockSkew before it
 	// was issued (identity.CA).
-	return region, tc.ConnectionState().PeerCertificates[0].NotBefore.Add(identity.ClockSkew), nil
+	return region, certs[0].NotBefore.Add(identity.ClockSkew), nil
 }
 
 // bindIssuerRegion binds node to region, its certificate's issuing CA's
