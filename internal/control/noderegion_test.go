@@ -207,14 +207,9 @@ func TestNodeMovesRegionByJoiningAgain(t *testing.T) {
 	putEastObjects(t, s)
 	tok, _ := s.CreateJoinToken("s1", "west", time.Minute)
 	_, svid := joinIn(t, s, tok, "mover", "s1", "west")
-	a, m := helloIn(t, s, svid, "mover", "s1", "west")
-	if m.Type != wire.TypeWelcome {
-		t.Fatalf("mover in west: %+v", m)
-	}
-	a.c.Close()
-	offline(t, s, "mover")
+	leave(t, s, welcomed(t, s, svid, "mover", "west"), "mover")
 	tok, _ = s.CreateJoinToken("s1", "east", time.Minute)
-	m, svid = joinIn(t, s, tok, "mover", "s1", "east")
+	m, svid := joinIn(t, s, tok, "mover", "s1", "east")
 	if svid == nil {
 		t.Fatalf("join again in east: %+v", m)
 	}
@@ -225,10 +220,7 @@ func TestNodeMovesRegionByJoiningAgain(t *testing.T) {
 	if _, m := helloIn(t, s, svid, "mover", "s1", "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "in region east") {
 		t.Fatalf("hello as west after the move: %+v", m)
 	}
-	a, m = helloIn(t, s, svid, "mover", "s1", "east")
-	if m.Type != wire.TypeWelcome {
-		t.Fatalf("hello as east after the move: %+v", m)
-	}
+	a := welcomed(t, s, svid, "mover", "east")
 	if got := viewOf(a); !slices.Contains(got, "Service demo/secret") {
 		t.Fatalf("mover in east holds %v, without east's secret", got)
 	}
@@ -304,12 +296,7 @@ func TestClusterLabelsPlaceTheRegion(t *testing.T) {
 // is refused there (before, the node joined and only its hello was
 // refused).
 func TestRegionalPlaneJoinsItsRegionOnly(t *testing.T) {
-	g := startSecure(t)
-	rtok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
-	r, err := startRegional(t, t.TempDir(), "east", g.SyncAddr(), rtok)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := regionalPlane(t, startSecure(t), "east")
 	if _, err := r.CreateJoinToken("s1", "west", time.Minute); err == nil || !strings.Contains(err.Error(), "serves region east") {
 		t.Fatalf("a west token at east's plane: %v", err)
 	}
@@ -337,15 +324,9 @@ func TestRegionalPlaneJoinsItsRegionOnly(t *testing.T) {
 func TestRegionalCertificateFixesTheRegion(t *testing.T) {
 	g := startSecure(t)
 	putEastObjects(t, g)
-	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
-	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _ := w.CreateJoinToken("s1", "", time.Minute)
-	m, svid := joinIn(t, w, tok, "w1", "s1", "west")
-	if svid == nil || identity.IssuingRegion(svid.Certificates) != "west" {
-		t.Fatalf("join at west's plane: %+v", m)
+	svid := joinAtRegional(t, regionalPlane(t, g, "west"), "w1", "west")
+	if identity.IssuingRegion(svid.Certificates) != "west" {
+		t.Fatalf("join at west's plane: issued by region %q", identity.IssuingRegion(svid.Certificates))
 	}
 	a, m := helloIn(t, g, svid, "w1", "s1", "east")
 	if m.Type == wire.TypeWelcome {
@@ -361,31 +342,16 @@ func TestRegionalCertificateFixesTheRegion(t *testing.T) {
 		t.Errorf("refusals counted: %v, want 1", v)
 	}
 
-	key, _ := identity.NewKey()
-	csr, _ := identity.NewCSR(key)
-	a, m = helloIn(t, g, svid, "w1", "s1", "west")
-	if m.Type != wire.TypeWelcome {
-		t.Fatalf("w1 as west: %+v", m)
+	a = welcomed(t, g, svid, "w1", "west")
+	fromRoot := renewed(a)
+	leave(t, g, a, "w1")
+	if r := identity.IssuingRegion(fromRoot.Certificates); r != "" {
+		t.Fatalf("the global plane's renewal issued by region %q", r)
 	}
-	a.send(&wire.Message{Type: wire.TypeRenew, CSR: csr})
-	cm := readUntil(t, a.r, "renewed certificate", func(m *wire.Message) bool { return m.Type == wire.TypeCert || m.Type == wire.TypeError })
-	certs, _ := identity.ParseDERs(cm.Certificates)
-	if cm.Type != wire.TypeCert || len(certs) == 0 {
-		t.Fatalf("renewal at the global plane: %+v", cm)
-	}
-	a.c.Close()
-	offline(t, g, "w1")
-	renewed, err := identity.NewSVID(certs, key)
-	if err != nil || identity.IssuingRegion(renewed.Certificates) != "" {
-		t.Fatalf("the global plane's renewal: %v, issued by region %q", err, identity.IssuingRegion(renewed.Certificates))
-	}
-	if _, m := helloIn(t, g, renewed, "w1", "s1", "east"); m.Type != wire.TypeError || !strings.Contains(m.Error, "node w1 is in region west") {
+	if _, m := helloIn(t, g, fromRoot, "w1", "s1", "east"); m.Type != wire.TypeError || !strings.Contains(m.Error, "node w1 is in region west") {
 		t.Fatalf("hello as east with the root's renewal: %+v", m)
 	}
-	a, m = helloIn(t, g, renewed, "w1", "s1", "west")
-	if m.Type != wire.TypeWelcome {
-		t.Fatalf("hello as west with the root's renewal: %+v", m)
-	}
+	a = welcomed(t, g, fromRoot, "w1", "west")
 	if got := viewOf(a); slices.Contains(got, "Service demo/secret") || !slices.Contains(got, "Service demo/shared") {
 		t.Fatalf("w1 as west holds %v; want shared, not secret", got)
 	}
@@ -398,16 +364,8 @@ func TestRegionalCertificateFixesTheRegion(t *testing.T) {
 // east's view, east's unexported service in it.
 func TestRegionalPlaneRefusesAnotherRegionsNode(t *testing.T) {
 	g := startSecure(t)
-	etok, _ := g.CreateToken(identity.TokenRegion, "east", "", time.Minute)
-	e, err := startRegional(t, t.TempDir(), "east", g.SyncAddr(), etok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
-	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), wtok)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := regionalPlane(t, g, "east")
+	w := regionalPlane(t, g, "west")
 	objs, err := api.Decode([]byte(svcDoc("orders", "", 80)))
 	if err != nil {
 		t.Fatal(err)
@@ -415,11 +373,7 @@ func TestRegionalPlaneRefusesAnotherRegionsNode(t *testing.T) {
 	if _, err := e.reg.apply(objs); err != nil {
 		t.Fatal(err)
 	}
-	tok, _ := w.CreateJoinToken("s1", "", time.Minute)
-	m, svid := joinIn(t, w, tok, "w2", "s1", "west")
-	if svid == nil {
-		t.Fatalf("join at west's plane: %+v", m)
-	}
+	svid := joinAtRegional(t, w, "w2", "west")
 	a, m := helloIn(t, e, svid, "w2", "s1", "east")
 	if m.Type == wire.TypeWelcome {
 		t.Fatalf("w2, of west's CA, was admitted at east's plane as east; it holds %v", viewOf(a))
@@ -442,16 +396,7 @@ func TestRegionalPlaneRefusesAnotherRegionsNode(t *testing.T) {
 func TestRegionalCertificateOverridesClusterLabels(t *testing.T) {
 	g := startSecure(t)
 	putEastObjects(t, g)
-	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
-	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _ := w.CreateJoinToken("s1", "", time.Minute)
-	_, svid := joinIn(t, w, tok, "k2", "s1", "west")
-	if svid == nil {
-		t.Fatal("k2 did not join at west's plane")
-	}
+	svid := joinAtRegional(t, regionalPlane(t, g, "west"), "k2", "west")
 	setRegion := func(region string) {
 		g.cluster.mu.Lock()
 		g.cluster.topo = map[string]NodeTopology{"k2": {Region: region}}
@@ -484,11 +429,7 @@ func TestRegionalCertificateOverridesClusterLabels(t *testing.T) {
 func TestIssuingRegionIsTheVerifiedChains(t *testing.T) {
 	g := startSecure(t)
 	putEastObjects(t, g)
-	rtok, _ := g.CreateToken(identity.TokenRegion, "west", "", time.Minute)
-	w, err := startRegional(t, t.TempDir(), "west", g.SyncAddr(), rtok)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := regionalPlane(t, g, "west")
 	tok, _ := g.CreateJoinToken("s1", "east", time.Minute)
 	_, old := joinIn(t, g, tok, "m1", "s1", "east")
 	if old == nil {
@@ -503,23 +444,15 @@ func TestIssuingRegionIsTheVerifiedChains(t *testing.T) {
 		t.Fatalf("hello as west with west's CA sent besides a root chain: %+v", m)
 	}
 
-	wtok, _ := w.CreateJoinToken("s1", "", time.Minute)
-	_, moved := joinIn(t, w, wtok, "m1", "s1", "west")
-	if moved == nil {
-		t.Fatal("m1 did not join at west's plane")
-	}
-	a, m := helloIn(t, g, moved, "m1", "s1", "west")
-	if m.Type != wire.TypeWelcome {
-		t.Fatalf("m1 of west's CA as west: %+v", m)
-	}
+	moved := joinAtRegional(t, w, "m1", "west")
+	a := welcomed(t, g, moved, "m1", "west")
 	// The audit log writes its records on its own goroutine.
 	testenv.WaitFor(t, 5*time.Second, "the move in the audit chain", func() bool {
 		return slices.ContainsFunc(ownRecords(g), func(r audit.Record) bool {
 			return r.Action == "node moved region" && r.Object == "m1" && strings.Contains(r.Reason, "region west's CA")
 		})
 	})
-	a.c.Close()
-	offline(t, g, "m1")
+	leave(t, g, a, "m1")
 	if _, m := helloIn(t, g, old, "m1", "s1", "east"); m.Type != wire.TypeError || !strings.Contains(m.Error, "node m1 is in region west") {
 		t.Fatalf("the root's certificate of m1 as east after the move: %+v", m)
 	}
