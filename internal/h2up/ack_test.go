@@ -302,30 +302,7 @@ func TestAckFlushStopsTimer(t *testing.T) {
 // share one array, but an append to one key's values leaves the next
 // key's alone, and a repeated key keeps all its values in order.
 func TestResponseHeaderValuesApart(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		fr, err := serverFramer(c)
-		if err != nil {
-			return
-		}
-		fr.WriteSettings()
-		block := func(fields ...string) []byte {
-			var b bytesBuffer
-			enc := hpack.NewEncoder(&b)
-			for i := 0; i+1 < len(fields); i += 2 {
-				enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
-			}
-			return b
-		}
+	addr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
 		for {
 			f, err := fr.ReadFrame()
 			if err != nil {
@@ -333,13 +310,13 @@ func TestResponseHeaderValuesApart(t *testing.T) {
 			}
 			if f, ok := f.(*http2.MetaHeadersFrame); ok {
 				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, EndHeaders: true,
-					BlockFragment: block(":status", "200", "x-a", "1", "x-b", "2", "x-c", "3", "x-b", "4")})
+					BlockFragment: headerBlock(":status", "200", "x-a", "1", "x-b", "2", "x-c", "3", "x-b", "4")})
 				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, EndHeaders: true, EndStream: true,
-					BlockFragment: block("t-a", "1", "t-b", "2")})
+					BlockFragment: headerBlock("t-a", "1", "t-b", "2")})
 			}
 		}
-	}()
-	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
+	})
+	pool := h2up.New(h2up.Config{Dial: dialTo(addr)})
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/fogmesh/fogmesh/internal/h2up"
 )
@@ -25,30 +24,7 @@ import (
 // the caller still reads as its stream sent it after the others came in.
 func TestInterleavedStreamsKeepTheirOwn(t *testing.T) {
 	const n = 6
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		fr, err := serverFramer(c)
-		if err != nil {
-			return
-		}
-		fr.WriteSettings()
-		block := func(fields ...string) []byte {
-			var b bytesBuffer
-			enc := hpack.NewEncoder(&b)
-			for i := 0; i+1 < len(fields); i += 2 {
-				enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
-			}
-			return b
-		}
+	addr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
 		var ids []uint32
 		for len(ids) < n {
 			f, err := fr.ReadFrame()
@@ -58,7 +34,7 @@ func TestInterleavedStreamsKeepTheirOwn(t *testing.T) {
 			if f, ok := f.(*http2.MetaHeadersFrame); ok {
 				ids = append(ids, f.StreamID)
 				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, EndHeaders: true,
-					BlockFragment: block(":status", "200", "x-id", fmt.Sprint(f.StreamID))})
+					BlockFragment: headerBlock(":status", "200", "x-id", fmt.Sprint(f.StreamID))})
 			}
 		}
 		// Each stream's body in parts, the streams' parts interleaved:
@@ -70,11 +46,11 @@ func TestInterleavedStreamsKeepTheirOwn(t *testing.T) {
 		}
 		for _, id := range ids {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, EndHeaders: true, EndStream: true,
-				BlockFragment: block("grpc-status", fmt.Sprint(id), "t-id", fmt.Sprint(id))})
+				BlockFragment: headerBlock("grpc-status", fmt.Sprint(id), "t-id", fmt.Sprint(id))})
 		}
 		io.Copy(io.Discard, c)
-	}()
-	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
+	})
+	pool := h2up.New(h2up.Config{Dial: dialTo(addr)})
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -5,6 +5,8 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync"
+	"testing"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -21,6 +23,62 @@ func serverFramer(c net.Conn) (*http2.Framer, error) {
 	fr := http2.NewFramer(c, br)
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	return fr, nil
+}
+
+// serveRawOnce listens on a loopback port and serves its first
+// connection with serve, on a goroutine of its own, once it has read the
+// client's preface and sent empty SETTINGS. It returns the port's
+// address. When the test ends the listener and the connection are closed
+// and the goroutine is waited for.
+func serveRawOnce(t *testing.T, serve func(c net.Conn, fr *http2.Framer)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.86.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu sync.Mutex // guards the following
+		c  net.Conn
+	)
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		if c != nil {
+			c.Close()
+		}
+		mu.Unlock()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		mu.Lock()
+		c = conn
+		mu.Unlock()
+		fr, err := serverFramer(conn)
+		if err != nil {
+			return
+		}
+		fr.WriteSettings()
+		serve(conn, fr)
+	}()
+	return ln.Addr().String()
+}
+
+// headerBlock HPACK-encodes fields, names and values in turn, as one
+// header block.
+func headerBlock(fields ...string) []byte {
+	var b bytesBuffer
+	enc := hpack.NewEncoder(&b)
+	for i := 0; i+1 < len(fields); i += 2 {
+		enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	return b
 }
 
 // serveStalling accepts connections on ln until it is closed, sending

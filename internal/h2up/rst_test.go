@@ -145,22 +145,7 @@ func TestHeadersGoOutBeforeTheBody(t *testing.T) {
 // MiB the client advertises is an error (the Framer ends the connection),
 // not a response with some of its fields silently dropped.
 func TestHeaderListOverLimitIsRefused(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		fr, err := serverFramer(c)
-		if err != nil {
-			return
-		}
-		fr.WriteSettings()
+	addr := serveRawOnce(t, func(_ net.Conn, fr *http2.Framer) {
 		for {
 			f, err := fr.ReadFrame()
 			if err != nil {
@@ -188,8 +173,8 @@ func TestHeaderListOverLimitIsRefused(t *testing.T) {
 				}
 			}
 		}
-	}()
-	pool := h2up.New(h2up.Config{Dial: dialTo(ln.Addr().String())})
+	})
+	pool := h2up.New(h2up.Config{Dial: dialTo(addr)})
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
