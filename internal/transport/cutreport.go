@@ -25,8 +25,8 @@ import (
 const cutReportPeers = 256
 
 // cutReports limits one server's reports of cuts over the buffer budget.
-// A cut is reported now (cut) or later (say, called by a timer). close
-// stops the timers and waits for a report being said.
+// A cut is reported now (cut's verdict) or later (late, run by a timer).
+// close stops the timers and waits for a late report being said.
 type cutReports struct {
 	say func(*slog.Logger, Cut) // logs (with the logger given) and audits a cut already counted
 	wg  sync.WaitGroup          // late reports being said
@@ -52,9 +52,9 @@ func newCutReports(say func(*slog.Logger, Cut)) *cutReports {
 	return &cutReports{say: say, every: peerBufferWarnEvery, peers: make(map[string]*cutReport)}
 }
 
-// cut decides on the cut c of peer key (its logger log) at now: the cut to report now,
-// its error saying how many of the peer's cuts were not reported since
-// its last report, or false (counted here, said later).
+// cut decides on the cut c of peer key (logged to log) at now: the cut
+// to report now, its error saying how many of the peer's cuts were not
+// reported since its last report, or false (kept here, said later).
 func (r *cutReports) cut(key string, c Cut, log *slog.Logger, now time.Time) (Cut, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
