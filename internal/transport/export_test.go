@@ -115,3 +115,11 @@ func (l *PeerStreams) yamuxSessionsForTest() int {
 	}
 	return n
 }
+
+// setCutEveryForTest sets the window of the server's buffer cut reports
+// (peerBufferWarnEvery).
+func (s *Server) setCutEveryForTest(d time.Duration) {
+	s.cuts.mu.Lock()
+	defer s.cuts.mu.Unlock()
+	s.cuts.every = d
+}

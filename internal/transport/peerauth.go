@@ -195,6 +195,12 @@ func SessionsCut(set *metrics.Set, dir, reason string) uint64 {
 // reportCut logs, counts and reports one cut.
 func reportCut(log *slog.Logger, m *meshMetrics, onCut func(Cut), c Cut) {
 	m.cut(c.Reason)
+	sayCut(log, onCut, c)
+}
+
+// sayCut is reportCut for a cut counted already: it logs c and reports it
+// to onCut.
+func sayCut(log *slog.Logger, onCut func(Cut), c Cut) {
 	log.Warn("mesh: session cut", "dir", c.Dir, "peerId", c.Peer.String(),
 		"reason", c.Reason, "streams", c.Streams, "err", c.Err)
 	if onCut != nil {

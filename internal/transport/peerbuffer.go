@@ -55,7 +55,8 @@ import (
 // their own connection-wide flow control.
 
 // peerBufferWarnEvery is how often at most a refusal over the budget is
-// logged as a warning (the others at debug).
+// logged as a warning (the others at debug), over all peers, and a cut
+// over it reported, per peer (cutreport.go).
 const peerBufferWarnEvery = 10 * time.Second
 
 // peerBuffer is the budget's configuration, shared by the servers of a
@@ -66,8 +67,6 @@ type peerBuffer struct {
 	rejected *metrics.Counter // fogmesh_agent_peer_buffer_rejections_total
 	cuts     *metrics.Counter // fogmesh_agent_peer_buffer_session_cuts_total
 	lastWarn atomic.Int64     // unix nanoseconds of the last warning
-	lastCut  atomic.Int64     // unix nanoseconds of the last cut reported
-	unsaid   atomic.Int64     // cuts not reported since
 }
 
 func newPeerBuffer(bytes int, maxStreams int64, set *metrics.Set) peerBuffer {
@@ -195,7 +194,7 @@ func (s *Server) overBuffer(sess *yamux.Session, pa *peerAuth, pc *peerCount, li
 	}
 	held := pc.yamux.held() // the new stream included
 	if held > bufferCutAt(limit) {
-		s.cutOverBuffer(sess, pa, held, limit)
+		s.cutOverBuffer(sess, pa, pc, held, limit)
 		return bufferCut
 	}
 	if pc.yamux.serve(limit) {
@@ -227,38 +226,34 @@ func (s *Server) refuseOverLimit(c meshStream, pc *peerCount, v, limit int) {
 		errPeerStreams, limit, limit, s.cfg.StreamWindow))
 }
 
-// cutOverBuffer closes sess, whose peer has held streams in yamux here,
-// past bufferCutAt(limit), and reports the cut as every mesh cut is
+// cutOverBuffer closes sess, whose peer (pc's) has held streams in yamux
+// here, past bufferCutAt(limit), and reports the cut as every mesh cut is
 // reported (reportCut: logged with the peer's identity and address,
 // counted with reason CutBuffer, audited by the agent through OnCut),
 // unless the session was cut for another cause first. Its streams fail
 // with an error wrapping ErrPeerBuffer.
 //
-// Unlike a revoked peer, which the handshake then refuses, a peer cut here
-// may connect and be cut again at once, tens of times a second: so a cut is
-// reported at most once every peerBufferWarnEvery by the servers sharing
-// the PeerStreams (the others are counted, and logged at debug), and the
-// next report says how many were not.
-func (s *Server) cutOverBuffer(sess *yamux.Session, pa *peerAuth, held, limit int) {
+// A peer cut here may connect and be cut again at once, tens of times a
+// second: so each peer's cuts are reported at most once every
+// peerBufferWarnEvery (s.cuts, cutreport.go; the others are counted, and
+// logged at debug), and the next report, or a late one at the window's
+// end, says how many were not.
+func (s *Server) cutOverBuffer(sess *yamux.Session, pa *peerAuth, pc *peerCount, held, limit int) {
 	b := &s.limit.buf
 	b.cuts.Inc()
 	err := fmt.Errorf("%w: yamux holds %d of its streams, at most %d with a budget of %d streams of %d bytes",
 		ErrPeerBuffer, held, bufferCutAt(limit), limit, s.cfg.StreamWindow)
 	log := s.log.With("peer", sess.RemoteAddr().String())
 	c := Cut{Dir: "in", Peer: pa.id, Reason: CutBuffer, Err: err, Streams: sess.NumStreams()}
-	now := time.Now().UnixNano()
-	switch last := b.lastCut.Load(); {
-	case pa.cause != nil && !pa.setCause(err): // nil: insecure mode, no identity
-	case now-last < int64(peerBufferWarnEvery) || !b.lastCut.CompareAndSwap(last, now):
-		b.unsaid.Add(1)
-		s.m.cut(c.Reason)
+	if pa.cause != nil && !pa.setCause(err) { // nil: insecure mode, no identity
+		sess.Close()
+		return
+	}
+	s.m.cut(c.Reason)
+	if r, now := s.cuts.cut(pc.key, c, log, time.Now()); now {
+		sayCut(log, s.cfg.OnCut, r) // first: the cut is on record before the peer sees it
+	} else {
 		log.Debug("mesh: session cut", "dir", c.Dir, "peerId", c.Peer.String(), "reason", c.Reason, "streams", c.Streams, "err", err)
-	default:
-		if n := b.unsaid.Swap(0); n > 0 {
-			c.Err = fmt.Errorf("%w (and %d more cuts over buffer budgets since the last reported)", err, n)
-		}
-		// Reported first: the cut is on record before the peer sees it.
-		reportCut(log, s.m, s.cfg.OnCut, c)
 	}
 	sess.Close()
 }

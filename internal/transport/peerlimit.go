@@ -66,6 +66,7 @@ type PeerStreams struct {
 
 // peerCount is one peer's open streams.
 type peerCount struct {
+	key      string       // the peer's key in PeerStreams.peers (peerStreamsKey)
 	open     atomic.Int64 // streams from their accept to their end
 	refs     int          // guarded by PeerStreams.mu: its sessions, connections and direct streams
 	sessions int          // guarded by PeerStreams.mu: its sessions and QUIC connections
@@ -118,7 +119,7 @@ func (l *PeerStreams) joinAs(key string, session bool) (*peerCount, bool) {
 	defer l.mu.Unlock()
 	pc := l.peers[key]
 	if pc == nil {
-		pc = &peerCount{}
+		pc = &peerCount{key: key}
 		l.peers[key] = pc
 	}
 	if session {

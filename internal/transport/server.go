@@ -187,6 +187,7 @@ type Server struct {
 	cfg    ServerConfig
 	log    *slog.Logger
 	limit  *PeerStreams // cfg.PeerStreams
+	cuts   *cutReports  // of cuts over the buffer budget (cutreport.go)
 	gate   *identity.HandshakeGate
 	m      *meshMetrics
 	ctx    context.Context // canceled by Close; parent of every stream's
@@ -211,6 +212,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		limit:    cfg.PeerStreams,
+		cuts:     newCutReports(func(log *slog.Logger, c Cut) { sayCut(log, cfg.OnCut, c) }),
 		gate:     identity.NewHandshakeGate(cfg.MaxHandshakes, cfg.MaxHandshakesPerSource),
 		m:        newMeshMetrics(cfg.Metrics, "in"),
 		ctx:      ctx,
@@ -322,6 +324,7 @@ func (s *Server) Close() error {
 	}
 	s.cancel()
 	s.wg.Wait()
+	s.cuts.close()
 	close(s.done)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("transport: close listener: %w", err)
