@@ -137,7 +137,7 @@ func Run(prog string, args []string) error {
 	if member && (fc.CertFile != "" || fc.KeyFile != "" || fc.BundleFile != "" || fc.DenyFile != "") {
 		return base.Usagef("relay: -control (the relay joins the mesh) and -cert/-key/-bundle/-deny-file (the relay runs from files) do not go together")
 	}
-	if !member && (fc.StateDir != "" || fc.Name != "" || set["join-token"] || fc.ControlHandshakeTimeout != 0) {
+	if !member && (fc.StateDir != "" || fc.Name != "" || set["join-token"] || set["control-handshake-timeout"] || fc.ControlHandshakeTimeout != 0) {
 		return base.Usagef("relay: -state-dir, -name, -join-token and -control-handshake-timeout need -control")
 	}
 	if set["reload-interval"] {

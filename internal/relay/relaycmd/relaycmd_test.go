@@ -38,6 +38,7 @@ func TestNegativeDurationRefused(t *testing.T) {
 		{[]string{"-config", cfg("controlHandshakeTimeout: -1s\ncontrol: [\"127.0.0.1:1\"]\nstateDir: " + dir + "\n")}, "controlHandshakeTimeout -1s is negative"},
 		{[]string{"-control", "127.0.0.1:1", "-state-dir", dir, "-control-handshake-timeout=-1ms"}, "controlHandshakeTimeout -1ms is negative"},
 		{[]string{"-control-handshake-timeout=30s"}, "need -control"},
+		{[]string{"-control-handshake-timeout=0"}, "need -control"}, // set, even to the default
 	} {
 		err := Run("fogmesh relay", append(c.args, "-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"))
 		var ue *base.UsageError
