@@ -183,24 +183,29 @@ func (s *Server) nodeIssuer(c net.Conn) (region string, issued time.Time, err er
 	if !ok || s.sec == nil {
 		return "", time.Time{}, nil
 	}
-	// At a time inside every certificate's validity, the latest of their
-	// starts (the handshake's time was no earlier, and each was valid
-	// then): a stream outlives the certificate it was opened with, and its
-	// renewals come after that expired (a node renews twice in a
-	// lifetime), which a check at the current time refused.
+	// Now, as the handshake did; and if that fails, at a time inside
+	// every certificate's validity, the latest of their starts (the
+	// handshake's time was no earlier, and each was valid then): a stream
+	// outlives the certificate it was opened with, and its renewals come
+	// after that expired (a node renews twice in a lifetime). Not that
+	// time first: the bundle's root is checked at it too, and a root
+	// issued again after the node's certificate (same key, new validity)
+	// would refuse every older node.
 	certs := tc.ConnectionState().PeerCertificates
 	if len(certs) == 0 {
 		return "", time.Time{}, errors.New("certificate: none")
 	}
-	at := certs[0].NotBefore
-	for _, c := range certs[1:] {
-		if c.NotBefore.After(at) {
-			at = c.NotBefore
-		}
-	}
-	_, chains, err := x509svid.Verify(certs, s.sec.src, x509svid.WithTime(at))
+	_, chains, err := x509svid.Verify(certs, s.sec.src)
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("certificate: %w", err)
+		at := certs[0].NotBefore
+		for _, c := range certs[1:] {
+			if c.NotBefore.After(at) && c.NotBefore.Before(certs[0].NotAfter) {
+				at = c.NotBefore
+			}
+		}
+		if _, chains, err = x509svid.Verify(certs, s.sec.src, x509svid.WithTime(at)); err != nil {
+			return "", time.Time{}, fmt.Errorf("certificate: %w", err)
+		}
 	}
 	for i, ch := range chains {
 		r := identity.IssuingRegion(ch)
@@ -350,6 +355,13 @@ func (s *Server) checkRenewalRegion(c net.Conn, node string) error {
 			return s.revokedCA(node, rec)
 		}
 		return nil
+	}
+	// A revoked region's CA: its certificates are refused at handshakes,
+	// but a stream opened with one before the revocation may still ask
+	// (revokeRegion closes such streams; this holds if one was missed).
+	if id, err := identity.RegionID(s.sec.ca.TrustDomain(), issuer); err == nil && s.sec.src.Denied(id.String()) {
+		return fmt.Errorf("node %s: its certificate was issued by region %s's CA, which is revoked: "+
+			"join it again (fogmesh token create -site SITE -region REGION; remove the agent's node-cert.pem first)", node, issuer)
 	}
 	if _, err := s.bindIssuerRegion(node, issuer, issued); err != nil {
 		return err
