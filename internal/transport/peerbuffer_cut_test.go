@@ -168,7 +168,7 @@ func cutOnce(t *testing.T, srv *testServer) {
 // second from one connection on this machine), unlike a revoked peer,
 // which is refused at the handshake. So a peer's buffer cuts are reported
 // (logged as a warning, audited through OnCut) at most once every
-// peerBufferWarnEvery (the others said later: cutreport_test.go); every
+// peerBufferWarnEvery (the others said later: peerbuffer_report_test.go); every
 // cut is counted.
 func TestPeerBufferCutsReportedAtMostEvery(t *testing.T) {
 	cuts := &cutLog{}
