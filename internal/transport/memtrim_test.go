@@ -28,6 +28,8 @@ func TestHeapReturnsAfterBulk(t *testing.T) {
 		window = MaxStreamWindow
 	)
 	release := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock) // before the workload's server closes, on a failure too
 	sunk := make(chan int64, 1)
 	work := serveWorkload(t, "127.0.0.1:0", func(c net.Conn) {
 		<-release // a slow reader: the window fills first
@@ -62,7 +64,7 @@ func TestHeapReturnsAfterBulk(t *testing.T) {
 	testenv.WaitFor(t, 20*time.Second, "the stalled stream's buffer to grow the heap by 12 MiB", func() bool {
 		return heapHeld() >= base+12*mib
 	})
-	close(release)
+	unblock()
 	if err := <-wrote; err != nil {
 		t.Fatalf("bulk write: %v", err)
 	}
