@@ -29,13 +29,13 @@ func TestHeapReturnsAfterBulk(t *testing.T) {
 	)
 	release := make(chan struct{})
 	unblock := sync.OnceFunc(func() { close(release) })
-	t.Cleanup(unblock) // before the workload's server closes, on a failure too
 	sunk := make(chan int64, 1)
 	work := serveWorkload(t, "127.0.0.1:0", func(c net.Conn) {
 		<-release // a slow reader: the window fills first
 		n, _ := io.Copy(io.Discard, c)
 		sunk <- n
 	})
+	t.Cleanup(unblock) // before the workload's server closes, on a failure too
 	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"bulk": work}, func(c *ServerConfig) { c.StreamWindow = window })
 	c := NewClient(ClientConfig{SourceNode: "node-a", StreamWindow: window})
 	t.Cleanup(func() { c.Close() })
