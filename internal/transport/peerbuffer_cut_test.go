@@ -148,6 +148,13 @@ func TestPeerBufferForgetsEndedSessions(t *testing.T) {
 func cutOnce(t *testing.T, srv *testServer) {
 	t.Helper()
 	sess := rawPeer(t, srv, MinStreamWindow)
+	openUntilCut(t, sess)
+}
+
+// openUntilCut opens streams on sess, left open, until the server cuts
+// the session (a budget of 16 windows), and waits for its end.
+func openUntilCut(t *testing.T, sess *yamux.Session) {
+	t.Helper()
 	for i := 0; ; i++ {
 		if _, err := sess.OpenStream(); err != nil {
 			break

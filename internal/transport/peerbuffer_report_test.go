@@ -40,19 +40,7 @@ func tlsCutOnce(t *testing.T, ts *testServer, src *identity.Source) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sess.Close() })
-	for i := 0; ; i++ {
-		if _, err := sess.OpenStream(); err != nil {
-			break
-		}
-		if i > 4*bufferCutAt(16) {
-			t.Fatal("a session leaving its streams open was never cut")
-		}
-	}
-	select {
-	case <-sess.CloseChan():
-	case <-time.After(5 * time.Second):
-		t.Fatal("a session leaving its streams open was never cut")
-	}
+	openUntilCut(t, sess)
 }
 
 // TestPeerBufferCutsReportedPerPeer: two peers cut within the window are
