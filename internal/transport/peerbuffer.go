@@ -1,9 +1,11 @@
 package transport
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,9 +30,13 @@ import (
 //   - held, yamux's own count (the sum of NumStreams: accepted, in the
 //     accept backlog, closed here but not by the peer): past the budget
 //     and what a burst explains (bufferCutAt), the peer leaves its refused
-//     or ended streams open, which this agent's client never does, and the
-//     session of the new stream is cut, which frees all of its streams.
-//     Refusing alone would not bound them: each refused stream lingers too.
+//     or ended streams open, which this agent's client never does, and
+//     the sessions holding the most streams are cut, as many as bring the
+//     peer back within the bound, which frees all of their streams.
+//     Refusing alone would not bound them: each refused stream lingers
+//     too. Not the session of the new stream: with several sessions, the
+//     one that left its streams open may not be the one that opens next,
+//     and one whose streams are being served would be cut for another's.
 //
 // What it does not bound: every stream yamux holds may have been granted
 // its whole window (Accept grants it before the server can decide), so a
@@ -92,17 +98,23 @@ func (l *PeerStreams) bufferStreams(window int) int {
 }
 
 // peerSessions is one peer's live server-side yamux sessions, each from
-// its setup to its end.
+// its setup to its end, or to its cut over the budget.
 type peerSessions struct {
 	served atomic.Int64 // its yamux streams being served (serveConn)
 
-	mu   sync.Mutex
-	list []*yamux.Session
+	mu   sync.Mutex // guards list
+	list []peerSession
 }
 
-func (p *peerSessions) add(s *yamux.Session) {
+// peerSession is a yamux session and what its handshake authenticated.
+type peerSession struct {
+	sess *yamux.Session
+	auth *peerAuth
+}
+
+func (p *peerSessions) add(s *yamux.Session, auth *peerAuth) {
 	p.mu.Lock()
-	p.list = append(p.list, s)
+	p.list = append(p.list, peerSession{s, auth})
 	p.mu.Unlock()
 }
 
@@ -110,11 +122,15 @@ func (p *peerSessions) add(s *yamux.Session) {
 func (p *peerSessions) remove(s *yamux.Session) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.removeLocked(s)
+}
+
+func (p *peerSessions) removeLocked(s *yamux.Session) {
 	for i, x := range p.list {
-		if x == s {
+		if x.sess == s {
 			last := len(p.list) - 1
 			p.list[i] = p.list[last]
-			p.list[last] = nil
+			p.list[last] = peerSession{}
 			p.list = p.list[:last]
 			return
 		}
@@ -143,11 +159,58 @@ func (p *peerSessions) held() int {
 	defer p.mu.Unlock()
 	n := 0
 	for _, s := range p.list {
-		if !s.IsClosed() {
-			n += s.NumStreams()
+		if !s.sess.IsClosed() {
+			n += s.sess.NumStreams()
 		}
 	}
 	return n
+}
+
+// takeHeaviest takes out of the list, for the caller to cut, the live
+// sessions holding the most streams, as many as bring the streams held
+// to bound or fewer (none if they are already), and returns them with
+// the streams held before. Of sessions holding as many, cur (the
+// session of the stream just accepted) is taken last. Taken out of the
+// list under its lock: sessions of the peer checking at once cut a
+// session once, and do not count those another cuts.
+func (p *peerSessions) takeHeaviest(bound int, cur *yamux.Session) (take []peerSession, held int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	type counted struct {
+		peerSession
+		n int
+	}
+	live := make([]counted, 0, len(p.list))
+	for _, s := range p.list {
+		if !s.sess.IsClosed() {
+			n := s.sess.NumStreams()
+			live = append(live, counted{s, n})
+			held += n
+		}
+	}
+	slices.SortFunc(live, func(a, b counted) int {
+		if c := cmp.Compare(b.n, a.n); c != 0 {
+			return c
+		}
+		return cmp.Compare(boolInt(a.sess == cur), boolInt(b.sess == cur))
+	})
+	left := held
+	for _, s := range live {
+		if left <= bound {
+			break
+		}
+		take = append(take, s.peerSession)
+		left -= s.n
+		p.removeLocked(s.sess)
+	}
+	return take, held
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // What overBuffer decides for a stream just accepted.
@@ -180,9 +243,11 @@ var yamuxAcceptBacklog = yamux.DefaultConfig().AcceptBacklog
 
 // overBuffer decides (and counts, and logs) what to do with a stream just
 // accepted on sess from pc's peer, with a budget of limit streams (0:
-// none): cut sess if yamux holds more than bufferCutAt for the peer (the
-// served ones, the backlog, and the closed ones the peer keeps open),
-// else refuse it if the peer has limit yamux streams being served (an
+// none): if yamux holds more than bufferCutAt for the peer (the served
+// ones, the backlog, and the closed ones the peer keeps open), cut the
+// peer's sessions holding the most (cutHeaviest), and the stream with
+// them if sess is one; else refuse it if the peer has limit yamux streams
+// being served (an
 // exact count: streams in yamux's accept backlog must not count, or a
 // burst of streams would all be refused). bufferOK takes the stream's
 // place among the served (pc.yamux.serve), which the caller gives back
@@ -193,8 +258,7 @@ func (s *Server) overBuffer(sess *yamux.Session, pa *peerAuth, pc *peerCount, li
 		return bufferOK
 	}
 	held := pc.yamux.held() // the new stream included
-	if held > bufferCutAt(limit) {
-		s.cutOverBuffer(sess, pa, pc, held, limit)
+	if held > bufferCutAt(limit) && s.cutHeaviest(sess, pc, limit) {
 		return bufferCut
 	}
 	if pc.yamux.serve(limit) {
@@ -226,6 +290,20 @@ func (s *Server) refuseOverLimit(c meshStream, pc *peerCount, v, limit int) {
 		errPeerStreams, limit, limit, s.cfg.StreamWindow))
 }
 
+// cutHeaviest cuts pc's sessions holding the most streams, as many as
+// bring the peer back to bufferCutAt(limit) streams held, and reports
+// whether sess (the session of the stream just accepted) is one of them.
+// None is cut if another session's check cut enough first.
+func (s *Server) cutHeaviest(sess *yamux.Session, pc *peerCount, limit int) bool {
+	take, held := pc.yamux.takeHeaviest(bufferCutAt(limit), sess)
+	cut := false
+	for _, x := range take {
+		s.cutOverBuffer(x.sess, x.auth, pc, held, limit)
+		cut = cut || x.sess == sess
+	}
+	return cut
+}
+
 // cutOverBuffer closes sess, whose peer (pc's) has held streams in yamux
 // here, past bufferCutAt(limit), and reports the cut as every mesh cut is
 // reported (reportCut: logged with the peer's identity and address,
@@ -241,10 +319,11 @@ func (s *Server) refuseOverLimit(c meshStream, pc *peerCount, v, limit int) {
 func (s *Server) cutOverBuffer(sess *yamux.Session, pa *peerAuth, pc *peerCount, held, limit int) {
 	b := &s.limit.buf
 	b.cuts.Inc()
-	err := fmt.Errorf("%w: yamux holds %d of its streams, at most %d with a budget of %d streams of %d bytes",
-		ErrPeerBuffer, held, bufferCutAt(limit), limit, s.cfg.StreamWindow)
+	n := sess.NumStreams()
+	err := fmt.Errorf("%w: yamux holds %d of its streams (this session %d), at most %d with a budget of %d streams of %d bytes",
+		ErrPeerBuffer, held, n, bufferCutAt(limit), limit, s.cfg.StreamWindow)
 	log := s.log.With("peer", sess.RemoteAddr().String())
-	c := Cut{Dir: "in", Peer: pa.id, Reason: CutBuffer, Err: err, Streams: sess.NumStreams()}
+	c := Cut{Dir: "in", Peer: pa.id, Reason: CutBuffer, Err: err, Streams: n}
 	if pa.cause != nil && !pa.setCause(err) { // nil: insecure mode, no identity
 		sess.Close()
 		return

@@ -224,3 +224,50 @@ func TestPeerBufferRefusalNamesTheBudget(t *testing.T) {
 		t.Errorf("refusal %q: want it to name the buffer budget of 2 streams, not the stream cap", msg)
 	}
 }
+
+// TestPeerBufferCutsSessionHoldingStreams: a peer with two sessions
+// leaves refused streams open on A, up to the cut bound, then opens a
+// stream on B to a workload. The stream on B takes the peer past the
+// bound, but A holds the streams: A is cut (reported as every buffer cut
+// is), and B's stream is served to its end. Before, the session of the
+// new stream was cut: B, whose streams were being served, while A kept
+// its streams.
+func TestPeerBufferCutsSessionHoldingStreams(t *testing.T) {
+	const (
+		window = MinStreamWindow
+		limit  = 16
+	)
+	work := serveWorkload(t, "127.0.0.1:0", echo)
+	cuts := &cutLog{}
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{"web-1": work}, func(c *ServerConfig) {
+		c.StreamWindow = window
+		c.OnCut = cuts.add
+		c.PeerStreams = NewPeerStreams(0, limit*window, c.Metrics)
+	})
+	a, b := rawPeer(t, srv, window), rawPeer(t, srv, window) // one peer: the same address
+	for i := range bufferCutAt(limit) {                      // at the bound, not past it: no cut yet
+		if _, _, _, err := openTo(a, "nope"); err != nil {
+			t.Fatalf("refused stream %d of A, within the bound: %v", i, err)
+		}
+	}
+	st, code, msg, err := openTo(b, "web-1")
+	if err != nil || code != StatusOK {
+		t.Fatalf("stream on B past the bound: %v %v %q, want served", err, code, msg)
+	}
+	roundTrip(t, st, "B's stream is served to its end")
+	st.Close()
+	select {
+	case <-a.CloseChan():
+	case <-time.After(5 * time.Second):
+		t.Fatal("A, holding the peer's streams, was not cut")
+	}
+	if b.IsClosed() {
+		t.Error("B, whose stream took the peer past the bound, was cut")
+	}
+	got := cuts.get()
+	if len(got) != 1 || got[0].Reason != CutBuffer || !errors.Is(got[0].Err, ErrPeerBuffer) || got[0].Streams != bufferCutAt(limit) {
+		t.Fatalf("cuts reported: %+v, want one over the buffer budget of the session holding %d streams", got, bufferCutAt(limit))
+	}
+	wantMetric(t, srv.metrics, `fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"} 1`)
+	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 1`)
+}

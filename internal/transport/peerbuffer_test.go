@@ -460,7 +460,7 @@ func BenchmarkPeerBufferCheck(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.Cleanup(func() { sess.Close(); c2.Close() })
-				pc.yamux.add(sess)
+				pc.yamux.add(sess, &peerAuth{})
 			}
 			pa := &peerAuth{}
 			b.ReportAllocs()
@@ -492,8 +492,8 @@ func TestPeerBufferHeldSkipsClosedSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	var p peerSessions
-	p.add(closed)
-	p.add(live)
+	p.add(closed, &peerAuth{})
+	p.add(live, &peerAuth{})
 	if n := p.held(); n != 4 {
 		t.Fatalf("held %d streams of two sessions, want 4", n)
 	}

@@ -410,7 +410,7 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		return
 	}
 	defer s.untrackSession(sess)
-	pc.yamux.add(sess) // for the buffer budget, until the session ends
+	pc.yamux.add(sess, &auth) // for the buffer budget, until the session ends or is cut
 	defer pc.yamux.remove(sess)
 	budget := s.limit.bufferStreams(s.cfg.StreamWindow)
 	if d := auth.untilExpiry(); d >= 0 {
