@@ -65,12 +65,18 @@ func (a *Agent) initMesh(cfg Config) error {
 
 // meshCut audits a mesh session cut because its peer was revoked, its
 // certificate expired, or it held streams past its buffer budget (the
-// transport logged and counted it; the reason says which).
+// transport logged and counted it; the reason says which). The first two
+// are about the peer's certificates (kind cert); the budget is a limit
+// the peer went past, with certificates that are fine (kind limit).
 func (a *Agent) meshCut(c transport.Cut) {
 	if a.audit == nil {
 		return
 	}
-	if err := a.audit.Append(audit.Record{Kind: audit.KindCert, Actor: c.Peer.String(), Action: "cut mesh session",
+	kind := audit.KindLimit
+	if c.Reason == transport.CutRevoked || c.Reason == transport.CutExpired {
+		kind = audit.KindCert
+	}
+	if err := a.audit.Append(audit.Record{Kind: kind, Actor: c.Peer.String(), Action: "cut mesh session",
 		Object: "dir=" + c.Dir, Reason: c.Reason + ": " + c.Err.Error()}); err != nil {
 		a.log.Error("agent: mesh session cut not audited", "peerId", c.Peer.String(), "err", err)
 	}

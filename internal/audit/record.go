@@ -61,7 +61,8 @@ import (
 const (
 	KindAuthz      = "authz"      // an authorization decision on an agent
 	KindAdmin      = "admin"      // a change through an admin API
-	KindCert       = "cert"       // a certificate issued or revoked
+	KindCert       = "cert"       // a certificate issued or revoked, or a session cut for its peer's (revoked, expired)
+	KindLimit      = "limit"      // a peer cut off past a resource limit (a mesh session past its buffer budget)
 	KindCheckpoint = "checkpoint" // a signed checkpoint (written by Log)
 	KindAudit      = "audit"      // about the log itself (records lost to a full buffer)
 )
