@@ -48,9 +48,11 @@ type MemberConfig struct {
 	// JoinToken is a relay token ('fogmesh token create -kind relay'),
 	// used only when the state directory has no usable certificate.
 	JoinToken string
-	// ControlHandshakeTimeout bounds each attempt of the join and each
-	// dial of the stream to a control plane, its TLS handshake included
-	// (default 10s; 0 is the default, negative is refused). Raise it, with
+	// ControlHandshakeTimeout bounds each attempt of the join, each dial
+	// of the stream to a control plane, its TLS handshake included, and,
+	// once the stream is up, the wait for the control plane's first trust
+	// document on it (default 10s; 0 is the default, negative is refused;
+	// the stream is then dialed again). Raise it, with
 	// the control plane's syncHandshakeTimeout, on slow links (satellite,
 	// 2G) where a handshake takes longer: the agent's setting of that name.
 	ControlHandshakeTimeout time.Duration
@@ -372,12 +374,21 @@ func (m *Member) stream(ctx context.Context, addr string, setDenied func([]strin
 	}()
 	hb := time.NewTicker(wire.RelayHeartbeat)
 	defer hb.Stop()
+	// The control plane sends the trust document as soon as the stream is
+	// up: its first one is the relay's welcome, bounded as the handshake
+	// is (an agent's welcome likewise), not by the reads' 4 heartbeats.
+	welcome := time.NewTimer(m.cfg.ControlHandshakeTimeout)
+	defer welcome.Stop()
 	renew := time.NewTimer(max(time.Until(enroll.RenewAt(m.Certificate())), 0))
 	defer renew.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return got, ctx.Err()
+		case <-welcome.C:
+			if !got {
+				return false, fmt.Errorf("no trust document from the control plane within %s of the handshake (controlHandshakeTimeout)", m.cfg.ControlHandshakeTimeout)
+			}
 		case <-hb.C:
 			if err := write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
 				return got, err

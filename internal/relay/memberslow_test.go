@@ -3,7 +3,9 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -63,4 +65,58 @@ func TestMemberControlHandshakeTimeoutSlowLink(t *testing.T) {
 	testenv.WaitFor(t, 25*time.Second, "the relay's stream connected over the slow link", func() bool {
 		return strings.Contains(log.String(), "relay: connected to the control plane")
 	})
+}
+
+// TestMemberStreamNoTrustWithinHandshakeTimeout: a relay's
+// ControlHandshakeTimeout also bounds the wait, after the stream's
+// handshake, for the control plane's first trust document (the relay's
+// welcome, which a control plane sends at once), as an agent's bounds
+// the wait for its welcome. A control plane that completes the handshake
+// and then sends nothing has the stream given up within the bound, with
+// an error naming what did not come and the setting, and the relay dials
+// again. Before, the relay waited for 4 heartbeats (60 s) whatever the
+// setting.
+func TestMemberStreamNoTrustWithinHandshakeTimeout(t *testing.T) {
+	const bound = time.Second
+	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := newFakeControl(t, ca)
+	dir, _, _ := memberStateDir(t, ca, "r1")
+	var log testenv.Buffer
+	m, err := OpenMember(context.Background(), MemberConfig{StateDir: dir, Control: []string{fc.ln.Addr().String()}, Name: "r1",
+		ControlHandshakeTimeout: bound, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx, nil) }()
+	defer func() { cancel(); <-done }()
+
+	c := fc.next(t) // handshake complete; the test sends nothing on it
+	handshaken := time.Now()
+	c.SetReadDeadline(handshaken.Add(bound + 5*time.Second))
+	_, err = io.Copy(io.Discard, c) // the relay's heartbeats, if any, until it closes the stream
+	took := time.Since(handshaken)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("the relay still waits for the first trust document %v after the handshake, with a bound of %v", took, bound)
+	}
+	if took > bound+3*time.Second {
+		t.Errorf("the relay gave up the stream %v after the handshake, want within its bound of %v (and slack)", took, bound)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the stream's end logged with its cause", func() bool {
+		for _, line := range strings.Split(log.String(), "\n") {
+			if strings.Contains(line, "control plane stream ended") && strings.Contains(line, "no trust document") &&
+				strings.Contains(line, "controlHandshakeTimeout") {
+				return true
+			}
+		}
+		return false
+	})
+	fc.next(t) // and it dials again
+	if strings.Contains(log.String(), "connected to the control plane") {
+		t.Error("the relay says it connected to a control plane that sent no trust document")
+	}
 }

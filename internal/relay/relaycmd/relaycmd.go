@@ -82,7 +82,7 @@ func Run(prog string, args []string) error {
 		control    = fs.String("control", "", "control plane sync addresses, comma separated: the relay joins the mesh and follows renewals and revocations through it (instead of -cert/-key/-bundle/-deny-file)")
 		stateDir   = fs.String("state-dir", "", "with -control: where the relay keeps its key, certificate and trust (default /var/lib/fogmesh-relay)")
 		name       = fs.String("name", "", "with -control: the relay's name, its identity spiffe://<td>/relay/<name> (default: the hostname)")
-		ctlHsTime  = fs.Duration("control-handshake-timeout", 0, "with -control: give up a join attempt or a dial of the control plane whose TLS handshake takes longer (default 10s; raise it, with the control plane's -sync-handshake-timeout, for slow links)")
+		ctlHsTime  = fs.Duration("control-handshake-timeout", 0, "with -control: give up a join attempt or a dial of the control plane whose TLS handshake takes longer, or a stream whose first trust document takes longer after it (default 10s; raise it, with the control plane's -sync-handshake-timeout, for slow links)")
 		joinToken  = fs.String("join-token", os.Getenv("FOGMESH_JOIN_TOKEN"), "with -control: a relay token from 'fogmesh token create -kind relay' ($FOGMESH_JOIN_TOKEN); needed once, when the state dir holds no certificate")
 		reload     = fs.Duration("reload-interval", 0, "how often the certificate, bundle and deny files are checked for changes (default 5s)")
 		maxSess    = fs.Int("max-sessions-per-node", 0, "relayed sessions one node may take part in (default 64)")
