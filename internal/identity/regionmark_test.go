@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -142,4 +143,34 @@ func TestRegionMarkMalformed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzRegionMark: whatever a subject's units hold, a mark read from them
+// is a region ID's name (the planes build IDs and messages from it), and
+// a unit list holding none is no error.
+func FuzzRegionMark(f *testing.F) {
+	for _, s := range []string{"region/west", "region/", "region/a/b", "region/..", "ops", "region/WEST", "region/a\x00"} {
+		f.Add(s, "region/east")
+		f.Add(s, "ops")
+	}
+	td := spiffeid.RequireTrustDomainFromString("fogmesh.local")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		region, err := RegionMark(&x509.Certificate{Subject: pkix.Name{OrganizationalUnit: []string{a, b}}})
+		if err != nil {
+			return
+		}
+		if region == "" {
+			if strings.HasPrefix(a, regionMarkPrefix) || strings.HasPrefix(b, regionMarkPrefix) {
+				t.Fatalf("units %q %q: a mark read as none", a, b)
+			}
+			return
+		}
+		id, err := RegionID(td, region)
+		if err != nil {
+			t.Fatalf("mark %q is no region ID: %v", region, err)
+		}
+		if got, ok := ParseRegionID(id); !ok || got != region {
+			t.Fatalf("mark %q: its region ID names %q", region, got)
+		}
+	})
 }
