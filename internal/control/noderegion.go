@@ -31,12 +31,16 @@ import (
 // R`), else the region its join declared. The binding is in the store's
 // secure bucket, so it survives a restart and the node's record being
 // deleted (a stale node's, say); a regional CA's node is bound to its
-// region too, so a certificate the global plane renews for it from the
-// root keeps it there. A hello naming another region is refused; a node
-// moves region by joining again. Cluster labels that name a region place
-// a root-issued node there, as before (topology): the control plane
-// trusts its cluster source for the registry. Insecure mode has no
-// identities, so nothing to bind to.
+// region too. A certificate the global plane renews for such a node from
+// the root carries the region as a mark only the root can make
+// (identity.RegionMark), so every plane reads it from the certificate as
+// it reads a regional CA's (nodeIssuer), not only the plane that holds
+// the binding: another region's plane refuses the node, and cluster
+// labels cannot place it elsewhere. A hello naming another region is
+// refused; a node moves region by joining again. Cluster labels that name
+// a region place an unmarked root-issued node there, as before
+// (topology): the control plane trusts its cluster source for the
+// registry. Insecure mode has no identities, so nothing to bind to.
 
 // keyNodeRegion + node name: nodeRegionRecord (secure bucket).
 const keyNodeRegion = "node-region/"
@@ -86,29 +90,31 @@ type nodeRegions struct {
 }
 
 // checkNodeRegion refuses the hello of node, on connection c, naming
-// region claimed when the node is in another region: its certificate's
-// issuing regional CA's (nodeIssuer), else the one it is bound to. A
-// node with no such CA is not checked where its cluster labels place it
-// (topology does). A node without a binding (it joined before bindings
+// region claimed when the node is in another region: the one its
+// certificate names (its issuing regional CA's, or the root's mark:
+// nodeIssuer), else the one it is bound to. A node whose certificate
+// names none is not checked where its cluster labels place it (topology
+// does). A node without a binding (it joined before bindings
 // were kept, or at another control plane) is bound now: to its CA's
 // region, else to the region of its stored record if it has one, else to
 // the one it names. An unreadable binding refuses a node without a CA
 // region.
 func (s *Server) checkNodeRegion(c net.Conn, node, claimed string) error {
-	issuer, issued, err := s.nodeIssuer(c)
+	issuer, marked, issued, err := s.nodeIssuer(c)
 	if err != nil {
 		return fmt.Errorf("node %s: %w", node, err)
 	}
+	origin := certOrigin(issuer, marked)
 	labels := s.clusterRegion(node)
 	var rec nodeRegionRecord
 	switch {
 	case issuer != "":
-		if rec, err = s.bindIssuerRegion(node, issuer, issued); err != nil {
+		if rec, err = s.bindIssuerRegion(node, issuer, marked, issued); err != nil {
 			return s.refuseRegion(node, "CA "+issuer, rec, err)
 		}
 		if labels != "" && labels != issuer {
-			return s.refuseRegion(node, "labels "+labels, rec, fmt.Errorf("node %s is in region %s (its certificate was issued by region %s's CA), "+
-				"its cluster labels place it in region %s: correct the labels, or join it again in region %s", node, issuer, issuer, labels, labels))
+			return s.refuseRegion(node, "labels "+labels, rec, fmt.Errorf("node %s is in region %s (%s), "+
+				"its cluster labels place it in region %s: correct the labels, or join it again in region %s", node, issuer, origin, labels, labels))
 		}
 		if labels != "" {
 			claimed = labels // they place it (topology), whatever its hello names
@@ -139,14 +145,14 @@ func (s *Server) checkNodeRegion(c net.Conn, node, claimed string) error {
 		return nil
 	}
 	if issuer != "" && s.cfg.Mode == ModeRegional {
-		return s.refuseRegion(node, claimed, rec, fmt.Errorf("node %s is in region %s (its certificate was issued by region %s's CA); this control plane serves region %s: "+
+		return s.refuseRegion(node, claimed, rec, fmt.Errorf("node %s is in region %s (%s); this control plane serves region %s: "+
 			"connect its agent to region %s's control plane or the global one, or move it by joining again here (remove the agent's node-cert.pem first)",
-			node, issuer, issuer, s.cfg.Region, issuer))
+			node, issuer, origin, s.cfg.Region, issuer))
 	}
 	if issuer != "" {
-		return s.refuseRegion(node, claimed, rec, fmt.Errorf("node %s is in region %s (its certificate was issued by region %s's CA), its hello names region %s: "+
+		return s.refuseRegion(node, claimed, rec, fmt.Errorf("node %s is in region %s (%s), its hello names region %s: "+
 			"run its agent with -region %s, or move it by joining again in region %s (at its control plane, or with fogmesh token create -site SITE -region %s at the global one; remove the agent's node-cert.pem first)",
-			node, issuer, issuer, claimed, issuer, claimed, claimed))
+			node, issuer, origin, claimed, issuer, claimed, claimed))
 	}
 	return s.refuseRegion(node, claimed, rec, fmt.Errorf("node %s is in region %s, its hello names region %s: run its agent with -region %s, "+
 		"or move it by joining again with a token of the new region (fogmesh token create -site SITE -region %s; remove the agent's node-cert.pem first)",
@@ -172,16 +178,28 @@ func (s *Server) refuseRegion(node, claim string, rec nodeRegionRecord, err erro
 	return err
 }
 
-// nodeIssuer returns the region whose intermediate CA issued the
-// certificate of c's peer: "" for the root's, or for a connection that is
-// not TLS (insecure mode). The certificates the peer sent are verified
-// again, as its handshake verified them (the connection does not keep the
-// verified chains): the region is the one of the CA on the chain to a
-// root, not of any CA certificate a peer may send besides.
-func (s *Server) nodeIssuer(c net.Conn) (region string, issued time.Time, err error) {
+// certOrigin says where a node's certificate names its region from
+// (nodeIssuer), for refusals.
+func certOrigin(region string, marked bool) string {
+	if marked {
+		return "its certificate, renewed from the root by the global control plane, names region " + region
+	}
+	return "its certificate was issued by region " + region + "'s CA"
+}
+
+// nodeIssuer returns the region the certificate of c's peer names: the
+// region whose intermediate CA issued it, or (marked) the one the root
+// marked in it when the global plane renewed a regional CA's node
+// (identity.ChainRegion); "" for an unmarked root's certificate, or for a
+// connection that is not TLS (insecure mode). The certificates the peer
+// sent are verified again, as its handshake verified them (the
+// connection does not keep the verified chains): the region is the one of
+// the CA on the chain to a root, not of any CA certificate a peer may
+// send besides.
+func (s *Server) nodeIssuer(c net.Conn) (region string, marked bool, issued time.Time, err error) {
 	tc, ok := c.(*tls.Conn)
 	if !ok || s.sec == nil {
-		return "", time.Time{}, nil
+		return "", false, time.Time{}, nil
 	}
 	// Now, as the handshake did; and if that fails, at a time inside
 	// every certificate's validity, the latest of their starts (the
@@ -193,7 +211,7 @@ func (s *Server) nodeIssuer(c net.Conn) (region string, issued time.Time, err er
 	// would refuse every older node.
 	certs := tc.ConnectionState().PeerCertificates
 	if len(certs) == 0 {
-		return "", time.Time{}, errors.New("certificate: none")
+		return "", false, time.Time{}, errors.New("certificate: none")
 	}
 	_, chains, err := x509svid.Verify(certs, s.sec.src)
 	if err != nil {
@@ -204,23 +222,27 @@ func (s *Server) nodeIssuer(c net.Conn) (region string, issued time.Time, err er
 			}
 		}
 		if _, chains, err = x509svid.Verify(certs, s.sec.src, x509svid.WithTime(at)); err != nil {
-			return "", time.Time{}, fmt.Errorf("certificate: %w", err)
+			return "", false, time.Time{}, fmt.Errorf("certificate: %w", err)
 		}
 	}
 	for i, ch := range chains {
-		r := identity.IssuingRegion(ch)
-		if i > 0 && r != region {
-			return "", time.Time{}, fmt.Errorf("certificate chains to the CAs of region %q and of region %q", region, r)
+		r, m, err := identity.ChainRegion(ch)
+		if err != nil {
+			return "", false, time.Time{}, fmt.Errorf("certificate: %w", err)
 		}
-		region = r
+		if i > 0 && r != region {
+			return "", false, time.Time{}, fmt.Errorf("certificate chains to the CAs of region %q and of region %q", region, r)
+		}
+		region, marked = r, m
 	}
 	// Every certificate a fogmesh CA issues starts ClockSkew before it
 	// was issued (identity.CA).
-	return region, certs[0].NotBefore.Add(identity.ClockSkew), nil
+	return region, marked, certs[0].NotBefore.Add(identity.ClockSkew), nil
 }
 
-// bindIssuerRegion binds node to region, its certificate's issuing CA's
-// (the certificate issued at issued), unless it is bound there already (a
+// bindIssuerRegion binds node to region, the one its certificate names
+// (its CA's, or the root's mark if marked; the certificate issued at
+// issued), unless it is bound there already (a
 // store that cannot be read or written leaves it as it is, logged: the
 // certificate decides this stream's region anyway), and returns the
 // binding. A binding to another region is replaced, as a move (the node
@@ -228,13 +250,19 @@ func (s *Server) nodeIssuer(c net.Conn) (region string, issued time.Time, err er
 // made it after the certificate was issued (a join with a token, or a
 // newer certificate of another regional CA; nodeRegionRecord.staleFor):
 // then the certificate is stale and refused, else a node moved out of a
-// region would move itself back with the certificate it had there.
-func (s *Server) bindIssuerRegion(node, region string, issued time.Time) (nodeRegionRecord, error) {
+// region would move itself back with the certificate it had there. A
+// root's certificate marked for region is bound as its CA's is: the root
+// marks only the nodes of region's CA (checkRenewalRegion).
+func (s *Server) bindIssuerRegion(node, region string, marked bool, issued time.Time) (nodeRegionRecord, error) {
 	rec := nodeRegionRecord{Region: region, By: "regional CA " + region, At: time.Now().UTC(), Issued: issued.UTC()}
+	cert := "its certificate from region " + region + "'s CA"
+	if marked {
+		cert = "its certificate from the root marked for region " + region
+	}
 	stale := func(had nodeRegionRecord) error {
-		return fmt.Errorf("node %s was moved to region %s (%s, %s), after its certificate from region %s's CA was issued (%s): "+
+		return fmt.Errorf("node %s was moved to region %s (%s, %s), after %s was issued (%s): "+
 			"connect with its current certificate, or move it back by joining again in region %s (remove the agent's node-cert.pem first)",
-			node, had.Region, had.By, had.At.Format(time.RFC3339), region, issued.UTC().Format(time.RFC3339), region)
+			node, had.Region, had.By, had.At.Format(time.RFC3339), cert, issued.UTC().Format(time.RFC3339), region)
 	}
 	var had nodeRegionRecord
 	if b, err := s.st.GetSecure(keyNodeRegion + node); err != nil {
@@ -271,7 +299,7 @@ func (s *Server) bindIssuerRegion(node, region string, issued time.Time) (nodeRe
 	case had.Region == region:
 		return had, nil // bound meanwhile
 	case had.Region != "":
-		s.regionMoved(node, had.Region, region, "its certificate was issued by region "+region+"'s CA")
+		s.regionMoved(node, had.Region, region, certOrigin(region, marked))
 	default:
 		s.log.Info("control: node bound to a region", "node", node, "region", region, "by", rec.By)
 	}
@@ -332,39 +360,49 @@ func (s *Server) regionMoved(node, from, to, why string) {
 	s.log.Warn("control: node moved to another region", "node", node, "from", from, "to", to, "why", why)
 }
 
-// checkRenewalRegion refuses to renew, from this plane's root, the
-// certificate of node (on connection c) that a regional CA issued until
-// its binding to that region, by that CA, is recorded: the renewed
-// certificate names no region, so from then on the binding is what holds
-// the node there (without it, and without its node record, its next hello
-// would bind it to the region it names) and what ties it to the CA's
-// revocation (revokedCA). The node keeps its certificate meanwhile and
-// asks again. A root's certificate is not renewed for a node bound by a
-// revoked region's CA.
-func (s *Server) checkRenewalRegion(c net.Conn, node string) error {
+// checkRenewalRegion returns the region to mark in the certificate this
+// plane's root renews for node (on connection c; "" for none), or
+// refuses the renewal. The certificate of a node whose certificate names
+// a region (a regional CA issued it, or the root marked it) is renewed
+// only once the node's binding to that region, by that CA, is recorded
+// (the binding ties it to the CA's revocation, revokedCA, and keeps its
+// region at this plane), and is marked with that region (an
+// identity.RegionMark, which only the root makes): every plane reads the
+// region from it as it reads a regional CA's, also the planes that never
+// bound the node. The node keeps its certificate meanwhile and asks
+// again. An unmarked root's certificate (renewed before marks) is marked
+// with the region of a binding by a regional CA, if the node has one; a
+// root's certificate is not renewed for a node bound by a revoked
+// region's CA.
+func (s *Server) checkRenewalRegion(c net.Conn, node string) (string, error) {
 	if !s.sec.ca.IsRoot() {
-		return nil // a regional plane renews from its own CA: the region stays in the chain
+		return "", nil // a regional plane renews from its own CA: the region stays in the chain
 	}
-	issuer, issued, err := s.nodeIssuer(c)
+	issuer, marked, issued, err := s.nodeIssuer(c)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if issuer == "" {
 		var rec nodeRegionRecord
 		if b, err := s.st.GetSecure(keyNodeRegion + node); err == nil && b != nil && json.Unmarshal(b, &rec) == nil {
-			return s.revokedCA(node, rec)
+			if err := s.revokedCA(node, rec); err != nil {
+				return "", err
+			}
+			if strings.HasPrefix(rec.By, "regional CA ") {
+				return rec.Region, nil
+			}
 		}
-		return nil
+		return "", nil
 	}
 	// A revoked region's CA: its certificates are refused at handshakes,
 	// but a stream opened with one before the revocation may still ask
 	// (revokeRegion closes such streams; this holds if one was missed).
 	if id, err := identity.RegionID(s.sec.ca.TrustDomain(), issuer); err == nil && s.sec.src.Denied(id.String()) {
-		return fmt.Errorf("node %s: its certificate was issued by region %s's CA, which is revoked: "+
-			"join it again (fogmesh token create -site SITE -region REGION; remove the agent's node-cert.pem first)", node, issuer)
+		return "", fmt.Errorf("node %s: %s, which is revoked: "+
+			"join it again (fogmesh token create -site SITE -region REGION; remove the agent's node-cert.pem first)", node, certOrigin(issuer, marked))
 	}
-	if _, err := s.bindIssuerRegion(node, issuer, issued); err != nil {
-		return err
+	if _, err := s.bindIssuerRegion(node, issuer, marked, issued); err != nil {
+		return "", err
 	}
 	// Bound there by the CA (revokedCA), even if a join with a token
 	// bound it to that region before. Dated by the later of its
@@ -388,10 +426,10 @@ func (s *Server) checkRenewalRegion(c net.Conn, node string) error {
 		return tx.Put(keyNodeRegion+node, b)
 	})
 	if err != nil {
-		return fmt.Errorf("node %s: its binding to region %s, its certificate's CA's, is not recorded (%v), and a certificate renewed here names no region: "+
-			"renewal refused until it is (or renew at region %s's control plane)", node, issuer, err, issuer)
+		return "", fmt.Errorf("node %s: its binding to region %s (%s) is not recorded (%v): "+
+			"renewal refused until it is (or renew at region %s's control plane)", node, issuer, certOrigin(issuer, marked), err, issuer)
 	}
-	return nil
+	return issuer, nil
 }
 
 // revokedCA refuses node, bound by rec, when a regional CA's certificate

@@ -317,8 +317,8 @@ func TestRegionalPlaneJoinsItsRegionOnly(t *testing.T) {
 // that connects straight to the global plane naming region east is
 // refused, with an error naming west's CA; it is bound to west, not to
 // the region its first hello names, so as west it gets west's view, and a
-// certificate the global plane renews for it (issued by the root, which
-// names no region) keeps it in west. Before, its first hello bound it to
+// certificate the global plane renews for it (issued by the root, marked
+// for west) keeps it in west. Before, its first hello bound it to
 // east: it held east's unexported service, and so did every certificate
 // renewed for it.
 func TestRegionalCertificateFixesTheRegion(t *testing.T) {

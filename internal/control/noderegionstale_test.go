@@ -107,11 +107,14 @@ func TestRenewalWaitsForTheRegionalBinding(t *testing.T) {
 
 // TestRevokedRegionTakesItsRenewedNodes: a node of west's CA whose
 // certificate the global plane renewed from the root still descends from
-// west's CA (its binding says so): once region west is revoked, its hello
-// and its renewal are refused, and it can come back only by joining again.
-// Before, the root's certificate outlived the revocation and was renewed
-// for good: a node minted by a compromised regional CA, renewed once at
-// the global plane, survived the region's revocation.
+// west's CA (its certificate's mark and its binding say so): once region
+// west is revoked, its open stream is closed, its handshake is refused
+// (the mark names a revoked region), a root's certificate without the
+// mark (renewed before marks) is refused at its hello and its renewal,
+// and it can come back only by joining again. Before, the root's
+// certificate outlived the revocation and was renewed for good: a node
+// minted by a compromised regional CA, renewed once at the global plane,
+// survived the region's revocation.
 func TestRevokedRegionTakesItsRenewedNodes(t *testing.T) {
 	// Heartbeats far apart: a stream that ends within the test's wait was
 	// closed, not dropped as silent.
@@ -137,7 +140,14 @@ func TestRevokedRegionTakesItsRenewedNodes(t *testing.T) {
 		}
 	}
 	offline(t, g, "n3")
-	a, m := helloIn(t, g, fromRoot, "n3", "s1", "west")
+	if m, err := syncDial(t, g, fromRoot, "s1", "n3"); err == nil {
+		t.Fatalf("n3's certificate renewed from west's, marked west, past the handshake after west was revoked: %+v", m)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the refusal counted as revoked", func() bool {
+		return metricValue(t, g, `fogmesh_tls_handshake_failures_total{port="sync",reason="revoked"}`) >= 1
+	})
+	// Renewed before marks: the binding holds it.
+	a, m := helloIn(t, g, signNode(t, g.CA(), "s1", "n3", 0), "n3", "s1", "west")
 	if m.Type == wire.TypeWelcome {
 		key, _ := identity.NewKey()
 		csr, _ := identity.NewCSR(key)
@@ -160,9 +170,10 @@ func TestRevokedRegionTakesItsRenewedNodes(t *testing.T) {
 // by a join with a token at the global plane, that then holds a
 // certificate of west's CA (joined at west's plane, or minted there by
 // whoever holds that CA) and has it renewed at the global plane, is
-// refused once west is revoked, like any node renewed from west's CA.
-// Before, its binding by the token hid where the renewed certificate
-// came from.
+// refused once west is revoked, like any node renewed from west's CA:
+// with the renewal's mark at the handshake, with a root's certificate
+// renewed before marks at its hello. Before, its binding by the token hid
+// where the renewed certificate came from.
 func TestRevokedRegionTakesRenewalsOfTokenBoundNodes(t *testing.T) {
 	g := startSecure(t)
 	w := regionalPlane(t, g, "west")
@@ -177,8 +188,14 @@ func TestRevokedRegionTakesRenewalsOfTokenBoundNodes(t *testing.T) {
 	if _, err := g.revokeRegion("west"); err != nil {
 		t.Fatal(err)
 	}
-	if _, m := helloIn(t, g, fromRoot, "n4", "s1", "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "region west's CA, which is revoked") {
-		t.Fatalf("n4's certificate renewed from west's CA's, after west was revoked: %+v", m)
+	if m, err := syncDial(t, g, fromRoot, "s1", "n4"); err == nil {
+		t.Fatalf("n4's certificate renewed from west's CA's, marked west, past the handshake after west was revoked: %+v", m)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the refusal counted as revoked", func() bool {
+		return metricValue(t, g, `fogmesh_tls_handshake_failures_total{port="sync",reason="revoked"}`) >= 1
+	})
+	if _, m := helloIn(t, g, signNode(t, g.CA(), "s1", "n4", 0), "n4", "s1", "west"); m.Type != wire.TypeError || !strings.Contains(m.Error, "region west's CA, which is revoked") {
+		t.Fatalf("n4's root certificate without a mark, after west was revoked: %+v", m)
 	}
 }
 

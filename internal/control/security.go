@@ -786,7 +786,8 @@ func (s *Server) renew(st *stream, peer spiffeid.ID, m *wire.Message) error {
 	if s.sec.revoked(st.node) {
 		return errRevoked
 	}
-	if err := s.checkRenewalRegion(st.c, st.node); err != nil {
+	region, err := s.checkRenewalRegion(st.c, st.node)
+	if err != nil {
 		return err
 	}
 	csr, err := identity.ParseCSR(m.CSR)
@@ -794,7 +795,9 @@ func (s *Server) renew(st *stream, peer spiffeid.ID, m *wire.Message) error {
 		return err
 	}
 	site, node, _ := identity.ParseNodeID(peer)
-	certs, err := s.sec.ca.SignNodeCSR(csr, site, node)
+	// A regional CA's node renewed from the root keeps its region in the
+	// certificate, for every plane (noderegion.go).
+	certs, err := s.sec.ca.SignNodeCSRInRegion(csr, site, node, region)
 	if err != nil {
 		return err
 	}

@@ -347,6 +347,9 @@ type IssueOptions struct {
 	// serving certificate, for clients that check host names).
 	DNSNames    []string
 	IPAddresses []net.IP
+	// Region, if set, is marked in the subject (RegionMark): the region
+	// the root vouches the node is in. A regional CA refuses it.
+	Region string
 }
 
 // SignNodeCSR issues a node certificate for site/node from a parsed and
@@ -357,6 +360,17 @@ func (ca *CA) SignNodeCSR(csr *x509.CertificateRequest, site, node string) ([]*x
 		return nil, fmt.Errorf("identity: node id: %w", err)
 	}
 	return ca.Sign(csr.PublicKey, id, IssueOptions{TTL: ca.cfg.NodeTTL})
+}
+
+// SignNodeCSRInRegion is SignNodeCSR with region marked in the
+// certificate (RegionMark): the global plane's root renews a regional
+// CA's node so. A regional CA refuses it (ErrNotRoot).
+func (ca *CA) SignNodeCSRInRegion(csr *x509.CertificateRequest, site, node, region string) ([]*x509.Certificate, error) {
+	id, err := NodeID(ca.td, site, node)
+	if err != nil {
+		return nil, fmt.Errorf("identity: node id: %w", err)
+	}
+	return ca.Sign(csr.PublicKey, id, IssueOptions{TTL: ca.cfg.NodeTTL, Region: region})
 }
 
 // SignRelayCSR issues a relay certificate (spiffe://<td>/relay/<name>) from
@@ -393,7 +407,7 @@ func workloadID(ca *CA, namespace, account string) (spiffeid.ID, error) {
 }
 
 // Sign issues a leaf for pub with id as its only URI SAN, EKU client and
-// server auth. id must be in the CA's trust domain. NotBefore is backdated
+// server auth, and o.Region's mark in the subject if set. id must be in the CA's trust domain. NotBefore is backdated
 // by ClockSkew; NotAfter never passes the issuer's.
 func (ca *CA) Sign(pub crypto.PublicKey, id spiffeid.ID, o IssueOptions) ([]*x509.Certificate, error) {
 	if !id.MemberOf(ca.td) {
@@ -404,6 +418,16 @@ func (ca *CA) Sign(pub crypto.PublicKey, id spiffeid.ID, o IssueOptions) ([]*x50
 	}
 	if err := checkPublicKey(pub); err != nil {
 		return nil, err
+	}
+	var subject pkix.Name
+	if o.Region != "" {
+		if ca.regional {
+			return nil, fmt.Errorf("identity: a region mark: %w", ErrNotRoot)
+		}
+		if err := checkRegionName(o.Region); err != nil {
+			return nil, fmt.Errorf("identity: region mark %q: %w", o.Region, err)
+		}
+		subject.OrganizationalUnit = []string{regionMarkPrefix + o.Region}
 	}
 	ttl := o.TTL
 	if ttl <= 0 {
@@ -433,6 +457,7 @@ func (ca *CA) Sign(pub crypto.PublicKey, id spiffeid.ID, o IssueOptions) ([]*x50
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
+		Subject:      subject,
 		URIs:         []*url.URL{id.URL()},
 		DNSNames:     o.DNSNames,
 		IPAddresses:  o.IPAddresses,
@@ -440,8 +465,8 @@ func (ca *CA) Sign(pub crypto.PublicKey, id spiffeid.ID, o IssueOptions) ([]*x50
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		// An empty subject makes the SAN extension critical (RFC 5280);
-		// the SPIFFE ID is never put in the CN.
+		// An empty subject (no region mark) makes the SAN extension
+		// critical (RFC 5280); the SPIFFE ID is never put in the CN.
 		BasicConstraintsValid: true,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.signer)

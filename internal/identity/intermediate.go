@@ -208,9 +208,13 @@ func (ca *CA) SetIntermediate(chain []*x509.Certificate, key crypto.Signer, root
 // (denied): a revoked regional intermediate takes every certificate it
 // issued with it, before they expire. It also refuses a region identity
 // issued below a regional intermediate (a region's identity comes from the
-// root only).
+// root only), and a region mark a regional CA signed, or of a region on
+// the deny list (checkRegionMark).
 func CheckChains(id spiffeid.ID, chains [][]*x509.Certificate, denied func(string) bool) error {
 	for _, chain := range chains {
+		if err := checkRegionMark(id, chain, denied); err != nil {
+			return err
+		}
 		for _, c := range chain[min(1, len(chain)):] {
 			for _, u := range c.URIs {
 				if denied(u.String()) {
