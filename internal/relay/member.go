@@ -381,11 +381,16 @@ func (m *Member) stream(ctx context.Context, addr string, setDenied func([]strin
 	defer welcome.Stop()
 	renew := time.NewTimer(max(time.Until(enroll.RenewAt(m.Certificate())), 0))
 	defer renew.Stop()
+	var refused error // the last trust document refused before the first applied
 	for {
 		select {
 		case <-ctx.Done():
 			return got, ctx.Err()
 		case <-welcome.C:
+			if !got && refused != nil {
+				// One came: the bound is not what to raise.
+				return false, fmt.Errorf("the control plane's trust document was refused: %w", refused)
+			}
 			if !got {
 				return false, fmt.Errorf("no trust document from the control plane within %s of the handshake (controlHandshakeTimeout)", m.cfg.ControlHandshakeTimeout)
 			}
@@ -413,6 +418,7 @@ func (m *Member) stream(ctx context.Context, addr string, setDenied func([]strin
 				}
 				if err := m.applyTrust(f.m.Trust, setDenied, true); err != nil {
 					m.log.Error("relay: trust from the control plane not applied", "err", err)
+					refused = err
 					continue
 				}
 				m.mTrust.Inc()

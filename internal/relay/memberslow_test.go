@@ -14,6 +14,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/enroll"
 	"github.com/fogmesh/fogmesh/internal/identity"
 	"github.com/fogmesh/fogmesh/internal/testenv"
+	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
 // TestMemberControlHandshakeTimeoutSlowLink: a relay's join and its
@@ -118,5 +119,51 @@ func TestMemberStreamNoTrustWithinHandshakeTimeout(t *testing.T) {
 	fc.next(t) // and it dials again
 	if strings.Contains(log.String(), "connected to the control plane") {
 		t.Error("the relay says it connected to a control plane that sent no trust document")
+	}
+}
+
+// TestMemberStreamRefusedTrustNamedAtWelcomeBound: a control plane whose
+// first trust document the relay refuses (another trust domain's, here)
+// has the stream given up at the welcome's bound, as one that sends
+// none, but the stream's end names the refusal, not a trust document
+// that never came: the operator is sent to the document, not to
+// controlHandshakeTimeout. Before, the end said "no trust document ...
+// (controlHandshakeTimeout)" although one had come.
+func TestMemberStreamRefusedTrustNamedAtWelcomeBound(t *testing.T) {
+	const bound = time.Second
+	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := newFakeControl(t, ca)
+	dir, _, _ := memberStateDir(t, ca, "r1")
+	var log testenv.Buffer
+	m, err := OpenMember(context.Background(), MemberConfig{StateDir: dir, Control: []string{fc.ln.Addr().String()}, Name: "r1",
+		ControlHandshakeTimeout: bound, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx, nil) }()
+	defer func() { cancel(); <-done }()
+
+	c := fc.next(t)
+	other := &wire.Trust{TrustDomain: "other.example", Bundles: map[string][][]byte{"other.example": identity.DERs(ca.Roots())}}
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeTrust, Trust: other}); err != nil {
+		t.Fatal(err)
+	}
+	var end string
+	testenv.WaitFor(t, bound+5*time.Second, "the stream's end logged", func() bool {
+		for _, line := range strings.Split(log.String(), "\n") {
+			if strings.Contains(line, "control plane stream ended") {
+				end = line
+				return true
+			}
+		}
+		return false
+	})
+	if strings.Contains(end, "no trust document") || !strings.Contains(end, "refused") || !strings.Contains(end, "other.example") {
+		t.Errorf("stream end %q: want the refused trust document named, not a missing one", end)
 	}
 }
