@@ -180,3 +180,28 @@ func TestStaleRegionMarkCannotUndoAMove(t *testing.T) {
 	}
 	a.c.Close()
 }
+
+// TestRegionMarkIsAudited: the global plane's audit record of a
+// certificate it renewed from the root for a node of west names the
+// region it marked, as the certificate does: the root vouching for a
+// node's region is a grant the audit trail keeps. Before, the record
+// was that of any root certificate (ID, serial, expiry).
+func TestRegionMarkIsAudited(t *testing.T) {
+	g := startSecure(t)
+	a := welcomed(t, g, joinAtRegional(t, regionalPlane(t, g, "west"), "u3", "west"), "u3", "west")
+	fromRoot := renewed(a)
+	serial := fromRoot.Certificates[0].SerialNumber.Text(16)
+	recs, err := g.audit.log.ReadFrom(1, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.Action == "issue node" && strings.Contains(r.Reason, "serial "+serial) {
+			if !strings.Contains(r.Reason, "region mark west") {
+				t.Fatalf("audit record of the marked renewal: %+v; want it to name the region mark west", r)
+			}
+			return
+		}
+	}
+	t.Fatalf("no audit record of the renewal (serial %s) among %d", serial, len(recs))
+}

@@ -726,9 +726,15 @@ func checkJoinToken(b []byte, tok identity.Token, node, site, region string, now
 
 func (sec *security) issued(kind string, cert *x509.Certificate) {
 	sec.mIssued.Inc()
-	// Every certificate issued goes to the control plane's audit chain.
+	// Every certificate issued goes to the control plane's audit chain,
+	// with the region the root marked in it (it vouches for the node's
+	// region at every plane: noderegion.go).
+	reason := "serial " + cert.SerialNumber.Text(16) + ", until " + cert.NotAfter.UTC().Format(time.RFC3339)
+	if r, err := identity.RegionMark(cert); err == nil && r != "" {
+		reason += ", region mark " + r
+	}
 	if err := sec.s.Audit(audit.Record{Kind: audit.KindCert, Action: "issue " + kind, Actor: "control",
-		Object: cert.URIs[0].String(), Reason: "serial " + cert.SerialNumber.Text(16) + ", until " + cert.NotAfter.UTC().Format(time.RFC3339)}); err != nil {
+		Object: cert.URIs[0].String(), Reason: reason}); err != nil {
 		sec.s.log.Error("control: audit certificate issue", "err", err)
 	}
 	if kind == "node" {
