@@ -371,7 +371,8 @@ func (s *Server) regionMoved(node, from, to, why string) {
 // region from it as it reads a regional CA's, also the planes that never
 // bound the node. The node keeps its certificate meanwhile and asks
 // again. An unmarked root's certificate (renewed before marks) is marked
-// with the region of a binding by a regional CA, if the node has one; a
+// with the region of a binding by a regional CA, if the node has one,
+// and not renewed while cluster labels place the node elsewhere; a
 // root's certificate is not renewed for a node bound by a revoked
 // region's CA.
 func (s *Server) checkRenewalRegion(c net.Conn, node string) (string, error) {
@@ -389,6 +390,14 @@ func (s *Server) checkRenewalRegion(c net.Conn, node string) (string, error) {
 				return "", err
 			}
 			if strings.HasPrefix(rec.By, "regional CA ") {
+				// Labels place a certificate naming no region (checkNodeRegion);
+				// marked, it would be refused at its next hello, so the
+				// node keeps the one it has until they are corrected.
+				if labels := s.clusterRegion(node); labels != "" && labels != rec.Region {
+					return "", fmt.Errorf("node %s is in region %s (bound by region %s's CA), its cluster labels place it in region %s: "+
+						"renewal refused (a renewed certificate names region %s, which labels cannot overrule): correct the labels, or join it again in region %s",
+						node, rec.Region, rec.Region, labels, rec.Region, labels)
+				}
 				return rec.Region, nil
 			}
 		}

@@ -205,3 +205,34 @@ func TestRegionMarkIsAudited(t *testing.T) {
 	}
 	t.Fatalf("no audit record of the renewal (serial %s) among %d", serial, len(recs))
 }
+
+// TestUnmarkedRenewalNotMarkedAgainstClusterLabels: a node of west's CA
+// holding a root's certificate renewed before marks, which cluster
+// labels place in east (as they place any root's certificate naming no
+// region), asks the global plane to renew it: the renewal is refused,
+// naming the labels and what to do, and the node keeps its certificate,
+// admitted as before. Before, the global plane marked the renewal west
+// from the node's binding: a certificate its next hello was refused with
+// ("its cluster labels place it in region east"), issued by the plane
+// that was serving it in east.
+func TestUnmarkedRenewalNotMarkedAgainstClusterLabels(t *testing.T) {
+	g := startSecure(t)
+	leave(t, g, welcomed(t, g, joinAtRegional(t, regionalPlane(t, g, "west"), "k4", "west"), "k4", "west"), "k4")
+	g.cluster.mu.Lock()
+	g.cluster.topo = map[string]NodeTopology{"k4": {Region: "east"}}
+	g.cluster.mu.Unlock()
+	old := signNode(t, g.CA(), "s1", "k4", 0) // renewed before marks: names no region
+	a := welcomed(t, g, old, "k4", "east")
+	key, _ := identity.NewKey()
+	csr, _ := identity.NewCSR(key)
+	if cm := renew(a, csr); cm.Type != wire.TypeError || !strings.Contains(cm.Error, "its cluster labels place it in region east") {
+		if cm.Type == wire.TypeCert {
+			certs, _ := identity.ParseDERs(cm.Certificates)
+			mark, _ := identity.RegionMark(certs[0])
+			t.Fatalf("k4, labelled east, renewed with region mark %q", mark)
+		}
+		t.Fatalf("renewal: %+v", cm)
+	}
+	leave(t, g, a, "k4")
+	welcomed(t, g, old, "k4", "east")
+}
