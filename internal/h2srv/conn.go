@@ -30,7 +30,7 @@ type conn struct {
 	nc     net.Conn
 	opts   ConnOptions
 	remote string
-	br     *bufio.Reader
+	in     *inbuf // the bytes read, the Framer's source; read loop only
 	fr     *http2.Framer
 	meta   *h2meta.Reader    // fr's frames, header blocks decoded; read loop only
 	canon  map[string]string // header name -> canonical, read loop only
@@ -79,12 +79,12 @@ func newConn(s *Server, c net.Conn, o ConnOptions) *conn {
 	if o.Context == nil {
 		sc.opts.Context = context.Background()
 	}
-	sc.br = bufio.NewReaderSize(c, 16<<10)
+	sc.in = &inbuf{nc: c, buf: make([]byte, inbufSize)}
 	sc.bw = bufio.NewWriterSize(c, 16<<10)
-	sc.fr = http2.NewFramer(sc.bw, sc.br)
+	sc.fr = http2.NewFramer(sc.bw, sc.in)
 	sc.meta = h2meta.New(sc.fr, DefaultMaxHeaderList) // header blocks decoded as ReadMetaHeaders would
 	sc.fr.SetReuseFrames()
-	sc.fr.SetMaxReadFrameSize(16384) // SETTINGS_MAX_FRAME_SIZE left at its initial value
+	sc.fr.SetMaxReadFrameSize(maxReadFrame)
 	sc.henc = hpack.NewEncoder(&sc.hbuf)
 	return sc
 }
@@ -336,7 +336,7 @@ func (sc *conn) serve(prefaceRead bool) {
 	sc.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
 	if !prefaceRead {
 		buf := make([]byte, len(http2.ClientPreface))
-		if _, err := io.ReadFull(sc.br, buf); err != nil || string(buf) != http2.ClientPreface {
+		if _, err := io.ReadFull(sc.in, buf); err != nil || string(buf) != http2.ClientPreface {
 			return
 		}
 	}
@@ -372,21 +372,21 @@ func (sc *conn) serve(prefaceRead bool) {
 	}
 	sc.nc.SetReadDeadline(time.Time{})
 	sc.armIdle()
+	rc := sc.rawConn()
 	for {
-		f, err := sc.meta.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				sc.resetStream(se.StreamID, se.Code)
-				continue
+		if rc != nil {
+			fallback, err := sc.serveRaw(rc)
+			if !fallback {
+				if err != nil {
+					sc.fail(err)
+				}
+				return
 			}
-			if errors.Is(err, http2.ErrFrameTooLarge) {
-				err = http2.ConnectionError(http2.ErrCodeFrameSize)
-			}
-			sc.fail(err)
-			return
 		}
-		if err := sc.processFrame(f); err != nil {
+		// No descriptor, or a unit larger than the buffer: by blocking
+		// reads.
+		f, err := sc.meta.ReadFrame()
+		if err := sc.handleFrame(f, err); err != nil {
 			sc.fail(err)
 			return
 		}
