@@ -49,6 +49,9 @@ type conn struct {
 	// flushTimer flushes writeControl's frames if no response does first.
 	flushTimer *time.Timer
 	flushArmed bool
+	// controlPending: writeControl's frames wait for armControl (read
+	// loop only).
+	controlPending bool
 
 	mu          sync.Mutex // guards the following and streams' flow state
 	streams     map[uint32]*stream
@@ -156,9 +159,13 @@ func (sc *conn) flushed() {
 
 // writeControl writes frames of the read loop's (PING and SETTINGS
 // acknowledgements) without a flush of their own: the next response's
-// flush takes them along, or flushDelay's timer does. grpc-go pings after
-// every response it reads (its BDP estimate); an acknowledgement flushed
-// alone cost a system call per call.
+// flush takes them along, or a timer does, after flushDelay, or
+// openFlushDelay while a stream is open (its response will). grpc-go pings
+// after every response it reads (its BDP estimate); an acknowledgement
+// flushed alone cost a system call per call. Inside serveRaw the timer is
+// armed when the read loop is about to wait (armControl): by then the
+// frames read with the PING have opened their streams (grpc-go's next call
+// follows its PING).
 func (sc *conn) writeControl(fn func() error) error {
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
@@ -170,23 +177,55 @@ func (sc *conn) writeControl(fn func() error) error {
 		return err
 	}
 	sc.dirty = true
-	if !sc.flushArmed {
-		sc.flushArmed = true
-		d := time.Duration(flushDelay.Load())
-		if sc.flushTimer == nil {
-			sc.flushTimer = time.AfterFunc(d, sc.flushPending)
-		} else {
-			sc.flushTimer.Reset(d)
-		}
+	if sc.in.raw {
+		sc.controlPending = true
+		return nil
 	}
+	sc.armFlushLocked()
 	return nil
+}
+
+// armControl arms the timer for writeControl's frames still unflushed;
+// the read loop's, before it waits.
+func (sc *conn) armControl() {
+	if !sc.controlPending {
+		return
+	}
+	sc.controlPending = false
+	sc.wmu.Lock()
+	if sc.dirty && sc.werr == nil {
+		sc.armFlushLocked()
+	}
+	sc.wmu.Unlock()
+}
+
+func (sc *conn) armFlushLocked() {
+	if sc.flushArmed {
+		return
+	}
+	sc.flushArmed = true
+	d := time.Duration(flushDelay.Load())
+	if sc.openStreams() > 0 {
+		d = time.Duration(openFlushDelay.Load())
+	}
+	if sc.flushTimer == nil {
+		sc.flushTimer = time.AfterFunc(d, sc.flushPending)
+	} else {
+		sc.flushTimer.Reset(d)
+	}
 }
 
 // flushDelay bounds how long writeControl's frames wait for a response's
 // flush; nanoseconds (tests change it).
 var flushDelay atomic.Int64
 
-func init() { flushDelay.Store(int64(time.Millisecond)) }
+// openFlushDelay bounds it instead while a stream is open; nanoseconds.
+var openFlushDelay atomic.Int64
+
+func init() {
+	flushDelay.Store(int64(time.Millisecond))
+	openFlushDelay.Store(int64(10 * time.Millisecond))
+}
 
 // flushPending is the timer's flush. flushArmed may be stale (a flush
 // stopped the timer after it fired, or writeControl reset it since): a

@@ -159,9 +159,11 @@ func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error) {
 				}
 			}
 			if !mustRead {
+				sc.armControl()
 				return false
 			}
 			if !in.room() {
+				sc.armControl()
 				fallback = true
 				return true
 			}
@@ -171,6 +173,7 @@ func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error) {
 			case syscall.EINTR:
 				continue
 			case syscall.EAGAIN:
+				sc.armControl()
 				return false
 			default:
 				ferr = os.NewSyscallError("read", errno)
