@@ -14,7 +14,12 @@
 # recordings (and ss's list of the agent's connections) into REC_DIR
 # (default bench/out/perf-h2prof-<date>; perf script -i FILE).
 #
-# Knobs: ROUNDS (2), SECS (5), CONNS (16), BASELINE_REV, BENCH_BASE_PORT
+# STACKS=1 also records, over the run's second second, the call stacks of
+# the agent's futex and epoll_pwait calls and of the wake-ups it makes
+# (sched:sched_wakeup) into REC_DIR as stacks-BUILD-rN.perf (perf report
+# -i FILE --no-children -g caller): which hand-offs wake whom.
+#
+# Knobs: ROUNDS (2), SECS (5), CONNS (16), STACKS (0), BASELINE_REV, BENCH_BASE_PORT
 # (29700), VIP_OCTET (238: the agent's VIP range 127.X.0.0/16), PIN (0; 1:
 # load and backend on CPU 0, the agent on CPU 1). Needs perf (Debian:
 # linux-perf) with the syscall tracepoints (root, or
@@ -46,6 +51,8 @@ ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DN
 perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 || die "perf cannot read the syscall tracepoints (root, or kernel.perf_event_paranoid <= 1)"
 mkdir -p "$BIN" "$REC_DIR"
 
+STACKS=${STACKS:-0}
+BUILD_LDFLAGS="-B gobuildid" # symbols, for perf's stacks
 log "building into $BIN"
 build_host "$BIN/fogmesh" ./cmd/fogmesh
 build_host "$BIN/agent-head" ./cmd/fogmesh-agent
@@ -110,6 +117,11 @@ round() { # ROUND BUILD
   perf record -q -e syscalls:sys_enter_read,syscalls:sys_exit_read,syscalls:sys_enter_write,syscalls:sys_exit_write \
     -p "$pid" -o "$rec" -- sleep 1 >/dev/null 2>&1 &
   waits+=($!)
+  if [ "$STACKS" = 1 ]; then
+    (sleep 1; perf record -q -g -e syscalls:sys_enter_futex,syscalls:sys_enter_epoll_pwait,sched:sched_wakeup \
+      -p "$pid" -o "$REC_DIR/stacks-$b-r$r.perf" -- sleep 1 >/dev/null 2>&1) &
+    waits+=($!)
+  fi
   "${PIN_LOAD[@]}" "$FORTIO" load -grpc -ping -qps 0 -c "$CONNS" -t "${SECS}s" -r "$FORTIO_RES" -loglevel Error \
     -json "$TMP/$b-$r.json" "$vip:$S_GRPC" >"$TMP/fortio-$b-$r.log" 2>&1 &
   local load=$!
