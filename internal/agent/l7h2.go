@@ -3,11 +3,13 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -144,6 +146,21 @@ func (s *l7) serveH2Port(tc *taggedConn) {
 	if !s.ln.push(tc) {
 		tc.Close()
 	}
+}
+
+// errNoDescriptor: a taggedConn whose reads go through its buffer, or
+// whose connection has no descriptor (TLS, a mesh stream).
+var errNoDescriptor = errors.New("agent: connection read through a buffer or without a descriptor")
+
+// SyscallConn passes the client connection's descriptor on while reads
+// are not buffered: the HTTP/2 server then reads it inside RawConn.Read
+// (h2srv, issue 14), past Read and raw. Writes still go through Write.
+func (c *taggedConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if c.buffered || !ok {
+		return nil, errNoDescriptor
+	}
+	return sc.SyscallConn()
 }
 
 // sniffPreface reads a client's first bytes as long as they match the

@@ -2,9 +2,11 @@ package agent
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -50,6 +52,45 @@ func TestTrailerKey(t *testing.T) {
 	for _, k := range []string{"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin", "X-Other"} {
 		if got := trailerKey(k); got != http.TrailerPrefix+k {
 			t.Errorf("trailerKey(%q) = %q", k, got)
+		}
+	}
+}
+
+// TestTaggedConnSyscallConn: the HTTP/2 server reads a client connection's
+// descriptor itself (h2srv's read loop, issue 14) when taggedConn passes
+// it on: a TCP connection read unbuffered; not one whose bytes go through
+// taggedConn's buffer or a connection without a descriptor.
+func TestTaggedConnSyscallConn(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	for _, tc := range []struct {
+		name string
+		conn *taggedConn
+		ok   bool
+	}{
+		{"tcp", &taggedConn{Conn: c}, true},
+		{"tcp buffered", &taggedConn{Conn: c, buffered: true}, false},
+		{"pipe", &taggedConn{Conn: p1}, false},
+	} {
+		var sc any = tc.conn
+		s, isConn := sc.(syscall.Conn)
+		if !isConn {
+			t.Fatalf("%s: taggedConn is not a syscall.Conn", tc.name)
+		}
+		rc, err := s.SyscallConn()
+		if (err == nil && rc != nil) != tc.ok {
+			t.Errorf("%s: SyscallConn = %v, %v; want a RawConn: %v", tc.name, rc, err, tc.ok)
 		}
 	}
 }

@@ -30,7 +30,7 @@ type conn struct {
 	nc     net.Conn
 	opts   ConnOptions
 	remote string
-	br     *bufio.Reader
+	in     *inbuf // the bytes read, the Framer's source; read loop only
 	fr     *http2.Framer
 	meta   *h2meta.Reader    // fr's frames, header blocks decoded; read loop only
 	canon  map[string]string // header name -> canonical, read loop only
@@ -49,6 +49,9 @@ type conn struct {
 	// flushTimer flushes writeControl's frames if no response does first.
 	flushTimer *time.Timer
 	flushArmed bool
+	// controlPending: writeControl's frames wait for armControl (read
+	// loop only).
+	controlPending bool
 
 	mu          sync.Mutex // guards the following and streams' flow state
 	streams     map[uint32]*stream
@@ -79,12 +82,12 @@ func newConn(s *Server, c net.Conn, o ConnOptions) *conn {
 	if o.Context == nil {
 		sc.opts.Context = context.Background()
 	}
-	sc.br = bufio.NewReaderSize(c, 16<<10)
+	sc.in = &inbuf{nc: c, buf: make([]byte, inbufSize)}
 	sc.bw = bufio.NewWriterSize(c, 16<<10)
-	sc.fr = http2.NewFramer(sc.bw, sc.br)
+	sc.fr = http2.NewFramer(sc.bw, sc.in)
 	sc.meta = h2meta.New(sc.fr, DefaultMaxHeaderList) // header blocks decoded as ReadMetaHeaders would
 	sc.fr.SetReuseFrames()
-	sc.fr.SetMaxReadFrameSize(16384) // SETTINGS_MAX_FRAME_SIZE left at its initial value
+	sc.fr.SetMaxReadFrameSize(maxReadFrame)
 	sc.henc = hpack.NewEncoder(&sc.hbuf)
 	return sc
 }
@@ -156,9 +159,13 @@ func (sc *conn) flushed() {
 
 // writeControl writes frames of the read loop's (PING and SETTINGS
 // acknowledgements) without a flush of their own: the next response's
-// flush takes them along, or flushDelay's timer does. grpc-go pings after
-// every response it reads (its BDP estimate); an acknowledgement flushed
-// alone cost a system call per call.
+// flush takes them along, or a timer does, after flushDelay, or
+// openFlushDelay while a stream is open (its response will). grpc-go pings
+// after every response it reads (its BDP estimate); an acknowledgement
+// flushed alone cost a system call per call. Inside serveRaw the timer is
+// armed when the read loop is about to wait (armControl): by then the
+// frames read with the PING have opened their streams (grpc-go's next call
+// follows its PING).
 func (sc *conn) writeControl(fn func() error) error {
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
@@ -170,23 +177,55 @@ func (sc *conn) writeControl(fn func() error) error {
 		return err
 	}
 	sc.dirty = true
-	if !sc.flushArmed {
-		sc.flushArmed = true
-		d := time.Duration(flushDelay.Load())
-		if sc.flushTimer == nil {
-			sc.flushTimer = time.AfterFunc(d, sc.flushPending)
-		} else {
-			sc.flushTimer.Reset(d)
-		}
+	if sc.in.raw {
+		sc.controlPending = true
+		return nil
 	}
+	sc.armFlushLocked()
 	return nil
+}
+
+// armControl arms the timer for writeControl's frames still unflushed;
+// the read loop's, before it waits.
+func (sc *conn) armControl() {
+	if !sc.controlPending {
+		return
+	}
+	sc.controlPending = false
+	sc.wmu.Lock()
+	if sc.dirty && sc.werr == nil {
+		sc.armFlushLocked()
+	}
+	sc.wmu.Unlock()
+}
+
+func (sc *conn) armFlushLocked() {
+	if sc.flushArmed {
+		return
+	}
+	sc.flushArmed = true
+	d := time.Duration(flushDelay.Load())
+	if sc.openStreams() > 0 {
+		d = time.Duration(openFlushDelay.Load())
+	}
+	if sc.flushTimer == nil {
+		sc.flushTimer = time.AfterFunc(d, sc.flushPending)
+	} else {
+		sc.flushTimer.Reset(d)
+	}
 }
 
 // flushDelay bounds how long writeControl's frames wait for a response's
 // flush; nanoseconds (tests change it).
 var flushDelay atomic.Int64
 
-func init() { flushDelay.Store(int64(time.Millisecond)) }
+// openFlushDelay bounds it instead while a stream is open; nanoseconds.
+var openFlushDelay atomic.Int64
+
+func init() {
+	flushDelay.Store(int64(time.Millisecond))
+	openFlushDelay.Store(int64(10 * time.Millisecond))
+}
 
 // flushPending is the timer's flush. flushArmed may be stale (a flush
 // stopped the timer after it fired, or writeControl reset it since): a
@@ -336,7 +375,7 @@ func (sc *conn) serve(prefaceRead bool) {
 	sc.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
 	if !prefaceRead {
 		buf := make([]byte, len(http2.ClientPreface))
-		if _, err := io.ReadFull(sc.br, buf); err != nil || string(buf) != http2.ClientPreface {
+		if _, err := io.ReadFull(sc.in, buf); err != nil || string(buf) != http2.ClientPreface {
 			return
 		}
 	}
@@ -372,21 +411,21 @@ func (sc *conn) serve(prefaceRead bool) {
 	}
 	sc.nc.SetReadDeadline(time.Time{})
 	sc.armIdle()
+	rc := sc.rawConn()
 	for {
-		f, err := sc.meta.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				sc.resetStream(se.StreamID, se.Code)
-				continue
+		if rc != nil {
+			fallback, err := sc.serveRaw(rc)
+			if !fallback {
+				if err != nil {
+					sc.fail(err)
+				}
+				return
 			}
-			if errors.Is(err, http2.ErrFrameTooLarge) {
-				err = http2.ConnectionError(http2.ErrCodeFrameSize)
-			}
-			sc.fail(err)
-			return
 		}
-		if err := sc.processFrame(f); err != nil {
+		// No descriptor, or a unit larger than the buffer: by blocking
+		// reads.
+		f, err := sc.meta.ReadFrame()
+		if err := sc.handleFrame(f, err); err != nil {
 			sc.fail(err)
 			return
 		}

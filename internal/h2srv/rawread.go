@@ -1,0 +1,211 @@
+package h2srv
+
+// The read loop's bytes: read inside one RawConn.Read for the
+// connection's life, so that no read finds the socket empty before the
+// loop parks (issue 14).
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+
+	"golang.org/x/net/http2"
+)
+
+// maxReadFrame is the largest frame the Framer reads (our
+// SETTINGS_MAX_FRAME_SIZE, left at its initial value).
+const maxReadFrame = 16384
+
+// inbufSize holds a frame of maxReadFrame and its header with room to
+// spare, so that a read takes more than one frame.
+const inbufSize = 32 << 10
+
+// errIncomplete: the Framer asked inbuf for bytes that were not read yet
+// while the read loop reads inside RawConn.Read (complete said it would
+// not); the connection ends rather than wait in the wrong place.
+var errIncomplete = errors.New("h2srv: frame read past the bytes received")
+
+// inbuf holds the bytes read from the connection that the Framer has not
+// taken yet; the Framer reads from it.
+type inbuf struct {
+	nc   net.Conn
+	buf  []byte
+	r, w int  // buf[r:w] is unread
+	raw  bool // inside RawConn.Read: no read of nc (it would wait for the read lock held)
+}
+
+// Read gives the bytes held; with none, outside raw, one read of nc fills
+// buf first (as a bufio.Reader: the Framer reads a frame header at a
+// time).
+func (b *inbuf) Read(p []byte) (int, error) {
+	if b.r == b.w {
+		if b.raw {
+			return 0, errIncomplete
+		}
+		b.r, b.w = 0, 0
+		n, err := b.nc.Read(b.buf)
+		if n == 0 {
+			return 0, err
+		}
+		b.w = n
+	}
+	n := copy(p, b.buf[b.r:b.w])
+	b.r += n
+	return n, nil
+}
+
+// complete: buf[r:w] begins with what one meta.ReadFrame takes without
+// reading further: a frame; a frame longer than maxReadFrame up to its
+// header (the Framer fails it there); a HEADERS frame without END_HEADERS
+// with the CONTINUATION frames up to the one with END_HEADERS, or up to
+// and including the first frame that is not one (the Framer fails the
+// block once it has read that frame).
+func (b *inbuf) complete() bool {
+	p := b.buf[b.r:b.w]
+	inBlock := false
+	for {
+		if len(p) < 9 {
+			return false
+		}
+		n := int(p[0])<<16 | int(p[1])<<8 | int(p[2])
+		typ, flags := http2.FrameType(p[3]), http2.Flags(p[4])
+		if n > maxReadFrame {
+			return true
+		}
+		if len(p) < 9+n {
+			return false
+		}
+		switch {
+		case inBlock && typ != http2.FrameContinuation,
+			typ != http2.FrameHeaders && typ != http2.FrameContinuation,
+			flags.Has(http2.FlagHeadersEndHeaders),
+			!inBlock && typ == http2.FrameContinuation:
+			return true
+		}
+		inBlock = true
+		p = p[9+n:]
+	}
+}
+
+// room makes space at buf's end for a read: the unread bytes move to the
+// front once less than half of buf is left after them. False: buf is
+// full of one incomplete unit (a header block of many CONTINUATION
+// frames).
+func (b *inbuf) room() bool {
+	if b.r == b.w {
+		b.r, b.w = 0, 0
+	}
+	if b.r > 0 && len(b.buf)-b.w < len(b.buf)/2 {
+		b.w = copy(b.buf, b.buf[b.r:b.w])
+		b.r = 0
+	}
+	return b.w < len(b.buf)
+}
+
+// rawConn is the connection's syscall.RawConn, or nil if it has no
+// descriptor of its own (TLS, a mesh stream, a pipe).
+func (sc *conn) rawConn() syscall.RawConn {
+	c, ok := sc.nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// serveRaw reads and processes frames inside one rc.Read until the
+// connection ends (err: why, nil for an orderly end) or a unit does not
+// fit in the buffer (fallback: the caller reads it with blocking reads,
+// then calls again).
+//
+// Why no wake-up is lost. RawRead (internal/poll) clears the descriptor's
+// read-ready flag once (prepareRead), then calls the callback, and each
+// time it returns false parks in waitRead until the poller marks the
+// descriptor ready; a mark made while nobody waits stays set (runtime
+// netpollblock consumes it without parking). The poller registers sockets
+// edge-triggered, and Linux reports an edge for every arrival of data. So:
+// the callback's first call (after prepareRead) and every call after
+// waitRead read before anything else. A short read (less than the room
+// offered) means the socket held no more at that moment, and any byte
+// arriving after it brings an edge that sets the flag, which only
+// waitRead consumes: waiting then without reading again misses nothing.
+// A full read may leave bytes behind, so the callback reads again. What
+// the poller set for bytes a later read took (data arrived while frames
+// were processed) costs one read that finds the socket empty, not a lost
+// wake-up. A read that finds it empty (EAGAIN) waits.
+//
+// Frames are processed inside the callback, holding the descriptor's read
+// lock: nothing here may close nc, whose Close waits for that lock's
+// release (processFrame's closes run on goroutines of their own; the
+// caller fails the connection after rc.Read returns). A close by another
+// goroutine wakes waitRead with an error. Deadlines (the preface's) end
+// waitRead as they end a Read.
+func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error) {
+	in := sc.in
+	in.raw = true
+	defer func() { in.raw = false }()
+	var ferr error
+	rerr := rc.Read(func(fd uintptr) bool {
+		for mustRead := true; ; {
+			for in.r < in.w && in.complete() {
+				f, err := sc.meta.ReadFrame()
+				if ferr = sc.handleFrame(f, err); ferr != nil {
+					return true
+				}
+			}
+			if !mustRead {
+				sc.armControl()
+				return false
+			}
+			if !in.room() {
+				sc.armControl()
+				fallback = true
+				return true
+			}
+			n, errno := rawRead(fd, in.buf[in.w:])
+			switch errno {
+			case 0:
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				sc.armControl()
+				return false
+			default:
+				ferr = os.NewSyscallError("read", errno)
+				return true
+			}
+			if n == 0 {
+				ferr = io.EOF
+				return true
+			}
+			mustRead = in.w+n == len(in.buf)
+			in.w += n
+		}
+	})
+	if ferr != nil {
+		return false, ferr
+	}
+	return fallback, rerr
+}
+
+// handleFrame processes what meta.ReadFrame returned: nil, or the error
+// that ends the connection (the caller fails it).
+func (sc *conn) handleFrame(f http2.Frame, err error) error {
+	if err != nil {
+		var se http2.StreamError
+		if errors.As(err, &se) {
+			sc.resetStream(se.StreamID, se.Code)
+			return nil
+		}
+		if errors.Is(err, http2.ErrFrameTooLarge) {
+			err = http2.ConnectionError(http2.ErrCodeFrameSize)
+		}
+		return err
+	}
+	return sc.processFrame(f)
+}
