@@ -175,8 +175,9 @@ func TestH1ResponseHeldClientGone(t *testing.T) {
 
 // TestH1EmptyReadsPerRequest: a keep-alive GET's reads that find a socket
 // empty, counted over the agent's client and upstream legs: the response
-// is written inside the read of the next request (h1Wire), so that read
-// waits for the client instead of finding nothing at once.
+// is written inside the read of the next request (h1Wire) and the request
+// inside the read of its response (httpproxy's upWire), so each read
+// waits for its peer instead of finding nothing at once.
 func TestH1EmptyReadsPerRequest(t *testing.T) {
 	addr := agentInFront(t, inFront{node: "n", octet: 87, svc: "reads", vipPort: 19290, port: startRawBackend(t)}).addr
 	c, err := net.Dial("tcp", addr)
@@ -214,16 +215,16 @@ func TestH1EmptyReadsPerRequest(t *testing.T) {
 	httpproxy.SetReadHookForTest(nil)
 	perReq := float64(empty.Load()) / rounds
 	t.Logf("%.2f reads per request, %.2f of them empty", float64(reads.Load())/rounds, perReq)
-	// Without the fusion: about 2 (one per leg, each right after its
-	// write); the client leg's is saved.
+	// Without the fusion: 2 (one per leg, each right after its write).
 	if perReq > h1EmptyReadBudget {
 		t.Errorf("%.2f empty reads per request; budget %.2f", perReq, h1EmptyReadBudget)
 	}
 }
 
-// h1EmptyReadBudget is TestH1EmptyReadsPerRequest's bound: the upstream
-// leg's empty read, and spurious wakes.
-const h1EmptyReadBudget = 1.3
+// h1EmptyReadBudget is TestH1EmptyReadsPerRequest's bound: spurious wakes
+// (a stale readiness), and an upstream connection idle longer than
+// httpproxy's fuseIdleMax now and then (a slow round on a loaded machine).
+const h1EmptyReadBudget = 0.5
 
 // TestH1WireHeldWriteFallsBack: a held response that does not go out in
 // one write (a client that reads nothing yet, a small send buffer) is
