@@ -63,14 +63,15 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	c := tc.Conn
 	stop := context.AfterFunc(ctx, func() { c.Close() }) // agent shutdown
 	// Writes go through tc, which bounds each (taggedConn.Write).
-	var r io.Reader = c
-	if tc.raw = httpproxy.NewRawIO(c); tc.raw != nil {
-		r = tc.raw
-	}
-	br, bw := httpproxy.GetReader(r), httpproxy.GetWriter(tc)
+	tc.raw = httpproxy.NewRawIO(c)
+	wire := &h1Wire{tc: tc, c: c, raw: tc.raw}
+	br, bw := httpproxy.GetReader(wire), httpproxy.GetWriter(wire)
 	handedOff := false
 	var cs *h1ClientConn
 	defer func() {
+		if wire.held != nil { // never, by the loop's order: sent before bw goes back to its pool
+			wire.sendHeld(time.Time{})
+		}
 		stop()
 		httpproxy.PutReader(br)
 		httpproxy.PutWriter(bw)
@@ -83,7 +84,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}()
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
-	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone}
+	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone, wire: wire}
 	cs.watchHeadFn = cs.watchHead // one func value for the connection, not one per request with a body
 	// Cancelled only by watch (a client gone mid-stream) and when the
 	// connection ends: the pools hook only streaming bodies to it.
@@ -97,7 +98,9 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}
 	lastPost := false
 	for {
-		c.SetReadDeadline(monoTime().Add(cs.idleTimeout(s, tc.target)))
+		if !wire.next(br, monoTime().Add(cs.idleTimeout(s, tc.target))) {
+			return // the last response's write failed
+		}
 		if _, err := br.Peek(1); err != nil {
 			return // closed by the client, idle timeout or shutdown
 		}
@@ -201,6 +204,7 @@ type h1ClientConn struct {
 	xfh  []string
 	conn net.Conn
 	br   *bufio.Reader
+	wire *h1Wire // the writer of the response (h1Wire.flush)
 	gone context.CancelFunc
 	// idle is the idle timeout for view idleView (idleTimeout).
 	idleView *view
@@ -423,9 +427,9 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 		// before it sends the rest.)
 		keep, cs.linger = false, true
 	}
-	werr := httpproxy.WriteResponse(bw, resp, in, keep, cs.watch)
+	werr := httpproxy.WriteResponseUnflushed(bw, resp, in, keep, cs.watch)
 	resp.Body.Close()
-	if werr != nil {
+	if werr != nil || cs.wire.flush(bw, keep && !hasBody) != nil { // a body left to drain reads first: not held
 		return false
 	}
 	if hasBody {

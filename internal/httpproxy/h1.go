@@ -321,6 +321,18 @@ type UpstreamBuffered interface{ BufferedUpstream() int }
 // flushed as it arrives (streaming, server-sent events), watched by watch
 // (if not nil) from its first part on.
 func WriteResponse(bw *bufio.Writer, resp *http.Response, in *http.Request, keep bool, watch func() (stop func())) error {
+	if err := WriteResponseUnflushed(bw, resp, in, keep, watch); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// WriteResponseUnflushed is WriteResponse without its last flush: the
+// response's end (all of it, if it fits bw and did not stream) is left in
+// bw for the caller to send, which must do so before it waits on anything
+// (the HTTP/1.1 fast path sends it inside the read of the next request:
+// RawIO.WriteRead).
+func WriteResponseUnflushed(bw *bufio.Writer, resp *http.Response, in *http.Request, keep bool, watch func() (stop func())) error {
 	bw.WriteString("HTTP/1.1 ")
 	if validStatus(resp) {
 		bw.WriteString(resp.Status)
@@ -358,7 +370,7 @@ func WriteResponse(bw *bufio.Writer, resp *http.Response, in *http.Request, keep
 	}
 	bw.WriteString("\r\n")
 	if !bodyAllowed {
-		return bw.Flush()
+		return nil
 	}
 	ub, _ := resp.Body.(UpstreamBuffered)
 	var w io.Writer = bw
@@ -402,7 +414,7 @@ func WriteResponse(bw *bufio.Writer, resp *http.Response, in *http.Request, keep
 	if chunked {
 		endChunked(bw, cw, resp.Trailer)
 	}
-	return bw.Flush()
+	return nil
 }
 
 // endChunked ends a chunked body: the last chunk, the trailers, the blank

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -103,8 +104,10 @@ type poolConn struct {
 	// for stray bytes before it is used again.
 	peekNext bool
 	// poison unblocks the connection's reads and writes for good (a
-	// cancelled request); made once, not a closure per request.
-	poison func()
+	// cancelled request); made once, not a closure per request. poisoned:
+	// it was called (a deadline set later sets it again: sendHeld).
+	poison   func()
+	poisoned atomic.Bool
 	// body is the last lean response's body (leanResponse), reused: a
 	// respBody stops reading it once done, before the connection is reused.
 	body lengthBody
@@ -123,7 +126,9 @@ type poolConn struct {
 	long []byte
 	// bad is why an interim head a stalled write read was refused
 	// (skipInterim): the exchange fails with it.
-	bad error
+	bad  error
+	wire *upWire // holds a bodyless request for its response's read if fuse (new, or idle < fuseIdleMax); nil: no descriptor
+	fuse bool
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -189,7 +194,7 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 			// time.Since reads the monotonic clock only (idleAt has it):
 			// one vDSO call, not time.Now's two.
 			if idle := time.Since(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
-				pc.reused, pc.peekNext = true, false
+				pc.reused, pc.peekNext, pc.fuse = true, false, idle < fuseIdleMax
 				return pc, nil
 			}
 			pc.close()
@@ -203,14 +208,14 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 	}
 	var rw io.ReadWriter = c
 	raw := NewRawIO(c) // no system call state per read and write
-	if raw != nil {
-		rw = raw
-	}
-	pc := &poolConn{p: p, c: c, bw: bufio.NewWriterSize(rw, BufSize), poison: func() { c.SetDeadline(aLongTimeAgo) }}
+	pc := &poolConn{p: p, c: c, fuse: true}
+	pc.poison = func() { pc.poisoned.Store(true); c.SetDeadline(aLongTimeAgo) }
 	if raw != nil {
 		raw.OnStall, raw.StallAfter = pc.onStall, earlyResponseWait
-		pc.rc, pc.peekFn = raw.rc, pc.peek
+		pc.rc, pc.peekFn, pc.wire = raw.rc, pc.peek, &upWire{raw: raw}
+		rw = pc.wire
 	}
+	pc.bw = bufio.NewWriterSize(rw, BufSize)
 	pc.head = headLimit{r: rw, left: noHeadLimit}
 	pc.br = bufio.NewReaderSize(&pc.head, BufSize)
 	p.mu.Lock()
@@ -424,6 +429,10 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 	pc.head.left = pc.p.cfg.MaxResponseHeadBytes
 	defer func() { pc.head.left = noHeadLimit }()
 	err := pc.writeRequest(req)
+	var rerr error // the failure of the read a held request was written in
+	if err == nil {
+		err, rerr = pc.sendHeld()
+	}
 	pc.writing = nil
 	if err != nil {
 		if bad := pc.bad; bad != nil {
@@ -463,11 +472,14 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 	}
-	if _, err := pc.br.Peek(1); err != nil {
+	if rerr == nil {
+		_, rerr = pc.br.Peek(1)
+	}
+	if rerr != nil {
 		if pc.reused {
-			return nil, fmt.Errorf("%w: %w", errStale, err)
+			return nil, fmt.Errorf("%w: %w", errStale, rerr)
 		}
-		return nil, err
+		return nil, rerr
 	}
 	for {
 		resp := pc.leanResponse(req)

@@ -165,9 +165,13 @@ func TestPoolReplaysOnStaleConnection(t *testing.T) {
 // far side is gone: the agent's own, on a direct stream), so a request
 // sent there gets neither an answer nor a reset. The pool's read finds the
 // end of the stream that came before the request, and a GET goes again
-// on a new connection at once. (A read that waits for the answer without
-// reading first, skipping the read that finds nothing, hangs here.)
+// on a new connection. The request is written inside the read of its
+// answer (upWire), which does not see that end (it came before the read
+// cleared the readiness) and waits until fuseRecheck, then reads: without
+// that bound it would hang here.
 func TestPoolReplaysOnHalfClosedConnection(t *testing.T) {
+	defer func(d time.Duration) { fuseIdleMax = d }(fuseIdleMax)
+	fuseIdleMax = time.Hour // the connection fuses however long the end took to come
 	var mu sync.Mutex
 	halfClosed := map[net.Conn]bool{}
 	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {

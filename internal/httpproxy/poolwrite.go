@@ -78,7 +78,7 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 			endChunked(bw, cw, nil)
 		}
 	}
-	return bw.Flush()
+	return pc.flushRequest(bw, !hasBody) // a bodyless request: written in its response's read
 }
 
 // copyBody copies with buf (io.CopyBuffer would hand bufio.Writer's

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -27,6 +28,9 @@ type RawIO struct {
 	rp, wp         []byte
 	rn, wn         int
 	rerrno, werrno syscall.Errno
+	fusedf         func(uintptr) bool // made once (WriteRead)
+	fw             []byte             // WriteRead's bytes to write; nil once tried
+	fwn            int                // how many of them went out
 
 	// OnStall, if set, is called every StallAfter while a Write waits for
 	// a full socket (the peer reads slowly or not at all): an error ends
@@ -50,7 +54,7 @@ func NewRawIO(c net.Conn) *RawIO {
 		return nil
 	}
 	r := &RawIO{c: c, rc: rc}
-	r.readf, r.writef = r.readFunc, r.writeFunc
+	r.readf, r.writef, r.fusedf = r.readFunc, r.writeFunc, r.fusedFunc
 	return r
 }
 
@@ -75,6 +79,9 @@ func (r *RawIO) Read(p []byte) (int, error) {
 func (r *RawIO) readFunc(fd uintptr) bool {
 	for {
 		n, e := rawRead(fd, r.rp)
+		if h := testHookRead.Load(); h != nil {
+			(*h)(e == syscall.EAGAIN)
+		}
 		switch e {
 		case 0:
 			r.rn = n
@@ -87,6 +94,87 @@ func (r *RawIO) readFunc(fd uintptr) bool {
 		r.rerrno = e
 		return true
 	}
+}
+
+// WriteRead writes w and then reads into p as Write and Read would, but
+// with one system call fewer when the peer answers w: it does not read
+// the socket once at once after the write, which before the answer came
+// finds it empty (EAGAIN), but waits for the poller to report it readable.
+// It reports how many bytes of w it wrote: if not all of w went out in one
+// non-blocking write (the socket was full, an error, a read deadline
+// already past), it read nothing, and the caller writes w[wn:] (Write, with
+// its deadline and OnStall) and then reads. n and err are the read's
+// otherwise. No Write may run at the same time (the write takes no write
+// lock), and w must not change until WriteRead returns.
+//
+// Why no readiness is lost. RawConn.Read (internal/poll FD.RawRead) takes
+// the read lock, then clears the descriptor's ready flag (prepareRead:
+// runtime poll_runtime_pollReset stores pdNil in pd.rg), then calls f until
+// it returns true, parking in between (waitRead: netpollblock, which
+// returns at once if the flag was set to pdReady meanwhile, else parks
+// until netpollready sets it). Its first call of f here writes w and
+// returns false without reading. Every byte the peer sends in answer to w
+// arrives after that write, so after the flag was cleared; the descriptor
+// is in epoll edge-triggered for reading (netpoll_epoll.go: EPOLLIN |
+// EPOLLRDHUP | EPOLLET), and Linux queues an edge for every arrival (and
+// for a FIN or a reset), which the poller turns into pdReady or a wake of
+// the parked reader: waitRead returns, and the next call of f reads. A
+// stale edge (bytes read before) wakes it for nothing: one read finds the
+// socket empty and it parks again.
+//
+// What it does not cover: bytes the peer sent NOT in answer to w, after
+// the caller's last read of the socket and before WriteRead cleared the
+// flag (a pipelined request, a FIN of a client that half-closed): their
+// edge was reported before the flag was cleared, so the wait does not see
+// them and parks until more bytes come. A caller for which the peer may
+// send unasked must bound the wait with a read deadline and then read
+// anyway (h1fast's fuseRecheck).
+func (r *RawIO) WriteRead(w, p []byte) (wn, n int, err error) {
+	if len(w) == 0 {
+		n, err = r.Read(p)
+		return 0, n, err
+	}
+	if len(p) == 0 {
+		return 0, 0, nil
+	}
+	r.fw, r.fwn = w, 0
+	r.rp, r.rn, r.rerrno = p, 0, 0
+	err = r.rc.Read(r.fusedf)
+	r.fw, r.rp = nil, nil
+	if wn = r.fwn; wn < len(w) {
+		return wn, 0, nil // the caller writes the rest
+	}
+	switch {
+	case err != nil:
+		return wn, 0, err
+	case r.rerrno != 0:
+		return wn, 0, r.opError("read", r.rerrno)
+	case r.rn == 0:
+		return wn, 0, io.EOF
+	}
+	return wn, r.rn, nil
+}
+
+// fusedFunc is WriteRead's function: the write at its first call, then
+// reads.
+func (r *RawIO) fusedFunc(fd uintptr) bool {
+	if w := r.fw; w != nil {
+		r.fw = nil
+		for {
+			n, e := rawWrite(fd, w)
+			if e == syscall.EINTR {
+				continue
+			}
+			if e == 0 {
+				r.fwn = n
+			}
+			break
+		}
+		// Written whole: wait for the answer (see WriteRead). Else the
+		// caller finishes the write its own way.
+		return r.fwn < len(w)
+	}
+	return r.readFunc(fd)
 }
 
 func (r *RawIO) Write(p []byte) (int, error) {
@@ -135,6 +223,20 @@ func (r *RawIO) writeFunc(fd uintptr) bool {
 		return true
 	}
 	return true
+}
+
+// testHookRead, if set, is called after each read with whether it found
+// the socket empty (tests count them: SetReadHookForTest).
+var testHookRead atomic.Pointer[func(empty bool)]
+
+// SetReadHookForTest makes every RawIO read call f with whether it found
+// the socket empty, until it is called again with nil.
+func SetReadHookForTest(f func(empty bool)) {
+	if f == nil {
+		testHookRead.Store(nil)
+		return
+	}
+	testHookRead.Store(&f)
 }
 
 // opError wraps a failed system call as net.Conn's Read and Write do.

@@ -1,0 +1,276 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
+)
+
+// startGatedBackend is an HTTP/1.1 endpoint that reports each request's
+// line on got and answers it ("ok") only when answer gives it a turn.
+func startGatedBackend(t *testing.T) (port int, got chan string, answer chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, answer = make(chan string, 16), make(chan struct{})
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { close(done); ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { // gatedBackendConn
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				first := ""
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if first == "" {
+						first = strings.TrimSpace(line)
+					}
+					if strings.TrimRight(line, "\r\n") != "" {
+						continue
+					}
+					got <- first
+					first = ""
+					select {
+					case <-answer:
+					case <-done:
+						return
+					}
+					if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, got, answer
+}
+
+// readOK reads one "ok" response from br within the deadline already set.
+func readOK(t *testing.T, br *bufio.Reader, what string) {
+	t.Helper()
+	head := ""
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("%s: %v (after %q)", what, err, head)
+		}
+		head += line
+		if line == "\r\n" {
+			break
+		}
+	}
+	body := make([]byte, 2)
+	if _, err := io.ReadFull(br, body); err != nil || !strings.HasPrefix(head, "HTTP/1.1 200 ") || string(body) != "ok" {
+		t.Fatalf("%s: %q %q %v", what, head, body, err)
+	}
+}
+
+// TestH1PipelinedWhileResponseHeld: a request the client sends while the
+// one before it is still at the endpoint (pipelined, in its own segment)
+// is answered promptly, although its readiness was reported before the
+// read that writes the last response began (h1Wire: fuseRecheck); and the
+// client's later requests too.
+func TestH1PipelinedWhileResponseHeld(t *testing.T) {
+	port, got, answer := startGatedBackend(t)
+	addr := agentInFront(t, inFront{node: "n", octet: 87, svc: "pipe", vipPort: 19287, port: port, noRequest: true}).addr
+	for round := range 5 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(3 * time.Second)) // the idle timeout is far longer
+		br := bufio.NewReader(c)
+		io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: pipe.demo\r\n\r\n")
+		if line := <-got; line != "GET /1 HTTP/1.1" {
+			t.Fatal(line)
+		}
+		// The agent has read /1; /2 comes while /1 waits at the endpoint.
+		io.WriteString(c, "GET /2 HTTP/1.1\r\nHost: pipe.demo\r\n\r\n")
+		answer <- struct{}{}
+		readOK(t, br, "response 1")
+		select {
+		case line := <-got:
+			if line != "GET /2 HTTP/1.1" {
+				t.Fatal(line)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("round %d: the pipelined request did not reach the endpoint", round)
+		}
+		answer <- struct{}{}
+		readOK(t, br, "response 2")
+		io.WriteString(c, "GET /3 HTTP/1.1\r\nHost: pipe.demo\r\n\r\n")
+		<-got
+		answer <- struct{}{}
+		readOK(t, br, "response 3")
+		c.Close()
+	}
+}
+
+// TestH1HalfClosedClientClosedPromptly: a client that closes its side
+// after its request (while the request is at the endpoint) gets the
+// response and then the connection's end at once, not after the idle
+// timeout: the FIN's readiness came before the read that writes the
+// response began (fuseRecheck).
+func TestH1HalfClosedClientClosedPromptly(t *testing.T) {
+	port, got, answer := startGatedBackend(t)
+	addr := agentInFront(t, inFront{node: "n", octet: 87, svc: "half", vipPort: 19288, port: port, noRequest: true}).addr
+	for range 5 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		br := bufio.NewReader(c)
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: half.demo\r\n\r\n")
+		<-got
+		c.(*net.TCPConn).CloseWrite()
+		answer <- struct{}{}
+		readOK(t, br, "response")
+		if b, err := br.ReadByte(); err != io.EOF {
+			t.Fatalf("after the response: %q %v; want the connection's end", b, err)
+		}
+		c.Close()
+	}
+}
+
+// TestH1ResponseHeldClientGone: a client that closes its connection while
+// its request is at the endpoint: the held response's write fails or is
+// reset, and the agent lets the connection go.
+func TestH1ResponseHeldClientGone(t *testing.T) {
+	port, got, answer := startGatedBackend(t)
+	f := agentInFront(t, inFront{node: "n", octet: 87, svc: "gone", vipPort: 19289, port: port, noRequest: true})
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: gone.demo\r\n\r\n")
+	<-got
+	c.Close()
+	answer <- struct{}{}
+	waitFor(t, "the agent's client connections to end", func() bool { return f.agent.active.Load() == 0 })
+}
+
+// TestH1EmptyReadsPerRequest: a keep-alive GET's reads that find a socket
+// empty, counted over the agent's client and upstream legs: the response
+// is written inside the read of the next request (h1Wire) and the request
+// inside the read of its response (httpproxy's upWire), so each read
+// waits for its peer instead of finding nothing at once.
+func TestH1EmptyReadsPerRequest(t *testing.T) {
+	addr := agentInFront(t, inFront{node: "n", octet: 87, svc: "reads", vipPort: 19290, port: startRawBackend(t)}).addr
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	var buf [4096]byte
+	exchange := func() {
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: reads.demo\r\n\r\n")
+		n := 0
+		for !bytes.HasSuffix(buf[:n], []byte("\r\n\r\nok")) {
+			m, err := c.Read(buf[n:])
+			if err != nil {
+				t.Fatalf("read: %v (after %q)", err, buf[:n])
+			}
+			n += m
+		}
+	}
+	for range 20 {
+		exchange()
+	}
+	var reads, empty atomic.Int64
+	httpproxy.SetReadHookForTest(func(e bool) {
+		reads.Add(1)
+		if e {
+			empty.Add(1)
+		}
+	})
+	const rounds = 500
+	for range rounds {
+		exchange()
+	}
+	httpproxy.SetReadHookForTest(nil)
+	perReq := float64(empty.Load()) / rounds
+	t.Logf("%.2f reads per request, %.2f of them empty", float64(reads.Load())/rounds, perReq)
+	// Without the fusion: 2 (one per leg, each right after its write).
+	if perReq > h1EmptyReadBudget {
+		t.Errorf("%.2f empty reads per request; budget %.2f", perReq, h1EmptyReadBudget)
+	}
+}
+
+// h1EmptyReadBudget is TestH1EmptyReadsPerRequest's bound: spurious wakes
+// (a stale readiness), and an upstream connection idle longer than
+// httpproxy's fuseIdleMax now and then (a slow round on a loaded machine).
+const h1EmptyReadBudget = 0.5
+
+// TestH1WireHeldWriteFallsBack: a held response that does not go out in
+// one write (a client that reads nothing yet, a small send buffer) is
+// written the ordinary way, waiting for the client, and the read of the
+// next request follows.
+func TestH1WireHeldWriteFallsBack(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetWriteBuffer(4 << 10)
+	tc := &taggedConn{Conn: c, done: func() {}}
+	tc.raw = httpproxy.NewRawIO(c)
+	w := &h1Wire{tc: tc, c: c, raw: tc.raw}
+	held := bytes.Repeat([]byte("0123456789abcdef"), 4<<20/16)
+	w.held = held
+	deadline := time.Now().Add(20 * time.Second)
+	w.next(bufio.NewReader(w), deadline)
+	peer.SetDeadline(deadline)
+	got := make(chan error, 1)
+	go func() { // the client: reads the response only now, then sends more
+		b := make([]byte, len(held))
+		if _, err := io.ReadFull(peer, b); err != nil || !bytes.Equal(b, held) {
+			got <- err
+			return
+		}
+		_, err := io.WriteString(peer, "next")
+		got <- err
+	}()
+	p := make([]byte, 16)
+	n, err := w.Read(p)
+	if err != nil || string(p[:n]) != "next" {
+		t.Fatalf("read %q %v", p[:n], err)
+	}
+	if err := <-got; err != nil {
+		t.Fatal("client:", err)
+	}
+}
