@@ -427,6 +427,7 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 	}
 
 	opening := make(chan struct{}, maxOpening)
+	refused := newRefusals(sess, &auth, pc)
 	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HeaderTimeout)
 	st, err := sess.AcceptStreamWithContext(hctx)
 	hcancel()
@@ -443,9 +444,10 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 			return
 		}
 		sc := newStreamConn(st)
-		sc.cause = auth.cause
+		sc.cause, sc.refuse = auth.cause, refused
 		if v == bufferRefuse || !s.limit.acquire(pc) {
 			s.refuseOverLimit(sc, pc, v, budget)
+			s.drainRefused(sc)
 			st, err = sess.AcceptStreamWithContext(ctx)
 			continue
 		}
