@@ -32,10 +32,11 @@ import (
 //
 // The drain does not stop at a deadline of its own either: after it the
 // stream's window is open again and the peer could fill it. A drain that
-// waits costs a goroutine and no buffer (drainWait); their number is
-// bounded by the streams the peer may hold (bufferCutAt), and each lasts
-// at most StreamCloseTimeout. A peer's session cut for any cause ends its
-// drains.
+// waits costs a goroutine and no buffer (its read into none, in drain);
+// their number is bounded by the streams the peer may hold (bufferCutAt),
+// and each lasts at most StreamCloseTimeout. A session with drains has one
+// more goroutine, its watcher (refusals). A peer's session cut for any
+// cause ends its drains.
 
 // drainChunk is the size of the buffers drains read into, one per read in
 // progress (drainBufs), not one per drain.
