@@ -50,7 +50,8 @@ var drainBufs = sync.Pool{New: func() any { return new([drainChunk]byte) }}
 // retries on the closed shutdown channel) until Close reaches its stream,
 // and hundreds of them spinning held Close itself back for a minute
 // (under the race detector). So a watcher, started with the session's
-// first drain, ends them with a read deadline in the past.
+// first drain, ends them with a read deadline in the past, and a cut over
+// the budget does so before it closes the session (cutOverBuffer).
 type refusals struct {
 	sess *yamux.Session
 	auth *peerAuth
@@ -92,6 +93,14 @@ func (r *refusals) done(st *yamux.Stream) {
 func (r *refusals) watch(s *Server) {
 	defer s.wg.Done()
 	<-r.sess.CloseChan()
+	r.end()
+}
+
+// end ends the drains' reads, and starts no more; r may be nil.
+func (r *refusals) end() {
+	if r == nil {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.ended = true
@@ -153,5 +162,5 @@ func (s *Server) cutRefusalIgnored(r *refusals, n int) {
 	}
 	err := fmt.Errorf("%w: sent %d bytes on a stream refused here, past the window of %d it had before the refusal",
 		ErrPeerBuffer, n, s.cfg.StreamWindow)
-	s.cutOverBuffer(r.sess, r.auth, r.pc, err)
+	s.cutOverBuffer(peerSession{r.sess, r.auth, r}, r.pc, err)
 }

@@ -111,15 +111,17 @@ type peerSessions struct {
 	list []peerSession
 }
 
-// peerSession is a yamux session and what its handshake authenticated.
+// peerSession is a yamux session, what its handshake authenticated, and
+// the drains of its refused streams (drain.go; nil in tests).
 type peerSession struct {
-	sess *yamux.Session
-	auth *peerAuth
+	sess   *yamux.Session
+	auth   *peerAuth
+	drains *refusals
 }
 
-func (p *peerSessions) add(s *yamux.Session, auth *peerAuth) {
+func (p *peerSessions) add(s *yamux.Session, auth *peerAuth, drains *refusals) {
 	p.mu.Lock()
-	p.list = append(p.list, peerSession{s, auth})
+	p.list = append(p.list, peerSession{s, auth, drains})
 	p.mu.Unlock()
 }
 
@@ -305,13 +307,13 @@ func (s *Server) cutHeaviest(sess *yamux.Session, pc *peerCount, limit int) bool
 	for _, x := range take {
 		err := fmt.Errorf("%w: yamux holds %d of its streams (this session %d), at most %d with a budget of %d streams of %d bytes",
 			ErrPeerBuffer, held, x.sess.NumStreams(), bufferCutAt(limit), limit, s.cfg.StreamWindow)
-		s.cutOverBuffer(x.sess, x.auth, pc, err)
+		s.cutOverBuffer(x, pc, err)
 		cut = cut || x.sess == sess
 	}
 	return cut
 }
 
-// cutOverBuffer closes sess, whose peer (pc's) has held streams in yamux
+// cutOverBuffer closes x's session, whose peer (pc's) has held streams in yamux
 // here, past bufferCutAt, or ignored a refusal (drain.go), as err (which
 // wraps ErrPeerBuffer) says, and reports the cut as every mesh cut is
 // reported (reportCut: logged with the peer's identity and address,
@@ -324,7 +326,9 @@ func (s *Server) cutHeaviest(sess *yamux.Session, pc *peerCount, limit int) bool
 // peerBufferWarnEvery (s.cuts, cutreport.go; the others are counted, and
 // logged at debug), and the next report, or a late one at the window's
 // end, says how many were not.
-func (s *Server) cutOverBuffer(sess *yamux.Session, pa *peerAuth, pc *peerCount, err error) {
+func (s *Server) cutOverBuffer(x peerSession, pc *peerCount, err error) {
+	sess, pa := x.sess, x.auth
+	x.drains.end() // before Close: its drains would spin in their reads until it reached them
 	b := &s.limit.buf
 	b.cuts.Inc()
 	n := sess.NumStreams()

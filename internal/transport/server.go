@@ -410,7 +410,8 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		return
 	}
 	defer s.untrackSession(sess)
-	pc.yamux.add(sess, &auth) // for the buffer budget, until the session ends or is cut
+	refused := newRefusals(sess, &auth, pc)
+	pc.yamux.add(sess, &auth, refused) // for the buffer budget, until the session ends or is cut
 	defer pc.yamux.remove(sess)
 	budget := s.limit.bufferStreams(s.cfg.StreamWindow)
 	if d := auth.untilExpiry(); d >= 0 {
@@ -427,7 +428,6 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 	}
 
 	opening := make(chan struct{}, maxOpening)
-	refused := newRefusals(sess, &auth, pc)
 	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HeaderTimeout)
 	st, err := sess.AcceptStreamWithContext(hctx)
 	hcancel()
