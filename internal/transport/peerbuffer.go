@@ -38,23 +38,28 @@ import (
 //     one that left its streams open may not be the one that opens next,
 //     and one whose streams are being served would be cut for another's.
 //
-// What it does not bound: every stream yamux holds may have been granted
-// its whole window (Accept grants it before the server can decide), so a
-// peer that fills the streams it leaves open holds up to bufferCutAt
-// windows, not the budget's, and is never cut if it then opens no more
-// (yamux lets them go after StreamCloseTimeout). For a small budget the
-// burst allowance dominates (a budget of 16 windows: 544). Streams in the
+// What the peer sends on a stream held here but not served is bounded
+// apart (drain.go): every stream yamux holds was granted its whole window
+// (Accept grants it before the server can decide), and a peer that filled
+// the refused streams it left open held up to bufferCutAt windows, not the
+// budget's (measured: 263 MiB of heap for 520 refused streams of 256 KiB
+// against a budget of 4 MiB). Now the server reads and drops what comes on
+// a stream it refused until the stream ends, and cuts the session of a
+// peer that sends past the window it had before the refusal: those streams
+// hold no buffer but what arrived since their drain's last read (the same
+// measure: 3 MiB), and cost a goroutine each while the peer keeps them
+// open. Not drained: a stream that was served and ended here (a local
+// error) while the peer's side is open, which may still hold a window,
+// within bufferCutAt; the peer's client may rightly still be sending. Streams in the
 // backlog of a session whose accept loop waits (maxOpening streams
 // without a header, or a refusal's write to a peer that does not read)
 // are only seen at the next stream some session of the peer accepts.
-// Bounding these needs yamux not to grant a window before the stream is
-// taken, or to reset a refused stream without losing the refusal.
 //
 // The cost is two atomic adds per stream and, per accepted stream, one
 // loop over the peer's sessions (at most maxSessionsPerPeer) under a
 // per-peer lock (BenchmarkPeerBufferCheck: about 50 ns with one session,
-// 1 µs with 64, no allocation); nothing per read or write, no stream is
-// read, and no session is kept past its end. NumStreams takes the
+// 1 µs with 64, no allocation); nothing per read or write, no served
+// stream is read, and no session is kept past its end. NumStreams takes the
 // session's stream lock, which yamux holds while it sends a reset for a
 // stream past a full backlog (up to connWriteTimeout if the peer does not
 // read): only that peer's own accept loops wait. QUIC connections have
@@ -106,15 +111,17 @@ type peerSessions struct {
 	list []peerSession
 }
 
-// peerSession is a yamux session and what its handshake authenticated.
+// peerSession is a yamux session, what its handshake authenticated, and
+// the drains of its refused streams (drain.go; nil in tests).
 type peerSession struct {
-	sess *yamux.Session
-	auth *peerAuth
+	sess   *yamux.Session
+	auth   *peerAuth
+	drains *refusals
 }
 
-func (p *peerSessions) add(s *yamux.Session, auth *peerAuth) {
+func (p *peerSessions) add(s *yamux.Session, auth *peerAuth, drains *refusals) {
 	p.mu.Lock()
-	p.list = append(p.list, peerSession{s, auth})
+	p.list = append(p.list, peerSession{s, auth, drains})
 	p.mu.Unlock()
 }
 
@@ -298,30 +305,33 @@ func (s *Server) cutHeaviest(sess *yamux.Session, pc *peerCount, limit int) bool
 	take, held := pc.yamux.takeHeaviest(bufferCutAt(limit), sess)
 	cut := false
 	for _, x := range take {
-		s.cutOverBuffer(x.sess, x.auth, pc, held, limit)
+		err := fmt.Errorf("%w: yamux holds %d of its streams (this session %d), at most %d with a budget of %d streams of %d bytes",
+			ErrPeerBuffer, held, x.sess.NumStreams(), bufferCutAt(limit), limit, s.cfg.StreamWindow)
+		s.cutOverBuffer(x, pc, err)
 		cut = cut || x.sess == sess
 	}
 	return cut
 }
 
-// cutOverBuffer closes sess, whose peer (pc's) has held streams in yamux
-// here, past bufferCutAt(limit), and reports the cut as every mesh cut is
+// cutOverBuffer closes x's session, whose peer (pc's) has held streams in yamux
+// here, past bufferCutAt, or ignored a refusal (drain.go), as err (which
+// wraps ErrPeerBuffer) says, and reports the cut as every mesh cut is
 // reported (reportCut: logged with the peer's identity and address,
 // counted with reason CutBuffer, audited by the agent through OnCut),
 // unless the session was cut for another cause first. Its streams fail
-// with an error wrapping ErrPeerBuffer.
+// with err.
 //
 // A peer cut here may connect and be cut again at once, tens of times a
 // second: so each peer's cuts are reported at most once every
 // peerBufferWarnEvery (s.cuts, cutreport.go; the others are counted, and
 // logged at debug), and the next report, or a late one at the window's
 // end, says how many were not.
-func (s *Server) cutOverBuffer(sess *yamux.Session, pa *peerAuth, pc *peerCount, held, limit int) {
+func (s *Server) cutOverBuffer(x peerSession, pc *peerCount, err error) {
+	sess, pa := x.sess, x.auth
+	x.drains.end() // before Close: its drains would spin in their reads until it reached them
 	b := &s.limit.buf
 	b.cuts.Inc()
 	n := sess.NumStreams()
-	err := fmt.Errorf("%w: yamux holds %d of its streams (this session %d), at most %d with a budget of %d streams of %d bytes",
-		ErrPeerBuffer, held, n, bufferCutAt(limit), limit, s.cfg.StreamWindow)
 	log := s.log.With("peer", sess.RemoteAddr().String())
 	c := Cut{Dir: "in", Peer: pa.id, Reason: CutBuffer, Err: err, Streams: n}
 	if pa.cause != nil && !pa.setCause(err) { // nil: insecure mode, no identity

@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -39,19 +38,7 @@ func TestPeerBufferCutReportedAsMeshCut(t *testing.T) {
 	})
 	wantMetric(t, ts.metrics, `fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"} 0`) // shown before the first cut
 
-	raw, err := net.Dial("tcp", ts.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := tls.Client(raw, cliSrc.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh))
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	sess, err := yamux.Client(tc, yamuxConfig(window))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sess.Close() })
+	sess := tlsRawPeer(t, ts.addr, cliSrc, window)
 	opened := 0
 	for ; opened < 2000; opened++ { // refused streams, left open
 		if _, _, _, err := openTo(sess, "nope"); err != nil {

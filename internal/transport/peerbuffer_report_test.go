@@ -95,7 +95,7 @@ func cutDirect(t *testing.T, srv *testServer, key string, pa peerAuth) {
 	}
 	t.Cleanup(func() { sess.Close(); c2.Close() })
 	pa.cause = new(atomic.Pointer[error])
-	srv.cutOverBuffer(sess, &pa, &peerCount{key: key}, bufferCutAt(16)+1, 16)
+	srv.cutOverBuffer(peerSession{sess, &pa, nil}, &peerCount{key: key}, fmt.Errorf("%w: test", ErrPeerBuffer))
 }
 
 // TestPeerBufferCutUnsaidReportedLate: a peer cut 3 times in its window

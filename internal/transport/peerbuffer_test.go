@@ -460,7 +460,7 @@ func BenchmarkPeerBufferCheck(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.Cleanup(func() { sess.Close(); c2.Close() })
-				pc.yamux.add(sess, &peerAuth{})
+				pc.yamux.add(sess, &peerAuth{}, nil)
 			}
 			pa := &peerAuth{}
 			b.ReportAllocs()
@@ -492,8 +492,8 @@ func TestPeerBufferHeldSkipsClosedSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	var p peerSessions
-	p.add(closed, &peerAuth{})
-	p.add(live, &peerAuth{})
+	p.add(closed, &peerAuth{}, nil)
+	p.add(live, &peerAuth{}, nil)
 	if n := p.held(); n != 4 {
 		t.Fatalf("held %d streams of two sessions, want 4", n)
 	}

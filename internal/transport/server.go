@@ -410,7 +410,8 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		return
 	}
 	defer s.untrackSession(sess)
-	pc.yamux.add(sess, &auth) // for the buffer budget, until the session ends or is cut
+	refused := newRefusals(sess, &auth, pc)
+	pc.yamux.add(sess, &auth, refused) // for the buffer budget, until the session ends or is cut
 	defer pc.yamux.remove(sess)
 	budget := s.limit.bufferStreams(s.cfg.StreamWindow)
 	if d := auth.untilExpiry(); d >= 0 {
@@ -443,9 +444,10 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 			return
 		}
 		sc := newStreamConn(st)
-		sc.cause = auth.cause
+		sc.cause, sc.refuse = auth.cause, refused
 		if v == bufferRefuse || !s.limit.acquire(pc) {
 			s.refuseOverLimit(sc, pc, v, budget)
+			s.drainRefused(sc)
 			st, err = sess.AcceptStreamWithContext(ctx)
 			continue
 		}

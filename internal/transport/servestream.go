@@ -48,6 +48,10 @@ func (s *Server) serveStreamThen(ctx context.Context, c meshStream, pre []byte, 
 	}
 	if err != nil {
 		s.log.Debug("mesh: stream refused", "peer", c.RemoteAddr().String(), "err", err)
+		if sc, ok := c.(*streamConn); ok {
+			c.Close()
+			s.drainRefused(sc)
+		}
 		return
 	}
 	if r, ok := s.cfg.Dialer.(StreamRelayer); ok {

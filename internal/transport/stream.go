@@ -79,6 +79,7 @@ type streamConn struct {
 	*yamux.Stream
 	closed atomic.Bool
 	cause  *atomic.Pointer[error]   // why the session was cut (peerauth.go), or nil
+	refuse *refusals                // its session's drains, on the server side (drainRefused); nil on the client side
 	client *Client                  // that opened it, for Retired; nil on the server side
 	reg    weak.Pointer[streamConn] // its key in openStreams
 }

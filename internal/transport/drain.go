@@ -1,0 +1,166 @@
+package transport
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// A stream this server refused (over the cap or the budget, a bad header,
+// a source or destination refused, a failed dial) and closed stays in
+// yamux until the peer closes it too, or for StreamCloseTimeout, with its
+// whole window granted at accept. Unread, what the peer sends on it stays
+// in the stream's receive buffer: a peer that fills its refused streams
+// and leaves them open made the agent hold a window for each, up to
+// bufferCutAt windows (peerbuffer.go). So after the refusal the server
+// reads and drops what the peer still sends (drainRefused), and frees the
+// stream's buffer (yamux's Shrink), until the stream ends: at the peer's
+// FIN or RST, which this agent's client sends as soon as it reads the
+// refusal, at StreamCloseTimeout (yamux then lets the stream go), or
+// when the session ends.
+//
+// The drain's reads give the peer back its window (yamux sends a window
+// update once half a window is read), so it is bounded in bytes as well:
+// a peer may send one window before it hears of the refusal (the window
+// granted at accept; the first update follows the refusal on the wire),
+// so a peer that sends more has heard it and goes on: its session is cut
+// as over the budget (cutOverBuffer). The drain does not just stop
+// reading instead: the peer would then fill the window granted, and hold
+// it until StreamCloseTimeout, which is what the drain is for.
+//
+// The drain does not stop at a deadline of its own either: after it the
+// stream's window is open again and the peer could fill it. A drain that
+// waits costs a goroutine and no buffer (its read into none, in drain);
+// their number is bounded by the streams the peer may hold (bufferCutAt),
+// and each lasts at most StreamCloseTimeout. A session with drains has one
+// more goroutine, its watcher (refusals). A peer's session cut for any
+// cause ends its drains.
+
+// drainChunk is the size of the buffers drains read into, one per read in
+// progress (drainBufs), not one per drain.
+const drainChunk = 16 << 10
+
+var drainBufs = sync.Pool{New: func() any { return new([drainChunk]byte) }}
+
+// refusals are the drains of one server-side yamux session's refused
+// streams. When the session ends, its drains must leave their reads at
+// once: a yamux Read blocked while its session shuts down spins (it
+// retries on the closed shutdown channel) until Close reaches its stream,
+// and hundreds of them spinning held Close itself back for a minute
+// (under the race detector). So a watcher, started with the session's
+// first drain, ends them with a read deadline in the past, and a cut over
+// the budget does so before it closes the session (cutOverBuffer).
+type refusals struct {
+	sess *yamux.Session
+	auth *peerAuth
+	pc   *peerCount
+	once sync.Once // starts watch
+
+	mu       sync.Mutex // guards the following
+	draining map[*yamux.Stream]struct{}
+	ended    bool // the session ended: no more drains
+}
+
+func newRefusals(sess *yamux.Session, auth *peerAuth, pc *peerCount) *refusals {
+	return &refusals{sess: sess, auth: auth, pc: pc}
+}
+
+// add takes st among the streams being drained, and clears the read
+// deadline Close set in the past; false if the session has ended.
+func (r *refusals) add(st *yamux.Stream) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ended {
+		return false
+	}
+	if r.draining == nil {
+		r.draining = make(map[*yamux.Stream]struct{})
+	}
+	r.draining[st] = struct{}{}
+	st.SetReadDeadline(time.Time{})
+	return true
+}
+
+func (r *refusals) done(st *yamux.Stream) {
+	r.mu.Lock()
+	delete(r.draining, st)
+	r.mu.Unlock()
+}
+
+// watch waits for the session's end and ends its drains' reads.
+func (r *refusals) watch(s *Server) {
+	defer s.wg.Done()
+	<-r.sess.CloseChan()
+	r.end()
+}
+
+// end ends the drains' reads, and starts no more; r may be nil.
+func (r *refusals) end() {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ended = true
+	for st := range r.draining {
+		st.SetReadDeadline(pastDeadline)
+	}
+}
+
+// drainRefused starts the drain of c, a yamux stream that the server
+// refused and closed. The server's wait group holds it and the session's
+// watcher: Close closes the sessions first, which ends both.
+func (s *Server) drainRefused(c *streamConn) {
+	r := c.refuse
+	if r == nil || !r.add(c.Stream) {
+		return
+	}
+	r.once.Do(func() {
+		s.wg.Add(1) // the counter is > 0: the caller holds one
+		go r.watch(s)
+	})
+	s.wg.Add(1)
+	go s.drain(c.Stream, r)
+}
+
+// drain reads and drops what the peer sends on st until the stream ends,
+// freeing its buffer as it goes, and cuts its session past one window.
+func (s *Server) drain(st *yamux.Stream, r *refusals) {
+	defer s.wg.Done()
+	defer r.done(st)
+	window := s.cfg.StreamWindow
+	n := 0
+	for {
+		// A read into no buffer waits for the stream's next bytes (or its
+		// end) without holding one, and takes none of them.
+		if _, err := st.Read(nil); err != nil {
+			return // the peer's FIN or RST, StreamCloseTimeout, the session's end
+		}
+		b := drainBufs.Get().(*[drainChunk]byte)
+		k, err := st.Read(b[:])
+		drainBufs.Put(b)
+		st.Shrink()
+		n += k
+		if n > window {
+			s.cutRefusalIgnored(r, n)
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// cutRefusalIgnored cuts r's session, whose peer sent n bytes, more than
+// its first window, on a stream this server had refused.
+func (s *Server) cutRefusalIgnored(r *refusals, n int) {
+	r.pc.yamux.remove(r.sess) // as takeHeaviest does: no other check counts or cuts it
+	if r.sess.IsClosed() {
+		return
+	}
+	err := fmt.Errorf("%w: sent %d bytes on a stream refused here, past the window of %d it had before the refusal",
+		ErrPeerBuffer, n, s.cfg.StreamWindow)
+	s.cutOverBuffer(peerSession{r.sess, r.auth, r}, r.pc, err)
+}
