@@ -79,27 +79,12 @@ func TestMemberControlHandshakeTimeoutSlowLink(t *testing.T) {
 // setting.
 func TestMemberStreamNoTrustWithinHandshakeTimeout(t *testing.T) {
 	const bound = time.Second
-	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc := newFakeControl(t, ca)
-	dir, _, _ := memberStateDir(t, ca, "r1")
-	var log testenv.Buffer
-	m, err := OpenMember(context.Background(), MemberConfig{StateDir: dir, Control: []string{fc.ln.Addr().String()}, Name: "r1",
-		ControlHandshakeTimeout: bound, Logger: slog.New(slog.NewTextHandler(&log, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); m.Run(ctx, nil) }()
-	defer func() { cancel(); <-done }()
+	_, fc, log := runBoundedMember(t, bound)
 
 	c := fc.next(t) // handshake complete; the test sends nothing on it
 	handshaken := time.Now()
 	c.SetReadDeadline(handshaken.Add(bound + 5*time.Second))
-	_, err = io.Copy(io.Discard, c) // the relay's heartbeats, if any, until it closes the stream
+	_, err := io.Copy(io.Discard, c) // the relay's heartbeats, if any, until it closes the stream
 	took := time.Since(handshaken)
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		t.Fatalf("the relay still waits for the first trust document %v after the handshake, with a bound of %v", took, bound)
@@ -131,22 +116,7 @@ func TestMemberStreamNoTrustWithinHandshakeTimeout(t *testing.T) {
 // (controlHandshakeTimeout)" although one had come.
 func TestMemberStreamRefusedTrustNamedAtWelcomeBound(t *testing.T) {
 	const bound = time.Second
-	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc := newFakeControl(t, ca)
-	dir, _, _ := memberStateDir(t, ca, "r1")
-	var log testenv.Buffer
-	m, err := OpenMember(context.Background(), MemberConfig{StateDir: dir, Control: []string{fc.ln.Addr().String()}, Name: "r1",
-		ControlHandshakeTimeout: bound, Logger: slog.New(slog.NewTextHandler(&log, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); m.Run(ctx, nil) }()
-	defer func() { cancel(); <-done }()
+	ca, fc, log := runBoundedMember(t, bound)
 
 	c := fc.next(t)
 	other := &wire.Trust{TrustDomain: "other.example", Bundles: map[string][][]byte{"other.example": identity.DERs(ca.Roots())}}
@@ -166,4 +136,28 @@ func TestMemberStreamRefusedTrustNamedAtWelcomeBound(t *testing.T) {
 	if strings.Contains(end, "no trust document") || !strings.Contains(end, "refused") || !strings.Contains(end, "other.example") {
 		t.Errorf("stream end %q: want the refused trust document named, not a missing one", end)
 	}
+}
+
+// runBoundedMember runs relay r1 with a ControlHandshakeTimeout of bound
+// against a fake control plane (until the test ends) and returns the CA,
+// the fake plane and the relay's log.
+func runBoundedMember(t *testing.T, bound time.Duration) (*identity.CA, *fakeControl, *testenv.Buffer) {
+	t.Helper()
+	ca, err := identity.OpenCA(identity.CAConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := newFakeControl(t, ca)
+	dir, _, _ := memberStateDir(t, ca, "r1")
+	log := new(testenv.Buffer)
+	m, err := OpenMember(context.Background(), MemberConfig{StateDir: dir, Control: []string{fc.ln.Addr().String()}, Name: "r1",
+		ControlHandshakeTimeout: bound, Logger: slog.New(slog.NewTextHandler(log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx, nil) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return ca, fc, log
 }
