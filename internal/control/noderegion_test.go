@@ -397,26 +397,35 @@ func TestRegionalCertificateOverridesClusterLabels(t *testing.T) {
 	g := startSecure(t)
 	putEastObjects(t, g)
 	svid := joinAtRegional(t, regionalPlane(t, g, "west"), "k2", "west")
+	labelsRefuseThenAdmit(t, g, svid, "k2")
+}
+
+// labelsRefuseThenAdmit: node, of west (svid), is refused when cluster
+// labels place it in east, whatever its hello names, and admitted with
+// west's view when they place it in west (putEastObjects' services).
+func labelsRefuseThenAdmit(t *testing.T, g *Server, svid *x509svid.SVID, node string) {
+	t.Helper()
 	setRegion := func(region string) {
 		g.cluster.mu.Lock()
-		g.cluster.topo = map[string]NodeTopology{"k2": {Region: region}}
+		g.cluster.topo = map[string]NodeTopology{node: {Region: region}}
 		g.cluster.mu.Unlock()
 	}
 	setRegion("east")
-	a, m := helloIn(t, g, svid, "k2", "s1", "west")
+	a, m := helloIn(t, g, svid, node, "s1", "west")
 	if m.Type == wire.TypeWelcome {
-		t.Fatalf("k2, of west's CA, labelled east, was admitted; it holds %v", viewOf(a))
+		t.Fatalf("%s, of west, labelled east, was admitted; it holds %v", node, viewOf(a))
 	}
 	if m.Type != wire.TypeError || !strings.Contains(m.Error, "its cluster labels place it in region east") {
 		t.Fatalf("refusal: %+v", m)
 	}
+	a.c.Close()
 	setRegion("west")
-	a, m = helloIn(t, g, svid, "k2", "s1", "east")
+	a, m = helloIn(t, g, svid, node, "s1", "east")
 	if m.Type != wire.TypeWelcome {
-		t.Fatalf("k2 labelled west: %+v", m)
+		t.Fatalf("%s labelled west: %+v", node, m)
 	}
 	if got := viewOf(a); slices.Contains(got, "Service demo/secret") || !slices.Contains(got, "Service demo/shared") {
-		t.Fatalf("k2 labelled west holds %v; want west's view", got)
+		t.Fatalf("%s labelled west holds %v; want west's view", node, got)
 	}
 }
 

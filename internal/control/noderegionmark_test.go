@@ -7,7 +7,6 @@ import (
 	"math/big"
 	"net/url"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -93,28 +92,7 @@ func TestRenewedNodeIsNotPlacedByClusterLabels(t *testing.T) {
 	a := welcomed(t, g, joinAtRegional(t, regionalPlane(t, g, "west"), "k3", "west"), "k3", "west")
 	fromRoot := renewed(a)
 	leave(t, g, a, "k3")
-	setRegion := func(region string) {
-		g.cluster.mu.Lock()
-		g.cluster.topo = map[string]NodeTopology{"k3": {Region: region}}
-		g.cluster.mu.Unlock()
-	}
-	setRegion("east")
-	a, m := helloIn(t, g, fromRoot, "k3", "s1", "west")
-	if m.Type == wire.TypeWelcome {
-		t.Fatalf("k3, of west renewed from the root, labelled east, was admitted; it holds %v", viewOf(a))
-	}
-	if m.Type != wire.TypeError || !strings.Contains(m.Error, "its cluster labels place it in region east") {
-		t.Fatalf("refusal: %+v", m)
-	}
-	a.c.Close()
-	setRegion("west")
-	a, m = helloIn(t, g, fromRoot, "k3", "s1", "east")
-	if m.Type != wire.TypeWelcome {
-		t.Fatalf("k3 labelled west: %+v", m)
-	}
-	if got := viewOf(a); slices.Contains(got, "Service demo/secret") || !slices.Contains(got, "Service demo/shared") {
-		t.Fatalf("k3 labelled west holds %v; want west's view", got)
-	}
+	labelsRefuseThenAdmit(t, g, fromRoot, "k3")
 }
 
 // TestRegionalCACannotMintARegionMark: a certificate west's intermediate
