@@ -144,7 +144,7 @@ func (r *RawIO) WriteRead(w, p []byte) (wn, n int, err error) {
 		return 0, 0, nil
 	}
 	r.fw, r.fwn = w, 0
-	r.rp, r.rn, r.rerrno = p, 0, 0
+	r.rp, r.rn, r.rerrno, r.rwaited = p, 0, 0, false
 	err = r.rc.Read(r.fusedf)
 	r.fw, r.rp = nil, nil
 	if wn = r.fwn; wn < len(w) {
