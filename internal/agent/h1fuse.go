@@ -113,7 +113,13 @@ func (w *h1Wire) Read(p []byte) (int, error) {
 	}
 	w.c.SetReadDeadline(w.until) // the idle timeout again, for whatever else the head needs
 	if err != nil && httpproxy.IsTimeout(err) && monoTime().Before(w.until) {
-		return w.raw.Read(p) // fuseRecheck's: read what came before the write
+		// fuseRecheck's: read what came before the write. Bytes there at
+		// once were sent unasked (a request pipelined in a segment of its
+		// own): such a client would wait fuseRecheck at every response.
+		n, err = w.raw.Read(p)
+		if n > 0 && !w.raw.Waited() {
+			w.pipelined = true
+		}
 	}
 	return n, err
 }

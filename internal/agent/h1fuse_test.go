@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -272,5 +273,52 @@ func TestH1WireHeldWriteFallsBack(t *testing.T) {
 	}
 	if err := <-got; err != nil {
 		t.Fatal("client:", err)
+	}
+}
+
+// TestH1PipeliningClientNotHeldAgain: a client that keeps one request
+// ahead, each in a segment of its own sent while the one before it is at
+// the endpoint, has its next request read at once after each response,
+// not after fuseRecheck every time: the read that finds a request there
+// at once past fuseRecheck marks the client as pipelining (h1Wire), as a
+// request found buffered does.
+func TestH1PipeliningClientNotHeldAgain(t *testing.T) {
+	port, got, answer := startGatedBackend(t)
+	addr := agentInFront(t, inFront{node: "n", octet: 94, svc: "ahead", vipPort: 19491, port: port, noRequest: true}).addr
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	const rounds = 30
+	io.WriteString(c, "GET /0 HTTP/1.1\r\nHost: ahead.demo\r\n\r\n")
+	<-got
+	slow := 0
+	for k := 1; k <= rounds; k++ {
+		// The agent has read /k-1; /k comes while /k-1 waits at the endpoint.
+		io.WriteString(c, "GET /"+strconv.Itoa(k)+" HTTP/1.1\r\nHost: ahead.demo\r\n\r\n")
+		start := time.Now()
+		answer <- struct{}{}
+		readOK(t, br, "response "+strconv.Itoa(k-1))
+		select {
+		case line := <-got:
+			if want := "GET /" + strconv.Itoa(k) + " HTTP/1.1"; line != want {
+				t.Fatalf("got %q, want %q", line, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("request /%d did not reach the endpoint", k)
+		}
+		if time.Since(start) >= fuseRecheck {
+			slow++
+		}
+	}
+	answer <- struct{}{}
+	readOK(t, br, "last response")
+	// One round may wait fuseRecheck (the client is not yet known to
+	// pipeline); a loaded machine may make a few more slow.
+	if slow > rounds/3 {
+		t.Errorf("%d of %d pipelined requests reached the endpoint only after fuseRecheck (%v) or later", slow, rounds, fuseRecheck)
 	}
 }

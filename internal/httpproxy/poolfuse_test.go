@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"sync/atomic"
@@ -54,5 +55,52 @@ func TestPoolFusedExchange(t *testing.T) {
 				t.Fatalf("%d of %d reads found the socket empty in %d rounds", empty.Load(), reads.Load(), tc.rounds)
 			}
 		})
+	}
+}
+
+// TestPoolCancelDuringFusedWait: a request cancelled at any moment of its
+// response's wait, fuseRecheck's read deadline included (set, fired,
+// cleared), ends at once: no deadline the fused read sets clears the
+// poison of a cancellation (a request timeout's, or CancelHeadWait's) for
+// an endpoint that never answers.
+func TestPoolCancelDuringFusedWait(t *testing.T) {
+	release := make(chan struct{})
+	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+		<-release // never answers
+		return false
+	})
+	defer close(release)
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	const n = 40
+	errs := make(chan error, 2*n)
+	for i := range n {
+		after := time.Duration(i) * 2 * fuseRecheck / n
+		go func() { // a request timeout's cancellation
+			ctx, cancel := context.WithCancel(context.Background())
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc/", nil)
+			time.AfterFunc(after, cancel)
+			_, err := p.RoundTrip(req)
+			errs <- err
+		}()
+		go func() { // the fast path's client gone while the head is awaited
+			conn, cancel := context.WithCancel(context.Background())
+			ctx := WithStreamCancel(conn)
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc/", nil)
+			time.AfterFunc(after, func() { cancel(); CancelHeadWait(ctx) })
+			_, err := p.RoundTrip(req)
+			errs <- err
+		}()
+	}
+	timeout := time.After(10 * time.Second)
+	for i := range 2 * n {
+		select {
+		case err := <-errs:
+			if err == nil {
+				t.Fatal("a request to an endpoint that never answers succeeded")
+			}
+		case <-timeout:
+			t.Fatalf("%d of %d cancelled requests still wait", 2*n-i, 2*n)
+		}
 	}
 }

@@ -28,6 +28,7 @@ type RawIO struct {
 	rp, wp         []byte
 	rn, wn         int
 	rerrno, werrno syscall.Errno
+	rwaited        bool               // the last Read found the socket empty first (Waited)
 	fusedf         func(uintptr) bool // made once (WriteRead)
 	fw             []byte             // WriteRead's bytes to write; nil once tried
 	fwn            int                // how many of them went out
@@ -62,7 +63,7 @@ func (r *RawIO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	r.rp, r.rn, r.rerrno = p, 0, 0
+	r.rp, r.rn, r.rerrno, r.rwaited = p, 0, 0, false
 	err := r.rc.Read(r.readf)
 	r.rp = nil
 	switch {
@@ -89,12 +90,17 @@ func (r *RawIO) readFunc(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			r.rwaited = true
 			return false // park until readable
 		}
 		r.rerrno = e
 		return true
 	}
 }
+
+// Waited reports whether the last Read found the socket empty at first
+// and waited for the peer: false, its bytes (or end) were there already.
+func (r *RawIO) Waited() bool { return r.rwaited }
 
 // WriteRead writes w and then reads into p as Write and Read would, but
 // with one system call fewer when the peer answers w: it does not read
@@ -138,7 +144,7 @@ func (r *RawIO) WriteRead(w, p []byte) (wn, n int, err error) {
 		return 0, 0, nil
 	}
 	r.fw, r.fwn = w, 0
-	r.rp, r.rn, r.rerrno = p, 0, 0
+	r.rp, r.rn, r.rerrno, r.rwaited = p, 0, 0, false
 	err = r.rc.Read(r.fusedf)
 	r.fw, r.rp = nil, nil
 	if wn = r.fwn; wn < len(w) {
