@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
@@ -15,9 +16,14 @@ import (
 // side after its request), raised their readiness before the read cleared
 // it (httpproxy.RawIO.WriteRead): without a read they would wait until the
 // client sent more, up to the idle timeout. A client slower than this
-// costs a timer's wake and the read that finds the socket empty, which
-// the fusion saves on a busy connection.
+// would cost a timer's wake besides the read that finds the socket empty,
+// which the fusion saves on a busy connection: a response that comes more
+// than this after the one before is written at once, not held (next).
 const fuseRecheck = 5 * time.Millisecond
+
+// fuseRecheckedHook, if set (tests), is called when a fused read's wait
+// ran out at fuseRecheck.
+var fuseRecheckedHook atomic.Pointer[func()]
 
 // h1Wire is the client connection as the fast path's bufio reader and
 // writer use it. It holds the last response of a kept connection that fit
@@ -40,6 +46,8 @@ type h1Wire struct {
 	// pipelined: the client sent a request before the last response; it
 	// may again, and would then wait for fuseRecheck: no fusion.
 	pipelined bool
+	// last is when the previous held response was readied (next).
+	last time.Time
 }
 
 func (w *h1Wire) Write(p []byte) (int, error) {
@@ -70,12 +78,22 @@ func (w *h1Wire) next(br *bufio.Reader, until time.Time) bool {
 		w.c.SetReadDeadline(until)
 		return true
 	}
+	now := monoTime()
+	last := w.last
+	w.last = now
 	if br.Buffered() > 0 {
 		w.pipelined = true
 		return w.sendHeld(until) == nil
 	}
+	if now.Sub(last) > fuseRecheck {
+		// This request came more than fuseRecheck after the one before
+		// (a client that pauses between requests, a slow endpoint): the
+		// next one likely comes after the recheck too, whose timer's wake
+		// would cost more than the read the fusion saves.
+		return w.sendHeld(until) == nil
+	}
 	w.until = until
-	if t := monoTime().Add(fuseRecheck); t.Before(until) {
+	if t := now.Add(fuseRecheck); t.Before(until) {
 		until = t
 	}
 	w.c.SetReadDeadline(until)
@@ -113,6 +131,9 @@ func (w *h1Wire) Read(p []byte) (int, error) {
 	}
 	w.c.SetReadDeadline(w.until) // the idle timeout again, for whatever else the head needs
 	if err != nil && httpproxy.IsTimeout(err) && monoTime().Before(w.until) {
+		if h := fuseRecheckedHook.Load(); h != nil {
+			(*h)()
+		}
 		// fuseRecheck's: read what came before the write. Bytes there at
 		// once were sent unasked (a request pipelined in a segment of its
 		// own): such a client would wait fuseRecheck at every response.

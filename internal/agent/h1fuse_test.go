@@ -187,18 +187,7 @@ func TestH1EmptyReadsPerRequest(t *testing.T) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
-	var buf [4096]byte
-	exchange := func() {
-		io.WriteString(c, "GET / HTTP/1.1\r\nHost: reads.demo\r\n\r\n")
-		n := 0
-		for !bytes.HasSuffix(buf[:n], []byte("\r\n\r\nok")) {
-			m, err := c.Read(buf[n:])
-			if err != nil {
-				t.Fatalf("read: %v (after %q)", err, buf[:n])
-			}
-			n += m
-		}
-	}
+	exchange := func() { rawExchange(t, c, "reads.demo") }
 	for range 20 {
 		exchange()
 	}
@@ -219,6 +208,50 @@ func TestH1EmptyReadsPerRequest(t *testing.T) {
 	// Without the fusion: 2 (one per leg, each right after its write).
 	if perReq > h1EmptyReadBudget {
 		t.Errorf("%.2f empty reads per request; budget %.2f", perReq, h1EmptyReadBudget)
+	}
+}
+
+// rawExchange sends a GET for host on c and reads its answer from
+// startRawBackend ("ok").
+func rawExchange(t *testing.T, c net.Conn, host string) {
+	t.Helper()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
+	var buf [4096]byte
+	n := 0
+	for !bytes.HasSuffix(buf[:n], []byte("\r\n\r\nok")) {
+		m, err := c.Read(buf[n:])
+		if err != nil {
+			t.Fatalf("read: %v (after %q)", err, buf[:n])
+		}
+		n += m
+	}
+}
+
+// TestH1PausingClientNotFused: a client that pauses longer than
+// fuseRecheck between requests has its responses written at once, not
+// held for a fused read whose recheck timer would fire at every request
+// (a timer's wake for the one read it saves). Before, every such request
+// waited out the recheck.
+func TestH1PausingClientNotFused(t *testing.T) {
+	addr := agentInFront(t, inFront{node: "n", octet: 87, svc: "pause", vipPort: 19291, port: startRawBackend(t)}).addr
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	var rechecks atomic.Int64
+	hook := func() { rechecks.Add(1) }
+	fuseRecheckedHook.Store(&hook)
+	defer fuseRecheckedHook.Store(nil)
+	const rounds = 20
+	for range rounds {
+		rawExchange(t, c, "pause.demo")
+		pause := time.NewTimer(3 * fuseRecheck) // the client's think time, not a wait for the agent
+		<-pause.C
+	}
+	if n := rechecks.Load(); n > rounds/4 {
+		t.Errorf("%d of %d requests waited out the fused read's recheck", n, rounds)
 	}
 }
 
@@ -253,6 +286,7 @@ func TestH1WireHeldWriteFallsBack(t *testing.T) {
 	w := &h1Wire{tc: tc, c: c, raw: tc.raw}
 	held := bytes.Repeat([]byte("0123456789abcdef"), 4<<20/16)
 	w.held = held
+	w.last = monoTime() // a busy connection: the response is held for the read
 	deadline := time.Now().Add(20 * time.Second)
 	w.next(bufio.NewReader(w), deadline)
 	peer.SetDeadline(deadline)
