@@ -362,7 +362,8 @@ func FuzzRawReadMatchesPipe(f *testing.F) {
 // before the server reads it): the read that takes the data comes back
 // short, and the end behind it brings no wake-up of its own. The read
 // loop still sees the end: the connection ends and the handler reading
-// the open stream's body returns.
+// the open stream's body gets an error, not the clean end of a body whose
+// stream never ended.
 func TestRawReadSeesCloseBehindData(t *testing.T) {
 	bodyErr := make(chan error, 1)
 	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -393,7 +394,10 @@ func TestRawReadSeesCloseBehindData(t *testing.T) {
 		}
 		waitEnded(t, sc, what)
 		select {
-		case <-bodyErr:
+		case err := <-bodyErr:
+			if err == nil {
+				t.Fatalf("%s: the body of a stream left open read to its end without an error", what)
+			}
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%s: the handler's body read still blocked 10s after the connection ended", what)
 		}
