@@ -345,11 +345,21 @@ func FuzzRawReadMatchesPipe(f *testing.F) {
 		c, sc := feedTCP(t, s, addr, splitAt(stream, at...))
 		go io.Copy(io.Discard, c)
 		c.(*net.TCPConn).CloseWrite()
-		done := time.AfterFunc(10*time.Second, func() { t.Errorf("the read loop did not see the end of the input in 10s") })
+		select {
+		case <-sc.done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the read loop did not end 10s after the input did (cut at %v):\n%s", at, connGoroutines())
+		}
 		got := endClass(closeErrOf(sc))
-		done.Stop()
 		if got == "incomplete" {
 			t.Fatalf("the raw read loop asked for bytes not read yet (cut at %v)", at)
+		}
+		if got == "io" && sc.in.r < sc.in.w {
+			// The input ended inside a unit (a header block and the frame
+			// after it): the raw loop waits for a unit whole before it
+			// reads any of it, the blocking reads fail a bad first
+			// fragment early (h2meta decodes it before the rest comes).
+			return
 		}
 		if got != want && got != "closed" && want != "closed" {
 			t.Fatalf("over TCP the connection ended %s, over a pipe %s (cut at %v)", got, want, at)
