@@ -59,7 +59,9 @@ func TestTrailerKey(t *testing.T) {
 // TestTaggedConnSyscallConn: the HTTP/2 server reads a client connection's
 // descriptor itself (h2srv's read loop, issue 14) when taggedConn passes
 // it on: a TCP connection read unbuffered; not one whose bytes go through
-// taggedConn's buffer or a connection without a descriptor.
+// taggedConn's buffer, nor one with bytes read already to replay (the
+// HTTP/1.1 fast path's hand-off of "PRI * HTTP/2.0", auto detection's
+// peek: prefixConn, not buffered), nor a connection without a descriptor.
 func TestTaggedConnSyscallConn(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -82,6 +84,7 @@ func TestTaggedConnSyscallConn(t *testing.T) {
 		{"tcp", &taggedConn{Conn: c}, true},
 		{"tcp buffered", &taggedConn{Conn: c, buffered: true}, false},
 		{"pipe", &taggedConn{Conn: p1}, false},
+		{"replayed bytes", &taggedConn{Conn: &prefixConn{Conn: c, r: io.MultiReader(strings.NewReader("PRI * HTTP/2.0"), c)}}, false},
 	} {
 		var sc any = tc.conn
 		s, isConn := sc.(syscall.Conn)

@@ -291,8 +291,15 @@ func (sc *conn) closeConn(err error) {
 		return
 	}
 	sc.closed, sc.closeErr = true, err
+	streamErr := err
+	if err == io.EOF {
+		// The client's close ends the connection in order, not a stream
+		// it left open: a body read to a clean EOF there would pass for
+		// the whole body.
+		streamErr = io.ErrUnexpectedEOF
+	}
 	for _, st := range sc.streams {
-		st.abortLocked(err)
+		st.abortLocked(streamErr)
 	}
 	if sc.idle != nil {
 		sc.idle.Stop()

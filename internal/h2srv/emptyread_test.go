@@ -44,13 +44,15 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-// TestCallsInTurnNoEmptyRead: a client with one call in flight (a gRPC
-// client's unary calls) costs the server one read per call, not a second
-// one that finds the socket empty before the read loop parks (issue 14:
-// ~1.5 µs each here). The client reads a blocking descriptor (no empty
-// reads of its own) and counts its reads; the rest of the process's are
-// the server's.
-func TestCallsInTurnNoEmptyRead(t *testing.T) {
+// TestCallsInTurnTwoReads: a client with one call in flight (a gRPC
+// client's unary calls) costs the server two reads per call: the one
+// that takes the call and the one that finds the socket empty before the
+// read loop parks. That second read cannot go (issue 14 tried): a short
+// read does not say that no FIN or RST came behind the data
+// (TestRawReadSeesCloseBehindData). The client reads a blocking
+// descriptor (no empty reads of its own) and counts its reads; the rest
+// of the process's are the server's.
+func TestCallsInTurnTwoReads(t *testing.T) {
 	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok"))
 	})}
@@ -106,7 +108,7 @@ func TestCallsInTurnNoEmptyRead(t *testing.T) {
 	}
 	after := readSyscalls(t)
 	server := after - before - cr.n - 1 // readSyscalls' own: a read that took the file (its EOF read is counted in after)
-	if perCall := float64(server) / calls; perCall > 1.2 {
-		t.Fatalf("the server made %.2f reads per call (%d in %d calls), want 1", perCall, server, calls)
+	if perCall := float64(server) / calls; perCall > 2.2 {
+		t.Fatalf("the server made %.2f reads per call (%d in %d calls), want 2", perCall, server, calls)
 	}
 }

@@ -1,8 +1,9 @@
 package h2srv
 
 // The read loop's bytes: read inside one RawConn.Read for the
-// connection's life, so that no read finds the socket empty before the
-// loop parks (issue 14).
+// connection's life, each read a bare read(2) (issue 14). A read that
+// finds the socket empty still comes before every wait: serveRaw says
+// why.
 
 import (
 	"errors"
@@ -128,16 +129,15 @@ func (sc *conn) rawConn() syscall.RawConn {
 // time it returns false parks in waitRead until the poller marks the
 // descriptor ready; a mark made while nobody waits stays set (runtime
 // netpollblock consumes it without parking). The poller registers sockets
-// edge-triggered, and Linux reports an edge for every arrival of data. So:
-// the callback's first call (after prepareRead) and every call after
-// waitRead read before anything else. A short read (less than the room
-// offered) means the socket held no more at that moment, and any byte
-// arriving after it brings an edge that sets the flag, which only
-// waitRead consumes: waiting then without reading again misses nothing.
-// A full read may leave bytes behind, so the callback reads again. What
-// the poller set for bytes a later read took (data arrived while frames
-// were processed) costs one read that finds the socket empty, not a lost
-// wake-up. A read that finds it empty (EAGAIN) waits.
+// edge-triggered. So the callback reads until a read finds the socket
+// empty (EAGAIN) before it returns false: whatever arrives after that
+// read brings an edge that sets the flag. A short read is not enough: it
+// says no more data had come, not that nothing else had. A FIN or an RST
+// that came behind the data, merged into the edge that woke the loop
+// (netpollblock cleared the flag before the read), is seen by the next
+// read only; waiting without it, the loop missed a client's close for
+// good (its streams' handlers blocked in body reads, the connection and
+// its goroutine kept).
 //
 // Frames are processed inside the callback, holding the descriptor's read
 // lock: nothing here may close nc, whose Close waits for that lock's
@@ -151,16 +151,12 @@ func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error) {
 	defer func() { in.raw = false }()
 	var ferr error
 	rerr := rc.Read(func(fd uintptr) bool {
-		for mustRead := true; ; {
+		for {
 			for in.r < in.w && in.complete() {
 				f, err := sc.meta.ReadFrame()
 				if ferr = sc.handleFrame(f, err); ferr != nil {
 					return true
 				}
-			}
-			if !mustRead {
-				sc.armControl()
-				return false
 			}
 			if !in.room() {
 				sc.armControl()
@@ -183,7 +179,6 @@ func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error) {
 				ferr = io.EOF
 				return true
 			}
-			mustRead = in.w+n == len(in.buf)
 			in.w += n
 		}
 	})
