@@ -2,6 +2,7 @@ package transport
 
 import (
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -34,9 +35,8 @@ import (
 // stream's window is open again and the peer could fill it. A drain that
 // waits costs a goroutine and no buffer (its read into none, in drain);
 // their number is bounded by the streams the peer may hold (bufferCutAt),
-// and each lasts at most StreamCloseTimeout. A session with drains has one
-// more goroutine, its watcher (refusals). A peer's session cut for any
-// cause ends its drains.
+// and each lasts at most StreamCloseTimeout. A peer's session ended for
+// any cause ends its drains (refusals).
 
 // drainChunk is the size of the buffers drains read into, one per read in
 // progress (drainBufs), not one per drain.
@@ -48,23 +48,42 @@ var drainBufs = sync.Pool{New: func() any { return new([drainChunk]byte) }}
 // streams. When the session ends, its drains must leave their reads at
 // once: a yamux Read blocked while its session shuts down spins (it
 // retries on the closed shutdown channel) until Close reaches its stream,
-// and hundreds of them spinning held Close itself back for a minute
-// (under the race detector). So a watcher, started with the session's
-// first drain, ends them with a read deadline in the past, and a cut over
-// the budget does so before it closes the session (cutOverBuffer).
+// and hundreds of them spinning held Close itself back for seconds, a
+// minute under the race detector, on both cores. Every end of a yamux
+// session goes through its Close, which wakes the blocked reads and then
+// closes the connection: so the connection (drainsConn) ends the drains'
+// reads, with a read deadline in the past, before anything else. A
+// watcher goroutine waiting for the session's end could not: it woke
+// with the spinning reads and waited for a core behind them.
 type refusals struct {
-	sess *yamux.Session
+	sess *yamux.Session // set before the session's first drain (yamuxServer)
 	auth *peerAuth
 	pc   *peerCount
-	once sync.Once // starts watch
 
 	mu       sync.Mutex // guards the following
 	draining map[*yamux.Stream]struct{}
 	ended    bool // the session ended: no more drains
 }
 
-func newRefusals(sess *yamux.Session, auth *peerAuth, pc *peerCount) *refusals {
-	return &refusals{sess: sess, auth: auth, pc: pc}
+// drainsConn is the connection under a server-side yamux session; its
+// Close ends the session's drains first (refusals).
+type drainsConn struct {
+	net.Conn
+	drains *refusals
+}
+
+func (c *drainsConn) Close() error {
+	c.drains.end()
+	return c.Conn.Close()
+}
+
+// yamuxServer starts the server side of a yamux session over conn, and
+// the refusals of its streams (auth's and pc's).
+func (s *Server) yamuxServer(conn net.Conn, auth *peerAuth, pc *peerCount) (*yamux.Session, *refusals, error) {
+	r := &refusals{auth: auth, pc: pc}
+	sess, err := yamux.Server(&drainsConn{conn, r}, yamuxConfig(s.cfg.StreamWindow))
+	r.sess = sess // before any drain: the caller starts them
+	return sess, r, err
 }
 
 // add takes st among the streams being drained, and clears the read
@@ -89,13 +108,6 @@ func (r *refusals) done(st *yamux.Stream) {
 	r.mu.Unlock()
 }
 
-// watch waits for the session's end and ends its drains' reads.
-func (r *refusals) watch(s *Server) {
-	defer s.wg.Done()
-	<-r.sess.CloseChan()
-	r.end()
-}
-
 // end ends the drains' reads, and starts no more; r may be nil.
 func (r *refusals) end() {
 	if r == nil {
@@ -110,18 +122,14 @@ func (r *refusals) end() {
 }
 
 // drainRefused starts the drain of c, a yamux stream that the server
-// refused and closed. The server's wait group holds it and the session's
-// watcher: Close closes the sessions first, which ends both.
+// refused and closed. The server's wait group holds it: Close closes the
+// sessions first, which ends it.
 func (s *Server) drainRefused(c *streamConn) {
 	r := c.refuse
 	if r == nil || !r.add(c.Stream) {
 		return
 	}
-	r.once.Do(func() {
-		s.wg.Add(1) // the counter is > 0: the caller holds one
-		go r.watch(s)
-	})
-	s.wg.Add(1)
+	s.wg.Add(1) // the counter is > 0: the caller holds one
 	go s.drain(c.Stream, r)
 }
 

@@ -1,0 +1,111 @@
+package transport
+
+import (
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/fogmesh/fogmesh/internal/identity"
+)
+
+// drainFunc is the function of a drain's goroutine.
+const drainFunc = "transport.(*Server).drain("
+
+// goroutinesIn returns how many goroutines run fn (a function's name as
+// a stack trace prints it) as their body.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		lines := strings.Split(strings.TrimSpace(g), "\n")
+		// The body is the last frame: its function line, then its file,
+		// then "created by".
+		for i := len(lines) - 1; i >= 0; i-- {
+			if strings.HasPrefix(lines[i], "created by ") {
+				if i >= 2 && strings.HasPrefix(lines[i-2], "github.com/fogmesh/fogmesh/internal/"+fn) {
+					n++
+				}
+				break
+			}
+		}
+	}
+	return n
+}
+
+// cpuTime returns the CPU time the process has used so far.
+func cpuTime(t *testing.T) time.Duration {
+	t.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestDrainsEndWithTheirSession: a peer holds hundreds of refused streams
+// open, each with its drain waiting in yamux, and its session ends in
+// each of the ways it can: the peer drops the connection, the agent
+// revokes the peer (DropPeer), the server shuts down. Every drain is gone
+// within a deadline, and every goroutine of the session, and the end costs little
+// CPU: a yamux read blocked when its session shuts down spins until the
+// session's Close reaches its stream, so drains left spinning would burn
+// both cores for as long as that takes.
+func TestDrainsEndWithTheirSession(t *testing.T) {
+	const (
+		window = MinStreamWindow
+		drains = 400
+	)
+	ca := testCA(t, "", nil)
+	srvSrc := testSource(testSVID(t, ca, "s", "b"), ca.Bundle())
+	cliSrc := testSource(testSVID(t, ca, "s", "a"), ca.Bundle())
+	for _, tc := range []struct {
+		name string
+		end  func(srv *testServer, sess *yamux.Session)
+	}{
+		{"peer closes", func(_ *testServer, sess *yamux.Session) { sess.Close() }},
+		{"peer revoked", func(srv *testServer, _ *yamux.Session) {
+			if n := srv.DropPeer(cliSrc.SVID().ID); n != 1 {
+				t.Errorf("DropPeer closed %d sessions, want 1", n)
+			}
+		}},
+		{"server shutdown", func(srv *testServer, _ *yamux.Session) { srv.Close() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(c *ServerConfig) {
+				c.TLS = srvSrc.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+				c.PeerCheck = srvSrc.CheckPeer
+				c.StreamWindow = window
+				c.PeerStreams = NewPeerStreams(0, -1, c.Metrics) // no budget: nothing cuts the session first
+			})
+			before := runtime.NumGoroutine()
+			sess := tlsRawPeer(t, srv.addr, cliSrc, window)
+			for i := range drains {
+				if _, code, _, err := openTo(sess, "nope"); err != nil || code != StatusRefused {
+					t.Fatalf("stream %d to an unknown endpoint: %v %v, want refused", i, code, err)
+				}
+			}
+			eventually(t, "every drain started", func() bool { return goroutinesIn(drainFunc) == drains })
+			cpu, start := cpuTime(t), time.Now()
+			tc.end(srv, sess)
+			eventually(t, "every drain ended", func() bool { return goroutinesIn(drainFunc) == 0 })
+			took, spent := time.Since(start), cpuTime(t)-cpu
+			t.Logf("%d drains ended in %v, %v of CPU", drains, took, spent)
+			if spent > time.Second {
+				t.Errorf("ending %d drains took %v of CPU, want under 1s", drains, spent)
+			}
+			waitGoroutines(t, before) // the session's, and its peer's
+		})
+	}
+}
