@@ -164,8 +164,9 @@ func (s *Server) drain(st *yamux.Stream, r *refusals) {
 // cutRefusalIgnored cuts r's session, whose peer sent n bytes, more than
 // its first window, on a stream this server had refused.
 func (s *Server) cutRefusalIgnored(r *refusals, n int) {
-	r.pc.yamux.remove(r.sess) // as takeHeaviest does: no other check counts or cuts it
-	if r.sess.IsClosed() {
+	// Taken out as takeHeaviest does, so that no other check counts or
+	// cuts it: only the drain (or takeHeaviest) that took it cuts it, once.
+	if !r.pc.yamux.remove(r.sess) || r.sess.IsClosed() {
 		return
 	}
 	err := fmt.Errorf("%w: sent %d bytes on a stream refused here, past the window of %d it had before the refusal",

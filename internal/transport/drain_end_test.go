@@ -1,8 +1,10 @@
 package transport
 
 import (
+	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -107,5 +109,49 @@ func TestDrainsEndWithTheirSession(t *testing.T) {
 			}
 			waitGoroutines(t, before) // the session's, and its peer's
 		})
+	}
+}
+
+// TestPeerBufferRefusalIgnoredCutOnce: two drains of one session find at
+// once that its peer ignores their refusals (each read past its stream's
+// window); the session is cut once: counted once and, with no identity
+// to mark it cut (insecure mode), reported once.
+func TestPeerBufferRefusalIgnoredCutOnce(t *testing.T) {
+	const rounds = 20
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(c *ServerConfig) {
+		c.StreamWindow = MinStreamWindow
+		c.PeerStreams = NewPeerStreams(0, -1, c.Metrics)
+	})
+	for round := range rounds {
+		sess := rawPeer(t, srv, MinStreamWindow)
+		if _, code, _, err := openTo(sess, "nope"); err != nil || code != StatusRefused {
+			t.Fatalf("stream to an unknown endpoint: %v %v, want refused", code, err)
+		}
+		var r *refusals
+		eventually(t, "the session counted", func() bool {
+			l := srv.limit
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			for _, pc := range l.peers {
+				pc.yamux.mu.Lock()
+				if len(pc.yamux.list) == 1 {
+					r = pc.yamux.list[0].drains
+				}
+				pc.yamux.mu.Unlock()
+			}
+			return r != nil
+		})
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				<-start
+				srv.cutRefusalIgnored(r, MinStreamWindow+1)
+			})
+		}
+		close(start)
+		wg.Wait()
+		wantMetric(t, srv.metrics, fmt.Sprintf(`fogmesh_agent_peer_buffer_session_cuts_total %d`, round+1))
+		wantMetric(t, srv.metrics, fmt.Sprintf(`fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"} %d`, round+1))
 	}
 }
