@@ -48,13 +48,20 @@ var drainBufs = sync.Pool{New: func() any { return new([drainChunk]byte) }}
 // streams. When the session ends, its drains must leave their reads at
 // once: a yamux Read blocked while its session shuts down spins (it
 // retries on the closed shutdown channel) until Close reaches its stream,
-// and hundreds of them spinning held Close itself back for seconds, a
-// minute under the race detector, on both cores. Every end of a yamux
-// session goes through its Close, which wakes the blocked reads and then
-// closes the connection: so the connection (drainsConn) ends the drains'
-// reads, with a read deadline in the past, before anything else. A
-// watcher goroutine waiting for the session's end could not: it woke
-// with the spinning reads and waited for a core behind them.
+// and hundreds of them spinning held Close itself back for seconds (a
+// minute under the race detector) on every core. So the drains' reads
+// are ended, with a read deadline in the past, before the session wakes
+// them: by the connection under it (drainsConn) when a read or a write
+// on it fails, as it does before yamux ends the session for the peer's
+// close or a broken connection; by the server before it closes a session
+// itself (Close, DropPeer, cutIfInvalid, cutOverBuffer); and, for the
+// ends yamux decides alone (a protocol error, a keepalive timeout), at
+// the latest by the connection's Close, which yamux calls just after it
+// wakes the reads. A watcher goroutine waiting for the session's end
+// could not: it woke with the spinning reads, and waited for a core
+// behind them; so can the goroutine in Close, when the scheduler takes
+// its core at that moment (seen under -race: 1.5-2.5 s in one end of
+// six), which is why the other ends come first.
 type refusals struct {
 	sess *yamux.Session // set before the session's first drain (yamuxServer)
 	auth *peerAuth
@@ -65,11 +72,28 @@ type refusals struct {
 	ended    bool // the session ended: no more drains
 }
 
-// drainsConn is the connection under a server-side yamux session; its
-// Close ends the session's drains first (refusals).
+// drainsConn is the connection under a server-side yamux session; a
+// read or a write that fails, and Close, end the session's drains first
+// (refusals).
 type drainsConn struct {
 	net.Conn
 	drains *refusals
+}
+
+func (c *drainsConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.drains.end()
+	}
+	return n, err
+}
+
+func (c *drainsConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		c.drains.end()
+	}
+	return n, err
 }
 
 func (c *drainsConn) Close() error {
@@ -81,6 +105,7 @@ func (c *drainsConn) Close() error {
 // the refusals of its streams (auth's and pc's).
 func (s *Server) yamuxServer(conn net.Conn, auth *peerAuth, pc *peerCount) (*yamux.Session, *refusals, error) {
 	r := &refusals{auth: auth, pc: pc}
+	auth.drains = r
 	sess, err := yamux.Server(&drainsConn{conn, r}, yamuxConfig(s.cfg.StreamWindow))
 	r.sess = sess // before any drain: the caller starts them
 	return sess, r, err

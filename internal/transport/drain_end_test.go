@@ -58,10 +58,12 @@ func cpuTime(t *testing.T) time.Duration {
 
 // TestDrainsEndWithTheirSession: a peer holds hundreds of refused streams
 // open, each with its drain waiting in yamux, and its session ends in
-// each of the ways it can: the peer drops the connection, the agent
-// revokes the peer (DropPeer), the server shuts down. Every drain is gone
-// within a deadline, and every goroutine of the session, and the end costs little
-// CPU: a yamux read blocked when its session shuts down spins until the
+// each of the ways it can: the peer drops the connection (over TLS, or
+// in insecure mode), the agent revokes the peer (DropPeer), the server
+// shuts down (as at the agent's SIGTERM); a cut over the budget has its
+// own test (TestPeerBufferCutBoundOverSessions). Every drain is gone
+// within a deadline, and every goroutine of the session, and the end
+// costs little CPU: a yamux read blocked when its session shuts down spins until the
 // session's Close reaches its stream, so drains left spinning would burn
 // both cores for as long as that takes.
 func TestDrainsEndWithTheirSession(t *testing.T) {
@@ -73,26 +75,35 @@ func TestDrainsEndWithTheirSession(t *testing.T) {
 	srvSrc := testSource(testSVID(t, ca, "s", "b"), ca.Bundle())
 	cliSrc := testSource(testSVID(t, ca, "s", "a"), ca.Bundle())
 	for _, tc := range []struct {
-		name string
-		end  func(srv *testServer, sess *yamux.Session)
+		name     string
+		insecure bool
+		end      func(srv *testServer, sess *yamux.Session)
 	}{
-		{"peer closes", func(_ *testServer, sess *yamux.Session) { sess.Close() }},
-		{"peer revoked", func(srv *testServer, _ *yamux.Session) {
+		{"peer closes", false, func(_ *testServer, sess *yamux.Session) { sess.Close() }},
+		{"insecure peer closes", true, func(_ *testServer, sess *yamux.Session) { sess.Close() }},
+		{"peer revoked", false, func(srv *testServer, _ *yamux.Session) {
 			if n := srv.DropPeer(cliSrc.SVID().ID); n != 1 {
 				t.Errorf("DropPeer closed %d sessions, want 1", n)
 			}
 		}},
-		{"server shutdown", func(srv *testServer, _ *yamux.Session) { srv.Close() }},
+		{"server shutdown", false, func(srv *testServer, _ *yamux.Session) { srv.Close() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(c *ServerConfig) {
-				c.TLS = srvSrc.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
-				c.PeerCheck = srvSrc.CheckPeer
+				if !tc.insecure {
+					c.TLS = srvSrc.ServerConfig(identity.AuthorizeNode(), identity.ALPNMesh)
+					c.PeerCheck = srvSrc.CheckPeer
+				}
 				c.StreamWindow = window
 				c.PeerStreams = NewPeerStreams(0, -1, c.Metrics) // no budget: nothing cuts the session first
 			})
 			before := runtime.NumGoroutine()
-			sess := tlsRawPeer(t, srv.addr, cliSrc, window)
+			var sess *yamux.Session
+			if tc.insecure {
+				sess = rawPeer(t, srv, window)
+			} else {
+				sess = tlsRawPeer(t, srv.addr, cliSrc, window)
+			}
 			for i := range drains {
 				if _, code, _, err := openTo(sess, "nope"); err != nil || code != StatusRefused {
 					t.Fatalf("stream %d to an unknown endpoint: %v %v, want refused", i, code, err)

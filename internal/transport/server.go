@@ -311,7 +311,8 @@ func (s *Server) Close() error {
 	}
 	s.closing = true
 	sessions := make([]*yamux.Session, 0, len(s.sessions))
-	for sess := range s.sessions {
+	for sess, pa := range s.sessions {
+		pa.drains.end() // before Close wakes their reads, to spin (drain.go)
 		sessions = append(sessions, sess)
 	}
 	s.mu.Unlock()
