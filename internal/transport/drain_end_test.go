@@ -60,7 +60,8 @@ func cpuTime(t *testing.T) time.Duration {
 // open, each with its drain waiting in yamux, and its session ends in
 // each of the ways it can: the peer drops the connection (over TLS, or
 // in insecure mode), the agent revokes the peer (DropPeer), the server
-// shuts down (as at the agent's SIGTERM); a cut over the budget has its
+// shuts down (as at the agent's SIGTERM), the peer's session is cut for
+// sending past a refused stream's window; a cut over the budget has its
 // own test (TestPeerBufferCutBoundOverSessions). Every drain is gone
 // within a deadline, and every goroutine of the session, and the end
 // costs little CPU: a yamux read blocked when its session shuts down spins until the
@@ -85,6 +86,15 @@ func TestDrainsEndWithTheirSession(t *testing.T) {
 			if n := srv.DropPeer(cliSrc.SVID().ID); n != 1 {
 				t.Errorf("DropPeer closed %d sessions, want 1", n)
 			}
+		}},
+		{"peer cut, ignoring a refusal", false, func(_ *testServer, sess *yamux.Session) {
+			st, code, _, err := openTo(sess, "nope")
+			if err != nil || code != StatusRefused {
+				t.Errorf("stream to an unknown endpoint: %v %v, want refused", code, err)
+				return
+			}
+			yst := &streamConn{Stream: st} // fillStream's net.Conn; not registered: never closed here
+			fillStream(yst, 2*time.Second, 4*window)
 		}},
 		{"server shutdown", false, func(srv *testServer, _ *yamux.Session) { srv.Close() }},
 	} {
