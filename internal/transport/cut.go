@@ -35,6 +35,7 @@ func (s *Server) cutIfInvalid(sess *yamux.Session, pa *peerAuth) bool {
 	return cutPeer(pa, s.cfg.PeerCheck, func(reason string, err error) {
 		// Reported first: the cut is on record before the peer sees it.
 		reportCut(s.log, s.m, s.cfg.OnCut, Cut{Dir: "in", Peer: pa.id, Reason: reason, Err: err, Streams: sess.NumStreams()})
+		pa.drains.end() // before Close wakes their reads, to spin (drain.go)
 		sess.Close()
 	})
 }
@@ -47,6 +48,7 @@ func (s *Server) DropPeer(id spiffeid.ID) int {
 	var drop []*yamux.Session
 	for sess, pa := range s.sessions {
 		if !pa.id.IsZero() && pa.id == id {
+			pa.drains.end() // before Close wakes their reads, to spin (drain.go)
 			drop = append(drop, sess)
 		}
 	}

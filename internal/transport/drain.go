@@ -2,6 +2,7 @@ package transport
 
 import (
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -34,9 +35,8 @@ import (
 // stream's window is open again and the peer could fill it. A drain that
 // waits costs a goroutine and no buffer (its read into none, in drain);
 // their number is bounded by the streams the peer may hold (bufferCutAt),
-// and each lasts at most StreamCloseTimeout. A session with drains has one
-// more goroutine, its watcher (refusals). A peer's session cut for any
-// cause ends its drains.
+// and each lasts at most StreamCloseTimeout. A peer's session ended for
+// any cause ends its drains (refusals).
 
 // drainChunk is the size of the buffers drains read into, one per read in
 // progress (drainBufs), not one per drain.
@@ -48,23 +48,67 @@ var drainBufs = sync.Pool{New: func() any { return new([drainChunk]byte) }}
 // streams. When the session ends, its drains must leave their reads at
 // once: a yamux Read blocked while its session shuts down spins (it
 // retries on the closed shutdown channel) until Close reaches its stream,
-// and hundreds of them spinning held Close itself back for a minute
-// (under the race detector). So a watcher, started with the session's
-// first drain, ends them with a read deadline in the past, and a cut over
-// the budget does so before it closes the session (cutOverBuffer).
+// and hundreds of them spinning held Close itself back for seconds (a
+// minute under the race detector) on every core. So the drains' reads
+// are ended, with a read deadline in the past, before the session wakes
+// them: by the connection under it (drainsConn) when a read or a write
+// on it fails, as it does before yamux ends the session for the peer's
+// close or a broken connection; by the server before it closes a session
+// itself (Close, DropPeer, cutIfInvalid, cutOverBuffer); and, for the
+// ends yamux decides alone (a protocol error, a keepalive timeout), at
+// the latest by the connection's Close, which yamux calls just after it
+// wakes the reads. A watcher goroutine waiting for the session's end
+// could not: it woke with the spinning reads, and waited for a core
+// behind them; so can the goroutine in Close, when the scheduler takes
+// its core at that moment (seen under -race: 1.5-2.5 s in one end of
+// six), which is why the other ends come first.
 type refusals struct {
-	sess *yamux.Session
+	sess *yamux.Session // set before the session's first drain (yamuxServer)
 	auth *peerAuth
 	pc   *peerCount
-	once sync.Once // starts watch
 
 	mu       sync.Mutex // guards the following
 	draining map[*yamux.Stream]struct{}
 	ended    bool // the session ended: no more drains
 }
 
-func newRefusals(sess *yamux.Session, auth *peerAuth, pc *peerCount) *refusals {
-	return &refusals{sess: sess, auth: auth, pc: pc}
+// drainsConn is the connection under a server-side yamux session; a
+// read or a write that fails, and Close, end the session's drains first
+// (refusals).
+type drainsConn struct {
+	net.Conn
+	drains *refusals
+}
+
+func (c *drainsConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.drains.end()
+	}
+	return n, err
+}
+
+func (c *drainsConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		c.drains.end()
+	}
+	return n, err
+}
+
+func (c *drainsConn) Close() error {
+	c.drains.end()
+	return c.Conn.Close()
+}
+
+// yamuxServer starts the server side of a yamux session over conn, and
+// the refusals of its streams (auth's and pc's).
+func (s *Server) yamuxServer(conn net.Conn, auth *peerAuth, pc *peerCount) (*yamux.Session, *refusals, error) {
+	r := &refusals{auth: auth, pc: pc}
+	auth.drains = r
+	sess, err := yamux.Server(&drainsConn{conn, r}, yamuxConfig(s.cfg.StreamWindow))
+	r.sess = sess // before any drain: the caller starts them
+	return sess, r, err
 }
 
 // add takes st among the streams being drained, and clears the read
@@ -89,13 +133,6 @@ func (r *refusals) done(st *yamux.Stream) {
 	r.mu.Unlock()
 }
 
-// watch waits for the session's end and ends its drains' reads.
-func (r *refusals) watch(s *Server) {
-	defer s.wg.Done()
-	<-r.sess.CloseChan()
-	r.end()
-}
-
 // end ends the drains' reads, and starts no more; r may be nil.
 func (r *refusals) end() {
 	if r == nil {
@@ -110,18 +147,14 @@ func (r *refusals) end() {
 }
 
 // drainRefused starts the drain of c, a yamux stream that the server
-// refused and closed. The server's wait group holds it and the session's
-// watcher: Close closes the sessions first, which ends both.
+// refused and closed. The server's wait group holds it: Close closes the
+// sessions first, which ends it.
 func (s *Server) drainRefused(c *streamConn) {
 	r := c.refuse
 	if r == nil || !r.add(c.Stream) {
 		return
 	}
-	r.once.Do(func() {
-		s.wg.Add(1) // the counter is > 0: the caller holds one
-		go r.watch(s)
-	})
-	s.wg.Add(1)
+	s.wg.Add(1) // the counter is > 0: the caller holds one
 	go s.drain(c.Stream, r)
 }
 
@@ -156,8 +189,9 @@ func (s *Server) drain(st *yamux.Stream, r *refusals) {
 // cutRefusalIgnored cuts r's session, whose peer sent n bytes, more than
 // its first window, on a stream this server had refused.
 func (s *Server) cutRefusalIgnored(r *refusals, n int) {
-	r.pc.yamux.remove(r.sess) // as takeHeaviest does: no other check counts or cuts it
-	if r.sess.IsClosed() {
+	// Taken out as takeHeaviest does, so that no other check counts or
+	// cuts it: only the drain (or takeHeaviest) that took it cuts it, once.
+	if !r.pc.yamux.remove(r.sess) || r.sess.IsClosed() {
 		return
 	}
 	err := fmt.Errorf("%w: sent %d bytes on a stream refused here, past the window of %d it had before the refusal",

@@ -80,6 +80,9 @@ type peerAuth struct {
 	notAfter, retireAt time.Time
 	// cause is set when the session is cut; its streams' errors wrap it.
 	cause *atomic.Pointer[error]
+	// drains are a server-side yamux session's drains, ended before the
+	// server closes the session (drain.go); nil elsewhere.
+	drains *refusals
 }
 
 func newPeerAuth(id spiffeid.ID, certs []*x509.Certificate) peerAuth {

@@ -126,22 +126,25 @@ func (p *peerSessions) add(s *yamux.Session, auth *peerAuth, drains *refusals) {
 }
 
 // remove forgets s, keeping no reference to it.
-func (p *peerSessions) remove(s *yamux.Session) {
+// remove takes s out of the list, and reports whether it was in it: of
+// the cuts that remove the session they cut, only the one that did cuts.
+func (p *peerSessions) remove(s *yamux.Session) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.removeLocked(s)
+	return p.removeLocked(s)
 }
 
-func (p *peerSessions) removeLocked(s *yamux.Session) {
+func (p *peerSessions) removeLocked(s *yamux.Session) bool {
 	for i, x := range p.list {
 		if x.sess == s {
 			last := len(p.list) - 1
 			p.list[i] = p.list[last]
 			p.list[last] = peerSession{}
 			p.list = p.list[:last]
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // serve takes a place among the peer's served streams, or reports false

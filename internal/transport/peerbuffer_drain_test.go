@@ -180,9 +180,9 @@ func tlsRawPeer(t *testing.T, addr string, src *identity.Source, window int) *ya
 
 // TestPeerBufferRefusalDrainEnds: this agent's client closes a refused
 // stream as soon as it reads the refusal (unknown endpoint, or over the
-// budget), so the drain of each ends at once: no goroutine is left (but
-// the session's one watcher of its drains), the client gets the refusal
-// it always got, and the server's yamux lets the streams go.
+// budget), so the drain of each ends at once: no goroutine is left, the
+// client gets the refusal it always got, and the server's yamux lets the
+// streams go.
 func TestPeerBufferRefusalDrainEnds(t *testing.T) {
 	const window = MinStreamWindow
 	work := serveWorkload(t, "127.0.0.1:0", echo)
@@ -193,7 +193,7 @@ func TestPeerBufferRefusalDrainEnds(t *testing.T) {
 	c, _ := newClient(t)
 	settled := func() bool { return srv.yamuxStreamsForTest() == 0 && srv.ActiveStreams() == 0 }
 	dialRoundTrip(t, c, srv.addr, "web-1", "the session, and its goroutines")
-	if _, err := c.Dial(t.Context(), srv.addr, header("nope")); !errors.Is(err, ErrRefused) { // and its drains' watcher
+	if _, err := c.Dial(t.Context(), srv.addr, header("nope")); !errors.Is(err, ErrRefused) {
 		t.Fatalf("stream to an unknown endpoint: %v, want refused", err)
 	}
 	eventually(t, "the first streams let go", settled)

@@ -311,7 +311,8 @@ func (s *Server) Close() error {
 	}
 	s.closing = true
 	sessions := make([]*yamux.Session, 0, len(s.sessions))
-	for sess := range s.sessions {
+	for sess, pa := range s.sessions {
+		pa.drains.end() // before Close wakes their reads, to spin (drain.go)
 		sessions = append(sessions, sess)
 	}
 	s.mu.Unlock()
@@ -399,7 +400,7 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 	}
 	defer s.limit.leave(key, pc, true)
 
-	sess, err := yamux.Server(conn, yamuxConfig(s.cfg.StreamWindow))
+	sess, refused, err := s.yamuxServer(conn, &auth, pc)
 	if err != nil { // only for a bad config
 		conn.Close()
 		log.Error("mesh: start session", "err", err)
@@ -410,7 +411,6 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 		return
 	}
 	defer s.untrackSession(sess)
-	refused := newRefusals(sess, &auth, pc)
 	pc.yamux.add(sess, &auth, refused) // for the buffer budget, until the session ends or is cut
 	defer pc.yamux.remove(sess)
 	budget := s.limit.bufferStreams(s.cfg.StreamWindow)
