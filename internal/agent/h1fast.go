@@ -98,7 +98,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}
 	lastPost := false
 	for {
-		if !wire.next(br, monoTime().Add(cs.idleTimeout(s, tc.target))) {
+		if now := monoTime(); !wire.next(br, now, now.Add(cs.idleTimeout(s, tc.target))) {
 			return // the last response's write failed
 		}
 		if _, err := br.Peek(1); err != nil {

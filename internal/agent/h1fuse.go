@@ -70,15 +70,15 @@ func (w *h1Wire) flush(bw *bufio.Writer, hold bool) error {
 	return err
 }
 
-// next readies the read of the next request, due by until: a held
-// response is sent now if the request is buffered already (no read, and
-// no wait, follows), else left to the read. false: the write failed.
-func (w *h1Wire) next(br *bufio.Reader, until time.Time) bool {
+// next readies the read of the next request, due by until (now: the
+// monotonic clock's reading): a held response is sent now if the request
+// is buffered already (no read, and no wait, follows), else left to the
+// read. false: the write failed.
+func (w *h1Wire) next(br *bufio.Reader, now, until time.Time) bool {
 	if w.held == nil {
 		w.c.SetReadDeadline(until)
 		return true
 	}
-	now := monoTime()
 	last := w.last
 	w.last = now
 	if br.Buffered() > 0 {

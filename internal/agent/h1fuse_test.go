@@ -286,9 +286,10 @@ func TestH1WireHeldWriteFallsBack(t *testing.T) {
 	w := &h1Wire{tc: tc, c: c, raw: tc.raw}
 	held := bytes.Repeat([]byte("0123456789abcdef"), 4<<20/16)
 	w.held = held
-	w.last = monoTime() // a busy connection: the response is held for the read
+	now := monoTime()
+	w.last = now // a busy connection: the response is held for the read
 	deadline := time.Now().Add(20 * time.Second)
-	w.next(bufio.NewReader(w), deadline)
+	w.next(bufio.NewReader(w), now, deadline)
 	peer.SetDeadline(deadline)
 	got := make(chan error, 1)
 	go func() { // the client: reads the response only now, then sends more
