@@ -56,8 +56,10 @@ func TestLayering(t *testing.T) {
 		"api":      nil,
 		"wire":     {"api"},
 		"identity": {"api", "clientip"},
+		// Reads and writes of a socket's descriptor (RawConn callbacks).
+		"rawsys": nil,
 		// The HTTP machinery knows no service, endpoint or agent.
-		"httpproxy": nil,
+		"httpproxy": {"rawsys"},
 		// Traces and access logs know no service, endpoint or agent.
 		"tracing":   nil,
 		"accesslog": nil,

@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"golang.org/x/net/http2"
+
+	"github.com/fogmesh/fogmesh/internal/rawsys"
 )
 
 // maxReadFrame is the largest frame the Framer reads (our
@@ -163,7 +165,7 @@ func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error) {
 				fallback = true
 				return true
 			}
-			n, errno := rawRead(fd, in.buf[in.w:])
+			n, errno := rawsys.Read(fd, in.buf[in.w:])
 			switch errno {
 			case 0:
 			case syscall.EINTR:

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/rawsys"
 )
 
 // RawIO reads and writes a socket with syscall.RawSyscall inside the
@@ -79,7 +81,7 @@ func (r *RawIO) Read(p []byte) (int, error) {
 
 func (r *RawIO) readFunc(fd uintptr) bool {
 	for {
-		n, e := rawRead(fd, r.rp)
+		n, e := rawsys.Read(fd, r.rp)
 		if h := testHookRead.Load(); h != nil {
 			(*h)(e == syscall.EAGAIN)
 		}
@@ -167,7 +169,7 @@ func (r *RawIO) fusedFunc(fd uintptr) bool {
 	if w := r.fw; w != nil {
 		r.fw = nil
 		for {
-			n, e := rawWrite(fd, w)
+			n, e := rawsys.Write(fd, w)
 			if e == syscall.EINTR {
 				continue
 			}
@@ -211,7 +213,7 @@ func (r *RawIO) Write(p []byte) (int, error) {
 
 func (r *RawIO) writeFunc(fd uintptr) bool {
 	for r.wn < len(r.wp) {
-		n, e := rawWrite(fd, r.wp[r.wn:])
+		n, e := rawsys.Write(fd, r.wp[r.wn:])
 		switch e {
 		case 0:
 			r.wn += n

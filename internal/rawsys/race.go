@@ -1,6 +1,6 @@
 //go:build race
 
-package httpproxy
+package rawsys
 
 import "syscall"
 
@@ -9,7 +9,7 @@ import "syscall"
 // it, whatever a goroutine did before a write looks concurrent with what
 // the reader does after. Race builds read and write with those.
 
-func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
+func Read(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, err := syscall.Read(int(fd), p)
 	if err != nil {
 		return 0, err.(syscall.Errno)
@@ -17,7 +17,7 @@ func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	return n, 0
 }
 
-func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+func Write(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, err := syscall.Write(int(fd), p)
 	if err != nil {
 		return 0, err.(syscall.Errno)
