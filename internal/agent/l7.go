@@ -108,16 +108,12 @@ func (c *taggedConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// monoEpoch, monoNow and monoTime: the monotonic clock alone (one vDSO
-// call, not time.Now's two), as nanoseconds (at least 1) since the agent's
-// package started, or as a time for a deadline (its wall reading is
-// monoEpoch's moved on by the monotonic clock; deadlines and Sub read the
-// monotonic one).
-var monoEpoch = time.Now()
+// monoNow and monoTime: the monotonic clock alone (one vDSO call, not
+// time.Now's two), as nanoseconds (at least 1) since httpproxy's epoch, or
+// as a time for a deadline (httpproxy.MonoTime).
+func monoNow() int64 { return int64(httpproxy.MonoSince()) + 1 }
 
-func monoNow() int64 { return int64(time.Since(monoEpoch)) + 1 }
-
-func monoTime() time.Time { return monoEpoch.Add(time.Since(monoEpoch)) }
+func monoTime() time.Time { return httpproxy.MonoTime() }
 
 func (c *taggedConn) Read(p []byte) (int, error) {
 	if !c.buffered {

@@ -84,7 +84,7 @@ func (pc *poolConn) sendHeld() (werr, rerr error) {
 	if u == nil || u.held == nil {
 		return nil, nil
 	}
-	pc.setReadDeadline(time.Now().Add(fuseRecheck))
+	pc.setReadDeadline(MonoTime().Add(fuseRecheck))
 	_, rerr = pc.br.Peek(1)
 	pc.setReadDeadline(time.Time{})
 	if rerr != errHeldUnsent {
@@ -110,3 +110,13 @@ func (pc *poolConn) setReadDeadline(t time.Time) {
 		pc.c.SetDeadline(aLongTimeAgo)
 	}
 }
+
+// monoEpoch, MonoSince and MonoTime: the monotonic clock alone (one vDSO
+// call, not time.Now's two), as the time since the package started, or as
+// a time for a deadline (its wall reading is monoEpoch's moved on by the
+// monotonic clock; deadlines and Sub read the monotonic one).
+var monoEpoch = time.Now()
+
+func MonoSince() time.Duration { return time.Since(monoEpoch) }
+
+func MonoTime() time.Time { return monoEpoch.Add(time.Since(monoEpoch)) }
