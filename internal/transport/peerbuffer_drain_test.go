@@ -162,15 +162,33 @@ func TestPeerBufferCutsPeerSendingPastRefusal(t *testing.T) {
 // as src's node, driven by hand.
 func tlsRawPeer(t *testing.T, addr string, src *identity.Source, window int) *yamux.Session {
 	t.Helper()
+	return yamuxPeer(t, tlsHandshake(t, dialTCP(t, addr), src), window)
+}
+
+func dialTCP(t *testing.T, addr string) net.Conn {
+	t.Helper()
 	raw, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return raw
+}
+
+// tlsHandshake makes raw a mesh TLS connection as src.
+func tlsHandshake(t *testing.T, raw net.Conn, src *identity.Source) *tls.Conn {
+	t.Helper()
 	tc := tls.Client(raw, src.ClientConfig(identity.AuthorizeNode(), identity.ALPNMesh))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
-	sess, err := yamux.Client(tc, yamuxConfig(window))
+	return tc
+}
+
+// yamuxPeer starts a yamux client session over conn, closed at the
+// test's end.
+func yamuxPeer(t *testing.T, conn net.Conn, window int) *yamux.Session {
+	t.Helper()
+	sess, err := yamux.Client(conn, yamuxConfig(window))
 	if err != nil {
 		t.Fatal(err)
 	}
