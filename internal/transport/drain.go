@@ -38,8 +38,9 @@ import (
 // waits costs a goroutine, no buffer (its read into none, in drain), and
 // a wake-up every drainWait (refusals; 400 idle drains: 30 ms of CPU a
 // second, against 0.2 ms when they waited without a deadline);
-// their number is bounded by the streams the peer may hold (bufferCutAt),
-// and each lasts at most StreamCloseTimeout. A peer's session ended for
+// their number is bounded per peer (maxDrainsPerPeer; with a budget, by
+// the streams the peer may hold too, bufferCutAt), and each lasts at
+// most StreamCloseTimeout. A peer's session ended for
 // any cause ends its drains (refusals).
 
 // drainChunk is the size of the buffers drains read into, one per read in
@@ -126,6 +127,16 @@ func (s *Server) yamuxServer(conn net.Conn, auth *peerAuth, pc *peerCount) (*yam
 	return sess, r, err
 }
 
+// maxDrainsPerPeer bounds the drains of one peer's refused streams over
+// its sessions: past it, the session with the most is cut as over the
+// buffer budget (cutMostDrains). Without a budget nothing else bounds
+// them but StreamCloseTimeout (a goroutine each, and a wake-up every
+// drainWait); with one, bufferCutAt does too. A burst of streams of one
+// session explains twice yamux's accept backlog (bufferCutAt): the opens
+// unanswered, and the refused streams whose close is on its way. This
+// allows as many again.
+var maxDrainsPerPeer = 4 * yamuxAcceptBacklog
+
 // drainWait bounds each wait of a drain's read (refusals): the longest
 // its read spins after an end of the session that yamux decided alone.
 const drainWait = 100 * time.Millisecond
@@ -152,6 +163,13 @@ func (r *refusals) wait(st *yamux.Stream) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return !r.ended
+}
+
+// count returns the drains.
+func (r *refusals) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.draining)
 }
 
 func (r *refusals) done(st *yamux.Stream) {
@@ -181,14 +199,33 @@ func (s *Server) drainRefused(c *streamConn) {
 	if r == nil || !r.add(c.Stream) {
 		return
 	}
+	if n := r.pc.yamux.drains.Add(1); n > int64(maxDrainsPerPeer) {
+		r.pc.yamux.drains.Add(-1)
+		r.done(c.Stream)
+		s.cutMostDrains(r.pc, n)
+		return
+	}
 	s.wg.Add(1) // the counter is > 0: the caller holds one
 	go s.drain(c.Stream, r)
+}
+
+// cutMostDrains cuts the session of pc's peer with the most drains, its
+// n-th being over maxDrainsPerPeer.
+func (s *Server) cutMostDrains(pc *peerCount, n int64) {
+	x, k := pc.yamux.takeMostDrains()
+	if x.sess == nil { // another refusal's cut took it
+		return
+	}
+	err := fmt.Errorf("%w: left %d of its streams refused here open (this session %d), at most %d",
+		ErrPeerBuffer, n, k, maxDrainsPerPeer)
+	s.cutOverBuffer(x, pc, err)
 }
 
 // drain reads and drops what the peer sends on st until the stream ends,
 // freeing its buffer as it goes, and cuts its session past one window.
 func (s *Server) drain(st *yamux.Stream, r *refusals) {
 	defer s.wg.Done()
+	defer r.pc.yamux.drains.Add(-1)
 	defer r.done(st)
 	window := s.cfg.StreamWindow
 	n := 0

@@ -106,6 +106,7 @@ func (l *PeerStreams) bufferStreams(window int) int {
 // its setup to its end, or to its cut over the budget.
 type peerSessions struct {
 	served atomic.Int64 // its yamux streams being served (serveConn)
+	drains atomic.Int64 // its refused streams being drained (drain.go)
 
 	mu   sync.Mutex // guards list
 	list []peerSession
@@ -214,6 +215,26 @@ func (p *peerSessions) takeHeaviest(bound int, cur *yamux.Session) (take []peerS
 		p.removeLocked(s.sess)
 	}
 	return take, held
+}
+
+// takeMostDrains takes out of the list, for the caller to cut, the live
+// session with the most drains (drain.go), and returns it with their
+// number; none (a zero peerSession) if no live session has drains.
+func (p *peerSessions) takeMostDrains() (x peerSession, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range p.list {
+		if s.drains == nil || s.sess.IsClosed() {
+			continue
+		}
+		if k := s.drains.count(); k > n {
+			x, n = s, k
+		}
+	}
+	if x.sess != nil {
+		p.removeLocked(x.sess)
+	}
+	return x, n
 }
 
 func boolInt(b bool) int {

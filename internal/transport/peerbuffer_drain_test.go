@@ -248,3 +248,30 @@ func TestPeerBufferRefusalDrainEnds(t *testing.T) {
 	eventually(t, "every stream let go", settled)
 	waitGoroutines(t, before)
 }
+
+// TestDrainsBoundedWithoutBudget: with the buffer budget off nothing
+// counts the streams yamux holds for a peer, so a peer that leaves its
+// refused streams open had a drain (a goroutine) for each, without
+// bound but StreamCloseTimeout. Past maxDrainsPerPeer its session is cut,
+// as over the budget, and its drains end.
+func TestDrainsBoundedWithoutBudget(t *testing.T) {
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(c *ServerConfig) {
+		c.StreamWindow = MinStreamWindow
+		c.PeerStreams = NewPeerStreams(0, -1, c.Metrics) // no budget
+	})
+	before := runtime.NumGoroutine()
+	sess := rawPeer(t, srv, MinStreamWindow)
+	opened := 0
+	for ; opened < maxDrainsPerPeer+64; opened++ {
+		if _, code, _, err := openTo(sess, "nope"); err != nil || code != StatusRefused {
+			break // cut
+		}
+	}
+	if opened == maxDrainsPerPeer+64 { // the few past it were on their way when it was cut
+		t.Fatalf("%d refused streams left open, %d drains, and the session not cut; want a cut past %d",
+			opened, goroutinesIn(drainFunc), maxDrainsPerPeer)
+	}
+	eventually(t, "the session cut", sess.IsClosed)
+	wantMetric(t, srv.metrics, `fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"} 1`)
+	waitGoroutines(t, before)
+}
