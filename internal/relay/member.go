@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -88,6 +89,8 @@ type Member struct {
 	connected  bool
 	mRenewals  *metrics.Counter
 	mTrust     *metrics.Counter
+
+	welcomeMisses int // Run's alone: the streams in a row given up for no trust document (welcomeWait)
 }
 
 // OpenMember loads the relay's key, certificate and trust from the state
@@ -325,6 +328,19 @@ func (m *Member) Run(ctx context.Context, setDenied func([]string)) {
 	}
 }
 
+// welcomeWait is how long a stream waits for the control plane's first
+// trust document after misses streams in a row were given up for none:
+// bound (controlHandshakeTimeout), doubled at each miss up to 4 times
+// bound. A link where it always takes longer than bound would otherwise
+// have the relay reconnect forever; a control plane that is down instead
+// fails the dial or the handshake, which the bound holds as set.
+func welcomeWait(bound time.Duration, misses int) time.Duration {
+	if bound > math.MaxInt64>>2 {
+		return bound // already longer than any link takes; doubled, it would wrap
+	}
+	return bound << min(misses, 2)
+}
+
 // stream runs one relay stream; got reports whether a trust document
 // arrived on it.
 func (m *Member) stream(ctx context.Context, addr string, setDenied func([]string)) (got bool, err error) {
@@ -376,8 +392,10 @@ func (m *Member) stream(ctx context.Context, addr string, setDenied func([]strin
 	defer hb.Stop()
 	// The control plane sends the trust document as soon as the stream is
 	// up: its first one is the relay's welcome, bounded as the handshake
-	// is (an agent's welcome likewise), not by the reads' 4 heartbeats.
-	welcome := time.NewTimer(m.cfg.ControlHandshakeTimeout)
+	// is (an agent's welcome likewise), not by the reads' 4 heartbeats,
+	// and longer after streams given up for none (welcomeWait).
+	wait := welcomeWait(m.cfg.ControlHandshakeTimeout, m.welcomeMisses)
+	welcome := time.NewTimer(wait)
 	defer welcome.Stop()
 	renew := time.NewTimer(max(time.Until(enroll.RenewAt(m.Certificate())), 0))
 	defer renew.Stop()
@@ -392,7 +410,9 @@ func (m *Member) stream(ctx context.Context, addr string, setDenied func([]strin
 				return false, fmt.Errorf("the control plane's trust document was refused: %w", refused)
 			}
 			if !got {
-				return false, fmt.Errorf("no trust document from the control plane within %s of the handshake (controlHandshakeTimeout)", m.cfg.ControlHandshakeTimeout)
+				m.welcomeMisses++
+				return false, fmt.Errorf("no trust document from the control plane within %s of the handshake (controlHandshakeTimeout %s; the next stream waits %s)",
+					wait, m.cfg.ControlHandshakeTimeout, welcomeWait(m.cfg.ControlHandshakeTimeout, m.welcomeMisses))
 			}
 		case <-hb.C:
 			if err := write(&wire.Message{Type: wire.TypeHeartbeat}); err != nil {
@@ -424,6 +444,7 @@ func (m *Member) stream(ctx context.Context, addr string, setDenied func([]strin
 				m.mTrust.Inc()
 				if !got {
 					got = true
+					m.welcomeMisses = 0
 					m.mu.Lock()
 					m.connected = true
 					m.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"testing"
@@ -160,4 +161,73 @@ func runBoundedMember(t *testing.T, bound time.Duration) (*identity.CA, *fakeCon
 	go func() { defer close(done); m.Run(ctx, nil) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return ca, fc, log
+}
+
+// TestMemberWelcomeWaitGrows: over a link where the control plane's first
+// trust document always takes longer than ControlHandshakeTimeout, a
+// relay that gave up each stream at the bound reconnected forever. Now
+// each stream given up so waits twice as long as the one before, up to
+// four times the bound, and a stream that gets its trust document brings
+// the wait back to the bound.
+func TestMemberWelcomeWaitGrows(t *testing.T) {
+	const bound = 300 * time.Millisecond
+	ca, fc, log := runBoundedMember(t, bound)
+
+	// given up waits for the relay to give up stream c, sent nothing, and
+	// returns how long after the handshake it did.
+	givenUp := func(c net.Conn) time.Duration {
+		t.Helper()
+		handshaken := time.Now()
+		c.SetReadDeadline(handshaken.Add(4*bound + 5*time.Second))
+		_, err := io.Copy(io.Discard, c) // the relay's heartbeats, if any, until it closes the stream
+		took := time.Since(handshaken)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("the relay still waits for the first trust document %v after the handshake", took)
+		}
+		return took
+	}
+	for i, want := range []time.Duration{bound, 2 * bound, 4 * bound, 4 * bound} {
+		took := givenUp(fc.next(t))
+		t.Logf("stream %d given up after %v", i+1, took)
+		if took < want-bound/3 || took > want+2*time.Second {
+			t.Fatalf("stream %d given up %v after the handshake, want %v (the wait after %d given up)", i+1, took, want, i)
+		}
+	}
+	testenv.WaitFor(t, 5*time.Second, "the longer wait logged", func() bool {
+		return strings.Contains(log.String(), "the next stream waits "+(4*bound).String())
+	})
+
+	c := fc.next(t)
+	if err := wire.Write(c, &wire.Message{Type: wire.TypeTrust, Trust: caTrust(ca)}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the relay connected", func() bool {
+		return strings.Contains(log.String(), "relay: connected to the control plane")
+	})
+	c.Close()
+	if took := givenUp(fc.next(t)); took > bound+2*time.Second || took < bound-bound/3 {
+		t.Fatalf("after a stream that got its trust document, the next given up %v after the handshake, want %v", took, bound)
+	}
+}
+
+// TestWelcomeWait: the wait for the first trust document doubles at each
+// stream given up for none, up to 4 times the bound, and a bound too
+// long to double stays as set.
+func TestWelcomeWait(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		bound  time.Duration
+		misses int
+		want   time.Duration
+	}{
+		{"none missed", 10 * time.Second, 0, 10 * time.Second},
+		{"one", 10 * time.Second, 1, 20 * time.Second},
+		{"two", 10 * time.Second, 2, 40 * time.Second},
+		{"capped", 10 * time.Second, 50, 40 * time.Second},
+		{"too long to double", math.MaxInt64 / 2, 3, math.MaxInt64 / 2},
+	} {
+		if got := welcomeWait(tc.bound, tc.misses); got != tc.want {
+			t.Errorf("%s: welcomeWait(%v, %d) = %v, want %v", tc.name, tc.bound, tc.misses, got, tc.want)
+		}
+	}
 }
