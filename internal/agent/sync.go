@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"time"
 
@@ -124,6 +125,12 @@ func (a *Agent) syncOnce(ctx context.Context, addr string, sm *syncproto.Agent) 
 	r := wire.NewReader(c)
 	c.SetReadDeadline(time.Now().Add(readTimeout))
 	welcome, err := r.Read()
+	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+		mu.Lock()
+		next := sm.WelcomeTimedOut()
+		mu.Unlock()
+		return fmt.Errorf("welcome: none within %s (controlHandshakeTimeout; the next stream waits %s): %w", readTimeout, next, err)
+	}
 	if err != nil {
 		return fmt.Errorf("welcome: %w", err)
 	}

@@ -51,6 +51,7 @@ package syncproto
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -183,6 +184,8 @@ type Agent struct {
 	limits  Limits
 	asm     Assembler     // the chunks of an update taken so far (Receiving)
 	welcome time.Duration // the wait for welcome (0: welcomeTimeout)
+
+	welcomeMisses int // streams in a row given up for no welcome (WelcomeTimedOut)
 }
 
 // NewAgent returns an idle machine.
@@ -194,6 +197,35 @@ func (a *Agent) SetLimits(l Limits) { a.limits, a.asm.Limits = l, l }
 // SetWelcomeTimeout sets how long the driver waits for the answer to hello
 // (0: the default, 10s); a slow link needs longer.
 func (a *Agent) SetWelcomeTimeout(d time.Duration) { a.welcome = d }
+
+// WelcomeTimedOut records that the driver gave up the stream for no
+// welcome within ReadTimeout, and returns how long the next stream waits:
+// twice as long as this one, up to 4 times the set wait, until a welcome
+// comes. A link where the welcome always takes longer than the set wait
+// would otherwise have the agent reconnect forever; a control plane that
+// is down fails the dial or the handshake instead, which keep the set
+// bound.
+func (a *Agent) WelcomeTimedOut() time.Duration {
+	a.welcomeMisses = min(a.welcomeMisses+1, maxWelcomeDoublings)
+	return a.welcomeWait()
+}
+
+// maxWelcomeDoublings caps the growth of the wait for welcome
+// (WelcomeTimedOut): 4 times the set wait.
+const maxWelcomeDoublings = 2
+
+// welcomeWait is the wait for welcome after welcomeMisses streams in a
+// row were given up for none.
+func (a *Agent) welcomeWait() time.Duration {
+	d := a.welcome
+	if d <= 0 {
+		d = welcomeTimeout
+	}
+	if d > math.MaxInt64>>maxWelcomeDoublings {
+		return d // longer than any link takes; doubled, it would wrap
+	}
+	return d << a.welcomeMisses
+}
 
 // SetScope sets the scope every subscribe asks for (nil: everything; see
 // wire.Scope). A scoped subscriber gets a snapshot of its scope on every
@@ -239,17 +271,14 @@ func (a *Agent) ResyncFull() bool { return a.resyncFull }
 // the configuration the agent holds, for the subscribe after welcome.
 func (a *Agent) Connect(node *api.Node, caps []string, known Known) Output {
 	*a = Agent{resyncFull: a.resyncFull, scope: a.scope, limits: a.limits, asm: Assembler{Limits: a.limits}, welcome: a.welcome,
-		state: agentAwaitWelcome, known: known}
+		welcomeMisses: a.welcomeMisses, state: agentAwaitWelcome, known: known}
 	return Output{Send: []*wire.Message{{Type: wire.TypeHello, Protocol: wire.ProtocolVersion, Node: node, Capabilities: caps}}}
 }
 
 // ReadTimeout is how long the driver waits for the next frame.
 func (a *Agent) ReadTimeout() time.Duration {
 	if a.state == agentAwaitWelcome {
-		if a.welcome > 0 {
-			return a.welcome
-		}
-		return welcomeTimeout
+		return a.welcomeWait()
 	}
 	return readTimeout(a.hb)
 }
@@ -340,7 +369,7 @@ func (a *Agent) recv(m *wire.Message) Output {
 		default:
 			return Output{Err: fmt.Errorf("expected welcome, got %s", m.Type)}
 		}
-		a.state, a.features = agentStreaming, m.Features
+		a.state, a.features, a.welcomeMisses = agentStreaming, m.Features, 0
 		a.hb = time.Duration(m.HeartbeatMillis) * time.Millisecond
 		if a.hb <= 0 || a.hb > time.Minute {
 			a.hb = 5 * time.Second
