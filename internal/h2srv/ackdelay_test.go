@@ -3,6 +3,7 @@ package h2srv
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"testing"
@@ -120,5 +121,56 @@ func TestPingAckBoundedWhileStreamOpen(t *testing.T) {
 		if p, ok := rc.next().(*http2.PingFrame); ok && p.IsAck() && p.Data == [8]byte{9} {
 			return
 		}
+	}
+}
+
+// TestPingAckWithinOpenFlushDelay: while streams are open whose handlers
+// never respond, every PING is acknowledged within openFlushDelay as set
+// (10 ms) and some slack for a loaded machine: a PING read alone, or with
+// the request of another such stream, as a gRPC client sends them. A held
+// acknowledgement left unsent (a timer not armed, or stopped by a flush
+// that did not take it along) fails at the read's deadline.
+func TestPingAckWithinOpenFlushDelay(t *testing.T) {
+	const slack = 250 * time.Millisecond
+	bound := time.Duration(openFlushDelay.Load())
+	release := make(chan struct{})
+	defer close(release)
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release })}
+	addr := serve(t, s)
+	rc, flush := pingThenCall(t, addr)
+	// acked waits for the acknowledgement of the PING carrying data, sent
+	// at sent.
+	acked := func(data [8]byte, sent time.Time, what string) {
+		t.Helper()
+		rc.c.SetReadDeadline(sent.Add(bound + slack))
+		for {
+			f, err := rc.fr.ReadFrame()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("%s: no acknowledgement within %v (openFlushDelay %v and %v of slack)", what, bound+slack, bound, slack)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+				rc.fr.WriteSettingsAck()
+				flush()
+			}
+			if p, ok := f.(*http2.PingFrame); ok && p.IsAck() && p.Data == data {
+				return
+			}
+		}
+	}
+	acked([8]byte{9}, time.Now(), "the PING sent with the first request")
+	for i := range 20 {
+		data := [8]byte{byte(i), 1}
+		rc.fr.WritePing(false, data)
+		what := fmt.Sprintf("PING %d, alone", i)
+		if i%2 == 1 {
+			rc.headers(uint32(3+2*i), true) // another stream whose response does not come
+			what = fmt.Sprintf("PING %d, with a request", i)
+		}
+		sent := time.Now()
+		flush()
+		acked(data, sent, what)
 	}
 }
