@@ -300,9 +300,12 @@ func processSyscalls(b *testing.B) int64 {
 // message each way, trailers) on 16 connections, one in flight each
 // (fortio's gRPC ping); grpc-bdp, those calls with client and backend
 // pinging as grpc-go's do (bdpPing: a PING and a WINDOW_UPDATE each way per
-// call). ns/op is wall time per request with client, agent
-// and backend in one process; cpu-ns/op the process's CPU time (user and
-// system) per request; rw-syscalls/op its reads and writes per request.
+// call); grpc-1conn, those calls one at a time on one connection: the
+// process mostly idle between them, so its hand-offs wake threads as at a
+// moderate load (bench/handoffs.sh: Ps going from idle to running). ns/op
+// is wall time per request with client, agent and backend in one process;
+// cpu-ns/op the process's CPU time (user and system) per request;
+// rw-syscalls/op its reads and writes per request.
 // Profile the agent's share with -cpuprofile and look below h2srv and
 // lbTransport.
 func BenchmarkL7H2(b *testing.B) {
@@ -329,6 +332,7 @@ func BenchmarkL7H2(b *testing.B) {
 		{"h2c", vipOf(b, a, "demo/benchh2") + ":19600", 1, 10, false, false},
 		{"grpc", vipOf(b, a, "demo/benchgrpc") + ":19601", 16, 1, true, false},
 		{"grpc-bdp", vipOf(b, a, "demo/benchgrpcbdp") + ":19602", 16, 1, true, true},
+		{"grpc-1conn", vipOf(b, a, "demo/benchgrpc") + ":19601", 1, 1, true, false},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			waitFor(b, "the VIP answering", func() bool {
