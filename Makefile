@@ -42,6 +42,8 @@ test: test-deps
 	GOARCH=arm GOARM=7 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/fogmesh-agent
 	# memtrim.ReleaseCode must skip a PIE's relocated read-only data: run it in one.
 	$(GO) test -buildmode=pie -count=1 -timeout 2m -run 'ReleaseCode' ./internal/memtrim/
+	# bench/handoffs is its own module (golang.org/x/exp/trace stays out of the agent's): test it too.
+	cd bench/handoffs && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 2m ./...
 
 test-deps:
 	@scripts/install-deps.sh test
