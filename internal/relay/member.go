@@ -341,6 +341,10 @@ func welcomeWait(bound time.Duration, misses int) time.Duration {
 	return bound << min(misses, 2)
 }
 
+// streamIdle is how long a relay stream's reads wait for a frame once the
+// first trust document came: 4 heartbeats (a var for tests).
+var streamIdle = 4 * wire.RelayHeartbeat
+
 // stream runs one relay stream; got reports whether a trust document
 // arrived on it.
 func (m *Member) stream(ctx context.Context, addr string, setDenied func([]string)) (got bool, err error) {
@@ -367,11 +371,25 @@ func (m *Member) stream(ctx context.Context, addr string, setDenied func([]strin
 		m   *wire.Message
 		err error
 	}
+	// The control plane sends the trust document as soon as the stream is
+	// up: its first one is the relay's welcome, bounded as the handshake
+	// is (an agent's welcome likewise), not by the reads' 4 heartbeats,
+	// and longer after streams given up for none (welcomeWait).
+	wait := welcomeWait(m.cfg.ControlHandshakeTimeout, m.welcomeMisses)
+	welcomeBy := time.Now().Add(wait)
 	in := make(chan frame)
 	go func() {
 		r := wire.NewReader(c)
 		for {
-			c.SetReadDeadline(time.Now().Add(4 * wire.RelayHeartbeat))
+			// Until the welcome's bound its timer decides, not the reads:
+			// a wait grown past streamIdle (a bound over 15 s, doubled)
+			// would end as an i/o timeout, not counted as a stream given
+			// up for no trust document, and never grow again.
+			idle := time.Now().Add(streamIdle)
+			if by := welcomeBy.Add(streamIdle); by.After(idle) {
+				idle = by
+			}
+			c.SetReadDeadline(idle)
 			msg, err := r.Read()
 			select {
 			case in <- frame{msg, err}:
@@ -390,11 +408,6 @@ func (m *Member) stream(ctx context.Context, addr string, setDenied func([]strin
 	}()
 	hb := time.NewTicker(wire.RelayHeartbeat)
 	defer hb.Stop()
-	// The control plane sends the trust document as soon as the stream is
-	// up: its first one is the relay's welcome, bounded as the handshake
-	// is (an agent's welcome likewise), not by the reads' 4 heartbeats,
-	// and longer after streams given up for none (welcomeWait).
-	wait := welcomeWait(m.cfg.ControlHandshakeTimeout, m.welcomeMisses)
 	welcome := time.NewTimer(wait)
 	defer welcome.Stop()
 	renew := time.NewTimer(max(time.Until(enroll.RenewAt(m.Certificate())), 0))

@@ -231,3 +231,40 @@ func TestWelcomeWait(t *testing.T) {
 		}
 	}
 }
+
+// TestMemberWelcomeWaitNotCutByReadIdle: the reads of a relay stream are
+// given up after 4 heartbeats without a frame (streamIdle, 60 s), and
+// before the first trust document there is none: a wait for it grown past
+// that (a controlHandshakeTimeout over 15 s, doubled twice) ended at 60 s
+// all the same, as an i/o timeout, not counted as a stream given up for
+// no trust document, while the log had said the next stream waits longer.
+// The first read waits as long as the welcome's bound.
+func TestMemberWelcomeWaitNotCutByReadIdle(t *testing.T) {
+	const bound = 400 * time.Millisecond
+	idle := streamIdle
+	streamIdle = 500 * time.Millisecond // below 2 and 4 times bound, as 60 s is below 4 times 20 s
+	t.Cleanup(func() { streamIdle = idle })
+	_, fc, log := runBoundedMember(t, bound)
+
+	givenUp := func(c net.Conn) time.Duration {
+		t.Helper()
+		handshaken := time.Now()
+		c.SetReadDeadline(handshaken.Add(4*bound + 5*time.Second))
+		_, err := io.Copy(io.Discard, c)
+		took := time.Since(handshaken)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("the relay still waits for the first trust document %v after the handshake", took)
+		}
+		return took
+	}
+	for i, want := range []time.Duration{bound, 2 * bound, 4 * bound} {
+		took := givenUp(fc.next(t))
+		t.Logf("stream %d given up after %v", i+1, took)
+		if took < want-bound/3 || took > want+2*time.Second {
+			t.Fatalf("stream %d given up %v after the handshake, want %v (the wait after %d given up; reads idle after %v)", i+1, took, want, i, streamIdle)
+		}
+	}
+	if s := log.String(); strings.Contains(s, "i/o timeout") {
+		t.Errorf("a stream ended by its read deadline, not the wait for the trust document:\n%s", s)
+	}
+}

@@ -165,10 +165,14 @@ func (r *refusals) wait(st *yamux.Stream) bool {
 	return !r.ended
 }
 
-// count returns the drains.
+// count returns the drains, none once the session has ended (they are
+// ending).
 func (r *refusals) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.ended {
+		return 0
+	}
 	return len(r.draining)
 }
 
@@ -200,20 +204,22 @@ func (s *Server) drainRefused(c *streamConn) {
 		return
 	}
 	if n := r.pc.yamux.drains.Add(1); n > int64(maxDrainsPerPeer) {
-		r.pc.yamux.drains.Add(-1)
-		r.done(c.Stream)
-		s.cutMostDrains(r.pc, n)
-		return
+		s.cutMostDrains(r.pc)
 	}
+	// If r's session was the one cut, its drains (this one included)
+	// have ended: this one's ends at its first wait.
 	s.wg.Add(1) // the counter is > 0: the caller holds one
 	go s.drain(c.Stream, r)
 }
 
-// cutMostDrains cuts the session of pc's peer with the most drains, its
-// n-th being over maxDrainsPerPeer.
-func (s *Server) cutMostDrains(pc *peerCount, n int64) {
-	x, k := pc.yamux.takeMostDrains()
-	if x.sess == nil { // another refusal's cut took it
+// cutMostDrains cuts the session of pc's peer with the most drains if its
+// live sessions have more than maxDrainsPerPeer. The peer's count (over
+// it, for the caller to be here) also holds the drains of sessions just
+// cut until each ends: by it alone, a refusal on another session in that
+// moment cut that one too.
+func (s *Server) cutMostDrains(pc *peerCount) {
+	x, k, n := pc.yamux.takeMostDrains(maxDrainsPerPeer)
+	if x.sess == nil { // under the cap once counted, or another refusal's cut took it
 		return
 	}
 	err := fmt.Errorf("%w: left %d of its streams refused here open (this session %d), at most %d",
@@ -221,11 +227,20 @@ func (s *Server) cutMostDrains(pc *peerCount, n int64) {
 	s.cutOverBuffer(x, pc, err)
 }
 
+// testHookDrainExit, if set, runs in drain once its stream has left its
+// session's drains, before the peer's count of drains lets it go.
+var testHookDrainExit atomic.Pointer[func()]
+
 // drain reads and drops what the peer sends on st until the stream ends,
 // freeing its buffer as it goes, and cuts its session past one window.
 func (s *Server) drain(st *yamux.Stream, r *refusals) {
 	defer s.wg.Done()
-	defer r.pc.yamux.drains.Add(-1)
+	defer func() {
+		if h := testHookDrainExit.Load(); h != nil {
+			(*h)()
+		}
+		r.pc.yamux.drains.Add(-1)
+	}()
 	defer r.done(st)
 	window := s.cfg.StreamWindow
 	n := 0

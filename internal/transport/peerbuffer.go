@@ -218,23 +218,27 @@ func (p *peerSessions) takeHeaviest(bound int, cur *yamux.Session) (take []peerS
 }
 
 // takeMostDrains takes out of the list, for the caller to cut, the live
-// session with the most drains (drain.go), and returns it with their
-// number; none (a zero peerSession) if no live session has drains.
-func (p *peerSessions) takeMostDrains() (x peerSession, n int) {
+// session with the most drains (drain.go), if the live sessions have more
+// than bound in all, and returns it with its drains and the total; none
+// (a zero peerSession) if they have no more than bound.
+func (p *peerSessions) takeMostDrains(bound int) (x peerSession, k, total int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range p.list {
 		if s.drains == nil || s.sess.IsClosed() {
 			continue
 		}
-		if k := s.drains.count(); k > n {
-			x, n = s, k
+		n := s.drains.count()
+		total += n
+		if n > k {
+			x, k = s, n
 		}
 	}
-	if x.sess != nil {
-		p.removeLocked(x.sess)
+	if total <= bound {
+		return peerSession{}, 0, total
 	}
-	return x, n
+	p.removeLocked(x.sess)
+	return x, k, total
 }
 
 func boolInt(b bool) int {

@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -274,4 +276,61 @@ func TestDrainsBoundedWithoutBudget(t *testing.T) {
 	eventually(t, "the session cut", sess.IsClosed)
 	wantMetric(t, srv.metrics, `fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"} 1`)
 	waitGoroutines(t, before)
+}
+
+// TestDrainsCapCutsOneSession: the peer's count of drains lets a cut
+// session's drains go only as each ends, a moment after the cut. A
+// refusal on another session of the peer in that moment found the count
+// still over maxDrainsPerPeer and cut that session too, the one with the
+// most drains left: here one, well under the cap. Held at that moment,
+// the peer's other session must stay up, its refused stream drained.
+func TestDrainsCapCutsOneSession(t *testing.T) {
+	const limit = 8
+	old := maxDrainsPerPeer
+	maxDrainsPerPeer = limit
+	t.Cleanup(func() { maxDrainsPerPeer = old })
+	srv := startServer(t, listen(t, "127.0.0.1:0"), mapDialer{}, func(c *ServerConfig) {
+		c.StreamWindow = MinStreamWindow
+		c.PeerStreams = NewPeerStreams(0, -1, c.Metrics) // no budget: the cap alone
+	})
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free) // before the server's Close, which waits for the drains
+	refuse := func(sess *yamux.Session, what string) {
+		t.Helper()
+		if _, code, _, err := openTo(sess, "nope"); err != nil || code != StatusRefused {
+			t.Fatalf("%s: %v %v, want refused", what, code, err)
+		}
+	}
+
+	// Both sessions come from 127.0.0.1: one peer, one count.
+	quiet := rawPeer(t, srv, MinStreamWindow)
+	refuse(quiet, "the quiet session's stream")
+	loud := rawPeer(t, srv, MinStreamWindow)
+	for i := range limit - 1 {
+		refuse(loud, fmt.Sprintf("the loud session's stream %d", i))
+	}
+	eventually(t, "every drain started", func() bool { return goroutinesIn(drainFunc) == limit })
+
+	hold := func() { <-release }
+	testHookDrainExit.Store(&hold)
+	t.Cleanup(func() { testHookDrainExit.Store(nil) })
+	openTo(loud, "nope") // past the cap: refused, and the loud session cut
+	eventually(t, "the loud session cut", loud.IsClosed)
+	wantMetric(t, srv.metrics, `fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"} 1`)
+
+	// Its drains are held before the count lets them go: the quiet
+	// session's second refused stream finds it over the cap.
+	refuse(quiet, "the quiet session's second stream")
+	eventually(t, "the quiet session cut, or its second stream drained", func() bool {
+		// The loud session's drains, held (its refused stream past the
+		// cap too), and the quiet session's two.
+		return quiet.IsClosed() || goroutinesIn(drainFunc) == limit+2
+	})
+	if quiet.IsClosed() {
+		t.Errorf("the quiet session (one drain, and the stream just refused) was cut too, for the drains of the loud one (%d, cut) that had not ended yet", limit-1)
+	}
+	wantMetric(t, srv.metrics, `fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"} 1`)
+	free()
 }
