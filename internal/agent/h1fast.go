@@ -113,6 +113,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 				return
 			}
 		}
+		wire.headStarted()
 		hdr, err := httpproxy.PeekHeader(br, c)
 		eligible, clte := false, false
 		if err == nil {
