@@ -88,7 +88,9 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	cs.watchHeadFn = cs.watchHead // one func value for the connection, not one per request with a body
 	// Cancelled only by watch (a client gone mid-stream) and when the
 	// connection ends: the pools hook only streaming bodies to it.
-	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withConnIdentity(connCtx, tc.clientID), &cs.resp))
+	place := s.clients.holdConn(cs.remote, s.a.cfg.MaxRequestsPerClient) // its requests count there (acquireFor)
+	defer s.clients.dropConn(place)
+	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withClientPlace(withConnIdentity(connCtx, tc.clientID), place), &cs.resp))
 	defer cs.headersDone()
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
@@ -113,6 +115,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 				return
 			}
 		}
+		wire.headStarted()
 		hdr, err := httpproxy.PeekHeader(br, c)
 		eligible, clte := false, false
 		if err == nil {

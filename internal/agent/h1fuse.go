@@ -41,8 +41,14 @@ type h1Wire struct {
 	held    []byte
 	holding bool
 	// until is the next request's read deadline (the idle timeout) while
-	// the fused read's own is fuseRecheck's.
-	until time.Time
+	// the fused read's own is fuseRecheck's. rechecking: that one is
+	// still set after the read that brought bytes; until is set again
+	// only if the request's first bytes need another read (Read). Once
+	// they are in, what reads the client next sets its own deadline
+	// first (the head's, a body's, a watch's, the next request's):
+	// headStarted drops it unset, one deadline set per request, not two.
+	until      time.Time
+	rechecking bool
 	// pipelined: the client sent a request before the last response; it
 	// may again, and would then wait for fuseRecheck: no fusion.
 	pipelined bool
@@ -77,6 +83,7 @@ func (w *h1Wire) flush(bw *bufio.Writer, hold bool) error {
 func (w *h1Wire) next(br *bufio.Reader, now, until time.Time) bool {
 	if w.held == nil {
 		w.c.SetReadDeadline(until)
+		w.rechecking = false
 		return true
 	}
 	last := w.last
@@ -106,15 +113,31 @@ func (w *h1Wire) sendHeld(until time.Time) error {
 	held := w.held
 	w.held = nil
 	w.c.SetReadDeadline(until)
+	w.rechecking = false
 	_, err := w.tc.Write(held)
 	return err
 }
+
+// unrecheck sets the idle timeout's deadline again if fuseRecheck's is
+// still set (rechecking).
+func (w *h1Wire) unrecheck() {
+	if w.rechecking {
+		w.rechecking = false
+		w.c.SetReadDeadline(w.until)
+	}
+}
+
+// headStarted: the request's first bytes are in (the serving loop's
+// Peeks, before the head's), so fuseRecheck's deadline can stay: whatever reads the client
+// next sets its own first (rechecking).
+func (w *h1Wire) headStarted() { w.rechecking = false }
 
 func (w *h1Wire) Read(p []byte) (int, error) {
 	if w.raw == nil {
 		return w.c.Read(p)
 	}
 	if w.held == nil {
+		w.unrecheck()
 		return w.raw.Read(p)
 	}
 	held := w.held
@@ -129,8 +152,9 @@ func (w *h1Wire) Read(p []byte) (int, error) {
 		}
 		return w.raw.Read(p)
 	}
-	w.c.SetReadDeadline(w.until) // the idle timeout again, for whatever else the head needs
+	w.rechecking = true // until, again before any other read (unrecheck, headStarted)
 	if err != nil && httpproxy.IsTimeout(err) && monoTime().Before(w.until) {
+		w.unrecheck()
 		if h := fuseRecheckedHook.Load(); h != nil {
 			(*h)()
 		}

@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -39,51 +38,10 @@ const defaultMaxPerClient = 256
 // Answered 429: it is this client's excess, not the service's overload.
 var errClientLimit = errors.New("too many requests in flight from this client")
 
-// clientLimiter counts each client's requests in flight, from admission
-// until the response body is done. Clients are keyed by source address
-// (the identity of a local workload is its address).
-type clientLimiter struct {
-	mu sync.Mutex
-	n  map[string]int
-}
-
-// acquire takes one of limit places for the client at remote (an
-// "ip:port") into h; false when the client is at its limit. limit <= 0:
-// no limit.
-func (l *clientLimiter) acquire(remote string, limit int, h *reqHold) bool {
-	if limit <= 0 {
-		return true
-	}
-	key := remote
-	if host, _, err := net.SplitHostPort(remote); err == nil {
-		key = host
-	}
-	l.mu.Lock()
-	if l.n == nil {
-		l.n = map[string]int{}
-	}
-	if l.n[key] >= limit {
-		l.mu.Unlock()
-		return false
-	}
-	l.n[key]++
-	l.mu.Unlock()
-	h.clients, h.client = l, key
-	return true
-}
-
-func (l *clientLimiter) release(key string) {
-	l.mu.Lock()
-	if l.n[key]--; l.n[key] <= 0 {
-		delete(l.n, key) // no entry kept per client that ever came
-	}
-	l.mu.Unlock()
-}
-
 // reqHold is what a request holds until its response body is done.
 type reqHold struct {
-	clients  *clientLimiter // the client's place (key client)
-	client   string
+	clients  *clientLimiter // the client's place
+	client   *clientPlace
 	inflight *atomic.Int64 // the agent's slot (admit)
 	slot     func()        // the circuit breaker's slot (limitRequest)
 	timeout  func()        // the request timeout's timer and context

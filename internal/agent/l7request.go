@@ -81,7 +81,7 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs) (resp *http.Respons
 			}
 		}
 	}()
-	if !lt.l7.clients.acquire(req.RemoteAddr, a.cfg.MaxRequestsPerClient, &h) {
+	if !lt.l7.clients.acquireFor(req, lt.h1, a.cfg.MaxRequestsPerClient, &h) {
 		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_client_limit_rejections_total{service=%q}`, t.svc)).Inc()
 		return nil, errClientLimit
 	}

@@ -126,7 +126,10 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				return resp, nil
 			}
 		}
-		start := time.Now()
+		// The monotonic clock alone (monoTime: one vDSO call, not
+		// time.Now's two): start and end are only ever subtracted and
+		// compared with other readings that have it.
+		start := monoTime()
 		st := a.epStats(ev)
 		active := &st.Active
 		active.Add(1)

@@ -131,15 +131,29 @@ func Eligible(hdr []byte) (ok, clte bool) {
 	hosts, cl, te := 0, false, false
 	for len(rest) > 0 {
 		line, rest, _ = bytes.Cut(rest, []byte("\n"))
-		switch {
-		case hasPrefixFold(line, "upgrade:") || hasPrefixFold(line, "expect:"):
-			return false, false
-		case hasPrefixFold(line, "host:"):
-			hosts++
-		case hasPrefixFold(line, "content-length:"):
-			cl = true
-		case hasPrefixFold(line, "transfer-encoding:"):
-			te = true
+		if len(line) == 0 {
+			continue
+		}
+		// One comparison per line, by its first letter: hasPrefixFold
+		// matches only ASCII bytes (a prefix's length in bytes, rune for
+		// rune), and only 'U' and 'u' give 'u' with 0x20 set, and so on.
+		switch line[0] | 0x20 {
+		case 'u':
+			if hasPrefixFold(line, "upgrade:") {
+				return false, false
+			}
+		case 'e':
+			if hasPrefixFold(line, "expect:") {
+				return false, false
+			}
+		case 'h':
+			if hasPrefixFold(line, "host:") {
+				hosts++
+			}
+		case 'c':
+			cl = cl || hasPrefixFold(line, "content-length:")
+		case 't':
+			te = te || hasPrefixFold(line, "transfer-encoding:")
 		}
 	}
 	return hosts == 1, cl && te // else the server answers 400 (http.ReadRequest drops Host)

@@ -54,12 +54,48 @@ func TestEligible(t *testing.T) {
 		{"no Host", "GET / HTTP/1.1\r\nAccept: */*\r\n", false, false},
 		{"two Hosts", "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n", false, false},
 		{"CL and TE", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n", true, true},
+		{"names in any case", "POST / HTTP/1.1\r\nhOsT: x\r\nCONTENT-LENGTH: 3\r\ntransfer-ENCODING: chunked\r\n", true, true},
+		{"same first letters", "GET / HTTP/1.1\r\nCookie: a\r\nHost: x\r\nTE: trailers\r\nEtag: y\r\nUser-Agent: z\r\nHostname: w\r\n", true, false},
+		{"upgrade in any case", "GET / HTTP/1.1\r\nHost: x\r\nuPgRaDe: h2c\r\n", false, false},
+		{"a non-ASCII first byte", "GET / HTTP/1.1\r\nHost: x\r\n\xd5pgrade: h2c\r\n\xc5\xbfost: y\r\n", true, false},
+		{"an empty line inside", "GET / HTTP/1.1\r\n\nHost: x\r\n", true, false},
 	} {
 		ok, clte := Eligible([]byte(tc.head))
 		if ok != tc.ok || clte != tc.clte {
 			t.Errorf("%s: Eligible = %v, %v; want %v, %v", tc.name, ok, clte, tc.ok, tc.clte)
 		}
+		if rok, rclte := eligibleEveryPrefix([]byte(tc.head)); ok != rok || clte != rclte {
+			t.Errorf("%s: Eligible = %v, %v; each prefix tried on each line: %v, %v", tc.name, ok, clte, rok, rclte)
+		}
 	}
+}
+
+// eligibleEveryPrefix is Eligible as it was before its field scan
+// dispatched on a line's first letter: every prefix tried on every line.
+func eligibleEveryPrefix(hdr []byte) (ok, clte bool) {
+	line, rest, _ := bytes.Cut(hdr, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	if !bytes.HasSuffix(line, []byte(" HTTP/1.1")) || bytes.HasPrefix(line, []byte("CONNECT ")) || bytes.HasPrefix(line, []byte("PRI ")) {
+		return false, false
+	}
+	if sp := bytes.IndexByte(line, ' '); sp < 0 || sp+1 >= len(line) || line[sp+1] != '/' {
+		return false, false
+	}
+	hosts, cl, te := 0, false, false
+	for len(rest) > 0 {
+		line, rest, _ = bytes.Cut(rest, []byte("\n"))
+		switch {
+		case hasPrefixFold(line, "upgrade:") || hasPrefixFold(line, "expect:"):
+			return false, false
+		case hasPrefixFold(line, "host:"):
+			hosts++
+		case hasPrefixFold(line, "content-length:"):
+			cl = true
+		case hasPrefixFold(line, "transfer-encoding:"):
+			te = true
+		}
+	}
+	return hosts == 1, cl && te
 }
 
 func TestCheckRequest(t *testing.T) {
@@ -222,12 +258,19 @@ type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("reset") }
 
-// FuzzEligible: the header scan of the fast framing never panics.
+// FuzzEligible: the header scan of the fast framing never panics, and
+// judges as every prefix tried on every line would (eligibleEveryPrefix).
 func FuzzEligible(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n"))
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"))
 	f.Add([]byte("\n\n\r"))
-	f.Fuzz(func(t *testing.T, b []byte) { Eligible(b) })
+	f.Add([]byte("GET / HTTP/1.1\r\nhOST: x\r\nCONTENT-length: 1\r\nTransfer-Encoding: x\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ok, clte := Eligible(b)
+		if rok, rclte := eligibleEveryPrefix(b); ok != rok || clte != rclte {
+			t.Fatalf("Eligible(%q) = %v, %v; each prefix tried on each line: %v, %v", b, ok, clte, rok, rclte)
+		}
+	})
 }
 
 // FuzzHeadEndDifferential holds headEnd to net/http's request parser:

@@ -6,6 +6,7 @@ import (
 	"net/http/httputil"
 	"net/textproto"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -126,8 +127,19 @@ func ScrubRequestHeader(h http.Header, connection []string) {
 var teTrailers = []string{"trailers"}
 
 func isHop(name string) bool {
+	// An ASCII name can fold equal only to a header of its length (every
+	// request's names are: they are tokens), so most of the nine
+	// comparisons are skipped; strings.EqualFold's Unicode folds (U+212A
+	// KELVIN SIGN is 'k') let other names match longer or shorter ones.
+	ascii := true
+	for i := 0; i < len(name); i++ {
+		if name[i] >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
 	for _, h := range hopHeaders {
-		if strings.EqualFold(name, h) {
+		if (!ascii || len(name) == len(h)) && strings.EqualFold(name, h) {
 			return true
 		}
 	}

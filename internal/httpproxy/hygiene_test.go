@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -159,6 +160,27 @@ func TestScrubProxyRequest(t *testing.T) {
 		}
 		if !maps.EqualFunc(out.Trailer, http.Header{"X-Sum": {"1"}}, slices.Equal) {
 			t.Errorf("trailer %v", out.Trailer)
+		}
+	}
+}
+
+// TestIsHopAsEqualFold: isHop names what strings.EqualFold against each
+// hop-by-hop header names, the Unicode folds included (U+212A KELVIN SIGN
+// is 'k' to EqualFold, U+017F LONG S is 's': names longer in bytes than
+// the header they match).
+func TestIsHopAsEqualFold(t *testing.T) {
+	names := []string{"Connection", "connection", "KEEP-ALIVE", "\u212aeep-Alive", "Tran\u017ffer-Encoding", "Te", "tE", "T", "Tee",
+		"Upgrade", "Upgrades", "Host", "Accept", "X-Forwarded-For", "Proxy-Authorization", "Proxy-Authorizatio", "", "\xff", "Trailer"}
+	for _, h := range hopHeaders {
+		names = append(names, h, strings.ToLower(h), strings.ToUpper(h), h+"x", h[1:])
+	}
+	for _, name := range names {
+		want := false
+		for _, h := range hopHeaders {
+			want = want || strings.EqualFold(name, h)
+		}
+		if got := isHop(name); got != want {
+			t.Errorf("isHop(%q) = %v; EqualFold says %v", name, got, want)
 		}
 	}
 }

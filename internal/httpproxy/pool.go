@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -97,6 +95,7 @@ type poolConn struct {
 	head   headLimit
 	bw     *bufio.Writer
 	idleAt time.Time
+	usedAt time.Time // when get took it from the idle list (zero: new)
 	reused bool
 	uses   int // requests sent on it
 	// peekNext: the last response had no body by rule (HEAD, 204, 304)
@@ -191,10 +190,11 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 			pc := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
-			// time.Since reads the monotonic clock only (idleAt has it):
+			// MonoTime reads the monotonic clock only (idleAt has it):
 			// one vDSO call, not time.Now's two.
-			if idle := time.Since(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
-				pc.reused, pc.peekNext, pc.fuse = true, false, idle < fuseIdleMax
+			now := MonoTime()
+			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
+				pc.reused, pc.peekNext, pc.fuse, pc.usedAt = true, false, idle < fuseIdleMax, now
 				return pc, nil
 			}
 			pc.close()
@@ -212,7 +212,7 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 	pc.poison = func() { pc.poisoned.Store(true); c.SetDeadline(aLongTimeAgo) }
 	if raw != nil {
 		raw.OnStall, raw.StallAfter = pc.onStall, earlyResponseWait
-		pc.rc, pc.peekFn, pc.wire = raw.rc, pc.peek, &upWire{raw: raw}
+		pc.rc, pc.peekFn, pc.wire = raw.rc, pc.peek, &upWire{raw: raw, clear: func() { pc.setReadDeadline(time.Time{}) }}
 		rw = pc.wire
 	}
 	pc.bw = bufio.NewWriterSize(rw, BufSize)
@@ -232,7 +232,7 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 }
 
 func (p *Pool) put(pc *poolConn) {
-	pc.idleAt = time.Now()
+	pc.idleAt = MonoTime() // read with the monotonic clock only (get, reapIdle)
 	p.mu.Lock()
 	if p.closed || len(p.idle) >= p.cfg.MaxIdle || pc.retired() {
 		p.mu.Unlock()
@@ -281,35 +281,6 @@ func (pc *poolConn) close() {
 	p.mu.Lock()
 	delete(p.all, pc)
 	p.mu.Unlock()
-}
-
-// alive checks a connection that has been idle a while: the endpoint may
-// have closed it (its idle timeout). One non-blocking MSG_PEEK on TCP;
-// connections without a file descriptor (mesh streams) are assumed alive
-// (a failure on reuse is retried, see RoundTrip).
-func (pc *poolConn) alive() bool {
-	if pc.br.Buffered() > 0 {
-		return false // bytes nobody asked for
-	}
-	return !pc.pending()
-}
-
-// pending reports whether bytes, the end or an error wait on the socket
-// (false without a file descriptor).
-func (pc *poolConn) pending() bool {
-	if pc.rc == nil {
-		return false
-	}
-	pc.peeked = false
-	return pc.rc.Read(pc.peekFn) != nil || !pc.peeked
-}
-
-// peek is pending's look at the socket (made once: peekFn).
-func (pc *poolConn) peek(fd uintptr) bool {
-	var b [1]byte
-	_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	pc.peeked = err == unix.EAGAIN
-	return true
 }
 
 // ErrPoolClosed: the pool was closed (Close) before a new connection

@@ -35,6 +35,12 @@ type upWire struct {
 	raw     *RawIO
 	held    []byte // the request, in the connection's bufio.Writer buffer
 	holding bool   // Write keeps what it is given (holdFlush)
+	// rechecking: the read deadline is still the last fused read's
+	// (sendHeld), left set rather than cleared after every response; the
+	// next read of any other kind clears it first (clear: the pool
+	// connection's setReadDeadline, the poison kept).
+	rechecking bool
+	clear      func()
 }
 
 func (u *upWire) Write(p []byte) (int, error) {
@@ -53,6 +59,7 @@ var errHeldUnsent = errors.New("httpproxy: held request not written whole")
 func (u *upWire) Read(p []byte) (int, error) {
 	held := u.held
 	if held == nil {
+		u.unrecheck()
 		return u.raw.Read(p)
 	}
 	wn, n, err := u.raw.WriteRead(held, p)
@@ -62,6 +69,14 @@ func (u *upWire) Read(p []byte) (int, error) {
 	}
 	u.held = nil
 	return n, err
+}
+
+// unrecheck clears the read deadline a fused read left (rechecking).
+func (u *upWire) unrecheck() {
+	if u.rechecking {
+		u.rechecking = false
+		u.clear()
+	}
 }
 
 // flushRequest flushes bw, a bodyless request's bytes held for the read
@@ -84,9 +99,17 @@ func (pc *poolConn) sendHeld() (werr, rerr error) {
 	if u == nil || u.held == nil {
 		return nil, nil
 	}
-	pc.setReadDeadline(MonoTime().Add(fuseRecheck))
+	// The deadline stays after the read (rechecking): a busy connection's
+	// next fused read moves it, and whatever else reads first clears it,
+	// one deadline set per request rather than two. usedAt is get's clock
+	// reading, a few microseconds before.
+	at := pc.usedAt
+	if at.IsZero() {
+		at = MonoTime()
+	}
+	pc.setReadDeadline(at.Add(fuseRecheck))
+	u.rechecking = true
 	_, rerr = pc.br.Peek(1)
-	pc.setReadDeadline(time.Time{})
 	if rerr != errHeldUnsent {
 		if rerr != nil && IsTimeout(rerr) && !pc.poisoned.Load() {
 			rerr = nil // fuseRecheck's: exchange reads the ordinary way

@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"sync/atomic"
@@ -102,5 +103,51 @@ func TestPoolCancelDuringFusedWait(t *testing.T) {
 		case <-timeout:
 			t.Fatalf("%d of %d cancelled requests still wait", 2*n-i, 2*n)
 		}
+	}
+}
+
+// TestPoolFusedDeadlineGoneBeforeOtherReads: fuseRecheck's read deadline
+// bounds only the fused read of a response's first bytes. A body that
+// comes after it, a connection left idle past it and then checked before
+// reuse (alive: the check of a request with a body), and the ordinary
+// exchange of a connection idle past fuseIdleMax all read as if it was
+// never set: each gets its answer on the one connection.
+func TestPoolFusedDeadlineGoneBeforeOtherReads(t *testing.T) {
+	slowBody := make(chan struct{}, 1)
+	u := startUpstream(t, func(c net.Conn, req *http.Request) bool {
+		select {
+		case <-slowBody: // the head now, the body after fuseRecheck
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+			time.Sleep(fuseRecheck + fuseRecheck/2)
+			io.WriteString(c, "ok")
+			return true
+		default:
+			return ok(c, req)
+		}
+	})
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	pastRecheck := func() {
+		t.Helper()
+		from := MonoTime()
+		waitFor(t, "fuseRecheck to pass", func() bool { return MonoTime().Sub(from) > 2*fuseRecheck })
+	}
+	get(t, p, "GET", "") // the connection, dialed: the next GET fuses
+	slowBody <- struct{}{}
+	if code, body := get(t, p, "GET", ""); code != 200 || body != "ok" {
+		t.Fatalf("body after fuseRecheck: %d %q", code, body)
+	}
+	get(t, p, "GET", "") // fused: its deadline is left for what follows
+	pastRecheck()
+	if code, body := get(t, p, "POST", "x"); code != 200 || body != "ok" {
+		t.Fatalf("checked before reuse: %d %q", code, body)
+	}
+	get(t, p, "GET", "")
+	pastRecheck()
+	if code, body := get(t, p, "GET", ""); code != 200 || body != "ok" {
+		t.Fatalf("ordinary exchange: %d %q", code, body)
+	}
+	if n := u.accepted.Load(); n != 1 {
+		t.Fatalf("%d connections; want 1", n)
 	}
 }
