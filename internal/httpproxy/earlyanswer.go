@@ -219,6 +219,12 @@ const earlyResponseWait = 100 * time.Millisecond
 // refused (pc.bad), or the heads went past MaxResponseHeadBytes (the
 // count exchange began before the write goes on).
 func (pc *poolConn) earlyResponse(req *http.Request) (*http.Response, error) {
+	if pc.wire != nil {
+		// The deadline set next replaces a fused read's left set: the
+		// reads below must not clear it as that one (upWire.unrecheck),
+		// or they wait unbounded for an endpoint that got nothing.
+		pc.wire.rechecking = false
+	}
 	pc.c.SetReadDeadline(time.Now().Add(earlyResponseWait))
 	defer pc.c.SetReadDeadline(time.Time{})
 	if err := pc.finishInterim(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -149,5 +150,38 @@ func TestPoolFusedDeadlineGoneBeforeOtherReads(t *testing.T) {
 	}
 	if n := u.accepted.Load(); n != 1 {
 		t.Fatalf("%d connections; want 1", n)
+	}
+}
+
+// TestPoolShortBodyAfterFusedResponseFailsPromptly: a request whose body
+// ends short of its Content-Length fails before any of it is sent; the
+// look for an early answer that follows (earlyResponse) waits at most
+// earlyResponseWait, also on a connection whose last response a fused read
+// brought (its deadline left set, rechecking): clearing that deadline must
+// not clear earlyResponse's own, or the read waits for an answer that never
+// comes (the endpoint got nothing) until the request is cancelled.
+func TestPoolShortBodyAfterFusedResponseFailsPromptly(t *testing.T) {
+	u := startUpstream(t, ok)
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	for i := range 5 { // each on a new connection: its first GET fuses
+		get(t, p, "GET", "")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		req, err := http.NewRequestWithContext(ctx, "POST", "http://svc/x", io.NopCloser(strings.NewReader("x")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.ContentLength = 5
+		start := time.Now()
+		resp, err := p.RoundTrip(req)
+		took := time.Since(start)
+		cancel()
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("%d: a body short of its Content-Length: %d", i, resp.StatusCode)
+		}
+		if took > 10*earlyResponseWait {
+			t.Fatalf("%d: failed after %v (%v); want within earlyResponseWait, %v", i, took, err, earlyResponseWait)
+		}
 	}
 }
