@@ -50,12 +50,19 @@ func (l *clientLimiter) placeLocked(key string) *clientPlace {
 }
 
 // take counts one more request at p unless that makes more than limit.
+// A refusal leaves the count as it was: an add undone after it would be
+// read meanwhile by another admission, refused with a place free (the
+// limiter's lock kept the count exact before a connection held places).
 func (p *clientPlace) take(limit int) bool {
-	if p.inflight.Add(1) > int64(limit) {
-		p.inflight.Add(-1)
-		return false
+	for {
+		n := p.inflight.Load()
+		if n >= int64(limit) {
+			return false
+		}
+		if p.inflight.CompareAndSwap(n, n+1) {
+			return true
+		}
 	}
-	return true
 }
 
 // acquire takes one of limit places for the client at remote (an

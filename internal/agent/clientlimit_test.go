@@ -101,3 +101,55 @@ func TestClientLimiterConcurrentReleaseAndDrop(t *testing.T) {
 		t.Fatalf("%d entries left", len(l.n))
 	}
 }
+
+// TestClientLimiterRefusalLeavesNoCount: a request refused at its cap
+// leaves nothing in the count another admission reads, as under the
+// limiter's lock before: one client's requests refused at a cap of one
+// (one is in flight for good) while another admission, at a cap of two,
+// takes and gives back the second place again and again must never find
+// the place taken.
+func TestClientLimiterRefusalLeavesNoCount(t *testing.T) {
+	var l clientLimiter
+	conn := l.holdConn("127.0.0.1:1000", 2)
+	defer l.dropConn(conn)
+	var held reqHold
+	if !l.acquireAt(conn, 2, &held) {
+		t.Fatal("first request refused")
+	}
+	defer held.release()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var h reqHold
+				if l.acquireAt(conn, 1, &h) || l.acquire("127.0.0.1:2000", 1, &h) {
+					h.release()
+					t.Error("a request over a cap of one with one in flight was served")
+					return
+				}
+			}
+		}()
+	}
+	refused := 0
+	for range 20000 {
+		var h reqHold
+		if !l.acquireAt(conn, 2, &h) {
+			refused++
+			continue
+		}
+		h.release()
+	}
+	close(stop)
+	wg.Wait()
+	if refused > 0 {
+		t.Fatalf("%d of 20000 requests refused with one of two places free", refused)
+	}
+}
