@@ -184,3 +184,20 @@ func TestIsHopAsEqualFold(t *testing.T) {
 		}
 	}
 }
+
+// FuzzIsHop holds isHop to strings.EqualFold against every hop-by-hop
+// header name, the scan before names were compared by length.
+func FuzzIsHop(f *testing.F) {
+	for _, s := range []string{"Connection", "\u212aeep-Alive", "Tran\u017ffer-Encoding", "te", "\xff", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		want := false
+		for _, h := range hopHeaders {
+			want = want || strings.EqualFold(name, h)
+		}
+		if got := isHop(name); got != want {
+			t.Fatalf("isHop(%q) = %v; EqualFold says %v", name, got, want)
+		}
+	})
+}
