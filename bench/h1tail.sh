@@ -17,6 +17,7 @@
 # of TRACE_SECS (/debug/pprof/trace) of each agent in its last round, into
 # OUT_DIR (go tool trace; bench/h1tail's analysis reads them too).
 #
+# PEERS: the engines besides the agents (default "direct nginx bareg baree").
 # Knobs: ROUNDS (5), SECS (20), QPS (2000), CONNS (16), FORTIO_RES
 # (0.00001), BENCH_BASE_PORT (29800), VIP_OCTET (100), PIN (0), TRACE (0),
 # TRACE_SECS (5), OUT_DIR (bench/out/h1tail-<date>).
@@ -69,7 +70,7 @@ start_nginx "$NGINX" "
 # its code), and one epoll loop (nginx's model, in Go).
 start bareg "${PIN_PROXY[@]}" "$BIN/h1bare" -model go "127.0.0.1:$P_BAREG=127.0.0.1:$P_HTTP"
 start baree "${PIN_PROXY[@]}" "$BIN/h1bare" -model epoll -loops 1 "127.0.0.1:$P_BAREE=127.0.0.1:$P_HTTP"
-ENGINES=(direct nginx bareg baree)
+read -ra ENGINES <<<"${PEERS:-direct nginx bareg baree}"
 declare -A URL=([direct]="http://127.0.0.1:$P_HTTP/" [nginx]="http://127.0.0.1:$P_NGINX/"
   [bareg]="http://127.0.0.1:$P_BAREG/" [baree]="http://127.0.0.1:$P_BAREE/")
 declare -A APID APORT
