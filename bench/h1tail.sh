@@ -15,7 +15,8 @@
 # another's endpoint) and VIPs in 127.VIP_OCTET.N.0/24.
 # TRACE=1 (agent binaries built with -tags fogmesh_pprof): a runtime trace
 # of TRACE_SECS (/debug/pprof/trace) of each agent in its last round, into
-# OUT_DIR (go tool trace; bench/h1tail's analysis reads them too).
+# OUT_DIR (go tool trace; bench/handoffs/tailwait splits each request's
+# time in the agent: cd bench/handoffs && go run ./tailwait OUT_DIR/NAME.trace).
 #
 # PEERS: the engines besides the agents (default "direct nginx bareg baree").
 # Knobs: ROUNDS (5), SECS (20), QPS (2000), CONNS (16), FORTIO_RES
