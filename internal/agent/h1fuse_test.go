@@ -265,21 +265,7 @@ const h1EmptyReadBudget = 0.5
 // written the ordinary way, waiting for the client, and the read of the
 // next request follows.
 func TestH1WireHeldWriteFallsBack(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	peer, c := loopbackPair(t)
 	c.(*net.TCPConn).SetWriteBuffer(4 << 10)
 	tc := &taggedConn{Conn: c, done: func() {}}
 	tc.raw = httpproxy.NewRawIO(c)
@@ -367,22 +353,8 @@ func TestH1PipeliningClientNotHeldAgain(t *testing.T) {
 // nothing (session 29: 2-8 % of the gaps at that rate). A connection
 // whose requests come close together twice in a row is fused.
 func TestH1OneShortGapNotFused(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
+	peer, c := loopbackPair(t)
 	go io.Copy(io.Discard, peer) // the client reads every response
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	tc := &taggedConn{Conn: c, done: func() {}}
 	tc.raw = httpproxy.NewRawIO(c)
 	w := &h1Wire{tc: tc, c: c, raw: tc.raw}
