@@ -118,12 +118,7 @@ func TestDrainsEndWithTheirSession(t *testing.T) {
 				conn = tlsHandshake(t, conn, cliSrc)
 			}
 			sess := yamuxPeer(t, conn, window)
-			for i := range drains {
-				if _, code, _, err := openTo(sess, "nope"); err != nil || code != StatusRefused {
-					t.Fatalf("stream %d to an unknown endpoint: %v %v, want refused", i, code, err)
-				}
-			}
-			eventually(t, "every drain started", func() bool { return goroutinesIn(drainFunc) == drains })
+			refuseAll(t, sess, drains)
 			cpu, start := cpuTime(t), time.Now()
 			tc.end(srv, sess, conn)
 			eventually(t, "every drain ended", func() bool { return goroutinesIn(drainFunc) == 0 })
@@ -223,12 +218,7 @@ func TestDrainsEndWhenYamuxEndsSessionAlone(t *testing.T) {
 	before := runtime.NumGoroutine()
 	conn := dialTCP(t, srv.addr)
 	sess := yamuxPeer(t, conn, window)
-	for i := range drains {
-		if _, code, _, err := openTo(sess, "nope"); err != nil || code != StatusRefused {
-			t.Fatalf("stream %d to an unknown endpoint: %v %v, want refused", i, code, err)
-		}
-	}
-	eventually(t, "every drain started", func() bool { return goroutinesIn(drainFunc) == drains })
+	refuseAll(t, sess, drains)
 	cpu, start := cpuTime(t), time.Now()
 	badFrame(t, conn)
 	eventually(t, "every drain ended, the connection's Close held", func() bool { return goroutinesIn(drainFunc) == 0 })
@@ -240,4 +230,16 @@ func TestDrainsEndWhenYamuxEndsSessionAlone(t *testing.T) {
 		t.Errorf("ending %d drains took %v of CPU, want under 250ms", drains, spent)
 	}
 	waitGoroutines(t, before)
+}
+
+// refuseAll opens n streams to an unknown endpoint on sess, each refused,
+// and waits until n drains run in the server (every drain of the test's).
+func refuseAll(t *testing.T, sess *yamux.Session, n int) {
+	t.Helper()
+	for i := range n {
+		if _, code, _, err := openTo(sess, "nope"); err != nil || code != StatusRefused {
+			t.Fatalf("stream %d to an unknown endpoint: %v %v, want refused", i, code, err)
+		}
+	}
+	eventually(t, "every drain started", func() bool { return goroutinesIn(drainFunc) == n })
 }
