@@ -226,8 +226,10 @@ func TestDrainsEndWhenYamuxEndsSessionAlone(t *testing.T) {
 	close(release)
 	released = true
 	t.Logf("%d drains ended in %v, %v of CPU", drains, took, spent)
-	if spent > 250*time.Millisecond {
-		t.Errorf("ending %d drains took %v of CPU, want under 250ms", drains, spent)
+	// 28-173 ms measured under -race; a spin held by the hook runs for
+	// seconds (the drains never ended before the fix).
+	if spent > 500*time.Millisecond {
+		t.Errorf("ending %d drains took %v of CPU, want under 500ms", drains, spent)
 	}
 	waitGoroutines(t, before)
 }
