@@ -222,7 +222,7 @@ func (s *Server) cutMostDrains(pc *peerCount) {
 	if x.sess == nil { // under the cap once counted, or another refusal's cut took it
 		return
 	}
-	err := fmt.Errorf("%w: left %d of its streams refused here open (this session %d), at most %d",
+	err := fmt.Errorf("%w: left %d of its streams refused here open (this session %d), at most %d refused streams per peer",
 		ErrPeerBuffer, n, k, maxDrainsPerPeer)
 	s.cutOverBuffer(x, pc, err)
 }

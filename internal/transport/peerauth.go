@@ -41,9 +41,11 @@ var (
 	ErrPeerRevoked = errors.New("peer revoked")
 	// ErrPeerExpired: a certificate of the peer's chain expired.
 	ErrPeerExpired = errors.New("peer certificate expired")
-	// ErrPeerBuffer: the peer left more streams open than its buffer
-	// budget allows (peerbuffer.go).
-	ErrPeerBuffer = errors.New("peer holds streams past its buffer budget")
+	// ErrPeerBuffer: the peer left more streams open than this agent
+	// allows it: past its buffer budget (peerbuffer.go), or refused
+	// streams past maxDrainsPerPeer whether a budget is set or not
+	// (drain.go). The wrapping error says which.
+	ErrPeerBuffer = errors.New("peer holds more streams open than allowed")
 )
 
 // Reasons of a cut, the reason label of fogmesh_mesh_sessions_cut_total.
