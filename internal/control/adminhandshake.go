@@ -88,6 +88,16 @@ func newAdminGate(maxHandshakes, perSource int) *identity.HandshakeGate {
 // *tls.Conn), or the TCP listener's error.
 func (l *gatedTLSListener) Accept() (net.Conn, error) {
 	l.start.Do(func() {
+		// Under mu, as Close closes done: a loop starts before Close's
+		// wg.Wait or not at all (an Add racing that Wait is a data race,
+		// and the loop would outlive Close).
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		select {
+		case <-l.done:
+			return
+		default:
+		}
 		l.wg.Add(1)
 		go l.acceptLoop()
 	})

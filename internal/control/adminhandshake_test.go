@@ -2,10 +2,14 @@ package control
 
 import (
 	"bufio"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,5 +151,40 @@ func TestAdminRevokedCertCounted(t *testing.T) {
 	}
 	if n := adminRefused(t, s, identity.ReasonOther); n != 0 {
 		t.Fatalf(`%d refusals counted as port="admin",reason="other", want 0`, n)
+	}
+}
+
+// countingListener counts the calls of its Accept.
+type countingListener struct {
+	net.Listener
+	accepts atomic.Int32
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	l.accepts.Add(1)
+	return l.Listener.Accept()
+}
+
+// TestAdminListenerAcceptAfterClose: an Accept that comes after Close (as
+// net/http's Serve may, when the server is shut down while it starts)
+// returns net.ErrClosed and starts no accept loop: the loop was started
+// after Close's wait (a WaitGroup Add racing its Wait, which the race
+// detector flagged in CI) and outlived Close.
+func TestAdminListenerAcceptAfterClose(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := &countingListener{Listener: ln}
+	l := newGatedTLSListener(inner, &tls.Config{}, newAdminGate(0, 0), time.Second, func(string) {}, slog.New(slog.DiscardHandler))
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
+	}
+	l.wg.Wait() // the loop, had one started
+	if n := inner.accepts.Load(); n != 0 {
+		t.Fatalf("the TCP listener's Accept called %d times after Close, want 0", n)
 	}
 }
