@@ -78,16 +78,6 @@ type h2Call struct {
 	srcID      [1]string // the identity header's value
 	forwarding bool      // forwardH2 took nc and the values (once)
 	hook       func(*http.Response, error)
-	noAsync    bool
-	tails      []func(*http.Response, error) (*http.Response, error)
-}
-
-// pushTail adds a layer's work after the response to the request's
-// h2Call (prototype).
-func pushTail(ctx context.Context, fn func(*http.Response, error) (*http.Response, error)) {
-	if call, ok := ctx.Value(h2CallKey{}).(*h2Call); ok {
-		call.tails = append(call.tails, fn)
-	}
 }
 
 type h2CallKey struct{}
@@ -108,7 +98,7 @@ func (c *h2CallCtx) Value(key any) any {
 	case h2CallKey:
 		return c.call
 	case h2up.AsyncKey:
-		if c.call.hook != nil && !c.call.noAsync {
+		if c.call.hook != nil {
 			return c.call.hook
 		}
 		return nil

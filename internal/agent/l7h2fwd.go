@@ -141,9 +141,6 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 		if comp = h2srv.NewCompletion(rw); comp != nil {
 			up := call.lw.up
 			call.hook = func(res *http.Response, err error) {
-				for _, t := range call.tails {
-					res, err = t(res, err)
-				}
 				if res != nil {
 					up.body.Store(&res.Body) // as lbTransport.serve does
 				}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/api"
-	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
@@ -40,17 +39,6 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	rec.src = connIdentityFrom(req.Context())
 	resp, err := lt.serve(req, rec)
-	if err == h2up.ErrDetached {
-		pushTail(req.Context(), func(resp *http.Response, err error) (*http.Response, error) {
-			if err != nil {
-				rec.end(errorStatus(req, err), "", err)
-				return nil, err
-			}
-			rec.endOnBody(resp)
-			return resp, nil
-		})
-		return nil, err
-	}
 	if err != nil {
 		rec.end(errorStatus(req, err), "", err)
 		return nil, err
@@ -80,18 +68,6 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs) (resp *http.Respons
 	// until now when there is no response.
 	var h reqHold
 	defer func() {
-		if err == h2up.ErrDetached {
-			hp := &h
-			pushTail(req.Context(), func(resp *http.Response, err error) (*http.Response, error) {
-				if err != nil || resp == nil {
-					hp.release()
-				} else {
-					hp.onDone(resp)
-				}
-				return resp, err
-			})
-			return
-		}
 		if err != nil || resp == nil {
 			h.release()
 		} else {

@@ -147,35 +147,10 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if attemptCtx != req.Context() { // a copy only for a context of the attempt's own
 			attempt = req.WithContext(attemptCtx)
 		}
-		if call, ok := req.Context().Value(h2CallKey{}).(*h2Call); ok {
-			call.noAsync = pol.Retries > 0 || perTry > 0 || i > 0
-		}
 		resp, err := a.egressRoundTrip(rt, sv, ev, attempt)
 		active.Add(-1)
 		if err == h2up.ErrDetached {
-			pushTail(req.Context(), func(resp *http.Response, err error) (*http.Response, error) {
-				if err != nil {
-					release()
-					a.requestMetrics(src, t.svc, route, ev, 0, time.Since(start))
-					a.outcome(sv, ev, 0, true)
-					return nil, err
-				}
-				if a.gossip == nil {
-					release()
-				} else {
-					resp.Body = &releaseOnClose{ReadCloser: resp.Body, release: release}
-				}
-				f := httpproxy.ResponseFields(resp)
-				took := time.Since(start)
-				end := start.Add(took)
-				st.Observe(end, took)
-				a.requestMetrics(src, t.svc, route, ev, resp.StatusCode, took)
-				if strings.HasPrefix(f.Get("Content-Type"), "application/grpc") {
-					resp.Body = &grpcStatusBody{ReadCloser: resp.Body, resp: resp, a: a, svc: t.svc, endpoint: ev.ep.Meta.Name}
-				}
-				a.outcomeAt(sv, ev, resp.StatusCode, false, end)
-				return resp, nil
-			})
+			release()
 			return nil, err
 		}
 		if err != nil {
