@@ -14,7 +14,6 @@ import (
 
 	"golang.org/x/net/http2"
 
-	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
@@ -77,7 +76,6 @@ type h2Call struct {
 	xfHost     [1]string
 	srcID      [1]string // the identity header's value
 	forwarding bool      // forwardH2 took nc and the values (once)
-	hook       func(*http.Response, error)
 }
 
 type h2CallKey struct{}
@@ -97,11 +95,6 @@ func (c *h2CallCtx) Value(key any) any {
 		return c.up
 	case h2CallKey:
 		return c.call
-	case h2up.AsyncKey:
-		if c.call.hook != nil {
-			return c.call.hook
-		}
-		return nil
 	case httpproxy.TimedBodyKey:
 		if c.tb != nil {
 			return c.tb

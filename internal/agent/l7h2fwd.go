@@ -10,8 +10,6 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"github.com/fogmesh/fogmesh/internal/h2srv"
-	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
@@ -136,32 +134,7 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 		h["User-Agent"] = emptyUA
 	}
 
-	var comp *h2srv.Completion
-	if call != nil && h2Async {
-		if comp = h2srv.NewCompletion(rw); comp != nil {
-			up := call.lw.up
-			call.hook = func(res *http.Response, err error) {
-				if res != nil {
-					up.body.Store(&res.Body) // as lbTransport.serve does
-				}
-				comp.Complete(func() { s.forwardH2Response(rw, in, out, res, err) })
-			}
-		}
-	}
 	res, err := transport.RoundTrip(out)
-	if err == h2up.ErrDetached {
-		comp.Attach()
-		return
-	}
-	s.forwardH2Response(rw, in, out, res, err)
-}
-
-// h2Async (prototype, issue 14): a unary call's response is written by
-// h2up's read loop when the handler has returned.
-var h2Async = os.Getenv("FOGMESH_H2ASYNC") != "0"
-
-// forwardH2Response writes forwardH2's response (or its error) to rw.
-func (s *l7) forwardH2Response(rw http.ResponseWriter, in, out *http.Request, res *http.Response, err error) {
 	if err != nil {
 		s.errorHandler(rw, out, err)
 		return

@@ -149,10 +149,6 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		resp, err := a.egressRoundTrip(rt, sv, ev, attempt)
 		active.Add(-1)
-		if err == h2up.ErrDetached {
-			release()
-			return nil, err
-		}
 		if err != nil {
 			release()
 			switch context.Cause(attemptCtx) {

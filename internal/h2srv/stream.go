@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -173,66 +172,10 @@ func (st *stream) trailersLocked(f *http2.MetaHeadersFrame, canon func(string) s
 
 // run runs the handler and finishes the response.
 func (st *stream) run(h http.Handler) {
+	sc := st.sc
 	rw := getWriter(st)
 	defer func() {
 		e := recover()
-		if e == nil && rw.detach != nil {
-			if rw.detach.state.CompareAndSwap(0, 1) {
-				return // the completion ends the stream
-			}
-			e = runRecover(rw.detach.fn) // it came first
-		}
-		st.end(rw, e)
-	}()
-	h.ServeHTTP(rw, st.req)
-}
-
-func runRecover(fn func()) (e any) {
-	defer func() { e = recover() }()
-	fn()
-	return nil
-}
-
-// Completion (prototype, issue 14) lets a handler return with its
-// response still to come: Complete's function writes it, on the
-// goroutine that calls Complete, unless the handler has not returned yet.
-type Completion struct {
-	state atomic.Int32 // 0, 1: the handler returned, 2: Complete came first
-	fn    func()
-	rw    *responseWriter
-}
-
-// NewCompletion returns a Completion for w (h2srv's writer, or one that
-// unwraps to it); nil if there is none.
-func NewCompletion(w http.ResponseWriter) *Completion {
-	for {
-		if rw, ok := w.(*responseWriter); ok {
-			return &Completion{rw: rw}
-		}
-		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
-		if !ok {
-			return nil
-		}
-		w = u.Unwrap()
-	}
-}
-
-// Attach: the handler returns without the response (Complete writes it).
-func (c *Completion) Attach() { c.rw.detach = c }
-
-// Complete runs fn to write the response and ends the stream.
-func (c *Completion) Complete(fn func()) {
-	c.fn = fn
-	if c.state.CompareAndSwap(0, 2) {
-		return
-	}
-	c.rw.st.end(c.rw, runRecover(fn))
-}
-
-// end finishes the response after the handler (e: its panic).
-func (st *stream) end(rw *responseWriter, e any) {
-	sc := st.sc
-	{
 		if e != nil && e != http.ErrAbortHandler {
 			sc.s.logf("h2srv: handler panic", "remote", sc.remote, "panic", e)
 		}
@@ -261,7 +204,8 @@ func (st *stream) end(rw *responseWriter, e any) {
 		sc.handlers--
 		sc.mu.Unlock()
 		putWriter(rw)
-	}
+	}()
+	h.ServeHTTP(rw, st.req)
 }
 
 // requestBody is the handler's view of the request body.

@@ -41,7 +41,6 @@ type responseWriter struct {
 	written     int64
 	buf         []byte
 	err         error
-	detach      *Completion
 }
 
 var writerPool = sync.Pool{New: func() any {

@@ -116,7 +116,6 @@ type conn struct {
 	wdSame int
 
 	// Read loop only: br is the framer's reader; wakeLater, streams whose
-	pendingHooks []*stream // responses begun with an onDone hook (read loop only)
 	// readers were not yet woken for data because the next frame was
 	// already buffered (most often the stream's trailers: the reader then
 	// sees the data and the end together).

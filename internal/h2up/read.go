@@ -17,20 +17,6 @@ func (c *conn) readLoop() {
 		if len(c.wakeLater) > 0 && !c.nextFrameBuffered() {
 			c.wakeStreams() // before a read that may wait
 		}
-		if len(c.pendingHooks) > 0 && !c.nextFrameBuffered() {
-			// Responses not complete when the read would wait: their
-			// hooks run on goroutines of their own (streaming).
-			for i, s := range c.pendingHooks {
-				s.mu.Lock()
-				hook := s.takeHook()
-				s.mu.Unlock()
-				if hook != nil {
-					go hook(s.resp, nil)
-				}
-				c.pendingHooks[i] = nil
-			}
-			c.pendingHooks = c.pendingHooks[:0]
-		}
 		var f http2.Frame
 		f, err = c.meta.ReadFrame()
 		if err != nil {

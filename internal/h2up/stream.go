@@ -52,10 +52,6 @@ type stream struct {
 	closed   bool // body closed by the caller
 	trailer  http.Header
 	n        int64 // body bytes received
-	// onDone (prototype, issue 14): the response goes to it, on the read
-	// loop, at its end, instead of waking a waiting roundTrip.
-	onDone    func(*http.Response, error)
-	delivered bool
 
 	// Under c.mu: the request context's cancellation resets the stream
 	// (watch) once something could wait for it; stop ends that.
@@ -150,15 +146,6 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	case ready && pre.done:
 		bufPool.Put(pre.bp)
 		s.afterEnd()
-		if hook, ok := ctx.Value(AsyncKey{}).(func(*http.Response, error)); ok {
-			s.mu.Lock()
-			if !s.respDone {
-				s.onDone = hook
-				s.mu.Unlock()
-				return nil, ErrDetached
-			}
-			s.mu.Unlock()
-		}
 	case ready:
 		s.watch() // a body still being sent: a cancellation stops it
 		go s.writeBody(hasTrailer, nil, pre)
@@ -277,34 +264,9 @@ func (s *stream) fail(err error) {
 		s.respDone, s.respErr = true, err
 		close(s.respReady)
 	}
-	hook := s.takeHook()
 	s.mu.Unlock()
 	s.c.credit(nil, left, false)
-	if hook != nil {
-		if s.eof {
-			go hook(s.resp, nil)
-		} else {
-			go hook(nil, err)
-		}
-	}
 }
-
-// takeHook returns onDone once (under s.mu).
-func (s *stream) takeHook() func(*http.Response, error) {
-	if s.onDone == nil || s.delivered {
-		return nil
-	}
-	s.delivered = true
-	return s.onDone
-}
-
-// AsyncKey (prototype): a request context's value of this key, a
-// func(*http.Response, error), takes a ready request's response at its
-// end on the read loop; RoundTrip then returns ErrDetached at once.
-type AsyncKey struct{}
-
-// ErrDetached: the response goes to the request's AsyncKey hook.
-var ErrDetached = errors.New("h2up: response goes to the request's hook")
 
 // onHeaders takes the response headers, or the trailers. Read loop.
 func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
@@ -389,9 +351,6 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		s.respDone = true
 		close(s.respReady)
 	}
-	if s.onDone != nil && !ended {
-		c.pendingHooks = append(c.pendingHooks, s) // its rest may not come with it (readLoop)
-	}
 	s.mu.Unlock()
 	if ended {
 		s.end(nil)
@@ -462,15 +421,8 @@ func (s *stream) end(error) {
 	}
 	s.held = false
 	s.cond.Broadcast()
-	var hook func(*http.Response, error)
-	if s.eof {
-		hook = s.takeHook()
-	}
 	s.mu.Unlock()
 	s.afterEnd()
-	if hook != nil {
-		hook(s.resp, nil)
-	}
 }
 
 // body is a response body, read from the stream's buffer.
