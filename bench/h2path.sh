@@ -22,7 +22,8 @@
 # backend on CPU 0, proxies on CPU 1), BENCH_BASE_PORT (29300: below the
 # ephemeral port range, where a client's source port cannot take it),
 # BASELINE_BIN, BASELINE_REV, VIP_OCTET (236) and BASE_VIP_OCTET (237):
-# the agents' VIP ranges 127.X.0.0/16. PPROF=1: builds with -tags fogmesh_pprof and
+# the agents' VIP ranges 127.X.0.0/16, or VIP_RANGE and BASE_VIP_RANGE
+# (CIDRs: two halves of one reserved /16, say). PPROF=1: builds with -tags fogmesh_pprof and
 # takes CPU profiles of the agent over each of its gRPC runs (the profile
 # ends a second before the run) and the first 2 s of its h2load runs into PPROF_DIR (default
 # bench/out/pprof-h2path-<date>); its overhead touches those runs, so take
@@ -56,6 +57,8 @@ pin_setup # PIN=1: load and backend on CPU 0, proxies on CPU 1 (lib.sh)
 # same range would answer in their place.
 VIP_OCTET=${VIP_OCTET:-236}
 BASE_VIP_OCTET=${BASE_VIP_OCTET:-237}
+VIP_RANGE=${VIP_RANGE:-127.$VIP_OCTET.0.0/16}
+BASE_VIP_RANGE=${BASE_VIP_RANGE:-127.$BASE_VIP_OCTET.0.0/16}
 MESH_NS=bench
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
 P_SRV_MESH=$((BASE + 10)); P_SRV_DNS=$((BASE + 11)); P_SRV_ADMIN=$((BASE + 12))
@@ -149,7 +152,7 @@ start_control ctl "$TMP/ctl" "$P_CTL_ADMIN" "$P_CTL_SYNC" -insecure
 wait_port 127.0.0.1 "$P_CTL_ADMIN" ctl
 services_yaml "webh2:http:$S_WEB:http2" "webgrpc:grpc:$S_GRPC:grpc" >"$TMP/services.yaml"
 "$BIN/fogmesh" apply -server "http://127.0.0.1:$P_CTL_ADMIN" -f "$TMP/services.yaml" >&2
-agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "127.$VIP_OCTET.0.0/16" \
+agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$VIP_RANGE" \
   "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" >"$TMP/srv.yaml"
 PPENV_SRV=()
 [ "$PPROF" != 1 ] || PPENV_SRV=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_SRV_PPROF")
@@ -161,7 +164,7 @@ if [ -n "$BASELINE_BIN" ]; then
     -sync-addr "127.0.0.1:$P_BCTL_SYNC" -insecure
   wait_port 127.0.0.1 "$P_BCTL_ADMIN" ctlbase
   "$BASELINE_BIN" apply -server "http://127.0.0.1:$P_BCTL_ADMIN" -f "$TMP/services.yaml" >&2
-  agent_config srvbase "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN" "127.$BASE_VIP_OCTET.0.0/16" \
+  agent_config srvbase "$P_BCTL_SYNC" "$P_BSRV_MESH" "$P_BSRV_DNS" "$P_BSRV_ADMIN" "$BASE_VIP_RANGE" \
     "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" >"$TMP/srvbase.yaml"
   start srvbase "${PIN_PROXY[@]}" "$BASELINE_BIN" agent -insecure -config "$TMP/srvbase.yaml"
   wait_port 127.0.0.1 "$P_BSRV_ADMIN" srvbase

@@ -23,7 +23,8 @@ import (
 // backend (x/net/http2's Framer, header blocks encoded once) that cost
 // little themselves, so that a profile of the benchmark is mostly the
 // agent's: h2c GETs as h2load sends them (one connection, 10 streams in
-// flight) and unary gRPC calls as fortio's ping does (16 connections, one
+// flight; its fields, and the backend's, indexed as h2load and Go's HTTP/2
+// server do: indexedBlocks) and unary gRPC calls as fortio's ping does (16 connections, one
 // call in flight each).
 
 // neverIndexed encodes fields as literals the peer does not index, so the
@@ -35,6 +36,23 @@ func neverIndexed(fields ...string) []byte {
 		enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1], Sensitive: true})
 	}
 	return buf.Bytes()
+}
+
+// indexedBlocks encodes fields as h2load and Go's HTTP/2 server do, each
+// field indexed in the peer's table: a connection's first block inserts
+// them (first), every later one refers to them (later).
+func indexedBlocks(fields ...string) (first, later []byte) {
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	encode := func() []byte {
+		buf.Reset()
+		for i := 0; i+1 < len(fields); i += 2 {
+			enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		return bytes.Clone(buf.Bytes())
+	}
+	first = encode()
+	return first, encode()
 }
 
 // grpcMessage is a length-prefixed gRPC message of n bytes.
@@ -59,11 +77,12 @@ func startRawH2Backend(t testing.TB, grpc, bdp bool) int {
 	}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	head := neverIndexed(":status", "200", "content-type", "text/plain", "content-length", "2")
+	headFirst, head := indexedBlocks(":status", "200", "content-type", "text/plain", "content-length", "2")
 	body := []byte("ok")
 	var trailers []byte
 	if grpc {
 		head = neverIndexed(":status", "200", "content-type", "application/grpc")
+		headFirst = head
 		body = grpcMessage(16)
 		trailers = neverIndexed("grpc-status", "0", "grpc-message", "")
 	}
@@ -92,6 +111,7 @@ func startRawH2Backend(t testing.TB, grpc, bdp bool) int {
 				fr.WriteWindowUpdate(0, 1<<30)
 				recv := 0
 				var ping bdpPing
+				hd := headFirst
 				for {
 					f, err := fr.ReadFrame()
 					if err != nil {
@@ -123,7 +143,8 @@ func startRawH2Backend(t testing.TB, grpc, bdp bool) int {
 					}
 					if end {
 						id := f.Header().StreamID
-						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: head, EndHeaders: true})
+						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hd, EndHeaders: true})
+						hd = head
 						fr.WriteData(id, trailers == nil, body)
 						if trailers != nil {
 							fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: trailers, EndHeaders: true, EndStream: true})
@@ -182,19 +203,21 @@ func rawH2Client(addr string, streams int, grpc, bdp bool, left *atomic.Int64) e
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
 	fr.WriteWindowUpdate(0, 1<<30)
-	head := neverIndexed(":method", "GET", ":scheme", "http", ":path", "/", ":authority", "bench.demo", "user-agent", "bench")
+	first, head := indexedBlocks(":method", "GET", ":scheme", "http", ":path", "/", ":authority", "bench.demo", "user-agent", "bench")
 	var msg []byte
 	if grpc {
 		head = neverIndexed(":method", "POST", ":scheme", "http", ":path", "/fgrpc.PingServer/Ping", ":authority", "bench.demo",
 			"content-type", "application/grpc", "te", "trailers", "user-agent", "bench")
 		msg = grpcMessage(16)
+		first = head
 	}
 	id := uint32(1)
 	send := func() bool {
 		if left.Add(-1) < 0 {
 			return false
 		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: head, EndHeaders: true, EndStream: msg == nil})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndHeaders: true, EndStream: msg == nil})
+		first = head
 		if msg != nil {
 			fr.WriteData(id, true, msg)
 		}

@@ -5,7 +5,10 @@
 // closure and a field slice grown by appends for every block; here one
 // MetaHeadersFrame, its field slice and the decoder's emit function are
 // set up once per connection and reused. The returned frame is valid until
-// the next read, as the Framer's frames are.
+// the next read, as the Framer's frames are. A block of indexed fields
+// read before, the table unchanged since, is not decoded again. Encoder is
+// the writing side's counterpart: hpack.Encoder remembering the encodings
+// of the fields a connection repeats.
 package h2meta
 
 import (
@@ -29,6 +32,26 @@ type Reader struct {
 	headersLeft, trailersLeft uint32
 	sawRegular                bool
 	invalid                   error
+
+	// Recent blocks of one frame whose every field was indexed, and their
+	// fields. Such a block leaves the decoder's table as it was: while
+	// only such blocks come, the same bytes decode to the same fields,
+	// copied here instead (a client's requests, a server's responses,
+	// are mostly the same block again once their fields are indexed).
+	// Any other block forgets them.
+	known     [knownBlocks]knownBlock
+	nextKnown int
+}
+
+const (
+	knownBlocks    = 2   // a gRPC response's header block and its trailers
+	knownMaxBlock  = 256 // bytes
+	knownMaxFields = 32
+)
+
+type knownBlock struct {
+	block  []byte
+	fields []hpack.HeaderField
 }
 
 // New reads fr's frames; maxList is the largest header list accepted
@@ -135,8 +158,18 @@ func (r *Reader) readMeta(hf *http2.HeadersFrame) (http2.Frame, error) {
 	r.fields = nil
 	r.headersLeft, r.trailersLeft = r.maxList, r.maxList
 	r.sawRegular, r.invalid = false, nil
-	r.dec.SetEmitEnabled(true)
 	frag, ended := hf.HeaderBlockFragment(), hf.HeadersEnded()
+	if ended {
+		for i := range r.known {
+			if k := &r.known[i]; k.block != nil && string(k.block) == string(frag) {
+				r.mh.Fields = append(r.mh.Fields, k.fields...)
+				r.fields = r.mh.Fields
+				return &r.mh, nil
+			}
+		}
+	}
+	whole := ended // the block is frag alone
+	r.dec.SetEmitEnabled(true)
 	for {
 		// A fragment far over what is left of the budget, or any after
 		// an invalid field, ends the connection without decoding it.
@@ -156,6 +189,10 @@ func (r *Reader) readMeta(hf *http2.HeadersFrame) (http2.Frame, error) {
 		cf := f.(*http2.ContinuationFrame) // the Framer's frame order check
 		frag, ended = cf.HeaderBlockFragment(), cf.HeadersEnded()
 	}
+	indexed := whole && allIndexed(frag)
+	if !indexed {
+		r.forgetKnown() // the table may have changed
+	}
 	r.fields = r.mh.Fields
 	if cap(r.fields) > maxKeptFields {
 		r.fields = nil // a rare large block's storage goes with its frame, not the connection
@@ -169,7 +206,47 @@ func (r *Reader) readMeta(hf *http2.HeadersFrame) (http2.Frame, error) {
 	if err := checkPseudos(r.mh.PseudoFields()); err != nil {
 		return nil, http2.StreamError{StreamID: hf.StreamID, Code: http2.ErrCodeProtocol, Cause: err}
 	}
+	if indexed && !r.mh.Truncated && len(frag) <= knownMaxBlock && len(r.mh.Fields) <= knownMaxFields {
+		k := &r.known[r.nextKnown]
+		r.nextKnown = (r.nextKnown + 1) % knownBlocks
+		k.block = append(k.block[:0], frag...)
+		k.fields = append(k.fields[:0], r.mh.Fields...)
+	}
 	return &r.mh, nil
+}
+
+func (r *Reader) forgetKnown() {
+	for i := range r.known {
+		k := &r.known[i]
+		clear(k.fields) // their strings are not kept alive
+		k.block, k.fields = nil, k.fields[:0]
+	}
+}
+
+// allIndexed reports whether block is only indexed field representations
+// (RFC 7541 §6.1: 1xxxxxxx, an integer of a 7-bit prefix): a block that
+// inserts nothing in the table and updates nothing.
+func allIndexed(block []byte) bool {
+	for i := 0; i < len(block); {
+		b := block[i]
+		i++
+		if b&0x80 == 0 {
+			return false
+		}
+		if b&0x7f != 0x7f {
+			continue
+		}
+		for { // the integer's continuation bytes, the last without 0x80
+			if i >= len(block) {
+				return false
+			}
+			i++
+			if block[i-1]&0x80 == 0 {
+				break
+			}
+		}
+	}
+	return true
 }
 
 // checkPseudos is the Framer's: known pseudo-headers, each once, not of

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/fogmesh/fogmesh/internal/flowwin"
 	"github.com/fogmesh/fogmesh/internal/h2meta"
@@ -38,7 +37,7 @@ type conn struct {
 	wmu     sync.Mutex   // guards bw, fr's writes, henc, hbuf, werr
 	waiting atomic.Int32 // writers waiting for wmu: the last one flushes
 	bw      *bufio.Writer
-	henc    *hpack.Encoder
+	henc    *h2meta.Encoder
 	hbuf    bytes.Buffer
 	werr    error
 	dirty   bool // bw holds frames not yet flushed
@@ -88,7 +87,7 @@ func newConn(s *Server, c net.Conn, o ConnOptions) *conn {
 	sc.meta = h2meta.New(sc.fr, DefaultMaxHeaderList) // header blocks decoded as ReadMetaHeaders would
 	sc.fr.SetReuseFrames()
 	sc.fr.SetMaxReadFrameSize(maxReadFrame)
-	sc.henc = hpack.NewEncoder(&sc.hbuf)
+	sc.henc = h2meta.NewEncoder(&sc.hbuf)
 	return sc
 }
 
@@ -244,7 +243,7 @@ func (sc *conn) flushPending() {
 
 // writeHeaderBlock encodes fields (under wmu) and writes HEADERS and
 // CONTINUATION frames.
-func (sc *conn) writeHeaderBlock(id uint32, endStream bool, encode func(enc *hpack.Encoder)) error {
+func (sc *conn) writeHeaderBlock(id uint32, endStream bool, encode func(enc hpackEncoder)) error {
 	sc.hbuf.Reset()
 	encode(sc.henc)
 	block := sc.hbuf.Bytes()

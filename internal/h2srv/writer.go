@@ -13,13 +13,17 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/fogmesh/fogmesh/internal/h2meta"
 )
 
 // The handler's http.ResponseWriter: headers, body in DATA frames within
 // the client's windows, and trailers (declared by the Trailer header or
 // set with http.TrailerPrefix, as net/http's). Writers are pooled.
 
-type hpackEncoder = *hpack.Encoder
+// hpackEncoder remembers the encodings of the fields that most responses
+// repeat (h2meta.Encoder).
+type hpackEncoder = *h2meta.Encoder
 
 func encodeField(enc hpackEncoder, k, v string) { enc.WriteField(hpack.HeaderField{Name: k, Value: v}) }
 

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/fogmesh/fogmesh/internal/flowwin"
 	"github.com/fogmesh/fogmesh/internal/h2meta"
@@ -79,7 +78,7 @@ type conn struct {
 	waiting atomic.Int32  // writers waiting for wmu: the last one flushes
 	wseq    atomic.Uint64 // Writes to nc begun and ended (progressWriter): odd while one is in progress
 	handoff atomic.Bool   // a flush of what a writer that gave up was owed is on its way (writeFlushCtx)
-	henc    *hpack.Encoder
+	henc    *h2meta.Encoder
 	hbuf    bytes.Buffer
 	werr    error
 	// owed: a writer left its frames to the next one in line to flush.
@@ -134,7 +133,7 @@ func newConn(p *Pool, nc net.Conn) (*conn, error) {
 	c.meta = h2meta.New(c.fr, maxHeaderList) // header blocks decoded as ReadMetaHeaders would
 	c.fr.SetMaxReadFrameSize(16384)
 	c.fr.SetReuseFrames() // one DATA frame per connection: onData is done with it before the next read
-	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.henc = h2meta.NewEncoder(&c.hbuf)
 	c.bw.Write(clientPreface)
 	c.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: flowwin.Initial},
