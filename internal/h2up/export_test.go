@@ -113,27 +113,3 @@ func WatchdogStopped(p *Pool) bool {
 	}
 	return len(p.conns) > 0
 }
-
-// SpreadTarget is the streams a connection carries before the pool opens
-// another.
-func SpreadTarget() int { return spreadTarget }
-
-// SetSpreadRetryAfter sets how long the pool keeps to its connections
-// after a failed dial for spreading, and returns the old value's restore.
-func SetSpreadRetryAfter(d time.Duration) (restore func()) {
-	old := spreadRetryAfter
-	spreadRetryAfter = d
-	return func() { spreadRetryAfter = old }
-}
-
-// Loads returns the streams (open and reserved) each of p's connections
-// carries, in the pool's order.
-func Loads(p *Pool) (loads []int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		n, _ := c.load()
-		loads = append(loads, n)
-	}
-	return loads
-}

@@ -50,7 +50,7 @@ func TestInterleavedStreamsKeepTheirOwn(t *testing.T) {
 		}
 		io.Copy(io.Discard, c)
 	})
-	pool := h2up.New(h2up.Config{Dial: dialTo(addr), Conns: 1}) // all n on one connection
+	pool := h2up.New(h2up.Config{Dial: dialTo(addr)})
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

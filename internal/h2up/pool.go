@@ -130,7 +130,7 @@ func parseSpread(v string) (int, int) {
 
 // spreadRetryAfter: after a failed dial for spreading, the pool keeps to
 // its connections this long.
-var spreadRetryAfter = time.Second
+const spreadRetryAfter = time.Second
 
 // load returns the streams c carries (open and reserved) and whether it
 // takes another (as reserve decides). Under the pool's lock.
