@@ -21,9 +21,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 )
@@ -45,9 +42,6 @@ type Config struct {
 	// no progress for this long, to at most half as long again (0: 10 s):
 	// an endpoint that stopped reading (stallwatch.go).
 	StallTimeout time.Duration
-	// Conns is the most connections the pool opens to spread its streams
-	// (0: 4; 1: one, until it is full). A full pool opens more anyway.
-	Conns int
 }
 
 // ErrPoolClosed: the pool was closed before the request was sent.
@@ -60,9 +54,7 @@ type Pool struct {
 	mu      sync.Mutex // guards the following
 	conns   []*conn
 	dialing chan struct{} // closed when the dial in progress ends; nil if none
-	// spreadRetry: no dial for spreading before then (one failed).
-	spreadRetry time.Time
-	closed      bool
+	closed  bool
 }
 
 // New returns an empty pool.
@@ -72,12 +64,6 @@ func New(cfg Config) *Pool {
 	}
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = defaultStallTimeout
-	}
-	if spreadMax > 0 {
-		cfg.Conns = spreadMax
-	}
-	if cfg.Conns <= 0 {
-		cfg.Conns = 4
 	}
 	return &Pool{cfg: cfg}
 }
@@ -110,66 +96,19 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-// Spreading (issue 14): a pool carried every stream on one connection
-// until it was full, so the endpoint served all of them on one of its
-// connections (one reader, one writer) and the pool read them on one read
-// loop. Now a request goes on the least-loaded connection, and when that
-// one has spreadTarget streams or more in flight the pool opens another,
-// up to spreadMax connections (a full pool still opens more, as before).
-// EXPERIMENT: FOGMESH_H2UP_SPREAD=K,N sets them.
-var spreadTarget, spreadMax = parseSpread(os.Getenv("FOGMESH_H2UP_SPREAD"))
-
-func parseSpread(v string) (int, int) {
-	k, n := 4, 0
-	if a, b, ok := strings.Cut(v, ","); ok {
-		k, _ = strconv.Atoi(a)
-		n, _ = strconv.Atoi(b)
-	}
-	return k, n
-}
-
-// spreadRetryAfter: after a failed dial for spreading, the pool keeps to
-// its connections this long.
-const spreadRetryAfter = time.Second
-
-// load returns the streams c carries (open and reserved) and whether it
-// takes another (as reserve decides). Under the pool's lock.
-func (c *conn) load() (int, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := len(c.streams) + c.reserved
-	return n, !(c.closed || c.goaway || uint32(n) >= c.maxConc ||
-		c.p.cfg.MaxStreams > 0 && c.opened+c.reserved >= c.p.cfg.MaxStreams)
-}
-
 // get returns a connection with a stream slot reserved for the caller.
 func (p *Pool) get(ctx context.Context) (*conn, error) {
-	spread := true
 	for {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
 			return nil, ErrPoolClosed
 		}
-		var best *conn
-		bestLoad := 0
 		for _, c := range p.conns {
-			if n, ok := c.load(); ok && (best == nil || n < bestLoad) {
-				best, bestLoad = c, n
-				if n == 0 {
-					break
-				}
+			if c.reserve() {
+				p.mu.Unlock()
+				return c, nil
 			}
-		}
-		spreading := best != nil && spread && bestLoad >= spreadTarget && len(p.conns) < p.cfg.Conns &&
-			p.dialing == nil && !time.Now().Before(p.spreadRetry)
-		if best != nil && !spreading {
-			ok := best.reserve()
-			p.mu.Unlock()
-			if ok {
-				return best, nil
-			}
-			continue // it filled or closed since load
 		}
 		if wait := p.dialing; wait != nil {
 			p.mu.Unlock()
@@ -191,15 +130,6 @@ func (p *Pool) get(ctx context.Context) (*conn, error) {
 		p.mu.Lock()
 		p.dialing = nil
 		close(done)
-		if err != nil && spreading {
-			// The pool has connections that take the request.
-			if ctx.Err() == nil {
-				p.spreadRetry = time.Now().Add(spreadRetryAfter)
-			}
-			spread = false
-			p.mu.Unlock()
-			continue
-		}
 		if err != nil {
 			p.mu.Unlock()
 			if p.cfg.DialError != nil {
@@ -217,10 +147,6 @@ func (p *Pool) get(ctx context.Context) (*conn, error) {
 		p.mu.Unlock()
 		if ok {
 			return c, nil
-		}
-		if spreading {
-			spread = false
-			continue
 		}
 		// A connection just made that takes no stream (closed at once,
 		// GOAWAY, or MAX_CONCURRENT_STREAMS 0 read already): as a dial
