@@ -96,7 +96,13 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-// get returns a connection with a stream slot reserved for the caller.
+// get returns a connection with a stream slot reserved for the caller:
+// the first with a free slot, so that concurrent streams share one
+// connection (their frames share writes and reads) until it is full.
+// Spreading streams over more connections (the least loaded, another
+// opened past 4 or 8 streams each, up to 2 or 4) was measured in session
+// 30 (BENCHMARKS.md, branch h30/h2fan): no faster for gRPC, slower for
+// h2c, with more system calls per request.
 func (p *Pool) get(ctx context.Context) (*conn, error) {
 	for {
 		p.mu.Lock()
