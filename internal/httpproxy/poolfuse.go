@@ -38,7 +38,8 @@ type upWire struct {
 	// rechecking: the read deadline is still the last fused read's
 	// (sendHeld), left set rather than cleared after every response; the
 	// next read of any other kind clears it first (clear: the pool
-	// connection's setReadDeadline, the poison kept).
+	// connection's setReadDeadline, the poison kept), and any other
+	// deadline set (setReadDeadline) ends it.
 	rechecking bool
 	clear      func()
 }
@@ -127,7 +128,14 @@ func (pc *poolConn) sendHeld() (werr, rerr error) {
 // setReadDeadline sets the connection's read deadline unless it was
 // poisoned: poison stores poisoned before its deadline, this loads it
 // after its own, so one of the two sees the other and the poison stays.
+// Every read deadline of a pool connection is set here (poison's, from
+// another goroutine, is the only other): a deadline set ends a fused
+// read's left set (rechecking), so no read after it clears this one
+// (upWire.unrecheck); sendHeld sets rechecking again after its own.
 func (pc *poolConn) setReadDeadline(t time.Time) {
+	if pc.wire != nil {
+		pc.wire.rechecking = false
+	}
 	pc.c.SetReadDeadline(t)
 	if pc.poisoned.Load() {
 		pc.c.SetDeadline(aLongTimeAgo)
