@@ -54,8 +54,8 @@ type h1Wire struct {
 	// pipelined: the client sent a request before the last response; it
 	// may again, and would then wait for fuseRecheck: no fusion.
 	pipelined bool
-	// last is when the previous held response was readied (next), gap
-	// how long after the one before it.
+	// last is when the previous response was readied, or the connection's
+	// first request read (next), gap how long after the one before it.
 	last time.Time
 	gap  time.Duration
 }
@@ -88,6 +88,7 @@ func (w *h1Wire) next(br *bufio.Reader, now, until time.Time) bool {
 	if w.held == nil {
 		w.c.SetReadDeadline(until)
 		w.rechecking = false
+		w.last = now // the first request's too: a connection's first held responses fuse
 		return true
 	}
 	prev, gap := w.gap, now.Sub(w.last)

@@ -381,3 +381,33 @@ func TestH1OneShortGapNotFused(t *testing.T) {
 		t.Error("the second of two requests in a row within fuseRecheck did not have its response held")
 	}
 }
+
+// TestH1FirstResponsesFused: a connection's first responses are held for
+// the fused read like any later one when its requests come close
+// together: the first request's read starts the count of the gap (before,
+// the gap from the zero time made the first two responses of every
+// connection go out at once, each followed by a read that finds the
+// socket empty).
+func TestH1FirstResponsesFused(t *testing.T) {
+	peer, c := loopbackPair(t)
+	go io.Copy(io.Discard, peer)
+	tc := &taggedConn{Conn: c, done: func() {}}
+	tc.raw = httpproxy.NewRawIO(c)
+	w := &h1Wire{tc: tc, c: c, raw: tc.raw}
+	br := bufio.NewReader(w)
+	now := monoTime()
+	if !w.next(br, now, now.Add(time.Minute)) { // the connection's first request
+		t.Fatal("first read")
+	}
+	for i := range 3 {
+		now = now.Add(fuseRecheck / 10)
+		w.held = []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+		if !w.next(br, now, now.Add(time.Minute)) {
+			t.Fatal("write failed")
+		}
+		if w.held == nil {
+			t.Errorf("response %d, %v after the request before, was written at once, not held", i, fuseRecheck/10)
+		}
+		w.held = nil // as if the fused read wrote it
+	}
+}
