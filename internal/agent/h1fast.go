@@ -117,7 +117,11 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			}
 		}
 		wire.headStarted()
+		buffered := br.Buffered()
 		hdr, err := httpproxy.PeekHeader(br, c)
+		if br.Buffered() != buffered {
+			wire.moved() // it read on, under the head's deadline
+		}
 		eligible, clte := false, false
 		if err == nil {
 			eligible, clte = httpproxy.Eligible(hdr)
@@ -162,6 +166,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			return
 		}
 		if req.ContentLength != 0 {
+			wire.moved()
 			c.SetReadDeadline(time.Time{})
 			req.Body = httpproxy.NewTimedBody(req.Body, c.SetReadDeadline) // bounded per read (httpproxy.TimedBody)
 		}

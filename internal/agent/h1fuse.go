@@ -51,6 +51,13 @@ type h1Wire struct {
 	// headStarted drops it unset, one deadline set per request, not two.
 	until      time.Time
 	rechecking bool
+	// dl is the fused read's deadline next set last; kept: nothing set
+	// another since (moved), so a busy connection's next response keeps
+	// it while it is at least fuseRecheck away: set about once per
+	// fuseRecheck (a runtime timer's move), not once per request, and the
+	// fused read's wait is bounded by fuseRecheck to twice that.
+	dl   time.Time
+	kept bool
 	// pipelined: the client sent a request before the last response; it
 	// may again, and would then wait for fuseRecheck: no fusion.
 	pipelined bool
@@ -87,7 +94,7 @@ func (w *h1Wire) flush(bw *bufio.Writer, hold bool) error {
 func (w *h1Wire) next(br *bufio.Reader, now, until time.Time) bool {
 	if w.held == nil {
 		w.c.SetReadDeadline(until)
-		w.rechecking = false
+		w.rechecking, w.kept = false, false
 		w.last = now // the first request's too: a connection's first held responses fuse
 		return true
 	}
@@ -109,12 +116,23 @@ func (w *h1Wire) next(br *bufio.Reader, now, until time.Time) bool {
 		return w.sendHeld(until) == nil
 	}
 	w.until = until
-	if t := now.Add(fuseRecheck); t.Before(until) {
-		until = t
+	if w.kept && w.dl.Sub(now) >= fuseRecheck && !w.dl.After(until) {
+		return true // the fused read's deadline left set, far enough still
 	}
-	w.c.SetReadDeadline(until)
+	dl := now.Add(2 * fuseRecheck)
+	if !dl.Before(until) {
+		w.c.SetReadDeadline(until)
+		w.kept = false
+		return true
+	}
+	w.c.SetReadDeadline(dl)
+	w.dl, w.kept = dl, true
 	return true
 }
+
+// moved: the client's read deadline was set by another than next (a
+// body's, a watch's, a head's still coming): next sets it again.
+func (w *h1Wire) moved() { w.kept = false }
 
 // sendHeld writes a held response the ordinary way, the read deadline
 // set to until first.
@@ -122,7 +140,7 @@ func (w *h1Wire) sendHeld(until time.Time) error {
 	held := w.held
 	w.held = nil
 	w.c.SetReadDeadline(until)
-	w.rechecking = false
+	w.rechecking, w.kept = false, false
 	_, err := w.tc.Write(held)
 	return err
 }
@@ -131,7 +149,7 @@ func (w *h1Wire) sendHeld(until time.Time) error {
 // still set (rechecking).
 func (w *h1Wire) unrecheck() {
 	if w.rechecking {
-		w.rechecking = false
+		w.rechecking, w.kept = false, false
 		w.c.SetReadDeadline(w.until)
 	}
 }

@@ -120,10 +120,19 @@ func (cs *h1ClientConn) stopHead() {
 	done := cs.headDone
 	if done != nil {
 		cs.conn.SetReadDeadline(aLongTimeAgo)
+		cs.deadlineMoved()
 	}
 	cs.headMu.Unlock()
 	if done != nil {
 		<-done
+	}
+}
+
+// deadlineMoved tells the wire (if any: tests make connections without)
+// that the client's read deadline is no longer the one it set (h1Wire.moved).
+func (cs *h1ClientConn) deadlineMoved() {
+	if cs.wire != nil {
+		cs.wire.moved()
 	}
 }
 
@@ -148,6 +157,7 @@ func (cs *h1ClientConn) watch() (stop func()) {
 		return func() {} // the client has sent more (pipelining): it is there
 	}
 	cs.conn.SetReadDeadline(time.Time{})
+	cs.deadlineMoved()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
