@@ -23,6 +23,10 @@ import (
 // not held (next).
 const fuseRecheck = 5 * time.Millisecond
 
+// pipelinedUnfused is how many responses of a client seen pipelining
+// (h1Wire.unfused) are written at once before one is held again.
+const pipelinedUnfused = 256
+
 // fuseRecheckedHook, if set (tests), is called when a fused read's wait
 // ran out at fuseRecheck.
 var fuseRecheckedHook atomic.Pointer[func()]
@@ -58,9 +62,14 @@ type h1Wire struct {
 	// fused read's wait is bounded by fuseRecheck to twice that.
 	dl   time.Time
 	kept bool
-	// pipelined: the client sent a request before the last response; it
-	// may again, and would then wait for fuseRecheck: no fusion.
-	pipelined bool
+	// unfused: the client sent a request before the last response; it
+	// may again, and would then wait for fuseRecheck: so many responses
+	// are written at once, not held (pipelinedUnfused, then the client is
+	// looked at again: a recheck that runs late on a loaded machine can
+	// find a request that came after the deadline there at once, as if it
+	// was sent unasked; permanent, it left most connections of a busy
+	// benchmark unfused for good).
+	unfused int
 	// last is when the previous response was readied, or the connection's
 	// first request read (next), gap how long after the one before it.
 	last time.Time
@@ -78,7 +87,10 @@ func (w *h1Wire) Write(p []byte) (int, error) {
 // flush sends bw's bytes, or holds them for the next read if the
 // connection is kept and that read can write them (hold).
 func (w *h1Wire) flush(bw *bufio.Writer, hold bool) error {
-	if !hold || w.raw == nil || w.pipelined {
+	if !hold || w.raw == nil || w.unfused > 0 {
+		if hold && w.unfused > 0 {
+			w.unfused--
+		}
 		return bw.Flush()
 	}
 	w.holding = true
@@ -101,7 +113,7 @@ func (w *h1Wire) next(br *bufio.Reader, now, until time.Time) bool {
 	prev, gap := w.gap, now.Sub(w.last)
 	w.last, w.gap = now, gap
 	if br.Buffered() > 0 {
-		w.pipelined = true
+		w.unfused = pipelinedUnfused
 		return w.sendHeld(until) == nil
 	}
 	if gap > fuseRecheck || prev > fuseRecheck {
@@ -190,7 +202,7 @@ func (w *h1Wire) Read(p []byte) (int, error) {
 		// own): such a client would wait fuseRecheck at every response.
 		n, err = w.raw.Read(p)
 		if n > 0 && !w.raw.Waited() {
-			w.pipelined = true
+			w.unfused = pipelinedUnfused
 		}
 	}
 	return n, err
