@@ -10,8 +10,9 @@ import (
 )
 
 // fuseRecheck bounds the wait of a read that wrote the last response
-// (h1Wire.Read): past it the client's socket is read whatever the poller
-// said. Bytes the client sent before that read began, not in answer to the
+// (h1Wire.Read), to between it and twice it (h1Wire.next keeps the
+// deadline it set while it is that far): past it the client's socket is
+// read whatever the poller said. Bytes the client sent before that read began, not in answer to the
 // response (a pipelined request, the FIN of a client that half-closed its
 // side after its request), raised their readiness before the read cleared
 // it (httpproxy.RawIO.WriteRead): without a read they would wait until the
