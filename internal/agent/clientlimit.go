@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"net"
 	"net/http"
 	"sync"
@@ -139,25 +138,12 @@ func (l *clientLimiter) dropIdleLocked(p *clientPlace) {
 	}
 }
 
-// clientPlaceKey is the context key of a fast-path connection's place
-// (withClientPlace).
-type clientPlaceKey struct{}
-
-func withClientPlace(ctx context.Context, p *clientPlace) context.Context {
-	if p == nil {
-		return ctx
-	}
-	return context.WithValue(ctx, clientPlaceKey{}, p)
-}
-
-// acquireFor is acquire for req: at its connection's place if the fast
-// path keeps one (h1: lbTransport.h1, no other server's requests carry
-// one), else by its source address.
-func (l *clientLimiter) acquireFor(req *http.Request, h1 bool, limit int, h *reqHold) bool {
-	if h1 {
-		if p, _ := req.Context().Value(clientPlaceKey{}).(*clientPlace); p != nil {
-			return l.acquireAt(p, limit, h)
-		}
+// acquireFor is acquire for req: at place if its connection keeps one
+// (the fast path's h1ClientConn hands it over: lbTransport.roundTripAt),
+// else by its source address.
+func (l *clientLimiter) acquireFor(req *http.Request, place *clientPlace, limit int, h *reqHold) bool {
+	if place != nil {
+		return l.acquireAt(place, limit, h)
 	}
 	return l.acquire(req.RemoteAddr, limit, h)
 }

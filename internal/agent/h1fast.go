@@ -88,9 +88,10 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	cs.watchHeadFn = cs.watchHead // one func value for the connection, not one per request with a body
 	// Cancelled only by watch (a client gone mid-stream) and when the
 	// connection ends: the pools hook only streaming bodies to it.
-	place := s.clients.holdConn(cs.remote, s.a.cfg.MaxRequestsPerClient) // its requests count there (acquireFor)
-	defer s.clients.dropConn(place)
-	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withClientPlace(withConnIdentity(connCtx, tc.clientID), place), &cs.resp))
+	cs.place = s.clients.holdConn(cs.remote, s.a.cfg.MaxRequestsPerClient) // its requests count there (roundTripAt)
+	defer s.clients.dropConn(cs.place)
+	defer cs.endHead()
+	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withConnIdentity(connCtx, tc.clientID), &cs.resp))
 	defer cs.headersDone()
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
@@ -116,7 +117,11 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			}
 		}
 		wire.headStarted()
+		buffered := br.Buffered()
 		hdr, err := httpproxy.PeekHeader(br, c)
+		if br.Buffered() != buffered {
+			wire.moved() // it read on, under the head's deadline
+		}
 		eligible, clte := false, false
 		if err == nil {
 			eligible, clte = httpproxy.Eligible(hdr)
@@ -161,6 +166,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			return
 		}
 		if req.ContentLength != 0 {
+			wire.moved()
 			c.SetReadDeadline(time.Time{})
 			req.Body = httpproxy.NewTimedBody(req.Body, c.SetReadDeadline) // bounded per read (httpproxy.TimedBody)
 		}
@@ -220,129 +226,17 @@ type h1ClientConn struct {
 	// lingering (lingerClose).
 	linger bool
 
-	// The watch of a request whose response head is slow (watchHead).
-	watchHeadFn func() // cs.watchHead
-	headTimer   stoppableTimer
-	// afterFunc makes headTimer: time.AfterFunc when nil (a test's own
-	// timer otherwise, to run its callback late at will).
-	afterFunc func(time.Duration, func()) stoppableTimer
-	headMu    sync.Mutex // guards the following
-	headArmed bool       // watchHead was called for the request
-	headStop  bool       // the head came: the watch must not start
-	headSkip  int        // timer callbacks that fired for requests already done, not yet run: each returns at once
-	headDone  chan struct{}
-}
+	// place is the client's in the per-client limit, kept while the
+	// connection is open (clientLimiter.holdConn; nil: no limit).
+	place *clientPlace
 
-// headWatchAfter is how long a request's response head may take before
-// the fast path watches its client (a goroutine's cost, not paid by a
-// prompt response).
-var headWatchAfter = time.Second
-
-// watchHead arms a watch of the client while the request's response head
-// is awaited (its body, if any, read to the end: the watch reads the
-// client's connection): once the client closes its connection, the
-// request is cancelled and the upstream connection closed
-// (httpproxy.CancelHeadWait), as net/http's server cancels a request whose
-// client went away. An endpoint that never answers would otherwise keep
-// the request, its goroutine and both connections for good: services have
-// no request timeout by default. stopHead ends the watch.
-func (cs *h1ClientConn) watchHead() {
-	cs.headMu.Lock()
-	cs.headArmed, cs.headStop, cs.headDone = true, false, nil
-	cs.headMu.Unlock()
-	switch {
-	case cs.headTimer != nil:
-		cs.headTimer.Reset(headWatchAfter)
-	case cs.afterFunc != nil:
-		cs.headTimer = cs.afterFunc(headWatchAfter, cs.headWatch)
-	default:
-		cs.headTimer = time.AfterFunc(headWatchAfter, cs.headWatch)
-	}
-}
-
-// stoppableTimer is what watchHead needs of its timer (*time.Timer).
-type stoppableTimer interface {
-	Reset(time.Duration) bool
-	Stop() bool
-}
-
-func (cs *h1ClientConn) headWatch() {
-	cs.headMu.Lock()
-	if cs.headSkip > 0 || cs.headStop {
-		if cs.headSkip > 0 {
-			cs.headSkip--
-		}
-		cs.headMu.Unlock()
-		return
-	}
-	done := make(chan struct{})
-	cs.headDone = done
-	cs.conn.SetReadDeadline(time.Time{})
-	cs.headMu.Unlock()
-	defer close(done)
-	if _, err := cs.br.Peek(1); err != nil && !httpproxy.IsTimeout(err) {
-		cs.gone() // EOF, reset or shutdown: the request's context ends first
-		httpproxy.CancelHeadWait(cs.ctx)
-	}
-}
-
-// stopHead ends watchHead's watch (if it was armed): the head came, or
-// the request failed. The connection's read deadline is the next
-// request's to set.
-func (cs *h1ClientConn) stopHead() {
-	cs.headMu.Lock()
-	armed := cs.headArmed
-	cs.headArmed = false
-	cs.headMu.Unlock()
-	if !armed || cs.headTimer.Stop() {
-		return
-	}
-	cs.headMu.Lock()
-	cs.headStop = true
-	done := cs.headDone
-	if done != nil {
-		cs.conn.SetReadDeadline(aLongTimeAgo)
-	} else {
-		// The timer fired and its callback has not run yet: the next
-		// request's watchHead clears headStop, so the callback must skip
-		// by count, or it would watch (and read the client) beside the
-		// next request's own.
-		cs.headSkip++
-	}
-	cs.headMu.Unlock()
-	if done != nil {
-		<-done
-	}
+	headWatchState // the watch of a request whose response head is slow (h1headwatch.go)
 }
 
 // headersDone ends the last request's headers: the next request gets new ones.
 func (cs *h1ClientConn) headersDone() {
 	cs.hb.Done()
 	cs.resp.Done()
-}
-
-// watch notices the client closing its connection while a response
-// streams (the fast path reads nothing from the client meanwhile) and then
-// cancels the request: a silent stream does not keep its upstream
-// connection and its request slots (l7body.go) for a client that is gone.
-// stop ends the watch; the connection's read deadline is reset by the
-// next request's.
-func (cs *h1ClientConn) watch() (stop func()) {
-	if cs.br.Buffered() > 0 {
-		return func() {} // the client has sent more (pipelining): it is there
-	}
-	cs.conn.SetReadDeadline(time.Time{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if _, err := cs.br.Peek(1); err != nil && !httpproxy.IsTimeout(err) {
-			cs.gone() // EOF, reset or shutdown
-		}
-	}()
-	return func() {
-		cs.conn.SetReadDeadline(aLongTimeAgo)
-		<-done
-	}
 }
 
 // forward proxies one request and writes its response; it reports whether
@@ -400,7 +294,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	if !hasBody {
 		cs.watchHead()
 	}
-	resp, err := p.rt.RoundTrip(out)
+	resp, err := p.rt.roundTripAt(out, cs.place)
 	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody {
 		tb.OnEnd(nil) // a body read to its end later (drained) arms no watch
 	}

@@ -10,8 +10,9 @@ import (
 )
 
 // fuseRecheck bounds the wait of a read that wrote the last response
-// (h1Wire.Read): past it the client's socket is read whatever the poller
-// said. Bytes the client sent before that read began, not in answer to the
+// (h1Wire.Read), to between it and twice it (h1Wire.next keeps the
+// deadline it set while it is that far): past it the client's socket is
+// read whatever the poller said. Bytes the client sent before that read began, not in answer to the
 // response (a pipelined request, the FIN of a client that half-closed its
 // side after its request), raised their readiness before the read cleared
 // it (httpproxy.RawIO.WriteRead): without a read they would wait until the
@@ -22,6 +23,10 @@ import (
 // after its own (a paced client's one early request), is written at once,
 // not held (next).
 const fuseRecheck = 5 * time.Millisecond
+
+// pipelinedUnfused is how many responses of a client seen pipelining
+// (h1Wire.unfused) are written at once before one is held again.
+const pipelinedUnfused = 256
 
 // fuseRecheckedHook, if set (tests), is called when a fused read's wait
 // ran out at fuseRecheck.
@@ -51,11 +56,23 @@ type h1Wire struct {
 	// headStarted drops it unset, one deadline set per request, not two.
 	until      time.Time
 	rechecking bool
-	// pipelined: the client sent a request before the last response; it
-	// may again, and would then wait for fuseRecheck: no fusion.
-	pipelined bool
-	// last is when the previous held response was readied (next), gap
-	// how long after the one before it.
+	// dl is the fused read's deadline next set last; kept: nothing set
+	// another since (moved), so a busy connection's next response keeps
+	// it while it is at least fuseRecheck away: set about once per
+	// fuseRecheck (a runtime timer's move), not once per request, and the
+	// fused read's wait is bounded by fuseRecheck to twice that.
+	dl   time.Time
+	kept bool
+	// unfused: the client sent a request before the last response; it
+	// may again, and would then wait for fuseRecheck: so many responses
+	// are written at once, not held (pipelinedUnfused, then the client is
+	// looked at again: a recheck that runs late on a loaded machine can
+	// find a request that came after the deadline there at once, as if it
+	// was sent unasked; permanent, it left most connections of a busy
+	// benchmark unfused for good).
+	unfused int
+	// last is when the previous response was readied, or the connection's
+	// first request read (next), gap how long after the one before it.
 	last time.Time
 	gap  time.Duration
 }
@@ -71,7 +88,10 @@ func (w *h1Wire) Write(p []byte) (int, error) {
 // flush sends bw's bytes, or holds them for the next read if the
 // connection is kept and that read can write them (hold).
 func (w *h1Wire) flush(bw *bufio.Writer, hold bool) error {
-	if !hold || w.raw == nil || w.pipelined {
+	if !hold || w.raw == nil || w.unfused > 0 {
+		if hold && w.unfused > 0 {
+			w.unfused--
+		}
 		return bw.Flush()
 	}
 	w.holding = true
@@ -87,13 +107,14 @@ func (w *h1Wire) flush(bw *bufio.Writer, hold bool) error {
 func (w *h1Wire) next(br *bufio.Reader, now, until time.Time) bool {
 	if w.held == nil {
 		w.c.SetReadDeadline(until)
-		w.rechecking = false
+		w.rechecking, w.kept = false, false
+		w.last = now // the first request's too: a connection's first held responses fuse
 		return true
 	}
 	prev, gap := w.gap, now.Sub(w.last)
 	w.last, w.gap = now, gap
 	if br.Buffered() > 0 {
-		w.pipelined = true
+		w.unfused = pipelinedUnfused
 		return w.sendHeld(until) == nil
 	}
 	if gap > fuseRecheck || prev > fuseRecheck {
@@ -108,12 +129,23 @@ func (w *h1Wire) next(br *bufio.Reader, now, until time.Time) bool {
 		return w.sendHeld(until) == nil
 	}
 	w.until = until
-	if t := now.Add(fuseRecheck); t.Before(until) {
-		until = t
+	if w.kept && w.dl.Sub(now) >= fuseRecheck && !w.dl.After(until) {
+		return true // the fused read's deadline left set, far enough still
 	}
-	w.c.SetReadDeadline(until)
+	dl := now.Add(2 * fuseRecheck)
+	if !dl.Before(until) {
+		w.c.SetReadDeadline(until)
+		w.kept = false
+		return true
+	}
+	w.c.SetReadDeadline(dl)
+	w.dl, w.kept = dl, true
 	return true
 }
+
+// moved: the client's read deadline was set by another than next (a
+// body's, a watch's, a head's still coming): next sets it again.
+func (w *h1Wire) moved() { w.kept = false }
 
 // sendHeld writes a held response the ordinary way, the read deadline
 // set to until first.
@@ -121,7 +153,7 @@ func (w *h1Wire) sendHeld(until time.Time) error {
 	held := w.held
 	w.held = nil
 	w.c.SetReadDeadline(until)
-	w.rechecking = false
+	w.rechecking, w.kept = false, false
 	_, err := w.tc.Write(held)
 	return err
 }
@@ -130,7 +162,7 @@ func (w *h1Wire) sendHeld(until time.Time) error {
 // still set (rechecking).
 func (w *h1Wire) unrecheck() {
 	if w.rechecking {
-		w.rechecking = false
+		w.rechecking, w.kept = false, false
 		w.c.SetReadDeadline(w.until)
 	}
 }
@@ -171,7 +203,7 @@ func (w *h1Wire) Read(p []byte) (int, error) {
 		// own): such a client would wait fuseRecheck at every response.
 		n, err = w.raw.Read(p)
 		if n > 0 && !w.raw.Waited() {
-			w.pipelined = true
+			w.unfused = pipelinedUnfused
 		}
 	}
 	return n, err

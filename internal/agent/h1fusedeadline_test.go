@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"io"
 	"net"
 	"testing"
@@ -49,5 +50,49 @@ func TestH1HeadAfterFusedResponseKeepsItsDeadlines(t *testing.T) {
 	}
 	if took := time.Since(start); took > httpproxy.HeaderTimeout+5*time.Second || took < httpproxy.HeaderTimeout-time.Second {
 		t.Fatalf("half a head closed after %v; want the head timeout, %v", took, httpproxy.HeaderTimeout)
+	}
+}
+
+// TestH1FusedDeadlineMovedRarely: a busy connection's held responses do
+// not each set the client's read deadline (a runtime timer's move): the
+// fused read's is kept while it is at least fuseRecheck away, and set
+// again once it is nearer, or once another deadline was set (moved: a
+// body's, a watch's, a head's), or for a response not held.
+func TestH1FusedDeadlineMovedRarely(t *testing.T) {
+	peer, c := loopbackPair(t)
+	go io.Copy(io.Discard, peer)
+	tc := &taggedConn{Conn: c, done: func() {}}
+	tc.raw = httpproxy.NewRawIO(c)
+	w := &h1Wire{tc: tc, c: c, raw: tc.raw}
+	br := bufio.NewReader(w)
+	now := monoTime()
+	w.next(br, now, now.Add(time.Minute))
+	sets, last := 0, w.dl
+	step := func() {
+		now = now.Add(fuseRecheck / 10)
+		w.held = []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+		if !w.next(br, now, now.Add(time.Minute)) || w.held == nil {
+			t.Fatal("response not held")
+		}
+		w.held = nil // as if the fused read wrote it
+		if !w.dl.Equal(last) {
+			sets++
+			last = w.dl
+		}
+		if d := w.dl.Sub(now); d < fuseRecheck || d > 2*fuseRecheck || !w.kept {
+			t.Fatalf("fused read's deadline %v away (kept %v); want fuseRecheck to twice that", d, w.kept)
+		}
+	}
+	for range 40 { // 4 fuseRecheck of requests
+		step()
+	}
+	if sets > 5 {
+		t.Errorf("%d deadline sets for 40 responses over %v; want one per fuseRecheck or so", sets, 4*fuseRecheck)
+	}
+	sets = 0
+	w.moved() // a body's, a watch's or a head's deadline
+	step()
+	if sets != 1 {
+		t.Error("a deadline set by another was kept as the fused read's")
 	}
 }

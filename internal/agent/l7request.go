@@ -26,19 +26,26 @@ type lbTransport struct {
 }
 
 func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return lt.roundTripAt(req, nil)
+}
+
+// roundTripAt is RoundTrip for a request whose client connection keeps its
+// client's place in the per-client limit (place; nil: none, the request
+// counts by its source address).
+func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace) (*http.Response, error) {
 	o := lt.l7.a.obs
 	if o == nil {
-		return lt.serve(req, nil)
+		return lt.serve(req, nil, place)
 	}
 	// The request's span and access-log line (observe.go): req's header
 	// is the one sent on, so the trace context goes with it.
 	t, _ := req.Context().Value(targetKey{}).(listenTarget)
 	rec := o.begin(sideClient, req, req.Header, lt.l7.a.view.Load().services[t.svc], t.svc)
 	if rec == nil {
-		return lt.serve(req, nil)
+		return lt.serve(req, nil, place)
 	}
 	rec.src = connIdentityFrom(req.Context())
-	resp, err := lt.serve(req, rec)
+	resp, err := lt.serve(req, rec, place)
 	if err != nil {
 		rec.end(errorStatus(req, err), "", err)
 		return nil, err
@@ -48,8 +55,8 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // serve is RoundTrip's work; rec (nil: none) learns the route, endpoint
-// and attempts.
-func (lt *lbTransport) serve(req *http.Request, rec *reqObs) (resp *http.Response, err error) {
+// and attempts; place is roundTripAt's.
+func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace) (resp *http.Response, err error) {
 	a := lt.l7.a
 	t, ok := req.Context().Value(targetKey{}).(listenTarget)
 	if !ok {
@@ -81,7 +88,7 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs) (resp *http.Respons
 			}
 		}
 	}()
-	if !lt.l7.clients.acquireFor(req, lt.h1, a.cfg.MaxRequestsPerClient, &h) {
+	if !lt.l7.clients.acquireFor(req, place, a.cfg.MaxRequestsPerClient, &h) {
 		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_client_limit_rejections_total{service=%q}`, t.svc)).Inc()
 		return nil, errClientLimit
 	}

@@ -65,6 +65,9 @@ func outlierConfig(od *api.OutlierDetection) outlier.Config {
 // outlier detection of sv's destination (a service, subset or port: each
 // has a detector of its own, as each is an Envoy cluster under Istio).
 func (a *Agent) isEjected(sv *serviceView, key string) bool {
+	if d := sv.outlierDet.Load(); d != nil {
+		return a.outliers.EjectedIn(d, key, time.Now)
+	}
 	return a.outliers.EjectedNow(sv.outlierKey(), key, time.Now)
 }
 
@@ -106,7 +109,12 @@ func (a *Agent) reportOutcome(sv *serviceView, ev *endpointView, o outlier.Outco
 }
 
 func (a *Agent) reportOutcomeAt(sv *serviceView, ev *endpointView, o outlier.Outcome, now time.Time) {
-	e := a.outliers.Report(sv.outlierKey(), ev.key, o, now)
+	var e outlier.Event
+	if d := sv.outlierDet.Load(); d != nil {
+		e = d.Report(ev.key, o, now)
+	} else {
+		e = a.outliers.Report(sv.outlierKey(), ev.key, o, now)
+	}
 	switch {
 	case e.Ejected:
 		a.m.outlierEjections.Inc()
@@ -193,7 +201,9 @@ func (a *Agent) unejectPassed(key string) { a.outliers.Uneject(key, time.Now()) 
 
 // syncOutliers gives each destination's detector (the service's, and
 // each subset's or port's with a traffic policy of its own) its policy
-// and its pool after a rebuild, and forgets removed destinations. It is
+// and its pool after a rebuild, and forgets removed destinations; each
+// destination view keeps its detector (outlierDet), so that requests do
+// not look it up by name (a read lock and a map access per candidate). It is
 // the only place detectors are configured: outcomes never change them.
 // A subset's pool is its endpoints (Istio's subset cluster).
 func (a *Agent) syncOutliers(v *view) {
@@ -209,7 +219,7 @@ func (a *Agent) syncOutliers(v *view) {
 		}
 		key := sv.outlierKey()
 		keep[key] = true
-		a.outliers.Sync(key, outlierConfig(&sv.svc.Spec.OutlierDetection), keys, now)
+		sv.outlierDet.Store(a.outliers.Sync(key, outlierConfig(&sv.svc.Spec.OutlierDetection), keys, now))
 	})
 	a.outliers.Prune(keep)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/authz"
 	"github.com/fogmesh/fogmesh/internal/balance"
 	"github.com/fogmesh/fogmesh/internal/egress"
+	"github.com/fogmesh/fogmesh/internal/outlier"
 	"github.com/fogmesh/fogmesh/internal/paths"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
@@ -257,6 +258,8 @@ type serviceView struct {
 	// detector is "ns/name"), destSubset its subset (its detector's pool).
 	destKey    string
 	destSubset string
+	// outlierDet: outlierKey's detector, set by syncOutliers (nil: by name)
+	outlierDet atomic.Pointer[outlier.Detector]
 	// base is the service before its DestinationPolicy (nil: none), what
 	// a port's policy starts from (portPolicy).
 	base *api.Service

@@ -219,14 +219,11 @@ const earlyResponseWait = 100 * time.Millisecond
 // refused (pc.bad), or the heads went past MaxResponseHeadBytes (the
 // count exchange began before the write goes on).
 func (pc *poolConn) earlyResponse(req *http.Request) (*http.Response, error) {
-	if pc.wire != nil {
-		// The deadline set next replaces a fused read's left set: the
-		// reads below must not clear it as that one (upWire.unrecheck),
-		// or they wait unbounded for an endpoint that got nothing.
-		pc.wire.rechecking = false
-	}
-	pc.c.SetReadDeadline(time.Now().Add(earlyResponseWait))
-	defer pc.c.SetReadDeadline(time.Time{})
+	// setReadDeadline: this deadline replaces a fused read's left set
+	// (the reads below do not clear it as that one, upWire.unrecheck), and
+	// a cancelled request's poison stays.
+	pc.setReadDeadline(time.Now().Add(earlyResponseWait))
+	defer pc.setReadDeadline(time.Time{})
 	if err := pc.finishInterim(); err != nil {
 		if pc.bad != nil || errors.Is(err, errHeadTooLarge) {
 			return nil, err
@@ -248,7 +245,7 @@ func (pc *poolConn) earlyResponse(req *http.Request) (*http.Response, error) {
 			continue
 		}
 		if req.Context().Err() != nil {
-			return nil, nil // cancelled meanwhile: its poisoned deadline was just cleared
+			return nil, nil // cancelled meanwhile
 		}
 		resp.Close = true
 		return resp, nil

@@ -20,8 +20,9 @@ import (
 // rate that the fusion saves a system call at keeps connections busier.
 var fuseIdleMax = time.Millisecond // a variable for tests
 
-// fuseRecheck bounds the wait of a read that wrote a held request: past
-// it the socket is read whatever the poller said, so an endpoint that shut
+// fuseRecheck bounds the wait of a read that wrote a held request (to
+// between it and twice it: sendHeld): past it the socket is read whatever
+// the poller said, so an endpoint that shut
 // its side just before the request costs this wait at most, then the
 // request goes again (errStale). A slower answer costs a timer's wake and
 // one read that finds the socket empty: few endpoints this busy are slower.
@@ -38,8 +39,10 @@ type upWire struct {
 	// rechecking: the read deadline is still the last fused read's
 	// (sendHeld), left set rather than cleared after every response; the
 	// next read of any other kind clears it first (clear: the pool
-	// connection's setReadDeadline, the poison kept).
+	// connection's setReadDeadline, the poison kept), and any other
+	// deadline set (setReadDeadline) ends it.
 	rechecking bool
+	until      time.Time // the deadline sendHeld set, while rechecking
 	clear      func()
 }
 
@@ -99,15 +102,21 @@ func (pc *poolConn) sendHeld() (werr, rerr error) {
 	if u == nil || u.held == nil {
 		return nil, nil
 	}
-	// The deadline stays after the read (rechecking): a busy connection's
-	// next fused read moves it, and whatever else reads first clears it,
-	// one deadline set per request rather than two. usedAt is get's clock
-	// reading, a few microseconds before.
+	// The deadline stays after the read (rechecking): whatever else reads
+	// first clears it, and a busy connection's next fused read keeps it
+	// while it is at least fuseRecheck away, else sets it 2 fuseRecheck
+	// away: the wait is bounded by fuseRecheck to twice that, and the
+	// deadline (a runtime timer's move) is set once per fuseRecheck, not
+	// once per request. usedAt is get's clock reading, a few microseconds
+	// before.
 	at := pc.usedAt
 	if at.IsZero() {
 		at = MonoTime()
 	}
-	pc.setReadDeadline(at.Add(fuseRecheck))
+	if !u.rechecking || u.until.Sub(at) < fuseRecheck {
+		u.until = at.Add(2 * fuseRecheck)
+		pc.setReadDeadline(u.until)
+	}
 	u.rechecking = true
 	_, rerr = pc.br.Peek(1)
 	if rerr != errHeldUnsent {
@@ -127,7 +136,14 @@ func (pc *poolConn) sendHeld() (werr, rerr error) {
 // setReadDeadline sets the connection's read deadline unless it was
 // poisoned: poison stores poisoned before its deadline, this loads it
 // after its own, so one of the two sees the other and the poison stays.
+// Every read deadline of a pool connection is set here (poison's, from
+// another goroutine, is the only other): a deadline set ends a fused
+// read's left set (rechecking), so no read after it clears this one
+// (upWire.unrecheck); sendHeld sets rechecking again after its own.
 func (pc *poolConn) setReadDeadline(t time.Time) {
+	if pc.wire != nil {
+		pc.wire.rechecking = false
+	}
 	pc.c.SetReadDeadline(t)
 	if pc.poisoned.Load() {
 		pc.c.SetDeadline(aLongTimeAgo)

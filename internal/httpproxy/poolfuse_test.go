@@ -131,7 +131,7 @@ func TestPoolFusedDeadlineGoneBeforeOtherReads(t *testing.T) {
 	pastRecheck := func() {
 		t.Helper()
 		from := MonoTime()
-		waitFor(t, "fuseRecheck to pass", func() bool { return MonoTime().Sub(from) > 2*fuseRecheck })
+		waitFor(t, "fuseRecheck to pass", func() bool { return MonoTime().Sub(from) > 3*fuseRecheck }) // sendHeld's deadline: up to 2 fuseRecheck away
 	}
 	get(t, p, "GET", "") // the connection, dialed: the next GET fuses
 	slowBody <- struct{}{}
@@ -184,4 +184,42 @@ func TestPoolShortBodyAfterFusedResponseFailsPromptly(t *testing.T) {
 			t.Fatalf("%d: failed after %v (%v); want within earlyResponseWait, %v", i, took, err, earlyResponseWait)
 		}
 	}
+}
+
+// TestPoolFusedDeadlineMovedRarely: a busy connection's fused reads do
+// not each set their read deadline (a runtime timer's move per request):
+// one left at least fuseRecheck away is kept (sendHeld), so requests in
+// a row set it about once per fuseRecheck. Before, every request set it.
+func TestPoolFusedDeadlineMovedRarely(t *testing.T) {
+	u := startUpstream(t, ok)
+	p := u.pool(PoolConfig{})
+	defer p.Close(true)
+	get(t, p, "GET", "") // the connection, dialed
+	const rounds = 100
+	sets := 0
+	var last time.Time
+	start := MonoTime()
+	for i := range rounds {
+		if code, body := get(t, p, "GET", ""); code != 200 || body != "ok" {
+			t.Fatalf("round %d: %d %q", i, code, body)
+		}
+		p.mu.Lock()
+		if len(p.idle) != 1 || p.idle[0].wire == nil {
+			p.mu.Unlock()
+			t.Fatalf("round %d: %d idle connections, want 1 with a wire", i, len(p.idle))
+		}
+		until := p.idle[0].wire.until
+		p.mu.Unlock()
+		if !until.Equal(last) {
+			sets++
+			last = until
+		}
+	}
+	took := MonoTime().Sub(start)
+	// At most one set per fuseRecheck of the run's time (and the first),
+	// on a machine however slow; a run within fuseRecheck sets it once.
+	if most := 2 + int(took/fuseRecheck); sets > most || sets > rounds/2 {
+		t.Fatalf("%d deadline sets in %d fused requests over %v; want at most %d", sets, rounds, took, min(most, rounds/2))
+	}
+	t.Logf("%d deadline sets in %d fused requests over %v", sets, rounds, took)
 }

@@ -2,7 +2,7 @@ package httpproxy
 
 import (
 	"context"
-	"sync"
+	"sync/atomic"
 )
 
 // WithStreamCancel returns ctx marked as cancelled only while a response
@@ -22,10 +22,17 @@ type streamCancelKey struct{}
 type streamCancelMark struct {
 	ctx context.Context
 
-	mu      sync.Mutex
-	waiting *poolConn // the connection a request on ctx waits on for its response head
-	gone    bool      // CancelHeadWait was called
+	// waiting is the connection a request on ctx waits on for its
+	// response head (nil: none), or markGone once CancelHeadWait was
+	// called: one word, so that await and CancelHeadWait fall in one order
+	// without a lock (a CancelHeadWait before an await refuses the
+	// request and poisons nothing; after it, it poisons the connection
+	// awaited), as with the mutex they had before.
+	waiting atomic.Pointer[poolConn]
 }
+
+// markGone is streamCancelMark.waiting after CancelHeadWait.
+var markGone = new(poolConn)
 
 // CancelHeadWait ends the wait for a response head of the request on
 // ctx, one of WithStreamCancel's (its pool connection is closed), and of
@@ -40,11 +47,7 @@ func CancelHeadWait(ctx context.Context) {
 	if m == nil {
 		return
 	}
-	m.mu.Lock()
-	m.gone = true
-	pc := m.waiting
-	m.mu.Unlock()
-	if pc != nil {
+	if pc := m.waiting.Swap(markGone); pc != nil && pc != markGone {
 		pc.poison()
 	}
 }
@@ -52,10 +55,15 @@ func CancelHeadWait(ctx context.Context) {
 // await records pc as the connection waited on for a head (nil: none
 // now); false if CancelHeadWait was called.
 func (m *streamCancelMark) await(pc *poolConn) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.waiting = pc
-	return !m.gone
+	for {
+		old := m.waiting.Load()
+		if old == markGone {
+			return false
+		}
+		if m.waiting.CompareAndSwap(old, pc) {
+			return true
+		}
+	}
 }
 
 // cancelsOnlyStreams returns ctx's mark if ctx is one of WithStreamCancel's.

@@ -358,3 +358,27 @@ func TestSetDestinationsApart(t *testing.T) {
 		t.Error("x still ejected a minute after a 1 s ejection")
 	}
 }
+
+// The detector Sync returns is the destination's: what is reported to it
+// is what the set reports by name, the same detector is returned by a
+// later Sync (a caller's cached one stays current), and EjectedIn counts
+// the quarantine too.
+func TestSetSyncReturnsTheDestinationsDetector(t *testing.T) {
+	var s Set
+	cfg := Config{Consecutive5xx: 1, MaxEjectionPercent: 100}
+	d := s.Sync("ns/a", cfg, []string{"ns/a1", "ns/a2"}, t0)
+	if d == nil || s.Sync("ns/a", cfg, []string{"ns/a1", "ns/a2"}, t0) != d {
+		t.Fatal("Sync did not return the destination's one detector")
+	}
+	clock := func() time.Time { return t0 }
+	if ev := d.Report("ns/a1", r500, t0); !ev.Ejected {
+		t.Fatalf("%+v", ev)
+	}
+	if !s.Ejected("ns/a", "ns/a1", t0) || !s.EjectedIn(d, "ns/a1", clock) || s.EjectedIn(d, "ns/a2", clock) {
+		t.Fatal("the returned detector's ejection is not the destination's")
+	}
+	s.Quarantine("ns/a2", t0.Add(time.Second))
+	if !s.EjectedIn(d, "ns/a2", clock) || !s.EjectedIn(nil, "ns/a2", clock) || s.EjectedIn(nil, "ns/a1", clock) {
+		t.Fatal("EjectedIn does not apply the quarantine alone")
+	}
+}

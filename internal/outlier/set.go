@@ -33,8 +33,11 @@ type Set struct {
 }
 
 // Sync sets one destination's configuration and pool (its endpoints'
-// keys), creating its detector (sweeps starting at now) if it has none.
-func (s *Set) Sync(dest string, cfg Config, endpoints []string, now time.Time) {
+// keys), creating its detector (sweeps starting at now) if it has none,
+// and returns it: the destination's until Prune drops it (a caller may
+// keep it for EjectedIn and Detector.Report rather than look it up by
+// dest for every request).
+func (s *Set) Sync(dest string, cfg Config, endpoints []string, now time.Time) *Detector {
 	s.mu.Lock()
 	d := s.detectors[dest]
 	if d == nil {
@@ -47,6 +50,7 @@ func (s *Set) Sync(dest string, cfg Config, endpoints []string, now time.Time) {
 	s.mu.Unlock()
 	d.SetConfig(cfg, now)
 	d.SetHosts(endpoints)
+	return d
 }
 
 // Prune forgets the destinations not in keep.
@@ -109,6 +113,15 @@ func (s *Set) EjectedNow(dest, key string, clock func() time.Time) bool {
 		return true
 	}
 	d := s.detector(dest)
+	return d != nil && d.ejectedNow(key, clock)
+}
+
+// EjectedIn is EjectedNow for the destination whose detector is d (from
+// Sync; nil: none), without looking it up.
+func (s *Set) EjectedIn(d *Detector, key string, clock func() time.Time) bool {
+	if s.quarantined(key, clock) {
+		return true
+	}
 	return d != nil && d.ejectedNow(key, clock)
 }
 
