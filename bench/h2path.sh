@@ -23,7 +23,9 @@
 # ephemeral port range, where a client's source port cannot take it),
 # BASELINE_BIN, BASELINE_REV, VIP_OCTET (236) and BASE_VIP_OCTET (237):
 # the agents' VIP ranges 127.X.0.0/16, or VIP_RANGE and BASE_VIP_RANGE
-# (CIDRs: two halves of one reserved /16, say). PPROF=1: builds with -tags fogmesh_pprof and
+# (CIDRs: two halves of one reserved /16, say), AGENT_ENV (environment
+# assignments for this build's agent only: GOMAXPROCS=1 against a
+# BASELINE_BIN of the same commit, say). PPROF=1: builds with -tags fogmesh_pprof and
 # takes CPU profiles of the agent over each of its gRPC runs (the profile
 # ends a second before the run) and the first 2 s of its h2load runs into PPROF_DIR (default
 # bench/out/pprof-h2path-<date>); its overhead touches those runs, so take
@@ -156,6 +158,10 @@ agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$VIP_R
   "webh2:http:$P_HTTP" "webgrpc:grpc:$P_GRPC" >"$TMP/srv.yaml"
 PPENV_SRV=()
 [ "$PPROF" != 1 ] || PPENV_SRV=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_SRV_PPROF")
+# AGENT_ENV: environment for this build's agent alone (say GOMAXPROCS=1),
+# the baseline agent and the peers run without it.
+read -r -a AGENT_ENV_A <<<"${AGENT_ENV:-}"
+PPENV_SRV+=("${AGENT_ENV_A[@]}")
 start srv "${PIN_PROXY[@]}" env "${PPENV_SRV[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
 if [ -n "$BASELINE_BIN" ]; then
   # The baseline agent: its own control plane (the same services) and VIP
