@@ -187,8 +187,13 @@ func TestH1RevClientPlaceReleased(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	// A request held by the endpoint; a second connection gets 429.
-	c1, _ := dial()
+	// A request held by the endpoint, right after a prompt one on the same
+	// connection (its head watch's timer, set by the first, is carried
+	// over: headWatchState); a second connection gets 429.
+	c1, br1 := dial()
+	if code := status(c1, br1, "/ok"); code != 200 {
+		t.Fatalf("first request: %d", code)
+	}
 	io.WriteString(c1, "GET /hang HTTP/1.1\r\nHost: place.demo\r\n\r\n")
 	waitFor(t, "the held request upstream", func() bool { _, busy := b.counts(); return busy == 1 })
 	c2, br2 := dial()
@@ -197,6 +202,7 @@ func TestH1RevClientPlaceReleased(t *testing.T) {
 	}
 	c1.Close() // gone while its head is awaited: the head watch cancels it
 	waitFor(t, "the place given back", func() bool { return status(c2, br2, "/ok") == 200 })
+	waitFor(t, "the held request cancelled upstream", func() bool { _, busy := b.counts(); return busy == 0 })
 	if code := status(c2, br2, "/reset"); code/100 != 5 {
 		t.Fatalf("an endpoint that resets: %d; want 5xx", code)
 	}
