@@ -18,8 +18,9 @@ import (
 // Any encoding that may change the table (a literal with incremental
 // indexing, a table size update) and any change of the table's size limit
 // forget every remembered encoding: the indexes in them may no longer
-// hold. Sensitive fields are not remembered. Not safe for concurrent use;
-// FuzzEncoderMatchesHpack holds its output, decoded, to the fields given.
+// hold. Sensitive fields are not remembered, nor long ones (encField).
+// Not safe for concurrent use; FuzzEncoderMatchesHpack holds its output,
+// decoded, to the fields given.
 type Encoder struct {
 	enc  *hpack.Encoder
 	w    encWriter
@@ -31,6 +32,11 @@ type Encoder struct {
 const (
 	encSlots = 16 // fields remembered
 	encBytes = 22 // the longest encoding remembered
+	// encField is the longest field (name and value) remembered: an
+	// indexed field encodes to a byte or two however long its value, and
+	// the slots keep their strings alive after the table let them go.
+	// encSlots of these stay within a 4 KiB table's size.
+	encField = 256
 )
 
 type encoded struct {
@@ -87,7 +93,7 @@ func (e *Encoder) WriteField(f hpack.HeaderField) {
 		return
 	}
 	b := e.w.buf.Bytes()[start:]
-	if f.Sensitive || len(b) > encBytes {
+	if f.Sensitive || len(b) > encBytes || len(f.Name)+len(f.Value) > encField {
 		return
 	}
 	c := &e.tab[e.next]

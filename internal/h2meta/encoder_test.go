@@ -162,3 +162,25 @@ func BenchmarkEncodeRequest(b *testing.B) {
 		})
 	}
 }
+
+// TestEncoderHoldsLittle: what the remembered encodings keep alive stays
+// about the size of the table itself. An indexed field encodes to a byte
+// or two however long its value: sixteen long values, each inserted (the
+// one before evicted) and written again indexed, were all kept, 16 times
+// the 4 KiB the table holds, for the connection's life.
+func TestEncoderHoldsLittle(t *testing.T) {
+	var b bytes.Buffer
+	enc := NewEncoder(&b)
+	for i := range 2 * encSlots {
+		f := hpack.HeaderField{Name: "cookie", Value: fmt.Sprintf("%02d", i) + string(bytes.Repeat([]byte{'v'}, 3900))}
+		enc.WriteField(f) // inserted
+		enc.WriteField(f) // indexed
+	}
+	held := 0
+	for _, c := range enc.tab {
+		held += len(c.name) + len(c.value)
+	}
+	if held > 4096 {
+		t.Fatalf("the remembered encodings keep %d bytes of fields alive, over the table's 4096", held)
+	}
+}
