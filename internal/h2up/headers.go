@@ -16,6 +16,26 @@ func hpackField(name, value string) hpack.HeaderField {
 	return hpack.HeaderField{Name: name, Value: value}
 }
 
+// headerField is a request's field name (lower case) and value for the
+// encoder: credentials never indexed. An upstream connection carries the
+// requests of many clients, so a credential in its HPACK table could be
+// guessed by another client from the sizes of its own header blocks (as
+// CRIME did with TLS compression); and a client that sent it as never
+// indexed (RFC 7541 §7.1.3) lost that flag in http.Header, which an
+// intermediary must keep. Which ones, as nghttp2's encoder chooses:
+// authorization and proxy-authorization always, a cookie under 20 bytes
+// (short enough to guess).
+func headerField(name, value string) hpack.HeaderField {
+	f := hpack.HeaderField{Name: name, Value: value}
+	switch name {
+	case "authorization", "proxy-authorization":
+		f.Sensitive = true
+	case "cookie":
+		f.Sensitive = len(value) < 20
+	}
+	return f
+}
+
 // encodeHeaders encodes the request's header block into c.hbuf (under
 // wmu), as net/http's transport does: pseudo-headers first, then the
 // fields without the connection-specific ones (RFC 9113 §8.2.2), TE only
@@ -66,7 +86,7 @@ func encodeHeaders(c *conn, req *http.Request, hasBody, hasTrailer bool) {
 		}
 		lk := lowerHeader(k)
 		for _, v := range vv {
-			e.WriteField(hpackField(lk, v))
+			e.WriteField(headerField(lk, v))
 		}
 	}
 	if hasTrailer {

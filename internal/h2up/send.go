@@ -101,7 +101,7 @@ func (s *stream) writeBody(hasTrailer bool, headers *time.Timer, pre *pending) {
 			for k, vv := range trailer {
 				lk := lowerHeader(k)
 				for _, v := range vv {
-					c.henc.WriteField(hpackField(lk, v))
+					c.henc.WriteField(headerField(lk, v))
 				}
 			}
 			return c.writeHeaderBlock(s.id, true, maxFrame)

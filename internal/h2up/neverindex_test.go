@@ -1,0 +1,74 @@
+package h2up_test
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/fogmesh/fogmesh/internal/h2up"
+)
+
+// TestCredentialsNeverIndexed: a request's authorization,
+// proxy-authorization and short cookie reach the endpoint as never-indexed
+// literals (RFC 7541 §7.1.3: an upstream connection carries many clients'
+// requests, and a credential in its table could be guessed from header
+// block sizes), the other fields as before (indexed).
+func TestCredentialsNeverIndexed(t *testing.T) {
+	got := make(chan []hpack.HeaderField, 1)
+	addr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
+		h := firstHeaders(fr)
+		if h == nil {
+			return
+		}
+		got <- h.Fields
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: headerBlock(":status", "204"),
+			EndStream: true, EndHeaders: true})
+		firstHeaders(fr) // until the client closes
+	})
+	pool := h2up.New(h2up.Config{Dial: dialTo(addr)})
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc.demo/p", nil)
+	req.Header.Set("Authorization", "Bearer secret-token-of-alice")
+	req.Header.Set("Proxy-Authorization", "Basic YWxpY2U6cHc=")
+	req.Header.Add("Cookie", "sid=a1b2c3")                                   // short: guessable
+	req.Header.Add("Cookie", "theme=dark-with-a-long-enough-value-to-index") // 20 bytes or more
+	req.Header.Set("X-Other", "plain")
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	fields := <-got
+	want := map[string]bool{
+		"authorization":       true,
+		"proxy-authorization": true,
+		"cookie=sid=a1b2c3":   true,
+		"cookie=theme=dark-with-a-long-enough-value-to-index": false,
+		"x-other": false,
+	}
+	seen := 0
+	for _, f := range fields {
+		key := f.Name
+		if f.Name == "cookie" {
+			key += "=" + f.Value
+		}
+		w, ok := want[key]
+		if !ok {
+			continue
+		}
+		seen++
+		if f.Sensitive != w {
+			t.Errorf("%s: never indexed %v, want %v", key, f.Sensitive, w)
+		}
+	}
+	if seen != len(want) {
+		t.Fatalf("the endpoint saw %d of the %d fields checked: %v", seen, len(want), fields)
+	}
+}
