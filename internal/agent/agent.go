@@ -163,6 +163,7 @@ type Agent struct {
 	closeOnce sync.Once
 	cancel    context.CancelFunc // guarded by mu
 	runCtx    context.Context    // guarded by mu; set by Run
+	closed    bool               // guarded by mu; set by shutdown before it waits
 
 	m agentMetrics // set by initMetrics (metrics.go)
 }
@@ -352,6 +353,11 @@ func (a *Agent) Name() string { return a.cfg.Node.Name }
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	a.mu.Lock()
+	if a.closed { // Close ran first: start nothing, nothing would end it
+		a.mu.Unlock()
+		cancel()
+		return nil
+	}
 	a.cancel, a.runCtx = cancel, ctx
 	a.reconcileListenersLocked(a.view.Load())
 	a.syncCaptureLocked(a.view.Load()) // its UDP sockets need runCtx
@@ -359,6 +365,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, ws := range a.workloads {
 		a.startCheckLocked(ctx, ws)
 	}
+	a.wg.Add(1) // Run's own, under mu: shutdown's wait covers the Adds below
 	a.mu.Unlock()
 	defer cancel()
 	a.joinSitePeers()
@@ -405,6 +412,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.svids.Run(ctx, iss) }()
 	}
+	a.wg.Done()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -424,6 +432,7 @@ func (a *Agent) shutdown() {
 	a.closeOnce.Do(func() {
 		a.closeCapture() // the rules go first: ClusterIPs are kube-proxy's again
 		a.mu.Lock()
+		a.closed = true
 		if a.cancel != nil {
 			a.cancel()
 		}

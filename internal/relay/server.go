@@ -198,7 +198,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("relay: accept: %w", err)
 		}
-		if !s.trackConn(c) {
+		if !s.trackConn(c) { // counted in wg when true
 			c.Close()
 			return nil
 		}
@@ -207,9 +207,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		if slot == nil { // closed before any TLS work
 			s.refuseLogged(slog.LevelDebug, reason, "remote", c.RemoteAddr().String(), "too many handshakes in progress")
 			s.closeConn(c)
+			s.wg.Done()
 			continue
 		}
-		s.wg.Add(1)
 		go s.serveConn(c, slot.Release, ev)
 	}
 }
@@ -246,6 +246,10 @@ func (s *Server) trackConn(c net.Conn) bool {
 		return false
 	}
 	s.conns[c] = connPeer{}
+	// Counted here, under mu and not closed, so Close (which sets closed
+	// under mu before it waits) waits for the connection's goroutine; an
+	// Add after the unlock could come once Close's wait had returned.
+	s.wg.Add(1)
 	return true
 }
 
