@@ -377,7 +377,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() {
 			defer a.wg.Done()
 			if err := f(); err != nil {
-				errc <- fmt.Errorf("agent: %s: %w", name, err)
+				select { // the first error ends Run; the others must not block Close's wait
+				case errc <- fmt.Errorf("agent: %s: %w", name, err):
+				default:
+				}
 			}
 		}()
 	}
