@@ -42,7 +42,7 @@ func (a *Agent) Register(w Workload) error {
 	if old != nil && old.stop != nil { // no check runs before Run
 		old.stop()
 	}
-	if a.runCtx != nil {
+	if a.runCtx != nil && !a.closed { // after Close, nothing would wait for the check
 		a.startCheckLocked(a.runCtx, ws)
 	}
 	a.rebuildLocked()
