@@ -58,7 +58,7 @@ func startEchoPathBackend(t testing.TB) int {
 // or in several gets every response, in order, for its own request:
 // through the unfused count (pipelinedUnfused) and back.
 func TestH1RevPipelinedOrder(t *testing.T) {
-	addr := agentInFront(t, inFront{node: "n", octet: 107, svc: "order", vipPort: 19701, port: startEchoPathBackend(t)}).addr
+	addr := agentInFront(t, inFront{node: "n", octet: 61, svc: "order", vipPort: 19701, port: startEchoPathBackend(t)}).addr
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +109,7 @@ func TestH1RevPipelinedOrder(t *testing.T) {
 func TestH1RevIdleAfterFusedResponses(t *testing.T) {
 	doc := `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"idlef","namespace":"demo"},
 	"spec":{"ports":[{"name":"web","port":19702,"protocol":"http"}],"timeouts":{"idle":"400ms"}}}`
-	addr := agentInFront(t, inFront{node: "n", octet: 107, svc: "idlef", vipPort: 19702, doc: doc, port: startRawBackend(t)}).addr
+	addr := agentInFront(t, inFront{node: "n", octet: 61, svc: "idlef", vipPort: 19702, doc: doc, port: startRawBackend(t)}).addr
 	for _, burst := range []int{1, 3} {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -163,10 +163,10 @@ func TestH1RevClientPlaceReleased(t *testing.T) {
 	}))
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, httpSvcDoc("place", 19703, "http"))
-	a := startAgentWith(t, agentOpts{name: "place", site: "s1", region: "r1", vipOctet: 107, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+	a := startAgentWith(t, agentOpts{name: "place", site: "s1", region: "r1", vipOctet: 61, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
 		workloads: []Workload{webWorkload("place", "place-1", b.port)}}, func(c *Config) { c.MaxRequestsPerClient = 1 })
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/place")) == 1 })
-	addr := "127.107.0.1:19703"
+	addr := vipOf(t, a, "demo/place") + ":19703"
 	waitListening(t, addr)
 	dial := func() (net.Conn, *bufio.Reader) {
 		c, err := net.Dial("tcp", addr)

@@ -8,47 +8,9 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
-
-// strictDecoder decodes the server's header blocks as a client that holds
-// it to RFC 7541 §4.2: once the server acknowledged a
-// SETTINGS_HEADER_TABLE_SIZE below the table size it last signalled, its
-// next block must begin with a dynamic table size update.
-type strictDecoder struct {
-	dec       *hpack.Decoder
-	signalled uint32
-	mustLead  bool
-}
-
-func (d *strictDecoder) acked(n uint32) {
-	d.dec.SetAllowedMaxDynamicTableSize(n)
-	if d.signalled > n {
-		d.mustLead = true
-	}
-}
-
-func (d *strictDecoder) decode(block []byte) ([]hpack.HeaderField, error) {
-	p, led := block, false
-	for len(p) > 0 && p[0]&0xe0 == 0x20 { // size updates (5-bit prefix)
-		v, n := uint64(p[0]&0x1f), 1
-		if v == 0x1f {
-			for m := uint(0); n < len(p); m += 7 {
-				b := p[n]
-				n++
-				v += uint64(b&0x7f) << m
-				if b&0x80 == 0 {
-					break
-				}
-			}
-		}
-		d.signalled, led, p = uint32(v), true, p[n:]
-	}
-	if d.mustLead && !led {
-		return nil, fmt.Errorf("block %x after a smaller table size was acknowledged does not begin with a size update", block)
-	}
-	d.mustLead = false
-	return d.dec.DecodeFull(block)
-}
 
 // TestTableSizeShrinksWhileResponsesRun: a client lowers its HPACK table
 // (SETTINGS_HEADER_TABLE_SIZE 2048 ... 0) in the middle of batches of
@@ -71,7 +33,7 @@ func TestTableSizeShrinksWhileResponsesRun(t *testing.T) {
 	fr.WriteSettings()
 	var b bytes.Buffer
 	enc := hpack.NewEncoder(&b)
-	d := &strictDecoder{dec: hpack.NewDecoder(4096, nil), signalled: 4096}
+	d := testenv.NewStrictHPACK()
 	want := map[uint32]string{}
 	id := uint32(1)
 	request := func(i int) {
@@ -109,7 +71,7 @@ func TestTableSizeShrinksWhileResponsesRun(t *testing.T) {
 				if !f.IsAck() {
 					fr.WriteSettingsAck()
 				} else if len(sent) > 0 {
-					d.acked(sent[0])
+					d.Acked(sent[0])
 					sent = sent[1:]
 				}
 				continue
@@ -129,7 +91,7 @@ func TestTableSizeShrinksWhileResponsesRun(t *testing.T) {
 				continue
 			}
 			sid := f.Header().StreamID
-			fields, err := d.decode(block)
+			fields, err := d.Decode(block)
 			if err != nil {
 				t.Fatalf("batch %d stream %d: %v", batch, sid, err)
 			}

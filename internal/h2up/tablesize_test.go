@@ -15,55 +15,8 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/fogmesh/fogmesh/internal/h2up"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
-
-// strictDecoder decodes a client's header blocks as a peer that holds it
-// to RFC 7541 §4.2 would: once the client acknowledged a
-// SETTINGS_HEADER_TABLE_SIZE below the table size last signalled, the
-// next block must begin with a dynamic table size update within it.
-type strictDecoder struct {
-	dec       *hpack.Decoder
-	signalled uint32 // the table size last set by a size update (4096 at first)
-	mustLead  bool
-}
-
-func newStrictDecoder() *strictDecoder {
-	return &strictDecoder{dec: hpack.NewDecoder(4096, nil), signalled: 4096}
-}
-
-// acked: the client acknowledged our SETTINGS_HEADER_TABLE_SIZE n.
-func (d *strictDecoder) acked(n uint32) {
-	d.dec.SetAllowedMaxDynamicTableSize(n)
-	if d.signalled > n {
-		d.mustLead = true
-	}
-}
-
-func (d *strictDecoder) decode(block []byte) ([]hpack.HeaderField, error) {
-	// The size updates at the block's start (001xxxxx, a 5-bit prefix).
-	p, led := block, false
-	for len(p) > 0 && p[0]&0xe0 == 0x20 {
-		v, n := uint64(p[0]&0x1f), 1
-		if v == 0x1f {
-			m := uint(0)
-			for n < len(p) {
-				b := p[n]
-				n++
-				v += uint64(b&0x7f) << m
-				m += 7
-				if b&0x80 == 0 {
-					break
-				}
-			}
-		}
-		d.signalled, led, p = uint32(v), true, p[n:]
-	}
-	if d.mustLead && !led {
-		return nil, fmt.Errorf("block %x after a smaller table size was acknowledged does not begin with a size update", block)
-	}
-	d.mustLead = false
-	return d.dec.DecodeFull(block)
-}
 
 // TestTableSizeChangesWhileStreamsRun: an endpoint shrinks its HPACK
 // table (SETTINGS_HEADER_TABLE_SIZE 2048, 1000, 200, 100, 60, 0) while many
@@ -149,7 +102,7 @@ func serveShrinking(c net.Conn) error {
 	}
 	fr := http2.NewFramer(c, c)
 	fr.WriteSettings()
-	d := newStrictDecoder()
+	d := testenv.NewStrictHPACK()
 	var out bytes.Buffer
 	enc := hpack.NewEncoder(&out)
 	sizes := []uint32{2048, 1000, 200, 100, 60, 0}
@@ -166,7 +119,7 @@ func serveShrinking(c net.Conn) error {
 			if !f.IsAck() {
 				fr.WriteSettingsAck()
 			} else if len(sent) > 0 {
-				d.acked(sent[0])
+				d.Acked(sent[0])
 				sent = sent[1:]
 			}
 		case *http2.HeadersFrame:
@@ -190,7 +143,7 @@ func serveShrinking(c net.Conn) error {
 		if _, ok := f.(*http2.SettingsFrame); ok {
 			continue
 		}
-		fields, err := d.decode(block)
+		fields, err := d.Decode(block)
 		if err != nil {
 			return err
 		}
