@@ -353,11 +353,7 @@ func TestH1PipeliningClientNotHeldAgain(t *testing.T) {
 // nothing (session 29: 2-8 % of the gaps at that rate). A connection
 // whose requests come close together twice in a row is fused.
 func TestH1OneShortGapNotFused(t *testing.T) {
-	peer, c := loopbackPair(t)
-	go io.Copy(io.Discard, peer) // the client reads every response
-	tc := &taggedConn{Conn: c, done: func() {}}
-	tc.raw = httpproxy.NewRawIO(c)
-	w := &h1Wire{tc: tc, c: c, raw: tc.raw}
+	w := readWire(t)
 	br := bufio.NewReader(w)
 	now := monoTime()
 	step := func(gap time.Duration) (held bool) {
@@ -389,11 +385,7 @@ func TestH1OneShortGapNotFused(t *testing.T) {
 // connection go out at once, each followed by a read that finds the
 // socket empty).
 func TestH1FirstResponsesFused(t *testing.T) {
-	peer, c := loopbackPair(t)
-	go io.Copy(io.Discard, peer)
-	tc := &taggedConn{Conn: c, done: func() {}}
-	tc.raw = httpproxy.NewRawIO(c)
-	w := &h1Wire{tc: tc, c: c, raw: tc.raw}
+	w := readWire(t)
 	br := bufio.NewReader(w)
 	now := monoTime()
 	if !w.next(br, now, now.Add(time.Minute)) { // the connection's first request
@@ -419,11 +411,7 @@ func TestH1FirstResponsesFused(t *testing.T) {
 // there at once), and once was for good, which left 15 of the 16
 // connections of BenchmarkL7HTTP1 unfused on a loaded machine.
 func TestH1PipeliningClientFusedAgain(t *testing.T) {
-	peer, c := loopbackPair(t)
-	go io.Copy(io.Discard, peer)
-	tc := &taggedConn{Conn: c, done: func() {}}
-	tc.raw = httpproxy.NewRawIO(c)
-	w := &h1Wire{tc: tc, c: c, raw: tc.raw}
+	w := readWire(t)
 	bw := bufio.NewWriter(w)
 	w.unfused = pipelinedUnfused // as after a request found there before the response
 	respond := func() (held bool) {
@@ -443,4 +431,14 @@ func TestH1PipeliningClientFusedAgain(t *testing.T) {
 	if !respond() {
 		t.Fatalf("the response after %d written at once was not held again", pipelinedUnfused)
 	}
+}
+
+// readWire is an h1Wire on one end of a loopback pair whose other end
+// (the client) reads every response.
+func readWire(t *testing.T) *h1Wire {
+	peer, c := loopbackPair(t)
+	go io.Copy(io.Discard, peer)
+	tc := &taggedConn{Conn: c, done: func() {}}
+	tc.raw = httpproxy.NewRawIO(c)
+	return &h1Wire{tc: tc, c: c, raw: tc.raw}
 }

@@ -59,11 +59,7 @@ func TestH1HeadAfterFusedResponseKeepsItsDeadlines(t *testing.T) {
 // again once it is nearer, or once another deadline was set (moved: a
 // body's, a watch's, a head's), or for a response not held.
 func TestH1FusedDeadlineMovedRarely(t *testing.T) {
-	peer, c := loopbackPair(t)
-	go io.Copy(io.Discard, peer)
-	tc := &taggedConn{Conn: c, done: func() {}}
-	tc.raw = httpproxy.NewRawIO(c)
-	w := &h1Wire{tc: tc, c: c, raw: tc.raw}
+	w := readWire(t)
 	br := bufio.NewReader(w)
 	now := monoTime()
 	w.next(br, now, now.Add(time.Minute))
