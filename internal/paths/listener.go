@@ -17,8 +17,13 @@ const acceptTimeout = 5 * time.Second
 func (m *Manager) Listener(ln net.Listener) net.Listener {
 	l := &listener{Listener: ln, conns: make(chan net.Conn), tempErrs: make(chan error), done: make(chan struct{})}
 	go l.acceptTCP()
-	if m.pool != nil {
-		m.wg.Add(1)
+	m.mu.Lock()
+	serveRelayed := m.pool != nil && !m.closed // after Close, nothing would wait for it
+	if serveRelayed {
+		m.wg.Add(1) // under mu: before Close's Wait, or not at all
+	}
+	m.mu.Unlock()
+	if serveRelayed {
 		go func() {
 			defer m.wg.Done()
 			for {
