@@ -455,15 +455,10 @@ func (a *Agent) shutdown() {
 		a.l7.close()
 		a.authzHTTP.close()
 		a.obs.close() // after the servers: their last requests' spans and lines go out
-		if a.wlAPI != nil {
-			a.wlAPI.Close()
-		}
 		a.dns.Close()
 		a.mesh.Close()
 		a.peers.Close()
-		if a.gateway != nil {
-			a.gateway.Close()
-		}
+		a.closeHTTPServers() // listeners.go
 		a.wg.Wait()
 		a.closeFastPath() // after the relays: none uses it any more
 		if err := a.audit.Close(); err != nil {

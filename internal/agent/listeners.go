@@ -151,3 +151,26 @@ func (a *Agent) acceptLoop(ctx context.Context, ap netip.AddrPort, l *vipListene
 		}()
 	}
 }
+
+// closeHTTPServers closes the Workload API and site gateway servers, then
+// the admin, gateway and Workload API listeners themselves (after the
+// admin server's Shutdown, which shutdown calls first): an http.Server's
+// Shutdown and Close close only the listeners it serves, so without Run
+// (Close before it, or Run after Close, which starts nothing) they stayed
+// open, the admin port accepting connections nothing would answer.
+// Closed after their servers, a Serve ending now returns
+// http.ErrServerClosed, not the listener's error; one starting now does
+// too.
+func (a *Agent) closeHTTPServers() {
+	if a.wlAPI != nil {
+		a.wlAPI.Close()
+	}
+	if a.gateway != nil {
+		a.gateway.Close()
+	}
+	for _, ln := range []net.Listener{a.adminLn, a.gatewayLn, a.wlLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 )
@@ -45,5 +46,40 @@ func TestRunRacesClose(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("Run racing Close still running after Close returned")
 		}
+	}
+}
+
+// TestCloseBeforeRunClosesListeners: Close before Run (and Run after it,
+// which starts nothing) leaves no socket of the agent's open: the admin
+// port refuses connections, the Workload API socket is gone. Before, only
+// the servers' Serve closed the admin, gateway and Workload API listeners
+// (http.Server's Shutdown and Close close only the listeners they serve),
+// and Run after Close no longer calls Serve: the admin port stayed bound,
+// accepting into its backlog with nothing to answer, until the process
+// ended.
+func TestCloseBeforeRunClosesListeners(t *testing.T) {
+	dir := t.TempDir()
+	a, err := New(agentConfig(agentOpts{name: "n", site: "s", region: "r", vipOctet: 62, stateDir: dir}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := a.AdminAddr()
+	sock := DefaultWorkloadAPISocket(dir)
+	if c, err := net.Dial("unix", sock); err != nil { // on before Close, so its check below tests something
+		t.Fatalf("Workload API socket before Close: %v", err)
+	} else {
+		c.Close()
+	}
+	a.Close()
+	if err := a.Run(context.Background()); err != nil {
+		t.Errorf("Run after Close: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", admin, 5*time.Second); err == nil {
+		c.Close()
+		t.Errorf("the admin port %s still accepts connections after Close", admin)
+	}
+	if c, err := net.Dial("unix", sock); err == nil {
+		c.Close()
+		t.Errorf("the Workload API socket %s still accepts connections after Close", sock)
 	}
 }
