@@ -665,6 +665,11 @@ func (s *Server) shutdown() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		s.admin.Shutdown(sctx)
+		// Shutdown closes only a listener Serve took: without Serve (Close
+		// before it, or Serve after Close, which serves nothing) the admin
+		// port stayed bound. After Shutdown, a Serve ending or starting now
+		// returns http.ErrServerClosed.
+		s.adminLn.Close()
 		s.syncLn.Close()
 		s.mu.Lock()
 		for c := range s.streams {
