@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/fogmesh/fogmesh/internal/h2meta"
 )
 
 func hpackField(name, value string) hpack.HeaderField {
@@ -34,6 +36,29 @@ func headerField(name, value string) hpack.HeaderField {
 		f.Sensitive = len(value) < 20
 	}
 	return f
+}
+
+// writeCookieCrumbs writes a Cookie value one cookie-pair a field (RFC
+// 9113 §8.2.3), as net/http's transport does: so headerField judges each
+// pair, and a short one (a session ID beside a long, guessable preference)
+// is never indexed, where the whole line, 20 bytes or more, would be with
+// it. The spaces after each ';' go, as net/http's go.
+func writeCookieCrumbs(e *h2meta.Encoder, v string) {
+	for {
+		p := strings.IndexByte(v, ';')
+		if p < 0 {
+			break
+		}
+		e.WriteField(headerField("cookie", v[:p]))
+		p++
+		for p < len(v) && v[p] == ' ' {
+			p++
+		}
+		v = v[p:]
+	}
+	if len(v) > 0 {
+		e.WriteField(headerField("cookie", v))
+	}
 }
 
 // encodeHeaders encodes the request's header block into c.hbuf (under
@@ -85,6 +110,12 @@ func encodeHeaders(c *conn, req *http.Request, hasBody, hasTrailer bool) {
 			vv = vv[:1]
 		}
 		lk := lowerHeader(k)
+		if lk == "cookie" {
+			for _, v := range vv {
+				writeCookieCrumbs(e, v)
+			}
+			continue
+		}
 		for _, v := range vv {
 			e.WriteField(headerField(lk, v))
 		}

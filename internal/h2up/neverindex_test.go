@@ -2,6 +2,7 @@ package h2up_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"testing"
@@ -70,5 +71,52 @@ func TestCredentialsNeverIndexed(t *testing.T) {
 	}
 	if seen != len(want) {
 		t.Fatalf("the endpoint saw %d of the %d fields checked: %v", seen, len(want), fields)
+	}
+}
+
+// TestCookieCrumbsNeverIndexed: a Cookie header of several pairs (as an
+// HTTP/1.1 client sends it, and as h2srv joins an HTTP/2 client's crumbs)
+// goes upstream one pair a field (RFC 9113 §8.2.3, as net/http's transport
+// and nghttpx send it), so a short pair is never indexed however long the
+// whole line. Before, the line went as one field of 20 bytes or more,
+// indexed in the connection's table with the short session cookie in it:
+// another client of the connection that knows the other pairs (a theme, a
+// consent flag) guesses only that short one, as if it were alone.
+func TestCookieCrumbsNeverIndexed(t *testing.T) {
+	got := make(chan []hpack.HeaderField, 1)
+	addr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
+		h := firstHeaders(fr)
+		if h == nil {
+			return
+		}
+		got <- h.Fields
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: headerBlock(":status", "204"),
+			EndStream: true, EndHeaders: true})
+		firstHeaders(fr) // until the client closes
+	})
+	pool := h2up.New(h2up.Config{Dial: dialTo(addr)})
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc.demo/p", nil)
+	req.Header.Set("Cookie", "sid=a1b2c3; theme=dark-with-a-long-enough-value-to-index;  consent=1")
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	var cookies []hpack.HeaderField
+	for _, f := range <-got {
+		if f.Name == "cookie" {
+			cookies = append(cookies, f)
+		}
+	}
+	want := []hpack.HeaderField{
+		{Name: "cookie", Value: "sid=a1b2c3", Sensitive: true},
+		{Name: "cookie", Value: "theme=dark-with-a-long-enough-value-to-index"},
+		{Name: "cookie", Value: "consent=1", Sensitive: true},
+	}
+	if fmt.Sprint(cookies) != fmt.Sprint(want) {
+		t.Fatalf("the endpoint saw the cookie fields %v, want %v", cookies, want)
 	}
 }
