@@ -41,11 +41,13 @@ var (
 	ErrPeerRevoked = errors.New("peer revoked")
 	// ErrPeerExpired: a certificate of the peer's chain expired.
 	ErrPeerExpired = errors.New("peer certificate expired")
-	// ErrPeerBuffer: the peer left more streams open than this agent
-	// allows it: past its buffer budget (peerbuffer.go), or refused
-	// streams past maxDrainsPerPeer whether a budget is set or not
-	// (drain.go). The wrapping error says which.
-	ErrPeerBuffer = errors.New("peer holds more streams open than allowed")
+	// ErrPeerBuffer: the peer went past a bound on its mesh streams: it
+	// left more streams open than its buffer budget allows (peerbuffer.go),
+	// left refused streams open past maxDrainsPerPeer whether a budget is
+	// set or not, or sent on a refused stream past the window it had
+	// (drain.go). The wrapping error says which; this text must fit all
+	// three (the last holds one stream open, not too many).
+	ErrPeerBuffer = errors.New("peer went past its mesh stream bounds")
 )
 
 // Reasons of a cut, the reason label of fogmesh_mesh_sessions_cut_total.

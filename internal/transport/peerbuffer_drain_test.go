@@ -156,6 +156,11 @@ func TestPeerBufferCutsPeerSendingPastRefusal(t *testing.T) {
 		!errors.Is(got[0].Err, ErrPeerBuffer) || !strings.Contains(got[0].Err.Error(), "stream refused here") {
 		t.Fatalf("cuts reported: %+v, want one of %s for sending past a refusal", got, cliSrc.SVID().ID)
 	}
+	// It held one stream open, and sent past its window: the error must not
+	// say it held too many (ErrPeerBuffer's text said so at 832d4ee).
+	if msg := got[0].Err.Error(); strings.Contains(msg, "streams open") {
+		t.Errorf("the cut's error %q says the peer held too many streams open; it sent past one refused stream's window", msg)
+	}
 	wantMetric(t, srv.metrics, `fogmesh_agent_peer_buffer_session_cuts_total 1`)
 	wantMetric(t, srv.metrics, `fogmesh_mesh_sessions_cut_total{dir="in",reason="buffer"} 1`)
 }
