@@ -20,33 +20,13 @@ import (
 // requests, and a credential in its table could be guessed from header
 // block sizes), the other fields as before (indexed).
 func TestCredentialsNeverIndexed(t *testing.T) {
-	got := make(chan []hpack.HeaderField, 1)
-	addr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
-		h := firstHeaders(fr)
-		if h == nil {
-			return
-		}
-		got <- h.Fields
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: headerBlock(":status", "204"),
-			EndStream: true, EndHeaders: true})
-		firstHeaders(fr) // until the client closes
+	fields := upstreamFields(t, func(h http.Header) {
+		h.Set("Authorization", "Bearer secret-token-of-alice")
+		h.Set("Proxy-Authorization", "Basic YWxpY2U6cHc=")
+		h.Add("Cookie", "sid=a1b2c3")                                   // short: guessable
+		h.Add("Cookie", "theme=dark-with-a-long-enough-value-to-index") // 20 bytes or more
+		h.Set("X-Other", "plain")
 	})
-	pool := h2up.New(h2up.Config{Dial: dialTo(addr)})
-	defer pool.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc.demo/p", nil)
-	req.Header.Set("Authorization", "Bearer secret-token-of-alice")
-	req.Header.Set("Proxy-Authorization", "Basic YWxpY2U6cHc=")
-	req.Header.Add("Cookie", "sid=a1b2c3")                                   // short: guessable
-	req.Header.Add("Cookie", "theme=dark-with-a-long-enough-value-to-index") // 20 bytes or more
-	req.Header.Set("X-Other", "plain")
-	resp, err := pool.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	fields := <-got
 	want := map[string]bool{
 		"authorization":       true,
 		"proxy-authorization": true,
@@ -83,6 +63,30 @@ func TestCredentialsNeverIndexed(t *testing.T) {
 // another client of the connection that knows the other pairs (a theme, a
 // consent flag) guesses only that short one, as if it were alone.
 func TestCookieCrumbsNeverIndexed(t *testing.T) {
+	fields := upstreamFields(t, func(h http.Header) {
+		h.Set("Cookie", "sid=a1b2c3; theme=dark-with-a-long-enough-value-to-index;  consent=1")
+	})
+	var cookies []hpack.HeaderField
+	for _, f := range fields {
+		if f.Name == "cookie" {
+			cookies = append(cookies, f)
+		}
+	}
+	want := []hpack.HeaderField{
+		{Name: "cookie", Value: "sid=a1b2c3", Sensitive: true},
+		{Name: "cookie", Value: "theme=dark-with-a-long-enough-value-to-index"},
+		{Name: "cookie", Value: "consent=1", Sensitive: true},
+	}
+	if fmt.Sprint(cookies) != fmt.Sprint(want) {
+		t.Fatalf("the endpoint saw the cookie fields %v, want %v", cookies, want)
+	}
+}
+
+// upstreamFields sends one GET through a pool to a raw endpoint, its header
+// set by set, and returns the fields the endpoint decoded (with their
+// never-indexed flags).
+func upstreamFields(t *testing.T, set func(http.Header)) []hpack.HeaderField {
+	t.Helper()
 	got := make(chan []hpack.HeaderField, 1)
 	addr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
 		h := firstHeaders(fr)
@@ -99,24 +103,11 @@ func TestCookieCrumbsNeverIndexed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc.demo/p", nil)
-	req.Header.Set("Cookie", "sid=a1b2c3; theme=dark-with-a-long-enough-value-to-index;  consent=1")
+	set(req.Header)
 	resp, err := pool.RoundTrip(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	var cookies []hpack.HeaderField
-	for _, f := range <-got {
-		if f.Name == "cookie" {
-			cookies = append(cookies, f)
-		}
-	}
-	want := []hpack.HeaderField{
-		{Name: "cookie", Value: "sid=a1b2c3", Sensitive: true},
-		{Name: "cookie", Value: "theme=dark-with-a-long-enough-value-to-index"},
-		{Name: "cookie", Value: "consent=1", Sensitive: true},
-	}
-	if fmt.Sprint(cookies) != fmt.Sprint(want) {
-		t.Fatalf("the endpoint saw the cookie fields %v, want %v", cookies, want)
-	}
+	return <-got
 }
