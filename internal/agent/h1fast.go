@@ -171,7 +171,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			req.Body = httpproxy.NewTimedBody(req.Body, c.SetReadDeadline) // bounded per read (httpproxy.TimedBody)
 		}
 		ok := s.h1.forward(cs, bw, req, lean)
-		cs.headersDone()
+		cs.requestDone()
 		if !ok {
 			return
 		}
@@ -220,7 +220,8 @@ type h1ClientConn struct {
 	idle     time.Duration
 	// hb holds the header of a request read by httpproxy.LeanRequest, resp
 	// that of a lean response to it (httpproxy.WithResponseHeaderBuf),
-	// until headersDone; they are never reused for another request.
+	// until headersDone; hb's map (not its values) is the next request's
+	// (requestDone), resp's never.
 	hb, resp httpproxy.HeaderBuf
 	// linger: a request body was left unread; the connection is closed
 	// lingering (lingerClose).
@@ -236,6 +237,20 @@ type h1ClientConn struct {
 // headersDone ends the last request's headers: the next request gets new ones.
 func (cs *h1ClientConn) headersDone() {
 	cs.hb.Done()
+	cs.resp.Done()
+}
+
+// requestDone is headersDone once forward returned, the request's header
+// map kept for the next request (httpproxy.HeaderBuf.Recycle): nothing
+// holds it then. The pool wrote the request before its RoundTrip returned
+// (on this goroutine: a lean request has no body to write later); a
+// mirror's copy and egress masking clone the header before they go on;
+// the access log and trace keep strings (immutable: the values are never
+// reused); a retried response read on in the background (keepResponse)
+// holds its request but reads only its own body and header; the response
+// was written and its body closed within forward.
+func (cs *h1ClientConn) requestDone() {
+	cs.hb.Recycle()
 	cs.resp.Done()
 }
 

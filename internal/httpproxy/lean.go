@@ -243,15 +243,22 @@ func (b *lengthBody) Close() error { return nil }
 
 // HeaderBuf holds a client connection's header map, and the slice its
 // values are cut from, for one request (LeanRequest) or the response to it
-// (WithResponseHeaderBuf) at a time. Each request gets new ones: a header
-// is never reused for another request, on this connection or another,
-// because parts of the agent may still read it after the request ended
-// (net/http's Transport writes a request on its own goroutine and can
-// return the response before it is done; per-connection caches keep value
-// slices). A pool tried here (branch h/h1cpu2) leaked exactly that way:
-// with its storage poisoned on return in race builds, the agent's tests
-// read poisoned headers in egress requests and in a cached identity
-// header, so the pool is not kept.
+// (WithResponseHeaderBuf) at a time. Each request gets a new value slice:
+// values are never reused for another request, on this connection or
+// another, because parts of the agent may still read them after the
+// request ended (net/http's Transport writes a request on its own
+// goroutine and can return the response before it is done; per-connection
+// caches keep value slices). A pool tried here (branch h/h1cpu2) leaked
+// exactly that way: with its storage poisoned on return in race builds,
+// the agent's tests read poisoned headers in egress requests and in a
+// cached identity header, so the pool is not kept.
+//
+// The map alone may be reused on one connection (Recycle): its caller
+// says nothing holds it past the request (the fast path: its requests go
+// to the pool, which writes them before it returns, and whatever copies a
+// request past it, a mirror, egress masking, clones its header first).
+// Recycle clears it at once, which drops the values and, in race builds,
+// is a write any late reader on another goroutine races with.
 //
 // A plain lean response (rawFields) gets no map at all: HeaderBuf keeps its
 // field lines, resp.Header stays nil, and whoever reads the response's
@@ -271,6 +278,10 @@ type HeaderBuf struct {
 	rawFields string
 	// req is base's; Done keeps it (it holds no header).
 	req *http.Request
+	// spare is the map of the last request, cleared (Recycle), for the
+	// next take; n is the fields of h's request (take).
+	spare http.Header
+	n     int
 }
 
 // take returns an empty header and n values to cut: hb's current ones
@@ -282,16 +293,38 @@ func (hb *HeaderBuf) take(n int, buf []string) (http.Header, []string) {
 		clear(hb.h)
 		return hb.h, hb.strs[:n]
 	}
-	h, strs := make(http.Header, n), buf[:0]
+	var h http.Header
+	if hb != nil && hb.spare != nil {
+		h, hb.spare = hb.spare, nil // cleared by Recycle
+	} else {
+		h = make(http.Header, n)
+	}
+	strs := buf[:0]
 	if n <= cap(strs) {
 		strs = strs[:n]
 	} else {
 		strs = make([]string, n)
 	}
 	if hb != nil && n <= maxKeptFields {
-		hb.h, hb.strs = h, strs
+		hb.h, hb.strs, hb.n = h, strs, n
 	}
 	return h, strs
+}
+
+// maxSpareFields: Recycle keeps no map of a request of more fields, or
+// that had more when it ended (a map keeps the room it grew to).
+const maxSpareFields = 16
+
+// Recycle is Done for a request whose header nothing holds past it (its
+// caller's word): its map, cleared, is the next request's. A map grown
+// past maxSpareFields is left to the collector.
+func (hb *HeaderBuf) Recycle() {
+	h, n := hb.h, hb.n
+	hb.Done()
+	if h != nil && n <= maxSpareFields && len(h) <= maxSpareFields {
+		clear(h)
+		hb.spare = h
+	}
 }
 
 // base returns a request with context ctx and nothing else, kept for the
@@ -308,7 +341,7 @@ func (hb *HeaderBuf) base(ctx context.Context) *http.Request {
 // Done ends hb's current request: its header is left to whoever still
 // holds it, and the next request gets a new one.
 func (hb *HeaderBuf) Done() {
-	hb.h, hb.strs, hb.busy = nil, nil, false
+	hb.h, hb.strs, hb.busy, hb.n = nil, nil, false, 0
 	hb.raw, hb.rawFields = nil, ""
 }
 

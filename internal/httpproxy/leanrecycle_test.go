@@ -1,0 +1,93 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// leanRead parses head with LeanRequest over hb.
+func leanRead(t *testing.T, hb *HeaderBuf, head string) *http.Request {
+	t.Helper()
+	br := bufio.NewReaderSize(strings.NewReader(head), BufSize)
+	br.Peek(1)
+	req := LeanRequest(context.Background(), br, hb)
+	if req == nil {
+		t.Fatalf("declined %q", head)
+	}
+	return req
+}
+
+func mapOf(h http.Header) uintptr { return uintptr(reflect.ValueOf(h).UnsafePointer()) }
+
+// TestHeaderBufRecycle: after Recycle the next request's header is the
+// last one's map, holding only its own fields (none of the last request's,
+// nor what was added to it on its way); after Done it is a new map, and
+// the header left to its holders keeps its fields; a map that grew past
+// maxSpareFields is not kept.
+func TestHeaderBufRecycle(t *testing.T) {
+	var hb HeaderBuf
+	first := leanRead(t, &hb, "GET /1 HTTP/1.1\r\nHost: a\r\nX-First: 1\r\nAccept: */*\r\nX-Also: 1\r\n\r\n")
+	first.Header["X-Added"] = []string{"on its way"} // as the proxy adds X-Forwarded-For
+	m := mapOf(first.Header)
+	hb.Recycle()
+	second := leanRead(t, &hb, "GET /2 HTTP/1.1\r\nHost: b\r\nAccept: text/html\r\n\r\n")
+	if mapOf(second.Header) != m {
+		t.Errorf("the recycled map was not reused")
+	}
+	if want := (http.Header{"Accept": {"text/html"}}); !reflect.DeepEqual(second.Header, want) {
+		t.Errorf("the second request's header is %v, want %v", second.Header, want)
+	}
+	if second.Host != "b" || second.URL.Path != "/2" {
+		t.Errorf("second request: host %q path %q", second.Host, second.URL.Path)
+	}
+
+	// Done: the header is left to whoever holds it.
+	hb.Done()
+	third := leanRead(t, &hb, "GET /3 HTTP/1.1\r\nHost: c\r\nX-Third: 3\r\n\r\n")
+	if mapOf(third.Header) == m {
+		t.Errorf("a header left to its holders (Done) was reused")
+	}
+	if want := (http.Header{"Accept": {"text/html"}}); !reflect.DeepEqual(second.Header, want) {
+		t.Errorf("the held header became %v, want %v", second.Header, want)
+	}
+
+	// A map grown past maxSpareFields goes to the collector.
+	hb.Recycle()
+	var big strings.Builder
+	for i := range maxSpareFields + 1 {
+		fmt.Fprintf(&big, "X-F%d: v\r\n", i)
+	}
+	fourth := leanRead(t, &hb, "GET /4 HTTP/1.1\r\nHost: d\r\n"+big.String()+"\r\n")
+	if mapOf(fourth.Header) != mapOf(third.Header) || len(fourth.Header) != maxSpareFields+1 {
+		t.Errorf("fourth: map reused %t, %d fields", mapOf(fourth.Header) == mapOf(third.Header), len(fourth.Header))
+	}
+	hb.Recycle()
+	fifth := leanRead(t, &hb, "GET /5 HTTP/1.1\r\nHost: e\r\n\r\n")
+	if mapOf(fifth.Header) == mapOf(fourth.Header) {
+		t.Errorf("a map of %d fields was kept", maxSpareFields+1)
+	}
+	if len(fifth.Header) != 0 {
+		t.Errorf("fifth: %v", fifth.Header)
+	}
+}
+
+// TestHeaderBufRecycleDeclined: a head LeanRequest declines after it took
+// the map (a Content-Length) leaves nothing in it for the next request.
+func TestHeaderBufRecycleDeclined(t *testing.T) {
+	var hb HeaderBuf
+	br := bufio.NewReaderSize(strings.NewReader("POST / HTTP/1.1\r\nHost: a\r\nX-Declined: 1\r\nContent-Length: 1\r\n\r\nx"), BufSize)
+	br.Peek(1)
+	if LeanRequest(context.Background(), br, &hb) != nil {
+		t.Fatal("a head with a body taken")
+	}
+	hb.Recycle()
+	req := leanRead(t, &hb, "GET / HTTP/1.1\r\nHost: a\r\nX-Next: 1\r\n\r\n")
+	if want := (http.Header{"X-Next": {"1"}}); !reflect.DeepEqual(req.Header, want) {
+		t.Errorf("header %v, want %v", req.Header, want)
+	}
+}
