@@ -240,9 +240,9 @@ func (cs *h1ClientConn) headersDone() {
 	cs.resp.Done()
 }
 
-// requestDone is headersDone once forward returned, the request's header
-// map kept for the next request (httpproxy.HeaderBuf.Recycle): nothing
-// holds it then. The pool wrote the request before its RoundTrip returned
+// requestDone is headersDone once forward returned, the request (a lean
+// one's: its URL and values) and its header map kept for the next request
+// (httpproxy.HeaderBuf.Recycle): nothing holds them then. The pool wrote the request before its RoundTrip returned
 // (on this goroutine: a lean request has no body to write later); a
 // mirror's copy and egress masking clone the header before they go on;
 // the access log and trace keep strings (immutable: the values are never

@@ -282,6 +282,22 @@ type HeaderBuf struct {
 	// next take; n is the fields of h's request (take).
 	spare http.Header
 	n     int
+	// lr is what LeanRequest allocated for the current request (nil:
+	// none); spareReq the last request's, zeroed (Recycle), for the next.
+	lr, spareReq *leanReq
+}
+
+// leanReq returns a zero leanReq for a request: hb's spare if it has one.
+func (hb *HeaderBuf) leanReq() *leanReq {
+	if hb == nil {
+		return new(leanReq)
+	}
+	lr := hb.spareReq
+	if lr == nil {
+		lr = new(leanReq)
+	}
+	hb.spareReq, hb.lr = nil, lr
+	return lr
 }
 
 // take returns an empty header and n values to cut: hb's current ones
@@ -319,11 +335,15 @@ const maxSpareFields = 16
 // caller's word): its map, cleared, is the next request's. A map grown
 // past maxSpareFields is left to the collector.
 func (hb *HeaderBuf) Recycle() {
-	h, n := hb.h, hb.n
+	h, n, lr := hb.h, hb.n, hb.lr
 	hb.Done()
 	if h != nil && n <= maxSpareFields && len(h) <= maxSpareFields {
 		clear(h)
 		hb.spare = h
+	}
+	if lr != nil {
+		*lr = leanReq{} // nothing of this request's left for the next; in race builds, a write late readers race with
+		hb.spareReq = lr
 	}
 }
 
@@ -341,7 +361,7 @@ func (hb *HeaderBuf) base(ctx context.Context) *http.Request {
 // Done ends hb's current request: its header is left to whoever still
 // holds it, and the next request gets a new one.
 func (hb *HeaderBuf) Done() {
-	hb.h, hb.strs, hb.busy, hb.n = nil, nil, false, 0
+	hb.h, hb.strs, hb.busy, hb.n, hb.lr = nil, nil, false, 0, nil
 	hb.raw, hb.rawFields = nil, ""
 }
 
@@ -414,7 +434,7 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 	target := rest[:sp]
 	n := strings.Count(fields, "\n")
 	// The request, its URL and its header's values in one allocation.
-	lr := new(leanReq)
+	lr := hb.leanReq()
 	h, strs := hb.take(n, lr.strs[:0])
 	hosts, host, ok := leanFields(fields, h, strs, true)
 	if !ok || hosts != 1 {
@@ -451,8 +471,9 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 
 // leanReq is what LeanRequest allocates for a request: the request, its
 // URL (leanTarget) and the values of a header of up to len(strs) fields
-// (curl's, Go's client's and most API clients' heads). It is never reused:
-// the header's values live as long as it does. It must stay within 512
+// (curl's, Go's client's and most API clients' heads). It is reused only
+// on one connection, after HeaderBuf.Recycle (whose caller says nothing
+// holds the request, its URL or its values then). It must stay within 512
 // bytes (TestLeanAllocSizes): a larger object takes the allocator's slower
 // path with a malloc header, and fewer fit a span; with 16 values here
 // (and a head's bytes kept here too) BenchmarkLeanExchange was slower with

@@ -24,14 +24,16 @@ func leanRead(t *testing.T, hb *HeaderBuf, head string) *http.Request {
 
 func mapOf(h http.Header) uintptr { return uintptr(reflect.ValueOf(h).UnsafePointer()) }
 
-// TestHeaderBufRecycle: after Recycle the next request's header is the
-// last one's map, holding only its own fields (none of the last request's,
-// nor what was added to it on its way); after Done it is a new map, and
-// the header left to its holders keeps its fields; a map that grew past
-// maxSpareFields is not kept.
+// TestHeaderBufRecycle: after Recycle the next request is the last one's
+// leanReq and its header the last one's map, holding only its own fields
+// (none of the last request's, nor what was added to it on its way) and
+// its own target; after Done both are new, and the request left to its
+// holders keeps its fields; a map that grew past maxSpareFields is not
+// kept.
 func TestHeaderBufRecycle(t *testing.T) {
 	var hb HeaderBuf
-	first := leanRead(t, &hb, "GET /1 HTTP/1.1\r\nHost: a\r\nX-First: 1\r\nAccept: */*\r\nX-Also: 1\r\n\r\n")
+	first := leanRead(t, &hb, "GET /1?q=1 HTTP/1.1\r\nHost: a\r\nX-First: 1\r\nAccept: */*\r\nX-Also: 1\r\nConnection: close\r\n\r\n")
+	first.RemoteAddr, first.URL.Host = "c:1", "a" // as the fast path sets them
 	first.Header["X-Added"] = []string{"on its way"} // as the proxy adds X-Forwarded-For
 	m := mapOf(first.Header)
 	hb.Recycle()
@@ -42,15 +44,22 @@ func TestHeaderBufRecycle(t *testing.T) {
 	if want := (http.Header{"Accept": {"text/html"}}); !reflect.DeepEqual(second.Header, want) {
 		t.Errorf("the second request's header is %v, want %v", second.Header, want)
 	}
-	if second.Host != "b" || second.URL.Path != "/2" {
-		t.Errorf("second request: host %q path %q", second.Host, second.URL.Path)
+	if second != first {
+		t.Errorf("the recycled request was not reused")
+	}
+	if second.Host != "b" || second.URL.Path != "/2" || second.URL.RawQuery != "" || second.URL.Host != "" || second.RemoteAddr != "" ||
+		second.Close || second.RequestURI != "/2" {
+		t.Errorf("second request: host %q, URL %#v, remote %q, close %t, target %q", second.Host, second.URL, second.RemoteAddr, second.Close, second.RequestURI)
 	}
 
 	// Done: the header is left to whoever holds it.
 	hb.Done()
 	third := leanRead(t, &hb, "GET /3 HTTP/1.1\r\nHost: c\r\nX-Third: 3\r\n\r\n")
-	if mapOf(third.Header) == m {
-		t.Errorf("a header left to its holders (Done) was reused")
+	if mapOf(third.Header) == m || third == second {
+		t.Errorf("a request left to its holders (Done) was reused: header %t, request %t", mapOf(third.Header) == m, third == second)
+	}
+	if second.Host != "b" || second.URL.Path != "/2" || second.Method != "GET" {
+		t.Errorf("the held request became %q %q %q", second.Method, second.Host, second.URL.Path)
 	}
 	if want := (http.Header{"Accept": {"text/html"}}); !reflect.DeepEqual(second.Header, want) {
 		t.Errorf("the held header became %v, want %v", second.Header, want)
@@ -66,9 +75,10 @@ func TestHeaderBufRecycle(t *testing.T) {
 	if mapOf(fourth.Header) != mapOf(third.Header) || len(fourth.Header) != maxSpareFields+1 {
 		t.Errorf("fourth: map reused %t, %d fields", mapOf(fourth.Header) == mapOf(third.Header), len(fourth.Header))
 	}
-	hb.Recycle()
+	m4 := mapOf(fourth.Header)
+	hb.Recycle() // fourth is the next request (its leanReq): its map is gone
 	fifth := leanRead(t, &hb, "GET /5 HTTP/1.1\r\nHost: e\r\n\r\n")
-	if mapOf(fifth.Header) == mapOf(fourth.Header) {
+	if mapOf(fifth.Header) == m4 {
 		t.Errorf("a map of %d fields was kept", maxSpareFields+1)
 	}
 	if len(fifth.Header) != 0 {
