@@ -33,7 +33,7 @@ func mapOf(h http.Header) uintptr { return uintptr(reflect.ValueOf(h).UnsafePoin
 func TestHeaderBufRecycle(t *testing.T) {
 	var hb HeaderBuf
 	first := leanRead(t, &hb, "GET /1?q=1 HTTP/1.1\r\nHost: a\r\nX-First: 1\r\nAccept: */*\r\nX-Also: 1\r\nConnection: close\r\n\r\n")
-	first.RemoteAddr, first.URL.Host = "c:1", "a" // as the fast path sets them
+	first.RemoteAddr, first.URL.Host = "c:1", "a"    // as the fast path sets them
 	first.Header["X-Added"] = []string{"on its way"} // as the proxy adds X-Forwarded-For
 	m := mapOf(first.Header)
 	hb.Recycle()
