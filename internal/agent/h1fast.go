@@ -226,6 +226,9 @@ type h1ClientConn struct {
 	// linger: a request body was left unread; the connection is closed
 	// lingering (lingerClose).
 	linger bool
+	// done wraps each response's body, to release what its request holds
+	// (reqHold.onDoneIn): forward closes it before it returns.
+	done doneBody
 
 	// place is the client's in the per-client limit, kept while the
 	// connection is open (clientLimiter.holdConn; nil: no limit).
@@ -309,7 +312,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	if !hasBody {
 		cs.watchHead()
 	}
-	resp, err := p.rt.roundTripAt(out, cs.place)
+	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done) // resp.Body is closed below, on every way out
 	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody {
 		tb.OnEnd(nil) // a body read to its end later (drained) arms no watch
 	}

@@ -20,7 +20,11 @@ import (
 // connection (every other one carries no X-Id at all, and some more
 // fields than a map is kept for), and each answer comes back in order.
 // Under -race a late reader of a recycled map on another goroutine is
-// reported (Recycle's clear is a write).
+// reported (Recycle's clear is a write). Each response's body wrapper is
+// the connection's too (h1ClientConn.done): every request's hold on its
+// slots is released, once (the agent's in-flight count is back to 0, and
+// the client, which sends more requests than its limit of requests in
+// flight, is never refused).
 func TestH1RecycledHeaderPipelined(t *testing.T) {
 	be := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Id")
@@ -49,9 +53,10 @@ func TestH1RecycledHeaderPipelined(t *testing.T) {
 	}
 	go be.Serve(bln)
 	t.Cleanup(func() { be.Close() })
-	addr := agentInFront(t, inFront{node: "rc", octet: 73, svc: "recycle", vipPort: 19773, port: bln.Addr().(*net.TCPAddr).Port}).addr
+	f := agentInFront(t, inFront{node: "rc", octet: 73, svc: "recycle", vipPort: 19773, port: bln.Addr().(*net.TCPAddr).Port})
+	addr := f.addr
 
-	const conns, reqs = 4, 60
+	const conns, reqs = 4, 80 // more than defaultMaxPerClient in all
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
 	for c := range conns {
@@ -68,6 +73,7 @@ func TestH1RecycledHeaderPipelined(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	waitFor(t, "no request in flight", func() bool { return f.agent.l7Inflight.Load() == 0 })
 }
 
 // recyclePipeline writes reqs requests on one connection at once and

@@ -64,7 +64,11 @@ func (h *reqHold) release() {
 }
 
 // onDone makes resp's body release h when it is done.
-func (h *reqHold) onDone(resp *http.Response) {
+func (h *reqHold) onDone(resp *http.Response) { h.onDoneIn(resp, nil) }
+
+// onDoneIn is onDone with done (nil: a new one) as the body's wrapper,
+// when it takes one: its last body, if any, was done (closed) before.
+func (h *reqHold) onDoneIn(resp *http.Response, done *doneBody) {
 	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 		resp.Body = &doneConn{ReadWriteCloser: rwc, h: *h}
 		return
@@ -79,7 +83,11 @@ func (h *reqHold) onDone(resp *http.Response) {
 		resp.Body = &g.done
 		return
 	}
-	resp.Body = &doneBody{ReadCloser: resp.Body, h: *h}
+	if done == nil {
+		done = new(doneBody)
+	}
+	*done = doneBody{ReadCloser: resp.Body, h: *h}
+	resp.Body = done
 }
 
 // doneBody releases what its request holds once the response body is

@@ -26,26 +26,28 @@ type lbTransport struct {
 }
 
 func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	return lt.roundTripAt(req, nil)
+	return lt.roundTripAt(req, nil, nil)
 }
 
 // roundTripAt is RoundTrip for a request whose client connection keeps its
 // client's place in the per-client limit (place; nil: none, the request
-// counts by its source address).
-func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace) (*http.Response, error) {
+// counts by its source address), and lends the response's body wrapper
+// (done, reqHold.onDoneIn; nil: a new one): the caller closes the body
+// before the next request that lends it.
+func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *doneBody) (*http.Response, error) {
 	o := lt.l7.a.obs
 	if o == nil {
-		return lt.serve(req, nil, place)
+		return lt.serve(req, nil, place, done)
 	}
 	// The request's span and access-log line (observe.go): req's header
 	// is the one sent on, so the trace context goes with it.
 	t, _ := req.Context().Value(targetKey{}).(listenTarget)
 	rec := o.begin(sideClient, req, req.Header, lt.l7.a.view.Load().services[t.svc], t.svc)
 	if rec == nil {
-		return lt.serve(req, nil, place)
+		return lt.serve(req, nil, place, done)
 	}
 	rec.src = connIdentityFrom(req.Context())
-	resp, err := lt.serve(req, rec, place)
+	resp, err := lt.serve(req, rec, place, done)
 	if err != nil {
 		rec.end(errorStatus(req, err), "", err)
 		return nil, err
@@ -55,8 +57,8 @@ func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace) (*http
 }
 
 // serve is RoundTrip's work; rec (nil: none) learns the route, endpoint
-// and attempts; place is roundTripAt's.
-func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace) (resp *http.Response, err error) {
+// and attempts; place and done are roundTripAt's.
+func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace, done *doneBody) (resp *http.Response, err error) {
 	a := lt.l7.a
 	t, ok := req.Context().Value(targetKey{}).(listenTarget)
 	if !ok {
@@ -78,7 +80,7 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace)
 		if err != nil || resp == nil {
 			h.release()
 		} else {
-			h.onDone(resp)
+			h.onDoneIn(resp, done)
 			// Only the HTTP/2 handler sets one (newL7): a fast-path
 			// request's context is not searched for it.
 			if !lt.h1 {
