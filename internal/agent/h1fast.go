@@ -227,8 +227,10 @@ type h1ClientConn struct {
 	// lingering (lingerClose).
 	linger bool
 	// done wraps each response's body, to release what its request holds
-	// (reqHold.onDoneIn): forward closes it before it returns.
+	// (reqHold.onDoneIn): forward closes it before it returns. sent is
+	// the response forward wrote and closed (requestDone).
 	done doneBody
+	sent *http.Response
 
 	// place is the client's in the per-client limit, kept while the
 	// connection is open (clientLimiter.holdConn; nil: no limit).
@@ -245,7 +247,9 @@ func (cs *h1ClientConn) headersDone() {
 
 // requestDone is headersDone once forward returned, the request (a lean
 // one's: its URL and values) and its header map kept for the next request
-// (httpproxy.HeaderBuf.Recycle): nothing holds them then. The pool wrote the request before its RoundTrip returned
+// (httpproxy.HeaderBuf.Recycle), and so is the response forward wrote
+// (sent) if the pool's lean parse had it from resp: nothing holds them
+// then. The pool wrote the request before its RoundTrip returned
 // (on this goroutine: a lean request has no body to write later); a
 // mirror's copy and egress masking clone the header before they go on;
 // the access log and trace keep strings (immutable: the values are never
@@ -254,7 +258,8 @@ func (cs *h1ClientConn) headersDone() {
 // was written and its body closed within forward.
 func (cs *h1ClientConn) requestDone() {
 	cs.hb.Recycle()
-	cs.resp.Done()
+	cs.resp.RecycleResponse(cs.sent) // the lean response written, not another (a retry's)
+	cs.sent = nil
 }
 
 // forward proxies one request and writes its response; it reports whether
@@ -344,6 +349,8 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 	werr := httpproxy.WriteResponseUnflushed(bw, resp, in, keep, cs.watch)
 	resp.Body.Close()
+	// Written and closed: requestDone may reuse it.
+	cs.sent = resp
 	if werr != nil || cs.wire.flush(bw, keep && !hasBody) != nil { // a body left to drain reads first: not held
 		return false
 	}

@@ -19,8 +19,10 @@ import (
 // with its own fields only: none of the request before it on its
 // connection (every other one carries no X-Id at all, and some more
 // fields than a map is kept for), and each answer comes back in order.
-// Under -race a late reader of a recycled map on another goroutine is
-// reported (Recycle's clear is a write). Each response's body wrapper is
+// Each answer has its own fields and body only (its lean response is the
+// connection's last one, reused: HeaderBuf.RecycleResponse). Under -race a
+// late reader of a recycled map on another goroutine is reported
+// (Recycle's clear is a write). Each response's body wrapper is
 // the connection's too (h1ClientConn.done): every request's hold on its
 // slots is released, once (the agent's in-flight count is back to 0, and
 // the client, which sends more requests than its limit of requests in
@@ -44,6 +46,8 @@ func TestH1RecycledHeaderPipelined(t *testing.T) {
 		}
 		if id == "" {
 			id = "none:" + r.URL.Path
+		} else {
+			w.Header().Set("X-Only-"+id, "y")
 		}
 		io.WriteString(w, id)
 	})}
@@ -120,6 +124,11 @@ func recyclePipeline(addr string, conn, reqs int) error {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK || string(body) != want[i] {
 			return fmt.Errorf("connection %d, response %d: %d %q, want 200 %q", conn, i, resp.StatusCode, body, want[i])
+		}
+		for k := range resp.Header {
+			if strings.HasPrefix(k, "X-Only-") && k != http.CanonicalHeaderKey("X-Only-"+want[i]) {
+				return fmt.Errorf("connection %d, response %d: another's field %s", conn, i, k)
+			}
 		}
 	}
 	return <-werr

@@ -116,7 +116,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 		if length, ok := rawFields(fields); ok {
 			// Kept raw: read through ResponseField, written as it came
 			// (WriteResponse), made a map only if asked (ResponseHeader).
-			resp := pc.newLeanResponse(http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			resp := pc.newLeanResponse(hb, http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 				ContentLength: length, Request: req, Body: http.NoBody})
 			hb.busy, hb.raw, hb.rawFields = true, resp, fields
 			pc.respond(resp, len(head), length)
@@ -144,23 +144,38 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if close {
 		delete(h, "Connection") // as ReadResponse
 	}
-	resp := pc.newLeanResponse(http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+	resp := pc.newLeanResponse(nil, http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, ContentLength: length, Close: close, Request: req, Body: http.NoBody})
 	pc.respond(resp, len(head), length)
 	return resp
 }
 
 // leanResp is a lean response and the body the pool wraps it in
-// (poolConn.bodyFor): one allocation. It is never reused.
+// (poolConn.bodyFor): one allocation. It is reused only by the client
+// connection whose HeaderBuf lent it, for its next request, once that
+// connection wrote it and closed its body (HeaderBuf.RecycleResponse);
+// never by the pool connection (its body's Close comes after the
+// connection went back to the pool).
 type leanResp struct {
 	resp http.Response
 	body respBody
 }
 
-// newLeanResponse returns a new response r, whose respBody comes with it
-// (bodyFor).
-func (pc *poolConn) newLeanResponse(r http.Response) *http.Response {
-	lr := &leanResp{resp: r}
+// newLeanResponse returns a response r, whose respBody comes with it
+// (bodyFor): hb's spare if it has one (hb: a raw response's HeaderBuf, or
+// nil), which hb lends it until Done.
+func (pc *poolConn) newLeanResponse(hb *HeaderBuf, r http.Response) *http.Response {
+	var lr *leanResp
+	if hb != nil {
+		lr, hb.spareResp = hb.spareResp, nil
+	}
+	if lr == nil {
+		lr = new(leanResp)
+	}
+	if hb != nil {
+		hb.leanResp = lr
+	}
+	lr.resp = r
 	pc.lean = lr
 	return &lr.resp
 }
@@ -285,6 +300,23 @@ type HeaderBuf struct {
 	// lr is what LeanRequest allocated for the current request (nil:
 	// none); spareReq the last request's, zeroed (Recycle), for the next.
 	lr, spareReq *leanReq
+	// leanResp is the raw lean response lent this request (nil: none),
+	// spareResp the last one's, zeroed (RecycleResponse), for the next.
+	leanResp, spareResp *leanResp
+}
+
+// RecycleResponse is Done for the response side of a request whose
+// caller wrote sent (nil: none) and closed its body, and holds it no
+// longer: if sent is the lean response hb lent, it is the next request's
+// (newLeanResponse). Any other response lent (a retried attempt's, kept
+// or read on in the background) is left to its holders.
+func (hb *HeaderBuf) RecycleResponse(sent *http.Response) {
+	lr := hb.leanResp
+	hb.Done()
+	if lr != nil && sent != nil && &lr.resp == sent {
+		*lr = leanResp{} // in race builds, a write late readers race with
+		hb.spareResp = lr
+	}
 }
 
 // leanReq returns a zero leanReq for a request: hb's spare if it has one.
@@ -361,7 +393,7 @@ func (hb *HeaderBuf) base(ctx context.Context) *http.Request {
 // Done ends hb's current request: its header is left to whoever still
 // holds it, and the next request gets a new one.
 func (hb *HeaderBuf) Done() {
-	hb.h, hb.strs, hb.busy, hb.n, hb.lr = nil, nil, false, 0, nil
+	hb.h, hb.strs, hb.busy, hb.n, hb.lr, hb.leanResp = nil, nil, false, 0, nil, nil
 	hb.raw, hb.rawFields = nil, ""
 }
 
@@ -384,6 +416,7 @@ func DetachResponseHeader(ctx context.Context) {
 			ResponseHeader(hb.raw) // a map of its own: hb's fields are reset
 		}
 		hb.h, hb.strs, hb.busy = nil, nil, false // the response keeps them
+		hb.leanResp = nil                        // and its leanResp
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"reflect"
 	"strings"
@@ -99,5 +101,72 @@ func TestHeaderBufRecycleDeclined(t *testing.T) {
 	req := leanRead(t, &hb, "GET / HTTP/1.1\r\nHost: a\r\nX-Next: 1\r\n\r\n")
 	if want := (http.Header{"X-Next": {"1"}}); !reflect.DeepEqual(req.Header, want) {
 		t.Errorf("header %v, want %v", req.Header, want)
+	}
+}
+
+// TestHeaderBufRecycleResponse: a raw lean response written and closed
+// (RecycleResponse with it) is the next request's, with its own status,
+// fields, length and body; one not named (a retry's, or none) is not
+// reused.
+func TestHeaderBufRecycleResponse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for n := 1; ; n++ {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			body := strings.Repeat("b", n)
+			fmt.Fprintf(c, "HTTP/1.1 %d S%d\r\nX-Id-%d: %d\r\nContent-Length: %d\r\n\r\n%s", 200+10*n, n, n, n, len(body), body)
+			req.Body.Close()
+		}
+	}()
+	pool := NewPool(PoolConfig{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", ln.Addr().String())
+	}})
+	defer pool.Close(true)
+	var hb HeaderBuf
+	req, _ := http.NewRequestWithContext(WithResponseHeaderBuf(context.Background(), &hb), "GET", "http://x/", nil)
+	get := func(n int) *http.Response {
+		t.Helper()
+		resp, err := pool.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		id := fmt.Sprint(n)
+		if err != nil || string(b) != strings.Repeat("b", n) || resp.StatusCode != 200+10*n || resp.Status != fmt.Sprintf("%d S%d", 200+10*n, n) ||
+			ResponseField(resp, "X-Id-"+id) != id || ResponseField(resp, "X-Id-"+fmt.Sprint(n-1)) != "" {
+			t.Fatalf("response %d: %q %v, status %q, fields %q", n, b, err, resp.Status, ResponseHeader(resp))
+		}
+		return resp
+	}
+	first := get(1)
+	hb.RecycleResponse(first)
+	second := get(2)
+	if second != first {
+		t.Errorf("the response written was not reused")
+	}
+	hb.RecycleResponse(nil) // no response written (an error answered)
+	third := get(3)
+	if third == second {
+		t.Errorf("a response not written was reused")
+	}
+	kept := *third
+	hb.RecycleResponse(&kept) // a copy written (a retry's kept answer): the original may be held
+	if fourth := get(4); fourth == third {
+		t.Errorf("a response other than the one written was reused")
 	}
 }
