@@ -259,12 +259,25 @@ func FuzzLeanRequest(f *testing.F) {
 }
 
 func fuzzLeanRequest(t *testing.T, data []byte) (took bool) {
-	// A header kept from an earlier request, reused.
+	took = fuzzLeanRequestAfter(t, data, false)
+	if fuzzLeanRequestAfter(t, data, true) != took {
+		t.Fatalf("%q: taken after a recycled request %t, else %t", data, !took, took)
+	}
+	return took
+}
+
+// fuzzLeanRequestAfter is fuzzLeanRequest with a HeaderBuf that read an
+// earlier request: its header reused within that request, or, recycled,
+// the earlier request's map and leanReq (HeaderBuf.Recycle).
+func fuzzLeanRequestAfter(t *testing.T, data []byte, recycled bool) (took bool) {
 	var hb HeaderBuf
 	prev := bufio.NewReader(strings.NewReader(leanRequestSeeds[2]))
 	prev.Peek(1)
 	if LeanRequest(context.Background(), prev, &hb) == nil {
 		t.Fatal("declined the earlier request")
+	}
+	if recycled {
+		hb.Recycle()
 	}
 	ctx := context.WithValue(context.Background(), leanKey{}, 1)
 	br := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
