@@ -23,7 +23,21 @@
 # Knobs: ROUNDS (2), SECS (6), CONNS (16), PIN (0; 1: wrk and the backend
 # on CPU 0, the proxies on CPU 1), BENCH_BASE_PORT (29500), VIP_OCTET
 # (235: the agent's VIP range 127.X.0.0/16), AGENT_ENV (environment for
-# the agent, e.g. GOGC=200). Needs root or perf_event_paranoid <= 1 for the
+# the agent, e.g. GOGC=200), UPROBES (0; 1: the Go proxies' scheduler
+# and GC events counted per request besides, with uprobes on their
+# runtime's functions: yields (gosched_m; and the background sweeper's
+# calls of goschedIfBusy, which yields only if no P is idle, by the line
+# of runtime.bgsweep), threads woken (notewakeup, startm) and stopped
+# (stopm), timers run, GC cycles begun; 2: goroutines parked (park_m) and
+# Ps woken (wakep) too, each hit a trap of a few µs: the rates and CPU of
+# such a run are not comparable with one without).
+# TRACE (0; 1: the Go proxies built to serve net/http/pprof, the agent with
+# -tags fogmesh_pprof, h1bare with -pprof, on BENCH_BASE_PORT+9 and +10,
+# and a runtime trace of each round taken over the round and read by
+# bench/handoffs: goroutine wake-ups, blocks, yields and GC cycles per
+# request, into PPROF_DIR as ENGINE-rROUND.handoffs; the tracer costs
+# every round of those engines some CPU).
+# Needs root or perf_event_paranoid <= 1 for the
 # tracepoints, perf (Debian: linux-perf), wrk, nginx, go and fortio
 # (installed as in bench.sh). Exits non-zero if a run fails.
 set -Eeuo pipefail
@@ -37,11 +51,14 @@ SECS=${SECS:-6}
 BASE=${BENCH_BASE_PORT:-29500}
 VIP_OCTET=${VIP_OCTET:-235}
 AGENT_ENV=${AGENT_ENV:-}
+UPROBES=${UPROBES:-0}
+TRACE=${TRACE:-0}
 pin_setup
 MESH_NS=bench
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
 P_SRV_MESH=$((BASE + 2)); P_SRV_DNS=$((BASE + 3)); P_SRV_ADMIN=$((BASE + 4))
 P_HTTP=$((BASE + 5)); P_BAREG=$((BASE + 7)); P_NGINX=$((BASE + 8))
+P_SRV_PPROF=$((BASE + 9)); P_BAREG_PPROF=$((BASE + 10))
 S_WEB=$((BASE + 20))
 STAMP=$(date +%Y%m%d-%H%M%S)
 PPROF_DIR=${PPROF_DIR:-$ROOT/bench/out/perf-h1prof-$STAMP}
@@ -51,15 +68,58 @@ need_tools wrk perf curl
 NGINX=$(command -v nginx || true)
 [ -n "$NGINX" ] || die "needs nginx (Debian: nginx-light)"
 find_fortio
-ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_BAREG" "$P_NGINX"
+ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_BAREG" "$P_NGINX" \
+  "$P_SRV_PPROF" "$P_BAREG_PPROF"
 perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 || die "perf cannot read the syscall tracepoints (root, or kernel.perf_event_paranoid <= 1)"
 mkdir -p "$BIN" "$PPROF_DIR"
 
 log "building unstripped binaries (symbols for perf) into $BIN"
 BUILD_LDFLAGS="-B gobuildid"
 build_host "$BIN/fogmesh" ./cmd/fogmesh
-build_host "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
+TRACE_AGENT=() TRACE_BARE=()
+if [ "$TRACE" = 1 ]; then
+  CGO_ENABLED=0 go build -trimpath -tags fogmesh_pprof -ldflags "$BUILD_LDFLAGS" -o "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
+  (cd bench/handoffs && go build -o "$BIN/handoffs" .)
+  TRACE_AGENT=("FOGMESH_PPROF_ADDR=127.0.0.1:$P_SRV_PPROF") TRACE_BARE=(-pprof "127.0.0.1:$P_BAREG_PPROF")
+else
+  build_host "$BIN/fogmesh-agent" ./cmd/fogmesh-agent
+fi
 build_helpers h1bare
+# uprobes ENGINE BINARY: the runtime's scheduler and GC functions of BINARY
+# probed in the group u<pid>ENGINE, added to perf stat's events (UPROBES).
+UGROUPS=()
+uprobes() {
+  local g="u$$$1" f line addr base off vaddr
+  UGROUPS+=("$g")
+  local fs=(gosched=runtime.gosched_m notewakeup=runtime.notewakeup startm=runtime.startm stopm=runtime.stopm
+    'timer=runtime.(*timer).unlockAndRun' gc=runtime.gcStart)
+  [ "$UPROBES" = 2 ] && fs+=(park=runtime.park_m wakep=runtime.wakep)
+  for f in "${fs[@]}"; do
+    # Event names are unique across groups too: the engine's prefixed.
+    perf probe -q -x "$2" -a "$g:${1}_$f" 2>"$TMP/probe.err" || die "perf probe $f in $2: $(tr "\n" " " <"$TMP/probe.err")"
+  done
+  # perf probe takes a bare address as an offset in the file.
+  read -r off vaddr < <(readelf -lW "$2" | awk '$1 == "LOAD" {print $2, $3; exit}')
+  base=$((vaddr - off))
+  while read -r line addr; do
+    perf probe -q -x "$2" -a "$g:${1}_sweepyield$line=$(printf '0x%x' $((0x$addr - base)))" 2>"$TMP/probe.err" ||
+      die "perf probe bgsweep:$line in $2: $(tr "\n" " " <"$TMP/probe.err")"
+  done < <(go tool objdump -s '^runtime.bgsweep$' "$2" | awk '/CALL runtime.goschedIfBusy/ {split($1, a, ":"); sub(/^0x/, "", $2); print a[2], $2}')
+  EVENTS+=",$g:*"
+}
+drop_uprobes() {
+  local g
+  for g in "${UGROUPS[@]}"; do perf probe -q -d "$g:*" >/dev/null 2>&1 || true; done
+}
+h1prof_exit() {
+  local rc=$?
+  drop_uprobes
+  set +e
+  trap - ERR
+  (exit "$rc") # cleanup's exit status is the script's
+  cleanup
+}
+trap h1prof_exit EXIT
 machine_info
 # What a system call costs here (internal/httpproxy BenchmarkSyscallCost), the
 # floor under each read and write counted below.
@@ -69,7 +129,7 @@ SYSCOST=$(go test -run '^$' -bench SyscallCost -benchtime 200000x ./internal/htt
 
 start httpd "${PIN_LOAD[@]}" "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port disabled \
   -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
-start bareg "${PIN_PROXY[@]}" "$BIN/h1bare" -model go "127.0.0.1:$P_BAREG=127.0.0.1:$P_HTTP"
+start bareg "${PIN_PROXY[@]}" "$BIN/h1bare" -model go "${TRACE_BARE[@]}" "127.0.0.1:$P_BAREG=127.0.0.1:$P_HTTP"
 start_nginx "$NGINX" "
     upstream backend { server 127.0.0.1:$P_HTTP; keepalive 64; keepalive_requests 1000000; }
     server {
@@ -83,7 +143,7 @@ services_yaml "webl7:http:$S_WEB:http" >"$TMP/services.yaml"
 agent_config srv "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "127.$VIP_OCTET.0.0/16" "webl7:http:$P_HTTP" >"$TMP/srv.yaml"
 # Plaintext, as bench.sh's HTTP/1.1 rows: nginx and h1bare do not encrypt.
 # shellcheck disable=SC2086 # AGENT_ENV: words on purpose
-start srv "${PIN_PROXY[@]}" env $AGENT_ENV "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
+start srv "${PIN_PROXY[@]}" env $AGENT_ENV "${TRACE_AGENT[@]}" "$BIN/fogmesh-agent" -insecure -config "$TMP/srv.yaml"
 for p in "$P_HTTP" "$P_BAREG" "$P_NGINX"; do wait_port 127.0.0.1 "$p" "port $p"; done
 V=
 for _ in $(seq 1 100); do V=$(vip "$P_SRV_ADMIN" webl7 node) && [ -n "$V" ] && break; sleep 0.1; done
@@ -106,6 +166,10 @@ PARTS=(kernel syscall-stub scheduler alloc+gc clock maps+iface net+poll bufio+st
 SYSCALLS=read,write,readv,writev,recvfrom,sendto,futex,epoll_wait,epoll_pwait,nanosleep,sched_yield,getpid,tgkill,rt_sigreturn,mmap,madvise
 EVENTS="raw_syscalls:sys_enter,context-switches,cpu-migrations,page-faults"
 for s in ${SYSCALLS//,/ }; do EVENTS+=",syscalls:sys_enter_$s"; done
+if [ "$UPROBES" != 0 ]; then
+  uprobes agent "$BIN/fogmesh-agent"
+  uprobes h1bare "$BIN/h1bare"
+fi
 
 # part_us FILE US_PER_REQ: "part us" lines, each part's share of the
 # recording times the CPU microseconds per request.
@@ -140,6 +204,14 @@ round() { # ROUND ENGINE
   rec="$PPROF_DIR/$e-r$r.perf"
   perf record -q -F 2999 -g -p "$plist" -o "$rec" -- sleep "$SECS" >/dev/null 2>&1 &
   waits+=($!)
+  local tport=
+  if [ "$TRACE" = 1 ]; then
+    case $e in agent) tport=$P_SRV_PPROF ;; h1bare) tport=$P_BAREG_PPROF ;; esac
+  fi
+  [ -z "$tport" ] || {
+    curl -s -o "$PPROF_DIR/$e-r$r.trace" --max-time $((SECS + 10)) "http://127.0.0.1:$tport/debug/pprof/trace?seconds=$SECS" &
+    waits+=($!)
+  }
   out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"$SECS"s "${URL[$e]}")
   wait "${waits[@]}" || true
   c1=$(cpu_ticks "${pids[@]}"); s1=$(sys_ticks "${pids[@]}")
@@ -152,7 +224,9 @@ round() { # ROUND ENGINE
   USER[$e,$r]=$(awk -v d=$((c1 - c0 - (s1 - s0))) -v n="$n" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
   SYS[$e,$r]=$(awk -v d=$((s1 - s0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
   # perf stat -x,: value,unit,event,...; per request.
-  CALLS[$e,$r]=$(awk -F, -v n="$n" '$1 ~ /^[0-9]+$/ && $1 > 0 {e = $3; sub(/^syscalls:sys_enter_/, "", e); sub(/^raw_syscalls:sys_enter$/, "all", e); printf "%s=%.2f ", e, $1 / n}' "$TMP/$e-$r.stat")
+  CALLS[$e,$r]=$(awk -F, -v n="$n" '$1 ~ /^[0-9]+$/ && $1 > 0 {e = $3; sub(/^syscalls:sys_enter_/, "", e); sub(/^raw_syscalls:sys_enter$/, "all", e); sub(/^u[0-9]+(agent|h1bare):(agent|h1bare)_/, "u:", e); printf (e ~ /^u:/ ? "%s=%.4f " : "%s=%.2f "), e, $1 / n}' "$TMP/$e-$r.stat")
+  # The trace's window is the round's, give or take the start of each.
+  [ -z "$tport" ] || "$BIN/handoffs" -n "$n" "$PPROF_DIR/$e-r$r.trace" >"$PPROF_DIR/$e-r$r.handoffs" 2>&1 || true
   PARTUS[$e,$r]=$(part_us "$rec" "$(awk -v a="${USER[$e,$r]}" -v b="${SYS[$e,$r]}" 'BEGIN {print a + b}')" | tr '\n' ';')
   log "$e round $r: ${RPS[$e,$r]} req/s, user ${USER[$e,$r]} + kernel ${SYS[$e,$r]} us/req"
 }
@@ -176,7 +250,7 @@ partcell() { # ENGINE ROUND PART
 {
   echo "# HTTP/1.1 per-request CPU: agent, h1bare, nginx ($STAMP)"
   echo
-  echo "\`ROUNDS=$ROUNDS SECS=$SECS CONNS=$CONNS PIN=$PIN${AGENT_ENV:+ AGENT_ENV=\"$AGENT_ENV\"} bench/h1prof.sh\` at $GIT_REV; $CPU_MODEL, $(nproc) CPUs, load at start $LOAD_START."
+  echo "\`ROUNDS=$ROUNDS SECS=$SECS CONNS=$CONNS PIN=$PIN${AGENT_ENV:+ AGENT_ENV=\"$AGENT_ENV\"}$([ "$UPROBES" = 0 ] || echo " UPROBES=$UPROBES")$([ "$TRACE" = 0 ] || echo " TRACE=$TRACE") bench/h1prof.sh\` at $GIT_REV; $CPU_MODEL, $(nproc) CPUs, load at start $LOAD_START."
   echo "wrk -t1 -c$CONNS at the maximum rate; CPU from /proc (utime, stime) over the run, system calls and"
   echo "switches from perf stat (syscall tracepoints) over the same window; every engine was also recorded"
   echo "with perf (-F 2999), which touches every round's figures alike."
@@ -207,6 +281,19 @@ partcell() { # ENGINE ROUND PART
   done
   echo
   echo "Recordings: $PPROF_DIR (perf report -i FILE --no-children)."
+  if [ "$TRACE" = 1 ]; then
+    echo
+    echo "Runtime traces of the Go proxies' rounds, and bench/handoffs' counts per request: $PPROF_DIR/*.trace, *.handoffs."
+    for f in "$PPROF_DIR"/*.handoffs; do
+      echo
+      echo "$(basename "$f"):"
+      echo
+      echo '```'
+      cat "$f"
+      echo '```'
+    done
+  fi
+  [ "$UPROBES" = 0 ] || echo "u:NAME: uprobe hits per request (UPROBES): their traps slow this run's engines."
   [ ${#FAILED[@]} -eq 0 ] || { echo; echo "Failed:"; printf -- '- %s\n' "${FAILED[@]}"; }
 } | tee "$REPORT"
 log "report: $REPORT"

@@ -16,7 +16,10 @@
 // cost; the difference between the models is what the goroutine model
 // costs. bench.sh runs both as rows (g7) and (e7) of its HTTP/1.1 list.
 //
-// Usage: h1bare [-model go|epoll] [-loops N] LISTEN=TARGET
+// -pprof ADDR serves net/http/pprof on ADDR (loopback only), for
+// bench/h1prof.sh's runtime traces (TRACE=1).
+//
+// Usage: h1bare [-model go|epoll] [-loops N] [-pprof ADDR] LISTEN=TARGET
 package main
 
 import (
@@ -25,6 +28,9 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
+	_ "net/http/pprof"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -37,10 +43,23 @@ import (
 func main() {
 	model := flag.String("model", "go", "go (a goroutine per connection) or epoll (event loops over raw descriptors)")
 	loops := flag.Int("loops", 1, "event loops (epoll model)")
+	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this loopback address:port")
 	flag.Parse()
+	if *pprofAddr != "" {
+		if ap, err := netip.ParseAddrPort(*pprofAddr); err != nil || !ap.Addr().IsLoopback() {
+			fmt.Fprintln(os.Stderr, "h1bare: -pprof: not a loopback address:port:", *pprofAddr)
+			os.Exit(2)
+		}
+		pln, err := net.Listen("tcp", *pprofAddr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "h1bare:", err)
+			os.Exit(1)
+		}
+		go http.Serve(pln, nil)
+	}
 	listen, target, ok := strings.Cut(flag.Arg(0), "=")
 	if flag.NArg() != 1 || !ok || (*model != "go" && *model != "epoll") || *loops < 1 {
-		fmt.Fprintln(os.Stderr, "usage: h1bare [-model go|epoll] [-loops N] LISTEN=TARGET")
+		fmt.Fprintln(os.Stderr, "usage: h1bare [-model go|epoll] [-loops N] [-pprof ADDR] LISTEN=TARGET")
 		os.Exit(2)
 	}
 	ln, err := net.Listen("tcp", listen)

@@ -2,7 +2,10 @@
 // -trace`, or a test binary's -test.trace): which goroutine, named by the
 // function it started in, or the network poller and scheduler made which
 // goroutine runnable, where the woken one had blocked, and the waker's
-// first frames outside the runtime; per operation with -n. It is how
+// first frames outside the runtime; besides, the goroutines that yielded
+// (runtime.Gosched or a preemption, with the runtime's frames where: the
+// GC's background sweeper's, session 31), how often each goroutine was
+// switched in, and the GC cycles begun; per operation with -n. It is how
 // BENCHMARKS.md's session 29 wrote down the hand-offs of a gRPC call
 // through the agent (issue 14): a wake between goroutines costs the
 // scheduler's work on both sides and, with a P idle, a thread woken
@@ -75,6 +78,17 @@ type counts struct {
 	// procStarts: Ps going from idle to running (a thread woken for
 	// them, or one that was spinning).
 	procStarts int
+	// runs: goroutines switched in (to running), by the function each
+	// started in: every wake and yield ends in one, and the runtime's
+	// own goroutines (the GC's workers, the background sweeper) show
+	// here, which wake no one's blocked goroutine.
+	runs map[string]int
+	// yields: "GOROUTINE: REASON", running goroutines put back to
+	// runnable (runtime.Gosched, as the background sweeper's
+	// goschedIfBusy, or a preemption).
+	yields map[string]int
+	// gcs: GC cycles (their concurrent mark phases begun).
+	gcs int
 }
 
 // count reads a trace and counts its wake-ups, naming the waker's first
@@ -84,7 +98,7 @@ func count(r io.Reader, depth int) (*counts, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the trace: %w", err)
 	}
-	c := &counts{wakes: map[wake]int{}, blocks: map[string]int{}}
+	c := &counts{wakes: map[wake]int{}, blocks: map[string]int{}, runs: map[string]int{}, yields: map[string]int{}}
 	root := map[trace.GoID]string{}       // goroutine -> the function it started in
 	blocked := map[trace.GoID][2]string{} // goroutine -> why and where it blocked last
 	for {
@@ -100,6 +114,9 @@ func count(r io.Reader, depth int) (*counts, error) {
 			if r := lastFrame(ev.Stack()); r != "?" {
 				root[g] = r
 			}
+		}
+		if ev.Kind() == trace.EventRangeBegin && ev.Range().Name == "GC concurrent mark phase" {
+			c.gcs++
 		}
 		if ev.Kind() != trace.EventStateTransition {
 			continue
@@ -125,7 +142,12 @@ func count(r io.Reader, depth int) (*counts, error) {
 			if g := ev.Goroutine(); g != trace.NoGoroutine && g != id {
 				w.by, w.frames = root[g], frames(ev.Stack(), depth)
 			}
+			if from == trace.GoRunnable && to == trace.GoRunning {
+				c.runs[root[id]]++
+			}
 			switch {
+			case from == trace.GoRunning && to == trace.GoRunnable:
+				c.yields[root[id]+": "+st.Reason+"@"+runtimeFrames(ev.Stack(), 2)]++
 			case to == trace.GoWaiting:
 				b := [2]string{st.Reason, frames(ev.Stack(), 2)}
 				blocked[id] = b
@@ -157,6 +179,23 @@ func frames(st trace.Stack, n int) string {
 			continue
 		}
 		out = append(out, short(fr.Func))
+		if len(out) == n {
+			break
+		}
+	}
+	return strings.Join(out, "<")
+}
+
+// runtimeFrames names the first n frames of st below runtime.Gosched and
+// runtime.goschedIfBusy, the runtime's included, with their lines: where
+// a goroutine yielded.
+func runtimeFrames(st trace.Stack, n int) string {
+	var out []string
+	for fr := range st.Frames() {
+		if fr.Func == "runtime.Gosched" || fr.Func == "runtime.goschedIfBusy" {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s:%d", short(fr.Func), fr.Line))
 		if len(out) == n {
 			break
 		}
@@ -210,5 +249,8 @@ func (c *counts) print(w io.Writer, ops float64) {
 	}
 	table("wakes (waker [frames] -> woken)", wakes)
 	table("blocks", c.blocks)
+	table("yields (running -> runnable)", c.yields)
+	table("goroutines switched in", c.runs)
 	fmt.Fprintf(w, "P idle -> running: %.3f per op\n", float64(c.procStarts)/ops)
+	fmt.Fprintf(w, "GC cycles: %d (%.1f per 100,000 ops)\n", c.gcs, float64(c.gcs)*1e5/ops)
 }

@@ -71,3 +71,47 @@ func TestCountRefusesGarbage(t *testing.T) {
 		t.Fatal("no error for bytes that are no trace")
 	}
 }
+
+// TestCountsYieldsRunsAndGC: a goroutine calling runtime.Gosched is counted
+// as yielding there (with the runtime's frame and the caller's line) and as
+// switched in again after each yield; runtime.GC's cycles are counted.
+func TestCountsYieldsRunsAndGC(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var buf bytes.Buffer
+	if err := trace.Start(&buf); err != nil {
+		t.Skip("tracing already on:", err)
+	}
+	const rounds, gcs = 100, 3
+	done := make(chan struct{})
+	go yielder(rounds, done)
+	<-done
+	for range gcs {
+		runtime.GC()
+	}
+	trace.Stop()
+
+	c, err := count(&buf, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yields := 0
+	for k, n := range c.yields {
+		if strings.HasPrefix(k, "handoffs.yielder: ") && strings.Contains(k, "handoffs.yielder:") {
+			yields += n
+		}
+	}
+	if yields < rounds || c.runs["handoffs.yielder"] < rounds || c.gcs < gcs {
+		var out bytes.Buffer
+		c.print(&out, 1)
+		t.Fatalf("yields of the yielder %d, its runs %d, GC cycles %d; want at least %d, %d, %d:\n%s",
+			yields, c.runs["handoffs.yielder"], c.gcs, rounds, rounds, gcs, out.String())
+	}
+}
+
+//go:noinline
+func yielder(rounds int, done chan struct{}) {
+	defer close(done)
+	for range rounds {
+		runtime.Gosched()
+	}
+}
