@@ -266,21 +266,28 @@ func (c *conn) writeLocked(fn func() error, flush bool) error {
 		c.nc.Close() // the read loop fails the streams
 		return c.werr
 	}
-	if ctl && !c.ctlArmed && c.bw.Buffered() > 0 {
-		// Control frames without a flush of their own: the next
-		// request's write takes them along, or controlFlushDelay's timer
-		// flushes them. A grpc-go server pings after each request it
-		// reads (its BDP estimate): an acknowledgement flushed alone cost
-		// a system call per call.
-		c.ctlArmed = true
-		d := time.Duration(controlFlushDelay.Load())
-		if c.ctlTimer == nil {
-			c.ctlTimer = time.AfterFunc(d, c.flushControl)
-		} else {
-			c.ctlTimer.Reset(d)
-		}
+	if ctl {
+		c.armControlFlush()
 	}
 	return nil
+}
+
+// armControlFlush makes controlFlushDelay's timer flush what is buffered
+// unless it runs. Control frames have no flush of their own: the next
+// request's write takes them along, or the timer flushes them. A grpc-go
+// server pings after each request it reads (its BDP estimate): an
+// acknowledgement flushed alone cost a system call per call. Under wmu.
+func (c *conn) armControlFlush() {
+	if c.ctlArmed || c.bw.Buffered() == 0 {
+		return
+	}
+	c.ctlArmed = true
+	d := time.Duration(controlFlushDelay.Load())
+	if c.ctlTimer == nil {
+		c.ctlTimer = time.AfterFunc(d, c.flushControl)
+	} else {
+		c.ctlTimer.Reset(d)
+	}
 }
 
 // flush sends what writeFlush left buffered.
@@ -300,25 +307,38 @@ type ctlFrame struct {
 // lock: a writer blocked in a write to an endpoint that stopped reading
 // holds it, and the read loop stopped with it (a response, an RST_STREAM
 // or a GOAWAY that would end the writer's stream went unread until the
-// stall watchdog closed the connection). When the lock is free it writes
-// f at once, as before; otherwise one goroutine waits for the lock and
-// writes what is queued then, as x/net/http2's server queues its
-// acknowledgements for its writer. Frames go in the order queued:
-// whoever takes them from the queue writes them under wmu.
+// stall watchdog closed the connection). When the lock is free and the
+// write buffer has room, the read loop puts the frames in the buffer
+// itself, as before (no write to the socket: that could block too);
+// otherwise one goroutine waits for the lock and writes what is queued
+// then, unless another writer does first (writeLocked), as x/net/http2's
+// server leaves its acknowledgements to its writer. Frames go in the
+// order queued: whoever takes them from the queue writes them under wmu.
 func (c *conn) queueControl(f ctlFrame) {
 	c.ctlMu.Lock()
 	c.ctlq = append(c.ctlq, f)
 	c.ctlPending.Store(true)
-	if c.ctlWriter { // it writes f too
-		c.ctlMu.Unlock()
+	writer := c.ctlWriter // it writes f too
+	need := ctlFrameMax * len(c.ctlq)
+	c.ctlMu.Unlock()
+	if writer {
 		return
 	}
-	c.ctlMu.Unlock()
 	select {
 	case c.wmu <- struct{}{}:
-		c.writeControlLocked()
+		dead, room := c.werr != nil, c.bw.Available() >= need
+		if !dead && room {
+			if err := c.writeQueued(); err != nil { // not expected: the buffer took them
+				c.werr = fmt.Errorf("h2up: write: %w", err)
+				c.nc.Close()
+			} else {
+				c.armControlFlush()
+			}
+		}
 		c.wmu.Unlock()
-		return
+		if dead || room {
+			return
+		}
 	default:
 	}
 	c.ctlMu.Lock()
@@ -329,6 +349,10 @@ func (c *conn) queueControl(f ctlFrame) {
 		go c.controlWriter()
 	}
 }
+
+// ctlFrameMax is the most bytes a ctlFrame takes in the buffer (a PING:
+// a 9-byte frame header and 8 bytes).
+const ctlFrameMax = 17
 
 // controlWriter waits for the write lock (a stalled writer gives it up
 // when the connection closes) and writes the queued control frames.
