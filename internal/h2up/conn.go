@@ -314,15 +314,23 @@ type ctlFrame struct {
 // then, unless another writer does first (writeLocked), as x/net/http2's
 // server leaves its acknowledgements to its writer. Frames go in the
 // order queued: whoever takes them from the queue writes them under wmu.
-func (c *conn) queueControl(f ctlFrame) {
+//
+// An endpoint that sends PINGs or SETTINGS while not reading our
+// acknowledgements is cut at maxQueuedControl of them (as x/net/http2's
+// server does): the queue does not grow without bound.
+func (c *conn) queueControl(f ctlFrame) error {
 	c.ctlMu.Lock()
+	if len(c.ctlq) >= maxQueuedControl {
+		c.ctlMu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+	}
 	c.ctlq = append(c.ctlq, f)
 	c.ctlPending.Store(true)
 	writer := c.ctlWriter // it writes f too
 	need := ctlFrameMax * len(c.ctlq)
 	c.ctlMu.Unlock()
 	if writer {
-		return
+		return nil
 	}
 	select {
 	case c.wmu <- struct{}{}:
@@ -337,7 +345,7 @@ func (c *conn) queueControl(f ctlFrame) {
 		}
 		c.wmu.Unlock()
 		if dead || room {
-			return
+			return nil
 		}
 	default:
 	}
@@ -348,7 +356,12 @@ func (c *conn) queueControl(f ctlFrame) {
 	if start {
 		go c.controlWriter()
 	}
+	return nil
 }
+
+// maxQueuedControl bounds the control frames queued (x/net/http2's
+// server's maxQueuedControlFrames).
+const maxQueuedControl = 10000
 
 // ctlFrameMax is the most bytes a ctlFrame takes in the buffer (a PING:
 // a 9-byte frame header and 8 bytes).

@@ -103,7 +103,9 @@ func (c *conn) process(f http2.Frame) error {
 		if err := c.onSettings(f, &ack); err != nil {
 			return err
 		}
-		c.queueControl(ack)
+		if err := c.queueControl(ack); err != nil {
+			return err
+		}
 		c.mu.Lock()
 		none := c.maxConc == 0
 		c.mu.Unlock()
@@ -112,7 +114,7 @@ func (c *conn) process(f http2.Frame) error {
 		}
 	case *http2.PingFrame:
 		if !f.IsAck() {
-			c.queueControl(ctlFrame{ping: true, data: f.Data})
+			return c.queueControl(ctlFrame{ping: true, data: f.Data})
 		}
 	case *http2.WindowUpdateFrame:
 		c.mu.Lock()
