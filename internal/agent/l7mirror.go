@@ -83,7 +83,18 @@ func (lt *lbTransport) mirror(req *http.Request, sv *serviceView, t listenTarget
 		count("dropped")
 		return req
 	}
+	// The copy's goroutine is one of the agent's (a.wg), added under mu
+	// unless Close began: the handler calling this is not counted, and
+	// may outlive the L7 server's Shutdown, so an Add after Close's Wait
+	// began would be WaitGroup misuse and a copy Close never waits for.
 	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		lt.l7.mirrors.Add(-1)
+		count("dropped")
+		return req
+	}
+	a.wg.Add(1)
 	ctx := a.runCtx
 	a.mu.Unlock()
 	if ctx == nil {
@@ -103,7 +114,6 @@ func (lt *lbTransport) mirror(req *http.Request, sv *serviceView, t listenTarget
 	out.GetBody = nil
 	ev := cands[0]
 	tr := lt.l7.transportFor(msv, ev, port, proto)
-	a.wg.Add(1)
 	go func() { // sendMirror
 		defer a.wg.Done()
 		defer lt.l7.mirrors.Add(-1)

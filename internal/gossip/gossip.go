@@ -52,7 +52,8 @@ type Config struct {
 type Gossip struct {
 	ml       *memberlist.Memberlist
 	kr       *memberlist.Keyring // nil without a key
-	keyGrace time.Duration       // KeyGrace; tests shorten it
+	tr       *joinTransport
+	keyGrace time.Duration // KeyGrace; tests shorten it
 
 	mu     sync.Mutex  // guards the following
 	retire *time.Timer // drops the previous key when its grace ends
@@ -139,15 +140,21 @@ func New(cfg Config) (*Gossip, error) {
 		}
 		mc.Keyring = kr
 	}
-	ml, err := memberlist.Create(mc)
+	tr, err := newJoinTransport(host, p, mc.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	if p == 0 { // advertise the port actually bound
-		n := ml.LocalNode()
-		mc.AdvertisePort = int(n.Port)
+		p = tr.GetAutoBindPort()
+		mc.BindPort, mc.AdvertisePort = p, p
 	}
-	return &Gossip{ml: ml, kr: kr, keyGrace: KeyGrace}, nil
+	mc.Transport = tr
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		tr.Shutdown()
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	return &Gossip{ml: ml, kr: kr, tr: tr, keyGrace: KeyGrace}, nil
 }
 
 // SetKey makes key the one used to send, keeping the previous one for
@@ -189,7 +196,7 @@ func (g *Gossip) SetKey(key []byte) error {
 // Addr is the member's address (host:port).
 func (g *Gossip) Addr() string { return g.ml.LocalNode().FullAddress().Addr }
 
-// Join contacts peers; it returns how many answered.
+// Join contacts peers; it returns how many answered. Close ends it.
 func (g *Gossip) Join(addrs []string) (int, error) { return g.ml.Join(addrs) }
 
 // Ping sends one ping to the member name at addr (an IP address and port)
@@ -228,6 +235,7 @@ func (g *Gossip) Close() error {
 		g.retire.Stop()
 	}
 	g.mu.Unlock()
+	g.tr.stop() // a Join in progress returns
 	g.ml.Leave(500 * time.Millisecond)
 	return g.ml.Shutdown()
 }

@@ -433,7 +433,9 @@ func encodeValues(enc hpackEncoder, k string, vv []string) {
 	}
 	for _, v := range vv {
 		if httpguts.ValidHeaderFieldValue(v) {
-			encodeField(enc, lk, v)
+			// Credentials (set-cookie) never indexed: a connection's
+			// table may be shared by many clients' streams.
+			enc.WriteField(hpack.HeaderField{Name: lk, Value: v, Sensitive: h2meta.NeverIndexed(lk, v)})
 		}
 	}
 }

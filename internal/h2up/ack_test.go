@@ -222,7 +222,7 @@ func TestLastDataCarriesTheEnd(t *testing.T) {
 }
 
 // TestAckFlushStopsTimer: an acknowledgement that leaves with a request's
-// flush stops writeControl's timer (it used to fire anyway). The delay is
+// flush stops writeControlLocked's timer (it used to fire anyway). The delay is
 // an hour: the timer cannot be what flushes here.
 func TestAckFlushStopsTimer(t *testing.T) {
 	defer h2up.SetControlFlushDelay(time.Hour)()

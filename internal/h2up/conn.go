@@ -86,10 +86,22 @@ type conn struct {
 	// flushing: a writer yields before its flush (writeFlush); writers
 	// meanwhile leave their frames to it.
 	flushing bool
-	// ctlTimer flushes writeControl's frames if no request's write does
+	// ctlTimer flushes writeControlLocked's frames if no request's write does
 	// first; ctlArmed: it is running.
 	ctlTimer *time.Timer
 	ctlArmed bool
+
+	// The read loop's control frames (SETTINGS and PING
+	// acknowledgements), queued for the write lock (queueControl): the
+	// read loop never waits for it. ctlMu guards ctlq, ctlSpare and
+	// ctlWriter, never held while writing.
+	ctlMu     sync.Mutex
+	ctlq      []ctlFrame
+	ctlSpare  []ctlFrame // ctlq's other buffer: writeQueued swaps them
+	ctlWriter bool       // a goroutine waits for wmu to write ctlq
+	// ctlPending: ctlq holds frames; the next holder of wmu writes them
+	// before its own (writeLocked).
+	ctlPending atomic.Bool
 
 	mu         sync.Mutex // guards the following and the streams' send state
 	cond       sync.Cond  // on mu: send windows, stream ends, close
@@ -200,10 +212,25 @@ func (c *conn) writeFlushCtx(done <-chan struct{}, fn func() error, flush bool) 
 	}
 	c.waiting.Add(-1)
 	defer c.wmu.Unlock()
+	return c.writeLocked(fn, flush)
+}
+
+// writeLocked is writeFlushCtx's part under wmu (which it may give up
+// and take again while it yields before a flush).
+func (c *conn) writeLocked(fn func() error, flush bool) error {
 	if c.werr != nil {
 		return c.werr
 	}
-	err := fn()
+	// The read loop's control frames go first, with this write
+	// (queueControl): its acknowledgements wait for no other writer.
+	var err error
+	ctl := c.ctlPending.Load()
+	if ctl {
+		err = c.writeQueued()
+	}
+	if err == nil {
+		err = fn()
+	}
 	if err == nil && (flush || c.owed) {
 		switch {
 		case c.waiting.Load() > 0 || c.flushing:
@@ -225,7 +252,7 @@ func (c *conn) writeFlushCtx(done <-chan struct{}, fn func() error, flush bool) 
 				err = c.bw.Flush()
 				c.owed = false
 				if c.ctlArmed {
-					// writeControl's frames went with this flush.
+					// writeControlLocked's frames went with this flush.
 					c.ctlArmed = false
 					c.ctlTimer.Stop()
 				}
@@ -239,36 +266,157 @@ func (c *conn) writeFlushCtx(done <-chan struct{}, fn func() error, flush bool) 
 		c.nc.Close() // the read loop fails the streams
 		return c.werr
 	}
+	if ctl {
+		c.armControlFlush()
+	}
 	return nil
+}
+
+// armControlFlush makes controlFlushDelay's timer flush what is buffered
+// unless it runs. Control frames have no flush of their own: the next
+// request's write takes them along, or the timer flushes them. A grpc-go
+// server pings after each request it reads (its BDP estimate): an
+// acknowledgement flushed alone cost a system call per call. Under wmu.
+func (c *conn) armControlFlush() {
+	if c.ctlArmed || c.bw.Buffered() == 0 {
+		return
+	}
+	c.ctlArmed = true
+	d := time.Duration(controlFlushDelay.Load())
+	if c.ctlTimer == nil {
+		c.ctlTimer = time.AfterFunc(d, c.flushControl)
+	} else {
+		c.ctlTimer.Reset(d)
+	}
 }
 
 // flush sends what writeFlush left buffered.
 func (c *conn) flush() { c.write(func() error { return nil }) }
 
-// writeControl writes frames of the read loop's (PING and SETTINGS
-// acknowledgements) without a flush of their own: the next request's
-// write takes them along, or controlFlushDelay's timer flushes them. A
-// grpc-go server pings after each request it reads (its BDP estimate):
-// an acknowledgement flushed alone cost a system call per call.
-func (c *conn) writeControl(fn func() error) error {
-	if err := c.writeFlush(fn, false); err != nil {
-		return err
+// ctlFrame is a control frame of the read loop's, queued for the write
+// lock: a PING acknowledgement (ping) or a SETTINGS one, after which
+// (setTable) the encoder takes the SETTINGS' header table size.
+type ctlFrame struct {
+	ping      bool
+	data      [8]byte // the PING's
+	setTable  bool
+	tableSize uint32
+}
+
+// queueControl has f written without the read loop waiting for the write
+// lock: a writer blocked in a write to an endpoint that stopped reading
+// holds it, and the read loop stopped with it (a response, an RST_STREAM
+// or a GOAWAY that would end the writer's stream went unread until the
+// stall watchdog closed the connection). When the lock is free and the
+// write buffer has room, the read loop puts the frames in the buffer
+// itself, as before (no write to the socket: that could block too);
+// otherwise one goroutine waits for the lock and writes what is queued
+// then, unless another writer does first (writeLocked), as x/net/http2's
+// server leaves its acknowledgements to its writer. Frames go in the
+// order queued: whoever takes them from the queue writes them under wmu.
+//
+// An endpoint that sends PINGs or SETTINGS while not reading our
+// acknowledgements is cut at maxQueuedControl of them (as x/net/http2's
+// server does): the queue does not grow without bound.
+func (c *conn) queueControl(f ctlFrame) error {
+	c.ctlMu.Lock()
+	if len(c.ctlq) >= maxQueuedControl {
+		c.ctlMu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
 	}
-	c.wmu.Lock()
-	if !c.ctlArmed && c.werr == nil && c.bw.Buffered() > 0 {
-		c.ctlArmed = true
-		d := time.Duration(controlFlushDelay.Load())
-		if c.ctlTimer == nil {
-			c.ctlTimer = time.AfterFunc(d, c.flushControl)
-		} else {
-			c.ctlTimer.Reset(d)
+	c.ctlq = append(c.ctlq, f)
+	c.ctlPending.Store(true)
+	writer := c.ctlWriter // it writes f too
+	need := ctlFrameMax * len(c.ctlq)
+	c.ctlMu.Unlock()
+	if writer {
+		return nil
+	}
+	select {
+	case c.wmu <- struct{}{}:
+		dead, room := c.werr != nil, c.bw.Available() >= need
+		if !dead && room {
+			if err := c.writeQueued(); err != nil { // not expected: the buffer took them
+				c.werr = fmt.Errorf("h2up: write: %w", err)
+				c.nc.Close()
+			} else {
+				c.armControlFlush()
+			}
 		}
+		c.wmu.Unlock()
+		if dead || room {
+			return nil
+		}
+	default:
 	}
-	c.wmu.Unlock()
+	c.ctlMu.Lock()
+	start := !c.ctlWriter && len(c.ctlq) > 0
+	c.ctlWriter = c.ctlWriter || start
+	c.ctlMu.Unlock()
+	if start {
+		go c.controlWriter()
+	}
 	return nil
 }
 
-// controlFlushDelay bounds how long writeControl's frames wait for a
+// maxQueuedControl bounds the control frames queued (x/net/http2's
+// server's maxQueuedControlFrames).
+const maxQueuedControl = 10000
+
+// ctlFrameMax is the most bytes a ctlFrame takes in the buffer (a PING:
+// a 9-byte frame header and 8 bytes).
+const ctlFrameMax = 17
+
+// controlWriter waits for the write lock (a stalled writer gives it up
+// when the connection closes) and writes the queued control frames.
+func (c *conn) controlWriter() {
+	c.wmu.Lock()
+	// Cleared before the queue is taken: a frame queued from now on is
+	// written here, or by a writer queueControl starts, which waits for
+	// this one's lock.
+	c.ctlMu.Lock()
+	c.ctlWriter = false
+	c.ctlMu.Unlock()
+	c.writeControlLocked()
+	c.wmu.Unlock()
+}
+
+// writeControlLocked writes the queued control frames (writeLocked
+// does, first), without a flush of their own. Under wmu.
+func (c *conn) writeControlLocked() { c.writeLocked(func() error { return nil }, false) }
+
+// writeQueued writes the queued control frames, in order. A SETTINGS
+// acknowledgement follows its settings' application (RFC 9113 §6.5.3):
+// the header table size is the encoder's from here, so every header
+// block after the acknowledgement begins with the size update (RFC 7541
+// §4.2), and every block before it was encoded within the old size.
+// Under wmu.
+func (c *conn) writeQueued() error {
+	c.ctlMu.Lock()
+	q := c.ctlq
+	c.ctlq, c.ctlSpare = c.ctlSpare[:0], nil
+	c.ctlPending.Store(false)
+	c.ctlMu.Unlock()
+	var err error
+	for i := 0; i < len(q) && err == nil; i++ {
+		f := &q[i]
+		switch {
+		case f.ping:
+			err = c.fr.WritePing(true, f.data)
+		default:
+			if f.setTable {
+				c.henc.SetMaxDynamicTableSizeLimit(f.tableSize)
+			}
+			err = c.fr.WriteSettingsAck()
+		}
+	}
+	c.ctlMu.Lock()
+	c.ctlSpare = q[:0]
+	c.ctlMu.Unlock()
+	return err
+}
+
+// controlFlushDelay bounds how long writeControlLocked's frames wait for a
 // request's flush (as h2srv's flushDelay); nanoseconds.
 var controlFlushDelay atomic.Int64
 

@@ -17,7 +17,7 @@ func SetControlFlushDelay(d time.Duration) (restore func()) {
 	return func() { controlFlushDelay.Store(old) }
 }
 
-// ControlFlushArmed reports whether a connection of p has writeControl's
+// ControlFlushArmed reports whether a connection of p has writeControlLocked's
 // timer armed, and whether p has a connection.
 func ControlFlushArmed(p *Pool) (armed, found bool) {
 	p.mu.Lock()

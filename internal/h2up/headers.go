@@ -19,23 +19,10 @@ func hpackField(name, value string) hpack.HeaderField {
 }
 
 // headerField is a request's field name (lower case) and value for the
-// encoder: credentials never indexed. An upstream connection carries the
-// requests of many clients, so a credential in its HPACK table could be
-// guessed by another client from the sizes of its own header blocks (as
-// CRIME did with TLS compression); and a client that sent it as never
-// indexed (RFC 7541 §7.1.3) lost that flag in http.Header, which an
-// intermediary must keep. Which ones, as nghttp2's encoder chooses:
-// authorization and proxy-authorization always, a cookie under 20 bytes
-// (short enough to guess).
+// encoder: credentials never indexed (h2meta.NeverIndexed says which and
+// why).
 func headerField(name, value string) hpack.HeaderField {
-	f := hpack.HeaderField{Name: name, Value: value}
-	switch name {
-	case "authorization", "proxy-authorization":
-		f.Sensitive = true
-	case "cookie":
-		f.Sensitive = len(value) < 20
-	}
-	return f
+	return hpack.HeaderField{Name: name, Value: value, Sensitive: h2meta.NeverIndexed(name, value)}
 }
 
 // writeCookieCrumbs writes a Cookie value one cookie-pair a field (RFC

@@ -99,10 +99,11 @@ func (c *conn) process(f http2.Frame) error {
 		if f.IsAck() {
 			return nil
 		}
-		if err := c.onSettings(f); err != nil {
+		ack := ctlFrame{}
+		if err := c.onSettings(f, &ack); err != nil {
 			return err
 		}
-		if err := c.writeControl(func() error { return c.fr.WriteSettingsAck() }); err != nil {
+		if err := c.queueControl(ack); err != nil {
 			return err
 		}
 		c.mu.Lock()
@@ -113,7 +114,7 @@ func (c *conn) process(f http2.Frame) error {
 		}
 	case *http2.PingFrame:
 		if !f.IsAck() {
-			return c.writeControl(func() error { return c.fr.WritePing(true, f.Data) })
+			return c.queueControl(ctlFrame{ping: true, data: f.Data})
 		}
 	case *http2.WindowUpdateFrame:
 		c.mu.Lock()
@@ -138,7 +139,9 @@ func (c *conn) process(f http2.Frame) error {
 	return nil
 }
 
-func (c *conn) onSettings(f *http2.SettingsFrame) error {
+// onSettings applies f's settings but the header table size, which ack
+// takes to the encoder with the acknowledgement (writeQueued).
+func (c *conn) onSettings(f *http2.SettingsFrame, ack *ctlFrame) error {
 	return f.ForeachSetting(func(st http2.Setting) error {
 		if err := st.Valid(); err != nil {
 			return err
@@ -162,9 +165,7 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 			c.maxFrame = st.Val
 			c.mu.Unlock()
 		case http2.SettingHeaderTableSize:
-			c.wmu.Lock()
-			c.henc.SetMaxDynamicTableSizeLimit(st.Val)
-			c.wmu.Unlock()
+			ack.setTable, ack.tableSize = true, st.Val
 		}
 		return nil
 	})

@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"time"
+
 	"github.com/hashicorp/yamux"
 	"github.com/quic-go/quic-go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -185,4 +187,21 @@ func (s *QUICServer) Revalidate() int {
 // earlier call did).
 func (s *QUICServer) cutIfInvalid(conn *quic.Conn, pa *peerAuth) bool {
 	return cutQUIC(conn, pa, "in", s.core.cfg.PeerCheck, s.core.log, s.core.m, s.core.cfg.OnCut)
+}
+
+// afterFuncWaited is time.AfterFunc(d, f) whose stop also waits for f if
+// it has begun. The servers' expiry cuts: a connection's goroutine stops
+// the timer before it leaves the server's WaitGroup, so Close, which
+// waits for that, returns only after a cut in progress (its log line, its
+// count and OnCut: the agent's audit record, its log closed after the
+// mesh) is done. time.Timer's Stop does not wait: the cut could run on
+// after Close. f must not wait for the goroutine that calls stop.
+func afterFuncWaited(d time.Duration, f func()) (stop func()) {
+	done := make(chan struct{})
+	t := time.AfterFunc(d, func() { defer close(done); f() })
+	return func() {
+		if !t.Stop() {
+			<-done
+		}
+	}
 }

@@ -187,8 +187,7 @@ func (s *QUICServer) serveConn(conn *quic.Conn) {
 	}
 	defer s.untrack(conn)
 	if d := auth.untilExpiry(); d >= 0 {
-		t := time.AfterFunc(d, func() { s.cutIfInvalid(conn, &auth) })
-		defer t.Stop()
+		defer afterFuncWaited(d, func() { s.cutIfInvalid(conn, &auth) })()
 	}
 
 	ctx, cancel := context.WithCancel(s.core.ctx)

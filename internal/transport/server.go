@@ -415,8 +415,7 @@ func (s *Server) serveConn(conn net.Conn, release func() bool, ev *identity.Evic
 	defer pc.yamux.remove(sess)
 	budget := s.limit.bufferStreams(s.cfg.StreamWindow)
 	if d := auth.untilExpiry(); d >= 0 {
-		t := time.AfterFunc(d, func() { s.cutIfInvalid(sess, &auth) })
-		defer t.Stop()
+		defer afterFuncWaited(d, func() { s.cutIfInvalid(sess, &auth) })()
 	}
 
 	// Streams of this session end with it: once the peer is gone, their
