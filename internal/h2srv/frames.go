@@ -369,6 +369,14 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	if bad != nil {
 		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, bad.msg, bad.code) })
 	}
+	// The first stream of an idle connection waits for the read loop's
+	// wait (serveRaw), which may run it itself (inline.go); any other
+	// goes to a worker now, a stream held before it first.
+	if sc.inlineOn && sc.in.raw && sc.pending.st == nil && sc.openStreams() == 1 {
+		sc.pending = streamTask{st, h}
+		return nil
+	}
+	sc.dispatchPending()
 	sc.s.dispatch(streamTask{st, h})
 	return nil
 }

@@ -147,10 +147,20 @@ func (sc *conn) rawConn() syscall.RawConn {
 // caller fails the connection after rc.Read returns). A close by another
 // goroutine wakes waitRead with an error. Deadlines (the preface's) end
 // waitRead as they end a Read.
-func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error) {
+//
+// inline (t set): the read loop was about to wait, with one new stream
+// whose handler it may run itself (inline.go); the caller runs it and
+// calls again. back: readFor's goroutine was about to wait and serve's
+// wants the read loop back.
+func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error, inline streamTask, back bool) {
 	in := sc.in
 	in.raw = true
-	defer func() { in.raw = false }()
+	defer func() {
+		in.raw = false
+		if inline.st == nil {
+			sc.dispatchPending() // not held across blocking reads or the end
+		}
+	}()
 	var ferr error
 	rerr := rc.Read(func(fd uintptr) bool {
 		for {
@@ -172,6 +182,17 @@ func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error) {
 				continue
 			case syscall.EAGAIN:
 				sc.armControl()
+				if sc.pending.st != nil {
+					if sc.inlineOn && sc.inlineReady() {
+						inline, sc.pending = sc.pending, streamTask{}
+						return true
+					}
+					sc.dispatchPending()
+				}
+				if !sc.inlineOn && sc.wantBack.Load() {
+					back = true
+					return true
+				}
 				return false
 			default:
 				ferr = os.NewSyscallError("read", errno)
@@ -185,9 +206,9 @@ func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error) {
 		}
 	})
 	if ferr != nil {
-		return false, ferr
+		return false, ferr, streamTask{}, false
 	}
-	return fallback, rerr
+	return fallback, rerr, inline, back
 }
 
 // handleFrame processes what meta.ReadFrame returned: nil, or the error

@@ -285,6 +285,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		dl := st.readDeadline
 		wakeCh := waitCh(&st.readCh)
 		sc.mu.Unlock()
+		sc.waitingOnReader() // the body comes through the read loop
 		if !dl.IsZero() {
 			d := time.Until(dl)
 			if d <= 0 {
