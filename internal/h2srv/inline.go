@@ -64,8 +64,8 @@ func (sc *conn) runInline(rc syscall.RawConn, t streamTask) bool {
 	sc.inline.Store(inlineRun)
 	d := time.Duration(inlineLimit.Load())
 	if sc.inlineTimer == nil {
+		sc.takeRC = rc // before the timer can fire
 		sc.inlineTimer = time.AfterFunc(d, func() { sc.takeOver(false) })
-		sc.takeRC = rc
 	} else {
 		sc.inlineTimer.Reset(d)
 	}
