@@ -82,6 +82,8 @@ type conn struct {
 	handBack    chan struct{} // the read loop back to serve's goroutine
 	inlineTimer *time.Timer   // takes the read loop over from a handler running long; serve's goroutine
 	takeRC      syscall.RawConn
+	rawFn       func(fd uintptr) bool // rawRead; the read loop's
+	rawOut      rawResult             // rawRead's; the read loop's
 }
 
 func newConn(s *Server, c net.Conn, o ConnOptions) *conn {

@@ -155,60 +155,75 @@ func (sc *conn) rawConn() syscall.RawConn {
 func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error, inline streamTask, back bool) {
 	in := sc.in
 	in.raw = true
-	defer func() {
-		in.raw = false
-		if inline.st == nil {
-			sc.dispatchPending() // not held across blocking reads or the end
-		}
-	}()
-	var ferr error
-	rerr := rc.Read(func(fd uintptr) bool {
-		for {
-			for in.r < in.w && in.complete() {
-				f, err := sc.meta.ReadFrame()
-				if ferr = sc.handleFrame(f, err); ferr != nil {
-					return true
-				}
-			}
-			if !in.room() {
-				sc.armControl()
-				fallback = true
-				return true
-			}
-			n, errno := rawsys.Read(fd, in.buf[in.w:])
-			switch errno {
-			case 0:
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				sc.armControl()
-				if sc.pending.st != nil {
-					if sc.inlineOn && sc.inlineReady() {
-						inline, sc.pending = sc.pending, streamTask{}
-						return true
-					}
-					sc.dispatchPending()
-				}
-				if !sc.inlineOn && sc.wantBack.Load() {
-					back = true
-					return true
-				}
-				return false
-			default:
-				ferr = os.NewSyscallError("read", errno)
-				return true
-			}
-			if n == 0 {
-				ferr = io.EOF
-				return true
-			}
-			in.w += n
-		}
-	})
+	r := &sc.rawOut
+	*r = rawResult{}
+	if sc.rawFn == nil {
+		sc.rawFn = sc.rawRead // one closure per connection: serveRaw runs again after each inline handler
+	}
+	rerr := rc.Read(sc.rawFn)
+	in.raw = false
+	fallback, inline, back, ferr := r.fallback, r.inline, r.back, r.err
+	*r = rawResult{}
+	if inline.st == nil {
+		sc.dispatchPending() // not held across blocking reads or the end
+	}
 	if ferr != nil {
 		return false, ferr, streamTask{}, false
 	}
 	return fallback, rerr, inline, back
+}
+
+// rawResult is what rawRead leaves for serveRaw.
+type rawResult struct {
+	fallback, back bool
+	err            error
+	inline         streamTask
+}
+
+// rawRead is serveRaw's callback for rc.Read.
+func (sc *conn) rawRead(fd uintptr) bool {
+	in, r := sc.in, &sc.rawOut
+	for {
+		for in.r < in.w && in.complete() {
+			f, err := sc.meta.ReadFrame()
+			if r.err = sc.handleFrame(f, err); r.err != nil {
+				return true
+			}
+		}
+		if !in.room() {
+			sc.armControl()
+			r.fallback = true
+			return true
+		}
+		n, errno := rawsys.Read(fd, in.buf[in.w:])
+		switch errno {
+		case 0:
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			sc.armControl()
+			if sc.pending.st != nil {
+				if sc.inlineOn && sc.inlineReady() {
+					r.inline, sc.pending = sc.pending, streamTask{}
+					return true
+				}
+				sc.dispatchPending()
+			}
+			if !sc.inlineOn && sc.wantBack.Load() {
+				r.back = true
+				return true
+			}
+			return false
+		default:
+			r.err = os.NewSyscallError("read", errno)
+			return true
+		}
+		if n == 0 {
+			r.err = io.EOF
+			return true
+		}
+		in.w += n
+	}
 }
 
 // handleFrame processes what meta.ReadFrame returned: nil, or the error
