@@ -77,6 +77,7 @@ type conn struct {
 	// A handler on the read loop's goroutine (inline.go).
 	pending     streamTask    // a new stream held until the read loop would wait; read loop only
 	inlineOn    bool          // the read loop may run a handler (serve's goroutine); read loop only
+	inlineSkip  int           // lone streams still to go to workers after a take-over; serve's goroutine
 	inline      atomic.Int32  // inlineNone, inlineRun, inlineTaken
 	wantBack    atomic.Bool   // serve's goroutine waits to read again (handBack)
 	handBack    chan struct{} // the read loop back to serve's goroutine
@@ -438,6 +439,7 @@ func (sc *conn) serve(prefaceRead bool) {
 	for sc.loop(rc, true) == loopHandedOff {
 		// A handler ran here and the read loop went to another goroutine
 		// meanwhile: read again once that one would wait.
+		sc.inlineSkip = skipAfterTakeOver
 		sc.wantBack.Store(true)
 		select {
 		case <-sc.handBack:

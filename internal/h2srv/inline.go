@@ -37,12 +37,22 @@ const (
 	inlineTaken        // a handler runs there; another goroutine reads
 )
 
+// skipAfterTakeOver: after a take-over the next this many lone streams go
+// to workers. A connection whose handlers outlast inlineLimit (a slow
+// upstream) would otherwise pay for a take-over and a hand back per
+// request, where a worker costs one hand-off.
+const skipAfterTakeOver = 16
+
 // takeOvers counts take-overs (tests).
 var takeOvers atomic.Int64
 
 // inlineReady: the read loop, about to wait, may run sc.pending itself
 // (read loop only).
 func (sc *conn) inlineReady() bool {
+	if sc.inlineSkip > 0 {
+		sc.inlineSkip--
+		return false
+	}
 	st := sc.pending.st
 	sc.mu.Lock()
 	defer sc.mu.Unlock()

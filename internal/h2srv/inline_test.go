@@ -91,9 +91,13 @@ func TestInlineLoneStream(t *testing.T) {
 	if !<-inline {
 		t.Fatal("the blocking stream's handler ran on a worker, want the read loop")
 	}
+	before := takeOvers.Load()
 	rc.headers(5, true)
 	if got := readUntilEnd(rc, 5, nil); got != "ok" {
 		t.Fatalf("stream 5: %q", got)
+	}
+	if takeOvers.Load() == before {
+		t.Fatal("stream 5 answered with no take-over of the read loop")
 	}
 	if <-inline {
 		t.Fatal("a second stream's handler ran on the read loop")
@@ -106,7 +110,7 @@ func TestInlineLoneStream(t *testing.T) {
 	// streams (the other goroutine gives it back at its next wait), one
 	// runs there again.
 	for id := uint32(7); ; id += 2 {
-		if id > 31 {
+		if id > 7+2*(skipAfterTakeOver+4) {
 			t.Fatal("no lone stream ran on the read loop after a take-over")
 		}
 		rc.headers(id, true)
