@@ -373,8 +373,11 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	// wait (serveRaw), which may run it itself (inline.go); any other
 	// goes to a worker now, a stream held before it first.
 	if sc.inlineOn && sc.in.raw && sc.pending.st == nil && sc.openStreams() == 1 {
-		sc.pending = streamTask{st, h}
-		return nil
+		if sc.inlineSkip == 0 {
+			sc.pending = streamTask{st, h}
+			return nil
+		}
+		sc.inlineSkip--
 	}
 	sc.dispatchPending()
 	sc.s.dispatch(streamTask{st, h})

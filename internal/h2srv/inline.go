@@ -1,11 +1,12 @@
 package h2srv
 
 // A stream's handler on the read loop's goroutine (issue 14). When the
-// read loop is about to wait (its read found the socket empty) with one
-// stream open, whose request has ended, and no other handler running, it
-// runs that stream's handler itself instead of waking a worker: one
+// read loop has processed every byte it read (or is about to wait) with
+// one stream open, whose request has ended, and no other handler running,
+// it runs that stream's handler itself instead of waking a worker: one
 // goroutine hand-off per request fewer (a gRPC client's unary call, one
-// in flight per connection).
+// in flight per connection). It leaves rc.Read for that, and reads first
+// when it enters again (serveRaw), as it would have before waiting.
 //
 // While the handler runs nobody reads the connection, so it must not wait
 // long on anything only the read loop delivers. The read loop is handed to
@@ -49,10 +50,6 @@ var takeOvers atomic.Int64
 // inlineReady: the read loop, about to wait, may run sc.pending itself
 // (read loop only).
 func (sc *conn) inlineReady() bool {
-	if sc.inlineSkip > 0 {
-		sc.inlineSkip--
-		return false
-	}
 	st := sc.pending.st
 	sc.mu.Lock()
 	defer sc.mu.Unlock()

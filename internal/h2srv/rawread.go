@@ -190,6 +190,14 @@ func (sc *conn) rawRead(fd uintptr) bool {
 				return true
 			}
 		}
+		if sc.pending.st != nil && in.r == in.w && sc.inlineOn && sc.inlineReady() {
+			// Every byte read is taken: run the handler now, not after a
+			// read that finds the socket empty, which the next rc.Read
+			// makes anyway (inline.go).
+			sc.armControl()
+			r.inline, sc.pending = sc.pending, streamTask{}
+			return true
+		}
 		if !in.room() {
 			sc.armControl()
 			r.fallback = true
