@@ -372,12 +372,15 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	// The first stream of an idle connection waits for the read loop's
 	// wait (serveRaw), which may run it itself (inline.go); any other
 	// goes to a worker now, a stream held before it first.
-	if sc.inlineOn && sc.in.raw && sc.pending.st == nil && sc.openStreams() == 1 {
-		if sc.inlineSkip == 0 {
+	if sc.inlineOn && sc.in.raw {
+		if n := sc.openStreams(); n > 1 {
+			sc.inlineSkip = skipAfterMultiplex
+		} else if sc.inlineSkip > 0 {
+			sc.inlineSkip--
+		} else if sc.pending.st == nil {
 			sc.pending = streamTask{st, h}
 			return nil
 		}
-		sc.inlineSkip--
 	}
 	sc.dispatchPending()
 	sc.s.dispatch(streamTask{st, h})

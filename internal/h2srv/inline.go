@@ -44,6 +44,13 @@ const (
 // request, where a worker costs one hand-off.
 const skipAfterTakeOver = 16
 
+// skipAfterMultiplex: after a stream opens beside another, the next this
+// many lone streams go to workers. A client that multiplexes (h2load -m
+// 10) has moments with one stream open; its next streams, sent as the
+// responses come, would wait behind a handler on the read loop until its
+// upstream answers.
+const skipAfterMultiplex = 256
+
 // takeOvers counts take-overs (tests).
 var takeOvers atomic.Int64
 

@@ -110,7 +110,7 @@ func TestInlineLoneStream(t *testing.T) {
 	// streams (the other goroutine gives it back at its next wait), one
 	// runs there again.
 	for id := uint32(7); ; id += 2 {
-		if id > 7+2*(skipAfterTakeOver+4) {
+		if id > 7+2*(skipAfterMultiplex+4) {
 			t.Fatal("no lone stream ran on the read loop after a take-over")
 		}
 		rc.headers(id, true)
