@@ -121,6 +121,46 @@ func (sc *conn) rawConn() syscall.RawConn {
 	return rc
 }
 
+// How loop ended.
+const (
+	loopEnded     = iota // the connection (failed if it must be)
+	loopHandedOff        // a handler ran on this goroutine, and another one reads now
+	loopHandBack         // readFor's: serve's goroutine reads again
+)
+
+// loop reads and processes frames; inline: it may run a handler on this
+// goroutine (serve's; inline.go).
+func (sc *conn) loop(rc syscall.RawConn, inline bool) int {
+	for {
+		if rc != nil {
+			sc.inlineOn = inline
+			fallback, err, t, back := sc.serveRaw(rc)
+			if t.st != nil {
+				if !sc.runInline(rc, t) {
+					return loopHandedOff
+				}
+				continue
+			}
+			if back {
+				return loopHandBack
+			}
+			if !fallback {
+				if err != nil {
+					sc.fail(err)
+				}
+				return loopEnded
+			}
+		}
+		// No descriptor, or a unit larger than the buffer: by blocking
+		// reads.
+		f, err := sc.meta.ReadFrame()
+		if err := sc.handleFrame(f, err); err != nil {
+			sc.fail(err)
+			return loopEnded
+		}
+	}
+}
+
 // serveRaw reads and processes frames inside one rc.Read until the
 // connection ends (err: why, nil for an orderly end) or a unit does not
 // fit in the buffer (fallback: the caller reads it with blocking reads,
