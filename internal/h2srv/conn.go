@@ -439,7 +439,7 @@ func (sc *conn) serve(prefaceRead bool) {
 	for sc.loop(rc, true) == loopHandedOff {
 		// A handler ran here and the read loop went to another goroutine
 		// meanwhile: read again once that one would wait.
-		sc.inlineSkip = skipAfterTakeOver
+		sc.inlineSkip = max(sc.inlineSkip, skipAfterTakeOver)
 		sc.wantBack.Store(true)
 		select {
 		case <-sc.handBack:

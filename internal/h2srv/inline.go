@@ -60,7 +60,19 @@ func (sc *conn) inlineReady() bool {
 	st := sc.pending.st
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	return st.recvDone && !st.removed && len(sc.streams) == 1 && sc.handlers == 1 && !sc.closed
+	return st.recvDone && !st.removed && !sc.closed && !sc.othersOpenLocked(st)
+}
+
+// othersOpenLocked: a stream besides st is open whose response has not
+// ended. A worker's stream whose response has ended is not: the client
+// may send its next request before the worker has removed it.
+func (sc *conn) othersOpenLocked(st *stream) bool {
+	for _, o := range sc.streams {
+		if o != st && !o.answered.Load() {
+			return true
+		}
+	}
+	return false
 }
 
 // dispatchPending hands a stream held for the read loop to a worker.
