@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -72,12 +73,24 @@ type conn struct {
 	unackedSets int            // SETTINGS sent, not acknowledged
 	idle        *time.Timer
 	done        chan struct{} // closed when the read loop ends
+
+	// A handler on the read loop's goroutine (inline.go).
+	pending     streamTask    // a new stream held until the read loop would wait; read loop only
+	inlineOn    bool          // the read loop may run a handler (serve's goroutine); read loop only
+	inlineSkip  int           // lone streams still to go to workers after a take-over; serve's goroutine
+	inline      atomic.Int32  // inlineNone, inlineRun, inlineTaken
+	wantBack    atomic.Bool   // serve's goroutine waits to read again (handBack)
+	handBack    chan struct{} // the read loop back to serve's goroutine
+	inlineTimer *time.Timer   // takes the read loop over from a handler running long; serve's goroutine
+	takeRC      syscall.RawConn
+	rawFn       func(fd uintptr) bool // rawRead; the read loop's
+	rawOut      rawResult             // rawRead's; the read loop's
 }
 
 func newConn(s *Server, c net.Conn, o ConnOptions) *conn {
 	sc := &conn{s: s, nc: c, opts: o, remote: c.RemoteAddr().String(), canon: map[string]string{},
 		streams: map[uint32]*stream{}, sendWin: initialWindow, peerWin: initialWindow, peerFrame: 16384,
-		recvWin: connWindow, done: make(chan struct{})}
+		recvWin: connWindow, done: make(chan struct{}), handBack: make(chan struct{}, 1)}
 	if o.Context == nil {
 		sc.opts.Context = context.Background()
 	}
@@ -376,8 +389,13 @@ func (sc *conn) canonical(name string) string {
 
 // serve is the read loop.
 func (sc *conn) serve(prefaceRead bool) {
-	defer close(sc.done)
-	defer sc.closeConn(errClosed)
+	ended := true // the read loop ends here (not on a goroutine that took it over)
+	defer func() {
+		if ended {
+			sc.closeConn(errClosed)
+			close(sc.done)
+		}
+	}()
 	sc.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
 	if !prefaceRead {
 		buf := make([]byte, len(http2.ClientPreface))
@@ -418,21 +436,16 @@ func (sc *conn) serve(prefaceRead bool) {
 	sc.nc.SetReadDeadline(time.Time{})
 	sc.armIdle()
 	rc := sc.rawConn()
-	for {
-		if rc != nil {
-			fallback, err := sc.serveRaw(rc)
-			if !fallback {
-				if err != nil {
-					sc.fail(err)
-				}
-				return
-			}
-		}
-		// No descriptor, or a unit larger than the buffer: by blocking
-		// reads.
-		f, err := sc.meta.ReadFrame()
-		if err := sc.handleFrame(f, err); err != nil {
-			sc.fail(err)
+	for sc.loop(rc, true) == loopHandedOff {
+		// A handler ran here and the read loop went to another goroutine
+		// meanwhile: read again once that one would wait.
+		sc.inlineSkip = max(sc.inlineSkip, skipAfterTakeOver)
+		sc.wantBack.Store(true)
+		select {
+		case <-sc.handBack:
+			sc.wantBack.Store(false)
+		case <-sc.done:
+			ended = false
 			return
 		}
 	}

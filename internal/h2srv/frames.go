@@ -369,6 +369,23 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	if bad != nil {
 		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, bad.msg, bad.code) })
 	}
+	// A lone stream is held until the read loop has processed what it
+	// read (serveRaw), which may then run it itself (inline.go); any
+	// other goes to a worker now, a stream held before it first.
+	if sc.inlineOn && sc.in.raw {
+		sc.mu.Lock()
+		others := sc.othersOpenLocked(st)
+		sc.mu.Unlock()
+		if others {
+			sc.inlineSkip = skipAfterMultiplex
+		} else if sc.inlineSkip > 0 {
+			sc.inlineSkip--
+		} else if sc.pending.st == nil {
+			sc.pending = streamTask{st, h}
+			return nil
+		}
+	}
+	sc.dispatchPending()
 	sc.s.dispatch(streamTask{st, h})
 	return nil
 }

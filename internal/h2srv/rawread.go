@@ -121,6 +121,46 @@ func (sc *conn) rawConn() syscall.RawConn {
 	return rc
 }
 
+// How loop ended.
+const (
+	loopEnded     = iota // the connection (failed if it must be)
+	loopHandedOff        // a handler ran on this goroutine, and another one reads now
+	loopHandBack         // readFor's: serve's goroutine reads again
+)
+
+// loop reads and processes frames; inline: it may run a handler on this
+// goroutine (serve's; inline.go).
+func (sc *conn) loop(rc syscall.RawConn, inline bool) int {
+	for {
+		if rc != nil {
+			sc.inlineOn = inline
+			fallback, err, t, back := sc.serveRaw(rc)
+			if t.st != nil {
+				if !sc.runInline(rc, t) {
+					return loopHandedOff
+				}
+				continue
+			}
+			if back {
+				return loopHandBack
+			}
+			if !fallback {
+				if err != nil {
+					sc.fail(err)
+				}
+				return loopEnded
+			}
+		}
+		// No descriptor, or a unit larger than the buffer: by blocking
+		// reads.
+		f, err := sc.meta.ReadFrame()
+		if err := sc.handleFrame(f, err); err != nil {
+			sc.fail(err)
+			return loopEnded
+		}
+	}
+}
+
 // serveRaw reads and processes frames inside one rc.Read until the
 // connection ends (err: why, nil for an orderly end) or a unit does not
 // fit in the buffer (fallback: the caller reads it with blocking reads,
@@ -147,47 +187,91 @@ func (sc *conn) rawConn() syscall.RawConn {
 // caller fails the connection after rc.Read returns). A close by another
 // goroutine wakes waitRead with an error. Deadlines (the preface's) end
 // waitRead as they end a Read.
-func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error) {
+//
+// inline (t set): the read loop was about to wait, with one new stream
+// whose handler it may run itself (inline.go); the caller runs it and
+// calls again. back: readFor's goroutine was about to wait and serve's
+// wants the read loop back.
+func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error, inline streamTask, back bool) {
 	in := sc.in
 	in.raw = true
-	defer func() { in.raw = false }()
-	var ferr error
-	rerr := rc.Read(func(fd uintptr) bool {
-		for {
-			for in.r < in.w && in.complete() {
-				f, err := sc.meta.ReadFrame()
-				if ferr = sc.handleFrame(f, err); ferr != nil {
+	r := &sc.rawOut
+	*r = rawResult{}
+	if sc.rawFn == nil {
+		sc.rawFn = sc.rawRead // one closure per connection: serveRaw runs again after each inline handler
+	}
+	rerr := rc.Read(sc.rawFn)
+	in.raw = false
+	fallback, inline, back, ferr := r.fallback, r.inline, r.back, r.err
+	*r = rawResult{}
+	if inline.st == nil {
+		sc.dispatchPending() // not held across blocking reads or the end
+	}
+	if ferr != nil {
+		return false, ferr, streamTask{}, false
+	}
+	return fallback, rerr, inline, back
+}
+
+// rawResult is what rawRead leaves for serveRaw.
+type rawResult struct {
+	fallback, back bool
+	err            error
+	inline         streamTask
+}
+
+// rawRead is serveRaw's callback for rc.Read.
+func (sc *conn) rawRead(fd uintptr) bool {
+	in, r := sc.in, &sc.rawOut
+	for {
+		for in.r < in.w && in.complete() {
+			f, err := sc.meta.ReadFrame()
+			if r.err = sc.handleFrame(f, err); r.err != nil {
+				return true
+			}
+		}
+		if sc.pending.st != nil && in.r == in.w && sc.inlineOn && sc.inlineReady() {
+			// Every byte read is taken: run the handler now, not after a
+			// read that finds the socket empty, which the next rc.Read
+			// makes anyway (inline.go).
+			sc.armControl()
+			r.inline, sc.pending = sc.pending, streamTask{}
+			return true
+		}
+		if !in.room() {
+			sc.armControl()
+			r.fallback = true
+			return true
+		}
+		n, errno := rawsys.Read(fd, in.buf[in.w:])
+		switch errno {
+		case 0:
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			sc.armControl()
+			if sc.pending.st != nil {
+				if sc.inlineOn && sc.inlineReady() {
+					r.inline, sc.pending = sc.pending, streamTask{}
 					return true
 				}
+				sc.dispatchPending()
 			}
-			if !in.room() {
-				sc.armControl()
-				fallback = true
+			if !sc.inlineOn && sc.wantBack.Load() {
+				r.back = true
 				return true
 			}
-			n, errno := rawsys.Read(fd, in.buf[in.w:])
-			switch errno {
-			case 0:
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				sc.armControl()
-				return false
-			default:
-				ferr = os.NewSyscallError("read", errno)
-				return true
-			}
-			if n == 0 {
-				ferr = io.EOF
-				return true
-			}
-			in.w += n
+			return false
+		default:
+			r.err = os.NewSyscallError("read", errno)
+			return true
 		}
-	})
-	if ferr != nil {
-		return false, ferr
+		if n == 0 {
+			r.err = io.EOF
+			return true
+		}
+		in.w += n
 	}
-	return fallback, rerr
 }
 
 // handleFrame processes what meta.ReadFrame returned: nil, or the error

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -63,6 +64,12 @@ type stream struct {
 
 	readDeadline, writeDeadline time.Time // the handler's only
 	needsContinue               bool
+
+	// answered: the handler returned and its response's end is being
+	// written; the stream needs nothing more from the read loop but, if
+	// the client's window is short, WINDOW_UPDATEs (which take the read
+	// loop over: inline.go, where it is not a stream beside another).
+	answered atomic.Bool
 
 	reqBody requestBody // req.Body of a request with one: in the stream's allocation
 	vals    [4]string   // the request header's values, if they fit (newRequest)
@@ -181,6 +188,7 @@ func (st *stream) run(h http.Handler) {
 		}
 		failed := false
 		if e == nil {
+			st.answered.Store(true) // before the response's end can reach the client
 			rw.finish()
 			failed = rw.err != nil // the response did not end (a write timed out, or failed)
 		}
@@ -285,6 +293,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		dl := st.readDeadline
 		wakeCh := waitCh(&st.readCh)
 		sc.mu.Unlock()
+		sc.waitingOnReader() // the body comes through the read loop
 		if !dl.IsZero() {
 			d := time.Until(dl)
 			if d <= 0 {

@@ -368,6 +368,7 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 			dl := st.writeDeadline
 			wakeCh := waitCh(&st.winCh)
 			sc.mu.Unlock()
+			sc.waitingOnReader() // the client's WINDOW_UPDATE comes through the read loop
 			if dl.IsZero() {
 				<-wakeCh
 				continue
