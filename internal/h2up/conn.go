@@ -226,7 +226,7 @@ func (c *conn) writeLocked(fn func() error, flush bool) error {
 	var err error
 	ctl := c.ctlPending.Load()
 	if ctl {
-		err = c.writeQueued()
+		_, err = c.writeQueued(-1)
 	}
 	if err == nil {
 		err = fn()
@@ -294,13 +294,16 @@ func (c *conn) armControlFlush() {
 func (c *conn) flush() { c.write(func() error { return nil }) }
 
 // ctlFrame is a control frame of the read loop's, queued for the write
-// lock: a PING acknowledgement (ping) or a SETTINGS one, after which
+// lock: a PING acknowledgement (ping), a WINDOW_UPDATE (wu: inc for
+// stream id, 0 the connection) or a SETTINGS acknowledgement, after which
 // (setTable) the encoder takes the SETTINGS' header table size.
 type ctlFrame struct {
 	ping      bool
 	data      [8]byte // the PING's
 	setTable  bool
 	tableSize uint32
+	wu        bool
+	id, inc   uint32 // the WINDOW_UPDATE's
 }
 
 // queueControl has f written without the read loop waiting for the write
@@ -327,24 +330,26 @@ func (c *conn) queueControl(f ctlFrame) error {
 	c.ctlq = append(c.ctlq, f)
 	c.ctlPending.Store(true)
 	writer := c.ctlWriter // it writes f too
-	need := ctlFrameMax * len(c.ctlq)
 	c.ctlMu.Unlock()
 	if writer {
 		return nil
 	}
 	select {
 	case c.wmu <- struct{}{}:
-		dead, room := c.werr != nil, c.bw.Available() >= need
-		if !dead && room {
-			if err := c.writeQueued(); err != nil { // not expected: the buffer took them
+		done := c.werr != nil
+		if !done {
+			// Only if the buffer takes the whole queue, counted when
+			// taken: credit queues from other goroutines too.
+			var err error
+			if done, err = c.writeQueued(c.bw.Available()); err != nil { // not expected: the buffer took them
 				c.werr = fmt.Errorf("h2up: write: %w", err)
 				c.nc.Close()
-			} else {
+			} else if done {
 				c.armControlFlush()
 			}
 		}
 		c.wmu.Unlock()
-		if dead || room {
+		if done {
 			return nil
 		}
 	default:
@@ -364,7 +369,7 @@ func (c *conn) queueControl(f ctlFrame) error {
 const maxQueuedControl = 10000
 
 // ctlFrameMax is the most bytes a ctlFrame takes in the buffer (a PING:
-// a 9-byte frame header and 8 bytes).
+// a 9-byte frame header and 8 bytes; a WINDOW_UPDATE takes 13).
 const ctlFrameMax = 17
 
 // controlWriter waits for the write lock (a stalled writer gives it up
@@ -390,9 +395,14 @@ func (c *conn) writeControlLocked() { c.writeLocked(func() error { return nil },
 // the header table size is the encoder's from here, so every header
 // block after the acknowledgement begins with the size update (RFC 7541
 // §4.2), and every block before it was encoded within the old size.
-// Under wmu.
-func (c *conn) writeQueued() error {
+// Under wmu. room >= 0: only if the queue takes at most room bytes
+// (false: nothing taken, nothing written).
+func (c *conn) writeQueued(room int) (bool, error) {
 	c.ctlMu.Lock()
+	if room >= 0 && ctlFrameMax*len(c.ctlq) > room {
+		c.ctlMu.Unlock()
+		return false, nil
+	}
 	q := c.ctlq
 	c.ctlq, c.ctlSpare = c.ctlSpare[:0], nil
 	c.ctlPending.Store(false)
@@ -403,6 +413,8 @@ func (c *conn) writeQueued() error {
 		switch {
 		case f.ping:
 			err = c.fr.WritePing(true, f.data)
+		case f.wu:
+			err = c.fr.WriteWindowUpdate(f.id, f.inc)
 		default:
 			if f.setTable {
 				c.henc.SetMaxDynamicTableSizeLimit(f.tableSize)
@@ -413,7 +425,7 @@ func (c *conn) writeQueued() error {
 	c.ctlMu.Lock()
 	c.ctlSpare = q[:0]
 	c.ctlMu.Unlock()
-	return err
+	return true, err
 }
 
 // controlFlushDelay bounds how long writeControlLocked's frames wait for a
@@ -540,7 +552,18 @@ func (c *conn) unreserve() {
 // credit returns n consumed bytes to the connection's window (and s's,
 // if still receiving) once enough have added up. drained: the stream's
 // reader has just emptied its buffer, which may grow its window.
-func (c *conn) credit(s *stream, n int, drained bool) {
+func (c *conn) credit(s *stream, n int, drained bool) { c.creditVia(s, n, drained, false) }
+
+// creditVia is credit; queued: its WINDOW_UPDATEs are queued as the read
+// loop's acknowledgements are (queueControl), which the read loop's
+// credits must be: it must not wait for the write lock, which a writer
+// blocked on an endpoint that stopped reading holds. The connection's
+// credit alone (a reset stream's bytes, a closed body's) is queued from
+// any goroutine: it comes in steps of connUpdateAt on a window of
+// connWindow, the flush it waits for (at most controlFlushDelay) costs
+// nothing, and Close of a body does not wait behind a stalled writer for
+// it. A body's reads credit its stream at once, flushed.
+func (c *conn) creditVia(s *stream, n int, drained, queued bool) {
 	if n <= 0 {
 		return
 	}
@@ -568,6 +591,19 @@ func (c *conn) credit(s *stream, n int, drained bool) {
 	closed := c.closed
 	c.mu.Unlock()
 	if closed || connInc == 0 && streamInc == 0 {
+		return
+	}
+	if queued || streamInc == 0 {
+		var err error
+		if connInc > 0 {
+			err = c.queueControl(ctlFrame{wu: true, inc: connInc})
+		}
+		if err == nil && streamInc > 0 {
+			err = c.queueControl(ctlFrame{wu: true, id: s.id, inc: streamInc})
+		}
+		if err != nil { // ENHANCE_YOUR_CALM: the read loop fails the streams
+			c.nc.Close()
+		}
 		return
 	}
 	c.write(func() error {

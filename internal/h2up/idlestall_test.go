@@ -16,9 +16,12 @@ import (
 )
 
 // answerThenFlood answers c's first request (200, no body), waits for
-// flood, then stops reading and sends PINGs until its writes fail: an
-// endpoint that no longer reads while it makes its client write
-// acknowledgements. It sends the time its writes failed to ended.
+// flood, then stops reading and sends 9000 PINGs: an endpoint that no
+// longer reads while it makes its client write acknowledgements (fewer
+// than the 10000 waiting that cut it, ENHANCE_YOUR_CALM, but far more
+// than the socket buffers take). Then WINDOW_UPDATEs, which the client
+// answers with nothing, until its writes fail. It sends the time they
+// failed to ended.
 func answerThenFlood(c net.Conn, flood <-chan struct{}, ended chan<- time.Time) {
 	defer func() { ended <- time.Now() }()
 	fr, err := serverFramer(c)
@@ -34,13 +37,20 @@ func answerThenFlood(c net.Conn, flood <-chan struct{}, ended chan<- time.Time) 
 	hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
 	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
 	<-flood
-	var pings bytes.Buffer
+	var pings, updates bytes.Buffer
 	pf := http2.NewFramer(&pings, nil)
-	for i := 0; i < 4096; i++ {
+	for i := 0; i < 9000; i++ {
 		pf.WritePing(false, [8]byte{byte(i)})
 	}
+	uf := http2.NewFramer(&updates, nil)
+	for i := 0; i < 1024; i++ {
+		uf.WriteWindowUpdate(0, 1)
+	}
+	if _, err := c.Write(pings.Bytes()); err != nil {
+		return
+	}
 	for {
-		if _, err := c.Write(pings.Bytes()); err != nil {
+		if _, err := c.Write(updates.Bytes()); err != nil {
 			return
 		}
 	}

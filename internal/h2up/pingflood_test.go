@@ -28,8 +28,8 @@ func TestPingFloodWhileWriterStallsCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	dialed := make(chan *stallConn, 1)
-	// The read loop's GOAWAY on the way out waits for the write lock:
-	// the watchdog ends the blocked write.
+	// The read loop's GOAWAY on the way out does not wait for the write
+	// lock (goAway): the cut fails the request, not the watchdog.
 	pool := h2up.New(h2up.Config{StallTimeout: 3 * time.Second, Dial: func(ctx context.Context) (net.Conn, error) {
 		c, err := dialTo(ln.Addr().String())(ctx)
 		if err != nil {

@@ -3,6 +3,7 @@ package h2up
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/net/http2"
 )
@@ -34,10 +35,38 @@ func (c *conn) readLoop() {
 	c.wakeStreams()
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
-		c.write(func() error { return c.fr.WriteGoAway(0, http2.ErrCode(ce), nil) })
+		c.goAway(http2.ErrCode(ce))
 	}
 	c.close(fmt.Errorf("h2up: connection lost: %w", err))
 }
+
+// goAway tells the endpoint why the read loop closes the connection, if
+// the write lock is free: the read loop does not wait for it (a writer
+// blocked on an endpoint that stopped reading holds it, and the streams
+// would fail only when the stall watchdog closed the connection), and a
+// write deadline bounds the GOAWAY's own flush.
+func (c *conn) goAway(code http2.ErrCode) {
+	select {
+	case c.wmu <- struct{}{}:
+	default:
+		return
+	}
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(goAwayWait))
+	err := c.fr.WriteGoAway(0, code, nil)
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	if err != nil {
+		c.werr = fmt.Errorf("h2up: write: %w", err)
+	}
+}
+
+// goAwayWait bounds the write of the read loop's GOAWAY.
+const goAwayWait = time.Second
 
 // nextFrameBuffered reports whether a whole frame is buffered: reading it
 // does not wait.
@@ -70,7 +99,7 @@ func (c *conn) stream(id uint32) *stream {
 // streamProtocolError resets a stream the server broke the rules on.
 func (c *conn) streamProtocolError(id uint32, code http2.ErrCode, why string) {
 	if s := c.stream(id); s != nil {
-		s.reset(code, &StreamError{ID: id, Code: code, Why: ": " + why}, true)
+		s.resetAsync(code, &StreamError{ID: id, Code: code, Why: ": " + why}, true, true)
 	}
 }
 
@@ -209,14 +238,14 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	if s.recvEnd || s.resp == nil {
 		c.mu.Unlock()
 		c.credit(nil, n, false)
-		s.reset(http2.ErrCodeStreamClosed, &StreamError{ID: id, Code: http2.ErrCodeProtocol, Why: ": DATA before response headers or after the end"}, true)
+		s.resetAsync(http2.ErrCodeStreamClosed, &StreamError{ID: id, Code: http2.ErrCodeProtocol, Why: ": DATA before response headers or after the end"}, true, true)
 		return nil
 	}
 	s.recvWin -= int64(n)
 	if s.recvWin < 0 {
 		c.mu.Unlock()
 		c.credit(nil, n, false)
-		s.reset(http2.ErrCodeFlowControl, &StreamError{ID: id, Code: http2.ErrCodeFlowControl}, true)
+		s.resetAsync(http2.ErrCodeFlowControl, &StreamError{ID: id, Code: http2.ErrCodeFlowControl}, true, true)
 		return nil
 	}
 	ended := f.StreamEnded()
@@ -226,7 +255,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	c.mu.Unlock()
 	data := f.Data()
 	if pad := n - len(data); pad > 0 {
-		c.credit(s, pad, false)
+		c.creditVia(s, pad, false, true)
 	}
 	later := len(data) > 0 && !ended && c.nextFrameBuffered()
 	if later {
@@ -237,7 +266,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	}
 	if ended {
 		if !s.checkLength() {
-			s.reset(http2.ErrCodeProtocol, &StreamError{ID: id, Code: http2.ErrCodeProtocol, Why: ": body length differs from content-length"}, true)
+			s.resetAsync(http2.ErrCodeProtocol, &StreamError{ID: id, Code: http2.ErrCodeProtocol, Why: ": body length differs from content-length"}, true, true)
 			return nil
 		}
 		s.end(nil)

@@ -273,7 +273,7 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 	c := s.c
 	if s.gotHeader {
 		if !f.StreamEnded() {
-			s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": trailers without END_STREAM"}, true)
+			s.resetAsync(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": trailers without END_STREAM"}, true, true)
 			return
 		}
 		spare := s.trailVals[:]
@@ -292,12 +292,12 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 	}
 	code, err := strconv.Atoi(f.PseudoValue("status"))
 	if err != nil || code < 100 || code > 999 {
-		s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": bad :status"}, true)
+		s.resetAsync(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": bad :status"}, true, true)
 		return
 	}
 	if code < 200 {
 		if f.StreamEnded() || code == 101 {
-			s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": bad informational response"}, true)
+			s.resetAsync(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": bad informational response"}, true, true)
 		}
 		// 100 Continue and friends: the final response follows. Their
 		// blocks add up to at most the header list limit, as x/net's
@@ -307,7 +307,7 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 			s.infoBytes += int64(hf.Size())
 		}
 		if s.infoBytes > maxHeaderList {
-			s.reset(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": informational responses past the header list limit"}, true)
+			s.resetAsync(http2.ErrCodeProtocol, &StreamError{ID: s.id, Code: http2.ErrCodeProtocol, Why: ": informational responses past the header list limit"}, true, true)
 		}
 		return
 	}
