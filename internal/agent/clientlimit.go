@@ -138,10 +138,18 @@ func (l *clientLimiter) dropIdleLocked(p *clientPlace) {
 	}
 }
 
+// clientPlaceKey is the context key of an HTTP/2 connection's place
+// (l7.serveH2): its streams' requests carry it in their context.
+type clientPlaceKey struct{}
+
 // acquireFor is acquire for req: at place if its connection keeps one
-// (the fast path's h1ClientConn hands it over: lbTransport.roundTripAt),
-// else by its source address.
+// (the fast path's h1ClientConn hands it over: lbTransport.roundTripAt;
+// an HTTP/2 connection's is in the request's context), else by its
+// source address.
 func (l *clientLimiter) acquireFor(req *http.Request, place *clientPlace, limit int, h *reqHold) bool {
+	if place == nil {
+		place, _ = req.Context().Value(clientPlaceKey{}).(*clientPlace)
+	}
 	if place != nil {
 		return l.acquireAt(place, limit, h)
 	}

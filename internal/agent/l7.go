@@ -255,6 +255,13 @@ func newL7(a *Agent) *l7 {
 func (s *l7) serveH2(tc *taggedConn, prefaceRead bool) {
 	defer tc.Close()
 	ctx := withConnIdentity(context.WithValue(context.Background(), targetKey{}, tc.target), tc.clientID)
+	// Like a fast-path HTTP/1.1 connection, it keeps its client's place in
+	// the per-client limiter while open: its streams count there
+	// (clientLimiter.acquireFor), not by a place made and dropped per call.
+	if place := s.clients.holdConn(tc.RemoteAddr().String(), s.a.cfg.MaxRequestsPerClient); place != nil {
+		defer s.clients.dropConn(place)
+		ctx = context.WithValue(ctx, clientPlaceKey{}, place)
+	}
 	// The server reads on one goroutine and serialises its writes.
 	tc.raw = httpproxy.NewRawIO(tc.Conn)
 	s.h2.ServeConn(tc, h2srv.ConnOptions{Context: ctx, IdleTimeout: s.h1IdleTimeout(tc.target), Preface: prefaceRead})
