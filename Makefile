@@ -36,7 +36,7 @@ test: test-deps
 	# httpproxy.RawIO reads and writes otherwise outside race builds: test that too.
 	$(GO) test -count=1 -timeout 5m ./internal/httpproxy/
 	# Tests of allocations, heap and stacks that the race detector skews (skipped or loosened under it).
-	$(GO) test -count=1 -timeout 5m -run 'TestH1FastPathAllocs|TestRelayIdleSessionHeap|TestSessionStreamsAwaitingHeaderBounded|TestStreamCostsOneGoroutine' \
+	$(GO) test -count=1 -timeout 5m -run 'TestH1FastPathAllocs|TestGRPCUnaryAllocs|TestRelayIdleSessionHeap|TestSessionStreamsAwaitingHeaderBounded|TestStreamCostsOneGoroutine' \
 		./internal/agent/ ./internal/relay/ ./internal/transport/ ./internal/control/
 	# The agent builds for 32-bit ARM boards too (an int that held a uid overflowed there).
 	GOARCH=arm GOARM=7 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/fogmesh-agent
