@@ -73,6 +73,11 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			wire.sendHeld(time.Time{})
 		}
 		stop()
+		if cs != nil {
+			// A panic mid-request (recoverConn) can leave the watch of a
+			// slow head reading br: it lets go first.
+			cs.stopHead()
+		}
 		httpproxy.PutReader(br)
 		httpproxy.PutWriter(bw)
 		if !handedOff {

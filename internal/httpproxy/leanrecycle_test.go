@@ -170,3 +170,40 @@ func TestHeaderBufRecycleResponse(t *testing.T) {
 		t.Errorf("a response other than the one written was reused")
 	}
 }
+
+// TestHeaderBufRecycleAppend: a lean request's values are cut from one
+// array (its leanReq's, reused by the next request on the connection
+// after Recycle) with capacity 1 each, so a value added to a field (Add,
+// append: X-Forwarded-For, a rule adding a value) is copied out, before
+// and after the array's reuse: it never overwrites the next field's value
+// (in this request, or in the next one), and the slice it made is not the
+// next request's.
+func TestHeaderBufRecycleAppend(t *testing.T) {
+	var hb HeaderBuf
+	heads := []string{
+		"GET /1 HTTP/1.1\r\nHost: a\r\nX-A: a1\r\nX-B: b1\r\nX-C: c1\r\n\r\n",
+		"GET /2 HTTP/1.1\r\nHost: a\r\nX-A: a2\r\nX-B: b2\r\nX-C: c2\r\n\r\n",
+		"GET /3 HTTP/1.1\r\nHost: a\r\nX-A: a3\r\nX-B: b3\r\nX-C: c3\r\n\r\n",
+	}
+	var kept []string // what the first request's append made
+	for i, head := range heads {
+		req := leanRead(t, &hb, head)
+		n := fmt.Sprint(i + 1)
+		req.Header.Add("X-A", "added")
+		bb := append(req.Header["X-B"], "appended")
+		if i == 0 {
+			kept = bb
+		}
+		want := http.Header{"X-A": {"a" + n, "added"}, "X-B": {"b" + n}, "X-C": {"c" + n}}
+		if !reflect.DeepEqual(req.Header, want) {
+			t.Errorf("request %d: header %v after appends, want %v", i+1, req.Header, want)
+		}
+		if want := []string{"b" + n, "appended"}; !reflect.DeepEqual(bb, want) {
+			t.Errorf("request %d: appended slice %q, want %q", i+1, bb, want)
+		}
+		hb.Recycle()
+	}
+	if want := []string{"b1", "appended"}; !reflect.DeepEqual(kept, want) {
+		t.Errorf("the first request's appended slice is %q after two reuses, want %q", kept, want)
+	}
+}
