@@ -87,10 +87,13 @@ func (sc *conn) dispatchPending() {
 // when the read loop was taken over meanwhile (it is not this
 // goroutine's now).
 func (sc *conn) runInline(rc syscall.RawConn, t streamTask) bool {
+	// takeRC before inlineRun: a worker's waitingOnReader (an answered
+	// stream waiting for window) may take over as soon as the state says
+	// so, and its goroutine reads takeRC.
+	sc.takeRC = rc
 	sc.inline.Store(inlineRun)
 	d := time.Duration(inlineLimit.Load())
 	if sc.inlineTimer == nil {
-		sc.takeRC = rc // before the timer can fire
 		sc.inlineTimer = time.AfterFunc(d, func() { sc.takeOver(false) })
 	} else {
 		sc.inlineTimer.Reset(d)
