@@ -143,3 +143,24 @@ func (sc *conn) readFor() {
 		sc.handBack <- struct{}{}
 	}
 }
+
+// endServe ends the connection where serve's goroutine ends the read loop.
+// A handler running inline may have ended that goroutine (runtime.Goexit,
+// as t.FailNow in a test's handler): its take-over timer must not start a
+// reader on the ended connection (which closed done again: a panic), and
+// a reader started already owns the end (it closes done once the close
+// here wakes it).
+func (sc *conn) endServe() {
+	taken := false
+	if sc.inline.CompareAndSwap(inlineRun, inlineNone) {
+		sc.inlineTimer.Stop()
+	} else {
+		taken = sc.inline.Load() == inlineTaken
+	}
+	sc.closeConn(errClosed)
+	if taken {
+		<-sc.done
+		return
+	}
+	close(sc.done)
+}
