@@ -118,3 +118,39 @@ func TestInlineHandlerGoexit(t *testing.T) {
 		}
 	}
 }
+
+// TestInlineHandlerPanic: a handler on the read loop that panics is
+// recovered as a worker's is (st.run): its stream is reset
+// (INTERNAL_ERROR) and the connection serves the next stream.
+func TestInlineHandlerPanic(t *testing.T) {
+	setInlineLimit(t, time.Hour)
+	inline := make(chan bool, 2)
+	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inline <- onReadLoop()
+		if r.URL.Path == "/panic" {
+			panic("inline handler panic")
+		}
+		io.WriteString(w, "ok")
+	})})
+	rc := newRawClient(t, addr)
+	rc.c.SetDeadline(time.Now().Add(10 * time.Second))
+	rc.headers(1, true, ":path", "/panic")
+	for {
+		if r, ok := rc.next().(*http2.RSTStreamFrame); ok && r.StreamID == 1 {
+			if r.ErrCode != http2.ErrCodeInternal {
+				t.Fatalf("stream 1 reset with %v, want INTERNAL_ERROR", r.ErrCode)
+			}
+			break
+		}
+	}
+	if !<-inline {
+		t.Fatal("the panicking handler ran on a worker, want the read loop")
+	}
+	rc.headers(3, true)
+	if got := readUntilEnd(rc, 3, nil); got != "ok" {
+		t.Fatalf("stream 3: %q", got)
+	}
+	if !<-inline {
+		t.Fatal("the next lone stream ran on a worker: the read loop was taken over")
+	}
+}
