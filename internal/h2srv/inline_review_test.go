@@ -1,6 +1,7 @@
 package h2srv
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"runtime"
@@ -152,5 +153,55 @@ func TestInlineHandlerPanic(t *testing.T) {
 	}
 	if !<-inline {
 		t.Fatal("the next lone stream ran on a worker: the read loop was taken over")
+	}
+}
+
+// TestInlineShutdownWaitsForStream: Shutdown while a handler runs on the
+// read loop (no take-over yet: inlineLimit is long) counts its stream as
+// open: the client gets the GOAWAY with that stream as the last, then the
+// whole response, and Shutdown returns once the connection has ended.
+func TestInlineShutdownWaitsForStream(t *testing.T) {
+	setInlineLimit(t, time.Hour)
+	started := make(chan bool, 1)
+	release := make(chan struct{})
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- onReadLoop()
+		<-release
+		io.WriteString(w, "ok")
+	})}
+	addr := serve(t, s)
+	rc := newRawClient(t, addr)
+	rc.c.SetDeadline(time.Now().Add(10 * time.Second))
+	rc.headers(1, true)
+	if !<-started {
+		t.Fatal("the handler ran on a worker, want the read loop")
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(context.Background()) }()
+	for {
+		if g, ok := rc.next().(*http2.GoAwayFrame); ok {
+			if g.LastStreamID != 1 || g.ErrCode != http2.ErrCodeNo {
+				t.Fatalf("GOAWAY last %d code %v, want 1 NO_ERROR", g.LastStreamID, g.ErrCode)
+			}
+			break
+		}
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) with the inline stream open", err)
+	default:
+	}
+	close(release)
+	if got := readUntilEnd(rc, 1, nil); got != "ok" {
+		t.Fatalf("stream 1: %q", got)
+	}
+	rc.c.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return after the stream ended and the client closed")
 	}
 }
