@@ -392,8 +392,7 @@ func (sc *conn) serve(prefaceRead bool) {
 	ended := true // the read loop ends here (not on a goroutine that took it over)
 	defer func() {
 		if ended {
-			sc.closeConn(errClosed)
-			close(sc.done)
+			sc.endServe()
 		}
 	}()
 	sc.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))

@@ -87,10 +87,13 @@ func (sc *conn) dispatchPending() {
 // when the read loop was taken over meanwhile (it is not this
 // goroutine's now).
 func (sc *conn) runInline(rc syscall.RawConn, t streamTask) bool {
+	// takeRC before inlineRun: a worker's waitingOnReader (an answered
+	// stream waiting for window) may take over as soon as the state says
+	// so, and its goroutine reads takeRC.
+	sc.takeRC = rc
 	sc.inline.Store(inlineRun)
 	d := time.Duration(inlineLimit.Load())
 	if sc.inlineTimer == nil {
-		sc.takeRC = rc // before the timer can fire
 		sc.inlineTimer = time.AfterFunc(d, func() { sc.takeOver(false) })
 	} else {
 		sc.inlineTimer.Reset(d)
@@ -139,4 +142,25 @@ func (sc *conn) readFor() {
 		sc.inline.Store(inlineNone)
 		sc.handBack <- struct{}{}
 	}
+}
+
+// endServe ends the connection where serve's goroutine ends the read loop.
+// A handler running inline may have ended that goroutine (runtime.Goexit,
+// as t.FailNow in a test's handler): its take-over timer must not start a
+// reader on the ended connection (which closed done again: a panic), and
+// a reader started already owns the end (it closes done once the close
+// here wakes it).
+func (sc *conn) endServe() {
+	taken := false
+	if sc.inline.CompareAndSwap(inlineRun, inlineNone) {
+		sc.inlineTimer.Stop()
+	} else {
+		taken = sc.inline.Load() == inlineTaken
+	}
+	sc.closeConn(errClosed)
+	if taken {
+		<-sc.done
+		return
+	}
+	close(sc.done)
 }
