@@ -60,7 +60,21 @@ func (sc *conn) inlineReady() bool {
 	st := sc.pending.st
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	return st.recvDone && !st.removed && !sc.closed && !sc.othersOpenLocked(st)
+	return st.recvDone && !st.removed && !sc.closed && !sc.othersOpenLocked(st) && !sc.othersWaitWinLocked(st)
+}
+
+// othersWaitWinLocked: a stream besides st waits for send window. It is
+// not open beside st (othersOpenLocked: it may be answered), and its
+// worker called waitingOnReader before st could run inline, so only the
+// read loop's goroutine, free, reads its WINDOW_UPDATE: st goes to a
+// worker, or that stream would wait for st's handler (up to inlineLimit).
+func (sc *conn) othersWaitWinLocked(st *stream) bool {
+	for _, o := range sc.streams {
+		if o != st && o.waitingWin {
+			return true
+		}
+	}
+	return false
 }
 
 // othersOpenLocked: a stream besides st is open whose response has not

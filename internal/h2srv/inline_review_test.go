@@ -9,33 +9,39 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
-// TestInlineTakeOverByWorkerFirstRun: a worker whose answered stream waits
-// for window takes the read loop over from the connection's first inline
-// handler (its waitingOnReader, here at its write deadline). The reading
-// goroutine it starts reads takeRC, which runInline must have set before
-// the handler could be taken over (a data race under -race; a nil takeRC
-// read blocking reads for the connection's life, never handing back).
-func TestInlineTakeOverByWorkerFirstRun(t *testing.T) {
-	setInlineLimit(t, time.Hour) // only the worker takes over
+// TestInlineNotBesideWorkerWaitingForWindow: a worker's answered stream
+// waiting for send window before a lone stream arrives keeps that stream
+// off the read loop: its WINDOW_UPDATE is read at once, not after the lone
+// stream's handler (with inlineLimit an hour: never). Review of session
+// 31's inline handlers found it waiting.
+func TestInlineNotBesideWorkerWaitingForWindow(t *testing.T) {
+	setInlineLimit(t, time.Hour)
 	started1 := make(chan struct{})
-	returning1 := make(chan struct{})
 	started3 := make(chan bool, 1)
 	release3 := make(chan struct{})
-	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		select {
+		case <-release3:
+		default:
+			close(release3)
+		}
+	}()
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/worker" {
 			close(started1)
 			io.ReadAll(r.Body)
-			http.NewResponseController(w).SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
 			io.WriteString(w, "worker") // waits in finish: the client's window is 0
-			close(returning1)
 			return
 		}
 		started3 <- onReadLoop()
 		<-release3
 		io.WriteString(w, "ok")
-	})})
+	})}
+	addr := serve(t, s)
 	rc := newRawClient(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
 	rc.c.SetDeadline(time.Now().Add(10 * time.Second))
 	// Stream 1 goes to a worker: its body is open when the read loop
@@ -43,31 +49,38 @@ func TestInlineTakeOverByWorkerFirstRun(t *testing.T) {
 	rc.headers(1, false, ":method", "POST", ":path", "/worker")
 	<-started1
 	rc.fr.WriteData(1, true, []byte("b"))
-	<-returning1
-	// Stream 1 is answered (its response's end waits for window): stream
-	// 3 is lone and runs on the read loop, the connection's first.
+	testenv.WaitFor(t, 10*time.Second, "stream 1 to wait for window", func() bool { return streamWaitsForWindow(s) })
 	rc.headers(3, true)
-	if !<-started3 {
-		t.Fatal("stream 3's handler ran on a worker, want the read loop")
+	if <-started3 {
+		t.Fatal("stream 3's handler ran on the read loop beside a stream waiting for window")
 	}
-	// Stream 1's write deadline passes while stream 3 runs inline: its
-	// worker takes the read loop over, then resets stream 1.
-	for {
-		f := rc.next()
-		if r, ok := f.(*http2.RSTStreamFrame); ok && r.StreamID == 1 {
-			break
-		}
+	rc.fr.WriteWindowUpdate(1, 1000)
+	if got := readUntilEnd(rc, 1, nil); got != "worker" {
+		t.Fatalf("stream 1: %q", got)
 	}
-	// The window back for stream 3 and the next.
 	rc.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535})
 	close(release3)
 	if got := readUntilEnd(rc, 3, nil); got != "ok" {
 		t.Fatalf("stream 3: %q", got)
 	}
-	rc.headers(5, true)
-	if got := readUntilEnd(rc, 5, nil); got != "ok" {
-		t.Fatalf("stream 5: %q", got)
+}
+
+// streamWaitsForWindow: a stream of one of s's connections waits for send
+// window.
+func streamWaitsForWindow(s *Server) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sc := range s.conns {
+		sc.mu.Lock()
+		for _, st := range sc.streams {
+			if st.waitingWin {
+				sc.mu.Unlock()
+				return true
+			}
+		}
+		sc.mu.Unlock()
 	}
+	return false
 }
 
 // TestInlineHandlerGoexit: a handler on the read loop that ends its
