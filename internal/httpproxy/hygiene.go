@@ -115,7 +115,7 @@ func ScrubRequestHeader(h http.Header, connection []string) {
 	}
 	trailers := headerHasToken(h["Te"], "trailers")
 	for k := range h {
-		if isHop(k) || isAgentHeader(k) || isAliasOfProtected(k) {
+		if scrubsName(k) {
 			delete(h, k)
 		}
 	}
@@ -125,6 +125,12 @@ func ScrubRequestHeader(h http.Header, connection []string) {
 }
 
 var teTrailers = []string{"trailers"}
+
+// scrubsName reports whether ScrubRequestHeader deletes a field of this
+// name whatever the Connection header says. A header with no such name
+// has no Connection or Te field either (hop-by-hop): ScrubRequestHeader
+// leaves it as it is (HeaderBuf.HeaderClean).
+func scrubsName(k string) bool { return isHop(k) || isAgentHeader(k) || isAliasOfProtected(k) }
 
 func isHop(name string) bool {
 	// An ASCII name can fold equal only to a header of its length (every
