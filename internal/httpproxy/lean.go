@@ -29,7 +29,7 @@ import (
 // host, Host fields are counted and the first one's value returned instead
 // of being added to h (http.ReadRequest removes them), and scrub reports
 // whether any name added to h is one ScrubRequestHeader deletes
-// (scrubsName): with none, it would leave h as it is.
+// (scrubsName, scrubsCanonical): with none, it would leave h as it is.
 func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, hostValue string, scrub, ok bool) {
 	for len(s) > 0 {
 		i := strings.IndexByte(s, '\n')
@@ -56,7 +56,7 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 			continue
 		}
 		if host && !scrub {
-			scrub = scrubsName(key)
+			scrub = scrubsCanonical(key) // a valid name (checked above), canonical
 		}
 		if vv := h[key]; vv != nil {
 			h[key] = append(vv, v)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"maps"
+	"net/textproto"
 	"slices"
 	"strings"
 	"testing"
@@ -131,6 +132,31 @@ func checkHeaderClean(t *testing.T, data []byte, recycled bool) (clean, took boo
 		if clean && scrubsName(k) {
 			t.Fatalf("%q: HeaderClean with field %q", data, k)
 		}
+		if scrubsCanonical(k) != scrubsName(k) {
+			t.Fatalf("%q: field %q: scrubsCanonical %t, scrubsName %t", data, k, scrubsCanonical(k), scrubsName(k))
+		}
 	}
 	return clean, true
+}
+
+// TestScrubsCanonical: scrubsCanonical agrees with scrubsName on every
+// canonical name of the lists and their '_' spellings, and on others.
+func TestScrubsCanonical(t *testing.T) {
+	names := []string{"Host", "Content-Length", "Content-Type", "Accept", "User-Agent", "X-Id", "X_Id", "Te_", "X-Forwarded", "Forwarded-For", "Connections", "T"}
+	for _, h := range protectedHeaders {
+		names = append(names, h, strings.ReplaceAll(h, "-", "_"))
+	}
+	for _, k := range names {
+		if c := textproto.CanonicalMIMEHeaderKey(k); c != k {
+			continue // not a canonical name: not scrubsCanonical's
+		}
+		if scrubsCanonical(k) != scrubsName(k) {
+			t.Errorf("%q: scrubsCanonical %t, scrubsName %t", k, scrubsCanonical(k), scrubsName(k))
+		}
+	}
+	for _, h := range append(append([]string{}, hopHeaders...), agentHeaders...) {
+		if !scrubsCanonical(h) {
+			t.Errorf("%q: not scrubbed", h)
+		}
+	}
 }
