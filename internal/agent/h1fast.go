@@ -292,7 +292,9 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 	// The request sent on, as ReverseProxy's Rewrite makes it.
 	h := in.Header
-	httpproxy.ScrubRequestHeader(h, h["Connection"])
+	if !lean || !cs.hb.HeaderClean() { // a lean head with no field to scrub is left as it is
+		httpproxy.ScrubRequestHeader(h, h["Connection"])
+	}
 	httpproxy.ScrubTrailer(in.Trailer) // declared (a mirror clones them); the pool sends none
 	if len(cs.xfh) != 1 || cs.xfh[0] != in.Host {
 		cs.xfh = []string{in.Host}

@@ -57,6 +57,7 @@ func (a *Agent) requestMetrics(src, svc, route string, ev *endpointView, code in
 type epHandles struct {
 	stats   atomic.Pointer[epStats]
 	metrics atomic.Pointer[keyedMetrics]
+	h1pool  atomic.Pointer[h1PoolEntry] // the fast path's pool of the first destination and port asked (h1Path.poolFor)
 }
 
 type keyedMetrics struct {

@@ -51,6 +51,9 @@ type HeaderBuf struct {
 	// lr is what LeanRequest allocated for the current request (nil:
 	// none); spareReq the last request's, zeroed (Recycle), for the next.
 	lr, spareReq *leanReq
+	// clean: lr's request was read (LeanRequest) and its header has no
+	// field ScrubRequestHeader deletes (HeaderClean).
+	clean bool
 	// leanResp is the raw lean response lent this request (nil: none),
 	// spareResp the last one's, zeroed (RecycleResponse), for the next.
 	leanResp, spareResp *leanResp
@@ -79,7 +82,7 @@ func (hb *HeaderBuf) leanReq() *leanReq {
 	if lr == nil {
 		lr = new(leanReq)
 	}
-	hb.spareReq, hb.lr = nil, lr
+	hb.spareReq, hb.lr, hb.clean = nil, lr, false
 	return lr
 }
 
@@ -130,6 +133,14 @@ func (hb *HeaderBuf) Recycle() {
 	}
 }
 
+// HeaderClean reports whether the current request was read by
+// LeanRequest into hb and its parse met no field name that
+// ScrubRequestHeader deletes (scrubsName): on its header as LeanRequest
+// returned it, ScrubRequestHeader would change nothing, so the fast path
+// skips it (a pass over the map, about 0.1 µs a request). False for any
+// other request, and after Done.
+func (hb *HeaderBuf) HeaderClean() bool { return hb.lr != nil && hb.clean }
+
 // base returns a request with context ctx and nothing else, kept for the
 // requests of one context (the fast path's client connection) so that
 // LeanRequest copies it instead of calling WithContext, which would
@@ -144,7 +155,7 @@ func (hb *HeaderBuf) base(ctx context.Context) *http.Request {
 // Done ends hb's current request: its header is left to whoever still
 // holds it, and the next request gets a new one.
 func (hb *HeaderBuf) Done() {
-	hb.h, hb.strs, hb.busy, hb.n, hb.lr, hb.leanResp = nil, nil, false, 0, nil, nil
+	hb.h, hb.strs, hb.busy, hb.n, hb.lr, hb.leanResp, hb.clean = nil, nil, false, 0, nil, nil, false
 	hb.raw, hb.rawFields = nil, ""
 }
 

@@ -115,7 +115,7 @@ func ScrubRequestHeader(h http.Header, connection []string) {
 	}
 	trailers := headerHasToken(h["Te"], "trailers")
 	for k := range h {
-		if isHop(k) || isAgentHeader(k) || isAliasOfProtected(k) {
+		if scrubsName(k) {
 			delete(h, k)
 		}
 	}
@@ -125,6 +125,27 @@ func ScrubRequestHeader(h http.Header, connection []string) {
 }
 
 var teTrailers = []string{"trailers"}
+
+// scrubsName reports whether ScrubRequestHeader deletes a field of this
+// name whatever the Connection header says. A header with no such name
+// has no Connection or Te field either (hop-by-hop): ScrubRequestHeader
+// leaves it as it is (HeaderBuf.HeaderClean).
+func scrubsName(k string) bool { return isHop(k) || isAgentHeader(k) || isAliasOfProtected(k) }
+
+// scrubsCanonical is scrubsName for a name that is a valid field name in
+// its canonical form (textproto.CanonicalMIMEHeaderKey's, as the lean
+// parse keys its header): ASCII, so the hop-by-hop and agent names it can
+// fold equal to are their canonical spellings, compared whole; a name with
+// '_' (an alias, or none) is left to scrubsName. TestScrubsCanonical
+// holds the list to hopHeaders and agentHeaders.
+func scrubsCanonical(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer",
+		"Transfer-Encoding", "Upgrade", IdentityHeader, "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
+		return true
+	}
+	return strings.IndexByte(k, '_') >= 0 && scrubsName(k)
+}
 
 func isHop(name string) bool {
 	// An ASCII name can fold equal only to a header of its length (every

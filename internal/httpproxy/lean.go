@@ -27,22 +27,24 @@ import (
 // strs (at least one per line), or reports false for a line outside the
 // subset. Values and already canonical names are substrings of s. With
 // host, Host fields are counted and the first one's value returned instead
-// of being added to h (http.ReadRequest removes them).
-func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, hostValue string, ok bool) {
+// of being added to h (http.ReadRequest removes them), and scrub reports
+// whether any name added to h is one ScrubRequestHeader deletes
+// (scrubsName, scrubsCanonical): with none, it would leave h as it is.
+func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, hostValue string, scrub, ok bool) {
 	for len(s) > 0 {
 		i := strings.IndexByte(s, '\n')
 		if i < 1 || s[i-1] != '\r' {
-			return 0, "", false
+			return 0, "", false, false
 		}
 		line := s[:i-1]
 		s = s[i+1:]
 		colon := strings.IndexByte(line, ':')
 		if colon <= 0 || !httpguts.ValidHeaderFieldName(line[:colon]) {
-			return 0, "", false
+			return 0, "", false, false
 		}
 		v := line[colon+1:]
 		if !httpguts.ValidHeaderFieldValue(v) {
-			return 0, "", false
+			return 0, "", false, false
 		}
 		v = trimOWS(v)
 		key := textproto.CanonicalMIMEHeaderKey(line[:colon])
@@ -53,6 +55,9 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 			hosts++
 			continue
 		}
+		if host && !scrub {
+			scrub = scrubsCanonical(key) // a valid name (checked above), canonical
+		}
 		if vv := h[key]; vv != nil {
 			h[key] = append(vv, v)
 		} else {
@@ -61,7 +66,7 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 			h[key] = vv
 		}
 	}
-	return hosts, hostValue, true
+	return hosts, hostValue, scrub, true
 }
 
 // leanHead returns the head at the start of br's buffer as a string, its
@@ -124,7 +129,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 		}
 	}
 	h, strs := responseHeader(ctx, strings.Count(fields, "\n"))
-	if _, _, ok := leanFields(fields, h, strs, false); !ok {
+	if _, _, _, ok := leanFields(fields, h, strs, false); !ok {
 		return nil
 	}
 	if _, ok := h["Transfer-Encoding"]; ok {
@@ -290,7 +295,7 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 	// The request, its URL and its header's values in one allocation.
 	lr := hb.leanReq()
 	h, strs := hb.take(n, lr.strs[:0])
-	hosts, host, ok := leanFields(fields, h, strs, true)
+	hosts, host, scrub, ok := leanFields(fields, h, strs, true)
 	if !ok || hosts != 1 {
 		return nil
 	}
@@ -319,6 +324,9 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 	req.Method, req.URL, req.Proto, req.ProtoMajor, req.ProtoMinor = method, u, "HTTP/1.1", 1, 1
 	req.Header, req.Body, req.Host, req.RequestURI = h, http.NoBody, host, target
 	req.Close = httpguts.HeaderValuesContainsToken(h["Connection"], "close")
+	if hb != nil {
+		hb.clean = !scrub
+	}
 	br.Discard(len(head))
 	return req
 }
