@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,28 +18,7 @@ import (
 // same host meanwhile, another host is served, and once the streams end
 // and the connection closes the limiter keeps no entry for the client.
 func TestPerClientRequestCapH2(t *testing.T) {
-	done := make(chan struct{})
-	var once sync.Once
-	release := func() { once.Do(func() { close(done) }) }
-	t.Cleanup(release)
-	b := startCounting(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/stream" {
-			io.WriteString(w, "first\n")
-			w.(http.Flusher).Flush()
-			select {
-			case <-done:
-			case <-r.Context().Done():
-			}
-		}
-		io.WriteString(w, "last\n")
-	}))
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("pch", 19438, "http"))
-	a := startAgentWith(t, agentOpts{name: "pch", site: "s1", region: "r1", vipOctet: 209, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("pch", "pch-1", b.port)}}, func(c *Config) { c.MaxRequestsPerClient = 3 })
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/pch")) == 1 })
-	addr := "127.209.0.1:19438"
-	waitListening(t, addr)
+	a, _, addr, release := perClientCapAgent(t, "pch", 19438, 209)
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}
 	c, err := d.Dial("tcp", addr)
 	if err != nil {

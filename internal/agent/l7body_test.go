@@ -477,12 +477,11 @@ spec:
 	})
 }
 
-// TestPerClientRequestCap: with maxRequestsPerClient 3, a client (source
-// address 127.0.0.1) holding 3 streaming responses gets 429 for a 4th
-// request, while another client (127.0.0.2) is served; once the streams
-// end the first client is served again, and the upstream connections it
-// held never exceeded its cap.
-func TestPerClientRequestCap(t *testing.T) {
+// perClientCapAgent starts an agent with maxRequestsPerClient 3 in front
+// of a counting backend whose /stream answers its first line at once and
+// its last after release; it answers the agent, the backend, the service's
+// address (on VIP octet) and release.
+func perClientCapAgent(t *testing.T, name string, port, octet int) (*Agent, *countingBackend, string, func()) {
 	done := make(chan struct{})
 	var once sync.Once
 	release := func() { once.Do(func() { close(done) }) }
@@ -499,12 +498,22 @@ func TestPerClientRequestCap(t *testing.T) {
 		io.WriteString(w, "last\n")
 	}))
 	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, httpSvcDoc("pcc", 19436, "http"))
-	a := startAgentWith(t, agentOpts{name: "pcc", site: "s1", region: "r1", vipOctet: 229, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("pcc", "pcc-1", b.port)}}, func(c *Config) { c.MaxRequestsPerClient = 3 })
-	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/pcc")) == 1 })
-	addr := "127.229.0.1:19436"
+	apply(t, cp, httpSvcDoc(name, port, "http"))
+	a := startAgentWith(t, agentOpts{name: name, site: "s1", region: "r1", vipOctet: octet, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload(name, name+"-1", b.port)}}, func(c *Config) { c.MaxRequestsPerClient = 3 })
+	waitFor(t, "endpoint", func() bool { return len(endpointsOf(a, "demo/"+name)) == 1 })
+	addr := fmt.Sprintf("127.%d.0.1:%d", octet, port)
 	waitListening(t, addr)
+	return a, b, addr, release
+}
+
+// TestPerClientRequestCap: with maxRequestsPerClient 3, a client (source
+// address 127.0.0.1) holding 3 streaming responses gets 429 for a 4th
+// request, while another client (127.0.0.2) is served; once the streams
+// end the first client is served again, and the upstream connections it
+// held never exceeded its cap.
+func TestPerClientRequestCap(t *testing.T) {
+	a, b, addr, release := perClientCapAgent(t, "pcc", 19436, 229)
 	from := func(src string) *http.Client {
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
