@@ -160,3 +160,69 @@ func TestScrubsCanonical(t *testing.T) {
 		}
 	}
 }
+
+// TestLeanHeaderCleanSpellings: every name ScrubRequestHeader deletes
+// (the hop-by-hop and agent headers, and the '_' aliases of those and of
+// Host and Content-Length), in every '-'/'_' spelling and in lower, upper
+// and mixed case, alone in a lean head (no Connection field to give it
+// away), makes the head not clean; the same head with a name the scrub
+// keeps is clean.
+func TestLeanHeaderCleanSpellings(t *testing.T) {
+	cases := func(s string) []string {
+		var alt []byte
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			if i%2 == 0 {
+				c = strings.ToUpper(string(c))[0]
+			} else {
+				c = strings.ToLower(string(c))[0]
+			}
+			alt = append(alt, c)
+		}
+		return []string{s, strings.ToLower(s), strings.ToUpper(s), string(alt)}
+	}
+	parse := func(name string) (clean, took bool) {
+		var hb HeaderBuf
+		br := bufio.NewReader(strings.NewReader("GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n" + name + ": 1\r\n\r\n"))
+		br.Peek(1)
+		if LeanRequest(context.Background(), br, &hb) == nil {
+			return false, false
+		}
+		return hb.HeaderClean(), true
+	}
+	n := 0
+	for _, h := range protectedHeaders {
+		var dashes []int
+		for i := 0; i < len(h); i++ {
+			if h[i] == '-' {
+				dashes = append(dashes, i)
+			}
+		}
+		for mask := 0; mask < 1<<len(dashes); mask++ {
+			b := []byte(h)
+			for j, i := range dashes {
+				if mask&(1<<j) != 0 {
+					b[i] = '_'
+				}
+			}
+			for _, name := range cases(string(b)) {
+				clean, took := parse(name)
+				if !took {
+					continue // a framing field LeanRequest leaves to http.ReadRequest
+				}
+				n++
+				if want := !scrubsName(name); clean != want {
+					t.Errorf("%q: HeaderClean %t, want %t", name, clean, want)
+				}
+			}
+		}
+	}
+	if n < 100 {
+		t.Fatalf("only %d spellings parsed", n)
+	}
+	for _, name := range []string{"X-Other", "x_other", "X-Forwarded-Port", "Hosts", "Te-X", "Upgrades", "X-Fogmesh-Source"} {
+		if clean, took := parse(name); !took || !clean {
+			t.Errorf("%q: parsed %t, HeaderClean %t; want a clean head", name, took, clean)
+		}
+	}
+}
