@@ -19,8 +19,8 @@ import (
 //   - no hop-by-hop header (RFC 9110 §7.6.1) nor any header its Connection
 //     header names, except "Te: trailers";
 //   - no identity or forwarding header of the client's: the agent sets
-//     IdentityHeader and X-Forwarded-For/-Host/-Proto itself (Forwarded is
-//     dropped);
+//     IdentityHeader and X-Forwarded-For/-Host/-Proto itself (Forwarded,
+//     X-Forwarded-Client-Cert and Proxy are dropped);
 //   - no header whose name, with '_' read as '-', is one of those above or
 //     Host, Content-Length: CGI and WSGI servers map '-' and '_' to the same
 //     variable (HTTP_X_FOGMESH_SOURCE_ID), so X_Fogmesh_Source_Id would
@@ -42,8 +42,13 @@ var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy
 const IdentityHeader = "X-Fogmesh-Source-Id"
 
 // agentHeaders are the headers only the agent may set on a forwarded
-// request: a client's copy is dropped, whatever its spelling.
-var agentHeaders = []string{IdentityHeader, "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+// request: a client's copy is dropped, whatever its spelling. Two the
+// agent never sets are dropped with them: X-Forwarded-Client-Cert (a
+// proxy's word for the client's certificate, which an Istio-minded
+// workload trusts; Envoy sanitizes a client's) and Proxy (httpoxy: CGI
+// servers read it as HTTP_PROXY, the outbound proxy).
+var agentHeaders = []string{IdentityHeader, "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
+	"X-Forwarded-Client-Cert", "Proxy"}
 
 // protectedHeaders are all names that a client may not send under another
 // spelling ('_' for '-'): the agent's own, the hop-by-hop ones and those
@@ -141,7 +146,8 @@ func scrubsName(k string) bool { return isHop(k) || isAgentHeader(k) || isAliasO
 func scrubsCanonical(k string) bool {
 	switch k {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer",
-		"Transfer-Encoding", "Upgrade", IdentityHeader, "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
+		"Transfer-Encoding", "Upgrade", IdentityHeader, "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
+		"X-Forwarded-Client-Cert", "Proxy":
 		return true
 	}
 	return strings.IndexByte(k, '_') >= 0 && scrubsName(k)
