@@ -14,16 +14,16 @@ import (
 	"golang.org/x/net/http2"
 )
 
-// TestH2CallSpareStreams: an HTTP/2 request's h2Call holds the handler's
-// request copy, lbTransport's attempt copy, its replayBody and the first
-// gRPC response's body wrapper (h2Call.spare). Concurrent streams of one
-// client connection, and the streams after them, each with its own path,
-// X-Id, X-Only-ID field and body (some longer than replayBody's first
-// bytes), go through a route that retries 5xx once and mirrors every
-// request: the first attempt of every fourth request (within the retry
-// budget: a reserve of 10 and a fifth per request) gets a gRPC-typed 503
-// with a body (its wrapper the spare one, kept by keepResponse while the
-// retry runs), the second attempt replays the body. Every attempt and
+// TestH2CallSpareStreams: the per-request objects of an HTTP/2 request
+// (the handler's request copy, lbTransport's attempt copy, its replay body,
+// the gRPC response's body wrapper) stay the request's own. Concurrent
+// streams of one client connection, and the streams after them, each with
+// its own path, X-Id, X-Only-ID field and body (some longer than
+// replayBody's first bytes), go through a route that retries 5xx once and
+// mirrors every request: the first attempt of every fourth request (within
+// the retry budget: a reserve of 10 and a fifth per request) gets a
+// gRPC-typed 503 with a body (kept by keepResponse while the retry runs),
+// the second attempt replays the body. Every attempt and
 // every mirror copy must carry its own request only, every answer its own
 // header, body and trailers. Under -race a write to a part of one
 // request's h2Call by another's goroutine is reported.
