@@ -173,20 +173,21 @@ func TestIdleStreamReleasesBuffer(t *testing.T) {
 	memtrim.Trim()
 	held := heapHeld()
 	// Other goroutines of the package may hold a little heap at any one
-	// moment (a CI run read 6.x MiB above base once): shrink and trim
-	// again until it is down, within a bound.
+	// moment (CI runs read 6.x MiB above base, under -race on a loaded
+	// machine, for the whole 5 s): shrink and trim again until it is
+	// down, within a bound. A kept 16 MiB buffer stays above base+8.
 	var h uint64
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		ShrinkIdleStreams()
 		memtrim.Trim()
 		h = heapHeld()
-		if h <= base+6*mib && h+8*mib <= held {
+		if h <= base+8*mib && h+8*mib <= held {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("heap %d MiB after ShrinkIdleStreams and a trim, %d MiB before them, %d MiB before the burst: "+
-				"want a drop of 8 MiB (the idle stream's buffer) and at most 6 MiB above the start", h/mib, held/mib, base/mib)
+				"want a drop of 8 MiB (the idle stream's buffer) and at most 8 MiB above the start", h/mib, held/mib, base/mib)
 		}
 		time.Sleep(10 * time.Millisecond) // poll
 	}
