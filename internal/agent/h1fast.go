@@ -97,7 +97,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	defer s.clients.dropConn(cs.place)
 	defer cs.endHead()
 	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withConnIdentity(connCtx, tc.clientID), &cs.resp))
-	defer cs.headersDone()
+	defer cs.endConn()
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
 	}
@@ -248,6 +248,16 @@ type h1ClientConn struct {
 func (cs *h1ClientConn) headersDone() {
 	cs.hb.Done()
 	cs.resp.Done()
+}
+
+// endConn ends the connection's last request: its headers, and what it
+// still holds if forward never closed its response's body (a panic after
+// the round trip; recoverConn keeps the agent up): its slots and its
+// client's place would stay taken for good. Once per connection, not per
+// request: a request forward finished has its body done already.
+func (cs *h1ClientConn) endConn() {
+	cs.done.abandon()
+	cs.headersDone()
 }
 
 // requestDone is headersDone once forward returned, the request (a lean

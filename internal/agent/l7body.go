@@ -113,6 +113,20 @@ func (b *doneBody) Close() error {
 	return err
 }
 
+// abandon is Close for a body its request's code never finished (a panic
+// between the round trip and the close: the fast path's connection calls
+// it as it ends, h1fast.go). It does nothing once the body was done: the
+// wrapper is lent again for each request, and the body it last wrapped,
+// closed, may be a pooled response another connection reads by now.
+func (b *doneBody) abandon() {
+	b.once.Do(func() {
+		if b.ReadCloser != nil {
+			b.ReadCloser.Close()
+		}
+		b.h.release()
+	})
+}
+
 func (b *doneBody) BufferedUpstream() int {
 	if ub, ok := b.ReadCloser.(httpproxy.UpstreamBuffered); ok {
 		return ub.BufferedUpstream()
