@@ -113,3 +113,24 @@ func WatchdogStopped(p *Pool) bool {
 	}
 	return len(p.conns) > 0
 }
+
+// SetGoAwayLockWait sets how long the read loop waits for the write lock
+// before its GOAWAY, and returns the old wait's restore.
+func SetGoAwayLockWait(d time.Duration) (restore func()) {
+	old := goAwayLockWait.Swap(int64(d))
+	return func() { goAwayLockWait.Store(old) }
+}
+
+// HoldWriteLock takes the write lock of p's connection (a writer holding
+// it) and returns its release; false when p has no connection.
+func HoldWriteLock(p *Pool) (release func(), ok bool) {
+	p.mu.Lock()
+	if len(p.conns) == 0 {
+		p.mu.Unlock()
+		return nil, false
+	}
+	c := p.conns[0]
+	p.mu.Unlock()
+	c.wmu.Lock()
+	return c.wmu.Unlock, true
+}

@@ -3,6 +3,7 @@ package h2up
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -40,23 +41,37 @@ func (c *conn) readLoop() {
 	c.close(fmt.Errorf("h2up: connection lost: %w", err))
 }
 
-// goAway tells the endpoint why the read loop closes the connection, if
-// the write lock is free: the read loop does not wait for it (a writer
-// blocked on an endpoint that stopped reading holds it, and the streams
-// would fail only when the stall watchdog closed the connection), and a
-// write deadline bounds the GOAWAY's own flush.
+// goAway tells the endpoint why the read loop closes the connection.
+// When a writer holds the write lock the read loop waits for it at most
+// goAwayLockWait, then closes without the GOAWAY: a writer blocked on an
+// endpoint that stopped reading would hold it until the stall watchdog
+// closed the connection, and the close (which ends that write) fails the
+// streams. The control frames queued before it (queueControl) go first,
+// in order; a write deadline bounds the flush.
 func (c *conn) goAway(code http2.ErrCode) {
 	select {
 	case c.wmu <- struct{}{}:
 	default:
-		return
+		t := time.NewTimer(time.Duration(goAwayLockWait.Load()))
+		select {
+		case c.wmu <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			return
+		}
 	}
 	defer c.wmu.Unlock()
 	if c.werr != nil {
 		return
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(goAwayWait))
-	err := c.fr.WriteGoAway(0, code, nil)
+	var err error
+	if c.ctlPending.Load() {
+		_, err = c.writeQueued(-1)
+	}
+	if err == nil {
+		err = c.fr.WriteGoAway(0, code, nil)
+	}
 	if err == nil {
 		err = c.bw.Flush()
 	}
@@ -67,6 +82,12 @@ func (c *conn) goAway(code http2.ErrCode) {
 
 // goAwayWait bounds the write of the read loop's GOAWAY.
 const goAwayWait = time.Second
+
+// goAwayLockWait bounds the read loop's wait for the write lock before
+// its GOAWAY (goAway); nanoseconds.
+var goAwayLockWait atomic.Int64
+
+func init() { goAwayLockWait.Store(int64(time.Second)) }
 
 // nextFrameBuffered reports whether a whole frame is buffered: reading it
 // does not wait.
