@@ -15,22 +15,26 @@ import (
 	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
-// TestGoAwayAfterBusyWriter: the read loop ends the connection on a
-// protocol error (a WINDOW_UPDATE of 0 for the connection, RFC 9113
-// §6.9) while a writer holds the write lock. The GOAWAY naming the error
-// waited for the writer, which let go of the lock: the server read it
-// before the connection closed, not a plain close.
-func TestGoAwayAfterBusyWriter(t *testing.T) {
-	defer h2up.SetGoAwayLockWait(30 * time.Second)() // the writer lets go; a slow machine is no reason to skip the GOAWAY
-	headers, bad := make(chan struct{}), make(chan struct{})
-	got := make(chan *http2.GoAwayFrame, 1)
+// goAwayServer serves one connection that, once the request's HEADERS
+// came (headers closed) and bad is closed, sends a connection
+// WINDOW_UPDATE of 0 (a protocol error) and reads to the end: got has the
+// first GOAWAY it read, or nil. pool dials it; req is a GET to send.
+type goAwayServer struct {
+	headers, bad chan struct{}
+	got          chan *http2.GoAwayFrame
+	pool         *h2up.Pool
+	req          *http.Request
+}
+
+func startGoAwayServer(t *testing.T) *goAwayServer {
+	g := &goAwayServer{headers: make(chan struct{}), bad: make(chan struct{}), got: make(chan *http2.GoAwayFrame, 1)}
 	addr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
 		if firstHeaders(fr) == nil {
-			got <- nil
+			g.got <- nil
 			return
 		}
-		close(headers)
-		<-bad
+		close(g.headers)
+		<-g.bad
 		fr.AllowIllegalWrites = true
 		fr.WriteWindowUpdate(0, 0)
 		var ga *http2.GoAwayFrame
@@ -39,17 +43,29 @@ func TestGoAwayAfterBusyWriter(t *testing.T) {
 			if err != nil {
 				break
 			}
-			if g, ok := f.(*http2.GoAwayFrame); ok && ga == nil {
-				ga = g
+			if gf, ok := f.(*http2.GoAwayFrame); ok && ga == nil {
+				ga = gf
 			}
 		}
-		got <- ga
+		g.got <- ga
 	})
-	pool := h2up.New(h2up.Config{Dial: dialTo(addr)})
-	defer pool.Close()
+	g.pool = h2up.New(h2up.Config{Dial: dialTo(addr)})
+	t.Cleanup(func() { g.pool.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/", nil)
+	t.Cleanup(cancel)
+	g.req, _ = http.NewRequestWithContext(ctx, "GET", "http://x/", nil)
+	return g
+}
+
+// TestGoAwayAfterBusyWriter: the read loop ends the connection on a
+// protocol error (a WINDOW_UPDATE of 0 for the connection, RFC 9113
+// §6.9) while a writer holds the write lock. The GOAWAY naming the error
+// waited for the writer, which let go of the lock: the server read it
+// before the connection closed, not a plain close.
+func TestGoAwayAfterBusyWriter(t *testing.T) {
+	defer h2up.SetGoAwayLockWait(30 * time.Second)() // the writer lets go; a slow machine is no reason to skip the GOAWAY
+	g := startGoAwayServer(t)
+	headers, bad, got, pool, req := g.headers, g.bad, g.got, g.pool, g.req
 	rt := make(chan error, 1)
 	go func() {
 		resp, err := pool.RoundTrip(req)
@@ -99,34 +115,8 @@ func TestGoAwayAfterBusyWriter(t *testing.T) {
 // without its GOAWAY, while the writer still holds the lock.
 func TestGoAwayGivenUpForStuckWriter(t *testing.T) {
 	defer h2up.SetGoAwayLockWait(50 * time.Millisecond)()
-	headers, bad := make(chan struct{}), make(chan struct{})
-	got := make(chan *http2.GoAwayFrame, 1)
-	addr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
-		if firstHeaders(fr) == nil {
-			got <- nil
-			return
-		}
-		close(headers)
-		<-bad
-		fr.AllowIllegalWrites = true
-		fr.WriteWindowUpdate(0, 0)
-		var ga *http2.GoAwayFrame
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				break
-			}
-			if g, ok := f.(*http2.GoAwayFrame); ok && ga == nil {
-				ga = g
-			}
-		}
-		got <- ga
-	})
-	pool := h2up.New(h2up.Config{Dial: dialTo(addr)})
-	defer pool.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/", nil)
+	g := startGoAwayServer(t)
+	headers, bad, got, pool, req := g.headers, g.bad, g.got, g.pool, g.req
 	go func() {
 		if resp, err := pool.RoundTrip(req); err == nil {
 			resp.Body.Close()
