@@ -31,6 +31,9 @@
 # (stopm), timers run, GC cycles begun; 2: goroutines parked (park_m) and
 # Ps woken (wakep) too, each hit a trap of a few µs: the rates and CPU of
 # such a run are not comparable with one without).
+# NOPERF (0; 1: no perf stat or recording: the user and kernel CPU split
+# of the engines as they run untraced, the system-call and parts columns
+# left empty).
 # TRACE (0; 1: the Go proxies built to serve net/http/pprof, the agent with
 # -tags fogmesh_pprof, h1bare with -pprof, on BENCH_BASE_PORT+9 and +10,
 # and a runtime trace of each round taken over the round and read by
@@ -53,6 +56,7 @@ VIP_OCTET=${VIP_OCTET:-235}
 AGENT_ENV=${AGENT_ENV:-}
 UPROBES=${UPROBES:-0}
 TRACE=${TRACE:-0}
+NOPERF=${NOPERF:-0}
 pin_setup
 MESH_NS=bench
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
@@ -198,12 +202,15 @@ round() { # ROUND ENGINE
   local plist=${PID[$2]// /,}
   "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s "${URL[$e]}" >/dev/null # warm-up
   c0=$(cpu_ticks "${pids[@]}"); s0=$(sys_ticks "${pids[@]}")
-  perf stat -e "$EVENTS" -p "$plist" -x, -o "$TMP/$e-$r.stat" -- sleep "$SECS" &
-  local waits=($!)
-  # Every engine is recorded, so each carries the same overhead.
+  local waits=()
   rec="$PPROF_DIR/$e-r$r.perf"
-  perf record -q -F 2999 -g -p "$plist" -o "$rec" -- sleep "$SECS" >/dev/null 2>&1 &
-  waits+=($!)
+  if [ "$NOPERF" != 1 ]; then
+    perf stat -e "$EVENTS" -p "$plist" -x, -o "$TMP/$e-$r.stat" -- sleep "$SECS" &
+    waits+=($!)
+    # Every engine is recorded, so each carries the same overhead.
+    perf record -q -F 2999 -g -p "$plist" -o "$rec" -- sleep "$SECS" >/dev/null 2>&1 &
+    waits+=($!)
+  fi
   local tport=
   if [ "$TRACE" = 1 ]; then
     case $e in agent) tport=$P_SRV_PPROF ;; h1bare) tport=$P_BAREG_PPROF ;; esac
@@ -213,7 +220,7 @@ round() { # ROUND ENGINE
     waits+=($!)
   }
   out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"$SECS"s "${URL[$e]}")
-  wait "${waits[@]}" || true
+  [ ${#waits[@]} = 0 ] || wait "${waits[@]}" || true
   c1=$(cpu_ticks "${pids[@]}"); s1=$(sys_ticks "${pids[@]}")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   if [ -z "$n" ] || [ "$n" = 0 ] || grep -q "Non-2xx\|Socket errors" <<<"$out"; then
@@ -224,10 +231,10 @@ round() { # ROUND ENGINE
   USER[$e,$r]=$(awk -v d=$((c1 - c0 - (s1 - s0))) -v n="$n" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
   SYS[$e,$r]=$(awk -v d=$((s1 - s0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
   # perf stat -x,: value,unit,event,...; per request.
-  CALLS[$e,$r]=$(awk -F, -v n="$n" '$1 ~ /^[0-9]+$/ && $1 > 0 {e = $3; sub(/^syscalls:sys_enter_/, "", e); sub(/^raw_syscalls:sys_enter$/, "all", e); sub(/^u[0-9]+(agent|h1bare):(agent|h1bare)_/, "u:", e); printf (e ~ /^u:/ ? "%s=%.4f " : "%s=%.2f "), e, $1 / n}' "$TMP/$e-$r.stat")
+  [ "$NOPERF" = 1 ] || CALLS[$e,$r]=$(awk -F, -v n="$n" '$1 ~ /^[0-9]+$/ && $1 > 0 {e = $3; sub(/^syscalls:sys_enter_/, "", e); sub(/^raw_syscalls:sys_enter$/, "all", e); sub(/^u[0-9]+(agent|h1bare):(agent|h1bare)_/, "u:", e); printf (e ~ /^u:/ ? "%s=%.4f " : "%s=%.2f "), e, $1 / n}' "$TMP/$e-$r.stat")
   # The trace's window is the round's, give or take the start of each.
   [ -z "$tport" ] || "$BIN/handoffs" -n "$n" "$PPROF_DIR/$e-r$r.trace" >"$PPROF_DIR/$e-r$r.handoffs" 2>&1 || true
-  PARTUS[$e,$r]=$(part_us "$rec" "$(awk -v a="${USER[$e,$r]}" -v b="${SYS[$e,$r]}" 'BEGIN {print a + b}')" | tr '\n' ';')
+  [ "$NOPERF" = 1 ] || PARTUS[$e,$r]=$(part_us "$rec" "$(awk -v a="${USER[$e,$r]}" -v b="${SYS[$e,$r]}" 'BEGIN {print a + b}')" | tr '\n' ';')
   log "$e round $r: ${RPS[$e,$r]} req/s, user ${USER[$e,$r]} + kernel ${SYS[$e,$r]} us/req"
 }
 
