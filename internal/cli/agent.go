@@ -166,8 +166,20 @@ func RunAgent(prog string, args []string) error {
 	// the load left (Agent.ReleaseIdle); FOGMESH_MEMTRIM=off leaves it to the
 	// runtime (for comparisons).
 	if os.Getenv("FOGMESH_MEMTRIM") != "off" {
+		// Under load the GC may let the heap grow FOGMESH_GC_HEADROOM
+		// (16 MiB) above its live part between collections, and goes back
+		// to GOGC's pace at the first idle tick (memtrim's pace.go).
+		headroom, why := memtrim.HeadroomFromEnv()
+		if headroom == 0 && os.Getenv("FOGMESH_GC_HEADROOM") != "" {
+			log.Warn("agent: the GC is not paced to the load", "why", why)
+		}
+		cfg.Metrics.GetOrCreateGauge("fogmesh_agent_gc_percent", func() float64 { return float64(memtrim.GCPercent()) })
 		tctx, stopTrim := context.WithCancel(ctx)
 		waitTrim := memtrim.Start(tctx, memtrim.Config{
+			Headroom: headroom,
+			OnPace: func(from, to int) {
+				log.Debug("agent: GC percent paced to the load", "from", from, "to", to)
+			},
 			Release: func() { a.ReleaseIdle() },
 			Settled: func() {
 				// Start-up's code pages (config parse, first sync) are

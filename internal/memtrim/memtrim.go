@@ -51,6 +51,15 @@ type Config struct {
 	// as idle (IdleTicks quiet ticks in a row): its start-up is over. The
 	// agent unmaps the code pages start-up used then (ReleaseCode).
 	Settled func()
+	// Headroom, if not 0, paces the GC under load (pace.go): while a tick
+	// counts as loaded, the GC percent is raised so that the heap may grow
+	// Headroom bytes above the live heap between collections (never below
+	// the percent at the start, at most 800); the first idle tick puts the
+	// start's percent back. HeadroomFromEnv gives the agent's.
+	Headroom uint64
+	// OnPace, if not nil, is told each change of the GC percent the pace
+	// makes.
+	OnPace func(from, to int)
 	// Slack is how many bytes the heap may hold above the least it held
 	// after a trim before an idle process returns them (default 2 MiB):
 	// below it a collection costs more than the memory is worth.
@@ -93,6 +102,9 @@ type Sample struct {
 	// Goroutines is the number of live goroutines: in an agent, about two
 	// per open connection.
 	Goroutines uint64
+	// Live is the heap the last collection found live (0 where the
+	// runtime does not say).
+	Live uint64
 }
 
 // Trimmer decides, tick by tick, when to trim. It does no I/O: Start feeds
@@ -106,6 +118,8 @@ type Trimmer struct {
 	backoff int    // IdleTicks multiplier: doubles while trims give little back
 	gAtTrim uint64 // Goroutines after the last trim
 	settled bool   // the process has counted as idle once
+	busy    bool   // the last tick counted as load
+	pace    *pace  // the GC's pace under load; nil: left alone
 }
 
 // maxBackoff caps the backoff: an idle process whose live heap stays high
@@ -132,7 +146,8 @@ func (t *Trimmer) Step(s Sample) bool {
 		t.floor = s.Held
 		return false
 	}
-	if s.Allocs-prev.Allocs >= t.cfg.IdleAlloc || s.Allocs < prev.Allocs || s.CPU-prev.CPU >= t.cfg.IdleCPU {
+	t.busy = s.Allocs-prev.Allocs >= t.cfg.IdleAlloc || s.Allocs < prev.Allocs || s.CPU-prev.CPU >= t.cfg.IdleCPU
+	if t.busy {
 		t.quiet, t.backoff = 0, 1 // load: the next idle spell is new
 		return false
 	}
@@ -150,6 +165,13 @@ func (t *Trimmer) Step(s Sample) bool {
 	}
 	t.quiet = 0
 	return true
+}
+
+// setPercent sets the GC percent and tells OnPace.
+func (t *Trimmer) setPercent(pct int) {
+	if from := debug.SetGCPercent(pct); from != pct && t.cfg.OnPace != nil {
+		t.cfg.OnPace(from, pct)
+	}
 }
 
 // Settled reports whether the process has counted as idle (IdleTicks quiet
@@ -186,11 +208,12 @@ const (
 	mFree    = "/memory/classes/heap/free:bytes"
 	mStacks  = "/memory/classes/heap/stacks:bytes"
 	mGorout  = "/sched/goroutines:goroutines"
+	mLive    = "/gc/heap/live:bytes"
 )
 
 // Read samples the runtime's counters.
 func Read() Sample {
-	ms := []metrics.Sample{{Name: mAllocs}, {Name: mObjects}, {Name: mUnused}, {Name: mFree}, {Name: mStacks}, {Name: mGorout}}
+	ms := []metrics.Sample{{Name: mAllocs}, {Name: mObjects}, {Name: mUnused}, {Name: mFree}, {Name: mStacks}, {Name: mGorout}, {Name: mLive}}
 	metrics.Read(ms)
 	v := func(i int) uint64 {
 		if ms[i].Value.Kind() != metrics.KindUint64 {
@@ -198,7 +221,7 @@ func Read() Sample {
 		}
 		return ms[i].Value.Uint64()
 	}
-	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4), Goroutines: v(5), CPU: ProcessCPU()}
+	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4), Goroutines: v(5), Live: v(6), CPU: ProcessCPU()}
 }
 
 // Trim collects twice and returns the freed memory to the OS: the first
@@ -217,6 +240,7 @@ func Trim() {
 // trims.
 func Start(ctx context.Context, cfg Config) (wait func() int) {
 	t := NewTrimmer(cfg)
+	t.pace = newPace(t.cfg.Headroom)
 	t.Step(Read())
 	done := make(chan int, 1)
 	go func() { done <- t.run(ctx, Read) }()
@@ -233,13 +257,22 @@ func (t *Trimmer) run(ctx context.Context, read func() Sample) int {
 	defer tick.Stop()
 	trims := 0
 	settled := t.cfg.Settled
+	if t.pace != nil {
+		defer t.setPercent(t.pace.base)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return trims
 		case <-tick.C:
 		}
-		trim := t.Step(read())
+		s := read()
+		trim := t.Step(s)
+		if t.pace != nil {
+			if pct := t.pace.next(t.busy, s.Live); pct >= 0 {
+				t.setPercent(pct)
+			}
+		}
 		if settled != nil && t.Settled() {
 			settled()
 			settled = nil

@@ -3,6 +3,7 @@ package memtrim
 import (
 	"context"
 	"runtime"
+	"runtime/debug"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -192,18 +193,24 @@ func TestTrimmerCounterWrapIsNotIdle(t *testing.T) {
 }
 
 func TestReadSeesTheHeap(t *testing.T) {
-	runtime.GC()
+	Trim() // free memory an earlier test left would take the allocations below
+	// No collection while it allocates: one would free what an earlier
+	// test left and the heap would grow by less than it allocated.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	before := Read()
-	keep := make([][]byte, 0, 16)
-	for range 16 {
+	keep := make([][]byte, 0, 64)
+	for range 64 {
 		keep = append(keep, make([]byte, mib))
 	}
 	after := Read()
-	if after.Allocs-before.Allocs < 16*mib {
-		t.Errorf("allocations grew by %d bytes, want at least 16 MiB", after.Allocs-before.Allocs)
+	if after.Allocs-before.Allocs < 64*mib {
+		t.Errorf("allocations grew by %d bytes, want at least 64 MiB", after.Allocs-before.Allocs)
 	}
-	if after.Held < before.Held+15*mib {
-		t.Errorf("held heap %d -> %d bytes, want 16 MiB more", before.Held, after.Held)
+	// 58 of the 64: pages the runtime kept free (its per-P page caches,
+	// what the test binary's other goroutines freed meanwhile) count as
+	// held before and take some of the allocations (up to 2.5 MiB seen).
+	if after.Held < before.Held+58*mib {
+		t.Errorf("held heap %d -> %d bytes, want 64 MiB more (%+v -> %+v)", before.Held, after.Held, before, after)
 	}
 	runtime.KeepAlive(keep)
 }
