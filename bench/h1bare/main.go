@@ -46,6 +46,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -132,13 +133,16 @@ var (
 const agentHeaders = "X-Fogmesh-Source-Id: spiffe://fogmesh.local/ns/bench/sa/webl7\r\n" +
 	"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Host: 127.100.0.1:30520\r\nX-Forwarded-Proto: http\r\n"
 
-var spinSink uint64
+// sink keeps the knobs' work from being optimised away: each connection
+// adds its result when it ends.
+var sink atomic.Uint64
 
 var touchBuf []byte // -touch
 
-// work is the per-request work of the knobs, half of it at a time.
-func work(second bool) {
-	spinWork(spinIters)
+// work is the per-request work of the knobs, half of it at a time, folded
+// into acc.
+func work(acc uint64, second bool) uint64 {
+	acc = spinWork(acc, spinIters)
 	b := touchBuf
 	if second {
 		b = b[len(b)/2:]
@@ -149,20 +153,18 @@ func work(second bool) {
 	for i := 0; i < len(b); i += 64 {
 		x += b[i]
 	}
-	if x == 1 {
-		spinSink++
-	}
+	return acc + uint64(x)
 }
 
-// spinWork burns CPU in user mode: n rounds of xorshift.
-func spinWork(n int) {
-	x := spinSink | 1
+// spinWork burns CPU in user mode: n rounds of xorshift from x.
+func spinWork(x uint64, n int) uint64 {
+	x |= 1
 	for range n {
 		x ^= x << 13
 		x ^= x >> 7
 		x ^= x << 17
 	}
-	spinSink = x
+	return x
 }
 
 // calibrateSpin returns spinWork's iterations for d/2 of CPU.
@@ -174,7 +176,7 @@ func calibrateSpin(d time.Duration) int {
 	best := time.Duration(1 << 62)
 	for range 5 {
 		t0 := time.Now()
-		spinWork(n)
+		sink.Add(spinWork(uint64(t0.UnixNano()), n))
 		if e := time.Since(t0); e < best {
 			best = e
 		}
@@ -251,6 +253,8 @@ func serve(c net.Conn, target string) {
 	defer u.Close()
 	cr, ur := httpproxy.NewRawIO(c), httpproxy.NewRawIO(u)
 	in, out := make([]byte, bufSize), make([]byte, bufSize)
+	var acc uint64 // the knobs' work (sink)
+	defer func() { sink.Add(acc) }()
 	var fwd []byte // the request with fwdHeaders
 	if fwdHeaders {
 		fwd = make([]byte, 0, bufSize+len(agentHeaders))
@@ -269,7 +273,7 @@ func serve(c net.Conn, target string) {
 		if end < 0 {
 			return
 		}
-		work(false)
+		acc = work(acc, false)
 		req := in[:end]
 		if fwdHeaders {
 			req = append(append(append(fwd[:0], in[:end-2]...), agentHeaders...), "\r\n"...)
@@ -290,7 +294,7 @@ func serve(c net.Conn, target string) {
 		if rend < 0 || rend != un {
 			return
 		}
-		work(true)
+		acc = work(acc, true)
 		if _, err := cr.Write(out[:rend]); err != nil {
 			return
 		}
