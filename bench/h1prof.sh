@@ -31,6 +31,11 @@
 # (stopm), timers run, GC cycles begun; 2: goroutines parked (park_m) and
 # Ps woken (wakep) too, each hit a trap of a few µs: the rates and CPU of
 # such a run are not comparable with one without).
+# BARE_X (empty; e.g. "-spin 3us": a fourth engine, h1bare-x, h1bare's go
+# model with these knobs, on BENCH_BASE_PORT+11: -spin D burns about D of
+# user CPU per request, -touch N reads N bytes of a buffer per request,
+# -fwdheaders adds the agent's forwarding header fields; an h1bare made
+# like the agent in one respect, to tell what a difference comes from).
 # NOPERF (0; 1: no perf stat or recording: the user and kernel CPU split
 # of the engines as they run untraced, the system-call and parts columns
 # left empty).
@@ -62,7 +67,8 @@ MESH_NS=bench
 P_CTL_ADMIN=$((BASE + 0)); P_CTL_SYNC=$((BASE + 1))
 P_SRV_MESH=$((BASE + 2)); P_SRV_DNS=$((BASE + 3)); P_SRV_ADMIN=$((BASE + 4))
 P_HTTP=$((BASE + 5)); P_BAREG=$((BASE + 7)); P_NGINX=$((BASE + 8))
-P_SRV_PPROF=$((BASE + 9)); P_BAREG_PPROF=$((BASE + 10))
+P_SRV_PPROF=$((BASE + 9)); P_BAREG_PPROF=$((BASE + 10)); P_BAREX=$((BASE + 11))
+BARE_X=${BARE_X:-}
 S_WEB=$((BASE + 20))
 STAMP=$(date +%Y%m%d-%H%M%S)
 PPROF_DIR=${PPROF_DIR:-$ROOT/bench/out/perf-h1prof-$STAMP}
@@ -73,7 +79,7 @@ NGINX=$(command -v nginx || true)
 [ -n "$NGINX" ] || die "needs nginx (Debian: nginx-light)"
 find_fortio
 ports_free BENCH_BASE_PORT "$P_CTL_ADMIN" "$P_CTL_SYNC" "$P_SRV_MESH" "$P_SRV_DNS" "$P_SRV_ADMIN" "$P_HTTP" "$P_BAREG" "$P_NGINX" \
-  "$P_SRV_PPROF" "$P_BAREG_PPROF"
+  "$P_SRV_PPROF" "$P_BAREG_PPROF" "$P_BAREX"
 perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 || die "perf cannot read the syscall tracepoints (root, or kernel.perf_event_paranoid <= 1)"
 mkdir -p "$BIN" "$PPROF_DIR"
 
@@ -134,6 +140,10 @@ SYSCOST=$(go test -run '^$' -bench SyscallCost -benchtime 200000x ./internal/htt
 start httpd "${PIN_LOAD[@]}" "$FORTIO" server -http-port "127.0.0.1:$P_HTTP" -grpc-port disabled \
   -redirect-port disabled -tcp-port disabled -udp-port disabled -data-dir "$TMP" -loglevel Warning
 start bareg "${PIN_PROXY[@]}" "$BIN/h1bare" -model go "${TRACE_BARE[@]}" "127.0.0.1:$P_BAREG=127.0.0.1:$P_HTTP"
+if [ -n "$BARE_X" ]; then
+  # shellcheck disable=SC2086 # BARE_X: words on purpose
+  start barex "${PIN_PROXY[@]}" "$BIN/h1bare" -model go $BARE_X "127.0.0.1:$P_BAREX=127.0.0.1:$P_HTTP"
+fi
 start_nginx "$NGINX" "
     upstream backend { server 127.0.0.1:$P_HTTP; keepalive 64; keepalive_requests 1000000; }
     server {
@@ -159,6 +169,10 @@ NPIDS=$(nginx_pids)
 ENGINES=(agent h1bare nginx)
 declare -A URL=([agent]="http://$V:$S_WEB/" [h1bare]="http://127.0.0.1:$P_BAREG/" [nginx]="http://127.0.0.1:$P_NGINX/")
 declare -A PID=([agent]="$(pid_of srv)" [h1bare]="$(pid_of bareg)" [nginx]="$NPIDS") # PIDs, space-separated
+if [ -n "$BARE_X" ]; then
+  wait_port 127.0.0.1 "$P_BAREX" h1bare-x
+  ENGINES+=(h1bare-x) URL[h1bare-x]="http://127.0.0.1:$P_BAREX/" PID[h1bare-x]="$(pid_of barex)"
+fi
 for e in "${ENGINES[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${URL[$e]}" || true)
   [ "$code" = 200 ] || die "$e answers $code at ${URL[$e]}"
@@ -257,7 +271,7 @@ partcell() { # ENGINE ROUND PART
 {
   echo "# HTTP/1.1 per-request CPU: agent, h1bare, nginx ($STAMP)"
   echo
-  echo "\`ROUNDS=$ROUNDS SECS=$SECS CONNS=$CONNS PIN=$PIN${AGENT_ENV:+ AGENT_ENV=\"$AGENT_ENV\"}$([ "$UPROBES" = 0 ] || echo " UPROBES=$UPROBES")$([ "$TRACE" = 0 ] || echo " TRACE=$TRACE") bench/h1prof.sh\` at $GIT_REV; $CPU_MODEL, $(nproc) CPUs, load at start $LOAD_START."
+  echo "\`ROUNDS=$ROUNDS SECS=$SECS CONNS=$CONNS PIN=$PIN${AGENT_ENV:+ AGENT_ENV=\"$AGENT_ENV\"}$([ "$UPROBES" = 0 ] || echo " UPROBES=$UPROBES")$([ "$TRACE" = 0 ] || echo " TRACE=$TRACE")$([ "$NOPERF" = 0 ] || echo " NOPERF=$NOPERF")${BARE_X:+ BARE_X=\"$BARE_X\"} bench/h1prof.sh\` at $GIT_REV; $CPU_MODEL, $(nproc) CPUs, load at start $LOAD_START."
   echo "wrk -t1 -c$CONNS at the maximum rate; CPU from /proc (utime, stime) over the run, system calls and"
   echo "switches from perf stat (syscall tracepoints) over the same window; every engine was also recorded"
   echo "with perf (-F 2999), which touches every round's figures alike."
@@ -300,6 +314,7 @@ partcell() { # ENGINE ROUND PART
       echo '```'
     done
   fi
+  [ -z "$BARE_X" ] || echo "h1bare-x: h1bare -model go $BARE_X."
   [ "$UPROBES" = 0 ] || echo "u:NAME: uprobe hits per request (UPROBES): their traps slow this run's engines."
   [ ${#FAILED[@]} -eq 0 ] || { echo; echo "Failed:"; printf -- '- %s\n' "${FAILED[@]}"; }
 } | tee "$REPORT"

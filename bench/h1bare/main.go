@@ -19,7 +19,18 @@
 // -pprof ADDR serves net/http/pprof on ADDR (loopback only), for
 // bench/h1prof.sh's runtime traces (TRACE=1).
 //
-// Usage: h1bare [-model go|epoll] [-loops N] [-pprof ADDR] LISTEN=TARGET
+// Two knobs of the go model make it resemble the agent in one respect at a
+// time, to tell what the agent's extra kernel time per request comes from
+// (issue 14, session 32): -spin D burns about D of user CPU per request
+// (half before the request goes upstream, half before the response goes
+// back), as the agent's parsing and policy do; -fwdheaders adds the four
+// header fields the agent adds to a request it forwards (X-Fogmesh-Source-Id,
+// X-Forwarded-For, -Host, -Proto: about 155 bytes); -touch N reads N bytes
+// of a process-wide buffer per request (one load per 64-byte line, half at
+// a time), a bigger memory footprint that evicts the kernel's lines from
+// the caches as a bigger program's does.
+//
+// Usage: h1bare [-model go|epoll] [-loops N] [-pprof ADDR] [-spin D] [-fwdheaders] [-touch N] LISTEN=TARGET
 package main
 
 import (
@@ -35,7 +46,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
@@ -44,7 +57,17 @@ func main() {
 	model := flag.String("model", "go", "go (a goroutine per connection) or epoll (event loops over raw descriptors)")
 	loops := flag.Int("loops", 1, "event loops (epoll model)")
 	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this loopback address:port")
+	spin := flag.Duration("spin", 0, "go model: burn about this much user CPU per request")
+	flag.BoolVar(&fwdHeaders, "fwdheaders", false, "go model: add the agent's forwarding header fields to each request")
+	touch := flag.Int("touch", 0, "go model: read this many bytes of a buffer per request")
 	flag.Parse()
+	spinIters = calibrateSpin(*spin)
+	if *touch > 0 {
+		touchBuf = make([]byte, *touch)
+		for i := range touchBuf {
+			touchBuf[i] = byte(i)
+		}
+	}
 	if *pprofAddr != "" {
 		if ap, err := netip.ParseAddrPort(*pprofAddr); err != nil || !ap.Addr().IsLoopback() {
 			fmt.Fprintln(os.Stderr, "h1bare: -pprof: not a loopback address:port:", *pprofAddr)
@@ -98,6 +121,68 @@ func proxy(ln net.Listener, target, model string, loops int) error {
 }
 
 const bufSize = 16 << 10
+
+// The go model's experiment knobs (-spin, -fwdheaders).
+var (
+	spinIters  int // spinWork's iterations per request, half at a time
+	fwdHeaders bool
+)
+
+// agentHeaders are the header fields the agent adds to a request it
+// forwards to a local endpoint of a service (127.0.0.1 client, VIP host).
+const agentHeaders = "X-Fogmesh-Source-Id: spiffe://fogmesh.local/ns/bench/sa/webl7\r\n" +
+	"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Host: 127.100.0.1:30520\r\nX-Forwarded-Proto: http\r\n"
+
+// sink keeps the knobs' work from being optimised away: each connection
+// adds its result when it ends.
+var sink atomic.Uint64
+
+var touchBuf []byte // -touch
+
+// work is the per-request work of the knobs, half of it at a time, folded
+// into acc.
+func work(acc uint64, second bool) uint64 {
+	acc = spinWork(acc, spinIters)
+	b := touchBuf
+	if second {
+		b = b[len(b)/2:]
+	} else {
+		b = b[:len(b)/2]
+	}
+	var x byte
+	for i := 0; i < len(b); i += 64 {
+		x += b[i]
+	}
+	return acc + uint64(x)
+}
+
+// spinWork burns CPU in user mode: n rounds of xorshift from x.
+func spinWork(x uint64, n int) uint64 {
+	x |= 1
+	for range n {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+	}
+	return x
+}
+
+// calibrateSpin returns spinWork's iterations for d/2 of CPU.
+func calibrateSpin(d time.Duration) int {
+	if d <= 0 {
+		return 0
+	}
+	const n = 1 << 22
+	best := time.Duration(1 << 62)
+	for range 5 {
+		t0 := time.Now()
+		sink.Add(spinWork(uint64(t0.UnixNano()), n))
+		if e := time.Since(t0); e < best {
+			best = e
+		}
+	}
+	return int(float64(n) * float64(d/2) / float64(best))
+}
 
 var crlf2 = []byte("\r\n\r\n")
 
@@ -168,6 +253,12 @@ func serve(c net.Conn, target string) {
 	defer u.Close()
 	cr, ur := httpproxy.NewRawIO(c), httpproxy.NewRawIO(u)
 	in, out := make([]byte, bufSize), make([]byte, bufSize)
+	var acc uint64 // the knobs' work (sink)
+	defer func() { sink.Add(acc) }()
+	var fwd []byte // the request with fwdHeaders
+	if fwdHeaders {
+		fwd = make([]byte, 0, bufSize+len(agentHeaders))
+	}
 	n := 0
 	for {
 		end := requestEnd(in[:n])
@@ -182,7 +273,12 @@ func serve(c net.Conn, target string) {
 		if end < 0 {
 			return
 		}
-		if _, err := ur.Write(in[:end]); err != nil {
+		acc = work(acc, false)
+		req := in[:end]
+		if fwdHeaders {
+			req = append(append(append(fwd[:0], in[:end-2]...), agentHeaders...), "\r\n"...)
+		}
+		if _, err := ur.Write(req); err != nil {
 			return
 		}
 		n = copy(in, in[end:n])
@@ -198,6 +294,7 @@ func serve(c net.Conn, target string) {
 		if rend < 0 || rend != un {
 			return
 		}
+		acc = work(acc, true)
 		if _, err := cr.Write(out[:rend]); err != nil {
 			return
 		}

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestModels: both models forward keep-alive GETs from several clients
@@ -150,5 +151,42 @@ func BenchmarkGoModel(b *testing.B) {
 	close(errs)
 	for err := range errs {
 		b.Fatal(err)
+	}
+}
+
+// TestKnobs: with -spin, -touch and -fwdheaders the go model still forwards
+// each request and its response, and the backend sees the agent's
+// forwarding header fields after the client's own.
+func TestKnobs(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s|%s|%s|%s", r.URL.Path, r.Header.Get("X-Test"), r.Header.Get("X-Forwarded-For"), r.Header.Get("X-Fogmesh-Source-Id"))
+	}))
+	defer backend.Close()
+	spinIters, touchBuf, fwdHeaders = calibrateSpin(2*time.Microsecond), make([]byte, 4096), true
+	defer func() { spinIters, touchBuf, fwdHeaders = 0, nil, false }()
+	if spinIters <= 0 {
+		t.Fatalf("calibrateSpin(2µs) = %d iterations", spinIters)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go proxy(ln, strings.TrimPrefix(backend.URL, "http://"), "go", 1)
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	for i := range 3 {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/r%d", ln.Addr(), i), nil)
+		req.Header.Set("X-Test", "yes")
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		want := fmt.Sprintf("/r%d|yes|127.0.0.1|spiffe://fogmesh.local/ns/bench/sa/webl7", i)
+		if err != nil || string(b) != want {
+			t.Fatalf("got %q (%v), want %q", b, err, want)
+		}
 	}
 }
