@@ -127,11 +127,9 @@ type conn struct {
 	wdSame int
 
 	// Read loop only: br is the framer's reader; wakeLater, streams whose
-	// readers were not yet woken for data or for their response because
-	// the next frame was already buffered (most often the stream's
-	// trailers: the reader then sees the data and the end together; or
-	// the responses of other streams: their callers wake together and
-	// write together).
+	// readers were not yet woken for data because the next frame was
+	// already buffered (most often the stream's trailers: the reader then
+	// sees the data and the end together).
 	br        *bufio.Reader
 	wakeLater []*stream
 	canon     map[string]string // header name -> canonical form (canonical)

@@ -104,10 +104,6 @@ func (c *conn) wakeStreams() {
 	for i, s := range c.wakeLater {
 		s.mu.Lock()
 		s.held = false
-		if s.readyHeld {
-			s.readyHeld = false
-			close(s.respReady)
-		}
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		c.wakeLater[i] = nil

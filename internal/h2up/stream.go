@@ -43,18 +43,15 @@ type stream struct {
 	infoBytes int64 // the 1xx header blocks' size so far (read loop only)
 
 	mu       sync.Mutex // guards the following
-	respDone bool       // respReady closed, or its close held (readyHeld)
-	// readyHeld: the response is set and respReady's close waits for the
-	// read loop's wakeStreams (more frames were buffered behind it).
-	readyHeld bool
-	cond      sync.Cond
-	buf       bytes.Buffer
-	eof       bool
-	held      bool // data pushed with its wake-up deferred (conn.wakeLater): not read yet
-	err       error
-	closed    bool // body closed by the caller
-	trailer   http.Header
-	n         int64 // body bytes received
+	respDone bool       // respReady closed
+	cond     sync.Cond
+	buf      bytes.Buffer
+	eof      bool
+	held     bool // data pushed with its wake-up deferred (conn.wakeLater): not read yet
+	err      error
+	closed   bool // body closed by the caller
+	trailer  http.Header
+	n        int64 // body bytes received
 
 	// Under c.mu: the request context's cancellation resets the stream
 	// (watch) once something could wait for it; stop ends that.
@@ -349,27 +346,12 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		s.recvEnd = true
 	}
 	c.mu.Unlock()
-	// With more frames buffered behind these HEADERS (the responses of
-	// other streams read in the same read, or this one's body and
-	// trailers), the caller is woken when the read loop has taken them
-	// all (wakeStreams, before a read that may wait): the callers of a
-	// batch of responses then run together and their answers share a
-	// write to their client, and a unary call's caller finds its message
-	// and trailers taken (issue 14).
-	later := c.nextFrameBuffered()
 	s.mu.Lock()
 	if !s.respDone { // else reset meanwhile
 		s.respDone = true
-		if later {
-			s.readyHeld = true
-		} else {
-			close(s.respReady)
-		}
+		close(s.respReady)
 	}
 	s.mu.Unlock()
-	if later {
-		c.wakeLater = append(c.wakeLater, s)
-	}
 	if ended {
 		s.end(nil)
 	}
