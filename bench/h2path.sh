@@ -33,7 +33,11 @@
 # runs (the agent's, h2bare's, nginx's, HAProxy's) with perf (cpu-clock samples with kernel and Go stacks, the
 # run's first LAT_SECONDS-1 s) into PPROF_DIR as grpc-ENGINE-rN.perf: where
 # a system call's time goes in the kernel, which pprof cannot show (perf
-# report -i FILE --no-children). Needs go, curl, h2load (nghttp2-client)
+# report -i FILE --no-children). PEERSTAT=1: perf stat on fortio's
+# gRPC client (the load) and on its backend over each gRPC run, and a
+# second table of their CPU, system calls (read, write, futex,
+# epoll_pwait) and context switches per call: what a proxy's frames make
+# the peers do (issue 14, session 32). Needs go, curl, h2load (nghttp2-client)
 # and fortio (installed as in bench.sh).
 set -Eeuo pipefail
 
@@ -54,6 +58,7 @@ BASE=${BENCH_BASE_PORT:-29300}
 BASELINE_BIN=${BASELINE_BIN:-}
 PPROF=${PPROF:-0}
 PERF=${PERF:-0}
+PEERSTAT=${PEERSTAT:-0}
 pin_setup # PIN=1: load and backend on CPU 0, proxies on CPU 1 (lib.sh)
 # The agents' VIP ranges (127.X.0.0/16): another bench's agents on the
 # same range would answer in their place.
@@ -270,7 +275,13 @@ run_grpc() { # ENGINE ROUND
       -- sleep $((LAT_SECONDS > 1 ? LAT_SECONDS - 1 : 1)) >/dev/null 2>&1 &
     ppid="$ppid $!"
   fi
-  if timeout $((LAT_SECONDS + 30)) "${PIN_LOAD[@]}" "$FORTIO" load -grpc -ping -qps 0 -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
+  local pstat=() bspid=
+  if [ "$PEERSTAT" = 1 ]; then
+    pstat=(perf stat -x, -e "$PEER_EVENTS" -o "$out.client.stat" --)
+    perf stat -x, -e "$PEER_EVENTS" -p "$PID_httpd" -o "$out.backend.stat" -- sleep "$LAT_SECONDS" >/dev/null 2>&1 &
+    bspid=$!
+  fi
+  if timeout $((LAT_SECONDS + 30)) "${PIN_LOAD[@]}" "${pstat[@]}" "$FORTIO" load -grpc -ping -qps 0 -c "$GRPC_CONNS" -t "${LAT_SECONDS}s" \
        -r "$FORTIO_RES" -loglevel Error -json "$out.json" "$g" >"$out.log" 2>&1 &&
      v=$("$BIN/benchjson" fortio "$out.json" 2>&1); then
     m1=$(machine_ticks); t1=$(date +%s.%N)
@@ -290,13 +301,28 @@ run_grpc() { # ENGINE ROUND
     GMCH[$e,$r]=$(awk -v m=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", m / hz * 1e6 / n}')
     # shellcheck disable=SC2086 # one PID or two
     [ -z "$ppid" ] || wait $ppid || log "profile of round $r failed"
+    if [ -n "$bspid" ]; then
+      wait "$bspid" || log "perf stat of the backend, round $r, failed"
+      PCLI[$e,$r]=$(peer_stat "$out.client.stat" "$n"); PBACK[$e,$r]=$(peer_stat "$out.backend.stat" "$n")
+    fi
   else
+    [ -z "$bspid" ] || wait "$bspid" || true
     log "gRPC $e round $r FAILED: $(tail -n 3 "$out.log") ${v:-}"; GQ[$e,$r]=fail; GCPU[$e,$r]=fail; GKRN[$e,$r]=fail; GSC[$e,$r]=fail
     GBUSY[$e,$r]=fail; GMCH[$e,$r]=fail
     FAILED+=("gRPC $e round $r")
   fi
 }
-declare -A GP50 GP99
+declare -A GP50 GP99 PCLI PBACK
+# PEERSTAT: task-clock (ms), context switches and system calls as perf
+# stat -x, counts them; peer_stat FILE N prints them per call:
+# "CPU-µs cs sys read write futex epoll_pwait".
+PEER_EVENTS=task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_pwait
+peer_stat() {
+  awk -F, -v n="$2" '$3 == "task-clock" {t = $1} $3 == "context-switches" {cs = $1} $3 == "raw_syscalls:sys_enter" {sc = $1}
+    $3 == "syscalls:sys_enter_read" {rd = $1} $3 == "syscalls:sys_enter_write" {wr = $1}
+    $3 == "syscalls:sys_enter_futex" {fx = $1} $3 == "syscalls:sys_enter_epoll_pwait" {ep = $1}
+    END {printf "%.1f %.2f %.2f %.2f %.2f %.2f %.2f\n", t * 1000 / n, cs / n, sc / n, rd / n, wr / n, fx / n, ep / n}' "$1"
+}
 run_grpc_lat() { # ENGINE ROUND: gRPC ping at a fixed rate, its p50 and p99 (ms)
   local e=$1 r=$2 h g out="$TMP/grpclat-$1-$2" v p50 p99 bad
   read -r h g <<<"${WEB[$e]}"
@@ -364,6 +390,29 @@ report_file h2path
     "${NGINX:+(nginx: h2load $(calc "%.2f" "$(median_of HQ nginx "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ nginx "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}" \
     "${HAPROXY:+(HAProxy: h2load $(calc "%.2f" "$(median_of HQ haproxy "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ haproxy "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}" \
     "${BASELINE_BIN:+(baseline: h2load $(calc "%.2f" "$(median_of HQ base "$ROUNDS")" "$(median_of HQ direct "$ROUNDS")" "a / b"), gRPC $(calc "%.2f" "$(median_of GQ base "$ROUNDS")" "$(median_of GQ direct "$ROUNDS")" "a / b"))}"
+  if [ "$PEERSTAT" = 1 ]; then
+    echo
+    echo "PEERSTAT: fortio's gRPC client and its backend (perf stat over each gRPC run; the backend's over"
+    echo "LAT_SECONDS from the client's start), per call, per round a / b / c: CPU µs (task-clock), context"
+    echo "switches, all system calls, read, write, futex, epoll_pwait."
+    echo
+    echo "| path | side | CPU µs | cs | syscalls | read | write | futex | epoll_pwait |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    for e in "${ENGINES[@]}"; do
+      for side in client backend; do
+        local_row="| ${LABEL[$e]} | $side |"
+        for col in 1 2 3 4 5 6 7; do
+          vals=""
+          for r in $(seq 1 "$ROUNDS"); do
+            if [ "$side" = client ]; then v=${PCLI[$e,$r]:-}; else v=${PBACK[$e,$r]:-}; fi
+            vals+="${vals:+ / }$(awk -v c="$col" '{print $c}' <<<"${v:-n/a}")"
+          done
+          local_row+=" $vals |"
+        done
+        echo "$local_row"
+      done
+    done
+  fi
   if [ "$LAT_QPS" != 0 ]; then
     echo
     echo "gRPC ping at a fixed $LAT_QPS req/s (fortio load -grpc -ping -qps $LAT_QPS -c $GRPC_CONNS -t ${LAT_SECONDS}s); times in ms,"
