@@ -105,6 +105,10 @@ type Sample struct {
 	// Live is the heap the last collection found live (0 where the
 	// runtime does not say).
 	Live uint64
+	// Roots is the goroutine stacks and globals the last collection
+	// scanned: the runtime grows its heap goal by the GC percent of these
+	// too.
+	Roots uint64
 }
 
 // Trimmer decides, tick by tick, when to trim. It does no I/O: Start feeds
@@ -209,11 +213,13 @@ const (
 	mStacks  = "/memory/classes/heap/stacks:bytes"
 	mGorout  = "/sched/goroutines:goroutines"
 	mLive    = "/gc/heap/live:bytes"
+	mStackSc = "/gc/scan/stack:bytes"
+	mGlobSc  = "/gc/scan/globals:bytes"
 )
 
 // Read samples the runtime's counters.
 func Read() Sample {
-	ms := []metrics.Sample{{Name: mAllocs}, {Name: mObjects}, {Name: mUnused}, {Name: mFree}, {Name: mStacks}, {Name: mGorout}, {Name: mLive}}
+	ms := []metrics.Sample{{Name: mAllocs}, {Name: mObjects}, {Name: mUnused}, {Name: mFree}, {Name: mStacks}, {Name: mGorout}, {Name: mLive}, {Name: mStackSc}, {Name: mGlobSc}}
 	metrics.Read(ms)
 	v := func(i int) uint64 {
 		if ms[i].Value.Kind() != metrics.KindUint64 {
@@ -221,7 +227,7 @@ func Read() Sample {
 		}
 		return ms[i].Value.Uint64()
 	}
-	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4), Goroutines: v(5), Live: v(6), CPU: ProcessCPU()}
+	return Sample{Allocs: v(0), Held: v(1) + v(2) + v(3) + v(4), Goroutines: v(5), Live: v(6), Roots: v(7) + v(8), CPU: ProcessCPU()}
 }
 
 // Trim collects twice and returns the freed memory to the OS: the first
@@ -269,7 +275,7 @@ func (t *Trimmer) run(ctx context.Context, read func() Sample) int {
 		s := read()
 		trim := t.Step(s)
 		if t.pace != nil {
-			if pct := t.pace.next(t.busy, s.Live); pct >= 0 {
+			if pct := t.pace.next(t.busy, s.Live, s.Roots); pct >= 0 {
 				t.setPercent(pct)
 			}
 		}

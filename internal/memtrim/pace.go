@@ -28,10 +28,12 @@ import (
 // (FOGMESH_GC_HEADROOM unset).
 const DefaultHeadroom = 16 << 20
 
-// maxPercent caps the raised percent: a live heap of a few hundred KB
-// (the runtime's least goal is 4 MB anyway) is not given a percent of
-// thousands.
+// maxPercent caps the raised percent.
 const maxPercent = 800
+
+// minGoal is the runtime's least heap goal at 100 %: at percent g it is
+// minGoal×g/100 (runtime.defaultHeapMinimum).
+const minGoal = 4 << 20
 
 // pace is the decision core: the percent a tick asks for.
 type pace struct {
@@ -41,16 +43,17 @@ type pace struct {
 }
 
 // percent is the GC percent for a tick: base when idle or when the live
-// heap is not known; under load, enough for the heap to grow headroom
-// above live, between base and maxPercent.
-func (p *pace) percent(busy bool, live uint64) int {
+// heap is not known; under load, the most that keeps the runtime's heap
+// goal within headroom above live, between base and maxPercent. At
+// percent g the runtime's goal is live + (live+roots)×g/100 (roots: the
+// goroutine stacks and globals its last collection scanned), and at
+// least minGoal×g/100.
+func (p *pace) percent(busy bool, live, roots uint64) int {
 	if !busy || live == 0 || p.headroom == 0 {
 		return p.base
 	}
-	want := uint64(maxPercent)
-	if live > p.headroom*100/maxPercent {
-		want = p.headroom * 100 / live
-	}
+	h := min(p.headroom, 1<<40) // keeps the products below in range
+	want := min(uint64(maxPercent), h*100/(live+roots), (live+h)*100/minGoal)
 	return max(int(want), p.base)
 }
 
@@ -58,8 +61,8 @@ func (p *pace) percent(busy bool, live uint64) int {
 // current one: a change under an eighth of the current percent is not
 // made (the live heap moves a little every tick), a return to base always
 // is.
-func (p *pace) next(busy bool, live uint64) int {
-	want := p.percent(busy, live)
+func (p *pace) next(busy bool, live, roots uint64) int {
+	want := p.percent(busy, live, roots)
 	d := want - p.cur
 	if d == 0 || (want != p.base && d < p.cur/8 && -d < p.cur/8) {
 		return -1

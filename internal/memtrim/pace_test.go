@@ -4,6 +4,8 @@ import (
 	"context"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -12,29 +14,41 @@ import (
 func TestPacePercent(t *testing.T) {
 	p := pace{base: 100, headroom: 16 * mib, cur: 100}
 	for _, c := range []struct {
-		busy bool
-		live uint64
-		want int
+		busy        bool
+		live, roots uint64
+		want        int
 	}{
-		{false, 2 * mib, 100},        // idle: the start's percent
-		{true, 0, 100},               // live heap not known
-		{true, 2 * mib, 800},         // 16 MiB above 2: 800 %
-		{true, 4 * mib, 400},         // 16 above 4
-		{true, 8 * mib, 200},         // 16 above 8
-		{true, 16 * mib, 100},        // headroom reached: as before
-		{true, 64 * mib, 100},        // never below the start's
-		{true, 100 << 10, 800},       // a tiny heap: capped
-		{true, 16*mib/8 - 1, 800},    // just under the cap's live heap
-		{true, 16*mib/8 + 4096, 798}, // just over it
+		{false, 2 * mib, 0, 100},        // idle: the start's percent
+		{true, 0, 0, 100},               // live heap not known
+		{true, 2 * mib, 0, 450},         // the least goal, 4 MiB × 4.5, is 2 + 16 MiB
+		{true, 100 << 10, 0, 402},       // a tiny heap: the least goal bounds it
+		{true, 4 * mib, 0, 400},         // 4 + (4 × 4) MiB
+		{true, 8 * mib, 0, 200},         // 16 above 8
+		{true, 4 * mib, 4 * mib, 200},   // the stacks and globals count: 4 + (8 × 2) MiB
+		{true, mib, 31 * mib, 100},      // many stacks: never below the start's
+		{true, 16 * mib, 0, 100},        // headroom reached: as before
+		{true, 64 * mib, 0, 100},        // never below the start's
+		{true, 8*mib + 4096, 0, 199},    // just over 8 MiB
+		{true, 8*mib - 4096, mib, 177},  // 16/9 of 100
+		{true, 3 * mib, mib / 2, 457},   // the stacks' bound below the least goal's 475
+		{true, 3 * mib, mib / 8, 475},   // the least goal's bound below the stacks' 512
+		{false, 3 * mib, 31 * mib, 100}, // idle
 	} {
-		if got := p.percent(c.busy, c.live); got != c.want {
-			t.Errorf("percent(busy %v, live %d) = %d, want %d", c.busy, c.live, got, c.want)
+		if got := p.percent(c.busy, c.live, c.roots); got != c.want {
+			t.Errorf("percent(busy %v, live %d, roots %d) = %d, want %d", c.busy, c.live, c.roots, got, c.want)
 		}
 	}
-	if got := (&pace{base: 300, headroom: 16 * mib}).percent(true, 8*mib); got != 300 {
+	big := pace{base: 100, headroom: 64 * mib}
+	if got := big.percent(true, 4*mib, 0); got != 800 {
+		t.Errorf("headroom 64 MiB, live 4: %d, want the cap 800", got)
+	}
+	if got := (&pace{base: 100, headroom: 1 << 62}).percent(true, 1<<40, 0); got != 100 {
+		t.Errorf("headroom 2^62, live 1 TiB: %d, want 100 (the headroom taken as 1 TiB, no overflow)", got)
+	}
+	if got := (&pace{base: 300, headroom: 16 * mib}).percent(true, 8*mib, 0); got != 300 {
 		t.Errorf("start at 300 %%, live 8 MiB: %d, want 300 (never below the start's)", got)
 	}
-	if got := (&pace{base: 100}).percent(true, mib); got != 100 {
+	if got := (&pace{base: 100}).percent(true, mib, 0); got != 100 {
 		t.Errorf("no headroom: %d, want 100", got)
 	}
 }
@@ -57,12 +71,12 @@ func TestPaceNextSkipsSmallMoves(t *testing.T) {
 		{true, 15 * mib, 106},       // 106 against 100: within an eighth, but
 	}
 	for i, s := range steps[:len(steps)-1] {
-		if got := p.next(s.busy, s.live); got != s.want {
+		if got := p.next(s.busy, s.live, 0); got != s.want {
 			t.Fatalf("step %d: next(busy %v, live %d) = %d, want %d", i, s.busy, s.live, got, s.want)
 		}
 	}
 	// ... a move away from the start's percent under an eighth is left.
-	if got := p.next(true, 15*mib); got != -1 {
+	if got := p.next(true, 15*mib, 0); got != -1 {
 		t.Fatalf("106 %% from 100 %%: set %d, want left", got)
 	}
 }
@@ -122,52 +136,55 @@ func TestRunPacesGCWhileLoaded(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// Ticks 1-20 loaded (64 MiB a tick, live 2 MiB), then idle.
-	const loaded = 20
+	// Ticks 1-20 loaded (64 MiB a tick, live 2 MiB), 21-30 idle, then
+	// loaded again until run ends.
+	const loaded, idle = 20, 30
 	tick := 0
+	var allocs uint64
 	seen := make(chan [2]int, 1000) // (tick, percent) as each sample is read
 	read := func() Sample {
 		tick++
 		seen <- [2]int{tick, GCPercent()}
-		if tick <= loaded {
-			return Sample{Allocs: uint64(tick) * 64 * mib, Live: 2 * mib}
+		if tick <= loaded || tick > idle {
+			allocs += 64 * mib
 		}
-		return Sample{Allocs: loaded * 64 * mib, Live: 2 * mib}
+		return Sample{Allocs: allocs, Live: 2 * mib}
 	}
 	tr.Step(read())
 	done := make(chan struct{})
 	go func() { tr.run(ctx, read); close(done) }()
-	var at10, atEnd int
+	at := map[int]int{} // tick: the percent as its sample was read
 	deadline := time.After(10 * time.Second)
-	for atEnd == 0 {
+	for at[idle+10] == 0 {
 		select {
 		case s := <-seen:
-			switch s[0] {
-			case 10:
-				at10 = s[1]
-			case loaded + 10:
-				atEnd = s[1]
-			}
+			at[s[0]] = s[1]
 		case <-deadline:
-			t.Fatal("run read no samples for 10 s")
+			t.Fatalf("run read %d samples in 10 s", len(at))
 		}
 	}
-	if at10 != 800 {
-		t.Errorf("GC percent at a loaded tick: %d, want 800 (16 MiB above a 2 MiB live heap, capped)", at10)
-	}
-	if atEnd != 100 {
-		t.Errorf("GC percent after idle ticks: %d, want the start's 100", atEnd)
-	}
-	// Load again, then end run while loaded: the start's percent is back.
+	// End run while loaded and paced: the start's percent is back.
 	cancel()
-	<-done
+	for drained := false; !drained; {
+		select {
+		case <-seen:
+		case <-done:
+			drained = true
+		}
+	}
+	if at[10] != 450 || at[idle+10] != 450 {
+		t.Errorf("GC percent at loaded ticks: %d, %d, want 450 (the least goal, 4 MiB × 4.5, 16 MiB above a 2 MiB live heap)", at[10], at[idle+10])
+	}
+	if at[idle] != 100 {
+		t.Errorf("GC percent after idle ticks: %d, want the start's 100", at[idle])
+	}
 	if p := GCPercent(); p != 100 {
-		t.Errorf("GC percent after run ended: %d, want 100", p)
+		t.Errorf("GC percent after run ended while loaded: %d, want 100", p)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(changes) != 2 || changes[0] != [2]int{100, 800} || changes[1] != [2]int{800, 100} {
-		t.Errorf("OnPace saw %v, want [[100 800] [800 100]]", changes)
+	if want := [][2]int{{100, 450}, {450, 100}, {100, 450}, {450, 100}}; !slices.Equal(changes, want) {
+		t.Errorf("OnPace saw %v, want %v", changes, want)
 	}
 }
 
@@ -216,4 +233,59 @@ func TestStartPacesRealLoad(t *testing.T) {
 	close(stop)
 	<-stopped
 	waitFor("idle again", func(p int) bool { return p == 100 })
+}
+
+// deep parks on release with about depth KiB of stack in use, once it
+// has told down.
+func deep(depth int, down func(), release <-chan struct{}) byte {
+	var frame [1 << 10]byte
+	frame[depth%len(frame)] = byte(depth)
+	if depth > 0 {
+		return deep(depth-1, down, release) + frame[0]
+	}
+	down()
+	<-release
+	return frame[0]
+}
+
+// heapGoal reads the runtime's heap goal.
+func heapGoal() uint64 {
+	ms := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}}
+	metrics.Read(ms)
+	return ms[0].Value.Uint64()
+}
+
+// TestPaceGoalWithinHeadroom: the percent a loaded tick asks for gives a
+// heap goal (the runtime's own, /gc/heap/goal:bytes) at most Headroom
+// above the live heap (or the start's goal, where that is higher): the
+// runtime grows the goal by the percent of the goroutine stacks and
+// globals too, and its least goal (4 MiB at 100 %) by the percent.
+func TestPaceGoalWithinHeadroom(t *testing.T) {
+	orig := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(orig)
+	const headroom = 16 * mib
+	for _, stacks := range []int{0, 128} { // none; 128 goroutines on 64 KiB (8 MiB of stack)
+		release := make(chan struct{})
+		var down, parked sync.WaitGroup
+		for range stacks {
+			down.Add(1)
+			parked.Add(1)
+			go func() { defer parked.Done(); deep(64, down.Done, release) }()
+		}
+		down.Wait()
+		runtime.GC() // the stacks' scan and the live heap as of now
+		s := Read()
+		before := heapGoal()
+		p := newPace(headroom)
+		pct := p.percent(true, s.Live, s.Roots)
+		debug.SetGCPercent(pct)
+		goal := heapGoal()
+		debug.SetGCPercent(100)
+		close(release)
+		parked.Wait()
+		if limit := max(before, s.Live+headroom); goal > limit+64<<10 {
+			t.Errorf("%d parked goroutines: live heap %d KiB, goal at 100 %% %d KiB; paced to %d %%, goal %d KiB, want at most %d KiB (live + headroom)",
+				stacks, s.Live>>10, before>>10, pct, goal>>10, limit>>10)
+		}
+	}
 }
