@@ -55,7 +55,9 @@ type Config struct {
 	// counts as loaded, the GC percent is raised so that the heap may grow
 	// Headroom bytes above the live heap between collections (never below
 	// the percent at the start, at most 800); the first idle tick puts the
-	// start's percent back. HeadroomFromEnv gives the agent's.
+	// start's percent back, and so does the end of Start's run. A percent
+	// set by others meanwhile (debug.SetGCPercent) is left, and the pace
+	// stops. HeadroomFromEnv gives the agent's.
 	Headroom uint64
 	// OnPace, if not nil, is told each change of the GC percent the pace
 	// makes.
@@ -171,9 +173,17 @@ func (t *Trimmer) Step(s Sample) bool {
 	return true
 }
 
-// setPercent sets the GC percent and tells OnPace.
-func (t *Trimmer) setPercent(pct int) {
-	if from := debug.SetGCPercent(pct); from != pct && t.cfg.OnPace != nil {
+// setPercent sets the GC percent the pace asks for and tells OnPace. Where
+// the percent was no longer prev, the one the pace set last (a test or the
+// program set its own since), it puts that one back and paces no more.
+func (t *Trimmer) setPercent(prev, pct int) {
+	from := debug.SetGCPercent(pct)
+	if from != prev {
+		debug.SetGCPercent(from)
+		t.pace = nil
+		return
+	}
+	if from != pct && t.cfg.OnPace != nil {
 		t.cfg.OnPace(from, pct)
 	}
 }
@@ -263,9 +273,11 @@ func (t *Trimmer) run(ctx context.Context, read func() Sample) int {
 	defer tick.Stop()
 	trims := 0
 	settled := t.cfg.Settled
-	if t.pace != nil {
-		defer t.setPercent(t.pace.base)
-	}
+	defer func() {
+		if t.pace != nil && t.pace.cur != t.pace.base {
+			t.setPercent(t.pace.cur, t.pace.base)
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -275,8 +287,9 @@ func (t *Trimmer) run(ctx context.Context, read func() Sample) int {
 		s := read()
 		trim := t.Step(s)
 		if t.pace != nil {
+			prev := t.pace.cur
 			if pct := t.pace.next(t.busy, s.Live, s.Roots); pct >= 0 {
-				t.setPercent(pct)
+				t.setPercent(prev, pct)
 			}
 		}
 		if settled != nil && t.Settled() {

@@ -289,3 +289,77 @@ func TestPaceGoalWithinHeadroom(t *testing.T) {
 		}
 	}
 }
+
+// TestPaceLeavesOthersPercent: a GC percent set by others while run paces
+// (a test turning the GC off, the program's own) is left as it is, by the
+// next change the pace would make, the idle tick and the end of run.
+func TestPaceLeavesOthersPercent(t *testing.T) {
+	orig := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(orig)
+	for _, c := range []struct {
+		name   string
+		loaded func(tick int) bool
+		live   func(tick int) uint64
+		theirs int // set as tick 10 is read
+	}{
+		// Paced to 450, then off; the pace would go to 200, then to 100.
+		{"paced", func(tick int) bool { return tick <= 20 }, func(tick int) uint64 { return uint64(2+6*min(tick/11, 1)) * mib }, -1},
+		// Never paced: only run's end would set it.
+		{"idle", func(int) bool { return false }, func(int) uint64 { return 2 * mib }, 50},
+	} {
+		debug.SetGCPercent(100)
+		var changes [][2]int // run's goroutine only until done
+		tr := NewTrimmer(Config{Interval: time.Millisecond, IdleTicks: 1000, Headroom: 16 * mib,
+			OnPace: func(from, to int) { changes = append(changes, [2]int{from, to}) }})
+		tr.pace = newPace(tr.cfg.Headroom)
+		ctx, cancel := context.WithCancel(context.Background())
+		tick := 0
+		var allocs uint64
+		seen := make(chan [2]int, 1000)
+		read := func() Sample {
+			tick++
+			if tick == 10 {
+				debug.SetGCPercent(c.theirs)
+			}
+			seen <- [2]int{tick, GCPercent()}
+			if c.loaded(tick) {
+				allocs += 64 * mib
+			}
+			return Sample{Allocs: allocs, Live: c.live(tick)}
+		}
+		tr.Step(read())
+		done := make(chan struct{})
+		go func() { tr.run(ctx, read); close(done) }()
+		at := map[int]int{}
+		deadline := time.After(10 * time.Second)
+		for at[40] == 0 {
+			select {
+			case s := <-seen:
+				at[s[0]] = s[1]
+			case <-deadline:
+				cancel()
+				t.Fatalf("%s: run read %d samples in 10 s", c.name, len(at))
+			}
+		}
+		cancel()
+		for drained := false; !drained; {
+			select {
+			case <-seen:
+			case <-done:
+				drained = true
+			}
+		}
+		end := GCPercent()
+		for _, tk := range []int{15, 25, 40} {
+			if at[tk] != c.theirs {
+				t.Errorf("%s: GC percent at tick %d: %d, want %d (set by others at tick 10)", c.name, tk, at[tk], c.theirs)
+			}
+		}
+		if end != c.theirs {
+			t.Errorf("%s: GC percent after run: %d, want %d (set by others)", c.name, end, c.theirs)
+		}
+		if c.name == "paced" && (at[5] != 450 || !slices.Equal(changes, [][2]int{{100, 450}})) {
+			t.Errorf("%s: paced to %d at tick 5, changes %v; want 450, [[100 450]]", c.name, at[5], changes)
+		}
+	}
+}
