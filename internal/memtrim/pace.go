@@ -90,6 +90,9 @@ func HeadroomFromEnv() (uint64, string) {
 	if err != nil {
 		return 0, fmt.Sprintf("FOGMESH_GC_HEADROOM=%q: %v", v, err)
 	}
+	if n == 0 {
+		return 0, "FOGMESH_GC_HEADROOM=" + v
+	}
 	return n, ""
 }
 
@@ -117,8 +120,8 @@ func parseSize(s string) (uint64, error) {
 	return n * mul, nil
 }
 
-// GCPercent reads the runtime's current GC percent (GOGC; 0 where the
-// runtime does not say, or GOGC is off).
+// GCPercent reads the runtime's current GC percent (GOGC; -1 where GOGC
+// is off, 0 where the runtime does not say).
 func GCPercent() int {
 	ms := []metrics.Sample{{Name: "/gc/gogc:percent"}}
 	metrics.Read(ms)

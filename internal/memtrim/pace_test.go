@@ -103,6 +103,8 @@ func TestHeadroomFromEnv(t *testing.T) {
 		{"2TiB", 0, true},
 		{"5000GiB", 0, true},
 		{"MiB", 0, true},
+		{"0MiB", 0, true}, // off, with the reason the agent's warning gives
+		{" 0 B ", 0, true},
 	} {
 		t.Setenv("FOGMESH_GC_HEADROOM", c.v)
 		got, why := HeadroomFromEnv()
@@ -361,5 +363,17 @@ func TestPaceLeavesOthersPercent(t *testing.T) {
 		if c.name == "paced" && (at[5] != 450 || !slices.Equal(changes, [][2]int{{100, 450}})) {
 			t.Errorf("%s: paced to %d at tick 5, changes %v; want 450, [[100 450]]", c.name, at[5], changes)
 		}
+	}
+}
+
+// TestGCPercentOff: GCPercent reads -1 with the GC off (the gauge
+// fogmesh_agent_gc_percent shows it), and newPace paces nothing then.
+func TestGCPercentOff(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	if p := GCPercent(); p != -1 {
+		t.Errorf("GC off: GCPercent %d, want -1", p)
+	}
+	if p := newPace(16 * mib); p != nil {
+		t.Errorf("GC off: pace %+v, want none", p)
 	}
 }
