@@ -170,7 +170,11 @@ func RunAgent(prog string, args []string) error {
 		// (16 MiB) above its live part between collections, and goes back
 		// to GOGC's pace at the first idle tick (memtrim's pace.go).
 		headroom, why := memtrim.HeadroomFromEnv()
-		if headroom == 0 && os.Getenv("FOGMESH_GC_HEADROOM") != "" {
+		switch v := strings.TrimSpace(os.Getenv("FOGMESH_GC_HEADROOM")); {
+		case headroom != 0 || v == "":
+		case v == "off" || v == "0":
+			log.Info("agent: the GC is not paced to the load", "why", why)
+		default:
 			log.Warn("agent: the GC is not paced to the load", "why", why)
 		}
 		cfg.Metrics.GetOrCreateGauge("fogmesh_agent_gc_percent", func() float64 { return float64(memtrim.GCPercent()) })

@@ -97,7 +97,7 @@ func HeadroomFromEnv() (uint64, string) {
 }
 
 // parseSize reads a byte count with an optional unit: B, KB, MB, GB
-// (powers of 1000) or KiB, MiB, GiB (powers of 1024).
+// (powers of 1000) or KiB, MiB, GiB (powers of 1024), in any case.
 func parseSize(s string) (uint64, error) {
 	units := []struct {
 		suffix string
@@ -105,8 +105,8 @@ func parseSize(s string) (uint64, error) {
 	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
 	mul := uint64(1)
 	for _, u := range units {
-		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, mul = strings.TrimSpace(rest), u.mul
+		if n := len(s) - len(u.suffix); n >= 0 && strings.EqualFold(s[n:], u.suffix) {
+			s, mul = strings.TrimSpace(s[:n]), u.mul
 			break
 		}
 	}

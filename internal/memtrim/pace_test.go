@@ -94,6 +94,8 @@ func TestHeadroomFromEnv(t *testing.T) {
 		{"0", 0, true},
 		{"8MiB", 8 << 20, false},
 		{"8 MiB", 8 << 20, false},
+		{"8mib", 8 << 20, false},
+		{"10mb", 10e6, false},
 		{"10MB", 10e6, false},
 		{"4194304", 4 << 20, false},
 		{"512KiB", 512 << 10, false},
