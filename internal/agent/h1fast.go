@@ -254,10 +254,11 @@ func (cs *h1ClientConn) headersDone() {
 // still holds if forward never closed its response's body (a panic after
 // the round trip; recoverConn keeps the agent up): its slots and its
 // client's place would stay taken for good. Once per connection, not per
-// request: a request forward finished has its body done already.
+// request: a request forward finished has its body done already. Both
+// steps run even if the body's Close panics (a bug).
 func (cs *h1ClientConn) endConn() {
+	defer cs.headersDone()
 	cs.done.abandon()
-	cs.headersDone()
 }
 
 // requestDone is headersDone once forward returned, the request (a lean
