@@ -306,3 +306,69 @@ func TestPanicLoggedH2(t *testing.T) {
 	checkPanicked(t, logPath, recv, "/big/2", "test: a bug while writing a response")
 	holdsNothing(t, a)
 }
+
+// panicReadConn panics once on a read after more than 64 KiB were read:
+// a bug while the round trip streams a request body upstream.
+type panicReadConn struct {
+	net.Conn
+	read  int
+	armed bool
+}
+
+func (c *panicReadConn) Read(p []byte) (int, error) {
+	if c.armed && c.read > 64<<10 {
+		c.armed = false
+		panic("test: a bug while reading a request body")
+	}
+	n, err := c.Conn.Read(p)
+	c.read += n
+	return n, err
+}
+
+// TestPanicInAttemptReleasesEndpoint: a panic inside an attempt (here
+// while the request body streams upstream) must not leave the endpoint's
+// count of active requests raised (least-request balancing would see it
+// busy for good) nor the request's slots taken, and the request is logged
+// as a 500.
+func TestPanicInAttemptReleasesEndpoint(t *testing.T) {
+	a, logPath, recv := panicObsAgent(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer a.recoverConn(sc)
+		a.handleConn(context.Background(), netip.MustParseAddrPort("127.75.0.1:19751"), &panicReadConn{Conn: sc, armed: true})
+	}()
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	const size = 1 << 20
+	go func() {
+		fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: po.demo\r\nContent-Length: %d\r\n\r\n", size)
+		c.Write(make([]byte, size)) // fails once the agent closed the connection
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection still served")
+	}
+	checkPanicked(t, logPath, recv, "/upload", "test: a bug while reading a request body")
+	holdsNothing(t, a)
+	a.statsByEP.Range(func(k, v any) bool {
+		if n := v.(*epStats).Active.Load(); n != 0 {
+			t.Errorf("endpoint %v: %d active requests after the panic, want 0", k, n)
+		}
+		return true
+	})
+}
