@@ -1,10 +1,18 @@
 package agent
 
 import (
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fogmesh/fogmesh/internal/accesslog"
 )
 
 // panicCloseBody is a response body whose Close panics (a bug).
@@ -49,5 +57,48 @@ func TestEndConnReleasesWhenClosePanics(t *testing.T) {
 	l.dropConn(place)
 	if len(l.n) != 0 {
 		t.Errorf("the limiter keeps %d clients, want none", len(l.n))
+	}
+}
+
+// TestAbandonResponseRecord: a response body given up after a panic ends
+// its request's record as a 500 with the panic; after http.ErrAbortHandler
+// (a handler that cut a response it had begun, not a bug) with the status
+// the client saw and that error. Either way once, and what the request
+// held is released.
+func TestAbandonResponseRecord(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	l, err := accesslog.New(accesslog.Config{Path: path, Metrics: metrics.NewSet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &observer{log: l, logRatio: 1}
+	var inflight atomic.Int64
+	for i, p := range []any{"a bug", http.ErrAbortHandler} {
+		req := httptest.NewRequest("GET", fmt.Sprintf("/%d", i), nil)
+		rec := o.begin(sideClient, req, http.Header{}, nil, "demo/x")
+		inflight.Add(1)
+		h := reqHold{inflight: &inflight}
+		resp := &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader("body"))}
+		h.onDoneIn(resp, nil)
+		rec.endOnBody(resp)
+		abandonResponse(resp.Body, p)
+		abandonResponse(resp.Body, p) // a second time: nothing more
+		resp.Body.Close()
+		if n := inflight.Load(); n != 0 {
+			t.Errorf("%v: %d in flight, want 0", p, n)
+		}
+	}
+	l.Close()
+	lines := readLog(t, path)
+	if len(lines) != 2 {
+		t.Fatalf("%d lines, want 2: %v", len(lines), lines)
+	}
+	for i, want := range []struct {
+		status float64
+		err    string
+	}{{500, "panic: a bug"}, {200, http.ErrAbortHandler.Error()}} {
+		if lines[i]["status"] != want.status || lines[i]["error"] != want.err {
+			t.Errorf("line %d: %v; want status %v, error %q", i, lines[i], want.status, want.err)
+		}
 	}
 }

@@ -51,7 +51,13 @@ func (rec *reqObs) endIfPanicked() {
 // or closed) is left as it was (doneBody.abandon).
 func abandonResponse(body io.ReadCloser, p any) {
 	if ob, ok := body.(*obsBody); ok {
-		ob.rec.endPanicked(p)
+		if p == http.ErrAbortHandler {
+			// Not a bug: the handler cut a response it had begun (its
+			// upstream failed mid-body): the status the client saw.
+			ob.rec.end(ob.resp.StatusCode, grpcStatusOf(ob.resp, ob.grpc), http.ErrAbortHandler)
+		} else {
+			ob.rec.endPanicked(p)
+		}
 		body = ob.ReadCloser
 	}
 	switch b := body.(type) {
