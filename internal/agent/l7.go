@@ -212,10 +212,10 @@ func newL7(a *Agent) *l7 {
 		// the stream's). A copy of the request carries it, so the server
 		// still sees its own body and closes a connection whose body was
 		// not read to the end. ReverseProxy wraps the body it forwards:
-		// the context carries it to lbTransport.
-		// The context also carries where lbTransport leaves the response
-		// body (upstreamBody): a panic in the handler gives it up
-		// (endCall), else what the request holds would stay taken.
+		// the context carries it to lbTransport. It also carries where
+		// lbTransport leaves the response body (upstreamBody): a panic in
+		// the handler gives it up (endCall), else what the request holds
+		// would stay taken.
 		var up *upstreamBody
 		if r.ProtoMajor == 2 {
 			w, ctx, tb, up = s.wrapH2(w, r, hasBody) // and the upstream body's, in one allocation

@@ -106,9 +106,9 @@ func (c *h2CallCtx) Value(key any) any {
 }
 
 // wrapH2 sets up r's h2Call: the writer and the context the handler goes
-// on with, the body's TimedBody (nil: no body) and the upstreamBody. A slow reader stalls
-// its stream's flow control, not the connection's writes
-// (taggedConn.Write): the stream's writes are bounded too.
+// on with, the body's TimedBody (nil: no body) and the upstreamBody. A
+// slow reader stalls its stream's flow control, not the connection's
+// writes (taggedConn.Write): the stream's writes are bounded too.
 func (s *l7) wrapH2(w http.ResponseWriter, r *http.Request, hasBody bool) (http.ResponseWriter, context.Context, *httpproxy.TimedBody, *upstreamBody) {
 	c := &h2Call{}
 	c.ctx.Context, c.ctx.call = r.Context(), c
