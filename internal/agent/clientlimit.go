@@ -145,9 +145,11 @@ type clientPlaceKey struct{}
 // acquireFor is acquire for req: at place if its connection keeps one
 // (the fast path's h1ClientConn hands it over: lbTransport.roundTripAt;
 // an HTTP/2 connection's is in the request's context), else by its
-// source address.
+// source address. Only a request of an HTTP/2 client (ProtoMajor 2,
+// which ReverseProxy and forwardH2 keep) can have a place in its
+// context: an HTTP/1.x request of the net/http server is not searched.
 func (l *clientLimiter) acquireFor(req *http.Request, place *clientPlace, limit int, h *reqHold) bool {
-	if place == nil {
+	if place == nil && req.ProtoMajor == 2 && limit > 0 {
 		place, _ = req.Context().Value(clientPlaceKey{}).(*clientPlace)
 	}
 	if place != nil {

@@ -236,6 +236,9 @@ type h1ClientConn struct {
 	// the response forward wrote and closed (requestDone).
 	done doneBody
 	sent *http.Response
+	// open is the body of the response forward has from the round trip
+	// until it has closed it (endConn: a panic in between).
+	open io.ReadCloser
 
 	// place is the client's in the per-client limit, kept while the
 	// connection is open (clientLimiter.holdConn; nil: no limit).
@@ -253,11 +256,23 @@ func (cs *h1ClientConn) headersDone() {
 // endConn ends the connection's last request: its headers, and what it
 // still holds if forward never closed its response's body (a panic after
 // the round trip; recoverConn keeps the agent up): its slots and its
-// client's place would stay taken for good. Once per connection, not per
-// request: a request forward finished has its body done already.
+// client's place would stay taken for good, and its access-log line and
+// span would never be written (l7panic.go: a 500 with the panic). Once
+// per connection, not per request: a request forward finished has its
+// body done already. Each step runs even if one before panics (a body's
+// Close, a bug); the panic goes on to recoverConn.
 func (cs *h1ClientConn) endConn() {
-	cs.done.abandon()
-	cs.headersDone()
+	p := recover() // endConn is deferred by serveH1: the panic, if any
+	if p != nil {
+		defer func() { panic(p) }() // last: recoverConn logs and counts it
+	}
+	defer cs.headersDone()
+	defer cs.done.abandon()
+	if p != nil && cs.open != nil {
+		body := cs.open
+		cs.open = nil
+		abandonResponse(body, p)
+	}
 }
 
 // requestDone is headersDone once forward returned, the request (a lean
@@ -335,6 +350,9 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 		cs.watchHead()
 	}
 	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done) // resp.Body is closed below, on every way out
+	if err == nil {
+		cs.open = resp.Body
+	}
 	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody {
 		tb.OnEnd(nil) // a body read to its end later (drained) arms no watch
 	}
@@ -367,7 +385,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	werr := httpproxy.WriteResponseUnflushed(bw, resp, in, keep, cs.watch)
 	resp.Body.Close()
 	// Written and closed: requestDone may reuse it.
-	cs.sent = resp
+	cs.sent, cs.open = resp, nil
 	if werr != nil || cs.wire.flush(bw, keep && !hasBody) != nil { // a body left to drain reads first: not held
 		return false
 	}

@@ -212,13 +212,23 @@ func newL7(a *Agent) *l7 {
 		// the stream's). A copy of the request carries it, so the server
 		// still sees its own body and closes a connection whose body was
 		// not read to the end. ReverseProxy wraps the body it forwards:
-		// the context carries it to lbTransport.
+		// the context carries it to lbTransport. It also carries where
+		// lbTransport leaves the response body (upstreamBody): a panic in
+		// the handler gives it up (endCall), else what the request holds
+		// would stay taken.
+		var up *upstreamBody
 		if r.ProtoMajor == 2 {
-			w, ctx, tb = s.wrapH2(w, r, hasBody) // and the upstream body's, in one allocation
-		} else if hasBody {
-			tb = httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
-			ctx = httpproxy.WithTimedBody(ctx, tb)
+			w, ctx, tb, up = s.wrapH2(w, r, hasBody) // and the upstream body's, in one allocation
+		} else {
+			c := &h1Call{}
+			c.ctx.Context, c.ctx.up, up = ctx, &c.up, &c.up
+			if hasBody {
+				tb = httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+				c.ctx.tb = tb
+			}
+			ctx = &c.ctx
 		}
+		defer endCall(up)
 		if tb != nil {
 			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 		}

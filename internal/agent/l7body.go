@@ -108,22 +108,23 @@ func (b *doneBody) Read(p []byte) (int, error) {
 }
 
 func (b *doneBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.once.Do(b.h.release)
-	return err
+	defer b.once.Do(b.h.release) // a Close that panics releases too
+	return b.ReadCloser.Close()
 }
 
 // abandon is Close for a body its request's code never finished (a panic
 // between the round trip and the close: the fast path's connection calls
 // it as it ends, h1fast.go). It does nothing once the body was done: the
 // wrapper is lent again for each request, and the body it last wrapped,
-// closed, may be a pooled response another connection reads by now.
+// closed, may be a pooled response another connection reads by now. The
+// request's hold is released even when the body's Close panics (a bug,
+// during the panic that ended the connection, or a panic of its own).
 func (b *doneBody) abandon() {
 	b.once.Do(func() {
+		defer b.h.release()
 		if b.ReadCloser != nil {
 			b.ReadCloser.Close()
 		}
-		b.h.release()
 	})
 }
 
@@ -146,7 +147,6 @@ type doneConn struct {
 }
 
 func (c *doneConn) Close() error {
-	err := c.ReadWriteCloser.Close()
-	c.once.Do(c.h.release)
-	return err
+	defer c.once.Do(c.h.release) // a Close that panics releases too
+	return c.ReadWriteCloser.Close()
 }

@@ -94,7 +94,9 @@ func (c *h2CallCtx) Value(key any) any {
 	case upstreamBodyKey:
 		return c.up
 	case h2CallKey:
-		return c.call
+		if c.call != nil { // none for an HTTP/1.x request (h1Call)
+			return c.call
+		}
 	case httpproxy.TimedBodyKey:
 		if c.tb != nil {
 			return c.tb
@@ -104,10 +106,10 @@ func (c *h2CallCtx) Value(key any) any {
 }
 
 // wrapH2 sets up r's h2Call: the writer and the context the handler goes
-// on with, and the body's TimedBody (nil: no body). A slow reader stalls
-// its stream's flow control, not the connection's writes
-// (taggedConn.Write): the stream's writes are bounded too.
-func (s *l7) wrapH2(w http.ResponseWriter, r *http.Request, hasBody bool) (http.ResponseWriter, context.Context, *httpproxy.TimedBody) {
+// on with, the body's TimedBody (nil: no body) and the upstreamBody. A
+// slow reader stalls its stream's flow control, not the connection's
+// writes (taggedConn.Write): the stream's writes are bounded too.
+func (s *l7) wrapH2(w http.ResponseWriter, r *http.Request, hasBody bool) (http.ResponseWriter, context.Context, *httpproxy.TimedBody, *upstreamBody) {
 	c := &h2Call{}
 	c.ctx.Context, c.ctx.call = r.Context(), c
 	if hasBody {
@@ -124,7 +126,15 @@ func (s *l7) wrapH2(w http.ResponseWriter, r *http.Request, hasBody bool) (http.
 			out = &c.sw
 		}
 	}
-	return out, &c.ctx, c.ctx.tb
+	return out, &c.ctx, c.ctx.tb, c.lw.up
+}
+
+// h1Call is what newL7's handler adds to an HTTP/1.x request of the
+// net/http server, in one allocation: the context that carries its
+// upstreamBody and its TimedBody (if it has a body; no h2Call).
+type h1Call struct {
+	ctx h2CallCtx
+	up  upstreamBody
 }
 
 // serveH2Port serves a client connection of an h2c or gRPC port: HTTP/2

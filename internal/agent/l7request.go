@@ -47,6 +47,7 @@ func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *
 		return lt.serve(req, nil, place, done)
 	}
 	rec.src = connIdentityFrom(req.Context())
+	defer rec.endIfPanicked() // a bug in the round trip: logged and traced as a 500 (l7panic.go)
 	resp, err := lt.serve(req, rec, place, done)
 	if err != nil {
 		rec.end(errorStatus(req, err), "", err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -147,8 +148,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if attemptCtx != req.Context() { // a copy only for a context of the attempt's own
 			attempt = req.WithContext(attemptCtx)
 		}
-		resp, err := a.egressRoundTrip(rt, sv, ev, attempt)
-		active.Add(-1)
+		resp, err := a.attemptAt(rt, sv, ev, attempt, active, release)
 		if err != nil {
 			release()
 			switch context.Cause(attemptCtx) {
@@ -393,3 +393,21 @@ func upstreamFailure(err error) bool {
 
 // idempotent methods may be retried after they reached an endpoint (RFC 9110 §9.2.2).
 var idempotent = map[string]bool{"GET": true, "HEAD": true, "OPTIONS": true, "TRACE": true, "PUT": true, "DELETE": true}
+
+// attemptAt is one attempt's round trip, counted in active (raised by the
+// caller) until it returns. A panic in it (a bug: l7panic.go) lowers the
+// count and releases the attempt's node watch and timer (release) before
+// it goes on: least-request balancing would see the endpoint busy for
+// good, and the watch would stay in nodeWatches.
+func (a *Agent) attemptAt(rt http.RoundTripper, sv *serviceView, ev *endpointView, req *http.Request, active *atomic.Int64, release func()) (resp *http.Response, err error) {
+	returned := false
+	defer func() {
+		active.Add(-1)
+		if !returned {
+			release()
+		}
+	}()
+	resp, err = a.egressRoundTrip(rt, sv, ev, req)
+	returned = true
+	return resp, err
+}

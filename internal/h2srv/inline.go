@@ -60,17 +60,18 @@ func (sc *conn) inlineReady() bool {
 	st := sc.pending.st
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	return st.recvDone && !st.removed && !sc.closed && !sc.othersOpenLocked(st) && !sc.othersWaitWinLocked(st)
+	return st.recvDone && !st.removed && !sc.closed && !sc.othersBusyLocked(st)
 }
 
-// othersWaitWinLocked: a stream besides st waits for send window. It is
-// not open beside st (othersOpenLocked: it may be answered), and its
-// worker called waitingOnReader before st could run inline, so only the
-// read loop's goroutine, free, reads its WINDOW_UPDATE: st goes to a
-// worker, or that stream would wait for st's handler (up to inlineLimit).
-func (sc *conn) othersWaitWinLocked(st *stream) bool {
+// othersBusyLocked: a stream besides st is open (othersOpenLocked), or
+// waits for send window, in one walk of the streams. One that waits for
+// window may have been answered (it is not open then), but its worker
+// called waitingOnReader before st could run inline, so only the read
+// loop's goroutine, free, reads its WINDOW_UPDATE: st goes to a worker,
+// or that stream would wait for st's handler (up to inlineLimit).
+func (sc *conn) othersBusyLocked(st *stream) bool {
 	for _, o := range sc.streams {
-		if o != st && o.waitingWin {
+		if o != st && (o.waitingWin || !o.answered.Load()) {
 			return true
 		}
 	}

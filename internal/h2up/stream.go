@@ -94,6 +94,16 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	// error: returned by fn, it would close the connection and fail the
 	// streams open on it.
 	var refused error
+	// A panic in the write (a bug: sendReady reads the body, whose
+	// wrappers are the caller's) must not leave the stream open for good
+	// (its slot, its entry, a stream the endpoint waits on): it is reset
+	// as the panic goes on to the caller (the write lock is free by then).
+	written := false
+	defer func() {
+		if !written {
+			s.abandon(ran, pre)
+		}
+	}()
 	err := c.writeFlushCtx(ctx.Done(), func() error {
 		ran = true
 		c.mu.Lock()
@@ -126,6 +136,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return s.sendReady(pre, hasTrailer)
 	}, !hasBody || ready)
+	written = true
 	if refused != nil { // whatever the flush of others' frames did
 		c.streamDone()
 		return nil, refused
@@ -163,6 +174,28 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		return nil, s.respErr
 	}
 	return s.resp, nil
+}
+
+// errAbandoned: the request's write panicked (roundTrip).
+var errAbandoned = errors.New("h2up: the request's write panicked")
+
+// abandon undoes what roundTrip's write did before it panicked: the
+// stream is reset if it was opened, else its slot given back; the ready
+// body's buffer goes back to its pool.
+func (s *stream) abandon(ran bool, pre *pending) {
+	c := s.c
+	switch {
+	case s.id != 0:
+		s.reset(http2.ErrCodeCancel, errAbandoned, true)
+	case ran:
+		c.streamDone()
+	default:
+		c.unreserve()
+	}
+	if pre != nil && pre.bp != nil {
+		bufPool.Put(pre.bp)
+		pre.bp = nil
+	}
 }
 
 // afterEnd drops the stream from the connection once both sides ended.

@@ -1,0 +1,85 @@
+package h2up_test
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/h2up"
+)
+
+// panicReadyBody says its read does not wait, then panics in it: a bug in
+// a request body's wrapper, read on the caller's goroutine (sendReady,
+// under the connection's write lock, right after the request's HEADERS).
+type panicReadyBody struct{}
+
+func (panicReadyBody) ReadReady() bool          { return true }
+func (panicReadyBody) Read([]byte) (int, error) { panic("test: a bug in a request body's read") }
+func (panicReadyBody) Close() error             { return nil }
+
+// TestPanicInReadyBodyClosesStream: a request whose body panics as it is
+// first read, its stream already opened, must not leave the stream open
+// on the connection (a slot of the server's MAX_CONCURRENT_STREAMS and an
+// entry of the connection's streams for good, a stream the endpoint
+// waits on); the panic goes on to the caller, and the connection serves
+// on.
+func TestPanicInReadyBodyClosesStream(t *testing.T) {
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	d := &dialer{}
+	d.target.Store(ln.Addr().String())
+	pool := h2up.New(h2up.Config{Dial: d.dial})
+	defer pool.Close()
+	get := func() {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+		resp, err := pool.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "ok" || err != nil {
+			t.Fatalf("answer %q %v", b, err)
+		}
+	}
+	get() // the connection is up
+	p := func() (p any) {
+		defer func() { p = recover() }()
+		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/", panicReadyBody{})
+		req.ContentLength = -1
+		pool.RoundTrip(req)
+		return nil
+	}()
+	if p == nil || !strings.Contains(p.(string), "request body's read") {
+		t.Fatalf("recovered %v, want the body's panic", p)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if n, _ := h2up.Buffered(pool); n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			n, _ := h2up.Buffered(pool)
+			t.Fatalf("%d streams still open on the connection after the panic, want 0", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	get() // served on, on the same connection
+	if n := d.dials.Load(); n != 1 {
+		t.Errorf("%d dials, want 1", n)
+	}
+}
