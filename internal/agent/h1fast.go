@@ -331,10 +331,11 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	if in.Context() != cs.ctx || hasBody {
 		out = in.WithContext(cs.ctx)
 	}
+	var at time.Time // the request's start (zero: lbTransport reads it)
 	if !hasBody {
-		cs.watchHead()
+		at = cs.watchHeadAt()
 	}
-	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done) // resp.Body is closed below, on every way out
+	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done, at) // resp.Body is closed below, on every way out
 	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody {
 		tb.OnEnd(nil) // a body read to its end later (drained) arms no watch
 	}

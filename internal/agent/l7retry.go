@@ -68,7 +68,7 @@ func retryPolicyOf(p api.RetryPolicy) retry.Policy {
 // one has been tried the same ones again (after a back-off). A failed
 // connect sent nothing: it moves on to the next candidate (up to
 // maxAttempts connects) whatever the policy says.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs) (*http.Response, error) {
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs, at time.Time) (*http.Response, error) {
 	a := lt.l7.a
 	pol := retryPolicyOf(policy)
 	perTry := time.Duration(policy.PerTryTimeout)
@@ -128,8 +128,14 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		// The monotonic clock alone (monoTime: one vDSO call, not
 		// time.Now's two): start and end are only ever subtracted and
-		// compared with other readings that have it.
-		start := monoTime()
+		// compared with other readings that have it. The first attempt's
+		// start may be the caller's reading (at: the fast path's, as it
+		// handed the request on, a microsecond or so before); a retry's
+		// is its own.
+		start := at
+		if at = (time.Time{}); start.IsZero() {
+			start = monoTime()
+		}
 		st := a.epStats(ev)
 		active := &st.Active
 		active.Add(1)
@@ -147,7 +153,14 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if attemptCtx != req.Context() { // a copy only for a context of the attempt's own
 			attempt = req.WithContext(attemptCtx)
 		}
-		resp, err := a.egressRoundTrip(rt, sv, ev, attempt)
+		var resp *http.Response
+		var err error
+		var end time.Time // the pool's reading as the head came (zero: none)
+		if p, ok := rt.(*httpproxy.Pool); ok && len(sv.svc.Spec.Egress) == 0 {
+			resp, end, err = p.RoundTripAt(attempt, start) // the pool shares the clock's readings (no egress rules to apply: egressRoundTrip's)
+		} else {
+			resp, err = a.egressRoundTrip(rt, sv, ev, attempt)
+		}
 		active.Add(-1)
 		if err != nil {
 			release()
@@ -192,8 +205,10 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				httpproxy.ResponseHeader(resp).Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
 				f = httpproxy.ResponseFields(resp)
 			}
-			took := time.Since(start) // the monotonic clock: one vDSO call, not time.Now's two
-			end := start.Add(took)
+			if end.IsZero() {
+				end = monoTime() // the monotonic clock: one vDSO call, not time.Now's two
+			}
+			took := end.Sub(start)
 			st.Observe(end, took)
 			a.requestMetrics(src, t.svc, route, ev, resp.StatusCode, took)
 			grpc := strings.HasPrefix(f.Get("Content-Type"), "application/grpc")
