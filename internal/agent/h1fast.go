@@ -154,7 +154,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 		if err != nil {
 			return // incomplete header: client gone or header timeout, as net/http
 		}
-		req := httpproxy.LeanRequest(cs.ctx, br, &cs.hb) // a plain head; else net/http's parse
+		req := httpproxy.LeanRequestHead(cs.ctx, br, &cs.hb, len(hdr)) // a plain head; else net/http's parse
 		lean := req != nil
 		if req == nil {
 			if req, err = http.ReadRequest(br); err != nil {

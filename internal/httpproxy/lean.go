@@ -73,8 +73,16 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 // first line (CR excluded) and its field lines, or false if the buffer
 // holds no whole head whose lines all end in CRLF.
 func leanHead(br *bufio.Reader) (head, first, fields string, ok bool) {
+	return leanHeadOf(br, -1)
+}
+
+// leanHeadOf is leanHead for a head of n bytes the caller found already
+// (headEnd of the buffer, as PeekHeader returns it; n < 0: not found yet).
+func leanHeadOf(br *bufio.Reader, n int) (head, first, fields string, ok bool) {
 	b, _ := br.Peek(br.Buffered())
-	n := headEnd(b)
+	if n < 0 || n > len(b) {
+		n = headEnd(b)
+	}
 	if n < 4 || b[n-2] != '\r' {
 		return "", "", "", false
 	}
@@ -269,7 +277,14 @@ func (b *lengthBody) Close() error { return nil }
 // of the header. The request has context ctx, and its header is hb's
 // (nil: a new one) until hb.Done.
 func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Request {
-	head, line, fields, ok := leanHead(br)
+	return LeanRequestHead(ctx, br, hb, -1)
+}
+
+// LeanRequestHead is LeanRequest for a head of size bytes at the start of
+// br's buffer, as PeekHeader found it (its length; size < 0: to find):
+// the head is not searched for its end a second time.
+func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size int) *http.Request {
+	head, line, fields, ok := leanHeadOf(br, size)
 	if !ok {
 		return nil
 	}
