@@ -68,7 +68,7 @@ func retryPolicyOf(p api.RetryPolicy) retry.Policy {
 // one has been tried the same ones again (after a back-off). A failed
 // connect sent nothing: it moves on to the next candidate (up to
 // maxAttempts connects) whatever the policy says.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs, at time.Time) (*http.Response, error) {
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs, clk *reqClock) (*http.Response, error) {
 	a := lt.l7.a
 	pol := retryPolicyOf(policy)
 	perTry := time.Duration(policy.PerTryTimeout)
@@ -129,11 +129,14 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		// The monotonic clock alone (monoTime: one vDSO call, not
 		// time.Now's two): start and end are only ever subtracted and
 		// compared with other readings that have it. The first attempt's
-		// start may be the caller's reading (at: the fast path's, as it
+		// start may be the caller's reading (clk: the fast path's, as it
 		// handed the request on, a microsecond or so before); a retry's
 		// is its own.
-		start := at
-		if at = (time.Time{}); start.IsZero() {
+		var start time.Time
+		if clk != nil {
+			start, clk.start = clk.start, time.Time{}
+		}
+		if start.IsZero() {
 			start = monoTime()
 		}
 		st := a.epStats(ev)
@@ -221,6 +224,9 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				o.GRPCStatus = f.Get("Grpc-Status") // a trailers-only response
 			}
 			if resp.StatusCode == http.StatusSwitchingProtocols || !lt.mayRetry(t, pol, req.Method, replayable(), o, retries) {
+				if clk != nil {
+					clk.end = end
+				}
 				return resp, nil
 			}
 			if kept := keepResponse(resp, keepResponseWait(perTry)); kept != nil {
