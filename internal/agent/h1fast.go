@@ -321,8 +321,8 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 	httpproxy.SetXForwardedValues(h, cs.xff, cs.xfh)
 	// The source identity, as setSourceIdentity sets it (no value slice
-	// made per request).
-	delete(h, SourceIDHeader)
+	// made per request). The client's own is gone already: scrubbed
+	// above, or a clean lean head had none (scrubsCanonical names it).
 	if cs.srcID != nil {
 		h[SourceIDHeader] = cs.srcID
 	}

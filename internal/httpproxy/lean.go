@@ -27,7 +27,8 @@ import (
 // strs (at least one per line), or reports false for a line outside the
 // subset. Values and already canonical names are substrings of s. With
 // host, Host fields are counted and the first one's value returned instead
-// of being added to h (http.ReadRequest removes them), and scrub reports
+// of being added to h (http.ReadRequest removes them), a field framesBody
+// names makes it report false (LeanRequest's to decline), and scrub reports
 // whether any name added to h is one ScrubRequestHeader deletes
 // (scrubsName, scrubsCanonical): with none, it would leave h as it is.
 func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, hostValue string, scrub, ok bool) {
@@ -55,8 +56,13 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 			hosts++
 			continue
 		}
-		if host && !scrub {
-			scrub = scrubsCanonical(key) // a valid name (checked above), canonical
+		if host {
+			if framesBody(key) {
+				return 0, "", false, false // a request with a body (or trailers, Pragma): not a lean one
+			}
+			if !scrub {
+				scrub = scrubsCanonical(key) // a valid name (checked above), canonical
+			}
 		}
 		if vv := h[key]; vv != nil {
 			h[key] = append(vv, v)
@@ -67,6 +73,18 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 		}
 	}
 	return hosts, hostValue, scrub, true
+}
+
+// framesBody: a request field of this canonical name takes the head out
+// of the lean subset (LeanRequest): it frames a body, or declares
+// trailers, or is Pragma (http.ReadRequest's no-cache rule). Found as the
+// fields are parsed, not by four map lookups after.
+func framesBody(key string) bool {
+	switch key {
+	case "Content-Length", "Transfer-Encoding", "Trailer", "Pragma":
+		return true
+	}
+	return false
 }
 
 // leanHead returns the head at the start of br's buffer as a string, its
@@ -313,11 +331,6 @@ func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size 
 	hosts, host, scrub, ok := leanFields(fields, h, strs, true)
 	if !ok || hosts != 1 {
 		return nil
-	}
-	for _, k := range [...]string{"Content-Length", "Transfer-Encoding", "Trailer", "Pragma"} {
-		if _, ok := h[k]; ok {
-			return nil
-		}
 	}
 	u := &lr.url
 	if !leanTarget(u, target) {
