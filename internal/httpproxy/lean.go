@@ -144,12 +144,12 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	}
 	ctx := req.Context()
 	if hb := rawHeaderBuf(ctx); hb != nil {
-		if length, ok := rawFields(fields); ok {
+		if length, names, ok := rawFields(fields); ok {
 			// Kept raw: read through ResponseField, written as it came
 			// (WriteResponse), made a map only if asked (ResponseHeader).
 			resp := pc.newLeanResponse(hb, http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 				ContentLength: length, Request: req, Body: http.NoBody})
-			hb.busy, hb.raw, hb.rawFields = true, resp, fields
+			hb.busy, hb.raw, hb.rawFields, hb.rawNames = true, resp, fields, names
 			pc.respond(resp, len(head), length)
 			return resp
 		}
