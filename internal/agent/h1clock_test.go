@@ -12,8 +12,8 @@ import (
 )
 
 // TestH1LatencyFromSharedClock: the fast path's latency figures start at
-// the head watch's clock reading and end at the pool's as the response
-// head came (no readings of their own): for an endpoint that takes
+// lbTransport's clock reading (the pool's too) and end at the pool's as
+// the response head came (no reading of their own): for an endpoint that takes
 // slowFor to answer, the request duration histogram and the endpoint's
 // latency (EWMA) count at least that, and no more than the client waited.
 func TestH1LatencyFromSharedClock(t *testing.T) {

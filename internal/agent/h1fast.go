@@ -343,7 +343,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 	cs.clk = reqClock{}
 	if !hasBody {
-		cs.clk.start = cs.watchHeadAt() // the request's start (else lbTransport reads it)
+		cs.watchHead()
 	}
 	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done, &cs.clk) // resp.Body is closed below, on every way out
 	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody {

@@ -62,12 +62,7 @@ func (cs *h1ClientConn) now() time.Time {
 // client went away. An endpoint that never answers would otherwise keep
 // the request, its goroutine and both connections for good: services have
 // no request timeout by default. stopHead ends the watch.
-func (cs *h1ClientConn) watchHead() { cs.watchHeadAt() }
-
-// watchHeadAt is watchHead, which returns its clock reading: the fast
-// path's request starts then (forward passes it on as the first
-// attempt's start, not a reading of its own). Zero with a test's clock.
-func (cs *h1ClientConn) watchHeadAt() time.Time {
+func (cs *h1ClientConn) watchHead() {
 	now := cs.now()
 	cs.headMu.Lock()
 	cs.headWaiting, cs.headSince, cs.headDone = true, now, nil
@@ -76,10 +71,6 @@ func (cs *h1ClientConn) watchHeadAt() time.Time {
 		cs.setHeadTimerLocked(headWatchAfter)
 	}
 	cs.headMu.Unlock()
-	if cs.clock != nil {
-		return time.Time{} // not monoTime's
-	}
-	return now
 }
 
 func (cs *h1ClientConn) setHeadTimerLocked(d time.Duration) {

@@ -57,13 +57,13 @@ func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *
 	return resp, nil
 }
 
-// reqClock is the fast path's clock readings of one request (monoTime),
-// shared with lbTransport so that neither reads the clock again: start,
-// the caller's as it handed the request on (zero: none), is the first
-// attempt's start; end is set, when a response is returned, to the
-// reading its latency figures ended with (the pool's, as its head came;
-// zero: none).
-type reqClock struct{ start, end time.Time }
+// reqClock is the fast path's share of lbTransport's clock readings:
+// end is set, when a response is returned, to the reading (monoTime) its
+// latency figures ended with (the pool's, as its head came; zero: none).
+// (The start is lbTransport's own reading, after admission, faults and
+// authorization: a reading of the caller's from before them would count
+// their waits as the endpoint's latency.)
+type reqClock struct{ end time.Time }
 
 // serve is RoundTrip's work; rec (nil: none) learns the route, endpoint
 // and attempts; place and done are roundTripAt's.

@@ -128,17 +128,9 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		// The monotonic clock alone (monoTime: one vDSO call, not
 		// time.Now's two): start and end are only ever subtracted and
-		// compared with other readings that have it. The first attempt's
-		// start may be the caller's reading (clk: the fast path's, as it
-		// handed the request on, a microsecond or so before); a retry's
-		// is its own.
-		var start time.Time
-		if clk != nil {
-			start, clk.start = clk.start, time.Time{}
-		}
-		if start.IsZero() {
-			start = monoTime()
-		}
+		// compared with other readings that have it. The pool takes it as
+		// its own (Pool.RoundTripAt).
+		start := monoTime()
 		st := a.epStats(ev)
 		active := &st.Active
 		active.Add(1)
