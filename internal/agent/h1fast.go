@@ -106,7 +106,11 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}
 	lastPost := false
 	for {
-		if now := monoTime(); !wire.next(br, now, now.Add(cs.idleTimeout(s, tc.target))) {
+		now := cs.nextAt // the last response's reading if nothing waited since (forward)
+		if cs.nextAt = (time.Time{}); now.IsZero() {
+			now = monoTime()
+		}
+		if !wire.next(br, now, now.Add(cs.idleTimeout(s, tc.target))) {
 			return // the last response's write failed
 		}
 		if _, err := br.Peek(1); err != nil {
@@ -154,7 +158,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 		if err != nil {
 			return // incomplete header: client gone or header timeout, as net/http
 		}
-		req := httpproxy.LeanRequest(cs.ctx, br, &cs.hb) // a plain head; else net/http's parse
+		req := httpproxy.LeanRequestHead(cs.ctx, br, &cs.hb, len(hdr)) // a plain head; else net/http's parse
 		lean := req != nil
 		if req == nil {
 			if req, err = http.ReadRequest(br); err != nil {
@@ -239,6 +243,12 @@ type h1ClientConn struct {
 	// open is the body of the response forward has from the round trip
 	// until it has closed it (endConn: a panic in between).
 	open io.ReadCloser
+
+	// clk is the request's clock readings, shared with lbTransport;
+	// nextAt (zero: none) the serving loop's next reading, the last
+	// response's end if nothing waited since (forward).
+	clk    reqClock
+	nextAt time.Time
 
 	// place is the client's in the per-client limit, kept while the
 	// connection is open (clientLimiter.holdConn; nil: no limit).
@@ -326,8 +336,8 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 	httpproxy.SetXForwardedValues(h, cs.xff, cs.xfh)
 	// The source identity, as setSourceIdentity sets it (no value slice
-	// made per request).
-	delete(h, SourceIDHeader)
+	// made per request). The client's own is gone already: scrubbed
+	// above, or a clean lean head had none (scrubsCanonical names it).
 	if cs.srcID != nil {
 		h[SourceIDHeader] = cs.srcID
 	}
@@ -346,10 +356,11 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	if in.Context() != cs.ctx || hasBody {
 		out = in.WithContext(cs.ctx)
 	}
+	cs.clk = reqClock{}
 	if !hasBody {
 		cs.watchHead()
 	}
-	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done) // resp.Body is closed below, on every way out
+	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done, &cs.clk) // resp.Body is closed below, on every way out
 	if err == nil {
 		cs.open = resp.Body
 	}
@@ -382,12 +393,20 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 		// before it sends the rest.)
 		keep, cs.linger = false, true
 	}
+	whole := resp.ContentLength == 0 || resp.ContentLength > 0 && bufferedUpstream(resp.Body) >= resp.ContentLength
+	cs.wire.wrote = false
 	werr := httpproxy.WriteResponseUnflushed(bw, resp, in, keep, cs.watch)
 	resp.Body.Close()
 	// Written and closed: requestDone may reuse it.
 	cs.sent, cs.open = resp, nil
 	if werr != nil || cs.wire.flush(bw, keep && !hasBody) != nil { // a body left to drain reads first: not held
 		return false
+	}
+	if whole && cs.wire.held != nil && !cs.wire.wrote {
+		// Nothing waited since the response head came (its body was in,
+		// the response is held for the next read): that reading is the
+		// serving loop's next one too.
+		cs.nextAt = cs.clk.end
 	}
 	if hasBody {
 		keep = cs.drainOrLinger(in, body, keep)
@@ -430,6 +449,15 @@ func (cs *h1ClientConn) drain(body io.Reader) bool {
 	}
 	cs.linger = true
 	return false
+}
+
+// bufferedUpstream is how many bytes of body are buffered already
+// (httpproxy.UpstreamBuffered; 0: unknown).
+func bufferedUpstream(body io.Reader) int64 {
+	if ub, ok := body.(httpproxy.UpstreamBuffered); ok {
+		return int64(ub.BufferedUpstream())
+	}
+	return 0
 }
 
 // lingerFor bounds lingerClose.

@@ -47,6 +47,8 @@ type h1Wire struct {
 	// before it is sent); holding: Write keeps what bw flushes.
 	held    []byte
 	holding bool
+	// wrote: Write wrote to the client (not held) since forward cleared it.
+	wrote bool
 	// until is the next request's read deadline (the idle timeout) while
 	// the fused read's own is fuseRecheck's. rechecking: that one is
 	// still set after the read that brought bytes; until is set again
@@ -82,6 +84,7 @@ func (w *h1Wire) Write(p []byte) (int, error) {
 		w.held = p
 		return len(p), nil
 	}
+	w.wrote = true
 	return w.tc.Write(p) // bounded (taggedConn.Write)
 }
 

@@ -540,7 +540,7 @@ func TestPoolClosedIsNoConnectFailure(t *testing.T) {
 	closed := s.h1.poolFor(sv, ev, "web")
 	closed.Close(false) // as prune does during a view swap
 	req := httptest.NewRequest("GET", "http://pc/", nil)
-	resp, err := s.h1.rt.roundTrip(req, sv, listenTarget{svc: "shop/pc", port: "web", proto: "http"}, []*endpointView{ev}, api.RetryPolicy{}, "", nil)
+	resp, err := s.h1.rt.roundTrip(req, sv, listenTarget{svc: "shop/pc", port: "web", proto: "http"}, []*endpointView{ev}, api.RetryPolicy{}, "", nil, nil)
 	if err != nil {
 		t.Fatalf("a closed pool failed the request: %v", err)
 	}

@@ -26,29 +26,30 @@ type lbTransport struct {
 }
 
 func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	return lt.roundTripAt(req, nil, nil)
+	return lt.roundTripAt(req, nil, nil, nil)
 }
 
 // roundTripAt is RoundTrip for a request whose client connection keeps its
 // client's place in the per-client limit (place; nil: none, the request
 // counts by its source address), and lends the response's body wrapper
 // (done, reqHold.onDoneIn; nil: a new one): the caller closes the body
-// before the next request that lends it.
-func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *doneBody) (*http.Response, error) {
+// before the next request that lends it. clk (nil: none) shares the
+// clock's readings with the caller (reqClock).
+func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *doneBody, clk *reqClock) (*http.Response, error) {
 	o := lt.l7.a.obs
 	if o == nil {
-		return lt.serve(req, nil, place, done)
+		return lt.serve(req, nil, place, done, clk)
 	}
 	// The request's span and access-log line (observe.go): req's header
 	// is the one sent on, so the trace context goes with it.
 	t, _ := req.Context().Value(targetKey{}).(listenTarget)
 	rec := o.begin(sideClient, req, req.Header, lt.l7.a.view.Load().services[t.svc], t.svc)
 	if rec == nil {
-		return lt.serve(req, nil, place, done)
+		return lt.serve(req, nil, place, done, clk)
 	}
 	rec.src = connIdentityFrom(req.Context())
 	defer rec.endIfPanicked() // a bug in the round trip: logged and traced as a 500 (l7panic.go)
-	resp, err := lt.serve(req, rec, place, done)
+	resp, err := lt.serve(req, rec, place, done, clk)
 	if err != nil {
 		rec.end(errorStatus(req, err), "", err)
 		return nil, err
@@ -57,9 +58,17 @@ func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *
 	return resp, nil
 }
 
+// reqClock is the fast path's share of lbTransport's clock readings:
+// end is set, when a response is returned, to the reading (monoTime) its
+// latency figures ended with (the pool's, as its head came; zero: none).
+// (The start is lbTransport's own reading, after admission, faults and
+// authorization: a reading of the caller's from before them would count
+// their waits as the endpoint's latency.)
+type reqClock struct{ end time.Time }
+
 // serve is RoundTrip's work; rec (nil: none) learns the route, endpoint
 // and attempts; place and done are roundTripAt's.
-func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace, done *doneBody) (resp *http.Response, err error) {
+func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace, done *doneBody, clk *reqClock) (resp *http.Response, err error) {
 	a := lt.l7.a
 	t, ok := req.Context().Value(targetKey{}).(listenTarget)
 	if !ok {
@@ -187,7 +196,7 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 	if rec != nil {
 		rec.route = routeName(rule)
 	}
-	resp, err = lt.roundTrip(req, sv, t, cands, retries, routeName(rule), rec)
+	resp, err = lt.roundTrip(req, sv, t, cands, retries, routeName(rule), rec, clk)
 	if err != nil {
 		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
 			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)

@@ -69,7 +69,7 @@ func retryPolicyOf(p api.RetryPolicy) retry.Policy {
 // one has been tried the same ones again (after a back-off). A failed
 // connect sent nothing: it moves on to the next candidate (up to
 // maxAttempts connects) whatever the policy says.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs) (*http.Response, error) {
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs, clk *reqClock) (*http.Response, error) {
 	a := lt.l7.a
 	pol := retryPolicyOf(policy)
 	perTry := time.Duration(policy.PerTryTimeout)
@@ -129,7 +129,8 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		// The monotonic clock alone (monoTime: one vDSO call, not
 		// time.Now's two): start and end are only ever subtracted and
-		// compared with other readings that have it.
+		// compared with other readings that have it. The pool takes it as
+		// its own (Pool.RoundTripAt).
 		start := monoTime()
 		st := a.epStats(ev)
 		active := &st.Active
@@ -148,7 +149,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if attemptCtx != req.Context() { // a copy only for a context of the attempt's own
 			attempt = req.WithContext(attemptCtx)
 		}
-		resp, err := a.attemptAt(rt, sv, ev, attempt, active, release)
+		resp, end, err := a.attemptAt(rt, sv, ev, attempt, start, active, release) // end: the pool's reading as the head came (zero: none)
 		if err != nil {
 			release()
 			switch context.Cause(attemptCtx) {
@@ -192,8 +193,10 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				httpproxy.ResponseHeader(resp).Del(hdrWorkloadRefused) // not honoured (a body was sent): a plain 503
 				f = httpproxy.ResponseFields(resp)
 			}
-			took := time.Since(start) // the monotonic clock: one vDSO call, not time.Now's two
-			end := start.Add(took)
+			if end.IsZero() {
+				end = monoTime() // the monotonic clock: one vDSO call, not time.Now's two
+			}
+			took := end.Sub(start)
 			st.Observe(end, took)
 			a.requestMetrics(src, t.svc, route, ev, resp.StatusCode, took)
 			grpc := strings.HasPrefix(f.Get("Content-Type"), "application/grpc")
@@ -206,6 +209,9 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				o.GRPCStatus = f.Get("Grpc-Status") // a trailers-only response
 			}
 			if resp.StatusCode == http.StatusSwitchingProtocols || !lt.mayRetry(t, pol, req.Method, replayable(), o, retries) {
+				if clk != nil {
+					clk.end = end
+				}
 				return resp, nil
 			}
 			if kept := keepResponse(resp, keepResponseWait(perTry)); kept != nil {
@@ -399,7 +405,7 @@ var idempotent = map[string]bool{"GET": true, "HEAD": true, "OPTIONS": true, "TR
 // count and releases the attempt's node watch and timer (release) before
 // it goes on: least-request balancing would see the endpoint busy for
 // good, and the watch would stay in nodeWatches.
-func (a *Agent) attemptAt(rt http.RoundTripper, sv *serviceView, ev *endpointView, req *http.Request, active *atomic.Int64, release func()) (resp *http.Response, err error) {
+func (a *Agent) attemptAt(rt http.RoundTripper, sv *serviceView, ev *endpointView, req *http.Request, start time.Time, active *atomic.Int64, release func()) (resp *http.Response, end time.Time, err error) {
 	returned := false
 	defer func() {
 		active.Add(-1)
@@ -407,7 +413,11 @@ func (a *Agent) attemptAt(rt http.RoundTripper, sv *serviceView, ev *endpointVie
 			release()
 		}
 	}()
-	resp, err = a.egressRoundTrip(rt, sv, ev, req)
+	if p, ok := rt.(*httpproxy.Pool); ok && len(sv.svc.Spec.Egress) == 0 {
+		resp, end, err = p.RoundTripAt(req, start) // the pool shares the clock's readings (no egress rules to apply: egressRoundTrip's)
+	} else {
+		resp, err = a.egressRoundTrip(rt, sv, ev, req)
+	}
 	returned = true
-	return resp, err
+	return resp, end, err
 }

@@ -42,6 +42,7 @@ type HeaderBuf struct {
 	// ResponseHeader makes it.
 	raw       *http.Response
 	rawFields string
+	rawNames  uint64 // rawFields's names' lengths (rawFields)
 	// req is base's; Done keeps it (it holds no header).
 	req *http.Request
 	// spare is the map of the last request, cleared (Recycle), for the

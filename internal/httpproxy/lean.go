@@ -27,7 +27,8 @@ import (
 // strs (at least one per line), or reports false for a line outside the
 // subset. Values and already canonical names are substrings of s. With
 // host, Host fields are counted and the first one's value returned instead
-// of being added to h (http.ReadRequest removes them), and scrub reports
+// of being added to h (http.ReadRequest removes them), a field framesBody
+// names makes it report false (LeanRequest's to decline), and scrub reports
 // whether any name added to h is one ScrubRequestHeader deletes
 // (scrubsName, scrubsCanonical): with none, it would leave h as it is.
 func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, hostValue string, scrub, ok bool) {
@@ -55,8 +56,13 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 			hosts++
 			continue
 		}
-		if host && !scrub {
-			scrub = scrubsCanonical(key) // a valid name (checked above), canonical
+		if host {
+			if framesBody(key) {
+				return 0, "", false, false // a request with a body (or trailers, Pragma): not a lean one
+			}
+			if !scrub {
+				scrub = scrubsCanonical(key) // a valid name (checked above), canonical
+			}
 		}
 		if vv := h[key]; vv != nil {
 			h[key] = append(vv, v)
@@ -69,12 +75,32 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 	return hosts, hostValue, scrub, true
 }
 
+// framesBody: a request field of this canonical name takes the head out
+// of the lean subset (LeanRequest): it frames a body, or declares
+// trailers, or is Pragma (http.ReadRequest's no-cache rule). Found as the
+// fields are parsed, not by four map lookups after.
+func framesBody(key string) bool {
+	switch key {
+	case "Content-Length", "Transfer-Encoding", "Trailer", "Pragma":
+		return true
+	}
+	return false
+}
+
 // leanHead returns the head at the start of br's buffer as a string, its
 // first line (CR excluded) and its field lines, or false if the buffer
 // holds no whole head whose lines all end in CRLF.
 func leanHead(br *bufio.Reader) (head, first, fields string, ok bool) {
+	return leanHeadOf(br, -1)
+}
+
+// leanHeadOf is leanHead for a head of n bytes the caller found already
+// (headEnd of the buffer, as PeekHeader returns it; n < 0: not found yet).
+func leanHeadOf(br *bufio.Reader, n int) (head, first, fields string, ok bool) {
 	b, _ := br.Peek(br.Buffered())
-	n := headEnd(b)
+	if n < 0 || n > len(b) {
+		n = headEnd(b)
+	}
 	if n < 4 || b[n-2] != '\r' {
 		return "", "", "", false
 	}
@@ -118,12 +144,12 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	}
 	ctx := req.Context()
 	if hb := rawHeaderBuf(ctx); hb != nil {
-		if length, ok := rawFields(fields); ok {
+		if length, names, ok := rawFields(fields); ok {
 			// Kept raw: read through ResponseField, written as it came
 			// (WriteResponse), made a map only if asked (ResponseHeader).
 			resp := pc.newLeanResponse(hb, http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 				ContentLength: length, Request: req, Body: http.NoBody})
-			hb.busy, hb.raw, hb.rawFields = true, resp, fields
+			hb.busy, hb.raw, hb.rawFields, hb.rawNames = true, resp, fields, names
 			pc.respond(resp, len(head), length)
 			return resp
 		}
@@ -269,7 +295,14 @@ func (b *lengthBody) Close() error { return nil }
 // of the header. The request has context ctx, and its header is hb's
 // (nil: a new one) until hb.Done.
 func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Request {
-	head, line, fields, ok := leanHead(br)
+	return LeanRequestHead(ctx, br, hb, -1)
+}
+
+// LeanRequestHead is LeanRequest for a head of size bytes at the start of
+// br's buffer, as PeekHeader found it (its length; size < 0: to find):
+// the head is not searched for its end a second time.
+func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size int) *http.Request {
+	head, line, fields, ok := leanHeadOf(br, size)
 	if !ok {
 		return nil
 	}
@@ -298,11 +331,6 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 	hosts, host, scrub, ok := leanFields(fields, h, strs, true)
 	if !ok || hosts != 1 {
 		return nil
-	}
-	for _, k := range [...]string{"Content-Length", "Transfer-Encoding", "Trailer", "Pragma"} {
-		if _, ok := h[k]; ok {
-			return nil
-		}
 	}
 	u := &lr.url
 	if !leanTarget(u, target) {

@@ -283,7 +283,13 @@ func fuzzLeanRequestAfter(t *testing.T, data []byte, recycled bool) (took bool) 
 	br := bufio.NewReaderSize(bytes.NewReader(data), BufSize)
 	br.Peek(1)
 	buffered := br.Buffered()
-	got := LeanRequest(ctx, br, &hb)
+	var got *http.Request
+	if recycled { // and as the fast path calls it: the head's length from its own search (PeekHeader's)
+		b, _ := br.Peek(buffered)
+		got = LeanRequestHead(ctx, br, &hb, headEnd(b))
+	} else {
+		got = LeanRequest(ctx, br, &hb)
+	}
 	if got == nil {
 		if br.Buffered() != buffered {
 			t.Fatalf("declined %q but consumed %d bytes", data, buffered-br.Buffered())

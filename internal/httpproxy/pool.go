@@ -96,6 +96,11 @@ type poolConn struct {
 	bw     *bufio.Writer
 	idleAt time.Time
 	usedAt time.Time // when get took it from the idle list (zero: new)
+	// doneAt is when the last response's head was read (RoundTripAt),
+	// kept for put if its body was in the buffer by then (read to its
+	// end at once: put's own reading would be a few microseconds later);
+	// zero: put reads the clock.
+	doneAt time.Time
 	reused bool
 	uses   int // requests sent on it
 	// peekNext: the last response had no body by rule (HEAD, 204, 304)
@@ -183,7 +188,12 @@ func (p *Pool) ShrinkIdle(keep int) int {
 // answer. Checking every reuse (one MSG_PEEK) closes it, but cost 9 % of
 // the HTTP/1.1 rate and 7 µs of CPU per request in bench.sh (session 19,
 // BENCHMARKS.md), so it was reverted.
-func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*poolConn, error) {
+//
+// now is the caller's reading of the monotonic clock (MonoTime) taken
+// just before (zero: get reads it). A connection put back after it (by
+// another goroutine) has a negative idle time: it counts as just used,
+// which it was.
+func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration, now time.Time) (*poolConn, error) {
 	if !fresh {
 		p.mu.Lock()
 		for len(p.idle) > 0 {
@@ -192,7 +202,9 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 			p.mu.Unlock()
 			// MonoTime reads the monotonic clock only (idleAt has it):
 			// one vDSO call, not time.Now's two.
-			now := MonoTime()
+			if now.IsZero() {
+				now = MonoTime()
+			}
 			if idle := now.Sub(pc.idleAt); idle < p.cfg.IdleTimeout && !pc.retired() && ((idle < checkAfter && !pc.peekNext) || pc.alive()) {
 				pc.reused, pc.peekNext, pc.fuse, pc.usedAt = true, false, idle < fuseIdleMax, now
 				return pc, nil
@@ -232,7 +244,10 @@ func (p *Pool) get(ctx context.Context, fresh bool, checkAfter time.Duration) (*
 }
 
 func (p *Pool) put(pc *poolConn) {
-	pc.idleAt = MonoTime() // read with the monotonic clock only (get, reapIdle)
+	if pc.idleAt = pc.doneAt; pc.idleAt.IsZero() {
+		pc.idleAt = MonoTime() // read with the monotonic clock only (get, reapIdle)
+	}
+	pc.doneAt = time.Time{}
 	p.mu.Lock()
 	if p.closed || len(p.idle) >= p.cfg.MaxIdle || pc.retired() {
 		p.mu.Unlock()
@@ -291,64 +306,22 @@ var ErrPoolClosed = errors.New("upstream pool closed")
 // endpoint had closed it while idle.
 var errStale = errors.New("reused connection closed by the endpoint")
 
-// RoundTrip sends req on a pooled connection. A request that may be
-// repeated (no body, idempotent method) is sent again on a new connection
-// when a reused one turns out closed, as http.Transport does.
-func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
-	replayable := (req.Body == nil || req.Body == http.NoBody) && isIdempotent(req.Method)
-	for attempt := 0; ; attempt++ {
-		// A replayable request is sent again if its connection was stale,
-		// so only long-idle connections are checked first; others are
-		// checked after a few idle milliseconds (one MSG_PEEK).
-		checkAfter := checkIdleAfter
-		if !replayable {
-			checkAfter = checkIdleAfterBody
-		}
-		pc, err := p.get(req.Context(), attempt > 0, checkAfter)
-		if err != nil {
-			return nil, err
-		}
-		pc.uses++
-		resp, err := pc.roundTrip(req)
-		if err == nil {
-			return resp, nil
-		}
-		pc.close()
-		if errors.Is(err, errStale) {
-			if replayable && attempt == 0 {
-				continue
-			}
-			err = io.ErrUnexpectedEOF // an upstream failure, as http.Transport reports it
-		}
-		return nil, err
-	}
-}
-
-// isIdempotent: a method that may be sent twice (RFC 9110 §9.2.2).
-func isIdempotent(method string) bool {
-	switch method {
-	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
-		return true
-	}
-	return false
-}
-
 var aLongTimeAgo = time.Unix(1, 0)
 
-func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
+func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, time.Time, error) {
 	ctx := req.Context()
 	var stop func() bool
 	var mark *streamCancelMark // hook the body only, if it streams (WithStreamCancel)
 	if ctx.Done() != nil {
 		if ctx.Err() != nil {
-			return nil, context.Cause(ctx)
+			return nil, time.Time{}, context.Cause(ctx)
 		}
 		// A cancelled request (its timeout, a dead upstream) ends the attempt: the deadline
 		// unblocks the read or write, and the connection is not reused.
 		if mark = cancelsOnlyStreams(ctx); mark == nil {
 			stop = context.AfterFunc(ctx, pc.poison)
 		} else if !mark.await(pc) { // CancelHeadWait ends the exchange
-			return nil, context.Cause(ctx)
+			return nil, time.Time{}, context.Cause(ctx)
 		}
 	}
 	resp, err := pc.exchange(req)
@@ -365,8 +338,9 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 				err = context.Cause(ctx)
 			}
 		}
-		return nil, err
+		return nil, time.Time{}, err
 	}
+	at := MonoTime() // the head is in: the exchange's end (RoundTripAt)
 	b := pc.bodyFor(resp)
 	b.pc, b.body, b.stop, b.close = pc, resp.Body, stop, resp.Close
 	if resp.Body == http.NoBody {
@@ -379,14 +353,23 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, error) {
 				b.close = true
 			}
 		}
+		pc.doneAt = at
 		b.finish(true)
-		return resp, nil
+		return resp, at, nil
+	}
+	if resp.ContentLength >= 0 && int64(pc.br.Buffered()) >= resp.ContentLength {
+		// All of the body is in: read to its end next (the response is
+		// written on), the connection goes back as of now. (A client
+		// slow to take it makes that reading early: the connection counts
+		// as idle for longer than it was, which only makes the pool more
+		// careful with it.)
+		pc.doneAt = at
 	}
 	if mark != nil && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
 		b.stop = context.AfterFunc(ctx, pc.poison) // reads of the body may block: a client gone mid-stream ends them
 	}
 	resp.Body = b
-	return resp, nil
+	return resp, at, nil
 }
 
 // exchange writes req and reads the response header.

@@ -3,6 +3,7 @@ package httpproxy
 // What a pool connection writes: the request line, header and body.
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,16 +16,16 @@ import (
 func (pc *poolConn) writeRequest(req *http.Request) error {
 	bw := pc.bw
 	uri := req.URL.RequestURI() // no allocation for a path that needs no escaping and no query
-	bw.WriteString(req.Method)
-	bw.WriteByte(' ')
-	bw.WriteString(uri)
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
 	}
-	bw.WriteString(host)
-	bw.WriteString("\r\n")
+	// The head is appended to bw's free space and written with one Write
+	// (a bufio.Writer's WriteString per piece cost about 4 ns each, four
+	// per field); a piece that does not fit goes through WriteString.
+	hw := headWriter{bw: bw, b: bw.AvailableBuffer()}
+	hw.add(req.Method, " ", uri, " HTTP/1.1\r\nHost: ")
+	hw.add(host, "\r\n", "", "")
 	h := req.Header
 	_, hadLength := h["Content-Length"]
 	for k, vv := range h {
@@ -32,24 +33,21 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 			continue
 		}
 		for _, v := range vv {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
+			hw.add(k, ": ", v, "\r\n")
 		}
 	}
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	chunked := hasBody && req.ContentLength < 0
 	switch {
 	case chunked:
-		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		hw.add("Transfer-Encoding: chunked\r\n", "", "", "")
 	case req.ContentLength > 0 || hadLength:
-		var num [20]byte
-		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(num[:0], max(req.ContentLength, 0), 10))
-		bw.WriteString("\r\n")
+		hw.add("Content-Length: ", "", "", "")
+		hw.addInt(max(req.ContentLength, 0))
+		hw.add("\r\n", "", "", "")
 	}
-	bw.WriteString("\r\n")
+	hw.add("\r\n", "", "", "")
+	hw.flush()
 	if hasBody {
 		var w io.Writer = bw
 		var cw io.WriteCloser
@@ -99,5 +97,47 @@ func copyBody(w io.Writer, r io.Reader, buf []byte) (int64, error) {
 		if err != nil {
 			return n, err
 		}
+	}
+}
+
+// headWriter appends pieces of a head to b, bw's free space
+// (AvailableBuffer), and writes them with one Write (flush).
+type headWriter struct {
+	bw *bufio.Writer
+	b  []byte
+}
+
+// add appends a, b, c and d, or, if they do not fit in what is left of
+// bw's buffer, writes what it has and then them through WriteString.
+func (w *headWriter) add(a, b, c, d string) {
+	if len(w.b)+len(a)+len(b)+len(c)+len(d) <= cap(w.b) {
+		w.b = append(append(append(append(w.b, a...), b...), c...), d...)
+		return
+	}
+	w.flush()
+	w.bw.WriteString(a)
+	w.bw.WriteString(b)
+	w.bw.WriteString(c)
+	w.bw.WriteString(d)
+	w.b = w.bw.AvailableBuffer()
+}
+
+// addInt appends n in decimal.
+func (w *headWriter) addInt(n int64) {
+	if len(w.b)+20 > cap(w.b) {
+		w.flush()
+		var num [20]byte
+		w.bw.Write(strconv.AppendInt(num[:0], n, 10))
+		w.b = w.bw.AvailableBuffer()
+		return
+	}
+	w.b = strconv.AppendInt(w.b, n, 10)
+}
+
+// flush writes what add appended.
+func (w *headWriter) flush() {
+	if len(w.b) > 0 {
+		w.bw.Write(w.b)
+		w.b = w.b[len(w.b):]
 	}
 }

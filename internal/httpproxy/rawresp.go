@@ -21,38 +21,42 @@ import (
 // Pragma). Anything else is for leanFields and a map: rawFields only
 // takes heads that parse takes too, with the same length and no
 // Connection: close (FuzzLeanResponse holds it to that).
-func rawFields(s string) (length int64, ok bool) {
+//
+// names has bit len(name)%64 set for each field's name: Fields.Get skips
+// a search for a name of a length none has.
+func rawFields(s string) (length int64, names uint64, ok bool) {
 	lengths := 0
 	for len(s) > 0 {
 		i := strings.IndexByte(s, '\n')
 		if i < 1 || s[i-1] != '\r' {
-			return 0, false
+			return 0, 0, false
 		}
 		line := s[:i-1]
 		s = s[i+1:]
 		colon := strings.IndexByte(line, ':')
 		if colon <= 0 {
-			return 0, false
+			return 0, 0, false
 		}
 		name, v := line[:colon], line[colon+1:]
 		if !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(v) {
-			return 0, false
+			return 0, 0, false
 		}
+		names |= 1 << (colon % 64)
 		if len(name) == len("Content-Length") && strings.EqualFold(name, "Content-Length") {
 			lengths++
 			var ok bool
 			if length, ok = parseLength(trimOWS(v)); !ok || lengths > 1 {
-				return 0, false
+				return 0, 0, false
 			}
 			continue
 		}
 		for _, r := range rawRefused {
 			if len(name) == len(r) && strings.EqualFold(name, r) {
-				return 0, false
+				return 0, 0, false
 			}
 		}
 	}
-	return length, lengths == 1
+	return length, names, lengths == 1
 }
 
 // rawRefused: the names rawFields leaves to leanFields.
@@ -81,14 +85,23 @@ func rawHeaderBuf(ctx context.Context) *HeaderBuf {
 
 // rawOf returns the field lines of resp if its header is still raw.
 func rawOf(resp *http.Response) (string, bool) {
+	if hb := rawBufOf(resp); hb != nil {
+		return hb.rawFields, true
+	}
+	return "", false
+}
+
+// rawBufOf returns the HeaderBuf that holds resp's field lines if its
+// header is still raw, else nil.
+func rawBufOf(resp *http.Response) *HeaderBuf {
 	if resp.Header != nil || resp.Request == nil {
-		return "", false
+		return nil
 	}
 	hb, _ := resp.Request.Context().Value(respHeaderKey{}).(*HeaderBuf)
 	if hb == nil || hb.raw != resp {
-		return "", false
+		return nil
 	}
-	return hb.rawFields, true
+	return hb
 }
 
 // ResponseHeader returns resp's header, made from its field lines first if
@@ -125,12 +138,13 @@ type Fields struct {
 	h     http.Header
 	raw   string
 	isRaw bool
+	names uint64 // raw's names' lengths (rawFields)
 }
 
 // ResponseFields returns resp's header to read from.
 func ResponseFields(resp *http.Response) Fields {
-	if raw, ok := rawOf(resp); ok {
-		return Fields{raw: raw, isRaw: true}
+	if hb := rawBufOf(resp); hb != nil {
+		return Fields{raw: hb.rawFields, isRaw: true, names: hb.rawNames}
 	}
 	return Fields{h: resp.Header}
 }
@@ -140,6 +154,9 @@ func ResponseFields(resp *http.Response) Fields {
 func (f Fields) Get(name string) string {
 	if !f.isRaw {
 		return f.h.Get(name)
+	}
+	if f.names&(1<<(len(name)%64)) == 0 {
+		return "" // no name of its length (a match is one: colon == len(name))
 	}
 	for s := f.raw; len(s) > 0; {
 		i := strings.IndexByte(s, '\n')

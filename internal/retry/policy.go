@@ -77,18 +77,20 @@ func (b Backoff) Delay(n int) time.Duration {
 type Budget struct {
 	Ratio, Reserve, Cap float64
 
-	mu       sync.Mutex // guards accounts
-	accounts map[string]float64
+	mu       sync.Mutex // guards accounts and their balances
+	accounts map[string]*float64
 }
 
 // NewBudget returns fogmesh's budget: 20% of requests, a reserve of 10
 // retries, at most 100 saved.
 func NewBudget() *Budget { return &Budget{Ratio: 0.2, Reserve: 10, Cap: 100} }
 
-// Deposit records one request to svc.
+// Deposit records one request to svc. (An account is a pointer: one map
+// lookup per request, not a lookup and an assignment.)
 func (b *Budget) Deposit(svc string) {
 	b.mu.Lock()
-	b.accounts[svc] = min(b.balanceLocked(svc)+b.Ratio, b.Cap)
+	t := b.accountLocked(svc)
+	*t = min(*t+b.Ratio, b.Cap)
 	b.mu.Unlock()
 }
 
@@ -96,21 +98,24 @@ func (b *Budget) Deposit(svc string) {
 func (b *Budget) Withdraw(svc string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	t := b.balanceLocked(svc)
-	if t < 1 {
+	t := b.accountLocked(svc)
+	if *t < 1 {
 		return false
 	}
-	b.accounts[svc] = t - 1
+	*t--
 	return true
 }
 
-func (b *Budget) balanceLocked(svc string) float64 {
-	if b.accounts == nil {
-		b.accounts = map[string]float64{}
-	}
-	t, ok := b.accounts[svc]
-	if !ok {
-		t = b.Reserve
+// accountLocked returns svc's balance, Reserve when it is new.
+func (b *Budget) accountLocked(svc string) *float64 {
+	t := b.accounts[svc]
+	if t == nil {
+		if b.accounts == nil {
+			b.accounts = map[string]*float64{}
+		}
+		t = new(float64)
+		*t = b.Reserve
+		b.accounts[svc] = t
 	}
 	return t
 }
