@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -120,6 +121,8 @@ func (b *closeCountBody) Close() error { b.closes++; return nil }
 // again (the fast path lends its wrapper to the next request). On the
 // fast path (endConn) and net/http's (endCall).
 func TestAbandonClosesBodyReadToEnd(t *testing.T) {
+	s := &l7{a: &Agent{log: slog.New(slog.DiscardHandler)}}
+	s.a.m.panics = metrics.NewSet().NewCounter("panics")
 	for _, path := range []string{"fast path", "net/http"} {
 		var inflight atomic.Int64
 		inflight.Add(1)
@@ -147,7 +150,7 @@ func TestAbandonClosesBodyReadToEnd(t *testing.T) {
 			if path == "fast path" {
 				defer cs.endConn()
 			} else {
-				defer endCall(&up)
+				defer s.endCall(httptest.NewRequest("GET", "/", nil), &up)
 			}
 			panic("test: a bug while writing the response's last bytes")
 		}()
