@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -100,5 +101,82 @@ func TestAbandonResponseRecord(t *testing.T) {
 		if lines[i]["status"] != want.status || lines[i]["error"] != want.err {
 			t.Errorf("line %d: %v; want status %v, error %q", i, lines[i], want.status, want.err)
 		}
+	}
+}
+
+// closeCountBody counts its Closes; it is read to its end at once.
+type closeCountBody struct {
+	io.Reader
+	closes int
+}
+
+func (b *closeCountBody) Close() error { b.closes++; return nil }
+
+// TestAbandonClosesBodyReadToEnd: a response body read to its end (its
+// request's hold released by the read) whose request then panics before
+// the body is closed (writing its last bytes to the client) is still
+// closed when it is given up: its wrappers release on Close only
+// (releaseOnClose: the attempt's node watch stays in nodeWatches for
+// good, its per-try timer runs on). A body closed before is not closed
+// again (the fast path lends its wrapper to the next request). On the
+// fast path (endConn) and net/http's (endCall).
+func TestAbandonClosesBodyReadToEnd(t *testing.T) {
+	s := &l7{a: &Agent{log: slog.New(slog.DiscardHandler)}}
+	s.a.m.panics = metrics.NewSet().NewCounter("panics")
+	for _, path := range []string{"fast path", "net/http"} {
+		var inflight atomic.Int64
+		inflight.Add(1)
+		h := reqHold{inflight: &inflight}
+		inner := &closeCountBody{Reader: strings.NewReader("body")}
+		released := 0
+		resp := &http.Response{StatusCode: http.StatusOK, Body: &releaseOnClose{ReadCloser: inner, release: func() { released++ }}}
+		cs := &h1ClientConn{}
+		var up upstreamBody
+		if path == "fast path" {
+			h.onDoneIn(resp, &cs.done)
+			cs.open = resp.Body
+		} else {
+			h.onDoneIn(resp, nil)
+			up.body.Store(&resp.Body)
+		}
+		if b, err := io.ReadAll(resp.Body); string(b) != "body" || err != nil {
+			t.Fatalf("%s: read %q, %v", path, b, err)
+		}
+		if n := inflight.Load(); n != 0 {
+			t.Fatalf("%s: %d in flight after the body's end, want 0", path, n)
+		}
+		got := func() (p any) {
+			defer func() { p = recover() }()
+			if path == "fast path" {
+				defer cs.endConn()
+			} else {
+				defer s.endCall(httptest.NewRequest("GET", "/", nil), &up)
+			}
+			panic("test: a bug while writing the response's last bytes")
+		}()
+		if got == nil {
+			t.Fatalf("%s: the panic stopped", path)
+		}
+		if inner.closes != 1 || released != 1 {
+			t.Errorf("%s: body closed %d times, its attempt released %d times; want 1, 1", path, inner.closes, released)
+		}
+		if n := inflight.Load(); n != 0 {
+			t.Errorf("%s: %d in flight, want 0", path, n)
+		}
+	}
+	// Closed, then the connection ends (normally or in a panic): not
+	// closed again.
+	var inflight atomic.Int64
+	inflight.Add(1)
+	h := reqHold{inflight: &inflight}
+	inner := &closeCountBody{Reader: strings.NewReader("body")}
+	cs := &h1ClientConn{}
+	resp := &http.Response{StatusCode: http.StatusOK, Body: inner}
+	h.onDoneIn(resp, &cs.done)
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	cs.endConn()
+	if inner.closes != 1 || inflight.Load() != 0 {
+		t.Errorf("closed body: closed %d times, %d in flight; want 1, 0", inner.closes, inflight.Load())
 	}
 }

@@ -228,7 +228,7 @@ func newL7(a *Agent) *l7 {
 			}
 			ctx = &c.ctx
 		}
-		defer endCall(up)
+		defer s.endCall(r, up)
 		if tb != nil {
 			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 		}

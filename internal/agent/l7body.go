@@ -97,6 +97,10 @@ type doneBody struct {
 	io.ReadCloser
 	once sync.Once
 	h    reqHold
+	// closed: Close was called (on the request's goroutine, as abandon).
+	// A body read to its end is released but not closed: its wrappers
+	// below (releaseOnClose) still wait for the Close.
+	closed bool
 }
 
 func (b *doneBody) Read(p []byte) (int, error) {
@@ -108,24 +112,28 @@ func (b *doneBody) Read(p []byte) (int, error) {
 }
 
 func (b *doneBody) Close() error {
+	b.closed = true
 	defer b.once.Do(b.h.release) // a Close that panics releases too
 	return b.ReadCloser.Close()
 }
 
-// abandon is Close for a body its request's code never finished (a panic
+// abandon is Close for a body its request's code never closed (a panic
 // between the round trip and the close: the fast path's connection calls
-// it as it ends, h1fast.go). It does nothing once the body was done: the
-// wrapper is lent again for each request, and the body it last wrapped,
-// closed, may be a pooled response another connection reads by now. The
-// request's hold is released even when the body's Close panics (a bug,
-// during the panic that ended the connection, or a panic of its own).
+// it as it ends, h1fast.go). It does nothing once the body was closed:
+// the wrapper is lent again for each request, and the body it last
+// wrapped, closed, may be a pooled response another connection reads by
+// now. A body only read to its end is closed (its request's hold was
+// released by the read). The hold is released even when the body's Close
+// panics (a bug, during the panic that ended the connection, or a panic
+// of its own).
 func (b *doneBody) abandon() {
-	b.once.Do(func() {
-		defer b.h.release()
-		if b.ReadCloser != nil {
-			b.ReadCloser.Close()
-		}
-	})
+	if b.closed || b.ReadCloser == nil {
+		b.once.Do(b.h.release)
+		return
+	}
+	b.closed = true
+	defer b.once.Do(b.h.release)
+	b.ReadCloser.Close()
 }
 
 func (b *doneBody) BufferedUpstream() int {

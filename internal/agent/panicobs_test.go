@@ -215,6 +215,12 @@ func TestPanicLoggedH1(t *testing.T) {
 		}
 		return n == 2
 	})
+	// Counted as panics, both: the fast path's by recoverConn, net/http's
+	// by the handler (endCall).
+	waitFor(t, "two panics counted", func() bool { return a.m.panics.Get() >= 2 })
+	if n := a.m.panics.Get(); n != 2 {
+		t.Errorf("fogmesh_agent_panics_total %d after the two /panic requests, want 2", n)
+	}
 	recv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool {
 		n := 0
 		for _, sp := range s {
@@ -290,6 +296,10 @@ func TestPanicLoggedH2(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkPanicked(t, logPath, recv, "/panic", "test: a bug in the round trip")
+	waitFor(t, "the panic counted", func() bool { return a.m.panics.Get() >= 1 })
+	if n := a.m.panics.Get(); n != 1 {
+		t.Errorf("fogmesh_agent_panics_total %d after the /panic request, want 1", n)
+	}
 	c.Close()
 	holdsNothing(t, a)
 
