@@ -1,6 +1,8 @@
 package h2up_test
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -81,5 +83,83 @@ func TestPanicInReadyBodyClosesStream(t *testing.T) {
 	get() // served on, on the same connection
 	if n := d.dials.Load(); n != 1 {
 		t.Errorf("%d dials, want 1", n)
+	}
+}
+
+// panicLaterBody's Read panics on its second call: after the HEADERS
+// went out, on the pool's own writer of the body (writeBody).
+type panicLaterBody struct{ n int }
+
+func (b *panicLaterBody) Read(p []byte) (int, error) {
+	b.n++
+	if b.n > 1 {
+		panic("test: a bug in a request body's later read")
+	}
+	return copy(p, "first"), nil
+}
+
+// TestPanicInBodyWriter: a request body whose Read panics on the pool's
+// writer goroutine (not the caller's) ended the process. The panic goes
+// to Config.OnPanic, the request fails with ErrBodyPanicked, its stream
+// is reset (none stays open on the connection), and the connection
+// serves on.
+func TestPanicInBodyWriter(t *testing.T) {
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	d := &dialer{}
+	d.target.Store(ln.Addr().String())
+	panics := make(chan any, 4)
+	pool := h2up.New(h2up.Config{Dial: d.dial, OnPanic: func(v any) { panics <- v }})
+	defer pool.Close()
+	req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/", &panicLaterBody{})
+	req.ContentLength = -1
+	resp, err := pool.RoundTrip(req)
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if !errors.Is(err, h2up.ErrBodyPanicked) {
+		t.Fatalf("request error %v, want ErrBodyPanicked", err)
+	}
+	select {
+	case v := <-panics:
+		if !strings.Contains(fmt.Sprint(v), "later read") {
+			t.Fatalf("OnPanic got %v", v)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnPanic not called")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if n, _ := h2up.Buffered(pool); n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stream still open on the connection after the panic")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	req, _ = http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+	resp, err = pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "ok" {
+		t.Fatalf("after the panic: %q", b)
+	}
+	if n := d.dials.Load(); n != 1 {
+		t.Errorf("%d dials, want 1: the connection should serve on", n)
 	}
 }
