@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/fogmesh/fogmesh/internal/api"
 	"github.com/fogmesh/fogmesh/internal/h2up"
+	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // goPanicLogger is a DecisionLogger that panics for a mirrored copy (its
@@ -43,6 +46,14 @@ func (goPanicLogger) LogDecision(_ context.Context, d AuthzRecord) {
 // answers /slow only once release is closed.
 func goPanicAgent(t *testing.T) (a *Agent, release chan struct{}, slowGone chan struct{}) {
 	t.Helper()
+	a, release, slowGone, _ = goPanicAgentLog(t)
+	return a, release, slowGone
+}
+
+// goPanicAgentLog is goPanicAgent, with its access log's path.
+func goPanicAgentLog(t *testing.T) (a *Agent, release chan struct{}, slowGone chan struct{}, logPath string) {
+	t.Helper()
+	logPath = filepath.Join(t.TempDir(), "access.log")
 	release, slowGone = make(chan struct{}), make(chan struct{}, 16)
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -111,13 +122,16 @@ spec: {service: gm, rules: [{to: [{paths: ["/*"]}]}]}
 	a = startAgentWith(t, agentOpts{name: "gpn", site: "s1", region: "r1", vipOctet: 73, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{gm, {Name: "gp-1", Service: "gp", Namespace: "demo",
 			Ports: []api.EndpointPort{{Name: "web", Port: port}, {Name: "h2", Port: port}}}}},
-		func(c *Config) { c.DecisionLogger = goPanicLogger{} })
+		func(c *Config) {
+			c.DecisionLogger = goPanicLogger{}
+			c.AccessLog = AccessLogConfig{Path: logPath}
+		})
 	waitFor(t, "the policies and route", func() bool {
 		v := a.view.Load()
 		return v.authz.Len() == 2 && v.services["demo/gm"] != nil && v.services["demo/gm"].route != nil && len(endpointsOf(a, "demo/gm")) == 2
 	})
 	waitGet200(t, &http.Client{Timeout: 5 * time.Second}, "http://127.73.0.1:19731/")
-	return a, release, slowGone
+	return a, release, slowGone, logPath
 }
 
 // panicsNow is the agent's count of recovered panics.
@@ -355,3 +369,48 @@ func TestPanicInH2BodyWriter(t *testing.T) {
 type slowPanic struct{}
 
 func (slowPanic) Read([]byte) (int, error) { panic("test: a bug in a request body's read") }
+
+// TestPanicServerRecord: a request of a mesh stream whose handling
+// panics on the endpoint's agent (authzServer; here its DecisionLogger)
+// was recorded with the status written (none: 0) and its panic not
+// counted; its access-log line and golden metrics now say 500 with the
+// panic, the panic is counted, and the server cuts the response.
+func TestPanicServerRecord(t *testing.T) {
+	a, _, _, logPath := goPanicAgentLog(t)
+	base := panicsNow(a)
+	ep := endpointsOf(a, "demo/gp")[0]
+	ms := &meshStream{h: transport.Header{Namespace: "demo", Service: "gp", Port: "web", Endpoint: ep.Name},
+		sourceNode: "peer", proto: "http", local: &meshConn{addr: "127.0.0.1:1"}, streamCtx: context.Background(), agentWritten: true}
+	r := httptest.NewRequest("GET", "http://gp.demo/panic", nil)
+	r = r.WithContext(context.WithValue(r.Context(), meshStreamKey{}, ms))
+	p := func() (p any) {
+		defer func() { p = recover() }()
+		a.authzHTTP.handle(httptest.NewRecorder(), r)
+		return nil
+	}()
+	if p != http.ErrAbortHandler {
+		t.Fatalf("handle panicked with %v, want http.ErrAbortHandler", p)
+	}
+	if n := panicsNow(a); n != base+1 {
+		t.Fatalf("%d panics counted, want %d", n, base+1)
+	}
+	var line map[string]any
+	waitFor(t, "the server's access-log line", func() bool {
+		for _, l := range readLog(t, logPath) {
+			if l["path"] == "/panic" && l["side"] == "server" {
+				line = l
+				return true
+			}
+		}
+		return false
+	})
+	if line["status"] != 500.0 || line["error"] != "panic: test: a bug in the decision logger" {
+		t.Errorf("server line %v, want status 500 and the panic", line)
+	}
+	var m strings.Builder
+	a.cfg.Metrics.WritePrometheus(&m)
+	if !strings.Contains(m.String(), `source_node="peer",node="gpn",code_class="5xx"} 1`) {
+		t.Errorf("no 5xx server request from peer in\n%s", m.String())
+	}
+	getOK(t, "http://127.73.0.1:19731/after")
+}
