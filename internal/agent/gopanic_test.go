@@ -29,7 +29,11 @@ import (
 // called on the mirror's goroutine and in the round trip.
 type goPanicLogger struct{}
 
-func (goPanicLogger) LogDecision(_ context.Context, d AuthzRecord) {
+func (goPanicLogger) LogDecision(ctx context.Context, d AuthzRecord) {
+	if d.Request.Path == "/timer" {
+		goPanicCtxs <- ctx
+		panic("test: a bug in the decision logger (timer)")
+	}
 	if strings.Contains(d.Request.Host, "-shadow") {
 		panic("test: a bug in the decision logger (mirror)")
 	}
@@ -37,6 +41,10 @@ func (goPanicLogger) LogDecision(_ context.Context, d AuthzRecord) {
 		panic("test: a bug in the decision logger")
 	}
 }
+
+// goPanicCtxs gets the context of a request to /timer as it is decided
+// (goPanicLogger), before the decision panics.
+var goPanicCtxs = make(chan context.Context, 4)
 
 // goPanicAgent is an agent (VIPs in 127.73.0.0/16) with demo/gp (VIP
 // 127.73.0.1), port 19731 (http) and 19732 (http2), and demo/gm, port
@@ -81,7 +89,9 @@ func goPanicAgentLog(t *testing.T) (a *Agent, release chan struct{}, slowGone ch
 	apply(t, cp, fmt.Sprintf(`apiVersion: fogmesh.io/v1alpha1
 kind: Service
 metadata: {name: gp, namespace: demo}
-spec: {ports: [{name: web, port: 19731, protocol: http}, {name: h2, port: 19732, protocol: http2}]}
+spec:
+  ports: [{name: web, port: 19731, protocol: http}, {name: h2, port: 19732, protocol: http2}]
+  timeouts: {request: 1h}
 ---
 apiVersion: fogmesh.io/v1alpha1
 kind: AuthorizationPolicy
@@ -412,5 +422,36 @@ func TestPanicServerRecord(t *testing.T) {
 	if !strings.Contains(m.String(), `source_node="peer",node="gpn",code_class="5xx"} 1`) {
 		t.Errorf("no 5xx server request from peer in\n%s", m.String())
 	}
+	getOK(t, "http://127.73.0.1:19731/after")
+}
+
+// TestPanicStopsRequestTimer: a round trip that panics (a bug; here its
+// authorization's DecisionLogger) released the request's slots but left
+// its request timeout's timer armed, holding the request's context until
+// the timeout (1 h here) ran out; it is released with the rest now.
+func TestPanicStopsRequestTimer(t *testing.T) {
+	a, _, _ := goPanicAgent(t)
+	target := a.view.Load().byVIP[netip.MustParseAddrPort("127.73.0.1:19731")]
+	req, _ := http.NewRequestWithContext(context.WithValue(context.Background(), targetKey{}, target), "GET", "http://gp.demo/timer", nil)
+	req.RemoteAddr = "127.0.0.1:1234"
+	p := func() (p any) {
+		defer func() { p = recover() }()
+		(&lbTransport{l7: a.l7}).RoundTrip(req)
+		return nil
+	}()
+	if p == nil || !strings.Contains(fmt.Sprint(p), "(timer)") {
+		t.Fatalf("round trip panicked with %v, want the logger's panic", p)
+	}
+	var ctx context.Context
+	select {
+	case ctx = <-goPanicCtxs:
+	default:
+		t.Fatal("the decision logger saw no request")
+	}
+	waitFor(t, "the request timeout's context released", func() bool { return ctx.Err() != nil })
+	if context.Cause(ctx) != context.Canceled {
+		t.Errorf("the context ended with %v, want context.Canceled (released, not timed out)", context.Cause(ctx))
+	}
+	holdsNothing(t, a)
 	getOK(t, "http://127.73.0.1:19731/after")
 }
