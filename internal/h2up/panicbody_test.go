@@ -1,12 +1,14 @@
 package h2up_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -161,5 +163,83 @@ func TestPanicInBodyWriter(t *testing.T) {
 	}
 	if n := d.dials.Load(); n != 1 {
 		t.Errorf("%d dials, want 1: the connection should serve on", n)
+	}
+}
+
+// panicReadConn panics in a Read that got bytes once armed: a bug in the
+// read loop, on the pool's own goroutine.
+type panicReadConn struct {
+	net.Conn
+	armed *atomic.Bool
+}
+
+func (c panicReadConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.armed.CompareAndSwap(true, false) {
+		panic("test: a bug in the read loop")
+	}
+	return n, err
+}
+
+// TestPanicInReadLoop: a panic in a connection's read loop ended the
+// process. It goes to Config.OnPanic, the connection is closed (the
+// request waiting on it fails), and the pool serves on with a new one.
+func TestPanicInReadLoop(t *testing.T) {
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	var armed atomic.Bool
+	var dials atomic.Int64
+	panics := make(chan any, 4)
+	pool := h2up.New(h2up.Config{OnPanic: func(v any) { panics <- v }, Dial: func(ctx context.Context) (net.Conn, error) {
+		dials.Add(1)
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
+		if err != nil {
+			return nil, err
+		}
+		return panicReadConn{c, &armed}, nil
+	}})
+	defer pool.Close()
+	get := func() error {
+		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+		resp, err := pool.RoundTrip(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && string(b) != "ok" {
+			err = fmt.Errorf("answer %q", b)
+		}
+		return err
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	if err := get(); err == nil || !strings.Contains(err.Error(), "read loop panicked") {
+		t.Fatalf("request on the connection whose read loop panicked: %v", err)
+	}
+	select {
+	case v := <-panics:
+		if !strings.Contains(fmt.Sprint(v), "read loop") {
+			t.Fatalf("OnPanic got %v", v)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnPanic not called")
+	}
+	if err := get(); err != nil {
+		t.Fatalf("after the panic: %v", err)
+	}
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d dials, want 2", n)
 	}
 }

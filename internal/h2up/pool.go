@@ -44,10 +44,11 @@ type Config struct {
 	// no progress for this long, to at most half as long again (0: 10 s):
 	// an endpoint that stopped reading (stallwatch.go).
 	StallTimeout time.Duration
-	// OnPanic gets a panic recovered on a goroutine of the pool's own
-	// that runs the caller's code: the writer of a request body, whose
-	// Read panicked (a bug). That request fails (its stream is reset with
-	// CANCEL, the error ErrBodyPanicked) and the pool serves on. Called
+	// OnPanic gets a panic recovered on a goroutine of the pool's own: the
+	// writer of a request body, whose Read panicked (a bug of the
+	// caller's: that request fails, its stream reset with CANCEL, the
+	// error ErrBodyPanicked, and the pool serves on), or a connection's
+	// read loop (a bug: the connection is closed, its streams fail). Called
 	// while the panic is recovered: runtime/debug.Stack has its stack.
 	// nil: logged by log/slog's default logger, at error level.
 	OnPanic func(v any)
