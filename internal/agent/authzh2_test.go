@@ -148,7 +148,7 @@ spec: {service: h1files, rules: [{to: [{paths: ["/public/*"]}]}]}
 func TestMeshStreamUpstreamPools(t *testing.T) {
 	for proto, want := range map[string]string{"grpc": "*h2up.Pool", "http2": "*h2up.Pool", "http": "*http.Transport"} {
 		ms := &meshStream{proto: proto, local: &meshConn{addr: "127.0.0.1:1"}}
-		if got := fmt.Sprintf("%T", ms.transport()); got != want {
+		if got := fmt.Sprintf("%T", ms.transport(nil)); got != want {
 			t.Errorf("%s port: upstream %s, want %s", proto, got, want)
 		}
 		ms.closeIdle()
@@ -157,7 +157,7 @@ func TestMeshStreamUpstreamPools(t *testing.T) {
 		return // the pools below would dial the test's placeholder connection
 	}
 	ms := &meshStream{proto: "grpc", local: &meshConn{addr: "127.0.0.1:1"}}
-	p := ms.transport()
+	p := ms.transport(nil)
 	ms.closeIdle()
 	req, _ := http.NewRequest("GET", "http://x/", nil)
 	if _, err := p.RoundTrip(req); !errors.Is(err, h2up.ErrPoolClosed) {

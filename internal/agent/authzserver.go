@@ -69,7 +69,7 @@ type meshStream struct {
 // transport returns the stream's upstream pool: its first connection is
 // the one DialLocal opened, further ones are dialed. h2c and gRPC ports
 // get the agent's lean HTTP/2 client (package h2up), as at the source.
-func (ms *meshStream) transport() http.RoundTripper {
+func (ms *meshStream) transport(a *Agent) http.RoundTripper {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	if ms.t == nil {
@@ -91,7 +91,7 @@ func (ms *meshStream) transport() http.RoundTripper {
 		} else {
 			// Close: no new requests (the stream has ended), idle
 			// connections now, the rest when their requests are done.
-			p := h2up.New(h2up.Config{Dial: dial, IdleTimeout: 90 * time.Second})
+			p := h2up.New(h2up.Config{Dial: dial, IdleTimeout: 90 * time.Second, OnPanic: a.h2upPanicked})
 			ms.t, ms.closeT = p, p.Close
 		}
 	}
@@ -142,7 +142,7 @@ func newAuthzServer(a *Agent) *authzServer {
 		},
 		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
 			ms := r.Context().Value(meshStreamKey{}).(*meshStream)
-			resp, err := ms.transport().RoundTrip(r)
+			resp, err := ms.transport(a).RoundTrip(r)
 			if tb := httpproxy.TimedBodyOf(r); tb != nil && err == nil {
 				tb.Stop() // response header: the body bound ends (httpproxy.TimedBody)
 			}
@@ -247,6 +247,7 @@ func (s *authzServer) serve(ctx context.Context, stream net.Conn, ms *meshStream
 }
 
 func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
+	defer s.a.recoverHandler() // logged and counted (gopanic.go)
 	ms, _ := r.Context().Value(meshStreamKey{}).(*meshStream)
 	if ms == nil {
 		http.Error(w, "fogmesh: no stream", http.StatusInternalServerError)
@@ -277,13 +278,32 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	// from other nodes, whatever their agents report.
 	sw := &statusWriter{ResponseWriter: w, start: time.Now()}
 	w = sw
-	defer func() { s.a.serverMetrics(src, svc, ms.sourceNode, sw.status, sw.headerAfter()) }()
+	var rec *reqObs
+	defer func() {
+		// A panic (a bug): counted and recorded as a 500 with the panic,
+		// whatever status was written (l7panic.go), and goes on.
+		p := recover()
+		status := sw.status
+		if p != nil && p != http.ErrAbortHandler {
+			status = http.StatusInternalServerError
+		}
+		s.a.serverMetrics(src, svc, ms.sourceNode, status, sw.headerAfter())
+		switch {
+		case rec == nil:
+		case p == nil || p == http.ErrAbortHandler:
+			rec.end(sw.status, "", nil)
+		default:
+			rec.endPanicked(p)
+		}
+		if p != nil {
+			panic(p)
+		}
+	}()
 	if o := s.a.obs; o != nil {
 		// This hop's span (a child of the source agent's) and access-log
 		// line; r's header goes on to the workload with its trace context.
-		if rec := o.begin(sideServer, r, r.Header, sv, svc); rec != nil {
+		if rec = o.begin(sideServer, r, r.Header, sv, svc); rec != nil {
 			rec.src, rec.srcNode, rec.endpoint = src, ms.sourceNode, ms.h.Endpoint
-			defer func() { rec.end(sw.status, "", nil) }()
 		}
 	}
 	if ms.perConn { // decided when the stream opened

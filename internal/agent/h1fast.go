@@ -89,7 +89,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}()
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
-	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone, wire: wire}
+	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone, wire: wire, a: s.a}
 	cs.watchHeadFn = cs.watchHead // one func value for the connection, not one per request with a body
 	// Cancelled only by watch (a client gone mid-stream) and when the
 	// connection ends: the pools hook only streaming bodies to it.
@@ -220,6 +220,7 @@ type h1ClientConn struct {
 	// xfh is the last request's X-Forwarded-Host value (read-only), kept
 	// for the next request with the same Host: most clients send one.
 	xfh  []string
+	a    *Agent // logs and counts a panic of its watches (recoverWatch); nil in some tests
 	conn net.Conn
 	br   *bufio.Reader
 	wire *h1Wire // the writer of the response (h1Wire.flush)

@@ -105,6 +105,7 @@ func (cs *h1ClientConn) headWatch() {
 	cs.conn.SetReadDeadline(time.Time{})
 	cs.headMu.Unlock()
 	defer close(done)
+	defer cs.recoverWatch(true)
 	if _, err := cs.br.Peek(1); err != nil && !httpproxy.IsTimeout(err) {
 		cs.gone() // EOF, reset or shutdown: the request's context ends first
 		httpproxy.CancelHeadWait(cs.ctx)
@@ -161,6 +162,7 @@ func (cs *h1ClientConn) watch() (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer cs.recoverWatch(false)
 		if _, err := cs.br.Peek(1); err != nil && !httpproxy.IsTimeout(err) {
 			cs.gone() // EOF, reset or shutdown
 		}
@@ -168,5 +170,25 @@ func (cs *h1ClientConn) watch() (stop func()) {
 	return func() {
 		cs.conn.SetReadDeadline(aLongTimeAgo)
 		<-done
+	}
+}
+
+// recoverWatch, deferred by a watch of the client (a goroutine of its
+// own), recovers a panic in it (a bug, in the read of the client's
+// connection): logged and counted (gopanic.go), the client's connection
+// closed (its reader is suspect: the request is answered by nothing, as
+// after any panic of a connection's, recoverConn) and the request
+// cancelled as if the client had gone (head: its wait for the response
+// head too), rather than the agent's process ending.
+func (cs *h1ClientConn) recoverWatch(head bool) {
+	if p := recover(); p != nil {
+		if cs.a != nil {
+			cs.a.panicked("watching a client's connection", p)
+		}
+		cs.conn.Close()
+		cs.gone()
+		if head {
+			httpproxy.CancelHeadWait(cs.ctx)
+		}
 	}
 }

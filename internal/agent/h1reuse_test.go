@@ -209,7 +209,7 @@ func TestKeptResponseDetached(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if keepResponse(stalled, 50*time.Millisecond) != nil {
+	if keepResponse(stalled, 50*time.Millisecond, nil) != nil {
 		t.Fatal("a stalled body was kept")
 	}
 	hb.Done() // the request is over; the connection's next one

@@ -202,6 +202,7 @@ func newL7(a *Agent) *l7 {
 	})
 	norm := a.normalizingHandler(proxy) // one normalised path for routing, authorization and upstream
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer a.recoverHandler() // logged and counted (gopanic.go)
 		// One copy of the request for both context values below (a gRPC
 		// call has both).
 		ctx := r.Context()
@@ -468,6 +469,7 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 			DialError:   func(err error) error { return &dialError{err} },
 			IdleTimeout: l7IdleTimeout(sv),
 			MaxStreams:  sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection,
+			OnPanic:     a.h2upPanicked,
 		})
 		p := h2Pool{pool}
 		s.transports[key] = p

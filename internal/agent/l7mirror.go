@@ -118,6 +118,19 @@ func (lt *lbTransport) mirror(req *http.Request, sv *serviceView, t listenTarget
 		defer a.wg.Done()
 		defer lt.l7.mirrors.Add(-1)
 		defer cancel()
+		// A panic (a bug: in an authorization's DecisionLogger, a body's
+		// read) is logged and counted; the copy's response is closed.
+		var resp *http.Response
+		defer func() {
+			if p := recover(); p != nil {
+				count("panic")
+				a.panicked("sending a mirrored request", p)
+				if resp != nil {
+					defer a.recoverGo("closing a mirrored request's response") // a Close that panics too
+					resp.Body.Close()
+				}
+			}
+		}()
 		// The copy leaves like any request: the egress rules of the
 		// service it is sent to mask it, and so do those of the service
 		// the client asked for, whose data it is.
@@ -138,7 +151,8 @@ func (lt *lbTransport) mirror(req *http.Request, sv *serviceView, t listenTarget
 				return
 			}
 		}
-		resp, err := rt.RoundTrip(out)
+		var err error
+		resp, err = rt.RoundTrip(out)
 		if err != nil {
 			count("error")
 			return

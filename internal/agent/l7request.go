@@ -185,13 +185,13 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 	// The request timeout bounds the time to response headers: a timer
 	// cancels the request unless headers came first. The context lives on
 	// with the response body and is released when the body is closed.
-	release := func() {}
 	var timer *time.Timer
 	if d := timeout; d > 0 {
 		ctx, cancel := context.WithCancelCause(req.Context())
 		timer = time.AfterFunc(d, func() { cancel(context.DeadlineExceeded) })
 		req = req.WithContext(ctx)
-		release = func() { timer.Stop(); cancel(nil) }
+		// Released with the rest if the round trip fails, or panics.
+		h.timeout = func() { timer.Stop(); cancel(nil) }
 	}
 	if rec != nil {
 		rec.route = routeName(rule)
@@ -204,7 +204,6 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 				err = fmt.Errorf("%w: body not received within the request timeout", httpproxy.ErrBodyTimeout)
 			}
 		}
-		release()
 		return nil, err
 	}
 	if tb != nil {
@@ -212,8 +211,8 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 	}
 	if timer != nil {
 		timer.Stop()
-		if resp.StatusCode != http.StatusSwitchingProtocols {
-			h.timeout = release
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			h.timeout = nil // the upgraded connection keeps the context
 		}
 	}
 	return resp, nil

@@ -214,7 +214,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				}
 				return resp, nil
 			}
-			if kept := keepResponse(resp, keepResponseWait(perTry)); kept != nil {
+			if kept := keepResponse(resp, keepResponseWait(perTry), lt.keptPanicked); kept != nil {
 				last = kept
 			}
 			retries++
@@ -318,8 +318,10 @@ func (lt *lbTransport) exhausted(last *http.Response, err error) (*http.Response
 // response closed) when its body is of unknown length (it could stream
 // for ever), too long to keep, fails, or has not all arrived within wait:
 // a body that stalls must not hold up the retry (the read is abandoned
-// and the body closed, which ends it).
-func keepResponse(resp *http.Response, wait time.Duration) *http.Response {
+// and the body closed, which ends it). A panic in the read (a bug) is
+// recovered and given to panicked (nil: the response is just dropped):
+// the response is not kept, and is closed.
+func keepResponse(resp *http.Response, wait time.Duration, panicked func(any)) *http.Response {
 	httpproxy.ResponseHeader(resp) // a map of its own, which outlives the request (and is copied)
 	if resp.ContentLength < 0 || resp.ContentLength > keptResponseLimit {
 		resp.Body.Close()
@@ -331,6 +333,14 @@ func keepResponse(resp *http.Response, wait time.Duration) *http.Response {
 	}
 	done := make(chan read, 1)
 	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- read{} // not kept: the response is closed at once
+				if panicked != nil {
+					panicked(p)
+				}
+			}
+		}()
 		b, err := io.ReadAll(io.LimitReader(resp.Body, resp.ContentLength+1))
 		ok := err == nil && int64(len(b)) == resp.ContentLength
 		if ok { // read to its end: the trailers are in
@@ -356,6 +366,9 @@ func keepResponse(resp *http.Response, wait time.Duration) *http.Response {
 		return nil
 	}
 }
+
+// keptPanicked logs and counts a panic in keepResponse's read.
+func (lt *lbTransport) keptPanicked(p any) { lt.l7.a.panicked("reading a retried response", p) }
 
 // keepResponseWait bounds keepResponse's wait for a retried response's
 // body: the per-try timeout, at most a second.

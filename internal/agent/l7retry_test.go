@@ -128,7 +128,7 @@ func TestKeepResponseStalls(t *testing.T) {
 	body := &closeFlag{ReadCloser: pr}
 	resp := &http.Response{StatusCode: 503, ContentLength: 20, Body: body, Header: http.Header{}}
 	done := make(chan *http.Response, 1)
-	go func() { done <- keepResponse(resp, 50*time.Millisecond) }()
+	go func() { done <- keepResponse(resp, 50*time.Millisecond, nil) }()
 	select {
 	case kept := <-done:
 		if kept != nil {
@@ -140,7 +140,7 @@ func TestKeepResponseStalls(t *testing.T) {
 	}
 	waitFor(t, "the stalled body to be closed", body.closed.Load)
 	full := "upstream says no\n"
-	kept := keepResponse(&http.Response{StatusCode: 503, ContentLength: int64(len(full)), Body: io.NopCloser(strings.NewReader(full))}, time.Minute)
+	kept := keepResponse(&http.Response{StatusCode: 503, ContentLength: int64(len(full)), Body: io.NopCloser(strings.NewReader(full))}, time.Minute, nil)
 	if kept == nil {
 		t.Fatal("a complete body was not kept")
 	}

@@ -19,8 +19,10 @@ package h2up
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -42,6 +44,28 @@ type Config struct {
 	// no progress for this long, to at most half as long again (0: 10 s):
 	// an endpoint that stopped reading (stallwatch.go).
 	StallTimeout time.Duration
+	// OnPanic gets a panic recovered on a goroutine of the pool's own: the
+	// writer of a request body, whose Read panicked (a bug of the
+	// caller's: that request fails, its stream reset with CANCEL, the
+	// error ErrBodyPanicked, and the pool serves on), or a connection's
+	// read loop (a bug: the connection is closed, its streams fail). Called
+	// while the panic is recovered: runtime/debug.Stack has its stack.
+	// nil: logged by log/slog's default logger, at error level.
+	OnPanic func(v any)
+}
+
+// ErrBodyPanicked: the request body's Read panicked while the pool's
+// writer sent it (Config.OnPanic).
+var ErrBodyPanicked = errors.New("h2up: the request body's read panicked")
+
+// panicked hands v, a panic recovered on one of the pool's goroutines, to
+// OnPanic.
+func (p *Pool) panicked(v any) {
+	if p.cfg.OnPanic != nil {
+		p.cfg.OnPanic(v)
+		return
+	}
+	slog.Error("h2up: panic", "panic", v, "stack", string(debug.Stack()))
 }
 
 // ErrPoolClosed: the pool was closed before the request was sent.

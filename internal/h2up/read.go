@@ -14,6 +14,7 @@ import (
 
 // readLoop reads frames until the connection fails.
 func (c *conn) readLoop() {
+	defer c.recoverRead()
 	var err error
 	for {
 		if len(c.wakeLater) > 0 && !c.nextFrameBuffered() {
@@ -39,6 +40,19 @@ func (c *conn) readLoop() {
 		c.goAway(http2.ErrCode(ce))
 	}
 	c.close(fmt.Errorf("h2up: connection lost: %w", err))
+}
+
+// recoverRead, deferred first by readLoop (a goroutine of the pool's),
+// recovers a panic in it (a bug, in code reached from the endpoint's
+// frames): the panic goes to Config.OnPanic and the connection is closed,
+// its streams failed, rather than the process ending. The socket is
+// closed first: what the loop held when it panicked may still be held.
+func (c *conn) recoverRead() {
+	if p := recover(); p != nil {
+		c.p.panicked(p)
+		c.nc.Close()
+		c.close(fmt.Errorf("h2up: connection lost: the read loop panicked: %v", p))
+	}
 }
 
 // goAway tells the endpoint why the read loop closes the connection.

@@ -12,12 +12,24 @@ import (
 
 // The request body's side of a stream.
 
+// recoverBody, deferred first by writeBody (a goroutine of the pool's),
+// recovers a panic in the request body's Read (a bug of the caller's):
+// the stream is reset, the request fails with ErrBodyPanicked and the
+// panic goes to Config.OnPanic; the connection serves on.
+func (s *stream) recoverBody() {
+	if p := recover(); p != nil {
+		s.reset(http2.ErrCodeCancel, fmt.Errorf("%w: %v", ErrBodyPanicked, p), true)
+		s.c.p.panicked(p)
+	}
+}
+
 // writeBody sends the request body within the send windows, then its end
 // (trailers, or an empty DATA with END_STREAM). A body read error resets
 // the stream and is the request's error. headers: the timer that flushes
 // the HEADERS if the body has nothing yet (nil: flushed already); pre: a
 // read sendReady made (its buffer is the one used here).
 func (s *stream) writeBody(hasTrailer bool, headers *time.Timer, pre *pending) {
+	defer s.recoverBody()
 	c := s.c
 	body := s.req.Body
 	var bp *[]byte
