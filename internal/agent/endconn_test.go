@@ -150,7 +150,7 @@ func TestAbandonClosesBodyReadToEnd(t *testing.T) {
 			if path == "fast path" {
 				defer cs.endConn()
 			} else {
-				defer s.endCall(httptest.NewRequest("GET", "/", nil), &up)
+				defer endCall(&up)
 			}
 			panic("test: a bug while writing the response's last bytes")
 		}()

@@ -229,7 +229,7 @@ func newL7(a *Agent) *l7 {
 			}
 			ctx = &c.ctx
 		}
-		defer s.endCall(r, up)
+		defer endCall(up)
 		if tb != nil {
 			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
 		}

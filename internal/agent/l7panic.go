@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"runtime/debug"
 )
 
 // A request whose handling panics (a bug: recoverConn, net/http's server
@@ -69,18 +68,13 @@ func abandonResponse(body io.ReadCloser, p any) {
 	}
 }
 
-// endCall, deferred by newL7's handler for r, gives up the response body
-// the round trip left in up if the handler panics, and panics on
-// (net/http's server and h2srv recover it). The panic is logged with its
-// stack and counted (fogmesh_agent_panics_total) as recoverConn does for
-// the fast path: those servers log it at debug level only (h2srv without
-// its stack). http.ErrAbortHandler (a response cut on purpose) is no bug.
-func (s *l7) endCall(r *http.Request, up *upstreamBody) {
+// endCall, deferred by newL7's handler, gives up the response body
+// the round trip left in up if the handler panics, and panics on: the
+// handler's first deferred call (recoverHandler, gopanic.go) logs the
+// panic with its stack, counts it and hands net/http's server or h2srv
+// http.ErrAbortHandler.
+func endCall(up *upstreamBody) {
 	if p := recover(); p != nil {
-		if p != http.ErrAbortHandler {
-			s.a.m.panics.Inc()
-			s.a.log.Error("agent: panic serving a request", "remote", r.RemoteAddr, "host", r.Host, "panic", p, "stack", string(debug.Stack()))
-		}
 		if b := up.body.Load(); b != nil {
 			abandonResponse(*b, p)
 		}
