@@ -163,6 +163,14 @@ func (h *h1DiffHarness) run(t testing.TB, raw []byte) (forwarded, accepted int) 
 		if wantHost == "" {
 			wantHost = "fuzz" // the service's name
 		}
+		if !httpguts.ValidHostHeader(wantHost) {
+			// A host net/http's server takes from an absolute-form target
+			// as it is ("GET http://f\"00/ HTTP/1.1"): that request is the
+			// server's (the fast path takes origin-form only, its Host
+			// checked), whose http.Transport sends an empty Host for an
+			// invalid one, not the bytes (net/http's request writer).
+			wantHost = ""
+		}
 		if g.method != want.method || g.target != want.target || g.host != wantHost {
 			t.Fatalf("%q: request %d forwarded as %s %s (Host %q), net/http read %s %s (Host %q)", raw, i, g.method, g.target, g.host, want.method, want.target, want.host)
 		}
