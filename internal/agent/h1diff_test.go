@@ -163,6 +163,14 @@ func (h *h1DiffHarness) run(t testing.TB, raw []byte) (forwarded, accepted int) 
 		if wantHost == "" {
 			wantHost = "fuzz" // the service's name
 		}
+		if !httpguts.ValidHostHeader(wantHost) {
+			// A host net/http's server takes from an absolute-form target
+			// as it is ("GET http://f\"00/ HTTP/1.1"): that request is the
+			// server's (the fast path takes origin-form only, its Host
+			// checked), whose http.Transport sends an empty Host for an
+			// invalid one, not the bytes (net/http's request writer).
+			wantHost = ""
+		}
 		if g.method != want.method || g.target != want.target || g.host != wantHost {
 			t.Fatalf("%q: request %d forwarded as %s %s (Host %q), net/http read %s %s (Host %q)", raw, i, g.method, g.target, g.host, want.method, want.target, want.host)
 		}
@@ -313,6 +321,10 @@ var h1DesyncSeeds = []string{
 	// hop-by-hop, identity and forwarding headers
 	"GET / HTTP/1.1\r\nHost: fuzz\r\nConnection: X-Foo, close\r\nX-Foo: bar\r\nKeep-Alive: 5\r\nTE: trailers, gzip\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: fuzz\r\nX_Fogmesh_Source_Id: spiffe://x/y\r\nX-Forwarded-For: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\nForwarded: for=x\r\n\r\n",
+	// the identity header in a lean head, no other field to scrub: the
+	// client (127.99.*) has no identity, so nothing of the agent's
+	// overwrites it (review h32/rev3 of forward's dropped delete)
+	"GET / HTTP/1.1\r\nHost: fuzz\r\nX-Fogmesh-Source-Id: spiffe://x/y\r\n\r\nGET /2 HTTP/1.1\r\nHost: fuzz\r\nx-fogmesh-source-id: spiffe://x/y\r\nX-FOGMESH-SOURCE-ID: z\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: fuzz\r\nConnection: Content-Length\r\nContent-Length: 0\r\n\r\n",
 	"GET /ws HTTP/1.1\r\nHost: fuzz\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
 	"PUT / HTTP/1.1\r\nHost: fuzz\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
