@@ -31,25 +31,13 @@ func (panicReadyBody) Close() error             { return nil }
 // waits on); the panic goes on to the caller, and the connection serves
 // on.
 func TestPanicInReadyBodyClosesStream(t *testing.T) {
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		io.WriteString(w, "ok")
-	})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	d := &dialer{}
-	d.target.Store(ln.Addr().String())
+	d := startDrainServer(t)
+	addr := d.target.Load().(string)
 	pool := h2up.New(h2up.Config{Dial: d.dial})
 	defer pool.Close()
 	get := func() {
 		t.Helper()
-		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
 		resp, err := pool.RoundTrip(req)
 		if err != nil {
 			t.Fatal(err)
@@ -63,7 +51,7 @@ func TestPanicInReadyBodyClosesStream(t *testing.T) {
 	get() // the connection is up
 	p := func() (p any) {
 		defer func() { p = recover() }()
-		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/", panicReadyBody{})
+		req, _ := http.NewRequest("POST", "http://"+addr+"/", panicReadyBody{})
 		req.ContentLength = -1
 		pool.RoundTrip(req)
 		return nil
@@ -106,24 +94,12 @@ func (b *panicLaterBody) Read(p []byte) (int, error) {
 // is reset (none stays open on the connection), and the connection
 // serves on.
 func TestPanicInBodyWriter(t *testing.T) {
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		io.WriteString(w, "ok")
-	})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	d := &dialer{}
-	d.target.Store(ln.Addr().String())
+	d := startDrainServer(t)
+	addr := d.target.Load().(string)
 	panics := make(chan any, 4)
 	pool := h2up.New(h2up.Config{Dial: d.dial, OnPanic: func(v any) { panics <- v }})
 	defer pool.Close()
-	req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/", &panicLaterBody{})
+	req, _ := http.NewRequest("POST", "http://"+addr+"/", &panicLaterBody{})
 	req.ContentLength = -1
 	resp, err := pool.RoundTrip(req)
 	if err == nil {
@@ -151,7 +127,7 @@ func TestPanicInBodyWriter(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	req, _ = http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+	req, _ = http.NewRequest("GET", "http://"+addr+"/", nil)
 	resp, err = pool.RoundTrip(req)
 	if err != nil {
 		t.Fatal(err)
@@ -185,23 +161,13 @@ func (c panicReadConn) Read(p []byte) (int, error) {
 // process. It goes to Config.OnPanic, the connection is closed (the
 // request waiting on it fails), and the pool serves on with a new one.
 func TestPanicInReadLoop(t *testing.T) {
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok")
-	})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	addr := startDrainServer(t).target.Load().(string)
 	var armed atomic.Bool
 	var dials atomic.Int64
 	panics := make(chan any, 4)
 	pool := h2up.New(h2up.Config{OnPanic: func(v any) { panics <- v }, Dial: func(ctx context.Context) (net.Conn, error) {
 		dials.Add(1)
-		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return nil, err
 		}
@@ -209,7 +175,7 @@ func TestPanicInReadLoop(t *testing.T) {
 	}})
 	defer pool.Close()
 	get := func() error {
-		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
 		resp, err := pool.RoundTrip(req)
 		if err != nil {
 			return err
@@ -242,4 +208,26 @@ func TestPanicInReadLoop(t *testing.T) {
 	if n := dials.Load(); n != 2 {
 		t.Errorf("%d dials, want 2", n)
 	}
+}
+
+// startDrainServer starts an h2c server on loopback that reads a
+// request's body to its end and answers "ok", and returns a dialer aimed
+// at it.
+func startDrainServer(t *testing.T) *dialer {
+	t.Helper()
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	d := &dialer{}
+	d.target.Store(ln.Addr().String())
+	return d
 }
