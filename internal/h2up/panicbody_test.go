@@ -59,17 +59,7 @@ func TestPanicInReadyBodyClosesStream(t *testing.T) {
 	if p == nil || !strings.Contains(p.(string), "request body's read") {
 		t.Fatalf("recovered %v, want the body's panic", p)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if n, _ := h2up.Buffered(pool); n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			n, _ := h2up.Buffered(pool)
-			t.Fatalf("%d streams still open on the connection after the panic, want 0", n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitStreamsClosed(t, pool)
 	get() // served on, on the same connection
 	if n := d.dials.Load(); n != 1 {
 		t.Errorf("%d dials, want 1", n)
@@ -117,16 +107,7 @@ func TestPanicInBodyWriter(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("OnPanic not called")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if n, _ := h2up.Buffered(pool); n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the stream still open on the connection after the panic")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitStreamsClosed(t, pool)
 	req, _ = http.NewRequest("GET", "http://"+addr+"/", nil)
 	resp, err = pool.RoundTrip(req)
 	if err != nil {
@@ -230,4 +211,21 @@ func startDrainServer(t *testing.T) *dialer {
 	d := &dialer{}
 	d.target.Store(ln.Addr().String())
 	return d
+}
+
+// waitStreamsClosed waits up to 5 s for the pool's connection to hold no
+// open stream.
+func waitStreamsClosed(t *testing.T, pool *h2up.Pool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, _ := h2up.Buffered(pool)
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams still open on the connection after the panic, want 0", n)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+	}
 }
