@@ -298,20 +298,7 @@ func TestPanicInHeadWatch(t *testing.T) {
 	a, release, slowGone := goPanicAgent(t)
 	defer close(release)
 	base := panicsNow(a)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, sc := loopbackPair(t)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -102,20 +102,7 @@ spec: {service: po, rules: [{to: [{paths: ["/*"]}]}]}
 // the client's end and a channel closed once the agent is done with it.
 func servePanicking(t *testing.T, a *Agent, vip string) (net.Conn, chan struct{}) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, sc := loopbackPair(t)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -342,20 +329,7 @@ func (c *panicReadConn) Read(p []byte) (int, error) {
 // as a 500.
 func TestPanicInAttemptReleasesEndpoint(t *testing.T) {
 	a, logPath, recv := panicObsAgent(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, sc := loopbackPair(t)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
