@@ -108,7 +108,16 @@ func TestGRPCUnaryAllocs(t *testing.T) {
 	for range 20 { // warm: pools, metric series, the upstream connection
 		call()
 	}
-	if n := testing.AllocsPerRun(300, call); n > grpcUnaryAllocBudget {
+	// The least of three counts: on a loaded machine (CI runs this beside
+	// other packages' tests) a call that waits past the inline handler's
+	// 5 ms is taken over by a worker (a goroutine and its objects), which
+	// a calm call does not pay; an allocation the path makes shows in
+	// every count (seen once at 52.0 in CI, 51.0 alone).
+	n := testing.AllocsPerRun(300, call)
+	for range 2 {
+		n = min(n, testing.AllocsPerRun(300, call))
+	}
+	if n > grpcUnaryAllocBudget {
 		t.Errorf("%.1f allocations per unary gRPC call through the agent; budget %.1f", n, grpcUnaryAllocBudget)
 	} else {
 		t.Logf("%.1f allocations per call (budget %.1f)", n, grpcUnaryAllocBudget)
