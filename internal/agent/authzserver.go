@@ -144,7 +144,7 @@ func newAuthzServer(a *Agent) *authzServer {
 			ms := r.Context().Value(meshStreamKey{}).(*meshStream)
 			resp, err := ms.transport(a).RoundTrip(r)
 			if tb := httpproxy.TimedBodyOf(r); tb != nil && err == nil {
-				tb.Stop() // response header: the body bound ends (httpproxy.TimedBody)
+				tb.Answered() // response header: the body bound ends, the workload reads the rest as the response goes out (httpproxy.TimedBody)
 			}
 			return resp, err
 		}),
@@ -322,7 +322,8 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 		// The source agent bounds its client's body; this bounds a peer's
 		// (timeouts.requestBody between reads, not the request timeout,
 		// which a route or class may raise where the request entered).
-		tb := httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+		tb := new(httpproxy.TimedBody)
+		tb.Init(r.Body, http.NewResponseController(w)) // deadlines, and full duplex once the workload answers
 		tb.Arm(time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
 		r = r.WithContext(httpproxy.WithTimedBody(r.Context(), tb))
 		r.Body = tb

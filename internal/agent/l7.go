@@ -224,7 +224,8 @@ func newL7(a *Agent) *l7 {
 			c := &h1Call{}
 			c.ctx.Context, c.ctx.up, up = ctx, &c.up, &c.up
 			if hasBody {
-				tb = httpproxy.NewTimedBody(r.Body, http.NewResponseController(w).SetReadDeadline)
+				tb = new(httpproxy.TimedBody)
+				tb.Init(r.Body, http.NewResponseController(w)) // deadlines, and full duplex once an endpoint answers
 				c.ctx.tb = tb
 			}
 			ctx = &c.ctx

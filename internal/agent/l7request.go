@@ -207,7 +207,7 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 		return nil, err
 	}
 	if tb != nil {
-		tb.Stop()
+		tb.Answered() // the endpoint reads the rest as the response goes out
 	}
 	if timer != nil {
 		timer.Stop()

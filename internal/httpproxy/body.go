@@ -47,6 +47,7 @@ type TimedBody struct {
 	expired  bool          // a read ran out of time
 	onEnd    func()        // OnEnd's
 	ended    bool          // a read returned io.EOF
+	finished bool          // Finish: the proxy answered, the rest is drained
 
 	consumed atomic.Int64 // bytes read
 }
@@ -140,6 +141,30 @@ func (b *TimedBody) Stop() {
 	b.mu.Unlock()
 }
 
+// Answered is Stop for an endpoint's response header, called on the
+// handler's goroutine before the header is written: besides lifting the
+// bounds, it lets the server go on reading the body while the response is
+// written, where the deadline setter can (http.ResponseController's
+// EnableFullDuplex). net/http's HTTP/1 server otherwise takes what is left
+// of an unread body before it writes a header (up to 256 KiB; more, and it
+// answers "Connection: close"): the endpoint, still reading the body
+// through the proxy, would miss that part, and the proxy would cut the
+// response once its read of the closed body failed. A proxy's own answer
+// (an error, a deny: Finish) keeps that drain.
+func (b *TimedBody) Answered() {
+	b.Stop()
+	b.mu.Lock()
+	finished := b.finished
+	b.mu.Unlock()
+	if d, ok := b.dl.(fullDuplexer); ok && !finished {
+		d.EnableFullDuplex()
+	}
+}
+
+// fullDuplexer lets a server read a request body while its response is
+// written (http.ResponseController; HTTP/2 servers always do).
+type fullDuplexer interface{ EnableFullDuplex() error }
+
 // Finish bounds what is left of the body once no endpoint will read it:
 // the response is written (fast path), or the proxy answered the request
 // itself (a deny, a fault, an error). The rest is read only to be thrown
@@ -148,7 +173,7 @@ func (b *TimedBody) Stop() {
 // from now, whatever Stop or a watch of the client set before.
 func (b *TimedBody) Finish() {
 	b.mu.Lock()
-	b.off = true
+	b.off, b.finished = true, true
 	b.dl.SetReadDeadline(time.Now().Add(b.gap))
 	b.mu.Unlock()
 }
