@@ -58,14 +58,27 @@ func startDuplexEcho(t *testing.T) int {
 // duplexExchange sends a 1 MiB POST on c, head first (with extra fields),
 // all of the body but its last KiB, waits for the response header, then
 // sends the last KiB: the endpoint must answer before the body has ended,
-// and read all of it.
-func duplexExchange(t *testing.T, c net.Conn, host, extra string) {
+// and read all of it. chunked: the body in 16 KiB chunks, not with a
+// Content-Length (net/http's server took the rest of those whatever its
+// length).
+func duplexExchange(t *testing.T, c net.Conn, host, extra string, chunked bool) {
 	t.Helper()
 	c.SetDeadline(time.Now().Add(15 * time.Second))
 	body := strings.Repeat("0123456789abcdef", duplexBody/16)
+	head := fmt.Sprintf("POST /duplex HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n", host, extra, duplexBody)
+	first, last := body[:duplexBody-1024], body[duplexBody-1024:]
+	if chunked {
+		head = fmt.Sprintf("POST /duplex HTTP/1.1\r\nHost: %s\r\n%sTransfer-Encoding: chunked\r\n\r\n", host, extra)
+		var b strings.Builder
+		for i := 0; i < len(first); i += 16 << 10 {
+			part := first[i:min(i+16<<10, len(first))]
+			fmt.Fprintf(&b, "%x\r\n%s\r\n", len(part), part)
+		}
+		first, last = b.String(), fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(last), last)
+	}
 	sent := make(chan error, 1)
 	go func() {
-		_, err := io.WriteString(c, fmt.Sprintf("POST /duplex HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n", host, extra, duplexBody)+body[:duplexBody-1024])
+		_, err := io.WriteString(c, head+first)
 		sent <- err
 	}()
 	br := bufio.NewReader(c)
@@ -78,7 +91,7 @@ func duplexExchange(t *testing.T, c net.Conn, host, extra string) {
 	if err := <-sent; err != nil {
 		t.Fatalf("write: %v", err)
 	}
-	if _, err := io.WriteString(c, body[duplexBody-1024:]); err != nil {
+	if _, err := io.WriteString(c, last); err != nil {
 		t.Fatalf("write the last KiB: %v", err)
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -101,7 +114,9 @@ func TestDuplexBodySourceServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	duplexExchange(t, c, "dxs", "X-Pad: "+strings.Repeat("p", 5000)+"\r\n")
+	duplexExchange(t, c, "dxs", "X-Pad: "+strings.Repeat("p", 5000)+"\r\n", false)
+	// The next request on the same connection, its body chunked.
+	duplexExchange(t, c, "dxs", "X-Pad: "+strings.Repeat("p", 5000)+"\r\n", true)
 }
 
 // TestDuplexBodyAuthzServer: a peer's mesh stream whose requests the
@@ -133,5 +148,6 @@ spec: {service: dxa, rules: [{to: [{methods: [POST]}]}]}
 		t.Fatal(err)
 	}
 	defer s.Close()
-	duplexExchange(t, s, "dxa", "")
+	duplexExchange(t, s, "dxa", "", false)
+	duplexExchange(t, s, "dxa", "", true) // the next request of the stream
 }
