@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
@@ -189,9 +188,6 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 	if len(res.Trailer) > 0 {
 		flushWriter(rw) // as ReverseProxy (lazyFlushWriter skips it: the upstream ended)
 	}
-	// The response's maps are given back (h2up.Recycle) once the values
-	// are in dst: nothing reads res after this function.
-	defer h2up.Recycle(res)
 	if len(res.Trailer) == announced {
 		for k, vv := range res.Trailer {
 			dst[k] = append(dst[k], vv...)

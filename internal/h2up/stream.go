@@ -395,13 +395,7 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 // values instead of one per key, none when they fit in spare (the
 // stream's). Read loop.
 func (c *conn) header(fields []hpack.HeaderField, spare []string) http.Header {
-	var h http.Header
-	if len(fields) <= recycledKeys {
-		h, _ = headerPool.Get().(http.Header)
-	}
-	if h == nil {
-		h = make(http.Header, len(fields))
-	}
+	h := make(http.Header, len(fields))
 	var vals []string
 	if len(fields) <= len(spare) {
 		vals = spare[:len(fields)]
