@@ -172,7 +172,7 @@ func newAuthzServer(a *Agent) *authzServer {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	handler := a.normalizingHandler(http.HandlerFunc(s.handle))
-	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug}
+	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug, OnPanic: a.h2srvPanicked}
 	s.srv = &http.Server{
 		Handler:           handler,
 		Protocols:         &protos,

@@ -48,3 +48,7 @@ func (a *Agent) recoverHandler() {
 // h2upPanicked is h2up's Config.OnPanic: a request body's read panicked
 // on the pool's writer (the stream is reset, the request fails).
 func (a *Agent) h2upPanicked(p any) { a.panicked("reading a request body for an HTTP/2 endpoint", p) }
+
+// h2srvPanicked is h2srv's Server.OnPanic: a connection's read loop
+// panicked (the connection is closed, its streams fail).
+func (a *Agent) h2srvPanicked(p any) { a.panicked("in an HTTP/2 connection's read loop", p) }

@@ -241,7 +241,7 @@ func newL7(a *Agent) *l7 {
 		}
 		norm.ServeHTTP(w, r)
 	})
-	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug}
+	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug, OnPanic: a.h2srvPanicked}
 	s.srv = &http.Server{
 		Handler:           handler,
 		Protocols:         &protos,
