@@ -184,7 +184,7 @@ func newAuthzServer(a *Agent) *authzServer {
 			}
 			return ctx
 		},
-		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		ErrorLog: a.serverErrorLog(), // net/http's panics at error level, counted (gopanic.go)
 	}
 	return s
 }

@@ -254,7 +254,7 @@ func newL7(a *Agent) *l7 {
 			}
 			return ctx
 		},
-		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		ErrorLog: a.serverErrorLog(), // net/http's panics at error level, counted (gopanic.go)
 	}
 	return s
 }
