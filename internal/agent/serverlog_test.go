@@ -118,12 +118,16 @@ func TestServerErrorLogPanics(t *testing.T) {
 
 // TestServersUseServerErrorLog: the agent's net/http servers (the L7
 // ports', the endpoint agent's, the admin API's) log through
-// serverErrorLog.
+// serverErrorLog, and its h2srv servers report read-loop panics.
 func TestServersUseServerErrorLog(t *testing.T) {
 	a, _, _ := goPanicAgent(t)
 	for name, l := range map[string]*log.Logger{"l7": a.l7.srv.ErrorLog, "authz": a.authzHTTP.srv.ErrorLog, "admin": a.admin.ErrorLog} {
 		if _, ok := l.Writer().(serverLogWriter); !ok {
 			t.Errorf("the %s server's ErrorLog writes to %T, want serverLogWriter", name, l.Writer())
 		}
+	}
+	// h2srv's read-loop panics go to the agent's log and count too.
+	if a.l7.h2.OnPanic == nil || a.authzHTTP.h2.OnPanic == nil {
+		t.Error("an h2srv server without OnPanic")
 	}
 }
