@@ -458,7 +458,7 @@ func (sc *conn) serve(prefaceRead bool) {
 // loopPanicked ends the connection after a panic of its read loop,
 // recovered by serve or readFor (a bug, in code reached from the client's
 // frames; unrecovered, it would end the process and every connection
-// with it): the panic goes to Server.OnPanic, the socket is closed at
+// with it), or of a stream's end on a worker (recoverWorker): the panic goes to Server.OnPanic, the socket is closed at
 // once (no lock taken: the client sees the end, a writer blocked on it
 // lets go), and the connection's state (its streams failed, their
 // handlers' waits ended) is closed by a goroutine of its own, never the

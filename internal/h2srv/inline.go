@@ -149,17 +149,21 @@ func (sc *conn) waitingOnReader() {
 // the connection ends (this goroutine ends it), or, that handler done,
 // until the read loop would wait (then serve's goroutine reads again).
 func (sc *conn) readFor() {
+	owner := true // this goroutine closes done when the connection ends
 	defer func() {
 		if p := recover(); p != nil {
 			// The read loop is this goroutine's: it ends the connection
 			// (serve's goroutine waits on done).
 			sc.loopPanicked(p)
-			close(sc.done)
+			if owner {
+				close(sc.done)
+			}
 		}
 	}()
 	switch sc.loop(sc.takeRC, false) {
 	case loopEnded:
 		sc.closeConn(errClosed)
+		owner = false
 		close(sc.done)
 	case loopHandBack:
 		sc.inline.Store(inlineNone)

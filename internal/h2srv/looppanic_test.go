@@ -183,3 +183,79 @@ func TestReadForPanic(t *testing.T) {
 		t.Fatal("ServeConn did not return")
 	}
 }
+
+// writePanicConn hides its connection's SyscallConn (the read loop reads
+// by blocking reads, and every handler runs on a worker) and panics in
+// Write once armed.
+type writePanicConn struct {
+	net.Conn
+	armed *atomic.Bool
+}
+
+func (c writePanicConn) Write(p []byte) (int, error) {
+	if c.armed.CompareAndSwap(true, false) {
+		panic("injected write panic")
+	}
+	return c.Conn.Write(p)
+}
+
+// TestWorkerPanicInStreamEnd: a panic on a worker outside its handler
+// (here the response's last write, in the stream's end) goes to OnPanic;
+// the connection is closed, ServeConn returns and the server serves on.
+func TestWorkerPanicInStreamEnd(t *testing.T) {
+	var armed atomic.Bool
+	panics := make(chan loopPanic, 2)
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
+		OnPanic: func(v any) { panics <- loopPanic{v, string(debug.Stack())} }}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan struct{}, 2)
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		ln.Close()
+		s.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				s.ServeConn(writePanicConn{c, &armed}, ConnOptions{})
+				ended <- struct{}{}
+			}()
+		}
+	}()
+	addr := ln.Addr().String()
+	rc := newRawClient(t, addr)
+	rc.headers(1, true)
+	if got := readUntilEnd(rc, 1, nil); got != "ok" {
+		t.Fatalf("stream 1: %q", got)
+	}
+	armed.Store(true)
+	rc.headers(3, true)
+	select {
+	case p := <-panics:
+		if p.v != "injected write panic" || !strings.Contains(p.stack, "h2srv.recoverWorker") {
+			t.Fatalf("OnPanic got %v, recovered at:\n%s", p.v, p.stack)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnPanic not called")
+	}
+	expectClosed(t, rc)
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ServeConn did not return")
+	}
+	rc = newRawClient(t, addr)
+	rc.headers(1, true)
+	if got := readUntilEnd(rc, 1, nil); got != "ok" {
+		t.Fatalf("next connection's stream 1: %q", got)
+	}
+}

@@ -153,6 +153,21 @@ func (s *Server) Close() {
 	s.mu.Unlock()
 }
 
+// recoverWorker, deferred first by a worker, recovers a panic of a
+// stream's run outside its handler (whose own panics run recovers): in
+// the stream's end, its response's last write or its reset (a bug, or a
+// connection whose Write panics). Unrecovered it would end the process;
+// the stream's connection is ended as after a panic of its read loop
+// (loopPanicked), and the worker with it. t is the worker's task (nil
+// stream: none ran).
+func recoverWorker(t *streamTask) {
+	if p := recover(); p != nil && t.st != nil {
+		t.st.sc.loopPanicked(p)
+	} else if p != nil {
+		panic(p) // not a stream's: no connection to end, nothing to report to
+	}
+}
+
 // panicked hands v, a panic recovered on a read loop, to OnPanic.
 func (s *Server) panicked(v any) {
 	if s.OnPanic != nil {
@@ -188,6 +203,7 @@ func (s *Server) dispatch(t streamTask) {
 }
 
 func (s *Server) worker(work chan streamTask, t streamTask) {
+	defer recoverWorker(&t)
 	timer := time.NewTimer(workerIdle)
 	defer timer.Stop()
 	for {
