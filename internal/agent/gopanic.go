@@ -59,20 +59,22 @@ func (a *Agent) h2srvPanicked(p any) { a.panicked("in an HTTP/2 connection's rea
 // logs a panic it recovers on a connection's goroutine outside the
 // agent's handlers (reading a request, writing a response after the
 // handler returned, a handler without recoverHandler: the admin API's) as
-// "http: panic serving <addr>: <value>" and its stack: that line goes out
-// at error level and is counted in fogmesh_agent_panics_total, as the
-// agent's own recovered panics. Anything else (TLS handshake errors,
-// refused requests, Accept errors) stays at debug level.
+// "http: panic serving <addr>: <value>" and its stack ("http2: " for its
+// HTTP/2 server's handlers): that line goes out at error level and is
+// counted in fogmesh_agent_panics_total, as the agent's own recovered
+// panics. Anything else (TLS handshake errors, refused requests, Accept
+// errors) stays at debug level.
 func (a *Agent) serverErrorLog() *log.Logger { return log.New(serverLogWriter{a}, "", 0) }
 
 type serverLogWriter struct{ a *Agent }
 
 func (w serverLogWriter) Write(p []byte) (int, error) {
 	msg := strings.TrimSuffix(string(p), "\n")
-	if strings.HasPrefix(msg, "http: panic serving ") {
+	if strings.HasPrefix(msg, "http: panic serving ") || strings.HasPrefix(msg, "http2: panic serving ") {
 		w.a.m.panics.Inc()
 		line, stack, _ := strings.Cut(msg, "\n")
-		w.a.log.Error("agent: panic in net/http's server", "panic", strings.TrimPrefix(line, "http: "), "stack", stack)
+		_, line, _ = strings.Cut(line, ": ")
+		w.a.log.Error("agent: panic in net/http's server", "panic", line, "stack", stack)
 		return len(p), nil
 	}
 	w.a.log.Debug(msg)

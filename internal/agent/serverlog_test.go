@@ -81,6 +81,13 @@ func TestServerErrorLogPanics(t *testing.T) {
 		t.Fatalf("the panic's record %v; want error level, the panic and its stack; all: %v", got, buf.records(t))
 	}
 
+	// net/http's HTTP/2 server's form of the line (a handler's panic on
+	// an h2c or h2 connection it serves).
+	log.New(serverLogWriter{a}, "", 0).Printf("http2: panic serving 127.0.0.1:1: %v\n%s", "test: an h2 bug", "goroutine 1 [running]:")
+	if n := a.m.panics.Get(); n != 2 {
+		t.Fatalf("%d panics counted after the http2 line, want 2", n)
+	}
+
 	// A TLS server's handshake error: debug, not counted.
 	tln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -111,8 +118,8 @@ func TestServerErrorLogPanics(t *testing.T) {
 	if hs["level"] != "DEBUG" {
 		t.Errorf("handshake error logged %v, want debug level", hs)
 	}
-	if n := a.m.panics.Get(); n != 1 {
-		t.Errorf("%d panics counted, want 1", n)
+	if n := a.m.panics.Get(); n != 2 {
+		t.Errorf("%d panics counted, want 2", n)
 	}
 }
 
