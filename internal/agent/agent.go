@@ -318,7 +318,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
+		ErrorLog: a.serverErrorLog()}
 	ok = true
 	return a, nil
 }

@@ -200,7 +200,7 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 	if mc.mode == modeDetect {
 		var peeked, fromLocal []byte
 		var err error
-		proto, peeked, fromLocal, err = detectStream(ctx, stream, local)
+		proto, peeked, fromLocal, err = detectStream(ctx, stream, local, a.panicked)
 		if err != nil {
 			stream.Close()
 			local.Close()
@@ -247,13 +247,21 @@ func (a *Agent) RelayStream(ctx context.Context, h transport.Header, stream, loc
 // its bytes, fromLocal, go to the client first). A client-first protocol
 // whose first message is a strict prefix of an HTTP method ("G", "PO")
 // and then waits for an answer waits until ctx ends (README, auto ports).
-func detectStream(ctx context.Context, stream, local net.Conn) (proto string, peeked, fromLocal []byte, err error) {
+// A panic of either read (a bug, in a connection's Read) goes to
+// panicked, and the stream fails (errDetectPanicked).
+func detectStream(ctx context.Context, stream, local net.Conn, panicked func(what string, p any)) (proto string, peeked, fromLocal []byte, err error) {
 	type clientRes struct {
 		buf []byte
 		err error
 	}
 	cc := make(chan clientRes, 1)
 	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				panicked("reading a mesh stream to detect its protocol", p)
+				cc <- clientRes{nil, errDetectPanicked}
+			}
+		}()
 		var buf []byte
 		tmp := make([]byte, 16)
 		for len(buf) < 8 {
@@ -275,6 +283,12 @@ func detectStream(ctx context.Context, stream, local net.Conn) (proto string, pe
 	}
 	lc := make(chan localRes, 1)
 	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				panicked("reading a workload's connection to detect its protocol", p)
+				lc <- localRes{nil, errDetectPanicked}
+			}
+		}()
 		b := make([]byte, 4<<10)
 		n, err := local.Read(b)
 		lc <- localRes{b[:n], err}
@@ -292,6 +306,9 @@ func detectStream(ctx context.Context, stream, local net.Conn) (proto string, pe
 		stream.SetReadDeadline(past)
 		c := <-cc
 		stream.SetReadDeadline(time.Time{})
+		if c.err == errDetectPanicked || r.err == errDetectPanicked {
+			return "", nil, nil, errDetectPanicked
+		}
 		if r.err != nil && len(r.buf) == 0 && !errors.Is(r.err, io.EOF) {
 			return "", nil, nil, fmt.Errorf("detect: workload: %w", r.err)
 		}
@@ -300,6 +317,9 @@ func detectStream(ctx context.Context, stream, local net.Conn) (proto string, pe
 		local.SetReadDeadline(past)
 		r := <-lc
 		local.SetReadDeadline(time.Time{})
+		if c.err == errDetectPanicked || r.err == errDetectPanicked {
+			return "", nil, nil, errDetectPanicked
+		}
 		if len(r.buf) > 0 { // the workload spoke at the same time
 			return "tcp", c.buf, r.buf, nil
 		}
@@ -312,6 +332,9 @@ func detectStream(ctx context.Context, stream, local net.Conn) (proto string, pe
 		return p, c.buf, nil, nil
 	}
 }
+
+// errDetectPanicked: a read of detectStream's panicked.
+var errDetectPanicked = errors.New("detect: a read panicked")
 
 // writeAll writes the bytes detectStream read back where they were going:
 // toLocal to the workload, toStream to the client.

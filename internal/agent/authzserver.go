@@ -172,7 +172,7 @@ func newAuthzServer(a *Agent) *authzServer {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	handler := a.normalizingHandler(http.HandlerFunc(s.handle))
-	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug}
+	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug, OnPanic: a.h2srvPanicked}
 	s.srv = &http.Server{
 		Handler:           handler,
 		Protocols:         &protos,
@@ -184,7 +184,7 @@ func newAuthzServer(a *Agent) *authzServer {
 			}
 			return ctx
 		},
-		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		ErrorLog: a.serverErrorLog(), // net/http's panics at error level, counted (gopanic.go)
 	}
 	return s
 }
@@ -259,33 +259,28 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "fogmesh: unknown service", http.StatusServiceUnavailable)
 		return
 	}
-	src := ms.sourceID
-	if !ms.agentWritten {
-		// A client's bytes relayed raw by its agent: the stream's vouched
-		// identity is the only one, and no X-Forwarded-* is the agent's.
-		httpproxy.DropForwardedHeaders(r.Header)
-	} else if claimed := r.Header.Get(SourceIDHeader); claimed != "" {
-		src, _ = s.a.vouch(ms.streamCtx, ms.h, claimed)
-	}
-	// The workload sees the identity this agent accepted, never a claim
-	// it refused, in no spelling.
-	httpproxy.DropIdentityHeaders(r.Header)
-	if src != "" {
-		r.Header.Set(SourceIDHeader, src)
-	}
 	svc := ms.h.Namespace + "/" + ms.h.Service
+	src := ms.sourceID
 	// The destination side's golden metrics: what arrives at this node
 	// from other nodes, whatever their agents report.
 	sw := &statusWriter{ResponseWriter: w, start: time.Now()}
 	w = sw
 	var rec *reqObs
+	begun := false // the record was begun (o.begin called)
 	defer func() {
 		// A panic (a bug): counted and recorded as a 500 with the panic,
-		// whatever status was written (l7panic.go), and goes on.
+		// whatever status was written (l7panic.go), and goes on. One
+		// before the record began (vouching, the identity headers) begins
+		// it here, to end it so.
 		p := recover()
 		status := sw.status
 		if p != nil && p != http.ErrAbortHandler {
 			status = http.StatusInternalServerError
+			if o := s.a.obs; o != nil && !begun {
+				if rec = o.begin(sideServer, r, r.Header, sv, svc); rec != nil {
+					rec.src, rec.srcNode, rec.endpoint = src, ms.sourceNode, ms.h.Endpoint
+				}
+			}
 		}
 		s.a.serverMetrics(src, svc, ms.sourceNode, status, sw.headerAfter())
 		switch {
@@ -299,9 +294,23 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 			panic(p)
 		}
 	}()
+	if !ms.agentWritten {
+		// A client's bytes relayed raw by its agent: the stream's vouched
+		// identity is the only one, and no X-Forwarded-* is the agent's.
+		httpproxy.DropForwardedHeaders(r.Header)
+	} else if claimed := r.Header.Get(SourceIDHeader); claimed != "" {
+		src, _ = s.a.vouch(ms.streamCtx, ms.h, claimed)
+	}
+	// The workload sees the identity this agent accepted, never a claim
+	// it refused, in no spelling.
+	httpproxy.DropIdentityHeaders(r.Header)
+	if src != "" {
+		r.Header.Set(SourceIDHeader, src)
+	}
 	if o := s.a.obs; o != nil {
 		// This hop's span (a child of the source agent's) and access-log
 		// line; r's header goes on to the workload with its trace context.
+		begun = true
 		if rec = o.begin(sideServer, r, r.Header, sv, svc); rec != nil {
 			rec.src, rec.srcNode, rec.endpoint = src, ms.sourceNode, ms.h.Endpoint
 		}

@@ -50,7 +50,7 @@ func startDetect(t *testing.T, ctx context.Context) (client, workload net.Conn, 
 	local, workload := loopbackPair(t)
 	res = make(chan detectResult, 1)
 	go func() {
-		p, peeked, fromLocal, err := detectStream(ctx, stream, local)
+		p, peeked, fromLocal, err := detectStream(ctx, stream, local, func(string, any) {})
 		res <- detectResult{p, peeked, fromLocal, err}
 	}()
 	return client, workload, res
@@ -173,5 +173,48 @@ func TestRelayStreamAutoServerFirst(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("RelayStream did not return after both ends closed")
+	}
+}
+
+// detectPanicConn's Read panics (a bug of a connection's, injected).
+type detectPanicConn struct{ net.Conn }
+
+func (detectPanicConn) Read([]byte) (int, error) { panic("injected read panic") }
+
+// TestDetectStreamReadPanic: a panic of detectStream's read of the client's
+// stream, or of the workload's connection, is recovered on its goroutine
+// and handed to panicked (the agent logs and counts it), and the stream
+// fails instead of the agent's process ending.
+func TestDetectStreamReadPanic(t *testing.T) {
+	for _, side := range []string{"stream", "local"} {
+		client, stream := loopbackPair(t)
+		local, _ := loopbackPair(t)
+		if side == "stream" {
+			stream = detectPanicConn{stream}
+		} else {
+			local = detectPanicConn{local}
+			client.Write([]byte("GET / HTTP/1.1\r\n")) // the client's read ends too
+		}
+		whats := make(chan string, 2)
+		res := make(chan detectResult, 1)
+		go func() {
+			p, peeked, fromLocal, err := detectStream(context.Background(), stream, local, func(what string, p any) {
+				if p != "injected read panic" {
+					t.Errorf("%s: panicked got %v", side, p)
+				}
+				whats <- what
+			})
+			res <- detectResult{p, peeked, fromLocal, err}
+		}()
+		r := waitDetect(t, res)
+		if !errors.Is(r.err, errDetectPanicked) {
+			t.Fatalf("%s: detectStream = %q, %v; want errDetectPanicked", side, r.proto, r.err)
+		}
+		select {
+		case w := <-whats:
+			t.Logf("%s: %s", side, w)
+		default:
+			t.Fatalf("%s: the panic was not handed to panicked", side)
+		}
 	}
 }

@@ -82,8 +82,8 @@ func TestAbandonResponseRecord(t *testing.T) {
 		resp := &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader("body"))}
 		h.onDoneIn(resp, nil)
 		rec.endOnBody(resp)
-		abandonResponse(resp.Body, p)
-		abandonResponse(resp.Body, p) // a second time: nothing more
+		abandonResponse(resp.Body, p, false)
+		abandonResponse(resp.Body, p, false) // a second time: nothing more
 		resp.Body.Close()
 		if n := inflight.Load(); n != 0 {
 			t.Errorf("%v: %d in flight, want 0", p, n)

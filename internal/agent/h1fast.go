@@ -282,7 +282,7 @@ func (cs *h1ClientConn) endConn() {
 	if p != nil && cs.open != nil {
 		body := cs.open
 		cs.open = nil
-		abandonResponse(body, p)
+		abandonResponse(body, p, cs.wire != nil && cs.wire.wrote)
 	}
 }
 
@@ -363,7 +363,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done, &cs.clk) // resp.Body is closed below, on every way out
 	if err == nil {
-		cs.open = resp.Body
+		cs.open, cs.wire.wrote = resp.Body, false // wrote from here on: the response's head went out (endConn)
 	}
 	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody {
 		tb.OnEnd(nil) // a body read to its end later (drained) arms no watch
@@ -395,7 +395,6 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 		keep, cs.linger = false, true
 	}
 	whole := resp.ContentLength == 0 || resp.ContentLength > 0 && bufferedUpstream(resp.Body) >= resp.ContentLength
-	cs.wire.wrote = false
 	werr := httpproxy.WriteResponseUnflushed(bw, resp, in, keep, cs.watch)
 	resp.Body.Close()
 	// Written and closed: requestDone may reuse it.

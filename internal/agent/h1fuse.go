@@ -47,7 +47,8 @@ type h1Wire struct {
 	// before it is sent); holding: Write keeps what bw flushes.
 	held    []byte
 	holding bool
-	// wrote: Write wrote to the client (not held) since forward cleared it.
+	// wrote: Write wrote to the client (not held) since forward cleared it
+	// (the round trip's response came).
 	wrote bool
 	// until is the next request's read deadline (the idle timeout) while
 	// the fused read's own is fuseRecheck's. rechecking: that one is
@@ -84,8 +85,9 @@ func (w *h1Wire) Write(p []byte) (int, error) {
 		w.held = p
 		return len(p), nil
 	}
-	w.wrote = true
-	return w.tc.Write(p) // bounded (taggedConn.Write)
+	n, err := w.tc.Write(p) // bounded (taggedConn.Write)
+	w.wrote = true          // after the write: a panic in it sent nothing known (endConn)
+	return n, err
 }
 
 // flush sends bw's bytes, or holds them for the next read if the

@@ -179,7 +179,11 @@ func (cs *h1ClientConn) watch() (stop func()) {
 // closed (its reader is suspect: the request is answered by nothing, as
 // after any panic of a connection's, recoverConn) and the request
 // cancelled as if the client had gone (head: its wait for the response
-// head too), rather than the agent's process ending.
+// head too), rather than the agent's process ending. It takes no lock a
+// watch can hold when it panics: headWatch defers it after releasing
+// headMu, watch holds none, and what it calls takes none of theirs (the
+// socket's close, the context's cancel, CancelHeadWait's atomic swap and
+// the upstream connection's deadline).
 func (cs *h1ClientConn) recoverWatch(head bool) {
 	if p := recover(); p != nil {
 		if cs.a != nil {

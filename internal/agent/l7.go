@@ -242,7 +242,7 @@ func newL7(a *Agent) *l7 {
 		}
 		norm.ServeHTTP(w, r)
 	})
-	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug}
+	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug, OnPanic: a.h2srvPanicked}
 	s.srv = &http.Server{
 		Handler:           handler,
 		Protocols:         &protos,
@@ -255,7 +255,7 @@ func newL7(a *Agent) *l7 {
 			}
 			return ctx
 		},
-		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		ErrorLog: a.serverErrorLog(), // net/http's panics at error level, counted (gopanic.go)
 	}
 	return s
 }

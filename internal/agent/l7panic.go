@@ -15,7 +15,10 @@ import (
 // failed it, whatever the endpoint answered. The client saw no complete
 // response (the fast path and net/http close the connection, h2srv resets
 // the stream): 500 is what net/http's server and h2srv would answer a
-// handler's panic with if they could. A request whose record had already
+// handler's panic with if they could. On the fast path a response whose
+// head had gone out says the status the client saw, with the panic as its
+// error (the client saw that status, then the connection's close). A
+// request whose record had already
 // ended (its response body was done before the panic) keeps that record:
 // one line and one span per request.
 //
@@ -29,6 +32,13 @@ import (
 type panicError struct{ v any }
 
 func (e panicError) Error() string { return fmt.Sprintf("panic: %v", e.v) }
+
+// isPanicError: err is a panic's (a response cut by it is an error
+// whatever its status).
+func isPanicError(err error) bool {
+	_, ok := err.(panicError)
+	return ok
+}
 
 // endPanicked ends rec as a request whose handling panicked with p.
 func (rec *reqObs) endPanicked(p any) {
@@ -48,14 +58,19 @@ func (rec *reqObs) endIfPanicked() {
 // response body lbTransport returned (through its wrappers): the
 // request's record ends as panicked, then the body is given up, which
 // releases what the request holds. A body done already (read to its end
-// or closed) is left as it was (doneBody.abandon).
-func abandonResponse(body io.ReadCloser, p any) {
+// or closed) is left as it was (doneBody.abandon). headSent: the
+// response's head had gone out to the client (the fast path's); its
+// record says the status the client saw, with the panic as the error.
+func abandonResponse(body io.ReadCloser, p any, headSent bool) {
 	if ob, ok := body.(*obsBody); ok {
-		if p == http.ErrAbortHandler {
+		switch {
+		case p == http.ErrAbortHandler:
 			// Not a bug: the handler cut a response it had begun (its
 			// upstream failed mid-body): the status the client saw.
 			ob.rec.end(ob.resp.StatusCode, grpcStatusOf(ob.resp, ob.grpc), http.ErrAbortHandler)
-		} else {
+		case headSent:
+			ob.rec.end(ob.resp.StatusCode, grpcStatusOf(ob.resp, ob.grpc), panicError{p})
+		default:
 			ob.rec.endPanicked(p)
 		}
 		body = ob.ReadCloser
@@ -76,7 +91,7 @@ func abandonResponse(body io.ReadCloser, p any) {
 func endCall(up *upstreamBody) {
 	if p := recover(); p != nil {
 		if b := up.body.Load(); b != nil {
-			abandonResponse(*b, p)
+			abandonResponse(*b, p, false)
 		}
 		panic(p)
 	}

@@ -269,8 +269,9 @@ func (rec *reqObs) finish(status int, grpcStatus string, err error) {
 			s.Attrs = append(s.Attrs, tracing.Int("http.response.status_code", int64(status)))
 		}
 		// OpenTelemetry's HTTP conventions: 5xx (and no response) is an
-		// error on both sides, 4xx on the client's only.
-		if status == 0 || status >= 500 || status >= 400 && rec.side == sideClient || grpcStatus != "" && grpcStatus != "0" {
+		// error on both sides, 4xx on the client's only; so is a response
+		// a panic cut after its head went out (l7panic.go).
+		if status == 0 || status >= 500 || status >= 400 && rec.side == sideClient || grpcStatus != "" && grpcStatus != "0" || isPanicError(err) {
 			s.Status, s.StatusMsg = tracing.StatusError, errText
 		}
 		o.exp.Export(s)

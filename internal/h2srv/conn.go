@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/textproto"
@@ -391,8 +392,12 @@ func (sc *conn) canonical(name string) string {
 func (sc *conn) serve(prefaceRead bool) {
 	ended := true // the read loop ends here (not on a goroutine that took it over)
 	defer func() {
+		p := recover()
+		if p != nil {
+			sc.loopPanicked(p)
+		}
 		if ended {
-			sc.endServe()
+			sc.endServe(p != nil)
 		}
 	}()
 	sc.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
@@ -448,6 +453,23 @@ func (sc *conn) serve(prefaceRead bool) {
 			return
 		}
 	}
+}
+
+// loopPanicked ends the connection after a panic of its read loop,
+// recovered by serve or readFor (a bug, in code reached from the client's
+// frames; unrecovered, it would end the process and every connection
+// with it), or of a stream's end on a worker (recoverWorker): the panic goes to Server.OnPanic, the socket is closed at
+// once (no lock taken: the client sees the end, a writer blocked on it
+// lets go), and the connection's state (its streams failed, their
+// handlers' waits ended) is closed by a goroutine of its own, never the
+// recovering one: the panic may have left mu or wmu held, which
+// closeConn takes; the recovering goroutine ends either way (serve's
+// returns from ServeConn). Once a lock was left held, what waits on it
+// stays blocked: only the socket's close reaches them.
+func (sc *conn) loopPanicked(p any) {
+	sc.s.panicked(p)
+	sc.nc.Close()
+	go sc.closeConn(fmt.Errorf("h2srv: the read loop panicked: %v", p))
 }
 
 // fail ends the connection after a read error: a protocol error gets a

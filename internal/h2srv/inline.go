@@ -149,9 +149,21 @@ func (sc *conn) waitingOnReader() {
 // the connection ends (this goroutine ends it), or, that handler done,
 // until the read loop would wait (then serve's goroutine reads again).
 func (sc *conn) readFor() {
+	owner := true // this goroutine closes done when the connection ends
+	defer func() {
+		if p := recover(); p != nil {
+			// The read loop is this goroutine's: it ends the connection
+			// (serve's goroutine waits on done).
+			sc.loopPanicked(p)
+			if owner {
+				close(sc.done)
+			}
+		}
+	}()
 	switch sc.loop(sc.takeRC, false) {
 	case loopEnded:
 		sc.closeConn(errClosed)
+		owner = false
 		close(sc.done)
 	case loopHandBack:
 		sc.inline.Store(inlineNone)
@@ -164,15 +176,19 @@ func (sc *conn) readFor() {
 // as t.FailNow in a test's handler): its take-over timer must not start a
 // reader on the ended connection (which closed done again: a panic), and
 // a reader started already owns the end (it closes done once the close
-// here wakes it).
-func (sc *conn) endServe() {
+// here wakes it). panicked: the read loop panicked here, and loopPanicked
+// closes the connection (closeConn would wait for a lock the panic may
+// have left held).
+func (sc *conn) endServe(panicked bool) {
 	taken := false
 	if sc.inline.CompareAndSwap(inlineRun, inlineNone) {
 		sc.inlineTimer.Stop()
 	} else {
 		taken = sc.inline.Load() == inlineTaken
 	}
-	sc.closeConn(errClosed)
+	if !panicked {
+		sc.closeConn(errClosed)
+	}
 	if taken {
 		<-sc.done
 		return

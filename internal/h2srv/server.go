@@ -11,8 +11,10 @@ package h2srv
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -42,6 +44,13 @@ type Server struct {
 	MaxStreams uint32 // concurrent streams per connection; 0: DefaultMaxStreams
 	// ErrorLog, if set, gets connection errors (debug level).
 	ErrorLog func(msg string, args ...any)
+	// OnPanic gets a panic recovered on a connection's read loop (a bug,
+	// in code reached from the client's frames): the connection is
+	// closed, its streams fail, and the process serves on. Called while
+	// the panic is recovered: runtime/debug.Stack has its stack. nil:
+	// logged by log/slog's default logger, at error level. (A handler's
+	// panic is the handler's: its stream is reset, ErrorLog told.)
+	OnPanic func(v any)
 
 	// work hands a stream to an idle handler goroutine (workers): a
 	// goroutine per stream paid for its creation and, deeper in the proxy,
@@ -144,6 +153,30 @@ func (s *Server) Close() {
 	s.mu.Unlock()
 }
 
+// recoverWorker, deferred first by a worker, recovers a panic of a
+// stream's run outside its handler (whose own panics run recovers): in
+// the stream's end, its response's last write or its reset (a bug, or a
+// connection whose Write panics). Unrecovered it would end the process;
+// the stream's connection is ended as after a panic of its read loop
+// (loopPanicked), and the worker with it. t is the worker's task (nil
+// stream: none ran).
+func recoverWorker(t *streamTask) {
+	if p := recover(); p != nil && t.st != nil {
+		t.st.sc.loopPanicked(p)
+	} else if p != nil {
+		panic(p) // not a stream's: no connection to end, nothing to report to
+	}
+}
+
+// panicked hands v, a panic recovered on a read loop, to OnPanic.
+func (s *Server) panicked(v any) {
+	if s.OnPanic != nil {
+		s.OnPanic(v)
+		return
+	}
+	slog.Error("h2srv: panic in a connection's read loop", "panic", v, "stack", string(debug.Stack()))
+}
+
 func (s *Server) logf(msg string, args ...any) {
 	if s.ErrorLog != nil {
 		s.ErrorLog(msg, args...)
@@ -170,6 +203,7 @@ func (s *Server) dispatch(t streamTask) {
 }
 
 func (s *Server) worker(work chan streamTask, t streamTask) {
+	defer recoverWorker(&t)
 	timer := time.NewTimer(workerIdle)
 	defer timer.Stop()
 	for {

@@ -40,6 +40,16 @@ type wlock chan struct{}
 func (l wlock) Lock()   { l <- struct{}{} }
 func (l wlock) Unlock() { <-l }
 
+// TryLock locks l if it is free.
+func (l wlock) TryLock() bool {
+	select {
+	case l <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
 // lockDone locks l unless done is closed first (nil: never).
 func (l wlock) lockDone(done <-chan struct{}) bool {
 	select {
@@ -491,14 +501,16 @@ func (c *conn) closeIf(err error, cond func() bool) {
 	c.mu.Unlock()
 	c.p.remove(c)
 	c.nc.Close() // first: a writer blocked in a write holds wmu
+	// The streams fail before the wait for wmu: a panic while it was
+	// held (recoverRead) may have left it so.
+	for _, s := range streams {
+		s.fail(err)
+	}
 	c.wmu.Lock()
 	if c.ctlTimer != nil {
 		c.ctlTimer.Stop()
 	}
 	c.wmu.Unlock()
-	for _, s := range streams {
-		s.fail(err)
-	}
 }
 
 // closeIfIdle closes the connection if it carries no stream.

@@ -134,3 +134,19 @@ func HoldWriteLock(p *Pool) (release func(), ok bool) {
 	c.wmu.Lock()
 	return c.wmu.Unlock, true
 }
+
+// LockConns takes the lock (mu) of each of p's connections and returns
+// its release.
+func LockConns(p *Pool) (unlock func()) {
+	p.mu.Lock()
+	conns := append([]*conn(nil), p.conns...)
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+	}
+	return func() {
+		for _, c := range conns {
+			c.mu.Unlock()
+		}
+	}
+}

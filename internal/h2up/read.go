@@ -46,12 +46,31 @@ func (c *conn) readLoop() {
 // recovers a panic in it (a bug, in code reached from the endpoint's
 // frames): the panic goes to Config.OnPanic and the connection is closed,
 // its streams failed, rather than the process ending. The socket is
-// closed first: what the loop held when it panicked may still be held.
+// closed first, taking no lock: the endpoint sees the end, a writer
+// blocked on it lets go. Then the connection's state, which close changes
+// under mu and wmu: here if both are free (TryLock), else by a goroutine
+// of its own, never waiting here. A lock has no owner: a held mu or wmu
+// may be another goroutine's for a moment (the close follows it) or the
+// panicked code's own for good (a section that unlocks without defer),
+// and unlocking another's would be fatal. Waiting here would keep the
+// read loop's goroutine for good in the second case; the spawned close
+// waits instead (and so does whatever else waits for that lock: the
+// streams fail first, the wait for wmu comes last, closeIf).
 func (c *conn) recoverRead() {
 	if p := recover(); p != nil {
 		c.p.panicked(p)
 		c.nc.Close()
-		c.close(fmt.Errorf("h2up: connection lost: the read loop panicked: %v", p))
+		err := fmt.Errorf("h2up: connection lost: the read loop panicked: %v", p)
+		if c.mu.TryLock() {
+			free := c.wmu.TryLock()
+			c.mu.Unlock()
+			if free {
+				c.wmu.Unlock()
+				c.close(err)
+				return
+			}
+		}
+		go c.close(err)
 	}
 }
 

@@ -98,10 +98,12 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	// wrappers are the caller's) must not leave the stream open for good
 	// (its slot, its entry, a stream the endpoint waits on): it is reset
 	// as the panic goes on to the caller (the write lock is free by then).
-	written := false
+	// headed: the HEADERS block went out whole (a panic before that
+	// closes the connection: abandon).
+	written, headed := false, false
 	defer func() {
 		if !written {
-			s.abandon(ran, pre)
+			s.abandon(ran, headed, pre)
 		}
 	}()
 	err := c.writeFlushCtx(ctx.Done(), func() error {
@@ -131,8 +133,12 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		c.mu.Unlock()
 		c.hbuf.Reset()
 		encodeHeaders(c, req, hasBody, hasTrailer)
-		if err := c.writeHeaderBlock(s.id, !hasBody, maxFrame); err != nil || !ready {
+		if err := c.writeHeaderBlock(s.id, !hasBody, maxFrame); err != nil {
 			return err
+		}
+		headed = true
+		if !ready {
+			return nil
 		}
 		return s.sendReady(pre, hasTrailer)
 	}, !hasBody || ready)
@@ -181,10 +187,19 @@ var errAbandoned = errors.New("h2up: the request's write panicked")
 
 // abandon undoes what roundTrip's write did before it panicked: the
 // stream is reset if it was opened, else its slot given back; the ready
-// body's buffer goes back to its pool.
-func (s *stream) abandon(ran bool, pre *pending) {
+// body's buffer goes back to its pool. A panic after the stream got its
+// id but before its HEADERS block went out whole (headed) closes the
+// connection instead: the block was encoded in part (the HPACK encoder's
+// table is no longer the endpoint's decoder's) or written in part (the
+// endpoint would read what follows as the rest of a frame), and the
+// endpoint never saw the stream open (an RST_STREAM for it is a protocol
+// error). The connection's other streams fail with it; the next request
+// dials a fresh one.
+func (s *stream) abandon(ran, headed bool, pre *pending) {
 	c := s.c
 	switch {
+	case s.id != 0 && !headed:
+		c.close(errAbandoned)
 	case s.id != 0:
 		s.reset(http2.ErrCodeCancel, errAbandoned, true)
 	case ran:

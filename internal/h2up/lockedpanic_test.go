@@ -1,0 +1,114 @@
+package h2up_test
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/fogmesh/fogmesh/internal/h2up"
+)
+
+// recoveringReadLoop reports whether a goroutine is in a read loop's
+// recover (recoverRead's frame over readLoop's, not a goroutine it
+// started).
+func recoveringReadLoop() bool {
+	buf := make([]byte, 4<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, "h2up.(*conn).recoverRead(") && strings.Contains(g, "h2up.(*conn).readLoop(") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestPanicInReadLoopLockHeld: when the read loop panics while the
+// connection's lock is held (here by the test; by the panicked code
+// itself, a section that unlocks without defer, it would be held for
+// good), its recover does not wait for the lock: the panic is reported,
+// the socket closed, and the read loop's goroutine ends; the close of
+// the connection's state follows once the lock is free.
+func TestPanicInReadLoopLockHeld(t *testing.T) {
+	// The first PING's acknowledgement: the read loop has processed every
+	// frame before it and waits to read (it takes the connection's lock
+	// for some of them: the test's lock must not stop it before the
+	// panic).
+	ping1, acked, ping2 := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	addr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
+		if firstHeaders(fr) == nil {
+			return
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: headerBlock(":status", "200"), EndStream: true, EndHeaders: true})
+		<-ping1
+		fr.WritePing(false, [8]byte{1})
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
+				break
+			}
+		}
+		close(acked)
+		<-ping2
+		fr.WritePing(false, [8]byte{2})
+		for {
+			if _, err := fr.ReadFrame(); err != nil {
+				return
+			}
+		}
+	})
+	var armed atomic.Bool
+	panics := make(chan any, 2)
+	pool := h2up.New(h2up.Config{OnPanic: func(v any) { panics <- v }, Dial: func(ctx context.Context) (net.Conn, error) {
+		c, err := dialTo(addr)(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return panicReadConn{c, &armed}, nil
+	}})
+	defer pool.Close()
+	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	close(ping1)
+	select {
+	case <-acked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no PING acknowledgement")
+	}
+
+	unlock := h2up.LockConns(pool)
+	locked := true
+	defer func() {
+		if locked {
+			unlock()
+		}
+	}()
+	armed.Store(true)
+	close(ping2)
+	select {
+	case <-panics:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnPanic not called")
+	}
+	for deadline := time.Now().Add(10 * time.Second); recoveringReadLoop(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the read loop's recover still runs (it waits for the connection's lock)")
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+	}
+	locked = false
+	unlock()
+	waitStreamsClosed(t, pool)
+}
