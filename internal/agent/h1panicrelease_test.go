@@ -105,9 +105,9 @@ spec: {ports: [{name: web, port: 19931, protocol: http}]}
 		}
 		base++
 	}
-	if n := a.l7Inflight.Load(); n != 0 {
-		t.Errorf("%d requests in flight after the panics, want 0", n)
-	}
+	// A leaked slot stays taken; one released a moment after the
+	// connection's goroutine ended (CI saw 1 once, loaded) is no leak.
+	waitFor(t, "no request in flight after the panics", func() bool { return a.l7Inflight.Load() == 0 })
 	// The client is served on.
 	c, done := serve(false)
 	br := bufio.NewReader(c)
