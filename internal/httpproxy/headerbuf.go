@@ -58,6 +58,9 @@ type HeaderBuf struct {
 	// leanResp is the raw lean response lent this request (nil: none),
 	// spareResp the last one's, zeroed (RecycleResponse), for the next.
 	leanResp, spareResp *leanResp
+	// arena holds the heads of the lean requests (LeanRequest) or lean
+	// responses (leanResponse) read with hb: kept across requests.
+	arena headArena
 }
 
 // RecycleResponse is Done for the response side of a request whose

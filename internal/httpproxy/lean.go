@@ -87,16 +87,17 @@ func framesBody(key string) bool {
 	return false
 }
 
-// leanHead returns the head at the start of br's buffer as a string, its
-// first line (CR excluded) and its field lines, or false if the buffer
-// holds no whole head whose lines all end in CRLF.
-func leanHead(br *bufio.Reader) (head, first, fields string, ok bool) {
-	return leanHeadOf(br, -1)
+// leanHead returns the head at the start of br's buffer as a string (cut
+// from a, if not nil: headArena), its first line (CR excluded) and its
+// field lines, or false if the buffer holds no whole head whose lines all
+// end in CRLF.
+func leanHead(br *bufio.Reader, a *headArena) (head, first, fields string, ok bool) {
+	return leanHeadOf(br, -1, a)
 }
 
 // leanHeadOf is leanHead for a head of n bytes the caller found already
 // (headEnd of the buffer, as PeekHeader returns it; n < 0: not found yet).
-func leanHeadOf(br *bufio.Reader, n int) (head, first, fields string, ok bool) {
+func leanHeadOf(br *bufio.Reader, n int, a *headArena) (head, first, fields string, ok bool) {
 	b, _ := br.Peek(br.Buffered())
 	if n < 0 || n > len(b) {
 		n = headEnd(b)
@@ -108,7 +109,7 @@ func leanHeadOf(br *bufio.Reader, n int) (head, first, fields string, ok bool) {
 	if i < 1 || b[i-1] != '\r' {
 		return "", "", "", false
 	}
-	head = string(b[:n])
+	head = a.str(b[:n])
 	return head, head[:i-1], head[i+1 : n-2], true
 }
 
@@ -129,7 +130,13 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if req.Method == http.MethodHead {
 		return nil
 	}
-	head, line, fields, ok := leanHead(pc.br)
+	ctx := req.Context()
+	hb := rawHeaderBuf(ctx)
+	var arena *headArena
+	if hb != nil {
+		arena = &hb.arena // not busy: this request's, on its goroutine
+	}
+	head, line, fields, ok := leanHead(pc.br, arena)
 	if !ok || len(line) < 12 || line[:9] != "HTTP/1.1 " {
 		return nil
 	}
@@ -142,8 +149,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if code == http.StatusNoContent || code == http.StatusNotModified {
 		return nil
 	}
-	ctx := req.Context()
-	if hb := rawHeaderBuf(ctx); hb != nil {
+	if hb != nil {
 		if length, names, ok := rawFields(fields); ok {
 			// Kept raw: read through ResponseField, written as it came
 			// (WriteResponse), made a map only if asked (ResponseHeader).
@@ -302,7 +308,11 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 // br's buffer, as PeekHeader found it (its length; size < 0: to find):
 // the head is not searched for its end a second time.
 func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size int) *http.Request {
-	head, line, fields, ok := leanHeadOf(br, size)
+	var arena *headArena
+	if hb != nil {
+		arena = &hb.arena
+	}
+	head, line, fields, ok := leanHeadOf(br, size, arena)
 	if !ok {
 		return nil
 	}
