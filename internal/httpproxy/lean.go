@@ -77,11 +77,14 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 
 // framesBody: a request field of this canonical name takes the head out
 // of the lean subset (LeanRequest): it frames a body, or declares
-// trailers, or is Pragma (http.ReadRequest's no-cache rule). Found as the
-// fields are parsed, not by four map lookups after.
+// trailers, or is Pragma (http.ReadRequest's no-cache rule), or is one
+// that Eligible hands the connection to the net/http server for (Upgrade,
+// Expect), so that a head LeanRequest reads is one Eligible takes and the
+// fast path need not walk it again. Found as the fields are parsed, not
+// by map lookups after.
 func framesBody(key string) bool {
 	switch key {
-	case "Content-Length", "Transfer-Encoding", "Trailer", "Pragma":
+	case "Content-Length", "Transfer-Encoding", "Trailer", "Pragma", "Upgrade", "Expect":
 		return true
 	}
 	return false
@@ -294,9 +297,10 @@ func (b *lengthBody) Read(p []byte) (int, error) {
 func (b *lengthBody) Close() error { return nil }
 
 // LeanRequest reads the request head at the start of br's buffer when it
-// is plain: an HTTP/1.1 request line with an upper-case method and an
-// origin-form target, one Host field, no Content-Length, Transfer-Encoding,
-// Trailer or Pragma (no body). Else it returns nil and consumes nothing:
+// is plain: an HTTP/1.1 request line with an upper-case method (not
+// CONNECT or PRI) and an origin-form target, one Host field, no
+// Content-Length, Transfer-Encoding, Trailer or Pragma (no body), no
+// Upgrade or Expect: a head Eligible takes. Else it returns nil and consumes nothing:
 // http.ReadRequest is to read it. Like http.ReadRequest, it leaves Host out
 // of the header. The request has context ctx, and its header is hb's
 // (nil: a new one) until hb.Done.
