@@ -325,7 +325,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 	in.RemoteAddr = cs.remote
 	keep := !in.Close
-	hasBody := in.Body != nil && in.Body != http.NoBody
+	hasBody := !httpproxy.BodyNone(in.Body)
 	body := in.Body
 	if hasBody {
 		if tb, ok := body.(*httpproxy.TimedBody); ok {
@@ -361,7 +361,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 
 	out := in // a lean request has its context already (and no body)
-	if in.Context() != cs.ctx || hasBody {
+	if !httpproxy.SameContext(in.Context(), cs.ctx) || hasBody {
 		out = in.WithContext(cs.ctx)
 	}
 	cs.clk = reqClock{}

@@ -36,7 +36,7 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 			hw.add(k, ": ", v, "\r\n")
 		}
 	}
-	hasBody := req.Body != nil && req.Body != http.NoBody
+	hasBody := !BodyNone(req.Body)
 	chunked := hasBody && req.ContentLength < 0
 	switch {
 	case chunked:
