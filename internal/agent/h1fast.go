@@ -89,7 +89,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}()
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
-	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone, wire: wire, a: s.a, target: tc.target}
+	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone, wire: wire, a: s.a}
 	cs.watchHeadFn = cs.watchHead // one func value for the connection, not one per request with a body
 	// Cancelled only by watch (a client gone mid-stream) and when the
 	// connection ends: the pools hook only streaming bodies to it.
@@ -221,7 +221,6 @@ func (cs *h1ClientConn) idleTimeout(s *l7, t listenTarget) time.Duration {
 // h1ClientConn is what the fast path keeps per client connection.
 type h1ClientConn struct {
 	ctx    context.Context // carries the listenTarget for lbTransport and the client's identity; cancelled by gone
-	target listenTarget    // the one ctx carries, for lbTransport (roundTripAt)
 	remote string          // client address, for hashing and sessions
 	xff    []string        // X-Forwarded-For: the client's IP (read-only)
 	srcID  []string        // the identity header's value: the client's workload identity (read-only; nil: none)
@@ -369,7 +368,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	if !hasBody {
 		cs.watchHead()
 	}
-	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done, &cs.clk, &cs.target) // resp.Body is closed below, on every way out
+	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done, &cs.clk) // resp.Body is closed below, on every way out
 	if err == nil {
 		cs.open = resp.Body
 	}

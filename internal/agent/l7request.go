@@ -26,7 +26,7 @@ type lbTransport struct {
 }
 
 func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	return lt.roundTripAt(req, nil, nil, nil, nil)
+	return lt.roundTripAt(req, nil, nil, nil)
 }
 
 // roundTripAt is RoundTrip for a request whose client connection keeps its
@@ -34,24 +34,22 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // counts by its source address), and lends the response's body wrapper
 // (done, reqHold.onDoneIn; nil: a new one): the caller closes the body
 // before the next request that lends it. clk (nil: none) shares the
-// clock's readings with the caller (reqClock). tgt (nil: none) is the
-// listenTarget req's context carries, when the caller has it: the fast
-// path's connection (the context's search for it, ~30 ns, left out).
-func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *doneBody, clk *reqClock, tgt *listenTarget) (*http.Response, error) {
+// clock's readings with the caller (reqClock).
+func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *doneBody, clk *reqClock) (*http.Response, error) {
 	o := lt.l7.a.obs
 	if o == nil {
-		return lt.serve(req, nil, place, done, clk, tgt)
+		return lt.serve(req, nil, place, done, clk)
 	}
 	// The request's span and access-log line (observe.go): req's header
 	// is the one sent on, so the trace context goes with it.
 	t, _ := req.Context().Value(targetKey{}).(listenTarget)
 	rec := o.begin(sideClient, req, req.Header, lt.l7.a.view.Load().services[t.svc], t.svc)
 	if rec == nil {
-		return lt.serve(req, nil, place, done, clk, tgt)
+		return lt.serve(req, nil, place, done, clk)
 	}
 	rec.src = connIdentityFrom(req.Context())
 	defer rec.endIfPanicked() // a bug in the round trip: logged and traced as a 500 (l7panic.go)
-	resp, err := lt.serve(req, rec, place, done, clk, tgt)
+	resp, err := lt.serve(req, rec, place, done, clk)
 	if err != nil {
 		rec.end(errorStatus(req, err), "", err)
 		return nil, err
@@ -69,17 +67,12 @@ func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *
 type reqClock struct{ end time.Time }
 
 // serve is RoundTrip's work; rec (nil: none) learns the route, endpoint
-// and attempts; place, done, clk and tgt are roundTripAt's.
-func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace, done *doneBody, clk *reqClock, tgt *listenTarget) (resp *http.Response, err error) {
+// and attempts; place and done are roundTripAt's.
+func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace, done *doneBody, clk *reqClock) (resp *http.Response, err error) {
 	a := lt.l7.a
-	var t listenTarget
-	if tgt != nil {
-		t = *tgt
-	} else {
-		var ok bool
-		if t, ok = req.Context().Value(targetKey{}).(listenTarget); !ok {
-			return nil, errors.New("request without a service")
-		}
+	t, ok := req.Context().Value(targetKey{}).(listenTarget)
+	if !ok {
+		return nil, errors.New("request without a service")
 	}
 	sv := a.view.Load().services[t.svc]
 	if sv == nil {
