@@ -132,8 +132,16 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			wire.moved() // it read on, under the head's deadline
 		}
 		eligible, clte := false, false
+		var req *http.Request
 		if err == nil {
-			eligible, clte = httpproxy.Eligible(hdr)
+			// A plain head first: one LeanRequest reads is one Eligible
+			// takes (no Upgrade, Expect, Content-Length or Transfer-Encoding,
+			// one Host), and is not walked a second time.
+			if req = httpproxy.LeanRequestHead(cs.ctx, br, &cs.hb, len(hdr)); req != nil {
+				eligible = true
+			} else {
+				eligible, clte = httpproxy.Eligible(hdr)
+			}
 		}
 		if err == httpproxy.ErrHeaderTooLarge || (err == nil && !eligible) {
 			// The net/http server takes the connection from here on.
@@ -158,8 +166,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 		if err != nil {
 			return // incomplete header: client gone or header timeout, as net/http
 		}
-		req := httpproxy.LeanRequestHead(cs.ctx, br, &cs.hb, len(hdr)) // a plain head; else net/http's parse
-		lean := req != nil
+		lean := req != nil // a plain head; else net/http's parse
 		if req == nil {
 			if req, err = http.ReadRequest(br); err != nil {
 				httpproxy.WriteStatus(bw, httpproxy.ReadRequestStatus(err), err.Error())
@@ -318,7 +325,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 	in.RemoteAddr = cs.remote
 	keep := !in.Close
-	hasBody := in.Body != nil && in.Body != http.NoBody
+	hasBody := !httpproxy.BodyNone(in.Body)
 	body := in.Body
 	if hasBody {
 		if tb, ok := body.(*httpproxy.TimedBody); ok {
@@ -354,7 +361,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 
 	out := in // a lean request has its context already (and no body)
-	if in.Context() != cs.ctx || hasBody {
+	if !httpproxy.SameContext(in.Context(), cs.ctx) || hasBody {
 		out = in.WithContext(cs.ctx)
 	}
 	cs.clk = reqClock{}

@@ -78,7 +78,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 	// handler returns), and keep what is sent of it for a retry.
 	var rb *replayBody
 	replayable := func() bool { return true }
-	bodyless := req.Body == nil || req.Body == http.NoBody
+	bodyless := httpproxy.BodyNone(req.Body)
 	if !bodyless {
 		out := *req
 		if pol.Retries > 0 && req.ContentLength <= retryBodyLimit {

@@ -328,7 +328,7 @@ func WithTimedBody(ctx context.Context, tb *TimedBody) context.Context {
 // ArmBody applies body bounds (TimedBody.Arm) to req's TimedBody, if the
 // entry point gave it one.
 func ArmBody(req *http.Request, gap, timeout time.Duration) *TimedBody {
-	if req.Body == nil || req.Body == http.NoBody {
+	if BodyNone(req.Body) {
 		return nil
 	}
 	tb := TimedBodyOf(req)

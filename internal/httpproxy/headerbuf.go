@@ -58,6 +58,9 @@ type HeaderBuf struct {
 	// leanResp is the raw lean response lent this request (nil: none),
 	// spareResp the last one's, zeroed (RecycleResponse), for the next.
 	leanResp, spareResp *leanResp
+	// arena holds the heads of the lean requests (LeanRequest) or lean
+	// responses (leanResponse) read with hb: kept across requests.
+	arena headArena
 }
 
 // RecycleResponse is Done for the response side of a request whose
@@ -147,7 +150,7 @@ func (hb *HeaderBuf) HeaderClean() bool { return hb.lr != nil && hb.clean }
 // LeanRequest copies it instead of calling WithContext, which would
 // allocate a second request. It is only ever copied, never handed out.
 func (hb *HeaderBuf) base(ctx context.Context) *http.Request {
-	if hb.req == nil || hb.req.Context() != ctx {
+	if hb.req == nil || !SameContext(hb.req.Context(), ctx) {
 		hb.req = new(http.Request).WithContext(ctx)
 	}
 	return hb.req

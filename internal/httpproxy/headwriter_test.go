@@ -11,7 +11,7 @@ import (
 // WriteString, numbers too).
 func TestHeadWriter(t *testing.T) {
 	pieces := [][4]string{{"GET", " ", "/a/b?c=d", " HTTP/1.1\r\nHost: "}, {"svc", "\r\n", "", ""},
-		{"X-Long", ": ", strings.Repeat("v", 70), "\r\n"}, {"A", ": ", "b", "\r\n"}, {"Content-Length: ", "", "", ""}}
+		{"X-Long", ": ", strings.Repeat("v", 70), "\r\n"}, {"A", ": ", "b", "\r\n"}, {"E", ": ", "", "\r\n"}, {"Content-Length: ", "", "", ""}}
 	want := ""
 	for _, p := range pieces {
 		want += p[0] + p[1] + p[2] + p[3]
@@ -24,7 +24,11 @@ func TestHeadWriter(t *testing.T) {
 			bw.WriteString(strings.Repeat("-", pre))
 			hw := headWriter{bw: bw, b: bw.AvailableBuffer()}
 			for _, p := range pieces {
-				hw.add(p[0], p[1], p[2], p[3])
+				if p[1] == ": " && p[3] == "\r\n" {
+					hw.field(p[0], p[2]) // a field line
+				} else {
+					hw.add(p[0], p[1], p[2], p[3])
+				}
 			}
 			hw.addInt(1234567890123)
 			hw.add("\r\n\r\n", "", "", "")

@@ -77,26 +77,30 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 
 // framesBody: a request field of this canonical name takes the head out
 // of the lean subset (LeanRequest): it frames a body, or declares
-// trailers, or is Pragma (http.ReadRequest's no-cache rule). Found as the
-// fields are parsed, not by four map lookups after.
+// trailers, or is Pragma (http.ReadRequest's no-cache rule), or is one
+// that Eligible hands the connection to the net/http server for (Upgrade,
+// Expect), so that a head LeanRequest reads is one Eligible takes and the
+// fast path need not walk it again. Found as the fields are parsed, not
+// by map lookups after.
 func framesBody(key string) bool {
 	switch key {
-	case "Content-Length", "Transfer-Encoding", "Trailer", "Pragma":
+	case "Content-Length", "Transfer-Encoding", "Trailer", "Pragma", "Upgrade", "Expect":
 		return true
 	}
 	return false
 }
 
-// leanHead returns the head at the start of br's buffer as a string, its
-// first line (CR excluded) and its field lines, or false if the buffer
-// holds no whole head whose lines all end in CRLF.
-func leanHead(br *bufio.Reader) (head, first, fields string, ok bool) {
-	return leanHeadOf(br, -1)
+// leanHead returns the head at the start of br's buffer as a string (cut
+// from a, if not nil: headArena), its first line (CR excluded) and its
+// field lines, or false if the buffer holds no whole head whose lines all
+// end in CRLF.
+func leanHead(br *bufio.Reader, a *headArena) (head, first, fields string, ok bool) {
+	return leanHeadOf(br, -1, a)
 }
 
 // leanHeadOf is leanHead for a head of n bytes the caller found already
 // (headEnd of the buffer, as PeekHeader returns it; n < 0: not found yet).
-func leanHeadOf(br *bufio.Reader, n int) (head, first, fields string, ok bool) {
+func leanHeadOf(br *bufio.Reader, n int, a *headArena) (head, first, fields string, ok bool) {
 	b, _ := br.Peek(br.Buffered())
 	if n < 0 || n > len(b) {
 		n = headEnd(b)
@@ -108,7 +112,7 @@ func leanHeadOf(br *bufio.Reader, n int) (head, first, fields string, ok bool) {
 	if i < 1 || b[i-1] != '\r' {
 		return "", "", "", false
 	}
-	head = string(b[:n])
+	head = a.str(b[:n])
 	return head, head[:i-1], head[i+1 : n-2], true
 }
 
@@ -129,7 +133,13 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if req.Method == http.MethodHead {
 		return nil
 	}
-	head, line, fields, ok := leanHead(pc.br)
+	ctx := req.Context()
+	hb := rawHeaderBuf(ctx)
+	var arena *headArena
+	if hb != nil {
+		arena = &hb.arena // not busy: this request's, on its goroutine
+	}
+	head, line, fields, ok := leanHead(pc.br, arena)
 	if !ok || len(line) < 12 || line[:9] != "HTTP/1.1 " {
 		return nil
 	}
@@ -142,8 +152,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if code == http.StatusNoContent || code == http.StatusNotModified {
 		return nil
 	}
-	ctx := req.Context()
-	if hb := rawHeaderBuf(ctx); hb != nil {
+	if hb != nil {
 		if length, names, ok := rawFields(fields); ok {
 			// Kept raw: read through ResponseField, written as it came
 			// (WriteResponse), made a map only if asked (ResponseHeader).
@@ -288,9 +297,10 @@ func (b *lengthBody) Read(p []byte) (int, error) {
 func (b *lengthBody) Close() error { return nil }
 
 // LeanRequest reads the request head at the start of br's buffer when it
-// is plain: an HTTP/1.1 request line with an upper-case method and an
-// origin-form target, one Host field, no Content-Length, Transfer-Encoding,
-// Trailer or Pragma (no body). Else it returns nil and consumes nothing:
+// is plain: an HTTP/1.1 request line with an upper-case method (not
+// CONNECT or PRI) and an origin-form target, one Host field, no
+// Content-Length, Transfer-Encoding, Trailer or Pragma (no body), no
+// Upgrade or Expect: a head Eligible takes. Else it returns nil and consumes nothing:
 // http.ReadRequest is to read it. Like http.ReadRequest, it leaves Host out
 // of the header. The request has context ctx, and its header is hb's
 // (nil: a new one) until hb.Done.
@@ -302,7 +312,11 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 // br's buffer, as PeekHeader found it (its length; size < 0: to find):
 // the head is not searched for its end a second time.
 func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size int) *http.Request {
-	head, line, fields, ok := leanHeadOf(br, size)
+	var arena *headArena
+	if hb != nil {
+		arena = &hb.arena
+	}
+	head, line, fields, ok := leanHeadOf(br, size, arena)
 	if !ok {
 		return nil
 	}

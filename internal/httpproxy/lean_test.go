@@ -249,6 +249,8 @@ var leanRequestSeeds = []string{
 	"GET /x HTTP/1.1\r\nHost:\r\n\r\n",
 	"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 	"CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n",
+	"GET /x HTTP/1.1\r\nHost: h\r\nupgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+	"GET /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
 }
 
 func FuzzLeanRequest(f *testing.F) {
@@ -295,6 +297,10 @@ func fuzzLeanRequestAfter(t *testing.T, data []byte, recycled bool) (took bool) 
 			t.Fatalf("declined %q but consumed %d bytes", data, buffered-br.Buffered())
 		}
 		return false
+	}
+	if ok, clte := Eligible(data[:headEnd(data)]); !ok || clte {
+		// The fast path skips Eligible for a head LeanRequest reads.
+		t.Fatalf("%q: read lean, but Eligible %t (clte %t)", data, ok, clte)
 	}
 	if c, l := CheckRequest(got), CheckLeanRequest(got); c != l {
 		t.Fatalf("%q: CheckRequest %q, CheckLeanRequest %q", data, c, l)

@@ -25,7 +25,7 @@ var leanCleanSeeds = []struct {
 	{"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-drop\r\nX-Drop: 1\r\n\r\n", false},
 	{"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n", false},
 	{"GET / HTTP/1.1\r\nHost: a\r\nkeep-alive: 5\r\n\r\n", false},
-	{"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE: h2c\r\n\r\n", false},
+	{"GET / HTTP/1.1\r\nHost: a\r\nPROXY-CONNECTION: keep-alive\r\n\r\n", false}, // (an Upgrade field is not lean: Eligible hands it off)
 	{"GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: x\r\n\r\n", false},
 	{"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: x\r\n\r\n", false},
 	{"GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-for: 1.2.3.4\r\n\r\n", false},

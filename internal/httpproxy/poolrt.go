@@ -27,7 +27,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 // request then reads the clock twice, not four times (about 40 ns each
 // here).
 func (p *Pool) RoundTripAt(req *http.Request, now time.Time) (resp *http.Response, at time.Time, err error) {
-	replayable := (req.Body == nil || req.Body == http.NoBody) && isIdempotent(req.Method)
+	replayable := BodyNone(req.Body) && isIdempotent(req.Method)
 	for attempt := 0; ; attempt++ {
 		// A replayable request is sent again if its connection was stale,
 		// so only long-idle connections are checked first; others are

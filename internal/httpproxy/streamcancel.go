@@ -69,7 +69,7 @@ func (m *streamCancelMark) await(pc *poolConn) bool {
 // cancelsOnlyStreams returns ctx's mark if ctx is one of WithStreamCancel's.
 func cancelsOnlyStreams(ctx context.Context) *streamCancelMark {
 	m, _ := ctx.Value(streamCancelKey{}).(*streamCancelMark)
-	if m != nil && m.ctx == ctx {
+	if m != nil && SameContext(m.ctx, ctx) {
 		return m
 	}
 	return nil
