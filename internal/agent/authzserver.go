@@ -143,7 +143,9 @@ func newAuthzServer(a *Agent) *authzServer {
 		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
 			ms := r.Context().Value(meshStreamKey{}).(*meshStream)
 			resp, err := ms.transport(a).RoundTrip(r)
-			if tb := httpproxy.TimedBodyOf(r); tb != nil && err == nil {
+			if tb := httpproxy.TimedBodyOf(r); tb != nil && err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+				tb.Stop() // the connection is the workload's from here on (ReverseProxy hijacks it)
+			} else if tb != nil && err == nil {
 				tb.Answered() // response header: the body bound ends, the workload reads the rest as the response goes out (httpproxy.TimedBody)
 			}
 			return resp, err
