@@ -143,7 +143,9 @@ func newAuthzServer(a *Agent) *authzServer {
 		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
 			ms := r.Context().Value(meshStreamKey{}).(*meshStream)
 			resp, err := ms.transport(a).RoundTrip(r)
-			if tb := httpproxy.TimedBodyOf(r); tb != nil && err == nil {
+			if tb := httpproxy.TimedBodyOf(r); tb != nil && err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+				tb.Stop() // the connection is the workload's from here on (ReverseProxy hijacks it)
+			} else if tb != nil && err == nil {
 				tb.Answered() // response header: the body bound ends, the workload reads the rest as the response goes out (httpproxy.TimedBody)
 			}
 			return resp, err
@@ -327,17 +329,25 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 		writeDenied(w, r.Header)
 		return
 	}
+	var tb *httpproxy.TimedBody
 	if r.Body != nil && r.Body != http.NoBody {
 		// The source agent bounds its client's body; this bounds a peer's
 		// (timeouts.requestBody between reads, not the request timeout,
 		// which a route or class may raise where the request entered).
-		tb := new(httpproxy.TimedBody)
-		tb.Init(r.Body, http.NewResponseController(w)) // deadlines, and full duplex once the workload answers
+		tb = new(httpproxy.TimedBody)
+		if r.ProtoMajor == 1 {
+			tb.InitH1(w, r) // deadlines, and full duplex once the workload answers
+		} else {
+			tb.Init(r.Body, http.NewResponseController(w))
+		}
 		tb.Arm(time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
 		r = r.WithContext(httpproxy.WithTimedBody(r.Context(), tb))
 		r.Body = tb
 	}
 	s.rp.ServeHTTP(w, r)
+	if tb != nil {
+		tb.Unanswered() // the rest of the body, bounded (httpproxy.TimedBody); after a panic the connection closes
+	}
 }
 
 // hdrWorkloadRefused marks the answer of a destination agent that could not

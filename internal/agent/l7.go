@@ -225,15 +225,12 @@ func newL7(a *Agent) *l7 {
 			c.ctx.Context, c.ctx.up, up = ctx, &c.up, &c.up
 			if hasBody {
 				tb = new(httpproxy.TimedBody)
-				tb.Init(r.Body, http.NewResponseController(w)) // deadlines, and full duplex once an endpoint answers
+				tb.InitH1(w, r) // deadlines, and full duplex once an endpoint answers
 				c.ctx.tb = tb
 			}
 			ctx = &c.ctx
 		}
 		defer endCall(up)
-		if tb != nil {
-			defer tb.Unanswered() // the server drains the rest after the handler: bounded (httpproxy.TimedBody)
-		}
 		if ctx != r.Context() {
 			r = r.WithContext(ctx) // the copy; the server's request keeps its body
 		}
@@ -241,6 +238,9 @@ func newL7(a *Agent) *l7 {
 			r.Body = tb
 		}
 		norm.ServeHTTP(w, r)
+		if tb != nil {
+			tb.Unanswered() // the rest of the body, bounded (httpproxy.TimedBody); after a panic the connection closes
+		}
 	})
 	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug, OnPanic: a.h2srvPanicked}
 	s.srv = &http.Server{

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,11 @@ type TimedBody struct {
 	onEnd    func()        // OnEnd's
 	ended    bool          // a read returned io.EOF
 	finished bool          // Finish: the proxy answered, the rest is drained
+	duplex   bool          // Answered made net/http's HTTP/1 server full duplex
+
+	h1     http.ResponseWriter // InitH1: net/http's HTTP/1 writer (nil: another server)
+	rc     *http.ResponseController
+	length int64 // InitH1: the request's Content-Length (-1: unknown)
 
 	consumed atomic.Int64 // bytes read
 }
@@ -77,6 +83,16 @@ func NewTimedBody(r io.ReadCloser, setDeadline func(time.Time) error) *TimedBody
 // its caller's allocation.
 func (b *TimedBody) Init(r io.ReadCloser, dl ReadDeadliner) {
 	b.r, b.dl, b.gap = r, dl, DefaultBodyTimeout
+}
+
+// InitH1 is Init for a request of net/http's HTTP/1 server, read through
+// http.ResponseController: Answered makes the server full duplex, and
+// Unanswered, as the handler returns, reads what is left of such a body
+// itself.
+func (b *TimedBody) InitH1(w http.ResponseWriter, r *http.Request) {
+	b.rc = http.NewResponseController(w)
+	b.Init(r.Body, b.rc)
+	b.h1, b.length = w, r.ContentLength
 }
 
 // ReadDeadliner sets a read deadline (net.Conn, http.ResponseController).
@@ -143,27 +159,27 @@ func (b *TimedBody) Stop() {
 
 // Answered is Stop for an endpoint's response header, called on the
 // handler's goroutine before the header is written: besides lifting the
-// bounds, it lets the server go on reading the body while the response is
-// written, where the deadline setter can (http.ResponseController's
-// EnableFullDuplex). net/http's HTTP/1 server otherwise takes what is left
-// of an unread body before it writes a header (up to 256 KiB; more, and it
+// bounds, it lets net/http's HTTP/1 server go on reading the body while the
+// response is written (InitH1; http.ResponseController's EnableFullDuplex;
+// HTTP/2 always does). That server otherwise takes what is left of an
+// unread body before it writes a header (up to 256 KiB; more, and it
 // answers "Connection: close"): the endpoint, still reading the body
 // through the proxy, would miss that part, and the proxy would cut the
 // response once its read of the closed body failed. A proxy's own answer
-// (an error, a deny: Finish) keeps that drain.
+// (an error, a deny: Finish) keeps that drain. The handler must call
+// Unanswered as it returns (not deferred: after a panic the server closes
+// the connection).
 func (b *TimedBody) Answered() {
 	b.Stop()
 	b.mu.Lock()
-	finished := b.finished
+	duplex := b.rc != nil && !b.finished && !b.duplex
 	b.mu.Unlock()
-	if d, ok := b.dl.(fullDuplexer); ok && !finished {
-		d.EnableFullDuplex()
+	if duplex && b.rc.EnableFullDuplex() == nil {
+		b.mu.Lock()
+		b.duplex = true
+		b.mu.Unlock()
 	}
 }
-
-// fullDuplexer lets a server read a request body while its response is
-// written (http.ResponseController; HTTP/2 servers always do).
-type fullDuplexer interface{ EnableFullDuplex() error }
 
 // Finish bounds what is left of the body once no endpoint will read it:
 // the response is written (fast path), or the proxy answered the request
@@ -182,16 +198,63 @@ func (b *TimedBody) Finish() {
 // returns: if no endpoint's answer lifted the bounds (the proxy answered:
 // an error, a fault; a deny has finished the body already), the server
 // drains the rest of the body before it writes the answer, with the read
-// deadline this sets. A body read to its end, or answered by an endpoint,
-// is left alone: the server may be reading on in the background, where a
-// deadline would cancel the connection.
+// deadline this sets. A body read to its end, or answered by an endpoint
+// over HTTP/2, is left alone: the server may be reading on in the
+// background, where a deadline would cancel the connection. A body of
+// HTTP/1 made full duplex (Answered) that has not ended is read here
+// (endDuplex).
 func (b *TimedBody) Unanswered() {
 	b.mu.Lock()
-	off := b.off
+	off, duplex, ended := b.off, b.duplex, b.ended
 	b.mu.Unlock()
-	if !off {
+	switch {
+	case !off:
 		b.Finish()
+	case duplex && !ended:
+		b.endDuplex()
 	}
+}
+
+// endDuplex sees to the rest of a body that net/http's HTTP/1 server was
+// told to leave alone (full duplex) as its handler returns, the endpoint
+// having answered whole before the body ended (an early 413, a redirect).
+// The server itself would then cut the upstream transport's read of the
+// body still in flight (a deadline in the past, meant for its own read in
+// the background), ignore the error of its drain of the rest, and read the
+// next request from what follows: the rest of a chunked body, on a
+// connection whose context that error cancelled; and it would wait for a
+// stalled body for ever. So the answer is flushed (the client may wait for
+// it before it sends the rest), the rest is read here as the server would
+// have before the header (up to MaxDrain, all of it within one gap from
+// now), and a body that does not end so closes the connection once the
+// answer is written.
+func (b *TimedBody) endDuplex() {
+	b.rc.Flush()
+	if b.length < 0 || b.length-b.Consumed() <= MaxDrain {
+		b.Finish()
+		_, err := io.CopyN(io.Discard, b, MaxDrain+1)
+		if err == io.EOF {
+			b.dl.SetReadDeadline(time.Time{}) // the server reads on in the background
+			return
+		}
+	}
+	closeAfterAnswer(b.h1)
+}
+
+// closeAfterAnswer has net/http's HTTP/1 server close the connection once
+// the response is written, even after its header went out: what
+// http.MaxBytesReader does past its limit ("it tells the ResponseWriter to
+// close the connection"), asked of the server's own writer behind w's
+// wrappers.
+func closeAfterAnswer(w http.ResponseWriter) {
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			break
+		}
+		w = u.Unwrap()
+	}
+	http.MaxBytesReader(w, io.NopCloser(strings.NewReader("x")), 0).Read(make([]byte, 1))
 }
 
 // Expire ends the body when the request timeout fires first: true if the
