@@ -115,16 +115,7 @@ func TestPanicServerRecordBeforeBegin(t *testing.T) {
 	if p != http.ErrAbortHandler {
 		t.Fatalf("handle panicked with %v, want http.ErrAbortHandler", p)
 	}
-	var line map[string]any
-	waitFor(t, "the server's access-log line", func() bool {
-		for _, l := range readLog(t, logPath) {
-			if l["path"] == "/early" && l["side"] == "server" {
-				line = l
-				return true
-			}
-		}
-		return false
-	})
+	line := serverLogLine(t, logPath, "/early")
 	if line["status"] != 500.0 || !strings.HasPrefix(line["error"].(string), "panic: assignment to entry in nil map") {
 		t.Errorf("server line %v, want status 500 and the panic", line)
 	}

@@ -391,16 +391,7 @@ func TestPanicServerRecord(t *testing.T) {
 	if n := panicsNow(a); n != base+1 {
 		t.Fatalf("%d panics counted, want %d", n, base+1)
 	}
-	var line map[string]any
-	waitFor(t, "the server's access-log line", func() bool {
-		for _, l := range readLog(t, logPath) {
-			if l["path"] == "/panic" && l["side"] == "server" {
-				line = l
-				return true
-			}
-		}
-		return false
-	})
+	line := serverLogLine(t, logPath, "/panic")
 	if line["status"] != 500.0 || line["error"] != "panic: test: a bug in the decision logger" {
 		t.Errorf("server line %v, want status 500 and the panic", line)
 	}
@@ -441,4 +432,21 @@ func TestPanicStopsRequestTimer(t *testing.T) {
 	}
 	holdsNothing(t, a)
 	getOK(t, "http://127.73.0.1:19731/after")
+}
+
+// serverLogLine waits for the endpoint agent's access-log line of path
+// in the log at logPath.
+func serverLogLine(t *testing.T, logPath, path string) map[string]any {
+	t.Helper()
+	var line map[string]any
+	waitFor(t, "the server's access-log line", func() bool {
+		for _, l := range readLog(t, logPath) {
+			if l["path"] == path && l["side"] == "server" {
+				line = l
+				return true
+			}
+		}
+		return false
+	})
+	return line
 }

@@ -47,6 +47,13 @@ func (r panicRaw) Read(f func(fd uintptr) bool) error {
 // panicConns armed by armed; each ServeConn's return is sent on ended.
 func servePanicky(t *testing.T, s *Server, armed *atomic.Bool) (addr string, ended chan struct{}) {
 	t.Helper()
+	return serveWrapped(t, s, func(c net.Conn) net.Conn { return panicConn{c.(*net.TCPConn), armed} })
+}
+
+// serveWrapped serves s on a loopback listener, each connection wrapped
+// by wrap; each ServeConn's return is sent on ended.
+func serveWrapped(t *testing.T, s *Server, wrap func(net.Conn) net.Conn) (addr string, ended chan struct{}) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +73,7 @@ func servePanicky(t *testing.T, s *Server, armed *atomic.Bool) (addr string, end
 				return
 			}
 			go func() {
-				s.ServeConn(panicConn{c.(*net.TCPConn), armed}, ConnOptions{})
+				s.ServeConn(wrap(c), ConnOptions{})
 				ended <- struct{}{}
 			}()
 		}
@@ -207,31 +214,7 @@ func TestWorkerPanicInStreamEnd(t *testing.T) {
 	panics := make(chan loopPanic, 2)
 	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
 		OnPanic: func(v any) { panics <- loopPanic{v, string(debug.Stack())} }}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ended := make(chan struct{}, 2)
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		ln.Close()
-		s.Close()
-		<-done
-	})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				s.ServeConn(writePanicConn{c, &armed}, ConnOptions{})
-				ended <- struct{}{}
-			}()
-		}
-	}()
-	addr := ln.Addr().String()
+	addr, ended := serveWrapped(t, s, func(c net.Conn) net.Conn { return writePanicConn{c, &armed} })
 	rc := newRawClient(t, addr)
 	rc.headers(1, true)
 	if got := readUntilEnd(rc, 1, nil); got != "ok" {

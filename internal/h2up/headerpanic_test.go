@@ -2,7 +2,6 @@ package h2up_test
 
 import (
 	"context"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -47,19 +46,7 @@ func TestPanicInHeadersWriteClosesConn(t *testing.T) {
 		return halfPanicConn{c, &armed}, nil
 	}})
 	defer pool.Close()
-	get := func() {
-		t.Helper()
-		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
-		resp, err := pool.RoundTrip(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(b) != "ok" || err != nil {
-			t.Fatalf("answer %q %v", b, err)
-		}
-	}
+	get := func() { t.Helper(); getOKFrom(t, pool, addr) }
 	get() // the connection is up
 	p := func() (p any) {
 		defer func() { p = recover() }()

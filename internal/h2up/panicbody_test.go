@@ -35,19 +35,7 @@ func TestPanicInReadyBodyClosesStream(t *testing.T) {
 	addr := d.target.Load().(string)
 	pool := h2up.New(h2up.Config{Dial: d.dial})
 	defer pool.Close()
-	get := func() {
-		t.Helper()
-		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
-		resp, err := pool.RoundTrip(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(b) != "ok" || err != nil {
-			t.Fatalf("answer %q %v", b, err)
-		}
-	}
+	get := func() { t.Helper(); getOKFrom(t, pool, addr) }
 	get() // the connection is up
 	p := func() (p any) {
 		defer func() { p = recover() }()
@@ -227,5 +215,20 @@ func waitStreamsClosed(t *testing.T, pool *h2up.Pool) {
 			t.Fatalf("%d streams still open on the connection after the panic, want 0", n)
 		}
 		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
+
+// getOKFrom sends a GET to addr through pool and wants "ok" back.
+func getOKFrom(t *testing.T, pool *h2up.Pool, addr string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "ok" || err != nil {
+		t.Fatalf("answer %q %v", b, err)
 	}
 }
