@@ -325,10 +325,6 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 	num, _ := portOf(sv, ms.h.Port)
 	req := authz.Request{SourceID: src, SourceNode: ms.sourceNode, Namespace: ms.h.Namespace, Service: ms.h.Service,
 		Port: ms.h.Port, PortNumber: num, Proto: authz.HTTP, Method: r.Method, Path: authzPath(r), Host: r.Host, Header: r.Header}
-	if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
-		writeDenied(w, r.Header)
-		return
-	}
 	var tb *httpproxy.TimedBody
 	if r.Body != nil && r.Body != http.NoBody {
 		// The source agent bounds its client's body; this bounds a peer's
@@ -343,6 +339,13 @@ func (s *authzServer) handle(w http.ResponseWriter, r *http.Request) {
 		tb.Arm(time.Duration(sv.svc.Spec.Timeouts.RequestBody), 0)
 		r = r.WithContext(httpproxy.WithTimedBody(r.Context(), tb))
 		r.Body = tb
+	}
+	if d := s.a.decide(r.Context(), v.authz, &req); !d.Allow {
+		if tb != nil {
+			tb.Finish() // what is left of the body is only drained, within one timeouts.requestBody
+		}
+		writeDenied(w, r.Header)
+		return
 	}
 	s.rp.ServeHTTP(w, r)
 	if tb != nil {

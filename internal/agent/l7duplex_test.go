@@ -151,3 +151,41 @@ spec: {service: dxa, rules: [{to: [{methods: [POST]}]}]}
 	duplexExchange(t, s, "dxa", "", false)
 	duplexExchange(t, s, "dxa", "", true) // the next request of the stream
 }
+
+// TestDeniedPeerBodyDrainBounded: a peer's request the destination agent
+// denies (authzServer) is answered after what is left of its body was
+// read and dropped: a peer that declares a body and stalls is cut within
+// timeouts.requestBody (300 ms here), not held until it leaves.
+func TestDeniedPeerBodyDrainBounded(t *testing.T) {
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: dxd, namespace: demo}
+spec:
+  ports: [{name: web, port: 19852, protocol: http}]
+  timeouts: {requestBody: 300ms}
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: dxd-get, namespace: demo}
+spec: {service: dxd, rules: [{to: [{methods: [GET]}]}]}
+`)
+	a := startAgent(t, agentOpts{name: "dxd", site: "s1", region: "r1", vipOctet: 108, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("dxd", "dxd-1", startDuplexEcho(t))}})
+	waitFor(t, "endpoint and policy", func() bool { return len(endpointsOf(a, "demo/dxd")) == 1 && a.view.Load().authz.Len() == 1 })
+	mc := transport.NewClient(transport.ClientConfig{SourceNode: "peer"})
+	defer mc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := mc.Dial(ctx, a.MeshAddr(), transport.Header{Namespace: "demo", Service: "dxd", Endpoint: "dxd-1", Port: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	io.WriteString(s, "POST /denied HTTP/1.1\r\nHost: dxd\r\nContent-Length: 100000\r\n\r\nA")
+	s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	out, err := io.ReadAll(s)
+	if !strings.HasPrefix(string(out), "HTTP/1.1 403") {
+		t.Fatalf("answer %q (%v); want 403 and the stream's end within the body bound", out, err)
+	}
+}
