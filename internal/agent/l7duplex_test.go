@@ -122,32 +122,8 @@ func TestDuplexBodySourceServer(t *testing.T) {
 // TestDuplexBodyAuthzServer: a peer's mesh stream whose requests the
 // destination agent authorizes one by one (authzServer).
 func TestDuplexBodyAuthzServer(t *testing.T) {
-	port := startDuplexEcho(t)
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: dxa, namespace: demo}
-spec:
-  ports: [{name: web, port: 19851, protocol: http}]
----
-apiVersion: fogmesh.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: dxa-post, namespace: demo}
-spec: {service: dxa, rules: [{to: [{methods: [POST]}]}]}
-`)
-	a := startAgent(t, agentOpts{name: "dxa", site: "s1", region: "r1", vipOctet: 106, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("dxa", "dxa-1", port)}})
-	// With the policy, the agent serves the peer's streams per request.
-	waitFor(t, "endpoint and policy", func() bool { return len(endpointsOf(a, "demo/dxa")) == 1 && a.view.Load().authz.Len() == 1 })
-	mc := transport.NewClient(transport.ClientConfig{SourceNode: "peer"})
-	defer mc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := mc.Dial(ctx, a.MeshAddr(), transport.Header{Namespace: "demo", Service: "dxa", Endpoint: "dxa-1", Port: "web"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	a := policedAgent(t, "dxa", 106, 19851, startDuplexEcho(t), "", "POST")
+	s := peerStream(t, a, "dxa")
 	duplexExchange(t, s, "dxa", "", false)
 	duplexExchange(t, s, "dxa", "", true) // the next request of the stream
 }
@@ -157,35 +133,57 @@ spec: {service: dxa, rules: [{to: [{methods: [POST]}]}]}
 // read and dropped: a peer that declares a body and stalls is cut within
 // timeouts.requestBody (300 ms here), not held until it leaves.
 func TestDeniedPeerBodyDrainBounded(t *testing.T) {
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: dxd, namespace: demo}
-spec:
-  ports: [{name: web, port: 19852, protocol: http}]
-  timeouts: {requestBody: 300ms}
----
-apiVersion: fogmesh.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: dxd-get, namespace: demo}
-spec: {service: dxd, rules: [{to: [{methods: [GET]}]}]}
-`)
-	a := startAgent(t, agentOpts{name: "dxd", site: "s1", region: "r1", vipOctet: 108, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("dxd", "dxd-1", startDuplexEcho(t))}})
-	waitFor(t, "endpoint and policy", func() bool { return len(endpointsOf(a, "demo/dxd")) == 1 && a.view.Load().authz.Len() == 1 })
-	mc := transport.NewClient(transport.ClientConfig{SourceNode: "peer"})
-	defer mc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := mc.Dial(ctx, a.MeshAddr(), transport.Header{Namespace: "demo", Service: "dxd", Endpoint: "dxd-1", Port: "web"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	a := policedAgent(t, "dxd", 108, 19852, startDuplexEcho(t), "300ms", "GET")
+	s := peerStream(t, a, "dxd")
 	io.WriteString(s, "POST /denied HTTP/1.1\r\nHost: dxd\r\nContent-Length: 100000\r\n\r\nA")
 	s.SetReadDeadline(time.Now().Add(10 * time.Second))
 	out, err := io.ReadAll(s)
 	if !strings.HasPrefix(string(out), "HTTP/1.1 403") {
 		t.Fatalf("answer %q (%v); want 403 and the stream's end within the body bound", out, err)
 	}
+}
+
+// policedAgent starts a control plane that knows service svc (port
+// vipPort, protocol http, timeouts.requestBody body unless empty) and a
+// policy allowing methods (comma-separated) on it, and an agent on VIP
+// range 127.<octet>.0.0/16 whose one workload svc-1 is the endpoint on
+// port: with the policy the agent serves a peer's mesh streams request by
+// request (authzServer).
+func policedAgent(t *testing.T, svc string, octet, vipPort, port int, body, methods string) *Agent {
+	t.Helper()
+	timeouts := ""
+	if body != "" {
+		timeouts = "\n  timeouts: {requestBody: " + body + "}"
+	}
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, fmt.Sprintf(`apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: %[1]s, namespace: demo}
+spec:
+  ports: [{name: web, port: %[2]d, protocol: http}]%[3]s
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: %[1]s-allow, namespace: demo}
+spec: {service: %[1]s, rules: [{to: [{methods: [%[4]s]}]}]}
+`, svc, vipPort, timeouts, methods))
+	a := startAgent(t, agentOpts{name: svc, site: "s1", region: "r1", vipOctet: octet, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload(svc, svc+"-1", port)}})
+	waitFor(t, "endpoint and policy", func() bool { return len(endpointsOf(a, "demo/"+svc)) == 1 && a.view.Load().authz.Len() == 1 })
+	return a
+}
+
+// peerStream opens a peer's mesh stream to a's endpoint svc-1 of svc.
+func peerStream(t *testing.T, a *Agent, svc string) net.Conn {
+	t.Helper()
+	mc := transport.NewClient(transport.ClientConfig{SourceNode: "peer"})
+	t.Cleanup(func() { mc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := mc.Dial(ctx, a.MeshAddr(), transport.Header{Namespace: "demo", Service: svc, Endpoint: svc + "-1", Port: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -11,8 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/fogmesh/fogmesh/internal/transport"
 )
 
 // Full duplex (l7duplex_test.go) takes net/http's HTTP/1 server's drain
@@ -61,22 +58,7 @@ func startReuseAgent(t *testing.T) *reuseAgent {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	cp := startControl(t, t.TempDir(), "")
-	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
-kind: Service
-metadata: {name: dxr, namespace: demo}
-spec:
-  ports: [{name: web, port: 19870, protocol: http}]
-  timeouts: {requestBody: 1s}
----
-apiVersion: fogmesh.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: dxr-all, namespace: demo}
-spec: {service: dxr, rules: [{to: [{methods: [GET, POST]}]}]}
-`)
-	ra.a = startAgent(t, agentOpts{name: "dxr", site: "s1", region: "r1", vipOctet: 107, control: []string{cp.SyncAddr()}, stateDir: t.TempDir(),
-		workloads: []Workload{webWorkload("dxr", "dxr-1", ln.Addr().(*net.TCPAddr).Port)}})
-	waitFor(t, "endpoint and policy", func() bool { return len(endpointsOf(ra.a, "demo/dxr")) == 1 && ra.a.view.Load().authz.Len() == 1 })
+	ra.a = policedAgent(t, "dxr", 107, 19870, ln.Addr().(*net.TCPAddr).Port, "1s", "GET, POST")
 	ra.vip = "127.107.0.1:19870"
 	waitListening(t, ra.vip)
 	return ra
@@ -86,16 +68,7 @@ spec: {service: dxr, rules: [{to: [{methods: [GET, POST]}]}]}
 // request: the policy).
 func (ra *reuseAgent) meshStream(t *testing.T) net.Conn {
 	t.Helper()
-	mc := transport.NewClient(transport.ClientConfig{SourceNode: "peer"})
-	t.Cleanup(func() { mc.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := mc.Dial(ctx, ra.a.MeshAddr(), transport.Header{Namespace: "demo", Service: "dxr", Endpoint: "dxr-1", Port: "web"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	return peerStream(t, ra.a, "dxr")
 }
 
 // vipConn connects to the service's VIP; its requests carry a head over
