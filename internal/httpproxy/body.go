@@ -54,6 +54,10 @@ type TimedBody struct {
 	h1     http.ResponseWriter // InitH1: net/http's HTTP/1 writer (nil: another server)
 	rc     *http.ResponseController
 	length int64 // InitH1: the request's Content-Length (-1: unknown)
+	// closing (InitH1): the server closes the connection after this
+	// request's answer whatever its body does (Connection: close, or a
+	// 100-continue the answer came before), so endDuplex reads none of it.
+	closing bool
 
 	consumed atomic.Int64 // bytes read
 }
@@ -93,6 +97,22 @@ func (b *TimedBody) InitH1(w http.ResponseWriter, r *http.Request) {
 	b.rc = http.NewResponseController(w)
 	b.Init(r.Body, b.rc)
 	b.h1, b.length = w, r.ContentLength
+	b.closing = r.Close || expectsContinue(r)
+}
+
+// expectsContinue reports whether r asks for "100 Continue" before its
+// body (Expect: 100-continue, in any case, among other expectations): if
+// the answer comes before its body was asked for, net/http's server sends
+// no 100 and closes the connection after the answer. A value that only
+// looks like it makes no more than a drain skipped on a connection that
+// closes.
+func expectsContinue(r *http.Request) bool {
+	for _, v := range r.Header["Expect"] {
+		if len(v) >= len("100-continue") && strings.Contains(strings.ToLower(v), "100-continue") {
+			return true
+		}
+	}
+	return false
 }
 
 // ReadDeadliner sets a read deadline (net.Conn, http.ResponseController).
@@ -227,10 +247,13 @@ func (b *TimedBody) Unanswered() {
 // it before it sends the rest), the rest is read here as the server would
 // have before the header (up to MaxDrain, all of it within one gap from
 // now), and a body that does not end so closes the connection once the
-// answer is written.
+// answer is written. On a connection the server closes after the answer
+// anyway (closing) nothing is read: a client that waits for "100
+// Continue" is never sent one after a final answer, and would be waited
+// for one gap for a body it never sends.
 func (b *TimedBody) endDuplex() {
 	b.rc.Flush()
-	if b.length < 0 || b.length-b.Consumed() <= MaxDrain {
+	if !b.closing && (b.length < 0 || b.length-b.Consumed() <= MaxDrain) {
 		b.Finish()
 		_, err := io.CopyN(io.Discard, b, MaxDrain+1)
 		if err == io.EOF {
@@ -238,6 +261,10 @@ func (b *TimedBody) endDuplex() {
 			return
 		}
 	}
+	// The server reads what is left of the body once more as the handler
+	// returns (up to 256 KiB, body.Close), for a connection it is to
+	// close: that read must end at once, not wait for the client.
+	b.dl.SetReadDeadline(aLongTimeAgo)
 	closeAfterAnswer(b.h1)
 }
 
