@@ -38,6 +38,13 @@ type reuseAgent struct {
 
 func startReuseAgent(t *testing.T) *reuseAgent {
 	t.Helper()
+	return startReuseAgentAt(t, 107, "1s")
+}
+
+// startReuseAgentAt is startReuseAgent with the agent's VIP range
+// 127.<octet>.0.0/16 and timeouts.requestBody body.
+func startReuseAgentAt(t *testing.T, octet int, body string) *reuseAgent {
+	t.Helper()
 	ra := &reuseAgent{}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -58,8 +65,8 @@ func startReuseAgent(t *testing.T) *reuseAgent {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	ra.a = policedAgent(t, "dxr", 107, 19870, ln.Addr().(*net.TCPAddr).Port, "1s", "GET, POST")
-	ra.vip = "127.107.0.1:19870"
+	ra.a = policedAgent(t, "dxr", octet, 19870, ln.Addr().(*net.TCPAddr).Port, body, "GET, POST")
+	ra.vip = fmt.Sprintf("127.%d.0.1:19870", octet)
 	waitListening(t, ra.vip)
 	return ra
 }
