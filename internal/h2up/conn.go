@@ -84,7 +84,11 @@ type conn struct {
 	fr   *http2.Framer
 	meta *h2meta.Reader // reads fr's frames, header blocks decoded (read loop only)
 
-	wmu     wlock         // guards bw, the framer's writes, henc, hbuf, werr
+	wmu wlock // guards bw, the framer's writes, henc, hbuf, werr
+	// broken: the read loop panicked (recoverRead): the connection takes
+	// no new stream, and reserve does not wait for mu, which the panic
+	// may have left held (get waits for it holding the pool's lock).
+	broken  atomic.Bool
 	waiting atomic.Int32  // writers waiting for wmu: the last one flushes
 	wseq    atomic.Uint64 // Writes to nc begun and ended (progressWriter): odd while one is in progress
 	handoff atomic.Bool   // a flush of what a writer that gave up was owed is on its way (writeFlushCtx)
@@ -176,6 +180,9 @@ func newConn(p *Pool, nc net.Conn) (*conn, error) {
 // reserve takes a stream slot for a request about to be sent; false if
 // the connection is full or takes no new streams. Under the pool's lock.
 func (c *conn) reserve() bool {
+	if c.broken.Load() {
+		return false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed || c.goaway || uint32(len(c.streams)+c.reserved) >= c.maxConc ||
@@ -515,6 +522,9 @@ func (c *conn) closeIf(err error, cond func() bool) {
 
 // closeIfIdle closes the connection if it carries no stream.
 func (c *conn) closeIfIdle() {
+	if c.broken.Load() {
+		return // closed already, or its close waits for the locks (recoverRead)
+	}
 	c.closeIf(errIdleClosed, func() bool { return len(c.streams) == 0 && c.reserved == 0 })
 }
 
@@ -522,6 +532,9 @@ var errIdleClosed = errors.New("h2up: idle connection closed")
 
 // drain takes no new streams and closes once the streams in flight are done.
 func (c *conn) drain() {
+	if c.broken.Load() {
+		return // as closeIfIdle
+	}
 	c.mu.Lock()
 	c.goaway = true
 	c.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -110,5 +111,117 @@ func TestPanicInReadLoopLockHeld(t *testing.T) {
 	}
 	locked = false
 	unlock()
+	waitStreamsClosed(t, pool)
+}
+
+// TestPanicInReadLoopLockHeldPoolServes: a read loop that panics while
+// its connection's lock is held (for good, were it the panicked code's
+// own) takes no more than its connection with it. The pool's get reserves
+// a slot under the pool's lock and the connection's: a new request would
+// wait for that connection's lock holding the pool's, and every request
+// of the pool after it, for ever; Pool.Close and CloseIdleConnections
+// would wait for it too. The pool must skip the connection, dial another
+// and close while the lock is still held.
+func TestPanicInReadLoopLockHeldPoolServes(t *testing.T) {
+	ping1, acked, ping2 := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	rawAddr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
+		if firstHeaders(fr) == nil {
+			return
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: headerBlock(":status", "200"), EndStream: true, EndHeaders: true})
+		<-ping1
+		fr.WritePing(false, [8]byte{1})
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
+				break
+			}
+		}
+		close(acked)
+		<-ping2
+		fr.WritePing(false, [8]byte{2})
+		for {
+			if _, err := fr.ReadFrame(); err != nil {
+				return
+			}
+		}
+	})
+	drainAddr := startDrainServer(t).target.Load().(string)
+	var armed atomic.Bool
+	var dials atomic.Int64
+	panics := make(chan any, 2)
+	pool := h2up.New(h2up.Config{OnPanic: func(v any) { panics <- v }, Dial: func(ctx context.Context) (net.Conn, error) {
+		addr := drainAddr
+		if dials.Add(1) == 1 {
+			addr = rawAddr
+		}
+		c, err := dialTo(addr)(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return panicReadConn{c, &armed}, nil
+	}})
+	defer pool.Close()
+	req, _ := http.NewRequest("GET", "http://"+rawAddr+"/", nil)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	close(ping1)
+	select {
+	case <-acked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no PING acknowledgement")
+	}
+	unlock := h2up.LockConns(pool)
+	var once sync.Once
+	defer once.Do(unlock)
+	armed.Store(true)
+	close(ping2)
+	select {
+	case <-panics:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnPanic not called")
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+drainAddr+"/", nil)
+		resp, err := pool.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("a request after the panic, the connection's lock held: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		once.Do(unlock) // lets the waiting request go
+		<-done
+		t.Fatal("a request after the panic waited for the panicked connection's lock (the pool's held meanwhile)")
+	}
+	// Nor do the pool's closes wait for it.
+	closed := make(chan struct{})
+	go func() {
+		pool.CloseIdleConnections()
+		pool.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		once.Do(unlock)
+		<-closed
+		t.Fatal("the pool's Close waited for the panicked connection's lock")
+	}
+	once.Do(unlock)
 	waitStreamsClosed(t, pool)
 }

@@ -55,9 +55,14 @@ func (c *conn) readLoop() {
 // and unlocking another's would be fatal. Waiting here would keep the
 // read loop's goroutine for good in the second case; the spawned close
 // waits instead (and so does whatever else waits for that lock: the
-// streams fail first, the wait for wmu comes last, closeIf).
+// streams fail first, the wait for wmu comes last, closeIf). The pool
+// never waits for it: the connection is marked broken before anything,
+// and the pool's get (which reserves a slot holding the pool's lock),
+// Close and CloseIdleConnections skip it without taking mu; it leaves
+// the pool when its close has the locks.
 func (c *conn) recoverRead() {
 	if p := recover(); p != nil {
+		c.broken.Store(true) // first: get skips c from now on
 		c.p.panicked(p)
 		c.nc.Close()
 		err := fmt.Errorf("h2up: connection lost: the read loop panicked: %v", p)
