@@ -36,7 +36,11 @@ type conn struct {
 	meta   *h2meta.Reader    // fr's frames, header blocks decoded; read loop only
 	canon  map[string]string // header name -> canonical, read loop only
 
-	wmu     sync.Mutex   // guards bw, fr's writes, henc, hbuf, werr
+	wmu sync.Mutex // guards bw, fr's writes, henc, hbuf, werr
+	// broken: the read loop panicked (loopPanicked): the connection's
+	// close is on its way, and Server.Close does not wait for mu, which
+	// the panic may have left held.
+	broken  atomic.Bool
 	waiting atomic.Int32 // writers waiting for wmu: the last one flushes
 	bw      *bufio.Writer
 	henc    *h2meta.Encoder
@@ -465,8 +469,10 @@ func (sc *conn) serve(prefaceRead bool) {
 // recovering one: the panic may have left mu or wmu held, which
 // closeConn takes; the recovering goroutine ends either way (serve's
 // returns from ServeConn). Once a lock was left held, what waits on it
-// stays blocked: only the socket's close reaches them.
+// stays blocked: only the socket's close reaches them; the server's Close
+// does not wait for it (broken).
 func (sc *conn) loopPanicked(p any) {
+	sc.broken.Store(true) // first: Server.Close leaves it to the close below
 	sc.s.panicked(p)
 	sc.nc.Close()
 	go sc.closeConn(fmt.Errorf("h2srv: the read loop panicked: %v", p))

@@ -148,7 +148,9 @@ func (s *Server) Close() {
 	s.mu.Lock()
 	s.shutdown = true
 	for sc := range s.conns {
-		sc.closeConn(errClosed)
+		if !sc.broken.Load() { // a broken one's close is on its way, and may wait for its lock (loopPanicked)
+			sc.closeConn(errClosed)
+		}
 	}
 	s.mu.Unlock()
 }
