@@ -38,8 +38,8 @@ type conn struct {
 
 	wmu sync.Mutex // guards bw, fr's writes, henc, hbuf, werr
 	// broken: the read loop panicked (loopPanicked): the connection's
-	// close is on its way, and Server.Close does not wait for mu, which
-	// the panic may have left held.
+	// close is on its way, and neither Server.Close nor a GOAWAY
+	// (Shutdown's) waits for mu, which the panic may have left held.
 	broken  atomic.Bool
 	waiting atomic.Int32 // writers waiting for wmu: the last one flushes
 	bw      *bufio.Writer
@@ -334,6 +334,9 @@ func (sc *conn) closeConn(err error) {
 // With ErrCodeNo the open streams finish (graceful drain); the connection
 // closes when the last one does. Any other code closes it now.
 func (sc *conn) goAway(code http2.ErrCode, debug []byte) {
+	if sc.broken.Load() {
+		return // its read loop panicked: closed, or its close waits for mu (loopPanicked)
+	}
 	sc.mu.Lock()
 	if sc.goingAway && code == http2.ErrCodeNo || sc.closed {
 		sc.mu.Unlock()
