@@ -1,0 +1,89 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
+)
+
+// The fast path full duplex: the pool waits for a request body's next
+// bytes through the client connection (httpproxy.BodyWaiter, this file),
+// and once the endpoint has answered while the body still comes, the
+// rest of the body goes on on a goroutine of the pool's own while forward
+// writes the answer back; forward waits for that goroutine (joinDuplex)
+// before it drains what the client still sends, and the serving loop
+// before the connection's reader goes back to its pool (cutDuplex).
+
+// duplexState is an h1ClientConn's part in full duplex.
+type duplexState struct {
+	// body is the request body forward's round trip sends (nil: none), of
+	// bodyLen bytes (-1: chunked).
+	body    *httpproxy.TimedBody
+	bodyLen int64
+	// duplexDone is closed when the pool's goroutine that sends the rest
+	// of the body ends (nil: none running).
+	duplexDone <-chan struct{}
+}
+
+var _ httpproxy.BodyWaiter = (*h1ClientConn)(nil)
+
+// BodyWaits: nothing of the body is buffered and it has not ended.
+func (cs *h1ClientConn) BodyWaits() bool {
+	tb := cs.body
+	if tb == nil || cs.wire == nil || cs.wire.raw == nil || cs.br.Buffered() > 0 {
+		return false
+	}
+	if cs.bodyLen >= 0 && tb.Consumed() >= cs.bodyLen {
+		return false // its Read returns the end without reading
+	}
+	return !tb.Ended()
+}
+
+// WaitBody waits for the client's socket to be readable, at most d, its
+// read deadline the body's again after.
+func (cs *h1ClientConn) WaitBody(d time.Duration) bool {
+	dl, expired := cs.body.ReadDeadline()
+	until := time.Now().Add(d)
+	if expired || !dl.IsZero() && !until.Before(dl) {
+		return true // the body's own bound first: its Read waits and fails
+	}
+	cs.conn.SetReadDeadline(until)
+	ok := cs.wire.raw.WaitReadable()
+	cs.conn.SetReadDeadline(dl)
+	return ok
+}
+
+// Duplex: the pool reads the body on another goroutine until done is
+// closed; the body's end arms no watch of the client (its head has come).
+// Refused while another attempt's goroutine (a retry's first) still runs.
+func (cs *h1ClientConn) Duplex(done <-chan struct{}) bool {
+	if d := cs.duplexDone; d != nil {
+		select {
+		case <-d:
+		default:
+			return false
+		}
+	}
+	cs.body.OnEnd(nil)
+	cs.duplexDone = done
+	return true
+}
+
+// joinDuplex waits for the pool's goroutine sending the rest of the body,
+// if one runs: the client's reads are forward's again (a drain). It reads
+// the client within the body's bounds (timeouts.requestBody).
+func (cs *h1ClientConn) joinDuplex() {
+	if d := cs.duplexDone; d != nil {
+		<-d
+		cs.duplexDone = nil
+	}
+}
+
+// cutDuplex is joinDuplex for a connection that ends: the goroutine's
+// read of the client is cut first.
+func (cs *h1ClientConn) cutDuplex() {
+	if cs.duplexDone != nil {
+		cs.conn.SetReadDeadline(aLongTimeAgo)
+		cs.joinDuplex()
+	}
+}
