@@ -21,8 +21,9 @@ type duplexState struct {
 	body    *httpproxy.TimedBody
 	bodyLen int64
 	// duplexDone is closed when the pool's goroutine that sends the rest
-	// of the body ends (nil: none running).
+	// of the body ends (nil: none running), which reads duplexBody.
 	duplexDone <-chan struct{}
+	duplexBody *httpproxy.TimedBody
 }
 
 var _ httpproxy.BodyWaiter = (*h1ClientConn)(nil)
@@ -65,18 +66,27 @@ func (cs *h1ClientConn) Duplex(done <-chan struct{}) bool {
 		}
 	}
 	cs.body.OnEnd(nil)
-	cs.duplexDone = done
+	cs.duplexDone, cs.duplexBody = done, cs.body
 	return true
 }
 
 // joinDuplex waits for the pool's goroutine sending the rest of the body,
-// if one runs: the client's reads are forward's again (a drain). It reads
-// the client within the body's bounds (timeouts.requestBody).
+// if one runs: the client's reads are forward's again (a drain). The
+// answer has ended (or failed): what the client still sends is no
+// endpoint's, and must come within one timeouts.requestBody from now
+// (TimedBody.Finish, as a drain's), whatever the answer's head lifted.
 func (cs *h1ClientConn) joinDuplex() {
-	if d := cs.duplexDone; d != nil {
-		<-d
-		cs.duplexDone = nil
+	d := cs.duplexDone
+	if d == nil {
+		return
 	}
+	select {
+	case <-d:
+	default:
+		cs.duplexBody.Finish()
+		<-d
+	}
+	cs.duplexDone, cs.duplexBody = nil, nil
 }
 
 // cutDuplex is joinDuplex for a connection that ends: the goroutine's

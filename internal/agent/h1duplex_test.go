@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -126,5 +127,37 @@ func TestFastDuplexChunkedEcho(t *testing.T) {
 	a.l7.mu.Unlock()
 	if transports != 0 {
 		t.Fatalf("net/http's server path made %d transports", transports)
+	}
+}
+
+// TestFastDuplexStalledClientBounded: a client that stalls its body is
+// cut within timeouts.requestBody (300 ms here), now that the fast path
+// waits for a body's bytes while it looks at the endpoint: before any
+// answer (408), and once the endpoint answered whole before the body
+// ended (the answer, then the connection closed), rather than the body's
+// rest being waited for until the client leaves.
+func TestFastDuplexStalledClientBounded(t *testing.T) {
+	doc := `{"apiVersion":"fogmesh.io/v1alpha1","kind":"Service","metadata":{"name":"fdy","namespace":"demo"},
+	"spec":{"ports":[{"name":"web","port":19891,"protocol":"http"}],"timeouts":{"requestBody":"300ms"}}}`
+	f := agentInFront(t, inFront{node: "fdy", octet: 139, svc: "fdy", vipPort: 19891, port: startFastDuplexEcho(t), doc: doc, noRequest: true})
+	for _, tc := range []struct{ path, want string }{
+		{"/whole", "HTTP/1.1 408"}, // the endpoint answers once it read 5 bytes: 4 come
+		{"/early", "HTTP/1.1 200"},
+	} {
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		body := "5\r\nhello\r\n"
+		if tc.path == "/whole" {
+			body = "4\r\nhell\r\n"
+		}
+		io.WriteString(c, "POST "+tc.path+" HTTP/1.1\r\nHost: fdy\r\nTransfer-Encoding: chunked\r\n\r\n"+body)
+		out, err := io.ReadAll(c) // to the connection's end
+		if !strings.HasPrefix(string(out), tc.want) || err != nil {
+			t.Fatalf("%s: the client stalled its body: %q, %v; want %q and the connection closed within timeouts.requestBody", tc.path, out, err, tc.want)
+		}
 	}
 }
