@@ -161,3 +161,49 @@ func TestFastDuplexStalledClientBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestFastDuplexOverMesh: as TestFastDuplexChunkedEcho, to an endpoint
+// of another agent over a yamux stream: the fast path's upstream
+// connection has no socket of its own to peek at (a read whose deadline
+// has passed looks for the answer).
+func TestFastDuplexOverMesh(t *testing.T) {
+	cp := startControl(t, t.TempDir(), "")
+	apply(t, cp, httpSvcDoc("fdm", 19892, "http"))
+	ctl := []string{cp.SyncAddr()}
+	startAgent(t, agentOpts{name: "fdm-ep", site: "s1", region: "r1", vipOctet: 137, control: ctl, stateDir: t.TempDir(),
+		workloads: []Workload{webWorkload("fdm", "fdm-1", startFastDuplexEcho(t))}})
+	off := false // a yamux stream, not a direct one (a TCP socket)
+	client := startAgentWith(t, agentOpts{name: "fdm-client", site: "s1", region: "r1", vipOctet: 139, control: ctl, stateDir: t.TempDir()},
+		func(cfg *Config) { cfg.MeshDirectStreams = &off })
+	waitFor(t, "the client's agent to learn the endpoint", func() bool { return len(endpointsOf(client, "demo/fdm")) == 1 })
+	addr := "127.139.0.1:19892"
+	waitListening(t, addr)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	io.WriteString(c, "POST /echo HTTP/1.1\r\nHost: fdm\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no response head before the body's rest: %v", err)
+	}
+	echo := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, echo); err != nil || string(echo) != "hello" {
+		t.Fatalf("echo of the first chunk %q, %v", echo, err)
+	}
+	io.WriteString(c, "6\r\n world\r\n0\r\n\r\n")
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || string(rest) != "|n=11 err=<nil>" {
+		t.Fatalf("%s, rest %q, %v", resp.Status, rest, err)
+	}
+	client.l7.h1.mu.Lock()
+	pools := len(client.l7.h1.pools)
+	client.l7.h1.mu.Unlock()
+	if pools != 1 {
+		t.Fatalf("the fast path's pools: %d, want 1 (the request did not go through it)", pools)
+	}
+}

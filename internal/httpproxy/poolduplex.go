@@ -87,7 +87,7 @@ func (pc *poolConn) copyBodyWatched(ctx context.Context, w io.Writer, r io.Reade
 				if ctx.Err() != nil {
 					break // the Read fails, or the round trip's hook did
 				}
-				if pc.br.Buffered() > 0 || pc.pending() {
+				if pc.answered() {
 					return n, errGoDuplex
 				}
 			}
@@ -106,6 +106,24 @@ func (pc *poolConn) copyBodyWatched(ctx context.Context, w io.Writer, r io.Reade
 			return n, err
 		}
 	}
+}
+
+// answered reports whether the endpoint has sent something (a head, its
+// end, an error) while the request body waits, looked at without a wait:
+// one MSG_PEEK on a socket, else a read whose deadline has passed (a mesh
+// stream returns what it holds, or times out; a connection that fails
+// such a read whatever it holds never goes full duplex).
+func (pc *poolConn) answered() bool {
+	if pc.br.Buffered() > 0 {
+		return true
+	}
+	if pc.rc != nil {
+		return pc.pending()
+	}
+	pc.c.SetReadDeadline(aLongTimeAgo)
+	_, err := pc.br.Peek(1)
+	pc.setReadDeadline(time.Time{}) // the poison kept
+	return err == nil || !IsTimeout(err)
 }
 
 // goDuplex hands the rest of req's body (n bytes of it sent, to w, cw the

@@ -58,7 +58,7 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 		buf := CopyBuffers.Get()
 		var n int64
 		var err error
-		if bwt := pc.bodyWaiter(req); bwt != nil {
+		if bwt := bodyWaiterOf(req.Context()); bwt != nil {
 			n, err = pc.copyBodyWatched(req.Context(), w, req.Body, buf, bwt)
 			if err == errGoDuplex {
 				if pc.goDuplex(req, bwt, w, cw, buf, n) {
@@ -100,15 +100,6 @@ func (pc *poolConn) endBody(req *http.Request, cw io.WriteCloser, n int64) error
 		endChunked(pc.bw, cw, nil)
 	}
 	return nil
-}
-
-// bodyWaiter returns the BodyWaiter of req's context if the connection's
-// socket can be looked at without a read (pending), else nil.
-func (pc *poolConn) bodyWaiter(req *http.Request) BodyWaiter {
-	if pc.rc == nil {
-		return nil
-	}
-	return bodyWaiterOf(req.Context())
 }
 
 // copyBody copies with buf (io.CopyBuffer would hand bufio.Writer's
