@@ -28,10 +28,13 @@ type duplexState struct {
 
 var _ httpproxy.BodyWaiter = (*h1ClientConn)(nil)
 
-// BodyWaits: nothing of the body is buffered and it has not ended.
+// BodyWaits: nothing of the body is buffered and it has not ended. Not
+// while an earlier attempt's goroutine may read the client (a retry after
+// a full duplex answer): the attempt reads the body as before, after it
+// (the retry's replayBody orders their reads).
 func (cs *h1ClientConn) BodyWaits() bool {
 	tb := cs.body
-	if tb == nil || cs.wire == nil || cs.wire.raw == nil || cs.br.Buffered() > 0 {
+	if tb == nil || cs.wire == nil || cs.wire.raw == nil || cs.br.Buffered() > 0 || cs.duplexRunning() {
 		return false
 	}
 	if cs.bodyLen >= 0 && tb.Consumed() >= cs.bodyLen {
@@ -58,16 +61,24 @@ func (cs *h1ClientConn) WaitBody(d time.Duration) bool {
 // closed; the body's end arms no watch of the client (its head has come).
 // Refused while another attempt's goroutine (a retry's first) still runs.
 func (cs *h1ClientConn) Duplex(done <-chan struct{}) bool {
-	if d := cs.duplexDone; d != nil {
-		select {
-		case <-d:
-		default:
-			return false
-		}
+	if cs.duplexRunning() {
+		return false
 	}
 	cs.body.OnEnd(nil)
 	cs.duplexDone, cs.duplexBody = done, cs.body
 	return true
+}
+
+// duplexRunning: the pool's goroutine sending a body's rest may run.
+func (cs *h1ClientConn) duplexRunning() bool {
+	if d := cs.duplexDone; d != nil {
+		select {
+		case <-d:
+		default:
+			return true
+		}
+	}
+	return false
 }
 
 // joinDuplex waits for the pool's goroutine sending the rest of the body,
