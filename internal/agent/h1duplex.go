@@ -12,7 +12,7 @@ import (
 // rest of the body goes on on a goroutine of the pool's own while forward
 // writes the answer back; forward waits for that goroutine (joinDuplex)
 // before it drains what the client still sends, and the serving loop
-// before the connection's reader goes back to its pool (cutDuplex).
+// before the connection's reader goes back to its pool (joinDuplex).
 
 // duplexState is an h1ClientConn's part in full duplex.
 type duplexState struct {
@@ -85,8 +85,10 @@ func (cs *h1ClientConn) duplexRunning() bool {
 // if one runs: the client's reads are forward's again (a drain). The
 // answer has ended (or failed): what the client still sends is no
 // endpoint's, and must come within one timeouts.requestBody from now
-// (TimedBody.Finish, as a drain's), whatever the answer's head lifted.
-func (cs *h1ClientConn) joinDuplex() {
+// (TimedBody.Finish, as a drain's), whatever the answer's head lifted;
+// cut (the connection closes, nothing is drained): the goroutine's read
+// of the client is cut at once.
+func (cs *h1ClientConn) joinDuplex(cut bool) {
 	d := cs.duplexDone
 	if d == nil {
 		return
@@ -94,17 +96,12 @@ func (cs *h1ClientConn) joinDuplex() {
 	select {
 	case <-d:
 	default:
-		cs.duplexBody.Finish()
+		if cut {
+			cs.conn.SetReadDeadline(aLongTimeAgo)
+		} else {
+			cs.duplexBody.Finish()
+		}
 		<-d
 	}
 	cs.duplexDone, cs.duplexBody = nil, nil
-}
-
-// cutDuplex is joinDuplex for a connection that ends: the goroutine's
-// read of the client is cut first.
-func (cs *h1ClientConn) cutDuplex() {
-	if cs.duplexDone != nil {
-		cs.conn.SetReadDeadline(aLongTimeAgo)
-		cs.joinDuplex()
-	}
 }

@@ -77,7 +77,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			// A panic mid-request (recoverConn) can leave the watch of a
 			// slow head reading br: it lets go first.
 			cs.stopHead()
-			cs.cutDuplex() // before br goes back: the pool's goroutine may read it
+			cs.joinDuplex(true) // before br goes back: the pool's goroutine may read it
 		}
 		httpproxy.PutReader(br)
 		httpproxy.PutWriter(bw)
@@ -393,19 +393,19 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 			return false
 		}
 		if hasBody {
-			cs.joinDuplex()
+			cs.joinDuplex(!keep)
 			keep = cs.drainOrLinger(in, body, keep)
 		}
 		w.Send(bw, keep, in.Method == http.MethodHead)
 		return bw.Flush() == nil && keep
 	}
-	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody && !duplex && in.ContentLength-tb.Consumed() > httpproxy.MaxDrain {
+	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody && (!duplex || resp.Close) && in.ContentLength-tb.Consumed() > httpproxy.MaxDrain {
 		// More body left than a drain takes (an endpoint answered before
-		// taking it): the response says "Connection: close", so the
-		// client does not send its next request on a connection about to
-		// close, as net/http's server. (A body that can be drained is
-		// drained after the response: a client may wait for the answer
-		// before it sends the rest.)
+		// taking it; in full duplex, and closes: else it may read on): the
+		// response says "Connection: close", so the client does not send
+		// its next request on a connection about to close, as net/http's
+		// server. (A body that can be drained is drained after the
+		// response: a client may wait for the answer before it sends it.)
 		keep, cs.linger = false, true
 	}
 	whole := resp.ContentLength == 0 || resp.ContentLength > 0 && bufferedUpstream(resp.Body) >= resp.ContentLength
@@ -428,7 +428,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 		cs.nextAt = cs.clk.end
 	}
 	if hasBody {
-		cs.joinDuplex()
+		cs.joinDuplex(!keep)
 		keep = cs.drainOrLinger(in, body, keep)
 	}
 	return keep

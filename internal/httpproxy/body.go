@@ -202,6 +202,25 @@ func (b *TimedBody) Answered() {
 	}
 }
 
+// AnsweredBy is Answered for the endpoint's response resp, which net/http's
+// HTTP/1 server is about to write (InitH1): if the endpoint closes its
+// connection after it (resp.Close: net/http's server says so when it
+// answered without reading a large body) and more of a Content-Length body
+// is left than a drain takes, the agent's connection will close after the
+// answer too (endDuplex), and the answer says so ("Connection: close", as
+// net/http's server says it when it leaves a body unread), so the client
+// does not send its next request on a connection about to close. An
+// endpoint that keeps its connection may read the rest as it answers (an
+// echo): its answer says nothing, and if the rest is left unread after
+// all, the connection closes unannounced once the answer is written; so
+// does one whose chunked body's rest cannot be drained.
+func (b *TimedBody) AnsweredBy(resp *http.Response) {
+	if resp.Close && b.h1 != nil && b.length >= 0 && b.length-b.Consumed() > MaxDrain {
+		closeAfterAnswer(b.h1) // before the header: net/http's server adds "Connection: close"
+	}
+	b.Answered()
+}
+
 // Finish bounds what is left of the body once no endpoint will read it:
 // the response is written (fast path), or the proxy answered the request
 // itself (a deny, a fault, an error). The rest is read only to be thrown
