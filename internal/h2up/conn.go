@@ -178,6 +178,9 @@ func newConn(p *Pool, nc net.Conn) (*conn, error) {
 func (c *conn) reserve() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if h := testHookReserve; h != nil {
+		h()
+	}
 	if c.closed || c.goaway || uint32(len(c.streams)+c.reserved) >= c.maxConc ||
 		c.p.cfg.MaxStreams > 0 && c.opened+c.reserved >= c.p.cfg.MaxStreams {
 		return false
