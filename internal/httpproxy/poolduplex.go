@@ -24,7 +24,11 @@ import (
 
 // BodyWaiter is how the pool waits for a request body's next bytes from
 // the client (SetBodyWaiter). Its methods are called on the goroutine of
-// the round trip, one at a time.
+// the round trip, one at a time, and only while ReadReady(req.Body) is
+// false: a reader between the client's body and the pool that holds bytes
+// of it (a retry's kept bytes) must report them through ReadReady, or the
+// pool would wait for the client, who sent them already, up to the body's
+// bound.
 type BodyWaiter interface {
 	// BodyWaits reports whether the body's next Read would wait for the
 	// client: nothing of it is buffered, and it has not ended.
