@@ -146,7 +146,7 @@ func newAuthzServer(a *Agent) *authzServer {
 			if tb := httpproxy.TimedBodyOf(r); tb != nil && err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
 				tb.Stop() // the connection is the workload's from here on (ReverseProxy hijacks it)
 			} else if tb != nil && err == nil {
-				tb.Answered() // response header: the body bound ends, the workload reads the rest as the response goes out (httpproxy.TimedBody)
+				tb.AnsweredBy(resp) // response header: the body bound ends, the workload reads the rest as the response goes out (httpproxy.TimedBody)
 			}
 			return resp, err
 		}),

@@ -77,6 +77,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			// A panic mid-request (recoverConn) can leave the watch of a
 			// slow head reading br: it lets go first.
 			cs.stopHead()
+			cs.joinDuplex(true) // before br goes back: the pool's goroutine may read it
 		}
 		httpproxy.PutReader(br)
 		httpproxy.PutWriter(bw)
@@ -98,6 +99,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	defer cs.endHead()
 	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withConnIdentity(connCtx, tc.clientID), &cs.resp))
 	defer cs.endConn()
+	httpproxy.SetBodyWaiter(cs.ctx, cs) // the pool waits for a body's bytes through cs (h1duplex.go)
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
 	}
@@ -263,6 +265,7 @@ type h1ClientConn struct {
 	place *clientPlace
 
 	headWatchState // the watch of a request whose response head is slow (h1headwatch.go)
+	duplexState    // a body sent on beside its answer (h1duplex.go)
 }
 
 // headersDone ends the last request's headers: the next request gets new ones.
@@ -330,6 +333,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	if hasBody {
 		if tb, ok := body.(*httpproxy.TimedBody); ok {
 			tb.OnEnd(cs.watchHeadFn) // the client's connection is free to watch once the body is read
+			cs.body, cs.bodyLen = tb, in.ContentLength
 		}
 		in.Body = httpproxy.ClientBody{R: body}
 	}
@@ -375,6 +379,8 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody {
 		tb.OnEnd(nil) // a body read to its end later (drained) arms no watch
 	}
+	cs.body = nil
+	duplex := cs.duplexDone != nil // the body's rest is sent beside the answer: no watch, no drain before it ends
 	cs.stopHead()
 	if err != nil {
 		var cbe *httpproxy.ClientBodyError
@@ -387,22 +393,28 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 			return false
 		}
 		if hasBody {
+			cs.joinDuplex(!keep)
 			keep = cs.drainOrLinger(in, body, keep)
 		}
 		w.Send(bw, keep, in.Method == http.MethodHead)
 		return bw.Flush() == nil && keep
 	}
-	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody && in.ContentLength-tb.Consumed() > httpproxy.MaxDrain {
+	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody && (!duplex || resp.Close) && in.ContentLength-tb.Consumed() > httpproxy.MaxDrain {
 		// More body left than a drain takes (an endpoint answered before
-		// taking it): the response says "Connection: close", so the
-		// client does not send its next request on a connection about to
-		// close, as net/http's server. (A body that can be drained is
-		// drained after the response: a client may wait for the answer
-		// before it sends the rest.)
+		// taking it; in full duplex, and closes: else it may read on): the
+		// response says "Connection: close", so the client does not send
+		// its next request on a connection about to close, as net/http's
+		// server. (A body that can be drained is drained after the
+		// response: a client may wait for the answer before it sends it.)
 		keep, cs.linger = false, true
 	}
 	whole := resp.ContentLength == 0 || resp.ContentLength > 0 && bufferedUpstream(resp.Body) >= resp.ContentLength
-	werr := httpproxy.WriteResponseUnflushed(bw, resp, in, keep, cs.watch)
+	var werr error
+	if duplex {
+		werr = httpproxy.WriteResponseUnflushed(bw, resp, in, keep, nil) // the client is read meanwhile
+	} else {
+		werr = httpproxy.WriteResponseUnflushed(bw, resp, in, keep, cs.watch)
+	}
 	resp.Body.Close()
 	// Written and closed: requestDone may reuse it.
 	cs.sent, cs.open = resp, nil
@@ -416,6 +428,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 		cs.nextAt = cs.clk.end
 	}
 	if hasBody {
+		cs.joinDuplex(!keep)
 		keep = cs.drainOrLinger(in, body, keep)
 	}
 	return keep

@@ -66,6 +66,7 @@ func (hp *h1Path) poolForSlow(sv *serviceView, ev *endpointView, port string) *h
 			DialError:   func(err error) error { return &dialError{err} },
 			IdleTimeout: l7IdleTimeout(sv),
 			MaxUses:     sv.svc.Spec.CircuitBreaker.MaxRequestsPerConnection,
+			OnPanic:     func(v any) { a.panicked("sending a request body beside its answer", v) },
 		})
 		if hp.closed {
 			p.Close(false)

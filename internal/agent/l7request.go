@@ -209,7 +209,7 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 	if tb != nil && resp.StatusCode == http.StatusSwitchingProtocols {
 		tb.Stop() // the connection is the endpoint's from here on (ReverseProxy hijacks it)
 	} else if tb != nil {
-		tb.Answered() // the endpoint reads the rest as the response goes out
+		tb.AnsweredBy(resp) // the endpoint reads the rest as the response goes out
 	}
 	if timer != nil {
 		timer.Stop()

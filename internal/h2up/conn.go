@@ -185,6 +185,9 @@ func (c *conn) reserve() bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if h := testHookReserve; h != nil {
+		h()
+	}
 	if c.closed || c.goaway || uint32(len(c.streams)+c.reserved) >= c.maxConc ||
 		c.p.cfg.MaxStreams > 0 && c.opened+c.reserved >= c.p.cfg.MaxStreams {
 		return false

@@ -150,3 +150,10 @@ func LockConns(p *Pool) (unlock func()) {
 		}
 	}
 }
+
+// SetReserveHook has f called by every reservation of a stream slot
+// (conn.reserve, the pool's lock held), until restore.
+func SetReserveHook(f func()) (restore func()) {
+	testHookReserve = f
+	return func() { testHookReserve = nil }
+}

@@ -129,19 +129,11 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 // h2c, with more system calls per request.
 func (p *Pool) get(ctx context.Context) (*conn, error) {
 	for {
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			return nil, ErrPoolClosed
+		c, wait, done, err := p.pick()
+		if c != nil || err != nil {
+			return c, err
 		}
-		for _, c := range p.conns {
-			if c.reserve() {
-				p.mu.Unlock()
-				return c, nil
-			}
-		}
-		if wait := p.dialing; wait != nil {
-			p.mu.Unlock()
+		if wait != nil {
 			select {
 			case <-wait:
 				continue
@@ -149,44 +141,103 @@ func (p *Pool) get(ctx context.Context) (*conn, error) {
 				return nil, ctx.Err()
 			}
 		}
-		done := make(chan struct{})
-		p.dialing = done
-		p.mu.Unlock()
-		nc, err := p.cfg.Dial(ctx)
-		var c *conn
-		if err == nil {
-			c, err = newConn(p, nc)
-		}
-		p.mu.Lock()
-		p.dialing = nil
-		close(done)
+		c, err = p.dial(ctx, done)
 		if err != nil {
-			p.mu.Unlock()
-			if p.cfg.DialError != nil {
+			if err != ErrPoolClosed && p.cfg.DialError != nil {
 				err = p.cfg.DialError(err)
 			}
 			return nil, err
 		}
-		if p.closed {
-			p.mu.Unlock()
-			c.close(ErrPoolClosed)
-			return nil, ErrPoolClosed
+		return c, nil
+	}
+}
+
+// pick reserves a stream slot on a pooled connection (c), or returns the
+// dial another caller runs (wait), or makes the caller the dialer (done,
+// to close once its dial ended: dial). The pool's lock is released
+// however it ends: a panic in a connection's reserve (a bug) fails the
+// caller's request, not every later one of the endpoint, as a lock left
+// held would.
+func (p *Pool) pick() (c *conn, wait <-chan struct{}, done chan struct{}, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, nil, nil, ErrPoolClosed
+	}
+	for _, c := range p.conns {
+		if c.reserve() {
+			return c, nil, nil, nil
 		}
-		p.conns = append(p.conns, c)
-		ok := c.reserve()
-		p.mu.Unlock()
-		if ok {
-			return c, nil
+	}
+	if p.dialing != nil {
+		return nil, p.dialing, nil, nil
+	}
+	done = make(chan struct{})
+	p.dialing = done
+	return nil, nil, done, nil
+}
+
+// dial opens a connection for the caller that pick made the dialer and
+// reserves a stream slot on it. Its end is announced (done closed, the
+// pool's dialing cleared) however it ends, a panic in Dial or in the
+// connection's setup included: the callers waiting for it go on.
+func (p *Pool) dial(ctx context.Context, done chan struct{}) (*conn, error) {
+	ended := false
+	defer func() {
+		if !ended {
+			p.endDial(done)
 		}
-		// A connection just made that takes no stream (closed at once,
-		// GOAWAY, or MAX_CONCURRENT_STREAMS 0 read already): as a dial
-		// that failed, not another dial in a loop.
-		err = errors.New("h2up: the endpoint's new connection takes no streams")
-		if p.cfg.DialError != nil {
-			err = p.cfg.DialError(err)
-		}
+	}()
+	nc, err := p.cfg.Dial(ctx)
+	var c *conn
+	if err == nil {
+		c, err = newConn(p, nc)
+	}
+	ended = true
+	ok, err := p.added(c, err, done)
+	if err == ErrPoolClosed && c != nil {
+		c.close(ErrPoolClosed)
+	}
+	if err != nil {
 		return nil, err
 	}
+	if ok {
+		return c, nil
+	}
+	// A connection just made that takes no stream (closed at once,
+	// GOAWAY, or MAX_CONCURRENT_STREAMS 0 read already): as a dial that
+	// failed, not another dial in a loop.
+	return nil, errors.New("h2up: the endpoint's new connection takes no streams")
+}
+
+// testHookReserve, if set (tests), is called by each reserve, the
+// connection's lock held.
+var testHookReserve func()
+
+// endDial ends the dial announced by done.
+func (p *Pool) endDial(done chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dialing = nil
+	close(done)
+}
+
+// added ends the dial (done) and adds c, dialed with err, to the pool
+// with a stream slot reserved (ok); the lock is released however it ends
+// (pick).
+func (p *Pool) added(c *conn, err error, done chan struct{}) (ok bool, _ error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dialing = nil
+	close(done)
+	if err != nil {
+		return false, err
+	}
+	if p.closed {
+		return false, ErrPoolClosed
+	}
+	p.conns = append(p.conns, c)
+	return c.reserve(), nil
 }
 
 // remove drops c from the pool: it takes no new streams.

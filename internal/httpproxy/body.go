@@ -65,6 +65,27 @@ type TimedBody struct {
 // Consumed returns how many bytes of the body have been read.
 func (b *TimedBody) Consumed() int64 { return b.consumed.Load() }
 
+// ReadDeadline returns the read deadline of the body's next read (zero:
+// its bounds lifted) and whether a read ran out of time (or the request
+// timeout ended the body: Expire), for a caller that waits for the
+// client's bytes with a deadline of its own and then sets this one (the
+// connection's: Init with a net.Conn): before the first read it is the
+// one that read would set, taken as set.
+func (b *TimedBody) ReadDeadline() (t time.Time, expired bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.off {
+		return time.Time{}, b.expired
+	}
+	if b.set.IsZero() {
+		b.set = time.Now().Add(b.gap)
+		if !b.deadline.IsZero() && b.deadline.Before(b.set) {
+			b.set = b.deadline
+		}
+	}
+	return b.set, b.expired
+}
+
 // Ended reports whether a read returned the body's end (io.EOF).
 func (b *TimedBody) Ended() bool {
 	b.mu.Lock()
@@ -199,6 +220,25 @@ func (b *TimedBody) Answered() {
 		b.duplex = true
 		b.mu.Unlock()
 	}
+}
+
+// AnsweredBy is Answered for the endpoint's response resp, which net/http's
+// HTTP/1 server is about to write (InitH1): if the endpoint closes its
+// connection after it (resp.Close: net/http's server says so when it
+// answered without reading a large body) and more of a Content-Length body
+// is left than a drain takes, the agent's connection will close after the
+// answer too (endDuplex), and the answer says so ("Connection: close", as
+// net/http's server says it when it leaves a body unread), so the client
+// does not send its next request on a connection about to close. An
+// endpoint that keeps its connection may read the rest as it answers (an
+// echo): its answer says nothing, and if the rest is left unread after
+// all, the connection closes unannounced once the answer is written; so
+// does one whose chunked body's rest cannot be drained.
+func (b *TimedBody) AnsweredBy(resp *http.Response) {
+	if resp.Close && b.h1 != nil && b.length >= 0 && b.length-b.Consumed() > MaxDrain {
+		closeAfterAnswer(b.h1) // before the header: net/http's server adds "Connection: close"
+	}
+	b.Answered()
 }
 
 // Finish bounds what is left of the body once no endpoint will read it:

@@ -22,6 +22,9 @@ var errAnsweredEarly = errors.New("the endpoint answered before it took the whol
 // 401 before reading the body) and holds the connection open would
 // otherwise be written to for good; exchange reads its answer.
 func (pc *poolConn) onStall() error {
+	if pc.inDuplex.Load() {
+		return nil // answered already: the body's rest is sent beside it (sendRest), the answer read elsewhere
+	}
 	if h := pc.p.testHookStall; h != nil {
 		defer h()
 	}

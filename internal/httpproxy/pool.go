@@ -65,6 +65,10 @@ type PoolConfig struct {
 	// MaxResponseHeaderBytes, which counts them the same way): past it the
 	// request fails and the connection closes.
 	MaxResponseHeadBytes int64
+	// OnPanic gets a panic recovered on the goroutine that sends the rest
+	// of a request body beside its answer (a body's Read: sendRest): the
+	// request fails and the pool serves on. nil: dropped.
+	OnPanic func(v any)
 }
 
 // defaultMaxResponseHead is http.Transport's default MaxResponseHeaderBytes.
@@ -130,9 +134,14 @@ type poolConn struct {
 	long []byte
 	// bad is why an interim head a stalled write read was refused
 	// (skipInterim): the exchange fails with it.
-	bad  error
-	wire *upWire // holds a bodyless request for its response's read if fuse (new, or idle < fuseIdleMax); nil: no descriptor
-	fuse bool
+	bad error
+	// duplex is the rest of the last request's body, sent beside its
+	// answer (goDuplex; nil: none, or sent whole); inDuplex: it may be
+	// sending (onStall leaves the connection's reader alone).
+	duplex   *duplexWrite
+	inDuplex atomic.Bool
+	wire     *upWire // holds a bodyless request for its response's read if fuse (new, or idle < fuseIdleMax); nil: no descriptor
+	fuse     bool
 }
 
 var _ http.RoundTripper = (*Pool)(nil)

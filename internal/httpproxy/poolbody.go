@@ -50,6 +50,9 @@ func (b *respBody) finish(eof bool) {
 	// nothing after it (a body on a HEAD response, bytes beyond its
 	// length) would be read as the next client's response.
 	reuse := eof && !b.close && b.pc.br.Buffered() == 0 && (b.pc.p.cfg.MaxUses <= 0 || b.pc.uses < b.pc.p.cfg.MaxUses)
+	if b.pc.duplex != nil {
+		reuse = b.pc.endDuplex(reuse) // the body's rest went out whole, or the connection closes
+	}
 	if b.stop != nil && !b.stop() {
 		reuse = false // the context fired: the deadline poisoned the connection
 	}

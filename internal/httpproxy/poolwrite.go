@@ -56,27 +56,50 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 			w = cw
 		}
 		buf := CopyBuffers.Get()
-		n, err := copyBody(w, req.Body, buf)
+		var n int64
+		var err error
+		if bwt := bodyWaiterOf(req.Context()); bwt != nil {
+			n, err = pc.copyBodyWatched(req.Context(), w, req.Body, buf, bwt)
+			if err == errGoDuplex {
+				if pc.goDuplex(req, bwt, w, cw, buf, n) {
+					return nil // sendRest sends the rest, and puts buf back
+				}
+				var m int64
+				m, err = copyBody(w, req.Body, buf)
+				n += m
+			}
+		} else {
+			n, err = copyBody(w, req.Body, buf)
+		}
 		CopyBuffers.Put(buf)
 		if err != nil {
 			return err
 		}
-		if !chunked && n != max(req.ContentLength, 0) {
-			// The head promised another length: the upstream would take
-			// the next request's bytes as this body (as http.Transport,
-			// refuse; the caller closes the connection).
-			return fmt.Errorf("request body: %d bytes sent for Content-Length %d", n, req.ContentLength)
-		}
-		if chunked {
-			// Request trailers stay behind, as on the ReverseProxy and h2c
-			// paths (which lose their values): authorization never sees
-			// them, and a workload that merges them into the header must
-			// not get a field past a header-based DENY. gRPC clients send
-			// none; response trailers pass.
-			endChunked(bw, cw, nil)
+		if err := pc.endBody(req, cw, n); err != nil {
+			return err
 		}
 	}
 	return pc.flushRequest(bw, !hasBody) // a bodyless request: written in its response's read
+}
+
+// endBody checks the length of a body written whole (n bytes) or ends a
+// chunked one (cw).
+func (pc *poolConn) endBody(req *http.Request, cw io.WriteCloser, n int64) error {
+	if cw == nil && n != max(req.ContentLength, 0) {
+		// The head promised another length: the upstream would take
+		// the next request's bytes as this body (as http.Transport,
+		// refuse; the caller closes the connection).
+		return fmt.Errorf("request body: %d bytes sent for Content-Length %d", n, req.ContentLength)
+	}
+	if cw != nil {
+		// Request trailers stay behind, as on the ReverseProxy and h2c
+		// paths (which lose their values): authorization never sees
+		// them, and a workload that merges them into the header must
+		// not get a field past a header-based DENY. gRPC clients send
+		// none; response trailers pass.
+		endChunked(pc.bw, cw, nil)
+	}
+	return nil
 }
 
 // copyBody copies with buf (io.CopyBuffer would hand bufio.Writer's

@@ -29,6 +29,10 @@ type streamCancelMark struct {
 	// request and poisons nothing; after it, it poisons the connection
 	// awaited), as with the mutex they had before.
 	waiting atomic.Pointer[poolConn]
+
+	// body waits for the request bodies of ctx's requests (SetBodyWaiter;
+	// nil: none).
+	body BodyWaiter
 }
 
 // markGone is streamCancelMark.waiting after CancelHeadWait.

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/httpproxy"
+)
+
+// The fast path full duplex: the pool waits for a request body's next
+// bytes through the client connection (httpproxy.BodyWaiter, this file),
+// and once the endpoint has answered while the body still comes, the
+// rest of the body goes on on a goroutine of the pool's own while forward
+// writes the answer back; forward waits for that goroutine (joinDuplex)
+// before it drains what the client still sends, and the serving loop
+// before the connection's reader goes back to its pool (joinDuplex).
+
+// duplexState is an h1ClientConn's part in full duplex.
+type duplexState struct {
+	// body is the request body forward's round trip sends (nil: none), of
+	// bodyLen bytes (-1: chunked).
+	body    *httpproxy.TimedBody
+	bodyLen int64
+	// duplexDone is closed when the pool's goroutine that sends the rest
+	// of the body ends (nil: none running), which reads duplexBody.
+	duplexDone <-chan struct{}
+	duplexBody *httpproxy.TimedBody
+}
+
+var _ httpproxy.BodyWaiter = (*h1ClientConn)(nil)
+
+// BodyWaits: nothing of the body is buffered and it has not ended. Not
+// while an earlier attempt's goroutine may read the client (a retry after
+// a full duplex answer): the attempt reads the body as before, after it
+// (the retry's replayBody orders their reads).
+func (cs *h1ClientConn) BodyWaits() bool {
+	tb := cs.body
+	if tb == nil || cs.wire == nil || cs.wire.raw == nil || cs.br.Buffered() > 0 || cs.duplexRunning() {
+		return false
+	}
+	if cs.bodyLen >= 0 && tb.Consumed() >= cs.bodyLen {
+		return false // its Read returns the end without reading
+	}
+	return !tb.Ended()
+}
+
+// WaitBody waits for the client's socket to be readable, at most d, its
+// read deadline the body's again after.
+func (cs *h1ClientConn) WaitBody(d time.Duration) bool {
+	dl, expired := cs.body.ReadDeadline()
+	until := time.Now().Add(d)
+	if expired || !dl.IsZero() && !until.Before(dl) {
+		return true // the body's own bound first: its Read waits and fails
+	}
+	cs.conn.SetReadDeadline(until)
+	ok := cs.wire.raw.WaitReadable()
+	cs.conn.SetReadDeadline(dl)
+	return ok
+}
+
+// Duplex: the pool reads the body on another goroutine until done is
+// closed; the body's end arms no watch of the client (its head has come).
+// Refused while another attempt's goroutine (a retry's first) still runs.
+func (cs *h1ClientConn) Duplex(done <-chan struct{}) bool {
+	if cs.duplexRunning() {
+		return false
+	}
+	cs.body.OnEnd(nil)
+	cs.duplexDone, cs.duplexBody = done, cs.body
+	return true
+}
+
+// duplexRunning: the pool's goroutine sending a body's rest may run.
+func (cs *h1ClientConn) duplexRunning() bool {
+	if d := cs.duplexDone; d != nil {
+		select {
+		case <-d:
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+// joinDuplex waits for the pool's goroutine sending the rest of the body,
+// if one runs: the client's reads are forward's again (a drain). The
+// answer has ended (or failed): what the client still sends is no
+// endpoint's, and must come within one timeouts.requestBody from now
+// (TimedBody.Finish, as a drain's), whatever the answer's head lifted;
+// cut (the connection closes, nothing is drained): the goroutine's read
+// of the client is cut at once.
+func (cs *h1ClientConn) joinDuplex(cut bool) {
+	d := cs.duplexDone
+	if d == nil {
+		return
+	}
+	select {
+	case <-d:
+	default:
+		if cut {
+			cs.conn.SetReadDeadline(aLongTimeAgo)
+		} else {
+			cs.duplexBody.Finish()
+		}
+		<-d
+	}
+	cs.duplexDone, cs.duplexBody = nil, nil
+}

@@ -1,0 +1,234 @@
+package httpproxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// chanBody is a request body whose client sends the parts put on ch (a
+// closed ch: the end), and its BodyWaiter: it counts the round trips
+// that went full duplex.
+type chanBody struct {
+	ch       chan string
+	pending  string
+	closed   bool
+	duplexes atomic.Int32
+}
+
+func (b *chanBody) Read(p []byte) (int, error) {
+	if b.pending == "" && !b.closed {
+		s, ok := <-b.ch
+		b.pending, b.closed = s, !ok
+	}
+	if b.pending == "" && b.closed {
+		return 0, io.EOF
+	}
+	n := copy(p, b.pending)
+	b.pending = b.pending[n:]
+	return n, nil
+}
+
+func (b *chanBody) BodyWaits() bool { return b.pending == "" && !b.closed && len(b.ch) == 0 }
+
+func (b *chanBody) WaitBody(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case s, ok := <-b.ch:
+		b.pending, b.closed = s, !ok
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (b *chanBody) Duplex(done <-chan struct{}) bool {
+	b.duplexes.Add(1)
+	return true
+}
+
+// duplexUpstream is an endpoint (net/http's server, full duplex) that
+// answers a POST once it has read 5 bytes of its body: /early whole,
+// else those bytes flushed, then the count of all it read; a GET with
+// its path. It counts the connections it accepted.
+func duplexUpstream(t *testing.T) (addr string, conns *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns = new(atomic.Int32)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			io.WriteString(w, "ok "+r.URL.Path)
+			return
+		}
+		rc := http.NewResponseController(w)
+		rc.EnableFullDuplex()
+		first := make([]byte, 5)
+		if _, err := io.ReadFull(r.Body, first); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if r.URL.Path == "/early" {
+			w.Header().Set("Content-Length", "5")
+			w.Write(first)
+			return
+		}
+		w.Write(first)
+		rc.Flush()
+		m, err := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "|n=%d err=%v", 5+m, err)
+	}), ConnState: func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String(), conns
+}
+
+func duplexPool(addr string) *Pool {
+	return NewPool(PoolConfig{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}})
+}
+
+// duplexPost is a chunked POST of b to path, b its context's BodyWaiter.
+func duplexPost(t *testing.T, path string, b *chanBody) *http.Request {
+	t.Helper()
+	ctx := WithStreamCancel(context.Background())
+	SetBodyWaiter(ctx, b)
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://svc"+path, io.NopCloser(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = -1
+	return req
+}
+
+// TestPoolDuplexAfterAnswer: a body whose client waits for the answer
+// (and its echo of the first part) before it sends the rest gets them:
+// the rest goes on beside the answer. A body all there (the common
+// case) does not go full duplex.
+func TestPoolDuplexAfterAnswer(t *testing.T) {
+	addr, _ := duplexUpstream(t)
+	p := duplexPool(addr)
+	defer p.Close(true)
+
+	b := &chanBody{ch: make(chan string, 4)}
+	b.ch <- "hello"
+	resp, err := p.RoundTrip(duplexPost(t, "/echo", b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, echo); err != nil || string(echo) != "hello" {
+		t.Fatalf("echo %q, %v", echo, err)
+	}
+	b.ch <- " world" // only now
+	close(b.ch)
+	rest, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(rest) != "|n=11 err=<nil>" {
+		t.Fatalf("rest %q, %v", rest, err)
+	}
+	if n := b.duplexes.Load(); n != 1 {
+		t.Fatalf("%d round trips went full duplex, want 1", n)
+	}
+
+	// All of the body there before the answer: no second goroutine.
+	b2 := &chanBody{ch: make(chan string, 4)}
+	b2.ch <- "hello"
+	b2.ch <- " world"
+	close(b2.ch)
+	resp, err = p.RoundTrip(duplexPost(t, "/echo", b2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(all) != "hello|n=11 err=<nil>" {
+		t.Fatalf("body all there: %q, %v", all, err)
+	}
+	if n := b2.duplexes.Load(); n != 0 {
+		t.Fatalf("a body all there went full duplex (%d)", n)
+	}
+}
+
+// TestPoolDuplexEarlyEndClosesConnection: an answer that ends while the
+// body's rest is still to come (sent beside it) does not give its
+// connection back to the pool: the next request goes on a new one, and
+// the body's rest, once it comes, is written to nothing (the write
+// fails), never read as the next request's.
+func TestPoolDuplexEarlyEndClosesConnection(t *testing.T) {
+	addr, conns := duplexUpstream(t)
+	p := duplexPool(addr)
+	defer p.Close(true)
+
+	b := &chanBody{ch: make(chan string, 4)}
+	b.ch <- "hello"
+	resp, err := p.RoundTrip(duplexPost(t, "/early", b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(all) != "hello" || b.duplexes.Load() != 1 {
+		t.Fatalf("early answer %q, %v, %d full duplex", all, err, b.duplexes.Load())
+	}
+	b.ch <- strings.Repeat("x", 64<<10) // the rest, after the answer
+	close(b.ch)
+	if code, body := get(t, p, "GET", ""); code != 200 || body != "ok /x" {
+		t.Fatalf("the next request: %d %q", code, body)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2: the one whose body was still going was reused", n)
+	}
+}
+
+// panicBody panics in the Read after its first part.
+type panicBody struct{ *chanBody }
+
+func (b panicBody) Read(p []byte) (int, error) {
+	if b.pending == "" && len(b.ch) == 0 && b.duplexes.Load() > 0 {
+		panic("body read")
+	}
+	return b.chanBody.Read(p)
+}
+
+// TestPoolDuplexBodyPanic: a panic in a body's Read on the goroutine
+// that sends its rest goes to PoolConfig.OnPanic, and the request fails
+// (the connection poisoned: the head's read or the answer's) rather than
+// the process ending.
+func TestPoolDuplexBodyPanic(t *testing.T) {
+	addr, _ := duplexUpstream(t)
+	var got atomic.Value
+	p := NewPool(PoolConfig{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}, OnPanic: func(v any) { got.Store(v) }})
+	defer p.Close(true)
+	b := &chanBody{ch: make(chan string, 4)}
+	b.ch <- "hello"
+	req := duplexPost(t, "/echo", b)
+	req.Body = io.NopCloser(panicBody{b})
+	resp, err := p.RoundTrip(req) // fails if the poison comes before the head is read
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Fatal("the request was answered whole after its body's read panicked")
+	}
+	waitFor(t, "OnPanic to get the body's panic", func() bool { return got.Load() == "body read" })
+}
