@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -58,11 +57,6 @@ type Server struct {
 	// for growing its stack on every request.
 	work     chan streamTask
 	workOnce sync.Once
-	// workers: handler goroutines; idleWorkers: of them, those waiting
-	// for a stream; lowIdle: the fewest idle since the janitor's last
-	// tick; janitorOn: the janitor runs (dispatch).
-	workers, idleWorkers, lowIdle atomic.Int32
-	janitorOn                     atomic.Bool
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -194,18 +188,8 @@ type streamTask struct {
 	h  http.Handler
 }
 
-// workerIdle is how long a handler goroutine stays idle before it ends:
-// one that waited for a stream through a whole period of the janitor's
-// (workerIdle, so 1–2 of them) ends. A variable for tests.
-var workerIdle = 10 * time.Second
-
-// Workers wait for their next stream on a plain receive (issue 14): a
-// timer of their own, reset after every stream and selected on beside
-// the work channel, cost a select and the timer heap's work per request
-// (2–3 % of BenchmarkL7H2/h2c's CPU). Idle workers are counted instead,
-// and one janitor goroutine per Server, while it has workers, ends those
-// idle for a whole period (the fewest idle at any time in it) by sending
-// them an empty task.
+// workerIdle is how long a handler goroutine waits for another stream.
+const workerIdle = 10 * time.Second
 
 // dispatch runs t on an idle worker, or on a new one.
 func (s *Server) dispatch(t streamTask) {
@@ -214,57 +198,21 @@ func (s *Server) dispatch(t streamTask) {
 	select {
 	case work <- t:
 	default:
-		s.workers.Add(1)
-		if s.janitorOn.CompareAndSwap(false, true) {
-			go s.janitor(work)
-		}
 		go s.worker(work, t)
 	}
 }
 
 func (s *Server) worker(work chan streamTask, t streamTask) {
-	defer s.workers.Add(-1)
 	defer recoverWorker(&t)
+	timer := time.NewTimer(workerIdle)
+	defer timer.Stop()
 	for {
 		t.st.run(t.h)
 		t = streamTask{}
-		s.idleWorkers.Add(1)
-		t = <-work
-		n := s.idleWorkers.Add(-1)
-		for low := s.lowIdle.Load(); n < low && !s.lowIdle.CompareAndSwap(low, n); low = s.lowIdle.Load() {
-		}
-		if t.st == nil {
-			return // the janitor's: idle for a whole period
-		}
-	}
-}
-
-// janitor ends the workers idle for a whole period, every workerIdle,
-// until none is left.
-func (s *Server) janitor(work chan streamTask) {
-	tick := time.NewTicker(workerIdle)
-	defer tick.Stop()
-	s.lowIdle.Store(s.idleWorkers.Load())
-	for range tick.C {
-		// Idle all along: the fewest idle since the last tick. A send
-		// reaches only a worker parked in its receive, the one waiting
-		// longest (a channel's receivers are served in turn).
-		for n := s.lowIdle.Load(); n > 0; n-- {
-			select {
-			case work <- streamTask{}:
-				continue
-			default:
-			}
-			break
-		}
-		s.lowIdle.Store(s.idleWorkers.Load())
-		if s.workers.Load() > 0 {
-			continue
-		}
-		// None left: end, unless a dispatch started a worker meanwhile
-		// and found this janitor still on.
-		s.janitorOn.Store(false)
-		if s.workers.Load() == 0 || !s.janitorOn.CompareAndSwap(false, true) {
+		timer.Reset(workerIdle)
+		select {
+		case t = <-work:
+		case <-timer.C:
 			return
 		}
 	}

@@ -52,11 +52,6 @@ func (l wlock) TryLock() bool {
 
 // lockDone locks l unless done is closed first (nil: never).
 func (l wlock) lockDone(done <-chan struct{}) bool {
-	// A free lock first, without the two-case select (issue 14: a
-	// select's locking of both channels on every request's write).
-	if l.TryLock() {
-		return true
-	}
 	select {
 	case l <- struct{}{}:
 		return true
