@@ -12,7 +12,6 @@ import (
 	"io"
 	"net"
 	"net/textproto"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -137,17 +136,7 @@ func (sc *conn) writeFrames(fn func() error) error {
 	// is open (a gRPC client's one call in flight): no other handler
 	// would add frames, and the response would wait behind the other
 	// connections' goroutines.
-	if sc.openStreams() > 1 {
-		sc.yields++
-		sc.flushing = true
-		sc.wmu.Unlock()
-		runtime.Gosched()
-		sc.wmu.Lock()
-		sc.flushing = false
-		if sc.werr != nil {
-			return sc.werr
-		}
-	}
+	// EXPERIMENT (issue 14): no yield before the flush.
 	if sc.dirty && sc.waiting.Load() == 0 {
 		if err := sc.bw.Flush(); err != nil {
 			sc.werr = err
