@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/textproto"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -136,7 +137,17 @@ func (sc *conn) writeFrames(fn func() error) error {
 	// is open (a gRPC client's one call in flight): no other handler
 	// would add frames, and the response would wait behind the other
 	// connections' goroutines.
-	// EXPERIMENT (issue 14): no yield before the flush.
+	if sc.openStreams() > 1 {
+		sc.yields++
+		sc.flushing = true
+		sc.wmu.Unlock()
+		runtime.Gosched()
+		sc.wmu.Lock()
+		sc.flushing = false
+		if sc.werr != nil {
+			return sc.werr
+		}
+	}
 	if sc.dirty && sc.waiting.Load() == 0 {
 		if err := sc.bw.Flush(); err != nil {
 			sc.werr = err

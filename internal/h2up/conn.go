@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -249,6 +250,14 @@ func (c *conn) writeLocked(fn func() error, flush bool) error {
 			// server has just handed out (several read in one read) write
 			// their HEADERS first and share this write. With nothing else
 			// to run Gosched returns at once.
+			c.flushing = true
+			c.wmu.Unlock()
+			runtime.Gosched()
+			c.wmu.Lock()
+			c.flushing = false
+			if c.werr != nil {
+				return c.werr
+			}
 			if c.waiting.Load() == 0 {
 				err = c.bw.Flush()
 				c.owed = false
