@@ -47,7 +47,6 @@ type conn struct {
 	// meanwhile leave their frames to it.
 	flushing bool
 	yields   int // flushes that yielded first (tests)
-	batched  int // writes so far (writeFrames: did a yield bring others'?)
 	// flushTimer flushes writeControl's frames if no response does first.
 	flushTimer *time.Timer
 	flushArmed bool
@@ -113,9 +112,6 @@ func (sc *conn) maxStreams() uint32 {
 	return DefaultMaxStreams
 }
 
-// maxYields: the most yields before a flush (writeFrames).
-const maxYields = 4
-
 // writeFrames runs fn with the write lock held; the last writer in line
 // flushes, so frames of streams answered together share a system call.
 func (sc *conn) writeFrames(fn func() error) error {
@@ -131,7 +127,6 @@ func (sc *conn) writeFrames(fn func() error) error {
 		return err
 	}
 	sc.dirty = true
-	sc.batched++
 	if sc.waiting.Load() > 0 || sc.flushing {
 		return nil // the writer in line, or the one yielding, flushes
 	}
@@ -142,11 +137,7 @@ func (sc *conn) writeFrames(fn func() error) error {
 	// is open (a gRPC client's one call in flight): no other handler
 	// would add frames, and the response would wait behind the other
 	// connections' goroutines.
-	// Again while the yield brought others' frames (up to maxYields):
-	// with two Ps the woken handlers run on both, and some reach their
-	// write only after the first yield came back (issue 14).
-	for i := 0; i < maxYields && sc.openStreams() > 1; i++ {
-		n := sc.batched
+	if sc.openStreams() > 1 {
 		sc.yields++
 		sc.flushing = true
 		sc.wmu.Unlock()
@@ -155,9 +146,6 @@ func (sc *conn) writeFrames(fn func() error) error {
 		sc.flushing = false
 		if sc.werr != nil {
 			return sc.werr
-		}
-		if sc.batched == n {
-			break
 		}
 	}
 	if sc.dirty && sc.waiting.Load() == 0 {

@@ -96,7 +96,6 @@ type conn struct {
 	// flushing: a writer yields before its flush (writeFlush); writers
 	// meanwhile leave their frames to it.
 	flushing bool
-	batched  int // writes so far (writeLocked: did a yield bring others'?)
 	// ctlTimer flushes writeControlLocked's frames if no request's write does
 	// first; ctlArmed: it is running.
 	ctlTimer *time.Timer
@@ -226,9 +225,6 @@ func (c *conn) writeFlushCtx(done <-chan struct{}, fn func() error, flush bool) 
 	return c.writeLocked(fn, flush)
 }
 
-// maxYields: the most yields before a flush (writeLocked).
-const maxYields = 4
-
 // writeLocked is writeFlushCtx's part under wmu (which it may give up
 // and take again while it yields before a flush).
 func (c *conn) writeLocked(fn func() error, flush bool) error {
@@ -244,7 +240,6 @@ func (c *conn) writeLocked(fn func() error, flush bool) error {
 	}
 	if err == nil {
 		err = fn()
-		c.batched++
 	}
 	if err == nil && (flush || c.owed) {
 		switch {
@@ -255,21 +250,13 @@ func (c *conn) writeLocked(fn func() error, flush bool) error {
 			// server has just handed out (several read in one read) write
 			// their HEADERS first and share this write. With nothing else
 			// to run Gosched returns at once.
-			// Again while the yield brought others' frames (up to
-			// maxYields; issue 14).
-			for i := 0; i < maxYields; i++ {
-				n := c.batched
-				c.flushing = true
-				c.wmu.Unlock()
-				runtime.Gosched()
-				c.wmu.Lock()
-				c.flushing = false
-				if c.werr != nil {
-					return c.werr
-				}
-				if c.batched == n {
-					break
-				}
+			c.flushing = true
+			c.wmu.Unlock()
+			runtime.Gosched()
+			c.wmu.Lock()
+			c.flushing = false
+			if c.werr != nil {
+				return c.werr
 			}
 			if c.waiting.Load() == 0 {
 				err = c.bw.Flush()
