@@ -209,24 +209,6 @@ type Detector struct {
 	slowOnly bool // tests: every Report takes the lock (the reference for the fast path)
 }
 
-// counts reports whether a counter of h is above zero.
-func (h *host) counts() bool { return h.c5xx|h.cGateway|h.cLocal != 0 }
-
-// sync publishes ejected and counting to their mirrors; every method that
-// changes them calls it before it lets go of mu.
-func (d *Detector) syncLocked() {
-	d.nEjected.Store(int64(d.ejected))
-	d.nCounting.Store(int64(d.counting))
-}
-
-// clearLocked restarts h's counters.
-func (d *Detector) clearLocked(h *host) {
-	if h.counts() {
-		d.counting--
-	}
-	h.c5xx, h.cGateway, h.cLocal = 0, 0, 0
-}
-
 // New returns a detector whose sweeps start at now.
 func New(cfg Config, now time.Time) *Detector {
 	return &Detector{cfg: cfg.withDefaults(), start: now, hosts: map[string]*host{}}
