@@ -31,36 +31,21 @@ import (
 // names makes it report false (LeanRequest's to decline), and scrub reports
 // whether any name added to h is one ScrubRequestHeader deletes
 // (scrubsName, scrubsCanonical): with none, it would leave h as it is.
-//
-// h must be empty (HeaderBuf.take, responseHeader): each field is first
-// stored without a look-up, and only if two have the same name (the map
-// did not grow) is s parsed again, looking each name up to append to it.
 func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, hostValue string, scrub, ok bool) {
-	hosts, hostValue, scrub, ok, dup := leanFieldsInto(s, h, strs, host, false)
-	if dup {
-		clear(h)
-		hosts, hostValue, scrub, ok, _ = leanFieldsInto(s, h, strs, host, true)
-	}
-	return hosts, hostValue, scrub, ok
-}
-
-// leanFieldsInto is leanFields' pass: with lookup, a name met again adds
-// its value to the first's; without, it reports dup at once.
-func leanFieldsInto(s string, h http.Header, strs []string, host, lookup bool) (hosts int, hostValue string, scrub, ok, dup bool) {
 	for len(s) > 0 {
 		i := strings.IndexByte(s, '\n')
 		if i < 1 || s[i-1] != '\r' {
-			return 0, "", false, false, false
+			return 0, "", false, false
 		}
 		line := s[:i-1]
 		s = s[i+1:]
 		colon := strings.IndexByte(line, ':')
 		if colon <= 0 || !httpguts.ValidHeaderFieldName(line[:colon]) {
-			return 0, "", false, false, false
+			return 0, "", false, false
 		}
 		v := line[colon+1:]
 		if !httpguts.ValidHeaderFieldValue(v) {
-			return 0, "", false, false, false
+			return 0, "", false, false
 		}
 		v = trimOWS(v)
 		key := textproto.CanonicalMIMEHeaderKey(line[:colon])
@@ -73,21 +58,13 @@ func leanFieldsInto(s string, h http.Header, strs []string, host, lookup bool) (
 		}
 		if host {
 			if framesBody(key) {
-				return 0, "", false, false, false // a request with a body (or trailers, Pragma): not a lean one
+				return 0, "", false, false // a request with a body (or trailers, Pragma): not a lean one
 			}
 			if !scrub {
 				scrub = scrubsCanonical(key) // a valid name (checked above), canonical
 			}
 		}
-		if !lookup {
-			n := len(h)
-			vv := strs[:1:1]
-			strs = strs[1:]
-			vv[0] = v
-			if h[key] = vv; len(h) == n {
-				return 0, "", false, false, true // a name met before: its first value is gone
-			}
-		} else if vv := h[key]; vv != nil {
+		if vv := h[key]; vv != nil {
 			h[key] = append(vv, v)
 		} else {
 			vv, strs = strs[:1:1], strs[1:]
@@ -95,7 +72,7 @@ func leanFieldsInto(s string, h http.Header, strs []string, host, lookup bool) (
 			h[key] = vv
 		}
 	}
-	return hosts, hostValue, scrub, true, false
+	return hosts, hostValue, scrub, true
 }
 
 // framesBody: a request field of this canonical name takes the head out
