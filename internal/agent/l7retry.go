@@ -90,7 +90,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		}
 		req = &out
 	}
-	a.retries.Deposit(t.svc)
+	a.retryAccount(sv, t.svc).Deposit()
 	src := connIdentityFrom(req.Context())
 	var last *http.Response // the last upstream response not returned, body kept
 	retries, dials, poolClosed := 0, 0, 0
@@ -396,6 +396,19 @@ func sleepBackoff(ctx context.Context, n int) bool {
 // REFUSED_STREAM (it did not process it). net/http's HTTP/2 client
 // reports it only in its error text.
 func refusedStream(err error) bool { return strings.Contains(err.Error(), "REFUSED_STREAM") }
+
+// retryAccount is a.retries.Account(svc) for a request to sv, a view of
+// svc (its own or a destination's), kept with sv: no lock and map lookup
+// per request. A new view looks it up again (the budget forgets the
+// accounts of services gone from the view).
+func (a *Agent) retryAccount(sv *serviceView, svc string) *retry.Account {
+	if t := sv.retryAcct.Load(); t != nil {
+		return t
+	}
+	t := a.retries.Account(svc)
+	sv.retryAcct.Store(t)
+	return t
+}
 
 // upstreamFailure reports whether a round-trip error came from the
 // connection to the endpoint (reset, EOF, timeout) rather than from the

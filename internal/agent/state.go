@@ -13,6 +13,7 @@ import (
 	"github.com/fogmesh/fogmesh/internal/egress"
 	"github.com/fogmesh/fogmesh/internal/outlier"
 	"github.com/fogmesh/fogmesh/internal/paths"
+	"github.com/fogmesh/fogmesh/internal/retry"
 	"github.com/fogmesh/fogmesh/internal/wire"
 )
 
@@ -232,8 +233,7 @@ type serviceView struct {
 	// transports caches the L7 upstream pool per endpoint of this view
 	// (l7.transportFor); a rebuilt view starts empty.
 	transports sync.Map
-	// egress holds the service's egress rules, compiled on first use
-	// (egress.go).
+	// egress holds the service's egress rules, compiled on first use (egress.go).
 	egressOnce sync.Once
 	egress     []egress.Rule
 	// maglev caches lookup tables by endpoint set (balance.Maglev).
@@ -260,6 +260,7 @@ type serviceView struct {
 	destSubset string
 	// outlierDet: outlierKey's detector, set by syncOutliers (nil: by name)
 	outlierDet atomic.Pointer[outlier.Detector]
+	retryAcct  atomic.Pointer[retry.Account] // the service's retry budget account (retryAccount; nil: not yet)
 	// base is the service before its DestinationPolicy (nil: none), what
 	// a port's policy starts from (portPolicy).
 	base *api.Service

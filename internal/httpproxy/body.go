@@ -183,6 +183,9 @@ func (b *TimedBody) Stop() {
 // the connection).
 func (b *TimedBody) Answered() {
 	b.Stop()
+	if b.rc == nil { // set once by InitH1, before any use: not net/http's HTTP/1 server (the fast path's, HTTP/2's)
+		return
+	}
 	b.mu.Lock()
 	duplex := b.rc != nil && !b.finished && !b.duplex
 	b.mu.Unlock()

@@ -23,6 +23,9 @@ var leanResponseSeeds = []string{
 	"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok",
 	"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
 	"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nx-a: 1\r\nX-A:  2 \r\n\r\n",
+	// A name met again after others (leanFields' second pass), three times.
+	"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nContent-Length: 0\r\nSet-Cookie: b=2\r\nX-Y: z\r\nset-cookie: c=3\r\n\r\n",
+	"HTTP/1.1 200 OK\r\nX-Y: 1\r\nContent-Type: a\r\nX-Z: 2\r\nContent-Length: 1\r\ncontent-type: b\r\n\r\nx",
 	"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhel",
 	"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, Close\r\n\r\nhello",
 	"HTTP/1.1 200 \r\nContent-Length: 1\r\n\r\nx",
@@ -232,6 +235,10 @@ var leanRequestSeeds = []string{
 	"GET / HTTP/1.1\r\nHost: bench.demo\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n",
 	"GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\n",
 	"DELETE /a%20b/%2F HTTP/1.1\r\nhost: h:80\r\nconnection: Close\r\naccept: a\r\nAccept: b\r\n\r\n",
+	// A name met again after others and a Host (leanFields' second pass),
+	// three times; a second Host after a repeated name.
+	"GET / HTTP/1.1\r\nX-A: 1\r\nHost: h\r\nx-b: 2\r\nX-A: 3\r\nx-a: 4\r\nCookie: c\r\n\r\n",
+	"GET /x HTTP/1.1\r\nAccept: a\r\naccept: b\r\nHost: h\r\nHost: h\r\n\r\n",
 	"GET //x/y HTTP/1.1\r\nHost: h\r\n\r\n",
 	"GET /x HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
 	"GET /x HTTP/1.1\r\n\r\n",

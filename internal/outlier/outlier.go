@@ -51,6 +51,7 @@ package outlier
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -191,12 +192,21 @@ type host struct {
 // Detector is the outlier detection of one pool (a service's endpoints).
 // It is safe for concurrent use.
 type Detector struct {
-	mu      sync.Mutex // guards the following
-	cfg     Config     // with defaults
-	start   time.Time  // sweep k runs at start + k·Interval
-	swept   int64      // the last sweep run
-	hosts   map[string]*host
-	ejected int // hosts ejected now
+	mu       sync.Mutex // guards the following
+	cfg      Config     // with defaults
+	start    time.Time  // sweep k runs at start + k·Interval
+	swept    int64      // the last sweep run
+	hosts    map[string]*host
+	ejected  int // hosts ejected now
+	counting int // hosts with a counter above zero
+
+	// Mirrors of ejected and counting, read without mu by the request
+	// path's checks: Report of a response below 500 changes nothing while
+	// no counter is above zero, and ejectedNow finds nothing ejected while
+	// none is (each a lock and a map lookup per request otherwise).
+	nEjected, nCounting atomic.Int64
+
+	slowOnly bool // tests: every Report takes the lock (the reference for the fast path)
 }
 
 // New returns a detector whose sweeps start at now.
@@ -230,8 +240,9 @@ func (d *Detector) SetConfig(cfg Config, now time.Time) {
 		for _, h := range d.hosts {
 			*h = host{}
 		}
-		d.ejected = 0
+		d.ejected, d.counting = 0, 0
 	}
+	d.syncLocked()
 }
 
 // SetHosts makes keys the pool: new endpoints start clean, endpoints not
@@ -251,14 +262,27 @@ func (d *Detector) SetHosts(keys []string) {
 			if h.ejected {
 				d.ejected--
 			}
+			if h.counts() {
+				d.counting--
+			}
 			delete(d.hosts, k)
 		}
 	}
+	d.syncLocked()
 }
 
 // Report records one outcome of an attempt at endpoint key (added to the
-// pool if it is not in it) and returns what it did.
+// pool if it is not in it, unless the outcome is a response below 500)
+// and returns what it did. A response below 500 while no endpoint has a
+// counter above zero changes nothing: it takes no lock (most requests'
+// outcome), and leaves the sweeps due to the next call that looks (they
+// run in closed form: sweepLocked). (The agent's pools are SetHosts'
+// from its view: a key not in one is an endpoint gone from it, whose
+// late successes must not count in the pool's size.)
 func (d *Detector) Report(key string, o Outcome, now time.Time) Event {
+	if o.Local == NoLocal && o.Status < 500 && d.nCounting.Load() == 0 && !d.slowOnly {
+		return Event{}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.cfg.Enabled() {
@@ -267,9 +291,27 @@ func (d *Detector) Report(key string, o Outcome, now time.Time) Event {
 	d.sweepLocked(now)
 	h := d.hosts[key]
 	if h == nil {
+		if o.Local == NoLocal && o.Status < 500 {
+			return Event{} // would change nothing but the pool's size (as the unlocked path above)
+		}
 		h = &host{}
 		d.hosts[key] = h
 	}
+	was := h.counts()
+	e := d.reportLocked(h, o, now)
+	if is := h.counts(); is != was {
+		if is {
+			d.counting++
+		} else {
+			d.counting--
+		}
+	}
+	d.syncLocked()
+	return e
+}
+
+// reportLocked is Report's work on h's counters.
+func (d *Detector) reportLocked(h *host, o Outcome, now time.Time) Event {
 	status := o.Status
 	if o.Local != NoLocal {
 		if d.cfg.SplitLocalOrigin {
@@ -358,6 +400,9 @@ func (d *Detector) Ejected(key string, now time.Time) bool {
 // ejectedNow is Ejected reading the time from clock only if an endpoint
 // is ejected.
 func (d *Detector) ejectedNow(key string, clock func() time.Time) bool {
+	if d.nEjected.Load() == 0 && !d.slowOnly {
+		return false // as below, without the lock
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ejected == 0 {
@@ -386,7 +431,9 @@ func (d *Detector) Uneject(key string, now time.Time) {
 	if h.ejected {
 		d.ejected--
 	}
-	h.ejected, h.c5xx, h.cGateway, h.cLocal = false, 0, 0, 0
+	h.ejected = false
+	d.clearLocked(h)
+	d.syncLocked()
 }
 
 // State returns endpoint key's state (the zero state if it is unknown).
@@ -428,7 +475,8 @@ func (d *Detector) sweepLocked(now time.Time) {
 				continue
 			}
 			u = max(u, f)
-			h.ejected, h.c5xx, h.cGateway, h.cLocal = false, 0, 0, 0
+			h.ejected = false
+			d.clearLocked(h)
 			d.ejected--
 			f = u + 1
 		}
@@ -436,4 +484,5 @@ func (d *Detector) sweepLocked(now time.Time) {
 			h.backoff = int(max(0, int64(h.backoff)-n))
 		}
 	}
+	d.syncLocked()
 }

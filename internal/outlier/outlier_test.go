@@ -382,3 +382,64 @@ func TestSetSyncReturnsTheDestinationsDetector(t *testing.T) {
 		t.Fatal("EjectedIn does not apply the quarantine alone")
 	}
 }
+
+// TestUnlockedPathsMatchLocked: Report's and Ejected's unlocked paths (a
+// response below 500 while nothing counts; nothing ejected) answer as the
+// locked ones, sweeps left to later calls and all: the same random
+// outcomes, health checks, pool changes and checks on a detector that
+// always locks give the same events, answers and states.
+func TestUnlockedPathsMatchLocked(t *testing.T) {
+	cfg := Config{Consecutive5xx: 3, ConsecutiveGateway: 2, Interval: time.Second, BaseEjectionTime: 1500 * time.Millisecond,
+		MaxEjectionTime: 6 * time.Second, MaxEjectionPercent: 50, MinHealthPercent: 30}
+	outcomes := []Outcome{r200, r200, r200, r200, {Status: 404}, r500, r503, cf, to, rst, conn, fin}
+	fast := 0
+	for seed := range uint64(500) {
+		rng := rand.New(rand.NewPCG(seed, 2))
+		c := cfg
+		c.SplitLocalOrigin = seed%2 == 1
+		if c.SplitLocalOrigin {
+			c.ConsecutiveLocalOrigin = 2
+		}
+		got, want := New(c, t0), New(c, t0)
+		want.slowOnly = true
+		keys := []string{"a", "b", "c", "d"}
+		got.SetHosts(keys)
+		want.SetHosts(keys)
+		now := t0
+		for step := range 600 {
+			now = now.Add(time.Duration(rng.IntN(400)) * time.Millisecond)
+			k := keys[rng.IntN(len(keys))]
+			switch r := rng.IntN(100); {
+			case r < 3:
+				got.Uneject(k, now)
+				want.Uneject(k, now)
+			case r < 5:
+				pool := keys[:2+rng.IntN(3)]
+				got.SetHosts(pool)
+				want.SetHosts(pool)
+			case r < 25:
+				if g, w := got.Ejected(k, now), want.Ejected(k, now); g != w {
+					t.Fatalf("seed %d step %d: Ejected(%s) %v, locked %v", seed, step, k, g, w)
+				}
+			default:
+				o := outcomes[rng.IntN(len(outcomes))]
+				if o.Local == NoLocal && o.Status < 500 && got.nCounting.Load() == 0 {
+					fast++
+				}
+				if g, w := got.Report(k, o, now), want.Report(k, o, now); g != w {
+					t.Fatalf("seed %d step %d: Report(%s, %+v) %+v, locked %+v", seed, step, k, o, g, w)
+				}
+			}
+			if step%50 == 49 {
+				for _, k := range keys {
+					if g, w := got.State(k, now), want.State(k, now); g != w {
+						t.Fatalf("seed %d step %d %s: %+v, locked %+v", seed, step, k, g, w)
+					}
+				}
+			}
+		}
+	}
+	if fast == 0 {
+		t.Fatal("no report took the unlocked path")
+	}
+}

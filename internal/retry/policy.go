@@ -1,7 +1,9 @@
 package retry
 
 import (
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -77,47 +79,72 @@ func (b Backoff) Delay(n int) time.Duration {
 type Budget struct {
 	Ratio, Reserve, Cap float64
 
-	mu       sync.Mutex // guards accounts and their balances
-	accounts map[string]*float64
+	mu       sync.Mutex // guards accounts (not their balances: atomic)
+	accounts map[string]*Account
+}
+
+// Account is one service's balance in a Budget (Budget.Account): a caller
+// may keep it (the agent, with its view of the service) and deposit into
+// it without looking it up. Its balance changes by compare-and-swap: a
+// request to a service whose account is full (most of them: Cap is 500
+// requests without a retry) deposits with one atomic load.
+type Account struct {
+	b    *Budget
+	bits atomic.Uint64 // the balance's float64 bits
 }
 
 // NewBudget returns fogmesh's budget: 20% of requests, a reserve of 10
 // retries, at most 100 saved.
 func NewBudget() *Budget { return &Budget{Ratio: 0.2, Reserve: 10, Cap: 100} }
 
-// Deposit records one request to svc. (An account is a pointer: one map
-// lookup per request, not a lookup and an assignment.)
-func (b *Budget) Deposit(svc string) {
-	b.mu.Lock()
-	t := b.accountLocked(svc)
-	*t = min(*t+b.Ratio, b.Cap)
-	b.mu.Unlock()
-}
+// Deposit records one request to svc.
+func (b *Budget) Deposit(svc string) { b.Account(svc).Deposit() }
 
 // Withdraw takes one retry from svc's account; false if it has none.
-func (b *Budget) Withdraw(svc string) bool {
+func (b *Budget) Withdraw(svc string) bool { return b.Account(svc).Withdraw() }
+
+// Account returns svc's account, with Reserve when it is new. Once Forget
+// dropped it, an account kept by a caller is no longer svc's: the next
+// Account(svc) starts a new one.
+func (b *Budget) Account(svc string) *Account {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	t := b.accountLocked(svc)
-	if *t < 1 {
-		return false
-	}
-	*t--
-	return true
-}
-
-// accountLocked returns svc's balance, Reserve when it is new.
-func (b *Budget) accountLocked(svc string) *float64 {
 	t := b.accounts[svc]
 	if t == nil {
 		if b.accounts == nil {
-			b.accounts = map[string]*float64{}
+			b.accounts = map[string]*Account{}
 		}
-		t = new(float64)
-		*t = b.Reserve
+		t = &Account{b: b}
+		t.bits.Store(math.Float64bits(b.Reserve))
 		b.accounts[svc] = t
 	}
 	return t
+}
+
+// Deposit records one request to the account's service.
+func (t *Account) Deposit() {
+	for {
+		old := t.bits.Load()
+		v := math.Float64frombits(old)
+		nv := min(v+t.b.Ratio, t.b.Cap)
+		if nv == v || t.bits.CompareAndSwap(old, math.Float64bits(nv)) {
+			return // full: nothing to store
+		}
+	}
+}
+
+// Withdraw takes one retry from the account; false if it has none.
+func (t *Account) Withdraw() bool {
+	for {
+		old := t.bits.Load()
+		v := math.Float64frombits(old)
+		if v < 1 {
+			return false
+		}
+		if t.bits.CompareAndSwap(old, math.Float64bits(v-1)) {
+			return true
+		}
+	}
 }
 
 // Forget drops the accounts of services keep rejects (services gone from

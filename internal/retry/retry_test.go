@@ -3,6 +3,8 @@ package retry
 import (
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -247,4 +249,54 @@ func FuzzParse(f *testing.F) {
 		}
 		on.Matches(Outcome{Status: 503, GRPCStatus: "14"})
 	})
+}
+
+// TestBudgetAccountKept: an account a caller keeps is the service's, as
+// the budget's methods by name see it, until Forget drops it; and its
+// balance loses no deposit or withdrawal to concurrent ones.
+func TestBudgetAccountKept(t *testing.T) {
+	b := &Budget{Ratio: 1, Reserve: 10, Cap: 1e9}
+	acct := b.Account("demo/a")
+	if b.Account("demo/a") != acct {
+		t.Fatal("a second look-up gave another account")
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 1000 {
+				acct.Deposit()
+			}
+		})
+	}
+	wg.Wait()
+	var took atomic.Int64
+	for range 4 {
+		wg.Go(func() {
+			for range 1100 {
+				if b.Withdraw("demo/a") {
+					took.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := took.Load(); n != 4010 {
+		t.Fatalf("%d retries taken; want the reserve and the 4000 deposits, 4010", n)
+	}
+	full := NewBudget()
+	f := full.Account("demo/b")
+	for range 1000 {
+		f.Deposit()
+	}
+	spent := 0
+	for full.Withdraw("demo/b") {
+		spent++
+	}
+	if spent != 100 {
+		t.Fatalf("%d retries from a full account; want Cap, 100", spent)
+	}
+	b.Forget(func(string) bool { return false })
+	if b.Account("demo/a") == acct || !b.Withdraw("demo/a") {
+		t.Fatal("a forgotten service should start a new account from the reserve")
+	}
 }
