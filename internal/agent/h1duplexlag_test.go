@@ -102,15 +102,18 @@ func TestFastDuplexFirstEchoPrompt(t *testing.T) {
 	}
 }
 
-// TestFastDuplexClientGoneBeforeHead: a chunked body that went on beside
-// its answer's wait (the endpoint got its first part before the rest was
+// TestFastDuplexClientGone: a chunked body that went on beside its
+// answer's wait (the endpoint got its first part before the rest was
 // sent: the pool flushes it only then) and then ended, its client gone
-// before the endpoint answered (it never does): the upstream connection
-// is closed once the head watch sees the client gone, as for a body read
-// on the round trip's own goroutine (TestH1ClientGoneBeforeResponseHead),
-// rather than held for good.
-func TestFastDuplexClientGoneBeforeHead(t *testing.T) {
+// while the endpoint says nothing: the upstream connection is closed once
+// the fast path sees the client gone, as for a body read on the round
+// trip's own goroutine (TestH1ClientGoneBeforeResponseHead), rather than
+// held for good. /hang: before any answer (the head's watch); /stream: a
+// silent stream after its head (the stream's watch: the body's goroutine
+// had ended when the head came).
+func TestFastDuplexClientGone(t *testing.T) {
 	first, got, gone := make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)
+	answer := make(chan struct{}, 1)
 	addr := serveH1(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
 		if req.Method != http.MethodPost {
 			c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
@@ -123,6 +126,10 @@ func TestFastDuplexClientGoneBeforeHead(t *testing.T) {
 		first <- struct{}{}
 		io.Copy(io.Discard, req.Body)
 		got <- struct{}{}
+		if req.URL.Path == "/stream" {
+			<-answer
+			c.Write([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"))
+		}
 		c.SetReadDeadline(time.Now().Add(20 * time.Second))
 		if _, err := br.ReadByte(); err != nil && !isTimeout(err) {
 			gone <- struct{}{} // the agent closed it
@@ -130,26 +137,39 @@ func TestFastDuplexClientGoneBeforeHead(t *testing.T) {
 		return false
 	})
 	f := agentInFront(t, inFront{node: "fdg", octet: 179, svc: "fdg", vipPort: 19894, port: addr.Port, noRequest: true})
-	c, err := net.Dial("tcp", f.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, "POST /hang HTTP/1.1\r\nHost: fdg\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
-	for i, ch := range []chan struct{}{first, got} {
+	for _, path := range []string{"/hang", "/stream"} {
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(15 * time.Second))
+		io.WriteString(c, "POST "+path+" HTTP/1.1\r\nHost: fdg\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+		for i, ch := range []chan struct{}{first, got} {
+			select {
+			case <-ch:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: the body's parts did not reach the endpoint", path)
+			}
+			if i == 0 {
+				io.WriteString(c, "0\r\n\r\n")
+			}
+		}
+		if path == "/stream" {
+			answer <- struct{}{}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			if b := make([]byte, 5); func() error { _, err := io.ReadFull(resp.Body, b); return err }() != nil {
+				t.Fatalf("%s: the stream's first part did not come", path)
+			}
+		}
+		c.Close() // the client gives up
 		select {
-		case <-ch:
+		case <-gone:
 		case <-time.After(10 * time.Second):
-			t.Fatal("the body's parts did not reach the endpoint")
+			t.Fatalf("%s: the upstream request outlived its client by 10 s", path)
 		}
-		if i == 0 {
-			io.WriteString(c, "0\r\n\r\n")
-		}
-	}
-	c.Close() // the client gives up
-	select {
-	case <-gone:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the upstream request outlived its client by 10 s")
 	}
 }
