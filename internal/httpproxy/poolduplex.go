@@ -162,10 +162,16 @@ func (pc *poolConn) sendRest(d *duplexWrite, req *http.Request, w io.Writer, cw 
 			}
 		}
 		if err == io.EOF {
-			d.err = pc.endBody(req, cw, n)
-			if d.err == nil {
-				d.err = pc.bw.Flush()
+			if d.err = pc.endBody(req, cw, n); d.err != nil {
+				// Shorter than its Content-Length: the endpoint waits
+				// for the rest, the answer's read with it (writeRequest's
+				// caller closes the connection so).
+				d.bodyErr = d.err
+				d.readFailed.Store(true)
+				pc.poison()
+				break
 			}
+			d.err = pc.bw.Flush()
 			break
 		}
 		if err != nil {

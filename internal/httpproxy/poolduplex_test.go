@@ -292,3 +292,37 @@ func TestPoolDuplexBodyFailsBeforeAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolDuplexBodyShortOfLength: a body that ends short of its
+// Content-Length on the goroutine that sends its rest fails the round
+// trip, as writeRequest refuses it (the endpoint would wait for the
+// missing bytes, and the answer's read with it, for good).
+func TestPoolDuplexBodyShortOfLength(t *testing.T) {
+	addr, _ := duplexUpstream(t)
+	p := duplexPool(addr)
+	defer p.Close(true)
+	b := &chanBody{ch: make(chan string, 4)}
+	b.ch <- "hel"
+	req := duplexPost(t, "/echo", b)
+	req.ContentLength = 10
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := p.RoundTrip(req)
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	waitFor(t, "the body to go on beside the answer's wait", func() bool { return b.duplexes.Load() == 1 })
+	b.ch <- "l"
+	close(b.ch) // 4 bytes of 10: the endpoint answers after 5
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "Content-Length 10") {
+			t.Fatalf("round trip: %v, want the short body's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the round trip still waits 10 s after its body ended short of its Content-Length")
+	}
+}
