@@ -80,7 +80,12 @@ func (cs *h1ClientConn) joinDuplex(cut bool) {
 	select {
 	case <-d:
 	default:
-		if cut {
+		// A body the request timeout ended (TimedBody.Expire: its read's
+		// deadline set in the past, which the goroutine may not have seen
+		// yet) is cut too: Finish would set the deadline one gap ahead
+		// again, and the 408 waited for it (timeouts.requestBody, 60 s
+		// by default).
+		if cut || cs.duplexBody.TimedOut() {
 			cs.conn.SetReadDeadline(aLongTimeAgo)
 		} else {
 			cs.duplexBody.Finish()
