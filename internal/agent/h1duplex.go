@@ -1,18 +1,16 @@
 package agent
 
 import (
-	"time"
-
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
-// The fast path full duplex: the pool waits for a request body's next
-// bytes through the client connection (httpproxy.BodyWaiter, this file),
-// and once the endpoint has answered while the body still comes, the
-// rest of the body goes on on a goroutine of the pool's own while forward
-// writes the answer back; forward waits for that goroutine (joinDuplex)
-// before it drains what the client still sends, and the serving loop
-// before the connection's reader goes back to its pool (joinDuplex).
+// The fast path full duplex: the pool asks whether a request body's next
+// bytes are there yet (httpproxy.BodyWaiter, this file), and once they
+// are not, the rest of the body goes on on a goroutine of the pool's own
+// while the round trip awaits the answer and forward writes it back;
+// forward waits for that goroutine (joinDuplex) before it drains what the
+// client still sends, and the serving loop before the connection's
+// reader goes back to its pool (joinDuplex).
 
 // duplexState is an h1ClientConn's part in full duplex.
 type duplexState struct {
@@ -43,28 +41,14 @@ func (cs *h1ClientConn) BodyWaits() bool {
 	return !tb.Ended()
 }
 
-// WaitBody waits for the client's socket to be readable, at most d, its
-// read deadline the body's again after.
-func (cs *h1ClientConn) WaitBody(d time.Duration) bool {
-	dl, expired := cs.body.ReadDeadline()
-	until := time.Now().Add(d)
-	if expired || !dl.IsZero() && !until.Before(dl) {
-		return true // the body's own bound first: its Read waits and fails
-	}
-	cs.conn.SetReadDeadline(until)
-	ok := cs.wire.raw.WaitReadable()
-	cs.conn.SetReadDeadline(dl)
-	return ok
-}
-
 // Duplex: the pool reads the body on another goroutine until done is
-// closed; the body's end arms no watch of the client (its head has come).
+// closed. The body's end still arms the watch of a slow head (OnEnd, on
+// that goroutine; joinDuplex stops a watch it armed after the head came).
 // Refused while another attempt's goroutine (a retry's first) still runs.
 func (cs *h1ClientConn) Duplex(done <-chan struct{}) bool {
 	if cs.duplexRunning() {
 		return false
 	}
-	cs.body.OnEnd(nil)
 	cs.duplexDone, cs.duplexBody = done, cs.body
 	return true
 }
@@ -96,7 +80,12 @@ func (cs *h1ClientConn) joinDuplex(cut bool) {
 	select {
 	case <-d:
 	default:
-		if cut {
+		// A body the request timeout ended (TimedBody.Expire: its read's
+		// deadline set in the past, which the goroutine may not have seen
+		// yet) is cut too: Finish would set the deadline one gap ahead
+		// again, and the 408 waited for it (timeouts.requestBody, 60 s
+		// by default).
+		if cut || cs.duplexBody.TimedOut() {
 			cs.conn.SetReadDeadline(aLongTimeAgo)
 		} else {
 			cs.duplexBody.Finish()
@@ -104,4 +93,8 @@ func (cs *h1ClientConn) joinDuplex(cut bool) {
 		<-d
 	}
 	cs.duplexDone, cs.duplexBody = nil, nil
+	// The body's end on that goroutine may have armed the watch of a slow
+	// head after forward stopped it (the head came as the body ended): it
+	// would read the client's connection beside the serving loop.
+	cs.stopHead()
 }

@@ -380,7 +380,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 		tb.OnEnd(nil) // a body read to its end later (drained) arms no watch
 	}
 	cs.body = nil
-	duplex := cs.duplexDone != nil // the body's rest is sent beside the answer: no watch, no drain before it ends
+	duplex := cs.duplexRunning() // the body's rest is still sent beside the answer: no watch, no drain before it ends
 	cs.stopHead()
 	if err != nil {
 		var cbe *httpproxy.ClientBodyError

@@ -108,9 +108,7 @@ func (r *replayReader) Read(p []byte) (int, error) {
 			continue
 		}
 		rb.reading = true
-		rb.mu.Unlock()
-		n, err := rb.src.Read(p)
-		rb.mu.Lock()
+		n, err := rb.readSrc(p)
 		rb.reading = false
 		rb.cond.Broadcast()
 		if n > 0 {
@@ -134,6 +132,27 @@ func (r *replayReader) Read(p []byte) (int, error) {
 		// with END_STREAM (h2srv reads a body's end with its last bytes).
 		return n, err
 	}
+}
+
+// readSrc reads src with rb.mu released, held again as it returns, also
+// when the read panics (Read's deferred unlock then finds it held: else
+// "unlock of unlocked mutex", a fatal error that no recover of the
+// reader's goroutine stops, the pool's sendRest's included); such a read
+// ends the body for every attempt (errBodyGone), not one left waiting for
+// a read that never ends.
+func (rb *replayBody) readSrc(p []byte) (n int, err error) {
+	rb.mu.Unlock()
+	ok := false
+	defer func() {
+		rb.mu.Lock()
+		if !ok {
+			rb.reading, rb.err = false, errBodyGone
+			rb.cond.Broadcast()
+		}
+	}()
+	n, err = rb.src.Read(p)
+	ok = true
+	return n, err
 }
 
 // ReadReady reports whether a Read returns without waiting (h2up): from

@@ -65,27 +65,6 @@ type TimedBody struct {
 // Consumed returns how many bytes of the body have been read.
 func (b *TimedBody) Consumed() int64 { return b.consumed.Load() }
 
-// ReadDeadline returns the read deadline of the body's next read (zero:
-// its bounds lifted) and whether a read ran out of time (or the request
-// timeout ended the body: Expire), for a caller that waits for the
-// client's bytes with a deadline of its own and then sets this one (the
-// connection's: Init with a net.Conn): before the first read it is the
-// one that read would set, taken as set.
-func (b *TimedBody) ReadDeadline() (t time.Time, expired bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.off {
-		return time.Time{}, b.expired
-	}
-	if b.set.IsZero() {
-		b.set = time.Now().Add(b.gap)
-		if !b.deadline.IsZero() && b.deadline.Before(b.set) {
-			b.set = b.deadline
-		}
-	}
-	return b.set, b.expired
-}
-
 // Ended reports whether a read returned the body's end (io.EOF).
 func (b *TimedBody) Ended() bool {
 	b.mu.Lock()

@@ -439,6 +439,11 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 		_, rerr = pc.br.Peek(1)
 	}
 	if rerr != nil {
+		if pc.duplex != nil {
+			if err := pc.duplexErr(nil); err != nil {
+				return nil, err // the body's read failed (sendRest poisoned the connection)
+			}
+		}
 		if pc.reused {
 			return nil, fmt.Errorf("%w: %w", errStale, rerr)
 		}
@@ -449,7 +454,7 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 		if resp == nil {
 			var err error
 			if resp, err = http.ReadResponse(pc.br, req); err != nil {
-				return nil, err
+				return nil, pc.duplexErr(err)
 			}
 		}
 		switch {

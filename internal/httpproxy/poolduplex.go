@@ -5,42 +5,39 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"time"
+	"sync/atomic"
 )
 
 // Full duplex on a pool connection. A request body is written before its
 // response is read, on the caller's goroutine (writeRequest): a body that
 // is all there already (the common case, or no body) costs nothing more.
 // When the body's next bytes are not there yet and the caller says how
-// to wait for them (BodyWaiter, the agent's fast path), the pool waits at
-// most earlyResponseWait at a time and looks at the endpoint in between:
-// once the endpoint has answered (a head, or its end), the rest of the
-// body goes on on a goroutine of its own (sendRest) while the caller reads
-// the answer, so a client that waits for the answer's head before it
-// sends the rest of its body (a streaming upload the endpoint answers as
-// it reads, a bidirectional chunked stream) gets it. The connection goes
-// back to the pool only if the whole body went out before the answer
-// ended (endDuplex): else it is closed, which ends the write still going.
+// to tell (BodyWaiter, the agent's fast path), what was written so far is
+// flushed and the rest of the body goes on on a goroutine of its own
+// (sendRest) while the caller reads the answer, as net/http's Transport
+// always does: a client that waits for the answer's head, or an echo of
+// its first part, before it sends the rest (a streaming upload the
+// endpoint answers as it reads, a bidirectional chunked stream) gets it
+// as soon as the endpoint sends it. (The pool used to wait for the
+// client up to earlyResponseWait at a time and look at the endpoint in
+// between: each stream's first answer came up to 100 ms late.) The
+// connection goes back to the pool only if the whole body went out
+// before the answer ended (endDuplex): else it is closed, which ends the
+// write still going.
 
-// BodyWaiter is how the pool waits for a request body's next bytes from
-// the client (SetBodyWaiter). Its methods are called on the goroutine of
+// BodyWaiter tells the pool when a request body's next bytes are not
+// there yet (SetBodyWaiter). Its methods are called on the goroutine of
 // the round trip, one at a time, and only while ReadReady(req.Body) is
 // false: a reader between the client's body and the pool that holds bytes
 // of it (a retry's kept bytes) must report them through ReadReady, or the
-// pool would wait for the client, who sent them already, up to the body's
-// bound.
+// pool would go full duplex for bytes the client sent already.
 type BodyWaiter interface {
 	// BodyWaits reports whether the body's next Read would wait for the
 	// client: nothing of it is buffered, and it has not ended.
 	BodyWaits() bool
-	// WaitBody waits at most d for the client's next bytes of the body:
-	// true once they came (or its end, an error), or at once if the
-	// body's own bound comes first (the Read then waits and fails as it
-	// would have); false: d passed.
-	WaitBody(d time.Duration) bool
-	// Duplex: the endpoint answered while the body waits; the rest of the
-	// body is read on another goroutine from now on, until done is
-	// closed. false: not now (the round trip reads the body on itself).
+	// Duplex: the body waits; the rest of it is read on another goroutine
+	// from now on, until done is closed, while the answer is awaited and
+	// read. false: not now (the round trip reads the body on itself).
 	Duplex(done <-chan struct{}) bool
 }
 
@@ -61,9 +58,8 @@ func bodyWaiterOf(ctx context.Context) BodyWaiter {
 	return nil
 }
 
-// errGoDuplex: the endpoint answered while the body waits for the client
-// (copyBodyWatched).
-var errGoDuplex = errors.New("httpproxy: answered while the request body waits")
+// errGoDuplex: the body waits for the client (copyBodyWatched).
+var errGoDuplex = errors.New("httpproxy: the request body waits for the client")
 
 // ErrBodyPanicked: a read of the request body panicked on the goroutine
 // that sent its rest (sendRest; PoolConfig.OnPanic has the panic).
@@ -73,28 +69,26 @@ var ErrBodyPanicked = errors.New("httpproxy: the request body's read panicked")
 type duplexWrite struct {
 	done chan struct{} // closed when sendRest ends
 	err  error         // why it failed, if it did (read after done)
+	// bodyErr is the body's read failure (the client's: its bound, its
+	// leaving), stored before sendRest poisons the connection: the round
+	// trip's read fails with it, not as the endpoint's failure (readFailed
+	// set after it).
+	bodyErr    error
+	readFailed atomic.Bool
 }
 
 // copyBodyWatched is copyBody for a body whose client may wait for the
 // answer before it sends the rest: before a Read that would wait, what
-// was copied so far is flushed (the endpoint may answer it), and the
-// endpoint is looked at every earlyResponseWait while the client sends
-// nothing; errGoDuplex once it answered.
-func (pc *poolConn) copyBodyWatched(ctx context.Context, w io.Writer, r io.Reader, buf []byte, bw BodyWaiter) (int64, error) {
+// was copied so far is flushed (the endpoint may answer it), and
+// errGoDuplex returned: the rest goes on beside the answer (goDuplex).
+func (pc *poolConn) copyBodyWatched(w io.Writer, r io.Reader, buf []byte, bw BodyWaiter) (int64, error) {
 	var n int64
 	for {
 		if !ReadReady(r) && bw.BodyWaits() {
 			if err := pc.bw.Flush(); err != nil {
 				return n, err
 			}
-			for !bw.WaitBody(earlyResponseWait) {
-				if ctx.Err() != nil {
-					break // the Read fails, or the round trip's hook did
-				}
-				if pc.answered() {
-					return n, errGoDuplex
-				}
-			}
+			return n, errGoDuplex
 		}
 		m, err := r.Read(buf)
 		if m > 0 {
@@ -112,22 +106,14 @@ func (pc *poolConn) copyBodyWatched(ctx context.Context, w io.Writer, r io.Reade
 	}
 }
 
-// answered reports whether the endpoint has sent something (a head, its
-// end, an error) while the request body waits, looked at without a wait:
-// one MSG_PEEK on a socket, else a read whose deadline has passed (a mesh
-// stream returns what it holds, or times out; a connection that fails
-// such a read whatever it holds never goes full duplex).
-func (pc *poolConn) answered() bool {
-	if pc.br.Buffered() > 0 {
-		return true
+// duplexErr is err, the round trip's failure to read the answer, or the
+// body's if sendRest failed to read it first (it poisoned the connection:
+// the client's doing, not the endpoint's).
+func (pc *poolConn) duplexErr(err error) error {
+	if d := pc.duplex; d != nil && d.readFailed.Load() {
+		return d.bodyErr
 	}
-	if pc.rc != nil {
-		return pc.pending()
-	}
-	pc.c.SetReadDeadline(aLongTimeAgo)
-	_, err := pc.br.Peek(1)
-	pc.setReadDeadline(time.Time{}) // the poison kept
-	return err == nil || !IsTimeout(err)
+	return err
 }
 
 // goDuplex hands the rest of req's body (n bytes of it sent, to w, cw the
@@ -154,7 +140,8 @@ func (pc *poolConn) sendRest(d *duplexWrite, req *http.Request, w io.Writer, cw 
 	defer close(d.done)
 	defer func() {
 		if p := recover(); p != nil {
-			d.err = ErrBodyPanicked
+			d.err, d.bodyErr = ErrBodyPanicked, ErrBodyPanicked
+			d.readFailed.Store(true)
 			pc.poison()
 			if f := pc.p.cfg.OnPanic; f != nil {
 				f(p)
@@ -175,14 +162,21 @@ func (pc *poolConn) sendRest(d *duplexWrite, req *http.Request, w io.Writer, cw 
 			}
 		}
 		if err == io.EOF {
-			d.err = pc.endBody(req, cw, n)
-			if d.err == nil {
-				d.err = pc.bw.Flush()
+			if d.err = pc.endBody(req, cw, n); d.err != nil {
+				// Shorter than its Content-Length: the endpoint waits
+				// for the rest, the answer's read with it (writeRequest's
+				// caller closes the connection so).
+				d.bodyErr = d.err
+				d.readFailed.Store(true)
+				pc.poison()
+				break
 			}
+			d.err = pc.bw.Flush()
 			break
 		}
 		if err != nil {
-			d.err = err
+			d.err, d.bodyErr = err, err
+			d.readFailed.Store(true)
 			pc.poison()
 			break
 		}

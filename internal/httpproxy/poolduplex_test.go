@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -35,17 +36,18 @@ func (b *chanBody) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (b *chanBody) BodyWaits() bool { return b.pending == "" && !b.closed && len(b.ch) == 0 }
-
-func (b *chanBody) WaitBody(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
+// BodyWaits: nothing sent is left unread (a part, or the end: taken
+// from ch if there, as the agent looks at what its reader holds).
+func (b *chanBody) BodyWaits() bool {
+	if b.pending != "" || b.closed {
+		return false
+	}
 	select {
 	case s, ok := <-b.ch:
 		b.pending, b.closed = s, !ok
-		return true
-	case <-t.C:
 		return false
+	default:
+		return true
 	}
 }
 
@@ -231,4 +233,96 @@ func TestPoolDuplexBodyPanic(t *testing.T) {
 		t.Fatal("the request was answered whole after its body's read panicked")
 	}
 	waitFor(t, "OnPanic to get the body's panic", func() bool { return got.Load() == "body read" })
+}
+
+// failBody fails its Read once ch is closed (the client reset its
+// connection mid-body), as the agent's ClientBody does.
+type failBody struct{ *chanBody }
+
+func (b failBody) Read(p []byte) (int, error) {
+	if b.pending == "" {
+		s, ok := <-b.ch
+		if !ok {
+			return 0, &ClientBodyError{"connection reset by the client"}
+		}
+		b.pending = s
+	}
+	return b.chanBody.Read(p)
+}
+
+// TestPoolDuplexBodyFailsBeforeAnswer: a body that goes on beside its
+// answer's wait (its client sent 3 bytes, the endpoint answers after 5)
+// and whose client then fails it fails the round trip with the body's
+// error (the client's doing: no retry, nothing held against the
+// endpoint), not with the poisoned connection's timeout or a stale
+// connection's error.
+func TestPoolDuplexBodyFailsBeforeAnswer(t *testing.T) {
+	addr, _ := duplexUpstream(t)
+	p := duplexPool(addr)
+	defer p.Close(true)
+	for i := 0; i < 2; i++ { // the second on a reused connection
+		if i == 1 {
+			if code, body := get(t, p, "GET", ""); code != 200 || body != "ok /x" {
+				t.Fatalf("GET: %d %q", code, body)
+			}
+		}
+		b := &chanBody{ch: make(chan string, 4)}
+		b.ch <- "hel"
+		req := duplexPost(t, "/echo", b)
+		req.Body = io.NopCloser(failBody{b})
+		errc := make(chan error, 1)
+		go func() {
+			resp, err := p.RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			errc <- err
+		}()
+		waitFor(t, "the body to go on beside the answer's wait", func() bool { return b.duplexes.Load() == 1 })
+		close(b.ch)
+		var err error
+		select {
+		case err = <-errc:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the round trip did not end after its body failed")
+		}
+		var cbe *ClientBodyError
+		if !errors.As(err, &cbe) {
+			t.Fatalf("round trip %d: %v (%T), want the body's *ClientBodyError", i, err, err)
+		}
+	}
+}
+
+// TestPoolDuplexBodyShortOfLength: a body that ends short of its
+// Content-Length on the goroutine that sends its rest fails the round
+// trip, as writeRequest refuses it (the endpoint would wait for the
+// missing bytes, and the answer's read with it, for good).
+func TestPoolDuplexBodyShortOfLength(t *testing.T) {
+	addr, _ := duplexUpstream(t)
+	p := duplexPool(addr)
+	defer p.Close(true)
+	b := &chanBody{ch: make(chan string, 4)}
+	b.ch <- "hel"
+	req := duplexPost(t, "/echo", b)
+	req.ContentLength = 10
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := p.RoundTrip(req)
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	waitFor(t, "the body to go on beside the answer's wait", func() bool { return b.duplexes.Load() == 1 })
+	b.ch <- "l"
+	close(b.ch) // 4 bytes of 10: the endpoint answers after 5
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "Content-Length 10") {
+			t.Fatalf("round trip: %v, want the short body's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the round trip still waits 10 s after its body ended short of its Content-Length")
+	}
 }

@@ -59,7 +59,7 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 		var n int64
 		var err error
 		if bwt := bodyWaiterOf(req.Context()); bwt != nil {
-			n, err = pc.copyBodyWatched(req.Context(), w, req.Body, buf, bwt)
+			n, err = pc.copyBodyWatched(w, req.Body, buf, bwt)
 			if err == errGoDuplex {
 				if pc.goDuplex(req, bwt, w, cw, buf, n) {
 					return nil // sendRest sends the rest, and puts buf back

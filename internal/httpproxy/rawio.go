@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/rawsys"
-	"golang.org/x/sys/unix"
 )
 
 // RawIO reads and writes a socket with syscall.RawSyscall inside the
@@ -98,25 +97,6 @@ func (r *RawIO) readFunc(fd uintptr) bool {
 		}
 		r.rerrno = e
 		return true
-	}
-}
-
-// WaitReadable waits until the socket has bytes, its end or an error to
-// read, or until its read deadline: false then. It reads nothing (one
-// MSG_PEEK each time the poller says readable). Not while a Read runs.
-func (r *RawIO) WaitReadable() bool {
-	return r.rc.Read(peekReadable) == nil
-}
-
-// peekReadable is WaitReadable's function: true once a peek does not find
-// the socket empty.
-func peekReadable(fd uintptr) bool {
-	var b [1]byte
-	for {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if err != unix.EINTR {
-			return err != unix.EAGAIN
-		}
 	}
 }
 
