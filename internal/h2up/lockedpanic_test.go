@@ -29,19 +29,14 @@ func recoveringReadLoop() bool {
 	return false
 }
 
-// TestPanicInReadLoopLockHeld: when the read loop panics while the
-// connection's lock is held (here by the test; by the panicked code
-// itself, a section that unlocks without defer, it would be held for
-// good), its recover does not wait for the lock: the panic is reported,
-// the socket closed, and the read loop's goroutine ends; the close of
-// the connection's state follows once the lock is free.
-func TestPanicInReadLoopLockHeld(t *testing.T) {
-	// The first PING's acknowledgement: the read loop has processed every
-	// frame before it and waits to read (it takes the connection's lock
-	// for some of them: the test's lock must not stop it before the
-	// panic).
-	ping1, acked, ping2 := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	addr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
+// pingTwiceServer serves one connection: it answers the first request,
+// sends a PING once ping1 is closed, closes acked when the PING's
+// acknowledgement came (the read loop has processed every frame before
+// it), sends a second PING once ping2 is closed (the test arms its panic
+// in between) and reads until the connection ends.
+func pingTwiceServer(t *testing.T) (addr string, ping1, acked, ping2 chan struct{}) {
+	ping1, acked, ping2 = make(chan struct{}), make(chan struct{}), make(chan struct{})
+	addr = serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
 		if firstHeaders(fr) == nil {
 			return
 		}
@@ -66,6 +61,21 @@ func TestPanicInReadLoopLockHeld(t *testing.T) {
 			}
 		}
 	})
+	return addr, ping1, acked, ping2
+}
+
+// TestPanicInReadLoopLockHeld: when the read loop panics while the
+// connection's lock is held (here by the test; by the panicked code
+// itself, a section that unlocks without defer, it would be held for
+// good), its recover does not wait for the lock: the panic is reported,
+// the socket closed, and the read loop's goroutine ends; the close of
+// the connection's state follows once the lock is free.
+func TestPanicInReadLoopLockHeld(t *testing.T) {
+	// The first PING's acknowledgement: the read loop has processed every
+	// frame before it and waits to read (it takes the connection's lock
+	// for some of them: the test's lock must not stop it before the
+	// panic).
+	addr, ping1, acked, ping2 := pingTwiceServer(t)
 	var armed atomic.Bool
 	panics := make(chan any, 2)
 	pool := h2up.New(h2up.Config{OnPanic: func(v any) { panics <- v }, Dial: func(ctx context.Context) (net.Conn, error) {
@@ -123,32 +133,7 @@ func TestPanicInReadLoopLockHeld(t *testing.T) {
 // would wait for it too. The pool must skip the connection, dial another
 // and close while the lock is still held.
 func TestPanicInReadLoopLockHeldPoolServes(t *testing.T) {
-	ping1, acked, ping2 := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	rawAddr := serveRawOnce(t, func(c net.Conn, fr *http2.Framer) {
-		if firstHeaders(fr) == nil {
-			return
-		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: headerBlock(":status", "200"), EndStream: true, EndHeaders: true})
-		<-ping1
-		fr.WritePing(false, [8]byte{1})
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
-				break
-			}
-		}
-		close(acked)
-		<-ping2
-		fr.WritePing(false, [8]byte{2})
-		for {
-			if _, err := fr.ReadFrame(); err != nil {
-				return
-			}
-		}
-	})
+	rawAddr, ping1, acked, ping2 := pingTwiceServer(t)
 	drainAddr := startDrainServer(t).target.Load().(string)
 	var armed atomic.Bool
 	var dials atomic.Int64
