@@ -29,10 +29,14 @@ var _ httpproxy.BodyWaiter = (*h1ClientConn)(nil)
 // BodyWaits: nothing of the body is buffered and it has not ended. Not
 // while an earlier attempt's goroutine may read the client (a retry after
 // a full duplex answer): the attempt reads the body as before, after it
-// (the retry's replayBody orders their reads).
+// (the retry's replayBody orders their reads). Whatever the connection: a
+// port of protocol auto replays its detected bytes through a wrapper with
+// no socket (no RawIO), whose bodies never went full duplex (a client
+// that waited for an echo waited until timeouts.requestBody); bytes such
+// a wrapper still holds only cost a goroutine that need not have run.
 func (cs *h1ClientConn) BodyWaits() bool {
 	tb := cs.body
-	if tb == nil || cs.wire == nil || cs.wire.raw == nil || cs.br.Buffered() > 0 || cs.duplexRunning() {
+	if tb == nil || cs.br.Buffered() > 0 || cs.duplexRunning() {
 		return false
 	}
 	if cs.bodyLen >= 0 && tb.Consumed() >= cs.bodyLen {
