@@ -18,21 +18,37 @@ type duplexState struct {
 	// bodyLen bytes (-1: chunked).
 	body    *httpproxy.TimedBody
 	bodyLen int64
-	// duplexDone is closed when the pool's goroutine that sends the rest
-	// of the body ends (nil: none running), which reads duplexBody.
-	duplexDone <-chan struct{}
+	// duplexDone: one channel per attempt whose pool goroutine sends the
+	// rest of the body (a retry's beside its first's), closed when it
+	// ends; they read duplexBody (a retry's replay buffer orders their
+	// reads). Reused for the connection's requests.
+	duplexDone []<-chan struct{}
 	duplexBody *httpproxy.TimedBody
 }
 
 var _ httpproxy.BodyWaiter = (*h1ClientConn)(nil)
 
-// BodyWaits: nothing of the body is buffered and it has not ended. Not
+// BodyWaits: nothing of the body is buffered and it has not ended. Also
 // while an earlier attempt's goroutine may read the client (a retry after
-// a full duplex answer): the attempt reads the body as before, after it
-// (the retry's replayBody orders their reads).
+// a full duplex attempt; the pool asks only once the retry's replayBody
+// holds nothing more for it): what it reads next comes to the retry
+// through the replay buffer, when the client sends it (a retry that read
+// it on the round trip's goroutine sent nothing meanwhile: a client that
+// waited for an echo got a 408). The reader is that goroutine's then, not
+// to be looked at here. Whatever the connection: a
+// port of protocol auto replays its detected bytes through a wrapper with
+// no socket (no RawIO), whose bodies never went full duplex (a client
+// that waited for an echo waited until timeouts.requestBody); bytes such
+// a wrapper still holds only cost a goroutine that need not have run.
 func (cs *h1ClientConn) BodyWaits() bool {
 	tb := cs.body
-	if tb == nil || cs.wire == nil || cs.wire.raw == nil || cs.br.Buffered() > 0 || cs.duplexRunning() {
+	if tb == nil {
+		return false
+	}
+	if cs.duplexRunning() {
+		return true
+	}
+	if cs.br.Buffered() > 0 {
 		return false
 	}
 	if cs.bodyLen >= 0 && tb.Consumed() >= cs.bodyLen {
@@ -44,18 +60,15 @@ func (cs *h1ClientConn) BodyWaits() bool {
 // Duplex: the pool reads the body on another goroutine until done is
 // closed. The body's end still arms the watch of a slow head (OnEnd, on
 // that goroutine; joinDuplex stops a watch it armed after the head came).
-// Refused while another attempt's goroutine (a retry's first) still runs.
+// A retry's goroutine runs beside its first attempt's (BodyWaits).
 func (cs *h1ClientConn) Duplex(done <-chan struct{}) bool {
-	if cs.duplexRunning() {
-		return false
-	}
-	cs.duplexDone, cs.duplexBody = done, cs.body
+	cs.duplexDone, cs.duplexBody = append(cs.duplexDone, done), cs.body
 	return true
 }
 
-// duplexRunning: the pool's goroutine sending a body's rest may run.
+// duplexRunning: a pool goroutine sending a body's rest may run.
 func (cs *h1ClientConn) duplexRunning() bool {
-	if d := cs.duplexDone; d != nil {
+	for _, d := range cs.duplexDone {
 		select {
 		case <-d:
 		default:
@@ -73,13 +86,10 @@ func (cs *h1ClientConn) duplexRunning() bool {
 // cut (the connection closes, nothing is drained): the goroutine's read
 // of the client is cut at once.
 func (cs *h1ClientConn) joinDuplex(cut bool) {
-	d := cs.duplexDone
-	if d == nil {
+	if len(cs.duplexDone) == 0 {
 		return
 	}
-	select {
-	case <-d:
-	default:
+	if cs.duplexRunning() {
 		// A body the request timeout ended (TimedBody.Expire: its read's
 		// deadline set in the past, which the goroutine may not have seen
 		// yet) is cut too: Finish would set the deadline one gap ahead
@@ -90,9 +100,12 @@ func (cs *h1ClientConn) joinDuplex(cut bool) {
 		} else {
 			cs.duplexBody.Finish()
 		}
-		<-d
+		for _, d := range cs.duplexDone {
+			<-d
+		}
 	}
-	cs.duplexDone, cs.duplexBody = nil, nil
+	clear(cs.duplexDone)
+	cs.duplexDone, cs.duplexBody = cs.duplexDone[:0], nil
 	// The body's end on that goroutine may have armed the watch of a slow
 	// head after forward stopped it (the head came as the body ended): it
 	// would read the client's connection beside the serving loop.

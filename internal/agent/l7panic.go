@@ -22,6 +22,14 @@ import (
 // ended (its response body was done before the panic) keeps that record:
 // one line and one span per request.
 //
+// A request body's read on the pool's goroutine that sends its rest
+// beside the answer (the fast path's full duplex, httpproxy's sendRest)
+// counts as the attempt's while the round trip still awaits the answer's
+// head: the pool raises its panic again on the round trip, recorded as
+// above. After the head the pool's OnPanic logs and counts it (h1pool.go)
+// and the answer's read fails: the request is recorded with what the
+// client saw.
+//
 // What it holds (its client's place, its agent and circuit breaker slots,
 // its timeout, the upstream response) is released with its response's
 // body: the code that panicked may never have closed it. Each guard

@@ -49,7 +49,7 @@ func (c *panicOnceConn) Write(p []byte) (int, error) {
 // request of demo/po: port 19751 (http: the fast path, and net/http's
 // server for HTTP/1.0) and 19752 (http2: h2srv), maxRequestsPerClient 2,
 // whose authorization panics for /panic. The workload answers /big with
-// 1 MiB, anything else with "ok".
+// 1 MiB, anything else with "ok" (/upload once it has read the body).
 func panicObsAgent(t *testing.T) (a *Agent, logPath string, recv *otlptest.Receiver) {
 	t.Helper()
 	big := strings.Repeat("x", 1<<20)
@@ -57,6 +57,13 @@ func panicObsAgent(t *testing.T) (a *Agent, logPath string, recv *otlptest.Recei
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	be := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/upload") {
+			// Read first: in full duplex an endpoint that answers before
+			// it reads ends the attempt before a panic in the body's read
+			// (the request is the endpoint's answer), or closes the
+			// connection before the read that panics.
+			io.Copy(io.Discard, r.Body)
+		}
 		if strings.HasPrefix(r.URL.Path, "/big") {
 			io.WriteString(w, big)
 			return

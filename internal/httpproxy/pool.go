@@ -66,8 +66,10 @@ type PoolConfig struct {
 	// request fails and the connection closes.
 	MaxResponseHeadBytes int64
 	// OnPanic gets a panic recovered on the goroutine that sends the rest
-	// of a request body beside its answer (a body's Read: sendRest): the
-	// request fails and the pool serves on. nil: dropped.
+	// of a request body beside its answer (a body's Read: sendRest) after
+	// the answer's head was returned: the answer's read fails and the pool
+	// serves on. nil: dropped. (Before the head, RoundTrip panics with it,
+	// as when the body is read on the caller's goroutine.)
 	OnPanic func(v any)
 }
 
@@ -334,6 +336,9 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, time.Time, err
 		}
 	}
 	resp, err := pc.exchange(req)
+	if d := pc.duplex; d != nil && d.endHead() {
+		resp, err = nil, ErrBodyPanicked // raised again once the connection is closed (RoundTripAt)
+	}
 	if mark != nil && !mark.await(nil) && err == nil {
 		err = context.Cause(ctx) // the client went away as the head came: pc may be poisoned (RoundTrip closes it)
 	}

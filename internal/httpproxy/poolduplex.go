@@ -62,8 +62,23 @@ func bodyWaiterOf(ctx context.Context) BodyWaiter {
 var errGoDuplex = errors.New("httpproxy: the request body waits for the client")
 
 // ErrBodyPanicked: a read of the request body panicked on the goroutine
-// that sent its rest (sendRest; PoolConfig.OnPanic has the panic).
+// that sent its rest (sendRest) after the answer's head was returned
+// (PoolConfig.OnPanic has the panic; before it, RoundTrip panics with it).
 var ErrBodyPanicked = errors.New("httpproxy: the request body's read panicked")
+
+// A panic in a body's read on sendRest is the round trip's as long as the
+// round trip has not returned the answer's head: it panics on with the
+// same value once the connection is closed (RoundTripAt), as a panic in
+// writeRequest on the caller's goroutine would, so the caller records and
+// counts it as a panic in its attempt. After the head, sendRest hands it
+// to PoolConfig.OnPanic and the answer's read fails (the connection is
+// poisoned). Who takes it is settled once (duplexWrite.state): each panic
+// is raised again or reported, never both.
+const (
+	duplexOpen     int32 = iota // sendRest runs, the round trip awaits the head
+	duplexPanicked              // sendRest panicked (panicVal): the round trip raises it
+	duplexAnswered              // the round trip is done with the head: sendRest reports its panic
+)
 
 // duplexWrite is the rest of a request body being sent (sendRest).
 type duplexWrite struct {
@@ -75,6 +90,20 @@ type duplexWrite struct {
 	// set after it).
 	bodyErr    error
 	readFailed atomic.Bool
+	// state says who takes a panic of sendRest (duplexOpen...); panicVal
+	// is its value, written before state becomes duplexPanicked. raise:
+	// the round trip took it (RoundTripAt panics with panicVal).
+	state    atomic.Int32
+	panicVal any
+	raise    bool
+}
+
+// endHead is called by the round trip once it is done waiting for the
+// answer's head (whatever came of it): whether sendRest panicked before
+// that (d.raise: the round trip panics on with it).
+func (d *duplexWrite) endHead() bool {
+	d.raise = d.state.Swap(duplexAnswered) == duplexPanicked
+	return d.raise
 }
 
 // copyBodyWatched is copyBody for a body whose client may wait for the
@@ -142,8 +171,12 @@ func (pc *poolConn) sendRest(d *duplexWrite, req *http.Request, w io.Writer, cw 
 		if p := recover(); p != nil {
 			d.err, d.bodyErr = ErrBodyPanicked, ErrBodyPanicked
 			d.readFailed.Store(true)
+			d.panicVal = p
+			// Before the poison: the head's read it fails sees the panic
+			// taken for it (endHead).
+			mine := !d.state.CompareAndSwap(duplexOpen, duplexPanicked)
 			pc.poison()
-			if f := pc.p.cfg.OnPanic; f != nil {
+			if f := pc.p.cfg.OnPanic; mine && f != nil {
 				f(p)
 			}
 		}

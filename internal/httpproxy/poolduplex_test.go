@@ -198,41 +198,104 @@ func TestPoolDuplexEarlyEndClosesConnection(t *testing.T) {
 	}
 }
 
-// panicBody panics in the Read after its first part.
+// panicBody panics in its Read when the client's next part is "PANIC".
 type panicBody struct{ *chanBody }
 
 func (b panicBody) Read(p []byte) (int, error) {
-	if b.pending == "" && len(b.ch) == 0 && b.duplexes.Load() > 0 {
+	if b.pending == "" && !b.closed {
+		s, ok := <-b.ch
+		b.pending, b.closed = s, !ok
+	}
+	if b.pending == "PANIC" {
 		panic("body read")
 	}
 	return b.chanBody.Read(p)
 }
 
-// TestPoolDuplexBodyPanic: a panic in a body's Read on the goroutine
-// that sends its rest goes to PoolConfig.OnPanic, and the request fails
-// (the connection poisoned: the head's read or the answer's) rather than
-// the process ending.
-func TestPoolDuplexBodyPanic(t *testing.T) {
-	addr, _ := duplexUpstream(t)
-	var got atomic.Value
-	p := NewPool(PoolConfig{Dial: func(ctx context.Context) (net.Conn, error) {
+// panicPool is duplexPool counting the panics OnPanic gets (the last in
+// got).
+func panicPool(addr string) (p *Pool, n *atomic.Int32, got *atomic.Value) {
+	n, got = new(atomic.Int32), new(atomic.Value)
+	p = NewPool(PoolConfig{Dial: func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", addr)
-	}, OnPanic: func(v any) { got.Store(v) }})
+	}, OnPanic: func(v any) { n.Add(1); got.Store(v) }})
+	return p, n, got
+}
+
+// TestPoolDuplexBodyPanic: a panic in a body's Read on the goroutine that
+// sends its rest, before the answer's head (the endpoint waits for 5
+// bytes, 3 came), is the round trip's: RoundTrip panics on with its
+// value once the connection is closed (a caller records it as a panic in
+// its attempt, as when the body was read on its goroutine), and OnPanic
+// does not get it too (logged and counted twice). The process goes on.
+func TestPoolDuplexBodyPanic(t *testing.T) {
+	addr, _ := duplexUpstream(t)
+	p, n, _ := panicPool(addr)
+	defer p.Close(true)
+	b := &chanBody{ch: make(chan string, 4)}
+	b.ch <- "hel"
+	req := duplexPost(t, "/echo", b)
+	req.Body = io.NopCloser(panicBody{b})
+	go func() {
+		waitFor(t, "the body to go full duplex", func() bool { return b.duplexes.Load() > 0 })
+		b.ch <- "PANIC"
+	}()
+	raised := func() (v any) {
+		defer func() { v = recover() }()
+		resp, err := p.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		t.Errorf("RoundTrip returned (%v) after the body's read panicked before the head", err)
+		return nil
+	}()
+	if raised != "body read" {
+		t.Fatalf("RoundTrip raised %v, want the body's panic", raised)
+	}
+	p.mu.Lock()
+	left := len(p.all)
+	p.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d connections left in the pool after the panic", left)
+	}
+	if n.Load() != 0 {
+		t.Errorf("OnPanic got the panic the round trip raised (%d)", n.Load())
+	}
+}
+
+// TestPoolDuplexBodyPanicAfterHead: once the answer's head is returned, a
+// panic in the body's Read on sendRest goes to PoolConfig.OnPanic, once,
+// and the answer's read fails (the connection poisoned) rather than the
+// process ending.
+func TestPoolDuplexBodyPanicAfterHead(t *testing.T) {
+	addr, _ := duplexUpstream(t)
+	p, n, got := panicPool(addr)
 	defer p.Close(true)
 	b := &chanBody{ch: make(chan string, 4)}
 	b.ch <- "hello"
 	req := duplexPost(t, "/echo", b)
 	req.Body = io.NopCloser(panicBody{b})
-	resp, err := p.RoundTrip(req) // fails if the poison comes before the head is read
-	if err == nil {
-		_, err = io.ReadAll(resp.Body)
-		resp.Body.Close()
+	resp, err := p.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err == nil {
-		t.Fatal("the request was answered whole after its body's read panicked")
+	defer resp.Body.Close()
+	echo := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, echo); err != nil || string(echo) != "hello" {
+		t.Fatalf("echo %q, %v", echo, err)
+	}
+	if b.duplexes.Load() == 0 {
+		t.Fatal("the body did not go full duplex")
+	}
+	b.ch <- "PANIC"
+	if rest, err := io.ReadAll(resp.Body); err == nil {
+		t.Fatalf("the answer ended whole (%q) after its body's read panicked", rest)
 	}
 	waitFor(t, "OnPanic to get the body's panic", func() bool { return got.Load() == "body read" })
+	if n.Load() != 1 {
+		t.Errorf("OnPanic got %d panics, want 1", n.Load())
+	}
 }
 
 // failBody fails its Read once ch is closed (the client reset its

@@ -46,6 +46,9 @@ func (p *Pool) RoundTripAt(req *http.Request, now time.Time) (resp *http.Respons
 			return resp, at, nil
 		}
 		pc.close()
+		if d := pc.duplex; d != nil && d.raise {
+			panic(d.panicVal) // the body's read panicked on sendRest before the head (poolduplex.go)
+		}
 		if errors.Is(err, errStale) {
 			if replayable && attempt == 0 {
 				continue
