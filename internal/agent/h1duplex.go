@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"sync"
+	"time"
+
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
@@ -110,4 +113,59 @@ func (cs *h1ClientConn) joinDuplex(cut bool) {
 	// head after forward stopped it (the head came as the body ended): it
 	// would read the client's connection beside the serving loop.
 	cs.stopHead()
+}
+
+// watchBeside is watch for an answer that streams while a pool goroutine
+// may still send the body's rest (full duplex): the client's reader is
+// that goroutine's until it ends, so the watch of the client starts once
+// every such goroutine has ended (at once, mostly: the body ended as the
+// answer came), and not at all if the answer ends first or a watch of a
+// slow head, armed by the body's end on that goroutine, reads the client
+// instead. Without it, a client that left during a silent stream held
+// the upstream when the goroutine was still between its last flush and
+// its end as the answer's head came (TestFastDuplexClientGone/stream).
+func (cs *h1ClientConn) watchBeside() (stop func()) {
+	if !cs.duplexRunning() {
+		return cs.watch()
+	}
+	cs.deadlineMoved() // here, on forward's goroutine: the wire's state is its
+	dones := append([]<-chan struct{}(nil), cs.duplexDone...)
+	var mu sync.Mutex
+	stopped, peeking := false, false
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		defer cs.recoverWatch(false)
+		for _, d := range dones {
+			select {
+			case <-d:
+			case <-quit:
+				return
+			}
+		}
+		cs.headMu.Lock()
+		head := cs.headWaiting || cs.headDone != nil
+		cs.headMu.Unlock()
+		mu.Lock()
+		if stopped || head || cs.br.Buffered() > 0 {
+			mu.Unlock()
+			return
+		}
+		peeking = true
+		cs.conn.SetReadDeadline(time.Time{})
+		mu.Unlock()
+		if _, err := cs.br.Peek(1); err != nil && !httpproxy.IsTimeout(err) {
+			cs.gone() // EOF, reset or shutdown
+		}
+	}()
+	return func() {
+		mu.Lock()
+		stopped = true
+		if peeking {
+			cs.conn.SetReadDeadline(aLongTimeAgo)
+		}
+		mu.Unlock()
+		close(quit)
+		<-done
+	}
 }

@@ -409,12 +409,11 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 		keep, cs.linger = false, true
 	}
 	whole := resp.ContentLength == 0 || resp.ContentLength > 0 && bufferedUpstream(resp.Body) >= resp.ContentLength
-	var werr error
+	watch := cs.watch
 	if duplex {
-		werr = httpproxy.WriteResponseUnflushed(bw, resp, in, keep, nil) // the client is read meanwhile
-	} else {
-		werr = httpproxy.WriteResponseUnflushed(bw, resp, in, keep, cs.watch)
+		watch = cs.watchBeside // the client is read meanwhile: watched once that ends
 	}
+	werr := httpproxy.WriteResponseUnflushed(bw, resp, in, keep, watch)
 	resp.Body.Close()
 	// Written and closed: requestDone may reuse it.
 	cs.sent, cs.open = resp, nil
