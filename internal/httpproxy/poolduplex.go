@@ -58,7 +58,7 @@ func bodyWaiterOf(ctx context.Context) BodyWaiter {
 	return nil
 }
 
-// errGoDuplex: the body waits for the client (copyBodyWatched).
+// errGoDuplex: the body waits for the client (copyBody with a BodyWaiter).
 var errGoDuplex = errors.New("httpproxy: the request body waits for the client")
 
 // ErrBodyPanicked: a read of the request body panicked on the goroutine
@@ -104,35 +104,6 @@ type duplexWrite struct {
 func (d *duplexWrite) endHead() bool {
 	d.raise = d.state.Swap(duplexAnswered) == duplexPanicked
 	return d.raise
-}
-
-// copyBodyWatched is copyBody for a body whose client may wait for the
-// answer before it sends the rest: before a Read that would wait, what
-// was copied so far is flushed (the endpoint may answer it), and
-// errGoDuplex returned: the rest goes on beside the answer (goDuplex).
-func (pc *poolConn) copyBodyWatched(w io.Writer, r io.Reader, buf []byte, bw BodyWaiter) (int64, error) {
-	var n int64
-	for {
-		if !ReadReady(r) && bw.BodyWaits() {
-			if err := pc.bw.Flush(); err != nil {
-				return n, err
-			}
-			return n, errGoDuplex
-		}
-		m, err := r.Read(buf)
-		if m > 0 {
-			if _, werr := w.Write(buf[:m]); werr != nil {
-				return n, werr
-			}
-			n += int64(m)
-		}
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-	}
 }
 
 // duplexErr is err, the round trip's failure to read the answer, or the

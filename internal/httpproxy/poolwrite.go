@@ -56,20 +56,19 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 			w = cw
 		}
 		buf := CopyBuffers.Get()
-		var n int64
-		var err error
-		if bwt := bodyWaiterOf(req.Context()); bwt != nil {
-			n, err = pc.copyBodyWatched(w, req.Body, buf, bwt)
-			if err == errGoDuplex {
+		bwt := bodyWaiterOf(req.Context())
+		n, err := copyBody(w, req.Body, buf, bwt)
+		if err == errGoDuplex {
+			// What was copied so far goes to the endpoint (it may answer
+			// it), the rest beside the answer.
+			if err = bw.Flush(); err == nil {
 				if pc.goDuplex(req, bwt, w, cw, buf, n) {
 					return nil // sendRest sends the rest, and puts buf back
 				}
 				var m int64
-				m, err = copyBody(w, req.Body, buf)
+				m, err = copyBody(w, req.Body, buf, nil)
 				n += m
 			}
-		} else {
-			n, err = copyBody(w, req.Body, buf)
 		}
 		CopyBuffers.Put(buf)
 		if err != nil {
@@ -104,9 +103,15 @@ func (pc *poolConn) endBody(req *http.Request, cw io.WriteCloser, n int64) error
 
 // copyBody copies with buf (io.CopyBuffer would hand bufio.Writer's
 // ReadFrom the reader, and net.TCPConn's ReadFrom allocates its own buffer).
-func copyBody(w io.Writer, r io.Reader, buf []byte) (int64, error) {
+// With bw (a body whose client may wait for the answer before it sends
+// the rest), it stops with errGoDuplex before a Read that would wait: the
+// rest goes on beside the answer (goDuplex).
+func copyBody(w io.Writer, r io.Reader, buf []byte, bw BodyWaiter) (int64, error) {
 	var n int64
 	for {
+		if bw != nil && !ReadReady(r) && bw.BodyWaits() {
+			return n, errGoDuplex
+		}
 		m, err := r.Read(buf)
 		if m > 0 {
 			if _, werr := w.Write(buf[:m]); werr != nil {
