@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // The HTTP/1.1 fast path is full duplex once the endpoint's answer head
@@ -17,39 +19,16 @@ import (
 // them, rather than waiting until timeouts.requestBody (the fast path used
 // to forward the whole body before it read the answer).
 
-// startFastDuplexEcho is an endpoint: /echo answers a POST once it has
-// read 5 bytes of its body (head and those bytes flushed), then reads the
-// rest and ends with the count it read; /early answers whole after 5
-// bytes and leaves the rest unread; anything else is answered "ok" and
-// its path.
+// startFastDuplexEcho serves testenv.DuplexEcho (a POST's first 5 bytes
+// echoed at once, then the count it read; /early: those 5 bytes only) and
+// returns its port.
 func startFastDuplexEcho(t *testing.T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			io.WriteString(w, "ok "+r.URL.Path)
-			return
-		}
-		rc := http.NewResponseController(w)
-		rc.EnableFullDuplex()
-		first := make([]byte, 5)
-		if _, err := io.ReadFull(r.Body, first); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		if r.URL.Path == "/early" {
-			w.Header().Set("Content-Length", "5")
-			w.Write(first)
-			return
-		}
-		w.Write(first)
-		rc.Flush()
-		m, err := io.Copy(io.Discard, r.Body)
-		fmt.Fprintf(w, "|n=%d err=%v", 5+m, err)
-	})}
+	srv := &http.Server{Handler: http.HandlerFunc(testenv.DuplexEcho)}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().(*net.TCPAddr).Port

@@ -64,6 +64,25 @@ func pingTwiceServer(t *testing.T) (addr string, ping1, acked, ping2 chan struct
 	return addr, ping1, acked, ping2
 }
 
+// firstExchange is a lock-held panic test's start: pool's first request
+// to pingTwiceServer's addr, then its first PING, acknowledged (the read
+// loop has processed every frame before it).
+func firstExchange(t *testing.T, pool *h2up.Pool, addr string, ping1, acked chan struct{}) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+	resp, err := pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	close(ping1)
+	select {
+	case <-acked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no PING acknowledgement")
+	}
+}
+
 // TestPanicInReadLoopLockHeld: when the read loop panics while the
 // connection's lock is held (here by the test; by the panicked code
 // itself, a section that unlocks without defer, it would be held for
@@ -86,18 +105,7 @@ func TestPanicInReadLoopLockHeld(t *testing.T) {
 		return panicReadConn{c, &armed}, nil
 	}})
 	defer pool.Close()
-	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
-	resp, err := pool.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	close(ping1)
-	select {
-	case <-acked:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no PING acknowledgement")
-	}
+	firstExchange(t, pool, addr, ping1, acked)
 
 	unlock := h2up.LockConns(pool)
 	locked := true
@@ -150,18 +158,7 @@ func TestPanicInReadLoopLockHeldPoolServes(t *testing.T) {
 		return panicReadConn{c, &armed}, nil
 	}})
 	defer pool.Close()
-	req, _ := http.NewRequest("GET", "http://"+rawAddr+"/", nil)
-	resp, err := pool.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	close(ping1)
-	select {
-	case <-acked:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no PING acknowledgement")
-	}
+	firstExchange(t, pool, rawAddr, ping1, acked)
 	unlock := h2up.LockConns(pool)
 	var once sync.Once
 	defer once.Do(unlock)

@@ -3,7 +3,6 @@ package httpproxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fogmesh/fogmesh/internal/testenv"
 )
 
 // chanBody is a request body whose client sends the parts put on ch (a
@@ -67,28 +68,7 @@ func duplexUpstream(t *testing.T) (addr string, conns *atomic.Int32) {
 		t.Fatal(err)
 	}
 	conns = new(atomic.Int32)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			io.WriteString(w, "ok "+r.URL.Path)
-			return
-		}
-		rc := http.NewResponseController(w)
-		rc.EnableFullDuplex()
-		first := make([]byte, 5)
-		if _, err := io.ReadFull(r.Body, first); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		if r.URL.Path == "/early" {
-			w.Header().Set("Content-Length", "5")
-			w.Write(first)
-			return
-		}
-		w.Write(first)
-		rc.Flush()
-		m, err := io.Copy(io.Discard, r.Body)
-		fmt.Fprintf(w, "|n=%d err=%v", 5+m, err)
-	}), ConnState: func(_ net.Conn, s http.ConnState) {
+	srv := &http.Server{Handler: http.HandlerFunc(testenv.DuplexEcho), ConnState: func(_ net.Conn, s http.ConnState) {
 		if s == http.StateNew {
 			conns.Add(1)
 		}
