@@ -37,7 +37,8 @@ type Pool struct {
 	reaper *time.Timer // closes idle connections after idleTimeout (reapIdle)
 	armed  bool        // reaper is scheduled
 
-	testHookStall func() // if set, called after each onStall
+	testHookStall   func() // if set, called after each onStall
+	testHookWritten func() // if set, called once each request is written (or its body goes on beside: exchange)
 }
 
 // PoolConfig is what a pool needs from its owner: how to reach the
@@ -402,6 +403,9 @@ func (pc *poolConn) exchange(req *http.Request) (*http.Response, error) {
 		err, rerr = pc.sendHeld()
 	}
 	pc.writing = nil
+	if h := pc.p.testHookWritten; h != nil {
+		h()
+	}
 	if err != nil {
 		if bad := pc.bad; bad != nil {
 			// A refused 1xx head: the exchange's failure, not the

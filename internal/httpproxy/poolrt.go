@@ -41,7 +41,7 @@ func (p *Pool) RoundTripAt(req *http.Request, now time.Time) (resp *http.Respons
 			return nil, time.Time{}, err
 		}
 		pc.uses++
-		resp, at, err := pc.roundTrip(req)
+		resp, at, err := pc.guardedRoundTrip(req)
 		if err == nil {
 			return resp, at, nil
 		}
@@ -57,6 +57,23 @@ func (p *Pool) RoundTripAt(req *http.Request, now time.Time) (resp *http.Respons
 		}
 		return nil, time.Time{}, err
 	}
+}
+
+// guardedRoundTrip is roundTrip closing the connection if it panics (a
+// bug): the exchange is in no known state, and the rest of a body sent
+// beside it (sendRest) to an endpoint that reads nothing would wait on
+// its write for good, and the caller with it (the agent's joinDuplex
+// waits for that goroutine before it lets go of the client).
+func (pc *poolConn) guardedRoundTrip(req *http.Request) (resp *http.Response, at time.Time, err error) {
+	returned := false
+	defer func() {
+		if !returned {
+			pc.close()
+		}
+	}()
+	resp, at, err = pc.roundTrip(req)
+	returned = true
+	return resp, at, err
 }
 
 // isIdempotent: a method that may be sent twice (RFC 9110 §9.2.2).
