@@ -27,8 +27,10 @@ import (
 // counts as the attempt's while the round trip still awaits the answer's
 // head: the pool raises its panic again on the round trip, recorded as
 // above. After the head the pool's OnPanic logs and counts it (h1pool.go)
-// and the answer's read fails: the request is recorded with what the
-// client saw.
+// and the answer's read fails with the panic's value
+// (httpproxy.BodyPanicError): the request is recorded as a panic after
+// the head, the status the client saw with the panic as its error
+// (obsBody), unless its record had ended already.
 //
 // What it holds (its client's place, its agent and circuit breaker slots,
 // its timeout, the upstream response) is released with its response's

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -329,8 +330,14 @@ type obsBody struct {
 func (b *obsBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil {
+		var bpe *httpproxy.BodyPanicError
 		if err == io.EOF {
 			b.rec.end(b.resp.StatusCode, grpcStatusOf(b.resp, b.grpc), nil)
+		} else if errors.As(err, &bpe) {
+			// The request body's read panicked beside the answer (the
+			// pool's sendRest; its OnPanic logged and counted it): a
+			// panic after the head (l7panic.go).
+			b.rec.end(b.resp.StatusCode, grpcStatusOf(b.resp, b.grpc), panicError{bpe.Value})
 		} else {
 			b.rec.end(b.resp.StatusCode, grpcStatusOf(b.resp, b.grpc), fmt.Errorf("response body: %w", err))
 		}

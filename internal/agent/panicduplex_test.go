@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"runtime/debug"
 	"strings"
@@ -20,6 +23,7 @@ import (
 type panicRawConn struct {
 	*net.TCPConn
 	fired *atomic.Bool
+	armed *atomic.Bool // nil: armed from the start
 }
 
 func (c panicRawConn) SyscallConn() (syscall.RawConn, error) {
@@ -27,16 +31,16 @@ func (c panicRawConn) SyscallConn() (syscall.RawConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return panicRawRead{rc, c.fired}, nil
+	return panicRawRead{rc, c.fired, c.armed}, nil
 }
 
 type panicRawRead struct {
 	syscall.RawConn
-	fired *atomic.Bool
+	fired, armed *atomic.Bool
 }
 
 func (r panicRawRead) Read(f func(uintptr) bool) error {
-	if !r.fired.Load() && strings.Contains(string(debug.Stack()), "(*poolConn).sendRest") && r.fired.CompareAndSwap(false, true) {
+	if !r.fired.Load() && (r.armed == nil || r.armed.Load()) && strings.Contains(string(debug.Stack()), "(*poolConn).sendRest") && r.fired.CompareAndSwap(false, true) {
 		panic("test: a bug while reading a request body")
 	}
 	return r.RawConn.Read(f)
@@ -58,7 +62,7 @@ func TestPanicInDuplexBodyPlainSocket(t *testing.T) {
 	go func() {
 		defer close(done)
 		defer a.recoverConn(sc)
-		a.handleConn(context.Background(), netip.MustParseAddrPort("127.75.0.1:19751"), panicRawConn{sc.(*net.TCPConn), fired})
+		a.handleConn(context.Background(), netip.MustParseAddrPort("127.75.0.1:19751"), panicRawConn{sc.(*net.TCPConn), fired, nil})
 	}()
 	c.SetDeadline(time.Now().Add(15 * time.Second))
 	const size = 1 << 20
@@ -82,6 +86,54 @@ func TestPanicInDuplexBodyPlainSocket(t *testing.T) {
 		}
 		return true
 	})
+	if n := a.m.panics.Get() - before; n != 1 {
+		t.Errorf("fogmesh_agent_panics_total rose by %d, want 1", n)
+	}
+}
+
+// TestPanicInDuplexBodyAfterHead: a body's read panicking on sendRest
+// after the answer's head went out (an echo streaming beside its chunked
+// body) is recorded as a panic with the status the client saw (200,
+// "panic: <value>", once), as a panic on forward's goroutine after the
+// head is (l7panic.go), not as the answer's failed read (an i/o timeout
+// of the connection the panic poisoned); logged and counted once (the
+// pool's OnPanic), the request's slots released.
+func TestPanicInDuplexBodyAfterHead(t *testing.T) {
+	a, logPath, recv := panicObsAgentAt(t, 146, 19960, 19961)
+	c, sc := loopbackPair(t)
+	fired, armed := new(atomic.Bool), new(atomic.Bool)
+	before := a.m.panics.Get()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer a.recoverConn(sc)
+		a.handleConn(context.Background(), netip.MustParseAddrPort("127.146.0.1:19960"), panicRawConn{sc.(*net.TCPConn), fired, armed})
+	}()
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	fmt.Fprintf(c, "POST /duplex HTTP/1.1\r\nHost: po.demo\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, echo); err != nil || string(echo) != "hello" || resp.StatusCode != 200 {
+		t.Fatalf("%d, echo %q, %v", resp.StatusCode, echo, err)
+	}
+	armed.Store(true) // the head is out: the body's next read on sendRest panics
+	fmt.Fprintf(c, "5\r\nworld\r\n")
+	if rest, err := io.ReadAll(resp.Body); err == nil {
+		t.Errorf("the answer ended whole (%q) after its body's read panicked", rest)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection still served")
+	}
+	if !fired.Load() {
+		t.Fatal("no read of the body on sendRest after the head")
+	}
+	checkPanickedStatus(t, logPath, recv, "/duplex", "test: a bug while reading a request body", 200)
+	holdsNothing(t, a)
 	if n := a.m.panics.Get() - before; n != 1 {
 		t.Errorf("fogmesh_agent_panics_total rose by %d, want 1", n)
 	}

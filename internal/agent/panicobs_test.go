@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/fogmesh/fogmesh/internal/api"
+	"github.com/fogmesh/fogmesh/internal/testenv"
 	"github.com/fogmesh/fogmesh/internal/tracing/otlptest"
 )
 
@@ -52,11 +53,23 @@ func (c *panicOnceConn) Write(p []byte) (int, error) {
 // 1 MiB, anything else with "ok" (/upload once it has read the body).
 func panicObsAgent(t *testing.T) (a *Agent, logPath string, recv *otlptest.Receiver) {
 	t.Helper()
+	return panicObsAgentAt(t, 75, 19751, 19752)
+}
+
+// panicObsAgentAt is panicObsAgent on VIP 127.<octet>.0.1, ports web
+// (http) and h2 (http2). Its workload also answers /duplex full duplex
+// (testenv.DuplexEcho: the first 5 bytes echoed at once).
+func panicObsAgentAt(t *testing.T, octet, web, h2 int) (a *Agent, logPath string, recv *otlptest.Receiver) {
+	t.Helper()
 	big := strings.Repeat("x", 1<<20)
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	be := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/duplex" {
+			testenv.DuplexEcho(w, r)
+			return
+		}
 		if strings.HasPrefix(r.URL.Path, "/upload") {
 			// Read first: in full duplex an endpoint that answers before
 			// it reads ends the attempt before a panic in the body's read
@@ -80,7 +93,7 @@ func panicObsAgent(t *testing.T) (a *Agent, logPath string, recv *otlptest.Recei
 	apply(t, cp, `apiVersion: fogmesh.io/v1alpha1
 kind: Service
 metadata: {name: po, namespace: demo}
-spec: {ports: [{name: web, port: 19751, protocol: http}, {name: h2, port: 19752, protocol: http2}]}
+spec: {ports: [{name: web, port: `+fmt.Sprint(web)+`, protocol: http}, {name: h2, port: `+fmt.Sprint(h2)+`, protocol: http2}]}
 ---
 apiVersion: fogmesh.io/v1alpha1
 kind: AuthorizationPolicy
@@ -90,7 +103,7 @@ spec: {service: po, rules: [{to: [{paths: ["/*"]}]}]}
 	recv = otlptest.NewHTTP(t)
 	logPath = filepath.Join(t.TempDir(), "access.log")
 	port := bln.Addr().(*net.TCPAddr).Port
-	a = startAgentWith(t, agentOpts{name: "pon", site: "s1", region: "r1", vipOctet: 75, control: []string{cp.SyncAddr()},
+	a = startAgentWith(t, agentOpts{name: "pon", site: "s1", region: "r1", vipOctet: octet, control: []string{cp.SyncAddr()},
 		stateDir: t.TempDir(), workloads: []Workload{{Name: "po-1", Service: "po", Namespace: "demo",
 			Ports: []api.EndpointPort{{Name: "web", Port: port}, {Name: "h2", Port: port}}}}},
 		func(c *Config) {
@@ -100,7 +113,7 @@ spec: {service: po, rules: [{to: [{paths: ["/*"]}]}]}
 			c.AccessLog = AccessLogConfig{Path: logPath}
 		})
 	waitFor(t, "the policy", func() bool { return a.view.Load().authz.Len() == 1 })
-	waitGet200(t, &http.Client{Timeout: 5 * time.Second}, "http://127.75.0.1:19751/")
+	waitGet200(t, &http.Client{Timeout: 5 * time.Second}, fmt.Sprintf("http://127.%d.0.1:%d/", octet, web))
 	return a, logPath, recv
 }
 

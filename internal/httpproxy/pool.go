@@ -357,7 +357,7 @@ func (pc *poolConn) roundTrip(req *http.Request) (*http.Response, time.Time, err
 	}
 	at := MonoTime() // the head is in: the exchange's end (RoundTripAt)
 	b := pc.bodyFor(resp)
-	b.pc, b.body, b.stop, b.close = pc, resp.Body, stop, resp.Close
+	b.pc, b.body, b.stop, b.close, b.duplex = pc, resp.Body, stop, resp.Close, pc.duplex
 	if resp.Body == http.NoBody {
 		// A response without a body by rule may still have been sent
 		// one: check before reuse (over a connection that cannot be

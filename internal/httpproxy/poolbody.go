@@ -10,11 +10,14 @@ import (
 // than a Read (a retried response given up while read in the background):
 // done makes the first of them finish.
 type respBody struct {
-	pc    *poolConn
-	body  io.ReadCloser
-	stop  func() bool
-	close bool // the response said Connection: close
-	done  atomic.Bool
+	pc *poolConn
+	// duplex: the request's body went on beside this answer (pc.duplex
+	// as the head came; nil: not).
+	duplex *duplexWrite
+	body   io.ReadCloser
+	stop   func() bool
+	close  bool // the response said Connection: close
+	done   atomic.Bool
 }
 
 func (b *respBody) Read(p []byte) (int, error) {
@@ -25,6 +28,9 @@ func (b *respBody) Read(p []byte) (int, error) {
 	if err == io.EOF {
 		b.finish(true)
 	} else if err != nil {
+		if b.duplex != nil {
+			err = b.duplex.bodyPanic(err)
+		}
 		b.finish(false)
 	}
 	return n, err

@@ -66,6 +66,15 @@ var errGoDuplex = errors.New("httpproxy: the request body waits for the client")
 // (PoolConfig.OnPanic has the panic; before it, RoundTrip panics with it).
 var ErrBodyPanicked = errors.New("httpproxy: the request body's read panicked")
 
+// BodyPanicError is how the read of an answer fails when the read of its
+// request's body panicked on sendRest after the head was returned: the
+// panic's value, for the caller's record of the request (OnPanic logged
+// and counted it). It is ErrBodyPanicked (errors.Is).
+type BodyPanicError struct{ Value any }
+
+func (e *BodyPanicError) Error() string     { return ErrBodyPanicked.Error() }
+func (e *BodyPanicError) Is(err error) bool { return err == ErrBodyPanicked }
+
 // A panic in a body's read on sendRest is the round trip's as long as the
 // round trip has not returned the answer's head: it panics on with the
 // same value once the connection is closed (RoundTripAt), as a panic in
@@ -106,6 +115,17 @@ func (d *duplexWrite) endHead() bool {
 	return d.raise
 }
 
+// bodyPanic is the answer's read failure err, or the body's panic on
+// sendRest if one poisoned the connection (BodyPanicError).
+func (d *duplexWrite) bodyPanic(err error) error {
+	if d.readFailed.Load() {
+		if perr, ok := d.bodyErr.(*BodyPanicError); ok {
+			return perr
+		}
+	}
+	return err
+}
+
 // duplexErr is err, the round trip's failure to read the answer, or the
 // body's if sendRest failed to read it first (it poisoned the connection:
 // the client's doing, not the endpoint's).
@@ -140,9 +160,10 @@ func (pc *poolConn) sendRest(d *duplexWrite, req *http.Request, w io.Writer, cw 
 	defer close(d.done)
 	defer func() {
 		if p := recover(); p != nil {
-			d.err, d.bodyErr = ErrBodyPanicked, ErrBodyPanicked
-			d.readFailed.Store(true)
+			perr := &BodyPanicError{p}
+			d.err, d.bodyErr = perr, perr
 			d.panicVal = p
+			d.readFailed.Store(true)
 			// Before the poison: the head's read it fails sees the panic
 			// taken for it (endHead).
 			mine := !d.state.CompareAndSwap(duplexOpen, duplexPanicked)
