@@ -37,8 +37,9 @@ type Pool struct {
 	reaper *time.Timer // closes idle connections after idleTimeout (reapIdle)
 	armed  bool        // reaper is scheduled
 
-	testHookStall   func() // if set, called after each onStall
-	testHookWritten func() // if set, called once each request is written (or its body goes on beside: exchange)
+	testHookStall    func() // if set, called after each onStall
+	testHookWritten  func() // if set, called once each request is written (or its body goes on beside: exchange)
+	testHookRestSent func() // if set, called by sendRest once the body's rest went out whole
 }
 
 // PoolConfig is what a pool needs from its owner: how to reach the

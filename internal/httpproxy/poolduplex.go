@@ -105,6 +105,10 @@ type duplexWrite struct {
 	state    atomic.Int32
 	panicVal any
 	raise    bool
+	// sent: the whole body went out (its end flushed, err nil), set just
+	// before sendRest ends: an answer that ends then (a HEAD, 204 or 304
+	// answer ends at its head) may reuse the connection (endDuplex).
+	sent atomic.Bool
 }
 
 // endHead is called by the round trip once it is done waiting for the
@@ -196,7 +200,12 @@ func (pc *poolConn) sendRest(d *duplexWrite, req *http.Request, w io.Writer, cw 
 				pc.poison()
 				break
 			}
-			d.err = pc.bw.Flush()
+			if d.err = pc.bw.Flush(); d.err == nil {
+				d.sent.Store(true) // nothing of pc's is used from here on
+				if h := pc.p.testHookRestSent; h != nil {
+					h()
+				}
+			}
 			break
 		}
 		if err != nil {
@@ -214,16 +223,24 @@ func (pc *poolConn) sendRest(d *duplexWrite, req *http.Request, w io.Writer, cw 
 // far as the answer goes): only if the whole body went out. If not, the
 // connection is closed (the write still going fails: its bytes are no
 // endpoint's), and the caller sees to what the client still sends.
+//
+// A goroutine whose body went out whole (sent) counts as ended: what it
+// has left to do (put its buffer back, close done) touches nothing of
+// the connection's, and an endpoint that answers as the body ends found
+// it there often enough (the answer's head read as sendRest returns from
+// its last flush) to lose a bodyless answer's reuse.
 func (pc *poolConn) endDuplex(reuse bool) bool {
-	select {
-	case <-pc.duplex.done:
-		if pc.duplex.err != nil {
+	if d := pc.duplex; !d.sent.Load() {
+		select {
+		case <-d.done:
+			if d.err != nil {
+				return false
+			}
+		default:
 			return false
 		}
-		pc.duplex = nil
-		pc.inDuplex.Store(false)
-		return reuse
-	default:
-		return false
 	}
+	pc.duplex = nil
+	pc.inDuplex.Store(false)
+	return reuse
 }

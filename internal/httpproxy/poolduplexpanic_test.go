@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -113,5 +114,74 @@ func TestPoolDuplexRoundTripPanicClosesConn(t *testing.T) {
 	p.mu.Unlock()
 	if left != 0 {
 		t.Errorf("%d connections left in the pool after the panic", left)
+	}
+}
+
+// TestPoolDuplexBodylessAnswerReuses: an endpoint that answers 204 (an
+// answer that ends at its head) once it has read the whole body, while
+// the goroutine that sent the body's rest is between its last flush and
+// its end (held there by a test hook until RoundTrip returned; the
+// endpoint answers once it is there), gives its connection back: the
+// next request goes on it. (endDuplex took the goroutine still running
+// for a body partly sent, and closed it.)
+func TestPoolDuplexBodylessAnswerReuses(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := new(atomic.Int32)
+	restSent := make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			io.WriteString(w, "ok")
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		select { // answered once sendRest is past its last flush, not while it flushes
+		case <-restSent:
+		case <-time.After(5 * time.Second):
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}), ConnState: func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}}
+	go srv.Serve(ln)
+	defer srv.Close()
+	p := duplexPool(ln.Addr().String())
+	defer p.Close(true)
+	returned := make(chan struct{})
+	var hooked atomic.Int32
+	p.testHookRestSent = func() {
+		if hooked.Add(1) == 1 {
+			close(restSent)
+		}
+		select {
+		case <-returned:
+		case <-time.After(5 * time.Second): // a fix that waits for this goroutine: fail, not hang
+		}
+	}
+	b := &chanBody{ch: make(chan string, 4)}
+	b.ch <- "hello"
+	go func() {
+		waitFor(t, "the body to go full duplex", func() bool { return b.duplexes.Load() > 0 })
+		b.ch <- " world"
+		close(b.ch)
+	}()
+	resp, err := p.RoundTrip(duplexPost(t, "/", b))
+	close(returned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || hooked.Load() != 1 {
+		t.Fatalf("%d, the hook ran %d times", resp.StatusCode, hooked.Load())
+	}
+	if code, body := get(t, p, "GET", ""); code != 200 {
+		t.Fatalf("the next request: %d %q", code, body)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections to the endpoint, want 1 (the first reused)", n)
 	}
 }
