@@ -19,6 +19,23 @@ import (
 // goroutine behind the first attempt's pending read, its request unsent:
 // the client waited until timeouts.requestBody, 2 s here, and got a 408.)
 func TestFastDuplexRetryEcho(t *testing.T) {
+	testRetryEcho(t, 1, "frd", 194, 19896)
+}
+
+// TestFastDuplexThirdAttemptEcho: TestFastDuplexRetryEcho with two
+// attempts that fail (each read part 1, then answered 503) before the
+// third echoes: three goroutines of the pool read the client's body
+// through the replay buffer, one beside the other (h1duplex.go's Duplex
+// keeps a done per attempt; joinDuplex waits for all), and the client
+// gets each echo.
+func TestFastDuplexThirdAttemptEcho(t *testing.T) {
+	testRetryEcho(t, 2, "frd3", 175, 19962)
+}
+
+// testRetryEcho runs the echo stream of TestFastDuplexRetryEcho against
+// an endpoint whose first fails POSTs answer 503 after part 1, through
+// an agent on VIP octet, service svc on port vipPort with fails retries.
+func testRetryEcho(t *testing.T, fails int, svc string, octet, vipPort int) {
 	var posts atomic.Int32
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -32,7 +49,7 @@ func TestFastDuplexRetryEcho(t *testing.T) {
 		rc := http.NewResponseController(w)
 		rc.EnableFullDuplex()
 		buf := make([]byte, 64)
-		if posts.Add(1) == 1 {
+		if posts.Add(1) <= int32(fails) {
 			io.ReadFull(r.Body, buf[:5])
 			w.Header().Set("Connection", "close")
 			http.Error(w, "busy", http.StatusServiceUnavailable)
@@ -51,16 +68,16 @@ func TestFastDuplexRetryEcho(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	doc := `apiVersion: fogmesh.io/v1alpha1
+	doc := fmt.Sprintf(`apiVersion: fogmesh.io/v1alpha1
 kind: Service
-metadata: {name: frd, namespace: demo}
+metadata: {name: %s, namespace: demo}
 spec:
-  ports: [{name: web, port: 19896, protocol: http}]
-  retries: {attempts: 1, on5xx: true, methods: any}
+  ports: [{name: web, port: %d, protocol: http}]
+  retries: {attempts: %d, on5xx: true, methods: any}
   outlierDetection: {consecutiveErrors: -1}
   timeouts: {requestBody: 2s}
-`
-	f := agentInFront(t, inFront{node: "frd", octet: 194, svc: "frd", vipPort: 19896, doc: doc, port: ln.Addr().(*net.TCPAddr).Port, noRequest: true})
+`, svc, vipPort, fails)
+	f := agentInFront(t, inFront{node: svc, octet: octet, svc: svc, vipPort: vipPort, doc: doc, port: ln.Addr().(*net.TCPAddr).Port, noRequest: true})
 	c, err := net.Dial("tcp", f.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +85,7 @@ spec:
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReader(c)
-	io.WriteString(c, "POST /s HTTP/1.1\r\nHost: frd\r\nTransfer-Encoding: chunked\r\n\r\n5\r\npart1\r\n")
+	fmt.Fprintf(c, "POST /s HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\npart1\r\n", svc)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +107,7 @@ spec:
 	if rest, err := io.ReadAll(resp.Body); err != nil || len(rest) != 0 {
 		t.Fatalf("end %q, %v", rest, err)
 	}
-	if n := posts.Load(); n != 2 {
-		t.Errorf("%d POSTs reached the endpoint, want 2 (the retry)", n)
+	if n := posts.Load(); n != int32(fails)+1 {
+		t.Errorf("%d POSTs reached the endpoint, want %d (the retries)", n, fails+1)
 	}
 }
