@@ -162,6 +162,16 @@ func (pc *poolConn) goDuplex(req *http.Request, bwt BodyWaiter, w io.Writer, cw 
 // answer to end as it does.
 func (pc *poolConn) sendRest(d *duplexWrite, req *http.Request, w io.Writer, cw io.WriteCloser, buf []byte, n int64) {
 	defer close(d.done)
+	// The request's context ending (the agent: its client gone, or its
+	// connection ended) poisons the connection while the rest is sent: a
+	// write to an endpoint that reads nothing ends then, also when the
+	// answer was read whole already and nobody closes it (a caller that
+	// panicked): the agent waits for this goroutine (joinDuplex).
+	stop := noStop
+	if ctx := req.Context(); ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, pc.poison)
+	}
+	defer stop()
 	defer func() {
 		if p := recover(); p != nil {
 			perr := &BodyPanicError{p}
@@ -200,7 +210,9 @@ func (pc *poolConn) sendRest(d *duplexWrite, req *http.Request, w io.Writer, cw 
 				pc.poison()
 				break
 			}
-			if d.err = pc.bw.Flush(); d.err == nil {
+			if d.err = pc.bw.Flush(); d.err == nil && !stop() {
+				d.err = errRestCut // the poison may come yet: not reused
+			} else if d.err == nil {
 				d.sent.Store(true) // nothing of pc's is used from here on
 				if h := pc.p.testHookRestSent; h != nil {
 					h()
@@ -217,6 +229,13 @@ func (pc *poolConn) sendRest(d *duplexWrite, req *http.Request, w io.Writer, cw 
 	}
 	CopyBuffers.Put(buf)
 }
+
+// noStop is a context.AfterFunc stop for no context.
+func noStop() bool { return true }
+
+// errRestCut: the request's context ended as its body's rest went out
+// (sendRest): the connection is poisoned.
+var errRestCut = errors.New("httpproxy: the request ended as its body was sent")
 
 // endDuplex is whether a connection whose request body went on beside its
 // answer (goDuplex) may be reused now that the answer has ended (reuse: as

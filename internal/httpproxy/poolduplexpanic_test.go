@@ -185,3 +185,53 @@ func TestPoolDuplexBodylessAnswerReuses(t *testing.T) {
 		t.Errorf("%d connections to the endpoint, want 1 (the first reused)", n)
 	}
 }
+
+// TestPoolDuplexContextEndsRest: the request's context ending (the agent:
+// its client's connection ended, after a panic between the round trip
+// and the answer's read that never closes the answer) poisons the
+// connection while the body's rest is still sent beside an answer
+// already read whole (no read of it left to poison): the goroutine
+// sending it to an endpoint that reads nothing ends, where it waited on
+// its write for good (and the agent's joinDuplex with it).
+func TestPoolDuplexContextEndsRest(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 1)
+		c.Read(buf) // the request's first bytes came: answer, then read nothing more
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		<-t.Context().Done()
+	}()
+	p := duplexPool(ln.Addr().String())
+	defer p.Close(true)
+	b := &endlessBody{dones: make(chan (<-chan struct{}), 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctx = WithStreamCancel(ctx)
+	SetBodyWaiter(ctx, b)
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://svc/upload", io.NopCloser(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = -1
+	resp, err := p.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp // never read nor closed (the caller panicked)
+	done := <-b.dones
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the goroutine sending the body's rest still runs 10 s after the request's context ended")
+	}
+}
