@@ -93,6 +93,17 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 	a.retryAccount(sv, t.svc).Deposit()
 	src := connIdentityFrom(req.Context())
 	var last *http.Response // the last upstream response not returned, body kept
+	// pending is an attempt's answer from the pool's return until it is
+	// returned, kept or closed: a panic in between (a bug) gives it up,
+	// as the caller's guards give up what they got (its upstream
+	// connection was left open, out of the pool, and a body's rest sent
+	// beside it held on).
+	var pending *http.Response
+	defer func() {
+		if pending != nil {
+			pending.Body.Close()
+		}
+	}()
 	retries, dials, poolClosed := 0, 0, 0
 	next := 0 // cands[next%len(cands)] is the next one to try
 	for i := 0; ; i++ {
@@ -150,6 +161,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			attempt = req.WithContext(attemptCtx)
 		}
 		resp, end, err := a.attemptAt(rt, sv, ev, attempt, start, active, release) // end: the pool's reading as the head came (zero: none)
+		pending = resp
 		if err != nil {
 			release()
 			switch context.Cause(attemptCtx) {
@@ -173,6 +185,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 			// and its body (if any) can be sent again, so fail over
 			// as after a refused connect (peerRefusedResponse).
 			release()
+			pending = nil
 			resp.Body.Close()
 			err = &dialError{errWorkloadRefused}
 		} else if perTryTimer != nil {
@@ -212,8 +225,10 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 				if clk != nil {
 					clk.end = end
 				}
+				pending = nil
 				return resp, nil
 			}
+			pending = nil // kept (or closed) here
 			if kept := keepResponse(resp, keepResponseWait(perTry), lt.keptPanicked); kept != nil {
 				last = kept
 			}
