@@ -69,19 +69,28 @@ func (cs *h1ClientConn) BodyWaits() bool {
 // do not wait, and the round trip reads them on its own goroutine, with no
 // goroutine of the pool's for them (issue 14: one per upload longer than
 // what the first read of the request took). Asked once per body; a body
-// whose rest is not all there yet goes full duplex as before.
+// whose rest is not all there yet goes full duplex as before, and so does
+// a rest over queuedRestMax.
 func (cs *h1ClientConn) restQueued(tb *httpproxy.TimedBody) bool {
 	if cs.bodyQueued {
 		return true
 	}
-	if cs.bodyLen < 0 || cs.wire == nil || cs.wire.raw == nil || cs.bodyAsked {
+	rest := cs.bodyLen - tb.Consumed()
+	if cs.bodyLen < 0 || rest > queuedRestMax || cs.wire == nil || cs.wire.raw == nil || cs.bodyAsked {
 		return false
 	}
 	cs.bodyAsked = true
 	n := cs.wire.raw.Queued()
-	cs.bodyQueued = n > 0 && int64(n) >= cs.bodyLen-tb.Consumed()
+	cs.bodyQueued = n > 0 && int64(n) >= rest
 	return cs.bodyQueued
 }
+
+// queuedRestMax bounds the rest of a body restQueued lets the round trip
+// write before it reads the answer: an endpoint that answers as it reads
+// (an echo) must not block on an answer nobody reads yet, so what it
+// answers to that rest must fit the upstream socket's receive buffer
+// (Linux's default, tcp_rmem's second value: 128 KiB).
+const queuedRestMax = 64 << 10
 
 // Duplex: the pool reads the body on another goroutine until done is
 // closed. The body's end still arms the watch of a slow head (OnEnd, on

@@ -15,8 +15,8 @@ import (
 // TestBodyWaitsRestQueued: a Content-Length body whose rest is in the
 // client's socket already does not go full duplex (BodyWaits false: its
 // reads do not wait), for all of its reads; one whose rest is not all
-// there does; so does one on a connection with no socket of its own (no
-// RawIO), as before.
+// there does, and one whose rest is over queuedRestMax; so does one on a
+// connection with no socket of its own (no RawIO), as before.
 func TestBodyWaitsRestQueued(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -68,10 +68,15 @@ func TestBodyWaitsRestQueued(t *testing.T) {
 		t.Fatal("400 of 1000 bytes in the socket: BodyWaits false")
 	}
 
-	if _, err := client.Write([]byte(strings.Repeat("c", 600))); err != nil {
+	if _, err := client.Write([]byte(strings.Repeat("c", queuedRestMax+1-400))); err != nil {
 		t.Fatal(err)
 	}
-	queued(1000)
+	queued(queuedRestMax + 1)
+	newBody(queuedRestMax + 1)
+	if !cs.BodyWaits() {
+		t.Fatal("a rest over queuedRestMax, all in the socket: BodyWaits false")
+	}
+
 	newBody(1000)
 	cs.wire.raw = nil
 	if !cs.BodyWaits() {
