@@ -97,7 +97,7 @@ for r in $(seq 1 "$ROUNDS"); do
     for e in $(order "$r" "${ENGINES[@]}"); do
       # shellcheck disable=SC2086 # CPIDS: a list of PIDs
       c0=$(cpu_ticks ${CPIDS[$e]:-}); t0=$(date +%s.%N)
-      timeout $((SECS + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNS" -d "${SECS}s" -s "$TMP/post-$s.lua" "${URL[$e]}" \
+      timeout $((SECS + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNS" -d "${SECS}s" --timeout 30s -s "$TMP/post-$s.lua" "${URL[$e]}" \
         >"$OUT_DIR/wrk-$e-$s-r$r.txt" 2>&1 || die "wrk $e $s round $r: $(tail -n 3 "$OUT_DIR/wrk-$e-$s-r$r.txt")"
       # shellcheck disable=SC2086
       c1=$(cpu_ticks ${CPIDS[$e]:-}); t1=$(date +%s.%N)
