@@ -84,6 +84,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if pol.Retries > 0 && req.ContentLength <= retryBodyLimit {
 			rb = newReplayBody(req.Body, retryBodyLimit)
 			rb.want = int(max(req.ContentLength, 0))
+			defer rb.release()
 			replayable = rb.replayable
 		} else {
 			out.Body = noCloseBody{req.Body}
