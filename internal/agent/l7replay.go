@@ -82,20 +82,29 @@ func (rb *replayBody) attempt() io.ReadCloser {
 	return rb.cur
 }
 
-// replayBufs recycles the buffers of bodies whose declared length is over
-// replayPoolMin (replayBufSize bytes each, *[replayBufSize]byte): a
+// replayBufs and replayBufsSmall recycle the buffers of bodies whose
+// declared length is over replayPoolMin: replayBufSize bytes each
+// (*[replayBufSize]byte), or replaySmallSize for bodies up to that: a
 // 64 KiB upload allocated its length per request (issue 14).
-var replayBufs sync.Pool
+var replayBufs, replayBufsSmall sync.Pool
 
 const (
-	replayBufSize = retryBodyLimit
-	replayPoolMin = 16 << 10
+	replayBufSize   = retryBodyLimit
+	replaySmallSize = 16 << 10
+	replayPoolMin   = 2 << 10
 )
 
 // wantBuf is buf's first growth past small: room for want bytes.
 func (rb *replayBody) wantBuf() []byte {
-	if rb.want <= replayPoolMin || rb.want > replayBufSize {
+	switch {
+	case rb.want <= replayPoolMin || rb.want > replayBufSize:
 		return make([]byte, 0, rb.want)
+	case rb.want <= replaySmallSize:
+		rb.pooled = true
+		if v, ok := replayBufsSmall.Get().(*[replaySmallSize]byte); ok {
+			return v[:0]
+		}
+		return new([replaySmallSize]byte)[:0]
 	}
 	rb.pooled = true
 	if v, ok := replayBufs.Get().(*[replayBufSize]byte); ok {
@@ -113,12 +122,18 @@ func (rb *replayBody) wantBuf() []byte {
 func (rb *replayBody) release() {
 	rb.mu.Lock()
 	defer rb.mu.Unlock()
-	if !rb.pooled || !rb.eof || rb.reading || rb.cur == nil || rb.cur.pos != rb.consumed || cap(rb.buf) < replayBufSize {
+	if !rb.pooled || !rb.eof || rb.reading || rb.cur == nil || rb.cur.pos != rb.consumed {
 		return
 	}
-	buf := rb.buf
+	switch buf := rb.buf; cap(buf) {
+	case replayBufSize:
+		replayBufs.Put((*[replayBufSize]byte)(buf[:replayBufSize]))
+	case replaySmallSize:
+		replayBufsSmall.Put((*[replaySmallSize]byte)(buf[:replaySmallSize]))
+	default:
+		return // grown past it (a body longer than it said): not a pool's
+	}
 	rb.buf, rb.pooled, rb.over = nil, false, true
-	replayBufs.Put((*[replayBufSize]byte)(buf[:replayBufSize]))
 }
 
 // replayable reports whether another attempt can send the whole body.

@@ -95,4 +95,16 @@ func TestReplayBodyRelease(t *testing.T) {
 	if err != nil || !bytes.Equal(append(head, rest...), body) {
 		t.Fatalf("the retry read %d bytes (%v), want the %d sent", len(head)+len(rest), err, len(body))
 	}
+
+	small := body[:10<<10] // the smaller pool's
+	rb = newReplayBody(bytes.NewReader(small), retryBodyLimit)
+	rb.want = len(small)
+	r = rb.attempt()
+	if got, err := io.ReadAll(r); err != nil || !bytes.Equal(got, small) || cap(rb.buf) != replaySmallSize {
+		t.Fatalf("read %d bytes (%v) into a buffer of %d", len(got), err, cap(rb.buf))
+	}
+	rb.release()
+	if rb.buf != nil {
+		t.Fatal("a 10 KiB body read to its end: buffer kept")
+	}
 }
