@@ -70,7 +70,7 @@ func startUploadBackend(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// BenchmarkL7Upload proxies keep-alive HTTP/1.1 POSTs of 1 KiB, 64 KiB and
+// BenchmarkL7Upload proxies keep-alive HTTP/1.1 POSTs of 1 KiB, 16 KiB, 64 KiB and
 // 4 MiB (Content-Length) bodies through one agent to a node-local endpoint
 // over 8 client connections, end to end on loopback, as BenchmarkL7HTTP1
 // does GETs: MB/s is body bytes per second, cpu-ns/op the CPU time of the
@@ -91,7 +91,7 @@ func BenchmarkL7Upload(b *testing.B) {
 	for _, size := range []struct {
 		name string
 		n    int
-	}{{"1KiB", 1 << 10}, {"64KiB", 64 << 10}, {"4MiB", 4 << 20}} {
+	}{{"1KiB", 1 << 10}, {"16KiB", 16 << 10}, {"64KiB", 64 << 10}, {"4MiB", 4 << 20}} {
 		for _, paced := range []bool{false, true} {
 			name := size.name + "/whole"
 			if paced {
