@@ -27,6 +27,10 @@ type duplexState struct {
 	// reads). Reused for the connection's requests.
 	duplexDone []<-chan struct{}
 	duplexBody *httpproxy.TimedBody
+	// bodyQueued: the client's socket held all the rest of body when
+	// BodyWaits last looked (restQueued): its reads do not wait. Reset
+	// with body, as bodyAsked (restQueued looked).
+	bodyQueued, bodyAsked bool
 }
 
 var _ httpproxy.BodyWaiter = (*h1ClientConn)(nil)
@@ -57,8 +61,36 @@ func (cs *h1ClientConn) BodyWaits() bool {
 	if cs.bodyLen >= 0 && tb.Consumed() >= cs.bodyLen {
 		return false // its Read returns the end without reading
 	}
-	return !tb.Ended()
+	return !tb.Ended() && !cs.restQueued(tb)
 }
+
+// restQueued: all the rest of a Content-Length body is in the client's
+// socket (FIONREAD), as when a client writes its request whole: its reads
+// do not wait, and the round trip reads them on its own goroutine, with no
+// goroutine of the pool's for them (issue 14: one per upload longer than
+// what the first read of the request took). Asked once per body; a body
+// whose rest is not all there yet goes full duplex as before, and so does
+// a rest over queuedRestMax.
+func (cs *h1ClientConn) restQueued(tb *httpproxy.TimedBody) bool {
+	if cs.bodyQueued {
+		return true
+	}
+	rest := cs.bodyLen - tb.Consumed()
+	if cs.bodyLen < 0 || rest > queuedRestMax || cs.wire == nil || cs.wire.raw == nil || cs.bodyAsked {
+		return false
+	}
+	cs.bodyAsked = true
+	n := cs.wire.raw.Queued()
+	cs.bodyQueued = n > 0 && int64(n) >= rest
+	return cs.bodyQueued
+}
+
+// queuedRestMax bounds the rest of a body restQueued lets the round trip
+// write before it reads the answer: an endpoint that answers as it reads
+// (an echo) must not block on an answer nobody reads yet, so what it
+// answers to that rest must fit the upstream socket's receive buffer
+// (Linux's default, tcp_rmem's second value: 128 KiB).
+const queuedRestMax = 64 << 10
 
 // Duplex: the pool reads the body on another goroutine until done is
 // closed. The body's end still arms the watch of a slow head (OnEnd, on

@@ -379,7 +379,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	if tb, ok := body.(*httpproxy.TimedBody); ok && hasBody {
 		tb.OnEnd(nil) // a body read to its end later (drained) arms no watch
 	}
-	cs.body = nil
+	cs.body, cs.bodyQueued, cs.bodyAsked = nil, false, false
 	duplex := cs.duplexRunning() // the body's rest is still sent beside the answer: no watch, no drain before it ends
 	cs.stopHead()
 	if err != nil {

@@ -43,6 +43,16 @@ type replayBody struct {
 	err      error // src's read error
 	gen      int   // the current attempt
 	reading  bool  // a read of src is in progress
+	// want is the body's declared length (its Content-Length; 0: not
+	// known), at most limit: buf's first growth past small goes to it at
+	// once, one allocation of the body's size where append's doublings
+	// allocated about twice it in several (a 64 KiB upload: 128 KiB;
+	// BenchmarkL7Upload). A client that declares more than it sends
+	// holds what one that sent it would: at most limit, once past small.
+	want int
+	// cur is the current attempt's reader; pooled: buf is replayBufs'.
+	cur    *replayReader
+	pooled bool
 
 	// Kept in the body's own allocation: the first attempt's reader (most
 	// requests make one) and the first bytes (a unary gRPC call's message).
@@ -65,9 +75,65 @@ func (rb *replayBody) attempt() io.ReadCloser {
 	rb.cond.Broadcast()
 	if rb.gen == 1 {
 		rb.first = replayReader{rb: rb, gen: 1}
-		return &rb.first
+		rb.cur = &rb.first
+	} else {
+		rb.cur = &replayReader{rb: rb, gen: rb.gen}
 	}
-	return &replayReader{rb: rb, gen: rb.gen}
+	return rb.cur
+}
+
+// replayBufs and replayBufsSmall recycle the buffers of bodies whose
+// declared length is over replayPoolMin: replayBufSize bytes each
+// (*[replayBufSize]byte), or replaySmallSize for bodies up to that: a
+// 64 KiB upload allocated its length per request (issue 14).
+var replayBufs, replayBufsSmall sync.Pool
+
+const (
+	replayBufSize   = retryBodyLimit
+	replaySmallSize = 16 << 10
+	replayPoolMin   = 2 << 10
+)
+
+// wantBuf is buf's first growth past small: room for want bytes.
+func (rb *replayBody) wantBuf() []byte {
+	switch {
+	case rb.want <= replayPoolMin || rb.want > replayBufSize:
+		return make([]byte, 0, rb.want)
+	case rb.want <= replaySmallSize:
+		rb.pooled = true
+		if v, ok := replayBufsSmall.Get().(*[replaySmallSize]byte); ok {
+			return v[:0]
+		}
+		return new([replaySmallSize]byte)[:0]
+	}
+	rb.pooled = true
+	if v, ok := replayBufs.Get().(*[replayBufSize]byte); ok {
+		return v[:0]
+	}
+	return new([replayBufSize]byte)[:0]
+}
+
+// release gives a pooled buf back once no attempt can read from it any
+// more: the body was read to its end, no read of it runs, and the current
+// attempt has read all of it (its next Read returns io.EOF with or
+// without buf; earlier attempts' fail with errBodyGone). lbTransport's
+// roundTrip calls it as it returns: no attempt follows. A body still
+// read then (its rest sent full duplex) keeps its buffer for the GC.
+func (rb *replayBody) release() {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	if !rb.pooled || !rb.eof || rb.reading || rb.cur == nil || rb.cur.pos != rb.consumed {
+		return
+	}
+	switch buf := rb.buf; cap(buf) {
+	case replayBufSize:
+		replayBufs.Put((*[replayBufSize]byte)(buf[:replayBufSize]))
+	case replaySmallSize:
+		replayBufsSmall.Put((*[replaySmallSize]byte)(buf[:replaySmallSize]))
+	default:
+		return // grown past it (a body longer than it said): not a pool's
+	}
+	rb.buf, rb.pooled, rb.over = nil, false, true
 }
 
 // replayable reports whether another attempt can send the whole body.
@@ -113,6 +179,9 @@ func (r *replayReader) Read(p []byte) (int, error) {
 		rb.cond.Broadcast()
 		if n > 0 {
 			if !rb.over && len(rb.buf)+n <= rb.limit {
+				if len(rb.buf)+n > cap(rb.buf) && rb.want > len(rb.buf)+n {
+					rb.buf = append(rb.wantBuf(), rb.buf...)
+				}
 				rb.buf = append(rb.buf, p[:n]...)
 			} else {
 				rb.over, rb.buf = true, nil

@@ -83,6 +83,8 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		out := *req
 		if pol.Retries > 0 && req.ContentLength <= retryBodyLimit {
 			rb = newReplayBody(req.Body, retryBodyLimit)
+			rb.want = int(max(req.ContentLength, 0))
+			defer rb.release()
 			replayable = rb.replayable
 		} else {
 			out.Body = noCloseBody{req.Body}

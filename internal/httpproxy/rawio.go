@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/fogmesh/fogmesh/internal/rawsys"
 )
 
@@ -32,8 +34,10 @@ type RawIO struct {
 	rerrno, werrno syscall.Errno
 	rwaited        bool               // the last Read found the socket empty first (Waited)
 	fusedf         func(uintptr) bool // made once (WriteRead)
-	fw             []byte             // WriteRead's bytes to write; nil once tried
-	fwn            int                // how many of them went out
+	inqf           func(uintptr)      // made at the first Queued
+	inq            int
+	fw             []byte // WriteRead's bytes to write; nil once tried
+	fwn            int    // how many of them went out
 
 	// OnStall, if set, is called every StallAfter while a Write waits for
 	// a full socket (the peer reads slowly or not at all): an error ends
@@ -97,6 +101,25 @@ func (r *RawIO) readFunc(fd uintptr) bool {
 		}
 		r.rerrno = e
 		return true
+	}
+}
+
+// Queued is how many bytes the socket holds for reading (FIONREAD), what
+// Reads get without waiting; -1 if it cannot tell. Not while a Read runs.
+func (r *RawIO) Queued() int {
+	if r.inqf == nil {
+		r.inqf = r.inqFunc
+	}
+	r.inq = -1
+	if err := r.rc.Control(r.inqf); err != nil {
+		return -1
+	}
+	return r.inq
+}
+
+func (r *RawIO) inqFunc(fd uintptr) {
+	if n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+		r.inq = n
 	}
 }
 
