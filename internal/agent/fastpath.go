@@ -223,9 +223,12 @@ func (a *Agent) relayTCP(ctx context.Context, client, up net.Conn, fast fastDone
 	}
 	r, err := a.fast.fp.Relay(ctx, tc, tu, int64(sent), idle)
 	if r.Kernel {
-		a.fast.kernelConns.Inc()
+		// Bytes before the count: a reader that sees the connection
+		// counted sees its bytes too (TestFastPathAutoPort waits on the
+		// count, then reads the bytes).
 		a.fast.kernelUp.Add(int(r.KernelClientToUp))
 		a.fast.kernelDown.Add(int(r.KernelUpToClient))
+		a.fast.kernelConns.Inc()
 		if r.GaveUp {
 			a.fast.gaveUp.Inc()
 		}
