@@ -370,7 +370,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	}
 	cs.clk = reqClock{}
 	if !hasBody {
-		cs.watchHead()
+		cs.clk.head = cs.watchHeadAt() // the attempt's start too, if nothing waits before it (reqClock)
 	}
 	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done, &cs.clk) // resp.Body is closed below, on every way out
 	if err == nil {

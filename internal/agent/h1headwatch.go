@@ -85,17 +85,27 @@ func (cs *h1ClientConn) headNow() int64 {
 // client went away. An endpoint that never answers would otherwise keep
 // the request, its goroutine and both connections for good: services have
 // no request timeout by default. stopHead ends the watch.
-func (cs *h1ClientConn) watchHead() {
-	cs.headSince.Store(cs.headNow())
-	if cs.headPending.Load() {
-		return // the timer's callback, still to run, sees this wait
-	}
-	cs.headMu.Lock()
+func (cs *h1ClientConn) watchHead() { cs.watchHeadAt() }
+
+// watchHeadAt is watchHead; it returns its reading of the clock (monoNow;
+// 0 with a test's clock), which the request's attempt may share
+// (reqClock.head).
+func (cs *h1ClientConn) watchHeadAt() int64 {
+	now := cs.headNow()
+	cs.headSince.Store(now)
 	if !cs.headPending.Load() {
-		cs.headPending.Store(true)
-		cs.setHeadTimerLocked(headWatchAfter)
+		cs.headMu.Lock()
+		if !cs.headPending.Load() {
+			cs.headPending.Store(true)
+			cs.setHeadTimerLocked(headWatchAfter)
+		}
+		cs.headMu.Unlock()
 	}
-	cs.headMu.Unlock()
+	// else the timer's callback, still to run, sees this wait
+	if cs.clock != nil {
+		return 0
+	}
+	return now
 }
 
 func (cs *h1ClientConn) setHeadTimerLocked(d time.Duration) {

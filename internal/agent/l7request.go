@@ -61,10 +61,25 @@ func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *
 // reqClock is the fast path's share of lbTransport's clock readings:
 // end is set, when a response is returned, to the reading (monoTime) its
 // latency figures ended with (the pool's, as its head came; zero: none).
-// (The start is lbTransport's own reading, after admission, faults and
-// authorization: a reading of the caller's from before them would count
-// their waits as the endpoint's latency.)
-type reqClock struct{ end time.Time }
+// head (monoNow; 0: none) is the caller's reading as it sent the request
+// on (the fast path's watch of a bodyless request's head): the first
+// attempt's start too (one reading a request fewer, issue 14), unless a
+// step before that attempt may wait (a fault rule, the circuit breaker's
+// queue, an authorization decision, which may log), whose wait would count
+// as the endpoint's latency: then lbTransport reads the clock itself, as
+// for every retry. (What it counts besides is the agent's work between the
+// two, under a microsecond.)
+type reqClock struct {
+	head int64
+	end  time.Time
+}
+
+// mayQueue: the circuit breaker of sv may keep a request of a port of
+// protocol proto waiting for a slot (limitRequest).
+func mayQueue(sv *serviceView, proto string) bool {
+	slots, _, _ := limits(sv.svc.Spec.CircuitBreaker, proto)
+	return slots > 0
+}
 
 // serve is RoundTrip's work; rec (nil: none) learns the route, endpoint
 // and attempts; place and done are roundTripAt's.
@@ -160,6 +175,9 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 	}
 	// The circuit breaker: a slot, or a place in the queue for at most
 	// the request timeout, which the wait then counts against.
+	if clk != nil && clk.head != 0 && (rule != nil && rule.Fault != nil || mayQueue(sv, t.proto)) {
+		clk.head = 0 // a wait here is not the endpoint's latency
+	}
 	timeout, releaseSlot, err := lt.l7.limitRequest(req.Context(), sv, t.proto, timeout)
 	if err != nil {
 		return nil, err

@@ -119,8 +119,16 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if rb != nil {
 			req.Body = rb.attempt()
 		}
+		head := int64(0) // the caller's reading, taken as this attempt's start (reqClock)
+		if i == 0 && clk != nil {
+			head = clk.head
+		}
 		if decidesHere(ev) { // a remote endpoint's agent authorizes there
-			if resp := a.authorizeLocalRequest(req, t); resp != nil {
+			resp, decided := a.authorizeLocalRequest(req, t)
+			if decided {
+				head = 0 // the decision may have waited (its log)
+			}
+			if resp != nil {
 				if tb := httpproxy.TimedBodyOf(req); tb != nil {
 					tb.Finish() // the agent's answer: the rest of the body is only drained
 				}
@@ -131,7 +139,12 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		// time.Now's two): start and end are only ever subtracted and
 		// compared with other readings that have it. The pool takes it as
 		// its own (Pool.RoundTripAt).
-		start := monoTime()
+		var start time.Time
+		if head != 0 {
+			start = httpproxy.MonoAt(time.Duration(head - 1)) // monoNow's reading as a time
+		} else {
+			start = monoTime()
+		}
 		st := a.epStats(ev)
 		active := &st.Active
 		active.Add(1)
