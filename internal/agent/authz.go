@@ -269,7 +269,7 @@ func deniedResponse(req *http.Request) *http.Response {
 // authorizeLocalRequest is the L7 path's hook before a request goes to a
 // local or static endpoint (decidesHere): nil when allowed, else the
 // response to give; decided: a policy applied (the decision was made,
-// counted and logged; lbTransport then reads its own clock, reqClock).
+// counted and logged; lbTransport then reads its own clock, reqShare).
 func (a *Agent) authorizeLocalRequest(req *http.Request, t listenTarget) (denied *http.Response, decided bool) {
 	v := a.view.Load()
 	sv := v.services[t.svc]

@@ -105,7 +105,7 @@ func durationSeries(t *testing.T, a *Agent, svc string) (sum float64, count int)
 
 // TestH1LatencyLeavesFaultDelayOut: a fault's delay is no endpoint's
 // latency. A bodyless fast-path request's first attempt starts at the
-// head watch's clock reading (reqClock.head) only when no step before it
+// head watch's clock reading (reqShare.head) only when no step before it
 // may wait; with a delay fault on every request, the request duration
 // histogram counts the endpoint's prompt answers, not the delays the
 // client waited.

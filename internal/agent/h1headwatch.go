@@ -89,7 +89,7 @@ func (cs *h1ClientConn) watchHead() { cs.watchHeadAt() }
 
 // watchHeadAt is watchHead; it returns its reading of the clock (monoNow;
 // 0 with a test's clock), which the request's attempt may share
-// (reqClock.head).
+// (reqShare.head).
 func (cs *h1ClientConn) watchHeadAt() int64 {
 	now := cs.headNow()
 	cs.headSince.Store(now)

@@ -69,7 +69,7 @@ func retryPolicyOf(p api.RetryPolicy) retry.Policy {
 // one has been tried the same ones again (after a back-off). A failed
 // connect sent nothing: it moves on to the next candidate (up to
 // maxAttempts connects) whatever the policy says.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs, clk *reqClock) (*http.Response, error) {
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs, clk *reqShare) (*http.Response, error) {
 	a := lt.l7.a
 	pol := retryPolicyOf(policy)
 	perTry := time.Duration(policy.PerTryTimeout)
@@ -91,7 +91,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		req = &out
 	}
 	a.retryAccount(sv, t.svc).Deposit()
-	src := connIdentityFrom(req.Context())
+	src := clk.srcOf(req)
 	var last *http.Response // the last upstream response not returned, body kept
 	retries, dials, poolClosed := 0, 0, 0
 	next := 0 // cands[next%len(cands)] is the next one to try
@@ -119,7 +119,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if rb != nil {
 			req.Body = rb.attempt()
 		}
-		head := int64(0) // the caller's reading, taken as this attempt's start (reqClock)
+		head := int64(0) // the caller's reading, taken as this attempt's start (reqShare)
 		if i == 0 && clk != nil {
 			head = clk.head
 		}
