@@ -90,16 +90,16 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}()
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
-	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone, wire: wire, a: s.a,
-		conn1: reqConn{target: tc.target, src: tc.clientID}}
+	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone, wire: wire, a: s.a, conn1: reqConn{target: tc.target, src: tc.clientID}}
 	cs.watchHeadFn = cs.watchHead // one func value for the connection, not one per request with a body
 	// Cancelled only by watch (a client gone mid-stream) and when the
 	// connection ends: the pools hook only streaming bodies to it.
 	cs.place = s.clients.holdConn(cs.remote, s.a.cfg.MaxRequestsPerClient) // its requests count there (roundTripAt)
 	defer s.clients.dropConn(cs.place)
 	defer cs.endHead()
-	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withConnIdentity(connCtx, tc.clientID), &cs.resp))
+	cs.ctx = httpproxy.WithStreamCancel(withConnIdentity(connCtx, tc.clientID))
 	defer cs.endConn()
+	httpproxy.SetResponseHeaderBuf(cs.ctx, &cs.resp)
 	httpproxy.SetBodyWaiter(cs.ctx, cs) // the pool waits for a body's bytes through cs (h1duplex.go)
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
@@ -239,7 +239,7 @@ type h1ClientConn struct {
 	idleView *view
 	idle     time.Duration
 	// hb holds the header of a request read by httpproxy.LeanRequest, resp
-	// that of a lean response to it (httpproxy.WithResponseHeaderBuf),
+	// that of a lean response to it (httpproxy.SetResponseHeaderBuf),
 	// until headersDone; hb's map (not its values) is the next request's
 	// (requestDone), resp's never.
 	hb, resp httpproxy.HeaderBuf
