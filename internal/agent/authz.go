@@ -268,18 +268,19 @@ func deniedResponse(req *http.Request) *http.Response {
 
 // authorizeLocalRequest is the L7 path's hook before a request goes to a
 // local or static endpoint (decidesHere): nil when allowed, else the
-// response to give.
-func (a *Agent) authorizeLocalRequest(req *http.Request, t listenTarget) *http.Response {
+// response to give; decided: a policy applied (the decision was made,
+// counted and logged; lbTransport then reads its own clock, reqShare).
+func (a *Agent) authorizeLocalRequest(req *http.Request, t listenTarget) (denied *http.Response, decided bool) {
 	v := a.view.Load()
 	sv := v.services[t.svc]
 	if sv == nil || !v.authz.Selects(sv.svc.Meta.Namespace, sv.svc.Meta.Name) {
-		return nil
+		return nil, false
 	}
 	num, _ := portOf(sv, t.port)
 	r := authz.Request{SourceID: req.Header.Get(SourceIDHeader), SourceNode: a.cfg.Node.Name, Namespace: sv.svc.Meta.Namespace,
 		Service: sv.svc.Meta.Name, Port: t.port, PortNumber: num, Proto: authz.HTTP, Method: req.Method, Path: authzPath(req), Host: req.Host, Header: req.Header}
 	if a.decide(req.Context(), v.authz, &r).Allow {
-		return nil
+		return nil, true
 	}
-	return deniedResponse(req)
+	return deniedResponse(req), true
 }

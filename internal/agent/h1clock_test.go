@@ -102,3 +102,66 @@ func durationSeries(t *testing.T, a *Agent, svc string) (sum float64, count int)
 	}
 	return sum, count
 }
+
+// TestH1LatencyLeavesFaultDelayOut: a fault's delay is no endpoint's
+// latency. A bodyless fast-path request's first attempt starts at the
+// head watch's clock reading (reqShare.head) only when no step before it
+// may wait; with a delay fault on every request, the request duration
+// histogram counts the endpoint's prompt answers, not the delays the
+// client waited.
+func TestH1LatencyLeavesFaultDelayOut(t *testing.T) {
+	const delay = 60 * time.Millisecond
+	doc := `apiVersion: fogmesh.io/v1alpha1
+kind: Service
+metadata: {name: fdl, namespace: demo}
+spec:
+  ports: [{name: web, port: 19940, protocol: http}]
+---
+apiVersion: fogmesh.io/v1alpha1
+kind: Route
+metadata: {name: fdl, namespace: demo}
+spec:
+  service: fdl
+  rules:
+  - backends: [{}]
+    fault: {delay: {fixedDelay: 60ms, percent: 100}}
+`
+	f := agentInFront(t, inFront{node: "fdl", octet: 107, svc: "fdl", vipPort: 19940, port: startRawBackend(t), doc: doc})
+	conn, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	get := func() time.Duration {
+		t.Helper()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		start := time.Now()
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: fdl\r\n\r\n") // a lean head: the fast path's own parse
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		return time.Since(start)
+	}
+	waitFor(t, "the route's delay", func() bool { return get() >= delay })
+	sum0, n0 := durationSeries(t, f.agent, "demo/fdl")
+	const n = 3
+	for range n {
+		if d := get(); d < delay {
+			t.Fatalf("a request took %v, under the fault's delay %v", d, delay)
+		}
+	}
+	sum, count := durationSeries(t, f.agent, "demo/fdl")
+	if count-n0 != n {
+		t.Fatalf("%d requests counted, want %d", count-n0, n)
+	}
+	if d := time.Duration((sum - sum0) * float64(time.Second)); d >= n*delay/2 {
+		t.Fatalf("request durations add up to %v for %d requests each delayed %v by the fault: the delays were counted", d, n, delay)
+	}
+}

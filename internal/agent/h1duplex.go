@@ -175,9 +175,7 @@ func (cs *h1ClientConn) watchBeside() (stop func()) {
 				return
 			}
 		}
-		cs.headMu.Lock()
-		head := cs.headWaiting || cs.headDone != nil
-		cs.headMu.Unlock()
+		head := cs.headBusy()
 		mu.Lock()
 		if stopped || head || cs.br.Buffered() > 0 {
 			mu.Unlock()

@@ -90,15 +90,16 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 	}()
 	connCtx, gone := context.WithCancel(context.WithValue(context.Background(), targetKey{}, tc.target))
 	defer gone()
-	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone, wire: wire, a: s.a}
+	cs = &h1ClientConn{remote: c.RemoteAddr().String(), conn: c, br: br, gone: gone, wire: wire, a: s.a, conn1: reqConn{target: tc.target, src: tc.clientID}}
 	cs.watchHeadFn = cs.watchHead // one func value for the connection, not one per request with a body
 	// Cancelled only by watch (a client gone mid-stream) and when the
 	// connection ends: the pools hook only streaming bodies to it.
 	cs.place = s.clients.holdConn(cs.remote, s.a.cfg.MaxRequestsPerClient) // its requests count there (roundTripAt)
 	defer s.clients.dropConn(cs.place)
 	defer cs.endHead()
-	cs.ctx = httpproxy.WithStreamCancel(httpproxy.WithResponseHeaderBuf(withConnIdentity(connCtx, tc.clientID), &cs.resp))
+	cs.ctx = httpproxy.WithStreamCancel(withConnIdentity(connCtx, tc.clientID))
 	defer cs.endConn()
+	httpproxy.SetResponseHeaderBuf(cs.ctx, &cs.resp)
 	httpproxy.SetBodyWaiter(cs.ctx, cs) // the pool waits for a body's bytes through cs (h1duplex.go)
 	if host, _, err := net.SplitHostPort(cs.remote); err == nil {
 		cs.xff = []string{host}
@@ -238,7 +239,7 @@ type h1ClientConn struct {
 	idleView *view
 	idle     time.Duration
 	// hb holds the header of a request read by httpproxy.LeanRequest, resp
-	// that of a lean response to it (httpproxy.WithResponseHeaderBuf),
+	// that of a lean response to it (httpproxy.SetResponseHeaderBuf),
 	// until headersDone; hb's map (not its values) is the next request's
 	// (requestDone), resp's never.
 	hb, resp httpproxy.HeaderBuf
@@ -254,11 +255,12 @@ type h1ClientConn struct {
 	// until it has closed it (endConn: a panic in between).
 	open io.ReadCloser
 
-	// clk is the request's clock readings, shared with lbTransport;
+	// clk is what the request shares with lbTransport (conn1, clock readings);
 	// nextAt (zero: none) the serving loop's next reading, the last
 	// response's end if nothing waited since (forward).
-	clk    reqClock
+	clk    reqShare
 	nextAt time.Time
+	conn1  reqConn // what ctx carries for lbTransport, handed to it directly (reqShare.conn)
 
 	// place is the client's in the per-client limit, kept while the
 	// connection is open (clientLimiter.holdConn; nil: no limit).
@@ -360,7 +362,7 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	in.URL.Scheme = "http"
 	in.URL.Host = in.Host
 	if in.Host == "" { // "Host:" with no value: name the service, as the Rewrite does
-		t := cs.ctx.Value(targetKey{}).(listenTarget)
+		t := cs.conn1.target
 		in.URL.Host = t.svc[strings.IndexByte(t.svc, '/')+1:]
 	}
 
@@ -368,9 +370,9 @@ func (p *h1Path) forward(cs *h1ClientConn, bw *bufio.Writer, in *http.Request, l
 	if !httpproxy.SameContext(in.Context(), cs.ctx) || hasBody {
 		out = in.WithContext(cs.ctx)
 	}
-	cs.clk = reqClock{}
+	cs.clk = reqShare{conn: &cs.conn1}
 	if !hasBody {
-		cs.watchHead()
+		cs.clk.head = cs.watchHeadAt() // the attempt's start too, if nothing waits before it (reqShare)
 	}
 	resp, err := p.rt.roundTripAt(out, cs.place, &cs.done, &cs.clk) // resp.Body is closed below, on every way out
 	if err == nil {

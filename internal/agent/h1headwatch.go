@@ -2,6 +2,7 @@ package agent
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
@@ -25,20 +26,40 @@ var headWatchAfter = time.Second
 // waiting, it lapses until the next request's watchHead. A busy
 // connection's timer fires about once per headWatchAfter, not once per
 // request.
+//
+// A prompt request takes no lock (issue 14: two mutexes a request were
+// ~0.1 µs): watchHead stores the wait's start and finds the timer set,
+// stopHead clears it and finds no watch reading the client. The callback
+// publishes a watch (headWatching) before it reads the start a second
+// time, and stopHead clears the start before it looks for a watch, so
+// one of the two always sees the other (sequentially consistent atomics):
+// a watch begun as its request's head came is stopped (stopHead takes the
+// lock and waits for it) or never begins (the callback finds the start
+// gone). Likewise watchHead stores the start before it looks at
+// headPending, and the callback clears headPending before it reads the
+// start: a wait that begins as the timer lapses is seen by the callback,
+// or sets the timer again.
 type headWatchState struct {
 	watchHeadFn func() // cs.watchHead: one func value per connection
 	headTimer   stoppableTimer
 	// afterFunc makes headTimer: time.AfterFunc when nil (a test's own
 	// timer otherwise, to run its callback late at will); clock reads the
-	// time (monoTime when nil; a test's clock otherwise).
+	// time (monoNow when nil; a test's clock otherwise).
 	afterFunc func(time.Duration, func()) stoppableTimer
 	clock     func() time.Time
 
-	headMu      sync.Mutex    // guards the following
-	headWaiting bool          // a request waits for its head: from watchHead to stopHead
-	headSince   time.Time     // since when (clock)
-	headPending bool          // headTimer is set and its callback has not run yet
-	headDone    chan struct{} // the watch reading the client (nil: none), closed when it ends
+	// headSince: since when (headNow) a request waits for its head, from
+	// watchHead to stopHead; 0: none waits.
+	headSince atomic.Int64
+	// headPending: headTimer is set and its callback has not run yet
+	// (set under headMu; cleared by the callback under it).
+	headPending atomic.Bool
+	// headWatching: headDone is not nil (changed under headMu), for
+	// stopHead to see without the lock.
+	headWatching atomic.Bool
+
+	headMu   sync.Mutex    // guards headDone and headTimer's setting
+	headDone chan struct{} // the watch reading the client (nil: none), closed when it ends
 }
 
 // stoppableTimer is what watchHead needs of its timer (*time.Timer).
@@ -47,11 +68,13 @@ type stoppableTimer interface {
 	Stop() bool
 }
 
-func (cs *h1ClientConn) now() time.Time {
+// headNow reads the head watch's clock: nanoseconds, at least 1
+// (monoNow; a test's clock otherwise).
+func (cs *h1ClientConn) headNow() int64 {
 	if cs.clock != nil {
-		return cs.clock()
+		return cs.clock().UnixNano()
 	}
-	return monoTime()
+	return monoNow()
 }
 
 // watchHead arms a watch of the client while the request's response head
@@ -62,15 +85,27 @@ func (cs *h1ClientConn) now() time.Time {
 // client went away. An endpoint that never answers would otherwise keep
 // the request, its goroutine and both connections for good: services have
 // no request timeout by default. stopHead ends the watch.
-func (cs *h1ClientConn) watchHead() {
-	now := cs.now()
-	cs.headMu.Lock()
-	cs.headWaiting, cs.headSince, cs.headDone = true, now, nil
-	if !cs.headPending {
-		cs.headPending = true
-		cs.setHeadTimerLocked(headWatchAfter)
+func (cs *h1ClientConn) watchHead() { cs.watchHeadAt() }
+
+// watchHeadAt is watchHead; it returns its reading of the clock (monoNow;
+// 0 with a test's clock), which the request's attempt may share
+// (reqShare.head).
+func (cs *h1ClientConn) watchHeadAt() int64 {
+	now := cs.headNow()
+	cs.headSince.Store(now)
+	if !cs.headPending.Load() {
+		cs.headMu.Lock()
+		if !cs.headPending.Load() {
+			cs.headPending.Store(true)
+			cs.setHeadTimerLocked(headWatchAfter)
+		}
+		cs.headMu.Unlock()
 	}
-	cs.headMu.Unlock()
+	// else the timer's callback, still to run, sees this wait
+	if cs.clock != nil {
+		return 0
+	}
+	return now
 }
 
 func (cs *h1ClientConn) setHeadTimerLocked(d time.Duration) {
@@ -89,19 +124,31 @@ func (cs *h1ClientConn) setHeadTimerLocked(d time.Duration) {
 // the request it was set for, finds the next one's wait, or none).
 func (cs *h1ClientConn) headWatch() {
 	cs.headMu.Lock()
-	cs.headPending = false
-	if !cs.headWaiting || cs.headDone != nil {
+	cs.headPending.Store(false)
+	since := cs.headSince.Load()
+	if since == 0 || cs.headDone != nil {
 		cs.headMu.Unlock()
 		return
 	}
-	if left := headWatchAfter - cs.now().Sub(cs.headSince); left > 0 {
-		cs.headPending = true
+	if left := headWatchAfter - time.Duration(cs.headNow()-since); left > 0 {
+		cs.headPending.Store(true)
 		cs.setHeadTimerLocked(left)
 		cs.headMu.Unlock()
 		return
 	}
 	done := make(chan struct{})
 	cs.headDone = done
+	cs.headWatching.Store(true)
+	if cs.headSince.Load() != since {
+		// The head came meanwhile (stopHead, which may not have seen the
+		// watch), or another wait began (its watchHead found headPending
+		// cleared, and sets the timer once this unlocks): nothing to
+		// watch now.
+		cs.headDone = nil
+		cs.headWatching.Store(false)
+		cs.headMu.Unlock()
+		return
+	}
 	cs.conn.SetReadDeadline(time.Time{})
 	cs.headMu.Unlock()
 	defer close(done)
@@ -116,17 +163,33 @@ func (cs *h1ClientConn) headWatch() {
 // The connection's read deadline is the next request's to set. The timer
 // is left set (headWatchState).
 func (cs *h1ClientConn) stopHead() {
+	cs.headSince.Store(0)
+	if !cs.headWatching.Load() {
+		return // no watch reads the client, and none begins (headWatchState)
+	}
 	cs.headMu.Lock()
-	cs.headWaiting = false
 	done := cs.headDone
 	if done != nil {
 		cs.conn.SetReadDeadline(aLongTimeAgo)
 		cs.deadlineMoved()
 	}
 	cs.headMu.Unlock()
-	if done != nil {
-		<-done
+	if done == nil {
+		return
 	}
+	<-done
+	cs.headMu.Lock()
+	if cs.headDone == done {
+		cs.headDone = nil
+		cs.headWatching.Store(false)
+	}
+	cs.headMu.Unlock()
+}
+
+// headBusy: a request waits for its head, or a watch of it reads the
+// client (or has, and no stopHead has ended it yet).
+func (cs *h1ClientConn) headBusy() bool {
+	return cs.headSince.Load() != 0 || cs.headWatching.Load()
 }
 
 // deadlineMoved tells the wire (if any: tests make connections without)
@@ -141,7 +204,7 @@ func (cs *h1ClientConn) deadlineMoved() {
 // would keep the connection's state for up to headWatchAfter.
 func (cs *h1ClientConn) endHead() {
 	cs.headMu.Lock()
-	if cs.headPending && cs.headTimer != nil {
+	if cs.headPending.Load() && cs.headTimer != nil {
 		cs.headTimer.Stop()
 	}
 	cs.headMu.Unlock()

@@ -146,7 +146,7 @@ func (lt *lbTransport) mirror(req *http.Request, sv *serviceView, t listenTarget
 		// A copy to an endpoint without an agent of its own is
 		// authorized here, as the original would be.
 		if decidesHere(ev) {
-			if resp := a.authorizeLocalRequest(out, listenTarget{svc: target, port: port}); resp != nil {
+			if resp, _ := a.authorizeLocalRequest(out, listenTarget{svc: target, port: port}); resp != nil {
 				count("denied")
 				return
 			}

@@ -34,20 +34,21 @@ func (lt *lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // counts by its source address), and lends the response's body wrapper
 // (done, reqHold.onDoneIn; nil: a new one): the caller closes the body
 // before the next request that lends it. clk (nil: none) shares the
-// clock's readings with the caller (reqClock).
-func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *doneBody, clk *reqClock) (*http.Response, error) {
+// connection's target and identity and the clock's readings with the
+// caller (reqShare).
+func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *doneBody, clk *reqShare) (*http.Response, error) {
 	o := lt.l7.a.obs
 	if o == nil {
 		return lt.serve(req, nil, place, done, clk)
 	}
 	// The request's span and access-log line (observe.go): req's header
 	// is the one sent on, so the trace context goes with it.
-	t, _ := req.Context().Value(targetKey{}).(listenTarget)
+	t, _ := clk.targetOf(req)
 	rec := o.begin(sideClient, req, req.Header, lt.l7.a.view.Load().services[t.svc], t.svc)
 	if rec == nil {
 		return lt.serve(req, nil, place, done, clk)
 	}
-	rec.src = connIdentityFrom(req.Context())
+	rec.src = clk.srcOf(req)
 	defer rec.endIfPanicked() // a bug in the round trip: logged and traced as a 500 (l7panic.go)
 	resp, err := lt.serve(req, rec, place, done, clk)
 	if err != nil {
@@ -58,19 +59,65 @@ func (lt *lbTransport) roundTripAt(req *http.Request, place *clientPlace, done *
 	return resp, nil
 }
 
-// reqClock is the fast path's share of lbTransport's clock readings:
-// end is set, when a response is returned, to the reading (monoTime) its
-// latency figures ended with (the pool's, as its head came; zero: none).
-// (The start is lbTransport's own reading, after admission, faults and
-// authorization: a reading of the caller's from before them would count
-// their waits as the endpoint's latency.)
-type reqClock struct{ end time.Time }
+// reqShare is what the fast path shares with lbTransport besides the
+// request. conn (nil: none) is its client connection's listen target and
+// client identity, which the request's context carries too: lbTransport
+// takes them from here (the walk through the connection's context to
+// them, five nodes and three, each a likely cache miss after the
+// kernel's work between two requests, was ~70 ns a request in the agent
+// under wrk; issue 14). The rest are clock readings: end is set, when a
+// response is returned, to the reading (monoTime) its latency figures
+// ended with (the pool's, as its head came; zero: none).
+// head (monoNow; 0: none) is the caller's reading as it sent the request
+// on (the fast path's watch of a bodyless request's head): the first
+// attempt's start too (one reading a request fewer, issue 14), unless a
+// step before that attempt may wait (a fault rule, the circuit breaker's
+// queue, an authorization decision, which may log), whose wait would count
+// as the endpoint's latency: then lbTransport reads the clock itself, as
+// for every retry. (What it counts besides is the agent's work between the
+// two, under a microsecond.)
+type reqShare struct {
+	conn *reqConn
+	head int64
+	end  time.Time
+}
+
+// reqConn is the fast path's client connection's listen target and client
+// identity (reqShare).
+type reqConn struct {
+	target listenTarget
+	src    string
+}
+
+// targetOf is req's listen target (false: it has none).
+func (c *reqShare) targetOf(req *http.Request) (listenTarget, bool) {
+	if c != nil && c.conn != nil {
+		return c.conn.target, true
+	}
+	t, ok := req.Context().Value(targetKey{}).(listenTarget)
+	return t, ok
+}
+
+// srcOf is req's client identity (connIdentityFrom).
+func (c *reqShare) srcOf(req *http.Request) string {
+	if c != nil && c.conn != nil {
+		return c.conn.src
+	}
+	return connIdentityFrom(req.Context())
+}
+
+// mayQueue: the circuit breaker of sv may keep a request of a port of
+// protocol proto waiting for a slot (limitRequest).
+func mayQueue(sv *serviceView, proto string) bool {
+	slots, _, _ := limits(sv.svc.Spec.CircuitBreaker, proto)
+	return slots > 0
+}
 
 // serve is RoundTrip's work; rec (nil: none) learns the route, endpoint
 // and attempts; place and done are roundTripAt's.
-func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace, done *doneBody, clk *reqClock) (resp *http.Response, err error) {
+func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace, done *doneBody, clk *reqShare) (resp *http.Response, err error) {
 	a := lt.l7.a
-	t, ok := req.Context().Value(targetKey{}).(listenTarget)
+	t, ok := clk.targetOf(req)
 	if !ok {
 		return nil, errors.New("request without a service")
 	}
@@ -160,6 +207,9 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 	}
 	// The circuit breaker: a slot, or a place in the queue for at most
 	// the request timeout, which the wait then counts against.
+	if clk != nil && clk.head != 0 && (rule != nil && rule.Fault != nil || mayQueue(sv, t.proto)) {
+		clk.head = 0 // a wait here is not the endpoint's latency
+	}
 	timeout, releaseSlot, err := lt.l7.limitRequest(req.Context(), sv, t.proto, timeout)
 	if err != nil {
 		return nil, err

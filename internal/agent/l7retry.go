@@ -69,7 +69,7 @@ func retryPolicyOf(p api.RetryPolicy) retry.Policy {
 // one has been tried the same ones again (after a back-off). A failed
 // connect sent nothing: it moves on to the next candidate (up to
 // maxAttempts connects) whatever the policy says.
-func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs, clk *reqClock) (*http.Response, error) {
+func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs, clk *reqShare) (*http.Response, error) {
 	a := lt.l7.a
 	pol := retryPolicyOf(policy)
 	perTry := time.Duration(policy.PerTryTimeout)
@@ -93,7 +93,7 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		req = &out
 	}
 	a.retryAccount(sv, t.svc).Deposit()
-	src := connIdentityFrom(req.Context())
+	src := clk.srcOf(req)
 	var last *http.Response // the last upstream response not returned, body kept
 	// pending is an attempt's answer from the pool's return until it is
 	// returned, kept or closed: a panic in between (a bug) gives it up,
@@ -132,8 +132,16 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		if rb != nil {
 			req.Body = rb.attempt()
 		}
+		head := int64(0) // the caller's reading, taken as this attempt's start (reqShare)
+		if i == 0 && clk != nil {
+			head = clk.head
+		}
 		if decidesHere(ev) { // a remote endpoint's agent authorizes there
-			if resp := a.authorizeLocalRequest(req, t); resp != nil {
+			resp, decided := a.authorizeLocalRequest(req, t)
+			if decided {
+				head = 0 // the decision may have waited (its log)
+			}
+			if resp != nil {
 				if tb := httpproxy.TimedBodyOf(req); tb != nil {
 					tb.Finish() // the agent's answer: the rest of the body is only drained
 				}
@@ -144,7 +152,12 @@ func (lt *lbTransport) roundTrip(req *http.Request, sv *serviceView, t listenTar
 		// time.Now's two): start and end are only ever subtracted and
 		// compared with other readings that have it. The pool takes it as
 		// its own (Pool.RoundTripAt).
-		start := monoTime()
+		var start time.Time
+		if head != 0 {
+			start = httpproxy.MonoAt(time.Duration(head - 1)) // monoNow's reading as a time
+		} else {
+			start = monoTime()
+		}
 		st := a.epStats(ev)
 		active := &st.Active
 		active.Add(1)

@@ -173,11 +173,33 @@ func WithResponseHeaderBuf(ctx context.Context, hb *HeaderBuf) context.Context {
 
 type respHeaderKey struct{}
 
+// SetResponseHeaderBuf is WithResponseHeaderBuf for ctx, one of
+// WithStreamCancel's: hb goes with its mark, which the pool looks up for
+// every request anyway (cancelsOnlyStreams), so a request's three or four
+// looks for hb stop there, not one node deeper (one cache line more each;
+// issue 14). Nothing on ctx's way out may wrap it in another
+// WithResponseHeaderBuf: the mark's would be found first.
+func SetResponseHeaderBuf(ctx context.Context, hb *HeaderBuf) {
+	if m, _ := ctx.Value(streamCancelKey{}).(*streamCancelMark); m != nil {
+		m.hb = hb
+	}
+}
+
+// headerBufOf returns ctx's HeaderBuf (SetResponseHeaderBuf,
+// WithResponseHeaderBuf; nil: none).
+func headerBufOf(ctx context.Context) *HeaderBuf {
+	if m, _ := ctx.Value(streamCancelKey{}).(*streamCancelMark); m != nil && m.hb != nil {
+		return m.hb
+	}
+	hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf)
+	return hb
+}
+
 // DetachResponseHeader gives up the header ctx's HeaderBuf (if any) lent
 // to a response, for a response that outlives its request (its body read
 // on in the background): the next response gets a header of its own.
 func DetachResponseHeader(ctx context.Context) {
-	if hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf); hb != nil {
+	if hb := headerBufOf(ctx); hb != nil {
 		if hb.raw != nil {
 			ResponseHeader(hb.raw) // a map of its own: hb's fields are reset
 		}
@@ -189,7 +211,7 @@ func DetachResponseHeader(ctx context.Context) {
 // responseHeader returns the header for a lean response of n fields: ctx's
 // HeaderBuf's unless a response (a retried attempt's, kept) holds it.
 func responseHeader(ctx context.Context, n int) (http.Header, []string) {
-	hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf)
+	hb := headerBufOf(ctx)
 	if hb == nil || hb.busy {
 		return make(http.Header, n), make([]string, n)
 	}

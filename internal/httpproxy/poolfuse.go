@@ -159,3 +159,7 @@ var monoEpoch = time.Now()
 func MonoSince() time.Duration { return time.Since(monoEpoch) }
 
 func MonoTime() time.Time { return monoEpoch.Add(time.Since(monoEpoch)) }
+
+// MonoAt is the time of an earlier reading of MonoSince (d): what
+// MonoTime returned then.
+func MonoAt(d time.Duration) time.Time { return monoEpoch.Add(d) }

@@ -76,7 +76,7 @@ func trimOWS(v string) string {
 // rawHeaderBuf returns ctx's HeaderBuf if a lean response may be left raw
 // in it: the fast path's, and no response holds it.
 func rawHeaderBuf(ctx context.Context) *HeaderBuf {
-	hb, _ := ctx.Value(respHeaderKey{}).(*HeaderBuf)
+	hb := headerBufOf(ctx)
 	if hb == nil || hb.busy {
 		return nil
 	}
@@ -97,7 +97,7 @@ func rawBufOf(resp *http.Response) *HeaderBuf {
 	if resp.Header != nil || resp.Request == nil {
 		return nil
 	}
-	hb, _ := resp.Request.Context().Value(respHeaderKey{}).(*HeaderBuf)
+	hb := headerBufOf(resp.Request.Context())
 	if hb == nil || hb.raw != resp {
 		return nil
 	}
@@ -117,7 +117,7 @@ func ResponseHeader(resp *http.Response) http.Header {
 	h, strs := make(http.Header, n), make([]string, n)
 	if raw {
 		leanFields(fields, h, strs, false) // taken by rawFields: cannot fail
-		hb := resp.Request.Context().Value(respHeaderKey{}).(*HeaderBuf)
+		hb := headerBufOf(resp.Request.Context())
 		hb.raw, hb.rawFields = nil, ""
 	}
 	resp.Header = h

@@ -33,6 +33,9 @@ type streamCancelMark struct {
 	// body waits for the request bodies of ctx's requests (SetBodyWaiter;
 	// nil: none).
 	body BodyWaiter
+
+	// hb is ctx's HeaderBuf (SetResponseHeaderBuf; nil: none).
+	hb *HeaderBuf
 }
 
 // markGone is streamCancelMark.waiting after CancelHeadWait.
