@@ -87,9 +87,17 @@ func (cs *h1ClientConn) restQueued(tb *httpproxy.TimedBody) bool {
 
 // queuedRestMax bounds the rest of a body restQueued lets the round trip
 // write before it reads the answer: an endpoint that answers as it reads
-// (an echo) must not block on an answer nobody reads yet, so what it
-// answers to that rest must fit the upstream socket's receive buffer
-// (Linux's default, tcp_rmem's second value: 128 KiB).
+// stops reading once its answer fills the sockets, so the rest must fit
+// the kernel's buffers between them before the endpoint reads it: what
+// the endpoint's receive window takes and the upstream socket's send
+// buffer (Linux sizes it at the connect from the MSS and the initial
+// window: megabytes on loopback, where the rest fits it alone whatever
+// the endpoint answers or its SO_RCVBUF, TestFastQueuedRestAmplifyingEcho;
+// tens of KiB over a NIC's MTU, with a default receive window of ~64 KiB
+// beside it). A write that stalls all the same (TCP memory pressure, an
+// endpoint with a small SO_RCVBUF behind a small MSS) is taken for an
+// early answer after earlyResponseWait (onStall): the endpoint does not
+// get the rest, as it would with full duplex.
 const queuedRestMax = 64 << 10
 
 // Duplex: the pool reads the body on another goroutine until done is
