@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
 )
 
@@ -23,6 +24,14 @@ var errAnsweredEarly = errors.New("the endpoint answered before it took the whol
 // otherwise be written to for good; exchange reads its answer.
 func (pc *poolConn) onStall() error {
 	if pc.inDuplex.Load() {
+		if pc.poisoned.Load() {
+			// The poison's deadline ended the wait, and RawIO.Write would
+			// arm its stall deadline again over it: the write ends here,
+			// as a net.Conn's does past its deadline (the rest sent to an
+			// endpoint that reads nothing, its request's context ended:
+			// TestPoolDuplexContextEndsRest, outside race builds).
+			return os.ErrDeadlineExceeded
+		}
 		return nil // answered already: the body's rest is sent beside it (sendRest), the answer read elsewhere
 	}
 	if h := pc.p.testHookStall; h != nil {
