@@ -35,6 +35,8 @@ test: test-deps
 	$(GO) test -race -count=1 -timeout 20m ./...
 	# httpproxy.RawIO reads and writes otherwise outside race builds: test that too.
 	$(GO) test -count=1 -timeout 5m ./internal/httpproxy/
+	# ... and the agent's HTTP/1.1 fast path on it (bodies, full duplex, early answers), as shipped.
+	$(GO) test -count=1 -timeout 5m -run 'Duplex|Upload|Queued|Replay|Echo|ClientGone|Early|Drain|Panic|TestFast|TestH1' ./internal/agent/
 	# Tests of allocations, heap and stacks that the race detector skews (skipped or loosened under it).
 	$(GO) test -count=1 -timeout 5m -run 'TestH1FastPathAllocs|TestGRPCUnaryAllocs|TestRelayIdleSessionHeap|TestSessionStreamsAwaitingHeaderBounded|TestStreamCostsOneGoroutine' \
 		./internal/agent/ ./internal/relay/ ./internal/transport/ ./internal/control/
