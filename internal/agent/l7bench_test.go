@@ -19,6 +19,26 @@ import (
 // only: the benchmark sends no bodies) with as little work as possible, so
 // a profile of the benchmark shows the agent, not the backend.
 func startRawBackend(t testing.TB) int {
+	return serveRawBackend(t, func(c net.Conn, resp []byte) { // rawBackendConn
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadSlice('\n')
+			if err != nil {
+				return
+			}
+			if len(bytes.TrimRight(line, "\r\n")) == 0 { // end of the header
+				if _, err := c.Write(resp); err != nil {
+					return
+				}
+			}
+		}
+	})
+}
+
+// serveRawBackend accepts connections on a loopback port (returned) until
+// the test ends and runs serve on each, with the answer it is to send to
+// each request ("ok"); the connection is closed when serve returns.
+func serveRawBackend(t testing.TB, serve func(c net.Conn, resp []byte)) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -38,21 +58,10 @@ func startRawBackend(t testing.TB) int {
 				return
 			}
 			conns.Add(1)
-			go func() { // rawBackendConn
+			go func() {
 				defer conns.Done()
 				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadSlice('\n')
-					if err != nil {
-						return
-					}
-					if len(bytes.TrimRight(line, "\r\n")) == 0 { // end of the header
-						if _, err := c.Write(resp); err != nil {
-							return
-						}
-					}
-				}
+				serve(c, resp)
 			}()
 		}
 	}()

@@ -18,56 +18,32 @@ import (
 // it has read the request's Content-Length body (discarded), with as
 // little work as possible: a profile of BenchmarkL7Upload shows the agent.
 func startUploadBackend(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		var conns sync.WaitGroup
-		defer conns.Wait()
+	return serveRawBackend(t, func(c net.Conn, resp []byte) {
+		br := bufio.NewReaderSize(c, 32<<10)
+		var length int64
 		for {
-			c, err := ln.Accept()
+			line, err := br.ReadSlice('\n')
 			if err != nil {
 				return
 			}
-			conns.Add(1)
-			go func() {
-				defer conns.Done()
-				defer c.Close()
-				br := bufio.NewReaderSize(c, 32<<10)
-				var length int64
-				for {
-					line, err := br.ReadSlice('\n')
-					if err != nil {
-						return
-					}
-					line = bytes.TrimRight(line, "\r\n")
-					if k, v, ok := bytes.Cut(line, []byte(":")); ok && bytes.EqualFold(k, []byte("Content-Length")) {
-						if length, err = strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64); err != nil {
-							return
-						}
-					}
-					if len(line) > 0 {
-						continue
-					}
-					if _, err := br.Discard(int(length)); err != nil { // the body
-						return
-					}
-					length = 0
-					if _, err := c.Write(resp); err != nil {
-						return
-					}
+			line = bytes.TrimRight(line, "\r\n")
+			if k, v, ok := bytes.Cut(line, []byte(":")); ok && bytes.EqualFold(k, []byte("Content-Length")) {
+				if length, err = strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64); err != nil {
+					return
 				}
-			}()
+			}
+			if len(line) > 0 {
+				continue
+			}
+			if _, err := br.Discard(int(length)); err != nil { // the body
+				return
+			}
+			length = 0
+			if _, err := c.Write(resp); err != nil {
+				return
+			}
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
+	})
 }
 
 // BenchmarkL7Upload proxies keep-alive HTTP/1.1 POSTs of 1 KiB, 16 KiB, 64 KiB and
