@@ -35,6 +35,21 @@ func startRawBackend(t testing.TB) int {
 	})
 }
 
+// readResp200 reads one response from br to its end: an error unless it is a
+// 200.
+func readResp200(br *bufio.Reader) error {
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
 // serveRawBackend accepts connections on a loopback port (returned) until
 // the test ends and runs serve on each, with the answer it is to send to
 // each request ("ok"); the connection is closed when serve returns.
@@ -135,15 +150,8 @@ func benchL7HTTP1(b *testing.B, octet int, tweak func(*Config)) {
 					errs <- err
 					return
 				}
-				resp, err := http.ReadResponse(br, nil)
-				if err != nil {
+				if err := readResp200(br); err != nil {
 					errs <- err
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					errs <- fmt.Errorf("status %d", resp.StatusCode)
 					return
 				}
 			}

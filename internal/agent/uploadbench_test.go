@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -123,15 +121,8 @@ func benchUpload(b *testing.B, addr string, size int, paced bool) {
 					}
 					from = to
 				}
-				resp, err := http.ReadResponse(br, nil)
-				if err != nil {
+				if err := readResp200(br); err != nil {
 					errs <- err
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					errs <- fmt.Errorf("status %d", resp.StatusCode)
 					return
 				}
 			}
