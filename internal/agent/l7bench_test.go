@@ -127,10 +127,20 @@ func benchL7HTTP1(b *testing.B, octet int, tweak func(*Config)) {
 	waitGet200(b, nil, "http://"+addr+"/")
 	const conns = 16
 	req := []byte("GET / HTTP/1.1\r\nHost: bench.demo\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+	b.ReportAllocs()
+	runH1Clients(b, addr, conns, func(c net.Conn) error {
+		_, err := c.Write(req)
+		return err
+	})
+}
+
+// runH1Clients runs b.N keep-alive HTTP/1.1 exchanges over conns client
+// connections to addr: send writes one request, then its answer must be a
+// 200. It reports cpu-ns/op (processCPU) and fails b on any error.
+func runH1Clients(b *testing.B, addr string, conns int, send func(c net.Conn) error) {
 	var left atomic.Int64
 	left.Store(int64(b.N))
 	errs := make(chan error, conns)
-	b.ReportAllocs()
 	b.ResetTimer()
 	cpu0 := processCPU(b)
 	var wg sync.WaitGroup
@@ -146,7 +156,7 @@ func benchL7HTTP1(b *testing.B, octet int, tweak func(*Config)) {
 			defer c.Close()
 			br := bufio.NewReader(c)
 			for left.Add(-1) >= 0 {
-				if _, err := c.Write(req); err != nil {
+				if err := send(c); err != nil {
 					errs <- err
 					return
 				}

@@ -59,16 +59,7 @@ func TestReplayPoolRetriedUploads(t *testing.T) {
 		w.WriteHeader(http.StatusOK)
 		rc.Flush()
 		buf := make([]byte, 1024)
-		for {
-			n, err := r.Body.Read(buf)
-			if n > 0 {
-				w.Write(buf[:n])
-				rc.Flush()
-			}
-			if err != nil {
-				return
-			}
-		}
+		echoFlushed(w, rc, r.Body, buf)
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })

@@ -55,16 +55,7 @@ func testRetryEcho(t *testing.T, fails int, svc string, octet, vipPort int) {
 			http.Error(w, "busy", http.StatusServiceUnavailable)
 			return
 		}
-		for {
-			n, err := r.Body.Read(buf)
-			if n > 0 {
-				w.Write(buf[:n])
-				rc.Flush()
-			}
-			if err != nil {
-				return
-			}
-		}
+		echoFlushed(w, rc, r.Body, buf)
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
@@ -109,5 +100,20 @@ spec:
 	}
 	if n := posts.Load(); n != int32(fails)+1 {
 		t.Errorf("%d POSTs reached the endpoint, want %d (the retries)", n, fails+1)
+	}
+}
+
+// echoFlushed writes back what it reads from body, each part flushed as it
+// comes (a full-duplex echo), until the body ends or fails.
+func echoFlushed(w io.Writer, rc *http.ResponseController, body io.Reader, buf []byte) {
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			w.Write(buf[:n])
+			rc.Flush()
+		}
+		if err != nil {
+			return
+		}
 	}
 }

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -90,49 +88,19 @@ func benchUpload(b *testing.B, addr string, size int, paced bool) {
 		q := size / 4
 		parts = []int{head + q, head + 2*q, head + 3*q, len(msg)}
 	}
-	var left atomic.Int64
-	left.Store(int64(b.N))
-	errs := make(chan error, conns)
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
-	b.ResetTimer()
-	cpu0 := processCPU(b)
-	var wg sync.WaitGroup
-	for range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				errs <- err
-				return
+	runH1Clients(b, addr, conns, func(c net.Conn) error {
+		from := 0
+		for i, to := range parts {
+			if i > 0 {
+				time.Sleep(uploadPause) // a client that sends its body in pieces (paced)
 			}
-			defer c.Close()
-			br := bufio.NewReader(c)
-			for left.Add(-1) >= 0 {
-				from := 0
-				for i, to := range parts {
-					if i > 0 {
-						time.Sleep(uploadPause)
-					}
-					if _, err := c.Write(msg[from:to]); err != nil {
-						errs <- err
-						return
-					}
-					from = to
-				}
-				if err := readResp200(br); err != nil {
-					errs <- err
-					return
-				}
+			if _, err := c.Write(msg[from:to]); err != nil {
+				return err
 			}
-		}()
-	}
-	wg.Wait()
-	b.StopTimer()
-	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+			from = to
+		}
+		return nil
+	})
 }
