@@ -25,6 +25,14 @@ func (b *respBody) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	n, err := b.body.Read(p)
+	if err == io.EOF && b.duplex != nil {
+		// An answer whose end was in the reader's buffer already reads
+		// to its end past the poison of a body's panic on sendRest: it
+		// fails as one still to come does (the caller records a panic).
+		if perr := b.duplex.panicked(); perr != nil {
+			err = perr
+		}
+	}
 	if err == io.EOF {
 		b.finish(true)
 	} else if err != nil {

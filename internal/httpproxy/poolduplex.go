@@ -122,12 +122,20 @@ func (d *duplexWrite) endHead() bool {
 // bodyPanic is the answer's read failure err, or the body's panic on
 // sendRest if one poisoned the connection (BodyPanicError).
 func (d *duplexWrite) bodyPanic(err error) error {
+	if perr := d.panicked(); perr != nil {
+		return perr
+	}
+	return err
+}
+
+// panicked is the body's panic on sendRest (nil: none so far).
+func (d *duplexWrite) panicked() *BodyPanicError {
 	if d.readFailed.Load() {
 		if perr, ok := d.bodyErr.(*BodyPanicError); ok {
 			return perr
 		}
 	}
-	return err
+	return nil
 }
 
 // duplexErr is err, the round trip's failure to read the answer, or the
