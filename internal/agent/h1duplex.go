@@ -47,7 +47,7 @@ var _ httpproxy.BodyWaiter = (*h1ClientConn)(nil)
 // no socket (no RawIO), whose bodies never went full duplex (a client
 // that waited for an echo waited until timeouts.requestBody); bytes such
 // a wrapper still holds only cost a goroutine that need not have run.
-func (cs *h1ClientConn) BodyWaits() bool {
+func (cs *h1ClientConn) BodyWaits(up httpproxy.SendRoomer) bool {
 	tb := cs.body
 	if tb == nil {
 		return false
@@ -61,7 +61,7 @@ func (cs *h1ClientConn) BodyWaits() bool {
 	if cs.bodyLen >= 0 && tb.Consumed() >= cs.bodyLen {
 		return false // its Read returns the end without reading
 	}
-	return !tb.Ended() && !cs.restQueued(tb)
+	return !tb.Ended() && !cs.restQueued(tb, up)
 }
 
 // restQueued: all the rest of a Content-Length body is in the client's
@@ -70,8 +70,9 @@ func (cs *h1ClientConn) BodyWaits() bool {
 // goroutine of the pool's for them (issue 14: one per upload longer than
 // what the first read of the request took). Asked once per body; a body
 // whose rest is not all there yet goes full duplex as before, and so does
-// a rest over queuedRestMax.
-func (cs *h1ClientConn) restQueued(tb *httpproxy.TimedBody) bool {
+// a rest over queuedRestMax, or over what the upstream connection takes
+// without waiting for its endpoint (up.SendRoom: see queuedRestMax).
+func (cs *h1ClientConn) restQueued(tb *httpproxy.TimedBody, up httpproxy.SendRoomer) bool {
 	if cs.bodyQueued {
 		return true
 	}
@@ -81,7 +82,7 @@ func (cs *h1ClientConn) restQueued(tb *httpproxy.TimedBody) bool {
 	}
 	cs.bodyAsked = true
 	n := cs.wire.raw.Queued()
-	cs.bodyQueued = n > 0 && int64(n) >= rest
+	cs.bodyQueued = n > 0 && int64(n) >= rest && up != nil && int64(up.SendRoom()) >= rest
 	return cs.bodyQueued
 }
 
@@ -94,10 +95,12 @@ func (cs *h1ClientConn) restQueued(tb *httpproxy.TimedBody) bool {
 // window: megabytes on loopback, where the rest fits it alone whatever
 // the endpoint answers or its SO_RCVBUF, TestFastQueuedRestAmplifyingEcho;
 // tens of KiB over a NIC's MTU, with a default receive window of ~64 KiB
-// beside it). A write that stalls all the same (TCP memory pressure, an
-// endpoint with a small SO_RCVBUF behind a small MSS) is taken for an
-// early answer after earlyResponseWait (onStall): the endpoint does not
-// get the rest, as it would with full duplex.
+// beside it). A rest the upstream socket has no room for now (SendRoom:
+// its free send buffer; TCP memory pressure shrinks it, a small MSS
+// starts it small) goes full duplex: its write would stall on an
+// endpoint that reads slowly behind a small SO_RCVBUF, and be taken for
+// an early answer after earlyResponseWait (onStall), the endpoint never
+// getting the rest (TestFastQueuedRestSmallSendBuffer).
 const queuedRestMax = 64 << 10
 
 // Duplex: the pool reads the body on another goroutine until done is

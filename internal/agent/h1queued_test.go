@@ -15,7 +15,8 @@ import (
 // TestBodyWaitsRestQueued: a Content-Length body whose rest is in the
 // client's socket already does not go full duplex (BodyWaits false: its
 // reads do not wait), for all of its reads; one whose rest is not all
-// there does, and one whose rest is over queuedRestMax; so does one on a
+// there does, and one whose rest is over queuedRestMax or over the
+// upstream socket's room (SendRoom, unknown included); so does one on a
 // connection with no socket of its own (no RawIO), as before.
 func TestBodyWaitsRestQueued(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -35,6 +36,7 @@ func TestBodyWaitsRestQueued(t *testing.T) {
 	defer server.Close()
 	raw := httpproxy.NewRawIO(server)
 	cs := &h1ClientConn{conn: server, br: bufio.NewReader(server), wire: &h1Wire{c: server, raw: raw}}
+	room := fixedRoom(1 << 20) // the upstream socket's room (SendRoom)
 	queued := func(n int) {
 		t.Helper()
 		testenv.WaitFor(t, 5*time.Second, "the socket holding the client's bytes", func() bool { return raw.Queued() == n })
@@ -51,7 +53,7 @@ func TestBodyWaitsRestQueued(t *testing.T) {
 	queued(1000)
 	tb := newBody(1000)
 	for read := 0; read < 1000; read += 250 {
-		if cs.BodyWaits() {
+		if cs.BodyWaits(room) {
 			t.Fatalf("all of the body in the socket, %d bytes read: BodyWaits true", read)
 		}
 		if _, err := io.ReadFull(tb, make([]byte, 250)); err != nil {
@@ -64,7 +66,7 @@ func TestBodyWaitsRestQueued(t *testing.T) {
 	}
 	queued(400)
 	newBody(1000)
-	if !cs.BodyWaits() {
+	if !cs.BodyWaits(room) {
 		t.Fatal("400 of 1000 bytes in the socket: BodyWaits false")
 	}
 
@@ -73,13 +75,38 @@ func TestBodyWaitsRestQueued(t *testing.T) {
 	}
 	queued(queuedRestMax + 1)
 	newBody(queuedRestMax + 1)
-	if !cs.BodyWaits() {
+	if !cs.BodyWaits(room) {
 		t.Fatal("a rest over queuedRestMax, all in the socket: BodyWaits false")
+	}
+
+	if _, err := io.ReadFull(server, make([]byte, queuedRestMax+1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Write([]byte(strings.Repeat("d", 1000))); err != nil {
+		t.Fatal(err)
+	}
+	queued(1000)
+	newBody(1000)
+	if !cs.BodyWaits(fixedRoom(999)) {
+		t.Fatal("1000 bytes all in the socket, room for 999 upstream: BodyWaits false")
+	}
+	newBody(1000)
+	if !cs.BodyWaits(fixedRoom(-1)) {
+		t.Fatal("1000 bytes all in the socket, the upstream's room unknown: BodyWaits false")
+	}
+	newBody(1000)
+	if cs.BodyWaits(fixedRoom(1000)) {
+		t.Fatal("1000 bytes all in the socket, room for 1000 upstream: BodyWaits true")
 	}
 
 	newBody(1000)
 	cs.wire.raw = nil
-	if !cs.BodyWaits() {
+	if !cs.BodyWaits(room) {
 		t.Fatal("no RawIO: BodyWaits false")
 	}
 }
+
+// fixedRoom is a SendRoomer with that much room.
+type fixedRoom int
+
+func (r fixedRoom) SendRoom() int { return int(r) }

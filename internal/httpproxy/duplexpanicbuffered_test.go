@@ -29,7 +29,7 @@ func (b *panicLaterBody) Read(p []byte) (int, error) {
 	panic("test: a bug while reading a request body")
 }
 
-func (b *panicLaterBody) BodyWaits() bool { return b.started }
+func (b *panicLaterBody) BodyWaits(SendRoomer) bool { return b.started }
 
 func (b *panicLaterBody) Duplex(done <-chan struct{}) bool {
 	b.dones <- done
@@ -121,5 +121,42 @@ func TestPoolDuplexPanicAnswerBuffered(t *testing.T) {
 	p.mu.Unlock()
 	if left != 0 {
 		t.Errorf("%d connections left in the pool after the panic", left)
+	}
+}
+
+// TestPoolSendRoom: a new loopback connection has room for more than
+// the agent writes on the round trip's goroutine (64 KiB); one whose
+// endpoint reads nothing, written to until its socket is full, has a
+// fraction of that left (acknowledged meanwhile); one with no socket of its own cannot tell.
+func TestPoolSendRoom(t *testing.T) {
+	p := duplexPool(deafUpstream(t))
+	defer p.Close(true)
+	pc, err := p.get(context.Background(), true, 0, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := pc.SendRoom()
+	if fresh < 64<<10 {
+		t.Fatalf("a new loopback connection: room for %d bytes, want at least 64 KiB", fresh)
+	}
+	pc.bw.WriteString("x")
+	before := pc.SendRoom()
+	pc.bw.Reset(pc.c)
+	if after := pc.SendRoom(); after != before+1 {
+		t.Errorf("room %d with a byte in the writer, %d without, want one more", before, after)
+	}
+	pc.c.SetWriteDeadline(time.Now().Add(time.Second))
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := pc.c.Write(chunk); err != nil {
+			break // the socket is full: the endpoint reads nothing
+		}
+	}
+	if room := pc.SendRoom(); room > fresh/4 {
+		t.Errorf("a full socket: room for %d bytes, %d when new", room, fresh)
+	}
+	pc.rc = nil
+	if room := pc.SendRoom(); room != -1 {
+		t.Errorf("no socket: room %d, want -1", room)
 	}
 }

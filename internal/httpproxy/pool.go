@@ -144,8 +144,11 @@ type poolConn struct {
 	// sending (onStall leaves the connection's reader alone).
 	duplex   *duplexWrite
 	inDuplex atomic.Bool
-	wire     *upWire // holds a bodyless request for its response's read if fuse (new, or idle < fuseIdleMax); nil: no descriptor
-	fuse     bool
+	// roomf and room are SendRoom's (poolroom.go).
+	roomf func(uintptr)
+	room  int
+	wire  *upWire // holds a bodyless request for its response's read if fuse (new, or idle < fuseIdleMax); nil: no descriptor
+	fuse  bool
 }
 
 var _ http.RoundTripper = (*Pool)(nil)

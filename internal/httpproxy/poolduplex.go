@@ -33,8 +33,13 @@ import (
 // pool would go full duplex for bytes the client sent already.
 type BodyWaiter interface {
 	// BodyWaits reports whether the body's next Read would wait for the
-	// client: nothing of it is buffered, and it has not ended.
-	BodyWaits() bool
+	// client: nothing of it is buffered, and it has not ended. up is the
+	// connection the body goes to: a waiter that says false for bytes the
+	// client sent but nobody read yet (its socket's) says so only for as
+	// many as up takes without waiting (up.SendRoom): the round trip
+	// writes them before it reads the answer, and a write that waits on
+	// an endpoint that answered is taken for an early answer (onStall).
+	BodyWaits(up SendRoomer) bool
 	// Duplex: the body waits; the rest of it is read on another goroutine
 	// from now on, until done is closed, while the answer is awaited and
 	// read. false: not now (the round trip reads the body on itself).

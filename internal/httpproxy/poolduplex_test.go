@@ -39,7 +39,7 @@ func (b *chanBody) Read(p []byte) (int, error) {
 
 // BodyWaits: nothing sent is left unread (a part, or the end: taken
 // from ch if there, as the agent looks at what its reader holds).
-func (b *chanBody) BodyWaits() bool {
+func (b *chanBody) BodyWaits(SendRoomer) bool {
 	if b.pending != "" || b.closed {
 		return false
 	}

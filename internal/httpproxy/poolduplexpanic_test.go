@@ -30,7 +30,7 @@ func (b *endlessBody) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (b *endlessBody) BodyWaits() bool { return b.started }
+func (b *endlessBody) BodyWaits(SendRoomer) bool { return b.started }
 
 func (b *endlessBody) Duplex(done <-chan struct{}) bool {
 	b.dones <- done

@@ -57,7 +57,7 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 		}
 		buf := CopyBuffers.Get()
 		bwt := bodyWaiterOf(req.Context())
-		n, err := copyBody(w, req.Body, buf, bwt)
+		n, err := copyBody(w, req.Body, buf, bwt, pc)
 		if err == errGoDuplex {
 			// What was copied so far goes to the endpoint (it may answer
 			// it), the rest beside the answer.
@@ -66,7 +66,7 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 					return nil // sendRest sends the rest, and puts buf back
 				}
 				var m int64
-				m, err = copyBody(w, req.Body, buf, nil)
+				m, err = copyBody(w, req.Body, buf, nil, nil)
 				n += m
 			}
 		}
@@ -105,11 +105,12 @@ func (pc *poolConn) endBody(req *http.Request, cw io.WriteCloser, n int64) error
 // ReadFrom the reader, and net.TCPConn's ReadFrom allocates its own buffer).
 // With bw (a body whose client may wait for the answer before it sends
 // the rest), it stops with errGoDuplex before a Read that would wait: the
-// rest goes on beside the answer (goDuplex).
-func copyBody(w io.Writer, r io.Reader, buf []byte, bw BodyWaiter) (int64, error) {
+// rest goes on beside the answer (goDuplex); up is the connection it goes
+// to (BodyWaits).
+func copyBody(w io.Writer, r io.Reader, buf []byte, bw BodyWaiter, up SendRoomer) (int64, error) {
 	var n int64
 	for {
-		if bw != nil && !ReadReady(r) && bw.BodyWaits() {
+		if bw != nil && !ReadReady(r) && bw.BodyWaits(up) {
 			return n, errGoDuplex
 		}
 		m, err := r.Read(buf)
