@@ -29,8 +29,12 @@ type duplexState struct {
 	duplexBody *httpproxy.TimedBody
 	// bodyQueued: the client's socket held all the rest of body when
 	// BodyWaits last looked (restQueued): its reads do not wait. Reset
-	// with body, as bodyAsked (restQueued looked).
+	// with body, as bodyAsked (restQueued looked), for bodyUp, the
+	// upstream connection it looked for (a retry's on another asks
+	// again); bodyUp is let go by joinDuplex (no pool connection kept
+	// by an idle client's).
 	bodyQueued, bodyAsked bool
+	bodyUp                httpproxy.SendRoomer
 }
 
 var _ httpproxy.BodyWaiter = (*h1ClientConn)(nil)
@@ -71,16 +75,18 @@ func (cs *h1ClientConn) BodyWaits(up httpproxy.SendRoomer) bool {
 // what the first read of the request took). Asked once per body; a body
 // whose rest is not all there yet goes full duplex as before, and so does
 // a rest over queuedRestMax, or over what the upstream connection takes
-// without waiting for its endpoint (up.SendRoom: see queuedRestMax).
+// without waiting for its endpoint (up.SendRoom: see queuedRestMax). A
+// retry's attempt on another connection asks again: its replayed part
+// went out, and the rest, still in the socket, must fit that one.
 func (cs *h1ClientConn) restQueued(tb *httpproxy.TimedBody, up httpproxy.SendRoomer) bool {
-	if cs.bodyQueued {
+	if cs.bodyQueued && up == cs.bodyUp {
 		return true
 	}
 	rest := cs.bodyLen - tb.Consumed()
-	if cs.bodyLen < 0 || rest > queuedRestMax || cs.wire == nil || cs.wire.raw == nil || cs.bodyAsked {
+	if cs.bodyLen < 0 || rest > queuedRestMax || cs.wire == nil || cs.wire.raw == nil || cs.bodyAsked && up == cs.bodyUp {
 		return false
 	}
-	cs.bodyAsked = true
+	cs.bodyAsked, cs.bodyUp = true, up
 	n := cs.wire.raw.Queued()
 	cs.bodyQueued = n > 0 && int64(n) >= rest && up != nil && int64(up.SendRoom()) >= rest
 	return cs.bodyQueued
@@ -132,6 +138,7 @@ func (cs *h1ClientConn) duplexRunning() bool {
 // cut (the connection closes, nothing is drained): the goroutine's read
 // of the client is cut at once.
 func (cs *h1ClientConn) joinDuplex(cut bool) {
+	cs.bodyUp = nil
 	if len(cs.duplexDone) == 0 {
 		return
 	}

@@ -98,6 +98,12 @@ func TestBodyWaitsRestQueued(t *testing.T) {
 	if cs.BodyWaits(fixedRoom(1000)) {
 		t.Fatal("1000 bytes all in the socket, room for 1000 upstream: BodyWaits true")
 	}
+	// A retry's attempt on another connection (its first part replayed):
+	// the rest, still in the socket, goes to a connection whose room was
+	// not asked.
+	if !cs.BodyWaits(fixedRoom(999)) {
+		t.Fatal("the rest queued, another connection with room for 999: BodyWaits false (the first connection's answer kept)")
+	}
 
 	newBody(1000)
 	cs.wire.raw = nil
