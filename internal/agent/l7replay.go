@@ -179,7 +179,7 @@ func (r *replayReader) Read(p []byte) (int, error) {
 		rb.cond.Broadcast()
 		if n > 0 {
 			if !rb.over && len(rb.buf)+n <= rb.limit {
-				if len(rb.buf)+n > cap(rb.buf) && rb.want > len(rb.buf)+n {
+				if len(rb.buf)+n > cap(rb.buf) && rb.want >= len(rb.buf)+n {
 					rb.buf = append(rb.wantBuf(), rb.buf...)
 				}
 				rb.buf = append(rb.buf, p[:n]...)
