@@ -71,8 +71,8 @@ func startAmpEcho(t *testing.T, amp, rcvbuf int) int {
 // the sockets long before the body is written; the write must not wait
 // on it (the agent's send buffer takes the rest: on loopback it holds
 // megabytes from the connect on, a connection over a NIC's MTU ~80 KiB;
-// a rest over them would stall, be taken for an early answer, onStall,
-// and the endpoint never get the rest). The answer must come whole, twice
+// a rest over what it has free goes full duplex instead, SendRoom:
+// TestFastQueuedRestSmallSendBuffer). The answer must come whole, twice
 // on one connection.
 func TestFastQueuedRestAmplifyingEcho(t *testing.T) {
 	const amp = 16
