@@ -238,7 +238,7 @@ func newL7(a *Agent) *l7 {
 			r.Body = tb
 		}
 		norm.ServeHTTP(w, r)
-		if tb != nil {
+		if tb != nil && !h2Detached(ctx) {
 			tb.Unanswered() // the rest of the body, bounded (httpproxy.TimedBody); after a panic the connection closes
 		}
 	})

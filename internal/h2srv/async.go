@@ -180,3 +180,14 @@ func (sc *conn) FlushPending() {
 	}
 	sc.wmu.Unlock()
 }
+
+// Abort ends the stream with RST_STREAM (INTERNAL_ERROR), as a handler's
+// panic does: the response did not end. It does not wait.
+func (a *Async) Abort() {
+	a.panicked.Store(true)
+	st := a.w.st
+	go func() {
+		st.sc.resetStream(st.id, http2.ErrCodeInternal)
+		a.release(true)
+	}()
+}

@@ -567,6 +567,14 @@ func (b *body) UpstreamEnded() bool {
 	return s.eof
 }
 
+// BufferedUpstream is how many body bytes are buffered unread.
+func (b *body) BufferedUpstream() int {
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Len()
+}
+
 // Close ends the stream: if the response has not ended, RST_STREAM(CANCEL).
 func (b *body) Close() error {
 	s := b.s

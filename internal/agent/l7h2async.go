@@ -1,0 +1,208 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/fogmesh/fogmesh/internal/h2srv"
+	"github.com/fogmesh/fogmesh/internal/h2up"
+)
+
+// Asynchronous completion of HTTP/2 requests (issue 14). A request of
+// the agent's HTTP/2 server to an h2c or gRPC endpoint is sent (its
+// route, admission, balancing and first attempt, on the handler's
+// goroutine) and its handler returns with the stream open (h2srv.Detach);
+// the endpoint's response is taken on the upstream connection's read loop
+// (h2up.Pool.Start), which, when the whole response came at once and is
+// the answer (not retried), runs the response side there: the attempt's
+// metrics, balancer and outlier bookkeeping, the request's holds, the
+// header copy and the client's response, left in the client connection's
+// buffer and flushed once per upstream read. No goroutine waits parked
+// per request. Anything else (a response whose body streams, a retry, an
+// error, a response larger than asyncInlineMax, a client's window or
+// writer that would make the read loop wait) goes on on a goroutine, as
+// the handler would have.
+
+// asyncH2 switches the asynchronous path on (tests compare both).
+var asyncH2 atomic.Bool
+
+func init() { asyncH2.Store(true) }
+
+// asyncInlineMax is the largest response body completed on the upstream's
+// read loop: it must fit h2srv's write buffer (one DATA frame).
+const asyncInlineMax = 8 << 10
+
+// completion is a request's answer's continuation: rl non-nil on the
+// upstream's read loop (it must not wait), nil on a goroutine that may.
+type completion func(resp *http.Response, err error, rl *h2up.ReadLoop)
+
+// startH2 forwards out asynchronously if it can: false, nothing done.
+func (s *l7) startH2(rw http.ResponseWriter, in, out *http.Request, transport http.RoundTripper, call *h2Call, nc *noopCloseBody) bool {
+	lt, ok := transport.(*lbTransport)
+	if !ok || lt.h1 || call == nil || s.a.obs != nil || !asyncH2.Load() {
+		return false
+	}
+	as := h2srv.Detach(rw)
+	if as == nil {
+		return false
+	}
+	call.detached = true
+	lt.startAsync(out, func(res *http.Response, err error, rl *h2up.ReadLoop) {
+		s.completeH2(as, rw, in, out, call, nc, res, err, rl)
+	})
+	return true
+}
+
+// completeH2 is forwardH2's rest for a detached stream.
+func (s *l7) completeH2(as *h2srv.Async, rw http.ResponseWriter, in, out *http.Request, call *h2Call, nc *noopCloseBody, res *http.Response, err error, rl *h2up.ReadLoop) {
+	if rl != nil && err != nil {
+		go s.completeH2(as, rw, in, out, call, nc, res, err, nil) // not expected: rl's responses have ended
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				s.a.panicked("completing an HTTP/2 response", p)
+			}
+			if res != nil {
+				abandonResponse(res.Body, p, false)
+			}
+			as.Abort()
+		}
+	}()
+	cut := s.respondH2(rw, in, out, res, err)
+	if nc != nil {
+		nc.Close()
+	}
+	if tb := call.ctx.tb; tb != nil {
+		tb.Unanswered()
+	}
+	switch {
+	case cut:
+		as.Abort()
+	case rl == nil:
+		as.Finish()
+	default:
+		if f, ok := as.TryFinish(); ok {
+			rl.AtWait(f)
+		} else {
+			go as.Finish() // the client's window, or its writer, would make the read loop wait
+		}
+	}
+}
+
+// h2Detached reports whether the request of ctx (newL7's handler's) was
+// forwarded asynchronously: its handler's end does not end its body.
+func h2Detached(ctx any) bool {
+	c, ok := ctx.(*h2CallCtx)
+	return ok && c.call != nil && c.call.detached
+}
+
+// startAsync is serve for a request whose answer goes to k rather than
+// being returned (k may run before startAsync returns).
+func (lt *lbTransport) startAsync(req *http.Request, k completion) {
+	sg := new(serving)
+	handed := false
+	defer func() {
+		if !handed { // a panic (a bug): what the request holds goes back
+			sg.hold(nil, nil, nil)
+		}
+	}()
+	resp, err, ok := lt.prepare(sg, req, nil, nil, nil)
+	handed = true
+	if !ok {
+		sg.hold(resp, err, nil)
+		k(resp, err, nil)
+		return
+	}
+	sg.l.startAsync(func(resp *http.Response, err error, rl *h2up.ReadLoop) {
+		resp, err = sg.finish(resp, err)
+		sg.hold(resp, err, nil)
+		k(resp, err, rl)
+	})
+}
+
+// errCompletionPanicked: the response side panicked on the upstream's
+// read loop (a bug); the request fails.
+var errCompletionPanicked = errors.New("agent: the response's completion panicked")
+
+// startAsync runs the loop's first attempt without waiting for its
+// response where its endpoint's pool can (h2up), else the loop as run
+// does; k gets the answer.
+func (l *attempts) startAsync(k completion) {
+	at := new(attempt)
+	if resp := l.begin(at); resp != nil {
+		k(resp, nil, nil)
+		return
+	}
+	p, ok := at.rt.(h2Pool)
+	if !ok || len(l.sv.svc.Spec.Egress) > 0 {
+		resp, end, err := l.a.attemptAt(at.rt, l.sv, at.ev, at.req, at.start, at.active, at.release)
+		l.resume(at, resp, end, err, false, k)
+		return
+	}
+	started := false
+	defer func() {
+		if p := recover(); p != nil && !started { // as attemptAt's
+			at.active.Add(-1)
+			at.release()
+			panic(p)
+		} else if p != nil {
+			panic(p)
+		}
+	}()
+	err := p.Start(at.req, func(resp *http.Response, err error, rl *h2up.ReadLoop) {
+		at.active.Add(-1)
+		if rl == nil {
+			l.resume(at, resp, time.Time{}, err, false, k)
+			return
+		}
+		defer func() {
+			if p := recover(); p != nil {
+				l.a.panicked("settling an HTTP/2 response", p)
+				if resp != nil {
+					abandonResponse(resp.Body, p, false)
+				}
+				go k(nil, fmt.Errorf("%w: %v", errCompletionPanicked, p), nil)
+			}
+		}()
+		if bufferedUpstream(resp.Body) > asyncInlineMax {
+			go l.resume(at, resp, time.Time{}, nil, false, k)
+			return
+		}
+		resp, err = l.checkRefused(at, resp)
+		if err == nil && l.settle(at, resp, time.Time{}) {
+			k(resp, nil, rl)
+			return
+		}
+		go l.resume(at, resp, time.Time{}, err, true, k)
+	})
+	started = true
+	if err != nil {
+		at.active.Add(-1)
+		l.resume(at, nil, time.Time{}, err, false, k)
+	}
+}
+
+// resume settles an attempt (it may wait: a retry's back-off), runs the
+// loop on if that was not the answer, and gives k the answer. checked:
+// checkRefused and settle ran already (resp: not the answer; err:
+// checkRefused's, the attempt released).
+func (l *attempts) resume(at *attempt, resp *http.Response, end time.Time, err error, checked bool, k completion) {
+	var done bool
+	switch {
+	case !checked:
+		resp, err, done = l.after(at, resp, end, err)
+	case err != nil:
+		resp, err, done = l.afterError(at, err)
+	default:
+		resp, err, done = l.retryResponse(at, resp)
+	}
+	if !done {
+		resp, err = l.run()
+	}
+	k(resp, err, nil)
+}
