@@ -1,0 +1,180 @@
+package h2srv
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// detaching is a server whose handler detaches its stream (through a
+// wrapper, as the agent's writers) and hands the Async to the test.
+func detaching(t *testing.T, after func(w http.ResponseWriter)) (string, chan *Async) {
+	ch := make(chan *Async, 4)
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := Detach(wrapped{w})
+		if a == nil {
+			t.Error("Detach: nil for the server's writer")
+			return
+		}
+		if Detach(w) != nil {
+			t.Error("Detach: a second Async for one stream")
+		}
+		ch <- a
+		if after != nil {
+			after(w)
+		}
+	})}
+	return serve(t, s), ch
+}
+
+type wrapped struct{ http.ResponseWriter }
+
+func (w wrapped) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func recvAsync(t *testing.T, ch chan *Async) *Async {
+	t.Helper()
+	select {
+	case a := <-ch:
+		return a
+	case <-time.After(10 * time.Second):
+		t.Fatal("no request reached the handler")
+		return nil
+	}
+}
+
+// TestDetachFinish: a detached stream's response (header, body, declared
+// and prefixed trailers) is written and ended from another goroutine,
+// after the handler returned; a writer not the server's is not detached.
+func TestDetachFinish(t *testing.T) {
+	if Detach(httptestWriter{}) != nil {
+		t.Fatal("Detach of a foreign writer")
+	}
+	addr, ch := detaching(t, nil)
+	c, _ := h2cClient(t)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := c.Get("http://" + addr + "/")
+		if err != nil {
+			done <- err
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && (string(b) != "hello" || resp.StatusCode != 201 || resp.Trailer.Get("X-Sum") != "5" || resp.Trailer.Get("X-Late") != "1") {
+			err = errors.New("got " + resp.Status + " " + string(b) + " trailers " + strings.Join(resp.Trailer.Values("X-Sum"), ","))
+		}
+		done <- err
+	}()
+	a := recvAsync(t, ch)
+	w := a.ResponseWriter()
+	w.Header().Set("Trailer", "X-Sum")
+	w.WriteHeader(201)
+	io.WriteString(w, "hello")
+	w.Header().Set("X-Sum", "5")
+	w.Header().Set(http.TrailerPrefix+"X-Late", "1")
+	a.Finish()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+type httptestWriter struct{ http.ResponseWriter }
+
+// TestDetachTryFinish: TryFinish ends a short response without waiting,
+// the Flusher it returns flushes it; a response whose body went out in
+// part already is left to Finish.
+func TestDetachTryFinish(t *testing.T) {
+	addr, ch := detaching(t, nil)
+	c, _ := h2cClient(t)
+	get := func() chan string {
+		out := make(chan string, 1)
+		go func() {
+			resp, err := c.Get("http://" + addr + "/")
+			if err != nil {
+				out <- err.Error()
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				out <- err.Error()
+				return
+			}
+			out <- string(b)
+		}()
+		return out
+	}
+	out := get()
+	a := recvAsync(t, ch)
+	io.WriteString(a.ResponseWriter(), "short")
+	f, ok := a.TryFinish()
+	if !ok {
+		t.Fatal("TryFinish of a short response: false")
+	}
+	f.FlushPending()
+	if got := <-out; got != "short" {
+		t.Fatalf("got %q", got)
+	}
+
+	// A body past h2srv's buffer (sent in part as it was written):
+	// TryFinish declines, Finish ends it.
+	out = get()
+	a = recvAsync(t, ch)
+	big := strings.Repeat("x", 70000)
+	io.WriteString(a.ResponseWriter(), big)
+	if _, ok := a.TryFinish(); ok {
+		t.Fatal("TryFinish after the body was flushed in part: true")
+	}
+	go a.Finish()
+	if got := <-out; got != big {
+		t.Fatalf("got %d bytes, want %d", len(got), len(big))
+	}
+}
+
+// TestDetachPanic: a handler that panics after Detach has its stream
+// reset; a Finish after that writes nothing and does not fail. Abort
+// resets a stream from the finisher's side.
+func TestDetachPanic(t *testing.T) {
+	addr, ch := detaching(t, func(w http.ResponseWriter) {
+		if w.Header().Get("X-Never") == "" {
+			panic("handler bug")
+		}
+	})
+	c, _ := h2cClient(t)
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := c.Get("http://" + addr + "/")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	a := recvAsync(t, ch)
+	var se http2.StreamError
+	if err := <-errc; !errors.As(err, &se) || se.Code != http2.ErrCodeInternal {
+		t.Fatalf("got %v, want a stream reset with INTERNAL_ERROR", err)
+	}
+	io.WriteString(a.ResponseWriter(), "late")
+	a.Finish() // nothing written: the stream is gone
+
+	// Abort.
+	addr, ch = detaching(t, nil)
+	go func() {
+		resp, err := c.Get("http://" + addr + "/")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	recvAsync(t, ch).Abort()
+	if err := <-errc; !errors.As(err, &se) || se.Code != http2.ErrCodeInternal {
+		t.Fatalf("Abort: got %v, want a stream reset with INTERNAL_ERROR", err)
+	}
+}
