@@ -56,6 +56,10 @@ type attempt struct {
 	perTryTimer *time.Timer
 	rt          http.RoundTripper
 	req         *http.Request
+	// The asynchronous path's (l7h2async.go): the loop and the answer's
+	// continuation.
+	l *attempts
+	k completion
 }
 
 func (lt *lbTransport) initAttempts(l *attempts, req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs, clk *reqClock) {

@@ -37,7 +37,22 @@ const asyncInlineMax = 8 << 10
 
 // completion is a request's answer's continuation: rl non-nil on the
 // upstream's read loop (it must not wait), nil on a goroutine that may.
-type completion func(resp *http.Response, err error, rl *h2up.ReadLoop)
+type completion interface {
+	complete(resp *http.Response, err error, rl *h2up.ReadLoop)
+}
+
+// h2Fwd is an asynchronous forward's state, in one allocation: its
+// stream, its request, serve's state and its first attempt's.
+type h2Fwd struct {
+	s       *l7
+	as      *h2srv.Async
+	rw      http.ResponseWriter
+	in, out *http.Request
+	call    *h2Call
+	nc      *noopCloseBody
+	sg      serving
+	at      attempt
+}
 
 // startH2 forwards out asynchronously if it can: false, nothing done.
 func (s *l7) startH2(rw http.ResponseWriter, in, out *http.Request, transport http.RoundTripper, call *h2Call, nc *noopCloseBody) bool {
@@ -45,23 +60,30 @@ func (s *l7) startH2(rw http.ResponseWriter, in, out *http.Request, transport ht
 	if !ok || lt.h1 || call == nil || s.a.obs != nil || !asyncH2.Load() {
 		return false
 	}
+	// A lone stream (a gRPC client's one call in flight) runs on its
+	// connection's read loop (h2srv), free to wait for the answer: on the
+	// upstream's read loop, the responses to many such clients would be
+	// written one after the other by one goroutine.
+	if h2srv.OpenStreams(rw) < 2 {
+		return false
+	}
 	as := h2srv.Detach(rw)
 	if as == nil {
 		return false
 	}
 	call.detached = true
-	lt.startAsync(out, func(res *http.Response, err error, rl *h2up.ReadLoop) {
-		s.completeH2(as, rw, in, out, call, nc, res, err, rl)
-	})
+	f := &h2Fwd{s: s, as: as, rw: rw, in: in, out: out, call: call, nc: nc}
+	lt.startAsync(&f.sg, &f.at, out, f)
 	return true
 }
 
-// completeH2 is forwardH2's rest for a detached stream.
-func (s *l7) completeH2(as *h2srv.Async, rw http.ResponseWriter, in, out *http.Request, call *h2Call, nc *noopCloseBody, res *http.Response, err error, rl *h2up.ReadLoop) {
+// complete is forwardH2's rest for a detached stream.
+func (f *h2Fwd) complete(res *http.Response, err error, rl *h2up.ReadLoop) {
 	if rl != nil && err != nil {
-		go s.completeH2(as, rw, in, out, call, nc, res, err, nil) // not expected: rl's responses have ended
+		go f.complete(res, err, nil) // not expected: rl's responses have ended
 		return
 	}
+	s, as := f.s, f.as
 	defer func() {
 		if p := recover(); p != nil {
 			if p != http.ErrAbortHandler {
@@ -73,11 +95,11 @@ func (s *l7) completeH2(as *h2srv.Async, rw http.ResponseWriter, in, out *http.R
 			as.Abort()
 		}
 	}()
-	cut := s.respondH2(rw, in, out, res, err)
-	if nc != nil {
-		nc.Close()
+	cut := s.respondH2(f.rw, f.in, f.out, res, err)
+	if f.nc != nil {
+		f.nc.Close()
 	}
-	if tb := call.ctx.tb; tb != nil {
+	if tb := f.call.ctx.tb; tb != nil {
 		tb.Unanswered()
 	}
 	switch {
@@ -86,8 +108,8 @@ func (s *l7) completeH2(as *h2srv.Async, rw http.ResponseWriter, in, out *http.R
 	case rl == nil:
 		as.Finish()
 	default:
-		if f, ok := as.TryFinish(); ok {
-			rl.AtWait(f)
+		if fl, ok := as.TryFinish(); ok {
+			rl.AtWait(fl)
 		} else {
 			go as.Finish() // the client's window, or its writer, would make the read loop wait
 		}
@@ -102,9 +124,9 @@ func h2Detached(ctx any) bool {
 }
 
 // startAsync is serve for a request whose answer goes to k rather than
-// being returned (k may run before startAsync returns).
-func (lt *lbTransport) startAsync(req *http.Request, k completion) {
-	sg := new(serving)
+// being returned (k may run before startAsync returns); sg and at are
+// the caller's, for the request's life.
+func (lt *lbTransport) startAsync(sg *serving, at *attempt, req *http.Request, k completion) {
 	handed := false
 	defer func() {
 		if !handed { // a panic (a bug): what the request holds goes back
@@ -115,27 +137,30 @@ func (lt *lbTransport) startAsync(req *http.Request, k completion) {
 	handed = true
 	if !ok {
 		sg.hold(resp, err, nil)
-		k(resp, err, nil)
+		k.complete(resp, err, nil)
 		return
 	}
-	sg.l.startAsync(func(resp *http.Response, err error, rl *h2up.ReadLoop) {
-		resp, err = sg.finish(resp, err)
-		sg.hold(resp, err, nil)
-		k(resp, err, rl)
-	})
+	sg.k = k
+	sg.l.startAsync(at, sg)
+}
+
+// complete is serve's rest (finish, hold) for startAsync's request.
+func (sg *serving) complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
+	resp, err = sg.finish(resp, err)
+	sg.hold(resp, err, nil)
+	sg.k.complete(resp, err, rl)
 }
 
 // errCompletionPanicked: the response side panicked on the upstream's
 // read loop (a bug); the request fails.
 var errCompletionPanicked = errors.New("agent: the response's completion panicked")
 
-// startAsync runs the loop's first attempt without waiting for its
+// startAsync runs the loop's first attempt (at) without waiting for its
 // response where its endpoint's pool can (h2up), else the loop as run
 // does; k gets the answer.
-func (l *attempts) startAsync(k completion) {
-	at := new(attempt)
+func (l *attempts) startAsync(at *attempt, k completion) {
 	if resp := l.begin(at); resp != nil {
-		k(resp, nil, nil)
+		k.complete(resp, nil, nil)
 		return
 	}
 	p, ok := at.rt.(h2Pool)
@@ -144,6 +169,7 @@ func (l *attempts) startAsync(k completion) {
 		l.resume(at, resp, end, err, false, k)
 		return
 	}
+	at.l, at.k = l, k
 	started := false
 	defer func() {
 		if p := recover(); p != nil && !started { // as attemptAt's
@@ -154,37 +180,41 @@ func (l *attempts) startAsync(k completion) {
 			panic(p)
 		}
 	}()
-	err := p.Start(at.req, func(resp *http.Response, err error, rl *h2up.ReadLoop) {
-		at.active.Add(-1)
-		if rl == nil {
-			l.resume(at, resp, time.Time{}, err, false, k)
-			return
-		}
-		defer func() {
-			if p := recover(); p != nil {
-				l.a.panicked("settling an HTTP/2 response", p)
-				if resp != nil {
-					abandonResponse(resp.Body, p, false)
-				}
-				go k(nil, fmt.Errorf("%w: %v", errCompletionPanicked, p), nil)
-			}
-		}()
-		if bufferedUpstream(resp.Body) > asyncInlineMax {
-			go l.resume(at, resp, time.Time{}, nil, false, k)
-			return
-		}
-		resp, err = l.checkRefused(at, resp)
-		if err == nil && l.settle(at, resp, time.Time{}) {
-			k(resp, nil, rl)
-			return
-		}
-		go l.resume(at, resp, time.Time{}, err, true, k)
-	})
+	err := p.Start(at.req, at)
 	started = true
 	if err != nil {
 		at.active.Add(-1)
 		l.resume(at, nil, time.Time{}, err, false, k)
 	}
+}
+
+// Complete is the h2up.Completion of startAsync's attempt.
+func (at *attempt) Complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
+	l, k := at.l, at.k
+	at.active.Add(-1)
+	if rl == nil {
+		l.resume(at, resp, time.Time{}, err, false, k)
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			l.a.panicked("settling an HTTP/2 response", p)
+			if resp != nil {
+				abandonResponse(resp.Body, p, false)
+			}
+			go k.complete(nil, fmt.Errorf("%w: %v", errCompletionPanicked, p), nil)
+		}
+	}()
+	if bufferedUpstream(resp.Body) > asyncInlineMax {
+		go l.resume(at, resp, time.Time{}, nil, false, k)
+		return
+	}
+	resp, err = l.checkRefused(at, resp)
+	if err == nil && l.settle(at, resp, time.Time{}) {
+		k.complete(resp, nil, rl)
+		return
+	}
+	go l.resume(at, resp, time.Time{}, err, true, k)
 }
 
 // resume settles an attempt (it may wait: a retry's back-off), runs the
@@ -204,5 +234,5 @@ func (l *attempts) resume(at *attempt, resp *http.Response, end time.Time, err e
 	if !done {
 		resp, err = l.run()
 	}
-	k(resp, err, nil)
+	k.complete(resp, err, nil)
 }

@@ -93,6 +93,7 @@ type serving struct {
 	tb    *httpproxy.TimedBody
 	timer *time.Timer
 	l     attempts
+	k     completion // startAsync's (l7h2async.go)
 	// candBuf holds the candidates of a service of up to 4 endpoints: no
 	// allocation.
 	candBuf [4]*endpointView

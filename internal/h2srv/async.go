@@ -191,3 +191,19 @@ func (a *Async) Abort() {
 		a.release(true)
 	}()
 }
+
+// OpenStreams is the number of streams open on the connection of w (a
+// ResponseWriter of this server's, or a wrapper whose Unwrap leads to
+// one), its own included; 0 if w is not this server's.
+func OpenStreams(w http.ResponseWriter) int {
+	for {
+		switch x := w.(type) {
+		case *responseWriter:
+			return x.st.sc.openStreams()
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = x.Unwrap()
+		default:
+			return 0
+		}
+	}
+}

@@ -18,7 +18,15 @@ import (
 // flushed by rl before the read loop waits (AtWait). rl nil: a goroutine
 // of its own, which may wait (a response whose body is still coming, or
 // an error).
-type Completion func(resp *http.Response, err error, rl *ReadLoop)
+type Completion interface {
+	Complete(resp *http.Response, err error, rl *ReadLoop)
+}
+
+// CompletionFunc is a function as a Completion.
+type CompletionFunc func(resp *http.Response, err error, rl *ReadLoop)
+
+// Complete calls f.
+func (f CompletionFunc) Complete(resp *http.Response, err error, rl *ReadLoop) { f(resp, err, rl) }
 
 // Flusher flushes writes a Completion left buffered (an HTTP/2 server
 // connection's responses). Values are comparable: one per connection.
@@ -70,10 +78,10 @@ func (c *conn) completeLater(s *stream) {
 func (s *stream) complete(rl *ReadLoop) {
 	s.later = false
 	if rl == nil {
-		go s.done(s.resp, nil, nil)
+		go s.done.Complete(s.resp, nil, nil)
 		return
 	}
-	s.done(s.resp, nil, rl)
+	s.done.Complete(s.resp, nil, rl)
 }
 
 // beforeWait, before the read loop may wait: completions of responses

@@ -37,7 +37,7 @@ func startOnce(t *testing.T, ctx context.Context, serve func(c net.Conn, fr *htt
 	t.Cleanup(p.Close)
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
 	out := make(chan completed, 2)
-	err := p.Start(req, func(resp *http.Response, err error, rl *h2up.ReadLoop) {
+	err := p.Start(req, h2up.CompletionFunc(func(resp *http.Response, err error, rl *h2up.ReadLoop) {
 		c := completed{resp: resp, err: err, readLoop: rl != nil}
 		if rl != nil && fl != nil {
 			rl.AtWait(fl)
@@ -53,7 +53,7 @@ func startOnce(t *testing.T, ctx context.Context, serve func(c net.Conn, fr *htt
 			resp.Body.Close()
 		}
 		out <- c
-	})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -336,7 +336,7 @@ func (s *stream) fail(err error) {
 	s.mu.Unlock()
 	s.c.credit(nil, left, false)
 	if owned && s.done != nil {
-		go s.done(nil, err, nil) // fail's callers may hold up the read loop, or be it
+		go s.done.Complete(nil, err, nil) // fail's callers may hold up the read loop, or be it
 	}
 }
 
