@@ -31,6 +31,10 @@ var asyncH2 atomic.Bool
 
 func init() { asyncH2.Store(true) }
 
+// asyncInline counts responses finished on an upstream's read loop
+// (tests).
+var asyncInline atomic.Int64
+
 // asyncInlineMax is the largest response body completed on the upstream's
 // read loop: it must fit h2srv's write buffer (one DATA frame).
 const asyncInlineMax = 8 << 10
@@ -110,6 +114,7 @@ func (f *h2Fwd) complete(res *http.Response, err error, rl *h2up.ReadLoop) {
 	default:
 		if fl, ok := as.TryFinish(); ok {
 			rl.AtWait(fl)
+			asyncInline.Add(1)
 		} else {
 			go as.Finish() // the client's window, or its writer, would make the read loop wait
 		}
