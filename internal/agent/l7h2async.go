@@ -26,10 +26,12 @@ import (
 // writer that would make the read loop wait) goes on on a goroutine, as
 // the handler would have.
 
-// asyncH2 switches the asynchronous path on (tests compare both).
+// asyncH2 switches the asynchronous path on. Off: measured in session 35
+// (BENCHMARKS.md) it lowered the agent's CPU and system calls per h2c
+// request but not its rate, and its flush on the upstream's read loop may
+// wait on a client whose socket is full (FlushPending writes); tests turn
+// it on.
 var asyncH2 atomic.Bool
-
-func init() { asyncH2.Store(true) }
 
 // asyncInline counts responses finished on an upstream's read loop
 // (tests).

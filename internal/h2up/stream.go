@@ -50,8 +50,8 @@ type stream struct {
 	buf      bytes.Buffer
 	eof      bool
 	held     bool // data pushed with its wake-up deferred (conn.wakeLater): not read yet
-	err      error
 	closed   bool // body closed by the caller
+	err      error
 	trailer  http.Header
 	n        int64 // body bytes received
 
