@@ -178,3 +178,38 @@ func TestDetachPanic(t *testing.T) {
 		t.Fatalf("Abort: got %v, want a stream reset with INTERNAL_ERROR", err)
 	}
 }
+
+// TestDetachTryFinishShortWindow: with the client's stream window at 10
+// bytes, TryFinish declines a 100-byte body (nothing written); Finish
+// sends 10 bytes and the rest after the client's WINDOW_UPDATE.
+func TestDetachTryFinishShortWindow(t *testing.T) {
+	addr, ch := detaching(t, nil)
+	rc := newRawClient(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
+	rc.headers(1, true)
+	a := recvAsync(t, ch)
+	io.WriteString(a.ResponseWriter(), strings.Repeat("b", 100))
+	if _, ok := a.TryFinish(); ok {
+		t.Fatal("TryFinish past the client's window: true")
+	}
+	go a.Finish()
+	if s := status(rc.next()); s != "200" {
+		t.Fatalf("first frame: %s", s)
+	}
+	got := 0
+	for got < 100 {
+		d, ok := rc.next().(*http2.DataFrame)
+		if !ok {
+			t.Fatalf("want DATA, got %T", d)
+		}
+		got += len(d.Data())
+		if got > 10 && got-len(d.Data()) < 10 {
+			t.Fatalf("DATA past the stream window: %d bytes", got)
+		}
+		if got == 10 {
+			rc.fr.WriteWindowUpdate(1, 90)
+		}
+		if d.StreamEnded() != (got == 100) {
+			t.Fatalf("END_STREAM at %d bytes", got)
+		}
+	}
+}
