@@ -242,7 +242,7 @@ func newL7(a *Agent) *l7 {
 			tb.Unanswered() // the rest of the body, bounded (httpproxy.TimedBody); after a panic the connection closes
 		}
 	})
-	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug, OnPanic: a.h2srvPanicked}
+	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug, OnPanic: a.h2srvPanicked, InlineAll: asyncH2.Load()}
 	s.srv = &http.Server{
 		Handler:           handler,
 		Protocols:         &protos,

@@ -58,8 +58,9 @@ type attempt struct {
 	req         *http.Request
 	// The asynchronous path's (l7h2async.go): the loop and the answer's
 	// continuation.
-	l *attempts
-	k completion
+	l     *attempts
+	k     completion
+	later interface{ flushLater(h2up.Flusher) bool } // nil: the request's frames are flushed at once
 }
 
 func (lt *lbTransport) initAttempts(l *attempts, req *http.Request, sv *serviceView, t listenTarget, cands []*endpointView, policy api.RetryPolicy, route string, rec *reqObs, clk *reqClock) {

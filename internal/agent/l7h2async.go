@@ -79,9 +79,15 @@ func (s *l7) startH2(rw http.ResponseWriter, in, out *http.Request, transport ht
 	}
 	call.detached = true
 	f := &h2Fwd{s: s, as: as, rw: rw, in: in, out: out, call: call, nc: nc}
+	f.at.later = f
 	lt.startAsync(&f.sg, &f.at, out, f)
 	return true
 }
+
+// flushLater has fl flushed after the handlers its connection's read
+// loop runs with this one (h2srv.AtWait): false if this one does not run
+// there.
+func (f *h2Fwd) flushLater(fl h2up.Flusher) bool { return h2srv.AtWait(f.rw, fl) }
 
 // complete is forwardH2's rest for a detached stream.
 func (f *h2Fwd) complete(res *http.Response, err error, rl *h2up.ReadLoop) {
@@ -187,7 +193,15 @@ func (l *attempts) startAsync(at *attempt, k completion) {
 			panic(p)
 		}
 	}()
-	err := p.Start(at.req, at)
+	var err error
+	if at.later != nil { // its frames go with the next requests' (h2srv.AtWait)
+		var fl h2up.Flusher
+		if fl, err = p.StartLater(at.req, at); err == nil && !at.later.flushLater(fl) {
+			fl.FlushPending()
+		}
+	} else {
+		err = p.Start(at.req, at)
+	}
 	started = true
 	if err != nil {
 		at.active.Add(-1)

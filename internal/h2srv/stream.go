@@ -70,6 +70,7 @@ type stream struct {
 	// the client's window is short, WINDOW_UPDATEs (which take the read
 	// loop over: inline.go, where it is not a stream beside another).
 	answered atomic.Bool
+	inlined  bool // its handler runs on the read loop's goroutine (runQueue)
 
 	reqBody requestBody // req.Body of a request with one: in the stream's allocation
 	vals    [4]string   // the request header's values, if they fit (newRequest)

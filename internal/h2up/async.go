@@ -58,12 +58,35 @@ func (rl *ReadLoop) pending() bool { return len(rl.flushers) > 0 || len(rl.c.don
 // context ending before the response resets the stream (done gets the
 // error).
 func (p *Pool) Start(req *http.Request, done Completion) error {
-	s, err := p.open(req, done)
+	s, err := p.open(req, done, false)
 	if err != nil {
 		return err
 	}
 	s.watch()
 	return nil
+}
+
+// StartLater is Start leaving the request's frames in the connection's
+// buffer: the Flusher returned flushes them, and the caller must have it
+// do so before it waits (requests sent in a row share a write).
+func (p *Pool) StartLater(req *http.Request, done Completion) (Flusher, error) {
+	s, err := p.open(req, done, true)
+	if err != nil {
+		return nil, err
+	}
+	s.watch()
+	return s.c, nil
+}
+
+// FlushPending flushes what StartLater left buffered; if the writer is
+// busy, a goroutine of its own waits for it.
+func (c *conn) FlushPending() {
+	if !c.wmu.TryLock() {
+		go c.flush()
+		return
+	}
+	c.writeLocked(func() error { return nil }, true)
+	c.wmu.Unlock()
 }
 
 // completeLater: s's response headers came (read loop): its completion

@@ -97,7 +97,7 @@ func New(cfg Config) *Pool {
 // the server refused (REFUSED_STREAM, or above its GOAWAY's last stream)
 // is reported as such: nothing of it was processed.
 func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
-	s, err := p.open(req, nil)
+	s, err := p.open(req, nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +106,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // open sends req on a pooled connection's new stream (done: its
 // completion, Start's).
-func (p *Pool) open(req *http.Request, done Completion) (*stream, error) {
+func (p *Pool) open(req *http.Request, done Completion, later bool) (*stream, error) {
 	if err := checkRequest(req); err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func (p *Pool) open(req *http.Request, done Completion) (*stream, error) {
 		if err != nil {
 			return nil, err
 		}
-		s, err := c.open(req, done)
+		s, err := c.open(req, done, later)
 		if errors.Is(err, errConnGone) {
 			if attempt < 3 {
 				continue // the connection went away before the stream was opened

@@ -73,7 +73,7 @@ type stream struct {
 
 // roundTrip sends req on c (a slot reserved) and waits for its response.
 func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
-	s, err := c.open(req, nil)
+	s, err := c.open(req, nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +98,7 @@ func (c *conn) wait(s *stream) (*http.Response, error) {
 // open sends req on a new stream of c (a slot reserved) and returns the
 // stream, its response to come; done (nil: none) is the stream's
 // completion (Pool.Start).
-func (c *conn) open(req *http.Request, done Completion) (*stream, error) {
+func (c *conn) open(req *http.Request, done Completion, later bool) (*stream, error) {
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	hasTrailer := len(req.Trailer) > 0 && hasBody
 	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: flowwin.Initial, done: done}
@@ -170,7 +170,7 @@ func (c *conn) open(req *http.Request, done Completion) (*stream, error) {
 			return nil
 		}
 		return s.sendReady(pre, hasTrailer)
-	}, !hasBody || ready)
+	}, (!hasBody || ready) && !later)
 	written = true
 	if refused != nil { // whatever the flush of others' frames did
 		c.streamDone()
