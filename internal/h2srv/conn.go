@@ -82,7 +82,7 @@ type conn struct {
 	// A handler on the read loop's goroutine (inline.go).
 	pending     streamTask    // a new stream held until the read loop would wait; read loop only
 	queue       []streamTask  // new streams held so (Server.InlineAll); read loop only
-	ready       []streamTask  // the queue taken to run (takeQueue, loop); read loop only
+	rawQueue    []streamTask  // the queue taken to run (takeQueue, loop); read loop only
 	atWait      []Flusher     // flushes inline handlers left (AtWait); the read loop's goroutine
 	inlineOn    bool          // the read loop may run a handler (serve's goroutine); read loop only
 	inlineSkip  int           // lone streams still to go to workers after a take-over; serve's goroutine

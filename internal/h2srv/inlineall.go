@@ -98,8 +98,8 @@ func AtWait(w http.ResponseWriter, f Flusher) bool {
 	}
 }
 
-// takeQueue moves the queued streams to ready, for loop to run (rawRead).
+// takeQueue hands the queued streams to loop, to run (rawRead).
 func (sc *conn) takeQueue() {
-	sc.ready, sc.queue = sc.queue, sc.ready[:0]
+	sc.rawQueue, sc.queue = sc.queue, nil
 	sc.rawOut.queued = true
 }

@@ -135,13 +135,13 @@ func (sc *conn) loop(rc syscall.RawConn, inline bool) int {
 		if rc != nil {
 			sc.inlineOn = inline
 			fallback, err, t, back := sc.serveRaw(rc)
-			if len(sc.ready) > 0 {
-				q := sc.ready
-				sc.ready = nil
-				ok := sc.runQueue(rc, q)
-				sc.ready = q[:0] // its storage again
-				if !ok {
+			if q := sc.rawQueue; len(q) > 0 {
+				sc.rawQueue = nil
+				if !sc.runQueue(rc, q) {
 					return loopHandedOff
+				}
+				if sc.queue == nil {
+					sc.queue = q[:0] // its storage again (this goroutine's read loop still)
 				}
 				continue
 			}
