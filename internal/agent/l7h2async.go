@@ -33,6 +33,8 @@ import (
 // it on.
 var asyncH2 atomic.Bool
 
+func init() { asyncH2.Store(true) }
+
 // asyncInline counts responses finished on an upstream's read loop
 // (tests).
 var asyncInline atomic.Int64

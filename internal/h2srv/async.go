@@ -8,6 +8,8 @@ package h2srv
 import (
 	"net/http"
 	"sync/atomic"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/net/http2"
 )
@@ -21,6 +23,33 @@ type Async struct {
 	refs      atomic.Int32 // the handler's return and the response's end: the last closes the stream
 	responded atomic.Bool  // Finish or TryFinish ended the response
 	panicked  atomic.Bool  // the handler panicked after Detach: the stream was reset
+}
+
+// tryFinishHeader is room TryFinish leaves for a response's header and
+// trailer frames in the connection's buffer.
+const tryFinishHeader = 1024
+
+// unsent is how many bytes the connection's socket holds that the client
+// has not acknowledged (SIOCOUTQ), -1 if unknown (no descriptor, or the
+// call failed): a write of a buffer's worth to a socket holding none
+// does not wait. Under wmu.
+func (sc *conn) unsent() int {
+	if sc.rc == nil {
+		return -1
+	}
+	if sc.outqFn == nil {
+		sc.outqFn = func(fd uintptr) {
+			var v int32
+			if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCOUTQ, uintptr(unsafe.Pointer(&v))); e == 0 {
+				sc.outq = int(v)
+			}
+		}
+	}
+	sc.outq = -1
+	if sc.rc.Control(sc.outqFn) != nil {
+		return -1
+	}
+	return sc.outq
 }
 
 // Flusher flushes what TryFinish left in a connection's write buffer.
@@ -136,6 +165,12 @@ func (a *Async) TryFinish() (Flusher, bool) {
 	if !sc.wmu.TryLock() {
 		return nil, false
 	}
+	if sc.bw.Available() < len(data)+tryFinishHeader && sc.unsent() != 0 {
+		// The frames would not all fit the buffer, whose write could
+		// wait: the client's socket holds bytes it has not taken.
+		sc.wmu.Unlock()
+		return nil, false
+	}
 	sc.mu.Lock()
 	ok := st.err == nil && sc.werr == nil && n <= int64(sc.peerFrame) && n <= st.sendWin && n <= sc.sendWin
 	if ok {
@@ -169,6 +204,13 @@ func (a *Async) TryFinish() (Flusher, bool) {
 // busy, its holder flushes, or a goroutine of its own does.
 func (sc *conn) FlushPending() {
 	if !sc.wmu.TryLock() {
+		go sc.flushPending()
+		return
+	}
+	if sc.dirty && sc.werr == nil && sc.unsent() != 0 {
+		// The client's socket holds bytes it has not taken: the write
+		// could wait, which the caller must not.
+		sc.wmu.Unlock()
 		go sc.flushPending()
 		return
 	}

@@ -3,8 +3,10 @@ package h2srv
 import (
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -211,5 +213,54 @@ func TestDetachTryFinishShortWindow(t *testing.T) {
 		if d.StreamEnded() != (got == 100) {
 			t.Fatalf("END_STREAM at %d bytes", got)
 		}
+	}
+}
+
+// TestTryFinishClientNotReading: a client that reads nothing (a small
+// receive buffer, the largest windows) fills its socket; TryFinish and
+// FlushPending, which a proxy's upstream read loop calls, never wait on
+// it: once the socket holds bytes the client has not taken, TryFinish
+// declines (Finish, on a goroutine, waits instead) and FlushPending hands
+// its write to a goroutine.
+func TestTryFinishClientNotReading(t *testing.T) {
+	addr, ch := detaching(t, nil)
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.Write([]byte(http2.ClientPreface))
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	rc := &rawClient{t: t, c: c, fr: fr}
+	body := strings.Repeat("x", 8<<10)
+	done := make(chan int, 1)
+	go func() {
+		declined := 0
+		for id := uint32(1); id < 2*1000 && declined == 0; id += 2 { // 8 MB: past any send buffer
+
+			rc.headers(id, true)
+			a := recvAsync(t, ch)
+			io.WriteString(a.ResponseWriter(), body)
+			if f, ok := a.TryFinish(); ok {
+				f.FlushPending()
+			} else {
+				declined++
+				go a.Finish()
+			}
+		}
+		done <- declined
+	}()
+	select {
+	case n := <-done:
+		if n == 0 {
+			t.Fatal("1,000 responses of 8 KiB to a client that reads nothing: TryFinish never declined")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("TryFinish or FlushPending waited on a client that reads nothing")
 	}
 }

@@ -91,6 +91,9 @@ type conn struct {
 	handBack    chan struct{} // the read loop back to serve's goroutine
 	inlineTimer *time.Timer   // takes the read loop over from a handler running long; serve's goroutine
 	takeRC      syscall.RawConn
+	rc          syscall.RawConn // the connection's descriptor (nil: none), for unsent
+	outqFn      func(fd uintptr)
+	outq        int                   // unsent's figure; under wmu
 	rawFn       func(fd uintptr) bool // rawRead; the read loop's
 	rawOut      rawResult             // rawRead's; the read loop's
 }
@@ -450,6 +453,7 @@ func (sc *conn) serve(prefaceRead bool) {
 	sc.nc.SetReadDeadline(time.Time{})
 	sc.armIdle()
 	rc := sc.rawConn()
+	sc.rc = rc
 	for sc.loop(rc, true) == loopHandedOff {
 		// A handler ran here and the read loop went to another goroutine
 		// meanwhile: read again once that one would wait.
