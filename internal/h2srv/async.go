@@ -6,6 +6,7 @@ package h2srv
 // request for the upstream's answer.
 
 import (
+	"io"
 	"net/http"
 	"sync/atomic"
 	"syscall"
@@ -29,27 +30,51 @@ type Async struct {
 // trailer frames in the connection's buffer.
 const tryFinishHeader = 1024
 
-// unsent is how many bytes the connection's socket holds that the client
-// has not acknowledged (SIOCOUTQ), -1 if unknown (no descriptor, or the
-// call failed): a write of a buffer's worth to a socket holding none
-// does not wait. Under wmu.
-func (sc *conn) unsent() int {
+// mayWrite reports whether writing n more bytes to the connection's
+// socket cannot wait (under wmu): the socket held nothing the client had
+// not acknowledged (SIOCOUTQ) when last asked, and what was written since,
+// n included, is at most a quarter of its send buffer (SO_SNDBUF, read
+// once: it only grows). false when unknown (no descriptor).
+func (sc *conn) mayWrite(n int) bool {
 	if sc.rc == nil {
-		return -1
+		return false
 	}
 	if sc.outqFn == nil {
 		sc.outqFn = func(fd uintptr) {
 			var v int32
-			if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCOUTQ, uintptr(unsafe.Pointer(&v))); e == 0 {
+			if _, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, fd, syscall.TIOCOUTQ, uintptr(unsafe.Pointer(&v))); e == 0 {
 				sc.outq = int(v)
+			}
+			if sc.sndbuf == 0 {
+				sc.sndbuf = -1
+				if b, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF); err == nil && b > 0 {
+					sc.sndbuf = b
+				}
 			}
 		}
 	}
-	sc.outq = -1
-	if sc.rc.Control(sc.outqFn) != nil {
-		return -1
+	if sc.sndbuf > 0 && sc.wrote.n+int64(n) <= int64(sc.sndbuf/4) {
+		return true
 	}
-	return sc.outq
+	sc.outq = -1
+	if sc.rc.Control(sc.outqFn) != nil || sc.outq != 0 {
+		return false
+	}
+	sc.wrote.n = 0
+	return true
+}
+
+// countingWriter counts the bytes written through it (under wmu:
+// mayWrite).
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // Flusher flushes what TryFinish left in a connection's write buffer.
@@ -165,7 +190,7 @@ func (a *Async) TryFinish() (Flusher, bool) {
 	if !sc.wmu.TryLock() {
 		return nil, false
 	}
-	if sc.bw.Available() < len(data)+tryFinishHeader && sc.unsent() != 0 {
+	if sc.bw.Available() < len(data)+tryFinishHeader && !sc.mayWrite(sc.bw.Buffered()) {
 		// The frames would not all fit the buffer, whose write could
 		// wait: the client's socket holds bytes it has not taken.
 		sc.wmu.Unlock()
@@ -207,7 +232,7 @@ func (sc *conn) FlushPending() {
 		go sc.flushPending()
 		return
 	}
-	if sc.dirty && sc.werr == nil && sc.unsent() != 0 {
+	if sc.dirty && sc.werr == nil && !sc.mayWrite(sc.bw.Buffered()) {
 		// The client's socket holds bytes it has not taken: the write
 		// could wait, which the caller must not.
 		sc.wmu.Unlock()

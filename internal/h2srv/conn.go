@@ -93,7 +93,9 @@ type conn struct {
 	takeRC      syscall.RawConn
 	rc          syscall.RawConn // the connection's descriptor (nil: none), for unsent
 	outqFn      func(fd uintptr)
-	outq        int                   // unsent's figure; under wmu
+	outq        int                   // SIOCOUTQ's figure (mayWrite); under wmu
+	sndbuf      int                   // SO_SNDBUF, read once (mayWrite; -1: unknown); under wmu
+	wrote       countingWriter        // bw's writer: bytes written since mayWrite last asked the socket
 	rawFn       func(fd uintptr) bool // rawRead; the read loop's
 	rawOut      rawResult             // rawRead's; the read loop's
 }
@@ -106,7 +108,8 @@ func newConn(s *Server, c net.Conn, o ConnOptions) *conn {
 		sc.opts.Context = context.Background()
 	}
 	sc.in = &inbuf{nc: c, buf: make([]byte, inbufSize)}
-	sc.bw = bufio.NewWriterSize(c, 16<<10)
+	sc.wrote.w = c
+	sc.bw = bufio.NewWriterSize(&sc.wrote, 16<<10)
 	sc.fr = http2.NewFramer(sc.bw, sc.in)
 	sc.meta = h2meta.New(sc.fr, DefaultMaxHeaderList) // header blocks decoded as ReadMetaHeaders would
 	sc.fr.SetReuseFrames()
