@@ -26,14 +26,17 @@ import (
 // writer that would make the read loop wait) goes on on a goroutine, as
 // the handler would have.
 
-// asyncH2 switches the asynchronous path on. Off: measured in session 35
-// (BENCHMARKS.md) it lowered the agent's CPU and system calls per h2c
-// request but not its rate, and its flush on the upstream's read loop may
-// wait on a client whose socket is full (FlushPending writes); tests turn
-// it on.
+// asyncH2 switches the asynchronous path on, with h2srv's InlineAll (the
+// handlers of a client read's streams on its connection's read loop, their
+// upstream frames flushed once after them). Measured in session 35
+// (BENCHMARKS.md) it raised the h2c rate and lowered the agent's CPU and
+// system calls per request; off until a handler that waits before it
+// detaches (an external authorization call, the circuit breaker's queue, a
+// dial, a request this path does not take: an observer, an HTTP/1.1
+// endpoint) hands the streams queued behind it to workers first: it holds
+// the read loop and them meanwhile (h2srv's take-over bounds that at
+// inlineLimit per handler only). Tests turn it on.
 var asyncH2 atomic.Bool
-
-func init() { asyncH2.Store(true) }
 
 // asyncInline counts responses finished on an upstream's read loop
 // (tests).
