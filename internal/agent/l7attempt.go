@@ -24,22 +24,21 @@ import (
 
 // attempts is the loop's state.
 type attempts struct {
-	lt         *lbTransport
-	a          *Agent
-	req        *http.Request
-	sv         *serviceView
-	t          listenTarget
-	cands      []*endpointView
-	pol        retry.Policy
-	perTry     time.Duration
-	route      string
-	rec        *reqObs
-	clk        *reqShare
-	rb         *replayBody
-	replayable func() bool
-	bodyless   bool
-	src        string
-	last       *http.Response // the last upstream response not returned, body kept
+	lt       *lbTransport
+	a        *Agent
+	req      *http.Request
+	sv       *serviceView
+	t        listenTarget
+	cands    []*endpointView
+	pol      retry.Policy
+	perTry   time.Duration
+	route    string
+	rec      *reqObs
+	clk      *reqShare
+	rb       *replayBody
+	bodyless bool
+	src      string
+	last     *http.Response // the last upstream response not returned, body kept
 	// pending is an attempt's answer from the pool's return until it is
 	// returned, kept or closed: a panic in between (a bug) gives it up
 	// (ended), as the caller's guards give up what they got (its upstream
@@ -76,23 +75,28 @@ func (lt *lbTransport) initAttempts(l *attempts, req *http.Request, sv *serviceV
 	// http.Transport closes the request body even when it fails to
 	// connect; shield it (the server closes the real body when the
 	// handler returns), and keep what is sent of it for a retry.
-	l.replayable = func() bool { return true }
 	l.bodyless = httpproxy.BodyNone(req.Body)
 	if !l.bodyless {
 		out := *req
 		if l.pol.Retries > 0 && req.ContentLength <= retryBodyLimit {
 			l.rb = newReplayBody(req.Body, retryBodyLimit)
 			l.rb.want = int(max(req.ContentLength, 0))
-			l.replayable = l.rb.replayable
 		} else {
 			out.Body = noCloseBody{req.Body}
-			l.replayable = func() bool { return false }
 		}
 		req = &out
 	}
 	l.req = req
 	a.retryAccount(sv, t.svc).Deposit()
 	l.src = l.clk.srcOf(req)
+}
+
+// replayable reports whether another attempt can send the whole body: a
+// bodyless request, or one whose body is kept (replayBody) and fits. (A
+// method: the method value rb.replayable kept in the loop's state, which
+// outlives the call, was one allocation per request with a body; issue 14.)
+func (l *attempts) replayable() bool {
+	return l.bodyless || l.rb != nil && l.rb.replayable()
 }
 
 // ended is the loop's end, its answer given or a panic in it: an answer
@@ -225,7 +229,7 @@ func (l *attempts) checkRefused(at *attempt, resp *http.Response) (*http.Respons
 	release := at.release
 	switch {
 	case ev.mesh != "" && httpproxy.ResponseField(resp, hdrWorkloadRefused) != "" && a.ident != nil &&
-		resp.StatusCode == http.StatusServiceUnavailable && (l.bodyless || l.rb != nil && l.rb.replayable()):
+		resp.StatusCode == http.StatusServiceUnavailable && l.replayable():
 		// The endpoint's agent (mTLS: no workload can speak for it;
 		// it strips the field from workload answers) could not
 		// connect to its workload: nothing of the request reached it,
