@@ -238,11 +238,11 @@ func newL7(a *Agent) *l7 {
 			r.Body = tb
 		}
 		norm.ServeHTTP(w, r)
-		if tb != nil {
+		if tb != nil && !h2Detached(ctx) {
 			tb.Unanswered() // the rest of the body, bounded (httpproxy.TimedBody); after a panic the connection closes
 		}
 	})
-	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug, OnPanic: a.h2srvPanicked}
+	s.h2 = &h2srv.Server{Handler: handler, ErrorLog: a.log.Debug, OnPanic: a.h2srvPanicked, InlineAll: asyncH2.Load()}
 	s.srv = &http.Server{
 		Handler:           handler,
 		Protocols:         &protos,

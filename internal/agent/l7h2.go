@@ -36,6 +36,9 @@ type upstreamBodyKey struct{}
 // upstreamEnded reports whether r (a response body, through the agent's
 // wrappers) has ended upstream: reads return the rest without waiting.
 func upstreamEnded(r io.Reader) bool {
+	if r == http.NoBody {
+		return true
+	}
 	u, ok := r.(interface{ UpstreamEnded() bool })
 	return ok && u.UpstreamEnded()
 }
@@ -76,6 +79,7 @@ type h2Call struct {
 	xfHost     [1]string
 	srcID      [1]string // the identity header's value
 	forwarding bool      // forwardH2 took nc and the values (once)
+	detached   bool      // forwardH2 forwards it asynchronously (l7h2async.go)
 }
 
 type h2CallKey struct{}

@@ -84,6 +84,26 @@ var emptyUA = []string{""}
 // transport and writes the response to rw, as ReverseProxy with newL7's
 // Rewrite does.
 func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget, transport http.RoundTripper) {
+	out, call, nc := s.rewriteH2(in, t)
+	if s.startH2(rw, in, out, transport, call, nc) {
+		return // the response is finished when it comes (l7h2async.go)
+	}
+	if nc != nil {
+		defer nc.Close()
+	}
+	res, err := transport.RoundTrip(out)
+	if s.respondH2(rw, in, out, res, err) {
+		// The response is cut: the stream is reset (h2srv answers
+		// ErrAbortHandler with RST_STREAM), not ended as if complete.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// rewriteH2 makes in the request sent on (in itself: see above), and
+// returns the h2Call it found (nil: none) and the body's shield from the
+// transport's Close (nil: no body), which the caller closes once the
+// handler is done with the request.
+func (s *l7) rewriteH2(in *http.Request, t listenTarget) (*http.Request, *h2Call, *noopCloseBody) {
 	// The request sent on: in itself (see above).
 	out := in
 	// What this adds per request lives in the handler's h2Call (one
@@ -97,6 +117,7 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 	if out.ContentLength == 0 {
 		out.Body = nil // Issue 16036, as ReverseProxy
 	}
+	var ncOut *noopCloseBody
 	if out.Body != nil {
 		// As ReverseProxy: the transport's Close does not reach the
 		// server's body, and no read follows the handler's return.
@@ -108,7 +129,7 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 			nc = &noopCloseBody{r: out.Body}
 		}
 		out.Body = nc
-		defer nc.Close()
+		ncOut = nc
 	}
 	out.Close = false
 	h := out.Header
@@ -133,18 +154,23 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = emptyUA
 	}
+	return out, call, ncOut
+}
 
-	res, err := transport.RoundTrip(out)
+// respondH2 writes the response to rw (or err's answer), as ReverseProxy
+// does; true: the response was cut (its body's copy failed) and the
+// stream must be reset.
+func (s *l7) respondH2(rw http.ResponseWriter, in, out *http.Request, res *http.Response, err error) (cut bool) {
 	if err != nil {
 		s.errorHandler(rw, out, err)
-		return
+		return false
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// No upgrade was asked for (forwardH2Eligible): as ReverseProxy's
 		// handleUpgradeResponse answers an unasked one.
 		res.Body.Close()
 		s.errorHandler(rw, out, fmt.Errorf("backend tried to switch protocol %q when %q was requested", res.Header.Get("Upgrade"), ""))
-		return
+		return false
 	}
 	httpproxy.RemoveHopByHop(res.Header)
 	dst := rw.Header()
@@ -182,7 +208,7 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 		// The response is cut: the stream is reset (h2srv answers
 		// ErrAbortHandler with RST_STREAM), not ended as if complete.
 		s.a.log.Debug("agent: h2 response body copy failed", "host", in.Host, "err", err)
-		panic(http.ErrAbortHandler)
+		return true
 	}
 	res.Body.Close() // now, to populate res.Trailer
 	if len(res.Trailer) > 0 {
@@ -192,7 +218,7 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 		for k, vv := range res.Trailer {
 			dst[k] = append(dst[k], vv...)
 		}
-		return
+		return false
 	}
 	for k, vv := range res.Trailer {
 		if len(vv) == 0 {
@@ -205,6 +231,7 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 			dst[k] = append(dst[k], vv...)
 		}
 	}
+	return false
 }
 
 // trailerKey is k with http.TrailerPrefix (ReverseProxy's key for a

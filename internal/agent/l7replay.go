@@ -116,8 +116,8 @@ func (rb *replayBody) wantBuf() []byte {
 // release gives a pooled buf back once no attempt can read from it any
 // more: the body was read to its end, no read of it runs, and the current
 // attempt has read all of it (its next Read returns io.EOF with or
-// without buf; earlier attempts' fail with errBodyGone). lbTransport's
-// roundTrip calls it as it returns: no attempt follows. A body still
+// without buf; earlier attempts' fail with errBodyGone). The attempt
+// loop's end calls it (attempts.ended): no attempt follows. A body still
 // read then (its rest sent full duplex) keeps its buffer for the GC.
 func (rb *replayBody) release() {
 	rb.mu.Lock()

@@ -114,16 +114,94 @@ func mayQueue(sv *serviceView, proto string) bool {
 }
 
 // serve is RoundTrip's work; rec (nil: none) learns the route, endpoint
-// and attempts; place and done are roundTripAt's.
+// and attempts; place and done are roundTripAt's. Its steps (prepare,
+// the attempts, finish, hold) are serving's.
 func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace, done *doneBody, clk *reqShare) (resp *http.Response, err error) {
+	sg := servings.Get().(*serving) // its candidates' array in it: pooled, not one allocation per request
+	defer func() {
+		sg.hold(resp, err, done)
+		*sg = serving{}
+		servings.Put(sg)
+	}()
+	if resp, err, ok := lt.prepare(sg, req, rec, place, clk); !ok {
+		return resp, err
+	}
+	resp, err = sg.l.run()
+	return sg.finish(resp, err)
+}
+
+var servings = sync.Pool{New: func() any { return new(serving) }}
+
+// serving is one request's state between serve's steps.
+type serving struct {
+	lt    *lbTransport
+	req   *http.Request
+	h     reqHold
+	tb    *httpproxy.TimedBody
+	timer *time.Timer
+	l     attempts
+	k     completion // startAsync's (l7h2async.go)
+	// candBuf holds the candidates of a service of up to 4 endpoints: no
+	// allocation.
+	candBuf [4]*endpointView
+}
+
+// hold hands what the request holds to its response's body (released
+// when the body is done), or releases it: no response (an error, a
+// panic).
+func (sg *serving) hold(resp *http.Response, err error, done *doneBody) {
+	if err != nil || resp == nil {
+		sg.h.release()
+		return
+	}
+	sg.h.onDoneIn(resp, done)
+	// Only the HTTP/2 handler sets one (newL7): a fast-path
+	// request's context is not searched for it.
+	if !sg.lt.h1 {
+		if ub, ok := sg.req.Context().Value(upstreamBodyKey{}).(*upstreamBody); ok {
+			ub.body.Store(&resp.Body)
+		}
+	}
+}
+
+// finish is serve's step after the attempts.
+func (sg *serving) finish(resp *http.Response, err error) (*http.Response, error) {
+	req, tb, timer := sg.req, sg.tb, sg.timer
+	if err != nil {
+		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
+			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)
+			if tb != nil && tb.Expire() {
+				err = fmt.Errorf("%w: body not received within the request timeout", httpproxy.ErrBodyTimeout)
+			}
+		}
+		return nil, err
+	}
+	if tb != nil && resp.StatusCode == http.StatusSwitchingProtocols {
+		tb.Stop() // the connection is the endpoint's from here on (ReverseProxy hijacks it)
+	} else if tb != nil {
+		tb.AnsweredBy(resp) // the endpoint reads the rest as the response goes out
+	}
+	if timer != nil {
+		timer.Stop()
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			sg.h.timeout = nil // the upgraded connection keeps the context
+		}
+	}
+	return resp, nil
+}
+
+// prepare is serve's step before the attempts: ok, the attempts are set
+// up in sg.l; else resp or err is the answer.
+func (lt *lbTransport) prepare(sg *serving, req *http.Request, rec *reqObs, place *clientPlace, clk *reqShare) (resp *http.Response, err error, ok bool) {
+	sg.lt, sg.req = lt, req
 	a := lt.l7.a
 	t, ok := clk.targetOf(req)
 	if !ok {
-		return nil, errors.New("request without a service")
+		return nil, errors.New("request without a service"), false
 	}
 	sv := a.view.Load().services[t.svc]
 	if sv == nil {
-		return nil, errNoEndpoint
+		return nil, errNoEndpoint, false
 	}
 	// The gap between body reads holds from here: an answer of the agent's
 	// (a fault, an error) drains the body within it too (l7body.go).
@@ -131,41 +209,27 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 	// What the request takes below (its client's place, its agent and
 	// circuit breaker slots, its timeout) it holds until its response body
 	// is done (a stream or a download counts as long as it lasts), or
-	// until now when there is no response.
-	var h reqHold
-	defer func() {
-		if err != nil || resp == nil {
-			h.release()
-		} else {
-			h.onDoneIn(resp, done)
-			// Only the HTTP/2 handler sets one (newL7): a fast-path
-			// request's context is not searched for it.
-			if !lt.h1 {
-				if ub, ok := req.Context().Value(upstreamBodyKey{}).(*upstreamBody); ok {
-					ub.body.Store(&resp.Body)
-				}
-			}
-		}
-	}()
-	if !lt.l7.clients.acquireFor(req, place, a.cfg.MaxRequestsPerClient, &h) {
+	// until now when there is no response (hold).
+	h := &sg.h
+	if !lt.l7.clients.acquireFor(req, place, a.cfg.MaxRequestsPerClient, h) {
 		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_client_limit_rejections_total{service=%q}`, t.svc)).Inc()
-		return nil, errClientLimit
+		return nil, errClientLimit, false
 	}
 	// Traffic class: from the route rule, else the header, else the default.
 	rule, noRoute := sv.routeRule(req)
 	if noRoute {
 		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_no_route_total{service=%q}`, t.svc)).Inc()
-		return nil, errNoRoute
+		return nil, errNoRoute, false
 	}
 	class := a.classOf(sv, rule, req)
 	if !a.admit(sv, class) {
 		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_agent_shed_total{service=%q,class=%q}`, t.svc, className(class))).Inc()
-		return nil, errShed
+		return nil, errShed, false
 	}
 	h.inflight = &a.l7Inflight
 	if rule != nil && rule.Fault != nil {
 		if resp, err := a.injectFault(req, t.svc, rule.Fault); resp != nil || err != nil {
-			return resp, err
+			return resp, err, false
 		}
 	}
 	retries, timeout := sv.svc.Spec.Retries, time.Duration(sv.svc.Spec.Timeouts.Request)
@@ -185,7 +249,7 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 		if b.Subset != "" {
 			labels, ok := sv.subsets[b.Subset]
 			if !ok {
-				return nil, fmt.Errorf("%w: subset %q of %s is not defined by a DestinationPolicy", errNoEndpoint, b.Subset, t.svc)
+				return nil, fmt.Errorf("%w: subset %q of %s is not defined by a DestinationPolicy", errNoEndpoint, b.Subset, t.svc), false
 			}
 			subset, subsetLabels = b.Subset, labels
 		}
@@ -199,11 +263,10 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 	// The destination's traffic policy from here on: balancer, outlier
 	// detection, circuit breaker, pools (policy.go).
 	sv = effectivePolicy(sv, subset, t.port)
-	var candBuf [4]*endpointView // the candidates of a service of up to 4 endpoints: no allocation
-	cands := a.pickSubsetInto(candBuf[:0], sv, t.port, subset, subsetLabels)
+	cands := a.pickSubsetInto(sg.candBuf[:0], sv, t.port, subset, subsetLabels)
 	if len(cands) == 0 {
 		a.m.connNoEP.Inc()
-		return nil, errNoEndpoint
+		return nil, errNoEndpoint, false
 	}
 	// The circuit breaker: a slot, or a place in the queue for at most
 	// the request timeout, which the wait then counts against.
@@ -212,13 +275,13 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 	}
 	timeout, releaseSlot, err := lt.l7.limitRequest(req.Context(), sv, t.proto, timeout)
 	if err != nil {
-		return nil, err
+		return nil, err, false
 	}
 	h.slot = releaseSlot
 	// The request timeout covers reading the request body, and no read
 	// of it waits longer than timeouts.requestBody, until the response
 	// header arrives.
-	tb := httpproxy.ArmBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), timeout)
+	sg.tb = httpproxy.ArmBody(req, time.Duration(sv.svc.Spec.Timeouts.RequestBody), timeout)
 	if rule != nil && rule.Mirror != nil {
 		req = lt.mirror(req, svcView, t, rule.Mirror, timeout)
 	}
@@ -235,39 +298,20 @@ func (lt *lbTransport) serve(req *http.Request, rec *reqObs, place *clientPlace,
 	// The request timeout bounds the time to response headers: a timer
 	// cancels the request unless headers came first. The context lives on
 	// with the response body and is released when the body is closed.
-	var timer *time.Timer
 	if d := timeout; d > 0 {
 		ctx, cancel := context.WithCancelCause(req.Context())
-		timer = time.AfterFunc(d, func() { cancel(context.DeadlineExceeded) })
+		timer := time.AfterFunc(d, func() { cancel(context.DeadlineExceeded) })
 		req = req.WithContext(ctx)
 		// Released with the rest if the round trip fails, or panics.
 		h.timeout = func() { timer.Stop(); cancel(nil) }
+		sg.timer = timer
 	}
 	if rec != nil {
 		rec.route = routeName(rule)
 	}
-	resp, err = lt.roundTrip(req, sv, t, cands, retries, routeName(rule), rec, clk)
-	if err != nil {
-		if timer != nil && context.Cause(req.Context()) == context.DeadlineExceeded {
-			err = fmt.Errorf("request timeout: %w", context.DeadlineExceeded)
-			if tb != nil && tb.Expire() {
-				err = fmt.Errorf("%w: body not received within the request timeout", httpproxy.ErrBodyTimeout)
-			}
-		}
-		return nil, err
-	}
-	if tb != nil && resp.StatusCode == http.StatusSwitchingProtocols {
-		tb.Stop() // the connection is the endpoint's from here on (ReverseProxy hijacks it)
-	} else if tb != nil {
-		tb.AnsweredBy(resp) // the endpoint reads the rest as the response goes out
-	}
-	if timer != nil {
-		timer.Stop()
-		if resp.StatusCode == http.StatusSwitchingProtocols {
-			h.timeout = nil // the upgraded connection keeps the context
-		}
-	}
-	return resp, nil
+	sg.req = req
+	lt.initAttempts(&sg.l, req, sv, t, cands, retries, routeName(rule), rec, clk)
+	return nil, nil, true
 }
 
 // releaseOnClose runs release when the body is closed.

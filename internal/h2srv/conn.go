@@ -81,6 +81,9 @@ type conn struct {
 
 	// A handler on the read loop's goroutine (inline.go).
 	pending     streamTask    // a new stream held until the read loop would wait; read loop only
+	queue       []streamTask  // new streams held so (Server.InlineAll); read loop only
+	rawQueue    []streamTask  // the queue taken to run (takeQueue, loop); read loop only
+	atWait      []Flusher     // flushes inline handlers left (AtWait); the read loop's goroutine
 	inlineOn    bool          // the read loop may run a handler (serve's goroutine); read loop only
 	inlineSkip  int           // lone streams still to go to workers after a take-over; serve's goroutine
 	inline      atomic.Int32  // inlineNone, inlineRun, inlineTaken
@@ -88,6 +91,11 @@ type conn struct {
 	handBack    chan struct{} // the read loop back to serve's goroutine
 	inlineTimer *time.Timer   // takes the read loop over from a handler running long; serve's goroutine
 	takeRC      syscall.RawConn
+	rc          syscall.RawConn // the connection's descriptor (nil: none), for unsent
+	outqFn      func(fd uintptr)
+	outq        int                   // SIOCOUTQ's figure (mayWrite); under wmu
+	sndbuf      int                   // SO_SNDBUF, read once (mayWrite; -1: unknown); under wmu
+	wrote       countingWriter        // bw's writer: bytes written since mayWrite last asked the socket
 	rawFn       func(fd uintptr) bool // rawRead; the read loop's
 	rawOut      rawResult             // rawRead's; the read loop's
 }
@@ -100,7 +108,8 @@ func newConn(s *Server, c net.Conn, o ConnOptions) *conn {
 		sc.opts.Context = context.Background()
 	}
 	sc.in = &inbuf{nc: c, buf: make([]byte, inbufSize)}
-	sc.bw = bufio.NewWriterSize(c, 16<<10)
+	sc.wrote.w = c
+	sc.bw = bufio.NewWriterSize(&sc.wrote, 16<<10)
 	sc.fr = http2.NewFramer(sc.bw, sc.in)
 	sc.meta = h2meta.New(sc.fr, DefaultMaxHeaderList) // header blocks decoded as ReadMetaHeaders would
 	sc.fr.SetReuseFrames()
@@ -447,6 +456,7 @@ func (sc *conn) serve(prefaceRead bool) {
 	sc.nc.SetReadDeadline(time.Time{})
 	sc.armIdle()
 	rc := sc.rawConn()
+	sc.rc = rc
 	for sc.loop(rc, true) == loopHandedOff {
 		// A handler ran here and the read loop went to another goroutine
 		// meanwhile: read again once that one would wait.

@@ -372,6 +372,9 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	// A lone stream is held until the read loop has processed what it
 	// read (serveRaw), which may then run it itself (inline.go); any
 	// other goes to a worker now, a stream held before it first.
+	if sc.queueStream(streamTask{st, h}) {
+		return nil
+	}
 	if sc.inlineOn && sc.in.raw {
 		sc.mu.Lock()
 		others := sc.othersOpenLocked(st)

@@ -135,6 +135,16 @@ func (sc *conn) loop(rc syscall.RawConn, inline bool) int {
 		if rc != nil {
 			sc.inlineOn = inline
 			fallback, err, t, back := sc.serveRaw(rc)
+			if q := sc.rawQueue; len(q) > 0 {
+				sc.rawQueue = nil
+				if !sc.runQueue(rc, q) {
+					return loopHandedOff
+				}
+				if sc.queue == nil {
+					sc.queue = q[:0] // its storage again (this goroutine's read loop still)
+				}
+				continue
+			}
 			if t.st != nil {
 				if !sc.runInline(rc, t) {
 					return loopHandedOff
@@ -202,10 +212,13 @@ func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error, inline s
 	}
 	rerr := rc.Read(sc.rawFn)
 	in.raw = false
-	fallback, inline, back, ferr := r.fallback, r.inline, r.back, r.err
+	fallback, inline, back, ferr, queued := r.fallback, r.inline, r.back, r.err, r.queued
 	*r = rawResult{}
 	if inline.st == nil {
 		sc.dispatchPending() // not held across blocking reads or the end
+	}
+	if !queued {
+		sc.dispatchQueue()
 	}
 	if ferr != nil {
 		return false, ferr, streamTask{}, false
@@ -216,6 +229,7 @@ func (sc *conn) serveRaw(rc syscall.RawConn) (fallback bool, err error, inline s
 // rawResult is what rawRead leaves for serveRaw.
 type rawResult struct {
 	fallback, back bool
+	queued         bool // sc.queue moved to sc.ready: the read loop runs it
 	err            error
 	inline         streamTask
 }
@@ -229,6 +243,11 @@ func (sc *conn) rawRead(fd uintptr) bool {
 			if r.err = sc.handleFrame(f, err); r.err != nil {
 				return true
 			}
+		}
+		if len(sc.queue) > 0 && in.r == in.w && sc.inlineOn {
+			sc.armControl()
+			sc.takeQueue()
+			return true
 		}
 		if sc.pending.st != nil && in.r == in.w && sc.inlineOn && sc.inlineReady() {
 			// Every byte read is taken: run the handler now, not after a
@@ -250,6 +269,10 @@ func (sc *conn) rawRead(fd uintptr) bool {
 			continue
 		case syscall.EAGAIN:
 			sc.armControl()
+			if len(sc.queue) > 0 && sc.inlineOn {
+				sc.takeQueue()
+				return true
+			}
 			if sc.pending.st != nil {
 				if sc.inlineOn && sc.inlineReady() {
 					r.inline, sc.pending = sc.pending, streamTask{}

@@ -51,6 +51,10 @@ type Server struct {
 	// logged by log/slog's default logger, at error level. (A handler's
 	// panic is the handler's: its stream is reset, ErrorLog told.)
 	OnPanic func(v any)
+	// InlineAll runs every stream's handler on its connection's read loop
+	// when the read loop would wait (inlineall.go): for handlers that
+	// return at once (Detach).
+	InlineAll bool
 
 	// work hands a stream to an idle handler goroutine (workers): a
 	// goroutine per stream paid for its creation and, deeper in the proxy,

@@ -70,6 +70,7 @@ type stream struct {
 	// the client's window is short, WINDOW_UPDATEs (which take the read
 	// loop over: inline.go, where it is not a stream beside another).
 	answered atomic.Bool
+	inlined  bool // its handler runs on the read loop's goroutine (runQueue)
 
 	reqBody requestBody // req.Body of a request with one: in the stream's allocation
 	vals    [4]string   // the request header's values, if they fit (newRequest)
@@ -177,7 +178,8 @@ func (st *stream) trailersLocked(f *http2.MetaHeadersFrame, canon func(string) s
 	return nil
 }
 
-// run runs the handler and finishes the response.
+// run runs the handler and finishes the response (unless the handler
+// detached it: Detach, async.go).
 func (st *stream) run(h http.Handler) {
 	sc := st.sc
 	rw := getWriter(st)
@@ -186,34 +188,45 @@ func (st *stream) run(h http.Handler) {
 		if e != nil && e != http.ErrAbortHandler {
 			sc.s.logf("h2srv: handler panic", "remote", sc.remote, "panic", e)
 		}
-		failed := false
+		if rw.detached {
+			rw.async.handlerReturned(e != nil)
+			return
+		}
 		if e == nil {
 			st.answered.Store(true) // before the response's end can reach the client
 			rw.finish()
-			failed = rw.err != nil // the response did not end (a write timed out, or failed)
 		}
-		sc.mu.Lock()
-		reset := e != nil || failed || (!st.removed && !st.recvDone)
-		wasRemoved := st.removed
-		st.cancel()
-		sc.mu.Unlock()
-		if reset && !wasRemoved {
-			// A panic: the response is cut (RST_STREAM INTERNAL_ERROR).
-			// A body the handler did not wait for: NO_ERROR asks the
-			// client to stop sending it (RFC 9113 §8.1).
-			code := http2.ErrCodeNo
-			if e != nil || failed {
-				code = http2.ErrCodeInternal
-			}
-			sc.resetStream(st.id, code)
-		}
-		sc.mu.Lock()
-		sc.removeLocked(st)
-		sc.handlers--
-		sc.mu.Unlock()
-		putWriter(rw)
+		st.close(rw, e != nil)
 	}()
 	h.ServeHTTP(rw, st.req)
+}
+
+// close ends the stream once its response has ended (or not: failed, a
+// panic), resetting it if the response did not end or the client still
+// sends its body, and gives rw back.
+func (st *stream) close(rw *responseWriter, panicked bool) {
+	sc := st.sc
+	failed := !panicked && rw.err != nil // the response did not end (a write timed out, or failed)
+	sc.mu.Lock()
+	reset := panicked || failed || (!st.removed && !st.recvDone)
+	wasRemoved := st.removed
+	st.cancel()
+	sc.mu.Unlock()
+	if reset && !wasRemoved {
+		// A panic: the response is cut (RST_STREAM INTERNAL_ERROR).
+		// A body the handler did not wait for: NO_ERROR asks the
+		// client to stop sending it (RFC 9113 §8.1).
+		code := http2.ErrCodeNo
+		if panicked || failed {
+			code = http2.ErrCodeInternal
+		}
+		sc.resetStream(st.id, code)
+	}
+	sc.mu.Lock()
+	sc.removeLocked(st)
+	sc.handlers--
+	sc.mu.Unlock()
+	putWriter(rw)
 }
 
 // requestBody is the handler's view of the request body.

@@ -45,6 +45,9 @@ type responseWriter struct {
 	written     int64
 	buf         []byte
 	err         error
+	// detached: the handler called Detach; async is its Async (async.go).
+	detached bool
+	async    Async
 }
 
 var writerPool = sync.Pool{New: func() any {
@@ -204,22 +207,7 @@ func (w *responseWriter) flush(end bool) error {
 	n := w.take(len(data))
 	rest := data[n:]
 	h := w.header
-	err := sc.writeFrames(func() error {
-		if header {
-			if err := sc.writeHeaderBlock(st.id, endData && len(data) == 0, w.encodeHeaderFields); err != nil {
-				return err
-			}
-		}
-		if n > 0 || (!header && len(data) == 0 && endData) {
-			if err := sc.fr.WriteData(st.id, endData && len(rest) == 0, data[:n]); err != nil {
-				return err
-			}
-		}
-		if len(rest) == 0 && len(trailers) > 0 {
-			return sc.writeHeaderBlock(st.id, true, func(enc hpackEncoder) { encodeHeader(enc, h, trailers) })
-		}
-		return nil
-	})
+	err := sc.writeFrames(func() error { return w.frames(header, data, n, endData, trailers) })
 	if err != nil {
 		return w.fail(err)
 	}
@@ -236,6 +224,29 @@ func (w *responseWriter) flush(end bool) error {
 		if err != nil {
 			return w.fail(err)
 		}
+	}
+	return nil
+}
+
+// frames writes, under wmu, the header block (header), data[:n] (the rest
+// of data waits for window: no END_STREAM then, and no trailers) and the
+// trailers.
+func (w *responseWriter) frames(header bool, data []byte, n int, endData bool, trailers []string) error {
+	st, sc := w.st, w.st.sc
+	rest := len(data) - n
+	if header {
+		if err := sc.writeHeaderBlock(st.id, endData && len(data) == 0, w.encodeHeaderFields); err != nil {
+			return err
+		}
+	}
+	if n > 0 || (!header && len(data) == 0 && endData) {
+		if err := sc.fr.WriteData(st.id, endData && rest == 0, data[:n]); err != nil {
+			return err
+		}
+	}
+	if rest == 0 && len(trailers) > 0 {
+		h := w.header
+		return sc.writeHeaderBlock(st.id, true, func(enc hpackEncoder) { encodeHeader(enc, h, trailers) })
 	}
 	return nil
 }

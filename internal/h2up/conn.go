@@ -146,6 +146,8 @@ type conn struct {
 	// sees the data and the end together).
 	br        *bufio.Reader
 	wakeLater []*stream
+	doneLater []*stream         // streams whose completion waits for their response's end (completeLater)
+	rl        ReadLoop          // completions owed and flushes to make before the read loop waits (async.go)
 	canon     map[string]string // header name -> canonical form (canonical)
 }
 
@@ -153,6 +155,7 @@ func newConn(p *Pool, nc net.Conn) (*conn, error) {
 	c := &conn{p: p, nc: nc, wmu: make(wlock, 1), streams: map[uint32]*stream{},
 		nextID: 1, maxConc: defaultMaxConc, peerWin: 65535, sendWin: 65535, maxFrame: 16384, recvWin: connWindow}
 	c.cond.L = &c.mu
+	c.rl.c = c
 	c.bw = bufio.NewWriterSize(progressWriter{c}, 16<<10)
 	c.br = bufio.NewReaderSize(nc, 16<<10)
 	c.fr = http2.NewFramer(c.bw, c.br)

@@ -97,6 +97,16 @@ func New(cfg Config) *Pool {
 // the server refused (REFUSED_STREAM, or above its GOAWAY's last stream)
 // is reported as such: nothing of it was processed.
 func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	s, err := p.open(req, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	return s.c.wait(s)
+}
+
+// open sends req on a pooled connection's new stream (done: its
+// completion, Start's).
+func (p *Pool) open(req *http.Request, done Completion, later bool) (*stream, error) {
 	if err := checkRequest(req); err != nil {
 		return nil, err
 	}
@@ -105,7 +115,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		resp, err := c.roundTrip(req)
+		s, err := c.open(req, done, later)
 		if errors.Is(err, errConnGone) {
 			if attempt < 3 {
 				continue // the connection went away before the stream was opened
@@ -116,7 +126,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 				err = p.cfg.DialError(err)
 			}
 		}
-		return resp, err
+		return s, err
 	}
 }
 

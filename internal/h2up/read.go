@@ -17,8 +17,9 @@ func (c *conn) readLoop() {
 	defer c.recoverRead()
 	var err error
 	for {
-		if len(c.wakeLater) > 0 && !c.nextFrameBuffered() {
+		if (len(c.wakeLater) > 0 || c.rl.pending()) && !c.nextFrameBuffered() {
 			c.wakeStreams() // before a read that may wait
+			c.beforeWait()
 		}
 		var f http2.Frame
 		f, err = c.meta.ReadFrame()
@@ -35,6 +36,7 @@ func (c *conn) readLoop() {
 		}
 	}
 	c.wakeStreams()
+	c.beforeWait()
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
 		c.goAway(http2.ErrCode(ce))

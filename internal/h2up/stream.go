@@ -37,9 +37,11 @@ type stream struct {
 	gone    bool           // left c.streams
 
 	respReady chan struct{} // closed once resp or respErr is set
+	done      Completion    // the response's completion (Pool.Start; nil: RoundTrip waits)
 	resp      *http.Response
 	respErr   error
 	gotHeader bool  // read loop only
+	later     bool  // done is owed the response (read loop only, async.go)
 	infoBytes int64 // the 1xx header blocks' size so far (read loop only)
 
 	mu       sync.Mutex // guards the following
@@ -48,8 +50,8 @@ type stream struct {
 	buf      bytes.Buffer
 	eof      bool
 	held     bool // data pushed with its wake-up deferred (conn.wakeLater): not read yet
-	err      error
 	closed   bool // body closed by the caller
+	err      error
 	trailer  http.Header
 	n        int64 // body bytes received
 
@@ -69,10 +71,37 @@ type stream struct {
 	headVals, trailVals [2]string
 }
 
+// roundTrip sends req on c (a slot reserved) and waits for its response.
 func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
+	s, err := c.open(req, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	return c.wait(s)
+}
+
+// wait waits for s's response (or its request's end).
+func (c *conn) wait(s *stream) (*http.Response, error) {
+	ctx := s.req.Context()
+	select {
+	case <-s.respReady:
+	case <-ctx.Done():
+		s.resetAsync(http2.ErrCodeCancel, ctx.Err(), true, true)
+		<-s.respReady // closed by reset, or by the response that came first
+	}
+	if s.respErr != nil {
+		return nil, s.respErr
+	}
+	return s.resp, nil
+}
+
+// open sends req on a new stream of c (a slot reserved) and returns the
+// stream, its response to come; done (nil: none) is the stream's
+// completion (Pool.Start).
+func (c *conn) open(req *http.Request, done Completion, later bool) (*stream, error) {
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	hasTrailer := len(req.Trailer) > 0 && hasBody
-	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: flowwin.Initial}
+	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: flowwin.Initial, done: done}
 	s.cond.L = &s.mu
 	s.buf = *bytes.NewBuffer(s.small[:0])
 	ctx := req.Context()
@@ -141,7 +170,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 			return nil
 		}
 		return s.sendReady(pre, hasTrailer)
-	}, !hasBody || ready)
+	}, (!hasBody || ready) && !later)
 	written = true
 	if refused != nil { // whatever the flush of others' frames did
 		c.streamDone()
@@ -170,16 +199,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		s.watch()
 		go s.writeBody(hasTrailer, time.AfterFunc(headerFlushDelay, c.flush), nil)
 	}
-	select {
-	case <-s.respReady:
-	case <-ctx.Done():
-		s.resetAsync(http2.ErrCodeCancel, ctx.Err(), true, true)
-		<-s.respReady // closed by reset, or by the response that came first
-	}
-	if s.respErr != nil {
-		return nil, s.respErr
-	}
-	return s.resp, nil
+	return s, nil
 }
 
 // errAbandoned: the request's write panicked (roundTrip).
@@ -308,12 +328,16 @@ func (s *stream) fail(err error) {
 		s.giveBackWindow()
 	}
 	s.cond.Broadcast()
-	if !s.respDone {
+	owned := !s.respDone
+	if owned {
 		s.respDone, s.respErr = true, err
 		close(s.respReady)
 	}
 	s.mu.Unlock()
 	s.c.credit(nil, left, false)
+	if owned && s.done != nil {
+		go s.done.Complete(nil, err, nil) // fail's callers may hold up the read loop, or be it
+	}
 }
 
 // onHeaders takes the response headers, or the trailers. Read loop.
@@ -395,11 +419,15 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 	}
 	c.mu.Unlock()
 	s.mu.Lock()
-	if !s.respDone { // else reset meanwhile
+	owned := !s.respDone // else reset meanwhile
+	if owned {
 		s.respDone = true
 		close(s.respReady)
 	}
 	s.mu.Unlock()
+	if owned && s.done != nil {
+		c.completeLater(s)
+	}
 	if ended {
 		s.end(nil)
 	}
@@ -471,6 +499,9 @@ func (s *stream) end(error) {
 	s.cond.Broadcast()
 	s.mu.Unlock()
 	s.afterEnd()
+	if s.later {
+		s.complete(&s.c.rl) // the whole response is in: its completion runs here
+	}
 }
 
 // body is a response body, read from the stream's buffer.
@@ -534,6 +565,14 @@ func (b *body) UpstreamEnded() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.eof
+}
+
+// BufferedUpstream is how many body bytes are buffered unread.
+func (b *body) BufferedUpstream() int {
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Len()
 }
 
 // Close ends the stream: if the response has not ended, RST_STREAM(CANCEL).

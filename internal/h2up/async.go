@@ -1,0 +1,126 @@
+package h2up
+
+// Asynchronous completion (issue 14): Start sends a request and returns;
+// its response goes to a callback, run on the connection's read loop when
+// the whole response came together (a unary call's headers, message and
+// trailers, read in one read), so that no goroutine waits parked per
+// request for it.
+
+import (
+	"net/http"
+)
+
+// Completion gets a request's response (or error) sent by Start. rl is
+// non-nil when it runs on the connection's read loop: then it must not
+// wait for anything (the read loop's other streams wait with it); the
+// response has ended, its body and trailers buffered, and reads of the
+// body return without waiting. Writes it leaves buffered elsewhere are
+// flushed by rl before the read loop waits (AtWait). rl nil: a goroutine
+// of its own, which may wait (a response whose body is still coming, or
+// an error).
+type Completion interface {
+	Complete(resp *http.Response, err error, rl *ReadLoop)
+}
+
+// CompletionFunc is a function as a Completion.
+type CompletionFunc func(resp *http.Response, err error, rl *ReadLoop)
+
+// Complete calls f.
+func (f CompletionFunc) Complete(resp *http.Response, err error, rl *ReadLoop) { f(resp, err, rl) }
+
+// Flusher flushes writes a Completion left buffered (an HTTP/2 server
+// connection's responses). Values are comparable: one per connection.
+type Flusher interface{ FlushPending() }
+
+// ReadLoop is a connection's read loop, as a Completion sees it.
+type ReadLoop struct {
+	c        *conn
+	flushers []Flusher
+}
+
+// AtWait has f flushed before the read loop waits for more frames (once,
+// however often it is asked for before then): the responses completed
+// from one read leave in one write.
+func (rl *ReadLoop) AtWait(f Flusher) {
+	for _, g := range rl.flushers {
+		if g == f {
+			return
+		}
+	}
+	rl.flushers = append(rl.flushers, f)
+}
+
+func (rl *ReadLoop) pending() bool { return len(rl.flushers) > 0 || len(rl.c.doneLater) > 0 }
+
+// Start sends req as RoundTrip does, but does not wait for the response:
+// done gets it, once. An error returned (nothing sent, or the request's
+// write failed) is done's instead: done is not called then. The request's
+// context ending before the response resets the stream (done gets the
+// error).
+func (p *Pool) Start(req *http.Request, done Completion) error {
+	s, err := p.open(req, done, false)
+	if err != nil {
+		return err
+	}
+	s.watch()
+	return nil
+}
+
+// StartLater is Start leaving the request's frames in the connection's
+// buffer: the Flusher returned flushes them, and the caller must have it
+// do so before it waits (requests sent in a row share a write).
+func (p *Pool) StartLater(req *http.Request, done Completion) (Flusher, error) {
+	s, err := p.open(req, done, true)
+	if err != nil {
+		return nil, err
+	}
+	s.watch()
+	return s.c, nil
+}
+
+// FlushPending flushes what StartLater left buffered; if the writer is
+// busy, a goroutine of its own waits for it.
+func (c *conn) FlushPending() {
+	if !c.wmu.TryLock() {
+		go c.flush()
+		return
+	}
+	c.writeLocked(func() error { return nil }, true)
+	c.wmu.Unlock()
+}
+
+// completeLater: s's response headers came (read loop): its completion
+// runs when the response ends, or before the read loop waits (on a
+// goroutine of its own: a body that streams).
+func (c *conn) completeLater(s *stream) {
+	s.later = true
+	c.doneLater = append(c.doneLater, s)
+}
+
+// complete runs s's completion with its response (read loop).
+func (s *stream) complete(rl *ReadLoop) {
+	s.later = false
+	if rl == nil {
+		go s.done.Complete(s.resp, nil, nil)
+		return
+	}
+	s.done.Complete(s.resp, nil, rl)
+}
+
+// beforeWait, before the read loop may wait: completions of responses
+// not ended go to goroutines, and what completions left buffered is
+// flushed.
+func (c *conn) beforeWait() {
+	for i, s := range c.doneLater {
+		if s.later {
+			s.complete(nil)
+		}
+		c.doneLater[i] = nil
+	}
+	c.doneLater = c.doneLater[:0]
+	for i, f := range c.rl.flushers {
+		f.FlushPending()
+		c.rl.flushers[i] = nil
+	}
+	c.rl.flushers = c.rl.flushers[:0]
+}
