@@ -196,11 +196,7 @@ func (sc *conn) removeLocked(st *stream) {
 		if sc.goingAway {
 			go sc.closeAfterGoAway()
 		} else if sc.opts.IdleTimeout > 0 && !sc.closed {
-			if sc.idle == nil {
-				go sc.armIdle()
-			} else {
-				sc.idle.Reset(sc.opts.IdleTimeout)
-			}
+			sc.idleLeftLocked()
 		}
 	}
 }
@@ -360,10 +356,7 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	sc.streams[id] = st
-	sc.handlers++
-	if sc.idle != nil {
-		sc.idle.Stop()
-	}
+	sc.handlers++ // the idle timer, if set, finds the stream (idleFired)
 	sc.mu.Unlock()
 	h := sc.s.Handler
 	if bad != nil {
