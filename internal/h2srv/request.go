@@ -176,7 +176,9 @@ func finishRequest(f *http2.MetaHeadersFrame, method, scheme, authority, path st
 		if path[0] != '/' && path != "*" {
 			return nil, false, errMalformed("bad :path")
 		}
-		if u, err = url.ParseRequestURI(path); err != nil {
+		if plainPath(path) {
+			u = &url.URL{Path: path} // what ParseRequestURI makes of it, without its parse
+		} else if u, err = url.ParseRequestURI(path); err != nil {
 			return nil, false, errMalformed("bad :path")
 		}
 		requestURI = path
@@ -205,6 +207,23 @@ func finishRequest(f *http2.MetaHeadersFrame, method, scheme, authority, path st
 		return req, false, &errBadRequest{http.StatusRequestHeaderFieldsTooLarge, "request header list too large"}
 	}
 	return req, false, nil
+}
+
+// plainPath: p begins with '/' and has only letters, digits and
+// "/-._~": url.ParseRequestURI gives it as the URL's Path and nothing else
+// (no query, escape, fragment or authority; its escaped form is itself,
+// so no RawPath), TestPlainPath holds it to that.
+func plainPath(p string) bool {
+	if len(p) == 0 || p[0] != '/' || len(p) > 1 && p[1] == '/' {
+		return false
+	}
+	for i := 1; i < len(p); i++ {
+		c := p[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '/' || c == '-' || c == '.' || c == '_' || c == '~') {
+			return false
+		}
+	}
+	return true
 }
 
 func checkConnHeaders(h http.Header) error {
