@@ -76,15 +76,8 @@ type conn struct {
 	updating    bool           // writeWindowUpdates runs
 	handlers    int            // handlers running
 	unackedSets int            // SETTINGS sent, not acknowledged
-	// idle sends the idle GOAWAY; idleArmed: it is set to fire (it then
-	// looks whether the connection has had no open stream for the whole
-	// timeout, since idleFrom, and sets itself again if not). A stream's
-	// open and close move neither: a timer's stop and reset per stream
-	// cost more than a clock read (issue 14).
-	idle      *time.Timer
-	idleArmed bool
-	idleFrom  time.Time     // when the last stream left
-	done      chan struct{} // closed when the read loop ends
+	idle        *time.Timer
+	done        chan struct{} // closed when the read loop ends
 
 	// A handler on the read loop's goroutine (inline.go).
 	pending     streamTask    // a new stream held until the read loop would wait; read loop only
@@ -336,7 +329,6 @@ func (sc *conn) closeConn(err error) {
 	}
 	if sc.idle != nil {
 		sc.idle.Stop()
-		sc.idleArmed = false
 	}
 	sc.mu.Unlock()
 	sc.nc.Close() // first: a writer blocked in a write holds wmu
@@ -512,7 +504,8 @@ func (sc *conn) fail(err error) {
 
 // armIdle starts the idle timer (no open stream).
 func (sc *conn) armIdle() {
-	if sc.opts.IdleTimeout <= 0 {
+	d := sc.opts.IdleTimeout
+	if d <= 0 {
 		return
 	}
 	sc.mu.Lock()
@@ -520,47 +513,16 @@ func (sc *conn) armIdle() {
 	if len(sc.streams) > 0 || sc.closed {
 		return
 	}
-	sc.idleFrom = time.Now()
-	sc.armIdleLocked()
-}
-
-// idleLeftLocked records that the last stream left: the idle timeout runs
-// from now (the timer, if set already, looks at idleFrom when it fires).
-func (sc *conn) idleLeftLocked() {
-	sc.idleFrom = time.Now()
-	if !sc.idleArmed {
-		sc.armIdleLocked()
-	}
-}
-
-// armIdleLocked sets the idle timer to fire a timeout after idleFrom.
-func (sc *conn) armIdleLocked() {
-	sc.idleArmed = true
-	d := sc.opts.IdleTimeout
 	if sc.idle == nil {
-		sc.idle = time.AfterFunc(d, sc.idleFired)
+		sc.idle = time.AfterFunc(d, func() {
+			sc.mu.Lock()
+			busy := len(sc.streams) > 0
+			sc.mu.Unlock()
+			if !busy {
+				sc.goAway(http2.ErrCodeNo, []byte("idle"))
+			}
+		})
 		return
 	}
-	sc.idle.Reset(d - time.Since(sc.idleFrom))
-}
-
-// idleFired is the idle timer's: a GOAWAY if no stream was open since
-// idleFrom for the whole timeout; else, with none open now, the timer set
-// for the rest of it; with one open, nothing (the last stream to leave
-// sets it again).
-func (sc *conn) idleFired() {
-	sc.mu.Lock()
-	if sc.closed || len(sc.streams) > 0 {
-		sc.idleArmed = false
-		sc.mu.Unlock()
-		return
-	}
-	if left := sc.opts.IdleTimeout - time.Since(sc.idleFrom); left > 0 {
-		sc.idle.Reset(left)
-		sc.mu.Unlock()
-		return
-	}
-	sc.idleArmed = false
-	sc.mu.Unlock()
-	sc.goAway(http2.ErrCodeNo, []byte("idle"))
+	sc.idle.Reset(d)
 }

@@ -196,7 +196,11 @@ func (sc *conn) removeLocked(st *stream) {
 		if sc.goingAway {
 			go sc.closeAfterGoAway()
 		} else if sc.opts.IdleTimeout > 0 && !sc.closed {
-			sc.idleLeftLocked()
+			if sc.idle == nil {
+				go sc.armIdle()
+			} else {
+				sc.idle.Reset(sc.opts.IdleTimeout)
+			}
 		}
 	}
 }
@@ -356,7 +360,10 @@ func (sc *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	sc.streams[id] = st
-	sc.handlers++ // the idle timer, if set, finds the stream (idleFired)
+	sc.handlers++
+	if sc.idle != nil {
+		sc.idle.Stop()
+	}
 	sc.mu.Unlock()
 	h := sc.s.Handler
 	if bad != nil {

@@ -11,9 +11,9 @@ import (
 	"golang.org/x/net/http2"
 )
 
-// TestIdleTimeoutFromLastStream: the idle timer, set once and not moved
-// per stream (idleFired), sends no GOAWAY while a stream is open past the
-// timeout, and counts the timeout from the end of the last stream.
+// TestIdleTimeoutFromLastStream: the idle timer sends no GOAWAY while a
+// stream is open past the timeout, and counts the timeout from the end of
+// the last stream.
 func TestIdleTimeoutFromLastStream(t *testing.T) {
 	const idle = 200 * time.Millisecond
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -71,33 +71,3 @@ func TestIdleTimeoutFromLastStream(t *testing.T) {
 	<-done
 }
 
-// BenchmarkIdleTimerPerStream: what a stream's open and end cost the idle
-// timer, before (stop at the open, reset at the end) and since
-// (idleLeftLocked: a clock read, the timer left set); cpu-ns/op is the
-// process's CPU time per stream.
-func BenchmarkIdleTimerPerStream(b *testing.B) {
-	const d = 90 * time.Second
-	b.Run("stop-reset", func(b *testing.B) {
-		t := time.AfterFunc(d, func() {})
-		defer t.Stop()
-		cpu0 := cpuTime()
-		for b.Loop() {
-			t.Stop()
-			t.Reset(d)
-		}
-		b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
-	})
-	b.Run("clock", func(b *testing.B) {
-		sc := &conn{opts: ConnOptions{IdleTimeout: d}}
-		sc.idle = time.AfterFunc(d, func() {})
-		sc.idleArmed = true
-		defer sc.idle.Stop()
-		cpu0 := cpuTime()
-		for b.Loop() {
-			sc.mu.Lock()
-			sc.idleLeftLocked()
-			sc.mu.Unlock()
-		}
-		b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
-	})
-}
