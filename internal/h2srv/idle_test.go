@@ -70,4 +70,3 @@ func TestIdleTimeoutFromLastStream(t *testing.T) {
 	rc.c.Close()
 	<-done
 }
-
