@@ -25,7 +25,8 @@ import (
 // agent's: h2c GETs as h2load sends them (one connection, 10 streams in
 // flight; its fields, and the backend's, indexed as h2load and Go's HTTP/2
 // server do: indexedBlocks) and unary gRPC calls as fortio's ping does (16 connections, one
-// call in flight each).
+// call in flight each; their fields, the backend's header and trailers
+// too, indexed as grpc-go's client and server do: indexedSeq).
 
 // neverIndexed encodes fields as literals the peer does not index, so the
 // block is valid on every stream of any connection.
@@ -55,6 +56,26 @@ func indexedBlocks(fields ...string) (first, later []byte) {
 	return first, encode()
 }
 
+// indexedSeq encodes each block of seq in turn by one encoder, as a peer
+// that sends several blocks per stream (a gRPC server's header and
+// trailers) does, twice: the connection's first stream inserts the
+// fields (the first result), every later one refers to them (the second).
+func indexedSeq(seq ...[]string) [2][][]byte {
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	var out [2][][]byte
+	for round := range out {
+		for _, fields := range seq {
+			buf.Reset()
+			for i := 0; i+1 < len(fields); i += 2 {
+				enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+			}
+			out[round] = append(out[round], bytes.Clone(buf.Bytes()))
+		}
+	}
+	return out
+}
+
 // grpcMessage is a length-prefixed gRPC message of n bytes.
 func grpcMessage(n int) []byte {
 	m := make([]byte, 5+n)
@@ -79,12 +100,14 @@ func startRawH2Backend(t testing.TB, grpc, bdp bool) int {
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	headFirst, head := indexedBlocks(":status", "200", "content-type", "text/plain", "content-length", "2")
 	body := []byte("ok")
-	var trailers []byte
+	var trailersFirst, trailers []byte
 	if grpc {
-		head = neverIndexed(":status", "200", "content-type", "application/grpc")
-		headFirst = head
+		// As grpc-go's server (fortio's backend): header and trailers
+		// indexed by one encoder, the connection's one table.
+		b := indexedSeq([]string{":status", "200", "content-type", "application/grpc"},
+			[]string{"grpc-status", "0", "grpc-message", ""})
+		headFirst, trailersFirst, head, trailers = b[0][0], b[0][1], b[1][0], b[1][1]
 		body = grpcMessage(16)
-		trailers = neverIndexed("grpc-status", "0", "grpc-message", "")
 	}
 	wg.Add(1)
 	go func() {
@@ -111,7 +134,7 @@ func startRawH2Backend(t testing.TB, grpc, bdp bool) int {
 				fr.WriteWindowUpdate(0, 1<<30)
 				recv := 0
 				var ping bdpPing
-				hd := headFirst
+				hd, tr := headFirst, trailersFirst
 				for {
 					f, err := fr.ReadFrame()
 					if err != nil {
@@ -147,7 +170,8 @@ func startRawH2Backend(t testing.TB, grpc, bdp bool) int {
 						hd = head
 						fr.WriteData(id, trailers == nil, body)
 						if trailers != nil {
-							fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: trailers, EndHeaders: true, EndStream: true})
+							fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: tr, EndHeaders: true, EndStream: true})
+							tr = trailers
 						}
 					}
 					if br.Buffered() == 0 && bw.Buffered() > 0 {
@@ -206,10 +230,10 @@ func rawH2Client(addr string, streams int, grpc, bdp bool, left *atomic.Int64) e
 	first, head := indexedBlocks(":method", "GET", ":scheme", "http", ":path", "/", ":authority", "bench.demo", "user-agent", "bench")
 	var msg []byte
 	if grpc {
-		head = neverIndexed(":method", "POST", ":scheme", "http", ":path", "/fgrpc.PingServer/Ping", ":authority", "bench.demo",
+		// Indexed, as grpc-go's client (fortio's) sends them.
+		first, head = indexedBlocks(":method", "POST", ":scheme", "http", ":path", "/fgrpc.PingServer/Ping", ":authority", "bench.demo",
 			"content-type", "application/grpc", "te", "trailers", "user-agent", "bench")
 		msg = grpcMessage(16)
-		first = head
 	}
 	id := uint32(1)
 	send := func() bool {

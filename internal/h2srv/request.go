@@ -43,10 +43,29 @@ var connHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Tran
 // handler's answer is a 400); an errMalformed without.
 // A header of at most len(spare) fields keeps its values in spare.
 func newRequest(f *http2.MetaHeadersFrame, canon func(string) string, spare []string) (req *http.Request, needsContinue bool, err error) {
-	method, scheme := f.PseudoValue("method"), f.PseudoValue("scheme")
-	authority, path := f.PseudoValue("authority"), f.PseudoValue("path")
-	if f.PseudoValue("protocol") != "" {
-		return nil, false, errMalformed("extended CONNECT (:protocol) is not supported") // as x/net by default
+	// The pseudo-header fields in one pass (PseudoValue walks them once
+	// per name): the Framer refused repeated and unknown ones.
+	var method, scheme, authority, path string
+	n := 0
+	for _, hf := range f.Fields {
+		if !hf.IsPseudo() {
+			break
+		}
+		n++
+		switch hf.Name {
+		case ":method":
+			method = hf.Value
+		case ":scheme":
+			scheme = hf.Value
+		case ":authority":
+			authority = hf.Value
+		case ":path":
+			path = hf.Value
+		case ":protocol":
+			if hf.Value != "" {
+				return nil, false, errMalformed("extended CONNECT (:protocol) is not supported") // as x/net by default
+			}
+		}
 	}
 	if method == "CONNECT" {
 		if path != "" || scheme != "" || authority == "" {
@@ -55,7 +74,7 @@ func newRequest(f *http2.MetaHeadersFrame, canon func(string) string, spare []st
 	} else if method == "" || path == "" || (scheme != "https" && scheme != "http") {
 		return nil, false, errMalformed("missing :method or :path, or :scheme not http(s)")
 	}
-	regular := f.RegularFields()
+	regular := f.Fields[n:]
 	header := make(http.Header, len(regular))
 	// A key's first value is a slice of vals (capacity 1: an append
 	// copies): one allocation for the values instead of one per key.
@@ -65,6 +84,9 @@ func newRequest(f *http2.MetaHeadersFrame, canon func(string) string, spare []st
 	} else {
 		vals = make([]string, len(regular))
 	}
+	// special: a field was seen that the checks below look up (most
+	// requests have none: their lookups are skipped).
+	special := false
 	for i, hf := range regular {
 		k := canon(hf.Name)
 		if vv, ok := header[k]; ok {
@@ -73,6 +95,12 @@ func newRequest(f *http2.MetaHeadersFrame, canon func(string) string, spare []st
 		}
 		vals[i] = hf.Value
 		header[k] = vals[i : i+1 : i+1]
+		special = special || specialHeader(k)
+	}
+	if !special {
+		// No Host, Expect, Cookie, Trailer, connection-specific or TE
+		// field: what the lookups below would find is known.
+		return finishRequest(f, method, scheme, authority, path, header, nil)
 	}
 	if authority == "" {
 		authority = header.Get("Host")
@@ -109,6 +137,31 @@ func newRequest(f *http2.MetaHeadersFrame, canon func(string) string, spare []st
 	} else if len(host) > 1 {
 		return nil, false, errMalformed("more than one Host")
 	}
+	req, _, err = finishRequest(f, method, scheme, authority, path, header, trailer)
+	if err == nil {
+		if err := checkConnHeaders(header); err != nil {
+			return req, false, &errBadRequest{http.StatusBadRequest, err.Error()}
+		}
+	}
+	return req, needsContinue && err == nil, err
+}
+
+// specialHeader: newRequest looks a field of this canonical name up after
+// the header is built.
+func specialHeader(k string) bool {
+	switch k {
+	case "Host", "Expect", "Cookie", "Trailer", "Te",
+		"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// finishRequest is newRequest's rest once the header's fields are
+// checked: the authority's and the path's checks, the request, the
+// truncation's answer (before checkConnHeaders', which the caller makes
+// when the header has a field it looks for).
+func finishRequest(f *http2.MetaHeadersFrame, method, scheme, authority, path string, header, trailer http.Header) (req *http.Request, needsContinue bool, err error) {
 	if strings.IndexByte(authority, '@') >= 0 && (scheme == "http" || scheme == "https") {
 		return nil, false, errMalformed("userinfo in :authority")
 	}
@@ -123,7 +176,9 @@ func newRequest(f *http2.MetaHeadersFrame, canon func(string) string, spare []st
 		if path[0] != '/' && path != "*" {
 			return nil, false, errMalformed("bad :path")
 		}
-		if u, err = url.ParseRequestURI(path); err != nil {
+		if plainPath(path) {
+			u = &url.URL{Path: path} // what ParseRequestURI makes of it, without its parse
+		} else if u, err = url.ParseRequestURI(path); err != nil {
 			return nil, false, errMalformed("bad :path")
 		}
 		requestURI = path
@@ -151,10 +206,24 @@ func newRequest(f *http2.MetaHeadersFrame, canon func(string) string, spare []st
 	if f.Truncated {
 		return req, false, &errBadRequest{http.StatusRequestHeaderFieldsTooLarge, "request header list too large"}
 	}
-	if err := checkConnHeaders(header); err != nil {
-		return req, false, &errBadRequest{http.StatusBadRequest, err.Error()}
+	return req, false, nil
+}
+
+// plainPath: p begins with '/' and has only letters, digits and
+// "/-._~": url.ParseRequestURI gives it as the URL's Path and nothing else
+// (no query, escape, fragment or authority; its escaped form is itself,
+// so no RawPath), TestPlainPath holds it to that.
+func plainPath(p string) bool {
+	if len(p) == 0 || p[0] != '/' || len(p) > 1 && p[1] == '/' {
+		return false
 	}
-	return req, needsContinue, nil
+	for i := 1; i < len(p); i++ {
+		c := p[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '/' || c == '-' || c == '.' || c == '_' || c == '~') {
+			return false
+		}
+	}
+	return true
 }
 
 func checkConnHeaders(h http.Header) error {
