@@ -129,6 +129,7 @@ func (sc *conn) takeOver(spawn bool) {
 		return
 	}
 	takeOvers.Add(1)
+	sc.handOff()
 	if spawn {
 		go sc.readFor()
 		return
