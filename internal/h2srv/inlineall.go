@@ -73,6 +73,7 @@ func (sc *conn) runQueue(rc syscall.RawConn, q []streamTask) bool {
 func (sc *conn) handOff() {
 	rest := sc.runRest
 	sc.runRest = nil
+	sc.inlineSt.Store(nil) // a later lone stream's run is not this handler's
 	for i, t := range rest {
 		sc.s.dispatch(t)
 		rest[i] = streamTask{}
@@ -107,9 +108,9 @@ func (sc *conn) runAtWait() {
 // another goroutine at once, the streams queued behind the handler to
 // workers and the batch's flushes (AtWait) out, instead of after
 // inlineLimit (the take-over's timer). A lone stream keeps the read loop
-// (inline.go: its wait is bounded so); the batch's flushes are made. Elsewhere it costs a field check:
-// call it before any such wait, from the handler's goroutine or the
-// finisher's after Detach.
+// (inline.go: its wait is bounded so); the batch's flushes are made.
+// Elsewhere it costs a field check. Call it before any such wait, from
+// the handler's goroutine, or the finisher's after Detach.
 func WillWait(w http.ResponseWriter) {
 	for {
 		switch x := w.(type) {
