@@ -150,15 +150,7 @@ func AtWait(w http.ResponseWriter, f Flusher) bool {
 			if !x.st.inlined {
 				return false
 			}
-			sc := x.st.sc
-			sc.atMu.Lock()
-			defer sc.atMu.Unlock()
-			for _, g := range sc.atWait {
-				if g == f {
-					return true
-				}
-			}
-			sc.atWait = append(sc.atWait, f)
+			x.st.sc.addAtWait(f)
 			return true
 		case interface{ Unwrap() http.ResponseWriter }:
 			w = x.Unwrap()
@@ -166,6 +158,20 @@ func AtWait(w http.ResponseWriter, f Flusher) bool {
 			return false
 		}
 	}
+}
+
+// addAtWait adds f to the flushes to make, once (no defer: AtWait's is in
+// a loop, where a defer allocates).
+func (sc *conn) addAtWait(f Flusher) {
+	sc.atMu.Lock()
+	for _, g := range sc.atWait {
+		if g == f {
+			sc.atMu.Unlock()
+			return
+		}
+	}
+	sc.atWait = append(sc.atWait, f)
+	sc.atMu.Unlock()
 }
 
 // takeQueue hands the queued streams to loop, to run (rawRead).
