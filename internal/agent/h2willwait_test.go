@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -234,11 +235,13 @@ spec:
 %[3]s`, svc, port, extra) + fmt.Sprintf(wwRoute, svc)
 }
 
-// routed: the route's abort answers (the rules are in).
+// routed: the route's abort answers (the rules are in), and a request
+// reaches the endpoint (its connection is pooled: no test's stream waits
+// for a dial, which hands the read loop on too).
 func routed(_ *Agent, addr string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return h2cGet(ctx, addr, "/", "x-case", "abort") == 418
+	return h2cGet(ctx, addr, "/", "x-case", "abort") == 418 && h2cGet(ctx, addr, "/warm") == 200
 }
 
 // TestH2WillWaitFaultDelay: a fault's delay hands the read loop on.
@@ -312,4 +315,14 @@ func TestH2WillWaitReverseProxy(t *testing.T) {
 	u := startHoldUpstream(t)
 	addr := willWaitAgent(t, wwDoc("wwrp", 19304, ""), "wwrp", 19304, u, nil, routed)
 	queuedAnswered(t, addr, []string{"/hold?a;b"}, []string{"/b"}, 200, u.release, 200)
+}
+
+// TestH2WillWaitObserved: with an observer (an access log) the
+// asynchronous path takes no request: forwardH2's synchronous round trip
+// waits, having handed the read loop on.
+func TestH2WillWaitObserved(t *testing.T) {
+	u := startHoldUpstream(t)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	addr := willWaitAgent(t, wwDoc("wwobs", 19305, ""), "wwobs", 19305, u, func(c *Config) { c.AccessLog.Path = logPath }, routed)
+	queuedAnswered(t, addr, []string{"/hold"}, []string{"/b"}, 200, u.release, 200)
 }
