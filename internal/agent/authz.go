@@ -173,6 +173,8 @@ func (a *Agent) decide(ctx context.Context, e *authz.Engine, r *authz.Request) a
 	logger := a.cfg.DecisionLogger
 	if logger == nil {
 		logger = slogDecisions{a.log}
+	} else {
+		h2WillWait(ctx) // a user's logger may wait (l7h2wait.go)
 	}
 	rec := AuthzRecord{Time: time.Now(), Node: a.cfg.Node.Name, Request: *r, Decision: d}
 	rec.Request.Header = nil // headers may hold credentials; method and path say enough

@@ -189,14 +189,14 @@ func newL7(a *Agent) *l7 {
 		ErrorHandler: s.errorHandler,
 		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
-	// HTTP/2 requests of h2c and gRPC ports skip ReverseProxy's copies
-	// where it would do nothing else (l7h2fwd.go).
+	// HTTP/2 requests of h2c and gRPC ports skip ReverseProxy's copies (l7h2fwd.go).
 	proxy := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 {
 			if t, ok := r.Context().Value(targetKey{}).(listenTarget); ok && forwardH2Eligible(r, t) {
 				s.forwardH2(w, r, t, rp.Transport)
 				return
 			}
+			h2srv.WillWait(w) // ReverseProxy waits for the round trip (l7h2wait.go)
 		}
 		rp.ServeHTTP(w, r)
 	})
@@ -452,8 +452,9 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 	if proto != "http" {
 		// h2c and gRPC endpoints: the lean HTTP/2 client (package h2up);
 		// maxRequestsPerConnection caps the streams of a connection.
-		var pool *h2up.Pool
+		var pool *h2up.Pool // Waiting: a dial (l7h2wait.go)
 		pool = h2up.New(h2up.Config{
+			Waiting: h2WillWait,
 			Dial: func(ctx context.Context) (net.Conn, error) {
 				c, err := a.dialEndpoint(ctx, sv, ev, port)
 				if err != nil {
@@ -462,9 +463,8 @@ func (s *l7) transportForSlow(sv *serviceView, ev *endpointView, port, proto str
 				// HTTP/2 connections are long-lived: one over a mesh
 				// session the path manager retires (a punched path
 				// replaced the relay) is drained, so that new requests
-				// take the new path.
-				// The pool reads on one goroutine and serialises its
-				// writes.
+				// take the new path. The pool reads on one goroutine and
+				// serialises its writes.
 				return httpproxy.DrainOnRetire(httpproxy.RawTCP(c), pool.CloseIdleConnections), nil
 			},
 			DialError:   func(err error) error { return &dialError{err} },

@@ -23,6 +23,7 @@ func chance(percent float64) bool {
 func (a *Agent) injectFault(req *http.Request, svc string, f *api.Fault) (*http.Response, error) {
 	if d := f.Delay; d != nil && chance(d.Percent) {
 		a.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`fogmesh_http_faults_total{service=%q,kind="delay"}`, svc)).Inc()
+		h2WillWait(req.Context()) // l7h2wait.go
 		t := time.NewTimer(time.Duration(d.FixedDelay))
 		select {
 		case <-t.C:

@@ -30,12 +30,9 @@ import (
 // handlers of a client read's streams on its connection's read loop, their
 // upstream frames flushed once after them). Measured in session 35
 // (BENCHMARKS.md) it raised the h2c rate and lowered the agent's CPU and
-// system calls per request; off until a handler that waits before it
-// detaches (an external authorization call, the circuit breaker's queue, a
-// dial, a request this path does not take: an observer, an HTTP/1.1
-// endpoint) hands the streams queued behind it to workers first: it holds
-// the read loop and them meanwhile (h2srv's take-over bounds that at
-// inlineLimit per handler only). Tests turn it on.
+// system calls per request. A handler that waits before it detaches hands
+// the read loop and the streams queued behind it on first (l7h2wait.go,
+// session 36); off until the lead switches it on. Tests turn it on.
 var asyncH2 atomic.Bool
 
 // asyncInline counts responses finished on an upstream's read loop
@@ -184,6 +181,7 @@ func (l *attempts) startAsync(at *attempt, k completion) {
 	}
 	p, ok := at.rt.(h2Pool)
 	if !ok || len(l.sv.svc.Spec.Egress) > 0 {
+		h2WillWait(l.req.Context()) // l7h2wait.go
 		resp, end, err := l.a.attemptAt(at.rt, l.sv, at.ev, at.req, at.start, at.active, at.release)
 		l.resume(at, resp, end, err, false, k)
 		return
@@ -211,6 +209,7 @@ func (l *attempts) startAsync(at *attempt, k completion) {
 	started = true
 	if err != nil {
 		at.active.Add(-1)
+		h2WillWait(l.req.Context()) // a retry's back-off, the next attempts (l7h2wait.go)
 		l.resume(at, nil, time.Time{}, err, false, k)
 	}
 }

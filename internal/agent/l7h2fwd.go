@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/fogmesh/fogmesh/internal/h2srv"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
@@ -88,6 +89,7 @@ func (s *l7) forwardH2(rw http.ResponseWriter, in *http.Request, t listenTarget,
 	if s.startH2(rw, in, out, transport, call, nc) {
 		return // the response is finished when it comes (l7h2async.go)
 	}
+	h2srv.WillWait(rw) // the round trip waits (l7h2wait.go)
 	if nc != nil {
 		defer nc.Close()
 	}

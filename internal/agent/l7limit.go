@@ -70,6 +70,7 @@ func (l *reqLimiter) acquire(ctx context.Context, slots, pending int, wait time.
 	ch := make(chan struct{})
 	l.waiters = append(l.waiters, ch)
 	l.mu.Unlock()
+	h2WillWait(ctx) // l7h2wait.go
 	var timeout <-chan time.Time
 	if wait > 0 {
 		t := time.NewTimer(wait)

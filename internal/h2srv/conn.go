@@ -80,16 +80,19 @@ type conn struct {
 	done        chan struct{} // closed when the read loop ends
 
 	// A handler on the read loop's goroutine (inline.go).
-	pending     streamTask    // a new stream held until the read loop would wait; read loop only
-	queue       []streamTask  // new streams held so (Server.InlineAll); read loop only
-	rawQueue    []streamTask  // the queue taken to run (takeQueue, loop); read loop only
-	atWait      []Flusher     // flushes inline handlers left (AtWait); the read loop's goroutine
-	inlineOn    bool          // the read loop may run a handler (serve's goroutine); read loop only
-	inlineSkip  int           // lone streams still to go to workers after a take-over; serve's goroutine
-	inline      atomic.Int32  // inlineNone, inlineRun, inlineTaken
-	wantBack    atomic.Bool   // serve's goroutine waits to read again (handBack)
-	handBack    chan struct{} // the read loop back to serve's goroutine
-	inlineTimer *time.Timer   // takes the read loop over from a handler running long; serve's goroutine
+	pending     streamTask             // a new stream held until the read loop would wait; read loop only
+	queue       []streamTask           // new streams held so (Server.InlineAll); read loop only
+	rawQueue    []streamTask           // the queue taken to run (takeQueue, loop); read loop only
+	atMu        sync.Mutex             // guards atWait: a take-over's goroutine flushes it (takeOver)
+	atWait      []Flusher              // flushes inline handlers left (AtWait)
+	runRest     []streamTask           // the queue behind the handler running inline (runQueue): a take-over's winner dispatches it
+	inlineSt    atomic.Pointer[stream] // the stream whose handler runs inline (WillWait)
+	inlineOn    bool                   // the read loop may run a handler (serve's goroutine); read loop only
+	inlineSkip  int                    // lone streams still to go to workers after a take-over; serve's goroutine
+	inline      atomic.Int32           // inlineNone, inlineRun, inlineTaken
+	wantBack    atomic.Bool            // serve's goroutine waits to read again (handBack)
+	handBack    chan struct{}          // the read loop back to serve's goroutine
+	inlineTimer *time.Timer            // takes the read loop over from a handler running long; serve's goroutine
 	takeRC      syscall.RawConn
 	rc          syscall.RawConn // the connection's descriptor (nil: none), for unsent
 	outqFn      func(fd uintptr)

@@ -31,6 +31,15 @@ var inlineLimit atomic.Int64
 
 func init() { inlineLimit.Store(int64(5 * time.Millisecond)) }
 
+// SetInlineLimit sets how long a handler runs on the read loop before the
+// reading goes to another goroutine (5 ms), and returns the old limit's
+// restore: for tests of packages whose handlers hand the read loop on
+// themselves (WillWait), which a long limit shows.
+func SetInlineLimit(d time.Duration) (restore func()) {
+	old := inlineLimit.Swap(int64(d))
+	return func() { inlineLimit.Store(old) }
+}
+
 // Inline states (conn.inline).
 const (
 	inlineNone  = iota // no handler on the read loop's goroutine
@@ -129,6 +138,7 @@ func (sc *conn) takeOver(spawn bool) {
 		return
 	}
 	takeOvers.Add(1)
+	sc.handOff()
 	if spawn {
 		go sc.readFor()
 		return

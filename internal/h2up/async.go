@@ -8,6 +8,8 @@ package h2up
 
 import (
 	"net/http"
+	"syscall"
+	"unsafe"
 )
 
 // Completion gets a request's response (or error) sent by Start. rl is
@@ -79,14 +81,73 @@ func (p *Pool) StartLater(req *http.Request, done Completion) (Flusher, error) {
 }
 
 // FlushPending flushes what StartLater left buffered; if the writer is
-// busy, a goroutine of its own waits for it.
+// busy, or the write could wait (the endpoint's socket may be full:
+// mayWrite), a goroutine of its own makes it. It never waits: it runs on
+// the agent's HTTP/2 server's read loop (h2srv.AtWait), which an endpoint
+// that stopped reading must not hold up.
 func (c *conn) FlushPending() {
 	if !c.wmu.TryLock() {
 		go c.flush()
 		return
 	}
+	if c.werr == nil && !c.mayWrite(c.bw.Buffered()+flushMargin) {
+		c.wmu.Unlock()
+		go c.flush()
+		return
+	}
 	c.writeLocked(func() error { return nil }, true)
 	c.wmu.Unlock()
+}
+
+// passOwed, for a StartLater write that another writer left its flush
+// to (owed): the flush goes to a goroutine of its own if it could wait
+// (mayWrite), as FlushPending's does; StartLater's caller must not wait.
+// Under wmu.
+func (c *conn) passOwed() {
+	if !c.mayWrite(c.bw.Buffered() + flushMargin) {
+		c.owed = false
+		go c.flush()
+	}
+}
+
+// flushMargin is room for the control frames a flush writes before what
+// is buffered (writeLocked: a few acknowledgements and WINDOW_UPDATEs).
+const flushMargin = 1024
+
+// mayWrite reports whether writing n more bytes to the socket cannot
+// wait (under wmu), as h2srv's: the socket held nothing the endpoint had
+// not acknowledged (SIOCOUTQ) when last asked, and what was written since,
+// n included, is at most a quarter of its send buffer (SO_SNDBUF, read
+// once: it only grows). Asking the socket costs a system call, so it is
+// asked only once that quarter has gone. false when unknown (no
+// descriptor: a mesh stream).
+func (c *conn) mayWrite(n int) bool {
+	if c.rc == nil {
+		return false
+	}
+	if c.outqFn == nil {
+		c.outqFn = func(fd uintptr) {
+			var v int32
+			if _, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, fd, syscall.TIOCOUTQ, uintptr(unsafe.Pointer(&v))); e == 0 {
+				c.outq = int(v)
+			}
+			if c.sndbuf == 0 {
+				c.sndbuf = -1
+				if b, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF); err == nil && b > 0 {
+					c.sndbuf = b
+				}
+			}
+		}
+	}
+	if c.sndbuf > 0 && c.wrote+int64(n) <= int64(c.sndbuf/4) {
+		return true
+	}
+	c.outq = -1
+	if c.rc.Control(c.outqFn) != nil || c.outq != 0 {
+		return false
+	}
+	c.wrote = 0
+	return true
 }
 
 // completeLater: s's response headers came (read loop): its completion

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -95,6 +96,14 @@ type conn struct {
 	henc    *h2meta.Encoder
 	hbuf    bytes.Buffer
 	werr    error
+	// mayWrite's (async.go): the socket's descriptor (nil: none), the
+	// bytes written since it last held nothing unacknowledged, its
+	// SO_SNDBUF (read once; -1: unknown) and SIOCOUTQ's last figure.
+	rc     syscall.RawConn
+	wrote  int64
+	sndbuf int
+	outq   int
+	outqFn func(fd uintptr)
 	// owed: a writer left its frames to the next one in line to flush.
 	owed bool
 	// flushing: a writer yields before its flush (writeFlush); writers
@@ -156,6 +165,9 @@ func newConn(p *Pool, nc net.Conn) (*conn, error) {
 		nextID: 1, maxConc: defaultMaxConc, peerWin: 65535, sendWin: 65535, maxFrame: 16384, recvWin: connWindow}
 	c.cond.L = &c.mu
 	c.rl.c = c
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.rc, _ = sc.SyscallConn()
+	}
 	c.bw = bufio.NewWriterSize(progressWriter{c}, 16<<10)
 	c.br = bufio.NewReaderSize(nc, 16<<10)
 	c.fr = http2.NewFramer(c.bw, c.br)

@@ -157,3 +157,19 @@ func SetReserveHook(f func()) (restore func()) {
 	testHookReserve = f
 	return func() { testHookReserve = nil }
 }
+
+// WriteBuffered returns the bytes in the write buffer of p's first
+// connection, or -1 while its writer is busy (or p has none).
+func WriteBuffered(p *Pool) int {
+	p.mu.Lock()
+	var c *conn
+	if len(p.conns) > 0 {
+		c = p.conns[0]
+	}
+	p.mu.Unlock()
+	if c == nil || !c.wmu.TryLock() {
+		return -1
+	}
+	defer c.wmu.Unlock()
+	return c.bw.Buffered()
+}

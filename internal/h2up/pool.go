@@ -52,6 +52,11 @@ type Config struct {
 	// while the panic is recovered: runtime/debug.Stack has its stack.
 	// nil: logged by log/slog's default logger, at error level.
 	OnPanic func(v any)
+	// Waiting, if set, is called with the request's context right before
+	// a request waits for a connection: its own dial or another
+	// request's. The agent hands its HTTP/2 server's read loop on then
+	// (h2srv.WillWait): the caller may run there.
+	Waiting func(ctx context.Context)
 }
 
 // ErrBodyPanicked: the request body's Read panicked while the pool's
@@ -143,6 +148,9 @@ func (p *Pool) get(ctx context.Context) (*conn, error) {
 		if c != nil || err != nil {
 			return c, err
 		}
+		if p.cfg.Waiting != nil {
+			p.cfg.Waiting(ctx)
+		}
 		if wait != nil {
 			select {
 			case <-wait:
@@ -190,18 +198,25 @@ func (p *Pool) pick() (c *conn, wait <-chan struct{}, done chan struct{}, err er
 // dial opens a connection for the caller that pick made the dialer and
 // reserves a stream slot on it. Its end is announced (done closed, the
 // pool's dialing cleared) however it ends, a panic in Dial or in the
-// connection's setup included: the callers waiting for it go on.
+// connection's setup included: the callers waiting for it go on. A panic
+// in the setup closes the socket dialed.
 func (p *Pool) dial(ctx context.Context, done chan struct{}) (*conn, error) {
 	ended := false
+	var open net.Conn // dialed, not yet a connection's: closed if newConn panics
 	defer func() {
 		if !ended {
+			if open != nil {
+				open.Close()
+			}
 			p.endDial(done)
 		}
 	}()
 	nc, err := p.cfg.Dial(ctx)
 	var c *conn
 	if err == nil {
+		open = nc
 		c, err = newConn(p, nc)
+		open = nil
 	}
 	ended = true
 	ok, err := p.added(c, err, done)

@@ -52,6 +52,7 @@ func (w progressWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.c.nc.Write(p)
 	w.c.wseq.Add(1)
+	w.c.wrote += int64(n) // mayWrite's count
 	return n, err
 }
 

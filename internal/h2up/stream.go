@@ -166,10 +166,15 @@ func (c *conn) open(req *http.Request, done Completion, later bool) (*stream, er
 			return err
 		}
 		headed = true
-		if !ready {
-			return nil
+		if ready {
+			if err := s.sendReady(pre, hasTrailer); err != nil {
+				return err
+			}
 		}
-		return s.sendReady(pre, hasTrailer)
+		if later && c.owed {
+			c.passOwed()
+		}
+		return nil
 	}, (!hasBody || ready) && !later)
 	written = true
 	if refused != nil { // whatever the flush of others' frames did
