@@ -166,47 +166,63 @@ func (sg *serving) complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
 	sg.k.complete(resp, err, rl)
 }
 
-// errCompletionPanicked: the response side panicked on the upstream's
-// read loop (a bug); the request fails.
-var errCompletionPanicked = errors.New("agent: the response's completion panicked")
+// errAsyncPanicked: the asynchronous path panicked (a bug) before the
+// request had its answer; the request fails.
+var errAsyncPanicked = errors.New("agent: the asynchronous HTTP/2 path panicked")
 
 // startAsync runs the loop's first attempt (at) without waiting for its
 // response where its endpoint's pool can (h2up), else the loop as run
-// does; k gets the answer.
+// does; k gets the answer. A panic in it (a bug) is k's answer, an
+// error, unless k had one or h2up's completion has the attempt: what the
+// request holds goes back either way (lbTransport.startAsync handed it).
 func (l *attempts) startAsync(at *attempt, k completion) {
+	began, owned := false, false
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		l.a.panicked("starting an HTTP/2 request", p)
+		if owned {
+			return
+		}
+		if began { // as attemptAt's
+			at.active.Add(-1)
+			at.release()
+		}
+		l.ended()
+		k.complete(nil, fmt.Errorf("%w: %v", errAsyncPanicked, p), nil)
+	}()
 	if resp := l.begin(at); resp != nil {
 		l.ended()
+		owned = true
 		k.complete(resp, nil, nil)
 		return
 	}
 	p, ok := at.rt.(h2Pool)
 	if !ok || len(l.sv.svc.Spec.Egress) > 0 {
-		h2WillWait(l.req.Context()) // l7h2wait.go
-		resp, end, err := l.a.attemptAt(at.rt, l.sv, at.ev, at.req, at.start, at.active, at.release)
+		h2WillWait(l.req.Context())                                                                  // l7h2wait.go
+		resp, end, err := l.a.attemptAt(at.rt, l.sv, at.ev, at.req, at.start, at.active, at.release) // releases at on its own panic
+		owned = true
 		l.resume(at, resp, end, err, false, k)
 		return
 	}
 	at.l, at.k = l, k
-	started := false
-	defer func() {
-		if p := recover(); p != nil && !started { // as attemptAt's
-			at.active.Add(-1)
-			at.release()
-			panic(p)
-		} else if p != nil {
-			panic(p)
-		}
-	}()
+	began = true
 	var err error
 	if at.later != nil { // its frames go with the next requests' (h2srv.AtWait)
 		var fl h2up.Flusher
-		if fl, err = p.StartLater(at.req, at); err == nil && !at.later.flushLater(fl) {
-			fl.FlushPending()
+		fl, err = p.StartLater(at.req, at)
+		if err == nil {
+			owned = true // h2up's completion has it, whatever the flush does
+			if !at.later.flushLater(fl) {
+				fl.FlushPending()
+			}
 		}
 	} else {
 		err = p.Start(at.req, at)
 	}
-	started = true
+	owned = true
 	if err != nil {
 		at.active.Add(-1)
 		h2WillWait(l.req.Context()) // a retry's back-off, the next attempts (l7h2wait.go)
@@ -228,7 +244,7 @@ func (at *attempt) Complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
 			if resp != nil {
 				abandonResponse(resp.Body, p, false)
 			}
-			go k.complete(nil, fmt.Errorf("%w: %v", errCompletionPanicked, p), nil)
+			go l.failAsync(k, p)
 		}
 	}()
 	if bufferedUpstream(resp.Body) > asyncInlineMax {
@@ -247,9 +263,19 @@ func (at *attempt) Complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
 // resume settles an attempt (it may wait: a retry's back-off), runs the
 // loop on if that was not the answer, and gives k the answer. checked:
 // checkRefused and settle ran already (resp: not the answer; err:
-// checkRefused's, the attempt released).
+// checkRefused's, the attempt released). It runs on a goroutine of its
+// own too: a panic in it (a bug) is logged, and k's answer if k had none.
 func (l *attempts) resume(at *attempt, resp *http.Response, end time.Time, err error, checked bool, k completion) {
-	defer l.ended() // a panic before the answer gives up a pending one (run's guard)
+	answered := false
+	defer func() {
+		if p := recover(); p != nil {
+			l.a.panicked("settling an HTTP/2 response", p)
+			l.ended() // a pending answer given up (run's guard)
+			if !answered {
+				k.complete(nil, fmt.Errorf("%w: %v", errAsyncPanicked, p), nil)
+			}
+		}
+	}()
 	var done bool
 	switch {
 	case !checked:
@@ -264,5 +290,13 @@ func (l *attempts) resume(at *attempt, resp *http.Response, end time.Time, err e
 		resp, err = l.run()
 	}
 	l.ended()
+	answered = true
 	k.complete(resp, err, nil)
+}
+
+// failAsync gives k a panic's error on a goroutine of its own (not the
+// upstream's read loop); a panic in k is logged.
+func (l *attempts) failAsync(k completion, p any) {
+	defer l.a.recoverGo("answering an HTTP/2 request")
+	k.complete(nil, fmt.Errorf("%w: %v", errAsyncPanicked, p), nil)
 }
