@@ -23,8 +23,8 @@ import (
 // answers, an upstream reset, and clients that give up mid-stream; each
 // stream gets its own answer, whole, and the agent holds nothing after.
 func TestH2AsyncThroughOneAgent(t *testing.T) {
-	asyncH2.Store(true)
-	t.Cleanup(func() { asyncH2.Store(false) })
+	was := asyncH2.Swap(true)
+	t.Cleanup(func() { asyncH2.Store(was) })
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

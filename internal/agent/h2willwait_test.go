@@ -68,8 +68,8 @@ func startHoldUpstream(t *testing.T) *holdUpstream {
 // whose workload svc-1 is u; it returns the service's VIP address once
 // ready() holds.
 func willWaitAgent(t *testing.T, doc, svc string, vipPort int, u *holdUpstream, tweak func(*Config), ready func(a *Agent, addr string) bool) string {
-	asyncH2.Store(true)
-	t.Cleanup(func() { asyncH2.Store(false) })
+	was := asyncH2.Swap(true)
+	t.Cleanup(func() { asyncH2.Store(was) })
 	t.Cleanup(h2srv.SetInlineLimit(time.Hour))
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, doc)

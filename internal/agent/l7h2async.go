@@ -26,14 +26,17 @@ import (
 // writer that would make the read loop wait) goes on on a goroutine, as
 // the handler would have.
 
-// asyncH2 switches the asynchronous path on, with h2srv's InlineAll (the
-// handlers of a client read's streams on its connection's read loop, their
-// upstream frames flushed once after them). Measured in session 35
-// (BENCHMARKS.md) it raised the h2c rate and lowered the agent's CPU and
-// system calls per request. A handler that waits before it detaches hands
-// the read loop and the streams queued behind it on first (l7h2wait.go,
-// session 36); off until the lead switches it on. Tests turn it on.
+// asyncH2 switches the asynchronous path on (the default), with h2srv's
+// InlineAll (the handlers of a client read's streams on its connection's
+// read loop, their upstream frames flushed once after them), read when
+// the agent starts. Measured in session 35 (BENCHMARKS.md) it raised the
+// h2c rate and lowered the agent's CPU and system calls per request. A
+// handler that waits before it detaches hands the read loop and the
+// streams queued behind it on first (l7h2wait.go, session 36). Tests may
+// switch it off to compare.
 var asyncH2 atomic.Bool
+
+func init() { asyncH2.Store(true) }
 
 // asyncInline counts responses finished on an upstream's read loop
 // (tests).
