@@ -309,17 +309,25 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 }
 
 // LeanRequestHead is LeanRequest for a head of size bytes at the start of
-// br's buffer, as PeekHeader found it (its length; size < 0: to find):
-// the head is not searched for its end a second time.
+// br's buffer, as PeekHeader found it (its length; size < 0: not known).
+// The head is walked once (headScan): its end, its lines and the checks
+// of its names and values in one pass, so the fast path calls it before
+// PeekHeader, which then searches only heads not whole in the buffer or
+// not plain.
 func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size int) *http.Request {
+	var sc *headScan
 	var arena *headArena
 	if hb != nil {
-		arena = &hb.arena
+		sc, arena = &hb.scan, &hb.arena
+	} else {
+		sc = new(headScan)
 	}
-	head, line, fields, ok := leanHeadOf(br, size, arena)
-	if !ok {
+	b, _ := br.Peek(br.Buffered())
+	if !sc.scan(b) || size >= 0 && sc.n != size {
 		return nil
 	}
+	head := arena.str(b[:sc.n])
+	line := head[:sc.line]
 	sp := strings.IndexByte(line, ' ')
 	if sp <= 0 {
 		return nil
@@ -338,11 +346,10 @@ func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size 
 		return nil
 	}
 	target := rest[:sp]
-	n := strings.Count(fields, "\n")
 	// The request, its URL and its header's values in one allocation.
 	lr := hb.leanReq()
-	h, strs := hb.take(n, lr.strs[:0])
-	hosts, host, scrub, ok := leanFields(fields, h, strs, true)
+	h, strs := hb.take(sc.nf, lr.strs[:0])
+	hosts, host, scrub, ok := scannedFields(head, sc.f[:sc.nf], h, strs)
 	if !ok || hosts != 1 {
 		return nil
 	}
@@ -371,6 +378,42 @@ func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size 
 	}
 	br.Discard(len(head))
 	return req
+}
+
+// scannedFields is leanFields with host for the field lines of head that
+// headScan found and checked: into h as textproto.ReadMIMEHeader reads
+// them, their values in strs (one per line), the Host fields counted and
+// the first one's value returned instead, false for a field framesBody
+// names, and scrub as leanFields reports it.
+func scannedFields(head string, fs []scanField, h http.Header, strs []string) (hosts int, hostValue string, scrub, ok bool) {
+	for _, f := range fs {
+		key := head[f.start:f.colon]
+		if !f.canon {
+			key = textproto.CanonicalMIMEHeaderKey(key)
+		}
+		v := trimOWS(head[f.colon+1 : f.end])
+		if key == "Host" {
+			if hosts == 0 {
+				hostValue = v
+			}
+			hosts++
+			continue
+		}
+		if framesBody(key) {
+			return 0, "", false, false // a request with a body (or trailers, Pragma): not a lean one
+		}
+		if !scrub {
+			scrub = scrubsCanonical(key) // a valid name (checked by scan), canonical
+		}
+		if vv := h[key]; vv != nil {
+			h[key] = append(vv, v)
+		} else {
+			vv, strs = strs[:1:1], strs[1:]
+			vv[0] = v
+			h[key] = vv
+		}
+	}
+	return hosts, hostValue, scrub, true
 }
 
 // leanReq is what LeanRequest allocates for a request: the request, its
