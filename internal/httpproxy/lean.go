@@ -349,7 +349,7 @@ func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size 
 	// The request, its URL and its header's values in one allocation.
 	lr := hb.leanReq()
 	h, strs := hb.take(sc.nf, lr.strs[:0])
-	hosts, host, scrub, ok := scannedFields(head, sc.f[:sc.nf], h, strs)
+	hosts, host, scrub, conn, ok := scannedFields(head, sc.f[:sc.nf], h, strs)
 	if !ok || hosts != 1 {
 		return nil
 	}
@@ -372,7 +372,7 @@ func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size 
 	}
 	req.Method, req.URL, req.Proto, req.ProtoMajor, req.ProtoMinor = method, u, "HTTP/1.1", 1, 1
 	req.Header, req.Body, req.Host, req.RequestURI = h, http.NoBody, host, target
-	req.Close = httpguts.HeaderValuesContainsToken(h["Connection"], "close")
+	req.Close = conn && httpguts.HeaderValuesContainsToken(h["Connection"], "close")
 	if hb != nil {
 		hb.clean = !scrub
 	}
@@ -381,39 +381,64 @@ func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size 
 }
 
 // scannedFields is leanFields with host for the field lines of head that
-// headScan found and checked: into h as textproto.ReadMIMEHeader reads
-// them, their values in strs (one per line), the Host fields counted and
-// the first one's value returned instead, false for a field framesBody
-// names, and scrub as leanFields reports it.
-func scannedFields(head string, fs []scanField, h http.Header, strs []string) (hosts int, hostValue string, scrub, ok bool) {
-	for _, f := range fs {
-		key := head[f.start:f.colon]
-		if !f.canon {
-			key = textproto.CanonicalMIMEHeaderKey(key)
-		}
+// headScan found and checked: into h (empty) as textproto.ReadMIMEHeader
+// reads them, their values in strs (one per line), the Host fields
+// counted and the first one's value returned instead, false for a field
+// framesBody names, and scrub as leanFields reports it; conn reports a
+// Connection field.
+func scannedFields(head string, fs []scanField, h http.Header, strs []string) (hosts int, hostValue string, scrub, conn, ok bool) {
+	for i, f := range fs {
+		key := fieldKey(head, f)
 		v := trimOWS(head[f.colon+1 : f.end])
-		if key == "Host" {
+		switch key {
+		case "Host":
 			if hosts == 0 {
 				hostValue = v
 			}
 			hosts++
 			continue
+		case "Connection":
+			conn = true
 		}
 		if framesBody(key) {
-			return 0, "", false, false // a request with a body (or trailers, Pragma): not a lean one
+			return 0, "", false, false, false // a request with a body (or trailers, Pragma): not a lean one
 		}
 		if !scrub {
 			scrub = scrubsCanonical(key) // a valid name (checked by scan), canonical
 		}
-		if vv := h[key]; vv != nil {
-			h[key] = append(vv, v)
-		} else {
-			vv, strs = strs[:1:1], strs[1:]
-			vv[0] = v
-			h[key] = vv
+		// Set without looking the name up first: a name already there
+		// (the map did not grow) is rare, and its values are then
+		// gathered again from the lines so far.
+		n := len(h)
+		vv := strs[:1:1]
+		strs = strs[1:]
+		vv[0] = v
+		h[key] = vv
+		if len(h) == n {
+			h[key] = fieldValues(head, fs[:i+1], key)
 		}
 	}
-	return hosts, hostValue, scrub, true
+	return hosts, hostValue, scrub, conn, true
+}
+
+// fieldKey is the canonical name of field f of head.
+func fieldKey(head string, f scanField) string {
+	key := head[f.start:f.colon]
+	if !f.canon {
+		key = textproto.CanonicalMIMEHeaderKey(key)
+	}
+	return key
+}
+
+// fieldValues returns the values of the fields of head named key, in order.
+func fieldValues(head string, fs []scanField, key string) []string {
+	var vv []string
+	for _, f := range fs {
+		if fieldKey(head, f) == key {
+			vv = append(vv, trimOWS(head[f.colon+1:f.end]))
+		}
+	}
+	return vv
 }
 
 // leanReq is what LeanRequest allocates for a request: the request, its

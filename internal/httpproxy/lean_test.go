@@ -258,6 +258,17 @@ var leanRequestSeeds = []string{
 	"CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n",
 	"GET /x HTTP/1.1\r\nHost: h\r\nupgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
 	"GET /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+	// For headScan: not whole yet; a bare CR in a value; a non-ASCII
+	// value byte; names canonical and not, one with '_' and one
+	// "x-Y"; Connection with close among other tokens.
+	"GET / HTTP/1.1\r\nHost: h\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\n\r",
+	"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\nX: \xe2\x82\xac\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\nX_Y: 1\r\nx-Y: 2\r\nX-y: 3\r\nconnection: keep-alive, close\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\nX\x00: 1\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\n: 1\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\nX\r\n\r\n",
 }
 
 func FuzzLeanRequest(f *testing.F) {
