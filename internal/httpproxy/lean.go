@@ -139,8 +139,26 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if hb != nil {
 		arena = &hb.arena // not busy: this request's, on its goroutine
 	}
-	head, line, fields, ok := leanHead(pc.br, arena)
-	if !ok || len(line) < 12 || line[:9] != "HTTP/1.1 " {
+	var head, line, fields string
+	var sc *headScan // the fields found already (the fast path's), else nil
+	if hb != nil {
+		// One walk, as LeanRequest's; a head it does not take (not
+		// whole, not plain, too many fields) is left to leanHead.
+		sc = &hb.scan
+		if b, _ := pc.br.Peek(pc.br.Buffered()); sc.scan(b) {
+			head = arena.str(b[:sc.n])
+			line, fields = head[:sc.line], head[sc.line+2:sc.n-2]
+		} else {
+			sc = nil
+		}
+	}
+	if sc == nil {
+		var ok bool
+		if head, line, fields, ok = leanHead(pc.br, arena); !ok {
+			return nil
+		}
+	}
+	if len(line) < 12 || line[:9] != "HTTP/1.1 " {
 		return nil
 	}
 	status := line[9:]
@@ -153,7 +171,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 		return nil
 	}
 	if hb != nil {
-		if length, names, ok := rawFields(fields); ok {
+		if length, names, ok := rawFieldsOf(head, fields, sc); ok {
 			// Kept raw: read through ResponseField, written as it came
 			// (WriteResponse), made a map only if asked (ResponseHeader).
 			resp := pc.newLeanResponse(hb, http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,

@@ -16,9 +16,10 @@ import (
 // ends where headEnd (PeekHeader's) says, its request line ends at the
 // first LF, each field's name is a token and its value valid
 // (httpguts), canon is whether CanonicalMIMEHeaderKey keeps the name,
-// and every line but the blank one is a field it recorded.
+// and every line but the blank one is a field it recorded; and that a
+// response's fields are judged from it as rawFields judges the lines.
 func FuzzHeadScan(f *testing.F) {
-	for _, s := range leanRequestSeeds {
+	for _, s := range append(leanRequestSeeds, leanResponseSeeds...) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -37,6 +38,14 @@ func FuzzHeadScan(f *testing.F) {
 			t.Fatalf("%q: %d fields, lines %q", data, sc.nf, lines)
 		}
 		head := string(data)
+		// A response's fields judged from the scan as rawFields judges
+		// their lines (leanResponse).
+		fields := head[sc.line+2 : sc.n-2]
+		l1, n1, ok1 := rawFieldsOf(head, fields, &sc)
+		l2, n2, ok2 := rawFields(fields)
+		if l1 != l2 || n1 != n2 || ok1 != ok2 {
+			t.Fatalf("%q: from the scan %d %x %t, rawFields %d %x %t", data, l1, n1, ok1, l2, n2, ok2)
+		}
 		for i, fl := range sc.f[:sc.nf] {
 			name, value := head[fl.start:fl.colon], head[fl.colon+1:fl.end]
 			if lines[i] != name+":"+value {
