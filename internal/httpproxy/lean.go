@@ -25,45 +25,26 @@ import (
 // leanFields parses the field lines of s (each "Name: value\r\n", the blank
 // line excluded) into h as textproto.ReadMIMEHeader does, its values in
 // strs (at least one per line), or reports false for a line outside the
-// subset. Values and already canonical names are substrings of s. With
-// host, Host fields are counted and the first one's value returned instead
-// of being added to h (http.ReadRequest removes them), a field framesBody
-// names makes it report false (LeanRequest's to decline), and scrub reports
-// whether any name added to h is one ScrubRequestHeader deletes
-// (scrubsName, scrubsCanonical): with none, it would leave h as it is.
-func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, hostValue string, scrub, ok bool) {
+// subset. Values and already canonical names are substrings of s. (A
+// request's fields are parsed from headScan's walk: scannedFields.)
+func leanFields(s string, h http.Header, strs []string) bool {
 	for len(s) > 0 {
 		i := strings.IndexByte(s, '\n')
 		if i < 1 || s[i-1] != '\r' {
-			return 0, "", false, false
+			return false
 		}
 		line := s[:i-1]
 		s = s[i+1:]
 		colon := strings.IndexByte(line, ':')
 		if colon <= 0 || !httpguts.ValidHeaderFieldName(line[:colon]) {
-			return 0, "", false, false
+			return false
 		}
 		v := line[colon+1:]
 		if !httpguts.ValidHeaderFieldValue(v) {
-			return 0, "", false, false
+			return false
 		}
 		v = trimOWS(v)
 		key := textproto.CanonicalMIMEHeaderKey(line[:colon])
-		if host && key == "Host" {
-			if hosts == 0 {
-				hostValue = v
-			}
-			hosts++
-			continue
-		}
-		if host {
-			if framesBody(key) {
-				return 0, "", false, false // a request with a body (or trailers, Pragma): not a lean one
-			}
-			if !scrub {
-				scrub = scrubsCanonical(key) // a valid name (checked above), canonical
-			}
-		}
 		if vv := h[key]; vv != nil {
 			h[key] = append(vv, v)
 		} else {
@@ -72,7 +53,7 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 			h[key] = vv
 		}
 	}
-	return hosts, hostValue, scrub, true
+	return true
 }
 
 // framesBody: a request field of this canonical name takes the head out
@@ -95,16 +76,8 @@ func framesBody(key string) bool {
 // field lines, or false if the buffer holds no whole head whose lines all
 // end in CRLF.
 func leanHead(br *bufio.Reader, a *headArena) (head, first, fields string, ok bool) {
-	return leanHeadOf(br, -1, a)
-}
-
-// leanHeadOf is leanHead for a head of n bytes the caller found already
-// (headEnd of the buffer, as PeekHeader returns it; n < 0: not found yet).
-func leanHeadOf(br *bufio.Reader, n int, a *headArena) (head, first, fields string, ok bool) {
 	b, _ := br.Peek(br.Buffered())
-	if n < 0 || n > len(b) {
-		n = headEnd(b)
-	}
+	n := headEnd(b)
 	if n < 4 || b[n-2] != '\r' {
 		return "", "", "", false
 	}
@@ -182,7 +155,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 		}
 	}
 	h, strs := responseHeader(ctx, strings.Count(fields, "\n"))
-	if _, _, _, ok := leanFields(fields, h, strs, false); !ok {
+	if !leanFields(fields, h, strs) {
 		return nil
 	}
 	if _, ok := h["Transfer-Encoding"]; ok {
@@ -398,12 +371,14 @@ func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size 
 	return req
 }
 
-// scannedFields is leanFields with host for the field lines of head that
-// headScan found and checked: into h (empty) as textproto.ReadMIMEHeader
-// reads them, their values in strs (one per line), the Host fields
-// counted and the first one's value returned instead, false for a field
-// framesBody names, and scrub as leanFields reports it; conn reports a
-// Connection field.
+// scannedFields parses the field lines of head that headScan found and
+// checked into h (empty) as textproto.ReadMIMEHeader does, their values in
+// strs (one per line), but for the Host fields: they are counted and the
+// first one's value returned instead of being added to h (http.ReadRequest
+// removes them). A field framesBody names makes it report false
+// (LeanRequest's to decline); scrub reports whether any name added to h is
+// one ScrubRequestHeader deletes (scrubsName, scrubsCanonical: with none,
+// it would leave h as it is), conn whether h has a Connection field.
 func scannedFields(head string, fs []scanField, h http.Header, strs []string) (hosts int, hostValue string, scrub, conn, ok bool) {
 	for i, f := range fs {
 		key := fieldKey(head, f)

@@ -2,21 +2,22 @@ package httpproxy
 
 import "bytes"
 
-// The one pass over a request head that LeanRequest parses (issue 14):
-// it finds the head's end, each field line's name, colon and value, checks
-// every name and value as httpguts.ValidHeaderFieldName and
-// ValidHeaderFieldValue do, and notes which names are canonical already
-// (textproto.CanonicalMIMEHeaderKey would return them as they are).
-// Before, the head was searched for its end (headEnd, PeekHeader's), its
-// lines counted, then each line searched for its LF and colon and its name
-// and value checked and its name canonicalised, in separate walks.
+// The one pass over a plain head (issue 14), a request's (LeanRequest)
+// or, on the fast path, a response's (leanResponse): it finds the head's
+// end, each field line's name, colon and value, checks every name and
+// value as httpguts.ValidHeaderFieldName and ValidHeaderFieldValue do,
+// and notes which names are canonical already (those
+// textproto.CanonicalMIMEHeaderKey returns as they are). Before, the head
+// was searched for its end (headEnd, PeekHeader's), its lines counted,
+// then each line searched for its LF and colon, its name and value checked
+// and its name canonicalised, in separate walks.
 //
-// It takes the heads leanHeadOf and leanFields took, no others: every line
-// ends in CRLF, the first LF ends the request line, and each field line is
-// a non-empty token, a colon and a value of no control byte but HTAB, so
-// the blank line it stops at is the one headEnd finds (FuzzLeanRequest
-// holds the parse to http.ReadRequest, with the end found here and with
-// PeekHeader's).
+// It takes the heads those walks took (leanHead, then leanFields or
+// rawFields), no others: every line ends in CRLF, the first LF ends the
+// request line, and each field line is a non-empty token, a colon and a
+// value of no control byte but HTAB, so the blank line it stops at is the
+// one headEnd finds (FuzzHeadScan; FuzzLeanRequest holds the parse to
+// http.ReadRequest with the end found here and with PeekHeader's).
 
 // maxScanFields: a head of more field lines is left to http.ReadRequest.
 const maxScanFields = 32

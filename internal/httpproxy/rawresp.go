@@ -139,7 +139,7 @@ func ResponseHeader(resp *http.Response) http.Header {
 	n := strings.Count(fields, "\n")
 	h, strs := make(http.Header, n), make([]string, n)
 	if raw {
-		leanFields(fields, h, strs, false) // taken by rawFields: cannot fail
+		leanFields(fields, h, strs) // taken by rawFields: cannot fail
 		hb := headerBufOf(resp.Request.Context())
 		hb.raw, hb.rawFields = nil, ""
 	}
