@@ -129,23 +129,7 @@ func (s *l7) serveH1(ctx context.Context, tc *taggedConn) {
 			}
 		}
 		wire.headStarted()
-		buffered := br.Buffered()
-		hdr, err := httpproxy.PeekHeader(br, c)
-		if br.Buffered() != buffered {
-			wire.moved() // it read on, under the head's deadline
-		}
-		eligible, clte := false, false
-		var req *http.Request
-		if err == nil {
-			// A plain head first: one LeanRequest reads is one Eligible
-			// takes (no Upgrade, Expect, Content-Length or Transfer-Encoding,
-			// one Host), and is not walked a second time.
-			if req = httpproxy.LeanRequestHead(cs.ctx, br, &cs.hb, len(hdr)); req != nil {
-				eligible = true
-			} else {
-				eligible, clte = httpproxy.Eligible(hdr)
-			}
-		}
+		req, eligible, clte, err := cs.readHead(br, c)
 		if err == httpproxy.ErrHeaderTooLarge || (err == nil && !eligible) {
 			// The net/http server takes the connection from here on.
 			c.SetReadDeadline(time.Time{})

@@ -61,6 +61,9 @@ type HeaderBuf struct {
 	// arena holds the heads of the lean requests (LeanRequest) or lean
 	// responses (leanResponse) read with hb: kept across requests.
 	arena headArena
+	// scan is LeanRequest's walk of the last head (headScan), kept here
+	// so that it is not zeroed for every request.
+	scan headScan
 }
 
 // RecycleResponse is Done for the response side of a request whose

@@ -25,45 +25,26 @@ import (
 // leanFields parses the field lines of s (each "Name: value\r\n", the blank
 // line excluded) into h as textproto.ReadMIMEHeader does, its values in
 // strs (at least one per line), or reports false for a line outside the
-// subset. Values and already canonical names are substrings of s. With
-// host, Host fields are counted and the first one's value returned instead
-// of being added to h (http.ReadRequest removes them), a field framesBody
-// names makes it report false (LeanRequest's to decline), and scrub reports
-// whether any name added to h is one ScrubRequestHeader deletes
-// (scrubsName, scrubsCanonical): with none, it would leave h as it is.
-func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, hostValue string, scrub, ok bool) {
+// subset. Values and already canonical names are substrings of s. (A
+// request's fields are parsed from headScan's walk: scannedFields.)
+func leanFields(s string, h http.Header, strs []string) bool {
 	for len(s) > 0 {
 		i := strings.IndexByte(s, '\n')
 		if i < 1 || s[i-1] != '\r' {
-			return 0, "", false, false
+			return false
 		}
 		line := s[:i-1]
 		s = s[i+1:]
 		colon := strings.IndexByte(line, ':')
 		if colon <= 0 || !httpguts.ValidHeaderFieldName(line[:colon]) {
-			return 0, "", false, false
+			return false
 		}
 		v := line[colon+1:]
 		if !httpguts.ValidHeaderFieldValue(v) {
-			return 0, "", false, false
+			return false
 		}
 		v = trimOWS(v)
 		key := textproto.CanonicalMIMEHeaderKey(line[:colon])
-		if host && key == "Host" {
-			if hosts == 0 {
-				hostValue = v
-			}
-			hosts++
-			continue
-		}
-		if host {
-			if framesBody(key) {
-				return 0, "", false, false // a request with a body (or trailers, Pragma): not a lean one
-			}
-			if !scrub {
-				scrub = scrubsCanonical(key) // a valid name (checked above), canonical
-			}
-		}
 		if vv := h[key]; vv != nil {
 			h[key] = append(vv, v)
 		} else {
@@ -72,7 +53,7 @@ func leanFields(s string, h http.Header, strs []string, host bool) (hosts int, h
 			h[key] = vv
 		}
 	}
-	return hosts, hostValue, scrub, true
+	return true
 }
 
 // framesBody: a request field of this canonical name takes the head out
@@ -95,16 +76,8 @@ func framesBody(key string) bool {
 // field lines, or false if the buffer holds no whole head whose lines all
 // end in CRLF.
 func leanHead(br *bufio.Reader, a *headArena) (head, first, fields string, ok bool) {
-	return leanHeadOf(br, -1, a)
-}
-
-// leanHeadOf is leanHead for a head of n bytes the caller found already
-// (headEnd of the buffer, as PeekHeader returns it; n < 0: not found yet).
-func leanHeadOf(br *bufio.Reader, n int, a *headArena) (head, first, fields string, ok bool) {
 	b, _ := br.Peek(br.Buffered())
-	if n < 0 || n > len(b) {
-		n = headEnd(b)
-	}
+	n := headEnd(b)
 	if n < 4 || b[n-2] != '\r' {
 		return "", "", "", false
 	}
@@ -139,8 +112,26 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 	if hb != nil {
 		arena = &hb.arena // not busy: this request's, on its goroutine
 	}
-	head, line, fields, ok := leanHead(pc.br, arena)
-	if !ok || len(line) < 12 || line[:9] != "HTTP/1.1 " {
+	var head, line, fields string
+	var sc *headScan // the fields found already (the fast path's), else nil
+	if hb != nil {
+		// One walk, as LeanRequest's; a head it does not take (not
+		// whole, not plain, too many fields) is left to leanHead.
+		sc = &hb.scan
+		if b, _ := pc.br.Peek(pc.br.Buffered()); sc.scan(b) {
+			head = arena.str(b[:sc.n])
+			line, fields = head[:sc.line], head[sc.line+2:sc.n-2]
+		} else {
+			sc = nil
+		}
+	}
+	if sc == nil {
+		var ok bool
+		if head, line, fields, ok = leanHead(pc.br, arena); !ok {
+			return nil
+		}
+	}
+	if len(line) < 12 || line[:9] != "HTTP/1.1 " {
 		return nil
 	}
 	status := line[9:]
@@ -153,7 +144,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 		return nil
 	}
 	if hb != nil {
-		if length, names, ok := rawFields(fields); ok {
+		if length, names, ok := rawFieldsOf(head, fields, sc); ok {
 			// Kept raw: read through ResponseField, written as it came
 			// (WriteResponse), made a map only if asked (ResponseHeader).
 			resp := pc.newLeanResponse(hb, http.Response{Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
@@ -164,7 +155,7 @@ func (pc *poolConn) leanResponse(req *http.Request) *http.Response {
 		}
 	}
 	h, strs := responseHeader(ctx, strings.Count(fields, "\n"))
-	if _, _, _, ok := leanFields(fields, h, strs, false); !ok {
+	if !leanFields(fields, h, strs) {
 		return nil
 	}
 	if _, ok := h["Transfer-Encoding"]; ok {
@@ -309,17 +300,25 @@ func LeanRequest(ctx context.Context, br *bufio.Reader, hb *HeaderBuf) *http.Req
 }
 
 // LeanRequestHead is LeanRequest for a head of size bytes at the start of
-// br's buffer, as PeekHeader found it (its length; size < 0: to find):
-// the head is not searched for its end a second time.
+// br's buffer, as PeekHeader found it (its length; size < 0: not known).
+// The head is walked once (headScan): its end, its lines and the checks
+// of its names and values in one pass, so the fast path calls it before
+// PeekHeader, which then searches only heads not whole in the buffer or
+// not plain.
 func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size int) *http.Request {
+	var sc *headScan
 	var arena *headArena
 	if hb != nil {
-		arena = &hb.arena
+		sc, arena = &hb.scan, &hb.arena
+	} else {
+		sc = new(headScan)
 	}
-	head, line, fields, ok := leanHeadOf(br, size, arena)
-	if !ok {
+	b, _ := br.Peek(br.Buffered())
+	if !sc.scan(b) || size >= 0 && sc.n != size {
 		return nil
 	}
+	head := arena.str(b[:sc.n])
+	line := head[:sc.line]
 	sp := strings.IndexByte(line, ' ')
 	if sp <= 0 {
 		return nil
@@ -338,11 +337,10 @@ func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size 
 		return nil
 	}
 	target := rest[:sp]
-	n := strings.Count(fields, "\n")
 	// The request, its URL and its header's values in one allocation.
 	lr := hb.leanReq()
-	h, strs := hb.take(n, lr.strs[:0])
-	hosts, host, scrub, ok := leanFields(fields, h, strs, true)
+	h, strs := hb.take(sc.nf, lr.strs[:0])
+	hosts, host, scrub, conn, ok := scannedFields(head, sc.f[:sc.nf], h, strs)
 	if !ok || hosts != 1 {
 		return nil
 	}
@@ -365,12 +363,75 @@ func LeanRequestHead(ctx context.Context, br *bufio.Reader, hb *HeaderBuf, size 
 	}
 	req.Method, req.URL, req.Proto, req.ProtoMajor, req.ProtoMinor = method, u, "HTTP/1.1", 1, 1
 	req.Header, req.Body, req.Host, req.RequestURI = h, http.NoBody, host, target
-	req.Close = httpguts.HeaderValuesContainsToken(h["Connection"], "close")
+	req.Close = conn && httpguts.HeaderValuesContainsToken(h["Connection"], "close")
 	if hb != nil {
 		hb.clean = !scrub
 	}
 	br.Discard(len(head))
 	return req
+}
+
+// scannedFields parses the field lines of head that headScan found and
+// checked into h (empty) as textproto.ReadMIMEHeader does, their values in
+// strs (one per line), but for the Host fields: they are counted and the
+// first one's value returned instead of being added to h (http.ReadRequest
+// removes them). A field framesBody names makes it report false
+// (LeanRequest's to decline); scrub reports whether any name added to h is
+// one ScrubRequestHeader deletes (scrubsName, scrubsCanonical: with none,
+// it would leave h as it is), conn whether h has a Connection field.
+func scannedFields(head string, fs []scanField, h http.Header, strs []string) (hosts int, hostValue string, scrub, conn, ok bool) {
+	for i, f := range fs {
+		key := fieldKey(head, f)
+		v := trimOWS(head[f.colon+1 : f.end])
+		switch key {
+		case "Host":
+			if hosts == 0 {
+				hostValue = v
+			}
+			hosts++
+			continue
+		case "Connection":
+			conn = true
+		}
+		if framesBody(key) {
+			return 0, "", false, false, false // a request with a body (or trailers, Pragma): not a lean one
+		}
+		if !scrub {
+			scrub = scrubsCanonical(key) // a valid name (checked by scan), canonical
+		}
+		// Set without looking the name up first: a name already there
+		// (the map did not grow) is rare, and its values are then
+		// gathered again from the lines so far.
+		n := len(h)
+		vv := strs[:1:1]
+		strs = strs[1:]
+		vv[0] = v
+		h[key] = vv
+		if len(h) == n {
+			h[key] = fieldValues(head, fs[:i+1], key)
+		}
+	}
+	return hosts, hostValue, scrub, conn, true
+}
+
+// fieldKey is the canonical name of field f of head.
+func fieldKey(head string, f scanField) string {
+	key := head[f.start:f.colon]
+	if !f.canon {
+		key = textproto.CanonicalMIMEHeaderKey(key)
+	}
+	return key
+}
+
+// fieldValues returns the values of the fields of head named key, in order.
+func fieldValues(head string, fs []scanField, key string) []string {
+	var vv []string
+	for _, f := range fs {
+		if fieldKey(head, f) == key {
+			vv = append(vv, trimOWS(head[f.colon+1:f.end]))
+		}
+	}
+	return vv
 }
 
 // leanReq is what LeanRequest allocates for a request: the request, its

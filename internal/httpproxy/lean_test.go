@@ -235,7 +235,7 @@ var leanRequestSeeds = []string{
 	"GET / HTTP/1.1\r\nHost: bench.demo\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n",
 	"GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\n",
 	"DELETE /a%20b/%2F HTTP/1.1\r\nhost: h:80\r\nconnection: Close\r\naccept: a\r\nAccept: b\r\n\r\n",
-	// A name met again after others and a Host (leanFields' second pass),
+	// A name met again after others and a Host (scannedFields' fieldValues),
 	// three times; a second Host after a repeated name.
 	"GET / HTTP/1.1\r\nX-A: 1\r\nHost: h\r\nx-b: 2\r\nX-A: 3\r\nx-a: 4\r\nCookie: c\r\n\r\n",
 	"GET /x HTTP/1.1\r\nAccept: a\r\naccept: b\r\nHost: h\r\nHost: h\r\n\r\n",
@@ -258,6 +258,17 @@ var leanRequestSeeds = []string{
 	"CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n",
 	"GET /x HTTP/1.1\r\nHost: h\r\nupgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
 	"GET /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+	// For headScan: not whole yet; a bare CR in a value; a non-ASCII
+	// value byte; names canonical and not, one with '_' and one
+	// "x-Y"; Connection with close among other tokens.
+	"GET / HTTP/1.1\r\nHost: h\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\n\r",
+	"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\nX: \xe2\x82\xac\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\nX_Y: 1\r\nx-Y: 2\r\nX-y: 3\r\nconnection: keep-alive, close\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\nX\x00: 1\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\n: 1\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: h\r\nX\r\n\r\n",
 }
 
 func FuzzLeanRequest(f *testing.F) {

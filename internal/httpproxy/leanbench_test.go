@@ -55,3 +55,25 @@ func BenchmarkTimedBodyAnswered(b *testing.B) {
 		tb.Answered()
 	}
 }
+
+// BenchmarkLeanRequestHead reads a plain request head as the fast path
+// does (LeanRequestHead on what is buffered, the head's end not known
+// yet; the HeaderBuf recycled after each request): the request side of
+// BenchmarkLeanExchange without the response and its allocations.
+func BenchmarkLeanRequestHead(b *testing.B) {
+	head := []byte("GET / HTTP/1.1\r\nHost: bench.demo\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+	ctx := context.Background()
+	var hb HeaderBuf
+	r := bytes.NewReader(head)
+	br := bufio.NewReaderSize(r, BufSize)
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Reset(head)
+		br.Reset(r)
+		br.Peek(1)
+		if LeanRequestHead(ctx, br, &hb, -1) == nil {
+			b.Fatal("declined")
+		}
+		hb.Recycle()
+	}
+}

@@ -27,9 +27,10 @@ func (pc *poolConn) writeRequest(req *http.Request) error {
 	hw.add(req.Method, " ", uri, " HTTP/1.1\r\nHost: ")
 	hw.add(host, "\r\n", "", "")
 	h := req.Header
-	_, hadLength := h["Content-Length"]
+	hadLength := false
 	for k, vv := range h {
 		if k == "Content-Length" {
+			hadLength = true
 			continue
 		}
 		for _, v := range vv {

@@ -42,21 +42,44 @@ func rawFields(s string) (length int64, names uint64, ok bool) {
 			return 0, 0, false
 		}
 		names |= 1 << (colon % 64)
-		if len(name) == len("Content-Length") && strings.EqualFold(name, "Content-Length") {
-			lengths++
-			var ok bool
-			if length, ok = parseLength(trimOWS(v)); !ok || lengths > 1 {
-				return 0, 0, false
-			}
-			continue
-		}
-		for _, r := range rawRefused {
-			if len(name) == len(r) && strings.EqualFold(name, r) {
-				return 0, 0, false
-			}
+		if !rawField(name, v, &length, &lengths) {
+			return 0, 0, false
 		}
 	}
 	return length, names, lengths == 1
+}
+
+// rawFieldsOf is rawFields for the field lines fields of head, found and
+// checked already by sc (nil: not).
+func rawFieldsOf(head, fields string, sc *headScan) (length int64, names uint64, ok bool) {
+	if sc == nil {
+		return rawFields(fields)
+	}
+	lengths := 0
+	for _, f := range sc.f[:sc.nf] {
+		names |= 1 << ((f.colon - f.start) % 64)
+		if !rawField(head[f.start:f.colon], head[f.colon+1:f.end], &length, &lengths) {
+			return 0, 0, false
+		}
+	}
+	return length, names, lengths == 1
+}
+
+// rawField is rawFields's judgement of one field, a valid name and value:
+// a Content-Length is counted (lengths) and parsed into length.
+func rawField(name, v string, length *int64, lengths *int) bool {
+	if len(name) == len("Content-Length") && strings.EqualFold(name, "Content-Length") {
+		*lengths++
+		n, ok := parseLength(trimOWS(v))
+		*length = n
+		return ok && *lengths == 1
+	}
+	for _, r := range rawRefused {
+		if len(name) == len(r) && strings.EqualFold(name, r) {
+			return false
+		}
+	}
+	return true
 }
 
 // rawRefused: the names rawFields leaves to leanFields.
@@ -116,7 +139,7 @@ func ResponseHeader(resp *http.Response) http.Header {
 	n := strings.Count(fields, "\n")
 	h, strs := make(http.Header, n), make([]string, n)
 	if raw {
-		leanFields(fields, h, strs, false) // taken by rawFields: cannot fail
+		leanFields(fields, h, strs) // taken by rawFields: cannot fail
 		hb := headerBufOf(resp.Request.Context())
 		hb.raw, hb.rawFields = nil, ""
 	}
