@@ -187,10 +187,16 @@ func (a *Async) TryFinish() (Flusher, bool) {
 	}
 	data := w.buf
 	n := int64(len(data))
+	// The frames' size: the body, the header block and trailers at most
+	// (headerBound), and room for the fields the server adds.
+	size := len(data) + tryFinishHeader + headerBound(w.header)
+	if size > sc.bw.Size() {
+		return nil, false // they would be written to the socket, not buffered
+	}
 	if !sc.wmu.TryLock() {
 		return nil, false
 	}
-	if sc.bw.Available() < len(data)+tryFinishHeader && !sc.mayWrite(sc.bw.Buffered()) {
+	if sc.bw.Available() < size && !sc.mayWrite(sc.bw.Buffered()) {
 		// The frames would not all fit the buffer, whose write could
 		// wait: the client's socket holds bytes it has not taken.
 		sc.wmu.Unlock()
@@ -223,6 +229,19 @@ func (a *Async) TryFinish() (Flusher, bool) {
 	a.responded.Store(true)
 	a.release(false)
 	return sc, true
+}
+
+// headerBound bounds the HPACK size of h's fields (a literal's: its
+// name and value, their lengths' prefixes and its own), and the frame
+// headers of the blocks they take (one per 16 KiB at most).
+func headerBound(h http.Header) int {
+	n := 0
+	for k, vv := range h {
+		for _, v := range vv {
+			n += len(k) + len(v) + 12
+		}
+	}
+	return n + 9*(n>>14+2)
 }
 
 // FlushPending flushes what TryFinish left buffered. If the writer is
