@@ -185,3 +185,40 @@ func (c *conn) beforeWait() {
 	}
 	c.rl.flushers = c.rl.flushers[:0]
 }
+
+// orphaned, after a panic on the read loop (recoverRead), gives what
+// beforeWait would have to goroutines of their own: the completions of
+// responses whose headers came (their bodies' reads fail with the
+// connection's close: the streams' fail leaves them to these, whose
+// response was set) and the flushes completions asked for (AtWait).
+// Without it their callers waited for good.
+func (c *conn) orphaned() {
+	for i, s := range c.doneLater {
+		if s != nil && s.later { // nil: beforeWait's, which panicked, had it
+			s.later = false
+			go s.done.Complete(s.resp, nil, nil)
+		}
+		c.doneLater[i] = nil
+	}
+	c.doneLater = nil
+	fs := c.rl.flushers
+	c.rl.flushers = nil
+	if len(fs) == 0 {
+		return
+	}
+	go func() {
+		for _, f := range fs {
+			c.flushGuarded(f)
+		}
+	}()
+}
+
+// flushGuarded runs f's flush; a panic in it goes to Config.OnPanic.
+func (c *conn) flushGuarded(f Flusher) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.p.panicked(p)
+		}
+	}()
+	f.FlushPending()
+}

@@ -67,6 +67,7 @@ func (c *conn) recoverRead() {
 		c.broken.Store(true) // first: get skips c from now on
 		c.p.panicked(p)
 		c.nc.Close()
+		c.orphaned()
 		err := fmt.Errorf("h2up: connection lost: the read loop panicked: %v", p)
 		if c.mu.TryLock() {
 			free := c.wmu.TryLock()
