@@ -143,13 +143,19 @@ func h2Detached(ctx any) bool {
 
 // startAsync is serve for a request whose answer goes to k rather than
 // being returned (k may run before startAsync returns); sg and at are
-// the caller's, for the request's life.
+// the caller's, for the request's life. A panic in prepare (a bug) is
+// k's answer, an error, as attempts.startAsync's: the caller detached
+// its stream, which only k's answer ends (h2srv keeps it till then).
 func (lt *lbTransport) startAsync(sg *serving, at *attempt, req *http.Request, k completion) {
 	handed := false
 	defer func() {
-		if !handed { // a panic (a bug): what the request holds goes back
-			sg.hold(nil, nil, nil)
+		if handed {
+			return
 		}
+		p := recover()
+		sg.hold(nil, nil, nil) // what the request holds goes back
+		lt.l7.a.panicked("preparing an HTTP/2 request", p)
+		k.complete(nil, fmt.Errorf("%w: %v", errAsyncPanicked, p), nil)
 	}()
 	resp, err, ok := lt.prepare(sg, req, nil, nil, nil)
 	handed = true
