@@ -189,8 +189,15 @@ func (c *conn) open(req *http.Request, done Completion, later bool) (*stream, er
 			}
 			return nil, errConnGone
 		}
+		owner := s.done == nil || s.disown(err)
 		s.reset(http2.ErrCodeCancel, err, false)
 		c.streamDone()
+		if !owner {
+			// The stream failed first (its connection closed as the
+			// write failed): its completion has the error, not the
+			// caller.
+			return s, nil
+		}
 		return nil, err
 	}
 	switch {
@@ -205,6 +212,23 @@ func (c *conn) open(req *http.Request, done Completion, later bool) (*stream, er
 		go s.writeBody(hasTrailer, time.AfterFunc(headerFlushDelay, c.flush), nil)
 	}
 	return s, nil
+}
+
+// disown takes the response's place (respDone) for open's caller, to
+// whom open's failure goes (an error returned, or a panic): the stream's
+// completion (Pool.Start) is not called for it; it was, on a goroutine of
+// its own (fail), and the caller went on with the error as well (the
+// agent's attempt loop twice). false: the response, or the stream's
+// failure, came first, and the completion has it.
+func (s *stream) disown(err error) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.respDone {
+		return false
+	}
+	s.respDone, s.respErr = true, err
+	close(s.respReady)
+	return true
 }
 
 // errAbandoned: the request's write panicked (roundTrip).
@@ -222,6 +246,9 @@ var errAbandoned = errors.New("h2up: the request's write panicked")
 // dials a fresh one.
 func (s *stream) abandon(ran, headed bool, pre *pending) {
 	c := s.c
+	if s.done != nil {
+		s.disown(errAbandoned) // the panic goes on to the caller
+	}
 	switch {
 	case s.id != 0 && !headed:
 		c.close(errAbandoned)
