@@ -71,6 +71,9 @@ type stream struct {
 	// loop over: inline.go, where it is not a stream beside another).
 	answered atomic.Bool
 	inlined  bool // its handler runs on the read loop's goroutine (runQueue)
+	// headerOut: the response's header block was written (under wmu):
+	// the body's first read sends no 100 Continue after it.
+	headerOut bool
 
 	reqBody requestBody // req.Body of a request with one: in the stream's allocation
 	vals    [4]string   // the request header's values, if they fit (newRequest)
@@ -246,6 +249,15 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	if st.needsContinue {
 		st.needsContinue = false
 		sc.writeFrames(func() error {
+			sc.mu.Lock()
+			gone := st.err != nil
+			sc.mu.Unlock()
+			if st.headerOut || gone {
+				// The final response went first (an answer before the
+				// body was taken), or the stream ended: a 100 after
+				// it would be a protocol error.
+				return nil
+			}
 			return sc.writeHeaderBlock(st.id, false, func(enc hpackEncoder) { encodeField(enc, ":status", "100") })
 		})
 	}

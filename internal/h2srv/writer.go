@@ -235,6 +235,7 @@ func (w *responseWriter) frames(header bool, data []byte, n int, endData bool, t
 	st, sc := w.st, w.st.sc
 	rest := len(data) - n
 	if header {
+		st.headerOut = true
 		if err := sc.writeHeaderBlock(st.id, endData && len(data) == 0, w.encodeHeaderFields); err != nil {
 			return err
 		}
