@@ -56,7 +56,9 @@ func (rl *ReadLoop) pending() bool { return len(rl.flushers) > 0 || len(rl.c.don
 
 // Start sends req as RoundTrip does, but does not wait for the response:
 // done gets it, once. An error returned (nothing sent, or the request's
-// write failed) is done's instead: done is not called then. The request's
+// write failed) is done's instead: done is not called then. (A write that
+// failed as the connection closed, failing the stream first, is done's:
+// nil is returned.) The request's
 // context ending before the response resets the stream (done gets the
 // error).
 func (p *Pool) Start(req *http.Request, done Completion) error {
