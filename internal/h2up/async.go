@@ -7,6 +7,7 @@ package h2up
 // request for it.
 
 import (
+	"fmt"
 	"net/http"
 	"syscall"
 	"unsafe"
@@ -97,8 +98,34 @@ func (c *conn) FlushPending() {
 		go c.flush()
 		return
 	}
-	c.writeLocked(func() error { return nil }, true)
+	c.flushLocked()
 	c.wmu.Unlock()
+}
+
+// flushLocked is writeLocked's flush (the read loop's control frames
+// first) without its yield: that lets the lock go and waits to take it
+// back, behind any writer that took it meanwhile, which FlushPending must
+// not. Under wmu.
+func (c *conn) flushLocked() {
+	if c.werr != nil {
+		return
+	}
+	var err error
+	if c.ctlPending.Load() {
+		_, err = c.writeQueued(-1)
+	}
+	if err == nil {
+		err = c.bw.Flush()
+		c.owed = false
+		if c.ctlArmed {
+			c.ctlArmed = false
+			c.ctlTimer.Stop()
+		}
+	}
+	if err != nil {
+		c.werr = fmt.Errorf("h2up: write: %w", err)
+		c.nc.Close() // the read loop fails the streams
+	}
 }
 
 // passOwed, for a StartLater write that another writer left its flush

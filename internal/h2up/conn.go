@@ -277,6 +277,9 @@ func (c *conn) writeLocked(fn func() error, flush bool) error {
 			// to run Gosched returns at once.
 			c.flushing = true
 			c.wmu.Unlock()
+			if h := testHookYield; h != nil {
+				h()
+			}
 			runtime.Gosched()
 			c.wmu.Lock()
 			c.flushing = false

@@ -173,3 +173,10 @@ func WriteBuffered(p *Pool) int {
 	defer c.wmu.Unlock()
 	return c.bw.Buffered()
 }
+
+// SetYieldHook has f called by every writer that lets the write lock go
+// to yield before its flush (writeLocked), until restore.
+func SetYieldHook(f func()) (restore func()) {
+	testHookYield = f
+	return func() { testHookYield = nil }
+}

@@ -239,6 +239,10 @@ func (p *Pool) dial(ctx context.Context, done chan struct{}) (*conn, error) {
 // connection's lock held.
 var testHookReserve func()
 
+// testHookYield, if set (tests), is called by a writer that let the write
+// lock go to yield before its flush (writeLocked).
+var testHookYield func()
+
 // endDial ends the dial announced by done.
 func (p *Pool) endDial(done chan struct{}) {
 	p.mu.Lock()
