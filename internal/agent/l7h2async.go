@@ -169,9 +169,25 @@ func (lt *lbTransport) startAsync(sg *serving, at *attempt, req *http.Request, k
 }
 
 // complete is serve's rest (finish, hold) for startAsync's request.
+// A panic in finish or hold (a bug) is logged and the request answered
+// with errAsyncPanicked all the same (its callers do not answer again).
 func (sg *serving) complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
+	held := false
+	defer func() {
+		if held {
+			return
+		}
+		if p := recover(); p != nil {
+			sg.lt.l7.a.panicked("finishing an HTTP/2 response", p)
+			if resp != nil {
+				abandonResponse(resp.Body, p, false)
+			}
+			sg.k.complete(nil, fmt.Errorf("%w: %v", errAsyncPanicked, p), rl)
+		}
+	}()
 	resp, err = sg.finish(resp, err)
 	sg.hold(resp, err, nil)
+	held = true
 	sg.k.complete(resp, err, rl)
 }
 
@@ -247,13 +263,16 @@ func (at *attempt) Complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
 		l.resume(at, resp, time.Time{}, err, false, k)
 		return
 	}
+	answered := false
 	defer func() {
 		if p := recover(); p != nil {
 			l.a.panicked("settling an HTTP/2 response", p)
-			if resp != nil {
+			if resp != nil && !answered {
 				abandonResponse(resp.Body, p, false)
 			}
-			go l.failAsync(k, p)
+			if !answered { // else k's own (serving.complete) answered
+				go l.failAsync(k, p)
+			}
 		}
 	}()
 	if bufferedUpstream(resp.Body) > asyncInlineMax {
@@ -263,6 +282,7 @@ func (at *attempt) Complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
 	resp, err = l.checkRefused(at, resp)
 	if err == nil && l.settle(at, resp, time.Time{}) {
 		l.ended()
+		answered = true
 		k.complete(resp, nil, rl)
 		return
 	}
