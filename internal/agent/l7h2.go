@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/fogmesh/fogmesh/internal/h2srv"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
@@ -129,6 +130,9 @@ func (s *l7) wrapH2(w http.ResponseWriter, r *http.Request, hasBody bool) (http.
 			c.sw.Init(&c.lw, httpproxy.WriteDeadlinerOf(w), d) // lw's controller reaches w's
 			out = &c.sw
 		}
+	}
+	if h2srv.Owns(w) { // r is the handler's own: its context set in place, not copied (newL7)
+		*r = *r.WithContext(&c.ctx)
 	}
 	return out, &c.ctx, c.ctx.tb, c.lw.up
 }
