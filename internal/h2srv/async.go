@@ -274,13 +274,3 @@ func OpenStreams(w http.ResponseWriter) int {
 		}
 	}
 }
-
-// Owns reports whether w is this server's ResponseWriter itself (not a
-// wrapper): the request its handler got is a new one of the stream's,
-// which nothing of this package reads once the handler runs, so the
-// handler may change it in place (a context of its own without
-// Request.WithContext's copy: issue 14).
-func Owns(w http.ResponseWriter) bool {
-	_, ok := w.(*responseWriter)
-	return ok
-}
