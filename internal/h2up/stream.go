@@ -37,7 +37,7 @@ type stream struct {
 	gone    bool           // left c.streams
 	watched bool           // see stop
 
-	respReady chan struct{} // closed once resp or respErr is set
+	respReady chan struct{} // closed once resp or respErr is set (nil: done gets them)
 	done      Completion    // the response's completion (Pool.Start; nil: RoundTrip waits)
 	resp      *http.Response
 	respErr   error
@@ -103,7 +103,10 @@ func (c *conn) wait(s *stream) (*http.Response, error) {
 func (c *conn) open(req *http.Request, done Completion, later bool) (*stream, error) {
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	hasTrailer := len(req.Trailer) > 0 && hasBody
-	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: flowwin.Initial, done: done}
+	s := &stream{c: c, req: req, recvWin: flowwin.Initial, done: done}
+	if done == nil { // wait's: a completion waits on nothing (an allocation less per request)
+		s.respReady = make(chan struct{})
+	}
 	s.cond.L = &s.mu
 	s.buf = *bytes.NewBuffer(s.small[:0])
 	ctx := req.Context()
@@ -368,7 +371,9 @@ func (s *stream) fail(err error) {
 	owned := !s.respDone
 	if owned {
 		s.respDone, s.respErr = true, err
-		close(s.respReady)
+		if s.respReady != nil {
+			close(s.respReady)
+		}
 	}
 	s.mu.Unlock()
 	s.c.credit(nil, left, false)
@@ -459,7 +464,9 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 	owned := !s.respDone // else reset meanwhile
 	if owned {
 		s.respDone = true
-		close(s.respReady)
+		if s.respReady != nil {
+			close(s.respReady)
+		}
 	}
 	s.mu.Unlock()
 	if owned && s.done != nil {
