@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/fogmesh/fogmesh/internal/h2srv"
+	"github.com/fogmesh/fogmesh/internal/h2up"
 	"github.com/fogmesh/fogmesh/internal/httpproxy"
 )
 
@@ -77,9 +79,10 @@ type h2Call struct {
 	nc         noopCloseBody
 	xfFor      [1]string
 	xfHost     [1]string
-	srcID      [1]string // the identity header's value
-	forwarding bool      // forwardH2 took nc and the values (once)
-	detached   bool      // forwardH2 forwards it asynchronously (l7h2async.go)
+	srcID      [1]string       // the identity header's value
+	forwarding bool            // forwardH2 took nc and the values (once)
+	detached   bool            // forwardH2 forwards it asynchronously (l7h2async.go)
+	ref        h2srv.StreamRef // the h2srv stream's (none: another server's)
 }
 
 type h2CallKey struct{}
@@ -109,6 +112,20 @@ func (c *h2CallCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
+// WatchEnd and StopWatch watch the end of an h2srv request's context for
+// h2up's streams, without context.AfterFunc's allocations
+// (h2up.EndWatcher): only while the context is the request's own (not
+// one made from it), whose end is the stream's (h2srv.StreamRef).
+func (c *h2CallCtx) WatchEnd(e h2up.Ender) bool {
+	return c.call != nil && c.call.ref.WatchEnd(c.Context, e)
+}
+
+func (c *h2CallCtx) StopWatch(e h2up.Ender) {
+	if c.call != nil {
+		c.call.ref.StopWatch(e)
+	}
+}
+
 // wrapH2 sets up r's h2Call: the writer and the context the handler goes
 // on with, the body's TimedBody (nil: no body) and the upstreamBody. A
 // slow reader stalls its stream's flow control, not the connection's
@@ -129,6 +146,9 @@ func (s *l7) wrapH2(w http.ResponseWriter, r *http.Request, hasBody bool) (http.
 			c.sw.Init(&c.lw, httpproxy.WriteDeadlinerOf(w), d) // lw's controller reaches w's
 			out = &c.sw
 		}
+	}
+	if c.ref = h2srv.RefOf(w); c.ref.Valid() { // r is the handler's own: its context set in place, not copied (newL7)
+		*r = *r.WithContext(&c.ctx)
 	}
 	return out, &c.ctx, c.ctx.tb, c.lw.up
 }

@@ -63,6 +63,7 @@ type h2Fwd struct {
 	nc      *noopCloseBody
 	sg      serving
 	at      attempt
+	done    doneBody // the response body's wrapper (serving.hold)
 }
 
 // startH2 forwards out asynchronously if it can: false, nothing done.
@@ -85,6 +86,7 @@ func (s *l7) startH2(rw http.ResponseWriter, in, out *http.Request, transport ht
 	call.detached = true
 	f := &h2Fwd{s: s, as: as, rw: rw, in: in, out: out, call: call, nc: nc}
 	f.at.later = f
+	f.sg.done = &f.done
 	lt.startAsync(&f.sg, &f.at, out, f)
 	return true
 }
@@ -186,7 +188,7 @@ func (sg *serving) complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
 		}
 	}()
 	resp, err = sg.finish(resp, err)
-	sg.hold(resp, err, nil)
+	sg.hold(resp, err, sg.done)
 	held = true
 	sg.k.complete(resp, err, rl)
 }

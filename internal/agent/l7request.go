@@ -141,6 +141,7 @@ type serving struct {
 	timer *time.Timer
 	l     attempts
 	k     completion // startAsync's (l7h2async.go)
+	done  *doneBody  // complete's wrapper of the response body (nil: a new one)
 	// candBuf holds the candidates of a service of up to 4 endpoints: no
 	// allocation.
 	candBuf [4]*endpointView

@@ -76,6 +76,7 @@ type stream struct {
 	headerOut bool
 
 	reqBody requestBody // req.Body of a request with one: in the stream's allocation
+	ender   Ender       // told when ctx ends (WatchEnd); under sc.mu
 	vals    [4]string   // the request header's values, if they fit (newRequest)
 }
 
@@ -126,8 +127,18 @@ func (st *stream) abortLocked(err error) {
 		st.recvDone = true
 		st.bodyErr = err
 	}
-	st.cancel()
+	st.cancelLocked()
 	st.wake()
+}
+
+// cancelLocked cancels the stream's context and tells its Ender (under
+// sc.mu).
+func (st *stream) cancelLocked() {
+	st.cancel()
+	if e := st.ender; e != nil {
+		st.ender = nil
+		go e.ContextEnded() // as context.AfterFunc's: the caller holds sc.mu
+	}
 }
 
 // endBodyLocked records the end of the request body.
@@ -213,7 +224,7 @@ func (st *stream) close(rw *responseWriter, panicked bool) {
 	sc.mu.Lock()
 	reset := panicked || failed || (!st.removed && !st.recvDone)
 	wasRemoved := st.removed
-	st.cancel()
+	st.cancelLocked()
 	sc.mu.Unlock()
 	if reset && !wasRemoved {
 		// A panic: the response is cut (RST_STREAM INTERNAL_ERROR).

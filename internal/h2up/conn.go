@@ -3,6 +3,7 @@ package h2up
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -230,10 +231,20 @@ func (c *conn) writeFlush(fn func() error, flush bool) error {
 // taken (fn did not run).
 var errWaitDone = errors.New("h2up: gave up waiting for the connection's writer")
 
-// writeFlushCtx is writeFlush giving up, before fn runs, once done is
-// closed: a writer blocked in a write to an endpoint that does not read
-// holds the lock.
-func (c *conn) writeFlushCtx(done <-chan struct{}, fn func() error, flush bool) error {
+// writeFlushCtx is writeFlush giving up, before fn runs, once ctx (nil:
+// never) is done: a writer blocked in a write to an endpoint that does
+// not read holds the lock. ctx's Done channel is asked for only if the
+// lock is taken: making it costs an allocation (most requests' contexts
+// are new).
+func (c *conn) writeFlushCtx(ctx context.Context, fn func() error, flush bool) error {
+	var done <-chan struct{}
+	if ctx != nil {
+		if c.wmu.TryLock() {
+			defer c.wmu.Unlock()
+			return c.writeLocked(fn, flush)
+		}
+		done = ctx.Done()
+	}
 	c.waiting.Add(1)
 	if !c.wmu.lockDone(done) {
 		c.waiting.Add(-1)

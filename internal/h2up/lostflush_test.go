@@ -1,6 +1,7 @@
 package h2up
 
 import (
+	"context"
 	"io"
 	"net"
 	"runtime"
@@ -42,19 +43,20 @@ func TestWriterGivingUpLeavesNoFrameUnflushed(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 
 	inA, releaseA := make(chan struct{}), make(chan struct{})
-	done := make(chan struct{}) // B's request context
+	bctx, bcancel := context.WithCancel(context.Background()) // B's request context
+	defer bcancel()
 	aErr := make(chan error, 1)
 	go func() { // A: e.g. a request's HEADERS
 		aErr <- c.write(func() error {
 			close(inA)
 			<-releaseA
-			close(done) // B's context ends while A writes
+			bcancel() // B's context ends while A writes
 			return c.fr.WritePing(false, [8]byte{1})
 		})
 	}()
 	<-inA
 	bErr := make(chan error, 1)
-	go func() { bErr <- c.writeFlushCtx(done, func() error { return nil }, true) }() // B
+	go func() { bErr <- c.writeFlushCtx(bctx, func() error { return nil }, true) }() // B
 	for c.waiting.Load() == 0 {
 		runtime.Gosched()
 	}

@@ -35,8 +35,9 @@ type stream struct {
 	sentEnd bool           // END_STREAM or RST_STREAM sent
 	recvEnd bool           // END_STREAM or RST_STREAM received (or sent)
 	gone    bool           // left c.streams
+	watched bool           // see stop
 
-	respReady chan struct{} // closed once resp or respErr is set
+	respReady chan struct{} // closed once resp or respErr is set (nil: done gets them)
 	done      Completion    // the response's completion (Pool.Start; nil: RoundTrip waits)
 	resp      *http.Response
 	respErr   error
@@ -45,9 +46,9 @@ type stream struct {
 	infoBytes int64 // the 1xx header blocks' size so far (read loop only)
 
 	mu       sync.Mutex // guards the following
-	respDone bool       // respReady closed
 	cond     sync.Cond
 	buf      bytes.Buffer
+	respDone bool // respReady closed
 	eof      bool
 	held     bool // data pushed with its wake-up deferred (conn.wakeLater): not read yet
 	closed   bool // body closed by the caller
@@ -56,9 +57,10 @@ type stream struct {
 	n        int64 // body bytes received
 
 	// Under c.mu: the request context's cancellation resets the stream
-	// (watch) once something could wait for it; stop ends that.
-	watched bool
-	stop    func() bool
+	// (watch, watched) once something could wait for it; stop (or ew's
+	// StopWatch) ends that.
+	stop func() bool
+	ew   EndWatcher // the context's own watch, in stop's place
 
 	// In the stream's allocation (512 bytes at most: a larger one takes
 	// the allocator's slower path): the ready request body's read
@@ -101,7 +103,10 @@ func (c *conn) wait(s *stream) (*http.Response, error) {
 func (c *conn) open(req *http.Request, done Completion, later bool) (*stream, error) {
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	hasTrailer := len(req.Trailer) > 0 && hasBody
-	s := &stream{c: c, req: req, respReady: make(chan struct{}), recvWin: flowwin.Initial, done: done}
+	s := &stream{c: c, req: req, recvWin: flowwin.Initial, done: done}
+	if done == nil { // wait's: a completion waits on nothing (an allocation less per request)
+		s.respReady = make(chan struct{})
+	}
 	s.cond.L = &s.mu
 	s.buf = *bytes.NewBuffer(s.small[:0])
 	ctx := req.Context()
@@ -135,7 +140,7 @@ func (c *conn) open(req *http.Request, done Completion, later bool) (*stream, er
 			s.abandon(ran, headed, pre)
 		}
 	}()
-	err := c.writeFlushCtx(ctx.Done(), func() error {
+	err := c.writeFlushCtx(ctx, func() error {
 		ran = true
 		c.mu.Lock()
 		c.reserved--
@@ -274,11 +279,14 @@ func (s *stream) afterEnd() {
 		s.gone = true
 		delete(c.streams, s.id)
 	}
-	stop := s.stop
+	stop, ew := s.stop, s.ew
 	c.mu.Unlock()
 	if done {
 		if stop != nil {
 			stop()
+		}
+		if ew != nil {
+			ew.StopWatch(s)
 		}
 		c.streamDone()
 	}
@@ -300,7 +308,31 @@ func (s *stream) watch() {
 	}
 	s.watched = true
 	ctx := s.req.Context()
-	s.stop = context.AfterFunc(ctx, func() { s.reset(http2.ErrCodeCancel, ctx.Err(), true) })
+	if ew, ok := ctx.(EndWatcher); ok && ew.WatchEnd(s) {
+		s.ew = ew
+		return
+	}
+	s.stop = context.AfterFunc(ctx, s.ContextEnded)
+}
+
+// ContextEnded resets the stream: its request's context ended (watch).
+func (s *stream) ContextEnded() { s.reset(http2.ErrCodeCancel, s.req.Context().Err(), true) }
+
+// Ender is told that its request's context ended (EndWatcher).
+type Ender interface{ ContextEnded() }
+
+// EndWatcher is a request context that tells a stream of its end itself,
+// without context.AfterFunc's allocations (four per request, and the
+// context's Done channel): the agent's, for a request of its HTTP/2
+// server (h2srv.StreamRef.WatchEnd). WatchEnd has e.ContextEnded called
+// once, on a goroutine of its own, when the context ends, as
+// context.AfterFunc would; false, nothing done: it cannot, and the stream
+// watches the context with context.AfterFunc. StopWatch undoes WatchEnd,
+// unless e was told already (or is being told). WatchEnd is called under
+// the connection's lock: it must not call into this package.
+type EndWatcher interface {
+	WatchEnd(e Ender) bool
+	StopWatch(e Ender)
 }
 
 // reset ends the stream with err: the response (if not in yet) or the
@@ -328,7 +360,7 @@ func (s *stream) resetAsync(code http2.ErrCode, err error, send, async bool) {
 		delete(c.streams, id)
 	}
 	c.cond.Broadcast()
-	stop := s.stop
+	stop, ew := s.stop, s.ew
 	c.mu.Unlock()
 	if send && wasOpen && id != 0 {
 		if async {
@@ -340,6 +372,9 @@ func (s *stream) resetAsync(code http2.ErrCode, err error, send, async bool) {
 	s.fail(err)
 	if stop != nil {
 		stop()
+	}
+	if ew != nil {
+		ew.StopWatch(s)
 	}
 	if id != 0 {
 		c.streamDone()
@@ -363,7 +398,9 @@ func (s *stream) fail(err error) {
 	owned := !s.respDone
 	if owned {
 		s.respDone, s.respErr = true, err
-		close(s.respReady)
+		if s.respReady != nil {
+			close(s.respReady)
+		}
 	}
 	s.mu.Unlock()
 	s.c.credit(nil, left, false)
@@ -454,7 +491,9 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 	owned := !s.respDone // else reset meanwhile
 	if owned {
 		s.respDone = true
-		close(s.respReady)
+		if s.respReady != nil {
+			close(s.respReady)
+		}
 	}
 	s.mu.Unlock()
 	if owned && s.done != nil {
