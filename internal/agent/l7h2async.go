@@ -174,7 +174,7 @@ func (lt *lbTransport) startAsync(sg *serving, at *attempt, req *http.Request, k
 // A panic in finish or hold (a bug) is logged and the request answered
 // with errAsyncPanicked all the same (its callers do not answer again).
 func (sg *serving) complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
-	held := false
+	finished, held := false, false
 	defer func() {
 		if held {
 			return
@@ -184,10 +184,14 @@ func (sg *serving) complete(resp *http.Response, err error, rl *h2up.ReadLoop) {
 			if resp != nil {
 				abandonResponse(resp.Body, p, false)
 			}
+			if !finished { // finish panicked: hold did not run
+				sg.hold(nil, nil, nil)
+			}
 			sg.k.complete(nil, fmt.Errorf("%w: %v", errAsyncPanicked, p), rl)
 		}
 	}()
 	resp, err = sg.finish(resp, err)
+	finished = true
 	sg.hold(resp, err, sg.done)
 	held = true
 	sg.k.complete(resp, err, rl)
