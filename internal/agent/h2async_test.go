@@ -5,14 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // TestH2AsyncThroughOneAgent: many streams at once on one client
@@ -23,16 +20,9 @@ import (
 // answers, an upstream reset, and clients that give up mid-stream; each
 // stream gets its own answer, whole, and the agent holds nothing after.
 func TestH2AsyncThroughOneAgent(t *testing.T) {
-	was := asyncH2.Swap(true)
-	t.Cleanup(func() { asyncH2.Store(was) })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	asyncOn(t)
 	big := strings.Repeat("b", 200<<10)
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	port := startH2CEndpoint(t, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/small":
 			fmt.Fprintf(w, "small %s", r.URL.Query().Get("i"))
@@ -53,20 +43,10 @@ func TestH2AsyncThroughOneAgent(t *testing.T) {
 		case "/hang":
 			<-r.Context().Done()
 		}
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	f := agentInFront(t, inFront{node: "as1", octet: 142, svc: "assvc", vipPort: 19950, port: ln.Addr().(*net.TCPAddr).Port,
+	})
+	f := agentInFront(t, inFront{node: "as1", octet: 142, svc: "assvc", vipPort: 19950, port: port,
 		proto: "http2", noRequest: true})
-	c, err := net.Dial("tcp", f.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc := h2ClientTo(t, f.addr)
 	before := asyncInline.Load()
 	get := func(ctx context.Context, path string) (string, http.Header, error) {
 		req, _ := http.NewRequestWithContext(ctx, "GET", f.base+path, nil)

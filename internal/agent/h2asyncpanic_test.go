@@ -14,6 +14,46 @@ import (
 	"golang.org/x/net/http2"
 )
 
+// asyncOn switches the asynchronous HTTP/2 path on for t (what was set
+// comes back at its end).
+func asyncOn(t *testing.T) {
+	was := asyncH2.Swap(true)
+	t.Cleanup(func() { asyncH2.Store(was) })
+}
+
+// startH2CEndpoint serves h over h2c (prior knowledge) on a loopback port
+// of its own, closed at t's end, and returns that port.
+func startH2CEndpoint(t *testing.T, h http.HandlerFunc) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// h2ClientTo is an HTTP/2 client connection (prior knowledge) to addr,
+// closed at t's end.
+func h2ClientTo(t *testing.T, addr string) *http2.ClientConn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
 // asyncFront is an agent in front of one h2c endpoint with the
 // asynchronous HTTP/2 path on, and an HTTP/2 client connection to its
 // service's VIP (asyncPanicFront).
@@ -31,16 +71,9 @@ type asyncFront struct {
 // tweaked by tweak, and an HTTP/2 client connection to the VIP.
 func asyncPanicFront(t *testing.T, svc string, octet, port int, spec string, other http.HandlerFunc, tweak func(*Config)) *asyncFront {
 	t.Helper()
-	was := asyncH2.Swap(true)
-	t.Cleanup(func() { asyncH2.Store(was) })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	asyncOn(t)
 	f := &asyncFront{release: make(chan struct{}), held: make(chan error, 1)}
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	epPort := startH2CEndpoint(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hold" {
 			select {
 			case <-f.release:
@@ -49,9 +82,7 @@ func asyncPanicFront(t *testing.T, svc string, octet, port int, spec string, oth
 			return
 		}
 		other(w, r)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	})
 	cp := startControl(t, t.TempDir(), "")
 	apply(t, cp, fmt.Sprintf(`apiVersion: fogmesh.io/v1alpha1
 kind: Service
@@ -60,18 +91,11 @@ spec:
   ports: [{name: web, port: %d, protocol: http2}]
 %s`, svc, port, spec))
 	f.a = startAgentWith(t, agentOpts{name: svc, site: "s1", region: "r1", vipOctet: octet, control: []string{cp.SyncAddr()},
-		stateDir: t.TempDir(), workloads: []Workload{webWorkload(svc, svc+"-1", ln.Addr().(*net.TCPAddr).Port)}}, tweak)
+		stateDir: t.TempDir(), workloads: []Workload{webWorkload(svc, svc+"-1", epPort)}}, tweak)
 	waitFor(t, "endpoint", func() bool { return len(endpointsOf(f.a, "demo/"+svc)) == 1 })
 	vip := fmt.Sprintf("127.%d.0.1:%d", octet, port)
 	waitListening(t, vip)
-	c, err := net.Dial("tcp", vip)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if f.cc, err = (&http2.Transport{AllowHTTP: true}).NewClientConn(c); err != nil {
-		t.Fatal(err)
-	}
+	f.cc = h2ClientTo(t, vip)
 	return f
 }
 

@@ -2,12 +2,9 @@ package agent
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"testing"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // TestH2AsyncResetBeforeHeaders: a request forwarded asynchronously (a
@@ -16,18 +13,11 @@ import (
 // the request's end is the h2srv stream's own (h2CallCtx.WatchEnd), not
 // context.AfterFunc, and must still fire.
 func TestH2AsyncResetBeforeHeaders(t *testing.T) {
-	was := asyncH2.Swap(true)
-	t.Cleanup(func() { asyncH2.Store(was) })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	asyncOn(t)
 	arrived := make(chan string, 4)
 	gone := make(chan string, 4)
 	release := make(chan struct{})
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	port := startH2CEndpoint(t, func(w http.ResponseWriter, r *http.Request) {
 		arrived <- r.URL.Path
 		select {
 		case <-r.Context().Done():
@@ -35,21 +25,10 @@ func TestH2AsyncResetBeforeHeaders(t *testing.T) {
 		case <-release:
 		case <-time.After(30 * time.Second):
 		}
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	f := agentInFront(t, inFront{node: "ew", octet: 107, svc: "endwatch", vipPort: 19947, port: ln.Addr().(*net.TCPAddr).Port,
+	})
+	f := agentInFront(t, inFront{node: "ew", octet: 107, svc: "endwatch", vipPort: 19947, port: port,
 		proto: "http2", noRequest: true})
-	c, err := net.Dial("tcp", f.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := h2ClientTo(t, f.addr)
 	wait := func(ch chan string, want string) {
 		t.Helper()
 		select {
